@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs Kms in dev mode in the foreground: installs SoftHSM if missing, creates the token
+# (and, on first start, the domain key) under the data directory, builds, and serves
+# https://127.0.0.1:8443 (TLS 1.3; clients trust .kms/tls/ca.crt).
+# Extra arguments pass through to the server, e.g. ./dev.sh --urls https://127.0.0.1:9443
+# KMS_DATA_DIR overrides the data directory (default: .kms under the current directory).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+export KMS_DATA_DIR=$(realpath -m "${KMS_DATA_DIR:-$PWD/.kms}")
+
+if ! command -v softhsm2-util >/dev/null; then
+  echo "dev.sh: installing SoftHSMv2"
+  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq softhsm2 >/dev/null
+fi
+
+"$here/hsm-config/init-token.sh" "$KMS_DATA_DIR" kms-dev
+export SOFTHSM2_CONF="$KMS_DATA_DIR/hsm/softhsm2.conf"
+
+dotnet build "$here/src/Kms.Server/Kms.Server.csproj" -c Release -nologo -v quiet
+exec dotnet "$here/src/Kms.Server/bin/Release/net10.0/Kms.Server.dll" --dev "$@"

@@ -1,0 +1,40 @@
+namespace Kms.Core.Errors;
+
+/// <summary>Factory for <see cref="KmsException"/>: one place decides the wording of each kind of error.</summary>
+public static class KmsErrors
+{
+    /// <summary>The opaque message of every decryption failure, whatever the cause.</summary>
+    public const string DecryptionFailedMessage = "decryption failed";
+
+    /// <summary>A malformed request field.</summary>
+    public static KmsException InvalidArgument(string field, string message) =>
+        new(KmsErrorCode.InvalidArgument, $"{field}: {message}", field);
+
+    /// <summary>A resource that does not exist (or that the caller may not see: same answer).</summary>
+    public static KmsException NotFound(string resourceName) =>
+        new(KmsErrorCode.NotFound, $"{resourceName} not found");
+
+    /// <summary>A resource to create that exists already.</summary>
+    public static KmsException AlreadyExists(string resourceName) =>
+        new(KmsErrorCode.AlreadyExists, $"{resourceName} already exists");
+
+    /// <summary>A state or purpose that forbids the operation; the message names the state.</summary>
+    public static KmsException FailedPrecondition(string message) =>
+        new(KmsErrorCode.FailedPrecondition, message);
+
+    /// <summary>The one opaque answer for a ciphertext that cannot be decrypted.</summary>
+    public static KmsException DecryptionFailed() =>
+        new(KmsErrorCode.DecryptionFailed, DecryptionFailedMessage);
+
+    /// <summary>A dependency is down; retryable. <paramref name="inner"/> stays server-side.</summary>
+    public static KmsException Unavailable(string message, Exception? inner = null) =>
+        new(KmsErrorCode.Unavailable, message, inner: inner);
+
+    /// <summary>A limit was reached; retryable later.</summary>
+    public static KmsException ResourceExhausted(string message) =>
+        new(KmsErrorCode.ResourceExhausted, message);
+
+    /// <summary>A server-side fault. The message is for operators' logs; callers see a generic text.</summary>
+    public static KmsException Internal(string message, Exception? inner = null) =>
+        new(KmsErrorCode.Internal, message, inner: inner);
+}

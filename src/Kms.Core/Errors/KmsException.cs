@@ -1,0 +1,22 @@
+namespace Kms.Core.Errors;
+
+/// <summary>The one exception type the domain throws. Build it with <see cref="KmsErrors"/>.</summary>
+/// <remarks>
+/// The message is shown to the caller: it never carries key material, plaintext, PINs or
+/// tokens, and for <see cref="KmsErrorCode.DecryptionFailed"/> it never says why.
+/// </remarks>
+public sealed class KmsException : Exception
+{
+    internal KmsException(KmsErrorCode code, string message, string? field = null, Exception? inner = null)
+        : base(message, inner)
+    {
+        Code = code;
+        Field = field;
+    }
+
+    /// <summary>The kind of failure.</summary>
+    public KmsErrorCode Code { get; }
+
+    /// <summary>For <see cref="KmsErrorCode.InvalidArgument"/>: the request field at fault (proto name), if one is.</summary>
+    public string? Field { get; }
+}

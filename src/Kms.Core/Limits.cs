@@ -1,0 +1,38 @@
+namespace Kms.Core;
+
+/// <summary>Hard limits, checked up front. Documented in the proto and in docs/ciphertext-format.md.</summary>
+public static class Limits
+{
+    /// <summary>Largest plaintext that Encrypt accepts (64 KiB). Larger data: envelope encryption.</summary>
+    public const int MaxEncryptPlaintextBytes = 64 * 1024;
+
+    /// <summary>Largest ciphertext that Decrypt accepts: the largest plaintext plus the blob overhead.</summary>
+    public const int MaxCiphertextBytes = MaxEncryptPlaintextBytes + Crypto.CiphertextBlob.OverheadBytes;
+
+    /// <summary>Most entries in an encryption context.</summary>
+    public const int MaxContextEntries = 64;
+
+    /// <summary>Longest encryption-context key, in UTF-8 bytes.</summary>
+    public const int MaxContextKeyBytes = 256;
+
+    /// <summary>Longest encryption-context value, in UTF-8 bytes.</summary>
+    public const int MaxContextValueBytes = 1024;
+
+    /// <summary>Length of a data key from GenerateDataKey (AES-256).</summary>
+    public const int DataKeyBytes = 32;
+
+    /// <summary>Most bytes GenerateRandom returns in one call.</summary>
+    public const int MaxRandomBytes = 1024;
+
+    /// <summary>Default page size of List RPCs.</summary>
+    public const int DefaultPageSize = 100;
+
+    /// <summary>Largest page size of List RPCs.</summary>
+    public const int MaxPageSize = 1000;
+
+    /// <summary>Most labels on a key.</summary>
+    public const int MaxLabels = 64;
+
+    /// <summary>Longest request id (idempotency key).</summary>
+    public const int MaxRequestIdLength = 128;
+}

@@ -1,0 +1,39 @@
+using Kms.Core.Crypto;
+using Kms.Core.Keys;
+
+namespace Kms.Core.Ports;
+
+/// <summary>
+/// The HSM as the domain needs it. Key material is generated inside it, leaves it only
+/// wrapped under the domain key, and is used by reference (<see cref="KeyMaterialRef"/>).
+/// </summary>
+/// <remarks>
+/// Implementations map every vendor error to <see cref="Errors.KmsException"/>: a failed
+/// authentication tag is <see cref="Errors.KmsErrorCode.DecryptionFailed"/>, a lost device
+/// or session is <see cref="Errors.KmsErrorCode.Unavailable"/>. No vendor type crosses
+/// this interface.
+/// </remarks>
+public interface IHsm
+{
+    /// <summary>The domain key's check value (hex), identifying which domain key this HSM holds.</summary>
+    string DomainKeyCheckValue { get; }
+
+    /// <summary>Random bytes from the HSM's RNG.</summary>
+    ValueTask<byte[]> GenerateRandomAsync(int length, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Generates an AES-256 key inside the HSM and returns it wrapped under the domain key.
+    /// The extractable copy made for the wrap is destroyed before this returns.
+    /// </summary>
+    ValueTask<WrappedKeyMaterial> GenerateAes256KeyAsync(CancellationToken cancellationToken);
+
+    /// <summary>AES-256-GCM encryption under a key version; returns ciphertext followed by the 16-byte tag.</summary>
+    ValueTask<byte[]> EncryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] plaintext, CancellationToken cancellationToken);
+
+    /// <summary>AES-256-GCM decryption; a wrong tag, AAD or IV is <see cref="Errors.KmsErrorCode.DecryptionFailed"/>.</summary>
+    /// <returns>The plaintext, owned by the caller (zero it after use).</returns>
+    ValueTask<byte[]> DecryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] ciphertextAndTag, CancellationToken cancellationToken);
+}
+
+/// <summary>A key version's material by reference: its id (the cache key) and its wrapped bytes.</summary>
+public sealed record KeyMaterialRef(KeyVersionId Id, WrappedKeyMaterial Wrapped);

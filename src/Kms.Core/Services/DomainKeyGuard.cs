@@ -1,0 +1,45 @@
+using Kms.Core.Errors;
+using Kms.Core.Ports;
+
+namespace Kms.Core.Services;
+
+/// <summary>
+/// Pins the domain key: the first start records its check value (KCV) in the store; every
+/// later start refuses to serve if the HSM's domain key has another KCV, because every
+/// stored wrapped key would be unreadable (or, worse, a different key would be trusted).
+/// </summary>
+public static class DomainKeyGuard
+{
+    /// <summary>Setting that holds the pinned KCV.</summary>
+    public const string CheckValueSetting = "domain_key.check_value";
+
+    /// <summary>Setting that says whether the pinned domain key is a dev-mode one.</summary>
+    public const string OriginSetting = "domain_key.origin";
+
+    /// <summary>Verifies (or, on first start, pins) the HSM's domain key against the store.</summary>
+    /// <param name="devMode">Whether the server runs in dev mode; a dev-mode domain key is refused outside it.</param>
+    /// <exception cref="KmsException">FailedPrecondition when the domain key is not the pinned one.</exception>
+    public static async Task<DomainKeyPin> VerifyAsync(IHsm hsm, IKeyStore store, bool devMode, CancellationToken cancellationToken)
+    {
+        var origin = devMode ? "dev" : "ceremony";
+        var pinnedOrigin = await store.SetSettingIfAbsentAsync(OriginSetting, origin, cancellationToken);
+        if (pinnedOrigin == "dev" && !devMode)
+        {
+            throw KmsErrors.FailedPrecondition(
+                "this database was created with a dev-mode domain key, which cannot be backed up as custodian shares; it is refused outside dev mode");
+        }
+
+        var current = hsm.DomainKeyCheckValue;
+        var pinned = await store.SetSettingIfAbsentAsync(CheckValueSetting, current, cancellationToken);
+        if (!string.Equals(pinned, current, StringComparison.OrdinalIgnoreCase))
+        {
+            throw KmsErrors.FailedPrecondition(
+                $"the HSM's domain key has check value {current}, but this database was created under the domain key with check value {pinned}; refusing to serve");
+        }
+
+        return new DomainKeyPin(pinned, FirstStart: pinned == current && pinnedOrigin == origin);
+    }
+}
+
+/// <summary>The pinned domain key check value.</summary>
+public sealed record DomainKeyPin(string CheckValue, bool FirstStart);

@@ -1,0 +1,142 @@
+using System.Text;
+using Net.Pkcs11Interop.Common;
+using Net.Pkcs11Interop.HighLevelAPI;
+
+namespace Kms.Hsm;
+
+/// <summary>
+/// Finds the domain key by label <em>and</em> CKA_ID, refuses ambiguity, checks that its
+/// attributes are exactly what DESIGN.md requires, and reads its check value.
+/// </summary>
+internal static class DomainKeyLocator
+{
+    public sealed record Located(IObjectHandle Handle, string CheckValue, bool Created);
+
+    public static Located Locate(ISession session, Templates templates, HsmOptions options, HsmProfile profile, Pkcs11InteropFactories factories)
+    {
+        var label = options.DomainKeyLabel;
+        var id = options.EffectiveDomainKeyId;
+        if (!options.DevMode && id == HsmOptions.DevDomainKeyId)
+        {
+            throw new HsmConfigurationException("the dev-mode domain key is refused outside dev mode");
+        }
+
+        var idBytes = Encoding.UTF8.GetBytes(id);
+        var candidates = FindCandidates(session, templates, label, idBytes);
+        var created = false;
+        if (candidates.Count == 0)
+        {
+            if (!options.DevMode)
+            {
+                throw new HsmConfigurationException(
+                    $"no domain key (label '{label}', CKA_ID '{id}') on token '{options.TokenLabel}'; create it in the key ceremony, or start in dev mode");
+            }
+
+            candidates = [Create(session, templates, factories, label, id, idBytes)];
+            created = true;
+        }
+
+        if (candidates.Count > 1)
+        {
+            throw new HsmConfigurationException(
+                $"{candidates.Count} secret keys on token '{options.TokenLabel}' carry the domain key's label '{label}' or CKA_ID '{id}'; refusing to guess which one is the domain key");
+        }
+
+        var handle = candidates[0];
+        var violations = Verify(session, handle, label, idBytes, profile);
+        if (violations.Count > 0)
+        {
+            throw new HsmConfigurationException(
+                $"the domain key on token '{options.TokenLabel}' is not safe to use: {string.Join("; ", violations)}");
+        }
+
+        var checkValue = session.GetAttributeValue(handle, [CKA.CKA_CHECK_VALUE])[0];
+        if (checkValue.CannotBeRead || checkValue.GetValueAsByteArray() is not { Length: > 0 } kcv)
+        {
+            throw new HsmConfigurationException("the domain key's CKA_CHECK_VALUE cannot be read; the HSM profile claims it can");
+        }
+
+        return new Located(handle, Convert.ToHexString(kcv), created);
+    }
+
+    /// <summary>What is wrong with a domain key's attributes; empty when nothing is.</summary>
+    public static List<string> Verify(ISession session, IObjectHandle handle, string label, byte[] id, HsmProfile profile)
+    {
+        var expectedFlags = new (CKA Attribute, bool Value)[]
+        {
+            (CKA.CKA_TOKEN, true), (CKA.CKA_PRIVATE, true), (CKA.CKA_SENSITIVE, true), (CKA.CKA_EXTRACTABLE, false),
+            (CKA.CKA_WRAP, true), (CKA.CKA_UNWRAP, true), (CKA.CKA_ENCRYPT, false), (CKA.CKA_DECRYPT, false),
+            (CKA.CKA_SIGN, false), (CKA.CKA_VERIFY, false), (CKA.CKA_DERIVE, false), (CKA.CKA_MODIFIABLE, false),
+        };
+        var read = session.GetAttributeValue(handle, [.. expectedFlags.Select(f => f.Attribute), CKA.CKA_KEY_TYPE, CKA.CKA_VALUE_LEN, CKA.CKA_LABEL, CKA.CKA_ID]);
+        var violations = new List<string>();
+        for (var i = 0; i < expectedFlags.Length; i++)
+        {
+            var (attribute, expected) = expectedFlags[i];
+            if (read[i].CannotBeRead || read[i].GetValueAsBool() != expected)
+            {
+                violations.Add($"{attribute} must be {expected}");
+            }
+        }
+
+        var rest = read.Skip(expectedFlags.Length).ToArray();
+        if ((CKK)rest[0].GetValueAsUlong() != CKK.CKK_AES || rest[1].GetValueAsUlong() != 32)
+        {
+            violations.Add("it must be an AES-256 key");
+        }
+
+        if (rest[2].GetValueAsString() != label || !rest[3].GetValueAsByteArray().AsSpan().SequenceEqual(id))
+        {
+            violations.Add("its label and CKA_ID must both match the configuration");
+        }
+
+        if (profile.AllowedMechanismsAttribute)
+        {
+            var allowed = session.GetAttributeValue(handle, [CKA.CKA_ALLOWED_MECHANISMS])[0];
+            if (allowed.CannotBeRead || allowed.GetValueAsCkmList() is not [CKM.CKM_AES_KEY_WRAP_PAD])
+            {
+                violations.Add("CKA_ALLOWED_MECHANISMS must be exactly {CKM_AES_KEY_WRAP_PAD}");
+            }
+        }
+
+        if (profile.UnwrapTemplateAttribute)
+        {
+            var unwrap = session.GetAttributeValue(handle, [CKA.CKA_UNWRAP_TEMPLATE])[0];
+            var entries = unwrap.CannotBeRead ? [] : unwrap.GetValueAsObjectAttributeList();
+            var forcesSensitive = entries.Any(a => a.Type == (ulong)CKA.CKA_SENSITIVE && a.GetValueAsBool());
+            var forcesUnextractable = entries.Any(a => a.Type == (ulong)CKA.CKA_EXTRACTABLE && !a.GetValueAsBool());
+            if (!forcesSensitive || !forcesUnextractable)
+            {
+                violations.Add("CKA_UNWRAP_TEMPLATE must force CKA_SENSITIVE=true and CKA_EXTRACTABLE=false");
+            }
+        }
+
+        return violations;
+    }
+
+    private static List<IObjectHandle> FindCandidates(ISession session, Templates templates, string label, byte[] id)
+    {
+        var byLabel = session.FindAllObjects(templates.FindSecretKey(CKA.CKA_LABEL, label));
+        var byId = session.FindAllObjects(templates.FindSecretKey(CKA.CKA_ID, id));
+        return byLabel.Concat(byId).DistinctBy(h => h.ObjectId).ToList();
+    }
+
+    private static IObjectHandle Create(ISession session, Templates templates, Pkcs11InteropFactories factories, string label, string id, byte[] idBytes)
+    {
+        using var mechanism = factories.MechanismFactory.Create(CKM.CKM_AES_KEY_GEN);
+        try
+        {
+            return session.GenerateKey(mechanism, templates.DomainKey(label, id));
+        }
+        catch (Pkcs11Exception)
+        {
+            // A refused template can leave a half-built token object behind (HSM-NOTES.md).
+            foreach (var leftover in FindCandidates(session, templates, label, idBytes))
+            {
+                session.DestroyObject(leftover);
+            }
+
+            throw;
+        }
+    }
+}

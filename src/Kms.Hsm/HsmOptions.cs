@@ -1,0 +1,54 @@
+namespace Kms.Hsm;
+
+/// <summary>How to reach the HSM. Bound from the <c>Hsm</c> configuration section.</summary>
+public sealed class HsmOptions
+{
+    /// <summary>Path of the PKCS#11 module.</summary>
+    public string ModulePath { get; set; } = "/usr/lib/softhsm/libsofthsm2.so";
+
+    /// <summary>Label of the token to use. Slots are chosen by token label, never by number.</summary>
+    public string TokenLabel { get; set; } = "kms";
+
+    /// <summary>The user PIN. Prefer <see cref="PinFile"/>; never logged.</summary>
+    public string? Pin { get; set; }
+
+    /// <summary>A file whose first line is the user PIN (mode 0600).</summary>
+    public string? PinFile { get; set; }
+
+    /// <summary>Name of an embedded HSM profile (e.g. <c>softhsm2</c>) or a path to a profile JSON file.</summary>
+    public string Profile { get; set; } = "softhsm2";
+
+    /// <summary>Logged-in sessions kept open; one operation per session at a time.</summary>
+    public int SessionPoolSize { get; set; } = Math.Max(2, Environment.ProcessorCount);
+
+    /// <summary>Most key versions kept unwrapped in the HSM as session objects.</summary>
+    public int KeyCacheCapacity { get; set; } = 10_000;
+
+    /// <summary>An unwrapped key version unused for this long is evicted.</summary>
+    public TimeSpan KeyCacheIdleTimeout { get; set; } = TimeSpan.FromMinutes(15);
+
+    /// <summary><c>CKA_LABEL</c> of the domain key.</summary>
+    public string DomainKeyLabel { get; set; } = "kms-domain-key";
+
+    /// <summary>
+    /// <c>CKA_ID</c> of the domain key (UTF-8). The ceremony sets it; dev mode uses
+    /// <see cref="DevDomainKeyId"/>, which is refused outside dev mode.
+    /// </summary>
+    public string? DomainKeyId { get; set; }
+
+    /// <summary>Dev mode: create a domain key in the HSM if none exists. Never in production.</summary>
+    public bool DevMode { get; set; }
+
+    /// <summary>How long a recovery after a lost device waits before trying again.</summary>
+    public TimeSpan RecoveryBackoff { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>The <c>CKA_ID</c> that marks a dev-mode domain key.</summary>
+    public const string DevDomainKeyId = "kms-dev-domain-key";
+
+    internal string EffectiveDomainKeyId => DevMode
+        ? DevDomainKeyId
+        : DomainKeyId ?? throw new HsmConfigurationException("Hsm:DomainKeyId is required outside dev mode (the key ceremony sets it)");
+}
+
+/// <summary>The HSM configuration or token is not usable; the message says what to fix.</summary>
+public sealed class HsmConfigurationException(string message, Exception? inner = null) : Exception(message, inner);

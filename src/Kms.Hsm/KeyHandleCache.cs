@@ -1,0 +1,154 @@
+using Kms.Core.Keys;
+using Microsoft.Extensions.Caching.Memory;
+using Net.Pkcs11Interop.HighLevelAPI;
+using System.Collections.Concurrent;
+
+namespace Kms.Hsm;
+
+/// <summary>
+/// Handles of key versions unwrapped into HSM session objects, bounded and leased.
+/// </summary>
+/// <remarks>
+/// A copy is destroyed only when it has been evicted (capacity, idle timeout, replacement,
+/// invalidation) <em>and</em> no request holds a lease on it, so an in-flight operation
+/// never sees its handle destroyed — and a destroyed handle number, which the HSM may give
+/// to the next object it creates (another tenant's key), is never used again. Each cache
+/// belongs to one HSM generation; re-initialisation starts a new cache, and handles of an
+/// older generation are never destroyed or used (their objects died with their sessions).
+/// Destruction needs a session, so evicted handles queue up and are destroyed by the next
+/// operation that holds one.
+/// </remarks>
+internal sealed class KeyHandleCache : IDisposable
+{
+    private readonly MemoryCache _cache;
+    private readonly TimeSpan _idleTimeout;
+    private readonly ConcurrentQueue<IObjectHandle> _toDestroy = new();
+
+    public KeyHandleCache(long generation, int capacity, TimeSpan idleTimeout)
+    {
+        Generation = generation;
+        _idleTimeout = idleTimeout;
+        _cache = new MemoryCache(new MemoryCacheOptions { SizeLimit = capacity, CompactionPercentage = 0.1 });
+    }
+
+    /// <summary>The HSM generation whose session objects this cache holds.</summary>
+    public long Generation { get; }
+
+    /// <summary>Entries currently cached (leased-but-evicted copies not included).</summary>
+    public int Count => _cache.Count;
+
+    /// <summary>Handles waiting for destruction.</summary>
+    public int PendingDestroyCount => _toDestroy.Count;
+
+    /// <summary>Leases the unwrapped copy of a key version, unwrapping it on a miss.</summary>
+    public HandleLease Lease(KeyVersionId id, Func<IObjectHandle> unwrap)
+    {
+        if (_cache.TryGetValue(id, out CachedHandle? cached) && cached!.TryLease())
+        {
+            return new HandleLease(cached);
+        }
+
+        // Two concurrent misses unwrap twice; the replaced entry is evicted and destroyed
+        // once released, so the only cost is one extra unwrap.
+        var fresh = new CachedHandle(unwrap(), this);
+        using (var entry = _cache.CreateEntry(id))
+        {
+            entry.Value = fresh;
+            entry.Size = 1;
+            entry.SlidingExpiration = _idleTimeout;
+            entry.RegisterPostEvictionCallback(static (_, value, _, _) => ((CachedHandle)value!).MarkEvicted());
+        }
+
+        return new HandleLease(fresh);
+    }
+
+    /// <summary>Evicts a key version's copy (destroyed once no lease holds it).</summary>
+    public void Invalidate(KeyVersionId id) => _cache.Remove(id);
+
+    /// <summary>Evicts everything (each copy destroyed once no lease holds it).</summary>
+    public void Clear() => _cache.Compact(1.0);
+
+    /// <summary>Destroys queued handles with a session the caller holds.</summary>
+    public void DestroyPending(Action<IObjectHandle> destroy)
+    {
+        while (_toDestroy.TryDequeue(out var handle))
+        {
+            destroy(handle);
+        }
+    }
+
+    public void Dispose() => _cache.Dispose();
+
+    private void Enqueue(IObjectHandle handle) => _toDestroy.Enqueue(handle);
+
+    /// <summary>One unwrapped copy and its lease count.</summary>
+    internal sealed class CachedHandle(IObjectHandle handle, KeyHandleCache owner)
+    {
+        private readonly Lock _lock = new();
+        private int _leases = 1;
+        private bool _evicted;
+
+        public IObjectHandle Handle { get; } = handle;
+
+        public long Generation => owner.Generation;
+
+        public bool TryLease()
+        {
+            lock (_lock)
+            {
+                if (_evicted)
+                {
+                    return false;
+                }
+
+                _leases++;
+                return true;
+            }
+        }
+
+        public void Release()
+        {
+            bool destroy;
+            lock (_lock)
+            {
+                _leases--;
+                destroy = _evicted && _leases == 0;
+            }
+
+            if (destroy)
+            {
+                owner.Enqueue(Handle);
+            }
+        }
+
+        public void MarkEvicted()
+        {
+            bool destroy;
+            lock (_lock)
+            {
+                if (_evicted)
+                {
+                    return;
+                }
+
+                _evicted = true;
+                destroy = _leases == 0;
+            }
+
+            if (destroy)
+            {
+                owner.Enqueue(Handle);
+            }
+        }
+    }
+
+    /// <summary>A lease on a handle: the copy lives at least until the lease is disposed.</summary>
+    internal readonly struct HandleLease(CachedHandle cached) : IDisposable
+    {
+        public IObjectHandle Handle => cached.Handle;
+
+        public long Generation => cached.Generation;
+
+        public void Dispose() => cached.Release();
+    }
+}

@@ -1,0 +1,35 @@
+using Microsoft.Extensions.Logging;
+using Net.Pkcs11Interop.Common;
+
+namespace Kms.Hsm;
+
+/// <summary>The HSM adapter's log catalog. Key version ids, labels and return values only: never PINs or bytes.</summary>
+internal static partial class Log
+{
+    [LoggerMessage(EventId = 2001, Level = LogLevel.Information, Message = "HSM ready: token '{TokenLabel}', profile {Profile}, {Sessions} sessions, domain key check value {CheckValue}, generation {Generation}")]
+    public static partial void Ready(ILogger logger, string tokenLabel, string profile, int sessions, string checkValue, long generation);
+
+    [LoggerMessage(EventId = 2002, Level = LogLevel.Warning, Message = "Dev mode: created a domain key in token '{TokenLabel}' (check value {CheckValue}); it can never be split into custodian shares")]
+    public static partial void DevDomainKeyCreated(ILogger logger, string tokenLabel, string checkValue);
+
+    [LoggerMessage(EventId = 2003, Level = LogLevel.Error, Message = "HSM lost during {Operation} ({ReturnValue}); answering UNAVAILABLE and recovering")]
+    public static partial void DeviceLost(ILogger logger, string operation, CKR returnValue);
+
+    [LoggerMessage(EventId = 2004, Level = LogLevel.Warning, Message = "HSM recovered: new generation {Generation} (module generation {ModuleGeneration}); every cached key handle dropped")]
+    public static partial void Recovered(ILogger logger, long generation, long moduleGeneration);
+
+    [LoggerMessage(EventId = 2005, Level = LogLevel.Error, Message = "HSM recovery failed; retrying after {Backoff}")]
+    public static partial void RecoveryFailed(ILogger logger, TimeSpan backoff, Exception exception);
+
+    [LoggerMessage(EventId = 2006, Level = LogLevel.Critical, Message = "The HSM refused the PIN ({ReturnValue}); not retrying, a real HSM locks the token after a few failures")]
+    public static partial void PinRefused(ILogger logger, CKR returnValue);
+
+    [LoggerMessage(EventId = 2007, Level = LogLevel.Warning, Message = "Cached handle of key version {KeyVersionId} is no longer valid; unwrapping again")]
+    public static partial void HandleLost(ILogger logger, string keyVersionId);
+
+    [LoggerMessage(EventId = 2008, Level = LogLevel.Warning, Message = "Could not destroy the session object of an evicted key version ({ReturnValue}); it dies with its session")]
+    public static partial void DestroyFailed(ILogger logger, CKR returnValue);
+
+    [LoggerMessage(EventId = 2009, Level = LogLevel.Warning, Message = "Sessions still busy after {Timeout} while recovering; leaving them open")]
+    public static partial void DrainTimedOut(ILogger logger, TimeSpan timeout);
+}

@@ -1,0 +1,511 @@
+using System.Security.Cryptography;
+using System.Text;
+using Kms.Core.Crypto;
+using Kms.Core.Errors;
+using Kms.Core.Ports;
+using Microsoft.Extensions.Logging;
+using Net.Pkcs11Interop.Common;
+using Net.Pkcs11Interop.HighLevelAPI;
+
+namespace Kms.Hsm;
+
+/// <summary>
+/// <see cref="IHsm"/> over a PKCS#11 token through Pkcs11Interop.
+/// </summary>
+/// <remarks>
+/// <para>Key versions are generated inside the HSM, wrapped under the domain key with
+/// CKM_AES_KEY_WRAP_PAD (RFC 5649) and destroyed in the same operation; in use they are
+/// unwrapped into sensitive, non-extractable session objects whose handles are cached and
+/// leased (<see cref="KeyHandleCache"/>). GCM IVs are drawn from the HSM's RNG by the
+/// caller.</para>
+/// <para>When the device, the library or the sessions are lost, the failing call answers
+/// UNAVAILABLE; the next call re-opens the sessions (re-initialising the module if needed),
+/// logs in again, finds the same domain key (same check value, or it stays down) and starts
+/// a new handle generation. A refused PIN is never retried.</para>
+/// </remarks>
+public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
+{
+    private static readonly TimeSpan DrainTimeout = TimeSpan.FromSeconds(10);
+
+    private readonly HsmOptions _options;
+    private readonly HsmProfile _profile;
+    private readonly ILogger _logger;
+    private readonly Pkcs11Module _module;
+    private readonly Templates _templates;
+    private readonly SemaphoreSlim _recovery = new(1, 1);
+    private readonly byte[] _pin;
+    private SlotState? _state;
+    private long _generation;
+    private DateTime _nextRecoveryUtc;
+    private bool _pinRefused;
+    private int _disposed;
+
+    private Pkcs11Hsm(HsmOptions options, HsmProfile profile, ILogger logger, Pkcs11Module module, byte[] pin)
+    {
+        _options = options;
+        _profile = profile;
+        _logger = logger;
+        _module = module;
+        _pin = pin;
+        _templates = new Templates(module.Factories.ObjectAttributeFactory, profile);
+    }
+
+    /// <inheritdoc />
+    public string DomainKeyCheckValue { get; private set; } = "";
+
+    /// <summary>The profile in force.</summary>
+    public HsmProfile Profile => _profile;
+
+    /// <summary>Whether the domain key was created by this start (dev mode, first run).</summary>
+    public bool DomainKeyCreated { get; private set; }
+
+    internal long Generation => Volatile.Read(ref _generation);
+
+    internal Pkcs11Module Module => _module;
+
+    /// <summary>
+    /// Loads the module, selects the token by label, opens and logs in the session pool,
+    /// and locates (dev mode: creates) and verifies the domain key.
+    /// </summary>
+    /// <exception cref="HsmConfigurationException">Anything that an operator must fix.</exception>
+    public static Pkcs11Hsm Open(HsmOptions options, ILogger logger)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(logger);
+        var profile = HsmProfile.Load(options.Profile);
+        var pin = ReadPin(options);
+        var module = Pkcs11Module.Acquire(options.ModulePath);
+        var hsm = new Pkcs11Hsm(options, profile, logger, module, pin);
+        try
+        {
+            var state = hsm.OpenSlot();
+            hsm._state = state;
+            hsm.DomainKeyCheckValue = state.CheckValue;
+            hsm.DomainKeyCreated = state.DomainKeyCreated;
+            if (state.DomainKeyCreated)
+            {
+                Log.DevDomainKeyCreated(logger, options.TokenLabel, state.CheckValue);
+            }
+
+            Log.Ready(logger, options.TokenLabel, profile.Name, state.Pool.Size, state.CheckValue, state.Cache.Generation);
+            return hsm;
+        }
+        catch (Pkcs11Exception e)
+        {
+            CryptographicOperations.ZeroMemory(pin);
+            module.Release();
+            throw new HsmConfigurationException($"cannot open token '{options.TokenLabel}': {e.Method} returned {e.RV}", e);
+        }
+        catch
+        {
+            CryptographicOperations.ZeroMemory(pin);
+            module.Release();
+            throw;
+        }
+    }
+
+    /// <inheritdoc />
+    public ValueTask<byte[]> GenerateRandomAsync(int length, CancellationToken cancellationToken) =>
+        RunAsync("generate random", (session, _) => session.GenerateRandom(length), cancellationToken);
+
+    /// <inheritdoc />
+    public ValueTask<WrappedKeyMaterial> GenerateAes256KeyAsync(CancellationToken cancellationToken) =>
+        RunAsync("generate key", (session, state) =>
+        {
+            var factories = _module.Factories;
+            using var generate = factories.MechanismFactory.Create(CKM.CKM_AES_KEY_GEN);
+            using var wrap = factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD);
+            var key = session.GenerateKey(generate, _templates.GeneratedAesKey());
+            try
+            {
+                return new WrappedKeyMaterial(session.WrapKey(wrap, state.DomainKey, key));
+            }
+            finally
+            {
+                // The extractable copy must not outlive this operation.
+                session.DestroyObject(key);
+            }
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public ValueTask<byte[]> EncryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] plaintext, CancellationToken cancellationToken) =>
+        WithKeyAsync("encrypt", key, (session, handle) =>
+        {
+            var factories = _module.Factories;
+            using var parameters = factories.MechanismParamsFactory.CreateCkGcmParams(iv, (ulong)iv.Length * 8, aad, 128);
+            using var mechanism = factories.MechanismFactory.Create(CKM.CKM_AES_GCM, parameters);
+            return session.Encrypt(mechanism, handle, plaintext);
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public ValueTask<byte[]> DecryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] ciphertextAndTag, CancellationToken cancellationToken) =>
+        WithKeyAsync("decrypt", key, (session, handle) =>
+        {
+            var factories = _module.Factories;
+            using var parameters = factories.MechanismParamsFactory.CreateCkGcmParams(iv, (ulong)iv.Length * 8, aad, 128);
+            using var mechanism = factories.MechanismFactory.Create(CKM.CKM_AES_GCM, parameters);
+            try
+            {
+                return session.Decrypt(mechanism, handle, ciphertextAndTag);
+            }
+            catch (Pkcs11Exception e) when (_profile.DecryptionFailures.Contains(e.RV))
+            {
+                throw KmsErrors.DecryptionFailed();
+            }
+        }, cancellationToken);
+
+    /// <summary>Closes the sessions (destroying every unwrapped copy) and releases the module.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 1)
+        {
+            return;
+        }
+
+        await _recovery.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            if (_state is { } state)
+            {
+                await CloseAsync(state).ConfigureAwait(false);
+                _state = null;
+            }
+        }
+        finally
+        {
+            _recovery.Release();
+            CryptographicOperations.ZeroMemory(_pin);
+            _module.Release();
+        }
+    }
+
+    /// <summary>Test hook: how many secret-key session objects this process holds on the token.</summary>
+    internal int CountSessionKeyObjects() =>
+        _module.Call(_ => CurrentState().Pool.First.FindAllObjects(
+        [
+            _module.Factories.ObjectAttributeFactory.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
+            _module.Factories.ObjectAttributeFactory.Create(CKA.CKA_TOKEN, false),
+        ]).Count);
+
+    /// <summary>Test hook: the handle cache of the current generation.</summary>
+    internal KeyHandleCache Cache => CurrentState().Cache;
+
+    /// <summary>Test hook: closes every session of the slot behind the adapter's back.</summary>
+    internal void CloseAllSessionsForFaultInjection() =>
+        _module.Call(library =>
+        {
+            library.GetSlotList(SlotsType.WithTokenPresent).First(s => s.SlotId == CurrentState().SlotId).CloseAllSessions();
+            return 0;
+        });
+
+    private SlotState CurrentState() => _state ?? throw new InvalidOperationException("the HSM is not open");
+
+    private async ValueTask<T> WithKeyAsync<T>(string operation, KeyMaterialRef key, Func<ISession, IObjectHandle, T> use, CancellationToken cancellationToken) =>
+        await RunAsync(operation, (session, state) =>
+        {
+            for (var attempt = 1; ; attempt++)
+            {
+                using var lease = state.Cache.Lease(key.Id, () => Unwrap(session, state, key));
+                try
+                {
+                    return use(session, lease.Handle);
+                }
+                catch (Pkcs11Exception e) when (attempt == 1 && Pkcs11Errors.IsHandleLost(e))
+                {
+                    Log.HandleLost(_logger, key.Id.ToString());
+                    state.Cache.Invalidate(key.Id);
+                }
+            }
+        }, cancellationToken).ConfigureAwait(false);
+
+    private IObjectHandle Unwrap(ISession session, SlotState state, KeyMaterialRef key)
+    {
+        using var mechanism = _module.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD);
+        try
+        {
+            return session.UnwrapKey(mechanism, state.DomainKey, key.Wrapped.UnsafeArray, _templates.UnwrappedAesKey());
+        }
+        catch (Pkcs11Exception e) when (Pkcs11Errors.IsWrappedKeyBad(e))
+        {
+            throw KmsErrors.Internal($"the stored material of key version {key.Id} does not unwrap under the domain key ({e.RV})", e);
+        }
+    }
+
+    private async ValueTask<T> RunAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken)
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) == 1, this);
+        var state = await HealthyStateAsync(cancellationToken).ConfigureAwait(false);
+        using var lease = await state.Pool.AcquireAsync(cancellationToken).ConfigureAwait(false);
+        if (state.Faulted)
+        {
+            throw KmsErrors.Unavailable("the HSM is unavailable; retry shortly");
+        }
+
+        try
+        {
+            return _module.Call(_ =>
+            {
+                state.Cache.DestroyPending(handle => Destroy(lease.Session, handle));
+                return body(lease.Session, state);
+            });
+        }
+        catch (Pkcs11Exception e) when (Pkcs11Errors.IsDeviceLost(e))
+        {
+            state.Faulted = true;
+            Log.DeviceLost(_logger, operation, e.RV);
+            throw Pkcs11Errors.Unavailable(e);
+        }
+        catch (Pkcs11Exception e)
+        {
+            throw Pkcs11Errors.Internal(operation, e);
+        }
+    }
+
+    private void Destroy(ISession session, IObjectHandle handle)
+    {
+        try
+        {
+            session.DestroyObject(handle);
+        }
+        catch (Pkcs11Exception e) when (!Pkcs11Errors.IsDeviceLost(e))
+        {
+            Log.DestroyFailed(_logger, e.RV);
+        }
+    }
+
+    private ValueTask<SlotState> HealthyStateAsync(CancellationToken cancellationToken)
+    {
+        var state = _state;
+        return state is { Faulted: false } && state.ModuleGeneration == _module.Generation
+            ? ValueTask.FromResult(state)
+            : RecoverAsync(state, cancellationToken);
+    }
+
+    private async ValueTask<SlotState> RecoverAsync(SlotState? observed, CancellationToken cancellationToken)
+    {
+        await _recovery.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (_state is { Faulted: false } current && current.ModuleGeneration == _module.Generation)
+            {
+                return current;
+            }
+
+            if (_pinRefused || DateTime.UtcNow < _nextRecoveryUtc)
+            {
+                throw KmsErrors.Unavailable("the HSM is unavailable; retry shortly");
+            }
+
+            _nextRecoveryUtc = DateTime.UtcNow + _options.RecoveryBackoff;
+            if (observed is not null)
+            {
+                await CloseAsync(observed).ConfigureAwait(false);
+                _state = null;
+            }
+
+            var fresh = OpenSlotReinitializingIfNeeded(observed?.ModuleGeneration ?? _module.Generation);
+            if (!string.Equals(fresh.CheckValue, DomainKeyCheckValue, StringComparison.Ordinal))
+            {
+                _module.Call(_ =>
+                {
+                    fresh.Dispose();
+                    return 0;
+                });
+                throw new HsmConfigurationException(
+                    $"after recovery the token's domain key has check value {fresh.CheckValue}, not {DomainKeyCheckValue}; staying unavailable");
+            }
+
+            _state = fresh;
+            Log.Recovered(_logger, fresh.Cache.Generation, fresh.ModuleGeneration);
+            return fresh;
+        }
+        catch (Exception e) when (e is Pkcs11Exception or HsmConfigurationException)
+        {
+            Log.RecoveryFailed(_logger, _options.RecoveryBackoff, e);
+            throw KmsErrors.Unavailable("the HSM is unavailable; retry shortly", e);
+        }
+        finally
+        {
+            _recovery.Release();
+        }
+    }
+
+    private SlotState OpenSlotReinitializingIfNeeded(long observedModuleGeneration)
+    {
+        try
+        {
+            return OpenSlot();
+        }
+        catch (Pkcs11Exception e) when (Pkcs11Errors.IsDeviceLost(e))
+        {
+            _module.Reinitialize(observedModuleGeneration);
+            return OpenSlot();
+        }
+    }
+
+    private async Task CloseAsync(SlotState state)
+    {
+        if (!await state.Pool.DrainAsync(DrainTimeout).ConfigureAwait(false))
+        {
+            // Closing a session under a running call is how PKCS#11 libraries crash.
+            Log.DrainTimedOut(_logger, DrainTimeout);
+            return;
+        }
+
+        try
+        {
+            _module.Call(_ =>
+            {
+                state.Dispose();
+                return 0;
+            });
+        }
+        catch (Pkcs11Exception)
+        {
+            // The library is gone; so are the sessions.
+        }
+    }
+
+    private SlotState OpenSlot()
+    {
+        var moduleGeneration = _module.Generation;
+        return _module.Call(library =>
+        {
+            var slot = FindSlot(library);
+            var mechanisms = slot.GetMechanismList();
+            var missing = _profile.RequiredMechanismIds.Where(m => !mechanisms.Contains(m)).ToList();
+            if (missing.Count > 0)
+            {
+                throw new HsmConfigurationException(
+                    $"token '{_options.TokenLabel}' lacks mechanisms the profile '{_profile.Name}' requires: {string.Join(", ", missing)}");
+            }
+
+            var sessions = new List<ISession>();
+            try
+            {
+                for (var i = 0; i < Math.Max(1, _options.SessionPoolSize); i++)
+                {
+                    sessions.Add(slot.OpenSession(SessionType.ReadWrite));
+                }
+
+                Login(sessions[0]);
+                var domainKey = DomainKeyLocator.Locate(sessions[0], _templates, _options, _profile, _module.Factories);
+                var generation = Interlocked.Increment(ref _generation);
+                return new SlotState(
+                    slot.SlotId,
+                    moduleGeneration,
+                    new SessionPool([.. sessions]),
+                    domainKey.Handle,
+                    domainKey.CheckValue,
+                    domainKey.Created,
+                    new KeyHandleCache(generation, _options.KeyCacheCapacity, _options.KeyCacheIdleTimeout));
+            }
+            catch
+            {
+                foreach (var session in sessions)
+                {
+                    try
+                    {
+                        session.Dispose();
+                    }
+                    catch (Pkcs11Exception)
+                    {
+                        // Already dead.
+                    }
+                }
+
+                throw;
+            }
+        });
+    }
+
+    private ISlot FindSlot(IPkcs11Library library)
+    {
+        var matches = library.GetSlotList(SlotsType.WithTokenPresent)
+            .Where(s => s.GetTokenInfo().Label == _options.TokenLabel)
+            .ToList();
+        return matches.Count switch
+        {
+            1 => matches[0],
+            0 => throw new HsmConfigurationException($"no token labelled '{_options.TokenLabel}' in {_options.ModulePath}"),
+            _ => throw new HsmConfigurationException($"{matches.Count} tokens are labelled '{_options.TokenLabel}'; labels must be unique"),
+        };
+    }
+
+    private void Login(ISession session)
+    {
+        try
+        {
+            session.Login(CKU.CKU_USER, _pin);
+        }
+        catch (Pkcs11Exception e) when (e.RV == CKR.CKR_USER_ALREADY_LOGGED_IN)
+        {
+            // Login is per process and token: another user of this module logged in already.
+        }
+        catch (Pkcs11Exception e) when (Pkcs11Errors.IsPinRefused(e))
+        {
+            _pinRefused = true;
+            Log.PinRefused(_logger, e.RV);
+            throw new HsmConfigurationException($"the HSM refused the PIN ({e.RV}); not retrying", e);
+        }
+    }
+
+    private static byte[] ReadPin(HsmOptions options)
+    {
+        if (!string.IsNullOrEmpty(options.PinFile))
+        {
+            if (!File.Exists(options.PinFile))
+            {
+                throw new HsmConfigurationException($"Hsm:PinFile {options.PinFile} does not exist");
+            }
+
+            var line = File.ReadLines(options.PinFile).FirstOrDefault()?.TrimEnd('\r', '\n');
+            return !string.IsNullOrEmpty(line)
+                ? Encoding.UTF8.GetBytes(line)
+                : throw new HsmConfigurationException($"Hsm:PinFile {options.PinFile} is empty");
+        }
+
+        return !string.IsNullOrEmpty(options.Pin)
+            ? Encoding.UTF8.GetBytes(options.Pin)
+            : throw new HsmConfigurationException("set Hsm:PinFile (or Hsm:Pin) to the token's user PIN");
+    }
+
+    /// <summary>Everything that belongs to one generation of sessions: dies together.</summary>
+    private sealed class SlotState(
+        ulong slotId,
+        long moduleGeneration,
+        SessionPool pool,
+        IObjectHandle domainKey,
+        string checkValue,
+        bool domainKeyCreated,
+        KeyHandleCache cache) : IDisposable
+    {
+        private volatile bool _faulted;
+
+        public ulong SlotId { get; } = slotId;
+
+        public long ModuleGeneration { get; } = moduleGeneration;
+
+        public SessionPool Pool { get; } = pool;
+
+        public IObjectHandle DomainKey { get; } = domainKey;
+
+        public string CheckValue { get; } = checkValue;
+
+        public bool DomainKeyCreated { get; } = domainKeyCreated;
+
+        public KeyHandleCache Cache { get; } = cache;
+
+        public bool Faulted
+        {
+            get => _faulted;
+            set => _faulted = value;
+        }
+
+        public void Dispose()
+        {
+            Cache.Dispose();
+            Pool.Dispose();
+        }
+    }
+}

@@ -1,0 +1,164 @@
+using System.Runtime.InteropServices;
+using Net.Pkcs11Interop.Common;
+using Net.Pkcs11Interop.HighLevelAPI;
+
+namespace Kms.Hsm;
+
+/// <summary>
+/// A PKCS#11 module loaded once per process (a second <c>C_Initialize</c> in the same
+/// process fails), shared by reference count. Every native call runs under a read gate;
+/// re-initialisation (<c>C_Finalize</c> + <c>C_Initialize</c>) takes the gate exclusively,
+/// so no call is in flight when the library is torn down.
+/// </summary>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "A module lives in a process-wide registry; Release() tears it down.")]
+internal sealed class Pkcs11Module
+{
+    private static readonly Dictionary<string, Pkcs11Module> Loaded = new(StringComparer.Ordinal);
+    private static readonly Lock LoadedLock = new();
+    private static int _resolverInstalled;
+
+    private readonly ReaderWriterLockSlim _gate = new(LockRecursionPolicy.NoRecursion);
+    private readonly string _path;
+    private IPkcs11Library? _library;
+    private int _references;
+
+    private Pkcs11Module(string path)
+    {
+        _path = path;
+        Factories = new Pkcs11InteropFactories();
+        _library = Load();
+    }
+
+    public Pkcs11InteropFactories Factories { get; }
+
+    /// <summary>Bumped by every re-initialisation: handles and sessions of an older generation are dead.</summary>
+    public long Generation { get; private set; } = 1;
+
+    /// <summary>Loads the module at <paramref name="path"/> or shares the instance already loaded.</summary>
+    public static Pkcs11Module Acquire(string path)
+    {
+        InstallLibdlResolver();
+        lock (LoadedLock)
+        {
+            if (!Loaded.TryGetValue(path, out var module))
+            {
+                module = new Pkcs11Module(path);
+                Loaded[path] = module;
+            }
+
+            module._references++;
+            return module;
+        }
+    }
+
+    /// <summary>Drops one reference; the last one finalizes and unloads the module.</summary>
+    public void Release()
+    {
+        lock (LoadedLock)
+        {
+            if (--_references > 0)
+            {
+                return;
+            }
+
+            Loaded.Remove(_path);
+        }
+
+        _gate.EnterWriteLock();
+        try
+        {
+            _library?.Dispose();
+            _library = null;
+        }
+        finally
+        {
+            _gate.ExitWriteLock();
+        }
+    }
+
+    /// <summary>Runs native calls under the shared gate.</summary>
+    public T Call<T>(Func<IPkcs11Library, T> call)
+    {
+        _gate.EnterReadLock();
+        try
+        {
+            return call(_library ?? throw new Pkcs11Exception("C_Initialize", CKR.CKR_CRYPTOKI_NOT_INITIALIZED));
+        }
+        finally
+        {
+            _gate.ExitReadLock();
+        }
+    }
+
+    /// <summary>
+    /// <c>C_Finalize</c> and <c>C_Initialize</c> again, once per observed generation (callers
+    /// racing to recover from the same fault re-initialise only once).
+    /// </summary>
+    public void Reinitialize(long observedGeneration)
+    {
+        _gate.EnterWriteLock();
+        try
+        {
+            if (Generation != observedGeneration)
+            {
+                return;
+            }
+
+            try
+            {
+                _library?.Dispose();
+            }
+            catch (Pkcs11Exception)
+            {
+                // A library that lost its device may refuse C_Finalize; it is reloaded anyway.
+            }
+
+            _library = null;
+            _library = Load();
+            Generation++;
+        }
+        finally
+        {
+            _gate.ExitWriteLock();
+        }
+    }
+
+    /// <summary>Test hook: finalizes the library behind every user's back, as a crashed HSM client would.</summary>
+    internal void FinalizeForFaultInjection()
+    {
+        _gate.EnterWriteLock();
+        try
+        {
+            _library?.Dispose();
+            _library = null;
+        }
+        finally
+        {
+            _gate.ExitWriteLock();
+        }
+    }
+
+    private IPkcs11Library Load()
+    {
+        try
+        {
+            return Factories.Pkcs11LibraryFactory.LoadPkcs11Library(Factories, _path, AppType.MultiThreaded, InitType.WithFunctionList);
+        }
+        catch (Exception e) when (e is UnmanagedException or DllNotFoundException or Pkcs11Exception)
+        {
+            throw new HsmConfigurationException($"cannot load the PKCS#11 module {_path}: {e.Message}", e);
+        }
+    }
+
+    // Pkcs11Interop 5.3 asks for "libdl", which glibc 2.34+ ships only as libdl.so.2.
+    private static void InstallLibdlResolver()
+    {
+        if (Interlocked.Exchange(ref _resolverInstalled, 1) == 1)
+        {
+            return;
+        }
+
+        NativeLibrary.SetDllImportResolver(typeof(Pkcs11InteropFactories).Assembly, static (name, assembly, searchPath) =>
+            name == "libdl" && NativeLibrary.TryLoad("libdl.so.2", out var handle) ? handle : IntPtr.Zero);
+    }
+}

@@ -1,0 +1,92 @@
+using System.Collections.Concurrent;
+using Net.Pkcs11Interop.HighLevelAPI;
+
+namespace Kms.Hsm;
+
+/// <summary>
+/// A fixed set of sessions on one slot, opened together and kept open for the life of the
+/// pool (SoftHSM drops every object handle when the last session closes). A PKCS#11
+/// session is not thread-safe: a lease gives one caller exclusive use of one session.
+/// </summary>
+internal sealed class SessionPool : IDisposable
+{
+    private readonly ISession[] _sessions;
+    private readonly ConcurrentStack<ISession> _free;
+    private readonly SemaphoreSlim _available;
+    private int _disposed;
+
+    public SessionPool(ISession[] sessions)
+    {
+        _sessions = sessions;
+        _free = new ConcurrentStack<ISession>(sessions);
+        _available = new SemaphoreSlim(sessions.Length, sessions.Length);
+    }
+
+    public int Size => _sessions.Length;
+
+    /// <summary>Any session; used only while no lease can run concurrently (start-up).</summary>
+    public ISession First => _sessions[0];
+
+    public async ValueTask<SessionLease> AcquireAsync(CancellationToken cancellationToken)
+    {
+        await _available.WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (!_free.TryPop(out var session))
+        {
+            _available.Release();
+            throw new InvalidOperationException("session pool accounting is broken");
+        }
+
+        return new SessionLease(this, session);
+    }
+
+    /// <summary>Waits until every lease is returned and keeps them all, so sessions can be closed safely.</summary>
+    public async Task<bool> DrainAsync(TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        for (var taken = 0; taken < _sessions.Length; taken++)
+        {
+            var left = deadline - DateTime.UtcNow;
+            if (left <= TimeSpan.Zero || !await _available.WaitAsync(left).ConfigureAwait(false))
+            {
+                _available.Release(taken);
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    /// <summary>Closes every session. Errors are ignored: the sessions may already be dead.</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 1)
+        {
+            return;
+        }
+
+        foreach (var session in _sessions)
+        {
+            try
+            {
+                session.Dispose();
+            }
+            catch (Net.Pkcs11Interop.Common.Pkcs11Exception)
+            {
+                // Closing a session of a lost device fails; there is nothing left to release.
+            }
+        }
+    }
+
+    private void Return(ISession session)
+    {
+        _free.Push(session);
+        _available.Release();
+    }
+
+    internal readonly struct SessionLease(SessionPool pool, ISession session) : IDisposable
+    {
+        public ISession Session { get; } = session;
+
+        public void Dispose() => pool.Return(Session);
+    }
+}

@@ -1,0 +1,98 @@
+using Google.Rpc;
+using Grpc.Core;
+using Grpc.Core.Interceptors;
+using Kms.Core.Errors;
+
+namespace Kms.Server.Grpc;
+
+/// <summary>
+/// The one place where domain errors become gRPC statuses. INVALID_ARGUMENT carries a
+/// <c>google.rpc.BadRequest</c> naming the field; a decryption failure is one opaque
+/// answer; an unexpected exception is INTERNAL with an error id — never a stack trace.
+/// </summary>
+internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger) : Interceptor
+{
+    public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(
+        TRequest request,
+        ServerCallContext context,
+        UnaryServerMethod<TRequest, TResponse> continuation)
+    {
+        try
+        {
+            return await continuation(request, context);
+        }
+        catch (KmsException e)
+        {
+            throw ToRpcException(e, context.Method);
+        }
+        catch (RpcException)
+        {
+            throw;
+        }
+        catch (OperationCanceledException) when (context.CancellationToken.IsCancellationRequested)
+        {
+            throw new RpcException(new global::Grpc.Core.Status(StatusCode.Cancelled, "the call was cancelled"));
+        }
+        catch (Exception e)
+        {
+            throw Internal(e, context.Method);
+        }
+    }
+
+    private RpcException ToRpcException(KmsException e, string method)
+    {
+        switch (e.Code)
+        {
+            case KmsErrorCode.InvalidArgument:
+                LogRejected(logger, method, e.Code, e.Message);
+                var status = new Google.Rpc.Status { Code = (int)Code.InvalidArgument, Message = e.Message };
+                if (e.Field is not null)
+                {
+                    status.Details.Add(Google.Protobuf.WellKnownTypes.Any.Pack(new BadRequest
+                    {
+                        FieldViolations = { new BadRequest.Types.FieldViolation { Field = e.Field, Description = e.Message } },
+                    }));
+                }
+
+                return status.ToRpcException();
+            case KmsErrorCode.DecryptionFailed:
+                LogRejected(logger, method, e.Code, e.Message);
+                return new RpcException(new global::Grpc.Core.Status(StatusCode.InvalidArgument, KmsErrors.DecryptionFailedMessage));
+            case KmsErrorCode.NotFound:
+                return Plain(StatusCode.NotFound, e, method);
+            case KmsErrorCode.AlreadyExists:
+                return Plain(StatusCode.AlreadyExists, e, method);
+            case KmsErrorCode.FailedPrecondition:
+                return Plain(StatusCode.FailedPrecondition, e, method);
+            case KmsErrorCode.ResourceExhausted:
+                return Plain(StatusCode.ResourceExhausted, e, method);
+            case KmsErrorCode.Unavailable:
+                LogUnavailable(logger, method, e.Message, e.InnerException);
+                return new RpcException(new global::Grpc.Core.Status(StatusCode.Unavailable, e.Message));
+            default:
+                return Internal(e, method);
+        }
+    }
+
+    private RpcException Plain(StatusCode code, KmsException e, string method)
+    {
+        LogRejected(logger, method, e.Code, e.Message);
+        return new RpcException(new global::Grpc.Core.Status(code, e.Message));
+    }
+
+    private RpcException Internal(Exception e, string method)
+    {
+        var errorId = Guid.NewGuid().ToString("N")[..12];
+        LogInternal(logger, method, errorId, e);
+        return new RpcException(new global::Grpc.Core.Status(StatusCode.Internal, $"internal error (error id {errorId}); the server log has the details"));
+    }
+
+    [LoggerMessage(EventId = 1001, Level = LogLevel.Information, Message = "{Method} rejected: {Code}: {Reason}")]
+    private static partial void LogRejected(ILogger logger, string method, KmsErrorCode code, string reason);
+
+    [LoggerMessage(EventId = 1002, Level = LogLevel.Warning, Message = "{Method} unavailable: {Reason}")]
+    private static partial void LogUnavailable(ILogger logger, string method, string reason, Exception? exception);
+
+    [LoggerMessage(EventId = 1003, Level = LogLevel.Error, Message = "{Method} failed with internal error {ErrorId}")]
+    private static partial void LogInternal(ILogger logger, string method, string errorId, Exception exception);
+}

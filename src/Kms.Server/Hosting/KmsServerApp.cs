@@ -1,0 +1,172 @@
+using System.Security.Authentication;
+using System.Security.Cryptography.X509Certificates;
+using Kms.Core.Ports;
+using Kms.Core.Services;
+using Kms.Hsm;
+using Kms.Server.Grpc;
+using Kms.Server.Health;
+using Kms.Server.Tls;
+using Kms.Storage.Sqlite;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.Options;
+using Serilog;
+using Serilog.Events;
+using Serilog.Formatting.Compact;
+
+namespace Kms.Server.Hosting;
+
+/// <summary>
+/// Builds the server: configuration, logging, TLS 1.3 listener, HSM, store, gRPC services.
+/// Used by <c>Program</c> and, in-process, by the tests.
+/// </summary>
+public static class KmsServerApp
+{
+    /// <summary>Builds a server ready to start. HSM and database are opened (and verified) here.</summary>
+    /// <param name="args">Command-line arguments; <c>--dev</c> turns on dev mode, <c>--urls</c> sets the listen addresses.</param>
+    /// <param name="configureLogging">Extra Serilog configuration (tests add a capturing sink).</param>
+    public static async Task<WebApplication> BuildAsync(string[] args, Action<LoggerConfiguration>? configureLogging = null, CancellationToken cancellationToken = default)
+    {
+        var devSwitch = args.Contains("--dev");
+        var builder = WebApplication.CreateBuilder(args.Where(a => a != "--dev").ToArray());
+        if (devSwitch)
+        {
+            builder.Configuration.AddInMemoryCollection([new("Kms:DevMode", "true")]);
+        }
+
+        var serverOptions = builder.Configuration.GetSection("Kms").Get<KmsServerOptions>() ?? new KmsServerOptions();
+        builder.Services.Configure<KmsServerOptions>(builder.Configuration.GetSection("Kms"));
+        if (devSwitch)
+        {
+            builder.Services.PostConfigure<KmsServerOptions>(o => o.DevMode = true);
+        }
+
+        ConfigureLogging(builder, configureLogging);
+
+        var urls = ListenAddresses.Validate(builder.Configuration["urls"]);
+        builder.WebHost.UseUrls([.. urls]);
+        var (certificatePath, keyPath) = ResolveTls(serverOptions);
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            kestrel.AddServerHeader = false;
+            kestrel.ConfigureEndpointDefaults(listen => listen.Protocols = HttpProtocols.Http2);
+            kestrel.ConfigureHttpsDefaults(https =>
+            {
+                https.ServerCertificate = X509Certificate2.CreateFromPemFile(certificatePath, keyPath);
+                https.SslProtocols = SslProtocols.Tls13;
+            });
+        });
+
+        var hsmOptions = builder.Configuration.GetSection("Hsm").Get<HsmOptions>() ?? new HsmOptions();
+        var sqliteOptions = builder.Configuration.GetSection("Storage:Sqlite").Get<SqliteOptions>() ?? new SqliteOptions();
+        if (serverOptions.DevMode)
+        {
+            ApplyDevDefaults(serverOptions, builder.Configuration, hsmOptions, sqliteOptions);
+        }
+
+        var store = await SqliteKeyStore.OpenAsync(sqliteOptions, cancellationToken);
+        var hsm = Pkcs11Hsm.Open(hsmOptions, new Serilog.Extensions.Logging.SerilogLoggerFactory(Log.Logger).CreateLogger("Kms.Hsm"));
+        try
+        {
+            await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
+        }
+        catch
+        {
+            await hsm.DisposeAsync();
+            throw;
+        }
+
+        builder.Services.AddSingleton(TimeProvider.System);
+        builder.Services.AddSingleton<IHsm>(hsm);
+        builder.Services.AddSingleton(hsm);
+        builder.Services.AddSingleton<IKeyStore>(store);
+        builder.Services.AddSingleton<KeyService>();
+        builder.Services.AddSingleton<CryptoService>();
+        builder.Services.AddSingleton<CallerResolver>();
+        builder.Services.AddGrpc(grpc =>
+        {
+            grpc.Interceptors.Add<ErrorInterceptor>();
+            grpc.MaxReceiveMessageSize = serverOptions.MaxRequestBytes;
+            grpc.EnableDetailedErrors = false;
+        });
+        builder.Services.AddGrpcReflection();
+        builder.Services.AddGrpcHealthChecks(o => o.UseHealthChecksCache = false)
+            .AddCheck<HsmHealthCheck>("hsm")
+            .AddCheck<StoreHealthCheck>("store");
+
+        var app = builder.Build();
+        app.MapGrpcService<KeyManagementGrpcService>();
+        app.MapGrpcReflectionService();
+        app.MapGrpcHealthChecksService();
+        return app;
+    }
+
+    /// <summary>The addresses the started server listens on (the real port when 0 was asked for).</summary>
+    public static IReadOnlyList<Uri> BoundAddresses(WebApplication app) =>
+        app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.Select(a => new Uri(a)).ToList();
+
+    private static (string CertificatePath, string KeyPath) ResolveTls(KmsServerOptions options)
+    {
+        if (options.TlsCertificatePath is { Length: > 0 } certificate && options.TlsKeyPath is { Length: > 0 } key)
+        {
+            return (certificate, key);
+        }
+
+        if (!options.DevMode)
+        {
+            throw new InvalidOperationException("set Kms:TlsCertificatePath and Kms:TlsKeyPath (PEM), or start in dev mode (--dev)");
+        }
+
+        return DevCertificates.Ensure(Path.Combine(options.DataDir, "tls"), TimeProvider.System);
+    }
+
+    // Dev mode keeps everything under the data directory; explicit configuration still wins.
+    private static void ApplyDevDefaults(KmsServerOptions options, ConfigurationManager configuration, HsmOptions hsm, SqliteOptions sqlite)
+    {
+        var dataDir = Path.GetFullPath(options.DataDir);
+        hsm.DevMode = true;
+        if (configuration["Hsm:TokenLabel"] is null)
+        {
+            hsm.TokenLabel = "kms-dev";
+        }
+
+        if (configuration["Hsm:PinFile"] is null && configuration["Hsm:Pin"] is null)
+        {
+            hsm.PinFile = Path.Combine(dataDir, "hsm", "user.pin");
+        }
+
+        if (configuration["Storage:Sqlite:DatabasePath"] is null)
+        {
+            sqlite.DatabasePath = Path.Combine(dataDir, "kms.db");
+        }
+
+        var softHsmConfig = Path.Combine(dataDir, "hsm", "softhsm2.conf");
+        if (string.IsNullOrEmpty(Environment.GetEnvironmentVariable("SOFTHSM2_CONF")) && File.Exists(softHsmConfig))
+        {
+            Environment.SetEnvironmentVariable("SOFTHSM2_CONF", softHsmConfig);
+        }
+    }
+
+    private static void ConfigureLogging(WebApplicationBuilder builder, Action<LoggerConfiguration>? configureLogging)
+    {
+        var configuration = new LoggerConfiguration()
+            .MinimumLevel.Information()
+            .MinimumLevel.Override("Microsoft.AspNetCore", LogEventLevel.Warning)
+            .MinimumLevel.Override("Microsoft.Hosting.Lifetime", LogEventLevel.Information)
+            .MinimumLevel.Override("Grpc", LogEventLevel.Warning)
+            .Enrich.FromLogContext();
+        if (Console.IsOutputRedirected)
+        {
+            configuration.WriteTo.Console(new CompactJsonFormatter());
+        }
+        else
+        {
+            configuration.WriteTo.Console(outputTemplate: "[{Timestamp:HH:mm:ss} {Level:u3}] {SourceContext}: {Message:lj}{NewLine}{Exception}");
+        }
+
+        configureLogging?.Invoke(configuration);
+        Log.Logger = configuration.CreateLogger();
+        builder.Services.AddSerilog(Log.Logger, dispose: false);
+    }
+}

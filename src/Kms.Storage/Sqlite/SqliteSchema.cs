@@ -1,0 +1,54 @@
+namespace Kms.Storage.Sqlite;
+
+/// <summary>
+/// Forward-only schema migrations. A migration is never edited once released: add a new one.
+/// A database whose schema is newer than this code is refused, never downgraded.
+/// </summary>
+internal static class SqliteSchema
+{
+    public static IReadOnlyList<(int Version, string Sql)> Migrations { get; } =
+    [
+        (1, """
+            CREATE TABLE settings (
+                name  TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            ) STRICT;
+
+            CREATE TABLE keys (
+                tenant          TEXT    NOT NULL,
+                key_id          TEXT    NOT NULL,
+                purpose         INTEGER NOT NULL,
+                state           INTEGER NOT NULL,
+                primary_version INTEGER NOT NULL,
+                create_time     INTEGER NOT NULL, -- Unix milliseconds, UTC
+                labels          TEXT    NOT NULL, -- JSON object, keys sorted
+                PRIMARY KEY (tenant, key_id)
+            ) STRICT;
+
+            CREATE TABLE key_versions (
+                tenant      TEXT    NOT NULL,
+                key_id      TEXT    NOT NULL,
+                version     INTEGER NOT NULL,
+                version_id  BLOB    NOT NULL UNIQUE, -- 16 random bytes, written into every ciphertext
+                algorithm   INTEGER NOT NULL,
+                state       INTEGER NOT NULL,
+                material    BLOB,                    -- wrapped under the domain key; NULL once destroyed
+                create_time INTEGER NOT NULL,
+                PRIMARY KEY (tenant, key_id, version),
+                FOREIGN KEY (tenant, key_id) REFERENCES keys (tenant, key_id)
+            ) STRICT;
+
+            CREATE TABLE request_ids (
+                tenant      TEXT    NOT NULL,
+                request_id  TEXT    NOT NULL,
+                operation   TEXT    NOT NULL,
+                fingerprint BLOB    NOT NULL,
+                resource    TEXT    NOT NULL,
+                create_time INTEGER NOT NULL,
+                PRIMARY KEY (tenant, request_id)
+            ) STRICT;
+            """),
+    ];
+
+    public static int LatestVersion => Migrations[^1].Version;
+}
