@@ -102,7 +102,7 @@ internal static class DomainKeyLocator
         if (profile.UnwrapTemplateAttribute)
         {
             var unwrap = session.GetAttributeValue(handle, [CKA.CKA_UNWRAP_TEMPLATE])[0];
-            var entries = unwrap.CannotBeRead ? [] : unwrap.GetValueAsObjectAttributeList();
+            var entries = (unwrap.CannotBeRead ? null : unwrap.GetValueAsObjectAttributeList()) ?? [];
             var forcesSensitive = entries.Any(a => a.Type == (ulong)CKA.CKA_SENSITIVE && a.GetValueAsBool());
             var forcesUnextractable = entries.Any(a => a.Type == (ulong)CKA.CKA_EXTRACTABLE && !a.GetValueAsBool());
             if (!forcesSensitive || !forcesUnextractable)

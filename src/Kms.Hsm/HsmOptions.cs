@@ -6,6 +6,13 @@ public sealed class HsmOptions
     /// <summary>Path of the PKCS#11 module.</summary>
     public string ModulePath { get; set; } = "/usr/lib/softhsm/libsofthsm2.so";
 
+    /// <summary>
+    /// Environment variables the module reads at load (e.g. SoftHSM's <c>SOFTHSM2_CONF</c>),
+    /// set natively before it is loaded. The module is loaded once per process: every user
+    /// of the same module must agree on them.
+    /// </summary>
+    public Dictionary<string, string> ModuleEnvironment { get; set; } = [];
+
     /// <summary>Label of the token to use. Slots are chosen by token label, never by number.</summary>
     public string TokenLabel { get; set; } = "kms";
 

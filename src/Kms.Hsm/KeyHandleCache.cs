@@ -63,7 +63,15 @@ internal sealed class KeyHandleCache : IDisposable
     }
 
     /// <summary>Evicts a key version's copy (destroyed once no lease holds it).</summary>
-    public void Invalidate(KeyVersionId id) => _cache.Remove(id);
+    /// <remarks>Marks the copy evicted right away rather than waiting for MemoryCache's asynchronous callback.</remarks>
+    public void Invalidate(KeyVersionId id)
+    {
+        if (_cache.TryGetValue(id, out CachedHandle? cached))
+        {
+            _cache.Remove(id);
+            cached!.MarkEvicted();
+        }
+    }
 
     /// <summary>Evicts everything (each copy destroyed once no lease holds it).</summary>
     public void Clear() => _cache.Compact(1.0);

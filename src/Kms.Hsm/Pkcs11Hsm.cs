@@ -74,7 +74,7 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
         ArgumentNullException.ThrowIfNull(logger);
         var profile = HsmProfile.Load(options.Profile);
         var pin = ReadPin(options);
-        var module = Pkcs11Module.Acquire(options.ModulePath);
+        var module = Pkcs11Module.Acquire(options.ModulePath, options.ModuleEnvironment);
         var hsm = new Pkcs11Hsm(options, profile, logger, module, pin);
         try
         {

@@ -19,12 +19,19 @@ internal sealed class Pkcs11Module
 
     private readonly ReaderWriterLockSlim _gate = new(LockRecursionPolicy.NoRecursion);
     private readonly string _path;
+    private readonly IReadOnlyDictionary<string, string> _environment;
     private IPkcs11Library? _library;
     private int _references;
 
-    private Pkcs11Module(string path)
+    private Pkcs11Module(string path, IReadOnlyDictionary<string, string> environment)
     {
         _path = path;
+        _environment = environment;
+        foreach (var (name, value) in environment)
+        {
+            NativeEnvironment.Set(name, value);
+        }
+
         Factories = new Pkcs11InteropFactories();
         _library = Load();
     }
@@ -34,16 +41,25 @@ internal sealed class Pkcs11Module
     /// <summary>Bumped by every re-initialisation: handles and sessions of an older generation are dead.</summary>
     public long Generation { get; private set; } = 1;
 
-    /// <summary>Loads the module at <paramref name="path"/> or shares the instance already loaded.</summary>
-    public static Pkcs11Module Acquire(string path)
+    /// <summary>
+    /// Loads the module at <paramref name="path"/> (setting <paramref name="environment"/>
+    /// natively first) or shares the instance already loaded with the same environment.
+    /// </summary>
+    public static Pkcs11Module Acquire(string path, IReadOnlyDictionary<string, string>? environment = null)
     {
+        environment ??= new Dictionary<string, string>();
         InstallLibdlResolver();
         lock (LoadedLock)
         {
             if (!Loaded.TryGetValue(path, out var module))
             {
-                module = new Pkcs11Module(path);
+                module = new Pkcs11Module(path, environment);
                 Loaded[path] = module;
+            }
+            else if (environment.Any(kv => !module._environment.TryGetValue(kv.Key, out var loaded) || loaded != kv.Value))
+            {
+                throw new HsmConfigurationException(
+                    $"the PKCS#11 module {path} is already loaded in this process with another Hsm:ModuleEnvironment; a module is configured once per process");
             }
 
             module._references++;

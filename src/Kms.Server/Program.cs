@@ -1,5 +1,4 @@
 using Kms.Server.Hosting;
-using Serilog;
 
 try
 {
@@ -9,7 +8,7 @@ try
         await app.StartAsync();
         foreach (var address in KmsServerApp.BoundAddresses(app))
         {
-            Log.Information("Kms listening on {Address} (TLS 1.3, gRPC)", address);
+            ServerLog.Listening(app.Logger, address);
         }
 
         await app.WaitForShutdownAsync();
@@ -19,12 +18,7 @@ try
 }
 catch (Exception e) when (e is not OperationCanceledException)
 {
-    // Start-up refusals are for the operator: one clear line; the details go to the log.
-    Log.Debug(e, "Start-up failed");
+    // Start-up refusals are for the operator: one clear line, no stack trace.
     Console.Error.WriteLine($"kms: cannot start: {e.Message}");
     return 2;
-}
-finally
-{
-    await Log.CloseAndFlushAsync();
 }

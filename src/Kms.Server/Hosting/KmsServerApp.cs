@@ -42,7 +42,8 @@ public static class KmsServerApp
             builder.Services.PostConfigure<KmsServerOptions>(o => o.DevMode = true);
         }
 
-        ConfigureLogging(builder, configureLogging);
+        var logger = CreateLogger(configureLogging);
+        builder.Services.AddSerilog(logger, dispose: true);
 
         var urls = ListenAddresses.Validate(builder.Configuration["urls"]);
         builder.WebHost.UseUrls([.. urls]);
@@ -66,7 +67,7 @@ public static class KmsServerApp
         }
 
         var store = await SqliteKeyStore.OpenAsync(sqliteOptions, cancellationToken);
-        var hsm = Pkcs11Hsm.Open(hsmOptions, new Serilog.Extensions.Logging.SerilogLoggerFactory(Log.Logger).CreateLogger("Kms.Hsm"));
+        var hsm = Pkcs11Hsm.Open(hsmOptions, new Serilog.Extensions.Logging.SerilogLoggerFactory(logger).CreateLogger("Kms.Hsm"));
         try
         {
             await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
@@ -141,14 +142,19 @@ public static class KmsServerApp
             sqlite.DatabasePath = Path.Combine(dataDir, "kms.db");
         }
 
+        // The SoftHSM token dev.sh made under the data directory, unless told otherwise.
         var softHsmConfig = Path.Combine(dataDir, "hsm", "softhsm2.conf");
-        if (string.IsNullOrEmpty(Environment.GetEnvironmentVariable("SOFTHSM2_CONF")) && File.Exists(softHsmConfig))
+        if (string.IsNullOrEmpty(Environment.GetEnvironmentVariable("SOFTHSM2_CONF"))
+            && !hsm.ModuleEnvironment.ContainsKey("SOFTHSM2_CONF")
+            && File.Exists(softHsmConfig))
         {
-            Environment.SetEnvironmentVariable("SOFTHSM2_CONF", softHsmConfig);
+            hsm.ModuleEnvironment["SOFTHSM2_CONF"] = softHsmConfig;
         }
     }
 
-    private static void ConfigureLogging(WebApplicationBuilder builder, Action<LoggerConfiguration>? configureLogging)
+    // One logger per server instance (not Serilog's static one), so that in-process test
+    // servers each capture their own events.
+    private static Serilog.Core.Logger CreateLogger(Action<LoggerConfiguration>? configureLogging)
     {
         var configuration = new LoggerConfiguration()
             .MinimumLevel.Information()
@@ -166,7 +172,6 @@ public static class KmsServerApp
         }
 
         configureLogging?.Invoke(configuration);
-        Log.Logger = configuration.CreateLogger();
-        builder.Services.AddSerilog(Log.Logger, dispose: false);
+        return configuration.CreateLogger();
     }
 }

@@ -1,0 +1,62 @@
+using System.Text;
+using Net.Pkcs11Interop.Common;
+
+namespace Kms.Hsm;
+
+/// <summary>
+/// Initialises a token through PKCS#11 (<c>C_InitToken</c> on a free slot, then
+/// <c>C_InitPIN</c> as the security officer): the HSM set-up step of a ceremony, and how
+/// tests create tokens inside a process that has already loaded the module (SoftHSM
+/// lists only the tokens that existed at <c>C_Initialize</c>, plus the ones created
+/// through it).
+/// </summary>
+public static class HsmTokenSetup
+{
+    private static readonly Lock InitLock = new();
+
+    /// <summary>Initialises a new token labelled <paramref name="label"/> on the first free slot.</summary>
+    /// <exception cref="HsmConfigurationException">The label is taken, no slot is free, or the HSM refused.</exception>
+    public static void InitializeToken(string modulePath, string label, string securityOfficerPin, string userPin, IReadOnlyDictionary<string, string>? moduleEnvironment = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(label);
+        ArgumentException.ThrowIfNullOrEmpty(securityOfficerPin);
+        ArgumentException.ThrowIfNullOrEmpty(userPin);
+        var module = Pkcs11Module.Acquire(modulePath, moduleEnvironment);
+        try
+        {
+            // Two initialisations racing for the same free slot would collide: one at a time.
+            lock (InitLock)
+            {
+                module.Call(library =>
+                {
+                    var slots = library.GetSlotList(SlotsType.WithTokenPresent);
+                    if (slots.Any(s => s.GetTokenInfo().Label == label))
+                    {
+                        throw new HsmConfigurationException($"a token labelled '{label}' exists already");
+                    }
+
+                    var free = slots.FirstOrDefault(s => !s.GetTokenInfo().TokenFlags.TokenInitialized)
+                        ?? throw new HsmConfigurationException($"no free slot in {modulePath} to initialise token '{label}'");
+                    // The string overload pads the label with blanks as PKCS#11 requires; other
+                    // tools (pkcs11-tool) compare the blank-padded label.
+                    free.InitToken(securityOfficerPin, label);
+
+                    var slot = library.GetSlotList(SlotsType.WithTokenPresent).Single(s => s.GetTokenInfo().Label == label);
+                    using var session = slot.OpenSession(SessionType.ReadWrite);
+                    session.Login(CKU.CKU_SO, Encoding.UTF8.GetBytes(securityOfficerPin));
+                    session.InitPin(Encoding.UTF8.GetBytes(userPin));
+                    session.Logout();
+                    return 0;
+                });
+            }
+        }
+        catch (Pkcs11Exception e)
+        {
+            throw new HsmConfigurationException($"initialising token '{label}' failed: {e.Method} returned {e.RV}", e);
+        }
+        finally
+        {
+            module.Release();
+        }
+    }
+}

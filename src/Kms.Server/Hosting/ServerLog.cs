@@ -1,0 +1,8 @@
+namespace Kms.Server.Hosting;
+
+/// <summary>The host's log catalog (the gRPC layer's is in ErrorInterceptor, the HSM's in Kms.Hsm).</summary>
+internal static partial class ServerLog
+{
+    [LoggerMessage(EventId = 1101, Level = LogLevel.Information, Message = "Kms listening on {Address} (gRPC over TLS 1.3)")]
+    public static partial void Listening(ILogger logger, Uri address);
+}

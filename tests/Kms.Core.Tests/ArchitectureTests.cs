@@ -1,0 +1,53 @@
+using System.Xml.Linq;
+using Kms.Testing;
+
+namespace Kms.Core.Tests;
+
+/// <summary>Dependencies point down (DESIGN.md): guarded here rather than by review.</summary>
+public sealed class ArchitectureTests
+{
+    private static readonly string[] ForbiddenInCore =
+    [
+        "Grpc", "Google.Protobuf", "Pkcs11Interop", "Microsoft.Data.Sqlite", "SQLitePCL", "Npgsql",
+        "Microsoft.AspNetCore", "System.Data.SqlClient", "Microsoft.Data.SqlClient", "BouncyCastle",
+    ];
+
+    [Fact]
+    public void KmsCore_ReferencesNoTransportPkcs11OrSqlAssembly()
+    {
+        var references = typeof(Services.KeyService).Assembly.GetReferencedAssemblies().Select(a => a.Name!).ToList();
+        var offending = references.Where(r => ForbiddenInCore.Any(f => r.StartsWith(f, StringComparison.OrdinalIgnoreCase))).ToList();
+        Assert.Empty(offending);
+        Assert.All(references, r => Assert.True(r.StartsWith("System", StringComparison.Ordinal) || r == "netstandard", $"Kms.Core references {r}"));
+    }
+
+    [Fact]
+    public void KmsCore_HasNoPackageOrProjectReferences()
+    {
+        var project = XDocument.Load(RepositoryPaths.Of("src", "Kms.Core", "Kms.Core.csproj"));
+        Assert.Empty(project.Descendants("PackageReference"));
+        Assert.Empty(project.Descendants("ProjectReference"));
+        Assert.Empty(project.Descendants("FrameworkReference"));
+    }
+
+    [Fact]
+    public void OnlyKmsHsm_ReferencesPkcs11Interop()
+    {
+        var referencing = Directory.GetFiles(RepositoryPaths.Of("src"), "*.csproj", SearchOption.AllDirectories)
+            .Where(path => XDocument.Load(path).Descendants("PackageReference").Any(p => (string?)p.Attribute("Include") == "Pkcs11Interop"))
+            .Select(Path.GetFileNameWithoutExtension)
+            .ToList();
+        Assert.Equal(["Kms.Hsm"], referencing);
+    }
+
+    [Fact]
+    public void NoSourceOutsideKmsHsm_UsesPkcs11InteropNamespaces()
+    {
+        var offending = Directory.GetFiles(RepositoryPaths.Of("src"), "*.cs", SearchOption.AllDirectories)
+            .Where(path => !path.Contains($"{Path.DirectorySeparatorChar}Kms.Hsm{Path.DirectorySeparatorChar}", StringComparison.Ordinal))
+            .Where(path => !path.Contains($"{Path.DirectorySeparatorChar}obj{Path.DirectorySeparatorChar}", StringComparison.Ordinal))
+            .Where(path => File.ReadAllText(path).Contains("Net.Pkcs11Interop", StringComparison.Ordinal))
+            .ToList();
+        Assert.Empty(offending);
+    }
+}

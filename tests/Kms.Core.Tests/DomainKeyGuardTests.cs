@@ -1,0 +1,54 @@
+using Kms.Core.Errors;
+using Kms.Core.Services;
+using Kms.Testing.Fakes;
+
+namespace Kms.Core.Tests;
+
+public sealed class DomainKeyGuardTests
+{
+    [Fact]
+    public async Task Verify_FirstStart_PinsCheckValue()
+    {
+        using var hsm = new FakeHsm { DomainKeyCheckValue = "ABC123" };
+        var store = new InMemoryKeyStore();
+        var pin = await DomainKeyGuard.VerifyAsync(hsm, store, devMode: true, default);
+
+        Assert.True(pin.FirstStart);
+        Assert.Equal("ABC123", await store.GetSettingAsync(DomainKeyGuard.CheckValueSetting, default));
+    }
+
+    [Fact]
+    public async Task Verify_SameDomainKeyAgain_Passes()
+    {
+        var store = new InMemoryKeyStore();
+        using var hsm = new FakeHsm { DomainKeyCheckValue = "ABC123" };
+        await DomainKeyGuard.VerifyAsync(hsm, store, devMode: false, default);
+        var pin = await DomainKeyGuard.VerifyAsync(hsm, store, devMode: false, default);
+        Assert.Equal("ABC123", pin.CheckValue);
+    }
+
+    [Fact]
+    public async Task Verify_OtherDomainKey_RefusesNamingBothCheckValues()
+    {
+        var store = new InMemoryKeyStore();
+        using var first = new FakeHsm { DomainKeyCheckValue = "ABC123" };
+        using var other = new FakeHsm { DomainKeyCheckValue = "DEF456" };
+        await DomainKeyGuard.VerifyAsync(first, store, devMode: true, default);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => DomainKeyGuard.VerifyAsync(other, store, devMode: true, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("ABC123", e.Message, StringComparison.Ordinal);
+        Assert.Contains("DEF456", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Verify_DevDatabaseOutsideDevMode_Refuses()
+    {
+        var store = new InMemoryKeyStore();
+        using var hsm = new FakeHsm();
+        await DomainKeyGuard.VerifyAsync(hsm, store, devMode: true, default);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => DomainKeyGuard.VerifyAsync(hsm, store, devMode: false, default));
+        Assert.Contains("dev-mode", e.Message, StringComparison.Ordinal);
+    }
+}

@@ -1,0 +1,74 @@
+using Kms.Core.Crypto;
+using Kms.Core.Errors;
+
+namespace Kms.Core.Tests;
+
+public sealed class EncryptionContextTests
+{
+    [Fact]
+    public void Create_SameEntriesInAnyOrder_EncodesIdentically()
+    {
+        var a = EncryptionContext.Create(new Dictionary<string, string> { ["x"] = "1", ["y"] = "2" });
+        var b = EncryptionContext.Create([new("y", "2"), new("x", "1")]);
+        Assert.Equal(a.Encoded.ToArray(), b.Encoded.ToArray());
+    }
+
+    [Fact]
+    public void Create_SplitBetweenKeyAndValueMoved_EncodesDifferently()
+    {
+        // Length prefixes keep {"a":"bc"} and {"ab":"c"} apart, which plain concatenation would not.
+        var a = EncryptionContext.Create(new Dictionary<string, string> { ["a"] = "bc" });
+        var b = EncryptionContext.Create(new Dictionary<string, string> { ["ab"] = "c" });
+        Assert.NotEqual(a.Encoded.ToArray(), b.Encoded.ToArray());
+    }
+
+    [Fact]
+    public void Create_Null_IsEmptyContext()
+    {
+        Assert.Equal(new byte[] { 0, 0, 0, 0 }, EncryptionContext.Create(null).Encoded.ToArray());
+    }
+
+    [Fact]
+    public void Create_EmptyKey_InvalidArgumentNamingField()
+    {
+        var e = Assert.Throws<KmsException>(() => EncryptionContext.Create(new Dictionary<string, string> { [""] = "v" }));
+        Assert.Equal(KmsErrorCode.InvalidArgument, e.Code);
+        Assert.Equal("encryption_context", e.Field);
+    }
+
+    [Fact]
+    public void Create_TooManyEntries_InvalidArgument()
+    {
+        var entries = Enumerable.Range(0, Limits.MaxContextEntries + 1).ToDictionary(i => $"k{i}", i => "v");
+        Assert.Equal(KmsErrorCode.InvalidArgument, Assert.Throws<KmsException>(() => EncryptionContext.Create(entries)).Code);
+    }
+
+    [Fact]
+    public void Create_MaxEntries_Accepted()
+    {
+        var entries = Enumerable.Range(0, Limits.MaxContextEntries).ToDictionary(i => $"k{i}", i => "v");
+        Assert.Equal(Limits.MaxContextEntries, EncryptionContext.Create(entries).Count);
+    }
+
+    [Fact]
+    public void Create_OversizedValue_InvalidArgumentWithoutEchoingTheValue()
+    {
+        var value = new string('s', Limits.MaxContextValueBytes + 1);
+        var e = Assert.Throws<KmsException>(() => EncryptionContext.Create(new Dictionary<string, string> { ["k"] = value }));
+        Assert.DoesNotContain(value, e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Create_LoneSurrogate_InvalidArgument()
+    {
+        var e = Assert.Throws<KmsException>(() => EncryptionContext.Create(new Dictionary<string, string> { ["k"] = "\ud800" }));
+        Assert.Equal(KmsErrorCode.InvalidArgument, e.Code);
+    }
+
+    [Fact]
+    public void ToString_NeverShowsValues()
+    {
+        var context = EncryptionContext.Create(new Dictionary<string, string> { ["patient"] = "jane-doe-1234" });
+        Assert.DoesNotContain("jane", context.ToString(), StringComparison.Ordinal);
+    }
+}

@@ -1,0 +1,78 @@
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Names;
+
+namespace Kms.Core.Tests;
+
+public sealed class NameTests
+{
+    [Theory]
+    [InlineData("tenants/dev/keys/orders", "dev", "orders")]
+    [InlineData("tenants/acme-2/keys/A_b-9", "acme-2", "A_b-9")]
+    public void KeyNameParse_Valid_Parses(string name, string tenant, string keyId)
+    {
+        var parsed = KeyName.Parse(name, "name");
+        Assert.Equal(tenant, parsed.Tenant.Value);
+        Assert.Equal(keyId, parsed.KeyId);
+        Assert.Equal(name, parsed.ToString());
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("orders")]
+    [InlineData("tenants/dev/keys/")]
+    [InlineData("tenants/dev/keys/a/b")]
+    [InlineData("tenants/Dev/keys/orders")]
+    [InlineData("tenants//keys/orders")]
+    [InlineData("tenants/dev/keys/bad key")]
+    [InlineData("tenants/dev/keys/orders/versions/1")]
+    [InlineData("/tenants/dev/keys/orders")]
+    [InlineData("tenants/dev/keys/ünicode")]
+    public void KeyNameParse_Malformed_InvalidArgumentNamingField(string name)
+    {
+        var e = Assert.Throws<KmsException>(() => KeyName.Parse(name, "name"));
+        Assert.Equal(KmsErrorCode.InvalidArgument, e.Code);
+        Assert.Equal("name", e.Field);
+    }
+
+    [Fact]
+    public void KeyNameCreate_KeyIdTooLong_InvalidArgument()
+    {
+        var e = Assert.Throws<KmsException>(() => KeyName.Create(TenantId.Parse("dev"), new string('a', 64)));
+        Assert.Equal("key_id", e.Field);
+    }
+
+    [Theory]
+    [InlineData("tenants/dev")]
+    [InlineData("tenants/a")]
+    public void TenantParseResourceName_Valid_Parses(string name)
+    {
+        Assert.Equal(name, TenantId.ParseResourceName(name, "parent").ResourceName);
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("dev")]
+    [InlineData("tenants/")]
+    [InlineData("tenants/1abc")]
+    [InlineData("tenants/dev/keys")]
+    public void TenantParseResourceName_Malformed_InvalidArgument(string name)
+    {
+        Assert.Equal("parent", Assert.Throws<KmsException>(() => TenantId.ParseResourceName(name, "parent")).Field);
+    }
+
+    [Fact]
+    public void KeyVersionName_Formats()
+    {
+        Assert.Equal("tenants/dev/keys/k/versions/3", KeyName.Parse("tenants/dev/keys/k", "name").Version(3).ToString());
+    }
+
+    [Theory]
+    [InlineData("Team", "x")]
+    [InlineData("team", "UPPER")]
+    [InlineData("1team", "x")]
+    public void KeyLabels_Invalid_InvalidArgument(string key, string value)
+    {
+        Assert.Equal(KmsErrorCode.InvalidArgument, Assert.Throws<KmsException>(() => KeyLabels.Create([new(key, value)])).Code);
+    }
+}

@@ -1,0 +1,121 @@
+using Kms.Core.Keys;
+using Kms.Core.Ports;
+using Kms.Testing;
+using Microsoft.Extensions.Logging.Abstractions;
+using Net.Pkcs11Interop.Common;
+using Net.Pkcs11Interop.HighLevelAPI;
+
+namespace Kms.Hsm.Tests;
+
+/// <summary>Leasing: an unwrapped copy dies only when evicted and unleased; the cache is bounded.</summary>
+public sealed class KeyHandleCacheTests(HsmFixture fixture) : IClassFixture<HsmFixture>
+{
+    private static readonly Pkcs11InteropFactories Factories = new();
+
+    [Fact]
+    public void Lease_EvictedWhileLeased_DestroyedOnlyAfterRelease()
+    {
+        using var cache = new KeyHandleCache(1, 10, TimeSpan.FromMinutes(5));
+        var id = KeyVersionId.NewId();
+        var destroyed = new List<ulong>();
+
+        var lease = cache.Lease(id, () => Factories.ObjectHandleFactory.Create(42));
+        cache.Invalidate(id);
+        cache.DestroyPending(h => destroyed.Add(h.ObjectId));
+        Assert.Empty(destroyed);
+
+        lease.Dispose();
+        cache.DestroyPending(h => destroyed.Add(h.ObjectId));
+        Assert.Equal([42UL], destroyed);
+    }
+
+    [Fact]
+    public void Lease_ReleasedThenEvicted_DestroyedOnce()
+    {
+        using var cache = new KeyHandleCache(1, 10, TimeSpan.FromMinutes(5));
+        var id = KeyVersionId.NewId();
+        var destroyed = new List<ulong>();
+
+        cache.Lease(id, () => Factories.ObjectHandleFactory.Create(7)).Dispose();
+        cache.Lease(id, () => throw new InvalidOperationException("must hit the cache")).Dispose();
+        cache.Invalidate(id);
+        cache.Invalidate(id);
+        cache.DestroyPending(h => destroyed.Add(h.ObjectId));
+        Assert.Equal([7UL], destroyed);
+    }
+
+    [Fact]
+    public void Lease_AfterEviction_UnwrapsAFreshCopyInsteadOfReusingTheOldHandle()
+    {
+        using var cache = new KeyHandleCache(1, 10, TimeSpan.FromMinutes(5));
+        var id = KeyVersionId.NewId();
+        var held = cache.Lease(id, () => Factories.ObjectHandleFactory.Create(1));
+        cache.Invalidate(id);
+
+        using var fresh = cache.Lease(id, () => Factories.ObjectHandleFactory.Create(2));
+        Assert.Equal(2UL, fresh.Handle.ObjectId);
+        held.Dispose();
+    }
+
+    [Fact]
+    public async Task ManyKeysThroughSmallCache_SessionObjectsStayBounded()
+    {
+        var token = SoftHsm.CreateToken();
+        await using var hsm = Pkcs11Hsm.Open(token.Options(cacheCapacity: 4), NullLogger.Instance);
+        var keys = new List<KeyMaterialRef>();
+        for (var i = 0; i < 40; i++)
+        {
+            keys.Add(new KeyMaterialRef(KeyVersionId.NewId(), await hsm.GenerateAes256KeyAsync(default)));
+        }
+
+        foreach (var key in keys)
+        {
+            await hsm.EncryptAesGcmAsync(key, new byte[12], [], [1], default);
+        }
+
+        // Eviction callbacks run on the thread pool; the next operations destroy what they queued.
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        int live;
+        do
+        {
+            await hsm.GenerateRandomAsync(1, default);
+            live = hsm.CountSessionKeyObjects();
+        }
+        while (live > 4 + 1 && DateTime.UtcNow < deadline && await Delay());
+
+        Assert.InRange(live, 1, 5);
+    }
+
+    [Fact]
+    public async Task LeasedRealHandle_StaysUsableAfterEviction_ThenIsDestroyed()
+    {
+        var key = new KeyMaterialRef(KeyVersionId.NewId(), await fixture.Hsm.GenerateAes256KeyAsync(default));
+        await fixture.Hsm.EncryptAesGcmAsync(key, new byte[12], [], [1], default);
+        var cache = fixture.Hsm.Cache;
+        var lease = cache.Lease(key.Id, () => throw new InvalidOperationException("must be cached"));
+        cache.Invalidate(key.Id);
+        await fixture.Hsm.GenerateRandomAsync(1, default); // drains the destroy queue
+
+        using var session = fixture.OpenRawSession();
+        using (var parameters = fixture.Factories.MechanismParamsFactory.CreateCkGcmParams(new byte[12], 96, [], 128))
+        using (var gcm = fixture.Factories.MechanismFactory.Create(CKM.CKM_AES_GCM, parameters))
+        {
+            Assert.Equal(17, session.Encrypt(gcm, lease.Handle, [1]).Length);
+        }
+
+        lease.Dispose();
+        await fixture.Hsm.GenerateRandomAsync(1, default);
+        using (var parameters = fixture.Factories.MechanismParamsFactory.CreateCkGcmParams(new byte[12], 96, [], 128))
+        using (var gcm = fixture.Factories.MechanismFactory.Create(CKM.CKM_AES_GCM, parameters))
+        {
+            var e = Assert.Throws<Pkcs11Exception>(() => session.Encrypt(gcm, lease.Handle, [1]));
+            Assert.Contains(e.RV, new[] { CKR.CKR_KEY_HANDLE_INVALID, CKR.CKR_OBJECT_HANDLE_INVALID });
+        }
+    }
+
+    private static async Task<bool> Delay()
+    {
+        await Task.Delay(100);
+        return true;
+    }
+}

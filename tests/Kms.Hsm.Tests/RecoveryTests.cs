@@ -1,0 +1,86 @@
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Ports;
+using Kms.Testing;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Kms.Hsm.Tests;
+
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class ReinitializationGroup
+{
+    // Re-initialising the module affects every user of it in this process: run alone.
+    public const string Name = "HSM re-initialisation";
+}
+
+/// <summary>Lost sessions and a lost library: UNAVAILABLE, then served again without a restart.</summary>
+[Collection(ReinitializationGroup.Name)]
+public sealed class RecoveryTests
+{
+    [Fact]
+    public async Task SessionsClosedBehindOurBack_UnavailableThenRecoversWithNewGeneration()
+    {
+        await using var hsm = Pkcs11Hsm.Open(SoftHsm.CreateToken().Options(), NullLogger.Instance);
+        var key = new KeyMaterialRef(KeyVersionId.NewId(), await hsm.GenerateAes256KeyAsync(default));
+        var sealedBytes = await hsm.EncryptAesGcmAsync(key, new byte[12], [], [4, 2], default);
+        var generation = hsm.Generation;
+
+        hsm.CloseAllSessionsForFaultInjection();
+
+        var e = await Assert.ThrowsAsync<KmsException>(async () => await hsm.DecryptAesGcmAsync(key, new byte[12], [], sealedBytes, default));
+        Assert.Equal(KmsErrorCode.Unavailable, e.Code);
+        Assert.Equal([4, 2], await hsm.DecryptAesGcmAsync(key, new byte[12], [], sealedBytes, default));
+        Assert.True(hsm.Generation > generation);
+        Assert.Equal(1, hsm.Cache.Count);
+    }
+
+    [Fact]
+    public async Task LibraryFinalizedBehindOurBack_UnavailableThenReinitialisesAndServes()
+    {
+        await using var hsm = Pkcs11Hsm.Open(SoftHsm.CreateToken().Options(), NullLogger.Instance);
+        var key = new KeyMaterialRef(KeyVersionId.NewId(), await hsm.GenerateAes256KeyAsync(default));
+        var sealedBytes = await hsm.EncryptAesGcmAsync(key, new byte[12], [], [1], default);
+        var moduleGeneration = hsm.Module.Generation;
+        var checkValue = hsm.DomainKeyCheckValue;
+
+        hsm.Module.FinalizeForFaultInjection();
+
+        var e = await Assert.ThrowsAsync<KmsException>(async () => await hsm.GenerateRandomAsync(8, default));
+        Assert.Equal(KmsErrorCode.Unavailable, e.Code);
+        Assert.Equal([1], await hsm.DecryptAesGcmAsync(key, new byte[12], [], sealedBytes, default));
+        Assert.True(hsm.Module.Generation > moduleGeneration);
+        Assert.Equal(checkValue, hsm.DomainKeyCheckValue);
+    }
+
+    [Fact]
+    public async Task ConcurrentCallsDuringFault_AllUnavailableOrCorrect_NeverCrash()
+    {
+        await using var hsm = Pkcs11Hsm.Open(SoftHsm.CreateToken().Options(sessions: 4), NullLogger.Instance);
+        var key = new KeyMaterialRef(KeyVersionId.NewId(), await hsm.GenerateAes256KeyAsync(default));
+        using var stop = new CancellationTokenSource();
+        var failures = 0;
+        var load = Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                try
+                {
+                    var sealedBytes = await hsm.EncryptAesGcmAsync(key, new byte[12], [], [9], default);
+                    Assert.Equal([9], await hsm.DecryptAesGcmAsync(key, new byte[12], [], sealedBytes, default));
+                }
+                catch (KmsException e) when (e.Code == KmsErrorCode.Unavailable)
+                {
+                    Interlocked.Increment(ref failures);
+                }
+            }
+        });
+
+        await Task.Delay(100);
+        hsm.CloseAllSessionsForFaultInjection();
+        await Task.Delay(300);
+        await stop.CancelAsync();
+        await load;
+
+        Assert.Equal([9], await hsm.DecryptAesGcmAsync(key, new byte[12], [], await hsm.EncryptAesGcmAsync(key, new byte[12], [], [9], default), default));
+    }
+}

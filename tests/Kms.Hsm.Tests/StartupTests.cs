@@ -1,0 +1,141 @@
+using System.Text;
+using Kms.Testing;
+using Microsoft.Extensions.Logging.Abstractions;
+using Net.Pkcs11Interop.Common;
+using Net.Pkcs11Interop.HighLevelAPI;
+
+namespace Kms.Hsm.Tests;
+
+/// <summary>What the adapter refuses at start-up, each with a message an operator can act on.</summary>
+public sealed class StartupTests
+{
+    [Fact]
+    public void Open_NoDomainKeyOutsideDevMode_RefusesPointingAtCeremony()
+    {
+        var token = SoftHsm.CreateToken();
+        var e = Assert.Throws<HsmConfigurationException>(() => Pkcs11Hsm.Open(token.Options(devMode: false), NullLogger.Instance));
+        Assert.Contains("ceremony", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Open_DevDomainKeyOutsideDevMode_Refused()
+    {
+        var token = SoftHsm.CreateToken();
+        await (await OpenAsync(token)).DisposeAsync();
+        var options = token.Options(devMode: false);
+        options.DomainKeyId = HsmOptions.DevDomainKeyId;
+
+        var e = Assert.Throws<HsmConfigurationException>(() => Pkcs11Hsm.Open(options, NullLogger.Instance));
+        Assert.Contains("dev-mode", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Open_SecondDevStart_FindsSameDomainKey()
+    {
+        var token = SoftHsm.CreateToken();
+        string first;
+        await using (var hsm = await OpenAsync(token))
+        {
+            Assert.True(hsm.DomainKeyCreated);
+            first = hsm.DomainKeyCheckValue;
+        }
+
+        await using var again = await OpenAsync(token);
+        Assert.False(again.DomainKeyCreated);
+        Assert.Equal(first, again.DomainKeyCheckValue);
+    }
+
+    [Fact]
+    public async Task Open_TwoKeysCarryTheDomainKeyLabel_RefusesToGuess()
+    {
+        var token = SoftHsm.CreateToken();
+        await (await OpenAsync(token)).DisposeAsync();
+        RawToken.WithSession(token, (session, factories) =>
+            Plant(session, factories, Encoding.UTF8.GetBytes("planted"), weak: false));
+
+        var e = Assert.Throws<HsmConfigurationException>(() => Pkcs11Hsm.Open(token.Options(), NullLogger.Instance));
+        Assert.Contains("refusing to guess", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Open_WeakDomainKeyPlantedBeforeFirstStart_RefusedListingViolations()
+    {
+        var token = SoftHsm.CreateToken();
+        RawToken.WithSession(token, (session, factories) =>
+            Plant(session, factories, Encoding.UTF8.GetBytes(HsmOptions.DevDomainKeyId), weak: true));
+
+        var e = Assert.Throws<HsmConfigurationException>(() => Pkcs11Hsm.Open(token.Options(), NullLogger.Instance));
+        Assert.Contains("CKA_DECRYPT must be False", e.Message, StringComparison.Ordinal);
+        Assert.Contains("CKA_MODIFIABLE must be False", e.Message, StringComparison.Ordinal);
+        Assert.Contains("CKA_UNWRAP_TEMPLATE", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Open_WrongPin_RefusedWithoutRetry()
+    {
+        var token = SoftHsm.CreateToken();
+        var options = token.Options();
+        options.PinFile = null;
+        options.Pin = "not-the-pin";
+        var e = Assert.Throws<HsmConfigurationException>(() => Pkcs11Hsm.Open(options, NullLogger.Instance));
+        Assert.Contains("refused the PIN", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("not-the-pin", e.ToString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Open_UnknownTokenLabel_NamesTheLabel()
+    {
+        var options = SoftHsm.CreateToken().Options();
+        options.TokenLabel = "no-such-token";
+        var e = Assert.Throws<HsmConfigurationException>(() => Pkcs11Hsm.Open(options, NullLogger.Instance));
+        Assert.Contains("no-such-token", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Open_ProfileNeedsMechanismTokenLacks_Refused()
+    {
+        var profile = Path.Combine(Path.GetTempPath(), $"profile-{Guid.NewGuid():N}.json");
+        File.WriteAllText(profile, """
+            { "name": "needs-skipjack", "requiredMechanisms": ["CKM_AES_GCM", "CKM_SKIPJACK_WRAP"], "checkValueAttribute": true,
+              "allowedMechanismsAttribute": true, "unwrapTemplateAttribute": true, "decryptionFailureReturnValues": ["CKR_GENERAL_ERROR"] }
+            """);
+        var options = SoftHsm.CreateToken().Options();
+        options.Profile = profile;
+        var e = Assert.Throws<HsmConfigurationException>(() => Pkcs11Hsm.Open(options, NullLogger.Instance));
+        Assert.Contains("CKM_SKIPJACK_WRAP", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Open_MissingModule_ClearError()
+    {
+        var options = SoftHsm.CreateToken().Options();
+        options.ModulePath = "/nonexistent/libpkcs11.so";
+        var e = Assert.Throws<HsmConfigurationException>(() => Pkcs11Hsm.Open(options, NullLogger.Instance));
+        Assert.Contains("/nonexistent/libpkcs11.so", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void EmbeddedSoftHsmProfile_Loads()
+    {
+        var profile = HsmProfile.Load("softhsm2");
+        Assert.Equal("softhsm2", profile.Name);
+        Assert.False(profile.WrapWithTrusted);
+        Assert.Contains("CKR_GENERAL_ERROR", profile.DecryptionFailureReturnValues);
+    }
+
+    private static Task<Pkcs11Hsm> OpenAsync(TestToken token) => Task.Run(() => Pkcs11Hsm.Open(token.Options(), NullLogger.Instance));
+
+    // A key labelled like the domain key: with the right flags but no safeguards when weak.
+    private static void Plant(ISession session, Pkcs11InteropFactories factories, byte[] id, bool weak)
+    {
+        var a = factories.ObjectAttributeFactory;
+        using var generate = factories.MechanismFactory.Create(CKM.CKM_AES_KEY_GEN);
+        session.GenerateKey(generate,
+        [
+            a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_VALUE_LEN, 32UL),
+            a.Create(CKA.CKA_TOKEN, true), a.Create(CKA.CKA_PRIVATE, true), a.Create(CKA.CKA_LABEL, "kms-domain-key"), a.Create(CKA.CKA_ID, id),
+            a.Create(CKA.CKA_WRAP, true), a.Create(CKA.CKA_UNWRAP, true), a.Create(CKA.CKA_DECRYPT, weak),
+            a.Create(CKA.CKA_SENSITIVE, true), a.Create(CKA.CKA_EXTRACTABLE, false),
+        ]);
+    }
+}

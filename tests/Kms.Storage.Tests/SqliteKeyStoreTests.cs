@@ -1,0 +1,99 @@
+using System.Security.Cryptography;
+using Kms.Core.Ports;
+using Kms.Storage.Sqlite;
+using Microsoft.Data.Sqlite;
+
+namespace Kms.Storage.Tests;
+
+public sealed class SqliteKeyStoreTests : KeyStoreContract, IDisposable
+{
+    private readonly string _directory = Path.Combine(Path.GetTempPath(), "kms-sqlite-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+
+    private string DatabasePath => Path.Combine(_directory, "kms.db");
+
+    protected override async Task<IKeyStore> CreateStoreAsync() => await OpenAsync();
+
+    public void Dispose()
+    {
+        SqliteConnection.ClearAllPools();
+        Directory.Delete(_directory, recursive: true);
+    }
+
+    [Fact]
+    public async Task Open_ConnectionsUseWalFullSyncAndSecureDelete()
+    {
+        var store = await OpenAsync();
+        Assert.Equal("wal", await store.ReadPragmaAsync("journal_mode", default));
+        Assert.Equal("2", await store.ReadPragmaAsync("synchronous", default));
+        Assert.Equal("1", await store.ReadPragmaAsync("secure_delete", default));
+        Assert.Equal("1", await store.ReadPragmaAsync("foreign_keys", default));
+    }
+
+    [Fact]
+    public async Task Open_DatabaseFileIsOwnerOnly()
+    {
+        await OpenAsync();
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(DatabasePath));
+    }
+
+    [Fact]
+    public async Task Reopen_AfterPoolsCleared_KeepsCommittedKeys()
+    {
+        var store = await OpenAsync();
+        var key = NewKey(Dev, "durable");
+        await store.CreateKeyAsync(key, Material(), null, default);
+        SqliteConnection.ClearAllPools();
+
+        var reopened = await OpenAsync();
+        Assert.Equal(key.Primary.Id, (await reopened.GetKeyAsync(key.Name, default))!.Primary.Id);
+    }
+
+    [Fact]
+    public async Task Open_Twice_MigrationsAppliedOnce()
+    {
+        await OpenAsync();
+        await OpenAsync();
+        await using var connection = new SqliteConnection($"Data Source={DatabasePath}");
+        await connection.OpenAsync();
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT count(*) FROM schema_migrations";
+        Assert.Equal(1L, await command.ExecuteScalarAsync());
+    }
+
+    [Fact]
+    public async Task Open_SchemaNewerThanCode_Refused()
+    {
+        await OpenAsync();
+        await using (var connection = new SqliteConnection($"Data Source={DatabasePath}"))
+        {
+            await connection.OpenAsync();
+            await using var command = connection.CreateCommand();
+            command.CommandText = "INSERT INTO schema_migrations (version, applied_time) VALUES (999, 0)";
+            await command.ExecuteNonQueryAsync();
+        }
+
+        SqliteConnection.ClearAllPools();
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => OpenAsync());
+        Assert.Contains("newer", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Store_DatabaseLockedByAnotherWriter_UnavailableNotCrash()
+    {
+        var store = await SqliteKeyStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath, BusyTimeout = TimeSpan.FromMilliseconds(200) }, default);
+        await using var blocker = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
+        await blocker.OpenAsync();
+        await using var transaction = blocker.BeginTransaction(deferred: false);
+
+        var e = await Assert.ThrowsAsync<Kms.Core.Errors.KmsException>(() => store.CreateKeyAsync(NewKey(Dev, "blocked"), Material(), null, default));
+        Assert.Equal(Kms.Core.Errors.KmsErrorCode.Unavailable, e.Code);
+        Assert.DoesNotContain("SQLite", e.Message, StringComparison.OrdinalIgnoreCase);
+    }
+
+    private Task<SqliteKeyStore> OpenAsync() => SqliteKeyStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath }, default);
+}
+
+public sealed class InMemoryKeyStoreTests : KeyStoreContract
+{
+    protected override Task<IKeyStore> CreateStoreAsync() => Task.FromResult<IKeyStore>(new Kms.Testing.Fakes.InMemoryKeyStore());
+}

@@ -1,0 +1,91 @@
+using System.Security.Cryptography;
+using Kms.Core.Crypto;
+using Kms.Core.Errors;
+using Kms.Core.Ports;
+
+namespace Kms.Testing.Fakes;
+
+/// <summary>
+/// An <see cref="IHsm"/> in .NET crypto, for domain tests only: keys are "wrapped" with
+/// AES-GCM under an in-memory domain key. Every real crypto path is also tested against
+/// SoftHSM through Kms.Hsm.
+/// </summary>
+public sealed class FakeHsm : IHsm, IDisposable
+{
+    private readonly byte[] _domainKey = RandomNumberGenerator.GetBytes(32);
+
+    public string DomainKeyCheckValue { get; init; } = "FA4E00";
+
+    /// <summary>Calls made, by operation name (tests assert the hot path's call count).</summary>
+    public Dictionary<string, int> Calls { get; } = [];
+
+    public ValueTask<byte[]> GenerateRandomAsync(int length, CancellationToken cancellationToken)
+    {
+        Count("random");
+        return ValueTask.FromResult(RandomNumberGenerator.GetBytes(length));
+    }
+
+    public ValueTask<WrappedKeyMaterial> GenerateAes256KeyAsync(CancellationToken cancellationToken)
+    {
+        Count("generate");
+        var key = RandomNumberGenerator.GetBytes(32);
+        try
+        {
+            var nonce = RandomNumberGenerator.GetBytes(12);
+            var wrapped = new byte[12 + 32 + 16];
+            nonce.CopyTo(wrapped, 0);
+            using var aes = new AesGcm(_domainKey, 16);
+            aes.Encrypt(nonce, key, wrapped.AsSpan(12, 32), wrapped.AsSpan(44, 16));
+            return ValueTask.FromResult(new WrappedKeyMaterial(wrapped));
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(key);
+        }
+    }
+
+    public ValueTask<byte[]> EncryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] plaintext, CancellationToken cancellationToken)
+    {
+        Count("encrypt");
+        using var aes = new AesGcm(Unwrap(key), 16);
+        var output = new byte[plaintext.Length + 16];
+        aes.Encrypt(iv, plaintext, output.AsSpan(0, plaintext.Length), output.AsSpan(plaintext.Length), aad);
+        return ValueTask.FromResult(output);
+    }
+
+    public ValueTask<byte[]> DecryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] ciphertextAndTag, CancellationToken cancellationToken)
+    {
+        Count("decrypt");
+        using var aes = new AesGcm(Unwrap(key), 16);
+        var plaintext = new byte[ciphertextAndTag.Length - 16];
+        try
+        {
+            aes.Decrypt(iv, ciphertextAndTag.AsSpan(0, plaintext.Length), ciphertextAndTag.AsSpan(plaintext.Length), plaintext, aad);
+        }
+        catch (AuthenticationTagMismatchException)
+        {
+            throw KmsErrors.DecryptionFailed();
+        }
+
+        return ValueTask.FromResult(plaintext);
+    }
+
+    public void Dispose() => CryptographicOperations.ZeroMemory(_domainKey);
+
+    private byte[] Unwrap(KeyMaterialRef key)
+    {
+        var wrapped = key.Wrapped.Bytes.Span;
+        var material = new byte[32];
+        using var aes = new AesGcm(_domainKey, 16);
+        aes.Decrypt(wrapped[..12], wrapped.Slice(12, 32), wrapped.Slice(44, 16), material);
+        return material;
+    }
+
+    private void Count(string operation)
+    {
+        lock (Calls)
+        {
+            Calls[operation] = Calls.GetValueOrDefault(operation) + 1;
+        }
+    }
+}

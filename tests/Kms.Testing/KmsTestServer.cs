@@ -1,0 +1,93 @@
+using System.Security.Cryptography;
+using Grpc.Net.Client;
+using Kms.Client;
+using Kms.Server.Hosting;
+using Microsoft.AspNetCore.Builder;
+
+namespace Kms.Testing;
+
+/// <summary>
+/// The real server, in this process: dev mode, a fresh SoftHSM token, a SQLite file and TLS
+/// material in a temporary data directory, listening on a random loopback port.
+/// </summary>
+public sealed class KmsTestServer : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+
+    private KmsTestServer(WebApplication app, TestToken token, string dataDir, string tenant, LogCapture logs)
+    {
+        _app = app;
+        Token = token;
+        DataDir = dataDir;
+        Tenant = tenant;
+        Logs = logs;
+        Address = KmsServerApp.BoundAddresses(app).Single();
+    }
+
+    public TestToken Token { get; }
+
+    public string DataDir { get; }
+
+    public string Tenant { get; }
+
+    public LogCapture Logs { get; }
+
+    public Uri Address { get; }
+
+    public string CaCertificatePath => Path.Combine(DataDir, "tls", "ca.crt");
+
+    public string DatabasePath => Path.Combine(DataDir, "kms.db");
+
+    public IServiceProvider Services => _app.Services;
+
+    /// <summary>Starts a server; pass a token and data directory to start on existing state.</summary>
+    public static async Task<KmsTestServer> StartAsync(TestToken? token = null, string? dataDir = null, string tenant = "dev", params string[] extraArgs)
+    {
+        token ??= SoftHsm.CreateToken();
+        dataDir ??= Path.Combine(Path.GetTempPath(), "kms-server-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        var logs = new LogCapture();
+        string[] args =
+        [
+            "--dev",
+            "--urls=https://127.0.0.1:0",
+            $"--Kms:DataDir={dataDir}",
+            $"--Kms:Tenant={tenant}",
+            $"--Hsm:TokenLabel={token.Label}",
+            $"--Hsm:PinFile={token.PinFile}",
+            "--Hsm:SessionPoolSize=2",
+            .. extraArgs,
+        ];
+        var app = await KmsServerApp.BuildAsync(args, logging => logging.WriteTo.Sink(logs));
+        await app.StartAsync();
+        return new KmsTestServer(app, token, dataDir, tenant, logs);
+    }
+
+    /// <summary>Stops this server and starts a new one on the same token and data directory.</summary>
+    public async Task<KmsTestServer> RestartAsync(string? tenant = null)
+    {
+        await DisposeAsync();
+        return await StartAsync(Token, DataDir, tenant ?? Tenant);
+    }
+
+    /// <summary>A typed client that trusts this server's dev CA.</summary>
+    public KmsClient CreateClient() => new(new KmsClientOptions { Endpoint = Address, CaCertificatePath = CaCertificatePath });
+
+    /// <summary>A channel for other services (health, reflection).</summary>
+    public GrpcChannel CreateChannel()
+    {
+        var ca = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPemFile(CaCertificatePath);
+        var handler = new SocketsHttpHandler();
+        handler.SslOptions.CertificateChainPolicy = new System.Security.Cryptography.X509Certificates.X509ChainPolicy
+        {
+            TrustMode = System.Security.Cryptography.X509Certificates.X509ChainTrustMode.CustomRootTrust,
+            CustomTrustStore = { ca },
+        };
+        return GrpcChannel.ForAddress(Address, new GrpcChannelOptions { HttpHandler = handler });
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+    }
+}
