@@ -38,7 +38,7 @@ public sealed class KmsClient : IDisposable
         var ca = options.CaCertificate;
         if (ca is null && options.CaCertificatePath is { } path)
         {
-            ca = _ownedCa = X509Certificate2.CreateFromPemFile(path);
+            ca = _ownedCa = X509Certificate2.CreateFromPem(File.ReadAllText(path));
         }
 
         var ssl = new SslClientAuthenticationOptions { EnabledSslProtocols = SslProtocols.Tls13 };

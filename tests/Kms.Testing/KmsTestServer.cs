@@ -55,6 +55,7 @@ public sealed class KmsTestServer : IAsyncDisposable
             $"--Hsm:TokenLabel={token.Label}",
             $"--Hsm:PinFile={token.PinFile}",
             "--Hsm:SessionPoolSize=2",
+            .. SoftHsm.ModuleEnvironment.Select(kv => $"--Hsm:ModuleEnvironment:{kv.Key}={kv.Value}"),
             .. extraArgs,
         ];
         var app = await KmsServerApp.BuildAsync(args, logging => logging.WriteTo.Sink(logs));
@@ -75,11 +76,12 @@ public sealed class KmsTestServer : IAsyncDisposable
     /// <summary>A channel for other services (health, reflection).</summary>
     public GrpcChannel CreateChannel()
     {
-        var ca = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPemFile(CaCertificatePath);
+        var ca = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(File.ReadAllText(CaCertificatePath));
         var handler = new SocketsHttpHandler();
         handler.SslOptions.CertificateChainPolicy = new System.Security.Cryptography.X509Certificates.X509ChainPolicy
         {
             TrustMode = System.Security.Cryptography.X509Certificates.X509ChainTrustMode.CustomRootTrust,
+            RevocationMode = System.Security.Cryptography.X509Certificates.X509RevocationMode.NoCheck,
             CustomTrustStore = { ca },
         };
         return GrpcChannel.ForAddress(Address, new GrpcChannelOptions { HttpHandler = handler });

@@ -35,7 +35,7 @@ internal static class DevCertificates
 
         if (File.Exists(certPath) && File.Exists(keyPath))
         {
-            using var existing = X509Certificate2.CreateFromPemFile(certPath);
+            using var existing = X509Certificate2.CreateFromPem(File.ReadAllText(certPath));
             if (existing.NotAfter.ToUniversalTime() > now.UtcDateTime.AddDays(7))
             {
                 return (certPath, keyPath);

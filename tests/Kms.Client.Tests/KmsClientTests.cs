@@ -1,0 +1,109 @@
+using Google.Protobuf;
+using Grpc.Core;
+using Kms.Testing;
+
+namespace Kms.Client.Tests;
+
+public sealed class ClientServerFixture : IAsyncLifetime
+{
+    public KmsTestServer Server { get; private set; } = null!;
+
+    public async Task InitializeAsync() => Server = await KmsTestServer.StartAsync();
+
+    public async Task DisposeAsync() => await Server.DisposeAsync();
+}
+
+/// <summary>The typed client against the real server.</summary>
+public sealed class KmsClientTests(ClientServerFixture fixture) : IClassFixture<ClientServerFixture>
+{
+    [Fact]
+    public async Task ListKeysAsync_SeveralPages_YieldsEveryKeyOnce()
+    {
+        using var client = fixture.Server.CreateClient();
+        var created = new List<string>();
+        for (var i = 0; i < 5; i++)
+        {
+            created.Add((await client.CreateKeyAsync("tenants/dev", $"page-{i}")).Name);
+        }
+
+        var listed = new List<string>();
+        await foreach (var key in client.ListKeysAsync("tenants/dev", pageSize: 2))
+        {
+            listed.Add(key.Name);
+        }
+
+        Assert.Equal(listed.Distinct().Count(), listed.Count);
+        Assert.Subset(listed.ToHashSet(), created.ToHashSet());
+    }
+
+    [Fact]
+    public async Task EncryptAsync_SliceOfALargerBuffer_EncryptsOnlyTheSlice()
+    {
+        using var client = fixture.Server.CreateClient();
+        var key = await client.CreateKeyAsync("tenants/dev", $"slice-{Guid.NewGuid():N}");
+        var buffer = Enumerable.Range(0, 100).Select(i => (byte)i).ToArray();
+
+        var encrypted = await client.EncryptAsync(key.Name, buffer.AsMemory(10, 20));
+        using var decrypted = await client.DecryptAsync(encrypted.Ciphertext.AsMemory());
+        Assert.Equal(buffer[10..30], decrypted.Plaintext.ToArray());
+    }
+
+    [Fact]
+    public async Task GenerateDataKeyAsync_Dispose_ZeroesAndForbidsAccess()
+    {
+        using var client = fixture.Server.CreateClient();
+        var key = await client.CreateKeyAsync("tenants/dev", $"dk-{Guid.NewGuid():N}");
+        var dataKey = await client.GenerateDataKeyAsync(key.Name);
+        Assert.Contains(dataKey.Plaintext.ToArray(), b => b != 0);
+        Assert.DoesNotContain(Convert.ToHexString(dataKey.Plaintext), dataKey.ToString(), StringComparison.OrdinalIgnoreCase);
+
+        dataKey.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => dataKey.Plaintext.Length);
+    }
+
+    [Fact]
+    public void DataKey_Dispose_ZeroesTheResponseBuffer()
+    {
+        var response = ByteString.CopyFrom(Enumerable.Range(1, 32).Select(i => (byte)i).ToArray());
+        var dataKey = new DataKey(response, [], "tenants/dev/keys/k/versions/1");
+        dataKey.Dispose();
+        Assert.All(response.ToByteArray(), b => Assert.Equal(0, b));
+    }
+
+    [Fact]
+    public void DecryptedData_Dispose_ZeroesTheResponseBuffer()
+    {
+        var response = ByteString.CopyFrom([9, 9, 9]);
+        var data = new DecryptedData(response, "v");
+        data.Dispose();
+        Assert.All(response.ToByteArray(), b => Assert.Equal(0, b));
+        Assert.Equal("DecryptedData(v, plaintext ***)", data.ToString());
+    }
+
+    [Fact]
+    public void Constructor_HttpEndpoint_Refused()
+    {
+        Assert.Throws<ArgumentException>(() => new KmsClient(new KmsClientOptions { Endpoint = new Uri("http://127.0.0.1:8443") }));
+    }
+
+    [Fact]
+    public async Task Errors_SurfaceAsRpcExceptionWithServerStatus()
+    {
+        using var client = fixture.Server.CreateClient();
+        var e = await Assert.ThrowsAsync<RpcException>(() => client.GetKeyAsync("tenants/dev/keys/absent"));
+        Assert.Equal(StatusCode.NotFound, e.StatusCode);
+    }
+
+    [Fact]
+    public async Task CallTimeout_Elapsed_DeadlineExceeded()
+    {
+        using var client = new KmsClient(new KmsClientOptions
+        {
+            Endpoint = fixture.Server.Address,
+            CaCertificatePath = fixture.Server.CaCertificatePath,
+            CallTimeout = TimeSpan.FromTicks(1),
+        });
+        var e = await Assert.ThrowsAsync<RpcException>(() => client.GenerateRandomAsync(8));
+        Assert.Equal(StatusCode.DeadlineExceeded, e.StatusCode);
+    }
+}

@@ -1,0 +1,227 @@
+using System.Security.Cryptography;
+using Google.Protobuf;
+using Google.Rpc;
+using Grpc.Core;
+using Kms.Contracts.V1;
+
+namespace Kms.Server.Tests;
+
+/// <summary>
+/// Bad input through a real channel: a clear status naming the field, nothing changed, the
+/// server still serving, and every undecryptable blob the same opaque answer.
+/// </summary>
+public sealed class BadInputTests(ServerFixture fixture) : IClassFixture<ServerFixture>, IAsyncLifetime
+{
+    private Key _key = null!;
+    private Key _otherKey = null!;
+
+    private KeyManagementService.KeyManagementServiceClient Stub => fixture.Client.Raw;
+
+    public async Task InitializeAsync()
+    {
+        _key = await fixture.Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId("bad"));
+        _otherKey = await fixture.Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId("other"));
+    }
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    public static TheoryData<string, string> CreateKeyCases() => new()
+    {
+        { "parent", "{\"parent\":\"\",\"keyId\":\"a\",\"key\":{\"purpose\":\"KEY_PURPOSE_ENCRYPT_DECRYPT\"}}" },
+        { "parent", "{\"parent\":\"tenants/dev/keys\",\"keyId\":\"a\",\"key\":{\"purpose\":\"KEY_PURPOSE_ENCRYPT_DECRYPT\"}}" },
+        { "key_id", "{\"parent\":\"tenants/dev\",\"keyId\":\"\",\"key\":{\"purpose\":\"KEY_PURPOSE_ENCRYPT_DECRYPT\"}}" },
+        { "key_id", "{\"parent\":\"tenants/dev\",\"keyId\":\"has space\",\"key\":{\"purpose\":\"KEY_PURPOSE_ENCRYPT_DECRYPT\"}}" },
+        { "key_id", "{\"parent\":\"tenants/dev\",\"keyId\":\"" + new string('x', 64) + "\",\"key\":{\"purpose\":\"KEY_PURPOSE_ENCRYPT_DECRYPT\"}}" },
+        { "key", "{\"parent\":\"tenants/dev\",\"keyId\":\"a\"}" },
+        { "key.purpose", "{\"parent\":\"tenants/dev\",\"keyId\":\"a\",\"key\":{}}" },
+        { "key.purpose", "{\"parent\":\"tenants/dev\",\"keyId\":\"a\",\"key\":{\"purpose\":99}}" },
+        { "key.labels", "{\"parent\":\"tenants/dev\",\"keyId\":\"a\",\"key\":{\"purpose\":\"KEY_PURPOSE_ENCRYPT_DECRYPT\",\"labels\":{\"Bad\":\"x\"}}}" },
+        { "request_id", "{\"parent\":\"tenants/dev\",\"keyId\":\"a\",\"key\":{\"purpose\":\"KEY_PURPOSE_ENCRYPT_DECRYPT\"},\"requestId\":\"" + new string('r', 129) + "\"}" },
+    };
+
+    [Theory]
+    [MemberData(nameof(CreateKeyCases))]
+    public async Task CreateKey_Malformed_InvalidArgumentNamingFieldAndNothingCreated(string field, string json)
+    {
+        var before = await CountKeysAsync();
+        var request = JsonParser.Default.Parse<CreateKeyRequest>(json);
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.CreateKeyAsync(request));
+
+        AssertInvalidArgument(e, field);
+        Assert.Equal(before, await CountKeysAsync());
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("orders")]
+    [InlineData("tenants/dev/keys/a/versions/1")]
+    [InlineData("tenants/DEV/keys/a")]
+    public async Task GetKey_MalformedName_InvalidArgument(string name)
+    {
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.GetKeyAsync(new GetKeyRequest { Name = name }));
+        AssertInvalidArgument(e, "name");
+    }
+
+    [Fact]
+    public async Task GetKey_Unknown_NotFound()
+    {
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.GetKeyAsync(new GetKeyRequest { Name = "tenants/dev/keys/nope" }));
+        Assert.Equal(StatusCode.NotFound, e.StatusCode);
+        Assert.Equal("tenants/dev/keys/nope not found", e.Status.Detail);
+    }
+
+    [Theory]
+    [InlineData(-1, "", "page_size")]
+    [InlineData(10, "garbage!", "page_token")]
+    public async Task ListKeys_BadPaging_InvalidArgument(int pageSize, string token, string field)
+    {
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.ListKeysAsync(new ListKeysRequest { Parent = "tenants/dev", PageSize = pageSize, PageToken = token }));
+        AssertInvalidArgument(e, field);
+    }
+
+    [Fact]
+    public async Task Encrypt_EmptyPlaintext_InvalidArgument()
+    {
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.EncryptAsync(new EncryptRequest { Name = _key.Name }));
+        AssertInvalidArgument(e, "plaintext");
+    }
+
+    [Fact]
+    public async Task Encrypt_OverLimit_InvalidArgumentMentioningDataKeys()
+    {
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.EncryptAsync(new EncryptRequest
+        {
+            Name = _key.Name,
+            Plaintext = ByteString.CopyFrom(new byte[64 * 1024 + 1]),
+        }));
+        AssertInvalidArgument(e, "plaintext");
+        Assert.Contains("GenerateDataKey", e.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Encrypt_MessageLargerThanServerAccepts_ResourceExhausted()
+    {
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.EncryptAsync(new EncryptRequest
+        {
+            Name = _key.Name,
+            Plaintext = ByteString.CopyFrom(new byte[2 * 1024 * 1024]),
+        }));
+        Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+    }
+
+    [Fact]
+    public async Task Encrypt_UnknownKey_NotFound()
+    {
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.EncryptAsync(new EncryptRequest { Name = "tenants/dev/keys/nope", Plaintext = ByteString.CopyFrom(1) }));
+        Assert.Equal(StatusCode.NotFound, e.StatusCode);
+    }
+
+    [Fact]
+    public async Task Encrypt_EmptyContextKey_InvalidArgument()
+    {
+        var request = new EncryptRequest { Name = _key.Name, Plaintext = ByteString.CopyFrom(1) };
+        request.EncryptionContext.Add("", "v");
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.EncryptAsync(request));
+        AssertInvalidArgument(e, "encryption_context");
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1025)]
+    public async Task GenerateRandom_OutOfRange_InvalidArgument(int length)
+    {
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.GenerateRandomAsync(new GenerateRandomRequest { LengthBytes = length }));
+        AssertInvalidArgument(e, "length_bytes");
+    }
+
+    [Fact]
+    public async Task Decrypt_Empty_InvalidArgumentNamingField()
+    {
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.DecryptAsync(new DecryptRequest()));
+        AssertInvalidArgument(e, "ciphertext");
+    }
+
+    [Fact]
+    public async Task Decrypt_EveryKindOfUndecryptableBlob_SameOpaqueAnswer()
+    {
+        var good = (await fixture.Client.EncryptAsync(_key.Name, new byte[] { 1, 2, 3, 4 }, new Dictionary<string, string> { ["c"] = "1" })).Ciphertext;
+        var retargeted = (byte[])good.Clone();
+        var otherVersionId = Convert.FromHexString(await VersionIdOfAsync(_otherKey));
+        otherVersionId.CopyTo(retargeted, 1);
+        var unknownVersion = (byte[])good.Clone();
+        RandomNumberGenerator.Fill(unknownVersion.AsSpan(1, 16));
+        var flippedTag = (byte[])good.Clone();
+        flippedTag[^1] ^= 1;
+        var badFormat = (byte[])good.Clone();
+        badFormat[0] = 9;
+
+        var cases = new (string Name, byte[] Blob, Dictionary<string, string> Context)[]
+        {
+            ("truncated", good[..^3], new() { ["c"] = "1" }),
+            ("header only", good[..20], new() { ["c"] = "1" }),
+            ("random", RandomNumberGenerator.GetBytes(80), new() { ["c"] = "1" }),
+            ("unknown format", badFormat, new() { ["c"] = "1" }),
+            ("unknown key version", unknownVersion, new() { ["c"] = "1" }),
+            ("re-targeted at another key", retargeted, new() { ["c"] = "1" }),
+            ("tampered tag", flippedTag, new() { ["c"] = "1" }),
+            ("other context", good, new() { ["c"] = "2" }),
+            ("no context", good, new()),
+        };
+
+        foreach (var (name, blob, context) in cases)
+        {
+            var request = new DecryptRequest { Ciphertext = ByteString.CopyFrom(blob) };
+            request.EncryptionContext.Add(context);
+            var call = Stub.DecryptAsync(request);
+            var e = await Assert.ThrowsAsync<RpcException>(async () => await call);
+            Assert.True(e.StatusCode == StatusCode.InvalidArgument, $"{name}: {e.StatusCode}");
+            Assert.True(e.Status.Detail == "decryption failed", $"{name}: {e.Status.Detail}");
+            Assert.DoesNotContain(call.GetTrailers(), t => t.Key == "grpc-status-details-bin");
+        }
+
+        using var stillWorks = await fixture.Client.DecryptAsync(good, new Dictionary<string, string> { ["c"] = "1" });
+        Assert.Equal([1, 2, 3, 4], stillWorks.Plaintext.ToArray());
+    }
+
+    [Fact]
+    public async Task Decrypt_OverLimit_InvalidArgumentNamingField()
+    {
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.DecryptAsync(new DecryptRequest { Ciphertext = ByteString.CopyFrom(new byte[70_000]) }));
+        AssertInvalidArgument(e, "ciphertext");
+    }
+
+    [Fact]
+    public async Task AfterAllThat_ServerStillHealthyAndNoStackTraceReachedAClient()
+    {
+        await Assert.ThrowsAsync<RpcException>(async () => await Stub.DecryptAsync(new DecryptRequest { Ciphertext = ByteString.CopyFrom(RandomNumberGenerator.GetBytes(100)) }));
+        Assert.Equal(8, (await fixture.Client.GenerateRandomAsync(8)).Length);
+        Assert.DoesNotContain(fixture.Server.Logs.Events, e => e.StartsWith("Error", StringComparison.Ordinal) || e.StartsWith("Fatal", StringComparison.Ordinal));
+    }
+
+    private static void AssertInvalidArgument(RpcException e, string field)
+    {
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.StartsWith(field + ":", e.Status.Detail, StringComparison.Ordinal);
+        Assert.DoesNotMatch(@"\n\s*at \S+\(", e.Status.Detail);
+        Assert.DoesNotContain("Exception", e.Status.Detail, StringComparison.Ordinal);
+        var status = e.GetRpcStatus();
+        Assert.NotNull(status);
+        var badRequest = status.GetDetail<BadRequest>();
+        Assert.Equal(field, Assert.Single(badRequest.FieldViolations).Field);
+    }
+
+    private async Task<int> CountKeysAsync()
+    {
+        var count = 0;
+        await foreach (var _ in fixture.Client.ListKeysAsync("tenants/dev", 1000))
+        {
+            count++;
+        }
+
+        return count;
+    }
+
+    // The version id is in every blob's header: take it from a blob of that key.
+    private async Task<string> VersionIdOfAsync(Key key) =>
+        Convert.ToHexString((await fixture.Client.EncryptAsync(key.Name, new byte[] { 0 })).Ciphertext.AsSpan(1, 16));
+}

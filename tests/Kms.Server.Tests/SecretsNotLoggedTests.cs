@@ -1,0 +1,38 @@
+using System.Text;
+using Grpc.Core;
+using Kms.Testing;
+
+namespace Kms.Server.Tests;
+
+/// <summary>Round trips and failures, then a search of everything the server logged for the secrets involved.</summary>
+public sealed class SecretsNotLoggedTests
+{
+    [Fact]
+    public async Task RoundTripsAndFailures_NoDataKeyPlaintextOrContextValueInLogs()
+    {
+        await using var server = await KmsTestServer.StartAsync();
+        using var client = server.CreateClient();
+        var key = await client.CreateKeyAsync("tenants/dev", "logged");
+        var plaintext = Encoding.UTF8.GetBytes("PLAINTEXT-MARKER-7f3a9c");
+        var contextValue = "CONTEXT-VALUE-MARKER-51b2";
+        var context = new Dictionary<string, string> { ["patient"] = contextValue };
+
+        var encrypted = await client.EncryptAsync(key.Name, plaintext, context);
+        using var decrypted = await client.DecryptAsync(encrypted.Ciphertext, context);
+        using var dataKey = await client.GenerateDataKeyAsync(key.Name, context);
+        var dataKeyBytes = dataKey.Plaintext.ToArray();
+        using var dataKeyAgain = await client.DecryptAsync(dataKey.Ciphertext, context);
+
+        // Failures log too: make sure they do not echo what they were given.
+        await Assert.ThrowsAsync<RpcException>(() => client.DecryptAsync(encrypted.Ciphertext, new Dictionary<string, string> { ["patient"] = contextValue + "-x" }));
+        await Assert.ThrowsAsync<RpcException>(() => client.EncryptAsync(key.Name, plaintext, new Dictionary<string, string> { [""] = contextValue }));
+        await Assert.ThrowsAsync<RpcException>(() => client.EncryptAsync("tenants/dev/keys/missing", plaintext, context));
+
+        Assert.NotEmpty(server.Logs.Events);
+        Assert.Contains(server.Logs.Events, e => e.Contains("rejected", StringComparison.Ordinal));
+        Assert.False(server.Logs.ContainsSecret(dataKeyBytes), "data key plaintext in logs");
+        Assert.False(server.Logs.ContainsSecret(plaintext), "plaintext in logs");
+        Assert.DoesNotContain(contextValue, server.Logs.AllText, StringComparison.Ordinal);
+        Assert.DoesNotContain(server.Token.UserPin, server.Logs.AllText, StringComparison.Ordinal);
+    }
+}

@@ -1,0 +1,107 @@
+using System.Diagnostics;
+using System.Net.Security;
+using System.Security.Authentication;
+using System.Security.Cryptography.X509Certificates;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Kms.Contracts.V1;
+using Kms.Server.Hosting;
+
+namespace Kms.Server.Tests;
+
+/// <summary>TLS 1.3 only, loopback only, https only.</summary>
+public sealed class TransportTests(ServerFixture fixture) : IClassFixture<ServerFixture>
+{
+    [Fact]
+    public async Task Tls12OnlyDotNetClient_HandshakeRefused()
+    {
+        var handler = new SocketsHttpHandler();
+        handler.SslOptions.EnabledSslProtocols = SslProtocols.Tls12;
+        handler.SslOptions.CertificateChainPolicy = TrustDevCa();
+        using var channel = GrpcChannel.ForAddress(fixture.Server.Address, new GrpcChannelOptions { HttpHandler = handler });
+        var e = await Assert.ThrowsAsync<RpcException>(async () =>
+            await new KeyManagementService.KeyManagementServiceClient(channel).GenerateRandomAsync(new GenerateRandomRequest { LengthBytes = 1 }));
+        AssertHandshakeFailed(e);
+    }
+
+    [Fact]
+    public async Task OpensslTls12_Refused_Tls13_Accepted()
+    {
+        var port = fixture.Server.Address.Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        var tls12 = await OpensslAsync("-connect", $"127.0.0.1:{port}", "-tls1_2");
+        Assert.Contains("alert protocol version", tls12, StringComparison.Ordinal);
+
+        var tls13 = await OpensslAsync("-connect", $"127.0.0.1:{port}", "-tls1_3", "-alpn", "h2", "-CAfile", fixture.Server.CaCertificatePath);
+        Assert.Contains("TLSv1.3", tls13, StringComparison.Ordinal);
+        Assert.Contains("Verify return code: 0 (ok)", tls13, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ClientNotTrustingTheDevCa_Refused()
+    {
+        using var client = new Kms.Client.KmsClient(new Kms.Client.KmsClientOptions { Endpoint = fixture.Server.Address });
+        var e = await Assert.ThrowsAsync<RpcException>(() => client.GenerateRandomAsync(1));
+        AssertHandshakeFailed(e);
+        Assert.Contains("certificate", e.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("https://0.0.0.0:8443")]
+    [InlineData("https://192.168.1.10:8443")]
+    [InlineData("https://[::]:8443")]
+    [InlineData("https://example.com:8443")]
+    [InlineData("http://127.0.0.1:8080")]
+    [InlineData("https://127.0.0.1:8443;https://10.0.0.1:8443")]
+    public void ListenAddresses_NotLoopbackHttps_RefusedAtStartup(string urls)
+    {
+        Assert.Throws<InvalidOperationException>(() => ListenAddresses.Validate(urls));
+    }
+
+    [Theory]
+    [InlineData(null)]
+    [InlineData("https://127.0.0.1:0")]
+    [InlineData("https://localhost:9443")]
+    [InlineData("https://[::1]:9443;https://127.0.0.2:9443")]
+    public void ListenAddresses_Loopback_Accepted(string? urls)
+    {
+        Assert.NotEmpty(ListenAddresses.Validate(urls));
+    }
+
+    [Fact]
+    public async Task Build_NonLoopbackUrl_RefusesBeforeTouchingTheHsm()
+    {
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(["--dev", "--urls=https://0.0.0.0:0", $"--Kms:DataDir={Path.GetTempPath()}/kms-never"]));
+        Assert.Contains("loopback", e.Message, StringComparison.Ordinal);
+    }
+
+    // grpc-dotnet reports a failed TLS handshake as INTERNAL "Error starting gRPC call".
+    private static void AssertHandshakeFailed(RpcException e)
+    {
+        Assert.Contains(e.StatusCode, new[] { StatusCode.Internal, StatusCode.Unavailable });
+        Assert.Contains("SSL connection could not be established", e.Status.Detail, StringComparison.Ordinal);
+    }
+
+    private X509ChainPolicy TrustDevCa() => new()
+    {
+        TrustMode = X509ChainTrustMode.CustomRootTrust,
+        RevocationMode = X509RevocationMode.NoCheck,
+        CustomTrustStore = { X509Certificate2.CreateFromPem(File.ReadAllText(fixture.Server.CaCertificatePath)) },
+    };
+
+    private static async Task<string> OpensslAsync(params string[] arguments)
+    {
+        var start = new ProcessStartInfo("openssl") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
+        start.ArgumentList.Add("s_client");
+        foreach (var argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        using var process = Process.Start(start) ?? throw new InvalidOperationException("openssl is required by this test (apt-get install -y openssl)");
+        process.StandardInput.Close();
+        var output = process.StandardOutput.ReadToEndAsync();
+        var error = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        return await output + await error;
+    }
+}
