@@ -13,26 +13,18 @@ namespace Kms.Client;
 /// </remarks>
 public sealed class DataKey : IDisposable
 {
-    private ReadOnlyMemory<byte> _plaintext;
-    private bool _disposed;
+    private readonly ResponseSecret _plaintext;
 
     internal DataKey(ByteString plaintext, byte[] ciphertext, string keyVersion)
     {
-        _plaintext = plaintext.Memory;
+        _plaintext = new ResponseSecret(plaintext);
         Ciphertext = ciphertext;
         KeyVersion = keyVersion;
     }
 
     /// <summary>The plaintext data key.</summary>
     /// <exception cref="ObjectDisposedException">After dispose.</exception>
-    public ReadOnlySpan<byte> Plaintext
-    {
-        get
-        {
-            ObjectDisposedException.ThrowIf(_disposed, this);
-            return _plaintext.Span;
-        }
-    }
+    public ReadOnlySpan<byte> Plaintext => _plaintext.Read(this);
 
     /// <summary>The data key encrypted under the KMS key; safe to store.</summary>
     public byte[] Ciphertext { get; }
@@ -41,15 +33,7 @@ public sealed class DataKey : IDisposable
     public string KeyVersion { get; }
 
     /// <summary>Zeroes the plaintext key.</summary>
-    public void Dispose()
-    {
-        if (!_disposed)
-        {
-            _disposed = true;
-            SecretMemory.Zero(_plaintext);
-            _plaintext = default;
-        }
-    }
+    public void Dispose() => _plaintext.Dispose();
 
     /// <summary>Never the key.</summary>
     public override string ToString() => $"DataKey({KeyVersion}, plaintext ***)";
@@ -58,50 +42,51 @@ public sealed class DataKey : IDisposable
 /// <summary>A plaintext returned by Decrypt, zeroed on dispose.</summary>
 public sealed class DecryptedData : IDisposable
 {
-    private ReadOnlyMemory<byte> _plaintext;
-    private bool _disposed;
+    private readonly ResponseSecret _plaintext;
 
     internal DecryptedData(ByteString plaintext, string keyVersion)
     {
-        _plaintext = plaintext.Memory;
+        _plaintext = new ResponseSecret(plaintext);
         KeyVersion = keyVersion;
     }
 
     /// <summary>The plaintext.</summary>
     /// <exception cref="ObjectDisposedException">After dispose.</exception>
-    public ReadOnlySpan<byte> Plaintext
-    {
-        get
-        {
-            ObjectDisposedException.ThrowIf(_disposed, this);
-            return _plaintext.Span;
-        }
-    }
+    public ReadOnlySpan<byte> Plaintext => _plaintext.Read(this);
 
     /// <summary>The key version that decrypted it.</summary>
     public string KeyVersion { get; }
 
     /// <summary>Zeroes the plaintext.</summary>
-    public void Dispose()
-    {
-        if (!_disposed)
-        {
-            _disposed = true;
-            SecretMemory.Zero(_plaintext);
-            _plaintext = default;
-        }
-    }
+    public void Dispose() => _plaintext.Dispose();
 
     /// <summary>Never the plaintext.</summary>
     public override string ToString() => $"DecryptedData({KeyVersion}, plaintext ***)";
 }
 
-/// <summary>Zeroing of buffers that protobuf hands out read-only.</summary>
-internal static class SecretMemory
+/// <summary>A secret in a response buffer, readable until disposed, then zeroed.</summary>
+internal sealed class ResponseSecret(ByteString bytes) : IDisposable
 {
+    private ReadOnlyMemory<byte> _memory = bytes.Memory;
+    private bool _disposed;
+
+    public ReadOnlySpan<byte> Read(object owner)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, owner);
+        return _memory.Span;
+    }
+
     // A ByteString parsed from the wire owns its array; zeroing it through the read-only
     // view is the only way to erase the secret it holds.
-    public static void Zero(ReadOnlyMemory<byte> memory) => MemoryMarshal.AsMemory(memory).Span.Clear();
+    public void Dispose()
+    {
+        if (!_disposed)
+        {
+            _disposed = true;
+            MemoryMarshal.AsMemory(_memory).Span.Clear();
+            _memory = default;
+        }
+    }
 }
 
 /// <summary>A ciphertext and the key version that made it.</summary>

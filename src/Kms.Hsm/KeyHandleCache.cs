@@ -1,7 +1,7 @@
+using System.Collections.Concurrent;
 using Kms.Core.Keys;
 using Microsoft.Extensions.Caching.Memory;
 using Net.Pkcs11Interop.HighLevelAPI;
-using System.Collections.Concurrent;
 
 namespace Kms.Hsm;
 

@@ -53,6 +53,24 @@ public sealed class RecoveryTests
     }
 
     [Fact]
+    public async Task PinChangedWhileDown_RecoveryRefusedOnce_NeverRetriesLogin()
+    {
+        var token = SoftHsm.CreateToken();
+        var logger = new ListLogger();
+        await using var hsm = Pkcs11Hsm.Open(token.Options(), logger);
+        RawToken.WithSession(token, (session, _) => session.SetPin(token.UserPin, token.UserPin + "-changed"));
+
+        hsm.CloseAllSessionsForFaultInjection();
+        for (var i = 0; i < 4; i++)
+        {
+            var e = await Assert.ThrowsAsync<KmsException>(async () => await hsm.GenerateRandomAsync(1, default));
+            Assert.Equal(KmsErrorCode.Unavailable, e.Code);
+        }
+
+        Assert.Single(logger.Messages, m => m.Contains("refused the PIN", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task ConcurrentCallsDuringFault_AllUnavailableOrCorrect_NeverCrash()
     {
         await using var hsm = Pkcs11Hsm.Open(SoftHsm.CreateToken().Options(sessions: 4), NullLogger.Instance);

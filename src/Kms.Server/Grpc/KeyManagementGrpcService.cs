@@ -1,11 +1,11 @@
 using Google.Protobuf;
 using Grpc.Core;
+using Kms.Contracts.V1;
 using Kms.Core.Crypto;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
 using Kms.Core.Names;
 using Kms.Core.Services;
-using Kms.Contracts.V1;
 
 namespace Kms.Server.Grpc;
 

@@ -1,0 +1,137 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
+using Kms.Client;
+using Kms.Core.Keys;
+using Kms.Hsm;
+using Kms.Server.Hosting;
+using Microsoft.Extensions.Logging.Abstractions;
+using Net.Pkcs11Interop.Common;
+using Net.Pkcs11Interop.HighLevelAPI;
+
+namespace Kms.Bench;
+
+/// <summary>
+/// GenerateDataKey through gRPC over TLS 1.3 against the real server (in this process, on
+/// loopback), at concurrency 1, 4, 16, 64 — and, in the same run, the raw PKCS#11 GCM
+/// floor on the same machine, so results are reported as ratios.
+/// </summary>
+internal static class LoadGenerator
+{
+    public static async Task<int> RunAsync(TimeSpan duration, int[] concurrencies)
+    {
+        var (options, root) = BenchEnvironment.CreateToken();
+        var rawOpsPerSecond = MeasureRawGcm(options, duration);
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"raw Pkcs11Interop AES-GCM 32 B, 1 thread: {rawOpsPerSecond:N0} ops/s"));
+
+        var app = await KmsServerApp.BuildAsync(
+        [
+            "--dev", "--urls=https://127.0.0.1:0", $"--Kms:DataDir={root}", $"--Hsm:TokenLabel={options.TokenLabel}", $"--Hsm:Pin={options.Pin}",
+            $"--Hsm:ModuleEnvironment:SOFTHSM2_CONF={options.ModuleEnvironment["SOFTHSM2_CONF"]}",
+        ], logging => logging.MinimumLevel.Warning());
+        await app.StartAsync();
+        try
+        {
+            using var client = new KmsClient(new KmsClientOptions
+            {
+                Endpoint = KmsServerApp.BoundAddresses(app).Single(),
+                CaCertificatePath = Path.Combine(root, "tls", "ca.crt"),
+            });
+            var key = await client.CreateKeyAsync("tenants/dev", "load");
+            var context = new Dictionary<string, string> { ["bench"] = "load" };
+
+            Console.WriteLine();
+            Console.WriteLine("| concurrency | GenerateDataKey ops/s | p50 ms | p99 ms | ratio to raw GCM |");
+            Console.WriteLine("|---:|---:|---:|---:|---:|");
+            foreach (var concurrency in concurrencies)
+            {
+                await SweepAsync(client, key.Name, context, concurrency, TimeSpan.FromSeconds(1)); // warm-up
+                var (opsPerSecond, p50, p99, errors) = await SweepAsync(client, key.Name, context, concurrency, duration);
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {concurrency} | {opsPerSecond:N0} | {p50:F2} | {p99:F2} | {opsPerSecond / rawOpsPerSecond:F2} |{(errors > 0 ? $" {errors} errors" : "")}"));
+            }
+        }
+        finally
+        {
+            await app.StopAsync();
+            await app.DisposeAsync();
+            Directory.Delete(root, recursive: true);
+        }
+
+        return 0;
+    }
+
+    private static async Task<(double OpsPerSecond, double P50, double P99, int Errors)> SweepAsync(
+        KmsClient client, string keyName, Dictionary<string, string> context, int concurrency, TimeSpan duration)
+    {
+        var latencies = new List<double>[concurrency];
+        var errors = 0;
+        var stopwatch = Stopwatch.StartNew();
+        var workers = Enumerable.Range(0, concurrency).Select(async worker =>
+        {
+            var mine = latencies[worker] = new List<double>(100_000);
+            while (stopwatch.Elapsed < duration)
+            {
+                var started = Stopwatch.GetTimestamp();
+                try
+                {
+                    using var dataKey = await client.GenerateDataKeyAsync(keyName, context);
+                }
+                catch (Grpc.Core.RpcException)
+                {
+                    Interlocked.Increment(ref errors);
+                }
+
+                mine.Add(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+            }
+        }).ToList();
+        await Task.WhenAll(workers);
+        var elapsed = stopwatch.Elapsed.TotalSeconds;
+        var all = latencies.SelectMany(l => l).Order().ToArray();
+        return (all.Length / elapsed, Percentile(all, 0.50), Percentile(all, 0.99), errors);
+    }
+
+    private static double Percentile(double[] sorted, double p) => sorted.Length == 0 ? 0 : sorted[(int)Math.Min(sorted.Length - 1, Math.Floor(p * sorted.Length))];
+
+    // The floor: one thread, one session, one session-object key, C_Encrypt of 32 bytes.
+    private static double MeasureRawGcm(HsmOptions options, TimeSpan duration)
+    {
+        var module = Pkcs11Module.Acquire(options.ModulePath, options.ModuleEnvironment);
+        try
+        {
+            return module.Call(library =>
+            {
+                var slot = library.GetSlotList(SlotsType.WithTokenPresent).Single(s => s.GetTokenInfo().Label == options.TokenLabel);
+                using var session = slot.OpenSession(SessionType.ReadWrite);
+                session.Login(CKU.CKU_USER, options.Pin!);
+                var a = module.Factories.ObjectAttributeFactory;
+                using var generate = module.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_GEN);
+                var key = session.GenerateKey(generate,
+                [
+                    a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_VALUE_LEN, 32UL),
+                    a.Create(CKA.CKA_TOKEN, false), a.Create(CKA.CKA_ENCRYPT, true),
+                ]);
+                var plaintext = RandomNumberGenerator.GetBytes(32);
+                var iv = RandomNumberGenerator.GetBytes(12);
+                var count = 0;
+                var stopwatch = Stopwatch.StartNew();
+                while (stopwatch.Elapsed < duration)
+                {
+                    using var parameters = module.Factories.MechanismParamsFactory.CreateCkGcmParams(iv, 96, null, 128);
+                    using var mechanism = module.Factories.MechanismFactory.Create(CKM.CKM_AES_GCM, parameters);
+                    session.Encrypt(mechanism, key, plaintext);
+                    count++;
+                }
+
+                var rate = count / stopwatch.Elapsed.TotalSeconds;
+                session.DestroyObject(key);
+                session.Logout();
+                return rate;
+            });
+        }
+        finally
+        {
+            module.Release();
+        }
+    }
+}

@@ -1,0 +1,106 @@
+using System.Security.Cryptography;
+using BenchmarkDotNet.Attributes;
+using Kms.Core.Crypto;
+using Kms.Core.Keys;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+using Kms.Core.Services;
+using Kms.Hsm;
+using Kms.Storage.Sqlite;
+using Microsoft.Extensions.Logging.Abstractions;
+using Net.Pkcs11Interop.Common;
+using Net.Pkcs11Interop.HighLevelAPI;
+
+namespace Kms.Bench;
+
+/// <summary>
+/// The cost of each layer over the floor, in one process: raw Pkcs11Interop GCM on a
+/// session-object key (baseline), the adapter's GCM (session pool + leased handle cache),
+/// a whole GenerateDataKey in Core (SQLite read + random + GCM), and .NET AesGcm.
+/// </summary>
+[MemoryDiagnoser]
+public class MicroBenchmarks
+{
+    private static readonly byte[] Plaintext = RandomNumberGenerator.GetBytes(32);
+    private static readonly byte[] Iv = RandomNumberGenerator.GetBytes(12);
+    private static readonly byte[] Aad = RandomNumberGenerator.GetBytes(24);
+    private static readonly Caller Caller = new("bench", TenantId.Parse("dev"));
+
+    private Pkcs11Hsm _hsm = null!;
+    private Pkcs11Module _module = null!;
+    private ISession _rawSession = null!;
+    private IObjectHandle _rawKey = null!;
+    private KeyMaterialRef _key = null!;
+    private CryptoService _crypto = null!;
+    private KeyName _keyName = null!;
+    private AesGcm _aes = null!;
+    private byte[] _aesOutput = null!;
+    private byte[] _tag = null!;
+
+    [GlobalSetup]
+    public async Task Setup()
+    {
+        var (options, root) = BenchEnvironment.CreateToken();
+        _hsm = Pkcs11Hsm.Open(options, NullLogger.Instance);
+        _key = new KeyMaterialRef(KeyVersionId.NewId(), await _hsm.GenerateAes256KeyAsync(default));
+
+        // Raw baseline: its own session and its own session-object key, no pool, no cache.
+        _module = Pkcs11Module.Acquire(options.ModulePath, options.ModuleEnvironment);
+        var slot = _module.Call(library => library.GetSlotList(SlotsType.WithTokenPresent).Single(s => s.GetTokenInfo().Label == options.TokenLabel));
+        _rawSession = slot.OpenSession(SessionType.ReadWrite);
+        var a = _module.Factories.ObjectAttributeFactory;
+        using var generate = _module.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_GEN);
+        _rawKey = _rawSession.GenerateKey(generate,
+        [
+            a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_VALUE_LEN, 32UL),
+            a.Create(CKA.CKA_TOKEN, false), a.Create(CKA.CKA_SENSITIVE, true), a.Create(CKA.CKA_EXTRACTABLE, false),
+            a.Create(CKA.CKA_ENCRYPT, true), a.Create(CKA.CKA_DECRYPT, true),
+        ]);
+
+        var store = await SqliteKeyStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(root, "kms.db") }, default);
+        var keys = new KeyService(_hsm, store, TimeProvider.System);
+        _keyName = (await keys.CreateKeyAsync(Caller, new CreateKeyCommand(Caller.Tenant, "bench", KeyPurpose.EncryptDecrypt, KeyLabels.Empty, null), default)).Key.Name;
+        _crypto = new CryptoService(_hsm, store);
+
+        _aes = new AesGcm(RandomNumberGenerator.GetBytes(32), 16);
+        _aesOutput = new byte[32];
+        _tag = new byte[16];
+    }
+
+    [GlobalCleanup]
+    public async Task Cleanup()
+    {
+        _aes.Dispose();
+        _rawSession.Dispose();
+        _module.Release();
+        await _hsm.DisposeAsync();
+    }
+
+    [Benchmark(Baseline = true, Description = "raw Pkcs11Interop C_Encrypt AES-GCM 32 B")]
+    public byte[] RawPkcs11Gcm32()
+    {
+        using var parameters = _module.Factories.MechanismParamsFactory.CreateCkGcmParams(Iv, 96, Aad, 128);
+        using var mechanism = _module.Factories.MechanismFactory.Create(CKM.CKM_AES_GCM, parameters);
+        return _rawSession.Encrypt(mechanism, _rawKey, Plaintext);
+    }
+
+    [Benchmark(Description = "adapter EncryptAesGcm 32 B (pool + leased handle)")]
+    public ValueTask<byte[]> AdapterGcm32() => _hsm.EncryptAesGcmAsync(_key, Iv, Aad, Plaintext, default);
+
+    [Benchmark(Description = "adapter GenerateRandom 44 B")]
+    public ValueTask<byte[]> AdapterRandom44() => _hsm.GenerateRandomAsync(44, default);
+
+    [Benchmark(Description = "Core GenerateDataKey (SQLite read + random + GCM)")]
+    public async Task<int> CoreGenerateDataKey()
+    {
+        using var result = await _crypto.GenerateDataKeyAsync(Caller, _keyName, EncryptionContext.Empty, default);
+        return result.Ciphertext.Length;
+    }
+
+    [Benchmark(Description = ".NET AesGcm encrypt 32 B (software)")]
+    public byte[] DotNetAesGcm32()
+    {
+        _aes.Encrypt(Iv, Plaintext, _aesOutput, _tag, Aad);
+        return _tag;
+    }
+}

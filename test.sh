@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs every test of the solution.
+#   SoftHSMv2 (the HSM of every test; each test run creates its tokens from scratch),
+#   OpenSC's pkcs11-tool (an independent view of the token), openssl (TLS checks),
+#   Debian's python3-cryptography-vectors (NIST CAVP GCM vectors).
+# Wycheproof vectors are used when KMS_WYCHEPROOF_DIR points at them (CI sets it);
+# without it those tests are reported as skipped, with the reason.
+# Each test project has a time budget (tests/test.runsettings); a hang fails the run.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here"
+
+need=()
+command -v softhsm2-util >/dev/null || need+=(softhsm2)
+command -v pkcs11-tool >/dev/null || need+=(opensc)
+command -v openssl >/dev/null || need+=(openssl)
+[ -d /usr/lib/python3/dist-packages/cryptography_vectors ] || need+=(python3-cryptography-vectors)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need[*]}"
+  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [ -z "${KMS_WYCHEPROOF_DIR:-}" ] && [ -d "$here/../shared/vectors/wycheproof" ]; then
+  export KMS_WYCHEPROOF_DIR=$(realpath "$here/../shared/vectors/wycheproof")
+fi
+
+if command -v npx >/dev/null; then
+  echo "test.sh: buf lint proto/"
+  (cd proto && npx --yes @bufbuild/buf@1.75.0 lint)
+else
+  echo "test.sh: skipping buf lint (Node.js/npx not installed)"
+fi
+
+dotnet test Kms.sln -c Release --settings tests/test.runsettings --blame-hang-timeout 5m "$@"
