@@ -106,11 +106,12 @@ internal static class LoadGenerator
                 session.Login(CKU.CKU_USER, options.Pin!);
                 var a = module.Factories.ObjectAttributeFactory;
                 using var generate = module.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_GEN);
-                var key = session.GenerateKey(generate,
-                [
+                List<IObjectAttribute> template = [
                     a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_VALUE_LEN, 32UL),
                     a.Create(CKA.CKA_TOKEN, false), a.Create(CKA.CKA_ENCRYPT, true),
-                ]);
+                ];
+                var key = session.GenerateKey(generate, template);
+                GC.KeepAlive(template); // Pkcs11Interop frees attribute memory in finalizers
                 var plaintext = RandomNumberGenerator.GetBytes(32);
                 var iv = RandomNumberGenerator.GetBytes(12);
                 var count = 0;

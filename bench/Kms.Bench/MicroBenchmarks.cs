@@ -50,13 +50,13 @@ public class MicroBenchmarks
         _rawSession = slot.OpenSession(SessionType.ReadWrite);
         var a = _module.Factories.ObjectAttributeFactory;
         using var generate = _module.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_GEN);
-        _rawKey = _rawSession.GenerateKey(generate,
-        [
+        List<IObjectAttribute> template = [
             a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_VALUE_LEN, 32UL),
             a.Create(CKA.CKA_TOKEN, false), a.Create(CKA.CKA_SENSITIVE, true), a.Create(CKA.CKA_EXTRACTABLE, false),
             a.Create(CKA.CKA_ENCRYPT, true), a.Create(CKA.CKA_DECRYPT, true),
-        ]);
-
+        ];
+        _rawKey = _rawSession.GenerateKey(generate, template);
+        GC.KeepAlive(template); // Pkcs11Interop frees attribute memory in finalizers
         var store = await SqliteKeyStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(root, "kms.db") }, default);
         var keys = new KeyService(_hsm, store, TimeProvider.System);
         _keyName = (await keys.CreateKeyAsync(Caller, new CreateKeyCommand(Caller.Tenant, "bench", KeyPurpose.EncryptDecrypt, KeyLabels.Empty, null), default)).Key.Name;

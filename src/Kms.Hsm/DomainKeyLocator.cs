@@ -50,13 +50,20 @@ internal static class DomainKeyLocator
                 $"the domain key on token '{options.TokenLabel}' is not safe to use: {string.Join("; ", violations)}");
         }
 
-        var checkValue = session.GetAttributeValue(handle, [CKA.CKA_CHECK_VALUE])[0];
-        if (checkValue.CannotBeRead || checkValue.GetValueAsByteArray() is not { Length: > 0 } kcv)
+        var read = session.GetAttributeValue(handle, [CKA.CKA_CHECK_VALUE]);
+        try
         {
-            throw new HsmConfigurationException("the domain key's CKA_CHECK_VALUE cannot be read; the HSM profile claims it can");
-        }
+            if (read[0].CannotBeRead || read[0].GetValueAsByteArray() is not { Length: > 0 } kcv)
+            {
+                throw new HsmConfigurationException("the domain key's CKA_CHECK_VALUE cannot be read; the HSM profile claims it can");
+            }
 
-        return new Located(handle, Convert.ToHexString(kcv), created);
+            return new Located(handle, Convert.ToHexString(kcv), created);
+        }
+        finally
+        {
+            read.DisposeAll();
+        }
     }
 
     /// <summary>What is wrong with a domain key's attributes; empty when nothing is.</summary>
@@ -68,8 +75,48 @@ internal static class DomainKeyLocator
             (CKA.CKA_WRAP, true), (CKA.CKA_UNWRAP, true), (CKA.CKA_ENCRYPT, false), (CKA.CKA_DECRYPT, false),
             (CKA.CKA_SIGN, false), (CKA.CKA_VERIFY, false), (CKA.CKA_DERIVE, false), (CKA.CKA_MODIFIABLE, false),
         };
-        var read = session.GetAttributeValue(handle, [.. expectedFlags.Select(f => f.Attribute), CKA.CKA_KEY_TYPE, CKA.CKA_VALUE_LEN, CKA.CKA_LABEL, CKA.CKA_ID]);
         var violations = new List<string>();
+        var read = session.GetAttributeValue(handle, [.. expectedFlags.Select(f => f.Attribute), CKA.CKA_KEY_TYPE, CKA.CKA_VALUE_LEN, CKA.CKA_LABEL, CKA.CKA_ID]);
+        try
+        {
+            CheckFlagsAndIdentity(read, expectedFlags, label, id, violations);
+        }
+        finally
+        {
+            read.DisposeAll();
+        }
+
+        if (profile.AllowedMechanismsAttribute)
+        {
+            var allowed = session.GetAttributeValue(handle, [CKA.CKA_ALLOWED_MECHANISMS]);
+            if (allowed[0].CannotBeRead || allowed[0].GetValueAsCkmList() is not [CKM.CKM_AES_KEY_WRAP_PAD])
+            {
+                violations.Add("CKA_ALLOWED_MECHANISMS must be exactly {CKM_AES_KEY_WRAP_PAD}");
+            }
+
+            allowed.DisposeAll();
+        }
+
+        if (profile.UnwrapTemplateAttribute)
+        {
+            var unwrap = session.GetAttributeValue(handle, [CKA.CKA_UNWRAP_TEMPLATE]);
+            var entries = (unwrap[0].CannotBeRead ? null : unwrap[0].GetValueAsObjectAttributeList()) ?? [];
+            var forcesSensitive = entries.Any(a => a.Type == (ulong)CKA.CKA_SENSITIVE && a.GetValueAsBool());
+            var forcesUnextractable = entries.Any(a => a.Type == (ulong)CKA.CKA_EXTRACTABLE && !a.GetValueAsBool());
+            if (!forcesSensitive || !forcesUnextractable)
+            {
+                violations.Add("CKA_UNWRAP_TEMPLATE must force CKA_SENSITIVE=true and CKA_EXTRACTABLE=false");
+            }
+
+            entries.DisposeAll();
+            unwrap.DisposeAll();
+        }
+
+        return violations;
+    }
+
+    private static void CheckFlagsAndIdentity(List<IObjectAttribute> read, (CKA Attribute, bool Value)[] expectedFlags, string label, byte[] id, List<string> violations)
+    {
         for (var i = 0; i < expectedFlags.Length; i++)
         {
             var (attribute, expected) = expectedFlags[i];
@@ -89,44 +136,24 @@ internal static class DomainKeyLocator
         {
             violations.Add("its label and CKA_ID must both match the configuration");
         }
-
-        if (profile.AllowedMechanismsAttribute)
-        {
-            var allowed = session.GetAttributeValue(handle, [CKA.CKA_ALLOWED_MECHANISMS])[0];
-            if (allowed.CannotBeRead || allowed.GetValueAsCkmList() is not [CKM.CKM_AES_KEY_WRAP_PAD])
-            {
-                violations.Add("CKA_ALLOWED_MECHANISMS must be exactly {CKM_AES_KEY_WRAP_PAD}");
-            }
-        }
-
-        if (profile.UnwrapTemplateAttribute)
-        {
-            var unwrap = session.GetAttributeValue(handle, [CKA.CKA_UNWRAP_TEMPLATE])[0];
-            var entries = (unwrap.CannotBeRead ? null : unwrap.GetValueAsObjectAttributeList()) ?? [];
-            var forcesSensitive = entries.Any(a => a.Type == (ulong)CKA.CKA_SENSITIVE && a.GetValueAsBool());
-            var forcesUnextractable = entries.Any(a => a.Type == (ulong)CKA.CKA_EXTRACTABLE && !a.GetValueAsBool());
-            if (!forcesSensitive || !forcesUnextractable)
-            {
-                violations.Add("CKA_UNWRAP_TEMPLATE must force CKA_SENSITIVE=true and CKA_EXTRACTABLE=false");
-            }
-        }
-
-        return violations;
     }
 
     private static List<IObjectHandle> FindCandidates(ISession session, Templates templates, string label, byte[] id)
     {
-        var byLabel = session.FindAllObjects(templates.FindSecretKey(CKA.CKA_LABEL, label));
-        var byId = session.FindAllObjects(templates.FindSecretKey(CKA.CKA_ID, id));
+        using var labelTemplate = templates.FindSecretKey(CKA.CKA_LABEL, label);
+        using var idTemplate = templates.FindSecretKey(CKA.CKA_ID, id);
+        var byLabel = session.FindAllObjects(labelTemplate.Attributes);
+        var byId = session.FindAllObjects(idTemplate.Attributes);
         return byLabel.Concat(byId).DistinctBy(h => h.ObjectId).ToList();
     }
 
     private static IObjectHandle Create(ISession session, Templates templates, Pkcs11InteropFactories factories, string label, string id, byte[] idBytes)
     {
         using var mechanism = factories.MechanismFactory.Create(CKM.CKM_AES_KEY_GEN);
+        using var template = templates.DomainKey(label, id);
         try
         {
-            return session.GenerateKey(mechanism, templates.DomainKey(label, id));
+            return session.GenerateKey(mechanism, template.Attributes);
         }
         catch (Pkcs11Exception)
         {

@@ -45,7 +45,7 @@ internal sealed class KeyHandleCache : IDisposable
     {
         if (_cache.TryGetValue(id, out CachedHandle? cached) && cached!.TryLease())
         {
-            return new HandleLease(cached);
+            return new HandleLease(id, cached);
         }
 
         // Two concurrent misses unwrap twice; the replaced entry is evicted and destroyed
@@ -59,7 +59,7 @@ internal sealed class KeyHandleCache : IDisposable
             entry.RegisterPostEvictionCallback(static (_, value, _, _) => ((CachedHandle)value!).MarkEvicted());
         }
 
-        return new HandleLease(fresh);
+        return new HandleLease(id, fresh);
     }
 
     /// <summary>Evicts a key version's copy (destroyed once no lease holds it).</summary>
@@ -70,6 +70,19 @@ internal sealed class KeyHandleCache : IDisposable
         {
             _cache.Remove(id);
             cached!.MarkEvicted();
+        }
+    }
+
+    /// <summary>
+    /// Drops a copy the HSM no longer knows (its handle is invalid) without ever destroying
+    /// it: on an HSM that reuses handle numbers, that number may already name another object.
+    /// </summary>
+    private void Forget(KeyVersionId id, CachedHandle lost)
+    {
+        lost.MarkDead();
+        if (_cache.TryGetValue(id, out CachedHandle? cached) && ReferenceEquals(cached, lost))
+        {
+            _cache.Remove(id);
         }
     }
 
@@ -92,9 +105,12 @@ internal sealed class KeyHandleCache : IDisposable
     /// <summary>One unwrapped copy and its lease count.</summary>
     internal sealed class CachedHandle(IObjectHandle handle, KeyHandleCache owner)
     {
+        public KeyHandleCache Owner => owner;
+
         private readonly Lock _lock = new();
         private int _leases = 1;
         private bool _evicted;
+        private bool _dead;
 
         public IObjectHandle Handle { get; } = handle;
 
@@ -120,7 +136,7 @@ internal sealed class KeyHandleCache : IDisposable
             lock (_lock)
             {
                 _leases--;
-                destroy = _evicted && _leases == 0;
+                destroy = _evicted && !_dead && _leases == 0;
             }
 
             if (destroy)
@@ -140,7 +156,7 @@ internal sealed class KeyHandleCache : IDisposable
                 }
 
                 _evicted = true;
-                destroy = _leases == 0;
+                destroy = !_dead && _leases == 0;
             }
 
             if (destroy)
@@ -148,14 +164,27 @@ internal sealed class KeyHandleCache : IDisposable
                 owner.Enqueue(Handle);
             }
         }
+
+        /// <summary>Evicted, and never to be destroyed: the handle is no longer ours.</summary>
+        public void MarkDead()
+        {
+            lock (_lock)
+            {
+                _dead = true;
+                _evicted = true;
+            }
+        }
     }
 
     /// <summary>A lease on a handle: the copy lives at least until the lease is disposed.</summary>
-    internal readonly struct HandleLease(CachedHandle cached) : IDisposable
+    internal readonly struct HandleLease(KeyVersionId id, CachedHandle cached) : IDisposable
     {
         public IObjectHandle Handle => cached.Handle;
 
         public long Generation => cached.Generation;
+
+        /// <summary>The HSM says this handle is invalid: drop it from the cache, never destroy it.</summary>
+        public void Forget() => cached.Owner.Forget(id, cached);
 
         public void Dispose() => cached.Release();
     }

@@ -19,6 +19,10 @@ internal static class Pkcs11Errors
         CKR.CKR_SESSION_COUNT,
         CKR.CKR_CRYPTOKI_NOT_INITIALIZED,
         CKR.CKR_USER_NOT_LOGGED_IN,
+
+        // The domain key's handle is gone: recover, which finds it again and re-checks its KCV.
+        CKR.CKR_UNWRAPPING_KEY_HANDLE_INVALID,
+        CKR.CKR_WRAPPING_KEY_HANDLE_INVALID,
     ];
 
     // A cached key handle no longer names an object: drop it and unwrap again.
@@ -29,7 +33,6 @@ internal static class Pkcs11Errors
     [
         CKR.CKR_WRAPPED_KEY_INVALID,
         CKR.CKR_WRAPPED_KEY_LEN_RANGE,
-        CKR.CKR_UNWRAPPING_KEY_HANDLE_INVALID,
     ];
 
     // A real HSM locks the token after a few wrong PINs: never retry these.

@@ -115,17 +115,32 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
             var factories = _module.Factories;
             using var generate = factories.MechanismFactory.Create(CKM.CKM_AES_KEY_GEN);
             using var wrap = factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD);
-            var key = session.GenerateKey(generate, _templates.GeneratedAesKey());
+            using var template = _templates.GeneratedAesKey();
+            var key = session.GenerateKey(generate, template.Attributes);
             try
             {
                 return new WrappedKeyMaterial(session.WrapKey(wrap, state.DomainKey, key));
             }
             finally
             {
-                // The extractable copy must not outlive this operation.
-                session.DestroyObject(key);
+                DestroyExtractableCopy(session, state, key);
             }
         }, cancellationToken);
+
+    // The extractable copy must not outlive the operation. If the HSM will not destroy it,
+    // fault the whole generation: closing its sessions destroys every session object.
+    private static void DestroyExtractableCopy(ISession session, SlotState state, IObjectHandle key)
+    {
+        try
+        {
+            session.DestroyObject(key);
+        }
+        catch (Pkcs11Exception)
+        {
+            state.Faulted = true;
+            throw;
+        }
+    }
 
     /// <inheritdoc />
     public ValueTask<byte[]> EncryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] plaintext, CancellationToken cancellationToken) =>
@@ -167,6 +182,7 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
         {
             if (_state is { } state)
             {
+                state.Faulted = true;
                 await CloseAsync(state).ConfigureAwait(false);
                 _state = null;
             }
@@ -181,11 +197,11 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
 
     /// <summary>Test hook: how many secret-key session objects this process holds on the token.</summary>
     internal int CountSessionKeyObjects() =>
-        _module.Call(_ => CurrentState().Pool.First.FindAllObjects(
-        [
-            _module.Factories.ObjectAttributeFactory.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
-            _module.Factories.ObjectAttributeFactory.Create(CKA.CKA_TOKEN, false),
-        ]).Count);
+        _module.Call(_ =>
+        {
+            using var template = _templates.SessionSecretKeys();
+            return CurrentState().Pool.First.FindAllObjects(template.Attributes).Count;
+        });
 
     /// <summary>Test hook: the handle cache of the current generation.</summary>
     internal KeyHandleCache Cache => CurrentState().Cache;
@@ -213,7 +229,7 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
                 catch (Pkcs11Exception e) when (attempt == 1 && Pkcs11Errors.IsHandleLost(e))
                 {
                     Log.HandleLost(_logger, key.Id.ToString());
-                    state.Cache.Invalidate(key.Id);
+                    lease.Forget();
                 }
             }
         }, cancellationToken).ConfigureAwait(false);
@@ -221,9 +237,10 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
     private IObjectHandle Unwrap(ISession session, SlotState state, KeyMaterialRef key)
     {
         using var mechanism = _module.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD);
+        using var template = _templates.UnwrappedAesKey();
         try
         {
-            return session.UnwrapKey(mechanism, state.DomainKey, key.Wrapped.UnsafeArray, _templates.UnwrappedAesKey());
+            return session.UnwrapKey(mechanism, state.DomainKey, key.Wrapped.UnsafeArray, template.Attributes);
         }
         catch (Pkcs11Exception e) when (Pkcs11Errors.IsWrappedKeyBad(e))
         {
@@ -233,18 +250,20 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
 
     private async ValueTask<T> RunAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken)
     {
-        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) == 1, this);
+        ThrowIfDisposed();
         var state = await HealthyStateAsync(cancellationToken).ConfigureAwait(false);
         using var lease = await state.Pool.AcquireAsync(cancellationToken).ConfigureAwait(false);
-        if (state.Faulted)
-        {
-            throw KmsErrors.Unavailable("the HSM is unavailable; retry shortly");
-        }
-
         try
         {
             return _module.Call(_ =>
             {
+                // Checked under the module gate: no re-initialisation can slip in between this
+                // check and the call, so no session or handle of a dead generation is used.
+                if (state.Faulted || state.ModuleGeneration != _module.Generation)
+                {
+                    throw KmsErrors.Unavailable("the HSM is unavailable; retry shortly");
+                }
+
                 state.Cache.DestroyPending(handle => Destroy(lease.Session, handle));
                 return body(lease.Session, state);
             });
@@ -258,6 +277,14 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
         catch (Pkcs11Exception e)
         {
             throw Pkcs11Errors.Internal(operation, e);
+        }
+    }
+
+    private void ThrowIfDisposed()
+    {
+        if (Volatile.Read(ref _disposed) == 1)
+        {
+            throw KmsErrors.Unavailable("the HSM adapter is shut down");
         }
     }
 
@@ -286,6 +313,7 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
         await _recovery.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
+            ThrowIfDisposed();
             if (_state is { Faulted: false } current && current.ModuleGeneration == _module.Generation)
             {
                 return current;
@@ -297,9 +325,12 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
             }
 
             _nextRecoveryUtc = DateTime.UtcNow + _options.RecoveryBackoff;
-            if (observed is not null)
+
+            // Close what is current now (the caller's view may be older and already closed).
+            if (_state is { } stale)
             {
-                await CloseAsync(observed).ConfigureAwait(false);
+                stale.Faulted = true;
+                await CloseAsync(stale).ConfigureAwait(false);
                 _state = null;
             }
 
@@ -364,6 +395,9 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
         {
             // The library is gone; so are the sessions.
         }
+
+        // Callers queued on this pool wake up, see the state faulted and answer UNAVAILABLE.
+        state.Pool.ReleaseDrained();
     }
 
     private SlotState OpenSlot()

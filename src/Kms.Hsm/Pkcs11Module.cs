@@ -70,6 +70,8 @@ internal sealed class Pkcs11Module
     /// <summary>Drops one reference; the last one finalizes and unloads the module.</summary>
     public void Release()
     {
+        // Finalised under the registry lock: a concurrent Acquire must not load a second
+        // instance while this one is still initialised (C_Initialize would fail).
         lock (LoadedLock)
         {
             if (--_references > 0)
@@ -78,17 +80,16 @@ internal sealed class Pkcs11Module
             }
 
             Loaded.Remove(_path);
-        }
-
-        _gate.EnterWriteLock();
-        try
-        {
-            _library?.Dispose();
-            _library = null;
-        }
-        finally
-        {
-            _gate.ExitWriteLock();
+            _gate.EnterWriteLock();
+            try
+            {
+                _library?.Dispose();
+                _library = null;
+            }
+            finally
+            {
+                _gate.ExitWriteLock();
+            }
         }
     }
 

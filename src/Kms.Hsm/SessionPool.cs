@@ -48,13 +48,23 @@ internal sealed class SessionPool : IDisposable
             var left = deadline - DateTime.UtcNow;
             if (left <= TimeSpan.Zero || !await _available.WaitAsync(left).ConfigureAwait(false))
             {
-                _available.Release(taken);
+                if (taken > 0)
+                {
+                    _available.Release(taken);
+                }
+
                 return false;
             }
         }
 
         return true;
     }
+
+    /// <summary>
+    /// After a successful drain and dispose: gives the permits back so that callers still
+    /// waiting on this pool wake up (they find their state faulted and answer UNAVAILABLE).
+    /// </summary>
+    public void ReleaseDrained() => _available.Release(_sessions.Length);
 
     /// <summary>Closes every session. Errors are ignored: the sessions may already be dead.</summary>
     public void Dispose()

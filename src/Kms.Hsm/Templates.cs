@@ -11,6 +11,12 @@ namespace Kms.Hsm;
 /// CKA_PRIVATE (a public secret key is stored in plaintext on SoftHSM's disk), and
 /// CKA_MODIFIABLE comes last (SoftHSM refuses later attributes of an unmodifiable object).
 /// </summary>
+/// <remarks>
+/// Templates are returned as <see cref="Template"/>s to be disposed after the call:
+/// Pkcs11Interop frees an attribute's native memory in a finalizer, and a temporary list
+/// passed to C_UnwrapKey can be collected while the HSM is still reading it (seen as
+/// corrupted attributes under GC pressure).
+/// </remarks>
 internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile profile)
 {
     /// <summary>
@@ -18,10 +24,10 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
     /// extractable, wrap/unwrap only, unmodifiable, KWP only, and an unwrap template that
     /// forces everything it unwraps to be sensitive and non-extractable.
     /// </summary>
-    public List<IObjectAttribute> DomainKey(string label, string id)
+    public Template DomainKey(string label, string id)
     {
-        var template = new List<IObjectAttribute>
-        {
+        var template = new Template(
+        [
             attributes.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
             attributes.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES),
             attributes.Create(CKA.CKA_VALUE_LEN, 32UL),
@@ -39,7 +45,7 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
             attributes.Create(CKA.CKA_VERIFY, false),
             attributes.Create(CKA.CKA_DERIVE, false),
             attributes.Create(CKA.CKA_COPYABLE, false),
-        };
+        ]);
         if (profile.AllowedMechanismsAttribute)
         {
             template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { CKM.CKM_AES_KEY_WRAP_PAD }));
@@ -47,11 +53,9 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
 
         if (profile.UnwrapTemplateAttribute)
         {
-            template.Add(attributes.Create(CKA.CKA_UNWRAP_TEMPLATE, new List<IObjectAttribute>
-            {
-                attributes.Create(CKA.CKA_SENSITIVE, true),
-                attributes.Create(CKA.CKA_EXTRACTABLE, false),
-            }));
+            List<IObjectAttribute> nested = [attributes.Create(CKA.CKA_SENSITIVE, true), attributes.Create(CKA.CKA_EXTRACTABLE, false)];
+            template.Own(nested);
+            template.Add(attributes.Create(CKA.CKA_UNWRAP_TEMPLATE, nested));
         }
 
         template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
@@ -62,7 +66,7 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
     /// A new AES-256 key version, generated as a session object that is extractable only so
     /// the domain key can wrap it; it is destroyed right after the wrap.
     /// </summary>
-    public List<IObjectAttribute> GeneratedAesKey()
+    public Template GeneratedAesKey()
     {
         var template = AesVersionKey(extractable: true);
         template.Insert(2, attributes.Create(CKA.CKA_VALUE_LEN, 32UL));
@@ -73,19 +77,26 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
     /// An unwrapped AES key version in use: a session object, sensitive, not extractable,
     /// encrypt/decrypt with GCM only. CKA_VALUE_LEN must not be given (it comes from the blob).
     /// </summary>
-    public List<IObjectAttribute> UnwrappedAesKey() => AesVersionKey(extractable: false);
+    public Template UnwrappedAesKey() => AesVersionKey(extractable: false);
 
     /// <summary>The attributes a domain-key search matches on.</summary>
-    public List<IObjectAttribute> FindSecretKey(CKA attribute, object value) =>
+    public Template FindSecretKey(CKA attribute, object value) => new(
     [
         attributes.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
         value is string text ? attributes.Create(attribute, text) : attributes.Create(attribute, (byte[])value),
-    ];
+    ]);
 
-    private List<IObjectAttribute> AesVersionKey(bool extractable)
+    /// <summary>The secret-key session objects of this process (test and diagnostics).</summary>
+    public Template SessionSecretKeys() => new(
+    [
+        attributes.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
+        attributes.Create(CKA.CKA_TOKEN, false),
+    ]);
+
+    private Template AesVersionKey(bool extractable)
     {
-        var template = new List<IObjectAttribute>
-        {
+        var template = new Template(
+        [
             attributes.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
             attributes.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES),
             attributes.Create(CKA.CKA_TOKEN, false),
@@ -100,7 +111,7 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
             attributes.Create(CKA.CKA_VERIFY, false),
             attributes.Create(CKA.CKA_DERIVE, false),
             attributes.Create(CKA.CKA_COPYABLE, false),
-        };
+        ]);
         if (extractable && profile.WrapWithTrusted)
         {
             template.Add(attributes.Create(CKA.CKA_WRAP_WITH_TRUSTED, true));
@@ -113,5 +124,44 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
 
         template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
         return template;
+    }
+}
+
+/// <summary>
+/// An attribute template that owns the native memory of its attributes (nested ones too)
+/// and frees it on dispose: keep it in a <c>using</c> across the PKCS#11 call.
+/// </summary>
+internal sealed class Template(List<IObjectAttribute> attributes) : IDisposable
+{
+    private readonly List<IObjectAttribute> _nested = [];
+
+    /// <summary>The attributes, in order, for Pkcs11Interop.</summary>
+    public List<IObjectAttribute> Attributes { get; } = attributes;
+
+    public void Add(IObjectAttribute attribute) => Attributes.Add(attribute);
+
+    public void Insert(int index, IObjectAttribute attribute) => Attributes.Insert(index, attribute);
+
+    /// <summary>Takes ownership of attributes nested in another attribute (e.g. CKA_UNWRAP_TEMPLATE).</summary>
+    public void Own(IEnumerable<IObjectAttribute> nested) => _nested.AddRange(nested);
+
+    public void Dispose()
+    {
+        foreach (var attribute in Attributes.Concat(_nested))
+        {
+            attribute.Dispose();
+        }
+    }
+}
+
+/// <summary>Frees attributes read back with <c>C_GetAttributeValue</c> once their values are copied out.</summary>
+internal static class AttributeLists
+{
+    public static void DisposeAll(this List<IObjectAttribute> attributes)
+    {
+        foreach (var attribute in attributes)
+        {
+            attribute.Dispose();
+        }
     }
 }

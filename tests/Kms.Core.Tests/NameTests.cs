@@ -28,11 +28,31 @@ public sealed class NameTests
     [InlineData("tenants/dev/keys/orders/versions/1")]
     [InlineData("/tenants/dev/keys/orders")]
     [InlineData("tenants/dev/keys/ünicode")]
+    [InlineData("tenants/dev/keys/orders\n")]
+    [InlineData("tenants/dev\n/keys/orders")]
     public void KeyNameParse_Malformed_InvalidArgumentNamingField(string name)
     {
         var e = Assert.Throws<KmsException>(() => KeyName.Parse(name, "name"));
         Assert.Equal(KmsErrorCode.InvalidArgument, e.Code);
         Assert.Equal("name", e.Field);
+    }
+
+    [Theory]
+    [InlineData("k\n")]
+    [InlineData("k\r\n")]
+    [InlineData("k ")]
+    public void KeyNameCreate_TrailingWhitespaceOrNewline_InvalidArgument(string keyId)
+    {
+        // .NET's "$" also matches before a final "\n": the patterns must anchor with "\z".
+        var e = Assert.Throws<KmsException>(() => KeyName.Create(TenantId.Parse("dev"), keyId));
+        Assert.Equal("key_id", e.Field);
+    }
+
+    [Fact]
+    public void TenantParse_TrailingNewline_InvalidArgument()
+    {
+        Assert.Throws<KmsException>(() => TenantId.Parse("dev\n"));
+        Assert.Throws<KmsException>(() => TenantId.ParseResourceName("tenants/dev\n", "parent"));
     }
 
     [Fact]
@@ -71,6 +91,8 @@ public sealed class NameTests
     [InlineData("Team", "x")]
     [InlineData("team", "UPPER")]
     [InlineData("1team", "x")]
+    [InlineData("team\n", "x")]
+    [InlineData("team", "x\n")]
     public void KeyLabels_Invalid_InvalidArgument(string key, string value)
     {
         Assert.Equal(KmsErrorCode.InvalidArgument, Assert.Throws<KmsException>(() => KeyLabels.Create([new(key, value)])).Code);

@@ -59,7 +59,7 @@ public sealed class DomainKeyTests(HsmFixture fixture) : IClassFixture<HsmFixtur
             a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_TOKEN, false),
             a.Create(CKA.CKA_SENSITIVE, false), a.Create(CKA.CKA_EXTRACTABLE, true),
         };
-        var e = Assert.Throws<Pkcs11Exception>(() => session.UnwrapKey(kwp, fixture.FindDomainKey(session), wrapped.UnsafeArray, readable));
+        var e = Assert.Throws<Pkcs11Exception>(() => Native.With(readable, t => session.UnwrapKey(kwp, fixture.FindDomainKey(session), wrapped.UnsafeArray, t)));
         Assert.Equal(CKR.CKR_TEMPLATE_INCONSISTENT, e.RV);
 
         // Nor as a sensitive-but-extractable key that the attacker could re-wrap under a key of their own.
@@ -68,7 +68,7 @@ public sealed class DomainKeyTests(HsmFixture fixture) : IClassFixture<HsmFixtur
             a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_TOKEN, false),
             a.Create(CKA.CKA_EXTRACTABLE, true),
         };
-        Assert.Throws<Pkcs11Exception>(() => session.UnwrapKey(kwp, fixture.FindDomainKey(session), wrapped.UnsafeArray, extractable));
+        Assert.Throws<Pkcs11Exception>(() => Native.With(extractable, t => session.UnwrapKey(kwp, fixture.FindDomainKey(session), wrapped.UnsafeArray, t)));
     }
 
     [Fact]
@@ -78,7 +78,7 @@ public sealed class DomainKeyTests(HsmFixture fixture) : IClassFixture<HsmFixtur
         using var session = fixture.OpenRawSession();
         var dk = fixture.FindDomainKey(session);
 
-        var e = Assert.Throws<Pkcs11Exception>(() => session.SetAttributeValue(dk, [fixture.Factories.ObjectAttributeFactory.Create(CKA.CKA_DECRYPT, true)]));
+        var e = Assert.Throws<Pkcs11Exception>(() => Native.With([fixture.Factories.ObjectAttributeFactory.Create(CKA.CKA_DECRYPT, true)], t => session.SetAttributeValue(dk, t)));
         Assert.Equal(CKR.CKR_ACTION_PROHIBITED, e.RV);
         Assert.False(session.GetAttributeValue(dk, [CKA.CKA_DECRYPT])[0].GetValueAsBool());
 
@@ -99,17 +99,17 @@ public sealed class DomainKeyTests(HsmFixture fixture) : IClassFixture<HsmFixtur
         using var other = mechanism == CKM.CKM_AES_CBC_PAD
             ? fixture.Factories.MechanismFactory.Create(mechanism, new byte[16])
             : fixture.Factories.MechanismFactory.Create(mechanism);
-        Assert.Throws<Pkcs11Exception>(() => session.UnwrapKey(other, fixture.FindDomainKey(session), wrapped.UnsafeArray,
+        Assert.Throws<Pkcs11Exception>(() => Native.With(
         [
             a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_TOKEN, false),
-        ]));
+        ], t => session.UnwrapKey(other, fixture.FindDomainKey(session), wrapped.UnsafeArray, t)));
     }
 
     [Fact]
     public void Attack_CopyDomainKeyWithWeakerAttributes_Refused()
     {
         using var session = fixture.OpenRawSession();
-        Assert.Throws<Pkcs11Exception>(() => session.CopyObject(fixture.FindDomainKey(session),
-            [fixture.Factories.ObjectAttributeFactory.Create(CKA.CKA_TOKEN, false)]));
+        Assert.Throws<Pkcs11Exception>(() => Native.With(
+            [fixture.Factories.ObjectAttributeFactory.Create(CKA.CKA_TOKEN, false)], t => session.CopyObject(fixture.FindDomainKey(session), t)));
     }
 }

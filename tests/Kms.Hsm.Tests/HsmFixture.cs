@@ -38,11 +38,11 @@ public sealed class HsmFixture : IAsyncLifetime
         Module.Call(library => library.GetSlotList(SlotsType.WithTokenPresent).Single(s => s.GetTokenInfo().Label == label).OpenSession(SessionType.ReadWrite));
 
     public IObjectHandle FindDomainKey(ISession session) =>
-        session.FindAllObjects(
+        Native.With(
         [
             Factories.ObjectAttributeFactory.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
             Factories.ObjectAttributeFactory.Create(CKA.CKA_LABEL, "kms-domain-key"),
-        ]).Single();
+        ], session.FindAllObjects).Single();
 
     /// <summary>
     /// Test-only import: wraps a known AES key under the domain key, so the adapter's real
@@ -52,12 +52,12 @@ public sealed class HsmFixture : IAsyncLifetime
     {
         using var session = OpenRawSession();
         var a = Factories.ObjectAttributeFactory;
-        var handle = session.CreateObject(
+        var handle = Native.With(
         [
             a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_TOKEN, false),
             a.Create(CKA.CKA_PRIVATE, true), a.Create(CKA.CKA_SENSITIVE, true), a.Create(CKA.CKA_EXTRACTABLE, true),
             a.Create(CKA.CKA_ENCRYPT, false), a.Create(CKA.CKA_DECRYPT, false), a.Create(CKA.CKA_VALUE, key),
-        ]);
+        ], session.CreateObject);
         try
         {
             using var kwp = Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD);

@@ -45,6 +45,25 @@ public sealed class KeyHandleCacheTests(HsmFixture fixture) : IClassFixture<HsmF
     }
 
     [Fact]
+    public void Lease_HandleLost_ForgottenAndNeverDestroyed()
+    {
+        // On an HSM that reuses handle numbers, destroying a lost handle could destroy
+        // whatever object (another tenant's key) the number names now.
+        using var cache = new KeyHandleCache(1, 10, TimeSpan.FromMinutes(5));
+        var id = KeyVersionId.NewId();
+        var destroyed = new List<ulong>();
+
+        var lease = cache.Lease(id, () => Factories.ObjectHandleFactory.Create(5));
+        lease.Forget();
+        lease.Dispose();
+        cache.DestroyPending(h => destroyed.Add(h.ObjectId));
+
+        Assert.Empty(destroyed);
+        using var fresh = cache.Lease(id, () => Factories.ObjectHandleFactory.Create(6));
+        Assert.Equal(6UL, fresh.Handle.ObjectId);
+    }
+
+    [Fact]
     public void Lease_AfterEviction_UnwrapsAFreshCopyInsteadOfReusingTheOldHandle()
     {
         using var cache = new KeyHandleCache(1, 10, TimeSpan.FromMinutes(5));

@@ -149,20 +149,20 @@ public sealed class KeyVersionTests(HsmFixture fixture) : IClassFixture<HsmFixtu
     private int CountObjects(bool token)
     {
         using var session = fixture.OpenRawSession();
-        return session.FindAllObjects(
+        return Native.With(
         [
             fixture.Factories.ObjectAttributeFactory.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
             fixture.Factories.ObjectAttributeFactory.Create(CKA.CKA_TOKEN, token),
-        ]).Count;
+        ], session.FindAllObjects).Count;
     }
 
     private HashSet<ulong> SessionKeyHandles()
     {
         using var session = fixture.OpenRawSession();
-        return session.FindAllObjects(
+        return Native.With(
         [
             fixture.Factories.ObjectAttributeFactory.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
             fixture.Factories.ObjectAttributeFactory.Create(CKA.CKA_TOKEN, false),
-        ]).Select(h => h.ObjectId).ToHashSet();
+        ], session.FindAllObjects).Select(h => h.ObjectId).ToHashSet();
     }
 }

@@ -142,16 +142,16 @@ public sealed class KnownAnswerTests(HsmFixture fixture) : IClassFixture<HsmFixt
     {
         using var session = fixture.OpenRawSession();
         var a = fixture.Factories.ObjectAttributeFactory;
-        var kek = session.CreateObject(
+        var kek = Native.With(
         [
             a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_TOKEN, false),
             a.Create(CKA.CKA_WRAP, true), a.Create(CKA.CKA_VALUE, kekValue),
-        ]);
-        var secret = session.CreateObject(
+        ], session.CreateObject);
+        var secret = Native.With(
         [
             a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_GENERIC_SECRET), a.Create(CKA.CKA_TOKEN, false),
             a.Create(CKA.CKA_EXTRACTABLE, true), a.Create(CKA.CKA_VALUE, keyValue),
-        ]);
+        ], session.CreateObject);
         try
         {
             using var kwp = fixture.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD);

@@ -71,6 +71,15 @@ public sealed class RecoveryTests
     }
 
     [Fact]
+    public async Task AfterDispose_UnavailableNotInternal()
+    {
+        var hsm = Pkcs11Hsm.Open(SoftHsm.CreateToken().Options(), NullLogger.Instance);
+        await hsm.DisposeAsync();
+        var e = await Assert.ThrowsAsync<KmsException>(async () => await hsm.GenerateRandomAsync(1, default));
+        Assert.Equal(KmsErrorCode.Unavailable, e.Code);
+    }
+
+    [Fact]
     public async Task ConcurrentCallsDuringFault_AllUnavailableOrCorrect_NeverCrash()
     {
         await using var hsm = Pkcs11Hsm.Open(SoftHsm.CreateToken().Options(sessions: 4), NullLogger.Instance);

@@ -130,12 +130,12 @@ public sealed class StartupTests
     {
         var a = factories.ObjectAttributeFactory;
         using var generate = factories.MechanismFactory.Create(CKM.CKM_AES_KEY_GEN);
-        session.GenerateKey(generate,
+        Native.With(
         [
             a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_VALUE_LEN, 32UL),
             a.Create(CKA.CKA_TOKEN, true), a.Create(CKA.CKA_PRIVATE, true), a.Create(CKA.CKA_LABEL, "kms-domain-key"), a.Create(CKA.CKA_ID, id),
             a.Create(CKA.CKA_WRAP, true), a.Create(CKA.CKA_UNWRAP, true), a.Create(CKA.CKA_DECRYPT, weak),
             a.Create(CKA.CKA_SENSITIVE, true), a.Create(CKA.CKA_EXTRACTABLE, false),
-        ]);
+        ], t => session.GenerateKey(generate, t));
     }
 }

@@ -5,6 +5,7 @@ using System.Security.Cryptography.X509Certificates;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Kms.Contracts.V1;
+using Kms.Hsm;
 using Kms.Server.Hosting;
 
 namespace Kms.Server.Tests;
@@ -79,6 +80,23 @@ public sealed class TransportTests(ServerFixture fixture) : IClassFixture<Server
     {
         Assert.Contains(e.StatusCode, new[] { StatusCode.Internal, StatusCode.Unavailable });
         Assert.Contains("SSL connection could not be established", e.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task HsmDevModeWithoutServerDevMode_DevDomainKeyNotUsed()
+    {
+        // Hsm:DevMode alone must not let a non-dev server create or use the dev domain key.
+        var e = await Assert.ThrowsAsync<HsmConfigurationException>(() => KmsServerApp.BuildAsync(
+        [
+            "--urls=https://127.0.0.1:0",
+            $"--Kms:TlsCertificatePath={Path.Combine(fixture.Server.DataDir, "tls", "server.crt")}",
+            $"--Kms:TlsKeyPath={Path.Combine(fixture.Server.DataDir, "tls", "server.key")}",
+            $"--Storage:Sqlite:DatabasePath={Path.Combine(Path.GetTempPath(), $"kms-nodev-{Guid.NewGuid():N}.db")}",
+            $"--Hsm:TokenLabel={fixture.Server.Token.Label}",
+            $"--Hsm:PinFile={fixture.Server.Token.PinFile}",
+            "--Hsm:DevMode=true",
+        ]));
+        Assert.Contains("DomainKeyId is required outside dev mode", e.Message, StringComparison.Ordinal);
     }
 
     private X509ChainPolicy TrustDevCa() => new()

@@ -72,9 +72,9 @@ public sealed partial class KeyLabels : IReadOnlyDictionary<string, string>
     public bool SetEquals(KeyLabels other) =>
         Count == other.Count && _labels.All(kv => other.TryGetValue(kv.Key, out var v) && v == kv.Value);
 
-    [GeneratedRegex("^[a-z][a-z0-9_-]{0,62}$", RegexOptions.CultureInvariant)]
+    [GeneratedRegex("^[a-z][a-z0-9_-]{0,62}\\z", RegexOptions.CultureInvariant)]
     private static partial Regex LabelKey();
 
-    [GeneratedRegex("^[a-z0-9_-]{0,63}$", RegexOptions.CultureInvariant)]
+    [GeneratedRegex("^[a-z0-9_-]{0,63}\\z", RegexOptions.CultureInvariant)]
     private static partial Regex LabelValue();
 }

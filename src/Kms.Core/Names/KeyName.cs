@@ -47,9 +47,9 @@ public sealed partial record KeyName(TenantId Tenant, string KeyId)
     /// <inheritdoc />
     public override string ToString() => $"tenants/{Tenant.Value}/keys/{KeyId}";
 
-    [GeneratedRegex("^tenants/(?<tenant>[^/]+)/keys/(?<key>[a-zA-Z0-9_-]{1,63})$", RegexOptions.CultureInvariant)]
+    [GeneratedRegex("^tenants/(?<tenant>[^/]+)/keys/(?<key>[a-zA-Z0-9_-]{1,63})\\z", RegexOptions.CultureInvariant)]
     private static partial Regex NamePattern();
 
-    [GeneratedRegex("^[a-zA-Z0-9_-]{1,63}$", RegexOptions.CultureInvariant)]
+    [GeneratedRegex("^[a-zA-Z0-9_-]{1,63}\\z", RegexOptions.CultureInvariant)]
     private static partial Regex KeyIdPattern();
 }

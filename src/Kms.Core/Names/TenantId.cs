@@ -41,6 +41,6 @@ public readonly partial record struct TenantId
     /// <inheritdoc />
     public override string ToString() => Value;
 
-    [GeneratedRegex("^[a-z][a-z0-9-]{0,62}$", RegexOptions.CultureInvariant)]
+    [GeneratedRegex("^[a-z][a-z0-9-]{0,62}\\z", RegexOptions.CultureInvariant)]
     private static partial Regex Pattern();
 }

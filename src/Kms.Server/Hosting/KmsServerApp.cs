@@ -61,6 +61,8 @@ public static class KmsServerApp
 
         var hsmOptions = builder.Configuration.GetSection("Hsm").Get<HsmOptions>() ?? new HsmOptions();
         var sqliteOptions = builder.Configuration.GetSection("Storage:Sqlite").Get<SqliteOptions>() ?? new SqliteOptions();
+        // One switch for dev mode: Hsm:DevMode cannot turn it on behind the server's back.
+        hsmOptions.DevMode = serverOptions.DevMode;
         if (serverOptions.DevMode)
         {
             ApplyDevDefaults(serverOptions, builder.Configuration, hsmOptions, sqliteOptions);
@@ -71,17 +73,24 @@ public static class KmsServerApp
         try
         {
             await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
+            return Build(builder, hsm, store, serverOptions);
         }
         catch
         {
             await hsm.DisposeAsync();
             throw;
         }
+    }
 
+    private static WebApplication Build(WebApplicationBuilder builder, Pkcs11Hsm hsm, SqliteKeyStore store, KmsServerOptions serverOptions)
+    {
         builder.Services.AddSingleton(TimeProvider.System);
-        builder.Services.AddSingleton<IHsm>(hsm);
-        builder.Services.AddSingleton(hsm);
-        builder.Services.AddSingleton<IKeyStore>(store);
+
+        // Registered through factories so the container owns them: the HSM is drained and
+        // finalised when the application is disposed.
+        builder.Services.AddSingleton(_ => hsm);
+        builder.Services.AddSingleton<IHsm>(services => services.GetRequiredService<Pkcs11Hsm>());
+        builder.Services.AddSingleton<IKeyStore>(_ => store);
         builder.Services.AddSingleton<KeyService>();
         builder.Services.AddSingleton<CryptoService>();
         builder.Services.AddSingleton<CallerResolver>();
@@ -100,6 +109,9 @@ public static class KmsServerApp
         app.MapGrpcService<KeyManagementGrpcService>();
         app.MapGrpcReflectionService();
         app.MapGrpcHealthChecksService();
+
+        // Resolve now so the container takes ownership even if the app never handles a request.
+        app.Services.GetRequiredService<Pkcs11Hsm>();
         return app;
     }
 
@@ -126,7 +138,6 @@ public static class KmsServerApp
     private static void ApplyDevDefaults(KmsServerOptions options, ConfigurationManager configuration, HsmOptions hsm, SqliteOptions sqlite)
     {
         var dataDir = Path.GetFullPath(options.DataDir);
-        hsm.DevMode = true;
         if (configuration["Hsm:TokenLabel"] is null)
         {
             hsm.TokenLabel = "kms-dev";

@@ -1,0 +1,61 @@
+using Kms.Core.Keys;
+using Kms.Core.Ports;
+using Kms.Testing;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Kms.Hsm.Tests;
+
+/// <summary>
+/// Pkcs11Interop frees attribute and mechanism memory in finalizers: anything passed to a
+/// native call must stay reachable until the call returns. Collections forced in a loop
+/// while every call unwraps (cache of one, keys in rotation) expose a template freed early
+/// (corrupted attributes: CKR_ATTRIBUTE_VALUE_INVALID, CKR_TEMPLATE_INCONSISTENT, or a key
+/// unwrapped with the wrong usage flags).
+/// </summary>
+public sealed class GcPressureTests
+{
+    [Fact]
+    public async Task UnwrapAndGcmUnderForcedCollections_EveryCallSucceeds()
+    {
+        await using var hsm = Pkcs11Hsm.Open(SoftHsm.CreateToken().Options(sessions: 2, cacheCapacity: 1), NullLogger.Instance);
+        var keys = new List<KeyMaterialRef>();
+        for (var i = 0; i < 6; i++)
+        {
+            keys.Add(new KeyMaterialRef(KeyVersionId.NewId(), await hsm.GenerateAes256KeyAsync(default)));
+        }
+
+        using var stop = new CancellationTokenSource();
+        var collector = Task.Run(() =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                GC.Collect();
+                GC.WaitForPendingFinalizers();
+            }
+        });
+
+        var failures = new System.Collections.Concurrent.ConcurrentBag<string>();
+        await Parallel.ForEachAsync(Enumerable.Range(0, 4000), new ParallelOptions { MaxDegreeOfParallelism = 2 }, async (i, ct) =>
+        {
+            try
+            {
+                var key = keys[i % keys.Count];
+                var sealedBytes = await hsm.EncryptAesGcmAsync(key, new byte[12], [(byte)i], [1, 2, 3], ct);
+                if (i % 7 == 0)
+                {
+                    await hsm.GenerateAes256KeyAsync(ct);
+                }
+
+                Assert.Equal([1, 2, 3], await hsm.DecryptAesGcmAsync(key, new byte[12], [(byte)i], sealedBytes, ct));
+            }
+            catch (Exception e)
+            {
+                failures.Add($"{i}: {e.GetType().Name}: {e.Message} {e.InnerException?.Message}");
+            }
+        });
+        await stop.CancelAsync();
+        await collector;
+
+        Assert.Empty(failures);
+    }
+}
