@@ -58,9 +58,11 @@ public class MicroBenchmarks
         _rawKey = _rawSession.GenerateKey(generate, template);
         GC.KeepAlive(template); // Pkcs11Interop frees attribute memory in finalizers
         var store = await SqliteKeyStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(root, "kms.db") }, default);
-        var keys = new KeyService(_hsm, store, TimeProvider.System);
+        var limits = new UsageLimitOptions();
+        var usage = new UsageCounter(store, limits, TimeProvider.System);
+        var keys = new KeyService(_hsm, store, TimeProvider.System, new LifecycleOptions(), limits, usage);
         _keyName = (await keys.CreateKeyAsync(Caller, new CreateKeyCommand(Caller.Tenant, "bench", KeyPurpose.EncryptDecrypt, KeyLabels.Empty, null), default)).Key.Name;
-        _crypto = new CryptoService(_hsm, store);
+        _crypto = new CryptoService(_hsm, store, usage);
 
         _aes = new AesGcm(RandomNumberGenerator.GetBytes(32), 16);
         _aesOutput = new byte[32];

@@ -33,6 +33,12 @@ public static class Limits
     /// <summary>Most labels on a key.</summary>
     public const int MaxLabels = 64;
 
+    /// <summary>Most items in one batch call.</summary>
+    public const int MaxBatchItems = 1000;
+
+    /// <summary>Most plaintext (or ciphertext) bytes in one batch call, all items together.</summary>
+    public const int MaxBatchBytes = 4 * 1024 * 1024;
+
     /// <summary>Longest request id (idempotency key).</summary>
     public const int MaxRequestIdLength = 128;
 }

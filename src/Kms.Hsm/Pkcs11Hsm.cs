@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using System.Text;
 using Kms.Core.Crypto;
 using Kms.Core.Errors;
+using Kms.Core.Keys;
 using Kms.Core.Ports;
 using Microsoft.Extensions.Logging;
 using Net.Pkcs11Interop.Common;
@@ -169,6 +170,9 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
             }
         }, cancellationToken);
 
+    /// <inheritdoc />
+    public void EvictKey(KeyVersionId id) => _state?.Cache.Invalidate(id);
+
     /// <summary>Closes the sessions (destroying every unwrapped copy) and releases the module.</summary>
     public async ValueTask DisposeAsync()
     {
@@ -206,9 +210,12 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
     /// <summary>Test hook: the handle cache of the current generation.</summary>
     internal KeyHandleCache Cache => CurrentState().Cache;
 
-    /// <summary>Test hook: closes every session of the slot behind the adapter's back.</summary>
+    /// <summary>
+    /// Test hook: closes every session of the slot behind the adapter's back, between two
+    /// native calls (as a device dropping its sessions would; never under a running call).
+    /// </summary>
     internal void CloseAllSessionsForFaultInjection() =>
-        _module.Call(library =>
+        _module.Exclusive(library =>
         {
             library.GetSlotList(SlotsType.WithTokenPresent).First(s => s.SlotId == CurrentState().SlotId).CloseAllSessions();
             return 0;

@@ -108,6 +108,23 @@ internal sealed class Pkcs11Module
     }
 
     /// <summary>
+    /// Runs native calls with no other call in flight (test fault injection: a native call
+    /// racing C_CloseAllSessions on the same session crashes SoftHSM).
+    /// </summary>
+    internal T Exclusive<T>(Func<IPkcs11Library, T> call)
+    {
+        _gate.EnterWriteLock();
+        try
+        {
+            return call(_library ?? throw new Pkcs11Exception("C_Initialize", CKR.CKR_CRYPTOKI_NOT_INITIALIZED));
+        }
+        finally
+        {
+            _gate.ExitWriteLock();
+        }
+    }
+
+    /// <summary>
     /// <c>C_Finalize</c> and <c>C_Initialize</c> again, once per observed generation (callers
     /// racing to recover from the same fault re-initialise only once).
     /// </summary>

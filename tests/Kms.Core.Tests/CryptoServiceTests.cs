@@ -14,18 +14,19 @@ public sealed class CryptoServiceTests : IDisposable
     private static readonly KeyName Orders = KeyName.Parse("tenants/dev/keys/orders", "name");
     private static readonly KeyName Invoices = KeyName.Parse("tenants/dev/keys/invoices", "name");
 
-    private readonly FakeHsm _hsm = new();
-    private readonly InMemoryKeyStore _store = new();
+    private readonly DomainHarness _domain = new();
+    private readonly FakeHsm _hsm;
     private readonly CryptoService _crypto;
     private readonly KeyService _keys;
 
     public CryptoServiceTests()
     {
-        _crypto = new CryptoService(_hsm, _store);
-        _keys = new KeyService(_hsm, _store, TimeProvider.System);
+        _hsm = _domain.FakeHsm!;
+        _crypto = _domain.Crypto;
+        _keys = _domain.Keys;
     }
 
-    public void Dispose() => _hsm.Dispose();
+    public void Dispose() => _domain.Dispose();
 
     [Fact]
     public async Task EncryptDecrypt_SameContext_RoundTrips()
@@ -169,7 +170,7 @@ public sealed class CryptoServiceTests : IDisposable
         var buffer = dataKey.Plaintext.UnsafeArray;
         dataKey.Dispose();
         Assert.All(buffer, b => Assert.Equal(0, b));
-        Assert.Throws<ObjectDisposedException>(() => dataKey.Plaintext.Length);
+        Assert.Throws<ObjectDisposedException>(() => _ = dataKey.Plaintext.Length);
         Assert.Equal("***", dataKey.Plaintext.ToString());
     }
 

@@ -1,6 +1,7 @@
 using Kms.Core.Errors;
 using Kms.Core.Keys;
 using Kms.Core.Names;
+using Kms.Core.Ports;
 using Kms.Core.Services;
 using Kms.Testing.Fakes;
 using Microsoft.Extensions.Time.Testing;
@@ -12,14 +13,21 @@ public sealed class KeyServiceTests : IDisposable
     private static readonly Caller Dev = new("test:dev", TenantId.Parse("dev"));
     private static readonly TenantId DevTenant = TenantId.Parse("dev");
 
-    private readonly FakeHsm _hsm = new();
-    private readonly InMemoryKeyStore _store = new();
-    private readonly FakeTimeProvider _time = new(new DateTimeOffset(2026, 11, 29, 12, 0, 0, 123, TimeSpan.Zero));
+    private readonly DomainHarness _domain = new();
+    private readonly FakeHsm _hsm;
+    private readonly IKeyStore _store;
+    private readonly FakeTimeProvider _time;
     private readonly KeyService _service;
 
-    public KeyServiceTests() => _service = new KeyService(_hsm, _store, _time);
+    public KeyServiceTests()
+    {
+        _hsm = _domain.FakeHsm!;
+        _store = _domain.Store;
+        _time = _domain.Time;
+        _service = _domain.Keys;
+    }
 
-    public void Dispose() => _hsm.Dispose();
+    public void Dispose() => _domain.Dispose();
 
     [Fact]
     public async Task CreateKey_New_StoresEnabledKeyWithPrimaryVersion1()
@@ -105,8 +113,8 @@ public sealed class KeyServiceTests : IDisposable
         do
         {
             var page = await _service.ListKeysAsync(Dev, DevTenant, 3, token, default);
-            Assert.True(page.Keys.Count <= 3);
-            seen.AddRange(page.Keys.Select(k => k.Name.KeyId));
+            Assert.True(page.Items.Count <= 3);
+            seen.AddRange(page.Items.Select(k => k.Name.KeyId));
             token = page.NextPageToken;
         }
         while (token is not null);

@@ -104,7 +104,7 @@ public sealed class BadInputTests(ServerFixture fixture) : IClassFixture<ServerF
         var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.EncryptAsync(new EncryptRequest
         {
             Name = _key.Name,
-            Plaintext = ByteString.CopyFrom(new byte[2 * 1024 * 1024]),
+            Plaintext = ByteString.CopyFrom(new byte[6 * 1024 * 1024]),
         }));
         Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
     }

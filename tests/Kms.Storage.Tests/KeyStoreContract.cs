@@ -52,7 +52,7 @@ public abstract class KeyStoreContract
         Assert.Equal(KmsErrorCode.AlreadyExists, e.Code);
         var kept = await store.GetPrimaryMaterialAsync(first.Name, default);
         Assert.Equal(first.Primary.Id, kept!.Version.Id);
-        Assert.Equal(firstMaterial.Bytes.ToArray(), kept.Material.Bytes.ToArray());
+        Assert.Equal(firstMaterial.Bytes.ToArray(), kept.Material!.Bytes.ToArray());
     }
 
     [Fact]
@@ -80,7 +80,7 @@ public abstract class KeyStoreContract
         Assert.NotNull(found);
         Assert.Equal(key.Name, found.Key.Name);
         Assert.Equal(key.Primary, found.Version);
-        Assert.Equal(material.Bytes.ToArray(), found.Material.Bytes.ToArray());
+        Assert.Equal(material.Bytes.ToArray(), found.Material!.Bytes.ToArray());
     }
 
     [Fact]
@@ -104,7 +104,7 @@ public abstract class KeyStoreContract
 
         var primary = await store.GetPrimaryMaterialAsync(key.Name, default);
         Assert.Equal(key.Primary, primary!.Version);
-        Assert.Equal(material.Bytes.ToArray(), primary.Material.Bytes.ToArray());
+        Assert.Equal(material.Bytes.ToArray(), primary.Material!.Bytes.ToArray());
         Assert.Null(await store.GetPrimaryMaterialAsync(KeyName.Create(Acme, "orders"), default));
     }
 

@@ -9,4 +9,17 @@ public sealed record Key(
     KeyState State,
     KeyVersion Primary,
     DateTimeOffset CreateTime,
-    KeyLabels Labels);
+    KeyLabels Labels)
+{
+    /// <summary>Scheduled rotation period (at least a day); null: no scheduled rotation.</summary>
+    public TimeSpan? RotationPeriod { get; init; }
+
+    /// <summary>When the next scheduled rotation is due; null when none is scheduled.</summary>
+    public DateTimeOffset? NextRotationTime { get; init; }
+
+    /// <summary>Versions with a lower number refuse to decrypt. 1: every version may.</summary>
+    public int MinDecryptionVersion { get; init; } = 1;
+
+    /// <summary>When a scheduled deletion of the key takes effect; set while DESTROY_SCHEDULED.</summary>
+    public DateTimeOffset? DestroyTime { get; init; }
+}

@@ -8,4 +8,25 @@ public sealed record KeyVersion(
     KeyVersionId Id,
     KeyState State,
     KeyAlgorithm Algorithm,
-    DateTimeOffset CreateTime);
+    DateTimeOffset CreateTime)
+{
+    /// <summary>When a scheduled destruction takes effect; set while DESTROY_SCHEDULED.</summary>
+    public DateTimeOffset? DestroyTime { get; init; }
+
+    /// <summary>When the material was erased; set once DESTROYED.</summary>
+    public DateTimeOffset? DestroyEventTime { get; init; }
+
+    /// <summary>Usage counters as last persisted (the usage counter adds what is pending).</summary>
+    public KeyVersionUsage Usage { get; init; } = KeyVersionUsage.None;
+}
+
+/// <summary>How much a version has been used.</summary>
+/// <param name="EncryptCount">GCM encryptions counted toward the bounds: durable, conservative (reserved in blocks).</param>
+/// <param name="DecryptCount">Decryptions, flushed periodically.</param>
+/// <param name="LastEncryptTime">Last encryption, flushed periodically.</param>
+/// <param name="LastDecryptTime">Last decryption, flushed periodically.</param>
+public sealed record KeyVersionUsage(long EncryptCount, long DecryptCount, DateTimeOffset? LastEncryptTime, DateTimeOffset? LastDecryptTime)
+{
+    /// <summary>Never used.</summary>
+    public static KeyVersionUsage None { get; } = new(0, 0, null, null);
+}

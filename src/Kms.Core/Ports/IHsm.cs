@@ -30,6 +30,12 @@ public interface IHsm
     /// <summary>AES-256-GCM encryption under a key version; returns ciphertext followed by the 16-byte tag.</summary>
     ValueTask<byte[]> EncryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] plaintext, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Drops any unwrapped copy of a key version held in the HSM (the version was destroyed).
+    /// A copy in use by a running operation goes when that operation ends.
+    /// </summary>
+    void EvictKey(KeyVersionId id);
+
     /// <summary>AES-256-GCM decryption; a wrong tag, AAD or IV is <see cref="Errors.KmsErrorCode.DecryptionFailed"/>.</summary>
     /// <returns>The plaintext, owned by the caller (zero it after use).</returns>
     ValueTask<byte[]> DecryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] ciphertextAndTag, CancellationToken cancellationToken);

@@ -5,12 +5,15 @@ using Kms.Core.Names;
 namespace Kms.Core.Ports;
 
 /// <summary>
-/// Durable metadata: keys, versions with their wrapped material, settings. Every query
-/// that reads a tenant's data takes the tenant; no query crosses tenants.
+/// Durable metadata: keys, versions with their wrapped material, aliases, usage, settings.
+/// Every query made on behalf of a caller takes the caller's tenant; no such query crosses
+/// tenants. (The due-work queries of background jobs are system-wide by nature.)
 /// </summary>
 /// <remarks>
-/// A completed write is durable (it survives a crash or power loss). Backends pass the
-/// shared contract suite in tests/Kms.Storage.Tests.
+/// A completed write is durable (it survives a crash or power loss). A version whose state
+/// is DESTROYED has no material: the store erases it in the same transaction, and afterwards
+/// it is not recoverable from the store's files. Backends pass the shared contract suite in
+/// tests/Kms.Storage.Tests.
 /// </remarks>
 public interface IKeyStore
 {
@@ -27,14 +30,61 @@ public interface IKeyStore
     /// <summary>Keys of a tenant in key-id order, starting after <paramref name="afterKeyId"/>.</summary>
     Task<IReadOnlyList<Key>> ListKeysAsync(TenantId tenant, string? afterKeyId, int limit, CancellationToken cancellationToken);
 
+    /// <summary>Versions of a key in version order, starting after <paramref name="afterVersion"/>.</summary>
+    Task<IReadOnlyList<KeyVersion>> ListVersionsAsync(KeyName key, int afterVersion, int limit, CancellationToken cancellationToken);
+
+    /// <summary>One version (metadata and usage, no material), or null.</summary>
+    Task<KeyVersion?> GetVersionAsync(KeyVersionName name, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Reads the key with all its versions, lets <paramref name="decide"/> compute the change
+    /// on that fresh state, and applies it — all in one transaction, serialised with every
+    /// other change of the same key. If <paramref name="decide"/> throws, nothing changes.
+    /// </summary>
+    /// <returns>The key and its versions after the change; null if the key does not exist.</returns>
+    /// <exception cref="Errors.KmsException">AlreadyExists if the change's request id was recorded meanwhile.</exception>
+    Task<KeyWithVersions?> UpdateKeyAsync(KeyName name, Func<KeyWithVersions, KeyChange> decide, CancellationToken cancellationToken);
+
     /// <summary>The key with its primary version's wrapped material, or null.</summary>
     Task<KeyVersionMaterial?> GetPrimaryMaterialAsync(KeyName name, CancellationToken cancellationToken);
 
-    /// <summary>The version with this id in this tenant, with its key and material, or null.</summary>
+    /// <summary>The version with this id in this tenant, with its key and material (none once destroyed), or null.</summary>
     Task<KeyVersionMaterial?> FindVersionMaterialAsync(TenantId tenant, KeyVersionId id, CancellationToken cancellationToken);
 
     /// <summary>A recorded request id, or null.</summary>
     Task<RequestRecord?> FindRequestAsync(TenantId tenant, string requestId, CancellationToken cancellationToken);
+
+    /// <summary>Stores a new alias; its key must exist in the same tenant.</summary>
+    /// <exception cref="Errors.KmsException">AlreadyExists (alias id or request id taken); NotFound (the key).</exception>
+    Task CreateAliasAsync(KeyAlias alias, RequestRecord? request, CancellationToken cancellationToken);
+
+    /// <summary>The alias, or null.</summary>
+    Task<KeyAlias?> GetAliasAsync(AliasName name, CancellationToken cancellationToken);
+
+    /// <summary>Points an alias at another key of its tenant; null if the alias does not exist.</summary>
+    /// <exception cref="Errors.KmsException">NotFound (the key).</exception>
+    Task<KeyAlias?> UpdateAliasAsync(AliasName name, KeyName key, DateTimeOffset updateTime, CancellationToken cancellationToken);
+
+    /// <summary>Deletes an alias; false if it did not exist.</summary>
+    Task<bool> DeleteAliasAsync(AliasName name, CancellationToken cancellationToken);
+
+    /// <summary>Aliases of a tenant in alias-id order, starting after <paramref name="afterAliasId"/>.</summary>
+    Task<IReadOnlyList<KeyAlias>> ListAliasesAsync(TenantId tenant, string? afterAliasId, int limit, CancellationToken cancellationToken);
+
+    /// <summary>Enabled keys whose next scheduled rotation is due at <paramref name="now"/> (background job).</summary>
+    Task<IReadOnlyList<KeyName>> ListKeysDueForRotationAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken);
+
+    /// <summary>Keys with a scheduled deletion or version destruction due at <paramref name="now"/> (background job).</summary>
+    Task<IReadOnlyList<KeyName>> ListKeysDueForDestructionAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Adds <paramref name="count"/> to a version's durable count of GCM encryptions and
+    /// returns the new total. Never decreases; callers reserve in blocks.
+    /// </summary>
+    Task<long> ReserveEncryptionsAsync(KeyVersionId id, long count, CancellationToken cancellationToken);
+
+    /// <summary>Adds decryption counts and moves last-use times forward (never backward).</summary>
+    Task RecordUsageAsync(IReadOnlyCollection<UsageDelta> deltas, CancellationToken cancellationToken);
 
     /// <summary>A deployment-wide setting (e.g. the domain key's check value), or null.</summary>
     Task<string?> GetSettingAsync(string name, CancellationToken cancellationToken);
@@ -46,8 +96,43 @@ public interface IKeyStore
     Task CheckHealthAsync(CancellationToken cancellationToken);
 }
 
-/// <summary>A key, one of its versions, and that version's wrapped material.</summary>
-public sealed record KeyVersionMaterial(Key Key, KeyVersion Version, WrappedKeyMaterial Material);
+/// <summary>A key, one of its versions, and that version's wrapped material (null once DESTROYED).</summary>
+public sealed record KeyVersionMaterial(Key Key, KeyVersion Version, WrappedKeyMaterial? Material);
+
+/// <summary>A key and all its versions, in version order.</summary>
+public sealed record KeyWithVersions(Key Key, IReadOnlyList<KeyVersion> Versions)
+{
+    /// <summary>The version numbered <paramref name="version"/>, or null.</summary>
+    public KeyVersion? Version(int version) => version >= 1 && version <= Versions.Count && Versions[version - 1].Name.Version == version
+        ? Versions[version - 1]
+        : Versions.FirstOrDefault(v => v.Name.Version == version);
+}
+
+/// <summary>
+/// What a change does to a key: its new metadata, versions whose metadata changed (a
+/// version set to DESTROYED loses its material), at most one added version, and the
+/// request id to record with it.
+/// </summary>
+public sealed record KeyChange(Key Key)
+{
+    /// <summary>Versions whose state or destroy times changed, identified by number.</summary>
+    public IReadOnlyList<KeyVersion> UpdatedVersions { get; init; } = [];
+
+    /// <summary>A new version with its material (rotation).</summary>
+    public NewKeyVersion? AddedVersion { get; init; }
+
+    /// <summary>The caller's request id, recorded in the same transaction.</summary>
+    public RequestRecord? Request { get; init; }
+
+    /// <summary>Nothing to write (a background job found nothing to do after all).</summary>
+    public bool IsNoOp { get; init; }
+}
+
+/// <summary>A version to add, with its wrapped material.</summary>
+public sealed record NewKeyVersion(KeyVersion Version, WrappedKeyMaterial Material);
+
+/// <summary>Usage to add to a version: counts, and last-use times to move forward.</summary>
+public sealed record UsageDelta(KeyVersionId Id, long Decryptions, DateTimeOffset? LastEncryptTime, DateTimeOffset? LastDecryptTime);
 
 /// <summary>
 /// A client request id (idempotency key) as recorded with the mutation it applied.

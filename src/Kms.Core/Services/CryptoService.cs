@@ -7,28 +7,24 @@ using Kms.Core.Ports;
 
 namespace Kms.Core.Services;
 
-/// <summary>Encrypt, Decrypt, data keys and random bytes: the hot path, all crypto in the HSM.</summary>
+/// <summary>Encrypt, Decrypt, ReEncrypt, data keys, their batch forms, and random bytes: all crypto in the HSM.</summary>
 /// <remarks>
 /// A blob that cannot be decrypted — malformed, of an unknown or another tenant's key
 /// version, tampered, or under another context — is one opaque
-/// <see cref="KmsErrorCode.DecryptionFailed"/>, so blobs cannot probe other tenants.
+/// <see cref="KmsErrorCode.DecryptionFailed"/>, so blobs cannot probe other tenants. A blob
+/// of the caller's own key that is disabled, destroyed or below the minimum decryption
+/// version is FAILED_PRECONDITION naming the state: the caller may know its own keys.
 /// </remarks>
-public sealed class CryptoService(IHsm hsm, IKeyStore store)
+public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
 {
+    private readonly KeyResolver _resolver = new(store);
+
     /// <summary>Encrypts up to <see cref="Limits.MaxEncryptPlaintextBytes"/> with the key's primary version.</summary>
-    public async Task<EncryptResult> EncryptAsync(Caller caller, KeyName name, byte[] plaintext, EncryptionContext context, CancellationToken cancellationToken)
+    public async Task<EncryptResult> EncryptAsync(Caller caller, KeyReference key, byte[] plaintext, EncryptionContext context, CancellationToken cancellationToken)
     {
-        if (plaintext.Length == 0)
-        {
-            throw KmsErrors.InvalidArgument("plaintext", "is required (1 byte or more)");
-        }
-
-        if (plaintext.Length > Limits.MaxEncryptPlaintextBytes)
-        {
-            throw KmsErrors.InvalidArgument("plaintext", $"must be at most {Limits.MaxEncryptPlaintextBytes} bytes; encrypt larger data with a data key (GenerateDataKey)");
-        }
-
-        var primary = await GetPrimaryForEncryptionAsync(caller, name, cancellationToken);
+        ValidatePlaintext(plaintext, "plaintext");
+        var primary = await GetPrimaryForEncryptionAsync(caller, key, cancellationToken);
+        await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
         var iv = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength, cancellationToken);
         var blob = await SealAsync(caller, primary, iv, plaintext, context, cancellationToken);
         return new EncryptResult(blob, primary.Version.Name);
@@ -38,30 +34,8 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store)
     /// <returns>The plaintext; the caller disposes it (zeroing it) when done.</returns>
     public async Task<DecryptResult> DecryptAsync(Caller caller, byte[] ciphertext, EncryptionContext context, CancellationToken cancellationToken)
     {
-        if (ciphertext.Length == 0)
-        {
-            throw KmsErrors.InvalidArgument("ciphertext", "is required");
-        }
-
-        if (ciphertext.Length > Limits.MaxCiphertextBytes)
-        {
-            throw KmsErrors.InvalidArgument("ciphertext", $"must be at most {Limits.MaxCiphertextBytes} bytes");
-        }
-
-        if (!CiphertextBlob.TryParse(ciphertext, out var blob))
-        {
-            throw KmsErrors.DecryptionFailed();
-        }
-
-        // Tenant-scoped lookup: another tenant's version is not found, and "not found" is
-        // answered exactly like a bad tag.
-        var found = await store.FindVersionMaterialAsync(caller.Tenant, blob!.KeyVersionId, cancellationToken)
-            ?? throw KmsErrors.DecryptionFailed();
-        EnsureUsable(found, forEncryption: false);
-
-        var aad = CiphertextBlob.BuildAad(blob.KeyVersionId, caller.Tenant, context);
-        var plaintext = await hsm.DecryptAesGcmAsync(
-            new KeyMaterialRef(found.Version.Id, found.Material), blob.Iv.ToArray(), aad, blob.CiphertextAndTag.ToArray(), cancellationToken);
+        var (blob, found) = await OpenBlobAsync(caller, ciphertext, "ciphertext", cancellationToken);
+        var plaintext = await UnsealAsync(caller, blob, found, context, cancellationToken);
         return new DecryptResult(new SecretBytes(plaintext), found.Version.Name);
     }
 
@@ -70,22 +44,46 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store)
     /// version. Two HSM calls: one random draw (key and IV together) and one encryption.
     /// </summary>
     /// <returns>The data key; the caller disposes it (zeroing the plaintext) when done.</returns>
-    public async Task<DataKeyResult> GenerateDataKeyAsync(Caller caller, KeyName name, EncryptionContext context, CancellationToken cancellationToken)
+    public async Task<DataKeyResult> GenerateDataKeyAsync(Caller caller, KeyReference key, EncryptionContext context, CancellationToken cancellationToken)
     {
-        var primary = await GetPrimaryForEncryptionAsync(caller, name, cancellationToken);
+        var primary = await GetPrimaryForEncryptionAsync(caller, key, cancellationToken);
+        await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
         var random = await hsm.GenerateRandomAsync(Limits.DataKeyBytes + CiphertextBlob.IvLength, cancellationToken);
-        var dataKey = random[..Limits.DataKeyBytes];
-        var iv = random[Limits.DataKeyBytes..];
-        CryptographicOperations.ZeroMemory(random);
         try
         {
-            var blob = await SealAsync(caller, primary, iv, dataKey, context, cancellationToken);
-            return new DataKeyResult(new SecretBytes(dataKey), blob, primary.Version.Name);
+            return await SealDataKeyAsync(caller, primary, random, context, cancellationToken);
         }
-        catch
+        finally
         {
-            CryptographicOperations.ZeroMemory(dataKey);
-            throw;
+            CryptographicOperations.ZeroMemory(random);
+        }
+    }
+
+    /// <summary>
+    /// Decrypts a blob and encrypts its plaintext under the destination key's primary version,
+    /// with a new context. The plaintext never leaves the server and is zeroed after use.
+    /// </summary>
+    public async Task<ReEncryptResult> ReEncryptAsync(
+        Caller caller,
+        byte[] ciphertext,
+        EncryptionContext sourceContext,
+        KeyReference destination,
+        EncryptionContext destinationContext,
+        CancellationToken cancellationToken)
+    {
+        var (blob, found) = await OpenBlobAsync(caller, ciphertext, "ciphertext", cancellationToken);
+        var primary = await GetPrimaryForEncryptionAsync(caller, destination, cancellationToken);
+        var plaintext = await UnsealAsync(caller, blob, found, sourceContext, cancellationToken);
+        try
+        {
+            await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
+            var iv = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength, cancellationToken);
+            var sealedBlob = await SealAsync(caller, primary, iv, plaintext, destinationContext, cancellationToken);
+            return new ReEncryptResult(sealedBlob, found.Version.Name, primary.Version.Name);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(plaintext);
         }
     }
 
@@ -100,24 +98,204 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store)
         return await hsm.GenerateRandomAsync(length, cancellationToken);
     }
 
-    private async Task<KeyVersionMaterial> GetPrimaryForEncryptionAsync(Caller caller, KeyName name, CancellationToken cancellationToken)
+    /// <summary>Encrypt for each item; an item's failure is its own.</summary>
+    public async Task<IReadOnlyList<ItemResult<EncryptResult>>> BatchEncryptAsync(Caller caller, IReadOnlyList<BatchItem> items, CancellationToken cancellationToken)
     {
-        caller.EnsureSameTenant(name.Tenant, name.ToString());
-        var primary = await store.GetPrimaryMaterialAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
+        ValidateBatch(items, items.Sum(i => (long)(i.Data?.Length ?? 0)), "plaintext");
+        var keys = new BatchKeys(this, caller);
+        var results = new ItemResult<EncryptResult>[items.Count];
+        for (var i = 0; i < items.Count; i++)
+        {
+            var item = items[i];
+            results[i] = await ItemResult.RunAsync(async () =>
+            {
+                var plaintext = item.Data ?? [];
+                ValidatePlaintext(plaintext, Field(i, "plaintext"));
+                var context = EncryptionContext.Create(item.Context, Field(i, "encryption_context"));
+                var primary = await keys.PrimaryAsync(KeyReference.Parse(item.Name, Field(i, "name")), cancellationToken);
+                await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
+                var iv = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength, cancellationToken);
+                return new EncryptResult(await SealAsync(caller, primary, iv, plaintext, context, cancellationToken), primary.Version.Name);
+            });
+        }
+
+        return results;
+    }
+
+    /// <summary>Decrypt for each item; an item's failure is its own. Dispose the results to zero the plaintexts.</summary>
+    public async Task<IReadOnlyList<ItemResult<DecryptResult>>> BatchDecryptAsync(Caller caller, IReadOnlyList<BatchItem> items, CancellationToken cancellationToken)
+    {
+        ValidateBatch(items, items.Sum(i => (long)(i.Data?.Length ?? 0)), "ciphertext");
+        var versions = new Dictionary<KeyVersionId, KeyVersionMaterial?>();
+        var results = new ItemResult<DecryptResult>[items.Count];
+        for (var i = 0; i < items.Count; i++)
+        {
+            var item = items[i];
+            results[i] = await ItemResult.RunAsync(async () =>
+            {
+                var context = EncryptionContext.Create(item.Context, Field(i, "encryption_context"));
+                var (blob, found) = await OpenBlobAsync(caller, item.Data ?? [], Field(i, "ciphertext"), cancellationToken, versions);
+                var plaintext = await UnsealAsync(caller, blob, found, context, cancellationToken);
+                return new DecryptResult(new SecretBytes(plaintext), found.Version.Name);
+            });
+        }
+
+        return results;
+    }
+
+    /// <summary>ReEncrypt for each item; an item's failure is its own.</summary>
+    public async Task<IReadOnlyList<ItemResult<ReEncryptResult>>> BatchReEncryptAsync(Caller caller, IReadOnlyList<BatchReEncryptItem> items, CancellationToken cancellationToken)
+    {
+        ValidateBatch(items, items.Sum(i => (long)(i.Ciphertext?.Length ?? 0)), "ciphertext");
+        var keys = new BatchKeys(this, caller);
+        var versions = new Dictionary<KeyVersionId, KeyVersionMaterial?>();
+        var results = new ItemResult<ReEncryptResult>[items.Count];
+        for (var i = 0; i < items.Count; i++)
+        {
+            var item = items[i];
+            results[i] = await ItemResult.RunAsync(async () =>
+            {
+                var sourceContext = EncryptionContext.Create(item.SourceContext, Field(i, "source_encryption_context"));
+                var destinationContext = EncryptionContext.Create(item.DestinationContext, Field(i, "destination_encryption_context"));
+                var primary = await keys.PrimaryAsync(KeyReference.Parse(item.DestinationName, Field(i, "destination_name")), cancellationToken);
+                var (blob, found) = await OpenBlobAsync(caller, item.Ciphertext ?? [], Field(i, "ciphertext"), cancellationToken, versions);
+                var plaintext = await UnsealAsync(caller, blob, found, sourceContext, cancellationToken);
+                try
+                {
+                    await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
+                    var iv = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength, cancellationToken);
+                    return new ReEncryptResult(await SealAsync(caller, primary, iv, plaintext, destinationContext, cancellationToken), found.Version.Name, primary.Version.Name);
+                }
+                finally
+                {
+                    CryptographicOperations.ZeroMemory(plaintext);
+                }
+            });
+        }
+
+        return results;
+    }
+
+    /// <summary>
+    /// GenerateDataKey for each item; an item's failure is its own. One random draw serves the
+    /// whole batch, and each distinct key is looked up once. Dispose the results to zero the keys.
+    /// </summary>
+    public async Task<IReadOnlyList<ItemResult<DataKeyResult>>> BatchGenerateDataKeyAsync(Caller caller, IReadOnlyList<BatchItem> items, CancellationToken cancellationToken)
+    {
+        ValidateBatch(items, 0, "requests");
+        var keys = new BatchKeys(this, caller);
+        const int Stride = Limits.DataKeyBytes + CiphertextBlob.IvLength;
+        var random = await hsm.GenerateRandomAsync(Stride * items.Count, cancellationToken);
+        try
+        {
+            var results = new ItemResult<DataKeyResult>[items.Count];
+            for (var i = 0; i < items.Count; i++)
+            {
+                var item = items[i];
+                var slice = random.AsMemory(i * Stride, Stride);
+                results[i] = await ItemResult.RunAsync(async () =>
+                {
+                    var context = EncryptionContext.Create(item.Context, Field(i, "encryption_context"));
+                    var primary = await keys.PrimaryAsync(KeyReference.Parse(item.Name, Field(i, "name")), cancellationToken);
+                    await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
+                    return await SealDataKeyAsync(caller, primary, slice.ToArray(), context, cancellationToken);
+                });
+            }
+
+            return results;
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(random);
+        }
+    }
+
+    private async Task<DataKeyResult> SealDataKeyAsync(Caller caller, KeyVersionMaterial primary, byte[] random, EncryptionContext context, CancellationToken cancellationToken)
+    {
+        var dataKey = random[..Limits.DataKeyBytes];
+        var iv = random[Limits.DataKeyBytes..];
+        try
+        {
+            var blob = await SealAsync(caller, primary, iv, dataKey, context, cancellationToken);
+            return new DataKeyResult(new SecretBytes(dataKey), blob, primary.Version.Name);
+        }
+        catch
+        {
+            CryptographicOperations.ZeroMemory(dataKey);
+            throw;
+        }
+    }
+
+    private async Task<KeyVersionMaterial> GetPrimaryForEncryptionAsync(Caller caller, KeyReference reference, CancellationToken cancellationToken)
+    {
+        var name = await _resolver.ResolveAsync(caller, reference, cancellationToken);
+        var primary = await store.GetPrimaryMaterialAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(reference.ToString()!);
         EnsureUsable(primary, forEncryption: true);
         return primary;
+    }
+
+    private async Task<(CiphertextBlob Blob, KeyVersionMaterial Found)> OpenBlobAsync(
+        Caller caller,
+        byte[] ciphertext,
+        string field,
+        CancellationToken cancellationToken,
+        Dictionary<KeyVersionId, KeyVersionMaterial?>? cache = null)
+    {
+        if (ciphertext.Length == 0)
+        {
+            throw KmsErrors.InvalidArgument(field, "is required");
+        }
+
+        if (ciphertext.Length > Limits.MaxCiphertextBytes)
+        {
+            throw KmsErrors.InvalidArgument(field, $"must be at most {Limits.MaxCiphertextBytes} bytes");
+        }
+
+        if (!CiphertextBlob.TryParse(ciphertext, out var blob))
+        {
+            throw KmsErrors.DecryptionFailed();
+        }
+
+        // Tenant-scoped lookup: another tenant's version is not found, and "not found" is
+        // answered exactly like a bad tag.
+        if (cache is null || !cache.TryGetValue(blob!.KeyVersionId, out var found))
+        {
+            found = await store.FindVersionMaterialAsync(caller.Tenant, blob!.KeyVersionId, cancellationToken);
+            cache?.Add(blob.KeyVersionId, found);
+        }
+
+        if (found is null)
+        {
+            throw KmsErrors.DecryptionFailed();
+        }
+
+        EnsureUsable(found, forEncryption: false);
+        return (blob, found);
+    }
+
+    private async Task<byte[]> UnsealAsync(Caller caller, CiphertextBlob blob, KeyVersionMaterial found, EncryptionContext context, CancellationToken cancellationToken)
+    {
+        var aad = CiphertextBlob.BuildAad(blob.KeyVersionId, caller.Tenant, context);
+        var plaintext = await hsm.DecryptAesGcmAsync(
+            new KeyMaterialRef(found.Version.Id, MaterialOf(found)), blob.Iv.ToArray(), aad, blob.CiphertextAndTag.ToArray(), cancellationToken);
+        usage.CountDecryption(found.Version.Id);
+        return plaintext;
     }
 
     private async Task<byte[]> SealAsync(Caller caller, KeyVersionMaterial primary, byte[] iv, byte[] plaintext, EncryptionContext context, CancellationToken cancellationToken)
     {
         var aad = CiphertextBlob.BuildAad(primary.Version.Id, caller.Tenant, context);
-        var sealedBytes = await hsm.EncryptAesGcmAsync(new KeyMaterialRef(primary.Version.Id, primary.Material), iv, aad, plaintext, cancellationToken);
+        var sealedBytes = await hsm.EncryptAesGcmAsync(new KeyMaterialRef(primary.Version.Id, MaterialOf(primary)), iv, aad, plaintext, cancellationToken);
         return CiphertextBlob.Format(primary.Version.Id, iv, sealedBytes);
     }
+
+    private static WrappedKeyMaterial MaterialOf(KeyVersionMaterial found) =>
+        found.Material ?? throw KmsErrors.Internal($"key version {found.Version.Name} is {KeyTransitions.StateName(found.Version.State)} but has no material");
 
     private static void EnsureUsable(KeyVersionMaterial found, bool forEncryption)
     {
         var key = found.Key;
+        var version = found.Version;
         if (key.Purpose != KeyPurpose.EncryptDecrypt)
         {
             throw KmsErrors.FailedPrecondition($"key {key.Name} has purpose {key.Purpose}, not ENCRYPT_DECRYPT");
@@ -125,26 +303,66 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store)
 
         if (key.State != KeyState.Enabled)
         {
-            throw KmsErrors.FailedPrecondition($"key {key.Name} is {StateName(key.State)}");
+            throw KmsErrors.FailedPrecondition($"key {key.Name} is {KeyTransitions.StateName(key.State)}");
         }
 
-        if (found.Version.State != KeyState.Enabled)
+        if (version.State != KeyState.Enabled)
         {
             throw KmsErrors.FailedPrecondition(forEncryption
-                ? $"the primary version of key {key.Name} ({found.Version.Name.Version}) is {StateName(found.Version.State)}"
-                : $"key version {found.Version.Name} is {StateName(found.Version.State)}");
+                ? $"the primary version of key {key.Name} ({version.Name.Version}) is {KeyTransitions.StateName(version.State)}"
+                : $"key version {version.Name} is {KeyTransitions.StateName(version.State)}");
+        }
+
+        if (!forEncryption && version.Name.Version < key.MinDecryptionVersion)
+        {
+            throw KmsErrors.FailedPrecondition($"key version {version.Name} is below the minimum decryption version {key.MinDecryptionVersion} of key {key.Name}");
         }
     }
 
-    /// <summary>The state's name as the API spells it.</summary>
-    public static string StateName(KeyState state) => state switch
+    private static void ValidatePlaintext(byte[] plaintext, string field)
     {
-        KeyState.Enabled => "ENABLED",
-        KeyState.Disabled => "DISABLED",
-        KeyState.DestroyScheduled => "DESTROY_SCHEDULED",
-        KeyState.Destroyed => "DESTROYED",
-        _ => state.ToString(),
-    };
+        if (plaintext.Length == 0)
+        {
+            throw KmsErrors.InvalidArgument(field, "is required (1 byte or more)");
+        }
+
+        if (plaintext.Length > Limits.MaxEncryptPlaintextBytes)
+        {
+            throw KmsErrors.InvalidArgument(field, $"must be at most {Limits.MaxEncryptPlaintextBytes} bytes; encrypt larger data with a data key (GenerateDataKey)");
+        }
+    }
+
+    private static void ValidateBatch<T>(IReadOnlyList<T> items, long totalBytes, string what)
+    {
+        if (items.Count is 0 or > Limits.MaxBatchItems)
+        {
+            throw KmsErrors.InvalidArgument("requests", $"must hold 1 to {Limits.MaxBatchItems} items (got {items.Count})");
+        }
+
+        if (totalBytes > Limits.MaxBatchBytes)
+        {
+            throw KmsErrors.InvalidArgument("requests", $"the items' {what} must total at most {Limits.MaxBatchBytes} bytes (got {totalBytes})");
+        }
+    }
+
+    private static string Field(int index, string field) => $"requests[{index}].{field}";
+
+    /// <summary>Each distinct key of a batch resolved and looked up once.</summary>
+    private sealed class BatchKeys(CryptoService service, Caller caller)
+    {
+        private readonly Dictionary<KeyReference, KeyVersionMaterial> _primaries = [];
+
+        public async Task<KeyVersionMaterial> PrimaryAsync(KeyReference reference, CancellationToken cancellationToken)
+        {
+            if (!_primaries.TryGetValue(reference, out var primary))
+            {
+                primary = await service.GetPrimaryForEncryptionAsync(caller, reference, cancellationToken);
+                _primaries[reference] = primary;
+            }
+
+            return primary;
+        }
+    }
 }
 
 /// <summary>A ciphertext blob and the key version that made it.</summary>
@@ -162,4 +380,41 @@ public sealed record DataKeyResult(SecretBytes Plaintext, byte[] Ciphertext, Key
 {
     /// <summary>Zeroes the plaintext data key.</summary>
     public void Dispose() => Plaintext.Dispose();
+}
+
+/// <summary>A new blob, the version that decrypted the old one and the version that made the new one.</summary>
+public sealed record ReEncryptResult(byte[] Ciphertext, KeyVersionName SourceKeyVersion, KeyVersionName KeyVersion);
+
+/// <summary>One item of BatchEncrypt, BatchDecrypt or BatchGenerateDataKey, as the caller sent it (validated per item).</summary>
+/// <param name="Name">The key or alias (encrypt, data key); unused for decrypt.</param>
+/// <param name="Data">The plaintext (encrypt) or the ciphertext (decrypt); unused for data keys.</param>
+/// <param name="Context">The encryption context.</param>
+public sealed record BatchItem(string? Name, byte[]? Data, IReadOnlyDictionary<string, string>? Context);
+
+/// <summary>One item of BatchReEncrypt, as the caller sent it.</summary>
+public sealed record BatchReEncryptItem(
+    byte[]? Ciphertext,
+    IReadOnlyDictionary<string, string>? SourceContext,
+    string? DestinationName,
+    IReadOnlyDictionary<string, string>? DestinationContext);
+
+/// <summary>An item's outcome: a value, or the error it would have had as a single call.</summary>
+public sealed record ItemResult<T>(T? Value, KmsException? Error);
+
+/// <summary>Runs one batch item, keeping a domain error as that item's result.</summary>
+public static class ItemResult
+{
+    /// <summary>The item's value, or its <see cref="KmsException"/>.</summary>
+    public static async Task<ItemResult<T>> RunAsync<T>(Func<Task<T>> item)
+    {
+        ArgumentNullException.ThrowIfNull(item);
+        try
+        {
+            return new ItemResult<T>(await item(), null);
+        }
+        catch (KmsException e)
+        {
+            return new ItemResult<T>(default, e);
+        }
+    }
 }

@@ -1,5 +1,3 @@
-using System.Security.Cryptography;
-using System.Text;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
 using Kms.Core.Names;
@@ -7,35 +5,62 @@ using Kms.Core.Ports;
 
 namespace Kms.Core.Services;
 
-/// <summary>Creates and reads keys. Material is generated in the HSM; only its wrapped form is stored.</summary>
-public sealed class KeyService(IHsm hsm, IKeyStore store, TimeProvider time)
+/// <summary>
+/// Keys and their versions: creation, rotation, the primary version, lifecycle transitions,
+/// and the background work that rotates and destroys on schedule. Material is generated in
+/// the HSM; only its wrapped form is stored.
+/// </summary>
+/// <remarks>
+/// Every change goes through <see cref="IKeyStore.UpdateKeyAsync"/>: the rules in
+/// <see cref="KeyTransitions"/> run on fresh state inside the store's transaction, so
+/// concurrent changes of one key are serialised (two rotations give consecutive versions,
+/// never two primaries). HSM work happens before the transaction: a rotation whose store
+/// write fails leaves wrapped material that was never stored and no version without material.
+/// </remarks>
+public sealed class KeyService(IHsm hsm, IKeyStore store, TimeProvider time, LifecycleOptions lifecycle, UsageLimitOptions limits, UsageCounter usage)
 {
     private const string CreateKeyOperation = "CreateKey";
+    private const string RotateKeyOperation = "RotateKey";
+    private const string ScheduleKeyDeletionOperation = "ScheduleKeyDeletion";
+    private const string ScheduleVersionDestructionOperation = "ScheduleKeyVersionDestruction";
+    private const int DueBatch = 100;
+
+    private readonly RequestIds _requests = new(store);
+    private readonly KeyResolver _resolver = new(store);
 
     /// <summary>
     /// Creates a key and its version 1 (primary). With a request id, a retry of the same
     /// request returns the key the first call created instead of failing.
     /// </summary>
     /// <exception cref="KmsException">
-    /// InvalidArgument (bad id, labels, or a request id reused for another request),
+    /// InvalidArgument (bad id, labels, settings, or a request id reused for another request),
     /// NotFound (parent outside the caller's tenant), AlreadyExists (key id taken).
     /// </exception>
     public async Task<CreateKeyResult> CreateKeyAsync(Caller caller, CreateKeyCommand command, CancellationToken cancellationToken)
     {
         caller.EnsureSameTenant(command.Parent, command.Parent.ResourceName);
         var name = KeyName.Create(command.Parent, command.KeyId);
-        var requestId = ValidateRequestId(command.RequestId);
-        var fingerprint = Fingerprint(name, command);
-
-        if (requestId is not null && await ReplayAsync(name.Tenant, requestId, fingerprint, cancellationToken) is { } replayed)
+        var requestId = RequestIds.Validate(command.RequestId);
+        ValidateRotationPeriod(command.RotationPeriod, "key.rotation_period");
+        if (command.MinDecryptionVersion is < 0 or > 1)
         {
-            return new CreateKeyResult(replayed, Replayed: true);
+            throw KmsErrors.InvalidArgument("key.min_decryption_version", "a new key has only version 1: leave it unset or 1");
         }
 
-        var now = Now();
+        var fingerprint = RequestIds.Fingerprint(CreateKeyOperation, name, (int)command.Purpose, command.Labels, command.RotationPeriod?.Ticks, command.NextRotationTime?.UtcTicks);
+        if (await _requests.FindReplayAsync(name.Tenant, requestId, CreateKeyOperation, fingerprint, cancellationToken) is { } replay)
+        {
+            return new CreateKeyResult(await GetRecordedKeyAsync(replay, cancellationToken), Replayed: true);
+        }
+
+        var now = Clock.Now(time);
         var material = await hsm.GenerateAes256KeyAsync(cancellationToken);
         var primary = new KeyVersion(name.Version(1), KeyVersionId.NewId(), KeyState.Enabled, KeyAlgorithm.Aes256Gcm, now);
-        var key = new Key(name, command.Purpose, KeyState.Enabled, primary, now, command.Labels);
+        var key = new Key(name, command.Purpose, KeyState.Enabled, primary, now, command.Labels)
+        {
+            RotationPeriod = command.RotationPeriod,
+            NextRotationTime = command.RotationPeriod is { } period ? command.NextRotationTime ?? now + period : command.NextRotationTime,
+        };
         var request = requestId is null ? null : new RequestRecord(name.Tenant, requestId, CreateKeyOperation, fingerprint, name.ToString(), now);
 
         try
@@ -45,9 +70,9 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, TimeProvider time)
         catch (KmsException e) when (e.Code == KmsErrorCode.AlreadyExists && requestId is not null)
         {
             // A concurrent retry with the same request id may have won the race.
-            if (await ReplayAsync(name.Tenant, requestId, fingerprint, cancellationToken) is { } raced)
+            if (await _requests.FindReplayAsync(name.Tenant, requestId, CreateKeyOperation, fingerprint, cancellationToken) is { } raced)
             {
-                return new CreateKeyResult(raced, Replayed: true);
+                return new CreateKeyResult(await GetRecordedKeyAsync(raced, cancellationToken), Replayed: true);
             }
 
             throw;
@@ -65,79 +90,386 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, TimeProvider time)
     }
 
     /// <summary>One page of a tenant's keys, in key-id order.</summary>
-    public async Task<KeyPage> ListKeysAsync(Caller caller, TenantId parent, int pageSize, string? pageToken, CancellationToken cancellationToken)
+    public async Task<Page<Key>> ListKeysAsync(Caller caller, TenantId parent, int pageSize, string? pageToken, CancellationToken cancellationToken)
     {
         caller.EnsureSameTenant(parent, parent.ResourceName);
-        if (pageSize < 0)
-        {
-            throw KmsErrors.InvalidArgument("page_size", "must not be negative");
-        }
-
-        var size = pageSize == 0 ? Limits.DefaultPageSize : Math.Min(pageSize, Limits.MaxPageSize);
-        var after = PageToken.Decode(parent, pageToken);
+        var size = PageToken.Size(pageSize);
+        var scope = parent.ResourceName;
 
         // One extra row tells whether another page follows, without a second query.
-        var rows = await store.ListKeysAsync(parent, after, size + 1, cancellationToken);
+        var rows = await store.ListKeysAsync(parent, PageToken.Decode(scope, pageToken), size + 1, cancellationToken);
         var page = rows.Take(size).ToList();
-        var next = rows.Count > size ? PageToken.Encode(parent, page[^1].Name.KeyId) : null;
-        return new KeyPage(page, next);
+        return new Page<Key>(page, rows.Count > size ? PageToken.Encode(scope, page[^1].Name.KeyId) : null);
     }
 
-    private async Task<Key?> ReplayAsync(TenantId tenant, string requestId, byte[] fingerprint, CancellationToken cancellationToken)
+    /// <summary>Updates labels, rotation settings or the minimum decryption version.</summary>
+    public async Task<Key> UpdateKeyAsync(Caller caller, KeyName name, KeyUpdate update, CancellationToken cancellationToken)
     {
-        var recorded = await store.FindRequestAsync(tenant, requestId, cancellationToken);
-        if (recorded is null)
+        if (update.RotationPeriod is { } setPeriod)
         {
-            return null;
+            ValidateRotationPeriod(setPeriod.Value, "key.rotation_period");
         }
 
-        if (recorded.Operation != CreateKeyOperation || !CryptographicOperations.FixedTimeEquals(recorded.Fingerprint, fingerprint))
+        if (update.MinDecryptionVersion is < 1)
         {
-            throw KmsErrors.InvalidArgument("request_id", "was already used for a different request");
+            throw KmsErrors.InvalidArgument("key.min_decryption_version", "must be at least 1");
         }
 
+        var now = Clock.Now(time);
+        var result = await MutateAsync(caller, name, null, null, current =>
+        {
+            var key = current.Key;
+            if (key.State == KeyState.Destroyed)
+            {
+                throw KmsErrors.FailedPrecondition($"key {key.Name} is DESTROYED");
+            }
+
+            if (update.Labels is not null)
+            {
+                key = key with { Labels = update.Labels };
+            }
+
+            if (update.RotationPeriod is { } period)
+            {
+                key = key with { RotationPeriod = period.Value, NextRotationTime = period.Value is { } p ? key.NextRotationTime ?? now + p : null };
+            }
+
+            if (update.NextRotationTime is { } next)
+            {
+                key = key with { NextRotationTime = next.Value };
+            }
+
+            if (update.MinDecryptionVersion is { } min)
+            {
+                if (min > key.Primary.Name.Version)
+                {
+                    throw KmsErrors.FailedPrecondition(
+                        $"minimum decryption version of {min} is greater than the primary version {key.Primary.Name.Version} of key {key.Name}");
+                }
+
+                key = key with { MinDecryptionVersion = min };
+            }
+
+            return new KeyChange(key);
+        }, cancellationToken);
+        return result.Key;
+    }
+
+    /// <summary>Creates version n+1 in the HSM and makes it the primary.</summary>
+    public async Task<Key> RotateKeyAsync(Caller caller, KeyReference reference, string? requestId, CancellationToken cancellationToken)
+    {
+        var name = await _resolver.ResolveAsync(caller, reference, cancellationToken);
+        requestId = RequestIds.Validate(requestId);
+        var fingerprint = RequestIds.Fingerprint(RotateKeyOperation, name);
+        if (await _requests.FindReplayAsync(name.Tenant, requestId, RotateKeyOperation, fingerprint, cancellationToken) is not null)
+        {
+            return await GetKeyAsync(caller, name, cancellationToken);
+        }
+
+        var material = await hsm.GenerateAes256KeyAsync(cancellationToken);
+        var id = KeyVersionId.NewId();
+        var now = Clock.Now(time);
+        var result = await MutateAsync(caller, name, requestId, fingerprint,
+            current => KeyTransitions.Rotate(current, id, material, now, scheduled: false),
+            cancellationToken, RotateKeyOperation);
+        return result.Key;
+    }
+
+    /// <summary>One page of a key's versions, in version order.</summary>
+    public async Task<Page<KeyVersion>> ListKeyVersionsAsync(Caller caller, KeyName key, int pageSize, string? pageToken, CancellationToken cancellationToken)
+    {
+        caller.EnsureSameTenant(key.Tenant, key.ToString());
+        var size = PageToken.Size(pageSize);
+        var scope = key.ToString();
+        var after = PageToken.Decode(scope, pageToken) is { } text && int.TryParse(text, System.Globalization.CultureInfo.InvariantCulture, out var n) ? n : 0;
+        var rows = await store.ListVersionsAsync(key, after, size + 1, cancellationToken);
+        if (rows.Count == 0 && after == 0 && await store.GetKeyAsync(key, cancellationToken) is null)
+        {
+            throw KmsErrors.NotFound(key.ToString());
+        }
+
+        var page = rows.Take(size).Select(WithLiveUsage).ToList();
+        return new Page<KeyVersion>(page, rows.Count > size ? PageToken.Encode(scope, page[^1].Name.Version.ToString(System.Globalization.CultureInfo.InvariantCulture)) : null);
+    }
+
+    /// <summary>One version, with its usage (including what this node has not written yet).</summary>
+    public async Task<KeyVersion> GetKeyVersionAsync(Caller caller, KeyVersionName name, CancellationToken cancellationToken)
+    {
+        caller.EnsureSameTenant(name.Key.Tenant, name.ToString());
+        var version = await store.GetVersionAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
+        return WithLiveUsage(version);
+    }
+
+    /// <summary>Makes an ENABLED version the primary.</summary>
+    public async Task<Key> UpdatePrimaryVersionAsync(Caller caller, KeyName name, int version, CancellationToken cancellationToken)
+    {
+        if (version < 1)
+        {
+            throw KmsErrors.InvalidArgument("version", "must be a version number from 1");
+        }
+
+        return (await MutateAsync(caller, name, null, null, current => KeyTransitions.UpdatePrimary(current, version), cancellationToken)).Key;
+    }
+
+    /// <summary>DISABLED → ENABLED.</summary>
+    public async Task<Key> EnableKeyAsync(Caller caller, KeyName name, CancellationToken cancellationToken) =>
+        (await MutateAsync(caller, name, null, null, KeyTransitions.EnableKey, cancellationToken)).Key;
+
+    /// <summary>ENABLED → DISABLED.</summary>
+    public async Task<Key> DisableKeyAsync(Caller caller, KeyName name, CancellationToken cancellationToken) =>
+        (await MutateAsync(caller, name, null, null, KeyTransitions.DisableKey, cancellationToken)).Key;
+
+    /// <summary>Schedules the key's deletion after a waiting period (7 to 30 days, default 30).</summary>
+    public async Task<Key> ScheduleKeyDeletionAsync(Caller caller, KeyName name, TimeSpan? waitingPeriod, string? requestId, CancellationToken cancellationToken)
+    {
+        var waiting = ValidateWaitingPeriod(waitingPeriod);
+        requestId = RequestIds.Validate(requestId);
+        var fingerprint = RequestIds.Fingerprint(ScheduleKeyDeletionOperation, name, waiting.Ticks);
+        caller.EnsureSameTenant(name.Tenant, name.ToString());
+        if (await _requests.FindReplayAsync(name.Tenant, requestId, ScheduleKeyDeletionOperation, fingerprint, cancellationToken) is not null)
+        {
+            return await GetKeyAsync(caller, name, cancellationToken);
+        }
+
+        var now = Clock.Now(time);
+        return (await MutateAsync(caller, name, requestId, fingerprint,
+            current => KeyTransitions.ScheduleKeyDeletion(current, now, waiting), cancellationToken, ScheduleKeyDeletionOperation)).Key;
+    }
+
+    /// <summary>DESTROY_SCHEDULED → DISABLED.</summary>
+    public async Task<Key> CancelKeyDeletionAsync(Caller caller, KeyName name, CancellationToken cancellationToken) =>
+        (await MutateAsync(caller, name, null, null, KeyTransitions.CancelKeyDeletion, cancellationToken)).Key;
+
+    /// <summary>DISABLED → ENABLED, for one version.</summary>
+    public Task<KeyVersion> EnableKeyVersionAsync(Caller caller, KeyVersionName name, CancellationToken cancellationToken) =>
+        MutateVersionAsync(caller, name, null, null, current => KeyTransitions.EnableVersion(current, name.Version), cancellationToken);
+
+    /// <summary>ENABLED → DISABLED, for one version (not the primary).</summary>
+    public Task<KeyVersion> DisableKeyVersionAsync(Caller caller, KeyVersionName name, CancellationToken cancellationToken) =>
+        MutateVersionAsync(caller, name, null, null, current => KeyTransitions.DisableVersion(current, name.Version), cancellationToken);
+
+    /// <summary>Schedules one version's destruction after a waiting period (7 to 30 days, default 30).</summary>
+    public async Task<KeyVersion> ScheduleKeyVersionDestructionAsync(Caller caller, KeyVersionName name, TimeSpan? waitingPeriod, string? requestId, CancellationToken cancellationToken)
+    {
+        var waiting = ValidateWaitingPeriod(waitingPeriod);
+        requestId = RequestIds.Validate(requestId);
+        var fingerprint = RequestIds.Fingerprint(ScheduleVersionDestructionOperation, name, waiting.Ticks);
+        caller.EnsureSameTenant(name.Key.Tenant, name.ToString());
+        if (await _requests.FindReplayAsync(name.Key.Tenant, requestId, ScheduleVersionDestructionOperation, fingerprint, cancellationToken) is not null)
+        {
+            return await GetKeyVersionAsync(caller, name, cancellationToken);
+        }
+
+        var now = Clock.Now(time);
+        return await MutateVersionAsync(caller, name, requestId, fingerprint,
+            current => KeyTransitions.ScheduleVersionDestruction(current, name.Version, now, waiting), cancellationToken, ScheduleVersionDestructionOperation);
+    }
+
+    /// <summary>DESTROY_SCHEDULED → DISABLED, for one version.</summary>
+    public Task<KeyVersion> RestoreKeyVersionAsync(Caller caller, KeyVersionName name, CancellationToken cancellationToken) =>
+        MutateVersionAsync(caller, name, null, null, current => KeyTransitions.RestoreVersion(current, name.Version), cancellationToken);
+
+    /// <summary>
+    /// Background: rotates every enabled key whose next scheduled rotation is due. Returns
+    /// how many were rotated.
+    /// </summary>
+    public async Task<int> RotateDueKeysAsync(CancellationToken cancellationToken)
+    {
+        var now = Clock.Now(time);
+        var rotated = 0;
+        foreach (var name in await store.ListKeysDueForRotationAsync(now, DueBatch, cancellationToken))
+        {
+            var material = await hsm.GenerateAes256KeyAsync(cancellationToken);
+            var id = KeyVersionId.NewId();
+            var done = false;
+            await store.UpdateKeyAsync(name, current =>
+            {
+                // Re-checked on fresh state: a concurrent rotation, disable or schedule change wins.
+                if (current.Key.State != KeyState.Enabled || current.Key.NextRotationTime is not { } next || next > now)
+                {
+                    return new KeyChange(current.Key) { IsNoOp = true };
+                }
+
+                done = true;
+                return KeyTransitions.Rotate(current, id, material, now, scheduled: true);
+            }, cancellationToken);
+            rotated += done ? 1 : 0;
+        }
+
+        return rotated;
+    }
+
+    /// <summary>
+    /// Background: rotates a key whose primary version reached the soft usage bound (no-op if
+    /// it has been rotated since). Returns whether it rotated.
+    /// </summary>
+    public async Task<bool> RotateForUsageAsync(KeyName name, CancellationToken cancellationToken)
+    {
+        var current = await store.GetKeyAsync(name, cancellationToken);
+        if (current is null || current.State != KeyState.Enabled || current.Primary.Usage.EncryptCount < limits.SoftBound)
+        {
+            return false;
+        }
+
+        var material = await hsm.GenerateAes256KeyAsync(cancellationToken);
+        var id = KeyVersionId.NewId();
+        var now = Clock.Now(time);
+        var done = false;
+        await store.UpdateKeyAsync(name, fresh =>
+        {
+            if (fresh.Key.State != KeyState.Enabled || fresh.Key.Primary.Usage.EncryptCount < limits.SoftBound)
+            {
+                return new KeyChange(fresh.Key) { IsNoOp = true };
+            }
+
+            done = true;
+            return KeyTransitions.Rotate(fresh, id, material, now, scheduled: false);
+        }, cancellationToken);
+        return done;
+    }
+
+    /// <summary>
+    /// Background: destroys what is due — keys whose deletion waiting period ended (with all
+    /// their versions) and versions whose destruction waiting period ended. Their wrapped
+    /// material is erased from the store and their unwrapped copies dropped from the HSM.
+    /// Returns how many versions were destroyed.
+    /// </summary>
+    public async Task<int> DestroyDueAsync(CancellationToken cancellationToken)
+    {
+        var now = Clock.Now(time);
+        var destroyed = 0;
+        foreach (var name in await store.ListKeysDueForDestructionAsync(now, DueBatch, cancellationToken))
+        {
+            IReadOnlyList<KeyVersion> erased = [];
+            await store.UpdateKeyAsync(name, current =>
+            {
+                var change = KeyTransitions.DestroyDue(current, now);
+                erased = change?.UpdatedVersions ?? [];
+                return change ?? new KeyChange(current.Key) { IsNoOp = true };
+            }, cancellationToken);
+            foreach (var version in erased)
+            {
+                hsm.EvictKey(version.Id);
+            }
+
+            destroyed += erased.Count;
+        }
+
+        return destroyed;
+    }
+
+    private KeyVersion WithLiveUsage(KeyVersion version) => version with { Usage = usage.Observe(version) };
+
+    private async Task<KeyWithVersions> MutateAsync(
+        Caller caller,
+        KeyName name,
+        string? requestId,
+        byte[]? fingerprint,
+        Func<KeyWithVersions, KeyChange> decide,
+        CancellationToken cancellationToken,
+        string? operation = null)
+    {
+        caller.EnsureSameTenant(name.Tenant, name.ToString());
+        var now = Clock.Now(time);
+        try
+        {
+            return await store.UpdateKeyAsync(name, current =>
+            {
+                var change = decide(current);
+                return requestId is null
+                    ? change
+                    : change with { Request = new RequestRecord(name.Tenant, requestId, operation!, fingerprint!, ResourceOf(change), now) };
+            }, cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
+        }
+        catch (KmsException e) when (e.Code == KmsErrorCode.AlreadyExists && requestId is not null)
+        {
+            // A concurrent retry with the same request id may have applied it first.
+            if (await _requests.FindReplayAsync(name.Tenant, requestId, operation!, fingerprint!, cancellationToken) is null)
+            {
+                throw;
+            }
+
+            return await store.UpdateKeyAsync(name, current => new KeyChange(current.Key) { IsNoOp = true }, cancellationToken)
+                ?? throw KmsErrors.NotFound(name.ToString());
+        }
+    }
+
+    private async Task<KeyVersion> MutateVersionAsync(
+        Caller caller,
+        KeyVersionName name,
+        string? requestId,
+        byte[]? fingerprint,
+        Func<KeyWithVersions, KeyChange> decide,
+        CancellationToken cancellationToken,
+        string? operation = null)
+    {
+        var result = await MutateAsync(caller, name.Key, requestId, fingerprint, decide, cancellationToken, operation);
+        return WithLiveUsage(result.Version(name.Version) ?? throw KmsErrors.NotFound(name.ToString()));
+    }
+
+    private static string ResourceOf(KeyChange change) =>
+        change.AddedVersion?.Version.Name.ToString() ?? (change.UpdatedVersions.Count > 0 ? change.UpdatedVersions[0].Name.ToString() : change.Key.Name.ToString());
+
+    private async Task<Key> GetRecordedKeyAsync(RequestRecord recorded, CancellationToken cancellationToken)
+    {
         var name = KeyName.Parse(recorded.Resource, "request_id");
         return await store.GetKeyAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(recorded.Resource);
     }
 
-    private static string? ValidateRequestId(string? requestId)
+    private void ValidateRotationPeriod(TimeSpan? period, string field)
     {
-        if (string.IsNullOrEmpty(requestId))
+        if (period is { } value && (value < lifecycle.MinRotationPeriod || value > lifecycle.MaxRotationPeriod))
         {
-            return null;
+            throw KmsErrors.InvalidArgument(field, $"must be from {lifecycle.MinRotationPeriod.TotalDays:0.##} to {lifecycle.MaxRotationPeriod.TotalDays:0} days");
         }
-
-        if (requestId.Length > Limits.MaxRequestIdLength || requestId.Any(c => c < 0x21 || c > 0x7e))
-        {
-            throw KmsErrors.InvalidArgument("request_id", $"must be at most {Limits.MaxRequestIdLength} printable ASCII characters");
-        }
-
-        return requestId;
     }
 
-    private static byte[] Fingerprint(KeyName name, CreateKeyCommand command)
+    private TimeSpan ValidateWaitingPeriod(TimeSpan? waitingPeriod)
     {
-        var canonical = new StringBuilder()
-            .Append(CreateKeyOperation).Append('\n')
-            .Append(name).Append('\n')
-            .Append((int)command.Purpose).Append('\n');
-        foreach (var (key, value) in command.Labels)
+        var waiting = waitingPeriod ?? lifecycle.DefaultWaitingPeriod;
+        if (waiting < lifecycle.MinWaitingPeriod || waiting > lifecycle.MaxWaitingPeriod)
         {
-            canonical.Append(key.Length).Append(':').Append(key).Append(value.Length).Append(':').Append(value).Append('\n');
+            throw KmsErrors.InvalidArgument("waiting_period", $"must be from {lifecycle.MinWaitingPeriod.TotalDays:0.##} to {lifecycle.MaxWaitingPeriod.TotalDays:0.##} days");
         }
 
-        return SHA256.HashData(Encoding.UTF8.GetBytes(canonical.ToString()));
+        return waiting;
     }
-
-    // Stored with millisecond precision: truncate now, so what CreateKey returns equals what GetKey reads back.
-    private DateTimeOffset Now() => DateTimeOffset.FromUnixTimeMilliseconds(time.GetUtcNow().ToUnixTimeMilliseconds());
 }
 
 /// <summary>What CreateKey needs, validated except for the key id (validated with the tenant).</summary>
-public sealed record CreateKeyCommand(TenantId Parent, string KeyId, KeyPurpose Purpose, KeyLabels Labels, string? RequestId);
+public sealed record CreateKeyCommand(TenantId Parent, string KeyId, KeyPurpose Purpose, KeyLabels Labels, string? RequestId)
+{
+    /// <summary>Scheduled rotation period; null for none.</summary>
+    public TimeSpan? RotationPeriod { get; init; }
+
+    /// <summary>First scheduled rotation; defaults to creation + period.</summary>
+    public DateTimeOffset? NextRotationTime { get; init; }
+
+    /// <summary>0 or 1 (a new key has only version 1).</summary>
+    public int MinDecryptionVersion { get; init; }
+}
 
 /// <summary>The created key, and whether it was created by an earlier call with the same request id.</summary>
 public sealed record CreateKeyResult(Key Key, bool Replayed);
 
-/// <summary>One page of keys and the token of the next page (null on the last).</summary>
-public sealed record KeyPage(IReadOnlyList<Key> Keys, string? NextPageToken);
+/// <summary>
+/// An UpdateKey: each field set (non-null) is applied; <see cref="Optional{T}"/> distinguishes
+/// "set to null" (clear) from "leave alone".
+/// </summary>
+public sealed record KeyUpdate
+{
+    /// <summary>New labels, replacing all.</summary>
+    public KeyLabels? Labels { get; init; }
+
+    /// <summary>New rotation period (its value null: no scheduled rotation).</summary>
+    public Optional<TimeSpan?>? RotationPeriod { get; init; }
+
+    /// <summary>New next rotation time (its value null: none scheduled).</summary>
+    public Optional<DateTimeOffset?>? NextRotationTime { get; init; }
+
+    /// <summary>New minimum decryption version.</summary>
+    public int? MinDecryptionVersion { get; init; }
+}
+
+/// <summary>A value that is present, possibly null.</summary>
+public readonly record struct Optional<T>(T Value);

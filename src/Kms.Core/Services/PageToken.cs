@@ -1,17 +1,16 @@
 using System.Buffers.Text;
 using System.Text;
 using Kms.Core.Errors;
-using Kms.Core.Names;
 
 namespace Kms.Core.Services;
 
-/// <summary>Opaque page tokens of List RPCs: bound to the parent they were issued for.</summary>
+/// <summary>Opaque page tokens of List RPCs: bound to the collection (parent) they were issued for.</summary>
 internal static class PageToken
 {
-    public static string Encode(TenantId tenant, string lastKeyId) =>
-        Base64Url.EncodeToString(Encoding.UTF8.GetBytes($"v1|{tenant.Value}|{lastKeyId}"));
+    public static string Encode(string scope, string last) =>
+        Base64Url.EncodeToString(Encoding.UTF8.GetBytes($"v1|{scope}|{last}"));
 
-    public static string? Decode(TenantId tenant, string? token)
+    public static string? Decode(string scope, string? token)
     {
         if (string.IsNullOrEmpty(token))
         {
@@ -29,12 +28,23 @@ internal static class PageToken
         }
 
         var parts = text.Split('|');
-        if (parts.Length != 3 || parts[0] != "v1" || parts[1] != tenant.Value || parts[2].Length == 0)
+        if (parts.Length != 3 || parts[0] != "v1" || parts[1] != scope || parts[2].Length == 0)
         {
             throw Invalid();
         }
 
         return parts[2];
+    }
+
+    /// <summary>The effective page size: default when 0, capped at the maximum.</summary>
+    public static int Size(int pageSize)
+    {
+        if (pageSize < 0)
+        {
+            throw KmsErrors.InvalidArgument("page_size", "must not be negative");
+        }
+
+        return pageSize == 0 ? Limits.DefaultPageSize : Math.Min(pageSize, Limits.MaxPageSize);
     }
 
     private static KmsException Invalid() =>

@@ -58,14 +58,8 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
             case KmsErrorCode.DecryptionFailed:
                 LogRejected(logger, method, e.Code, e.Message);
                 return new RpcException(new global::Grpc.Core.Status(StatusCode.InvalidArgument, KmsErrors.DecryptionFailedMessage));
-            case KmsErrorCode.NotFound:
-                return Plain(StatusCode.NotFound, e, method);
-            case KmsErrorCode.AlreadyExists:
-                return Plain(StatusCode.AlreadyExists, e, method);
-            case KmsErrorCode.FailedPrecondition:
-                return Plain(StatusCode.FailedPrecondition, e, method);
-            case KmsErrorCode.ResourceExhausted:
-                return Plain(StatusCode.ResourceExhausted, e, method);
+            case KmsErrorCode.NotFound or KmsErrorCode.AlreadyExists or KmsErrorCode.FailedPrecondition or KmsErrorCode.ResourceExhausted:
+                return Plain(ProtoMapping.StatusCodeOf(e.Code), e, method);
             case KmsErrorCode.Unavailable:
                 LogUnavailable(logger, method, e.Message, e.InnerException);
                 return new RpcException(new global::Grpc.Core.Status(StatusCode.Unavailable, e.Message));

@@ -12,10 +12,17 @@ namespace Kms.Server.Grpc;
 /// <summary>
 /// kms.v1.KeyManagementService: parses requests into domain values, calls Core, maps the
 /// results back. Errors are <see cref="KmsException"/>s mapped by <see cref="ErrorInterceptor"/>.
+/// Split by concern: keys and versions here; crypto, aliases and batches in the other parts.
 /// </summary>
-internal sealed class KeyManagementGrpcService(KeyService keys, CryptoService crypto, CallerResolver callers)
+internal sealed partial class KeyManagementGrpcService(
+    KeyService keys,
+    CryptoService crypto,
+    AliasService aliases,
+    CallerResolver callers)
     : KeyManagementService.KeyManagementServiceBase
 {
+    private static readonly string[] UpdatableKeyFields = ["labels", "rotation_period", "next_rotation_time", "min_decryption_version"];
+
     public override async Task<CreateKeyResponse> CreateKey(CreateKeyRequest request, ServerCallContext context)
     {
         var caller = callers.Resolve(context);
@@ -30,7 +37,12 @@ internal sealed class KeyManagementGrpcService(KeyService keys, CryptoService cr
             request.KeyId,
             ProtoMapping.FromProto(request.Key.Purpose, "key.purpose"),
             KeyLabels.Create(request.Key.Labels),
-            request.RequestId);
+            request.RequestId)
+        {
+            RotationPeriod = ProtoMapping.FromProto(request.Key.RotationPeriod, "key.rotation_period"),
+            NextRotationTime = ProtoMapping.FromProto(request.Key.NextRotationTime, "key.next_rotation_time"),
+            MinDecryptionVersion = request.Key.MinDecryptionVersion,
+        };
         var result = await keys.CreateKeyAsync(caller, command, context.CancellationToken);
         return new CreateKeyResponse { Key = ProtoMapping.ToProto(result.Key) };
     }
@@ -48,66 +60,104 @@ internal sealed class KeyManagementGrpcService(KeyService keys, CryptoService cr
         var parent = TenantId.ParseResourceName(request.Parent, "parent");
         var page = await keys.ListKeysAsync(caller, parent, request.PageSize, request.PageToken, context.CancellationToken);
         var response = new ListKeysResponse { NextPageToken = page.NextPageToken ?? "" };
-        response.Keys.AddRange(page.Keys.Select(ProtoMapping.ToProto));
+        response.Keys.AddRange(page.Items.Select(ProtoMapping.ToProto));
         return response;
     }
 
-    public override async Task<EncryptResponse> Encrypt(EncryptRequest request, ServerCallContext context)
+    public override async Task<UpdateKeyResponse> UpdateKey(UpdateKeyRequest request, ServerCallContext context)
     {
         var caller = callers.Resolve(context);
-        var name = KeyName.Parse(request.Name, "name");
-        var encryptionContext = ProtoMapping.Context(request.EncryptionContext);
-        var result = await crypto.EncryptAsync(caller, name, request.Plaintext.ToByteArray(), encryptionContext, context.CancellationToken);
-        return new EncryptResponse
+        if (request.Key is null)
         {
-            Ciphertext = UnsafeByteOperations.UnsafeWrap(result.Ciphertext),
-            KeyVersion = result.KeyVersion.ToString(),
-        };
+            throw KmsErrors.InvalidArgument("key", "is required (with key.name)");
+        }
+
+        var name = KeyName.Parse(request.Key.Name, "key.name");
+        var paths = request.UpdateMask?.Paths ?? [];
+        if (paths.Count == 0)
+        {
+            throw KmsErrors.InvalidArgument("update_mask", $"is required: some of {string.Join(", ", UpdatableKeyFields)}");
+        }
+
+        var update = new KeyUpdate();
+        foreach (var path in paths)
+        {
+            update = path switch
+            {
+                "labels" => update with { Labels = KeyLabels.Create(request.Key.Labels) },
+                "rotation_period" => update with { RotationPeriod = new(ProtoMapping.FromProto(request.Key.RotationPeriod, "key.rotation_period")) },
+                "next_rotation_time" => update with { NextRotationTime = new(ProtoMapping.FromProto(request.Key.NextRotationTime, "key.next_rotation_time")) },
+                "min_decryption_version" => update with { MinDecryptionVersion = request.Key.MinDecryptionVersion },
+                _ => throw KmsErrors.InvalidArgument("update_mask", $"'{path}' cannot be updated; updatable: {string.Join(", ", UpdatableKeyFields)}"),
+            };
+        }
+
+        return new UpdateKeyResponse { Key = ProtoMapping.ToProto(await keys.UpdateKeyAsync(caller, name, update, context.CancellationToken)) };
     }
 
-    public override async Task<DecryptResponse> Decrypt(DecryptRequest request, ServerCallContext context)
+    public override async Task<RotateKeyResponse> RotateKey(RotateKeyRequest request, ServerCallContext context)
     {
         var caller = callers.Resolve(context);
-        var encryptionContext = ProtoMapping.Context(request.EncryptionContext);
-        var result = await crypto.DecryptAsync(caller, request.Ciphertext.ToByteArray(), encryptionContext, context.CancellationToken);
-        return new DecryptResponse
-        {
-            Plaintext = WrapSecret(result.Plaintext, context),
-            KeyVersion = result.KeyVersion.ToString(),
-        };
+        var key = await keys.RotateKeyAsync(caller, KeyReference.Parse(request.Name, "name"), request.RequestId, context.CancellationToken);
+        return new RotateKeyResponse { Key = ProtoMapping.ToProto(key) };
     }
 
-    public override async Task<GenerateDataKeyResponse> GenerateDataKey(GenerateDataKeyRequest request, ServerCallContext context)
+    public override async Task<ListKeyVersionsResponse> ListKeyVersions(ListKeyVersionsRequest request, ServerCallContext context)
     {
         var caller = callers.Resolve(context);
-        var name = KeyName.Parse(request.Name, "name");
-        var result = await crypto.GenerateDataKeyAsync(caller, name, ProtoMapping.Context(request.EncryptionContext), context.CancellationToken);
-        return new GenerateDataKeyResponse
-        {
-            Plaintext = WrapSecret(result.Plaintext, context),
-            Ciphertext = UnsafeByteOperations.UnsafeWrap(result.Ciphertext),
-            KeyVersion = result.KeyVersion.ToString(),
-        };
+        var page = await keys.ListKeyVersionsAsync(caller, KeyName.Parse(request.Parent, "parent"), request.PageSize, request.PageToken, context.CancellationToken);
+        var response = new ListKeyVersionsResponse { NextPageToken = page.NextPageToken ?? "" };
+        response.KeyVersions.AddRange(page.Items.Select(ProtoMapping.ToProto));
+        return response;
     }
 
-    public override async Task<GenerateDataKeyWithoutPlaintextResponse> GenerateDataKeyWithoutPlaintext(GenerateDataKeyWithoutPlaintextRequest request, ServerCallContext context)
+    public override async Task<GetKeyVersionResponse> GetKeyVersion(GetKeyVersionRequest request, ServerCallContext context)
     {
         var caller = callers.Resolve(context);
-        var name = KeyName.Parse(request.Name, "name");
-        using var result = await crypto.GenerateDataKeyAsync(caller, name, ProtoMapping.Context(request.EncryptionContext), context.CancellationToken);
-        return new GenerateDataKeyWithoutPlaintextResponse
-        {
-            Ciphertext = UnsafeByteOperations.UnsafeWrap(result.Ciphertext),
-            KeyVersion = result.KeyVersion.ToString(),
-        };
+        var version = await keys.GetKeyVersionAsync(caller, KeyVersionName.Parse(request.Name, "name"), context.CancellationToken);
+        return new GetKeyVersionResponse { KeyVersion = ProtoMapping.ToProto(version) };
     }
 
-    public override async Task<GenerateRandomResponse> GenerateRandom(GenerateRandomRequest request, ServerCallContext context)
+    public override async Task<UpdatePrimaryVersionResponse> UpdatePrimaryVersion(UpdatePrimaryVersionRequest request, ServerCallContext context)
     {
-        callers.Resolve(context);
-        var bytes = await crypto.GenerateRandomAsync(request.LengthBytes, context.CancellationToken);
-        return new GenerateRandomResponse { Data = UnsafeByteOperations.UnsafeWrap(bytes) };
+        var caller = callers.Resolve(context);
+        var key = await keys.UpdatePrimaryVersionAsync(caller, KeyName.Parse(request.Name, "name"), request.Version, context.CancellationToken);
+        return new UpdatePrimaryVersionResponse { Key = ProtoMapping.ToProto(key) };
     }
+
+    public override async Task<EnableKeyResponse> EnableKey(EnableKeyRequest request, ServerCallContext context) =>
+        new() { Key = ProtoMapping.ToProto(await keys.EnableKeyAsync(callers.Resolve(context), KeyName.Parse(request.Name, "name"), context.CancellationToken)) };
+
+    public override async Task<DisableKeyResponse> DisableKey(DisableKeyRequest request, ServerCallContext context) =>
+        new() { Key = ProtoMapping.ToProto(await keys.DisableKeyAsync(callers.Resolve(context), KeyName.Parse(request.Name, "name"), context.CancellationToken)) };
+
+    public override async Task<EnableKeyVersionResponse> EnableKeyVersion(EnableKeyVersionRequest request, ServerCallContext context) =>
+        new() { KeyVersion = ProtoMapping.ToProto(await keys.EnableKeyVersionAsync(callers.Resolve(context), KeyVersionName.Parse(request.Name, "name"), context.CancellationToken)) };
+
+    public override async Task<DisableKeyVersionResponse> DisableKeyVersion(DisableKeyVersionRequest request, ServerCallContext context) =>
+        new() { KeyVersion = ProtoMapping.ToProto(await keys.DisableKeyVersionAsync(callers.Resolve(context), KeyVersionName.Parse(request.Name, "name"), context.CancellationToken)) };
+
+    public override async Task<ScheduleKeyDeletionResponse> ScheduleKeyDeletion(ScheduleKeyDeletionRequest request, ServerCallContext context)
+    {
+        var caller = callers.Resolve(context);
+        var key = await keys.ScheduleKeyDeletionAsync(caller, KeyName.Parse(request.Name, "name"),
+            ProtoMapping.FromProto(request.WaitingPeriod, "waiting_period"), request.RequestId, context.CancellationToken);
+        return new ScheduleKeyDeletionResponse { Key = ProtoMapping.ToProto(key) };
+    }
+
+    public override async Task<CancelKeyDeletionResponse> CancelKeyDeletion(CancelKeyDeletionRequest request, ServerCallContext context) =>
+        new() { Key = ProtoMapping.ToProto(await keys.CancelKeyDeletionAsync(callers.Resolve(context), KeyName.Parse(request.Name, "name"), context.CancellationToken)) };
+
+    public override async Task<ScheduleKeyVersionDestructionResponse> ScheduleKeyVersionDestruction(ScheduleKeyVersionDestructionRequest request, ServerCallContext context)
+    {
+        var caller = callers.Resolve(context);
+        var version = await keys.ScheduleKeyVersionDestructionAsync(caller, KeyVersionName.Parse(request.Name, "name"),
+            ProtoMapping.FromProto(request.WaitingPeriod, "waiting_period"), request.RequestId, context.CancellationToken);
+        return new ScheduleKeyVersionDestructionResponse { KeyVersion = ProtoMapping.ToProto(version) };
+    }
+
+    public override async Task<RestoreKeyVersionResponse> RestoreKeyVersion(RestoreKeyVersionRequest request, ServerCallContext context) =>
+        new() { KeyVersion = ProtoMapping.ToProto(await keys.RestoreKeyVersionAsync(callers.Resolve(context), KeyVersionName.Parse(request.Name, "name"), context.CancellationToken)) };
 
     // The response references the secret's buffer instead of copying it, and the buffer is
     // zeroed when the request ends (after the response has been written).

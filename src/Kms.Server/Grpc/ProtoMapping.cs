@@ -1,5 +1,6 @@
 using Google.Protobuf.Collections;
 using Google.Protobuf.WellKnownTypes;
+using Grpc.Core;
 using Kms.Core.Crypto;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
@@ -19,6 +20,10 @@ internal static class ProtoMapping
             State = ToProto(key.State),
             Primary = ToProto(key.Primary),
             CreateTime = Timestamp.FromDateTimeOffset(key.CreateTime),
+            RotationPeriod = key.RotationPeriod is { } period ? Duration.FromTimeSpan(period) : null,
+            NextRotationTime = ToTimestamp(key.NextRotationTime),
+            MinDecryptionVersion = key.MinDecryptionVersion,
+            DestroyTime = ToTimestamp(key.DestroyTime),
         };
         proto.Labels.Add(key.Labels.ToDictionary(kv => kv.Key, kv => kv.Value));
         return proto;
@@ -34,6 +39,23 @@ internal static class ProtoMapping
             _ => Proto.KeyAlgorithm.Unspecified,
         },
         CreateTime = Timestamp.FromDateTimeOffset(version.CreateTime),
+        DestroyTime = ToTimestamp(version.DestroyTime),
+        DestroyEventTime = ToTimestamp(version.DestroyEventTime),
+        Usage = new Proto.KeyVersionUsage
+        {
+            EncryptCount = version.Usage.EncryptCount,
+            DecryptCount = version.Usage.DecryptCount,
+            LastEncryptTime = ToTimestamp(version.Usage.LastEncryptTime),
+            LastDecryptTime = ToTimestamp(version.Usage.LastDecryptTime),
+        },
+    };
+
+    public static Proto.Alias ToProto(KeyAlias alias) => new()
+    {
+        Name = alias.Name.ToString(),
+        Key = alias.Key.ToString(),
+        CreateTime = Timestamp.FromDateTimeOffset(alias.CreateTime),
+        UpdateTime = Timestamp.FromDateTimeOffset(alias.UpdateTime),
     };
 
     public static Proto.KeyPurpose ToProto(KeyPurpose purpose) => purpose switch
@@ -58,6 +80,66 @@ internal static class ProtoMapping
         _ => throw KmsErrors.InvalidArgument(field, $"unknown purpose {(int)purpose}"),
     };
 
-    public static EncryptionContext Context(MapField<string, string> context) =>
-        context.Count == 0 ? EncryptionContext.Empty : EncryptionContext.Create(context);
+    public static EncryptionContext Context(MapField<string, string> context, string field = "encryption_context") =>
+        context.Count == 0 ? EncryptionContext.Empty : EncryptionContext.Create(context, field);
+
+    /// <summary>A duration field: null when unset; negative or out-of-range values are the caller's error.</summary>
+    public static TimeSpan? FromProto(Duration? duration, string field)
+    {
+        if (duration is null)
+        {
+            return null;
+        }
+
+        if (duration.Seconds < 0 || duration.Nanos < 0 || duration.Seconds > 100L * 366 * 24 * 3600)
+        {
+            throw KmsErrors.InvalidArgument(field, "must be a positive duration");
+        }
+
+        return duration.ToTimeSpan();
+    }
+
+    /// <summary>A timestamp field: null when unset.</summary>
+    public static DateTimeOffset? FromProto(Timestamp? timestamp, string field)
+    {
+        if (timestamp is null)
+        {
+            return null;
+        }
+
+        try
+        {
+            return timestamp.ToDateTimeOffset();
+        }
+        catch (InvalidOperationException)
+        {
+            throw KmsErrors.InvalidArgument(field, "is not a valid timestamp");
+        }
+    }
+
+    /// <summary>The status of one batch item, as its single call would have answered.</summary>
+    public static Proto.ItemStatus ToItemStatus(KmsException? error) => error is null
+        ? new Proto.ItemStatus()
+        : new Proto.ItemStatus
+        {
+            Code = (int)StatusCodeOf(error.Code),
+            Message = error.Code == KmsErrorCode.DecryptionFailed ? KmsErrors.DecryptionFailedMessage
+                : error.Code == KmsErrorCode.Internal ? "internal error"
+                : error.Message,
+            Field = error.Field ?? "",
+        };
+
+    /// <summary>The gRPC status code of a domain error.</summary>
+    public static StatusCode StatusCodeOf(KmsErrorCode code) => code switch
+    {
+        KmsErrorCode.InvalidArgument or KmsErrorCode.DecryptionFailed => StatusCode.InvalidArgument,
+        KmsErrorCode.NotFound => StatusCode.NotFound,
+        KmsErrorCode.AlreadyExists => StatusCode.AlreadyExists,
+        KmsErrorCode.FailedPrecondition => StatusCode.FailedPrecondition,
+        KmsErrorCode.ResourceExhausted => StatusCode.ResourceExhausted,
+        KmsErrorCode.Unavailable => StatusCode.Unavailable,
+        _ => StatusCode.Internal,
+    };
+
+    private static Timestamp? ToTimestamp(DateTimeOffset? time) => time is { } value ? Timestamp.FromDateTimeOffset(value) : null;
 }

@@ -26,7 +26,12 @@ public static class KmsServerApp
     /// <summary>Builds a server ready to start. HSM and database are opened (and verified) here.</summary>
     /// <param name="args">Command-line arguments; <c>--dev</c> turns on dev mode, <c>--urls</c> sets the listen addresses.</param>
     /// <param name="configureLogging">Extra Serilog configuration (tests add a capturing sink).</param>
-    public static async Task<WebApplication> BuildAsync(string[] args, Action<LoggerConfiguration>? configureLogging = null, CancellationToken cancellationToken = default)
+    /// <param name="configureServices">Last word on services (tests replace the <see cref="TimeProvider"/>).</param>
+    public static async Task<WebApplication> BuildAsync(
+        string[] args,
+        Action<LoggerConfiguration>? configureLogging = null,
+        Action<IServiceCollection>? configureServices = null,
+        CancellationToken cancellationToken = default)
     {
         var devSwitch = args.Contains("--dev");
         var builder = WebApplication.CreateBuilder(args.Where(a => a != "--dev").ToArray());
@@ -73,7 +78,7 @@ public static class KmsServerApp
         try
         {
             await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
-            return Build(builder, hsm, store, serverOptions);
+            return Build(builder, hsm, store, serverOptions, configureServices);
         }
         catch
         {
@@ -82,17 +87,24 @@ public static class KmsServerApp
         }
     }
 
-    private static WebApplication Build(WebApplicationBuilder builder, Pkcs11Hsm hsm, SqliteKeyStore store, KmsServerOptions serverOptions)
+    private static WebApplication Build(WebApplicationBuilder builder, Pkcs11Hsm hsm, SqliteKeyStore store, KmsServerOptions serverOptions, Action<IServiceCollection>? configureServices)
     {
         builder.Services.AddSingleton(TimeProvider.System);
+        builder.Services.AddSingleton(builder.Configuration.GetSection("Lifecycle").Get<LifecycleOptions>() ?? new LifecycleOptions());
+        builder.Services.AddSingleton(builder.Configuration.GetSection("UsageLimits").Get<UsageLimitOptions>() ?? new UsageLimitOptions());
+        builder.Services.AddSingleton(new LifecycleWorkerOptions(builder.Configuration.GetValue("Lifecycle:JobInterval", TimeSpan.FromSeconds(30))));
 
         // Registered through factories so the container owns them: the HSM is drained and
         // finalised when the application is disposed.
         builder.Services.AddSingleton(_ => hsm);
         builder.Services.AddSingleton<IHsm>(services => services.GetRequiredService<Pkcs11Hsm>());
         builder.Services.AddSingleton<IKeyStore>(_ => store);
+        builder.Services.AddSingleton<UsageCounter>();
         builder.Services.AddSingleton<KeyService>();
         builder.Services.AddSingleton<CryptoService>();
+        builder.Services.AddSingleton<AliasService>();
+        builder.Services.AddSingleton<LifecycleWorker>();
+        builder.Services.AddHostedService(services => services.GetRequiredService<LifecycleWorker>());
         builder.Services.AddSingleton<CallerResolver>();
         builder.Services.AddGrpc(grpc =>
         {
@@ -104,6 +116,7 @@ public static class KmsServerApp
         builder.Services.AddGrpcHealthChecks(o => o.UseHealthChecksCache = false)
             .AddCheck<HsmHealthCheck>("hsm")
             .AddCheck<StoreHealthCheck>("store");
+        configureServices?.Invoke(builder.Services);
 
         var app = builder.Build();
         app.MapGrpcService<KeyManagementGrpcService>();

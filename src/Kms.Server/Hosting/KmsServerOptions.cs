@@ -27,6 +27,6 @@ public sealed class KmsServerOptions
     /// <summary>PEM private key of the server; default in dev mode: <c>{DataDir}/tls/server.key</c>.</summary>
     public string? TlsKeyPath { get; set; }
 
-    /// <summary>Largest request message in bytes (64 KiB of plaintext plus context fits easily).</summary>
-    public int MaxRequestBytes { get; set; } = 1024 * 1024;
+    /// <summary>Largest request message in bytes: a batch of 4 MiB of plaintext plus its framing fits.</summary>
+    public int MaxRequestBytes { get; set; } = 5 * 1024 * 1024;
 }

@@ -1,4 +1,5 @@
 using System.Data;
+using System.Globalization;
 using System.Text.Json;
 using Kms.Core.Crypto;
 using Kms.Core.Errors;
@@ -14,14 +15,35 @@ namespace Kms.Storage.Sqlite;
 /// committed transaction survives power loss), <c>secure_delete=ON</c> (deleted material
 /// is overwritten, not left in free pages), foreign keys on.
 /// </summary>
+/// <remarks>
+/// Writes run in <c>BEGIN IMMEDIATE</c> transactions, so changes of one key are serialised.
+/// When a change erases material (a version DESTROYED), the WAL is checkpointed and
+/// truncated right after the commit, so the old wrapped bytes are in neither the database
+/// file nor its <c>-wal</c>.
+/// </remarks>
 public sealed class SqliteKeyStore : IKeyStore
 {
     private const int SqliteConstraint = 19;
 
-    private const string KeyColumns = """
+    // Declared before the fields built from it (static initialisers run in order).
+    private static readonly string[] VersionColumnNames =
+    [
+        "version", "version_id", "algorithm", "state", "create_time", "destroy_time", "destroy_event_time",
+        "encrypt_count", "decrypt_count", "last_encrypt_time", "last_decrypt_time",
+    ];
+
+    private static readonly int VersionColumnCount = VersionColumnNames.Length;
+
+    private static readonly string PrimaryColumns = VersionColumns("p");
+
+    private static readonly string OtherVersionColumns = VersionColumns("v");
+
+    private static readonly string KeyColumns = """
         k.tenant, k.key_id, k.purpose, k.state, k.create_time, k.labels,
-        p.version, p.version_id, p.algorithm, p.state, p.create_time
-        """;
+        k.rotation_period_ms, k.next_rotation_time, k.min_decryption_version, k.destroy_time,
+        """ + PrimaryColumns;
+
+    private static readonly int KeyColumnCount = 10 + VersionColumnCount;
 
     private const string KeyJoin = """
         FROM keys k
@@ -59,7 +81,6 @@ public sealed class SqliteKeyStore : IKeyStore
         }
 
         CreateOwnerOnly(options.DatabasePath);
-
         var store = new SqliteKeyStore(options);
         await using var connection = await store.OpenConnectionAsync(cancellationToken);
         await ExecuteAsync(connection, "PRAGMA journal_mode = WAL;", cancellationToken);
@@ -69,65 +90,29 @@ public sealed class SqliteKeyStore : IKeyStore
 
     /// <inheritdoc />
     public Task CreateKeyAsync(Key key, WrappedKeyMaterial primaryMaterial, RequestRecord? request, CancellationToken cancellationToken) =>
-        GuardAsync(async () =>
+        WriteAsync(async (connection, transaction) =>
         {
-            await using var connection = await OpenConnectionAsync(cancellationToken);
-            await using var transaction = (SqliteTransaction)await connection.BeginTransactionAsync(IsolationLevel.Serializable, cancellationToken);
-            if (request is not null)
-            {
-                await InsertAsync(connection, transaction, """
-                    INSERT INTO request_ids (tenant, request_id, operation, fingerprint, resource, create_time)
-                    VALUES ($tenant, $request_id, $operation, $fingerprint, $resource, $create_time)
-                    """,
-                    $"request {request.RequestId}",
-                    cancellationToken,
-                    ("$tenant", request.Tenant.Value), ("$request_id", request.RequestId), ("$operation", request.Operation),
-                    ("$fingerprint", request.Fingerprint), ("$resource", request.Resource), ("$create_time", request.CreateTime.ToUnixTimeMilliseconds()));
-            }
-
+            await InsertRequestAsync(connection, transaction, request, cancellationToken);
             await InsertAsync(connection, transaction, """
-                INSERT INTO keys (tenant, key_id, purpose, state, primary_version, create_time, labels)
-                VALUES ($tenant, $key_id, $purpose, $state, $primary_version, $create_time, $labels)
+                INSERT INTO keys (tenant, key_id, purpose, state, primary_version, create_time, labels,
+                                  rotation_period_ms, next_rotation_time, min_decryption_version, destroy_time)
+                VALUES ($tenant, $key_id, $purpose, $state, $primary_version, $create_time, $labels,
+                        $rotation_period_ms, $next_rotation_time, $min_decryption_version, $destroy_time)
                 """,
-                key.Name.ToString(),
-                cancellationToken,
-                ("$tenant", key.Name.Tenant.Value), ("$key_id", key.Name.KeyId), ("$purpose", (int)key.Purpose), ("$state", (int)key.State),
-                ("$primary_version", key.Primary.Name.Version), ("$create_time", key.CreateTime.ToUnixTimeMilliseconds()),
-                ("$labels", JsonSerializer.Serialize(key.Labels.ToDictionary(kv => kv.Key, kv => kv.Value))));
-
-            var version = key.Primary;
-            await InsertAsync(connection, transaction, """
-                INSERT INTO key_versions (tenant, key_id, version, version_id, algorithm, state, material, create_time)
-                VALUES ($tenant, $key_id, $version, $version_id, $algorithm, $state, $material, $create_time)
-                """,
-                version.Name.ToString(),
-                cancellationToken,
-                ("$tenant", key.Name.Tenant.Value), ("$key_id", key.Name.KeyId), ("$version", version.Name.Version),
-                ("$version_id", version.Id.ToBytes()), ("$algorithm", (int)version.Algorithm), ("$state", (int)version.State),
-                ("$material", primaryMaterial.UnsafeArray), ("$create_time", version.CreateTime.ToUnixTimeMilliseconds()));
-
-            await transaction.CommitAsync(cancellationToken);
+                key.Name.ToString(), cancellationToken, KeyParameters(key));
+            await InsertVersionAsync(connection, transaction, key.Name, key.Primary, primaryMaterial, cancellationToken);
             return 0;
-        });
+        }, cancellationToken);
 
     /// <inheritdoc />
     public Task<Key?> GetKeyAsync(KeyName name, CancellationToken cancellationToken) =>
-        GuardAsync(async () =>
-        {
-            await using var connection = await OpenConnectionAsync(cancellationToken);
-            await using var command = Command(connection, $"SELECT {KeyColumns} {KeyJoin} WHERE k.tenant = $tenant AND k.key_id = $key_id",
-                ("$tenant", name.Tenant.Value), ("$key_id", name.KeyId));
-            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-            return await reader.ReadAsync(cancellationToken) ? ReadKey(reader) : null;
-        });
+        ReadAsync(connection => ReadKeyAsync(connection, null, name, cancellationToken), cancellationToken);
 
     /// <inheritdoc />
     public Task<IReadOnlyList<Key>> ListKeysAsync(TenantId tenant, string? afterKeyId, int limit, CancellationToken cancellationToken) =>
-        GuardAsync<IReadOnlyList<Key>>(async () =>
+        ReadAsync<IReadOnlyList<Key>>(async connection =>
         {
-            await using var connection = await OpenConnectionAsync(cancellationToken);
-            await using var command = Command(connection,
-                $"SELECT {KeyColumns} {KeyJoin} WHERE k.tenant = $tenant AND k.key_id > $after ORDER BY k.key_id LIMIT $limit",
+            await using var command = Command(connection, $"SELECT {KeyColumns} {KeyJoin} WHERE k.tenant = $tenant AND k.key_id > $after ORDER BY k.key_id LIMIT $limit",
                 ("$tenant", tenant.Value), ("$after", afterKeyId ?? ""), ("$limit", limit));
             await using var reader = await command.ExecuteReaderAsync(cancellationToken);
             var keys = new List<Key>();
@@ -137,59 +122,122 @@ public sealed class SqliteKeyStore : IKeyStore
             }
 
             return keys;
-        });
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<KeyVersion>> ListVersionsAsync(KeyName key, int afterVersion, int limit, CancellationToken cancellationToken) =>
+        ReadAsync(connection => ReadVersionsAsync(connection, null, key, afterVersion, limit, cancellationToken), cancellationToken);
+
+    /// <inheritdoc />
+    public Task<KeyVersion?> GetVersionAsync(KeyVersionName name, CancellationToken cancellationToken) =>
+        ReadAsync(async connection => (await ReadVersionsAsync(connection, null, name.Key, name.Version - 1, 1, cancellationToken)) is [var version] && version.Name.Version == name.Version
+            ? version
+            : null, cancellationToken);
+
+    /// <inheritdoc />
+    public async Task<KeyWithVersions?> UpdateKeyAsync(KeyName name, Func<KeyWithVersions, KeyChange> decide, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(decide);
+        var erased = false;
+        var result = await WriteAsync(async (connection, transaction) =>
+        {
+            var current = await ReadKeyWithVersionsAsync(connection, transaction, name, cancellationToken);
+            if (current is null)
+            {
+                return null;
+            }
+
+            var change = decide(current);
+            if (change.IsNoOp)
+            {
+                return current;
+            }
+
+            await InsertRequestAsync(connection, transaction, change.Request, cancellationToken);
+            if (change.AddedVersion is { } added)
+            {
+                await InsertVersionAsync(connection, transaction, name, added.Version, added.Material, cancellationToken);
+            }
+
+            foreach (var version in change.UpdatedVersions)
+            {
+                erased |= version.State == KeyState.Destroyed;
+                await using var update = Command(connection, """
+                    UPDATE key_versions
+                    SET state = $state, destroy_time = $destroy_time, destroy_event_time = $destroy_event_time,
+                        material = CASE WHEN $state = 4 THEN NULL ELSE material END
+                    WHERE tenant = $tenant AND key_id = $key_id AND version = $version
+                    """,
+                    ("$state", (int)version.State), ("$destroy_time", Millis(version.DestroyTime)), ("$destroy_event_time", Millis(version.DestroyEventTime)),
+                    ("$tenant", name.Tenant.Value), ("$key_id", name.KeyId), ("$version", version.Name.Version));
+                update.Transaction = transaction;
+                await update.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            await using (var updateKey = Command(connection, """
+                UPDATE keys
+                SET state = $state, primary_version = $primary_version, labels = $labels, rotation_period_ms = $rotation_period_ms,
+                    next_rotation_time = $next_rotation_time, min_decryption_version = $min_decryption_version, destroy_time = $destroy_time
+                WHERE tenant = $tenant AND key_id = $key_id
+                """, KeyParameters(change.Key)))
+            {
+                updateKey.Transaction = transaction;
+                await updateKey.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            return await ReadKeyWithVersionsAsync(connection, transaction, name, cancellationToken);
+        }, cancellationToken);
+
+        if (erased)
+        {
+            await ShredAsync(cancellationToken);
+        }
+
+        return result;
+    }
 
     /// <inheritdoc />
     public Task<KeyVersionMaterial?> GetPrimaryMaterialAsync(KeyName name, CancellationToken cancellationToken) =>
-        GuardAsync(async () =>
+        ReadAsync(async connection =>
         {
-            await using var connection = await OpenConnectionAsync(cancellationToken);
             await using var command = Command(connection,
                 $"SELECT {KeyColumns}, p.material {KeyJoin} WHERE k.tenant = $tenant AND k.key_id = $key_id",
                 ("$tenant", name.Tenant.Value), ("$key_id", name.KeyId));
             await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-            if (!await reader.ReadAsync(cancellationToken) || reader.IsDBNull(11))
+            if (!await reader.ReadAsync(cancellationToken))
             {
                 return null;
             }
 
             var key = ReadKey(reader);
-            return new KeyVersionMaterial(key, key.Primary, new WrappedKeyMaterial((byte[])reader[11]));
-        });
+            return new KeyVersionMaterial(key, key.Primary, ReadMaterial(reader, KeyColumnCount));
+        }, cancellationToken);
 
     /// <inheritdoc />
     public Task<KeyVersionMaterial?> FindVersionMaterialAsync(TenantId tenant, KeyVersionId id, CancellationToken cancellationToken) =>
-        GuardAsync(async () =>
+        ReadAsync(async connection =>
         {
-            await using var connection = await OpenConnectionAsync(cancellationToken);
             await using var command = Command(connection, $"""
-                SELECT {KeyColumns}, v.version, v.algorithm, v.state, v.create_time, v.material
+                SELECT {KeyColumns}, {OtherVersionColumns}, v.material
                 {KeyJoin}
                 JOIN key_versions v ON v.tenant = k.tenant AND v.key_id = k.key_id
                 WHERE v.version_id = $version_id AND v.tenant = $tenant
                 """,
                 ("$tenant", tenant.Value), ("$version_id", id.ToBytes()));
             await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-            if (!await reader.ReadAsync(cancellationToken) || reader.IsDBNull(15))
+            if (!await reader.ReadAsync(cancellationToken))
             {
                 return null;
             }
 
             var key = ReadKey(reader);
-            var version = new KeyVersion(
-                key.Name.Version(reader.GetInt32(11)),
-                id,
-                (KeyState)reader.GetInt32(13),
-                (KeyAlgorithm)reader.GetInt32(12),
-                DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(14)));
-            return new KeyVersionMaterial(key, version, new WrappedKeyMaterial((byte[])reader[15]));
-        });
+            return new KeyVersionMaterial(key, ReadVersion(reader, KeyColumnCount, key.Name), ReadMaterial(reader, KeyColumnCount + VersionColumnCount));
+        }, cancellationToken);
 
     /// <inheritdoc />
     public Task<RequestRecord?> FindRequestAsync(TenantId tenant, string requestId, CancellationToken cancellationToken) =>
-        GuardAsync(async () =>
+        ReadAsync(async connection =>
         {
-            await using var connection = await OpenConnectionAsync(cancellationToken);
             await using var command = Command(connection,
                 "SELECT operation, fingerprint, resource, create_time FROM request_ids WHERE tenant = $tenant AND request_id = $request_id",
                 ("$tenant", tenant.Value), ("$request_id", requestId));
@@ -197,23 +245,143 @@ public sealed class SqliteKeyStore : IKeyStore
             return await reader.ReadAsync(cancellationToken)
                 ? new RequestRecord(tenant, requestId, reader.GetString(0), (byte[])reader[1], reader.GetString(2), DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(3)))
                 : null;
-        });
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task CreateAliasAsync(KeyAlias alias, RequestRecord? request, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            await EnsureKeyExistsAsync(connection, transaction, alias.Key, cancellationToken);
+            await InsertRequestAsync(connection, transaction, request, cancellationToken);
+            await InsertAsync(connection, transaction,
+                "INSERT INTO aliases (tenant, alias_id, key_id, create_time, update_time) VALUES ($tenant, $alias_id, $key_id, $create_time, $update_time)",
+                alias.Name.ToString(), cancellationToken,
+                ("$tenant", alias.Name.Tenant.Value), ("$alias_id", alias.Name.AliasId), ("$key_id", alias.Key.KeyId),
+                ("$create_time", alias.CreateTime.ToUnixTimeMilliseconds()), ("$update_time", alias.UpdateTime.ToUnixTimeMilliseconds()));
+            return 0;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<KeyAlias?> GetAliasAsync(AliasName name, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            await using var command = Command(connection, "SELECT key_id, create_time, update_time FROM aliases WHERE tenant = $tenant AND alias_id = $alias_id",
+                ("$tenant", name.Tenant.Value), ("$alias_id", name.AliasId));
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            return await reader.ReadAsync(cancellationToken) ? ReadAlias(reader, name) : null;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<KeyAlias?> UpdateAliasAsync(AliasName name, KeyName key, DateTimeOffset updateTime, CancellationToken cancellationToken) =>
+        WriteAsync<KeyAlias?>(async (connection, transaction) =>
+        {
+            await using var update = Command(connection,
+                "UPDATE aliases SET key_id = $key_id, update_time = $update_time WHERE tenant = $tenant AND alias_id = $alias_id RETURNING key_id, create_time, update_time",
+                ("$key_id", key.KeyId), ("$update_time", updateTime.ToUnixTimeMilliseconds()), ("$tenant", name.Tenant.Value), ("$alias_id", name.AliasId));
+            update.Transaction = transaction;
+            await using var reader = await update.ExecuteReaderAsync(cancellationToken);
+            if (!await reader.ReadAsync(cancellationToken))
+            {
+                return null;
+            }
+
+            var alias = ReadAlias(reader, name);
+            await reader.CloseAsync();
+            await EnsureKeyExistsAsync(connection, transaction, key, cancellationToken);
+            return alias;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<bool> DeleteAliasAsync(AliasName name, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            await using var delete = Command(connection, "DELETE FROM aliases WHERE tenant = $tenant AND alias_id = $alias_id",
+                ("$tenant", name.Tenant.Value), ("$alias_id", name.AliasId));
+            delete.Transaction = transaction;
+            return await delete.ExecuteNonQueryAsync(cancellationToken) > 0;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<KeyAlias>> ListAliasesAsync(TenantId tenant, string? afterAliasId, int limit, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<KeyAlias>>(async connection =>
+        {
+            await using var command = Command(connection,
+                "SELECT key_id, create_time, update_time, alias_id FROM aliases WHERE tenant = $tenant AND alias_id > $after ORDER BY alias_id LIMIT $limit",
+                ("$tenant", tenant.Value), ("$after", afterAliasId ?? ""), ("$limit", limit));
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            var aliases = new List<KeyAlias>();
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                aliases.Add(ReadAlias(reader, new AliasName(tenant, reader.GetString(3))));
+            }
+
+            return aliases;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<KeyName>> ListKeysDueForRotationAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken) =>
+        ReadKeyNamesAsync("""
+            SELECT tenant, key_id FROM keys
+            WHERE state = 1 AND next_rotation_time IS NOT NULL AND next_rotation_time <= $now
+            ORDER BY next_rotation_time LIMIT $limit
+            """, now, limit, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<KeyName>> ListKeysDueForDestructionAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken) =>
+        ReadKeyNamesAsync("""
+            SELECT tenant, key_id FROM keys WHERE state = 3 AND destroy_time <= $now
+            UNION
+            SELECT tenant, key_id FROM key_versions WHERE state = 3 AND destroy_time <= $now AND material IS NOT NULL
+            LIMIT $limit
+            """, now, limit, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<long> ReserveEncryptionsAsync(KeyVersionId id, long count, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            await using var update = Command(connection,
+                "UPDATE key_versions SET encrypt_count = encrypt_count + $count WHERE version_id = $version_id RETURNING encrypt_count",
+                ("$count", count), ("$version_id", id.ToBytes()));
+            update.Transaction = transaction;
+            return await update.ExecuteScalarAsync(cancellationToken) is long total
+                ? total
+                : throw KmsErrors.Internal($"no key version {id} to count encryptions for");
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task RecordUsageAsync(IReadOnlyCollection<UsageDelta> deltas, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            foreach (var delta in deltas)
+            {
+                await using var update = Command(connection, """
+                    UPDATE key_versions SET
+                        decrypt_count = decrypt_count + $decryptions,
+                        last_encrypt_time = CASE WHEN $last_encrypt IS NOT NULL AND (last_encrypt_time IS NULL OR last_encrypt_time < $last_encrypt) THEN $last_encrypt ELSE last_encrypt_time END,
+                        last_decrypt_time = CASE WHEN $last_decrypt IS NOT NULL AND (last_decrypt_time IS NULL OR last_decrypt_time < $last_decrypt) THEN $last_decrypt ELSE last_decrypt_time END
+                    WHERE version_id = $version_id
+                    """,
+                    ("$decryptions", delta.Decryptions), ("$last_encrypt", Millis(delta.LastEncryptTime)), ("$last_decrypt", Millis(delta.LastDecryptTime)),
+                    ("$version_id", delta.Id.ToBytes()));
+                update.Transaction = transaction;
+                await update.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            return 0;
+        }, cancellationToken);
 
     /// <inheritdoc />
     public Task<string?> GetSettingAsync(string name, CancellationToken cancellationToken) =>
-        GuardAsync(async () =>
+        ReadAsync(async connection =>
         {
-            await using var connection = await OpenConnectionAsync(cancellationToken);
             await using var command = Command(connection, "SELECT value FROM settings WHERE name = $name", ("$name", name));
             return await command.ExecuteScalarAsync(cancellationToken) as string;
-        });
+        }, cancellationToken);
 
     /// <inheritdoc />
     public Task<string> SetSettingIfAbsentAsync(string name, string value, CancellationToken cancellationToken) =>
-        GuardAsync(async () =>
+        WriteAsync(async (connection, transaction) =>
         {
-            await using var connection = await OpenConnectionAsync(cancellationToken);
-            await using var transaction = (SqliteTransaction)await connection.BeginTransactionAsync(IsolationLevel.Serializable, cancellationToken);
             await using (var insert = Command(connection, "INSERT INTO settings (name, value) VALUES ($name, $value) ON CONFLICT (name) DO NOTHING", ("$name", name), ("$value", value)))
             {
                 insert.Transaction = transaction;
@@ -222,26 +390,44 @@ public sealed class SqliteKeyStore : IKeyStore
 
             await using var select = Command(connection, "SELECT value FROM settings WHERE name = $name", ("$name", name));
             select.Transaction = transaction;
-            var stored = (string)(await select.ExecuteScalarAsync(cancellationToken))!;
-            await transaction.CommitAsync(cancellationToken);
-            return stored;
-        });
+            return (string)(await select.ExecuteScalarAsync(cancellationToken))!;
+        }, cancellationToken);
 
     /// <inheritdoc />
     public Task CheckHealthAsync(CancellationToken cancellationToken) =>
-        GuardAsync(async () =>
+        ReadAsync(async connection =>
         {
-            await using var connection = await OpenConnectionAsync(cancellationToken);
             await using var command = Command(connection, "SELECT count(*) FROM settings");
             return await command.ExecuteScalarAsync(cancellationToken);
-        });
+        }, cancellationToken);
 
     /// <summary>Reads a pragma on a fresh connection as the store configures it (tests check durability settings with it).</summary>
     internal async Task<string?> ReadPragmaAsync(string pragma, CancellationToken cancellationToken)
     {
         await using var connection = await OpenConnectionAsync(cancellationToken);
         await using var command = Command(connection, $"PRAGMA {pragma}");
-        return Convert.ToString(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture);
+        return Convert.ToString(await command.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture);
+    }
+
+    // Copies the WAL into the database file (where secure_delete has zeroed the erased bytes)
+    // and truncates the WAL to zero length, so no old frame still holds erased material.
+    // Readers with an older snapshot can hold the checkpoint back: retry briefly.
+    private async Task ShredAsync(CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenConnectionAsync(cancellationToken);
+        for (var attempt = 0; attempt < 50; attempt++)
+        {
+            await using var command = Command(connection, "PRAGMA wal_checkpoint(TRUNCATE)");
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            if (await reader.ReadAsync(cancellationToken) && reader.GetInt64(0) == 0)
+            {
+                return;
+            }
+
+            await Task.Delay(20, cancellationToken);
+        }
+
+        throw KmsErrors.Unavailable("the database could not be checkpointed after erasing key material; the erasure is committed and will complete at the next checkpoint");
     }
 
     // The file holds wrapped key material: readable by the service's user only. SQLite gives
@@ -260,6 +446,20 @@ public sealed class SqliteKeyStore : IKeyStore
             UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
         });
     }
+
+    private async Task<IReadOnlyList<KeyName>> ReadKeyNamesAsync(string sql, DateTimeOffset now, int limit, CancellationToken cancellationToken) =>
+        await ReadAsync<IReadOnlyList<KeyName>>(async connection =>
+        {
+            await using var command = Command(connection, sql, ("$now", now.ToUnixTimeMilliseconds()), ("$limit", limit));
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            var names = new List<KeyName>();
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                names.Add(new KeyName(TenantId.Parse(reader.GetString(0)), reader.GetString(1)));
+            }
+
+            return names;
+        }, cancellationToken);
 
     private async Task<SqliteConnection> OpenConnectionAsync(CancellationToken cancellationToken)
     {
@@ -283,7 +483,7 @@ public sealed class SqliteKeyStore : IKeyStore
         await ExecuteAsync(connection, "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_time INTEGER NOT NULL) STRICT;", cancellationToken, transaction);
         await using var current = Command(connection, "SELECT coalesce(max(version), 0) FROM schema_migrations");
         current.Transaction = transaction;
-        var applied = Convert.ToInt32(await current.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture);
+        var applied = Convert.ToInt32(await current.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture);
         if (applied > SqliteSchema.LatestVersion)
         {
             throw new InvalidOperationException(
@@ -302,24 +502,135 @@ public sealed class SqliteKeyStore : IKeyStore
         await transaction.CommitAsync(cancellationToken);
     }
 
+    private static async Task<Key?> ReadKeyAsync(SqliteConnection connection, SqliteTransaction? transaction, KeyName name, CancellationToken cancellationToken)
+    {
+        await using var command = Command(connection, $"SELECT {KeyColumns} {KeyJoin} WHERE k.tenant = $tenant AND k.key_id = $key_id",
+            ("$tenant", name.Tenant.Value), ("$key_id", name.KeyId));
+        command.Transaction = transaction;
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        return await reader.ReadAsync(cancellationToken) ? ReadKey(reader) : null;
+    }
+
+    private static async Task<KeyWithVersions?> ReadKeyWithVersionsAsync(SqliteConnection connection, SqliteTransaction transaction, KeyName name, CancellationToken cancellationToken)
+    {
+        var key = await ReadKeyAsync(connection, transaction, name, cancellationToken);
+        return key is null ? null : new KeyWithVersions(key, await ReadVersionsAsync(connection, transaction, name, 0, int.MaxValue, cancellationToken));
+    }
+
+    private static async Task<IReadOnlyList<KeyVersion>> ReadVersionsAsync(
+        SqliteConnection connection, SqliteTransaction? transaction, KeyName key, int afterVersion, int limit, CancellationToken cancellationToken)
+    {
+        await using var command = Command(connection, $"""
+            SELECT {OtherVersionColumns} FROM key_versions v
+            WHERE v.tenant = $tenant AND v.key_id = $key_id AND v.version > $after
+            ORDER BY v.version LIMIT $limit
+            """,
+            ("$tenant", key.Tenant.Value), ("$key_id", key.KeyId), ("$after", afterVersion), ("$limit", limit));
+        command.Transaction = transaction;
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        var versions = new List<KeyVersion>();
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            versions.Add(ReadVersion(reader, 0, key));
+        }
+
+        return versions;
+    }
+
+    private static async Task EnsureKeyExistsAsync(SqliteConnection connection, SqliteTransaction transaction, KeyName key, CancellationToken cancellationToken)
+    {
+        await using var exists = Command(connection, "SELECT 1 FROM keys WHERE tenant = $tenant AND key_id = $key_id",
+            ("$tenant", key.Tenant.Value), ("$key_id", key.KeyId));
+        exists.Transaction = transaction;
+        if (await exists.ExecuteScalarAsync(cancellationToken) is null)
+        {
+            throw KmsErrors.NotFound(key.ToString());
+        }
+    }
+
+    private static async Task InsertRequestAsync(SqliteConnection connection, SqliteTransaction transaction, RequestRecord? request, CancellationToken cancellationToken)
+    {
+        if (request is null)
+        {
+            return;
+        }
+
+        await InsertAsync(connection, transaction, """
+            INSERT INTO request_ids (tenant, request_id, operation, fingerprint, resource, create_time)
+            VALUES ($tenant, $request_id, $operation, $fingerprint, $resource, $create_time)
+            """,
+            $"request {request.RequestId}",
+            cancellationToken,
+            ("$tenant", request.Tenant.Value), ("$request_id", request.RequestId), ("$operation", request.Operation),
+            ("$fingerprint", request.Fingerprint), ("$resource", request.Resource), ("$create_time", request.CreateTime.ToUnixTimeMilliseconds()));
+    }
+
+    private static Task InsertVersionAsync(SqliteConnection connection, SqliteTransaction transaction, KeyName key, KeyVersion version, WrappedKeyMaterial material, CancellationToken cancellationToken) =>
+        InsertAsync(connection, transaction, """
+            INSERT INTO key_versions (tenant, key_id, version, version_id, algorithm, state, material, create_time)
+            VALUES ($tenant, $key_id, $version, $version_id, $algorithm, $state, $material, $create_time)
+            """,
+            version.Name.ToString(),
+            cancellationToken,
+            ("$tenant", key.Tenant.Value), ("$key_id", key.KeyId), ("$version", version.Name.Version),
+            ("$version_id", version.Id.ToBytes()), ("$algorithm", (int)version.Algorithm), ("$state", (int)version.State),
+            ("$material", material.UnsafeArray), ("$create_time", version.CreateTime.ToUnixTimeMilliseconds()));
+
+    private static (string, object)[] KeyParameters(Key key) =>
+    [
+        ("$tenant", key.Name.Tenant.Value), ("$key_id", key.Name.KeyId), ("$purpose", (int)key.Purpose), ("$state", (int)key.State),
+        ("$primary_version", key.Primary.Name.Version), ("$create_time", key.CreateTime.ToUnixTimeMilliseconds()),
+        ("$labels", JsonSerializer.Serialize(key.Labels.ToDictionary(kv => kv.Key, kv => kv.Value))),
+        ("$rotation_period_ms", key.RotationPeriod is { } period ? (long)period.TotalMilliseconds : DBNull.Value),
+        ("$next_rotation_time", Millis(key.NextRotationTime)), ("$min_decryption_version", key.MinDecryptionVersion),
+        ("$destroy_time", Millis(key.DestroyTime)),
+    ];
+
+    private static string VersionColumns(string table) => string.Join(", ", VersionColumnNames.Select(column => $"{table}.{column}"));
+
+    private static object Millis(DateTimeOffset? time) => time is { } value ? value.ToUnixTimeMilliseconds() : DBNull.Value;
+
+    private static DateTimeOffset? ReadTime(SqliteDataReader reader, int column) =>
+        reader.IsDBNull(column) ? null : DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(column));
+
+    private static WrappedKeyMaterial? ReadMaterial(SqliteDataReader reader, int column) =>
+        reader.IsDBNull(column) ? null : new WrappedKeyMaterial((byte[])reader[column]);
+
     private static Key ReadKey(SqliteDataReader reader)
     {
         var name = new KeyName(TenantId.Parse(reader.GetString(0)), reader.GetString(1));
         var labels = JsonSerializer.Deserialize<Dictionary<string, string>>(reader.GetString(5)) ?? [];
-        var primary = new KeyVersion(
-            name.Version(reader.GetInt32(6)),
-            KeyVersionId.FromBytes((byte[])reader[7]),
-            (KeyState)reader.GetInt32(9),
-            (KeyAlgorithm)reader.GetInt32(8),
-            DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(10)));
         return new Key(
             name,
             (KeyPurpose)reader.GetInt32(2),
             (KeyState)reader.GetInt32(3),
-            primary,
+            ReadVersion(reader, 10, name),
             DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(4)),
-            KeyLabels.Create(labels));
+            KeyLabels.Create(labels))
+        {
+            RotationPeriod = reader.IsDBNull(6) ? null : TimeSpan.FromMilliseconds(reader.GetInt64(6)),
+            NextRotationTime = ReadTime(reader, 7),
+            MinDecryptionVersion = reader.GetInt32(8),
+            DestroyTime = ReadTime(reader, 9),
+        };
     }
+
+    private static KeyVersion ReadVersion(SqliteDataReader reader, int offset, KeyName key) =>
+        new(
+            key.Version(reader.GetInt32(offset)),
+            KeyVersionId.FromBytes((byte[])reader[offset + 1]),
+            (KeyState)reader.GetInt32(offset + 3),
+            (KeyAlgorithm)reader.GetInt32(offset + 2),
+            DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(offset + 4)))
+        {
+            DestroyTime = ReadTime(reader, offset + 5),
+            DestroyEventTime = ReadTime(reader, offset + 6),
+            Usage = new KeyVersionUsage(reader.GetInt64(offset + 7), reader.GetInt64(offset + 8), ReadTime(reader, offset + 9), ReadTime(reader, offset + 10)),
+        };
+
+    private static KeyAlias ReadAlias(SqliteDataReader reader, AliasName name) =>
+        new(name, new KeyName(name.Tenant, reader.GetString(0)),
+            DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(1)), DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(2)));
 
     private static async Task InsertAsync(
         SqliteConnection connection,
@@ -360,6 +671,24 @@ public sealed class SqliteKeyStore : IKeyStore
         command.Transaction = transaction;
         await command.ExecuteNonQueryAsync(cancellationToken);
     }
+
+    private Task<T> ReadAsync<T>(Func<SqliteConnection, Task<T>> read, CancellationToken cancellationToken) =>
+        GuardAsync(async () =>
+        {
+            await using var connection = await OpenConnectionAsync(cancellationToken);
+            return await read(connection);
+        });
+
+    // One BEGIN IMMEDIATE transaction: committed when the work returns, rolled back when it throws.
+    private Task<T> WriteAsync<T>(Func<SqliteConnection, SqliteTransaction, Task<T>> work, CancellationToken cancellationToken) =>
+        GuardAsync(async () =>
+        {
+            await using var connection = await OpenConnectionAsync(cancellationToken);
+            await using var transaction = (SqliteTransaction)await connection.BeginTransactionAsync(IsolationLevel.Serializable, cancellationToken);
+            var result = await work(connection, transaction);
+            await transaction.CommitAsync(cancellationToken);
+            return result;
+        });
 
     // Database faults (locked too long, disk full, I/O) are retryable UNAVAILABLE; the
     // SQLite message stays in the server log (inner exception), never in the answer.

@@ -48,6 +48,33 @@ internal static class SqliteSchema
                 PRIMARY KEY (tenant, request_id)
             ) STRICT;
             """),
+        (2, """
+            ALTER TABLE keys ADD COLUMN rotation_period_ms INTEGER;
+            ALTER TABLE keys ADD COLUMN next_rotation_time INTEGER;
+            ALTER TABLE keys ADD COLUMN min_decryption_version INTEGER NOT NULL DEFAULT 1;
+            ALTER TABLE keys ADD COLUMN destroy_time INTEGER;
+
+            ALTER TABLE key_versions ADD COLUMN destroy_time INTEGER;
+            ALTER TABLE key_versions ADD COLUMN destroy_event_time INTEGER;
+            ALTER TABLE key_versions ADD COLUMN encrypt_count INTEGER NOT NULL DEFAULT 0;  -- reserved: durable upper bound
+            ALTER TABLE key_versions ADD COLUMN decrypt_count INTEGER NOT NULL DEFAULT 0;
+            ALTER TABLE key_versions ADD COLUMN last_encrypt_time INTEGER;
+            ALTER TABLE key_versions ADD COLUMN last_decrypt_time INTEGER;
+
+            CREATE TABLE aliases (
+                tenant      TEXT    NOT NULL,
+                alias_id    TEXT    NOT NULL,
+                key_id      TEXT    NOT NULL,
+                create_time INTEGER NOT NULL,
+                update_time INTEGER NOT NULL,
+                PRIMARY KEY (tenant, alias_id),
+                FOREIGN KEY (tenant, key_id) REFERENCES keys (tenant, key_id)
+            ) STRICT;
+
+            CREATE INDEX keys_due_rotation ON keys (next_rotation_time) WHERE next_rotation_time IS NOT NULL;
+            CREATE INDEX keys_due_deletion ON keys (destroy_time) WHERE destroy_time IS NOT NULL;
+            CREATE INDEX key_versions_due_destruction ON key_versions (destroy_time) WHERE destroy_time IS NOT NULL AND material IS NOT NULL;
+            """),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;

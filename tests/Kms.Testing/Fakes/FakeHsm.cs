@@ -70,6 +70,17 @@ public sealed class FakeHsm : IHsm, IDisposable
         return ValueTask.FromResult(plaintext);
     }
 
+    /// <summary>Key versions evicted (destroyed) so far.</summary>
+    public List<Kms.Core.Keys.KeyVersionId> Evicted { get; } = [];
+
+    public void EvictKey(Kms.Core.Keys.KeyVersionId id)
+    {
+        lock (Evicted)
+        {
+            Evicted.Add(id);
+        }
+    }
+
     public void Dispose() => CryptographicOperations.ZeroMemory(_domainKey);
 
     private byte[] Unwrap(KeyMaterialRef key)

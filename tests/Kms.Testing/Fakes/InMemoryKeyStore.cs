@@ -14,35 +14,35 @@ public sealed class InMemoryKeyStore : IKeyStore
 {
     private readonly Lock _lock = new();
     private readonly SortedDictionary<(string Tenant, string KeyId), Key> _keys = new();
-    private readonly Dictionary<KeyVersionId, (KeyVersion Version, byte[] Material)> _versions = [];
+    private readonly Dictionary<(string Tenant, string KeyId), List<KeyVersion>> _versions = [];
+    private readonly Dictionary<KeyVersionId, byte[]?> _material = [];
     private readonly Dictionary<(string Tenant, string RequestId), RequestRecord> _requests = [];
+    private readonly SortedDictionary<(string Tenant, string AliasId), KeyAlias> _aliases = new();
     private readonly Dictionary<string, string> _settings = [];
+
+    /// <summary>Test hook: thrown by the next write (a store failing after the HSM did its part).</summary>
+    public Exception? FailNextWrite { get; set; }
 
     public Task CreateKeyAsync(Key key, WrappedKeyMaterial primaryMaterial, RequestRecord? request, CancellationToken cancellationToken)
     {
         lock (_lock)
         {
-            if (request is not null && _requests.ContainsKey((request.Tenant.Value, request.RequestId)))
-            {
-                throw KmsErrors.AlreadyExists($"request {request.RequestId}");
-            }
-
-            if (_keys.ContainsKey((key.Name.Tenant.Value, key.Name.KeyId)))
+            ThrowIfFailing();
+            EnsureRequestFree(request);
+            if (_keys.ContainsKey(Id(key.Name)))
             {
                 throw KmsErrors.AlreadyExists(key.Name.ToString());
             }
 
-            if (_versions.ContainsKey(key.Primary.Id))
+            if (_material.ContainsKey(key.Primary.Id))
             {
                 throw KmsErrors.AlreadyExists(key.Primary.Name.ToString());
             }
 
-            _keys[(key.Name.Tenant.Value, key.Name.KeyId)] = key;
-            _versions[key.Primary.Id] = (key.Primary, primaryMaterial.Bytes.ToArray());
-            if (request is not null)
-            {
-                _requests[(request.Tenant.Value, request.RequestId)] = request;
-            }
+            _keys[Id(key.Name)] = key;
+            _versions[Id(key.Name)] = [key.Primary];
+            _material[key.Primary.Id] = primaryMaterial.Bytes.ToArray();
+            Record(request);
         }
 
         return Task.CompletedTask;
@@ -52,7 +52,7 @@ public sealed class InMemoryKeyStore : IKeyStore
     {
         lock (_lock)
         {
-            return Task.FromResult(_keys.GetValueOrDefault((name.Tenant.Value, name.KeyId)));
+            return Task.FromResult(_keys.TryGetValue(Id(name), out var key) ? Fresh(key) : null);
         }
     }
 
@@ -64,9 +64,75 @@ public sealed class InMemoryKeyStore : IKeyStore
                 .Where(kv => kv.Key.Tenant == tenant.Value && string.CompareOrdinal(kv.Key.KeyId, afterKeyId ?? "") > 0)
                 .OrderBy(kv => kv.Key.KeyId, StringComparer.Ordinal)
                 .Take(limit)
-                .Select(kv => kv.Value)
+                .Select(kv => Fresh(kv.Value))
                 .ToList();
             return Task.FromResult(page);
+        }
+    }
+
+    public Task<IReadOnlyList<KeyVersion>> ListVersionsAsync(KeyName key, int afterVersion, int limit, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            IReadOnlyList<KeyVersion> page = _versions.TryGetValue(Id(key), out var versions)
+                ? versions.Where(v => v.Name.Version > afterVersion).Take(limit).ToList()
+                : [];
+            return Task.FromResult(page);
+        }
+    }
+
+    public Task<KeyVersion?> GetVersionAsync(KeyVersionName name, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            return Task.FromResult(_versions.TryGetValue(Id(name.Key), out var versions) ? versions.FirstOrDefault(v => v.Name.Version == name.Version) : null);
+        }
+    }
+
+    public Task<KeyWithVersions?> UpdateKeyAsync(KeyName name, Func<KeyWithVersions, KeyChange> decide, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(decide);
+        lock (_lock)
+        {
+            if (!_keys.TryGetValue(Id(name), out var key))
+            {
+                return Task.FromResult<KeyWithVersions?>(null);
+            }
+
+            var current = new KeyWithVersions(Fresh(key), _versions[Id(name)].ToList());
+            var change = decide(current);
+            if (change.IsNoOp)
+            {
+                return Task.FromResult<KeyWithVersions?>(current);
+            }
+
+            ThrowIfFailing();
+            EnsureRequestFree(change.Request);
+            var versions = _versions[Id(name)];
+            if (change.AddedVersion is { } added)
+            {
+                if (versions.Any(v => v.Name.Version == added.Version.Name.Version) || _material.ContainsKey(added.Version.Id))
+                {
+                    throw KmsErrors.AlreadyExists(added.Version.Name.ToString());
+                }
+
+                versions.Add(added.Version);
+                _material[added.Version.Id] = added.Material.Bytes.ToArray();
+            }
+
+            foreach (var updated in change.UpdatedVersions)
+            {
+                var index = versions.FindIndex(v => v.Name.Version == updated.Name.Version);
+                versions[index] = versions[index] with { State = updated.State, DestroyTime = updated.DestroyTime, DestroyEventTime = updated.DestroyEventTime };
+                if (updated.State == KeyState.Destroyed)
+                {
+                    _material[updated.Id] = null;
+                }
+            }
+
+            _keys[Id(name)] = change.Key;
+            Record(change.Request);
+            return Task.FromResult<KeyWithVersions?>(new KeyWithVersions(Fresh(change.Key), versions.ToList()));
         }
     }
 
@@ -74,13 +140,13 @@ public sealed class InMemoryKeyStore : IKeyStore
     {
         lock (_lock)
         {
-            if (!_keys.TryGetValue((name.Tenant.Value, name.KeyId), out var key))
+            if (!_keys.TryGetValue(Id(name), out var key))
             {
                 return Task.FromResult<KeyVersionMaterial?>(null);
             }
 
-            var (version, material) = _versions[key.Primary.Id];
-            return Task.FromResult<KeyVersionMaterial?>(new KeyVersionMaterial(key, version, new WrappedKeyMaterial(material.ToArray())));
+            var fresh = Fresh(key);
+            return Task.FromResult<KeyVersionMaterial?>(new KeyVersionMaterial(fresh, fresh.Primary, Material(fresh.Primary.Id)));
         }
     }
 
@@ -88,13 +154,15 @@ public sealed class InMemoryKeyStore : IKeyStore
     {
         lock (_lock)
         {
-            if (!_versions.TryGetValue(id, out var found) || found.Version.Name.Key.Tenant != tenant)
+            foreach (var ((keyTenant, keyId), versions) in _versions)
             {
-                return Task.FromResult<KeyVersionMaterial?>(null);
+                if (keyTenant == tenant.Value && versions.FirstOrDefault(v => v.Id == id) is { } version)
+                {
+                    return Task.FromResult<KeyVersionMaterial?>(new KeyVersionMaterial(Fresh(_keys[(keyTenant, keyId)]), version, Material(id)));
+                }
             }
 
-            var key = _keys[(tenant.Value, found.Version.Name.Key.KeyId)];
-            return Task.FromResult<KeyVersionMaterial?>(new KeyVersionMaterial(key, found.Version, new WrappedKeyMaterial(found.Material.ToArray())));
+            return Task.FromResult<KeyVersionMaterial?>(null);
         }
     }
 
@@ -104,6 +172,142 @@ public sealed class InMemoryKeyStore : IKeyStore
         {
             return Task.FromResult(_requests.GetValueOrDefault((tenant.Value, requestId)));
         }
+    }
+
+    public Task CreateAliasAsync(KeyAlias alias, RequestRecord? request, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            ThrowIfFailing();
+            if (!_keys.ContainsKey(Id(alias.Key)))
+            {
+                throw KmsErrors.NotFound(alias.Key.ToString());
+            }
+
+            EnsureRequestFree(request);
+            if (!_aliases.TryAdd((alias.Name.Tenant.Value, alias.Name.AliasId), alias))
+            {
+                throw KmsErrors.AlreadyExists(alias.Name.ToString());
+            }
+
+            Record(request);
+        }
+
+        return Task.CompletedTask;
+    }
+
+    public Task<KeyAlias?> GetAliasAsync(AliasName name, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            return Task.FromResult(_aliases.GetValueOrDefault((name.Tenant.Value, name.AliasId)));
+        }
+    }
+
+    public Task<KeyAlias?> UpdateAliasAsync(AliasName name, KeyName key, DateTimeOffset updateTime, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            if (!_aliases.TryGetValue((name.Tenant.Value, name.AliasId), out var alias))
+            {
+                return Task.FromResult<KeyAlias?>(null);
+            }
+
+            if (!_keys.ContainsKey(Id(key)))
+            {
+                throw KmsErrors.NotFound(key.ToString());
+            }
+
+            var updated = alias with { Key = key, UpdateTime = updateTime };
+            _aliases[(name.Tenant.Value, name.AliasId)] = updated;
+            return Task.FromResult<KeyAlias?>(updated);
+        }
+    }
+
+    public Task<bool> DeleteAliasAsync(AliasName name, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            return Task.FromResult(_aliases.Remove((name.Tenant.Value, name.AliasId)));
+        }
+    }
+
+    public Task<IReadOnlyList<KeyAlias>> ListAliasesAsync(TenantId tenant, string? afterAliasId, int limit, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            IReadOnlyList<KeyAlias> page = _aliases
+                .Where(kv => kv.Key.Tenant == tenant.Value && string.CompareOrdinal(kv.Key.AliasId, afterAliasId ?? "") > 0)
+                .OrderBy(kv => kv.Key.AliasId, StringComparer.Ordinal)
+                .Take(limit)
+                .Select(kv => kv.Value)
+                .ToList();
+            return Task.FromResult(page);
+        }
+    }
+
+    public Task<IReadOnlyList<KeyName>> ListKeysDueForRotationAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            IReadOnlyList<KeyName> due = _keys.Values
+                .Where(k => k.State == KeyState.Enabled && k.NextRotationTime is { } next && next <= now)
+                .OrderBy(k => k.NextRotationTime)
+                .Take(limit)
+                .Select(k => k.Name)
+                .ToList();
+            return Task.FromResult(due);
+        }
+    }
+
+    public Task<IReadOnlyList<KeyName>> ListKeysDueForDestructionAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            IReadOnlyList<KeyName> due = _keys.Values
+                .Where(k => (k.State == KeyState.DestroyScheduled && k.DestroyTime <= now)
+                    || _versions[Id(k.Name)].Any(v => v.State == KeyState.DestroyScheduled && v.DestroyTime <= now))
+                .Take(limit)
+                .Select(k => k.Name)
+                .ToList();
+            return Task.FromResult(due);
+        }
+    }
+
+    public Task<long> ReserveEncryptionsAsync(KeyVersionId id, long count, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            ThrowIfFailing();
+            var (versions, index) = Locate(id);
+            var version = versions[index];
+            versions[index] = version with { Usage = version.Usage with { EncryptCount = version.Usage.EncryptCount + count } };
+            return Task.FromResult(versions[index].Usage.EncryptCount);
+        }
+    }
+
+    public Task RecordUsageAsync(IReadOnlyCollection<UsageDelta> deltas, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            ThrowIfFailing();
+            foreach (var delta in deltas)
+            {
+                var (versions, index) = Locate(delta.Id);
+                var usage = versions[index].Usage;
+                versions[index] = versions[index] with
+                {
+                    Usage = usage with
+                    {
+                        DecryptCount = usage.DecryptCount + delta.Decryptions,
+                        LastEncryptTime = Later(usage.LastEncryptTime, delta.LastEncryptTime),
+                        LastDecryptTime = Later(usage.LastDecryptTime, delta.LastDecryptTime),
+                    },
+                };
+            }
+        }
+
+        return Task.CompletedTask;
     }
 
     public Task<string?> GetSettingAsync(string name, CancellationToken cancellationToken)
@@ -124,4 +328,52 @@ public sealed class InMemoryKeyStore : IKeyStore
     }
 
     public Task CheckHealthAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    private static (string, string) Id(KeyName name) => (name.Tenant.Value, name.KeyId);
+
+    // The primary as stored among the versions (its state and usage), as a real store's join returns it.
+    private Key Fresh(Key key) => key with { Primary = _versions[Id(key.Name)].First(v => v.Name.Version == key.Primary.Name.Version) };
+
+    private WrappedKeyMaterial? Material(KeyVersionId id) => _material.TryGetValue(id, out var bytes) && bytes is not null ? new WrappedKeyMaterial(bytes.ToArray()) : null;
+
+    private (List<KeyVersion> Versions, int Index) Locate(KeyVersionId id)
+    {
+        foreach (var versions in _versions.Values)
+        {
+            var index = versions.FindIndex(v => v.Id == id);
+            if (index >= 0)
+            {
+                return (versions, index);
+            }
+        }
+
+        throw KmsErrors.Internal($"no key version {id}");
+    }
+
+    private void EnsureRequestFree(RequestRecord? request)
+    {
+        if (request is not null && _requests.ContainsKey((request.Tenant.Value, request.RequestId)))
+        {
+            throw KmsErrors.AlreadyExists($"request {request.RequestId}");
+        }
+    }
+
+    private void Record(RequestRecord? request)
+    {
+        if (request is not null)
+        {
+            _requests[(request.Tenant.Value, request.RequestId)] = request;
+        }
+    }
+
+    private void ThrowIfFailing()
+    {
+        if (FailNextWrite is { } failure)
+        {
+            FailNextWrite = null;
+            throw failure;
+        }
+    }
+
+    private static DateTimeOffset? Later(DateTimeOffset? a, DateTimeOffset? b) => a is null ? b : b is null ? a : a > b ? a : b;
 }

@@ -1,0 +1,100 @@
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+
+namespace Kms.Core.Services;
+
+/// <summary>Aliases: names that point at keys of the same tenant and can be re-pointed.</summary>
+public sealed class AliasService(IKeyStore store, TimeProvider time)
+{
+    private const string CreateAliasOperation = "CreateAlias";
+    private readonly RequestIds _requests = new(store);
+
+    /// <summary>Creates an alias for a key of the same tenant.</summary>
+    public async Task<KeyAlias> CreateAliasAsync(Caller caller, TenantId parent, string? aliasId, KeyName key, string? requestId, CancellationToken cancellationToken)
+    {
+        caller.EnsureSameTenant(parent, parent.ResourceName);
+        var name = AliasName.Create(parent, aliasId);
+        if (key.Tenant != parent)
+        {
+            throw KmsErrors.InvalidArgument("alias.key", "must be a key of the alias's tenant");
+        }
+
+        requestId = RequestIds.Validate(requestId);
+        var fingerprint = RequestIds.Fingerprint(CreateAliasOperation, name, key);
+        if (await _requests.FindReplayAsync(parent, requestId, CreateAliasOperation, fingerprint, cancellationToken) is not null)
+        {
+            return await GetAliasAsync(caller, name, cancellationToken);
+        }
+
+        var now = Clock.Now(time);
+        var alias = new KeyAlias(name, key, now, now);
+        var request = requestId is null ? null : new RequestRecord(parent, requestId, CreateAliasOperation, fingerprint, name.ToString(), now);
+        try
+        {
+            await store.CreateAliasAsync(alias, request, cancellationToken);
+            return alias;
+        }
+        catch (KmsException e) when (e.Code == KmsErrorCode.AlreadyExists && requestId is not null)
+        {
+            // A concurrent retry with the same request id may have won the race.
+            if (await _requests.FindReplayAsync(parent, requestId, CreateAliasOperation, fingerprint, cancellationToken) is null)
+            {
+                throw;
+            }
+
+            return await GetAliasAsync(caller, name, cancellationToken);
+        }
+    }
+
+    /// <summary>An alias.</summary>
+    public async Task<KeyAlias> GetAliasAsync(Caller caller, AliasName name, CancellationToken cancellationToken)
+    {
+        caller.EnsureSameTenant(name.Tenant, name.ToString());
+        return await store.GetAliasAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
+    }
+
+    /// <summary>Points an alias at another key of its tenant.</summary>
+    public async Task<KeyAlias> UpdateAliasAsync(Caller caller, AliasName name, KeyName key, CancellationToken cancellationToken)
+    {
+        caller.EnsureSameTenant(name.Tenant, name.ToString());
+        if (key.Tenant != name.Tenant)
+        {
+            throw KmsErrors.InvalidArgument("key", "must be a key of the alias's tenant");
+        }
+
+        return await store.UpdateAliasAsync(name, key, Clock.Now(time), cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
+    }
+
+    /// <summary>Deletes an alias; the key is unaffected.</summary>
+    public async Task DeleteAliasAsync(Caller caller, AliasName name, CancellationToken cancellationToken)
+    {
+        caller.EnsureSameTenant(name.Tenant, name.ToString());
+        if (!await store.DeleteAliasAsync(name, cancellationToken))
+        {
+            throw KmsErrors.NotFound(name.ToString());
+        }
+    }
+
+    /// <summary>One page of a tenant's aliases, in alias-id order.</summary>
+    public async Task<Page<KeyAlias>> ListAliasesAsync(Caller caller, TenantId parent, int pageSize, string? pageToken, CancellationToken cancellationToken)
+    {
+        caller.EnsureSameTenant(parent, parent.ResourceName);
+        var size = PageToken.Size(pageSize);
+        var scope = parent.ResourceName + "/aliases";
+        var rows = await store.ListAliasesAsync(parent, PageToken.Decode(scope, pageToken), size + 1, cancellationToken);
+        var page = rows.Take(size).ToList();
+        return new Page<KeyAlias>(page, rows.Count > size ? PageToken.Encode(scope, page[^1].Name.AliasId) : null);
+    }
+}
+
+/// <summary>One page of a list and the token of the next page (null on the last).</summary>
+public sealed record Page<T>(IReadOnlyList<T> Items, string? NextPageToken);
+
+/// <summary>Time as the store keeps it.</summary>
+internal static class Clock
+{
+    // Stored with millisecond precision: truncate now, so what a call returns equals what is read back.
+    public static DateTimeOffset Now(TimeProvider time) => DateTimeOffset.FromUnixTimeMilliseconds(time.GetUtcNow().ToUnixTimeMilliseconds());
+}

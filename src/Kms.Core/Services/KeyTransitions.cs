@@ -1,0 +1,213 @@
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Ports;
+
+namespace Kms.Core.Services;
+
+/// <summary>
+/// The lifecycle state machine, as pure functions from the current key (with its versions)
+/// to a change. Every illegal transition is FAILED_PRECONDITION with a message that names
+/// the state and says what to do. Repeating a transition already in effect (enabling an
+/// enabled key) changes nothing and succeeds, so retries are harmless.
+/// </summary>
+/// <remarks>
+/// Key:     ENABLED ⇄ DISABLED → DESTROY_SCHEDULED → (waiting period) DESTROYED; cancel → DISABLED.
+/// Version: the same; the primary version can be neither disabled nor scheduled for
+/// destruction (make another version primary first), and a DESTROYED version has no material.
+/// </remarks>
+public static class KeyTransitions
+{
+    /// <summary>ENABLED → ENABLED, DISABLED → ENABLED.</summary>
+    public static KeyChange EnableKey(KeyWithVersions current)
+    {
+        var key = current.Key;
+        EnsureNotDeleted(key, "enabling it");
+        return new KeyChange(key with { State = KeyState.Enabled });
+    }
+
+    /// <summary>ENABLED → DISABLED, DISABLED → DISABLED.</summary>
+    public static KeyChange DisableKey(KeyWithVersions current)
+    {
+        var key = current.Key;
+        EnsureNotDeleted(key, "disabling it");
+        return new KeyChange(key with { State = KeyState.Disabled });
+    }
+
+    /// <summary>ENABLED or DISABLED → DESTROY_SCHEDULED at <paramref name="now"/> + <paramref name="waitingPeriod"/>.</summary>
+    public static KeyChange ScheduleKeyDeletion(KeyWithVersions current, DateTimeOffset now, TimeSpan waitingPeriod)
+    {
+        var key = current.Key;
+        switch (key.State)
+        {
+            case KeyState.DestroyScheduled:
+                throw KmsErrors.FailedPrecondition($"key {key.Name} is DESTROY_SCHEDULED already (destroy time {key.DestroyTime:O}); cancel the deletion to change it");
+            case KeyState.Destroyed:
+                throw KmsErrors.FailedPrecondition($"key {key.Name} is DESTROYED");
+            default:
+                return new KeyChange(key with { State = KeyState.DestroyScheduled, DestroyTime = now + waitingPeriod });
+        }
+    }
+
+    /// <summary>DESTROY_SCHEDULED → DISABLED: a restored key must be enabled on purpose.</summary>
+    public static KeyChange CancelKeyDeletion(KeyWithVersions current)
+    {
+        var key = current.Key;
+        if (key.State != KeyState.DestroyScheduled)
+        {
+            throw KmsErrors.FailedPrecondition($"key {key.Name} is {StateName(key.State)}; only a key scheduled for deletion can have its deletion cancelled");
+        }
+
+        return new KeyChange(key with { State = KeyState.Disabled, DestroyTime = null });
+    }
+
+    /// <summary>DISABLED → ENABLED (ENABLED stays).</summary>
+    public static KeyChange EnableVersion(KeyWithVersions current, int number)
+    {
+        var (key, version) = Find(current, number);
+        EnsureNotDeleted(key, $"enabling version {number}");
+        return version.State switch
+        {
+            KeyState.Enabled or KeyState.Disabled => WithVersion(key, version with { State = KeyState.Enabled }),
+            KeyState.DestroyScheduled => throw KmsErrors.FailedPrecondition($"key version {version.Name} is DESTROY_SCHEDULED; restore it before enabling it"),
+            _ => throw KmsErrors.FailedPrecondition($"key version {version.Name} is DESTROYED; it can never be used again"),
+        };
+    }
+
+    /// <summary>ENABLED → DISABLED (DISABLED stays); not the primary.</summary>
+    public static KeyChange DisableVersion(KeyWithVersions current, int number)
+    {
+        var (key, version) = Find(current, number);
+        EnsureNotDeleted(key, $"disabling version {number}");
+        EnsureNotPrimary(key, version, "disabling it");
+        return version.State switch
+        {
+            KeyState.Enabled or KeyState.Disabled => WithVersion(key, version with { State = KeyState.Disabled }),
+            _ => throw KmsErrors.FailedPrecondition($"key version {version.Name} is {StateName(version.State)}; only an ENABLED version can be disabled"),
+        };
+    }
+
+    /// <summary>ENABLED or DISABLED → DESTROY_SCHEDULED; not the primary.</summary>
+    public static KeyChange ScheduleVersionDestruction(KeyWithVersions current, int number, DateTimeOffset now, TimeSpan waitingPeriod)
+    {
+        var (key, version) = Find(current, number);
+        EnsureNotDeleted(key, $"scheduling the destruction of version {number}");
+        EnsureNotPrimary(key, version, "scheduling its destruction");
+        return version.State switch
+        {
+            KeyState.Enabled or KeyState.Disabled => WithVersion(key, version with { State = KeyState.DestroyScheduled, DestroyTime = now + waitingPeriod }),
+            KeyState.DestroyScheduled => throw KmsErrors.FailedPrecondition($"key version {version.Name} is DESTROY_SCHEDULED already (destroy time {version.DestroyTime:O})"),
+            _ => throw KmsErrors.FailedPrecondition($"key version {version.Name} is DESTROYED"),
+        };
+    }
+
+    /// <summary>DESTROY_SCHEDULED → DISABLED.</summary>
+    public static KeyChange RestoreVersion(KeyWithVersions current, int number)
+    {
+        var (key, version) = Find(current, number);
+        EnsureNotDeleted(key, $"restoring version {number}");
+        if (version.State != KeyState.DestroyScheduled)
+        {
+            throw KmsErrors.FailedPrecondition($"key version {version.Name} is {StateName(version.State)}; only a version scheduled for destruction can be restored");
+        }
+
+        return WithVersion(key, version with { State = KeyState.Disabled, DestroyTime = null });
+    }
+
+    /// <summary>Makes an ENABLED version, at or above the minimum decryption version, the primary.</summary>
+    public static KeyChange UpdatePrimary(KeyWithVersions current, int number)
+    {
+        var (key, version) = Find(current, number);
+        EnsureNotDeleted(key, "changing its primary version");
+        if (version.State != KeyState.Enabled)
+        {
+            throw KmsErrors.FailedPrecondition($"key version {version.Name} is {StateName(version.State)}; only an ENABLED version can be primary");
+        }
+
+        if (number < key.MinDecryptionVersion)
+        {
+            throw KmsErrors.FailedPrecondition($"key version {number} is below the minimum decryption version {key.MinDecryptionVersion} of key {key.Name}");
+        }
+
+        return new KeyChange(key with { Primary = version });
+    }
+
+    /// <summary>Adds version n+1 (ENABLED) and makes it the primary.</summary>
+    /// <param name="scheduled">A scheduled rotation also moves next_rotation_time one period on.</param>
+    public static KeyChange Rotate(KeyWithVersions current, KeyVersionId id, Crypto.WrappedKeyMaterial material, DateTimeOffset now, bool scheduled)
+    {
+        var key = current.Key;
+        if (key.State != KeyState.Enabled)
+        {
+            throw KmsErrors.FailedPrecondition($"key {key.Name} is {StateName(key.State)}; only an ENABLED key can be rotated");
+        }
+
+        var number = current.Versions.Count == 0 ? 1 : current.Versions.Max(v => v.Name.Version) + 1;
+        var version = new KeyVersion(key.Name.Version(number), id, KeyState.Enabled, KeyAlgorithm.Aes256Gcm, now);
+        var next = scheduled && key.RotationPeriod is { } period ? now + period : key.NextRotationTime;
+        return new KeyChange(key with { Primary = version, NextRotationTime = next })
+        {
+            AddedVersion = new NewKeyVersion(version, material),
+        };
+    }
+
+    /// <summary>
+    /// Applies due destructions at <paramref name="now"/>: a key whose deletion is due is
+    /// DESTROYED with every version; versions whose destruction is due are DESTROYED.
+    /// Returns null when nothing is due.
+    /// </summary>
+    public static KeyChange? DestroyDue(KeyWithVersions current, DateTimeOffset now)
+    {
+        var key = current.Key;
+        var keyDue = key.State == KeyState.DestroyScheduled && key.DestroyTime <= now;
+        var destroyed = current.Versions
+            .Where(v => v.State != KeyState.Destroyed && (keyDue || (v.State == KeyState.DestroyScheduled && v.DestroyTime <= now)))
+            .Select(v => v with { State = KeyState.Destroyed, DestroyEventTime = now, DestroyTime = v.DestroyTime ?? key.DestroyTime })
+            .ToList();
+        if (!keyDue && destroyed.Count == 0)
+        {
+            return null;
+        }
+
+        var primary = destroyed.FirstOrDefault(v => v.Name.Version == key.Primary.Name.Version) ?? key.Primary;
+        var updated = keyDue
+            ? key with { State = KeyState.Destroyed, Primary = primary, NextRotationTime = null }
+            : key with { Primary = primary };
+        return new KeyChange(updated) { UpdatedVersions = destroyed };
+    }
+
+    /// <summary>The state's name as the API spells it.</summary>
+    public static string StateName(KeyState state) => state switch
+    {
+        KeyState.Enabled => "ENABLED",
+        KeyState.Disabled => "DISABLED",
+        KeyState.DestroyScheduled => "DESTROY_SCHEDULED",
+        KeyState.Destroyed => "DESTROYED",
+        _ => state.ToString(),
+    };
+
+    private static KeyChange WithVersion(Key key, KeyVersion version) =>
+        new(version.Name.Version == key.Primary.Name.Version ? key with { Primary = version } : key) { UpdatedVersions = [version] };
+
+    private static (Key Key, KeyVersion Version) Find(KeyWithVersions current, int number) =>
+        (current.Key, current.Version(number) ?? throw KmsErrors.NotFound(current.Key.Name.Version(number).ToString()));
+
+    private static void EnsureNotDeleted(Key key, string action)
+    {
+        switch (key.State)
+        {
+            case KeyState.DestroyScheduled:
+                throw KmsErrors.FailedPrecondition($"key {key.Name} is DESTROY_SCHEDULED; cancel the deletion before {action}");
+            case KeyState.Destroyed:
+                throw KmsErrors.FailedPrecondition($"key {key.Name} is DESTROYED");
+        }
+    }
+
+    private static void EnsureNotPrimary(Key key, KeyVersion version, string action)
+    {
+        if (version.Name.Version == key.Primary.Name.Version)
+        {
+            throw KmsErrors.FailedPrecondition(
+                $"key version {version.Name} is the primary version of key {key.Name}; rotate the key or make another version primary before {action}");
+        }
+    }
+}

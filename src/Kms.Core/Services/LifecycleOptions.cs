@@ -1,0 +1,39 @@
+namespace Kms.Core.Services;
+
+/// <summary>Bounds of the key lifecycle, checked up front. Bound from the <c>Lifecycle</c> section.</summary>
+public sealed class LifecycleOptions
+{
+    /// <summary>Waiting period of a scheduled deletion or destruction when none is given.</summary>
+    public TimeSpan DefaultWaitingPeriod { get; set; } = TimeSpan.FromDays(30);
+
+    /// <summary>Shortest waiting period a caller may ask for.</summary>
+    public TimeSpan MinWaitingPeriod { get; set; } = TimeSpan.FromDays(7);
+
+    /// <summary>Longest waiting period a caller may ask for.</summary>
+    public TimeSpan MaxWaitingPeriod { get; set; } = TimeSpan.FromDays(30);
+
+    /// <summary>Shortest scheduled rotation period.</summary>
+    public TimeSpan MinRotationPeriod { get; set; } = TimeSpan.FromDays(1);
+
+    /// <summary>Longest scheduled rotation period (100 years).</summary>
+    public TimeSpan MaxRotationPeriod { get; set; } = TimeSpan.FromDays(36500);
+}
+
+/// <summary>
+/// GCM usage bounds per key version (NIST SP 800-38D allows 2^32 invocations with random
+/// 96-bit IVs; these stay far below). Bound from the <c>UsageLimits</c> section.
+/// </summary>
+public sealed class UsageLimitOptions
+{
+    /// <summary>At this many encryptions the key is rotated automatically. Default 2^30.</summary>
+    public long SoftBound { get; set; } = 1L << 30;
+
+    /// <summary>Past this many encryptions the version refuses to encrypt. Default 2^31.</summary>
+    public long HardBound { get; set; } = 1L << 31;
+
+    /// <summary>Encryptions reserved per durable write: one database write per this many encryptions.</summary>
+    public int ReservationBlock { get; set; } = 4096;
+
+    /// <summary>How often decrypt counts and last-use times are written.</summary>
+    public TimeSpan FlushInterval { get; set; } = TimeSpan.FromSeconds(30);
+}

@@ -1,0 +1,184 @@
+using System.Collections.Concurrent;
+using System.Threading.Channels;
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+
+namespace Kms.Core.Services;
+
+/// <summary>
+/// Counts GCM encryptions per key version against the usage bounds, and decryptions and
+/// last-use times for operators.
+/// </summary>
+/// <remarks>
+/// <para>Encryptions are reserved in durable blocks (<see cref="UsageLimitOptions.ReservationBlock"/>):
+/// one database write per block, not per request. The durable count is the sum of all
+/// reservations, so after a crash it can only run ahead of the exact count (by the unused
+/// part of a block), never behind: a bound is never exceeded because of a restart. Several
+/// nodes reserving from the same database share one durable count.</para>
+/// <para>At the soft bound the key is queued for rotation (<see cref="RotationRequests"/>);
+/// past the hard bound the version refuses to encrypt (FAILED_PRECONDITION).</para>
+/// <para>Decrypt counts and last-use times are kept in memory and written by
+/// <see cref="FlushAsync"/> (periodically and at shutdown): they may lag, or lose the last
+/// interval in a crash, and never move backwards.</para>
+/// </remarks>
+public sealed class UsageCounter(IKeyStore store, UsageLimitOptions limits, TimeProvider time)
+{
+    private readonly ConcurrentDictionary<KeyVersionId, VersionCounter> _counters = new();
+    private readonly Channel<KeyName> _rotations = Channel.CreateBounded<KeyName>(new BoundedChannelOptions(1024)
+    {
+        FullMode = BoundedChannelFullMode.DropOldest,
+        SingleReader = true,
+    });
+
+    /// <summary>Keys whose primary version reached the soft bound, for the rotation job.</summary>
+    public ChannelReader<KeyName> RotationRequests => _rotations.Reader;
+
+    /// <summary>
+    /// Takes <paramref name="count"/> encryptions of <paramref name="version"/> against its
+    /// bounds before they happen.
+    /// </summary>
+    /// <exception cref="KmsException">FailedPrecondition past the hard bound; nothing is counted then.</exception>
+    public async ValueTask TakeEncryptionsAsync(KeyVersion version, int count, CancellationToken cancellationToken)
+    {
+        var counter = _counters.GetOrAdd(version.Id, static _ => new VersionCounter());
+        await counter.Gate.WaitAsync(cancellationToken);
+        try
+        {
+            if (counter.Next + count - 1 > limits.HardBound)
+            {
+                throw KmsErrors.FailedPrecondition(
+                    $"key version {version.Name} has reached its usage limit of {limits.HardBound} encryptions; rotate the key (the new primary version encrypts)");
+            }
+
+            while (counter.Next + count - 1 > counter.End)
+            {
+                var block = Math.Max(limits.ReservationBlock, count);
+                var total = await store.ReserveEncryptionsAsync(version.Id, block, cancellationToken);
+                if (counter.End < total - block)
+                {
+                    // Reservations by other nodes (or before a restart) came in between: skip them.
+                    counter.Next = total - block + 1;
+                }
+
+                counter.End = total;
+                if (total >= limits.SoftBound)
+                {
+                    _rotations.Writer.TryWrite(version.Name.Key);
+                }
+
+                if (counter.Next + count - 1 > limits.HardBound)
+                {
+                    throw KmsErrors.FailedPrecondition(
+                        $"key version {version.Name} has reached its usage limit of {limits.HardBound} encryptions; rotate the key (the new primary version encrypts)");
+                }
+            }
+
+            counter.Next += count;
+            counter.MarkEncrypted(time.GetUtcNow());
+        }
+        finally
+        {
+            counter.Gate.Release();
+        }
+    }
+
+    /// <summary>Notes a decryption (in memory until the next flush).</summary>
+    public void CountDecryption(KeyVersionId id)
+    {
+        var counter = _counters.GetOrAdd(id, static _ => new VersionCounter());
+        Interlocked.Increment(ref counter.PendingDecryptions);
+        counter.MarkDecrypted(time.GetUtcNow());
+    }
+
+    /// <summary>The stored usage plus what this node has not written yet.</summary>
+    public KeyVersionUsage Observe(KeyVersion version)
+    {
+        var stored = version.Usage;
+        if (!_counters.TryGetValue(version.Id, out var counter))
+        {
+            return stored;
+        }
+
+        // The stored count includes this node's whole current block; take back what it has not used.
+        var unused = counter.End >= counter.Next && counter.End <= stored.EncryptCount ? counter.End - counter.Next + 1 : 0;
+        return stored with
+        {
+            EncryptCount = Math.Max(0, stored.EncryptCount - unused),
+            DecryptCount = stored.DecryptCount + Interlocked.Read(ref counter.PendingDecryptions),
+            LastEncryptTime = Later(stored.LastEncryptTime, counter.LastEncrypt),
+            LastDecryptTime = Later(stored.LastDecryptTime, counter.LastDecrypt),
+        };
+    }
+
+    /// <summary>Writes pending decrypt counts and last-use times.</summary>
+    public async Task FlushAsync(CancellationToken cancellationToken)
+    {
+        var deltas = new List<(VersionCounter Counter, UsageDelta Delta)>();
+        foreach (var (id, counter) in _counters)
+        {
+            var decryptions = Interlocked.Exchange(ref counter.PendingDecryptions, 0);
+            var lastEncrypt = counter.LastEncrypt;
+            var lastDecrypt = counter.LastDecrypt;
+            if (decryptions > 0 || lastEncrypt != counter.FlushedEncrypt || lastDecrypt != counter.FlushedDecrypt)
+            {
+                deltas.Add((counter, new UsageDelta(id, decryptions, lastEncrypt, lastDecrypt)));
+            }
+        }
+
+        if (deltas.Count == 0)
+        {
+            return;
+        }
+
+        try
+        {
+            await store.RecordUsageAsync(deltas.Select(d => d.Delta).ToList(), cancellationToken);
+            foreach (var (counter, delta) in deltas)
+            {
+                counter.FlushedEncrypt = delta.LastEncryptTime;
+                counter.FlushedDecrypt = delta.LastDecryptTime;
+            }
+        }
+        catch
+        {
+            // Not written: give the counts back for the next flush.
+            foreach (var (counter, delta) in deltas)
+            {
+                Interlocked.Add(ref counter.PendingDecryptions, delta.Decryptions);
+            }
+
+            throw;
+        }
+    }
+
+    private static DateTimeOffset? Later(DateTimeOffset? a, DateTimeOffset? b) => a is null ? b : b is null ? a : a > b ? a : b;
+
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "Counters live as long as the process.")]
+    private sealed class VersionCounter
+    {
+        public readonly SemaphoreSlim Gate = new(1, 1);
+        public long PendingDecryptions;
+
+        // Global ordinals of this node's current reservation: (End - block, End]; Next is the next to use.
+        public long Next = 1;
+        public long End;
+        public DateTimeOffset? FlushedEncrypt;
+        public DateTimeOffset? FlushedDecrypt;
+
+        // Last-use times as UTC ticks (0: never), written and read without tearing.
+        private long _lastEncryptTicks;
+        private long _lastDecryptTicks;
+
+        public DateTimeOffset? LastEncrypt => FromTicks(Interlocked.Read(ref _lastEncryptTicks));
+
+        public DateTimeOffset? LastDecrypt => FromTicks(Interlocked.Read(ref _lastDecryptTicks));
+
+        public void MarkEncrypted(DateTimeOffset now) => Interlocked.Exchange(ref _lastEncryptTicks, now.UtcTicks);
+
+        public void MarkDecrypted(DateTimeOffset now) => Interlocked.Exchange(ref _lastDecryptTicks, now.UtcTicks);
+
+        private static DateTimeOffset? FromTicks(long ticks) => ticks == 0 ? null : new DateTimeOffset(ticks, TimeSpan.Zero);
+    }
+}

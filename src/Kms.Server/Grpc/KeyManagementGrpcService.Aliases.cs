@@ -1,0 +1,49 @@
+using Grpc.Core;
+using Kms.Contracts.V1;
+using Kms.Core.Errors;
+using Kms.Core.Names;
+
+namespace Kms.Server.Grpc;
+
+/// <summary>Aliases.</summary>
+internal sealed partial class KeyManagementGrpcService
+{
+    public override async Task<CreateAliasResponse> CreateAlias(CreateAliasRequest request, ServerCallContext context)
+    {
+        var caller = callers.Resolve(context);
+        var parent = TenantId.ParseResourceName(request.Parent, "parent");
+        if (request.Alias is null)
+        {
+            throw KmsErrors.InvalidArgument("alias", "is required (with alias.key)");
+        }
+
+        var key = KeyName.Parse(request.Alias.Key, "alias.key");
+        var alias = await aliases.CreateAliasAsync(caller, parent, request.AliasId, key, request.RequestId, context.CancellationToken);
+        return new CreateAliasResponse { Alias = ProtoMapping.ToProto(alias) };
+    }
+
+    public override async Task<GetAliasResponse> GetAlias(GetAliasRequest request, ServerCallContext context) =>
+        new() { Alias = ProtoMapping.ToProto(await aliases.GetAliasAsync(callers.Resolve(context), AliasName.Parse(request.Name, "name"), context.CancellationToken)) };
+
+    public override async Task<UpdateAliasResponse> UpdateAlias(UpdateAliasRequest request, ServerCallContext context)
+    {
+        var caller = callers.Resolve(context);
+        var alias = await aliases.UpdateAliasAsync(caller, AliasName.Parse(request.Name, "name"), KeyName.Parse(request.Key, "key"), context.CancellationToken);
+        return new UpdateAliasResponse { Alias = ProtoMapping.ToProto(alias) };
+    }
+
+    public override async Task<DeleteAliasResponse> DeleteAlias(DeleteAliasRequest request, ServerCallContext context)
+    {
+        await aliases.DeleteAliasAsync(callers.Resolve(context), AliasName.Parse(request.Name, "name"), context.CancellationToken);
+        return new DeleteAliasResponse();
+    }
+
+    public override async Task<ListAliasesResponse> ListAliases(ListAliasesRequest request, ServerCallContext context)
+    {
+        var caller = callers.Resolve(context);
+        var page = await aliases.ListAliasesAsync(caller, TenantId.ParseResourceName(request.Parent, "parent"), request.PageSize, request.PageToken, context.CancellationToken);
+        var response = new ListAliasesResponse { NextPageToken = page.NextPageToken ?? "" };
+        response.Aliases.AddRange(page.Items.Select(ProtoMapping.ToProto));
+        return response;
+    }
+}

@@ -1,0 +1,86 @@
+using Google.Protobuf;
+using Grpc.Core;
+using Kms.Contracts.V1;
+using Kms.Core.Services;
+
+namespace Kms.Server.Grpc;
+
+/// <summary>Batch calls: each item succeeds or fails on its own, with the status its single call would have had.</summary>
+internal sealed partial class KeyManagementGrpcService
+{
+    public override async Task<BatchEncryptResponse> BatchEncrypt(BatchEncryptRequest request, ServerCallContext context)
+    {
+        var caller = callers.Resolve(context);
+        var items = request.Requests.Select(r => new BatchItem(r.Name, r.Plaintext.ToByteArray(), r.EncryptionContext)).ToList();
+        var results = await crypto.BatchEncryptAsync(caller, items, context.CancellationToken);
+        var response = new BatchEncryptResponse();
+        response.Results.AddRange(results.Select(r => new BatchEncryptResult
+        {
+            Status = ProtoMapping.ToItemStatus(r.Error),
+            Response = r.Value is { } value
+                ? new EncryptResponse { Ciphertext = UnsafeByteOperations.UnsafeWrap(value.Ciphertext), KeyVersion = value.KeyVersion.ToString() }
+                : null,
+        }));
+        return response;
+    }
+
+    public override async Task<BatchDecryptResponse> BatchDecrypt(BatchDecryptRequest request, ServerCallContext context)
+    {
+        var caller = callers.Resolve(context);
+        var items = request.Requests.Select(r => new BatchItem(null, r.Ciphertext.ToByteArray(), r.EncryptionContext)).ToList();
+        var results = await crypto.BatchDecryptAsync(caller, items, context.CancellationToken);
+        var response = new BatchDecryptResponse();
+        response.Results.AddRange(results.Select(r => new BatchDecryptResult
+        {
+            Status = ProtoMapping.ToItemStatus(r.Error),
+            Response = r.Value is { } value
+                ? new DecryptResponse { Plaintext = WrapSecret(value.Plaintext, context), KeyVersion = value.KeyVersion.ToString() }
+                : null,
+        }));
+        return response;
+    }
+
+    public override async Task<BatchReEncryptResponse> BatchReEncrypt(BatchReEncryptRequest request, ServerCallContext context)
+    {
+        var caller = callers.Resolve(context);
+        var items = request.Requests
+            .Select(r => new BatchReEncryptItem(r.Ciphertext.ToByteArray(), r.SourceEncryptionContext, r.DestinationName, r.DestinationEncryptionContext))
+            .ToList();
+        var results = await crypto.BatchReEncryptAsync(caller, items, context.CancellationToken);
+        var response = new BatchReEncryptResponse();
+        response.Results.AddRange(results.Select(r => new BatchReEncryptResult
+        {
+            Status = ProtoMapping.ToItemStatus(r.Error),
+            Response = r.Value is { } value
+                ? new ReEncryptResponse
+                {
+                    Ciphertext = UnsafeByteOperations.UnsafeWrap(value.Ciphertext),
+                    SourceKeyVersion = value.SourceKeyVersion.ToString(),
+                    KeyVersion = value.KeyVersion.ToString(),
+                }
+                : null,
+        }));
+        return response;
+    }
+
+    public override async Task<BatchGenerateDataKeyResponse> BatchGenerateDataKey(BatchGenerateDataKeyRequest request, ServerCallContext context)
+    {
+        var caller = callers.Resolve(context);
+        var items = request.Requests.Select(r => new BatchItem(r.Name, null, r.EncryptionContext)).ToList();
+        var results = await crypto.BatchGenerateDataKeyAsync(caller, items, context.CancellationToken);
+        var response = new BatchGenerateDataKeyResponse();
+        response.Results.AddRange(results.Select(r => new BatchGenerateDataKeyResult
+        {
+            Status = ProtoMapping.ToItemStatus(r.Error),
+            Response = r.Value is { } value
+                ? new GenerateDataKeyResponse
+                {
+                    Plaintext = WrapSecret(value.Plaintext, context),
+                    Ciphertext = UnsafeByteOperations.UnsafeWrap(value.Ciphertext),
+                    KeyVersion = value.KeyVersion.ToString(),
+                }
+                : null,
+        }));
+        return response;
+    }
+}

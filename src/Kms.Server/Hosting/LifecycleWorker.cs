@@ -1,0 +1,106 @@
+using Kms.Core.Services;
+
+namespace Kms.Server.Hosting;
+
+/// <summary>
+/// The lifecycle's background work, on a timer driven by <see cref="TimeProvider"/> (so tests
+/// control it): scheduled rotations, destructions whose waiting period ended, usage flushes;
+/// and rotations of keys whose primary version reached the soft GCM usage bound.
+/// </summary>
+/// <remarks>Single node for now; with several nodes (PostgreSQL) a database lock will elect one.</remarks>
+internal sealed partial class LifecycleWorker(
+    KeyService keys,
+    UsageCounter usage,
+    TimeProvider time,
+    LifecycleWorkerOptions options,
+    ILogger<LifecycleWorker> logger) : BackgroundService
+{
+    /// <summary>One pass: due rotations, due destructions, usage flush. Failures are logged and retried next pass.</summary>
+    public async Task RunOnceAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            var rotated = await keys.RotateDueKeysAsync(cancellationToken);
+            var destroyed = await keys.DestroyDueAsync(cancellationToken);
+            await usage.FlushAsync(cancellationToken);
+            if (rotated > 0 || destroyed > 0)
+            {
+                LogPass(logger, rotated, destroyed);
+            }
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            LogPassFailed(logger, e);
+        }
+    }
+
+    public override async Task StopAsync(CancellationToken cancellationToken)
+    {
+        await base.StopAsync(cancellationToken);
+        try
+        {
+            await usage.FlushAsync(cancellationToken);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            LogPassFailed(logger, e);
+        }
+    }
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var rotations = ConsumeUsageRotationsAsync(stoppingToken);
+        using var timer = new PeriodicTimer(options.Interval, time);
+        try
+        {
+            do
+            {
+                await RunOnceAsync(stoppingToken);
+            }
+            while (await timer.WaitForNextTickAsync(stoppingToken));
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+            // Shutting down.
+        }
+
+        await rotations;
+    }
+
+    private async Task ConsumeUsageRotationsAsync(CancellationToken stoppingToken)
+    {
+        try
+        {
+            await foreach (var key in usage.RotationRequests.ReadAllAsync(stoppingToken))
+            {
+                try
+                {
+                    if (await keys.RotateForUsageAsync(key, stoppingToken))
+                    {
+                        LogUsageRotation(logger, key.ToString());
+                    }
+                }
+                catch (Exception e) when (e is not OperationCanceledException)
+                {
+                    LogPassFailed(logger, e);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+            // Shutting down.
+        }
+    }
+
+    [LoggerMessage(EventId = 1201, Level = LogLevel.Information, Message = "Lifecycle pass: {Rotated} keys rotated on schedule, {Destroyed} key versions destroyed")]
+    private static partial void LogPass(ILogger logger, int rotated, int destroyed);
+
+    [LoggerMessage(EventId = 1202, Level = LogLevel.Warning, Message = "Key {Key} rotated: its primary version reached the soft GCM usage bound")]
+    private static partial void LogUsageRotation(ILogger logger, string key);
+
+    [LoggerMessage(EventId = 1203, Level = LogLevel.Error, Message = "Lifecycle pass failed; retrying at the next pass")]
+    private static partial void LogPassFailed(ILogger logger, Exception exception);
+}
+
+/// <summary>How often the lifecycle worker runs (<c>Lifecycle:JobInterval</c>).</summary>
+internal sealed record LifecycleWorkerOptions(TimeSpan Interval);
