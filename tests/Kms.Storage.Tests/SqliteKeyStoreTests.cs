@@ -1,11 +1,13 @@
 using System.Security.Cryptography;
+using Kms.Core.Crypto;
+using Kms.Core.Keys;
 using Kms.Core.Ports;
 using Kms.Storage.Sqlite;
 using Microsoft.Data.Sqlite;
 
 namespace Kms.Storage.Tests;
 
-public sealed class SqliteKeyStoreTests : KeyStoreContract, IDisposable
+public sealed class SqliteKeyStoreTests : KeyStoreLifecycleContract, IDisposable
 {
     private readonly string _directory = Path.Combine(Path.GetTempPath(), "kms-sqlite-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
 
@@ -90,10 +92,45 @@ public sealed class SqliteKeyStoreTests : KeyStoreContract, IDisposable
         Assert.DoesNotContain("SQLite", e.Message, StringComparison.OrdinalIgnoreCase);
     }
 
+    [Fact]
+    public async Task DestroyedMaterial_NotInTheDatabaseFileNorItsWal()
+    {
+        var store = await OpenAsync();
+        var key = NewKey(Dev, "shred");
+        var material = new WrappedKeyMaterial(RandomNumberGenerator.GetBytes(40));
+        await store.CreateKeyAsync(key, material, null, default);
+        await store.UpdateKeyAsync(key.Name, current => Rotation(current, Material()), default);
+
+        // Before: the wrapped bytes are on disk (so the scan can find them).
+        Assert.True(FilesContain(material.Bytes.ToArray()), "the scan does not see stored material");
+
+        await store.UpdateKeyAsync(key.Name, current => new KeyChange(current.Key)
+        {
+            UpdatedVersions = [current.Versions[0] with { State = KeyState.Destroyed, DestroyEventTime = key.CreateTime }],
+        }, default);
+        SqliteConnection.ClearAllPools();
+
+        Assert.False(FilesContain(material.Bytes.ToArray()), "destroyed material is still in kms.db or kms.db-wal");
+        Assert.True(new FileInfo(DatabasePath + "-wal") is { Exists: false } or { Length: 0 });
+    }
+
+    private bool FilesContain(byte[] needle) =>
+        new[] { DatabasePath, DatabasePath + "-wal" }
+            .Where(File.Exists)
+            .Any(path => ReadShared(path).AsSpan().IndexOf(needle) >= 0);
+
+    private static byte[] ReadShared(string path)
+    {
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+        using var copy = new MemoryStream();
+        stream.CopyTo(copy);
+        return copy.ToArray();
+    }
+
     private Task<SqliteKeyStore> OpenAsync() => SqliteKeyStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath }, default);
 }
 
-public sealed class InMemoryKeyStoreTests : KeyStoreContract
+public sealed class InMemoryKeyStoreTests : KeyStoreLifecycleContract
 {
     protected override Task<IKeyStore> CreateStoreAsync() => Task.FromResult<IKeyStore>(new Kms.Testing.Fakes.InMemoryKeyStore());
 }

@@ -3,6 +3,7 @@ using Grpc.Net.Client;
 using Kms.Client;
 using Kms.Server.Hosting;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Kms.Testing;
 
@@ -14,9 +15,14 @@ public sealed class KmsTestServer : IAsyncDisposable
 {
     private readonly WebApplication _app;
 
-    private KmsTestServer(WebApplication app, TestToken token, string dataDir, string tenant, LogCapture logs)
+    private readonly Action<IServiceCollection>? _configureServices;
+    private readonly string[] _extraArgs;
+
+    private KmsTestServer(WebApplication app, TestToken token, string dataDir, string tenant, LogCapture logs, Action<IServiceCollection>? configureServices, string[] extraArgs)
     {
         _app = app;
+        _configureServices = configureServices;
+        _extraArgs = extraArgs;
         Token = token;
         DataDir = dataDir;
         Tenant = tenant;
@@ -41,7 +47,11 @@ public sealed class KmsTestServer : IAsyncDisposable
     public IServiceProvider Services => _app.Services;
 
     /// <summary>Starts a server; pass a token and data directory to start on existing state.</summary>
-    public static async Task<KmsTestServer> StartAsync(TestToken? token = null, string? dataDir = null, string tenant = "dev", params string[] extraArgs)
+    public static Task<KmsTestServer> StartAsync(TestToken? token = null, string? dataDir = null, string tenant = "dev", params string[] extraArgs) =>
+        StartAsync(token, dataDir, tenant, null, extraArgs);
+
+    /// <summary>Starts a server with replaced services (e.g. a fake <see cref="TimeProvider"/>).</summary>
+    public static async Task<KmsTestServer> StartAsync(TestToken? token, string? dataDir, string tenant, Action<IServiceCollection>? configureServices, params string[] extraArgs)
     {
         token ??= SoftHsm.CreateToken();
         dataDir ??= Path.Combine(Path.GetTempPath(), "kms-server-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
@@ -58,16 +68,16 @@ public sealed class KmsTestServer : IAsyncDisposable
             .. SoftHsm.ModuleEnvironment.Select(kv => $"--Hsm:ModuleEnvironment:{kv.Key}={kv.Value}"),
             .. extraArgs,
         ];
-        var app = await KmsServerApp.BuildAsync(args, logging => logging.WriteTo.Sink(logs));
+        var app = await KmsServerApp.BuildAsync(args, logging => logging.WriteTo.Sink(logs), configureServices);
         await app.StartAsync();
-        return new KmsTestServer(app, token, dataDir, tenant, logs);
+        return new KmsTestServer(app, token, dataDir, tenant, logs, configureServices, extraArgs);
     }
 
     /// <summary>Stops this server and starts a new one on the same token and data directory.</summary>
     public async Task<KmsTestServer> RestartAsync(string? tenant = null)
     {
         await DisposeAsync();
-        return await StartAsync(Token, DataDir, tenant ?? Tenant);
+        return await StartAsync(Token, DataDir, tenant ?? Tenant, _configureServices, _extraArgs);
     }
 
     /// <summary>A typed client that trusts this server's dev CA.</summary>

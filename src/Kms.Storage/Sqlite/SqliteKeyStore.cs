@@ -263,18 +263,18 @@ public sealed class SqliteKeyStore : IKeyStore
 
     /// <inheritdoc />
     public Task<KeyAlias?> GetAliasAsync(AliasName name, CancellationToken cancellationToken) =>
-        ReadAsync(async connection =>
-        {
-            await using var command = Command(connection, "SELECT key_id, create_time, update_time FROM aliases WHERE tenant = $tenant AND alias_id = $alias_id",
-                ("$tenant", name.Tenant.Value), ("$alias_id", name.AliasId));
-            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-            return await reader.ReadAsync(cancellationToken) ? ReadAlias(reader, name) : null;
-        }, cancellationToken);
+        ReadAsync(connection => ReadAliasAsync(connection, null, name, cancellationToken), cancellationToken);
 
     /// <inheritdoc />
     public Task<KeyAlias?> UpdateAliasAsync(AliasName name, KeyName key, DateTimeOffset updateTime, CancellationToken cancellationToken) =>
         WriteAsync<KeyAlias?>(async (connection, transaction) =>
         {
+            if (await ReadAliasAsync(connection, transaction, name, cancellationToken) is null)
+            {
+                return null;
+            }
+
+            await EnsureKeyExistsAsync(connection, transaction, key, cancellationToken);
             await using var update = Command(connection,
                 "UPDATE aliases SET key_id = $key_id, update_time = $update_time WHERE tenant = $tenant AND alias_id = $alias_id RETURNING key_id, create_time, update_time",
                 ("$key_id", key.KeyId), ("$update_time", updateTime.ToUnixTimeMilliseconds()), ("$tenant", name.Tenant.Value), ("$alias_id", name.AliasId));
@@ -285,10 +285,7 @@ public sealed class SqliteKeyStore : IKeyStore
                 return null;
             }
 
-            var alias = ReadAlias(reader, name);
-            await reader.CloseAsync();
-            await EnsureKeyExistsAsync(connection, transaction, key, cancellationToken);
-            return alias;
+            return ReadAlias(reader, name);
         }, cancellationToken);
 
     /// <inheritdoc />
@@ -535,6 +532,15 @@ public sealed class SqliteKeyStore : IKeyStore
         }
 
         return versions;
+    }
+
+    private static async Task<KeyAlias?> ReadAliasAsync(SqliteConnection connection, SqliteTransaction? transaction, AliasName name, CancellationToken cancellationToken)
+    {
+        await using var command = Command(connection, "SELECT key_id, create_time, update_time FROM aliases WHERE tenant = $tenant AND alias_id = $alias_id",
+            ("$tenant", name.Tenant.Value), ("$alias_id", name.AliasId));
+        command.Transaction = transaction;
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        return await reader.ReadAsync(cancellationToken) ? ReadAlias(reader, name) : null;
     }
 
     private static async Task EnsureKeyExistsAsync(SqliteConnection connection, SqliteTransaction transaction, KeyName key, CancellationToken cancellationToken)

@@ -1,0 +1,212 @@
+using Kms.Core.Crypto;
+using Kms.Core.Errors;
+using Kms.Core.Names;
+using Kms.Core.Services;
+using Kms.Testing.Fakes;
+
+namespace Kms.Core.Tests;
+
+/// <summary>Aliases, ReEncrypt and batch calls in the domain.</summary>
+public sealed class AliasAndBatchTests : IDisposable
+{
+    private static readonly Caller Dev = DomainHarness.Dev;
+    private readonly DomainHarness _domain = new();
+
+    public void Dispose() => _domain.Dispose();
+
+    [Fact]
+    public async Task Alias_AcceptedInEveryCryptoCall_RepointedMovesTraffic()
+    {
+        var first = await _domain.CreateKeyAsync("first");
+        var second = await _domain.CreateKeyAsync("second");
+        var alias = await _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "current", first.Name, null, default);
+        var viaAlias = KeyReference.Parse(alias.Name.ToString(), "name");
+
+        Assert.Equal(first.Name, (await _domain.Crypto.EncryptAsync(Dev, viaAlias, [1], EncryptionContext.Empty, default)).KeyVersion.Key);
+        using (var dataKey = await _domain.Crypto.GenerateDataKeyAsync(Dev, viaAlias, EncryptionContext.Empty, default))
+        {
+            Assert.Equal(first.Name, dataKey.KeyVersion.Key);
+        }
+
+        Assert.Equal(2, (await _domain.Keys.RotateKeyAsync(Dev, viaAlias, null, default)).Primary.Name.Version);
+
+        await _domain.Aliases.UpdateAliasAsync(Dev, alias.Name, second.Name, default);
+        var blob = (await _domain.Crypto.EncryptAsync(Dev, viaAlias, [1], EncryptionContext.Empty, default)).Ciphertext;
+        var reEncrypted = await _domain.Crypto.ReEncryptAsync(Dev, blob, EncryptionContext.Empty, KeyReference.Parse("tenants/dev/aliases/current", "n"), EncryptionContext.Empty, default);
+        Assert.Equal(second.Name, reEncrypted.KeyVersion.Key);
+
+        var batch = await _domain.Crypto.BatchEncryptAsync(Dev, [new BatchItem(alias.Name.ToString(), [1], null)], default);
+        Assert.Equal(second.Name, batch[0].Value!.KeyVersion.Key);
+    }
+
+    [Fact]
+    public async Task Alias_Missing_NotFound_OtherTenant_NotFound_DeletedAlias_NotFound()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var missing = KeyReference.Parse("tenants/dev/aliases/nope", "name");
+        Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.EncryptAsync(Dev, missing, [1], EncryptionContext.Empty, default))).Code);
+
+        var alias = await _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "a", key.Name, null, default);
+        var fromAcme = await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.EncryptAsync(DomainHarness.Acme, KeyReference.Parse(alias.Name.ToString(), "n"), [1], EncryptionContext.Empty, default));
+        Assert.Equal(KmsErrorCode.NotFound, fromAcme.Code);
+
+        await _domain.Aliases.DeleteAliasAsync(Dev, alias.Name, default);
+        Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() => _domain.Aliases.GetAliasAsync(Dev, alias.Name, default))).Code);
+        Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() => _domain.Aliases.DeleteAliasAsync(Dev, alias.Name, default))).Code);
+    }
+
+    [Fact]
+    public async Task Alias_ToMissingKey_NotFound_Duplicate_AlreadyExists_RequestIdReplays()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() =>
+            _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "a", KeyName.Parse("tenants/dev/keys/none", "n"), null, default))).Code);
+
+        await _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "a", key.Name, "req", default);
+        Assert.Equal("tenants/dev/aliases/a", (await _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "a", key.Name, "req", default)).Name.ToString());
+        Assert.Equal(KmsErrorCode.AlreadyExists, (await Assert.ThrowsAsync<KmsException>(() => _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "a", key.Name, null, default))).Code);
+    }
+
+    [Fact]
+    public async Task ListAliases_Pages()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        foreach (var id in new[] { "c", "a", "b" })
+        {
+            await _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, id, key.Name, null, default);
+        }
+
+        var first = await _domain.Aliases.ListAliasesAsync(Dev, Dev.Tenant, 2, null, default);
+        var second = await _domain.Aliases.ListAliasesAsync(Dev, Dev.Tenant, 2, first.NextPageToken, default);
+        Assert.Equal(["a", "b", "c"], first.Items.Concat(second.Items).Select(a => a.Name.AliasId));
+        Assert.Null(second.NextPageToken);
+    }
+
+    [Fact]
+    public async Task ReEncrypt_AcrossKeysAndContexts_PlaintextPreserved()
+    {
+        var source = await _domain.CreateKeyAsync("source");
+        var destination = await _domain.CreateKeyAsync("destination");
+        var blob = (await _domain.Crypto.EncryptAsync(Dev, source.Name, [9, 8, 7], Context("a", "1"), default)).Ciphertext;
+
+        var moved = await _domain.Crypto.ReEncryptAsync(Dev, blob, Context("a", "1"), destination.Name, Context("b", "2"), default);
+        Assert.Equal(source.Name.Version(1), moved.SourceKeyVersion);
+        Assert.Equal(destination.Name.Version(1), moved.KeyVersion);
+
+        using var decrypted = await _domain.Crypto.DecryptAsync(Dev, moved.Ciphertext, Context("b", "2"), default);
+        Assert.Equal([9, 8, 7], decrypted.Plaintext.Span.ToArray());
+        Assert.Equal(KmsErrorCode.DecryptionFailed, (await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.DecryptAsync(Dev, moved.Ciphertext, Context("a", "1"), default))).Code);
+    }
+
+    [Fact]
+    public async Task ReEncrypt_WrongSourceContext_DecryptionFailed_MissingDestination_NotFound()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var blob = (await _domain.Crypto.EncryptAsync(Dev, key.Name, [1], Context("a", "1"), default)).Ciphertext;
+        Assert.Equal(KmsErrorCode.DecryptionFailed, (await Assert.ThrowsAsync<KmsException>(() =>
+            _domain.Crypto.ReEncryptAsync(Dev, blob, Context("a", "2"), key.Name, EncryptionContext.Empty, default))).Code);
+        Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() =>
+            _domain.Crypto.ReEncryptAsync(Dev, blob, Context("a", "1"), KeyName.Parse("tenants/dev/keys/none", "n"), EncryptionContext.Empty, default))).Code);
+    }
+
+    [Fact]
+    public async Task ReEncrypt_OntoTheSameKeyAfterRotation_MovesToThePrimary()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var blob = (await _domain.Crypto.EncryptAsync(Dev, key.Name, [5], EncryptionContext.Empty, default)).Ciphertext;
+        await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+        var moved = await _domain.Crypto.ReEncryptAsync(Dev, blob, EncryptionContext.Empty, key.Name, EncryptionContext.Empty, default);
+        Assert.Equal(1, moved.SourceKeyVersion.Version);
+        Assert.Equal(2, moved.KeyVersion.Version);
+    }
+
+    [Fact]
+    public async Task BatchEncrypt_MixedItems_EachSucceedsOrFailsOnItsOwn()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var results = await _domain.Crypto.BatchEncryptAsync(Dev,
+        [
+            new BatchItem(key.Name.ToString(), [1], null),
+            new BatchItem("not a name", [1], null),
+            new BatchItem("tenants/dev/keys/missing", [1], null),
+            new BatchItem(key.Name.ToString(), [], null),
+            new BatchItem(key.Name.ToString(), [2], new Dictionary<string, string> { [""] = "v" }),
+            new BatchItem(key.Name.ToString(), [3], new Dictionary<string, string> { ["c"] = "v" }),
+        ], default);
+
+        Assert.NotNull(results[0].Value);
+        Assert.Equal("requests[1].name", results[1].Error!.Field);
+        Assert.Equal(KmsErrorCode.NotFound, results[2].Error!.Code);
+        Assert.Equal("requests[3].plaintext", results[3].Error!.Field);
+        Assert.Equal("requests[4].encryption_context", results[4].Error!.Field);
+        Assert.NotNull(results[5].Value);
+    }
+
+    [Fact]
+    public async Task BatchDecrypt_MixedItems_OpaqueFailuresPerItem()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var good = (await _domain.Crypto.EncryptAsync(Dev, key.Name, [4], EncryptionContext.Empty, default)).Ciphertext;
+        var tampered = (byte[])good.Clone();
+        tampered[^1] ^= 1;
+
+        var results = await _domain.Crypto.BatchDecryptAsync(Dev,
+            [new BatchItem(null, good, null), new BatchItem(null, tampered, null), new BatchItem(null, [], null), new BatchItem(null, good, null)], default);
+
+        Assert.Equal([4], results[0].Value!.Plaintext.Span.ToArray());
+        Assert.Equal(KmsErrorCode.DecryptionFailed, results[1].Error!.Code);
+        Assert.Equal("requests[2].ciphertext", results[2].Error!.Field);
+        Assert.Equal([4], results[3].Value!.Plaintext.Span.ToArray());
+    }
+
+    [Fact]
+    public async Task BatchGenerateDataKey_OneRandomDrawForTheBatch_AllDecrypt()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        _domain.FakeHsm!.Calls.Clear();
+        var results = await _domain.Crypto.BatchGenerateDataKeyAsync(Dev, Enumerable.Range(0, 100).Select(_ => new BatchItem(key.Name.ToString(), null, null)).ToList(), default);
+
+        Assert.Equal(1, _domain.FakeHsm.Calls["random"]);
+        Assert.Equal(100, _domain.FakeHsm.Calls["encrypt"]);
+        Assert.Equal(100, results.Select(r => Convert.ToHexString(r.Value!.Plaintext.Span)).Distinct().Count());
+        using var decrypted = await _domain.Crypto.DecryptAsync(Dev, results[42].Value!.Ciphertext, EncryptionContext.Empty, default);
+        Assert.Equal(results[42].Value!.Plaintext.Span.ToArray(), decrypted.Plaintext.Span.ToArray());
+    }
+
+    [Fact]
+    public async Task BatchReEncrypt_MixedItems()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var blob = (await _domain.Crypto.EncryptAsync(Dev, key.Name, [1], EncryptionContext.Empty, default)).Ciphertext;
+        var results = await _domain.Crypto.BatchReEncryptAsync(Dev,
+        [
+            new BatchReEncryptItem(blob, null, key.Name.ToString(), null),
+            new BatchReEncryptItem(blob, null, "tenants/dev/keys/missing", null),
+            new BatchReEncryptItem([1, 2, 3], null, key.Name.ToString(), null),
+        ], default);
+
+        Assert.NotNull(results[0].Value);
+        Assert.Equal(KmsErrorCode.NotFound, results[1].Error!.Code);
+        Assert.Equal(KmsErrorCode.DecryptionFailed, results[2].Error!.Code);
+    }
+
+    [Fact]
+    public async Task Batch_OverItemLimit_InvalidArgumentForTheWholeCall()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var items = Enumerable.Range(0, Limits.MaxBatchItems + 1).Select(_ => new BatchItem(key.Name.ToString(), [1], null)).ToList();
+        Assert.Equal("requests", (await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.BatchEncryptAsync(Dev, items, default))).Field);
+        Assert.Equal("requests", (await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.BatchEncryptAsync(Dev, [], default))).Field);
+    }
+
+    [Fact]
+    public async Task Batch_OverByteLimit_InvalidArgumentForTheWholeCall()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var items = Enumerable.Range(0, 65).Select(_ => new BatchItem(key.Name.ToString(), new byte[64 * 1024], null)).ToList();
+        var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.BatchEncryptAsync(Dev, items, default));
+        Assert.Contains("at most 4194304 bytes", e.Message, StringComparison.Ordinal);
+    }
+
+    private static EncryptionContext Context(string key, string value) => EncryptionContext.Create(new Dictionary<string, string> { [key] = value });
+}

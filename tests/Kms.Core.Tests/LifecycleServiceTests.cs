@@ -1,0 +1,318 @@
+using Kms.Core.Crypto;
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Names;
+using Kms.Core.Services;
+using Kms.Testing.Fakes;
+
+namespace Kms.Core.Tests;
+
+/// <summary>Rotation, versions, states and time-driven jobs through the services, with a fake clock.</summary>
+public sealed class LifecycleServiceTests : IDisposable
+{
+    private static readonly Caller Dev = DomainHarness.Dev;
+    private readonly DomainHarness _domain = new();
+
+    public void Dispose() => _domain.Dispose();
+
+    [Fact]
+    public async Task RotateKey_OldCiphertextsStillDecrypt_NewOnesUseTheNewPrimary()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var old = await _domain.Crypto.EncryptAsync(Dev, key.Name, [1, 2, 3], EncryptionContext.Empty, default);
+
+        var rotated = await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+        var fresh = await _domain.Crypto.EncryptAsync(Dev, key.Name, [4, 5, 6], EncryptionContext.Empty, default);
+
+        Assert.Equal(2, rotated.Primary.Name.Version);
+        Assert.Equal(2, fresh.KeyVersion.Version);
+        using var decryptedOld = await _domain.Crypto.DecryptAsync(Dev, old.Ciphertext, EncryptionContext.Empty, default);
+        Assert.Equal([1, 2, 3], decryptedOld.Plaintext.Span.ToArray());
+        Assert.Equal(1, decryptedOld.KeyVersion.Version);
+    }
+
+    [Fact]
+    public async Task RotateKey_SameRequestIdTwice_OneNewVersion()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        await _domain.Keys.RotateKeyAsync(Dev, key.Name, "rotate-1", default);
+        var replay = await _domain.Keys.RotateKeyAsync(Dev, key.Name, "rotate-1", default);
+
+        Assert.Equal(2, replay.Primary.Name.Version);
+        Assert.Equal(2, (await _domain.Keys.ListKeyVersionsAsync(Dev, key.Name, 0, null, default)).Items.Count);
+    }
+
+    [Fact]
+    public async Task RotateKey_Concurrent_ConsecutiveVersionsAndOnePrimary()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        await Task.WhenAll(Enumerable.Range(0, 20).Select(_ => _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default)));
+
+        var versions = (await _domain.Keys.ListKeyVersionsAsync(Dev, key.Name, 0, null, default)).Items;
+        Assert.Equal(Enumerable.Range(1, 21), versions.Select(v => v.Name.Version));
+        Assert.Equal(21, (await _domain.Keys.GetKeyAsync(Dev, key.Name, default)).Primary.Name.Version);
+        Assert.Equal(21, versions.Select(v => v.Id).Distinct().Count());
+    }
+
+    [Fact]
+    public async Task RotateKey_StoreWriteFailsAfterTheHsmStep_NoNewVersionAndKeyUnchanged()
+    {
+        var store = (InMemoryKeyStore)_domain.Store;
+        var key = await _domain.CreateKeyAsync("k");
+        store.FailNextWrite = KmsErrors.Unavailable("injected");
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default));
+        Assert.Equal(KmsErrorCode.Unavailable, e.Code);
+        Assert.Equal(2, _domain.FakeHsm!.Calls["generate"]);
+        Assert.Single((await _domain.Keys.ListKeyVersionsAsync(Dev, key.Name, 0, null, default)).Items);
+        Assert.Equal(1, (await _domain.Keys.GetKeyAsync(Dev, key.Name, default)).Primary.Name.Version);
+
+        // And the next attempt succeeds normally.
+        Assert.Equal(2, (await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default)).Primary.Name.Version);
+    }
+
+    [Fact]
+    public async Task ScheduledRotation_DueOnlyAfterThePeriod_ThenMovesOn()
+    {
+        var key = await _domain.CreateKeyAsync("k", rotationPeriod: TimeSpan.FromDays(1));
+        Assert.Equal(key.CreateTime.AddDays(1), key.NextRotationTime);
+
+        _domain.Time.Advance(TimeSpan.FromHours(23));
+        Assert.Equal(0, await _domain.Keys.RotateDueKeysAsync(default));
+
+        _domain.Time.Advance(TimeSpan.FromHours(1));
+        Assert.Equal(1, await _domain.Keys.RotateDueKeysAsync(default));
+        var rotated = await _domain.Keys.GetKeyAsync(Dev, key.Name, default);
+        Assert.Equal(2, rotated.Primary.Name.Version);
+        Assert.Equal(key.CreateTime.AddDays(2), rotated.NextRotationTime);
+        Assert.Equal(0, await _domain.Keys.RotateDueKeysAsync(default));
+    }
+
+    [Fact]
+    public async Task ScheduledRotation_DisabledKey_NotRotated()
+    {
+        var key = await _domain.CreateKeyAsync("k", rotationPeriod: TimeSpan.FromDays(1));
+        await _domain.Keys.DisableKeyAsync(Dev, key.Name, default);
+        _domain.Time.Advance(TimeSpan.FromDays(3));
+        Assert.Equal(0, await _domain.Keys.RotateDueKeysAsync(default));
+    }
+
+    [Theory]
+    [InlineData(0.5)]
+    [InlineData(-1)]
+    public async Task CreateKey_RotationPeriodUnderADay_InvalidArgument(double days)
+    {
+        var command = new CreateKeyCommand(Dev.Tenant, "k", KeyPurpose.EncryptDecrypt, KeyLabels.Empty, null) { RotationPeriod = TimeSpan.FromDays(days) };
+        var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.CreateKeyAsync(Dev, command, default));
+        Assert.Equal("key.rotation_period", e.Field);
+    }
+
+    [Fact]
+    public async Task VersionDestruction_AfterWaitingPeriod_ErasedEvictedAndRefused()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var blob = (await _domain.Crypto.EncryptAsync(Dev, key.Name, [7], EncryptionContext.Empty, default)).Ciphertext;
+        await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+        var v1 = key.Name.Version(1);
+
+        var scheduled = await _domain.Keys.ScheduleKeyVersionDestructionAsync(Dev, v1, TimeSpan.FromDays(7), null, default);
+        Assert.Equal(KeyState.DestroyScheduled, scheduled.State);
+        var refused = await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.DecryptAsync(Dev, blob, EncryptionContext.Empty, default));
+        Assert.Contains("DESTROY_SCHEDULED", refused.Message, StringComparison.Ordinal);
+
+        _domain.Time.Advance(TimeSpan.FromDays(7) - TimeSpan.FromSeconds(1));
+        Assert.Equal(0, await _domain.Keys.DestroyDueAsync(default));
+
+        _domain.Time.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal(1, await _domain.Keys.DestroyDueAsync(default));
+        var destroyed = await _domain.Keys.GetKeyVersionAsync(Dev, v1, default);
+        Assert.Equal(KeyState.Destroyed, destroyed.State);
+        Assert.Equal(_domain.Time.GetUtcNow().ToUnixTimeMilliseconds(), destroyed.DestroyEventTime!.Value.ToUnixTimeMilliseconds());
+        Assert.Contains(destroyed.Id, _domain.FakeHsm!.Evicted);
+        Assert.Null((await _domain.Store.FindVersionMaterialAsync(Dev.Tenant, destroyed.Id, default))!.Material);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.DecryptAsync(Dev, blob, EncryptionContext.Empty, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("DESTROYED", e.Message, StringComparison.Ordinal);
+        var restore = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.RestoreKeyVersionAsync(Dev, v1, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, restore.Code);
+    }
+
+    [Fact]
+    public async Task VersionDestruction_RestoredInTime_DisabledThenUsableAgain()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var blob = (await _domain.Crypto.EncryptAsync(Dev, key.Name, [7], EncryptionContext.Empty, default)).Ciphertext;
+        await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+        var v1 = key.Name.Version(1);
+        await _domain.Keys.ScheduleKeyVersionDestructionAsync(Dev, v1, null, null, default);
+
+        Assert.Equal(KeyState.Disabled, (await _domain.Keys.RestoreKeyVersionAsync(Dev, v1, default)).State);
+        _domain.Time.Advance(TimeSpan.FromDays(31));
+        Assert.Equal(0, await _domain.Keys.DestroyDueAsync(default));
+        await _domain.Keys.EnableKeyVersionAsync(Dev, v1, default);
+        using var decrypted = await _domain.Crypto.DecryptAsync(Dev, blob, EncryptionContext.Empty, default);
+        Assert.Equal([7], decrypted.Plaintext.Span.ToArray());
+    }
+
+    [Fact]
+    public async Task KeyDeletion_CryptoRefused_CancelGivesDisabled_EnableRestores()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var scheduled = await _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, null, null, default);
+        Assert.Equal(KeyState.DestroyScheduled, scheduled.State);
+        Assert.Equal(_domain.Time.GetUtcNow().AddDays(30).ToUnixTimeMilliseconds(), scheduled.DestroyTime!.Value.ToUnixTimeMilliseconds());
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.EncryptAsync(Dev, key.Name, [1], EncryptionContext.Empty, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("DESTROY_SCHEDULED", e.Message, StringComparison.Ordinal);
+
+        Assert.Equal(KeyState.Disabled, (await _domain.Keys.CancelKeyDeletionAsync(Dev, key.Name, default)).State);
+        await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.EncryptAsync(Dev, key.Name, [1], EncryptionContext.Empty, default));
+        await _domain.Keys.EnableKeyAsync(Dev, key.Name, default);
+        await _domain.Crypto.EncryptAsync(Dev, key.Name, [1], EncryptionContext.Empty, default);
+    }
+
+    [Fact]
+    public async Task KeyDeletion_AfterWaitingPeriod_EveryVersionDestroyedAndNothingWorks()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+        var blob = (await _domain.Crypto.EncryptAsync(Dev, key.Name, [1], EncryptionContext.Empty, default)).Ciphertext;
+        await _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, TimeSpan.FromDays(7), null, default);
+
+        _domain.Time.Advance(TimeSpan.FromDays(7));
+        Assert.Equal(2, await _domain.Keys.DestroyDueAsync(default));
+
+        var destroyed = await _domain.Keys.GetKeyAsync(Dev, key.Name, default);
+        Assert.Equal(KeyState.Destroyed, destroyed.State);
+        Assert.All((await _domain.Keys.ListKeyVersionsAsync(Dev, key.Name, 0, null, default)).Items, v => Assert.Equal(KeyState.Destroyed, v.State));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.DecryptAsync(Dev, blob, EncryptionContext.Empty, default))).Code);
+        Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.CancelKeyDeletionAsync(Dev, key.Name, default))).Code);
+        Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default))).Code);
+    }
+
+    [Theory]
+    [InlineData(6.9)]
+    [InlineData(30.1)]
+    [InlineData(0)]
+    public async Task ScheduleDeletion_WaitingPeriodOutOfRange_InvalidArgumentAndNothingChanges(double days)
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, TimeSpan.FromDays(days), null, default));
+        Assert.Equal("waiting_period", e.Field);
+        Assert.Equal(KeyState.Enabled, (await _domain.Keys.GetKeyAsync(Dev, key.Name, default)).State);
+    }
+
+    [Fact]
+    public async Task ScheduleDeletion_RetriedWithSameRequestId_ReplaysInsteadOfFailing()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var first = await _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, null, "delete-1", default);
+        var retry = await _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, null, "delete-1", default);
+        Assert.Equal(first.DestroyTime, retry.DestroyTime);
+
+        var again = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, null, null, default));
+        Assert.Contains("DESTROY_SCHEDULED already", again.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task MinDecryptionVersion_OlderVersionsRefuseToDecrypt_WithoutBeingDestroyed()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var v1Blob = (await _domain.Crypto.EncryptAsync(Dev, key.Name, [1], EncryptionContext.Empty, default)).Ciphertext;
+        await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+        var v2Blob = (await _domain.Crypto.EncryptAsync(Dev, key.Name, [2], EncryptionContext.Empty, default)).Ciphertext;
+
+        var updated = await _domain.Keys.UpdateKeyAsync(Dev, key.Name, new KeyUpdate { MinDecryptionVersion = 2 }, default);
+        Assert.Equal(2, updated.MinDecryptionVersion);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.DecryptAsync(Dev, v1Blob, EncryptionContext.Empty, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("below the minimum decryption version 2", e.Message, StringComparison.Ordinal);
+        using (var ok = await _domain.Crypto.DecryptAsync(Dev, v2Blob, EncryptionContext.Empty, default))
+        {
+            Assert.Equal([2], ok.Plaintext.Span.ToArray());
+        }
+
+        Assert.Equal(KeyState.Enabled, (await _domain.Keys.GetKeyVersionAsync(Dev, key.Name.Version(1), default)).State);
+
+        // Lowering it again lets version 1 decrypt again: nothing was destroyed.
+        await _domain.Keys.UpdateKeyAsync(Dev, key.Name, new KeyUpdate { MinDecryptionVersion = 1 }, default);
+        using var again = await _domain.Crypto.DecryptAsync(Dev, v1Blob, EncryptionContext.Empty, default);
+    }
+
+    [Fact]
+    public async Task MinDecryptionVersion_AbovePrimary_RefusedWithTheNumbers()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.UpdateKeyAsync(Dev, key.Name, new KeyUpdate { MinDecryptionVersion = 3 }, default));
+        Assert.Equal("minimum decryption version of 3 is greater than the primary version 1 of key tenants/dev/keys/k", e.Message);
+    }
+
+    [Fact]
+    public async Task UpdatePrimaryVersion_BackToAnOlderVersion_EncryptsWithIt()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+        await _domain.Keys.UpdatePrimaryVersionAsync(Dev, key.Name, 1, default);
+        Assert.Equal(1, (await _domain.Crypto.EncryptAsync(Dev, key.Name, [1], EncryptionContext.Empty, default)).KeyVersion.Version);
+    }
+
+    [Fact]
+    public async Task DisabledVersion_DecryptRefusedNamingTheState_EnableRestores()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var blob = (await _domain.Crypto.EncryptAsync(Dev, key.Name, [1], EncryptionContext.Empty, default)).Ciphertext;
+        await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+        await _domain.Keys.DisableKeyVersionAsync(Dev, key.Name.Version(1), default);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.DecryptAsync(Dev, blob, EncryptionContext.Empty, default));
+        Assert.Equal("key version tenants/dev/keys/k/versions/1 is DISABLED", e.Message);
+        await _domain.Keys.EnableKeyVersionAsync(Dev, key.Name.Version(1), default);
+        using var decrypted = await _domain.Crypto.DecryptAsync(Dev, blob, EncryptionContext.Empty, default);
+    }
+
+    [Fact]
+    public async Task UpdateKey_RotationPeriodSetAndCleared_NextRotationFollows()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var set = await _domain.Keys.UpdateKeyAsync(Dev, key.Name, new KeyUpdate { RotationPeriod = new(TimeSpan.FromDays(30)) }, default);
+        Assert.Equal(TimeSpan.FromDays(30), set.RotationPeriod);
+        Assert.Equal(_domain.Time.GetUtcNow().AddDays(30).ToUnixTimeMilliseconds(), set.NextRotationTime!.Value.ToUnixTimeMilliseconds());
+
+        var cleared = await _domain.Keys.UpdateKeyAsync(Dev, key.Name, new KeyUpdate { RotationPeriod = new(null) }, default);
+        Assert.Null(cleared.RotationPeriod);
+        Assert.Null(cleared.NextRotationTime);
+    }
+
+    [Fact]
+    public async Task ListKeyVersions_Pages()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        for (var i = 0; i < 4; i++)
+        {
+            await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+        }
+
+        var seen = new List<int>();
+        string? token = null;
+        do
+        {
+            var page = await _domain.Keys.ListKeyVersionsAsync(Dev, key.Name, 2, token, default);
+            seen.AddRange(page.Items.Select(v => v.Name.Version));
+            token = page.NextPageToken;
+        }
+        while (token is not null);
+
+        Assert.Equal([1, 2, 3, 4, 5], seen);
+    }
+
+    [Fact]
+    public async Task GetKeyVersion_Unknown_NotFound_OtherTenant_NotFound()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.GetKeyVersionAsync(Dev, key.Name.Version(7), default))).Code);
+        Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.GetKeyVersionAsync(DomainHarness.Acme, key.Name.Version(1), default))).Code);
+    }
+}

@@ -1,0 +1,326 @@
+using Google.Protobuf;
+using Google.Protobuf.WellKnownTypes;
+using Grpc.Core;
+using Kms.Contracts.V1;
+using Kms.Testing;
+using Microsoft.Data.Sqlite;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Kms.Server.Tests;
+
+/// <summary>
+/// The key lifecycle through real gRPC, on a real server whose clock is a fake: time-driven
+/// rotation and destruction happen when the test moves the clock.
+/// </summary>
+public sealed class LifecycleEndToEndTests : IAsyncLifetime
+{
+    private readonly FakeTimeProvider _time = new(new DateTimeOffset(2026, 11, 29, 12, 0, 0, TimeSpan.Zero));
+    private KmsTestServer _server = null!;
+    private Kms.Client.KmsClient _client = null!;
+
+    private KeyManagementService.KeyManagementServiceClient Stub => _client.Raw;
+
+    public async Task InitializeAsync()
+    {
+        _server = await KmsTestServer.StartAsync(null, null, "dev", UseFakeClock,
+            "--UsageLimits:SoftBound=8", "--UsageLimits:HardBound=16", "--UsageLimits:ReservationBlock=4");
+        _client = _server.CreateClient();
+    }
+
+    public async Task DisposeAsync()
+    {
+        _client.Dispose();
+        await _server.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task Rotate_OldBlobsDecrypt_VersionsListed_UsageVisible()
+    {
+        var key = await _client.CreateKeyAsync("tenants/dev", "rot");
+        var old = await _client.EncryptAsync(key.Name, new byte[] { 1 });
+        var rotated = (await Stub.RotateKeyAsync(new RotateKeyRequest { Name = key.Name })).Key;
+        Assert.Equal($"{key.Name}/versions/2", rotated.Primary.Name);
+
+        using (var decrypted = await _client.DecryptAsync(old.Ciphertext))
+        {
+            Assert.Equal($"{key.Name}/versions/1", decrypted.KeyVersion);
+        }
+
+        var versions = await Stub.ListKeyVersionsAsync(new ListKeyVersionsRequest { Parent = key.Name });
+        Assert.Equal(new[] { 1, 2 }.Select(n => $"{key.Name}/versions/{n}"), versions.KeyVersions.Select(v => v.Name));
+
+        var v1 = (await Stub.GetKeyVersionAsync(new GetKeyVersionRequest { Name = $"{key.Name}/versions/1" })).KeyVersion;
+        Assert.Equal(1, v1.Usage.EncryptCount);
+        Assert.Equal(1, v1.Usage.DecryptCount);
+        Assert.NotNull(v1.Usage.LastDecryptTime);
+    }
+
+    [Fact]
+    public async Task RotateKey_ConcurrentCalls_ConsecutiveVersionsOnePrimary()
+    {
+        var key = await _client.CreateKeyAsync("tenants/dev", "busy");
+        await Task.WhenAll(Enumerable.Range(0, 10).Select(_ => Stub.RotateKeyAsync(new RotateKeyRequest { Name = key.Name }).ResponseAsync));
+        var versions = await Stub.ListKeyVersionsAsync(new ListKeyVersionsRequest { Parent = key.Name });
+        Assert.Equal(Enumerable.Range(1, 11).Select(n => $"{key.Name}/versions/{n}"), versions.KeyVersions.Select(v => v.Name));
+        Assert.Equal($"{key.Name}/versions/11", (await _client.GetKeyAsync(key.Name)).Primary.Name);
+    }
+
+    [Fact]
+    public async Task Alias_AcceptedByEveryCryptoRpc()
+    {
+        var key = await _client.CreateKeyAsync("tenants/dev", "aliased");
+        var alias = (await Stub.CreateAliasAsync(new CreateAliasRequest { Parent = "tenants/dev", AliasId = "orders", Alias = new Alias { Key = key.Name } })).Alias;
+        Assert.Equal("tenants/dev/aliases/orders", alias.Name);
+
+        var encrypted = await _client.EncryptAsync(alias.Name, new byte[] { 5 });
+        Assert.StartsWith(key.Name, encrypted.KeyVersion, StringComparison.Ordinal);
+        using (var dataKey = await _client.GenerateDataKeyAsync(alias.Name))
+        {
+            Assert.StartsWith(key.Name, dataKey.KeyVersion, StringComparison.Ordinal);
+        }
+
+        Assert.StartsWith(key.Name, (await _client.GenerateDataKeyWithoutPlaintextAsync(alias.Name)).KeyVersion, StringComparison.Ordinal);
+        var reEncrypted = await Stub.ReEncryptAsync(new ReEncryptRequest { Ciphertext = ByteString.CopyFrom(encrypted.Ciphertext), DestinationName = alias.Name });
+        Assert.StartsWith(key.Name, reEncrypted.KeyVersion, StringComparison.Ordinal);
+        Assert.Equal($"{key.Name}/versions/2", (await Stub.RotateKeyAsync(new RotateKeyRequest { Name = alias.Name })).Key.Primary.Name);
+
+        var batch = new BatchGenerateDataKeyRequest();
+        batch.Requests.Add(new GenerateDataKeyRequest { Name = alias.Name });
+        var batchResult = (await Stub.BatchGenerateDataKeyAsync(batch)).Results.Single();
+        Assert.Equal(0, batchResult.Status.Code);
+        Assert.StartsWith(key.Name, batchResult.Response.KeyVersion, StringComparison.Ordinal);
+
+        var listed = await Stub.ListAliasesAsync(new ListAliasesRequest { Parent = "tenants/dev" });
+        Assert.Contains(listed.Aliases, a => a.Name == alias.Name && a.Key == key.Name);
+    }
+
+    [Fact]
+    public async Task ReEncrypt_AcrossKeysAndContexts()
+    {
+        var source = await _client.CreateKeyAsync("tenants/dev", "re-src");
+        var destination = await _client.CreateKeyAsync("tenants/dev", "re-dst");
+        var blob = await _client.EncryptAsync(source.Name, new byte[] { 1, 2 }, new Dictionary<string, string> { ["a"] = "1" });
+
+        var request = new ReEncryptRequest { Ciphertext = ByteString.CopyFrom(blob.Ciphertext), DestinationName = destination.Name };
+        request.SourceEncryptionContext.Add("a", "1");
+        request.DestinationEncryptionContext.Add("b", "2");
+        var moved = await Stub.ReEncryptAsync(request);
+        Assert.Equal($"{source.Name}/versions/1", moved.SourceKeyVersion);
+        Assert.Equal($"{destination.Name}/versions/1", moved.KeyVersion);
+
+        using var decrypted = await _client.DecryptAsync(moved.Ciphertext.ToByteArray(), new Dictionary<string, string> { ["b"] = "2" });
+        Assert.Equal(new byte[] { 1, 2 }, decrypted.Plaintext.ToArray());
+
+        request.SourceEncryptionContext["a"] = "wrong";
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.ReEncryptAsync(request));
+        Assert.Equal("decryption failed", e.Status.Detail);
+    }
+
+    [Fact]
+    public async Task BatchEncrypt_MixedItems_PerItemStatus()
+    {
+        var key = await _client.CreateKeyAsync("tenants/dev", "batch");
+        var batch = new BatchEncryptRequest();
+        batch.Requests.Add(new EncryptRequest { Name = key.Name, Plaintext = ByteString.CopyFrom(1) });
+        batch.Requests.Add(new EncryptRequest { Name = "tenants/dev/keys/absent", Plaintext = ByteString.CopyFrom(1) });
+        batch.Requests.Add(new EncryptRequest { Name = key.Name });
+        batch.Requests.Add(new EncryptRequest { Name = "garbage", Plaintext = ByteString.CopyFrom(1) });
+
+        var results = (await Stub.BatchEncryptAsync(batch)).Results;
+        Assert.Equal(0, results[0].Status.Code);
+        Assert.Equal((int)StatusCode.NotFound, results[1].Status.Code);
+        Assert.Equal((int)StatusCode.InvalidArgument, results[2].Status.Code);
+        Assert.Equal("requests[2].plaintext", results[2].Status.Field);
+        Assert.Equal("requests[3].name", results[3].Status.Field);
+        Assert.Null(results[1].Response);
+
+        var decrypt = new BatchDecryptRequest();
+        decrypt.Requests.Add(new DecryptRequest { Ciphertext = results[0].Response.Ciphertext });
+        decrypt.Requests.Add(new DecryptRequest { Ciphertext = ByteString.CopyFrom(new byte[60]) });
+        var decrypted = (await Stub.BatchDecryptAsync(decrypt)).Results;
+        Assert.Equal(new byte[] { 1 }, decrypted[0].Response.Plaintext.ToByteArray());
+        Assert.Equal("decryption failed", decrypted[1].Status.Message);
+    }
+
+    [Fact]
+    public async Task Batch_OverTheItemLimit_InvalidArgumentNamingRequests()
+    {
+        var batch = new BatchGenerateDataKeyRequest();
+        batch.Requests.Add(Enumerable.Range(0, 1001).Select(_ => new GenerateDataKeyRequest { Name = "tenants/dev/keys/x" }));
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.BatchGenerateDataKeyAsync(batch));
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.StartsWith("requests:", e.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ScheduledDestruction_ClockPassesWaitingPeriod_MaterialShreddedAndStaysDestroyedAfterRestart()
+    {
+        var key = await _client.CreateKeyAsync("tenants/dev", "doomed");
+        var blob = (await _client.EncryptAsync(key.Name, new byte[] { 9 })).Ciphertext;
+        await Stub.RotateKeyAsync(new RotateKeyRequest { Name = key.Name });
+        var wrapped = ReadWrappedMaterial(key.Name, 1);
+        Assert.True(DatabaseFilesContain(wrapped));
+
+        var scheduled = await Stub.ScheduleKeyVersionDestructionAsync(new ScheduleKeyVersionDestructionRequest
+        {
+            Name = $"{key.Name}/versions/1",
+            WaitingPeriod = Duration.FromTimeSpan(TimeSpan.FromDays(7)),
+        });
+        Assert.Equal(KeyState.DestroyScheduled, scheduled.KeyVersion.State);
+
+        _time.Advance(TimeSpan.FromDays(7) + TimeSpan.FromMinutes(1));
+        await WaitUntilAsync(async () => (await Stub.GetKeyVersionAsync(new GetKeyVersionRequest { Name = $"{key.Name}/versions/1" })).KeyVersion.State == KeyState.Destroyed);
+
+        SqliteConnection.ClearAllPools();
+        Assert.False(DatabaseFilesContain(wrapped), "destroyed material still in kms.db or kms.db-wal");
+
+        _client.Dispose();
+        _server = await _server.RestartAsync();
+        _client = _server.CreateClient();
+        var e = await Assert.ThrowsAsync<RpcException>(() => _client.DecryptAsync(blob));
+        Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
+        Assert.Contains("DESTROYED", e.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ScheduledRotation_ClockPassesThePeriod_KeyRotated()
+    {
+        var created = (await Stub.CreateKeyAsync(new CreateKeyRequest
+        {
+            Parent = "tenants/dev",
+            KeyId = "scheduled",
+            Key = new Key { Purpose = KeyPurpose.EncryptDecrypt, RotationPeriod = Duration.FromTimeSpan(TimeSpan.FromDays(1)) },
+        })).Key;
+        Assert.Equal(_time.GetUtcNow().AddDays(1).ToUnixTimeMilliseconds(), created.NextRotationTime.ToDateTimeOffset().ToUnixTimeMilliseconds());
+
+        _time.Advance(TimeSpan.FromDays(1) + TimeSpan.FromMinutes(1));
+        await WaitUntilAsync(async () => (await _client.GetKeyAsync(created.Name)).Primary.Name.EndsWith("/versions/2", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task UsageSoftBound_TriggersRotation_WornVersionRotatedAwayAgain_CountSurvivesRestart()
+    {
+        var key = await _client.CreateKeyAsync("tenants/dev", "busy-key");
+        for (var i = 0; i < 8; i++)
+        {
+            await _client.EncryptAsync(key.Name, new byte[] { 1 });
+        }
+
+        // The soft bound (8) queued a rotation; the worker performs it.
+        await WaitUntilAsync(async () => (await _client.GetKeyAsync(key.Name)).Primary.Name.EndsWith("/versions/2", StringComparison.Ordinal));
+        Assert.EndsWith("/versions/2", (await _client.EncryptAsync(key.Name, new byte[] { 1 })).KeyVersion, StringComparison.Ordinal);
+
+        // Making the worn version primary again only lasts until its next reservation.
+        // Making the worn version primary again lasts only until its next reservation: within
+        // one block (4) of encryptions another rotation is queued and done.
+        await Stub.UpdatePrimaryVersionAsync(new UpdatePrimaryVersionRequest { Name = key.Name, Version = 1 });
+        for (var i = 0; i < 4; i++)
+        {
+            await _client.EncryptAsync(key.Name, new byte[] { 1 });
+        }
+
+        await WaitUntilAsync(async () => (await _client.GetKeyAsync(key.Name)).Primary.Name.EndsWith("/versions/3", StringComparison.Ordinal));
+
+        _client.Dispose();
+        _server = await _server.RestartAsync();
+        _client = _server.CreateClient();
+        var v1 = (await Stub.GetKeyVersionAsync(new GetKeyVersionRequest { Name = $"{key.Name}/versions/1" })).KeyVersion;
+        Assert.True(v1.Usage.EncryptCount >= 9, $"encrypt count {v1.Usage.EncryptCount} went backwards (durable count is at least 12)");
+    }
+
+    [Fact]
+    public async Task IllegalTransition_FailedPreconditionNamingTheState()
+    {
+        var key = await _client.CreateKeyAsync("tenants/dev", "states");
+        await Stub.RotateKeyAsync(new RotateKeyRequest { Name = key.Name });
+        await Stub.ScheduleKeyVersionDestructionAsync(new ScheduleKeyVersionDestructionRequest { Name = $"{key.Name}/versions/1" });
+
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.EnableKeyVersionAsync(new EnableKeyVersionRequest { Name = $"{key.Name}/versions/1" }));
+        Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
+        Assert.Equal($"key version {key.Name}/versions/1 is DESTROY_SCHEDULED; restore it before enabling it", e.Status.Detail);
+
+        var primary = await Assert.ThrowsAsync<RpcException>(async () => await Stub.DisableKeyVersionAsync(new DisableKeyVersionRequest { Name = $"{key.Name}/versions/2" }));
+        Assert.Contains("is the primary version", primary.Status.Detail, StringComparison.Ordinal);
+
+        await Stub.DisableKeyAsync(new DisableKeyRequest { Name = key.Name });
+        var disabled = await Assert.ThrowsAsync<RpcException>(() => _client.EncryptAsync(key.Name, new byte[] { 1 }));
+        Assert.Equal(StatusCode.FailedPrecondition, disabled.StatusCode);
+        Assert.Equal($"key {key.Name} is DISABLED", disabled.Status.Detail);
+    }
+
+    [Theory]
+    [InlineData("waiting_period")]
+    [InlineData("rotation_period")]
+    [InlineData("update_mask")]
+    [InlineData("version_name")]
+    public async Task BadLifecycleInput_InvalidArgumentNamingTheField(string what)
+    {
+        var key = await _client.CreateKeyAsync("tenants/dev", $"bad-{what.Replace('_', '-')}");
+        RpcException e = what switch
+        {
+            "waiting_period" => await Assert.ThrowsAsync<RpcException>(async () => await Stub.ScheduleKeyDeletionAsync(
+                new ScheduleKeyDeletionRequest { Name = key.Name, WaitingPeriod = Duration.FromTimeSpan(TimeSpan.FromDays(3)) })),
+            "rotation_period" => await Assert.ThrowsAsync<RpcException>(async () => await Stub.UpdateKeyAsync(new UpdateKeyRequest
+            {
+                Key = new Key { Name = key.Name, RotationPeriod = new Duration { Seconds = -86400 } },
+                UpdateMask = new FieldMask { Paths = { "rotation_period" } },
+            })),
+            "update_mask" => await Assert.ThrowsAsync<RpcException>(async () => await Stub.UpdateKeyAsync(new UpdateKeyRequest
+            {
+                Key = new Key { Name = key.Name },
+                UpdateMask = new FieldMask { Paths = { "purpose" } },
+            })),
+            _ => await Assert.ThrowsAsync<RpcException>(async () => await Stub.GetKeyVersionAsync(new GetKeyVersionRequest { Name = $"{key.Name}/versions/01" })),
+        };
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        var field = what == "version_name" ? "name" : what == "rotation_period" ? "key.rotation_period" : what;
+        Assert.StartsWith(field + ":", e.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(KeyState.Enabled, (await _client.GetKeyAsync(key.Name)).State);
+    }
+
+    [Fact]
+    public async Task GetKeyVersion_Unknown_NotFound()
+    {
+        var key = await _client.CreateKeyAsync("tenants/dev", "few-versions");
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.GetKeyVersionAsync(new GetKeyVersionRequest { Name = $"{key.Name}/versions/5" }));
+        Assert.Equal(StatusCode.NotFound, e.StatusCode);
+    }
+
+    private void UseFakeClock(IServiceCollection services) => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(_time));
+
+    private byte[] ReadWrappedMaterial(string keyName, int version)
+    {
+        var keyId = keyName.Split('/')[^1];
+        using var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Mode=ReadOnly;Pooling=False");
+        connection.Open();
+        using var command = connection.CreateCommand();
+        command.CommandText = "SELECT material FROM key_versions WHERE tenant = 'dev' AND key_id = $key AND version = $version";
+        command.Parameters.AddWithValue("$key", keyId);
+        command.Parameters.AddWithValue("$version", version);
+        return (byte[])command.ExecuteScalar()!;
+    }
+
+    private bool DatabaseFilesContain(byte[] needle) =>
+        new[] { _server.DatabasePath, _server.DatabasePath + "-wal" }
+            .Where(File.Exists)
+            .Any(path =>
+            {
+                using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+                using var copy = new MemoryStream();
+                stream.CopyTo(copy);
+                return copy.ToArray().AsSpan().IndexOf(needle) >= 0;
+            });
+
+    // Background work runs on the server's own schedule: wait (bounded) for its effect.
+    private static async Task WaitUntilAsync(Func<Task<bool>> condition)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (!await condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the background job did not act within 30 s");
+            await Task.Delay(50);
+        }
+    }
+}

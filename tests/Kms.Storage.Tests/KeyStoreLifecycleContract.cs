@@ -1,0 +1,242 @@
+using System.Security.Cryptography;
+using Kms.Core.Crypto;
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+
+namespace Kms.Storage.Tests;
+
+/// <summary>The lifecycle half of the store contract: transactional updates, versions, aliases, due work, usage.</summary>
+public abstract class KeyStoreLifecycleContract : KeyStoreContract
+{
+    [Fact]
+    public async Task UpdateKey_AddVersion_StoredWithMaterialAndPrimaryMoves()
+    {
+        var store = await CreateStoreAsync();
+        var key = NewKey(Dev, "k");
+        await store.CreateKeyAsync(key, Material(), null, default);
+        var material = Material();
+
+        var after = await store.UpdateKeyAsync(key.Name, current => Rotation(current, material), default);
+
+        Assert.Equal(2, after!.Key.Primary.Name.Version);
+        Assert.Equal([1, 2], after.Versions.Select(v => v.Name.Version));
+        var primary = await store.GetPrimaryMaterialAsync(key.Name, default);
+        Assert.Equal(material.Bytes.ToArray(), primary!.Material!.Bytes.ToArray());
+        Assert.Equal(2, (await store.ListVersionsAsync(key.Name, 0, 10, default)).Count);
+        Assert.Equal(after.Versions[1], await store.GetVersionAsync(key.Name.Version(2), default));
+        Assert.Null(await store.GetVersionAsync(key.Name.Version(3), default));
+    }
+
+    [Fact]
+    public async Task UpdateKey_DecisionThrows_NothingChanges()
+    {
+        var store = await CreateStoreAsync();
+        var key = NewKey(Dev, "k");
+        await store.CreateKeyAsync(key, Material(), null, default);
+
+        await Assert.ThrowsAsync<KmsException>(() => store.UpdateKeyAsync(key.Name, _ => throw KmsErrors.FailedPrecondition("no"), default));
+        Assert.Equal(key.Primary, (await store.GetKeyAsync(key.Name, default))!.Primary);
+        Assert.Single(await store.ListVersionsAsync(key.Name, 0, 10, default));
+    }
+
+    [Fact]
+    public async Task UpdateKey_MissingKey_NullWithoutCallingTheDecision()
+    {
+        var store = await CreateStoreAsync();
+        Assert.Null(await store.UpdateKeyAsync(KeyName.Create(Dev, "none"), _ => throw new InvalidOperationException("not called"), default));
+    }
+
+    [Fact]
+    public async Task UpdateKey_OtherTenantsKeyOfSameId_Untouched()
+    {
+        var store = await CreateStoreAsync();
+        var dev = NewKey(Dev, "k");
+        var acme = NewKey(Acme, "k");
+        await store.CreateKeyAsync(dev, Material(), null, default);
+        await store.CreateKeyAsync(acme, Material(), null, default);
+
+        await store.UpdateKeyAsync(dev.Name, current => new KeyChange(current.Key with { State = KeyState.Disabled }), default);
+        Assert.Equal(KeyState.Enabled, (await store.GetKeyAsync(acme.Name, default))!.State);
+    }
+
+    [Fact]
+    public async Task UpdateKey_VersionDestroyed_MaterialErasedMetadataKept()
+    {
+        var store = await CreateStoreAsync();
+        var key = NewKey(Dev, "k");
+        await store.CreateKeyAsync(key, Material(), null, default);
+        await store.UpdateKeyAsync(key.Name, current => Rotation(current, Material()), default);
+        var now = DateTimeOffset.FromUnixTimeMilliseconds(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+
+        await store.UpdateKeyAsync(key.Name, current => new KeyChange(current.Key)
+        {
+            UpdatedVersions = [current.Versions[0] with { State = KeyState.Destroyed, DestroyEventTime = now }],
+        }, default);
+
+        var found = await store.FindVersionMaterialAsync(Dev, key.Primary.Id, default);
+        Assert.Equal(KeyState.Destroyed, found!.Version.State);
+        Assert.Equal(now, found.Version.DestroyEventTime);
+        Assert.Null(found.Material);
+    }
+
+    [Fact]
+    public async Task UpdateKey_WithRequest_Recorded_ReusedRequestId_AlreadyExistsAndNotApplied()
+    {
+        var store = await CreateStoreAsync();
+        var key = NewKey(Dev, "k");
+        await store.CreateKeyAsync(key, Material(), null, default);
+        var request = new RequestRecord(Dev, "r1", "RotateKey", [1], "x", key.CreateTime);
+        await store.UpdateKeyAsync(key.Name, current => Rotation(current, Material()) with { Request = request }, default);
+        Assert.NotNull(await store.FindRequestAsync(Dev, "r1", default));
+
+        await Assert.ThrowsAsync<KmsException>(() => store.UpdateKeyAsync(key.Name, current => Rotation(current, Material()) with { Request = request }, default));
+        Assert.Equal(2, (await store.ListVersionsAsync(key.Name, 0, 10, default)).Count);
+    }
+
+    [Fact]
+    public async Task UpdateKey_ConcurrentRotations_SerialisedIntoConsecutiveVersions()
+    {
+        var store = await CreateStoreAsync();
+        var key = NewKey(Dev, "k");
+        await store.CreateKeyAsync(key, Material(), null, default);
+
+        await Task.WhenAll(Enumerable.Range(0, 25).Select(_ => store.UpdateKeyAsync(key.Name, current => Rotation(current, Material()), default)));
+
+        var versions = await store.ListVersionsAsync(key.Name, 0, 100, default);
+        Assert.Equal(Enumerable.Range(1, 26), versions.Select(v => v.Name.Version));
+        Assert.Equal(26, (await store.GetKeyAsync(key.Name, default))!.Primary.Name.Version);
+    }
+
+    [Fact]
+    public async Task Aliases_CreateGetUpdateDeleteList_TenantScoped()
+    {
+        var store = await CreateStoreAsync();
+        var one = NewKey(Dev, "one");
+        var two = NewKey(Dev, "two");
+        await store.CreateKeyAsync(one, Material(), null, default);
+        await store.CreateKeyAsync(two, Material(), null, default);
+        var name = AliasName.Create(Dev, "a");
+        var time = one.CreateTime;
+
+        await store.CreateAliasAsync(new KeyAlias(name, one.Name, time, time), null, default);
+        Assert.Equal(one.Name, (await store.GetAliasAsync(name, default))!.Key);
+        Assert.Null(await store.GetAliasAsync(AliasName.Create(Acme, "a"), default));
+        Assert.Equal(KmsErrorCode.AlreadyExists, (await Assert.ThrowsAsync<KmsException>(() => store.CreateAliasAsync(new KeyAlias(name, two.Name, time, time), null, default))).Code);
+
+        var updated = await store.UpdateAliasAsync(name, two.Name, time.AddSeconds(1), default);
+        Assert.Equal(two.Name, updated!.Key);
+        Assert.Equal(time, updated.CreateTime);
+        Assert.Null(await store.UpdateAliasAsync(AliasName.Create(Dev, "none"), two.Name, time, default));
+        Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() => store.UpdateAliasAsync(name, KeyName.Create(Dev, "none"), time, default))).Code);
+        Assert.Equal(two.Name, (await store.GetAliasAsync(name, default))!.Key);
+
+        Assert.Single(await store.ListAliasesAsync(Dev, null, 10, default));
+        Assert.Empty(await store.ListAliasesAsync(Acme, null, 10, default));
+        Assert.True(await store.DeleteAliasAsync(name, default));
+        Assert.False(await store.DeleteAliasAsync(name, default));
+    }
+
+    [Fact]
+    public async Task Aliases_ToMissingKey_NotFound()
+    {
+        var store = await CreateStoreAsync();
+        var time = DateTimeOffset.FromUnixTimeMilliseconds(0);
+        var e = await Assert.ThrowsAsync<KmsException>(() => store.CreateAliasAsync(new KeyAlias(AliasName.Create(Dev, "a"), KeyName.Create(Dev, "none"), time, time), null, default));
+        Assert.Equal(KmsErrorCode.NotFound, e.Code);
+    }
+
+    [Fact]
+    public async Task DueForRotation_OnlyEnabledAndDue()
+    {
+        var store = await CreateStoreAsync();
+        var now = DateTimeOffset.FromUnixTimeMilliseconds(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+        var due = NewKey(Dev, "due") with { RotationPeriod = TimeSpan.FromDays(1), NextRotationTime = now };
+        var later = NewKey(Dev, "later") with { RotationPeriod = TimeSpan.FromDays(1), NextRotationTime = now.AddSeconds(1) };
+        var disabled = NewKey(Acme, "disabled") with { State = KeyState.Disabled, RotationPeriod = TimeSpan.FromDays(1), NextRotationTime = now };
+        foreach (var key in new[] { due, later, disabled })
+        {
+            await store.CreateKeyAsync(key, Material(), null, default);
+        }
+
+        Assert.Equal([due.Name], await store.ListKeysDueForRotationAsync(now, 10, default));
+    }
+
+    [Fact]
+    public async Task DueForDestruction_KeysAndVersionsWhoseTimeCame()
+    {
+        var store = await CreateStoreAsync();
+        var now = DateTimeOffset.FromUnixTimeMilliseconds(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+        var deleted = NewKey(Dev, "deleted") with { State = KeyState.DestroyScheduled, DestroyTime = now };
+        var notYet = NewKey(Dev, "not-yet") with { State = KeyState.DestroyScheduled, DestroyTime = now.AddSeconds(1) };
+        var versioned = NewKey(Dev, "versioned");
+        foreach (var key in new[] { deleted, notYet, versioned })
+        {
+            await store.CreateKeyAsync(key, Material(), null, default);
+        }
+
+        await store.UpdateKeyAsync(versioned.Name, current => Rotation(current, Material()), default);
+        await store.UpdateKeyAsync(versioned.Name, current => new KeyChange(current.Key)
+        {
+            UpdatedVersions = [current.Versions[0] with { State = KeyState.DestroyScheduled, DestroyTime = now }],
+        }, default);
+
+        var due = await store.ListKeysDueForDestructionAsync(now, 10, default);
+        Assert.Equal(new[] { "deleted", "versioned" }, due.Select(n => n.KeyId).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
+    public async Task ReserveEncryptions_ConcurrentReservations_AddUpExactly()
+    {
+        var store = await CreateStoreAsync();
+        var key = NewKey(Dev, "k");
+        await store.CreateKeyAsync(key, Material(), null, default);
+
+        var totals = await Task.WhenAll(Enumerable.Range(0, 30).Select(_ => store.ReserveEncryptionsAsync(key.Primary.Id, 7, default)));
+        Assert.Equal(Enumerable.Range(1, 30).Select(i => 7L * i), totals.Order());
+        Assert.Equal(210, (await store.GetVersionAsync(key.Primary.Name, default))!.Usage.EncryptCount);
+    }
+
+    [Fact]
+    public async Task RecordUsage_AddsCounts_LastUseNeverMovesBack()
+    {
+        var store = await CreateStoreAsync();
+        var key = NewKey(Dev, "k");
+        await store.CreateKeyAsync(key, Material(), null, default);
+        var t = key.CreateTime;
+
+        await store.RecordUsageAsync([new UsageDelta(key.Primary.Id, 3, t.AddMinutes(2), t.AddMinutes(2))], default);
+        await store.RecordUsageAsync([new UsageDelta(key.Primary.Id, 2, t.AddMinutes(1), null)], default);
+
+        var usage = (await store.GetVersionAsync(key.Primary.Name, default))!.Usage;
+        Assert.Equal(5, usage.DecryptCount);
+        Assert.Equal(t.AddMinutes(2), usage.LastEncryptTime);
+        Assert.Equal(t.AddMinutes(2), usage.LastDecryptTime);
+    }
+
+    [Fact]
+    public async Task KeySettings_RoundTrip()
+    {
+        var store = await CreateStoreAsync();
+        var now = DateTimeOffset.FromUnixTimeMilliseconds(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+        var key = NewKey(Dev, "k") with { RotationPeriod = TimeSpan.FromDays(90), NextRotationTime = now.AddDays(90), MinDecryptionVersion = 1 };
+        await store.CreateKeyAsync(key, Material(), null, default);
+        await store.UpdateKeyAsync(key.Name, current => Rotation(current, Material()), default);
+        await store.UpdateKeyAsync(key.Name, current => new KeyChange(current.Key with { MinDecryptionVersion = 2, State = KeyState.DestroyScheduled, DestroyTime = now }), default);
+
+        var read = await store.GetKeyAsync(key.Name, default);
+        Assert.Equal(TimeSpan.FromDays(90), read!.RotationPeriod);
+        Assert.Equal(now.AddDays(90), read.NextRotationTime);
+        Assert.Equal(2, read.MinDecryptionVersion);
+        Assert.Equal(now, read.DestroyTime);
+        Assert.Equal(KeyState.DestroyScheduled, read.State);
+    }
+
+    protected static KeyChange Rotation(KeyWithVersions current, WrappedKeyMaterial material)
+    {
+        var number = current.Versions.Max(v => v.Name.Version) + 1;
+        var version = new KeyVersion(current.Key.Name.Version(number), KeyVersionId.NewId(), KeyState.Enabled, KeyAlgorithm.Aes256Gcm, current.Key.CreateTime);
+        return new KeyChange(current.Key with { Primary = version }) { AddedVersion = new NewKeyVersion(version, material) };
+    }
+}
