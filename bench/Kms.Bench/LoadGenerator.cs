@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Security.Cryptography;
 using Kms.Client;
+using Kms.Contracts.V1;
 using Kms.Core.Keys;
 using Kms.Hsm;
 using Kms.Server.Hosting;
@@ -50,6 +51,19 @@ internal static class LoadGenerator
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"| {concurrency} | {opsPerSecond:N0} | {p50:F2} | {p99:F2} | {opsPerSecond / rawOpsPerSecond:F2} |{(errors > 0 ? $" {errors} errors" : "")}"));
             }
+
+            Console.WriteLine();
+            Console.WriteLine("| concurrency | BatchGenerateDataKey (100 items): data keys/s | p50 ms per call | p99 ms per call | ratio to raw GCM |");
+            Console.WriteLine("|---:|---:|---:|---:|---:|");
+            var batch = new BatchGenerateDataKeyRequest();
+            batch.Requests.Add(Enumerable.Range(0, 100).Select(_ => new GenerateDataKeyRequest { Name = key.Name }));
+            foreach (var concurrency in concurrencies.Where(c => c <= 16))
+            {
+                await SweepBatchAsync(client, batch, concurrency, TimeSpan.FromSeconds(1));
+                var (keysPerSecond, p50, p99, errors) = await SweepBatchAsync(client, batch, concurrency, duration);
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {concurrency} | {keysPerSecond:N0} | {p50:F2} | {p99:F2} | {keysPerSecond / rawOpsPerSecond:F2} |{(errors > 0 ? $" {errors} errors" : "")}"));
+            }
         }
         finally
         {
@@ -89,6 +103,28 @@ internal static class LoadGenerator
         var elapsed = stopwatch.Elapsed.TotalSeconds;
         var all = latencies.SelectMany(l => l).Order().ToArray();
         return (all.Length / elapsed, Percentile(all, 0.50), Percentile(all, 0.99), errors);
+    }
+
+    private static async Task<(double KeysPerSecond, double P50, double P99, int Errors)> SweepBatchAsync(
+        KmsClient client, BatchGenerateDataKeyRequest batch, int concurrency, TimeSpan duration)
+    {
+        var latencies = new List<double>[concurrency];
+        var errors = 0;
+        var stopwatch = Stopwatch.StartNew();
+        await Task.WhenAll(Enumerable.Range(0, concurrency).Select(async worker =>
+        {
+            var mine = latencies[worker] = new List<double>(10_000);
+            while (stopwatch.Elapsed < duration)
+            {
+                var started = Stopwatch.GetTimestamp();
+                var response = await client.Raw.BatchGenerateDataKeyAsync(batch);
+                errors += response.Results.Count(r => r.Status.Code != 0);
+                mine.Add(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+            }
+        }));
+        var elapsed = stopwatch.Elapsed.TotalSeconds;
+        var all = latencies.SelectMany(l => l).Order().ToArray();
+        return (all.Length * batch.Requests.Count / elapsed, Percentile(all, 0.50), Percentile(all, 0.99), errors);
     }
 
     private static double Percentile(double[] sorted, double p) => sorted.Length == 0 ? 0 : sorted[(int)Math.Min(sorted.Length - 1, Math.Floor(p * sorted.Length))];

@@ -34,6 +34,7 @@ public class MicroBenchmarks
     private CryptoService _crypto = null!;
     private KeyName _keyName = null!;
     private AesGcm _aes = null!;
+    private List<BatchItem> _batchItems = null!;
     private byte[] _aesOutput = null!;
     private byte[] _tag = null!;
 
@@ -63,6 +64,7 @@ public class MicroBenchmarks
         var keys = new KeyService(_hsm, store, TimeProvider.System, new LifecycleOptions(), limits, usage);
         _keyName = (await keys.CreateKeyAsync(Caller, new CreateKeyCommand(Caller.Tenant, "bench", KeyPurpose.EncryptDecrypt, KeyLabels.Empty, null), default)).Key.Name;
         _crypto = new CryptoService(_hsm, store, usage);
+        _batchItems = Enumerable.Range(0, 100).Select(_ => new BatchItem(_keyName.ToString(), null, null)).ToList();
 
         _aes = new AesGcm(RandomNumberGenerator.GetBytes(32), 16);
         _aesOutput = new byte[32];
@@ -97,6 +99,18 @@ public class MicroBenchmarks
     {
         using var result = await _crypto.GenerateDataKeyAsync(Caller, _keyName, EncryptionContext.Empty, default);
         return result.Ciphertext.Length;
+    }
+
+    [Benchmark(OperationsPerInvoke = 100, Description = "Core BatchGenerateDataKey, 100 items (per data key)")]
+    public async Task<int> CoreBatchGenerateDataKey100()
+    {
+        var results = await _crypto.BatchGenerateDataKeyAsync(Caller, _batchItems, default);
+        foreach (var result in results)
+        {
+            result.Value!.Dispose();
+        }
+
+        return results.Count;
     }
 
     [Benchmark(Description = ".NET AesGcm encrypt 32 B (software)")]

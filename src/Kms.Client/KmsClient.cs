@@ -159,6 +159,24 @@ public sealed class KmsClient : IDisposable
         return new EncryptedData(response.Ciphertext.ToByteArray(), response.KeyVersion);
     }
 
+    /// <summary>Creates a new primary version of a key (older versions still decrypt).</summary>
+    public async Task<Key> RotateKeyAsync(string keyName, string? requestId = null, CancellationToken cancellationToken = default) =>
+        (await _stub.RotateKeyAsync(new RotateKeyRequest { Name = keyName, RequestId = requestId ?? Guid.NewGuid().ToString() }, Options(cancellationToken)).ConfigureAwait(false)).Key;
+
+    /// <summary>Moves a ciphertext under the destination key's primary version (and a new context) without exposing its plaintext.</summary>
+    public async Task<ReEncryptResponse> ReEncryptAsync(
+        ReadOnlyMemory<byte> ciphertext,
+        string destinationKeyName,
+        IReadOnlyDictionary<string, string>? sourceEncryptionContext = null,
+        IReadOnlyDictionary<string, string>? destinationEncryptionContext = null,
+        CancellationToken cancellationToken = default)
+    {
+        var request = new ReEncryptRequest { Ciphertext = UnsafeByteOperations.UnsafeWrap(ciphertext), DestinationName = destinationKeyName };
+        AddAll(request.SourceEncryptionContext, sourceEncryptionContext);
+        AddAll(request.DestinationEncryptionContext, destinationEncryptionContext ?? sourceEncryptionContext);
+        return await _stub.ReEncryptAsync(request, Options(cancellationToken)).ConfigureAwait(false);
+    }
+
     /// <summary>Random bytes from the HSM (1 to 1024).</summary>
     public async Task<byte[]> GenerateRandomAsync(int length, CancellationToken cancellationToken = default) =>
         (await _stub.GenerateRandomAsync(new GenerateRandomRequest { LengthBytes = length }, Options(cancellationToken)).ConfigureAwait(false)).Data.ToByteArray();

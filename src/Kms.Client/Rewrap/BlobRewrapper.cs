@@ -1,0 +1,176 @@
+using Google.Protobuf;
+using Grpc.Core;
+using Kms.Contracts.V1;
+
+namespace Kms.Client.Rewrap;
+
+/// <summary>A stored ciphertext to move onto the current primary version: the caller's id for it, the blob, its context.</summary>
+/// <param name="Id">The caller's identifier; blobs must be offered in ascending ordinal order of it (the checkpoint is an id).</param>
+/// <param name="Ciphertext">The blob as stored.</param>
+/// <param name="EncryptionContext">The context it was encrypted with (kept for the new blob).</param>
+public sealed record StoredBlob(string Id, byte[] Ciphertext, IReadOnlyDictionary<string, string>? EncryptionContext = null);
+
+/// <summary>Where a rewrap run has got to, reported after each batch.</summary>
+public sealed record RewrapProgress(long Seen, long Rewrapped, long AlreadyCurrent, long Failed, string? LastId);
+
+/// <summary>A blob that could not be re-encrypted, with the status its ReEncrypt item got.</summary>
+public sealed record RewrapFailure(string Id, StatusCode Code, string Message);
+
+/// <summary>The outcome of a run.</summary>
+public sealed record RewrapReport(RewrapProgress Progress, IReadOnlyList<RewrapFailure> Failures, string? ResumedAfter);
+
+/// <summary>
+/// Re-encrypts a large collection of stored blobs onto a key's primary version with
+/// <c>BatchReEncrypt</c>: the plaintext never leaves the KMS. Blobs already under the
+/// primary are recognised from their header and skipped without a call. After every batch
+/// whose new blobs have all been written, the last id is saved to a checkpoint, so an
+/// interrupted run resumes where it stopped.
+/// </summary>
+/// <remarks>
+/// The blob header (format byte, key version id; docs/ciphertext-format.md) is read only to
+/// compare version ids: which version is primary is learned from the KMS's answers. A blob
+/// whose item fails (tampered, another tenant's, a disabled version) is reported and left
+/// as it was; the run goes on.
+/// </remarks>
+public sealed class BlobRewrapper
+{
+    private const int HeaderLength = 17;
+
+    private readonly KmsClient _client;
+    private readonly int _batchSize;
+
+    /// <summary>A rewrapper that sends <paramref name="batchSize"/> blobs per BatchReEncrypt (1 to 1000).</summary>
+    public BlobRewrapper(KmsClient client, int batchSize = 100)
+    {
+        ArgumentNullException.ThrowIfNull(client);
+        ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(batchSize, 1000);
+        _client = client;
+        _batchSize = batchSize;
+    }
+
+    /// <summary>Rewraps every blob of <paramref name="blobs"/> onto <paramref name="keyName"/>'s primary version.</summary>
+    /// <param name="blobs">The blobs, in ascending ordinal order of their ids.</param>
+    /// <param name="keyName">The key (or alias) whose primary version should hold every blob.</param>
+    /// <param name="write">Stores a blob's new ciphertext in place of the old one.</param>
+    /// <param name="checkpoint">Where the last completed id is kept; null: no resumption.</param>
+    /// <param name="progress">Told after each batch.</param>
+    public async Task<RewrapReport> RunAsync(
+        IAsyncEnumerable<StoredBlob> blobs,
+        string keyName,
+        Func<StoredBlob, byte[], CancellationToken, Task> write,
+        IRewrapCheckpoint? checkpoint = null,
+        IProgress<RewrapProgress>? progress = null,
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(blobs);
+        ArgumentNullException.ThrowIfNull(write);
+        var resumeAfter = checkpoint is null ? null : await checkpoint.LoadAsync(cancellationToken).ConfigureAwait(false);
+        var state = new RunState(resumeAfter);
+        var batch = new List<StoredBlob>(_batchSize);
+        string? previous = null;
+        await foreach (var blob in blobs.WithCancellation(cancellationToken).ConfigureAwait(false))
+        {
+            if (previous is not null && string.CompareOrdinal(blob.Id, previous) <= 0)
+            {
+                throw new InvalidOperationException($"blobs must come in ascending id order: '{blob.Id}' after '{previous}'");
+            }
+
+            previous = blob.Id;
+            if (resumeAfter is not null && string.CompareOrdinal(blob.Id, resumeAfter) <= 0)
+            {
+                continue;
+            }
+
+            state.Seen++;
+            state.LastId = blob.Id;
+            if (state.IsCurrent(blob.Ciphertext))
+            {
+                state.AlreadyCurrent++;
+                continue;
+            }
+
+            batch.Add(blob);
+            if (batch.Count == _batchSize)
+            {
+                await FlushAsync(batch, keyName, write, state, cancellationToken).ConfigureAwait(false);
+                await CompleteAsync(state, checkpoint, progress, cancellationToken).ConfigureAwait(false);
+            }
+        }
+
+        await FlushAsync(batch, keyName, write, state, cancellationToken).ConfigureAwait(false);
+        await CompleteAsync(state, checkpoint, progress, cancellationToken).ConfigureAwait(false);
+        return new RewrapReport(state.Progress, state.Failures, resumeAfter);
+    }
+
+    private async Task FlushAsync(List<StoredBlob> batch, string keyName, Func<StoredBlob, byte[], CancellationToken, Task> write, RunState state, CancellationToken cancellationToken)
+    {
+        if (batch.Count == 0)
+        {
+            return;
+        }
+
+        var request = new BatchReEncryptRequest();
+        foreach (var blob in batch)
+        {
+            var item = new ReEncryptRequest { Ciphertext = UnsafeByteOperations.UnsafeWrap(blob.Ciphertext), DestinationName = keyName };
+            foreach (var (key, value) in blob.EncryptionContext ?? new Dictionary<string, string>())
+            {
+                item.SourceEncryptionContext[key] = value;
+                item.DestinationEncryptionContext[key] = value;
+            }
+
+            request.Requests.Add(item);
+        }
+
+        var response = await _client.Raw.BatchReEncryptAsync(request, cancellationToken: cancellationToken).ConfigureAwait(false);
+        for (var i = 0; i < batch.Count; i++)
+        {
+            var result = response.Results[i];
+            if (result.Status.Code != 0)
+            {
+                state.Failures.Add(new RewrapFailure(batch[i].Id, (StatusCode)result.Status.Code, result.Status.Message));
+                continue;
+            }
+
+            var ciphertext = result.Response.Ciphertext.ToByteArray();
+            state.LearnPrimary(ciphertext);
+            await write(batch[i], ciphertext, cancellationToken).ConfigureAwait(false);
+            state.Rewrapped++;
+        }
+
+        batch.Clear();
+    }
+
+    private static async Task CompleteAsync(RunState state, IRewrapCheckpoint? checkpoint, IProgress<RewrapProgress>? progress, CancellationToken cancellationToken)
+    {
+        if (checkpoint is not null && state.LastId is not null)
+        {
+            await checkpoint.SaveAsync(state.LastId, cancellationToken).ConfigureAwait(false);
+        }
+
+        progress?.Report(state.Progress);
+    }
+
+    private sealed class RunState(string? resumedAfter)
+    {
+        private byte[]? _primaryHeader;
+
+        public long Seen { get; set; }
+
+        public long Rewrapped { get; set; }
+
+        public long AlreadyCurrent { get; set; }
+
+        public string? LastId { get; set; } = resumedAfter;
+
+        public List<RewrapFailure> Failures { get; } = [];
+
+        public RewrapProgress Progress => new(Seen, Rewrapped, AlreadyCurrent, Failures.Count, LastId);
+
+        public bool IsCurrent(byte[] ciphertext) =>
+            _primaryHeader is not null && ciphertext.Length >= HeaderLength && ciphertext.AsSpan(0, HeaderLength).SequenceEqual(_primaryHeader);
+
+        public void LearnPrimary(byte[] ciphertext) => _primaryHeader = ciphertext.AsSpan(0, HeaderLength).ToArray();
+    }
+}
