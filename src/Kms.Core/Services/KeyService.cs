@@ -279,20 +279,7 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, TimeProvider time, Lif
         var rotated = 0;
         foreach (var name in await store.ListKeysDueForRotationAsync(now, DueBatch, cancellationToken))
         {
-            var material = await hsm.GenerateAes256KeyAsync(cancellationToken);
-            var id = KeyVersionId.NewId();
-            var done = false;
-            await store.UpdateKeyAsync(name, current =>
-            {
-                // Re-checked on fresh state: a concurrent rotation, disable or schedule change wins.
-                if (current.Key.State != KeyState.Enabled || current.Key.NextRotationTime is not { } next || next > now)
-                {
-                    return new KeyChange(current.Key) { IsNoOp = true };
-                }
-
-                done = true;
-                return KeyTransitions.Rotate(current, id, material, now, scheduled: true);
-            }, cancellationToken);
+            var done = await RotateIfStillDueAsync(name, key => key.State == KeyState.Enabled && key.NextRotationTime <= now, scheduled: true, now, cancellationToken);
             rotated += done ? 1 : 0;
         }
 
@@ -311,21 +298,8 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, TimeProvider time, Lif
             return false;
         }
 
-        var material = await hsm.GenerateAes256KeyAsync(cancellationToken);
-        var id = KeyVersionId.NewId();
-        var now = Clock.Now(time);
-        var done = false;
-        await store.UpdateKeyAsync(name, fresh =>
-        {
-            if (fresh.Key.State != KeyState.Enabled || fresh.Key.Primary.Usage.EncryptCount < limits.SoftBound)
-            {
-                return new KeyChange(fresh.Key) { IsNoOp = true };
-            }
-
-            done = true;
-            return KeyTransitions.Rotate(fresh, id, material, now, scheduled: false);
-        }, cancellationToken);
-        return done;
+        return await RotateIfStillDueAsync(name, key => key.State == KeyState.Enabled && key.Primary.Usage.EncryptCount >= limits.SoftBound,
+            scheduled: false, Clock.Now(time), cancellationToken);
     }
 
     /// <summary>
@@ -359,6 +333,26 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, TimeProvider time, Lif
     }
 
     private KeyVersion WithLiveUsage(KeyVersion version) => version with { Usage = usage.Observe(version) };
+
+    // Background rotation: the HSM work first (outside the transaction), then the rotation only
+    // if it is still due on fresh state — a concurrent rotation, disable or schedule change wins.
+    private async Task<bool> RotateIfStillDueAsync(KeyName name, Func<Key, bool> stillDue, bool scheduled, DateTimeOffset now, CancellationToken cancellationToken)
+    {
+        var material = await hsm.GenerateAes256KeyAsync(cancellationToken);
+        var id = KeyVersionId.NewId();
+        var done = false;
+        await store.UpdateKeyAsync(name, current =>
+        {
+            if (!stillDue(current.Key))
+            {
+                return new KeyChange(current.Key) { IsNoOp = true };
+            }
+
+            done = true;
+            return KeyTransitions.Rotate(current, id, material, now, scheduled);
+        }, cancellationToken);
+        return done;
+    }
 
     private async Task<KeyWithVersions> MutateAsync(
         Caller caller,
