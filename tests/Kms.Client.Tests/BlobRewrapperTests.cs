@@ -101,6 +101,33 @@ public sealed class BlobRewrapperTests(ClientServerFixture fixture) : IClassFixt
     }
 
     [Fact]
+    public async Task Run_WithAFailure_CheckpointStopsBeforeIt_ResumedRunRetriesIt()
+    {
+        using var client = fixture.Server.CreateClient();
+        var (key, store) = await SeedAsync(client, "rewrap-retry", 6);
+        await client.RotateKeyAsync(key);
+        var (good, context) = store[Id(2)];
+        var broken = (byte[])good.Clone();
+        broken[^1] ^= 1;
+        store[Id(2)] = (broken, context);
+        var checkpoint = new FileRewrapCheckpoint(Path.Combine(Path.GetTempPath(), $"rewrap-{Guid.NewGuid():N}.checkpoint"));
+        var rewrapper = new BlobRewrapper(client, batchSize: 2);
+
+        var first = await rewrapper.RunAsync(Blobs(store), key, (blob, ciphertext, _) => Write(store, blob, ciphertext), checkpoint);
+        Assert.Equal(Id(1), first.Checkpoint);
+        Assert.Equal(Id(1), await checkpoint.LoadAsync(default));
+        Assert.Equal(5, first.Progress.Rewrapped);
+
+        // The blob is repaired (say the failure was transient): the resumed run retries it and
+        // recognises the blobs after it as already current.
+        store[Id(2)] = (good, context);
+        var second = await rewrapper.RunAsync(Blobs(store), key, (blob, ciphertext, _) => Write(store, blob, ciphertext), checkpoint);
+        Assert.Empty(second.Failures);
+        Assert.Equal(Id(5), second.Checkpoint);
+        Assert.True(second.Progress.AlreadyCurrent >= 2, $"{second.Progress.AlreadyCurrent} recognised as current");
+    }
+
+    [Fact]
     public async Task Run_BlobsOutOfOrder_Refused()
     {
         using var client = fixture.Server.CreateClient();

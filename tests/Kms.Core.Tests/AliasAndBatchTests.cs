@@ -50,9 +50,9 @@ public sealed class AliasAndBatchTests : IDisposable
         var fromAcme = await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.EncryptAsync(DomainHarness.Acme, KeyReference.Parse(alias.Name.ToString(), "n"), [1], EncryptionContext.Empty, default));
         Assert.Equal(KmsErrorCode.NotFound, fromAcme.Code);
 
-        await _domain.Aliases.DeleteAliasAsync(Dev, alias.Name, default);
+        await _domain.Aliases.DeleteAliasAsync(Dev, alias.Name, null, default);
         Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() => _domain.Aliases.GetAliasAsync(Dev, alias.Name, default))).Code);
-        Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() => _domain.Aliases.DeleteAliasAsync(Dev, alias.Name, default))).Code);
+        Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() => _domain.Aliases.DeleteAliasAsync(Dev, alias.Name, null, default))).Code);
     }
 
     [Fact]
@@ -65,6 +65,16 @@ public sealed class AliasAndBatchTests : IDisposable
         await _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "a", key.Name, "req", default);
         Assert.Equal("tenants/dev/aliases/a", (await _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "a", key.Name, "req", default)).Name.ToString());
         Assert.Equal(KmsErrorCode.AlreadyExists, (await Assert.ThrowsAsync<KmsException>(() => _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "a", key.Name, null, default))).Code);
+    }
+
+    [Fact]
+    public async Task DeleteAlias_RetriedWithSameRequestId_Succeeds()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var alias = await _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "a", key.Name, null, default);
+        await _domain.Aliases.DeleteAliasAsync(Dev, alias.Name, "delete-1", default);
+        await _domain.Aliases.DeleteAliasAsync(Dev, alias.Name, "delete-1", default);
+        Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() => _domain.Aliases.DeleteAliasAsync(Dev, alias.Name, null, default))).Code);
     }
 
     [Fact]

@@ -68,10 +68,10 @@ public sealed class KeyTransitionsTests
     [MemberData(nameof(KeyCancel))]
     public void CancelKeyDeletion_FromEachState(KeyState from, KeyState? to)
     {
-        AssertKeyTransition(KeyTransitions.CancelKeyDeletion, from, to);
+        AssertKeyTransition(k => KeyTransitions.CancelKeyDeletion(k, Now), from, to);
         if (to is not null)
         {
-            Assert.Null(KeyTransitions.CancelKeyDeletion(KeyIn(from)).Key.DestroyTime);
+            Assert.Null(KeyTransitions.CancelKeyDeletion(KeyIn(from), Now).Key.DestroyTime);
         }
     }
 
@@ -113,6 +113,30 @@ public sealed class KeyTransitionsTests
             Assert.Equal(to, Assert.Single(change.UpdatedVersions).State);
             Assert.Equal(2, change.Key.Primary.Name.Version);
         }
+    }
+
+    [Fact]
+    public void CancelKeyDeletion_AfterTheWaitingPeriodEnded_RefusedEvenBeforeTheJobRan()
+    {
+        var key = KeyIn(KeyState.DestroyScheduled);
+        var e = Assert.Throws<KmsException>(() => KeyTransitions.CancelKeyDeletion(key, key.Key.DestroyTime!.Value));
+        Assert.Contains("can no longer be cancelled", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void RestoreVersion_AfterTheWaitingPeriodEnded_RefusedEvenBeforeTheJobRan()
+    {
+        var key = KeyIn(KeyState.Enabled, version1: KeyState.DestroyScheduled, version1DestroyTime: Now.AddDays(7));
+        var e = Assert.Throws<KmsException>(() => KeyTransitions.RestoreVersion(key, 1, Now.AddDays(8)));
+        Assert.Contains("can no longer be restored", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Rotate_ScheduledWithoutPeriod_EndsTheScheduleInsteadOfStayingDue()
+    {
+        var key = KeyIn(KeyState.Enabled);
+        key = key with { Key = key.Key with { RotationPeriod = null, NextRotationTime = Now.AddDays(-1) } };
+        Assert.Null(Rotate(key, scheduled: true).Key.NextRotationTime);
     }
 
     [Fact]
@@ -235,7 +259,7 @@ public sealed class KeyTransitionsTests
         "enable" => KeyTransitions.EnableVersion(key, version),
         "disable" => KeyTransitions.DisableVersion(key, version),
         "schedule" => KeyTransitions.ScheduleVersionDestruction(key, version, Now, TimeSpan.FromDays(7)),
-        "restore" => KeyTransitions.RestoreVersion(key, version),
+        "restore" => KeyTransitions.RestoreVersion(key, version, Now),
         _ => throw new ArgumentOutOfRangeException(nameof(transition)),
     };
 

@@ -134,7 +134,7 @@ public sealed class LifecycleServiceTests : IDisposable
         var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.DecryptAsync(Dev, blob, EncryptionContext.Empty, default));
         Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
         Assert.Contains("DESTROYED", e.Message, StringComparison.Ordinal);
-        var restore = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.RestoreKeyVersionAsync(Dev, v1, default));
+        var restore = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.RestoreKeyVersionAsync(Dev, v1, null, default));
         Assert.Equal(KmsErrorCode.FailedPrecondition, restore.Code);
     }
 
@@ -147,7 +147,7 @@ public sealed class LifecycleServiceTests : IDisposable
         var v1 = key.Name.Version(1);
         await _domain.Keys.ScheduleKeyVersionDestructionAsync(Dev, v1, null, null, default);
 
-        Assert.Equal(KeyState.Disabled, (await _domain.Keys.RestoreKeyVersionAsync(Dev, v1, default)).State);
+        Assert.Equal(KeyState.Disabled, (await _domain.Keys.RestoreKeyVersionAsync(Dev, v1, null, default)).State);
         _domain.Time.Advance(TimeSpan.FromDays(31));
         Assert.Equal(0, await _domain.Keys.DestroyDueAsync(default));
         await _domain.Keys.EnableKeyVersionAsync(Dev, v1, default);
@@ -167,7 +167,7 @@ public sealed class LifecycleServiceTests : IDisposable
         Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
         Assert.Contains("DESTROY_SCHEDULED", e.Message, StringComparison.Ordinal);
 
-        Assert.Equal(KeyState.Disabled, (await _domain.Keys.CancelKeyDeletionAsync(Dev, key.Name, default)).State);
+        Assert.Equal(KeyState.Disabled, (await _domain.Keys.CancelKeyDeletionAsync(Dev, key.Name, null, default)).State);
         await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.EncryptAsync(Dev, key.Name, [1], EncryptionContext.Empty, default));
         await _domain.Keys.EnableKeyAsync(Dev, key.Name, default);
         await _domain.Crypto.EncryptAsync(Dev, key.Name, [1], EncryptionContext.Empty, default);
@@ -188,7 +188,7 @@ public sealed class LifecycleServiceTests : IDisposable
         Assert.Equal(KeyState.Destroyed, destroyed.State);
         Assert.All((await _domain.Keys.ListKeyVersionsAsync(Dev, key.Name, 0, null, default)).Items, v => Assert.Equal(KeyState.Destroyed, v.State));
         Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.DecryptAsync(Dev, blob, EncryptionContext.Empty, default))).Code);
-        Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.CancelKeyDeletionAsync(Dev, key.Name, default))).Code);
+        Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.CancelKeyDeletionAsync(Dev, key.Name, null, default))).Code);
         Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default))).Code);
     }
 
@@ -284,6 +284,60 @@ public sealed class LifecycleServiceTests : IDisposable
         var cleared = await _domain.Keys.UpdateKeyAsync(Dev, key.Name, new KeyUpdate { RotationPeriod = new(null) }, default);
         Assert.Null(cleared.RotationPeriod);
         Assert.Null(cleared.NextRotationTime);
+    }
+
+    [Fact]
+    public async Task CancelKeyDeletion_PeriodEndedButJobNotRun_RefusedAndStaysRefusedAfterDestruction()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        await _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, TimeSpan.FromDays(7), null, default);
+        _domain.Time.Advance(TimeSpan.FromDays(8));
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.CancelKeyDeletionAsync(Dev, key.Name, null, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.EnableKeyAsync(Dev, key.Name, default))).Code);
+        Assert.Equal(1, await _domain.Keys.DestroyDueAsync(default));
+    }
+
+    [Fact]
+    public async Task CancelAndRestore_RetriedWithSameRequestId_SucceedAgain()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+        await _domain.Keys.ScheduleKeyVersionDestructionAsync(Dev, key.Name.Version(1), null, null, default);
+        await _domain.Keys.RestoreKeyVersionAsync(Dev, key.Name.Version(1), "restore-1", default);
+        Assert.Equal(KeyState.Disabled, (await _domain.Keys.RestoreKeyVersionAsync(Dev, key.Name.Version(1), "restore-1", default)).State);
+
+        await _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, null, null, default);
+        await _domain.Keys.CancelKeyDeletionAsync(Dev, key.Name, "cancel-1", default);
+        Assert.Equal(KeyState.Disabled, (await _domain.Keys.CancelKeyDeletionAsync(Dev, key.Name, "cancel-1", default)).State);
+        Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.CancelKeyDeletionAsync(Dev, key.Name, null, default))).Code);
+    }
+
+    [Fact]
+    public async Task NextRotationTimeWithoutPeriod_InvalidArgument_OnCreateAndUpdate()
+    {
+        var command = new CreateKeyCommand(Dev.Tenant, "k", KeyPurpose.EncryptDecrypt, KeyLabels.Empty, null) { NextRotationTime = _domain.Time.GetUtcNow() };
+        Assert.Equal("key.next_rotation_time", (await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.CreateKeyAsync(Dev, command, default))).Field);
+
+        var key = await _domain.CreateKeyAsync("k2");
+        var update = new KeyUpdate { NextRotationTime = new(_domain.Time.GetUtcNow()) };
+        Assert.Equal("key.next_rotation_time", (await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.UpdateKeyAsync(Dev, key.Name, update, default))).Field);
+    }
+
+    [Fact]
+    public async Task ScheduledRotation_OneKeyFails_OthersStillRotated()
+    {
+        var store = (InMemoryKeyStore)_domain.Store;
+        var first = await _domain.CreateKeyAsync("a", rotationPeriod: TimeSpan.FromDays(1));
+        var second = await _domain.CreateKeyAsync("b", rotationPeriod: TimeSpan.FromDays(1));
+        _domain.Time.Advance(TimeSpan.FromDays(1));
+        store.FailNextWrite = KmsErrors.Unavailable("injected");
+
+        await Assert.ThrowsAsync<AggregateException>(() => _domain.Keys.RotateDueKeysAsync(default));
+        var primaries = new[] { first, second }.Select(k => _domain.Keys.GetKeyAsync(Dev, k.Name, default).Result.Primary.Name.Version).ToList();
+        Assert.Equal([1, 2], primaries.Order());
+        Assert.Equal(1, await _domain.Keys.RotateDueKeysAsync(default));
     }
 
     [Fact]

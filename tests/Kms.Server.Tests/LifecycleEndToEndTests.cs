@@ -281,6 +281,16 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task NonNormalizedDuration_InvalidArgumentNotInternal()
+    {
+        var key = await _client.CreateKeyAsync("tenants/dev", "odd-duration");
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.ScheduleKeyDeletionAsync(
+            new ScheduleKeyDeletionRequest { Name = key.Name, WaitingPeriod = new Duration { Seconds = 8 * 86400, Nanos = 1_000_000_000 } }));
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.StartsWith("waiting_period:", e.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task GetKeyVersion_Unknown_NotFound()
     {
         var key = await _client.CreateKeyAsync("tenants/dev", "few-versions");

@@ -134,8 +134,8 @@ public abstract class KeyStoreLifecycleContract : KeyStoreContract
 
         Assert.Single(await store.ListAliasesAsync(Dev, null, 10, default));
         Assert.Empty(await store.ListAliasesAsync(Acme, null, 10, default));
-        Assert.True(await store.DeleteAliasAsync(name, default));
-        Assert.False(await store.DeleteAliasAsync(name, default));
+        Assert.True(await store.DeleteAliasAsync(name, null, default));
+        Assert.False(await store.DeleteAliasAsync(name, null, default));
     }
 
     [Fact]

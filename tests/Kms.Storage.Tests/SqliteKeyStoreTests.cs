@@ -114,6 +114,42 @@ public sealed class SqliteKeyStoreTests : KeyStoreLifecycleContract, IDisposable
         Assert.True(new FileInfo(DatabasePath + "-wal") is { Exists: false } or { Length: 0 });
     }
 
+    [Fact]
+    public async Task DestroyedMaterial_ReaderHoldsOldSnapshot_ErasurePendingThenCompletedOnALaterPass()
+    {
+        var store = await OpenAsync();
+        var key = NewKey(Dev, "held");
+        var material = new WrappedKeyMaterial(RandomNumberGenerator.GetBytes(40));
+        await store.CreateKeyAsync(key, material, null, default);
+        await store.UpdateKeyAsync(key.Name, current => Rotation(current, Material()), default);
+
+        // A reader in the middle of a transaction keeps the old snapshot (and its WAL frames) alive.
+        await using (var reader = new SqliteConnection($"Data Source={DatabasePath};Pooling=False"))
+        {
+            await reader.OpenAsync();
+            await using var transaction = reader.BeginTransaction(deferred: true);
+            await using (var read = reader.CreateCommand())
+            {
+                read.Transaction = transaction;
+                read.CommandText = "SELECT count(*) FROM key_versions";
+                await read.ExecuteScalarAsync();
+            }
+
+            await store.UpdateKeyAsync(key.Name, current => new KeyChange(current.Key)
+            {
+                UpdatedVersions = [current.Versions[0] with { State = KeyState.Destroyed, DestroyEventTime = key.CreateTime }],
+            }, default);
+
+            Assert.False(await store.CompleteErasureAsync(default));
+            Assert.True(FilesContain(material.Bytes.ToArray()), "the scan cannot see the pending material");
+        }
+
+        Assert.True(await store.CompleteErasureAsync(default));
+        SqliteConnection.ClearAllPools();
+        Assert.False(FilesContain(material.Bytes.ToArray()), "material still on disk after the erasure completed");
+        Assert.True(await store.CompleteErasureAsync(default));
+    }
+
     private bool FilesContain(byte[] needle) =>
         new[] { DatabasePath, DatabasePath + "-wal" }
             .Where(File.Exists)

@@ -17,20 +17,27 @@ public sealed record RewrapProgress(long Seen, long Rewrapped, long AlreadyCurre
 public sealed record RewrapFailure(string Id, StatusCode Code, string Message);
 
 /// <summary>The outcome of a run.</summary>
-public sealed record RewrapReport(RewrapProgress Progress, IReadOnlyList<RewrapFailure> Failures, string? ResumedAfter);
+/// <param name="Progress">Counts, and the last id seen.</param>
+/// <param name="Failures">Blobs left as they were, with their status.</param>
+/// <param name="ResumedAfter">The checkpoint the run started from, if any.</param>
+/// <param name="Checkpoint">The checkpoint saved: the last id before the run's first failure (a resumed run retries from there).</param>
+public sealed record RewrapReport(RewrapProgress Progress, IReadOnlyList<RewrapFailure> Failures, string? ResumedAfter, string? Checkpoint);
 
 /// <summary>
 /// Re-encrypts a large collection of stored blobs onto a key's primary version with
 /// <c>BatchReEncrypt</c>: the plaintext never leaves the KMS. Blobs already under the
 /// primary are recognised from their header and skipped without a call. After every batch
-/// whose new blobs have all been written, the last id is saved to a checkpoint, so an
-/// interrupted run resumes where it stopped.
+/// whose new blobs have all been written, a checkpoint is saved, so an interrupted run
+/// resumes where it stopped.
 /// </summary>
 /// <remarks>
 /// The blob header (format byte, key version id; docs/ciphertext-format.md) is read only to
 /// compare version ids: which version is primary is learned from the KMS's answers. A blob
-/// whose item fails (tampered, another tenant's, a disabled version) is reported and left
-/// as it was; the run goes on.
+/// whose item fails (tampered, another tenant's, a disabled version, the KMS unavailable) is
+/// reported and left as it was; the run goes on, but the checkpoint stops before the first
+/// failure, so a resumed run retries it (blobs after it that were rewritten are then
+/// recognised as current and skipped). A rotation during a run leaves blobs already seen on
+/// the previous primary: run again.
 /// </remarks>
 public sealed class BlobRewrapper
 {
@@ -87,6 +94,7 @@ public sealed class BlobRewrapper
             if (state.IsCurrent(blob.Ciphertext))
             {
                 state.AlreadyCurrent++;
+                state.Done(blob.Id);
                 continue;
             }
 
@@ -100,7 +108,7 @@ public sealed class BlobRewrapper
 
         await FlushAsync(batch, keyName, write, state, cancellationToken).ConfigureAwait(false);
         await CompleteAsync(state, checkpoint, progress, cancellationToken).ConfigureAwait(false);
-        return new RewrapReport(state.Progress, state.Failures, resumeAfter);
+        return new RewrapReport(state.Progress, state.Failures, resumeAfter, state.SafeThrough);
     }
 
     private async Task FlushAsync(List<StoredBlob> batch, string keyName, Func<StoredBlob, byte[], CancellationToken, Task> write, RunState state, CancellationToken cancellationToken)
@@ -129,7 +137,7 @@ public sealed class BlobRewrapper
             var result = response.Results[i];
             if (result.Status.Code != 0)
             {
-                state.Failures.Add(new RewrapFailure(batch[i].Id, (StatusCode)result.Status.Code, result.Status.Message));
+                state.Fail(new RewrapFailure(batch[i].Id, (StatusCode)result.Status.Code, result.Status.Message));
                 continue;
             }
 
@@ -137,6 +145,7 @@ public sealed class BlobRewrapper
             state.LearnPrimary(ciphertext);
             await write(batch[i], ciphertext, cancellationToken).ConfigureAwait(false);
             state.Rewrapped++;
+            state.Done(batch[i].Id);
         }
 
         batch.Clear();
@@ -144,9 +153,9 @@ public sealed class BlobRewrapper
 
     private static async Task CompleteAsync(RunState state, IRewrapCheckpoint? checkpoint, IProgress<RewrapProgress>? progress, CancellationToken cancellationToken)
     {
-        if (checkpoint is not null && state.LastId is not null)
+        if (checkpoint is not null && state.SafeThrough is not null)
         {
-            await checkpoint.SaveAsync(state.LastId, cancellationToken).ConfigureAwait(false);
+            await checkpoint.SaveAsync(state.SafeThrough, cancellationToken).ConfigureAwait(false);
         }
 
         progress?.Report(state.Progress);
@@ -155,6 +164,7 @@ public sealed class BlobRewrapper
     private sealed class RunState(string? resumedAfter)
     {
         private byte[]? _primaryHeader;
+        private bool _failed;
 
         public long Seen { get; set; }
 
@@ -165,6 +175,23 @@ public sealed class BlobRewrapper
         public string? LastId { get; set; } = resumedAfter;
 
         public List<RewrapFailure> Failures { get; } = [];
+
+        /// <summary>The last id up to which every blob was rewritten or already current (no failure at or before it).</summary>
+        public string? SafeThrough { get; private set; } = resumedAfter;
+
+        public void Done(string id)
+        {
+            if (!_failed)
+            {
+                SafeThrough = id;
+            }
+        }
+
+        public void Fail(RewrapFailure failure)
+        {
+            _failed = true;
+            Failures.Add(failure);
+        }
 
         public RewrapProgress Progress => new(Seen, Rewrapped, AlreadyCurrent, Failures.Count, LastId);
 

@@ -11,8 +11,9 @@ namespace Kms.Core.Ports;
 /// </summary>
 /// <remarks>
 /// A completed write is durable (it survives a crash or power loss). A version whose state
-/// is DESTROYED has no material: the store erases it in the same transaction, and afterwards
-/// it is not recoverable from the store's files. Backends pass the shared contract suite in
+/// is DESTROYED has no material: the store erases it in the same transaction, and once
+/// <see cref="CompleteErasureAsync"/> has returned true it is not recoverable from the
+/// store's files. Backends pass the shared contract suite in
 /// tests/Kms.Storage.Tests.
 /// </remarks>
 public interface IKeyStore
@@ -65,8 +66,9 @@ public interface IKeyStore
     /// <exception cref="Errors.KmsException">NotFound (the key).</exception>
     Task<KeyAlias?> UpdateAliasAsync(AliasName name, KeyName key, DateTimeOffset updateTime, CancellationToken cancellationToken);
 
-    /// <summary>Deletes an alias; false if it did not exist.</summary>
-    Task<bool> DeleteAliasAsync(AliasName name, CancellationToken cancellationToken);
+    /// <summary>Deletes an alias (recording the request id with it); false if it did not exist.</summary>
+    /// <exception cref="Errors.KmsException">AlreadyExists if the request id was recorded meanwhile.</exception>
+    Task<bool> DeleteAliasAsync(AliasName name, RequestRecord? request, CancellationToken cancellationToken);
 
     /// <summary>Aliases of a tenant in alias-id order, starting after <paramref name="afterAliasId"/>.</summary>
     Task<IReadOnlyList<KeyAlias>> ListAliasesAsync(TenantId tenant, string? afterAliasId, int limit, CancellationToken cancellationToken);
@@ -76,6 +78,14 @@ public interface IKeyStore
 
     /// <summary>Keys with a scheduled deletion or version destruction due at <paramref name="now"/> (background job).</summary>
     Task<IReadOnlyList<KeyName>> ListKeysDueForDestructionAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Finishes erasing destroyed material from the store's files when an earlier erasure
+    /// could not (e.g. a reader held an old snapshot of the database). Cheap when nothing is
+    /// pending; the background job calls it on every pass.
+    /// </summary>
+    /// <returns>True when no erasure is pending any more.</returns>
+    Task<bool> CompleteErasureAsync(CancellationToken cancellationToken);
 
     /// <summary>
     /// Adds <paramref name="count"/> to a version's durable count of GCM encryptions and

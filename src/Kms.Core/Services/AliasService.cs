@@ -9,6 +9,7 @@ namespace Kms.Core.Services;
 public sealed class AliasService(IKeyStore store, TimeProvider time)
 {
     private const string CreateAliasOperation = "CreateAlias";
+    private const string DeleteAliasOperation = "DeleteAlias";
     private readonly RequestIds _requests = new(store);
 
     /// <summary>Creates an alias for a key of the same tenant.</summary>
@@ -67,11 +68,19 @@ public sealed class AliasService(IKeyStore store, TimeProvider time)
         return await store.UpdateAliasAsync(name, key, Clock.Now(time), cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
     }
 
-    /// <summary>Deletes an alias; the key is unaffected.</summary>
-    public async Task DeleteAliasAsync(Caller caller, AliasName name, CancellationToken cancellationToken)
+    /// <summary>Deletes an alias; the key is unaffected. With a request id, a retry of a delete that succeeded succeeds.</summary>
+    public async Task DeleteAliasAsync(Caller caller, AliasName name, string? requestId, CancellationToken cancellationToken)
     {
         caller.EnsureSameTenant(name.Tenant, name.ToString());
-        if (!await store.DeleteAliasAsync(name, cancellationToken))
+        requestId = RequestIds.Validate(requestId);
+        var fingerprint = RequestIds.Fingerprint(DeleteAliasOperation, name);
+        if (await _requests.FindReplayAsync(name.Tenant, requestId, DeleteAliasOperation, fingerprint, cancellationToken) is not null)
+        {
+            return;
+        }
+
+        var request = requestId is null ? null : new RequestRecord(name.Tenant, requestId, DeleteAliasOperation, fingerprint, name.ToString(), Clock.Now(time));
+        if (!await store.DeleteAliasAsync(name, request, cancellationToken))
         {
             throw KmsErrors.NotFound(name.ToString());
         }

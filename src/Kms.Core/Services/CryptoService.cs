@@ -128,19 +128,27 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
         ValidateBatch(items, items.Sum(i => (long)(i.Data?.Length ?? 0)), "ciphertext");
         var versions = new Dictionary<KeyVersionId, KeyVersionMaterial?>();
         var results = new ItemResult<DecryptResult>[items.Count];
-        for (var i = 0; i < items.Count; i++)
+        try
         {
-            var item = items[i];
-            results[i] = await ItemResult.RunAsync(async () =>
+            for (var i = 0; i < items.Count; i++)
             {
-                var context = EncryptionContext.Create(item.Context, Field(i, "encryption_context"));
-                var (blob, found) = await OpenBlobAsync(caller, item.Data ?? [], Field(i, "ciphertext"), cancellationToken, versions);
-                var plaintext = await UnsealAsync(caller, blob, found, context, cancellationToken);
-                return new DecryptResult(new SecretBytes(plaintext), found.Version.Name);
-            });
-        }
+                var item = items[i];
+                results[i] = await ItemResult.RunAsync(async () =>
+                {
+                    var context = EncryptionContext.Create(item.Context, Field(i, "encryption_context"));
+                    var (blob, found) = await OpenBlobAsync(caller, item.Data ?? [], Field(i, "ciphertext"), cancellationToken, versions);
+                    var plaintext = await UnsealAsync(caller, blob, found, context, cancellationToken);
+                    return new DecryptResult(new SecretBytes(plaintext), found.Version.Name);
+                });
+            }
 
-        return results;
+            return results;
+        }
+        catch
+        {
+            DisposeAll(results);
+            throw;
+        }
     }
 
     /// <summary>ReEncrypt for each item; an item's failure is its own.</summary>
@@ -186,9 +194,9 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
         var keys = new BatchKeys(this, caller);
         const int Stride = Limits.DataKeyBytes + CiphertextBlob.IvLength;
         var random = await hsm.GenerateRandomAsync(Stride * items.Count, cancellationToken);
+        var results = new ItemResult<DataKeyResult>[items.Count];
         try
         {
-            var results = new ItemResult<DataKeyResult>[items.Count];
             for (var i = 0; i < items.Count; i++)
             {
                 var item = items[i];
@@ -198,11 +206,24 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
                     var context = EncryptionContext.Create(item.Context, Field(i, "encryption_context"));
                     var primary = await keys.PrimaryAsync(KeyReference.Parse(item.Name, Field(i, "name")), cancellationToken);
                     await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
-                    return await SealDataKeyAsync(caller, primary, slice.ToArray(), context, cancellationToken);
+                    var keyAndIv = slice.ToArray();
+                    try
+                    {
+                        return await SealDataKeyAsync(caller, primary, keyAndIv, context, cancellationToken);
+                    }
+                    finally
+                    {
+                        CryptographicOperations.ZeroMemory(keyAndIv);
+                    }
                 });
             }
 
             return results;
+        }
+        catch
+        {
+            DisposeAll(results);
+            throw;
         }
         finally
         {
@@ -346,6 +367,16 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
     }
 
     private static string Field(int index, string field) => $"requests[{index}].{field}";
+
+    // A batch cut short by an unexpected failure zeroes the secrets it had already produced.
+    private static void DisposeAll<T>(ItemResult<T>?[] results)
+        where T : IDisposable
+    {
+        foreach (var result in results)
+        {
+            result?.Value?.Dispose();
+        }
+    }
 
     /// <summary>Each distinct key of a batch resolved and looked up once.</summary>
     private sealed class BatchKeys(CryptoService service, Caller caller)

@@ -23,6 +23,8 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, TimeProvider time, Lif
     private const string RotateKeyOperation = "RotateKey";
     private const string ScheduleKeyDeletionOperation = "ScheduleKeyDeletion";
     private const string ScheduleVersionDestructionOperation = "ScheduleKeyVersionDestruction";
+    private const string CancelKeyDeletionOperation = "CancelKeyDeletion";
+    private const string RestoreKeyVersionOperation = "RestoreKeyVersion";
     private const int DueBatch = 100;
 
     private readonly RequestIds _requests = new(store);
@@ -42,6 +44,11 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, TimeProvider time, Lif
         var name = KeyName.Create(command.Parent, command.KeyId);
         var requestId = RequestIds.Validate(command.RequestId);
         ValidateRotationPeriod(command.RotationPeriod, "key.rotation_period");
+        if (command.NextRotationTime is not null && command.RotationPeriod is null)
+        {
+            throw KmsErrors.InvalidArgument("key.next_rotation_time", "needs key.rotation_period (a one-off rotation is RotateKey)");
+        }
+
         if (command.MinDecryptionVersion is < 0 or > 1)
         {
             throw KmsErrors.InvalidArgument("key.min_decryption_version", "a new key has only version 1: leave it unset or 1");
@@ -136,6 +143,11 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, TimeProvider time, Lif
 
             if (update.NextRotationTime is { } next)
             {
+                if (next.Value is not null && key.RotationPeriod is null)
+                {
+                    throw KmsErrors.InvalidArgument("key.next_rotation_time", "needs a rotation_period (set both in one update, or use RotateKey)");
+                }
+
                 key = key with { NextRotationTime = next.Value };
             }
 
@@ -236,9 +248,21 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, TimeProvider time, Lif
             current => KeyTransitions.ScheduleKeyDeletion(current, now, waiting), cancellationToken, ScheduleKeyDeletionOperation)).Key;
     }
 
-    /// <summary>DESTROY_SCHEDULED → DISABLED.</summary>
-    public async Task<Key> CancelKeyDeletionAsync(Caller caller, KeyName name, CancellationToken cancellationToken) =>
-        (await MutateAsync(caller, name, null, null, KeyTransitions.CancelKeyDeletion, cancellationToken)).Key;
+    /// <summary>DESTROY_SCHEDULED → DISABLED, while the waiting period runs.</summary>
+    public async Task<Key> CancelKeyDeletionAsync(Caller caller, KeyName name, string? requestId, CancellationToken cancellationToken)
+    {
+        requestId = RequestIds.Validate(requestId);
+        var fingerprint = RequestIds.Fingerprint(CancelKeyDeletionOperation, name);
+        caller.EnsureSameTenant(name.Tenant, name.ToString());
+        if (await _requests.FindReplayAsync(name.Tenant, requestId, CancelKeyDeletionOperation, fingerprint, cancellationToken) is not null)
+        {
+            return await GetKeyAsync(caller, name, cancellationToken);
+        }
+
+        var now = Clock.Now(time);
+        return (await MutateAsync(caller, name, requestId, fingerprint,
+            current => KeyTransitions.CancelKeyDeletion(current, now), cancellationToken, CancelKeyDeletionOperation)).Key;
+    }
 
     /// <summary>DISABLED → ENABLED, for one version.</summary>
     public Task<KeyVersion> EnableKeyVersionAsync(Caller caller, KeyVersionName name, CancellationToken cancellationToken) =>
@@ -265,9 +289,21 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, TimeProvider time, Lif
             current => KeyTransitions.ScheduleVersionDestruction(current, name.Version, now, waiting), cancellationToken, ScheduleVersionDestructionOperation);
     }
 
-    /// <summary>DESTROY_SCHEDULED → DISABLED, for one version.</summary>
-    public Task<KeyVersion> RestoreKeyVersionAsync(Caller caller, KeyVersionName name, CancellationToken cancellationToken) =>
-        MutateVersionAsync(caller, name, null, null, current => KeyTransitions.RestoreVersion(current, name.Version), cancellationToken);
+    /// <summary>DESTROY_SCHEDULED → DISABLED, for one version, while the waiting period runs.</summary>
+    public async Task<KeyVersion> RestoreKeyVersionAsync(Caller caller, KeyVersionName name, string? requestId, CancellationToken cancellationToken)
+    {
+        requestId = RequestIds.Validate(requestId);
+        var fingerprint = RequestIds.Fingerprint(RestoreKeyVersionOperation, name);
+        caller.EnsureSameTenant(name.Key.Tenant, name.ToString());
+        if (await _requests.FindReplayAsync(name.Key.Tenant, requestId, RestoreKeyVersionOperation, fingerprint, cancellationToken) is not null)
+        {
+            return await GetKeyVersionAsync(caller, name, cancellationToken);
+        }
+
+        var now = Clock.Now(time);
+        return await MutateVersionAsync(caller, name, requestId, fingerprint,
+            current => KeyTransitions.RestoreVersion(current, name.Version, now), cancellationToken, RestoreKeyVersionOperation);
+    }
 
     /// <summary>
     /// Background: rotates every enabled key whose next scheduled rotation is due. Returns
@@ -277,12 +313,11 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, TimeProvider time, Lif
     {
         var now = Clock.Now(time);
         var rotated = 0;
-        foreach (var name in await store.ListKeysDueForRotationAsync(now, DueBatch, cancellationToken))
+        await ForEachDueKeyAsync(await store.ListKeysDueForRotationAsync(now, DueBatch, cancellationToken), async name =>
         {
             var done = await RotateIfStillDueAsync(name, key => key.State == KeyState.Enabled && key.NextRotationTime <= now, scheduled: true, now, cancellationToken);
             rotated += done ? 1 : 0;
-        }
-
+        });
         return rotated;
     }
 
@@ -312,7 +347,7 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, TimeProvider time, Lif
     {
         var now = Clock.Now(time);
         var destroyed = 0;
-        foreach (var name in await store.ListKeysDueForDestructionAsync(now, DueBatch, cancellationToken))
+        await ForEachDueKeyAsync(await store.ListKeysDueForDestructionAsync(now, DueBatch, cancellationToken), async name =>
         {
             IReadOnlyList<KeyVersion> erased = [];
             await store.UpdateKeyAsync(name, current =>
@@ -327,9 +362,40 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, TimeProvider time, Lif
             }
 
             destroyed += erased.Count;
+        });
+        return destroyed;
+    }
+
+    /// <summary>Background: finishes erasing destroyed material from the store's files if an earlier pass could not.</summary>
+    /// <exception cref="KmsException">Unavailable while it still cannot (retried on the next pass).</exception>
+    public async Task CompleteErasureAsync(CancellationToken cancellationToken)
+    {
+        if (!await store.CompleteErasureAsync(cancellationToken))
+        {
+            throw KmsErrors.Unavailable("destroyed key material is erased from the database but not yet from its write-ahead log (a reader holds an old snapshot); retrying at the next pass");
+        }
+    }
+
+    // One key's failure does not stop the others; the failures are reported together after.
+    private static async Task ForEachDueKeyAsync(IReadOnlyList<KeyName> names, Func<KeyName, Task> work)
+    {
+        List<Exception>? failures = null;
+        foreach (var name in names)
+        {
+            try
+            {
+                await work(name);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                (failures ??= []).Add(e);
+            }
         }
 
-        return destroyed;
+        if (failures is not null)
+        {
+            throw new AggregateException($"{failures.Count} of {names.Count} due keys failed", failures);
+        }
     }
 
     private KeyVersion WithLiveUsage(KeyVersion version) => version with { Usage = usage.Observe(version) };

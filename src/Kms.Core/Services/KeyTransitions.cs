@@ -48,13 +48,22 @@ public static class KeyTransitions
         }
     }
 
-    /// <summary>DESTROY_SCHEDULED → DISABLED: a restored key must be enabled on purpose.</summary>
-    public static KeyChange CancelKeyDeletion(KeyWithVersions current)
+    /// <summary>
+    /// DESTROY_SCHEDULED → DISABLED (a restored key must be enabled on purpose), only while
+    /// the waiting period runs: once it has ended the deletion has taken effect, whether or
+    /// not the background job has erased the material yet.
+    /// </summary>
+    public static KeyChange CancelKeyDeletion(KeyWithVersions current, DateTimeOffset now)
     {
         var key = current.Key;
         if (key.State != KeyState.DestroyScheduled)
         {
             throw KmsErrors.FailedPrecondition($"key {key.Name} is {StateName(key.State)}; only a key scheduled for deletion can have its deletion cancelled");
+        }
+
+        if (key.DestroyTime <= now)
+        {
+            throw KmsErrors.FailedPrecondition($"the deletion of key {key.Name} took effect at {key.DestroyTime:O}; it can no longer be cancelled");
         }
 
         return new KeyChange(key with { State = KeyState.Disabled, DestroyTime = null });
@@ -100,14 +109,19 @@ public static class KeyTransitions
         };
     }
 
-    /// <summary>DESTROY_SCHEDULED → DISABLED.</summary>
-    public static KeyChange RestoreVersion(KeyWithVersions current, int number)
+    /// <summary>DESTROY_SCHEDULED → DISABLED, only while the waiting period runs.</summary>
+    public static KeyChange RestoreVersion(KeyWithVersions current, int number, DateTimeOffset now)
     {
         var (key, version) = Find(current, number);
         EnsureNotDeleted(key, $"restoring version {number}");
         if (version.State != KeyState.DestroyScheduled)
         {
             throw KmsErrors.FailedPrecondition($"key version {version.Name} is {StateName(version.State)}; only a version scheduled for destruction can be restored");
+        }
+
+        if (version.DestroyTime <= now)
+        {
+            throw KmsErrors.FailedPrecondition($"the destruction of key version {version.Name} took effect at {version.DestroyTime:O}; it can no longer be restored");
         }
 
         return WithVersion(key, version with { State = KeyState.Disabled, DestroyTime = null });
@@ -143,7 +157,10 @@ public static class KeyTransitions
 
         var number = current.Versions.Count == 0 ? 1 : current.Versions.Max(v => v.Name.Version) + 1;
         var version = new KeyVersion(key.Name.Version(number), id, KeyState.Enabled, KeyAlgorithm.Aes256Gcm, now);
-        var next = scheduled && key.RotationPeriod is { } period ? now + period : key.NextRotationTime;
+
+        // A scheduled rotation always moves the schedule on (or ends it): left in the past it
+        // would make the key due again at every pass.
+        var next = !scheduled ? key.NextRotationTime : key.RotationPeriod is { } period ? now + period : null;
         return new KeyChange(key with { Primary = version, NextRotationTime = next })
         {
             AddedVersion = new NewKeyVersion(version, material),

@@ -34,7 +34,7 @@ internal sealed partial class KeyManagementGrpcService
 
     public override async Task<DeleteAliasResponse> DeleteAlias(DeleteAliasRequest request, ServerCallContext context)
     {
-        await aliases.DeleteAliasAsync(callers.Resolve(context), AliasName.Parse(request.Name, "name"), context.CancellationToken);
+        await aliases.DeleteAliasAsync(callers.Resolve(context), AliasName.Parse(request.Name, "name"), request.RequestId, context.CancellationToken);
         return new DeleteAliasResponse();
     }
 

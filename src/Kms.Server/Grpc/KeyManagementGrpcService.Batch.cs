@@ -8,6 +8,24 @@ namespace Kms.Server.Grpc;
 /// <summary>Batch calls: each item succeeds or fails on its own, with the status its single call would have had.</summary>
 internal sealed partial class KeyManagementGrpcService
 {
+    // An item's INTERNAL error is a server fault like any other: logged with an error id the
+    // caller also gets, never with details in the answer.
+    private ItemStatus ItemStatusOf(Kms.Core.Errors.KmsException? error, string method)
+    {
+        var status = ProtoMapping.ToItemStatus(error);
+        if (error?.Code == Kms.Core.Errors.KmsErrorCode.Internal)
+        {
+            var errorId = Guid.NewGuid().ToString("N")[..12];
+            LogItemInternal(logger, method, errorId, error);
+            status.Message = $"internal error (error id {errorId}); the server log has the details";
+        }
+
+        return status;
+    }
+
+    [LoggerMessage(EventId = 1004, Level = LogLevel.Error, Message = "{Method}: a batch item failed with internal error {ErrorId}")]
+    private static partial void LogItemInternal(ILogger logger, string method, string errorId, Exception exception);
+
     public override async Task<BatchEncryptResponse> BatchEncrypt(BatchEncryptRequest request, ServerCallContext context)
     {
         var caller = callers.Resolve(context);
@@ -16,7 +34,7 @@ internal sealed partial class KeyManagementGrpcService
         var response = new BatchEncryptResponse();
         response.Results.AddRange(results.Select(r => new BatchEncryptResult
         {
-            Status = ProtoMapping.ToItemStatus(r.Error),
+            Status = ItemStatusOf(r.Error, context.Method),
             Response = r.Value is { } value
                 ? new EncryptResponse { Ciphertext = UnsafeByteOperations.UnsafeWrap(value.Ciphertext), KeyVersion = value.KeyVersion.ToString() }
                 : null,
@@ -32,7 +50,7 @@ internal sealed partial class KeyManagementGrpcService
         var response = new BatchDecryptResponse();
         response.Results.AddRange(results.Select(r => new BatchDecryptResult
         {
-            Status = ProtoMapping.ToItemStatus(r.Error),
+            Status = ItemStatusOf(r.Error, context.Method),
             Response = r.Value is { } value
                 ? new DecryptResponse { Plaintext = WrapSecret(value.Plaintext, context), KeyVersion = value.KeyVersion.ToString() }
                 : null,
@@ -50,7 +68,7 @@ internal sealed partial class KeyManagementGrpcService
         var response = new BatchReEncryptResponse();
         response.Results.AddRange(results.Select(r => new BatchReEncryptResult
         {
-            Status = ProtoMapping.ToItemStatus(r.Error),
+            Status = ItemStatusOf(r.Error, context.Method),
             Response = r.Value is { } value
                 ? new ReEncryptResponse
                 {
@@ -71,7 +89,7 @@ internal sealed partial class KeyManagementGrpcService
         var response = new BatchGenerateDataKeyResponse();
         response.Results.AddRange(results.Select(r => new BatchGenerateDataKeyResult
         {
-            Status = ProtoMapping.ToItemStatus(r.Error),
+            Status = ItemStatusOf(r.Error, context.Method),
             Response = r.Value is { } value
                 ? new GenerateDataKeyResponse
                 {

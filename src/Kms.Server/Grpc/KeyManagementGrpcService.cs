@@ -18,7 +18,8 @@ internal sealed partial class KeyManagementGrpcService(
     KeyService keys,
     CryptoService crypto,
     AliasService aliases,
-    CallerResolver callers)
+    CallerResolver callers,
+    ILogger<KeyManagementGrpcService> logger)
     : KeyManagementService.KeyManagementServiceBase
 {
     private static readonly string[] UpdatableKeyFields = ["labels", "rotation_period", "next_rotation_time", "min_decryption_version"];
@@ -146,7 +147,7 @@ internal sealed partial class KeyManagementGrpcService(
     }
 
     public override async Task<CancelKeyDeletionResponse> CancelKeyDeletion(CancelKeyDeletionRequest request, ServerCallContext context) =>
-        new() { Key = ProtoMapping.ToProto(await keys.CancelKeyDeletionAsync(callers.Resolve(context), KeyName.Parse(request.Name, "name"), context.CancellationToken)) };
+        new() { Key = ProtoMapping.ToProto(await keys.CancelKeyDeletionAsync(callers.Resolve(context), KeyName.Parse(request.Name, "name"), request.RequestId, context.CancellationToken)) };
 
     public override async Task<ScheduleKeyVersionDestructionResponse> ScheduleKeyVersionDestruction(ScheduleKeyVersionDestructionRequest request, ServerCallContext context)
     {
@@ -157,7 +158,7 @@ internal sealed partial class KeyManagementGrpcService(
     }
 
     public override async Task<RestoreKeyVersionResponse> RestoreKeyVersion(RestoreKeyVersionRequest request, ServerCallContext context) =>
-        new() { KeyVersion = ProtoMapping.ToProto(await keys.RestoreKeyVersionAsync(callers.Resolve(context), KeyVersionName.Parse(request.Name, "name"), context.CancellationToken)) };
+        new() { KeyVersion = ProtoMapping.ToProto(await keys.RestoreKeyVersionAsync(callers.Resolve(context), KeyVersionName.Parse(request.Name, "name"), request.RequestId, context.CancellationToken)) };
 
     // The response references the secret's buffer instead of copying it, and the buffer is
     // zeroed when the request ends (after the response has been written).

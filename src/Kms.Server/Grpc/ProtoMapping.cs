@@ -96,7 +96,14 @@ internal static class ProtoMapping
             throw KmsErrors.InvalidArgument(field, "must be a positive duration");
         }
 
-        return duration.ToTimeSpan();
+        try
+        {
+            return duration.ToTimeSpan();
+        }
+        catch (InvalidOperationException)
+        {
+            throw KmsErrors.InvalidArgument(field, "is not a normalized duration (nanos must be below 1,000,000,000)");
+        }
     }
 
     /// <summary>A timestamp field: null when unset.</summary>

@@ -15,22 +15,41 @@ internal sealed partial class LifecycleWorker(
     LifecycleWorkerOptions options,
     ILogger<LifecycleWorker> logger) : BackgroundService
 {
-    /// <summary>One pass: due rotations, due destructions, usage flush. Failures are logged and retried next pass.</summary>
+    /// <summary>
+    /// One pass: due destructions, pending erasure, due rotations, usage flush — each on its
+    /// own, so one failing job (or key) does not hold the others back. Failures are logged
+    /// and retried at the next pass.
+    /// </summary>
     public async Task RunOnceAsync(CancellationToken cancellationToken)
+    {
+        var destroyed = await RunJobAsync("destruction", () => keys.DestroyDueAsync(cancellationToken));
+        await RunJobAsync("erasure", async () =>
+        {
+            await keys.CompleteErasureAsync(cancellationToken);
+            return 0;
+        });
+        var rotated = await RunJobAsync("scheduled rotation", () => keys.RotateDueKeysAsync(cancellationToken));
+        await RunJobAsync("usage flush", async () =>
+        {
+            await usage.FlushAsync(cancellationToken);
+            return 0;
+        });
+        if (rotated > 0 || destroyed > 0)
+        {
+            LogPass(logger, rotated, destroyed);
+        }
+    }
+
+    private async Task<int> RunJobAsync(string job, Func<Task<int>> run)
     {
         try
         {
-            var rotated = await keys.RotateDueKeysAsync(cancellationToken);
-            var destroyed = await keys.DestroyDueAsync(cancellationToken);
-            await usage.FlushAsync(cancellationToken);
-            if (rotated > 0 || destroyed > 0)
-            {
-                LogPass(logger, rotated, destroyed);
-            }
+            return await run();
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {
-            LogPassFailed(logger, e);
+            LogJobFailed(logger, job, e);
+            return 0;
         }
     }
 
@@ -98,8 +117,11 @@ internal sealed partial class LifecycleWorker(
     [LoggerMessage(EventId = 1202, Level = LogLevel.Warning, Message = "Key {Key} rotated: its primary version reached the soft GCM usage bound")]
     private static partial void LogUsageRotation(ILogger logger, string key);
 
-    [LoggerMessage(EventId = 1203, Level = LogLevel.Error, Message = "Lifecycle pass failed; retrying at the next pass")]
+    [LoggerMessage(EventId = 1203, Level = LogLevel.Error, Message = "Lifecycle work failed; retrying at the next pass")]
     private static partial void LogPassFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = 1204, Level = LogLevel.Error, Message = "Lifecycle job {Job} failed; retrying at the next pass")]
+    private static partial void LogJobFailed(ILogger logger, string job, Exception exception);
 }
 
 /// <summary>How often the lifecycle worker runs (<c>Lifecycle:JobInterval</c>).</summary>

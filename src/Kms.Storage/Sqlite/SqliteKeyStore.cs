@@ -24,6 +24,7 @@ namespace Kms.Storage.Sqlite;
 public sealed class SqliteKeyStore : IKeyStore
 {
     private const int SqliteConstraint = 19;
+    private const string ErasurePendingSetting = "store.erasure_pending";
 
     // Declared before the fields built from it (static initialisers run in order).
     private static readonly string[] VersionColumnNames =
@@ -161,7 +162,17 @@ public sealed class SqliteKeyStore : IKeyStore
 
             foreach (var version in change.UpdatedVersions)
             {
-                erased |= version.State == KeyState.Destroyed;
+                if (version.State == KeyState.Destroyed && !erased)
+                {
+                    // Durable with the erasure itself: if the checkpoint below cannot run now,
+                    // CompleteErasureAsync finishes it on a later pass, even after a restart.
+                    erased = true;
+                    await using var pending = Command(connection, "INSERT INTO settings (name, value) VALUES ($name, '1') ON CONFLICT (name) DO UPDATE SET value = '1'",
+                        ("$name", ErasurePendingSetting));
+                    pending.Transaction = transaction;
+                    await pending.ExecuteNonQueryAsync(cancellationToken);
+                }
+
                 await using var update = Command(connection, """
                     UPDATE key_versions
                     SET state = $state, destroy_time = $destroy_time, destroy_event_time = $destroy_event_time,
@@ -190,11 +201,35 @@ public sealed class SqliteKeyStore : IKeyStore
 
         if (erased)
         {
-            await ShredAsync(cancellationToken);
+            await CompleteErasureAsync(cancellationToken);
         }
 
         return result;
     }
+
+    /// <inheritdoc />
+    public Task<bool> CompleteErasureAsync(CancellationToken cancellationToken) =>
+        GuardAsync(async () =>
+        {
+            await using var connection = await OpenConnectionAsync(cancellationToken);
+            await using (var check = Command(connection, "SELECT 1 FROM settings WHERE name = $name", ("$name", ErasurePendingSetting)))
+            {
+                if (await check.ExecuteScalarAsync(cancellationToken) is null)
+                {
+                    return true;
+                }
+            }
+
+            if (!await TryCheckpointTruncateAsync(connection, cancellationToken))
+            {
+                return false;
+            }
+
+            // Cleared only after the truncation: a crash in between just repeats a harmless checkpoint.
+            await using var clear = Command(connection, "DELETE FROM settings WHERE name = $name", ("$name", ErasurePendingSetting));
+            await clear.ExecuteNonQueryAsync(cancellationToken);
+            return true;
+        });
 
     /// <inheritdoc />
     public Task<KeyVersionMaterial?> GetPrimaryMaterialAsync(KeyName name, CancellationToken cancellationToken) =>
@@ -289,13 +324,19 @@ public sealed class SqliteKeyStore : IKeyStore
         }, cancellationToken);
 
     /// <inheritdoc />
-    public Task<bool> DeleteAliasAsync(AliasName name, CancellationToken cancellationToken) =>
+    public Task<bool> DeleteAliasAsync(AliasName name, RequestRecord? request, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
             await using var delete = Command(connection, "DELETE FROM aliases WHERE tenant = $tenant AND alias_id = $alias_id",
                 ("$tenant", name.Tenant.Value), ("$alias_id", name.AliasId));
             delete.Transaction = transaction;
-            return await delete.ExecuteNonQueryAsync(cancellationToken) > 0;
+            if (await delete.ExecuteNonQueryAsync(cancellationToken) == 0)
+            {
+                return false;
+            }
+
+            await InsertRequestAsync(connection, transaction, request, cancellationToken);
+            return true;
         }, cancellationToken);
 
     /// <inheritdoc />
@@ -408,23 +449,26 @@ public sealed class SqliteKeyStore : IKeyStore
 
     // Copies the WAL into the database file (where secure_delete has zeroed the erased bytes)
     // and truncates the WAL to zero length, so no old frame still holds erased material.
-    // Readers with an older snapshot can hold the checkpoint back: retry briefly.
-    private async Task ShredAsync(CancellationToken cancellationToken)
+    // A reader holding an older snapshot prevents it: a few short tries (about a second in
+    // all, never the full busy timeout), then the caller retries on a later pass.
+    private static async Task<bool> TryCheckpointTruncateAsync(SqliteConnection connection, CancellationToken cancellationToken)
     {
-        await using var connection = await OpenConnectionAsync(cancellationToken);
-        for (var attempt = 0; attempt < 50; attempt++)
+        await ExecuteAsync(connection, "PRAGMA busy_timeout = 100;", cancellationToken);
+        for (var attempt = 0; attempt < 8; attempt++)
         {
             await using var command = Command(connection, "PRAGMA wal_checkpoint(TRUNCATE)");
             await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+
+            // Columns: busy (0 when the checkpoint completed), WAL frames, frames checkpointed.
             if (await reader.ReadAsync(cancellationToken) && reader.GetInt64(0) == 0)
             {
-                return;
+                return true;
             }
 
-            await Task.Delay(20, cancellationToken);
+            await Task.Delay(25, cancellationToken);
         }
 
-        throw KmsErrors.Unavailable("the database could not be checkpointed after erasing key material; the erasure is committed and will complete at the next checkpoint");
+        return false;
     }
 
     // The file holds wrapped key material: readable by the service's user only. SQLite gives

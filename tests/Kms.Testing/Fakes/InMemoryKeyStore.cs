@@ -224,13 +224,22 @@ public sealed class InMemoryKeyStore : IKeyStore
         }
     }
 
-    public Task<bool> DeleteAliasAsync(AliasName name, CancellationToken cancellationToken)
+    public Task<bool> DeleteAliasAsync(AliasName name, RequestRecord? request, CancellationToken cancellationToken)
     {
         lock (_lock)
         {
-            return Task.FromResult(_aliases.Remove((name.Tenant.Value, name.AliasId)));
+            EnsureRequestFree(request);
+            if (!_aliases.Remove((name.Tenant.Value, name.AliasId)))
+            {
+                return Task.FromResult(false);
+            }
+
+            Record(request);
+            return Task.FromResult(true);
         }
     }
+
+    public Task<bool> CompleteErasureAsync(CancellationToken cancellationToken) => Task.FromResult(true);
 
     public Task<IReadOnlyList<KeyAlias>> ListAliasesAsync(TenantId tenant, string? afterAliasId, int limit, CancellationToken cancellationToken)
     {
