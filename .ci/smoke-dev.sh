@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts ./dev.sh on a fresh data directory and does what the README's quick start does
-# with buf curl (server reflection): create a key, get a data key, decrypt it. Then a
+# with buf curl (server reflection) and the dev token: create a key, get a data key,
+# decrypt it; a call without a token and a key-user creating a key are refused. Then a
 # restart on the same data directory must decrypt the same blob.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,11 +25,31 @@ start_server() {
   cat "$work/server.log"; echo "smoke: server did not start" >&2; exit 1
 }
 
-call() {
-  "${buf[@]}" curl --protocol grpc --cacert "$KMS_DATA_DIR/tls/ca.crt" -d "$2" "https://127.0.0.1:$port/kms.v1.KeyManagementService/$1"
+# As the README: the dev token in an Authorization header, sent on reflection calls too.
+call_as() {
+  "${buf[@]}" curl --protocol grpc --cacert "$KMS_DATA_DIR/tls/ca.crt" \
+    -H "Authorization: Bearer $(cat "$KMS_DATA_DIR/tokens/$1")" --reflect-header '*' \
+    -d "$3" "https://127.0.0.1:$port/kms.v1.KeyManagementService/$2"
 }
+call() { call_as developer.token "$@"; }
 
 start_server
+[ "$(stat -c %a "$KMS_DATA_DIR/tokens/developer.token")" = 600 ] || { echo "smoke: developer.token is not mode 0600" >&2; exit 1; }
+
+# Health needs no credential; everything else does, and roles are enforced.
+# (buf learns the health schema by reflection, which needs the token; the Check itself does not.)
+"${buf[@]}" curl --protocol grpc --cacert "$KMS_DATA_DIR/tls/ca.crt" -H "Authorization: Bearer $(cat "$KMS_DATA_DIR/tokens/key-user.token")" \
+  --reflect-header '*' "https://127.0.0.1:$port/grpc.health.v1.Health/Check" | grep -q SERVING
+if "${buf[@]}" curl --protocol grpc --cacert "$KMS_DATA_DIR/tls/ca.crt" --schema "$root/proto" \
+     -d '{"length_bytes":8}' "https://127.0.0.1:$port/kms.v1.KeyManagementService/GenerateRandom" > "$work/anon.out" 2>&1; then
+  echo "smoke: a call without a credential was answered" >&2; exit 1
+fi
+grep -qi unauthenticated "$work/anon.out" || { cat "$work/anon.out"; echo "smoke: expected unauthenticated" >&2; exit 1; }
+if call_as key-user.token CreateKey '{"parent":"tenants/dev","key_id":"nope","key":{"purpose":"KEY_PURPOSE_ENCRYPT_DECRYPT"}}' > "$work/denied.out" 2>&1; then
+  echo "smoke: a key-user created a key" >&2; exit 1
+fi
+grep -qi permission_denied "$work/denied.out" || { cat "$work/denied.out"; echo "smoke: expected permission_denied" >&2; exit 1; }
+
 call CreateKey '{"parent":"tenants/dev","key_id":"smoke","key":{"purpose":"KEY_PURPOSE_ENCRYPT_DECRYPT"}}' | grep -q '"tenants/dev/keys/smoke"'
 data_key=$(call GenerateDataKey '{"name":"tenants/dev/keys/smoke","encryption_context":{"app":"smoke"}}')
 plaintext=$(echo "$data_key" | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')
@@ -40,4 +61,4 @@ kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
 start_server
 again=$(call Decrypt "{\"ciphertext\":\"$ciphertext\",\"encryption_context\":{\"app\":\"smoke\"}}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')
 [ "$plaintext" = "$again" ] || { echo "smoke: decrypt after restart differs" >&2; exit 1; }
-echo "smoke: dev.sh + buf curl: create key, data key, decrypt, restart, decrypt: ok"
+echo "smoke: dev.sh + buf curl: health, unauthenticated and unauthorized refused, create key, data key, decrypt, restart, decrypt: ok"

@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using BenchmarkDotNet.Attributes;
+using Kms.Core.Access;
 using Kms.Core.Crypto;
 using Kms.Core.Keys;
 using Kms.Core.Names;
@@ -24,7 +25,7 @@ public class MicroBenchmarks
     private static readonly byte[] Plaintext = RandomNumberGenerator.GetBytes(32);
     private static readonly byte[] Iv = RandomNumberGenerator.GetBytes(12);
     private static readonly byte[] Aad = RandomNumberGenerator.GetBytes(24);
-    private static readonly Caller Caller = new("bench", TenantId.Parse("dev"));
+    private static readonly Caller Caller = new("token:bench", TenantId.Parse("dev"), new HashSet<Role> { Role.KeyManager, Role.KeyUser });
 
     private Pkcs11Hsm _hsm = null!;
     private Pkcs11Module _module = null!;
@@ -58,12 +59,13 @@ public class MicroBenchmarks
         ];
         _rawKey = _rawSession.GenerateKey(generate, template);
         GC.KeepAlive(template); // Pkcs11Interop frees attribute memory in finalizers
-        var store = await SqliteKeyStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(root, "kms.db") }, default);
+        var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(root, "kms.db") }, default);
         var limits = new UsageLimitOptions();
         var usage = new UsageCounter(store, limits, TimeProvider.System);
-        var keys = new KeyService(_hsm, store, TimeProvider.System, new LifecycleOptions(), limits, usage);
+        await store.CreateTenantAsync(new Tenant(Caller.Tenant, "bench", TenantState.Active, DateTimeOffset.UtcNow), default);
+        var keys = new KeyService(_hsm, store, store, TimeProvider.System, new LifecycleOptions(), limits, usage);
         _keyName = (await keys.CreateKeyAsync(Caller, new CreateKeyCommand(Caller.Tenant, "bench", KeyPurpose.EncryptDecrypt, KeyLabels.Empty, null), default)).Key.Name;
-        _crypto = new CryptoService(_hsm, store, usage);
+        _crypto = new CryptoService(_hsm, store, usage, new KeyAccessService(store, store, TimeProvider.System));
         _batchItems = Enumerable.Range(0, 100).Select(_ => new BatchItem(_keyName.ToString(), null, null)).ToList();
 
         _aes = new AesGcm(RandomNumberGenerator.GetBytes(32), 16);

@@ -4,6 +4,7 @@ using System.Security.Authentication;
 using System.Security.Cryptography.X509Certificates;
 using Google.Protobuf;
 using Grpc.Core;
+using Grpc.Core.Interceptors;
 using Grpc.Net.Client;
 using Kms.Contracts.V1;
 
@@ -16,7 +17,8 @@ namespace Kms.Client;
 /// <remarks>
 /// Failures surface as <see cref="RpcException"/> with the server's status: INVALID_ARGUMENT
 /// (a field; for ciphertexts the opaque "decryption failed"), NOT_FOUND, FAILED_PRECONDITION,
-/// UNAVAILABLE (retryable). Secrets returned (<see cref="DataKey"/>, <see cref="DecryptedData"/>)
+/// UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED (a tenant quota: wait for the
+/// RetryInfo delay), UNAVAILABLE (retryable). Secrets returned (<see cref="DataKey"/>, <see cref="DecryptedData"/>)
 /// are zeroed on dispose.
 /// </remarks>
 public sealed class KmsClient : IDisposable
@@ -41,7 +43,18 @@ public sealed class KmsClient : IDisposable
             ca = _ownedCa = X509Certificate2.CreateFromPem(File.ReadAllText(path));
         }
 
+        var token = options.ApiToken ?? (options.ApiTokenPath is { } tokenPath ? File.ReadAllText(tokenPath).Trim() : null);
+        if (token is not null && options.ClientCertificate is not null)
+        {
+            throw new ArgumentException("use an API token or a client certificate, not both: the server refuses calls that carry both", nameof(options));
+        }
+
         var ssl = new SslClientAuthenticationOptions { EnabledSslProtocols = SslProtocols.Tls13 };
+        if (options.ClientCertificate is { } clientCertificate)
+        {
+            ssl.ClientCertificates = [clientCertificate];
+        }
+
         if (ca is not null)
         {
             ssl.CertificateChainPolicy = new X509ChainPolicy
@@ -59,12 +72,23 @@ public sealed class KmsClient : IDisposable
             PooledConnectionIdleTimeout = TimeSpan.FromMinutes(5),
         };
         _channel = GrpcChannel.ForAddress(options.Endpoint, new GrpcChannelOptions { HttpHandler = handler, DisposeHttpClient = true });
-        _stub = new KeyManagementService.KeyManagementServiceClient(_channel);
+        var invoker = token is null
+            ? _channel.CreateCallInvoker()
+            : _channel.Intercept(metadata =>
+            {
+                metadata.Add("authorization", "Bearer " + token);
+                return metadata;
+            });
+        _stub = new KeyManagementService.KeyManagementServiceClient(invoker);
+        Access = new AccessManagementService.AccessManagementServiceClient(invoker);
         _timeout = options.CallTimeout;
     }
 
     /// <summary>The generated stub, for calls this wrapper does not cover yet.</summary>
     public KeyManagementService.KeyManagementServiceClient Raw => _stub;
+
+    /// <summary>The access-management stub (tenants, principals, tokens, role bindings), with this client's credential.</summary>
+    public AccessManagementService.AccessManagementServiceClient Access { get; }
 
     /// <summary>
     /// Creates a key. A <paramref name="requestId"/> is generated when none is given, so a

@@ -17,6 +17,18 @@ public sealed class KmsClientOptions
     /// <summary>Like <see cref="CaCertificatePath"/>, already loaded.</summary>
     public X509Certificate2? CaCertificate { get; set; }
 
+    /// <summary>
+    /// API token (<c>kms_&lt;id&gt;_&lt;secret&gt;</c>), sent as <c>Authorization: Bearer</c>. Use a
+    /// token or a client certificate, not both: the server refuses a call carrying both.
+    /// </summary>
+    public string? ApiToken { get; set; }
+
+    /// <summary>File holding the API token (dev mode: <c>.kms/tokens/developer.token</c>); read once, when the client is created.</summary>
+    public string? ApiTokenPath { get; set; }
+
+    /// <summary>Client certificate with its private key, for mTLS.</summary>
+    public X509Certificate2? ClientCertificate { get; set; }
+
     /// <summary>Deadline of each call.</summary>
     public TimeSpan CallTimeout { get; set; } = TimeSpan.FromSeconds(30);
 }

@@ -11,7 +11,7 @@ namespace Kms.Contracts.Tests;
 /// </summary>
 public sealed class WireContractTests
 {
-    private static readonly FileDescriptor[] Files = [KmsReflection.Descriptor, ResourcesReflection.Descriptor];
+    private static readonly FileDescriptor[] Files = [KmsReflection.Descriptor, ResourcesReflection.Descriptor, AccessReflection.Descriptor];
 
     [Fact]
     public void WireContract_EveryPinnedElementUnchanged()
@@ -54,7 +54,7 @@ public sealed class WireContractTests
     [Fact]
     public void Service_EveryRpcHasItsOwnRequestAndResponse()
     {
-        foreach (var method in KmsReflection.Descriptor.Services.Single().Methods)
+        foreach (var method in Files.SelectMany(f => f.Services).SelectMany(s => s.Methods))
         {
             Assert.Equal(method.Name + "Request", method.InputType.Name);
             Assert.Equal(method.Name + "Response", method.OutputType.Name);

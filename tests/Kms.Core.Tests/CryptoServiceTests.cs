@@ -9,8 +9,8 @@ namespace Kms.Core.Tests;
 
 public sealed class CryptoServiceTests : IDisposable
 {
-    private static readonly Caller Dev = new("test:dev", TenantId.Parse("dev"));
-    private static readonly Caller Acme = new("test:acme", TenantId.Parse("acme"));
+    private static readonly Caller Dev = DomainHarness.Dev;
+    private static readonly Caller Acme = DomainHarness.Acme;
     private static readonly KeyName Orders = KeyName.Parse("tenants/dev/keys/orders", "name");
     private static readonly KeyName Invoices = KeyName.Parse("tenants/dev/keys/invoices", "name");
 

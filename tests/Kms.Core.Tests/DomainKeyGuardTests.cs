@@ -10,7 +10,7 @@ public sealed class DomainKeyGuardTests
     public async Task Verify_FirstStart_PinsCheckValue()
     {
         using var hsm = new FakeHsm { DomainKeyCheckValue = "ABC123" };
-        var store = new InMemoryKeyStore();
+        var store = new InMemoryStore();
         var pin = await DomainKeyGuard.VerifyAsync(hsm, store, devMode: true, default);
 
         Assert.True(pin.FirstStart);
@@ -20,7 +20,7 @@ public sealed class DomainKeyGuardTests
     [Fact]
     public async Task Verify_SameDomainKeyAgain_Passes()
     {
-        var store = new InMemoryKeyStore();
+        var store = new InMemoryStore();
         using var hsm = new FakeHsm { DomainKeyCheckValue = "ABC123" };
         await DomainKeyGuard.VerifyAsync(hsm, store, devMode: false, default);
         var pin = await DomainKeyGuard.VerifyAsync(hsm, store, devMode: false, default);
@@ -30,7 +30,7 @@ public sealed class DomainKeyGuardTests
     [Fact]
     public async Task Verify_OtherDomainKey_RefusesNamingBothCheckValues()
     {
-        var store = new InMemoryKeyStore();
+        var store = new InMemoryStore();
         using var first = new FakeHsm { DomainKeyCheckValue = "ABC123" };
         using var other = new FakeHsm { DomainKeyCheckValue = "DEF456" };
         await DomainKeyGuard.VerifyAsync(first, store, devMode: true, default);
@@ -44,7 +44,7 @@ public sealed class DomainKeyGuardTests
     [Fact]
     public async Task Verify_DevDatabaseOutsideDevMode_Refuses()
     {
-        var store = new InMemoryKeyStore();
+        var store = new InMemoryStore();
         using var hsm = new FakeHsm();
         await DomainKeyGuard.VerifyAsync(hsm, store, devMode: true, default);
 

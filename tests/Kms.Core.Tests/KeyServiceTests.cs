@@ -10,7 +10,7 @@ namespace Kms.Core.Tests;
 
 public sealed class KeyServiceTests : IDisposable
 {
-    private static readonly Caller Dev = new("test:dev", TenantId.Parse("dev"));
+    private static readonly Caller Dev = DomainHarness.Dev;
     private static readonly TenantId DevTenant = TenantId.Parse("dev");
 
     private readonly DomainHarness _domain = new();
@@ -91,7 +91,7 @@ public sealed class KeyServiceTests : IDisposable
     public async Task GetKey_OtherTenant_SameAnswerAsMissing()
     {
         await Create("orders");
-        var other = new Caller("test:acme", TenantId.Parse("acme"));
+        var other = DomainHarness.TenantCaller("token:acme-2", "acme");
         var forbidden = await Assert.ThrowsAsync<KmsException>(() => _service.GetKeyAsync(other, KeyName.Parse("tenants/dev/keys/orders", "name"), default));
         var missing = await Assert.ThrowsAsync<KmsException>(() => _service.GetKeyAsync(other, KeyName.Parse("tenants/dev/keys/nothing", "name"), default));
 
@@ -131,7 +131,7 @@ public sealed class KeyServiceTests : IDisposable
         }
 
         var page = await _service.ListKeysAsync(Dev, DevTenant, 1, null, default);
-        var acme = new Caller("test:acme", TenantId.Parse("acme"));
+        var acme = DomainHarness.TenantCaller("token:acme-2", "acme");
         var e = await Assert.ThrowsAsync<KmsException>(() => _service.ListKeysAsync(acme, TenantId.Parse("acme"), 1, page.NextPageToken, default));
         Assert.Equal("page_token", e.Field);
     }

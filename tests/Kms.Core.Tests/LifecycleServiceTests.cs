@@ -57,7 +57,7 @@ public sealed class LifecycleServiceTests : IDisposable
     [Fact]
     public async Task RotateKey_StoreWriteFailsAfterTheHsmStep_NoNewVersionAndKeyUnchanged()
     {
-        var store = (InMemoryKeyStore)_domain.Store;
+        var store = (InMemoryStore)_domain.Store;
         var key = await _domain.CreateKeyAsync("k");
         store.FailNextWrite = KmsErrors.Unavailable("injected");
 
@@ -328,7 +328,7 @@ public sealed class LifecycleServiceTests : IDisposable
     [Fact]
     public async Task ScheduledRotation_OneKeyFails_OthersStillRotated()
     {
-        var store = (InMemoryKeyStore)_domain.Store;
+        var store = (InMemoryStore)_domain.Store;
         var first = await _domain.CreateKeyAsync("a", rotationPeriod: TimeSpan.FromDays(1));
         var second = await _domain.CreateKeyAsync("b", rotationPeriod: TimeSpan.FromDays(1));
         _domain.Time.Advance(TimeSpan.FromDays(1));

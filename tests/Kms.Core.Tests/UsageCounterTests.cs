@@ -9,7 +9,7 @@ namespace Kms.Core.Tests;
 public sealed class UsageCounterTests : IDisposable
 {
     private static readonly Caller Dev = DomainHarness.Dev;
-    private readonly InMemoryKeyStore _store = new();
+    private readonly InMemoryStore _store = new();
     private readonly DomainHarness _domain;
 
     public UsageCounterTests() =>

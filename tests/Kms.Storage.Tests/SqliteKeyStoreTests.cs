@@ -82,7 +82,7 @@ public sealed class SqliteKeyStoreTests : KeyStoreLifecycleContract, IDisposable
     [Fact]
     public async Task Store_DatabaseLockedByAnotherWriter_UnavailableNotCrash()
     {
-        var store = await SqliteKeyStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath, BusyTimeout = TimeSpan.FromMilliseconds(200) }, default);
+        var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath, BusyTimeout = TimeSpan.FromMilliseconds(200) }, default);
         await using var blocker = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
         await blocker.OpenAsync();
         await using var transaction = blocker.BeginTransaction(deferred: false);
@@ -163,10 +163,10 @@ public sealed class SqliteKeyStoreTests : KeyStoreLifecycleContract, IDisposable
         return copy.ToArray();
     }
 
-    private Task<SqliteKeyStore> OpenAsync() => SqliteKeyStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath }, default);
+    private Task<SqliteStore> OpenAsync() => SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath }, default);
 }
 
 public sealed class InMemoryKeyStoreTests : KeyStoreLifecycleContract
 {
-    protected override Task<IKeyStore> CreateStoreAsync() => Task.FromResult<IKeyStore>(new Kms.Testing.Fakes.InMemoryKeyStore());
+    protected override Task<IKeyStore> CreateStoreAsync() => Task.FromResult<IKeyStore>(new Kms.Testing.Fakes.InMemoryStore());
 }

@@ -80,10 +80,28 @@ public sealed class KmsTestServer : IAsyncDisposable
         return await StartAsync(Token, DataDir, tenant ?? Tenant, _configureServices, _extraArgs);
     }
 
-    /// <summary>A typed client that trusts this server's dev CA.</summary>
-    public KmsClient CreateClient() => new(new KmsClientOptions { Endpoint = Address, CaCertificatePath = CaCertificatePath });
+    /// <summary>Dev mode's token with every tenant role in the dev tenant.</summary>
+    public string DeveloperToken => ReadToken("developer.token");
 
-    /// <summary>A channel for other services (health, reflection).</summary>
+    /// <summary>Dev mode's key-user service token.</summary>
+    public string KeyUserToken => ReadToken("key-user.token");
+
+    /// <summary>Dev mode's deployment-admin session token.</summary>
+    public string DeploymentAdminToken => ReadToken("deployment-admin.token");
+
+    /// <summary>A typed client that trusts this server's dev CA, authenticated as the dev developer (every tenant role in dev).</summary>
+    public KmsClient CreateClient() => CreateClient(DeveloperToken);
+
+    /// <summary>A typed client with the given API token (null: no credential).</summary>
+    public KmsClient CreateClient(string? apiToken) =>
+        new(new KmsClientOptions { Endpoint = Address, CaCertificatePath = CaCertificatePath, ApiToken = apiToken });
+
+    /// <summary>Call options carrying a bearer token.</summary>
+    public static Grpc.Core.Metadata Bearer(string token) => new() { { "authorization", "Bearer " + token } };
+
+    private string ReadToken(string file) => File.ReadAllText(Path.Combine(DataDir, "tokens", file)).Trim();
+
+    /// <summary>A channel without credentials, for other services (health, reflection) and raw calls.</summary>
     public GrpcChannel CreateChannel()
     {
         var ca = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(File.ReadAllText(CaCertificatePath));

@@ -20,17 +20,20 @@ public sealed class EncryptionContext
 
     private readonly byte[] _encoded;
 
-    private EncryptionContext(byte[] encoded, int count)
+    private EncryptionContext(byte[] encoded, IReadOnlyDictionary<string, string> entries)
     {
         _encoded = encoded;
-        Count = count;
+        Entries = entries;
     }
 
     /// <summary>The empty context.</summary>
-    public static EncryptionContext Empty { get; } = new([0, 0, 0, 0], 0);
+    public static EncryptionContext Empty { get; } = new([0, 0, 0, 0], new Dictionary<string, string>());
+
+    /// <summary>The entries (for grant constraints). Values may be sensitive: never log them.</summary>
+    public IReadOnlyDictionary<string, string> Entries { get; }
 
     /// <summary>Number of entries.</summary>
-    public int Count { get; }
+    public int Count => Entries.Count;
 
     /// <summary>The canonical encoding.</summary>
     public ReadOnlySpan<byte> Encoded => _encoded;
@@ -45,8 +48,10 @@ public sealed class EncryptionContext
         }
 
         var encodedEntries = new List<(byte[] Key, byte[] Value)>();
+        var map = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var (key, value) in entries)
         {
+            map[key] = value;
             var keyBytes = Encode(key, field, "key");
             var valueBytes = Encode(value, field, "value");
             if (keyBytes.Length is 0 or > Limits.MaxContextKeyBytes)
@@ -91,7 +96,7 @@ public sealed class EncryptionContext
             offset = WritePrefixed(span, offset, value);
         }
 
-        return new EncryptionContext(encoded, encodedEntries.Count);
+        return new EncryptionContext(encoded, map);
     }
 
     /// <summary>Keys only (values may be sensitive): safe to log.</summary>

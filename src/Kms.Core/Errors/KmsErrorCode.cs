@@ -15,6 +15,12 @@ public enum KmsErrorCode
     /// <summary>The resource is in a state (or of a purpose) that does not allow the operation.</summary>
     FailedPrecondition,
 
+    /// <summary>No valid credential. Deliberately says nothing that helps guessing.</summary>
+    Unauthenticated,
+
+    /// <summary>Authenticated, but not allowed; the message names the missing permission.</summary>
+    PermissionDenied,
+
     /// <summary>A ciphertext could not be decrypted. Deliberately says nothing more.</summary>
     DecryptionFailed,
 

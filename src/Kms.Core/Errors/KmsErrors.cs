@@ -22,6 +22,14 @@ public static class KmsErrors
     public static KmsException FailedPrecondition(string message) =>
         new(KmsErrorCode.FailedPrecondition, message);
 
+    /// <summary>The one answer for a missing, malformed, expired or revoked credential.</summary>
+    public static KmsException Unauthenticated() =>
+        new(KmsErrorCode.Unauthenticated, "a valid client certificate or API token is required");
+
+    /// <summary>An authenticated caller without the permission; the message names it.</summary>
+    public static KmsException PermissionDenied(string message) =>
+        new(KmsErrorCode.PermissionDenied, message);
+
     /// <summary>The one opaque answer for a ciphertext that cannot be decrypted.</summary>
     public static KmsException DecryptionFailed() =>
         new(KmsErrorCode.DecryptionFailed, DecryptionFailedMessage);

@@ -22,4 +22,7 @@ public sealed record Key(
 
     /// <summary>When a scheduled deletion of the key takes effect; set while DESTROY_SCHEDULED.</summary>
     public DateTimeOffset? DestroyTime { get; init; }
+
+    /// <summary>Whether a key policy restricts who may use the key (then policy and grants are checked).</summary>
+    public bool Restricted { get; init; }
 }

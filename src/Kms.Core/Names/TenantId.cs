@@ -36,6 +36,13 @@ public readonly partial record struct TenantId
         return new TenantId(name[Prefix.Length..]);
     }
 
+    /// <summary>Validates an id without throwing.</summary>
+    public static bool TryParse(string? value, out TenantId tenant)
+    {
+        tenant = IsValid(value) ? new TenantId(value!) : default;
+        return IsValid(value);
+    }
+
     internal static bool IsValid(string? value) => value is not null && Pattern().IsMatch(value);
 
     /// <inheritdoc />

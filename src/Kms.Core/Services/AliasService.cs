@@ -6,7 +6,7 @@ using Kms.Core.Ports;
 namespace Kms.Core.Services;
 
 /// <summary>Aliases: names that point at keys of the same tenant and can be re-pointed.</summary>
-public sealed class AliasService(IKeyStore store, TimeProvider time)
+public sealed class AliasService(IKeyStore store, IAccessStore access, TimeProvider time)
 {
     private const string CreateAliasOperation = "CreateAlias";
     private const string DeleteAliasOperation = "DeleteAlias";
@@ -29,6 +29,7 @@ public sealed class AliasService(IKeyStore store, TimeProvider time)
             return await GetAliasAsync(caller, name, cancellationToken);
         }
 
+        await TenantGate.EnsureActiveAsync(access, parent, cancellationToken);
         var now = Clock.Now(time);
         var alias = new KeyAlias(name, key, now, now);
         var request = requestId is null ? null : new RequestRecord(parent, requestId, CreateAliasOperation, fingerprint, name.ToString(), now);

@@ -1,4 +1,5 @@
 using System.Security.Cryptography;
+using Kms.Core.Access;
 using Kms.Core.Crypto;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
@@ -15,7 +16,7 @@ namespace Kms.Core.Services;
 /// of the caller's own key that is disabled, destroyed or below the minimum decryption
 /// version is FAILED_PRECONDITION naming the state: the caller may know its own keys.
 /// </remarks>
-public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
+public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage, KeyAccessService keyAccess)
 {
     private readonly KeyResolver _resolver = new(store);
 
@@ -23,7 +24,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
     public async Task<EncryptResult> EncryptAsync(Caller caller, KeyReference key, byte[] plaintext, EncryptionContext context, CancellationToken cancellationToken)
     {
         ValidatePlaintext(plaintext, "plaintext");
-        var primary = await GetPrimaryForEncryptionAsync(caller, key, cancellationToken);
+        var primary = await GetPrimaryForEncryptionAsync(caller, key, context, cancellationToken);
         await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
         var iv = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength, cancellationToken);
         var blob = await SealAsync(caller, primary, iv, plaintext, context, cancellationToken);
@@ -34,7 +35,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
     /// <returns>The plaintext; the caller disposes it (zeroing it) when done.</returns>
     public async Task<DecryptResult> DecryptAsync(Caller caller, byte[] ciphertext, EncryptionContext context, CancellationToken cancellationToken)
     {
-        var (blob, found) = await OpenBlobAsync(caller, ciphertext, "ciphertext", cancellationToken);
+        var (blob, found) = await OpenBlobAsync(caller, ciphertext, "ciphertext", context, cancellationToken);
         var plaintext = await UnsealAsync(caller, blob, found, context, cancellationToken);
         return new DecryptResult(new SecretBytes(plaintext), found.Version.Name);
     }
@@ -46,7 +47,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
     /// <returns>The data key; the caller disposes it (zeroing the plaintext) when done.</returns>
     public async Task<DataKeyResult> GenerateDataKeyAsync(Caller caller, KeyReference key, EncryptionContext context, CancellationToken cancellationToken)
     {
-        var primary = await GetPrimaryForEncryptionAsync(caller, key, cancellationToken);
+        var primary = await GetPrimaryForEncryptionAsync(caller, key, context, cancellationToken);
         await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
         var random = await hsm.GenerateRandomAsync(Limits.DataKeyBytes + CiphertextBlob.IvLength, cancellationToken);
         try
@@ -71,8 +72,8 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
         EncryptionContext destinationContext,
         CancellationToken cancellationToken)
     {
-        var (blob, found) = await OpenBlobAsync(caller, ciphertext, "ciphertext", cancellationToken);
-        var primary = await GetPrimaryForEncryptionAsync(caller, destination, cancellationToken);
+        var (blob, found) = await OpenBlobAsync(caller, ciphertext, "ciphertext", sourceContext, cancellationToken);
+        var primary = await GetPrimaryForEncryptionAsync(caller, destination, destinationContext, cancellationToken);
         var plaintext = await UnsealAsync(caller, blob, found, sourceContext, cancellationToken);
         try
         {
@@ -112,7 +113,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
                 var plaintext = item.Data ?? [];
                 ValidatePlaintext(plaintext, Field(i, "plaintext"));
                 var context = EncryptionContext.Create(item.Context, Field(i, "encryption_context"));
-                var primary = await keys.PrimaryAsync(KeyReference.Parse(item.Name, Field(i, "name")), cancellationToken);
+                var primary = await keys.PrimaryAsync(KeyReference.Parse(item.Name, Field(i, "name")), context, cancellationToken);
                 await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
                 var iv = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength, cancellationToken);
                 return new EncryptResult(await SealAsync(caller, primary, iv, plaintext, context, cancellationToken), primary.Version.Name);
@@ -136,7 +137,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
                 results[i] = await ItemResult.RunAsync(async () =>
                 {
                     var context = EncryptionContext.Create(item.Context, Field(i, "encryption_context"));
-                    var (blob, found) = await OpenBlobAsync(caller, item.Data ?? [], Field(i, "ciphertext"), cancellationToken, versions);
+                    var (blob, found) = await OpenBlobAsync(caller, item.Data ?? [], Field(i, "ciphertext"), context, cancellationToken, versions);
                     var plaintext = await UnsealAsync(caller, blob, found, context, cancellationToken);
                     return new DecryptResult(new SecretBytes(plaintext), found.Version.Name);
                 });
@@ -165,8 +166,8 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
             {
                 var sourceContext = EncryptionContext.Create(item.SourceContext, Field(i, "source_encryption_context"));
                 var destinationContext = EncryptionContext.Create(item.DestinationContext, Field(i, "destination_encryption_context"));
-                var primary = await keys.PrimaryAsync(KeyReference.Parse(item.DestinationName, Field(i, "destination_name")), cancellationToken);
-                var (blob, found) = await OpenBlobAsync(caller, item.Ciphertext ?? [], Field(i, "ciphertext"), cancellationToken, versions);
+                var primary = await keys.PrimaryAsync(KeyReference.Parse(item.DestinationName, Field(i, "destination_name")), destinationContext, cancellationToken);
+                var (blob, found) = await OpenBlobAsync(caller, item.Ciphertext ?? [], Field(i, "ciphertext"), sourceContext, cancellationToken, versions);
                 var plaintext = await UnsealAsync(caller, blob, found, sourceContext, cancellationToken);
                 try
                 {
@@ -204,7 +205,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
                 results[i] = await ItemResult.RunAsync(async () =>
                 {
                     var context = EncryptionContext.Create(item.Context, Field(i, "encryption_context"));
-                    var primary = await keys.PrimaryAsync(KeyReference.Parse(item.Name, Field(i, "name")), cancellationToken);
+                    var primary = await keys.PrimaryAsync(KeyReference.Parse(item.Name, Field(i, "name")), context, cancellationToken);
                     await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
                     var keyAndIv = slice.ToArray();
                     try
@@ -247,7 +248,17 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
         }
     }
 
-    private async Task<KeyVersionMaterial> GetPrimaryForEncryptionAsync(Caller caller, KeyReference reference, CancellationToken cancellationToken)
+    private async Task<KeyVersionMaterial> GetPrimaryForEncryptionAsync(Caller caller, KeyReference reference, EncryptionContext context, CancellationToken cancellationToken)
+    {
+        var primary = await LookUpPrimaryAsync(caller, reference, cancellationToken);
+        await EnsureEncryptAllowedAsync(caller, primary, context, cancellationToken);
+        return primary;
+    }
+
+    private Task EnsureEncryptAllowedAsync(Caller caller, KeyVersionMaterial primary, EncryptionContext context, CancellationToken cancellationToken) =>
+        keyAccess.EnsureAllowedAsync(caller, primary.Key, KeyOperations.Encrypt, context, cancellationToken);
+
+    private async Task<KeyVersionMaterial> LookUpPrimaryAsync(Caller caller, KeyReference reference, CancellationToken cancellationToken)
     {
         var name = await _resolver.ResolveAsync(caller, reference, cancellationToken);
         var primary = await store.GetPrimaryMaterialAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(reference.ToString()!);
@@ -259,6 +270,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
         Caller caller,
         byte[] ciphertext,
         string field,
+        EncryptionContext context,
         CancellationToken cancellationToken,
         Dictionary<KeyVersionId, KeyVersionMaterial?>? cache = null)
     {
@@ -291,6 +303,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
         }
 
         EnsureUsable(found, forEncryption: false);
+        await keyAccess.EnsureAllowedAsync(caller, found.Key, KeyOperations.Decrypt, context, cancellationToken);
         return (blob, found);
     }
 
@@ -378,19 +391,20 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage)
         }
     }
 
-    /// <summary>Each distinct key of a batch resolved and looked up once.</summary>
+    /// <summary>Each distinct key of a batch resolved and looked up once; the key's policy is checked per item (its context may differ).</summary>
     private sealed class BatchKeys(CryptoService service, Caller caller)
     {
         private readonly Dictionary<KeyReference, KeyVersionMaterial> _primaries = [];
 
-        public async Task<KeyVersionMaterial> PrimaryAsync(KeyReference reference, CancellationToken cancellationToken)
+        public async Task<KeyVersionMaterial> PrimaryAsync(KeyReference reference, EncryptionContext context, CancellationToken cancellationToken)
         {
             if (!_primaries.TryGetValue(reference, out var primary))
             {
-                primary = await service.GetPrimaryForEncryptionAsync(caller, reference, cancellationToken);
+                primary = await service.LookUpPrimaryAsync(caller, reference, cancellationToken);
                 _primaries[reference] = primary;
             }
 
+            await service.EnsureEncryptAllowedAsync(caller, primary, context, cancellationToken);
             return primary;
         }
     }

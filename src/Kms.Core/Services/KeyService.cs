@@ -17,7 +17,7 @@ namespace Kms.Core.Services;
 /// never two primaries). HSM work happens before the transaction: a rotation whose store
 /// write fails leaves wrapped material that was never stored and no version without material.
 /// </remarks>
-public sealed class KeyService(IHsm hsm, IKeyStore store, TimeProvider time, LifecycleOptions lifecycle, UsageLimitOptions limits, UsageCounter usage)
+public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, TimeProvider time, LifecycleOptions lifecycle, UsageLimitOptions limits, UsageCounter usage)
 {
     private const string CreateKeyOperation = "CreateKey";
     private const string RotateKeyOperation = "RotateKey";
@@ -60,6 +60,7 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, TimeProvider time, Lif
             return new CreateKeyResult(await GetRecordedKeyAsync(replay, cancellationToken), Replayed: true);
         }
 
+        await TenantGate.EnsureActiveAsync(access, command.Parent, cancellationToken);
         var now = Clock.Now(time);
         var material = await hsm.GenerateAes256KeyAsync(cancellationToken);
         var primary = new KeyVersion(name.Version(1), KeyVersionId.NewId(), KeyState.Enabled, KeyAlgorithm.Aes256Gcm, now);

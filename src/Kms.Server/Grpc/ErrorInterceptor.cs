@@ -58,7 +58,8 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
             case KmsErrorCode.DecryptionFailed:
                 LogRejected(logger, method, e.Code, e.Message);
                 return new RpcException(new global::Grpc.Core.Status(StatusCode.InvalidArgument, KmsErrors.DecryptionFailedMessage));
-            case KmsErrorCode.NotFound or KmsErrorCode.AlreadyExists or KmsErrorCode.FailedPrecondition or KmsErrorCode.ResourceExhausted:
+            case KmsErrorCode.NotFound or KmsErrorCode.AlreadyExists or KmsErrorCode.FailedPrecondition or KmsErrorCode.ResourceExhausted
+                or KmsErrorCode.Unauthenticated or KmsErrorCode.PermissionDenied:
                 return Plain(ProtoMapping.StatusCodeOf(e.Code), e, method);
             case KmsErrorCode.Unavailable:
                 LogUnavailable(logger, method, e.Message, e.InnerException);

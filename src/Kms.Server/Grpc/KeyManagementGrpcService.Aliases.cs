@@ -10,7 +10,7 @@ internal sealed partial class KeyManagementGrpcService
 {
     public override async Task<CreateAliasResponse> CreateAlias(CreateAliasRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var parent = TenantId.ParseResourceName(request.Parent, "parent");
         if (request.Alias is null)
         {
@@ -23,24 +23,24 @@ internal sealed partial class KeyManagementGrpcService
     }
 
     public override async Task<GetAliasResponse> GetAlias(GetAliasRequest request, ServerCallContext context) =>
-        new() { Alias = ProtoMapping.ToProto(await aliases.GetAliasAsync(callers.Resolve(context), AliasName.Parse(request.Name, "name"), context.CancellationToken)) };
+        new() { Alias = ProtoMapping.ToProto(await aliases.GetAliasAsync(CallerResolver.Current(context), AliasName.Parse(request.Name, "name"), context.CancellationToken)) };
 
     public override async Task<UpdateAliasResponse> UpdateAlias(UpdateAliasRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var alias = await aliases.UpdateAliasAsync(caller, AliasName.Parse(request.Name, "name"), KeyName.Parse(request.Key, "key"), context.CancellationToken);
         return new UpdateAliasResponse { Alias = ProtoMapping.ToProto(alias) };
     }
 
     public override async Task<DeleteAliasResponse> DeleteAlias(DeleteAliasRequest request, ServerCallContext context)
     {
-        await aliases.DeleteAliasAsync(callers.Resolve(context), AliasName.Parse(request.Name, "name"), request.RequestId, context.CancellationToken);
+        await aliases.DeleteAliasAsync(CallerResolver.Current(context), AliasName.Parse(request.Name, "name"), request.RequestId, context.CancellationToken);
         return new DeleteAliasResponse();
     }
 
     public override async Task<ListAliasesResponse> ListAliases(ListAliasesRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var page = await aliases.ListAliasesAsync(caller, TenantId.ParseResourceName(request.Parent, "parent"), request.PageSize, request.PageToken, context.CancellationToken);
         var response = new ListAliasesResponse { NextPageToken = page.NextPageToken ?? "" };
         response.Aliases.AddRange(page.Items.Select(ProtoMapping.ToProto));

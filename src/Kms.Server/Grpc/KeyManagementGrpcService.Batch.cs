@@ -28,7 +28,7 @@ internal sealed partial class KeyManagementGrpcService
 
     public override async Task<BatchEncryptResponse> BatchEncrypt(BatchEncryptRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var items = request.Requests.Select(r => new BatchItem(r.Name, r.Plaintext.ToByteArray(), r.EncryptionContext)).ToList();
         var results = await crypto.BatchEncryptAsync(caller, items, context.CancellationToken);
         var response = new BatchEncryptResponse();
@@ -44,7 +44,7 @@ internal sealed partial class KeyManagementGrpcService
 
     public override async Task<BatchDecryptResponse> BatchDecrypt(BatchDecryptRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var items = request.Requests.Select(r => new BatchItem(null, r.Ciphertext.ToByteArray(), r.EncryptionContext)).ToList();
         var results = await crypto.BatchDecryptAsync(caller, items, context.CancellationToken);
         var response = new BatchDecryptResponse();
@@ -60,7 +60,7 @@ internal sealed partial class KeyManagementGrpcService
 
     public override async Task<BatchReEncryptResponse> BatchReEncrypt(BatchReEncryptRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var items = request.Requests
             .Select(r => new BatchReEncryptItem(r.Ciphertext.ToByteArray(), r.SourceEncryptionContext, r.DestinationName, r.DestinationEncryptionContext))
             .ToList();
@@ -83,7 +83,7 @@ internal sealed partial class KeyManagementGrpcService
 
     public override async Task<BatchGenerateDataKeyResponse> BatchGenerateDataKey(BatchGenerateDataKeyRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var items = request.Requests.Select(r => new BatchItem(r.Name, null, r.EncryptionContext)).ToList();
         var results = await crypto.BatchGenerateDataKeyAsync(caller, items, context.CancellationToken);
         var response = new BatchGenerateDataKeyResponse();

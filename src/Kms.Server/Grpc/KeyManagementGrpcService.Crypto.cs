@@ -10,7 +10,7 @@ internal sealed partial class KeyManagementGrpcService
 {
     public override async Task<EncryptResponse> Encrypt(EncryptRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var key = KeyReference.Parse(request.Name, "name");
         var encryptionContext = ProtoMapping.Context(request.EncryptionContext);
         var result = await crypto.EncryptAsync(caller, key, request.Plaintext.ToByteArray(), encryptionContext, context.CancellationToken);
@@ -23,7 +23,7 @@ internal sealed partial class KeyManagementGrpcService
 
     public override async Task<DecryptResponse> Decrypt(DecryptRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var encryptionContext = ProtoMapping.Context(request.EncryptionContext);
         var result = await crypto.DecryptAsync(caller, request.Ciphertext.ToByteArray(), encryptionContext, context.CancellationToken);
         return new DecryptResponse
@@ -35,7 +35,7 @@ internal sealed partial class KeyManagementGrpcService
 
     public override async Task<ReEncryptResponse> ReEncrypt(ReEncryptRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var destination = KeyReference.Parse(request.DestinationName, "destination_name");
         var result = await crypto.ReEncryptAsync(
             caller,
@@ -54,7 +54,7 @@ internal sealed partial class KeyManagementGrpcService
 
     public override async Task<GenerateDataKeyResponse> GenerateDataKey(GenerateDataKeyRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var key = KeyReference.Parse(request.Name, "name");
         var result = await crypto.GenerateDataKeyAsync(caller, key, ProtoMapping.Context(request.EncryptionContext), context.CancellationToken);
         return new GenerateDataKeyResponse
@@ -67,7 +67,7 @@ internal sealed partial class KeyManagementGrpcService
 
     public override async Task<GenerateDataKeyWithoutPlaintextResponse> GenerateDataKeyWithoutPlaintext(GenerateDataKeyWithoutPlaintextRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var key = KeyReference.Parse(request.Name, "name");
         using var result = await crypto.GenerateDataKeyAsync(caller, key, ProtoMapping.Context(request.EncryptionContext), context.CancellationToken);
         return new GenerateDataKeyWithoutPlaintextResponse
@@ -79,7 +79,7 @@ internal sealed partial class KeyManagementGrpcService
 
     public override async Task<GenerateRandomResponse> GenerateRandom(GenerateRandomRequest request, ServerCallContext context)
     {
-        callers.Resolve(context);
+        CallerResolver.Current(context);
         var bytes = await crypto.GenerateRandomAsync(request.LengthBytes, context.CancellationToken);
         return new GenerateRandomResponse { Data = UnsafeByteOperations.UnsafeWrap(bytes) };
     }

@@ -18,7 +18,7 @@ internal sealed partial class KeyManagementGrpcService(
     KeyService keys,
     CryptoService crypto,
     AliasService aliases,
-    CallerResolver callers,
+    KeyAccessService keyAccess,
     ILogger<KeyManagementGrpcService> logger)
     : KeyManagementService.KeyManagementServiceBase
 {
@@ -26,7 +26,7 @@ internal sealed partial class KeyManagementGrpcService(
 
     public override async Task<CreateKeyResponse> CreateKey(CreateKeyRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var parent = TenantId.ParseResourceName(request.Parent, "parent");
         if (request.Key is null)
         {
@@ -50,14 +50,14 @@ internal sealed partial class KeyManagementGrpcService(
 
     public override async Task<GetKeyResponse> GetKey(GetKeyRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var key = await keys.GetKeyAsync(caller, KeyName.Parse(request.Name, "name"), context.CancellationToken);
         return new GetKeyResponse { Key = ProtoMapping.ToProto(key) };
     }
 
     public override async Task<ListKeysResponse> ListKeys(ListKeysRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var parent = TenantId.ParseResourceName(request.Parent, "parent");
         var page = await keys.ListKeysAsync(caller, parent, request.PageSize, request.PageToken, context.CancellationToken);
         var response = new ListKeysResponse { NextPageToken = page.NextPageToken ?? "" };
@@ -67,7 +67,7 @@ internal sealed partial class KeyManagementGrpcService(
 
     public override async Task<UpdateKeyResponse> UpdateKey(UpdateKeyRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         if (request.Key is null)
         {
             throw KmsErrors.InvalidArgument("key", "is required (with key.name)");
@@ -98,14 +98,14 @@ internal sealed partial class KeyManagementGrpcService(
 
     public override async Task<RotateKeyResponse> RotateKey(RotateKeyRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var key = await keys.RotateKeyAsync(caller, KeyReference.Parse(request.Name, "name"), request.RequestId, context.CancellationToken);
         return new RotateKeyResponse { Key = ProtoMapping.ToProto(key) };
     }
 
     public override async Task<ListKeyVersionsResponse> ListKeyVersions(ListKeyVersionsRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var page = await keys.ListKeyVersionsAsync(caller, KeyName.Parse(request.Parent, "parent"), request.PageSize, request.PageToken, context.CancellationToken);
         var response = new ListKeyVersionsResponse { NextPageToken = page.NextPageToken ?? "" };
         response.KeyVersions.AddRange(page.Items.Select(ProtoMapping.ToProto));
@@ -114,51 +114,51 @@ internal sealed partial class KeyManagementGrpcService(
 
     public override async Task<GetKeyVersionResponse> GetKeyVersion(GetKeyVersionRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var version = await keys.GetKeyVersionAsync(caller, KeyVersionName.Parse(request.Name, "name"), context.CancellationToken);
         return new GetKeyVersionResponse { KeyVersion = ProtoMapping.ToProto(version) };
     }
 
     public override async Task<UpdatePrimaryVersionResponse> UpdatePrimaryVersion(UpdatePrimaryVersionRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var key = await keys.UpdatePrimaryVersionAsync(caller, KeyName.Parse(request.Name, "name"), request.Version, context.CancellationToken);
         return new UpdatePrimaryVersionResponse { Key = ProtoMapping.ToProto(key) };
     }
 
     public override async Task<EnableKeyResponse> EnableKey(EnableKeyRequest request, ServerCallContext context) =>
-        new() { Key = ProtoMapping.ToProto(await keys.EnableKeyAsync(callers.Resolve(context), KeyName.Parse(request.Name, "name"), context.CancellationToken)) };
+        new() { Key = ProtoMapping.ToProto(await keys.EnableKeyAsync(CallerResolver.Current(context), KeyName.Parse(request.Name, "name"), context.CancellationToken)) };
 
     public override async Task<DisableKeyResponse> DisableKey(DisableKeyRequest request, ServerCallContext context) =>
-        new() { Key = ProtoMapping.ToProto(await keys.DisableKeyAsync(callers.Resolve(context), KeyName.Parse(request.Name, "name"), context.CancellationToken)) };
+        new() { Key = ProtoMapping.ToProto(await keys.DisableKeyAsync(CallerResolver.Current(context), KeyName.Parse(request.Name, "name"), context.CancellationToken)) };
 
     public override async Task<EnableKeyVersionResponse> EnableKeyVersion(EnableKeyVersionRequest request, ServerCallContext context) =>
-        new() { KeyVersion = ProtoMapping.ToProto(await keys.EnableKeyVersionAsync(callers.Resolve(context), KeyVersionName.Parse(request.Name, "name"), context.CancellationToken)) };
+        new() { KeyVersion = ProtoMapping.ToProto(await keys.EnableKeyVersionAsync(CallerResolver.Current(context), KeyVersionName.Parse(request.Name, "name"), context.CancellationToken)) };
 
     public override async Task<DisableKeyVersionResponse> DisableKeyVersion(DisableKeyVersionRequest request, ServerCallContext context) =>
-        new() { KeyVersion = ProtoMapping.ToProto(await keys.DisableKeyVersionAsync(callers.Resolve(context), KeyVersionName.Parse(request.Name, "name"), context.CancellationToken)) };
+        new() { KeyVersion = ProtoMapping.ToProto(await keys.DisableKeyVersionAsync(CallerResolver.Current(context), KeyVersionName.Parse(request.Name, "name"), context.CancellationToken)) };
 
     public override async Task<ScheduleKeyDeletionResponse> ScheduleKeyDeletion(ScheduleKeyDeletionRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var key = await keys.ScheduleKeyDeletionAsync(caller, KeyName.Parse(request.Name, "name"),
             ProtoMapping.FromProto(request.WaitingPeriod, "waiting_period"), request.RequestId, context.CancellationToken);
         return new ScheduleKeyDeletionResponse { Key = ProtoMapping.ToProto(key) };
     }
 
     public override async Task<CancelKeyDeletionResponse> CancelKeyDeletion(CancelKeyDeletionRequest request, ServerCallContext context) =>
-        new() { Key = ProtoMapping.ToProto(await keys.CancelKeyDeletionAsync(callers.Resolve(context), KeyName.Parse(request.Name, "name"), request.RequestId, context.CancellationToken)) };
+        new() { Key = ProtoMapping.ToProto(await keys.CancelKeyDeletionAsync(CallerResolver.Current(context), KeyName.Parse(request.Name, "name"), request.RequestId, context.CancellationToken)) };
 
     public override async Task<ScheduleKeyVersionDestructionResponse> ScheduleKeyVersionDestruction(ScheduleKeyVersionDestructionRequest request, ServerCallContext context)
     {
-        var caller = callers.Resolve(context);
+        var caller = CallerResolver.Current(context);
         var version = await keys.ScheduleKeyVersionDestructionAsync(caller, KeyVersionName.Parse(request.Name, "name"),
             ProtoMapping.FromProto(request.WaitingPeriod, "waiting_period"), request.RequestId, context.CancellationToken);
         return new ScheduleKeyVersionDestructionResponse { KeyVersion = ProtoMapping.ToProto(version) };
     }
 
     public override async Task<RestoreKeyVersionResponse> RestoreKeyVersion(RestoreKeyVersionRequest request, ServerCallContext context) =>
-        new() { KeyVersion = ProtoMapping.ToProto(await keys.RestoreKeyVersionAsync(callers.Resolve(context), KeyVersionName.Parse(request.Name, "name"), request.RequestId, context.CancellationToken)) };
+        new() { KeyVersion = ProtoMapping.ToProto(await keys.RestoreKeyVersionAsync(CallerResolver.Current(context), KeyVersionName.Parse(request.Name, "name"), request.RequestId, context.CancellationToken)) };
 
     // The response references the secret's buffer instead of copying it, and the buffer is
     // zeroed when the request ends (after the response has been written).

@@ -145,8 +145,10 @@ internal static class ProtoMapping
         KmsErrorCode.FailedPrecondition => StatusCode.FailedPrecondition,
         KmsErrorCode.ResourceExhausted => StatusCode.ResourceExhausted,
         KmsErrorCode.Unavailable => StatusCode.Unavailable,
+        KmsErrorCode.Unauthenticated => StatusCode.Unauthenticated,
+        KmsErrorCode.PermissionDenied => StatusCode.PermissionDenied,
         _ => StatusCode.Internal,
     };
 
-    private static Timestamp? ToTimestamp(DateTimeOffset? time) => time is { } value ? Timestamp.FromDateTimeOffset(value) : null;
+    public static Timestamp? ToTimestamp(DateTimeOffset? time) => time is { } value ? Timestamp.FromDateTimeOffset(value) : null;
 }

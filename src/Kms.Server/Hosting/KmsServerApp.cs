@@ -5,11 +5,13 @@ using Kms.Core.Services;
 using Kms.Hsm;
 using Kms.Server.Grpc;
 using Kms.Server.Health;
+using Kms.Server.Security;
 using Kms.Server.Tls;
 using Kms.Storage.Sqlite;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.AspNetCore.Server.Kestrel.Https;
 using Microsoft.Extensions.Options;
 using Serilog;
 using Serilog.Events;
@@ -53,14 +55,27 @@ public static class KmsServerApp
         var urls = ListenAddresses.Validate(builder.Configuration["urls"]);
         builder.WebHost.UseUrls([.. urls]);
         var (certificatePath, keyPath) = ResolveTls(serverOptions);
+        var serverCertificate = new ReloadingFile<X509Certificate2>(
+            () => X509Certificate2.CreateFromPemFile(certificatePath, keyPath), TimeProvider.System, certificatePath, keyPath);
+        _ = serverCertificate.Value;
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.AddServerHeader = false;
             kestrel.ConfigureEndpointDefaults(listen => listen.Protocols = HttpProtocols.Http2);
             kestrel.ConfigureHttpsDefaults(https =>
             {
-                https.ServerCertificate = X509Certificate2.CreateFromPemFile(certificatePath, keyPath);
+                // Read per handshake (the file is checked at most once a second): a renewed
+                // certificate is served without a restart.
+                https.ServerCertificateSelector = (_, _) => serverCertificate.Value;
                 https.SslProtocols = SslProtocols.Tls13;
+                if (serverOptions.ClientCaPath is { Length: > 0 })
+                {
+                    // HTTP/2 cannot renegotiate, so the certificate is asked for at the handshake.
+                    // Any certificate is let through here and verified per call (CallerAuthentication),
+                    // so that a bad one is a clear UNAUTHENTICATED instead of a failed handshake.
+                    https.ClientCertificateMode = ClientCertificateMode.AllowCertificate;
+                    https.ClientCertificateValidation = (_, _, _) => true;
+                }
             });
         });
 
@@ -73,12 +88,15 @@ public static class KmsServerApp
             ApplyDevDefaults(serverOptions, builder.Configuration, hsmOptions, sqliteOptions);
         }
 
-        var store = await SqliteKeyStore.OpenAsync(sqliteOptions, cancellationToken);
-        var hsm = Pkcs11Hsm.Open(hsmOptions, new Serilog.Extensions.Logging.SerilogLoggerFactory(logger).CreateLogger("Kms.Hsm"));
+        var store = await SqliteStore.OpenAsync(sqliteOptions, cancellationToken);
+        var loggerFactory = new Serilog.Extensions.Logging.SerilogLoggerFactory(logger);
+        var hsm = Pkcs11Hsm.Open(hsmOptions, loggerFactory.CreateLogger("Kms.Hsm"));
         try
         {
             await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
-            return Build(builder, hsm, store, serverOptions, configureServices);
+            var app = Build(builder, hsm, store, serverOptions, configureServices);
+            await AccessProvisioning.RunAsync(app.Services, serverOptions, loggerFactory.CreateLogger("Kms.Access"), cancellationToken);
+            return app;
         }
         catch
         {
@@ -87,7 +105,7 @@ public static class KmsServerApp
         }
     }
 
-    private static WebApplication Build(WebApplicationBuilder builder, Pkcs11Hsm hsm, SqliteKeyStore store, KmsServerOptions serverOptions, Action<IServiceCollection>? configureServices)
+    private static WebApplication Build(WebApplicationBuilder builder, Pkcs11Hsm hsm, SqliteStore store, KmsServerOptions serverOptions, Action<IServiceCollection>? configureServices)
     {
         builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddSingleton(builder.Configuration.GetSection("Lifecycle").Get<LifecycleOptions>() ?? new LifecycleOptions());
@@ -99,16 +117,30 @@ public static class KmsServerApp
         builder.Services.AddSingleton(_ => hsm);
         builder.Services.AddSingleton<IHsm>(services => services.GetRequiredService<Pkcs11Hsm>());
         builder.Services.AddSingleton<IKeyStore>(_ => store);
+        builder.Services.AddSingleton<IAccessStore>(_ => store);
         builder.Services.AddSingleton<UsageCounter>();
         builder.Services.AddSingleton<KeyService>();
+        builder.Services.AddSingleton<KeyAccessService>();
         builder.Services.AddSingleton<CryptoService>();
         builder.Services.AddSingleton<AliasService>();
+        builder.Services.AddSingleton<AccessService>();
+        builder.Services.AddSingleton<Authenticator>();
         builder.Services.AddSingleton<LifecycleWorker>();
         builder.Services.AddHostedService(services => services.GetRequiredService<LifecycleWorker>());
-        builder.Services.AddSingleton<CallerResolver>();
+        builder.Services.AddSingleton(services => new CallerAuthentication(
+            services.GetRequiredService<Authenticator>(),
+            services.GetRequiredService<IOptions<KmsServerOptions>>(),
+            services.GetRequiredService<TimeProvider>(),
+            serverOptions.ClientCaPath is { Length: > 0 } ca
+                ? new ClientCertificateValidator(ca, serverOptions.ClientCrlPath is { Length: > 0 } crl ? crl : null, services.GetRequiredService<TimeProvider>())
+                : null));
+        builder.Services.AddSingleton<TenantQuotas>();
+        builder.Services.AddSingleton<AuthorizationInterceptor>();
         builder.Services.AddGrpc(grpc =>
         {
+            // Outermost first: errors are mapped for everything below, including refusals.
             grpc.Interceptors.Add<ErrorInterceptor>();
+            grpc.Interceptors.Add<AuthorizationInterceptor>();
             grpc.MaxReceiveMessageSize = serverOptions.MaxRequestBytes;
             grpc.EnableDetailedErrors = false;
         });
@@ -120,6 +152,7 @@ public static class KmsServerApp
 
         var app = builder.Build();
         app.MapGrpcService<KeyManagementGrpcService>();
+        app.MapGrpcService<AccessManagementGrpcService>();
         app.MapGrpcReflectionService();
         app.MapGrpcHealthChecksService();
 

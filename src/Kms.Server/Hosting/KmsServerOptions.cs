@@ -15,11 +15,29 @@ public sealed class KmsServerOptions
     /// <summary>Where dev mode keeps its state; <c>KMS_DATA_DIR</c> overrides; default <c>.kms</c> under the working directory.</summary>
     public string DataDir { get; set; } = Environment.GetEnvironmentVariable("KMS_DATA_DIR") is { Length: > 0 } dir ? dir : ".kms";
 
-    /// <summary>
-    /// The tenant served to loopback callers until the identity issue lands (callers are
-    /// not yet authenticated, so there is exactly one tenant).
-    /// </summary>
+    /// <summary>The tenant dev mode creates on first run (with its tokens under <c>{DataDir}/tokens</c>).</summary>
     public string Tenant { get; set; } = "dev";
+
+    /// <summary>PEM bundle of the CA(s) that issue client certificates; unset: mTLS is off (API tokens only).</summary>
+    public string? ClientCaPath { get; set; }
+
+    /// <summary>CRL file (PEM or DER) signed by a client CA; revoked client certificates are refused. Reloaded when it changes.</summary>
+    public string? ClientCrlPath { get; set; }
+
+    /// <summary>
+    /// Where a production start writes the one-time bootstrap credential while no deployment
+    /// admin exists; default <c>{DataDir}/bootstrap.token</c> (mode 0600).
+    /// </summary>
+    public string? BootstrapTokenPath { get; set; }
+
+    /// <summary>How long an authenticated credential is remembered before its token, bindings and certificate are read again (revocation takes effect at most this late on other nodes).</summary>
+    public TimeSpan CredentialCacheTime { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>Calls served at once; more are shed with UNAVAILABLE (clients retry).</summary>
+    public int MaxConcurrentCalls { get; set; } = 512;
+
+    /// <summary>Per-tenant limits on crypto operations.</summary>
+    public QuotaOptions Quotas { get; set; } = new();
 
     /// <summary>PEM certificate chain of the server; default in dev mode: <c>{DataDir}/tls/server.crt</c>.</summary>
     public string? TlsCertificatePath { get; set; }
@@ -29,4 +47,30 @@ public sealed class KmsServerOptions
 
     /// <summary>Largest request message in bytes: a batch of 4 MiB of plaintext plus its framing fits.</summary>
     public int MaxRequestBytes { get; set; } = 5 * 1024 * 1024;
+}
+
+/// <summary>
+/// Per-tenant rate limits on crypto operations (a token bucket per tenant: a batch item
+/// costs one). Exceeding one is RESOURCE_EXHAUSTED with a retry delay.
+/// </summary>
+public sealed class QuotaOptions
+{
+    /// <summary>Sustained crypto operations per second per tenant; 0 turns quotas off.</summary>
+    public double OperationsPerSecond { get; set; } = 5000;
+
+    /// <summary>Largest burst per tenant (the bucket's size).</summary>
+    public double Burst { get; set; } = 10000;
+
+    /// <summary>Per-tenant overrides by tenant id.</summary>
+    public Dictionary<string, TenantQuota> Tenants { get; set; } = [];
+}
+
+/// <summary>One tenant's limit.</summary>
+public sealed class TenantQuota
+{
+    /// <summary>Sustained crypto operations per second.</summary>
+    public double OperationsPerSecond { get; set; }
+
+    /// <summary>Largest burst; default: two seconds' worth.</summary>
+    public double? Burst { get; set; }
 }

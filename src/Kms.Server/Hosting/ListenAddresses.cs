@@ -1,10 +1,8 @@
-using System.Net;
-
 namespace Kms.Server.Hosting;
 
 /// <summary>
-/// Until callers are authenticated (the identity issue), the server answers only on
-/// loopback: it refuses to start on any other address, and refuses plain HTTP anywhere.
+/// Listen addresses: https only (TLS 1.3). Every call but health needs a credential, on any
+/// address, so the server may listen beyond loopback; the default stays loopback.
 /// </summary>
 internal static class ListenAddresses
 {
@@ -23,18 +21,8 @@ internal static class ListenAddresses
             {
                 throw new InvalidOperationException($"listen address '{url}' is not https: the server speaks only TLS 1.3");
             }
-
-            if (!IsLoopback(uri.Host))
-            {
-                throw new InvalidOperationException(
-                    $"listen address '{url}' is not a loopback address; until caller authentication is configured the server serves loopback only (127.0.0.1, ::1, localhost)");
-            }
         }
 
         return list;
     }
-
-    private static bool IsLoopback(string host) =>
-        host.Equals("localhost", StringComparison.OrdinalIgnoreCase)
-        || (IPAddress.TryParse(host.Trim('[', ']'), out var address) && IPAddress.IsLoopback(address));
 }

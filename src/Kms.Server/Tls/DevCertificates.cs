@@ -1,6 +1,7 @@
 using System.Net;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
+using Kms.Server.Hosting;
 
 namespace Kms.Server.Tls;
 
@@ -28,7 +29,7 @@ internal static class DevCertificates
             request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.KeyCertSign | X509KeyUsageFlags.CrlSign, true));
             request.CertificateExtensions.Add(new X509SubjectKeyIdentifierExtension(request.PublicKey, false));
             using var ca = request.CreateSelfSigned(now.AddMinutes(-5), now.AddYears(10));
-            WriteSecret(caKeyPath, caKey.ExportPkcs8PrivateKeyPem());
+            SecretFiles.Write(caKeyPath, caKey.ExportPkcs8PrivateKeyPem());
             File.WriteAllText(caCertPath, ca.ExportCertificatePem() + "\n");
             File.Delete(certPath);
         }
@@ -57,21 +58,8 @@ internal static class DevCertificates
         var serial = RandomNumberGenerator.GetBytes(16);
         serial[0] &= 0x7f;
         using var server = serverRequest.Create(issuer, now.AddMinutes(-5), now.AddDays(397), serial);
-        WriteSecret(keyPath, serverKey.ExportPkcs8PrivateKeyPem());
+        SecretFiles.Write(keyPath, serverKey.ExportPkcs8PrivateKeyPem());
         File.WriteAllText(certPath, server.ExportCertificatePem() + "\n" + issuer.ExportCertificatePem() + "\n");
         return (certPath, keyPath);
-    }
-
-    private static void WriteSecret(string path, string pem)
-    {
-        var options = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write };
-        if (!OperatingSystem.IsWindows())
-        {
-            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
-        }
-
-        using var stream = new FileStream(path, options);
-        using var writer = new StreamWriter(stream);
-        writer.Write(pem);
     }
 }

@@ -75,6 +75,72 @@ internal static class SqliteSchema
             CREATE INDEX keys_due_deletion ON keys (destroy_time) WHERE destroy_time IS NOT NULL;
             CREATE INDEX key_versions_due_destruction ON key_versions (destroy_time) WHERE destroy_time IS NOT NULL AND material IS NOT NULL;
             """),
+        (3, """
+            ALTER TABLE keys ADD COLUMN restricted INTEGER NOT NULL DEFAULT 0;
+
+            CREATE TABLE tenants (
+                id           TEXT    PRIMARY KEY,
+                display_name TEXT    NOT NULL,
+                state        INTEGER NOT NULL,
+                create_time  INTEGER NOT NULL,
+                delete_time  INTEGER
+            ) STRICT;
+
+            -- Tenants that already hold keys (databases from before tenants were managed).
+            INSERT INTO tenants (id, display_name, state, create_time)
+            SELECT tenant, '', 1, min(create_time) FROM keys GROUP BY tenant;
+
+            CREATE TABLE principals (
+                name         TEXT    PRIMARY KEY,   -- typed: spiffe:..., cn:..., token:...
+                tenant       TEXT,                  -- NULL: deployment-level principal
+                display_name TEXT    NOT NULL,
+                create_time  INTEGER NOT NULL,
+                disabled     INTEGER NOT NULL DEFAULT 0
+            ) STRICT;
+            CREATE INDEX principals_by_tenant ON principals (tenant, name);
+
+            CREATE TABLE api_tokens (
+                id          TEXT    PRIMARY KEY,
+                principal   TEXT    NOT NULL,
+                kind        INTEGER NOT NULL,
+                secret_hash BLOB    NOT NULL,       -- SHA-256 of the secret; the secret is never stored
+                create_time INTEGER NOT NULL,
+                expire_time INTEGER NOT NULL,
+                revoke_time INTEGER
+            ) STRICT;
+            CREATE INDEX api_tokens_by_principal ON api_tokens (principal);
+
+            CREATE TABLE role_bindings (
+                principal   TEXT    NOT NULL,
+                role        INTEGER NOT NULL,
+                tenant      TEXT    NOT NULL,       -- '': deployment-wide
+                create_time INTEGER NOT NULL,
+                PRIMARY KEY (principal, role, tenant)
+            ) STRICT;
+            CREATE INDEX role_bindings_by_tenant ON role_bindings (tenant);
+
+            CREATE TABLE key_policies (
+                tenant     TEXT    NOT NULL,
+                key_id     TEXT    NOT NULL,
+                principal  TEXT    NOT NULL,
+                operations INTEGER NOT NULL,
+                PRIMARY KEY (tenant, key_id, principal),
+                FOREIGN KEY (tenant, key_id) REFERENCES keys (tenant, key_id)
+            ) STRICT;
+
+            CREATE TABLE grants (
+                tenant         TEXT    NOT NULL,
+                key_id         TEXT    NOT NULL,
+                grant_id       TEXT    NOT NULL,
+                grantee        TEXT    NOT NULL,
+                operations     INTEGER NOT NULL,
+                context_equals TEXT    NOT NULL,    -- JSON object
+                create_time    INTEGER NOT NULL,
+                revoke_time    INTEGER,
+                PRIMARY KEY (tenant, key_id, grant_id),
+                FOREIGN KEY (tenant, key_id) REFERENCES keys (tenant, key_id)
+            ) STRICT;
+            """),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;

@@ -1,3 +1,4 @@
+using Kms.Core.Access;
 using Kms.Core.Keys;
 using Kms.Core.Names;
 using Kms.Core.Ports;
@@ -9,20 +10,44 @@ namespace Kms.Testing.Fakes;
 /// <summary>The domain services wired over a store (in-memory by default), the fake HSM and a fake clock.</summary>
 public sealed class DomainHarness : IDisposable
 {
-    public static readonly Caller Dev = new("test:dev", TenantId.Parse("dev"));
-    public static readonly Caller Acme = new("test:acme", TenantId.Parse("acme"));
+    /// <summary>Every tenant role in tenant dev (the domain services trust the transport's authorization).</summary>
+    public static readonly Caller Dev = TenantCaller("token:dev", "dev");
 
+    /// <summary>Every tenant role in tenant acme.</summary>
+    public static readonly Caller Acme = TenantCaller("token:acme", "acme");
+
+    /// <summary>The store must implement both ports (InMemoryStore, SqliteStore); tenants dev and acme are created.</summary>
     public DomainHarness(IKeyStore? store = null, UsageLimitOptions? limits = null, IHsm? hsm = null)
     {
         FakeHsm = hsm is null ? new FakeHsm() : null;
         Hsm = hsm ?? FakeHsm!;
-        Store = store ?? new InMemoryKeyStore();
+        Store = store ?? new InMemoryStore();
+        AccessStore = (IAccessStore)Store;
         Limits = limits ?? new UsageLimitOptions();
         Usage = new UsageCounter(Store, Limits, Time);
-        Keys = new KeyService(Hsm, Store, Time, Lifecycle, Limits, Usage);
-        Crypto = new CryptoService(Hsm, Store, Usage);
-        Aliases = new AliasService(Store, Time);
+        Keys = new KeyService(Hsm, Store, AccessStore, Time, Lifecycle, Limits, Usage);
+        KeyAccess = new KeyAccessService(AccessStore, Store, Time);
+        Crypto = new CryptoService(Hsm, Store, Usage, KeyAccess);
+        Aliases = new AliasService(Store, AccessStore, Time);
+        Access = new AccessService(AccessStore, Store, Time, Lifecycle);
+        foreach (var tenant in new[] { "dev", "acme" })
+        {
+            if (AccessStore.GetTenantAsync(TenantId.Parse(tenant), default).GetAwaiter().GetResult() is null)
+            {
+                Access.CreateTenantAsync(TenantId.Parse(tenant), tenant, default).GetAwaiter().GetResult();
+            }
+        }
     }
+
+    public IAccessStore AccessStore { get; }
+
+    public KeyAccessService KeyAccess { get; }
+
+    public AccessService Access { get; }
+
+    /// <summary>A caller of <paramref name="tenant"/> with the given roles (default: every tenant role).</summary>
+    public static Caller TenantCaller(string principal, string tenant, params Role[] roles) =>
+        new(principal, TenantId.Parse(tenant), (roles.Length == 0 ? [Role.Admin, Role.KeyManager, Role.KeyUser, Role.Auditor] : roles).ToHashSet());
 
     public FakeTimeProvider Time { get; } = new(new DateTimeOffset(2026, 11, 29, 12, 0, 0, 123, TimeSpan.Zero));
 

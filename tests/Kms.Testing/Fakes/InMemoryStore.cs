@@ -10,7 +10,7 @@ namespace Kms.Testing.Fakes;
 /// An in-memory <see cref="IKeyStore"/> for domain tests. It passes the same storage
 /// contract suite as the real backends, so tests written against it mean something.
 /// </summary>
-public sealed class InMemoryKeyStore : IKeyStore
+public sealed partial class InMemoryStore : IKeyStore, IAccessStore
 {
     private readonly Lock _lock = new();
     private readonly SortedDictionary<(string Tenant, string KeyId), Key> _keys = new();
@@ -130,7 +130,7 @@ public sealed class InMemoryKeyStore : IKeyStore
                 }
             }
 
-            _keys[Id(name)] = change.Key;
+            _keys[Id(name)] = change.Key with { Restricted = key.Restricted };
             Record(change.Request);
             return Task.FromResult<KeyWithVersions?>(new KeyWithVersions(Fresh(change.Key), versions.ToList()));
         }

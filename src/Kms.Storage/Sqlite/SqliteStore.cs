@@ -21,7 +21,7 @@ namespace Kms.Storage.Sqlite;
 /// truncated right after the commit, so the old wrapped bytes are in neither the database
 /// file nor its <c>-wal</c>.
 /// </remarks>
-public sealed class SqliteKeyStore : IKeyStore
+public sealed partial class SqliteStore : IKeyStore, IAccessStore
 {
     private const int SqliteConstraint = 19;
     private const string ErasurePendingSetting = "store.erasure_pending";
@@ -42,9 +42,9 @@ public sealed class SqliteKeyStore : IKeyStore
     private static readonly string KeyColumns = """
         k.tenant, k.key_id, k.purpose, k.state, k.create_time, k.labels,
         k.rotation_period_ms, k.next_rotation_time, k.min_decryption_version, k.destroy_time,
-        """ + PrimaryColumns;
+        """ + PrimaryColumns + ", k.restricted";
 
-    private static readonly int KeyColumnCount = 10 + VersionColumnCount;
+    private static readonly int KeyColumnCount = 10 + VersionColumnCount + 1;
 
     private const string KeyJoin = """
         FROM keys k
@@ -54,7 +54,7 @@ public sealed class SqliteKeyStore : IKeyStore
     private readonly string _connectionString;
     private readonly string _pragmas;
 
-    private SqliteKeyStore(SqliteOptions options)
+    private SqliteStore(SqliteOptions options)
     {
         _connectionString = new SqliteConnectionStringBuilder
         {
@@ -72,7 +72,7 @@ public sealed class SqliteKeyStore : IKeyStore
     public string DatabasePath { get; }
 
     /// <summary>Opens (creating if needed) the database and applies pending migrations.</summary>
-    public static async Task<SqliteKeyStore> OpenAsync(SqliteOptions options, CancellationToken cancellationToken)
+    public static async Task<SqliteStore> OpenAsync(SqliteOptions options, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(options);
         var directory = Path.GetDirectoryName(Path.GetFullPath(options.DatabasePath));
@@ -82,7 +82,7 @@ public sealed class SqliteKeyStore : IKeyStore
         }
 
         CreateOwnerOnly(options.DatabasePath);
-        var store = new SqliteKeyStore(options);
+        var store = new SqliteStore(options);
         await using var connection = await store.OpenConnectionAsync(cancellationToken);
         await ExecuteAsync(connection, "PRAGMA journal_mode = WAL;", cancellationToken);
         await store.MigrateAsync(connection, cancellationToken);
@@ -662,6 +662,7 @@ public sealed class SqliteKeyStore : IKeyStore
             NextRotationTime = ReadTime(reader, 7),
             MinDecryptionVersion = reader.GetInt32(8),
             DestroyTime = ReadTime(reader, 9),
+            Restricted = reader.GetInt64(10 + VersionColumnCount) != 0,
         };
     }
 

@@ -1,0 +1,99 @@
+using Kms.Core.Names;
+
+namespace Kms.Core.Access;
+
+/// <summary>A tenant: the boundary of every key, alias and role binding.</summary>
+public sealed record Tenant(TenantId Id, string DisplayName, TenantState State, DateTimeOffset CreateTime)
+{
+    /// <summary>When offboarding began (DeleteTenant), if it did.</summary>
+    public DateTimeOffset? DeleteTime { get; init; }
+}
+
+/// <summary>A tenant's lifecycle.</summary>
+public enum TenantState
+{
+    /// <summary>In use.</summary>
+    Active = 1,
+
+    /// <summary>Offboarding: all its keys are scheduled for deletion; nothing new may be created.</summary>
+    Deleting = 2,
+}
+
+/// <summary>
+/// A registered principal: who it is (typed name), which tenant it belongs to (none for
+/// deployment-level principals), and whether it may still authenticate.
+/// </summary>
+public sealed record Principal(PrincipalName Name, TenantId? Tenant, string DisplayName, DateTimeOffset CreateTime)
+{
+    /// <summary>Disabled principals cannot authenticate.</summary>
+    public bool Disabled { get; init; }
+}
+
+/// <summary>A role granted to a principal: within its tenant (tenant roles) or deployment-wide.</summary>
+public sealed record RoleBinding(PrincipalName Principal, Role Role, TenantId? Tenant, DateTimeOffset CreateTime);
+
+/// <summary>What an API token is for: how long it may live.</summary>
+public enum ApiTokenKind
+{
+    /// <summary>A service's token: may live long (default 90 days).</summary>
+    Service = 1,
+
+    /// <summary>An operator's session: short-lived (default 15 minutes).</summary>
+    Session = 2,
+
+    /// <summary>The one-time bootstrap credential: invalid after its first use.</summary>
+    Bootstrap = 3,
+}
+
+/// <summary>
+/// An API token as stored: never the secret, only its SHA-256, looked up by id and compared
+/// in constant time.
+/// </summary>
+public sealed record ApiToken(string Id, PrincipalName Principal, ApiTokenKind Kind, byte[] SecretHash, DateTimeOffset CreateTime, DateTimeOffset ExpireTime)
+{
+    /// <summary>When it was revoked, if it was.</summary>
+    public DateTimeOffset? RevokeTime { get; init; }
+
+    /// <summary>Never the hash.</summary>
+    public override string ToString() => $"ApiToken({Id}, {Principal}, {Kind}, expires {ExpireTime:O}{(RevokeTime is null ? "" : ", revoked")})";
+}
+
+/// <summary>Crypto operations a key policy or grant can allow.</summary>
+[Flags]
+public enum KeyOperations
+{
+    /// <summary>Nothing.</summary>
+    None = 0,
+
+    /// <summary>Encrypt, GenerateDataKey*, ReEncrypt into this key.</summary>
+    Encrypt = 1,
+
+    /// <summary>Decrypt, ReEncrypt out of this key.</summary>
+    Decrypt = 2,
+}
+
+/// <summary>
+/// A key's policy: when present, only the listed principals may use the key, for the listed
+/// operations (their role must still allow the operation: a policy only narrows).
+/// </summary>
+public sealed record KeyPolicy(KeyName Key, IReadOnlyDictionary<string, KeyOperations> Entries)
+{
+    /// <summary>No policy: every principal whose role allows it may use the key.</summary>
+    public static KeyPolicy None(KeyName key) => new(key, new Dictionary<string, KeyOperations>());
+
+    /// <summary>Whether a policy restricts the key.</summary>
+    public bool Restricts => Entries.Count > 0;
+}
+
+/// <summary>
+/// A grant (AWS KMS's idea): lets a principal use a policy-restricted key for some
+/// operations, only when the request's encryption context contains the given pairs.
+/// </summary>
+public sealed record Grant(string Id, KeyName Key, PrincipalName Grantee, KeyOperations Operations, IReadOnlyDictionary<string, string> ContextEquals, DateTimeOffset CreateTime)
+{
+    /// <summary>The grant's resource name: <c>tenants/{t}/keys/{k}/grants/{id}</c>.</summary>
+    public string Name => $"{Key}/grants/{Id}";
+
+    /// <summary>When it was revoked, if it was.</summary>
+    public DateTimeOffset? RevokeTime { get; init; }
+}

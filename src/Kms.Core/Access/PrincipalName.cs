@@ -1,0 +1,77 @@
+using System.Text.RegularExpressions;
+using Kms.Core.Errors;
+
+namespace Kms.Core.Access;
+
+/// <summary>
+/// A principal's name, always carrying its type, so one kind of credential can never stand
+/// for another: <c>spiffe:spiffe://trust-domain/path</c> (a certificate's URI SAN),
+/// <c>cn:common-name</c> (a certificate without a SPIFFE ID), <c>token:id</c> (API tokens).
+/// </summary>
+public sealed partial record PrincipalName
+{
+    private PrincipalName(PrincipalKind kind, string value)
+    {
+        Kind = kind;
+        Value = value;
+    }
+
+    /// <summary>Which kind of credential authenticates this principal.</summary>
+    public PrincipalKind Kind { get; }
+
+    /// <summary>The name without its type prefix.</summary>
+    public string Value { get; }
+
+    /// <summary>A certificate principal named by its SPIFFE ID (URI SAN).</summary>
+    public static PrincipalName Spiffe(string uri) => new(PrincipalKind.Spiffe, uri);
+
+    /// <summary>A certificate principal named by its subject common name.</summary>
+    public static PrincipalName CommonName(string cn) => new(PrincipalKind.CommonName, cn);
+
+    /// <summary>A principal that authenticates with API tokens.</summary>
+    public static PrincipalName Token(string id) => new(PrincipalKind.Token, id);
+
+    /// <summary>Parses <c>spiffe:…</c>, <c>cn:…</c> or <c>token:…</c>.</summary>
+    /// <exception cref="KmsException">InvalidArgument naming <paramref name="field"/>.</exception>
+    public static PrincipalName Parse(string? name, string field)
+    {
+        var colon = name?.IndexOf(':', StringComparison.Ordinal) ?? -1;
+        if (string.IsNullOrEmpty(name) || colon <= 0)
+        {
+            throw KmsErrors.InvalidArgument(field, "must be spiffe:<uri>, cn:<common name> or token:<id>");
+        }
+
+        var value = name[(colon + 1)..];
+        return name[..colon] switch
+        {
+            "spiffe" when value.StartsWith("spiffe://", StringComparison.Ordinal) && value.Length <= 2048 && !value.Any(char.IsControl) => Spiffe(value),
+            "cn" when value.Length is > 0 and <= 256 && !value.Any(char.IsControl) => CommonName(value),
+            "token" when TokenId().IsMatch(value) => Token(value),
+            _ => throw KmsErrors.InvalidArgument(field, "must be spiffe:spiffe://<…>, cn:<common name> (1 to 256 characters) or token:<id> (1 to 63 of [a-z0-9-])"),
+        };
+    }
+
+    /// <inheritdoc />
+    public override string ToString() => Kind switch
+    {
+        PrincipalKind.Spiffe => $"spiffe:{Value}",
+        PrincipalKind.CommonName => $"cn:{Value}",
+        _ => $"token:{Value}",
+    };
+
+    [GeneratedRegex("^[a-z][a-z0-9-]{0,62}\\z", RegexOptions.CultureInvariant)]
+    private static partial Regex TokenId();
+}
+
+/// <summary>How a principal authenticates.</summary>
+public enum PrincipalKind
+{
+    /// <summary>Client certificate with a SPIFFE ID.</summary>
+    Spiffe,
+
+    /// <summary>Client certificate, named by its subject CN.</summary>
+    CommonName,
+
+    /// <summary>API token.</summary>
+    Token,
+}

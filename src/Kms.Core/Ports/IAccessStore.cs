@@ -1,0 +1,78 @@
+using Kms.Core.Access;
+using Kms.Core.Names;
+
+namespace Kms.Core.Ports;
+
+/// <summary>
+/// Durable access-control state: tenants, principals, API tokens (hashes only), role
+/// bindings, key policies and grants. Authentication looks principals and tokens up
+/// deployment-wide (a credential names its principal, not a tenant); everything else is
+/// read within a tenant.
+/// </summary>
+public interface IAccessStore
+{
+    /// <summary>Stores a new tenant.</summary>
+    /// <exception cref="Errors.KmsException">AlreadyExists.</exception>
+    Task CreateTenantAsync(Tenant tenant, CancellationToken cancellationToken);
+
+    /// <summary>A tenant, or null.</summary>
+    Task<Tenant?> GetTenantAsync(TenantId id, CancellationToken cancellationToken);
+
+    /// <summary>Tenants in id order after <paramref name="afterId"/>.</summary>
+    Task<IReadOnlyList<Tenant>> ListTenantsAsync(string? afterId, int limit, CancellationToken cancellationToken);
+
+    /// <summary>Replaces a tenant's state and delete time; false if it does not exist.</summary>
+    Task<bool> UpdateTenantAsync(Tenant tenant, CancellationToken cancellationToken);
+
+    /// <summary>Stores a new principal.</summary>
+    /// <exception cref="Errors.KmsException">AlreadyExists.</exception>
+    Task CreatePrincipalAsync(Principal principal, CancellationToken cancellationToken);
+
+    /// <summary>A principal, or null.</summary>
+    Task<Principal?> GetPrincipalAsync(PrincipalName name, CancellationToken cancellationToken);
+
+    /// <summary>Principals of a tenant (null: deployment-level principals), in name order after <paramref name="afterName"/>.</summary>
+    Task<IReadOnlyList<Principal>> ListPrincipalsAsync(TenantId? tenant, string? afterName, int limit, CancellationToken cancellationToken);
+
+    /// <summary>Stores a new API token (its hash).</summary>
+    Task CreateApiTokenAsync(ApiToken token, CancellationToken cancellationToken);
+
+    /// <summary>A token by id, or null.</summary>
+    Task<ApiToken?> GetApiTokenAsync(string id, CancellationToken cancellationToken);
+
+    /// <summary>A principal's tokens, newest first.</summary>
+    Task<IReadOnlyList<ApiToken>> ListApiTokensAsync(PrincipalName principal, CancellationToken cancellationToken);
+
+    /// <summary>Revokes a token; false if it does not exist (revoking twice keeps the first time).</summary>
+    Task<bool> RevokeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken);
+
+    /// <summary>Revokes a token that is still active; true only for the one call that revoked it (a one-time credential's use).</summary>
+    Task<bool> ConsumeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken);
+
+    /// <summary>Grants a role (idempotent).</summary>
+    Task SetRoleBindingAsync(RoleBinding binding, CancellationToken cancellationToken);
+
+    /// <summary>Removes a role; false if it was not granted.</summary>
+    Task<bool> DeleteRoleBindingAsync(PrincipalName principal, Role role, TenantId? tenant, CancellationToken cancellationToken);
+
+    /// <summary>Every role bound to a principal.</summary>
+    Task<IReadOnlyList<RoleBinding>> GetRoleBindingsAsync(PrincipalName principal, CancellationToken cancellationToken);
+
+    /// <summary>Bindings within a tenant (null: deployment-wide bindings).</summary>
+    Task<IReadOnlyList<RoleBinding>> ListRoleBindingsAsync(TenantId? tenant, CancellationToken cancellationToken);
+
+    /// <summary>Replaces a key's policy (empty entries: no policy), and marks the key restricted or not.</summary>
+    Task SetKeyPolicyAsync(KeyPolicy policy, CancellationToken cancellationToken);
+
+    /// <summary>A key's policy (<see cref="KeyPolicy.None"/> when it has none).</summary>
+    Task<KeyPolicy> GetKeyPolicyAsync(KeyName key, CancellationToken cancellationToken);
+
+    /// <summary>Stores a grant.</summary>
+    Task CreateGrantAsync(Grant grant, CancellationToken cancellationToken);
+
+    /// <summary>A key's grants (revoked ones too when asked).</summary>
+    Task<IReadOnlyList<Grant>> ListGrantsAsync(KeyName key, bool includeRevoked, CancellationToken cancellationToken);
+
+    /// <summary>Revokes a grant; false if it does not exist or was revoked already.</summary>
+    Task<bool> RevokeGrantAsync(KeyName key, string grantId, DateTimeOffset revokeTime, CancellationToken cancellationToken);
+}

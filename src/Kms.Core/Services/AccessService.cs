@@ -1,0 +1,292 @@
+using Kms.Core.Access;
+using Kms.Core.Errors;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+
+namespace Kms.Core.Services;
+
+/// <summary>
+/// Tenants, principals, API tokens and role bindings. Callers are authorized by the
+/// transport (per RPC, see AccessControl); this service keeps the model consistent: tenant
+/// roles only within the principal's own tenant, deployment roles only deployment-wide,
+/// token lifetimes bounded by kind.
+/// </summary>
+public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvider time, LifecycleOptions lifecycle)
+{
+    /// <summary>Longest service token lifetime.</summary>
+    public static readonly TimeSpan MaxServiceTokenLifetime = TimeSpan.FromDays(365);
+
+    /// <summary>Default service token lifetime.</summary>
+    public static readonly TimeSpan DefaultServiceTokenLifetime = TimeSpan.FromDays(90);
+
+    /// <summary>Default (and longest sensible) operator session: 15 minutes; at most 12 hours.</summary>
+    public static readonly TimeSpan DefaultSessionTokenLifetime = TimeSpan.FromMinutes(15);
+
+    /// <summary>Longest operator session token.</summary>
+    public static readonly TimeSpan MaxSessionTokenLifetime = TimeSpan.FromHours(12);
+
+    /// <summary>Creates a tenant.</summary>
+    public async Task<Tenant> CreateTenantAsync(TenantId id, string? displayName, CancellationToken cancellationToken)
+    {
+        var tenant = new Tenant(id, ValidateDisplayName(displayName, "tenant.display_name"), TenantState.Active, Clock.Now(time));
+        await access.CreateTenantAsync(tenant, cancellationToken);
+        return tenant;
+    }
+
+    /// <summary>A tenant (NOT_FOUND if missing).</summary>
+    public async Task<Tenant> GetTenantAsync(TenantId id, CancellationToken cancellationToken) =>
+        await access.GetTenantAsync(id, cancellationToken) ?? throw KmsErrors.NotFound(id.ResourceName);
+
+    /// <summary>One page of tenants.</summary>
+    public async Task<Page<Tenant>> ListTenantsAsync(int pageSize, string? pageToken, CancellationToken cancellationToken)
+    {
+        var size = PageToken.Size(pageSize);
+        var rows = await access.ListTenantsAsync(PageToken.Decode("tenants", pageToken), size + 1, cancellationToken);
+        var page = rows.Take(size).ToList();
+        return new Page<Tenant>(page, rows.Count > size ? PageToken.Encode("tenants", page[^1].Id.Value) : null);
+    }
+
+    /// <summary>
+    /// Offboards a tenant: it becomes DELETING (nothing new can be created) and every key that
+    /// is not already going is scheduled for deletion with the usual waiting period, which
+    /// can still be cancelled key by key.
+    /// </summary>
+    public async Task<Tenant> DeleteTenantAsync(TenantId id, TimeSpan? waitingPeriod, CancellationToken cancellationToken)
+    {
+        var tenant = await GetTenantAsync(id, cancellationToken);
+        var waiting = waitingPeriod ?? lifecycle.DefaultWaitingPeriod;
+        if (waiting < lifecycle.MinWaitingPeriod || waiting > lifecycle.MaxWaitingPeriod)
+        {
+            throw KmsErrors.InvalidArgument("waiting_period", $"must be from {lifecycle.MinWaitingPeriod.TotalDays:0.##} to {lifecycle.MaxWaitingPeriod.TotalDays:0.##} days");
+        }
+
+        var now = Clock.Now(time);
+        tenant = tenant with { State = TenantState.Deleting, DeleteTime = tenant.DeleteTime ?? now };
+        await access.UpdateTenantAsync(tenant, cancellationToken);
+
+        string? after = null;
+        while (true)
+        {
+            var page = await keys.ListKeysAsync(id, after, 500, cancellationToken);
+            foreach (var key in page)
+            {
+                await keys.UpdateKeyAsync(key.Name, current =>
+                    current.Key.State is Keys.KeyState.Enabled or Keys.KeyState.Disabled
+                        ? KeyTransitions.ScheduleKeyDeletion(current, now, waiting)
+                        : new KeyChange(current.Key) { IsNoOp = true }, cancellationToken);
+            }
+
+            if (page.Count < 500)
+            {
+                return tenant;
+            }
+
+            after = page[^1].Name.KeyId;
+        }
+    }
+
+    /// <summary>Registers a principal; a tenant principal's tenant must exist and be active.</summary>
+    public async Task<Principal> CreatePrincipalAsync(PrincipalName name, TenantId? tenant, string? displayName, CancellationToken cancellationToken)
+    {
+        if (tenant is { } id)
+        {
+            await TenantGate.EnsureActiveAsync(access, id, cancellationToken);
+        }
+
+        var principal = new Principal(name, tenant, ValidateDisplayName(displayName, "principal.display_name"), Clock.Now(time));
+        await access.CreatePrincipalAsync(principal, cancellationToken);
+        return principal;
+    }
+
+    /// <summary>A principal (NOT_FOUND if missing).</summary>
+    public async Task<Principal> GetPrincipalAsync(PrincipalName name, CancellationToken cancellationToken) =>
+        await access.GetPrincipalAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
+
+    /// <summary>One page of a tenant's principals (null: deployment-level ones).</summary>
+    public async Task<Page<Principal>> ListPrincipalsAsync(TenantId? tenant, int pageSize, string? pageToken, CancellationToken cancellationToken)
+    {
+        var size = PageToken.Size(pageSize);
+        var scope = tenant?.ResourceName ?? "deployment";
+        var rows = await access.ListPrincipalsAsync(tenant, PageToken.Decode(scope, pageToken), size + 1, cancellationToken);
+        var page = rows.Take(size).ToList();
+        return new Page<Principal>(page, rows.Count > size ? PageToken.Encode(scope, page[^1].Name.ToString()) : null);
+    }
+
+    /// <summary>
+    /// Issues an API token to a token principal. The returned text is the only copy of the
+    /// secret; the store keeps its SHA-256.
+    /// </summary>
+    public async Task<(ApiToken Token, string Text)> CreateApiTokenAsync(PrincipalName principal, ApiTokenKind kind, TimeSpan? lifetime, CancellationToken cancellationToken)
+    {
+        if (principal.Kind != PrincipalKind.Token)
+        {
+            throw KmsErrors.InvalidArgument("principal", "API tokens are issued to token: principals; certificate principals authenticate with their certificate");
+        }
+
+        var registered = await GetPrincipalAsync(principal, cancellationToken);
+        if (registered.Disabled)
+        {
+            throw KmsErrors.FailedPrecondition($"principal {principal} is disabled");
+        }
+
+        if (kind == ApiTokenKind.Service
+            && (await access.GetRoleBindingsAsync(principal, cancellationToken)).FirstOrDefault(b => Roles.IsAdministrative(b.Role)) is { } administrative)
+        {
+            throw KmsErrors.InvalidArgument("kind", $"{principal} holds {Roles.NameOf(administrative.Role)}: administrative roles get SESSION tokens only");
+        }
+
+        var (defaultLifetime, maxLifetime) = kind switch
+        {
+            ApiTokenKind.Service => (DefaultServiceTokenLifetime, MaxServiceTokenLifetime),
+            ApiTokenKind.Session => (DefaultSessionTokenLifetime, MaxSessionTokenLifetime),
+            _ => throw KmsErrors.InvalidArgument("kind", "must be SERVICE or SESSION"),
+        };
+        var ttl = lifetime ?? defaultLifetime;
+        if (ttl <= TimeSpan.Zero || ttl > maxLifetime)
+        {
+            throw KmsErrors.InvalidArgument("lifetime", $"must be positive and at most {maxLifetime.TotalHours:0.##} hours for this kind of token");
+        }
+
+        return await IssueAsync(principal, kind, ttl, cancellationToken);
+    }
+
+    /// <summary>Revokes a token at once.</summary>
+    public async Task RevokeApiTokenAsync(string tokenId, CancellationToken cancellationToken)
+    {
+        if (!await access.RevokeApiTokenAsync(tokenId, Clock.Now(time), cancellationToken))
+        {
+            throw KmsErrors.NotFound($"apiTokens/{tokenId}");
+        }
+    }
+
+    /// <summary>A principal's tokens (never their secrets).</summary>
+    public Task<IReadOnlyList<ApiToken>> ListApiTokensAsync(PrincipalName principal, CancellationToken cancellationToken) =>
+        access.ListApiTokensAsync(principal, cancellationToken);
+
+    /// <summary>
+    /// Grants a role. A tenant role is bound within the principal's own tenant (the caller
+    /// names it, and it must match); a deployment role has no tenant.
+    /// </summary>
+    public async Task<RoleBinding> SetRoleBindingAsync(PrincipalName name, Role role, TenantId? tenant, CancellationToken cancellationToken)
+    {
+        var principal = await GetPrincipalAsync(name, cancellationToken);
+        if (Roles.IsDeploymentRole(role))
+        {
+            if (tenant is not null)
+            {
+                throw KmsErrors.InvalidArgument("tenant", $"{Roles.NameOf(role)} is a deployment role: bind it without a tenant");
+            }
+        }
+        else if (tenant is null || principal.Tenant != tenant)
+        {
+            throw KmsErrors.InvalidArgument("tenant", $"{Roles.NameOf(role)} is a tenant role: bind it in the principal's own tenant ({principal.Tenant?.ResourceName ?? "it has none"})");
+        }
+
+        var binding = new RoleBinding(name, role, tenant, Clock.Now(time));
+        await access.SetRoleBindingAsync(binding, cancellationToken);
+        return binding;
+    }
+
+    /// <summary>Removes a role.</summary>
+    public async Task DeleteRoleBindingAsync(PrincipalName name, Role role, TenantId? tenant, CancellationToken cancellationToken)
+    {
+        if (!await access.DeleteRoleBindingAsync(name, role, tenant, cancellationToken))
+        {
+            throw KmsErrors.NotFound($"role binding {Roles.NameOf(role)} of {name}");
+        }
+    }
+
+    /// <summary>The bindings of a tenant (null: deployment-wide), for access reviews.</summary>
+    public Task<IReadOnlyList<RoleBinding>> ListRoleBindingsAsync(TenantId? tenant, CancellationToken cancellationToken) =>
+        access.ListRoleBindingsAsync(tenant, cancellationToken);
+
+    /// <summary>The bootstrap credential's lifetime.</summary>
+    public static readonly TimeSpan BootstrapTokenLifetime = TimeSpan.FromDays(7);
+
+    /// <summary>
+    /// At start-up: when the deployment has no deployment admin yet, revokes any earlier
+    /// bootstrap credential and issues a new one-time one (returned as text, for the server to
+    /// write to a 0600 file). Null once a deployment admin exists.
+    /// </summary>
+    public async Task<string?> RenewBootstrapTokenAsync(CancellationToken cancellationToken)
+    {
+        if ((await access.ListRoleBindingsAsync(null, cancellationToken)).Any(b => b.Role == Role.DeploymentAdmin))
+        {
+            return null;
+        }
+
+        foreach (var earlier in await access.ListApiTokensAsync(Authenticator.BootstrapPrincipal, cancellationToken))
+        {
+            await access.RevokeApiTokenAsync(earlier.Id, Clock.Now(time), cancellationToken);
+        }
+
+        return (await IssueAsync(Authenticator.BootstrapPrincipal, ApiTokenKind.Bootstrap, BootstrapTokenLifetime, cancellationToken)).Text;
+    }
+
+    /// <summary>
+    /// Uses the one-time bootstrap credential: registers the first deployment admin (a
+    /// certificate principal, or a token principal that gets a session token) and revokes
+    /// the credential in the same step, so a second use fails.
+    /// </summary>
+    /// <returns>The admin, and a session token when the admin is a token principal.</returns>
+    public async Task<(Principal Admin, string? SessionToken)> BootstrapAsync(Caller caller, PrincipalName admin, string? displayName, CancellationToken cancellationToken)
+    {
+        if (caller.BootstrapTokenId is not { } tokenId || !await access.ConsumeApiTokenAsync(tokenId, Clock.Now(time), cancellationToken))
+        {
+            throw KmsErrors.Unauthenticated();
+        }
+
+        var principal = await access.GetPrincipalAsync(admin, cancellationToken);
+        if (principal is null)
+        {
+            principal = new Principal(admin, null, ValidateDisplayName(displayName, "display_name"), Clock.Now(time));
+            await access.CreatePrincipalAsync(principal, cancellationToken);
+        }
+        else if (principal.Tenant is not null)
+        {
+            throw KmsErrors.FailedPrecondition($"{admin} belongs to {principal.Tenant.Value.ResourceName}; a deployment admin belongs to no tenant");
+        }
+
+        await access.SetRoleBindingAsync(new RoleBinding(admin, Role.DeploymentAdmin, null, Clock.Now(time)), cancellationToken);
+        string? session = null;
+        if (admin.Kind == PrincipalKind.Token)
+        {
+            session = (await IssueAsync(admin, ApiTokenKind.Session, DefaultSessionTokenLifetime, cancellationToken)).Text;
+        }
+
+        return (principal, session);
+    }
+
+    /// <summary>
+    /// Bootstrap and dev mode: registers a principal (if new), binds roles and issues a token,
+    /// all without a caller. Never reachable through the API.
+    /// </summary>
+    public async Task<string> ProvisionAsync(PrincipalName name, TenantId? tenant, IEnumerable<Role> roles, ApiTokenKind kind, TimeSpan lifetime, CancellationToken cancellationToken)
+    {
+        if (await access.GetPrincipalAsync(name, cancellationToken) is null)
+        {
+            await access.CreatePrincipalAsync(new Principal(name, tenant, "provisioned", Clock.Now(time)), cancellationToken);
+        }
+
+        foreach (var role in roles)
+        {
+            await access.SetRoleBindingAsync(new RoleBinding(name, role, Roles.IsDeploymentRole(role) ? null : tenant, Clock.Now(time)), cancellationToken);
+        }
+
+        return (await IssueAsync(name, kind, lifetime, cancellationToken)).Text;
+    }
+
+    private async Task<(ApiToken Token, string Text)> IssueAsync(PrincipalName principal, ApiTokenKind kind, TimeSpan lifetime, CancellationToken cancellationToken)
+    {
+        var (id, text, hash) = ApiTokenSecret.Create();
+        var now = Clock.Now(time);
+        var token = new ApiToken(id, principal, kind, hash, now, now + lifetime);
+        await access.CreateApiTokenAsync(token, cancellationToken);
+        return (token, text);
+    }
+
+    private static string ValidateDisplayName(string? displayName, string field) =>
+        (displayName ?? "").Length <= 200 && !(displayName ?? "").Any(char.IsControl)
+            ? displayName ?? ""
+            : throw KmsErrors.InvalidArgument(field, "must be at most 200 characters, without control characters");
+}

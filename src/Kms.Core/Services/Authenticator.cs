@@ -1,0 +1,69 @@
+using Kms.Core.Access;
+using Kms.Core.Ports;
+
+namespace Kms.Core.Services;
+
+/// <summary>
+/// Turns a credential into a caller: an API token (looked up by id, secret hash compared in
+/// constant time, expiry and revocation checked) or a certificate principal the transport
+/// has already verified. Every failure is the same null, so a caller learns nothing that
+/// helps guessing.
+/// </summary>
+/// <remarks>
+/// Administrative roles (admin, deployment-admin, security-officer) come only with
+/// short-lived session tokens or certificates: a long-lived service token authenticates
+/// its principal with the other roles only.
+/// </remarks>
+public sealed class Authenticator(IAccessStore access, TimeProvider time)
+{
+    /// <summary>The bootstrap token's principal.</summary>
+    public static readonly PrincipalName BootstrapPrincipal = PrincipalName.Token("bootstrap");
+
+    /// <summary>The caller a bearer token stands for, or null; <see cref="Caller.ValidUntil"/> is the token's expiry.</summary>
+    public async Task<Caller?> AuthenticateTokenAsync(string? bearer, CancellationToken cancellationToken)
+    {
+        if (!ApiTokenSecret.TryParse(bearer, out var id, out var hash))
+        {
+            return null;
+        }
+
+        var token = await access.GetApiTokenAsync(id, cancellationToken);
+        if (token is null || !ApiTokenSecret.Matches(hash, token.SecretHash) || token.RevokeTime is not null || token.ExpireTime <= time.GetUtcNow())
+        {
+            return null;
+        }
+
+        if (token.Kind == ApiTokenKind.Bootstrap)
+        {
+            // The one-time credential: no roles; it may call Bootstrap (once) and nothing else.
+            return new Caller(BootstrapPrincipal.ToString(), null, new HashSet<Role>()) { BootstrapTokenId = token.Id, ValidUntil = token.ExpireTime };
+        }
+
+        var caller = await CallerForAsync(token.Principal, cancellationToken);
+        if (caller is null)
+        {
+            return null;
+        }
+
+        var roles = token.Kind == ApiTokenKind.Service ? caller.Roles.Where(r => !Roles.IsAdministrative(r)).ToHashSet() : caller.Roles;
+        return caller with { Roles = roles, ValidUntil = token.ExpireTime, TokenId = token.Id };
+    }
+
+    /// <summary>The caller a verified certificate principal stands for: its registered tenant and roles (none if unregistered); null if disabled.</summary>
+    public async Task<Caller?> CallerForAsync(PrincipalName name, CancellationToken cancellationToken)
+    {
+        var principal = await access.GetPrincipalAsync(name, cancellationToken);
+        if (principal is { Disabled: true })
+        {
+            return null;
+        }
+
+        var roles = principal is null
+            ? new HashSet<Role>()
+            : (await access.GetRoleBindingsAsync(name, cancellationToken))
+                .Where(b => Roles.IsDeploymentRole(b.Role) ? b.Tenant is null : b.Tenant == principal.Tenant)
+                .Select(b => b.Role)
+                .ToHashSet();
+        return new Caller(name.ToString(), principal?.Tenant, roles);
+    }
+}

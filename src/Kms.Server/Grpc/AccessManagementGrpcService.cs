@@ -1,0 +1,120 @@
+using Grpc.Core;
+using Kms.Contracts.V1;
+using Kms.Core.Access;
+using Kms.Core.Names;
+using Kms.Core.Services;
+using Kms.Server.Security;
+
+namespace Kms.Server.Grpc;
+
+/// <summary>
+/// kms.v1.AccessManagementService: tenants, principals, API tokens, role bindings and the
+/// bootstrap of the first deployment admin. Authorization happened in the
+/// <see cref="AuthorizationInterceptor"/>; every change makes this node forget the callers
+/// it had authenticated, so it takes effect at once here (and within the credential cache
+/// time on other nodes).
+/// </summary>
+internal sealed class AccessManagementGrpcService(AccessService access, CallerAuthentication authentication)
+    : AccessManagementService.AccessManagementServiceBase
+{
+    public override async Task<CreateTenantResponse> CreateTenant(CreateTenantRequest request, ServerCallContext context)
+    {
+        var tenant = await access.CreateTenantAsync(TenantId.Parse(request.TenantId, "tenant_id"), request.DisplayName, context.CancellationToken);
+        return new CreateTenantResponse { Tenant = AccessMapping.ToProto(tenant) };
+    }
+
+    public override async Task<GetTenantResponse> GetTenant(GetTenantRequest request, ServerCallContext context) =>
+        new() { Tenant = AccessMapping.ToProto(await access.GetTenantAsync(TenantId.ParseResourceName(request.Name, "name"), context.CancellationToken)) };
+
+    public override async Task<ListTenantsResponse> ListTenants(ListTenantsRequest request, ServerCallContext context)
+    {
+        var page = await access.ListTenantsAsync(request.PageSize, request.PageToken, context.CancellationToken);
+        var response = new ListTenantsResponse { NextPageToken = page.NextPageToken ?? "" };
+        response.Tenants.AddRange(page.Items.Select(AccessMapping.ToProto));
+        return response;
+    }
+
+    public override async Task<DeleteTenantResponse> DeleteTenant(DeleteTenantRequest request, ServerCallContext context)
+    {
+        var tenant = await access.DeleteTenantAsync(TenantId.ParseResourceName(request.Name, "name"),
+            ProtoMapping.FromProto(request.WaitingPeriod, "waiting_period"), context.CancellationToken);
+        authentication.Forget();
+        return new DeleteTenantResponse { Tenant = AccessMapping.ToProto(tenant) };
+    }
+
+    public override async Task<CreatePrincipalResponse> CreatePrincipal(CreatePrincipalRequest request, ServerCallContext context)
+    {
+        var principal = await access.CreatePrincipalAsync(
+            PrincipalName.Parse(request.Name, "name"), AccessMapping.OptionalTenant(request.Tenant, "tenant"), request.DisplayName, context.CancellationToken);
+        authentication.Forget();
+        return new CreatePrincipalResponse { Principal = AccessMapping.ToProto(principal) };
+    }
+
+    public override async Task<GetPrincipalResponse> GetPrincipal(GetPrincipalRequest request, ServerCallContext context) =>
+        new() { Principal = AccessMapping.ToProto(await access.GetPrincipalAsync(PrincipalName.Parse(request.Name, "name"), context.CancellationToken)) };
+
+    public override async Task<ListPrincipalsResponse> ListPrincipals(ListPrincipalsRequest request, ServerCallContext context)
+    {
+        var page = await access.ListPrincipalsAsync(AccessMapping.OptionalTenant(request.Tenant, "tenant"), request.PageSize, request.PageToken, context.CancellationToken);
+        var response = new ListPrincipalsResponse { NextPageToken = page.NextPageToken ?? "" };
+        response.Principals.AddRange(page.Items.Select(AccessMapping.ToProto));
+        return response;
+    }
+
+    public override async Task<CreateApiTokenResponse> CreateApiToken(CreateApiTokenRequest request, ServerCallContext context)
+    {
+        var (token, text) = await access.CreateApiTokenAsync(
+            PrincipalName.Parse(request.Principal, "principal"), AccessMapping.TokenKind(request.Kind),
+            ProtoMapping.FromProto(request.Lifetime, "lifetime"), context.CancellationToken);
+        return new CreateApiTokenResponse { Token = AccessMapping.ToProto(token), Secret = text };
+    }
+
+    public override async Task<ListApiTokensResponse> ListApiTokens(ListApiTokensRequest request, ServerCallContext context)
+    {
+        var tokens = await access.ListApiTokensAsync(PrincipalName.Parse(request.Principal, "principal"), context.CancellationToken);
+        var response = new ListApiTokensResponse();
+        response.Tokens.AddRange(tokens.Select(AccessMapping.ToProto));
+        return response;
+    }
+
+    public override async Task<RevokeApiTokenResponse> RevokeApiToken(RevokeApiTokenRequest request, ServerCallContext context)
+    {
+        await access.RevokeApiTokenAsync(ApiTokenSecret.ParseId(request.Id, "id"), context.CancellationToken);
+        authentication.Forget();
+        return new RevokeApiTokenResponse();
+    }
+
+    public override async Task<SetRoleBindingResponse> SetRoleBinding(SetRoleBindingRequest request, ServerCallContext context)
+    {
+        var binding = await access.SetRoleBindingAsync(
+            PrincipalName.Parse(request.Principal, "principal"), Roles.Parse(request.Role, "role"),
+            AccessMapping.OptionalTenant(request.Tenant, "tenant"), context.CancellationToken);
+        authentication.Forget();
+        return new SetRoleBindingResponse { Binding = AccessMapping.ToProto(binding) };
+    }
+
+    public override async Task<DeleteRoleBindingResponse> DeleteRoleBinding(DeleteRoleBindingRequest request, ServerCallContext context)
+    {
+        await access.DeleteRoleBindingAsync(
+            PrincipalName.Parse(request.Principal, "principal"), Roles.Parse(request.Role, "role"),
+            AccessMapping.OptionalTenant(request.Tenant, "tenant"), context.CancellationToken);
+        authentication.Forget();
+        return new DeleteRoleBindingResponse();
+    }
+
+    public override async Task<ListRoleBindingsResponse> ListRoleBindings(ListRoleBindingsRequest request, ServerCallContext context)
+    {
+        var bindings = await access.ListRoleBindingsAsync(AccessMapping.OptionalTenant(request.Tenant, "tenant"), context.CancellationToken);
+        var response = new ListRoleBindingsResponse();
+        response.Bindings.AddRange(bindings.Select(AccessMapping.ToProto));
+        return response;
+    }
+
+    public override async Task<BootstrapResponse> Bootstrap(BootstrapRequest request, ServerCallContext context)
+    {
+        var (admin, session) = await access.BootstrapAsync(
+            CallerResolver.Current(context), PrincipalName.Parse(request.Admin, "admin"), request.DisplayName, context.CancellationToken);
+        authentication.Forget();
+        return new BootstrapResponse { Admin = AccessMapping.ToProto(admin), SessionToken = session ?? "" };
+    }
+}

@@ -1,0 +1,82 @@
+using Kms.Core.Access;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+using Kms.Core.Services;
+
+namespace Kms.Server.Hosting;
+
+/// <summary>
+/// First credentials, at start-up. Dev mode: the dev tenant, a deployment admin, a developer
+/// (every tenant role in dev) and a key-user service, each with a token in
+/// <c>{DataDir}/tokens/</c> (mode 0600), re-issued when missing or within a day of expiry. Production: while no deployment admin exists, a
+/// fresh one-time bootstrap credential in <see cref="KmsServerOptions.BootstrapTokenPath"/>.
+/// </summary>
+internal static partial class AccessProvisioning
+{
+    /// <summary>Dev-mode principals and the files their tokens go to.</summary>
+    public static readonly IReadOnlyList<(PrincipalName Principal, string File, Role[] Roles, ApiTokenKind Kind)> DevPrincipals =
+    [
+        (PrincipalName.Token("dev-admin"), "deployment-admin.token", [Role.DeploymentAdmin], ApiTokenKind.Session),
+        (PrincipalName.Token("developer"), "developer.token", [Role.Admin, Role.KeyManager, Role.KeyUser, Role.Auditor], ApiTokenKind.Session),
+        (PrincipalName.Token("dev-app"), "key-user.token", [Role.KeyUser], ApiTokenKind.Service),
+    ];
+
+    /// <summary>Dev tokens live this long (dev mode only; production sessions are 15 minutes).</summary>
+    public static readonly TimeSpan DevTokenLifetime = TimeSpan.FromDays(30);
+
+    public static async Task RunAsync(IServiceProvider services, KmsServerOptions options, ILogger logger, CancellationToken cancellationToken)
+    {
+        var access = services.GetRequiredService<AccessService>();
+        var store = services.GetRequiredService<IAccessStore>();
+        if (options.DevMode)
+        {
+            await ProvisionDevAsync(services, access, store, options, logger, cancellationToken);
+            return;
+        }
+
+        var text = await access.RenewBootstrapTokenAsync(cancellationToken);
+        if (text is not null)
+        {
+            var path = Path.GetFullPath(options.BootstrapTokenPath ?? Path.Combine(options.DataDir, "bootstrap.token"));
+            SecretFiles.Write(path, text + "\n");
+            LogBootstrap(logger, path);
+        }
+    }
+
+    private static async Task ProvisionDevAsync(IServiceProvider services, AccessService access, IAccessStore store, KmsServerOptions options, ILogger logger, CancellationToken cancellationToken)
+    {
+        var authenticator = services.GetRequiredService<Authenticator>();
+        var time = services.GetRequiredService<TimeProvider>();
+        var tokens = Path.GetFullPath(Path.Combine(options.DataDir, "tokens"));
+        var tenant = TenantId.Parse(options.Tenant, "Kms:Tenant");
+        if (await store.GetTenantAsync(tenant, cancellationToken) is null)
+        {
+            await access.CreateTenantAsync(tenant, "dev mode", cancellationToken);
+        }
+
+        // First run, a lost file, or a token about to expire: issue a fresh one.
+        foreach (var (principal, file, roles, kind) in DevPrincipals)
+        {
+            var path = Path.Combine(tokens, file);
+            var current = File.Exists(path) ? await authenticator.AuthenticateTokenAsync((await File.ReadAllTextAsync(path, cancellationToken)).Trim(), cancellationToken) : null;
+            if (current?.ValidUntil is { } until && until > time.GetUtcNow().AddDays(1))
+            {
+                continue;
+            }
+
+            var home = roles.All(Roles.IsDeploymentRole) ? (TenantId?)null : tenant;
+            var text = await access.ProvisionAsync(principal, home, roles, kind, DevTokenLifetime, cancellationToken);
+            SecretFiles.Write(path, text + "\n");
+        }
+
+        LogDevTokens(logger, tokens);
+    }
+
+    [LoggerMessage(EventId = 10, Level = LogLevel.Warning,
+        Message = "No deployment admin yet: a one-time bootstrap credential is in {Path} (mode 0600). Call AccessManagementService.Bootstrap with it; it is invalid after that first use.")]
+    private static partial void LogBootstrap(ILogger logger, string path);
+
+    [LoggerMessage(EventId = 11, Level = LogLevel.Information,
+        Message = "Dev mode API tokens (mode 0600) are in {Directory}: developer.token (every role in the dev tenant), key-user.token, deployment-admin.token")]
+    private static partial void LogDevTokens(ILogger logger, string directory);
+}

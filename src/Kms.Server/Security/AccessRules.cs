@@ -1,0 +1,148 @@
+using Google.Protobuf;
+using Kms.Contracts.V1;
+using Kms.Core.Access;
+
+namespace Kms.Server.Security;
+
+/// <summary>Who may call an RPC at all.</summary>
+internal enum CallScope
+{
+    /// <summary>Anyone, without credentials (health).</summary>
+    Public,
+
+    /// <summary>Any authenticated caller, no permission needed (server reflection).</summary>
+    Authenticated,
+
+    /// <summary>Only the one-time bootstrap credential.</summary>
+    Bootstrap,
+
+    /// <summary>An authenticated caller holding every permission of <see cref="AccessRule.Requirements"/>.</summary>
+    Permission,
+}
+
+/// <summary>Where a permission is demanded: on the tenant a request field names, on the caller's own tenant, or deployment-wide.</summary>
+internal enum TargetKind
+{
+    /// <summary>The tenant of a resource name in the request (<c>tenants/{t}/…</c>).</summary>
+    Resource,
+
+    /// <summary>As <see cref="Resource"/>, but an empty field means deployment-wide (ListPrincipals, role bindings).</summary>
+    ResourceOrDeployment,
+
+    /// <summary>The caller's own tenant (Decrypt names no key; batch items are checked one by one).</summary>
+    CallerTenant,
+
+    /// <summary>Deployment-wide (tenants, principals, tokens).</summary>
+    Deployment,
+}
+
+/// <summary>One permission an RPC needs, and on what.</summary>
+internal sealed record Requirement(Permission Permission, TargetKind Target, Func<IMessage, string>? Field = null);
+
+/// <summary>An RPC's rule: scope, the permissions it needs, and what it costs against the tenant's crypto quota (0: not metered).</summary>
+internal sealed record AccessRule(CallScope Scope, IReadOnlyList<Requirement> Requirements, Func<IMessage, int>? QuotaCost = null);
+
+/// <summary>
+/// The authorization table: every RPC the server serves, what it needs. The
+/// AuthorizationInterceptor refuses any method not listed here (default deny); the
+/// authorization matrix test and docs/access-control.md are checked against it.
+/// </summary>
+internal static class AccessRules
+{
+    private const string Keys = "/kms.v1.KeyManagementService/";
+    private const string Access = "/kms.v1.AccessManagementService/";
+
+    /// <summary>Rules by full method name (<c>/package.Service/Method</c>).</summary>
+    public static IReadOnlyDictionary<string, AccessRule> ByMethod { get; } = new Dictionary<string, AccessRule>(StringComparer.Ordinal)
+    {
+        // Keys and versions.
+        [Keys + "CreateKey"] = On<CreateKeyRequest>(Permission.KeysCreate, r => r.Parent),
+        [Keys + "GetKey"] = On<GetKeyRequest>(Permission.KeysRead, r => r.Name),
+        [Keys + "ListKeys"] = On<ListKeysRequest>(Permission.KeysRead, r => r.Parent),
+        [Keys + "UpdateKey"] = On<UpdateKeyRequest>(Permission.KeysUpdate, r => r.Key?.Name ?? ""),
+        [Keys + "RotateKey"] = On<RotateKeyRequest>(Permission.KeysRotate, r => r.Name),
+        [Keys + "ListKeyVersions"] = On<ListKeyVersionsRequest>(Permission.KeysRead, r => r.Parent),
+        [Keys + "GetKeyVersion"] = On<GetKeyVersionRequest>(Permission.KeysRead, r => r.Name),
+        [Keys + "UpdatePrimaryVersion"] = On<UpdatePrimaryVersionRequest>(Permission.KeysUpdate, r => r.Name),
+        [Keys + "EnableKey"] = On<EnableKeyRequest>(Permission.KeysChangeState, r => r.Name),
+        [Keys + "DisableKey"] = On<DisableKeyRequest>(Permission.KeysChangeState, r => r.Name),
+        [Keys + "EnableKeyVersion"] = On<EnableKeyVersionRequest>(Permission.KeysChangeState, r => r.Name),
+        [Keys + "DisableKeyVersion"] = On<DisableKeyVersionRequest>(Permission.KeysChangeState, r => r.Name),
+        [Keys + "ScheduleKeyDeletion"] = On<ScheduleKeyDeletionRequest>(Permission.KeysDestroy, r => r.Name),
+        [Keys + "CancelKeyDeletion"] = On<CancelKeyDeletionRequest>(Permission.KeysDestroy, r => r.Name),
+        [Keys + "ScheduleKeyVersionDestruction"] = On<ScheduleKeyVersionDestructionRequest>(Permission.KeysDestroy, r => r.Name),
+        [Keys + "RestoreKeyVersion"] = On<RestoreKeyVersionRequest>(Permission.KeysDestroy, r => r.Name),
+
+        // Aliases.
+        [Keys + "CreateAlias"] = On<CreateAliasRequest>(Permission.AliasesManage, r => r.Parent),
+        [Keys + "GetAlias"] = On<GetAliasRequest>(Permission.AliasesRead, r => r.Name),
+        [Keys + "UpdateAlias"] = On<UpdateAliasRequest>(Permission.AliasesManage, r => r.Name),
+        [Keys + "DeleteAlias"] = On<DeleteAliasRequest>(Permission.AliasesManage, r => r.Name),
+        [Keys + "ListAliases"] = On<ListAliasesRequest>(Permission.AliasesRead, r => r.Parent),
+
+        // Crypto: metered against the tenant's quota.
+        [Keys + "Encrypt"] = Metered(On<EncryptRequest>(Permission.CryptoEncrypt, r => r.Name)),
+        [Keys + "Decrypt"] = Metered(Own(Permission.CryptoDecrypt)),
+        [Keys + "GenerateDataKey"] = Metered(On<GenerateDataKeyRequest>(Permission.CryptoEncrypt, r => r.Name)),
+        [Keys + "GenerateDataKeyWithoutPlaintext"] = Metered(On<GenerateDataKeyWithoutPlaintextRequest>(Permission.CryptoEncrypt, r => r.Name)),
+        // The destination first: a destination in another tenant is NOT_FOUND whatever the roles.
+        [Keys + "ReEncrypt"] = Metered(new AccessRule(CallScope.Permission,
+        [
+            new Requirement(Permission.CryptoEncrypt, TargetKind.Resource, r => ((ReEncryptRequest)r).DestinationName),
+            new Requirement(Permission.CryptoDecrypt, TargetKind.CallerTenant),
+        ])),
+        [Keys + "GenerateRandom"] = Metered(Own(Permission.RandomGenerate)),
+        [Keys + "BatchEncrypt"] = Metered(Own(Permission.CryptoEncrypt), r => ((BatchEncryptRequest)r).Requests.Count),
+        [Keys + "BatchDecrypt"] = Metered(Own(Permission.CryptoDecrypt), r => ((BatchDecryptRequest)r).Requests.Count),
+        [Keys + "BatchReEncrypt"] = Metered(Own(Permission.CryptoDecrypt, Permission.CryptoEncrypt), r => ((BatchReEncryptRequest)r).Requests.Count),
+        [Keys + "BatchGenerateDataKey"] = Metered(Own(Permission.CryptoEncrypt), r => ((BatchGenerateDataKeyRequest)r).Requests.Count),
+
+        // Key policies and grants.
+        [Keys + "SetKeyPolicy"] = On<SetKeyPolicyRequest>(Permission.PoliciesManage, r => r.Name),
+        [Keys + "GetKeyPolicy"] = On<GetKeyPolicyRequest>(Permission.PoliciesRead, r => r.Name),
+        [Keys + "CreateGrant"] = On<CreateGrantRequest>(Permission.PoliciesManage, r => r.Parent),
+        [Keys + "ListGrants"] = On<ListGrantsRequest>(Permission.PoliciesRead, r => r.Parent),
+        [Keys + "RevokeGrant"] = On<RevokeGrantRequest>(Permission.PoliciesManage, r => r.Name),
+        [Keys + "TestPermissions"] = On<TestPermissionsRequest>(Permission.PoliciesRead, r => r.Name),
+
+        // Tenants, principals, tokens, bindings.
+        [Access + "CreateTenant"] = Deployment(Permission.TenantsManage),
+        [Access + "GetTenant"] = On<GetTenantRequest>(Permission.TenantsRead, r => r.Name),
+        [Access + "ListTenants"] = Deployment(Permission.TenantsRead),
+        [Access + "DeleteTenant"] = On<DeleteTenantRequest>(Permission.TenantsManage, r => r.Name),
+        [Access + "CreatePrincipal"] = Deployment(Permission.PrincipalsManage),
+        [Access + "GetPrincipal"] = Deployment(Permission.PrincipalsRead),
+        [Access + "ListPrincipals"] = OnOrDeployment<ListPrincipalsRequest>(Permission.PrincipalsRead, r => r.Tenant),
+        [Access + "CreateApiToken"] = Deployment(Permission.PrincipalsManage),
+        [Access + "ListApiTokens"] = Deployment(Permission.PrincipalsRead),
+        [Access + "RevokeApiToken"] = Deployment(Permission.PrincipalsManage),
+        [Access + "SetRoleBinding"] = OnOrDeployment<SetRoleBindingRequest>(Permission.BindingsManage, r => r.Tenant),
+        [Access + "DeleteRoleBinding"] = OnOrDeployment<DeleteRoleBindingRequest>(Permission.BindingsManage, r => r.Tenant),
+        [Access + "ListRoleBindings"] = OnOrDeployment<ListRoleBindingsRequest>(Permission.BindingsRead, r => r.Tenant),
+        [Access + "Bootstrap"] = new AccessRule(CallScope.Bootstrap, []),
+
+        // Infrastructure.
+        ["/grpc.health.v1.Health/Check"] = new AccessRule(CallScope.Public, []),
+        ["/grpc.health.v1.Health/Watch"] = new AccessRule(CallScope.Public, []),
+        ["/grpc.health.v1.Health/List"] = new AccessRule(CallScope.Public, []),
+        ["/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"] = new AccessRule(CallScope.Authenticated, []),
+        ["/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"] = new AccessRule(CallScope.Authenticated, []),
+    };
+
+    private static AccessRule On<TRequest>(Permission permission, Func<TRequest, string> field)
+        where TRequest : IMessage =>
+        new(CallScope.Permission, [new Requirement(permission, TargetKind.Resource, r => field((TRequest)r))]);
+
+    private static AccessRule OnOrDeployment<TRequest>(Permission permission, Func<TRequest, string> field)
+        where TRequest : IMessage =>
+        new(CallScope.Permission, [new Requirement(permission, TargetKind.ResourceOrDeployment, r => field((TRequest)r))]);
+
+    private static AccessRule Own(params Permission[] permissions) =>
+        new(CallScope.Permission, permissions.Select(p => new Requirement(p, TargetKind.CallerTenant)).ToList());
+
+    private static AccessRule Deployment(Permission permission) =>
+        new(CallScope.Permission, [new Requirement(permission, TargetKind.Deployment)]);
+
+    private static AccessRule Metered(AccessRule rule, Func<IMessage, int>? cost = null) =>
+        rule with { QuotaCost = cost ?? (_ => 1) };
+}

@@ -1,0 +1,192 @@
+using Google.Protobuf;
+using Google.Protobuf.WellKnownTypes;
+using Google.Rpc;
+using Grpc.Core;
+using Grpc.Core.Interceptors;
+using Kms.Core.Errors;
+using Kms.Core.Names;
+using Kms.Core.Services;
+using Kms.Server.Grpc;
+using Kms.Server.Hosting;
+using Microsoft.Extensions.Options;
+
+namespace Kms.Server.Security;
+
+/// <summary>
+/// Every call passes here before its handler: shed when the server is full (UNAVAILABLE),
+/// authenticate (UNAUTHENTICATED, one message for every reason), authorize by
+/// <see cref="AccessRules"/> (PERMISSION_DENIED naming the permission, or NOT_FOUND across
+/// tenants), meter crypto against the tenant's quota (RESOURCE_EXHAUSTED with a retry
+/// delay). A method without a rule is refused: default deny. Nothing has run, so a refused
+/// call changes nothing.
+/// </summary>
+internal sealed partial class AuthorizationInterceptor(
+    CallerAuthentication authentication,
+    TenantQuotas quotas,
+    IOptions<KmsServerOptions> options,
+    ILogger<AuthorizationInterceptor> logger) : Interceptor
+{
+    /// <summary>Where the authenticated caller is kept for the handler (<see cref="ServerCallContext.UserState"/>).</summary>
+    public const string CallerKey = "kms.caller";
+
+    private readonly int _maxConcurrentCalls = options.Value.MaxConcurrentCalls;
+    private int _inFlight;
+
+    public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
+    {
+        using var slot = Enter(context);
+        await AuthorizeAsync(request as IMessage, context);
+        return await continuation(request, context);
+    }
+
+    public override async Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        using var slot = Enter(context);
+        await AuthorizeStreamAsync(context);
+        return await continuation(requestStream, context);
+    }
+
+    public override async Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        using var slot = Enter(context);
+        await AuthorizeStreamAsync(context, request as IMessage);
+        await continuation(request, responseStream, context);
+    }
+
+    public override async Task DuplexStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, DuplexStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        using var slot = Enter(context);
+        await AuthorizeStreamAsync(context);
+        await continuation(requestStream, responseStream, context);
+    }
+
+    // Streaming handlers are not wrapped by the ErrorInterceptor: map refusals here.
+    private async Task AuthorizeStreamAsync(ServerCallContext context, IMessage? request = null)
+    {
+        try
+        {
+            await AuthorizeAsync(request, context);
+        }
+        catch (KmsException e)
+        {
+            throw new RpcException(new global::Grpc.Core.Status(ProtoMapping.StatusCodeOf(e.Code), e.Message));
+        }
+    }
+
+    private async Task AuthorizeAsync(IMessage? request, ServerCallContext context)
+    {
+        if (!AccessRules.ByMethod.TryGetValue(context.Method, out var rule))
+        {
+            throw KmsErrors.PermissionDenied($"{context.Method} has no access rule; it is refused (default deny)");
+        }
+
+        if (rule.Scope == CallScope.Public)
+        {
+            return;
+        }
+
+        var caller = await authentication.AuthenticateAsync(context);
+        if (caller is null)
+        {
+            LogUnauthenticated(logger, context.Method, context.Peer);
+            throw new RpcException(new global::Grpc.Core.Status(StatusCode.Unauthenticated, KmsErrors.Unauthenticated().Message));
+        }
+
+        context.UserState[CallerKey] = caller;
+        if (caller.BootstrapTokenId is not null != (rule.Scope == CallScope.Bootstrap))
+        {
+            throw KmsErrors.PermissionDenied(caller.BootstrapTokenId is not null
+                ? "the bootstrap credential may only call Bootstrap"
+                : "only the one-time bootstrap credential may call Bootstrap");
+        }
+
+        if (rule.Scope != CallScope.Permission)
+        {
+            return;
+        }
+
+        foreach (var requirement in rule.Requirements)
+        {
+            var (tenant, resource) = TargetOf(requirement, request, caller);
+            AccessControl.Demand(caller, requirement.Permission, tenant, resource);
+        }
+
+        if (rule.QuotaCost is { } cost && request is not null && caller.HomeTenant is { } home
+            && !quotas.TryTake(home, cost(request), out var retryAfter))
+        {
+            LogQuotaExceeded(logger, context.Method, home.Value);
+            throw QuotaExceeded(home, retryAfter);
+        }
+    }
+
+    // A malformed or missing resource name is checked against the caller's own tenant: an
+    // unauthorized caller learns nothing about the name, an authorized one gets the
+    // handler's INVALID_ARGUMENT.
+    private static (TenantId? Tenant, string Resource) TargetOf(Requirement requirement, IMessage? request, Caller caller)
+    {
+        switch (requirement.Target)
+        {
+            case TargetKind.Deployment:
+                return (null, "the deployment");
+            case TargetKind.CallerTenant:
+                return (caller.HomeTenant, caller.HomeTenant?.ResourceName ?? "the deployment");
+            default:
+                var field = request is null ? "" : requirement.Field!(request);
+                if (field.Length == 0 && requirement.Target == TargetKind.ResourceOrDeployment)
+                {
+                    return (null, "the deployment");
+                }
+
+                return TenantOf(field) is { } tenant ? (tenant, field) : (caller.HomeTenant, field);
+        }
+    }
+
+    private static TenantId? TenantOf(string resource)
+    {
+        const string prefix = "tenants/";
+        if (!resource.StartsWith(prefix, StringComparison.Ordinal))
+        {
+            return null;
+        }
+
+        var end = resource.IndexOf('/', prefix.Length);
+        return TenantId.TryParse(end < 0 ? resource[prefix.Length..] : resource[prefix.Length..end], out var tenant) ? tenant : null;
+    }
+
+    private static RpcException QuotaExceeded(TenantId tenant, TimeSpan retryAfter)
+    {
+        var status = new Google.Rpc.Status
+        {
+            Code = (int)Code.ResourceExhausted,
+            Message = $"the crypto-operation quota of {tenant.ResourceName} is used up; retry after {retryAfter.TotalMilliseconds:0} ms",
+            Details = { Any.Pack(new RetryInfo { RetryDelay = Duration.FromTimeSpan(retryAfter) }) },
+        };
+        return status.ToRpcException();
+    }
+
+    private Slot Enter(ServerCallContext context)
+    {
+        if (Interlocked.Increment(ref _inFlight) > _maxConcurrentCalls)
+        {
+            Interlocked.Decrement(ref _inFlight);
+            LogShed(logger, context.Method);
+            throw new RpcException(new global::Grpc.Core.Status(StatusCode.Unavailable, "the server is at capacity; retry with backoff"));
+        }
+
+        return new Slot(this);
+    }
+
+    private readonly struct Slot(AuthorizationInterceptor owner) : IDisposable
+    {
+        public void Dispose() => Interlocked.Decrement(ref owner._inFlight);
+    }
+
+    [LoggerMessage(EventId = 1101, Level = LogLevel.Information, Message = "{Method} unauthenticated call from {Peer}")]
+    private static partial void LogUnauthenticated(ILogger logger, string method, string peer);
+
+    [LoggerMessage(EventId = 1102, Level = LogLevel.Information, Message = "{Method} refused: quota of tenant {Tenant} exceeded")]
+    private static partial void LogQuotaExceeded(ILogger logger, string method, string tenant);
+
+    [LoggerMessage(EventId = 1103, Level = LogLevel.Warning, Message = "{Method} shed: server at capacity")]
+    private static partial void LogShed(ILogger logger, string method);
+}

@@ -1,0 +1,145 @@
+using System.Formats.Asn1;
+using System.Security.Cryptography.X509Certificates;
+using Kms.Core.Access;
+using Org.BouncyCastle.X509;
+
+namespace Kms.Server.Security;
+
+/// <summary>
+/// Verifies client certificates for mTLS: chain to the configured CA bundle (and nothing
+/// else: no system roots), within validity, client-authentication usage, not on the
+/// configured CRL (signed by the CA). Revocation is never checked online (there is no
+/// network to ask). CA bundle and CRL reload when their files change.
+/// </summary>
+/// <remarks>
+/// Principal rule (docs/access-control.md): a URI SAN starting with <c>spiffe://</c> gives
+/// <c>spiffe:&lt;uri&gt;</c>; otherwise the subject's CN gives <c>cn:&lt;cn&gt;</c>; a
+/// certificate with neither is refused.
+/// </remarks>
+internal sealed class ClientCertificateValidator
+{
+    private const string ClientAuthOid = "1.3.6.1.5.5.7.3.2";
+    private readonly ReloadingFile<TrustMaterial> _trust;
+    private readonly TimeProvider _time;
+
+    public ClientCertificateValidator(string caPath, string? crlPath, TimeProvider time)
+    {
+        _time = time;
+        _trust = new ReloadingFile<TrustMaterial>(() => TrustMaterial.Load(caPath, crlPath), time, crlPath is null ? [caPath] : [caPath, crlPath]);
+        _ = _trust.Value;
+    }
+
+    /// <summary>Whether the certificate is acceptable (called by Kestrel during the handshake).</summary>
+    public bool Validate(X509Certificate2 certificate)
+    {
+        var trust = _trust.Value;
+        using var chain = new X509Chain();
+        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+        chain.ChainPolicy.CustomTrustStore.AddRange(trust.Roots);
+        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+        chain.ChainPolicy.VerificationTime = _time.GetUtcNow().UtcDateTime;
+        chain.ChainPolicy.ApplicationPolicy.Add(new System.Security.Cryptography.Oid(ClientAuthOid));
+        if (!chain.Build(certificate))
+        {
+            return false;
+        }
+
+        if (trust.Crls.Count > 0)
+        {
+            var parsed = new X509CertificateParser().ReadCertificate(certificate.RawData);
+            if (trust.Crls.Any(crl => crl.IsRevoked(parsed)))
+            {
+                return false;
+            }
+        }
+
+        return PrincipalOf(certificate) is not null;
+    }
+
+    /// <summary>The certificate's principal, by the documented rule; null if it has no usable name.</summary>
+    public static PrincipalName? PrincipalOf(X509Certificate2 certificate)
+    {
+        foreach (var extension in certificate.Extensions)
+        {
+            if (extension is X509SubjectAlternativeNameExtension)
+            {
+                var spiffe = ReadUris(extension.RawData).FirstOrDefault(u => u.StartsWith("spiffe://", StringComparison.Ordinal));
+                if (spiffe is not null)
+                {
+                    return PrincipalName.Spiffe(spiffe);
+                }
+            }
+        }
+
+        var cn = certificate.GetNameInfo(X509NameType.SimpleName, forIssuer: false);
+        return string.IsNullOrEmpty(cn) ? null : PrincipalName.CommonName(cn);
+    }
+
+    // SubjectAltName ::= SEQUENCE OF GeneralName; uniformResourceIdentifier is [6] IA5String.
+    private static List<string> ReadUris(byte[] extension)
+    {
+        var uris = new List<string>();
+        try
+        {
+            var sequence = new AsnReader(extension, AsnEncodingRules.DER).ReadSequence();
+            while (sequence.HasData)
+            {
+                var tag = sequence.PeekTag();
+                if (tag.TagClass == TagClass.ContextSpecific && tag.TagValue == 6)
+                {
+                    uris.Add(sequence.ReadCharacterString(UniversalTagNumber.IA5String, new Asn1Tag(TagClass.ContextSpecific, 6)));
+                }
+                else
+                {
+                    sequence.ReadEncodedValue();
+                }
+            }
+        }
+        catch (AsnContentException)
+        {
+            return [];
+        }
+
+        return uris;
+    }
+
+    private sealed record TrustMaterial(X509Certificate2Collection Roots, IReadOnlyList<X509Crl> Crls)
+    {
+        public static TrustMaterial Load(string caPath, string? crlPath)
+        {
+            var roots = new X509Certificate2Collection();
+            roots.ImportFromPemFile(caPath);
+            if (roots.Count == 0)
+            {
+                throw new InvalidOperationException($"no CA certificate in {caPath}");
+            }
+
+            var crls = new List<X509Crl>();
+            if (crlPath is not null)
+            {
+                foreach (var crl in new X509CrlParser().ReadCrls(File.ReadAllBytes(crlPath)))
+                {
+                    // Only CRLs signed by one of our CAs count.
+                    var issuer = roots.FirstOrDefault(r => Verifies(crl, r))
+                        ?? throw new InvalidOperationException($"the CRL in {crlPath} is not signed by a configured client CA");
+                    crls.Add(crl);
+                }
+            }
+
+            return new TrustMaterial(roots, crls);
+        }
+
+        private static bool Verifies(X509Crl crl, X509Certificate2 ca)
+        {
+            try
+            {
+                crl.Verify(new X509CertificateParser().ReadCertificate(ca.RawData).GetPublicKey());
+                return true;
+            }
+            catch (Exception e) when (e is Org.BouncyCastle.Security.InvalidKeyException or Org.BouncyCastle.Security.SignatureException or Org.BouncyCastle.Crypto.CryptoException)
+            {
+                return false;
+            }
+        }
+    }
+}

@@ -1,0 +1,60 @@
+using System.Collections.Concurrent;
+using Kms.Core.Names;
+using Kms.Server.Hosting;
+using Microsoft.Extensions.Options;
+
+namespace Kms.Server.Security;
+
+/// <summary>
+/// A token bucket per tenant for crypto operations, so one tenant cannot starve another.
+/// Driven by <see cref="TimeProvider"/> (tests use a fake clock). Per node: a deployment of N
+/// nodes admits up to N times the configured rate.
+/// </summary>
+internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvider time)
+{
+    private readonly QuotaOptions _options = options.Value.Quotas;
+    private readonly ConcurrentDictionary<TenantId, Bucket> _buckets = new();
+
+    /// <summary>Takes <paramref name="cost"/> operations from the tenant's bucket; false (and how long to wait) if it has too few.</summary>
+    public bool TryTake(TenantId tenant, int cost, out TimeSpan retryAfter)
+    {
+        retryAfter = TimeSpan.Zero;
+        var (rate, burst) = LimitOf(tenant);
+        if (rate <= 0 || cost <= 0)
+        {
+            return true;
+        }
+
+        var bucket = _buckets.GetOrAdd(tenant, _ => new Bucket(burst, time.GetTimestamp()));
+        lock (bucket)
+        {
+            var now = time.GetTimestamp();
+            bucket.Tokens = Math.Min(burst, bucket.Tokens + (time.GetElapsedTime(bucket.Stamp, now).TotalSeconds * rate));
+            bucket.Stamp = now;
+
+            // A request larger than the whole bucket may still pass when the bucket is full,
+            // otherwise a big batch could never be served.
+            var needed = Math.Min(cost, burst);
+            if (bucket.Tokens >= needed)
+            {
+                bucket.Tokens -= cost;
+                return true;
+            }
+
+            retryAfter = TimeSpan.FromSeconds(Math.Ceiling((needed - bucket.Tokens) / rate * 1000) / 1000);
+            return false;
+        }
+    }
+
+    private (double Rate, double Burst) LimitOf(TenantId tenant) =>
+        _options.Tenants.TryGetValue(tenant.Value, out var own)
+            ? (own.OperationsPerSecond, own.Burst ?? Math.Max(1, own.OperationsPerSecond * 2))
+            : (_options.OperationsPerSecond, Math.Max(1, _options.Burst));
+
+    private sealed class Bucket(double tokens, long stamp)
+    {
+        public double Tokens { get; set; } = tokens;
+
+        public long Stamp { get; set; } = stamp;
+    }
+}

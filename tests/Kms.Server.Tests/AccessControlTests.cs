@@ -1,0 +1,371 @@
+using Google.Protobuf;
+using Google.Protobuf.WellKnownTypes;
+using Google.Rpc;
+using Grpc.Core;
+using Kms.Contracts.V1;
+using Kms.Core.Services;
+using Kms.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Kms.Server.Tests;
+
+/// <summary>
+/// Identity and access end to end, on a real server with a fake clock: tenant isolation,
+/// token expiry and revocation, administrative roles only with sessions, key policies and
+/// grants, quotas, and the one-time bootstrap credential.
+/// </summary>
+public sealed class AccessControlTests : IAsyncLifetime
+{
+    private readonly FakeTimeProvider _time = new(new DateTimeOffset(2026, 11, 29, 12, 0, 0, TimeSpan.Zero));
+    private KmsTestServer _server = null!;
+    private Kms.Client.KmsClient _developer = null!;
+    private Kms.Client.KmsClient _admin = null!;
+
+    public async Task InitializeAsync()
+    {
+        _server = await KmsTestServer.StartAsync(null, null, "dev", services => services.AddSingleton<TimeProvider>(_time),
+            "--Kms:Quotas:Tenants:slow:OperationsPerSecond=2", "--Kms:Quotas:Tenants:slow:Burst=3");
+        _developer = _server.CreateClient();
+        _admin = _server.DeploymentAdmin();
+        await _server.EnsureTenantAsync("acme");
+    }
+
+    public async Task DisposeAsync()
+    {
+        _developer.Dispose();
+        _admin.Dispose();
+        await _server.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task KeyOfAnotherTenant_AnsweredExactlyLikeAMissingKey()
+    {
+        var key = await _developer.CreateKeyAsync("tenants/dev", "isolated");
+        using var acme = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("acme-manager", "acme", "key-manager", "key-user", "auditor"));
+
+        var existing = await Assert.ThrowsAsync<RpcException>(() => acme.GetKeyAsync(key.Name));
+        var missing = await Assert.ThrowsAsync<RpcException>(() => acme.GetKeyAsync("tenants/dev/keys/never-existed"));
+        Assert.Equal(StatusCode.NotFound, existing.StatusCode);
+        Assert.Equal(missing.StatusCode, existing.StatusCode);
+        Assert.Equal(missing.Status.Detail.Replace("never-existed", "isolated", StringComparison.Ordinal), existing.Status.Detail);
+
+        // Even where dev's own key-manager would be refused for lack of a permission, the other
+        // tenant gets NOT_FOUND: its request says nothing about dev.
+        var encrypt = await Assert.ThrowsAsync<RpcException>(() => acme.EncryptAsync(key.Name, new byte[] { 1 }));
+        Assert.Equal(StatusCode.NotFound, encrypt.StatusCode);
+        var list = await Assert.ThrowsAsync<RpcException>(async () => await acme.ListKeysAsync("tenants/dev").ToListAsync());
+        Assert.Equal(StatusCode.NotFound, list.StatusCode);
+    }
+
+    [Fact]
+    public async Task BlobMovedToAnotherTenant_DoesNotDecrypt()
+    {
+        var key = await _developer.CreateKeyAsync("tenants/dev", "moved");
+        var blob = (await _developer.EncryptAsync(key.Name, "payroll"u8.ToArray())).Ciphertext;
+        using var acme = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("acme-user", "acme", "key-user"));
+
+        var moved = await Assert.ThrowsAsync<RpcException>(() => acme.DecryptAsync(blob));
+        var tampered = blob.ToArray();
+        tampered[^1] ^= 1;
+        var forged = await Assert.ThrowsAsync<RpcException>(() => _developer.DecryptAsync(tampered));
+        Assert.Equal(StatusCode.InvalidArgument, moved.StatusCode);
+        Assert.Equal(forged.Status.Detail, moved.Status.Detail);
+        Assert.Equal("decryption failed", moved.Status.Detail);
+    }
+
+    [Theory]
+    [InlineData(null)]
+    [InlineData("Bearer ")]
+    [InlineData("Bearer not-a-token")]
+    [InlineData("Basic dXNlcjpwYXNz")]
+    [InlineData("Bearer kms_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")]
+    public async Task BadCredentials_AllUnauthenticated_WithOneMessage(string? authorization)
+    {
+        var status = await CallGenerateRandomAsync(authorization);
+        Assert.Equal(StatusCode.Unauthenticated, status.StatusCode);
+        Assert.Equal("a valid client certificate or API token is required", status.Detail);
+    }
+
+    [Fact]
+    public async Task WrongSecretForARealTokenId_Unauthenticated()
+    {
+        var real = _server.KeyUserToken;
+        var wrong = real[..^4] + (real[^4..] == "AAAA" ? "BBBB" : "AAAA");
+        Assert.Equal(StatusCode.OK, (await CallGenerateRandomAsync("Bearer " + real)).StatusCode);
+        Assert.Equal(StatusCode.Unauthenticated, (await CallGenerateRandomAsync("Bearer " + wrong)).StatusCode);
+    }
+
+    [Fact]
+    public async Task SessionToken_ExpiresWithTheClock()
+    {
+        var response = await CreateTokenAsync("token:expiring", "dev", "SESSION", TimeSpan.FromMinutes(15), "key-user");
+        Assert.Equal(StatusCode.OK, (await CallGenerateRandomAsync("Bearer " + response.Secret)).StatusCode);
+
+        _time.Advance(TimeSpan.FromMinutes(14));
+        Assert.Equal(StatusCode.OK, (await CallGenerateRandomAsync("Bearer " + response.Secret)).StatusCode);
+
+        // The cached authentication does not outlive the token.
+        _time.Advance(TimeSpan.FromMinutes(1));
+        Assert.Equal(StatusCode.Unauthenticated, (await CallGenerateRandomAsync("Bearer " + response.Secret)).StatusCode);
+    }
+
+    [Fact]
+    public async Task SessionLifetimeBeyondTwelveHours_Refused_DefaultIsFifteenMinutes()
+    {
+        await _admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = "token:operator", Tenant = "tenants/dev" });
+        var tooLong = await Assert.ThrowsAsync<RpcException>(async () => await _admin.Access.CreateApiTokenAsync(new CreateApiTokenRequest
+        {
+            Principal = "token:operator",
+            Kind = "SESSION",
+            Lifetime = Duration.FromTimeSpan(TimeSpan.FromHours(13)),
+        }));
+        Assert.Equal(StatusCode.InvalidArgument, tooLong.StatusCode);
+
+        var session = await _admin.Access.CreateApiTokenAsync(new CreateApiTokenRequest { Principal = "token:operator", Kind = "SESSION" });
+        Assert.Equal(TimeSpan.FromMinutes(15), session.Token.ExpireTime.ToDateTimeOffset() - session.Token.CreateTime.ToDateTimeOffset());
+    }
+
+    [Fact]
+    public async Task RevokedToken_RefusedAtOnce_EvenThoughAuthenticationsAreCached()
+    {
+        var response = await CreateTokenAsync("token:revoked", "dev", "SERVICE", null, "key-user");
+        Assert.Equal(StatusCode.OK, (await CallGenerateRandomAsync("Bearer " + response.Secret)).StatusCode);
+
+        await _admin.Access.RevokeApiTokenAsync(new RevokeApiTokenRequest { Id = response.Token.Id });
+        Assert.Equal(StatusCode.Unauthenticated, (await CallGenerateRandomAsync("Bearer " + response.Secret)).StatusCode);
+        var listed = await _admin.Access.ListApiTokensAsync(new ListApiTokensRequest { Principal = "token:revoked" });
+        Assert.NotNull(Assert.Single(listed.Tokens).RevokeTime);
+    }
+
+    [Fact]
+    public async Task RemovedRole_TakesEffectAtOnce()
+    {
+        var response = await CreateTokenAsync("token:demoted", "dev", "SERVICE", null, "key-user");
+        Assert.Equal(StatusCode.OK, (await CallGenerateRandomAsync("Bearer " + response.Secret)).StatusCode);
+
+        await _admin.Access.DeleteRoleBindingAsync(new DeleteRoleBindingRequest { Principal = "token:demoted", Role = "key-user", Tenant = "tenants/dev" });
+        var refused = await CallGenerateRandomAsync("Bearer " + response.Secret);
+        Assert.Equal(StatusCode.PermissionDenied, refused.StatusCode);
+        Assert.Contains("kms.random.generate", refused.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ServiceTokens_NeverCarryAdministrativeRoles()
+    {
+        var service = await CreateTokenAsync("token:ci-bot", "dev", "SERVICE", null, "key-user");
+
+        // Issuing a service token to an administrator is refused outright...
+        await _admin.Access.SetRoleBindingAsync(new SetRoleBindingRequest { Principal = "token:ci-bot", Role = "admin", Tenant = "tenants/dev" });
+        var refused = await Assert.ThrowsAsync<RpcException>(async () => await _admin.Access.CreateApiTokenAsync(new CreateApiTokenRequest { Principal = "token:ci-bot", Kind = "SERVICE" }));
+        Assert.Equal(StatusCode.InvalidArgument, refused.StatusCode);
+
+        // ...and a service token issued before the role was bound does not carry it.
+        using var bot = _server.CreateClient(service.Secret);
+        var bind = await Assert.ThrowsAsync<RpcException>(async () => await bot.Access.SetRoleBindingAsync(
+            new SetRoleBindingRequest { Principal = "token:ci-bot", Role = "key-manager", Tenant = "tenants/dev" }));
+        Assert.Equal(StatusCode.PermissionDenied, bind.StatusCode);
+        Assert.Equal(16, (await bot.GenerateRandomAsync(16)).Length);
+    }
+
+    [Fact]
+    public async Task TenantAdmin_CannotGrantDeploymentRoles_OrBindOutsideItsTenant()
+    {
+        using var tenantAdmin = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("dev-tenant-admin", "dev", "admin"));
+        await _admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = "token:acme-someone", Tenant = "tenants/acme" });
+
+        var deploymentRole = await Assert.ThrowsAsync<RpcException>(async () => await tenantAdmin.Access.SetRoleBindingAsync(
+            new SetRoleBindingRequest { Principal = "token:dev-tenant-admin", Role = "deployment-admin" }));
+        Assert.Equal(StatusCode.PermissionDenied, deploymentRole.StatusCode);
+
+        var otherTenant = await Assert.ThrowsAsync<RpcException>(async () => await tenantAdmin.Access.SetRoleBindingAsync(
+            new SetRoleBindingRequest { Principal = "token:acme-someone", Role = "key-user", Tenant = "tenants/acme" }));
+        Assert.Equal(StatusCode.NotFound, otherTenant.StatusCode);
+
+        // A principal of acme cannot be bound into dev either.
+        var foreignPrincipal = await Assert.ThrowsAsync<RpcException>(async () => await tenantAdmin.Access.SetRoleBindingAsync(
+            new SetRoleBindingRequest { Principal = "token:acme-someone", Role = "key-user", Tenant = "tenants/dev" }));
+        Assert.Equal(StatusCode.InvalidArgument, foreignPrincipal.StatusCode);
+        var bindings = await _admin.Access.ListRoleBindingsAsync(new ListRoleBindingsRequest { Tenant = "tenants/acme" });
+        Assert.DoesNotContain(bindings.Bindings, b => b.Principal == "token:acme-someone");
+    }
+
+    [Fact]
+    public async Task Grants_AllowOnlyWithTheMatchingContext_AndStopWhenRevoked()
+    {
+        var key = await _developer.CreateKeyAsync("tenants/dev", "records");
+        var context = new Dictionary<string, string> { ["tenant-record"] = "42" };
+        var blob = (await _developer.EncryptAsync(key.Name, "record 42"u8.ToArray(), context)).Ciphertext;
+        using var reader = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("record-reader", "dev", "key-user"));
+
+        // Without a policy every key-user may decrypt; a policy naming only the developer narrows it.
+        using (var before = await reader.DecryptAsync(blob, context))
+        {
+            Assert.Equal("record 42"u8.ToArray(), before.Plaintext.ToArray());
+        }
+
+        await _developer.Raw.SetKeyPolicyAsync(new SetKeyPolicyRequest
+        {
+            Name = key.Name,
+            Entries = { new KeyPolicyEntry { Principal = "token:developer", Operations = { "ENCRYPT", "DECRYPT" } } },
+        });
+        var narrowed = await Assert.ThrowsAsync<RpcException>(() => reader.DecryptAsync(blob, context));
+        Assert.Equal(StatusCode.PermissionDenied, narrowed.StatusCode);
+
+        var grant = (await _developer.Raw.CreateGrantAsync(new CreateGrantRequest
+        {
+            Parent = key.Name,
+            Grant = new KeyGrant { Grantee = "token:record-reader", Operations = { "DECRYPT" }, ContextEquals = { ["tenant-record"] = "42" } },
+        })).Grant;
+
+        using (var granted = await reader.DecryptAsync(blob, context))
+        {
+            Assert.Equal("record 42"u8.ToArray(), granted.Plaintext.ToArray());
+        }
+
+        // Another record, no context, or another operation: refused before any decryption.
+        var otherRecord = await Assert.ThrowsAsync<RpcException>(() => reader.DecryptAsync(blob, new Dictionary<string, string> { ["tenant-record"] = "43" }));
+        var noContext = await Assert.ThrowsAsync<RpcException>(() => reader.DecryptAsync(blob));
+        var encrypt = await Assert.ThrowsAsync<RpcException>(() => reader.EncryptAsync(key.Name, new byte[] { 1 }, context));
+        Assert.All(new[] { otherRecord, noContext, encrypt }, e => Assert.Equal(StatusCode.PermissionDenied, e.StatusCode));
+
+        // The access review shows the grant as conditional.
+        var review = await _developer.Raw.TestPermissionsAsync(new TestPermissionsRequest { Name = key.Name });
+        var readerReport = review.Principals.Single(p => p.Principal == "token:record-reader");
+        Assert.Empty(readerReport.Operations);
+        Assert.Equal(grant.Name, Assert.Single(readerReport.ConditionalGrants).Name);
+        Assert.Equal(["ENCRYPT", "DECRYPT"], review.Principals.Single(p => p.Principal == "token:developer").Operations);
+
+        await _developer.Raw.RevokeGrantAsync(new RevokeGrantRequest { Name = grant.Name });
+        Assert.Empty((await _developer.Raw.ListGrantsAsync(new ListGrantsRequest { Parent = key.Name })).Grants);
+        var revoked = await Assert.ThrowsAsync<RpcException>(() => reader.DecryptAsync(blob, context));
+        Assert.Equal(StatusCode.PermissionDenied, revoked.StatusCode);
+
+        // Removing the policy restores access by role.
+        await _developer.Raw.SetKeyPolicyAsync(new SetKeyPolicyRequest { Name = key.Name });
+        using var after = await reader.DecryptAsync(blob, context);
+        Assert.Equal("record 42"u8.ToArray(), after.Plaintext.ToArray());
+    }
+
+    [Fact]
+    public async Task Quota_ExhaustedWithARetryHint_OtherTenantsUnaffected_RecoversWithTime()
+    {
+        await _server.EnsureTenantAsync("slow");
+        using var slow = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("slow-user", "slow", "key-user"));
+        for (var i = 0; i < 3; i++)
+        {
+            await slow.GenerateRandomAsync(8);
+        }
+
+        var exhausted = await Assert.ThrowsAsync<RpcException>(() => slow.GenerateRandomAsync(8));
+        Assert.Equal(StatusCode.ResourceExhausted, exhausted.StatusCode);
+        var retry = exhausted.GetRpcStatus()!.GetDetail<RetryInfo>();
+        Assert.NotNull(retry);
+        Assert.Equal(TimeSpan.FromMilliseconds(500), retry.RetryDelay.ToTimeSpan());
+
+        // Another tenant's quota is its own.
+        Assert.Equal(8, (await _developer.GenerateRandomAsync(8)).Length);
+
+        _time.Advance(TimeSpan.FromMilliseconds(500));
+        Assert.Equal(8, (await slow.GenerateRandomAsync(8)).Length);
+        Assert.Equal(StatusCode.ResourceExhausted, (await Assert.ThrowsAsync<RpcException>(() => slow.GenerateRandomAsync(8))).StatusCode);
+    }
+
+    [Fact]
+    public async Task BootstrapCredential_WorksOnce_ForBootstrapOnly_AndNotWhileAnAdminExists()
+    {
+        var access = _server.Services.GetRequiredService<AccessService>();
+        Assert.Null(await access.RenewBootstrapTokenAsync(default));
+
+        // Remove the only deployment admin: now a bootstrap credential can be issued.
+        await _admin.Access.DeleteRoleBindingAsync(new DeleteRoleBindingRequest { Principal = "token:dev-admin", Role = "deployment-admin" });
+        var bootstrap = await access.RenewBootstrapTokenAsync(default);
+        Assert.NotNull(bootstrap);
+        using var client = _server.CreateClient(bootstrap);
+
+        var other = await Assert.ThrowsAsync<RpcException>(async () => await client.Access.ListTenantsAsync(new ListTenantsRequest()));
+        Assert.Equal(StatusCode.PermissionDenied, other.StatusCode);
+
+        var first = await client.Access.BootstrapAsync(new BootstrapRequest { Admin = "token:first-admin", DisplayName = "first admin" });
+        Assert.Equal("token:first-admin", first.Admin.Name);
+        using var firstAdmin = _server.CreateClient(first.SessionToken);
+        Assert.Contains((await firstAdmin.Access.ListTenantsAsync(new ListTenantsRequest())).Tenants, t => t.Name == "tenants/dev");
+
+        var second = await Assert.ThrowsAsync<RpcException>(async () => await client.Access.BootstrapAsync(new BootstrapRequest { Admin = "token:second-admin" }));
+        Assert.Equal(StatusCode.Unauthenticated, second.StatusCode);
+        Assert.Null(await access.RenewBootstrapTokenAsync(default));
+        var admins = await firstAdmin.Access.ListRoleBindingsAsync(new ListRoleBindingsRequest());
+        Assert.Equal(["token:first-admin"], admins.Bindings.Where(b => b.Role == "deployment-admin").Select(b => b.Principal));
+    }
+
+    [Fact]
+    public async Task DeleteTenant_SchedulesEveryKeyForDeletion_AndRefusesNewKeys()
+    {
+        await _server.EnsureTenantAsync("leaving");
+        using var leaving = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("leaving-manager", "leaving", "key-manager"));
+        var a = await leaving.CreateKeyAsync("tenants/leaving", "a");
+        var b = await leaving.CreateKeyAsync("tenants/leaving", "b");
+
+        var deleted = await _admin.Access.DeleteTenantAsync(new DeleteTenantRequest { Name = "tenants/leaving", WaitingPeriod = Duration.FromTimeSpan(TimeSpan.FromDays(7)) });
+        Assert.Equal("DELETING", deleted.Tenant.State);
+        foreach (var key in new[] { a, b })
+        {
+            var now = await leaving.GetKeyAsync(key.Name);
+            Assert.Equal(KeyState.DestroyScheduled, now.State);
+            Assert.Equal(_time.GetUtcNow() + TimeSpan.FromDays(7), now.DestroyTime.ToDateTimeOffset());
+        }
+
+        var create = await Assert.ThrowsAsync<RpcException>(() => leaving.CreateKeyAsync("tenants/leaving", "c"));
+        Assert.Equal(StatusCode.FailedPrecondition, create.StatusCode);
+
+        // The waiting period still lets a key be saved.
+        await leaving.Raw.CancelKeyDeletionAsync(new CancelKeyDeletionRequest { Name = a.Name });
+        Assert.Equal(KeyState.Disabled, (await leaving.GetKeyAsync(a.Name)).State);
+    }
+
+    [Fact]
+    public async Task DevTokens_AreFilesOnlyTheOwnerCanRead()
+    {
+        foreach (var file in new[] { "developer.token", "key-user.token", "deployment-admin.token" })
+        {
+            var path = Path.Combine(_server.DataDir, "tokens", file);
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(path));
+            Assert.StartsWith("kms_", File.ReadAllText(path), StringComparison.Ordinal);
+        }
+
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(Path.Combine(_server.DataDir, "tokens")));
+        Assert.Contains("developer.token", _server.Logs.AllText, StringComparison.Ordinal);
+        Assert.DoesNotContain(_server.DeveloperToken, _server.Logs.AllText, StringComparison.Ordinal);
+    }
+
+    private async Task<CreateApiTokenResponse> CreateTokenAsync(string principal, string tenant, string kind, TimeSpan? lifetime, params string[] roles)
+    {
+        await _admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = principal, Tenant = $"tenants/{tenant}" });
+        foreach (var role in roles)
+        {
+            await _admin.Access.SetRoleBindingAsync(new SetRoleBindingRequest { Principal = principal, Role = role, Tenant = $"tenants/{tenant}" });
+        }
+
+        return await _admin.Access.CreateApiTokenAsync(new CreateApiTokenRequest
+        {
+            Principal = principal,
+            Kind = kind,
+            Lifetime = lifetime is { } value ? Duration.FromTimeSpan(value) : null,
+        });
+    }
+
+    private async Task<global::Grpc.Core.Status> CallGenerateRandomAsync(string? authorization)
+    {
+        using var channel = _server.CreateChannel();
+        var headers = authorization is null ? null : new Metadata { { "authorization", authorization } };
+        try
+        {
+            await new KeyManagementService.KeyManagementServiceClient(channel).GenerateRandomAsync(new GenerateRandomRequest { LengthBytes = 8 }, headers);
+            return global::Grpc.Core.Status.DefaultSuccess;
+        }
+        catch (RpcException e)
+        {
+            return e.Status;
+        }
+    }
+}

@@ -1,0 +1,262 @@
+using Kms.Core.Access;
+using Kms.Core.Errors;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+
+namespace Kms.Testing.Fakes;
+
+/// <summary>The access-control half of the in-memory store (same contract suite as SQLite).</summary>
+public sealed partial class InMemoryStore
+{
+    private readonly SortedDictionary<string, Tenant> _tenants = new(StringComparer.Ordinal);
+    private readonly SortedDictionary<string, Principal> _principals = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, ApiToken> _tokens = [];
+    private readonly HashSet<RoleBinding> _bindings = new(new BindingKey());
+    private readonly Dictionary<(string Tenant, string KeyId), KeyPolicy> _policies = [];
+    private readonly List<Grant> _grants = [];
+
+    public Task CreateTenantAsync(Tenant tenant, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            if (!_tenants.TryAdd(tenant.Id.Value, tenant))
+            {
+                throw KmsErrors.AlreadyExists(tenant.Id.ResourceName);
+            }
+        }
+
+        return Task.CompletedTask;
+    }
+
+    public Task<Tenant?> GetTenantAsync(TenantId id, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            return Task.FromResult(_tenants.GetValueOrDefault(id.Value));
+        }
+    }
+
+    public Task<IReadOnlyList<Tenant>> ListTenantsAsync(string? afterId, int limit, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            IReadOnlyList<Tenant> page = _tenants.Values.Where(t => string.CompareOrdinal(t.Id.Value, afterId ?? "") > 0).Take(limit).ToList();
+            return Task.FromResult(page);
+        }
+    }
+
+    public Task<bool> UpdateTenantAsync(Tenant tenant, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            if (!_tenants.TryGetValue(tenant.Id.Value, out var stored))
+            {
+                return Task.FromResult(false);
+            }
+
+            _tenants[tenant.Id.Value] = stored with { State = tenant.State, DeleteTime = tenant.DeleteTime };
+            return Task.FromResult(true);
+        }
+    }
+
+    public Task CreatePrincipalAsync(Principal principal, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            if (!_principals.TryAdd(principal.Name.ToString(), principal))
+            {
+                throw KmsErrors.AlreadyExists(principal.Name.ToString());
+            }
+        }
+
+        return Task.CompletedTask;
+    }
+
+    public Task<Principal?> GetPrincipalAsync(PrincipalName name, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            return Task.FromResult(_principals.GetValueOrDefault(name.ToString()));
+        }
+    }
+
+    public Task<IReadOnlyList<Principal>> ListPrincipalsAsync(TenantId? tenant, string? afterName, int limit, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            IReadOnlyList<Principal> page = _principals.Values
+                .Where(p => p.Tenant == tenant && string.CompareOrdinal(p.Name.ToString(), afterName ?? "") > 0)
+                .Take(limit)
+                .ToList();
+            return Task.FromResult(page);
+        }
+    }
+
+    public Task CreateApiTokenAsync(ApiToken token, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            if (!_tokens.TryAdd(token.Id, token))
+            {
+                throw KmsErrors.AlreadyExists($"apiTokens/{token.Id}");
+            }
+        }
+
+        return Task.CompletedTask;
+    }
+
+    public Task<ApiToken?> GetApiTokenAsync(string id, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            return Task.FromResult(_tokens.GetValueOrDefault(id));
+        }
+    }
+
+    public Task<IReadOnlyList<ApiToken>> ListApiTokensAsync(PrincipalName principal, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            IReadOnlyList<ApiToken> tokens = _tokens.Values
+                .Where(t => t.Principal == principal)
+                .OrderByDescending(t => t.CreateTime)
+                .ThenBy(t => t.Id, StringComparer.Ordinal)
+                .ToList();
+            return Task.FromResult(tokens);
+        }
+    }
+
+    public Task<bool> ConsumeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            if (!_tokens.TryGetValue(id, out var token) || token.RevokeTime is not null)
+            {
+                return Task.FromResult(false);
+            }
+
+            _tokens[id] = token with { RevokeTime = revokeTime };
+            return Task.FromResult(true);
+        }
+    }
+
+    public Task<bool> RevokeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            if (!_tokens.TryGetValue(id, out var token))
+            {
+                return Task.FromResult(false);
+            }
+
+            _tokens[id] = token with { RevokeTime = token.RevokeTime ?? revokeTime };
+            return Task.FromResult(true);
+        }
+    }
+
+    public Task SetRoleBindingAsync(RoleBinding binding, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            _bindings.Add(binding);
+        }
+
+        return Task.CompletedTask;
+    }
+
+    public Task<bool> DeleteRoleBindingAsync(PrincipalName principal, Role role, TenantId? tenant, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            return Task.FromResult(_bindings.RemoveWhere(b => b.Principal == principal && b.Role == role && b.Tenant == tenant) > 0);
+        }
+    }
+
+    public Task<IReadOnlyList<RoleBinding>> GetRoleBindingsAsync(PrincipalName principal, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            IReadOnlyList<RoleBinding> bindings = _bindings.Where(b => b.Principal == principal).OrderBy(b => b.Role).ToList();
+            return Task.FromResult(bindings);
+        }
+    }
+
+    public Task<IReadOnlyList<RoleBinding>> ListRoleBindingsAsync(TenantId? tenant, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            IReadOnlyList<RoleBinding> bindings = _bindings
+                .Where(b => b.Tenant == tenant)
+                .OrderBy(b => b.Principal.ToString(), StringComparer.Ordinal)
+                .ThenBy(b => b.Role)
+                .ToList();
+            return Task.FromResult(bindings);
+        }
+    }
+
+    public Task SetKeyPolicyAsync(KeyPolicy policy, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            var id = (policy.Key.Tenant.Value, policy.Key.KeyId);
+            if (!_keys.TryGetValue(id, out var key))
+            {
+                throw KmsErrors.NotFound(policy.Key.ToString());
+            }
+
+            _policies[id] = policy;
+            _keys[id] = key with { Restricted = policy.Restricts };
+        }
+
+        return Task.CompletedTask;
+    }
+
+    public Task<KeyPolicy> GetKeyPolicyAsync(KeyName key, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            return Task.FromResult(_policies.GetValueOrDefault((key.Tenant.Value, key.KeyId)) ?? KeyPolicy.None(key));
+        }
+    }
+
+    public Task CreateGrantAsync(Grant grant, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            _grants.Add(grant);
+        }
+
+        return Task.CompletedTask;
+    }
+
+    public Task<IReadOnlyList<Grant>> ListGrantsAsync(KeyName key, bool includeRevoked, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            IReadOnlyList<Grant> grants = _grants.Where(g => g.Key == key && (includeRevoked || g.RevokeTime is null)).ToList();
+            return Task.FromResult(grants);
+        }
+    }
+
+    public Task<bool> RevokeGrantAsync(KeyName key, string grantId, DateTimeOffset revokeTime, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            var index = _grants.FindIndex(g => g.Key == key && g.Id == grantId && g.RevokeTime is null);
+            if (index < 0)
+            {
+                return Task.FromResult(false);
+            }
+
+            _grants[index] = _grants[index] with { RevokeTime = revokeTime };
+            return Task.FromResult(true);
+        }
+    }
+
+    private sealed class BindingKey : IEqualityComparer<RoleBinding>
+    {
+        public bool Equals(RoleBinding? x, RoleBinding? y) => x?.Principal == y?.Principal && x?.Role == y?.Role && x?.Tenant == y?.Tenant;
+
+        public int GetHashCode(RoleBinding obj) => HashCode.Combine(obj.Principal, obj.Role, obj.Tenant);
+    }
+}
