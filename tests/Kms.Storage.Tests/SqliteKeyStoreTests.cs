@@ -7,7 +7,7 @@ using Microsoft.Data.Sqlite;
 
 namespace Kms.Storage.Tests;
 
-public sealed class SqliteKeyStoreTests : KeyStoreLifecycleContract, IDisposable
+public sealed class SqliteKeyStoreTests : AccessStoreContract, IDisposable
 {
     private readonly string _directory = Path.Combine(Path.GetTempPath(), "kms-sqlite-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
 
@@ -166,7 +166,7 @@ public sealed class SqliteKeyStoreTests : KeyStoreLifecycleContract, IDisposable
     private Task<SqliteStore> OpenAsync() => SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath }, default);
 }
 
-public sealed class InMemoryKeyStoreTests : KeyStoreLifecycleContract
+public sealed class InMemoryKeyStoreTests : AccessStoreContract
 {
     protected override Task<IKeyStore> CreateStoreAsync() => Task.FromResult<IKeyStore>(new Kms.Testing.Fakes.InMemoryStore());
 }

@@ -7,7 +7,8 @@ namespace Kms.Server.Security;
 
 /// <summary>
 /// Verifies client certificates for mTLS: chain to the configured CA bundle (and nothing
-/// else: no system roots), within validity, client-authentication usage, not on the
+/// else: no system roots), within validity, an extended key usage that includes client
+/// authentication (required, not merely allowed by its absence), not on the
 /// configured CRL (signed by the CA). Revocation is never checked online (there is no
 /// network to ask). CA bundle and CRL reload when their files change.
 /// </summary>
@@ -39,7 +40,7 @@ internal sealed class ClientCertificateValidator
         chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
         chain.ChainPolicy.VerificationTime = _time.GetUtcNow().UtcDateTime;
         chain.ChainPolicy.ApplicationPolicy.Add(new System.Security.Cryptography.Oid(ClientAuthOid));
-        if (!chain.Build(certificate))
+        if (!chain.Build(certificate) || !HasClientAuthUsage(certificate))
         {
             return false;
         }
@@ -55,6 +56,11 @@ internal sealed class ClientCertificateValidator
 
         return PrincipalOf(certificate) is not null;
     }
+
+    // Stricter than RFC 5280, where a certificate without the extension may be used for
+    // anything: a client certificate must say it is one.
+    private static bool HasClientAuthUsage(X509Certificate2 certificate) =>
+        certificate.Extensions.OfType<X509EnhancedKeyUsageExtension>().Any(e => e.EnhancedKeyUsages.Cast<System.Security.Cryptography.Oid>().Any(o => o.Value == ClientAuthOid));
 
     /// <summary>The certificate's principal, by the documented rule; null if it has no usable name.</summary>
     public static PrincipalName? PrincipalOf(X509Certificate2 certificate)

@@ -1,0 +1,176 @@
+using Kms.Core.Access;
+using Kms.Core.Errors;
+using Kms.Core.Names;
+using Kms.Core.Services;
+using Kms.Testing.Fakes;
+
+namespace Kms.Core.Tests;
+
+/// <summary>The access model's rules, without a server: names, tokens, the authorization rule, authentication, bindings.</summary>
+public sealed class AccessTests : IDisposable
+{
+    private readonly DomainHarness _harness = new();
+
+    public void Dispose() => _harness.Dispose();
+
+    [Theory]
+    [InlineData("spiffe:spiffe://kms.test/payments", PrincipalKind.Spiffe, "spiffe://kms.test/payments")]
+    [InlineData("cn:alice", PrincipalKind.CommonName, "alice")]
+    [InlineData("cn:token:alice", PrincipalKind.CommonName, "token:alice")]
+    [InlineData("token:ci-bot", PrincipalKind.Token, "ci-bot")]
+    public void PrincipalName_ParsesItsType(string text, PrincipalKind kind, string value)
+    {
+        var name = PrincipalName.Parse(text, "name");
+        Assert.Equal((kind, value, text), (name.Kind, name.Value, name.ToString()));
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("alice")]
+    [InlineData(":alice")]
+    [InlineData("user:alice")]
+    [InlineData("spiffe:https://kms.test")]
+    [InlineData("token:Alice")]
+    [InlineData("token:")]
+    [InlineData("cn:")]
+    [InlineData("cn:a\nb")]
+    public void PrincipalName_Malformed_InvalidArgument(string text)
+    {
+        var e = Assert.Throws<KmsException>(() => PrincipalName.Parse(text, "name"));
+        Assert.Equal((KmsErrorCode.InvalidArgument, "name"), (e.Code, e.Field));
+    }
+
+    [Fact]
+    public void ApiTokenSecret_256BitSecret_RoundTrips_AndOnlyTheHashIsKept()
+    {
+        var (id, text, hash) = ApiTokenSecret.Create();
+        Assert.Matches("^kms_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$", text);
+        Assert.True(ApiTokenSecret.TryParse(text, out var parsedId, out var parsedHash));
+        Assert.Equal(id, parsedId);
+        Assert.True(ApiTokenSecret.Matches(parsedHash, hash));
+        Assert.DoesNotContain(text[(text.LastIndexOf('_') + 1)..], ApiTokenSecret.Describe(id), StringComparison.Ordinal);
+
+        var (_, other, _) = ApiTokenSecret.Create();
+        Assert.True(ApiTokenSecret.TryParse($"kms_{id}_{other[^43..]}", out _, out var wrongHash));
+        Assert.False(ApiTokenSecret.Matches(wrongHash, hash));
+    }
+
+    [Theory]
+    [InlineData(null)]
+    [InlineData("")]
+    [InlineData("kms_0123456789abcdef")]
+    [InlineData("kms_0123456789ABCDEF_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")]
+    [InlineData("kms_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")]
+    [InlineData("kms_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n")]
+    [InlineData("xyz_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")]
+    public void ApiTokenSecret_Malformed_NotParsed(string? text) => Assert.False(ApiTokenSecret.TryParse(text, out _, out _));
+
+    [Fact]
+    public void AccessControl_OwnTenantPermissionDenied_OtherTenantNotFound_DeploymentRolesEverywhere()
+    {
+        var auditor = DomainHarness.TenantCaller("token:aud", "dev", Role.Auditor);
+        AccessControl.Demand(auditor, Permission.KeysRead, TenantId.Parse("dev"), "tenants/dev/keys/k");
+
+        var own = Assert.Throws<KmsException>(() => AccessControl.Demand(auditor, Permission.CryptoDecrypt, TenantId.Parse("dev"), "tenants/dev/keys/k"));
+        Assert.Equal(KmsErrorCode.PermissionDenied, own.Code);
+        Assert.Contains("kms.crypto.decrypt", own.Message, StringComparison.Ordinal);
+
+        // Across tenants the answer does not depend on the roles.
+        var readable = Assert.Throws<KmsException>(() => AccessControl.Demand(auditor, Permission.KeysRead, TenantId.Parse("acme"), "tenants/acme/keys/k"));
+        var unreadable = Assert.Throws<KmsException>(() => AccessControl.Demand(auditor, Permission.CryptoDecrypt, TenantId.Parse("acme"), "tenants/acme/keys/k"));
+        Assert.Equal((KmsErrorCode.NotFound, KmsErrorCode.NotFound), (readable.Code, unreadable.Code));
+        Assert.Equal(readable.Message, unreadable.Message);
+
+        var admin = new Caller("token:root", null, new HashSet<Role> { Role.DeploymentAdmin });
+        AccessControl.Demand(admin, Permission.BindingsManage, TenantId.Parse("acme"), "tenants/acme");
+        AccessControl.Demand(admin, Permission.TenantsManage, null, "the deployment");
+        var noKeys = Assert.Throws<KmsException>(() => AccessControl.Demand(admin, Permission.KeysRead, TenantId.Parse("acme"), "tenants/acme/keys/k"));
+        Assert.Equal(KmsErrorCode.PermissionDenied, noKeys.Code);
+
+        // A tenant role never reaches deployment-wide resources.
+        var tenantAdmin = DomainHarness.TenantCaller("token:ta", "dev", Role.Admin);
+        Assert.False(AccessControl.Allows(tenantAdmin, Permission.BindingsManage, null));
+        Assert.False(AccessControl.Allows(tenantAdmin, Permission.TenantsRead, null));
+    }
+
+    [Fact]
+    public void Roles_LeastPrivilege_NoRoleHoldsBothKeyAdministrationAndCrypto()
+    {
+        foreach (var role in Roles.All)
+        {
+            var permissions = Roles.PermissionsOf(role);
+            Assert.False(permissions.Contains(Permission.KeysCreate) && permissions.Contains(Permission.CryptoDecrypt), Roles.NameOf(role));
+            Assert.False(permissions.Contains(Permission.BindingsManage) && permissions.Contains(Permission.CryptoDecrypt), Roles.NameOf(role));
+            Assert.Equal(role, Roles.Parse(Roles.NameOf(role), "role"));
+        }
+
+        Assert.DoesNotContain(Roles.PermissionsOf(Role.Auditor), p => p.ToString().Contains("Manage", StringComparison.Ordinal) || p.ToString().StartsWith("Crypto", StringComparison.Ordinal));
+        Assert.Equal(KmsErrorCode.InvalidArgument, Assert.Throws<KmsException>(() => Roles.Parse("root", "role")).Code);
+    }
+
+    [Fact]
+    public async Task Authenticator_ServiceTokenDropsAdministrativeRoles_SessionKeepsThem()
+    {
+        var name = PrincipalName.Token("ops");
+        var service = await _harness.Access.ProvisionAsync(name, TenantId.Parse("dev"), [Role.Admin, Role.KeyUser], ApiTokenKind.Service, TimeSpan.FromDays(1), default);
+        var session = await _harness.Access.ProvisionAsync(name, TenantId.Parse("dev"), [], ApiTokenKind.Session, TimeSpan.FromMinutes(15), default);
+        var authenticator = new Authenticator(_harness.AccessStore, _harness.Time);
+
+        Assert.Equal([Role.KeyUser], (await authenticator.AuthenticateTokenAsync(service, default))!.Roles);
+        Assert.Equal([Role.Admin, Role.KeyUser], (await authenticator.AuthenticateTokenAsync(session, default))!.Roles.Order());
+        Assert.Equal(_harness.Time.GetUtcNow().AddMinutes(15), (await authenticator.AuthenticateTokenAsync(session, default))!.ValidUntil);
+    }
+
+    [Fact]
+    public async Task Authenticator_DeploymentRoleBoundInATenant_OrTenantRoleOfAnotherTenant_Ignored()
+    {
+        var name = PrincipalName.CommonName("mallory");
+        await _harness.Access.CreatePrincipalAsync(name, TenantId.Parse("dev"), null, default);
+
+        // Bindings that the API refuses, written straight to the store: authentication ignores them.
+        await _harness.AccessStore.SetRoleBindingAsync(new RoleBinding(name, Role.DeploymentAdmin, TenantId.Parse("dev"), _harness.Time.GetUtcNow()), default);
+        await _harness.AccessStore.SetRoleBindingAsync(new RoleBinding(name, Role.KeyUser, TenantId.Parse("acme"), _harness.Time.GetUtcNow()), default);
+        await _harness.AccessStore.SetRoleBindingAsync(new RoleBinding(name, Role.Auditor, TenantId.Parse("dev"), _harness.Time.GetUtcNow()), default);
+
+        var caller = await new Authenticator(_harness.AccessStore, _harness.Time).CallerForAsync(name, default);
+        Assert.Equal([Role.Auditor], caller!.Roles);
+    }
+
+    [Fact]
+    public async Task SetRoleBinding_TenantRoleOnlyInThePrincipalsTenant_DeploymentRoleOnlyWithoutTenant()
+    {
+        var name = PrincipalName.Token("svc");
+        await _harness.Access.CreatePrincipalAsync(name, TenantId.Parse("dev"), null, default);
+
+        await _harness.Access.SetRoleBindingAsync(name, Role.KeyUser, TenantId.Parse("dev"), default);
+        Assert.Equal("tenant", Assert.Throws<KmsException>(() => _harness.Access.SetRoleBindingAsync(name, Role.KeyUser, TenantId.Parse("acme"), default).GetAwaiter().GetResult()).Field);
+        Assert.Equal("tenant", Assert.Throws<KmsException>(() => _harness.Access.SetRoleBindingAsync(name, Role.KeyUser, null, default).GetAwaiter().GetResult()).Field);
+        Assert.Equal("tenant", Assert.Throws<KmsException>(() => _harness.Access.SetRoleBindingAsync(name, Role.DeploymentAdmin, TenantId.Parse("dev"), default).GetAwaiter().GetResult()).Field);
+        Assert.Equal(KmsErrorCode.NotFound, Assert.Throws<KmsException>(() => _harness.Access.SetRoleBindingAsync(PrincipalName.Token("ghost"), Role.KeyUser, TenantId.Parse("dev"), default).GetAwaiter().GetResult()).Code);
+    }
+
+    [Fact]
+    public async Task CreateApiToken_OnlyForTokenPrincipals_WithBoundedLifetimes()
+    {
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("svc"), TenantId.Parse("dev"), null, default);
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.CommonName("svc"), TenantId.Parse("dev"), null, default);
+
+        var (token, _) = await _harness.Access.CreateApiTokenAsync(PrincipalName.Token("svc"), ApiTokenKind.Service, null, default);
+        Assert.Equal(TimeSpan.FromDays(90), token.ExpireTime - token.CreateTime);
+        Assert.Equal("principal", (await Assert.ThrowsAsync<KmsException>(() => _harness.Access.CreateApiTokenAsync(PrincipalName.CommonName("svc"), ApiTokenKind.Service, null, default))).Field);
+        Assert.Equal("lifetime", (await Assert.ThrowsAsync<KmsException>(() => _harness.Access.CreateApiTokenAsync(PrincipalName.Token("svc"), ApiTokenKind.Service, TimeSpan.FromDays(366), default))).Field);
+        Assert.Equal("lifetime", (await Assert.ThrowsAsync<KmsException>(() => _harness.Access.CreateApiTokenAsync(PrincipalName.Token("svc"), ApiTokenKind.Session, TimeSpan.Zero, default))).Field);
+        Assert.Equal("kind", (await Assert.ThrowsAsync<KmsException>(() => _harness.Access.CreateApiTokenAsync(PrincipalName.Token("svc"), ApiTokenKind.Bootstrap, null, default))).Field);
+    }
+
+    [Fact]
+    public async Task CreatePrincipal_InATenantBeingDeleted_Refused_AndSoAreKeys()
+    {
+        await _harness.Access.DeleteTenantAsync(TenantId.Parse("acme"), null, default);
+        var principal = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.CreatePrincipalAsync(PrincipalName.Token("late"), TenantId.Parse("acme"), null, default));
+        var key = await Assert.ThrowsAsync<KmsException>(() => _harness.CreateKeyAsync("late", DomainHarness.Acme));
+        Assert.Equal((KmsErrorCode.FailedPrecondition, KmsErrorCode.FailedPrecondition), (principal.Code, key.Code));
+        var missing = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.CreatePrincipalAsync(PrincipalName.Token("x"), TenantId.Parse("nowhere"), null, default));
+        Assert.Equal(KmsErrorCode.NotFound, missing.Code);
+    }
+}

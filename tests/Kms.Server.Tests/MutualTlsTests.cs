@@ -1,0 +1,206 @@
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using Grpc.Core;
+using Kms.Client;
+using Kms.Contracts.V1;
+using Kms.Testing;
+
+namespace Kms.Server.Tests;
+
+/// <summary>
+/// mTLS on the real server: client certificates from the configured CA authenticate their
+/// principal (SPIFFE URI SAN, else subject CN); untrusted, expired, revoked (CRL) and
+/// non-client certificates are UNAUTHENTICATED; a certificate and a token together are
+/// refused; CRL and server certificate are reloaded without a restart.
+/// </summary>
+public sealed class MutualTlsTests : IAsyncLifetime, IDisposable
+{
+    private readonly TestPki _pki = new();
+    private readonly string _dir = Directory.CreateTempSubdirectory("kms-mtls-").FullName;
+    private KmsTestServer _server = null!;
+
+    private string CrlPath => Path.Combine(_dir, "clients.crl");
+
+    public async Task InitializeAsync()
+    {
+        _pki.WriteCa(Path.Combine(_dir, "client-ca.crt"));
+        _pki.WriteCrl(CrlPath);
+
+        // No credential cache: the CRL reload is visible on the next call.
+        _server = await KmsTestServer.StartAsync(null, null, "dev", (Action<Microsoft.Extensions.DependencyInjection.IServiceCollection>?)null,
+            $"--Kms:ClientCaPath={Path.Combine(_dir, "client-ca.crt")}", $"--Kms:ClientCrlPath={CrlPath}", "--Kms:CredentialCacheTime=00:00:00");
+        using var admin = _server.DeploymentAdmin();
+        foreach (var name in new[] { "spiffe:spiffe://kms.test/payments", "cn:alice" })
+        {
+            await admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = name, Tenant = "tenants/dev" });
+            await admin.Access.SetRoleBindingAsync(new SetRoleBindingRequest { Principal = name, Role = "key-user", Tenant = "tenants/dev" });
+        }
+    }
+
+    public async Task DisposeAsync() => await _server.DisposeAsync();
+
+    public void Dispose()
+    {
+        _pki.Dispose();
+        Directory.Delete(_dir, recursive: true);
+    }
+
+    [Fact]
+    public async Task SpiffeCertificate_AuthenticatesItsPrincipal()
+    {
+        using var certificate = _pki.Issue("payments-pod-7", "spiffe://kms.test/payments");
+        Assert.Equal(StatusCode.OK, await GenerateRandomAsync(certificate));
+
+        // The URI SAN wins over the CN: this certificate is not cn:payments-pod-7.
+        using var client = Client(certificate);
+        var denied = await Assert.ThrowsAsync<RpcException>(() => client.CreateKeyAsync("tenants/dev", "mtls-key"));
+        Assert.Equal(StatusCode.PermissionDenied, denied.StatusCode);
+        Assert.Contains("spiffe:spiffe://kms.test/payments", denied.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task CommonNameCertificate_AuthenticatesCnPrincipal_NeverATokenPrincipal()
+    {
+        using var alice = _pki.Issue("alice");
+        Assert.Equal(StatusCode.OK, await GenerateRandomAsync(alice));
+
+        // A CN that looks like another kind of principal is still a cn: principal (unregistered: no roles).
+        using var impostor = _pki.Issue("token:developer");
+        Assert.Equal(StatusCode.PermissionDenied, await GenerateRandomAsync(impostor));
+    }
+
+    [Fact]
+    public async Task UntrustedCertificate_Unauthenticated()
+    {
+        using var otherCa = new TestPki("Somebody Else's CA");
+        using var certificate = otherCa.Issue("alice", "spiffe://kms.test/payments");
+        Assert.Equal(StatusCode.Unauthenticated, await GenerateRandomAsync(certificate));
+    }
+
+    [Fact]
+    public async Task ExpiredCertificate_Unauthenticated()
+    {
+        using var certificate = _pki.Issue("alice", notBefore: DateTimeOffset.UtcNow.AddDays(-10), notAfter: DateTimeOffset.UtcNow.AddDays(-1));
+        Assert.Equal(StatusCode.Unauthenticated, await GenerateRandomAsync(certificate));
+    }
+
+    [Theory]
+    [InlineData(TestPki.ServerAuth)]
+    [InlineData(null)]
+    public async Task CertificateWithoutClientAuthUsage_Unauthenticated(string? usage)
+    {
+        using var certificate = _pki.Issue("alice", usage: usage);
+        Assert.Equal(StatusCode.Unauthenticated, await GenerateRandomAsync(certificate));
+    }
+
+    [Fact]
+    public async Task RevokedCertificate_RefusedOnceTheCrlIsReplaced_WithoutARestart()
+    {
+        using var certificate = _pki.Issue("alice");
+        Assert.Equal(StatusCode.OK, await GenerateRandomAsync(certificate));
+
+        _pki.Revoke(certificate);
+        _pki.WriteCrl(CrlPath);
+
+        // The files are checked at most once a second.
+        var status = StatusCode.OK;
+        for (var i = 0; i < 30 && status == StatusCode.OK; i++)
+        {
+            await Task.Delay(200);
+            status = await GenerateRandomAsync(certificate);
+        }
+
+        Assert.Equal(StatusCode.Unauthenticated, status);
+        using var stillGood = _pki.Issue("alice");
+        Assert.Equal(StatusCode.OK, await GenerateRandomAsync(stillGood));
+    }
+
+    [Fact]
+    public async Task CertificateAndToken_Together_Unauthenticated()
+    {
+        using var certificate = _pki.Issue("alice");
+        using var channel = Channel(certificate);
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await new KeyManagementService.KeyManagementServiceClient(channel)
+            .GenerateRandomAsync(new GenerateRandomRequest { LengthBytes = 8 }, KmsTestServer.Bearer(_server.KeyUserToken)));
+        Assert.Equal(StatusCode.Unauthenticated, e.StatusCode);
+        Assert.Throws<ArgumentException>(() => new KmsClient(new KmsClientOptions { Endpoint = _server.Address, ApiToken = _server.KeyUserToken, ClientCertificate = certificate }));
+    }
+
+    [Fact]
+    public async Task ServerCertificate_ReplacedOnDisk_ServedWithoutARestart()
+    {
+        var before = await ServerCertificateThumbprintAsync();
+        using (var key = ECDsa.Create(ECCurve.NamedCurves.nistP256))
+        {
+            var request = new CertificateRequest("CN=127.0.0.1", key, HashAlgorithmName.SHA256);
+            var san = new SubjectAlternativeNameBuilder();
+            san.AddIpAddress(System.Net.IPAddress.Loopback);
+            request.CertificateExtensions.Add(san.Build());
+            using var renewed = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddDays(1));
+            File.WriteAllText(Path.Combine(_server.DataDir, "tls", "server.key"), key.ExportPkcs8PrivateKeyPem());
+            File.WriteAllText(Path.Combine(_server.DataDir, "tls", "server.crt"), renewed.ExportCertificatePem());
+        }
+
+        var after = before;
+        for (var i = 0; i < 30 && after == before; i++)
+        {
+            await Task.Delay(200);
+            after = await ServerCertificateThumbprintAsync();
+        }
+
+        Assert.NotEqual(before, after);
+    }
+
+    private KmsClient Client(X509Certificate2 certificate) =>
+        new(new KmsClientOptions { Endpoint = _server.Address, CaCertificatePath = _server.CaCertificatePath, ClientCertificate = certificate });
+
+    private global::Grpc.Net.Client.GrpcChannel Channel(X509Certificate2 certificate)
+    {
+        var ca = X509Certificate2.CreateFromPem(File.ReadAllText(_server.CaCertificatePath));
+        var handler = new SocketsHttpHandler();
+        handler.SslOptions.ClientCertificates = [certificate];
+        handler.SslOptions.CertificateChainPolicy = new X509ChainPolicy
+        {
+            TrustMode = X509ChainTrustMode.CustomRootTrust,
+            RevocationMode = X509RevocationMode.NoCheck,
+            CustomTrustStore = { ca },
+        };
+        return global::Grpc.Net.Client.GrpcChannel.ForAddress(_server.Address, new global::Grpc.Net.Client.GrpcChannelOptions { HttpHandler = handler });
+    }
+
+    private async Task<StatusCode> GenerateRandomAsync(X509Certificate2 certificate)
+    {
+        // A fresh connection per call: the certificate is presented at the handshake.
+        using var client = Client(certificate);
+        try
+        {
+            await client.GenerateRandomAsync(8);
+            return StatusCode.OK;
+        }
+        catch (RpcException e)
+        {
+            return e.StatusCode;
+        }
+    }
+
+    private async Task<string> ServerCertificateThumbprintAsync()
+    {
+        using var tcp = new TcpClient();
+        await tcp.ConnectAsync(_server.Address.Host, _server.Address.Port);
+        string? thumbprint = null;
+        await using var tls = new SslStream(tcp.GetStream(), false, (_, certificate, _, _) =>
+        {
+            // Only the thumbprint matters here (the renewed certificate is self-signed).
+            thumbprint = certificate?.GetCertHashString(HashAlgorithmName.SHA256);
+            return thumbprint is not null;
+        });
+        await tls.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
+        {
+            TargetHost = "127.0.0.1",
+            ApplicationProtocols = [SslApplicationProtocol.Http2],
+        });
+        return thumbprint!;
+    }
+}

@@ -1,0 +1,158 @@
+using System.Security.Cryptography;
+using Kms.Core.Access;
+using Kms.Core.Errors;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+
+namespace Kms.Storage.Tests;
+
+/// <summary>What every <see cref="IAccessStore"/> backend must do (run against SQLite and the in-memory fake).</summary>
+public abstract class AccessStoreContract : KeyStoreLifecycleContract
+{
+    private static readonly DateTimeOffset T0 = new(2026, 11, 29, 12, 0, 0, TimeSpan.Zero);
+
+    [Fact]
+    public async Task Tenants_CreateGetListUpdate_DuplicateRefused()
+    {
+        var store = await AccessAsync();
+        foreach (var id in new[] { "zeta", "alpha", "mid" })
+        {
+            await store.CreateTenantAsync(new Tenant(TenantId.Parse(id), $"tenant {id}", TenantState.Active, T0), default);
+        }
+
+        var duplicate = await Assert.ThrowsAsync<KmsException>(() => store.CreateTenantAsync(new Tenant(TenantId.Parse("mid"), "", TenantState.Active, T0), default));
+        Assert.Equal(KmsErrorCode.AlreadyExists, duplicate.Code);
+
+        Assert.Equal(["alpha", "mid"], (await store.ListTenantsAsync(null, 2, default)).Select(t => t.Id.Value));
+        Assert.Equal(["zeta"], (await store.ListTenantsAsync("mid", 2, default)).Select(t => t.Id.Value));
+
+        var deleting = (await store.GetTenantAsync(TenantId.Parse("mid"), default))! with { State = TenantState.Deleting, DeleteTime = T0.AddHours(1) };
+        Assert.True(await store.UpdateTenantAsync(deleting, default));
+        Assert.Equal(deleting, await store.GetTenantAsync(TenantId.Parse("mid"), default));
+        Assert.False(await store.UpdateTenantAsync(deleting with { Id = TenantId.Parse("missing") }, default));
+        Assert.Null(await store.GetTenantAsync(TenantId.Parse("missing"), default));
+    }
+
+    [Fact]
+    public async Task Principals_TypedNamesAreDistinct_ListedPerTenant()
+    {
+        var store = await AccessAsync();
+        var token = new Principal(PrincipalName.Token("alice"), Dev, "Alice's service", T0);
+        var cn = new Principal(PrincipalName.CommonName("alice"), Acme, "Alice's certificate", T0);
+        var admin = new Principal(PrincipalName.Spiffe("spiffe://kms.test/admin"), null, "", T0);
+        foreach (var principal in new[] { token, cn, admin })
+        {
+            await store.CreatePrincipalAsync(principal, default);
+        }
+
+        Assert.Equal(token, await store.GetPrincipalAsync(PrincipalName.Token("alice"), default));
+        Assert.Equal(cn, await store.GetPrincipalAsync(PrincipalName.CommonName("alice"), default));
+        Assert.Null(await store.GetPrincipalAsync(PrincipalName.Spiffe("spiffe://alice"), default));
+        Assert.Equal([token], await store.ListPrincipalsAsync(Dev, null, 10, default));
+        Assert.Equal([admin], await store.ListPrincipalsAsync(null, null, 10, default));
+        var duplicate = await Assert.ThrowsAsync<KmsException>(() => store.CreatePrincipalAsync(token, default));
+        Assert.Equal(KmsErrorCode.AlreadyExists, duplicate.Code);
+    }
+
+    [Fact]
+    public async Task ApiTokens_HashStored_RevokeKeepsFirstTime_ConsumeSucceedsOnce()
+    {
+        var store = await AccessAsync();
+        var alice = PrincipalName.Token("alice");
+        var hash = RandomNumberGenerator.GetBytes(32);
+        var older = new ApiToken("00000000000000aa", alice, ApiTokenKind.Service, hash, T0, T0.AddDays(90));
+        var newer = new ApiToken("00000000000000bb", alice, ApiTokenKind.Session, RandomNumberGenerator.GetBytes(32), T0.AddMinutes(1), T0.AddMinutes(16));
+        await store.CreateApiTokenAsync(older, default);
+        await store.CreateApiTokenAsync(newer, default);
+
+        var read = await store.GetApiTokenAsync(older.Id, default);
+        Assert.Equal(hash, read!.SecretHash);
+        Assert.Equal((older.Principal, older.Kind, older.ExpireTime), (read.Principal, read.Kind, read.ExpireTime));
+        Assert.Equal([newer.Id, older.Id], (await store.ListApiTokensAsync(alice, default)).Select(t => t.Id));
+
+        Assert.True(await store.RevokeApiTokenAsync(older.Id, T0.AddDays(1), default));
+        Assert.True(await store.RevokeApiTokenAsync(older.Id, T0.AddDays(2), default));
+        Assert.Equal(T0.AddDays(1), (await store.GetApiTokenAsync(older.Id, default))!.RevokeTime);
+        Assert.False(await store.RevokeApiTokenAsync("ffffffffffffffff", T0, default));
+
+        Assert.True(await store.ConsumeApiTokenAsync(newer.Id, T0.AddMinutes(2), default));
+        Assert.False(await store.ConsumeApiTokenAsync(newer.Id, T0.AddMinutes(3), default));
+        Assert.False(await store.ConsumeApiTokenAsync(older.Id, T0.AddMinutes(3), default));
+    }
+
+    [Fact]
+    public async Task ApiTokens_ConcurrentConsume_ExactlyOneWins()
+    {
+        var store = await AccessAsync();
+        var token = new ApiToken("00000000000000cc", PrincipalName.Token("bootstrap"), ApiTokenKind.Bootstrap, RandomNumberGenerator.GetBytes(32), T0, T0.AddDays(7));
+        await store.CreateApiTokenAsync(token, default);
+        var results = await Task.WhenAll(Enumerable.Range(0, 16).Select(_ => Task.Run(() => store.ConsumeApiTokenAsync(token.Id, T0.AddMinutes(1), default))));
+        Assert.Single(results, won => won);
+    }
+
+    [Fact]
+    public async Task RoleBindings_Idempotent_TenantAndDeploymentKeptApart()
+    {
+        var store = await AccessAsync();
+        var alice = PrincipalName.Token("alice");
+        await store.SetRoleBindingAsync(new RoleBinding(alice, Role.KeyUser, Dev, T0), default);
+        await store.SetRoleBindingAsync(new RoleBinding(alice, Role.KeyUser, Dev, T0.AddHours(1)), default);
+        await store.SetRoleBindingAsync(new RoleBinding(alice, Role.Auditor, Dev, T0), default);
+        await store.SetRoleBindingAsync(new RoleBinding(alice, Role.DeploymentAdmin, null, T0), default);
+
+        Assert.Equal(3, (await store.GetRoleBindingsAsync(alice, default)).Count);
+        Assert.Equal([Role.KeyUser, Role.Auditor], (await store.ListRoleBindingsAsync(Dev, default)).Select(b => b.Role).Order());
+        Assert.Equal(T0, (await store.ListRoleBindingsAsync(Dev, default)).Single(b => b.Role == Role.KeyUser).CreateTime);
+        Assert.Equal([Role.DeploymentAdmin], (await store.ListRoleBindingsAsync(null, default)).Select(b => b.Role));
+        Assert.Empty(await store.ListRoleBindingsAsync(Acme, default));
+
+        Assert.True(await store.DeleteRoleBindingAsync(alice, Role.KeyUser, Dev, default));
+        Assert.False(await store.DeleteRoleBindingAsync(alice, Role.KeyUser, Dev, default));
+        Assert.False(await store.DeleteRoleBindingAsync(alice, Role.DeploymentAdmin, Dev, default));
+        Assert.Equal(2, (await store.GetRoleBindingsAsync(alice, default)).Count);
+    }
+
+    [Fact]
+    public async Task KeyPolicy_MarksTheKeyRestricted_EmptyPolicyLiftsIt()
+    {
+        var store = await AccessAsync();
+        var key = NewKey(Dev, "guarded");
+        await ((IKeyStore)store).CreateKeyAsync(key, Material(), null, default);
+        Assert.False((await ((IKeyStore)store).GetKeyAsync(key.Name, default))!.Restricted);
+        Assert.False((await store.GetKeyPolicyAsync(key.Name, default)).Restricts);
+
+        var entries = new Dictionary<string, KeyOperations> { ["token:alice"] = KeyOperations.Encrypt | KeyOperations.Decrypt, ["cn:bob"] = KeyOperations.Decrypt };
+        await store.SetKeyPolicyAsync(new KeyPolicy(key.Name, entries), default);
+        Assert.True((await ((IKeyStore)store).GetKeyAsync(key.Name, default))!.Restricted);
+        Assert.Equal(entries.OrderBy(e => e.Key), (await store.GetKeyPolicyAsync(key.Name, default)).Entries.OrderBy(e => e.Key));
+
+        await store.SetKeyPolicyAsync(KeyPolicy.None(key.Name), default);
+        Assert.False((await ((IKeyStore)store).GetKeyAsync(key.Name, default))!.Restricted);
+        Assert.Empty((await store.GetKeyPolicyAsync(key.Name, default)).Entries);
+    }
+
+    [Fact]
+    public async Task Grants_ListedUntilRevoked_RevokedOnce_ScopedToTheirKey()
+    {
+        var store = await AccessAsync();
+        var key = NewKey(Dev, "granted");
+        var other = NewKey(Acme, "granted");
+        await ((IKeyStore)store).CreateKeyAsync(key, Material(), null, default);
+        await ((IKeyStore)store).CreateKeyAsync(other, Material(), null, default);
+        var grant = new Grant("0123456789abcdef", key.Name, PrincipalName.Token("reader"), KeyOperations.Decrypt, new Dictionary<string, string> { ["record"] = "42" }, T0);
+        await store.CreateGrantAsync(grant, default);
+
+        var listed = Assert.Single(await store.ListGrantsAsync(key.Name, includeRevoked: false, default));
+        Assert.Equal((grant.Id, grant.Grantee, grant.Operations), (listed.Id, listed.Grantee, listed.Operations));
+        Assert.Equal(grant.ContextEquals, listed.ContextEquals);
+        Assert.Empty(await store.ListGrantsAsync(other.Name, includeRevoked: true, default));
+        Assert.False(await store.RevokeGrantAsync(other.Name, grant.Id, T0, default));
+
+        Assert.True(await store.RevokeGrantAsync(key.Name, grant.Id, T0.AddHours(1), default));
+        Assert.False(await store.RevokeGrantAsync(key.Name, grant.Id, T0.AddHours(2), default));
+        Assert.Empty(await store.ListGrantsAsync(key.Name, includeRevoked: false, default));
+        Assert.Equal(T0.AddHours(1), Assert.Single(await store.ListGrantsAsync(key.Name, includeRevoked: true, default)).RevokeTime);
+    }
+
+    private async Task<IAccessStore> AccessAsync() => (IAccessStore)await CreateStoreAsync();
+}
