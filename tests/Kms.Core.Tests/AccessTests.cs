@@ -1,5 +1,6 @@
 using Kms.Core.Access;
 using Kms.Core.Errors;
+using Kms.Core.Keys;
 using Kms.Core.Names;
 using Kms.Core.Services;
 using Kms.Testing.Fakes;
@@ -139,14 +140,45 @@ public sealed class AccessTests : IDisposable
     [Fact]
     public async Task SetRoleBinding_TenantRoleOnlyInThePrincipalsTenant_DeploymentRoleOnlyWithoutTenant()
     {
+        var admin = new Caller("token:root", null, new HashSet<Role> { Role.DeploymentAdmin });
         var name = PrincipalName.Token("svc");
         await _harness.Access.CreatePrincipalAsync(name, TenantId.Parse("dev"), null, default);
 
-        await _harness.Access.SetRoleBindingAsync(name, Role.KeyUser, TenantId.Parse("dev"), default);
-        Assert.Equal("tenant", Assert.Throws<KmsException>(() => _harness.Access.SetRoleBindingAsync(name, Role.KeyUser, TenantId.Parse("acme"), default).GetAwaiter().GetResult()).Field);
-        Assert.Equal("tenant", Assert.Throws<KmsException>(() => _harness.Access.SetRoleBindingAsync(name, Role.KeyUser, null, default).GetAwaiter().GetResult()).Field);
-        Assert.Equal("tenant", Assert.Throws<KmsException>(() => _harness.Access.SetRoleBindingAsync(name, Role.DeploymentAdmin, TenantId.Parse("dev"), default).GetAwaiter().GetResult()).Field);
-        Assert.Equal(KmsErrorCode.NotFound, Assert.Throws<KmsException>(() => _harness.Access.SetRoleBindingAsync(PrincipalName.Token("ghost"), Role.KeyUser, TenantId.Parse("dev"), default).GetAwaiter().GetResult()).Code);
+        await _harness.Access.SetRoleBindingAsync(admin, name, Role.KeyUser, TenantId.Parse("dev"), default);
+        Assert.Equal("tenant", (await Assert.ThrowsAsync<KmsException>(() => _harness.Access.SetRoleBindingAsync(admin, name, Role.KeyUser, null, default))).Field);
+        Assert.Equal("tenant", (await Assert.ThrowsAsync<KmsException>(() => _harness.Access.SetRoleBindingAsync(admin, name, Role.DeploymentAdmin, TenantId.Parse("dev"), default))).Field);
+        Assert.Equal("principal", (await Assert.ThrowsAsync<KmsException>(() => _harness.Access.SetRoleBindingAsync(admin, name, Role.SecurityOfficer, null, default))).Field);
+    }
+
+    [Fact]
+    public async Task SetRoleBinding_PrincipalOfAnotherTenant_AnsweredLikeAMissingOne()
+    {
+        var tenantAdmin = DomainHarness.TenantCaller("token:dev-admin", "dev", Role.Admin);
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("acme-svc"), TenantId.Parse("acme"), null, default);
+
+        var foreign = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.SetRoleBindingAsync(tenantAdmin, PrincipalName.Token("acme-svc"), Role.KeyUser, TenantId.Parse("dev"), default));
+        var missing = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.SetRoleBindingAsync(tenantAdmin, PrincipalName.Token("ghost"), Role.KeyUser, TenantId.Parse("dev"), default));
+        Assert.Equal((KmsErrorCode.NotFound, KmsErrorCode.NotFound), (foreign.Code, missing.Code));
+        Assert.Equal(missing.Message.Replace("ghost", "acme-svc", StringComparison.Ordinal), foreign.Message);
+    }
+
+    [Fact]
+    public async Task SetRoleBinding_NobodyChangesTheirOwnRoles()
+    {
+        var name = PrincipalName.Token("dev-admin");
+        await _harness.Access.CreatePrincipalAsync(name, TenantId.Parse("dev"), null, default);
+        var self = DomainHarness.TenantCaller(name.ToString(), "dev", Role.Admin);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.SetRoleBindingAsync(self, name, Role.KeyUser, TenantId.Parse("dev"), default));
+        Assert.Equal(KmsErrorCode.PermissionDenied, e.Code);
+        Assert.Empty(await _harness.AccessStore.GetRoleBindingsAsync(name, default));
+    }
+
+    [Fact]
+    public async Task BootstrapPrincipalName_IsReserved()
+    {
+        var e = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.CreatePrincipalAsync(Authenticator.BootstrapPrincipal, null, null, default));
+        Assert.Equal("name", e.Field);
     }
 
     [Fact]
@@ -172,5 +204,33 @@ public sealed class AccessTests : IDisposable
         Assert.Equal((KmsErrorCode.FailedPrecondition, KmsErrorCode.FailedPrecondition), (principal.Code, key.Code));
         var missing = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.CreatePrincipalAsync(PrincipalName.Token("x"), TenantId.Parse("nowhere"), null, default));
         Assert.Equal(KmsErrorCode.NotFound, missing.Code);
+    }
+
+    [Fact]
+    public async Task DeletingTenant_KeysCannotBeRevived_AndTheSweepCatchesAKeyThatEscaped()
+    {
+        var early = await _harness.CreateKeyAsync("early", DomainHarness.Acme);
+        await _harness.Access.DeleteTenantAsync(TenantId.Parse("acme"), null, default);
+        foreach (var revive in new Func<Task>[]
+        {
+            () => _harness.Keys.CancelKeyDeletionAsync(DomainHarness.Acme, early.Name, null, default),
+            () => _harness.Keys.EnableKeyAsync(DomainHarness.Acme, early.Name, default),
+        })
+        {
+            var e = await Assert.ThrowsAsync<KmsException>(revive);
+            Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        }
+
+        // A key created while DeleteTenant ran: the tenant was marked DELETING after the key's
+        // create passed its tenant check, so DeleteTenant's listing missed it.
+        var tenant = (await _harness.AccessStore.GetTenantAsync(TenantId.Parse("dev"), default))!;
+        var escaped = await _harness.CreateKeyAsync("escaped", DomainHarness.Dev);
+        await _harness.AccessStore.UpdateTenantAsync(tenant with { State = TenantState.Deleting, DeleteTime = _harness.Time.GetUtcNow() }, default);
+        Assert.Equal(KeyState.Enabled, (await _harness.Keys.GetKeyAsync(DomainHarness.Dev, escaped.Name, default)).State);
+
+        Assert.Equal(2, await _harness.Access.SweepDeletingTenantsAsync(default));
+        var swept = await _harness.Keys.GetKeyAsync(DomainHarness.Dev, escaped.Name, default);
+        Assert.Equal((KeyState.DestroyScheduled, _harness.Time.GetUtcNow() + _harness.Lifecycle.DefaultWaitingPeriod), (swept.State, swept.DestroyTime));
+        Assert.Equal(KeyState.DestroyScheduled, (await _harness.Keys.GetKeyAsync(DomainHarness.Acme, early.Name, default)).State);
     }
 }

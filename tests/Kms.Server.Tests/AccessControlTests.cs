@@ -182,10 +182,18 @@ public sealed class AccessControlTests : IAsyncLifetime
             new SetRoleBindingRequest { Principal = "token:acme-someone", Role = "key-user", Tenant = "tenants/acme" }));
         Assert.Equal(StatusCode.NotFound, otherTenant.StatusCode);
 
-        // A principal of acme cannot be bound into dev either.
+        // A principal of acme cannot be bound into dev either: to dev's admin it does not exist.
         var foreignPrincipal = await Assert.ThrowsAsync<RpcException>(async () => await tenantAdmin.Access.SetRoleBindingAsync(
             new SetRoleBindingRequest { Principal = "token:acme-someone", Role = "key-user", Tenant = "tenants/dev" }));
-        Assert.Equal(StatusCode.InvalidArgument, foreignPrincipal.StatusCode);
+        Assert.Equal(StatusCode.NotFound, foreignPrincipal.StatusCode);
+        var missing = await Assert.ThrowsAsync<RpcException>(async () => await tenantAdmin.Access.SetRoleBindingAsync(
+            new SetRoleBindingRequest { Principal = "token:acme-nobody", Role = "key-user", Tenant = "tenants/dev" }));
+        Assert.Equal((StatusCode.NotFound, foreignPrincipal.Status.Detail.Replace("someone", "nobody", StringComparison.Ordinal)), (missing.StatusCode, missing.Status.Detail));
+
+        // Nor can it raise its own roles (separation of duties).
+        var self = await Assert.ThrowsAsync<RpcException>(async () => await tenantAdmin.Access.SetRoleBindingAsync(
+            new SetRoleBindingRequest { Principal = "token:dev-tenant-admin", Role = "key-user", Tenant = "tenants/dev" }));
+        Assert.Equal(StatusCode.PermissionDenied, self.StatusCode);
         var bindings = await _admin.Access.ListRoleBindingsAsync(new ListRoleBindingsRequest { Tenant = "tenants/acme" });
         Assert.DoesNotContain(bindings.Bindings, b => b.Principal == "token:acme-someone");
     }
@@ -318,9 +326,10 @@ public sealed class AccessControlTests : IAsyncLifetime
         var create = await Assert.ThrowsAsync<RpcException>(() => leaving.CreateKeyAsync("tenants/leaving", "c"));
         Assert.Equal(StatusCode.FailedPrecondition, create.StatusCode);
 
-        // The waiting period still lets a key be saved.
-        await leaving.Raw.CancelKeyDeletionAsync(new CancelKeyDeletionRequest { Name = a.Name });
-        Assert.Equal(KeyState.Disabled, (await leaving.GetKeyAsync(a.Name)).State);
+        // Offboarding is not undone key by key: the tenant's own principals cannot revive a key.
+        var cancel = await Assert.ThrowsAsync<RpcException>(async () => await leaving.Raw.CancelKeyDeletionAsync(new CancelKeyDeletionRequest { Name = a.Name }));
+        Assert.Equal(StatusCode.FailedPrecondition, cancel.StatusCode);
+        Assert.Equal(KeyState.DestroyScheduled, (await leaving.GetKeyAsync(a.Name)).State);
     }
 
     [Fact]

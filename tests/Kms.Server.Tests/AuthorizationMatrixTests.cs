@@ -118,7 +118,7 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
         new(Keys + "GetKeyPolicy", MatrixTarget.Tenant, Readers, c => Msg(new GetKeyPolicyRequest { Name = c.Fixture.KeyName })),
         new(Keys + "CreateGrant", MatrixTarget.Tenant, [KeyManager], async c => new CreateGrantRequest
         {
-            Parent = await FreshKeyAsync(c),
+            Parent = await FreshRestrictedKeyAsync(c),
             Grant = new KeyGrant { Grantee = "token:matrix-svc", Operations = { "ENCRYPT" }, ContextEquals = { ["order"] = "1" } },
         }),
         new(Keys + "ListGrants", MatrixTarget.Tenant, Readers, c => Msg(new ListGrantsRequest { Parent = c.Fixture.KeyName })),
@@ -126,12 +126,12 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
         {
             var grant = await c.Setup.Raw.CreateGrantAsync(new CreateGrantRequest
             {
-                Parent = await FreshKeyAsync(c),
+                Parent = await FreshRestrictedKeyAsync(c),
                 Grant = new KeyGrant { Grantee = "token:matrix-svc", Operations = { "DECRYPT" } },
             });
             return new RevokeGrantRequest { Name = grant.Grant.Name };
         }),
-        new(Keys + "TestPermissions", MatrixTarget.Tenant, Readers, c => Msg(new TestPermissionsRequest { Name = c.Fixture.KeyName })),
+        new(Keys + "TestPermissions", MatrixTarget.Tenant, [Admin, Auditor], c => Msg(new TestPermissionsRequest { Name = c.Fixture.KeyName })),
 
         // Tenants, principals, tokens, bindings.
         new(Access + "CreateTenant", MatrixTarget.Deployment, [DeploymentAdmin], c => Msg(new CreateTenantRequest { TenantId = MatrixFixture.NewId() })),
@@ -280,6 +280,13 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
 
     private static async Task<string> FreshKeyAsync(MatrixContext c) =>
         (await c.Setup.CreateKeyAsync("tenants/dev", MatrixFixture.NewId())).Name;
+
+    private static async Task<string> FreshRestrictedKeyAsync(MatrixContext c)
+    {
+        var name = await FreshKeyAsync(c);
+        await c.Setup.Raw.SetKeyPolicyAsync(new SetKeyPolicyRequest { Name = name, Entries = { new KeyPolicyEntry { Principal = "token:developer", Operations = { "ENCRYPT" } } } });
+        return name;
+    }
 
     private static async Task<string> FreshRotatedKeyAsync(MatrixContext c)
     {

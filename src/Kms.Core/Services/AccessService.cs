@@ -63,7 +63,39 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
         var now = Clock.Now(time);
         tenant = tenant with { State = TenantState.Deleting, DeleteTime = tenant.DeleteTime ?? now };
         await access.UpdateTenantAsync(tenant, cancellationToken);
+        await ScheduleTenantKeysAsync(id, now, waiting, cancellationToken);
+        return tenant;
+    }
 
+    /// <summary>
+    /// The lifecycle worker's sweep: keys of DELETING tenants that are not yet going (a key
+    /// created while DeleteTenant ran) are scheduled for deletion with the default waiting period.
+    /// </summary>
+    /// <returns>How many DELETING tenants were swept.</returns>
+    public async Task<int> SweepDeletingTenantsAsync(CancellationToken cancellationToken)
+    {
+        var swept = 0;
+        string? after = null;
+        while (true)
+        {
+            var page = await access.ListTenantsAsync(after, 500, cancellationToken);
+            foreach (var tenant in page.Where(t => t.State == TenantState.Deleting))
+            {
+                await ScheduleTenantKeysAsync(tenant.Id, Clock.Now(time), lifecycle.DefaultWaitingPeriod, cancellationToken);
+                swept++;
+            }
+
+            if (page.Count < 500)
+            {
+                return swept;
+            }
+
+            after = page[^1].Id.Value;
+        }
+    }
+
+    private async Task ScheduleTenantKeysAsync(TenantId id, DateTimeOffset now, TimeSpan waiting, CancellationToken cancellationToken)
+    {
         string? after = null;
         while (true)
         {
@@ -78,7 +110,7 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
 
             if (page.Count < 500)
             {
-                return tenant;
+                return;
             }
 
             after = page[^1].Name.KeyId;
@@ -88,6 +120,11 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     /// <summary>Registers a principal; a tenant principal's tenant must exist and be active.</summary>
     public async Task<Principal> CreatePrincipalAsync(PrincipalName name, TenantId? tenant, string? displayName, CancellationToken cancellationToken)
     {
+        if (name == Authenticator.BootstrapPrincipal)
+        {
+            throw KmsErrors.InvalidArgument("name", $"{name} is reserved for the bootstrap credential");
+        }
+
         if (tenant is { } id)
         {
             await TenantGate.EnsureActiveAsync(access, id, cancellationToken);
@@ -165,21 +202,39 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
 
     /// <summary>
     /// Grants a role. A tenant role is bound within the principal's own tenant (the caller
-    /// names it, and it must match); a deployment role has no tenant.
+    /// names it; a principal of another tenant is NOT_FOUND, exactly like a missing one); a
+    /// deployment role only to a principal of no tenant. Nobody changes their own roles
+    /// (separation of duties: an admin cannot make itself a key-user).
     /// </summary>
-    public async Task<RoleBinding> SetRoleBindingAsync(PrincipalName name, Role role, TenantId? tenant, CancellationToken cancellationToken)
+    public async Task<RoleBinding> SetRoleBindingAsync(Caller caller, PrincipalName name, Role role, TenantId? tenant, CancellationToken cancellationToken)
     {
-        var principal = await GetPrincipalAsync(name, cancellationToken);
+        ArgumentNullException.ThrowIfNull(caller);
+        var principal = await access.GetPrincipalAsync(name, cancellationToken);
+        if (principal is null || (!Roles.IsDeploymentRole(role) && tenant is not null && principal.Tenant != tenant))
+        {
+            throw KmsErrors.NotFound(name.ToString());
+        }
+
+        if (caller.Principal == name.ToString())
+        {
+            throw KmsErrors.PermissionDenied($"{name} cannot change its own roles; another administrator must (separation of duties)");
+        }
+
         if (Roles.IsDeploymentRole(role))
         {
             if (tenant is not null)
             {
                 throw KmsErrors.InvalidArgument("tenant", $"{Roles.NameOf(role)} is a deployment role: bind it without a tenant");
             }
+
+            if (principal.Tenant is not null)
+            {
+                throw KmsErrors.InvalidArgument("principal", $"{Roles.NameOf(role)} is a deployment role: only principals of no tenant may hold it");
+            }
         }
-        else if (tenant is null || principal.Tenant != tenant)
+        else if (tenant is null)
         {
-            throw KmsErrors.InvalidArgument("tenant", $"{Roles.NameOf(role)} is a tenant role: bind it in the principal's own tenant ({principal.Tenant?.ResourceName ?? "it has none"})");
+            throw KmsErrors.InvalidArgument("tenant", $"{Roles.NameOf(role)} is a tenant role: bind it in the principal's own tenant");
         }
 
         var binding = new RoleBinding(name, role, tenant, Clock.Now(time));
@@ -231,20 +286,28 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     /// <returns>The admin, and a session token when the admin is a token principal.</returns>
     public async Task<(Principal Admin, string? SessionToken)> BootstrapAsync(Caller caller, PrincipalName admin, string? displayName, CancellationToken cancellationToken)
     {
+        // Everything that can be refused is checked before the credential is used up.
+        var name = ValidateDisplayName(displayName, "display_name");
+        if (admin == Authenticator.BootstrapPrincipal)
+        {
+            throw KmsErrors.InvalidArgument("admin", $"{admin} is reserved for the bootstrap credential");
+        }
+
+        var principal = await access.GetPrincipalAsync(admin, cancellationToken);
+        if (principal?.Tenant is { } tenant)
+        {
+            throw KmsErrors.FailedPrecondition($"{admin} belongs to {tenant.ResourceName}; a deployment admin belongs to no tenant");
+        }
+
         if (caller.BootstrapTokenId is not { } tokenId || !await access.ConsumeApiTokenAsync(tokenId, Clock.Now(time), cancellationToken))
         {
             throw KmsErrors.Unauthenticated();
         }
 
-        var principal = await access.GetPrincipalAsync(admin, cancellationToken);
         if (principal is null)
         {
-            principal = new Principal(admin, null, ValidateDisplayName(displayName, "display_name"), Clock.Now(time));
+            principal = new Principal(admin, null, name, Clock.Now(time));
             await access.CreatePrincipalAsync(principal, cancellationToken);
-        }
-        else if (principal.Tenant is not null)
-        {
-            throw KmsErrors.FailedPrecondition($"{admin} belongs to {principal.Tenant.Value.ResourceName}; a deployment admin belongs to no tenant");
         }
 
         await access.SetRoleBindingAsync(new RoleBinding(admin, Role.DeploymentAdmin, null, Clock.Now(time)), cancellationToken);

@@ -255,15 +255,17 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         return primary;
     }
 
-    private Task EnsureEncryptAllowedAsync(Caller caller, KeyVersionMaterial primary, EncryptionContext context, CancellationToken cancellationToken) =>
-        keyAccess.EnsureAllowedAsync(caller, primary.Key, KeyOperations.Encrypt, context, cancellationToken);
+    // The key's policy first: a caller it excludes learns nothing about the key's state.
+    private async Task EnsureEncryptAllowedAsync(Caller caller, KeyVersionMaterial primary, EncryptionContext context, CancellationToken cancellationToken)
+    {
+        await keyAccess.EnsureAllowedAsync(caller, primary.Key, KeyOperations.Encrypt, context, cancellationToken);
+        EnsureUsable(primary, forEncryption: true);
+    }
 
     private async Task<KeyVersionMaterial> LookUpPrimaryAsync(Caller caller, KeyReference reference, CancellationToken cancellationToken)
     {
         var name = await _resolver.ResolveAsync(caller, reference, cancellationToken);
-        var primary = await store.GetPrimaryMaterialAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(reference.ToString()!);
-        EnsureUsable(primary, forEncryption: true);
-        return primary;
+        return await store.GetPrimaryMaterialAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(reference.ToString()!);
     }
 
     private async Task<(CiphertextBlob Blob, KeyVersionMaterial Found)> OpenBlobAsync(
@@ -302,8 +304,8 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
             throw KmsErrors.DecryptionFailed();
         }
 
-        EnsureUsable(found, forEncryption: false);
         await keyAccess.EnsureAllowedAsync(caller, found.Key, KeyOperations.Decrypt, context, cancellationToken);
+        EnsureUsable(found, forEncryption: false);
         return (blob, found);
     }
 

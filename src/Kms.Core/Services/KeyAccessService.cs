@@ -12,7 +12,9 @@ namespace Kms.Core.Services;
 /// Per-key policies and grants: a key may narrow who uses it beyond the tenant's roles. A
 /// policy lists principals and the operations each may perform; a grant lets a principal
 /// use the key for some operations only when the request's encryption context contains
-/// given pairs. Roles are still required: policies and grants only narrow.
+/// given pairs. Roles are still required: policies and grants only narrow. Grants apply to
+/// keys with a policy (on an unrestricted key a grant would narrow nothing, so creating one
+/// is refused); an empty policy lifts the restriction, and grants then lie dormant.
 /// </summary>
 public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimeProvider time)
 {
@@ -27,6 +29,7 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
         foreach (var (principal, operations) in entries)
         {
             var name = PrincipalName.Parse(principal, "policy.entries.principal");
+            await EnsureTenantPrincipalAsync(name, key.Tenant, "policy.entries.principal", cancellationToken);
             if (operations == KeyOperations.None)
             {
                 throw KmsErrors.InvalidArgument("policy.entries.operations", $"entry for {name} allows nothing; leave it out");
@@ -61,10 +64,16 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
         IReadOnlyDictionary<string, string>? contextEquals,
         CancellationToken cancellationToken)
     {
-        await GetKeyAsync(caller, key, cancellationToken);
+        var stored = await GetKeyAsync(caller, key, cancellationToken);
         if (operations == KeyOperations.None)
         {
             throw KmsErrors.InvalidArgument("grant.operations", "must allow at least one operation");
+        }
+
+        await EnsureTenantPrincipalAsync(grantee, key.Tenant, "grant.grantee", cancellationToken);
+        if (!stored.Restricted)
+        {
+            throw KmsErrors.FailedPrecondition($"key {key} has no policy, so every key-user of its tenant may use it and a grant would narrow nothing; set a key policy first");
         }
 
         var constraint = EncryptionContext.Create(contextEquals, "grant.context_equals").Entries;
@@ -153,6 +162,16 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
     {
         caller.EnsureSameTenant(key.Tenant, key.ToString());
         return await keys.GetKeyAsync(key, cancellationToken) ?? throw KmsErrors.NotFound(key.ToString());
+    }
+
+    // Policies and grants name principals of the key's own tenant that exist now, so a name
+    // registered later (or in another tenant) inherits nothing. Missing and foreign read the same.
+    private async Task EnsureTenantPrincipalAsync(PrincipalName name, TenantId tenant, string field, CancellationToken cancellationToken)
+    {
+        if ((await access.GetPrincipalAsync(name, cancellationToken))?.Tenant != tenant)
+        {
+            throw KmsErrors.InvalidArgument(field, $"no principal of {tenant.ResourceName} is named {name}");
+        }
     }
 
     private static bool Satisfies(EncryptionContext context, IReadOnlyDictionary<string, string> required) =>

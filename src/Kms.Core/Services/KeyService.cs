@@ -225,8 +225,12 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, T
     }
 
     /// <summary>DISABLED → ENABLED.</summary>
-    public async Task<Key> EnableKeyAsync(Caller caller, KeyName name, CancellationToken cancellationToken) =>
-        (await MutateAsync(caller, name, null, null, KeyTransitions.EnableKey, cancellationToken)).Key;
+    public async Task<Key> EnableKeyAsync(Caller caller, KeyName name, CancellationToken cancellationToken)
+    {
+        caller.EnsureSameTenant(name.Tenant, name.ToString());
+        await TenantGate.EnsureActiveAsync(access, name.Tenant, cancellationToken);
+        return (await MutateAsync(caller, name, null, null, KeyTransitions.EnableKey, cancellationToken)).Key;
+    }
 
     /// <summary>ENABLED → DISABLED.</summary>
     public async Task<Key> DisableKeyAsync(Caller caller, KeyName name, CancellationToken cancellationToken) =>
@@ -260,14 +264,20 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, T
             return await GetKeyAsync(caller, name, cancellationToken);
         }
 
+        // Offboarding is not undone key by key by the tenant's own principals.
+        await TenantGate.EnsureActiveAsync(access, name.Tenant, cancellationToken);
         var now = Clock.Now(time);
         return (await MutateAsync(caller, name, requestId, fingerprint,
             current => KeyTransitions.CancelKeyDeletion(current, now), cancellationToken, CancelKeyDeletionOperation)).Key;
     }
 
     /// <summary>DISABLED → ENABLED, for one version.</summary>
-    public Task<KeyVersion> EnableKeyVersionAsync(Caller caller, KeyVersionName name, CancellationToken cancellationToken) =>
-        MutateVersionAsync(caller, name, null, null, current => KeyTransitions.EnableVersion(current, name.Version), cancellationToken);
+    public async Task<KeyVersion> EnableKeyVersionAsync(Caller caller, KeyVersionName name, CancellationToken cancellationToken)
+    {
+        caller.EnsureSameTenant(name.Key.Tenant, name.ToString());
+        await TenantGate.EnsureActiveAsync(access, name.Key.Tenant, cancellationToken);
+        return await MutateVersionAsync(caller, name, null, null, current => KeyTransitions.EnableVersion(current, name.Version), cancellationToken);
+    }
 
     /// <summary>ENABLED → DISABLED, for one version (not the primary).</summary>
     public Task<KeyVersion> DisableKeyVersionAsync(Caller caller, KeyVersionName name, CancellationToken cancellationToken) =>
@@ -301,6 +311,7 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, T
             return await GetKeyVersionAsync(caller, name, cancellationToken);
         }
 
+        await TenantGate.EnsureActiveAsync(access, name.Key.Tenant, cancellationToken);
         var now = Clock.Now(time);
         return await MutateVersionAsync(caller, name, requestId, fingerprint,
             current => KeyTransitions.RestoreVersion(current, name.Version, now), cancellationToken, RestoreKeyVersionOperation);

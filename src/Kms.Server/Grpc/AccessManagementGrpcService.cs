@@ -87,6 +87,7 @@ internal sealed class AccessManagementGrpcService(AccessService access, CallerAu
     public override async Task<SetRoleBindingResponse> SetRoleBinding(SetRoleBindingRequest request, ServerCallContext context)
     {
         var binding = await access.SetRoleBindingAsync(
+            CallerResolver.Current(context),
             PrincipalName.Parse(request.Principal, "principal"), Roles.Parse(request.Role, "role"),
             AccessMapping.OptionalTenant(request.Tenant, "tenant"), context.CancellationToken);
         authentication.Forget();

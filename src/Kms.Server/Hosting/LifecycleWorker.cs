@@ -4,21 +4,23 @@ namespace Kms.Server.Hosting;
 
 /// <summary>
 /// The lifecycle's background work, on a timer driven by <see cref="TimeProvider"/> (so tests
-/// control it): scheduled rotations, destructions whose waiting period ended, usage flushes;
-/// and rotations of keys whose primary version reached the soft GCM usage bound.
+/// control it): scheduled rotations, destructions whose waiting period ended, usage flushes,
+/// keys of offboarded tenants that escaped DeleteTenant (created concurrently); and rotations
+/// of keys whose primary version reached the soft GCM usage bound.
 /// </summary>
 /// <remarks>Single node for now; with several nodes (PostgreSQL) a database lock will elect one.</remarks>
 internal sealed partial class LifecycleWorker(
     KeyService keys,
+    AccessService access,
     UsageCounter usage,
     TimeProvider time,
     LifecycleWorkerOptions options,
     ILogger<LifecycleWorker> logger) : BackgroundService
 {
     /// <summary>
-    /// One pass: due destructions, pending erasure, due rotations, usage flush — each on its
-    /// own, so one failing job (or key) does not hold the others back. Failures are logged
-    /// and retried at the next pass.
+    /// One pass: due destructions, pending erasure, offboarding sweep, due rotations, usage
+    /// flush — each on its own, so one failing job (or key) does not hold the others back.
+    /// Failures are logged and retried at the next pass.
     /// </summary>
     public async Task RunOnceAsync(CancellationToken cancellationToken)
     {
@@ -28,6 +30,7 @@ internal sealed partial class LifecycleWorker(
             await keys.CompleteErasureAsync(cancellationToken);
             return 0;
         });
+        await RunJobAsync("tenant offboarding", () => access.SweepDeletingTenantsAsync(cancellationToken));
         var rotated = await RunJobAsync("scheduled rotation", () => keys.RotateDueKeysAsync(cancellationToken));
         await RunJobAsync("usage flush", async () =>
         {

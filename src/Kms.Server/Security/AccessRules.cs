@@ -103,7 +103,12 @@ internal static class AccessRules
         [Keys + "CreateGrant"] = On<CreateGrantRequest>(Permission.PoliciesManage, r => r.Parent),
         [Keys + "ListGrants"] = On<ListGrantsRequest>(Permission.PoliciesRead, r => r.Parent),
         [Keys + "RevokeGrant"] = On<RevokeGrantRequest>(Permission.PoliciesManage, r => r.Name),
-        [Keys + "TestPermissions"] = On<TestPermissionsRequest>(Permission.PoliciesRead, r => r.Name),
+        // The review lists the tenant's role bindings too, so it needs both reads.
+        [Keys + "TestPermissions"] = new AccessRule(CallScope.Permission,
+        [
+            new Requirement(Permission.PoliciesRead, TargetKind.Resource, r => ((TestPermissionsRequest)r).Name),
+            new Requirement(Permission.BindingsRead, TargetKind.Resource, r => ((TestPermissionsRequest)r).Name),
+        ]),
 
         // Tenants, principals, tokens, bindings.
         [Access + "CreateTenant"] = Deployment(Permission.TenantsManage),

@@ -13,11 +13,10 @@ using Microsoft.Extensions.Options;
 namespace Kms.Server.Security;
 
 /// <summary>
-/// Every call passes here before its handler: shed when the server is full (UNAVAILABLE),
-/// authenticate (UNAUTHENTICATED, one message for every reason), authorize by
-/// <see cref="AccessRules"/> (PERMISSION_DENIED naming the permission, or NOT_FOUND across
-/// tenants), meter crypto against the tenant's quota (RESOURCE_EXHAUSTED with a retry
-/// delay). A method without a rule is refused: default deny. Nothing has run, so a refused
+/// Every call passes here before its handler: authenticate (UNAUTHENTICATED, one message
+/// for every reason), authorize by <see cref="AccessRules"/> (PERMISSION_DENIED naming the
+/// permission, or NOT_FOUND across tenants), meter crypto against the tenant's quota
+/// (RESOURCE_EXHAUSTED with a retry delay), shed when the server is full (UNAVAILABLE). A method without a rule is refused: default deny. Nothing has run, so a refused
 /// call changes nothing.
 /// </summary>
 internal sealed partial class AuthorizationInterceptor(
@@ -32,30 +31,30 @@ internal sealed partial class AuthorizationInterceptor(
     private readonly int _maxConcurrentCalls = options.Value.MaxConcurrentCalls;
     private int _inFlight;
 
+    // Only authorized, non-public unary calls take an in-flight slot: an anonymous caller
+    // cannot fill the server with calls that never end (health Watch streams), and the
+    // streaming services (health, reflection) do no HSM or database work worth shedding.
     public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
     {
-        using var slot = Enter(context);
-        await AuthorizeAsync(request as IMessage, context);
+        var rule = await AuthorizeAsync(request as IMessage, context);
+        using var slot = rule.Scope == CallScope.Public ? default : Enter(context);
         return await continuation(request, context);
     }
 
     public override async Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
     {
-        using var slot = Enter(context);
         await AuthorizeStreamAsync(context);
         return await continuation(requestStream, context);
     }
 
     public override async Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
     {
-        using var slot = Enter(context);
         await AuthorizeStreamAsync(context, request as IMessage);
         await continuation(request, responseStream, context);
     }
 
     public override async Task DuplexStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, DuplexStreamingServerMethod<TRequest, TResponse> continuation)
     {
-        using var slot = Enter(context);
         await AuthorizeStreamAsync(context);
         await continuation(requestStream, responseStream, context);
     }
@@ -73,7 +72,7 @@ internal sealed partial class AuthorizationInterceptor(
         }
     }
 
-    private async Task AuthorizeAsync(IMessage? request, ServerCallContext context)
+    private async Task<AccessRule> AuthorizeAsync(IMessage? request, ServerCallContext context)
     {
         if (!AccessRules.ByMethod.TryGetValue(context.Method, out var rule))
         {
@@ -82,7 +81,7 @@ internal sealed partial class AuthorizationInterceptor(
 
         if (rule.Scope == CallScope.Public)
         {
-            return;
+            return rule;
         }
 
         var caller = await authentication.AuthenticateAsync(context);
@@ -102,7 +101,7 @@ internal sealed partial class AuthorizationInterceptor(
 
         if (rule.Scope != CallScope.Permission)
         {
-            return;
+            return rule;
         }
 
         foreach (var requirement in rule.Requirements)
@@ -117,6 +116,8 @@ internal sealed partial class AuthorizationInterceptor(
             LogQuotaExceeded(logger, context.Method, home.Value);
             throw QuotaExceeded(home, retryAfter);
         }
+
+        return rule;
     }
 
     // A malformed or missing resource name is checked against the caller's own tenant: an
@@ -176,9 +177,15 @@ internal sealed partial class AuthorizationInterceptor(
         return new Slot(this);
     }
 
-    private readonly struct Slot(AuthorizationInterceptor owner) : IDisposable
+    private readonly struct Slot(AuthorizationInterceptor? owner) : IDisposable
     {
-        public void Dispose() => Interlocked.Decrement(ref owner._inFlight);
+        public void Dispose()
+        {
+            if (owner is not null)
+            {
+                Interlocked.Decrement(ref owner._inFlight);
+            }
+        }
     }
 
     [LoggerMessage(EventId = 1101, Level = LogLevel.Information, Message = "{Method} unauthenticated call from {Peer}")]

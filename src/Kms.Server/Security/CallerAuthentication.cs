@@ -25,6 +25,7 @@ internal sealed class CallerAuthentication(
     private const int MaxCachedCallers = 10_000;
     private readonly ConcurrentDictionary<string, (Caller Caller, DateTimeOffset Until)> _cache = new(StringComparer.Ordinal);
     private readonly TimeSpan _cacheTime = options.Value.CredentialCacheTime;
+    private long _generation;
 
     /// <summary>Whether client certificates are accepted (a client CA is configured).</summary>
     public bool MutualTls => certificates is not null;
@@ -69,7 +70,12 @@ internal sealed class CallerAuthentication(
     }
 
     /// <summary>Forgets every remembered caller (after a change to tokens, principals or bindings).</summary>
-    public void Forget() => _cache.Clear();
+    public void Forget()
+    {
+        // An authentication already under way read the old state: it must not be remembered.
+        Interlocked.Increment(ref _generation);
+        _cache.Clear();
+    }
 
     private async Task<Caller?> CachedAsync(string key, Func<Task<Caller?>> authenticate, DateTimeOffset? credentialExpiry)
     {
@@ -79,6 +85,7 @@ internal sealed class CallerAuthentication(
             return cached.Caller;
         }
 
+        var generation = Interlocked.Read(ref _generation);
         var caller = await authenticate();
         if (caller is null)
         {
@@ -101,6 +108,11 @@ internal sealed class CallerAuthentication(
         }
 
         _cache[key] = (caller, until);
+        if (Interlocked.Read(ref _generation) != generation)
+        {
+            _cache.TryRemove(key, out _);
+        }
+
         return caller;
     }
 

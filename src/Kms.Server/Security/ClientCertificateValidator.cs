@@ -38,6 +38,10 @@ internal sealed class ClientCertificateValidator
         chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
         chain.ChainPolicy.CustomTrustStore.AddRange(trust.Roots);
         chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+
+        // Never fetch issuers from URLs the (untrusted) certificate names: no requests to
+        // attacker-chosen addresses, no stalls.
+        chain.ChainPolicy.DisableCertificateDownloads = true;
         chain.ChainPolicy.VerificationTime = _time.GetUtcNow().UtcDateTime;
         chain.ChainPolicy.ApplicationPolicy.Add(new System.Security.Cryptography.Oid(ClientAuthOid));
         if (!chain.Build(certificate) || !HasClientAuthUsage(certificate))
