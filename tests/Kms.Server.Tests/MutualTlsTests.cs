@@ -13,7 +13,7 @@ namespace Kms.Server.Tests;
 /// mTLS on the real server: client certificates from the configured CA authenticate their
 /// principal (SPIFFE URI SAN, else subject CN); untrusted, expired, revoked (CRL) and
 /// non-client certificates are UNAUTHENTICATED; a certificate and a token together are
-/// refused; CRL and server certificate are reloaded without a restart.
+/// refused; client CA bundle, CRL and server certificate are reloaded without a restart.
 /// </summary>
 public sealed class MutualTlsTests : IAsyncLifetime, IDisposable
 {
@@ -118,6 +118,62 @@ public sealed class MutualTlsTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task ClientCa_Rotated_NewCaTrustedAndOldDropped_WithoutARestart()
+    {
+        using var next = new TestPki("Kms Next Client CA");
+        using var fromNext = next.Issue("alice");
+        using var fromOld = _pki.Issue("alice");
+        Assert.Equal((StatusCode.OK, StatusCode.Unauthenticated), (await GenerateRandomAsync(fromOld), await GenerateRandomAsync(fromNext)));
+
+        // Overlap: both CAs in the bundle.
+        ReplaceCaBundle(_pki, next);
+        Assert.Equal(StatusCode.OK, await EventuallyAsync(fromNext, StatusCode.OK));
+        Assert.Equal(StatusCode.OK, await GenerateRandomAsync(fromOld));
+
+        // The old CA retired: its CRL goes first (a CRL must be signed by a configured CA), then the CA.
+        next.WriteCrl(CrlPath);
+        ReplaceCaBundle(next);
+        Assert.Equal(StatusCode.Unauthenticated, await EventuallyAsync(fromOld, StatusCode.Unauthenticated));
+        Assert.Equal(StatusCode.OK, await GenerateRandomAsync(fromNext));
+    }
+
+    [Fact]
+    public async Task StaleCrl_EveryCertificateRefused_UntilAFreshOneIsInstalled()
+    {
+        using var alice = _pki.Issue("alice");
+        Assert.Equal(StatusCode.OK, await GenerateRandomAsync(alice));
+
+        _pki.WriteCrl(CrlPath, nextUpdate: DateTimeOffset.UtcNow.AddMinutes(-1));
+        Assert.Equal(StatusCode.Unauthenticated, await EventuallyAsync(alice, StatusCode.Unauthenticated));
+        Assert.Contains("every client certificate is refused until a fresh CRL is installed", _server.Logs.AllText, StringComparison.Ordinal);
+
+        _pki.WriteCrl(CrlPath);
+        Assert.Equal(StatusCode.OK, await EventuallyAsync(alice, StatusCode.OK));
+    }
+
+    [Fact]
+    public async Task BadCrlReplacement_KeepsThePreviousCrl_AndSaysSo()
+    {
+        using var revoked = _pki.Issue("alice");
+        _pki.Revoke(revoked);
+        _pki.WriteCrl(CrlPath);
+        Assert.Equal(StatusCode.Unauthenticated, await EventuallyAsync(revoked, StatusCode.Unauthenticated));
+
+        // An empty file, then one signed by a CA we do not trust: neither turns revocation off.
+        using var stranger = new TestPki("Somebody Else's CA");
+        foreach (var replace in new Action[] { () => File.WriteAllText(CrlPath, ""), () => stranger.WriteCrl(CrlPath) })
+        {
+            replace();
+            await Task.Delay(1500);
+            Assert.Equal(StatusCode.Unauthenticated, await GenerateRandomAsync(revoked));
+        }
+
+        Assert.Contains("could not be reloaded", _server.Logs.AllText, StringComparison.Ordinal);
+        using var good = _pki.Issue("alice");
+        Assert.Equal(StatusCode.OK, await GenerateRandomAsync(good));
+    }
+
+    [Fact]
     public async Task CertificateAndToken_Together_Unauthenticated()
     {
         using var certificate = _pki.Issue("alice");
@@ -168,6 +224,26 @@ public sealed class MutualTlsTests : IAsyncLifetime, IDisposable
             CustomTrustStore = { ca },
         };
         return global::Grpc.Net.Client.GrpcChannel.ForAddress(_server.Address, new global::Grpc.Net.Client.GrpcChannelOptions { HttpHandler = handler });
+    }
+
+    private void ReplaceCaBundle(params TestPki[] cas)
+    {
+        var path = Path.Combine(_dir, "client-ca.crt");
+        File.WriteAllText(path + ".tmp", string.Concat(cas.Select(ca => ca.Certificate.ExportCertificatePem() + "\n")));
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
+
+    // The files are checked at most once a second.
+    private async Task<StatusCode> EventuallyAsync(X509Certificate2 certificate, StatusCode expected)
+    {
+        var status = await GenerateRandomAsync(certificate);
+        for (var i = 0; i < 30 && status != expected; i++)
+        {
+            await Task.Delay(200);
+            status = await GenerateRandomAsync(certificate);
+        }
+
+        return status;
     }
 
     private async Task<StatusCode> GenerateRandomAsync(X509Certificate2 certificate)

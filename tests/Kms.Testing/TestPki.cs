@@ -72,7 +72,8 @@ public sealed class TestPki : IDisposable
     public void Revoke(X509Certificate2 certificate) => _revoked.Add((certificate.SerialNumberBytes.ToArray(), DateTimeOffset.UtcNow.AddMinutes(-1)));
 
     /// <summary>Writes a CRL (PEM) listing every revoked certificate, signed by the CA.</summary>
-    public string WriteCrl(string path)
+    /// <summary>Writes a CRL of the revoked certificates (PEM, atomically); by default valid for 7 days.</summary>
+    public string WriteCrl(string path, DateTimeOffset? nextUpdate = null)
     {
         var builder = new CertificateRevocationListBuilder();
         foreach (var (serial, when) in _revoked)
@@ -80,7 +81,7 @@ public sealed class TestPki : IDisposable
             builder.AddEntry(serial, when, X509RevocationReason.KeyCompromise);
         }
 
-        var crl = builder.Build(Certificate, new BigInteger(++_crlNumber), DateTimeOffset.UtcNow.AddDays(7), HashAlgorithmName.SHA256, thisUpdate: DateTimeOffset.UtcNow.AddMinutes(-5));
+        var crl = builder.Build(Certificate, new BigInteger(++_crlNumber), nextUpdate ?? DateTimeOffset.UtcNow.AddDays(7), HashAlgorithmName.SHA256, thisUpdate: DateTimeOffset.UtcNow.AddMinutes(-5));
         var temp = path + ".tmp";
         File.WriteAllText(temp, PemEncoding.WriteString("X509 CRL", crl) + "\n");
         File.Move(temp, path, overwrite: true);

@@ -56,7 +56,11 @@ public static class KmsServerApp
         builder.WebHost.UseUrls([.. urls]);
         var (certificatePath, keyPath) = ResolveTls(serverOptions);
         var serverCertificate = new ReloadingFile<X509Certificate2>(
-            () => X509Certificate2.CreateFromPemFile(certificatePath, keyPath), TimeProvider.System, certificatePath, keyPath);
+            () => X509Certificate2.CreateFromPemFile(certificatePath, keyPath),
+            TimeProvider.System,
+            e => logger.Warning("TLS certificate {Path} could not be reloaded ({Reason}); still serving the previous one", certificatePath, e.Message),
+            certificatePath,
+            keyPath);
         _ = serverCertificate.Value;
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
@@ -132,7 +136,11 @@ public static class KmsServerApp
             services.GetRequiredService<IOptions<KmsServerOptions>>(),
             services.GetRequiredService<TimeProvider>(),
             serverOptions.ClientCaPath is { Length: > 0 } ca
-                ? new ClientCertificateValidator(ca, serverOptions.ClientCrlPath is { Length: > 0 } crl ? crl : null, services.GetRequiredService<TimeProvider>())
+                ? new ClientCertificateValidator(
+                    ca,
+                    serverOptions.ClientCrlPath is { Length: > 0 } crl ? crl : null,
+                    services.GetRequiredService<TimeProvider>(),
+                    services.GetRequiredService<ILogger<ClientCertificateValidator>>())
                 : null));
         builder.Services.AddSingleton<TenantQuotas>();
         builder.Services.AddSingleton<AuthorizationInterceptor>();

@@ -10,23 +10,31 @@ namespace Kms.Server.Security;
 /// else: no system roots), within validity, an extended key usage that includes client
 /// authentication (required, not merely allowed by its absence), not on the
 /// configured CRL (signed by the CA). Revocation is never checked online (there is no
-/// network to ask). CA bundle and CRL reload when their files change.
+/// network to ask). CA bundle and CRL reload when their files change. A CRL past its
+/// nextUpdate fails closed, as OpenSSL does: every certificate is refused until a fresh
+/// CRL is installed (a stale CRL could be hiding a revocation).
 /// </summary>
 /// <remarks>
 /// Principal rule (docs/access-control.md): a URI SAN starting with <c>spiffe://</c> gives
 /// <c>spiffe:&lt;uri&gt;</c>; otherwise the subject's CN gives <c>cn:&lt;cn&gt;</c>; a
 /// certificate with neither is refused.
 /// </remarks>
-internal sealed class ClientCertificateValidator
+internal sealed partial class ClientCertificateValidator
 {
     private const string ClientAuthOid = "1.3.6.1.5.5.7.3.2";
     private readonly ReloadingFile<TrustMaterial> _trust;
     private readonly TimeProvider _time;
+    private readonly ILogger _logger;
 
-    public ClientCertificateValidator(string caPath, string? crlPath, TimeProvider time)
+    public ClientCertificateValidator(string caPath, string? crlPath, TimeProvider time, ILogger<ClientCertificateValidator> logger)
     {
         _time = time;
-        _trust = new ReloadingFile<TrustMaterial>(() => TrustMaterial.Load(caPath, crlPath), time, crlPath is null ? [caPath] : [caPath, crlPath]);
+        _logger = logger;
+        _trust = new ReloadingFile<TrustMaterial>(
+            () => TrustMaterial.Load(caPath, crlPath),
+            time,
+            e => LogReloadFailed(_logger, e.Message),
+            crlPath is null ? [caPath] : [caPath, crlPath]);
         _ = _trust.Value;
     }
 
@@ -51,6 +59,16 @@ internal sealed class ClientCertificateValidator
 
         if (trust.Crls.Count > 0)
         {
+            if (trust.Crls.FirstOrDefault(crl => crl.NextUpdate is { } next && next < _time.GetUtcNow().UtcDateTime) is { } stale)
+            {
+                if (Interlocked.Exchange(ref trust.StaleReported, 1) == 0)
+                {
+                    LogCrlStale(_logger, stale.IssuerDN.ToString(), stale.NextUpdate!.Value);
+                }
+
+                return false;
+            }
+
             var parsed = new X509CertificateParser().ReadCertificate(certificate.RawData);
             if (trust.Crls.Any(crl => crl.IsRevoked(parsed)))
             {
@@ -113,8 +131,17 @@ internal sealed class ClientCertificateValidator
         return uris;
     }
 
+    [LoggerMessage(EventId = 1110, Level = LogLevel.Error, Message = "client CRL of {Issuer} expired at {NextUpdate:O}: every client certificate is refused until a fresh CRL is installed")]
+    private static partial void LogCrlStale(ILogger logger, string issuer, DateTime nextUpdate);
+
+    [LoggerMessage(EventId = 1111, Level = LogLevel.Warning, Message = "client CA bundle or CRL could not be reloaded ({Reason}); still using the previous ones")]
+    private static partial void LogReloadFailed(ILogger logger, string reason);
+
     private sealed record TrustMaterial(X509Certificate2Collection Roots, IReadOnlyList<X509Crl> Crls)
     {
+        // Set once the expiry of one of these CRLs has been logged.
+        public int StaleReported;
+
         public static TrustMaterial Load(string caPath, string? crlPath)
         {
             var roots = new X509Certificate2Collection();
@@ -133,6 +160,12 @@ internal sealed class ClientCertificateValidator
                     var issuer = roots.FirstOrDefault(r => Verifies(crl, r))
                         ?? throw new InvalidOperationException($"the CRL in {crlPath} is not signed by a configured client CA");
                     crls.Add(crl);
+                }
+
+                // A configured CRL file that holds no CRL must not quietly turn revocation off.
+                if (crls.Count == 0)
+                {
+                    throw new InvalidOperationException($"no CRL in {crlPath}");
                 }
             }
 
