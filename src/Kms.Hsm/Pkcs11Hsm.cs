@@ -128,6 +128,14 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
             }
         }, cancellationToken);
 
+    /// <inheritdoc />
+    public ValueTask<GeneratedKeyPair> GenerateEcKeyPairAsync(EcCurve curve, CancellationToken cancellationToken) =>
+        throw KmsErrors.FailedPrecondition("EC keys are not implemented by this HSM adapter yet");
+
+    /// <inheritdoc />
+    public ValueTask<byte[]> SignEcdsaAsync(KeyMaterialRef key, EcCurve curve, byte[] digest, CancellationToken cancellationToken) =>
+        throw KmsErrors.FailedPrecondition("EC keys are not implemented by this HSM adapter yet");
+
     // The extractable copy must not outlive the operation. If the HSM will not destroy it,
     // fault the whole generation: closing its sessions destroys every session object.
     private static void DestroyExtractableCopy(ISession session, SlotState state, IObjectHandle key)

@@ -39,7 +39,34 @@ public interface IHsm
     /// <summary>AES-256-GCM decryption; a wrong tag, AAD or IV is <see cref="Errors.KmsErrorCode.DecryptionFailed"/>.</summary>
     /// <returns>The plaintext, owned by the caller (zero it after use).</returns>
     ValueTask<byte[]> DecryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] ciphertextAndTag, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Generates an EC key pair inside the HSM and returns the private key wrapped under the
+    /// domain key, with the public key. The HSM's extractable copies are destroyed before
+    /// this returns.
+    /// </summary>
+    ValueTask<GeneratedKeyPair> GenerateEcKeyPairAsync(EcCurve curve, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// ECDSA signature (no hashing in the HSM) over <paramref name="digest"/> with a wrapped
+    /// EC private key; the unwrapped copy is sensitive, not extractable and sign-only.
+    /// </summary>
+    /// <returns>The signature as IEEE P1363 r‖s (64 bytes for P-256).</returns>
+    ValueTask<byte[]> SignEcdsaAsync(KeyMaterialRef key, EcCurve curve, byte[] digest, CancellationToken cancellationToken);
 }
+
+/// <summary>Named curves for EC keys.</summary>
+public enum EcCurve
+{
+    /// <summary>NIST P-256 (secp256r1).</summary>
+    P256,
+
+    /// <summary>NIST P-384 (secp384r1).</summary>
+    P384,
+}
+
+/// <summary>A key pair generated in the HSM: the private key wrapped under the domain key, the public key as DER SubjectPublicKeyInfo.</summary>
+public sealed record GeneratedKeyPair(WrappedKeyMaterial PrivateKey, byte[] SubjectPublicKeyInfo);
 
 /// <summary>A key version's material by reference: its id (the cache key) and its wrapped bytes.</summary>
 public sealed record KeyMaterialRef(KeyVersionId Id, WrappedKeyMaterial Wrapped);

@@ -70,6 +70,48 @@ public sealed class FakeHsm : IHsm, IDisposable
         return ValueTask.FromResult(plaintext);
     }
 
+    public ValueTask<GeneratedKeyPair> GenerateEcKeyPairAsync(EcCurve curve, CancellationToken cancellationToken)
+    {
+        Count("generate-ec");
+        using var key = ECDsa.Create(curve == EcCurve.P256 ? ECCurve.NamedCurves.nistP256 : ECCurve.NamedCurves.nistP384);
+        var pkcs8 = key.ExportPkcs8PrivateKey();
+        try
+        {
+            var nonce = RandomNumberGenerator.GetBytes(12);
+            var wrapped = new byte[12 + pkcs8.Length + 16];
+            nonce.CopyTo(wrapped, 0);
+            using var aes = new AesGcm(_domainKey, 16);
+            aes.Encrypt(nonce, pkcs8, wrapped.AsSpan(12, pkcs8.Length), wrapped.AsSpan(12 + pkcs8.Length, 16));
+            return ValueTask.FromResult(new GeneratedKeyPair(new WrappedKeyMaterial(wrapped), key.ExportSubjectPublicKeyInfo()));
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(pkcs8);
+        }
+    }
+
+    public ValueTask<byte[]> SignEcdsaAsync(KeyMaterialRef key, EcCurve curve, byte[] digest, CancellationToken cancellationToken)
+    {
+        Count("sign");
+        var wrapped = key.Wrapped.Bytes.Span;
+        var pkcs8 = new byte[wrapped.Length - 28];
+        try
+        {
+            using (var aes = new AesGcm(_domainKey, 16))
+            {
+                aes.Decrypt(wrapped[..12], wrapped.Slice(12, pkcs8.Length), wrapped[^16..], pkcs8);
+            }
+
+            using var ec = ECDsa.Create();
+            ec.ImportPkcs8PrivateKey(pkcs8, out _);
+            return ValueTask.FromResult(ec.SignHash(digest));
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(pkcs8);
+        }
+    }
+
     /// <summary>Key versions evicted (destroyed) so far.</summary>
     public List<Kms.Core.Keys.KeyVersionId> Evicted { get; } = [];
 
