@@ -7,7 +7,7 @@ using Microsoft.Data.Sqlite;
 
 namespace Kms.Storage.Tests;
 
-public sealed class SqliteKeyStoreTests : AccessStoreContract, IDisposable
+public sealed class SqliteKeyStoreTests : AuditStoreContract, IDisposable
 {
     private readonly string _directory = Path.Combine(Path.GetTempPath(), "kms-sqlite-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
 
@@ -36,6 +36,42 @@ public sealed class SqliteKeyStoreTests : AccessStoreContract, IDisposable
     {
         await OpenAsync();
         Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(DatabasePath));
+    }
+
+    [Fact]
+    public async Task MutationInAnAuditScope_CommitsItsEventInTheSameTransaction_OnlyIfItChangedSomething()
+    {
+        var store = await OpenAsync();
+        var scope = new Kms.Core.Audit.AuditScope(Entry(1) with { Operation = "/kms.v1.KeyManagementService/CreateKey", Outcome = "UNKNOWN" }, mutating: true);
+        using (Kms.Core.Audit.AuditScope.Enter(scope))
+        {
+            // A write that fails (the key exists) rolls back its event with it.
+            await store.CreateKeyAsync(NewKey(Dev, "audited"), Material(), null, default);
+            Assert.True(scope.Written);
+            await Assert.ThrowsAsync<Kms.Core.Errors.KmsException>(() => store.CreateKeyAsync(NewKey(Dev, "audited"), Material(), null, default));
+        }
+
+        var events = await store.ListAuditEventsAsync(new Kms.Core.Audit.AuditQuery(), default);
+        Assert.Equal(("OK", "/kms.v1.KeyManagementService/CreateKey"), (Assert.Single(events).Entry.Outcome, events[0].Entry.Operation));
+
+        var failing = new Kms.Core.Audit.AuditScope(Entry(2), mutating: true);
+        using (Kms.Core.Audit.AuditScope.Enter(failing))
+        {
+            await Assert.ThrowsAsync<Kms.Core.Errors.KmsException>(() => store.CreateKeyAsync(NewKey(Dev, "audited"), Material(), null, default));
+
+            // A write that changes nothing (no such tenant row) carries no event either.
+            Assert.False(await store.UpdateTenantAsync(new Kms.Core.Access.Tenant(Kms.Core.Names.TenantId.Parse("nowhere"), "", Kms.Core.Access.TenantState.Active, DateTimeOffset.UnixEpoch), default));
+            Assert.False(failing.Written);
+        }
+
+        var reader = new Kms.Core.Audit.AuditScope(Entry(3), mutating: false);
+        using (Kms.Core.Audit.AuditScope.Enter(reader))
+        {
+            await store.CreateKeyAsync(NewKey(Dev, "by-a-reader"), Material(), null, default);
+            Assert.False(reader.Written);
+        }
+
+        Assert.Single(await store.ListAuditEventsAsync(new Kms.Core.Audit.AuditQuery(), default));
     }
 
     [Fact]
@@ -166,7 +202,7 @@ public sealed class SqliteKeyStoreTests : AccessStoreContract, IDisposable
     private Task<SqliteStore> OpenAsync() => SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath }, default);
 }
 
-public sealed class InMemoryKeyStoreTests : AccessStoreContract
+public sealed class InMemoryKeyStoreTests : AuditStoreContract
 {
     protected override Task<IKeyStore> CreateStoreAsync() => Task.FromResult<IKeyStore>(new Kms.Testing.Fakes.InMemoryStore());
 }

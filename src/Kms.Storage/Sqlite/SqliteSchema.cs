@@ -141,6 +141,35 @@ internal static class SqliteSchema
                 FOREIGN KEY (tenant, key_id) REFERENCES keys (tenant, key_id)
             ) STRICT;
             """),
+        (4, """
+            -- The audit chain. seq is gap-free and assigned under the write lock; body is the
+            -- canonical JSON the hash covers (docs/audit-format.md) and the record itself: the
+            -- other columns only index it.
+            CREATE TABLE audit_events (
+                seq       INTEGER PRIMARY KEY,
+                time      INTEGER NOT NULL,
+                principal TEXT    NOT NULL,
+                tenant    TEXT,
+                operation TEXT    NOT NULL,
+                resource  TEXT,
+                outcome   TEXT    NOT NULL,
+                body      TEXT    NOT NULL,
+                hash      TEXT    NOT NULL
+            ) STRICT;
+            CREATE INDEX audit_events_by_time ON audit_events (time);
+            CREATE INDEX audit_events_by_principal ON audit_events (principal, seq);
+            CREATE INDEX audit_events_by_resource ON audit_events (resource, seq);
+            CREATE INDEX audit_events_by_tenant ON audit_events (tenant, seq);
+
+            CREATE TABLE audit_checkpoints (
+                seq       INTEGER PRIMARY KEY,
+                head      TEXT    NOT NULL,
+                time      INTEGER NOT NULL,
+                key       TEXT    NOT NULL,
+                body      TEXT    NOT NULL,
+                signature BLOB    NOT NULL
+            ) STRICT;
+            """),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;

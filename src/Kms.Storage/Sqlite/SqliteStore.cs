@@ -1,6 +1,7 @@
 using System.Data;
 using System.Globalization;
 using System.Text.Json;
+using Kms.Core.Audit;
 using Kms.Core.Crypto;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
@@ -21,7 +22,7 @@ namespace Kms.Storage.Sqlite;
 /// truncated right after the commit, so the old wrapped bytes are in neither the database
 /// file nor its <c>-wal</c>.
 /// </remarks>
-public sealed partial class SqliteStore : IKeyStore, IAccessStore
+public sealed partial class SqliteStore : IKeyStore, IAccessStore, IAuditStore
 {
     private const int SqliteConstraint = 19;
     private const string ErasurePendingSetting = "store.erasure_pending";
@@ -736,8 +737,24 @@ public sealed partial class SqliteStore : IKeyStore, IAccessStore
         {
             await using var connection = await OpenConnectionAsync(cancellationToken);
             await using var transaction = (SqliteTransaction)await connection.BeginTransactionAsync(IsolationLevel.Serializable, cancellationToken);
+
+            // A request's first write that changes something carries its audit event (one transaction).
+            var scope = AuditScope.Current;
+            var entry = scope?.TakeForWrite();
+            var before = entry is null ? 0 : await TotalChangesAsync(connection, transaction, cancellationToken);
             var result = await work(connection, transaction);
+            var audited = entry is not null && await TotalChangesAsync(connection, transaction, cancellationToken) > before;
+            if (audited)
+            {
+                await AppendAuditInAsync(connection, transaction, [entry!], cancellationToken);
+            }
+
             await transaction.CommitAsync(cancellationToken);
+            if (audited)
+            {
+                scope!.Committed();
+            }
+
             return result;
         });
 

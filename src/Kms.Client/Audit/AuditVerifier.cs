@@ -1,0 +1,211 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+
+namespace Kms.Client.Audit;
+
+/// <summary>A checkpoint known from outside the export (a log stream, an earlier export): its sequence number and head hash.</summary>
+public sealed record KnownCheckpoint(long Sequence, string HeadHash);
+
+/// <summary>The outcome of <see cref="AuditVerifier.Verify"/>.</summary>
+/// <param name="Valid">Whether everything checked out.</param>
+/// <param name="Events">Events whose hash and link were verified.</param>
+/// <param name="Checkpoints">Checkpoints whose signature and head were verified.</param>
+/// <param name="LastSignedSequence">The newest sequence number covered by a verified checkpoint (0: none).</param>
+/// <param name="UnsignedTail">Events after the last verified checkpoint: intact as far as the chain shows, but a truncation there is only detectable against a later checkpoint.</param>
+/// <param name="FirstBadSequence">The sequence number at which verification failed (null when valid).</param>
+/// <param name="Problem">What failed, in words.</param>
+public sealed record AuditVerification(bool Valid, long Events, long Checkpoints, long LastSignedSequence, long UnsignedTail, long? FirstBadSequence, string? Problem);
+
+/// <summary>
+/// Verifies an audit export (JSON lines, docs/audit-format.md) offline: every event's hash
+/// and its link to the one before, sequence numbers without gaps, every checkpoint's
+/// signature against the pinned audit public key and its head against the chain, and, if
+/// given, a checkpoint known from outside (detects tail truncation and rewrites by whoever
+/// holds the database). Independent of the server's implementation of the same format.
+/// </summary>
+public static class AuditVerifier
+{
+    private const string Genesis = "0000000000000000000000000000000000000000000000000000000000000000";
+
+    /// <summary>Verifies <paramref name="export"/> against the audit key <paramref name="publicKey"/> (DER SubjectPublicKeyInfo, pinned by you, not taken from the export).</summary>
+    public static AuditVerification Verify(TextReader export, byte[] publicKey, KnownCheckpoint? lastKnown = null)
+    {
+        ArgumentNullException.ThrowIfNull(export);
+        ArgumentNullException.ThrowIfNull(publicKey);
+        using var key = ECDsa.Create();
+        key.ImportSubjectPublicKeyInfo(publicKey, out _);
+        var fingerprint = "sha256:" + Convert.ToHexStringLower(SHA256.HashData(publicKey));
+
+        var state = new State();
+        string? line;
+        var lineNumber = 0;
+        while ((line = export.ReadLine()) is not null)
+        {
+            lineNumber++;
+            if (line.Length == 0)
+            {
+                continue;
+            }
+
+            JsonDocument document;
+            try
+            {
+                document = JsonDocument.Parse(line);
+            }
+            catch (JsonException)
+            {
+                return state.Fail(state.NextSequence, $"line {lineNumber} is not JSON");
+            }
+
+            using (document)
+            {
+                var root = document.RootElement;
+                var problem = root.TryGetProperty("event", out var body) ? state.Event(body, root)
+                    : root.TryGetProperty("checkpoint", out body) ? state.Checkpoint(body, root, key, fingerprint)
+                    : root.TryGetProperty("kms_audit_export", out _) ? state.Header(root)
+                    : (state.NextSequence, $"line {lineNumber} is neither an event nor a checkpoint");
+                if (problem is { } p)
+                {
+                    return state.Fail(p.Sequence, p.Message);
+                }
+            }
+        }
+
+        if (lastKnown is not null)
+        {
+            if (!state.Hashes.TryGetValue(lastKnown.Sequence, out var hash))
+            {
+                return state.Fail(Math.Min(lastKnown.Sequence, state.NextSequence), $"the export ends before the known checkpoint at {lastKnown.Sequence}: events were removed from the tail");
+            }
+
+            if (hash != lastKnown.HeadHash)
+            {
+                return state.Fail(lastKnown.Sequence, $"event {lastKnown.Sequence} differs from the known checkpoint: the log was rewritten");
+            }
+
+            state.LastSigned = Math.Max(state.LastSigned, lastKnown.Sequence);
+        }
+
+        return new AuditVerification(true, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, null);
+    }
+
+    private sealed class State
+    {
+        public Dictionary<long, string> Hashes { get; } = [];
+
+        public long NextSequence { get; private set; } = 1;
+
+        public long Events { get; private set; }
+
+        public long Checkpoints { get; private set; }
+
+        public long LastSigned { get; set; }
+
+        private string _previous = Genesis;
+
+        private bool _started;
+
+        private bool _anchorSigned = true;
+
+        public (long Sequence, string Message)? Header(JsonElement root)
+        {
+            if (_started)
+            {
+                return (NextSequence, "a second export header");
+            }
+
+            if (root.TryGetProperty("anchor", out var anchor) && anchor.ValueKind == JsonValueKind.Object)
+            {
+                // The export starts after pruned events: the anchor must be vouched for by a signed checkpoint.
+                var sequence = anchor.GetProperty("seq").GetInt64();
+                _previous = anchor.GetProperty("hash").GetString() ?? "";
+                NextSequence = sequence + 1;
+                Hashes[sequence] = _previous;
+                _anchorSigned = sequence == 0;
+            }
+
+            _started = true;
+            return null;
+        }
+
+        public (long Sequence, string Message)? Event(JsonElement body, JsonElement root)
+        {
+            _started = true;
+            var raw = Encoding.UTF8.GetBytes(body.GetRawText());
+            var hash = Convert.ToHexStringLower(SHA256.HashData(raw));
+            if (!body.TryGetProperty("seq", out var seqElement) || !seqElement.TryGetInt64(out var sequence))
+            {
+                return (NextSequence, "an event without a sequence number");
+            }
+
+            if (sequence != NextSequence)
+            {
+                return (NextSequence, sequence > NextSequence
+                    ? $"event {NextSequence} is missing (the next one is {sequence})"
+                    : $"event {sequence} is out of order or repeated (expected {NextSequence})");
+            }
+
+            if (!_anchorSigned)
+            {
+                return (sequence, $"the export starts after event {sequence - 1}, but no signed checkpoint vouches for it");
+            }
+
+            if (!root.TryGetProperty("hash", out var stated) || stated.GetString() != hash)
+            {
+                return (sequence, $"event {sequence} does not match its hash: it was edited");
+            }
+
+            if (body.GetProperty("prev").GetString() != _previous)
+            {
+                // Either the earlier event was edited (and its hash recomputed) or this link was: name the earlier.
+                return (sequence - 1, $"the chain is broken between events {sequence - 1} and {sequence}: one of them was edited");
+            }
+
+            Hashes[sequence] = hash;
+            _previous = hash;
+            NextSequence = sequence + 1;
+            Events++;
+            return null;
+        }
+
+        public (long Sequence, string Message)? Checkpoint(JsonElement body, JsonElement root, ECDsa key, string fingerprint)
+        {
+            _started = true;
+            var sequence = body.GetProperty("seq").GetInt64();
+            var signature = root.TryGetProperty("signature", out var s) ? Convert.FromBase64String(s.GetString() ?? "") : [];
+            if (body.GetProperty("key").GetString() != fingerprint)
+            {
+                return (sequence, $"checkpoint {sequence} names another signing key ({body.GetProperty("key").GetString()})");
+            }
+
+            if (!key.VerifyHash(SHA256.HashData(Encoding.UTF8.GetBytes(body.GetRawText())), signature))
+            {
+                return (sequence, $"checkpoint {sequence} has no valid signature: it was forged or edited");
+            }
+
+            if (!Hashes.TryGetValue(sequence, out var hash))
+            {
+                return (sequence, $"checkpoint {sequence} comes before its event in the export");
+            }
+
+            if (hash != body.GetProperty("head").GetString())
+            {
+                // A rewrite with every hash recomputed: it lies after the last checkpoint that still holds.
+                return (LastSigned + 1, $"events {LastSigned + 1}..{sequence} differ from what checkpoint {sequence} signed: the log was rewritten");
+            }
+
+            if (sequence == NextSequence - 1)
+            {
+                _anchorSigned = true;
+            }
+
+            LastSigned = Math.Max(LastSigned, sequence);
+            Checkpoints++;
+            return null;
+        }
+
+        public AuditVerification Fail(long sequence, string problem) =>
+            new(false, Events, Checkpoints, LastSigned, 0, sequence, problem);
+    }
+}

@@ -1,0 +1,140 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+
+namespace Kms.Core.Audit;
+
+/// <summary>
+/// The audit log's canonical form (docs/audit-format.md): each event is a JSON object with
+/// fixed field order that carries the hash of the event before it; its hash is SHA-256 of
+/// those exact bytes. A checkpoint body names a sequence number and that event's hash and
+/// is signed (SHA-256, ECDSA P-256) by the HSM-held audit key.
+/// </summary>
+/// <remarks>
+/// The verifier in Kms.Client is a second, independent implementation of the same document;
+/// tests run each against the other's output.
+/// </remarks>
+public static class AuditChain
+{
+    /// <summary>Format version written into every body.</summary>
+    public const int FormatVersion = 1;
+
+    /// <summary>The "previous hash" of the very first event.</summary>
+    public static readonly string Genesis = new('0', 64);
+
+    /// <summary>The head of an empty log.</summary>
+    public static readonly AuditHead Empty = new(0, Genesis);
+
+    /// <summary>Chains <paramref name="entry"/> after <paramref name="head"/>.</summary>
+    public static AuditEvent Link(AuditHead head, AuditEntry entry)
+    {
+        ArgumentNullException.ThrowIfNull(entry);
+        var sequence = head.Sequence + 1;
+        var body = Body(sequence, head.Hash, entry);
+        return new AuditEvent(sequence, entry, head.Hash, HashOf(body), body);
+    }
+
+    /// <summary>Hex SHA-256 of a body's UTF-8 bytes.</summary>
+    public static string HashOf(string body) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(body)));
+
+    /// <summary>The canonical body of an event.</summary>
+    public static string Body(long sequence, string previousHash, AuditEntry entry)
+    {
+        ArgumentNullException.ThrowIfNull(entry);
+        return Write(w =>
+        {
+            w.WriteNumber("v", FormatVersion);
+            w.WriteNumber("seq", sequence);
+            w.WriteString("prev", previousHash);
+            w.WriteString("time", Time(entry.Time));
+            w.WriteString("request_id", entry.RequestId);
+            w.WriteString("principal", entry.Principal);
+            WriteOptional(w, "tenant", entry.Tenant);
+            w.WriteString("operation", entry.Operation);
+            WriteOptional(w, "resource", entry.Resource);
+            w.WriteString("outcome", entry.Outcome);
+            WriteOptional(w, "client", entry.Client);
+            w.WriteNumber("count", entry.Count);
+            WriteOptional(w, "last_time", entry.LastTime is { } last ? Time(last) : null);
+            w.WriteStartObject("context");
+            foreach (var (key, hash) in entry.Context.OrderBy(p => p.Key, StringComparer.Ordinal))
+            {
+                w.WriteString(key, hash);
+            }
+
+            w.WriteEndObject();
+        });
+    }
+
+    /// <summary>The canonical body of a checkpoint.</summary>
+    public static string CheckpointBody(long sequence, string headHash, DateTimeOffset time, string keyFingerprint) => Write(w =>
+    {
+        w.WriteNumber("v", FormatVersion);
+        w.WriteString("type", "checkpoint");
+        w.WriteNumber("seq", sequence);
+        w.WriteString("head", headHash);
+        w.WriteString("time", Time(time));
+        w.WriteString("key", keyFingerprint);
+    });
+
+    /// <summary>What the audit key signs for a checkpoint: SHA-256 of its body.</summary>
+    public static byte[] CheckpointDigest(string body) => SHA256.HashData(Encoding.UTF8.GetBytes(body));
+
+    /// <summary>The fingerprint that names an audit signing key: <c>sha256:</c> and the hex SHA-256 of its DER SubjectPublicKeyInfo.</summary>
+    public static string Fingerprint(ReadOnlySpan<byte> subjectPublicKeyInfo) => "sha256:" + Convert.ToHexStringLower(SHA256.HashData(subjectPublicKeyInfo));
+
+    /// <summary>Reads an event back from its stored body (the body, not any column, is the record).</summary>
+    public static AuditEvent Parse(string body, string hash)
+    {
+        using var document = JsonDocument.Parse(body);
+        var root = document.RootElement;
+        var context = root.GetProperty("context").EnumerateObject().Select(p => KeyValuePair.Create(p.Name, p.Value.GetString()!)).ToList();
+        var entry = new AuditEntry
+        {
+            Time = ParseTime(root.GetProperty("time").GetString()!),
+            RequestId = root.GetProperty("request_id").GetString()!,
+            Principal = root.GetProperty("principal").GetString()!,
+            Tenant = root.GetProperty("tenant").GetString(),
+            Operation = root.GetProperty("operation").GetString()!,
+            Resource = root.GetProperty("resource").GetString(),
+            Outcome = root.GetProperty("outcome").GetString()!,
+            Client = root.GetProperty("client").GetString(),
+            Count = root.GetProperty("count").GetInt64(),
+            LastTime = root.GetProperty("last_time").GetString() is { } last ? ParseTime(last) : null,
+            Context = context,
+        };
+        return new AuditEvent(root.GetProperty("seq").GetInt64(), entry, root.GetProperty("prev").GetString()!, hash, body);
+    }
+
+    /// <summary>Times are UTC with milliseconds: <c>2026-11-29T12:00:00.123Z</c>.</summary>
+    public static string Time(DateTimeOffset time) => time.UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss.fff'Z'", CultureInfo.InvariantCulture);
+
+    private static DateTimeOffset ParseTime(string text) =>
+        DateTimeOffset.ParseExact(text, "yyyy-MM-dd'T'HH:mm:ss.fff'Z'", CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal | DateTimeStyles.AdjustToUniversal);
+
+    private static void WriteOptional(Utf8JsonWriter writer, string name, string? value)
+    {
+        if (value is null)
+        {
+            writer.WriteNull(name);
+        }
+        else
+        {
+            writer.WriteString(name, value);
+        }
+    }
+
+    private static string Write(Action<Utf8JsonWriter> fields)
+    {
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>(512);
+        using (var writer = new Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartObject();
+            fields(writer);
+            writer.WriteEndObject();
+        }
+
+        return Encoding.UTF8.GetString(buffer.WrittenSpan);
+    }
+}

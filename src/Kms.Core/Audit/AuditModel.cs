@@ -1,0 +1,88 @@
+namespace Kms.Core.Audit;
+
+/// <summary>
+/// What one request (or one background action) leaves in the audit log, before it is
+/// chained. Never plaintext, data keys, wrapped material, tokens or encryption-context
+/// values: context keys only, each with a keyed hash of its value.
+/// </summary>
+public sealed record AuditEntry
+{
+    /// <summary>When the request was answered (milliseconds; UTC).</summary>
+    public required DateTimeOffset Time { get; init; }
+
+    /// <summary>The request id (the caller's <c>x-request-id</c> if well-formed, else one made up by the server).</summary>
+    public required string RequestId { get; init; }
+
+    /// <summary>The typed principal (<c>token:…</c>, <c>cn:…</c>, <c>spiffe:…</c>), <c>anonymous</c>, or <c>system:…</c> for background work.</summary>
+    public required string Principal { get; init; }
+
+    /// <summary>The tenant the principal belongs to, or null (deployment principals, anonymous).</summary>
+    public string? Tenant { get; init; }
+
+    /// <summary>The operation: the gRPC method name (<c>/kms.v1.KeyManagementService/Encrypt</c>) or a background job's name.</summary>
+    public required string Operation { get; init; }
+
+    /// <summary>The resource acted on (key, version, alias, principal, tenant name), if any.</summary>
+    public string? Resource { get; init; }
+
+    /// <summary>The outcome: a gRPC status code name (<c>OK</c>, <c>PERMISSION_DENIED</c>, …).</summary>
+    public required string Outcome { get; init; }
+
+    /// <summary>The client's address (IP and port as the transport saw it), if any.</summary>
+    public string? Client { get; init; }
+
+    /// <summary>How many requests this event stands for: 1, or more for aggregated refusals.</summary>
+    public long Count { get; init; } = 1;
+
+    /// <summary>For aggregated refusals: the time of the last one counted.</summary>
+    public DateTimeOffset? LastTime { get; init; }
+
+    /// <summary>Encryption-context keys with a keyed hash (HMAC-SHA256, hex) of each value, ordered by key.</summary>
+    public IReadOnlyList<KeyValuePair<string, string>> Context { get; init; } = [];
+}
+
+/// <summary>An entry in the chain: its sequence number, the hash of the event before it, its canonical body and its hash.</summary>
+/// <param name="Body">The canonical JSON the hash covers (docs/audit-format.md); stored and exported as is.</param>
+public sealed record AuditEvent(long Sequence, AuditEntry Entry, string PreviousHash, string Hash, string Body);
+
+/// <summary>The chain's last event, to link the next one to.</summary>
+public readonly record struct AuditHead(long Sequence, string Hash);
+
+/// <summary>
+/// A signed statement "the chain's event <paramref name="Sequence"/> has hash
+/// <paramref name="HeadHash"/>", made with the HSM-held audit signing key.
+/// </summary>
+/// <param name="Body">The canonical JSON that is signed (SHA-256, then ECDSA P-256).</param>
+/// <param name="Signature">IEEE P1363 r‖s.</param>
+public sealed record AuditCheckpoint(long Sequence, string HeadHash, DateTimeOffset Time, string KeyFingerprint, string Body, byte[] Signature);
+
+/// <summary>Which events to list; every filter is optional, and all given filters must match.</summary>
+public sealed record AuditQuery
+{
+    /// <summary>Only events after this sequence number (paging).</summary>
+    public long AfterSequence { get; init; }
+
+    /// <summary>At most this many events.</summary>
+    public int Limit { get; init; } = 100;
+
+    /// <summary>Events at or after this time.</summary>
+    public DateTimeOffset? StartTime { get; init; }
+
+    /// <summary>Events before this time.</summary>
+    public DateTimeOffset? EndTime { get; init; }
+
+    /// <summary>Events of this principal.</summary>
+    public string? Principal { get; init; }
+
+    /// <summary>Events of principals of this tenant, or about its resources (a tenant auditor's view).</summary>
+    public string? Tenant { get; init; }
+
+    /// <summary>Events about this resource or anything under it (a key and its versions).</summary>
+    public string? Resource { get; init; }
+
+    /// <summary>Events of this operation (full method name, or its last part, e.g. <c>Decrypt</c>).</summary>
+    public string? Operation { get; init; }
+
+    /// <summary>Events with this outcome (status code name).</summary>
+    public string? Outcome { get; init; }
+}

@@ -1,0 +1,23 @@
+namespace Kms.Core.Audit;
+
+/// <summary>Audit log settings (<c>Kms:Audit:*</c>).</summary>
+public sealed record AuditOptions
+{
+    /// <summary>Most events written in one group commit.</summary>
+    public int MaxBatch { get; init; } = 1024;
+
+    /// <summary>A checkpoint is signed after this many events…</summary>
+    public int CheckpointEveryEvents { get; init; } = 10_000;
+
+    /// <summary>…or this long after the last one, whichever comes first (if there are new events).</summary>
+    public TimeSpan CheckpointInterval { get; init; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>Refusals of one principal, operation and outcome within this window become one event with a count.</summary>
+    public TimeSpan RefusalWindow { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Distinct (principal, operation, outcome) refusal windows tracked at once; beyond it refusals share one overflow window.</summary>
+    public int MaxRefusalWindows { get; init; } = 10_000;
+
+    /// <summary>Events older than this are pruned (back to a checkpoint, which anchors the rest); null keeps everything.</summary>
+    public TimeSpan? Retention { get; init; } = TimeSpan.FromDays(400);
+}

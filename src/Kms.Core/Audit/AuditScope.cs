@@ -1,0 +1,89 @@
+namespace Kms.Core.Audit;
+
+/// <summary>
+/// The audit event of the request being served, carried through the async call chain so
+/// that the store can commit a mutation and its event in one transaction: the first write
+/// the request makes also appends <see cref="Entry"/> (outcome OK) to the chain, and marks
+/// it <see cref="Written"/>. Requests that write nothing (reads, crypto, refusals) are
+/// appended afterwards by the group-committing <see cref="Services.AuditLog"/>.
+/// </summary>
+public sealed class AuditScope
+{
+    private static readonly AsyncLocal<AuditScope?> Ambient = new();
+    private readonly Lock _lock = new();
+    private AuditEntry _entry;
+
+    /// <summary>A scope for a request whose event is <paramref name="entry"/> so far.</summary>
+    public AuditScope(AuditEntry entry, bool mutating)
+    {
+        _entry = entry;
+        Mutating = mutating;
+    }
+
+    /// <summary>The scope of the request on this async flow, if any.</summary>
+    public static AuditScope? Current => Ambient.Value;
+
+    /// <summary>Whether the request changes state (its first store write carries the event).</summary>
+    public bool Mutating { get; }
+
+    /// <summary>Whether the event was committed with the request's first write.</summary>
+    public bool Written { get; private set; }
+
+    /// <summary>The event as known so far.</summary>
+    public AuditEntry Entry
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _entry;
+            }
+        }
+    }
+
+    /// <summary>Makes <paramref name="scope"/> the current scope until the returned value is disposed.</summary>
+    public static IDisposable Enter(AuditScope scope)
+    {
+        var previous = Ambient.Value;
+        Ambient.Value = scope;
+        return new Restore(previous);
+    }
+
+    /// <summary>Names the resource once the handler knows it (Decrypt learns its key version from the blob).</summary>
+    public static void SetResource(string resource)
+    {
+        if (Current is { } scope)
+        {
+            lock (scope._lock)
+            {
+                scope._entry = scope._entry with { Resource = resource };
+            }
+        }
+    }
+
+    /// <summary>
+    /// For the store, inside a write transaction: the entry to append with this write (the
+    /// request's first, if it changes anything), or null. Call <see cref="Committed"/> once the transaction commits.
+    /// </summary>
+    public AuditEntry? TakeForWrite()
+    {
+        lock (_lock)
+        {
+            return Mutating && !Written ? _entry with { Outcome = "OK" } : null;
+        }
+    }
+
+    /// <summary>The transaction that carried the entry committed.</summary>
+    public void Committed()
+    {
+        lock (_lock)
+        {
+            Written = true;
+        }
+    }
+
+    private sealed class Restore(AuditScope? previous) : IDisposable
+    {
+        public void Dispose() => Ambient.Value = previous;
+    }
+}

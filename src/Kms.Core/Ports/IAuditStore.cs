@@ -1,0 +1,39 @@
+using Kms.Core.Audit;
+
+namespace Kms.Core.Ports;
+
+/// <summary>
+/// The audit log: one hash chain of events with gap-free sequence numbers, and signed
+/// checkpoints of it. Appends are serialised with every other write of the store, and a
+/// write made inside an <see cref="AuditScope"/> that is mutating appends the scope's entry
+/// in its own transaction (see <see cref="AuditScope.TakeForWrite"/>).
+/// </summary>
+public interface IAuditStore
+{
+    /// <summary>Chains and appends the entries in one durable transaction.</summary>
+    /// <exception cref="Errors.KmsException">Unavailable when the store cannot write.</exception>
+    Task<IReadOnlyList<AuditEvent>> AppendAuditAsync(IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken);
+
+    /// <summary>The last event's sequence number and hash (the anchor's after a prune; <see cref="AuditChain.Empty"/> for a new log).</summary>
+    Task<AuditHead> GetAuditHeadAsync(CancellationToken cancellationToken);
+
+    /// <summary>Events matching the query, in sequence order.</summary>
+    Task<IReadOnlyList<AuditEvent>> ListAuditEventsAsync(AuditQuery query, CancellationToken cancellationToken);
+
+    /// <summary>Stores a signed checkpoint.</summary>
+    Task AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken);
+
+    /// <summary>Checkpoints with a sequence number above <paramref name="afterSequence"/>, in order.</summary>
+    Task<IReadOnlyList<AuditCheckpoint>> ListAuditCheckpointsAsync(long afterSequence, int limit, CancellationToken cancellationToken);
+
+    /// <summary>The newest checkpoint, or null.</summary>
+    Task<AuditCheckpoint?> GetLatestAuditCheckpointAsync(CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Deletes the events up to and including <paramref name="throughSequence"/>, which must
+    /// be a checkpoint's sequence (that checkpoint stays, anchoring what remains), and the
+    /// checkpoints before it.
+    /// </summary>
+    /// <returns>How many events were deleted.</returns>
+    Task<long> PruneAuditAsync(long throughSequence, CancellationToken cancellationToken);
+}

@@ -1,0 +1,433 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Threading.Channels;
+using Kms.Core.Audit;
+using Kms.Core.Crypto;
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Ports;
+
+namespace Kms.Core.Services;
+
+/// <summary>
+/// Writes the audit log: group commit (many requests' events in one durable transaction;
+/// each caller waits until its event is durable), aggregation of refusal floods, signed
+/// checkpoints with the HSM-held audit key, retention, and forwarding of written events
+/// to subscribers (SIEM stream, security alerts).
+/// </summary>
+/// <remarks>
+/// Keys: the checkpoint signing key is an ECDSA P-256 key generated in the HSM and stored
+/// wrapped under the domain key; the context-hash key is derived in the HSM from an AES key
+/// stored the same way, so the database alone does not let anyone test guesses of a
+/// context value against its hash.
+/// </remarks>
+public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, TimeProvider time, AuditOptions options)
+{
+    private const string SigningKeySetting = "audit.signing-key.v1";
+    private const string ContextKeySetting = "audit.context-key.v1";
+    private static readonly KeyVersionId SigningKeyId = FixedId("kms audit signing key");
+    private static readonly KeyVersionId ContextKeyId = FixedId("kms audit context key");
+
+    private readonly Channel<Pending> _queue = Channel.CreateBounded<Pending>(new BoundedChannelOptions(65_536) { SingleReader = true });
+    private readonly Dictionary<(string Principal, string Operation, string Outcome), RefusalWindow> _refusals = [];
+    private readonly Lock _refusalLock = new();
+    private KeyMaterialRef? _signingKey;
+    private byte[]? _contextKey;
+    private AuditHead _lastCheckpoint = AuditChain.Empty;
+    private DateTimeOffset _lastCheckpointTime;
+    private long _forwarded = -1;
+
+    /// <summary>The audit signing key's public key (DER SubjectPublicKeyInfo).</summary>
+    public byte[] PublicKey { get; private set; } = [];
+
+    /// <summary>The signing key's fingerprint (<see cref="AuditChain.Fingerprint"/>).</summary>
+    public string Fingerprint { get; private set; } = "";
+
+    /// <summary>Called with each checkpoint after it is stored (the log stream and the checkpoint file).</summary>
+    public event Action<AuditCheckpoint>? CheckpointWritten;
+
+    /// <summary>Called with events after they are durable, in sequence order, whichever path wrote them.</summary>
+    public event Action<IReadOnlyList<AuditEvent>>? EventsWritten;
+
+    /// <summary>Called after each group commit with its size and the oldest event's wait.</summary>
+    public event Action<int, TimeSpan>? BatchWritten;
+
+    /// <summary>Loads the audit keys, creating them in the HSM on first start.</summary>
+    public async Task InitializeAsync(CancellationToken cancellationToken)
+    {
+        if (await settings.GetSettingAsync(SigningKeySetting, cancellationToken) is not { } signing)
+        {
+            var pair = await hsm.GenerateEcKeyPairAsync(EcCurve.P256, cancellationToken);
+            signing = await settings.SetSettingIfAbsentAsync(SigningKeySetting, JsonSerializer.Serialize(new StoredKeyPair(
+                Convert.ToBase64String(pair.PrivateKey.Bytes.Span), Convert.ToBase64String(pair.SubjectPublicKeyInfo))), cancellationToken);
+        }
+
+        var stored = JsonSerializer.Deserialize<StoredKeyPair>(signing) ?? throw KmsErrors.Internal("the audit signing key setting is unreadable");
+        _signingKey = new KeyMaterialRef(SigningKeyId, new WrappedKeyMaterial(Convert.FromBase64String(stored.Wrapped)));
+        PublicKey = Convert.FromBase64String(stored.PublicKey);
+        Fingerprint = AuditChain.Fingerprint(PublicKey);
+
+        if (await settings.GetSettingAsync(ContextKeySetting, cancellationToken) is not { } context)
+        {
+            var wrapped = await hsm.GenerateAes256KeyAsync(cancellationToken);
+            context = await settings.SetSettingIfAbsentAsync(ContextKeySetting, Convert.ToBase64String(wrapped.Bytes.Span), cancellationToken);
+        }
+
+        // AES-GCM of 32 zero bytes under a fixed IV, computed once per start: AES used as a PRF
+        // (the same input always, so the fixed IV encrypts nothing else). The key never leaves the HSM.
+        var derived = await hsm.EncryptAesGcmAsync(
+            new KeyMaterialRef(ContextKeyId, new WrappedKeyMaterial(Convert.FromBase64String(context))),
+            new byte[12],
+            Encoding.UTF8.GetBytes("kms audit context hmac v1"),
+            new byte[32],
+            cancellationToken);
+        _contextKey = derived[..32];
+        CryptographicOperations.ZeroMemory(derived);
+
+        var latest = await store.GetLatestAuditCheckpointAsync(cancellationToken);
+        _lastCheckpoint = latest is null ? AuditChain.Empty : new AuditHead(latest.Sequence, latest.HeadHash);
+        _lastCheckpointTime = latest?.Time ?? time.GetUtcNow();
+        _forwarded = (await store.GetAuditHeadAsync(cancellationToken)).Sequence;
+    }
+
+    /// <summary>The keyed hash of an encryption-context value (HMAC-SHA256, hex), so equal values can be correlated without being revealed.</summary>
+    public string HashContextValue(string value)
+    {
+        var key = _contextKey ?? throw new InvalidOperationException("the audit log is not initialised");
+        return Convert.ToHexStringLower(HMACSHA256.HashData(key, Encoding.UTF8.GetBytes(value)));
+    }
+
+    /// <summary>Appends one event; returns once it is durable.</summary>
+    /// <exception cref="KmsException">Unavailable when the audit store cannot write it: the request must not be answered.</exception>
+    public async Task AppendAsync(AuditEntry entry, CancellationToken cancellationToken)
+    {
+        var pending = new Pending(entry, time.GetTimestamp());
+        await _queue.Writer.WriteAsync(pending, cancellationToken);
+        await pending.Done.Task.WaitAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// A refused request: the first of its (principal, operation, outcome) in a window is
+    /// appended like any event (durable before the answer); the rest of the window are counted
+    /// and written as one event with the count when the window closes.
+    /// </summary>
+    public Task RefusedAsync(AuditEntry entry, CancellationToken cancellationToken)
+    {
+        var key = (entry.Principal, entry.Operation, entry.Outcome);
+        lock (_refusalLock)
+        {
+            if (!_refusals.TryGetValue(key, out var window) && _refusals.Count >= options.MaxRefusalWindows)
+            {
+                key = ("overflow", "*", "*");
+                _refusals.TryGetValue(key, out window);
+            }
+
+            if (window is not null)
+            {
+                window.Add(entry);
+                return Task.CompletedTask;
+            }
+
+            _refusals[key] = new RefusalWindow(entry.Time + options.RefusalWindow, key.Principal == "overflow" ? entry with { Principal = "overflow", Operation = "*", Outcome = "*", Resource = null, Context = [] } : entry);
+        }
+
+        return AppendAsync(entry, cancellationToken);
+    }
+
+    /// <summary>The group-commit loop; runs until cancelled. Also closes refusal windows and signs due checkpoints.</summary>
+    public async Task RunAsync(CancellationToken cancellationToken)
+    {
+        var batch = new List<Pending>(options.MaxBatch);
+        while (!cancellationToken.IsCancellationRequested)
+        {
+            using (var tick = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
+            {
+                tick.CancelAfter(TimeSpan.FromSeconds(1));
+                try
+                {
+                    await _queue.Reader.WaitToReadAsync(tick.Token);
+                }
+                catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+                {
+                }
+            }
+
+            while (batch.Count < options.MaxBatch && _queue.Reader.TryRead(out var next))
+            {
+                batch.Add(next);
+            }
+
+            if (batch.Count > 0)
+            {
+                await CommitAsync(batch, cancellationToken);
+                batch.Clear();
+            }
+
+            await RunHousekeepingAsync(cancellationToken);
+        }
+    }
+
+    /// <summary>Closes due refusal windows, forwards new events, signs a checkpoint if due. Failures wait for the next tick.</summary>
+    public async Task RunHousekeepingAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            await FlushRefusalsAsync(force: false, cancellationToken);
+            await ForwardAsync(cancellationToken);
+            var head = await store.GetAuditHeadAsync(cancellationToken);
+            if (head.Sequence > _lastCheckpoint.Sequence
+                && (head.Sequence - _lastCheckpoint.Sequence >= options.CheckpointEveryEvents || time.GetUtcNow() - _lastCheckpointTime >= options.CheckpointInterval))
+            {
+                await CheckpointAsync(cancellationToken);
+            }
+        }
+        catch (KmsException e) when (e.Code == KmsErrorCode.Unavailable)
+        {
+        }
+    }
+
+    /// <summary>Writes every open refusal window's count now (shutdown, tests).</summary>
+    public Task FlushRefusalsAsync(CancellationToken cancellationToken) => FlushRefusalsAsync(force: true, cancellationToken);
+
+    /// <summary>Signs a checkpoint of the current head (if there is anything new since the last one).</summary>
+    public async Task<AuditCheckpoint?> CheckpointAsync(CancellationToken cancellationToken)
+    {
+        var head = await store.GetAuditHeadAsync(cancellationToken);
+        if (head.Sequence == 0 || head.Sequence == _lastCheckpoint.Sequence)
+        {
+            return null;
+        }
+
+        var now = Clock.Now(time);
+        var body = AuditChain.CheckpointBody(head.Sequence, head.Hash, now, Fingerprint);
+        var signature = await hsm.SignEcdsaAsync(_signingKey ?? throw new InvalidOperationException("the audit log is not initialised"), EcCurve.P256, AuditChain.CheckpointDigest(body), cancellationToken);
+        var checkpoint = new AuditCheckpoint(head.Sequence, head.Hash, now, Fingerprint, body, signature);
+        await store.AddAuditCheckpointAsync(checkpoint, cancellationToken);
+        _lastCheckpoint = head;
+        _lastCheckpointTime = now;
+        CheckpointWritten?.Invoke(checkpoint);
+        return checkpoint;
+    }
+
+    /// <summary>
+    /// Retention: deletes events older than the retention period, back to the newest
+    /// checkpoint whose events are all that old, so the remaining chain starts right after a
+    /// signed checkpoint.
+    /// </summary>
+    /// <returns>How many events were deleted.</returns>
+    public async Task<long> PruneAsync(CancellationToken cancellationToken)
+    {
+        if (options.Retention is not { } retention)
+        {
+            return 0;
+        }
+
+        var cutoff = time.GetUtcNow() - retention;
+        var oldest = await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, cancellationToken);
+        if (oldest.Count == 0 || oldest[0].Entry.Time >= cutoff)
+        {
+            return 0;
+        }
+
+        // The first event at or after the cutoff; everything before it may go, but only up to a checkpoint.
+        var kept = await store.ListAuditEventsAsync(new AuditQuery { StartTime = cutoff, Limit = 1 }, cancellationToken);
+        var limit = kept.Count == 0 ? long.MaxValue : kept[0].Sequence - 1;
+        AuditCheckpoint? anchor = null;
+        var after = 0L;
+        while (true)
+        {
+            var page = await store.ListAuditCheckpointsAsync(after, 500, cancellationToken);
+            foreach (var checkpoint in page.TakeWhile(c => c.Sequence <= limit))
+            {
+                anchor = checkpoint;
+            }
+
+            if (page.Count < 500 || page[^1].Sequence > limit)
+            {
+                break;
+            }
+
+            after = page[^1].Sequence;
+        }
+
+        return anchor is null || anchor.Sequence < oldest[0].Sequence ? 0 : await store.PruneAuditAsync(anchor.Sequence, cancellationToken);
+    }
+
+    /// <summary>
+    /// The export: every retained event from the newest checkpoint at or before
+    /// <paramref name="fromSequence"/> (or the oldest retained event) to the head, with the
+    /// checkpoints, in the documented JSON-lines format.
+    /// </summary>
+    public async IAsyncEnumerable<string> ExportAsync(long fromSequence, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        var checkpoints = new List<AuditCheckpoint>();
+        for (var after = 0L; ;)
+        {
+            var page = await store.ListAuditCheckpointsAsync(after, 1000, cancellationToken);
+            checkpoints.AddRange(page);
+            if (page.Count < 1000)
+            {
+                break;
+            }
+
+            after = page[^1].Sequence;
+        }
+
+        var first = await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, cancellationToken);
+        var oldest = first.Count == 0 ? (await store.GetAuditHeadAsync(cancellationToken)).Sequence + 1 : first[0].Sequence;
+        var anchor = oldest == 1 ? AuditChain.Empty : new AuditHead(oldest - 1, first.Count == 0 ? (await store.GetAuditHeadAsync(cancellationToken)).Hash : first[0].PreviousHash);
+        if (checkpoints.LastOrDefault(c => c.Sequence >= anchor.Sequence && c.Sequence < Math.Max(fromSequence, oldest)) is { } start)
+        {
+            anchor = new AuditHead(start.Sequence, start.HeadHash);
+        }
+
+        yield return AuditExport.Header(anchor, Fingerprint, PublicKey);
+        var next = 0;
+        while (next < checkpoints.Count && checkpoints[next].Sequence < anchor.Sequence)
+        {
+            next++;
+        }
+
+        // The anchor's own checkpoint vouches for where the export starts.
+        while (next < checkpoints.Count && checkpoints[next].Sequence == anchor.Sequence)
+        {
+            yield return AuditExport.Checkpoint(checkpoints[next++]);
+        }
+
+        for (var after = anchor.Sequence; ;)
+        {
+            var page = await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = after, Limit = 1000 }, cancellationToken);
+            foreach (var e in page)
+            {
+                yield return AuditExport.Event(e);
+                while (next < checkpoints.Count && checkpoints[next].Sequence <= e.Sequence)
+                {
+                    yield return AuditExport.Checkpoint(checkpoints[next++]);
+                }
+            }
+
+            if (page.Count < 1000)
+            {
+                yield break;
+            }
+
+            after = page[^1].Sequence;
+        }
+    }
+
+    private async Task CommitAsync(List<Pending> batch, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await store.AppendAuditAsync(batch.Select(p => p.Entry).ToList(), cancellationToken);
+            var waited = time.GetElapsedTime(batch[0].Enqueued);
+            foreach (var pending in batch)
+            {
+                pending.Done.TrySetResult();
+            }
+
+            BatchWritten?.Invoke(batch.Count, waited);
+        }
+        catch (Exception e)
+        {
+            var failure = e as KmsException is { Code: KmsErrorCode.Unavailable } unavailable
+                ? unavailable
+                : KmsErrors.Unavailable("the audit log cannot be written; the request was not answered", e);
+            foreach (var pending in batch)
+            {
+                pending.Done.TrySetException(failure);
+            }
+        }
+    }
+
+    private async Task FlushRefusalsAsync(bool force, CancellationToken cancellationToken)
+    {
+        var now = time.GetUtcNow();
+        List<AuditEntry> closed = [];
+        lock (_refusalLock)
+        {
+            foreach (var (key, window) in _refusals.Where(w => force || w.Value.Closes <= now).ToList())
+            {
+                _refusals.Remove(key);
+                if (window.Count > 0)
+                {
+                    closed.Add(window.Summary());
+                }
+            }
+        }
+
+        foreach (var entry in closed)
+        {
+            await AppendAsync(entry, cancellationToken);
+        }
+    }
+
+    private async Task ForwardAsync(CancellationToken cancellationToken)
+    {
+        if (EventsWritten is null || _forwarded < 0)
+        {
+            return;
+        }
+
+        while (true)
+        {
+            var page = await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = _forwarded, Limit = 1000 }, cancellationToken);
+            if (page.Count == 0)
+            {
+                return;
+            }
+
+            _forwarded = page[^1].Sequence;
+            EventsWritten?.Invoke(page);
+            if (page.Count < 1000)
+            {
+                return;
+            }
+        }
+    }
+
+    private static KeyVersionId FixedId(string label) => KeyVersionId.FromBytes(SHA256.HashData(Encoding.UTF8.GetBytes(label)).AsSpan(0, KeyVersionId.Length));
+
+    private sealed record StoredKeyPair(string Wrapped, string PublicKey);
+
+    private sealed class Pending(AuditEntry entry, long enqueued)
+    {
+        public AuditEntry Entry { get; } = entry;
+
+        public long Enqueued { get; } = enqueued;
+
+        public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    // Refusals after the first of a window: counted, written as one event when it closes.
+    private sealed class RefusalWindow(DateTimeOffset closes, AuditEntry first)
+    {
+        public DateTimeOffset Closes { get; } = closes;
+
+        public long Count { get; private set; }
+
+        public DateTimeOffset First { get; private set; }
+
+        public DateTimeOffset Last { get; private set; }
+
+        public void Add(AuditEntry entry)
+        {
+            if (Count++ == 0)
+            {
+                First = entry.Time;
+            }
+
+            Last = entry.Time;
+        }
+
+        public AuditEntry Summary() => first with
+        {
+            Time = First,
+            Count = Count,
+            LastTime = Last,
+            RequestId = "aggregated",
+            Client = first.Client,
+        };
+    }
+}

@@ -1,0 +1,158 @@
+using System.Text;
+using Kms.Core.Audit;
+using Microsoft.Data.Sqlite;
+
+namespace Kms.Storage.Sqlite;
+
+/// <summary>The audit chain and its checkpoints (<see cref="Kms.Core.Ports.IAuditStore"/>).</summary>
+public sealed partial class SqliteStore
+{
+    private const string EventColumns = "seq, body, hash";
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<AuditEvent>> AppendAuditAsync(IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken) =>
+        WriteAsync((connection, transaction) => AppendAuditInAsync(connection, transaction, entries, cancellationToken), cancellationToken);
+
+    /// <inheritdoc />
+    public Task<AuditHead> GetAuditHeadAsync(CancellationToken cancellationToken) =>
+        ReadAsync(connection => ReadHeadAsync(connection, null, cancellationToken), cancellationToken);
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<AuditEvent>> ListAuditEventsAsync(AuditQuery query, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(query);
+        var sql = new StringBuilder($"SELECT {EventColumns} FROM audit_events WHERE seq > $after");
+        var parameters = new List<(string, object)> { ("$after", query.AfterSequence), ("$limit", query.Limit) };
+        void Filter(string condition, string name, object? value)
+        {
+            if (value is not null)
+            {
+                sql.Append(" AND ").Append(condition);
+                parameters.Add((name, value));
+            }
+        }
+
+        Filter("time >= $start", "$start", query.StartTime?.ToUnixTimeMilliseconds());
+        Filter("time < $end", "$end", query.EndTime?.ToUnixTimeMilliseconds());
+        Filter("principal = $principal", "$principal", query.Principal);
+        Filter("(tenant = $tenant OR resource = 'tenants/' || $tenant OR resource LIKE 'tenants/' || $tenant || '/%')", "$tenant", query.Tenant);
+        Filter("(resource = $resource OR resource LIKE $resource || '/%')", "$resource", query.Resource);
+        Filter("(operation = $operation OR operation LIKE '%/' || $operation)", "$operation", query.Operation);
+        Filter("outcome = $outcome", "$outcome", query.Outcome);
+        sql.Append(" ORDER BY seq LIMIT $limit");
+        return ReadListAsync(sql.ToString(), ReadEvent, cancellationToken, [.. parameters]);
+    }
+
+    /// <inheritdoc />
+    public Task AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(checkpoint);
+        return ExecuteWriteAsync(
+            "INSERT INTO audit_checkpoints (seq, head, time, key, body, signature) VALUES ($seq, $head, $time, $key, $body, $signature) ON CONFLICT (seq) DO NOTHING",
+            cancellationToken,
+            ("$seq", checkpoint.Sequence),
+            ("$head", checkpoint.HeadHash),
+            ("$time", checkpoint.Time.ToUnixTimeMilliseconds()),
+            ("$key", checkpoint.KeyFingerprint),
+            ("$body", checkpoint.Body),
+            ("$signature", checkpoint.Signature));
+    }
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<AuditCheckpoint>> ListAuditCheckpointsAsync(long afterSequence, int limit, CancellationToken cancellationToken) =>
+        ReadListAsync("SELECT seq, head, time, key, body, signature FROM audit_checkpoints WHERE seq > $after ORDER BY seq LIMIT $limit", ReadCheckpoint, cancellationToken, ("$after", afterSequence), ("$limit", limit));
+
+    /// <inheritdoc />
+    public async Task<AuditCheckpoint?> GetLatestAuditCheckpointAsync(CancellationToken cancellationToken)
+    {
+        var rows = await ReadListAsync("SELECT seq, head, time, key, body, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1", ReadCheckpoint, cancellationToken);
+        return rows.Count == 0 ? null : rows[0];
+    }
+
+    /// <inheritdoc />
+    public Task<long> PruneAuditAsync(long throughSequence, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            await using (var anchor = Command(connection, "SELECT count(*) FROM audit_checkpoints WHERE seq = $seq", ("$seq", throughSequence)))
+            {
+                anchor.Transaction = transaction;
+                if ((long)(await anchor.ExecuteScalarAsync(cancellationToken))! == 0)
+                {
+                    throw new InvalidOperationException($"audit events are pruned only back to a checkpoint; there is none at {throughSequence}");
+                }
+            }
+
+            await using (var checkpoints = Command(connection, "DELETE FROM audit_checkpoints WHERE seq < $seq", ("$seq", throughSequence)))
+            {
+                checkpoints.Transaction = transaction;
+                await checkpoints.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            await using var events = Command(connection, "DELETE FROM audit_events WHERE seq <= $seq", ("$seq", throughSequence));
+            events.Transaction = transaction;
+            return (long)await events.ExecuteNonQueryAsync(cancellationToken);
+        }, cancellationToken);
+
+    // Inside a write transaction: SQLite has one writer at a time, so the head read here is
+    // the head the new events follow, whichever path (group commit, a mutation) writes.
+    private static async Task<IReadOnlyList<AuditEvent>> AppendAuditInAsync(SqliteConnection connection, SqliteTransaction transaction, IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
+    {
+        var head = await ReadHeadAsync(connection, transaction, cancellationToken);
+        var written = new List<AuditEvent>(entries.Count);
+        await using var insert = Command(
+            connection,
+            "INSERT INTO audit_events (seq, time, principal, tenant, operation, resource, outcome, body, hash) VALUES ($seq, $time, $principal, $tenant, $operation, $resource, $outcome, $body, $hash)");
+        insert.Transaction = transaction;
+        var p = insert.Parameters;
+        foreach (var name in new[] { "$seq", "$time", "$principal", "$tenant", "$operation", "$resource", "$outcome", "$body", "$hash" })
+        {
+            p.Add(new SqliteParameter(name, null));
+        }
+
+        foreach (var entry in entries)
+        {
+            var linked = AuditChain.Link(head, entry);
+            p["$seq"].Value = linked.Sequence;
+            p["$time"].Value = entry.Time.ToUnixTimeMilliseconds();
+            p["$principal"].Value = entry.Principal;
+            p["$tenant"].Value = (object?)entry.Tenant ?? DBNull.Value;
+            p["$operation"].Value = entry.Operation;
+            p["$resource"].Value = (object?)entry.Resource ?? DBNull.Value;
+            p["$outcome"].Value = entry.Outcome;
+            p["$body"].Value = linked.Body;
+            p["$hash"].Value = linked.Hash;
+            await insert.ExecuteNonQueryAsync(cancellationToken);
+            written.Add(linked);
+            head = new AuditHead(linked.Sequence, linked.Hash);
+        }
+
+        return written;
+    }
+
+    // The last event; after a prune that left none, the anchoring checkpoint.
+    private static async Task<AuditHead> ReadHeadAsync(SqliteConnection connection, SqliteTransaction? transaction, CancellationToken cancellationToken)
+    {
+        await using var command = Command(connection, """
+            SELECT seq, hash FROM (
+                SELECT seq, hash FROM (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1)
+                UNION ALL
+                SELECT seq, head FROM (SELECT seq, head FROM audit_checkpoints ORDER BY seq DESC LIMIT 1))
+            ORDER BY seq DESC LIMIT 1
+            """);
+        command.Transaction = transaction;
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        return await reader.ReadAsync(cancellationToken) ? new AuditHead(reader.GetInt64(0), reader.GetString(1)) : AuditChain.Empty;
+    }
+
+    private static async Task<long> TotalChangesAsync(SqliteConnection connection, SqliteTransaction transaction, CancellationToken cancellationToken)
+    {
+        await using var command = Command(connection, "SELECT total_changes()");
+        command.Transaction = transaction;
+        return (long)(await command.ExecuteScalarAsync(cancellationToken))!;
+    }
+
+    private static AuditEvent ReadEvent(SqliteDataReader reader) => AuditChain.Parse(reader.GetString(1), reader.GetString(2));
+
+    private static AuditCheckpoint ReadCheckpoint(SqliteDataReader reader) => new(
+        reader.GetInt64(0), reader.GetString(1), DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(2)), reader.GetString(3), reader.GetString(4), (byte[])reader[5]);
+}

@@ -1,0 +1,228 @@
+using System.Security.Cryptography;
+using System.Text.RegularExpressions;
+using Kms.Client.Audit;
+using Kms.Core.Audit;
+using Kms.Core.Services;
+using Kms.Testing.Fakes;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Kms.Client.Tests;
+
+/// <summary>
+/// The client's verifier (an independent implementation of docs/audit-format.md) against
+/// exports written by the server's AuditLog: an intact export verifies; every kind of
+/// tampering is detected and the first bad sequence number named.
+/// </summary>
+public sealed partial class AuditVerifierTests : IDisposable
+{
+    private readonly FakeHsm _hsm = new();
+    private readonly InMemoryStore _store = new();
+    private readonly FakeTimeProvider _time = new(new DateTimeOffset(2026, 11, 29, 12, 0, 0, TimeSpan.Zero));
+    private readonly AuditLog _log;
+
+    public AuditVerifierTests() => _log = new AuditLog(_store, _store, _hsm, _time, new AuditOptions());
+
+    public void Dispose() => _hsm.Dispose();
+
+    [Fact]
+    public async Task IntactExport_Verifies_AndReportsTheUnsignedTail()
+    {
+        var lines = await BuildAsync();
+        var result = Verify(lines);
+        Assert.True(result.Valid, result.Problem);
+        Assert.Equal((12L, 2L, 10L, 2L), (result.Events, result.Checkpoints, result.LastSignedSequence, result.UnsignedTail));
+    }
+
+    [Fact]
+    public async Task EditedEvent_HashKept_NamesThatEvent()
+    {
+        var lines = await BuildAsync();
+        Replace(lines, 7, l => l.Replace("\"outcome\":\"OK\"", "\"outcome\":\"PERMISSION_DENIED\"", StringComparison.Ordinal));
+        AssertFails(lines, 7, "edited");
+    }
+
+    [Fact]
+    public async Task EditedEvent_HashRecomputed_NamesThatEvent()
+    {
+        var lines = await BuildAsync();
+        Replace(lines, 7, l => Rehash(l.Replace("\"req-7\"", "\"req-x\"", StringComparison.Ordinal)));
+        AssertFails(lines, 7, "chain is broken");
+    }
+
+    [Fact]
+    public async Task EditedEvent_WholeTailRechained_CaughtByTheSignedCheckpoint()
+    {
+        var lines = await BuildAsync();
+
+        // Whoever holds the database rewrites event 7 and re-links everything after it; only the signature is beyond reach.
+        var previous = HashOf(lines, 6);
+        for (var seq = 7; seq <= 12; seq++)
+        {
+            Replace(lines, seq, l =>
+            {
+                var edited = PrevPattern().Replace(l, $"\"prev\":\"{previous}\"");
+                edited = seq == 7 ? edited.Replace("\"req-7\"", "\"req-x\"", StringComparison.Ordinal) : edited;
+                edited = Rehash(edited);
+                previous = HashPattern().Match(edited).Groups[1].Value;
+                return edited;
+            });
+        }
+
+        AssertFails(lines, 6, "rewritten");
+    }
+
+    [Fact]
+    public async Task DeletedEvent_NamesTheGap()
+    {
+        var lines = await BuildAsync();
+        lines.RemoveAt(IndexOfEvent(lines, 4));
+        AssertFails(lines, 4, "missing");
+    }
+
+    [Fact]
+    public async Task ReorderedEvents_NameTheFirstOutOfPlace()
+    {
+        var lines = await BuildAsync();
+        var i = IndexOfEvent(lines, 3);
+        var j = IndexOfEvent(lines, 4);
+        (lines[i], lines[j]) = (lines[j], lines[i]);
+        AssertFails(lines, 3, "missing");
+    }
+
+    [Fact]
+    public async Task ForgedCheckpoint_SignatureFails()
+    {
+        var lines = await BuildAsync();
+        var i = lines.FindIndex(l => l.StartsWith("{\"checkpoint\":", StringComparison.Ordinal) && l.Contains("\"seq\":5,", StringComparison.Ordinal));
+        lines[i] = lines[i].Replace("\"seq\":5,", "\"seq\":4,", StringComparison.Ordinal);
+        AssertFails(lines, 4, "signature");
+    }
+
+    [Fact]
+    public async Task CheckpointSignedByAnotherKey_Refused()
+    {
+        var lines = await BuildAsync();
+        using var other = new FakeHsm();
+        var otherLog = new AuditLog(_store, new InMemoryStore(), other, _time, new AuditOptions());
+        await otherLog.InitializeAsync(default);
+        var forged = await otherLog.CheckpointAsync(default);
+        lines.Add(AuditExport.Checkpoint(forged!));
+        AssertFails(lines, 12, "another signing key");
+    }
+
+    [Fact]
+    public async Task TailTruncation_OnlyDetectedAgainstAKnownCheckpoint()
+    {
+        var lines = await BuildAsync();
+        var known = new KnownCheckpoint(12, HashOf(lines, 12));
+        lines.RemoveRange(IndexOfEvent(lines, 11), lines.Count - IndexOfEvent(lines, 11));
+
+        Assert.True(Verify(lines).Valid, "unsigned events at the tail cannot be missed without outside knowledge");
+        var result = Verify(lines, known);
+        Assert.False(result.Valid);
+        Assert.Equal(11, result.FirstBadSequence);
+        Assert.Contains("tail", result.Problem, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task PrunedLog_ExportStartsAtTheAnchoringCheckpoint_AndVerifies()
+    {
+        await BuildAsync();
+        Assert.Equal(5, await _store.PruneAuditAsync(5, default));
+        var lines = await ExportAsync();
+        Assert.Contains("\"anchor\":{\"seq\":5,", lines[0], StringComparison.Ordinal);
+        var result = Verify(lines);
+        Assert.True(result.Valid, result.Problem);
+        Assert.Equal(7, result.Events);
+
+        // Without the anchoring checkpoint the start of the export is vouched for by nobody.
+        lines.RemoveAt(1);
+        AssertFails(lines, 6, "no signed checkpoint");
+    }
+
+    [Fact]
+    public async Task WrongPinnedKey_NothingVerifies()
+    {
+        var lines = await BuildAsync();
+        using var stranger = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var result = AuditVerifier.Verify(new StringReader(string.Join('\n', lines)), stranger.ExportSubjectPublicKeyInfo());
+        Assert.False(result.Valid);
+        Assert.Contains("another signing key", result.Problem, StringComparison.Ordinal);
+    }
+
+    // Twelve events, checkpoints at 5 and 10.
+    private async Task<List<string>> BuildAsync()
+    {
+        await _log.InitializeAsync(default);
+        for (var i = 1; i <= 12; i++)
+        {
+            _time.Advance(TimeSpan.FromSeconds(1));
+            await _store.AppendAuditAsync([Entry(i)], default);
+            if (i % 5 == 0)
+            {
+                Assert.NotNull(await _log.CheckpointAsync(default));
+            }
+        }
+
+        return await ExportAsync();
+    }
+
+    private async Task<List<string>> ExportAsync()
+    {
+        var lines = new List<string>();
+        await foreach (var line in _log.ExportAsync(0, default))
+        {
+            lines.Add(line);
+        }
+
+        return lines;
+    }
+
+    private AuditEntry Entry(int i) => new()
+    {
+        Time = _time.GetUtcNow(),
+        RequestId = $"req-{i}",
+        Principal = i % 2 == 0 ? "token:alice" : "token:bob",
+        Tenant = "dev",
+        Operation = "/kms.v1.KeyManagementService/Encrypt",
+        Resource = "tenants/dev/keys/k",
+        Outcome = "OK",
+        Client = "ipv4:127.0.0.1:5000",
+        Context = [KeyValuePair.Create("record", _log.HashContextValue("42"))],
+    };
+
+    private AuditVerification Verify(List<string> lines, KnownCheckpoint? known = null) =>
+        AuditVerifier.Verify(new StringReader(string.Join('\n', lines)), _log.PublicKey, known);
+
+    private void AssertFails(List<string> lines, long firstBad, string problem)
+    {
+        var result = Verify(lines);
+        Assert.False(result.Valid);
+        Assert.Equal(firstBad, result.FirstBadSequence);
+        Assert.Contains(problem, result.Problem, StringComparison.Ordinal);
+    }
+
+    private static int IndexOfEvent(List<string> lines, long seq) =>
+        lines.FindIndex(l => l.StartsWith($"{{\"event\":{{\"v\":1,\"seq\":{seq},", StringComparison.Ordinal));
+
+    private static void Replace(List<string> lines, long seq, Func<string, string> edit)
+    {
+        var i = IndexOfEvent(lines, seq);
+        lines[i] = edit(lines[i]);
+    }
+
+    private static string HashOf(List<string> lines, long seq) => HashPattern().Match(lines[IndexOfEvent(lines, seq)]).Groups[1].Value;
+
+    // Recomputes an event line's hash over its (edited) body, as a forger would.
+    private static string Rehash(string line)
+    {
+        var body = line["{\"event\":".Length..line.LastIndexOf(",\"hash\":", StringComparison.Ordinal)];
+        return AuditExport.Event(new AuditEvent(0, null!, "", AuditChain.HashOf(body), body));
+    }
+
+    [GeneratedRegex("\"hash\":\"([0-9a-f]{64})\"}$")]
+    private static partial Regex HashPattern();
+
+    [GeneratedRegex("\"prev\":\"[0-9a-f]{64}\"")]
+    private static partial Regex PrevPattern();
+}

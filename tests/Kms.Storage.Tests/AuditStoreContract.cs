@@ -1,0 +1,102 @@
+using Kms.Core.Audit;
+using Kms.Core.Ports;
+
+namespace Kms.Storage.Tests;
+
+/// <summary>What every <see cref="IAuditStore"/> backend must do: one gap-free chain, filters, checkpoints, pruning to an anchor.</summary>
+public abstract class AuditStoreContract : AccessStoreContract
+{
+    private static readonly DateTimeOffset T0 = new(2026, 11, 29, 12, 0, 0, TimeSpan.Zero);
+
+    [Fact]
+    public async Task Append_ChainsAcrossBatches_WithoutGaps()
+    {
+        var store = await AuditAsync();
+        Assert.Equal(AuditChain.Empty, await store.GetAuditHeadAsync(default));
+        var first = await store.AppendAuditAsync([Entry(1), Entry(2)], default);
+        var second = await store.AppendAuditAsync([Entry(3)], default);
+
+        Assert.Equal([1L, 2L, 3L], first.Concat(second).Select(e => e.Sequence));
+        Assert.Equal(AuditChain.Genesis, first[0].PreviousHash);
+        Assert.Equal(first[1].Hash, second[0].PreviousHash);
+        Assert.Equal(new AuditHead(3, second[0].Hash), await store.GetAuditHeadAsync(default));
+
+        var all = await store.ListAuditEventsAsync(new AuditQuery(), default);
+        Assert.Equal(first.Concat(second).Select(e => (e.Sequence, e.Hash, e.Body)), all.Select(e => (e.Sequence, e.Hash, e.Body)));
+        Assert.All(all, e => Assert.Equal(AuditChain.HashOf(e.Body), e.Hash));
+        Assert.Equal("req-2", all[1].Entry.RequestId);
+    }
+
+    [Fact]
+    public async Task List_FiltersCombine_AndPage()
+    {
+        var store = await AuditAsync();
+        await store.AppendAuditAsync(
+        [
+            Entry(1) with { Principal = "token:alice", Operation = "/kms.v1.KeyManagementService/Decrypt", Resource = "tenants/dev/keys/a/versions/1" },
+            Entry(2) with { Principal = "token:bob", Tenant = "acme", Resource = "tenants/acme/keys/a" },
+            Entry(3) with { Principal = "token:alice", Outcome = "PERMISSION_DENIED", Resource = "tenants/dev/keys/b" },
+            Entry(4) with { Principal = "token:dev-admin", Tenant = null, Resource = "tenants/dev" },
+        ], default);
+
+        async Task<long[]> Seqs(AuditQuery q) => (await store.ListAuditEventsAsync(q, default)).Select(e => e.Sequence).ToArray();
+        Assert.Equal(new long[] { 1L, 3L }, await Seqs(new AuditQuery { Principal = "token:alice" }));
+        Assert.Equal(new long[] { 1L }, await Seqs(new AuditQuery { Resource = "tenants/dev/keys/a" }));
+        Assert.Equal(new long[] { 1L }, await Seqs(new AuditQuery { Operation = "Decrypt" }));
+        Assert.Equal(new long[] { 3L }, await Seqs(new AuditQuery { Outcome = "PERMISSION_DENIED" }));
+        Assert.Equal(new long[] { 1L, 3L, 4L }, await Seqs(new AuditQuery { Tenant = "dev" }));
+        Assert.Equal(new long[] { 2L }, await Seqs(new AuditQuery { Tenant = "acme" }));
+        Assert.Equal(new long[] { 2L, 3L }, await Seqs(new AuditQuery { StartTime = T0.AddSeconds(2), EndTime = T0.AddSeconds(4) }));
+        Assert.Equal(new long[] { 3L, 4L }, await Seqs(new AuditQuery { AfterSequence = 2, Limit = 5 }));
+        Assert.Equal(new long[] { 1L }, await Seqs(new AuditQuery { Limit = 1 }));
+    }
+
+    [Fact]
+    public async Task Prune_OnlyBackToACheckpoint_WhichThenAnchorsTheHead()
+    {
+        var store = await AuditAsync();
+        var events = await store.AppendAuditAsync([Entry(1), Entry(2), Entry(3)], default);
+        await Assert.ThrowsAnyAsync<Exception>(() => store.PruneAuditAsync(2, default));
+
+        await store.AddAuditCheckpointAsync(Checkpoint(events[0]), default);
+        await store.AddAuditCheckpointAsync(Checkpoint(events[2]), default);
+        Assert.Equal(3, await store.PruneAuditAsync(3, default));
+
+        Assert.Empty(await store.ListAuditEventsAsync(new AuditQuery(), default));
+        Assert.Equal(new AuditHead(3, events[2].Hash), await store.GetAuditHeadAsync(default));
+        Assert.Equal([3L], (await store.ListAuditCheckpointsAsync(0, 10, default)).Select(c => c.Sequence));
+        var next = await store.AppendAuditAsync([Entry(4)], default);
+        Assert.Equal((4L, events[2].Hash), (next[0].Sequence, next[0].PreviousHash));
+    }
+
+    [Fact]
+    public async Task Checkpoints_StoredOnce_LatestFound()
+    {
+        var store = await AuditAsync();
+        Assert.Null(await store.GetLatestAuditCheckpointAsync(default));
+        var events = await store.AppendAuditAsync([Entry(1), Entry(2)], default);
+        await store.AddAuditCheckpointAsync(Checkpoint(events[0]), default);
+        await store.AddAuditCheckpointAsync(Checkpoint(events[1]), default);
+        await store.AddAuditCheckpointAsync(Checkpoint(events[1]), default);
+        Assert.Equal([1L, 2L], (await store.ListAuditCheckpointsAsync(0, 10, default)).Select(c => c.Sequence));
+        var latest = await store.GetLatestAuditCheckpointAsync(default);
+        Assert.Equal((2L, events[1].Hash), (latest!.Sequence, latest.HeadHash));
+        Assert.Equal([1, 2, 3], latest.Signature);
+    }
+
+    protected async Task<IAuditStore> AuditAsync() => (IAuditStore)await CreateStoreAsync();
+
+    protected static AuditEntry Entry(int i) => new()
+    {
+        Time = T0.AddSeconds(i),
+        RequestId = $"req-{i}",
+        Principal = "token:alice",
+        Tenant = "dev",
+        Operation = "/kms.v1.KeyManagementService/Encrypt",
+        Resource = "tenants/dev/keys/k",
+        Outcome = "OK",
+    };
+
+    private static AuditCheckpoint Checkpoint(AuditEvent e) =>
+        new(e.Sequence, e.Hash, T0, "sha256:00", AuditChain.CheckpointBody(e.Sequence, e.Hash, T0, "sha256:00"), [1, 2, 3]);
+}

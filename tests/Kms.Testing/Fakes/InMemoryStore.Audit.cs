@@ -1,0 +1,113 @@
+using Kms.Core.Audit;
+using Kms.Core.Ports;
+
+namespace Kms.Testing.Fakes;
+
+/// <summary>
+/// The audit port in memory. Unlike SqliteStore it does not attach a mutation's event to
+/// the mutation's write (<see cref="AuditScope"/>): every event arrives through the
+/// AuditLog's group commit, which is what domain tests need.
+/// </summary>
+public sealed partial class InMemoryStore : IAuditStore
+{
+    private readonly List<AuditEvent> _audit = [];
+    private readonly List<AuditCheckpoint> _checkpoints = [];
+    private AuditHead _anchor = AuditChain.Empty;
+
+    /// <summary>When set, audit appends fail as an unreachable database does.</summary>
+    public bool AuditUnavailable { get; set; }
+
+    public Task<IReadOnlyList<AuditEvent>> AppendAuditAsync(IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            if (AuditUnavailable)
+            {
+                throw Kms.Core.Errors.KmsErrors.Unavailable("the database is unavailable; retry shortly");
+            }
+
+            var head = HeadLocked();
+            var written = new List<AuditEvent>();
+            foreach (var entry in entries)
+            {
+                var linked = AuditChain.Link(head, entry);
+                _audit.Add(linked);
+                written.Add(linked);
+                head = new AuditHead(linked.Sequence, linked.Hash);
+            }
+
+            return Task.FromResult<IReadOnlyList<AuditEvent>>(written);
+        }
+    }
+
+    public Task<AuditHead> GetAuditHeadAsync(CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            return Task.FromResult(HeadLocked());
+        }
+    }
+
+    public Task<IReadOnlyList<AuditEvent>> ListAuditEventsAsync(AuditQuery query, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(query);
+        lock (_lock)
+        {
+            IReadOnlyList<AuditEvent> rows = _audit.Where(e => e.Sequence > query.AfterSequence
+                    && (query.StartTime is not { } start || e.Entry.Time >= start)
+                    && (query.EndTime is not { } end || e.Entry.Time < end)
+                    && (query.Principal is null || e.Entry.Principal == query.Principal)
+                    && (query.Tenant is null || e.Entry.Tenant == query.Tenant || e.Entry.Resource == "tenants/" + query.Tenant || (e.Entry.Resource?.StartsWith("tenants/" + query.Tenant + "/", StringComparison.Ordinal) ?? false))
+                    && (query.Resource is null || e.Entry.Resource == query.Resource || (e.Entry.Resource?.StartsWith(query.Resource + "/", StringComparison.Ordinal) ?? false))
+                    && (query.Operation is null || e.Entry.Operation == query.Operation || e.Entry.Operation.EndsWith("/" + query.Operation, StringComparison.Ordinal))
+                    && (query.Outcome is null || e.Entry.Outcome == query.Outcome))
+                .Take(query.Limit)
+                .ToList();
+            return Task.FromResult(rows);
+        }
+    }
+
+    public Task AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            if (!_checkpoints.Any(c => c.Sequence == checkpoint.Sequence))
+            {
+                _checkpoints.Add(checkpoint);
+                _checkpoints.Sort((a, b) => a.Sequence.CompareTo(b.Sequence));
+            }
+
+            return Task.CompletedTask;
+        }
+    }
+
+    public Task<IReadOnlyList<AuditCheckpoint>> ListAuditCheckpointsAsync(long afterSequence, int limit, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            return Task.FromResult<IReadOnlyList<AuditCheckpoint>>(_checkpoints.Where(c => c.Sequence > afterSequence).Take(limit).ToList());
+        }
+    }
+
+    public Task<AuditCheckpoint?> GetLatestAuditCheckpointAsync(CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            return Task.FromResult(_checkpoints.LastOrDefault());
+        }
+    }
+
+    public Task<long> PruneAuditAsync(long throughSequence, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            var anchor = _checkpoints.Single(c => c.Sequence == throughSequence);
+            _checkpoints.RemoveAll(c => c.Sequence < throughSequence);
+            var removed = _audit.RemoveAll(e => e.Sequence <= throughSequence);
+            _anchor = new AuditHead(anchor.Sequence, anchor.HeadHash);
+            return Task.FromResult((long)removed);
+        }
+    }
+
+    private AuditHead HeadLocked() => _audit.Count > 0 ? new AuditHead(_audit[^1].Sequence, _audit[^1].Hash) : _checkpoints.Count > 0 ? new AuditHead(_checkpoints[^1].Sequence, _checkpoints[^1].HeadHash) : _anchor;
+}
