@@ -81,6 +81,7 @@ public sealed class KmsClient : IDisposable
             });
         _stub = new KeyManagementService.KeyManagementServiceClient(invoker);
         Access = new AccessManagementService.AccessManagementServiceClient(invoker);
+        Audit = new AuditService.AuditServiceClient(invoker);
         _timeout = options.CallTimeout;
     }
 
@@ -89,6 +90,26 @@ public sealed class KmsClient : IDisposable
 
     /// <summary>The access-management stub (tenants, principals, tokens, role bindings), with this client's credential.</summary>
     public AccessManagementService.AccessManagementServiceClient Access { get; }
+
+    /// <summary>The audit log (auditors, security officers): list, checkpoint, signing key, export.</summary>
+    public AuditService.AuditServiceClient Audit { get; }
+
+    /// <summary>
+    /// Writes the audit export (JSON lines) to <paramref name="destination"/>, for
+    /// <see cref="Audit.AuditVerifier"/> or the CLI to check offline.
+    /// </summary>
+    public async Task ExportAuditAsync(TextWriter destination, long fromSequence = 0, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(destination);
+        using var call = Audit.ExportAudit(new ExportAuditRequest { FromSequence = fromSequence }, cancellationToken: cancellationToken);
+        while (await call.ResponseStream.MoveNext(cancellationToken))
+        {
+            foreach (var line in call.ResponseStream.Current.Lines)
+            {
+                await destination.WriteLineAsync(line.AsMemory(), cancellationToken);
+            }
+        }
+    }
 
     /// <summary>
     /// Creates a key. A <paramref name="requestId"/> is generated when none is given, so a

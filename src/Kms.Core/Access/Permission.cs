@@ -63,6 +63,12 @@ public enum Permission
 
     /// <summary>kms.principals.read: GetPrincipal, ListPrincipals, ListApiTokens.</summary>
     PrincipalsRead,
+
+    /// <summary>kms.audit.read: ListAuditEvents (a tenant's, or all of them deployment-wide).</summary>
+    AuditRead,
+
+    /// <summary>kms.audit.export: ExportAudit, GetAuditCheckpoint (the whole chain, deployment-wide).</summary>
+    AuditExport,
 }
 
 /// <summary>The permissions' names as the API and messages spell them.</summary>
@@ -90,6 +96,8 @@ public static class Permissions
         Permission.TenantsRead => "kms.tenants.read",
         Permission.PrincipalsManage => "kms.principals.manage",
         Permission.PrincipalsRead => "kms.principals.read",
+        Permission.AuditRead => "kms.audit.read",
+        Permission.AuditExport => "kms.audit.export",
         _ => permission.ToString(),
     };
 }

@@ -39,13 +39,13 @@ public static class Roles
             Permission.KeysDestroy, Permission.AliasesManage, Permission.AliasesRead, Permission.PoliciesManage, Permission.PoliciesRead,
         ],
         [Role.KeyUser] = [Permission.CryptoEncrypt, Permission.CryptoDecrypt, Permission.RandomGenerate],
-        [Role.Auditor] = [Permission.KeysRead, Permission.AliasesRead, Permission.PoliciesRead, Permission.BindingsRead, Permission.TenantsRead],
+        [Role.Auditor] = [Permission.KeysRead, Permission.AliasesRead, Permission.PoliciesRead, Permission.BindingsRead, Permission.TenantsRead, Permission.AuditRead],
         [Role.DeploymentAdmin] =
         [
             Permission.TenantsManage, Permission.TenantsRead, Permission.PrincipalsManage, Permission.PrincipalsRead,
             Permission.BindingsManage, Permission.BindingsRead,
         ],
-        [Role.SecurityOfficer] = [Permission.TenantsRead],
+        [Role.SecurityOfficer] = [Permission.TenantsRead, Permission.AuditRead, Permission.AuditExport],
     };
 
     /// <summary>Every role.</summary>

@@ -29,6 +29,9 @@ public interface IAuditStore
     /// <summary>The newest checkpoint, or null.</summary>
     Task<AuditCheckpoint?> GetLatestAuditCheckpointAsync(CancellationToken cancellationToken);
 
+    /// <summary>The newest checkpoint with a sequence number at or below <paramref name="sequence"/>, or null.</summary>
+    Task<AuditCheckpoint?> FindAuditCheckpointAtOrBeforeAsync(long sequence, CancellationToken cancellationToken);
+
     /// <summary>
     /// Deletes the events up to and including <paramref name="throughSequence"/>, which must
     /// be a checkpoint's sequence (that checkpoint stays, anchoring what remains), and the

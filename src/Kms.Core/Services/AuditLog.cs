@@ -166,6 +166,28 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
 
             await RunHousekeepingAsync(cancellationToken);
         }
+
+        // Stopped: nobody will write what is still queued, so its callers get UNAVAILABLE.
+        while (_queue.Reader.TryRead(out var left))
+        {
+            left.Done.TrySetException(KmsErrors.Unavailable("the server is stopping; the request was not answered"));
+        }
+    }
+
+    /// <summary>After the loop has stopped: writes what the open refusal windows counted, directly.</summary>
+    public async Task FlushRefusalsDirectAsync(CancellationToken cancellationToken)
+    {
+        List<AuditEntry> closed;
+        lock (_refusalLock)
+        {
+            closed = _refusals.Values.Where(w => w.Count > 0).Select(w => w.Summary()).ToList();
+            _refusals.Clear();
+        }
+
+        if (closed.Count > 0)
+        {
+            await store.AppendAuditAsync(closed, cancellationToken);
+        }
     }
 
     /// <summary>Closes due refusal windows, forwards new events, signs a checkpoint if due. Failures wait for the next tick.</summary>
@@ -233,24 +255,7 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         // The first event at or after the cutoff; everything before it may go, but only up to a checkpoint.
         var kept = await store.ListAuditEventsAsync(new AuditQuery { StartTime = cutoff, Limit = 1 }, cancellationToken);
         var limit = kept.Count == 0 ? long.MaxValue : kept[0].Sequence - 1;
-        AuditCheckpoint? anchor = null;
-        var after = 0L;
-        while (true)
-        {
-            var page = await store.ListAuditCheckpointsAsync(after, 500, cancellationToken);
-            foreach (var checkpoint in page.TakeWhile(c => c.Sequence <= limit))
-            {
-                anchor = checkpoint;
-            }
-
-            if (page.Count < 500 || page[^1].Sequence > limit)
-            {
-                break;
-            }
-
-            after = page[^1].Sequence;
-        }
-
+        var anchor = await store.FindAuditCheckpointAtOrBeforeAsync(limit, cancellationToken);
         return anchor is null || anchor.Sequence < oldest[0].Sequence ? 0 : await store.PruneAuditAsync(anchor.Sequence, cancellationToken);
     }
 
@@ -261,49 +266,47 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     /// </summary>
     public async IAsyncEnumerable<string> ExportAsync(long fromSequence, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
     {
-        var checkpoints = new List<AuditCheckpoint>();
-        for (var after = 0L; ;)
-        {
-            var page = await store.ListAuditCheckpointsAsync(after, 1000, cancellationToken);
-            checkpoints.AddRange(page);
-            if (page.Count < 1000)
-            {
-                break;
-            }
-
-            after = page[^1].Sequence;
-        }
-
+        var head = await store.GetAuditHeadAsync(cancellationToken);
         var first = await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, cancellationToken);
-        var oldest = first.Count == 0 ? (await store.GetAuditHeadAsync(cancellationToken)).Sequence + 1 : first[0].Sequence;
-        var anchor = oldest == 1 ? AuditChain.Empty : new AuditHead(oldest - 1, first.Count == 0 ? (await store.GetAuditHeadAsync(cancellationToken)).Hash : first[0].PreviousHash);
-        if (checkpoints.LastOrDefault(c => c.Sequence >= anchor.Sequence && c.Sequence < Math.Max(fromSequence, oldest)) is { } start)
+        var anchor = first.Count == 0 ? head : first[0].Sequence == 1 ? AuditChain.Empty : new AuditHead(first[0].Sequence - 1, first[0].PreviousHash);
+        var start = await store.FindAuditCheckpointAtOrBeforeAsync(Math.Max(fromSequence, anchor.Sequence), cancellationToken);
+        if (start is not null && start.Sequence >= anchor.Sequence)
         {
             anchor = new AuditHead(start.Sequence, start.HeadHash);
         }
 
         yield return AuditExport.Header(anchor, Fingerprint, PublicKey);
-        var next = 0;
-        while (next < checkpoints.Count && checkpoints[next].Sequence < anchor.Sequence)
+        if (start is not null && start.Sequence == anchor.Sequence)
         {
-            next++;
+            // The anchor's own checkpoint vouches for where the export starts.
+            yield return AuditExport.Checkpoint(start);
         }
 
-        // The anchor's own checkpoint vouches for where the export starts.
-        while (next < checkpoints.Count && checkpoints[next].Sequence == anchor.Sequence)
-        {
-            yield return AuditExport.Checkpoint(checkpoints[next++]);
-        }
-
+        var checkpoints = new Queue<AuditCheckpoint>();
+        var checkpointsAfter = anchor.Sequence;
         for (var after = anchor.Sequence; ;)
         {
             var page = await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = after, Limit = 1000 }, cancellationToken);
             foreach (var e in page)
             {
                 yield return AuditExport.Event(e);
-                while (next < checkpoints.Count && checkpoints[next].Sequence <= e.Sequence)
+                if (checkpoints.Count == 0 && checkpointsAfter < e.Sequence)
                 {
-                    yield return AuditExport.Checkpoint(checkpoints[next++]);
+                    foreach (var c in await store.ListAuditCheckpointsAsync(checkpointsAfter, 1000, cancellationToken))
+                    {
+                        checkpoints.Enqueue(c);
+                        checkpointsAfter = c.Sequence;
+                    }
+
+                    if (checkpoints.Count == 0)
+                    {
+                        checkpointsAfter = long.MaxValue;
+                    }
+                }
+
+                while (checkpoints.Count > 0 && checkpoints.Peek().Sequence <= e.Sequence)
+                {
+                    yield return AuditExport.Checkpoint(checkpoints.Dequeue());
                 }
             }
 

@@ -36,6 +36,9 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     public async Task<DecryptResult> DecryptAsync(Caller caller, byte[] ciphertext, EncryptionContext context, CancellationToken cancellationToken)
     {
         var (blob, found) = await OpenBlobAsync(caller, ciphertext, "ciphertext", context, cancellationToken);
+
+        // The blob names its version (within the caller's tenant): the audit event records which.
+        Audit.AuditScope.SetResource(found.Version.Name.ToString());
         var plaintext = await UnsealAsync(caller, blob, found, context, cancellationToken);
         return new DecryptResult(new SecretBytes(plaintext), found.Version.Name);
     }

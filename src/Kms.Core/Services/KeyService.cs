@@ -325,7 +325,7 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, T
     {
         var now = Clock.Now(time);
         var rotated = 0;
-        await ForEachDueKeyAsync(await store.ListKeysDueForRotationAsync(now, DueBatch, cancellationToken), async name =>
+        await ForEachDueKeyAsync("lifecycle/ScheduledRotation", await store.ListKeysDueForRotationAsync(now, DueBatch, cancellationToken), async name =>
         {
             var done = await RotateIfStillDueAsync(name, key => key.State == KeyState.Enabled && key.NextRotationTime <= now, scheduled: true, now, cancellationToken);
             rotated += done ? 1 : 0;
@@ -345,8 +345,11 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, T
             return false;
         }
 
-        return await RotateIfStillDueAsync(name, key => key.State == KeyState.Enabled && key.Primary.Usage.EncryptCount >= limits.SoftBound,
-            scheduled: false, Clock.Now(time), cancellationToken);
+        using (SystemScope("lifecycle/UsageRotation", name))
+        {
+            return await RotateIfStillDueAsync(name, key => key.State == KeyState.Enabled && key.Primary.Usage.EncryptCount >= limits.SoftBound,
+                scheduled: false, Clock.Now(time), cancellationToken);
+        }
     }
 
     /// <summary>
@@ -359,7 +362,7 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, T
     {
         var now = Clock.Now(time);
         var destroyed = 0;
-        await ForEachDueKeyAsync(await store.ListKeysDueForDestructionAsync(now, DueBatch, cancellationToken), async name =>
+        await ForEachDueKeyAsync("lifecycle/Destruction", await store.ListKeysDueForDestructionAsync(now, DueBatch, cancellationToken), async name =>
         {
             IReadOnlyList<KeyVersion> erased = [];
             await store.UpdateKeyAsync(name, current =>
@@ -389,14 +392,18 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, T
     }
 
     // One key's failure does not stop the others; the failures are reported together after.
-    private static async Task ForEachDueKeyAsync(IReadOnlyList<KeyName> names, Func<KeyName, Task> work)
+    // Each key's change is audited as the lifecycle's own (system:lifecycle), committed with it.
+    private async Task ForEachDueKeyAsync(string operation, IReadOnlyList<KeyName> names, Func<KeyName, Task> work)
     {
         List<Exception>? failures = null;
         foreach (var name in names)
         {
             try
             {
-                await work(name);
+                using (SystemScope(operation, name))
+                {
+                    await work(name);
+                }
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {
@@ -409,6 +416,18 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, T
             throw new AggregateException($"{failures.Count} of {names.Count} due keys failed", failures);
         }
     }
+
+    private IDisposable SystemScope(string operation, KeyName name) => Audit.AuditScope.Enter(new Audit.AuditScope(
+        new Audit.AuditEntry
+        {
+            Time = Clock.Now(time),
+            RequestId = Guid.NewGuid().ToString("N"),
+            Principal = "system:lifecycle",
+            Operation = operation,
+            Resource = name.ToString(),
+            Outcome = "OK",
+        },
+        mutating: true));
 
     private KeyVersion WithLiveUsage(KeyVersion version) => version with { Usage = usage.Observe(version) };
 

@@ -1,8 +1,10 @@
 using System.Security.Authentication;
 using System.Security.Cryptography.X509Certificates;
 using Kms.Core.Ports;
+using Kms.Core.Audit;
 using Kms.Core.Services;
 using Kms.Hsm;
+using Kms.Server.Audit;
 using Kms.Server.Grpc;
 using Kms.Server.Health;
 using Kms.Server.Security;
@@ -99,6 +101,7 @@ public static class KmsServerApp
         {
             await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
             var app = Build(builder, hsm, store, serverOptions, configureServices);
+            await app.Services.GetRequiredService<AuditWorker>().InitializeAsync(cancellationToken);
             await AccessProvisioning.RunAsync(app.Services, serverOptions, loggerFactory.CreateLogger("Kms.Access"), cancellationToken);
             return app;
         }
@@ -122,6 +125,21 @@ public static class KmsServerApp
         builder.Services.AddSingleton<IHsm>(services => services.GetRequiredService<Pkcs11Hsm>());
         builder.Services.AddSingleton<IKeyStore>(_ => store);
         builder.Services.AddSingleton<IAccessStore>(_ => store);
+        builder.Services.AddSingleton<IAuditStore>(_ => store);
+        var auditHost = builder.Configuration.GetSection("Kms:Audit").Get<AuditHostOptions>() ?? new AuditHostOptions();
+        if (!auditHost.Enabled && !serverOptions.DevMode)
+        {
+            throw new InvalidOperationException("Kms:Audit:Enabled=false is for benchmarks in dev mode only; a production server always audits");
+        }
+
+        builder.Services.AddSingleton(auditHost);
+        builder.Services.AddSingleton(builder.Configuration.GetSection("Kms:Audit").Get<AuditOptions>() ?? new AuditOptions());
+        builder.Services.AddSingleton(builder.Configuration.GetSection("Kms:Alerts").Get<SecurityAlertOptions>() ?? new SecurityAlertOptions());
+        builder.Services.AddSingleton<AuditLog>();
+        builder.Services.AddSingleton<SecurityAlerts>();
+        builder.Services.AddSingleton<AuditWorker>();
+        builder.Services.AddHostedService(services => services.GetRequiredService<AuditWorker>());
+        builder.Services.AddSingleton<AuditInterceptor>();
         builder.Services.AddSingleton<UsageCounter>();
         builder.Services.AddSingleton<KeyService>();
         builder.Services.AddSingleton<KeyAccessService>();
@@ -147,6 +165,11 @@ public static class KmsServerApp
         builder.Services.AddGrpc(grpc =>
         {
             // Outermost first: errors are mapped for everything below, including refusals.
+            if (auditHost.Enabled)
+            {
+                grpc.Interceptors.Add<AuditInterceptor>();
+            }
+
             grpc.Interceptors.Add<ErrorInterceptor>();
             grpc.Interceptors.Add<AuthorizationInterceptor>();
             grpc.MaxReceiveMessageSize = serverOptions.MaxRequestBytes;
@@ -161,6 +184,7 @@ public static class KmsServerApp
         var app = builder.Build();
         app.MapGrpcService<KeyManagementGrpcService>();
         app.MapGrpcService<AccessManagementGrpcService>();
+        app.MapGrpcService<AuditGrpcService>();
         app.MapGrpcReflectionService();
         app.MapGrpcHealthChecksService();
 

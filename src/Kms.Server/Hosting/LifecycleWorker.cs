@@ -12,6 +12,7 @@ namespace Kms.Server.Hosting;
 internal sealed partial class LifecycleWorker(
     KeyService keys,
     AccessService access,
+    AuditLog audit,
     UsageCounter usage,
     TimeProvider time,
     LifecycleWorkerOptions options,
@@ -19,7 +20,7 @@ internal sealed partial class LifecycleWorker(
 {
     /// <summary>
     /// One pass: due destructions, pending erasure, offboarding sweep, due rotations, usage
-    /// flush — each on its own, so one failing job (or key) does not hold the others back.
+    /// flush, audit retention — each on its own, so one failing job (or key) does not hold the others back.
     /// Failures are logged and retried at the next pass.
     /// </summary>
     public async Task RunOnceAsync(CancellationToken cancellationToken)
@@ -37,6 +38,7 @@ internal sealed partial class LifecycleWorker(
             await usage.FlushAsync(cancellationToken);
             return 0;
         });
+        await RunJobAsync("audit retention", async () => (int)await audit.PruneAsync(cancellationToken));
         if (rotated > 0 || destroyed > 0)
         {
             LogPass(logger, rotated, destroyed);

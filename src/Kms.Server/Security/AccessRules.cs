@@ -51,6 +51,7 @@ internal static class AccessRules
 {
     private const string Keys = "/kms.v1.KeyManagementService/";
     private const string Access = "/kms.v1.AccessManagementService/";
+    private const string Audit = "/kms.v1.AuditService/";
 
     /// <summary>Rules by full method name (<c>/package.Service/Method</c>).</summary>
     public static IReadOnlyDictionary<string, AccessRule> ByMethod { get; } = new Dictionary<string, AccessRule>(StringComparer.Ordinal)
@@ -126,6 +127,12 @@ internal static class AccessRules
         [Access + "ListRoleBindings"] = OnOrDeployment<ListRoleBindingsRequest>(Permission.BindingsRead, r => r.Tenant),
         [Access + "Bootstrap"] = new AccessRule(CallScope.Bootstrap, []),
 
+        // Audit: a tenant's auditors read its events; security officers read and export the whole chain.
+        [Audit + "ListAuditEvents"] = OnOrDeployment<ListAuditEventsRequest>(Permission.AuditRead, r => r.Tenant),
+        [Audit + "GetAuditCheckpoint"] = Deployment(Permission.AuditExport),
+        [Audit + "ExportAudit"] = Deployment(Permission.AuditExport),
+        [Audit + "GetAuditSigningKey"] = new AccessRule(CallScope.Authenticated, []),
+
         // Infrastructure.
         ["/grpc.health.v1.Health/Check"] = new AccessRule(CallScope.Public, []),
         ["/grpc.health.v1.Health/Watch"] = new AccessRule(CallScope.Public, []),
@@ -133,6 +140,28 @@ internal static class AccessRules
         ["/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"] = new AccessRule(CallScope.Authenticated, []),
         ["/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"] = new AccessRule(CallScope.Authenticated, []),
     };
+
+    /// <summary>
+    /// Whether a call changes state: its audit event is committed with its first write
+    /// (<see cref="Kms.Core.Audit.AuditScope"/>). Crypto, reads and the audit itself do not.
+    /// </summary>
+    public static bool IsMutating(AccessRule rule)
+    {
+        ArgumentNullException.ThrowIfNull(rule);
+        return rule.Scope == CallScope.Bootstrap || rule.Requirements.Any(r => r.Permission is Permission.KeysCreate or Permission.KeysUpdate
+            or Permission.KeysRotate or Permission.KeysChangeState or Permission.KeysDestroy or Permission.AliasesManage or Permission.PoliciesManage
+            or Permission.BindingsManage or Permission.TenantsManage or Permission.PrincipalsManage);
+    }
+
+    /// <summary>The resource a request names (for its audit event), if its rule reads one.</summary>
+    public static string? ResourceOf(AccessRule rule, object? request)
+    {
+        ArgumentNullException.ThrowIfNull(rule);
+        return request is IMessage message && rule.Requirements.FirstOrDefault(r => r.Field is not null) is { } requirement
+            && requirement.Field!(message) is { Length: > 0 } name
+            ? name
+            : null;
+    }
 
     private static AccessRule On<TRequest>(Permission permission, Func<TRequest, string> field)
         where TRequest : IMessage =>

@@ -36,9 +36,23 @@ internal sealed partial class AuthorizationInterceptor(
     // streaming services (health, reflection) do no HSM or database work worth shedding.
     public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
     {
-        var rule = await AuthorizeAsync(request as IMessage, context);
-        using var slot = rule.Scope == CallScope.Public ? default : Enter(context);
-        return await continuation(request, context);
+        Slot slot;
+        try
+        {
+            var rule = await AuthorizeAsync(request as IMessage, context);
+            slot = rule.Scope == CallScope.Public ? default : Enter(context);
+        }
+        catch (Exception e) when (e is KmsException or RpcException)
+        {
+            // The audit aggregates refusals made here (they cannot be used to fill the disk).
+            context.UserState[Audit.AuditInterceptor.RefusedKey] = true;
+            throw;
+        }
+
+        using (slot)
+        {
+            return await continuation(request, context);
+        }
     }
 
     public override async Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
@@ -68,7 +82,13 @@ internal sealed partial class AuthorizationInterceptor(
         }
         catch (KmsException e)
         {
+            context.UserState[Audit.AuditInterceptor.RefusedKey] = true;
             throw new RpcException(new global::Grpc.Core.Status(ProtoMapping.StatusCodeOf(e.Code), e.Message));
+        }
+        catch (RpcException)
+        {
+            context.UserState[Audit.AuditInterceptor.RefusedKey] = true;
+            throw;
         }
     }
 

@@ -70,6 +70,13 @@ public sealed partial class SqliteStore
     }
 
     /// <inheritdoc />
+    public async Task<AuditCheckpoint?> FindAuditCheckpointAtOrBeforeAsync(long sequence, CancellationToken cancellationToken)
+    {
+        var rows = await ReadListAsync("SELECT seq, head, time, key, body, signature FROM audit_checkpoints WHERE seq <= $seq ORDER BY seq DESC LIMIT 1", ReadCheckpoint, cancellationToken, ("$seq", sequence));
+        return rows.Count == 0 ? null : rows[0];
+    }
+
+    /// <inheritdoc />
     public Task<long> PruneAuditAsync(long throughSequence, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {

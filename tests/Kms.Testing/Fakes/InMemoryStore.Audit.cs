@@ -97,6 +97,14 @@ public sealed partial class InMemoryStore : IAuditStore
         }
     }
 
+    public Task<AuditCheckpoint?> FindAuditCheckpointAtOrBeforeAsync(long sequence, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            return Task.FromResult(_checkpoints.LastOrDefault(c => c.Sequence <= sequence));
+        }
+    }
+
     public Task<long> PruneAuditAsync(long throughSequence, CancellationToken cancellationToken)
     {
         lock (_lock)

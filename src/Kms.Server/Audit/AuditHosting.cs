@@ -1,0 +1,112 @@
+using System.Text;
+using Kms.Core.Audit;
+using Kms.Core.Services;
+using Kms.Server.Grpc;
+using Kms.Server.Hosting;
+
+namespace Kms.Server.Audit;
+
+/// <summary>The audit settings of the host (<c>Kms:Audit</c>), besides the log's own (<see cref="AuditOptions"/>).</summary>
+public sealed class AuditHostOptions
+{
+    /// <summary>Off only in dev mode, for the benchmark's audit-off baseline; a production start refuses it.</summary>
+    public bool Enabled { get; set; } = true;
+
+    /// <summary>Where written events are streamed as JSON lines for a SIEM (the export format), or <c>-</c> for stdout; unset: no stream.</summary>
+    public string? StreamPath { get; set; }
+}
+
+/// <summary>
+/// Runs the group-commit loop, and ships what must also live outside the database: every
+/// checkpoint goes to the log stream (event 1302) and to <c>{DataDir}/audit/checkpoints.jsonl</c>,
+/// the signing key's public key to <c>{DataDir}/audit/signing-key.pem</c>, and events to the
+/// SIEM stream when configured.
+/// </summary>
+internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions options, Microsoft.Extensions.Options.IOptions<KmsServerOptions> server, ILogger<AuditWorker> logger) : BackgroundService
+{
+    private readonly Lock _fileLock = new();
+
+    /// <summary>Loads or creates the audit keys and publishes the public key; before the server serves.</summary>
+    public async Task InitializeAsync(CancellationToken cancellationToken)
+    {
+        await audit.InitializeAsync(cancellationToken);
+        var directory = Path.Combine(Path.GetFullPath(server.Value.DataDir), "audit");
+        Directory.CreateDirectory(directory);
+        var pem = Path.Combine(directory, "signing-key.pem");
+        await File.WriteAllTextAsync(pem, AuditGrpcService.PublicKeyPem(audit.PublicKey), cancellationToken);
+        LogSigningKey(logger, audit.Fingerprint, pem);
+
+        var checkpoints = Path.Combine(directory, "checkpoints.jsonl");
+        audit.CheckpointWritten += checkpoint =>
+        {
+            var line = AuditExport.Checkpoint(checkpoint);
+            LogCheckpoint(logger, checkpoint.Sequence, checkpoint.HeadHash, line);
+            Append(checkpoints, line);
+        };
+
+        if (options.StreamPath is { Length: > 0 } stream)
+        {
+            audit.EventsWritten += events =>
+            {
+                var text = new StringBuilder();
+                foreach (var e in events)
+                {
+                    text.Append(AuditExport.Event(e)).Append('\n');
+                }
+
+                if (stream == "-")
+                {
+                    Console.Out.Write(text.ToString());
+                }
+                else
+                {
+                    Append(stream, text.ToString().TrimEnd('\n'));
+                }
+            };
+        }
+    }
+
+    protected override Task ExecuteAsync(CancellationToken stoppingToken) => audit.RunAsync(stoppingToken);
+
+    public override async Task StopAsync(CancellationToken cancellationToken)
+    {
+        await base.StopAsync(cancellationToken);
+
+        // Requests have drained by now: write what the refusal windows counted, and sign the head.
+        try
+        {
+            await audit.FlushRefusalsDirectAsync(cancellationToken);
+            await audit.CheckpointAsync(cancellationToken);
+        }
+        catch (Exception e) when (e is Kms.Core.Errors.KmsException or OperationCanceledException)
+        {
+            LogFinalCheckpointFailed(logger, e.GetType().Name);
+        }
+    }
+
+    private void Append(string path, string line)
+    {
+        lock (_fileLock)
+        {
+            if (!File.Exists(path))
+            {
+                File.WriteAllText(path, "");
+                if (!OperatingSystem.IsWindows())
+                {
+                    File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+                }
+            }
+
+            File.AppendAllText(path, line + "\n");
+        }
+    }
+
+    [LoggerMessage(EventId = 1300, Level = LogLevel.Information, Message = "audit signing key {Fingerprint}; public key in {Path}")]
+    private static partial void LogSigningKey(ILogger logger, string fingerprint, string path);
+
+    [LoggerMessage(EventId = 1302, Level = LogLevel.Information, Message = "audit checkpoint {Sequence} {HeadHash}: {Checkpoint}")]
+    private static partial void LogCheckpoint(ILogger logger, long sequence, string headHash, string checkpoint);
+
+    [LoggerMessage(EventId = 1303, Level = LogLevel.Warning, Message = "the final audit checkpoint could not be written ({Reason})")]
+    private static partial void LogFinalCheckpointFailed(ILogger logger, string reason);
+}

@@ -1,0 +1,222 @@
+using System.Collections;
+using System.Text.RegularExpressions;
+using Google.Protobuf;
+using Grpc.Core;
+using Grpc.Core.Interceptors;
+using Kms.Core.Audit;
+using Kms.Core.Errors;
+using Kms.Core.Services;
+using Kms.Server.Grpc;
+using Kms.Server.Security;
+
+namespace Kms.Server.Audit;
+
+/// <summary>
+/// Every call except health leaves one audit event, durable before the caller gets its
+/// answer. A call that changes state commits its event with its first write (one
+/// transaction, <see cref="AuditScope"/>); every other call — reads, crypto, failures — is
+/// group-committed by <see cref="AuditLog"/> before the answer is released. Refusals by the
+/// <see cref="AuthorizationInterceptor"/> are aggregated per principal, operation and
+/// outcome. If the event cannot be written the answer is UNAVAILABLE, whatever the handler
+/// did: no audit, no answer.
+/// </summary>
+internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts alerts, TimeProvider time, ILogger<AuditInterceptor> logger) : Interceptor
+{
+    /// <summary>Set in <see cref="ServerCallContext.UserState"/> by the authorization interceptor when it refuses a call.</summary>
+    public const string RefusedKey = "kms.refused";
+
+    private const string RequestIdHeader = "x-request-id";
+
+    public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
+    {
+        if (!Audited(context, out var rule))
+        {
+            return await continuation(request, context);
+        }
+
+        var scope = Begin(context, rule, request);
+        TResponse response;
+        using (AuditScope.Enter(scope))
+        {
+            try
+            {
+                response = await continuation(request, context);
+            }
+            catch (RpcException e)
+            {
+                await RecordAsync(context, scope, e.StatusCode);
+                throw;
+            }
+        }
+
+        await RecordAsync(context, scope, StatusCode.OK);
+        return response;
+    }
+
+    public override async Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        if (!Audited(context, out var rule))
+        {
+            await continuation(request, responseStream, context);
+            return;
+        }
+
+        await StreamAsync(context, Begin(context, rule, request), () => continuation(request, responseStream, context));
+    }
+
+    public override async Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        if (!Audited(context, out var rule))
+        {
+            return await continuation(requestStream, context);
+        }
+
+        TResponse response = default!;
+        await StreamAsync(context, Begin(context, rule, null), async () => response = await continuation(requestStream, context));
+        return response;
+    }
+
+    public override async Task DuplexStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, DuplexStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        if (!Audited(context, out var rule))
+        {
+            await continuation(requestStream, responseStream, context);
+            return;
+        }
+
+        await StreamAsync(context, Begin(context, rule, null), () => continuation(requestStream, responseStream, context));
+    }
+
+    // Health is not audited: probes every few seconds would drown the log, and it reveals nothing.
+    private static bool Audited(ServerCallContext context, out AccessRule? rule) =>
+        !AccessRules.ByMethod.TryGetValue(context.Method, out rule) || rule.Scope != CallScope.Public;
+
+    private async Task StreamAsync(ServerCallContext context, AuditScope scope, Func<Task> call)
+    {
+        using (AuditScope.Enter(scope))
+        {
+            try
+            {
+                await call();
+            }
+            catch (RpcException e)
+            {
+                await RecordAsync(context, scope, e.StatusCode);
+                throw;
+            }
+            catch (KmsException e)
+            {
+                await RecordAsync(context, scope, ProtoMapping.StatusCodeOf(e.Code));
+                throw;
+            }
+        }
+
+        await RecordAsync(context, scope, StatusCode.OK);
+    }
+
+    private AuditScope Begin(ServerCallContext context, AccessRule? rule, object? request)
+    {
+        var requestId = RequestId(context);
+        context.ResponseTrailers.Add(RequestIdHeader, requestId);
+        var entry = new AuditEntry
+        {
+            Time = DateTimeOffset.FromUnixTimeMilliseconds(time.GetUtcNow().ToUnixTimeMilliseconds()),
+            RequestId = requestId,
+            Principal = "anonymous",
+            Operation = context.Method,
+            Resource = rule is null ? null : AccessRules.ResourceOf(rule, request),
+            Outcome = "UNKNOWN",
+            Client = context.Peer,
+            Context = ContextHashes(request),
+        };
+        return new AuditScope(entry, rule is not null && AccessRules.IsMutating(rule));
+    }
+
+    private async Task RecordAsync(ServerCallContext context, AuditScope scope, StatusCode status)
+    {
+        var caller = context.UserState.TryGetValue(AuthorizationInterceptor.CallerKey, out var value) ? value as Caller : null;
+        var entry = scope.Entry with
+        {
+            Principal = caller?.Principal ?? "anonymous",
+            Tenant = caller?.HomeTenant?.Value,
+            Outcome = OutcomeOf(status),
+        };
+        var refused = context.UserState.ContainsKey(RefusedKey);
+        alerts.Observe(entry, refused);
+        if (status == StatusCode.OK && scope.Written)
+        {
+            return;
+        }
+
+        try
+        {
+            if (refused)
+            {
+                await audit.RefusedAsync(entry, CancellationToken.None);
+            }
+            else
+            {
+                await audit.AppendAsync(entry, CancellationToken.None);
+            }
+        }
+        catch (KmsException e) when (e.Code == KmsErrorCode.Unavailable)
+        {
+            LogAuditUnavailable(logger, context.Method, e.InnerException?.GetType().Name ?? e.GetType().Name);
+            throw new RpcException(new global::Grpc.Core.Status(StatusCode.Unavailable, "the audit log cannot be written, so the request is not answered; retry shortly"));
+        }
+    }
+
+    // The caller's request id when it is a sane token (it is echoed into the log), else ours.
+    private static string RequestId(ServerCallContext context)
+    {
+        var given = context.RequestHeaders.GetValue(RequestIdHeader);
+        return given is { Length: > 0 and <= 64 } && RequestIdPattern().IsMatch(given) ? given : Guid.NewGuid().ToString("N");
+    }
+
+    // Context keys with a keyed hash of each value; the values themselves never reach the log.
+    private List<KeyValuePair<string, string>> ContextHashes(object? request)
+    {
+        if (request is not IMessage message
+            || message.Descriptor.FindFieldByName("encryption_context") is not { IsMap: true } field
+            || field.Accessor.GetValue(message) is not IDictionary map
+            || map.Count == 0)
+        {
+            return [];
+        }
+
+        var hashes = new List<KeyValuePair<string, string>>(map.Count);
+        foreach (DictionaryEntry pair in map)
+        {
+            hashes.Add(KeyValuePair.Create((string)pair.Key, audit.HashContextValue((string)pair.Value!)));
+        }
+
+        return hashes;
+    }
+
+    private static string OutcomeOf(StatusCode status) => status switch
+    {
+        StatusCode.OK => "OK",
+        StatusCode.Cancelled => "CANCELLED",
+        StatusCode.InvalidArgument => "INVALID_ARGUMENT",
+        StatusCode.DeadlineExceeded => "DEADLINE_EXCEEDED",
+        StatusCode.NotFound => "NOT_FOUND",
+        StatusCode.AlreadyExists => "ALREADY_EXISTS",
+        StatusCode.PermissionDenied => "PERMISSION_DENIED",
+        StatusCode.ResourceExhausted => "RESOURCE_EXHAUSTED",
+        StatusCode.FailedPrecondition => "FAILED_PRECONDITION",
+        StatusCode.Aborted => "ABORTED",
+        StatusCode.OutOfRange => "OUT_OF_RANGE",
+        StatusCode.Unimplemented => "UNIMPLEMENTED",
+        StatusCode.Internal => "INTERNAL",
+        StatusCode.Unavailable => "UNAVAILABLE",
+        StatusCode.DataLoss => "DATA_LOSS",
+        StatusCode.Unauthenticated => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    };
+
+    [GeneratedRegex("^[A-Za-z0-9._:-]+$")]
+    private static partial Regex RequestIdPattern();
+
+    [LoggerMessage(EventId = 1301, Level = LogLevel.Error, Message = "{Method}: the audit event could not be written ({Reason}); answered UNAVAILABLE")]
+    private static partial void LogAuditUnavailable(ILogger logger, string method, string reason);
+}

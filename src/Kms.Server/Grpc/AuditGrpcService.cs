@@ -1,0 +1,130 @@
+using System.Globalization;
+using Google.Protobuf;
+using Google.Protobuf.WellKnownTypes;
+using Grpc.Core;
+using Kms.Contracts.V1;
+using Kms.Core.Audit;
+using Kms.Core.Errors;
+using Kms.Core.Names;
+using Kms.Core.Services;
+
+namespace Kms.Server.Grpc;
+
+/// <summary>
+/// kms.v1.AuditService. Authorization happened in the interceptor: a tenant's auditors list
+/// that tenant's events (the events of its principals and about its resources); security
+/// officers list, checkpoint and export the whole chain.
+/// </summary>
+internal sealed class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IAuditStore store) : AuditService.AuditServiceBase
+{
+    private const int MaxPageSize = 1000;
+
+    public override async Task<ListAuditEventsResponse> ListAuditEvents(ListAuditEventsRequest request, ServerCallContext context)
+    {
+        var tenant = request.Tenant.Length == 0 ? null : TenantId.ParseResourceName(request.Tenant, "tenant").Value;
+        var size = request.PageSize switch
+        {
+            0 => 100,
+            < 0 or > MaxPageSize => throw KmsErrors.InvalidArgument("page_size", $"page_size must be between 1 and {MaxPageSize}"),
+            _ => request.PageSize,
+        };
+        var after = request.PageToken.Length == 0 ? 0
+            : long.TryParse(request.PageToken, NumberStyles.None, CultureInfo.InvariantCulture, out var token) ? token
+            : throw KmsErrors.InvalidArgument("page_token", "page_token is not one this server issued");
+        var query = new AuditQuery
+        {
+            AfterSequence = after,
+            Limit = size,
+            Tenant = tenant,
+            StartTime = request.StartTime?.ToDateTimeOffset(),
+            EndTime = request.EndTime?.ToDateTimeOffset(),
+            Principal = Optional(request.Principal),
+            Resource = Optional(request.Resource),
+            Operation = Optional(request.Operation),
+            Outcome = Optional(request.Outcome),
+        };
+        var events = await store.ListAuditEventsAsync(query, context.CancellationToken);
+        var response = new ListAuditEventsResponse { NextPageToken = events.Count == size ? events[^1].Sequence.ToString(CultureInfo.InvariantCulture) : "" };
+        response.Events.AddRange(events.Select(ToProto));
+        return response;
+    }
+
+    public override async Task<GetAuditCheckpointResponse> GetAuditCheckpoint(GetAuditCheckpointRequest request, ServerCallContext context)
+    {
+        var checkpoint = await audit.CheckpointAsync(context.CancellationToken) ?? await store.GetLatestAuditCheckpointAsync(context.CancellationToken);
+        return new GetAuditCheckpointResponse { Checkpoint = checkpoint is null ? null : ToProto(checkpoint) };
+    }
+
+    public override Task<GetAuditSigningKeyResponse> GetAuditSigningKey(GetAuditSigningKeyRequest request, ServerCallContext context) =>
+        Task.FromResult(new GetAuditSigningKeyResponse
+        {
+            PublicKeyDer = ByteString.CopyFrom(audit.PublicKey),
+            PublicKeyPem = PublicKeyPem(audit.PublicKey),
+            Fingerprint = audit.Fingerprint,
+        });
+
+    public override async Task ExportAudit(ExportAuditRequest request, IServerStreamWriter<ExportAuditResponse> responseStream, ServerCallContext context)
+    {
+        if (request.FromSequence < 0)
+        {
+            throw new RpcException(new global::Grpc.Core.Status(StatusCode.InvalidArgument, "from_sequence must not be negative"));
+        }
+
+        var chunk = new ExportAuditResponse();
+        var bytes = 0;
+        await foreach (var line in audit.ExportAsync(request.FromSequence, context.CancellationToken))
+        {
+            chunk.Lines.Add(line);
+            bytes += line.Length;
+            if (bytes >= 512 * 1024)
+            {
+                await responseStream.WriteAsync(chunk, context.CancellationToken);
+                chunk = new ExportAuditResponse();
+                bytes = 0;
+            }
+        }
+
+        await responseStream.WriteAsync(chunk, context.CancellationToken);
+    }
+
+    /// <summary>The PEM form of a DER SubjectPublicKeyInfo.</summary>
+    public static string PublicKeyPem(byte[] der) => new string(System.Security.Cryptography.PemEncoding.Write("PUBLIC KEY", der)) + "\n";
+
+    private static string? Optional(string value) => value.Length == 0 ? null : value;
+
+    private static AuditEventInfo ToProto(AuditEvent e)
+    {
+        var info = new AuditEventInfo
+        {
+            Sequence = e.Sequence,
+            Time = Timestamp.FromDateTimeOffset(e.Entry.Time),
+            RequestId = e.Entry.RequestId,
+            Principal = e.Entry.Principal,
+            Tenant = e.Entry.Tenant ?? "",
+            Operation = e.Entry.Operation,
+            Resource = e.Entry.Resource ?? "",
+            Outcome = e.Entry.Outcome,
+            Client = e.Entry.Client ?? "",
+            Count = e.Entry.Count,
+            LastTime = e.Entry.LastTime is { } last ? Timestamp.FromDateTimeOffset(last) : null,
+            Hash = e.Hash,
+            PreviousHash = e.PreviousHash,
+        };
+        foreach (var (key, hash) in e.Entry.Context)
+        {
+            info.ContextHashes[key] = hash;
+        }
+
+        return info;
+    }
+
+    private static AuditCheckpointInfo ToProto(AuditCheckpoint c) => new()
+    {
+        Sequence = c.Sequence,
+        HeadHash = c.HeadHash,
+        Time = Timestamp.FromDateTimeOffset(c.Time),
+        KeyFingerprint = c.KeyFingerprint,
+        Body = c.Body,
+        Signature = ByteString.CopyFrom(c.Signature),
+    };
+}

@@ -1,0 +1,173 @@
+using System.Security.Cryptography;
+using Kms.Core.Audit;
+using Kms.Core.Errors;
+using Kms.Core.Services;
+using Kms.Testing.Fakes;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Kms.Core.Tests;
+
+/// <summary>The audit log's write path: group commit, no audit no answer, refusal aggregation, checkpoints, retention, context hashing.</summary>
+public sealed class AuditLogTests : IAsyncLifetime, IDisposable
+{
+    private readonly FakeHsm _hsm = new();
+    private readonly InMemoryStore _store = new();
+    private readonly FakeTimeProvider _time = new(new DateTimeOffset(2026, 11, 29, 12, 0, 0, TimeSpan.Zero));
+    private readonly CancellationTokenSource _stop = new();
+    private AuditLog _log = null!;
+    private Task _loop = Task.CompletedTask;
+
+    public async Task InitializeAsync()
+    {
+        _log = new AuditLog(_store, _store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 50, CheckpointInterval = TimeSpan.FromMinutes(1), RefusalWindow = TimeSpan.FromSeconds(10), Retention = TimeSpan.FromDays(30) });
+        await _log.InitializeAsync(default);
+        _loop = Task.Run(() => _log.RunAsync(_stop.Token));
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _stop.CancelAsync();
+        await _loop.WaitAsync(TimeSpan.FromSeconds(10)).ContinueWith(_ => { }, TaskScheduler.Default);
+    }
+
+    public void Dispose()
+    {
+        _hsm.Dispose();
+        _stop.Dispose();
+    }
+
+    [Fact]
+    public async Task ConcurrentAppends_AllDurableWhenTheyReturn_InFewerCommitsThanEvents()
+    {
+        var batches = new List<int>();
+        _log.BatchWritten += (size, _) => { lock (batches) { batches.Add(size); } };
+        await Task.WhenAll(Enumerable.Range(0, 200).Select(i => Task.Run(() => _log.AppendAsync(Entry($"req-{i}"), default))));
+
+        var written = await _store.ListAuditEventsAsync(new AuditQuery { Limit = 1000 }, default);
+        Assert.Equal(200, written.Count);
+        Assert.Equal(Enumerable.Range(0, 200).Select(i => $"req-{i}").Order(), written.Select(e => e.Entry.RequestId).Order());
+        Assert.Equal(200, batches.Sum());
+        Assert.True(batches.Count < 200, $"{batches.Count} commits for 200 events: no grouping");
+    }
+
+    [Fact]
+    public async Task StoreDown_AppendFailsUnavailable_ThenRecoversWithoutAGap()
+    {
+        await _log.AppendAsync(Entry("before"), default);
+        _store.AuditUnavailable = true;
+        var e = await Assert.ThrowsAsync<KmsException>(() => _log.AppendAsync(Entry("while-down"), default));
+        Assert.Equal(KmsErrorCode.Unavailable, e.Code);
+
+        _store.AuditUnavailable = false;
+        await _log.AppendAsync(Entry("after"), default);
+        var events = await _store.ListAuditEventsAsync(new AuditQuery(), default);
+        Assert.Equal(["before", "after"], events.Select(x => x.Entry.RequestId));
+        Assert.Equal([1L, 2L], events.Select(x => x.Sequence));
+        Assert.Equal(events[0].Hash, events[1].PreviousHash);
+    }
+
+    [Fact]
+    public async Task RefusalFlood_FirstWrittenAtOnce_RestCountedInOneEventPerWindow()
+    {
+        for (var i = 0; i < 1000; i++)
+        {
+            await _log.RefusedAsync(Entry($"r{i}") with { Principal = "anonymous", Outcome = "UNAUTHENTICATED" }, default);
+        }
+
+        await _log.RefusedAsync(Entry("other") with { Principal = "token:bob", Outcome = "PERMISSION_DENIED" }, default);
+        Assert.Equal(2, (await _store.ListAuditEventsAsync(new AuditQuery(), default)).Count);
+
+        _time.Advance(TimeSpan.FromSeconds(11));
+        await _log.RunHousekeepingAsync(default);
+        var events = await _store.ListAuditEventsAsync(new AuditQuery(), default);
+        Assert.Equal(3, events.Count);
+        var summary = events[2].Entry;
+        Assert.Equal(("anonymous", "UNAUTHENTICATED", 999L, "aggregated"), (summary.Principal, summary.Outcome, summary.Count, summary.RequestId));
+
+        // A new window starts with a written event again.
+        await _log.RefusedAsync(Entry("later") with { Principal = "anonymous", Outcome = "UNAUTHENTICATED" }, default);
+        Assert.Equal(4, (await _store.ListAuditEventsAsync(new AuditQuery(), default)).Count);
+    }
+
+    [Fact]
+    public async Task Checkpoints_AfterNEvents_OrAfterTheInterval_SignedByTheAuditKey()
+    {
+        for (var i = 0; i < 50; i++)
+        {
+            await _log.AppendAsync(Entry($"req-{i}"), default);
+        }
+
+        await _log.RunHousekeepingAsync(default);
+        var first = Assert.Single(await _store.ListAuditCheckpointsAsync(0, 10, default));
+        Assert.Equal(50, first.Sequence);
+
+        await _log.AppendAsync(Entry("one more"), default);
+        await _log.RunHousekeepingAsync(default);
+        Assert.Single(await _store.ListAuditCheckpointsAsync(0, 10, default));
+        _time.Advance(TimeSpan.FromMinutes(1));
+        await _log.RunHousekeepingAsync(default);
+        var second = (await _store.ListAuditCheckpointsAsync(0, 10, default))[^1];
+        Assert.Equal(51, second.Sequence);
+
+        using var key = ECDsa.Create();
+        key.ImportSubjectPublicKeyInfo(_log.PublicKey, out _);
+        Assert.True(key.VerifyHash(AuditChain.CheckpointDigest(second.Body), second.Signature));
+        Assert.Equal(AuditChain.Fingerprint(_log.PublicKey), second.KeyFingerprint);
+        Assert.Contains($"\"head\":\"{(await _store.GetAuditHeadAsync(default)).Hash}\"", second.Body, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Retention_PrunesBackToTheNewestCheckpointOlderThanThePeriod()
+    {
+        for (var i = 0; i < 120; i++)
+        {
+            await _log.AppendAsync(Entry($"old-{i}"), default);
+            if (i % 50 == 49)
+            {
+                await _log.CheckpointAsync(default);
+            }
+
+            _time.Advance(TimeSpan.FromHours(1));
+        }
+
+        // Events 1..120, an hour apart. Now the first 60 are past the retention period: the
+        // prune goes back to the newest checkpoint among them (the loop may have signed more
+        // than the two made here), never further.
+        _time.Advance(TimeSpan.FromDays(30) - TimeSpan.FromHours(60));
+        var anchor = (await _store.ListAuditCheckpointsAsync(0, 100, default)).Last(c => c.Sequence <= 60).Sequence;
+        Assert.InRange(anchor, 50, 60);
+        Assert.Equal(anchor, await _log.PruneAsync(default));
+        var remaining = await _store.ListAuditEventsAsync(new AuditQuery { Limit = 1000 }, default);
+        Assert.Equal(anchor + 1, remaining[0].Sequence);
+        Assert.Equal(anchor, (await _store.ListAuditCheckpointsAsync(0, 100, default))[0].Sequence);
+        Assert.Equal(0, await _log.PruneAsync(default));
+    }
+
+    [Fact]
+    public async Task KeysAreStableAcrossRestarts_ContextHashKeyed()
+    {
+        var again = new AuditLog(_store, _store, _hsm, _time, new AuditOptions());
+        await again.InitializeAsync(default);
+        Assert.Equal(_log.Fingerprint, again.Fingerprint);
+        Assert.Equal(_log.HashContextValue("42"), again.HashContextValue("42"));
+        Assert.NotEqual(_log.HashContextValue("42"), _log.HashContextValue("43"));
+        Assert.NotEqual(Convert.ToHexStringLower(SHA256.HashData("42"u8)), _log.HashContextValue("42"));
+        Assert.Equal(1, _hsm.Calls["generate-ec"]);
+
+        // Another deployment (another domain key and database) hashes the same value differently.
+        using var otherHsm = new FakeHsm();
+        var other = new AuditLog(new InMemoryStore(), new InMemoryStore(), otherHsm, _time, new AuditOptions());
+        await other.InitializeAsync(default);
+        Assert.NotEqual(_log.HashContextValue("42"), other.HashContextValue("42"));
+    }
+
+    private AuditEntry Entry(string requestId) => new()
+    {
+        Time = _time.GetUtcNow(),
+        RequestId = requestId,
+        Principal = "token:alice",
+        Tenant = "dev",
+        Operation = "/kms.v1.KeyManagementService/Encrypt",
+        Outcome = "OK",
+    };
+}

@@ -1,0 +1,274 @@
+using System.Text;
+using Grpc.Core;
+using Kms.Client.Audit;
+using Kms.Contracts.V1;
+using Kms.Core.Audit;
+using Kms.Core.Services;
+using Kms.Testing;
+using Microsoft.Data.Sqlite;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Kms.Server.Tests;
+
+/// <summary>
+/// The audit log on the real server: one event per call (allowed, refused, failed), a
+/// mutation and its event in one transaction, no secret anywhere in the log, refusal
+/// floods aggregated, no audit no answer, tenant-scoped reading, and an export that the
+/// client's independent verifier accepts against the published key.
+/// </summary>
+public sealed class AuditTests : IAsyncLifetime
+{
+    private KmsTestServer _server = null!;
+    private Kms.Client.KmsClient _developer = null!;
+    private Kms.Client.KmsClient _officer = null!;
+
+    public async Task InitializeAsync()
+    {
+        var stream = Path.Combine(Path.GetTempPath(), $"kms-audit-stream-{Guid.NewGuid():N}.jsonl");
+        _server = await KmsTestServer.StartAsync(null, null, "dev", (Action<IServiceCollection>?)null,
+            $"--Kms:Audit:StreamPath={stream}", "--Storage:Sqlite:BusyTimeout=00:00:01");
+        _developer = _server.CreateClient();
+        _officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+    }
+
+    public async Task DisposeAsync()
+    {
+        _developer.Dispose();
+        _officer.Dispose();
+        await _server.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task EveryCall_OneEvent_WithPrincipalOperationResourceAndOutcome()
+    {
+        var key = await _developer.CreateKeyAsync("tenants/dev", "audited");
+        var blob = (await _developer.EncryptAsync(key.Name, "x"u8.ToArray(), new Dictionary<string, string> { ["order"] = "17" })).Ciphertext;
+        using (await _developer.DecryptAsync(blob, new Dictionary<string, string> { ["order"] = "17" }))
+        {
+        }
+
+        await Assert.ThrowsAsync<RpcException>(() => _developer.GetKeyAsync("tenants/dev/keys/missing"));
+        using var keyUser = _server.CreateClient(_server.KeyUserToken);
+        await Assert.ThrowsAsync<RpcException>(() => keyUser.CreateKeyAsync("tenants/dev", "not-allowed"));
+
+        var events = await EventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", Resource = "tenants/dev/keys/audited" });
+        Assert.Equal(
+            ["CreateKey OK", "Encrypt OK", "Decrypt OK"],
+            events.Select(e => $"{e.Operation[(e.Operation.LastIndexOf('/') + 1)..]} {e.Outcome}"));
+        Assert.All(events, e => Assert.Equal(("token:developer", "dev"), (e.Principal, e.Tenant)));
+        Assert.Equal("tenants/dev/keys/audited/versions/1", events[2].Resource);
+        Assert.Equal(["order"], events[1].ContextHashes.Keys);
+        Assert.Equal(events[1].ContextHashes["order"], events[2].ContextHashes["order"]);
+        Assert.Matches("^[0-9a-f]{64}$", events[1].ContextHashes["order"]);
+
+        var missing = Assert.Single(await EventsAsync(new ListAuditEventsRequest { Resource = "tenants/dev/keys/missing" }));
+        Assert.Equal("NOT_FOUND", missing.Outcome);
+        var refused = Assert.Single(await EventsAsync(new ListAuditEventsRequest { Principal = "token:dev-app", Operation = "CreateKey" }));
+        Assert.Equal(("PERMISSION_DENIED", "tenants/dev"), (refused.Outcome, refused.Resource));
+    }
+
+    [Fact]
+    public async Task Mutation_EventCommittedWithIt_NotTwice()
+    {
+        var key = await _developer.CreateKeyAsync("tenants/dev", "once");
+        await _developer.Raw.DisableKeyAsync(new DisableKeyRequest { Name = key.Name });
+        var events = await EventsAsync(new ListAuditEventsRequest { Resource = key.Name });
+        Assert.Equal(["CreateKey", "DisableKey"], events.Select(e => e.Operation[(e.Operation.LastIndexOf('/') + 1)..]));
+
+        // The key row and its event were written by the same transaction: the event's time is the request's.
+        await using var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Mode=ReadOnly");
+        await connection.OpenAsync();
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT count(*) FROM audit_events WHERE resource = $r AND operation LIKE '%/CreateKey'";
+        command.Parameters.AddWithValue("$r", key.Name);
+        Assert.Equal(1L, await command.ExecuteScalarAsync());
+    }
+
+    [Fact]
+    public async Task Canary_NoSecretInTheAuditTableTheExportTheStreamOrTheLogs()
+    {
+        var plaintext = Encoding.UTF8.GetBytes("CANARY-PLAINTEXT-5a1f9e");
+        var contextValue = "CANARY-CONTEXT-VALUE-c03d";
+        var context = new Dictionary<string, string> { ["patient"] = contextValue };
+        var key = await _developer.CreateKeyAsync("tenants/dev", "canary");
+        var blob = (await _developer.EncryptAsync(key.Name, plaintext, context)).Ciphertext;
+        using (await _developer.DecryptAsync(blob, context))
+        {
+        }
+
+        using var dataKey = await _developer.GenerateDataKeyAsync(key.Name, context);
+        var dataKeyBytes = dataKey.Plaintext.ToArray();
+        await Assert.ThrowsAsync<RpcException>(() => _developer.DecryptAsync(blob, new Dictionary<string, string> { ["patient"] = contextValue + "x" }));
+        var issued = await _server.CreatePrincipalWithTokenAsync("canary-bot", "dev", "key-user");
+        using (var bot = _server.CreateClient(issued))
+        {
+            await bot.GenerateRandomAsync(8);
+        }
+
+        using var wrong = _server.CreateClient(issued[..^4] + "AAAA");
+        await Assert.ThrowsAsync<RpcException>(() => wrong.GenerateRandomAsync(8));
+        var export = await ExportAsync();
+        await _officer.Audit.GetAuditCheckpointAsync(new GetAuditCheckpointRequest());
+
+        var places = new Dictionary<string, byte[]>
+        {
+            ["database"] = ReadShared(_server.DatabasePath),
+            ["wal"] = File.Exists(_server.DatabasePath + "-wal") ? ReadShared(_server.DatabasePath + "-wal") : [],
+            ["export"] = Encoding.UTF8.GetBytes(export),
+            ["logs"] = Encoding.UTF8.GetBytes(_server.Logs.AllText),
+            ["checkpoints"] = ReadShared(Path.Combine(_server.DataDir, "audit", "checkpoints.jsonl")),
+        };
+        var secrets = new Dictionary<string, byte[]>
+        {
+            ["plaintext"] = plaintext,
+            ["data key"] = dataKeyBytes,
+            ["context value"] = Encoding.UTF8.GetBytes(contextValue),
+            ["api token"] = Encoding.UTF8.GetBytes(issued),
+            ["api token secret"] = Encoding.UTF8.GetBytes(issued[(issued.LastIndexOf('_') + 1)..]),
+            ["wrong token secret"] = Encoding.UTF8.GetBytes(issued[(issued.LastIndexOf('_') + 1)..^4] + "AAAA"),
+        };
+        Assert.Contains("\"patient\":", export, StringComparison.Ordinal);
+        foreach (var (place, content) in places)
+        {
+            Assert.NotEmpty(content);
+            foreach (var (name, secret) in secrets)
+            {
+                foreach (var form in Forms(secret))
+                {
+                    Assert.False(content.AsSpan().IndexOf(form) >= 0, $"{name} found in {place}");
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Export_VerifiesOffline_AgainstThePublishedKey_AndATamperedCopyDoesNot()
+    {
+        var key = await _developer.CreateKeyAsync("tenants/dev", "exported");
+        for (var i = 0; i < 5; i++)
+        {
+            await _developer.EncryptAsync(key.Name, new byte[] { 1, 2, 3 });
+        }
+
+        var checkpoint = (await _officer.Audit.GetAuditCheckpointAsync(new GetAuditCheckpointRequest())).Checkpoint;
+        var published = await _developer.Audit.GetAuditSigningKeyAsync(new GetAuditSigningKeyRequest());
+        Assert.Equal(published.PublicKeyPem, await File.ReadAllTextAsync(Path.Combine(_server.DataDir, "audit", "signing-key.pem")));
+        Assert.Contains(checkpoint.Body, _server.Logs.AllText, StringComparison.Ordinal);
+        Assert.Contains(checkpoint.Body, await File.ReadAllTextAsync(Path.Combine(_server.DataDir, "audit", "checkpoints.jsonl")), StringComparison.Ordinal);
+
+        var export = await ExportAsync();
+        var known = new KnownCheckpoint(checkpoint.Sequence, checkpoint.HeadHash);
+        var result = AuditVerifier.Verify(new StringReader(export), published.PublicKeyDer.ToByteArray(), known);
+        Assert.True(result.Valid, result.Problem);
+        Assert.True(result.Events >= 7 && result.Checkpoints >= 1, $"{result.Events} events, {result.Checkpoints} checkpoints");
+
+        // Someone with the database deletes the key's creation from the chain.
+        await using (var connection = new SqliteConnection($"Data Source={_server.DatabasePath}"))
+        {
+            await connection.OpenAsync();
+            await using var delete = connection.CreateCommand();
+            delete.CommandText = "DELETE FROM audit_events WHERE resource = $r AND operation LIKE '%/CreateKey'";
+            delete.Parameters.AddWithValue("$r", key.Name);
+            Assert.Equal(1, await delete.ExecuteNonQueryAsync());
+        }
+
+        var tampered = AuditVerifier.Verify(new StringReader(await ExportAsync()), published.PublicKeyDer.ToByteArray(), known);
+        Assert.False(tampered.Valid);
+        Assert.Contains("missing", tampered.Problem, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task RefusalFlood_AggregatedIntoFewEvents()
+    {
+        using var anonymous = _server.CreateClient(apiToken: null);
+        for (var i = 0; i < 100; i++)
+        {
+            await Assert.ThrowsAsync<RpcException>(() => anonymous.GenerateRandomAsync(8));
+        }
+
+        var audit = _server.Services.GetRequiredService<AuditLog>();
+        await audit.FlushRefusalsAsync(default);
+        var events = await EventsAsync(new ListAuditEventsRequest { Principal = "anonymous", Outcome = "UNAUTHENTICATED" });
+        Assert.Equal(2, events.Count);
+        Assert.Equal(100, events.Sum(e => e.Count));
+        Assert.Contains("security alert refusals", _server.Logs.AllText, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task AuditStoreUnavailable_NoAnswer_ThenServesAgainWithoutAGap()
+    {
+        var key = await _developer.CreateKeyAsync("tenants/dev", "no-audit-no-answer");
+        await _developer.EncryptAsync(key.Name, new byte[] { 1 });
+
+        // Another process holds the database's write lock (past the busy timeout).
+        await using (var blocker = new SqliteConnection($"Data Source={_server.DatabasePath}"))
+        {
+            await blocker.OpenAsync();
+            await using var begin = blocker.CreateCommand();
+            begin.CommandText = "BEGIN IMMEDIATE";
+            await begin.ExecuteNonQueryAsync();
+            var e = await Assert.ThrowsAsync<RpcException>(() => _developer.EncryptAsync(key.Name, new byte[] { 2 }));
+            Assert.Equal(StatusCode.Unavailable, e.StatusCode);
+            await using var rollback = blocker.CreateCommand();
+            rollback.CommandText = "ROLLBACK";
+            await rollback.ExecuteNonQueryAsync();
+        }
+
+        await _developer.EncryptAsync(key.Name, new byte[] { 3 });
+        var published = await _developer.Audit.GetAuditSigningKeyAsync(new GetAuditSigningKeyRequest());
+        var result = AuditVerifier.Verify(new StringReader(await ExportAsync()), published.PublicKeyDer.ToByteArray());
+        Assert.True(result.Valid, result.Problem);
+        Assert.Equal(2, (await EventsAsync(new ListAuditEventsRequest { Resource = key.Name, Operation = "Encrypt" })).Count);
+    }
+
+    [Fact]
+    public async Task TenantAuditor_SeesItsTenantOnly_SecurityOfficerSeesAll()
+    {
+        await _server.EnsureTenantAsync("acme");
+        using var acme = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("acme-manager", "acme", "key-manager"));
+        await acme.CreateKeyAsync("tenants/acme", "theirs");
+        await _developer.CreateKeyAsync("tenants/dev", "ours");
+        using var auditor = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("dev-auditor", "dev", "auditor"));
+
+        var own = await auditor.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", PageSize = 1000 });
+        Assert.Contains(own.Events, e => e.Resource == "tenants/dev/keys/ours");
+        Assert.DoesNotContain(own.Events, e => e.Tenant == "acme" || e.Resource.StartsWith("tenants/acme", StringComparison.Ordinal));
+        var other = await Assert.ThrowsAsync<RpcException>(async () => await auditor.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/acme" }));
+        Assert.Equal(StatusCode.NotFound, other.StatusCode);
+        var all = await Assert.ThrowsAsync<RpcException>(async () => await auditor.Audit.ListAuditEventsAsync(new ListAuditEventsRequest()));
+        Assert.Equal(StatusCode.PermissionDenied, all.StatusCode);
+
+        var everything = await _officer.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { PageSize = 1000 });
+        Assert.Contains(everything.Events, e => e.Resource == "tenants/acme/keys/theirs");
+    }
+
+    private async Task<List<AuditEventInfo>> EventsAsync(ListAuditEventsRequest request)
+    {
+        request.PageSize = 1000;
+        return [.. (await _officer.Audit.ListAuditEventsAsync(request)).Events];
+    }
+
+    private async Task<string> ExportAsync()
+    {
+        var text = new StringWriter();
+        await _officer.ExportAuditAsync(text);
+        return text.ToString();
+    }
+
+    private static byte[] ReadShared(string path)
+    {
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+        using var copy = new MemoryStream();
+        stream.CopyTo(copy);
+        return copy.ToArray();
+    }
+
+    private static IEnumerable<byte[]> Forms(byte[] secret) =>
+    [
+        secret,
+        Encoding.UTF8.GetBytes(Convert.ToHexString(secret)),
+        Encoding.UTF8.GetBytes(Convert.ToHexStringLower(secret)),
+        Encoding.UTF8.GetBytes(Convert.ToBase64String(secret)),
+        Encoding.UTF8.GetBytes(Convert.ToBase64String(secret).TrimEnd('=').Replace('+', '-').Replace('/', '_')),
+    ];
+}

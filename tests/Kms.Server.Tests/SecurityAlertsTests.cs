@@ -1,0 +1,107 @@
+using Kms.Core.Audit;
+using Kms.Server.Audit;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Kms.Server.Tests;
+
+/// <summary>The alert detector with a fake clock: a burst fires once per window; normal traffic and slow trickles do not.</summary>
+public sealed class SecurityAlertsTests
+{
+    private readonly FakeTimeProvider _time = new(new DateTimeOffset(2026, 11, 29, 12, 0, 0, TimeSpan.Zero));
+    private readonly List<SecurityAlert> _raised = [];
+    private readonly SecurityAlerts _alerts;
+
+    public SecurityAlertsTests()
+    {
+        _alerts = new SecurityAlerts(new SecurityAlertOptions { Window = TimeSpan.FromMinutes(1), Refusals = 20, DecryptFailures = 10, Volume = 1000 }, _time, NullLogger<SecurityAlerts>.Instance);
+        _alerts.Raised += _raised.Add;
+    }
+
+    [Fact]
+    public void RefusalBurst_AlertsAtTheThreshold_OncePerWindow()
+    {
+        for (var i = 0; i < 19; i++)
+        {
+            _alerts.Observe(Entry("anonymous", "UNAUTHENTICATED"), refused: true);
+        }
+
+        Assert.Empty(_raised);
+        _alerts.Observe(Entry("anonymous", "UNAUTHENTICATED"), refused: true);
+        var alert = Assert.Single(_raised);
+        Assert.Equal(("refusals", "anonymous@10.0.0.7", 20L), (alert.Kind, alert.Subject, alert.Count));
+
+        for (var i = 0; i < 50; i++)
+        {
+            _alerts.Observe(Entry("anonymous", "UNAUTHENTICATED"), refused: true);
+        }
+
+        Assert.Single(_raised);
+        _time.Advance(TimeSpan.FromMinutes(1));
+        _alerts.Observe(Entry("anonymous", "UNAUTHENTICATED"), refused: true);
+        Assert.Single(_raised);
+        for (var i = 0; i < 20; i++)
+        {
+            _alerts.Observe(Entry("anonymous", "UNAUTHENTICATED"), refused: true);
+        }
+
+        Assert.Equal(2, _raised.Count);
+    }
+
+    [Fact]
+    public void SlowTrickle_OfRefusals_NeverFillsTheWindow()
+    {
+        for (var i = 0; i < 200; i++)
+        {
+            _alerts.Observe(Entry("token:ci-bot", "PERMISSION_DENIED"), refused: true);
+            _time.Advance(TimeSpan.FromSeconds(4));
+        }
+
+        Assert.Empty(_raised);
+    }
+
+    [Fact]
+    public void NormalTraffic_NoAlert_ButFailedDecryptionsAndVolumeDo()
+    {
+        for (var i = 0; i < 900; i++)
+        {
+            _alerts.Observe(Entry("token:app", "OK", "/kms.v1.KeyManagementService/Decrypt"), refused: false);
+        }
+
+        Assert.Empty(_raised);
+        for (var i = 0; i < 10; i++)
+        {
+            _alerts.Observe(Entry("token:app", "INVALID_ARGUMENT", "/kms.v1.KeyManagementService/Decrypt"), refused: false);
+        }
+
+        Assert.Equal(["decrypt-failures"], _raised.Select(a => a.Kind));
+        for (var i = 0; i < 100; i++)
+        {
+            _alerts.Observe(Entry("token:app", "OK", "/kms.v1.KeyManagementService/Encrypt"), refused: false);
+        }
+
+        Assert.Equal(["decrypt-failures", "volume"], _raised.Select(a => a.Kind));
+        Assert.All(_raised, a => Assert.Equal("token:app", a.Subject));
+    }
+
+    [Fact]
+    public void HandlerErrors_AreNotRefusals()
+    {
+        for (var i = 0; i < 100; i++)
+        {
+            _alerts.Observe(Entry("token:app", "NOT_FOUND", "/kms.v1.KeyManagementService/GetKey"), refused: false);
+        }
+
+        Assert.Empty(_raised);
+    }
+
+    private AuditEntry Entry(string principal, string outcome, string operation = "/kms.v1.KeyManagementService/GenerateRandom") => new()
+    {
+        Time = _time.GetUtcNow(),
+        RequestId = "r",
+        Principal = principal,
+        Operation = operation,
+        Outcome = outcome,
+        Client = "ipv4:10.0.0.7:51234",
+    };
+}
