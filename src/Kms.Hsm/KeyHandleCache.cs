@@ -17,9 +17,14 @@ namespace Kms.Hsm;
 /// older generation are never destroyed or used (their objects died with their sessions).
 /// Destruction needs a session, so evicted handles queue up and are destroyed by the next
 /// operation that holds one.
+/// <para>An entry is keyed by the key version's id <em>and</em> the kind of object it was
+/// unwrapped as (<see cref="KeyHandleKind"/>), so a lease for an ECDSA key can never return a
+/// handle unwrapped as an AES key, whatever ids callers pass.</para>
 /// </remarks>
 internal sealed class KeyHandleCache : IDisposable
 {
+    private static readonly KeyHandleKind[] Kinds = Enum.GetValues<KeyHandleKind>();
+
     private readonly MemoryCache _cache;
     private readonly TimeSpan _idleTimeout;
     private readonly ConcurrentQueue<IObjectHandle> _toDestroy = new();
@@ -40,18 +45,19 @@ internal sealed class KeyHandleCache : IDisposable
     /// <summary>Handles waiting for destruction.</summary>
     public int PendingDestroyCount => _toDestroy.Count;
 
-    /// <summary>Leases the unwrapped copy of a key version, unwrapping it on a miss.</summary>
-    public HandleLease Lease(KeyVersionId id, Func<IObjectHandle> unwrap)
+    /// <summary>Leases the copy of a key version unwrapped as <paramref name="kind"/>, unwrapping it on a miss.</summary>
+    public HandleLease Lease(KeyVersionId id, KeyHandleKind kind, Func<IObjectHandle> unwrap)
     {
-        if (_cache.TryGetValue(id, out CachedHandle? cached) && cached!.TryLease())
+        var key = new Key(id, kind);
+        if (_cache.TryGetValue(key, out CachedHandle? cached) && cached!.TryLease())
         {
-            return new HandleLease(id, cached);
+            return new HandleLease(key, cached);
         }
 
         // Two concurrent misses unwrap twice; the replaced entry is evicted and destroyed
         // once released, so the only cost is one extra unwrap.
         var fresh = new CachedHandle(unwrap(), this);
-        using (var entry = _cache.CreateEntry(id))
+        using (var entry = _cache.CreateEntry(key))
         {
             entry.Value = fresh;
             entry.Size = 1;
@@ -59,17 +65,21 @@ internal sealed class KeyHandleCache : IDisposable
             entry.RegisterPostEvictionCallback(static (_, value, _, _) => ((CachedHandle)value!).MarkEvicted());
         }
 
-        return new HandleLease(id, fresh);
+        return new HandleLease(key, fresh);
     }
 
-    /// <summary>Evicts a key version's copy (destroyed once no lease holds it).</summary>
-    /// <remarks>Marks the copy evicted right away rather than waiting for MemoryCache's asynchronous callback.</remarks>
+    /// <summary>Evicts a key version's copies, of every kind (each destroyed once no lease holds it).</summary>
+    /// <remarks>Marks a copy evicted right away rather than waiting for MemoryCache's asynchronous callback.</remarks>
     public void Invalidate(KeyVersionId id)
     {
-        if (_cache.TryGetValue(id, out CachedHandle? cached))
+        foreach (var kind in Kinds)
         {
-            _cache.Remove(id);
-            cached!.MarkEvicted();
+            var key = new Key(id, kind);
+            if (_cache.TryGetValue(key, out CachedHandle? cached))
+            {
+                _cache.Remove(key);
+                cached!.MarkEvicted();
+            }
         }
     }
 
@@ -77,12 +87,12 @@ internal sealed class KeyHandleCache : IDisposable
     /// Drops a copy the HSM no longer knows (its handle is invalid) without ever destroying
     /// it: on an HSM that reuses handle numbers, that number may already name another object.
     /// </summary>
-    private void Forget(KeyVersionId id, CachedHandle lost)
+    private void Forget(Key key, CachedHandle lost)
     {
         lost.MarkDead();
-        if (_cache.TryGetValue(id, out CachedHandle? cached) && ReferenceEquals(cached, lost))
+        if (_cache.TryGetValue(key, out CachedHandle? cached) && ReferenceEquals(cached, lost))
         {
-            _cache.Remove(id);
+            _cache.Remove(key);
         }
     }
 
@@ -101,6 +111,9 @@ internal sealed class KeyHandleCache : IDisposable
     public void Dispose() => _cache.Dispose();
 
     private void Enqueue(IObjectHandle handle) => _toDestroy.Enqueue(handle);
+
+    /// <summary>The cache key: one key version may be cached once per kind, never confused across kinds.</summary>
+    internal readonly record struct Key(KeyVersionId Id, KeyHandleKind Kind);
 
     /// <summary>One unwrapped copy and its lease count.</summary>
     internal sealed class CachedHandle(IObjectHandle handle, KeyHandleCache owner)
@@ -177,15 +190,28 @@ internal sealed class KeyHandleCache : IDisposable
     }
 
     /// <summary>A lease on a handle: the copy lives at least until the lease is disposed.</summary>
-    internal readonly struct HandleLease(KeyVersionId id, CachedHandle cached) : IDisposable
+    internal readonly struct HandleLease(Key key, CachedHandle cached) : IDisposable
     {
         public IObjectHandle Handle => cached.Handle;
 
         public long Generation => cached.Generation;
 
         /// <summary>The HSM says this handle is invalid: drop it from the cache, never destroy it.</summary>
-        public void Forget() => cached.Owner.Forget(id, cached);
+        public void Forget() => cached.Owner.Forget(key, cached);
 
         public void Dispose() => cached.Release();
     }
+}
+
+/// <summary>What a key version was unwrapped as: each kind has its own unwrap template and its own cache entries.</summary>
+internal enum KeyHandleKind
+{
+    /// <summary>An AES-256 secret key for GCM.</summary>
+    Aes256Gcm,
+
+    /// <summary>A P-256 private key for ECDSA, its curve checked after the unwrap.</summary>
+    EcdsaP256,
+
+    /// <summary>A P-384 private key for ECDSA, its curve checked after the unwrap.</summary>
+    EcdsaP384,
 }

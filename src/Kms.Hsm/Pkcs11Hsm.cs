@@ -14,11 +14,11 @@ namespace Kms.Hsm;
 /// <see cref="IHsm"/> over a PKCS#11 token through Pkcs11Interop.
 /// </summary>
 /// <remarks>
-/// <para>Key versions are generated inside the HSM, wrapped under the domain key with
-/// CKM_AES_KEY_WRAP_PAD (RFC 5649) and destroyed in the same operation; in use they are
-/// unwrapped into sensitive, non-extractable session objects whose handles are cached and
-/// leased (<see cref="KeyHandleCache"/>). GCM IVs are drawn from the HSM's RNG by the
-/// caller.</para>
+/// <para>Key versions (AES-256 keys, EC private keys) are generated inside the HSM, wrapped
+/// under the domain key with CKM_AES_KEY_WRAP_PAD (RFC 5649) and destroyed in the same
+/// operation; in use they are unwrapped into sensitive, non-extractable session objects
+/// whose handles are cached and leased (<see cref="KeyHandleCache"/>), per key version and
+/// kind of key. GCM IVs are drawn from the HSM's RNG by the caller.</para>
 /// <para>When the device, the library or the sessions are lost, the failing call answers
 /// UNAVAILABLE; the next call re-opens the sessions (re-initialising the module if needed),
 /// logs in again, finds the same domain key (same check value, or it stays down) and starts
@@ -129,12 +129,83 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
         }, cancellationToken);
 
     /// <inheritdoc />
-    public ValueTask<GeneratedKeyPair> GenerateEcKeyPairAsync(EcCurve curve, CancellationToken cancellationToken) =>
-        throw KmsErrors.FailedPrecondition("EC keys are not implemented by this HSM adapter yet");
+    /// <remarks>
+    /// Both halves are session objects; the private half is extractable only so the domain key
+    /// can wrap it (KWP), and both are destroyed before this returns. The public key is read as
+    /// CKA_EC_POINT and checked to be a point of the curve.
+    /// </remarks>
+    public async ValueTask<GeneratedKeyPair> GenerateEcKeyPairAsync(EcCurve curve, CancellationToken cancellationToken)
+    {
+        var parameters = EcCurveParameters.Of(curve);
+        return await RunAsync("generate key pair", (session, state) =>
+        {
+            var factories = _module.Factories;
+            using var generate = factories.MechanismFactory.Create(CKM.CKM_EC_KEY_PAIR_GEN);
+            using var wrap = factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD);
+            using var publicTemplate = _templates.GeneratedEcPublicKey(parameters.EcParams);
+            using var privateTemplate = _templates.GeneratedEcPrivateKey();
+            session.GenerateKeyPair(generate, publicTemplate.Attributes, privateTemplate.Attributes, out var publicKey, out var privateKey);
+            try
+            {
+                var wrapped = new WrappedKeyMaterial(session.WrapKey(wrap, state.DomainKey, privateKey));
+                return new GeneratedKeyPair(wrapped, parameters.SubjectPublicKeyInfo(ReadEcPoint(session, publicKey)));
+            }
+            finally
+            {
+                // The public half is no secret, but nothing a generation creates outlives it.
+                try
+                {
+                    DestroyExtractableCopy(session, state, privateKey);
+                }
+                finally
+                {
+                    DestroyExtractableCopy(session, state, publicKey);
+                }
+            }
+        }, cancellationToken).ConfigureAwait(false);
+    }
 
     /// <inheritdoc />
-    public ValueTask<byte[]> SignEcdsaAsync(KeyMaterialRef key, EcCurve curve, byte[] digest, CancellationToken cancellationToken) =>
-        throw KmsErrors.FailedPrecondition("EC keys are not implemented by this HSM adapter yet");
+    /// <remarks>
+    /// The digest must be exactly as long as the curve's hash (32 bytes for P-256, 48 for
+    /// P-384), else INVALID_ARGUMENT before the HSM is asked. The private key is unwrapped as
+    /// a sensitive, non-extractable, ECDSA-only session object whose curve is checked against
+    /// <paramref name="curve"/>, and cached and leased like an AES key version's copy.
+    /// </remarks>
+    public async ValueTask<byte[]> SignEcdsaAsync(KeyMaterialRef key, EcCurve curve, byte[] digest, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        ArgumentNullException.ThrowIfNull(digest);
+        var parameters = EcCurveParameters.Of(curve);
+        if (digest.Length != parameters.DigestLength)
+        {
+            throw KmsErrors.InvalidArgument("digest", $"an ECDSA {parameters.Name} digest is {parameters.DigestLength} bytes, not {digest.Length}");
+        }
+
+        return await WithKeyAsync("sign", key, parameters.HandleKind, (session, handle) =>
+        {
+            using var mechanism = _module.Factories.MechanismFactory.Create(CKM.CKM_ECDSA);
+            var signature = session.Sign(mechanism, handle, digest);
+            return signature.Length == parameters.SignatureLength
+                ? signature
+                : throw KmsErrors.Internal($"the HSM returned a {signature.Length}-byte {parameters.Name} signature, not {parameters.SignatureLength} bytes r||s");
+        }, cancellationToken).ConfigureAwait(false);
+    }
+
+    private static byte[] ReadEcPoint(ISession session, IObjectHandle publicKey)
+    {
+        var read = session.GetAttributeValue(publicKey, [CKA.CKA_EC_POINT]);
+        try
+        {
+            return read[0].CannotBeRead
+                ? throw KmsErrors.Internal("the HSM does not show the new public key's CKA_EC_POINT")
+                : read[0].GetValueAsByteArray();
+        }
+        finally
+        {
+            read.DisposeAll();
+        }
+    }
 
     // The extractable copy must not outlive the operation. If the HSM will not destroy it,
     // fault the whole generation: closing its sessions destroys every session object.
@@ -153,7 +224,7 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
 
     /// <inheritdoc />
     public ValueTask<byte[]> EncryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] plaintext, CancellationToken cancellationToken) =>
-        WithKeyAsync("encrypt", key, (session, handle) =>
+        WithKeyAsync("encrypt", key, KeyHandleKind.Aes256Gcm, (session, handle) =>
         {
             var factories = _module.Factories;
             using var parameters = factories.MechanismParamsFactory.CreateCkGcmParams(iv, (ulong)iv.Length * 8, aad, 128);
@@ -163,7 +234,7 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
 
     /// <inheritdoc />
     public ValueTask<byte[]> DecryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] ciphertextAndTag, CancellationToken cancellationToken) =>
-        WithKeyAsync("decrypt", key, (session, handle) =>
+        WithKeyAsync("decrypt", key, KeyHandleKind.Aes256Gcm, (session, handle) =>
         {
             var factories = _module.Factories;
             using var parameters = factories.MechanismParamsFactory.CreateCkGcmParams(iv, (ulong)iv.Length * 8, aad, 128);
@@ -231,12 +302,12 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
 
     private SlotState CurrentState() => _state ?? throw new InvalidOperationException("the HSM is not open");
 
-    private async ValueTask<T> WithKeyAsync<T>(string operation, KeyMaterialRef key, Func<ISession, IObjectHandle, T> use, CancellationToken cancellationToken) =>
+    private async ValueTask<T> WithKeyAsync<T>(string operation, KeyMaterialRef key, KeyHandleKind kind, Func<ISession, IObjectHandle, T> use, CancellationToken cancellationToken) =>
         await RunAsync(operation, (session, state) =>
         {
             for (var attempt = 1; ; attempt++)
             {
-                using var lease = state.Cache.Lease(key.Id, () => Unwrap(session, state, key));
+                using var lease = state.Cache.Lease(key.Id, kind, () => Unwrap(session, state, key, kind));
                 try
                 {
                     return use(session, lease.Handle);
@@ -249,18 +320,62 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
             }
         }, cancellationToken).ConfigureAwait(false);
 
-    private IObjectHandle Unwrap(ISession session, SlotState state, KeyMaterialRef key)
+    // The kind decides both the cache entry and the unwrap template, so a handle is only ever
+    // leased as what it was unwrapped as.
+    private IObjectHandle Unwrap(ISession session, SlotState state, KeyMaterialRef key, KeyHandleKind kind)
     {
+        var curve = kind switch
+        {
+            KeyHandleKind.Aes256Gcm => null,
+            KeyHandleKind.EcdsaP256 => EcCurveParameters.P256,
+            KeyHandleKind.EcdsaP384 => EcCurveParameters.P384,
+            _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, null),
+        };
         using var mechanism = _module.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD);
-        using var template = _templates.UnwrappedAesKey();
+        using var template = curve is null ? _templates.UnwrappedAesKey() : _templates.UnwrappedEcPrivateKey();
+        IObjectHandle handle;
         try
         {
-            return session.UnwrapKey(mechanism, state.DomainKey, key.Wrapped.UnsafeArray, template.Attributes);
+            handle = session.UnwrapKey(mechanism, state.DomainKey, key.Wrapped.UnsafeArray, template.Attributes);
         }
         catch (Pkcs11Exception e) when (Pkcs11Errors.IsWrappedKeyBad(e))
         {
             throw KmsErrors.Internal($"the stored material of key version {key.Id} does not unwrap under the domain key ({e.RV})", e);
         }
+
+        return curve is null ? handle : CheckCurve(session, key, handle, curve);
+    }
+
+    // An EC blob carries its own curve and the caller names one: a mismatch is stored material
+    // that does not belong to its key version. Such a copy is destroyed, never cached.
+    private IObjectHandle CheckCurve(ISession session, KeyMaterialRef key, IObjectHandle handle, EcCurveParameters curve)
+    {
+        bool matches;
+        try
+        {
+            var read = session.GetAttributeValue(handle, [CKA.CKA_EC_PARAMS]);
+            try
+            {
+                matches = !read[0].CannotBeRead && curve.IsEcParams(read[0].GetValueAsByteArray());
+            }
+            finally
+            {
+                read.DisposeAll();
+            }
+        }
+        catch (Pkcs11Exception)
+        {
+            Destroy(session, handle);
+            throw;
+        }
+
+        if (!matches)
+        {
+            Destroy(session, handle);
+            throw KmsErrors.Internal($"the stored material of key version {key.Id} is not a {curve.Name} private key");
+        }
+
+        return handle;
     }
 
     private async ValueTask<T> RunAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken)

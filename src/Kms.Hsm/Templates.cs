@@ -79,6 +79,39 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
     /// </summary>
     public Template UnwrappedAesKey() => AesVersionKey(extractable: false);
 
+    /// <summary>
+    /// The private half of a new EC key pair: a session object, sensitive, ECDSA signing
+    /// only, extractable only so the domain key can wrap it; destroyed right after the wrap.
+    /// The curve is given in the public half's template.
+    /// </summary>
+    public Template GeneratedEcPrivateKey() => EcPrivateKey(extractable: true);
+
+    /// <summary>
+    /// The public half of a new EC key pair on the curve <paramref name="ecParams"/>: a
+    /// session object that can only verify; destroyed once its CKA_EC_POINT is read.
+    /// </summary>
+    public Template GeneratedEcPublicKey(byte[] ecParams) => new(
+    [
+        attributes.Create(CKA.CKA_CLASS, CKO.CKO_PUBLIC_KEY),
+        attributes.Create(CKA.CKA_KEY_TYPE, CKK.CKK_EC),
+        attributes.Create(CKA.CKA_EC_PARAMS, ecParams),
+        attributes.Create(CKA.CKA_TOKEN, false),
+        attributes.Create(CKA.CKA_PRIVATE, true),
+        attributes.Create(CKA.CKA_VERIFY, true),
+        attributes.Create(CKA.CKA_VERIFY_RECOVER, false),
+        attributes.Create(CKA.CKA_ENCRYPT, false),
+        attributes.Create(CKA.CKA_WRAP, false),
+        attributes.Create(CKA.CKA_DERIVE, false),
+        attributes.Create(CKA.CKA_COPYABLE, false),
+        attributes.Create(CKA.CKA_MODIFIABLE, false),
+    ]);
+
+    /// <summary>
+    /// An unwrapped EC private key in use: a session object, sensitive, not extractable,
+    /// ECDSA signing only. The curve comes from the blob (the caller checks it).
+    /// </summary>
+    public Template UnwrappedEcPrivateKey() => EcPrivateKey(extractable: false);
+
     /// <summary>The attributes a domain-key search matches on.</summary>
     public Template FindSecretKey(CKA attribute, object value) => new(
     [
@@ -92,6 +125,37 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
         attributes.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
         attributes.Create(CKA.CKA_TOKEN, false),
     ]);
+
+    private Template EcPrivateKey(bool extractable)
+    {
+        var template = new Template(
+        [
+            attributes.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY),
+            attributes.Create(CKA.CKA_KEY_TYPE, CKK.CKK_EC),
+            attributes.Create(CKA.CKA_TOKEN, false),
+            attributes.Create(CKA.CKA_PRIVATE, true),
+            attributes.Create(CKA.CKA_SENSITIVE, true),
+            attributes.Create(CKA.CKA_EXTRACTABLE, extractable),
+            attributes.Create(CKA.CKA_SIGN, true),
+            attributes.Create(CKA.CKA_SIGN_RECOVER, false),
+            attributes.Create(CKA.CKA_DECRYPT, false),
+            attributes.Create(CKA.CKA_UNWRAP, false),
+            attributes.Create(CKA.CKA_DERIVE, false),
+            attributes.Create(CKA.CKA_COPYABLE, false),
+        ]);
+        if (extractable && profile.WrapWithTrusted)
+        {
+            template.Add(attributes.Create(CKA.CKA_WRAP_WITH_TRUSTED, true));
+        }
+
+        if (profile.AllowedMechanismsAttribute)
+        {
+            template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { CKM.CKM_ECDSA }));
+        }
+
+        template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
+        return template;
+    }
 
     private Template AesVersionKey(bool extractable)
     {

@@ -72,6 +72,41 @@ public sealed class DomainKeyTests(HsmFixture fixture) : IClassFixture<HsmFixtur
     }
 
     [Fact]
+    public async Task Attack_UnwrapStoredEcBlobAsReadableKey_RefusedByUnwrapTemplate()
+    {
+        var wrapped = (await fixture.Hsm.GenerateEcKeyPairAsync(Kms.Core.Ports.EcCurve.P256, default)).PrivateKey;
+        using var session = fixture.OpenRawSession();
+        var a = fixture.Factories.ObjectAttributeFactory;
+        using var kwp = fixture.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD);
+
+        var readable = new List<IObjectAttribute>
+        {
+            a.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_EC), a.Create(CKA.CKA_TOKEN, false),
+            a.Create(CKA.CKA_SIGN, true), a.Create(CKA.CKA_SENSITIVE, false), a.Create(CKA.CKA_EXTRACTABLE, true),
+        };
+        var e = Assert.Throws<Pkcs11Exception>(() => Native.With(readable, t => session.UnwrapKey(kwp, fixture.FindDomainKey(session), wrapped.UnsafeArray, t)));
+        Assert.Equal(CKR.CKR_TEMPLATE_INCONSISTENT, e.RV);
+
+        // Nor as a sensitive-but-extractable key that the attacker could re-wrap under a key of their own.
+        var extractable = new List<IObjectAttribute>
+        {
+            a.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_EC), a.Create(CKA.CKA_TOKEN, false),
+            a.Create(CKA.CKA_SIGN, true), a.Create(CKA.CKA_EXTRACTABLE, true),
+        };
+        e = Assert.Throws<Pkcs11Exception>(() => Native.With(extractable, t => session.UnwrapKey(kwp, fixture.FindDomainKey(session), wrapped.UnsafeArray, t)));
+        Assert.Equal(CKR.CKR_TEMPLATE_INCONSISTENT, e.RV);
+
+        // Control: the blob itself unwraps under the domain key's terms, so the refusals above are the template's doing.
+        var conforming = new List<IObjectAttribute>
+        {
+            a.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_EC), a.Create(CKA.CKA_TOKEN, false),
+            a.Create(CKA.CKA_SIGN, true), a.Create(CKA.CKA_SENSITIVE, true), a.Create(CKA.CKA_EXTRACTABLE, false),
+        };
+        var copy = Native.With(conforming, t => session.UnwrapKey(kwp, fixture.FindDomainKey(session), wrapped.UnsafeArray, t));
+        session.DestroyObject(copy);
+    }
+
+    [Fact]
     public async Task Attack_FlipDecryptOnDomainKey_RefusedAndEcbUnwrapImpossible()
     {
         var wrapped = await fixture.Hsm.GenerateAes256KeyAsync(default);

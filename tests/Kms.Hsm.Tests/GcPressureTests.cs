@@ -1,3 +1,4 @@
+using System.Security.Cryptography;
 using Kms.Core.Keys;
 using Kms.Core.Ports;
 using Kms.Testing;
@@ -55,6 +56,64 @@ public sealed class GcPressureTests
         });
         await stop.CancelAsync();
         await collector;
+
+        Assert.Empty(failures);
+    }
+
+    [Fact]
+    public async Task EcGenerateUnwrapAndSignUnderForcedCollections_EveryCallSucceeds()
+    {
+        // The EC path has templates of its own (key pair, unwrap) and reads CKA_EC_PARAMS and
+        // CKA_EC_POINT back: memory freed early shows as a failed call or a wrong signature.
+        await using var hsm = Pkcs11Hsm.Open(SoftHsm.CreateToken().Options(sessions: 2, cacheCapacity: 1), NullLogger.Instance);
+        var keys = new List<(KeyMaterialRef Key, EcCurve Curve, ECDsa Verifier)>();
+        foreach (var curve in new[] { EcCurve.P256, EcCurve.P384, EcCurve.P256, EcCurve.P384 })
+        {
+            var pair = await hsm.GenerateEcKeyPairAsync(curve, default);
+            var verifier = ECDsa.Create();
+            verifier.ImportSubjectPublicKeyInfo(pair.SubjectPublicKeyInfo, out _);
+            keys.Add((new KeyMaterialRef(KeyVersionId.NewId(), pair.PrivateKey), curve, verifier));
+        }
+
+        using var stop = new CancellationTokenSource();
+        var collector = Task.Run(() =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                GC.Collect();
+                GC.WaitForPendingFinalizers();
+            }
+        });
+
+        var failures = new System.Collections.Concurrent.ConcurrentBag<string>();
+        await Parallel.ForEachAsync(Enumerable.Range(0, 1000), new ParallelOptions { MaxDegreeOfParallelism = 2 }, async (i, ct) =>
+        {
+            try
+            {
+                var (key, curve, verifier) = keys[i % keys.Count];
+                var digest = EcKeyTests.Digest(curve, i.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                var signature = await hsm.SignEcdsaAsync(key, curve, digest, ct);
+                if (i % 10 == 0)
+                {
+                    await hsm.GenerateEcKeyPairAsync(curve, ct);
+                }
+
+                if (!verifier.VerifyHash(digest, signature, DSASignatureFormat.IeeeP1363FixedFieldConcatenation))
+                {
+                    failures.Add($"{i}: signature does not verify");
+                }
+            }
+            catch (Exception e)
+            {
+                failures.Add($"{i}: {e.GetType().Name}: {e.Message} {e.InnerException?.Message}");
+            }
+        });
+        await stop.CancelAsync();
+        await collector;
+        foreach (var (_, _, verifier) in keys)
+        {
+            verifier.Dispose();
+        }
 
         Assert.Empty(failures);
     }

@@ -19,7 +19,7 @@ public sealed class KeyHandleCacheTests(HsmFixture fixture) : IClassFixture<HsmF
         var id = KeyVersionId.NewId();
         var destroyed = new List<ulong>();
 
-        var lease = cache.Lease(id, () => Factories.ObjectHandleFactory.Create(42));
+        var lease = cache.Lease(id, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(42));
         cache.Invalidate(id);
         cache.DestroyPending(h => destroyed.Add(h.ObjectId));
         Assert.Empty(destroyed);
@@ -36,8 +36,8 @@ public sealed class KeyHandleCacheTests(HsmFixture fixture) : IClassFixture<HsmF
         var id = KeyVersionId.NewId();
         var destroyed = new List<ulong>();
 
-        cache.Lease(id, () => Factories.ObjectHandleFactory.Create(7)).Dispose();
-        cache.Lease(id, () => throw new InvalidOperationException("must hit the cache")).Dispose();
+        cache.Lease(id, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(7)).Dispose();
+        cache.Lease(id, KeyHandleKind.Aes256Gcm, () => throw new InvalidOperationException("must hit the cache")).Dispose();
         cache.Invalidate(id);
         cache.Invalidate(id);
         cache.DestroyPending(h => destroyed.Add(h.ObjectId));
@@ -53,13 +53,13 @@ public sealed class KeyHandleCacheTests(HsmFixture fixture) : IClassFixture<HsmF
         var id = KeyVersionId.NewId();
         var destroyed = new List<ulong>();
 
-        var lease = cache.Lease(id, () => Factories.ObjectHandleFactory.Create(5));
+        var lease = cache.Lease(id, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(5));
         lease.Forget();
         lease.Dispose();
         cache.DestroyPending(h => destroyed.Add(h.ObjectId));
 
         Assert.Empty(destroyed);
-        using var fresh = cache.Lease(id, () => Factories.ObjectHandleFactory.Create(6));
+        using var fresh = cache.Lease(id, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(6));
         Assert.Equal(6UL, fresh.Handle.ObjectId);
     }
 
@@ -68,12 +68,44 @@ public sealed class KeyHandleCacheTests(HsmFixture fixture) : IClassFixture<HsmF
     {
         using var cache = new KeyHandleCache(1, 10, TimeSpan.FromMinutes(5));
         var id = KeyVersionId.NewId();
-        var held = cache.Lease(id, () => Factories.ObjectHandleFactory.Create(1));
+        var held = cache.Lease(id, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(1));
         cache.Invalidate(id);
 
-        using var fresh = cache.Lease(id, () => Factories.ObjectHandleFactory.Create(2));
+        using var fresh = cache.Lease(id, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(2));
         Assert.Equal(2UL, fresh.Handle.ObjectId);
         held.Dispose();
+    }
+
+    [Fact]
+    public void Lease_SameIdOtherKind_NeverReturnsTheOtherKindsHandle()
+    {
+        using var cache = new KeyHandleCache(1, 10, TimeSpan.FromMinutes(5));
+        var id = KeyVersionId.NewId();
+        using var aes = cache.Lease(id, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(1));
+        using var p256 = cache.Lease(id, KeyHandleKind.EcdsaP256, () => Factories.ObjectHandleFactory.Create(2));
+        using var p384 = cache.Lease(id, KeyHandleKind.EcdsaP384, () => Factories.ObjectHandleFactory.Create(3));
+
+        Assert.Equal([1UL, 2UL, 3UL], new[] { aes.Handle.ObjectId, p256.Handle.ObjectId, p384.Handle.ObjectId });
+        using var again = cache.Lease(id, KeyHandleKind.EcdsaP256, () => throw new InvalidOperationException("must hit the cache"));
+        Assert.Equal(2UL, again.Handle.ObjectId);
+    }
+
+    [Fact]
+    public void Invalidate_EvictsTheCopiesOfEveryKind()
+    {
+        using var cache = new KeyHandleCache(1, 10, TimeSpan.FromMinutes(5));
+        var id = KeyVersionId.NewId();
+        var other = KeyVersionId.NewId();
+        var destroyed = new List<ulong>();
+        cache.Lease(id, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(1)).Dispose();
+        cache.Lease(id, KeyHandleKind.EcdsaP256, () => Factories.ObjectHandleFactory.Create(2)).Dispose();
+        cache.Lease(other, KeyHandleKind.EcdsaP256, () => Factories.ObjectHandleFactory.Create(3)).Dispose();
+
+        cache.Invalidate(id);
+        cache.DestroyPending(h => destroyed.Add(h.ObjectId));
+
+        Assert.Equal([1UL, 2UL], destroyed.Order());
+        Assert.Equal(1, cache.Count);
     }
 
     [Fact]
@@ -111,7 +143,7 @@ public sealed class KeyHandleCacheTests(HsmFixture fixture) : IClassFixture<HsmF
         var key = new KeyMaterialRef(KeyVersionId.NewId(), await fixture.Hsm.GenerateAes256KeyAsync(default));
         await fixture.Hsm.EncryptAesGcmAsync(key, new byte[12], [], [1], default);
         var cache = fixture.Hsm.Cache;
-        var lease = cache.Lease(key.Id, () => throw new InvalidOperationException("must be cached"));
+        var lease = cache.Lease(key.Id, KeyHandleKind.Aes256Gcm, () => throw new InvalidOperationException("must be cached"));
         cache.Invalidate(key.Id);
         await fixture.Hsm.GenerateRandomAsync(1, default); // drains the destroy queue
 

@@ -1,7 +1,10 @@
+using System.Security.Cryptography;
 using System.Text.Json;
 using Kms.Core.Errors;
 using Kms.Testing;
 using Net.Pkcs11Interop.Common;
+using Net.Pkcs11Interop.HighLevelAPI;
+using Net.Pkcs11Interop.HighLevelAPI.Factories;
 using Org.BouncyCastle.Crypto.Engines;
 using Org.BouncyCastle.Crypto.Parameters;
 
@@ -131,6 +134,37 @@ public sealed class KnownAnswerTests(HsmFixture fixture) : IClassFixture<HsmFixt
         Assert.Equal(key.Concat(new byte[4]).ToArray(), unwrapper.Unwrap(fromHsm, 0, fromHsm.Length));
     }
 
+    [Theory]
+    [InlineData("P-256", 5)]
+    [InlineData("P-384", 0)]
+    public void Kwp_EcPrivateKey_WrapsPkcs8_SoftHsmPadsP256WithZeros(string curveName, int trailingZeros)
+    {
+        // What the domain key does to every EC key version, unwrapped by an independent RFC 5649
+        // implementation: a PKCS#8 PrivateKeyInfo holding the same private scalar. SoftHSM's
+        // P-256 encoding is 67 bytes, not a multiple of 8, so its KWP deviation (above) leaves 5
+        // zero bytes after the DER; P-384's is 80 and comes out exact. A conforming HSM restoring
+        // such a blob may refuse the trailing bytes (cross-vendor backups, see the profile).
+        var curve = curveName == "P-256" ? ECCurve.NamedCurves.nistP256 : ECCurve.NamedCurves.nistP384;
+        var ecParams = curveName == "P-256" ? "06082A8648CE3D030107" : "06052B81040022";
+        using var ec = ECDsa.Create(curve);
+        var d = ec.ExportParameters(true).D!;
+        var kek = RandomNumberGenerator.GetBytes(32);
+
+        var wrapped = WrapInHsm(kek, (a, session) => Native.With(
+        [
+            a.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_EC), a.Create(CKA.CKA_TOKEN, false),
+            a.Create(CKA.CKA_EXTRACTABLE, true), a.Create(CKA.CKA_EC_PARAMS, Convert.FromHexString(ecParams)), a.Create(CKA.CKA_VALUE, d),
+        ], session.CreateObject));
+
+        var unwrapper = new AesWrapPadEngine();
+        unwrapper.Init(false, new KeyParameter(kek));
+        var pkcs8 = unwrapper.Unwrap(wrapped, 0, wrapped.Length);
+        using var imported = ECDsa.Create();
+        imported.ImportPkcs8PrivateKey(pkcs8, out var derLength);
+        Assert.Equal(d, imported.ExportParameters(true).D);
+        Assert.Equal(new byte[trailingZeros], pkcs8[derLength..]);
+    }
+
     private static byte[] BouncyCastleKwp(byte[] kek, byte[] key)
     {
         var engine = new AesWrapPadEngine();
@@ -138,7 +172,14 @@ public sealed class KnownAnswerTests(HsmFixture fixture) : IClassFixture<HsmFixt
         return engine.Wrap(key, 0, key.Length);
     }
 
-    private byte[] WrapInHsm(byte[] kekValue, byte[] keyValue)
+    private byte[] WrapInHsm(byte[] kekValue, byte[] keyValue) =>
+        WrapInHsm(kekValue, (a, session) => Native.With(
+        [
+            a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_GENERIC_SECRET), a.Create(CKA.CKA_TOKEN, false),
+            a.Create(CKA.CKA_EXTRACTABLE, true), a.Create(CKA.CKA_VALUE, keyValue),
+        ], session.CreateObject));
+
+    private byte[] WrapInHsm(byte[] kekValue, Func<IObjectAttributeFactory, ISession, IObjectHandle> createKey)
     {
         using var session = fixture.OpenRawSession();
         var a = fixture.Factories.ObjectAttributeFactory;
@@ -147,11 +188,7 @@ public sealed class KnownAnswerTests(HsmFixture fixture) : IClassFixture<HsmFixt
             a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_TOKEN, false),
             a.Create(CKA.CKA_WRAP, true), a.Create(CKA.CKA_VALUE, kekValue),
         ], session.CreateObject);
-        var secret = Native.With(
-        [
-            a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_GENERIC_SECRET), a.Create(CKA.CKA_TOKEN, false),
-            a.Create(CKA.CKA_EXTRACTABLE, true), a.Create(CKA.CKA_VALUE, keyValue),
-        ], session.CreateObject);
+        var secret = createKey(a, session);
         try
         {
             using var kwp = fixture.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD);
