@@ -49,6 +49,18 @@ public sealed class AuditScope
         return new Restore(previous);
     }
 
+    /// <summary>Records who is calling, once authenticated (before any write can carry the event).</summary>
+    public static void SetCaller(string principal, string? tenant)
+    {
+        if (Current is { } scope)
+        {
+            lock (scope._lock)
+            {
+                scope._entry = scope._entry with { Principal = principal, Tenant = tenant };
+            }
+        }
+    }
+
     /// <summary>Names the resource once the handler knows it (Decrypt learns its key version from the blob).</summary>
     public static void SetResource(string resource)
     {

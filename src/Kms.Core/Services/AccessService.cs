@@ -29,6 +29,7 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     public async Task<Tenant> CreateTenantAsync(TenantId id, string? displayName, CancellationToken cancellationToken)
     {
         var tenant = new Tenant(id, ValidateDisplayName(displayName, "tenant.display_name"), TenantState.Active, Clock.Now(time));
+        Audit.AuditScope.SetResource(id.ResourceName);
         await access.CreateTenantAsync(tenant, cancellationToken);
         return tenant;
     }
@@ -120,6 +121,7 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     /// <summary>Registers a principal; a tenant principal's tenant must exist and be active.</summary>
     public async Task<Principal> CreatePrincipalAsync(PrincipalName name, TenantId? tenant, string? displayName, CancellationToken cancellationToken)
     {
+        Audit.AuditScope.SetResource(name.ToString());
         if (name == Authenticator.BootstrapPrincipal)
         {
             throw KmsErrors.InvalidArgument("name", $"{name} is reserved for the bootstrap credential");
@@ -155,6 +157,7 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     /// </summary>
     public async Task<(ApiToken Token, string Text)> CreateApiTokenAsync(PrincipalName principal, ApiTokenKind kind, TimeSpan? lifetime, CancellationToken cancellationToken)
     {
+        Audit.AuditScope.SetResource(principal.ToString());
         if (principal.Kind != PrincipalKind.Token)
         {
             throw KmsErrors.InvalidArgument("principal", "API tokens are issued to token: principals; certificate principals authenticate with their certificate");

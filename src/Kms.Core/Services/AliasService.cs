@@ -17,6 +17,7 @@ public sealed class AliasService(IKeyStore store, IAccessStore access, TimeProvi
     {
         caller.EnsureSameTenant(parent, parent.ResourceName);
         var name = AliasName.Create(parent, aliasId);
+        Audit.AuditScope.SetResource(name.ToString());
         if (key.Tenant != parent)
         {
             throw KmsErrors.InvalidArgument("alias.key", "must be a key of the alias's tenant");

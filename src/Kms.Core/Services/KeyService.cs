@@ -42,6 +42,7 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, T
     {
         caller.EnsureSameTenant(command.Parent, command.Parent.ResourceName);
         var name = KeyName.Create(command.Parent, command.KeyId);
+        Audit.AuditScope.SetResource(name.ToString());
         var requestId = RequestIds.Validate(command.RequestId);
         ValidateRotationPeriod(command.RotationPeriod, "key.rotation_period");
         if (command.NextRotationTime is not null && command.RotationPeriod is null)

@@ -104,7 +104,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     [LoggerMessage(EventId = 1300, Level = LogLevel.Information, Message = "audit signing key {Fingerprint}; public key in {Path}")]
     private static partial void LogSigningKey(ILogger logger, string fingerprint, string path);
 
-    [LoggerMessage(EventId = 1302, Level = LogLevel.Information, Message = "audit checkpoint {Sequence} {HeadHash}: {Checkpoint}")]
+    [LoggerMessage(EventId = 1302, Level = LogLevel.Information, Message = "audit checkpoint {Sequence} {HeadHash}: {Checkpoint:l}")]
     private static partial void LogCheckpoint(ILogger logger, long sequence, string headHash, string checkpoint);
 
     [LoggerMessage(EventId = 1303, Level = LogLevel.Warning, Message = "the final audit checkpoint could not be written ({Reason})")]

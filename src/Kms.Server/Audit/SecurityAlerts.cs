@@ -115,7 +115,7 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
         return end > start ? peer[start..end] : peer[start..];
     }
 
-    [LoggerMessage(EventId = 1401, Level = LogLevel.Warning, Message = "security alert {Kind}: {Subject} reached {Count} in {WindowSeconds} s")]
+    [LoggerMessage(EventId = 1401, Level = LogLevel.Warning, Message = "security alert {Kind:l}: {Subject:l} reached {Count} in {WindowSeconds} s")]
     private static partial void LogAlert(ILogger logger, string kind, string subject, long count, double windowSeconds);
 
     // Ten buckets over the window: the count is the sum of the buckets still inside it.

@@ -112,6 +112,7 @@ internal sealed partial class AuthorizationInterceptor(
         }
 
         context.UserState[CallerKey] = caller;
+        Kms.Core.Audit.AuditScope.SetCaller(caller.Principal, caller.HomeTenant?.Value);
         if (caller.BootstrapTokenId is not null != (rule.Scope == CallScope.Bootstrap))
         {
             throw KmsErrors.PermissionDenied(caller.BootstrapTokenId is not null
