@@ -1,7 +1,7 @@
 using System.Security.Authentication;
 using System.Security.Cryptography.X509Certificates;
-using Kms.Core.Ports;
 using Kms.Core.Audit;
+using Kms.Core.Ports;
 using Kms.Core.Services;
 using Kms.Hsm;
 using Kms.Server.Audit;
