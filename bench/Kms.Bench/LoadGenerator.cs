@@ -6,6 +6,7 @@ using Kms.Contracts.V1;
 using Kms.Core.Keys;
 using Kms.Hsm;
 using Kms.Server.Hosting;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
 using Net.Pkcs11Interop.Common;
 using Net.Pkcs11Interop.HighLevelAPI;
@@ -14,8 +15,8 @@ namespace Kms.Bench;
 
 /// <summary>
 /// GenerateDataKey through gRPC over TLS 1.3 against the real server (in this process, on
-/// loopback), at concurrency 1, 4, 16, 64 — and, in the same run, the raw PKCS#11 GCM
-/// floor on the same machine, so results are reported as ratios.
+/// loopback), at concurrency 1, 4, 16, 64, with durable audit on and then off — and, in the
+/// same run, the raw PKCS#11 GCM floor on the same machine, so results are reported as ratios.
 /// </summary>
 internal static class LoadGenerator
 {
@@ -24,58 +25,26 @@ internal static class LoadGenerator
         var (options, root) = BenchEnvironment.CreateToken();
         var rawOpsPerSecond = MeasureRawGcm(options, duration);
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"raw Pkcs11Interop AES-GCM 32 B, 1 thread: {rawOpsPerSecond:N0} ops/s"));
-
-        var app = await KmsServerApp.BuildAsync(
-        [
-            "--dev", "--urls=https://127.0.0.1:0", $"--Kms:DataDir={root}", $"--Hsm:TokenLabel={options.TokenLabel}", $"--Hsm:Pin={options.Pin}",
-            $"--Hsm:ModuleEnvironment:SOFTHSM2_CONF={options.ModuleEnvironment["SOFTHSM2_CONF"]}",
-
-            // The tenant quota (default 5,000 ops/s) would cap the sweep; it is still metered.
-            "--Kms:Quotas:OperationsPerSecond=10000000", "--Kms:Quotas:Burst=10000000",
-        ], logging => logging.MinimumLevel.Warning());
-        await app.StartAsync();
         var failed = 0;
         try
         {
-            using var client = new KmsClient(new KmsClientOptions
-            {
-                Endpoint = KmsServerApp.BoundAddresses(app).Single(),
-                CaCertificatePath = Path.Combine(root, "tls", "ca.crt"),
-                ApiTokenPath = Path.Combine(root, "tokens", "developer.token"),
-            });
-            var key = await client.CreateKeyAsync("tenants/dev", "load");
-            var context = new Dictionary<string, string> { ["bench"] = "load" };
+            // Durable audit on (as served), then off (dev mode only), on the same token and database.
+            var on = await RunServerAsync(options, root, audit: true, duration, concurrencies, rawOpsPerSecond);
+            var off = await RunServerAsync(options, root, audit: false, duration, concurrencies, rawOpsPerSecond);
+            failed = on.Failed + off.Failed;
 
             Console.WriteLine();
-            Console.WriteLine("| concurrency | GenerateDataKey ops/s | p50 ms | p99 ms | ratio to raw GCM |");
-            Console.WriteLine("|---:|---:|---:|---:|---:|");
+            Console.WriteLine("| concurrency | audit on ops/s | audit off ops/s | on / off | p99 on ms | p99 off ms |");
+            Console.WriteLine("|---:|---:|---:|---:|---:|---:|");
             foreach (var concurrency in concurrencies)
             {
-                await SweepAsync(client, key.Name, context, concurrency, TimeSpan.FromSeconds(1)); // warm-up
-                var (opsPerSecond, p50, p99, errors) = await SweepAsync(client, key.Name, context, concurrency, duration);
-                failed += errors;
+                var (a, b) = (on.Singles[concurrency], off.Singles[concurrency]);
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {concurrency} | {opsPerSecond:N0} | {p50:F2} | {p99:F2} | {opsPerSecond / rawOpsPerSecond:F2} |{(errors > 0 ? $" {errors} errors" : "")}"));
-            }
-
-            Console.WriteLine();
-            Console.WriteLine("| concurrency | BatchGenerateDataKey (100 items): data keys/s | p50 ms per call | p99 ms per call | ratio to raw GCM |");
-            Console.WriteLine("|---:|---:|---:|---:|---:|");
-            var batch = new BatchGenerateDataKeyRequest();
-            batch.Requests.Add(Enumerable.Range(0, 100).Select(_ => new GenerateDataKeyRequest { Name = key.Name }));
-            foreach (var concurrency in concurrencies.Where(c => c <= 16))
-            {
-                await SweepBatchAsync(client, batch, concurrency, TimeSpan.FromSeconds(1));
-                var (keysPerSecond, p50, p99, errors) = await SweepBatchAsync(client, batch, concurrency, duration);
-                failed += errors;
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {concurrency} | {keysPerSecond:N0} | {p50:F2} | {p99:F2} | {keysPerSecond / rawOpsPerSecond:F2} |{(errors > 0 ? $" {errors} errors" : "")}"));
+                    $"| {concurrency} | {a.OpsPerSecond:N0} | {b.OpsPerSecond:N0} | {a.OpsPerSecond / b.OpsPerSecond:F2} | {a.P99:F2} | {b.P99:F2} |"));
             }
         }
         finally
         {
-            await app.StopAsync();
-            await app.DisposeAsync();
             Directory.Delete(root, recursive: true);
         }
 
@@ -87,6 +56,83 @@ internal static class LoadGenerator
         }
 
         return 0;
+    }
+
+    private static async Task<(Dictionary<int, (double OpsPerSecond, double P50, double P99)> Singles, int Failed)> RunServerAsync(
+        HsmOptions options, string root, bool audit, TimeSpan duration, int[] concurrencies, double rawOpsPerSecond)
+    {
+        var app = await KmsServerApp.BuildAsync(
+        [
+            "--dev", "--urls=https://127.0.0.1:0", $"--Kms:DataDir={root}", $"--Hsm:TokenLabel={options.TokenLabel}", $"--Hsm:Pin={options.Pin}",
+            $"--Hsm:ModuleEnvironment:SOFTHSM2_CONF={options.ModuleEnvironment["SOFTHSM2_CONF"]}",
+
+            // The tenant quota (default 5,000 ops/s) would cap the sweep; it is still metered.
+            "--Kms:Quotas:OperationsPerSecond=10000000", "--Kms:Quotas:Burst=10000000",
+            $"--Kms:Audit:Enabled={(audit ? "true" : "false")}",
+        ], logging => logging.MinimumLevel.Warning());
+        await app.StartAsync();
+        var failed = 0;
+        var singles = new Dictionary<int, (double, double, double)>();
+        long commits = 0, events = 0;
+        app.Services.GetRequiredService<Kms.Core.Services.AuditLog>().BatchWritten += (size, _) =>
+        {
+            Interlocked.Increment(ref commits);
+            Interlocked.Add(ref events, size);
+        };
+        try
+        {
+            using var client = new KmsClient(new KmsClientOptions
+            {
+                Endpoint = KmsServerApp.BoundAddresses(app).Single(),
+                CaCertificatePath = Path.Combine(root, "tls", "ca.crt"),
+                ApiTokenPath = Path.Combine(root, "tokens", "developer.token"),
+            });
+            var key = await client.CreateKeyAsync("tenants/dev", "load-" + (audit ? "audited" : "unaudited"));
+            var context = new Dictionary<string, string> { ["bench"] = "load" };
+
+            Console.WriteLine();
+            Console.WriteLine($"durable audit {(audit ? "on" : "off")}:");
+            Console.WriteLine("| concurrency | GenerateDataKey ops/s | p50 ms | p99 ms | ratio to raw GCM |");
+            Console.WriteLine("|---:|---:|---:|---:|---:|");
+            foreach (var concurrency in concurrencies)
+            {
+                await SweepAsync(client, key.Name, context, concurrency, TimeSpan.FromSeconds(1)); // warm-up
+                var (opsPerSecond, p50, p99, errors) = await SweepAsync(client, key.Name, context, concurrency, duration);
+                failed += errors;
+                singles[concurrency] = (opsPerSecond, p50, p99);
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {concurrency} | {opsPerSecond:N0} | {p50:F2} | {p99:F2} | {opsPerSecond / rawOpsPerSecond:F2} |{(errors > 0 ? $" {errors} errors" : "")}"));
+            }
+
+            if (audit)
+            {
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"group commit: {events:N0} events in {commits:N0} commits, {(double)events / Math.Max(1, commits):F1} per commit"));
+            }
+
+            if (audit)
+            {
+                Console.WriteLine();
+                Console.WriteLine("| concurrency | BatchGenerateDataKey (100 items): data keys/s | p50 ms per call | p99 ms per call | ratio to raw GCM |");
+                Console.WriteLine("|---:|---:|---:|---:|---:|");
+                var batch = new BatchGenerateDataKeyRequest();
+                batch.Requests.Add(Enumerable.Range(0, 100).Select(_ => new GenerateDataKeyRequest { Name = key.Name }));
+                foreach (var concurrency in concurrencies.Where(c => c <= 16))
+                {
+                    await SweepBatchAsync(client, batch, concurrency, TimeSpan.FromSeconds(1));
+                    var (keysPerSecond, p50, p99, errors) = await SweepBatchAsync(client, batch, concurrency, duration);
+                    failed += errors;
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"| {concurrency} | {keysPerSecond:N0} | {p50:F2} | {p99:F2} | {keysPerSecond / rawOpsPerSecond:F2} |{(errors > 0 ? $" {errors} errors" : "")}"));
+                }
+            }
+        }
+        finally
+        {
+            await app.StopAsync();
+            await app.DisposeAsync();
+        }
+
+        return (singles, failed);
     }
 
     private static async Task<(double OpsPerSecond, double P50, double P99, int Errors)> SweepAsync(

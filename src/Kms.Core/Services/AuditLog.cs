@@ -139,6 +139,7 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     public async Task RunAsync(CancellationToken cancellationToken)
     {
         var batch = new List<Pending>(options.MaxBatch);
+        var lastHousekeeping = 0L;
         while (!cancellationToken.IsCancellationRequested)
         {
             using (var tick = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
@@ -164,7 +165,12 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
                 batch.Clear();
             }
 
-            await RunHousekeepingAsync(cancellationToken);
+            // At most once a second: under load the loop must go back to committing.
+            if (time.GetElapsedTime(lastHousekeeping) >= TimeSpan.FromSeconds(1))
+            {
+                lastHousekeeping = time.GetTimestamp();
+                await RunHousekeepingAsync(cancellationToken);
+            }
         }
 
         // Stopped: nobody will write what is still queued, so its callers get UNAVAILABLE.

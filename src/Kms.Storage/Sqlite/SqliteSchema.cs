@@ -159,7 +159,6 @@ internal static class SqliteSchema
             CREATE INDEX audit_events_by_time ON audit_events (time);
             CREATE INDEX audit_events_by_principal ON audit_events (principal, seq);
             CREATE INDEX audit_events_by_resource ON audit_events (resource, seq);
-            CREATE INDEX audit_events_by_tenant ON audit_events (tenant, seq);
 
             CREATE TABLE audit_checkpoints (
                 seq       INTEGER PRIMARY KEY,
