@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Starts ./dev.sh on a fresh data directory and does what the README's quick start does
 # with buf curl (server reflection) and the dev token: create a key, get a data key,
-# decrypt it; a call without a token and a key-user creating a key are refused. Then a
-# restart on the same data directory must decrypt the same blob.
+# decrypt it; a call without a token and a key-user creating a key are refused, and the
+# metrics endpoint counts the refusal. Then a restart on the same data directory must
+# decrypt the same blob.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 work=$(mktemp -d)
 port=$(( 20000 + RANDOM % 20000 ))
+metrics_port=$(( port + 1 ))
 export KMS_DATA_DIR="$work/.kms"
 buf=(npx --yes @bufbuild/buf@1.75.0)
 server_pid=""
@@ -15,7 +17,7 @@ cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/
 trap cleanup EXIT
 
 start_server() {
-  (cd "$work" && exec "$root/dev.sh" --urls "https://127.0.0.1:$port") > "$work/server.log" 2>&1 &
+  (cd "$work" && exec "$root/dev.sh" --urls "https://127.0.0.1:$port" --Kms:MetricsUrl "http://127.0.0.1:$metrics_port") > "$work/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 120); do
     grep -q "Kms listening" "$work/server.log" 2>/dev/null && return 0
@@ -50,6 +52,12 @@ if call_as key-user.token CreateKey '{"parent":"tenants/dev","key_id":"nope","ke
 fi
 grep -qi permission_denied "$work/denied.out" || { cat "$work/denied.out"; echo "smoke: expected permission_denied" >&2; exit 1; }
 
+# Prometheus metrics (docs/observability.md): plain HTTP on their own port, refusals counted.
+grep "Kms serving Prometheus metrics" "$work/server.log" | grep -q "http://127.0.0.1:$metrics_port/metrics" || { cat "$work/server.log"; echo "smoke: metrics listener not logged" >&2; exit 1; }
+python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' "http://127.0.0.1:$metrics_port/metrics" > "$work/metrics.out"
+grep -q 'kms_grpc_requests_total{code="PermissionDenied",method="/kms.v1.KeyManagementService/CreateKey"}' "$work/metrics.out" \
+  || { cat "$work/metrics.out"; echo "smoke: the refused CreateKey is not in the metrics" >&2; exit 1; }
+
 call CreateKey '{"parent":"tenants/dev","key_id":"smoke","key":{"purpose":"KEY_PURPOSE_ENCRYPT_DECRYPT"}}' | grep -q '"tenants/dev/keys/smoke"'
 data_key=$(call GenerateDataKey '{"name":"tenants/dev/keys/smoke","encryption_context":{"app":"smoke"}}')
 plaintext=$(echo "$data_key" | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')
@@ -61,4 +69,4 @@ kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
 start_server
 again=$(call Decrypt "{\"ciphertext\":\"$ciphertext\",\"encryption_context\":{\"app\":\"smoke\"}}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')
 [ "$plaintext" = "$again" ] || { echo "smoke: decrypt after restart differs" >&2; exit 1; }
-echo "smoke: dev.sh + buf curl: health, unauthenticated and unauthorized refused, create key, data key, decrypt, restart, decrypt: ok"
+echo "smoke: dev.sh + buf curl: health, unauthenticated and unauthorized refused, metrics, create key, data key, decrypt, restart, decrypt: ok"

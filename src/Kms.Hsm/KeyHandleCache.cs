@@ -34,6 +34,7 @@ internal sealed class KeyHandleCache : IDisposable
         Generation = generation;
         _idleTimeout = idleTimeout;
         _cache = new MemoryCache(new MemoryCacheOptions { SizeLimit = capacity, CompactionPercentage = 0.1 });
+        HsmMetrics.Track(this);
     }
 
     /// <summary>The HSM generation whose session objects this cache holds.</summary>
@@ -51,8 +52,11 @@ internal sealed class KeyHandleCache : IDisposable
         var key = new Key(id, kind);
         if (_cache.TryGetValue(key, out CachedHandle? cached) && cached!.TryLease())
         {
+            HsmMetrics.KeyCacheHits.Add(1);
             return new HandleLease(key, cached);
         }
+
+        HsmMetrics.KeyCacheMisses.Add(1);
 
         // Two concurrent misses unwrap twice; the replaced entry is evicted and destroyed
         // once released, so the only cost is one extra unwrap.
@@ -108,7 +112,11 @@ internal sealed class KeyHandleCache : IDisposable
         }
     }
 
-    public void Dispose() => _cache.Dispose();
+    public void Dispose()
+    {
+        HsmMetrics.Untrack(this);
+        _cache.Dispose();
+    }
 
     private void Enqueue(IObjectHandle handle) => _toDestroy.Enqueue(handle);
 

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using Net.Pkcs11Interop.HighLevelAPI;
 
 namespace Kms.Hsm;
@@ -13,6 +14,7 @@ internal sealed class SessionPool : IDisposable
     private readonly ISession[] _sessions;
     private readonly ConcurrentStack<ISession> _free;
     private readonly SemaphoreSlim _available;
+    private int _inUse;
     private int _disposed;
 
     public SessionPool(ISession[] sessions)
@@ -20,22 +22,29 @@ internal sealed class SessionPool : IDisposable
         _sessions = sessions;
         _free = new ConcurrentStack<ISession>(sessions);
         _available = new SemaphoreSlim(sessions.Length, sessions.Length);
+        HsmMetrics.Track(this);
     }
 
     public int Size => _sessions.Length;
+
+    /// <summary>Sessions leased right now (a drain holds permits, not leases: it is not counted).</summary>
+    public int InUse => Volatile.Read(ref _inUse);
 
     /// <summary>Any session; used only while no lease can run concurrently (start-up).</summary>
     public ISession First => _sessions[0];
 
     public async ValueTask<SessionLease> AcquireAsync(CancellationToken cancellationToken)
     {
+        var start = Stopwatch.GetTimestamp();
         await _available.WaitAsync(cancellationToken).ConfigureAwait(false);
+        HsmMetrics.SessionWait.Record(Stopwatch.GetElapsedTime(start).TotalSeconds);
         if (!_free.TryPop(out var session))
         {
             _available.Release();
             throw new InvalidOperationException("session pool accounting is broken");
         }
 
+        Interlocked.Increment(ref _inUse);
         return new SessionLease(this, session);
     }
 
@@ -74,6 +83,7 @@ internal sealed class SessionPool : IDisposable
             return;
         }
 
+        HsmMetrics.Untrack(this);
         foreach (var session in _sessions)
         {
             try
@@ -89,6 +99,7 @@ internal sealed class SessionPool : IDisposable
 
     private void Return(ISession session)
     {
+        Interlocked.Decrement(ref _inUse);
         _free.Push(session);
         _available.Release();
     }

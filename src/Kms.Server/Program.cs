@@ -11,6 +11,11 @@ try
             ServerLog.Listening(app.Logger, address);
         }
 
+        if (KmsServerApp.BoundMetricsUrl(app) is { } metrics)
+        {
+            ServerLog.MetricsListening(app.Logger, metrics);
+        }
+
         await app.WaitForShutdownAsync();
     }
 

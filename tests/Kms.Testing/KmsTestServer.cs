@@ -28,6 +28,7 @@ public sealed class KmsTestServer : IAsyncDisposable
         Tenant = tenant;
         Logs = logs;
         Address = KmsServerApp.BoundAddresses(app).Single();
+        MetricsUrl = KmsServerApp.BoundMetricsUrl(app);
     }
 
     public TestToken Token { get; }
@@ -39,6 +40,9 @@ public sealed class KmsTestServer : IAsyncDisposable
     public LogCapture Logs { get; }
 
     public Uri Address { get; }
+
+    /// <summary>Where metrics are scraped (<c>http://127.0.0.1:{port}/metrics</c>; start with <c>--Kms:MetricsUrl=http://127.0.0.1:0</c>), or null.</summary>
+    public Uri? MetricsUrl { get; }
 
     public string CaCertificatePath => Path.Combine(DataDir, "tls", "ca.crt");
 

@@ -36,6 +36,13 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         await File.WriteAllTextAsync(pem, AuditGrpcService.PublicKeyPem(audit.PublicKey), cancellationToken);
         LogSigningKey(logger, audit.Fingerprint, pem);
 
+        audit.BatchWritten += (size, waited) =>
+        {
+            Observability.KmsMetrics.AuditBatchSize.Record(size);
+            Observability.KmsMetrics.AuditLag.Record(waited.TotalSeconds);
+            Observability.KmsMetrics.AuditEventsWritten.Add(size);
+        };
+
         var checkpoints = Path.Combine(directory, "checkpoints.jsonl");
         audit.CheckpointWritten += checkpoint =>
         {

@@ -98,6 +98,12 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
         if (alert is not null)
         {
             LogAlert(logger, alert.Kind, alert.Subject, alert.Count, alert.Window.TotalSeconds);
+            Observability.KmsMetrics.RecordSecurityAlert(alert.Kind switch
+            {
+                "refusals" => Observability.SecurityAlertKind.Refusals,
+                "decrypt-failures" => Observability.SecurityAlertKind.DecryptFailures,
+                _ => Observability.SecurityAlertKind.Volume,
+            });
             Raised?.Invoke(alert);
         }
     }

@@ -7,6 +7,7 @@ using Kms.Hsm;
 using Kms.Server.Audit;
 using Kms.Server.Grpc;
 using Kms.Server.Health;
+using Kms.Server.Observability;
 using Kms.Server.Security;
 using Kms.Server.Tls;
 using Kms.Storage.Sqlite;
@@ -55,6 +56,7 @@ public static class KmsServerApp
         builder.Services.AddSerilog(logger, dispose: true);
 
         var urls = ListenAddresses.Validate(builder.Configuration["urls"]);
+        var metricsUrl = ListenAddresses.ValidateMetrics(serverOptions.MetricsUrl, serverOptions.MetricsAllowNonLoopback);
         builder.WebHost.UseUrls([.. urls]);
         var (certificatePath, keyPath) = ResolveTls(serverOptions);
         var serverCertificate = new ReloadingFile<X509Certificate2>(
@@ -100,7 +102,7 @@ public static class KmsServerApp
         try
         {
             await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
-            var app = Build(builder, hsm, store, serverOptions, configureServices);
+            var app = Build(builder, hsm, store, serverOptions, metricsUrl, logger, configureServices);
             await app.Services.GetRequiredService<AuditWorker>().InitializeAsync(cancellationToken);
             await AccessProvisioning.RunAsync(app.Services, serverOptions, loggerFactory.CreateLogger("Kms.Access"), cancellationToken);
             return app;
@@ -112,7 +114,14 @@ public static class KmsServerApp
         }
     }
 
-    private static WebApplication Build(WebApplicationBuilder builder, Pkcs11Hsm hsm, SqliteStore store, KmsServerOptions serverOptions, Action<IServiceCollection>? configureServices)
+    private static WebApplication Build(
+        WebApplicationBuilder builder,
+        Pkcs11Hsm hsm,
+        SqliteStore store,
+        KmsServerOptions serverOptions,
+        string? metricsUrl,
+        Serilog.ILogger logger,
+        Action<IServiceCollection>? configureServices)
     {
         builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddSingleton(builder.Configuration.GetSection("Lifecycle").Get<LifecycleOptions>() ?? new LifecycleOptions());
@@ -162,9 +171,18 @@ public static class KmsServerApp
                 : null));
         builder.Services.AddSingleton<TenantQuotas>();
         builder.Services.AddSingleton<AuthorizationInterceptor>();
+        builder.Services.AddSingleton<MetricsInterceptor>();
+        if (metricsUrl is not null)
+        {
+            MetricsEndpoint.AddServices(builder.Services, metricsUrl, logger);
+        }
+
         builder.Services.AddGrpc(grpc =>
         {
-            // Outermost first: errors are mapped for everything below, including refusals.
+            // Outermost first: metrics see every call with the status its caller gets (the audit's
+            // UNAVAILABLE included); the audit records every call with its final status; errors
+            // are mapped for everything below, including refusals.
+            grpc.Interceptors.Add<MetricsInterceptor>();
             if (auditHost.Enabled)
             {
                 grpc.Interceptors.Add<AuditInterceptor>();
@@ -182,6 +200,7 @@ public static class KmsServerApp
         configureServices?.Invoke(builder.Services);
 
         var app = builder.Build();
+        UnservedCallMetrics.Use(app);
         app.MapGrpcService<KeyManagementGrpcService>();
         app.MapGrpcService<AccessManagementGrpcService>();
         app.MapGrpcService<AuditGrpcService>();
@@ -193,9 +212,13 @@ public static class KmsServerApp
         return app;
     }
 
-    /// <summary>The addresses the started server listens on (the real port when 0 was asked for).</summary>
+    /// <summary>The gRPC addresses the started server listens on (the real port when 0 was asked for).</summary>
     public static IReadOnlyList<Uri> BoundAddresses(WebApplication app) =>
         app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.Select(a => new Uri(a)).ToList();
+
+    /// <summary>Where the started server serves Prometheus metrics (<c>http://…/metrics</c>), or null when it has no metrics listener.</summary>
+    public static Uri? BoundMetricsUrl(WebApplication app) =>
+        app.Services.GetService<MetricsEndpoint.MetricsServer>()?.Address is { } address ? new Uri(address, MetricsEndpoint.Path) : null;
 
     private static (string CertificatePath, string KeyPath) ResolveTls(KmsServerOptions options)
     {

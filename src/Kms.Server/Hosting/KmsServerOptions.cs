@@ -45,6 +45,19 @@ public sealed class KmsServerOptions
     /// <summary>PEM private key of the server; default in dev mode: <c>{DataDir}/tls/server.key</c>.</summary>
     public string? TlsKeyPath { get; set; }
 
+    /// <summary>
+    /// Where Prometheus scrapes <c>/metrics</c>, e.g. <c>http://127.0.0.1:9464</c>: plain HTTP/1.1
+    /// on a listener of its own, never on a gRPC address. Unset (the default, dev mode too): no
+    /// metrics listener. Loopback only unless <see cref="MetricsAllowNonLoopback"/>.
+    /// </summary>
+    public string? MetricsUrl { get; set; }
+
+    /// <summary>
+    /// Lets <see cref="MetricsUrl"/> be a non-loopback address. The scrape needs no credential
+    /// (the series carry no tenant, key or caller), but it does show how the service is used.
+    /// </summary>
+    public bool MetricsAllowNonLoopback { get; set; }
+
     /// <summary>Largest request message in bytes: a batch of 4 MiB of plaintext plus its framing fits.</summary>
     public int MaxRequestBytes { get; set; } = 5 * 1024 * 1024;
 }

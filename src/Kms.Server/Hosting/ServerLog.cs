@@ -5,4 +5,7 @@ internal static partial class ServerLog
 {
     [LoggerMessage(EventId = 1101, Level = LogLevel.Information, Message = "Kms listening on {Address} (gRPC over TLS 1.3)")]
     public static partial void Listening(ILogger logger, Uri address);
+
+    [LoggerMessage(EventId = 1120, Level = LogLevel.Information, Message = "Kms serving Prometheus metrics at {Address} (plain HTTP/1.1, no credential)")]
+    public static partial void MetricsListening(ILogger logger, Uri address);
 }
