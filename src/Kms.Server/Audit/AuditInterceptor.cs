@@ -37,6 +37,7 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
         var scope = Begin(context, rule, request);
         TResponse response;
         using (AuditScope.Enter(scope))
+        using (Serilog.Context.LogContext.PushProperty("RequestId", scope.Entry.RequestId))
         {
             try
             {
@@ -94,6 +95,7 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
     private async Task StreamAsync(ServerCallContext context, AuditScope scope, Func<Task> call)
     {
         using (AuditScope.Enter(scope))
+        using (Serilog.Context.LogContext.PushProperty("RequestId", scope.Entry.RequestId))
         {
             try
             {

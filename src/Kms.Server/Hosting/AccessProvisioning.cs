@@ -72,11 +72,11 @@ internal static partial class AccessProvisioning
         LogDevTokens(logger, tokens);
     }
 
-    [LoggerMessage(EventId = 10, Level = LogLevel.Warning,
+    [LoggerMessage(EventId = 1010, Level = LogLevel.Warning,
         Message = "No deployment admin yet: a one-time bootstrap credential is in {Path} (mode 0600). Call AccessManagementService.Bootstrap with it; it is invalid after that first use.")]
     private static partial void LogBootstrap(ILogger logger, string path);
 
-    [LoggerMessage(EventId = 11, Level = LogLevel.Information,
+    [LoggerMessage(EventId = 1011, Level = LogLevel.Information,
         Message = "Dev mode API tokens (mode 0600) are in {Directory}: developer.token (every role in the dev tenant), key-user.token, deployment-admin.token")]
     private static partial void LogDevTokens(ILogger logger, string directory);
 }

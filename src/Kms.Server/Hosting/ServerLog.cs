@@ -3,7 +3,7 @@ namespace Kms.Server.Hosting;
 /// <summary>The host's log catalog (the gRPC layer's is in ErrorInterceptor, the HSM's in Kms.Hsm).</summary>
 internal static partial class ServerLog
 {
-    [LoggerMessage(EventId = 1101, Level = LogLevel.Information, Message = "Kms listening on {Address} (gRPC over TLS 1.3)")]
+    [LoggerMessage(EventId = 1100, Level = LogLevel.Information, Message = "Kms listening on {Address} (gRPC over TLS 1.3)")]
     public static partial void Listening(ILogger logger, Uri address);
 
     [LoggerMessage(EventId = 1120, Level = LogLevel.Information, Message = "Kms serving Prometheus metrics at {Address} (plain HTTP/1.1, no credential)")]

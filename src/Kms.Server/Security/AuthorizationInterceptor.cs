@@ -49,7 +49,9 @@ internal sealed partial class AuthorizationInterceptor(
             throw;
         }
 
+        var caller = context.UserState.TryGetValue(CallerKey, out var value) ? value as Caller : null;
         using (slot)
+        using (Serilog.Context.LogContext.PushProperty("Principal", caller?.Principal))
         {
             return await continuation(request, context);
         }
