@@ -128,16 +128,59 @@ public sealed partial class AuditVerifierTests : IDisposable
     public async Task PrunedLog_ExportStartsAtTheAnchoringCheckpoint_AndVerifies()
     {
         await BuildAsync();
-        Assert.Equal(5, await _store.PruneAuditAsync(5, default));
+        Assert.Equal(5, await _log.PruneThroughAsync(5, default));
         var lines = await ExportAsync();
         Assert.Contains("\"anchor\":{\"seq\":5,", lines[0], StringComparison.Ordinal);
         var result = Verify(lines);
         Assert.True(result.Valid, result.Problem);
-        Assert.Equal(7, result.Events);
+        Assert.Equal((8L, 5L), (result.Events, result.AnchorSequence));
 
         // Without the anchoring checkpoint the start of the export is vouched for by nobody.
         lines.RemoveAt(1);
         AssertFails(lines, 6, "no signed checkpoint");
+    }
+
+    [Fact]
+    public async Task StartCutBackToACheckpoint_WithoutARetentionRecord_Detected()
+    {
+        // Whoever holds the database deletes the oldest events back to a (public) checkpoint.
+        await BuildAsync();
+        Assert.Equal(10, await _store.PruneAuditAsync(10, default));
+        var lines = await ExportAsync();
+        var result = Verify(lines);
+        Assert.False(result.Valid);
+        Assert.Equal(11, result.FirstBadSequence);
+        Assert.Contains("removed from the start", result.Problem, StringComparison.Ordinal);
+
+        // A partial export (asked to start later) is judged on its signed start alone.
+        Assert.True(Verify(lines, partial: true).Valid);
+    }
+
+    [Fact]
+    public async Task HeaderOnly_OrUnsignedAnchor_OrGenesisForged_NotValid()
+    {
+        var lines = await BuildAsync();
+        var header = lines[0].Replace("\"anchor\":{\"seq\":0,", "\"anchor\":{\"seq\":12,", StringComparison.Ordinal);
+        AssertFails([header], 13, "no signed checkpoint");
+        var forgedGenesis = lines[0].Replace(new string('0', 64), new string('1', 64), StringComparison.Ordinal);
+        AssertFails([forgedGenesis, .. lines.Skip(1)], 1, "anchor");
+    }
+
+    [Fact]
+    public async Task DuplicateMembers_ExtraMembers_OrMalformedLines_NotValid_NeverThrow()
+    {
+        var lines = await BuildAsync();
+        var i = IndexOfEvent(lines, 3);
+        var original = lines[i];
+        lines[i] = original[..^1] + ",\"event\":{}}";
+        AssertFails(lines, 3, "malformed");
+        lines[i] = original[..^1] + ",\"note\":\"x\"}";
+        AssertFails(lines, 3, "neither an event nor a checkpoint");
+        foreach (var bad in new[] { "{\"event\":{\"seq\":\"3\"},\"hash\":\"x\"}", "{\"checkpoint\":{\"seq\":1},\"signature\":\"!!\"}", "[1,2]", "not json" })
+        {
+            lines[i] = bad;
+            Assert.False(Verify(lines).Valid, bad);
+        }
     }
 
     [Fact]
@@ -191,8 +234,8 @@ public sealed partial class AuditVerifierTests : IDisposable
         Context = [KeyValuePair.Create("record", _log.HashContextValue("42"))],
     };
 
-    private AuditVerification Verify(List<string> lines, KnownCheckpoint? known = null) =>
-        AuditVerifier.Verify(new StringReader(string.Join('\n', lines)), _log.PublicKey, known);
+    private AuditVerification Verify(List<string> lines, KnownCheckpoint? known = null, bool partial = false) =>
+        AuditVerifier.Verify(new StringReader(string.Join('\n', lines)), _log.PublicKey, known, partial);
 
     private void AssertFails(List<string> lines, long firstBad, string problem)
     {

@@ -90,6 +90,42 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task RefusalWindowClosedByTheLoopItself_WrittenWithoutStallingTheGroupCommit()
+    {
+        await _log.RefusedAsync(Entry("first") with { Principal = "token:eve", Outcome = "PERMISSION_DENIED" }, default);
+        await _log.RefusedAsync(Entry("second") with { Principal = "token:eve", Outcome = "PERMISSION_DENIED" }, default);
+        _time.Advance(TimeSpan.FromSeconds(11));
+
+        // The loop's own housekeeping (once a second) closes the window; appends must keep flowing.
+        var deadline = DateTime.UtcNow.AddSeconds(15);
+        while ((await _store.ListAuditEventsAsync(new AuditQuery { Principal = "token:eve" }, default)).Count < 2 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(100);
+        }
+
+        await _log.AppendAsync(Entry("after"), default).WaitAsync(TimeSpan.FromSeconds(10));
+        var eve = await _store.ListAuditEventsAsync(new AuditQuery { Principal = "token:eve" }, default);
+        Assert.Equal([1L, 1L], eve.Select(e => e.Entry.Count));
+    }
+
+    [Fact]
+    public async Task AnonymousRefusals_CountedPerAddress()
+    {
+        foreach (var client in new[] { "ipv4:10.0.0.1:1000", "ipv4:10.0.0.1:1001", "ipv4:10.0.0.2:1000" })
+        {
+            await _log.RefusedAsync(Entry("r") with { Principal = "anonymous", Outcome = "UNAUTHENTICATED", Client = client }, default);
+        }
+
+        await _log.FlushRefusalsAsync(default);
+        var events = await _store.ListAuditEventsAsync(new AuditQuery { Principal = "anonymous" }, default);
+        // Each address opens its own window (its first refusal written at once); the second
+        // refusal from 10.0.0.1 is that window's count.
+        Assert.Equal(
+            ["ipv4:10.0.0.1:1000 1 req", "ipv4:10.0.0.2:1000 1 req", "ipv4:10.0.0.1:1000 1 aggregated"],
+            events.Select(e => $"{e.Entry.Client} {e.Entry.Count} {(e.Entry.RequestId == "aggregated" ? "aggregated" : "req")}"));
+    }
+
+    [Fact]
     public async Task Checkpoints_AfterNEvents_OrAfterTheInterval_SignedByTheAuditKey()
     {
         for (var i = 0; i < 50; i++)
@@ -141,6 +177,22 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Assert.Equal(anchor + 1, remaining[0].Sequence);
         Assert.Equal(anchor, (await _store.ListAuditCheckpointsAsync(0, 100, default))[0].Sequence);
         Assert.Equal(0, await _log.PruneAsync(default));
+    }
+
+    [Fact]
+    public async Task PublicKeySwappedInTheDatabase_StartRefused()
+    {
+        var stored = System.Text.Json.JsonDocument.Parse((await _store.GetSettingAsync("audit.signing-key.v1", default))!).RootElement;
+        using var forger = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var tampered = new InMemoryStore();
+        await tampered.SetSettingIfAbsentAsync("audit.signing-key.v1", System.Text.Json.JsonSerializer.Serialize(new
+        {
+            Wrapped = stored.GetProperty("Wrapped").GetString(),
+            PublicKey = Convert.ToBase64String(forger.ExportSubjectPublicKeyInfo()),
+        }), default);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => new AuditLog(tampered, tampered, _hsm, _time, new AuditOptions()).InitializeAsync(default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
     }
 
     [Fact]

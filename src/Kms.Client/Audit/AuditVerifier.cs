@@ -15,7 +15,8 @@ public sealed record KnownCheckpoint(long Sequence, string HeadHash);
 /// <param name="UnsignedTail">Events after the last verified checkpoint: intact as far as the chain shows, but a truncation there is only detectable against a later checkpoint.</param>
 /// <param name="FirstBadSequence">The sequence number at which verification failed (null when valid).</param>
 /// <param name="Problem">What failed, in words.</param>
-public sealed record AuditVerification(bool Valid, long Events, long Checkpoints, long LastSignedSequence, long UnsignedTail, long? FirstBadSequence, string? Problem);
+/// <param name="AnchorSequence">The event the export follows: 0 for the whole history, else a signed cut (retention, or a partial export).</param>
+public sealed record AuditVerification(bool Valid, long Events, long Checkpoints, long LastSignedSequence, long UnsignedTail, long? FirstBadSequence, string? Problem, long AnchorSequence = 0);
 
 /// <summary>
 /// Verifies an audit export (JSON lines, docs/audit-format.md) offline: every event's hash
@@ -28,8 +29,15 @@ public static class AuditVerifier
 {
     private const string Genesis = "0000000000000000000000000000000000000000000000000000000000000000";
 
+    private static readonly JsonDocumentOptions Strict = new() { AllowDuplicateProperties = false };
+
     /// <summary>Verifies <paramref name="export"/> against the audit key <paramref name="publicKey"/> (DER SubjectPublicKeyInfo, pinned by you, not taken from the export).</summary>
-    public static AuditVerification Verify(TextReader export, byte[] publicKey, KnownCheckpoint? lastKnown = null)
+    /// <param name="partial">
+    /// The export was asked to start later (<c>from_sequence</c>): its start needs a signed
+    /// checkpoint, but not a retention record. Otherwise an export that does not start at the
+    /// first event must contain the chained event that records the retention cut there.
+    /// </param>
+    public static AuditVerification Verify(TextReader export, byte[] publicKey, KnownCheckpoint? lastKnown = null, bool partial = false)
     {
         ArgumentNullException.ThrowIfNull(export);
         ArgumentNullException.ThrowIfNull(publicKey);
@@ -48,32 +56,44 @@ public static class AuditVerifier
                 continue;
             }
 
-            JsonDocument document;
             try
             {
-                document = JsonDocument.Parse(line);
-            }
-            catch (JsonException)
-            {
-                return state.Fail(state.NextSequence, $"line {lineNumber} is not JSON");
-            }
-
-            using (document)
-            {
+                using var document = JsonDocument.Parse(line, Strict);
                 var root = document.RootElement;
-                var problem = root.TryGetProperty("event", out var body) ? state.Event(body, root)
-                    : root.TryGetProperty("checkpoint", out body) ? state.Checkpoint(body, root, key, fingerprint)
-                    : root.TryGetProperty("kms_audit_export", out _) ? state.Header(root)
+                var members = root.ValueKind == JsonValueKind.Object ? root.EnumerateObject().Select(p => p.Name).ToList() : [];
+                var problem = Is(members, "event", "hash") ? state.Event(root.GetProperty("event"), root)
+                    : Is(members, "checkpoint", "signature") ? state.Checkpoint(root.GetProperty("checkpoint"), root, key, fingerprint)
+                    : members.FirstOrDefault() == "kms_audit_export" ? state.Header(root)
                     : (state.NextSequence, $"line {lineNumber} is neither an event nor a checkpoint");
                 if (problem is { } p)
                 {
                     return state.Fail(p.Sequence, p.Message);
                 }
             }
+            catch (Exception e) when (e is JsonException or InvalidOperationException or KeyNotFoundException or FormatException or ArgumentException)
+            {
+                // Malformed is a failure to verify, never an exception for the caller.
+                return state.Fail(state.NextSequence, $"line {lineNumber} is malformed ({e.GetType().Name})");
+            }
+        }
+
+        if (!state.AnchorSigned)
+        {
+            return state.Fail(state.Anchor + 1, $"the export starts after event {state.Anchor}, but no signed checkpoint vouches for it");
+        }
+
+        if (state.Anchor > 0 && !partial && !state.RetentionRecorded)
+        {
+            return state.Fail(state.Anchor + 1, $"the export starts after event {state.Anchor}, but no retention event in the chain records a cut there: events were removed from the start");
         }
 
         if (lastKnown is not null)
         {
+            if (lastKnown.Sequence < state.Anchor)
+            {
+                return state.Fail(lastKnown.Sequence, $"the known checkpoint at {lastKnown.Sequence} lies before this export's start ({state.Anchor}); it cannot be checked here");
+            }
+
             if (!state.Hashes.TryGetValue(lastKnown.Sequence, out var hash))
             {
                 return state.Fail(Math.Min(lastKnown.Sequence, state.NextSequence), $"the export ends before the known checkpoint at {lastKnown.Sequence}: events were removed from the tail");
@@ -87,8 +107,10 @@ public static class AuditVerifier
             state.LastSigned = Math.Max(state.LastSigned, lastKnown.Sequence);
         }
 
-        return new AuditVerification(true, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, null);
+        return new AuditVerification(true, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, null, state.Anchor);
     }
+
+    private static bool Is(List<string> members, string first, string second) => members.Count == 2 && members[0] == first && members[1] == second;
 
     private sealed class State
     {
@@ -106,7 +128,11 @@ public static class AuditVerifier
 
         private bool _started;
 
-        private bool _anchorSigned = true;
+        public bool AnchorSigned { get; private set; } = true;
+
+        public long Anchor { get; private set; }
+
+        public bool RetentionRecorded { get; private set; }
 
         public (long Sequence, string Message)? Header(JsonElement root)
         {
@@ -120,9 +146,15 @@ public static class AuditVerifier
                 // The export starts after pruned events: the anchor must be vouched for by a signed checkpoint.
                 var sequence = anchor.GetProperty("seq").GetInt64();
                 _previous = anchor.GetProperty("hash").GetString() ?? "";
+                if (sequence < 0 || (sequence == 0 && _previous != Genesis))
+                {
+                    return (1, "the export's anchor is not a valid start of the chain");
+                }
+
                 NextSequence = sequence + 1;
                 Hashes[sequence] = _previous;
-                _anchorSigned = sequence == 0;
+                Anchor = sequence;
+                AnchorSigned = sequence == 0;
             }
 
             _started = true;
@@ -146,7 +178,7 @@ public static class AuditVerifier
                     : $"event {sequence} is out of order or repeated (expected {NextSequence})");
             }
 
-            if (!_anchorSigned)
+            if (!AnchorSigned)
             {
                 return (sequence, $"the export starts after event {sequence - 1}, but no signed checkpoint vouches for it");
             }
@@ -160,6 +192,11 @@ public static class AuditVerifier
             {
                 // Either the earlier event was edited (and its hash recomputed) or this link was: name the earlier.
                 return (sequence - 1, $"the chain is broken between events {sequence - 1} and {sequence}: one of them was edited");
+            }
+
+            if (Anchor > 0 && body.GetProperty("operation").GetString() == "audit/Retention" && body.GetProperty("resource").GetString() == $"through:{Anchor}")
+            {
+                RetentionRecorded = true;
             }
 
             Hashes[sequence] = hash;
@@ -197,7 +234,7 @@ public static class AuditVerifier
 
             if (sequence == NextSequence - 1)
             {
-                _anchorSigned = true;
+                AnchorSigned = true;
             }
 
             LastSigned = Math.Max(LastSigned, sequence);

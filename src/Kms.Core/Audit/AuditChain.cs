@@ -23,6 +23,12 @@ public static class AuditChain
     /// <summary>The "previous hash" of the very first event.</summary>
     public static readonly string Genesis = new('0', 64);
 
+    /// <summary>The operation of the event that records a retention cut.</summary>
+    public const string RetentionOperation = "audit/Retention";
+
+    /// <summary>The resource of the event that records a cut through <paramref name="sequence"/>.</summary>
+    public static string RetentionResource(long sequence) => $"through:{sequence}";
+
     /// <summary>The head of an empty log.</summary>
     public static readonly AuditHead Empty = new(0, Genesis);
 

@@ -50,6 +50,9 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     /// <summary>Called with events after they are durable, in sequence order, whichever path wrote them.</summary>
     public event Action<IReadOnlyList<AuditEvent>>? EventsWritten;
 
+    /// <summary>Called when a housekeeping pass (refusal windows, forwarding, checkpoint) failed; it is retried.</summary>
+    public event Action<Exception>? HousekeepingFailed;
+
     /// <summary>Called after each group commit with its size and the oldest event's wait.</summary>
     public event Action<int, TimeSpan>? BatchWritten;
 
@@ -67,6 +70,19 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         _signingKey = new KeyMaterialRef(SigningKeyId, new WrappedKeyMaterial(Convert.FromBase64String(stored.Wrapped)));
         PublicKey = Convert.FromBase64String(stored.PublicKey);
         Fingerprint = AuditChain.Fingerprint(PublicKey);
+
+        // The public key is only a database row: prove the HSM-held private key matches it, so a
+        // database writer cannot get another key published (and then forge checkpoints).
+        var probe = SHA256.HashData(Encoding.UTF8.GetBytes("kms audit signing key probe " + Fingerprint));
+        var signature = await hsm.SignEcdsaAsync(_signingKey, EcCurve.P256, probe, cancellationToken);
+        using (var verifier = ECDsa.Create())
+        {
+            verifier.ImportSubjectPublicKeyInfo(PublicKey, out _);
+            if (!verifier.VerifyHash(probe, signature))
+            {
+                throw KmsErrors.FailedPrecondition("the audit signing key's stored public key does not match its private key in the HSM; refusing to start");
+            }
+        }
 
         if (await settings.GetSettingAsync(ContextKeySetting, cancellationToken) is not { } context)
         {
@@ -103,7 +119,15 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     public async Task AppendAsync(AuditEntry entry, CancellationToken cancellationToken)
     {
         var pending = new Pending(entry, time.GetTimestamp());
-        await _queue.Writer.WriteAsync(pending, cancellationToken);
+        try
+        {
+            await _queue.Writer.WriteAsync(pending, cancellationToken);
+        }
+        catch (ChannelClosedException)
+        {
+            throw KmsErrors.Unavailable("the server is stopping; the request was not answered");
+        }
+
         await pending.Done.Task.WaitAsync(cancellationToken);
     }
 
@@ -114,7 +138,7 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     /// </summary>
     public Task RefusedAsync(AuditEntry entry, CancellationToken cancellationToken)
     {
-        var key = (entry.Principal, entry.Operation, entry.Outcome);
+        (string Principal, string Operation, string Outcome) key = (entry.Principal == "anonymous" ? "anonymous@" + Address(entry.Client) : entry.Principal, entry.Operation, entry.Outcome);
         lock (_refusalLock)
         {
             if (!_refusals.TryGetValue(key, out var window) && _refusals.Count >= options.MaxRefusalWindows)
@@ -129,7 +153,7 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
                 return Task.CompletedTask;
             }
 
-            _refusals[key] = new RefusalWindow(entry.Time + options.RefusalWindow, key.Principal == "overflow" ? entry with { Principal = "overflow", Operation = "*", Outcome = "*", Resource = null, Context = [] } : entry);
+            _refusals[key] = new RefusalWindow(entry.Time + options.RefusalWindow, key.Principal == "overflow" ? entry with { Principal = "overflow", Operation = "*", Outcome = "*", Resource = null, Tenant = null, Client = null, Context = [] } : entry);
         }
 
         return AppendAsync(entry, cancellationToken);
@@ -140,6 +164,28 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     {
         var batch = new List<Pending>(options.MaxBatch);
         var lastHousekeeping = 0L;
+        try
+        {
+            await LoopAsync(batch, lastHousekeeping, cancellationToken);
+        }
+        finally
+        {
+            // Stopped (or failed): nobody will write what is still queued, so its callers get UNAVAILABLE.
+            _queue.Writer.TryComplete();
+            foreach (var pending in batch)
+            {
+                pending.Done.TrySetException(KmsErrors.Unavailable("the server is stopping; the request was not answered"));
+            }
+
+            while (_queue.Reader.TryRead(out var left))
+            {
+                left.Done.TrySetException(KmsErrors.Unavailable("the server is stopping; the request was not answered"));
+            }
+        }
+    }
+
+    private async Task LoopAsync(List<Pending> batch, long lastHousekeeping, CancellationToken cancellationToken)
+    {
         while (!cancellationToken.IsCancellationRequested)
         {
             using (var tick = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
@@ -172,28 +218,6 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
                 await RunHousekeepingAsync(cancellationToken);
             }
         }
-
-        // Stopped: nobody will write what is still queued, so its callers get UNAVAILABLE.
-        while (_queue.Reader.TryRead(out var left))
-        {
-            left.Done.TrySetException(KmsErrors.Unavailable("the server is stopping; the request was not answered"));
-        }
-    }
-
-    /// <summary>After the loop has stopped: writes what the open refusal windows counted, directly.</summary>
-    public async Task FlushRefusalsDirectAsync(CancellationToken cancellationToken)
-    {
-        List<AuditEntry> closed;
-        lock (_refusalLock)
-        {
-            closed = _refusals.Values.Where(w => w.Count > 0).Select(w => w.Summary()).ToList();
-            _refusals.Clear();
-        }
-
-        if (closed.Count > 0)
-        {
-            await store.AppendAuditAsync(closed, cancellationToken);
-        }
     }
 
     /// <summary>Closes due refusal windows, forwards new events, signs a checkpoint if due. Failures wait for the next tick.</summary>
@@ -210,8 +234,10 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
                 await CheckpointAsync(cancellationToken);
             }
         }
-        catch (KmsException e) when (e.Code == KmsErrorCode.Unavailable)
+        catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
         {
+            // Housekeeping must never stop the group commit: report and retry at the next tick.
+            HousekeepingFailed?.Invoke(e);
         }
     }
 
@@ -262,7 +288,29 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         var kept = await store.ListAuditEventsAsync(new AuditQuery { StartTime = cutoff, Limit = 1 }, cancellationToken);
         var limit = kept.Count == 0 ? long.MaxValue : kept[0].Sequence - 1;
         var anchor = await store.FindAuditCheckpointAtOrBeforeAsync(limit, cancellationToken);
-        return anchor is null || anchor.Sequence < oldest[0].Sequence ? 0 : await store.PruneAuditAsync(anchor.Sequence, cancellationToken);
+        return anchor is null || anchor.Sequence < oldest[0].Sequence ? 0 : await PruneThroughAsync(anchor.Sequence, cancellationToken);
+    }
+
+    /// <summary>
+    /// Deletes the events through <paramref name="sequence"/> (a checkpoint's), after chaining an
+    /// event that records the cut — so a verifier can tell retention from someone deleting the
+    /// start of the log.
+    /// </summary>
+    public async Task<long> PruneThroughAsync(long sequence, CancellationToken cancellationToken)
+    {
+        await store.AppendAuditAsync(
+        [
+            new AuditEntry
+            {
+                Time = Clock.Now(time),
+                RequestId = Guid.NewGuid().ToString("N"),
+                Principal = "system:retention",
+                Operation = AuditChain.RetentionOperation,
+                Resource = AuditChain.RetentionResource(sequence),
+                Outcome = "OK",
+            },
+        ], cancellationToken);
+        return await store.PruneAuditAsync(sequence, cancellationToken);
     }
 
     /// <summary>
@@ -350,10 +398,12 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         }
     }
 
+    // Written directly, never through the queue: this runs inside the group-commit loop, which
+    // would otherwise wait for itself. A failed write puts the counts back for the next pass.
     private async Task FlushRefusalsAsync(bool force, CancellationToken cancellationToken)
     {
         var now = time.GetUtcNow();
-        List<AuditEntry> closed = [];
+        List<((string, string, string) Key, RefusalWindow Window)> closed = [];
         lock (_refusalLock)
         {
             foreach (var (key, window) in _refusals.Where(w => force || w.Value.Closes <= now).ToList())
@@ -361,14 +411,38 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
                 _refusals.Remove(key);
                 if (window.Count > 0)
                 {
-                    closed.Add(window.Summary());
+                    closed.Add((key, window));
                 }
             }
         }
 
-        foreach (var entry in closed)
+        if (closed.Count == 0)
         {
-            await AppendAsync(entry, cancellationToken);
+            return;
+        }
+
+        try
+        {
+            await store.AppendAuditAsync(closed.Select(c => c.Window.Summary()).ToList(), cancellationToken);
+        }
+        catch
+        {
+            lock (_refusalLock)
+            {
+                foreach (var (key, window) in closed)
+                {
+                    if (_refusals.TryGetValue(key, out var current))
+                    {
+                        current.Absorb(window);
+                    }
+                    else
+                    {
+                        _refusals[key] = window;
+                    }
+                }
+            }
+
+            throw;
         }
     }
 
@@ -387,13 +461,26 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
                 return;
             }
 
-            _forwarded = page[^1].Sequence;
             EventsWritten?.Invoke(page);
+            _forwarded = page[^1].Sequence;
             if (page.Count < 1000)
             {
                 return;
             }
         }
+    }
+
+    // "ipv4:10.0.0.7:51234" -> "10.0.0.7": anonymous refusals are told apart by address.
+    private static string Address(string? peer)
+    {
+        if (string.IsNullOrEmpty(peer))
+        {
+            return "unknown";
+        }
+
+        var start = peer.IndexOf(':', StringComparison.Ordinal) + 1;
+        var end = peer.LastIndexOf(':');
+        return end > start ? peer[start..end] : peer[start..];
     }
 
     private static KeyVersionId FixedId(string label) => KeyVersionId.FromBytes(SHA256.HashData(Encoding.UTF8.GetBytes(label)).AsSpan(0, KeyVersionId.Length));
@@ -428,6 +515,19 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
             }
 
             Last = entry.Time;
+        }
+
+        // Counts of a window whose summary could not be written, folded into this one.
+        public void Absorb(RefusalWindow other)
+        {
+            if (other.Count == 0)
+            {
+                return;
+            }
+
+            First = Count == 0 || other.First < First ? other.First : First;
+            Last = other.Last > Last ? other.Last : Last;
+            Count += other.Count;
         }
 
         public AuditEntry Summary() => first with

@@ -36,6 +36,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         await File.WriteAllTextAsync(pem, AuditGrpcService.PublicKeyPem(audit.PublicKey), cancellationToken);
         LogSigningKey(logger, audit.Fingerprint, pem);
 
+        audit.HousekeepingFailed += e => LogHousekeepingFailed(logger, e.GetType().Name, e.Message);
         audit.BatchWritten += (size, waited) =>
         {
             Observability.KmsMetrics.AuditBatchSize.Record(size);
@@ -82,7 +83,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         // Requests have drained by now: write what the refusal windows counted, and sign the head.
         try
         {
-            await audit.FlushRefusalsDirectAsync(cancellationToken);
+            await audit.FlushRefusalsAsync(cancellationToken);
             await audit.CheckpointAsync(cancellationToken);
         }
         catch (Exception e) when (e is Kms.Core.Errors.KmsException or OperationCanceledException)
@@ -113,6 +114,9 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1302, Level = LogLevel.Information, Message = "audit checkpoint {Sequence} {HeadHash}: {Checkpoint:l}")]
     private static partial void LogCheckpoint(ILogger logger, long sequence, string headHash, string checkpoint);
+
+    [LoggerMessage(EventId = 1304, Level = LogLevel.Error, Message = "audit housekeeping (refusal counts, SIEM stream, checkpoint) failed ({Type}: {Reason}); retrying in a second")]
+    private static partial void LogHousekeepingFailed(ILogger logger, string type, string reason);
 
     [LoggerMessage(EventId = 1303, Level = LogLevel.Warning, Message = "the final audit checkpoint could not be written ({Reason})")]
     private static partial void LogFinalCheckpointFailed(ILogger logger, string reason);

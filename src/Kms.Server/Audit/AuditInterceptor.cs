@@ -111,6 +111,12 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
                 await RecordAsync(context, scope, ProtoMapping.StatusCodeOf(e.Code));
                 throw;
             }
+            catch (Exception)
+            {
+                // A stream the client abandoned, or a fault: still one event.
+                await RecordAsync(context, scope, context.CancellationToken.IsCancellationRequested ? StatusCode.Cancelled : StatusCode.Internal);
+                throw;
+            }
         }
 
         await RecordAsync(context, scope, StatusCode.OK);
@@ -126,7 +132,7 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
             RequestId = requestId,
             Principal = "anonymous",
             Operation = context.Method,
-            Resource = rule is null ? null : AccessRules.ResourceOf(rule, request),
+            Resource = Bounded(rule is null ? null : AccessRules.ResourceOf(rule, request)),
             Outcome = "UNKNOWN",
             Client = context.Peer,
             Context = ContextHashes(request),
@@ -186,14 +192,27 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
             return [];
         }
 
-        var hashes = new List<KeyValuePair<string, string>>(map.Count);
+        // Bounded: a caller (even an unauthenticated one) must not be able to write megabytes per event.
+        var hashes = new List<KeyValuePair<string, string>>(Math.Min(map.Count, MaxContextKeys));
         foreach (DictionaryEntry pair in map)
         {
-            hashes.Add(KeyValuePair.Create((string)pair.Key, audit.HashContextValue((string)pair.Value!)));
+            if (hashes.Count == MaxContextKeys)
+            {
+                hashes.Add(KeyValuePair.Create("…", $"{map.Count - MaxContextKeys} more keys"));
+                break;
+            }
+
+            hashes.Add(KeyValuePair.Create(Bounded((string)pair.Key)!, audit.HashContextValue((string)pair.Value!)));
         }
 
         return hashes;
     }
+
+    private const int MaxResourceLength = 512;
+    private const int MaxContextKeys = 32;
+
+    private static string? Bounded(string? text) =>
+        text is { Length: > MaxResourceLength } ? string.Concat(text.AsSpan(0, MaxResourceLength), "…(truncated)") : text;
 
     private static string OutcomeOf(StatusCode status) => status switch
     {

@@ -70,6 +70,13 @@ internal sealed class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IAuditStor
             throw new RpcException(new global::Grpc.Core.Status(StatusCode.InvalidArgument, "from_sequence must not be negative"));
         }
 
+        // The export hands out the whole log: its start is made durable before the first line
+        // leaves (its end is the interceptor's event), so even an abandoned export is on record.
+        if (AuditScope.Current is { } scope)
+        {
+            await audit.AppendAsync(scope.Entry with { Outcome = "STARTED" }, context.CancellationToken);
+        }
+
         var chunk = new ExportAuditResponse();
         var bytes = 0;
         await foreach (var line in audit.ExportAsync(request.FromSequence, context.CancellationToken))
