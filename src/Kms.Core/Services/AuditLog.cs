@@ -200,6 +200,8 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
                 }
             }
 
+            // Let the calls that are about to append (continuations already scheduled) join this batch.
+            await Task.Yield();
             while (batch.Count < options.MaxBatch && _queue.Reader.TryRead(out var next))
             {
                 batch.Add(next);

@@ -55,6 +55,9 @@ public sealed partial class SqliteStore : IKeyStore, IAccessStore, IAuditStore
     private readonly string _connectionString;
     private readonly string _pragmas;
 
+    // Physical connections (pooled) that have had the pragmas applied; they keep them.
+    private readonly System.Runtime.CompilerServices.ConditionalWeakTable<object, object> _configured = [];
+
     private SqliteStore(SqliteOptions options)
     {
         _connectionString = new SqliteConnectionStringBuilder
@@ -509,7 +512,14 @@ public sealed partial class SqliteStore : IKeyStore, IAccessStore, IAuditStore
         try
         {
             await connection.OpenAsync(cancellationToken);
-            await ExecuteAsync(connection, _pragmas, cancellationToken);
+
+            // Once per physical connection: a pooled connection keeps its pragmas.
+            if (!_configured.TryGetValue(connection.Handle!, out _))
+            {
+                await ExecuteAsync(connection, _pragmas, cancellationToken);
+                _configured.AddOrUpdate(connection.Handle!, this);
+            }
+
             return connection;
         }
         catch
