@@ -39,6 +39,19 @@ public sealed record AuditEntry
 
     /// <summary>Encryption-context keys with a keyed hash (HMAC-SHA256, hex) of each value, ordered by key.</summary>
     public IReadOnlyList<KeyValuePair<string, string>> Context { get; init; } = [];
+
+    /// <summary>The address part of a transport peer (<c>ipv4:10.0.0.7:51234</c> → <c>10.0.0.7</c>): anonymous callers are told apart by it.</summary>
+    public static string AddressOf(string? peer)
+    {
+        if (string.IsNullOrEmpty(peer))
+        {
+            return "unknown";
+        }
+
+        var start = peer.IndexOf(':', StringComparison.Ordinal) + 1;
+        var end = peer.LastIndexOf(':');
+        return end > start ? peer[start..end] : peer[start..];
+    }
 }
 
 /// <summary>An entry in the chain: its sequence number, the hash of the event before it, its canonical body and its hash.</summary>

@@ -138,7 +138,7 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     /// </summary>
     public Task RefusedAsync(AuditEntry entry, CancellationToken cancellationToken)
     {
-        (string Principal, string Operation, string Outcome) key = (entry.Principal == "anonymous" ? "anonymous@" + Address(entry.Client) : entry.Principal, entry.Operation, entry.Outcome);
+        (string Principal, string Operation, string Outcome) key = (entry.Principal == "anonymous" ? "anonymous@" + AuditEntry.AddressOf(entry.Client) : entry.Principal, entry.Operation, entry.Outcome);
         lock (_refusalLock)
         {
             if (!_refusals.TryGetValue(key, out var window) && _refusals.Count >= options.MaxRefusalWindows)
@@ -470,19 +470,6 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
                 return;
             }
         }
-    }
-
-    // "ipv4:10.0.0.7:51234" -> "10.0.0.7": anonymous refusals are told apart by address.
-    private static string Address(string? peer)
-    {
-        if (string.IsNullOrEmpty(peer))
-        {
-            return "unknown";
-        }
-
-        var start = peer.IndexOf(':', StringComparison.Ordinal) + 1;
-        var end = peer.LastIndexOf(':');
-        return end > start ? peer[start..end] : peer[start..];
     }
 
     private static KeyVersionId FixedId(string label) => KeyVersionId.FromBytes(SHA256.HashData(Encoding.UTF8.GetBytes(label)).AsSpan(0, KeyVersionId.Length));

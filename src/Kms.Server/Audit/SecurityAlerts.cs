@@ -41,7 +41,7 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
     public void Observe(AuditEntry entry, bool refused)
     {
         ArgumentNullException.ThrowIfNull(entry);
-        var subject = entry.Principal == "anonymous" ? "anonymous@" + Address(entry.Client) : entry.Principal;
+        var subject = entry.Principal == "anonymous" ? "anonymous@" + AuditEntry.AddressOf(entry.Client) : entry.Principal;
         if (refused && entry.Outcome is "UNAUTHENTICATED" or "PERMISSION_DENIED" or "NOT_FOUND")
         {
             Count("refusals", subject, options.Refusals);
@@ -106,19 +106,6 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
             });
             Raised?.Invoke(alert);
         }
-    }
-
-    // "ipv4:127.0.0.1:5000" -> "127.0.0.1"; a subject per address, not per connection.
-    private static string Address(string? peer)
-    {
-        if (string.IsNullOrEmpty(peer))
-        {
-            return "unknown";
-        }
-
-        var start = peer.IndexOf(':', StringComparison.Ordinal) + 1;
-        var end = peer.LastIndexOf(':');
-        return end > start ? peer[start..end] : peer[start..];
     }
 
     [LoggerMessage(EventId = 1401, Level = LogLevel.Warning, Message = "security alert {Kind:l}: {Subject:l} reached {Count} in {WindowSeconds} s")]
