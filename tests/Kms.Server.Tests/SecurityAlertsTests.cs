@@ -85,6 +85,32 @@ public sealed class SecurityAlertsTests
     }
 
     [Fact]
+    public void ManyDistinctSubjects_BoundedTable_ExtraSubjectsShareOneOverflowCounter()
+    {
+        for (var i = 0; i < 50_000; i++)
+        {
+            _alerts.Observe(Entry($"token:s{i}", "OK"), refused: false);
+        }
+
+        // The table is full and nobody has been quiet for a window: newcomers count as "overflow".
+        for (var i = 0; i < 1000; i++)
+        {
+            _alerts.Observe(Entry($"token:late{i}", "OK"), refused: false);
+        }
+
+        Assert.Equal(["volume overflow"], _raised.Select(a => $"{a.Kind} {a.Subject}"));
+
+        // A window later the quiet subjects are forgotten and newcomers get their own counters.
+        _time.Advance(TimeSpan.FromMinutes(2));
+        for (var i = 0; i < 1000; i++)
+        {
+            _alerts.Observe(Entry("token:newcomer", "OK"), refused: false);
+        }
+
+        Assert.Equal(["volume overflow", "volume token:newcomer"], _raised.Select(a => $"{a.Kind} {a.Subject}"));
+    }
+
+    [Fact]
     public void HandlerErrors_AreNotRefusals()
     {
         for (var i = 0; i < 100; i++)

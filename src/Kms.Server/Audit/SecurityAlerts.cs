@@ -33,6 +33,7 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
     private const int MaxSubjects = 50_000;
     private readonly Dictionary<(string Kind, string Subject), Counter> _counters = [];
     private readonly Lock _lock = new();
+    private DateTimeOffset _lastEviction = DateTimeOffset.MinValue;
 
     /// <summary>Raised with each alert (metrics, tests).</summary>
     public event Action<SecurityAlert>? Raised;
@@ -68,10 +69,15 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
             {
                 if (_counters.Count >= MaxSubjects)
                 {
-                    // Bounded memory: forget subjects quiet for a whole window.
-                    foreach (var key in _counters.Where(c => now - c.Value.LastSeen > options.Window).Select(c => c.Key).ToList())
+                    // Bounded memory: forget subjects quiet for a whole window — at most once a
+                    // window, so a stream of new subjects cannot make every call scan the table.
+                    if (now - _lastEviction >= options.Window)
                     {
-                        _counters.Remove(key);
+                        _lastEviction = now;
+                        foreach (var key in _counters.Where(c => now - c.Value.LastSeen > options.Window).Select(c => c.Key).ToList())
+                        {
+                            _counters.Remove(key);
+                        }
                     }
 
                     if (_counters.Count >= MaxSubjects)
