@@ -25,15 +25,7 @@ public sealed class GcPressureTests
             keys.Add(new KeyMaterialRef(KeyVersionId.NewId(), await hsm.GenerateAes256KeyAsync(default)));
         }
 
-        using var stop = new CancellationTokenSource();
-        var collector = Task.Run(() =>
-        {
-            while (!stop.IsCancellationRequested)
-            {
-                GC.Collect();
-                GC.WaitForPendingFinalizers();
-            }
-        });
+        await using var collector = new Collector();
 
         var failures = new System.Collections.Concurrent.ConcurrentBag<string>();
         await Parallel.ForEachAsync(Enumerable.Range(0, 4000), new ParallelOptions { MaxDegreeOfParallelism = 2 }, async (i, ct) =>
@@ -54,8 +46,6 @@ public sealed class GcPressureTests
                 failures.Add($"{i}: {e.GetType().Name}: {e.Message} {e.InnerException?.Message}");
             }
         });
-        await stop.CancelAsync();
-        await collector;
 
         Assert.Empty(failures);
     }
@@ -75,15 +65,7 @@ public sealed class GcPressureTests
             keys.Add((new KeyMaterialRef(KeyVersionId.NewId(), pair.PrivateKey), curve, verifier));
         }
 
-        using var stop = new CancellationTokenSource();
-        var collector = Task.Run(() =>
-        {
-            while (!stop.IsCancellationRequested)
-            {
-                GC.Collect();
-                GC.WaitForPendingFinalizers();
-            }
-        });
+        await using var collector = new Collector();
 
         var failures = new System.Collections.Concurrent.ConcurrentBag<string>();
         await Parallel.ForEachAsync(Enumerable.Range(0, 1000), new ParallelOptions { MaxDegreeOfParallelism = 2 }, async (i, ct) =>
@@ -108,13 +90,34 @@ public sealed class GcPressureTests
                 failures.Add($"{i}: {e.GetType().Name}: {e.Message} {e.InnerException?.Message}");
             }
         });
-        await stop.CancelAsync();
-        await collector;
         foreach (var (_, _, verifier) in keys)
         {
             verifier.Dispose();
         }
 
         Assert.Empty(failures);
+    }
+
+    // Collects garbage on another thread, as hard as it can, until disposed.
+    private sealed class Collector : IAsyncDisposable
+    {
+        private readonly CancellationTokenSource _stop = new();
+        private readonly Task _running;
+
+        public Collector() => _running = Task.Run(() =>
+        {
+            while (!_stop.IsCancellationRequested)
+            {
+                GC.Collect();
+                GC.WaitForPendingFinalizers();
+            }
+        });
+
+        public async ValueTask DisposeAsync()
+        {
+            await _stop.CancelAsync();
+            await _running;
+            _stop.Dispose();
+        }
     }
 }

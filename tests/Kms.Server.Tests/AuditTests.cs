@@ -75,7 +75,8 @@ public sealed class AuditTests : IAsyncLifetime
         var events = await EventsAsync(new ListAuditEventsRequest { Resource = key.Name });
         Assert.Equal(["CreateKey", "DisableKey"], events.Select(e => e.Operation[(e.Operation.LastIndexOf('/') + 1)..]));
 
-        // The key row and its event were written by the same transaction: the event's time is the request's.
+        // One CreateKey event in the table (the one its transaction carried), not a second one
+        // from the group commit. Atomicity itself: SqliteKeyStoreTests.MutationInAnAuditScope_….
         await using var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Mode=ReadOnly");
         await connection.OpenAsync();
         await using var command = connection.CreateCommand();
@@ -189,8 +190,11 @@ public sealed class AuditTests : IAsyncLifetime
         var audit = _server.Services.GetRequiredService<AuditLog>();
         await audit.FlushRefusalsAsync(default);
         var events = await EventsAsync(new ListAuditEventsRequest { Principal = "anonymous", Outcome = "UNAUTHENTICATED" });
-        Assert.Equal(2, events.Count);
+
+        // The first written at once, the rest counted (a slow run may cross one 10 s window boundary).
+        Assert.InRange(events.Count, 2, 4);
         Assert.Equal(100, events.Sum(e => e.Count));
+        Assert.Contains(events, e => e.Count > 1);
         Assert.Contains("security alert refusals", _server.Logs.AllText, StringComparison.Ordinal);
     }
 

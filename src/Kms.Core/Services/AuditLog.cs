@@ -163,10 +163,9 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     public async Task RunAsync(CancellationToken cancellationToken)
     {
         var batch = new List<Pending>(options.MaxBatch);
-        var lastHousekeeping = 0L;
         try
         {
-            await LoopAsync(batch, lastHousekeeping, cancellationToken);
+            await LoopAsync(batch, cancellationToken);
         }
         finally
         {
@@ -184,8 +183,9 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         }
     }
 
-    private async Task LoopAsync(List<Pending> batch, long lastHousekeeping, CancellationToken cancellationToken)
+    private async Task LoopAsync(List<Pending> batch, CancellationToken cancellationToken)
     {
+        var lastHousekeeping = 0L;
         while (!cancellationToken.IsCancellationRequested)
         {
             using (var tick = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
