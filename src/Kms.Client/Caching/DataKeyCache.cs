@@ -1,0 +1,286 @@
+using System.Collections.Concurrent;
+using System.Diagnostics.Metrics;
+using System.Security.Cryptography;
+using Kms.Client.Envelope;
+using Microsoft.Extensions.Caching.Memory;
+
+namespace Kms.Client.Caching;
+
+/// <summary>
+/// Data keys kept in memory (Microsoft.Extensions.Caching.Memory) with in-flight coalescing:
+/// concurrent misses for one entry make one KMS call and share its answer.
+/// </summary>
+/// <remarks>
+/// Entries are zeroed when they leave the cache (eviction, expiry, limit reached, dispose).
+/// A caller never holds an entry's array: <see cref="CachedDataKey.TryLease"/> copies the key
+/// under the entry's lock, so eviction can zero it while a message is being written.
+/// One cache per encryptor: entries were made with that encryptor's credentials.
+/// </remarks>
+internal sealed class DataKeyCache : IDisposable
+{
+    private static readonly Meter Meter = new("Kms.Client");
+    private static readonly Counter<long> Lookups = Meter.CreateCounter<long>("kms.client.data_key_cache.lookups", description: "Data-key cache lookups by cache (encrypt, decrypt) and result (hit, miss, coalesced)");
+
+    private readonly DataKeyCacheOptions _options;
+    private readonly MemoryCache _encryption;
+    private readonly MemoryCache _decryption;
+    private readonly ConcurrentDictionary<string, Task<CachedDataKey>> _inFlight = new(StringComparer.Ordinal);
+    private long _encryptHits;
+    private long _encryptMisses;
+    private long _decryptHits;
+    private long _decryptMisses;
+    private long _coalesced;
+
+    public DataKeyCache(DataKeyCacheOptions options)
+    {
+        options.Validate();
+        _options = options;
+        _encryption = new MemoryCache(new MemoryCacheOptions { SizeLimit = options.Capacity });
+        _decryption = new MemoryCache(new MemoryCacheOptions { SizeLimit = options.Capacity });
+    }
+
+    public DataKeyCacheStatistics Statistics => new(
+        Interlocked.Read(ref _encryptHits),
+        Interlocked.Read(ref _encryptMisses),
+        Interlocked.Read(ref _decryptHits),
+        Interlocked.Read(ref _decryptMisses),
+        Interlocked.Read(ref _coalesced));
+
+    /// <summary>Whether a message of this many bytes may use a cached data key.</summary>
+    public bool Accepts(long plaintextBytes) => plaintextBytes >= 0 && plaintextBytes <= _options.MaxBytesPerKey;
+
+    /// <summary>
+    /// A copy of a cached data key (the caller zeroes it) with its wrapped keys, reserving one
+    /// message of <paramref name="plaintextBytes"/>; on a miss <paramref name="generate"/> makes one.
+    /// </summary>
+    public async Task<(byte[] DataKey, IReadOnlyList<WrappedDataKey> Wrapped)> LeaseForEncryptionAsync(
+        string cacheKey,
+        long plaintextBytes,
+        Func<Task<(byte[] DataKey, IReadOnlyList<WrappedDataKey> Wrapped)>> generate,
+        CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            if (_encryption.TryGetValue(cacheKey, out CachedDataKey? cached) && cached is not null)
+            {
+                if (cached.TryLease(plaintextBytes, Now(), _options.MaxAge, _options.MaxMessagesPerKey, _options.MaxBytesPerKey) is { } hit)
+                {
+                    Count(ref _encryptHits, "encrypt", "hit");
+                    return (hit, cached.Wrapped);
+                }
+
+                _encryption.Remove(cacheKey);
+            }
+
+            var entry = await Coalesce(encryption: true, cacheKey, async () =>
+            {
+                var (dataKey, wrapped) = await generate().ConfigureAwait(false);
+                try
+                {
+                    return new CachedDataKey(dataKey, wrapped, Now());
+                }
+                finally
+                {
+                    CryptographicOperations.ZeroMemory(dataKey);
+                }
+            }, cancellationToken).ConfigureAwait(false);
+
+            if (entry.TryLease(plaintextBytes, Now(), _options.MaxAge, _options.MaxMessagesPerKey, _options.MaxBytesPerKey) is { } leased)
+            {
+                return (leased, entry.Wrapped);
+            }
+
+            // Others who waited on the same KMS call used it up (message limit): go round again.
+        }
+    }
+
+    /// <summary>A copy of a cached unwrapped data key (the caller zeroes it); on a miss <paramref name="unwrap"/> makes one.</summary>
+    public async Task<byte[]> LeaseForDecryptionAsync(string cacheKey, Func<Task<byte[]>> unwrap, CancellationToken cancellationToken)
+    {
+        if (_options.DecryptionMaxAge == TimeSpan.Zero)
+        {
+            Count(ref _decryptMisses, "decrypt", "miss");
+            return await unwrap().ConfigureAwait(false);
+        }
+
+        while (true)
+        {
+            if (_decryption.TryGetValue(cacheKey, out CachedDataKey? cached) && cached is not null)
+            {
+                if (cached.TryLease(0, Now(), _options.DecryptionMaxAge, long.MaxValue, long.MaxValue) is { } hit)
+                {
+                    Count(ref _decryptHits, "decrypt", "hit");
+                    return hit;
+                }
+
+                _decryption.Remove(cacheKey);
+            }
+
+            var entry = await Coalesce(encryption: false, cacheKey, async () =>
+            {
+                var dataKey = await unwrap().ConfigureAwait(false);
+                try
+                {
+                    return new CachedDataKey(dataKey, [], Now());
+                }
+                finally
+                {
+                    CryptographicOperations.ZeroMemory(dataKey);
+                }
+            }, cancellationToken).ConfigureAwait(false);
+
+            if (entry.TryLease(0, Now(), _options.DecryptionMaxAge, long.MaxValue, long.MaxValue) is { } leased)
+            {
+                return leased;
+            }
+        }
+    }
+
+    /// <summary>Every entry now cached (for tests of zeroing).</summary>
+    internal IEnumerable<CachedDataKey> Entries =>
+        _encryption.Keys.Concat(_decryption.Keys)
+            .Select(key => _encryption.Get<CachedDataKey>(key) ?? _decryption.Get<CachedDataKey>(key))
+            .OfType<CachedDataKey>()
+            .ToList();
+
+    /// <summary>Zeroes every entry now (eviction callbacks run later, on the thread pool).</summary>
+    public void Dispose()
+    {
+        foreach (var entry in Entries)
+        {
+            entry.Dispose();
+        }
+
+        _encryption.Dispose();
+        _decryption.Dispose();
+    }
+
+    /// <summary>
+    /// Awaits the one KMS call in flight for <paramref name="cacheKey"/>, starting it if there is
+    /// none, and puts its result in the cache. The call runs without the caller's token (others wait on it); each caller stops
+    /// waiting when its own token is cancelled.
+    /// </summary>
+    private async Task<CachedDataKey> Coalesce(bool encryption, string cacheKey, Func<Task<CachedDataKey>> create, CancellationToken cancellationToken)
+    {
+        var (cache, maxAge, cacheName) = encryption
+            ? (_encryption, _options.MaxAge, "encrypt")
+            : (_decryption, _options.DecryptionMaxAge, "decrypt");
+        var flightKey = (encryption ? "e" : "d") + cacheKey;
+        var mine = new TaskCompletionSource<CachedDataKey>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var flight = _inFlight.GetOrAdd(flightKey, mine.Task);
+        if (flight != mine.Task)
+        {
+            Count(ref _coalesced, cacheName, "coalesced");
+            return await flight.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+
+        if (encryption)
+        {
+            Count(ref _encryptMisses, cacheName, "miss");
+        }
+        else
+        {
+            Count(ref _decryptMisses, cacheName, "miss");
+        }
+
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                var entry = await create().ConfigureAwait(false);
+                if (cache.Count >= _options.Capacity)
+                {
+                    // A full MemoryCache refuses (and so zeroes) a new entry; make room first.
+                    cache.Compact(0.1);
+                }
+
+                using (var cacheEntry = cache.CreateEntry(cacheKey))
+                {
+                    cacheEntry.Value = entry;
+                    cacheEntry.Size = 1;
+                    cacheEntry.AbsoluteExpirationRelativeToNow = maxAge;
+                    cacheEntry.RegisterPostEvictionCallback(static (_, value, _, _) => ((CachedDataKey?)value)?.Dispose());
+                }
+
+                mine.SetResult(entry);
+            }
+            catch (Exception exception)
+            {
+                mine.SetException(exception);
+            }
+            finally
+            {
+                _inFlight.TryRemove(new KeyValuePair<string, Task<CachedDataKey>>(flightKey, mine.Task));
+            }
+        }, CancellationToken.None);
+        return await mine.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    private DateTimeOffset Now() => _options.TimeProvider.GetUtcNow();
+
+    private static void Count(ref long counter, string cache, string result)
+    {
+        Interlocked.Increment(ref counter);
+        Lookups.Add(1, new KeyValuePair<string, object?>("cache", cache), new KeyValuePair<string, object?>("result", result));
+    }
+}
+
+/// <summary>One cached data key: a pinned copy zeroed on dispose, with its usage so far.</summary>
+internal sealed class CachedDataKey : IDisposable
+{
+    private readonly Lock _lock = new();
+    private readonly byte[] _key;
+    private readonly DateTimeOffset _created;
+    private long _messages;
+    private long _bytes;
+    private bool _disposed;
+
+    public CachedDataKey(ReadOnlySpan<byte> dataKey, IReadOnlyList<WrappedDataKey> wrapped, DateTimeOffset created)
+    {
+        _key = GC.AllocateUninitializedArray<byte>(dataKey.Length, pinned: true);
+        dataKey.CopyTo(_key);
+        Wrapped = wrapped;
+        _created = created;
+    }
+
+    public IReadOnlyList<WrappedDataKey> Wrapped { get; }
+
+    /// <summary>For tests: whether the key bytes are zero.</summary>
+    internal bool IsZeroed
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return !_key.AsSpan().ContainsAnyExcept((byte)0);
+            }
+        }
+    }
+
+    /// <summary>A copy of the key if the entry is alive, young enough and has room for one more message of <paramref name="bytes"/>.</summary>
+    public byte[]? TryLease(long bytes, DateTimeOffset now, TimeSpan maxAge, long maxMessages, long maxBytes)
+    {
+        lock (_lock)
+        {
+            if (_disposed || now - _created >= maxAge || _messages >= maxMessages || bytes > maxBytes - _bytes)
+            {
+                return null;
+            }
+
+            _messages++;
+            _bytes += bytes;
+            var copy = GC.AllocateUninitializedArray<byte>(_key.Length, pinned: true);
+            _key.CopyTo(copy, 0);
+            return copy;
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            _disposed = true;
+            CryptographicOperations.ZeroMemory(_key);
+        }
+    }
+}

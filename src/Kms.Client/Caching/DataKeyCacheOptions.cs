@@ -1,0 +1,73 @@
+namespace Kms.Client.Caching;
+
+/// <summary>
+/// Limits of an envelope encryptor's data-key cache. Reusing a data key for several messages
+/// saves a KMS call per message; the limits bound how much one data key protects and for how long.
+/// </summary>
+/// <remarks>
+/// A cached key keeps working after the KMS would refuse it (key disabled, grant revoked)
+/// until it leaves the cache: <see cref="MaxAge"/> and <see cref="DecryptionMaxAge"/> are that
+/// delay. Per-message keys are derived from a random 256-bit message id, so reusing a data key
+/// never reuses a GCM key and IV; the message limit stays far below 2³² anyway.
+/// </remarks>
+public sealed class DataKeyCacheOptions
+{
+    /// <summary>Most messages per data key: 2³².</summary>
+    public const long MessageLimit = 1L << 32;
+
+    /// <summary>How long a data key is used for encryption after the KMS made it (required, &gt; 0).</summary>
+    public TimeSpan MaxAge { get; set; } = TimeSpan.FromMinutes(5);
+
+    /// <summary>Messages encrypted under one data key (1 to <see cref="MessageLimit"/>).</summary>
+    public long MaxMessagesPerKey { get; set; } = 100_000;
+
+    /// <summary>Plaintext bytes encrypted under one data key. A message larger than this gets a data key of its own.</summary>
+    public long MaxBytesPerKey { get; set; } = 64L << 30;
+
+    /// <summary>Entries kept, per direction (encryption and decryption).</summary>
+    public int Capacity { get; set; } = 1000;
+
+    /// <summary>How long an unwrapped data key is kept for decryption; zero: decryption is not cached.</summary>
+    public TimeSpan DecryptionMaxAge { get; set; } = TimeSpan.FromMinutes(5);
+
+    /// <summary>The clock of the age limits.</summary>
+    public TimeProvider TimeProvider { get; set; } = TimeProvider.System;
+
+    internal void Validate()
+    {
+        if (MaxAge <= TimeSpan.Zero)
+        {
+            throw new ArgumentOutOfRangeException(nameof(MaxAge), MaxAge, "a cached data key needs a maximum age greater than zero");
+        }
+
+        if (MaxMessagesPerKey is < 1 or > MessageLimit)
+        {
+            throw new ArgumentOutOfRangeException(nameof(MaxMessagesPerKey), MaxMessagesPerKey, $"messages per data key must be 1 to {MessageLimit}");
+        }
+
+        if (MaxBytesPerKey < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(MaxBytesPerKey), MaxBytesPerKey, "bytes per data key must be at least 1");
+        }
+
+        if (Capacity < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(Capacity), Capacity, "the cache needs room for at least one entry");
+        }
+
+        if (DecryptionMaxAge < TimeSpan.Zero)
+        {
+            throw new ArgumentOutOfRangeException(nameof(DecryptionMaxAge), DecryptionMaxAge, "the decryption age limit cannot be negative");
+        }
+
+        ArgumentNullException.ThrowIfNull(TimeProvider);
+    }
+}
+
+/// <summary>Counts of cache lookups since the encryptor was created.</summary>
+/// <param name="EncryptHits">Encryptions served by a cached data key.</param>
+/// <param name="EncryptMisses">Encryptions that made a KMS call (one per data key made).</param>
+/// <param name="DecryptHits">Decryptions served by a cached data key.</param>
+/// <param name="DecryptMisses">Decryptions that made a KMS call.</param>
+/// <param name="Coalesced">Lookups that waited for another caller's KMS call instead of making their own.</param>
+public sealed record DataKeyCacheStatistics(long EncryptHits, long EncryptMisses, long DecryptHits, long DecryptMisses, long Coalesced);

@@ -1,0 +1,239 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+
+namespace Kms.Client.Envelope;
+
+/// <summary>
+/// A read-only stream of an envelope message's plaintext, decrypted frame by frame from the
+/// source in constant memory. The header was checked (commitment and tag) when it was opened.
+/// </summary>
+/// <remarks>
+/// A frame's plaintext is readable only after its tag verified. Reaching the end (a read
+/// returning 0) means the whole message verified, final frame included, with nothing after
+/// it; an <see cref="EnvelopeDecryptionException"/> on any read means the message was altered
+/// or cut, and what was read before is not a complete plaintext — discard it. The source is not
+/// disposed. The plaintext buffer is zeroed on dispose.
+/// </remarks>
+public sealed class EnvelopeDecryptingStream : Stream
+{
+    private readonly Stream _source;
+    private readonly FrameCipher _cipher;
+    private readonly int _frameLength;
+    private readonly byte[] _plaintext;
+    private readonly byte[] _frame;
+    private int _offset;
+    private int _available;
+    private uint _sequence = 1;
+    private bool _finished;
+    private bool _failed;
+    private bool _disposed;
+
+    internal EnvelopeDecryptingStream(Stream source, FrameCipher cipher, int frameLength, IReadOnlyDictionary<string, string> context)
+    {
+        _source = source;
+        _cipher = cipher;
+        _frameLength = frameLength;
+        EncryptionContext = context;
+        _plaintext = GC.AllocateUninitializedArray<byte>(frameLength, pinned: true);
+        _frame = GC.AllocateUninitializedArray<byte>(frameLength + EnvelopeFormat.TagLength);
+    }
+
+    /// <summary>The message's encryption context (authenticated by the header tag).</summary>
+    public IReadOnlyDictionary<string, string> EncryptionContext { get; }
+
+    /// <inheritdoc />
+    public override bool CanRead => !_disposed;
+
+    /// <inheritdoc />
+    public override bool CanSeek => false;
+
+    /// <inheritdoc />
+    public override bool CanWrite => false;
+
+    /// <inheritdoc />
+    public override long Length => throw new NotSupportedException();
+
+    /// <inheritdoc />
+    public override long Position
+    {
+        get => throw new NotSupportedException();
+        set => throw new NotSupportedException();
+    }
+
+    /// <inheritdoc />
+    public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+    /// <inheritdoc />
+    public override int Read(Span<byte> buffer)
+    {
+        if (buffer.IsEmpty)
+        {
+            return 0;
+        }
+
+        // With useAsync false every read inside is synchronous: the task is already complete.
+        if (_offset == _available && !FillAsync(useAsync: false, CancellationToken.None).AsTask().GetAwaiter().GetResult())
+        {
+            return 0;
+        }
+
+        return CopyOut(buffer);
+    }
+
+    /// <inheritdoc />
+    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+        ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+    /// <inheritdoc />
+    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        if (buffer.IsEmpty)
+        {
+            return 0;
+        }
+
+        if (_offset == _available && !await FillAsync(useAsync: true, cancellationToken).ConfigureAwait(false))
+        {
+            return 0;
+        }
+
+        return CopyOut(buffer.Span);
+    }
+
+    /// <summary>Writes every verified frame's plaintext to <paramref name="destination"/> (no intermediate copy).</summary>
+    internal async Task DrainToAsync(Stream destination, CancellationToken cancellationToken)
+    {
+        if (_offset < _available)
+        {
+            await destination.WriteAsync(_plaintext.AsMemory(_offset, _available - _offset), cancellationToken).ConfigureAwait(false);
+            _offset = _available;
+        }
+
+        while (await FillAsync(useAsync: true, cancellationToken).ConfigureAwait(false))
+        {
+            await destination.WriteAsync(_plaintext.AsMemory(0, _available), cancellationToken).ConfigureAwait(false);
+            _offset = _available;
+        }
+    }
+
+    /// <inheritdoc />
+    public override void Flush()
+    {
+    }
+
+    /// <inheritdoc />
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    /// <inheritdoc />
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    /// <inheritdoc />
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+    /// <inheritdoc />
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing && !_disposed)
+        {
+            _disposed = true;
+            CryptographicOperations.ZeroMemory(_plaintext);
+            _cipher.Dispose();
+        }
+
+        base.Dispose(disposing);
+    }
+
+    private int CopyOut(Span<byte> buffer)
+    {
+        var count = Math.Min(buffer.Length, _available - _offset);
+        _plaintext.AsSpan(_offset, count).CopyTo(buffer);
+        _offset += count;
+        return count;
+    }
+
+    /// <summary>Reads and verifies the next frame into the plaintext buffer; false at the verified end.</summary>
+    private async ValueTask<bool> FillAsync(bool useAsync, CancellationToken cancellationToken)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_failed)
+        {
+            throw EnvelopeDecryptionException.Failed();
+        }
+
+        if (_finished)
+        {
+            return false;
+        }
+
+        try
+        {
+            _offset = _available = 0;
+            await ReadFullyAsync(_frame.AsMemory(0, EnvelopeFormat.RegularFramePrefix), useAsync, cancellationToken).ConfigureAwait(false);
+            var marker = BinaryPrimitives.ReadUInt32BigEndian(_frame);
+            if (marker != EnvelopeFormat.FinalFrameMarker)
+            {
+                if (marker != _sequence || _sequence > EnvelopeFormat.MaxSequenceNumber - 1)
+                {
+                    throw EnvelopeDecryptionException.Failed();
+                }
+
+                var frame = _frame.AsMemory(0, _frameLength + EnvelopeFormat.TagLength);
+                await ReadFullyAsync(frame, useAsync, cancellationToken).ConfigureAwait(false);
+                _cipher.Open(EnvelopeFormat.RegularFrameType, _sequence, frame.Span[.._frameLength], frame.Span[_frameLength..], _plaintext);
+                _sequence++;
+                _available = _frameLength;
+                return true;
+            }
+
+            await ReadFullyAsync(_frame.AsMemory(0, 8), useAsync, cancellationToken).ConfigureAwait(false);
+            var length = BinaryPrimitives.ReadUInt32BigEndian(_frame.AsSpan(4));
+            if (BinaryPrimitives.ReadUInt32BigEndian(_frame) != _sequence || length >= (uint)_frameLength)
+            {
+                throw EnvelopeDecryptionException.Failed();
+            }
+
+            var final = _frame.AsMemory(0, (int)length + EnvelopeFormat.TagLength);
+            await ReadFullyAsync(final, useAsync, cancellationToken).ConfigureAwait(false);
+            _cipher.Open(EnvelopeFormat.FinalFrameType, _sequence, final.Span[..(int)length], final.Span[(int)length..], _plaintext.AsSpan(0, (int)length));
+
+            // Nothing may follow the final frame: check before releasing its plaintext, so a
+            // reader that reaches the end has read a whole, unaltered message.
+            var trailing = useAsync
+                ? await _source.ReadAsync(_frame.AsMemory(0, 1), cancellationToken).ConfigureAwait(false)
+                : _source.Read(_frame.AsSpan(0, 1));
+            if (trailing != 0)
+            {
+                throw EnvelopeDecryptionException.Failed();
+            }
+
+            _finished = true;
+            _available = (int)length;
+            return length > 0;
+        }
+        catch (EnvelopeDecryptionException)
+        {
+            _failed = true;
+            _offset = _available = 0;
+            CryptographicOperations.ZeroMemory(_plaintext);
+            throw;
+        }
+    }
+
+    private async ValueTask ReadFullyAsync(Memory<byte> buffer, bool useAsync, CancellationToken cancellationToken)
+    {
+        var total = 0;
+        while (total < buffer.Length)
+        {
+            var read = useAsync
+                ? await _source.ReadAsync(buffer[total..], cancellationToken).ConfigureAwait(false)
+                : _source.Read(buffer.Span[total..]);
+            if (read == 0)
+            {
+                // Cut short: truncation is an alteration like any other.
+                throw EnvelopeDecryptionException.Failed();
+            }
+
+            total += read;
+        }
+    }
+}

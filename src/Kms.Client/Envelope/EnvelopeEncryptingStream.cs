@@ -1,0 +1,198 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+
+namespace Kms.Client.Envelope;
+
+/// <summary>
+/// A write-only stream that encrypts what is written to it into an envelope message on the
+/// destination, one frame at a time, in constant memory (two frame-sized buffers).
+/// </summary>
+/// <remarks>
+/// Call <see cref="CompleteAsync"/> when the plaintext is all written: it writes the final frame.
+/// Disposing without completing writes nothing more, so a producer that fails half-way leaves
+/// a message that every reader rejects as truncated — never one that looks whole. The
+/// destination is not disposed. Buffers holding plaintext are zeroed on dispose.
+/// </remarks>
+public sealed class EnvelopeEncryptingStream : Stream
+{
+    private readonly Stream _destination;
+    private readonly FrameCipher _cipher;
+    private readonly int _frameLength;
+    private readonly byte[] _plaintext;
+    private readonly byte[] _frame;
+    private int _buffered;
+    private uint _sequence = 1;
+    private bool _completed;
+    private bool _disposed;
+
+    internal EnvelopeEncryptingStream(Stream destination, FrameCipher cipher, int frameLength)
+    {
+        _destination = destination;
+        _cipher = cipher;
+        _frameLength = frameLength;
+        _plaintext = GC.AllocateUninitializedArray<byte>(frameLength, pinned: true);
+        _frame = GC.AllocateUninitializedArray<byte>(EnvelopeFormat.FinalFramePrefix + frameLength + EnvelopeFormat.TagLength);
+    }
+
+    /// <inheritdoc />
+    public override bool CanRead => false;
+
+    /// <inheritdoc />
+    public override bool CanSeek => false;
+
+    /// <inheritdoc />
+    public override bool CanWrite => !_completed && !_disposed;
+
+    /// <inheritdoc />
+    public override long Length => throw new NotSupportedException();
+
+    /// <inheritdoc />
+    public override long Position
+    {
+        get => throw new NotSupportedException();
+        set => throw new NotSupportedException();
+    }
+
+    /// <inheritdoc />
+    public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+
+    /// <inheritdoc />
+    public override void Write(ReadOnlySpan<byte> buffer)
+    {
+        ThrowIfNotWritable();
+        while (!buffer.IsEmpty)
+        {
+            var take = Math.Min(buffer.Length, _frameLength - _buffered);
+            buffer[..take].CopyTo(_plaintext.AsSpan(_buffered));
+            _buffered += take;
+            buffer = buffer[take..];
+            if (_buffered == _frameLength)
+            {
+                _destination.Write(_frame, 0, SealRegularFrame());
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+        WriteAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+    /// <inheritdoc />
+    public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        ThrowIfNotWritable();
+        while (!buffer.IsEmpty)
+        {
+            var take = Math.Min(buffer.Length, _frameLength - _buffered);
+            buffer[..take].CopyTo(_plaintext.AsMemory(_buffered));
+            _buffered += take;
+            buffer = buffer[take..];
+            if (_buffered == _frameLength)
+            {
+                await _destination.WriteAsync(_frame.AsMemory(0, SealRegularFrame()), cancellationToken).ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>Reads <paramref name="source"/> to its end straight into the frame buffer (no intermediate copy).</summary>
+    internal async Task WriteFromAsync(Stream source, CancellationToken cancellationToken)
+    {
+        ThrowIfNotWritable();
+        while (true)
+        {
+            var read = await source.ReadAsync(_plaintext.AsMemory(_buffered), cancellationToken).ConfigureAwait(false);
+            if (read == 0)
+            {
+                return;
+            }
+
+            _buffered += read;
+            if (_buffered == _frameLength)
+            {
+                await _destination.WriteAsync(_frame.AsMemory(0, SealRegularFrame()), cancellationToken).ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>Writes the final frame and flushes the destination: the message is complete.</summary>
+    public async Task CompleteAsync(CancellationToken cancellationToken = default)
+    {
+        ThrowIfNotWritable();
+        var length = SealFinalFrame();
+        _completed = true;
+        await _destination.WriteAsync(_frame.AsMemory(0, length), cancellationToken).ConfigureAwait(false);
+        await _destination.FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Writes the final frame and flushes the destination: the message is complete.</summary>
+    public void Complete()
+    {
+        ThrowIfNotWritable();
+        var length = SealFinalFrame();
+        _completed = true;
+        _destination.Write(_frame, 0, length);
+        _destination.Flush();
+    }
+
+    /// <summary>Flushes the frames written so far (a partial frame stays buffered until it is full or completed).</summary>
+    public override void Flush() => _destination.Flush();
+
+    /// <inheritdoc />
+    public override Task FlushAsync(CancellationToken cancellationToken) => _destination.FlushAsync(cancellationToken);
+
+    /// <inheritdoc />
+    public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+    /// <inheritdoc />
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    /// <inheritdoc />
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    /// <inheritdoc />
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing && !_disposed)
+        {
+            _disposed = true;
+            CryptographicOperations.ZeroMemory(_plaintext);
+            _cipher.Dispose();
+        }
+
+        base.Dispose(disposing);
+    }
+
+    private int SealRegularFrame()
+    {
+        if (_sequence > EnvelopeFormat.MaxSequenceNumber - 1)
+        {
+            throw new InvalidOperationException("an envelope message holds at most 2^32 - 2 frames; start another message");
+        }
+
+        var frame = _frame.AsSpan();
+        BinaryPrimitives.WriteUInt32BigEndian(frame, _sequence);
+        _cipher.Seal(EnvelopeFormat.RegularFrameType, _sequence, _plaintext, frame.Slice(EnvelopeFormat.RegularFramePrefix, _frameLength), frame.Slice(EnvelopeFormat.RegularFramePrefix + _frameLength, EnvelopeFormat.TagLength));
+        _sequence++;
+        _buffered = 0;
+        return EnvelopeFormat.RegularFramePrefix + _frameLength + EnvelopeFormat.TagLength;
+    }
+
+    private int SealFinalFrame()
+    {
+        var content = _buffered;
+        var frame = _frame.AsSpan();
+        EnvelopeMessage.WriteFinalPrefix(frame, _sequence, content);
+        _cipher.Seal(EnvelopeFormat.FinalFrameType, _sequence, _plaintext.AsSpan(0, content), frame.Slice(EnvelopeFormat.FinalFramePrefix, content), frame.Slice(EnvelopeFormat.FinalFramePrefix + content, EnvelopeFormat.TagLength));
+        _buffered = 0;
+        return EnvelopeFormat.FinalFramePrefix + content + EnvelopeFormat.TagLength;
+    }
+
+    private void ThrowIfNotWritable()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_completed)
+        {
+            throw new InvalidOperationException("the envelope message is complete; nothing more can be written");
+        }
+    }
+}

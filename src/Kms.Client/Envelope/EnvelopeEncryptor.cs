@@ -1,0 +1,354 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using System.Text;
+using Grpc.Core;
+using Kms.Client.Caching;
+
+namespace Kms.Client.Envelope;
+
+/// <summary>
+/// Envelope encryption of records, files and streams under KMS keys: one call encrypts, one
+/// call decrypts. Format: docs/envelope-format.md (key-committing, framed AES-256-GCM).
+/// Thread-safe; create one per set of keys and reuse it (it holds the data-key cache).
+/// </summary>
+/// <remarks>
+/// <para>Decryption fails with <see cref="EnvelopeDecryptionException"/> (a
+/// <see cref="CryptographicException"/>) for any altered, cut or foreign message, and names
+/// the KMS errors when no data key could be unwrapped. Encryption fails with the KMS's
+/// <see cref="RpcException"/> (e.g. PERMISSION_DENIED, FAILED_PRECONDITION for a disabled key)
+/// or <see cref="ArgumentException"/> for a context over the limits.</para>
+/// <para>The encryption context is not secret: it is stored in clear in the header and given
+/// to the KMS, which binds it to the data key and records its keys (not values) in the audit log.</para>
+/// <para>Data keys and per-message keys are zeroed after use; one-shot decryption returns
+/// nothing unless the whole message verified.</para>
+/// </remarks>
+public sealed class EnvelopeEncryptor : IDisposable
+{
+    private readonly IEnvelopeKeyProvider _provider;
+    private readonly string[] _keyNames;
+    private readonly HashSet<string> _trusted;
+    private readonly bool _trustAnyKey;
+    private readonly int _frameLength;
+    private readonly DataKeyCache? _cache;
+
+    /// <summary>Envelopes whose data keys come from the Kms server behind <paramref name="client"/>.</summary>
+    public EnvelopeEncryptor(KmsClient client, EnvelopeOptions options)
+        : this(new KmsEnvelopeKeyProvider(client), options)
+    {
+    }
+
+    /// <summary>Envelopes whose data keys come from <paramref name="provider"/>.</summary>
+    public EnvelopeEncryptor(IEnvelopeKeyProvider provider, EnvelopeOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(provider);
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        _provider = provider;
+        _keyNames = [.. options.KeyNames];
+        _trusted = new HashSet<string>(options.TrustedKeyNames.Count > 0 ? options.TrustedKeyNames : options.KeyNames, StringComparer.Ordinal);
+        _trustAnyKey = options.TrustAnyKey;
+        _frameLength = options.FrameLength;
+        _cache = options.DataKeyCache is { } cacheOptions ? new DataKeyCache(cacheOptions) : null;
+    }
+
+    internal DataKeyCache? Cache => _cache;
+
+    /// <summary>Cache hits and misses so far; null without a cache.</summary>
+    public DataKeyCacheStatistics? CacheStatistics => _cache?.Statistics;
+
+    /// <summary>Encrypts a record into one envelope message.</summary>
+    public async Task<byte[]> EncryptAsync(ReadOnlyMemory<byte> plaintext, IReadOnlyDictionary<string, string>? encryptionContext = null, CancellationToken cancellationToken = default)
+    {
+        var context = encryptionContext ?? EnvelopeContext.Empty;
+        var encodedContext = EnvelopeContext.Encode(context);
+        var (dataKey, wrapped) = await GetMaterialsAsync(context, encodedContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            return EnvelopeMessage.Seal(dataKey, RandomNumberGenerator.GetBytes(EnvelopeFormat.MessageIdLength), encodedContext, context, wrapped, _frameLength, plaintext.Span);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(dataKey);
+        }
+    }
+
+    /// <summary>Encrypts a record into one envelope message.</summary>
+    public Task<byte[]> EncryptAsync(byte[] plaintext, IReadOnlyDictionary<string, string>? encryptionContext = null, CancellationToken cancellationToken = default) =>
+        EncryptAsync(plaintext.AsMemory(), encryptionContext, cancellationToken);
+
+    /// <summary>
+    /// Decrypts a whole message. With <paramref name="expectedContext"/>, the message's context
+    /// must be exactly that map; without, check <see cref="ReadEncryptionContext"/> yourself
+    /// if the context matters to you.
+    /// </summary>
+    /// <exception cref="EnvelopeDecryptionException">Whatever was wrong.</exception>
+    public async Task<byte[]> DecryptAsync(ReadOnlyMemory<byte> message, IReadOnlyDictionary<string, string>? expectedContext = null, CancellationToken cancellationToken = default)
+    {
+        var headerLength = EnvelopeHeader.Measure(message.Span);
+        if (headerLength > message.Length)
+        {
+            throw EnvelopeDecryptionException.Malformed("the header is cut short");
+        }
+
+        var header = EnvelopeHeader.Parse(message.Span[..headerLength]);
+        CheckContext(header, expectedContext);
+        var dataKey = await UnwrapAsync(header, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            using var cipher = FrameCipher.ForReading(dataKey, header, message.Span[..header.BodyLength]);
+            return EnvelopeMessage.Open(cipher, header.FrameLength, message.Span[headerLength..]);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(dataKey);
+        }
+    }
+
+    /// <summary>Decrypts a whole message.</summary>
+    public Task<byte[]> DecryptAsync(byte[] message, IReadOnlyDictionary<string, string>? expectedContext = null, CancellationToken cancellationToken = default) =>
+        DecryptAsync(message.AsMemory(), expectedContext, cancellationToken);
+
+    /// <summary>
+    /// The encryption context a message's header claims — unauthenticated until the message
+    /// decrypts; for choosing what to expect, never for trusting.
+    /// </summary>
+    public static IReadOnlyDictionary<string, string> ReadEncryptionContext(ReadOnlySpan<byte> message)
+    {
+        var headerLength = EnvelopeHeader.Measure(message);
+        if (headerLength > message.Length)
+        {
+            throw EnvelopeDecryptionException.Malformed("the header is cut short");
+        }
+
+        return EnvelopeHeader.Parse(message[..headerLength]).Context;
+    }
+
+    /// <summary>
+    /// Encrypts <paramref name="plaintext"/> from its position to its end into <paramref name="destination"/>,
+    /// in constant memory. Neither stream is disposed.
+    /// </summary>
+    public async Task EncryptAsync(Stream plaintext, Stream destination, IReadOnlyDictionary<string, string>? encryptionContext = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(plaintext);
+        var length = plaintext.CanSeek ? plaintext.Length - plaintext.Position : -1;
+        await using var encrypting = await OpenEncryptingStreamAsync(destination, encryptionContext, length, cancellationToken).ConfigureAwait(false);
+        await encrypting.WriteFromAsync(plaintext, cancellationToken).ConfigureAwait(false);
+        await encrypting.CompleteAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Decrypts a message from <paramref name="message"/> into <paramref name="destination"/>, in
+    /// constant memory. Frames are written as they verify: if this throws, what was written is
+    /// not a whole plaintext — discard it. Neither stream is disposed.
+    /// </summary>
+    /// <exception cref="EnvelopeDecryptionException">Whatever was wrong.</exception>
+    public async Task DecryptAsync(Stream message, Stream destination, IReadOnlyDictionary<string, string>? expectedContext = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(destination);
+        await using var decrypting = await OpenDecryptingStreamAsync(message, expectedContext, cancellationToken).ConfigureAwait(false);
+        await decrypting.DrainToAsync(destination, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// A stream that encrypts what is written to it into <paramref name="destination"/> (the
+    /// header is written now). Call <see cref="EnvelopeEncryptingStream.CompleteAsync"/> at the end.
+    /// </summary>
+    /// <param name="destination">Where the message goes; not disposed.</param>
+    /// <param name="encryptionContext">The context bound to the message.</param>
+    /// <param name="plaintextLength">The total plaintext length if known (lets the data-key cache count bytes); -1 if not, and the message gets its own data key.</param>
+    /// <param name="cancellationToken">Cancels the KMS call and the header write.</param>
+    public async Task<EnvelopeEncryptingStream> OpenEncryptingStreamAsync(Stream destination, IReadOnlyDictionary<string, string>? encryptionContext = null, long plaintextLength = -1, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(destination);
+        if (!destination.CanWrite)
+        {
+            throw new ArgumentException("the destination must be writable", nameof(destination));
+        }
+
+        var context = encryptionContext ?? EnvelopeContext.Empty;
+        var encodedContext = EnvelopeContext.Encode(context);
+        var (dataKey, wrapped) = await GetMaterialsAsync(context, encodedContext, plaintextLength, cancellationToken).ConfigureAwait(false);
+        FrameCipher cipher;
+        EnvelopeHeader header;
+        try
+        {
+            var messageId = RandomNumberGenerator.GetBytes(EnvelopeFormat.MessageIdLength);
+            cipher = FrameCipher.ForWriting(dataKey, messageId, out var commitment);
+            header = new EnvelopeHeader(messageId, encodedContext, context, wrapped, _frameLength, commitment);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(dataKey);
+        }
+
+        var stream = new EnvelopeEncryptingStream(destination, cipher, _frameLength);
+        try
+        {
+            var bytes = new byte[header.Length];
+            header.WriteBody(bytes);
+            cipher.SealHeader(bytes.AsSpan(0, header.BodyLength), bytes.AsSpan(header.BodyLength));
+            await destination.WriteAsync(bytes, cancellationToken).ConfigureAwait(false);
+            return stream;
+        }
+        catch
+        {
+            await stream.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Reads and checks a message's header from <paramref name="message"/> (reading no further),
+    /// unwraps its data key, and returns a stream of its plaintext.
+    /// </summary>
+    /// <exception cref="EnvelopeDecryptionException">The header is not a valid, unaltered envelope header for a trusted key.</exception>
+    public async Task<EnvelopeDecryptingStream> OpenDecryptingStreamAsync(Stream message, IReadOnlyDictionary<string, string>? expectedContext = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        var headerBytes = await ReadHeaderAsync(message, cancellationToken).ConfigureAwait(false);
+        var header = EnvelopeHeader.Parse(headerBytes);
+        CheckContext(header, expectedContext);
+        var dataKey = await UnwrapAsync(header, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            var cipher = FrameCipher.ForReading(dataKey, header, headerBytes.AsSpan(0, header.BodyLength));
+            return new EnvelopeDecryptingStream(message, cipher, header.FrameLength, header.Context);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(dataKey);
+        }
+    }
+
+    /// <summary>Zeroes and drops the cached data keys.</summary>
+    public void Dispose() => _cache?.Dispose();
+
+    /// <summary>The header, read exactly (never past it), every length checked before it is read.</summary>
+    private static async Task<byte[]> ReadHeaderAsync(Stream message, CancellationToken cancellationToken)
+    {
+        var buffer = new byte[EnvelopeFormat.FixedPrefixLength + 4];
+        var have = 0;
+        while (true)
+        {
+            var needed = EnvelopeHeader.Measure(buffer.AsSpan(0, have));
+            if (needed <= have)
+            {
+                return buffer.AsSpan(0, needed).ToArray();
+            }
+
+            if (needed > buffer.Length)
+            {
+                Array.Resize(ref buffer, Math.Min(EnvelopeFormat.MaxHeaderLength, Math.Max(needed, buffer.Length * 2)));
+            }
+
+            var read = await message.ReadAtLeastAsync(buffer.AsMemory(have, needed - have), needed - have, throwOnEndOfStream: false, cancellationToken).ConfigureAwait(false);
+            have += read;
+            if (have < needed)
+            {
+                throw have == 0
+                    ? EnvelopeDecryptionException.Malformed("the stream is empty")
+                    : EnvelopeDecryptionException.Malformed("the header is cut short");
+            }
+        }
+    }
+
+    private static void CheckContext(EnvelopeHeader header, IReadOnlyDictionary<string, string>? expected)
+    {
+        if (expected is null)
+        {
+            return;
+        }
+
+        if (expected.Count != header.Context.Count
+            || expected.Any(entry => !header.Context.TryGetValue(entry.Key, out var value) || value != entry.Value))
+        {
+            throw new EnvelopeDecryptionException("the message's encryption context is not the expected one");
+        }
+    }
+
+    private async Task<(byte[] DataKey, IReadOnlyList<WrappedDataKey> Wrapped)> GetMaterialsAsync(
+        IReadOnlyDictionary<string, string> context,
+        byte[] encodedContext,
+        long plaintextLength,
+        CancellationToken cancellationToken)
+    {
+        if (_cache is null || plaintextLength < 0 || !_cache.Accepts(plaintextLength))
+        {
+            return await GenerateAsync(context, cancellationToken).ConfigureAwait(false);
+        }
+
+        // One cache entry per (keys, context, suite); the KMS call it makes is shared by every
+        // caller waiting on it, so it does not take any one caller's cancellation.
+        var cacheKey = $"{EnvelopeFormat.Suite1:X4}|{string.Join('\n', _keyNames)}|{Convert.ToHexString(SHA256.HashData(encodedContext))}";
+        return await _cache.LeaseForEncryptionAsync(cacheKey, plaintextLength, () => GenerateAsync(context, CancellationToken.None), cancellationToken).ConfigureAwait(false);
+    }
+
+    private async Task<(byte[] DataKey, IReadOnlyList<WrappedDataKey> Wrapped)> GenerateAsync(IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken)
+    {
+        using var generated = await _provider.GenerateDataKeyAsync(_keyNames[0], context, cancellationToken).ConfigureAwait(false);
+        if (generated.Plaintext.Length != EnvelopeFormat.DataKeyLength)
+        {
+            throw new InvalidOperationException($"the key provider returned a {generated.Plaintext.Length}-byte data key; envelopes need {EnvelopeFormat.DataKeyLength}");
+        }
+
+        var others = await Task.WhenAll(_keyNames.Skip(1).Select(name => _provider.WrapDataKeyAsync(name, generated.Plaintext, context, cancellationToken))).ConfigureAwait(false);
+        WrappedDataKey[] wrapped = [generated.Wrapped, .. others];
+        EnvelopeHeader.ValidateForWriting(wrapped, _frameLength);
+        var dataKey = GC.AllocateUninitializedArray<byte>(EnvelopeFormat.DataKeyLength, pinned: true);
+        generated.Plaintext.Span.CopyTo(dataKey);
+        return (dataKey, wrapped);
+    }
+
+    /// <summary>The data key from the first trusted wrapped key the KMS unwraps (the caller zeroes it).</summary>
+    private async Task<byte[]> UnwrapAsync(EnvelopeHeader header, CancellationToken cancellationToken)
+    {
+        var candidates = header.WrappedKeys.Where(k => _trustAnyKey || _trusted.Contains(k.KeyName)).ToList();
+        if (candidates.Count == 0)
+        {
+            throw new EnvelopeDecryptionException(
+                $"none of the message's keys is trusted by this encryptor: {string.Join(", ", header.WrappedKeys.Select(k => k.KeyName))}");
+        }
+
+        var failures = new List<Exception>();
+        foreach (var wrapped in candidates)
+        {
+            try
+            {
+                var dataKey = _cache is null
+                    ? await _provider.UnwrapDataKeyAsync(wrapped, header.Context, cancellationToken).ConfigureAwait(false)
+                    : await _cache.LeaseForDecryptionAsync(DecryptionCacheKey(wrapped, header.EncodedContext), () => _provider.UnwrapDataKeyAsync(wrapped, header.Context, CancellationToken.None), cancellationToken).ConfigureAwait(false);
+                if (dataKey.Length != EnvelopeFormat.DataKeyLength)
+                {
+                    CryptographicOperations.ZeroMemory(dataKey);
+                    throw EnvelopeDecryptionException.Failed();
+                }
+
+                return dataKey;
+            }
+            catch (Exception exception) when (exception is RpcException or EnvelopeDecryptionException && !cancellationToken.IsCancellationRequested)
+            {
+                failures.Add(exception);
+            }
+        }
+
+        var reasons = candidates.Zip(failures, (key, failure) => failure is RpcException rpc
+            ? $"{key.KeyName}: {rpc.StatusCode} {rpc.Status.Detail}"
+            : $"{key.KeyName}: {failure.Message}");
+        throw new EnvelopeDecryptionException(
+            $"no data key in the message could be decrypted ({string.Join("; ", reasons)})",
+            failures.Count == 1 ? failures[0] : new AggregateException(failures));
+    }
+
+    /// <summary>Hash of key name, wrapped key and context: an entry serves only the exact unwrap the KMS allowed.</summary>
+    private static string DecryptionCacheKey(WrappedDataKey wrapped, byte[] encodedContext)
+    {
+        var name = Encoding.UTF8.GetBytes(wrapped.KeyName);
+        var input = new byte[2 + name.Length + 2 + wrapped.Wrapped.Length + encodedContext.Length];
+        BinaryPrimitives.WriteUInt16BigEndian(input, (ushort)name.Length);
+        name.CopyTo(input, 2);
+        BinaryPrimitives.WriteUInt16BigEndian(input.AsSpan(2 + name.Length), (ushort)wrapped.Wrapped.Length);
+        wrapped.Wrapped.CopyTo(input, 4 + name.Length);
+        encodedContext.CopyTo(input, 4 + name.Length + wrapped.Wrapped.Length);
+        return Convert.ToHexString(SHA256.HashData(input));
+    }
+}

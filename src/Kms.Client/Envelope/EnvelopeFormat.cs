@@ -1,0 +1,131 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using System.Text;
+
+namespace Kms.Client.Envelope;
+
+/// <summary>
+/// Constants and key derivation of envelope message v1, suite 0x0001 — byte by byte in
+/// docs/envelope-format.md. Frozen: a change here is a new version or suite.
+/// </summary>
+internal static class EnvelopeFormat
+{
+    public const byte Version1 = 0x01;
+
+    public const ushort Suite1 = 0x0001;
+
+    public const int MagicLength = 4;
+
+    public const int MessageIdLength = 32;
+
+    public const int DataKeyLength = 32;
+
+    public const int CommitmentLength = 32;
+
+    public const int TagLength = 16;
+
+    public const int IvLength = 12;
+
+    public const int MaxWrappedKeys = 16;
+
+    public const int MaxKeyNameBytes = 512;
+
+    public const int MaxWrappedKeyBytes = 1024;
+
+    public const int MaxContextEntries = 64;
+
+    public const int MaxContextKeyBytes = 256;
+
+    public const int MaxContextValueBytes = 1024;
+
+    public const int MinFrameLength = 64;
+
+    public const int MaxFrameLength = 4 * 1024 * 1024;
+
+    public const int DefaultFrameLength = 64 * 1024;
+
+    /// <summary>Last regular sequence number; the final frame may use one more (0xFFFFFFFE).</summary>
+    public const uint MaxSequenceNumber = 0xFFFFFFFE;
+
+    public const uint FinalFrameMarker = 0xFFFFFFFF;
+
+    public const byte RegularFrameType = 0x01;
+
+    public const byte FinalFrameType = 0x02;
+
+    /// <summary>u32 sequence number before a regular frame's ciphertext.</summary>
+    public const int RegularFramePrefix = 4;
+
+    /// <summary>Marker, sequence number and content length before a final frame's ciphertext.</summary>
+    public const int FinalFramePrefix = 12;
+
+    public const int FrameAadLength = MessageIdLength + 1 + 4 + 4;
+
+    /// <summary>magic ‖ version ‖ suite ‖ message id.</summary>
+    public const int FixedPrefixLength = MagicLength + 1 + 2 + MessageIdLength;
+
+    /// <summary>Largest context encoding: count plus 64 entries at the largest key and value.</summary>
+    public const int MaxContextBytes = 4 + (MaxContextEntries * (8 + MaxContextKeyBytes + MaxContextValueBytes));
+
+    /// <summary>Largest header, including the tag: what a reader buffers at most before the body.</summary>
+    public const int MaxHeaderLength = FixedPrefixLength + MaxContextBytes + 1 + (MaxWrappedKeys * (2 + MaxKeyNameBytes + 2 + MaxWrappedKeyBytes)) + 4 + CommitmentLength + TagLength;
+
+    public static ReadOnlySpan<byte> Magic => "KMSE"u8;
+
+    private static ReadOnlySpan<byte> MessageKeyLabel => "KMSE v1 message key"u8;
+
+    private static ReadOnlySpan<byte> CommitmentLabel => "KMSE v1 key commitment"u8;
+
+    public static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+
+    /// <summary>
+    /// <c>K</c> and <c>C</c> from the data key and message id (HKDF-SHA512, salt = message id).
+    /// The caller zeroes <paramref name="messageKey"/> after use.
+    /// </summary>
+    public static void Derive(ReadOnlySpan<byte> dataKey, ReadOnlySpan<byte> messageId, Span<byte> messageKey, Span<byte> commitment)
+    {
+        Span<byte> prk = stackalloc byte[64];
+        Span<byte> info = stackalloc byte[CommitmentLabel.Length + 2];
+        try
+        {
+            HKDF.Extract(HashAlgorithmName.SHA512, dataKey, messageId, prk);
+            Expand(prk, MessageKeyLabel, info, messageKey);
+            Expand(prk, CommitmentLabel, info, commitment);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(prk);
+        }
+    }
+
+    /// <summary>IV of frame <paramref name="sequence"/> (0 is the header tag).</summary>
+    public static void WriteIv(Span<byte> iv, uint sequence)
+    {
+        iv[..8].Clear();
+        BinaryPrimitives.WriteUInt32BigEndian(iv[8..], sequence);
+    }
+
+    public static void WriteFrameAad(Span<byte> aad, ReadOnlySpan<byte> messageId, byte type, uint sequence, int contentLength)
+    {
+        messageId.CopyTo(aad);
+        aad[MessageIdLength] = type;
+        BinaryPrimitives.WriteUInt32BigEndian(aad[(MessageIdLength + 1)..], sequence);
+        BinaryPrimitives.WriteUInt32BigEndian(aad[(MessageIdLength + 5)..], (uint)contentLength);
+    }
+
+    /// <summary>Bytes of a whole message for a plaintext of known length.</summary>
+    public static long MessageLength(int headerLength, long plaintextLength, int frameLength)
+    {
+        var regular = plaintextLength / frameLength;
+        var rest = plaintextLength % frameLength;
+        return headerLength + (regular * (RegularFramePrefix + frameLength + TagLength)) + FinalFramePrefix + rest + TagLength;
+    }
+
+    private static void Expand(ReadOnlySpan<byte> prk, ReadOnlySpan<byte> label, Span<byte> infoBuffer, Span<byte> output)
+    {
+        var info = infoBuffer[..(label.Length + 2)];
+        label.CopyTo(info);
+        BinaryPrimitives.WriteUInt16BigEndian(info[label.Length..], Suite1);
+        HKDF.Expand(HashAlgorithmName.SHA512, prk, output, info);
+    }
+}

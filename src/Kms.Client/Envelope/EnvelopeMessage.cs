@@ -1,0 +1,125 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+
+namespace Kms.Client.Envelope;
+
+/// <summary>One-shot encoding of a whole message in one buffer (no copies beyond the output).</summary>
+internal static class EnvelopeMessage
+{
+    /// <summary>The whole message for <paramref name="plaintext"/>, written once into an array of its exact size.</summary>
+    public static byte[] Seal(
+        ReadOnlySpan<byte> dataKey,
+        byte[] messageId,
+        byte[] encodedContext,
+        IReadOnlyDictionary<string, string> context,
+        IReadOnlyList<WrappedDataKey> wrappedKeys,
+        int frameLength,
+        ReadOnlySpan<byte> plaintext)
+    {
+        using var cipher = FrameCipher.ForWriting(dataKey, messageId, out var commitment);
+        var header = new EnvelopeHeader(messageId, encodedContext, context, wrappedKeys, frameLength, commitment);
+        var length = EnvelopeFormat.MessageLength(header.Length, plaintext.Length, frameLength);
+        if (length > Array.MaxLength)
+        {
+            throw new ArgumentException("the plaintext is too large for a one-shot message; use the Stream API", nameof(plaintext));
+        }
+
+        var message = GC.AllocateUninitializedArray<byte>((int)length);
+        var output = message.AsSpan();
+        header.WriteBody(output);
+        cipher.SealHeader(output[..header.BodyLength], output.Slice(header.BodyLength, EnvelopeFormat.TagLength));
+        var offset = header.Length;
+        uint sequence = 1;
+        while (plaintext.Length >= frameLength)
+        {
+            BinaryPrimitives.WriteUInt32BigEndian(output[offset..], sequence);
+            offset += EnvelopeFormat.RegularFramePrefix;
+            cipher.Seal(EnvelopeFormat.RegularFrameType, sequence, plaintext[..frameLength], output.Slice(offset, frameLength), output.Slice(offset + frameLength, EnvelopeFormat.TagLength));
+            offset += frameLength + EnvelopeFormat.TagLength;
+            plaintext = plaintext[frameLength..];
+            sequence++;
+        }
+
+        WriteFinalPrefix(output[offset..], sequence, plaintext.Length);
+        offset += EnvelopeFormat.FinalFramePrefix;
+        cipher.Seal(EnvelopeFormat.FinalFrameType, sequence, plaintext, output.Slice(offset, plaintext.Length), output.Slice(offset + plaintext.Length, EnvelopeFormat.TagLength));
+        return message;
+    }
+
+    public static void WriteFinalPrefix(Span<byte> destination, uint sequence, int contentLength)
+    {
+        BinaryPrimitives.WriteUInt32BigEndian(destination, EnvelopeFormat.FinalFrameMarker);
+        BinaryPrimitives.WriteUInt32BigEndian(destination[4..], sequence);
+        BinaryPrimitives.WriteUInt32BigEndian(destination[8..], (uint)contentLength);
+    }
+
+    /// <summary>
+    /// The plaintext of the frames after the header, or an exception; no plaintext leaves
+    /// unless every frame verified and nothing follows the final frame.
+    /// </summary>
+    public static byte[] Open(FrameCipher cipher, int frameLength, ReadOnlySpan<byte> body)
+    {
+        // Walk the frame structure first (lengths only), so the output is allocated once at
+        // its exact size — never more than the input.
+        var regularFrame = EnvelopeFormat.RegularFramePrefix + frameLength + EnvelopeFormat.TagLength;
+        var offset = 0;
+        uint sequence = 1;
+        int finalLength;
+        while (true)
+        {
+            if (body.Length - offset < 4)
+            {
+                throw EnvelopeDecryptionException.Failed();
+            }
+
+            var marker = BinaryPrimitives.ReadUInt32BigEndian(body[offset..]);
+            if (marker == EnvelopeFormat.FinalFrameMarker)
+            {
+                if (body.Length - offset < EnvelopeFormat.FinalFramePrefix
+                    || BinaryPrimitives.ReadUInt32BigEndian(body[(offset + 4)..]) != sequence)
+                {
+                    throw EnvelopeDecryptionException.Failed();
+                }
+
+                var declared = BinaryPrimitives.ReadUInt32BigEndian(body[(offset + 8)..]);
+                if (declared >= (uint)frameLength || body.Length - offset - EnvelopeFormat.FinalFramePrefix - EnvelopeFormat.TagLength != declared)
+                {
+                    throw EnvelopeDecryptionException.Failed();
+                }
+
+                finalLength = (int)declared;
+                break;
+            }
+
+            if (marker != sequence || sequence > EnvelopeFormat.MaxSequenceNumber || body.Length - offset < regularFrame)
+            {
+                throw EnvelopeDecryptionException.Failed();
+            }
+
+            offset += regularFrame;
+            sequence++;
+        }
+
+        var regularFrames = (int)(sequence - 1);
+        var plaintext = GC.AllocateUninitializedArray<byte>((regularFrames * frameLength) + finalLength);
+        try
+        {
+            var input = 0;
+            for (uint n = 1; n < sequence; n++)
+            {
+                var ciphertext = body.Slice(input + EnvelopeFormat.RegularFramePrefix, frameLength);
+                cipher.Open(EnvelopeFormat.RegularFrameType, n, ciphertext, body.Slice(input + EnvelopeFormat.RegularFramePrefix + frameLength, EnvelopeFormat.TagLength), plaintext.AsSpan((int)(n - 1) * frameLength, frameLength));
+                input += regularFrame;
+            }
+
+            var last = body.Slice(input + EnvelopeFormat.FinalFramePrefix, finalLength);
+            cipher.Open(EnvelopeFormat.FinalFrameType, sequence, last, body.Slice(input + EnvelopeFormat.FinalFramePrefix + finalLength, EnvelopeFormat.TagLength), plaintext.AsSpan(regularFrames * frameLength));
+            return plaintext;
+        }
+        catch
+        {
+            CryptographicOperations.ZeroMemory(plaintext);
+            throw;
+        }
+    }
+}

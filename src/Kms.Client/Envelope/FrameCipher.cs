@@ -1,0 +1,107 @@
+using System.Security.Cryptography;
+
+namespace Kms.Client.Envelope;
+
+/// <summary>
+/// AES-256-GCM under one message's derived key: the header tag (IV 0) and the frames (IV =
+/// sequence number, AAD = message id ‖ type ‖ sequence number ‖ length).
+/// </summary>
+internal sealed class FrameCipher : IDisposable
+{
+    private readonly AesGcm _gcm;
+    private readonly byte[] _messageId;
+
+    private FrameCipher(ReadOnlySpan<byte> messageKey, byte[] messageId)
+    {
+        _gcm = new AesGcm(messageKey, EnvelopeFormat.TagLength);
+        _messageId = messageId;
+    }
+
+    /// <summary>The cipher of a new message, and the commitment its header must carry.</summary>
+    public static FrameCipher ForWriting(ReadOnlySpan<byte> dataKey, byte[] messageId, out byte[] commitment)
+    {
+        Span<byte> messageKey = stackalloc byte[32];
+        commitment = new byte[EnvelopeFormat.CommitmentLength];
+        try
+        {
+            EnvelopeFormat.Derive(dataKey, messageId, messageKey, commitment);
+            return new FrameCipher(messageKey, messageId);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(messageKey);
+        }
+    }
+
+    /// <summary>
+    /// The cipher of a message being read: checks the key commitment (before anything is
+    /// decrypted), then the header tag over <paramref name="headerBody"/>.
+    /// </summary>
+    /// <exception cref="EnvelopeDecryptionException">The data key does not commit to this header, or the header was altered.</exception>
+    public static FrameCipher ForReading(ReadOnlySpan<byte> dataKey, EnvelopeHeader header, ReadOnlySpan<byte> headerBody)
+    {
+        Span<byte> messageKey = stackalloc byte[32];
+        Span<byte> commitment = stackalloc byte[EnvelopeFormat.CommitmentLength];
+        FrameCipher? cipher = null;
+        try
+        {
+            EnvelopeFormat.Derive(dataKey, header.MessageId, messageKey, commitment);
+            if (!CryptographicOperations.FixedTimeEquals(commitment, header.Commitment))
+            {
+                throw EnvelopeDecryptionException.Failed();
+            }
+
+            cipher = new FrameCipher(messageKey, header.MessageId);
+            Span<byte> iv = stackalloc byte[EnvelopeFormat.IvLength];
+            EnvelopeFormat.WriteIv(iv, 0);
+            cipher._gcm.Decrypt(iv, [], header.Tag, [], headerBody);
+            return cipher;
+        }
+        catch (AuthenticationTagMismatchException)
+        {
+            cipher?.Dispose();
+            throw EnvelopeDecryptionException.Failed();
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(messageKey);
+        }
+    }
+
+    public void SealHeader(ReadOnlySpan<byte> headerBody, Span<byte> tag)
+    {
+        Span<byte> iv = stackalloc byte[EnvelopeFormat.IvLength];
+        EnvelopeFormat.WriteIv(iv, 0);
+        _gcm.Encrypt(iv, [], [], tag, headerBody);
+    }
+
+    public void Seal(byte type, uint sequence, ReadOnlySpan<byte> plaintext, Span<byte> ciphertext, Span<byte> tag)
+    {
+        Span<byte> iv = stackalloc byte[EnvelopeFormat.IvLength];
+        Span<byte> aad = stackalloc byte[EnvelopeFormat.FrameAadLength];
+        EnvelopeFormat.WriteIv(iv, sequence);
+        EnvelopeFormat.WriteFrameAad(aad, _messageId, type, sequence, plaintext.Length);
+        _gcm.Encrypt(iv, plaintext, ciphertext, tag, aad);
+    }
+
+    /// <summary>Decrypts one frame into <paramref name="plaintext"/>, which holds nothing unless the tag verified.</summary>
+    /// <exception cref="EnvelopeDecryptionException">The frame (or its place in the message) was altered.</exception>
+    public void Open(byte type, uint sequence, ReadOnlySpan<byte> ciphertext, ReadOnlySpan<byte> tag, Span<byte> plaintext)
+    {
+        Span<byte> iv = stackalloc byte[EnvelopeFormat.IvLength];
+        Span<byte> aad = stackalloc byte[EnvelopeFormat.FrameAadLength];
+        EnvelopeFormat.WriteIv(iv, sequence);
+        EnvelopeFormat.WriteFrameAad(aad, _messageId, type, sequence, ciphertext.Length);
+        try
+        {
+            // AesGcm clears the plaintext buffer itself when the tag does not match.
+            _gcm.Decrypt(iv, ciphertext, tag, plaintext, aad);
+        }
+        catch (AuthenticationTagMismatchException)
+        {
+            throw EnvelopeDecryptionException.Failed();
+        }
+    }
+
+    public void Dispose() => _gcm.Dispose();
+}

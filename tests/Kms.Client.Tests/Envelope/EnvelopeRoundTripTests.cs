@@ -1,0 +1,257 @@
+using Kms.Client.Envelope;
+
+namespace Kms.Client.Tests.Envelope;
+
+/// <summary>Round trips through every API pairing, at the sizes around frame boundaries.</summary>
+public sealed class EnvelopeRoundTripTests
+{
+    private const int Frame = 64;
+
+    public static TheoryData<int> Sizes() => new() { 0, 1, Frame - 1, Frame, Frame + 1, (Frame * 7) + 5, Frame * 8 };
+
+    [Theory]
+    [MemberData(nameof(Sizes))]
+    public async Task OneShot_EverySize_RoundTrips(int size)
+    {
+        using var encryptor = NewEncryptor(out _);
+        var plaintext = Data(size);
+
+        var message = await encryptor.EncryptAsync(plaintext, Context);
+
+        Assert.Equal(plaintext, await encryptor.DecryptAsync(message, Context));
+        // Header: 39 fixed + 36 context + 1 + (2 + 16 name + 2 + 60 wrapped) + 4 + 32 + 16 = 208.
+        Assert.Equal(208 + ((size / Frame) * (Frame + 20)) + (size % Frame) + 28, message.Length);
+    }
+
+    [Theory]
+    [MemberData(nameof(Sizes))]
+    public async Task StreamEncrypt_OneShotDecrypt_AndBack(int size)
+    {
+        using var encryptor = NewEncryptor(out _);
+        var plaintext = Data(size);
+
+        var streamed = new MemoryStream();
+        await encryptor.EncryptAsync(new NonSeekableStream(plaintext), streamed, Context);
+        Assert.Equal(plaintext, await encryptor.DecryptAsync(streamed.ToArray(), Context));
+
+        var oneShot = await encryptor.EncryptAsync(plaintext, Context);
+        var output = new MemoryStream();
+        await encryptor.DecryptAsync(new NonSeekableStream(oneShot), output, Context);
+        Assert.Equal(plaintext, output.ToArray());
+    }
+
+    [Theory]
+    [MemberData(nameof(Sizes))]
+    public async Task Streams_SmallWritesAndSyncReads_RoundTrip(int size)
+    {
+        using var encryptor = NewEncryptor(out _);
+        var plaintext = Data(size);
+        var message = new MemoryStream();
+        await using (var writer = await encryptor.OpenEncryptingStreamAsync(message, Context))
+        {
+            for (var offset = 0; offset < size; offset += 7)
+            {
+                writer.Write(plaintext.AsSpan(offset, Math.Min(7, size - offset)));
+            }
+
+            writer.Complete();
+        }
+
+        message.Position = 0;
+        await using var reader = await encryptor.OpenDecryptingStreamAsync(message, Context);
+        var output = new MemoryStream();
+        var buffer = new byte[5];
+        int read;
+        while ((read = reader.Read(buffer, 0, buffer.Length)) > 0)
+        {
+            output.Write(buffer, 0, read);
+        }
+
+        Assert.Equal(plaintext, output.ToArray());
+        Assert.Equal(Context, reader.EncryptionContext);
+    }
+
+    [Fact]
+    public async Task EncryptingStream_DisposedWithoutComplete_LeavesAMessageEveryReaderRejects()
+    {
+        using var encryptor = NewEncryptor(out _);
+        var message = new MemoryStream();
+        await using (var writer = await encryptor.OpenEncryptingStreamAsync(message))
+        {
+            await writer.WriteAsync(Data(Frame * 3));
+        }
+
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message.ToArray()));
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(new MemoryStream(message.ToArray()), new MemoryStream()));
+    }
+
+    [Fact]
+    public async Task EncryptingStream_AfterComplete_RefusesMoreWrites()
+    {
+        using var encryptor = NewEncryptor(out _);
+        await using var writer = await encryptor.OpenEncryptingStreamAsync(new MemoryStream());
+        await writer.CompleteAsync();
+
+        Assert.Throws<InvalidOperationException>(() => writer.Write(new byte[1]));
+        Assert.False(writer.CanWrite);
+    }
+
+    [Fact]
+    public async Task EncryptAsync_SamePlaintextTwice_DifferentMessages()
+    {
+        using var encryptor = NewEncryptor(out _);
+
+        var first = await encryptor.EncryptAsync(Data(10));
+        var second = await encryptor.EncryptAsync(Data(10));
+
+        Assert.NotEqual(first, second);
+    }
+
+    [Fact]
+    public async Task MultiKey_FirstKeyRefused_DecryptsWithTheSecond()
+    {
+        using var encryptor = NewEncryptor(out var provider, ["tenants/t/keys/site-a", "tenants/t/keys/site-b"]);
+        var message = await encryptor.EncryptAsync(Data(100));
+        provider.Refused.Add("tenants/t/keys/site-a");
+
+        Assert.Equal(Data(100), await encryptor.DecryptAsync(message));
+        Assert.Equal(2, provider.UnwrapCalls);
+    }
+
+    [Fact]
+    public async Task MultiKey_ReaderTrustingOnlyTheSecondKey_NeverAsksForTheFirst()
+    {
+        using var writer = NewEncryptor(out var provider, ["tenants/t/keys/site-a", "tenants/t/keys/site-b"]);
+        var message = await writer.EncryptAsync(Data(100));
+        using var reader = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/site-b"], FrameLength = Frame });
+        provider.Refused.Add("tenants/t/keys/site-a");
+
+        Assert.Equal(Data(100), await reader.DecryptAsync(message));
+        Assert.Equal(1, provider.UnwrapCalls);
+    }
+
+    [Fact]
+    public async Task Decrypt_NoTrustedKey_RefusedWithoutAKmsCall()
+    {
+        using var writer = NewEncryptor(out var provider, ["tenants/t/keys/other"]);
+        var message = await writer.EncryptAsync(Data(3));
+        using var reader = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/mine"] });
+
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(message));
+
+        Assert.Contains("tenants/t/keys/other", e.Message, StringComparison.Ordinal);
+        Assert.Equal(0, provider.UnwrapCalls);
+    }
+
+    [Fact]
+    public async Task Decrypt_AllKeysRefused_NamesTheKmsErrors()
+    {
+        using var encryptor = NewEncryptor(out var provider);
+        var message = await encryptor.EncryptAsync(Data(3));
+        provider.Refused.Add("tenants/t/keys/a");
+
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message));
+
+        Assert.Contains("tenants/t/keys/a: FailedPrecondition", e.Message, StringComparison.Ordinal);
+        Assert.IsType<Grpc.Core.RpcException>(e.InnerException);
+    }
+
+    [Fact]
+    public async Task Encrypt_DataKeysHandedOut_AreZeroedAfterUse()
+    {
+        using var encryptor = NewEncryptor(out var provider);
+
+        var message = await encryptor.EncryptAsync(Data(100));
+        await encryptor.DecryptAsync(message);
+        var output = new MemoryStream();
+        await encryptor.DecryptAsync(new MemoryStream(message), output);
+
+        Assert.Equal(3, provider.HandedOut.Count);
+        Assert.All(provider.HandedOut, key => Assert.DoesNotContain(key, b => b != 0));
+    }
+
+    [Fact]
+    public void Options_Invalid_RefusedWithTheLimit()
+    {
+        var provider = new FakeKeyProvider();
+        Assert.Contains("1 to 16", Assert.Throws<ArgumentException>(() => new EnvelopeEncryptor(provider, new EnvelopeOptions())).Message, StringComparison.Ordinal);
+        Assert.Throws<ArgumentOutOfRangeException>(() => new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["k"], FrameLength = 63 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["k"], FrameLength = (4 << 20) + 1 }));
+        Assert.Throws<ArgumentException>(() => new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["k", "k"] }));
+    }
+
+    [Fact]
+    public async Task Encrypt_ContextOverTheLimits_ArgumentException()
+    {
+        using var encryptor = NewEncryptor(out var provider);
+
+        await Assert.ThrowsAsync<ArgumentException>(() => encryptor.EncryptAsync(Data(1), new Dictionary<string, string> { [""] = "x" }));
+        await Assert.ThrowsAsync<ArgumentException>(() => encryptor.EncryptAsync(Data(1), new Dictionary<string, string> { ["k"] = new string('v', 1025) }));
+        await Assert.ThrowsAsync<ArgumentException>(() => encryptor.EncryptAsync(Data(1), Enumerable.Range(0, 65).ToDictionary(i => $"k{i}", _ => "")));
+        await Assert.ThrowsAsync<ArgumentException>(() => encryptor.EncryptAsync(Data(1), new Dictionary<string, string> { ["k"] = "\ud800" }));
+        Assert.Equal(0, provider.GenerateCalls);
+    }
+
+    [Fact]
+    public async Task Overhead_MatchesTheSpecsWorkedExample()
+    {
+        // docs/envelope-format.md: a 64-byte key name, a 77-byte blob, empty context, 64 KiB
+        // frames: 1 MiB becomes 1,048,576 + 16 × 20 + 28 + 241 bytes.
+        var name = "tenants/" + new string('t', 49) + "/keys/k";
+        Assert.Equal(64, name.Length);
+        var provider = new StaticKeyProvider(new byte[32], [new WrappedDataKey(name, new byte[77])]);
+        using var encryptor = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = [name] });
+
+        var message = await encryptor.EncryptAsync(new byte[1 << 20]);
+
+        Assert.Equal(1_048_576 + (16 * 20) + 28 + 241, message.Length);
+    }
+
+    internal static readonly Dictionary<string, string> Context = new() { ["table"] = "orders", ["row"] = "42" };
+
+    internal static byte[] Data(int size) => Enumerable.Range(0, size).Select(i => (byte)((i * 13) + 1)).ToArray();
+
+    internal static EnvelopeEncryptor NewEncryptor(out FakeKeyProvider provider, IList<string>? keys = null)
+    {
+        provider = new FakeKeyProvider();
+        return new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = keys ?? ["tenants/t/keys/a"], FrameLength = Frame });
+    }
+}
+
+/// <summary>A read-only stream that cannot seek and hands out few bytes per read, like a socket.</summary>
+internal sealed class NonSeekableStream(byte[] data) : Stream
+{
+    private int _position;
+
+    public override bool CanRead => true;
+
+    public override bool CanSeek => false;
+
+    public override bool CanWrite => false;
+
+    public override long Length => throw new NotSupportedException();
+
+    public override long Position
+    {
+        get => throw new NotSupportedException();
+        set => throw new NotSupportedException();
+    }
+
+    public override int Read(byte[] buffer, int offset, int count)
+    {
+        var n = Math.Min(Math.Min(count, 11), data.Length - _position);
+        data.AsSpan(_position, n).CopyTo(buffer.AsSpan(offset));
+        _position += n;
+        return n;
+    }
+
+    public override void Flush()
+    {
+    }
+
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+}

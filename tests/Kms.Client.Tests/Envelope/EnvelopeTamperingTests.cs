@@ -1,0 +1,211 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using Kms.Client.Envelope;
+
+namespace Kms.Client.Tests.Envelope;
+
+/// <summary>
+/// Every alteration of a message fails with <see cref="EnvelopeDecryptionException"/> and
+/// nothing else, through the one-shot and the streaming reader; garbage never allocates much.
+/// </summary>
+public sealed class EnvelopeTamperingTests
+{
+    private static readonly Dictionary<string, string> Context = EnvelopeRoundTripTests.Context;
+
+    [Fact]
+    public async Task EveryBitFlip_AnywhereInAMultiFrameMultiKeyMessage_Fails()
+    {
+        using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out _, ["tenants/t/keys/a", "tenants/t/keys/b"]);
+        var message = await encryptor.EncryptAsync(EnvelopeRoundTripTests.Data((64 * 3) + 10), Context);
+        Assert.Equal(EnvelopeRoundTripTests.Data((64 * 3) + 10), await encryptor.DecryptAsync(message, Context));
+
+        for (var bit = 0; bit < message.Length * 8; bit++)
+        {
+            var altered = message.ToArray();
+            altered[bit / 8] ^= (byte)(1 << (bit % 8));
+            await AssertFailsBothWays(encryptor, altered, $"bit {bit}");
+        }
+    }
+
+    [Fact]
+    public async Task Truncation_AtEveryLength_Fails()
+    {
+        using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out _);
+        var message = await encryptor.EncryptAsync(EnvelopeRoundTripTests.Data((64 * 4) + 3), Context);
+
+        for (var length = 0; length < message.Length; length++)
+        {
+            await AssertFailsBothWays(encryptor, message[..length], $"length {length}");
+        }
+    }
+
+    [Fact]
+    public async Task FramesReorderedDuplicatedDroppedOrAppended_Fail()
+    {
+        using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out _);
+        var message = await encryptor.EncryptAsync(EnvelopeRoundTripTests.Data(64 * 3), Context);
+        var frame = 4 + 64 + 16;
+        var bodyStart = message.Length - (3 * frame) - 28;
+        var header = message[..bodyStart];
+        var frames = Enumerable.Range(0, 3).Select(i => message[(bodyStart + (i * frame))..(bodyStart + ((i + 1) * frame))]).ToArray();
+        var final = message[^28..];
+
+        await AssertFailsBothWays(encryptor, [.. header, .. frames[1], .. frames[0], .. frames[2], .. final], "swapped");
+        await AssertFailsBothWays(encryptor, [.. header, .. frames[0], .. frames[0], .. frames[1], .. frames[2], .. final], "duplicated");
+        await AssertFailsBothWays(encryptor, [.. header, .. frames[0], .. frames[2], .. final], "dropped");
+        await AssertFailsBothWays(encryptor, [.. header, .. frames[0], .. frames[1], .. frames[2]], "final dropped");
+        await AssertFailsBothWays(encryptor, [.. message, 0], "one byte appended");
+        await AssertFailsBothWays(encryptor, [.. message, .. final], "final frame repeated");
+    }
+
+    [Fact]
+    public async Task FrameSplicedFromAnotherMessageUnderTheSameDataKey_Fails()
+    {
+        using var encryptor = new EnvelopeEncryptor(new FakeKeyProvider(), new EnvelopeOptions
+        {
+            KeyNames = ["tenants/t/keys/a"],
+            FrameLength = 64,
+            DataKeyCache = new Kms.Client.Caching.DataKeyCacheOptions(),
+        });
+        var first = await encryptor.EncryptAsync(new byte[200], Context);
+        var second = await encryptor.EncryptAsync(new byte[200], Context);
+        Assert.Equal(1, encryptor.CacheStatistics!.EncryptMisses);
+
+        var spliced = first.ToArray();
+        var frameStart = first.Length - (3 * 84) - 28 - 8;
+        second.AsSpan(frameStart, 84).CopyTo(spliced.AsSpan(frameStart));
+
+        await AssertFailsBothWays(encryptor, spliced, "spliced");
+    }
+
+    [Fact]
+    public async Task WrongExpectedContext_FailsClearlyBeforeAnyKmsCall()
+    {
+        using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out var provider);
+        var message = await encryptor.EncryptAsync(new byte[10], Context);
+
+        foreach (var expected in new[]
+        {
+            new Dictionary<string, string> { ["table"] = "orders", ["row"] = "43" },
+            new Dictionary<string, string> { ["table"] = "orders" },
+            new Dictionary<string, string>(Context) { ["extra"] = "" },
+            [],
+        })
+        {
+            var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message, expected));
+            Assert.Contains("encryption context", e.Message, StringComparison.Ordinal);
+        }
+
+        Assert.Equal(0, provider.UnwrapCalls);
+    }
+
+    [Theory]
+    [InlineData(4, 0x02, "unsupported envelope version 2")]
+    [InlineData(6, 0x02, "unsupported envelope suite 0x0002")]
+    [InlineData(0, (byte)'X', "not a valid envelope message")]
+    public async Task UnknownVersionSuiteOrMagic_RejectedByName(int offset, byte value, string expected)
+    {
+        using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out var provider);
+        var message = await encryptor.EncryptAsync(new byte[10]);
+        message[offset] = value;
+
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message));
+
+        Assert.StartsWith(expected, e.Message, StringComparison.Ordinal);
+        Assert.Equal(0, provider.UnwrapCalls);
+    }
+
+    [Fact]
+    public async Task DataKeyThatDoesNotCommitToTheHeader_FailsBeforeAnyFrameIsDecrypted()
+    {
+        // A provider that answers with another data key than the one the message was written
+        // with: the commitment check stops it (the "invisible salamander" case).
+        var provider = new FakeKeyProvider();
+        using var writer = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"] });
+        var message = await writer.EncryptAsync(new byte[100]);
+        var other = new StaticKeyProvider(RandomNumberGenerator.GetBytes(32), [ReadWrapped(message)]);
+        using var reader = new EnvelopeEncryptor(other, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"] });
+
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(message));
+
+        Assert.Equal("envelope decryption failed", e.Message);
+    }
+
+    [Fact]
+    public async Task Garbage_OfAnySize_OnlyEnvelopeDecryptionException()
+    {
+        using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out _);
+        var random = new Random(7);
+        foreach (var size in new[] { 0, 1, 3, 4, 7, 38, 39, 40, 43, 100, 1000, 70_000 })
+        {
+            for (var round = 0; round < 20; round++)
+            {
+                var garbage = new byte[size];
+                random.NextBytes(garbage);
+                if (size >= 7 && round % 2 == 0)
+                {
+                    // Past the magic, version and suite, so the length checks are what is exercised.
+                    "KMSE"u8.CopyTo(garbage);
+                    garbage[4] = 1;
+                    garbage[5] = 0;
+                    garbage[6] = 1;
+                }
+
+                await AssertFailsBothWays(encryptor, garbage, $"garbage {size}/{round}");
+            }
+        }
+    }
+
+    [Fact]
+    public async Task HeaderClaimingHugeLengths_RefusedBeforeAllocating()
+    {
+        using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out _);
+        var hostile = new byte[64];
+        "KMSE"u8.CopyTo(hostile);
+        hostile[4] = 1;
+        hostile[6] = 1;
+        BinaryPrimitives.WriteUInt32BigEndian(hostile.AsSpan(39), 64);
+        BinaryPrimitives.WriteUInt32BigEndian(hostile.AsSpan(43), uint.MaxValue);
+
+        var before = GC.GetAllocatedBytesForCurrentThread();
+        var e = Assert.Throws<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(hostile).GetAwaiter().GetResult());
+        var allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+
+        Assert.Contains("length limit", e.Message, StringComparison.Ordinal);
+        Assert.True(allocated < 64 * 1024, $"allocated {allocated} bytes for a 64-byte hostile header");
+    }
+
+    private static async Task AssertFailsBothWays(EnvelopeEncryptor encryptor, byte[] message, string what)
+    {
+        await AssertOnlyEnvelopeException(() => encryptor.DecryptAsync(message, Context), what + " (one-shot)");
+        await AssertOnlyEnvelopeException(() => encryptor.DecryptAsync(new MemoryStream(message), new MemoryStream(), Context), what + " (stream)");
+    }
+
+    private static async Task AssertOnlyEnvelopeException(Func<Task> decrypt, string what)
+    {
+        try
+        {
+            await decrypt();
+        }
+        catch (EnvelopeDecryptionException)
+        {
+            return;
+        }
+        catch (Exception e)
+        {
+            Assert.Fail($"{what}: {e.GetType().Name} instead of EnvelopeDecryptionException: {e.Message}");
+        }
+
+        Assert.Fail($"{what}: decrypted");
+    }
+
+    private static WrappedDataKey ReadWrapped(byte[] message)
+    {
+        var offset = 39 + 4 + 1;
+        var nameLength = BinaryPrimitives.ReadUInt16BigEndian(message.AsSpan(offset));
+        var name = System.Text.Encoding.UTF8.GetString(message, offset + 2, nameLength);
+        offset += 2 + nameLength;
+        var wrappedLength = BinaryPrimitives.ReadUInt16BigEndian(message.AsSpan(offset));
+        return new WrappedDataKey(name, message[(offset + 2)..(offset + 2 + wrappedLength)]);
+    }
+}
