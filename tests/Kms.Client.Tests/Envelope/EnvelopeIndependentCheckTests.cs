@@ -2,9 +2,9 @@ using System.Buffers.Binary;
 using System.Text;
 using Kms.Client.Envelope;
 using Org.BouncyCastle.Crypto.Digests;
+using Org.BouncyCastle.Crypto.Engines;
 using Org.BouncyCastle.Crypto.Generators;
 using Org.BouncyCastle.Crypto.Modes;
-using Org.BouncyCastle.Crypto.Engines;
 using Org.BouncyCastle.Crypto.Parameters;
 
 namespace Kms.Client.Tests.Envelope;
