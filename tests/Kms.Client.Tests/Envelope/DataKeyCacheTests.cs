@@ -1,0 +1,291 @@
+using Kms.Client.Caching;
+using Kms.Client.Envelope;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Kms.Client.Tests.Envelope;
+
+/// <summary>The data-key cache's limits (with a fake clock), coalescing, and zeroing.</summary>
+public sealed class DataKeyCacheTests
+{
+    private readonly FakeTimeProvider _time = new(new DateTimeOffset(2026, 11, 30, 0, 0, 0, TimeSpan.Zero));
+    private readonly FakeKeyProvider _provider = new();
+
+    [Fact]
+    public async Task Encrypt_WarmCache_OneKmsCallForManyMessages()
+    {
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions());
+
+        for (var i = 0; i < 50; i++)
+        {
+            await encryptor.EncryptAsync(new byte[100], Context("a"));
+        }
+
+        Assert.Equal(1, _provider.GenerateCalls);
+        Assert.Equal(new DataKeyCacheStatistics(49, 1, 0, 0, 0), encryptor.CacheStatistics);
+    }
+
+    [Fact]
+    public async Task Encrypt_OtherContext_OtherDataKey()
+    {
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions());
+
+        await encryptor.EncryptAsync(new byte[1], Context("a"));
+        await encryptor.EncryptAsync(new byte[1], Context("b"));
+        await encryptor.EncryptAsync(new byte[1]);
+
+        Assert.Equal(3, _provider.GenerateCalls);
+    }
+
+    [Fact]
+    public async Task Encrypt_OlderThanMaxAge_NewDataKey()
+    {
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions { MaxAge = TimeSpan.FromMinutes(5) });
+        await encryptor.EncryptAsync(new byte[1]);
+
+        _time.Advance(TimeSpan.FromMinutes(5) - TimeSpan.FromSeconds(1));
+        await encryptor.EncryptAsync(new byte[1]);
+        Assert.Equal(1, _provider.GenerateCalls);
+
+        _time.Advance(TimeSpan.FromSeconds(1));
+        await encryptor.EncryptAsync(new byte[1]);
+        Assert.Equal(2, _provider.GenerateCalls);
+    }
+
+    [Fact]
+    public async Task Encrypt_MessageLimit_NewDataKeyAfterN()
+    {
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions { MaxMessagesPerKey = 3 });
+
+        for (var i = 0; i < 7; i++)
+        {
+            await encryptor.EncryptAsync(new byte[1]);
+        }
+
+        Assert.Equal(3, _provider.GenerateCalls);
+    }
+
+    [Fact]
+    public async Task Encrypt_ByteLimit_NewDataKeyWhenTheNextMessageWouldCrossIt()
+    {
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions { MaxBytesPerKey = 1000 });
+
+        await encryptor.EncryptAsync(new byte[600]);
+        await encryptor.EncryptAsync(new byte[400]);
+        Assert.Equal(1, _provider.GenerateCalls);
+
+        await encryptor.EncryptAsync(new byte[1]);
+        Assert.Equal(2, _provider.GenerateCalls);
+    }
+
+    [Fact]
+    public async Task Encrypt_MessageLargerThanTheByteLimit_GetsItsOwnKeyAndLeavesTheCacheAlone()
+    {
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions { MaxBytesPerKey = 1000 });
+        await encryptor.EncryptAsync(new byte[10]);
+
+        await encryptor.EncryptAsync(new byte[1001]);
+        await encryptor.EncryptAsync(new byte[10]);
+
+        Assert.Equal(2, _provider.GenerateCalls);
+        Assert.Equal(1, encryptor.CacheStatistics!.EncryptHits);
+    }
+
+    [Fact]
+    public async Task StreamOfUnknownLength_NotCached()
+    {
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions());
+
+        await encryptor.EncryptAsync(new NonSeekableStream(new byte[10]), new MemoryStream());
+        await encryptor.EncryptAsync(new NonSeekableStream(new byte[10]), new MemoryStream());
+        await encryptor.EncryptAsync(new MemoryStream(new byte[10]), new MemoryStream());
+        await encryptor.EncryptAsync(new MemoryStream(new byte[10]), new MemoryStream());
+
+        Assert.Equal(3, _provider.GenerateCalls);
+    }
+
+    [Fact]
+    public async Task Encrypt_HundredConcurrentMisses_OneKmsCall()
+    {
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions());
+        _provider.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        var encryptions = Enumerable.Range(0, 100).Select(_ => Task.Run(() => encryptor.EncryptAsync(new byte[32], Context("x")))).ToList();
+        await WaitUntil(() => encryptor.CacheStatistics!.Coalesced + encryptor.CacheStatistics.EncryptMisses == 100);
+        _provider.Gate.SetResult();
+        var messages = await Task.WhenAll(encryptions);
+
+        Assert.Equal(1, _provider.GenerateCalls);
+        Assert.Equal(99, encryptor.CacheStatistics!.Coalesced);
+        Assert.Equal(100, messages.Distinct().Count());
+        _provider.Gate = null;
+        Assert.All(messages.Take(5), m => Assert.Equal(32, encryptor.DecryptAsync(m).GetAwaiter().GetResult().Length));
+    }
+
+    [Fact]
+    public async Task Encrypt_ConcurrentMissesOverTheMessageLimit_EveryMessageWithinTheLimit()
+    {
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions { MaxMessagesPerKey = 10 });
+        _provider.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        var encryptions = Enumerable.Range(0, 100).Select(_ => Task.Run(() => encryptor.EncryptAsync(new byte[1]))).ToList();
+        await Task.Delay(100);
+        _provider.Gate.SetResult();
+        var messages = await Task.WhenAll(encryptions);
+
+        // 10 messages per data key: at least 10 keys, and the wrapped key in a header (the
+        // data key's identity) is shared by at most 10 messages.
+        Assert.InRange(_provider.GenerateCalls, 10, 100);
+        Assert.All(messages.GroupBy(WrappedKeyOf), group => Assert.InRange(group.Count(), 1, 10));
+    }
+
+    [Fact]
+    public async Task Encrypt_KmsCallFails_EveryWaiterGetsTheErrorAndTheNextCallRetries()
+    {
+        var failing = new FailingProvider();
+        using var encryptor = new EnvelopeEncryptor(failing, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"], DataKeyCache = new DataKeyCacheOptions() });
+
+        var e = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => encryptor.EncryptAsync(new byte[1]));
+        Assert.Equal(Grpc.Core.StatusCode.Unavailable, e.StatusCode);
+
+        failing.Fail = false;
+        await encryptor.EncryptAsync(new byte[1]);
+        Assert.Equal(2, failing.Calls);
+    }
+
+    [Fact]
+    public async Task Decrypt_Cached_OneUnwrapUntilMaxAge()
+    {
+        using var writer = NewEncryptor(null);
+        var message = await writer.EncryptAsync(new byte[10], Context("a"));
+        using var reader = NewEncryptor(new DataKeyCacheOptions { DecryptionMaxAge = TimeSpan.FromMinutes(1) });
+
+        for (var i = 0; i < 5; i++)
+        {
+            await reader.DecryptAsync(message);
+        }
+
+        Assert.Equal(1, _provider.UnwrapCalls);
+        _time.Advance(TimeSpan.FromMinutes(1));
+        await reader.DecryptAsync(message);
+        Assert.Equal(2, _provider.UnwrapCalls);
+    }
+
+    [Fact]
+    public async Task Decrypt_CacheHitNeverServesAnotherContextOrWrappedKey()
+    {
+        using var writer = NewEncryptor(null);
+        var first = await writer.EncryptAsync(new byte[10], Context("a"));
+        var second = await writer.EncryptAsync(new byte[10], Context("a"));
+        using var reader = NewEncryptor(new DataKeyCacheOptions());
+
+        await reader.DecryptAsync(first);
+        await reader.DecryptAsync(second);
+
+        Assert.Equal(2, _provider.UnwrapCalls);
+    }
+
+    [Fact]
+    public async Task Decrypt_DecryptionMaxAgeZero_NotCached()
+    {
+        using var writer = NewEncryptor(null);
+        var message = await writer.EncryptAsync(new byte[10]);
+        using var reader = NewEncryptor(new DataKeyCacheOptions { DecryptionMaxAge = TimeSpan.Zero });
+
+        await reader.DecryptAsync(message);
+        await reader.DecryptAsync(message);
+
+        Assert.Equal(2, _provider.UnwrapCalls);
+    }
+
+    [Fact]
+    public async Task Entries_ZeroedOnExpiryAndOnDispose()
+    {
+        var encryptor = NewEncryptor(new DataKeyCacheOptions { MaxAge = TimeSpan.FromMinutes(1) });
+        var message = await encryptor.EncryptAsync(new byte[10], Context("a"));
+        await encryptor.DecryptAsync(message);
+        var first = encryptor.Cache!.Entries.ToList();
+        Assert.Equal(2, first.Count);
+        Assert.All(first, entry => Assert.False(entry.IsZeroed));
+
+        _time.Advance(TimeSpan.FromMinutes(1));
+        await encryptor.EncryptAsync(new byte[10], Context("a"));
+        var expired = first.Single(entry => entry.Wrapped.Count > 0);
+        await WaitUntil(() => expired.IsZeroed);
+
+        var remaining = encryptor.Cache.Entries.ToList();
+        encryptor.Dispose();
+        Assert.All(remaining, entry => Assert.True(entry.IsZeroed));
+        Assert.All(_provider.HandedOut, key => Assert.DoesNotContain(key, b => b != 0));
+    }
+
+    [Fact]
+    public async Task Capacity_Full_NewEntriesStillServeAndOldOnesAreZeroed()
+    {
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions { Capacity = 2 });
+
+        for (var i = 0; i < 10; i++)
+        {
+            await encryptor.EncryptAsync(new byte[1], Context(i.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+        }
+
+        Assert.Equal(10, _provider.GenerateCalls);
+        await WaitUntil(() => encryptor.Cache!.Entries.Count() <= 2);
+    }
+
+    [Fact]
+    public void Options_OutOfRange_Refused()
+    {
+        Assert.Throws<ArgumentOutOfRangeException>(() => NewEncryptor(new DataKeyCacheOptions { MaxAge = TimeSpan.Zero }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => NewEncryptor(new DataKeyCacheOptions { MaxMessagesPerKey = 0 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => NewEncryptor(new DataKeyCacheOptions { MaxMessagesPerKey = (1L << 32) + 1 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => NewEncryptor(new DataKeyCacheOptions { MaxBytesPerKey = 0 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => NewEncryptor(new DataKeyCacheOptions { Capacity = 0 }));
+    }
+
+    private EnvelopeEncryptor NewEncryptor(DataKeyCacheOptions? cache)
+    {
+        if (cache is not null)
+        {
+            cache.TimeProvider = _time;
+        }
+
+        return new EnvelopeEncryptor(_provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"], DataKeyCache = cache });
+    }
+
+    private static Dictionary<string, string> Context(string value) => new() { ["purpose"] = value };
+
+    private static string WrappedKeyOf(byte[] message) => Convert.ToHexString(message.AsSpan(39 + 4 + 1, 2 + 16 + 2 + 60));
+
+    private static async Task WaitUntil(Func<bool> condition)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "condition not met within 10 s");
+            await Task.Delay(10);
+        }
+    }
+
+    private sealed class FailingProvider : IEnvelopeKeyProvider
+    {
+        private readonly FakeKeyProvider _inner = new();
+
+        public bool Fail { get; set; } = true;
+
+        public int Calls { get; private set; }
+
+        public Task<GeneratedDataKey> GenerateDataKeyAsync(string keyName, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken)
+        {
+            Calls++;
+            return Fail
+                ? throw new Grpc.Core.RpcException(new Grpc.Core.Status(Grpc.Core.StatusCode.Unavailable, "down"))
+                : _inner.GenerateDataKeyAsync(keyName, context, cancellationToken);
+        }
+
+        public Task<WrappedDataKey> WrapDataKeyAsync(string keyName, ReadOnlyMemory<byte> dataKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
+            _inner.WrapDataKeyAsync(keyName, dataKey, context, cancellationToken);
+
+        public Task<byte[]> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
+            _inner.UnwrapDataKeyAsync(wrappedKey, context, cancellationToken);
+    }
+}

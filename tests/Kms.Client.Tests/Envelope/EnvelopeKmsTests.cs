@@ -1,0 +1,220 @@
+using Google.Protobuf.WellKnownTypes;
+using Grpc.Core;
+using Kms.Client.Caching;
+using Kms.Client.Envelope;
+using Kms.Contracts.V1;
+using Kms.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Kms.Client.Tests.Envelope;
+
+/// <summary>One real server (SoftHSM, TLS, audit) on a fake clock, shared by a test class.</summary>
+public sealed class FakeClockServerFixture : IAsyncLifetime
+{
+    public FakeTimeProvider Time { get; } = new(new DateTimeOffset(2026, 11, 30, 12, 0, 0, TimeSpan.Zero));
+
+    public KmsTestServer Server { get; private set; } = null!;
+
+    public KmsClient Client { get; private set; } = null!;
+
+    public async Task InitializeAsync()
+    {
+        Server = await KmsTestServer.StartAsync(null, null, "dev", services => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(Time)));
+        Client = Server.CreateClient();
+    }
+
+    public async Task DisposeAsync()
+    {
+        Client.Dispose();
+        await Server.DisposeAsync();
+    }
+}
+
+/// <summary>The envelope SDK against the real server.</summary>
+public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFixture<FakeClockServerFixture>
+{
+    private readonly FakeTimeProvider _time = fixture.Time;
+    private readonly KmsClient _client = fixture.Client;
+
+    [Fact]
+    public async Task RoundTrip_OneShotAndStream_ThroughTheKms()
+    {
+        var key = await NewKeyAsync();
+        using var encryptor = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key] });
+        var record = "card 4111-1111-1111-1111"u8.ToArray();
+        var context = new Dictionary<string, string> { ["table"] = "payments" };
+
+        var message = await encryptor.EncryptAsync(record, context);
+        Assert.Equal(record, await encryptor.DecryptAsync(message, context));
+
+        var file = EnvelopeRoundTripTests.Data(300_000);
+        var encrypted = new MemoryStream();
+        await encryptor.EncryptAsync(new MemoryStream(file), encrypted, context);
+        var decrypted = new MemoryStream();
+        await encryptor.DecryptAsync(new MemoryStream(encrypted.ToArray()), decrypted, context);
+        Assert.Equal(file, decrypted.ToArray());
+        Assert.Equal(-1, encrypted.ToArray().AsSpan().IndexOf(file.AsSpan(0, 64)));
+    }
+
+    [Fact]
+    public async Task Alias_RecordedAsTheKeyItPointsTo()
+    {
+        var key = await NewKeyAsync();
+        var aliasId = $"env-{Guid.NewGuid():N}";
+        await _client.Raw.CreateAliasAsync(new CreateAliasRequest { Parent = "tenants/dev", AliasId = aliasId, Alias = new Alias { Key = key } });
+        var alias = "tenants/dev/aliases/" + aliasId;
+        using var writer = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [alias] });
+        using var reader = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key] });
+
+        var message = await writer.EncryptAsync(new byte[] { 1, 2, 3 });
+
+        Assert.Equal(new byte[] { 1, 2, 3 }, await reader.DecryptAsync(message));
+    }
+
+    [Fact]
+    public async Task MultiKey_FirstKeyDisabled_SecondKeyDecrypts()
+    {
+        var siteA = await NewKeyAsync();
+        var siteB = await NewKeyAsync();
+        using var encryptor = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [siteA, siteB] });
+        var message = await encryptor.EncryptAsync(new byte[1000]);
+
+        await _client.Raw.DisableKeyAsync(new DisableKeyRequest { Name = siteA });
+
+        Assert.Equal(new byte[1000], await encryptor.DecryptAsync(message));
+        using var onlyA = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [siteA] });
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => onlyA.DecryptAsync(message));
+        Assert.Contains($"{siteA}: FailedPrecondition", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task DestroyedKeyVersion_FailsClearly()
+    {
+        var key = await NewKeyAsync();
+        using var encryptor = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key] });
+        var message = await encryptor.EncryptAsync(new byte[10]);
+        await _client.RotateKeyAsync(key);
+        await _client.Raw.ScheduleKeyVersionDestructionAsync(new ScheduleKeyVersionDestructionRequest
+        {
+            Name = key + "/versions/1",
+            WaitingPeriod = Duration.FromTimeSpan(TimeSpan.FromDays(7)),
+        });
+        _time.Advance(TimeSpan.FromDays(7) + TimeSpan.FromMinutes(1));
+        await WaitUntilAsync(async () => (await _client.Raw.GetKeyVersionAsync(new GetKeyVersionRequest { Name = key + "/versions/1" })).KeyVersion.State == KeyState.Destroyed);
+
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message));
+
+        Assert.Contains("FailedPrecondition", e.Message, StringComparison.Ordinal);
+        Assert.Contains("DESTROYED", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ForgedHeader_NamesTheTrustedKeyButCarriesAnotherKeysDataKey_Refused()
+    {
+        var trusted = await NewKeyAsync();
+        var attackers = await NewKeyAsync();
+        using var forger = new EnvelopeEncryptor(new RenamingProvider(new KmsEnvelopeKeyProvider(_client), trusted), new EnvelopeOptions { KeyNames = [attackers] });
+        var forged = await forger.EncryptAsync("pay mallory"u8.ToArray());
+        using var reader = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [trusted] });
+
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(forged));
+
+        Assert.Contains("decryption failed", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task HeaderBitFlips_AgainstTheKms_AllFail()
+    {
+        var key = await NewKeyAsync();
+        using var encryptor = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key], FrameLength = 64 });
+        var context = new Dictionary<string, string> { ["k"] = "v" };
+        var message = await encryptor.EncryptAsync(new byte[100], context);
+        var headerLength = message.Length - 84 - 28 - 36;
+
+        for (var i = 0; i < headerLength; i++)
+        {
+            var altered = message.ToArray();
+            altered[i] ^= (byte)(1 << (i % 8));
+            await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(altered));
+        }
+    }
+
+    [Fact]
+    public async Task WrappedKeyWithAnotherContext_RefusedByTheKms()
+    {
+        var key = await NewKeyAsync();
+        using var encryptor = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key] });
+        var message = await encryptor.EncryptAsync(new byte[10], new Dictionary<string, string> { ["tenant"] = "a" });
+        var altered = message.ToArray();
+        var at = altered.AsSpan().IndexOf("tenanta"u8.ToArray().AsSpan(0, 6));
+        Assert.True(at > 0);
+        altered[at + 10] = (byte)'b';
+
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(altered));
+
+        Assert.Contains("InvalidArgument", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task HundredConcurrentEncryptions_ColdCache_OneGenerateDataKeyCall()
+    {
+        var key = await NewKeyAsync();
+        var counting = new CountingProvider(new KmsEnvelopeKeyProvider(_client));
+        using var encryptor = new EnvelopeEncryptor(counting, new EnvelopeOptions { KeyNames = [key], DataKeyCache = new DataKeyCacheOptions() });
+
+        var messages = await Task.WhenAll(Enumerable.Range(0, 100).Select(i => Task.Run(() => encryptor.EncryptAsync(new byte[] { (byte)i }))));
+
+        Assert.Equal(1, counting.GenerateCalls);
+        using var reader = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key] });
+        Assert.Equal(new byte[] { 42 }, await reader.DecryptAsync(messages[42]));
+    }
+
+    private async Task<string> NewKeyAsync() => (await _client.CreateKeyAsync("tenants/dev", $"env-{Guid.NewGuid():N}")).Name;
+
+    private static async Task WaitUntilAsync(Func<Task<bool>> condition)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (!await condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the background job did not act within 30 s");
+            await Task.Delay(50);
+        }
+    }
+
+    /// <summary>A malicious writer: records another key's name for the data key it wrapped.</summary>
+    private sealed class RenamingProvider(IEnvelopeKeyProvider inner, string claimedKey) : IEnvelopeKeyProvider
+    {
+        public async Task<GeneratedDataKey> GenerateDataKeyAsync(string keyName, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken)
+        {
+            var real = await inner.GenerateDataKeyAsync(keyName, context, cancellationToken);
+            return new GeneratedDataKey(real.Plaintext.ToArray(), real.Wrapped with { KeyName = claimedKey });
+        }
+
+        public Task<WrappedDataKey> WrapDataKeyAsync(string keyName, ReadOnlyMemory<byte> dataKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
+            inner.WrapDataKeyAsync(keyName, dataKey, context, cancellationToken);
+
+        public Task<byte[]> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
+            inner.UnwrapDataKeyAsync(wrappedKey, context, cancellationToken);
+    }
+
+    private sealed class CountingProvider(IEnvelopeKeyProvider inner) : IEnvelopeKeyProvider
+    {
+        private int _generateCalls;
+
+        public int GenerateCalls => _generateCalls;
+
+        public Task<GeneratedDataKey> GenerateDataKeyAsync(string keyName, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken)
+        {
+            Interlocked.Increment(ref _generateCalls);
+            return inner.GenerateDataKeyAsync(keyName, context, cancellationToken);
+        }
+
+        public Task<WrappedDataKey> WrapDataKeyAsync(string keyName, ReadOnlyMemory<byte> dataKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
+            inner.WrapDataKeyAsync(keyName, dataKey, context, cancellationToken);
+
+        public Task<byte[]> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
+            inner.UnwrapDataKeyAsync(wrappedKey, context, cancellationToken);
+    }
+}
