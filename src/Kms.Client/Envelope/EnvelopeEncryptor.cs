@@ -57,14 +57,18 @@ public sealed class EnvelopeEncryptor : IDisposable
     public DataKeyCacheStatistics? CacheStatistics => _cache?.Statistics;
 
     /// <summary>Encrypts a record into one envelope message.</summary>
-    public async Task<byte[]> EncryptAsync(ReadOnlyMemory<byte> plaintext, IReadOnlyDictionary<string, string>? encryptionContext = null, CancellationToken cancellationToken = default)
+    /// <param name="plaintext">The record.</param>
+    /// <param name="encryptionContext">Stored in the header, sent to the KMS, one cached data key per context (e.g. table and column).</param>
+    /// <param name="associatedData">Bound to the message but not stored in it, never sent anywhere (e.g. the row id); the reader supplies the same bytes.</param>
+    /// <param name="cancellationToken">Cancels the KMS call.</param>
+    public async Task<byte[]> EncryptAsync(ReadOnlyMemory<byte> plaintext, IReadOnlyDictionary<string, string>? encryptionContext = null, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
         var context = encryptionContext ?? EnvelopeContext.Empty;
         var encodedContext = EnvelopeContext.Encode(context);
         var (dataKey, wrapped) = await GetMaterialsAsync(context, encodedContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
         try
         {
-            return EnvelopeMessage.Seal(dataKey, RandomNumberGenerator.GetBytes(EnvelopeFormat.MessageIdLength), encodedContext, context, wrapped, _frameLength, plaintext.Span);
+            return EnvelopeMessage.Seal(dataKey, RandomNumberGenerator.GetBytes(EnvelopeFormat.MessageIdLength), encodedContext, context, wrapped, _frameLength, plaintext.Span, associatedData.Span);
         }
         finally
         {
@@ -73,16 +77,17 @@ public sealed class EnvelopeEncryptor : IDisposable
     }
 
     /// <summary>Encrypts a record into one envelope message.</summary>
-    public Task<byte[]> EncryptAsync(byte[] plaintext, IReadOnlyDictionary<string, string>? encryptionContext = null, CancellationToken cancellationToken = default) =>
-        EncryptAsync(plaintext.AsMemory(), encryptionContext, cancellationToken);
+    public Task<byte[]> EncryptAsync(byte[] plaintext, IReadOnlyDictionary<string, string>? encryptionContext = null, byte[]? associatedData = null, CancellationToken cancellationToken = default) =>
+        EncryptAsync(plaintext.AsMemory(), encryptionContext, associatedData, cancellationToken);
 
     /// <summary>
     /// Decrypts a whole message. With <paramref name="expectedContext"/>, the message's context
     /// must be exactly that map; without, check <see cref="ReadEncryptionContext"/> yourself
-    /// if the context matters to you.
+    /// if the context matters to you. <paramref name="associatedData"/> must be the bytes given
+    /// at encryption.
     /// </summary>
     /// <exception cref="EnvelopeDecryptionException">Whatever was wrong.</exception>
-    public async Task<byte[]> DecryptAsync(ReadOnlyMemory<byte> message, IReadOnlyDictionary<string, string>? expectedContext = null, CancellationToken cancellationToken = default)
+    public async Task<byte[]> DecryptAsync(ReadOnlyMemory<byte> message, IReadOnlyDictionary<string, string>? expectedContext = null, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
         var headerLength = EnvelopeHeader.Measure(message.Span);
         if (headerLength > message.Length)
@@ -95,7 +100,7 @@ public sealed class EnvelopeEncryptor : IDisposable
         var dataKey = await UnwrapAsync(header, cancellationToken).ConfigureAwait(false);
         try
         {
-            using var cipher = FrameCipher.ForReading(dataKey, header, message.Span[..header.BodyLength]);
+            using var cipher = FrameCipher.ForReading(dataKey, header, message.Span[..header.BodyLength], associatedData.Span);
             return EnvelopeMessage.Open(cipher, header.FrameLength, message.Span[headerLength..]);
         }
         finally
@@ -105,8 +110,8 @@ public sealed class EnvelopeEncryptor : IDisposable
     }
 
     /// <summary>Decrypts a whole message.</summary>
-    public Task<byte[]> DecryptAsync(byte[] message, IReadOnlyDictionary<string, string>? expectedContext = null, CancellationToken cancellationToken = default) =>
-        DecryptAsync(message.AsMemory(), expectedContext, cancellationToken);
+    public Task<byte[]> DecryptAsync(byte[] message, IReadOnlyDictionary<string, string>? expectedContext = null, byte[]? associatedData = null, CancellationToken cancellationToken = default) =>
+        DecryptAsync(message.AsMemory(), expectedContext, associatedData, cancellationToken);
 
     /// <summary>
     /// The encryption context a message's header claims — unauthenticated until the message
@@ -127,11 +132,11 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// Encrypts <paramref name="plaintext"/> from its position to its end into <paramref name="destination"/>,
     /// in constant memory. Neither stream is disposed.
     /// </summary>
-    public async Task EncryptAsync(Stream plaintext, Stream destination, IReadOnlyDictionary<string, string>? encryptionContext = null, CancellationToken cancellationToken = default)
+    public async Task EncryptAsync(Stream plaintext, Stream destination, IReadOnlyDictionary<string, string>? encryptionContext = null, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(plaintext);
         var length = plaintext.CanSeek ? plaintext.Length - plaintext.Position : -1;
-        await using var encrypting = await OpenEncryptingStreamAsync(destination, encryptionContext, length, cancellationToken).ConfigureAwait(false);
+        await using var encrypting = await OpenEncryptingStreamAsync(destination, encryptionContext, length, associatedData, cancellationToken).ConfigureAwait(false);
         await encrypting.WriteFromAsync(plaintext, cancellationToken).ConfigureAwait(false);
         await encrypting.CompleteAsync(cancellationToken).ConfigureAwait(false);
     }
@@ -142,10 +147,10 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// not a whole plaintext — discard it. Neither stream is disposed.
     /// </summary>
     /// <exception cref="EnvelopeDecryptionException">Whatever was wrong.</exception>
-    public async Task DecryptAsync(Stream message, Stream destination, IReadOnlyDictionary<string, string>? expectedContext = null, CancellationToken cancellationToken = default)
+    public async Task DecryptAsync(Stream message, Stream destination, IReadOnlyDictionary<string, string>? expectedContext = null, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(destination);
-        await using var decrypting = await OpenDecryptingStreamAsync(message, expectedContext, cancellationToken).ConfigureAwait(false);
+        await using var decrypting = await OpenDecryptingStreamAsync(message, expectedContext, associatedData, cancellationToken).ConfigureAwait(false);
         await decrypting.DrainToAsync(destination, cancellationToken).ConfigureAwait(false);
     }
 
@@ -156,8 +161,9 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// <param name="destination">Where the message goes; not disposed.</param>
     /// <param name="encryptionContext">The context bound to the message.</param>
     /// <param name="plaintextLength">The total plaintext length if known (lets the data-key cache count bytes); -1 if not, and the message gets its own data key.</param>
+    /// <param name="associatedData">Bound to the message, not stored in it; the reader supplies the same bytes.</param>
     /// <param name="cancellationToken">Cancels the KMS call and the header write.</param>
-    public async Task<EnvelopeEncryptingStream> OpenEncryptingStreamAsync(Stream destination, IReadOnlyDictionary<string, string>? encryptionContext = null, long plaintextLength = -1, CancellationToken cancellationToken = default)
+    public async Task<EnvelopeEncryptingStream> OpenEncryptingStreamAsync(Stream destination, IReadOnlyDictionary<string, string>? encryptionContext = null, long plaintextLength = -1, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(destination);
         if (!destination.CanWrite)
@@ -186,7 +192,7 @@ public sealed class EnvelopeEncryptor : IDisposable
         {
             var bytes = new byte[header.Length];
             header.WriteBody(bytes);
-            cipher.SealHeader(bytes.AsSpan(0, header.BodyLength), bytes.AsSpan(header.BodyLength));
+            cipher.SealHeader(bytes.AsSpan(0, header.BodyLength), associatedData.Span, bytes.AsSpan(header.BodyLength));
             await destination.WriteAsync(bytes, cancellationToken).ConfigureAwait(false);
             return stream;
         }
@@ -202,7 +208,7 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// unwraps its data key, and returns a stream of its plaintext.
     /// </summary>
     /// <exception cref="EnvelopeDecryptionException">The header is not a valid, unaltered envelope header for a trusted key.</exception>
-    public async Task<EnvelopeDecryptingStream> OpenDecryptingStreamAsync(Stream message, IReadOnlyDictionary<string, string>? expectedContext = null, CancellationToken cancellationToken = default)
+    public async Task<EnvelopeDecryptingStream> OpenDecryptingStreamAsync(Stream message, IReadOnlyDictionary<string, string>? expectedContext = null, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(message);
         var headerBytes = await ReadHeaderAsync(message, cancellationToken).ConfigureAwait(false);
@@ -211,7 +217,7 @@ public sealed class EnvelopeEncryptor : IDisposable
         var dataKey = await UnwrapAsync(header, cancellationToken).ConfigureAwait(false);
         try
         {
-            var cipher = FrameCipher.ForReading(dataKey, header, headerBytes.AsSpan(0, header.BodyLength));
+            var cipher = FrameCipher.ForReading(dataKey, header, headerBytes.AsSpan(0, header.BodyLength), associatedData.Span);
             return new EnvelopeDecryptingStream(message, cipher, header.FrameLength, header.Context);
         }
         finally

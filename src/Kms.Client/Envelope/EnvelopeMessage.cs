@@ -14,7 +14,8 @@ internal static class EnvelopeMessage
         IReadOnlyDictionary<string, string> context,
         IReadOnlyList<WrappedDataKey> wrappedKeys,
         int frameLength,
-        ReadOnlySpan<byte> plaintext)
+        ReadOnlySpan<byte> plaintext,
+        ReadOnlySpan<byte> associatedData)
     {
         using var cipher = FrameCipher.ForWriting(dataKey, messageId, out var commitment);
         var header = new EnvelopeHeader(messageId, encodedContext, context, wrappedKeys, frameLength, commitment);
@@ -27,7 +28,7 @@ internal static class EnvelopeMessage
         var message = GC.AllocateUninitializedArray<byte>((int)length);
         var output = message.AsSpan();
         header.WriteBody(output);
-        cipher.SealHeader(output[..header.BodyLength], output.Slice(header.BodyLength, EnvelopeFormat.TagLength));
+        cipher.SealHeader(output[..header.BodyLength], associatedData, output.Slice(header.BodyLength, EnvelopeFormat.TagLength));
         var offset = header.Length;
         uint sequence = 1;
         while (plaintext.Length >= frameLength)

@@ -35,10 +35,11 @@ internal sealed class FrameCipher : IDisposable
 
     /// <summary>
     /// The cipher of a message being read: checks the key commitment (before anything is
-    /// decrypted), then the header tag over <paramref name="headerBody"/>.
+    /// decrypted), then the header tag over <paramref name="headerBody"/> and the caller's
+    /// <paramref name="associatedData"/>.
     /// </summary>
     /// <exception cref="EnvelopeDecryptionException">The data key does not commit to this header, or the header was altered.</exception>
-    public static FrameCipher ForReading(ReadOnlySpan<byte> dataKey, EnvelopeHeader header, ReadOnlySpan<byte> headerBody)
+    public static FrameCipher ForReading(ReadOnlySpan<byte> dataKey, EnvelopeHeader header, ReadOnlySpan<byte> headerBody, ReadOnlySpan<byte> associatedData)
     {
         Span<byte> messageKey = stackalloc byte[32];
         Span<byte> commitment = stackalloc byte[EnvelopeFormat.CommitmentLength];
@@ -54,7 +55,7 @@ internal sealed class FrameCipher : IDisposable
             cipher = new FrameCipher(messageKey, header.MessageId);
             Span<byte> iv = stackalloc byte[EnvelopeFormat.IvLength];
             EnvelopeFormat.WriteIv(iv, 0);
-            cipher._gcm.Decrypt(iv, [], header.Tag, [], headerBody);
+            cipher._gcm.Decrypt(iv, [], header.Tag, [], HeaderAad(headerBody, associatedData));
             return cipher;
         }
         catch (AuthenticationTagMismatchException)
@@ -68,11 +69,11 @@ internal sealed class FrameCipher : IDisposable
         }
     }
 
-    public void SealHeader(ReadOnlySpan<byte> headerBody, Span<byte> tag)
+    public void SealHeader(ReadOnlySpan<byte> headerBody, ReadOnlySpan<byte> associatedData, Span<byte> tag)
     {
         Span<byte> iv = stackalloc byte[EnvelopeFormat.IvLength];
         EnvelopeFormat.WriteIv(iv, 0);
-        _gcm.Encrypt(iv, [], [], tag, headerBody);
+        _gcm.Encrypt(iv, [], [], tag, HeaderAad(headerBody, associatedData));
     }
 
     public void Seal(byte type, uint sequence, ReadOnlySpan<byte> plaintext, Span<byte> ciphertext, Span<byte> tag)
@@ -104,4 +105,18 @@ internal sealed class FrameCipher : IDisposable
     }
 
     public void Dispose() => _gcm.Dispose();
+
+    /// <summary>Header body ‖ associated data (the body alone when there is none).</summary>
+    private static ReadOnlySpan<byte> HeaderAad(ReadOnlySpan<byte> headerBody, ReadOnlySpan<byte> associatedData)
+    {
+        if (associatedData.IsEmpty)
+        {
+            return headerBody;
+        }
+
+        var aad = new byte[headerBody.Length + associatedData.Length];
+        headerBody.CopyTo(aad);
+        associatedData.CopyTo(aad.AsSpan(headerBody.Length));
+        return aad;
+    }
 }

@@ -25,6 +25,21 @@ public sealed class DataKeyCacheTests
     }
 
     [Fact]
+    public async Task Encrypt_RowIdsAsAssociatedData_ShareOneDataKeyYetStayBound()
+    {
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions());
+        var rows = new List<byte[]>();
+        for (var id = 0; id < 10; id++)
+        {
+            rows.Add(await encryptor.EncryptAsync(new byte[] { (byte)id }, Context("ssn"), [(byte)id]));
+        }
+
+        Assert.Equal(1, _provider.GenerateCalls);
+        Assert.Equal(new byte[] { 3 }, await encryptor.DecryptAsync(rows[3], Context("ssn"), new byte[] { 3 }));
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(rows[3], Context("ssn"), new byte[] { 4 }));
+    }
+
+    [Fact]
     public async Task Encrypt_OtherContext_OtherDataKey()
     {
         using var encryptor = NewEncryptor(new DataKeyCacheOptions());

@@ -20,7 +20,7 @@ public sealed class EnvelopeGoldenVectorTests
         var vector = Load(description);
         using var encryptor = new EnvelopeEncryptor(vector.Provider, vector.Options);
 
-        var plaintext = await encryptor.DecryptAsync(vector.Message, vector.Context);
+        var plaintext = await encryptor.DecryptAsync(vector.Message, vector.Context, vector.AssociatedData);
 
         Assert.Equal(vector.Plaintext, plaintext);
     }
@@ -33,7 +33,7 @@ public sealed class EnvelopeGoldenVectorTests
         using var encryptor = new EnvelopeEncryptor(vector.Provider, vector.Options);
         var output = new MemoryStream();
 
-        await encryptor.DecryptAsync(new MemoryStream(vector.Message), output, vector.Context);
+        await encryptor.DecryptAsync(new MemoryStream(vector.Message), output, vector.Context, vector.AssociatedData);
 
         Assert.Equal(vector.Plaintext, output.ToArray());
     }
@@ -44,7 +44,7 @@ public sealed class EnvelopeGoldenVectorTests
     {
         var vector = Load(description);
 
-        var message = EnvelopeMessage.Seal(vector.DataKey, vector.MessageId, EnvelopeContext.Encode(vector.Context), vector.Context, vector.Wrapped, vector.FrameLength, vector.Plaintext);
+        var message = EnvelopeMessage.Seal(vector.DataKey, vector.MessageId, EnvelopeContext.Encode(vector.Context), vector.Context, vector.Wrapped, vector.FrameLength, vector.Plaintext, vector.AssociatedData);
 
         Assert.Equal(Convert.ToHexStringLower(vector.Message), Convert.ToHexStringLower(message));
     }
@@ -68,6 +68,7 @@ public sealed class EnvelopeGoldenVectorTests
         Assert.Contains("empty plaintext", descriptions);
         Assert.Contains("exactly one frame: a full regular frame and an empty final frame", descriptions);
         Assert.Contains("two wrapped keys (multi-key envelope)", descriptions);
+        Assert.Contains("associated data (not carried in the message)", descriptions);
         Assert.Equal(2, Descriptions(valid: false).Count);
     }
 
@@ -98,6 +99,7 @@ public sealed class EnvelopeGoldenVectorTests
             frameLength,
             Convert.FromHexString(json.GetProperty("plaintext").GetString()!),
             Convert.FromHexString(json.GetProperty("message").GetString()!),
+            Convert.FromHexString(json.GetProperty("associated_data").GetString()!),
             new StaticKeyProvider(dataKey, wrapped),
             new EnvelopeOptions { KeyNames = [.. wrapped.Select(k => k.KeyName)], FrameLength = frameLength });
     }
@@ -110,6 +112,7 @@ public sealed class EnvelopeGoldenVectorTests
         int FrameLength,
         byte[] Plaintext,
         byte[] Message,
+        byte[] AssociatedData,
         StaticKeyProvider Provider,
         EnvelopeOptions Options);
 }

@@ -99,6 +99,24 @@ public sealed class EnvelopeTamperingTests
         Assert.Equal(0, provider.UnwrapCalls);
     }
 
+    [Fact]
+    public async Task AssociatedData_OtherOrMissing_FailsOpaquely()
+    {
+        using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out _);
+        var message = await encryptor.EncryptAsync(new byte[100], Context, "row 17"u8.ToArray());
+        Assert.Equal(new byte[100], await encryptor.DecryptAsync(message, Context, "row 17"u8.ToArray()));
+        var streamed = new MemoryStream();
+        await encryptor.DecryptAsync(new MemoryStream(message), streamed, Context, "row 17"u8.ToArray());
+        Assert.Equal(new byte[100], streamed.ToArray());
+
+        foreach (var other in new[] { "row 18"u8.ToArray(), "row 1"u8.ToArray(), [] })
+        {
+            var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message, Context, other));
+            Assert.Equal("envelope decryption failed", e.Message);
+            await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(new MemoryStream(message), new MemoryStream(), Context, other));
+        }
+    }
+
     [Theory]
     [InlineData(4, 0x02, "unsupported envelope version 2")]
     [InlineData(6, 0x02, "unsupported envelope suite 0x0002")]

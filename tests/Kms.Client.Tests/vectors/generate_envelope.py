@@ -62,13 +62,13 @@ def frame_aad(message_id: bytes, kind: int, seq: int, length: int) -> bytes:
     return message_id + struct.pack(">BII", kind, seq, length)
 
 
-def encrypt(data_key, message_id, context, wrapped, frame_length, plaintext, commitment_key=None) -> bytes:
+def encrypt(data_key, message_id, context, wrapped, frame_length, plaintext, commitment_key=None, associated_data=b"") -> bytes:
     key, commitment = derive(data_key, message_id)
     if commitment_key is not None:  # negative vector: commitment of another data key
         commitment = derive(commitment_key, message_id)[1]
     body = header_body(message_id, context, wrapped, frame_length, commitment)
     gcm = AESGCM(key)
-    out = body + gcm.encrypt(iv(0), b"", body)  # empty plaintext: the output is the tag
+    out = body + gcm.encrypt(iv(0), b"", body + associated_data)  # empty plaintext: the output is the tag
     seq = 1
     offset = 0
     while len(plaintext) - offset >= frame_length:
@@ -82,13 +82,13 @@ def encrypt(data_key, message_id, context, wrapped, frame_length, plaintext, com
     return out
 
 
-def case(description, frame_length, plaintext, context=None, keys=1, **bad):
+def case(description, frame_length, plaintext, context=None, keys=1, associated_data=b"", **bad):
     label = description
     data_key = fixed("dk:" + label, 32)
     message_id = fixed("id:" + label, 32)
     wrapped = [(f"tenants/vectors/keys/site-{i + 1}", fixed(f"wrapped:{i}:" + label, 77)) for i in range(keys)]
     context = context or {}
-    message = encrypt(data_key, message_id, context, wrapped, frame_length, plaintext, bad.get("commitment_key"))
+    message = encrypt(data_key, message_id, context, wrapped, frame_length, plaintext, bad.get("commitment_key"), associated_data)
     if "truncate" in bad:
         message = message[: bad["truncate"](message)]
     return {
@@ -99,6 +99,7 @@ def case(description, frame_length, plaintext, context=None, keys=1, **bad):
         "frame_length": frame_length,
         "context": context,
         "wrapped_keys": [{"key_name": n, "wrapped": b.hex()} for n, b in wrapped],
+        "associated_data": associated_data.hex(),
         "plaintext": plaintext.hex(),
         "message": message.hex(),
     }
@@ -119,6 +120,7 @@ VECTORS = [
          {"b": "2", "a": "1", "aa": "", "\u00e9t\u00e9": "summer", "\U0001F511": "key"}),
     case("two wrapped keys (multi-key envelope)", 64, pattern(100), {"site": "both"}, keys=2),
     case("default frame length", 65536, pattern(1000), {"table": "orders"}),
+    case("associated data (not carried in the message)", 64, pattern(70), {"table": "customers"}, associated_data=b"row 17"),
     case("commitment of another data key", 64, pattern(10), commitment_key=fixed("other", 32)),
     case("truncated: final frame removed", 64, pattern(130), truncate=lambda m: len(m) - 28 - 2),
 ]
