@@ -4,16 +4,23 @@ using Kms.Bench;
 
 // dotnet run -c Release --project bench/Kms.Bench -- micro [BenchmarkDotNet arguments]
 // dotnet run -c Release --project bench/Kms.Bench -- load [seconds per step] [concurrencies, comma-separated]
+// dotnet run -c Release --project bench/Kms.Bench -- envelope [BenchmarkDotNet arguments]
+// dotnet run -c Release --project bench/Kms.Bench -- envelope-stream [MiB]
 switch (args.FirstOrDefault())
 {
     case "micro":
         BenchmarkSwitcher.FromTypes([typeof(MicroBenchmarks)]).Run(args[1..]);
         return 0;
+    case "envelope":
+        BenchmarkSwitcher.FromTypes([typeof(EnvelopeBenchmarks)]).Run(args[1..]);
+        return 0;
+    case "envelope-stream":
+        return await EnvelopeStreamBench.RunAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1024);
     case "load":
         var seconds = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 5;
         var concurrencies = args.Length > 2 ? args[2].Split(',').Select(c => int.Parse(c, CultureInfo.InvariantCulture)).ToArray() : [1, 4, 16, 64];
         return await LoadGenerator.RunAsync(TimeSpan.FromSeconds(seconds), concurrencies);
     default:
-        Console.Error.WriteLine("usage: Kms.Bench micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64]");
+        Console.Error.WriteLine("usage: Kms.Bench micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] | envelope [BenchmarkDotNet args] | envelope-stream [MiB]");
         return 2;
 }

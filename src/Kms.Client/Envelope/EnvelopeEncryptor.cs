@@ -30,6 +30,7 @@ public sealed class EnvelopeEncryptor : IDisposable
     private readonly bool _trustAnyKey;
     private readonly int _frameLength;
     private readonly DataKeyCache? _cache;
+    private readonly string _cacheKeyPrefix;
 
     /// <summary>Envelopes whose data keys come from the Kms server behind <paramref name="client"/>.</summary>
     public EnvelopeEncryptor(KmsClient client, EnvelopeOptions options)
@@ -49,6 +50,7 @@ public sealed class EnvelopeEncryptor : IDisposable
         _trustAnyKey = options.TrustAnyKey;
         _frameLength = options.FrameLength;
         _cache = options.DataKeyCache is { } cacheOptions ? new DataKeyCache(cacheOptions) : null;
+        _cacheKeyPrefix = $"{EnvelopeFormat.Suite1:X4}|{string.Join('\n', _keyNames)}|";
     }
 
     internal DataKeyCache? Cache => _cache;
@@ -74,6 +76,40 @@ public sealed class EnvelopeEncryptor : IDisposable
         {
             CryptographicOperations.ZeroMemory(dataKey);
         }
+    }
+
+    /// <summary>
+    /// Encrypts a record into <paramref name="destination"/> (no allocation for the message);
+    /// returns the message's length. Size the destination with <see cref="GetMaxMessageLength"/>.
+    /// </summary>
+    /// <exception cref="ArgumentException">The destination is too small (nothing is written).</exception>
+    public async Task<int> EncryptAsync(ReadOnlyMemory<byte> plaintext, Memory<byte> destination, IReadOnlyDictionary<string, string>? encryptionContext = null, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
+    {
+        var context = encryptionContext ?? EnvelopeContext.Empty;
+        var encodedContext = EnvelopeContext.Encode(context);
+        var (dataKey, wrapped) = await GetMaterialsAsync(context, encodedContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            return EnvelopeMessage.SealInto(dataKey, RandomNumberGenerator.GetBytes(EnvelopeFormat.MessageIdLength), encodedContext, context, wrapped, _frameLength, plaintext.Span, associatedData.Span, destination.Span);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(dataKey);
+        }
+    }
+
+    /// <summary>
+    /// The most bytes a message of <paramref name="plaintextLength"/> under this encryptor's keys
+    /// and <paramref name="encryptionContext"/> can take (wrapped keys and key names counted at
+    /// their limits, so a little more than the message will need).
+    /// </summary>
+    public long GetMaxMessageLength(long plaintextLength, IReadOnlyDictionary<string, string>? encryptionContext = null)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(plaintextLength);
+        var header = EnvelopeFormat.FixedPrefixLength + EnvelopeContext.Encode(encryptionContext).Length + 1
+            + (_keyNames.Length * (2 + EnvelopeFormat.MaxKeyNameBytes + 2 + EnvelopeFormat.MaxWrappedKeyBytes))
+            + 4 + EnvelopeFormat.CommitmentLength + EnvelopeFormat.TagLength;
+        return EnvelopeFormat.MessageLength(header, plaintextLength, _frameLength);
     }
 
     /// <summary>Encrypts a record into one envelope message.</summary>
@@ -285,7 +321,7 @@ public sealed class EnvelopeEncryptor : IDisposable
 
         // One cache entry per (keys, context, suite); the KMS call it makes is shared by every
         // caller waiting on it, so it does not take any one caller's cancellation.
-        var cacheKey = $"{EnvelopeFormat.Suite1:X4}|{string.Join('\n', _keyNames)}|{Convert.ToHexString(SHA256.HashData(encodedContext))}";
+        var cacheKey = _cacheKeyPrefix + Convert.ToBase64String(encodedContext);
         return await _cache.LeaseForEncryptionAsync(cacheKey, plaintextLength, () => GenerateAsync(context, CancellationToken.None), cancellationToken).ConfigureAwait(false);
     }
 

@@ -72,29 +72,32 @@ internal static class EnvelopeFormat
 
     public static ReadOnlySpan<byte> Magic => "KMSE"u8;
 
-    private static ReadOnlySpan<byte> MessageKeyLabel => "KMSE v1 message key"u8;
-
-    private static ReadOnlySpan<byte> CommitmentLabel => "KMSE v1 key commitment"u8;
+    private static ReadOnlySpan<byte> DerivationLabel => "KMSE v1 key and commitment"u8;
 
     public static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
     /// <summary>
-    /// <c>K</c> and <c>C</c> from the data key and message id (HKDF-SHA512, salt = message id).
-    /// The caller zeroes <paramref name="messageKey"/> after use.
+    /// <c>K</c> and <c>C</c> from the data key and message id: HKDF-SHA512 with salt = message
+    /// id, one 64-byte expansion split in two. The caller zeroes <paramref name="messageKey"/>.
     /// </summary>
     public static void Derive(ReadOnlySpan<byte> dataKey, ReadOnlySpan<byte> messageId, Span<byte> messageKey, Span<byte> commitment)
     {
         Span<byte> prk = stackalloc byte[64];
-        Span<byte> info = stackalloc byte[CommitmentLabel.Length + 2];
+        Span<byte> okm = stackalloc byte[64];
+        Span<byte> info = stackalloc byte[DerivationLabel.Length + 2];
         try
         {
             HKDF.Extract(HashAlgorithmName.SHA512, dataKey, messageId, prk);
-            Expand(prk, MessageKeyLabel, info, messageKey);
-            Expand(prk, CommitmentLabel, info, commitment);
+            DerivationLabel.CopyTo(info);
+            BinaryPrimitives.WriteUInt16BigEndian(info[DerivationLabel.Length..], Suite1);
+            HKDF.Expand(HashAlgorithmName.SHA512, prk, okm, info);
+            okm[..32].CopyTo(messageKey);
+            okm[32..].CopyTo(commitment);
         }
         finally
         {
             CryptographicOperations.ZeroMemory(prk);
+            CryptographicOperations.ZeroMemory(okm);
         }
     }
 
@@ -119,13 +122,5 @@ internal static class EnvelopeFormat
         var regular = plaintextLength / frameLength;
         var rest = plaintextLength % frameLength;
         return headerLength + (regular * (RegularFramePrefix + frameLength + TagLength)) + FinalFramePrefix + rest + TagLength;
-    }
-
-    private static void Expand(ReadOnlySpan<byte> prk, ReadOnlySpan<byte> label, Span<byte> infoBuffer, Span<byte> output)
-    {
-        var info = infoBuffer[..(label.Length + 2)];
-        label.CopyTo(info);
-        BinaryPrimitives.WriteUInt16BigEndian(info[label.Length..], Suite1);
-        HKDF.Expand(HashAlgorithmName.SHA512, prk, output, info);
     }
 }

@@ -26,7 +26,38 @@ internal static class EnvelopeMessage
         }
 
         var message = GC.AllocateUninitializedArray<byte>((int)length);
-        var output = message.AsSpan();
+        Write(cipher, header, plaintext, associatedData, message);
+        return message;
+    }
+
+    /// <summary>The whole message written into <paramref name="destination"/>; its length.</summary>
+    /// <exception cref="ArgumentException"><paramref name="destination"/> is too small (nothing is written).</exception>
+    public static int SealInto(
+        ReadOnlySpan<byte> dataKey,
+        byte[] messageId,
+        byte[] encodedContext,
+        IReadOnlyDictionary<string, string> context,
+        IReadOnlyList<WrappedDataKey> wrappedKeys,
+        int frameLength,
+        ReadOnlySpan<byte> plaintext,
+        ReadOnlySpan<byte> associatedData,
+        Span<byte> destination)
+    {
+        using var cipher = FrameCipher.ForWriting(dataKey, messageId, out var commitment);
+        var header = new EnvelopeHeader(messageId, encodedContext, context, wrappedKeys, frameLength, commitment);
+        var length = EnvelopeFormat.MessageLength(header.Length, plaintext.Length, frameLength);
+        if (length > destination.Length)
+        {
+            throw new ArgumentException($"the destination holds {destination.Length} bytes; this message needs {length}", nameof(destination));
+        }
+
+        Write(cipher, header, plaintext, associatedData, destination);
+        return (int)length;
+    }
+
+    private static void Write(FrameCipher cipher, EnvelopeHeader header, ReadOnlySpan<byte> plaintext, ReadOnlySpan<byte> associatedData, Span<byte> output)
+    {
+        var frameLength = header.FrameLength;
         header.WriteBody(output);
         cipher.SealHeader(output[..header.BodyLength], associatedData, output.Slice(header.BodyLength, EnvelopeFormat.TagLength));
         var offset = header.Length;
@@ -44,7 +75,6 @@ internal static class EnvelopeMessage
         WriteFinalPrefix(output[offset..], sequence, plaintext.Length);
         offset += EnvelopeFormat.FinalFramePrefix;
         cipher.Seal(EnvelopeFormat.FinalFrameType, sequence, plaintext, output.Slice(offset, plaintext.Length), output.Slice(offset + plaintext.Length, EnvelopeFormat.TagLength));
-        return message;
     }
 
     public static void WriteFinalPrefix(Span<byte> destination, uint sequence, int contentLength)

@@ -63,8 +63,9 @@ public sealed class EnvelopeIndependentCheckTests
         var headerTag = message[offset..(offset + 16)];
         offset += 16;
 
-        var key = Hkdf(dataKey, messageId, "KMSE v1 message key");
-        Assert.Equal(Hkdf(dataKey, messageId, "KMSE v1 key commitment"), commitment);
+        var okm = Hkdf(dataKey, messageId, "KMSE v1 key and commitment");
+        var key = okm[..32];
+        Assert.Equal(okm[32..], commitment);
         Assert.Empty(Gcm(key, Iv(0), headerBody, headerTag));
 
         var output = new MemoryStream();
@@ -112,8 +113,8 @@ public sealed class EnvelopeIndependentCheckTests
         var info = Encoding.ASCII.GetBytes(label).Concat(new byte[] { 0x00, 0x01 }).ToArray();
         var hkdf = new HkdfBytesGenerator(new Sha512Digest());
         hkdf.Init(new HkdfParameters(dataKey, salt, info));
-        var output = new byte[32];
-        hkdf.GenerateBytes(output, 0, 32);
+        var output = new byte[64];
+        hkdf.GenerateBytes(output, 0, 64);
         return output;
     }
 

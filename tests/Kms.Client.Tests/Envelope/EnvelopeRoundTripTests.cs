@@ -71,6 +71,33 @@ public sealed class EnvelopeRoundTripTests
         Assert.Equal(Context, reader.EncryptionContext);
     }
 
+    [Theory]
+    [MemberData(nameof(Sizes))]
+    public async Task EncryptIntoDestination_SameMessageLayout_AndDecrypts(int size)
+    {
+        using var encryptor = NewEncryptor(out _);
+        var plaintext = Data(size);
+        var destination = new byte[encryptor.GetMaxMessageLength(size, Context)];
+
+        var written = await encryptor.EncryptAsync(plaintext, destination.AsMemory(), Context);
+
+        Assert.Equal((await encryptor.EncryptAsync(plaintext, Context)).Length, written);
+        Assert.InRange(destination.Length - written, 0, 2 * 1024);
+        Assert.Equal(plaintext, await encryptor.DecryptAsync(destination.AsMemory(0, written), Context));
+    }
+
+    [Fact]
+    public async Task EncryptIntoDestination_TooSmall_RefusedNamingTheSize()
+    {
+        using var encryptor = NewEncryptor(out _);
+        var destination = new byte[100];
+
+        var e = await Assert.ThrowsAsync<ArgumentException>(() => encryptor.EncryptAsync(Data(10), destination.AsMemory()));
+
+        Assert.Contains("needs", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(destination, b => b != 0);
+    }
+
     [Fact]
     public async Task EncryptingStream_DisposedWithoutComplete_LeavesAMessageEveryReaderRejects()
     {

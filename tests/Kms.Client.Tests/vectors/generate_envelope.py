@@ -37,12 +37,8 @@ def derive(data_key: bytes, message_id: bytes):
     h = HMAC(message_id, hashes.SHA512())  # HKDF-Extract(salt = message id, IKM = data key)
     h.update(data_key)
     prk = h.finalize()
-    suite = struct.pack(">H", SUITE)
-
-    def expand(info: bytes) -> bytes:
-        return HKDFExpand(hashes.SHA512(), 32, info + suite).derive(prk)
-
-    return expand(b"KMSE v1 message key"), expand(b"KMSE v1 key commitment")
+    okm = HKDFExpand(hashes.SHA512(), 64, b"KMSE v1 key and commitment" + struct.pack(">H", SUITE)).derive(prk)
+    return okm[:32], okm[32:]
 
 
 def header_body(message_id, context, wrapped, frame_length, commitment) -> bytes:
