@@ -33,7 +33,8 @@ namespace Kms.Client;
 /// deadline unless it brings one (unary calls), and goes to the next endpoint believed
 /// healthy, round-robin. Only UNAVAILABLE is retried, because only UNAVAILABLE says the call
 /// was not carried out: the server answers it when it did nothing (HSM or database down,
-/// load shed), the transport when no connection could be made or it broke. A broken
+/// load shed), the transport when no connection could be made (refused, or not made within
+/// the connect timeout: half of CallTimeout, at most 5 s) or it broke. A broken
 /// connection may have lost the answer to a call the server did carry out, so after one
 /// the client sends a call again only if a repeat is harmless: reads and cryptographic
 /// operations; mutations that set a state (enable, disable, update, revoke); and mutations
@@ -56,7 +57,7 @@ namespace Kms.Client;
 /// </remarks>
 public sealed partial class KmsClient : IDisposable
 {
-    // Half the call's deadline, so that an endpoint that swallows connection attempts is
+    // Half of CallTimeout, so that an endpoint that swallows connection attempts is
     // given up in time to try another; never more than this.
     private static readonly TimeSpan MaxConnectTimeout = TimeSpan.FromSeconds(5);
 

@@ -140,15 +140,15 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
                 _pool.MarkUp(endpoint, "a call succeeded");
                 return result;
             }
-            catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
+            catch (RpcException e) when (RetrySafety.AsUnavailable(e, cancellationToken) is { } failure)
             {
-                _pool.MarkDown(endpoint, method.FullName, e);
-                if (number >= _maxAttempts || !RetrySafety.MayRetry(method, request, e))
+                _pool.MarkDown(endpoint, method.FullName, failure);
+                if (number >= _maxAttempts || !RetrySafety.MayRetry(method, request, failure))
                 {
-                    throw;
+                    ExceptionDispatchInfo.Throw(failure);
                 }
 
-                last = e;
+                last = failure;
                 (tried ??= []).Add(endpoint);
             }
         }

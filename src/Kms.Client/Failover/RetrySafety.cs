@@ -9,7 +9,8 @@ namespace Kms.Client.Failover;
 /// Which failed calls may be sent again. Only UNAVAILABLE is ever retried: the server
 /// answers it when it did nothing (HSM or database down, shedding load — "a failed request
 /// changes nothing"), and the transport answers it when a connection could not be made or
-/// broke. In the last case the server may have applied the call before the answer was lost,
+/// broke (a connect timeout, which the HTTP stack reports as a cancellation, is taken as
+/// UNAVAILABLE too). In the last case the server may have applied the call before the answer was lost,
 /// so a call is sent again after such a failure only if repeating it is harmless:
 /// <list type="bullet">
 /// <item>reads and cryptographic operations (a repeat changes no state);</item>
@@ -30,7 +31,8 @@ internal static class RetrySafety
     /// <summary>The request field that makes a mutation idempotent server-side.</summary>
     public const string RequestIdField = "request_id";
 
-    private static readonly HashSet<string> Repeatable =
+    /// <summary>Methods a repeat of which is harmless without a request id.</summary>
+    internal static readonly HashSet<string> Repeatable =
     [
         .. Methods("kms.v1.KeyManagementService",
             "GetKey", "ListKeys", "Encrypt", "Decrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext",
@@ -60,6 +62,35 @@ internal static class RetrySafety
     public static bool IsRepeatable(IMethod method, object request) =>
         Repeatable.Contains(method.FullName)
         || (request is IMessage message && RequestId(message.Descriptor) is { } field && !string.IsNullOrEmpty((string)field.Accessor.GetValue(message)));
+
+    /// <summary>
+    /// The failure as UNAVAILABLE when it is one: UNAVAILABLE itself, or a connection attempt
+    /// that timed out, which the HTTP stack reports as a cancellation nobody asked for
+    /// (<paramref name="callToken"/> is not cancelled); null for any other failure.
+    /// </summary>
+    public static RpcException? AsUnavailable(RpcException failure, CancellationToken callToken)
+    {
+        if (failure.StatusCode == StatusCode.Unavailable)
+        {
+            return failure;
+        }
+
+        if (failure.StatusCode != StatusCode.Cancelled || callToken.IsCancellationRequested)
+        {
+            return null;
+        }
+
+        for (var e = failure.Status.DebugException; e is not null; e = e.InnerException)
+        {
+            if (e is TimeoutException)
+            {
+                var connectTimeout = new HttpRequestException(HttpRequestError.ConnectionError, e.Message, failure.Status.DebugException);
+                return new RpcException(new Status(StatusCode.Unavailable, "no connection: " + e.Message, connectTimeout));
+            }
+        }
+
+        return null;
+    }
 
     /// <summary>
     /// True when the transport says the request was never sent: the connection, the name
