@@ -71,7 +71,8 @@ public sealed class KmsClientOptions
 
     /// <summary>
     /// Interceptors run on every attempt of every call (a retried call passes them once per
-    /// attempt), innermost last; e.g. for tracing. Health probes do not pass them.
+    /// attempt), the first outermost; e.g. for tracing. They run before the API token is
+    /// added, so they never see it. Health probes do not pass them.
     /// </summary>
     public IList<Interceptor> Interceptors { get; } = [];
 
