@@ -6,110 +6,99 @@ using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Core.Interceptors;
 using Grpc.Net.Client;
+using Kms.Client.Failover;
 using Kms.Contracts.V1;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Kms.Client;
 
 /// <summary>
-/// Typed, async client of kms.v1 over gRPC with TLS 1.3. Thread-safe; create one per
-/// process and reuse it (it owns one HTTP/2 connection pool).
+/// Typed, async client of kms.v1 over gRPC with TLS 1.3, spread over one or more endpoints
+/// with failover. Thread-safe; create one per process and reuse it (it owns one HTTP/2
+/// connection pool per endpoint), or register it with
+/// <c>services.AddKmsClient(...)</c>.
 /// </summary>
 /// <remarks>
+/// <para>
 /// Failures surface as <see cref="RpcException"/> with the server's status: INVALID_ARGUMENT
 /// (a field; for ciphertexts the opaque "decryption failed"), NOT_FOUND, FAILED_PRECONDITION,
 /// UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED (a tenant quota: wait for the
-/// RetryInfo delay), UNAVAILABLE (retryable). Secrets returned (<see cref="DataKey"/>, <see cref="DecryptedData"/>)
-/// are zeroed on dispose.
+/// RetryInfo delay), UNAVAILABLE (every endpoint tried failed), DEADLINE_EXCEEDED. Secrets
+/// returned (<see cref="DataKey"/>, <see cref="DecryptedData"/>) are zeroed on dispose.
+/// </para>
+/// <para>
+/// Every call — the typed methods, <see cref="Raw"/>, <see cref="Access"/> and
+/// <see cref="Audit"/> alike — gets <see cref="KmsClientOptions.CallTimeout"/> as its
+/// deadline unless it brings one (unary calls), and goes to the next endpoint believed
+/// healthy, round-robin. Only UNAVAILABLE is retried, because only UNAVAILABLE says the call
+/// was not carried out: the server answers it when it did nothing (HSM or database down,
+/// load shed), the transport when no connection could be made (refused, or not made within
+/// the connect timeout: half of CallTimeout, at most 5 s) or it broke. A broken
+/// connection may have lost the answer to a call the server did carry out, so after one
+/// the client sends a call again only if a repeat is harmless: reads and cryptographic
+/// operations; mutations that set a state (enable, disable, update, revoke); and mutations
+/// with a <c>request_id</c>, which the server applies once per id — the client fills an
+/// empty id once per call (the typed methods generate it before the first attempt), so every
+/// attempt carries the same one. Other creations (CreateGrant, CreateApiToken, CreateTenant,
+/// CreatePrincipal, Bootstrap) are sent again only when the first attempt never reached a
+/// server. Everything else — DEADLINE_EXCEEDED (the server may still be working on it),
+/// RESOURCE_EXHAUSTED (more calls make it worse), CANCELLED, errors about the request — is
+/// returned at once. Retries stop at <see cref="KmsRetryOptions.MaxAttempts"/>, and before
+/// any wait that would outlast the deadline (the last UNAVAILABLE is returned then).
+/// A server-streaming call (ExportAudit) is retried only until its first message arrives.
+/// </para>
+/// <para>
+/// An endpoint that fails UNAVAILABLE is skipped by later calls until a grpc.health.v1
+/// probe (every <see cref="KmsClientOptions.HealthCheckInterval"/>, while the client is in
+/// use) finds it SERVING. When every endpoint is down the client still tries one, the
+/// least recently failed, rather than failing without trying.
+/// </para>
 /// </remarks>
-public sealed class KmsClient : IDisposable
+public sealed partial class KmsClient : IDisposable
 {
-    private readonly GrpcChannel _channel;
+    // Half of CallTimeout, so that an endpoint that swallows connection attempts is
+    // given up in time to try another; never more than this.
+    private static readonly TimeSpan MaxConnectTimeout = TimeSpan.FromSeconds(5);
+
+    private readonly FailoverCallInvoker _invoker;
     private readonly KeyManagementService.KeyManagementServiceClient _stub;
-    private readonly TimeSpan _timeout;
     private readonly X509Certificate2? _ownedCa;
 
-    /// <summary>Connects to <see cref="KmsClientOptions.Endpoint"/>, trusting the configured CA.</summary>
+    /// <summary>Connects to the configured endpoints, trusting the configured CA.</summary>
+    /// <exception cref="ArgumentException">An option is invalid; the message says which.</exception>
     public KmsClient(KmsClientOptions options)
+        : this(options, null)
     {
-        ArgumentNullException.ThrowIfNull(options);
-        if (options.Endpoint.Scheme != Uri.UriSchemeHttps)
-        {
-            throw new ArgumentException("the KMS endpoint must be https", nameof(options));
-        }
-
-        var ca = options.CaCertificate;
-        if (ca is null && options.CaCertificatePath is { } path)
-        {
-            ca = _ownedCa = X509Certificate2.CreateFromPem(File.ReadAllText(path));
-        }
-
-        var token = options.ApiToken ?? (options.ApiTokenPath is { } tokenPath ? File.ReadAllText(tokenPath).Trim() : null);
-        if (token is not null && options.ClientCertificate is not null)
-        {
-            throw new ArgumentException("use an API token or a client certificate, not both: the server refuses calls that carry both", nameof(options));
-        }
-
-        var ssl = new SslClientAuthenticationOptions { EnabledSslProtocols = SslProtocols.Tls13 };
-        if (options.ClientCertificate is { } clientCertificate)
-        {
-            ssl.ClientCertificates = [clientCertificate];
-        }
-
-        if (ca is not null)
-        {
-            ssl.CertificateChainPolicy = new X509ChainPolicy
-            {
-                TrustMode = X509ChainTrustMode.CustomRootTrust,
-                RevocationMode = X509RevocationMode.NoCheck,
-                CustomTrustStore = { ca },
-            };
-        }
-
-        var handler = new SocketsHttpHandler
-        {
-            SslOptions = ssl,
-            EnableMultipleHttp2Connections = true,
-            PooledConnectionIdleTimeout = TimeSpan.FromMinutes(5),
-        };
-        _channel = GrpcChannel.ForAddress(options.Endpoint, new GrpcChannelOptions { HttpHandler = handler, DisposeHttpClient = true });
-        var invoker = token is null
-            ? _channel.CreateCallInvoker()
-            : _channel.Intercept(metadata =>
-            {
-                metadata.Add("authorization", "Bearer " + token);
-                return metadata;
-            });
-        _stub = new KeyManagementService.KeyManagementServiceClient(invoker);
-        Access = new AccessManagementService.AccessManagementServiceClient(invoker);
-        Audit = new AuditService.AuditServiceClient(invoker);
-        _timeout = options.CallTimeout;
     }
 
-    /// <summary>The generated stub, for calls this wrapper does not cover yet.</summary>
+    /// <summary>Connects to the configured endpoints, logging failovers to <paramref name="loggerFactory"/>.</summary>
+    /// <exception cref="ArgumentException">An option is invalid; the message says which.</exception>
+    public KmsClient(KmsClientOptions options, ILoggerFactory? loggerFactory)
+        : this(Connect(options, loggerFactory, TimeProvider.System, Random.Shared.NextDouble))
+    {
+    }
+
+    internal KmsClient(Connection connection)
+    {
+        _invoker = connection.Invoker;
+        _ownedCa = connection.OwnedCa;
+        _stub = new KeyManagementService.KeyManagementServiceClient(_invoker);
+        Access = new AccessManagementService.AccessManagementServiceClient(_invoker);
+        Audit = new AuditService.AuditServiceClient(_invoker);
+    }
+
+    /// <summary>The key-management stub, for calls the typed methods do not cover; with this client's credential, deadline and failover.</summary>
     public KeyManagementService.KeyManagementServiceClient Raw => _stub;
 
-    /// <summary>The access-management stub (tenants, principals, tokens, role bindings), with this client's credential.</summary>
+    /// <summary>The access-management stub (tenants, principals, tokens, role bindings), with this client's credential, deadline and failover.</summary>
     public AccessManagementService.AccessManagementServiceClient Access { get; }
 
     /// <summary>The audit log (auditors, security officers): list, checkpoint, signing key, export.</summary>
     public AuditService.AuditServiceClient Audit { get; }
 
-    /// <summary>
-    /// Writes the audit export (JSON lines) to <paramref name="destination"/>, for
-    /// <see cref="Audit.AuditVerifier"/> or the CLI to check offline.
-    /// </summary>
-    public async Task ExportAuditAsync(TextWriter destination, long fromSequence = 0, CancellationToken cancellationToken = default)
-    {
-        ArgumentNullException.ThrowIfNull(destination);
-        using var call = Audit.ExportAudit(new ExportAuditRequest { FromSequence = fromSequence }, cancellationToken: cancellationToken);
-        while (await call.ResponseStream.MoveNext(cancellationToken))
-        {
-            foreach (var line in call.ResponseStream.Current.Lines)
-            {
-                await destination.WriteLineAsync(line.AsMemory(), cancellationToken);
-            }
-        }
-    }
+    /// <summary>The endpoints and their believed health (for tests).</summary>
+    internal EndpointPool Endpoints => _invoker.Pool;
 
     /// <summary>
     /// Creates a key. A <paramref name="requestId"/> is generated when none is given, so a
@@ -127,7 +116,7 @@ public sealed class KmsClient : IDisposable
         AddAll(key.Labels, labels);
 
         var response = await _stub.CreateKeyAsync(
-            new CreateKeyRequest { Parent = parent, KeyId = keyId, Key = key, RequestId = requestId ?? Guid.NewGuid().ToString() },
+            new CreateKeyRequest { Parent = parent, KeyId = keyId, Key = key, RequestId = requestId ?? RetrySafety.NewRequestId() },
             Options(cancellationToken)).ConfigureAwait(false);
         return response.Key;
     }
@@ -137,23 +126,14 @@ public sealed class KmsClient : IDisposable
         (await _stub.GetKeyAsync(new GetKeyRequest { Name = name }, Options(cancellationToken)).ConfigureAwait(false)).Key;
 
     /// <summary>Every key of a tenant, fetched page by page as the enumeration proceeds.</summary>
-    public async IAsyncEnumerable<Key> ListKeysAsync(string parent, int pageSize = 0, [EnumeratorCancellation] CancellationToken cancellationToken = default)
-    {
-        var token = "";
-        do
-        {
-            var page = await _stub.ListKeysAsync(
-                new ListKeysRequest { Parent = parent, PageSize = pageSize, PageToken = token },
-                Options(cancellationToken)).ConfigureAwait(false);
-            foreach (var key in page.Keys)
+    public IAsyncEnumerable<Key> ListKeysAsync(string parent, int pageSize = 0, CancellationToken cancellationToken = default) =>
+        PagesAsync<Key>(
+            async (token, ct) =>
             {
-                yield return key;
-            }
-
-            token = page.NextPageToken;
-        }
-        while (token.Length > 0);
-    }
+                var page = await _stub.ListKeysAsync(new ListKeysRequest { Parent = parent, PageSize = pageSize, PageToken = token }, Options(ct)).ConfigureAwait(false);
+                return (page.Keys, page.NextPageToken);
+            },
+            cancellationToken);
 
     /// <summary>Encrypts up to 64 KiB under the key's primary version.</summary>
     public async Task<EncryptedData> EncryptAsync(
@@ -206,7 +186,7 @@ public sealed class KmsClient : IDisposable
 
     /// <summary>Creates a new primary version of a key (older versions still decrypt).</summary>
     public async Task<Key> RotateKeyAsync(string keyName, string? requestId = null, CancellationToken cancellationToken = default) =>
-        (await _stub.RotateKeyAsync(new RotateKeyRequest { Name = keyName, RequestId = requestId ?? Guid.NewGuid().ToString() }, Options(cancellationToken)).ConfigureAwait(false)).Key;
+        (await _stub.RotateKeyAsync(new RotateKeyRequest { Name = keyName, RequestId = requestId ?? RetrySafety.NewRequestId() }, Options(cancellationToken)).ConfigureAwait(false)).Key;
 
     /// <summary>Moves a ciphertext under the destination key's primary version (and a new context) without exposing its plaintext.</summary>
     public async Task<ReEncryptResponse> ReEncryptAsync(
@@ -229,12 +209,118 @@ public sealed class KmsClient : IDisposable
     /// <summary>Closes the connections.</summary>
     public void Dispose()
     {
-        _channel.Dispose();
+        _invoker.Dispose();
         _ownedCa?.Dispose();
     }
 
-    private CallOptions Options(CancellationToken cancellationToken) =>
-        new(deadline: DateTime.UtcNow + _timeout, cancellationToken: cancellationToken);
+    /// <summary>The channels and failover machinery behind a client, and the CA it loaded (disposed with it).</summary>
+    internal readonly record struct Connection(FailoverCallInvoker Invoker, X509Certificate2? OwnedCa);
+
+    /// <summary>Validates the options and opens one channel per endpoint.</summary>
+    internal static Connection Connect(KmsClientOptions options, ILoggerFactory? loggerFactory, TimeProvider time, Func<double> unitRandom)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var addresses = options.Validate(nameof(options));
+
+        X509Certificate2? ownedCa = null;
+        try
+        {
+            var ca = options.CaCertificate;
+            if (ca is null && options.CaCertificatePath is { } path)
+            {
+                ca = ownedCa = X509Certificate2.CreateFromPem(File.ReadAllText(path));
+            }
+
+            var token = options.ApiToken ?? (options.ApiTokenPath is { } tokenPath ? File.ReadAllText(tokenPath).Trim() : null);
+            var logger = loggerFactory?.CreateLogger<KmsClient>() ?? (ILogger)NullLogger.Instance;
+            var probeTimeout = options.HealthCheckInterval < options.CallTimeout ? options.HealthCheckInterval : options.CallTimeout;
+            var pool = new EndpointPool(addresses.Select(a => Open(a, options, ca, token)), time, options.HealthCheckInterval, probeTimeout, logger);
+            var retry = options.Retry;
+            var invoker = new FailoverCallInvoker(pool, retry.MaxAttempts, new Backoff(retry.BaseBackoff, retry.MaxBackoff, unitRandom), options.CallTimeout, time, logger);
+            return new Connection(invoker, ownedCa);
+        }
+        catch
+        {
+            ownedCa?.Dispose();
+            throw;
+        }
+    }
+
+    private static KmsEndpoint Open(Uri address, KmsClientOptions options, X509Certificate2? ca, string? token)
+    {
+        var ssl = new SslClientAuthenticationOptions { EnabledSslProtocols = SslProtocols.Tls13 };
+        if (options.ClientCertificate is { } clientCertificate)
+        {
+            ssl.ClientCertificates = [clientCertificate];
+        }
+
+        if (ca is not null)
+        {
+            ssl.CertificateChainPolicy = new X509ChainPolicy
+            {
+                TrustMode = X509ChainTrustMode.CustomRootTrust,
+                RevocationMode = X509RevocationMode.NoCheck,
+                CustomTrustStore = { ca },
+            };
+        }
+
+        var halfDeadline = options.CallTimeout / 2;
+        var handler = new SocketsHttpHandler
+        {
+            SslOptions = ssl,
+            EnableMultipleHttp2Connections = true,
+            PooledConnectionIdleTimeout = TimeSpan.FromMinutes(5),
+            ConnectTimeout = halfDeadline < MaxConnectTimeout ? (halfDeadline > TimeSpan.Zero ? halfDeadline : TimeSpan.FromTicks(1)) : MaxConnectTimeout,
+        };
+
+        // An HttpClient, not a handler: given a handler, the channel runs its own subchannel
+        // that reconnects to a dead address in the background, forever. Here the failover
+        // layer decides when an endpoint is tried, so connections are made only for calls
+        // and health probes.
+        var channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions
+        {
+            HttpClient = new HttpClient(handler) { Timeout = Timeout.InfiniteTimeSpan },
+            DisposeHttpClient = true,
+        });
+        var probes = channel.CreateCallInvoker();
+        var calls = token is null ? probes : probes.Intercept(metadata => WithBearer(metadata, token));
+        return new KmsEndpoint(address, calls.Intercept([.. options.Interceptors]), probes, channel);
+    }
+
+    // A copy: the interceptor is handed the caller's own headers, and every attempt of a
+    // retried call passes here again.
+    private static Metadata WithBearer(Metadata headers, string token)
+    {
+        var copy = new Metadata();
+        foreach (var entry in headers)
+        {
+            copy.Add(entry);
+        }
+
+        copy.Add("authorization", "Bearer " + token);
+        return copy;
+    }
+
+    // The deadline comes from the invoker: every stub shares it.
+    private static CallOptions Options(CancellationToken cancellationToken) => new(cancellationToken: cancellationToken);
+
+    private static async IAsyncEnumerable<T> PagesAsync<T>(
+        Func<string, CancellationToken, Task<(IEnumerable<T> Items, string NextPageToken)>> fetch,
+        [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        var token = "";
+        do
+        {
+            var (items, next) = await fetch(token, cancellationToken).ConfigureAwait(false);
+            foreach (var item in items)
+            {
+                yield return item;
+            }
+
+            token = next;
+        }
+        while (token.Length > 0);
+    }
 
     private static void AddAll(Google.Protobuf.Collections.MapField<string, string> target, IReadOnlyDictionary<string, string>? entries)
     {

@@ -1,16 +1,40 @@
 using System.Security.Cryptography.X509Certificates;
+using Grpc.Core.Interceptors;
 
 namespace Kms.Client;
 
-/// <summary>Where the KMS is and which CA vouches for it.</summary>
+/// <summary>Where the KMS is, which CA vouches for it, how the client authenticates, and how it rides out failures.</summary>
+/// <remarks>
+/// Bindable from configuration (<c>services.AddKmsClient(configuration.GetSection("Kms"))</c>):
+/// <c>Endpoints:0</c>, <c>Endpoints:1</c>, <c>CaCertificatePath</c>, <c>ApiTokenPath</c>,
+/// <c>CallTimeout</c> (<c>00:00:30</c>), <c>Retry:MaxAttempts</c> and the rest. Certificates
+/// and interceptors are objects: set them in code.
+/// </remarks>
 public sealed class KmsClientOptions
 {
-    /// <summary>The server, e.g. <c>https://127.0.0.1:8443</c>. Only https is accepted.</summary>
-    public Uri Endpoint { get; set; } = new("https://127.0.0.1:8443");
+    /// <summary>The server used when neither <see cref="Endpoint"/> nor <see cref="Endpoints"/> is set (dev mode's address).</summary>
+    public static readonly Uri DefaultEndpoint = new("https://127.0.0.1:8443");
+
+    /// <summary>Longest <see cref="CallTimeout"/> accepted.</summary>
+    public static readonly TimeSpan MaxCallTimeout = TimeSpan.FromDays(1);
 
     /// <summary>
-    /// PEM file of the CA that issued the server's certificate (dev mode: <c>.kms/tls/ca.crt</c>).
-    /// When set, only this CA is trusted for the server; when null, the system's trust store is used.
+    /// One server, e.g. <c>https://127.0.0.1:8443</c>: shorthand for <see cref="Endpoints"/>
+    /// with a single entry. Set one or the other. Only https is accepted.
+    /// </summary>
+    public Uri? Endpoint { get; set; }
+
+    /// <summary>
+    /// The servers (e.g. one per site), each an absolute https URI. Calls go round-robin to
+    /// those believed healthy; one that fails UNAVAILABLE is skipped until a health check
+    /// finds it serving again. Neither this nor <see cref="Endpoint"/> set:
+    /// <see cref="DefaultEndpoint"/>.
+    /// </summary>
+    public IList<Uri> Endpoints { get; set; } = [];
+
+    /// <summary>
+    /// PEM file of the CA that issued the servers' certificates (dev mode: <c>.kms/tls/ca.crt</c>).
+    /// When set, only this CA is trusted for the servers; when null, the system's trust store is used.
     /// </summary>
     public string? CaCertificatePath { get; set; }
 
@@ -29,6 +53,73 @@ public sealed class KmsClientOptions
     /// <summary>Client certificate with its private key, for mTLS.</summary>
     public X509Certificate2? ClientCertificate { get; set; }
 
-    /// <summary>Deadline of each call.</summary>
+    /// <summary>
+    /// Deadline of a unary call that was given none, over all its attempts (retries wait only
+    /// while the next attempt can still start before it). Streaming calls get no default
+    /// deadline. At most <see cref="MaxCallTimeout"/>.
+    /// </summary>
     public TimeSpan CallTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>How calls that failed UNAVAILABLE are sent again.</summary>
+    public KmsRetryOptions Retry { get; set; } = new();
+
+    /// <summary>
+    /// How often an endpoint taken out after a failure is probed (grpc.health.v1 Check, no
+    /// credential) to bring it back. Probes are sent only while the client is making calls.
+    /// </summary>
+    public TimeSpan HealthCheckInterval { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// Interceptors run on every attempt of every call (a retried call passes them once per
+    /// attempt), the first outermost; e.g. for tracing. They run before the API token is
+    /// added, so they never see it. Health probes do not pass them.
+    /// </summary>
+    public IList<Interceptor> Interceptors { get; } = [];
+
+    /// <summary>The endpoints to use, checked.</summary>
+    /// <exception cref="ArgumentException">A setting is out of range or two settings contradict each other; the message says which.</exception>
+    internal IReadOnlyList<Uri> Validate(string paramName)
+    {
+        var listed = Endpoints ?? [];
+        if (Endpoint is { } single && listed.Count > 0 && !(listed.Count == 1 && listed[0] == single))
+        {
+            throw Invalid($"set Endpoint or Endpoints, not both (Endpoint {single}; Endpoints {string.Join(", ", listed)})", paramName);
+        }
+
+        IReadOnlyList<Uri> endpoints = listed.Count > 0 ? [.. listed] : [Endpoint ?? DefaultEndpoint];
+        for (var i = 0; i < endpoints.Count; i++)
+        {
+            var endpoint = endpoints[i] ?? throw Invalid($"endpoint {i} is null", paramName);
+            if (!endpoint.IsAbsoluteUri || endpoint.Scheme != Uri.UriSchemeHttps)
+            {
+                throw Invalid($"the KMS endpoint must be an absolute https URI: '{endpoint}' is not", paramName);
+            }
+
+            if (endpoints.Take(i).Any(earlier => earlier == endpoint))
+            {
+                throw Invalid($"the KMS endpoint {endpoint} is listed twice", paramName);
+            }
+        }
+
+        if (CallTimeout <= TimeSpan.Zero || CallTimeout > MaxCallTimeout)
+        {
+            throw Invalid($"CallTimeout must be positive and at most {MaxCallTimeout}; it is {CallTimeout}", paramName);
+        }
+
+        if (HealthCheckInterval <= TimeSpan.Zero)
+        {
+            throw Invalid($"HealthCheckInterval must be positive; it is {HealthCheckInterval}", paramName);
+        }
+
+        (Retry ?? throw Invalid("Retry must not be null", paramName)).Validate(paramName);
+
+        if ((ApiToken is not null || ApiTokenPath is not null) && ClientCertificate is not null)
+        {
+            throw Invalid("use an API token or a client certificate, not both: the server refuses calls that carry both", paramName);
+        }
+
+        return endpoints;
+    }
+
+    internal static ArgumentException Invalid(string message, string paramName) => new(message, paramName);
 }

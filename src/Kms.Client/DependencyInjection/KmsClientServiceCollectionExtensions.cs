@@ -1,0 +1,54 @@
+using Kms.Client;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace Microsoft.Extensions.DependencyInjection;
+
+/// <summary>Registers <see cref="KmsClient"/> in a service collection.</summary>
+public static class KmsClientServiceCollectionExtensions
+{
+    /// <summary>
+    /// Registers one <see cref="KmsClient"/> for the container (a singleton: it holds the
+    /// connections), configured by <paramref name="configure"/>, created on first use and
+    /// disposed with the container. Failovers are logged through the container's
+    /// <see cref="ILoggerFactory"/> when it has one.
+    /// </summary>
+    /// <exception cref="ArgumentException">On first resolution, when an option is invalid; the message says which.</exception>
+    public static IServiceCollection AddKmsClient(this IServiceCollection services, Action<KmsClientOptions> configure)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        ArgumentNullException.ThrowIfNull(configure);
+        services.AddOptions<KmsClientOptions>().Configure(configure);
+        return AddClient(services);
+    }
+
+    /// <summary>
+    /// Like <see cref="AddKmsClient(IServiceCollection, Action{KmsClientOptions})"/>, with the
+    /// options bound from <paramref name="configuration"/> (e.g. <c>configuration.GetSection("Kms")</c>:
+    /// <c>Endpoints:0</c>, <c>CaCertificatePath</c>, <c>ApiTokenPath</c>, <c>CallTimeout</c>,
+    /// <c>Retry:MaxAttempts</c>, …), then adjusted by <paramref name="configure"/> if given
+    /// (certificates, interceptors).
+    /// </summary>
+    public static IServiceCollection AddKmsClient(this IServiceCollection services, IConfiguration configuration, Action<KmsClientOptions>? configure = null)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        ArgumentNullException.ThrowIfNull(configuration);
+        var options = services.AddOptions<KmsClientOptions>().Bind(configuration);
+        if (configure is not null)
+        {
+            options.Configure(configure);
+        }
+
+        return AddClient(services);
+    }
+
+    private static IServiceCollection AddClient(IServiceCollection services)
+    {
+        services.TryAddSingleton(provider => new KmsClient(
+            provider.GetRequiredService<IOptions<KmsClientOptions>>().Value,
+            provider.GetService<ILoggerFactory>()));
+        return services;
+    }
+}

@@ -1,0 +1,16 @@
+using Microsoft.Extensions.Logging;
+
+namespace Kms.Client.Failover;
+
+/// <summary>The client's log events (ids 3001–3099, catalogued in docs/observability.md). Addresses and status codes only: never request data.</summary>
+internal static partial class ClientLog
+{
+    [LoggerMessage(EventId = 3001, Level = LogLevel.Warning, Message = "KMS endpoint {Endpoint} marked down after {Method} failed UNAVAILABLE: {Detail}")]
+    public static partial void EndpointDown(ILogger logger, Uri endpoint, string method, string detail);
+
+    [LoggerMessage(EventId = 3002, Level = LogLevel.Information, Message = "KMS endpoint {Endpoint} is back ({Evidence})")]
+    public static partial void EndpointUp(ILogger logger, Uri endpoint, string evidence);
+
+    [LoggerMessage(EventId = 3003, Level = LogLevel.Debug, Message = "{Method} attempt {Attempt} on {Endpoint} after {Delay} (previous attempt UNAVAILABLE)")]
+    public static partial void Retrying(ILogger logger, string method, int attempt, Uri endpoint, TimeSpan delay);
+}

@@ -1,0 +1,144 @@
+using System.Net.Http;
+using Google.Protobuf;
+using Google.Protobuf.Reflection;
+using Grpc.Core;
+
+namespace Kms.Client.Failover;
+
+/// <summary>
+/// Which failed calls may be sent again. Only UNAVAILABLE is ever retried: the server
+/// answers it when it did nothing (HSM or database down, shedding load — "a failed request
+/// changes nothing"), and the transport answers it when a connection could not be made or
+/// broke (a connect timeout, which the HTTP stack reports as a cancellation, is taken as
+/// UNAVAILABLE too). In the last case the server may have applied the call before the answer was lost,
+/// so a call is sent again after such a failure only if repeating it is harmless:
+/// <list type="bullet">
+/// <item>reads and cryptographic operations (a repeat changes no state);</item>
+/// <item>mutations that set a state (enable, disable, update, replace a policy, revoke,
+/// delete a binding): a repeat leaves the same state, though a repeated delete may answer
+/// NOT_FOUND;</item>
+/// <item>mutations whose request carries <c>request_id</c>: the server applies one id once
+/// and replays its answer, and the client fills an empty id once per logical call (on a
+/// copy: the caller's message is not changed, so sending it again is a new operation).</item>
+/// </list>
+/// Every other call — creations without a request id (a repeated CreateGrant would leave a
+/// second grant; a repeated CreateApiToken, a live token whose secret nobody has), Bootstrap,
+/// and any method this table does not know — is sent again only when the first attempt
+/// provably never left the client: the connection or its TLS handshake failed.
+/// </summary>
+internal static class RetrySafety
+{
+    /// <summary>The request field that makes a mutation idempotent server-side.</summary>
+    public const string RequestIdField = "request_id";
+
+    /// <summary>Methods a repeat of which is harmless without a request id.</summary>
+    internal static readonly HashSet<string> Repeatable =
+    [
+        .. Methods("kms.v1.KeyManagementService",
+            "GetKey", "ListKeys", "Encrypt", "Decrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext",
+            "GenerateRandom", "UpdateKey", "ListKeyVersions", "GetKeyVersion", "UpdatePrimaryVersion",
+            "EnableKey", "DisableKey", "EnableKeyVersion", "DisableKeyVersion", "GetAlias", "UpdateAlias",
+            "ListAliases", "ReEncrypt", "BatchEncrypt", "BatchDecrypt", "BatchReEncrypt", "BatchGenerateDataKey",
+            "SetKeyPolicy", "GetKeyPolicy", "ListGrants", "RevokeGrant", "TestPermissions"),
+        .. Methods("kms.v1.AccessManagementService",
+            "GetTenant", "ListTenants", "DeleteTenant", "GetPrincipal", "ListPrincipals", "ListApiTokens",
+            "RevokeApiToken", "SetRoleBinding", "DeleteRoleBinding", "ListRoleBindings"),
+        .. Methods("kms.v1.AuditService",
+            "ListAuditEvents", "GetAuditCheckpoint", "GetAuditSigningKey", "ExportAudit"),
+    ];
+
+    /// <summary>Known methods that must not be repeated once they may have reached a server.</summary>
+    internal static readonly HashSet<string> OnceOnly =
+    [
+        .. Methods("kms.v1.KeyManagementService", "CreateGrant"),
+        .. Methods("kms.v1.AccessManagementService", "CreateTenant", "CreatePrincipal", "CreateApiToken", "Bootstrap"),
+    ];
+
+    /// <summary>Whether a failed attempt of <paramref name="method"/> with <paramref name="request"/> may be sent again.</summary>
+    public static bool MayRetry(IMethod method, object request, RpcException failure) =>
+        failure.StatusCode == StatusCode.Unavailable && (IsRepeatable(method, request) || NeverSent(failure));
+
+    /// <summary>Whether sending the call twice is harmless (see the class remarks).</summary>
+    public static bool IsRepeatable(IMethod method, object request) =>
+        Repeatable.Contains(method.FullName)
+        || (request is IMessage message && RequestId(message.Descriptor) is { } field && !string.IsNullOrEmpty((string)field.Accessor.GetValue(message)));
+
+    /// <summary>
+    /// The failure as UNAVAILABLE when it is one: UNAVAILABLE itself, or a connection attempt
+    /// that timed out, which the HTTP stack reports as a cancellation nobody asked for
+    /// (<paramref name="callToken"/> is not cancelled); null for any other failure.
+    /// </summary>
+    public static RpcException? AsUnavailable(RpcException failure, CancellationToken callToken)
+    {
+        if (failure.StatusCode == StatusCode.Unavailable)
+        {
+            return failure;
+        }
+
+        if (failure.StatusCode != StatusCode.Cancelled || callToken.IsCancellationRequested)
+        {
+            return null;
+        }
+
+        for (var e = failure.Status.DebugException; e is not null; e = e.InnerException)
+        {
+            if (e is TimeoutException)
+            {
+                var connectTimeout = new HttpRequestException(HttpRequestError.ConnectionError, e.Message, failure.Status.DebugException);
+                return new RpcException(new Status(StatusCode.Unavailable, "no connection: " + e.Message, connectTimeout));
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// True when the transport says the request was never sent: the connection, the name
+    /// lookup or the TLS handshake failed. The HTTP stack reports these before it writes
+    /// any part of the request.
+    /// </summary>
+    public static bool NeverSent(RpcException failure)
+    {
+        for (var e = failure.Status.DebugException; e is not null; e = e.InnerException)
+        {
+            if (e is HttpRequestException
+                {
+                    HttpRequestError: HttpRequestError.ConnectionError or HttpRequestError.NameResolutionError
+                        or HttpRequestError.SecureConnectionError or HttpRequestError.ProxyTunnelError,
+                })
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>
+    /// The request with a fresh request id when it has an empty <c>request_id</c> field: a
+    /// copy, so the caller's message is untouched and every attempt of this call carries the
+    /// same id. Other requests are returned as they are.
+    /// </summary>
+    public static TRequest WithRequestId<TRequest>(TRequest request)
+        where TRequest : class
+    {
+        if (request is not IMessage message || RequestId(message.Descriptor) is not { } field
+            || !string.IsNullOrEmpty((string)field.Accessor.GetValue(message))
+            || request is not IDeepCloneable<TRequest> cloneable)
+        {
+            return request;
+        }
+
+        var copy = cloneable.Clone();
+        field.Accessor.SetValue((IMessage)copy, NewRequestId());
+        return copy;
+    }
+
+    /// <summary>A new request id (a UUID, as the protos recommend).</summary>
+    public static string NewRequestId() => Guid.NewGuid().ToString();
+
+    private static FieldDescriptor? RequestId(MessageDescriptor descriptor) =>
+        descriptor.FindFieldByName(RequestIdField) is { FieldType: FieldType.String, IsRepeated: false } field ? field : null;
+
+    private static IEnumerable<string> Methods(string service, params string[] names) => names.Select(n => $"/{service}/{n}");
+}

@@ -1,0 +1,39 @@
+namespace Kms.Client;
+
+/// <summary>
+/// How a call that failed UNAVAILABLE is sent again: at once to another endpoint believed
+/// healthy; otherwise after a wait drawn uniformly from [0, min(<see cref="MaxBackoff"/>,
+/// <see cref="BaseBackoff"/> · 2^(n-1))) before the n-th such wait ("full jitter").
+/// </summary>
+public sealed class KmsRetryOptions
+{
+    /// <summary>Most attempts accepted.</summary>
+    public const int MostAttempts = 10;
+
+    /// <summary>Attempts per call, the first included: 1 (never retry) to <see cref="MostAttempts"/>.</summary>
+    public int MaxAttempts { get; set; } = 5;
+
+    /// <summary>Ceiling of the first backoff.</summary>
+    public TimeSpan BaseBackoff { get; set; } = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>Largest ceiling of a backoff; at least <see cref="BaseBackoff"/>.</summary>
+    public TimeSpan MaxBackoff { get; set; } = TimeSpan.FromSeconds(2);
+
+    internal void Validate(string paramName)
+    {
+        if (MaxAttempts is < 1 or > MostAttempts)
+        {
+            throw KmsClientOptions.Invalid($"Retry.MaxAttempts must be from 1 to {MostAttempts}; it is {MaxAttempts}", paramName);
+        }
+
+        if (BaseBackoff <= TimeSpan.Zero)
+        {
+            throw KmsClientOptions.Invalid($"Retry.BaseBackoff must be positive; it is {BaseBackoff}", paramName);
+        }
+
+        if (MaxBackoff < BaseBackoff)
+        {
+            throw KmsClientOptions.Invalid($"Retry.MaxBackoff ({MaxBackoff}) must be at least Retry.BaseBackoff ({BaseBackoff})", paramName);
+        }
+    }
+}

@@ -1,0 +1,110 @@
+using System.Net;
+using System.Net.Sockets;
+
+namespace Kms.Client.Tests.Failover;
+
+/// <summary>Endpoints that do not serve, on 127.0.0.1.</summary>
+internal static class DeadEndpoints
+{
+    /// <summary>A loopback port nothing listens on: connections to it are refused.</summary>
+    public static Uri Refusing()
+    {
+        var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        var port = ((IPEndPoint)listener.LocalEndpoint).Port;
+        listener.Stop();
+        return new Uri($"https://127.0.0.1:{port}");
+    }
+}
+
+/// <summary>A loopback listener that accepts every connection and closes it at once (so TLS fails), counting them.</summary>
+internal sealed class AcceptAndCloseListener : IDisposable
+{
+    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+    private readonly CancellationTokenSource _stop = new();
+    private int _connections;
+
+    public AcceptAndCloseListener()
+    {
+        _listener.Start();
+        Address = new Uri($"https://127.0.0.1:{((IPEndPoint)_listener.LocalEndpoint).Port}");
+        _ = AcceptAsync();
+    }
+
+    public Uri Address { get; }
+
+    public int Connections => Volatile.Read(ref _connections);
+
+    public void Dispose()
+    {
+        _stop.Cancel();
+        _listener.Stop();
+        _stop.Dispose();
+    }
+
+    private async Task AcceptAsync()
+    {
+        try
+        {
+            while (true)
+            {
+                using var socket = await _listener.AcceptSocketAsync(_stop.Token);
+                Interlocked.Increment(ref _connections);
+            }
+        }
+        catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException)
+        {
+            // Stopped.
+        }
+    }
+}
+
+/// <summary>
+/// A loopback listener that never accepts and whose backlog is full, so further connection
+/// attempts hang (Linux drops their SYNs) until the client's connect timeout.
+/// </summary>
+internal sealed class BlackHoleListener : IDisposable
+{
+    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+    private readonly List<Socket> _fillers = [];
+
+    private BlackHoleListener()
+    {
+        _listener.Start(1);
+        Address = new Uri($"https://127.0.0.1:{Port}");
+    }
+
+    public Uri Address { get; }
+
+    private int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
+
+    public static async Task<BlackHoleListener> StartAsync()
+    {
+        var hole = new BlackHoleListener();
+
+        // Fill the backlog until a connection attempt no longer completes.
+        for (var i = 0; i < 16; i++)
+        {
+            var filler = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            hole._fillers.Add(filler);
+            var connect = filler.ConnectAsync(IPAddress.Loopback, hole.Port);
+            if (await Task.WhenAny(connect, Task.Delay(300)) != connect)
+            {
+                return hole;
+            }
+        }
+
+        hole.Dispose();
+        throw new InvalidOperationException("the backlog never filled: connection attempts are not held on this system");
+    }
+
+    public void Dispose()
+    {
+        foreach (var filler in _fillers)
+        {
+            filler.Dispose();
+        }
+
+        _listener.Stop();
+    }
+}

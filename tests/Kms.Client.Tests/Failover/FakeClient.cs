@@ -1,0 +1,47 @@
+using Kms.Client.Failover;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Kms.Client.Tests.Failover;
+
+/// <summary>A <see cref="KmsClient"/> over scripted endpoints, on a fake clock, with a pinned random source.</summary>
+internal sealed class FakeClient : IDisposable
+{
+    public FakeClient(
+        ScriptedEndpoint[] endpoints,
+        int maxAttempts = 5,
+        double unitRandom = 0,
+        TimeSpan? baseBackoff = null,
+        TimeSpan? maxBackoff = null,
+        TimeSpan? callTimeout = null,
+        TimeSpan? healthCheckInterval = null)
+    {
+        Endpoints = endpoints;
+        var pool = new EndpointPool(
+            endpoints.Select(e => new KmsEndpoint(e.Address, e, e)),
+            Time,
+            healthCheckInterval ?? TimeSpan.FromSeconds(5),
+            TimeSpan.FromSeconds(1),
+            NullLogger.Instance);
+        Invoker = new FailoverCallInvoker(
+            pool,
+            maxAttempts,
+            new Backoff(baseBackoff ?? TimeSpan.FromSeconds(1), maxBackoff ?? TimeSpan.FromSeconds(10), () => unitRandom),
+            callTimeout ?? TimeSpan.FromSeconds(30),
+            Time,
+            NullLogger.Instance);
+        Client = new KmsClient(new KmsClient.Connection(Invoker, null));
+    }
+
+    public FakeTimeProvider Time { get; } = new(new DateTimeOffset(2030, 1, 1, 0, 0, 0, TimeSpan.Zero));
+
+    public ScriptedEndpoint[] Endpoints { get; }
+
+    public FailoverCallInvoker Invoker { get; }
+
+    public KmsClient Client { get; }
+
+    public bool IsUp(ScriptedEndpoint endpoint) => Invoker.Pool.IsUp(Invoker.Pool.Endpoints.Single(e => e.Address == endpoint.Address));
+
+    public void Dispose() => Client.Dispose();
+}

@@ -1,0 +1,84 @@
+using Google.Protobuf.Reflection;
+using Grpc.Core;
+using Kms.Client.Failover;
+using Kms.Contracts.V1;
+
+namespace Kms.Client.Tests.Failover;
+
+public sealed class RetrySafetyTests
+{
+    public static TheoryData<string> EveryRpc()
+    {
+        var data = new TheoryData<string>();
+        foreach (var method in Rpcs())
+        {
+            data.Add(FullName(method));
+        }
+
+        return data;
+    }
+
+    // A new RPC fails here until someone decides whether repeating it is harmless.
+    [Theory]
+    [MemberData(nameof(EveryRpc))]
+    public void EveryRpc_ClassifiedExactlyOnce(string fullName)
+    {
+        var method = Rpcs().Single(m => FullName(m) == fullName);
+        var withRequestId = method.InputType.FindFieldByName(RetrySafety.RequestIdField) is not null;
+
+        var categories = new[] { withRequestId, RetrySafety.Repeatable.Contains(fullName), RetrySafety.OnceOnly.Contains(fullName) };
+
+        Assert.Equal(1, categories.Count(c => c));
+    }
+
+    [Fact]
+    public void Tables_NameOnlyExistingRpcs()
+    {
+        var names = Rpcs().Select(FullName).ToHashSet();
+        Assert.All(RetrySafety.Repeatable.Concat(RetrySafety.OnceOnly), n => Assert.Contains(n, names));
+    }
+
+    [Fact]
+    public void IsRepeatable_RequestIdFilled_OnlyThen()
+    {
+        var method = Method("/kms.v1.KeyManagementService/RotateKey");
+        Assert.False(RetrySafety.IsRepeatable(method, new RotateKeyRequest { Name = "k" }));
+        Assert.True(RetrySafety.IsRepeatable(method, new RotateKeyRequest { Name = "k", RequestId = "r" }));
+        Assert.True(RetrySafety.IsRepeatable(method, RetrySafety.WithRequestId(new RotateKeyRequest { Name = "k" })));
+    }
+
+    [Fact]
+    public void IsRepeatable_UnknownMethod_No()
+    {
+        Assert.False(RetrySafety.IsRepeatable(Method("/kms.v2.Future/DoSomething"), new GetKeyRequest()));
+    }
+
+    [Fact]
+    public void WithRequestId_RequestWithoutTheField_ReturnedAsIs()
+    {
+        var request = new GetKeyRequest { Name = "k" };
+        Assert.Same(request, RetrySafety.WithRequestId(request));
+    }
+
+    [Fact]
+    public void MayRetry_OnlyUnavailable()
+    {
+        var method = Method("/kms.v1.KeyManagementService/GetKey");
+        foreach (var code in Enum.GetValues<StatusCode>())
+        {
+            Assert.Equal(code == StatusCode.Unavailable, RetrySafety.MayRetry(method, new GetKeyRequest(), new RpcException(new Status(code, ""))));
+        }
+    }
+
+    private static IEnumerable<MethodDescriptor> Rpcs() =>
+        new[] { KeyManagementService.Descriptor, AccessManagementService.Descriptor, AuditService.Descriptor }.SelectMany(s => s.Methods);
+
+    private static string FullName(MethodDescriptor method) => $"/{method.Service.FullName}/{method.Name}";
+
+    private static Method<GetKeyRequest, GetKeyResponse> Method(string fullName)
+    {
+        var parts = fullName.Split('/', StringSplitOptions.RemoveEmptyEntries);
+        var marshaller = Marshallers.Create(_ => [], _ => new GetKeyRequest());
+        return new Method<GetKeyRequest, GetKeyResponse>(MethodType.Unary, parts[0], parts[1], marshaller, Marshallers.Create(_ => [], _ => new GetKeyResponse()));
+    }
+}

@@ -1,0 +1,126 @@
+using System.Net.Http;
+using Grpc.Core;
+using Grpc.Health.V1;
+
+namespace Kms.Client.Tests.Failover;
+
+/// <summary>One call as a fake endpoint received it.</summary>
+internal sealed record ReceivedCall(string Method, object Request, CallOptions Options);
+
+/// <summary>
+/// A fake endpoint: a call invoker that records every call and answers with
+/// <see cref="Respond"/> (an answer, or an <see cref="RpcException"/> thrown). Health checks
+/// are answered by <see cref="Health"/>.
+/// </summary>
+internal sealed class ScriptedEndpoint(string name) : CallInvoker
+{
+    private readonly List<ReceivedCall> _received = [];
+
+    public string Name { get; } = name;
+
+    public Uri Address => new($"https://{Name}.test:8443");
+
+    /// <summary>The answer to a call; default: an empty response of the right type.</summary>
+    public Func<ReceivedCall, object?> Respond { get; set; } = _ => null;
+
+    /// <summary>The health status a probe gets.</summary>
+    public HealthCheckResponse.Types.ServingStatus Health { get; set; } = HealthCheckResponse.Types.ServingStatus.Serving;
+
+    /// <summary>Messages a server-streaming call yields, then the error it ends with (null: it ends well).</summary>
+    public (object[] Messages, RpcException? Error) Stream { get; set; } = ([], null);
+
+    public IReadOnlyList<ReceivedCall> Received
+    {
+        get
+        {
+            lock (_received)
+            {
+                return [.. _received];
+            }
+        }
+    }
+
+    /// <summary>Calls received, health checks excluded.</summary>
+    public int Calls => Received.Count(c => !c.Method.StartsWith("/grpc.health", StringComparison.Ordinal));
+
+    public int HealthChecks => Received.Count(c => c.Method.StartsWith("/grpc.health", StringComparison.Ordinal));
+
+    /// <summary>UNAVAILABLE as the transport reports a refused connection: the request was never sent.</summary>
+    public static RpcException ConnectionRefused() =>
+        new(new Status(StatusCode.Unavailable, "Error starting gRPC call. HttpRequestException: Connection refused", new HttpRequestException(HttpRequestError.ConnectionError, "Connection refused")));
+
+    /// <summary>How the transport reports a connection that was not made within the connect timeout: a cancellation nobody asked for.</summary>
+    public static RpcException ConnectTimedOut() =>
+        new(new Status(StatusCode.Cancelled, "", new OperationCanceledException("The operation was canceled.", new TimeoutException("A connection could not be established within the configured ConnectTimeout."))));
+
+    /// <summary>UNAVAILABLE with nothing saying whether the request reached a server (a connection lost mid-call, or the server's own answer).</summary>
+    public static RpcException LostAnswer() => new(new Status(StatusCode.Unavailable, "connection reset"));
+
+    public override TResponse BlockingUnaryCall<TRequest, TResponse>(Method<TRequest, TResponse> method, string? host, CallOptions options, TRequest request) =>
+        AsyncUnaryCall(method, host, options, request).ResponseAsync.GetAwaiter().GetResult();
+
+    public override AsyncUnaryCall<TResponse> AsyncUnaryCall<TRequest, TResponse>(Method<TRequest, TResponse> method, string? host, CallOptions options, TRequest request)
+    {
+        var call = Record(method, options, request);
+        Task<TResponse> response;
+        try
+        {
+            response = Task.FromResult(method.FullName == "/grpc.health.v1.Health/Check"
+                ? (TResponse)(object)new HealthCheckResponse { Status = Health }
+                : (TResponse?)Respond(call) ?? Activator.CreateInstance<TResponse>());
+        }
+        catch (RpcException e)
+        {
+            response = Task.FromException<TResponse>(e);
+        }
+
+        return new AsyncUnaryCall<TResponse>(response, Task.FromResult(new Metadata()), () => Status.DefaultSuccess, () => [], () => { });
+    }
+
+    public override AsyncServerStreamingCall<TResponse> AsyncServerStreamingCall<TRequest, TResponse>(Method<TRequest, TResponse> method, string? host, CallOptions options, TRequest request)
+    {
+        Record(method, options, request);
+        var (messages, error) = Stream;
+        return new AsyncServerStreamingCall<TResponse>(
+            new ListReader<TResponse>([.. messages.Cast<TResponse>()], error),
+            Task.FromResult(new Metadata()),
+            () => Status.DefaultSuccess,
+            () => [],
+            () => { });
+    }
+
+    public override AsyncClientStreamingCall<TRequest, TResponse> AsyncClientStreamingCall<TRequest, TResponse>(Method<TRequest, TResponse> method, string? host, CallOptions options) =>
+        throw new NotSupportedException();
+
+    public override AsyncDuplexStreamingCall<TRequest, TResponse> AsyncDuplexStreamingCall<TRequest, TResponse>(Method<TRequest, TResponse> method, string? host, CallOptions options) =>
+        throw new NotSupportedException();
+
+    private ReceivedCall Record(IMethod method, CallOptions options, object request)
+    {
+        var call = new ReceivedCall(method.FullName, request, options);
+        lock (_received)
+        {
+            _received.Add(call);
+        }
+
+        return call;
+    }
+
+    private sealed class ListReader<T>(IReadOnlyList<T> messages, RpcException? error) : IAsyncStreamReader<T>
+    {
+        private int _index = -1;
+
+        public T Current => messages[_index];
+
+        public Task<bool> MoveNext(CancellationToken cancellationToken)
+        {
+            _index++;
+            if (_index < messages.Count)
+            {
+                return Task.FromResult(true);
+            }
+
+            return error is null ? Task.FromResult(false) : Task.FromException<bool>(error);
+        }
+    }
+}

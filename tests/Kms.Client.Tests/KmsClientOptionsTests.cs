@@ -1,0 +1,63 @@
+namespace Kms.Client.Tests;
+
+public sealed class KmsClientOptionsTests
+{
+    public static TheoryData<string, Action<KmsClientOptions>> Invalid() => new()
+    {
+        { "must be an absolute https URI", o => o.Endpoint = new Uri("http://127.0.0.1:8443") },
+        { "must be an absolute https URI", o => o.Endpoints = [new Uri("https://a:1"), new Uri("http://b:1")] },
+        { "must be an absolute https URI", o => o.Endpoints = [new Uri("/relative", UriKind.Relative)] },
+        { "is listed twice", o => o.Endpoints = [new Uri("https://a:1"), new Uri("https://a:1")] },
+        { "set Endpoint or Endpoints, not both", o => (o.Endpoint, o.Endpoints) = (new Uri("https://a:1"), [new Uri("https://b:1")]) },
+        { "CallTimeout must be positive", o => o.CallTimeout = TimeSpan.Zero },
+        { "CallTimeout must be positive and at most", o => o.CallTimeout = TimeSpan.FromDays(2) },
+        { "HealthCheckInterval must be positive", o => o.HealthCheckInterval = TimeSpan.FromSeconds(-1) },
+        { "Retry.MaxAttempts must be from 1 to 10; it is 0", o => o.Retry.MaxAttempts = 0 },
+        { "Retry.MaxAttempts must be from 1 to 10; it is 11", o => o.Retry.MaxAttempts = 11 },
+        { "Retry.BaseBackoff must be positive", o => o.Retry.BaseBackoff = TimeSpan.Zero },
+        { "must be at least Retry.BaseBackoff", o => o.Retry.MaxBackoff = TimeSpan.FromMilliseconds(1) },
+        { "use an API token or a client certificate, not both", o => (o.ApiToken, o.ClientCertificate) = ("kms_x_y", CreateCertificate()) },
+    };
+
+    [Theory]
+    [MemberData(nameof(Invalid))]
+    public void Constructor_InvalidOption_ArgumentExceptionSayingWhich(string message, Action<KmsClientOptions> spoil)
+    {
+        var options = new KmsClientOptions();
+        spoil(options);
+
+        var e = Assert.Throws<ArgumentException>(() => new KmsClient(options));
+
+        Assert.Contains(message, e.Message, StringComparison.Ordinal);
+        Assert.Equal("options", e.ParamName);
+    }
+
+    [Fact]
+    public void Constructor_NoEndpointConfigured_UsesTheDevEndpoint()
+    {
+        using var client = new KmsClient(new KmsClientOptions());
+        Assert.Equal([KmsClientOptions.DefaultEndpoint], client.Endpoints.Endpoints.Select(e => e.Address));
+    }
+
+    [Fact]
+    public void Constructor_EndpointShorthand_IsTheOnlyEndpoint()
+    {
+        using var client = new KmsClient(new KmsClientOptions { Endpoint = new Uri("https://kms.example:9443") });
+        Assert.Equal([new Uri("https://kms.example:9443")], client.Endpoints.Endpoints.Select(e => e.Address));
+    }
+
+    [Fact]
+    public void Constructor_SeveralEndpoints_KeptInOrder()
+    {
+        Uri[] endpoints = [new("https://site-a.example:8443"), new("https://site-b.example:8443")];
+        using var client = new KmsClient(new KmsClientOptions { Endpoints = endpoints });
+        Assert.Equal(endpoints, client.Endpoints.Endpoints.Select(e => e.Address));
+    }
+
+    private static System.Security.Cryptography.X509Certificates.X509Certificate2 CreateCertificate()
+    {
+        using var key = System.Security.Cryptography.ECDsa.Create();
+        var request = new System.Security.Cryptography.X509Certificates.CertificateRequest("CN=client", key, System.Security.Cryptography.HashAlgorithmName.SHA256);
+        return request.CreateSelfSigned(DateTimeOffset.UtcNow, DateTimeOffset.UtcNow.AddDays(1));
+    }
+}

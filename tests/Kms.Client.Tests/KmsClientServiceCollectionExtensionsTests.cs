@@ -1,0 +1,69 @@
+using Grpc.Core;
+using Kms.Client.Tests.Failover;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+
+namespace Kms.Client.Tests;
+
+public sealed class KmsClientServiceCollectionExtensionsTests(ClientServerFixture fixture) : IClassFixture<ClientServerFixture>
+{
+    [Fact]
+    public async Task AddKmsClient_Resolved_OneWorkingClientDisposedWithTheContainer()
+    {
+        var services = new ServiceCollection().AddKmsClient(o =>
+        {
+            o.Endpoint = fixture.Server.Address;
+            o.CaCertificatePath = fixture.Server.CaCertificatePath;
+            o.ApiToken = fixture.Server.DeveloperToken;
+        });
+
+        KmsClient client;
+        await using (var provider = services.BuildServiceProvider())
+        {
+            client = provider.GetRequiredService<KmsClient>();
+            Assert.Same(client, provider.GetRequiredService<KmsClient>());
+            Assert.Equal(8, (await client.GenerateRandomAsync(8)).Length);
+        }
+
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => client.GenerateRandomAsync(8));
+    }
+
+    [Fact]
+    public async Task AddKmsClient_ConfigurationSection_BindsEndpointsTimeoutAndRetry()
+    {
+        var refusing = DeadEndpoints.Refusing();
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Kms:Endpoints:0"] = refusing.ToString(),
+            ["Kms:Endpoints:1"] = fixture.Server.Address.ToString(),
+            ["Kms:CaCertificatePath"] = fixture.Server.CaCertificatePath,
+            ["Kms:ApiToken"] = fixture.Server.DeveloperToken,
+            ["Kms:CallTimeout"] = "00:00:12",
+            ["Kms:HealthCheckInterval"] = "00:01:00",
+            ["Kms:Retry:MaxAttempts"] = "3",
+            ["Kms:Retry:BaseBackoff"] = "00:00:00.050",
+        }).Build();
+        var counter = new AttemptCounter();
+        await using var provider = new ServiceCollection()
+            .AddKmsClient(configuration.GetSection("Kms"), o => o.Interceptors.Add(counter))
+            .BuildServiceProvider();
+
+        var options = provider.GetRequiredService<IOptions<KmsClientOptions>>().Value;
+        Assert.Equal([refusing, fixture.Server.Address], options.Endpoints);
+        Assert.Equal((TimeSpan.FromSeconds(12), TimeSpan.FromMinutes(1)), (options.CallTimeout, options.HealthCheckInterval));
+        Assert.Equal((3, TimeSpan.FromMilliseconds(50)), (options.Retry.MaxAttempts, options.Retry.BaseBackoff));
+
+        var client = provider.GetRequiredService<KmsClient>();
+        await client.GenerateRandomAsync(8);
+        Assert.Equal(2, counter["GenerateRandom"]);
+    }
+
+    [Fact]
+    public void AddKmsClient_InvalidOptions_ArgumentExceptionOnResolution()
+    {
+        using var provider = new ServiceCollection().AddKmsClient(o => o.Endpoint = new Uri("http://127.0.0.1:1")).BuildServiceProvider();
+        var e = Assert.Throws<ArgumentException>(() => provider.GetRequiredService<KmsClient>());
+        Assert.Contains("https", e.Message, StringComparison.Ordinal);
+    }
+}
