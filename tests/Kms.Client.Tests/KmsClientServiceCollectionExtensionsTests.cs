@@ -30,6 +30,38 @@ public sealed class KmsClientServiceCollectionExtensionsTests(ClientServerFixtur
     }
 
     [Fact]
+    public async Task AddKmsEnvelopeEncryptor_Resolved_EncryptsThroughTheRegisteredClient_CacheZeroedWithTheContainer()
+    {
+        using var setup = fixture.Server.CreateClient();
+        var key = (await setup.CreateKeyAsync("tenants/dev", $"di-{Guid.NewGuid():N}")).Name;
+        var services = new ServiceCollection()
+            .AddKmsClient(o =>
+            {
+                o.Endpoint = fixture.Server.Address;
+                o.CaCertificatePath = fixture.Server.CaCertificatePath;
+                o.ApiToken = fixture.Server.DeveloperToken;
+            })
+            .AddKmsEnvelopeEncryptor(o =>
+            {
+                o.KeyNames = [key];
+                o.DataKeyCache = new Kms.Client.Caching.DataKeyCacheOptions();
+            });
+
+        List<Kms.Client.Caching.CachedDataKey> cached;
+        await using (var provider = services.BuildServiceProvider())
+        {
+            var envelopes = provider.GetRequiredService<Kms.Client.Envelope.EnvelopeEncryptor>();
+            Assert.Same(envelopes, provider.GetRequiredService<Kms.Client.Envelope.EnvelopeEncryptor>());
+            var message = await envelopes.EncryptAsync("hello"u8.ToArray());
+            Assert.Equal("hello"u8.ToArray(), await envelopes.DecryptAsync(message));
+            cached = [.. envelopes.Cache!.Entries];
+            Assert.NotEmpty(cached);
+        }
+
+        Assert.All(cached, entry => Assert.True(entry.IsZeroed));
+    }
+
+    [Fact]
     public async Task AddKmsClient_ConfigurationSection_BindsEndpointsTimeoutAndRetry()
     {
         var refusing = DeadEndpoints.Refusing();

@@ -1,4 +1,5 @@
 using Kms.Client;
+using Kms.Client.Envelope;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Logging;
@@ -42,6 +43,25 @@ public static class KmsClientServiceCollectionExtensions
         }
 
         return AddClient(services);
+    }
+
+    /// <summary>
+    /// Registers one <see cref="EnvelopeEncryptor"/> (a singleton: it holds the data-key cache)
+    /// over the registered <see cref="KmsClient"/> — call <c>AddKmsClient</c> too. Disposed,
+    /// and its cached data keys zeroed, with the container.
+    /// </summary>
+    /// <exception cref="ArgumentException">On first resolution, when an option is invalid; the message says which.</exception>
+    public static IServiceCollection AddKmsEnvelopeEncryptor(this IServiceCollection services, Action<EnvelopeOptions> configure)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        ArgumentNullException.ThrowIfNull(configure);
+        services.TryAddSingleton(provider =>
+        {
+            var options = new EnvelopeOptions();
+            configure(options);
+            return new EnvelopeEncryptor(provider.GetRequiredService<KmsClient>(), options);
+        });
+        return services;
     }
 
     private static IServiceCollection AddClient(IServiceCollection services)
