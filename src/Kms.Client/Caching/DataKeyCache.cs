@@ -21,6 +21,8 @@ internal sealed class DataKeyCache : IDisposable
     private static readonly Meter Meter = new("Kms.Client");
     private static readonly Counter<long> Lookups = Meter.CreateCounter<long>("kms.client.data_key_cache.lookups", description: "Data-key cache lookups by cache (encrypt, decrypt) and result (hit, miss, coalesced)");
 
+    private const int MaxRounds = 4;
+
     private readonly DataKeyCacheOptions _options;
     private readonly MemoryCache _encryption;
     private readonly MemoryCache _decryption;
@@ -59,7 +61,9 @@ internal sealed class DataKeyCache : IDisposable
         Func<Task<(byte[] DataKey, IReadOnlyList<WrappedDataKey> Wrapped)>> generate,
         CancellationToken cancellationToken)
     {
-        while (true)
+        // A few rounds at most: another round is needed only when callers sharing one KMS call
+        // used its data key up first. Past that, this caller takes a data key of its own.
+        for (var round = 0; round < MaxRounds; round++)
         {
             if (_encryption.TryGetValue(cacheKey, out CachedDataKey? cached) && cached is not null)
             {
@@ -92,6 +96,9 @@ internal sealed class DataKeyCache : IDisposable
 
             // Others who waited on the same KMS call used it up (message limit): go round again.
         }
+
+        Count(ref _encryptMisses, "encrypt", "miss");
+        return await generate().WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>A copy of a cached unwrapped data key (the caller zeroes it); on a miss <paramref name="unwrap"/> makes one.</summary>
@@ -190,8 +197,9 @@ internal sealed class DataKeyCache : IDisposable
                 var entry = await create().ConfigureAwait(false);
                 if (cache.Count >= _options.Capacity)
                 {
-                    // A full MemoryCache refuses (and so zeroes) a new entry; make room first.
-                    cache.Compact(0.1);
+                    // A full MemoryCache refuses (and so zeroes) a new entry: make room for at
+                    // least one first (Compact removes ⌊count × share⌋ entries).
+                    cache.Compact(Math.Min(1.0, Math.Max(0.1, 1.5 / cache.Count)));
                 }
 
                 using (var cacheEntry = cache.CreateEntry(cacheKey))

@@ -233,10 +233,12 @@ public sealed class DataKeyCacheTests
         Assert.All(_provider.HandedOut, key => Assert.DoesNotContain(key, b => b != 0));
     }
 
-    [Fact]
-    public async Task Capacity_Full_NewEntriesStillServeAndOldOnesAreZeroed()
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public async Task Capacity_Full_NewEntriesStillServeAndOldOnesAreZeroed(int capacity)
     {
-        using var encryptor = NewEncryptor(new DataKeyCacheOptions { Capacity = 2 });
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions { Capacity = capacity });
 
         for (var i = 0; i < 10; i++)
         {
@@ -244,7 +246,9 @@ public sealed class DataKeyCacheTests
         }
 
         Assert.Equal(10, _provider.GenerateCalls);
-        await WaitUntil(() => encryptor.Cache!.Entries.Count() <= 2);
+        await WaitUntil(() => encryptor.Cache!.Entries.Count() <= capacity);
+        await encryptor.EncryptAsync(new byte[1], Context("9"));
+        Assert.Equal(10, _provider.GenerateCalls);
     }
 
     [Fact]
