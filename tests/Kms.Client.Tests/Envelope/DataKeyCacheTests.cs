@@ -40,6 +40,39 @@ public sealed class DataKeyCacheTests
     }
 
     [Fact]
+    public async Task Lookups_PublishedAsAMetricByCacheAndResult()
+    {
+        var seen = new System.Collections.Concurrent.ConcurrentBag<(string Cache, string Result)>();
+        using var listener = new System.Diagnostics.Metrics.MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == "Kms.Client" && instrument.Name == "kms.client.data_key_cache.lookups")
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
+        {
+            var map = tags.ToArray().ToDictionary(t => t.Key, t => (string)t.Value!);
+            seen.Add((map["cache"], map["result"]));
+        });
+        listener.Start();
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions());
+
+        var message = await encryptor.EncryptAsync(new byte[1], Context("metric"));
+        await encryptor.EncryptAsync(new byte[1], Context("metric"));
+        await encryptor.DecryptAsync(message);
+        await encryptor.DecryptAsync(message);
+
+        // Other tests run in parallel and publish too: look for at least this test's lookups.
+        Assert.Contains(("encrypt", "miss"), seen);
+        Assert.Contains(("encrypt", "hit"), seen);
+        Assert.Contains(("decrypt", "miss"), seen);
+        Assert.Contains(("decrypt", "hit"), seen);
+        Assert.All(seen, entry => Assert.Contains(entry.Result, new[] { "hit", "miss", "coalesced" }));
+    }
+
+    [Fact]
     public async Task Encrypt_OtherContext_OtherDataKey()
     {
         using var encryptor = NewEncryptor(new DataKeyCacheOptions());
