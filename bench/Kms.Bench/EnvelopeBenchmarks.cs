@@ -103,12 +103,12 @@ internal sealed class LocalKeyProvider : IEnvelopeKeyProvider
     public Task<WrappedDataKey> WrapDataKeyAsync(string keyName, ReadOnlyMemory<byte> dataKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
         Task.FromResult(Wrap(keyName, dataKey.Span));
 
-    public Task<byte[]> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken)
+    public Task<UnwrappedDataKey> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken)
     {
         var dataKey = new byte[32];
         using var gcm = new AesGcm(_key, 16);
         gcm.Decrypt(wrappedKey.Wrapped.AsSpan(0, 12), wrappedKey.Wrapped.AsSpan(12, 32), wrappedKey.Wrapped.AsSpan(44), dataKey);
-        return Task.FromResult(dataKey);
+        return Task.FromResult(new UnwrappedDataKey(dataKey, wrappedKey.KeyName));
     }
 
     private WrappedDataKey Wrap(string keyName, ReadOnlySpan<byte> dataKey)

@@ -49,10 +49,16 @@ public static class FileSample
         // Write to a temporary name and rename only on success: a streamed decryption's output
         // is whole and authentic only when the call returns without an exception.
         var partial = path + ".out.partial";
-        await using (var encrypted = File.OpenRead(path + ".kmse"))
-        await using (var decrypted = File.Create(partial))
+        try
         {
+            await using var encrypted = File.OpenRead(path + ".kmse");
+            await using var decrypted = File.Create(partial);
             await encryptor.DecryptAsync(encrypted, decrypted, context);
+        }
+        catch
+        {
+            File.Delete(partial);
+            throw;
         }
 
         File.Move(partial, path + ".out", overwrite: true);

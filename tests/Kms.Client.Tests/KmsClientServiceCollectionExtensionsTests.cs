@@ -62,6 +62,16 @@ public sealed class KmsClientServiceCollectionExtensionsTests(ClientServerFixtur
     }
 
     [Fact]
+    public void AddKmsEnvelopeEncryptor_Twice_Refused()
+    {
+        var services = new ServiceCollection().AddKmsEnvelopeEncryptor(o => o.KeyNames = ["tenants/dev/keys/a"]);
+
+        var e = Assert.Throws<InvalidOperationException>(() => services.AddKmsEnvelopeEncryptor(o => o.KeyNames = ["tenants/dev/keys/b"]));
+
+        Assert.Contains("registered already", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task AddKmsClient_ConfigurationSection_BindsEndpointsTimeoutAndRetry()
     {
         var refusing = DeadEndpoints.Refusing();

@@ -23,10 +23,13 @@ internal sealed class DataKeyCache : IDisposable
 
     private const int MaxRounds = 4;
 
+    private static readonly TimeSpan SweepPeriod = TimeSpan.FromSeconds(30);
+
     private readonly DataKeyCacheOptions _options;
     private readonly MemoryCache _encryption;
     private readonly MemoryCache _decryption;
     private readonly ConcurrentDictionary<string, Task<CachedDataKey>> _inFlight = new(StringComparer.Ordinal);
+    private readonly ITimer _sweep;
     private long _encryptHits;
     private long _encryptMisses;
     private long _decryptHits;
@@ -35,10 +38,23 @@ internal sealed class DataKeyCache : IDisposable
 
     public DataKeyCache(DataKeyCacheOptions options)
     {
-        options.Validate();
-        _options = options;
-        _encryption = new MemoryCache(new MemoryCacheOptions { SizeLimit = options.Capacity });
-        _decryption = new MemoryCache(new MemoryCacheOptions { SizeLimit = options.Capacity });
+        // A copy: changing the caller's options later cannot slip past validation.
+        _options = new DataKeyCacheOptions
+        {
+            MaxAge = options.MaxAge,
+            MaxMessagesPerKey = options.MaxMessagesPerKey,
+            MaxBytesPerKey = options.MaxBytesPerKey,
+            Capacity = options.Capacity,
+            DecryptionMaxAge = options.DecryptionMaxAge,
+            TimeProvider = options.TimeProvider,
+        };
+        _options.Validate();
+        _encryption = new MemoryCache(new MemoryCacheOptions { SizeLimit = _options.Capacity });
+        _decryption = new MemoryCache(new MemoryCacheOptions { SizeLimit = _options.Capacity });
+
+        // MemoryCache expires entries only when it is used: sweep, so an idle process does not
+        // keep expired data keys in memory.
+        _sweep = TimeProvider.System.CreateTimer(static state => ((DataKeyCache)state!).Sweep(), this, SweepPeriod, SweepPeriod);
     }
 
     public DataKeyCacheStatistics Statistics => new(
@@ -73,7 +89,8 @@ internal sealed class DataKeyCache : IDisposable
                     return (hit, cached.Wrapped);
                 }
 
-                _encryption.Remove(cacheKey);
+                // Used up or too old. Not removed here (another caller may have replaced it
+                // already): the new entry below replaces it, and replacement zeroes it.
             }
 
             var entry = await Coalesce(encryption: true, cacheKey, async () =>
@@ -98,34 +115,30 @@ internal sealed class DataKeyCache : IDisposable
         }
 
         Count(ref _encryptMisses, "encrypt", "miss");
-        return await generate().WaitAsync(cancellationToken).ConfigureAwait(false);
+        return await AwaitOrZeroAsync(generate(), static result => CryptographicOperations.ZeroMemory(result.DataKey), cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>A copy of a cached unwrapped data key (the caller zeroes it); on a miss <paramref name="unwrap"/> makes one.</summary>
-    public async Task<byte[]> LeaseForDecryptionAsync(string cacheKey, Func<Task<byte[]>> unwrap, CancellationToken cancellationToken)
+    public async Task<byte[]> LeaseForDecryptionAsync(string cacheKey, Func<CancellationToken, Task<byte[]>> unwrap, CancellationToken cancellationToken)
     {
         if (_options.DecryptionMaxAge == TimeSpan.Zero)
         {
             Count(ref _decryptMisses, "decrypt", "miss");
-            return await unwrap().ConfigureAwait(false);
+            return await unwrap(cancellationToken).ConfigureAwait(false);
         }
 
-        while (true)
+        for (var round = 0; round < MaxRounds; round++)
         {
-            if (_decryption.TryGetValue(cacheKey, out CachedDataKey? cached) && cached is not null)
+            if (_decryption.TryGetValue(cacheKey, out CachedDataKey? cached) && cached is not null
+                && cached.TryLease(0, Now(), _options.DecryptionMaxAge, long.MaxValue, long.MaxValue) is { } hit)
             {
-                if (cached.TryLease(0, Now(), _options.DecryptionMaxAge, long.MaxValue, long.MaxValue) is { } hit)
-                {
-                    Count(ref _decryptHits, "decrypt", "hit");
-                    return hit;
-                }
-
-                _decryption.Remove(cacheKey);
+                Count(ref _decryptHits, "decrypt", "hit");
+                return hit;
             }
 
             var entry = await Coalesce(encryption: false, cacheKey, async () =>
             {
-                var dataKey = await unwrap().ConfigureAwait(false);
+                var dataKey = await unwrap(CancellationToken.None).ConfigureAwait(false);
                 try
                 {
                     return new CachedDataKey(dataKey, [], Now());
@@ -141,6 +154,9 @@ internal sealed class DataKeyCache : IDisposable
                 return leased;
             }
         }
+
+        Count(ref _decryptMisses, "decrypt", "miss");
+        return await AwaitOrZeroAsync(unwrap(CancellationToken.None), static result => CryptographicOperations.ZeroMemory(result), cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Every entry now cached (for tests of zeroing).</summary>
@@ -153,6 +169,7 @@ internal sealed class DataKeyCache : IDisposable
     /// <summary>Zeroes every entry now (eviction callbacks run later, on the thread pool).</summary>
     public void Dispose()
     {
+        _sweep.Dispose();
         foreach (var entry in Entries)
         {
             entry.Dispose();
@@ -202,12 +219,18 @@ internal sealed class DataKeyCache : IDisposable
                     cache.Compact(Math.Min(1.0, Math.Max(0.1, 1.5 / cache.Count)));
                 }
 
-                using (var cacheEntry = cache.CreateEntry(cacheKey))
+                try
                 {
+                    using var cacheEntry = cache.CreateEntry(cacheKey);
                     cacheEntry.Value = entry;
                     cacheEntry.Size = 1;
                     cacheEntry.AbsoluteExpirationRelativeToNow = maxAge;
                     cacheEntry.RegisterPostEvictionCallback(static (_, value, _, _) => ((CachedDataKey?)value)?.Dispose());
+                }
+                catch
+                {
+                    entry.Dispose();
+                    throw;
                 }
 
                 mine.SetResult(entry);
@@ -225,6 +248,37 @@ internal sealed class DataKeyCache : IDisposable
     }
 
     private DateTimeOffset Now() => _options.TimeProvider.GetUtcNow();
+
+    /// <summary>The task's result; if the caller stops waiting first, the secret result is zeroed when it comes.</summary>
+    private static async Task<T> AwaitOrZeroAsync<T>(Task<T> task, Action<T> zero, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            _ = task.ContinueWith(
+                t => zero(t.Result),
+                CancellationToken.None,
+                TaskContinuationOptions.OnlyOnRanToCompletion | TaskContinuationOptions.ExecuteSynchronously,
+                TaskScheduler.Default);
+            throw;
+        }
+    }
+
+    private void Sweep()
+    {
+        try
+        {
+            _encryption.Compact(0);
+            _decryption.Compact(0);
+        }
+        catch (ObjectDisposedException)
+        {
+            // Disposed between the timer firing and now.
+        }
+    }
 
     private static void Count(ref long counter, string cache, string result)
     {

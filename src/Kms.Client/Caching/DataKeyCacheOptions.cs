@@ -15,7 +15,7 @@ public sealed class DataKeyCacheOptions
     /// <summary>Most messages per data key: 2³².</summary>
     public const long MessageLimit = 1L << 32;
 
-    /// <summary>How long a data key is used for encryption after the KMS made it (required, &gt; 0).</summary>
+    /// <summary>How long a data key is used for encryption after the KMS made it (required: 1 second to 1 day).</summary>
     public TimeSpan MaxAge { get; set; } = TimeSpan.FromMinutes(5);
 
     /// <summary>Messages encrypted under one data key (1 to <see cref="MessageLimit"/>).</summary>
@@ -27,7 +27,7 @@ public sealed class DataKeyCacheOptions
     /// <summary>Entries kept, per direction (encryption and decryption).</summary>
     public int Capacity { get; set; } = 1000;
 
-    /// <summary>How long an unwrapped data key is kept for decryption; zero: decryption is not cached.</summary>
+    /// <summary>How long an unwrapped data key is kept for decryption (1 second to 1 day); zero: decryption is not cached.</summary>
     public TimeSpan DecryptionMaxAge { get; set; } = TimeSpan.FromMinutes(5);
 
     /// <summary>The clock of the age limits.</summary>
@@ -35,9 +35,9 @@ public sealed class DataKeyCacheOptions
 
     internal void Validate()
     {
-        if (MaxAge <= TimeSpan.Zero)
+        if (MaxAge < TimeSpan.FromSeconds(1) || MaxAge > TimeSpan.FromDays(1))
         {
-            throw new ArgumentOutOfRangeException(nameof(MaxAge), MaxAge, "a cached data key needs a maximum age greater than zero");
+            throw new ArgumentOutOfRangeException(nameof(MaxAge), MaxAge, "a cached data key needs a maximum age from 1 second to 1 day");
         }
 
         if (MaxMessagesPerKey is < 1 or > MessageLimit)
@@ -55,9 +55,9 @@ public sealed class DataKeyCacheOptions
             throw new ArgumentOutOfRangeException(nameof(Capacity), Capacity, "the cache needs room for at least one entry");
         }
 
-        if (DecryptionMaxAge < TimeSpan.Zero)
+        if (DecryptionMaxAge != TimeSpan.Zero && (DecryptionMaxAge < TimeSpan.FromSeconds(1) || DecryptionMaxAge > TimeSpan.FromDays(1)))
         {
-            throw new ArgumentOutOfRangeException(nameof(DecryptionMaxAge), DecryptionMaxAge, "the decryption age limit cannot be negative");
+            throw new ArgumentOutOfRangeException(nameof(DecryptionMaxAge), DecryptionMaxAge, "the decryption age limit is zero (no caching) or from 1 second to 1 day");
         }
 
         ArgumentNullException.ThrowIfNull(TimeProvider);

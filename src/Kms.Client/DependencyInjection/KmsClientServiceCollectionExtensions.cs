@@ -55,7 +55,14 @@ public static class KmsClientServiceCollectionExtensions
     {
         ArgumentNullException.ThrowIfNull(services);
         ArgumentNullException.ThrowIfNull(configure);
-        services.TryAddSingleton(provider =>
+        if (services.Any(descriptor => descriptor.ServiceType == typeof(EnvelopeEncryptor)))
+        {
+            // A second registration would be ignored, and data meant for its keys encrypted
+            // under the first one's: refuse it instead.
+            throw new InvalidOperationException("an EnvelopeEncryptor is registered already; register one per container (create further encryptors with new EnvelopeEncryptor(client, options))");
+        }
+
+        services.AddSingleton(provider =>
         {
             var options = new EnvelopeOptions();
             configure(options);

@@ -66,6 +66,7 @@ public sealed class EnvelopeDecryptingStream : Stream
     /// <inheritdoc />
     public override int Read(Span<byte> buffer)
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         if (buffer.IsEmpty)
         {
             return 0;
@@ -87,6 +88,7 @@ public sealed class EnvelopeDecryptingStream : Stream
     /// <inheritdoc />
     public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         if (buffer.IsEmpty)
         {
             return 0;
@@ -172,7 +174,7 @@ public sealed class EnvelopeDecryptingStream : Stream
             var marker = BinaryPrimitives.ReadUInt32BigEndian(_frame);
             if (marker != EnvelopeFormat.FinalFrameMarker)
             {
-                if (marker != _sequence || _sequence > EnvelopeFormat.MaxSequenceNumber - 1)
+                if (marker != _sequence || _sequence > EnvelopeFormat.MaxRegularSequenceNumber)
                 {
                     throw EnvelopeDecryptionException.Failed();
                 }
@@ -210,8 +212,10 @@ public sealed class EnvelopeDecryptingStream : Stream
             _available = (int)length;
             return length > 0;
         }
-        catch (EnvelopeDecryptionException)
+        catch
         {
+            // Altered, cut, or an I/O error or cancellation mid-frame: the stream is out of step
+            // with the message either way, and stays failed.
             _failed = true;
             _offset = _available = 0;
             CryptographicOperations.ZeroMemory(_plaintext);

@@ -11,7 +11,9 @@ namespace Kms.Client.Envelope;
 /// Call <see cref="CompleteAsync"/> when the plaintext is all written: it writes the final frame.
 /// Disposing without completing writes nothing more, so a producer that fails half-way leaves
 /// a message that every reader rejects as truncated — never one that looks whole. The
-/// destination is not disposed. Buffers holding plaintext are zeroed on dispose.
+/// destination is not disposed. Buffers holding plaintext are zeroed on dispose. Not for
+/// concurrent writers: overlapping writes throw (they would otherwise seal two frames with one
+/// sequence number). A failed write to the destination leaves the stream faulted.
 /// </remarks>
 public sealed class EnvelopeEncryptingStream : Stream
 {
@@ -22,14 +24,19 @@ public sealed class EnvelopeEncryptingStream : Stream
     private readonly byte[] _frame;
     private int _buffered;
     private uint _sequence = 1;
+    private readonly long _declaredLength;
+    private long _written;
+    private int _busy;
     private bool _completed;
+    private bool _faulted;
     private bool _disposed;
 
-    internal EnvelopeEncryptingStream(Stream destination, FrameCipher cipher, int frameLength)
+    internal EnvelopeEncryptingStream(Stream destination, FrameCipher cipher, int frameLength, long declaredLength)
     {
         _destination = destination;
         _cipher = cipher;
         _frameLength = frameLength;
+        _declaredLength = declaredLength;
         _plaintext = GC.AllocateUninitializedArray<byte>(frameLength, pinned: true);
         _frame = GC.AllocateUninitializedArray<byte>(EnvelopeFormat.FinalFramePrefix + frameLength + EnvelopeFormat.TagLength);
     }
@@ -41,7 +48,7 @@ public sealed class EnvelopeEncryptingStream : Stream
     public override bool CanSeek => false;
 
     /// <inheritdoc />
-    public override bool CanWrite => !_completed && !_disposed;
+    public override bool CanWrite => !_completed && !_disposed && !_faulted;
 
     /// <inheritdoc />
     public override long Length => throw new NotSupportedException();
@@ -59,17 +66,29 @@ public sealed class EnvelopeEncryptingStream : Stream
     /// <inheritdoc />
     public override void Write(ReadOnlySpan<byte> buffer)
     {
-        ThrowIfNotWritable();
-        while (!buffer.IsEmpty)
+        Enter(buffer.Length);
+        try
         {
-            var take = Math.Min(buffer.Length, _frameLength - _buffered);
-            buffer[..take].CopyTo(_plaintext.AsSpan(_buffered));
-            _buffered += take;
-            buffer = buffer[take..];
-            if (_buffered == _frameLength)
+            while (!buffer.IsEmpty)
             {
-                _destination.Write(_frame, 0, SealRegularFrame());
+                var take = Math.Min(buffer.Length, _frameLength - _buffered);
+                buffer[..take].CopyTo(_plaintext.AsSpan(_buffered));
+                _buffered += take;
+                buffer = buffer[take..];
+                if (_buffered == _frameLength)
+                {
+                    _destination.Write(_frame, 0, SealRegularFrame());
+                }
             }
+        }
+        catch
+        {
+            _faulted = true;
+            throw;
+        }
+        finally
+        {
+            Exit();
         }
     }
 
@@ -80,58 +99,107 @@ public sealed class EnvelopeEncryptingStream : Stream
     /// <inheritdoc />
     public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
-        ThrowIfNotWritable();
-        while (!buffer.IsEmpty)
+        Enter(buffer.Length);
+        try
         {
-            var take = Math.Min(buffer.Length, _frameLength - _buffered);
-            buffer[..take].CopyTo(_plaintext.AsMemory(_buffered));
-            _buffered += take;
-            buffer = buffer[take..];
-            if (_buffered == _frameLength)
+            while (!buffer.IsEmpty)
             {
-                await _destination.WriteAsync(_frame.AsMemory(0, SealRegularFrame()), cancellationToken).ConfigureAwait(false);
+                var take = Math.Min(buffer.Length, _frameLength - _buffered);
+                buffer[..take].CopyTo(_plaintext.AsMemory(_buffered));
+                _buffered += take;
+                buffer = buffer[take..];
+                if (_buffered == _frameLength)
+                {
+                    await _destination.WriteAsync(_frame.AsMemory(0, SealRegularFrame()), cancellationToken).ConfigureAwait(false);
+                }
             }
+        }
+        catch
+        {
+            _faulted = true;
+            throw;
+        }
+        finally
+        {
+            Exit();
         }
     }
 
     /// <summary>Reads <paramref name="source"/> to its end straight into the frame buffer (no intermediate copy).</summary>
     internal async Task WriteFromAsync(Stream source, CancellationToken cancellationToken)
     {
-        ThrowIfNotWritable();
-        while (true)
+        Enter(0);
+        try
         {
-            var read = await source.ReadAsync(_plaintext.AsMemory(_buffered), cancellationToken).ConfigureAwait(false);
-            if (read == 0)
+            while (true)
             {
-                return;
-            }
+                var read = await source.ReadAsync(_plaintext.AsMemory(_buffered), cancellationToken).ConfigureAwait(false);
+                if (read == 0)
+                {
+                    return;
+                }
 
-            _buffered += read;
-            if (_buffered == _frameLength)
-            {
-                await _destination.WriteAsync(_frame.AsMemory(0, SealRegularFrame()), cancellationToken).ConfigureAwait(false);
+                CountWritten(read);
+                _buffered += read;
+                if (_buffered == _frameLength)
+                {
+                    await _destination.WriteAsync(_frame.AsMemory(0, SealRegularFrame()), cancellationToken).ConfigureAwait(false);
+                }
             }
+        }
+        catch
+        {
+            _faulted = true;
+            throw;
+        }
+        finally
+        {
+            Exit();
         }
     }
 
     /// <summary>Writes the final frame and flushes the destination: the message is complete.</summary>
     public async Task CompleteAsync(CancellationToken cancellationToken = default)
     {
-        ThrowIfNotWritable();
-        var length = SealFinalFrame();
-        _completed = true;
-        await _destination.WriteAsync(_frame.AsMemory(0, length), cancellationToken).ConfigureAwait(false);
-        await _destination.FlushAsync(cancellationToken).ConfigureAwait(false);
+        Enter(0);
+        try
+        {
+            var length = SealFinalFrame();
+            _completed = true;
+            await _destination.WriteAsync(_frame.AsMemory(0, length), cancellationToken).ConfigureAwait(false);
+            await _destination.FlushAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            _faulted = true;
+            throw;
+        }
+        finally
+        {
+            Exit();
+        }
     }
 
     /// <summary>Writes the final frame and flushes the destination: the message is complete.</summary>
     public void Complete()
     {
-        ThrowIfNotWritable();
-        var length = SealFinalFrame();
-        _completed = true;
-        _destination.Write(_frame, 0, length);
-        _destination.Flush();
+        Enter(0);
+        try
+        {
+            var length = SealFinalFrame();
+            _completed = true;
+            _destination.Write(_frame, 0, length);
+            _destination.Flush();
+        }
+        catch
+        {
+            _faulted = true;
+            throw;
+        }
+        finally
+        {
+            Exit();
+        }
     }
 
     /// <summary>Flushes the frames written so far (a partial frame stays buffered until it is full or completed).</summary>
@@ -164,7 +232,7 @@ public sealed class EnvelopeEncryptingStream : Stream
 
     private int SealRegularFrame()
     {
-        if (_sequence > EnvelopeFormat.MaxSequenceNumber - 1)
+        if (_sequence > EnvelopeFormat.MaxRegularSequenceNumber)
         {
             throw new InvalidOperationException("an envelope message holds at most 2^32 - 2 frames; start another message");
         }
@@ -187,12 +255,50 @@ public sealed class EnvelopeEncryptingStream : Stream
         return EnvelopeFormat.FinalFramePrefix + content + EnvelopeFormat.TagLength;
     }
 
-    private void ThrowIfNotWritable()
+    /// <summary>One writer at a time, on a stream that can still be written, within the declared length.</summary>
+    private void Enter(int bytes)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (_completed)
+        if (Interlocked.CompareExchange(ref _busy, 1, 0) != 0)
         {
-            throw new InvalidOperationException("the envelope message is complete; nothing more can be written");
+            throw new InvalidOperationException("an envelope stream takes one write at a time");
         }
+
+        try
+        {
+            if (_completed)
+            {
+                throw new InvalidOperationException("the envelope message is complete; nothing more can be written");
+            }
+
+            if (_faulted)
+            {
+                throw new InvalidOperationException("an earlier write failed; the message cannot be completed");
+            }
+
+            CountWritten(bytes);
+        }
+        catch
+        {
+            Exit();
+            throw;
+        }
+    }
+
+    private void Exit() => Volatile.Write(ref _busy, 0);
+
+    /// <summary>
+    /// The data-key cache reserved the declared length for this message: writing more would
+    /// encrypt more under one data key than its byte limit allows.
+    /// </summary>
+    private void CountWritten(int bytes)
+    {
+        if (_declaredLength >= 0 && _written + bytes > _declaredLength)
+        {
+            _faulted = true;
+            throw new InvalidOperationException($"more plaintext than the {_declaredLength} bytes declared when the stream was opened");
+        }
+
+        _written += bytes;
     }
 }

@@ -27,6 +27,7 @@ public sealed class EnvelopeEncryptor : IDisposable
     private readonly IEnvelopeKeyProvider _provider;
     private readonly string[] _keyNames;
     private readonly HashSet<string> _trusted;
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, bool> _resolvedKeys = new(StringComparer.Ordinal);
     private readonly bool _trustAnyKey;
     private readonly int _frameLength;
     private readonly DataKeyCache? _cache;
@@ -65,8 +66,10 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// <param name="cancellationToken">Cancels the KMS call.</param>
     public async Task<byte[]> EncryptAsync(ReadOnlyMemory<byte> plaintext, IReadOnlyDictionary<string, string>? encryptionContext = null, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
-        var context = encryptionContext ?? EnvelopeContext.Empty;
-        var encodedContext = EnvelopeContext.Encode(context);
+        // The encoding is taken once and the KMS calls, the header and the cache all use a
+        // snapshot decoded from it: a caller changing its dictionary later changes nothing.
+        var encodedContext = EnvelopeContext.Encode(encryptionContext);
+        var context = EnvelopeContext.Decode(encodedContext);
         var (dataKey, wrapped) = await GetMaterialsAsync(context, encodedContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
         try
         {
@@ -85,9 +88,17 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// <exception cref="ArgumentException">The destination is too small (nothing is written).</exception>
     public async Task<int> EncryptAsync(ReadOnlyMemory<byte> plaintext, Memory<byte> destination, IReadOnlyDictionary<string, string>? encryptionContext = null, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
-        var context = encryptionContext ?? EnvelopeContext.Empty;
-        var encodedContext = EnvelopeContext.Encode(context);
+        // The encoding is taken once and the KMS calls, the header and the cache all use a
+        // snapshot decoded from it: a caller changing its dictionary later changes nothing.
+        var encodedContext = EnvelopeContext.Encode(encryptionContext);
+        var context = EnvelopeContext.Decode(encodedContext);
         var (dataKey, wrapped) = await GetMaterialsAsync(context, encodedContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
+        if (plaintext.Span.Overlaps(destination.Span))
+        {
+            CryptographicOperations.ZeroMemory(dataKey);
+            throw new ArgumentException("the destination must not overlap the plaintext", nameof(destination));
+        }
+
         try
         {
             return EnvelopeMessage.SealInto(dataKey, RandomNumberGenerator.GetBytes(EnvelopeFormat.MessageIdLength), encodedContext, context, wrapped, _frameLength, plaintext.Span, associatedData.Span, destination.Span);
@@ -113,8 +124,11 @@ public sealed class EnvelopeEncryptor : IDisposable
     }
 
     /// <summary>Encrypts a record into one envelope message.</summary>
-    public Task<byte[]> EncryptAsync(byte[] plaintext, IReadOnlyDictionary<string, string>? encryptionContext = null, byte[]? associatedData = null, CancellationToken cancellationToken = default) =>
-        EncryptAsync(plaintext.AsMemory(), encryptionContext, associatedData, cancellationToken);
+    public Task<byte[]> EncryptAsync(byte[] plaintext, IReadOnlyDictionary<string, string>? encryptionContext = null, byte[]? associatedData = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(plaintext);
+        return EncryptAsync(plaintext.AsMemory(), encryptionContext, associatedData, cancellationToken);
+    }
 
     /// <summary>
     /// Decrypts a whole message. With <paramref name="expectedContext"/>, the message's context
@@ -146,8 +160,11 @@ public sealed class EnvelopeEncryptor : IDisposable
     }
 
     /// <summary>Decrypts a whole message.</summary>
-    public Task<byte[]> DecryptAsync(byte[] message, IReadOnlyDictionary<string, string>? expectedContext = null, byte[]? associatedData = null, CancellationToken cancellationToken = default) =>
-        DecryptAsync(message.AsMemory(), expectedContext, associatedData, cancellationToken);
+    public Task<byte[]> DecryptAsync(byte[] message, IReadOnlyDictionary<string, string>? expectedContext = null, byte[]? associatedData = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        return DecryptAsync(message.AsMemory(), expectedContext, associatedData, cancellationToken);
+    }
 
     /// <summary>
     /// The encryption context a message's header claims — unauthenticated until the message
@@ -207,8 +224,10 @@ public sealed class EnvelopeEncryptor : IDisposable
             throw new ArgumentException("the destination must be writable", nameof(destination));
         }
 
-        var context = encryptionContext ?? EnvelopeContext.Empty;
-        var encodedContext = EnvelopeContext.Encode(context);
+        // The encoding is taken once and the KMS calls, the header and the cache all use a
+        // snapshot decoded from it: a caller changing its dictionary later changes nothing.
+        var encodedContext = EnvelopeContext.Encode(encryptionContext);
+        var context = EnvelopeContext.Decode(encodedContext);
         var (dataKey, wrapped) = await GetMaterialsAsync(context, encodedContext, plaintextLength, cancellationToken).ConfigureAwait(false);
         FrameCipher cipher;
         EnvelopeHeader header;
@@ -223,7 +242,8 @@ public sealed class EnvelopeEncryptor : IDisposable
             CryptographicOperations.ZeroMemory(dataKey);
         }
 
-        var stream = new EnvelopeEncryptingStream(destination, cipher, _frameLength);
+        // A declared length reserved bytes in the data-key cache: the stream holds the writer to it.
+        var stream = new EnvelopeEncryptingStream(destination, cipher, _frameLength, plaintextLength);
         try
         {
             var bytes = new byte[header.Length];
@@ -336,19 +356,32 @@ public sealed class EnvelopeEncryptor : IDisposable
         var others = await Task.WhenAll(_keyNames.Skip(1).Select(name => _provider.WrapDataKeyAsync(name, generated.Plaintext, context, cancellationToken))).ConfigureAwait(false);
         WrappedDataKey[] wrapped = [generated.Wrapped, .. others];
         EnvelopeHeader.ValidateForWriting(wrapped, _frameLength);
+        foreach (var key in wrapped)
+        {
+            // An alias among KeyNames is recorded as the key the KMS used: trust that key too,
+            // so this encryptor decrypts what it wrote.
+            _resolvedKeys.TryAdd(key.KeyName, true);
+        }
+
         var dataKey = GC.AllocateUninitializedArray<byte>(EnvelopeFormat.DataKeyLength, pinned: true);
         generated.Plaintext.Span.CopyTo(dataKey);
         return (dataKey, wrapped);
     }
 
     /// <summary>The data key from the first trusted wrapped key the KMS unwraps (the caller zeroes it).</summary>
+    /// <exception cref="RpcException">The KMS could not answer for any trusted key and at least one failure was transient (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED): retry later; the message is not known to be bad.</exception>
     private async Task<byte[]> UnwrapAsync(EnvelopeHeader header, CancellationToken cancellationToken)
     {
-        var candidates = header.WrappedKeys.Where(k => _trustAnyKey || _trusted.Contains(k.KeyName)).ToList();
+        // Each trusted key once, in header order: a hostile header repeating a trusted key
+        // name cannot make one read cost many KMS calls.
+        var candidates = header.WrappedKeys
+            .Where(k => _trustAnyKey || _trusted.Contains(k.KeyName) || _resolvedKeys.ContainsKey(k.KeyName))
+            .DistinctBy(k => k.KeyName, StringComparer.Ordinal)
+            .ToList();
         if (candidates.Count == 0)
         {
             throw new EnvelopeDecryptionException(
-                $"none of the message's keys is trusted by this encryptor: {string.Join(", ", header.WrappedKeys.Select(k => k.KeyName))}");
+                $"none of the message's keys is trusted by this encryptor: {string.Join(", ", header.WrappedKeys.Take(4).Select(k => Printable(k.KeyName)))}");
         }
 
         var failures = new List<Exception>();
@@ -356,16 +389,9 @@ public sealed class EnvelopeEncryptor : IDisposable
         {
             try
             {
-                var dataKey = _cache is null
-                    ? await _provider.UnwrapDataKeyAsync(wrapped, header.Context, cancellationToken).ConfigureAwait(false)
-                    : await _cache.LeaseForDecryptionAsync(DecryptionCacheKey(wrapped, header.EncodedContext), () => _provider.UnwrapDataKeyAsync(wrapped, header.Context, CancellationToken.None), cancellationToken).ConfigureAwait(false);
-                if (dataKey.Length != EnvelopeFormat.DataKeyLength)
-                {
-                    CryptographicOperations.ZeroMemory(dataKey);
-                    throw EnvelopeDecryptionException.Failed();
-                }
-
-                return dataKey;
+                return _cache is null
+                    ? await UnwrapCheckedAsync(wrapped, header.Context, cancellationToken).ConfigureAwait(false)
+                    : await _cache.LeaseForDecryptionAsync(DecryptionCacheKey(wrapped, header.EncodedContext), ct => UnwrapCheckedAsync(wrapped, header.Context, ct), cancellationToken).ConfigureAwait(false);
             }
             catch (Exception exception) when (exception is RpcException or EnvelopeDecryptionException && !cancellationToken.IsCancellationRequested)
             {
@@ -373,12 +399,45 @@ public sealed class EnvelopeEncryptor : IDisposable
             }
         }
 
+        // A KMS that could not answer says nothing about the message: surface that as the
+        // retryable RpcException it is, not as a CryptographicException a caller might take
+        // for corruption.
+        if (failures.OfType<RpcException>().FirstOrDefault(IsTransient) is { } transient)
+        {
+            throw transient;
+        }
+
         var reasons = candidates.Zip(failures, (key, failure) => failure is RpcException rpc
-            ? $"{key.KeyName}: {rpc.StatusCode} {rpc.Status.Detail}"
-            : $"{key.KeyName}: {failure.Message}");
+            ? $"{Printable(key.KeyName)}: {rpc.StatusCode} {rpc.Status.Detail}"
+            : $"{Printable(key.KeyName)}: {failure.Message}");
         throw new EnvelopeDecryptionException(
             $"no data key in the message could be decrypted ({string.Join("; ", reasons)})",
             failures.Count == 1 ? failures[0] : new AggregateException(failures));
+    }
+
+    /// <summary>Unwraps through the provider; accepts only a 32-byte key from the key the header named.</summary>
+    private async Task<byte[]> UnwrapCheckedAsync(WrappedDataKey wrapped, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken)
+    {
+        using var unwrapped = await _provider.UnwrapDataKeyAsync(wrapped, context, cancellationToken).ConfigureAwait(false);
+        if (!string.Equals(unwrapped.KeyName, wrapped.KeyName, StringComparison.Ordinal) || unwrapped.Plaintext.Length != EnvelopeFormat.DataKeyLength)
+        {
+            // The header named one key, the KMS used another: a forged header.
+            throw EnvelopeDecryptionException.Failed();
+        }
+
+        var dataKey = GC.AllocateUninitializedArray<byte>(EnvelopeFormat.DataKeyLength, pinned: true);
+        unwrapped.Plaintext.Span.CopyTo(dataKey);
+        return dataKey;
+    }
+
+    private static bool IsTransient(RpcException exception) =>
+        exception.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded or StatusCode.ResourceExhausted or StatusCode.Aborted;
+
+    /// <summary>A key name from an unauthenticated header, fit for an error message.</summary>
+    private static string Printable(string keyName)
+    {
+        var cut = keyName.Length > 120 ? keyName[..120] + "…" : keyName;
+        return string.Concat(cut.Select(c => char.IsControl(c) ? '?' : c));
     }
 
     /// <summary>Hash of key name, wrapped key and context: an entry serves only the exact unwrap the KMS allowed.</summary>

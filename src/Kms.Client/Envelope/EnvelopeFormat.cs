@@ -44,8 +44,8 @@ internal static class EnvelopeFormat
 
     public const int DefaultFrameLength = 64 * 1024;
 
-    /// <summary>Last regular sequence number; the final frame may use one more (0xFFFFFFFE).</summary>
-    public const uint MaxSequenceNumber = 0xFFFFFFFE;
+    /// <summary>Largest sequence number of a regular frame; the final frame may use one more (0xFFFFFFFE).</summary>
+    public const uint MaxRegularSequenceNumber = 0xFFFFFFFD;
 
     public const uint FinalFrameMarker = 0xFFFFFFFF;
 

@@ -15,7 +15,7 @@ internal sealed class EnvelopeHeader
         FrameLength = frameLength;
         Commitment = commitment;
         BodyLength = EnvelopeFormat.FixedPrefixLength + encodedContext.Length + 1
-            + wrappedKeys.Sum(k => 4 + Encoding.UTF8.GetByteCount(k.KeyName) + k.Wrapped.Length)
+            + wrappedKeys.Sum(k => 4 + EnvelopeFormat.StrictUtf8.GetByteCount(k.KeyName) + k.Wrapped.Length)
             + 4 + EnvelopeFormat.CommitmentLength;
     }
 
@@ -50,7 +50,7 @@ internal sealed class EnvelopeHeader
 
         foreach (var key in wrappedKeys)
         {
-            if (Encoding.UTF8.GetByteCount(key.KeyName) is 0 or > EnvelopeFormat.MaxKeyNameBytes || key.Wrapped.Length is 0 or > EnvelopeFormat.MaxWrappedKeyBytes)
+            if (StrictByteCount(key.KeyName) is 0 or > EnvelopeFormat.MaxKeyNameBytes || key.Wrapped.Length is 0 or > EnvelopeFormat.MaxWrappedKeyBytes)
             {
                 throw new ArgumentException($"a wrapped data key needs a key name of 1 to {EnvelopeFormat.MaxKeyNameBytes} bytes and 1 to {EnvelopeFormat.MaxWrappedKeyBytes} bytes of wrapped key");
             }
@@ -79,7 +79,7 @@ internal sealed class EnvelopeHeader
         destination[offset++] = (byte)WrappedKeys.Count;
         foreach (var key in WrappedKeys)
         {
-            var name = Encoding.UTF8.GetBytes(key.KeyName);
+            var name = EnvelopeFormat.StrictUtf8.GetBytes(key.KeyName);
             BinaryPrimitives.WriteUInt16BigEndian(destination[offset..], (ushort)name.Length);
             name.CopyTo(destination[(offset + 2)..]);
             offset += 2 + name.Length;
@@ -198,12 +198,24 @@ internal sealed class EnvelopeHeader
         };
     }
 
+    private static int StrictByteCount(string name)
+    {
+        try
+        {
+            return EnvelopeFormat.StrictUtf8.GetByteCount(name);
+        }
+        catch (EncoderFallbackException)
+        {
+            return 0;
+        }
+    }
+
     private static void CheckPrefix(ReadOnlySpan<byte> data)
     {
         var magic = data[..Math.Min(data.Length, EnvelopeFormat.MagicLength)];
         if (!EnvelopeFormat.Magic.StartsWith(magic))
         {
-            throw EnvelopeDecryptionException.Malformed("it does not start with KMSE");
+            throw new EnvelopeDecryptionException("not an envelope message (it does not start with KMSE)");
         }
 
         if (data.Length > 4 && data[4] != EnvelopeFormat.Version1)

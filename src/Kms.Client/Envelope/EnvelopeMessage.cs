@@ -122,7 +122,7 @@ internal static class EnvelopeMessage
                 break;
             }
 
-            if (marker != sequence || sequence > EnvelopeFormat.MaxSequenceNumber || body.Length - offset < regularFrame)
+            if (marker != sequence || sequence > EnvelopeFormat.MaxRegularSequenceNumber || body.Length - offset < regularFrame)
             {
                 throw EnvelopeDecryptionException.Failed();
             }

@@ -6,10 +6,10 @@ namespace Kms.Client.Envelope;
 /// tests and other KMS deployments may bring their own.
 /// </summary>
 /// <remarks>
-/// The contract a provider must keep: <see cref="UnwrapDataKeyAsync"/> returns a data key only
-/// if a version of the key named in <see cref="WrappedDataKey.KeyName"/> unwrapped it — a
-/// message must not be able to name a trusted key while carrying a data key wrapped under
-/// another. Returned plaintext arrays belong to the caller, who zeroes them.
+/// <see cref="UnwrapDataKeyAsync"/> reports which key the KMS says unwrapped the data key; the
+/// encryptor accepts the data key only if that is the key the message named, so a message
+/// cannot name a trusted key while carrying a data key wrapped under another — whatever the
+/// provider. Returned secrets are in types that zero themselves on dispose.
 /// </remarks>
 public interface IEnvelopeKeyProvider
 {
@@ -19,8 +19,8 @@ public interface IEnvelopeKeyProvider
     /// <summary>The same data key wrapped under another key (a multi-key envelope).</summary>
     Task<WrappedDataKey> WrapDataKeyAsync(string keyName, ReadOnlyMemory<byte> dataKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken);
 
-    /// <summary>The data key, if a version of <see cref="WrappedDataKey.KeyName"/> unwraps it under <paramref name="context"/>.</summary>
-    Task<byte[]> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken);
+    /// <summary>The data key unwrapped under <paramref name="context"/>, with the key the KMS reports it used.</summary>
+    Task<UnwrappedDataKey> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken);
 }
 
 /// <summary>A data key wrapped under a KMS key: what an envelope header carries per key.</summary>
@@ -53,4 +53,33 @@ public sealed class GeneratedDataKey : IDisposable
 
     /// <summary>Never the key.</summary>
     public override string ToString() => $"GeneratedDataKey({Wrapped.KeyName}, plaintext ***)";
+}
+
+/// <summary>A data key the KMS unwrapped, and the key it reports using; dispose to zero the plaintext.</summary>
+public sealed class UnwrappedDataKey : IDisposable
+{
+    private readonly byte[] _plaintext;
+
+    /// <summary>Takes ownership of <paramref name="plaintext"/> (zeroed on dispose).</summary>
+    /// <param name="plaintext">The data key.</param>
+    /// <param name="keyName">The key that unwrapped it as the KMS reports it: <c>tenants/{t}/keys/{k}</c>.</param>
+    public UnwrappedDataKey(byte[] plaintext, string keyName)
+    {
+        ArgumentNullException.ThrowIfNull(plaintext);
+        ArgumentNullException.ThrowIfNull(keyName);
+        _plaintext = plaintext;
+        KeyName = keyName;
+    }
+
+    /// <summary>The plaintext data key (zeroed after dispose).</summary>
+    public ReadOnlyMemory<byte> Plaintext => _plaintext;
+
+    /// <summary>The key the KMS used.</summary>
+    public string KeyName { get; }
+
+    /// <summary>Zeroes the plaintext.</summary>
+    public void Dispose() => System.Security.Cryptography.CryptographicOperations.ZeroMemory(_plaintext);
+
+    /// <summary>Never the key.</summary>
+    public override string ToString() => $"UnwrappedDataKey({KeyName}, plaintext ***)";
 }

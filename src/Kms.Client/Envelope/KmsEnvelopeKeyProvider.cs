@@ -6,7 +6,8 @@ namespace Kms.Client.Envelope;
 /// <remarks>
 /// The envelope's encryption context is the KMS encryption context of every wrap and unwrap,
 /// so the KMS binds it to the data key, audits its keys and enforces context-constrained grants.
-/// Unwrap accepts the data key only if the KMS reports a version of the named key.
+/// Unwrap reports the key of the version the KMS used; the encryptor compares it with the
+/// key the message named.
 /// </remarks>
 public sealed class KmsEnvelopeKeyProvider(KmsClient client) : IEnvelopeKeyProvider
 {
@@ -32,17 +33,11 @@ public sealed class KmsEnvelopeKeyProvider(KmsClient client) : IEnvelopeKeyProvi
     }
 
     /// <inheritdoc />
-    public async Task<byte[]> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken)
+    public async Task<UnwrappedDataKey> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(wrappedKey);
         using var decrypted = await _client.DecryptAsync(wrappedKey.Wrapped, context, cancellationToken).ConfigureAwait(false);
-        if (KeyOf(decrypted.KeyVersion) != wrappedKey.KeyName || decrypted.Plaintext.Length != EnvelopeFormat.DataKeyLength)
-        {
-            // The header named one key, the KMS used another: a forged header.
-            throw EnvelopeDecryptionException.Failed();
-        }
-
-        return CopySecret(decrypted.Plaintext);
+        return new UnwrappedDataKey(CopySecret(decrypted.Plaintext), KeyOf(decrypted.KeyVersion));
     }
 
     /// <summary><c>tenants/t/keys/k</c> of <c>tenants/t/keys/k/versions/n</c>.</summary>

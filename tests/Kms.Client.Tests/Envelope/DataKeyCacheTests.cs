@@ -233,6 +233,22 @@ public sealed class DataKeyCacheTests
     }
 
     [Fact]
+    public async Task Decrypt_SameWrappedKeyUnderAnotherContext_NotServedFromTheCache()
+    {
+        using var writer = NewEncryptor(null);
+        var message = await writer.EncryptAsync(new byte[10], Context("aaaa"));
+        using var reader = NewEncryptor(new DataKeyCacheOptions());
+        await reader.DecryptAsync(message);
+        var moved = message.ToArray();
+        var at = moved.AsSpan().IndexOf("aaaa"u8);
+        "bbbb"u8.CopyTo(moved.AsSpan(at));
+
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(moved));
+
+        Assert.Equal(2, _provider.UnwrapCalls);
+    }
+
+    [Fact]
     public async Task Decrypt_DecryptionMaxAgeZero_NotCached()
     {
         using var writer = NewEncryptor(null);
@@ -243,6 +259,21 @@ public sealed class DataKeyCacheTests
         await reader.DecryptAsync(message);
 
         Assert.Equal(2, _provider.UnwrapCalls);
+    }
+
+    [Fact]
+    public async Task Options_ChangedAfterConstruction_IgnoredByTheCache()
+    {
+        var options = new DataKeyCacheOptions { MaxMessagesPerKey = 2 };
+        using var encryptor = NewEncryptor(options);
+        options.MaxMessagesPerKey = long.MaxValue;
+
+        for (var i = 0; i < 4; i++)
+        {
+            await encryptor.EncryptAsync(new byte[1]);
+        }
+
+        Assert.Equal(2, _provider.GenerateCalls);
     }
 
     [Fact]
@@ -280,6 +311,8 @@ public sealed class DataKeyCacheTests
 
         Assert.Equal(10, _provider.GenerateCalls);
         await WaitUntil(() => encryptor.Cache!.Entries.Count() <= capacity);
+        var handedOut = _provider.HandedOut.ToList();
+        await WaitUntil(() => handedOut.All(key => !key.AsSpan().ContainsAnyExcept((byte)0)));
         await encryptor.EncryptAsync(new byte[1], Context("9"));
         Assert.Equal(10, _provider.GenerateCalls);
     }
@@ -292,6 +325,8 @@ public sealed class DataKeyCacheTests
         Assert.Throws<ArgumentOutOfRangeException>(() => NewEncryptor(new DataKeyCacheOptions { MaxMessagesPerKey = (1L << 32) + 1 }));
         Assert.Throws<ArgumentOutOfRangeException>(() => NewEncryptor(new DataKeyCacheOptions { MaxBytesPerKey = 0 }));
         Assert.Throws<ArgumentOutOfRangeException>(() => NewEncryptor(new DataKeyCacheOptions { Capacity = 0 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => NewEncryptor(new DataKeyCacheOptions { MaxAge = TimeSpan.MaxValue }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => NewEncryptor(new DataKeyCacheOptions { DecryptionMaxAge = TimeSpan.FromMilliseconds(1) }));
     }
 
     private EnvelopeEncryptor NewEncryptor(DataKeyCacheOptions? cache)
@@ -337,7 +372,7 @@ public sealed class DataKeyCacheTests
         public Task<WrappedDataKey> WrapDataKeyAsync(string keyName, ReadOnlyMemory<byte> dataKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
             _inner.WrapDataKeyAsync(keyName, dataKey, context, cancellationToken);
 
-        public Task<byte[]> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
+        public Task<UnwrappedDataKey> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
             _inner.UnwrapDataKeyAsync(wrappedKey, context, cancellationToken);
     }
 }

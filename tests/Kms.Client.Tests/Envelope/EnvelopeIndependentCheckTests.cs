@@ -29,9 +29,9 @@ public sealed class EnvelopeIndependentCheckTests
         var context = new Dictionary<string, string> { ["tenant"] = "t", ["é"] = "accent" };
 
         var message = await encryptor.EncryptAsync(plaintext, context);
-        var dataKey = await provider.UnwrapDataKeyAsync(ReadFirstWrappedKey(message), context, default);
+        using var dataKey = await provider.UnwrapDataKeyAsync(ReadFirstWrappedKey(message), context, default);
 
-        Assert.Equal(plaintext, DecodeWithBouncyCastle(message, dataKey));
+        Assert.Equal(plaintext, DecodeWithBouncyCastle(message, dataKey.Plaintext.ToArray()));
     }
 
     /// <summary>An independent reader of the spec: parse, derive, check commitment and tags, decrypt frames.</summary>

@@ -1,3 +1,4 @@
+using System.Text;
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
 using Kms.Client.Caching;
@@ -71,6 +72,9 @@ public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFix
         var message = await writer.EncryptAsync(new byte[] { 1, 2, 3 });
 
         Assert.Equal(new byte[] { 1, 2, 3 }, await reader.DecryptAsync(message));
+        Assert.Equal(new byte[] { 1, 2, 3 }, await writer.DecryptAsync(message));
+        Assert.True(message.AsSpan().IndexOf(Encoding.UTF8.GetBytes(key)) > 0, "the header records the key");
+        Assert.True(message.AsSpan().IndexOf(Encoding.UTF8.GetBytes(alias)) < 0, "the header does not record the alias");
     }
 
     [Fact]
@@ -195,7 +199,7 @@ public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFix
         public Task<WrappedDataKey> WrapDataKeyAsync(string keyName, ReadOnlyMemory<byte> dataKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
             inner.WrapDataKeyAsync(keyName, dataKey, context, cancellationToken);
 
-        public Task<byte[]> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
+        public Task<UnwrappedDataKey> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
             inner.UnwrapDataKeyAsync(wrappedKey, context, cancellationToken);
     }
 
@@ -214,7 +218,7 @@ public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFix
         public Task<WrappedDataKey> WrapDataKeyAsync(string keyName, ReadOnlyMemory<byte> dataKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
             inner.WrapDataKeyAsync(keyName, dataKey, context, cancellationToken);
 
-        public Task<byte[]> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
+        public Task<UnwrappedDataKey> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
             inner.UnwrapDataKeyAsync(wrappedKey, context, cancellationToken);
     }
 }

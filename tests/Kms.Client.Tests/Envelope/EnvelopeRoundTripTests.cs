@@ -99,6 +99,75 @@ public sealed class EnvelopeRoundTripTests
     }
 
     [Fact]
+    public async Task EncryptingStream_MoreThanTheDeclaredLength_Refused()
+    {
+        using var encryptor = NewEncryptor(out _);
+        await using var writer = await encryptor.OpenEncryptingStreamAsync(new MemoryStream(), plaintextLength: 10);
+        await writer.WriteAsync(new byte[10]);
+
+        await Assert.ThrowsAsync<InvalidOperationException>(() => writer.WriteAsync(new byte[1]).AsTask());
+        Assert.False(writer.CanWrite);
+    }
+
+    [Fact]
+    public async Task EncryptingStream_OverlappingWrites_RefusedNotSealedTwice()
+    {
+        using var encryptor = NewEncryptor(out _);
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var destination = new GatedStream();
+        await using var writer = await encryptor.OpenEncryptingStreamAsync(destination);
+        destination.Gate = gate.Task;
+
+        var first = writer.WriteAsync(new byte[Frame]).AsTask();
+        await Assert.ThrowsAsync<InvalidOperationException>(() => writer.WriteAsync(new byte[Frame]).AsTask());
+        gate.SetResult();
+        await first;
+    }
+
+    [Fact]
+    public async Task DecryptingStream_AfterDispose_ObjectDisposed()
+    {
+        using var encryptor = NewEncryptor(out _);
+        var message = await encryptor.EncryptAsync(Data(100));
+        var reader = await encryptor.OpenDecryptingStreamAsync(new MemoryStream(message));
+        Assert.Equal(10, await reader.ReadAsync(new byte[10]));
+        await reader.DisposeAsync();
+
+        Assert.Throws<ObjectDisposedException>(() => reader.Read(new byte[10], 0, 10));
+    }
+
+    [Fact]
+    public async Task ContextDictionaryChangedWhileEncrypting_MessageStillDecryptsUnderTheOriginal()
+    {
+        var provider = new FakeKeyProvider { Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously) };
+        using var encryptor = new EnvelopeEncryptor(provider, new EnvelopeOptions
+        {
+            KeyNames = ["tenants/t/keys/a", "tenants/t/keys/b"],
+            DataKeyCache = new Kms.Client.Caching.DataKeyCacheOptions(),
+        });
+        var context = new Dictionary<string, string> { ["row"] = "1" };
+
+        var encrypting = encryptor.EncryptAsync(Data(10), context);
+        context["row"] = "2";
+        provider.Gate.SetResult();
+        var message = await encrypting;
+        provider.Refused.Add("tenants/t/keys/a");
+
+        Assert.Equal(Data(10), await encryptor.DecryptAsync(message, new Dictionary<string, string> { ["row"] = "1" }));
+    }
+
+    [Fact]
+    public async Task NullOrOverlappingBuffers_Refused()
+    {
+        using var encryptor = NewEncryptor(out _);
+        var buffer = new byte[4096];
+
+        await Assert.ThrowsAsync<ArgumentNullException>(() => encryptor.EncryptAsync((byte[])null!));
+        await Assert.ThrowsAsync<ArgumentNullException>(() => encryptor.DecryptAsync((byte[])null!));
+        await Assert.ThrowsAsync<ArgumentException>(() => encryptor.EncryptAsync(buffer.AsMemory(0, 100), buffer.AsMemory(50)));
+    }
+
+    [Fact]
     public async Task EncryptingStream_DisposedWithoutComplete_LeavesAMessageEveryReaderRejects()
     {
         using var encryptor = NewEncryptor(out _);
@@ -243,6 +312,40 @@ public sealed class EnvelopeRoundTripTests
         provider = new FakeKeyProvider();
         return new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = keys ?? ["tenants/t/keys/a"], FrameLength = Frame });
     }
+}
+
+/// <summary>A write-only stream whose writes wait for a gate (open until one is set).</summary>
+internal sealed class GatedStream : Stream
+{
+    public Task Gate { get; set; } = Task.CompletedTask;
+
+    public override bool CanRead => false;
+
+    public override bool CanSeek => false;
+
+    public override bool CanWrite => true;
+
+    public override long Length => throw new NotSupportedException();
+
+    public override long Position
+    {
+        get => throw new NotSupportedException();
+        set => throw new NotSupportedException();
+    }
+
+    public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default) => await Gate;
+
+    public override void Write(byte[] buffer, int offset, int count) => Gate.GetAwaiter().GetResult();
+
+    public override void Flush()
+    {
+    }
+
+    public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    public override void SetLength(long value) => throw new NotSupportedException();
 }
 
 /// <summary>A read-only stream that cannot seek and hands out few bytes per read, like a socket.</summary>

@@ -120,7 +120,7 @@ public sealed class EnvelopeTamperingTests
     [Theory]
     [InlineData(4, 0x02, "unsupported envelope version 2")]
     [InlineData(6, 0x02, "unsupported envelope suite 0x0002")]
-    [InlineData(0, (byte)'X', "not a valid envelope message")]
+    [InlineData(0, (byte)'X', "not an envelope message")]
     public async Task UnknownVersionSuiteOrMagic_RejectedByName(int offset, byte value, string expected)
     {
         using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out var provider);
@@ -134,10 +134,11 @@ public sealed class EnvelopeTamperingTests
     }
 
     [Fact]
-    public async Task DataKeyThatDoesNotCommitToTheHeader_FailsBeforeAnyFrameIsDecrypted()
+    public async Task UnwrapToAnotherDataKey_FailsOpaquely()
     {
         // A provider that answers with another data key than the one the message was written
-        // with: the commitment check stops it (the "invisible salamander" case).
+        // with. (The commitment check itself is shown by the golden vector "commitment of
+        // another data key", whose header tag is valid: only the commitment stops it.)
         var provider = new FakeKeyProvider();
         using var writer = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"] });
         var message = await writer.EncryptAsync(new byte[100]);
@@ -147,6 +148,47 @@ public sealed class EnvelopeTamperingTests
         var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(message));
 
         Assert.Equal("envelope decryption failed", e.Message);
+    }
+
+    [Fact]
+    public async Task ProviderReportingAnotherKey_Refused_WhateverTheProviderChecks()
+    {
+        var provider = new FakeKeyProvider();
+        using var writer = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"] });
+        var message = await writer.EncryptAsync(new byte[10]);
+        using var dataKey = await provider.UnwrapDataKeyAsync(ReadWrapped(message), EnvelopeContext.Empty, default);
+        var lying = new StaticKeyProvider(dataKey.Plaintext.ToArray(), [ReadWrapped(message)], reportedKey: "tenants/t/keys/attacker");
+        using var reader = new EnvelopeEncryptor(lying, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"] });
+
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(message));
+
+        Assert.Contains("envelope decryption failed", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task TrustedKeyRepeatedInAHostileHeader_AskedForOnce()
+    {
+        var provider = new FakeKeyProvider();
+        var wrapped = Enumerable.Range(0, 16).Select(i => new WrappedDataKey("tenants/t/keys/a", RandomNumberGenerator.GetBytes(60))).ToList();
+        var hostile = EnvelopeMessage.Seal(RandomNumberGenerator.GetBytes(32), RandomNumberGenerator.GetBytes(32), EnvelopeContext.Encode(null), EnvelopeContext.Empty, wrapped, 64, new byte[10], []);
+        using var reader = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"] });
+
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(hostile));
+
+        Assert.Equal(1, provider.UnwrapCalls);
+    }
+
+    [Fact]
+    public async Task KmsUnreachable_RetryableRpcException_NotAnEnvelopeError()
+    {
+        using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out var provider, ["tenants/t/keys/a", "tenants/t/keys/b"]);
+        var message = await encryptor.EncryptAsync(new byte[10]);
+        provider.Refused.Add("tenants/t/keys/a");
+        provider.Unreachable.Add("tenants/t/keys/b");
+
+        var e = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => encryptor.DecryptAsync(message));
+
+        Assert.Equal(Grpc.Core.StatusCode.Unavailable, e.StatusCode);
     }
 
     [Fact]

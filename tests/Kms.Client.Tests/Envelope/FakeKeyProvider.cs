@@ -27,8 +27,11 @@ internal sealed class FakeKeyProvider : IEnvelopeKeyProvider
     /// <summary>When set, GenerateDataKey waits for it (coalescing tests).</summary>
     public TaskCompletionSource? Gate { get; set; }
 
-    /// <summary>Keys the "KMS" refuses to unwrap with (as if disabled or unreachable).</summary>
+    /// <summary>Keys the "KMS" refuses to unwrap with (as if disabled).</summary>
     public HashSet<string> Refused { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>Keys whose "KMS" cannot be reached (UNAVAILABLE).</summary>
+    public HashSet<string> Unreachable { get; } = new(StringComparer.Ordinal);
 
     /// <summary>Every plaintext data key handed out (to check they were zeroed).</summary>
     public ConcurrentBag<byte[]> HandedOut { get; } = [];
@@ -55,9 +58,14 @@ internal sealed class FakeKeyProvider : IEnvelopeKeyProvider
         return Task.FromResult(Wrap(keyName, dataKey.Span, context));
     }
 
-    public Task<byte[]> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken)
+    public Task<UnwrappedDataKey> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken)
     {
         Interlocked.Increment(ref _unwrapCalls);
+        if (Unreachable.Contains(wrappedKey.KeyName))
+        {
+            throw new RpcException(new Status(StatusCode.Unavailable, "no healthy endpoint"));
+        }
+
         if (Refused.Contains(wrappedKey.KeyName))
         {
             throw new RpcException(new Status(StatusCode.FailedPrecondition, $"key {wrappedKey.KeyName} is DISABLED"));
@@ -83,7 +91,7 @@ internal sealed class FakeKeyProvider : IEnvelopeKeyProvider
         var handed = dataKey.ToArray();
         HandedOut.Add(handed);
         CryptographicOperations.ZeroMemory(dataKey);
-        return Task.FromResult(handed);
+        return Task.FromResult(new UnwrappedDataKey(handed, wrappedKey.KeyName));
     }
 
     private WrappedDataKey Wrap(string keyName, ReadOnlySpan<byte> dataKey, IReadOnlyDictionary<string, string> context)
@@ -102,7 +110,8 @@ internal sealed class FakeKeyProvider : IEnvelopeKeyProvider
 }
 
 /// <summary>Maps fixed wrapped bytes to a fixed data key: for golden vectors (no KMS, deterministic).</summary>
-internal sealed class StaticKeyProvider(byte[] dataKey, IReadOnlyList<WrappedDataKey> known) : IEnvelopeKeyProvider
+/// <param name="reportedKey">The key name the "KMS" reports using; null: the key the message named.</param>
+internal sealed class StaticKeyProvider(byte[] dataKey, IReadOnlyList<WrappedDataKey> known, string? reportedKey = null) : IEnvelopeKeyProvider
 {
     public Task<GeneratedDataKey> GenerateDataKeyAsync(string keyName, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
         Task.FromResult(new GeneratedDataKey(dataKey.ToArray(), known.First(k => k.KeyName == keyName)));
@@ -110,8 +119,8 @@ internal sealed class StaticKeyProvider(byte[] dataKey, IReadOnlyList<WrappedDat
     public Task<WrappedDataKey> WrapDataKeyAsync(string keyName, ReadOnlyMemory<byte> key, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
         Task.FromResult(known.First(k => k.KeyName == keyName));
 
-    public Task<byte[]> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
+    public Task<UnwrappedDataKey> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
         known.Any(k => k.KeyName == wrappedKey.KeyName && k.Wrapped.AsSpan().SequenceEqual(wrappedKey.Wrapped))
-            ? Task.FromResult(dataKey.ToArray())
+            ? Task.FromResult(new UnwrappedDataKey(dataKey.ToArray(), reportedKey ?? wrappedKey.KeyName))
             : throw new RpcException(new Status(StatusCode.InvalidArgument, "decryption failed"));
 }

@@ -25,8 +25,12 @@ def fixed(label: str, n: int) -> bytes:
     return hashlib.shake_256(label.encode()).digest(n)
 
 
-def encode_context(context: dict) -> bytes:
-    entries = sorted((k.encode("utf-8"), v.encode("utf-8")) for k, v in context.items())
+def encode_context(context, unsorted=False) -> bytes:
+    # A list of pairs (for negative vectors: duplicates, or kept unsorted) or a dict.
+    pairs = context if isinstance(context, list) else list(context.items())
+    entries = [(k.encode("utf-8"), v.encode("utf-8")) for k, v in pairs]
+    if not unsorted:
+        entries = sorted(entries)
     out = struct.pack(">I", len(entries))
     for key, value in entries:
         out += struct.pack(">I", len(key)) + key + struct.pack(">I", len(value)) + value
@@ -41,8 +45,8 @@ def derive(data_key: bytes, message_id: bytes):
     return okm[:32], okm[32:]
 
 
-def header_body(message_id, context, wrapped, frame_length, commitment) -> bytes:
-    out = b"KMSE" + b"\x01" + struct.pack(">H", SUITE) + message_id + encode_context(context)
+def header_body(message_id, context, wrapped, frame_length, commitment, unsorted=False) -> bytes:
+    out = b"KMSE" + b"\x01" + struct.pack(">H", SUITE) + message_id + encode_context(context, unsorted)
     out += struct.pack(">B", len(wrapped))
     for name, blob in wrapped:
         n = name.encode("utf-8")
@@ -58,16 +62,18 @@ def frame_aad(message_id: bytes, kind: int, seq: int, length: int) -> bytes:
     return message_id + struct.pack(">BII", kind, seq, length)
 
 
-def encrypt(data_key, message_id, context, wrapped, frame_length, plaintext, commitment_key=None, associated_data=b"") -> bytes:
+def encrypt(data_key, message_id, context, wrapped, frame_length, plaintext, commitment_key=None, associated_data=b"",
+            unsorted=False, final_full=False) -> bytes:
     key, commitment = derive(data_key, message_id)
     if commitment_key is not None:  # negative vector: commitment of another data key
         commitment = derive(commitment_key, message_id)[1]
-    body = header_body(message_id, context, wrapped, frame_length, commitment)
+    body = header_body(message_id, context, wrapped, frame_length, commitment, unsorted)
     gcm = AESGCM(key)
     out = body + gcm.encrypt(iv(0), b"", body + associated_data)  # empty plaintext: the output is the tag
     seq = 1
     offset = 0
-    while len(plaintext) - offset >= frame_length:
+    # final_full (negative vector): a last full frame sent as the final frame, which the spec forbids.
+    while len(plaintext) - offset >= frame_length and not (final_full and len(plaintext) - offset == frame_length):
         chunk = plaintext[offset:offset + frame_length]
         out += struct.pack(">I", seq) + gcm.encrypt(iv(seq), chunk, frame_aad(message_id, 1, seq, frame_length))
         seq += 1
@@ -84,16 +90,18 @@ def case(description, frame_length, plaintext, context=None, keys=1, associated_
     message_id = fixed("id:" + label, 32)
     wrapped = [(f"tenants/vectors/keys/site-{i + 1}", fixed(f"wrapped:{i}:" + label, 77)) for i in range(keys)]
     context = context or {}
-    message = encrypt(data_key, message_id, context, wrapped, frame_length, plaintext, bad.get("commitment_key"), associated_data)
+    message = encrypt(data_key, message_id, context, wrapped, frame_length, plaintext, bad.get("commitment_key"), associated_data,
+                      bad.get("unsorted", False), bad.get("final_full", False))
     if "truncate" in bad:
         message = message[: bad["truncate"](message)]
     return {
         "description": description,
         "valid": not bad,
+        "error": "" if not bad else ("malformed" if ("unsorted" in bad or "duplicate" in bad) else "opaque"),
         "data_key": data_key.hex(),
         "message_id": message_id.hex(),
         "frame_length": frame_length,
-        "context": context,
+        "context": context if isinstance(context, dict) else {},
         "wrapped_keys": [{"key_name": n, "wrapped": b.hex()} for n, b in wrapped],
         "associated_data": associated_data.hex(),
         "plaintext": plaintext.hex(),
@@ -119,6 +127,10 @@ VECTORS = [
     case("associated data (not carried in the message)", 64, pattern(70), {"table": "customers"}, associated_data=b"row 17"),
     case("commitment of another data key", 64, pattern(10), commitment_key=fixed("other", 32)),
     case("truncated: final frame removed", 64, pattern(130), truncate=lambda m: len(m) - 28 - 2),
+    # Validly tagged, but not the one encoding the spec allows: a reader must refuse them.
+    case("final frame as long as the frame length", 64, pattern(128), final_full=True),
+    case("context entries not sorted", 64, pattern(5), [("b", "2"), ("a", "1")], unsorted=True),
+    case("context key twice", 64, pattern(5), [("a", "1"), ("a", "2")], duplicate=True),
 ]
 
 if __name__ == "__main__":
