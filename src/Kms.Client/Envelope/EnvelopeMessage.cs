@@ -17,17 +17,18 @@ internal static class EnvelopeMessage
         ReadOnlySpan<byte> plaintext,
         ReadOnlySpan<byte> associatedData)
     {
-        using var cipher = FrameCipher.ForWriting(dataKey, messageId, out var commitment);
-        var header = new EnvelopeHeader(messageId, encodedContext, context, wrappedKeys, frameLength, commitment);
-        var length = EnvelopeFormat.MessageLength(header.Length, plaintext.Length, frameLength);
-        if (length > Array.MaxLength)
+        var (cipher, header, length) = Prepare(dataKey, messageId, encodedContext, context, wrappedKeys, frameLength, plaintext.Length);
+        using (cipher)
         {
-            throw new ArgumentException("the plaintext is too large for a one-shot message; use the Stream API", nameof(plaintext));
-        }
+            if (length > Array.MaxLength)
+            {
+                throw new ArgumentException("the plaintext is too large for a one-shot message; use the Stream API", nameof(plaintext));
+            }
 
-        var message = GC.AllocateUninitializedArray<byte>((int)length);
-        Write(cipher, header, plaintext, associatedData, message);
-        return message;
+            var message = GC.AllocateUninitializedArray<byte>((int)length);
+            Write(cipher, header, plaintext, associatedData, message);
+            return message;
+        }
     }
 
     /// <summary>The whole message written into <paramref name="destination"/>; its length.</summary>
@@ -43,16 +44,31 @@ internal static class EnvelopeMessage
         ReadOnlySpan<byte> associatedData,
         Span<byte> destination)
     {
-        using var cipher = FrameCipher.ForWriting(dataKey, messageId, out var commitment);
-        var header = new EnvelopeHeader(messageId, encodedContext, context, wrappedKeys, frameLength, commitment);
-        var length = EnvelopeFormat.MessageLength(header.Length, plaintext.Length, frameLength);
-        if (length > destination.Length)
+        var (cipher, header, length) = Prepare(dataKey, messageId, encodedContext, context, wrappedKeys, frameLength, plaintext.Length);
+        using (cipher)
         {
-            throw new ArgumentException($"the destination holds {destination.Length} bytes; this message needs {length}", nameof(destination));
-        }
+            if (length > destination.Length)
+            {
+                throw new ArgumentException($"the destination holds {destination.Length} bytes; this message needs {length}", nameof(destination));
+            }
 
-        Write(cipher, header, plaintext, associatedData, destination);
-        return (int)length;
+            Write(cipher, header, plaintext, associatedData, destination);
+            return (int)length;
+        }
+    }
+
+    private static (FrameCipher Cipher, EnvelopeHeader Header, long Length) Prepare(
+        ReadOnlySpan<byte> dataKey,
+        byte[] messageId,
+        byte[] encodedContext,
+        IReadOnlyDictionary<string, string> context,
+        IReadOnlyList<WrappedDataKey> wrappedKeys,
+        int frameLength,
+        int plaintextLength)
+    {
+        var cipher = FrameCipher.ForWriting(dataKey, messageId, out var commitment);
+        var header = new EnvelopeHeader(messageId, encodedContext, context, wrappedKeys, frameLength, commitment);
+        return (cipher, header, EnvelopeFormat.MessageLength(header.Length, plaintextLength, frameLength));
     }
 
     private static void Write(FrameCipher cipher, EnvelopeHeader header, ReadOnlySpan<byte> plaintext, ReadOnlySpan<byte> associatedData, Span<byte> output)
