@@ -6,6 +6,7 @@ using Kms.Bench;
 // dotnet run -c Release --project bench/Kms.Bench -- load [seconds per step] [concurrencies, comma-separated]
 // dotnet run -c Release --project bench/Kms.Bench -- envelope [BenchmarkDotNet arguments]
 // dotnet run -c Release --project bench/Kms.Bench -- envelope-stream [MiB]
+// dotnet run -c Release --project bench/Kms.Bench -- commit [commits]
 switch (args.FirstOrDefault())
 {
     case "micro":
@@ -16,11 +17,13 @@ switch (args.FirstOrDefault())
         return 0;
     case "envelope-stream":
         return await EnvelopeStreamBench.RunAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1024);
+    case "commit":
+        return await CommitCost.RunAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 2000);
     case "load":
         var seconds = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 5;
         var concurrencies = args.Length > 2 ? args[2].Split(',').Select(c => int.Parse(c, CultureInfo.InvariantCulture)).ToArray() : [1, 4, 16, 64];
         return await LoadGenerator.RunAsync(TimeSpan.FromSeconds(seconds), concurrencies);
     default:
-        Console.Error.WriteLine("usage: Kms.Bench micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] | envelope [BenchmarkDotNet args] | envelope-stream [MiB]");
+        Console.Error.WriteLine("usage: Kms.Bench micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits]");
         return 2;
 }

@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using Kms.Core.Audit;
 using Kms.Core.Errors;
+using Kms.Core.Ports;
 using Kms.Core.Services;
 using Kms.Testing.Fakes;
 using Microsoft.Extensions.Time.Testing;
@@ -46,8 +47,74 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         var written = await _store.ListAuditEventsAsync(new AuditQuery { Limit = 1000 }, default);
         Assert.Equal(200, written.Count);
         Assert.Equal(Enumerable.Range(0, 200).Select(i => $"req-{i}").Order(), written.Select(e => e.Entry.RequestId).Order());
-        Assert.Equal(200, batches.Sum());
-        Assert.True(batches.Count < 200, $"{batches.Count} commits for 200 events: no grouping");
+
+        // BatchWritten is raised after the callers are released: wait for the last report.
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (DateTime.UtcNow < deadline && Batches().Sum() < 200)
+        {
+            await Task.Delay(10);
+        }
+
+        Assert.Equal(200, Batches().Sum());
+        Assert.True(Batches().Length < 200, $"{Batches().Length} commits for 200 events: no grouping");
+        int[] Batches()
+        {
+            lock (batches)
+            {
+                return [.. batches];
+            }
+        }
+    }
+
+    [Fact]
+    public async Task CallsArrivingWhileABatchIsWritten_WaitForIt_ThenShareTheNextBatch()
+    {
+        var gated = new GatedAuditStore(_store);
+        var log = new AuditLog(gated, _store, _hsm, _time, new AuditOptions());
+        await log.InitializeAsync(default);
+        using var stop = new CancellationTokenSource();
+        var loop = Task.Run(() => log.RunAsync(stop.Token));
+        var sizes = new List<int>();
+        log.BatchWritten += (size, _) => { lock (sizes) { sizes.Add(size); } };
+        int[] Sizes()
+        {
+            lock (sizes)
+            {
+                return [.. sizes];
+            }
+        }
+
+        // The first call's batch is held at the store; calls arriving meanwhile wait for it.
+        var first = log.AppendAsync(Entry("first"), default);
+        await gated.Entered.Task.WaitAsync(TimeSpan.FromSeconds(10));
+        var second = log.AppendAsync(Entry("second"), default);
+        var third = log.AppendAsync(Entry("third"), default);
+        await Task.Delay(50);
+        Assert.False(first.IsCompleted || second.IsCompleted || third.IsCompleted, "a call returned before its event was durable");
+
+        gated.Release.SetResult();
+        await Task.WhenAll(first, second, third).WaitAsync(TimeSpan.FromSeconds(10));
+
+        // BatchWritten is raised after the callers are released: wait for the second report.
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (DateTime.UtcNow < deadline && Sizes().Sum() < 3)
+        {
+            await Task.Delay(10);
+        }
+
+        Assert.Equal([1, 2], Sizes());
+        Assert.Equal(["first", "second", "third"], (await _store.ListAuditEventsAsync(new AuditQuery(), default)).Select(e => e.Entry.RequestId));
+        await stop.CancelAsync();
+        await loop.WaitAsync(TimeSpan.FromSeconds(10)).ContinueWith(_ => { }, TaskScheduler.Default);
+    }
+
+    [Fact]
+    public async Task AfterTheLoopStops_AppendsRefusedUnavailable()
+    {
+        await _stop.CancelAsync();
+        await _loop.WaitAsync(TimeSpan.FromSeconds(10)).ContinueWith(_ => { }, TaskScheduler.Default);
+        var e = await Assert.ThrowsAsync<KmsException>(() => _log.AppendAsync(Entry("late"), default));
+        Assert.Equal(KmsErrorCode.Unavailable, e.Code);
     }
 
     [Fact]
@@ -222,4 +289,33 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Operation = "/kms.v1.KeyManagementService/Encrypt",
         Outcome = "OK",
     };
+
+    // The audit port of an InMemoryStore whose first append waits until released.
+    private sealed class GatedAuditStore(InMemoryStore inner) : IAuditStore
+    {
+        public TaskCompletionSource Entered { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public TaskCompletionSource Release { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public async Task<IReadOnlyList<AuditEvent>> AppendAuditAsync(IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
+        {
+            Entered.TrySetResult();
+            await Release.Task;
+            return await inner.AppendAuditAsync(entries, cancellationToken);
+        }
+
+        public Task<AuditHead> GetAuditHeadAsync(CancellationToken cancellationToken) => inner.GetAuditHeadAsync(cancellationToken);
+
+        public Task<IReadOnlyList<AuditEvent>> ListAuditEventsAsync(AuditQuery query, CancellationToken cancellationToken) => inner.ListAuditEventsAsync(query, cancellationToken);
+
+        public Task AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken) => inner.AddAuditCheckpointAsync(checkpoint, cancellationToken);
+
+        public Task<IReadOnlyList<AuditCheckpoint>> ListAuditCheckpointsAsync(long afterSequence, int limit, CancellationToken cancellationToken) => inner.ListAuditCheckpointsAsync(afterSequence, limit, cancellationToken);
+
+        public Task<AuditCheckpoint?> GetLatestAuditCheckpointAsync(CancellationToken cancellationToken) => inner.GetLatestAuditCheckpointAsync(cancellationToken);
+
+        public Task<AuditCheckpoint?> FindAuditCheckpointAtOrBeforeAsync(long sequence, CancellationToken cancellationToken) => inner.FindAuditCheckpointAtOrBeforeAsync(sequence, cancellationToken);
+
+        public Task<long> PruneAuditAsync(long throughSequence, CancellationToken cancellationToken) => inner.PruneAuditAsync(throughSequence, cancellationToken);
+    }
 }

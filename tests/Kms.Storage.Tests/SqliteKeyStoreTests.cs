@@ -192,6 +192,162 @@ public sealed class SqliteKeyStoreTests : AuditStoreContract, IDisposable
         Assert.True(await store.CompleteErasureAsync(default));
     }
 
+    [Fact]
+    public async Task AppendAudit_HeadKeptInMemory_UntilAnotherConnectionCommits()
+    {
+        await using var store = await OpenAsync();
+        var first = await store.AppendAuditAsync([Entry(1), Entry(2)], default);
+        var second = await store.AppendAuditAsync([Entry(3)], default);
+        Assert.Equal((1L, 1L), store.AuditHeadReads);
+
+        // A mutation commits its own event on another connection: the writer must see it.
+        var scope = new Kms.Core.Audit.AuditScope(Entry(4) with { Operation = "/kms.v1.KeyManagementService/CreateKey" }, mutating: true);
+        using (Kms.Core.Audit.AuditScope.Enter(scope))
+        {
+            await store.CreateKeyAsync(NewKey(Dev, "between"), Material(), null, default);
+        }
+
+        var mutation = Assert.Single(await store.ListAuditEventsAsync(new Kms.Core.Audit.AuditQuery { AfterSequence = 3 }, default));
+        var third = await store.AppendAuditAsync([Entry(5)], default);
+        Assert.Equal((4L, second[0].Hash), (mutation.Sequence, mutation.PreviousHash));
+        Assert.Equal((5L, mutation.Hash), (third[0].Sequence, third[0].PreviousHash));
+        Assert.Equal((1L, 2L), store.AuditHeadReads);
+        Assert.Equal(first[1].Hash, second[0].PreviousHash);
+    }
+
+    [Fact]
+    public async Task AppendAudit_DatabaseLockedByAnotherWriter_UnavailableThenAppendsAgainWithoutAGap()
+    {
+        await using var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath, BusyTimeout = TimeSpan.FromMilliseconds(200) }, default);
+        var before = await store.AppendAuditAsync([Entry(1)], default);
+        await using (var blocker = new SqliteConnection($"Data Source={DatabasePath};Pooling=False"))
+        {
+            await blocker.OpenAsync();
+            await using var transaction = blocker.BeginTransaction(deferred: false);
+            var e = await Assert.ThrowsAsync<Kms.Core.Errors.KmsException>(() => store.AppendAuditAsync([Entry(2)], default));
+            Assert.Equal(Kms.Core.Errors.KmsErrorCode.Unavailable, e.Code);
+        }
+
+        // The writer's connection was closed with the failure; a new one serves the next batch.
+        var after = await store.AppendAuditAsync([Entry(3)], default);
+        Assert.Equal((2L, before[0].Hash), (after[0].Sequence, after[0].PreviousHash));
+        Assert.Equal(["req-1", "req-3"], (await store.ListAuditEventsAsync(new Kms.Core.Audit.AuditQuery(), default)).Select(x => x.Entry.RequestId));
+    }
+
+    [Fact]
+    public async Task AppendAudit_BatchFailsHalfway_NothingWritten_HeadInMemoryNotAdvanced()
+    {
+        await using var store = await OpenAsync();
+        await ExecuteAsync("CREATE TRIGGER refuse_boom BEFORE INSERT ON audit_events WHEN NEW.principal = 'token:boom' BEGIN SELECT RAISE(ABORT, 'boom'); END;");
+        var first = await store.AppendAuditAsync([Entry(1)], default);
+
+        // The second entry of the batch is refused after the first was inserted: the whole batch rolls back.
+        await Assert.ThrowsAsync<Kms.Core.Errors.KmsException>(() => store.AppendAuditAsync([Entry(2), Entry(3) with { Principal = "token:boom" }], default));
+        var next = await store.AppendAuditAsync([Entry(4)], default);
+
+        Assert.Equal((2L, first[0].Hash), (next[0].Sequence, next[0].PreviousHash));
+        var all = await store.ListAuditEventsAsync(new Kms.Core.Audit.AuditQuery(), default);
+        Assert.Equal(["req-1", "req-4"], all.Select(e => e.Entry.RequestId));
+        Assert.Equal(all[0].Hash, all[1].PreviousHash);
+    }
+
+    [Fact]
+    public async Task AppendAudit_AfterDispose_Refused()
+    {
+        var store = await OpenAsync();
+        await store.AppendAuditAsync([Entry(1)], default);
+        await store.DisposeAsync();
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => store.AppendAuditAsync([Entry(2)], default));
+    }
+
+    [Fact]
+    public async Task Migration5_FromAVersion4Database_DropsTwoAuditIndexes_KeepsEventsAndThePrincipalIndex()
+    {
+        // A database as the previous release left it: migrations 1-4 and one audit event.
+        Directory.CreateDirectory(_directory);
+        await using (var old = new SqliteConnection($"Data Source={DatabasePath};Pooling=False"))
+        {
+            await old.OpenAsync();
+            await using var command = old.CreateCommand();
+            command.CommandText = "PRAGMA journal_mode = WAL; CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_time INTEGER NOT NULL) STRICT;"
+                + string.Concat(SqliteSchema.Migrations.Where(m => m.Version <= 4).Select(m => m.Sql + $"\nINSERT INTO schema_migrations VALUES ({m.Version}, 0);\n"))
+                + "INSERT INTO audit_events (seq, time, principal, tenant, operation, resource, outcome, body, hash) VALUES (1, 0, 'token:alice', 'dev', 'op', 'tenants/dev', 'OK', '{}', 'h');";
+            await command.ExecuteNonQueryAsync();
+        }
+
+        Assert.Equal(["audit_events_by_principal", "audit_events_by_resource", "audit_events_by_time"], await AuditIndexesAsync());
+        await using var store = await OpenAsync();
+
+        Assert.Equal(["audit_events_by_principal"], await AuditIndexesAsync());
+        Assert.Equal(1L, await ScalarAsync("SELECT count(*) FROM audit_events"));
+        Assert.Equal(5L, await ScalarAsync("SELECT max(version) FROM schema_migrations"));
+    }
+
+    [Fact]
+    public async Task ListAuditEvents_Plans_PrincipalByItsIndex_EverythingElseBySequence()
+    {
+        await using var store = await OpenAsync();
+        await store.AppendAuditAsync([Entry(1)], default);
+        const string Select = "EXPLAIN QUERY PLAN SELECT seq, body, hash FROM audit_events WHERE seq > 0";
+        Assert.Contains("audit_events_by_principal", await PlanAsync($"{Select} AND principal = 'token:alice' ORDER BY seq LIMIT 10"), StringComparison.Ordinal);
+        foreach (var filter in new[] { "time >= 1 AND time < 2", "(resource = 'r' OR resource LIKE 'r' || '/%')", "outcome = 'OK'" })
+        {
+            var plan = await PlanAsync($"{Select} AND {filter} ORDER BY seq LIMIT 10");
+            Assert.Contains("PRIMARY KEY", plan, StringComparison.Ordinal);
+            Assert.DoesNotContain("TEMP B-TREE", plan, StringComparison.Ordinal);
+        }
+    }
+
+    private async Task<List<string>> AuditIndexesAsync()
+    {
+        await using var connection = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
+        await connection.OpenAsync();
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_events' AND sql IS NOT NULL ORDER BY name";
+        await using var reader = await command.ExecuteReaderAsync();
+        var names = new List<string>();
+        while (await reader.ReadAsync())
+        {
+            names.Add(reader.GetString(0));
+        }
+
+        return names;
+    }
+
+    private async Task<string> PlanAsync(string sql)
+    {
+        await using var connection = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
+        await connection.OpenAsync();
+        await using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        await using var reader = await command.ExecuteReaderAsync();
+        var plan = new List<string>();
+        while (await reader.ReadAsync())
+        {
+            plan.Add(reader.GetString(3));
+        }
+
+        return string.Join("; ", plan);
+    }
+
+    private async Task<object?> ScalarAsync(string sql)
+    {
+        await using var connection = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
+        await connection.OpenAsync();
+        await using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        return await command.ExecuteScalarAsync();
+    }
+
+    private async Task ExecuteAsync(string sql)
+    {
+        await using var connection = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
+        await connection.OpenAsync();
+        await using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        await command.ExecuteNonQueryAsync();
+    }
+
     private bool FilesContain(byte[] needle) =>
         new[] { DatabasePath, DatabasePath + "-wal" }
             .Where(File.Exists)

@@ -32,13 +32,26 @@ public static class AuditChain
     /// <summary>The head of an empty log.</summary>
     public static readonly AuditHead Empty = new(0, Genesis);
 
+    // The buffer and writer of Write, reused by each thread.
+    [ThreadStatic]
+    private static System.Buffers.ArrayBufferWriter<byte>? t_buffer;
+
+    [ThreadStatic]
+    private static Utf8JsonWriter? t_writer;
+
     /// <summary>Chains <paramref name="entry"/> after <paramref name="head"/>.</summary>
+    /// <remarks>
+    /// On the path every audited call waits for: the body is written into a buffer reused by
+    /// the thread, and hashed from those UTF-8 bytes (no second encoding of the string).
+    /// </remarks>
     public static AuditEvent Link(AuditHead head, AuditEntry entry)
     {
         ArgumentNullException.ThrowIfNull(entry);
         var sequence = head.Sequence + 1;
-        var body = Body(sequence, head.Hash, entry);
-        return new AuditEvent(sequence, entry, head.Hash, HashOf(body), body);
+        var utf8 = Write(w => WriteBody(w, sequence, head.Hash, entry));
+        Span<byte> digest = stackalloc byte[SHA256.HashSizeInBytes];
+        SHA256.HashData(utf8, digest);
+        return new AuditEvent(sequence, entry, head.Hash, Convert.ToHexStringLower(digest), Encoding.UTF8.GetString(utf8));
     }
 
     /// <summary>Hex SHA-256 of a body's UTF-8 bytes.</summary>
@@ -48,33 +61,11 @@ public static class AuditChain
     public static string Body(long sequence, string previousHash, AuditEntry entry)
     {
         ArgumentNullException.ThrowIfNull(entry);
-        return Write(w =>
-        {
-            w.WriteNumber("v", FormatVersion);
-            w.WriteNumber("seq", sequence);
-            w.WriteString("prev", previousHash);
-            w.WriteString("time", Time(entry.Time));
-            w.WriteString("request_id", entry.RequestId);
-            w.WriteString("principal", entry.Principal);
-            WriteOptional(w, "tenant", entry.Tenant);
-            w.WriteString("operation", entry.Operation);
-            WriteOptional(w, "resource", entry.Resource);
-            w.WriteString("outcome", entry.Outcome);
-            WriteOptional(w, "client", entry.Client);
-            w.WriteNumber("count", entry.Count);
-            WriteOptional(w, "last_time", entry.LastTime is { } last ? Time(last) : null);
-            w.WriteStartObject("context");
-            foreach (var (key, hash) in entry.Context.OrderBy(p => p.Key, StringComparer.Ordinal))
-            {
-                w.WriteString(key, hash);
-            }
-
-            w.WriteEndObject();
-        });
+        return Encoding.UTF8.GetString(Write(w => WriteBody(w, sequence, previousHash, entry)));
     }
 
     /// <summary>The canonical body of a checkpoint.</summary>
-    public static string CheckpointBody(long sequence, string headHash, DateTimeOffset time, string keyFingerprint) => Write(w =>
+    public static string CheckpointBody(long sequence, string headHash, DateTimeOffset time, string keyFingerprint) => Encoding.UTF8.GetString(Write(w =>
     {
         w.WriteNumber("v", FormatVersion);
         w.WriteString("type", "checkpoint");
@@ -82,7 +73,7 @@ public static class AuditChain
         w.WriteString("head", headHash);
         w.WriteString("time", Time(time));
         w.WriteString("key", keyFingerprint);
-    });
+    }));
 
     /// <summary>What the audit key signs for a checkpoint: SHA-256 of its body.</summary>
     public static byte[] CheckpointDigest(string body) => SHA256.HashData(Encoding.UTF8.GetBytes(body));
@@ -131,16 +122,50 @@ public static class AuditChain
         }
     }
 
-    private static string Write(Action<Utf8JsonWriter> fields)
+    private static void WriteBody(Utf8JsonWriter w, long sequence, string previousHash, AuditEntry entry)
     {
-        var buffer = new System.Buffers.ArrayBufferWriter<byte>(512);
-        using (var writer = new Utf8JsonWriter(buffer))
+        w.WriteNumber("v", FormatVersion);
+        w.WriteNumber("seq", sequence);
+        w.WriteString("prev", previousHash);
+        w.WriteString("time", Time(entry.Time));
+        w.WriteString("request_id", entry.RequestId);
+        w.WriteString("principal", entry.Principal);
+        WriteOptional(w, "tenant", entry.Tenant);
+        w.WriteString("operation", entry.Operation);
+        WriteOptional(w, "resource", entry.Resource);
+        w.WriteString("outcome", entry.Outcome);
+        WriteOptional(w, "client", entry.Client);
+        w.WriteNumber("count", entry.Count);
+        WriteOptional(w, "last_time", entry.LastTime is { } last ? Time(last) : null);
+        w.WriteStartObject("context");
+        var context = entry.Context;
+        if (context.Count == 1)
         {
-            writer.WriteStartObject();
-            fields(writer);
-            writer.WriteEndObject();
+            w.WriteString(context[0].Key, context[0].Value);
+        }
+        else if (context.Count > 1)
+        {
+            foreach (var (key, hash) in context.OrderBy(p => p.Key, StringComparer.Ordinal))
+            {
+                w.WriteString(key, hash);
+            }
         }
 
-        return Encoding.UTF8.GetString(buffer.WrittenSpan);
+        w.WriteEndObject();
+    }
+
+    // The UTF-8 bytes of one JSON object, in a buffer the calling thread reuses: valid until
+    // its next call (read or copy them before writing another).
+    private static ReadOnlySpan<byte> Write(Action<Utf8JsonWriter> fields)
+    {
+        var buffer = t_buffer ??= new System.Buffers.ArrayBufferWriter<byte>(1024);
+        buffer.ResetWrittenCount();
+        var writer = t_writer ??= new Utf8JsonWriter(buffer);
+        writer.Reset(buffer);
+        writer.WriteStartObject();
+        fields(writer);
+        writer.WriteEndObject();
+        writer.Flush();
+        return buffer.WrittenSpan;
     }
 }

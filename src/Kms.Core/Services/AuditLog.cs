@@ -188,8 +188,11 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         var lastHousekeeping = 0L;
         while (!cancellationToken.IsCancellationRequested)
         {
-            using (var tick = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
+            // Idle: wait for an event, or the next housekeeping tick. Under load events are
+            // already queued, and the wait (a timer and a token source) is skipped.
+            if (!_queue.Reader.TryPeek(out _))
             {
+                using var tick = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
                 tick.CancelAfter(TimeSpan.FromSeconds(1));
                 try
                 {

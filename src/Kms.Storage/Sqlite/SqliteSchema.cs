@@ -169,6 +169,15 @@ internal static class SqliteSchema
                 signature BLOB    NOT NULL
             ) STRICT;
             """),
+        (5, """
+            -- Every audited call inserts into each index of audit_events, inside the commit the
+            -- caller waits for. These two served no query: ListAuditEvents pages in seq order
+            -- (ORDER BY seq LIMIT), so the planner walks the primary key for a time range, and
+            -- the resource filter (= or LIKE prefix) cannot use an index. The principal index
+            -- stays: "what did this principal do" is answered from it.
+            DROP INDEX audit_events_by_time;
+            DROP INDEX audit_events_by_resource;
+            """),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;

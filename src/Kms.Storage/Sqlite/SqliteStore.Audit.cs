@@ -9,9 +9,19 @@ public sealed partial class SqliteStore
 {
     private const string EventColumns = "seq, body, hash";
 
+    // In the insert's column order.
+    private static readonly string[] EventParameters = ["$seq", "$time", "$principal", "$tenant", "$operation", "$resource", "$outcome", "$body", "$hash"];
+
     /// <inheritdoc />
-    public Task<IReadOnlyList<AuditEvent>> AppendAuditAsync(IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken) =>
-        WriteAsync((connection, transaction) => AppendAuditInAsync(connection, transaction, entries, cancellationToken), cancellationToken);
+    /// <remarks>Through the store's own audit writer connection (<see cref="AuditWriter"/>), never carrying an <see cref="AuditScope"/>'s entry.</remarks>
+    public Task<IReadOnlyList<AuditEvent>> AppendAuditAsync(IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(entries);
+        return GuardAsync(() => _auditWriter.AppendAsync(entries, cancellationToken));
+    }
+
+    /// <summary>How the audit writer found the chain head for its batches: in memory, or read from the database (tests).</summary>
+    internal (long FromMemory, long FromDatabase) AuditHeadReads => (_auditWriter.HeadsFromMemory, _auditWriter.HeadsFromDatabase);
 
     /// <inheritdoc />
     public Task<AuditHead> GetAuditHeadAsync(CancellationToken cancellationToken) =>
@@ -105,29 +115,41 @@ public sealed partial class SqliteStore
     private static async Task<IReadOnlyList<AuditEvent>> AppendAuditInAsync(SqliteConnection connection, SqliteTransaction transaction, IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
     {
         var head = await ReadHeadAsync(connection, transaction, cancellationToken);
-        var written = new List<AuditEvent>(entries.Count);
-        await using var insert = Command(
+        await using var insert = InsertEventCommand(connection);
+        insert.Transaction = transaction;
+        return await InsertEventsAsync(insert, head, entries, cancellationToken);
+    }
+
+    internal static SqliteCommand InsertEventCommand(SqliteConnection connection)
+    {
+        var insert = Command(
             connection,
             "INSERT INTO audit_events (seq, time, principal, tenant, operation, resource, outcome, body, hash) VALUES ($seq, $time, $principal, $tenant, $operation, $resource, $outcome, $body, $hash)");
-        insert.Transaction = transaction;
-        var p = insert.Parameters;
-        foreach (var name in new[] { "$seq", "$time", "$principal", "$tenant", "$operation", "$resource", "$outcome", "$body", "$hash" })
+        foreach (var name in EventParameters)
         {
-            p.Add(new SqliteParameter(name, null));
+            insert.Parameters.Add(new SqliteParameter(name, null));
         }
 
+        return insert;
+    }
+
+    // Chains the entries after the head and inserts them with the (reused) command.
+    internal static async Task<IReadOnlyList<AuditEvent>> InsertEventsAsync(SqliteCommand insert, AuditHead head, IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
+    {
+        var written = new List<AuditEvent>(entries.Count);
+        var p = insert.Parameters;
         foreach (var entry in entries)
         {
             var linked = AuditChain.Link(head, entry);
-            p["$seq"].Value = linked.Sequence;
-            p["$time"].Value = entry.Time.ToUnixTimeMilliseconds();
-            p["$principal"].Value = entry.Principal;
-            p["$tenant"].Value = (object?)entry.Tenant ?? DBNull.Value;
-            p["$operation"].Value = entry.Operation;
-            p["$resource"].Value = (object?)entry.Resource ?? DBNull.Value;
-            p["$outcome"].Value = entry.Outcome;
-            p["$body"].Value = linked.Body;
-            p["$hash"].Value = linked.Hash;
+            p[0].Value = linked.Sequence;
+            p[1].Value = entry.Time.ToUnixTimeMilliseconds();
+            p[2].Value = entry.Principal;
+            p[3].Value = (object?)entry.Tenant ?? DBNull.Value;
+            p[4].Value = entry.Operation;
+            p[5].Value = (object?)entry.Resource ?? DBNull.Value;
+            p[6].Value = entry.Outcome;
+            p[7].Value = linked.Body;
+            p[8].Value = linked.Hash;
             await insert.ExecuteNonQueryAsync(cancellationToken);
             written.Add(linked);
             head = new AuditHead(linked.Sequence, linked.Hash);
@@ -137,7 +159,7 @@ public sealed partial class SqliteStore
     }
 
     // The last event; after a prune that left none, the anchoring checkpoint.
-    private static async Task<AuditHead> ReadHeadAsync(SqliteConnection connection, SqliteTransaction? transaction, CancellationToken cancellationToken)
+    internal static async Task<AuditHead> ReadHeadAsync(SqliteConnection connection, SqliteTransaction? transaction, CancellationToken cancellationToken)
     {
         await using var command = Command(connection, """
             SELECT seq, hash FROM (

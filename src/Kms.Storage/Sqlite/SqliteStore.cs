@@ -22,7 +22,7 @@ namespace Kms.Storage.Sqlite;
 /// truncated right after the commit, so the old wrapped bytes are in neither the database
 /// file nor its <c>-wal</c>.
 /// </remarks>
-public sealed partial class SqliteStore : IKeyStore, IAccessStore, IAuditStore
+public sealed partial class SqliteStore : IKeyStore, IAccessStore, IAuditStore, IDisposable, IAsyncDisposable
 {
     private const int SqliteConstraint = 19;
     private const string ErasurePendingSetting = "store.erasure_pending";
@@ -53,7 +53,9 @@ public sealed partial class SqliteStore : IKeyStore, IAccessStore, IAuditStore
         """;
 
     private readonly string _connectionString;
+    private readonly string _unpooledConnectionString;
     private readonly string _pragmas;
+    private readonly AuditWriter _auditWriter;
 
     // Physical connections (pooled) that have had the pragmas applied; they keep them.
     private readonly System.Runtime.CompilerServices.ConditionalWeakTable<object, object> _configured = [];
@@ -68,6 +70,10 @@ public sealed partial class SqliteStore : IKeyStore, IAccessStore, IAuditStore
             Pooling = true,
             DefaultTimeout = (int)Math.Ceiling(options.BusyTimeout.TotalSeconds),
         }.ToString();
+
+        // The audit writer's connection lives as long as the store; closing it (after a failure) must really close it.
+        _unpooledConnectionString = new SqliteConnectionStringBuilder(_connectionString) { Pooling = false }.ToString();
+        _auditWriter = new AuditWriter(cancellationToken => OpenConnectionAsync(cancellationToken, pooled: false));
         _pragmas = $"PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {(int)options.BusyTimeout.TotalMilliseconds};";
         DatabasePath = Path.GetFullPath(options.DatabasePath);
     }
@@ -92,6 +98,12 @@ public sealed partial class SqliteStore : IKeyStore, IAccessStore, IAuditStore
         await store.MigrateAsync(connection, cancellationToken);
         return store;
     }
+
+    /// <summary>Closes the audit writer's connection; pooled connections are the pool's.</summary>
+    public ValueTask DisposeAsync() => _auditWriter.DisposeAsync();
+
+    /// <inheritdoc cref="DisposeAsync" />
+    public void Dispose() => _auditWriter.Dispose();
 
     /// <inheritdoc />
     public Task CreateKeyAsync(Key key, WrappedKeyMaterial primaryMaterial, RequestRecord? request, CancellationToken cancellationToken) =>
@@ -506,9 +518,9 @@ public sealed partial class SqliteStore : IKeyStore, IAccessStore, IAuditStore
             return names;
         }, cancellationToken);
 
-    private async Task<SqliteConnection> OpenConnectionAsync(CancellationToken cancellationToken)
+    private async Task<SqliteConnection> OpenConnectionAsync(CancellationToken cancellationToken, bool pooled = true)
     {
-        var connection = new SqliteConnection(_connectionString);
+        var connection = new SqliteConnection(pooled ? _connectionString : _unpooledConnectionString);
         try
         {
             await connection.OpenAsync(cancellationToken);

@@ -1,0 +1,172 @@
+using Kms.Core.Audit;
+using Microsoft.Data.Sqlite;
+
+namespace Kms.Storage.Sqlite;
+
+/// <summary>
+/// The connection that group commits go through: opened once, with its statements
+/// (<c>BEGIN IMMEDIATE</c>, the insert, <c>COMMIT</c>) prepared once and kept across
+/// batches, and the chain head kept in memory between commits.
+/// </summary>
+/// <remarks>
+/// The head in memory is used only while no other connection has committed since this
+/// one last did: <c>PRAGMA data_version</c>, read inside the write transaction (under the
+/// database's write lock), changes exactly when another connection — a mutation carrying
+/// its own event, a prune, another process — has committed; then the head is read from
+/// the database as before. The head and the version are updated only after a
+/// <c>COMMIT</c> succeeds; any failure forgets both and closes the connection (which rolls
+/// back whatever it had begun), and the next batch opens a new one: a write that failed
+/// leaves nothing behind, neither in the file nor in memory. Durability is the store's:
+/// WAL with <c>synchronous=FULL</c>, so a batch is on disk when <see cref="AppendAsync"/> returns.
+/// </remarks>
+internal sealed class AuditWriter(Func<CancellationToken, Task<SqliteConnection>> open) : IDisposable, IAsyncDisposable
+{
+    // One batch at a time: a connection is not thread-safe, and the head is this writer's.
+    private readonly SemaphoreSlim _gate = new(1, 1);
+    private Statements? _statements;
+    private AuditHead? _head;
+    private long _dataVersion;
+    private bool _disposed;
+
+    /// <summary>How many batches found the head in memory.</summary>
+    public long HeadsFromMemory { get; private set; }
+
+    /// <summary>How many batches read the head from the database (first batch, another writer in between, after a failure).</summary>
+    public long HeadsFromDatabase { get; private set; }
+
+    /// <summary>Chains and inserts <paramref name="entries"/> in one durable transaction.</summary>
+    public async Task<IReadOnlyList<AuditEvent>> AppendAsync(IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
+    {
+        await _gate.WaitAsync(cancellationToken);
+        try
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var statements = _statements ??= await Statements.PrepareAsync(await open(cancellationToken), cancellationToken);
+            try
+            {
+                await statements.Begin.ExecuteNonQueryAsync(cancellationToken);
+                var version = (long)(await statements.DataVersion.ExecuteScalarAsync(cancellationToken))!;
+                AuditHead head;
+                if (_head is { } known && version == _dataVersion)
+                {
+                    head = known;
+                    HeadsFromMemory++;
+                }
+                else
+                {
+                    head = await SqliteStore.ReadHeadAsync(statements.Connection, null, cancellationToken);
+                    HeadsFromDatabase++;
+                }
+
+                var written = await SqliteStore.InsertEventsAsync(statements.Insert, head, entries, cancellationToken);
+                await statements.Commit.ExecuteNonQueryAsync(cancellationToken);
+
+                // Committed: only now does memory follow the file. Our own commit leaves data_version as it was.
+                _head = written.Count == 0 ? head : new AuditHead(written[^1].Sequence, written[^1].Hash);
+                _dataVersion = version;
+                return written;
+            }
+            catch
+            {
+                _head = null;
+                _statements = null;
+                await statements.DisposeAsync();
+                throw;
+            }
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _gate.WaitAsync();
+        try
+        {
+            Close()?.Dispose();
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    public void Dispose()
+    {
+        _gate.Wait();
+        try
+        {
+            Close()?.Dispose();
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    private Statements? Close()
+    {
+        _disposed = true;
+        _head = null;
+        var statements = _statements;
+        _statements = null;
+        return statements;
+    }
+
+    private sealed class Statements(SqliteConnection connection) : IDisposable, IAsyncDisposable
+    {
+        public SqliteConnection Connection { get; } = connection;
+
+        public SqliteCommand Begin { get; } = Create(connection, "BEGIN IMMEDIATE");
+
+        public SqliteCommand DataVersion { get; } = Create(connection, "PRAGMA data_version");
+
+        public SqliteCommand Insert { get; } = SqliteStore.InsertEventCommand(connection);
+
+        public SqliteCommand Commit { get; } = Create(connection, "COMMIT");
+
+        public static async Task<Statements> PrepareAsync(SqliteConnection connection, CancellationToken cancellationToken)
+        {
+            var statements = new Statements(connection);
+            try
+            {
+                statements.Begin.Prepare();
+                statements.DataVersion.Prepare();
+                statements.Insert.Prepare();
+                statements.Commit.Prepare();
+                return statements;
+            }
+            catch
+            {
+                await statements.DisposeAsync();
+                throw;
+            }
+        }
+
+        // Closing the connection rolls back a transaction it left open (it is not pooled).
+        public void Dispose()
+        {
+            foreach (var command in new[] { Begin, DataVersion, Insert, Commit })
+            {
+                command.Dispose();
+            }
+
+            Connection.Dispose();
+        }
+
+        public ValueTask DisposeAsync()
+        {
+            Dispose();
+            return ValueTask.CompletedTask;
+        }
+
+        private static SqliteCommand Create(SqliteConnection connection, string sql)
+        {
+            var command = connection.CreateCommand();
+            command.CommandText = sql;
+            return command;
+        }
+    }
+}
