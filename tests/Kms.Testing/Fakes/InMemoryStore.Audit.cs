@@ -17,7 +17,22 @@ public sealed partial class InMemoryStore : IAuditStore
     /// <summary>When set, audit appends fail as an unreachable database does.</summary>
     public bool AuditUnavailable { get; set; }
 
+    /// <summary>How long each audit commit takes to return (a disk's flush); zero: at once.</summary>
+    public TimeSpan AuditCommitLatency { get; set; }
+
     public Task<IReadOnlyList<AuditEvent>> AppendAuditAsync(IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
+    {
+        var written = AppendAuditNow(entries);
+        return AuditCommitLatency > TimeSpan.Zero ? AfterLatency(written) : Task.FromResult<IReadOnlyList<AuditEvent>>(written);
+
+        async Task<IReadOnlyList<AuditEvent>> AfterLatency(IReadOnlyList<AuditEvent> result)
+        {
+            await Task.Delay(AuditCommitLatency, CancellationToken.None);
+            return result;
+        }
+    }
+
+    private List<AuditEvent> AppendAuditNow(IReadOnlyList<AuditEntry> entries)
     {
         lock (_lock)
         {
@@ -36,7 +51,7 @@ public sealed partial class InMemoryStore : IAuditStore
                 head = new AuditHead(linked.Sequence, linked.Hash);
             }
 
-            return Task.FromResult<IReadOnlyList<AuditEvent>>(written);
+            return written;
         }
     }
 
