@@ -54,7 +54,10 @@ internal sealed class DataKeyCache : IDisposable
 
         // MemoryCache expires entries only when it is used: sweep, so an idle process does not
         // keep expired data keys in memory.
-        _sweep = TimeProvider.System.CreateTimer(static state => ((DataKeyCache)state!).Sweep(), this, SweepPeriod, SweepPeriod);
+        // The timer holds the cache weakly: an encryptor its owner forgot to dispose can still be
+        // collected, and then the timer stops itself.
+        var sweeper = new Sweeper(new WeakReference<DataKeyCache>(this));
+        _sweep = sweeper.Timer = TimeProvider.System.CreateTimer(static state => ((Sweeper)state!).Run(), sweeper, SweepPeriod, SweepPeriod);
     }
 
     public DataKeyCacheStatistics Statistics => new(
@@ -264,6 +267,23 @@ internal sealed class DataKeyCache : IDisposable
                 TaskContinuationOptions.OnlyOnRanToCompletion | TaskContinuationOptions.ExecuteSynchronously,
                 TaskScheduler.Default);
             throw;
+        }
+    }
+
+    private sealed class Sweeper(WeakReference<DataKeyCache> cache)
+    {
+        public ITimer? Timer { get; set; }
+
+        public void Run()
+        {
+            if (cache.TryGetTarget(out var target))
+            {
+                target.Sweep();
+            }
+            else
+            {
+                Timer?.Dispose();
+            }
         }
     }
 

@@ -262,6 +262,24 @@ public sealed class DataKeyCacheTests
     }
 
     [Fact]
+    public void Encryptor_NeverDisposed_CanBeCollected()
+    {
+        var weak = CreateAndDrop(_provider);
+
+        for (var i = 0; i < 5 && weak.IsAlive; i++)
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+        }
+
+        Assert.False(weak.IsAlive, "the cache's sweep timer keeps an undisposed encryptor alive");
+
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+        static WeakReference CreateAndDrop(FakeKeyProvider provider) =>
+            new(new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"], DataKeyCache = new DataKeyCacheOptions() }).Cache);
+    }
+
+    [Fact]
     public async Task Options_ChangedAfterConstruction_IgnoredByTheCache()
     {
         var options = new DataKeyCacheOptions { MaxMessagesPerKey = 2 };
