@@ -22,15 +22,16 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
     /// <summary>
     /// The domain key (DESIGN.md, "Key hierarchy"): AES-256 token key, sensitive, never
     /// extractable, wrap/unwrap only, unmodifiable, KWP only, and an unwrap template that
-    /// forces everything it unwraps to be sensitive and non-extractable.
+    /// forces everything it unwraps to be sensitive and non-extractable. With
+    /// <paramref name="importedCheckValue"/>: the template for creating a ceremony's domain key
+    /// from its value (the caller adds <c>CKA_VALUE</c>).
     /// </summary>
-    public Template DomainKey(string label, string id)
+    public Template DomainKey(string label, string id, byte[]? importedCheckValue = null)
     {
         var template = new Template(
         [
             attributes.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
             attributes.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES),
-            attributes.Create(CKA.CKA_VALUE_LEN, 32UL),
             attributes.Create(CKA.CKA_TOKEN, true),
             attributes.Create(CKA.CKA_PRIVATE, true),
             attributes.Create(CKA.CKA_LABEL, label),
@@ -46,6 +47,17 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
             attributes.Create(CKA.CKA_DERIVE, false),
             attributes.Create(CKA.CKA_COPYABLE, false),
         ]);
+        if (importedCheckValue is null)
+        {
+            template.Add(attributes.Create(CKA.CKA_VALUE_LEN, 32UL));
+        }
+        else
+        {
+            // An imported key's length comes from its value; the check value is verified by
+            // SoftHSM against it (CKR_ATTRIBUTE_VALUE_INVALID on a mismatch).
+            template.Add(attributes.Create(CKA.CKA_CHECK_VALUE, importedCheckValue));
+        }
+
         if (profile.AllowedMechanismsAttribute)
         {
             template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { CKM.CKM_AES_KEY_WRAP_PAD }));
