@@ -250,6 +250,21 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task SignStatement_VerifiesWithThePublishedKey_OnlyForItsKindAndContent()
+    {
+        var transcript = "kms ceremony transcript\ndomain KCV: 1A2B3C\n"u8.ToArray();
+        var signature = await _log.SignStatementAsync("ceremony-transcript", transcript, default);
+
+        Assert.True(SignedStatement.Verify(_log.PublicKey, "ceremony-transcript", transcript, signature));
+        Assert.False(SignedStatement.Verify(_log.PublicKey, "backup-manifest", transcript, signature));
+        var edited = transcript.ToArray();
+        edited[^3] ^= 1;
+        Assert.False(SignedStatement.Verify(_log.PublicKey, "ceremony-transcript", edited, signature));
+        using var other = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        Assert.False(SignedStatement.Verify(other.ExportSubjectPublicKeyInfo(), "ceremony-transcript", transcript, signature));
+    }
+
+    [Fact]
     public async Task PublicKeySwappedInTheDatabase_StartRefused()
     {
         var stored = System.Text.Json.JsonDocument.Parse((await _store.GetSettingAsync("audit.signing-key.v1", default))!).RootElement;

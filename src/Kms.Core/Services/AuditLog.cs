@@ -270,6 +270,17 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     }
 
     /// <summary>
+    /// Signs a document outside the chain with the audit key (<see cref="SignedStatement"/>): a
+    /// ceremony transcript, a backup manifest. Returns the P1363 signature.
+    /// </summary>
+    public async Task<byte[]> SignStatementAsync(string kind, ReadOnlyMemory<byte> content, CancellationToken cancellationToken) =>
+        await hsm.SignEcdsaAsync(
+            _signingKey ?? throw new InvalidOperationException("the audit log is not initialised"),
+            EcCurve.P256,
+            SignedStatement.Digest(kind, content.Span),
+            cancellationToken);
+
+    /// <summary>
     /// Retention: deletes events older than the retention period, back to the newest
     /// checkpoint whose events are all that old, so the remaining chain starts right after a
     /// signed checkpoint.
