@@ -77,6 +77,58 @@ public sealed class KmsTestServer : IAsyncDisposable
         return new KmsTestServer(app, token, dataDir, tenant, logs, configureServices, extraArgs);
     }
 
+    /// <summary>
+    /// Starts a production-mode server (no <c>--dev</c>) on a token whose domain key a key
+    /// ceremony imported with CKA_ID <paramref name="domainKeyId"/>. TLS material comes from
+    /// the dev CA generator (under <c>{dataDir}/tls</c>, so <see cref="CaCertificatePath"/> holds);
+    /// on first start the one-time bootstrap credential is used to create a deployment admin, the
+    /// tenant and a developer (every tenant role), whose tokens go to <c>{dataDir}/tokens</c> as in
+    /// dev mode, so <see cref="DeveloperToken"/> and <see cref="DeploymentAdminToken"/> work alike.
+    /// </summary>
+    public static async Task<KmsTestServer> StartProductionAsync(TestToken token, string dataDir, string domainKeyId, string tenant = "dev", params string[] extraArgs)
+    {
+        var (certificate, key) = Kms.Server.Tls.DevCertificates.Ensure(Path.Combine(dataDir, "tls"), TimeProvider.System);
+        var logs = new LogCapture();
+        string[] args =
+        [
+            "--urls=https://127.0.0.1:0",
+            $"--Kms:DataDir={dataDir}",
+            $"--Kms:TlsCertificatePath={certificate}",
+            $"--Kms:TlsKeyPath={key}",
+            $"--Hsm:TokenLabel={token.Label}",
+            $"--Hsm:PinFile={token.PinFile}",
+            $"--Hsm:DomainKeyId={domainKeyId}",
+            "--Hsm:SessionPoolSize=2",
+            .. SoftHsm.ModuleEnvironment.Select(kv => $"--Hsm:ModuleEnvironment:{kv.Key}={kv.Value}"),
+            .. extraArgs,
+        ];
+        var app = await KmsServerApp.BuildAsync(args, logging => logging.WriteTo.Sink(logs), null);
+        await app.StartAsync();
+        var server = new KmsTestServer(app, token, dataDir, tenant, logs, null, extraArgs);
+        var bootstrap = Path.Combine(dataDir, "bootstrap.token");
+        if (File.Exists(bootstrap))
+        {
+            await server.BootstrapAsync((await File.ReadAllTextAsync(bootstrap)).Trim());
+            File.Delete(bootstrap); // used up, as an operator would do
+        }
+
+        return server;
+    }
+
+    private async Task BootstrapAsync(string bootstrapToken)
+    {
+        var tokens = Directory.CreateDirectory(Path.Combine(DataDir, "tokens")).FullName;
+        using (var bootstrap = CreateClient(bootstrapToken))
+        {
+            var admin = await bootstrap.BootstrapAsync("token:test-admin");
+            await File.WriteAllTextAsync(Path.Combine(tokens, "deployment-admin.token"), admin.SessionToken + "\n");
+        }
+
+        await this.EnsureTenantAsync(Tenant);
+        var developer = await this.CreatePrincipalWithTokenAsync("developer", Tenant, "admin", "key-manager", "key-user", "auditor");
+        await File.WriteAllTextAsync(Path.Combine(tokens, "developer.token"), developer + "\n");
+    }
+
     /// <summary>Stops this server and starts a new one on the same token and data directory.</summary>
     public async Task<KmsTestServer> RestartAsync(string? tenant = null)
     {

@@ -96,6 +96,13 @@ public static class KmsServerApp
             ApplyDevDefaults(serverOptions, builder.Configuration, hsmOptions, sqliteOptions);
         }
 
+        // The database lives with the rest of the state (README's configuration table), in
+        // production too — not in whatever directory the process was started from.
+        if (builder.Configuration["Storage:Sqlite:DatabasePath"] is null)
+        {
+            sqliteOptions.DatabasePath = Path.Combine(Path.GetFullPath(serverOptions.DataDir), "kms.db");
+        }
+
         var store = await SqliteStore.OpenAsync(sqliteOptions, cancellationToken);
         var loggerFactory = new Serilog.Extensions.Logging.SerilogLoggerFactory(logger);
         var hsm = Pkcs11Hsm.Open(hsmOptions, loggerFactory.CreateLogger("Kms.Hsm"));
@@ -247,11 +254,6 @@ public static class KmsServerApp
         if (configuration["Hsm:PinFile"] is null && configuration["Hsm:Pin"] is null)
         {
             hsm.PinFile = Path.Combine(dataDir, "hsm", "user.pin");
-        }
-
-        if (configuration["Storage:Sqlite:DatabasePath"] is null)
-        {
-            sqlite.DatabasePath = Path.Combine(dataDir, "kms.db");
         }
 
         // The SoftHSM token dev.sh made under the data directory, unless told otherwise.

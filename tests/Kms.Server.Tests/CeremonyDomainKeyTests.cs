@@ -1,0 +1,54 @@
+using System.Security.Cryptography;
+using System.Text;
+using Kms.Hsm;
+using Kms.Testing;
+
+namespace Kms.Server.Tests;
+
+/// <summary>
+/// A production-mode server on a domain key imported by the ceremony: it serves, and a second
+/// HSM given the same value (restored from shares) serves the same database — disaster recovery.
+/// </summary>
+public sealed class CeremonyDomainKeyTests
+{
+    private const string DomainKeyId = "dk-ceremony-test";
+
+    [Fact]
+    public async Task ProductionServer_CeremonyDomainKey_SecondTokenWithSameValue_DecryptsOldCiphertexts()
+    {
+        var domainKey = RandomNumberGenerator.GetBytes(32);
+        var first = SoftHsm.CreateToken();
+        var second = SoftHsm.CreateToken();
+        Import(first, domainKey);
+        var dataDir = Path.Combine(Path.GetTempPath(), "kms-ceremony-" + Guid.NewGuid().ToString("N")[..8]);
+
+        byte[] ciphertext;
+        await using (var server = await KmsTestServer.StartProductionAsync(first, dataDir, DomainKeyId))
+        {
+            using var client = server.CreateClient();
+            var key = await client.CreateKeyAsync("tenants/dev", "orders");
+            ciphertext = (await client.EncryptAsync(key.Name, "before the fire"u8.ToArray())).Ciphertext;
+        }
+
+        Import(second, domainKey);
+        CryptographicOperations.ZeroMemory(domainKey);
+        await using (var restored = await KmsTestServer.StartProductionAsync(second, dataDir, DomainKeyId))
+        {
+            using var client = restored.CreateClient();
+            using var plaintext = await client.DecryptAsync(ciphertext);
+            Assert.Equal("before the fire", Encoding.UTF8.GetString(plaintext.Plaintext));
+        }
+
+        // A token with another domain key is refused against the same database, naming both check values.
+        var stranger = SoftHsm.CreateToken();
+        Import(stranger, RandomNumberGenerator.GetBytes(32));
+        var e = await Assert.ThrowsAnyAsync<Exception>(() => KmsTestServer.StartProductionAsync(stranger, dataDir, DomainKeyId));
+        Assert.Contains("refusing to serve", e.Message, StringComparison.Ordinal);
+    }
+
+    private static void Import(TestToken token, byte[] domainKey)
+    {
+        using var session = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin));
+        session.ImportDomainKey(domainKey, "kms-domain-key", DomainKeyId);
+    }
+}
