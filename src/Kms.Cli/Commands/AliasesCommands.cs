@@ -19,7 +19,7 @@ internal static class AliasesCommands
         return [aliases];
     }
 
-    private static Argument<string> AliasArgument() => new("ALIAS") { Description = "the alias: ID (with --tenant), TENANT/ID or tenants/TENANT/aliases/ID" };
+    private static Argument<string> AliasArgument() => NameArgument.Create<string>("ALIAS", "the alias: ID (with --tenant), TENANT/ID or tenants/TENANT/aliases/ID");
 
     private static Option<string> KeyOption() => new("--key") { Description = "the key it points at (ID, TENANT/ID or tenants/TENANT/keys/ID)", Required = true, HelpName = "KEY" };
 
@@ -80,7 +80,7 @@ internal static class AliasesCommands
 
     private static Command List(CommandRunner runner)
     {
-        var tenant = new Argument<string?>("TENANT") { Description = "the tenant (default: --tenant or the profile's)", Arity = ArgumentArity.ZeroOrOne };
+        var tenant = NameArgument.Create<string?>("TENANT", "the tenant (default: --tenant or the profile's)", optional: true);
         var command = new Command("list", "list a tenant's aliases") { tenant };
         runner.SetAction(command, async (ctx, ct) =>
         {

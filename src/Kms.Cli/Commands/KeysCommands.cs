@@ -29,7 +29,7 @@ internal static class KeysCommands
     public static void WriteKey(CliContext context, Key key) =>
         context.Output.Result(CliOutput.Proto(key), () => KeyTable(key));
 
-    private static Argument<string> KeyArgument() => new("KEY") { Description = "the key: ID (with --tenant), TENANT/ID or tenants/TENANT/keys/ID" };
+    private static Argument<string> KeyArgument() => NameArgument.Create<string>("KEY", "the key: ID (with --tenant), TENANT/ID or tenants/TENANT/keys/ID");
 
     private static Command CreateKey(CommandRunner runner)
     {
@@ -73,7 +73,7 @@ internal static class KeysCommands
 
     private static Command List(CommandRunner runner)
     {
-        var tenant = new Argument<string?>("TENANT") { Description = "the tenant (default: --tenant or the profile's)", Arity = ArgumentArity.ZeroOrOne };
+        var tenant = NameArgument.Create<string?>("TENANT", "the tenant (default: --tenant or the profile's)", optional: true);
         var command = new Command("list", "list a tenant's keys") { tenant };
         runner.SetAction(command, async (ctx, ct) =>
         {
