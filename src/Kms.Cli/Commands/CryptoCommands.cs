@@ -1,0 +1,250 @@
+using System.CommandLine;
+using System.Security.Cryptography;
+using System.Text.Json.Nodes;
+using Kms.Cli.Infrastructure;
+using Kms.Client.Envelope;
+
+namespace Kms.Cli.Commands;
+
+/// <summary>
+/// <c>kms encrypt</c> and <c>kms decrypt</c> (files and streams, with the envelope SDK: framed,
+/// key-committing AES-256-GCM under a data key from the KMS, in constant memory),
+/// <c>kms datakey</c> and <c>kms random</c>.
+/// </summary>
+internal static class CryptoCommands
+{
+    // EnvelopeOptions needs a key to encrypt with even when the encryptor only decrypts; with
+    // TrustAnyKey a decrypting encryptor never sends this name anywhere.
+    private const string DecryptOnlyKeyName = "tenants/_/keys/_decrypt-only";
+
+    public static IEnumerable<Command> Create(CommandRunner runner) => [Encrypt(runner), Decrypt(runner), DataKey(runner), Random(runner)];
+
+    private static Option<string> In(string what) => new("--in") { Description = $"the {what} to read (- for standard input)", Required = true, HelpName = "FILE" };
+
+    private static Option<string> Out(string what) => new("--out") { Description = $"where to write the {what} (- for standard output); written to a temporary file and renamed on success", Required = true, HelpName = "FILE" };
+
+    private static Option<bool> Force() => new("--force") { Description = "replace the output file if it exists" };
+
+    private static Option<Dictionary<string, string>> Context(string description) => ContextOption.Create("--context", description);
+
+    private static Command Encrypt(CommandRunner runner)
+    {
+        var keys = new Option<string[]>("--key")
+        {
+            Description = "a key (or alias) that wraps the data key; repeat for more keys, any one of which can decrypt",
+            Required = true,
+            HelpName = "KEY",
+        };
+        var input = In("plaintext");
+        var output = Out("envelope message");
+        var context = Context("encryption context entry (repeatable): stored in clear in the header, needed again to decrypt");
+        var force = Force();
+        var command = new Command("encrypt", "encrypt a file or stream into an envelope message (docs/envelope-format.md)") { keys, input, output, context, force };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var parse = ctx.ParseResult;
+            var keyNames = parse.GetRequiredValue(keys).Select(ctx.KeyName).ToList();
+            var encryptionContext = parse.GetValue(context)!;
+            var inPath = parse.GetRequiredValue(input);
+            var outPath = parse.GetRequiredValue(output);
+            InputFile.RefuseSame(ctx.Environment, inPath, outPath);
+
+            using var encryptor = new EnvelopeEncryptor(ctx.Client, new EnvelopeOptions { KeyNames = keyNames });
+            await using var source = InputFile.Open(ctx.Environment, inPath, out var length);
+            await using var target = OutputFile.Open(ctx.Environment, outPath, parse.GetValue(force));
+            var plaintextBytes = await ProgressDisplay.RunAsync(ctx, "encrypting", length, async progress =>
+            {
+                await using var counted = new CountingStream(source, progress);
+                await encryptor.EncryptAsync(counted, target.Stream, encryptionContext, cancellationToken: ct);
+                return counted.BytesRead;
+            });
+            await target.CommitAsync(ct);
+
+            if (target.Path is not null)
+            {
+                var written = new FileInfo(target.Path).Length;
+                ctx.Output.Result(
+                    new JsonObject
+                    {
+                        ["in"] = inPath,
+                        ["out"] = target.Path,
+                        ["keys"] = new JsonArray([.. keyNames.Select(k => (JsonNode)k)]),
+                        ["encryptionContext"] = ContextJson(encryptionContext),
+                        ["plaintextBytes"] = plaintextBytes,
+                        ["ciphertextBytes"] = written,
+                    },
+                    $"encrypted {inPath} ({plaintextBytes} bytes) to {target.Path} ({written} bytes) under {string.Join(", ", keyNames)}");
+            }
+
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command Decrypt(CommandRunner runner)
+    {
+        var keys = new Option<string[]>("--key")
+        {
+            Description = "a key whose wrapped data key you trust (repeatable); a message wrapped only under other keys is refused",
+            HelpName = "KEY",
+        };
+        var anyKey = new Option<bool>("--any-key") { Description = "instead of --key: trust whichever key the message names, if the KMS lets you use it" };
+        var input = In("envelope message");
+        var output = Out("plaintext");
+        var context = Context("the encryption context the message must have, entry by entry (none: it must have none)");
+        var force = Force();
+        var command = new Command("decrypt", "decrypt an envelope message; nothing is left at --out unless the whole message verified") { keys, anyKey, input, output, context, force };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var parse = ctx.ParseResult;
+            var keyNames = (parse.GetValue(keys) ?? []).Select(ctx.KeyName).ToList();
+            var trustAnyKey = parse.GetValue(anyKey);
+            if (keyNames.Count > 0 && trustAnyKey)
+            {
+                throw new CliUsageException("give --key or --any-key, not both");
+            }
+
+            if (keyNames.Count == 0 && !trustAnyKey)
+            {
+                throw new CliUsageException("say which keys you trust: --key KEY (repeatable), or --any-key");
+            }
+
+            var expectedContext = parse.GetValue(context)!;
+            var inPath = parse.GetRequiredValue(input);
+            var outPath = parse.GetRequiredValue(output);
+            InputFile.RefuseSame(ctx.Environment, inPath, outPath);
+
+            var options = trustAnyKey
+                ? new EnvelopeOptions { KeyNames = [DecryptOnlyKeyName], TrustAnyKey = true }
+                : new EnvelopeOptions { KeyNames = keyNames };
+            using var encryptor = new EnvelopeEncryptor(ctx.Client, options);
+            await using var source = InputFile.Open(ctx.Environment, inPath, out var length);
+            await using var target = OutputFile.Open(ctx.Environment, outPath, parse.GetValue(force));
+            var plaintextBytes = await ProgressDisplay.RunAsync(ctx, "decrypting", length, async progress =>
+            {
+                await using var counted = new CountingStream(source, progress);
+                await using var plaintext = await encryptor.OpenDecryptingStreamAsync(counted, expectedContext, cancellationToken: ct);
+                var before = target.Stream.CanSeek ? target.Stream.Position : 0;
+                await plaintext.CopyToAsync(target.Stream, ct);
+                return target.Stream.CanSeek ? target.Stream.Position - before : -1;
+            });
+            await target.CommitAsync(ct);
+
+            if (target.Path is not null)
+            {
+                ctx.Output.Result(
+                    new JsonObject
+                    {
+                        ["in"] = inPath,
+                        ["out"] = target.Path,
+                        ["encryptionContext"] = ContextJson(expectedContext),
+                        ["plaintextBytes"] = plaintextBytes,
+                    },
+                    $"decrypted {inPath} to {target.Path} ({plaintextBytes} bytes)");
+            }
+
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command DataKey(CommandRunner runner)
+    {
+        var key = new Option<string>("--key") { Description = "the key that encrypts the data key", Required = true, HelpName = "KEY" };
+        var context = Context("encryption context entry (repeatable), needed again to decrypt the data key");
+        var showPlaintext = new Option<bool>("--show-plaintext") { Description = "also print the plaintext data key (base64) on standard output" };
+        var plaintextOut = new Option<string>("--plaintext-out") { Description = "write the plaintext data key (32 raw bytes) to this new file, mode 0600", HelpName = "FILE" };
+        var ciphertextOut = new Option<string>("--ciphertext-out") { Description = "write the encrypted data key (raw bytes) to this file", HelpName = "FILE" };
+        var force = Force();
+        var command = new Command("datakey", "generate a data key under a key; by default only its ciphertext is returned")
+        {
+            key, context, showPlaintext, plaintextOut, ciphertextOut, force,
+        };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var parse = ctx.ParseResult;
+            var keyName = ctx.KeyName(parse.GetRequiredValue(key));
+            var encryptionContext = parse.GetValue(context)!;
+            var show = parse.GetValue(showPlaintext);
+            var plaintextPath = parse.GetValue(plaintextOut);
+            var overwrite = parse.GetValue(force);
+
+            byte[] ciphertext;
+            string keyVersion;
+            string? plaintextBase64 = null;
+            if (show || plaintextPath is not null)
+            {
+                using var dataKey = await ctx.Client.GenerateDataKeyAsync(keyName, encryptionContext, ct);
+                (ciphertext, keyVersion) = (dataKey.Ciphertext, dataKey.KeyVersion);
+                if (plaintextPath is not null)
+                {
+                    await WriteFileAsync(ctx, plaintextPath, dataKey.Plaintext.ToArray(), overwrite, zero: true, ct);
+                }
+
+                if (show)
+                {
+                    plaintextBase64 = Convert.ToBase64String(dataKey.Plaintext);
+                }
+            }
+            else
+            {
+                (ciphertext, keyVersion) = await ctx.Client.GenerateDataKeyWithoutPlaintextAsync(keyName, encryptionContext, ct);
+            }
+
+            if (parse.GetValue(ciphertextOut) is { } ciphertextPath)
+            {
+                await WriteFileAsync(ctx, ciphertextPath, ciphertext, overwrite, zero: false, ct);
+            }
+
+            var json = new JsonObject { ["keyVersion"] = keyVersion, ["ciphertext"] = Convert.ToBase64String(ciphertext) };
+            if (plaintextBase64 is not null)
+            {
+                json["plaintext"] = plaintextBase64;
+            }
+
+            ctx.Output.Result(json, () => CliOutput.Properties(
+            [
+                ("key version", keyVersion),
+                ("ciphertext", Convert.ToBase64String(ciphertext)),
+                .. plaintextBase64 is null ? [] : new[] { ("plaintext", (string?)plaintextBase64) },
+            ]));
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command Random(CommandRunner runner)
+    {
+        var bytes = new Option<int>("--bytes") { Description = "how many bytes (1 to 1024)", DefaultValueFactory = _ => 32, HelpName = "N" };
+        var command = new Command("random", "random bytes from the HSM, base64 on standard output") { bytes };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var data = await ctx.Client.GenerateRandomAsync(ctx.ParseResult.GetValue(bytes), ct);
+            var text = Convert.ToBase64String(data);
+            ctx.Output.Result(new JsonObject { ["bytes"] = data.Length, ["data"] = text }, text);
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static JsonObject ContextJson(Dictionary<string, string> context) =>
+        new([.. context.OrderBy(e => e.Key, StringComparer.Ordinal).Select(e => KeyValuePair.Create(e.Key, (JsonNode?)e.Value))]);
+
+    private static async Task WriteFileAsync(CliContext context, string path, byte[] bytes, bool overwrite, bool zero, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await using var file = OutputFile.Open(context.Environment, path, overwrite);
+            await file.Stream.WriteAsync(bytes, cancellationToken);
+            await file.CommitAsync(cancellationToken);
+            context.Output.Note($"wrote {file.Name}");
+        }
+        finally
+        {
+            if (zero)
+            {
+                CryptographicOperations.ZeroMemory(bytes);
+            }
+        }
+    }
+}

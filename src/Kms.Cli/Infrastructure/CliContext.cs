@@ -1,0 +1,128 @@
+using System.CommandLine;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using Kms.Client;
+
+namespace Kms.Cli.Infrastructure;
+
+/// <summary>
+/// One invocation of a command: its parsed command line, the resolved configuration, the
+/// output, and a <see cref="KmsClient"/> made on first use. Disposed when the command ends.
+/// </summary>
+internal sealed class CliContext : IDisposable
+{
+    private readonly GlobalOptions _globals;
+    private CliSettings? _settings;
+    private KmsClient? _client;
+    private X509Certificate2? _clientCertificate;
+
+    public CliContext(ParseResult parse, CliEnvironment environment, GlobalOptions globals)
+    {
+        ArgumentNullException.ThrowIfNull(parse);
+        ArgumentNullException.ThrowIfNull(globals);
+        ParseResult = parse;
+        Environment = environment;
+        _globals = globals;
+        Output = new CliOutput(environment, parse.GetValue(globals.Output));
+        Verbose = parse.GetValue(globals.Verbose);
+    }
+
+    public ParseResult ParseResult { get; }
+
+    public CliEnvironment Environment { get; }
+
+    public CliOutput Output { get; }
+
+    /// <summary><c>--verbose</c>: failures print the exception with its stack trace.</summary>
+    public bool Verbose { get; }
+
+    /// <summary>The effective configuration (flags &gt; environment &gt; profile &gt; defaults), resolved on first use.</summary>
+    /// <exception cref="CliUsageException">The configuration is inconsistent (no such profile, malformed endpoint).</exception>
+    public CliSettings Settings => _settings ??= SettingsResolver.Resolve(_globals.FlagsOf(ParseResult), Environment);
+
+    /// <summary>The configured tenant, or null.</summary>
+    public string? Tenant => Settings.Tenant.Value;
+
+    /// <summary>The client, connected per <see cref="Settings"/> on first use.</summary>
+    /// <exception cref="CliUsageException">A configured file is missing or unusable, or two settings contradict each other.</exception>
+    public KmsClient Client => _client ??= CreateClient();
+
+    /// <summary>A key name from the command line (see <see cref="ResourceNames"/>).</summary>
+    public string KeyName(string input) => ResourceNames.Key(input, Tenant);
+
+    /// <summary>An alias name from the command line.</summary>
+    public string AliasName(string input) => ResourceNames.Alias(input, Tenant);
+
+    /// <summary>A tenant's resource name from an optional argument, else the configured tenant.</summary>
+    public string TenantName(string? input) => ResourceNames.Tenant(input, Tenant);
+
+    /// <summary>The client options for <see cref="Settings"/>; the caller owns the client certificate, if any.</summary>
+    public static KmsClientOptions ClientOptions(CliSettings settings, out X509Certificate2? clientCertificate)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        clientCertificate = null;
+        var options = new KmsClientOptions
+        {
+            Endpoints = [.. settings.Endpoints.Value],
+            CaCertificatePath = RequireFile(settings.CaFile, "CA file"),
+            ApiTokenPath = RequireFile(settings.TokenFile, "token file"),
+            CallTimeout = settings.Timeout.Value,
+        };
+
+        var certificate = RequireFile(settings.ClientCert, "client certificate");
+        var key = RequireFile(settings.ClientKey, "client key");
+        if ((certificate is null) != (key is null))
+        {
+            throw new CliUsageException("mTLS needs both --client-cert and --client-key (or KMS_CLIENT_CERT and KMS_CLIENT_KEY)");
+        }
+
+        if (certificate is not null && options.ApiTokenPath is not null)
+        {
+            throw new CliUsageException($"use a token ({settings.TokenFile.Source}) or a client certificate ({settings.ClientCert.Source}), not both: the server refuses calls that carry both");
+        }
+
+        if (certificate is not null)
+        {
+            try
+            {
+                clientCertificate = X509Certificate2.CreateFromPemFile(certificate, key);
+            }
+            catch (CryptographicException exception)
+            {
+                throw new CliUsageException($"cannot load the client certificate {certificate} with key {key}: {exception.Message}", exception);
+            }
+
+            options.ClientCertificate = clientCertificate;
+        }
+
+        return options;
+    }
+
+    public void Dispose()
+    {
+        _client?.Dispose();
+        _clientCertificate?.Dispose();
+    }
+
+    private KmsClient CreateClient()
+    {
+        var options = ClientOptions(Settings, out _clientCertificate);
+        try
+        {
+            return new KmsClient(options);
+        }
+        catch (ArgumentException exception)
+        {
+            throw new CliUsageException($"the configuration does not work: {exception.Message}", exception);
+        }
+        catch (CryptographicException exception)
+        {
+            throw new CliUsageException($"cannot load the CA file {options.CaCertificatePath}: {exception.Message}", exception);
+        }
+    }
+
+    private static string? RequireFile(Setting<string?> setting, string what) =>
+        setting.Value is null || File.Exists(setting.Value)
+            ? setting.Value
+            : throw new CliUsageException($"{what} {setting.Value} ({setting.Source}) does not exist");
+}

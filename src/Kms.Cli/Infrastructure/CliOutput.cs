@@ -1,0 +1,128 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Google.Protobuf;
+using Spectre.Console;
+using Spectre.Console.Rendering;
+
+namespace Kms.Cli.Infrastructure;
+
+/// <summary>
+/// Where a command's words go. Results go to standard output — a table or short text, or with
+/// <c>--output json</c> exactly one JSON document — and everything else (notes, warnings,
+/// progress, errors) to standard error, so <c>kms … -o json | jq</c> always parses.
+/// </summary>
+internal sealed class CliOutput
+{
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    private static readonly JsonFormatter ProtoFormatter = new(JsonFormatter.Settings.Default.WithFormatDefaultValues(true));
+
+    private readonly CliEnvironment _environment;
+    private readonly Lazy<IAnsiConsole> _out;
+    private readonly Lazy<IAnsiConsole> _error;
+    private bool _resultWritten;
+
+    public CliOutput(CliEnvironment environment, OutputFormat format)
+    {
+        _environment = environment;
+        Format = format;
+        _out = new(() => CreateConsole(environment.Out, environment.OutputIsTerminal));
+        _error = new(() => CreateConsole(environment.Error, environment.ErrorIsTerminal));
+    }
+
+    public OutputFormat Format { get; }
+
+    public bool IsJson => Format == OutputFormat.Json;
+
+    /// <summary>Standard error as a Spectre console: progress bars and prompts.</summary>
+    public IAnsiConsole ErrorConsole => _error.Value;
+
+    /// <summary>
+    /// Writes the command's result: <paramref name="json"/> with <c>--output json</c>, else what
+    /// <paramref name="human"/> renders. A command writes one result.
+    /// </summary>
+    public void Result(JsonNode json, Func<IRenderable> human)
+    {
+        ArgumentNullException.ThrowIfNull(human);
+        if (_resultWritten)
+        {
+            throw new InvalidOperationException("a command writes one result");
+        }
+
+        _resultWritten = true;
+        if (IsJson)
+        {
+            _environment.Out.WriteLine(json.ToJsonString(Indented));
+            _environment.Out.Flush();
+        }
+        else
+        {
+            _out.Value.Write(human());
+        }
+    }
+
+    /// <summary>A result whose human form is one line of text.</summary>
+    public void Result(JsonNode json, string human) => Result(json, () => new Text(human + Environment.NewLine));
+
+    /// <summary>A note on standard error (in both formats): what was done, where a file went.</summary>
+    public void Note(string message)
+    {
+        _environment.Error.WriteLine(message);
+        _environment.Error.Flush();
+    }
+
+    /// <summary>A warning on standard error.</summary>
+    public void Warn(string message) => Note("kms: warning: " + message);
+
+    /// <summary>A protobuf message in its canonical JSON form (proto field names in lowerCamelCase, enums by name, every field present).</summary>
+    public static JsonNode Proto(IMessage message) => JsonNode.Parse(ProtoFormatter.Format(message))!;
+
+    /// <summary>A table with these column headings, ready for rows.</summary>
+    public static Table Table(params string[] columns)
+    {
+        var table = new Table().Border(TableBorder.Rounded);
+        foreach (var column in columns)
+        {
+            table.AddColumn(new TableColumn(Markup.Escape(column)));
+        }
+
+        return table;
+    }
+
+    /// <summary>Adds a row of plain text cells (escaped: server strings are never read as markup).</summary>
+    public static void AddRow(Table table, params string?[] cells) =>
+        table.AddRow([.. cells.Select(cell => (IRenderable)new Text(cell ?? ""))]);
+
+    /// <summary>A two-column table of names and values.</summary>
+    public static Table Properties(IEnumerable<(string Name, string? Value)> rows)
+    {
+        var table = new Table().Border(TableBorder.Rounded).HideHeaders();
+        table.AddColumn("property");
+        table.AddColumn("value");
+        foreach (var (name, value) in rows)
+        {
+            AddRow(table, name, value);
+        }
+
+        return table;
+    }
+
+    private static IAnsiConsole CreateConsole(TextWriter writer, bool terminal)
+    {
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Out = new AnsiConsoleOutput(writer),
+            Ansi = terminal ? AnsiSupport.Detect : AnsiSupport.No,
+            ColorSystem = terminal ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
+            Interactive = terminal ? InteractionSupport.Detect : InteractionSupport.No,
+        });
+
+        // Redirected output keeps whole rows on one line for grep; a terminal wraps to its width.
+        if (!terminal)
+        {
+            console.Profile.Width = 240;
+        }
+
+        return console;
+    }
+}

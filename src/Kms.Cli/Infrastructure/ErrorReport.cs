@@ -1,0 +1,89 @@
+using System.Security.Cryptography;
+using Grpc.Core;
+using Kms.Client.Envelope;
+
+namespace Kms.Cli.Infrastructure;
+
+/// <summary>What the user is told when a command fails: one line and an exit code.</summary>
+/// <param name="ExitCode">One of <see cref="ExitCodes"/>.</param>
+/// <param name="Message">One line, without the <c>kms:</c> prefix; never a stack trace.</param>
+internal sealed record ErrorReport(int ExitCode, string Message)
+{
+    /// <summary>The server's opaque answer to any ciphertext it cannot decrypt.</summary>
+    public const string DecryptionFailed = "decryption failed";
+
+    private const string OpaqueEnvelopeFailure = "envelope decryption failed";
+
+    /// <summary>The one table from failures to exit codes.</summary>
+    public static ErrorReport From(Exception exception) => exception switch
+    {
+        CliUsageException usage => new(ExitCodes.Usage, usage.Message),
+        CliFailureException failure => new(failure.ExitCode, failure.Message),
+        RpcException rpc => FromStatus(rpc.StatusCode, rpc.Status.Detail),
+        EnvelopeDecryptionException envelope => FromEnvelope(envelope),
+        OperationCanceledException => new(ExitCodes.Cancelled, "cancelled"),
+        FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException or IOException =>
+            new(ExitCodes.LocalIo, exception.Message),
+        ArgumentException argument => new(ExitCodes.Usage, argument.Message),
+        CryptographicException crypto => new(ExitCodes.Unexpected, $"cryptographic error: {crypto.Message}"),
+        _ => new(ExitCodes.Unexpected, $"unexpected error: {exception.GetType().Name}: {exception.Message}"),
+    };
+
+    /// <summary>A gRPC status: its code name and the server's detail, e.g. <c>NOT_FOUND: key tenants/dev/keys/x not found</c>.</summary>
+    public static ErrorReport FromStatus(StatusCode code, string detail)
+    {
+        var exitCode = code switch
+        {
+            StatusCode.OK => ExitCodes.Ok,
+            StatusCode.NotFound => ExitCodes.NotFound,
+            StatusCode.Unauthenticated or StatusCode.PermissionDenied => ExitCodes.Denied,
+            StatusCode.FailedPrecondition or StatusCode.AlreadyExists or StatusCode.Aborted => ExitCodes.Conflict,
+            StatusCode.Unavailable or StatusCode.DeadlineExceeded or StatusCode.ResourceExhausted => ExitCodes.Unavailable,
+            StatusCode.InvalidArgument when detail == DecryptionFailed => ExitCodes.DecryptionFailed,
+            StatusCode.InvalidArgument or StatusCode.OutOfRange => ExitCodes.InvalidArgument,
+            StatusCode.Cancelled => ExitCodes.Cancelled,
+            _ => ExitCodes.Unexpected,
+        };
+        var text = string.IsNullOrWhiteSpace(detail) ? StatusName(code) : $"{StatusName(code)}: {OneLine(detail)}";
+        return new ErrorReport(exitCode, text);
+    }
+
+    /// <summary>The proto spelling of a status code (<c>FAILED_PRECONDITION</c>), as the server's docs use it.</summary>
+    public static string StatusName(StatusCode code) => code switch
+    {
+        StatusCode.OK => "OK",
+        StatusCode.Cancelled => "CANCELLED",
+        StatusCode.Unknown => "UNKNOWN",
+        StatusCode.InvalidArgument => "INVALID_ARGUMENT",
+        StatusCode.DeadlineExceeded => "DEADLINE_EXCEEDED",
+        StatusCode.NotFound => "NOT_FOUND",
+        StatusCode.AlreadyExists => "ALREADY_EXISTS",
+        StatusCode.PermissionDenied => "PERMISSION_DENIED",
+        StatusCode.Unauthenticated => "UNAUTHENTICATED",
+        StatusCode.ResourceExhausted => "RESOURCE_EXHAUSTED",
+        StatusCode.FailedPrecondition => "FAILED_PRECONDITION",
+        StatusCode.Aborted => "ABORTED",
+        StatusCode.OutOfRange => "OUT_OF_RANGE",
+        StatusCode.Unimplemented => "UNIMPLEMENTED",
+        StatusCode.Internal => "INTERNAL",
+        StatusCode.Unavailable => "UNAVAILABLE",
+        StatusCode.DataLoss => "DATA_LOSS",
+        _ => code.ToString(),
+    };
+
+    // The envelope layer says "envelope decryption failed" for any altered byte (and nothing
+    // more, by design); its other messages (not an envelope, another context, no trusted key)
+    // are about the caller's own inputs and are worth showing.
+    // A KMS that refused the caller (not the message) is a credential problem, not a bad file.
+    private static ErrorReport FromEnvelope(EnvelopeDecryptionException exception)
+    {
+        if (exception.InnerException is RpcException { StatusCode: StatusCode.Unauthenticated or StatusCode.PermissionDenied } refused)
+        {
+            return FromStatus(refused.StatusCode, refused.Status.Detail);
+        }
+
+        return new(ExitCodes.DecryptionFailed, exception.Message == OpaqueEnvelopeFailure ? DecryptionFailed : $"{DecryptionFailed}: {OneLine(exception.Message)}");
+    }
+
+    private static string OneLine(string text) => text.ReplaceLineEndings(" ").Trim();
+}

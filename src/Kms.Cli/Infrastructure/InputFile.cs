@@ -1,0 +1,30 @@
+namespace Kms.Cli.Infrastructure;
+
+/// <summary>A command's input: a file, or <c>-</c> for standard input.</summary>
+internal static class InputFile
+{
+    /// <summary>Opens <paramref name="pathOrDash"/> for reading; <paramref name="length"/> is its size, or -1 for standard input.</summary>
+    public static Stream Open(CliEnvironment environment, string pathOrDash, out long length)
+    {
+        ArgumentNullException.ThrowIfNull(environment);
+        if (pathOrDash == "-")
+        {
+            length = -1;
+            return environment.OpenStandardInput();
+        }
+
+        var stream = new FileStream(environment.FullPath(pathOrDash), FileMode.Open, FileAccess.Read, FileShare.Read, 81920, FileOptions.Asynchronous | FileOptions.SequentialScan);
+        length = stream.CanSeek ? stream.Length : -1;
+        return stream;
+    }
+
+    /// <summary>Refuses to read and write the same file (the output would destroy the input as it is read).</summary>
+    public static void RefuseSame(CliEnvironment environment, string input, string output)
+    {
+        ArgumentNullException.ThrowIfNull(environment);
+        if (input != "-" && output != "-" && string.Equals(environment.FullPath(input), environment.FullPath(output), StringComparison.Ordinal))
+        {
+            throw new CliUsageException("--in and --out are the same file");
+        }
+    }
+}

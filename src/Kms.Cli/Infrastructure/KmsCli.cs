@@ -1,0 +1,94 @@
+using System.CommandLine;
+using System.CommandLine.Help;
+
+namespace Kms.Cli.Infrastructure;
+
+/// <summary>The <c>kms</c> command line: builds the root command from <see cref="Program.CommandGroups"/> and runs it.</summary>
+internal static class KmsCli
+{
+    /// <summary>The root command with the global options and every registered group.</summary>
+    public static RootCommand Build(CliEnvironment environment)
+    {
+        var root = new RootCommand("kms: keys, aliases and envelope encryption over the Kms gRPC API (docs/cli.md)");
+        var globals = new GlobalOptions();
+        globals.AddTo(root);
+        var runner = new CommandRunner(globals, environment);
+        foreach (var group in Program.CommandGroups)
+        {
+            foreach (var command in group(runner))
+            {
+                root.Subcommands.Add(command);
+            }
+        }
+
+        return root;
+    }
+
+    /// <summary>Parses and runs a command line; returns the exit code (<see cref="ExitCodes"/>).</summary>
+    public static async Task<int> RunAsync(IReadOnlyList<string> args, CliEnvironment environment, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(environment);
+        if (InlineSecretFlag(args) is { } flag)
+        {
+            // Named without its value: the value is a secret that should not reach a log too.
+            await environment.Error.WriteLineAsync($"kms: {flag} is not an option: secrets are never taken on the command line or from the environment; use {(flag is "--token" or "--api-token" ? "--token-file PATH" : $"{flag}-file PATH or {flag}-fd N")} (docs/cli.md)");
+            return ExitCodes.Usage;
+        }
+
+        var root = Build(environment);
+
+        // No response files: an argument beginning with '@' (a file name) is taken as it is.
+        var parse = root.Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
+        if (parse.Errors.Count > 0 && parse.Action is not HelpAction)
+        {
+            foreach (var error in parse.Errors)
+            {
+                await environment.Error.WriteLineAsync($"kms: {error.Message}");
+            }
+
+            await environment.Error.WriteLineAsync($"kms: see '{CommandPath(parse)} --help'");
+            return ExitCodes.Usage;
+        }
+
+        return await parse.InvokeAsync(
+            new InvocationConfiguration { Output = environment.Out, Error = environment.Error, EnableDefaultExceptionHandler = false },
+            cancellationToken);
+    }
+
+    /// <summary>
+    /// An argument that looks like a secret passed inline (<c>--token VALUE</c>, <c>--pin=…</c>):
+    /// no such option exists, and the parser's own error would repeat the value on stderr.
+    /// </summary>
+    internal static string? InlineSecretFlag(IReadOnlyList<string> args)
+    {
+        string[] secretFlags = ["--token", "--api-token", "--pin", "--password", "--passphrase", "--secret"];
+        foreach (var arg in args)
+        {
+            if (arg == "--")
+            {
+                break;
+            }
+
+            var name = arg.Split('=', 2)[0];
+            if (secretFlags.Contains(name, StringComparer.Ordinal))
+            {
+                return name;
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>The words of the command that was parsed, e.g. <c>kms keys create</c>.</summary>
+    private static string CommandPath(ParseResult parse)
+    {
+        var names = new List<string>();
+        for (var result = parse.CommandResult; result is not null; result = result.Parent as System.CommandLine.Parsing.CommandResult)
+        {
+            names.Add(result.Parent is null ? "kms" : result.Command.Name);
+        }
+
+        names.Reverse();
+        return string.Join(' ', names);
+    }
+}

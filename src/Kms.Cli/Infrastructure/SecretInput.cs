@@ -1,0 +1,267 @@
+using System.CommandLine;
+using System.Security.Cryptography;
+using System.Text;
+using Microsoft.Win32.SafeHandles;
+using Spectre.Console;
+
+namespace Kms.Cli.Infrastructure;
+
+/// <summary>
+/// The two options by which a command takes one secret (a PIN, a passphrase, a token):
+/// <c>--{name}-file PATH</c> (its first line) and <c>--{name}-fd N</c> (the first line read from
+/// an open file descriptor, e.g. <c>--pin-fd 3 3&lt;pin.txt</c> or a pipe). With neither, a
+/// person at a terminal is prompted without echo.
+/// </summary>
+/// <remarks>
+/// There is no way to pass the secret's value itself in argv or in an environment variable: both
+/// are readable by other processes of the user (<c>/proc/PID/cmdline</c>, <c>/proc/PID/environ</c>)
+/// and end up in shell history, CI logs and crash reports.
+/// </remarks>
+internal sealed class SecretOption
+{
+    /// <param name="name">The secret's name in the flags, e.g. <c>pin</c> for <c>--pin-file</c> and <c>--pin-fd</c>.</param>
+    /// <param name="description">What the secret is, e.g. "the HSM user PIN".</param>
+    public SecretOption(string name, string description)
+    {
+        Name = name;
+        Description = description;
+        File = new Option<string>($"--{name}-file")
+        {
+            Description = $"read {description} from the first line of this file",
+            HelpName = "PATH",
+        };
+        Fd = new Option<int?>($"--{name}-fd")
+        {
+            Description = $"read {description} from the first line of this open file descriptor",
+            HelpName = "N",
+        };
+    }
+
+    public string Name { get; }
+
+    public string Description { get; }
+
+    public Option<string> File { get; }
+
+    public Option<int?> Fd { get; }
+
+    /// <summary>Adds both options to <paramref name="command"/>.</summary>
+    public void AddTo(Command command)
+    {
+        ArgumentNullException.ThrowIfNull(command);
+        command.Options.Add(File);
+        command.Options.Add(Fd);
+    }
+}
+
+/// <summary>Reads a secret the way <see cref="SecretOption"/> describes: file, file descriptor, or a no-echo prompt.</summary>
+internal static class SecretInput
+{
+    /// <summary>Longest first line accepted: a secret, not a document.</summary>
+    public const int MaxLength = 64 * 1024;
+
+    /// <summary>The secret named by <paramref name="option"/>'s flags, or asked for at the terminal.</summary>
+    /// <param name="prompt">What the prompt says, e.g. "HSM user PIN".</param>
+    /// <exception cref="CliUsageException">Both flags given, neither given without a terminal, the file or descriptor unreadable, or the secret empty.</exception>
+    public static Secret Read(CliContext context, SecretOption option, string prompt)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        return Read(context.ParseResult, context.Environment, context.Output.ErrorConsole, option, prompt);
+    }
+
+    /// <inheritdoc cref="Read(CliContext, SecretOption, string)"/>
+    public static Secret Read(ParseResult parse, CliEnvironment environment, IAnsiConsole errorConsole, SecretOption option, string prompt)
+    {
+        ArgumentNullException.ThrowIfNull(parse);
+        ArgumentNullException.ThrowIfNull(environment);
+        ArgumentNullException.ThrowIfNull(option);
+        var path = parse.GetValue(option.File);
+        var fd = parse.GetValue(option.Fd);
+        if (path is not null && fd is not null)
+        {
+            throw new CliUsageException($"give --{option.Name}-file or --{option.Name}-fd, not both");
+        }
+
+        Secret secret;
+        if (path is not null)
+        {
+            secret = ReadFile(environment.FullPath(path), option.Name);
+        }
+        else if (fd is { } descriptor)
+        {
+            secret = ReadDescriptor(descriptor, option.Name);
+        }
+        else if (environment.Interactive)
+        {
+            secret = Prompt(environment.PromptConsole ?? errorConsole, prompt);
+        }
+        else
+        {
+            throw new CliUsageException($"{option.Description} is needed: give --{option.Name}-file PATH or --{option.Name}-fd N (there is no terminal to ask on)");
+        }
+
+        if (secret.Length == 0)
+        {
+            secret.Dispose();
+            throw new CliUsageException($"{option.Description} is empty");
+        }
+
+        return secret;
+    }
+
+    /// <summary>The first line of a file (without its line ending).</summary>
+    public static Secret ReadFile(string path, string name)
+    {
+        try
+        {
+            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1);
+            return ReadFirstLine(stream, name);
+        }
+        catch (Exception exception) when (exception is IOException or UnauthorizedAccessException)
+        {
+            throw new CliUsageException($"cannot read --{name}-file {path}: {exception.Message}", exception);
+        }
+    }
+
+    /// <summary>The first line read from an open file descriptor (a file, a pipe, a here-document). The descriptor is not closed.</summary>
+    public static Secret ReadDescriptor(int fd, string name)
+    {
+        if (fd < 0)
+        {
+            throw new CliUsageException($"--{name}-fd: {fd} is not a file descriptor");
+        }
+
+        try
+        {
+            using var handle = new SafeFileHandle(fd, ownsHandle: false);
+            if (handle.IsInvalid)
+            {
+                throw new CliUsageException($"--{name}-fd: {fd} is not an open file descriptor");
+            }
+
+            using var stream = new FileStream(handle, FileAccess.Read, 1);
+            return ReadFirstLine(stream, name);
+        }
+        catch (Exception exception) when (exception is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            throw new CliUsageException($"cannot read --{name}-fd {fd}: {exception.Message}", exception);
+        }
+    }
+
+    /// <summary>Asks at the terminal without echo.</summary>
+    public static Secret Prompt(IAnsiConsole console, string prompt)
+    {
+        ArgumentNullException.ThrowIfNull(console);
+
+        // The prompt's answer is a string, which cannot be zeroed; it is copied out and dropped.
+        var answer = console.Prompt(new TextPrompt<string>(Markup.Escape(prompt) + ":").Secret().AllowEmpty());
+        return new Secret(answer.AsSpan());
+    }
+
+    // Byte by byte up to the first newline, so nothing after the first line is read from a
+    // pipe; the bytes are zeroed once decoded.
+    private static Secret ReadFirstLine(Stream stream, string name)
+    {
+        var buffer = new byte[MaxLength];
+        var length = 0;
+        try
+        {
+            int next;
+            while ((next = stream.ReadByte()) >= 0 && next != '\n')
+            {
+                if (length == buffer.Length)
+                {
+                    throw new CliUsageException($"the {name} is longer than {MaxLength} bytes");
+                }
+
+                buffer[length++] = (byte)next;
+            }
+
+            if (length > 0 && buffer[length - 1] == '\r')
+            {
+                length--;
+            }
+
+            return Secret.FromUtf8(buffer.AsSpan(0, length));
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(buffer);
+        }
+    }
+}
+
+/// <summary>A secret read by <see cref="SecretInput"/>: its characters, zeroed on dispose; prints as <c>***</c>.</summary>
+internal sealed class Secret : IDisposable
+{
+    private char[] _chars;
+    private bool _disposed;
+
+    public Secret(ReadOnlySpan<char> value)
+    {
+        _chars = GC.AllocateUninitializedArray<char>(value.Length, pinned: true);
+        value.CopyTo(_chars);
+    }
+
+    public int Length => _chars.Length;
+
+    /// <summary>The secret's characters.</summary>
+    public ReadOnlySpan<char> Chars
+    {
+        get
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            return _chars;
+        }
+    }
+
+    /// <summary>Decodes UTF-8 (strictly: invalid bytes are refused).</summary>
+    public static Secret FromUtf8(ReadOnlySpan<byte> utf8)
+    {
+        var chars = new char[utf8.Length];
+        try
+        {
+            var count = new UTF8Encoding(false, throwOnInvalidBytes: true).GetChars(utf8, chars);
+            return new Secret(chars.AsSpan(0, count));
+        }
+        catch (DecoderFallbackException exception)
+        {
+            throw new CliUsageException("the secret is not valid UTF-8", exception);
+        }
+        finally
+        {
+            Array.Clear(chars);
+        }
+    }
+
+    /// <summary>The UTF-8 bytes, in a buffer the caller zeroes (<see cref="CryptographicOperations.ZeroMemory"/>).</summary>
+    public byte[] ToUtf8()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return Encoding.UTF8.GetBytes(_chars);
+    }
+
+    /// <summary>
+    /// The secret as a string, for an API that takes only a string. The copy cannot be zeroed:
+    /// prefer <see cref="Chars"/> or <see cref="ToUtf8"/>.
+    /// </summary>
+    public string Reveal()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return new string(_chars);
+    }
+
+    /// <summary>Never the secret.</summary>
+    public override string ToString() => "***";
+
+    /// <summary>Zeroes the characters.</summary>
+    public void Dispose()
+    {
+        if (!_disposed)
+        {
+            _disposed = true;
+            Array.Clear(_chars);
+            _chars = [];
+        }
+    }
+}

@@ -1,0 +1,249 @@
+using System.Text.Json;
+using Kms.Cli.Infrastructure;
+
+namespace Kms.Cli.Tests;
+
+/// <summary>Every verb against the real server, through the same entry point in-process.</summary>
+public sealed class CommandTests(CliServerFixture fixture) : IClassFixture<CliServerFixture>, IDisposable
+{
+    private readonly string _directory = CliServerFixture.NewDirectory();
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
+
+    [Fact]
+    public async Task Keys_Lifecycle_EachVerbAnswersWithTheKey()
+    {
+        var key = $"life-{Guid.NewGuid():N}";
+
+        var created = await JsonAsync("keys", "create", key, "--label", "team=ops", "--rotation-period", "90d");
+        Assert.Equal("KEY_STATE_ENABLED", created.GetProperty("state").GetString());
+        Assert.Equal("ops", created.GetProperty("labels").GetProperty("team").GetString());
+        Assert.Equal("7776000s", created.GetProperty("rotationPeriod").GetString());
+
+        var rotated = await JsonAsync("keys", "rotate", $"dev/{key}");
+        Assert.EndsWith("/versions/2", rotated.GetProperty("primary").GetProperty("name").GetString(), StringComparison.Ordinal);
+
+        var versions = await JsonAsync("keys", "versions", $"tenants/dev/keys/{key}");
+        Assert.Equal(2, versions.GetProperty("versions").GetArrayLength());
+
+        Assert.Equal("KEY_STATE_DISABLED", (await JsonAsync("keys", "disable", key)).GetProperty("state").GetString());
+        Assert.Equal("KEY_STATE_ENABLED", (await JsonAsync("keys", "enable", key)).GetProperty("state").GetString());
+        Assert.Equal("KEY_STATE_DESTROY_SCHEDULED", (await JsonAsync("keys", "schedule-deletion", key, "--days", "7")).GetProperty("state").GetString());
+        Assert.Equal("KEY_STATE_DISABLED", (await JsonAsync("keys", "cancel-deletion", key)).GetProperty("state").GetString());
+        Assert.Equal("KEY_STATE_DISABLED", (await JsonAsync("keys", "get", key)).GetProperty("state").GetString());
+    }
+
+    [Fact]
+    public async Task Keys_ListAsTable_ShowsTheKey()
+    {
+        var key = $"table-{Guid.NewGuid():N}";
+        Assert.Equal(0, (await RunAsync("keys", "create", key)).ExitCode);
+
+        var result = await RunAsync("keys", "list");
+
+        Assert.Equal(0, result.ExitCode);
+        Assert.Contains($"tenants/dev/keys/{key}", result.Out, StringComparison.Ordinal);
+        Assert.Contains("ENABLED", result.Out, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Keys_CreateTwice_Exits5()
+    {
+        var key = $"twice-{Guid.NewGuid():N}";
+        Assert.Equal(0, (await RunAsync("keys", "create", key)).ExitCode);
+
+        var again = await RunAsync("keys", "create", key);
+
+        Assert.Equal(ExitCodes.Conflict, again.ExitCode);
+        Assert.StartsWith("kms: ALREADY_EXISTS", again.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Aliases_CreateGetUpdateListDelete()
+    {
+        var first = $"a-{Guid.NewGuid():N}";
+        var second = $"b-{Guid.NewGuid():N}";
+        var alias = $"current-{Guid.NewGuid():N}";
+        await JsonAsync("keys", "create", first);
+        await JsonAsync("keys", "create", second);
+
+        Assert.Equal($"tenants/dev/keys/{first}", (await JsonAsync("aliases", "create", alias, "--key", first)).GetProperty("key").GetString());
+        Assert.Equal($"tenants/dev/keys/{first}", (await JsonAsync("aliases", "get", alias)).GetProperty("key").GetString());
+        Assert.Equal($"tenants/dev/keys/{second}", (await JsonAsync("aliases", "update", alias, "--key", second)).GetProperty("key").GetString());
+        var listed = await JsonAsync("aliases", "list");
+        Assert.Contains(listed.GetProperty("aliases").EnumerateArray(), a => a.GetProperty("name").GetString() == $"tenants/dev/aliases/{alias}");
+        Assert.Equal($"tenants/dev/aliases/{alias}", (await JsonAsync("aliases", "delete", alias)).GetProperty("deleted").GetString());
+        Assert.Equal(ExitCodes.NotFound, (await RunAsync("aliases", "get", alias)).ExitCode);
+    }
+
+    [Fact]
+    public async Task EncryptDecrypt_StandardStreamsAndAnyKey_RoundTrip()
+    {
+        var key = (await JsonAsync("keys", "create", $"pipe-{Guid.NewGuid():N}")).GetProperty("name").GetString()!;
+        var plaintext = "through a pipe"u8.ToArray();
+
+        var encrypted = await CliRun.InProcessAsync(fixture.Variables, _directory, plaintext, "encrypt", "--key", key, "--in", "-", "--out", "-");
+        Assert.True(encrypted.ExitCode == 0, encrypted.ToString());
+
+        var decrypted = await CliRun.InProcessAsync(fixture.Variables, _directory, Convert.FromBase64String(encrypted.Out), "decrypt", "--any-key", "--in", "-", "--out", "-");
+        Assert.True(decrypted.ExitCode == 0, decrypted.ToString());
+        Assert.Equal(plaintext, Convert.FromBase64String(decrypted.Out));
+    }
+
+    [Fact]
+    public async Task Decrypt_UntrustedKey_Exits7()
+    {
+        var key = (await JsonAsync("keys", "create", $"mine-{Guid.NewGuid():N}")).GetProperty("name").GetString()!;
+        var other = (await JsonAsync("keys", "create", $"other-{Guid.NewGuid():N}")).GetProperty("name").GetString()!;
+        await File.WriteAllTextAsync(Path.Combine(_directory, "p"), "x");
+        Assert.Equal(0, (await RunAsync("encrypt", "--key", key, "--in", "p", "--out", "p.kmse")).ExitCode);
+
+        var result = await RunAsync("decrypt", "--key", other, "--in", "p.kmse", "--out", "p.out");
+
+        Assert.Equal(ExitCodes.DecryptionFailed, result.ExitCode);
+        Assert.False(File.Exists(Path.Combine(_directory, "p.out")));
+    }
+
+    [Fact]
+    public async Task Encrypt_ExistingOutput_IsRefusedWithoutForce()
+    {
+        var key = (await JsonAsync("keys", "create", $"force-{Guid.NewGuid():N}")).GetProperty("name").GetString()!;
+        await File.WriteAllTextAsync(Path.Combine(_directory, "p"), "new");
+        await File.WriteAllTextAsync(Path.Combine(_directory, "p.kmse"), "old");
+
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("encrypt", "--key", key, "--in", "p", "--out", "p.kmse")).ExitCode);
+        Assert.Equal("old", await File.ReadAllTextAsync(Path.Combine(_directory, "p.kmse")));
+        Assert.Equal(0, (await RunAsync("encrypt", "--key", key, "--in", "p", "--out", "p.kmse", "--force")).ExitCode);
+        Assert.NotEqual("old", await File.ReadAllTextAsync(Path.Combine(_directory, "p.kmse")));
+    }
+
+    [Fact]
+    public async Task Encrypt_DisabledKey_Exits5AndLeavesNoOutput()
+    {
+        var key = (await JsonAsync("keys", "create", $"off-{Guid.NewGuid():N}")).GetProperty("name").GetString()!;
+        await JsonAsync("keys", "disable", key);
+        await File.WriteAllTextAsync(Path.Combine(_directory, "p"), "x");
+
+        var result = await RunAsync("encrypt", "--key", key, "--in", "p", "--out", "p.kmse");
+
+        Assert.Equal(ExitCodes.Conflict, result.ExitCode);
+        Assert.Equal(["p"], Directory.GetFiles(_directory).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public async Task DataKey_PlaintextOnlyWhenAskedFor()
+    {
+        var key = (await JsonAsync("keys", "create", $"dk-{Guid.NewGuid():N}")).GetProperty("name").GetString()!;
+
+        var without = await JsonAsync("datakey", "--key", key, "--context", "table=orders");
+        Assert.False(without.TryGetProperty("plaintext", out _));
+        Assert.NotEmpty(Convert.FromBase64String(without.GetProperty("ciphertext").GetString()!));
+
+        var shown = await JsonAsync("datakey", "--key", key, "--show-plaintext", "--plaintext-out", "dk.bin", "--ciphertext-out", "dk.blob");
+        Assert.Equal(32, Convert.FromBase64String(shown.GetProperty("plaintext").GetString()!).Length);
+        var file = Path.Combine(_directory, "dk.bin");
+        Assert.Equal(32, new FileInfo(file).Length);
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(file));
+
+        using var client = fixture.Server.CreateClient();
+        using var decrypted = await client.DecryptAsync(await File.ReadAllBytesAsync(Path.Combine(_directory, "dk.blob")));
+        Assert.Equal(await File.ReadAllBytesAsync(file), decrypted.Plaintext.ToArray());
+    }
+
+    [Fact]
+    public async Task Random_ReturnsTheBytesAskedFor()
+    {
+        var random = await JsonAsync("random", "--bytes", "48");
+
+        Assert.Equal(48, Convert.FromBase64String(random.GetProperty("data").GetString()!).Length);
+    }
+
+    [Fact]
+    public async Task Rewrap_BlobsOnAnOldVersion_MovesThemToThePrimaryAndResumes()
+    {
+        var key = (await JsonAsync("keys", "create", $"rewrap-{Guid.NewGuid():N}")).GetProperty("name").GetString()!;
+        var context = new Dictionary<string, string> { ["table"] = "orders" };
+        var blobs = Path.Combine(_directory, "blobs");
+        Directory.CreateDirectory(blobs);
+        using var client = fixture.Server.CreateClient();
+        for (var i = 0; i < 7; i++)
+        {
+            var dataKey = await client.GenerateDataKeyWithoutPlaintextAsync(key, context);
+            await File.WriteAllBytesAsync(Path.Combine(blobs, $"blob-{i:D2}"), dataKey.Ciphertext);
+        }
+
+        await JsonAsync("keys", "rotate", key);
+        var report = await JsonAsync("rewrap", "--key", key, "--dir", "blobs", "--context", "table=orders", "--checkpoint", "rewrap.checkpoint", "--batch-size", "3");
+
+        Assert.Equal(7, report.GetProperty("rewrapped").GetInt64());
+        Assert.Equal(0, report.GetProperty("failed").GetInt64());
+        foreach (var blob in Directory.GetFiles(blobs))
+        {
+            using var decrypted = await client.DecryptAsync(await File.ReadAllBytesAsync(blob), context);
+            Assert.EndsWith("/versions/2", decrypted.KeyVersion, StringComparison.Ordinal);
+        }
+
+        var resumed = await JsonAsync("rewrap", "--key", key, "--dir", "blobs", "--context", "table=orders", "--checkpoint", "rewrap.checkpoint");
+        Assert.Equal(0, resumed.GetProperty("seen").GetInt64());
+        Assert.EndsWith("blob-06", resumed.GetProperty("resumedAfter").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Rewrap_WrongContext_ReportsFailuresAndExits7()
+    {
+        var key = (await JsonAsync("keys", "create", $"rewrap-bad-{Guid.NewGuid():N}")).GetProperty("name").GetString()!;
+        using var client = fixture.Server.CreateClient();
+        var dataKey = await client.GenerateDataKeyWithoutPlaintextAsync(key, new Dictionary<string, string> { ["table"] = "orders" });
+        await File.WriteAllBytesAsync(Path.Combine(_directory, "blob"), dataKey.Ciphertext);
+        await File.WriteAllTextAsync(Path.Combine(_directory, "list.txt"), "blob\n");
+        await JsonAsync("keys", "rotate", key);
+
+        var result = await RunAsync("rewrap", "--key", key, "--in-list", "list.txt", "--context", "table=other", "-o", "json");
+
+        Assert.Equal(ExitCodes.DecryptionFailed, result.ExitCode);
+        var report = JsonDocument.Parse(result.Out).RootElement;
+        Assert.Equal(1, report.GetProperty("failed").GetInt64());
+        Assert.Equal("INVALID_ARGUMENT", report.GetProperty("failures")[0].GetProperty("code").GetString());
+        Assert.Equal(dataKey.Ciphertext, await File.ReadAllBytesAsync(Path.Combine(_directory, "blob")));
+    }
+
+    [Fact]
+    public async Task KeyUserToken_CreateKey_Exits4()
+    {
+        var tokenFile = Path.Combine(_directory, "key-user.token");
+        await File.WriteAllTextAsync(tokenFile, fixture.Server.KeyUserToken);
+        var variables = fixture.Variables;
+        variables["KMS_TOKEN_FILE"] = tokenFile;
+
+        var result = await CliRun.InProcessAsync(variables, _directory, null, "keys", "create", $"denied-{Guid.NewGuid():N}");
+
+        Assert.Equal(ExitCodes.Denied, result.ExitCode);
+        Assert.StartsWith("kms: PERMISSION_DENIED", result.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Profile_PointsAtTheServer()
+    {
+        var config = Path.Combine(_directory, "config.json");
+        await File.WriteAllTextAsync(config, JsonSerializer.Serialize(new
+        {
+            profiles = new Dictionary<string, object>
+            {
+                ["test"] = new { endpoints = new[] { fixture.Server.Address.ToString() }, caFile = fixture.Server.CaCertificatePath, tokenFile = fixture.TokenFile, tenant = "dev" },
+            },
+        }));
+
+        var result = await CliRun.InProcessAsync(new Dictionary<string, string>(), _directory, null, "random", "--config", config, "--profile", "test", "-o", "json");
+
+        Assert.True(result.ExitCode == 0, result.ToString());
+    }
+
+    private Task<CliResult> RunAsync(params string[] args) => CliRun.InProcessAsync(fixture.Variables, _directory, null, args);
+
+    private async Task<JsonElement> JsonAsync(params string[] args)
+    {
+        var result = await RunAsync([.. args, "-o", "json"]);
+        Assert.True(result.ExitCode == 0, result.ToString());
+        return JsonDocument.Parse(result.Out).RootElement.Clone();
+    }
+}

@@ -1,0 +1,142 @@
+using System.Text.Json;
+using Kms.Cli.Infrastructure;
+
+namespace Kms.Cli.Tests;
+
+/// <summary>The command line, in-process: usage errors, help, config show, no inline secrets.</summary>
+public sealed class ParsingTests : IDisposable
+{
+    private readonly string _home = CliServerFixture.NewDirectory();
+    private readonly Dictionary<string, string> _variables = [];
+
+    public void Dispose() => Directory.Delete(_home, recursive: true);
+
+    [Fact]
+    public async Task Help_ListsTheCommandGroups()
+    {
+        var result = await RunAsync("--help");
+
+        Assert.Equal(ExitCodes.Ok, result.ExitCode);
+        foreach (var command in new[] { "keys", "aliases", "encrypt", "decrypt", "datakey", "rewrap", "config" })
+        {
+            Assert.Contains(command, result.Out, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public void Build_EveryCommandHasADescription()
+    {
+        var root = KmsCli.Build(new CliEnvironment
+        {
+            Out = TextWriter.Null,
+            Error = TextWriter.Null,
+            OpenStandardInput = () => Stream.Null,
+            OpenStandardOutput = () => Stream.Null,
+            GetVariable = _ => null,
+            HomeDirectory = _home,
+        });
+
+        var all = root.Subcommands.SelectMany(c => c.Subcommands.Prepend(c)).ToList();
+        Assert.All(all, c => Assert.False(string.IsNullOrWhiteSpace(c.Description), c.Name));
+        Assert.Equal(all.Count, all.Select(c => (c.Parents.First() as System.CommandLine.Command)?.Name + " " + c.Name).Distinct().Count());
+    }
+
+    [Theory]
+    [InlineData]
+    [InlineData("keys")]
+    [InlineData("keys", "get")]
+    [InlineData("keys", "list", "--no-such-flag")]
+    [InlineData("keys", "list", "--output", "xml")]
+    [InlineData("encrypt", "--in", "a", "--out", "b")]
+    [InlineData("encrypt", "--key", "k", "--in", "a", "--out", "b", "--context", "no-equals-sign")]
+    [InlineData("encrypt", "--key", "k", "--in", "a", "--out", "b", "--context", "a=1", "--context", "a=2")]
+    [InlineData("keys", "create", "dev/k", "--rotation-period", "soon")]
+    public async Task Run_BadCommandLine_IsUsageError(params string[] args)
+    {
+        var result = await RunAsync(args);
+
+        Assert.Equal(ExitCodes.Usage, result.ExitCode);
+        Assert.Equal("", result.Out);
+        Assert.StartsWith("kms: ", result.Error, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("keys", "list", "--token", "kms_tok_s3cretvalue")]
+    [InlineData("keys", "list", "--token=kms_tok_s3cretvalue")]
+    [InlineData("keys", "create", "x", "--pin", "kms_tok_s3cretvalue")]
+    [InlineData("--password", "kms_tok_s3cretvalue", "config", "show")]
+    public async Task Run_InlineSecretFlag_IsRefusedWithoutRepeatingTheValue(params string[] args)
+    {
+        var result = await RunAsync(args);
+
+        Assert.Equal(ExitCodes.Usage, result.ExitCode);
+        Assert.Contains("is not an option", result.Error, StringComparison.Ordinal);
+        Assert.DoesNotContain("s3cretvalue", result.Error + result.Out, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Decrypt_WithoutTrustedKeys_IsUsageError()
+    {
+        var result = await RunAsync("decrypt", "--in", "a", "--out", "b");
+
+        Assert.Equal(ExitCodes.Usage, result.ExitCode);
+        Assert.Contains("--any-key", result.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Keys_ShortNameWithoutTenant_IsUsageErrorBeforeAnyCall()
+    {
+        var result = await RunAsync("keys", "get", "orders");
+
+        Assert.Equal(ExitCodes.Usage, result.ExitCode);
+        Assert.Contains("needs a tenant", result.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ConfigShow_Json_ShowsEachSettingWithItsSourceAndNoSecret()
+    {
+        var tokenFile = Path.Combine(_home, "dev.token");
+        await File.WriteAllTextAsync(tokenFile, "kms_tok_s3cretvalue\n");
+        _variables["KMS_ENDPOINT"] = "https://a:1,https://b:2";
+        _variables["KMS_TOKEN_FILE"] = tokenFile;
+
+        var result = await RunAsync("config", "show", "--tenant", "acme", "-o", "json");
+
+        Assert.Equal(ExitCodes.Ok, result.ExitCode);
+        using var json = JsonDocument.Parse(result.Out);
+        var root = json.RootElement;
+        Assert.Equal(["https://a:1/", "https://b:2/"], root.GetProperty("endpoints").GetProperty("value").EnumerateArray().Select(e => e.GetString()));
+        Assert.Equal("env KMS_ENDPOINT", root.GetProperty("endpoints").GetProperty("source").GetString());
+        Assert.Equal(tokenFile, root.GetProperty("tokenFile").GetProperty("value").GetString());
+        Assert.Equal("acme", root.GetProperty("tenant").GetProperty("value").GetString());
+        Assert.Equal("flag --tenant", root.GetProperty("tenant").GetProperty("source").GetString());
+        Assert.DoesNotContain("s3cretvalue", result.Out + result.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ConfigShow_MissingProfile_IsUsageError()
+    {
+        var result = await RunAsync("config", "show", "--profile", "prod");
+
+        Assert.Equal(ExitCodes.Usage, result.ExitCode);
+        Assert.Contains("prod", result.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Keys_TokenFileMissing_IsUsageErrorNamingIt()
+    {
+        _variables["KMS_TOKEN_FILE"] = Path.Combine(_home, "missing.token");
+
+        var result = await RunAsync("keys", "list", "--tenant", "dev");
+
+        Assert.Equal(ExitCodes.Usage, result.ExitCode);
+        Assert.Contains("missing.token", result.Error, StringComparison.Ordinal);
+        Assert.Contains("KMS_TOKEN_FILE", result.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void InlineSecretFlag_AfterDoubleDash_IsAnArgument() =>
+        Assert.Null(KmsCli.InlineSecretFlag(["encrypt", "--", "--token"]));
+
+    private Task<CliResult> RunAsync(params string[] args) => CliRun.InProcessAsync(_variables, _home, null, args);
+}

@@ -1,0 +1,152 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json;
+using Kms.Cli.Infrastructure;
+
+namespace Kms.Cli.Tests;
+
+/// <summary>The built <c>kms</c> as a real child process against the real server (TLS, token, SoftHSM).</summary>
+public sealed class ProcessEndToEndTests(CliServerFixture fixture) : IClassFixture<CliServerFixture>, IDisposable
+{
+    private readonly string _directory = CliServerFixture.NewDirectory();
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
+
+    [Fact]
+    public async Task CreateListEncryptDecrypt_FileOfSeveralMegabytes_RoundTrips()
+    {
+        var keyId = $"files-{Guid.NewGuid():N}";
+
+        var created = await RunAsync("keys", "create", keyId, "-o", "json");
+        Assert.True(created.ExitCode == 0, created.ToString());
+        Assert.Equal($"tenants/dev/keys/{keyId}", JsonDocument.Parse(created.Out).RootElement.GetProperty("name").GetString());
+
+        var listed = await RunAsync("keys", "list", "--output", "json");
+        Assert.True(listed.ExitCode == 0, listed.ToString());
+        var names = JsonDocument.Parse(listed.Out).RootElement.GetProperty("keys").EnumerateArray().Select(k => k.GetProperty("name").GetString());
+        Assert.Contains($"tenants/dev/keys/{keyId}", names);
+
+        var plaintext = new byte[3 * 1024 * 1024 + 12345];
+        new Random(7).NextBytes(plaintext);
+        var input = Path.Combine(_directory, "report.bin");
+        await File.WriteAllBytesAsync(input, plaintext);
+
+        var encrypted = await RunAsync("encrypt", "--key", keyId, "--in", input, "--out", "report.kmse", "--context", "file=report", "--context", "team=ops", "-o", "json");
+        Assert.True(encrypted.ExitCode == 0, encrypted.ToString());
+        var summary = JsonDocument.Parse(encrypted.Out).RootElement;
+        Assert.Equal(plaintext.Length, summary.GetProperty("plaintextBytes").GetInt64());
+        var ciphertext = await File.ReadAllBytesAsync(Path.Combine(_directory, "report.kmse"));
+        Assert.Equal(-1, ciphertext.AsSpan().IndexOf(plaintext.AsSpan(1000, 32)));
+
+        var decrypted = await RunAsync("decrypt", "--key", keyId, "--in", "report.kmse", "--out", "report.out", "--context", "team=ops", "--context", "file=report");
+        Assert.True(decrypted.ExitCode == 0, decrypted.ToString());
+        Assert.Equal(plaintext, await File.ReadAllBytesAsync(Path.Combine(_directory, "report.out")));
+        AssertNoTokenIn(created, listed, encrypted, decrypted);
+    }
+
+    [Fact]
+    public async Task Decrypt_WrongContext_Exits7AndLeavesNoOutput()
+    {
+        var keyId = await CreateKeyAsync();
+        await File.WriteAllBytesAsync(Path.Combine(_directory, "plain.txt"), "attack at dawn"u8.ToArray());
+        Assert.Equal(0, (await RunAsync("encrypt", "--key", keyId, "--in", "plain.txt", "--out", "msg.kmse", "--context", "purpose=test")).ExitCode);
+
+        var result = await RunAsync("decrypt", "--key", keyId, "--in", "msg.kmse", "--out", "plain.out", "--context", "purpose=prod");
+
+        Assert.Equal(ExitCodes.DecryptionFailed, result.ExitCode);
+        Assert.StartsWith("kms: decryption failed", result.Error, StringComparison.Ordinal);
+        Assert.Equal(["msg.kmse", "plain.txt"], Directory.GetFiles(_directory).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        AssertNoTokenIn(result);
+    }
+
+    [Fact]
+    public async Task Decrypt_TamperedFile_Exits7WithDecryptionFailedAndRemovesPartialOutput()
+    {
+        var keyId = await CreateKeyAsync();
+        var plaintext = new byte[300_000];
+        new Random(11).NextBytes(plaintext);
+        await File.WriteAllBytesAsync(Path.Combine(_directory, "data.bin"), plaintext);
+        Assert.Equal(0, (await RunAsync("encrypt", "--key", keyId, "--in", "data.bin", "--out", "data.kmse")).ExitCode);
+        var message = await File.ReadAllBytesAsync(Path.Combine(_directory, "data.kmse"));
+        message[^50_000] ^= 0x01;
+        await File.WriteAllBytesAsync(Path.Combine(_directory, "data.kmse"), message);
+
+        var result = await RunAsync("decrypt", "--key", keyId, "--in", "data.kmse", "--out", "data.out");
+
+        Assert.Equal(ExitCodes.DecryptionFailed, result.ExitCode);
+        Assert.Equal("kms: decryption failed", result.Error.Trim());
+        Assert.Equal(["data.bin", "data.kmse"], Directory.GetFiles(_directory).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
+    public async Task Get_UnknownKey_Exits3()
+    {
+        var result = await RunAsync("keys", "get", $"missing-{Guid.NewGuid():N}");
+
+        Assert.Equal(ExitCodes.NotFound, result.ExitCode);
+        Assert.StartsWith("kms: NOT_FOUND", result.Error, StringComparison.Ordinal);
+        Assert.Equal("", result.Out);
+    }
+
+    [Fact]
+    public async Task List_WithoutToken_Exits4()
+    {
+        var variables = fixture.Variables;
+        variables.Remove("KMS_TOKEN_FILE");
+
+        var result = await CliRun.ProcessAsync(variables, _directory, "keys", "list");
+
+        Assert.Equal(ExitCodes.Denied, result.ExitCode);
+        Assert.StartsWith("kms: UNAUTHENTICATED", result.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task List_ServerDown_Exits6()
+    {
+        var variables = fixture.Variables;
+        variables["KMS_ENDPOINT"] = $"https://127.0.0.1:{UnusedPort()}";
+
+        var result = await CliRun.ProcessAsync(variables, _directory, "keys", "list", "--timeout", "10", "-o", "json");
+
+        Assert.Equal(ExitCodes.Unavailable, result.ExitCode);
+        Assert.StartsWith("kms: UNAVAILABLE", result.Error, StringComparison.Ordinal);
+        Assert.Equal("", result.Out);
+        Assert.DoesNotContain("   at ", result.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task InlineToken_IsRefusedAndNotRepeated()
+    {
+        var result = await RunAsync("keys", "list", "--token", fixture.Token);
+
+        Assert.Equal(ExitCodes.Usage, result.ExitCode);
+        Assert.Contains("--token-file", result.Error, StringComparison.Ordinal);
+        AssertNoTokenIn(result);
+    }
+
+    private async Task<string> CreateKeyAsync()
+    {
+        using var client = fixture.Server.CreateClient();
+        var key = await client.CreateKeyAsync("tenants/dev", $"cli-{Guid.NewGuid():N}");
+        return key.Name;
+    }
+
+    private Task<CliResult> RunAsync(params string[] args) => CliRun.ProcessAsync(fixture.Variables, _directory, args);
+
+    private void AssertNoTokenIn(params CliResult[] results)
+    {
+        var secret = fixture.Token.Split('_')[^1];
+        foreach (var result in results)
+        {
+            Assert.DoesNotContain(secret, result.Out, StringComparison.Ordinal);
+            Assert.DoesNotContain(secret, result.Error, StringComparison.Ordinal);
+        }
+    }
+
+    private static int UnusedPort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+}

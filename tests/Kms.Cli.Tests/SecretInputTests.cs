@@ -1,0 +1,140 @@
+using System.IO.Pipes;
+using System.Text;
+using Kms.Cli.Infrastructure;
+using Spectre.Console.Testing;
+
+namespace Kms.Cli.Tests;
+
+/// <summary>Secrets come from a file, a file descriptor or a no-echo prompt; never from argv or the environment.</summary>
+public sealed class SecretInputTests : IDisposable
+{
+    private readonly string _directory = CliServerFixture.NewDirectory();
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
+
+    [Theory]
+    [InlineData("1234\n", "1234")]
+    [InlineData("1234\r\nsecond line\n", "1234")]
+    [InlineData("no newline at the end", "no newline at the end")]
+    [InlineData("pässwörd\n", "pässwörd")]
+    public void ReadFile_TakesTheFirstLine(string content, string expected)
+    {
+        var path = Path.Combine(_directory, "secret");
+        File.WriteAllText(path, content, new UTF8Encoding(false));
+
+        using var secret = SecretInput.ReadFile(path, "pin");
+
+        Assert.Equal(expected, secret.Chars.ToString());
+    }
+
+    [Fact]
+    public void ReadFile_Missing_IsUsageErrorNamingTheFlag()
+    {
+        var error = Assert.Throws<CliUsageException>(() => SecretInput.ReadFile(Path.Combine(_directory, "nope"), "pin"));
+
+        Assert.Contains("--pin-file", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ReadDescriptor_Pipe_ReadsTheFirstLineOnly()
+    {
+        using var pipe = new AnonymousPipeServerStream(PipeDirection.Out);
+        var fd = (int)pipe.ClientSafePipeHandle.DangerousGetHandle();
+        pipe.Write("from-a-pipe\nnot this\n"u8);
+        pipe.Flush();
+
+        using var secret = SecretInput.ReadDescriptor(fd, "passphrase");
+
+        Assert.Equal("from-a-pipe", secret.Chars.ToString());
+    }
+
+    [Fact]
+    public void ReadDescriptor_Negative_IsUsageError() =>
+        Assert.Throws<CliUsageException>(() => SecretInput.ReadDescriptor(-1, "pin"));
+
+    [Fact]
+    public void Prompt_DoesNotEchoTheSecret()
+    {
+        var console = new TestConsole().Interactive();
+        console.Input.PushTextWithEnter("hunter2");
+
+        using var secret = SecretInput.Prompt(console, "HSM user PIN");
+
+        Assert.Equal("hunter2", secret.Chars.ToString());
+        Assert.Contains("HSM user PIN", console.Output, StringComparison.Ordinal);
+        Assert.DoesNotContain("hunter2", console.Output, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Read_BothFlags_IsUsageError()
+    {
+        var (parse, option) = Parse("--pin-file", "x", "--pin-fd", "3");
+
+        Assert.Throws<CliUsageException>(() => SecretInput.Read(parse, Environment(interactive: true), new TestConsole(), option, "PIN"));
+    }
+
+    [Fact]
+    public void Read_NoFlagAndNoTerminal_IsUsageErrorNamingBothFlags()
+    {
+        var (parse, option) = Parse();
+
+        var error = Assert.Throws<CliUsageException>(() => SecretInput.Read(parse, Environment(interactive: false), new TestConsole(), option, "PIN"));
+
+        Assert.Contains("--pin-file", error.Message, StringComparison.Ordinal);
+        Assert.Contains("--pin-fd", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Read_NoFlagAtATerminal_Prompts()
+    {
+        var (parse, option) = Parse();
+        var console = new TestConsole().Interactive();
+        console.Input.PushTextWithEnter("typed");
+
+        using var secret = SecretInput.Read(parse, Environment(interactive: true, console), new TestConsole(), option, "PIN");
+
+        Assert.Equal("typed", secret.Chars.ToString());
+    }
+
+    [Fact]
+    public void Read_EmptyFile_IsUsageError()
+    {
+        var path = Path.Combine(_directory, "empty");
+        File.WriteAllText(path, "\n");
+        var (parse, option) = Parse("--pin-file", path);
+
+        Assert.Throws<CliUsageException>(() => SecretInput.Read(parse, Environment(interactive: false), new TestConsole(), option, "PIN"));
+    }
+
+    [Fact]
+    public void Secret_PrintsAsStarsAndIsZeroedOnDispose()
+    {
+        var secret = new Secret("1234");
+
+        Assert.Equal("***", secret.ToString());
+        Assert.Equal("***", $"{secret}");
+        secret.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => secret.Chars.Length);
+    }
+
+    private static (System.CommandLine.ParseResult, SecretOption) Parse(params string[] args)
+    {
+        var option = new SecretOption("pin", "the HSM user PIN");
+        var command = new System.CommandLine.RootCommand();
+        option.AddTo(command);
+        return (command.Parse(args), option);
+    }
+
+    private CliEnvironment Environment(bool interactive, Spectre.Console.IAnsiConsole? console = null) => new()
+    {
+        Out = TextWriter.Null,
+        Error = TextWriter.Null,
+        OpenStandardInput = () => Stream.Null,
+        OpenStandardOutput = () => Stream.Null,
+        GetVariable = _ => "from-the-environment",
+        HomeDirectory = _directory,
+        WorkingDirectory = _directory,
+        Interactive = interactive,
+        PromptConsole = console,
+    };
+}
