@@ -7,7 +7,8 @@ namespace Kms.Ceremony.Shares;
 /// <summary>The passphrase policy, and the one way a passphrase becomes bytes for Argon2id.</summary>
 /// <remarks>
 /// The passphrase is NFC-normalised (so the same text typed on two systems that compose accents
-/// differently gives the same key) and encoded as strict UTF-8. Every intermediate buffer is
+/// differently gives the same key) and encoded as strict UTF-8; see <see cref="CanNormalize"/>
+/// for processes without ICU. Every intermediate buffer is
 /// zeroed; the passphrase never appears in an exception message.
 /// </remarks>
 public static class Passphrases
@@ -46,21 +47,51 @@ public static class Passphrases
             throw Refused($"the passphrase is longer than {MaxLength} characters");
         }
 
+        try
+        {
+            StrictUtf8.GetByteCount(passphrase);
+        }
+        catch (EncoderFallbackException)
+        {
+            throw Refused("the passphrase is not valid Unicode");
+        }
+
         // NFC can grow a string up to three times.
         var normalized = new char[passphrase.Length * 3];
         try
         {
             int length;
-            try
+            if (Ascii.IsValid(passphrase))
             {
-                if (!passphrase.TryNormalize(normalized, out length, NormalizationForm.FormC))
+                // ASCII is its own NFC form.
+                passphrase.CopyTo(normalized);
+                length = passphrase.Length;
+            }
+            else if (CanNormalize)
+            {
+                try
                 {
-                    throw Refused("the passphrase cannot be normalised");
+                    if (!passphrase.TryNormalize(normalized, out length, NormalizationForm.FormC))
+                    {
+                        throw Refused("the passphrase cannot be normalised");
+                    }
+                }
+                catch (ArgumentException)
+                {
+                    throw Refused("the passphrase is not valid Unicode");
                 }
             }
-            catch (ArgumentException)
+            else if (enforcePolicy)
             {
-                throw Refused("the passphrase is not valid Unicode");
+                throw Refused(
+                    "the passphrase has non-ASCII characters, and this process cannot normalise Unicode "
+                    + "(it runs with InvariantGlobalization): choose an ASCII passphrase, or run with ICU");
+            }
+            else
+            {
+                // Unlocking without ICU: the passphrase as typed (keyboards type NFC as a rule).
+                passphrase.CopyTo(normalized);
+                length = passphrase.Length;
             }
 
             var text = normalized.AsSpan(0, length);
@@ -99,6 +130,14 @@ public static class Passphrases
             CryptographicOperations.ZeroMemory(MemoryMarshal.AsBytes(normalized.AsSpan()));
         }
     }
+
+    /// <summary>
+    /// Whether this process normalises Unicode. With <c>InvariantGlobalization</c> (no ICU),
+    /// .NET's normalisation silently returns its input unchanged, so a non-ASCII passphrase
+    /// could derive different keys on two machines; such passphrases are then refused for new
+    /// share files (<see cref="Check"/> says so) and used as typed when unlocking.
+    /// </summary>
+    public static bool CanNormalize { get; } = "e\u0301".Normalize(NormalizationForm.FormC) == "\u00E9";
 
     private static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 

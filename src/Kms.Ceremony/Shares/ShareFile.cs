@@ -469,7 +469,7 @@ public sealed class ShareFile
         return hash.GetHashAndReset();
     }
 
-    private static void DeriveKey(byte[] passphrase, Argon2idParameters kdf, byte[] salt, byte[] key)
+    internal static void DeriveKey(byte[] passphrase, Argon2idParameters kdf, byte[] salt, byte[] key)
     {
         var parameters = new Argon2Parameters.Builder(Argon2Parameters.Argon2id)
             .WithVersion(Argon2Parameters.Version13)
@@ -519,9 +519,9 @@ public sealed class ShareFile
                 return version;
             }
         }
-        catch (System.Text.Json.JsonException)
+        catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException)
         {
-            // Not JSON: corruption, not a version question.
+            // Not JSON, or not UTF-8: corruption, not a version question.
         }
         return null;
     }

@@ -55,25 +55,22 @@ public sealed class ShamirTests
     [Fact]
     public void Split_TwoOfThreeOneShare_EverySecretEquallyConsistent()
     {
-        // For each possible first share byte, count the coefficients that produce it under each
-        // secret: one share of a 2-of-N split leaves every secret exactly equally likely.
-        for (var observedIndex = 1; observedIndex <= 3; observedIndex++)
+        // Over all 256 coefficients, count the value of share 3 under each secret: one share of a
+        // 2-of-N split leaves every secret exactly equally likely, whatever the share shows.
+        var counts = new int[256, 256]; // [secret, share byte]
+        for (var secret = 0; secret < 256; secret++)
         {
-            var counts = new int[256, 256]; // [secret, share byte]
-            for (var secret = 0; secret < 256; secret++)
+            for (var coefficient = 0; coefficient < 256; coefficient++)
             {
-                for (var coefficient = 0; coefficient < 256; coefficient++)
-                {
-                    var shares = Shamir.Split([(byte)secret], 2, 3, new FixedRandom([(byte)coefficient]));
-                    counts[secret, shares[observedIndex - 1].Value[0]]++;
-                }
+                var shares = Shamir.Split([(byte)secret], 2, 3, new FixedRandom([(byte)coefficient]));
+                counts[secret, shares[2].Value[0]]++;
             }
-            for (var secret = 0; secret < 256; secret++)
+        }
+        for (var secret = 0; secret < 256; secret++)
+        {
+            for (var value = 0; value < 256; value++)
             {
-                for (var value = 0; value < 256; value++)
-                {
-                    Assert.Equal(1, counts[secret, value]);
-                }
+                Assert.Equal(1, counts[secret, value]);
             }
         }
     }
@@ -81,22 +78,23 @@ public sealed class ShamirTests
     [Fact]
     public void Split_ThreeOfFiveTwoShares_EverySecretEquallyConsistent()
     {
-        // Two shares (x = 2 and x = 5) of a 3-of-5 split of one byte: fixed observed values; for
-        // every candidate secret, exactly one pair of coefficients (a1, a2) of the 65536 yields them.
+        // Two shares (x = 2 and x = 5) of a 3-of-5 split of one byte. For every candidate secret s
+        // and coefficient a1, share 2 fixes a2 = (y2 - s - a1·2) / 2²; exactly one a1 must then also
+        // give share 5, i.e. exactly one polynomial per secret explains both shares.
         var observed = Shamir.Split([0x42], 3, 5);
         var y2 = observed[1].Value[0];
         var y5 = observed[4].Value[0];
+        var inverseOfFour = GaloisField.Inverse(GaloisField.Multiply(2, 2));
         for (var secret = 0; secret < 256; secret++)
         {
             var consistent = 0;
             for (var a1 = 0; a1 < 256; a1++)
             {
-                for (var a2 = 0; a2 < 256; a2++)
+                var a2 = GaloisField.Multiply((byte)(y2 ^ secret ^ GaloisField.Multiply((byte)a1, 2)), inverseOfFour);
+                Assert.Equal(y2, Evaluate(secret, a1, a2, 2));
+                if (Evaluate(secret, a1, a2, 5) == y5)
                 {
-                    if (Evaluate(secret, a1, a2, 2) == y2 && Evaluate(secret, a1, a2, 5) == y5)
-                    {
-                        consistent++;
-                    }
+                    consistent++;
                 }
             }
             Assert.Equal(1, consistent);
