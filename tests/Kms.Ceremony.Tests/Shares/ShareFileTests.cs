@@ -1,0 +1,448 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json.Nodes;
+using Kms.Ceremony.Shares;
+using Kms.Ceremony.Sharing;
+
+namespace Kms.Ceremony.Tests.Shares;
+
+public sealed class ShareFileTests : IDisposable
+{
+    private readonly string _directory = Directory.CreateTempSubdirectory("kms-ceremony-").FullName;
+    private readonly Share _share = new(2, RandomNumberGenerator.GetBytes(32));
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
+
+    [Fact]
+    public void Unprotect_AfterWriteAndRead_GivesTheShareAndTheMetadata()
+    {
+        var path = Path.Combine(_directory, "bob.share.json");
+        Ceremony.Protect(_share, Ceremony.Metadata("bob")).Write(path);
+
+        var read = ShareFile.Read(path, KdfPolicy.AllowWeakParametersForTests);
+        using var share = read.Unprotect(Ceremony.PassphraseOf("bob"));
+
+        Assert.Equal(_share.Value.ToArray(), share.Value.ToArray());
+        Assert.Equal(2, share.Index);
+        Assert.Equal((Ceremony.DomainId, Ceremony.DomainKcv, "bob", 2, 3, 5, 32), (read.DomainId, read.DomainKcv, read.Custodian, read.Index, read.Threshold, read.Count, read.ShareLength));
+        Assert.Equal(new DateTimeOffset(2026, 11, 30, 3, 12, 45, TimeSpan.Zero), read.CreatedAt);
+        Assert.Equal(Ceremony.Cheap, read.Kdf);
+        Assert.Equal(path, read.Source);
+        Assert.Matches("^[0-9a-f]{64}$", read.Fingerprint);
+    }
+
+    [Fact]
+    public void Protect_ThenDecryptFollowingTheDocumentOnly_GivesTheShare()
+    {
+        var bytes = Ceremony.Protect(_share, Ceremony.Metadata("bob")).ToBytes();
+
+        Assert.Equal(_share.Value.ToArray(), ShareFileSpec.Decrypt(bytes, Ceremony.PassphraseOf("bob")));
+        Assert.Equal((string)ShareFileSpec.Json(bytes)["fingerprint"]!, ShareFileSpec.Fingerprint(ShareFileSpec.Json(bytes)));
+        Assert.Equal(bytes, ShareFileSpec.Render(ShareFileSpec.Json(bytes)));
+    }
+
+    [Fact]
+    public void Protect_TwiceSameShare_FreshSaltAndNonce()
+    {
+        var first = ShareFileSpec.Json(Ceremony.Protect(_share, Ceremony.Metadata("bob")).ToBytes());
+        var second = ShareFileSpec.Json(Ceremony.Protect(_share, Ceremony.Metadata("bob")).ToBytes());
+
+        Assert.NotEqual((string)first["kdf"]!["salt"]!, (string)second["kdf"]!["salt"]!);
+        Assert.NotEqual((string)first["aead"]!["nonce"]!, (string)second["aead"]!["nonce"]!);
+        Assert.Equal(16, Convert.FromHexString((string)first["kdf"]!["salt"]!).Length);
+    }
+
+    [Fact]
+    public void Write_NewFile_OwnerOnlyAndNoTemporaryLeft()
+    {
+        var path = Path.Combine(_directory, "bob.share.json");
+
+        Ceremony.Protect(_share, Ceremony.Metadata("bob")).Write(path);
+
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(path));
+        Assert.Equal([path], Directory.GetFiles(_directory));
+    }
+
+    [Fact]
+    public void Write_FileExists_RefusedAndLeftAlone()
+    {
+        var path = Path.Combine(_directory, "bob.share.json");
+        File.WriteAllText(path, "an earlier share");
+
+        var e = Assert.Throws<CeremonyException>(() => Ceremony.Protect(_share, Ceremony.Metadata("bob")).Write(path));
+
+        Assert.Equal(CeremonyError.Io, e.Error);
+        Assert.Contains("exists already", e.Message, StringComparison.Ordinal);
+        Assert.Equal("an earlier share", File.ReadAllText(path));
+        Assert.Single(Directory.GetFiles(_directory));
+    }
+
+    [Fact]
+    public void Unprotect_WrongPassphrase_RefusedNamingTheShareAndCustodian()
+    {
+        var path = Path.Combine(_directory, "bob.share.json");
+        Ceremony.Protect(_share, Ceremony.Metadata("bob")).Write(path);
+        var file = ShareFile.Read(path, KdfPolicy.AllowWeakParametersForTests);
+
+        var e = Assert.Throws<CeremonyException>(() => file.Unprotect("correct horse battery staple of alice"));
+
+        Assert.Equal(CeremonyError.WrongPassphrase, e.Error);
+        Assert.StartsWith($"wrong passphrase for share 2 (custodian 'bob', file {path})", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("horse", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Protect_LoneSurrogate_Refused()
+    {
+        // Built at run time: an attribute argument cannot carry a lone surrogate.
+        var passphrase = new string('\uD800', 1) + " lone surrogate here";
+
+        var e = Assert.Throws<CeremonyException>(() => Ceremony.Protect(_share, Ceremony.Metadata("bob"), passphrase));
+
+        Assert.Equal("the passphrase is not valid Unicode", e.Message);
+    }
+
+    [Fact]
+    public void Unprotect_PassphraseComposedOtherwise_SameKeyWhereUnicodeIsNormalised()
+    {
+        // "é" as one code point when protecting, as e + combining acute when unlocking: NFC makes them one.
+        const string composed = "mot de passe d'\u00E9t\u00E9 long";
+        const string decomposed = "mot de passe d'e\u0301te\u0301 long";
+        if (Passphrases.CanNormalize)
+        {
+            var file = Ceremony.Protect(_share, Ceremony.Metadata("bob"), composed);
+            using var share = file.Unprotect(decomposed);
+            Assert.Equal(_share.Value.ToArray(), share.Value.ToArray());
+        }
+        else
+        {
+            // This repository builds with InvariantGlobalization (no ICU): non-ASCII is refused, not mis-derived.
+            var e = Assert.Throws<CeremonyException>(() => Ceremony.Protect(_share, Ceremony.Metadata("bob"), composed));
+            Assert.StartsWith("the passphrase has non-ASCII characters", e.Message, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public void CanNormalize_InvariantGlobalizationBuild_False()
+    {
+        // Directory.Build.props sets InvariantGlobalization; if that changes, the test above covers NFC for real.
+        Assert.Equal(!AppContext.TryGetSwitch("System.Globalization.Invariant", out var invariant) || !invariant, Passphrases.CanNormalize);
+    }
+
+    public static TheoryData<string, string> FieldEdits() => new()
+    {
+        { "domainId", "dk-us-1" },
+        { "domainKcv", "ABCDEF" },
+        { "custodian", "mallory" },
+        { "index", "3" },
+        { "threshold", "2" },
+        { "count", "4" },
+        { "createdAt", "2026-11-30T03:12:46Z" },
+        { "kdf.memoryKib", "128" },
+        { "kdf.iterations", "2" },
+        { "kdf.parallelism", "2" },
+        { "kdf.salt", "flip" },
+        { "aead.nonce", "flip" },
+        { "aead.ciphertext", "flip" },
+        { "aead.tag", "flip" },
+    };
+
+    [Theory]
+    [MemberData(nameof(FieldEdits))]
+    public void Parse_FieldEditedChecksumRecomputed_RefusedAsAlteredByTheFingerprint(string field, string value)
+    {
+        var bytes = Ceremony.Protect(_share, Ceremony.Metadata("bob")).ToBytes();
+
+        var forged = ShareFileSpec.Forge(bytes, json => Edit(json, field, value), recomputeFingerprint: false);
+
+        var e = Assert.Throws<CeremonyException>(() => Ceremony.Reparse(forged));
+        Assert.Equal(CeremonyError.Corrupted, e.Error);
+        Assert.Contains("fingerprint does not match", e.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [MemberData(nameof(FieldEdits))]
+    public void Unprotect_FieldEditedFingerprintAndChecksumRecomputed_RefusedByTheTag(string field, string value)
+    {
+        var bytes = Ceremony.Protect(_share, Ceremony.Metadata("bob")).ToBytes();
+
+        var forged = Ceremony.Reparse(ShareFileSpec.Forge(bytes, json => Edit(json, field, value)));
+
+        var e = Assert.Throws<CeremonyException>(() => forged.Unprotect(Ceremony.PassphraseOf("bob")));
+        Assert.Equal(CeremonyError.WrongPassphrase, e.Error);
+        Assert.Contains("or the file was altered", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Parse_AnyByteFlipped_RefusedAsCorrupted()
+    {
+        var bytes = Ceremony.Protect(_share, Ceremony.Metadata("bob")).ToBytes();
+        var formatValue = Encoding.ASCII.GetString(bytes).IndexOf("kms-share-v1", StringComparison.Ordinal);
+
+        for (var i = 0; i < bytes.Length; i++)
+        {
+            foreach (var mask in new byte[] { 0x01, 0x20, 0x80 })
+            {
+                var damaged = (byte[])bytes.Clone();
+                damaged[i] ^= mask;
+
+                var e = Assert.Throws<CeremonyException>(() => Ceremony.Reparse(damaged));
+
+                // Inside the format value a flip can spell another version ("kms-share-v0"), reported as such.
+                var expected = i >= formatValue && i < formatValue + 12 && e.Error == CeremonyError.UnsupportedVersion
+                    ? CeremonyError.UnsupportedVersion
+                    : CeremonyError.Corrupted;
+                Assert.True(e.Error == expected, $"byte {i} ^ {mask:X2}: {e.Error}: {e.Message}");
+            }
+        }
+    }
+
+    [Fact]
+    public void Parse_AnyByteFlippedChecksumRecomputed_RefusedOrUndecryptable()
+    {
+        var bytes = Ceremony.Protect(_share, Ceremony.Metadata("bob")).ToBytes();
+        var refused = 0;
+
+        for (var i = 0; i < bytes.Length - 83; i++)
+        {
+            var damaged = (byte[])bytes.Clone();
+            damaged[i] ^= 0x01;
+            var prefix = damaged.AsSpan(0, damaged.Length - 83);
+            Encoding.ASCII.GetBytes(Convert.ToHexStringLower(SHA256.HashData(prefix))).CopyTo(damaged, damaged.Length - 83 + 15);
+
+            try
+            {
+                var file = Ceremony.Reparse(damaged);
+                // Parsed: the flip must then break the tag; nothing is returned.
+                var e = Assert.Throws<CeremonyException>(() => file.Unprotect(Ceremony.PassphraseOf("bob")));
+                Assert.Equal(CeremonyError.WrongPassphrase, e.Error);
+            }
+            catch (CeremonyException e)
+            {
+                Assert.True(e.Error is CeremonyError.Corrupted or CeremonyError.UnsupportedVersion or CeremonyError.KdfParametersRefused, $"byte {i}: {e.Error}: {e.Message}");
+                refused++;
+            }
+        }
+        Assert.True(refused > 0);
+    }
+
+    [Fact]
+    public void Read_Truncated_RefusedAsCorruptedNamingTheFile()
+    {
+        var path = Path.Combine(_directory, "bob.share.json");
+        File.WriteAllBytes(path, Ceremony.Protect(_share, Ceremony.Metadata("bob")).ToBytes()[..^10]);
+
+        var e = Assert.Throws<CeremonyException>(() => ShareFile.Read(path, KdfPolicy.AllowWeakParametersForTests));
+
+        Assert.Equal(CeremonyError.Corrupted, e.Error);
+        Assert.StartsWith($"share file {path} is corrupted", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Read_ChecksumMismatch_SaysSo()
+    {
+        var bytes = Ceremony.Protect(_share, Ceremony.Metadata("bob")).ToBytes();
+        bytes[100] ^= 0x01;
+
+        var e = Assert.Throws<CeremonyException>(() => ShareFile.Parse(bytes, "bob.share.json", KdfPolicy.AllowWeakParametersForTests));
+
+        Assert.Equal("share file bob.share.json is corrupted (checksum mismatch)", e.Message);
+    }
+
+    [Fact]
+    public void Read_TooLarge_RefusedBeforeReading()
+    {
+        var path = Path.Combine(_directory, "big.share.json");
+        File.WriteAllBytes(path, new byte[ShareFile.MaxFileSize + 1]);
+
+        var e = Assert.Throws<CeremonyException>(() => ShareFile.Read(path));
+
+        Assert.Equal(CeremonyError.Corrupted, e.Error);
+    }
+
+    [Fact]
+    public void Read_Missing_IoError()
+    {
+        var e = Assert.Throws<CeremonyException>(() => ShareFile.Read(Path.Combine(_directory, "none.json")));
+
+        Assert.Equal(CeremonyError.Io, e.Error);
+    }
+
+    [Theory]
+    [InlineData("kms-share-v2")]
+    [InlineData("kms-share-v10")]
+    public void Parse_OtherFormatVersion_RefusedAsUnsupported(string version)
+    {
+        var bytes = Ceremony.Protect(_share, Ceremony.Metadata("bob")).ToBytes();
+
+        var forged = ShareFileSpec.Forge(bytes, json => json["format"] = version);
+
+        var e = Assert.Throws<CeremonyException>(() => Ceremony.Reparse(forged));
+        Assert.Equal(CeremonyError.UnsupportedVersion, e.Error);
+        Assert.Equal($"share file test.share has the unsupported share format version '{version}'; this kms reads kms-share-v1", e.Message);
+    }
+
+    [Fact]
+    public void Parse_UnknownMember_Refused()
+    {
+        var bytes = Ceremony.Protect(_share, Ceremony.Metadata("bob")).ToBytes();
+
+        var forged = ShareFileSpec.Forge(bytes, json => json.Insert(1, "comment", "hi"));
+
+        var e = Assert.Throws<CeremonyException>(() => Ceremony.Reparse(forged));
+        Assert.Equal(CeremonyError.Corrupted, e.Error);
+    }
+
+    [Fact]
+    public void Parse_WeakParametersUnderProductionPolicy_Refused()
+    {
+        var bytes = Ceremony.Protect(_share, Ceremony.Metadata("bob")).ToBytes();
+
+        var e = Assert.Throws<CeremonyException>(() => ShareFile.Parse(bytes, "bob.share.json"));
+
+        Assert.Equal(CeremonyError.KdfParametersRefused, e.Error);
+        Assert.Equal("share file bob.share.json (share 2, custodian 'bob') is refused: Argon2id parameters m=64 KiB, t=1 are below the floor m=65536 KiB, t=3", e.Message);
+    }
+
+    [Theory]
+    [InlineData(4 * 1024 * 1024 + 1, 1, 1, "Argon2id memory 4194305 KiB is outside 8..4194304 KiB")]
+    [InlineData(64, 17, 1, "Argon2id iterations 17 is outside 1..16")]
+    [InlineData(1024, 1, 17, "Argon2id parallelism 17 is outside 1..16")]
+    [InlineData(1024 * 1024, 9, 4, "Argon2id memory × iterations (1048576 KiB × 9) exceeds 8388608 KiB")]
+    [InlineData(8, 1, 2, "Argon2id memory 8 KiB is outside 16..4194304 KiB")]
+    public void Parse_CostlyOrInvalidParameters_RefusedEvenForTests(int memoryKib, int iterations, int parallelism, string problem)
+    {
+        var bytes = Ceremony.Protect(_share, Ceremony.Metadata("bob")).ToBytes();
+
+        var forged = ShareFileSpec.Forge(bytes, json =>
+        {
+            json["kdf"]!["memoryKib"] = memoryKib;
+            json["kdf"]!["iterations"] = iterations;
+            json["kdf"]!["parallelism"] = parallelism;
+        });
+
+        var e = Assert.Throws<CeremonyException>(() => Ceremony.Reparse(forged));
+        Assert.Equal(CeremonyError.KdfParametersRefused, e.Error);
+        Assert.EndsWith(problem, e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Protect_WeakParametersUnderProductionPolicy_Refused()
+    {
+        var e = Assert.Throws<CeremonyException>(() => ShareFile.Protect(_share, Ceremony.Metadata("bob"), Ceremony.PassphraseOf("bob"), Ceremony.Cheap));
+
+        Assert.Equal(CeremonyError.KdfParametersRefused, e.Error);
+    }
+
+    [Theory]
+    [InlineData("", "the passphrase is empty")]
+    [InlineData("eleven char", "the passphrase has 11 characters; at least 12 are required")]
+    [InlineData("twelve chars\n", "the passphrase contains a control character")]
+    public void Protect_PassphraseFailsPolicy_RefusedWithoutEchoingIt(string passphrase, string message)
+    {
+        var e = Assert.Throws<CeremonyException>(() => Ceremony.Protect(_share, Ceremony.Metadata("bob"), passphrase));
+
+        Assert.Equal(CeremonyError.InvalidArgument, e.Error);
+        Assert.Equal(message, e.Message);
+        Assert.Equal(message, Passphrases.Check(passphrase));
+    }
+
+    [Fact]
+    public void Protect_TwelveCharacterPassphrase_Accepted()
+    {
+        Assert.Null(Passphrases.Check("twelve chars"));
+        // Counted in characters, not UTF-16 units: 11 emoji are 22 units and still too short.
+        Assert.NotNull(Passphrases.Check(string.Concat(Enumerable.Repeat("\U0001F511", 11))));
+    }
+
+    [Theory]
+    [InlineData("", "bob", "F29000", 3, 5, "the domain id must have 1..128 characters")]
+    [InlineData("dk eu", "bob", "F29000", 3, 5, "the domain id must be printable ASCII without spaces")]
+    [InlineData("dk-eu-1", " bob", "F29000", 3, 5, "the custodian name must not start or end with a space")]
+    [InlineData("dk-eu-1", "bob\u0007", "F29000", 3, 5, "the custodian name must not contain control characters")]
+    [InlineData("dk-eu-1", "bob", "F2900", 3, 5, "the domain check value must be 6 hex digits")]
+    [InlineData("dk-eu-1", "bob", "F29000", 1, 5, "threshold 1 is outside 2..5 (the share count)")]
+    [InlineData("dk-eu-1", "bob", "F29000", 2, 1, "share count 1 is outside 2..255")]
+    public void Protect_InvalidMetadata_Refused(string domainId, string custodian, string kcv, int threshold, int count, string message)
+    {
+        var e = Assert.Throws<CeremonyException>(() => Ceremony.Protect(_share, new ShareMetadata(domainId, kcv, custodian, threshold, count), "a long enough passphrase"));
+
+        Assert.Equal(message, e.Message);
+    }
+
+    [Fact]
+    public void Protect_IndexAboveCount_Refused()
+    {
+        using var share = new Share(6, new byte[32]);
+
+        var e = Assert.Throws<CeremonyException>(() => Ceremony.Protect(share, Ceremony.Metadata("bob")));
+
+        Assert.Equal("share index 6 is above the share count 5", e.Message);
+    }
+
+    [Fact]
+    public void ToBytes_NeverContainsTheShareOrThePassphrase()
+    {
+        const string passphrase = "Tr0ub4dor&3 is not a passphrase";
+        var file = Ceremony.Protect(_share, Ceremony.Metadata("bob"), passphrase);
+        var bytes = file.ToBytes();
+        var text = Encoding.UTF8.GetString(bytes);
+        var share = _share.Value.ToArray();
+
+        Assert.False(bytes.AsSpan().IndexOf(share) >= 0);
+        foreach (var rendering in new[] { Convert.ToHexStringLower(share), Convert.ToHexString(share), Convert.ToBase64String(share), passphrase, "Tr0ub4dor" })
+        {
+            Assert.DoesNotContain(rendering, text, StringComparison.OrdinalIgnoreCase);
+            Assert.DoesNotContain(rendering, file.ToString(), StringComparison.OrdinalIgnoreCase);
+        }
+        Assert.False(bytes.AsSpan().IndexOf(Encoding.Unicode.GetBytes(passphrase)) >= 0);
+    }
+
+    [Fact]
+    public void Exceptions_NeverContainThePassphrase()
+    {
+        const string passphrase = "Tr0ub4dor&3 is not a passphrase";
+        var file = Ceremony.Protect(_share, Ceremony.Metadata("bob"), passphrase);
+        var messages = new List<string>
+        {
+            Assert.Throws<CeremonyException>(() => file.Unprotect(passphrase + "!")).ToString(),
+            Assert.Throws<CeremonyException>(() => file.Unprotect(passphrase.ToUpperInvariant())).ToString(),
+            Assert.Throws<CeremonyException>(() => Ceremony.Protect(_share, Ceremony.Metadata("bob"), "Tr0ub4dor&3")).ToString(),
+            Assert.Throws<CeremonyException>(() => Ceremony.Protect(_share, Ceremony.Metadata("bob"), "Tr0ub4dor&3 is\n not")).ToString(),
+        };
+
+        Assert.All(messages, m => Assert.DoesNotContain("Tr0ub4dor", m, StringComparison.OrdinalIgnoreCase));
+    }
+
+    [Fact]
+    public void Write_File_IsReadableJson()
+    {
+        var text = Encoding.UTF8.GetString(Ceremony.Protect(_share, Ceremony.Metadata("Zoë"), "an ASCII passphrase").ToBytes());
+
+        Assert.StartsWith("{\n  \"format\": \"kms-share-v1\",\n  \"domainId\": \"dk-eu-1\",", text, StringComparison.Ordinal);
+        Assert.Contains("\"custodian\": \"Zoë\"", text, StringComparison.Ordinal);
+        Assert.Contains("\"createdAt\": \"2026-11-30T03:12:45Z\"", text, StringComparison.Ordinal);
+        Assert.EndsWith("\"\n}\n", text, StringComparison.Ordinal);
+    }
+
+    private static void Edit(JsonObject json, string field, string value)
+    {
+        var parts = field.Split('.');
+        var owner = parts.Length == 2 ? json[parts[0]]!.AsObject() : json;
+        var name = parts[^1];
+        if (value == "flip")
+        {
+            var bytes = Convert.FromHexString((string)owner[name]!);
+            bytes[0] ^= 0x01;
+            owner[name] = Convert.ToHexStringLower(bytes);
+        }
+        else if (int.TryParse(value, System.Globalization.CultureInfo.InvariantCulture, out var number))
+        {
+            owner[name] = number;
+        }
+        else
+        {
+            owner[name] = value;
+        }
+    }
+}
