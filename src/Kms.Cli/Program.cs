@@ -18,6 +18,7 @@ internal static class Program
         AliasesCommands.Create,
         CryptoCommands.Create,
         RewrapCommands.Create,
+        CeremonyCommands.Create,
         ConfigCommands.Create,
     ];
 

@@ -1,6 +1,8 @@
 using System.Security.Cryptography;
 using Grpc.Core;
+using Kms.Ceremony;
 using Kms.Client.Envelope;
+using Kms.Hsm;
 
 namespace Kms.Cli.Infrastructure;
 
@@ -21,6 +23,8 @@ internal sealed record ErrorReport(int ExitCode, string Message)
         CliFailureException failure => new(failure.ExitCode, failure.Message),
         RpcException rpc => FromStatus(rpc.StatusCode, rpc.Status.Detail),
         EnvelopeDecryptionException envelope => FromEnvelope(envelope),
+        CeremonyException ceremony => FromCeremony(ceremony),
+        HsmConfigurationException hsm => new(ExitCodes.Conflict, "HSM: " + hsm.Message),
         OperationCanceledException => new(ExitCodes.Cancelled, "cancelled"),
         FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException or IOException =>
             new(ExitCodes.LocalIo, exception.Message),
@@ -28,6 +32,15 @@ internal sealed record ErrorReport(int ExitCode, string Message)
         CryptographicException crypto => new(ExitCodes.Unexpected, $"cryptographic error: {crypto.Message}"),
         _ => new(ExitCodes.Unexpected, $"unexpected error: {exception.GetType().Name}: {exception.Message}"),
     };
+
+    /// <summary>A ceremony failure (share files, passphrases, recovery): its message names the file, custodian or numbers.</summary>
+    public static ErrorReport FromCeremony(CeremonyException exception) => new(exception.Error switch
+    {
+        CeremonyError.WrongPassphrase => ExitCodes.Denied,
+        CeremonyError.InvalidArgument or CeremonyError.NotEnoughShares or CeremonyError.KdfParametersRefused => ExitCodes.Usage,
+        CeremonyError.Io => ExitCodes.LocalIo,
+        _ => ExitCodes.Conflict,
+    }, exception.Message);
 
     /// <summary>A gRPC status: its code name and the server's detail, e.g. <c>NOT_FOUND: key tenants/dev/keys/x not found</c>.</summary>
     public static ErrorReport FromStatus(StatusCode code, string detail)

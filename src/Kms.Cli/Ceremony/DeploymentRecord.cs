@@ -1,0 +1,135 @@
+using System.Security.Cryptography;
+using Kms.Core.Audit;
+using Kms.Core.Services;
+using Kms.Hsm;
+using Kms.Storage.Sqlite;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Kms.Cli.Ceremony;
+
+/// <summary>
+/// A deployment's state as the ceremony sees it: the data directory's SQLite database, the
+/// token's domain key (pinned in the database as the server pins it) and the audit log, whose
+/// HSM-held signing key signs the transcript. The ceremony's steps are appended to the same
+/// audit chain the server writes, and a signed checkpoint is written when it closes — to the
+/// database and to <c>{DataDir}/audit/checkpoints.jsonl</c>, as the server does.
+/// </summary>
+internal sealed class DeploymentRecord : IAsyncDisposable
+{
+    private readonly string _dataDir;
+    private readonly SqliteStore _store;
+    private readonly Pkcs11Hsm _hsm;
+    private readonly AuditLog _audit;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Task _loop;
+
+    private DeploymentRecord(string dataDir, SqliteStore store, Pkcs11Hsm hsm, AuditLog audit)
+    {
+        _dataDir = dataDir;
+        _store = store;
+        _hsm = hsm;
+        _audit = audit;
+        _loop = Task.Run(() => audit.RunAsync(_stop.Token));
+    }
+
+    /// <summary>The audit signing key's fingerprint (pinned by the transcript).</summary>
+    public string AuditKeyFingerprint => _audit.Fingerprint;
+
+    /// <summary>The audit signing key (DER SubjectPublicKeyInfo).</summary>
+    public byte[] AuditPublicKey => _audit.PublicKey;
+
+    /// <summary>The domain key's check value as the HSM reports it.</summary>
+    public string DomainKeyCheckValue => _hsm.DomainKeyCheckValue;
+
+    /// <summary>
+    /// Opens (creating on first use) the database under <paramref name="dataDir"/>, the token's
+    /// domain key (refused if the database was made under another one), and the audit keys.
+    /// </summary>
+    public static async Task<DeploymentRecord> OpenAsync(string dataDir, HsmOptions hsmOptions, string pin, CancellationToken cancellationToken)
+    {
+        dataDir = Path.GetFullPath(dataDir);
+        Directory.CreateDirectory(dataDir);
+        var options = new HsmOptions
+        {
+            ModulePath = hsmOptions.ModulePath,
+            ModuleEnvironment = hsmOptions.ModuleEnvironment,
+            TokenLabel = hsmOptions.TokenLabel,
+            Profile = hsmOptions.Profile,
+            DomainKeyLabel = hsmOptions.DomainKeyLabel,
+            DomainKeyId = hsmOptions.DomainKeyId,
+            SessionPoolSize = 1,
+            Pin = pin,
+        };
+        var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(dataDir, "kms.db") }, cancellationToken);
+        Pkcs11Hsm? hsm = null;
+        try
+        {
+            hsm = Pkcs11Hsm.Open(options, NullLogger.Instance);
+            await DomainKeyGuard.VerifyAsync(hsm, store, devMode: false, cancellationToken);
+            var audit = new AuditLog(store, store, hsm, TimeProvider.System, new AuditOptions());
+            await audit.InitializeAsync(cancellationToken);
+            var directory = Directory.CreateDirectory(Path.Combine(dataDir, "audit")).FullName;
+            await File.WriteAllTextAsync(Path.Combine(directory, "signing-key.pem"), PublicKeyPem(audit.PublicKey), cancellationToken);
+            return new DeploymentRecord(dataDir, store, hsm, audit);
+        }
+        catch
+        {
+            if (hsm is not null)
+            {
+                await hsm.DisposeAsync();
+            }
+
+            await store.DisposeAsync();
+            throw;
+        }
+    }
+
+    /// <summary>A public key as PEM (<c>PUBLIC KEY</c>, SubjectPublicKeyInfo).</summary>
+    public static string PublicKeyPem(byte[] subjectPublicKeyInfo) => new string(PemEncoding.Write("PUBLIC KEY", subjectPublicKeyInfo)) + "\n";
+
+    /// <summary>Appends one ceremony step to the audit chain; returns once it is durable.</summary>
+    public Task AppendAsync(string ceremonyId, string operation, string resource, CancellationToken cancellationToken) =>
+        _audit.AppendAsync(new AuditEntry
+        {
+            Time = DateTimeOffset.UtcNow,
+            RequestId = ceremonyId,
+            Principal = "system:ceremony",
+            Operation = "ceremony/" + operation,
+            Resource = resource,
+            Outcome = "OK",
+            Client = Environment.MachineName,
+        }, cancellationToken);
+
+    /// <summary>Signs <paramref name="content"/> as a statement of <paramref name="kind"/> with the audit key.</summary>
+    public Task<byte[]> SignAsync(string kind, byte[] content, CancellationToken cancellationToken) =>
+        _audit.SignStatementAsync(kind, content, cancellationToken);
+
+    /// <summary>Signs a checkpoint of the chain's head and ships it outside the database.</summary>
+    public async Task<AuditCheckpoint?> CheckpointAsync(CancellationToken cancellationToken)
+    {
+        var checkpoint = await _audit.CheckpointAsync(cancellationToken);
+        if (checkpoint is not null)
+        {
+            await File.AppendAllTextAsync(Path.Combine(_dataDir, "audit", "checkpoints.jsonl"), AuditExport.Checkpoint(checkpoint) + "\n", cancellationToken);
+        }
+
+        return checkpoint;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stop.CancelAsync();
+        try
+        {
+            await _loop;
+        }
+        catch (OperationCanceledException)
+        {
+            // Stopped.
+        }
+
+        _stop.Dispose();
+        await _hsm.DisposeAsync();
+        await _store.DisposeAsync();
+    }
+}

@@ -1,0 +1,105 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Kms.Core.Audit;
+
+namespace Kms.Cli.Ceremony;
+
+/// <summary>
+/// A ceremony transcript: plain UTF-8 text, one <c>name: value</c> line per fact (who, what,
+/// when, on which HSM, check values, share fingerprints, officers, audit key), meant to be
+/// printed and filed. It is signed with the deployment's audit key as a
+/// <see cref="SignedStatement"/> of kind <see cref="Kind"/>; the signature sits beside it in
+/// <c>FILE.sig</c> (JSON: kind, key fingerprint, base64 P1363 signature).
+/// </summary>
+internal sealed class Transcript
+{
+    /// <summary>The statement kind transcripts are signed as.</summary>
+    public const string Kind = "ceremony-transcript";
+
+    /// <summary>The first line of every transcript.</summary>
+    public const string Header = "KMS KEY CEREMONY TRANSCRIPT (kms-transcript-v1)";
+
+    private readonly List<(string Name, string Value)> _lines = [];
+
+    /// <summary>Adds one line; control characters in a value are replaced so a value cannot forge a line.</summary>
+    public Transcript Add(string name, string value)
+    {
+        _lines.Add((name, new string([.. value.Select(c => char.IsControl(c) ? '?' : c)])));
+        return this;
+    }
+
+    /// <summary>The transcript's bytes.</summary>
+    public byte[] ToBytes()
+    {
+        var text = new StringBuilder(Header).Append('\n');
+        foreach (var (name, value) in _lines)
+        {
+            text.Append(name).Append(": ").Append(value).Append('\n');
+        }
+
+        return Encoding.UTF8.GetBytes(text.ToString());
+    }
+
+    /// <summary>Writes the transcript and its signature file (mode 0644: it holds nothing secret).</summary>
+    public static async Task WriteAsync(string path, byte[] content, string keyFingerprint, byte[] signature, CancellationToken cancellationToken)
+    {
+        await File.WriteAllBytesAsync(path, content, cancellationToken);
+        var sig = new JsonObject
+        {
+            ["format"] = SignedStatement.Prefix,
+            ["kind"] = Kind,
+            ["key_fingerprint"] = keyFingerprint,
+            ["signature"] = Convert.ToBase64String(signature),
+        };
+        await File.WriteAllTextAsync(path + ".sig", sig.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n", cancellationToken);
+    }
+
+    /// <summary>
+    /// Checks <paramref name="path"/> against <c>path.sig</c> with the audit key whose public key
+    /// is <paramref name="subjectPublicKeyInfo"/>; returns a reason when it does not verify.
+    /// </summary>
+    public static string? Verify(string path, byte[] subjectPublicKeyInfo)
+    {
+        var content = File.ReadAllBytes(path);
+        if (!File.Exists(path + ".sig"))
+        {
+            return $"no signature file {path}.sig";
+        }
+
+        JsonNode? sig;
+        try
+        {
+            sig = JsonNode.Parse(File.ReadAllText(path + ".sig"));
+        }
+        catch (JsonException)
+        {
+            return $"{path}.sig is not JSON";
+        }
+
+        if (sig?["kind"]?.GetValue<string>() != Kind || sig["signature"]?.GetValue<string>() is not { } text)
+        {
+            return $"{path}.sig is not a transcript signature";
+        }
+
+        byte[] signature;
+        try
+        {
+            signature = Convert.FromBase64String(text);
+        }
+        catch (FormatException)
+        {
+            return $"{path}.sig carries no valid base64 signature";
+        }
+
+        var fingerprint = AuditChain.Fingerprint(subjectPublicKeyInfo);
+        if (sig["key_fingerprint"]?.GetValue<string>() is { } named && named != fingerprint)
+        {
+            return $"the transcript was signed by audit key {named}, not by {fingerprint}";
+        }
+
+        return SignedStatement.Verify(subjectPublicKeyInfo, Kind, content, signature)
+            ? null
+            : "the signature does not verify: the transcript was changed, or signed by another key";
+    }
+}

@@ -1,0 +1,487 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text.Json.Nodes;
+using Kms.Ceremony;
+using Kms.Ceremony.Shares;
+using Kms.Ceremony.Sharing;
+using Kms.Cli.Ceremony;
+using Kms.Cli.Infrastructure;
+using Kms.Hsm;
+
+namespace Kms.Cli.Commands;
+
+/// <summary>
+/// <c>kms ceremony …</c>: the security officers' commands on the offline ceremony host — token
+/// set-up, the domain key with M-of-N custodian shares, its restore on another HSM, and
+/// transcript checks (docs/ceremony.md).
+/// </summary>
+internal static class CeremonyCommands
+{
+    public static IEnumerable<Command> Create(CommandRunner runner)
+    {
+        var ceremony = new Command("ceremony", "key ceremony (offline host): token set-up, domain key and custodian shares, restore, verification");
+        ceremony.Subcommands.Add(InitToken(runner));
+        ceremony.Subcommands.Add(InspectToken(runner));
+        ceremony.Subcommands.Add(CreateDomain(runner));
+        ceremony.Subcommands.Add(RestoreDomain(runner));
+        ceremony.Subcommands.Add(VerifyDomain(runner));
+        ceremony.Subcommands.Add(VerifyTranscript(runner));
+        return [ceremony];
+    }
+
+    private static Command InitToken(CommandRunner runner)
+    {
+        var hsm = new HsmSelection();
+        var soPin = new SecretOption("so-pin", "the new token's security officer PIN");
+        var command = new Command("init-token", "initialise a token on a free slot (SO PIN and user PIN), then check it against the HSM profile");
+        hsm.AddTo(command);
+        soPin.AddTo(command);
+        runner.SetAction(command, (ctx, _) =>
+        {
+            var options = hsm.Options(ctx.ParseResult);
+            using (var so = SecretInput.Read(ctx, soPin, "new security officer PIN"))
+            using (var user = SecretInput.Read(ctx, hsm.Pin, "new user PIN"))
+            {
+                HsmTokenSetup.InitializeToken(options.ModulePath, options.TokenLabel, so.Reveal(), user.Reveal(), options.ModuleEnvironment);
+            }
+
+            ctx.Output.Note($"initialised token '{options.TokenLabel}'");
+            return Task.FromResult(Report(ctx, TokenInspection.Inspect(options)));
+        });
+        return command;
+    }
+
+    private static Command InspectToken(CommandRunner runner)
+    {
+        var hsm = new HsmSelection();
+        var command = new Command("inspect-token", "show a token's identity, mechanisms and PIN flags, checked against the HSM profile (no login)");
+        hsm.AddTo(command, withPin: false);
+        runner.SetAction(command, (ctx, _) => Task.FromResult(Report(ctx, TokenInspection.Inspect(hsm.Options(ctx.ParseResult)))));
+        return command;
+    }
+
+    private static int Report(CliContext ctx, TokenReport report)
+    {
+        var json = new JsonObject
+        {
+            ["label"] = report.Label,
+            ["manufacturer"] = report.Manufacturer,
+            ["model"] = report.Model,
+            ["serial_number"] = report.SerialNumber,
+            ["firmware_version"] = report.FirmwareVersion,
+            ["library"] = report.LibraryDescription,
+            ["profile"] = report.Profile,
+            ["usable"] = report.Usable,
+            ["missing_mechanisms"] = new JsonArray([.. report.MissingMechanisms.Select(m => (JsonNode)m)]),
+            ["mechanisms"] = new JsonArray([.. report.Mechanisms.Select(m => (JsonNode)m)]),
+            ["user_pin_count_low"] = report.UserPinCountLow,
+            ["user_pin_final_try"] = report.UserPinFinalTry,
+            ["user_pin_locked"] = report.UserPinLocked,
+        };
+        ctx.Output.Result(json, () => CliOutput.Properties(
+        [
+            ("token", report.Label),
+            ("HSM", $"{report.Manufacturer} {report.Model}, serial {report.SerialNumber}, firmware {report.FirmwareVersion}"),
+            ("library", report.LibraryDescription),
+            ("profile", report.Profile),
+            ("mechanisms", report.Mechanisms.Count.ToString(CultureInfo.InvariantCulture)),
+            ("missing", report.MissingMechanisms.Count == 0 ? "none" : string.Join(", ", report.MissingMechanisms)),
+            ("user PIN", report.UserPinLocked ? "LOCKED" : report.UserPinFinalTry ? "final try" : report.UserPinCountLow ? "a recent failed login" : "ok"),
+            ("usable", report.Usable ? "yes" : "NO"),
+        ]));
+        return report.Usable ? ExitCodes.Ok : ExitCodes.Conflict;
+    }
+
+    private static Command CreateDomain(CommandRunner runner)
+    {
+        var hsm = new HsmSelection();
+        var custodians = new Option<string[]>("--custodian")
+        {
+            Description = "a custodian's name, in share order (repeat once per custodian; N = how many)",
+            HelpName = "NAME",
+            Arity = ArgumentArity.ZeroOrMore,
+        };
+        var count = new Option<int?>("--custodians") { Description = "N custodians named custodian-1 … custodian-N (instead of --custodian)", HelpName = "N" };
+        var threshold = new Option<int>("--threshold") { Description = "M: how many shares rebuild the domain key (2 ≤ M ≤ N)", HelpName = "M", Required = true };
+        var sharesDir = new Option<string>("--shares-dir") { Description = "where the share files are written (one per custodian)", HelpName = "DIR", Required = true };
+        var dataDir = new Option<string>("--data-dir") { Description = "the deployment's data directory: its database, audit key and transcripts", HelpName = "DIR", Required = true };
+        var domainId = new Option<string?>("--domain-id") { Description = "the domain key's CKA_ID (default dk-DATE-RANDOM)", HelpName = "ID" };
+        var passphrases = PassphraseFiles();
+        var options = CeremonyHostOptions.Create();
+        var command = new Command("create-domain", "generate the domain key (HSM RNG XOR OS RNG), import it into the token, split it into M-of-N custodian shares, and record the ceremony")
+        {
+            custodians, count, threshold, sharesDir, dataDir, domainId, passphrases,
+        };
+        hsm.AddTo(command);
+        options.AddTo(command);
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var parse = ctx.ParseResult;
+            var names = CustodianNames(parse.GetValue(custodians) ?? [], parse.GetValue(count));
+            var m = parse.GetValue(threshold);
+            if (m < Shamir.MinThreshold || m > names.Count)
+            {
+                throw new CliUsageException($"--threshold must be between {Shamir.MinThreshold} and the number of custodians ({names.Count}); got {m}");
+            }
+
+            var host = options.Prepare(ctx);
+            var id = parse.GetValue(domainId) ?? $"dk-{DateTime.UtcNow:yyyyMMdd}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4))}";
+            var outDir = Directory.CreateDirectory(parse.GetRequiredValue(sharesDir)).FullName;
+            var secrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, names, confirm: true, host.Kdf.Policy);
+            var hsmOptions = hsm.Options(parse, id);
+            using var pin = SecretInput.Read(ctx, hsm.Pin, $"user PIN of token '{hsmOptions.TokenLabel}'");
+            var ceremonyId = Guid.NewGuid().ToString();
+            var started = DateTimeOffset.UtcNow;
+            var report = TokenInspection.Inspect(hsmOptions);
+            if (!report.Usable)
+            {
+                throw new CliFailureException(ExitCodes.Conflict, $"token '{report.Label}' lacks {string.Join(", ", report.MissingMechanisms)}");
+            }
+
+            string kcv;
+            var written = new List<(string Custodian, int Index, string File, string Fingerprint)>();
+            var domainKey = GC.AllocateArray<byte>(32, pinned: true);
+            Share[] shares = [];
+            try
+            {
+                using (var session = HsmCeremonySession.Open(hsmOptions, pin.ToUtf8()))
+                {
+                    // Entropy from two independent sources: a weak RNG on either side alone cannot weaken the key.
+                    var fromHsm = session.GenerateRandom(32);
+                    RandomNumberGenerator.Fill(domainKey);
+                    for (var i = 0; i < 32; i++)
+                    {
+                        domainKey[i] ^= fromHsm[i];
+                    }
+
+                    CryptographicOperations.ZeroMemory(fromHsm);
+                    kcv = session.ImportDomainKey(domainKey, hsmOptions.DomainKeyLabel, id);
+                }
+
+                ctx.Output.Note($"domain key {id} imported into token '{hsmOptions.TokenLabel}', check value {kcv}");
+                shares = Shamir.Split(domainKey, m, names.Count);
+                for (var i = 0; i < shares.Length; i++)
+                {
+                    var file = ShareFile.Protect(shares[i], new ShareMetadata(id, kcv, names[i], m, names.Count), secrets[names[i]].Chars, host.Kdf.Parameters, host.Kdf.Policy);
+                    var path = Path.Combine(outDir, $"share-{shares[i].Index}-{SafeFileName(names[i])}.json");
+                    file.Write(path);
+                    written.Add((names[i], shares[i].Index, path, file.Fingerprint));
+                    ctx.Output.Note($"share {shares[i].Index} of {names.Count} for {names[i]}: {path}");
+                }
+            }
+            finally
+            {
+                CryptographicOperations.ZeroMemory(domainKey);
+                foreach (var share in shares)
+                {
+                    share.Dispose();
+                }
+
+                foreach (var secret in secrets.Values)
+                {
+                    secret.Dispose();
+                }
+            }
+
+            var transcript = new Transcript()
+                .Add("ceremony", "create-domain")
+                .Add("ceremony id", ceremonyId)
+                .Add("started", started.ToString("O", CultureInfo.InvariantCulture))
+                .Add("host", Environment.MachineName)
+                .Add("operator (OS user)", Environment.UserName)
+                .Add("host hygiene", host.Describe())
+                .Add("hsm", $"token '{report.Label}', {report.Manufacturer} {report.Model}, serial {report.SerialNumber}, firmware {report.FirmwareVersion}, profile {report.Profile}")
+                .Add("hsm library", report.LibraryDescription)
+                .Add("domain key id (CKA_ID)", id)
+                .Add("domain key label (CKA_LABEL)", hsmOptions.DomainKeyLabel)
+                .Add("domain key check value", kcv)
+                .Add("domain key entropy", "32 bytes HSM C_GenerateRandom XOR 32 bytes OS CSPRNG")
+                .Add("domain key attributes", "token, private, sensitive, never extractable, wrap/unwrap only (CKM_AES_KEY_WRAP_PAD), unmodifiable")
+                .Add("shares", $"{m} of {names.Count} (Shamir over GF(2^8))")
+                .Add("share protection", $"Argon2id m={host.Kdf.Parameters.MemoryKib} KiB t={host.Kdf.Parameters.Iterations} p={host.Kdf.Parameters.Parallelism}, AES-256-GCM{(host.Kdf.Policy == KdfPolicy.Production ? "" : " — WEAK TEST PARAMETERS")}");
+            foreach (var (custodian, index, file, fingerprint) in written)
+            {
+                transcript.Add($"share {index}", $"custodian {custodian}, file {Path.GetFileName(file)}, fingerprint {fingerprint}");
+            }
+
+            var result = await RecordAsync(ctx, parse.GetRequiredValue(dataDir), hsmOptions, pin, ceremonyId, "create-domain", transcript,
+                [.. written.Select(w => ($"share/{w.Index}/{w.Custodian}", w.Fingerprint))], $"domain/{id}/kcv/{kcv}", ct);
+            var json = new JsonObject
+            {
+                ["domain_id"] = id,
+                ["check_value"] = kcv,
+                ["threshold"] = m,
+                ["shares"] = new JsonArray([.. written.Select(w => (JsonNode)new JsonObject { ["custodian"] = w.Custodian, ["index"] = w.Index, ["file"] = w.File, ["fingerprint"] = w.Fingerprint })]),
+                ["transcript"] = result.TranscriptPath,
+                ["audit_key_fingerprint"] = result.AuditKeyFingerprint,
+                ["server_configuration"] = new JsonObject { ["Hsm:TokenLabel"] = hsmOptions.TokenLabel, ["Hsm:DomainKeyLabel"] = hsmOptions.DomainKeyLabel, ["Hsm:DomainKeyId"] = id, ["Kms:DataDir"] = Path.GetFullPath(parse.GetRequiredValue(dataDir)) },
+            };
+            ctx.Output.Result(json, () => CliOutput.Properties(
+            [
+                ("domain key id", id), ("check value", kcv), ("shares", $"{m} of {names.Count} in {outDir}"),
+                ("transcript", result.TranscriptPath), ("audit key", result.AuditKeyFingerprint),
+                ("server", $"--Hsm:TokenLabel={hsmOptions.TokenLabel} --Hsm:DomainKeyId={id} --Kms:DataDir={Path.GetFullPath(parse.GetRequiredValue(dataDir))}"),
+            ]));
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command RestoreDomain(CommandRunner runner)
+    {
+        var hsm = new HsmSelection();
+        var shareFiles = new Option<string[]>("--share") { Description = "a custodian's share file (repeat; at least M)", HelpName = "FILE", Arity = ArgumentArity.OneOrMore, Required = true };
+        var domainId = new Option<string?>("--domain-id") { Description = "the domain to restore; every share must be of it (default: the shares' own)", HelpName = "ID" };
+        var expectedKcv = new Option<string?>("--check-value") { Description = "the domain's check value from the transcript; the rebuilt key must match it", HelpName = "HEX" };
+        var dataDir = new Option<string?>("--data-dir") { Description = "the deployment's data directory, to record the restore in its audit log and sign a transcript", HelpName = "DIR" };
+        var passphrases = PassphraseFiles();
+        var options = CeremonyHostOptions.Create();
+        var command = new Command("restore-domain", "rebuild the domain key from M custodian shares and import it into another token (new node, disaster recovery)")
+        {
+            shareFiles, domainId, expectedKcv, dataDir, passphrases,
+        };
+        hsm.AddTo(command);
+        options.AddTo(command);
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var parse = ctx.ParseResult;
+            var host = options.Prepare(ctx);
+            var files = parse.GetValue(shareFiles)!.Select(path => ShareFile.Read(path, host.Kdf.Policy)).ToList();
+            var id = parse.GetValue(domainId) ?? files[0].DomainId;
+            var secrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, [.. files.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)], confirm: false, host.Kdf.Policy);
+            var hsmOptions = hsm.Options(parse, id);
+            using var pin = SecretInput.Read(ctx, hsm.Pin, $"user PIN of token '{hsmOptions.TokenLabel}'");
+            var ceremonyId = Guid.NewGuid().ToString();
+            var started = DateTimeOffset.UtcNow;
+            var report = TokenInspection.Inspect(hsmOptions);
+            var opened = new List<(ShareFile File, Share Share)>();
+            string kcv;
+            byte[] domainKey = [];
+            try
+            {
+                foreach (var file in files)
+                {
+                    opened.Add((file, file.Unprotect(secrets[file.Custodian].Chars)));
+                }
+
+                domainKey = DomainKeyRecovery.Combine(opened, id, parse.GetValue(expectedKcv));
+                using var session = HsmCeremonySession.Open(hsmOptions, pin.ToUtf8());
+                kcv = session.ImportDomainKey(domainKey, hsmOptions.DomainKeyLabel, id);
+            }
+            finally
+            {
+                CryptographicOperations.ZeroMemory(domainKey);
+                foreach (var (_, share) in opened)
+                {
+                    share.Dispose();
+                }
+
+                foreach (var secret in secrets.Values)
+                {
+                    secret.Dispose();
+                }
+            }
+
+            ctx.Output.Note($"domain key {id} restored into token '{hsmOptions.TokenLabel}' from {files.Count} shares, check value {kcv}");
+            var transcript = new Transcript()
+                .Add("ceremony", "restore-domain")
+                .Add("ceremony id", ceremonyId)
+                .Add("started", started.ToString("O", CultureInfo.InvariantCulture))
+                .Add("host", Environment.MachineName)
+                .Add("operator (OS user)", Environment.UserName)
+                .Add("host hygiene", host.Describe())
+                .Add("hsm", $"token '{report.Label}', {report.Manufacturer} {report.Model}, serial {report.SerialNumber}, firmware {report.FirmwareVersion}, profile {report.Profile}")
+                .Add("domain key id (CKA_ID)", id)
+                .Add("domain key check value", kcv)
+                .Add("shares used", $"{files.Count} (threshold {files[0].Threshold} of {files[0].Count})");
+            foreach (var file in files)
+            {
+                transcript.Add($"share {file.Index}", $"custodian {file.Custodian}, fingerprint {file.Fingerprint}");
+            }
+
+            var json = new JsonObject { ["domain_id"] = id, ["check_value"] = kcv, ["token"] = hsmOptions.TokenLabel, ["shares_used"] = files.Count };
+            if (parse.GetValue(dataDir) is { } dir)
+            {
+                var result = await RecordAsync(ctx, dir, hsmOptions, pin, ceremonyId, "restore-domain", transcript,
+                    [.. files.Select(f => ($"share/{f.Index}/{f.Custodian}", f.Fingerprint))], $"domain/{id}/kcv/{kcv}/token/{hsmOptions.TokenLabel}", ct);
+                json["transcript"] = result.TranscriptPath;
+                json["audit_key_fingerprint"] = result.AuditKeyFingerprint;
+            }
+            else
+            {
+                ctx.Output.Warn("no --data-dir: the restore is not recorded in an audit log and no signed transcript is written");
+            }
+
+            ctx.Output.Result(json, () => CliOutput.Properties([("domain key id", id), ("check value", kcv), ("token", hsmOptions.TokenLabel), ("transcript", json["transcript"]?.GetValue<string>() ?? "none")]));
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command VerifyDomain(CommandRunner runner)
+    {
+        var hsm = new HsmSelection();
+        var domainId = new Option<string>("--domain-id") { Description = "the domain key's CKA_ID", HelpName = "ID", Required = true };
+        var command = new Command("verify-domain", "print the check value the HSM reports for the token's domain key, after checking its attributes") { domainId };
+        hsm.AddTo(command);
+        runner.SetAction(command, (ctx, _) =>
+        {
+            var options = hsm.Options(ctx.ParseResult, ctx.ParseResult.GetRequiredValue(domainId));
+            using var pin = SecretInput.Read(ctx, hsm.Pin, $"user PIN of token '{options.TokenLabel}'");
+            using var session = HsmCeremonySession.Open(options, pin.ToUtf8());
+            var kcv = session.ReadDomainKeyCheckValue(options.DomainKeyLabel, options.DomainKeyId!)
+                ?? throw new CliFailureException(ExitCodes.NotFound, $"token '{options.TokenLabel}' holds no domain key labelled '{options.DomainKeyLabel}' or with CKA_ID '{options.DomainKeyId}'");
+            ctx.Output.Result(new JsonObject { ["domain_id"] = options.DomainKeyId, ["check_value"] = kcv, ["token"] = options.TokenLabel }, kcv);
+            return Task.FromResult(ExitCodes.Ok);
+        });
+        return command;
+    }
+
+    private static Command VerifyTranscript(CommandRunner runner)
+    {
+        var file = NameArgument.Create<string>("TRANSCRIPT", "the transcript file (its signature is FILE.sig)");
+        var publicKey = new Option<string>("--public-key") { Description = "the audit signing key (PEM) as published, e.g. {DataDir}/audit/signing-key.pem", HelpName = "PEM", Required = true };
+        var command = new Command("verify-transcript", "check a ceremony transcript's signature with the audit key") { file, publicKey };
+        runner.SetAction(command, (ctx, _) =>
+        {
+            var key = PublicKeyFromPem(File.ReadAllText(ctx.ParseResult.GetRequiredValue(publicKey)));
+            var problem = Transcript.Verify(ctx.ParseResult.GetRequiredValue(file), key);
+            if (problem is not null)
+            {
+                throw new CliFailureException(ExitCodes.DecryptionFailed, problem);
+            }
+
+            var fingerprint = Kms.Core.Audit.AuditChain.Fingerprint(key);
+            ctx.Output.Result(new JsonObject { ["verified"] = true, ["audit_key_fingerprint"] = fingerprint }, $"verified: signed by audit key {fingerprint}");
+            return Task.FromResult(ExitCodes.Ok);
+        });
+        return command;
+    }
+
+    private sealed record Recorded(string TranscriptPath, string AuditKeyFingerprint);
+
+    /// <summary>Appends the steps to the deployment's audit chain, signs the transcript with the audit key, checkpoints.</summary>
+    private static async Task<Recorded> RecordAsync(
+        CliContext ctx, string dataDir, HsmOptions hsmOptions, Secret pin, string ceremonyId, string operation, Transcript transcript,
+        IReadOnlyList<(string Resource, string Fingerprint)> shares, string domainResource, CancellationToken ct)
+    {
+        await using var record = await DeploymentRecord.OpenAsync(dataDir, hsmOptions, pin.Reveal(), ct);
+        await record.AppendAsync(ceremonyId, operation, domainResource, ct);
+        foreach (var (resource, fingerprint) in shares)
+        {
+            await record.AppendAsync(ceremonyId, operation + "/share", $"{resource}/{fingerprint}", ct);
+        }
+
+        transcript.Add("audit signing key", record.AuditKeyFingerprint);
+        var content = transcript.ToBytes();
+        var directory = Directory.CreateDirectory(Path.Combine(Path.GetFullPath(dataDir), "ceremonies")).FullName;
+        var path = Path.Combine(directory, $"{DateTime.UtcNow:yyyyMMddTHHmmssZ}-{operation}-{ceremonyId[..8]}.txt");
+        var signature = await record.SignAsync(Transcript.Kind, content, ct);
+        await Transcript.WriteAsync(path, content, record.AuditKeyFingerprint, signature, ct);
+        await record.AppendAsync(ceremonyId, operation + "/transcript", "transcript/sha256:" + Convert.ToHexStringLower(SHA256.HashData(content)), ct);
+        await record.CheckpointAsync(ct);
+        ctx.Output.Note($"transcript signed by audit key {record.AuditKeyFingerprint}: {path}");
+        return new Recorded(path, record.AuditKeyFingerprint);
+    }
+
+    private static Option<Dictionary<string, string>> PassphraseFiles() =>
+        ContextOption.Create("--passphrase-file", "CUSTODIAN=PATH: read that custodian's passphrase from the file's first line (repeatable; else each custodian is prompted)");
+
+    private static Dictionary<string, Secret> CollectPassphrases(CliContext ctx, Dictionary<string, string> files, IReadOnlyList<string> custodians, bool confirm, KdfPolicy policy)
+    {
+        var unknown = files.Keys.Except(custodians, StringComparer.Ordinal).ToList();
+        if (unknown.Count > 0)
+        {
+            throw new CliUsageException($"--passphrase-file names no custodian of this ceremony: {string.Join(", ", unknown)}");
+        }
+
+        var secrets = new Dictionary<string, Secret>(StringComparer.Ordinal);
+        try
+        {
+            foreach (var custodian in custodians)
+            {
+                var secret = files.TryGetValue(custodian, out var path)
+                    ? SecretInput.ReadFile(path, $"passphrase of {custodian}")
+                    : Prompt(ctx, custodian, confirm);
+                secrets[custodian] = secret;
+                if (confirm && Passphrases.Check(secret.Chars) is { } problem && policy == KdfPolicy.Production)
+                {
+                    throw new CliUsageException($"the passphrase of {custodian} is refused: {problem}");
+                }
+            }
+
+            return secrets;
+        }
+        catch
+        {
+            foreach (var secret in secrets.Values)
+            {
+                secret.Dispose();
+            }
+
+            throw;
+        }
+    }
+
+    private static Secret Prompt(CliContext ctx, string custodian, bool confirm)
+    {
+        if (!ctx.Environment.Interactive)
+        {
+            throw new CliUsageException($"no passphrase for {custodian}: give --passphrase-file {custodian}=PATH, or run at a terminal to be prompted");
+        }
+
+        var first = SecretInput.Prompt(ctx.Output.ErrorConsole, $"{custodian}, type your share passphrase (at least {Passphrases.MinLength} characters)");
+        if (!confirm)
+        {
+            return first;
+        }
+
+        using var again = SecretInput.Prompt(ctx.Output.ErrorConsole, $"{custodian}, type it again");
+        if (!first.Chars.SequenceEqual(again.Chars))
+        {
+            first.Dispose();
+            throw new CliUsageException($"the two passphrases of {custodian} differ");
+        }
+
+        return first;
+    }
+
+    private static List<string> CustodianNames(string[] names, int? count)
+    {
+        if (names.Length > 0 && count is not null)
+        {
+            throw new CliUsageException("give either --custodian NAME (repeated) or --custodians N, not both");
+        }
+
+        var list = names.Length > 0
+            ? [.. names]
+            : count is { } n and >= 2 and <= Shamir.MaxShares
+                ? Enumerable.Range(1, n).Select(i => $"custodian-{i}").ToList()
+                : throw new CliUsageException($"name the custodians (--custodian NAME, repeated) or give --custodians N (2 to {Shamir.MaxShares})");
+        if (list.Count < 2 || list.Distinct(StringComparer.Ordinal).Count() != list.Count)
+        {
+            throw new CliUsageException("at least two custodians, each named once");
+        }
+
+        return list;
+    }
+
+    private static string SafeFileName(string custodian) =>
+        new([.. custodian.Select(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.' ? c : '_')]);
+
+    private static byte[] PublicKeyFromPem(string pem)
+    {
+        using var key = ECDsa.Create();
+        try
+        {
+            key.ImportFromPem(pem);
+        }
+        catch (ArgumentException e)
+        {
+            throw new CliUsageException($"--public-key is not a PEM public key: {e.Message}");
+        }
+
+        return key.ExportSubjectPublicKeyInfo();
+    }
+}

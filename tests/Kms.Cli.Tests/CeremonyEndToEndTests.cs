@@ -1,0 +1,223 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.Json.Nodes;
+using Kms.Testing;
+
+namespace Kms.Cli.Tests;
+
+/// <summary>
+/// The key ceremony and disaster recovery with real processes only: the built <c>kms</c> sets up
+/// two SoftHSM tokens, creates the domain key with 2-of-3 custodian shares, a production server
+/// process serves on site A, and after site A is gone the domain key is rebuilt from two shares
+/// into site B's token, where a new server process decrypts what was encrypted before.
+/// </summary>
+public sealed class CeremonyEndToEndTests : IDisposable
+{
+    private const string DomainId = "dk-e2e-test";
+    private readonly string _dir = Directory.CreateTempSubdirectory("kms-ceremony-").FullName;
+    private readonly string _conf;
+    private readonly Dictionary<string, string> _secrets = [];
+
+    public CeremonyEndToEndTests()
+    {
+        Assert.True(File.Exists(SoftHsm.ModulePath), $"SoftHSM is not installed ({SoftHsm.ModulePath}); ./test.sh installs it");
+        Directory.CreateDirectory(Path.Combine(_dir, "tokens"));
+        _conf = Path.Combine(_dir, "softhsm2.conf");
+        File.WriteAllText(_conf, $"directories.tokendir = {Path.Combine(_dir, "tokens")}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n");
+        foreach (var (name, value) in new[]
+        {
+            ("so.pin", "so-" + Guid.NewGuid().ToString("N")), ("user.pin", "user-" + Guid.NewGuid().ToString("N")),
+            ("alice", "alice passphrase " + Guid.NewGuid().ToString("N")[..8]), ("bob", "bob passphrase " + Guid.NewGuid().ToString("N")[..8]),
+            ("carol", "carol passphrase " + Guid.NewGuid().ToString("N")[..8]),
+        })
+        {
+            _secrets[name] = value;
+            File.WriteAllText(Path.Combine(_dir, name), value + "\n");
+            File.SetUnixFileMode(Path.Combine(_dir, name), UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        }
+    }
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [Fact]
+    public async Task CreateDomain_ServeOnSiteA_RestoreTwoSharesOnSiteB_DecryptsEverythingFromBefore()
+    {
+        var outputs = new List<CliResult>();
+        foreach (var site in new[] { "site-a", "site-b" })
+        {
+            var init = await Kms(outputs, ["ceremony", "init-token", .. Hsm(site), "--so-pin-file", P("so.pin"), "--output", "json"]);
+            Assert.True(init.ExitCode == 0, init.ToString());
+            Assert.True(JsonNode.Parse(init.Out)!["usable"]!.GetValue<bool>());
+        }
+
+        var created = await Kms(outputs, ["ceremony", "create-domain", .. Hsm("site-a"),
+            "--custodian", "alice", "--custodian", "bob", "--custodian", "carol", "--threshold", "2",
+            "--shares-dir", P("shares"), "--data-dir", P("data"), "--domain-id", DomainId,
+            "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"bob={P("bob")}", "--passphrase-file", $"carol={P("carol")}",
+            "--allow-network", "--insecure-test-kdf", "--output", "json"]);
+        Assert.True(created.ExitCode == 0, created.ToString());
+        var ceremony = JsonNode.Parse(created.Out)!;
+        var kcv = ceremony["check_value"]!.GetValue<string>();
+        var transcript = ceremony["transcript"]!.GetValue<string>();
+        Assert.Equal(3, Directory.GetFiles(P("shares"), "share-*.json").Length);
+
+        // Site A serves; a file and a record are encrypted there.
+        var plaintext = Encoding.UTF8.GetBytes(string.Concat(Enumerable.Repeat("order 4711 shipped; ", 20_000)));
+        await File.WriteAllBytesAsync(P("orders.csv"), plaintext);
+        byte[] record;
+        await using (var siteA = await ServerProcess.StartAsync(P("data"), _conf, "site-a", P("user.pin"), DomainId))
+        {
+            var token = await siteA.BootstrapDeveloperAsync("dev");
+            await File.WriteAllTextAsync(P("developer.token"), token + "\n");
+            Assert.Equal(0, (await Kms(outputs, Client(siteA), "keys", "create", "dev/orders")).ExitCode);
+            var encrypted = await Kms(outputs, Client(siteA), "encrypt", "--key", "dev/orders", "--in", P("orders.csv"), "--out", P("orders.kmse"), "--context", "table=orders");
+            Assert.True(encrypted.ExitCode == 0, encrypted.ToString());
+            using var client = siteA.CreateClient(token);
+            record = (await client.EncryptAsync("tenants/dev/keys/orders", "card 4111"u8.ToArray())).Ciphertext;
+        }
+
+        // Site A is lost. Fewer than M shares: refused, nothing imported.
+        var tooFew = await Kms(outputs, ["ceremony", "restore-domain", .. Hsm("site-b"), "--share", Share("carol"),
+            "--passphrase-file", $"carol={P("carol")}", "--allow-network", "--insecure-test-kdf"]);
+        Assert.Equal(2, tooFew.ExitCode);
+        Assert.Contains("need 2 shares", tooFew.Error, StringComparison.Ordinal);
+        Assert.Equal(3, (await Kms(outputs, ["ceremony", "verify-domain", .. Hsm("site-b"), "--domain-id", DomainId])).ExitCode);
+
+        var restored = await Kms(outputs, ["ceremony", "restore-domain", .. Hsm("site-b"), "--share", Share("alice"), "--share", Share("carol"),
+            "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"carol={P("carol")}", "--check-value", kcv,
+            "--data-dir", P("data"), "--allow-network", "--insecure-test-kdf", "--output", "json"]);
+        Assert.True(restored.ExitCode == 0, restored.ToString());
+        Assert.Equal(kcv, JsonNode.Parse(restored.Out)!["check_value"]!.GetValue<string>());
+        var verified = await Kms(outputs, ["ceremony", "verify-domain", .. Hsm("site-b"), "--domain-id", DomainId]);
+        Assert.Equal(kcv, verified.Out.Trim());
+
+        await using (var siteB = await ServerProcess.StartAsync(P("data"), _conf, "site-b", P("user.pin"), DomainId))
+        {
+            var decrypted = await Kms(outputs, Client(siteB), "decrypt", "--key", "dev/orders", "--in", P("orders.kmse"), "--out", P("orders.out"), "--context", "table=orders");
+            Assert.True(decrypted.ExitCode == 0, decrypted.ToString());
+            Assert.Equal(plaintext, await File.ReadAllBytesAsync(P("orders.out")));
+            using var client = siteB.CreateClient((await File.ReadAllTextAsync(P("developer.token"))).Trim());
+            using var opened = await client.DecryptAsync(record);
+            Assert.Equal("card 4111"u8.ToArray(), opened.Plaintext.ToArray());
+        }
+
+        // Both transcripts verify with the published audit key; an edited copy does not.
+        var key = P("data/audit/signing-key.pem");
+        Assert.Equal(0, (await Kms(outputs, "ceremony", "verify-transcript", transcript, "--public-key", key)).ExitCode);
+        Assert.Equal(0, (await Kms(outputs, "ceremony", "verify-transcript", JsonNode.Parse(restored.Out)!["transcript"]!.GetValue<string>(), "--public-key", key)).ExitCode);
+        var text = await File.ReadAllTextAsync(transcript);
+        Assert.Contains($"domain key check value: {kcv}", text, StringComparison.Ordinal);
+        Assert.Contains("share 2: custodian bob", text, StringComparison.Ordinal);
+        File.Copy(transcript + ".sig", P("edited.txt.sig"));
+        await File.WriteAllTextAsync(P("edited.txt"), text.Replace("2 of 3", "1 of 3", StringComparison.Ordinal));
+        var edited = await Kms(outputs, "ceremony", "verify-transcript", P("edited.txt"), "--public-key", key);
+        Assert.Equal(7, edited.ExitCode);
+
+        // No PIN or passphrase in any output, transcript or share file.
+        var everything = string.Join("\n", outputs.Select(o => o.Out + o.Error))
+            + string.Concat(Directory.GetFiles(P("data/ceremonies")).Select(File.ReadAllText))
+            + string.Concat(Directory.GetFiles(P("shares")).Select(File.ReadAllText));
+        foreach (var (name, secret) in _secrets)
+        {
+            Assert.False(everything.Contains(secret, StringComparison.Ordinal), $"the {name} secret leaked");
+        }
+    }
+
+    [Fact]
+    public async Task CreateDomain_NetworkUpWithoutForce_Refused_NothingImported()
+    {
+        if (System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces()
+            .All(n => n.NetworkInterfaceType == System.Net.NetworkInformation.NetworkInterfaceType.Loopback
+                || n.OperationalStatus != System.Net.NetworkInformation.OperationalStatus.Up))
+        {
+            Assert.Fail("this test needs a network interface up besides loopback (the CI container has one)");
+        }
+
+        var outputs = new List<CliResult>();
+        Assert.Equal(0, (await Kms(outputs, ["ceremony", "init-token", .. Hsm("site-a"), "--so-pin-file", P("so.pin")])).ExitCode);
+        var refused = await Kms(outputs, ["ceremony", "create-domain", .. Hsm("site-a"), "--custodians", "3", "--threshold", "2",
+            "--shares-dir", P("shares"), "--data-dir", P("data"), "--passphrase-file", $"custodian-1={P("alice")}", "--insecure-test-kdf"]);
+
+        Assert.Equal(5, refused.ExitCode);
+        Assert.Contains("must be offline", refused.Error, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(P("shares")) && Directory.GetFiles(P("shares")).Length > 0);
+        Assert.Equal(3, (await Kms(outputs, ["ceremony", "verify-domain", .. Hsm("site-a"), "--domain-id", "anything"])).ExitCode);
+    }
+
+    [Fact]
+    public async Task CeremonyProcess_IsNotDumpable_AndPinsNeverInItsArguments()
+    {
+        // The ceremony's own process: started with its PIN in a file, it turns dumping off before
+        // it asks for anything; /proc shows no PIN in its command line.
+        Assert.Equal(0, (await Kms([], ["ceremony", "init-token", .. Hsm("site-a"), "--so-pin-file", P("so.pin")])).ExitCode);
+        var fifo = P("pin.fifo");
+        using (var mkfifo = Process.Start("mkfifo", [fifo]))
+        {
+            await mkfifo!.WaitForExitAsync();
+        }
+
+        // Started with core dumps allowed, so the limit of 0 seen below is the ceremony's doing.
+        var start = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var arg in (string[])["-c", "ulimit -c unlimited && exec \"$@\"", "bash", "dotnet", CliRun.KmsDll, "ceremony", "create-domain", .. Hsm("site-a", pinFile: fifo), "--custodians", "2", "--threshold", "2",
+            "--shares-dir", P("shares"), "--data-dir", P("data"), "--passphrase-file", $"custodian-1={P("alice")}", "--passphrase-file", $"custodian-2={P("bob")}",
+            "--allow-network", "--insecure-test-kdf"])
+        {
+            start.ArgumentList.Add(arg);
+        }
+
+        using var process = Process.Start(start)!;
+        var stderr = process.StandardError.ReadToEndAsync();
+        _ = process.StandardOutput.ReadToEndAsync();
+        // It blocks opening the FIFO for its PIN: look at it then.
+        var status = "";
+        for (var i = 0; i < 100 && !status.Contains("Name:", StringComparison.Ordinal); i++)
+        {
+            await Task.Delay(100);
+            status = File.Exists($"/proc/{process.Id}/status") ? await File.ReadAllTextAsync($"/proc/{process.Id}/status") : "";
+        }
+
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        var dumpable = true;
+        while (DateTime.UtcNow < deadline && dumpable)
+        {
+            // Non-dumpable processes' /proc files belong to root; the limits file shows the core limit.
+            var limits = await File.ReadAllTextAsync($"/proc/{process.Id}/limits");
+            dumpable = !limits.Split('\n').Any(l => l.StartsWith("Max core file size", StringComparison.Ordinal) && l.Contains(" 0 ", StringComparison.Ordinal));
+            if (dumpable)
+            {
+                await Task.Delay(100);
+            }
+        }
+
+        var commandLine = (await File.ReadAllTextAsync($"/proc/{process.Id}/cmdline")).Replace('\0', ' ');
+        await File.WriteAllTextAsync(fifo, _secrets["user.pin"] + "\n");
+        await process.WaitForExitAsync();
+
+        Assert.False(dumpable, "the ceremony did not set its core-file limit to 0");
+        Assert.DoesNotContain(_secrets["user.pin"], commandLine, StringComparison.Ordinal);
+        Assert.True(process.ExitCode == 0, await stderr);
+    }
+
+    private string P(string relative) => Path.Combine(_dir, relative);
+
+    private string Share(string custodian) => Directory.GetFiles(P("shares"), $"share-*-{custodian}.json").Single();
+
+    private string[] Hsm(string site, string? pinFile = null) =>
+        ["--token-label", site, "--softhsm-conf", _conf, "--pin-file", pinFile ?? P("user.pin")];
+
+    private Dictionary<string, string> Client(ServerProcess server) => new()
+    {
+        ["KMS_ENDPOINT"] = server.Address.ToString(),
+        ["KMS_CA_FILE"] = server.CaCertificatePath,
+        ["KMS_TOKEN_FILE"] = P("developer.token"),
+    };
+
+    private Task<CliResult> Kms(List<CliResult> outputs, params string[] args) => Kms(outputs, [], args);
+
+    private async Task<CliResult> Kms(List<CliResult> outputs, Dictionary<string, string> environment, params string[] args)
+    {
+        var result = await CliRun.ProcessAsync(environment, _dir, args);
+        outputs.Add(result);
+        return result;
+    }
+}

@@ -1,0 +1,214 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using Kms.Client;
+
+namespace Kms.Testing;
+
+/// <summary>
+/// The real server as a child process (<c>dotnet Kms.Server.dll</c>, built beside src/Kms.Server):
+/// for tests whose HSM tokens are made by other processes (SoftHSM shows a process only the
+/// tokens that existed when it loaded the module), and for tests of what a process does.
+/// Production mode: TLS from the dev CA generator under <c>{dataDir}/tls</c>.
+/// </summary>
+public sealed class ServerProcess : IAsyncDisposable
+{
+    private readonly Process _process;
+    private readonly StringBuilder _output = new();
+
+    private ServerProcess(Process process, Uri address, string dataDir)
+    {
+        _process = process;
+        Address = address;
+        DataDir = dataDir;
+        process.OutputDataReceived += (_, e) => Append(e.Data);
+        process.ErrorDataReceived += (_, e) => Append(e.Data);
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+    }
+
+    public Uri Address { get; }
+
+    public string DataDir { get; }
+
+    public string CaCertificatePath => Path.Combine(DataDir, "tls", "ca.crt");
+
+    /// <summary>Everything the process wrote so far (stdout and stderr).</summary>
+    public string Output
+    {
+        get
+        {
+            lock (_output)
+            {
+                return _output.ToString();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Starts a production-mode server on token <paramref name="tokenLabel"/> of the SoftHSM
+    /// configuration <paramref name="softHsmConf"/> and waits until it answers health checks.
+    /// </summary>
+    public static async Task<ServerProcess> StartAsync(string dataDir, string softHsmConf, string tokenLabel, string pinFile, string domainKeyId, params string[] extraArgs)
+    {
+        var (certificate, key) = Kms.Server.Tls.DevCertificates.Ensure(Path.Combine(dataDir, "tls"), TimeProvider.System);
+        var port = FreePort();
+        var start = new ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            WorkingDirectory = dataDir,
+        };
+        foreach (var arg in (string[])
+        [
+            ServerDll,
+            $"--urls=https://127.0.0.1:{port}",
+            $"--Kms:DataDir={dataDir}",
+            $"--Kms:TlsCertificatePath={certificate}",
+            $"--Kms:TlsKeyPath={key}",
+            $"--Hsm:TokenLabel={tokenLabel}",
+            $"--Hsm:PinFile={pinFile}",
+            $"--Hsm:DomainKeyId={domainKeyId}",
+            "--Hsm:SessionPoolSize=2",
+            $"--Hsm:ModuleEnvironment:SOFTHSM2_CONF={softHsmConf}",
+            .. extraArgs,
+        ])
+        {
+            start.ArgumentList.Add(arg);
+        }
+
+        foreach (var name in start.Environment.Keys.Where(k => k.StartsWith("KMS_", StringComparison.Ordinal) || k == "SOFTHSM2_CONF").ToList())
+        {
+            start.Environment.Remove(name);
+        }
+
+        var process = Process.Start(start) ?? throw new InvalidOperationException("dotnet did not start");
+        var server = new ServerProcess(process, new Uri($"https://127.0.0.1:{port}"), dataDir);
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        while (DateTime.UtcNow < deadline)
+        {
+            if (process.HasExited)
+            {
+                throw new InvalidOperationException($"the server exited with {process.ExitCode}:\n{server.Output}");
+            }
+
+            if (File.Exists(Path.Combine(dataDir, "tls", "ca.crt")) && await server.HealthyAsync())
+            {
+                return server;
+            }
+
+            await Task.Delay(200);
+        }
+
+        await server.DisposeAsync();
+        throw new TimeoutException($"the server did not become healthy within 60 s:\n{server.Output}");
+    }
+
+    /// <summary>A client of this server with <paramref name="apiToken"/>.</summary>
+    public KmsClient CreateClient(string? apiToken) =>
+        new(new KmsClientOptions { Endpoint = Address, CaCertificatePath = CaCertificatePath, ApiToken = apiToken });
+
+    /// <summary>
+    /// First start only: uses the one-time bootstrap credential to create a deployment admin, the
+    /// tenant and a developer (every tenant role); returns the developer's session token.
+    /// </summary>
+    public async Task<string> BootstrapDeveloperAsync(string tenant)
+    {
+        var bootstrap = Path.Combine(DataDir, "bootstrap.token");
+        string adminToken;
+        using (var client = CreateClient((await File.ReadAllTextAsync(bootstrap)).Trim()))
+        {
+            adminToken = (await client.BootstrapAsync("token:test-admin")).SessionToken;
+        }
+
+        File.Delete(bootstrap);
+        using var admin = CreateClient(adminToken);
+        await admin.CreateTenantAsync(tenant);
+        await admin.CreatePrincipalAsync("token:developer", $"tenants/{tenant}");
+        foreach (var role in new[] { "admin", "key-manager", "key-user", "auditor" })
+        {
+            await admin.SetRoleBindingAsync("token:developer", role, $"tenants/{tenant}");
+        }
+
+        return (await admin.CreateApiTokenAsync("token:developer", "SESSION", TimeSpan.FromHours(2))).Secret;
+    }
+
+    /// <summary>Stops the server as an operator would (SIGTERM), killing it if it does not exit within 20 s.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (!_process.HasExited)
+        {
+            using (var kill = Process.Start("kill", ["-TERM", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
+            {
+                await kill!.WaitForExitAsync();
+            }
+
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+            try
+            {
+                await _process.WaitForExitAsync(timeout.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                _process.Kill(entireProcessTree: true);
+                await _process.WaitForExitAsync();
+            }
+        }
+
+        _process.Dispose();
+    }
+
+    private static string ServerDll
+    {
+        get
+        {
+            var framework = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar));
+            var path = RepositoryPaths.Of("src", "Kms.Server", "bin", framework.Parent!.Name, framework.Name, "Kms.Server.dll");
+            return File.Exists(path) ? path : throw new FileNotFoundException($"the server is not built at {path}", path);
+        }
+    }
+
+    private static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+
+    private async Task<bool> HealthyAsync()
+    {
+        try
+        {
+            var ca = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(await File.ReadAllTextAsync(CaCertificatePath));
+            using var handler = new SocketsHttpHandler();
+            handler.SslOptions.CertificateChainPolicy = new System.Security.Cryptography.X509Certificates.X509ChainPolicy
+            {
+                TrustMode = System.Security.Cryptography.X509Certificates.X509ChainTrustMode.CustomRootTrust,
+                RevocationMode = System.Security.Cryptography.X509Certificates.X509RevocationMode.NoCheck,
+                CustomTrustStore = { ca },
+            };
+            using var channel = Grpc.Net.Client.GrpcChannel.ForAddress(Address, new Grpc.Net.Client.GrpcChannelOptions { HttpHandler = handler, DisposeHttpClient = false });
+            var reply = await new Grpc.Health.V1.Health.HealthClient(channel).CheckAsync(new Grpc.Health.V1.HealthCheckRequest(), deadline: DateTime.UtcNow.AddSeconds(5));
+            return reply.Status == Grpc.Health.V1.HealthCheckResponse.Types.ServingStatus.Serving;
+        }
+        catch (Exception e) when (e is Grpc.Core.RpcException or HttpRequestException or OperationCanceledException or IOException)
+        {
+            return false;
+        }
+    }
+
+    private void Append(string? line)
+    {
+        if (line is null)
+        {
+            return;
+        }
+
+        lock (_output)
+        {
+            _output.Append(line).Append('\n');
+        }
+    }
+}
