@@ -31,10 +31,12 @@ public sealed record PendingApproval(string Name, string Rendering, QuorumReques
 public sealed class QuorumApprover : IDisposable
 {
     private readonly ECDsa _key;
+    private readonly TimeProvider _time;
 
-    private QuorumApprover(ECDsa key)
+    private QuorumApprover(ECDsa key, TimeProvider? time)
     {
         _key = key;
+        _time = time ?? TimeProvider.System;
         PublicKey = key.ExportSubjectPublicKeyInfo();
         Fingerprint = Officer.FingerprintOf(PublicKey);
     }
@@ -46,10 +48,13 @@ public sealed class QuorumApprover : IDisposable
     public string Fingerprint { get; }
 
     /// <summary>Loads the officer's private key file (see <see cref="OfficerKeys.LoadPrivateKey"/>).</summary>
-    public static QuorumApprover Load(string privateKeyPath, string? passphrase) => new(OfficerKeys.LoadPrivateKey(privateKeyPath, passphrase));
+    /// <param name="privateKeyPath">The PEM file <see cref="OfficerKeys.Generate"/> wrote.</param>
+    /// <param name="passphrase">Its passphrase; null for an unencrypted file.</param>
+    /// <param name="time">The clock expiry is checked against (default: the system's).</param>
+    public static QuorumApprover Load(string privateKeyPath, string? passphrase, TimeProvider? time = null) => new(OfficerKeys.LoadPrivateKey(privateKeyPath, passphrase), time);
 
     /// <summary>An approver over a key already in memory (the approver disposes it).</summary>
-    public static QuorumApprover FromKey(ECDsa key) => new(key ?? throw new ArgumentNullException(nameof(key)));
+    public static QuorumApprover FromKey(ECDsa key, TimeProvider? time = null) => new(key ?? throw new ArgumentNullException(nameof(key)), time);
 
     /// <summary>The Kms.Core request the structured fields describe, to render.</summary>
     /// <exception cref="FormatException">A field the server sent is malformed.</exception>
@@ -117,7 +122,7 @@ public sealed class QuorumApprover : IDisposable
         }
 
         var rendering = Render(info);
-        if (info.ExpireTime.ToDateTimeOffset() <= DateTimeOffset.UtcNow)
+        if (info.ExpireTime.ToDateTimeOffset() <= _time.GetUtcNow())
         {
             throw new InvalidOperationException($"quorum request {name} expired at {QuorumRendering.Time(info.ExpireTime.ToDateTimeOffset())}");
         }
