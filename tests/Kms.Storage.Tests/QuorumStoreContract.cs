@@ -37,7 +37,8 @@ public abstract class QuorumStoreContract : AuditStoreContract
         var genesis = OfficerSet.CreateGenesis(officers.Select("alice"), 1);
         var dev = TestOfficers.Request(genesis, QuorumOperation.DestroyKeyVersionNow, [KeyValuePair.Create("name", "tenants/dev/keys/k/versions/1")], T0, Dev);
         var deployment = TestOfficers.Request(genesis, QuorumOperation.ChangeOfficers, genesis.Successor(officers.Select("alice"), 1).ChangeParameters(), T0)
-            with { ProposedOfficers = genesis.Successor(officers.Select("alice"), 1) };
+            with
+        { ProposedOfficers = genesis.Successor(officers.Select("alice"), 1) };
         await store.CreateQuorumRequestAsync(dev, default);
         await store.CreateQuorumRequestAsync(deployment, default);
 
