@@ -86,6 +86,7 @@ public sealed partial class KmsClient : IDisposable
         _stub = new KeyManagementService.KeyManagementServiceClient(_invoker);
         Access = new AccessManagementService.AccessManagementServiceClient(_invoker);
         Audit = new AuditService.AuditServiceClient(_invoker);
+        Quorum = new QuorumService.QuorumServiceClient(_invoker);
     }
 
     /// <summary>The key-management stub, for calls the typed methods do not cover; with this client's credential, deadline and failover.</summary>
@@ -96,6 +97,9 @@ public sealed partial class KmsClient : IDisposable
 
     /// <summary>The audit log (auditors, security officers): list, checkpoint, signing key, export.</summary>
     public AuditService.AuditServiceClient Audit { get; }
+
+    /// <summary>Quorum requests and officers' approvals (<see cref="Kms.Client.Quorum.QuorumApprover"/> renders and signs them).</summary>
+    public QuorumService.QuorumServiceClient Quorum { get; }
 
     /// <summary>The endpoints and their believed health (for tests).</summary>
     internal EndpointPool Endpoints => _invoker.Pool;

@@ -11,7 +11,7 @@ namespace Kms.Contracts.Tests;
 /// </summary>
 public sealed class WireContractTests
 {
-    private static readonly FileDescriptor[] Files = [KmsReflection.Descriptor, ResourcesReflection.Descriptor, AccessReflection.Descriptor];
+    private static readonly FileDescriptor[] Files = [KmsReflection.Descriptor, ResourcesReflection.Descriptor, AccessReflection.Descriptor, QuorumReflection.Descriptor];
 
     [Fact]
     public void WireContract_EveryPinnedElementUnchanged()

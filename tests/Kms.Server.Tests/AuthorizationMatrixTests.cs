@@ -34,7 +34,12 @@ public enum MatrixTarget
 /// to build a request that succeeds for an allowed caller, and what an allowed caller of
 /// another tenant gets for an RPC on its own tenant.
 /// </summary>
-public sealed record MatrixRow(string Method, MatrixTarget Target, string[] Allowed, Func<MatrixContext, Task<IMessage>> Build, StatusCode OtherTenantAllowed = StatusCode.NotFound);
+/// <remarks>
+/// <c>DeniedByHandler</c>: roles the rule lets through but the handler refuses with PERMISSION_DENIED
+/// naming the operation's own permission (a security officer may create quorum requests, but a
+/// destroy request needs kms.keys.destroy in the key's tenant).
+/// </remarks>
+public sealed record MatrixRow(string Method, MatrixTarget Target, string[] Allowed, Func<MatrixContext, Task<IMessage>> Build, StatusCode OtherTenantAllowed = StatusCode.NotFound, string[]? DeniedByHandler = null);
 
 /// <summary>What a request builder gets: whether the call is expected to run, and a client with every dev role for set-up.</summary>
 public sealed record MatrixContext(bool WillRun, Kms.Client.KmsClient Setup, Kms.Client.KmsClient Admin, MatrixFixture Fixture);
@@ -56,6 +61,7 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
     private const string Keys = "kms.v1.KeyManagementService/";
     private const string Access = "kms.v1.AccessManagementService/";
     private const string Audit = "kms.v1.AuditService/";
+    private const string Quorum = "kms.v1.QuorumService/";
 
     private static readonly string[] Readers = [Admin, KeyManager, Auditor];
 
@@ -176,6 +182,23 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
         new(Audit + "ExportAudit", MatrixTarget.Deployment, [SecurityOfficer], c => Msg(new ExportAuditRequest())),
         new(Audit + "GetAuditSigningKey", MatrixTarget.Authenticated, [], c => Msg(new GetAuditSigningKeyRequest())),
 
+        // Quorum.
+        new(Quorum + "CreateQuorumRequest", MatrixTarget.Tenant, [KeyManager, SecurityOfficer], async c => new CreateQuorumRequestRequest
+        {
+            Parent = "tenants/dev",
+            Operation = QuorumOperation.DestroyKeyVersionNow,
+            DestroyKeyVersionNow = new DestroyKeyVersionNowParameters { Name = await FreshRotatedKeyAsync(c) + "/versions/1" },
+        }, DeniedByHandler: [SecurityOfficer]),
+        new(Quorum + "GetQuorumRequest", MatrixTarget.Tenant, [KeyManager, Auditor, SecurityOfficer], async c => new GetQuorumRequestRequest { Name = (await FreshQuorumRequestAsync(c)).Name }),
+        new(Quorum + "ListQuorumRequests", MatrixTarget.Tenant, [KeyManager, Auditor, SecurityOfficer], c => Msg(new ListQuorumRequestsRequest { Parent = "tenants/dev" })),
+        new(Quorum + "ApproveQuorumRequest", MatrixTarget.Deployment, [SecurityOfficer], async c =>
+        {
+            var request = await FreshQuorumRequestAsync(c);
+            var signature = c.Fixture.Officers.Sign("alice", System.Text.Encoding.UTF8.GetBytes(Kms.Client.Quorum.QuorumApprover.Render(request)));
+            return new ApproveQuorumRequestRequest { Name = request.Name, OfficerFingerprint = c.Fixture.Officers["alice"].Fingerprint, Signature = ByteString.CopyFrom(signature) };
+        }),
+        new(Quorum + "GetOfficerSet", MatrixTarget.Deployment, [SecurityOfficer], c => Msg(new GetOfficerSetRequest())),
+
         new("grpc.health.v1.Health/Check", MatrixTarget.Public, [], c => Msg(new HealthCheckRequest())),
         new("grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", MatrixTarget.Authenticated, [], c => Msg(new ServerReflectionRequest { ListServices = "" })),
     ];
@@ -236,7 +259,7 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
     [Fact]
     public void EveryServedMethod_HasARowAndARule()
     {
-        var served = new[] { KeyManagementService.Descriptor, AccessManagementService.Descriptor, AuditService.Descriptor, global::Grpc.Health.V1.Health.Descriptor, ServerReflection.Descriptor }
+        var served = new[] { KeyManagementService.Descriptor, AccessManagementService.Descriptor, AuditService.Descriptor, QuorumService.Descriptor, global::Grpc.Health.V1.Health.Descriptor, ServerReflection.Descriptor }
             .SelectMany(s => s.Methods.Select(m => $"{s.FullName}/{m.Name}"))
             .ToHashSet();
         var rows = Rows.Select(r => r.Method).ToHashSet();
@@ -273,7 +296,7 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
         var allowed = row.Allowed.Contains(role);
         return scope switch
         {
-            "deployment" or "dev" => allowed ? StatusCode.OK : StatusCode.PermissionDenied,
+            "deployment" or "dev" => allowed && !(row.DeniedByHandler?.Contains(role) ?? false) ? StatusCode.OK : StatusCode.PermissionDenied,
             _ => row.Target switch
             {
                 MatrixTarget.Tenant => StatusCode.NotFound,
@@ -295,6 +318,9 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
         return name;
     }
 
+    private static async Task<QuorumRequestInfo> FreshQuorumRequestAsync(MatrixContext c) =>
+        await c.Setup.RequestDestroyKeyVersionNowAsync(await FreshRotatedKeyAsync(c) + "/versions/1");
+
     private static async Task<string> FreshRotatedKeyAsync(MatrixContext c)
     {
         var name = await FreshKeyAsync(c);
@@ -307,8 +333,10 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
 /// The matrix's server: tenants dev and acme, a principal per role in each (session tokens,
 /// so administrative roles count), one per deployment role, and shared resources.
 /// </summary>
-public sealed class MatrixFixture : IAsyncLifetime
+public sealed class MatrixFixture : IAsyncLifetime, IDisposable
 {
+    private readonly string _genesisPath = Path.Combine(Path.GetTempPath(), "kms-matrix-genesis-" + Guid.NewGuid().ToString("N") + ".json");
+
     private static readonly string[] TenantRoles = ["admin", "key-manager", "key-user", "auditor"];
     private static readonly string[] DeploymentRoles = ["deployment-admin", "security-officer"];
     private readonly Dictionary<string, string> _tokens = [];
@@ -319,6 +347,9 @@ public sealed class MatrixFixture : IAsyncLifetime
         ["none", .. TenantRoles.Select(r => $"dev/{r}"), .. TenantRoles.Select(r => $"acme/{r}"), .. DeploymentRoles.Select(r => $"deployment/{r}")];
 
     public KmsTestServer Server { get; private set; } = null!;
+
+    /// <summary>The officers of the quorum genesis (alice, bob, carol; 2 of 3).</summary>
+    public TestOfficers Officers { get; } = new("alice", "bob", "carol");
 
     /// <summary>Every tenant role in dev: creates what requests need.</summary>
     public Kms.Client.KmsClient Setup { get; private set; } = null!;
@@ -341,7 +372,8 @@ public sealed class MatrixFixture : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
-        Server = await KmsTestServer.StartAsync();
+        Kms.Core.Quorum.GenesisFile.Write(_genesisPath, Kms.Core.Quorum.OfficerSet.CreateGenesis(Officers.Select("alice", "bob", "carol"), 2));
+        Server = await KmsTestServer.StartAsync(null, null, "dev", $"--Kms:Quorum:GenesisFile={_genesisPath}");
         _channel = Server.CreateChannel();
         Setup = Server.CreateClient();
         Admin = Server.DeploymentAdmin();
@@ -398,5 +430,8 @@ public sealed class MatrixFixture : IAsyncLifetime
         Admin.Dispose();
         _channel.Dispose();
         await Server.DisposeAsync();
+        File.Delete(_genesisPath);
     }
+
+    public void Dispose() => Officers.Dispose();
 }

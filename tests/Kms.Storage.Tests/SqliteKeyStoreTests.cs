@@ -7,7 +7,7 @@ using Microsoft.Data.Sqlite;
 
 namespace Kms.Storage.Tests;
 
-public sealed class SqliteKeyStoreTests : AuditStoreContract, IDisposable
+public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
 {
     private readonly string _directory = Path.Combine(Path.GetTempPath(), "kms-sqlite-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
 
@@ -280,7 +280,30 @@ public sealed class SqliteKeyStoreTests : AuditStoreContract, IDisposable
 
         Assert.Equal(["audit_events_by_principal"], await AuditIndexesAsync());
         Assert.Equal(1L, await ScalarAsync("SELECT count(*) FROM audit_events"));
-        Assert.Equal(5L, await ScalarAsync("SELECT max(version) FROM schema_migrations"));
+        Assert.Equal((long)SqliteSchema.LatestVersion, await ScalarAsync("SELECT max(version) FROM schema_migrations"));
+    }
+
+    [Fact]
+    public async Task Migration6_FromAVersion5Database_AddsEmptyQuorumTables_KeepsKeys()
+    {
+        Directory.CreateDirectory(_directory);
+        await using (var old = new SqliteConnection($"Data Source={DatabasePath};Pooling=False"))
+        {
+            await old.OpenAsync();
+            await using var command = old.CreateCommand();
+            command.CommandText = "PRAGMA journal_mode = WAL; CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_time INTEGER NOT NULL) STRICT;"
+                + string.Concat(SqliteSchema.Migrations.Where(m => m.Version <= 5).Select(m => m.Sql + $"\nINSERT INTO schema_migrations VALUES ({m.Version}, 0);\n"))
+                + "INSERT INTO settings (name, value) VALUES ('domain_key.check_value', 'abc123');";
+            await command.ExecuteNonQueryAsync();
+        }
+
+        await using var store = await OpenAsync();
+
+        Assert.Equal(6L, await ScalarAsync("SELECT max(version) FROM schema_migrations"));
+        Assert.Equal("abc123", await store.GetSettingAsync("domain_key.check_value", default));
+        Assert.Empty(await store.ListOfficerSetsAsync(default));
+        Assert.Empty(await store.ListQuorumRequestsAsync(null, null, 10, default));
+        Assert.Equal(0L, await ScalarAsync("SELECT count(*) FROM quorum_approvals"));
     }
 
     [Fact]
@@ -364,7 +387,7 @@ public sealed class SqliteKeyStoreTests : AuditStoreContract, IDisposable
     private Task<SqliteStore> OpenAsync() => SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath }, default);
 }
 
-public sealed class InMemoryKeyStoreTests : AuditStoreContract
+public sealed class InMemoryKeyStoreTests : QuorumStoreContract
 {
     protected override Task<IKeyStore> CreateStoreAsync() => Task.FromResult<IKeyStore>(new Kms.Testing.Fakes.InMemoryStore());
 }

@@ -45,6 +45,10 @@ internal static class RetrySafety
             "RevokeApiToken", "SetRoleBinding", "DeleteRoleBinding", "ListRoleBindings"),
         .. Methods("kms.v1.AuditService",
             "ListAuditEvents", "GetAuditCheckpoint", "GetAuditSigningKey", "ExportAudit"),
+
+        // An approval is recorded once per officer key and a request executes once: a repeat
+        // changes nothing (it is answered ALREADY_EXISTS or FAILED_PRECONDITION).
+        .. Methods("kms.v1.QuorumService", "GetQuorumRequest", "ListQuorumRequests", "GetOfficerSet", "ApproveQuorumRequest"),
     ];
 
     /// <summary>Known methods that must not be repeated once they may have reached a server.</summary>
@@ -52,6 +56,7 @@ internal static class RetrySafety
     [
         .. Methods("kms.v1.KeyManagementService", "CreateGrant"),
         .. Methods("kms.v1.AccessManagementService", "CreateTenant", "CreatePrincipal", "CreateApiToken", "Bootstrap"),
+        .. Methods("kms.v1.QuorumService", "CreateQuorumRequest"),
     ];
 
     /// <summary>Whether a failed attempt of <paramref name="method"/> with <paramref name="request"/> may be sent again.</summary>

@@ -69,6 +69,15 @@ public enum Permission
 
     /// <summary>kms.audit.export: ExportAudit, GetAuditCheckpoint (the whole chain, deployment-wide).</summary>
     AuditExport,
+
+    /// <summary>kms.quorum.request: CreateQuorumRequest (the operation may demand its own permission too: kms.keys.destroy for a destroy).</summary>
+    QuorumRequest,
+
+    /// <summary>kms.quorum.read: GetQuorumRequest, ListQuorumRequests, GetOfficerSet.</summary>
+    QuorumRead,
+
+    /// <summary>kms.quorum.approve: ApproveQuorumRequest (the officer's signature is the authority; this only says who may submit it).</summary>
+    QuorumApprove,
 }
 
 /// <summary>The permissions' names as the API and messages spell them.</summary>
@@ -98,6 +107,9 @@ public static class Permissions
         Permission.PrincipalsRead => "kms.principals.read",
         Permission.AuditRead => "kms.audit.read",
         Permission.AuditExport => "kms.audit.export",
+        Permission.QuorumRequest => "kms.quorum.request",
+        Permission.QuorumRead => "kms.quorum.read",
+        Permission.QuorumApprove => "kms.quorum.approve",
         _ => permission.ToString(),
     };
 }

@@ -11,7 +11,7 @@ public enum Role
     /// <summary>admin (tenant): role bindings and tenant settings; reads metadata; no key changes, no crypto.</summary>
     Admin,
 
-    /// <summary>key-manager (tenant): creates, rotates, disables, destroys keys; aliases; key policies and grants. No crypto.</summary>
+    /// <summary>key-manager (tenant): creates, rotates, disables, destroys keys (at once only through a quorum request); aliases; key policies and grants. No crypto.</summary>
     KeyManager,
 
     /// <summary>key-user (tenant): crypto operations only.</summary>
@@ -23,7 +23,7 @@ public enum Role
     /// <summary>deployment-admin: tenants, principals, tokens, role bindings in any tenant. No key material.</summary>
     DeploymentAdmin,
 
-    /// <summary>security-officer: the key ceremony and quorum approvals (a later issue); reads tenants.</summary>
+    /// <summary>security-officer: the key ceremony, quorum requests and submitting officers' approvals; reads tenants and the audit.</summary>
     SecurityOfficer,
 }
 
@@ -37,15 +37,19 @@ public static class Roles
         [
             Permission.KeysCreate, Permission.KeysRead, Permission.KeysUpdate, Permission.KeysRotate, Permission.KeysChangeState,
             Permission.KeysDestroy, Permission.AliasesManage, Permission.AliasesRead, Permission.PoliciesManage, Permission.PoliciesRead,
+            Permission.QuorumRequest, Permission.QuorumRead,
         ],
         [Role.KeyUser] = [Permission.CryptoEncrypt, Permission.CryptoDecrypt, Permission.RandomGenerate],
-        [Role.Auditor] = [Permission.KeysRead, Permission.AliasesRead, Permission.PoliciesRead, Permission.BindingsRead, Permission.TenantsRead, Permission.AuditRead],
+        [Role.Auditor] = [Permission.KeysRead, Permission.AliasesRead, Permission.PoliciesRead, Permission.BindingsRead, Permission.TenantsRead, Permission.AuditRead, Permission.QuorumRead],
         [Role.DeploymentAdmin] =
         [
             Permission.TenantsManage, Permission.TenantsRead, Permission.PrincipalsManage, Permission.PrincipalsRead,
             Permission.BindingsManage, Permission.BindingsRead,
         ],
-        [Role.SecurityOfficer] = [Permission.TenantsRead, Permission.AuditRead, Permission.AuditExport],
+        [Role.SecurityOfficer] =
+        [
+            Permission.TenantsRead, Permission.AuditRead, Permission.AuditExport, Permission.QuorumRequest, Permission.QuorumRead, Permission.QuorumApprove,
+        ],
     };
 
     /// <summary>Every role.</summary>

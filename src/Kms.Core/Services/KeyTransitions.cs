@@ -168,6 +168,28 @@ public static class KeyTransitions
     }
 
     /// <summary>
+    /// Any state but DESTROYED → DESTROYED at once, for one version that is not the primary:
+    /// what a quorum of officers approves (DESTROY_KEY_VERSION_NOW) instead of waiting out the
+    /// period. The store erases the material in the same transaction, as for a due destruction.
+    /// </summary>
+    public static KeyChange DestroyVersionNow(KeyWithVersions current, int number, DateTimeOffset now)
+    {
+        var (key, version) = Find(current, number);
+        if (key.State == KeyState.Destroyed)
+        {
+            throw KmsErrors.FailedPrecondition($"key {key.Name} is DESTROYED");
+        }
+
+        EnsureNotPrimary(key, version, "destroying it");
+        if (version.State == KeyState.Destroyed)
+        {
+            throw KmsErrors.FailedPrecondition($"key version {version.Name} is DESTROYED already");
+        }
+
+        return WithVersion(key, version with { State = KeyState.Destroyed, DestroyTime = now, DestroyEventTime = now });
+    }
+
+    /// <summary>
     /// Applies due destructions at <paramref name="now"/>: a key whose deletion is due is
     /// DESTROYED with every version; versions whose destruction is due are DESTROYED.
     /// Returns null when nothing is due.

@@ -2,6 +2,7 @@ using System.Security.Authentication;
 using System.Security.Cryptography.X509Certificates;
 using Kms.Core.Audit;
 using Kms.Core.Ports;
+using Kms.Core.Quorum;
 using Kms.Core.Services;
 using Kms.Hsm;
 using Kms.Server.Audit;
@@ -109,9 +110,11 @@ public static class KmsServerApp
         try
         {
             await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
+            builder.Services.AddSingleton(LoadQuorumOptions(serverOptions.Quorum));
             var app = Build(builder, hsm, store, serverOptions, metricsUrl, logger, configureServices);
             await app.Services.GetRequiredService<AuditWorker>().InitializeAsync(cancellationToken);
             await AccessProvisioning.RunAsync(app.Services, serverOptions, loggerFactory.CreateLogger("Kms.Access"), cancellationToken);
+            await InitializeQuorumAsync(app.Services, serverOptions.Quorum, loggerFactory.CreateLogger("Kms.Quorum"), cancellationToken);
             return app;
         }
         catch
@@ -142,6 +145,7 @@ public static class KmsServerApp
         builder.Services.AddSingleton<IKeyStore>(_ => store);
         builder.Services.AddSingleton<IAccessStore>(_ => store);
         builder.Services.AddSingleton<IAuditStore>(_ => store);
+        builder.Services.AddSingleton<IQuorumStore>(_ => store);
         var auditHost = builder.Configuration.GetSection("Kms:Audit").Get<AuditHostOptions>() ?? new AuditHostOptions();
         if (!auditHost.Enabled && !serverOptions.DevMode)
         {
@@ -162,6 +166,7 @@ public static class KmsServerApp
         builder.Services.AddSingleton<CryptoService>();
         builder.Services.AddSingleton<AliasService>();
         builder.Services.AddSingleton<AccessService>();
+        builder.Services.AddSingleton<QuorumService>();
         builder.Services.AddSingleton<Authenticator>();
         builder.Services.AddSingleton<LifecycleWorker>();
         builder.Services.AddHostedService(services => services.GetRequiredService<LifecycleWorker>());
@@ -211,6 +216,7 @@ public static class KmsServerApp
         app.MapGrpcService<KeyManagementGrpcService>();
         app.MapGrpcService<AccessManagementGrpcService>();
         app.MapGrpcService<AuditGrpcService>();
+        app.MapGrpcService<QuorumGrpcService>();
         app.MapGrpcReflectionService();
         app.MapGrpcHealthChecksService();
 
@@ -226,6 +232,56 @@ public static class KmsServerApp
     /// <summary>Where the started server serves Prometheus metrics (<c>http://…/metrics</c>), or null when it has no metrics listener.</summary>
     public static Uri? BoundMetricsUrl(WebApplication app) =>
         app.Services.GetService<MetricsEndpoint.MetricsServer>()?.Address is { } address ? new Uri(address, MetricsEndpoint.Path) : null;
+
+    // The genesis is pinned outside the database: a file the ceremony wrote, optionally checked
+    // against the hash in the ceremony transcript. A configured file that cannot be read or
+    // does not match refuses to start (a configuration error); no file refuses quorum operations.
+    private static QuorumOptions LoadQuorumOptions(QuorumHostOptions options)
+    {
+        if (options.GenesisFile is not { Length: > 0 } path)
+        {
+            return new QuorumOptions();
+        }
+
+        OfficerSet genesis;
+        try
+        {
+            genesis = GenesisFile.Read(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or Kms.Core.Errors.KmsException)
+        {
+            throw new InvalidOperationException($"Kms:Quorum:GenesisFile {path}: {e.Message}", e);
+        }
+
+        if (options.GenesisSha256 is { Length: > 0 } pinned && !string.Equals(pinned, genesis.Hash, StringComparison.OrdinalIgnoreCase))
+        {
+            throw new InvalidOperationException($"Kms:Quorum:GenesisFile {path} holds the officer set {genesis.Hash}, not the pinned Kms:Quorum:GenesisSha256 {pinned}");
+        }
+
+        return new QuorumOptions { Genesis = genesis };
+    }
+
+    // A stored chain that does not verify does not stop the server (keys keep being served);
+    // it refuses every quorum operation, and says so here and in each refusal.
+    private static async Task InitializeQuorumAsync(IServiceProvider services, QuorumHostOptions options, Microsoft.Extensions.Logging.ILogger logger, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var head = await services.GetRequiredService<QuorumService>().InitializeAsync(cancellationToken);
+            if (head is null)
+            {
+                ServerLog.QuorumNotConfigured(logger);
+            }
+            else
+            {
+                ServerLog.QuorumReady(logger, head.Sequence, head.Hash, head.Threshold, head.Officers.Count, options.GenesisFile!);
+            }
+        }
+        catch (Kms.Core.Errors.KmsException e) when (e.Code == Kms.Core.Errors.KmsErrorCode.FailedPrecondition)
+        {
+            ServerLog.QuorumChainBroken(logger, e.Message);
+        }
+    }
 
     private static (string CertificatePath, string KeyPath) ResolveTls(KmsServerOptions options)
     {

@@ -39,6 +39,9 @@ public sealed class KmsServerOptions
     /// <summary>Per-tenant limits on crypto operations.</summary>
     public QuotaOptions Quotas { get; set; } = new();
 
+    /// <summary>Quorum approvals: where the genesis officer set is pinned.</summary>
+    public QuorumHostOptions Quorum { get; set; } = new();
+
     /// <summary>PEM certificate chain of the server; default in dev mode: <c>{DataDir}/tls/server.crt</c>.</summary>
     public string? TlsCertificatePath { get; set; }
 
@@ -66,6 +69,17 @@ public sealed class KmsServerOptions
 /// Per-tenant rate limits on crypto operations (a token bucket per tenant: a batch item
 /// costs one). Exceeding one is RESOURCE_EXHAUSTED with a retry delay.
 /// </summary>
+/// <summary>Quorum approvals (docs/quorum.md).</summary>
+public sealed class QuorumHostOptions
+{
+    /// <summary>The genesis officer set the key ceremony wrote (JSON); unset: quorum operations are refused.</summary>
+    public string? GenesisFile { get; set; }
+
+    /// <summary>Optional: the genesis set's hash (hex SHA-256, from the ceremony transcript); the file must match it.</summary>
+    public string? GenesisSha256 { get; set; }
+}
+
+/// <summary>Per-tenant quotas.</summary>
 public sealed class QuotaOptions
 {
     /// <summary>Sustained crypto operations per second per tenant; 0 turns quotas off.</summary>

@@ -8,4 +8,13 @@ internal static partial class ServerLog
 
     [LoggerMessage(EventId = 1120, Level = LogLevel.Information, Message = "Kms serving Prometheus metrics at {Address} (plain HTTP/1.1, no credential)")]
     public static partial void MetricsListening(ILogger logger, Uri address);
+
+    [LoggerMessage(EventId = 1130, Level = LogLevel.Information, Message = "quorum: officer set {Sequence} ({Hash}), {Threshold} of {Officers} officers, verified back to the genesis in {GenesisFile}")]
+    public static partial void QuorumReady(ILogger logger, long sequence, string hash, int threshold, int officers, string genesisFile);
+
+    [LoggerMessage(EventId = 1131, Level = LogLevel.Information, Message = "quorum: no officer genesis configured (Kms:Quorum:GenesisFile); quorum operations are refused")]
+    public static partial void QuorumNotConfigured(ILogger logger);
+
+    [LoggerMessage(EventId = 1132, Level = LogLevel.Error, Message = "quorum: {Reason}")]
+    public static partial void QuorumChainBroken(ILogger logger, string reason);
 }

@@ -34,6 +34,9 @@ internal enum TargetKind
 
     /// <summary>Deployment-wide (tenants, principals, tokens).</summary>
     Deployment,
+
+    /// <summary>The tenant of a name <c>tenants/{t}/…</c>; any other name (<c>quorumRequests/{id}</c>, empty, malformed) is deployment-wide.</summary>
+    TenantNameOrDeployment,
 }
 
 /// <summary>One permission an RPC needs, and on what.</summary>
@@ -52,6 +55,7 @@ internal static class AccessRules
     private const string Keys = "/kms.v1.KeyManagementService/";
     private const string Access = "/kms.v1.AccessManagementService/";
     private const string Audit = "/kms.v1.AuditService/";
+    private const string Quorum = "/kms.v1.QuorumService/";
 
     /// <summary>Rules by full method name (<c>/package.Service/Method</c>).</summary>
     public static IReadOnlyDictionary<string, AccessRule> ByMethod { get; } = new Dictionary<string, AccessRule>(StringComparer.Ordinal)
@@ -133,6 +137,16 @@ internal static class AccessRules
         [Audit + "ExportAudit"] = Deployment(Permission.AuditExport),
         [Audit + "GetAuditSigningKey"] = new AccessRule(CallScope.Authenticated, []),
 
+        // Quorum: who may create a request, read it, submit an officer's signed approval. The
+        // signature is the authority; the operation may demand more (kms.keys.destroy for a destroy).
+        [Quorum + "CreateQuorumRequest"] = OnOrDeployment<CreateQuorumRequestRequest>(Permission.QuorumRequest, r => r.Parent),
+        [Quorum + "GetQuorumRequest"] = new AccessRule(CallScope.Permission,
+            [new Requirement(Permission.QuorumRead, TargetKind.TenantNameOrDeployment, r => ((GetQuorumRequestRequest)r).Name)]),
+        [Quorum + "ListQuorumRequests"] = OnOrDeployment<ListQuorumRequestsRequest>(Permission.QuorumRead, r => r.Parent),
+        [Quorum + "ApproveQuorumRequest"] = new AccessRule(CallScope.Permission,
+            [new Requirement(Permission.QuorumApprove, TargetKind.Deployment, r => ((ApproveQuorumRequestRequest)r).Name)]),
+        [Quorum + "GetOfficerSet"] = Deployment(Permission.QuorumRead),
+
         // Infrastructure.
         ["/grpc.health.v1.Health/Check"] = new AccessRule(CallScope.Public, []),
         ["/grpc.health.v1.Health/Watch"] = new AccessRule(CallScope.Public, []),
@@ -150,7 +164,7 @@ internal static class AccessRules
         ArgumentNullException.ThrowIfNull(rule);
         return rule.Scope == CallScope.Bootstrap || rule.Requirements.Any(r => r.Permission is Permission.KeysCreate or Permission.KeysUpdate
             or Permission.KeysRotate or Permission.KeysChangeState or Permission.KeysDestroy or Permission.AliasesManage or Permission.PoliciesManage
-            or Permission.BindingsManage or Permission.TenantsManage or Permission.PrincipalsManage);
+            or Permission.BindingsManage or Permission.TenantsManage or Permission.PrincipalsManage or Permission.QuorumRequest or Permission.QuorumApprove);
     }
 
     /// <summary>The resource a request names (for its audit event), if its rule reads one.</summary>

@@ -154,6 +154,9 @@ internal sealed partial class AuthorizationInterceptor(
                 return (null, "the deployment");
             case TargetKind.CallerTenant:
                 return (caller.HomeTenant, caller.HomeTenant?.ResourceName ?? "the deployment");
+            case TargetKind.TenantNameOrDeployment:
+                var name = request is null ? "" : requirement.Field!(request);
+                return TenantOf(name) is { } named ? (named, name) : (null, "the deployment");
             default:
                 var field = request is null ? "" : requirement.Field!(request);
                 if (field.Length == 0 && requirement.Target == TargetKind.ResourceOrDeployment)

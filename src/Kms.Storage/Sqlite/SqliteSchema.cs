@@ -178,6 +178,45 @@ internal static class SqliteSchema
             DROP INDEX audit_events_by_time;
             DROP INDEX audit_events_by_resource;
             """),
+        (6, """
+            -- Quorum approvals (docs/quorum.md). Nothing here is trusted by itself: the officer
+            -- chain is verified back to the genesis pinned in configuration, and every
+            -- approval's signature over the request's canonical rendering, before anything runs.
+            CREATE TABLE officer_sets (
+                sequence       INTEGER PRIMARY KEY,  -- 0: the genesis
+                previous_hash  TEXT    NOT NULL,
+                threshold      INTEGER NOT NULL,
+                officers       TEXT    NOT NULL,     -- JSON array of {name, public_key (base64 DER SPKI)}
+                hash           TEXT    NOT NULL,     -- recomputed on read; kept for people reading the table
+                change_request TEXT                  -- the CHANGE_OFFICERS request that installed it; NULL for the genesis
+            ) STRICT;
+
+            CREATE TABLE quorum_requests (
+                id                   TEXT    PRIMARY KEY, -- 32 hex digits, 128 random bits
+                tenant               TEXT,                -- NULL: deployment-wide
+                operation            TEXT    NOT NULL,    -- DESTROY_KEY_VERSION_NOW, CHANGE_OFFICERS, ...
+                parameters           TEXT    NOT NULL,    -- JSON array of [key, value], sorted by key
+                domain_kcv           TEXT    NOT NULL,
+                officer_set_sequence INTEGER NOT NULL,
+                officer_set_hash     TEXT    NOT NULL,
+                requested_by         TEXT    NOT NULL,
+                create_time          INTEGER NOT NULL,
+                expire_time          INTEGER NOT NULL,
+                state                INTEGER NOT NULL,    -- 0 PENDING, 1 EXECUTED
+                execute_time         INTEGER,
+                proposed_officers    TEXT                 -- CHANGE_OFFICERS: JSON {threshold, officers}
+            ) STRICT;
+            CREATE INDEX quorum_requests_by_tenant ON quorum_requests (tenant, id);
+
+            CREATE TABLE quorum_approvals (
+                request_id          TEXT    NOT NULL REFERENCES quorum_requests (id),
+                officer_fingerprint TEXT    NOT NULL,
+                signature           BLOB    NOT NULL,
+                approve_time        INTEGER NOT NULL,
+                position            INTEGER NOT NULL,     -- arrival order
+                PRIMARY KEY (request_id, officer_fingerprint)
+            ) STRICT;
+            """),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;

@@ -155,66 +155,7 @@ public sealed partial class SqliteStore : IKeyStore, IAccessStore, IAuditStore, 
     public async Task<KeyWithVersions?> UpdateKeyAsync(KeyName name, Func<KeyWithVersions, KeyChange> decide, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(decide);
-        var erased = false;
-        var result = await WriteAsync(async (connection, transaction) =>
-        {
-            var current = await ReadKeyWithVersionsAsync(connection, transaction, name, cancellationToken);
-            if (current is null)
-            {
-                return null;
-            }
-
-            var change = decide(current);
-            if (change.IsNoOp)
-            {
-                return current;
-            }
-
-            await InsertRequestAsync(connection, transaction, change.Request, cancellationToken);
-            if (change.AddedVersion is { } added)
-            {
-                await InsertVersionAsync(connection, transaction, name, added.Version, added.Material, cancellationToken);
-            }
-
-            foreach (var version in change.UpdatedVersions)
-            {
-                if (version.State == KeyState.Destroyed && !erased)
-                {
-                    // Durable with the erasure itself: if the checkpoint below cannot run now,
-                    // CompleteErasureAsync finishes it on a later pass, even after a restart.
-                    erased = true;
-                    await using var pending = Command(connection, "INSERT INTO settings (name, value) VALUES ($name, '1') ON CONFLICT (name) DO UPDATE SET value = '1'",
-                        ("$name", ErasurePendingSetting));
-                    pending.Transaction = transaction;
-                    await pending.ExecuteNonQueryAsync(cancellationToken);
-                }
-
-                await using var update = Command(connection, """
-                    UPDATE key_versions
-                    SET state = $state, destroy_time = $destroy_time, destroy_event_time = $destroy_event_time,
-                        material = CASE WHEN $state = 4 THEN NULL ELSE material END
-                    WHERE tenant = $tenant AND key_id = $key_id AND version = $version
-                    """,
-                    ("$state", (int)version.State), ("$destroy_time", Millis(version.DestroyTime)), ("$destroy_event_time", Millis(version.DestroyEventTime)),
-                    ("$tenant", name.Tenant.Value), ("$key_id", name.KeyId), ("$version", version.Name.Version));
-                update.Transaction = transaction;
-                await update.ExecuteNonQueryAsync(cancellationToken);
-            }
-
-            await using (var updateKey = Command(connection, """
-                UPDATE keys
-                SET state = $state, primary_version = $primary_version, labels = $labels, rotation_period_ms = $rotation_period_ms,
-                    next_rotation_time = $next_rotation_time, min_decryption_version = $min_decryption_version, destroy_time = $destroy_time
-                WHERE tenant = $tenant AND key_id = $key_id
-                """, KeyParameters(change.Key)))
-            {
-                updateKey.Transaction = transaction;
-                await updateKey.ExecuteNonQueryAsync(cancellationToken);
-            }
-
-            return await ReadKeyWithVersionsAsync(connection, transaction, name, cancellationToken);
-        }, cancellationToken);
-
+        var (result, erased) = await WriteAsync((connection, transaction) => ApplyKeyChangeAsync(connection, transaction, name, decide, cancellationToken), cancellationToken);
         if (erased)
         {
             await CompleteErasureAsync(cancellationToken);
@@ -566,6 +507,69 @@ public sealed partial class SqliteStore : IKeyStore, IAccessStore, IAuditStore, 
         await transaction.CommitAsync(cancellationToken);
     }
 
+    // A key's change inside the caller's transaction: read fresh, decide, write. Returns the key
+    // after it, and whether material was erased (the caller checkpoints the WAL after the commit).
+    private static async Task<(KeyWithVersions? Result, bool Erased)> ApplyKeyChangeAsync(
+        SqliteConnection connection, SqliteTransaction transaction, KeyName name, Func<KeyWithVersions, KeyChange> decide, CancellationToken cancellationToken)
+    {
+        var erased = false;
+        var current = await ReadKeyWithVersionsAsync(connection, transaction, name, cancellationToken);
+        if (current is null)
+        {
+            return (null, false);
+        }
+
+        var change = decide(current);
+        if (change.IsNoOp)
+        {
+            return (current, false);
+        }
+
+        await InsertRequestAsync(connection, transaction, change.Request, cancellationToken);
+        if (change.AddedVersion is { } added)
+        {
+            await InsertVersionAsync(connection, transaction, name, added.Version, added.Material, cancellationToken);
+        }
+
+        foreach (var version in change.UpdatedVersions)
+        {
+            if (version.State == KeyState.Destroyed && !erased)
+            {
+                // Durable with the erasure itself: if the checkpoint below cannot run now,
+                // CompleteErasureAsync finishes it on a later pass, even after a restart.
+                erased = true;
+                await using var pending = Command(connection, "INSERT INTO settings (name, value) VALUES ($name, '1') ON CONFLICT (name) DO UPDATE SET value = '1'",
+                    ("$name", ErasurePendingSetting));
+                pending.Transaction = transaction;
+                await pending.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            await using var update = Command(connection, """
+                UPDATE key_versions
+                SET state = $state, destroy_time = $destroy_time, destroy_event_time = $destroy_event_time,
+                    material = CASE WHEN $state = 4 THEN NULL ELSE material END
+                WHERE tenant = $tenant AND key_id = $key_id AND version = $version
+                """,
+                ("$state", (int)version.State), ("$destroy_time", Millis(version.DestroyTime)), ("$destroy_event_time", Millis(version.DestroyEventTime)),
+                ("$tenant", name.Tenant.Value), ("$key_id", name.KeyId), ("$version", version.Name.Version));
+            update.Transaction = transaction;
+            await update.ExecuteNonQueryAsync(cancellationToken);
+        }
+
+        await using (var updateKey = Command(connection, """
+            UPDATE keys
+            SET state = $state, primary_version = $primary_version, labels = $labels, rotation_period_ms = $rotation_period_ms,
+                next_rotation_time = $next_rotation_time, min_decryption_version = $min_decryption_version, destroy_time = $destroy_time
+            WHERE tenant = $tenant AND key_id = $key_id
+            """, KeyParameters(change.Key)))
+        {
+            updateKey.Transaction = transaction;
+            await updateKey.ExecuteNonQueryAsync(cancellationToken);
+        }
+
+        return (await ReadKeyWithVersionsAsync(connection, transaction, name, cancellationToken), erased);
+    }
+
     private static async Task<Key?> ReadKeyAsync(SqliteConnection connection, SqliteTransaction? transaction, KeyName name, CancellationToken cancellationToken)
     {
         await using var command = Command(connection, $"SELECT {KeyColumns} {KeyJoin} WHERE k.tenant = $tenant AND k.key_id = $key_id",
@@ -754,7 +758,8 @@ public sealed partial class SqliteStore : IKeyStore, IAccessStore, IAuditStore, 
         });
 
     // One BEGIN IMMEDIATE transaction: committed when the work returns, rolled back when it throws.
-    private Task<T> WriteAsync<T>(Func<SqliteConnection, SqliteTransaction, Task<T>> work, CancellationToken cancellationToken) =>
+    // Events the work itself adds (a quorum execution's) follow the request's own, in the same transaction.
+    private Task<T> WriteAsync<T>(Func<SqliteConnection, SqliteTransaction, Task<T>> work, CancellationToken cancellationToken, Func<T, IReadOnlyList<AuditEntry>>? trailingEvents = null) =>
         GuardAsync(async () =>
         {
             await using var connection = await OpenConnectionAsync(cancellationToken);
@@ -766,9 +771,10 @@ public sealed partial class SqliteStore : IKeyStore, IAccessStore, IAuditStore, 
             var before = entry is null ? 0 : await TotalChangesAsync(connection, transaction, cancellationToken);
             var result = await work(connection, transaction);
             var audited = entry is not null && await TotalChangesAsync(connection, transaction, cancellationToken) > before;
-            if (audited)
+            IReadOnlyList<AuditEntry> trailing = trailingEvents?.Invoke(result) ?? [];
+            if (audited || trailing.Count > 0)
             {
-                await AppendAuditInAsync(connection, transaction, [entry!], cancellationToken);
+                await AppendAuditInAsync(connection, transaction, audited ? [entry!, .. trailing] : trailing, cancellationToken);
             }
 
             await transaction.CommitAsync(cancellationToken);

@@ -71,7 +71,7 @@ public sealed class RetrySafetyTests
     }
 
     private static IEnumerable<MethodDescriptor> Rpcs() =>
-        new[] { KeyManagementService.Descriptor, AccessManagementService.Descriptor, AuditService.Descriptor }.SelectMany(s => s.Methods);
+        new[] { KeyManagementService.Descriptor, AccessManagementService.Descriptor, AuditService.Descriptor, QuorumService.Descriptor }.SelectMany(s => s.Methods);
 
     private static string FullName(MethodDescriptor method) => $"/{method.Service.FullName}/{method.Name}";
 

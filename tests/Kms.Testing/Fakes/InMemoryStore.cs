@@ -94,46 +94,51 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
         ArgumentNullException.ThrowIfNull(decide);
         lock (_lock)
         {
-            if (!_keys.TryGetValue(Id(name), out var key))
-            {
-                return Task.FromResult<KeyWithVersions?>(null);
-            }
-
-            var current = new KeyWithVersions(Fresh(key), _versions[Id(name)].ToList());
-            var change = decide(current);
-            if (change.IsNoOp)
-            {
-                return Task.FromResult<KeyWithVersions?>(current);
-            }
-
-            ThrowIfFailing();
-            EnsureRequestFree(change.Request);
-            var versions = _versions[Id(name)];
-            if (change.AddedVersion is { } added)
-            {
-                if (versions.Any(v => v.Name.Version == added.Version.Name.Version) || _material.ContainsKey(added.Version.Id))
-                {
-                    throw KmsErrors.AlreadyExists(added.Version.Name.ToString());
-                }
-
-                versions.Add(added.Version);
-                _material[added.Version.Id] = added.Material.Bytes.ToArray();
-            }
-
-            foreach (var updated in change.UpdatedVersions)
-            {
-                var index = versions.FindIndex(v => v.Name.Version == updated.Name.Version);
-                versions[index] = versions[index] with { State = updated.State, DestroyTime = updated.DestroyTime, DestroyEventTime = updated.DestroyEventTime };
-                if (updated.State == KeyState.Destroyed)
-                {
-                    _material[updated.Id] = null;
-                }
-            }
-
-            _keys[Id(name)] = change.Key with { Restricted = key.Restricted };
-            Record(change.Request);
-            return Task.FromResult<KeyWithVersions?>(new KeyWithVersions(Fresh(change.Key), versions.ToList()));
+            return Task.FromResult(UpdateKeyLocked(name, decide));
         }
+    }
+
+    private KeyWithVersions? UpdateKeyLocked(KeyName name, Func<KeyWithVersions, KeyChange> decide)
+    {
+        if (!_keys.TryGetValue(Id(name), out var key))
+        {
+            return null;
+        }
+
+        var current = new KeyWithVersions(Fresh(key), _versions[Id(name)].ToList());
+        var change = decide(current);
+        if (change.IsNoOp)
+        {
+            return current;
+        }
+
+        ThrowIfFailing();
+        EnsureRequestFree(change.Request);
+        var versions = _versions[Id(name)];
+        if (change.AddedVersion is { } added)
+        {
+            if (versions.Any(v => v.Name.Version == added.Version.Name.Version) || _material.ContainsKey(added.Version.Id))
+            {
+                throw KmsErrors.AlreadyExists(added.Version.Name.ToString());
+            }
+
+            versions.Add(added.Version);
+            _material[added.Version.Id] = added.Material.Bytes.ToArray();
+        }
+
+        foreach (var updated in change.UpdatedVersions)
+        {
+            var index = versions.FindIndex(v => v.Name.Version == updated.Name.Version);
+            versions[index] = versions[index] with { State = updated.State, DestroyTime = updated.DestroyTime, DestroyEventTime = updated.DestroyEventTime };
+            if (updated.State == KeyState.Destroyed)
+            {
+                _material[updated.Id] = null;
+            }
+        }
+
+        _keys[Id(name)] = change.Key with { Restricted = key.Restricted };
+        Record(change.Request);
+        return new KeyWithVersions(Fresh(change.Key), versions.ToList());
     }
 
     public Task<KeyVersionMaterial?> GetPrimaryMaterialAsync(KeyName name, CancellationToken cancellationToken)

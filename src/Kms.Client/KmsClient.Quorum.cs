@@ -1,0 +1,74 @@
+using Google.Protobuf;
+using Google.Protobuf.WellKnownTypes;
+using Kms.Contracts.V1;
+
+namespace Kms.Client;
+
+// Quorum requests and officers' approvals (docs/quorum.md). To approve, use Quorum.QuorumApprover:
+// it renders the request on this machine and signs that rendering.
+public sealed partial class KmsClient
+{
+    /// <summary>Asks a quorum of officers to destroy a key version now (the caller needs kms.keys.destroy in its tenant).</summary>
+    /// <param name="keyVersionName"><c>tenants/{tenant}/keys/{key}/versions/{n}</c>, not the primary.</param>
+    /// <param name="ttl">How long officers may approve (default 24 hours; 1 minute to 7 days).</param>
+    public async Task<QuorumRequestInfo> RequestDestroyKeyVersionNowAsync(string keyVersionName, TimeSpan? ttl = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(keyVersionName);
+        var tenant = keyVersionName.Split('/') is ["tenants", var id, ..] ? $"tenants/{id}" : "";
+        return await CreateQuorumRequestAsync(new CreateQuorumRequestRequest
+        {
+            Parent = tenant,
+            Operation = QuorumOperation.DestroyKeyVersionNow,
+            Ttl = ttl is { } t ? Duration.FromTimeSpan(t) : null,
+            DestroyKeyVersionNow = new DestroyKeyVersionNowParameters { Name = keyVersionName },
+        }, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Asks the current officers to replace themselves with <paramref name="officers"/> and <paramref name="threshold"/> (security officers).</summary>
+    /// <param name="officers">Each officer's name and DER SubjectPublicKeyInfo (P-256).</param>
+    /// <param name="threshold">The new M.</param>
+    /// <param name="ttl">How long officers may approve (default 24 hours).</param>
+    public async Task<QuorumRequestInfo> RequestOfficerChangeAsync(IEnumerable<(string Name, byte[] PublicKey)> officers, int threshold, TimeSpan? ttl = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(officers);
+        var parameters = new ChangeOfficersParameters { Threshold = threshold };
+        parameters.Officers.AddRange(officers.Select(o => new OfficerInfo { Name = o.Name, PublicKey = ByteString.CopyFrom(o.PublicKey) }));
+        return await CreateQuorumRequestAsync(new CreateQuorumRequestRequest
+        {
+            Operation = QuorumOperation.ChangeOfficers,
+            Ttl = ttl is { } t ? Duration.FromTimeSpan(t) : null,
+            ChangeOfficers = parameters,
+        }, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Creates a quorum request as given (any operation).</summary>
+    public async Task<QuorumRequestInfo> CreateQuorumRequestAsync(CreateQuorumRequestRequest request, CancellationToken cancellationToken = default) =>
+        (await Quorum.CreateQuorumRequestAsync(request, Options(cancellationToken)).ConfigureAwait(false)).Request;
+
+    /// <summary>A quorum request's structured fields (render them with <see cref="Quorum.QuorumApprover"/>; never sign anything the server renders).</summary>
+    public async Task<QuorumRequestInfo> GetQuorumRequestAsync(string name, CancellationToken cancellationToken = default) =>
+        (await Quorum.GetQuorumRequestAsync(new GetQuorumRequestRequest { Name = name }, Options(cancellationToken)).ConfigureAwait(false)).Request;
+
+    /// <summary>Quorum requests of a tenant (<c>tenants/{tenant}</c>) or, with an empty parent, all of them, page by page.</summary>
+    public IAsyncEnumerable<QuorumRequestInfo> ListQuorumRequestsAsync(string parent = "", CancellationToken cancellationToken = default) =>
+        PagesAsync<QuorumRequestInfo>(
+            async (token, ct) =>
+            {
+                var page = await Quorum.ListQuorumRequestsAsync(new ListQuorumRequestsRequest { Parent = parent, PageToken = token }, Options(ct)).ConfigureAwait(false);
+                return (page.Requests, page.NextPageToken);
+            },
+            cancellationToken);
+
+    /// <summary>Submits an officer's signature over the request's canonical rendering; the approval that reaches the threshold executes it.</summary>
+    public async Task<ApproveQuorumRequestResponse> ApproveQuorumRequestAsync(string name, string officerFingerprint, byte[] signature, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(signature);
+        return await Quorum.ApproveQuorumRequestAsync(
+            new ApproveQuorumRequestRequest { Name = name, OfficerFingerprint = officerFingerprint, Signature = ByteString.CopyFrom(signature) },
+            Options(cancellationToken)).ConfigureAwait(false);
+    }
+
+    /// <summary>The current officer set (verified by the server back to its configured genesis) and the chain's length.</summary>
+    public async Task<GetOfficerSetResponse> GetOfficerSetAsync(CancellationToken cancellationToken = default) =>
+        await Quorum.GetOfficerSetAsync(new GetOfficerSetRequest(), Options(cancellationToken)).ConfigureAwait(false);
+}

@@ -1,0 +1,49 @@
+using Kms.Core.Errors;
+
+namespace Kms.Core.Quorum;
+
+/// <summary>The operations that need a quorum of officers.</summary>
+public enum QuorumOperation
+{
+    /// <summary>Destroy a key version's material now, skipping the 7–30 day waiting period.</summary>
+    DestroyKeyVersionNow,
+
+    /// <summary>Replace the officer set (officers and threshold); approved by the current set.</summary>
+    ChangeOfficers,
+
+    /// <summary>Export a backup (not executed yet: refused at creation).</summary>
+    ExportBackup,
+
+    /// <summary>Restore a domain from a backup (not executed yet: refused at creation).</summary>
+    RestoreDomain,
+
+    /// <summary>Rotate the domain key (not executed yet: refused at creation).</summary>
+    RotateDomainKey,
+}
+
+/// <summary>The operations' names as the API and the canonical rendering spell them.</summary>
+public static class QuorumOperations
+{
+    /// <summary>Every operation.</summary>
+    public static IReadOnlyList<QuorumOperation> All { get; } = Enum.GetValues<QuorumOperation>();
+
+    /// <summary>The name, e.g. <c>DESTROY_KEY_VERSION_NOW</c>.</summary>
+    public static string NameOf(QuorumOperation operation) => operation switch
+    {
+        QuorumOperation.DestroyKeyVersionNow => "DESTROY_KEY_VERSION_NOW",
+        QuorumOperation.ChangeOfficers => "CHANGE_OFFICERS",
+        QuorumOperation.ExportBackup => "EXPORT_BACKUP",
+        QuorumOperation.RestoreDomain => "RESTORE_DOMAIN",
+        QuorumOperation.RotateDomainKey => "ROTATE_DOMAIN_KEY",
+        _ => throw new ArgumentOutOfRangeException(nameof(operation), operation, "unknown quorum operation"),
+    };
+
+    /// <summary>Parses a name.</summary>
+    /// <exception cref="KmsException">InvalidArgument naming <paramref name="field"/>.</exception>
+    public static QuorumOperation Parse(string? name, string field) =>
+        All.Where(o => NameOf(o) == name).Select(o => (QuorumOperation?)o).FirstOrDefault()
+        ?? throw KmsErrors.InvalidArgument(field, $"unknown quorum operation; one of {string.Join(", ", All.Select(NameOf))}");
+
+    /// <summary>Whether the operation acts on one tenant's resources (else it is deployment-wide).</summary>
+    public static bool IsTenantScoped(QuorumOperation operation) => operation == QuorumOperation.DestroyKeyVersionNow;
+}

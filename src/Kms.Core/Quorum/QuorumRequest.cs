@@ -1,0 +1,132 @@
+using System.Security.Cryptography;
+using Kms.Core.Errors;
+using Kms.Core.Names;
+
+namespace Kms.Core.Quorum;
+
+/// <summary>A quorum request's id: 128 random bits, written as 32 lower-case hex digits. Single-use.</summary>
+public readonly record struct QuorumRequestId
+{
+    private QuorumRequestId(string value) => Value = value;
+
+    /// <summary>The 32 hex digits.</summary>
+    public string Value { get; }
+
+    /// <summary>A fresh random id.</summary>
+    public static QuorumRequestId NewId() => new(Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)));
+
+    /// <summary>Parses 32 lower-case hex digits.</summary>
+    /// <exception cref="KmsException">InvalidArgument naming <paramref name="field"/>.</exception>
+    public static QuorumRequestId Parse(string? text, string field) =>
+        text is { Length: 32 } && text.All(c => char.IsAsciiDigit(c) || c is >= 'a' and <= 'f')
+            ? new QuorumRequestId(text)
+            : throw KmsErrors.InvalidArgument(field, "a quorum request id is 32 lower-case hex digits");
+
+    /// <inheritdoc />
+    public override string ToString() => Value;
+}
+
+/// <summary>Where a quorum request is in its life. Expiry is not a stored state: a PENDING request past its expiry is expired.</summary>
+public enum QuorumRequestState
+{
+    /// <summary>Collecting approvals.</summary>
+    Pending,
+
+    /// <summary>Executed once, when the threshold was reached; it can never be approved or executed again.</summary>
+    Executed,
+}
+
+/// <summary>One officer's approval: the officer's key fingerprint and its signature over the canonical rendering.</summary>
+/// <param name="OfficerFingerprint">The approving officer's key fingerprint.</param>
+/// <param name="Signature">ECDSA P-256 with SHA-256 over the UTF-8 rendering, DER-encoded.</param>
+/// <param name="ApproveTime">When the server accepted it.</param>
+public sealed record QuorumApproval(string OfficerFingerprint, byte[] Signature, DateTimeOffset ApproveTime);
+
+/// <summary>
+/// A sensitive operation waiting for M officers. Everything an officer signs is here, and
+/// <see cref="QuorumRendering.Render"/> turns it into the text they read and sign.
+/// </summary>
+public sealed record QuorumRequest
+{
+    /// <summary>Most approvals a request keeps (more than any officer set can have).</summary>
+    public const int MaxApprovals = OfficerSet.MaxOfficers;
+
+    /// <summary>The single-use id.</summary>
+    public required QuorumRequestId Id { get; init; }
+
+    /// <summary>What it does.</summary>
+    public required QuorumOperation Operation { get; init; }
+
+    /// <summary>The operation's parameters, sorted by key (ordinal); keys are <c>[a-z0-9._:-]</c>.</summary>
+    public required IReadOnlyList<KeyValuePair<string, string>> Parameters { get; init; }
+
+    /// <summary>The tenant it acts in; null for a deployment-wide operation.</summary>
+    public TenantId? Tenant { get; init; }
+
+    /// <summary>The check value of the domain key it was created under.</summary>
+    public required string DomainKcv { get; init; }
+
+    /// <summary>The officer set that must approve it: its sequence number.</summary>
+    public required long OfficerSetSequence { get; init; }
+
+    /// <summary>The officer set that must approve it: its hash.</summary>
+    public required string OfficerSetHash { get; init; }
+
+    /// <summary>The principal that created it.</summary>
+    public required string RequestedBy { get; init; }
+
+    /// <summary>When it was created (milliseconds).</summary>
+    public required DateTimeOffset CreateTime { get; init; }
+
+    /// <summary>After this instant it can no longer be approved or executed.</summary>
+    public required DateTimeOffset ExpireTime { get; init; }
+
+    /// <summary>PENDING or EXECUTED.</summary>
+    public QuorumRequestState State { get; init; }
+
+    /// <summary>When it was executed.</summary>
+    public DateTimeOffset? ExecuteTime { get; init; }
+
+    /// <summary>The approvals accepted so far, one per officer key, in the order they arrived.</summary>
+    public IReadOnlyList<QuorumApproval> Approvals { get; init; } = [];
+
+    /// <summary>For <see cref="QuorumOperation.ChangeOfficers"/>: the proposed set (its hash is a parameter, so it is signed).</summary>
+    public OfficerSet? ProposedOfficers { get; init; }
+
+    /// <summary>The resource name: <c>tenants/{t}/quorumRequests/{id}</c>, or <c>quorumRequests/{id}</c> for a deployment-wide one.</summary>
+    public string Name => NameOf(Tenant, Id);
+
+    /// <summary>The parameter's value, or null.</summary>
+    public string? Parameter(string key) => Parameters.FirstOrDefault(p => p.Key == key).Value;
+
+    /// <summary>Whether it can no longer be approved at <paramref name="now"/>.</summary>
+    public bool IsExpiredAt(DateTimeOffset now) => now >= ExpireTime;
+
+    /// <summary>The resource name of a request.</summary>
+    public static string NameOf(TenantId? tenant, QuorumRequestId id) =>
+        tenant is { } t ? $"{t.ResourceName}/quorumRequests/{id}" : $"quorumRequests/{id}";
+
+    /// <summary>Parses <c>tenants/{t}/quorumRequests/{id}</c> or <c>quorumRequests/{id}</c>.</summary>
+    /// <exception cref="KmsException">InvalidArgument naming <paramref name="field"/>.</exception>
+    public static (TenantId? Tenant, QuorumRequestId Id) ParseName(string? name, string field)
+    {
+        const string Marker = "quorumRequests/";
+        if (string.IsNullOrEmpty(name))
+        {
+            throw KmsErrors.InvalidArgument(field, "is required (tenants/{tenant}/quorumRequests/{id} or quorumRequests/{id})");
+        }
+
+        if (name.StartsWith(Marker, StringComparison.Ordinal))
+        {
+            return (null, QuorumRequestId.Parse(name[Marker.Length..], field));
+        }
+
+        var at = name.IndexOf("/" + Marker, StringComparison.Ordinal);
+        if (at < 0)
+        {
+            throw KmsErrors.InvalidArgument(field, "must have the form tenants/{tenant}/quorumRequests/{id} or quorumRequests/{id}");
+        }
+
+        return (TenantId.ParseResourceName(name[..at], field), QuorumRequestId.Parse(name[(at + 1 + Marker.Length)..], field));
+    }
+}

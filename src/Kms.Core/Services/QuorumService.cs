@@ -1,0 +1,340 @@
+using Kms.Core.Access;
+using Kms.Core.Audit;
+using Kms.Core.Errors;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+using Kms.Core.Quorum;
+
+namespace Kms.Core.Services;
+
+/// <summary>Quorum settings: the pinned genesis and how long requests live.</summary>
+public sealed record QuorumOptions
+{
+    /// <summary>The genesis officer set from the ceremony's genesis file; null: quorum operations are refused.</summary>
+    public OfficerSet? Genesis { get; init; }
+
+    /// <summary>Lifetime of a request when the caller names none (24 hours).</summary>
+    public TimeSpan DefaultTtl { get; init; } = TimeSpan.FromHours(24);
+
+    /// <summary>Shortest lifetime a caller may ask for (1 minute).</summary>
+    public TimeSpan MinTtl { get; init; } = TimeSpan.FromMinutes(1);
+
+    /// <summary>Longest lifetime a caller may ask for (7 days).</summary>
+    public TimeSpan MaxTtl { get; init; } = TimeSpan.FromDays(7);
+}
+
+/// <summary>What CreateQuorumRequest asks for.</summary>
+/// <param name="Tenant">The tenant a tenant-scoped operation acts in; null for a deployment-wide one.</param>
+/// <param name="Operation">The operation.</param>
+public sealed record CreateQuorumRequestCommand(TenantId? Tenant, QuorumOperation Operation)
+{
+    /// <summary>DESTROY_KEY_VERSION_NOW: the version.</summary>
+    public KeyVersionName? KeyVersion { get; init; }
+
+    /// <summary>CHANGE_OFFICERS: the new officers.</summary>
+    public IReadOnlyList<Officer>? NewOfficers { get; init; }
+
+    /// <summary>CHANGE_OFFICERS: the new threshold.</summary>
+    public int NewThreshold { get; init; }
+
+    /// <summary>How long the request may collect approvals; null: the default.</summary>
+    public TimeSpan? Ttl { get; init; }
+}
+
+/// <summary>An approval's outcome: the request after it, how many distinct officers' approvals verify, and whether it executed.</summary>
+public sealed record QuorumApprovalResult(QuorumRequest Request, int ValidApprovals, int Threshold, bool Executed);
+
+/// <summary>
+/// Quorum approvals: sensitive operations are requests that execute once M distinct officers
+/// of the current officer set have signed their canonical rendering (<see cref="QuorumRendering"/>).
+/// </summary>
+/// <remarks>
+/// The officer chain is verified back to the genesis pinned in configuration before every
+/// quorum operation; a chain that does not verify, or no configured genesis, refuses them all
+/// (FAILED_PRECONDITION). A request executes at most once: the approval that reaches the
+/// threshold, the state change to EXECUTED, the operation and its audit event commit in one
+/// transaction; if the operation fails, none of it happens.
+/// </remarks>
+public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, TimeProvider time, QuorumOptions options)
+{
+    /// <summary>The principal of the audit event of an execution.</summary>
+    public const string ExecutorPrincipal = "system:quorum";
+
+    /// <summary>The longest DER ECDSA P-256 signature (72 bytes), with room to spare.</summary>
+    private const int MaxSignatureBytes = 80;
+
+    /// <summary>
+    /// At start: stores the configured genesis if the database has no officer chain yet, then
+    /// verifies the chain. Returns the head, or null when no genesis is configured.
+    /// </summary>
+    /// <exception cref="KmsException">FailedPrecondition when the stored chain does not lead back to the configured genesis.</exception>
+    public async Task<OfficerSet?> InitializeAsync(CancellationToken cancellationToken)
+    {
+        if (options.Genesis is not { } genesis)
+        {
+            return null;
+        }
+
+        await store.AddGenesisOfficerSetAsync(genesis, cancellationToken);
+        return (await GetOfficerSetAsync(cancellationToken)).Set;
+    }
+
+    /// <summary>The current (verified) officer set and the chain's length.</summary>
+    /// <exception cref="KmsException">FailedPrecondition: no genesis configured, or a chain that does not verify.</exception>
+    public async Task<(OfficerSet Set, int ChainLength)> GetOfficerSetAsync(CancellationToken cancellationToken)
+    {
+        var chain = await store.ListOfficerSetsAsync(cancellationToken);
+        return (OfficerChain.Verify(chain, Genesis()), chain.Count);
+    }
+
+    /// <summary>Creates a request. The caller needs a permission that the operation itself would need (kms.keys.destroy for a destroy).</summary>
+    /// <exception cref="KmsException">
+    /// InvalidArgument (parameters), NotFound / PermissionDenied (the target), FailedPrecondition
+    /// (no verified officer chain, an operation not yet supported, a target in the wrong state).
+    /// </exception>
+    public async Task<QuorumRequest> CreateAsync(Caller caller, CreateQuorumRequestCommand command, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(caller);
+        ArgumentNullException.ThrowIfNull(command);
+        var operation = QuorumOperations.NameOf(command.Operation);
+        if (QuorumOperations.IsTenantScoped(command.Operation) != command.Tenant is not null)
+        {
+            throw KmsErrors.InvalidArgument("parent", command.Tenant is null
+                ? $"{operation} acts in a tenant: parent must be tenants/{{tenant}}"
+                : $"{operation} is deployment-wide: leave parent empty");
+        }
+
+        if (command.Operation is not (QuorumOperation.DestroyKeyVersionNow or QuorumOperation.ChangeOfficers))
+        {
+            throw KmsErrors.FailedPrecondition($"quorum operation {operation} is not yet supported");
+        }
+
+        var ttl = command.Ttl ?? options.DefaultTtl;
+        if (ttl < options.MinTtl || ttl > options.MaxTtl)
+        {
+            throw KmsErrors.InvalidArgument("ttl", $"must be from {options.MinTtl.TotalMinutes:0} minutes to {options.MaxTtl.TotalDays:0} days");
+        }
+
+        var id = QuorumRequestId.NewId();
+        AuditScope.SetResource(QuorumRequest.NameOf(command.Tenant, id));
+        IReadOnlyList<KeyValuePair<string, string>> parameters;
+        OfficerSet? proposed = null;
+        var (head, _) = await GetOfficerSetAsync(cancellationToken);
+        var now = Clock.Now(time);
+        if (command.Operation == QuorumOperation.DestroyKeyVersionNow)
+        {
+            var version = command.KeyVersion ?? throw KmsErrors.InvalidArgument("destroy_key_version_now.name", "is required");
+            if (version.Key.Tenant != command.Tenant)
+            {
+                throw KmsErrors.InvalidArgument("destroy_key_version_now.name", $"must be a key version of {command.Tenant!.Value.ResourceName}");
+            }
+
+            AccessControl.Demand(caller, Permission.KeysDestroy, version.Key.Tenant, version.ToString());
+
+            // Refused now rather than after the officers have signed: the same rule runs again at execution.
+            var current = await ReadKeyAsync(version.Key, cancellationToken);
+            _ = KeyTransitions.DestroyVersionNow(current, version.Version, now);
+            parameters = [KeyValuePair.Create("name", version.ToString())];
+        }
+        else
+        {
+            var officers = command.NewOfficers is { Count: > 0 } list ? list : throw KmsErrors.InvalidArgument("change_officers.officers", "is required");
+            proposed = head.Successor(officers, command.NewThreshold);
+            parameters = proposed.ChangeParameters();
+        }
+
+        var request = new QuorumRequest
+        {
+            Id = id,
+            Operation = command.Operation,
+            Parameters = parameters,
+            Tenant = command.Tenant,
+            DomainKcv = hsm.DomainKeyCheckValue,
+            OfficerSetSequence = head.Sequence,
+            OfficerSetHash = head.Hash,
+            RequestedBy = caller.Principal,
+            CreateTime = now,
+            ExpireTime = now + ttl,
+            ProposedOfficers = proposed,
+        };
+        await store.CreateQuorumRequestAsync(request, cancellationToken);
+        return request;
+    }
+
+    /// <summary>A request by name, with its approvals.</summary>
+    /// <exception cref="KmsException">InvalidArgument (name), NotFound (also for a request of another tenant than the name says).</exception>
+    public async Task<QuorumRequest> GetAsync(string name, CancellationToken cancellationToken)
+    {
+        var (tenant, id) = QuorumRequest.ParseName(name, "name");
+        var request = await store.GetQuorumRequestAsync(id, cancellationToken);
+        return request is not null && request.Tenant == tenant ? request : throw KmsErrors.NotFound(name);
+    }
+
+    /// <summary>One page of requests, in id order: a tenant's, or (no tenant) all of them.</summary>
+    public async Task<Page<QuorumRequest>> ListAsync(TenantId? tenant, int pageSize, string? pageToken, CancellationToken cancellationToken)
+    {
+        var size = PageToken.Size(pageSize);
+        var scope = tenant?.ResourceName + "/quorumRequests";
+        var rows = await store.ListQuorumRequestsAsync(tenant, PageToken.Decode(scope, pageToken), size + 1, cancellationToken);
+        var page = rows.Take(size).ToList();
+        return new Page<QuorumRequest>(page, rows.Count > size ? PageToken.Encode(scope, page[^1].Id.Value) : null);
+    }
+
+    /// <summary>
+    /// Records an officer's approval and, when it brings the distinct valid approvals to the
+    /// threshold, executes the request in the same transaction.
+    /// </summary>
+    /// <exception cref="KmsException">
+    /// InvalidArgument (name, fingerprint, signature), NotFound, FailedPrecondition (expired,
+    /// executed already, officer set or domain key changed, no verified officer chain, the
+    /// operation's own precondition at execution), PermissionDenied (an unknown officer key,
+    /// a signature that does not verify), AlreadyExists (this officer approved already: it counts once).
+    /// </exception>
+    public async Task<QuorumApprovalResult> ApproveAsync(string name, string officerFingerprint, byte[] signature, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(signature);
+        var (tenant, id) = QuorumRequest.ParseName(name, "name");
+        if (!Officer.IsFingerprint(officerFingerprint))
+        {
+            throw KmsErrors.InvalidArgument("officer_fingerprint", "must be the officer key's SHA-256 fingerprint: 64 lower-case hex digits");
+        }
+
+        AuditScope.SetResource($"{name}/approvals/{officerFingerprint}");
+        if (signature.Length is 0 or > MaxSignatureBytes)
+        {
+            throw KmsErrors.InvalidArgument("signature", "must be a DER-encoded ECDSA P-256 signature");
+        }
+
+        var (head, _) = await GetOfficerSetAsync(cancellationToken);
+        var now = Clock.Now(time);
+        var valid = 0;
+        var executed = false;
+        IReadOnlyList<Keys.KeyVersion> destroyed = [];
+        var result = await store.UpdateQuorumRequestAsync(id, (request, storedHead) =>
+        {
+            if (request.Tenant != tenant)
+            {
+                throw KmsErrors.NotFound(name);
+            }
+
+            EnsureApprovable(request, head, storedHead, now);
+            var officer = head.Find(officerFingerprint)
+                ?? throw KmsErrors.PermissionDenied($"officer key {officerFingerprint} is not in the current officer set (sequence {head.Sequence})");
+            if (!officer.Verifies(QuorumRendering.Bytes(request), signature))
+            {
+                throw KmsErrors.PermissionDenied($"the signature of officer {officer.Name} does not verify over the canonical rendering of quorum request {name}");
+            }
+
+            if (request.Approvals.Any(a => a.OfficerFingerprint == officerFingerprint))
+            {
+                throw KmsErrors.AlreadyExists($"an approval of {name} by officer {officer.Name} ({officerFingerprint}): an officer's approval counts once");
+            }
+
+            var approval = new QuorumApproval(officerFingerprint, signature, now);
+            var approved = request with { Approvals = [.. request.Approvals, approval] };
+            valid = OfficerChain.ValidApprovers(approved, head).Count;
+            if (valid < head.Threshold)
+            {
+                return new QuorumChange(approved) { AddedApproval = approval };
+            }
+
+            executed = true;
+            var done = approved with { State = QuorumRequestState.Executed, ExecuteTime = now };
+            var change = new QuorumChange(done) { AddedApproval = approval, ExecutionEvent = ExecutionEvent(done, now) };
+            return done.Operation switch
+            {
+                QuorumOperation.DestroyKeyVersionNow => change with
+                {
+                    KeyEffect = DestroyNow(done, now, versions => destroyed = versions),
+                },
+                QuorumOperation.ChangeOfficers => change with { AppendedOfficerSet = NewOfficerSet(done, head) },
+                _ => throw KmsErrors.FailedPrecondition($"quorum operation {QuorumOperations.NameOf(done.Operation)} is not yet supported"),
+            };
+        }, cancellationToken) ?? throw KmsErrors.NotFound(name);
+
+        // As after a due destruction: the unwrapped copy goes from the HSM's session cache.
+        foreach (var version in destroyed)
+        {
+            hsm.EvictKey(version.Id);
+        }
+
+        return new QuorumApprovalResult(result, valid, head.Threshold, executed);
+    }
+
+    private void EnsureApprovable(QuorumRequest request, OfficerSet head, OfficerSet? storedHead, DateTimeOffset now)
+    {
+        if (request.State == QuorumRequestState.Executed)
+        {
+            throw KmsErrors.FailedPrecondition(
+                $"quorum request {request.Name} was executed at {QuorumRendering.Time(request.ExecuteTime ?? now)}; a request executes once, so approvals of it are refused (create a new request)");
+        }
+
+        if (request.IsExpiredAt(now))
+        {
+            throw KmsErrors.FailedPrecondition($"quorum request {request.Name} expired at {QuorumRendering.Time(request.ExpireTime)}; create a new request");
+        }
+
+        if (storedHead?.Hash != head.Hash)
+        {
+            throw KmsErrors.FailedPrecondition("the officer set changed while this approval was checked; retry");
+        }
+
+        if (request.OfficerSetHash != head.Hash)
+        {
+            throw KmsErrors.FailedPrecondition(
+                $"quorum request {request.Name} was made for officer set {request.OfficerSetSequence}, but the current officer set is {head.Sequence}; create a new request");
+        }
+
+        if (!string.Equals(request.DomainKcv, hsm.DomainKeyCheckValue, StringComparison.OrdinalIgnoreCase))
+        {
+            throw KmsErrors.FailedPrecondition(
+                $"quorum request {request.Name} was made under the domain key with check value {request.DomainKcv}, not this server's {hsm.DomainKeyCheckValue}");
+        }
+    }
+
+    private static QuorumKeyEffect DestroyNow(QuorumRequest request, DateTimeOffset now, Action<IReadOnlyList<Keys.KeyVersion>> destroyed)
+    {
+        var version = KeyVersionName.Parse(request.Parameter("name"), "name");
+        return new QuorumKeyEffect(version.Key, current =>
+        {
+            var change = KeyTransitions.DestroyVersionNow(current, version.Version, now);
+            destroyed(change.UpdatedVersions);
+            return change;
+        });
+    }
+
+    // The proposed set must be the one the signed parameters name: its hash is among them.
+    private static OfficerSet NewOfficerSet(QuorumRequest request, OfficerSet head)
+    {
+        var proposed = request.ProposedOfficers
+            ?? throw KmsErrors.Internal($"quorum request {request.Name} (CHANGE_OFFICERS) has no proposed officer set");
+        var set = head.Successor(proposed.Officers, proposed.Threshold).WithChange(request);
+        if (!request.Parameters.SequenceEqual(set.ChangeParameters()))
+        {
+            throw KmsErrors.Internal($"quorum request {request.Name} (CHANGE_OFFICERS): the stored proposed set is not the one its parameters name");
+        }
+
+        return set;
+    }
+
+    private static AuditEntry ExecutionEvent(QuorumRequest request, DateTimeOffset now) => new()
+    {
+        Time = now,
+        RequestId = request.Id.Value,
+        Principal = ExecutorPrincipal,
+        Operation = "quorum/" + QuorumOperations.NameOf(request.Operation),
+        Resource = request.Operation == QuorumOperation.DestroyKeyVersionNow
+            ? request.Parameter("name")
+            : "officerSets/" + request.Parameter("new-sequence"),
+        Outcome = "OK",
+    };
+
+    private async Task<KeyWithVersions> ReadKeyAsync(KeyName name, CancellationToken cancellationToken)
+    {
+        var key = await keys.GetKeyAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
+        return new KeyWithVersions(key, await keys.ListVersionsAsync(name, 0, int.MaxValue, cancellationToken));
+    }
+
+    private OfficerSet Genesis() => options.Genesis ?? throw KmsErrors.FailedPrecondition(
+        "quorum operations are refused: no officer genesis is configured (set Kms:Quorum:GenesisFile to the genesis file the key ceremony wrote)");
+}

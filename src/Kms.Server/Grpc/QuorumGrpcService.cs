@@ -1,0 +1,123 @@
+using Google.Protobuf;
+using Google.Protobuf.WellKnownTypes;
+using Grpc.Core;
+using Kms.Contracts.V1;
+using Kms.Core.Errors;
+using Kms.Core.Names;
+using Kms.Core.Quorum;
+using Kms.Core.Services;
+
+namespace Kms.Server.Grpc;
+
+/// <summary>
+/// kms.v1.QuorumService: maps proto ⇄ <see cref="Kms.Core.Services.QuorumService"/>. The
+/// interceptor has authorized the call; the service checks what depends on the operation
+/// (a destroy needs kms.keys.destroy in the key's tenant) and every signature.
+/// </summary>
+internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, TimeProvider time) : Kms.Contracts.V1.QuorumService.QuorumServiceBase
+{
+    public override async Task<CreateQuorumRequestResponse> CreateQuorumRequest(CreateQuorumRequestRequest request, ServerCallContext context)
+    {
+        var caller = CallerResolver.Current(context);
+        var tenant = request.Parent.Length == 0 ? (TenantId?)null : TenantId.ParseResourceName(request.Parent, "parent");
+        var command = new CreateQuorumRequestCommand(tenant, ToCore(request.Operation))
+        {
+            Ttl = ProtoMapping.FromProto(request.Ttl, "ttl"),
+            KeyVersion = request.DestroyKeyVersionNow is { } destroy ? KeyVersionName.Parse(destroy.Name, "destroy_key_version_now.name") : null,
+            NewOfficers = request.ChangeOfficers?.Officers.Select((o, i) => Officer.Create(o.Name, o.PublicKey.Span, $"change_officers.officers[{i}]")).ToList(),
+            NewThreshold = request.ChangeOfficers?.Threshold ?? 0,
+        };
+        var created = await quorum.CreateAsync(caller, command, context.CancellationToken);
+        return new CreateQuorumRequestResponse { Request = ToProto(created) };
+    }
+
+    public override async Task<GetQuorumRequestResponse> GetQuorumRequest(GetQuorumRequestRequest request, ServerCallContext context) =>
+        new() { Request = ToProto(await quorum.GetAsync(request.Name, context.CancellationToken)) };
+
+    public override async Task<ListQuorumRequestsResponse> ListQuorumRequests(ListQuorumRequestsRequest request, ServerCallContext context)
+    {
+        var tenant = request.Parent.Length == 0 ? (TenantId?)null : TenantId.ParseResourceName(request.Parent, "parent");
+        var page = await quorum.ListAsync(tenant, request.PageSize, request.PageToken, context.CancellationToken);
+        var response = new ListQuorumRequestsResponse { NextPageToken = page.NextPageToken ?? "" };
+        response.Requests.AddRange(page.Items.Select(ToProto));
+        return response;
+    }
+
+    public override async Task<ApproveQuorumRequestResponse> ApproveQuorumRequest(ApproveQuorumRequestRequest request, ServerCallContext context)
+    {
+        var result = await quorum.ApproveAsync(request.Name, request.OfficerFingerprint, request.Signature.ToByteArray(), context.CancellationToken);
+        return new ApproveQuorumRequestResponse
+        {
+            Request = ToProto(result.Request),
+            ValidApprovals = result.ValidApprovals,
+            Threshold = result.Threshold,
+            Executed = result.Executed,
+        };
+    }
+
+    public override async Task<GetOfficerSetResponse> GetOfficerSet(GetOfficerSetRequest request, ServerCallContext context)
+    {
+        var (set, length) = await quorum.GetOfficerSetAsync(context.CancellationToken);
+        var response = new GetOfficerSetResponse
+        {
+            Sequence = set.Sequence,
+            Hash = set.Hash,
+            PreviousHash = set.PreviousHash,
+            Threshold = set.Threshold,
+            ChainLength = length,
+        };
+        response.Officers.AddRange(set.Officers.Select(ToProto));
+        return response;
+    }
+
+    private static Kms.Core.Quorum.QuorumOperation ToCore(Kms.Contracts.V1.QuorumOperation operation) => operation switch
+    {
+        Kms.Contracts.V1.QuorumOperation.DestroyKeyVersionNow => Kms.Core.Quorum.QuorumOperation.DestroyKeyVersionNow,
+        Kms.Contracts.V1.QuorumOperation.ChangeOfficers => Kms.Core.Quorum.QuorumOperation.ChangeOfficers,
+        Kms.Contracts.V1.QuorumOperation.ExportBackup => Kms.Core.Quorum.QuorumOperation.ExportBackup,
+        Kms.Contracts.V1.QuorumOperation.RestoreDomain => Kms.Core.Quorum.QuorumOperation.RestoreDomain,
+        Kms.Contracts.V1.QuorumOperation.RotateDomainKey => Kms.Core.Quorum.QuorumOperation.RotateDomainKey,
+        _ => throw KmsErrors.InvalidArgument("operation", "is required: one of the QUORUM_OPERATION_* values"),
+    };
+
+    private static Kms.Contracts.V1.QuorumOperation ToProto(Kms.Core.Quorum.QuorumOperation operation) => operation switch
+    {
+        Kms.Core.Quorum.QuorumOperation.DestroyKeyVersionNow => Kms.Contracts.V1.QuorumOperation.DestroyKeyVersionNow,
+        Kms.Core.Quorum.QuorumOperation.ChangeOfficers => Kms.Contracts.V1.QuorumOperation.ChangeOfficers,
+        Kms.Core.Quorum.QuorumOperation.ExportBackup => Kms.Contracts.V1.QuorumOperation.ExportBackup,
+        Kms.Core.Quorum.QuorumOperation.RestoreDomain => Kms.Contracts.V1.QuorumOperation.RestoreDomain,
+        Kms.Core.Quorum.QuorumOperation.RotateDomainKey => Kms.Contracts.V1.QuorumOperation.RotateDomainKey,
+        _ => Kms.Contracts.V1.QuorumOperation.Unspecified,
+    };
+
+    private QuorumRequestInfo ToProto(QuorumRequest request)
+    {
+        var info = new QuorumRequestInfo
+        {
+            Name = request.Name,
+            Id = request.Id.Value,
+            Operation = ToProto(request.Operation),
+            Tenant = request.Tenant?.Value ?? "",
+            DomainKcv = request.DomainKcv,
+            OfficerSetSequence = request.OfficerSetSequence,
+            OfficerSetHash = request.OfficerSetHash,
+            RequestedBy = request.RequestedBy,
+            CreateTime = Timestamp.FromDateTimeOffset(request.CreateTime),
+            ExpireTime = Timestamp.FromDateTimeOffset(request.ExpireTime),
+            State = request.State == Kms.Core.Quorum.QuorumRequestState.Executed ? Kms.Contracts.V1.QuorumRequestState.Executed
+                : request.IsExpiredAt(time.GetUtcNow()) ? Kms.Contracts.V1.QuorumRequestState.Expired
+                : Kms.Contracts.V1.QuorumRequestState.Pending,
+            ExecuteTime = ProtoMapping.ToTimestamp(request.ExecuteTime),
+        };
+        info.Parameters.AddRange(request.Parameters.Select(p => new QuorumParameter { Key = p.Key, Value = p.Value }));
+        info.Approvals.AddRange(request.Approvals.Select(a => new QuorumApprovalInfo { OfficerFingerprint = a.OfficerFingerprint, ApproveTime = Timestamp.FromDateTimeOffset(a.ApproveTime) }));
+        return info;
+    }
+
+    private static OfficerInfo ToProto(Officer officer) => new()
+    {
+        Name = officer.Name,
+        PublicKey = ByteString.CopyFrom(officer.PublicKey),
+        Fingerprint = officer.Fingerprint,
+    };
+}

@@ -1,0 +1,209 @@
+using System.Text;
+using Kms.Core.Errors;
+using Kms.Core.Names;
+using Kms.Core.Quorum;
+using Kms.Testing;
+
+namespace Kms.Core.Tests;
+
+public sealed class QuorumTests : IDisposable
+{
+    private static readonly DateTimeOffset T0 = new(2026, 11, 29, 12, 0, 0, TimeSpan.Zero);
+    private readonly TestOfficers _officers = new("alice", "bob", "carol", "dave", "erin");
+
+    public void Dispose() => _officers.Dispose();
+
+    private static QuorumRequest Golden() => new()
+    {
+        Id = QuorumRequestId.Parse("0123456789abcdef0123456789abcdef", "id"),
+        Operation = QuorumOperation.DestroyKeyVersionNow,
+        Parameters = [KeyValuePair.Create("name", "tenants/dev/keys/orders/versions/2")],
+        Tenant = TenantId.Parse("dev"),
+        DomainKcv = "5a0c7e",
+        OfficerSetSequence = 0,
+        OfficerSetHash = new string('a', 64),
+        RequestedBy = "token:developer",
+        CreateTime = T0,
+        ExpireTime = T0.AddHours(24),
+    };
+
+    [Fact]
+    public void Render_GoldenText_PinnedByteForByte()
+    {
+        const string Expected = "kms quorum approval v1\n"
+            + "id: 0123456789abcdef0123456789abcdef\n"
+            + "operation: DESTROY_KEY_VERSION_NOW\n"
+            + "tenant: dev\n"
+            + "domain-kcv: 5a0c7e\n"
+            + "officer-set: 0 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n"
+            + "requested-by: token:developer\n"
+            + "created: 2026-11-29T12:00:00.000Z\n"
+            + "expires: 2026-11-30T12:00:00.000Z\n"
+            + "param name: tenants/dev/keys/orders/versions/2\n";
+        Assert.Equal(Expected, QuorumRendering.Render(Golden()));
+        Assert.Equal(Encoding.ASCII.GetBytes(Expected), QuorumRendering.Bytes(Golden()));
+    }
+
+    [Fact]
+    public void Render_SameRequestTwice_SameText_AnyFieldChanged_OtherText()
+    {
+        var golden = QuorumRendering.Render(Golden());
+        Assert.Equal(golden, QuorumRendering.Render(Golden() with { Approvals = [new QuorumApproval(new string('b', 64), [1], T0)] }));
+        QuorumRequest[] changed =
+        [
+            Golden() with { Id = QuorumRequestId.NewId() },
+            Golden() with { Operation = QuorumOperation.ChangeOfficers },
+            Golden() with { Tenant = TenantId.Parse("acme") },
+            Golden() with { Tenant = null },
+            Golden() with { DomainKcv = "5a0c7f" },
+            Golden() with { OfficerSetSequence = 1 },
+            Golden() with { RequestedBy = "token:mallory" },
+            Golden() with { CreateTime = T0.AddMilliseconds(1) },
+            Golden() with { ExpireTime = T0.AddDays(7) },
+            Golden() with { Parameters = [KeyValuePair.Create("name", "tenants/dev/keys/orders/versions/3")] },
+        ];
+        Assert.All(changed, c => Assert.NotEqual(golden, QuorumRendering.Render(c)));
+        Assert.Equal(changed.Length, changed.Select(QuorumRendering.Render).Distinct().Count());
+    }
+
+    [Theory]
+    [InlineData("v\nparam name: tenants/acme/keys/x/versions/1", "v\\u{000A}param name: tenants/acme/keys/x/versions/1")]
+    [InlineData("a\rb", "a\\u{000D}b")]
+    [InlineData("back\\slash", "back\\\\slash")]
+    [InlineData("rtl\u202Eevil", "rtl\\u{202E}evil")]
+    [InlineData("cyrillic \u0430", "cyrillic \\u{0430}")]
+    [InlineData("emoji \U0001F600", "emoji \\u{1F600}")]
+    [InlineData("\\u{000A}", "\\\\u{000A}")]
+    public void Render_ValuesThatCouldForgeLinesOrHideText_AreEscapedToPrintableAscii(string value, string rendered)
+    {
+        var text = QuorumRendering.Render(Golden() with { RequestedBy = value });
+        Assert.Contains($"\nrequested-by: {rendered}\n", text, StringComparison.Ordinal);
+        Assert.Equal(10, text.Count(c => c == '\n'));
+        Assert.All(text, c => Assert.True(c == '\n' || c is >= ' ' and <= '~'));
+    }
+
+    [Fact]
+    public void Render_EscapingIsInjective_DistinctValuesNeverRenderAlike()
+    {
+        string[] values = ["a\nb", "a\\u{000A}b", "a\\\\u{000A}b", "a\\nb", "a\u000Ab "];
+        Assert.Equal(values.Length, values.Select(v => QuorumRendering.Render(Golden() with { RequestedBy = v })).Distinct().Count());
+    }
+
+    [Theory]
+    [InlineData("Name")]
+    [InlineData("na me")]
+    [InlineData("name: x\nparam other")]
+    [InlineData("")]
+    public void Render_ParameterKeyOutsideTheAlphabet_Refused(string key)
+    {
+        Assert.Throws<ArgumentException>(() => QuorumRendering.Render(Golden() with { Parameters = [KeyValuePair.Create(key, "v")] }));
+    }
+
+    [Fact]
+    public void Render_ParametersUnsortedOrRepeated_Refused_LoneSurrogate_Refused()
+    {
+        Assert.Throws<ArgumentException>(() => QuorumRendering.Render(Golden() with { Parameters = [KeyValuePair.Create("b", "1"), KeyValuePair.Create("a", "2")] }));
+        Assert.Throws<ArgumentException>(() => QuorumRendering.Render(Golden() with { Parameters = [KeyValuePair.Create("a", "1"), KeyValuePair.Create("a", "2")] }));
+        Assert.Throws<ArgumentException>(() => QuorumRendering.Render(Golden() with { RequestedBy = "x\uD800" }));
+    }
+
+    [Fact]
+    public void OfficerSet_ThresholdEdges_OneOfOneAllowed_MOverNRefused_ZeroRefused_DuplicateKeyRefused()
+    {
+        Assert.Equal(1, OfficerSet.CreateGenesis(_officers.Select("alice"), 1).Threshold);
+        Assert.Equal(KmsErrorCode.InvalidArgument, Assert.Throws<KmsException>(() => OfficerSet.CreateGenesis(_officers.Select("alice", "bob"), 3)).Code);
+        Assert.Equal(KmsErrorCode.InvalidArgument, Assert.Throws<KmsException>(() => OfficerSet.CreateGenesis(_officers.Select("alice"), 0)).Code);
+        Assert.Equal(KmsErrorCode.InvalidArgument, Assert.Throws<KmsException>(() => OfficerSet.CreateGenesis([], 1)).Code);
+        var twin = Officer.Create("alice-again", _officers["alice"].PublicKey);
+        var duplicate = Assert.Throws<KmsException>(() => OfficerSet.CreateGenesis([_officers["alice"], twin], 1));
+        Assert.Contains("twice", duplicate.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void OfficerSet_HashIndependentOfOrder_ChangesWithThresholdOrOfficers()
+    {
+        var a = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        Assert.Equal(a.Hash, OfficerSet.CreateGenesis(_officers.Select("carol", "alice", "bob"), 2).Hash);
+        Assert.NotEqual(a.Hash, OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 3).Hash);
+        Assert.NotEqual(a.Hash, OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "dave"), 2).Hash);
+        Assert.StartsWith("kms officer set v1\nsequence: 0\nprevious: " + new string('0', 64) + "\nthreshold: 2\nofficer: ", a.Render(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Officer_NotP256_Refused()
+    {
+        using var p384 = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP384);
+        Assert.Equal(KmsErrorCode.InvalidArgument, Assert.Throws<KmsException>(() => Officer.Create("x", p384.ExportSubjectPublicKeyInfo())).Code);
+        using var rsa = System.Security.Cryptography.RSA.Create(2048);
+        Assert.Equal(KmsErrorCode.InvalidArgument, Assert.Throws<KmsException>(() => Officer.Create("x", rsa.ExportSubjectPublicKeyInfo())).Code);
+        Assert.Equal(KmsErrorCode.InvalidArgument, Assert.Throws<KmsException>(() => Officer.Create("bad\nname", _officers["alice"].PublicKey)).Code);
+    }
+
+    [Fact]
+    public void Chain_GenesisThenChangeApprovedByOldQuorum_Verifies()
+    {
+        var genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        var second = _officers.Change(genesis, _officers.Select("carol", "dave", "erin"), 2, T0, "alice", "bob");
+        var third = _officers.Change(second, _officers.Select("dave", "erin"), 1, T0, "dave", "erin");
+
+        Assert.Same(third, OfficerChain.Verify([genesis, second, third], genesis));
+        Assert.Same(genesis, OfficerChain.Verify([genesis], genesis));
+    }
+
+    [Fact]
+    public void Chain_ChangeSignedByTheNewOfficersOnly_Refused()
+    {
+        var genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        var takeover = _officers.Change(genesis, _officers.Select("dave", "erin"), 1, T0, "dave", "erin");
+        var refused = Assert.Throws<KmsException>(() => OfficerChain.Verify([genesis, takeover], genesis));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+        Assert.Contains("approved by 0 officers of set 0, which needs 2", refused.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Chain_OneOfficerSigningTwice_CountsOnce()
+    {
+        var genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        var change = _officers.Change(genesis, _officers.Select("dave"), 1, T0, "alice", "alice");
+        Assert.Single(OfficerChain.ValidApprovers(change.Change!, genesis));
+        Assert.Throws<KmsException>(() => OfficerChain.Verify([genesis, change], genesis));
+    }
+
+    [Fact]
+    public void Chain_SetWrittenIntoTheDatabase_NotChainedOrNotTheApprovedOne_Refused()
+    {
+        var genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        var legit = _officers.Change(genesis, _officers.Select("carol", "dave"), 2, T0, "alice", "bob");
+
+        // A database writer's own set: no change request at all.
+        var planted = genesis.Successor(_officers.Select("erin"), 1);
+        Assert.Throws<KmsException>(() => OfficerChain.Verify([genesis, planted], genesis));
+
+        // The approved request, but another set under it (its parameters name the approved set).
+        var swapped = genesis.Successor(_officers.Select("erin"), 1).WithChange(legit.Change!);
+        Assert.Contains("is not the set its CHANGE_OFFICERS request names", Assert.Throws<KmsException>(() => OfficerChain.Verify([genesis, swapped], genesis)).Message, StringComparison.Ordinal);
+
+        // A whole other chain from a genesis of the writer's choosing.
+        var foreign = OfficerSet.CreateGenesis(_officers.Select("erin"), 1);
+        Assert.Contains("is not the configured genesis", Assert.Throws<KmsException>(() => OfficerChain.Verify([foreign], genesis)).Message, StringComparison.Ordinal);
+
+        // An approval replayed onto a set that does not follow the one it was made for.
+        var third = _officers.Change(legit, _officers.Select("dave"), 1, T0, "carol", "dave");
+        Assert.Throws<KmsException>(() => OfficerChain.Verify([genesis, third], genesis));
+        Assert.Throws<KmsException>(() => OfficerChain.Verify([], genesis));
+    }
+
+    [Fact]
+    public void GenesisFile_RoundTrips_AndATamperedFileIsRefused()
+    {
+        var genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        var json = GenesisFile.Serialize(genesis);
+        Assert.Equal(genesis.Hash, GenesisFile.Parse(json).Hash);
+
+        var raised = json.Replace("\"threshold\": 2", "\"threshold\": 1", StringComparison.Ordinal);
+        Assert.Equal(KmsErrorCode.FailedPrecondition, Assert.Throws<KmsException>(() => GenesisFile.Parse(raised)).Code);
+        Assert.Throws<KmsException>(() => GenesisFile.Parse(json.Replace(GenesisFile.Format, "kms-officer-genesis-v2", StringComparison.Ordinal)));
+        Assert.Throws<KmsException>(() => GenesisFile.Parse("{}"));
+        Assert.Throws<ArgumentException>(() => GenesisFile.Serialize(_officers.Change(genesis, _officers.Select("dave"), 1, T0, "alice", "bob")));
+    }
+}

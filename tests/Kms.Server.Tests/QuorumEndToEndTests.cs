@@ -1,0 +1,260 @@
+using System.Security.Cryptography;
+using Google.Protobuf;
+using Grpc.Core;
+using Kms.Client.Quorum;
+using Kms.Contracts.V1;
+using Kms.Core.Quorum;
+using Kms.Testing;
+using Microsoft.Data.Sqlite;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Kms.Server.Tests;
+
+/// <summary>
+/// Quorum approvals through real gRPC: a genesis of alice, bob and carol (2 of 3) pinned by a
+/// genesis file, officers approving with the client's QuorumApprover, a fake clock for expiry.
+/// </summary>
+public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
+{
+    private readonly FakeTimeProvider _time = new(new DateTimeOffset(2026, 11, 29, 12, 0, 0, TimeSpan.Zero));
+    private readonly TestOfficers _officers = new("alice", "bob", "carol", "dave", "erin");
+    private readonly string _genesisPath = Path.Combine(Path.GetTempPath(), "kms-genesis-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".json");
+    private KmsTestServer _server = null!;
+    private Kms.Client.KmsClient _keyManager = null!;
+    private Kms.Client.KmsClient _officer = null!;
+
+    public async Task InitializeAsync()
+    {
+        GenesisFile.Write(_genesisPath, OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2));
+        _server = await KmsTestServer.StartAsync(null, null, "dev", UseFakeClock, $"--Kms:Quorum:GenesisFile={_genesisPath}");
+        _keyManager = _server.CreateClient();
+        _officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+    }
+
+    public async Task DisposeAsync()
+    {
+        _keyManager.Dispose();
+        _officer.Dispose();
+        await _server.DisposeAsync();
+        File.Delete(_genesisPath);
+    }
+
+    public void Dispose() => _officers.Dispose();
+
+    [Fact]
+    public async Task DestroyNow_TwoOfThreeApprove_VersionDestroyedAtOnce_OldCiphertextNoLongerDecrypts_AllAudited()
+    {
+        var (key, blob) = await RotatedKeyWithOldBlobAsync("shred");
+        var request = await _keyManager.RequestDestroyKeyVersionNowAsync($"{key}/versions/1");
+        Assert.Equal(Kms.Contracts.V1.QuorumRequestState.Pending, request.State);
+        Assert.StartsWith("tenants/dev/quorumRequests/", request.Name, StringComparison.Ordinal);
+
+        var first = await ApproveAsync("alice", request.Name);
+        Assert.False(first.Executed);
+        Assert.Equal((1, 2), (first.ValidApprovals, first.Threshold));
+        using (var stillDecrypts = await _keyManager.DecryptAsync(blob))
+        {
+            Assert.Equal($"{key}/versions/1", stillDecrypts.KeyVersion);
+        }
+
+        var second = await ApproveAsync("carol", request.Name);
+        Assert.True(second.Executed);
+        Assert.Equal(Kms.Contracts.V1.QuorumRequestState.Executed, second.Request.State);
+        Assert.Equal(KeyState.Destroyed, (await _keyManager.Raw.GetKeyVersionAsync(new GetKeyVersionRequest { Name = $"{key}/versions/1" })).KeyVersion.State);
+        var refused = await Assert.ThrowsAsync<RpcException>(() => _keyManager.DecryptAsync(blob));
+        Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
+        Assert.Contains("DESTROYED", refused.Status.Detail, StringComparison.Ordinal);
+
+        // Audited: the request, each approval by officer fingerprint, and the execution under the request's id.
+        using var auditor = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("quorum-auditor", null, "security-officer"));
+        var events = await auditor.ListAuditEventsAsync(new ListAuditEventsRequest { Resource = request.Name }).ToListAsync();
+        Assert.Contains(events, e => e.Operation == "/kms.v1.QuorumService/CreateQuorumRequest" && e.Outcome == "OK");
+        foreach (var officer in new[] { "alice", "carol" })
+        {
+            Assert.Contains(events, e => e.Operation == "/kms.v1.QuorumService/ApproveQuorumRequest" && e.Resource == $"{request.Name}/approvals/{_officers[officer].Fingerprint}" && e.Outcome == "OK");
+        }
+
+        var execution = Assert.Single(await auditor.ListAuditEventsAsync(new ListAuditEventsRequest { Operation = "quorum/DESTROY_KEY_VERSION_NOW" }).ToListAsync());
+        Assert.Equal((request.Id, "system:quorum", $"{key}/versions/1"), (execution.RequestId, execution.Principal, execution.Resource));
+        Assert.All(events, e => Assert.DoesNotContain(Convert.ToBase64String(_officers.Sign("alice", [1])), e.Resource ?? "", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task OneApproval_NotExecuted_SameOfficerTwice_CountedOnce_ThenReusedAfterExecution_Refused()
+    {
+        var (key, _) = await RotatedKeyWithOldBlobAsync("once");
+        var request = await _keyManager.RequestDestroyKeyVersionNowAsync($"{key}/versions/1");
+        await ApproveAsync("bob", request.Name);
+
+        // A second signature by the same key (ECDSA signatures differ each time) counts once.
+        var again = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["bob"].Fingerprint, _officers.Sign("bob", Rendering(request))));
+        Assert.Equal(StatusCode.AlreadyExists, again.StatusCode);
+        var pending = await _officer.GetQuorumRequestAsync(request.Name);
+        Assert.Equal(Kms.Contracts.V1.QuorumRequestState.Pending, pending.State);
+        Assert.Single(pending.Approvals);
+        Assert.Equal(KeyState.Enabled, (await _keyManager.Raw.GetKeyVersionAsync(new GetKeyVersionRequest { Name = $"{key}/versions/1" })).KeyVersion.State);
+
+        Assert.True((await ApproveAsync("alice", request.Name)).Executed);
+        var reused = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["carol"].Fingerprint, _officers.Sign("carol", Rendering(request))));
+        Assert.Equal(StatusCode.FailedPrecondition, reused.StatusCode);
+        Assert.Contains("executes once", reused.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ForgedOrMismatchedSignatures_And_UnknownOfficers_PermissionDenied_NothingRecorded()
+    {
+        var (key, _) = await RotatedKeyWithOldBlobAsync("forged");
+        var request = await _keyManager.RequestDestroyKeyVersionNowAsync($"{key}/versions/1");
+        var core = QuorumApprover.ToQuorumRequest(request);
+
+        var forged = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["alice"].Fingerprint, _officers.Sign("dave", Rendering(request))));
+        Assert.Equal(StatusCode.PermissionDenied, forged.StatusCode);
+        Assert.Contains("does not verify over the canonical rendering", forged.Status.Detail, StringComparison.Ordinal);
+
+        // Signed over a rendering with one field changed: another version, a later expiry.
+        foreach (var changed in new[]
+        {
+            core with { Parameters = [KeyValuePair.Create("name", $"{key}/versions/2")] },
+            core with { ExpireTime = core.ExpireTime.AddDays(1) },
+        })
+        {
+            var mismatch = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", changed)));
+            Assert.Equal(StatusCode.PermissionDenied, mismatch.StatusCode);
+        }
+
+        var unknown = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["dave"].Fingerprint, _officers.Sign("dave", Rendering(request))));
+        Assert.Equal(StatusCode.PermissionDenied, unknown.StatusCode);
+        Assert.Contains("not in the current officer set", unknown.Status.Detail, StringComparison.Ordinal);
+
+        var garbage = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, "not-a-fingerprint", [1, 2, 3]));
+        Assert.Equal(StatusCode.InvalidArgument, garbage.StatusCode);
+        Assert.Empty((await _officer.GetQuorumRequestAsync(request.Name)).Approvals);
+    }
+
+    [Fact]
+    public async Task ExpiredRequest_FailedPreconditionNamingTheExpiry()
+    {
+        var (key, _) = await RotatedKeyWithOldBlobAsync("late");
+        var request = await _keyManager.RequestDestroyKeyVersionNowAsync($"{key}/versions/1", TimeSpan.FromHours(1));
+        await ApproveAsync("alice", request.Name);
+        _time.Advance(TimeSpan.FromHours(1));
+
+        var expired = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["bob"].Fingerprint, _officers.Sign("bob", Rendering(request))));
+        Assert.Equal(StatusCode.FailedPrecondition, expired.StatusCode);
+        Assert.Contains($"quorum request {request.Name} expired at 2026-11-29T13:00:00.000Z", expired.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(Kms.Contracts.V1.QuorumRequestState.Expired, (await _officer.GetQuorumRequestAsync(request.Name)).State);
+        Assert.Equal(KeyState.Enabled, (await _keyManager.Raw.GetKeyVersionAsync(new GetKeyVersionRequest { Name = $"{key}/versions/1" })).KeyVersion.State);
+    }
+
+    [Fact]
+    public async Task OfficerChange_ApprovedByTheOldQuorum_ThenOnlyTheNewOfficersCount_AndTheChainSurvivesARestart()
+    {
+        var (key, _) = await RotatedKeyWithOldBlobAsync("handover");
+        var before = await _keyManager.RequestDestroyKeyVersionNowAsync($"{key}/versions/1");
+        var change = await _officer.RequestOfficerChangeAsync(_officers.Select("carol", "dave", "erin").Select(o => (o.Name, o.PublicKey)), 2);
+        Assert.Equal("", change.Tenant);
+        Assert.Contains(change.Parameters, p => p.Key == "new-officer:" + _officers["dave"].Fingerprint && p.Value == "dave");
+
+        // The new officers cannot approve their own installation.
+        var selfApproval = await Assert.ThrowsAsync<RpcException>(() => ApproveAsync("dave", change.Name));
+        Assert.Equal(StatusCode.PermissionDenied, selfApproval.StatusCode);
+        await ApproveAsync("alice", change.Name);
+        Assert.True((await ApproveAsync("bob", change.Name)).Executed);
+        var set = await _officer.GetOfficerSetAsync();
+        Assert.Equal((1L, 2, 3), (set.Sequence, set.ChainLength, set.Officers.Count));
+
+        // A request made for the old set cannot be finished under the new one.
+        var stale = await Assert.ThrowsAsync<RpcException>(() => ApproveAsync("carol", before.Name));
+        Assert.Equal(StatusCode.FailedPrecondition, stale.StatusCode);
+
+        var request = await _keyManager.RequestDestroyKeyVersionNowAsync($"{key}/versions/1");
+        foreach (var old in new[] { "alice", "bob" })
+        {
+            Assert.Equal(StatusCode.PermissionDenied, (await Assert.ThrowsAsync<RpcException>(() => ApproveAsync(old, request.Name))).StatusCode);
+        }
+
+        await ApproveAsync("dave", request.Name);
+        Assert.True((await ApproveAsync("erin", request.Name)).Executed);
+
+        _server = await _server.RestartAsync();
+        using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-2", null, "security-officer"));
+        Assert.Equal(1L, (await officer.GetOfficerSetAsync()).Sequence);
+    }
+
+    [Fact]
+    public async Task OfficerSetWrittenIntoTheDatabase_RefusesQuorumOperations()
+    {
+        await _server.DisposeAsync();
+        var intruder = OfficerSet.CreateGenesis(_officers.Select("erin"), 1);
+        await using (var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Pooling=False"))
+        {
+            await connection.OpenAsync();
+            await using var command = connection.CreateCommand();
+            command.CommandText = "INSERT INTO officer_sets (sequence, previous_hash, threshold, officers, hash, change_request) VALUES (1, $previous, 1, $officers, 'x', NULL)";
+            command.Parameters.AddWithValue("$previous", OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2).Hash);
+            command.Parameters.AddWithValue("$officers", $"[{{\"Name\":\"erin\",\"PublicKey\":\"{Convert.ToBase64String(intruder.Officers[0].PublicKey)}\"}}]");
+            await command.ExecuteNonQueryAsync();
+        }
+
+        _server = await _server.RestartAsync();
+        using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-3", null, "security-officer"));
+        var refused = await Assert.ThrowsAsync<RpcException>(() => officer.GetOfficerSetAsync());
+        Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
+        Assert.Contains("does not verify back to the configured genesis", refused.Status.Detail, StringComparison.Ordinal);
+        using var keyManager = _server.CreateClient();
+        var key = await keyManager.CreateKeyAsync("tenants/dev", "after-intrusion");
+        Assert.Equal(StatusCode.FailedPrecondition, (await Assert.ThrowsAsync<RpcException>(() => keyManager.RequestDestroyKeyVersionNowAsync($"{key.Name}/versions/1"))).StatusCode);
+    }
+
+    [Fact]
+    public async Task NotYetSupportedOperation_PrimaryVersion_BadInput_RefusedAtCreation()
+    {
+        var notYet = await Assert.ThrowsAsync<RpcException>(() => _officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup }));
+        Assert.Equal(StatusCode.FailedPrecondition, notYet.StatusCode);
+        Assert.Contains("not yet supported", notYet.Status.Detail, StringComparison.Ordinal);
+
+        var key = await _keyManager.CreateKeyAsync("tenants/dev", "primary-only");
+        var primary = await Assert.ThrowsAsync<RpcException>(() => _keyManager.RequestDestroyKeyVersionNowAsync($"{key.Name}/versions/1"));
+        Assert.Equal(StatusCode.FailedPrecondition, primary.StatusCode);
+
+        var unspecified = await Assert.ThrowsAsync<RpcException>(() => _keyManager.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Parent = "tenants/dev" }));
+        Assert.Equal(StatusCode.InvalidArgument, unspecified.StatusCode);
+        var badKey = await Assert.ThrowsAsync<RpcException>(() => _officer.RequestOfficerChangeAsync([("mallory", new byte[] { 1, 2, 3 })], 1));
+        Assert.Equal(StatusCode.InvalidArgument, badKey.StatusCode);
+        Assert.Contains("change_officers.officers[0].public_key", badKey.Status.Detail, StringComparison.Ordinal);
+        var tooMany = await Assert.ThrowsAsync<RpcException>(() => _officer.RequestOfficerChangeAsync(_officers.Select("dave").Select(o => (o.Name, o.PublicKey)), 2));
+        Assert.Equal(StatusCode.InvalidArgument, tooMany.StatusCode);
+    }
+
+    [Fact]
+    public async Task NoGenesisConfigured_QuorumOperationsRefused_WithAClearMessage()
+    {
+        await using var plain = await KmsTestServer.StartAsync();
+        using var officer = plain.CreateClient(await plain.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+        var refused = await Assert.ThrowsAsync<RpcException>(() => officer.GetOfficerSetAsync());
+        Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
+        Assert.Contains("Kms:Quorum:GenesisFile", refused.Status.Detail, StringComparison.Ordinal);
+    }
+
+    private void UseFakeClock(IServiceCollection services) => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(_time));
+
+    private async Task<(string Key, byte[] Blob)> RotatedKeyWithOldBlobAsync(string id)
+    {
+        var key = await _keyManager.CreateKeyAsync("tenants/dev", id);
+        var blob = (await _keyManager.EncryptAsync(key.Name, "before"u8.ToArray())).Ciphertext;
+        await _keyManager.RotateKeyAsync(key.Name);
+        return (key.Name, blob);
+    }
+
+    // The officer's side as the CLI runs it: fetch, render here, sign that text, submit.
+    private async Task<ApproveQuorumRequestResponse> ApproveAsync(string officer, string name)
+    {
+        using var approver = QuorumApprover.FromKey(ECDsa.Create(_officers.KeyOf(officer).ExportParameters(true)), _time);
+        var pending = await approver.PrepareAsync(_officer, name);
+        return await approver.ApproveAsync(_officer, pending);
+    }
+
+    private static byte[] Rendering(QuorumRequestInfo request) => System.Text.Encoding.UTF8.GetBytes(QuorumApprover.Render(request));
+}

@@ -1,0 +1,157 @@
+using Kms.Core.Audit;
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Ports;
+using Kms.Core.Quorum;
+using Kms.Core.Services;
+using Kms.Testing;
+
+namespace Kms.Storage.Tests;
+
+/// <summary>What every <see cref="IQuorumStore"/> backend must do: keep the chain and requests as given, approvals once per key, executions atomic.</summary>
+public abstract class QuorumStoreContract : AuditStoreContract
+{
+    private static readonly DateTimeOffset T0 = new(2026, 11, 29, 12, 0, 0, TimeSpan.Zero);
+
+    [Fact]
+    public async Task Genesis_StoredOnce_ChainReadBackWithTheSameHashes()
+    {
+        using var officers = new TestOfficers("alice", "bob", "carol");
+        var store = await QuorumAsync();
+        var genesis = OfficerSet.CreateGenesis(officers.Select("alice", "bob", "carol"), 2);
+        Assert.Empty(await store.ListOfficerSetsAsync(default));
+
+        Assert.True(await store.AddGenesisOfficerSetAsync(genesis, default));
+        Assert.False(await store.AddGenesisOfficerSetAsync(OfficerSet.CreateGenesis(officers.Select("alice"), 1), default));
+
+        var chain = await store.ListOfficerSetsAsync(default);
+        Assert.Equal([genesis.Hash], chain.Select(s => s.Hash));
+        Assert.Same(chain[0], OfficerChain.Verify(chain, genesis));
+    }
+
+    [Fact]
+    public async Task Requests_CreatedReadListedPerTenant_DuplicateIdRefused()
+    {
+        using var officers = new TestOfficers("alice");
+        var store = await QuorumAsync();
+        var genesis = OfficerSet.CreateGenesis(officers.Select("alice"), 1);
+        var dev = TestOfficers.Request(genesis, QuorumOperation.DestroyKeyVersionNow, [KeyValuePair.Create("name", "tenants/dev/keys/k/versions/1")], T0, Dev);
+        var deployment = TestOfficers.Request(genesis, QuorumOperation.ChangeOfficers, genesis.Successor(officers.Select("alice"), 1).ChangeParameters(), T0)
+            with
+        { ProposedOfficers = genesis.Successor(officers.Select("alice"), 1) };
+        await store.CreateQuorumRequestAsync(dev, default);
+        await store.CreateQuorumRequestAsync(deployment, default);
+
+        var read = await store.GetQuorumRequestAsync(dev.Id, default);
+        Assert.NotNull(read);
+        Assert.Equal(QuorumRendering.Render(dev), QuorumRendering.Render(read));
+        Assert.Equal(QuorumRequestState.Pending, read.State);
+        Assert.Equal(deployment.ProposedOfficers!.Hash, (await store.GetQuorumRequestAsync(deployment.Id, default))!.ProposedOfficers!.Hash);
+        Assert.Equal([dev.Id], (await store.ListQuorumRequestsAsync(Dev, null, 10, default)).Select(r => r.Id));
+        Assert.Equal(2, (await store.ListQuorumRequestsAsync(null, null, 10, default)).Count);
+        Assert.Null(await store.GetQuorumRequestAsync(QuorumRequestId.NewId(), default));
+
+        var duplicate = await Assert.ThrowsAsync<KmsException>(() => store.CreateQuorumRequestAsync(dev, default));
+        Assert.Equal(KmsErrorCode.AlreadyExists, duplicate.Code);
+    }
+
+    [Fact]
+    public async Task Approvals_OncePerOfficerKey_KeptInArrivalOrder()
+    {
+        using var officers = new TestOfficers("alice", "bob");
+        var store = await QuorumAsync();
+        var genesis = OfficerSet.CreateGenesis(officers.Select("alice", "bob"), 2);
+        await store.AddGenesisOfficerSetAsync(genesis, default);
+        var request = TestOfficers.Request(genesis, QuorumOperation.DestroyKeyVersionNow, [KeyValuePair.Create("name", "tenants/dev/keys/k/versions/1")], T0, Dev);
+        await store.CreateQuorumRequestAsync(request, default);
+
+        foreach (var name in new[] { "bob", "alice" })
+        {
+            var approval = officers.Approve(name, request, T0);
+            await store.UpdateQuorumRequestAsync(request.Id, (current, head) =>
+            {
+                Assert.Equal(genesis.Hash, head!.Hash);
+                return new QuorumChange(current) { AddedApproval = approval };
+            }, default);
+        }
+
+        var again = officers.Approve("bob", request, T0);
+        var duplicate = await Assert.ThrowsAsync<KmsException>(() => store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current) { AddedApproval = again }, default));
+        Assert.Equal(KmsErrorCode.AlreadyExists, duplicate.Code);
+
+        var read = (await store.GetQuorumRequestAsync(request.Id, default))!;
+        Assert.Equal([officers["bob"].Fingerprint, officers["alice"].Fingerprint], read.Approvals.Select(a => a.OfficerFingerprint));
+        Assert.Equal(2, OfficerChain.ValidApprovers(read, genesis).Count);
+        Assert.Null(await store.UpdateQuorumRequestAsync(QuorumRequestId.NewId(), (current, _) => new QuorumChange(current), default));
+    }
+
+    [Fact]
+    public async Task Execution_KeyChangeStateAndApprovalCommitTogether_OrNotAtAll()
+    {
+        using var officers = new TestOfficers("alice");
+        var store = await QuorumAsync();
+        var keys = (IKeyStore)store;
+        var key = NewKey(Dev, "shred");
+        await keys.CreateKeyAsync(key, Material(), null, default);
+        await keys.UpdateKeyAsync(key.Name, current => KeyTransitions.Rotate(current, KeyVersionId.NewId(), Material(), T0, scheduled: false), default);
+        var genesis = OfficerSet.CreateGenesis(officers.Select("alice"), 1);
+        await store.AddGenesisOfficerSetAsync(genesis, default);
+        var request = TestOfficers.Request(genesis, QuorumOperation.DestroyKeyVersionNow, [KeyValuePair.Create("name", key.Name.Version(1).ToString())], T0, Dev);
+        await store.CreateQuorumRequestAsync(request, default);
+        var approval = officers.Approve("alice", request, T0);
+
+        // An effect that fails (the primary cannot be destroyed) takes the approval and the state change with it.
+        await Assert.ThrowsAsync<KmsException>(() => store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current with { State = QuorumRequestState.Executed, ExecuteTime = T0 })
+        {
+            AddedApproval = approval,
+            KeyEffect = new QuorumKeyEffect(key.Name, k => KeyTransitions.DestroyVersionNow(k, 2, T0)),
+        }, default));
+        var unchanged = (await store.GetQuorumRequestAsync(request.Id, default))!;
+        Assert.Equal(QuorumRequestState.Pending, unchanged.State);
+        Assert.Empty(unchanged.Approvals);
+
+        var executed = await store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current with { State = QuorumRequestState.Executed, ExecuteTime = T0 })
+        {
+            AddedApproval = approval,
+            KeyEffect = new QuorumKeyEffect(key.Name, k => KeyTransitions.DestroyVersionNow(k, 1, T0)),
+            ExecutionEvent = new AuditEntry { Time = T0, RequestId = request.Id.Value, Principal = "system:quorum", Operation = "quorum/DESTROY_KEY_VERSION_NOW", Resource = key.Name.Version(1).ToString(), Outcome = "OK" },
+        }, default);
+
+        Assert.Equal(QuorumRequestState.Executed, executed!.State);
+        Assert.Equal(T0, executed.ExecuteTime);
+        Assert.Single(executed.Approvals);
+        Assert.Equal(KeyState.Destroyed, (await keys.GetVersionAsync(key.Name.Version(1), default))!.State);
+        var version1 = (await keys.GetVersionAsync(key.Name.Version(1), default))!;
+        Assert.Null((await keys.FindVersionMaterialAsync(Dev, version1.Id, default))!.Material);
+        var events = await ((IAuditStore)store).ListAuditEventsAsync(new AuditQuery { Operation = "quorum/DESTROY_KEY_VERSION_NOW" }, default);
+        Assert.Equal(request.Id.Value, Assert.Single(events).Entry.RequestId);
+    }
+
+    [Fact]
+    public async Task AppendedOfficerSet_TakesTheNextSequenceOnce()
+    {
+        using var officers = new TestOfficers("alice", "bob");
+        var store = await QuorumAsync();
+        var genesis = OfficerSet.CreateGenesis(officers.Select("alice"), 1);
+        await store.AddGenesisOfficerSetAsync(genesis, default);
+        var next = officers.Change(genesis, officers.Select("alice", "bob"), 2, T0, "alice");
+        await store.CreateQuorumRequestAsync(next.Change! with { State = QuorumRequestState.Pending, ExecuteTime = null, Approvals = [] }, default);
+
+        var executed = await store.UpdateQuorumRequestAsync(next.Change!.Id, (current, _) => new QuorumChange(next.Change!)
+        {
+            AddedApproval = next.Change!.Approvals[0],
+            AppendedOfficerSet = next,
+        }, default);
+        Assert.Equal(QuorumRequestState.Executed, executed!.State);
+
+        var chain = await store.ListOfficerSetsAsync(default);
+        Assert.Equal([genesis.Hash, next.Hash], chain.Select(s => s.Hash));
+        Assert.Same(chain[1], OfficerChain.Verify(chain, genesis));
+
+        var again = await Assert.ThrowsAsync<KmsException>(() => store.UpdateQuorumRequestAsync(next.Change!.Id, (current, _) => new QuorumChange(current) { AppendedOfficerSet = next }, default));
+        Assert.Equal(KmsErrorCode.AlreadyExists, again.Code);
+        Assert.Equal(2, (await store.ListOfficerSetsAsync(default)).Count);
+    }
+
+    private async Task<IQuorumStore> QuorumAsync() => (IQuorumStore)await CreateStoreAsync();
+}

@@ -1,0 +1,89 @@
+using System.Security.Cryptography;
+using Kms.Core.Names;
+using Kms.Core.Quorum;
+
+namespace Kms.Testing;
+
+/// <summary>Officers with their private keys, as the tests need them: one P-256 key each, signing canonical renderings.</summary>
+public sealed class TestOfficers : IDisposable
+{
+    private readonly Dictionary<string, ECDsa> _keys = [];
+
+    /// <summary>Officers named <paramref name="names"/>, each with a fresh key.</summary>
+    public TestOfficers(params string[] names)
+    {
+        foreach (var name in names)
+        {
+            Add(name);
+        }
+    }
+
+    /// <summary>The officers by name.</summary>
+    public Dictionary<string, Officer> Officers { get; } = [];
+
+    /// <summary>The officer named <paramref name="name"/>.</summary>
+    public Officer this[string name] => Officers[name];
+
+    /// <summary>Adds an officer with a fresh key.</summary>
+    public Officer Add(string name)
+    {
+        var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        _keys[name] = key;
+        var officer = Officer.Create(name, key.ExportSubjectPublicKeyInfo());
+        Officers[name] = officer;
+        return officer;
+    }
+
+    /// <summary>The private key of an officer.</summary>
+    public ECDsa KeyOf(string name) => _keys[name];
+
+    /// <summary>The officers named, for a set.</summary>
+    public IReadOnlyList<Officer> Select(params string[] names) => names.Select(n => Officers[n]).ToList();
+
+    /// <summary>An officer's signature (DER) over the request's canonical rendering.</summary>
+    public byte[] Sign(string name, QuorumRequest request) => Sign(name, QuorumRendering.Bytes(request));
+
+    /// <summary>An officer's signature (DER) over any bytes.</summary>
+    public byte[] Sign(string name, byte[] data) => _keys[name].SignData(data, HashAlgorithmName.SHA256, DSASignatureFormat.Rfc3279DerSequence);
+
+    /// <summary>An approval of the request by the officer.</summary>
+    public QuorumApproval Approve(string name, QuorumRequest request, DateTimeOffset time) => new(Officers[name].Fingerprint, Sign(name, request), time);
+
+    /// <summary>A PENDING request for tests, made for <paramref name="set"/>.</summary>
+    public static QuorumRequest Request(OfficerSet set, QuorumOperation operation, IReadOnlyList<KeyValuePair<string, string>> parameters, DateTimeOffset created, TenantId? tenant = null) => new()
+    {
+        Id = QuorumRequestId.NewId(),
+        Operation = operation,
+        Parameters = parameters,
+        Tenant = tenant,
+        DomainKcv = "a1b2c3",
+        OfficerSetSequence = set.Sequence,
+        OfficerSetHash = set.Hash,
+        RequestedBy = "token:tester",
+        CreateTime = created,
+        ExpireTime = created.AddHours(1),
+    };
+
+    /// <summary>The successor of <paramref name="set"/>, installed by a CHANGE_OFFICERS request approved by <paramref name="approvers"/>.</summary>
+    public OfficerSet Change(OfficerSet set, IReadOnlyList<Officer> officers, int threshold, DateTimeOffset time, params string[] approvers)
+    {
+        ArgumentNullException.ThrowIfNull(set);
+        var next = set.Successor(officers, threshold);
+        var request = Request(set, QuorumOperation.ChangeOfficers, next.ChangeParameters(), time) with { ProposedOfficers = next };
+        request = request with
+        {
+            Approvals = approvers.Select(a => Approve(a, request, time)).ToList(),
+            State = QuorumRequestState.Executed,
+            ExecuteTime = time,
+        };
+        return next.WithChange(request);
+    }
+
+    public void Dispose()
+    {
+        foreach (var key in _keys.Values)
+        {
+            key.Dispose();
+        }
+    }
+}
