@@ -206,6 +206,21 @@ public sealed class HsmCeremonySession : IDisposable
     });
 
     /// <summary>
+    /// Destroys the token's domain key (label or CKA_ID): a ceremony that failed after the import
+    /// must not leave a key behind whose shares were never written. Returns how many objects went.
+    /// </summary>
+    public int DestroyDomainKey(string label, string id) => Call("destroy domain key", () =>
+    {
+        var candidates = FindCandidates(label, id);
+        foreach (var candidate in candidates)
+        {
+            _session.DestroyObject(candidate);
+        }
+
+        return candidates.Count;
+    });
+
+    /// <summary>
     /// The AES key check value as PKCS#11 defines it for <c>CKA_CHECK_VALUE</c>: the first three
     /// bytes of the ECB encryption of one zero block under the key (hex, upper case).
     /// </summary>

@@ -29,6 +29,7 @@ public sealed class CeremonyEndToEndTests : IDisposable
             ("so.pin", "so-" + Guid.NewGuid().ToString("N")), ("user.pin", "user-" + Guid.NewGuid().ToString("N")),
             ("alice", "alice passphrase " + Guid.NewGuid().ToString("N")[..8]), ("bob", "bob passphrase " + Guid.NewGuid().ToString("N")[..8]),
             ("carol", "carol passphrase " + Guid.NewGuid().ToString("N")[..8]),
+            ("officer-key", "officer key passphrase " + Guid.NewGuid().ToString("N")[..8]),
         })
         {
             _secrets[name] = value;
@@ -50,7 +51,14 @@ public sealed class CeremonyEndToEndTests : IDisposable
             Assert.True(JsonNode.Parse(init.Out)!["usable"]!.GetValue<bool>());
         }
 
+        foreach (var officer in new[] { "olga", "oscar", "otto" })
+        {
+            var keygen = await Kms(outputs, "officer", "keygen", "--out", P($"{officer}.key"), "--key-passphrase-file", P("officer-key"));
+            Assert.True(keygen.ExitCode == 0, keygen.ToString());
+        }
+
         var created = await Kms(outputs, ["ceremony", "create-domain", .. Hsm("site-a"),
+            "--officer", $"olga={P("olga.key.pub")}", "--officer", $"oscar={P("oscar.key.pub")}", "--officer", $"otto={P("otto.key.pub")}", "--officer-threshold", "2",
             "--custodian", "alice", "--custodian", "bob", "--custodian", "carol", "--threshold", "2",
             "--shares-dir", P("shares"), "--data-dir", P("data"), "--domain-id", DomainId,
             "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"bob={P("bob")}", "--passphrase-file", $"carol={P("carol")}",
@@ -59,21 +67,40 @@ public sealed class CeremonyEndToEndTests : IDisposable
         var ceremony = JsonNode.Parse(created.Out)!;
         var kcv = ceremony["check_value"]!.GetValue<string>();
         var transcript = ceremony["transcript"]!.GetValue<string>();
+        var genesis = ceremony["server_configuration"]!["Kms:Quorum:GenesisFile"]!.GetValue<string>();
+        string[] quorumConfig = [$"--Kms:Quorum:GenesisFile={genesis}", $"--Kms:Quorum:GenesisSha256={ceremony["officer_set_hash"]!.GetValue<string>()}"];
         Assert.Equal(3, Directory.GetFiles(P("shares"), "share-*.json").Length);
 
         // Site A serves; a file and a record are encrypted there.
         var plaintext = Encoding.UTF8.GetBytes(string.Concat(Enumerable.Repeat("order 4711 shipped; ", 20_000)));
         await File.WriteAllBytesAsync(P("orders.csv"), plaintext);
         byte[] record;
-        await using (var siteA = await ServerProcess.StartAsync(P("data"), _conf, "site-a", P("user.pin"), DomainId))
+        byte[] destroyedRecord;
+        await using (var siteA = await ServerProcess.StartAsync(P("data"), _conf, "site-a", P("user.pin"), DomainId, quorumConfig))
         {
-            var token = await siteA.BootstrapDeveloperAsync("dev");
+            var (token, officerToken) = await siteA.BootstrapAsync("dev");
             await File.WriteAllTextAsync(P("developer.token"), token + "\n");
+            await File.WriteAllTextAsync(P("officer.token"), officerToken + "\n");
             Assert.Equal(0, (await Kms(outputs, Client(siteA), "keys", "create", "dev/orders")).ExitCode);
             var encrypted = await Kms(outputs, Client(siteA), "encrypt", "--key", "dev/orders", "--in", P("orders.csv"), "--out", P("orders.kmse"), "--context", "table=orders");
             Assert.True(encrypted.ExitCode == 0, encrypted.ToString());
             using var client = siteA.CreateClient(token);
             record = (await client.EncryptAsync("tenants/dev/keys/orders", "card 4111"u8.ToArray())).Ciphertext;
+
+            // A version destroyed at once by 2 of the 3 genesis officers, each signing on "their" machine.
+            Assert.Equal(0, (await Kms(outputs, Client(siteA), "keys", "create", "dev/leaked")).ExitCode);
+            destroyedRecord = (await client.EncryptAsync("tenants/dev/keys/leaked", "old secret"u8.ToArray())).Ciphertext;
+            Assert.Equal(0, (await Kms(outputs, Client(siteA), "keys", "rotate", "dev/leaked")).ExitCode);
+            var asked = await Kms(outputs, Client(siteA), "quorum", "destroy-version", "tenants/dev/keys/leaked/versions/1", "--output", "json");
+            Assert.True(asked.ExitCode == 0, asked.ToString());
+            var request = JsonNode.Parse(asked.Out)!["name"]!.GetValue<string>();
+            foreach (var (officer, executes) in new[] { ("olga", false), ("otto", true) })
+            {
+                var approved = await Kms(outputs, Client(siteA, "officer.token"), "officer", "approve", request, "--key", P($"{officer}.key"), "--key-passphrase-file", P("officer-key"), "--yes", "--output", "json");
+                Assert.True(approved.ExitCode == 0, approved.ToString());
+                Assert.Equal(executes, JsonNode.Parse(approved.Out)!["executed"]!.GetValue<bool>());
+                Assert.Contains("DESTROY_KEY_VERSION_NOW", approved.Error, StringComparison.Ordinal);
+            }
         }
 
         // Site A is lost. Fewer than M shares: refused, nothing imported.
@@ -91,7 +118,7 @@ public sealed class CeremonyEndToEndTests : IDisposable
         var verified = await Kms(outputs, ["ceremony", "verify-domain", .. Hsm("site-b"), "--domain-id", DomainId]);
         Assert.Equal(kcv, verified.Out.Trim());
 
-        await using (var siteB = await ServerProcess.StartAsync(P("data"), _conf, "site-b", P("user.pin"), DomainId))
+        await using (var siteB = await ServerProcess.StartAsync(P("data"), _conf, "site-b", P("user.pin"), DomainId, quorumConfig))
         {
             var decrypted = await Kms(outputs, Client(siteB), "decrypt", "--key", "dev/orders", "--in", P("orders.kmse"), "--out", P("orders.out"), "--context", "table=orders");
             Assert.True(decrypted.ExitCode == 0, decrypted.ToString());
@@ -99,6 +126,8 @@ public sealed class CeremonyEndToEndTests : IDisposable
             using var client = siteB.CreateClient((await File.ReadAllTextAsync(P("developer.token"))).Trim());
             using var opened = await client.DecryptAsync(record);
             Assert.Equal("card 4111"u8.ToArray(), opened.Plaintext.ToArray());
+            var gone = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => client.DecryptAsync(destroyedRecord));
+            Assert.Equal(Grpc.Core.StatusCode.FailedPrecondition, gone.StatusCode);
         }
 
         // Both transcripts verify with the published audit key; an edited copy does not.
@@ -108,6 +137,7 @@ public sealed class CeremonyEndToEndTests : IDisposable
         var text = await File.ReadAllTextAsync(transcript);
         Assert.Contains($"domain key check value: {kcv}", text, StringComparison.Ordinal);
         Assert.Contains("share 2: custodian bob", text, StringComparison.Ordinal);
+        Assert.Contains("officer set (genesis): threshold 2 of 3", text, StringComparison.Ordinal);
         File.Copy(transcript + ".sig", P("edited.txt.sig"));
         await File.WriteAllTextAsync(P("edited.txt"), text.Replace("2 of 3", "1 of 3", StringComparison.Ordinal));
         var edited = await Kms(outputs, "ceremony", "verify-transcript", P("edited.txt"), "--public-key", key);
@@ -135,7 +165,9 @@ public sealed class CeremonyEndToEndTests : IDisposable
 
         var outputs = new List<CliResult>();
         Assert.Equal(0, (await Kms(outputs, ["ceremony", "init-token", .. Hsm("site-a"), "--so-pin-file", P("so.pin")])).ExitCode);
+        await Kms(outputs, "officer", "keygen", "--out", P("olga.key"), "--key-passphrase-file", P("officer-key"));
         var refused = await Kms(outputs, ["ceremony", "create-domain", .. Hsm("site-a"), "--custodians", "3", "--threshold", "2",
+            "--officer", $"olga={P("olga.key.pub")}", "--officer-threshold", "1",
             "--shares-dir", P("shares"), "--data-dir", P("data"), "--passphrase-file", $"custodian-1={P("alice")}", "--insecure-test-kdf"]);
 
         Assert.Equal(5, refused.ExitCode);
@@ -145,11 +177,43 @@ public sealed class CeremonyEndToEndTests : IDisposable
     }
 
     [Fact]
+    public async Task CreateDomain_TokenOrDataDirTaken_RefusedAndTheFirstDomainKeyIsIntact()
+    {
+        var outputs = new List<CliResult>();
+        Assert.Equal(0, (await Kms(outputs, ["ceremony", "init-token", .. Hsm("site-a"), "--so-pin-file", P("so.pin")])).ExitCode);
+        Assert.Equal(0, (await Kms(outputs, "officer", "keygen", "--out", P("olga.key"), "--key-passphrase-file", P("officer-key"))).ExitCode);
+        string[] Create(string shares, string data, string id) =>
+        [
+            "ceremony", "create-domain", .. Hsm("site-a"), "--custodians", "2", "--threshold", "2", "--domain-id", id,
+            "--shares-dir", P(shares), "--data-dir", P(data), "--passphrase-file", $"custodian-1={P("alice")}", "--passphrase-file", $"custodian-2={P("bob")}",
+            "--officer", $"olga={P("olga.key.pub")}", "--officer-threshold", "1", "--allow-network", "--insecure-test-kdf", "--output", "json",
+        ];
+        var first = await Kms(outputs, Create("shares", "data", DomainId));
+        Assert.True(first.ExitCode == 0, first.ToString());
+        var kcv = JsonNode.Parse(first.Out)!["check_value"]!.GetValue<string>();
+
+        // Another domain key on the same token: the HSM step refuses it, and the ceremony's
+        // clean-up must not touch the key that was there.
+        var second = await Kms(outputs, Create("shares-2", "data-2", "dk-another"));
+        Assert.Equal(5, second.ExitCode);
+        Assert.Contains("already holds", second.Error, StringComparison.Ordinal);
+        Assert.Empty(Directory.GetFiles(P("shares-2")));
+        Assert.Equal(kcv, (await Kms(outputs, ["ceremony", "verify-domain", .. Hsm("site-a"), "--domain-id", DomainId])).Out.Trim());
+
+        // A data directory that holds a deployment: refused before anything is generated.
+        var reused = await Kms(outputs, Create("shares-3", "data", "dk-third"));
+        Assert.Equal(5, reused.ExitCode);
+        Assert.Contains("holds a deployment already", reused.Error, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(P("shares-3")));
+    }
+
+    [Fact]
     public async Task CeremonyProcess_IsNotDumpable_AndPinsNeverInItsArguments()
     {
         // The ceremony's own process: started with its PIN in a file, it turns dumping off before
         // it asks for anything; /proc shows no PIN in its command line.
         Assert.Equal(0, (await Kms([], ["ceremony", "init-token", .. Hsm("site-a"), "--so-pin-file", P("so.pin")])).ExitCode);
+        Assert.Equal(0, (await Kms([], "officer", "keygen", "--out", P("olga.key"), "--key-passphrase-file", P("officer-key"))).ExitCode);
         var fifo = P("pin.fifo");
         using (var mkfifo = Process.Start("mkfifo", [fifo]))
         {
@@ -160,6 +224,7 @@ public sealed class CeremonyEndToEndTests : IDisposable
         var start = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var arg in (string[])["-c", "ulimit -c unlimited && exec \"$@\"", "bash", "dotnet", CliRun.KmsDll, "ceremony", "create-domain", .. Hsm("site-a", pinFile: fifo), "--custodians", "2", "--threshold", "2",
             "--shares-dir", P("shares"), "--data-dir", P("data"), "--passphrase-file", $"custodian-1={P("alice")}", "--passphrase-file", $"custodian-2={P("bob")}",
+            "--officer", $"olga={P("olga.key.pub")}", "--officer-threshold", "1",
             "--allow-network", "--insecure-test-kdf"])
         {
             start.ArgumentList.Add(arg);
@@ -205,11 +270,11 @@ public sealed class CeremonyEndToEndTests : IDisposable
     private string[] Hsm(string site, string? pinFile = null) =>
         ["--token-label", site, "--softhsm-conf", _conf, "--pin-file", pinFile ?? P("user.pin")];
 
-    private Dictionary<string, string> Client(ServerProcess server) => new()
+    private Dictionary<string, string> Client(ServerProcess server, string tokenFile = "developer.token") => new()
     {
         ["KMS_ENDPOINT"] = server.Address.ToString(),
         ["KMS_CA_FILE"] = server.CaCertificatePath,
-        ["KMS_TOKEN_FILE"] = P("developer.token"),
+        ["KMS_TOKEN_FILE"] = P(tokenFile),
     };
 
     private Task<CliResult> Kms(List<CliResult> outputs, params string[] args) => Kms(outputs, [], args);

@@ -112,9 +112,9 @@ public sealed class ServerProcess : IAsyncDisposable
 
     /// <summary>
     /// First start only: uses the one-time bootstrap credential to create a deployment admin, the
-    /// tenant and a developer (every tenant role); returns the developer's session token.
+    /// tenant, a developer (every tenant role) and a security officer; returns their session tokens.
     /// </summary>
-    public async Task<string> BootstrapDeveloperAsync(string tenant)
+    public async Task<(string Developer, string SecurityOfficer)> BootstrapAsync(string tenant)
     {
         var bootstrap = Path.Combine(DataDir, "bootstrap.token");
         string adminToken;
@@ -132,7 +132,10 @@ public sealed class ServerProcess : IAsyncDisposable
             await admin.SetRoleBindingAsync("token:developer", role, $"tenants/{tenant}");
         }
 
-        return (await admin.CreateApiTokenAsync("token:developer", "SESSION", TimeSpan.FromHours(2))).Secret;
+        await admin.CreatePrincipalAsync("token:officer");
+        await admin.SetRoleBindingAsync("token:officer", "security-officer");
+        return ((await admin.CreateApiTokenAsync("token:developer", "SESSION", TimeSpan.FromHours(2))).Secret,
+            (await admin.CreateApiTokenAsync("token:officer", "SESSION", TimeSpan.FromHours(2))).Secret);
     }
 
     /// <summary>Stops the server as an operator would (SIGTERM), killing it if it does not exit within 20 s.</summary>

@@ -7,6 +7,7 @@ using Kms.Ceremony.Shares;
 using Kms.Ceremony.Sharing;
 using Kms.Cli.Ceremony;
 using Kms.Cli.Infrastructure;
+using Kms.Core.Quorum;
 using Kms.Hsm;
 
 namespace Kms.Cli.Commands;
@@ -108,10 +109,12 @@ internal static class CeremonyCommands
         var dataDir = new Option<string>("--data-dir") { Description = "the deployment's data directory: its database, audit key and transcripts", HelpName = "DIR", Required = true };
         var domainId = new Option<string?>("--domain-id") { Description = "the domain key's CKA_ID (default dk-DATE-RANDOM)", HelpName = "ID" };
         var passphrases = PassphraseFiles();
+        var officers = ContextOption.Create("--officer", "NAME=PUBLIC-KEY.pem: a security officer of the genesis officer set (repeatable; keys from kms officer keygen)");
+        var officerThreshold = new Option<int>("--officer-threshold") { Description = "approvals of distinct officers a quorum request needs", HelpName = "K", Required = true };
         var options = CeremonyHostOptions.Create();
-        var command = new Command("create-domain", "generate the domain key (HSM RNG XOR OS RNG), import it into the token, split it into M-of-N custodian shares, and record the ceremony")
+        var command = new Command("create-domain", "generate the domain key (HSM RNG XOR OS RNG), import it into the token, split it into M-of-N custodian shares, register the officers, and record the ceremony")
         {
-            custodians, count, threshold, sharesDir, dataDir, domainId, passphrases,
+            custodians, count, threshold, sharesDir, dataDir, domainId, passphrases, officers, officerThreshold,
         };
         hsm.AddTo(command);
         options.AddTo(command);
@@ -125,9 +128,32 @@ internal static class CeremonyCommands
                 throw new CliUsageException($"--threshold must be between {Shamir.MinThreshold} and the number of custodians ({names.Count}); got {m}");
             }
 
+            OfficerSet genesis;
+            try
+            {
+                genesis = OfficerSet.CreateGenesis(OfficerCommands.ReadOfficers(parse.GetValue(officers)!), parse.GetValue(officerThreshold));
+            }
+            catch (Kms.Core.Errors.KmsException e)
+            {
+                throw new CliUsageException($"officer set: {e.Message}");
+            }
+
+            // A new domain starts a new deployment: refuse before anything is generated.
+            var deploymentDir = Path.GetFullPath(parse.GetRequiredValue(dataDir));
+            var genesisPath = Path.Combine(deploymentDir, "quorum", "genesis.json");
+            if (File.Exists(Path.Combine(deploymentDir, "kms.db")) || File.Exists(genesisPath))
+            {
+                throw new CliFailureException(ExitCodes.Conflict, $"{deploymentDir} holds a deployment already (kms.db or quorum/genesis.json); a new domain starts in an empty data directory");
+            }
+
             var host = options.Prepare(ctx);
             var id = parse.GetValue(domainId) ?? $"dk-{DateTime.UtcNow:yyyyMMdd}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4))}";
             var outDir = Directory.CreateDirectory(parse.GetRequiredValue(sharesDir)).FullName;
+            if (Directory.EnumerateFiles(outDir, "share-*.json").Any())
+            {
+                throw new CliFailureException(ExitCodes.Conflict, $"{outDir} holds share files already; share files are never overwritten");
+            }
+
             var secrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, names, confirm: true, host.Kdf.Policy);
             var hsmOptions = hsm.Options(parse, id);
             using var pin = SecretInput.Read(ctx, hsm.Pin, $"user PIN of token '{hsmOptions.TokenLabel}'");
@@ -143,9 +169,10 @@ internal static class CeremonyCommands
             var written = new List<(string Custodian, int Index, string File, string Fingerprint)>();
             var domainKey = GC.AllocateArray<byte>(32, pinned: true);
             Share[] shares = [];
-            try
+            var imported = false;
+            using (var session = HsmCeremonySession.Open(hsmOptions, pin.ToUtf8()))
             {
-                using (var session = HsmCeremonySession.Open(hsmOptions, pin.ToUtf8()))
+                try
                 {
                     // Entropy from two independent sources: a weak RNG on either side alone cannot weaken the key.
                     var fromHsm = session.GenerateRandom(32);
@@ -157,30 +184,46 @@ internal static class CeremonyCommands
 
                     CryptographicOperations.ZeroMemory(fromHsm);
                     kcv = session.ImportDomainKey(domainKey, hsmOptions.DomainKeyLabel, id);
+                    imported = true;
+                    ctx.Output.Note($"domain key {id} imported into token '{hsmOptions.TokenLabel}', check value {kcv}");
+                    shares = Shamir.Split(domainKey, m, names.Count);
+                    for (var i = 0; i < shares.Length; i++)
+                    {
+                        var file = ShareFile.Protect(shares[i], new ShareMetadata(id, kcv, names[i], m, names.Count), secrets[names[i]].Chars, host.Kdf.Parameters, host.Kdf.Policy);
+                        var path = Path.Combine(outDir, $"share-{shares[i].Index}-{SafeFileName(names[i])}.json");
+                        file.Write(path);
+                        written.Add((names[i], shares[i].Index, path, file.Fingerprint));
+                        ctx.Output.Note($"share {shares[i].Index} of {names.Count} for {names[i]}: {path}");
+                    }
                 }
+                catch
+                {
+                    // All or nothing: a domain key whose shares were not all written is no domain key.
+                    // (Only the one this run imported: a refused import leaves the token as it was.)
+                    if (imported)
+                    {
+                        session.DestroyDomainKey(hsmOptions.DomainKeyLabel, id);
+                    }
 
-                ctx.Output.Note($"domain key {id} imported into token '{hsmOptions.TokenLabel}', check value {kcv}");
-                shares = Shamir.Split(domainKey, m, names.Count);
-                for (var i = 0; i < shares.Length; i++)
-                {
-                    var file = ShareFile.Protect(shares[i], new ShareMetadata(id, kcv, names[i], m, names.Count), secrets[names[i]].Chars, host.Kdf.Parameters, host.Kdf.Policy);
-                    var path = Path.Combine(outDir, $"share-{shares[i].Index}-{SafeFileName(names[i])}.json");
-                    file.Write(path);
-                    written.Add((names[i], shares[i].Index, path, file.Fingerprint));
-                    ctx.Output.Note($"share {shares[i].Index} of {names.Count} for {names[i]}: {path}");
-                }
-            }
-            finally
-            {
-                CryptographicOperations.ZeroMemory(domainKey);
-                foreach (var share in shares)
-                {
-                    share.Dispose();
-                }
+                    foreach (var (_, _, path, _) in written)
+                    {
+                        File.Delete(path);
+                    }
 
-                foreach (var secret in secrets.Values)
+                    throw;
+                }
+                finally
                 {
-                    secret.Dispose();
+                    CryptographicOperations.ZeroMemory(domainKey);
+                    foreach (var share in shares)
+                    {
+                        share.Dispose();
+                    }
+
+                    foreach (var secret in secrets.Values)
+                    {
+                        secret.Dispose();
+                    }
                 }
             }
 
@@ -205,8 +248,19 @@ internal static class CeremonyCommands
                 transcript.Add($"share {index}", $"custodian {custodian}, file {Path.GetFileName(file)}, fingerprint {fingerprint}");
             }
 
+            // The genesis officer set: pinned by the server (Kms:Quorum:GenesisFile and its hash),
+            // recorded here so a database writer cannot install officers of their own.
+            Directory.CreateDirectory(Path.GetDirectoryName(genesisPath)!);
+            GenesisFile.Write(genesisPath, genesis);
+            transcript.Add("officer set (genesis)", $"threshold {genesis.Threshold} of {genesis.Officers.Count}, hash {genesis.Hash}, file {genesisPath}");
+            foreach (var officer in genesis.Officers)
+            {
+                transcript.Add("officer", $"{officer.Name}, key {officer.Fingerprint}");
+            }
+
             var result = await RecordAsync(ctx, parse.GetRequiredValue(dataDir), hsmOptions, pin, ceremonyId, "create-domain", transcript,
-                [.. written.Select(w => ($"share/{w.Index}/{w.Custodian}", w.Fingerprint))], $"domain/{id}/kcv/{kcv}", ct);
+                [.. written.Select(w => ($"share/{w.Index}/{w.Custodian}", w.Fingerprint)), .. genesis.Officers.Select(o => ($"officer/{o.Name}", o.Fingerprint)), ("officer-set/genesis", genesis.Hash)],
+                $"domain/{id}/kcv/{kcv}", ct);
             var json = new JsonObject
             {
                 ["domain_id"] = id,
@@ -215,13 +269,23 @@ internal static class CeremonyCommands
                 ["shares"] = new JsonArray([.. written.Select(w => (JsonNode)new JsonObject { ["custodian"] = w.Custodian, ["index"] = w.Index, ["file"] = w.File, ["fingerprint"] = w.Fingerprint })]),
                 ["transcript"] = result.TranscriptPath,
                 ["audit_key_fingerprint"] = result.AuditKeyFingerprint,
-                ["server_configuration"] = new JsonObject { ["Hsm:TokenLabel"] = hsmOptions.TokenLabel, ["Hsm:DomainKeyLabel"] = hsmOptions.DomainKeyLabel, ["Hsm:DomainKeyId"] = id, ["Kms:DataDir"] = Path.GetFullPath(parse.GetRequiredValue(dataDir)) },
+                ["officer_set_hash"] = genesis.Hash,
+                ["server_configuration"] = new JsonObject
+                {
+                    ["Hsm:TokenLabel"] = hsmOptions.TokenLabel,
+                    ["Hsm:DomainKeyLabel"] = hsmOptions.DomainKeyLabel,
+                    ["Hsm:DomainKeyId"] = id,
+                    ["Kms:DataDir"] = Path.GetFullPath(parse.GetRequiredValue(dataDir)),
+                    ["Kms:Quorum:GenesisFile"] = genesisPath,
+                    ["Kms:Quorum:GenesisSha256"] = genesis.Hash,
+                },
             };
             ctx.Output.Result(json, () => CliOutput.Properties(
             [
                 ("domain key id", id), ("check value", kcv), ("shares", $"{m} of {names.Count} in {outDir}"),
                 ("transcript", result.TranscriptPath), ("audit key", result.AuditKeyFingerprint),
-                ("server", $"--Hsm:TokenLabel={hsmOptions.TokenLabel} --Hsm:DomainKeyId={id} --Kms:DataDir={Path.GetFullPath(parse.GetRequiredValue(dataDir))}"),
+                ("officers", $"{genesis.Threshold} of {genesis.Officers.Count}, genesis {genesis.Hash}"),
+                ("server", $"--Hsm:TokenLabel={hsmOptions.TokenLabel} --Hsm:DomainKeyId={id} --Kms:DataDir={Path.GetFullPath(parse.GetRequiredValue(dataDir))} --Kms:Quorum:GenesisFile={genesisPath} --Kms:Quorum:GenesisSha256={genesis.Hash}"),
             ]));
             return ExitCodes.Ok;
         });

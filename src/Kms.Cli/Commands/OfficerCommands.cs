@@ -1,0 +1,245 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Kms.Cli.Infrastructure;
+using Kms.Client.Quorum;
+using Kms.Contracts.V1;
+using Kms.Core.Quorum;
+using Spectre.Console;
+
+namespace Kms.Cli.Commands;
+
+/// <summary>
+/// <c>kms officer …</c> (a security officer's own key and approvals) and <c>kms quorum …</c>
+/// (asking for, listing and showing quorum requests, the officer set). docs/quorum.md.
+/// </summary>
+internal static class OfficerCommands
+{
+    public static IEnumerable<Command> Create(CommandRunner runner)
+    {
+        var officer = new Command("officer", "a security officer's key pair and approvals of quorum requests");
+        officer.Subcommands.Add(KeyGen(runner));
+        officer.Subcommands.Add(Approve(runner));
+
+        var quorum = new Command("quorum", "quorum requests for sensitive operations, and the officer set");
+        quorum.Subcommands.Add(DestroyVersion(runner));
+        quorum.Subcommands.Add(ChangeOfficers(runner));
+        quorum.Subcommands.Add(List(runner));
+        quorum.Subcommands.Add(Show(runner));
+        quorum.Subcommands.Add(Officers(runner));
+        return [officer, quorum];
+    }
+
+    private static Command KeyGen(CommandRunner runner)
+    {
+        var output = new Option<string>("--out") { Description = "the private key file to create (encrypted PKCS#8, mode 0600); the public key goes to FILE.pub", HelpName = "FILE", Required = true };
+        var passphrase = new SecretOption("key-passphrase", "the passphrase that encrypts the officer key");
+        var command = new Command("keygen", "create an officer key pair (ECDSA P-256); give FILE.pub to the ceremony") { output };
+        passphrase.AddTo(command);
+        runner.SetAction(command, (ctx, _) =>
+        {
+            using var secret = SecretInput.Read(ctx, passphrase, "passphrase for the new officer key");
+            var files = OfficerKeys.Generate(Path.GetFullPath(ctx.ParseResult.GetRequiredValue(output)), secret.Reveal());
+            ctx.Output.Result(
+                new JsonObject { ["private_key"] = files.PrivateKeyPath, ["public_key"] = files.PublicKeyPath, ["fingerprint"] = files.Fingerprint },
+                () => CliOutput.Properties([("private key", files.PrivateKeyPath), ("public key", files.PublicKeyPath), ("fingerprint", files.Fingerprint)]));
+            return Task.FromResult(ExitCodes.Ok);
+        });
+        return command;
+    }
+
+    private static Command Approve(CommandRunner runner)
+    {
+        var request = NameArgument.Create<string>("REQUEST", "the quorum request: quorumRequests/ID, tenants/T/quorumRequests/ID, or its id");
+        var key = new Option<string>("--key") { Description = "this officer's private key file (from kms officer keygen)", HelpName = "FILE", Required = true };
+        var yes = new Option<bool>("--yes") { Description = "approve without asking (the rendering is still printed); for scripted drills" };
+        var passphrase = new SecretOption("key-passphrase", "the officer key's passphrase");
+        var command = new Command("approve", "render a quorum request HERE, show it, and sign that rendering with this officer's key") { request, key, yes };
+        passphrase.AddTo(command);
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            QuorumApprover approver;
+            using (var secret = SecretInput.Read(ctx, passphrase, "officer key passphrase"))
+            {
+                approver = QuorumApprover.Load(ctx.ParseResult.GetRequiredValue(key), secret.Reveal());
+            }
+
+            using (approver)
+            {
+                PendingApproval pending;
+                try
+                {
+                    pending = await approver.PrepareAsync(ctx.Client, RequestName(ctx.ParseResult.GetRequiredValue(request)), ct);
+                }
+                catch (InvalidOperationException e)
+                {
+                    throw new CliFailureException(ExitCodes.Conflict, e.Message);
+                }
+
+                // What is signed is exactly this text, computed on this machine from the request's fields.
+                ctx.Output.ErrorConsole.Write(new Panel(new Text(pending.Rendering)).Header($"you are approving (officer {approver.Fingerprint})"));
+                if (!ctx.ParseResult.GetValue(yes))
+                {
+                    if (!ctx.Environment.Interactive)
+                    {
+                        throw new CliUsageException("not at a terminal: read the rendering above and pass --yes to approve it");
+                    }
+
+                    if (!ctx.Output.ErrorConsole.Confirm("Sign this request?", defaultValue: false))
+                    {
+                        throw new CliFailureException(ExitCodes.Cancelled, "not approved");
+                    }
+                }
+
+                var response = await approver.ApproveAsync(ctx.Client, pending, ct);
+                var json = new JsonObject
+                {
+                    ["request"] = pending.Name,
+                    ["officer_fingerprint"] = approver.Fingerprint,
+                    ["valid_approvals"] = response.ValidApprovals,
+                    ["threshold"] = response.Threshold,
+                    ["executed"] = response.Executed,
+                    ["rendering"] = pending.Rendering,
+                };
+                ctx.Output.Result(json, response.Executed
+                    ? $"approved: {response.ValidApprovals} of {response.Threshold}; the request was executed"
+                    : $"approved: {response.ValidApprovals} of {response.Threshold} approvals so far");
+                return ExitCodes.Ok;
+            }
+        });
+        return command;
+    }
+
+    private static Command DestroyVersion(CommandRunner runner)
+    {
+        var version = NameArgument.Create<string>("VERSION", "the key version: tenants/T/keys/K/versions/N");
+        var ttl = Ttl();
+        var command = new Command("destroy-version", "ask the officers to destroy a key version now, skipping its waiting period") { version, ttl };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var info = await ctx.Client.RequestDestroyKeyVersionNowAsync(ctx.ParseResult.GetRequiredValue(version), ctx.ParseResult.GetValue(ttl), ct);
+            WriteRequest(ctx, info);
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command ChangeOfficers(CommandRunner runner)
+    {
+        var officers = ContextOption.Create("--officer", "NAME=PUBLIC-KEY.pem: a member of the new officer set (repeatable)");
+        var threshold = new Option<int>("--threshold") { Description = "approvals the new set needs", HelpName = "M", Required = true };
+        var ttl = Ttl();
+        var command = new Command("change-officers", "ask the current officers to replace the officer set and its threshold") { officers, threshold, ttl };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var set = ReadOfficers(ctx.ParseResult.GetValue(officers)!);
+            var info = await ctx.Client.RequestOfficerChangeAsync(set.Select(o => (o.Name, o.PublicKey.ToArray())), ctx.ParseResult.GetValue(threshold), ctx.ParseResult.GetValue(ttl), ct);
+            WriteRequest(ctx, info);
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command List(CommandRunner runner)
+    {
+        var tenant = NameArgument.Create<string?>("TENANT", "a tenant's requests (default: deployment-wide requests)", optional: true);
+        var command = new Command("list", "list quorum requests") { tenant };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var parent = ctx.ParseResult.GetValue(tenant) is { } t ? ctx.TenantName(t) : "";
+            var requests = new List<QuorumRequestInfo>();
+            await foreach (var info in ctx.Client.ListQuorumRequestsAsync(parent, ct))
+            {
+                requests.Add(info);
+            }
+
+            ctx.Output.Result(new JsonArray([.. requests.Select(r => CliOutput.Proto(r))]), () =>
+            {
+                var table = CliOutput.Table("request", "operation", "state", "approvals", "expires");
+                foreach (var r in requests)
+                {
+                    CliOutput.AddRow(table, r.Name, r.Operation.ToString(), r.State.ToString(), r.Approvals.Count.ToString(CultureInfo.InvariantCulture), QuorumRendering.Time(r.ExpireTime.ToDateTimeOffset()));
+                }
+
+                return table;
+            });
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command Show(CommandRunner runner)
+    {
+        var request = NameArgument.Create<string>("REQUEST", "the quorum request");
+        var command = new Command("show", "show a quorum request as officers sign it (rendered on this machine)") { request };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            WriteRequest(ctx, await ctx.Client.GetQuorumRequestAsync(RequestName(ctx.ParseResult.GetRequiredValue(request)), ct));
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command Officers(CommandRunner runner)
+    {
+        var command = new Command("officers", "the current officer set (verified by the server back to the pinned genesis)");
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var set = await ctx.Client.GetOfficerSetAsync(ct);
+            ctx.Output.Result(CliOutput.Proto(set), () =>
+            {
+                var table = CliOutput.Table("officer", "fingerprint");
+                foreach (var o in set.Officers)
+                {
+                    CliOutput.AddRow(table, o.Name, o.Fingerprint);
+                }
+
+                table.Caption($"set {set.Sequence} ({set.Hash[..16]}…), threshold {set.Threshold} of {set.Officers.Count}, chain of {set.ChainLength}");
+                return table;
+            });
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    /// <summary>Officers from NAME=PEM pairs (the ceremony's genesis and officer changes).</summary>
+    public static List<Officer> ReadOfficers(Dictionary<string, string> pairs)
+    {
+        if (pairs.Count == 0)
+        {
+            throw new CliUsageException("name at least one officer: --officer NAME=PUBLIC-KEY.pem");
+        }
+
+        return [.. pairs.Select(p =>
+        {
+            try
+            {
+                return OfficerKeys.ReadOfficer(p.Key, p.Value);
+            }
+            catch (ArgumentException e)
+            {
+                throw new CliUsageException($"officer {p.Key}: {e.Message}");
+            }
+        })];
+    }
+
+    private static Option<TimeSpan?> Ttl() => new("--ttl")
+    {
+        Description = "how long the officers have to approve (default: the server's), e.g. 4h",
+        HelpName = "DURATION",
+        CustomParser = DurationText.Parse,
+    };
+
+    private static string RequestName(string input) =>
+        input.Contains('/', StringComparison.Ordinal) ? input : "quorumRequests/" + input;
+
+    private static void WriteRequest(CliContext ctx, QuorumRequestInfo info)
+    {
+        var rendering = QuorumApprover.Render(info);
+        var json = CliOutput.Proto(info);
+        json["rendering"] = rendering;
+        ctx.Output.Result(json, () => new Rows(
+            CliOutput.Properties([("request", info.Name), ("state", info.State.ToString()), ("approvals", info.Approvals.Count.ToString(CultureInfo.InvariantCulture))]),
+            new Panel(new Text(rendering)).Header("what officers sign")));
+    }
+}
