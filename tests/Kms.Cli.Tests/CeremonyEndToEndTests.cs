@@ -76,6 +76,7 @@ public sealed class CeremonyEndToEndTests : IDisposable
         await File.WriteAllBytesAsync(P("orders.csv"), plaintext);
         byte[] record;
         byte[] destroyedRecord;
+        var serverOutput = new StringBuilder();
         await using (var siteA = await ServerProcess.StartAsync(P("data"), _conf, "site-a", P("user.pin"), DomainId, quorumConfig))
         {
             var (token, officerToken) = await siteA.BootstrapAsync("dev");
@@ -101,6 +102,8 @@ public sealed class CeremonyEndToEndTests : IDisposable
                 Assert.Equal(executes, JsonNode.Parse(approved.Out)!["executed"]!.GetValue<bool>());
                 Assert.Contains("DESTROY_KEY_VERSION_NOW", approved.Error, StringComparison.Ordinal);
             }
+
+            serverOutput.Append(siteA.Output);
         }
 
         // Site A is lost. Fewer than M shares: refused, nothing imported.
@@ -128,6 +131,7 @@ public sealed class CeremonyEndToEndTests : IDisposable
             Assert.Equal("card 4111"u8.ToArray(), opened.Plaintext.ToArray());
             var gone = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => client.DecryptAsync(destroyedRecord));
             Assert.Equal(Grpc.Core.StatusCode.FailedPrecondition, gone.StatusCode);
+            serverOutput.Append(siteB.Output);
         }
 
         // Both transcripts verify with the published audit key; an edited copy does not.
@@ -143,8 +147,9 @@ public sealed class CeremonyEndToEndTests : IDisposable
         var edited = await Kms(outputs, "ceremony", "verify-transcript", P("edited.txt"), "--public-key", key);
         Assert.Equal(7, edited.ExitCode);
 
-        // No PIN or passphrase in any output, transcript or share file.
-        var everything = string.Join("\n", outputs.Select(o => o.Out + o.Error))
+        // No PIN or passphrase in any output (the CLI's and the servers' logs), transcript or share file.
+        Assert.Contains("audit signing key", serverOutput.ToString(), StringComparison.Ordinal);
+        var everything = serverOutput + string.Join("\n", outputs.Select(o => o.Out + o.Error))
             + string.Concat(Directory.GetFiles(P("data/ceremonies")).Select(File.ReadAllText))
             + string.Concat(Directory.GetFiles(P("shares")).Select(File.ReadAllText));
         foreach (var (name, secret) in _secrets)
