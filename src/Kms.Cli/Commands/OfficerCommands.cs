@@ -50,7 +50,7 @@ internal static class OfficerCommands
 
     private static Command Approve(CommandRunner runner)
     {
-        var request = NameArgument.Create<string>("REQUEST", "the quorum request: quorumRequests/ID, tenants/T/quorumRequests/ID, or its id");
+        var request = NameArgument.Create<string>("REQUEST", "the quorum request: tenants/T/quorumRequests/ID, or quorumRequests/ID (or just ID) for a deployment-wide one");
         var key = new Option<string>("--key") { Description = "this officer's private key file (from kms officer keygen)", HelpName = "FILE", Required = true };
         var yes = new Option<bool>("--yes") { Description = "approve without asking (the rendering is still printed); for scripted drills" };
         var passphrase = new SecretOption("key-passphrase", "the officer key's passphrase");
