@@ -19,6 +19,7 @@ internal static class Program
         CryptoCommands.Create,
         RewrapCommands.Create,
         CeremonyCommands.Create,
+        BackupCommands.Create,
         ConfigCommands.Create,
     ];
 
