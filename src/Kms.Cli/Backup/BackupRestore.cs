@@ -93,6 +93,9 @@ internal static class BackupRestore
                     var updated = await store.UpdateKeyAsync(group.Key, current =>
                     {
                         var change = DestructionReplay.Apply(current, group);
+                        skipped.AddRange(group
+                            .Where(d => d.Version is { } number && current.Version(number) is null)
+                            .Select(d => $"{group.Key}/versions/{d.Version} (not in the backup: created after it)"));
                         foreach (var version in change.UpdatedVersions)
                         {
                             var source = group.First(d => d.Version == version.Name.Version || d.Version is null).Source;
