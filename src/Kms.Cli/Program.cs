@@ -20,6 +20,7 @@ internal static class Program
         RewrapCommands.Create,
         CeremonyCommands.Create,
         OfficerCommands.Create,
+        BackupCommands.Create,
         ConfigCommands.Create,
     ];
 

@@ -211,7 +211,7 @@ public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
     [Fact]
     public async Task NotYetSupportedOperation_PrimaryVersion_BadInput_RefusedAtCreation()
     {
-        var notYet = await Assert.ThrowsAsync<RpcException>(() => _officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup }));
+        var notYet = await Assert.ThrowsAsync<RpcException>(() => _officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.RestoreDomain }));
         Assert.Equal(StatusCode.FailedPrecondition, notYet.StatusCode);
         Assert.Contains("not yet supported", notYet.Status.Detail, StringComparison.Ordinal);
 

@@ -534,7 +534,7 @@ internal static class CeremonyCommands
     private static string SafeFileName(string custodian) =>
         new([.. custodian.Select(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.' ? c : '_')]);
 
-    private static byte[] PublicKeyFromPem(string pem)
+    internal static byte[] PublicKeyFromPem(string pem)
     {
         using var key = ECDsa.Create();
         try

@@ -104,7 +104,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
                 : $"{operation} is deployment-wide: leave parent empty");
         }
 
-        if (command.Operation is not (QuorumOperation.DestroyKeyVersionNow or QuorumOperation.ChangeOfficers))
+        if (command.Operation is not (QuorumOperation.DestroyKeyVersionNow or QuorumOperation.ChangeOfficers or QuorumOperation.ExportBackup))
         {
             throw KmsErrors.FailedPrecondition($"quorum operation {operation} is not yet supported");
         }
@@ -135,6 +135,11 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
             var current = await ReadKeyAsync(version.Key, cancellationToken);
             _ = KeyTransitions.DestroyVersionNow(current, version.Version, now);
             parameters = [KeyValuePair.Create("name", version.ToString())];
+        }
+        else if (command.Operation == QuorumOperation.ExportBackup)
+        {
+            // Nothing to choose: the backup is of the whole store, taken when the request executes.
+            parameters = [];
         }
         else
         {
@@ -248,6 +253,9 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
                     KeyEffect = DestroyNow(done, now, versions => destroyed = versions),
                 },
                 QuorumOperation.ChangeOfficers => change with { AppendedOfficerSet = NewOfficerSet(done, head) },
+
+                // The snapshot is taken after this commit (Kms.Server's BackupExporter), so it holds the execution.
+                QuorumOperation.ExportBackup => change,
                 _ => throw KmsErrors.FailedPrecondition($"quorum operation {QuorumOperations.NameOf(done.Operation)} is not yet supported"),
             };
         }, cancellationToken) ?? throw KmsErrors.NotFound(name);
@@ -323,9 +331,12 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         RequestId = request.Id.Value,
         Principal = ExecutorPrincipal,
         Operation = "quorum/" + QuorumOperations.NameOf(request.Operation),
-        Resource = request.Operation == QuorumOperation.DestroyKeyVersionNow
-            ? request.Parameter("name")
-            : "officerSets/" + request.Parameter("new-sequence"),
+        Resource = request.Operation switch
+        {
+            QuorumOperation.DestroyKeyVersionNow => request.Parameter("name"),
+            QuorumOperation.ExportBackup => "backups/" + request.Id.Value,
+            _ => "officerSets/" + request.Parameter("new-sequence"),
+        },
         Outcome = "OK",
     };
 

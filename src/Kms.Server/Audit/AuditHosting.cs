@@ -80,10 +80,12 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     {
         await base.StopAsync(cancellationToken);
 
-        // Requests have drained by now: write what the refusal windows counted, and sign the head.
+        // Requests have drained by now: write what the refusal windows counted, forward the last
+        // events to the SIEM stream (it is otherwise forwarded once a second), and sign the head.
         try
         {
             await audit.FlushRefusalsAsync(cancellationToken);
+            await audit.RunHousekeepingAsync(cancellationToken);
             await audit.CheckpointAsync(cancellationToken);
         }
         catch (Exception e) when (e is Kms.Core.Errors.KmsException or OperationCanceledException)

@@ -14,7 +14,7 @@ namespace Kms.Server.Grpc;
 /// interceptor has authorized the call; the service checks what depends on the operation
 /// (a destroy needs kms.keys.destroy in the key's tenant) and every signature.
 /// </summary>
-internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, TimeProvider time) : Kms.Contracts.V1.QuorumService.QuorumServiceBase
+internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, Kms.Server.Backup.BackupExporter backups, TimeProvider time) : Kms.Contracts.V1.QuorumService.QuorumServiceBase
 {
     public override async Task<CreateQuorumRequestResponse> CreateQuorumRequest(CreateQuorumRequestRequest request, ServerCallContext context)
     {
@@ -46,6 +46,11 @@ internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, 
     public override async Task<ApproveQuorumRequestResponse> ApproveQuorumRequest(ApproveQuorumRequestRequest request, ServerCallContext context)
     {
         var result = await quorum.ApproveAsync(request.Name, request.OfficerFingerprint, request.Signature.ToByteArray(), context.CancellationToken);
+        if (result.Executed && result.Request.Operation == Kms.Core.Quorum.QuorumOperation.ExportBackup)
+        {
+            await backups.ExportAsync(result.Request, context.CancellationToken);
+        }
+
         return new ApproveQuorumRequestResponse
         {
             Request = ToProto(result.Request),

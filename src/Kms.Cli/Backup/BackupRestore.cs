@@ -1,0 +1,168 @@
+using Kms.Core.Audit;
+using Kms.Core.Backup;
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Storage.Sqlite;
+
+namespace Kms.Cli.Backup;
+
+/// <summary>What a restore did: the backup it installed, the destructions it re-applied, where the replaced database went.</summary>
+/// <param name="Manifest">The verified manifest.</param>
+/// <param name="Reapplied">Versions the restore destroyed in the snapshot, each with where the destruction was found.</param>
+/// <param name="Skipped">Recorded destructions of keys or versions the snapshot does not hold (made after the backup).</param>
+/// <param name="ReplacedDatabase">Where the database that was replaced was kept, or null.</param>
+internal sealed record RestoreReport(BackupManifest Manifest, IReadOnlyList<(string Version, string Source)> Reapplied, IReadOnlyList<string> Skipped, string? ReplacedDatabase);
+
+/// <summary>
+/// <c>kms backup restore</c>, offline with the server stopped: verifies the backup, re-applies
+/// every destruction recorded after it (from the database being replaced and from audit
+/// exports), and only then installs the result as <c>{DataDir}/kms.db</c>.
+/// </summary>
+/// <remarks>
+/// Nothing in the data directory changes until the signature, the snapshot's hash and every
+/// audit file have been checked and read: the snapshot is copied to a temporary file beside
+/// the target, destructions are applied and erased there, and the file is renamed into place
+/// last — so no database that holds a destroyed key's material is ever installed. The HSM is
+/// not needed: the restore's audit events are appended to the restored chain unsigned, and the
+/// server signs a checkpoint over them at its next start.
+/// </remarks>
+internal static class BackupRestore
+{
+    /// <summary>The audit operation recorded for the restore itself.</summary>
+    public const string RestoreOperation = "backup/Restore";
+
+    /// <summary>The audit operation recorded for each re-applied destruction.</summary>
+    public const string ReapplyOperation = "backup/ReapplyDestruction";
+
+    private const string Principal = "system:restore";
+
+    public static async Task<RestoreReport> RunAsync(string backupDir, byte[] auditPublicKey, string dataDir, IReadOnlyList<string> auditLogs, bool replace, CancellationToken cancellationToken)
+    {
+        // 1. Everything is checked and read before anything is written.
+        var manifest = BackupManifest.Verify(backupDir, auditPublicKey);
+        dataDir = Path.GetFullPath(dataDir);
+        var target = Path.Combine(dataDir, "kms.db");
+        var recorded = new List<RecordedDestruction>();
+        var exists = File.Exists(target);
+        if (exists && !replace)
+        {
+            throw KmsErrors.FailedPrecondition($"{target} exists; pass --replace to restore over it (it is kept beside as kms.db.replaced-TIME, and its destructions are re-applied)");
+        }
+
+        if (exists)
+        {
+            foreach (var (version, time) in await SqliteStore.ReadDestroyedVersionsAsync(target, cancellationToken))
+            {
+                recorded.Add(new RecordedDestruction(version.Key, version.Version, time, "the replaced database"));
+            }
+        }
+
+        foreach (var log in auditLogs)
+        {
+            var lines = await File.ReadAllLinesAsync(log, cancellationToken);
+            try
+            {
+                recorded.AddRange(DestructionReplay.FromAuditLines(lines, manifest.AuditHead.Sequence, Path.GetFileName(log)));
+            }
+            catch (Exception e) when (e is FormatException or KmsException or KeyNotFoundException or InvalidOperationException)
+            {
+                throw KmsErrors.InvalidArgument("audit-log", $"{log} is not an audit export or SIEM stream: {e.Message}");
+            }
+        }
+
+        // 2. A private copy, checked again (the file could have changed since it was verified).
+        Directory.CreateDirectory(dataDir);
+        var stamp = DateTimeOffset.UtcNow.ToString("yyyyMMdd'T'HHmmss'Z'", System.Globalization.CultureInfo.InvariantCulture);
+        var staging = Path.Combine(dataDir, $"kms.db.restoring-{stamp}");
+        File.Copy(Path.Combine(backupDir, BackupManifest.SnapshotFile), staging);
+        var reapplied = new List<(string, string)>();
+        var skipped = new List<string>();
+        try
+        {
+            if (BackupManifest.HashFile(staging) != (manifest.SnapshotSha256, manifest.SnapshotSize))
+            {
+                throw KmsErrors.PermissionDenied($"the snapshot in {backupDir} changed while it was copied; nothing was restored");
+            }
+
+            // 3. Re-apply the destructions in the copy; the store erases the material.
+            var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = staging }, cancellationToken);
+            await using (store)
+            {
+                foreach (var group in recorded.GroupBy(d => d.Key))
+                {
+                    var updated = await store.UpdateKeyAsync(group.Key, current =>
+                    {
+                        var change = DestructionReplay.Apply(current, group);
+                        skipped.AddRange(group
+                            .Where(d => d.Version is { } number && current.Version(number) is null)
+                            .Select(d => $"{group.Key}/versions/{d.Version} (not in the backup: created after it)"));
+                        foreach (var version in change.UpdatedVersions)
+                        {
+                            var source = group.First(d => d.Version == version.Name.Version || d.Version is null).Source;
+                            reapplied.Add((version.Name.ToString(), source));
+                        }
+
+                        return change;
+                    }, cancellationToken);
+                    if (updated is null)
+                    {
+                        skipped.Add($"{group.Key} (not in the backup: created after it)");
+                    }
+                }
+
+                var now = DateTimeOffset.UtcNow;
+                var requestId = "restore-" + stamp;
+                List<AuditEntry> events =
+                [
+                    new() { Time = now, RequestId = requestId, Principal = Principal, Operation = RestoreOperation, Resource = manifest.Request, Outcome = "OK", Client = Environment.MachineName },
+                    .. reapplied.Select(r => new AuditEntry
+                    {
+                        Time = now, RequestId = requestId, Principal = Principal, Operation = ReapplyOperation, Resource = r.Item1, Outcome = "OK", Client = Environment.MachineName,
+                    }),
+                ];
+                await store.AppendAuditAsync(events, cancellationToken);
+                if (!await store.CompleteErasureAsync(cancellationToken))
+                {
+                    throw KmsErrors.Unavailable($"the re-applied destructions could not be erased from {staging}'s write-ahead log; nothing was installed");
+                }
+            }
+
+            SqliteStore.ReleasePooledConnections();
+
+            // 4. Install: the old database (and its WAL) aside, the restored one in its place.
+            string? replaced = null;
+            if (exists)
+            {
+                replaced = Path.Combine(dataDir, $"kms.db.replaced-{stamp}");
+                foreach (var suffix in new[] { "", "-wal", "-shm" })
+                {
+                    if (File.Exists(target + suffix))
+                    {
+                        File.Move(target + suffix, replaced + suffix);
+                    }
+                }
+            }
+
+            foreach (var suffix in new[] { "-wal", "-shm" })
+            {
+                if (File.Exists(staging + suffix))
+                {
+                    File.Move(staging + suffix, target + suffix);
+                }
+            }
+
+            File.Move(staging, target);
+            return new RestoreReport(manifest, reapplied, skipped, replaced);
+        }
+        catch
+        {
+            SqliteStore.ReleasePooledConnections();
+            foreach (var suffix in new[] { "", "-wal", "-shm" })
+            {
+                File.Delete(staging + suffix);
+            }
+
+            throw;
+        }
+    }
+}

@@ -1,0 +1,164 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Kms.Cli.Backup;
+using Kms.Cli.Infrastructure;
+using Kms.Client.Quorum;
+using Kms.Contracts.V1;
+using Kms.Core.Backup;
+using Kms.Core.Errors;
+
+namespace Kms.Cli.Commands;
+
+/// <summary>
+/// <c>kms backup …</c>: a quorum-gated, signed snapshot of the metadata store, its
+/// verification, and the offline restore that re-applies later destructions
+/// (docs/ceremony.md, "Backup and disaster recovery").
+/// </summary>
+internal static class BackupCommands
+{
+    public static IEnumerable<Command> Create(CommandRunner runner)
+    {
+        var backup = new Command("backup", "backups of the metadata store: request one (quorum), verify it, restore it offline");
+        backup.Subcommands.Add(CreateRequest(runner));
+        backup.Subcommands.Add(Verify(runner));
+        backup.Subcommands.Add(Restore(runner));
+        return [backup];
+    }
+
+    private static Command CreateRequest(CommandRunner runner)
+    {
+        var ttl = new Option<TimeSpan?>("--ttl") { Description = "how long officers may approve (default 24h)", HelpName = "DURATION", CustomParser = DurationText.Parse };
+        var command = new Command("create", "request a backup (EXPORT_BACKUP): it is written under the server's {DataDir}/backups/ID when M officers approve") { ttl };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var request = new CreateQuorumRequestRequest { Operation = QuorumOperation.ExportBackup };
+            if (ctx.ParseResult.GetValue(ttl) is { } lifetime)
+            {
+                request.Ttl = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(lifetime);
+            }
+
+            var created = await ctx.Client.CreateQuorumRequestAsync(request, ct);
+            var rendering = QuorumApprover.Render(created);
+            ctx.Output.Result(new JsonObject { ["name"] = created.Name, ["rendering"] = rendering },
+                $"created {created.Name}; officers approve this rendering:{Environment.NewLine}{rendering}");
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command Verify(CommandRunner runner)
+    {
+        var directory = NameArgument.Create<string>("DIR", "the backup directory (kms.db, manifest.json, manifest.json.sig)");
+        var publicKey = PublicKeyOption();
+        var command = new Command("verify", "check a backup's manifest signature (audit key) and its snapshot's SHA-256 and size; reads only") { directory, publicKey };
+        runner.SetAction(command, (ctx, _) =>
+        {
+            var key = CeremonyCommands.PublicKeyFromPem(File.ReadAllText(ctx.Environment.FullPath(ctx.ParseResult.GetRequiredValue(publicKey))));
+            var manifest = Checked(() => BackupManifest.Verify(ctx.Environment.FullPath(ctx.ParseResult.GetRequiredValue(directory)), key));
+            ctx.Output.Result(ManifestJson(manifest), () => CliOutput.Properties(ManifestRows(manifest)));
+            return Task.FromResult(ExitCodes.Ok);
+        });
+        return command;
+    }
+
+    private static Command Restore(CommandRunner runner)
+    {
+        var directory = NameArgument.Create<string>("DIR", "the backup directory");
+        var publicKey = PublicKeyOption();
+        var dataDir = new Option<string>("--data-dir") { Description = "the data directory to restore into (the server must be stopped)", HelpName = "DIR", Required = true };
+        var auditLogs = new Option<string[]>("--audit-log")
+        {
+            Description = "an audit export or SIEM stream file whose destructions after the backup are re-applied (repeatable)",
+            HelpName = "FILE",
+            Arity = ArgumentArity.ZeroOrMore,
+        };
+        var replace = new Option<bool>("--replace") { Description = "restore over an existing kms.db (kept beside as kms.db.replaced-TIME; its destructions are re-applied)" };
+        var command = new Command("restore", "verify a backup, re-apply every destruction recorded after it, and install it as DATA-DIR/kms.db (offline)")
+        {
+            directory, publicKey, dataDir, auditLogs, replace,
+        };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var parse = ctx.ParseResult;
+            var key = CeremonyCommands.PublicKeyFromPem(File.ReadAllText(ctx.Environment.FullPath(parse.GetRequiredValue(publicKey))));
+            var logs = (parse.GetValue(auditLogs) ?? []).Select(ctx.Environment.FullPath).ToList();
+            var report = await CheckedAsync(() => BackupRestore.RunAsync(
+                ctx.Environment.FullPath(parse.GetRequiredValue(directory)), key, ctx.Environment.FullPath(parse.GetRequiredValue(dataDir)), logs, parse.GetValue(replace), ct));
+            var json = ManifestJson(report.Manifest);
+            json["reapplied"] = new JsonArray([.. report.Reapplied.Select(r => (JsonNode)new JsonObject { ["version"] = r.Version, ["source"] = r.Source })]);
+            json["skipped"] = new JsonArray([.. report.Skipped.Select(s => (JsonNode)s)]);
+            json["replaced_database"] = report.ReplacedDatabase;
+            ctx.Output.Result(json, () =>
+            {
+                var rows = ManifestRows(report.Manifest).ToList();
+                rows.Add(("re-applied", report.Reapplied.Count == 0 ? "none" : string.Join("; ", report.Reapplied.Select(r => $"{r.Version} ({r.Source})"))));
+                rows.Add(("skipped", report.Skipped.Count == 0 ? "none" : string.Join("; ", report.Skipped)));
+                rows.Add(("replaced database", report.ReplacedDatabase ?? "none"));
+                return CliOutput.Properties(rows);
+            });
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Option<string> PublicKeyOption() =>
+        new("--public-key") { Description = "the audit signing key (PEM) as published, e.g. {DataDir}/audit/signing-key.pem", HelpName = "PEM", Required = true };
+
+    private static JsonObject ManifestJson(BackupManifest manifest) => new()
+    {
+        ["verified"] = true,
+        ["request"] = manifest.Request,
+        ["create_time"] = Kms.Core.Audit.AuditChain.Time(manifest.CreateTime),
+        ["schema_version"] = manifest.SchemaVersion,
+        ["snapshot_sha256"] = manifest.SnapshotSha256,
+        ["snapshot_size"] = manifest.SnapshotSize,
+        ["audit_head_seq"] = manifest.AuditHead.Sequence,
+        ["audit_head_hash"] = manifest.AuditHead.Hash,
+        ["domain_kcv"] = manifest.DomainKcv,
+        ["audit_key"] = manifest.AuditKey,
+    };
+
+    private static IEnumerable<(string, string?)> ManifestRows(BackupManifest manifest) =>
+    [
+        ("verified", $"signed by audit key {manifest.AuditKey}; snapshot SHA-256 matches"),
+        ("request", manifest.Request),
+        ("taken", Kms.Core.Audit.AuditChain.Time(manifest.CreateTime)),
+        ("snapshot", $"{manifest.SnapshotSize.ToString(CultureInfo.InvariantCulture)} bytes, SHA-256 {manifest.SnapshotSha256}, schema {manifest.SchemaVersion.ToString(CultureInfo.InvariantCulture)}"),
+        ("audit head", $"{manifest.AuditHead.Sequence.ToString(CultureInfo.InvariantCulture)} {manifest.AuditHead.Hash}"),
+        ("domain key", $"check value {manifest.DomainKcv} (the token the server starts with must hold it)"),
+    ];
+
+    private static T Checked<T>(Func<T> action)
+    {
+        try
+        {
+            return action();
+        }
+        catch (KmsException e)
+        {
+            throw Failure(e);
+        }
+    }
+
+    private static async Task<T> CheckedAsync<T>(Func<Task<T>> action)
+    {
+        try
+        {
+            return await action();
+        }
+        catch (KmsException e)
+        {
+            throw Failure(e);
+        }
+    }
+
+    private static CliFailureException Failure(KmsException e) => new(e.Code switch
+    {
+        KmsErrorCode.PermissionDenied => ExitCodes.Denied,
+        KmsErrorCode.InvalidArgument => ExitCodes.InvalidArgument,
+        KmsErrorCode.FailedPrecondition or KmsErrorCode.AlreadyExists => ExitCodes.Conflict,
+        KmsErrorCode.Unavailable => ExitCodes.Unavailable,
+        _ => ExitCodes.Unexpected,
+    }, "backup: " + e.Message);
+}

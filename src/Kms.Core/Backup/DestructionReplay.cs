@@ -1,0 +1,135 @@
+using System.Text.Json;
+using Kms.Core.Keys;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+
+namespace Kms.Core.Backup;
+
+/// <summary>
+/// A destruction known to have happened, to be re-applied to a restored snapshot: one version
+/// (<see cref="Version"/>), or the due destructions of a key as of <see cref="Time"/>
+/// (<see cref="Version"/> null: what a <c>lifecycle/Destruction</c> event records).
+/// </summary>
+/// <param name="Key">The key.</param>
+/// <param name="Version">The version number, or null for the key's due destructions.</param>
+/// <param name="Time">When it happened.</param>
+/// <param name="Source">Where it was found, for the report (a database, an audit event).</param>
+public sealed record RecordedDestruction(KeyName Key, int? Version, DateTimeOffset Time, string Source);
+
+/// <summary>
+/// Re-applies destructions to a restored snapshot, so a restore never brings a destroyed key
+/// version back: the version becomes DESTROYED and the store erases its material.
+/// </summary>
+/// <remarks>
+/// Re-applying only ever removes material. A destruction the snapshot already holds is a
+/// no-op; one of a key or version the snapshot does not know (created after the backup) is
+/// reported and skipped — its material is not in the snapshot to begin with.
+/// </remarks>
+public static class DestructionReplay
+{
+    /// <summary>The audit operation of a quorum's immediate destruction (resource: the version).</summary>
+    public const string DestroyNowOperation = "quorum/DESTROY_KEY_VERSION_NOW";
+
+    /// <summary>The audit operation of the lifecycle's due destructions (resource: the key).</summary>
+    public const string LifecycleOperation = "lifecycle/Destruction";
+
+    /// <summary>
+    /// The change that re-applies <paramref name="destructions"/> (all of one key) to
+    /// <paramref name="current"/>; <see cref="KeyChange.IsNoOp"/> when the snapshot has them all.
+    /// A destroyed primary version makes the key DESTROYED, as a key deletion does.
+    /// </summary>
+    public static KeyChange Apply(KeyWithVersions current, IEnumerable<RecordedDestruction> destructions)
+    {
+        ArgumentNullException.ThrowIfNull(current);
+        var updated = new Dictionary<int, KeyVersion>();
+        foreach (var destruction in destructions.OrderBy(d => d.Time))
+        {
+            var targets = destruction.Version is { } number
+                ? current.Versions.Where(v => v.Name.Version == number)
+                : current.Versions.Where(v => v.State == KeyState.DestroyScheduled && v.DestroyTime <= destruction.Time
+                    || current.Key.State == KeyState.DestroyScheduled && current.Key.DestroyTime <= destruction.Time);
+            foreach (var version in targets)
+            {
+                if (version.State != KeyState.Destroyed && !updated.ContainsKey(version.Name.Version))
+                {
+                    updated[version.Name.Version] = version with
+                    {
+                        State = KeyState.Destroyed,
+                        DestroyTime = version.DestroyTime ?? destruction.Time,
+                        DestroyEventTime = destruction.Time,
+                    };
+                }
+            }
+        }
+
+        if (updated.Count == 0)
+        {
+            return new KeyChange(current.Key) { IsNoOp = true };
+        }
+
+        var key = current.Key;
+        if (updated.TryGetValue(key.Primary.Name.Version, out var primary))
+        {
+            key = key with { State = KeyState.Destroyed, Primary = primary, NextRotationTime = null };
+        }
+
+        return new KeyChange(key) { UpdatedVersions = [.. updated.Values.OrderBy(v => v.Name.Version)] };
+    }
+
+    /// <summary>
+    /// The destructions an audit export or SIEM stream (JSON lines, docs/audit-format.md)
+    /// records after sequence <paramref name="afterSequence"/>: successful
+    /// <see cref="DestroyNowOperation"/> and <see cref="LifecycleOperation"/> events. Lines that
+    /// are not events (the export's header, checkpoints) are skipped.
+    /// </summary>
+    /// <exception cref="FormatException">A line that is not JSON.</exception>
+    public static IReadOnlyList<RecordedDestruction> FromAuditLines(IEnumerable<string> lines, long afterSequence, string source)
+    {
+        ArgumentNullException.ThrowIfNull(lines);
+        var found = new List<RecordedDestruction>();
+        var number = 0;
+        foreach (var line in lines)
+        {
+            number++;
+            if (string.IsNullOrWhiteSpace(line))
+            {
+                continue;
+            }
+
+            JsonDocument document;
+            try
+            {
+                document = JsonDocument.Parse(line);
+            }
+            catch (JsonException e)
+            {
+                throw new FormatException($"{source} line {number} is not JSON: {e.Message}", e);
+            }
+
+            using (document)
+            {
+                if (!document.RootElement.TryGetProperty("event", out var body) || body.ValueKind != JsonValueKind.Object)
+                {
+                    continue;
+                }
+
+                var seq = body.GetProperty("seq").GetInt64();
+                var operation = body.GetProperty("operation").GetString();
+                if (seq <= afterSequence || body.GetProperty("outcome").GetString() != "OK"
+                    || operation is not (DestroyNowOperation or LifecycleOperation)
+                    || body.GetProperty("resource").GetString() is not { } resource)
+                {
+                    continue;
+                }
+
+                var time = DateTimeOffset.Parse(body.GetProperty("time").GetString()!, System.Globalization.CultureInfo.InvariantCulture);
+                var where = $"{source} event {seq} ({operation})";
+                found.Add(operation == DestroyNowOperation
+                    ? new RecordedDestruction(KeyVersionName.Parse(resource, "resource").Key, KeyVersionName.Parse(resource, "resource").Version, time, where)
+                    : new RecordedDestruction(KeyName.Parse(resource, "resource"), null, time, where));
+            }
+        }
+
+        return found;
+    }
+}

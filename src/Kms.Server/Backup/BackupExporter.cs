@@ -1,0 +1,110 @@
+using Kms.Core.Audit;
+using Kms.Core.Backup;
+using Kms.Core.Errors;
+using Kms.Core.Ports;
+using Kms.Core.Quorum;
+using Kms.Core.Services;
+using Kms.Storage.Sqlite;
+
+namespace Kms.Server.Backup;
+
+/// <summary>
+/// Carries out an executed EXPORT_BACKUP request: a consistent snapshot of the store into
+/// <c>{DataDir}/backups/{request id}/kms.db</c>, its <c>manifest.json</c> and the manifest's
+/// signature by the audit key (<c>manifest.json.sig</c>), and an audit event.
+/// </summary>
+/// <remarks>
+/// The snapshot is taken after the request's execution committed, so it holds the executed
+/// request and its execution event. If writing the backup fails, the request stays executed
+/// without a backup: the audit log says so (outcome not OK) and officers create a new request.
+/// The snapshot holds key material wrapped under the domain key only — what the database holds.
+/// </remarks>
+internal sealed class BackupExporter(SqliteStore store, AuditLog audit, IHsm hsm, TimeProvider time, string backupsDirectory)
+{
+    /// <summary>The audit operation of a written backup.</summary>
+    public const string Operation = "backup/Export";
+
+    /// <summary>The directory of a request's backup.</summary>
+    public string DirectoryOf(QuorumRequestId id) => Path.Combine(backupsDirectory, id.Value);
+
+    /// <summary>Writes the backup of an executed EXPORT_BACKUP request and returns its manifest.</summary>
+    /// <exception cref="KmsException">FailedPrecondition (not an executed EXPORT_BACKUP, or its backup exists), Unavailable (the store or disk failed).</exception>
+    public async Task<BackupManifest> ExportAsync(QuorumRequest request, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        if (request.Operation != QuorumOperation.ExportBackup || request.State != QuorumRequestState.Executed)
+        {
+            throw KmsErrors.FailedPrecondition($"quorum request {request.Name} is not an executed EXPORT_BACKUP request");
+        }
+
+        var directory = DirectoryOf(request.Id);
+        if (Directory.Exists(directory))
+        {
+            throw KmsErrors.FailedPrecondition($"the backup of {request.Name} exists already; a request exports once");
+        }
+
+        var outcome = "INTERNAL";
+        try
+        {
+            if (OperatingSystem.IsWindows())
+            {
+                Directory.CreateDirectory(directory);
+            }
+            else
+            {
+                Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            }
+
+            var snapshotPath = Path.Combine(directory, BackupManifest.SnapshotFile);
+            var snapshot = await store.SnapshotAsync(snapshotPath, cancellationToken);
+            var (sha256, size) = BackupManifest.HashFile(snapshotPath);
+            var manifest = new BackupManifest
+            {
+                Request = request.Name,
+                CreateTime = time.GetUtcNow(),
+                SchemaVersion = snapshot.SchemaVersion,
+                SnapshotSha256 = sha256,
+                SnapshotSize = size,
+                AuditHead = snapshot.AuditHead,
+                DomainKcv = hsm.DomainKeyCheckValue,
+                AuditKey = audit.Fingerprint,
+            };
+            var json = manifest.ToJson();
+            var signature = await audit.SignStatementAsync(BackupManifest.StatementKind, json, cancellationToken);
+            await WriteOwnerOnlyAsync(Path.Combine(directory, BackupManifest.ManifestFile), json, cancellationToken);
+            await WriteOwnerOnlyAsync(Path.Combine(directory, BackupManifest.SignatureFile), System.Text.Encoding.ASCII.GetBytes(Convert.ToBase64String(signature) + "\n"), cancellationToken);
+            outcome = "OK";
+            return manifest;
+        }
+        catch (IOException e)
+        {
+            throw KmsErrors.Unavailable($"the backup of {request.Name} could not be written: {e.Message}");
+        }
+        finally
+        {
+            await audit.AppendAsync(new AuditEntry
+            {
+                Time = time.GetUtcNow(),
+                RequestId = request.Id.Value,
+                Principal = QuorumService.ExecutorPrincipal,
+                Operation = Operation,
+                Resource = "backups/" + request.Id.Value,
+                Outcome = outcome,
+            }, CancellationToken.None);
+        }
+    }
+
+    private static async Task WriteOwnerOnlyAsync(string path, byte[] content, CancellationToken cancellationToken)
+    {
+        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
+        if (!OperatingSystem.IsWindows())
+        {
+            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        }
+
+        await using var stream = new FileStream(path, options);
+        await stream.WriteAsync(content, cancellationToken);
+        await stream.FlushAsync(cancellationToken);
+        stream.Flush(flushToDisk: true);
+    }
+}

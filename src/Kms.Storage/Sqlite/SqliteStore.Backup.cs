@@ -1,0 +1,92 @@
+using Kms.Core.Audit;
+using Kms.Core.Keys;
+using Kms.Core.Names;
+using Microsoft.Data.Sqlite;
+
+namespace Kms.Storage.Sqlite;
+
+/// <summary>What a snapshot holds: its schema version and the last audit event in it.</summary>
+/// <param name="SchemaVersion">The schema migration the snapshot is at.</param>
+/// <param name="AuditHead">The audit chain head inside the snapshot.</param>
+public sealed record SqliteSnapshot(int SchemaVersion, AuditHead AuditHead);
+
+public sealed partial class SqliteStore
+{
+    /// <summary>
+    /// Writes a transactionally consistent copy of the database to <paramref name="path"/>
+    /// (<c>VACUUM INTO</c>: one read transaction, so every row is as of one commit), owner-only,
+    /// and reads back what it holds.
+    /// </summary>
+    /// <remarks>
+    /// The copy is the database: key material in it is wrapped under the domain key, as in the
+    /// live file; plaintext keys are never stored, so none can be in it. Destroyed material is
+    /// NULL in the live rows and <c>VACUUM</c> writes no free pages, so none of it is copied.
+    /// </remarks>
+    /// <exception cref="Kms.Core.Errors.KmsException">Unavailable when the database cannot be read or the file written.</exception>
+    public Task<SqliteSnapshot> SnapshotAsync(string path, CancellationToken cancellationToken)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        var full = Path.GetFullPath(path);
+        if (File.Exists(full) && new FileInfo(full).Length > 0)
+        {
+            throw new IOException($"{full} exists; a snapshot never overwrites a file");
+        }
+
+        CreateOwnerOnly(full);
+        return GuardAsync(async () =>
+        {
+            await using (var connection = await OpenConnectionAsync(cancellationToken))
+            {
+                await using var vacuum = Command(connection, "VACUUM INTO $path", ("$path", full));
+                await vacuum.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            return await ReadSnapshotAsync(full, cancellationToken);
+        });
+    }
+
+    /// <summary>Reads a snapshot file's schema version and audit head without changing it (read-only, no migration).</summary>
+    /// <exception cref="Kms.Core.Errors.KmsException">Unavailable when the file is not a readable database.</exception>
+    public static Task<SqliteSnapshot> ReadSnapshotAsync(string path, CancellationToken cancellationToken) =>
+        GuardAsync(async () =>
+        {
+            var builder = new SqliteConnectionStringBuilder { DataSource = path, Mode = SqliteOpenMode.ReadOnly, Pooling = false };
+            await using var connection = new SqliteConnection(builder.ToString());
+            await connection.OpenAsync(cancellationToken);
+            await using var version = Command(connection, "SELECT coalesce(max(version), 0) FROM schema_migrations");
+            var schema = Convert.ToInt32(await version.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture);
+            return new SqliteSnapshot(schema, await ReadHeadAsync(connection, null, cancellationToken));
+        });
+
+    /// <summary>
+    /// The DESTROYED versions of a database file, read-only (no migration, nothing written):
+    /// what a restore re-applies from the database it replaces.
+    /// </summary>
+    /// <exception cref="Kms.Core.Errors.KmsException">Unavailable when the file is not a readable database.</exception>
+    public static Task<IReadOnlyList<(KeyVersionName Version, DateTimeOffset Time)>> ReadDestroyedVersionsAsync(string path, CancellationToken cancellationToken) =>
+        GuardAsync<IReadOnlyList<(KeyVersionName, DateTimeOffset)>>(async () =>
+        {
+            var builder = new SqliteConnectionStringBuilder { DataSource = path, Mode = SqliteOpenMode.ReadOnly, Pooling = false };
+            await using var connection = new SqliteConnection(builder.ToString());
+            await connection.OpenAsync(cancellationToken);
+            await using var command = Command(connection, """
+                SELECT tenant, key_id, version, coalesce(destroy_event_time, destroy_time, 0)
+                FROM key_versions WHERE state = $destroyed ORDER BY tenant, key_id, version
+                """, ("$destroyed", (int)KeyState.Destroyed));
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            var destroyed = new List<(KeyVersionName, DateTimeOffset)>();
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                var key = new KeyName(TenantId.Parse(reader.GetString(0)), reader.GetString(1));
+                destroyed.Add((new KeyVersionName(key, reader.GetInt32(2)), DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(3))));
+            }
+
+            return destroyed;
+        });
+
+    /// <summary>
+    /// Closes this process's idle pooled connections (of every database), so a file whose store
+    /// was disposed can be moved: the last close checkpoints its WAL into it.
+    /// </summary>
+    public static void ReleasePooledConnections() => SqliteConnection.ClearAllPools();
+}

@@ -1,0 +1,130 @@
+using System.Security.Cryptography;
+using System.Text;
+using global::Grpc.Core;
+using Kms.Client.Quorum;
+using Kms.Contracts.V1;
+using Kms.Core.Backup;
+using Kms.Core.Errors;
+using Kms.Core.Quorum;
+using Kms.Testing;
+
+namespace Kms.Server.Tests;
+
+/// <summary>
+/// EXPORT_BACKUP through real gRPC against SoftHSM: the request executes when 2 of 3 officers
+/// approve, and the server writes a consistent snapshot, its manifest and the manifest's
+/// signature by the audit key; tampering with any file, or another key, is refused.
+/// </summary>
+public sealed class BackupExportTests : IAsyncLifetime, IDisposable
+{
+    private readonly TestOfficers _officers = new("alice", "bob", "carol");
+    private readonly string _genesisPath = Path.Combine(Path.GetTempPath(), "kms-genesis-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".json");
+    private KmsTestServer _server = null!;
+    private Kms.Client.KmsClient _keyManager = null!;
+    private Kms.Client.KmsClient _officer = null!;
+
+    public async Task InitializeAsync()
+    {
+        GenesisFile.Write(_genesisPath, OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2));
+        _server = await KmsTestServer.StartAsync(null, null, "dev", $"--Kms:Quorum:GenesisFile={_genesisPath}");
+        _keyManager = _server.CreateClient();
+        _officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+    }
+
+    public async Task DisposeAsync()
+    {
+        _keyManager.Dispose();
+        _officer.Dispose();
+        await _server.DisposeAsync();
+        File.Delete(_genesisPath);
+    }
+
+    public void Dispose() => _officers.Dispose();
+
+    [Fact]
+    public async Task ExportBackup_TwoOfThreeApprove_SignedSnapshotWritten_VerifiesWithPublishedKey_AndIsAudited()
+    {
+        var key = await _keyManager.CreateKeyAsync("tenants/dev", "backed-up");
+        var plaintext = Encoding.UTF8.GetBytes("plaintext that must not be in a backup");
+        await _keyManager.EncryptAsync(key.Name, plaintext);
+
+        var request = await _officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup });
+        Assert.False((await ApproveAsync("alice", request.Name)).Executed);
+        var directory = Path.Combine(_server.DataDir, "backups", request.Id);
+        Assert.False(Directory.Exists(directory));
+        Assert.True((await ApproveAsync("bob", request.Name)).Executed);
+
+        var manifest = BackupManifest.Verify(directory, PublishedAuditKey());
+        Assert.Equal(request.Name, manifest.Request);
+        Assert.True(manifest.AuditHead.Sequence > 0);
+        var snapshot = await File.ReadAllBytesAsync(Path.Combine(directory, BackupManifest.SnapshotFile));
+        Assert.Equal(-1, snapshot.AsSpan().IndexOf(plaintext));
+
+        using var auditor = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("auditor", null, "security-officer"));
+        var events = await auditor.ListAuditEventsAsync(new ListAuditEventsRequest { Resource = "backups/" + request.Id }).ToListAsync();
+        Assert.Contains(events, e => e.Operation == "quorum/EXPORT_BACKUP" && e.Outcome == "OK");
+        Assert.Contains(events, e => e.Operation == "backup/Export" && e.Outcome == "OK" && e.Sequence > manifest.AuditHead.Sequence);
+        if (!OperatingSystem.IsWindows())
+        {
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Path.Combine(directory, BackupManifest.SnapshotFile)));
+        }
+    }
+
+    [Fact]
+    public async Task Verify_TamperedSnapshotOrManifest_OrAnotherKey_PermissionDenied()
+    {
+        var request = await _officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup });
+        await ApproveAsync("alice", request.Name);
+        await ApproveAsync("carol", request.Name);
+        var original = Path.Combine(_server.DataDir, "backups", request.Id);
+        var key = PublishedAuditKey();
+
+        var snapshot = Copy(original);
+        var db = Path.Combine(snapshot, BackupManifest.SnapshotFile);
+        var bytes = await File.ReadAllBytesAsync(db);
+        bytes[^100] ^= 1;
+        await File.WriteAllBytesAsync(db, bytes);
+        Assert.Contains("is not the snapshot the signed manifest names", Refused(snapshot, key), StringComparison.Ordinal);
+
+        var manifest = Copy(original);
+        var json = Path.Combine(manifest, BackupManifest.ManifestFile);
+        await File.WriteAllTextAsync(json, (await File.ReadAllTextAsync(json)).Replace("\"schema_version\": ", "\"schema_version\": 1", StringComparison.Ordinal));
+        Assert.Contains("does not verify", Refused(manifest, key), StringComparison.Ordinal);
+
+        using var other = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        Assert.Contains("does not verify", Refused(original, other.ExportSubjectPublicKeyInfo()), StringComparison.Ordinal);
+        BackupManifest.Verify(original, key);
+    }
+
+    private static string Refused(string directory, byte[] key)
+    {
+        var refused = Assert.Throws<KmsException>(() => BackupManifest.Verify(directory, key));
+        Assert.Equal(KmsErrorCode.PermissionDenied, refused.Code);
+        return refused.Message;
+    }
+
+    private static string Copy(string directory)
+    {
+        var copy = Directory.CreateTempSubdirectory("kms-backup-copy-").FullName;
+        foreach (var file in Directory.GetFiles(directory))
+        {
+            File.Copy(file, Path.Combine(copy, Path.GetFileName(file)));
+        }
+
+        return copy;
+    }
+
+    private byte[] PublishedAuditKey()
+    {
+        using var key = ECDsa.Create();
+        key.ImportFromPem(File.ReadAllText(Path.Combine(_server.DataDir, "audit", "signing-key.pem")));
+        return key.ExportSubjectPublicKeyInfo();
+    }
+
+    private async Task<ApproveQuorumRequestResponse> ApproveAsync(string officer, string name)
+    {
+        using var approver = QuorumApprover.FromKey(ECDsa.Create(_officers.KeyOf(officer).ExportParameters(true)));
+        var pending = await approver.PrepareAsync(_officer, name);
+        return await approver.ApproveAsync(_officer, pending);
+    }
+}
