@@ -16,7 +16,7 @@ namespace Kms.Cli.Commands;
 /// set-up, the domain key with M-of-N custodian shares, its restore on another HSM, and
 /// transcript checks (docs/ceremony.md).
 /// </summary>
-internal static class CeremonyCommands
+internal static partial class CeremonyCommands
 {
     public static IEnumerable<Command> Create(CommandRunner runner)
     {
@@ -25,6 +25,7 @@ internal static class CeremonyCommands
         ceremony.Subcommands.Add(InspectToken(runner));
         ceremony.Subcommands.Add(CreateDomain(runner));
         ceremony.Subcommands.Add(RestoreDomain(runner));
+        ceremony.Subcommands.Add(RotateDomain(runner));
         ceremony.Subcommands.Add(VerifyDomain(runner));
         ceremony.Subcommands.Add(VerifyTranscript(runner));
         return [ceremony];
