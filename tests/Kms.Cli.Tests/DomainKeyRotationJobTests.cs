@@ -13,11 +13,20 @@ using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Kms.Cli.Tests;
 
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class TokenWipeGroup
+{
+    // C_InitToken on a token of the in-process module can disturb a concurrent slot enumeration
+    // (CKR_GENERAL_ERROR from C_GetTokenInfo, seen in Kms.Hsm.Tests): run alone.
+    public const string Name = "token wipe";
+}
+
 /// <summary>
 /// The database half of a domain-key rotation against SoftHSM: a deployment made under the old
 /// domain key (keys, ciphertexts, audit keys) is rotated, with a simulated crash half-way, and
 /// afterwards a token holding only the new domain key serves all of it while the old one is refused.
 /// </summary>
+[Collection(TokenWipeGroup.Name)]
 public sealed class DomainKeyRotationJobTests
 {
     private static readonly TenantId Tenant = TenantId.Parse("dev");

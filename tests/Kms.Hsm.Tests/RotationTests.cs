@@ -18,6 +18,11 @@ namespace Kms.Hsm.Tests;
 /// key wraps at once; the new blob opens under the new key elsewhere, and the rotation token is
 /// wiped at the end.
 /// </summary>
+/// <remarks>
+/// Runs alone: while one test wiped a token (C_InitToken), another test's slot enumeration
+/// got CKR_GENERAL_ERROR from C_GetTokenInfo once.
+/// </remarks>
+[Collection(ReinitializationGroup.Name)]
 public sealed class RotationTests
 {
     private const string Label = "kms-domain-key";
