@@ -134,11 +134,18 @@ public sealed class DomainKeyRewrapper : IDisposable
             return;
         }
 
-        _owner.Call("destroy rotation keys", session =>
+        try
         {
-            session.DestroyObject(_oldKey);
-            session.DestroyObject(_newKey);
-            return 0;
-        });
+            _owner.Call("destroy rotation keys", session =>
+            {
+                session.DestroyObject(_oldKey);
+                session.DestroyObject(_newKey);
+                return 0;
+            });
+        }
+        catch (HsmConfigurationException)
+        {
+            // The session is gone, and its session objects with it.
+        }
     }
 }

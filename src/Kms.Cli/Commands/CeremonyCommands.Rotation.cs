@@ -74,6 +74,11 @@ internal static partial class CeremonyCommands
             var rotationOptions = rotationToken.Options(parse, "kms-rotation");
             var restoreOptions = rotationToken.Options(parse, "pending");
             restoreOptions.TokenLabel = parse.GetRequiredValue(restoreToken);
+            if (restoreOptions.TokenLabel == rotationOptions.TokenLabel)
+            {
+                throw new CliUsageException("--restore-token-label must name another token than the rotation token (which is wiped)");
+            }
+
             using var pin = SecretInput.Read(ctx, rotationToken.Pin, $"user PIN of rotation token '{rotationOptions.TokenLabel}'");
             using var so = SecretInput.Read(ctx, soPin, $"security officer PIN of rotation token '{rotationOptions.TokenLabel}'");
             using var productionPin = SecretInput.Read(ctx, restorePin, $"user PIN of token '{restoreOptions.TokenLabel}'");
