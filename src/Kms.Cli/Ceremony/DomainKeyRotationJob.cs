@@ -26,9 +26,12 @@ public static class DomainKeyRotationJob
         ArgumentNullException.ThrowIfNull(store);
         ArgumentNullException.ThrowIfNull(rewrapper);
         ArgumentNullException.ThrowIfNull(clock);
+        // Listed before the rotation is recorded: a blob of a kind the rotation cannot move fails
+        // here, while the database still serves.
+        var existing = await store.GetDomainKeyRotationAsync(cancellationToken);
+        var items = await store.ListWrappedItemsAfterAsync(existing?.LastItem, cancellationToken);
         var state = await store.BeginDomainKeyRotationAsync(rewrapper.OldCheckValue, rewrapper.NewCheckValue, clock.GetUtcNow(), cancellationToken);
         var resumedAfter = state.Rewrapped;
-        var items = await store.ListWrappedItemsAfterAsync(state.LastItem, cancellationToken);
         var done = 0;
         foreach (var item in items)
         {
