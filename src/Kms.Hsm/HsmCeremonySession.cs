@@ -221,6 +221,88 @@ public sealed class HsmCeremonySession : IDisposable
     });
 
     /// <summary>
+    /// Loads the old (32 bytes, rebuilt from the old shares) and the new domain key (32 bytes,
+    /// whose shares the rotation writes) into this token with the rotation-only templates, as
+    /// session objects, and returns the rewrapper that uses them. Each key's check value is given
+    /// with it and verified by the HSM.
+    /// </summary>
+    /// <remarks>
+    /// The token must be a dedicated, freshly initialised rotation token: one that holds any
+    /// object (a production token holds its domain key) is refused, so the old key's
+    /// extractable-unwrap template never lands next to production material. Both keys die with
+    /// this session; the caller wipes the token at the end (<see cref="HsmTokenSetup.WipeToken"/>).
+    /// </remarks>
+    /// <exception cref="HsmConfigurationException">The token is not empty, the keys are equal, or the HSM refused.</exception>
+    public DomainKeyRewrapper LoadRotationKeys(ReadOnlySpan<byte> oldDomainKey, ReadOnlySpan<byte> newDomainKey)
+    {
+        if (oldDomainKey.Length != 32 || newDomainKey.Length != 32)
+        {
+            throw new ArgumentException("a domain key is 32 bytes (AES-256)");
+        }
+
+        if (CryptographicOperations.FixedTimeEquals(oldDomainKey, newDomainKey))
+        {
+            throw new HsmConfigurationException("the new domain key equals the old one");
+        }
+
+        var oldCheckValue = AesCheckValue(oldDomainKey);
+        var newCheckValue = AesCheckValue(newDomainKey);
+        var oldValue = GC.AllocateArray<byte>(32, pinned: true);
+        var newValue = GC.AllocateArray<byte>(32, pinned: true);
+        oldDomainKey.CopyTo(oldValue);
+        newDomainKey.CopyTo(newValue);
+        try
+        {
+            return Call("load rotation keys", () =>
+            {
+                var present = _session.FindAllObjects([]);
+                if (present.Count > 0)
+                {
+                    throw new HsmConfigurationException(
+                        $"token '{_tokenLabel}' holds {present.Count} object(s); a rotation runs on a dedicated, freshly initialised token, never on a production one");
+                }
+
+                var oldKey = CreateRotationKey(_templates.RotationOldDomainKey(Convert.FromHexString(oldCheckValue)), oldValue);
+                IObjectHandle newKey;
+                try
+                {
+                    newKey = CreateRotationKey(_templates.RotationNewDomainKey(Convert.FromHexString(newCheckValue)), newValue);
+                }
+                catch
+                {
+                    _session.DestroyObject(oldKey);
+                    throw;
+                }
+
+                return new DomainKeyRewrapper(this, oldKey, ReadCheckValue(oldKey), newKey, ReadCheckValue(newKey));
+            });
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(oldValue);
+            CryptographicOperations.ZeroMemory(newValue);
+        }
+    }
+
+    private IObjectHandle CreateRotationKey(Template template, byte[] keyValue)
+    {
+        using (template)
+        {
+            using var value = _module.Factories.ObjectAttributeFactory.Create(CKA.CKA_VALUE, keyValue);
+            template.Attributes.Insert(2, value);
+            try
+            {
+                return _session.CreateObject(template.Attributes);
+            }
+            finally
+            {
+                template.Attributes.Remove(value);
+                NativeAttribute.Zero(value);
+            }
+        }
+    }
+
+    /// <summary>
     /// The AES key check value as PKCS#11 defines it for <c>CKA_CHECK_VALUE</c>: the first three
     /// bytes of the ECB encryption of one zero block under the key (hex, upper case).
     /// </summary>
@@ -266,6 +348,12 @@ public sealed class HsmCeremonySession : IDisposable
             _module.Release();
         }
     }
+
+    internal Pkcs11Module Module => _module;
+
+    internal Templates Templates => _templates;
+
+    internal T Call<T>(string operation, Func<ISession, T> call) => Call(operation, () => call(_session));
 
     private T Call<T>(string operation, Func<T> call)
     {

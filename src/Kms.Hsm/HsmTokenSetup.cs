@@ -59,4 +59,44 @@ public static class HsmTokenSetup
             module.Release();
         }
     }
+    /// <summary>
+    /// Wipes the token labelled <paramref name="label"/>: <c>C_InitToken</c> again with its
+    /// security-officer PIN, which destroys every object on it and leaves it with no user PIN.
+    /// Used at the end of a domain-key rotation (the rotation token held a copy of the old domain
+    /// key that can release extractable copies of key versions).
+    /// </summary>
+    /// <remarks>No session may be open on the token (close the ceremony session first): the HSM
+    /// refuses with CKR_SESSION_EXISTS otherwise.</remarks>
+    /// <exception cref="HsmConfigurationException">No such token, a wrong SO PIN, open sessions, or the HSM refused.</exception>
+    public static void WipeToken(string modulePath, string label, string securityOfficerPin, IReadOnlyDictionary<string, string>? moduleEnvironment = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(label);
+        ArgumentException.ThrowIfNullOrEmpty(securityOfficerPin);
+        var module = Pkcs11Module.Acquire(modulePath, moduleEnvironment);
+        try
+        {
+            lock (InitLock)
+            {
+                module.Call(library =>
+                {
+                    var matches = library.GetSlotList(SlotsType.WithTokenPresent).Where(s => s.GetTokenInfo().Label == label).ToList();
+                    if (matches.Count != 1)
+                    {
+                        throw new HsmConfigurationException($"{matches.Count} tokens are labelled '{label}'; cannot wipe");
+                    }
+
+                    matches[0].InitToken(securityOfficerPin, label);
+                    return 0;
+                });
+            }
+        }
+        catch (Pkcs11Exception e)
+        {
+            throw new HsmConfigurationException($"wiping token '{label}' failed: {e.Method} returned {e.RV}", e);
+        }
+        finally
+        {
+            module.Release();
+        }
+    }
 }

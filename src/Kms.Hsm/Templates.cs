@@ -75,6 +75,84 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
     }
 
     /// <summary>
+    /// The OLD domain key during a domain-key rotation, imported from its value into the
+    /// temporary rotation token: a session object (never written to the token's store, gone
+    /// with the process), sensitive, never extractable, unmodifiable, KWP only, <b>unwrap
+    /// only</b>, with an unwrap template that lets what it unwraps be extractable (so the new
+    /// domain key can wrap it again) but still sensitive and a session object. That unwrap
+    /// template is exactly what the production domain key forbids: this key must never exist on a
+    /// production token, and the rotation token is wiped when the rotation ends.
+    /// </summary>
+    public Template RotationOldDomainKey(byte[] checkValue)
+    {
+        var template = RotationDomainKey("kms-rotation-old-domain-key", wrap: false, unwrap: true, checkValue);
+        List<IObjectAttribute> nested =
+        [
+            attributes.Create(CKA.CKA_TOKEN, false),
+            attributes.Create(CKA.CKA_SENSITIVE, true),
+            attributes.Create(CKA.CKA_EXTRACTABLE, true),
+        ];
+        template.Own(nested);
+        template.Add(attributes.Create(CKA.CKA_UNWRAP_TEMPLATE, nested));
+        template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
+        return template;
+    }
+
+    /// <summary>
+    /// The NEW domain key during a domain-key rotation, imported from its value into the
+    /// temporary rotation token: a session object, sensitive, never extractable, unmodifiable,
+    /// KWP only, <b>wrap only</b>. Production tokens get it later through <c>restore-domain</c>
+    /// with the production template.
+    /// </summary>
+    public Template RotationNewDomainKey(byte[] checkValue)
+    {
+        var template = RotationDomainKey("kms-rotation-new-domain-key", wrap: true, unwrap: false, checkValue);
+        template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
+        return template;
+    }
+
+    /// <summary>
+    /// A key version unwrapped under the old domain key only to be wrapped under the new one:
+    /// a session object, sensitive, extractable (for the wrap), no usage at all.
+    /// </summary>
+    public Template RewrappedAesKey() => new(
+    [
+        attributes.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
+        attributes.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES),
+        attributes.Create(CKA.CKA_TOKEN, false),
+        attributes.Create(CKA.CKA_PRIVATE, true),
+        attributes.Create(CKA.CKA_SENSITIVE, true),
+        attributes.Create(CKA.CKA_EXTRACTABLE, true),
+        attributes.Create(CKA.CKA_ENCRYPT, false),
+        attributes.Create(CKA.CKA_DECRYPT, false),
+        attributes.Create(CKA.CKA_WRAP, false),
+        attributes.Create(CKA.CKA_UNWRAP, false),
+        attributes.Create(CKA.CKA_SIGN, false),
+        attributes.Create(CKA.CKA_VERIFY, false),
+        attributes.Create(CKA.CKA_DERIVE, false),
+        attributes.Create(CKA.CKA_COPYABLE, false),
+        attributes.Create(CKA.CKA_MODIFIABLE, false),
+    ]);
+
+    /// <summary>As <see cref="RewrappedAesKey"/>, for an EC private key (the curve comes from the blob).</summary>
+    public Template RewrappedEcPrivateKey() => new(
+    [
+        attributes.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY),
+        attributes.Create(CKA.CKA_KEY_TYPE, CKK.CKK_EC),
+        attributes.Create(CKA.CKA_TOKEN, false),
+        attributes.Create(CKA.CKA_PRIVATE, true),
+        attributes.Create(CKA.CKA_SENSITIVE, true),
+        attributes.Create(CKA.CKA_EXTRACTABLE, true),
+        attributes.Create(CKA.CKA_SIGN, false),
+        attributes.Create(CKA.CKA_SIGN_RECOVER, false),
+        attributes.Create(CKA.CKA_DECRYPT, false),
+        attributes.Create(CKA.CKA_UNWRAP, false),
+        attributes.Create(CKA.CKA_DERIVE, false),
+        attributes.Create(CKA.CKA_COPYABLE, false),
+        attributes.Create(CKA.CKA_MODIFIABLE, false),
+    ]);
+
+    /// <summary>
     /// A new AES-256 key version, generated as a session object that is extractable only so
     /// the domain key can wrap it; it is destroyed right after the wrap.
     /// </summary>
@@ -137,6 +215,39 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
         attributes.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
         attributes.Create(CKA.CKA_TOKEN, false),
     ]);
+
+    // CKA_MODIFIABLE is added by the caller, last (after the unwrap template).
+    private Template RotationDomainKey(string label, bool wrap, bool unwrap, byte[] checkValue)
+    {
+        var template = new Template(
+        [
+            attributes.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
+            attributes.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES),
+            attributes.Create(CKA.CKA_TOKEN, false),
+            attributes.Create(CKA.CKA_PRIVATE, true),
+            attributes.Create(CKA.CKA_LABEL, label),
+            attributes.Create(CKA.CKA_SENSITIVE, true),
+            attributes.Create(CKA.CKA_EXTRACTABLE, false),
+            attributes.Create(CKA.CKA_WRAP, wrap),
+            attributes.Create(CKA.CKA_UNWRAP, unwrap),
+            attributes.Create(CKA.CKA_ENCRYPT, false),
+            attributes.Create(CKA.CKA_DECRYPT, false),
+            attributes.Create(CKA.CKA_SIGN, false),
+            attributes.Create(CKA.CKA_VERIFY, false),
+            attributes.Create(CKA.CKA_DERIVE, false),
+            attributes.Create(CKA.CKA_COPYABLE, false),
+            attributes.Create(CKA.CKA_CHECK_VALUE, checkValue),
+        ]);
+        if (!profile.AllowedMechanismsAttribute || !profile.UnwrapTemplateAttribute)
+        {
+            // Without both, the old key's rotation template could not be confined (HSM-NOTES.md).
+            template.Dispose();
+            throw new HsmConfigurationException($"HSM profile '{profile.Name}' lacks CKA_ALLOWED_MECHANISMS or CKA_UNWRAP_TEMPLATE; a domain-key rotation needs both");
+        }
+
+        template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { CKM.CKM_AES_KEY_WRAP_PAD }));
+        return template;
+    }
 
     private Template EcPrivateKey(bool extractable)
     {

@@ -159,6 +159,67 @@ public sealed class CeremonyEndToEndTests : IDisposable
     }
 
     [Fact]
+    public async Task RotateDomain_TwoOldShares_NewTokenServesEverythingFromBefore_OldSharesRefused()
+    {
+        var outputs = new List<CliResult>();
+        foreach (var site in new[] { "site-a", "rotation", "site-b", "site-c" })
+        {
+            Assert.Equal(0, (await Kms(outputs, ["ceremony", "init-token", .. Hsm(site), "--so-pin-file", P("so.pin")])).ExitCode);
+        }
+
+        Assert.Equal(0, (await Kms(outputs, "officer", "keygen", "--out", P("olga.key"), "--key-passphrase-file", P("officer-key"))).ExitCode);
+        var created = await Kms(outputs, ["ceremony", "create-domain", .. Hsm("site-a"),
+            "--custodian", "alice", "--custodian", "bob", "--custodian", "carol", "--threshold", "2",
+            "--shares-dir", P("shares"), "--data-dir", P("data"), "--domain-id", DomainId,
+            "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"bob={P("bob")}", "--passphrase-file", $"carol={P("carol")}",
+            "--officer", $"olga={P("olga.key.pub")}", "--officer-threshold", "1",
+            "--allow-network", "--insecure-test-kdf", "--output", "json"]);
+        Assert.True(created.ExitCode == 0, created.ToString());
+        var oldKcv = JsonNode.Parse(created.Out)!["check_value"]!.GetValue<string>();
+
+        byte[] record;
+        await using (var siteA = await ServerProcess.StartAsync(P("data"), _conf, "site-a", P("user.pin"), DomainId))
+        {
+            var (token, _) = await siteA.BootstrapAsync("dev");
+            await File.WriteAllTextAsync(P("developer.token"), token + "\n");
+            Assert.Equal(0, (await Kms(outputs, Client(siteA), "keys", "create", "dev/orders")).ExitCode);
+            using var client = siteA.CreateClient(token);
+            record = (await client.EncryptAsync("tenants/dev/keys/orders", "card 4111"u8.ToArray())).Ciphertext;
+        }
+
+        // Server stopped: rotate with two of the old shares into a new 2-of-3, site-b gets the new key.
+        var rotated = await Kms(outputs, ["ceremony", "rotate-domain", .. Hsm("rotation"), "--so-pin-file", P("so.pin"),
+            "--share", Share("alice"), "--share", Share("carol"), "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"carol={P("carol")}",
+            "--new-custodian", "alice", "--new-custodian", "bob", "--new-custodian", "carol", "--new-threshold", "2", "--new-shares-dir", P("new-shares"),
+            "--new-passphrase-file", $"alice={P("alice")}", "--new-passphrase-file", $"bob={P("bob")}", "--new-passphrase-file", $"carol={P("carol")}",
+            "--restore-token-label", "site-b", "--restore-pin-file", P("user.pin"),
+            "--data-dir", P("data"), "--allow-network", "--insecure-test-kdf", "--output", "json"]);
+        Assert.True(rotated.ExitCode == 0, rotated.ToString());
+        var rotation = JsonNode.Parse(rotated.Out)!;
+        var newId = rotation["domain_id"]!.GetValue<string>();
+        Assert.NotEqual(oldKcv, rotation["check_value"]!.GetValue<string>());
+        Assert.Equal(oldKcv, rotation["previous_check_value"]!.GetValue<string>());
+        Assert.Equal(3, Directory.GetFiles(P("new-shares"), "share-*.json").Length);
+        Assert.Equal(0, (await Kms(outputs, "ceremony", "verify-transcript", rotation["transcript"]!.GetValue<string>(), "--public-key", P("data/audit/signing-key.pem"))).ExitCode);
+
+        await using (var siteB = await ServerProcess.StartAsync(P("data"), _conf, "site-b", P("user.pin"), newId))
+        {
+            using var client = siteB.CreateClient((await File.ReadAllTextAsync(P("developer.token"))).Trim());
+            using var opened = await client.DecryptAsync(record);
+            Assert.Equal("card 4111"u8.ToArray(), opened.Plaintext.ToArray());
+        }
+
+        // The old shares still rebuild the old key, but the database no longer accepts it.
+        var old = await Kms(outputs, ["ceremony", "restore-domain", .. Hsm("site-c"), "--share", Share("alice"), "--share", Share("bob"),
+            "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"bob={P("bob")}", "--data-dir", P("data"), "--allow-network", "--insecure-test-kdf"]);
+        Assert.NotEqual(0, old.ExitCode);
+        Assert.Contains("refusing to serve", old.Error, StringComparison.Ordinal);
+
+        // The rotation token was wiped: its user PIN no longer opens it.
+        Assert.NotEqual(0, (await Kms(outputs, ["ceremony", "verify-domain", .. Hsm("rotation"), "--domain-id", newId])).ExitCode);
+    }
+
+    [Fact]
     public async Task CreateDomain_NetworkUpWithoutForce_Refused_NothingImported()
     {
         if (System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces()
@@ -193,6 +254,14 @@ public sealed class CeremonyEndToEndTests : IDisposable
             "--shares-dir", P(shares), "--data-dir", P(data), "--passphrase-file", $"custodian-1={P("alice")}", "--passphrase-file", $"custodian-2={P("bob")}",
             "--officer", $"olga={P("olga.key.pub")}", "--officer-threshold", "1", "--allow-network", "--insecure-test-kdf", "--output", "json",
         ];
+        // A passphrase the policy refuses (test KDF or not): refused before anything is generated.
+        await File.WriteAllTextAsync(P("short"), "too short\n");
+        var weak = await Kms(outputs, [.. Create("shares-0", "data-0", DomainId).Select(a => a == $"custodian-2={P("bob")}" ? $"custodian-2={P("short")}" : a)]);
+        Assert.Equal(2, weak.ExitCode);
+        Assert.Contains("custodian-2", weak.Error, StringComparison.Ordinal);
+        Assert.Empty(Directory.GetFiles(P("shares-0")));
+        Assert.Equal(3, (await Kms(outputs, ["ceremony", "verify-domain", .. Hsm("site-a"), "--domain-id", DomainId])).ExitCode);
+
         var first = await Kms(outputs, Create("shares", "data", DomainId));
         Assert.True(first.ExitCode == 0, first.ToString());
         var kcv = JsonNode.Parse(first.Out)!["check_value"]!.GetValue<string>();

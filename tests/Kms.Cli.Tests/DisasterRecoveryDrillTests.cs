@@ -162,7 +162,7 @@ public sealed class DisasterRecoveryDrillTests(ITestOutputHelper output) : IDisp
         Directory.Delete(P("tampered"), recursive: true);
     }
 
-    // As ServerProcess.BootstrapDeveloperAsync, plus a deployment-wide security officer.
+    // As ServerProcess.BootstrapAsync, plus a deployment-wide security officer.
     private async Task<(string Developer, string Officer)> BootstrapAsync(ServerProcess server)
     {
         var bootstrap = Path.Combine(server.DataDir, "bootstrap.token");

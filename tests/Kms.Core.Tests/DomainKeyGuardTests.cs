@@ -51,4 +51,17 @@ public sealed class DomainKeyGuardTests
         var e = await Assert.ThrowsAsync<KmsException>(() => DomainKeyGuard.VerifyAsync(hsm, store, devMode: false, default));
         Assert.Contains("dev-mode", e.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task Verify_RotationInProgress_RefusesEvenThePinnedKey()
+    {
+        var store = new InMemoryStore();
+        using var hsm = new FakeHsm { DomainKeyCheckValue = "ABC123" };
+        await DomainKeyGuard.VerifyAsync(hsm, store, devMode: false, default);
+        await store.SetSettingIfAbsentAsync(DomainKeyGuard.RotationSetting, "{}", default);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => DomainKeyGuard.VerifyAsync(hsm, store, devMode: false, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("rotation is in progress", e.Message, StringComparison.Ordinal);
+    }
 }

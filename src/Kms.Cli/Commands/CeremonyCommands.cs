@@ -17,7 +17,7 @@ namespace Kms.Cli.Commands;
 /// set-up, the domain key with M-of-N custodian shares, its restore on another HSM, and
 /// transcript checks (docs/ceremony.md).
 /// </summary>
-internal static class CeremonyCommands
+internal static partial class CeremonyCommands
 {
     public static IEnumerable<Command> Create(CommandRunner runner)
     {
@@ -26,6 +26,7 @@ internal static class CeremonyCommands
         ceremony.Subcommands.Add(InspectToken(runner));
         ceremony.Subcommands.Add(CreateDomain(runner));
         ceremony.Subcommands.Add(RestoreDomain(runner));
+        ceremony.Subcommands.Add(RotateDomain(runner));
         ceremony.Subcommands.Add(VerifyDomain(runner));
         ceremony.Subcommands.Add(VerifyTranscript(runner));
         return [ceremony];
@@ -154,7 +155,7 @@ internal static class CeremonyCommands
                 throw new CliFailureException(ExitCodes.Conflict, $"{outDir} holds share files already; share files are never overwritten");
             }
 
-            var secrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, names, confirm: true, host.Kdf.Policy);
+            var secrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, names, confirm: true);
             var hsmOptions = hsm.Options(parse, id);
             using var pin = SecretInput.Read(ctx, hsm.Pin, $"user PIN of token '{hsmOptions.TokenLabel}'");
             var ceremonyId = Guid.NewGuid().ToString();
@@ -313,7 +314,7 @@ internal static class CeremonyCommands
             var host = options.Prepare(ctx);
             var files = parse.GetValue(shareFiles)!.Select(path => ShareFile.Read(path, host.Kdf.Policy)).ToList();
             var id = parse.GetValue(domainId) ?? files[0].DomainId;
-            var secrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, [.. files.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)], confirm: false, host.Kdf.Policy);
+            var secrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, [.. files.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)], confirm: false);
             var hsmOptions = hsm.Options(parse, id);
             using var pin = SecretInput.Read(ctx, hsm.Pin, $"user PIN of token '{hsmOptions.TokenLabel}'");
             var ceremonyId = Guid.NewGuid().ToString();
@@ -452,7 +453,7 @@ internal static class CeremonyCommands
     private static Option<Dictionary<string, string>> PassphraseFiles() =>
         ContextOption.Create("--passphrase-file", "CUSTODIAN=PATH: read that custodian's passphrase from the file's first line (repeatable; else each custodian is prompted)");
 
-    private static Dictionary<string, Secret> CollectPassphrases(CliContext ctx, Dictionary<string, string> files, IReadOnlyList<string> custodians, bool confirm, KdfPolicy policy)
+    private static Dictionary<string, Secret> CollectPassphrases(CliContext ctx, Dictionary<string, string> files, IReadOnlyList<string> custodians, bool confirm)
     {
         var unknown = files.Keys.Except(custodians, StringComparer.Ordinal).ToList();
         if (unknown.Count > 0)
@@ -469,7 +470,8 @@ internal static class CeremonyCommands
                     ? SecretInput.ReadFile(path, $"passphrase of {custodian}")
                     : Prompt(ctx, custodian, confirm);
                 secrets[custodian] = secret;
-                if (confirm && Passphrases.Check(secret.Chars) is { } problem && policy == KdfPolicy.Production)
+                // Checked before anything is generated (share files enforce the same policy, test KDF or not).
+                if (confirm && Passphrases.Check(secret.Chars) is { } problem)
                 {
                     throw new CliUsageException($"the passphrase of {custodian} is refused: {problem}");
                 }

@@ -16,11 +16,23 @@ public static class DomainKeyGuard
     /// <summary>Setting that says whether the pinned domain key is a dev-mode one.</summary>
     public const string OriginSetting = "domain_key.origin";
 
+    /// <summary>
+    /// Setting present while an offline domain-key rotation is under way (<c>kms ceremony
+    /// rotate-domain</c>): some blobs are under the old key, some under the new; nothing serves.
+    /// </summary>
+    public const string RotationSetting = "domain_key.rotation";
+
     /// <summary>Verifies (or, on first start, pins) the HSM's domain key against the store.</summary>
     /// <param name="devMode">Whether the server runs in dev mode; a dev-mode domain key is refused outside it.</param>
     /// <exception cref="KmsException">FailedPrecondition when the domain key is not the pinned one.</exception>
     public static async Task<DomainKeyPin> VerifyAsync(IHsm hsm, IKeyStore store, bool devMode, CancellationToken cancellationToken)
     {
+        if (await store.GetSettingAsync(RotationSetting, cancellationToken) is not null)
+        {
+            throw KmsErrors.FailedPrecondition(
+                "a domain-key rotation is in progress on this database (kms ceremony rotate-domain); run it again to finish it before serving");
+        }
+
         var origin = devMode ? "dev" : "ceremony";
         var pinnedOrigin = await store.SetSettingIfAbsentAsync(OriginSetting, origin, cancellationToken);
         if (pinnedOrigin == "dev" && !devMode)

@@ -1,0 +1,62 @@
+using Kms.Hsm;
+using Kms.Storage.Sqlite;
+
+namespace Kms.Cli.Ceremony;
+
+/// <summary>
+/// The database half of an offline domain-key rotation: every wrapped blob of the store is
+/// re-wrapped from the old to the new domain key (inside the HSM, <see cref="DomainKeyRewrapper"/>),
+/// one row per transaction with a high-water mark, then the new key's check value is pinned.
+/// </summary>
+/// <remarks>
+/// <para>Resumable: a run stopped anywhere (crash, power loss, or a test's stop)
+/// left every row either wholly old or wholly new and the mark on the last new one; the next run
+/// with the same two keys continues after the mark. A blob is never wrapped twice: rows at or
+/// before the mark are not read again, the update only applies to the exact blob that was read,
+/// and a blob already under the new key fails the old key's KWP integrity check anyway.</para>
+/// <para>Until the run completes, the database holds a rotation record and no server serves it
+/// (<see cref="Kms.Core.Services.DomainKeyGuard"/>).</para>
+/// </remarks>
+public static class DomainKeyRotationJob
+{
+    /// <summary>Runs (or resumes) the rotation; returns how many blobs this run re-wrapped and whether it completed.</summary>
+    /// <param name="stopAfter">Stop (as a crash would) after this many blobs; null: run to the end.</param>
+    public static async Task<DomainKeyRotationOutcome> RunAsync(SqliteStore store, DomainKeyRewrapper rewrapper, TimeProvider clock, int? stopAfter, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        ArgumentNullException.ThrowIfNull(rewrapper);
+        ArgumentNullException.ThrowIfNull(clock);
+        // Listed before the rotation is recorded: a blob of a kind the rotation cannot move fails
+        // here, while the database still serves.
+        var existing = await store.GetDomainKeyRotationAsync(cancellationToken);
+        var items = await store.ListWrappedItemsAfterAsync(existing?.LastItem, cancellationToken);
+        var state = await store.BeginDomainKeyRotationAsync(rewrapper.OldCheckValue, rewrapper.NewCheckValue, clock.GetUtcNow(), cancellationToken);
+        var resumedAfter = state.Rewrapped;
+        var done = 0;
+        foreach (var item in items)
+        {
+            if (done == stopAfter)
+            {
+                return new(done, resumedAfter, Completed: false);
+            }
+
+            var kind = item.Kind switch
+            {
+                WrappedItemKind.Aes256 => WrappedKeyKind.Aes256,
+                WrappedItemKind.EcP256PrivateKey => WrappedKeyKind.EcP256PrivateKey,
+                _ => throw new ArgumentOutOfRangeException(nameof(store), item.Kind, "unknown wrapped item kind"),
+            };
+            state = await store.ReplaceWrappedItemAsync(item, rewrapper.Rewrap(item.Blob, kind), cancellationToken);
+            done++;
+        }
+
+        await store.CompleteDomainKeyRotationAsync(rewrapper.NewCheckValue, cancellationToken);
+        return new(done, resumedAfter, Completed: true);
+    }
+}
+
+/// <summary>What one run of <see cref="DomainKeyRotationJob.RunAsync"/> did.</summary>
+/// <param name="Rewrapped">Blobs re-wrapped by this run.</param>
+/// <param name="ResumedAfter">Blobs an earlier, interrupted run had re-wrapped already.</param>
+/// <param name="Completed">Whether the rotation finished (new check value pinned, record removed).</param>
+public sealed record DomainKeyRotationOutcome(long Rewrapped, long ResumedAfter, bool Completed);

@@ -1,0 +1,231 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text.Json.Nodes;
+using Kms.Ceremony;
+using Kms.Ceremony.Shares;
+using Kms.Ceremony.Sharing;
+using Kms.Cli.Ceremony;
+using Kms.Cli.Infrastructure;
+using Kms.Hsm;
+using Kms.Storage.Sqlite;
+
+namespace Kms.Cli.Commands;
+
+/// <summary><c>kms ceremony rotate-domain</c>: the offline domain-key rotation (docs/ceremony.md, "Rotating the domain key").</summary>
+internal static partial class CeremonyCommands
+{
+    private static Command RotateDomain(CommandRunner runner)
+    {
+        var rotationToken = new HsmSelection();
+        var soPin = new SecretOption("so-pin", "the rotation token's security officer PIN (it is wiped at the end)");
+        var oldShares = new Option<string[]>("--share") { Description = "an OLD custodian share file (repeat; at least M)", HelpName = "FILE", Arity = ArgumentArity.OneOrMore, Required = true };
+        var newCustodians = new Option<string[]>("--new-custodian") { Description = "a NEW custodian's name (repeat; first run)", HelpName = "NAME", Arity = ArgumentArity.ZeroOrMore };
+        var newThreshold = new Option<int?>("--new-threshold") { Description = "M for the new shares (first run)", HelpName = "M" };
+        var newSharesDir = new Option<string?>("--new-shares-dir") { Description = "where the new share files are written (first run)", HelpName = "DIR" };
+        var newShares = new Option<string[]>("--new-share") { Description = "a NEW share file written by an interrupted run (repeat; at least M): resumes with that key", HelpName = "FILE", Arity = ArgumentArity.ZeroOrMore };
+        var dataDir = new Option<string>("--data-dir") { Description = "the deployment's data directory (server stopped)", HelpName = "DIR", Required = true };
+        var restoreToken = new Option<string>("--restore-token-label") { Description = "a freshly initialised production token that receives the new domain key and signs the transcript", HelpName = "LABEL", Required = true };
+        var restorePin = new SecretOption("restore-pin", "the user PIN of the --restore-token-label token");
+        var passphrases = PassphraseFiles();
+        var newPassphrases = ContextOption.Create("--new-passphrase-file", "CUSTODIAN=PATH: a NEW custodian's passphrase (repeatable; else prompted)");
+        var options = CeremonyHostOptions.Create();
+        var command = new Command("rotate-domain",
+            "re-wrap every stored key under a new domain key (server stopped; old key rebuilt from M old shares into a dedicated rotation token, wiped at the end); resumable")
+        {
+            oldShares, newCustodians, newThreshold, newSharesDir, newShares, dataDir, restoreToken, passphrases, newPassphrases,
+        };
+        rotationToken.AddTo(command);
+        soPin.AddTo(command);
+        restorePin.AddTo(command);
+        options.AddTo(command);
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var parse = ctx.ParseResult;
+            var host = options.Prepare(ctx);
+            var dir = Path.GetFullPath(parse.GetRequiredValue(dataDir));
+            var database = Path.Combine(dir, "kms.db");
+            if (!File.Exists(database))
+            {
+                throw new CliFailureException(ExitCodes.LocalIo, $"no database at {database}");
+            }
+
+            await using var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = database }, ct);
+            var inProgress = await store.GetDomainKeyRotationAsync(ct);
+            var pinned = inProgress?.OldCheckValue ?? await store.GetSettingAsync(Kms.Core.Services.DomainKeyGuard.CheckValueSetting, ct)
+                ?? throw new CliFailureException(ExitCodes.Conflict, "the database pins no domain key");
+            var resumeFiles = (parse.GetValue(newShares) ?? []).Select(p => ShareFile.Read(p, host.Kdf.Policy)).ToList();
+            if (inProgress is not null && resumeFiles.Count == 0)
+            {
+                throw new CliUsageException($"a rotation to domain key {inProgress.NewCheckValue} is in progress ({inProgress.Rewrapped} blobs done): resume it with --new-share (M of the new share files)");
+            }
+
+            var names = resumeFiles.Count > 0 ? [] : CustodianNames(parse.GetValue(newCustodians) ?? [], null);
+            var m = parse.GetValue(newThreshold) ?? 0;
+            if (resumeFiles.Count == 0 && (m < Shamir.MinThreshold || m > names.Count || parse.GetValue(newSharesDir) is null))
+            {
+                throw new CliUsageException("a first run needs --new-custodian (N), --new-threshold (2 ≤ M ≤ N) and --new-shares-dir");
+            }
+
+            var oldFiles = parse.GetValue(oldShares)!.Select(p => ShareFile.Read(p, host.Kdf.Policy)).ToList();
+            var oldSecrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, [.. oldFiles.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)], confirm: false);
+            var newSecrets = CollectPassphrases(ctx, parse.GetValue(newPassphrases)!,
+                resumeFiles.Count > 0 ? [.. resumeFiles.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)] : names, confirm: resumeFiles.Count == 0);
+            var rotationOptions = rotationToken.Options(parse, "kms-rotation");
+            var restoreOptions = rotationToken.Options(parse, "pending");
+            restoreOptions.TokenLabel = parse.GetRequiredValue(restoreToken);
+            if (restoreOptions.TokenLabel == rotationOptions.TokenLabel)
+            {
+                throw new CliUsageException("--restore-token-label must name another token than the rotation token (which is wiped)");
+            }
+
+            using var pin = SecretInput.Read(ctx, rotationToken.Pin, $"user PIN of rotation token '{rotationOptions.TokenLabel}'");
+            using var so = SecretInput.Read(ctx, soPin, $"security officer PIN of rotation token '{rotationOptions.TokenLabel}'");
+            using var productionPin = SecretInput.Read(ctx, restorePin, $"user PIN of token '{restoreOptions.TokenLabel}'");
+            var ceremonyId = Guid.NewGuid().ToString();
+            var started = DateTimeOffset.UtcNow;
+
+            var oldKey = Array.Empty<byte>();
+            var newKey = GC.AllocateArray<byte>(32, pinned: true);
+            var opened = new List<(ShareFile File, Share Share)>();
+            var written = new List<(string Custodian, int Index, string File, string Fingerprint)>();
+            string newId;
+            string newKcv;
+            DomainKeyRotationOutcome outcome;
+            try
+            {
+                foreach (var file in oldFiles)
+                {
+                    opened.Add((file, file.Unprotect(oldSecrets[file.Custodian].Chars)));
+                }
+
+                // The old shares must rebuild the key this database is pinned to.
+                oldKey = DomainKeyRecovery.Combine(opened, oldFiles[0].DomainId, pinned);
+                using var session = HsmCeremonySession.Open(rotationOptions, pin.ToUtf8());
+                if (resumeFiles.Count > 0)
+                {
+                    var openedNew = resumeFiles.Select(f => (f, f.Unprotect(newSecrets[f.Custodian].Chars))).ToList();
+                    try
+                    {
+                        var rebuilt = DomainKeyRecovery.Combine(openedNew, resumeFiles[0].DomainId, inProgress?.NewCheckValue);
+                        rebuilt.CopyTo(newKey, 0);
+                        CryptographicOperations.ZeroMemory(rebuilt);
+                    }
+                    finally
+                    {
+                        foreach (var (_, share) in openedNew)
+                        {
+                            share.Dispose();
+                        }
+                    }
+
+                    newId = resumeFiles[0].DomainId;
+                }
+                else
+                {
+                    // As create-domain: HSM RNG XOR OS RNG. The new shares are written before any blob
+                    // depends on the new key, so no crash can leave data under a key nobody holds.
+                    var fromHsm = session.GenerateRandom(32);
+                    RandomNumberGenerator.Fill(newKey);
+                    for (var i = 0; i < 32; i++)
+                    {
+                        newKey[i] ^= fromHsm[i];
+                    }
+
+                    CryptographicOperations.ZeroMemory(fromHsm);
+                    newId = $"dk-{DateTime.UtcNow:yyyyMMdd}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4))}";
+                    var kcv = HsmCeremonySession.AesCheckValue(newKey);
+                    var outDir = Directory.CreateDirectory(parse.GetValue(newSharesDir)!).FullName;
+                    var shares = Shamir.Split(newKey, m, names.Count);
+                    try
+                    {
+                        for (var i = 0; i < shares.Length; i++)
+                        {
+                            var file = ShareFile.Protect(shares[i], new ShareMetadata(newId, kcv, names[i], m, names.Count), newSecrets[names[i]].Chars, host.Kdf.Parameters, host.Kdf.Policy);
+                            var path = Path.Combine(outDir, $"share-{shares[i].Index}-{SafeFileName(names[i])}.json");
+                            file.Write(path);
+                            written.Add((names[i], shares[i].Index, path, file.Fingerprint));
+                            ctx.Output.Note($"new share {shares[i].Index} of {names.Count} for {names[i]}: {path}");
+                        }
+                    }
+                    finally
+                    {
+                        foreach (var share in shares)
+                        {
+                            share.Dispose();
+                        }
+                    }
+                }
+
+                using (var rewrapper = session.LoadRotationKeys(oldKey, newKey))
+                {
+                    newKcv = rewrapper.NewCheckValue;
+                    ctx.Output.Note($"rotating from domain key {rewrapper.OldCheckValue} to {newKcv}{(inProgress is null ? "" : $", resuming after {inProgress.Rewrapped} blobs")}");
+                    outcome = await DomainKeyRotationJob.RunAsync(store, rewrapper, TimeProvider.System, stopAfter: null, ct);
+                }
+
+                session.Dispose();
+                HsmTokenSetup.WipeToken(rotationOptions.ModulePath, rotationOptions.TokenLabel, so.Reveal(), rotationOptions.ModuleEnvironment);
+                ctx.Output.Note($"rotation token '{rotationOptions.TokenLabel}' wiped (C_InitToken)");
+
+                restoreOptions.DomainKeyId = newId;
+                using var production = HsmCeremonySession.Open(restoreOptions, productionPin.ToUtf8());
+                production.ImportDomainKey(newKey, restoreOptions.DomainKeyLabel, newId);
+            }
+            finally
+            {
+                CryptographicOperations.ZeroMemory(oldKey);
+                CryptographicOperations.ZeroMemory(newKey);
+                foreach (var (_, share) in opened)
+                {
+                    share.Dispose();
+                }
+
+                foreach (var secret in oldSecrets.Values.Concat(newSecrets.Values))
+                {
+                    secret.Dispose();
+                }
+            }
+
+            await store.DisposeAsync();
+            var transcript = new Transcript()
+                .Add("ceremony", "rotate-domain")
+                .Add("ceremony id", ceremonyId)
+                .Add("started", started.ToString("O", CultureInfo.InvariantCulture))
+                .Add("host", Environment.MachineName)
+                .Add("operator (OS user)", Environment.UserName)
+                .Add("host hygiene", host.Describe())
+                .Add("old domain key check value", pinned)
+                .Add("old shares used", $"{oldFiles.Count} of domain {oldFiles[0].DomainId}")
+                .Add("new domain key id (CKA_ID)", newId)
+                .Add("new domain key check value", newKcv)
+                .Add("blobs re-wrapped", $"{outcome.Rewrapped} by this run, {outcome.ResumedAfter} by an earlier interrupted run")
+                .Add("rotation token", $"'{rotationOptions.TokenLabel}', wiped with C_InitToken")
+                .Add("new domain key imported into", $"token '{restoreOptions.TokenLabel}'");
+            foreach (var (custodian, index, file, fingerprint) in written)
+            {
+                transcript.Add($"new share {index}", $"custodian {custodian}, file {Path.GetFileName(file)}, fingerprint {fingerprint}");
+            }
+
+            var result = await RecordAsync(ctx, dir, restoreOptions, productionPin, ceremonyId, "rotate-domain", transcript,
+                [.. written.Select(w => ($"share/{w.Index}/{w.Custodian}", w.Fingerprint))], $"domain/{newId}/kcv/{newKcv}/previous/{pinned}", ct);
+            var json = new JsonObject
+            {
+                ["domain_id"] = newId,
+                ["check_value"] = newKcv,
+                ["previous_check_value"] = pinned,
+                ["rewrapped"] = outcome.Rewrapped,
+                ["resumed_after"] = outcome.ResumedAfter,
+                ["transcript"] = result.TranscriptPath,
+                ["server_configuration"] = new JsonObject { ["Hsm:TokenLabel"] = restoreOptions.TokenLabel, ["Hsm:DomainKeyId"] = newId, ["Kms:DataDir"] = dir },
+            };
+            ctx.Output.Result(json, () => CliOutput.Properties(
+            [
+                ("domain key id", newId), ("check value", newKcv), ("previous", pinned), ("re-wrapped", $"{outcome.Rewrapped} (+{outcome.ResumedAfter} before)"),
+                ("transcript", result.TranscriptPath), ("server", $"--Hsm:TokenLabel={restoreOptions.TokenLabel} --Hsm:DomainKeyId={newId} --Kms:DataDir={dir}"),
+            ]));
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+}

@@ -1,0 +1,234 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Services;
+using Microsoft.Data.Sqlite;
+
+namespace Kms.Storage.Sqlite;
+
+/// <summary>What a stored wrapped blob holds (it decides how the HSM unwraps it).</summary>
+public enum WrappedItemKind
+{
+    /// <summary>An AES-256 secret key.</summary>
+    Aes256,
+
+    /// <summary>A P-256 private key (PKCS#8).</summary>
+    EcP256PrivateKey,
+}
+
+/// <summary>One blob wrapped under the domain key, named so a rotation can resume after it.</summary>
+/// <param name="Name">Stable, ordinal-sortable name: <c>key_version:HEX</c> or <c>setting:NAME</c>.</param>
+public sealed record WrappedItem(string Name, WrappedItemKind Kind, byte[] Blob);
+
+/// <summary>A domain-key rotation in progress, as recorded in the database.</summary>
+/// <param name="LastItem">The last item re-wrapped (items are processed in ordinal name order); null before the first.</param>
+public sealed record DomainKeyRotationState(string OldCheckValue, string NewCheckValue, DateTimeOffset Started, string? LastItem, long Rewrapped);
+
+/// <summary>
+/// The offline domain-key rotation's view of the store: every wrapped blob (key versions'
+/// material, the audit signing and context keys), replaced one per transaction together with a
+/// high-water mark, so a rotation stopped anywhere resumes exactly where it stopped.
+/// </summary>
+/// <remarks>
+/// While <see cref="DomainKeyRotationSetting"/> exists, <see cref="DomainKeyGuard"/> refuses to serve.
+/// </remarks>
+public sealed partial class SqliteStore
+{
+    /// <summary>The setting that records a rotation in progress (JSON).</summary>
+    public const string DomainKeyRotationSetting = DomainKeyGuard.RotationSetting;
+
+    private const string AuditSigningKeySetting = "audit.signing-key.v1";
+    private const string AuditContextKeySetting = "audit.context-key.v1";
+
+    /// <summary>The rotation in progress, or null.</summary>
+    public async Task<DomainKeyRotationState?> GetDomainKeyRotationAsync(CancellationToken cancellationToken) =>
+        await GetSettingAsync(DomainKeyRotationSetting, cancellationToken) is { } json ? ParseRotation(json) : null;
+
+    /// <summary>
+    /// Records the start of a rotation from <paramref name="oldCheckValue"/> (must be the pinned
+    /// domain key) to <paramref name="newCheckValue"/>, or returns the one already in progress.
+    /// </summary>
+    /// <exception cref="Kms.Core.Errors.KmsException">FailedPrecondition: the pin is another key, or another rotation is in progress.</exception>
+    public Task<DomainKeyRotationState> BeginDomainKeyRotationAsync(string oldCheckValue, string newCheckValue, DateTimeOffset now, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            var pinned = await SettingInAsync(connection, transaction, DomainKeyGuard.CheckValueSetting, cancellationToken);
+            if (!string.Equals(pinned, oldCheckValue, StringComparison.OrdinalIgnoreCase))
+            {
+                throw KmsErrors.FailedPrecondition($"this database is pinned to domain key {pinned ?? "(none)"}, not {oldCheckValue}");
+            }
+
+            if (await SettingInAsync(connection, transaction, DomainKeyRotationSetting, cancellationToken) is { } existing)
+            {
+                var state = ParseRotation(existing);
+                return string.Equals(state.NewCheckValue, newCheckValue, StringComparison.OrdinalIgnoreCase)
+                    ? state
+                    : throw KmsErrors.FailedPrecondition($"a rotation to domain key {state.NewCheckValue} is in progress; resume it with that key's shares");
+            }
+
+            var started = new DomainKeyRotationState(oldCheckValue, newCheckValue, now, null, 0);
+            await UpsertSettingAsync(connection, transaction, DomainKeyRotationSetting, RenderRotation(started), cancellationToken);
+            return started;
+        }, cancellationToken);
+
+    /// <summary>Every wrapped blob not yet re-wrapped by the rotation in progress, in processing order.</summary>
+    public Task<IReadOnlyList<WrappedItem>> ListWrappedItemsAfterAsync(string? lastItem, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<WrappedItem>>(async connection =>
+        {
+            var items = new List<WrappedItem>();
+            await using (var versions = Command(connection, "SELECT version_id, algorithm, material FROM key_versions WHERE material IS NOT NULL"))
+            {
+                await using var reader = await versions.ExecuteReaderAsync(cancellationToken);
+                while (await reader.ReadAsync(cancellationToken))
+                {
+                    var algorithm = (KeyAlgorithm)reader.GetInt64(1);
+                    var kind = algorithm switch
+                    {
+                        KeyAlgorithm.Aes256Gcm => WrappedItemKind.Aes256,
+                        _ => throw KmsErrors.Internal($"a key version of algorithm {algorithm} has no known wrapped form; the rotation does not know how to move it"),
+                    };
+                    items.Add(new("key_version:" + Convert.ToHexStringLower((byte[])reader.GetValue(0)), kind, (byte[])reader.GetValue(2)));
+                }
+            }
+
+            if (await SettingAsync(connection, AuditContextKeySetting, cancellationToken) is { } context)
+            {
+                items.Add(new("setting:" + AuditContextKeySetting, WrappedItemKind.Aes256, Convert.FromBase64String(context)));
+            }
+
+            if (await SettingAsync(connection, AuditSigningKeySetting, cancellationToken) is { } signing)
+            {
+                var wrapped = JsonNode.Parse(signing)?["Wrapped"]?.GetValue<string>()
+                    ?? throw KmsErrors.Internal($"setting {AuditSigningKeySetting} has no wrapped key");
+                items.Add(new("setting:" + AuditSigningKeySetting, WrappedItemKind.EcP256PrivateKey, Convert.FromBase64String(wrapped)));
+            }
+
+            return [.. items.Where(i => lastItem is null || string.CompareOrdinal(i.Name, lastItem) > 0).OrderBy(i => i.Name, StringComparer.Ordinal)];
+        }, cancellationToken);
+
+    /// <summary>
+    /// In one transaction: replaces <paramref name="item"/>'s blob by <paramref name="rewrapped"/>
+    /// (only if it still holds the blob that was read) and moves the high-water mark to it.
+    /// </summary>
+    /// <exception cref="Kms.Core.Errors.KmsException">FailedPrecondition: no rotation in progress, the item is out of order, or its blob changed.</exception>
+    public Task<DomainKeyRotationState> ReplaceWrappedItemAsync(WrappedItem item, byte[] rewrapped, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            var state = await SettingInAsync(connection, transaction, DomainKeyRotationSetting, cancellationToken) is { } json
+                ? ParseRotation(json)
+                : throw KmsErrors.FailedPrecondition("no domain-key rotation is in progress");
+            if (state.LastItem is not null && string.CompareOrdinal(item.Name, state.LastItem) <= 0)
+            {
+                throw KmsErrors.FailedPrecondition($"{item.Name} is at or before the rotation's high-water mark {state.LastItem}");
+            }
+
+            int changed;
+            if (item.Name.StartsWith("key_version:", StringComparison.Ordinal))
+            {
+                await using var update = Command(connection, "UPDATE key_versions SET material = $new WHERE version_id = $id AND material = $old",
+                    ("$new", rewrapped), ("$id", Convert.FromHexString(item.Name["key_version:".Length..])), ("$old", item.Blob));
+                update.Transaction = transaction;
+                changed = await update.ExecuteNonQueryAsync(cancellationToken);
+            }
+            else
+            {
+                var name = item.Name["setting:".Length..];
+                var current = await SettingInAsync(connection, transaction, name, cancellationToken);
+                string? value = null;
+                if (name == AuditContextKeySetting && current == Convert.ToBase64String(item.Blob))
+                {
+                    value = Convert.ToBase64String(rewrapped);
+                }
+                else if (name == AuditSigningKeySetting && current is not null && JsonNode.Parse(current) is JsonObject pair
+                    && pair["Wrapped"]?.GetValue<string>() == Convert.ToBase64String(item.Blob))
+                {
+                    // Only the wrapped private key changes; the public key stays as it was pinned.
+                    pair["Wrapped"] = Convert.ToBase64String(rewrapped);
+                    value = pair.ToJsonString();
+                }
+
+                changed = value is null ? 0 : await UpsertSettingAsync(connection, transaction, name, value, cancellationToken);
+            }
+
+            if (changed != 1)
+            {
+                throw KmsErrors.FailedPrecondition($"{item.Name} changed since it was read; is a server running on this database?");
+            }
+
+            var next = state with { LastItem = item.Name, Rewrapped = state.Rewrapped + 1 };
+            await UpsertSettingAsync(connection, transaction, DomainKeyRotationSetting, RenderRotation(next), cancellationToken);
+            return next;
+        }, cancellationToken);
+
+    /// <summary>
+    /// Ends the rotation in one transaction: pins the new domain key's check value and removes
+    /// the rotation record; then checkpoints and truncates the WAL so the old blobs are in
+    /// neither the database file nor its <c>-wal</c>.
+    /// </summary>
+    public async Task CompleteDomainKeyRotationAsync(string newCheckValue, CancellationToken cancellationToken)
+    {
+        await WriteAsync(async (connection, transaction) =>
+        {
+            var state = await SettingInAsync(connection, transaction, DomainKeyRotationSetting, cancellationToken) is { } json
+                ? ParseRotation(json)
+                : throw KmsErrors.FailedPrecondition("no domain-key rotation is in progress");
+            if (!string.Equals(state.NewCheckValue, newCheckValue, StringComparison.OrdinalIgnoreCase))
+            {
+                throw KmsErrors.FailedPrecondition($"the rotation in progress is to {state.NewCheckValue}, not {newCheckValue}");
+            }
+
+            await UpsertSettingAsync(connection, transaction, DomainKeyGuard.CheckValueSetting, state.NewCheckValue, cancellationToken);
+            await using var delete = Command(connection, "DELETE FROM settings WHERE name = $name", ("$name", DomainKeyRotationSetting));
+            delete.Transaction = transaction;
+            await delete.ExecuteNonQueryAsync(cancellationToken);
+            return 0;
+        }, cancellationToken);
+        await ReadAsync(async connection =>
+        {
+            await ExecuteAsync(connection, "PRAGMA wal_checkpoint(TRUNCATE);", cancellationToken);
+            return 0;
+        }, cancellationToken);
+    }
+
+    private static async Task<string?> SettingInAsync(SqliteConnection connection, SqliteTransaction transaction, string name, CancellationToken cancellationToken)
+    {
+        await using var select = Command(connection, "SELECT value FROM settings WHERE name = $name", ("$name", name));
+        select.Transaction = transaction;
+        return await select.ExecuteScalarAsync(cancellationToken) as string;
+    }
+
+    private static async Task<string?> SettingAsync(SqliteConnection connection, string name, CancellationToken cancellationToken)
+    {
+        await using var select = Command(connection, "SELECT value FROM settings WHERE name = $name", ("$name", name));
+        return await select.ExecuteScalarAsync(cancellationToken) as string;
+    }
+
+    private static async Task<int> UpsertSettingAsync(SqliteConnection connection, SqliteTransaction transaction, string name, string value, CancellationToken cancellationToken)
+    {
+        await using var upsert = Command(connection, "INSERT INTO settings (name, value) VALUES ($name, $value) ON CONFLICT (name) DO UPDATE SET value = excluded.value", ("$name", name), ("$value", value));
+        upsert.Transaction = transaction;
+        return await upsert.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    private static string RenderRotation(DomainKeyRotationState state) => new JsonObject
+    {
+        ["old_check_value"] = state.OldCheckValue,
+        ["new_check_value"] = state.NewCheckValue,
+        ["started"] = state.Started.ToString("O", CultureInfo.InvariantCulture),
+        ["last_item"] = state.LastItem,
+        ["rewrapped"] = state.Rewrapped,
+    }.ToJsonString();
+
+    private static DomainKeyRotationState ParseRotation(string json)
+    {
+        var node = JsonNode.Parse(json) ?? throw new JsonException("empty rotation record");
+        return new DomainKeyRotationState(
+            node["old_check_value"]!.GetValue<string>(),
+            node["new_check_value"]!.GetValue<string>(),
+            DateTimeOffset.Parse(node["started"]!.GetValue<string>(), CultureInfo.InvariantCulture),
+            node["last_item"]?.GetValue<string>(),
+            node["rewrapped"]!.GetValue<long>());
+    }
+}
