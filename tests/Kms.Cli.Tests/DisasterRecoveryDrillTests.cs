@@ -44,7 +44,14 @@ public sealed class DisasterRecoveryDrillTests(ITestOutputHelper output) : IDisp
             File.SetUnixFileMode(P(name), UnixFileMode.UserRead | UnixFileMode.UserWrite);
         }
 
-        GenesisFile.Write(P("genesis.json"), OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2));
+        // The genesis the ceremony registers (from the officers' public keys), kept off-site as the transcript says.
+        var genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        GenesisFile.Write(P("genesis.json"), genesis);
+        foreach (var officer in genesis.Officers)
+        {
+            await File.WriteAllTextAsync(P($"{officer.Name}.pub"), System.Security.Cryptography.PemEncoding.WriteString("PUBLIC KEY", officer.PublicKey.ToArray()) + "\n");
+        }
+
         string[] serverArgs = [$"--Kms:Quorum:GenesisFile={P("genesis.json")}", $"--Kms:Audit:StreamPath={P("offsite/siem.jsonl")}"];
         Directory.CreateDirectory(P("offsite"));
         foreach (var site in new[] { "site-a", "site-b" })
@@ -55,8 +62,10 @@ public sealed class DisasterRecoveryDrillTests(ITestOutputHelper output) : IDisp
         var created = await Ok(["ceremony", "create-domain", .. Hsm("site-a"), "--custodian", "alice", "--custodian", "bob", "--custodian", "carol", "--threshold", "2",
             "--shares-dir", P("shares"), "--data-dir", P("site-a-data"), "--domain-id", DomainId,
             "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"bob={P("bob")}", "--passphrase-file", $"carol={P("carol")}",
+            "--officer", $"alice={P("alice.pub")}", "--officer", $"bob={P("bob.pub")}", "--officer", $"carol={P("carol.pub")}", "--officer-threshold", "2",
             "--allow-network", "--insecure-test-kdf", "--output", "json"]);
         var kcv = JsonNode.Parse(created.Out)!["check_value"]!.GetValue<string>();
+        Assert.Equal(genesis.Hash, JsonNode.Parse(created.Out)!["officer_set_hash"]!.GetValue<string>());
 
         // Site A: keys, ciphertexts, a backup approved by alice and bob, then orders v1 destroyed by quorum.
         var ciphertexts = new List<(string Key, byte[] Plaintext, byte[] Ciphertext)>();

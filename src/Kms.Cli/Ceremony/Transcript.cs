@@ -22,6 +22,16 @@ internal sealed class Transcript
 
     private readonly List<(string Name, string Value)> _lines = [];
 
+    /// <summary>A transcript's opening lines: which ceremony, its id, when, where, who, and the host's state.</summary>
+    public static Transcript Begin(string ceremony, string ceremonyId, DateTimeOffset started, PreparedHost host) =>
+        new Transcript()
+            .Add("ceremony", ceremony)
+            .Add("ceremony id", ceremonyId)
+            .Add("started", started.ToString("O", System.Globalization.CultureInfo.InvariantCulture))
+            .Add("host", Environment.MachineName)
+            .Add("operator (OS user)", Environment.UserName)
+            .Add("host hygiene", host.Describe());
+
     /// <summary>Adds one line; control characters in a value are replaced so a value cannot forge a line.</summary>
     public Transcript Add(string name, string value)
     {

@@ -125,14 +125,7 @@ internal static partial class CeremonyCommands
                 {
                     // As create-domain: HSM RNG XOR OS RNG. The new shares are written before any blob
                     // depends on the new key, so no crash can leave data under a key nobody holds.
-                    var fromHsm = session.GenerateRandom(32);
-                    RandomNumberGenerator.Fill(newKey);
-                    for (var i = 0; i < 32; i++)
-                    {
-                        newKey[i] ^= fromHsm[i];
-                    }
-
-                    CryptographicOperations.ZeroMemory(fromHsm);
+                    FillFromTwoSources(session, newKey);
                     newId = $"dk-{DateTime.UtcNow:yyyyMMdd}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4))}";
                     var kcv = HsmCeremonySession.AesCheckValue(newKey);
                     var outDir = Directory.CreateDirectory(parse.GetValue(newSharesDir)!).FullName;
@@ -188,13 +181,7 @@ internal static partial class CeremonyCommands
             }
 
             await store.DisposeAsync();
-            var transcript = new Transcript()
-                .Add("ceremony", "rotate-domain")
-                .Add("ceremony id", ceremonyId)
-                .Add("started", started.ToString("O", CultureInfo.InvariantCulture))
-                .Add("host", Environment.MachineName)
-                .Add("operator (OS user)", Environment.UserName)
-                .Add("host hygiene", host.Describe())
+            var transcript = Transcript.Begin("rotate-domain", ceremonyId, started, host)
                 .Add("old domain key check value", pinned)
                 .Add("old shares used", $"{oldFiles.Count} of domain {oldFiles[0].DomainId}")
                 .Add("new domain key id (CKA_ID)", newId)

@@ -175,15 +175,7 @@ internal static partial class CeremonyCommands
             {
                 try
                 {
-                    // Entropy from two independent sources: a weak RNG on either side alone cannot weaken the key.
-                    var fromHsm = session.GenerateRandom(32);
-                    RandomNumberGenerator.Fill(domainKey);
-                    for (var i = 0; i < 32; i++)
-                    {
-                        domainKey[i] ^= fromHsm[i];
-                    }
-
-                    CryptographicOperations.ZeroMemory(fromHsm);
+                    FillFromTwoSources(session, domainKey);
                     kcv = session.ImportDomainKey(domainKey, hsmOptions.DomainKeyLabel, id);
                     imported = true;
                     ctx.Output.Note($"domain key {id} imported into token '{hsmOptions.TokenLabel}', check value {kcv}");
@@ -228,14 +220,8 @@ internal static partial class CeremonyCommands
                 }
             }
 
-            var transcript = new Transcript()
-                .Add("ceremony", "create-domain")
-                .Add("ceremony id", ceremonyId)
-                .Add("started", started.ToString("O", CultureInfo.InvariantCulture))
-                .Add("host", Environment.MachineName)
-                .Add("operator (OS user)", Environment.UserName)
-                .Add("host hygiene", host.Describe())
-                .Add("hsm", $"token '{report.Label}', {report.Manufacturer} {report.Model}, serial {report.SerialNumber}, firmware {report.FirmwareVersion}, profile {report.Profile}")
+            var transcript = Transcript.Begin("create-domain", ceremonyId, started, host)
+                .Add("hsm", Describe(report))
                 .Add("hsm library", report.LibraryDescription)
                 .Add("domain key id (CKA_ID)", id)
                 .Add("domain key label (CKA_LABEL)", hsmOptions.DomainKeyLabel)
@@ -349,14 +335,8 @@ internal static partial class CeremonyCommands
             }
 
             ctx.Output.Note($"domain key {id} restored into token '{hsmOptions.TokenLabel}' from {files.Count} shares, check value {kcv}");
-            var transcript = new Transcript()
-                .Add("ceremony", "restore-domain")
-                .Add("ceremony id", ceremonyId)
-                .Add("started", started.ToString("O", CultureInfo.InvariantCulture))
-                .Add("host", Environment.MachineName)
-                .Add("operator (OS user)", Environment.UserName)
-                .Add("host hygiene", host.Describe())
-                .Add("hsm", $"token '{report.Label}', {report.Manufacturer} {report.Model}, serial {report.SerialNumber}, firmware {report.FirmwareVersion}, profile {report.Profile}")
+            var transcript = Transcript.Begin("restore-domain", ceremonyId, started, host)
+                .Add("hsm", Describe(report))
                 .Add("domain key id (CKA_ID)", id)
                 .Add("domain key check value", kcv)
                 .Add("shares used", $"{files.Count} (threshold {files[0].Threshold} of {files[0].Count})");
@@ -423,6 +403,25 @@ internal static partial class CeremonyCommands
         });
         return command;
     }
+
+    /// <summary>
+    /// Fills <paramref name="key"/> from two independent sources, the HSM's RNG XOR the OS CSPRNG:
+    /// a weak generator on either side alone cannot weaken the key.
+    /// </summary>
+    private static void FillFromTwoSources(HsmCeremonySession session, byte[] key)
+    {
+        var fromHsm = session.GenerateRandom(key.Length);
+        RandomNumberGenerator.Fill(key);
+        for (var i = 0; i < key.Length; i++)
+        {
+            key[i] ^= fromHsm[i];
+        }
+
+        CryptographicOperations.ZeroMemory(fromHsm);
+    }
+
+    private static string Describe(TokenReport report) =>
+        $"token '{report.Label}', {report.Manufacturer} {report.Model}, serial {report.SerialNumber}, firmware {report.FirmwareVersion}, profile {report.Profile}";
 
     private sealed record Recorded(string TranscriptPath, string AuditKeyFingerprint);
 
