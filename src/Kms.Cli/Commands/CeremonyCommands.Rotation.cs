@@ -132,14 +132,7 @@ internal static partial class CeremonyCommands
                     var shares = Shamir.Split(newKey, m, names.Count);
                     try
                     {
-                        for (var i = 0; i < shares.Length; i++)
-                        {
-                            var file = ShareFile.Protect(shares[i], new ShareMetadata(newId, kcv, names[i], m, names.Count), newSecrets[names[i]].Chars, host.Kdf.Parameters, host.Kdf.Policy);
-                            var path = Path.Combine(outDir, $"share-{shares[i].Index}-{SafeFileName(names[i])}.json");
-                            file.Write(path);
-                            written.Add((names[i], shares[i].Index, path, file.Fingerprint));
-                            ctx.Output.Note($"new share {shares[i].Index} of {names.Count} for {names[i]}: {path}");
-                        }
+                        WriteShareFiles(ctx, shares, newId, kcv, m, names, newSecrets, host.Kdf, outDir, written, "new share");
                     }
                     finally
                     {

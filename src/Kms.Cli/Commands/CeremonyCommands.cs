@@ -180,14 +180,7 @@ internal static partial class CeremonyCommands
                     imported = true;
                     ctx.Output.Note($"domain key {id} imported into token '{hsmOptions.TokenLabel}', check value {kcv}");
                     shares = Shamir.Split(domainKey, m, names.Count);
-                    for (var i = 0; i < shares.Length; i++)
-                    {
-                        var file = ShareFile.Protect(shares[i], new ShareMetadata(id, kcv, names[i], m, names.Count), secrets[names[i]].Chars, host.Kdf.Parameters, host.Kdf.Policy);
-                        var path = Path.Combine(outDir, $"share-{shares[i].Index}-{SafeFileName(names[i])}.json");
-                        file.Write(path);
-                        written.Add((names[i], shares[i].Index, path, file.Fingerprint));
-                        ctx.Output.Note($"share {shares[i].Index} of {names.Count} for {names[i]}: {path}");
-                    }
+                    WriteShareFiles(ctx, shares, id, kcv, m, names, secrets, host.Kdf, outDir, written, "share");
                 }
                 catch
                 {
@@ -418,6 +411,21 @@ internal static partial class CeremonyCommands
         }
 
         CryptographicOperations.ZeroMemory(fromHsm);
+    }
+
+    /// <summary>One share file per custodian (share i for names[i]), each recorded in <paramref name="written"/> as soon as it is on disk.</summary>
+    private static void WriteShareFiles(
+        CliContext ctx, Share[] shares, string domainId, string kcv, int threshold, List<string> names, Dictionary<string, Secret> secrets,
+        KdfChoice kdf, string outDir, List<(string Custodian, int Index, string File, string Fingerprint)> written, string what)
+    {
+        for (var i = 0; i < shares.Length; i++)
+        {
+            var file = ShareFile.Protect(shares[i], new ShareMetadata(domainId, kcv, names[i], threshold, names.Count), secrets[names[i]].Chars, kdf.Parameters, kdf.Policy);
+            var path = Path.Combine(outDir, $"share-{shares[i].Index}-{SafeFileName(names[i])}.json");
+            file.Write(path);
+            written.Add((names[i], shares[i].Index, path, file.Fingerprint));
+            ctx.Output.Note($"{what} {shares[i].Index} of {names.Count} for {names[i]}: {path}");
+        }
     }
 
     private static string Describe(TokenReport report) =>
