@@ -293,6 +293,11 @@ internal static partial class CeremonyCommands
             var host = options.Prepare(ctx);
             var files = parse.GetValue(shareFiles)!.Select(path => ShareFile.Read(path, host.Kdf.Policy)).ToList();
             var id = parse.GetValue(domainId) ?? files[0].DomainId;
+            if (parse.GetValue(dataDir) is { } existing)
+            {
+                await RefuseOtherDomainAsync(existing, files[0].DomainKcv, ct);
+            }
+
             var secrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, [.. files.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)], confirm: false);
             var hsmOptions = hsm.Options(parse, id);
             using var pin = SecretInput.Read(ctx, hsm.Pin, $"user PIN of token '{hsmOptions.TokenLabel}'");
@@ -430,6 +435,28 @@ internal static partial class CeremonyCommands
 
     private static string Describe(TokenReport report) =>
         $"token '{report.Label}', {report.Manufacturer} {report.Model}, serial {report.SerialNumber}, firmware {report.FirmwareVersion}, profile {report.Profile}";
+
+    /// <summary>
+    /// Refuses, before anything is imported, shares of another domain key than the one the data
+    /// directory's database pins (e.g. old shares after a rotation): the server would refuse the
+    /// token anyway, and the token would be left holding a key nobody can use.
+    /// </summary>
+    private static async Task RefuseOtherDomainAsync(string dataDir, string sharesCheckValue, CancellationToken ct)
+    {
+        var database = Path.Combine(Path.GetFullPath(dataDir), "kms.db");
+        if (!File.Exists(database))
+        {
+            return;
+        }
+
+        await using var store = await Kms.Storage.Sqlite.SqliteStore.OpenAsync(new Kms.Storage.Sqlite.SqliteOptions { DatabasePath = database }, ct);
+        if (await store.GetSettingAsync(Kms.Core.Services.DomainKeyGuard.CheckValueSetting, ct) is { } pinned
+            && !string.Equals(pinned, sharesCheckValue, StringComparison.OrdinalIgnoreCase))
+        {
+            throw new CliFailureException(ExitCodes.Conflict,
+                $"the database in {dataDir} was made under the domain key with check value {pinned}, but these shares rebuild {sharesCheckValue}; nothing was imported");
+        }
+    }
 
     private sealed record Recorded(string TranscriptPath, string AuditKeyFingerprint);
 
