@@ -404,7 +404,7 @@ public sealed class HsmCeremonySession : IDisposable
 
     private static ISlot FindSlot(IPkcs11Library library, HsmOptions options)
     {
-        var matches = library.GetSlotList(SlotsType.WithTokenPresent).Where(s => s.GetTokenInfo().Label == options.TokenLabel).ToList();
+        var matches = SlotList.WithTokenPresent(library).Where(s => s.GetTokenInfo().Label == options.TokenLabel).ToList();
         return matches.Count switch
         {
             1 => matches[0],

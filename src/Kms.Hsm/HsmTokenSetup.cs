@@ -29,7 +29,7 @@ public static class HsmTokenSetup
             {
                 module.Call(library =>
                 {
-                    var slots = library.GetSlotList(SlotsType.WithTokenPresent);
+                    var slots = SlotList.WithTokenPresent(library);
                     if (slots.Any(s => s.GetTokenInfo().Label == label))
                     {
                         throw new HsmConfigurationException($"a token labelled '{label}' exists already");
@@ -41,7 +41,7 @@ public static class HsmTokenSetup
                     // tools (pkcs11-tool) compare the blank-padded label.
                     free.InitToken(securityOfficerPin, label);
 
-                    var slot = library.GetSlotList(SlotsType.WithTokenPresent).Single(s => s.GetTokenInfo().Label == label);
+                    var slot = SlotList.WithTokenPresent(library).Single(s => s.GetTokenInfo().Label == label);
                     using var session = slot.OpenSession(SessionType.ReadWrite);
                     session.Login(CKU.CKU_SO, Encoding.UTF8.GetBytes(securityOfficerPin));
                     session.InitPin(Encoding.UTF8.GetBytes(userPin));
@@ -79,7 +79,7 @@ public static class HsmTokenSetup
             {
                 module.Call(library =>
                 {
-                    var matches = library.GetSlotList(SlotsType.WithTokenPresent).Where(s => s.GetTokenInfo().Label == label).ToList();
+                    var matches = SlotList.WithTokenPresent(library).Where(s => s.GetTokenInfo().Label == label).ToList();
                     if (matches.Count != 1)
                     {
                         throw new HsmConfigurationException($"{matches.Count} tokens are labelled '{label}'; cannot wipe");

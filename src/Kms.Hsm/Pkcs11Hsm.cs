@@ -296,7 +296,7 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
     internal void CloseAllSessionsForFaultInjection() =>
         _module.Exclusive(library =>
         {
-            library.GetSlotList(SlotsType.WithTokenPresent).First(s => s.SlotId == CurrentState().SlotId).CloseAllSessions();
+            SlotList.WithTokenPresent(library).First(s => s.SlotId == CurrentState().SlotId).CloseAllSessions();
             return 0;
         });
 
@@ -585,7 +585,7 @@ public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
 
     private ISlot FindSlot(IPkcs11Library library)
     {
-        var matches = library.GetSlotList(SlotsType.WithTokenPresent)
+        var matches = SlotList.WithTokenPresent(library)
             .Where(s => s.GetTokenInfo().Label == _options.TokenLabel)
             .ToList();
         return matches.Count switch

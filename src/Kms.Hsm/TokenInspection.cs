@@ -51,7 +51,7 @@ public static class TokenInspection
         {
             return module.Call(library =>
             {
-                var matches = library.GetSlotList(SlotsType.WithTokenPresent).Where(s => s.GetTokenInfo().Label == options.TokenLabel).ToList();
+                var matches = SlotList.WithTokenPresent(library).Where(s => s.GetTokenInfo().Label == options.TokenLabel).ToList();
                 if (matches.Count != 1)
                 {
                     throw new HsmConfigurationException(matches.Count == 0

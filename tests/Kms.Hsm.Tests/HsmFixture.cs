@@ -35,7 +35,7 @@ public sealed class HsmFixture : IAsyncLifetime
     public ISession OpenRawSession() => OpenRawSession(Token.Label);
 
     internal ISession OpenRawSession(string label) =>
-        Module.Call(library => library.GetSlotList(SlotsType.WithTokenPresent).Single(s => s.GetTokenInfo().Label == label).OpenSession(SessionType.ReadWrite));
+        Module.Call(library => SlotList.WithTokenPresent(library).Single(s => s.GetTokenInfo().Label == label).OpenSession(SessionType.ReadWrite));
 
     public IObjectHandle FindDomainKey(ISession session) =>
         Native.With(

@@ -14,7 +14,7 @@ internal static class RawToken
         {
             module.Call(library =>
             {
-                var slot = library.GetSlotList(SlotsType.WithTokenPresent).Single(s => s.GetTokenInfo().Label == token.Label);
+                var slot = SlotList.WithTokenPresent(library).Single(s => s.GetTokenInfo().Label == token.Label);
                 using var session = slot.OpenSession(SessionType.ReadWrite);
                 try
                 {
