@@ -24,7 +24,7 @@ namespace Kms.Hsm;
 /// logs in again, finds the same domain key (same check value, or it stays down) and starts
 /// a new handle generation. A refused PIN is never retried.</para>
 /// </remarks>
-public sealed class Pkcs11Hsm : IHsm, IAsyncDisposable
+public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
 {
     private static readonly TimeSpan DrainTimeout = TimeSpan.FromSeconds(10);
 

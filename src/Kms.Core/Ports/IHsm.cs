@@ -53,6 +53,109 @@ public interface IHsm
     /// </summary>
     /// <returns>The signature as IEEE P1363 r‖s (64 bytes for P-256).</returns>
     ValueTask<byte[]> SignEcdsaAsync(KeyMaterialRef key, EcCurve curve, byte[] digest, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Why this HSM cannot hold key versions of <paramref name="algorithm"/> (its capability
+    /// profile says so, e.g. "SoftHSM cannot wrap Ed25519 private keys"), or null when it can.
+    /// </summary>
+    string? UnsupportedReason(KeyAlgorithm algorithm);
+
+    /// <summary>Why this HSM cannot serve BYOK imports with <paramref name="method"/>, or null when it can.</summary>
+    string? UnsupportedReason(ImportMethod method);
+
+    /// <summary>
+    /// Generates a key version's material for <paramref name="algorithm"/> inside the HSM (AES,
+    /// HMAC secret, RSA/EC/Ed25519 key pair) and returns it wrapped under the domain key, with
+    /// the public key for asymmetric algorithms. Every extractable copy made for the wrap is
+    /// destroyed before this returns.
+    /// </summary>
+    /// <exception cref="Errors.KmsException">FailedPrecondition when the profile does not support the algorithm.</exception>
+    ValueTask<GeneratedKeyMaterial> GenerateKeyVersionAsync(KeyAlgorithm algorithm, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Signs with an asymmetric key version: <paramref name="input"/> is the digest (of the
+    /// algorithm's hash, exactly its length, else InvalidArgument) for ECDSA and RSA, the
+    /// message for Ed25519. ECDSA signatures are IEEE P1363 r‖s; RSA ones are the modulus length.
+    /// </summary>
+    ValueTask<byte[]> SignAsync(KeyMaterialRef key, KeyAlgorithm algorithm, byte[] input, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// RSA-OAEP decryption with an ASYMMETRIC_DECRYPT key version (hash and MGF1 of the
+    /// algorithm, empty label). Any failure to decrypt is <see cref="Errors.KmsErrorCode.DecryptionFailed"/>.
+    /// </summary>
+    /// <returns>The plaintext, owned by the caller (zero it after use).</returns>
+    ValueTask<byte[]> DecryptRsaOaepAsync(KeyMaterialRef key, KeyAlgorithm algorithm, byte[] ciphertext, CancellationToken cancellationToken);
+
+    /// <summary>HMAC of <paramref name="data"/> with a MAC key version (the algorithm's hash).</summary>
+    ValueTask<byte[]> ComputeMacAsync(KeyMaterialRef key, KeyAlgorithm algorithm, byte[] data, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Generates the RSA key pair of a BYOK import job inside the HSM: the private key (unwrap
+    /// only, for <paramref name="method"/>) wrapped under the domain key, and the public key
+    /// callers wrap their key material for.
+    /// </summary>
+    ValueTask<GeneratedKeyMaterial> GenerateImportWrappingKeyAsync(ImportMethod method, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Imports caller-supplied key material as a key version of <paramref name="algorithm"/>:
+    /// <paramref name="wrappedKey"/> is RSA-OAEP(ephemeral AES-256 key) followed by
+    /// AES-KWP (RFC 5649) of the material under that key — raw bytes for AES and HMAC, PKCS#8
+    /// for RSA and EC — as <c>CKM_RSA_AES_KEY_WRAP</c> defines it. The material is unwrapped
+    /// inside the HSM, checked (type, size, curve; for a key pair, that it signs or decrypts
+    /// consistently with its public key) and returned wrapped under the domain key.
+    /// </summary>
+    /// <param name="subjectPublicKeyInfo">The public key, required for EC (a PKCS#11 private key does not show it), optional for RSA (checked when given).</param>
+    /// <exception cref="Errors.KmsException">InvalidArgument when the material does not unwrap, has the wrong type or size, or does not match the public key; nothing is kept.</exception>
+    ValueTask<GeneratedKeyMaterial> ImportKeyVersionAsync(
+        KeyMaterialRef wrappingKey,
+        ImportMethod method,
+        KeyAlgorithm algorithm,
+        byte[] wrappedKey,
+        byte[]? subjectPublicKeyInfo,
+        CancellationToken cancellationToken);
+
+    /// <summary>
+    /// What the HSM reports about a key version's unwrapped copy (its PKCS#11 attributes, by
+    /// name) and, for AES and HMAC versions, the version's check value (<see cref="KeyVersionProperties"/>).
+    /// </summary>
+    ValueTask<KeyVersionProperties> DescribeKeyVersionAsync(KeyMaterialRef key, KeyAlgorithm algorithm, CancellationToken cancellationToken);
+}
+
+/// <summary>
+/// How BYOK key material is wrapped for an import job: RSA-OAEP of an ephemeral AES-256 key
+/// under the job's RSA key, then AES-KWP of the material under the ephemeral key.
+/// </summary>
+public enum ImportMethod
+{
+    /// <summary>RSA-3072, OAEP with SHA-1 and MGF1-SHA-1; AES-256 KWP.</summary>
+    RsaOaep3072Sha1Aes256 = 1,
+
+    /// <summary>RSA-4096, OAEP with SHA-1 and MGF1-SHA-1; AES-256 KWP.</summary>
+    RsaOaep4096Sha1Aes256 = 2,
+
+    /// <summary>RSA-3072, OAEP with SHA-256 and MGF1-SHA-256; AES-256 KWP.</summary>
+    RsaOaep3072Sha256Aes256 = 3,
+
+    /// <summary>RSA-4096, OAEP with SHA-256 and MGF1-SHA-256; AES-256 KWP.</summary>
+    RsaOaep4096Sha256Aes256 = 4,
+}
+
+/// <summary>New key material: wrapped under the domain key, with the public key (DER SubjectPublicKeyInfo) of a key pair.</summary>
+public sealed record GeneratedKeyMaterial(WrappedKeyMaterial Wrapped, byte[]? SubjectPublicKeyInfo);
+
+/// <summary>
+/// What the HSM reports for a key version's unwrapped copy.
+/// </summary>
+/// <param name="Attributes">PKCS#11 attributes by name (<c>CKA_SENSITIVE</c> → <c>true</c>, <c>CKA_KEY_TYPE</c> → <c>CKK_AES</c>, ...), as the HSM answered.</param>
+/// <param name="CheckValue">
+/// For AES and HMAC versions, 8 bytes anyone holding the key can recompute (AES: the GCM tag of
+/// the empty message under the all-zero IV with AAD <c>kms key check value v1</c>; HMAC: the MAC of
+/// that text), so an importer can confirm the version holds their key; null for key pairs.
+/// </param>
+public sealed record KeyVersionProperties(IReadOnlyDictionary<string, string> Attributes, byte[]? CheckValue)
+{
+    /// <summary>The text the symmetric check value authenticates.</summary>
+    public const string CheckValueText = "kms key check value v1";
 }
 
 /// <summary>Named curves for EC keys.</summary>

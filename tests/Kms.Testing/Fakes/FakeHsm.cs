@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using Kms.Core.Crypto;
 using Kms.Core.Errors;
+using Kms.Core.Keys;
 using Kms.Core.Ports;
 
 namespace Kms.Testing.Fakes;
@@ -110,6 +111,306 @@ public sealed class FakeHsm : IHsm, IDisposable
         {
             CryptographicOperations.ZeroMemory(pkcs8);
         }
+    }
+
+    /// <summary>Algorithms this fake refuses, with the reason (as a profile would).</summary>
+    public Dictionary<KeyAlgorithm, string> Unsupported { get; } = new() { [KeyAlgorithm.Ed25519] = "the fake HSM cannot wrap Ed25519 private keys" };
+
+    /// <summary>Import methods this fake refuses, with the reason.</summary>
+    public Dictionary<ImportMethod, string> UnsupportedImports { get; } = [];
+
+    public string? UnsupportedReason(KeyAlgorithm algorithm) => Unsupported.GetValueOrDefault(algorithm);
+
+    public string? UnsupportedReason(ImportMethod method) => UnsupportedImports.GetValueOrDefault(method);
+
+    public ValueTask<GeneratedKeyMaterial> GenerateKeyVersionAsync(KeyAlgorithm algorithm, CancellationToken cancellationToken)
+    {
+        Count("generate-" + algorithm);
+        if (UnsupportedReason(algorithm) is { } reason)
+        {
+            throw KmsErrors.FailedPrecondition(reason);
+        }
+
+        var spec = KeyAlgorithms.Of(algorithm);
+        switch (spec.Family)
+        {
+            case KeyFamily.Aes or KeyFamily.Hmac:
+                var secret = RandomNumberGenerator.GetBytes(spec.SecretLength);
+                try
+                {
+                    return ValueTask.FromResult(new GeneratedKeyMaterial(Seal(secret), null));
+                }
+                finally
+                {
+                    CryptographicOperations.ZeroMemory(secret);
+                }
+
+            case KeyFamily.Ec:
+                using (var ec = ECDsa.Create(spec.Curve == EcCurve.P256 ? ECCurve.NamedCurves.nistP256 : ECCurve.NamedCurves.nistP384))
+                {
+                    return ValueTask.FromResult(SealPair(ec.ExportPkcs8PrivateKey(), ec.ExportSubjectPublicKeyInfo()));
+                }
+
+            case KeyFamily.Rsa:
+                using (var rsa = RSA.Create(spec.KeyBits))
+                {
+                    return ValueTask.FromResult(SealPair(rsa.ExportPkcs8PrivateKey(), rsa.ExportSubjectPublicKeyInfo()));
+                }
+
+            default:
+                throw KmsErrors.FailedPrecondition($"the fake HSM cannot generate {spec.Name}");
+        }
+    }
+
+    public ValueTask<byte[]> SignAsync(KeyMaterialRef key, KeyAlgorithm algorithm, byte[] input, CancellationToken cancellationToken)
+    {
+        Count("sign-" + algorithm);
+        var spec = KeyAlgorithms.Of(algorithm);
+        if (input.Length != spec.DigestLength)
+        {
+            throw KmsErrors.InvalidArgument("digest", $"a {spec.Name} digest is {spec.DigestLength} bytes, not {input.Length}");
+        }
+
+        var pkcs8 = Open(key);
+        try
+        {
+            if (spec.Family == KeyFamily.Ec)
+            {
+                using var ec = ECDsa.Create();
+                ec.ImportPkcs8PrivateKey(pkcs8, out _);
+                return ValueTask.FromResult(ec.SignHash(input));
+            }
+
+            using var rsa = RSA.Create();
+            rsa.ImportPkcs8PrivateKey(pkcs8, out _);
+            var padding = spec.Padding == RsaPadding.Pss ? RSASignaturePadding.Pss : RSASignaturePadding.Pkcs1;
+            return ValueTask.FromResult(rsa.SignHash(input, KeyAlgorithms.HashName(spec.Digest!.Value), padding));
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(pkcs8);
+        }
+    }
+
+    public ValueTask<byte[]> DecryptRsaOaepAsync(KeyMaterialRef key, KeyAlgorithm algorithm, byte[] ciphertext, CancellationToken cancellationToken)
+    {
+        Count("asymmetric-decrypt");
+        var spec = KeyAlgorithms.Of(algorithm);
+        var pkcs8 = Open(key);
+        try
+        {
+            using var rsa = RSA.Create();
+            rsa.ImportPkcs8PrivateKey(pkcs8, out _);
+            var padding = spec.Digest == DigestAlgorithm.Sha1 ? RSAEncryptionPadding.OaepSHA1 : RSAEncryptionPadding.OaepSHA256;
+            return ValueTask.FromResult(rsa.Decrypt(ciphertext, padding));
+        }
+        catch (CryptographicException)
+        {
+            throw KmsErrors.DecryptionFailed();
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(pkcs8);
+        }
+    }
+
+    public ValueTask<byte[]> ComputeMacAsync(KeyMaterialRef key, KeyAlgorithm algorithm, byte[] data, CancellationToken cancellationToken)
+    {
+        Count("mac");
+        var secret = Open(key);
+        try
+        {
+            return ValueTask.FromResult(KeyAlgorithms.Of(algorithm).Digest switch
+            {
+                DigestAlgorithm.Sha256 => HMACSHA256.HashData(secret, data),
+                DigestAlgorithm.Sha384 => HMACSHA384.HashData(secret, data),
+                _ => HMACSHA512.HashData(secret, data),
+            });
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(secret);
+        }
+    }
+
+    public ValueTask<GeneratedKeyMaterial> GenerateImportWrappingKeyAsync(ImportMethod method, CancellationToken cancellationToken)
+    {
+        Count("generate-import-key");
+        if (UnsupportedReason(method) is { } reason)
+        {
+            throw KmsErrors.FailedPrecondition(reason);
+        }
+
+        using var rsa = RSA.Create(method is ImportMethod.RsaOaep3072Sha1Aes256 or ImportMethod.RsaOaep3072Sha256Aes256 ? 3072 : 4096);
+        return ValueTask.FromResult(SealPair(rsa.ExportPkcs8PrivateKey(), rsa.ExportSubjectPublicKeyInfo()));
+    }
+
+    public ValueTask<GeneratedKeyMaterial> ImportKeyVersionAsync(
+        KeyMaterialRef wrappingKey,
+        ImportMethod method,
+        KeyAlgorithm algorithm,
+        byte[] wrappedKey,
+        byte[]? subjectPublicKeyInfo,
+        CancellationToken cancellationToken)
+    {
+        Count("import");
+        var spec = KeyAlgorithms.Of(algorithm);
+        var jobKey = Open(wrappingKey);
+        byte[] material;
+        try
+        {
+            using var rsa = RSA.Create();
+            rsa.ImportPkcs8PrivateKey(jobKey, out _);
+            var modulusBytes = rsa.KeySize / 8;
+            if (wrappedKey.Length <= modulusBytes)
+            {
+                throw KmsErrors.InvalidArgument("wrapped_key", "too short for the import method");
+            }
+
+            var padding = method is ImportMethod.RsaOaep3072Sha1Aes256 or ImportMethod.RsaOaep4096Sha1Aes256 ? RSAEncryptionPadding.OaepSHA1 : RSAEncryptionPadding.OaepSHA256;
+            var ephemeral = rsa.Decrypt(wrappedKey.AsSpan(0, modulusBytes).ToArray(), padding);
+            try
+            {
+                var kwp = new Org.BouncyCastle.Crypto.Engines.AesWrapPadEngine();
+                kwp.Init(false, new Org.BouncyCastle.Crypto.Parameters.KeyParameter(ephemeral));
+                material = kwp.Unwrap(wrappedKey, modulusBytes, wrappedKey.Length - modulusBytes);
+            }
+            finally
+            {
+                CryptographicOperations.ZeroMemory(ephemeral);
+            }
+        }
+        catch (Exception e) when (e is CryptographicException or Org.BouncyCastle.Crypto.InvalidCipherTextException)
+        {
+            throw KmsErrors.InvalidArgument("wrapped_key", "the wrapped key does not unwrap under the import job's key");
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(jobKey);
+        }
+
+        try
+        {
+            if (spec.Family is KeyFamily.Aes or KeyFamily.Hmac)
+            {
+                return material.Length == spec.SecretLength
+                    ? ValueTask.FromResult(new GeneratedKeyMaterial(Seal(material), null))
+                    : throw KmsErrors.InvalidArgument("wrapped_key", $"{spec.Name} takes a {spec.SecretLength}-byte key, not {material.Length} bytes");
+            }
+
+            byte[] publicKey;
+            try
+            {
+                if (spec.Family == KeyFamily.Rsa)
+                {
+                    using var rsa = RSA.Create();
+                    rsa.ImportPkcs8PrivateKey(material, out _);
+                    publicKey = rsa.KeySize == spec.KeyBits ? rsa.ExportSubjectPublicKeyInfo() : throw KmsErrors.InvalidArgument("wrapped_key", $"{spec.Name} takes a {spec.KeyBits}-bit RSA key, not {rsa.KeySize} bits");
+                }
+                else
+                {
+                    using var ec = ECDsa.Create();
+                    ec.ImportPkcs8PrivateKey(material, out _);
+                    publicKey = ec.KeySize == spec.KeyBits ? ec.ExportSubjectPublicKeyInfo() : throw KmsErrors.InvalidArgument("wrapped_key", $"{spec.Name} takes a key on its curve");
+                }
+            }
+            catch (CryptographicException)
+            {
+                throw KmsErrors.InvalidArgument("wrapped_key", $"the material is not a {spec.Name} private key");
+            }
+
+            if (subjectPublicKeyInfo is not null && !subjectPublicKeyInfo.AsSpan().SequenceEqual(publicKey))
+            {
+                throw KmsErrors.InvalidArgument("public_key", "does not match the imported private key");
+            }
+
+            if (spec.Family == KeyFamily.Ec && subjectPublicKeyInfo is null)
+            {
+                throw KmsErrors.InvalidArgument("public_key", "an EC import needs the public key");
+            }
+
+            return ValueTask.FromResult(SealPair((byte[])material.Clone(), publicKey));
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(material);
+        }
+    }
+
+    public ValueTask<KeyVersionProperties> DescribeKeyVersionAsync(KeyMaterialRef key, KeyAlgorithm algorithm, CancellationToken cancellationToken)
+    {
+        Count("describe");
+        var spec = KeyAlgorithms.Of(algorithm);
+        var attributes = new Dictionary<string, string>
+        {
+            ["CKA_SENSITIVE"] = "true",
+            ["CKA_EXTRACTABLE"] = "false",
+            ["CKA_LOCAL"] = "false",
+            ["CKA_NEVER_EXTRACTABLE"] = "false",
+        };
+        byte[]? checkValue = null;
+        if (spec.Family is KeyFamily.Aes or KeyFamily.Hmac)
+        {
+            var secret = Open(key);
+            try
+            {
+                var text = System.Text.Encoding.ASCII.GetBytes(KeyVersionProperties.CheckValueText);
+                if (spec.Family == KeyFamily.Aes)
+                {
+                    using var aes = new AesGcm(secret, 16);
+                    var tag = new byte[16];
+                    aes.Encrypt(new byte[12], ReadOnlySpan<byte>.Empty, Span<byte>.Empty, tag, text);
+                    checkValue = tag[..8];
+                }
+                else
+                {
+                    var mac = spec.Digest switch
+                    {
+                        DigestAlgorithm.Sha256 => HMACSHA256.HashData(secret, text),
+                        DigestAlgorithm.Sha384 => HMACSHA384.HashData(secret, text),
+                        _ => HMACSHA512.HashData(secret, text),
+                    };
+                    checkValue = mac[..8];
+                }
+            }
+            finally
+            {
+                CryptographicOperations.ZeroMemory(secret);
+            }
+        }
+
+        return ValueTask.FromResult(new KeyVersionProperties(attributes, checkValue));
+    }
+
+    private GeneratedKeyMaterial SealPair(byte[] pkcs8, byte[] publicKey)
+    {
+        try
+        {
+            return new GeneratedKeyMaterial(Seal(pkcs8), publicKey);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(pkcs8);
+        }
+    }
+
+    private WrappedKeyMaterial Seal(byte[] material)
+    {
+        var nonce = RandomNumberGenerator.GetBytes(12);
+        var wrapped = new byte[12 + material.Length + 16];
+        nonce.CopyTo(wrapped, 0);
+        using var aes = new AesGcm(_domainKey, 16);
+        aes.Encrypt(nonce, material, wrapped.AsSpan(12, material.Length), wrapped.AsSpan(12 + material.Length, 16));
+        return new WrappedKeyMaterial(wrapped);
+    }
+
+    private byte[] Open(KeyMaterialRef key)
+    {
+        var wrapped = key.Wrapped.Bytes.Span;
+        var material = new byte[wrapped.Length - 28];
+        using var aes = new AesGcm(_domainKey, 16);
+        aes.Decrypt(wrapped[..12], wrapped.Slice(12, material.Length), wrapped[^16..], material);
+        return material;
     }
 
     /// <summary>Key versions evicted (destroyed) so far.</summary>
