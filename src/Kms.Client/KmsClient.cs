@@ -108,15 +108,29 @@ public sealed partial class KmsClient : IDisposable
     /// Creates a key. A <paramref name="requestId"/> is generated when none is given, so a
     /// retry of this call inside the client is applied once.
     /// </summary>
-    public async Task<Key> CreateKeyAsync(
+    public Task<Key> CreateKeyAsync(
         string parent,
         string keyId,
         KeyPurpose purpose = KeyPurpose.EncryptDecrypt,
         IReadOnlyDictionary<string, string>? labels = null,
         string? requestId = null,
+        CancellationToken cancellationToken = default) =>
+        CreateKeyAsync(parent, keyId, purpose, KeyAlgorithm.Unspecified, labels, requestId, cancellationToken);
+
+    /// <summary>
+    /// Creates a key whose versions have <paramref name="algorithm"/> (which must serve
+    /// <paramref name="purpose"/>; unspecified: the purpose's default).
+    /// </summary>
+    public async Task<Key> CreateKeyAsync(
+        string parent,
+        string keyId,
+        KeyPurpose purpose,
+        KeyAlgorithm algorithm,
+        IReadOnlyDictionary<string, string>? labels = null,
+        string? requestId = null,
         CancellationToken cancellationToken = default)
     {
-        var key = new Key { Purpose = purpose };
+        var key = new Key { Purpose = purpose, Algorithm = algorithm };
         AddAll(key.Labels, labels);
 
         var response = await _stub.CreateKeyAsync(

@@ -264,7 +264,7 @@ public sealed class KeyTransitionsTests
     };
 
     private static KeyChange Rotate(KeyWithVersions key, bool scheduled) =>
-        KeyTransitions.Rotate(key, KeyVersionId.NewId(), new WrappedKeyMaterial(new byte[40]), Now, scheduled);
+        KeyTransitions.Rotate(key, KeyVersionId.NewId(), new GeneratedKeyMaterial(new WrappedKeyMaterial(new byte[40]), null), Now, scheduled);
 
     private static void AssertKeyTransition(Func<KeyWithVersions, KeyChange> transition, KeyState from, KeyState? to)
     {

@@ -120,6 +120,30 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
         new(Keys + "BatchReEncrypt", MatrixTarget.Own, [KeyUser], c => Msg(new BatchReEncryptRequest { Requests = { new ReEncryptRequest { Ciphertext = c.Fixture.Blob, DestinationName = c.Fixture.KeyName } } }), OtherTenantAllowed: StatusCode.OK),
         new(Keys + "BatchGenerateDataKey", MatrixTarget.Own, [KeyUser], c => Msg(new BatchGenerateDataKeyRequest { Requests = { new GenerateDataKeyRequest { Name = c.Fixture.KeyName } } }), OtherTenantAllowed: StatusCode.OK),
 
+        // Signing, asymmetric decryption, MACs.
+        new(Keys + "Sign", MatrixTarget.Tenant, [KeyUser], c => Msg(new SignRequest { Name = c.Fixture.SignKeyName, Message = ByteString.CopyFromUtf8("matrix") })),
+        new(Keys + "Verify", MatrixTarget.Tenant, [KeyUser], c => Msg(new VerifyRequest { Name = c.Fixture.SignKeyName, Message = ByteString.CopyFromUtf8("matrix"), Signature = c.Fixture.Signature })),
+        new(Keys + "GetPublicKey", MatrixTarget.Tenant, [KeyUser], c => Msg(new GetPublicKeyRequest { Name = c.Fixture.SignKeyName })),
+        new(Keys + "AsymmetricDecrypt", MatrixTarget.Tenant, [KeyUser], c => Msg(new AsymmetricDecryptRequest { Name = c.Fixture.DecryptKeyName, Ciphertext = c.Fixture.RsaCiphertext })),
+        new(Keys + "GenerateMac", MatrixTarget.Tenant, [KeyUser], c => Msg(new GenerateMacRequest { Name = c.Fixture.MacKeyName, Data = ByteString.CopyFromUtf8("matrix") })),
+        new(Keys + "VerifyMac", MatrixTarget.Tenant, [KeyUser], c => Msg(new VerifyMacRequest { Name = c.Fixture.MacKeyName, Data = ByteString.CopyFromUtf8("matrix"), Mac = c.Fixture.Mac })),
+
+        // BYOK and provenance statements.
+        new(Keys + "CreateImportJob", MatrixTarget.Tenant, [KeyManager], c => Msg(new CreateImportJobRequest
+        {
+            Parent = "tenants/dev",
+            ImportJobId = MatrixFixture.NewId(),
+            ImportJob = new ImportJob { ImportMethod = ImportMethod.RsaOaep3072Sha1Aes256 },
+        })),
+        new(Keys + "GetImportJob", MatrixTarget.Tenant, Readers, c => Msg(new GetImportJobRequest { Name = c.Fixture.ImportJob.Name })),
+        new(Keys + "ImportKeyVersion", MatrixTarget.Tenant, [KeyManager], async c => new ImportKeyVersionRequest
+        {
+            Parent = c.WillRun ? await FreshKeyAsync(c) : c.Fixture.KeyName,
+            ImportJob = c.Fixture.ImportJob.Name,
+            WrappedKey = ByteString.CopyFrom(Kms.Client.KeyImport.Wrap(c.Fixture.ImportJob.PublicKeyDer.Span, ImportMethod.RsaOaep3072Sha1Aes256, new byte[32])),
+        }),
+        new(Keys + "GetKeyAttestation", MatrixTarget.Tenant, Readers, c => Msg(new GetKeyAttestationRequest { Name = c.Fixture.SignKeyName })),
+
         // Key policies and grants.
         new(Keys + "SetKeyPolicy", MatrixTarget.Tenant, [KeyManager], async c => new SetKeyPolicyRequest { Name = await FreshKeyAsync(c) }),
         new(Keys + "GetKeyPolicy", MatrixTarget.Tenant, Readers, c => Msg(new GetKeyPolicyRequest { Name = c.Fixture.KeyName })),
@@ -363,6 +387,20 @@ public sealed class MatrixFixture : IAsyncLifetime, IDisposable
 
     public ByteString Blob { get; private set; } = ByteString.Empty;
 
+    public string SignKeyName { get; private set; } = "";
+
+    public ByteString Signature { get; private set; } = ByteString.Empty;
+
+    public string MacKeyName { get; private set; } = "";
+
+    public ByteString Mac { get; private set; } = ByteString.Empty;
+
+    public string DecryptKeyName { get; private set; } = "";
+
+    public ByteString RsaCiphertext { get; private set; } = ByteString.Empty;
+
+    public ImportJob ImportJob { get; private set; } = null!;
+
     public static string NewId() => "m-" + Guid.NewGuid().ToString("N")[..12];
 
     public static (string Scope, string Role) Split(string callerName) =>
@@ -388,6 +426,18 @@ public sealed class MatrixFixture : IAsyncLifetime, IDisposable
         KeyName = (await Setup.CreateKeyAsync("tenants/dev", "matrix")).Name;
         AliasName = (await Setup.Raw.CreateAliasAsync(new CreateAliasRequest { Parent = "tenants/dev", AliasId = "matrix", Alias = new Alias { Key = KeyName } })).Alias.Name;
         Blob = ByteString.CopyFrom((await Setup.EncryptAsync(KeyName, "matrix"u8.ToArray())).Ciphertext);
+        SignKeyName = (await Setup.CreateKeyAsync("tenants/dev", "matrix-sign", KeyPurpose.SignVerify)).Name;
+        Signature = (await Setup.SignAsync(SignKeyName, "matrix"u8.ToArray())).Signature;
+        MacKeyName = (await Setup.CreateKeyAsync("tenants/dev", "matrix-mac", KeyPurpose.Mac)).Name;
+        Mac = ByteString.CopyFrom(await Setup.GenerateMacAsync(MacKeyName, "matrix"u8.ToArray()));
+        DecryptKeyName = (await Setup.CreateKeyAsync("tenants/dev", "matrix-decrypt", KeyPurpose.AsymmetricDecrypt, KeyAlgorithm.RsaDecryptOaep2048Sha1)).Name;
+        using (var rsa = System.Security.Cryptography.RSA.Create())
+        {
+            rsa.ImportSubjectPublicKeyInfo((await Setup.GetPublicKeyAsync(DecryptKeyName)).Der.Span, out _);
+            RsaCiphertext = ByteString.CopyFrom(rsa.Encrypt("matrix"u8.ToArray(), System.Security.Cryptography.RSAEncryptionPadding.OaepSHA1));
+        }
+
+        ImportJob = await Setup.CreateImportJobAsync("tenants/dev", "matrix", ImportMethod.RsaOaep3072Sha1Aes256);
     }
 
     /// <summary>Calls any unary method by name with a bearer token (or none), returning the status.</summary>

@@ -93,7 +93,7 @@ public abstract class QuorumStoreContract : AuditStoreContract
         var keys = (IKeyStore)store;
         var key = NewKey(Dev, "shred");
         await keys.CreateKeyAsync(key, Material(), null, default);
-        await keys.UpdateKeyAsync(key.Name, current => KeyTransitions.Rotate(current, KeyVersionId.NewId(), Material(), T0, scheduled: false), default);
+        await keys.UpdateKeyAsync(key.Name, current => KeyTransitions.Rotate(current, KeyVersionId.NewId(), new GeneratedKeyMaterial(Material(), null), T0, scheduled: false), default);
         var genesis = OfficerSet.CreateGenesis(officers.Select("alice"), 1);
         await store.AddGenesisOfficerSetAsync(genesis, default);
         var request = TestOfficers.Request(genesis, QuorumOperation.DestroyKeyVersionNow, [KeyValuePair.Create("name", key.Name.Version(1).ToString())], T0, Dev);

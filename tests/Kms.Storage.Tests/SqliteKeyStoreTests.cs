@@ -299,7 +299,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
 
         await using var store = await OpenAsync();
 
-        Assert.Equal(6L, await ScalarAsync("SELECT max(version) FROM schema_migrations"));
+        Assert.Equal((long)SqliteSchema.LatestVersion, await ScalarAsync("SELECT max(version) FROM schema_migrations"));
         Assert.Equal("abc123", await store.GetSettingAsync("domain_key.check_value", default));
         Assert.Empty(await store.ListOfficerSetsAsync(default));
         Assert.Empty(await store.ListQuorumRequestsAsync(null, null, 10, default));

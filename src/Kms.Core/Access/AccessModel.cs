@@ -68,8 +68,14 @@ public enum KeyOperations
     /// <summary>Encrypt, GenerateDataKey*, ReEncrypt into this key.</summary>
     Encrypt = 1,
 
-    /// <summary>Decrypt, ReEncrypt out of this key.</summary>
+    /// <summary>Decrypt, ReEncrypt out of this key, AsymmetricDecrypt.</summary>
     Decrypt = 2,
+
+    /// <summary>Sign, GenerateMac.</summary>
+    Sign = 4,
+
+    /// <summary>Verify, VerifyMac, GetPublicKey.</summary>
+    Verify = 8,
 }
 
 /// <summary>

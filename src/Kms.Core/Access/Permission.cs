@@ -10,7 +10,7 @@ public enum Permission
     /// <summary>kms.keys.create: CreateKey.</summary>
     KeysCreate,
 
-    /// <summary>kms.keys.read: GetKey, ListKeys, ListKeyVersions, GetKeyVersion.</summary>
+    /// <summary>kms.keys.read: GetKey, ListKeys, ListKeyVersions, GetKeyVersion, GetImportJob, GetKeyAttestation.</summary>
     KeysRead,
 
     /// <summary>kms.keys.update: UpdateKey, UpdatePrimaryVersion.</summary>
@@ -34,8 +34,17 @@ public enum Permission
     /// <summary>kms.crypto.encrypt: Encrypt, GenerateDataKey*, the encrypting half of ReEncrypt, their batches.</summary>
     CryptoEncrypt,
 
-    /// <summary>kms.crypto.decrypt: Decrypt, the decrypting half of ReEncrypt, their batches.</summary>
+    /// <summary>kms.crypto.decrypt: Decrypt, the decrypting half of ReEncrypt, their batches, AsymmetricDecrypt.</summary>
     CryptoDecrypt,
+
+    /// <summary>kms.crypto.sign: Sign, GenerateMac.</summary>
+    CryptoSign,
+
+    /// <summary>kms.crypto.verify: Verify, VerifyMac, GetPublicKey.</summary>
+    CryptoVerify,
+
+    /// <summary>kms.keys.import: CreateImportJob, ImportKeyVersion.</summary>
+    KeysImport,
 
     /// <summary>kms.random.generate: GenerateRandom.</summary>
     RandomGenerate,

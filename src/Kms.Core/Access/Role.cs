@@ -37,9 +37,9 @@ public static class Roles
         [
             Permission.KeysCreate, Permission.KeysRead, Permission.KeysUpdate, Permission.KeysRotate, Permission.KeysChangeState,
             Permission.KeysDestroy, Permission.AliasesManage, Permission.AliasesRead, Permission.PoliciesManage, Permission.PoliciesRead,
-            Permission.QuorumRequest, Permission.QuorumRead,
+            Permission.QuorumRequest, Permission.QuorumRead, Permission.KeysImport,
         ],
-        [Role.KeyUser] = [Permission.CryptoEncrypt, Permission.CryptoDecrypt, Permission.RandomGenerate],
+        [Role.KeyUser] = [Permission.CryptoEncrypt, Permission.CryptoDecrypt, Permission.CryptoSign, Permission.CryptoVerify, Permission.RandomGenerate],
         [Role.Auditor] = [Permission.KeysRead, Permission.AliasesRead, Permission.PoliciesRead, Permission.BindingsRead, Permission.TenantsRead, Permission.AuditRead, Permission.QuorumRead],
         [Role.DeploymentAdmin] =
         [

@@ -18,6 +18,28 @@ public sealed record KeyVersion(
 
     /// <summary>Usage counters as last persisted (the usage counter adds what is pending).</summary>
     public KeyVersionUsage Usage { get; init; } = KeyVersionUsage.None;
+
+    /// <summary>Whether the material was generated in the HSM or imported (BYOK).</summary>
+    public KeyOrigin Origin { get; init; } = KeyOrigin.Generated;
+
+    /// <summary>For an imported version, the import job whose key carried the material.</summary>
+    public string? ImportJob { get; init; }
+
+    /// <summary>The public key of an asymmetric version (null for AES and HMAC).</summary>
+    public SubjectPublicKey? PublicKey { get; init; }
+
+    /// <summary>The id of the request (its audit event's request id) that created the version, when known.</summary>
+    public string? CreateRequest { get; init; }
+}
+
+/// <summary>Where a key version's material came from.</summary>
+public enum KeyOrigin
+{
+    /// <summary>Generated inside the HSM.</summary>
+    Generated = 1,
+
+    /// <summary>Imported by the caller through an import job (BYOK).</summary>
+    Imported = 2,
 }
 
 /// <summary>How much a version has been used.</summary>

@@ -52,6 +52,16 @@ public interface IKeyStore
     /// <summary>The version with this id in this tenant, with its key and material (none once destroyed), or null.</summary>
     Task<KeyVersionMaterial?> FindVersionMaterialAsync(TenantId tenant, KeyVersionId id, CancellationToken cancellationToken);
 
+    /// <summary>Stores a new import job with its private key wrapped under the domain key.</summary>
+    /// <exception cref="Errors.KmsException">AlreadyExists if the job id is taken.</exception>
+    Task CreateImportJobAsync(ImportJob job, WrappedKeyMaterial material, CancellationToken cancellationToken);
+
+    /// <summary>An import job and its wrapped private key (null once erased), or null.</summary>
+    Task<ImportJobMaterial?> GetImportJobAsync(ImportJobName name, CancellationToken cancellationToken);
+
+    /// <summary>Erases the wrapped private keys of jobs expired at <paramref name="now"/>; returns how many.</summary>
+    Task<int> EraseExpiredImportJobsAsync(DateTimeOffset now, CancellationToken cancellationToken);
+
     /// <summary>A recorded request id, or null.</summary>
     Task<RequestRecord?> FindRequestAsync(TenantId tenant, string requestId, CancellationToken cancellationToken);
 
@@ -105,6 +115,9 @@ public interface IKeyStore
     /// <summary>Cheap liveness probe of the backend.</summary>
     Task CheckHealthAsync(CancellationToken cancellationToken);
 }
+
+/// <summary>An import job and its wrapped private key (null once expired and erased).</summary>
+public sealed record ImportJobMaterial(ImportJob Job, WrappedKeyMaterial? Material);
 
 /// <summary>A key, one of its versions, and that version's wrapped material (null once DESTROYED).</summary>
 public sealed record KeyVersionMaterial(Key Key, KeyVersion Version, WrappedKeyMaterial? Material);

@@ -147,7 +147,9 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
         {
             var roles = principal.Select(b => b.Role).ToHashSet();
             var byRole = (roles.Any(r => Roles.Allows(r, Permission.CryptoEncrypt)) ? KeyOperations.Encrypt : KeyOperations.None)
-                | (roles.Any(r => Roles.Allows(r, Permission.CryptoDecrypt)) ? KeyOperations.Decrypt : KeyOperations.None);
+                | (roles.Any(r => Roles.Allows(r, Permission.CryptoDecrypt)) ? KeyOperations.Decrypt : KeyOperations.None)
+                | (roles.Any(r => Roles.Allows(r, Permission.CryptoSign)) ? KeyOperations.Sign : KeyOperations.None)
+                | (roles.Any(r => Roles.Allows(r, Permission.CryptoVerify)) ? KeyOperations.Verify : KeyOperations.None);
             var unconditional = stored.Restricted ? byRole & policy.Entries.GetValueOrDefault(principal.Key) : byRole;
             var conditional = stored.Restricted
                 ? grants.Where(g => g.Grantee.ToString() == principal.Key && (g.Operations & byRole) != KeyOperations.None).ToList()

@@ -19,4 +19,24 @@ public sealed class KeyResolver(IKeyStore store)
             _ => throw new ArgumentOutOfRangeException(nameof(reference)),
         };
     }
+
+    /// <summary>
+    /// What Sign, Verify, the MAC calls and GetKeyAttestation accept as <c>name</c>: a key
+    /// version, or a key or alias (meaning its primary version), with its key and material.
+    /// </summary>
+    /// <exception cref="KmsException">InvalidArgument for a malformed name; NotFound, also outside the caller's tenant.</exception>
+    public async Task<KeyVersionMaterial> ResolveVersionAsync(Caller caller, string? name, CancellationToken cancellationToken)
+    {
+        if (name is not null && name.Contains("/versions/", StringComparison.Ordinal))
+        {
+            var versionName = KeyVersionName.Parse(name, "name");
+            caller.EnsureSameTenant(versionName.Key.Tenant, name);
+            var version = await store.GetVersionAsync(versionName, cancellationToken) ?? throw KmsErrors.NotFound(name);
+            return await store.FindVersionMaterialAsync(versionName.Key.Tenant, version.Id, cancellationToken) ?? throw KmsErrors.NotFound(name);
+        }
+
+        var reference = KeyReference.Parse(name, "name");
+        var keyName = await ResolveAsync(caller, reference, cancellationToken);
+        return await store.GetPrimaryMaterialAsync(keyName, cancellationToken) ?? throw KmsErrors.NotFound(reference.ToString()!);
+    }
 }

@@ -17,7 +17,7 @@ namespace Kms.Core.Services;
 /// never two primaries). HSM work happens before the transaction: a rotation whose store
 /// write fails leaves wrapped material that was never stored and no version without material.
 /// </remarks>
-public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, TimeProvider time, LifecycleOptions lifecycle, UsageLimitOptions limits, UsageCounter usage)
+public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, TimeProvider time, LifecycleOptions lifecycle, UsageLimitOptions limits, UsageCounter usage)
 {
     private const string CreateKeyOperation = "CreateKey";
     private const string RotateKeyOperation = "RotateKey";
@@ -55,7 +55,12 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, T
             throw KmsErrors.InvalidArgument("key.min_decryption_version", "a new key has only version 1: leave it unset or 1");
         }
 
-        var fingerprint = RequestIds.Fingerprint(CreateKeyOperation, name, (int)command.Purpose, command.Labels, command.RotationPeriod?.Ticks, command.NextRotationTime?.UtcTicks);
+        if (KeyAlgorithms.Of(command.Algorithm).Purpose != command.Purpose)
+        {
+            throw KmsErrors.InvalidArgument("key.algorithm", $"{KeyAlgorithms.Of(command.Algorithm).Name} does not serve purpose {KeyAlgorithms.PurposeName(command.Purpose)}");
+        }
+
+        var fingerprint = RequestIds.Fingerprint(CreateKeyOperation, name, (int)command.Purpose, (int)command.Algorithm, command.Labels, command.RotationPeriod?.Ticks, command.NextRotationTime?.UtcTicks);
         if (await _requests.FindReplayAsync(name.Tenant, requestId, CreateKeyOperation, fingerprint, cancellationToken) is { } replay)
         {
             return new CreateKeyResult(await GetRecordedKeyAsync(replay, cancellationToken), Replayed: true);
@@ -63,8 +68,8 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, T
 
         await TenantGate.EnsureActiveAsync(access, command.Parent, cancellationToken);
         var now = Clock.Now(time);
-        var material = await hsm.GenerateAes256KeyAsync(cancellationToken);
-        var primary = new KeyVersion(name.Version(1), KeyVersionId.NewId(), KeyState.Enabled, KeyAlgorithm.Aes256Gcm, now);
+        var material = await GenerateAsync(command.Algorithm, cancellationToken);
+        var primary = KeyTransitions.NewVersion(name.Version(1), KeyVersionId.NewId(), command.Algorithm, material, now);
         var key = new Key(name, command.Purpose, KeyState.Enabled, primary, now, command.Labels)
         {
             RotationPeriod = command.RotationPeriod,
@@ -74,7 +79,7 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, T
 
         try
         {
-            await store.CreateKeyAsync(key, material, request, cancellationToken);
+            await store.CreateKeyAsync(key, material.Wrapped, request, cancellationToken);
         }
         catch (KmsException e) when (e.Code == KmsErrorCode.AlreadyExists && requestId is not null)
         {
@@ -180,7 +185,8 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, T
             return await GetKeyAsync(caller, name, cancellationToken);
         }
 
-        var material = await hsm.GenerateAes256KeyAsync(cancellationToken);
+        var algorithm = (await store.GetKeyAsync(name, cancellationToken))?.Primary.Algorithm ?? throw KmsErrors.NotFound(name.ToString());
+        var material = await GenerateAsync(algorithm, cancellationToken);
         var id = KeyVersionId.NewId();
         var now = Clock.Now(time);
         var result = await MutateAsync(caller, name, requestId, fingerprint,
@@ -436,7 +442,12 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, T
     // if it is still due on fresh state — a concurrent rotation, disable or schedule change wins.
     private async Task<bool> RotateIfStillDueAsync(KeyName name, Func<Key, bool> stillDue, bool scheduled, DateTimeOffset now, CancellationToken cancellationToken)
     {
-        var material = await hsm.GenerateAes256KeyAsync(cancellationToken);
+        if (await store.GetKeyAsync(name, cancellationToken) is not { } key || !stillDue(key))
+        {
+            return false;
+        }
+
+        var material = await GenerateAsync(key.Primary.Algorithm, cancellationToken);
         var id = KeyVersionId.NewId();
         var done = false;
         await store.UpdateKeyAsync(name, current =>
@@ -451,6 +462,13 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, T
         }, cancellationToken);
         return done;
     }
+
+    // The HSM's profile decides which algorithms it can hold: asking first gives the caller the
+    // profile's reason rather than a vendor error from half-way through a generation.
+    private async Task<GeneratedKeyMaterial> GenerateAsync(KeyAlgorithm algorithm, CancellationToken cancellationToken) =>
+        hsm.UnsupportedReason(algorithm) is { } reason
+            ? throw KmsErrors.FailedPrecondition($"this HSM cannot hold {KeyAlgorithms.Of(algorithm).Name} keys: {reason}")
+            : await hsm.GenerateKeyVersionAsync(algorithm, cancellationToken);
 
     private async Task<KeyWithVersions> MutateAsync(
         Caller caller,
@@ -531,6 +549,9 @@ public sealed class KeyService(IHsm hsm, IKeyStore store, IAccessStore access, T
 /// <summary>What CreateKey needs, validated except for the key id (validated with the tenant).</summary>
 public sealed record CreateKeyCommand(TenantId Parent, string KeyId, KeyPurpose Purpose, KeyLabels Labels, string? RequestId)
 {
+    /// <summary>The algorithm of every version; must serve <see cref="Purpose"/> (see <see cref="KeyAlgorithms.Choose"/>).</summary>
+    public KeyAlgorithm Algorithm { get; init; } = KeyAlgorithm.Aes256Gcm;
+
     /// <summary>Scheduled rotation period; null for none.</summary>
     public TimeSpan? RotationPeriod { get; init; }
 

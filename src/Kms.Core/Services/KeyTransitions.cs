@@ -1,5 +1,6 @@
 using Kms.Core.Errors;
 using Kms.Core.Keys;
+using Kms.Core.Names;
 using Kms.Core.Ports;
 
 namespace Kms.Core.Services;
@@ -147,7 +148,7 @@ public static class KeyTransitions
 
     /// <summary>Adds version n+1 (ENABLED) and makes it the primary.</summary>
     /// <param name="scheduled">A scheduled rotation also moves next_rotation_time one period on.</param>
-    public static KeyChange Rotate(KeyWithVersions current, KeyVersionId id, Crypto.WrappedKeyMaterial material, DateTimeOffset now, bool scheduled)
+    public static KeyChange Rotate(KeyWithVersions current, KeyVersionId id, GeneratedKeyMaterial material, DateTimeOffset now, bool scheduled, string? importJob = null)
     {
         var key = current.Key;
         if (key.State != KeyState.Enabled)
@@ -156,14 +157,31 @@ public static class KeyTransitions
         }
 
         var number = current.Versions.Count == 0 ? 1 : current.Versions.Max(v => v.Name.Version) + 1;
-        var version = new KeyVersion(key.Name.Version(number), id, KeyState.Enabled, KeyAlgorithm.Aes256Gcm, now);
+        var version = NewVersion(key.Name.Version(number), id, key.Primary.Algorithm, material, now, importJob);
 
         // A scheduled rotation always moves the schedule on (or ends it): left in the past it
         // would make the key due again at every pass.
         var next = !scheduled ? key.NextRotationTime : key.RotationPeriod is { } period ? now + period : null;
         return new KeyChange(key with { Primary = version, NextRotationTime = next })
         {
-            AddedVersion = new NewKeyVersion(version, material),
+            AddedVersion = new NewKeyVersion(version, material.Wrapped),
+        };
+    }
+
+    /// <summary>
+    /// A new ENABLED version of <paramref name="algorithm"/> over <paramref name="material"/>:
+    /// imported when <paramref name="importJob"/> is given, else generated; created by the
+    /// request being served (its audit request id).
+    /// </summary>
+    public static KeyVersion NewVersion(KeyVersionName name, KeyVersionId id, KeyAlgorithm algorithm, GeneratedKeyMaterial material, DateTimeOffset now, string? importJob = null)
+    {
+        ArgumentNullException.ThrowIfNull(material);
+        return new KeyVersion(name, id, KeyState.Enabled, algorithm, now)
+        {
+            Origin = importJob is null ? KeyOrigin.Generated : KeyOrigin.Imported,
+            ImportJob = importJob,
+            PublicKey = material.SubjectPublicKeyInfo is { } spki ? new SubjectPublicKey(spki) : null,
+            CreateRequest = Audit.AuditScope.Current?.Entry.RequestId,
         };
     }
 

@@ -79,6 +79,16 @@ internal static class AccessMapping
         {
             yield return "DECRYPT";
         }
+
+        if (operations.HasFlag(KeyOperations.Sign))
+        {
+            yield return "SIGN";
+        }
+
+        if (operations.HasFlag(KeyOperations.Verify))
+        {
+            yield return "VERIFY";
+        }
     }
 
     public static KeyOperations Operations(RepeatedField<string> names, string field)
@@ -90,7 +100,9 @@ internal static class AccessMapping
             {
                 "ENCRYPT" => KeyOperations.Encrypt,
                 "DECRYPT" => KeyOperations.Decrypt,
-                _ => throw KmsErrors.InvalidArgument(field, "operations are ENCRYPT or DECRYPT"),
+                "SIGN" => KeyOperations.Sign,
+                "VERIFY" => KeyOperations.Verify,
+                _ => throw KmsErrors.InvalidArgument(field, "operations are ENCRYPT, DECRYPT, SIGN or VERIFY"),
             };
         }
 

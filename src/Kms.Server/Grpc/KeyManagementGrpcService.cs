@@ -19,6 +19,9 @@ internal sealed partial class KeyManagementGrpcService(
     CryptoService crypto,
     AliasService aliases,
     KeyAccessService keyAccess,
+    SigningService signing,
+    AttestationService attestation,
+    TimeProvider time,
     ILogger<KeyManagementGrpcService> logger)
     : KeyManagementService.KeyManagementServiceBase
 {
@@ -33,13 +36,15 @@ internal sealed partial class KeyManagementGrpcService(
             throw KmsErrors.InvalidArgument("key", "is required (at least key.purpose)");
         }
 
+        var purpose = ProtoMapping.FromProto(request.Key.Purpose, "key.purpose");
         var command = new CreateKeyCommand(
             parent,
             request.KeyId,
-            ProtoMapping.FromProto(request.Key.Purpose, "key.purpose"),
+            purpose,
             KeyLabels.Create(request.Key.Labels),
             request.RequestId)
         {
+            Algorithm = KeyAlgorithms.Choose(purpose, ProtoMapping.FromProto(request.Key.Algorithm, "key.algorithm"), "key.algorithm"),
             RotationPeriod = ProtoMapping.FromProto(request.Key.RotationPeriod, "key.rotation_period"),
             NextRotationTime = ProtoMapping.FromProto(request.Key.NextRotationTime, "key.next_rotation_time"),
             MinDecryptionVersion = request.Key.MinDecryptionVersion,

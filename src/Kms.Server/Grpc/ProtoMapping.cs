@@ -4,6 +4,7 @@ using Grpc.Core;
 using Kms.Core.Crypto;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
+using Kms.Core.Ports;
 using Proto = Kms.Contracts.V1;
 
 namespace Kms.Server.Grpc;
@@ -24,6 +25,7 @@ internal static class ProtoMapping
             NextRotationTime = ToTimestamp(key.NextRotationTime),
             MinDecryptionVersion = key.MinDecryptionVersion,
             DestroyTime = ToTimestamp(key.DestroyTime),
+            Algorithm = ToProto(key.Primary.Algorithm),
         };
         proto.Labels.Add(key.Labels.ToDictionary(kv => kv.Key, kv => kv.Value));
         return proto;
@@ -33,11 +35,9 @@ internal static class ProtoMapping
     {
         Name = version.Name.ToString(),
         State = ToProto(version.State),
-        Algorithm = version.Algorithm switch
-        {
-            KeyAlgorithm.Aes256Gcm => Proto.KeyAlgorithm.Aes256Gcm,
-            _ => Proto.KeyAlgorithm.Unspecified,
-        },
+        Algorithm = ToProto(version.Algorithm),
+        Origin = version.Origin == KeyOrigin.Imported ? Proto.KeyOrigin.Imported : Proto.KeyOrigin.Generated,
+        ImportJob = version.ImportJob ?? "",
         CreateTime = Timestamp.FromDateTimeOffset(version.CreateTime),
         DestroyTime = ToTimestamp(version.DestroyTime),
         DestroyEventTime = ToTimestamp(version.DestroyEventTime),
@@ -58,10 +58,33 @@ internal static class ProtoMapping
         UpdateTime = Timestamp.FromDateTimeOffset(alias.UpdateTime),
     };
 
-    public static Proto.KeyPurpose ToProto(KeyPurpose purpose) => purpose switch
+    // Core's purpose and algorithm enums carry the proto numbers (a test pins it).
+    public static Proto.KeyPurpose ToProto(KeyPurpose purpose) =>
+        System.Enum.IsDefined(purpose) ? (Proto.KeyPurpose)(int)purpose : Proto.KeyPurpose.Unspecified;
+
+    public static Proto.KeyAlgorithm ToProto(KeyAlgorithm algorithm) =>
+        System.Enum.IsDefined(algorithm) ? (Proto.KeyAlgorithm)(int)algorithm : Proto.KeyAlgorithm.Unspecified;
+
+    /// <summary>A requested algorithm; unset is null (the purpose's default).</summary>
+    public static KeyAlgorithm? FromProto(Proto.KeyAlgorithm algorithm, string field) =>
+        algorithm == Proto.KeyAlgorithm.Unspecified ? null
+        : System.Enum.IsDefined((KeyAlgorithm)(int)algorithm) ? (KeyAlgorithm)(int)algorithm
+        : throw KmsErrors.InvalidArgument(field, $"unknown algorithm {(int)algorithm}");
+
+    public static ImportMethod FromProto(Proto.ImportMethod method, string field) =>
+        method == Proto.ImportMethod.Unspecified ? throw KmsErrors.InvalidArgument(field, "is required (IMPORT_METHOD_RSA_OAEP_3072_SHA1_AES_256, ...)")
+        : System.Enum.IsDefined((ImportMethod)(int)method) ? (ImportMethod)(int)method
+        : throw KmsErrors.InvalidArgument(field, $"unknown import method {(int)method}");
+
+    public static Proto.ImportJob ToProto(ImportJob job, DateTimeOffset now) => new()
     {
-        KeyPurpose.EncryptDecrypt => Proto.KeyPurpose.EncryptDecrypt,
-        _ => Proto.KeyPurpose.Unspecified,
+        Name = job.Name.ToString(),
+        ImportMethod = (Proto.ImportMethod)(int)job.Method,
+        PublicKeyPem = job.PublicKey.ToPem(),
+        PublicKeyDer = Google.Protobuf.ByteString.CopyFrom(job.PublicKey.Der),
+        CreateTime = Timestamp.FromDateTimeOffset(job.CreateTime),
+        ExpireTime = Timestamp.FromDateTimeOffset(job.ExpireTime),
+        State = job.IsExpired(now) ? Proto.ImportJobState.Expired : Proto.ImportJobState.Active,
     };
 
     public static Proto.KeyState ToProto(KeyState state) => state switch
@@ -73,12 +96,10 @@ internal static class ProtoMapping
         _ => Proto.KeyState.Unspecified,
     };
 
-    public static KeyPurpose FromProto(Proto.KeyPurpose purpose, string field) => purpose switch
-    {
-        Proto.KeyPurpose.EncryptDecrypt => KeyPurpose.EncryptDecrypt,
-        Proto.KeyPurpose.Unspecified => throw KmsErrors.InvalidArgument(field, "is required (KEY_PURPOSE_ENCRYPT_DECRYPT)"),
-        _ => throw KmsErrors.InvalidArgument(field, $"unknown purpose {(int)purpose}"),
-    };
+    public static KeyPurpose FromProto(Proto.KeyPurpose purpose, string field) =>
+        purpose == Proto.KeyPurpose.Unspecified ? throw KmsErrors.InvalidArgument(field, "is required (KEY_PURPOSE_ENCRYPT_DECRYPT, SIGN_VERIFY, ASYMMETRIC_DECRYPT or MAC)")
+        : System.Enum.IsDefined((KeyPurpose)(int)purpose) ? (KeyPurpose)(int)purpose
+        : throw KmsErrors.InvalidArgument(field, $"unknown purpose {(int)purpose}");
 
     public static EncryptionContext Context(MapField<string, string> context, string field = "encryption_context") =>
         context.Count == 0 ? EncryptionContext.Empty : EncryptionContext.Create(context, field);

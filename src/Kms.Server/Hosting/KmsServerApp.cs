@@ -164,6 +164,8 @@ public static class KmsServerApp
         builder.Services.AddSingleton<KeyService>();
         builder.Services.AddSingleton<KeyAccessService>();
         builder.Services.AddSingleton<CryptoService>();
+        builder.Services.AddSingleton<SigningService>();
+        builder.Services.AddSingleton<AttestationService>();
         builder.Services.AddSingleton<AliasService>();
         builder.Services.AddSingleton<AccessService>();
         builder.Services.AddSingleton<QuorumService>();

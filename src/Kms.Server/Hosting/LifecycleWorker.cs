@@ -31,6 +31,7 @@ internal sealed partial class LifecycleWorker(
             await keys.CompleteErasureAsync(cancellationToken);
             return 0;
         });
+        await RunJobAsync("import job expiry", () => keys.EraseExpiredImportJobsAsync(cancellationToken));
         await RunJobAsync("tenant offboarding", () => access.SweepDeletingTenantsAsync(cancellationToken));
         var rotated = await RunJobAsync("scheduled rotation", () => keys.RotateDueKeysAsync(cancellationToken));
         await RunJobAsync("usage flush", async () =>

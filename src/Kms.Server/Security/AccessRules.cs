@@ -78,6 +78,12 @@ internal static class AccessRules
         [Keys + "ScheduleKeyVersionDestruction"] = On<ScheduleKeyVersionDestructionRequest>(Permission.KeysDestroy, r => r.Name),
         [Keys + "RestoreKeyVersion"] = On<RestoreKeyVersionRequest>(Permission.KeysDestroy, r => r.Name),
 
+        // BYOK import and provenance statements.
+        [Keys + "CreateImportJob"] = On<CreateImportJobRequest>(Permission.KeysImport, r => r.Parent),
+        [Keys + "GetImportJob"] = On<GetImportJobRequest>(Permission.KeysRead, r => r.Name),
+        [Keys + "ImportKeyVersion"] = On<ImportKeyVersionRequest>(Permission.KeysImport, r => r.Parent),
+        [Keys + "GetKeyAttestation"] = On<GetKeyAttestationRequest>(Permission.KeysRead, r => r.Name),
+
         // Aliases.
         [Keys + "CreateAlias"] = On<CreateAliasRequest>(Permission.AliasesManage, r => r.Parent),
         [Keys + "GetAlias"] = On<GetAliasRequest>(Permission.AliasesRead, r => r.Name),
@@ -86,6 +92,12 @@ internal static class AccessRules
         [Keys + "ListAliases"] = On<ListAliasesRequest>(Permission.AliasesRead, r => r.Parent),
 
         // Crypto: metered against the tenant's quota.
+        [Keys + "Sign"] = Metered(On<SignRequest>(Permission.CryptoSign, r => r.Name)),
+        [Keys + "Verify"] = Metered(On<VerifyRequest>(Permission.CryptoVerify, r => r.Name)),
+        [Keys + "GetPublicKey"] = On<GetPublicKeyRequest>(Permission.CryptoVerify, r => r.Name),
+        [Keys + "AsymmetricDecrypt"] = Metered(On<AsymmetricDecryptRequest>(Permission.CryptoDecrypt, r => r.Name)),
+        [Keys + "GenerateMac"] = Metered(On<GenerateMacRequest>(Permission.CryptoSign, r => r.Name)),
+        [Keys + "VerifyMac"] = Metered(On<VerifyMacRequest>(Permission.CryptoVerify, r => r.Name)),
         [Keys + "Encrypt"] = Metered(On<EncryptRequest>(Permission.CryptoEncrypt, r => r.Name)),
         [Keys + "Decrypt"] = Metered(Own(Permission.CryptoDecrypt)),
         [Keys + "GenerateDataKey"] = Metered(On<GenerateDataKeyRequest>(Permission.CryptoEncrypt, r => r.Name)),
@@ -163,7 +175,7 @@ internal static class AccessRules
     {
         ArgumentNullException.ThrowIfNull(rule);
         return rule.Scope == CallScope.Bootstrap || rule.Requirements.Any(r => r.Permission is Permission.KeysCreate or Permission.KeysUpdate
-            or Permission.KeysRotate or Permission.KeysChangeState or Permission.KeysDestroy or Permission.AliasesManage or Permission.PoliciesManage
+            or Permission.KeysRotate or Permission.KeysImport or Permission.KeysChangeState or Permission.KeysDestroy or Permission.AliasesManage or Permission.PoliciesManage
             or Permission.BindingsManage or Permission.TenantsManage or Permission.PrincipalsManage or Permission.QuorumRequest or Permission.QuorumApprove);
     }
 

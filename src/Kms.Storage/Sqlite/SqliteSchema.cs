@@ -217,6 +217,26 @@ internal static class SqliteSchema
                 PRIMARY KEY (request_id, officer_fingerprint)
             ) STRICT;
             """),
+        (7, """
+            -- Key versions beyond AES (signing, asymmetric decryption, MAC) and BYOK imports.
+            ALTER TABLE key_versions ADD COLUMN origin         INTEGER NOT NULL DEFAULT 1; -- 1 GENERATED in the HSM, 2 IMPORTED
+            ALTER TABLE key_versions ADD COLUMN import_job     TEXT;    -- IMPORTED: tenants/{t}/importJobs/{j}
+            ALTER TABLE key_versions ADD COLUMN public_key     BLOB;    -- RSA/EC/Ed25519: DER SubjectPublicKeyInfo
+            ALTER TABLE key_versions ADD COLUMN create_request TEXT;    -- the audit request id that created it
+
+            CREATE TABLE import_jobs (
+                tenant         TEXT    NOT NULL,
+                job_id         TEXT    NOT NULL,
+                method         INTEGER NOT NULL,
+                material_id    BLOB    NOT NULL UNIQUE, -- 16 random bytes naming the private key (HSM handle cache)
+                public_key     BLOB    NOT NULL, -- DER SubjectPublicKeyInfo callers wrap for
+                material       BLOB,             -- the RSA private key wrapped under the domain key; NULL once expired and erased
+                create_time    INTEGER NOT NULL,
+                expire_time    INTEGER NOT NULL,
+                create_request TEXT,
+                PRIMARY KEY (tenant, job_id)
+            ) STRICT;
+            """),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;

@@ -32,6 +32,7 @@ public sealed partial class SqliteStore : IKeyStore, IAccessStore, IAuditStore, 
     [
         "version", "version_id", "algorithm", "state", "create_time", "destroy_time", "destroy_event_time",
         "encrypt_count", "decrypt_count", "last_encrypt_time", "last_decrypt_time",
+        "origin", "import_job", "public_key", "create_request",
     ];
 
     private static readonly int VersionColumnCount = VersionColumnNames.Length;
@@ -644,14 +645,16 @@ public sealed partial class SqliteStore : IKeyStore, IAccessStore, IAuditStore, 
 
     private static Task InsertVersionAsync(SqliteConnection connection, SqliteTransaction transaction, KeyName key, KeyVersion version, WrappedKeyMaterial material, CancellationToken cancellationToken) =>
         InsertAsync(connection, transaction, """
-            INSERT INTO key_versions (tenant, key_id, version, version_id, algorithm, state, material, create_time)
-            VALUES ($tenant, $key_id, $version, $version_id, $algorithm, $state, $material, $create_time)
+            INSERT INTO key_versions (tenant, key_id, version, version_id, algorithm, state, material, create_time, origin, import_job, public_key, create_request)
+            VALUES ($tenant, $key_id, $version, $version_id, $algorithm, $state, $material, $create_time, $origin, $import_job, $public_key, $create_request)
             """,
             version.Name.ToString(),
             cancellationToken,
             ("$tenant", key.Tenant.Value), ("$key_id", key.KeyId), ("$version", version.Name.Version),
             ("$version_id", version.Id.ToBytes()), ("$algorithm", (int)version.Algorithm), ("$state", (int)version.State),
-            ("$material", material.UnsafeArray), ("$create_time", version.CreateTime.ToUnixTimeMilliseconds()));
+            ("$material", material.UnsafeArray), ("$create_time", version.CreateTime.ToUnixTimeMilliseconds()),
+            ("$origin", (int)version.Origin), ("$import_job", (object?)version.ImportJob ?? DBNull.Value),
+            ("$public_key", (object?)version.PublicKey?.ToArray() ?? DBNull.Value), ("$create_request", (object?)version.CreateRequest ?? DBNull.Value));
 
     private static (string, object)[] KeyParameters(Key key) =>
     [
@@ -704,6 +707,10 @@ public sealed partial class SqliteStore : IKeyStore, IAccessStore, IAuditStore, 
             DestroyTime = ReadTime(reader, offset + 5),
             DestroyEventTime = ReadTime(reader, offset + 6),
             Usage = new KeyVersionUsage(reader.GetInt64(offset + 7), reader.GetInt64(offset + 8), ReadTime(reader, offset + 9), ReadTime(reader, offset + 10)),
+            Origin = (KeyOrigin)reader.GetInt32(offset + 11),
+            ImportJob = reader.IsDBNull(offset + 12) ? null : reader.GetString(offset + 12),
+            PublicKey = reader.IsDBNull(offset + 13) ? null : new SubjectPublicKey((byte[])reader[offset + 13]),
+            CreateRequest = reader.IsDBNull(offset + 14) ? null : reader.GetString(offset + 14),
         };
 
     private static KeyAlias ReadAlias(SqliteDataReader reader, AliasName name) =>

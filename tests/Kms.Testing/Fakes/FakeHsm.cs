@@ -125,7 +125,7 @@ public sealed class FakeHsm : IHsm, IDisposable
 
     public ValueTask<GeneratedKeyMaterial> GenerateKeyVersionAsync(KeyAlgorithm algorithm, CancellationToken cancellationToken)
     {
-        Count("generate-" + algorithm);
+        Count("generate");
         if (UnsupportedReason(algorithm) is { } reason)
         {
             throw KmsErrors.FailedPrecondition(reason);

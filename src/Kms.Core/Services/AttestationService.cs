@@ -1,0 +1,54 @@
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+
+namespace Kms.Core.Services;
+
+/// <summary>GetKeyAttestation: a key version's provenance statement, signed by the audit key (<see cref="KeyAttestation"/>).</summary>
+public sealed class AttestationService(IHsm hsm, IKeyStore store, AuditLog audit, TimeProvider time)
+{
+    private readonly KeyResolver _resolver = new(store);
+
+    /// <summary>
+    /// The statement for a key version (or a key's primary): its stored provenance plus what the
+    /// HSM reports for its unwrapped copy, signed. Versions without material (DESTROYED) cannot be attested.
+    /// </summary>
+    public async Task<SignedKeyAttestation> GetKeyAttestationAsync(Caller caller, string name, CancellationToken cancellationToken)
+    {
+        var found = await _resolver.ResolveVersionAsync(caller, name, cancellationToken);
+        Audit.AuditScope.SetResource(found.Version.Name.ToString());
+        if (found.Material is null)
+        {
+            throw KmsErrors.FailedPrecondition($"key version {found.Version.Name} is {KeyTransitions.StateName(found.Version.State)}: its material is gone, there is nothing to attest");
+        }
+
+        var version = found.Version;
+        var spec = KeyAlgorithms.Of(version.Algorithm);
+        var properties = await hsm.DescribeKeyVersionAsync(new KeyMaterialRef(version.Id, found.Material), version.Algorithm, cancellationToken);
+        var attestation = new KeyAttestation
+        {
+            KeyVersion = version.Name.ToString(),
+            Purpose = KeyAlgorithms.PurposeName(found.Key.Purpose),
+            Algorithm = spec.Name,
+            State = KeyTransitions.StateName(version.State),
+            Origin = version.Origin == KeyOrigin.Imported ? "IMPORTED" : "GENERATED",
+            ImportJob = version.ImportJob,
+            CreateTime = KeyAttestation.Time(version.CreateTime),
+            CreateRequest = version.CreateRequest,
+            DomainKeyCheckValue = hsm.DomainKeyCheckValue,
+            PublicKey = version.PublicKey is { } publicKey ? Convert.ToBase64String(publicKey.Der) : null,
+            PublicKeySha256 = version.PublicKey?.Fingerprint,
+            CheckValue = properties.CheckValue is { } kcv ? Convert.ToHexStringLower(kcv) : null,
+            HsmAttributes = properties.Attributes,
+            IssueTime = KeyAttestation.Time(time.GetUtcNow()),
+            SigningKeyFingerprint = audit.Fingerprint,
+        };
+        var statement = attestation.ToCanonicalJson();
+        var signature = await audit.SignStatementAsync(KeyAttestation.Kind, statement, cancellationToken);
+        return new SignedKeyAttestation(attestation, statement, signature);
+    }
+}
+
+/// <summary>A provenance statement, its canonical bytes and the audit key's signature (IEEE P1363) over them.</summary>
+public sealed record SignedKeyAttestation(KeyAttestation Attestation, byte[] Statement, byte[] Signature);

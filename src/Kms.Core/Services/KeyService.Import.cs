@@ -1,0 +1,138 @@
+using System.Security.Cryptography;
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+
+namespace Kms.Core.Services;
+
+// BYOK: import jobs and imported key versions.
+public sealed partial class KeyService
+{
+    private const string ImportKeyVersionOperation = "ImportKeyVersion";
+
+    /// <summary>Largest wrapped key ImportKeyVersion takes (a 4096-bit RSA PKCS#8 under KWP, after a 4096-bit OAEP block, fits).</summary>
+    public const int MaxWrappedKeyBytes = 8 * 1024;
+
+    /// <summary>
+    /// Creates an import job: an RSA key pair generated in the HSM for <paramref name="method"/>,
+    /// usable for <see cref="ImportJob.Lifetime"/>.
+    /// </summary>
+    /// <exception cref="KmsException">FailedPrecondition when the HSM's profile does not support the method; AlreadyExists for a taken id.</exception>
+    public async Task<ImportJob> CreateImportJobAsync(Caller caller, TenantId parent, string jobId, ImportMethod method, CancellationToken cancellationToken)
+    {
+        caller.EnsureSameTenant(parent, parent.ResourceName);
+        var name = ImportJobName.Create(parent, jobId);
+        Audit.AuditScope.SetResource(name.ToString());
+        if (!Enum.IsDefined(method))
+        {
+            throw KmsErrors.InvalidArgument("import_job.import_method", "is required (RSA_OAEP_3072_SHA1_AES_256, ...)");
+        }
+
+        if (hsm.UnsupportedReason(method) is { } reason)
+        {
+            throw KmsErrors.FailedPrecondition($"this HSM cannot import with {ImportJob.MethodName(method)}: {reason}");
+        }
+
+        await TenantGate.EnsureActiveAsync(access, parent, cancellationToken);
+        if (await store.GetImportJobAsync(name, cancellationToken) is not null)
+        {
+            throw KmsErrors.AlreadyExists(name.ToString());
+        }
+
+        var pair = await hsm.GenerateImportWrappingKeyAsync(method, cancellationToken);
+        var now = Clock.Now(time);
+        var job = new ImportJob(name, method, KeyVersionId.NewId(), new SubjectPublicKey(pair.SubjectPublicKeyInfo!), now, now + ImportJob.Lifetime)
+        {
+            CreateRequest = Audit.AuditScope.Current?.Entry.RequestId,
+        };
+        await store.CreateImportJobAsync(job, pair.Wrapped, cancellationToken);
+        return job;
+    }
+
+    /// <summary>An import job of the caller's tenant.</summary>
+    public async Task<ImportJob> GetImportJobAsync(Caller caller, ImportJobName name, CancellationToken cancellationToken)
+    {
+        caller.EnsureSameTenant(name.Tenant, name.ToString());
+        return (await store.GetImportJobAsync(name, cancellationToken))?.Job ?? throw KmsErrors.NotFound(name.ToString());
+    }
+
+    /// <summary>
+    /// Imports key material wrapped for an import job as a new version of the key, which
+    /// becomes its primary (as a rotation would). The version is marked IMPORTED with its job.
+    /// </summary>
+    /// <remarks>
+    /// Everything is checked before anything is stored: the job (same tenant, not expired), the
+    /// key (ENABLED, of an algorithm the material must match), and the material itself inside the
+    /// HSM (it unwraps, has the algorithm's type and size, and matches the public key). A key
+    /// created for imported material only keeps its generated version 1 until the caller
+    /// destroys it.
+    /// </remarks>
+    /// <exception cref="KmsException">
+    /// InvalidArgument (bad wrapping, size or type, public key mismatch), FailedPrecondition
+    /// (expired job, key not ENABLED, algorithm of another key), NotFound.
+    /// </exception>
+    public async Task<KeyVersion> ImportKeyVersionAsync(Caller caller, ImportKeyVersionCommand command, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(command);
+        var name = await _resolver.ResolveAsync(caller, command.Key, cancellationToken);
+        Audit.AuditScope.SetResource(name.ToString());
+        caller.EnsureSameTenant(command.ImportJob.Tenant, command.ImportJob.ToString());
+        if (command.WrappedKey.Length == 0 || command.WrappedKey.Length > MaxWrappedKeyBytes)
+        {
+            throw KmsErrors.InvalidArgument("wrapped_key", $"must be 1 to {MaxWrappedKeyBytes} bytes");
+        }
+
+        var requestId = RequestIds.Validate(command.RequestId);
+        var fingerprint = RequestIds.Fingerprint(ImportKeyVersionOperation, name, command.ImportJob.ToString(), SHA256.HashData(command.WrappedKey));
+        if (await _requests.FindReplayAsync(name.Tenant, requestId, ImportKeyVersionOperation, fingerprint, cancellationToken) is not null)
+        {
+            return (await GetKeyAsync(caller, name, cancellationToken)).Primary;
+        }
+
+        var found = await store.GetImportJobAsync(command.ImportJob, cancellationToken) ?? throw KmsErrors.NotFound(command.ImportJob.ToString());
+        var now = Clock.Now(time);
+        if (found.Job.IsExpired(now) || found.Material is null)
+        {
+            throw KmsErrors.FailedPrecondition($"import job {found.Job.Name} expired at {found.Job.ExpireTime:O}; create a new one");
+        }
+
+        var key = await store.GetKeyAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
+        var algorithm = key.Primary.Algorithm;
+        if (command.Algorithm is { } named && named != algorithm)
+        {
+            throw KmsErrors.FailedPrecondition($"key {name} holds {KeyAlgorithms.Of(algorithm).Name} versions, not {KeyAlgorithms.Of(named).Name}");
+        }
+
+        if (key.State != KeyState.Enabled)
+        {
+            throw KmsErrors.FailedPrecondition($"key {name} is {KeyTransitions.StateName(key.State)}; only an ENABLED key takes a new version");
+        }
+
+        if (hsm.UnsupportedReason(algorithm) is { } reason)
+        {
+            throw KmsErrors.FailedPrecondition($"this HSM cannot hold {KeyAlgorithms.Of(algorithm).Name} keys: {reason}");
+        }
+
+        var material = await hsm.ImportKeyVersionAsync(
+            new KeyMaterialRef(found.Job.MaterialId, found.Material), found.Job.Method, algorithm, command.WrappedKey, command.PublicKey, cancellationToken);
+        var id = KeyVersionId.NewId();
+        var result = await MutateAsync(caller, name, requestId, fingerprint,
+            current => KeyTransitions.Rotate(current, id, material, now, scheduled: false, importJob: found.Job.Name.ToString()),
+            cancellationToken, ImportKeyVersionOperation);
+        return result.Key.Primary;
+    }
+
+    /// <summary>Background: erases the private keys of expired import jobs; returns how many.</summary>
+    public Task<int> EraseExpiredImportJobsAsync(CancellationToken cancellationToken) =>
+        store.EraseExpiredImportJobsAsync(Clock.Now(time), cancellationToken);
+}
+
+/// <summary>What ImportKeyVersion needs.</summary>
+/// <param name="Key">The key (or alias) that gets the new version.</param>
+/// <param name="ImportJob">The job whose public key wrapped the material.</param>
+/// <param name="Algorithm">The algorithm the caller says the material is (must be the key's); null: the key's.</param>
+/// <param name="WrappedKey">RSA-OAEP(ephemeral AES-256 key) ‖ AES-KWP(ephemeral key, material).</param>
+/// <param name="PublicKey">DER SubjectPublicKeyInfo of an asymmetric key (required for EC).</param>
+/// <param name="RequestId">Optional idempotency key.</param>
+public sealed record ImportKeyVersionCommand(KeyReference Key, ImportJobName ImportJob, KeyAlgorithm? Algorithm, byte[] WrappedKey, byte[]? PublicKey, string? RequestId);

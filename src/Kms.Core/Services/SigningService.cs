@@ -1,0 +1,247 @@
+using System.Security.Cryptography;
+using Kms.Core.Access;
+using Kms.Core.Crypto;
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+
+namespace Kms.Core.Services;
+
+/// <summary>
+/// Sign, Verify, GetPublicKey, AsymmetricDecrypt, GenerateMac and VerifyMac: crypto with
+/// SIGN_VERIFY, ASYMMETRIC_DECRYPT and MAC keys. Private and secret halves are used only in
+/// the HSM; verification uses the stored public key (.NET crypto), MAC verification recomputes
+/// the MAC in the HSM and compares in constant time.
+/// </summary>
+/// <remarks>
+/// A <c>name</c> is a key, an alias (both: the primary version) or a key version. A key of
+/// another purpose is FAILED_PRECONDITION naming both purposes; a digest of the wrong length is
+/// INVALID_ARGUMENT. A signature or MAC that does not verify is an answer (<c>valid = false</c>),
+/// not an error. A ciphertext that does not decrypt is the one opaque "decryption failed".
+/// </remarks>
+public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService keyAccess)
+{
+    /// <summary>Most bytes Sign, Verify and the MAC calls take as a message.</summary>
+    public const int MaxMessageBytes = Limits.MaxEncryptPlaintextBytes;
+
+    private readonly KeyResolver _resolver = new(store);
+
+    /// <summary>
+    /// Signs a message (hashed here with the algorithm's hash) or a digest the caller computed,
+    /// with the named version or the key's primary.
+    /// </summary>
+    public async Task<SignResult> SignAsync(Caller caller, string name, SignInput input, SignatureFormat format, CancellationToken cancellationToken)
+    {
+        var found = await FindAsync(caller, name, KeyPurpose.SignVerify, KeyOperations.Sign, cancellationToken);
+        var spec = KeyAlgorithms.Of(found.Version.Algorithm);
+        var hsmInput = SigningInput(spec, input);
+        var signature = await hsm.SignAsync(Ref(found), spec.Algorithm, hsmInput, cancellationToken);
+        if (spec.Family == KeyFamily.Ec && format != SignatureFormat.P1363)
+        {
+            signature = EcdsaSignature.P1363ToDer(signature);
+        }
+
+        return new SignResult(signature, found.Version.Name, spec.Algorithm);
+    }
+
+    /// <summary>Whether <paramref name="signature"/> is the version's signature of the input (checked with its public key).</summary>
+    public async Task<VerifyResult> VerifyAsync(Caller caller, string name, SignInput input, byte[] signature, SignatureFormat format, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(signature);
+        var found = await FindAsync(caller, name, KeyPurpose.SignVerify, KeyOperations.Verify, cancellationToken);
+        var spec = KeyAlgorithms.Of(found.Version.Algorithm);
+        var digest = SigningInput(spec, input);
+        if (signature.Length == 0)
+        {
+            throw KmsErrors.InvalidArgument("signature", "is required");
+        }
+
+        var publicKey = PublicKeyOf(found);
+        var valid = spec.Family switch
+        {
+            KeyFamily.Ec => VerifyEcdsa(publicKey, digest, signature, format),
+            KeyFamily.Rsa => VerifyRsa(publicKey, spec, digest, signature),
+            _ => throw KmsErrors.FailedPrecondition($"{spec.Name} signatures are verified by the caller with the public key (GetPublicKey)"),
+        };
+        return new VerifyResult(valid, found.Version.Name);
+    }
+
+    /// <summary>The public key of a SIGN_VERIFY or ASYMMETRIC_DECRYPT version.</summary>
+    public async Task<PublicKeyResult> GetPublicKeyAsync(Caller caller, string name, CancellationToken cancellationToken)
+    {
+        var found = await FindAsync(caller, name, null, KeyOperations.Verify, cancellationToken);
+        return new PublicKeyResult(PublicKeyOf(found), found.Version.Name, found.Version.Algorithm);
+    }
+
+    /// <summary>RSA-OAEP decryption of a ciphertext made with the version's public key.</summary>
+    /// <returns>The plaintext; the caller disposes it (zeroing it).</returns>
+    public async Task<DecryptResult> AsymmetricDecryptAsync(Caller caller, string name, byte[] ciphertext, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(ciphertext);
+        if (ciphertext.Length == 0)
+        {
+            throw KmsErrors.InvalidArgument("ciphertext", "is required");
+        }
+
+        var found = await FindAsync(caller, name, KeyPurpose.AsymmetricDecrypt, KeyOperations.Decrypt, cancellationToken);
+        if (found.Version.Name.Version < found.Key.MinDecryptionVersion)
+        {
+            throw KmsErrors.FailedPrecondition($"key version {found.Version.Name} is below the minimum decryption version {found.Key.MinDecryptionVersion} of key {found.Key.Name}");
+        }
+
+        // A ciphertext longer than the modulus cannot be RSA output: the same opaque answer as a bad one.
+        if (ciphertext.Length != KeyAlgorithms.Of(found.Version.Algorithm).KeyBits / 8)
+        {
+            throw KmsErrors.DecryptionFailed();
+        }
+
+        var plaintext = await hsm.DecryptRsaOaepAsync(Ref(found), found.Version.Algorithm, ciphertext, cancellationToken);
+        return new DecryptResult(new SecretBytes(plaintext), found.Version.Name);
+    }
+
+    /// <summary>HMAC of <paramref name="data"/> with a MAC version.</summary>
+    public async Task<MacResult> GenerateMacAsync(Caller caller, string name, byte[] data, CancellationToken cancellationToken)
+    {
+        ValidateData(data);
+        var found = await FindAsync(caller, name, KeyPurpose.Mac, KeyOperations.Sign, cancellationToken);
+        var mac = await hsm.ComputeMacAsync(Ref(found), found.Version.Algorithm, data, cancellationToken);
+        return new MacResult(mac, found.Version.Name);
+    }
+
+    /// <summary>Whether <paramref name="mac"/> is the version's MAC of <paramref name="data"/>; compared in constant time.</summary>
+    public async Task<VerifyResult> VerifyMacAsync(Caller caller, string name, byte[] data, byte[] mac, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(mac);
+        ValidateData(data);
+        if (mac.Length == 0)
+        {
+            throw KmsErrors.InvalidArgument("mac", "is required");
+        }
+
+        var found = await FindAsync(caller, name, KeyPurpose.Mac, KeyOperations.Verify, cancellationToken);
+        var expected = await hsm.ComputeMacAsync(Ref(found), found.Version.Algorithm, data, cancellationToken);
+
+        // FixedTimeEquals answers false at once for another length; the length is public.
+        return new VerifyResult(CryptographicOperations.FixedTimeEquals(expected, mac), found.Version.Name);
+    }
+
+    private static byte[] SigningInput(KeyAlgorithmSpec spec, SignInput input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        if (input.Message is { } message)
+        {
+            ValidateData(message, "message");
+            return spec.Digest is { } digest ? KeyAlgorithms.Hash(digest, message) : message;
+        }
+
+        if (input.Digest is not { } given)
+        {
+            throw KmsErrors.InvalidArgument("message", "give the message or its digest");
+        }
+
+        if (spec.Digest is null)
+        {
+            throw KmsErrors.InvalidArgument("digest", $"{spec.Name} signs the message itself, not a digest");
+        }
+
+        return given.Length == spec.DigestLength
+            ? given
+            : throw KmsErrors.InvalidArgument("digest", $"{spec.Name} signs a {spec.DigestLength}-byte {spec.Digest.Value.ToString().ToUpperInvariant()} digest, not {given.Length} bytes");
+    }
+
+    private static void ValidateData(byte[] data, string field = "data")
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        if (data.Length > MaxMessageBytes)
+        {
+            throw KmsErrors.InvalidArgument(field, $"must be at most {MaxMessageBytes} bytes; sign or MAC a digest of larger data");
+        }
+    }
+
+    private static bool VerifyEcdsa(SubjectPublicKey publicKey, byte[] digest, byte[] signature, SignatureFormat format)
+    {
+        using var ec = ECDsa.Create();
+        ec.ImportSubjectPublicKeyInfo(publicKey.Der, out _);
+        var encoding = format == SignatureFormat.P1363 ? DSASignatureFormat.IeeeP1363FixedFieldConcatenation : DSASignatureFormat.Rfc3279DerSequence;
+        try
+        {
+            return ec.VerifyHash(digest, signature, encoding);
+        }
+        catch (CryptographicException)
+        {
+            // A malformed DER signature is a signature that does not verify.
+            return false;
+        }
+    }
+
+    private static bool VerifyRsa(SubjectPublicKey publicKey, KeyAlgorithmSpec spec, byte[] digest, byte[] signature)
+    {
+        using var rsa = RSA.Create();
+        rsa.ImportSubjectPublicKeyInfo(publicKey.Der, out _);
+        var padding = spec.Padding == RsaPadding.Pss ? RSASignaturePadding.Pss : RSASignaturePadding.Pkcs1;
+        try
+        {
+            return rsa.VerifyHash(digest, signature, KeyAlgorithms.HashName(spec.Digest!.Value), padding);
+        }
+        catch (CryptographicException)
+        {
+            return false;
+        }
+    }
+
+    private static SubjectPublicKey PublicKeyOf(KeyVersionMaterial found) =>
+        found.Version.PublicKey ?? throw KmsErrors.Internal($"key version {found.Version.Name} of an asymmetric algorithm has no stored public key");
+
+    private static KeyMaterialRef Ref(KeyVersionMaterial found) =>
+        new(found.Version.Id, found.Material ?? throw KmsErrors.Internal($"key version {found.Version.Name} is {KeyTransitions.StateName(found.Version.State)} but has no material"));
+
+    // The key's policy first (a caller it excludes learns nothing about the key), then the
+    // purpose, then the states.
+    private async Task<KeyVersionMaterial> FindAsync(Caller caller, string name, KeyPurpose? purpose, KeyOperations operation, CancellationToken cancellationToken)
+    {
+        var found = await _resolver.ResolveVersionAsync(caller, name, cancellationToken);
+        Audit.AuditScope.SetResource(found.Version.Name.ToString());
+        await keyAccess.EnsureAllowedAsync(caller, found.Key, operation, EncryptionContext.Empty, cancellationToken);
+        var key = found.Key;
+        if (purpose is { } wanted ? key.Purpose != wanted : key.Purpose is not (KeyPurpose.SignVerify or KeyPurpose.AsymmetricDecrypt))
+        {
+            var expected = purpose is { } p ? KeyAlgorithms.PurposeName(p) : "SIGN_VERIFY or ASYMMETRIC_DECRYPT";
+            throw KmsErrors.FailedPrecondition($"key {key.Name} has purpose {KeyAlgorithms.PurposeName(key.Purpose)}, not {expected}");
+        }
+
+        if (key.State != KeyState.Enabled)
+        {
+            throw KmsErrors.FailedPrecondition($"key {key.Name} is {KeyTransitions.StateName(key.State)}");
+        }
+
+        return found.Version.State == KeyState.Enabled
+            ? found
+            : throw KmsErrors.FailedPrecondition($"key version {found.Version.Name} is {KeyTransitions.StateName(found.Version.State)}");
+    }
+}
+
+/// <summary>What Sign and Verify sign: the message, or its digest (exactly one is set).</summary>
+public sealed record SignInput(byte[]? Message, byte[]? Digest);
+
+/// <summary>How an ECDSA signature is encoded (RSA signatures have one encoding).</summary>
+public enum SignatureFormat
+{
+    /// <summary>DER SEQUENCE { r, s } (RFC 3279): the default.</summary>
+    Der,
+
+    /// <summary>IEEE P1363 r‖s, fixed width.</summary>
+    P1363,
+}
+
+/// <summary>A signature and the version that made it.</summary>
+public sealed record SignResult(byte[] Signature, KeyVersionName KeyVersion, KeyAlgorithm Algorithm);
+
+/// <summary>Whether a signature or MAC verified, and against which version.</summary>
+public sealed record VerifyResult(bool Valid, KeyVersionName KeyVersion);
+
+/// <summary>A version's public key.</summary>
+public sealed record PublicKeyResult(SubjectPublicKey PublicKey, KeyVersionName KeyVersion, KeyAlgorithm Algorithm);
+
+/// <summary>A MAC and the version that made it.</summary>
+public sealed record MacResult(byte[] Mac, KeyVersionName KeyVersion);

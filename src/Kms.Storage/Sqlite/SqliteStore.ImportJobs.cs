@@ -1,0 +1,71 @@
+using Kms.Core.Crypto;
+using Kms.Core.Keys;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+using Microsoft.Data.Sqlite;
+
+namespace Kms.Storage.Sqlite;
+
+/// <summary>BYOK import jobs: their public keys, and their private keys wrapped under the domain key until they expire.</summary>
+public sealed partial class SqliteStore
+{
+    private const string ImportJobColumns = "tenant, job_id, method, material_id, public_key, create_time, expire_time, create_request, material";
+
+    /// <inheritdoc />
+    public Task CreateImportJobAsync(ImportJob job, WrappedKeyMaterial material, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        ArgumentNullException.ThrowIfNull(material);
+        return WriteAsync(async (connection, transaction) =>
+        {
+            await InsertAsync(connection, transaction, $"""
+                INSERT INTO import_jobs ({ImportJobColumns})
+                VALUES ($tenant, $job_id, $method, $material_id, $public_key, $create_time, $expire_time, $create_request, $material)
+                """,
+                job.Name.ToString(),
+                cancellationToken,
+                ("$tenant", job.Name.Tenant.Value), ("$job_id", job.Name.JobId), ("$method", (int)job.Method),
+                ("$material_id", job.MaterialId.ToBytes()), ("$public_key", job.PublicKey.ToArray()),
+                ("$create_time", job.CreateTime.ToUnixTimeMilliseconds()), ("$expire_time", job.ExpireTime.ToUnixTimeMilliseconds()),
+                ("$create_request", (object?)job.CreateRequest ?? DBNull.Value), ("$material", material.UnsafeArray));
+            return 0;
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
+    public Task<ImportJobMaterial?> GetImportJobAsync(ImportJobName name, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        return ReadAsync(async connection =>
+        {
+            await using var command = Command(connection, $"SELECT {ImportJobColumns} FROM import_jobs WHERE tenant = $tenant AND job_id = $job_id",
+                ("$tenant", name.Tenant.Value), ("$job_id", name.JobId));
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            return await reader.ReadAsync(cancellationToken) ? ReadImportJob(reader, name) : null;
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
+    public Task<int> EraseExpiredImportJobsAsync(DateTimeOffset now, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            await using var command = Command(connection, "UPDATE import_jobs SET material = NULL WHERE material IS NOT NULL AND expire_time <= $now",
+                ("$now", now.ToUnixTimeMilliseconds()));
+            command.Transaction = transaction;
+            return await command.ExecuteNonQueryAsync(cancellationToken);
+        }, cancellationToken);
+
+    private static ImportJobMaterial ReadImportJob(SqliteDataReader reader, ImportJobName name) =>
+        new(
+            new ImportJob(
+                name,
+                (ImportMethod)reader.GetInt32(2),
+                KeyVersionId.FromBytes((byte[])reader[3]),
+                new SubjectPublicKey((byte[])reader[4]),
+                DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(5)),
+                DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(6)))
+            {
+                CreateRequest = reader.IsDBNull(7) ? null : reader.GetString(7),
+            },
+            ReadMaterial(reader, 8));
+}
