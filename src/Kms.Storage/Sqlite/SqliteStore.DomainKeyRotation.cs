@@ -16,10 +16,19 @@ public enum WrappedItemKind
 
     /// <summary>A P-256 private key (PKCS#8).</summary>
     EcP256PrivateKey,
+
+    /// <summary>A P-384 private key (PKCS#8).</summary>
+    EcP384PrivateKey,
+
+    /// <summary>An RSA private key (PKCS#8): signing, OAEP and import-job keys.</summary>
+    RsaPrivateKey,
+
+    /// <summary>A generic secret (HMAC keys).</summary>
+    GenericSecret,
 }
 
 /// <summary>One blob wrapped under the domain key, named so a rotation can resume after it.</summary>
-/// <param name="Name">Stable, ordinal-sortable name: <c>key_version:HEX</c> or <c>setting:NAME</c>.</param>
+/// <param name="Name">Stable, ordinal-sortable name: <c>import_job:HEX</c>, <c>key_version:HEX</c> or <c>setting:NAME</c>.</param>
 public sealed record WrappedItem(string Name, WrappedItemKind Kind, byte[] Blob);
 
 /// <summary>A domain-key rotation in progress, as recorded in the database.</summary>
@@ -41,6 +50,23 @@ public sealed partial class SqliteStore
 
     private const string AuditSigningKeySetting = "audit.signing-key.v1";
     private const string AuditContextKeySetting = "audit.context-key.v1";
+
+    // How a key version's blob is unwrapped follows from its algorithm's key family.
+    private static WrappedItemKind KindOf(KeyAlgorithm algorithm)
+    {
+        var spec = Enum.IsDefined(algorithm)
+            ? KeyAlgorithms.Of(algorithm)
+            : throw KmsErrors.Internal($"a key version of algorithm {algorithm} has no known wrapped form; the rotation does not know how to move it");
+        return spec.Family switch
+        {
+            KeyFamily.Aes => WrappedItemKind.Aes256,
+            KeyFamily.Hmac => WrappedItemKind.GenericSecret,
+            KeyFamily.Rsa => WrappedItemKind.RsaPrivateKey,
+            KeyFamily.Ec when spec.Curve == Kms.Core.Ports.EcCurve.P256 => WrappedItemKind.EcP256PrivateKey,
+            KeyFamily.Ec => WrappedItemKind.EcP384PrivateKey,
+            _ => throw KmsErrors.Internal($"key versions of {spec.Name} cannot be moved by a domain-key rotation on this HSM"),
+        };
+    }
 
     /// <summary>The rotation in progress, or null.</summary>
     public async Task<DomainKeyRotationState?> GetDomainKeyRotationAsync(CancellationToken cancellationToken) =>
@@ -84,12 +110,16 @@ public sealed partial class SqliteStore
                 while (await reader.ReadAsync(cancellationToken))
                 {
                     var algorithm = (KeyAlgorithm)reader.GetInt64(1);
-                    var kind = algorithm switch
-                    {
-                        KeyAlgorithm.Aes256Gcm => WrappedItemKind.Aes256,
-                        _ => throw KmsErrors.Internal($"a key version of algorithm {algorithm} has no known wrapped form; the rotation does not know how to move it"),
-                    };
-                    items.Add(new("key_version:" + Convert.ToHexStringLower((byte[])reader.GetValue(0)), kind, (byte[])reader.GetValue(2)));
+                    items.Add(new("key_version:" + Convert.ToHexStringLower((byte[])reader.GetValue(0)), KindOf(algorithm), (byte[])reader.GetValue(2)));
+                }
+            }
+
+            await using (var jobs = Command(connection, "SELECT material_id, material FROM import_jobs WHERE material IS NOT NULL"))
+            {
+                await using var reader = await jobs.ExecuteReaderAsync(cancellationToken);
+                while (await reader.ReadAsync(cancellationToken))
+                {
+                    items.Add(new("import_job:" + Convert.ToHexStringLower((byte[])reader.GetValue(0)), WrappedItemKind.RsaPrivateKey, (byte[])reader.GetValue(1)));
                 }
             }
 
@@ -125,7 +155,14 @@ public sealed partial class SqliteStore
             }
 
             int changed;
-            if (item.Name.StartsWith("key_version:", StringComparison.Ordinal))
+            if (item.Name.StartsWith("import_job:", StringComparison.Ordinal))
+            {
+                await using var update = Command(connection, "UPDATE import_jobs SET material = $new WHERE material_id = $id AND material = $old",
+                    ("$new", rewrapped), ("$id", Convert.FromHexString(item.Name["import_job:".Length..])), ("$old", item.Blob));
+                update.Transaction = transaction;
+                changed = await update.ExecuteNonQueryAsync(cancellationToken);
+            }
+            else if (item.Name.StartsWith("key_version:", StringComparison.Ordinal))
             {
                 await using var update = Command(connection, "UPDATE key_versions SET material = $new WHERE version_id = $id AND material = $old",
                     ("$new", rewrapped), ("$id", Convert.FromHexString(item.Name["key_version:".Length..])), ("$old", item.Blob));
