@@ -28,6 +28,7 @@ public sealed class DomainHarness : IDisposable
         Keys = new KeyService(Hsm, Store, AccessStore, Time, Lifecycle, Limits, Usage);
         KeyAccess = new KeyAccessService(AccessStore, Store, Time);
         Crypto = new CryptoService(Hsm, Store, Usage, KeyAccess);
+        Signing = new SigningService(Hsm, Store, KeyAccess);
         Aliases = new AliasService(Store, AccessStore, Time);
         Access = new AccessService(AccessStore, Store, Time, Lifecycle);
         foreach (var tenant in new[] { "dev", "acme" })
@@ -68,6 +69,16 @@ public sealed class DomainHarness : IDisposable
     public CryptoService Crypto { get; }
 
     public AliasService Aliases { get; }
+
+    public SigningService Signing { get; }
+
+    /// <summary>Creates a key of <paramref name="algorithm"/> (its purpose follows from it).</summary>
+    public async Task<Key> CreateKeyAsync(string keyId, KeyAlgorithm algorithm, Caller? caller = null)
+    {
+        caller ??= Dev;
+        var command = new CreateKeyCommand(caller.Tenant, keyId, KeyAlgorithms.Of(algorithm).Purpose, KeyLabels.Empty, null) { Algorithm = algorithm };
+        return (await Keys.CreateKeyAsync(caller, command, default)).Key;
+    }
 
     public async Task<Key> CreateKeyAsync(string keyId, Caller? caller = null, TimeSpan? rotationPeriod = null)
     {

@@ -1,0 +1,110 @@
+using System.Security.Cryptography;
+using Kms.Client;
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+using Kms.Core.Services;
+using Kms.Testing.Fakes;
+using ProtoImportMethod = Kms.Contracts.V1.ImportMethod;
+
+namespace Kms.Core.Tests;
+
+/// <summary>BYOK import jobs and ImportKeyVersion over the fake HSM (SoftHSM's path runs in the server and HSM tests).</summary>
+public sealed class KeyImportTests : IDisposable
+{
+    private static readonly Caller Dev = DomainHarness.Dev;
+    private readonly DomainHarness _domain = new();
+
+    public void Dispose() => _domain.Dispose();
+
+    [Fact]
+    public async Task Import_AesKeyOfKnownValue_BecomesImportedPrimary_AndEncryptsUnderIt()
+    {
+        var key = await _domain.CreateKeyAsync("byok");
+        var job = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
+        var material = RandomNumberGenerator.GetBytes(32);
+
+        var version = await ImportAsync(key.Name, job, material);
+
+        Assert.Equal(2, version.Name.Version);
+        Assert.Equal(KeyOrigin.Imported, version.Origin);
+        Assert.Equal(job.Name.ToString(), version.ImportJob);
+        Assert.Equal(version.Name, (await _domain.Keys.GetKeyAsync(Dev, key.Name, default)).Primary.Name);
+        var sealedBlob = await _domain.Crypto.EncryptAsync(Dev, key.Name, "hello"u8.ToArray(), Kms.Core.Crypto.EncryptionContext.Empty, default);
+        Assert.Equal(version.Name, sealedBlob.KeyVersion);
+    }
+
+    [Fact]
+    public async Task Import_ExpiredJob_FailedPrecondition_NothingAdded()
+    {
+        var key = await _domain.CreateKeyAsync("byok");
+        var job = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
+        _domain.Time.Advance(ImportJob.Lifetime);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => ImportAsync(key.Name, job, new byte[32]));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("expired", e.Message, StringComparison.Ordinal);
+        Assert.Single((await _domain.Keys.ListKeyVersionsAsync(Dev, key.Name, 10, null, default)).Items);
+    }
+
+    [Fact]
+    public async Task Import_WrongKeySize_InvalidArgument_NothingAdded()
+    {
+        var key = await _domain.CreateKeyAsync("byok");
+        var job = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => ImportAsync(key.Name, job, new byte[16]));
+        Assert.Equal(KmsErrorCode.InvalidArgument, e.Code);
+        Assert.Single((await _domain.Keys.ListKeyVersionsAsync(Dev, key.Name, 10, null, default)).Items);
+    }
+
+    [Fact]
+    public async Task Import_AlgorithmOtherThanTheKeys_FailedPrecondition()
+    {
+        var key = await _domain.CreateKeyAsync("byok");
+        var job = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
+        var wrapped = KeyImport.Wrap(job.PublicKey.Der, ProtoImportMethod.RsaOaep3072Sha1Aes256, new byte[32]);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.ImportKeyVersionAsync(
+            Dev, new ImportKeyVersionCommand(key.Name, job.Name, KeyAlgorithm.HmacSha256, wrapped, null, null), default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+    }
+
+    [Fact]
+    public async Task Import_JobOfAnotherTenant_NotFound()
+    {
+        var key = await _domain.CreateKeyAsync("byok");
+        var job = await _domain.Keys.CreateImportJobAsync(DomainHarness.Acme, DomainHarness.Acme.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => ImportAsync(key.Name, job, new byte[32]));
+        Assert.Equal(KmsErrorCode.NotFound, e.Code);
+    }
+
+    [Fact]
+    public async Task CreateImportJob_MethodTheHsmRefuses_FailedPrecondition()
+    {
+        _domain.FakeHsm!.UnsupportedImports[ImportMethod.RsaOaep3072Sha256Aes256] = "no SHA-256 OAEP here";
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha256Aes256, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("no SHA-256 OAEP here", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ExpiredJobs_AreErasedByTheBackgroundPass()
+    {
+        await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
+        Assert.Equal(0, await _domain.Keys.EraseExpiredImportJobsAsync(default));
+        _domain.Time.Advance(ImportJob.Lifetime);
+
+        Assert.Equal(1, await _domain.Keys.EraseExpiredImportJobsAsync(default));
+        Assert.Null((await _domain.Store.GetImportJobAsync(ImportJobName.Parse("tenants/dev/importJobs/job", "name"), default))!.Material);
+    }
+
+    private Task<KeyVersion> ImportAsync(KeyName key, ImportJob job, byte[] material) =>
+        _domain.Keys.ImportKeyVersionAsync(
+            Dev,
+            new ImportKeyVersionCommand(key, job.Name, null, KeyImport.Wrap(job.PublicKey.Der, ProtoImportMethod.RsaOaep3072Sha1Aes256, material), null, null),
+            default);
+}

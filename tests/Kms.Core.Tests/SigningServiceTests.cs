@@ -1,0 +1,211 @@
+using System.Security.Cryptography;
+using Kms.Core.Access;
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Ports;
+using Kms.Core.Services;
+using Kms.Testing.Fakes;
+
+namespace Kms.Core.Tests;
+
+/// <summary>Sign, Verify, GetPublicKey, AsymmetricDecrypt and the MAC calls over the fake HSM (the real paths run against SoftHSM in the server tests).</summary>
+public sealed class SigningServiceTests : IDisposable
+{
+    private static readonly Caller Dev = DomainHarness.Dev;
+    private static readonly byte[] Message = "pay 100 to bob"u8.ToArray();
+
+    private readonly DomainHarness _domain = new();
+
+    private SigningService Signing => _domain.Signing;
+
+    public void Dispose() => _domain.Dispose();
+
+    [Theory]
+    [InlineData(KeyAlgorithm.EcSignP256Sha256)]
+    [InlineData(KeyAlgorithm.EcSignP384Sha384)]
+    [InlineData(KeyAlgorithm.RsaSignPss2048Sha256)]
+    [InlineData(KeyAlgorithm.RsaSignPkcs2048Sha256)]
+    public async Task Sign_Message_VerifiesWithDotNetAndWithVerify(KeyAlgorithm algorithm)
+    {
+        var key = await _domain.CreateKeyAsync("signer", algorithm);
+        var signature = await Signing.SignAsync(Dev, key.Name.ToString(), new SignInput(Message, null), SignatureFormat.Der, default);
+
+        Assert.Equal(key.Primary.Name, signature.KeyVersion);
+        var publicKey = (await Signing.GetPublicKeyAsync(Dev, key.Name.ToString(), default)).PublicKey;
+        var spec = KeyAlgorithms.Of(algorithm);
+        Assert.True(VerifyWithDotNet(publicKey, spec, Message, signature.Signature));
+        Assert.True((await Signing.VerifyAsync(Dev, key.Name.ToString(), new SignInput(Message, null), signature.Signature, SignatureFormat.Der, default)).Valid);
+
+        var tampered = (byte[])Message.Clone();
+        tampered[0] ^= 1;
+        Assert.False((await Signing.VerifyAsync(Dev, key.Name.ToString(), new SignInput(tampered, null), signature.Signature, SignatureFormat.Der, default)).Valid);
+    }
+
+    [Fact]
+    public async Task Sign_P1363Format_IsFixedWidthAndVerifiesAsP1363()
+    {
+        var key = await _domain.CreateKeyAsync("signer", KeyAlgorithm.EcSignP256Sha256);
+        var digest = SHA256.HashData(Message);
+        var signature = await Signing.SignAsync(Dev, key.Primary.Name.ToString(), new SignInput(null, digest), SignatureFormat.P1363, default);
+
+        Assert.Equal(64, signature.Signature.Length);
+        Assert.True((await Signing.VerifyAsync(Dev, key.Name.ToString(), new SignInput(null, digest), signature.Signature, SignatureFormat.P1363, default)).Valid);
+        Assert.False((await Signing.VerifyAsync(Dev, key.Name.ToString(), new SignInput(null, digest), signature.Signature, SignatureFormat.Der, default)).Valid);
+    }
+
+    [Fact]
+    public async Task Sign_DigestOfWrongLength_InvalidArgumentBeforeTheHsm()
+    {
+        var key = await _domain.CreateKeyAsync("signer", KeyAlgorithm.EcSignP256Sha256);
+        var e = await Assert.ThrowsAsync<KmsException>(() => Signing.SignAsync(Dev, key.Name.ToString(), new SignInput(null, new byte[48]), SignatureFormat.Der, default));
+
+        Assert.Equal(KmsErrorCode.InvalidArgument, e.Code);
+        Assert.Equal("digest", e.Field);
+        Assert.Contains("32-byte", e.Message, StringComparison.Ordinal);
+        Assert.False(_domain.FakeHsm!.Calls.ContainsKey("sign-" + KeyAlgorithm.EcSignP256Sha256));
+    }
+
+    [Fact]
+    public async Task Sign_WithAnEncryptionKey_FailedPreconditionNamingBothPurposes()
+    {
+        var key = await _domain.CreateKeyAsync("aes");
+        var e = await Assert.ThrowsAsync<KmsException>(() => Signing.SignAsync(Dev, key.Name.ToString(), new SignInput(Message, null), SignatureFormat.Der, default));
+
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("ENCRYPT_DECRYPT", e.Message, StringComparison.Ordinal);
+        Assert.Contains("SIGN_VERIFY", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Verify_MalformedSignature_IsFalseNotAnError()
+    {
+        var key = await _domain.CreateKeyAsync("signer", KeyAlgorithm.EcSignP256Sha256);
+        var result = await Signing.VerifyAsync(Dev, key.Name.ToString(), new SignInput(Message, null), [0x30, 0x03, 0x02, 0x01], SignatureFormat.Der, default);
+
+        Assert.False(result.Valid);
+    }
+
+    [Fact]
+    public async Task Verify_OldVersionAfterRotation_NamedVersionStillVerifies_PrimaryDoesNot()
+    {
+        var key = await _domain.CreateKeyAsync("signer", KeyAlgorithm.EcSignP256Sha256);
+        var signature = (await Signing.SignAsync(Dev, key.Name.ToString(), new SignInput(Message, null), SignatureFormat.Der, default)).Signature;
+        var rotated = await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+
+        Assert.Equal(KeyAlgorithm.EcSignP256Sha256, rotated.Primary.Algorithm);
+        Assert.NotEqual(key.Primary.PublicKey, rotated.Primary.PublicKey);
+        Assert.True((await Signing.VerifyAsync(Dev, key.Primary.Name.ToString(), new SignInput(Message, null), signature, SignatureFormat.Der, default)).Valid);
+        Assert.False((await Signing.VerifyAsync(Dev, key.Name.ToString(), new SignInput(Message, null), signature, SignatureFormat.Der, default)).Valid);
+    }
+
+    [Fact]
+    public async Task Sign_DisabledVersion_FailedPrecondition()
+    {
+        var key = await _domain.CreateKeyAsync("signer", KeyAlgorithm.EcSignP256Sha256);
+        await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+        await _domain.Keys.DisableKeyVersionAsync(Dev, key.Primary.Name, default);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => Signing.SignAsync(Dev, key.Primary.Name.ToString(), new SignInput(Message, null), SignatureFormat.Der, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("DISABLED", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Mac_GenerateThenVerify_OneBitChangeInMacOrDataFails()
+    {
+        var key = await _domain.CreateKeyAsync("mac", KeyAlgorithm.HmacSha256);
+        var mac = (await Signing.GenerateMacAsync(Dev, key.Name.ToString(), Message, default)).Mac;
+
+        Assert.Equal(32, mac.Length);
+        Assert.True((await Signing.VerifyMacAsync(Dev, key.Name.ToString(), Message, mac, default)).Valid);
+        for (var bit = 0; bit < 8; bit++)
+        {
+            var flipped = (byte[])mac.Clone();
+            flipped[^1] ^= (byte)(1 << bit);
+            Assert.False((await Signing.VerifyMacAsync(Dev, key.Name.ToString(), Message, flipped, default)).Valid);
+        }
+
+        var data = (byte[])Message.Clone();
+        data[3] ^= 0x80;
+        Assert.False((await Signing.VerifyMacAsync(Dev, key.Name.ToString(), data, mac, default)).Valid);
+        Assert.False((await Signing.VerifyMacAsync(Dev, key.Name.ToString(), Message, mac[..16], default)).Valid);
+    }
+
+    [Fact]
+    public async Task AsymmetricDecrypt_DotNetCiphertext_Decrypts_TamperedIsOpaqueFailure()
+    {
+        var key = await _domain.CreateKeyAsync("rsa", KeyAlgorithm.RsaDecryptOaep2048Sha256);
+        using var rsa = RSA.Create();
+        rsa.ImportSubjectPublicKeyInfo((await Signing.GetPublicKeyAsync(Dev, key.Name.ToString(), default)).PublicKey.Der, out _);
+        var ciphertext = rsa.Encrypt(Message, RSAEncryptionPadding.OaepSHA256);
+
+        using (var result = await Signing.AsymmetricDecryptAsync(Dev, key.Name.ToString(), ciphertext, default))
+        {
+            Assert.Equal(Message, result.Plaintext.Span.ToArray());
+        }
+
+        ciphertext[10] ^= 1;
+        var e = await Assert.ThrowsAsync<KmsException>(() => Signing.AsymmetricDecryptAsync(Dev, key.Name.ToString(), ciphertext, default));
+        Assert.Equal(KmsErrorCode.DecryptionFailed, e.Code);
+        var wrongLength = await Assert.ThrowsAsync<KmsException>(() => Signing.AsymmetricDecryptAsync(Dev, key.Name.ToString(), ciphertext[1..], default));
+        Assert.Equal(KmsErrorCode.DecryptionFailed, wrongLength.Code);
+    }
+
+    [Fact]
+    public async Task CreateKey_AlgorithmOfAnotherPurpose_InvalidArgument_NothingCreated()
+    {
+        var command = new CreateKeyCommand(Dev.Tenant, "mixed", KeyPurpose.Mac, KeyLabels.Empty, null) { Algorithm = KeyAlgorithm.EcSignP256Sha256 };
+        var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.CreateKeyAsync(Dev, command, default));
+
+        Assert.Equal(KmsErrorCode.InvalidArgument, e.Code);
+        Assert.Empty((await _domain.Keys.ListKeysAsync(Dev, Dev.Tenant, 10, null, default)).Items);
+    }
+
+    [Fact]
+    public async Task CreateKey_AlgorithmTheHsmProfileRefuses_FailedPreconditionWithTheProfileReason()
+    {
+        var command = new CreateKeyCommand(Dev.Tenant, "ed", KeyPurpose.SignVerify, KeyLabels.Empty, null) { Algorithm = KeyAlgorithm.Ed25519 };
+        var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.CreateKeyAsync(Dev, command, default));
+
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("cannot wrap Ed25519", e.Message, StringComparison.Ordinal);
+        Assert.False(_domain.FakeHsm!.Calls.ContainsKey("generate"));
+    }
+
+    [Fact]
+    public void Choose_DefaultsPerPurpose_AsymmetricDecryptNeedsAnAlgorithm()
+    {
+        Assert.Equal(KeyAlgorithm.Aes256Gcm, KeyAlgorithms.Choose(KeyPurpose.EncryptDecrypt, null, "f"));
+        Assert.Equal(KeyAlgorithm.EcSignP256Sha256, KeyAlgorithms.Choose(KeyPurpose.SignVerify, null, "f"));
+        Assert.Equal(KeyAlgorithm.HmacSha256, KeyAlgorithms.Choose(KeyPurpose.Mac, null, "f"));
+        Assert.Equal(KmsErrorCode.InvalidArgument, Assert.Throws<KmsException>(() => KeyAlgorithms.Choose(KeyPurpose.AsymmetricDecrypt, null, "f")).Code);
+    }
+
+    [Fact]
+    public async Task PolicyAllowingOnlyVerify_RefusesSign()
+    {
+        var key = await _domain.CreateKeyAsync("signer", KeyAlgorithm.EcSignP256Sha256);
+        var signature = (await Signing.SignAsync(Dev, key.Name.ToString(), new SignInput(Message, null), SignatureFormat.Der, default)).Signature;
+        await _domain.Access.CreatePrincipalAsync(Kms.Core.Access.PrincipalName.Token("dev"), Dev.Tenant, null, default);
+        await _domain.KeyAccess.SetKeyPolicyAsync(Dev, key.Name, [new(Dev.Principal, KeyOperations.Verify)], default);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => Signing.SignAsync(Dev, key.Name.ToString(), new SignInput(Message, null), SignatureFormat.Der, default));
+        Assert.Equal(KmsErrorCode.PermissionDenied, e.Code);
+        Assert.True((await Signing.VerifyAsync(Dev, key.Name.ToString(), new SignInput(Message, null), signature, SignatureFormat.Der, default)).Valid);
+    }
+
+    private static bool VerifyWithDotNet(SubjectPublicKey publicKey, KeyAlgorithmSpec spec, byte[] message, byte[] signature)
+    {
+        var hash = KeyAlgorithms.HashName(spec.Digest!.Value);
+        if (spec.Family == KeyFamily.Ec)
+        {
+            using var ec = ECDsa.Create();
+            ec.ImportSubjectPublicKeyInfo(publicKey.Der, out _);
+            return ec.VerifyData(message, signature, hash, DSASignatureFormat.Rfc3279DerSequence);
+        }
+
+        using var rsa = RSA.Create();
+        rsa.ImportSubjectPublicKeyInfo(publicKey.Der, out _);
+        return rsa.VerifyData(message, signature, hash, spec.Padding == RsaPadding.Pss ? RSASignaturePadding.Pss : RSASignaturePadding.Pkcs1);
+    }
+}
