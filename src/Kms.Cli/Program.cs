@@ -17,6 +17,7 @@ internal static class Program
         KeysCommands.Create,
         AliasesCommands.Create,
         CryptoCommands.Create,
+        SigningCommands.Create,
         RewrapCommands.Create,
         CeremonyCommands.Create,
         OfficerCommands.Create,

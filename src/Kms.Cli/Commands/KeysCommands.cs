@@ -22,6 +22,7 @@ internal static class KeysCommands
         keys.Subcommands.Add(ScheduleDeletion(runner));
         keys.Subcommands.Add(OnKey(runner, "cancel-deletion", "cancel a scheduled deletion (the key becomes DISABLED)", (ctx, name, ct) => ctx.Client.CancelKeyDeletionAsync(name, cancellationToken: ct)));
         keys.Subcommands.Add(Versions(runner));
+        keys.Subcommands.Add(KeyImportCommand.Create(runner));
         return [keys];
     }
 
@@ -41,7 +42,17 @@ internal static class KeysCommands
             HelpName = "DURATION",
             CustomParser = DurationText.Parse,
         };
-        var command = new Command("create", "create a key for encryption (AES-256-GCM, generated in the HSM)") { name, labels, rotation };
+        var purpose = new Option<string?>("--purpose")
+        {
+            Description = "encrypt (default), sign, decrypt (RSA-OAEP) or mac; implied by --algorithm",
+            HelpName = "encrypt|sign|decrypt|mac",
+        };
+        var algorithm = new Option<string?>("--algorithm")
+        {
+            Description = "the algorithm of every version, e.g. EC_SIGN_P256_SHA256, RSA_SIGN_PSS_3072_SHA256, RSA_DECRYPT_OAEP_3072_SHA1, HMAC_SHA256 (default: the purpose's)",
+            HelpName = "NAME",
+        };
+        var command = new Command("create", "create a key generated in the HSM (default: AES-256-GCM for encryption)") { name, labels, rotation, purpose, algorithm };
         runner.SetAction(command, async (ctx, ct) =>
         {
             var keyName = ctx.KeyName(ctx.ParseResult.GetRequiredValue(name));
@@ -50,7 +61,7 @@ internal static class KeysCommands
                 throw new CliUsageException("an alias is not a key: create it with 'kms aliases create'");
             }
 
-            var key = new Key { Purpose = KeyPurpose.EncryptDecrypt };
+            var key = PurposeAndAlgorithm(ctx.ParseResult.GetValue(purpose), ctx.ParseResult.GetValue(algorithm));
             foreach (var (labelKey, labelValue) in ctx.ParseResult.GetValue(labels)!)
             {
                 key.Labels[labelKey] = labelValue;
@@ -69,6 +80,34 @@ internal static class KeysCommands
             return ExitCodes.Ok;
         });
         return command;
+    }
+
+    // --algorithm names the purpose too; --purpose alone takes the server's default algorithm.
+    private static Key PurposeAndAlgorithm(string? purpose, string? algorithm)
+    {
+        var named = purpose switch
+        {
+            null => (KeyPurpose?)null,
+            "encrypt" => KeyPurpose.EncryptDecrypt,
+            "sign" => KeyPurpose.SignVerify,
+            "decrypt" => KeyPurpose.AsymmetricDecrypt,
+            "mac" => KeyPurpose.Mac,
+            _ => throw new CliUsageException("--purpose is encrypt, sign, decrypt or mac"),
+        };
+        if (algorithm is null)
+        {
+            return new Key { Purpose = named ?? KeyPurpose.EncryptDecrypt };
+        }
+
+        var spec = Kms.Core.Keys.KeyAlgorithms.All.FirstOrDefault(a => string.Equals(a.Name, algorithm, StringComparison.OrdinalIgnoreCase))
+            ?? throw new CliUsageException($"unknown --algorithm {algorithm}; one of: {string.Join(", ", Kms.Core.Keys.KeyAlgorithms.All.Select(a => a.Name))}");
+        var implied = (KeyPurpose)(int)spec.Purpose;
+        if (named is { } given && given != implied)
+        {
+            throw new CliUsageException($"{spec.Name} is a {Kms.Core.Keys.KeyAlgorithms.PurposeName(spec.Purpose)} algorithm, not for --purpose {purpose}");
+        }
+
+        return new Key { Purpose = implied, Algorithm = (KeyAlgorithm)(int)spec.Algorithm };
     }
 
     private static Command List(CommandRunner runner)

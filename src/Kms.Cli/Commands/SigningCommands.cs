@@ -1,0 +1,274 @@
+using System.CommandLine;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Google.Protobuf;
+using Kms.Cli.Infrastructure;
+using Kms.Contracts.V1;
+using Kms.Core.Keys;
+using CoreAlgorithm = Kms.Core.Keys.KeyAlgorithm;
+
+namespace Kms.Cli.Commands;
+
+/// <summary>
+/// <c>kms sign</c>, <c>kms verify</c>, <c>kms public-key</c>, <c>kms mac</c>, <c>kms verify-mac</c>
+/// and <c>kms attest get|verify</c>. Files are hashed here with the key's hash and only the
+/// digest is sent, so a file of any size can be signed.
+/// </summary>
+internal static class SigningCommands
+{
+    /// <summary>Most bytes <c>kms mac</c> reads (the server's limit for MAC data).</summary>
+    private const int MaxMacBytes = 64 * 1024;
+
+    public static IEnumerable<Command> Create(CommandRunner runner) => [Sign(runner), Verify(runner), PublicKey(runner), Mac(runner), VerifyMac(runner), Attest(runner)];
+
+    private static Argument<string> KeyArgument() =>
+        NameArgument.Create<string>("KEY", "a key (its primary version), an alias, or a version: ID, TENANT/ID, tenants/T/keys/K[/versions/N]");
+
+    private static Option<string> In(string what) => new("--in") { Description = $"the {what} to read (- for standard input)", Required = true, HelpName = "FILE" };
+
+    private static Option<string> Format() => new("--format") { Description = "ECDSA signature encoding: der (default) or p1363", HelpName = "der|p1363", DefaultValueFactory = _ => "der" };
+
+    private static Command Sign(CommandRunner runner)
+    {
+        var key = KeyArgument();
+        var input = In("message");
+        var output = new Option<string>("--out") { Description = "where to write the signature (raw bytes; - for standard output)", Required = true, HelpName = "FILE" };
+        var format = Format();
+        var force = new Option<bool>("--force") { Description = "replace the output file if it exists" };
+        var command = new Command("sign", "sign a file with a SIGN_VERIFY key (hashed here, the digest is signed in the HSM)") { key, input, output, format, force };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var parse = ctx.ParseResult;
+            var name = ctx.KeyName(parse.GetRequiredValue(key));
+            var spec = await AlgorithmOfAsync(ctx, name, ct);
+            var request = new SignRequest { Name = name, SignatureFormat = ParseFormat(parse.GetValue(format)) };
+            if (spec.Digest is { } digest)
+            {
+                request.Digest = ByteString.CopyFrom(await HashAsync(ctx, parse.GetRequiredValue(input), digest, ct));
+            }
+            else
+            {
+                request.Message = ByteString.CopyFrom(await ReadSmallAsync(ctx, parse.GetRequiredValue(input), MaxMacBytes, ct));
+            }
+
+            var response = await ctx.Client.Raw.SignAsync(request, cancellationToken: ct);
+            await using (var target = OutputFile.Open(ctx.Environment, parse.GetRequiredValue(output), parse.GetValue(force)))
+            {
+                await target.Stream.WriteAsync(response.Signature.Memory, ct);
+                await target.CommitAsync(ct);
+            }
+
+            ctx.Output.Result(
+                new JsonObject { ["key_version"] = response.KeyVersion, ["algorithm"] = spec.Name, ["signature"] = Convert.ToBase64String(response.Signature.Span) },
+                $"signed with {response.KeyVersion} ({spec.Name})");
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command Verify(CommandRunner runner)
+    {
+        var key = KeyArgument();
+        var input = In("message");
+        var signature = new Option<string>("--signature") { Description = "the signature file (raw bytes)", Required = true, HelpName = "FILE" };
+        var format = Format();
+        var command = new Command("verify", "check a signature with a SIGN_VERIFY key version (exit 7 when it does not verify)") { key, input, signature, format };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var parse = ctx.ParseResult;
+            var name = ctx.KeyName(parse.GetRequiredValue(key));
+            var spec = await AlgorithmOfAsync(ctx, name, ct);
+            var request = new VerifyRequest
+            {
+                Name = name,
+                SignatureFormat = ParseFormat(parse.GetValue(format)),
+                Signature = ByteString.CopyFrom(await ReadSmallAsync(ctx, parse.GetRequiredValue(signature), 4096, ct)),
+            };
+            if (spec.Digest is { } digest)
+            {
+                request.Digest = ByteString.CopyFrom(await HashAsync(ctx, parse.GetRequiredValue(input), digest, ct));
+            }
+            else
+            {
+                request.Message = ByteString.CopyFrom(await ReadSmallAsync(ctx, parse.GetRequiredValue(input), MaxMacBytes, ct));
+            }
+
+            var response = await ctx.Client.Raw.VerifyAsync(request, cancellationToken: ct);
+            return Report(ctx, response.Valid, response.KeyVersion, "signature");
+        });
+        return command;
+    }
+
+    private static Command PublicKey(CommandRunner runner)
+    {
+        var key = KeyArgument();
+        var output = new Option<string?>("--out") { Description = "write the PEM to this file instead of standard output", HelpName = "FILE" };
+        var command = new Command("public-key", "print the public key (PEM) of a SIGN_VERIFY or ASYMMETRIC_DECRYPT key version") { key, output };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var response = await ctx.Client.GetPublicKeyAsync(ctx.KeyName(ctx.ParseResult.GetRequiredValue(key)), ct);
+            if (ctx.ParseResult.GetValue(output) is { } path)
+            {
+                await using var target = OutputFile.Open(ctx.Environment, path, overwrite: true);
+                await target.Stream.WriteAsync(Encoding.ASCII.GetBytes(response.Pem), ct);
+                await target.CommitAsync(ct);
+            }
+
+            ctx.Output.Result(CliOutput.Proto(response), response.Pem.TrimEnd());
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command Mac(CommandRunner runner)
+    {
+        var key = KeyArgument();
+        var input = In("data (at most 64 KiB)");
+        var command = new Command("mac", "HMAC of a small file with a MAC key (hex on standard output)") { key, input };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var name = ctx.KeyName(ctx.ParseResult.GetRequiredValue(key));
+            var data = await ReadSmallAsync(ctx, ctx.ParseResult.GetRequiredValue(input), MaxMacBytes, ct);
+            var response = await ctx.Client.Raw.GenerateMacAsync(new GenerateMacRequest { Name = name, Data = ByteString.CopyFrom(data) }, cancellationToken: ct);
+            var hex = Convert.ToHexStringLower(response.Mac.Span);
+            ctx.Output.Result(new JsonObject { ["key_version"] = response.KeyVersion, ["mac"] = hex }, hex);
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command VerifyMac(CommandRunner runner)
+    {
+        var key = KeyArgument();
+        var input = In("data (at most 64 KiB)");
+        var mac = new Option<string>("--mac") { Description = "the MAC, hex", Required = true, HelpName = "HEX" };
+        var command = new Command("verify-mac", "check an HMAC (exit 7 when it does not match)") { key, input, mac };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var name = ctx.KeyName(ctx.ParseResult.GetRequiredValue(key));
+            byte[] expected;
+            try
+            {
+                expected = Convert.FromHexString(ctx.ParseResult.GetRequiredValue(mac));
+            }
+            catch (FormatException)
+            {
+                throw new CliUsageException("--mac is not hex");
+            }
+
+            var data = await ReadSmallAsync(ctx, ctx.ParseResult.GetRequiredValue(input), MaxMacBytes, ct);
+            var response = await ctx.Client.Raw.VerifyMacAsync(new VerifyMacRequest { Name = name, Data = ByteString.CopyFrom(data), Mac = ByteString.CopyFrom(expected) }, cancellationToken: ct);
+            return Report(ctx, response.Valid, response.KeyVersion, "MAC");
+        });
+        return command;
+    }
+
+    private static Command Attest(CommandRunner runner)
+    {
+        var attest = new Command("attest", "key provenance statements signed by the deployment's audit key (docs/attestation.md)");
+
+        var key = KeyArgument();
+        var output = new Option<string>("--out") { Description = "where to write the statement and its signature (JSON)", Required = true, HelpName = "FILE" };
+        var get = new Command("get", "fetch a key version's signed provenance statement") { key, output };
+        runner.SetAction(get, async (ctx, ct) =>
+        {
+            var response = await ctx.Client.GetKeyAttestationAsync(ctx.KeyName(ctx.ParseResult.GetRequiredValue(key)), ct);
+            var bundle = new JsonObject
+            {
+                ["statement"] = Convert.ToBase64String(response.Statement.Span),
+                ["signature"] = Convert.ToBase64String(response.Signature.Span),
+                ["signing_key_fingerprint"] = response.SigningKeyFingerprint,
+            };
+            await using (var target = OutputFile.Open(ctx.Environment, ctx.ParseResult.GetRequiredValue(output), overwrite: true))
+            {
+                await target.Stream.WriteAsync(Encoding.UTF8.GetBytes(bundle.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n"), ct);
+                await target.CommitAsync(ct);
+            }
+
+            ctx.Output.Result(bundle, $"statement signed by audit key {response.SigningKeyFingerprint}; check it offline with 'kms attest verify'");
+            return ExitCodes.Ok;
+        });
+        attest.Subcommands.Add(get);
+
+        var file = NameArgument.Create<string>("FILE", "a file written by 'kms attest get'");
+        var publicKey = new Option<string>("--public-key") { Description = "the audit signing key (PEM) as published, e.g. {DataDir}/audit/signing-key.pem", HelpName = "PEM", Required = true };
+        var verify = new Command("verify", "check a provenance statement offline with the published audit key (exit 7 when it does not verify)") { file, publicKey };
+        runner.SetAction(verify, (ctx, _) =>
+        {
+            var key = CeremonyCommands.PublicKeyFromPem(File.ReadAllText(ctx.Environment.FullPath(ctx.ParseResult.GetRequiredValue(publicKey))));
+            byte[] statement;
+            byte[] signature;
+            try
+            {
+                var bundle = JsonNode.Parse(File.ReadAllText(ctx.Environment.FullPath(ctx.ParseResult.GetRequiredValue(file))))!;
+                statement = Convert.FromBase64String(bundle["statement"]!.GetValue<string>());
+                signature = Convert.FromBase64String(bundle["signature"]!.GetValue<string>());
+            }
+            catch (Exception e) when (e is JsonException or FormatException or NullReferenceException or InvalidOperationException)
+            {
+                throw new CliFailureException(ExitCodes.DecryptionFailed, "not a statement file written by 'kms attest get'");
+            }
+
+            var attestation = KeyAttestation.Verify(key, statement, signature)
+                ?? throw new CliFailureException(ExitCodes.DecryptionFailed, "the statement does not verify with this audit key: do not trust it");
+            ctx.Output.Result(JsonNode.Parse(statement)!, "verified: " + attestation.Describe());
+            return Task.FromResult(ExitCodes.Ok);
+        });
+        attest.Subcommands.Add(verify);
+        return attest;
+    }
+
+    private static int Report(CliContext ctx, bool valid, string keyVersion, string what)
+    {
+        ctx.Output.Result(new JsonObject { ["valid"] = valid, ["key_version"] = keyVersion }, valid ? $"valid {what} ({keyVersion})" : $"INVALID {what} ({keyVersion})");
+        return valid ? ExitCodes.Ok : ExitCodes.DecryptionFailed;
+    }
+
+    private static SignatureFormat ParseFormat(string? format) => format switch
+    {
+        null or "der" => SignatureFormat.Der,
+        "p1363" => SignatureFormat.P1363,
+        _ => throw new CliUsageException("--format is der or p1363"),
+    };
+
+    // The key's algorithm, from its public key (key users may read it; it says the hash to use).
+    private static async Task<KeyAlgorithmSpec> AlgorithmOfAsync(CliContext ctx, string name, CancellationToken ct)
+    {
+        var algorithm = (await ctx.Client.GetPublicKeyAsync(name, ct)).Algorithm;
+        return KeyAlgorithms.Of((CoreAlgorithm)(int)algorithm);
+    }
+
+    private static async Task<byte[]> HashAsync(CliContext ctx, string path, DigestAlgorithm digest, CancellationToken ct)
+    {
+        await using var source = InputFile.Open(ctx.Environment, path, out _);
+        using var hash = IncrementalHash.CreateHash(KeyAlgorithms.HashName(digest));
+        var buffer = new byte[81920];
+        int read;
+        while ((read = await source.ReadAsync(buffer, ct)) > 0)
+        {
+            hash.AppendData(buffer, 0, read);
+        }
+
+        return hash.GetHashAndReset();
+    }
+
+    private static async Task<byte[]> ReadSmallAsync(CliContext ctx, string path, int limit, CancellationToken ct)
+    {
+        await using var source = InputFile.Open(ctx.Environment, path, out _);
+        using var buffer = new MemoryStream();
+        var chunk = new byte[8192];
+        int read;
+        while ((read = await source.ReadAsync(chunk, ct)) > 0)
+        {
+            buffer.Write(chunk, 0, read);
+            if (buffer.Length > limit)
+            {
+                throw new CliUsageException($"{path} is larger than {limit} bytes");
+            }
+        }
+
+        return buffer.ToArray();
+    }
+}
