@@ -92,6 +92,7 @@ public sealed class CeremonyApprovalTests : IDisposable
         await AssertRefusedAsync(5, "this deployment has officers", []);
         await AssertRefusedAsync(2, "--approval needs the genesis officer file", ["--approval", P("ok.json")], genesis: null);
         await AssertRefusedAsync(2, "not both", "--approval", P("ok.json"), "--without-approval");
+        await AssertRefusedAsync(2, "--genesis-sha256 needs the genesis officer file", ["--approval", P("ok.json"), "--genesis-sha256", _genesis.Hash], genesis: null);
     }
 
     private ApprovalBundle Bundle(QuorumOperation operation, params string[] approvers) => Bundle(operation, [_genesis], approvers);

@@ -92,6 +92,11 @@ internal sealed class CeremonyApproval
             ? ctx.Environment.FullPath(given)
             : dataDir is null ? null : Path.Combine(Path.GetFullPath(dataDir), "quorum", "genesis.json");
         var genesis = genesisPath is not null && (parse.GetValue(Genesis) is not null || File.Exists(genesisPath)) ? ReadGenesis(genesisPath) : null;
+        if (genesis is null && parse.GetValue(GenesisSha256) is not null)
+        {
+            throw new CliUsageException("--genesis-sha256 needs the genesis officer file it pins: give --genesis FILE (or a --data-dir holding quorum/genesis.json)");
+        }
+
         if (genesis is not null && parse.GetValue(GenesisSha256) is { } pinned && !string.Equals(pinned, genesis.Hash, StringComparison.OrdinalIgnoreCase))
         {
             throw new CliFailureException(ExitCodes.DecryptionFailed, $"the genesis file {genesisPath} has hash {genesis.Hash}, not the pinned {pinned}");
