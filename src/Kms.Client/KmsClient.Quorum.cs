@@ -41,6 +41,37 @@ public sealed partial class KmsClient
         }, cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// Asks the officers to approve a domain-key rotation (security officers). The server only
+    /// approves it: the offline <c>kms ceremony rotate-domain</c> verifies the exported approval.
+    /// </summary>
+    /// <param name="newCustodians">N: custodians of the new domain key's shares.</param>
+    /// <param name="newThreshold">M: new shares that rebuild it.</param>
+    /// <param name="ttl">How long officers may approve, and the ceremony may use the approval (default 24 hours).</param>
+    public async Task<QuorumRequestInfo> RequestDomainKeyRotationAsync(int newCustodians, int newThreshold, TimeSpan? ttl = null, CancellationToken cancellationToken = default) =>
+        await CreateQuorumRequestAsync(new CreateQuorumRequestRequest
+        {
+            Operation = QuorumOperation.RotateDomainKey,
+            Ttl = ttl is { } t ? Duration.FromTimeSpan(t) : null,
+            RotateDomainKey = new RotateDomainKeyParameters { NewCustodians = newCustodians, NewThreshold = newThreshold },
+        }, cancellationToken).ConfigureAwait(false);
+
+    /// <summary>
+    /// Asks the officers to approve restoring the domain key into the token labelled
+    /// <paramref name="tokenLabel"/> (security officers); verified offline by <c>kms ceremony restore-domain</c>.
+    /// </summary>
+    public async Task<QuorumRequestInfo> RequestDomainRestoreAsync(string tokenLabel, TimeSpan? ttl = null, CancellationToken cancellationToken = default) =>
+        await CreateQuorumRequestAsync(new CreateQuorumRequestRequest
+        {
+            Operation = QuorumOperation.RestoreDomain,
+            Ttl = ttl is { } t ? Duration.FromTimeSpan(t) : null,
+            RestoreDomain = new RestoreDomainParameters { TokenLabel = tokenLabel ?? throw new ArgumentNullException(nameof(tokenLabel)) },
+        }, cancellationToken).ConfigureAwait(false);
+
+    /// <summary>An APPROVED rotation or restore request as an approval bundle (JSON) for the offline ceremony, with the request.</summary>
+    public async Task<ExportQuorumApprovalResponse> ExportQuorumApprovalAsync(string name, CancellationToken cancellationToken = default) =>
+        await Quorum.ExportQuorumApprovalAsync(new ExportQuorumApprovalRequest { Name = name }, Options(cancellationToken)).ConfigureAwait(false);
+
     /// <summary>Creates a quorum request as given (any operation).</summary>
     public async Task<QuorumRequestInfo> CreateQuorumRequestAsync(CreateQuorumRequestRequest request, CancellationToken cancellationToken = default) =>
         (await Quorum.CreateQuorumRequestAsync(request, Options(cancellationToken)).ConfigureAwait(false)).Request;

@@ -107,16 +107,23 @@ public sealed class CeremonyEndToEndTests : IDisposable
         }
 
         // Site A is lost. Fewer than M shares: refused, nothing imported.
+        // Site A is gone, so no server is left to approve on: the disaster-recovery break-glass.
         var tooFew = await Kms(outputs, ["ceremony", "restore-domain", .. Hsm("site-b"), "--share", Share("carol"),
-            "--passphrase-file", $"carol={P("carol")}", "--allow-network", "--insecure-test-kdf"]);
+            "--passphrase-file", $"carol={P("carol")}", "--without-approval", "--allow-network", "--insecure-test-kdf"]);
         Assert.Equal(2, tooFew.ExitCode);
         Assert.Contains("need 2 shares", tooFew.Error, StringComparison.Ordinal);
         Assert.Equal(3, (await Kms(outputs, ["ceremony", "verify-domain", .. Hsm("site-b"), "--domain-id", DomainId])).ExitCode);
 
+        var unapproved = await Kms(outputs, ["ceremony", "restore-domain", .. Hsm("site-b"), "--share", Share("alice"), "--share", Share("carol"),
+            "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"carol={P("carol")}", "--check-value", kcv,
+            "--data-dir", P("data"), "--allow-network", "--insecure-test-kdf"]);
+        Assert.Equal(5, unapproved.ExitCode);
+        Assert.Contains("this deployment has officers", unapproved.Error, StringComparison.Ordinal);
         var restored = await Kms(outputs, ["ceremony", "restore-domain", .. Hsm("site-b"), "--share", Share("alice"), "--share", Share("carol"),
             "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"carol={P("carol")}", "--check-value", kcv,
-            "--data-dir", P("data"), "--allow-network", "--insecure-test-kdf", "--output", "json"]);
+            "--data-dir", P("data"), "--without-approval", "--allow-network", "--insecure-test-kdf", "--output", "json"]);
         Assert.True(restored.ExitCode == 0, restored.ToString());
+        Assert.Contains("BREAK GLASS", await File.ReadAllTextAsync(JsonNode.Parse(restored.Out)!["transcript"]!.GetValue<string>()), StringComparison.Ordinal);
         Assert.Equal(kcv, JsonNode.Parse(restored.Out)!["check_value"]!.GetValue<string>());
         var verified = await Kms(outputs, ["ceremony", "verify-domain", .. Hsm("site-b"), "--domain-id", DomainId]);
         Assert.Equal(kcv, verified.Out.Trim());
@@ -175,43 +182,96 @@ public sealed class CeremonyEndToEndTests : IDisposable
             "--officer", $"olga={P("olga.key.pub")}", "--officer-threshold", "1",
             "--allow-network", "--insecure-test-kdf", "--output", "json"]);
         Assert.True(created.ExitCode == 0, created.ToString());
-        var oldKcv = JsonNode.Parse(created.Out)!["check_value"]!.GetValue<string>();
+        var ceremony = JsonNode.Parse(created.Out)!;
+        var oldKcv = ceremony["check_value"]!.GetValue<string>();
+        string[] quorumConfig = [$"--Kms:Quorum:GenesisFile={ceremony["server_configuration"]!["Kms:Quorum:GenesisFile"]!.GetValue<string>()}"];
 
         byte[] record;
-        await using (var siteA = await ServerProcess.StartAsync(P("data"), _conf, "site-a", P("user.pin"), DomainId))
+        await using (var siteA = await ServerProcess.StartAsync(P("data"), _conf, "site-a", P("user.pin"), DomainId, quorumConfig))
         {
-            var (token, _) = await siteA.BootstrapAsync("dev");
+            var (token, officerToken) = await siteA.BootstrapAsync("dev");
             await File.WriteAllTextAsync(P("developer.token"), token + "\n");
+            await File.WriteAllTextAsync(P("officer.token"), officerToken + "\n");
             Assert.Equal(0, (await Kms(outputs, Client(siteA), "keys", "create", "dev/orders")).ExitCode);
             using var client = siteA.CreateClient(token);
             record = (await client.EncryptAsync("tenants/dev/keys/orders", "card 4111"u8.ToArray())).Ciphertext;
+
+            // The officers approve the rotation (and, for the refusal below, a restore) while the server runs,
+            // and the approvals are exported for the offline ceremony host.
+            foreach (var (verb, extra, file) in new[] { ("rotate-domain", new[] { "--new-custodians", "3", "--new-threshold", "2" }, "rotation.approval.json"), ("restore-domain", new[] { "--token-label", "site-b" }, "restore.approval.json") })
+            {
+                var asked = await Kms(outputs, Client(siteA, "officer.token"), ["quorum", verb, .. extra, "--output", "json"]);
+                Assert.True(asked.ExitCode == 0, asked.ToString());
+                var name = JsonNode.Parse(asked.Out)!["name"]!.GetValue<string>();
+                var approved = await Kms(outputs, Client(siteA, "officer.token"), "officer", "approve", name, "--key", P("olga.key"), "--key-passphrase-file", P("officer-key"), "--yes", "--output", "json");
+                Assert.True(approved.ExitCode == 0, approved.ToString());
+                Assert.Equal("Approved", JsonNode.Parse(approved.Out)!["state"]!.GetValue<string>());
+                var exported = await Kms(outputs, Client(siteA, "officer.token"), "quorum", "export", name, "--out", P(file), "--output", "json");
+                Assert.True(exported.ExitCode == 0, exported.ToString());
+            }
         }
 
-        // Server stopped: rotate with two of the old shares into a new 2-of-3, site-b gets the new key.
-        var rotated = await Kms(outputs, ["ceremony", "rotate-domain", .. Hsm("rotation"), "--so-pin-file", P("so.pin"),
+        var rotationRequest = JsonNode.Parse(await File.ReadAllTextAsync(P("rotation.approval.json")))!["request"]!["name"]!.GetValue<string>();
+
+        // Server stopped. The approval is verified offline before any share is read: none, the restore's,
+        // or one for another share set are refused.
+        string[] Rotate(string threshold, params string[] approval) =>
+        [
+            "ceremony", "rotate-domain", .. Hsm("rotation"), "--so-pin-file", P("so.pin"),
             "--share", Share("alice"), "--share", Share("carol"), "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"carol={P("carol")}",
-            "--new-custodian", "alice", "--new-custodian", "bob", "--new-custodian", "carol", "--new-threshold", "2", "--new-shares-dir", P("new-shares"),
+            "--new-custodian", "alice", "--new-custodian", "bob", "--new-custodian", "carol", "--new-threshold", threshold, "--new-shares-dir", P("new-shares"),
             "--new-passphrase-file", $"alice={P("alice")}", "--new-passphrase-file", $"bob={P("bob")}", "--new-passphrase-file", $"carol={P("carol")}",
             "--restore-token-label", "site-b", "--restore-pin-file", P("user.pin"),
-            "--data-dir", P("data"), "--allow-network", "--insecure-test-kdf", "--output", "json"]);
+            "--data-dir", P("data"), .. approval, "--allow-network", "--insecure-test-kdf", "--output", "json",
+        ];
+        var none = await Kms(outputs, Rotate("2"));
+        Assert.Equal(5, none.ExitCode);
+        Assert.Contains("this deployment has officers", none.Error, StringComparison.Ordinal);
+        Assert.Equal(5, (await Kms(outputs, Rotate("2", "--without-approval"))).ExitCode);
+        var otherOperation = await Kms(outputs, Rotate("2", "--approval", P("restore.approval.json")));
+        Assert.Equal(5, otherOperation.ExitCode);
+        Assert.Contains("is for RESTORE_DOMAIN, not ROTATE_DOMAIN_KEY", otherOperation.Error, StringComparison.Ordinal);
+        var otherShape = await Kms(outputs, Rotate("3", "--approval", P("rotation.approval.json")));
+        Assert.Equal(5, otherShape.ExitCode);
+        Assert.Contains("approves new shares 2 of 3, not 3 of 3", otherShape.Error, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(P("new-shares")));
+
+        // Approved: rotate with two of the old shares into a new 2-of-3, site-b gets the new key.
+        var rotated = await Kms(outputs, Rotate("2", "--approval", P("rotation.approval.json")));
         Assert.True(rotated.ExitCode == 0, rotated.ToString());
         var rotation = JsonNode.Parse(rotated.Out)!;
+        Assert.Equal(rotationRequest, rotation["approval"]!["request"]!.GetValue<string>());
+        Assert.Equal("olga", rotation["approval"]!["approved_by"]![0]!["name"]!.GetValue<string>());
+        var rotationTranscript = await File.ReadAllTextAsync(rotation["transcript"]!.GetValue<string>());
+        Assert.Contains($"quorum approval: request {rotationRequest} (ROTATE_DOMAIN_KEY), domain key {oldKcv}", rotationTranscript, StringComparison.Ordinal);
+        Assert.Contains("approved by officer: olga, key ", rotationTranscript, StringComparison.Ordinal);
+
+        // The same approval cannot rotate again: it names the domain key that was rotated away.
+        var reused = await Kms(outputs, Rotate("2", "--approval", P("rotation.approval.json")));
+        Assert.Equal(5, reused.ExitCode);
+        Assert.Contains($"was given for the domain key with check value {oldKcv}", reused.Error, StringComparison.Ordinal);
         var newId = rotation["domain_id"]!.GetValue<string>();
         Assert.NotEqual(oldKcv, rotation["check_value"]!.GetValue<string>());
         Assert.Equal(oldKcv, rotation["previous_check_value"]!.GetValue<string>());
         Assert.Equal(3, Directory.GetFiles(P("new-shares"), "share-*.json").Length);
         Assert.Equal(0, (await Kms(outputs, "ceremony", "verify-transcript", rotation["transcript"]!.GetValue<string>(), "--public-key", P("data/audit/signing-key.pem"))).ExitCode);
 
-        await using (var siteB = await ServerProcess.StartAsync(P("data"), _conf, "site-b", P("user.pin"), newId))
+        await using (var siteB = await ServerProcess.StartAsync(P("data"), _conf, "site-b", P("user.pin"), newId, quorumConfig))
         {
             using var client = siteB.CreateClient((await File.ReadAllTextAsync(P("developer.token"))).Trim());
             using var opened = await client.DecryptAsync(record);
             Assert.Equal("card 4111"u8.ToArray(), opened.Plaintext.ToArray());
+
+            // The ceremony's audit events name the request and the approving officer.
+            using var officer = siteB.CreateClient((await File.ReadAllTextAsync(P("officer.token"))).Trim());
+            var approvalEvents = await officer.ListAuditEventsAsync(new Kms.Contracts.V1.ListAuditEventsRequest { Operation = "ceremony/rotate-domain/approval" }).ToListAsync();
+            Assert.Contains(approvalEvents, e => e.Resource == rotationRequest && e.Principal == "system:ceremony");
+            Assert.Contains(approvalEvents, e => e.Resource.StartsWith(rotationRequest + "/approvals/", StringComparison.Ordinal));
         }
 
         // The old shares still rebuild the old key, but the database no longer accepts it.
         var old = await Kms(outputs, ["ceremony", "restore-domain", .. Hsm("site-c"), "--share", Share("alice"), "--share", Share("bob"),
-            "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"bob={P("bob")}", "--data-dir", P("data"), "--allow-network", "--insecure-test-kdf"]);
+            "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"bob={P("bob")}", "--data-dir", P("data"), "--without-approval", "--allow-network", "--insecure-test-kdf"]);
         Assert.Equal(5, old.ExitCode);
         Assert.Contains("nothing was imported", old.Error, StringComparison.Ordinal);
         Assert.Equal(3, (await Kms(outputs, ["ceremony", "verify-domain", .. Hsm("site-c"), "--domain-id", DomainId])).ExitCode);

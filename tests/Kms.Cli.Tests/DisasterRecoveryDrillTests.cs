@@ -132,7 +132,7 @@ public sealed class DisasterRecoveryDrillTests(ITestOutputHelper output) : IDisp
         var afterRestore = clock.Elapsed;
         await Ok(["ceremony", "restore-domain", .. Hsm("site-b"), "--share", Share("alice"), "--share", Share("carol"),
             "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"carol={P("carol")}", "--check-value", kcv,
-            "--data-dir", P("site-b-data"), "--allow-network", "--insecure-test-kdf"]);
+            "--data-dir", P("site-b-data"), "--without-approval", "--allow-network", "--insecure-test-kdf"]);
         var afterDomain = clock.Elapsed;
         await using var siteB = await ServerProcess.StartAsync(P("site-b-data"), P("softhsm2.conf"), "site-b", P("user.pin"), DomainId, serverArgs);
         clock.Stop();

@@ -45,6 +45,43 @@ public sealed class QuorumTests : IDisposable
     }
 
     [Fact]
+    public void Render_RotateAndRestoreDomain_GoldenText_PinnedByteForByte()
+    {
+        var rotation = Golden() with
+        {
+            Operation = QuorumOperation.RotateDomainKey,
+            Tenant = null,
+            RequestedBy = "token:olga",
+            Parameters = [KeyValuePair.Create("new-custodians", "5"), KeyValuePair.Create("new-threshold", "3")],
+        };
+        const string Rotation = "kms quorum approval v1\n"
+            + "id: 0123456789abcdef0123456789abcdef\n"
+            + "operation: ROTATE_DOMAIN_KEY\n"
+            + "tenant: (deployment)\n"
+            + "domain-kcv: 5a0c7e\n"
+            + "officer-set: 0 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n"
+            + "requested-by: token:olga\n"
+            + "created: 2026-11-29T12:00:00.000Z\n"
+            + "expires: 2026-11-30T12:00:00.000Z\n"
+            + "param new-custodians: 5\n"
+            + "param new-threshold: 3\n";
+        Assert.Equal(Rotation, QuorumRendering.Render(rotation));
+
+        var restore = rotation with { Operation = QuorumOperation.RestoreDomain, Parameters = [KeyValuePair.Create("token-label", "kms-prod-b")] };
+        const string Restore = "kms quorum approval v1\n"
+            + "id: 0123456789abcdef0123456789abcdef\n"
+            + "operation: RESTORE_DOMAIN\n"
+            + "tenant: (deployment)\n"
+            + "domain-kcv: 5a0c7e\n"
+            + "officer-set: 0 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n"
+            + "requested-by: token:olga\n"
+            + "created: 2026-11-29T12:00:00.000Z\n"
+            + "expires: 2026-11-30T12:00:00.000Z\n"
+            + "param token-label: kms-prod-b\n";
+        Assert.Equal(Restore, QuorumRendering.Render(restore));
+    }
+
+    [Fact]
     public void Render_SameRequestTwice_SameText_AnyFieldChanged_OtherText()
     {
         var golden = QuorumRendering.Render(Golden());

@@ -222,6 +222,8 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
             return new ApproveQuorumRequestRequest { Name = request.Name, OfficerFingerprint = c.Fixture.Officers["alice"].Fingerprint, Signature = ByteString.CopyFrom(signature) };
         }),
         new(Quorum + "GetOfficerSet", MatrixTarget.Deployment, [SecurityOfficer], c => Msg(new GetOfficerSetRequest())),
+        new(Quorum + "ExportQuorumApproval", MatrixTarget.Deployment, [SecurityOfficer], async c =>
+            new ExportQuorumApprovalRequest { Name = c.WillRun ? await ApprovedRotationAsync(c) : "quorumRequests/" + new string('0', 32) }),
 
         new("grpc.health.v1.Health/Check", MatrixTarget.Public, [], c => Msg(new HealthCheckRequest())),
         new("grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", MatrixTarget.Authenticated, [], c => Msg(new ServerReflectionRequest { ListServices = "" })),
@@ -344,6 +346,19 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
 
     private static async Task<QuorumRequestInfo> FreshQuorumRequestAsync(MatrixContext c) =>
         await c.Setup.RequestDestroyKeyVersionNowAsync(await FreshRotatedKeyAsync(c) + "/versions/1");
+
+    private static async Task<string> ApprovedRotationAsync(MatrixContext c)
+    {
+        using var officer = c.Fixture.Server.CreateClient(c.Fixture.TokenOf("deployment/security-officer"));
+        var request = await officer.RequestDomainKeyRotationAsync(3, 2);
+        var rendering = System.Text.Encoding.UTF8.GetBytes(Kms.Client.Quorum.QuorumApprover.Render(request));
+        foreach (var name in new[] { "alice", "bob" })
+        {
+            await officer.ApproveQuorumRequestAsync(request.Name, c.Fixture.Officers[name].Fingerprint, c.Fixture.Officers.Sign(name, rendering));
+        }
+
+        return request.Name;
+    }
 
     private static async Task<string> FreshRotatedKeyAsync(MatrixContext c)
     {

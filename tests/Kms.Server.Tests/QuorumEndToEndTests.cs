@@ -209,11 +209,96 @@ public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
-    public async Task NotYetSupportedOperation_PrimaryVersion_BadInput_RefusedAtCreation()
+    public async Task RotateDomainKey_TwoOfThreeApprove_EndsApprovedWithoutExecuting_ThenRefusesApprovals_AndExportsAVerifiableBundle()
     {
-        var notYet = await Assert.ThrowsAsync<RpcException>(() => _officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.RestoreDomain }));
-        Assert.Equal(StatusCode.FailedPrecondition, notYet.StatusCode);
-        Assert.Contains("not yet supported", notYet.Status.Detail, StringComparison.Ordinal);
+        var request = await _officer.RequestDomainKeyRotationAsync(5, 3);
+        Assert.Equal(("", Kms.Contracts.V1.QuorumRequestState.Pending), (request.Tenant, request.State));
+        Assert.StartsWith("quorumRequests/", request.Name, StringComparison.Ordinal);
+        var rendering = QuorumApprover.Render(request);
+        Assert.Contains("operation: ROTATE_DOMAIN_KEY\n", rendering, StringComparison.Ordinal);
+        Assert.EndsWith("param new-custodians: 5\nparam new-threshold: 3\n", rendering, StringComparison.Ordinal);
+
+        var early = await Assert.ThrowsAsync<RpcException>(() => _officer.ExportQuorumApprovalAsync(request.Name));
+        Assert.Equal(StatusCode.FailedPrecondition, early.StatusCode);
+        Assert.False((await ApproveAsync("alice", request.Name)).Executed);
+        var last = await ApproveAsync("carol", request.Name);
+        Assert.False(last.Executed);
+        Assert.Equal((2, 2, Kms.Contracts.V1.QuorumRequestState.Approved), (last.ValidApprovals, last.Threshold, last.Request.State));
+        Assert.Equal(Kms.Contracts.V1.QuorumRequestState.Approved, (await _officer.GetQuorumRequestAsync(request.Name)).State);
+
+        // Terminal: a third approval is refused, also after the expiry (it stays APPROVED, never EXPIRED).
+        var again = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["bob"].Fingerprint, _officers.Sign("bob", Rendering(request))));
+        Assert.Equal(StatusCode.FailedPrecondition, again.StatusCode);
+        Assert.Contains("was approved at 2026-11-29T12:00:00.000Z; a request is approved once", again.Status.Detail, StringComparison.Ordinal);
+
+        var export = await _officer.ExportQuorumApprovalAsync(request.Name);
+        Assert.Equal(Kms.Contracts.V1.QuorumRequestState.Approved, export.Request.State);
+        var bundle = ApprovalBundle.Parse(export.Bundle);
+        var genesis = GenesisFile.Read(_genesisPath);
+        var verified = bundle.Verify(genesis, Kms.Core.Quorum.QuorumOperation.RotateDomainKey, request.DomainKcv, _time.GetUtcNow());
+        Assert.Equal(["alice", "carol"], verified.Approvers.Select(o => o.Name).Order());
+        Assert.Equal(rendering, QuorumRendering.Render(bundle.Request));
+        Assert.Single(bundle.Chain);
+        foreach (var officer in new[] { "alice", "carol" })
+        {
+            Assert.Contains(Convert.ToBase64String(_officers[officer].PublicKey), export.Bundle, StringComparison.Ordinal);
+        }
+
+        using var auditor = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("rotation-auditor", null, "security-officer"));
+        var approval = Assert.Single(await auditor.ListAuditEventsAsync(new ListAuditEventsRequest { Operation = "quorum/ROTATE_DOMAIN_KEY" }).ToListAsync());
+        Assert.Equal((request.Id, "system:quorum", request.Name, "OK"), (approval.RequestId, approval.Principal, approval.Resource, approval.Outcome));
+        var events = await auditor.ListAuditEventsAsync(new ListAuditEventsRequest { Resource = request.Name }).ToListAsync();
+        Assert.Contains(events, e => e.Operation == "/kms.v1.QuorumService/ExportQuorumApproval" && e.Resource == request.Name && e.Outcome == "OK");
+    }
+
+    [Fact]
+    public async Task RestoreDomain_DuplicateOfficer_ForgedSignature_Expiry_Refused_AndOnlyApprovalOnlyRequestsExport()
+    {
+        var request = await _officer.RequestDomainRestoreAsync("kms-prod-b", TimeSpan.FromHours(1));
+        Assert.EndsWith("param token-label: kms-prod-b\n", QuorumApprover.Render(request), StringComparison.Ordinal);
+        await ApproveAsync("alice", request.Name);
+
+        var duplicate = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", Rendering(request))));
+        Assert.Equal(StatusCode.AlreadyExists, duplicate.StatusCode);
+        var forged = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["bob"].Fingerprint, _officers.Sign("dave", Rendering(request))));
+        Assert.Equal(StatusCode.PermissionDenied, forged.StatusCode);
+        var otherText = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["bob"].Fingerprint,
+            _officers.Sign("bob", System.Text.Encoding.UTF8.GetBytes(QuorumApprover.Render(request).Replace("kms-prod-b", "kms-evil", StringComparison.Ordinal)))));
+        Assert.Equal(StatusCode.PermissionDenied, otherText.StatusCode);
+        Assert.Single((await _officer.GetQuorumRequestAsync(request.Name)).Approvals);
+
+        _time.Advance(TimeSpan.FromHours(1));
+        var expired = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["bob"].Fingerprint, _officers.Sign("bob", Rendering(request))));
+        Assert.Equal(StatusCode.FailedPrecondition, expired.StatusCode);
+        var info = await _officer.GetQuorumRequestAsync(request.Name);
+        Assert.Equal(Kms.Contracts.V1.QuorumRequestState.Expired, info.State);
+        Assert.Equal(StatusCode.FailedPrecondition, (await Assert.ThrowsAsync<RpcException>(() => _officer.ExportQuorumApprovalAsync(request.Name))).StatusCode);
+
+        var (key, _) = await RotatedKeyWithOldBlobAsync("not-exported");
+        var destroy = await _keyManager.RequestDestroyKeyVersionNowAsync($"{key}/versions/1");
+        await ApproveAsync("alice", destroy.Name);
+        Assert.True((await ApproveAsync("bob", destroy.Name)).Executed);
+        var executed = await Assert.ThrowsAsync<RpcException>(() => _officer.ExportQuorumApprovalAsync(destroy.Name));
+        Assert.Equal(StatusCode.FailedPrecondition, executed.StatusCode);
+        Assert.Contains("only approvals of ROTATE_DOMAIN_KEY and RESTORE_DOMAIN are exported", executed.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task DomainOperations_BadParameters_PrimaryVersion_BadInput_RefusedAtCreation()
+    {
+        var noLabel = await Assert.ThrowsAsync<RpcException>(() => _officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.RestoreDomain }));
+        Assert.Equal(StatusCode.InvalidArgument, noLabel.StatusCode);
+        Assert.Contains("restore_domain.token_label", noLabel.Status.Detail, StringComparison.Ordinal);
+        var badShape = await Assert.ThrowsAsync<RpcException>(() => _officer.RequestDomainKeyRotationAsync(3, 4));
+        Assert.Equal(StatusCode.InvalidArgument, badShape.StatusCode);
+        Assert.Contains("rotate_domain_key.new_threshold", badShape.Status.Detail, StringComparison.Ordinal);
+        var inTenant = await Assert.ThrowsAsync<RpcException>(() => _keyManager.CreateQuorumRequestAsync(new CreateQuorumRequestRequest
+        {
+            Parent = "tenants/dev",
+            Operation = Kms.Contracts.V1.QuorumOperation.RotateDomainKey,
+            RotateDomainKey = new RotateDomainKeyParameters { NewCustodians = 3, NewThreshold = 2 },
+        }));
+        Assert.Equal(StatusCode.InvalidArgument, inTenant.StatusCode);
 
         var key = await _keyManager.CreateKeyAsync("tenants/dev", "primary-only");
         var primary = await Assert.ThrowsAsync<RpcException>(() => _keyManager.RequestDestroyKeyVersionNowAsync($"{key.Name}/versions/1"));

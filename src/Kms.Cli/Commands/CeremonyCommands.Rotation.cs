@@ -30,6 +30,7 @@ internal static partial class CeremonyCommands
         var passphrases = PassphraseFiles();
         var newPassphrases = ContextOption.Create("--new-passphrase-file", "CUSTODIAN=PATH: a NEW custodian's passphrase (repeatable; else prompted)");
         var options = CeremonyHostOptions.Create();
+        var approval = CeremonyApproval.ForRotation();
         var command = new Command("rotate-domain",
             "re-wrap every stored key under a new domain key (server stopped; old key rebuilt from M old shares into a dedicated rotation token, wiped at the end); resumable")
         {
@@ -39,6 +40,7 @@ internal static partial class CeremonyCommands
         soPin.AddTo(command);
         restorePin.AddTo(command);
         options.AddTo(command);
+        approval.AddTo(command);
         runner.SetAction(command, async (ctx, ct) =>
         {
             var parse = ctx.ParseResult;
@@ -54,17 +56,33 @@ internal static partial class CeremonyCommands
             var inProgress = await store.GetDomainKeyRotationAsync(ct);
             var pinned = inProgress?.OldCheckValue ?? await store.GetSettingAsync(Kms.Core.Services.DomainKeyGuard.CheckValueSetting, ct)
                 ?? throw new CliFailureException(ExitCodes.Conflict, "the database pins no domain key");
-            var resumeFiles = (parse.GetValue(newShares) ?? []).Select(p => ShareFile.Read(p, host.Kdf.Policy)).ToList();
-            if (inProgress is not null && resumeFiles.Count == 0)
+            var resumePaths = parse.GetValue(newShares) ?? [];
+            if (inProgress is not null && resumePaths.Length == 0)
             {
                 throw new CliUsageException($"a rotation to domain key {inProgress.NewCheckValue} is in progress ({inProgress.Rewrapped} blobs done): resume it with --new-share (M of the new share files)");
             }
 
-            var names = resumeFiles.Count > 0 ? [] : CustodianNames(parse.GetValue(newCustodians) ?? [], null);
+            var names = resumePaths.Length > 0 ? [] : CustodianNames(parse.GetValue(newCustodians) ?? [], null);
             var m = parse.GetValue(newThreshold) ?? 0;
-            if (resumeFiles.Count == 0 && (m < Shamir.MinThreshold || m > names.Count || parse.GetValue(newSharesDir) is null))
+            if (resumePaths.Length == 0 && (m < Shamir.MinThreshold || m > names.Count || parse.GetValue(newSharesDir) is null))
             {
                 throw new CliUsageException("a first run needs --new-custodian (N), --new-threshold (2 ≤ M ≤ N) and --new-shares-dir");
+            }
+
+            // The officers' approval, verified before any share is read: for the key this database is
+            // pinned to, and (first run) for the new share set's shape they signed.
+            var approved = await approval.CheckAsync(ctx, Kms.Core.Quorum.QuorumOperation.RotateDomainKey, dir, pinned, request =>
+                resumePaths.Length > 0 || (request.Parameter("new-custodians") == names.Count.ToString(CultureInfo.InvariantCulture)
+                    && request.Parameter("new-threshold") == m.ToString(CultureInfo.InvariantCulture))
+                    ? null
+                    : $"it approves new shares {request.Parameter("new-threshold")} of {request.Parameter("new-custodians")}, not {m} of {names.Count}", ct);
+            var resumeFiles = resumePaths.Select(p => ShareFile.Read(p, host.Kdf.Policy)).ToList();
+            if (resumeFiles.Count > 0 && approved.Approval?.Request is { } signed
+                && (signed.Parameter("new-custodians") != resumeFiles[0].Count.ToString(CultureInfo.InvariantCulture)
+                    || signed.Parameter("new-threshold") != resumeFiles[0].Threshold.ToString(CultureInfo.InvariantCulture)))
+            {
+                throw new CliFailureException(ExitCodes.Conflict,
+                    $"the approval of {signed.Name} approves new shares {signed.Parameter("new-threshold")} of {signed.Parameter("new-custodians")}, but the new share files are {resumeFiles[0].Threshold} of {resumeFiles[0].Count}");
             }
 
             var oldFiles = parse.GetValue(oldShares)!.Select(p => ShareFile.Read(p, host.Kdf.Policy)).ToList();
@@ -182,13 +200,14 @@ internal static partial class CeremonyCommands
                 .Add("blobs re-wrapped", $"{outcome.Rewrapped} by this run, {outcome.ResumedAfter} by an earlier interrupted run")
                 .Add("rotation token", $"'{rotationOptions.TokenLabel}', wiped with C_InitToken")
                 .Add("new domain key imported into", $"token '{restoreOptions.TokenLabel}'");
+            approved.AddTo(transcript);
             foreach (var (custodian, index, file, fingerprint) in written)
             {
                 transcript.Add($"new share {index}", $"custodian {custodian}, file {Path.GetFileName(file)}, fingerprint {fingerprint}");
             }
 
             var result = await RecordAsync(ctx, dir, restoreOptions, productionPin, ceremonyId, "rotate-domain", transcript,
-                [.. written.Select(w => ($"share/{w.Index}/{w.Custodian}", w.Fingerprint))], $"domain/{newId}/kcv/{newKcv}/previous/{pinned}", ct);
+                [.. written.Select(w => ($"share/{w.Index}/{w.Custodian}", w.Fingerprint))], $"domain/{newId}/kcv/{newKcv}/previous/{pinned}", ct, approved);
             var json = new JsonObject
             {
                 ["domain_id"] = newId,
@@ -197,6 +216,7 @@ internal static partial class CeremonyCommands
                 ["rewrapped"] = outcome.Rewrapped,
                 ["resumed_after"] = outcome.ResumedAfter,
                 ["transcript"] = result.TranscriptPath,
+                ["approval"] = ApprovalJson(approved),
                 ["server_configuration"] = new JsonObject { ["Hsm:TokenLabel"] = restoreOptions.TokenLabel, ["Hsm:DomainKeyId"] = newId, ["Kms:DataDir"] = dir },
             };
             ctx.Output.Result(json, () => CliOutput.Properties(

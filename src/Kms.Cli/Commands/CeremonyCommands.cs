@@ -281,16 +281,26 @@ internal static partial class CeremonyCommands
         var dataDir = new Option<string?>("--data-dir") { Description = "the deployment's data directory, to record the restore in its audit log and sign a transcript", HelpName = "DIR" };
         var passphrases = PassphraseFiles();
         var options = CeremonyHostOptions.Create();
-        var command = new Command("restore-domain", "rebuild the domain key from M custodian shares and import it into another token (new node, disaster recovery)")
+        var approval = CeremonyApproval.ForRestore();
+        var command = new Command("restore-domain", "rebuild the domain key from M custodian shares and import it into another token (new node, disaster recovery), as M officers approved")
         {
             shareFiles, domainId, expectedKcv, dataDir, passphrases,
         };
         hsm.AddTo(command);
         options.AddTo(command);
+        approval.AddTo(command);
         runner.SetAction(command, async (ctx, ct) =>
         {
             var parse = ctx.ParseResult;
             var host = options.Prepare(ctx);
+
+            // The officers' approval is verified before any share is read. The domain key it names is
+            // the transcript's (--check-value) or the database's; else its own, which the rebuilt key must have.
+            var tokenLabel = hsm.Options(parse).TokenLabel;
+            var pinnedKcv = parse.GetValue(expectedKcv) ?? await PinnedCheckValueAsync(parse.GetValue(dataDir), ct);
+            var approved = await approval.CheckAsync(ctx, QuorumOperation.RestoreDomain, parse.GetValue(dataDir), pinnedKcv,
+                request => request.Parameter("token-label") == tokenLabel ? null : $"it restores into token '{request.Parameter("token-label")}', not '{tokenLabel}'", ct);
+            var requiredKcv = pinnedKcv ?? approved.Approval?.Request.DomainKcv;
             var files = parse.GetValue(shareFiles)!.Select(path => ShareFile.Read(path, host.Kdf.Policy)).ToList();
             var id = parse.GetValue(domainId) ?? files[0].DomainId;
             if (parse.GetValue(dataDir) is { } existing)
@@ -314,7 +324,7 @@ internal static partial class CeremonyCommands
                     opened.Add((file, file.Unprotect(secrets[file.Custodian].Chars)));
                 }
 
-                domainKey = DomainKeyRecovery.Combine(opened, id, parse.GetValue(expectedKcv));
+                domainKey = DomainKeyRecovery.Combine(opened, id, requiredKcv);
                 using var session = HsmCeremonySession.Open(hsmOptions, pin.ToUtf8());
                 kcv = session.ImportDomainKey(domainKey, hsmOptions.DomainKeyLabel, id);
             }
@@ -343,11 +353,20 @@ internal static partial class CeremonyCommands
                 transcript.Add($"share {file.Index}", $"custodian {file.Custodian}, fingerprint {file.Fingerprint}");
             }
 
-            var json = new JsonObject { ["domain_id"] = id, ["check_value"] = kcv, ["token"] = hsmOptions.TokenLabel, ["shares_used"] = files.Count };
+            approved.AddTo(transcript);
+
+            var json = new JsonObject
+            {
+                ["domain_id"] = id,
+                ["check_value"] = kcv,
+                ["token"] = hsmOptions.TokenLabel,
+                ["shares_used"] = files.Count,
+                ["approval"] = ApprovalJson(approved),
+            };
             if (parse.GetValue(dataDir) is { } dir)
             {
                 var result = await RecordAsync(ctx, dir, hsmOptions, pin, ceremonyId, "restore-domain", transcript,
-                    [.. files.Select(f => ($"share/{f.Index}/{f.Custodian}", f.Fingerprint))], $"domain/{id}/kcv/{kcv}/token/{hsmOptions.TokenLabel}", ct);
+                    [.. files.Select(f => ($"share/{f.Index}/{f.Custodian}", f.Fingerprint))], $"domain/{id}/kcv/{kcv}/token/{hsmOptions.TokenLabel}", ct, approved);
                 json["transcript"] = result.TranscriptPath;
                 json["audit_key_fingerprint"] = result.AuditKeyFingerprint;
             }
@@ -458,15 +477,43 @@ internal static partial class CeremonyCommands
         }
     }
 
+    /// <summary>The domain key check value the data directory's database pins, if it has one.</summary>
+    private static async Task<string?> PinnedCheckValueAsync(string? dataDir, CancellationToken ct)
+    {
+        var database = dataDir is null ? null : Path.Combine(Path.GetFullPath(dataDir), "kms.db");
+        if (database is null || !File.Exists(database))
+        {
+            return null;
+        }
+
+        await using var store = await Kms.Storage.Sqlite.SqliteStore.OpenAsync(new Kms.Storage.Sqlite.SqliteOptions { DatabasePath = database }, ct);
+        return await store.GetSettingAsync(Kms.Core.Services.DomainKeyGuard.CheckValueSetting, ct);
+    }
+
+    private static JsonObject ApprovalJson(CeremonyApprovalOutcome outcome) => outcome.Approval is { } verified
+        ? new JsonObject
+        {
+            ["request"] = verified.Request.Name,
+            ["officer_set"] = verified.OfficerSet.Sequence,
+            ["approved_by"] = new JsonArray([.. verified.Approvers.Select(o => (JsonNode)new JsonObject { ["name"] = o.Name, ["fingerprint"] = o.Fingerprint })]),
+            ["genesis_sha256"] = outcome.GenesisHash,
+        }
+        : new JsonObject { ["request"] = null, ["without_approval"] = outcome.Description };
+
     private sealed record Recorded(string TranscriptPath, string AuditKeyFingerprint);
 
     /// <summary>Appends the steps to the deployment's audit chain, signs the transcript with the audit key, checkpoints.</summary>
     private static async Task<Recorded> RecordAsync(
         CliContext ctx, string dataDir, HsmOptions hsmOptions, Secret pin, string ceremonyId, string operation, Transcript transcript,
-        IReadOnlyList<(string Resource, string Fingerprint)> shares, string domainResource, CancellationToken ct)
+        IReadOnlyList<(string Resource, string Fingerprint)> shares, string domainResource, CancellationToken ct, CeremonyApprovalOutcome? approval = null)
     {
         await using var record = await DeploymentRecord.OpenAsync(dataDir, hsmOptions, pin.Reveal(), ct);
         await record.AppendAsync(ceremonyId, operation, domainResource, ct);
+        foreach (var resource in approval?.AuditResources() ?? [])
+        {
+            await record.AppendAsync(ceremonyId, operation + "/approval", resource, ct);
+        }
+
         foreach (var (resource, fingerprint) in shares)
         {
             await record.AppendAsync(ceremonyId, operation + "/share", $"{resource}/{fingerprint}", ct);

@@ -24,6 +24,9 @@ internal static class OfficerCommands
         var quorum = new Command("quorum", "quorum requests for sensitive operations, and the officer set");
         quorum.Subcommands.Add(DestroyVersion(runner));
         quorum.Subcommands.Add(ChangeOfficers(runner));
+        quorum.Subcommands.Add(RotateDomain(runner));
+        quorum.Subcommands.Add(RestoreDomain(runner));
+        quorum.Subcommands.Add(Export(runner));
         quorum.Subcommands.Add(List(runner));
         quorum.Subcommands.Add(Show(runner));
         quorum.Subcommands.Add(Officers(runner));
@@ -101,9 +104,12 @@ internal static class OfficerCommands
                     ["executed"] = response.Executed,
                     ["rendering"] = pending.Rendering,
                 };
+                json["state"] = response.Request.State.ToString();
                 ctx.Output.Result(json, response.Executed
                     ? $"approved: {response.ValidApprovals} of {response.Threshold}; the request was executed"
-                    : $"approved: {response.ValidApprovals} of {response.Threshold} approvals so far");
+                    : response.Request.State == Kms.Contracts.V1.QuorumRequestState.Approved
+                        ? $"approved: {response.ValidApprovals} of {response.Threshold}; the request is APPROVED: export it for the ceremony (kms quorum export {pending.Name} --out FILE)"
+                        : $"approved: {response.ValidApprovals} of {response.Threshold} approvals so far");
                 return ExitCodes.Ok;
             }
         });
@@ -135,6 +141,84 @@ internal static class OfficerCommands
             var set = ReadOfficers(ctx.ParseResult.GetValue(officers)!);
             var info = await ctx.Client.RequestOfficerChangeAsync(set.Select(o => (o.Name, o.PublicKey.ToArray())), ctx.ParseResult.GetValue(threshold), ctx.ParseResult.GetValue(ttl), ct);
             WriteRequest(ctx, info);
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command RotateDomain(CommandRunner runner)
+    {
+        var custodians = new Option<int>("--new-custodians") { Description = "N: custodians of the new domain key's shares", HelpName = "N", Required = true };
+        var threshold = new Option<int>("--new-threshold") { Description = "M: new shares that rebuild the new domain key", HelpName = "M", Required = true };
+        var ttl = Ttl();
+        var command = new Command("rotate-domain", "ask the officers to approve a domain-key rotation (carried out offline by kms ceremony rotate-domain --approval)") { custodians, threshold, ttl };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            WriteRequest(ctx, await ctx.Client.RequestDomainKeyRotationAsync(ctx.ParseResult.GetValue(custodians), ctx.ParseResult.GetValue(threshold), ctx.ParseResult.GetValue(ttl), ct));
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command RestoreDomain(CommandRunner runner)
+    {
+        var token = new Option<string>("--token-label") { Description = "the token the domain key will be restored into", HelpName = "LABEL", Required = true };
+        var ttl = Ttl();
+        var command = new Command("restore-domain", "ask the officers to approve restoring the domain key into a token (carried out offline by kms ceremony restore-domain --approval)") { token, ttl };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            WriteRequest(ctx, await ctx.Client.RequestDomainRestoreAsync(ctx.ParseResult.GetRequiredValue(token), ctx.ParseResult.GetValue(ttl), ct));
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command Export(CommandRunner runner)
+    {
+        var request = NameArgument.Create<string>("REQUEST", "the approved request: quorumRequests/ID (or just ID)");
+        var output = new Option<string>("--out") { Description = "the approval bundle to write (JSON); take it to the ceremony host", HelpName = "FILE", Required = true };
+        var force = new Option<bool>("--force") { Description = "replace FILE if it exists" };
+        var command = new Command("export", "write an APPROVED rotation or restore request, its signatures and the officer chain as an approval bundle for the offline ceremony") { request, output, force };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var name = RequestName(ctx.ParseResult.GetRequiredValue(request));
+            var response = await ctx.Client.ExportQuorumApprovalAsync(name, ct);
+            ApprovalBundle bundle;
+            try
+            {
+                // Parsed here only to show what it holds and to refuse a mix-up; the ceremony verifies it.
+                bundle = ApprovalBundle.Parse(response.Bundle);
+            }
+            catch (Kms.Core.Errors.KmsException e)
+            {
+                throw new CliFailureException(ExitCodes.Unexpected, $"the server sent a malformed approval bundle: {e.Message}");
+            }
+
+            if (bundle.Request.Name != name)
+            {
+                throw new CliFailureException(ExitCodes.Unexpected, $"the server sent the approval of {bundle.Request.Name}, not of {name}");
+            }
+
+            await using (var file = OutputFile.Open(ctx.Environment, ctx.ParseResult.GetRequiredValue(output), ctx.ParseResult.GetValue(force)))
+            {
+                await file.Stream.WriteAsync(System.Text.Encoding.UTF8.GetBytes(response.Bundle), ct);
+                await file.CommitAsync(ct);
+            }
+
+            var rendering = QuorumRendering.Render(bundle.Request);
+            var approvers = bundle.Request.Approvals.Select(a => a.OfficerFingerprint).ToList();
+            ctx.Output.Result(
+                new JsonObject
+                {
+                    ["request"] = name,
+                    ["file"] = ctx.Environment.FullPath(ctx.ParseResult.GetRequiredValue(output)),
+                    ["approvals"] = new JsonArray([.. approvers.Select(f => (JsonNode)f)]),
+                    ["officer_chain_length"] = bundle.Chain.Count,
+                    ["rendering"] = rendering,
+                },
+                () => new Rows(
+                    CliOutput.Properties([("request", name), ("approvals", string.Join(", ", approvers)), ("officer chain", $"{bundle.Chain.Count} sets")]),
+                    new Panel(new Text(rendering)).Header("what the officers signed")));
             return ExitCodes.Ok;
         });
         return command;

@@ -46,9 +46,10 @@ internal static class RetrySafety
         .. Methods("kms.v1.AuditService",
             "ListAuditEvents", "GetAuditCheckpoint", "GetAuditSigningKey", "ExportAudit"),
 
-        // An approval is recorded once per officer key and a request executes once: a repeat
-        // changes nothing (it is answered ALREADY_EXISTS or FAILED_PRECONDITION).
-        .. Methods("kms.v1.QuorumService", "GetQuorumRequest", "ListQuorumRequests", "GetOfficerSet", "ApproveQuorumRequest"),
+        // An approval is recorded once per officer key and a request executes (or is approved)
+        // once: a repeat changes nothing (it is answered ALREADY_EXISTS or FAILED_PRECONDITION).
+        // Exporting an approval is a read.
+        .. Methods("kms.v1.QuorumService", "GetQuorumRequest", "ListQuorumRequests", "GetOfficerSet", "ApproveQuorumRequest", "ExportQuorumApproval"),
     ];
 
     /// <summary>Known methods that must not be repeated once they may have reached a server.</summary>

@@ -82,7 +82,7 @@ public enum Permission
     /// <summary>kms.quorum.request: CreateQuorumRequest (the operation may demand its own permission too: kms.keys.destroy for a destroy).</summary>
     QuorumRequest,
 
-    /// <summary>kms.quorum.read: GetQuorumRequest, ListQuorumRequests, GetOfficerSet.</summary>
+    /// <summary>kms.quorum.read: GetQuorumRequest, ListQuorumRequests, GetOfficerSet, ExportQuorumApproval.</summary>
     QuorumRead,
 
     /// <summary>kms.quorum.approve: ApproveQuorumRequest (the officer's signature is the authority; this only says who may submit it).</summary>

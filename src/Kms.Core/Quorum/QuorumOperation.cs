@@ -11,13 +11,19 @@ public enum QuorumOperation
     /// <summary>Replace the officer set (officers and threshold); approved by the current set.</summary>
     ChangeOfficers,
 
-    /// <summary>Export a backup (not executed yet: refused at creation).</summary>
+    /// <summary>Export a backup: the server writes a signed snapshot once the request executes.</summary>
     ExportBackup,
 
-    /// <summary>Restore a domain from a backup (not executed yet: refused at creation).</summary>
+    /// <summary>
+    /// Restore the domain key into a token (approval only: the offline ceremony
+    /// <c>kms ceremony restore-domain</c> verifies the approved request, the server executes nothing).
+    /// </summary>
     RestoreDomain,
 
-    /// <summary>Rotate the domain key (not executed yet: refused at creation).</summary>
+    /// <summary>
+    /// Rotate the domain key (approval only: the offline ceremony <c>kms ceremony rotate-domain</c>
+    /// verifies the approved request, the server executes nothing).
+    /// </summary>
     RotateDomainKey,
 }
 
@@ -46,4 +52,11 @@ public static class QuorumOperations
 
     /// <summary>Whether the operation acts on one tenant's resources (else it is deployment-wide).</summary>
     public static bool IsTenantScoped(QuorumOperation operation) => operation == QuorumOperation.DestroyKeyVersionNow;
+
+    /// <summary>
+    /// Whether the operation is only approved by the server, never executed by it: the domain-key
+    /// ceremonies run offline on the officers' host and verify the approved request there
+    /// (<see cref="ApprovalBundle"/>). Such a request ends APPROVED, not EXECUTED.
+    /// </summary>
+    public static bool IsApprovalOnly(QuorumOperation operation) => operation is QuorumOperation.RotateDomainKey or QuorumOperation.RestoreDomain;
 }

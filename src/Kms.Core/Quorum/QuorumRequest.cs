@@ -34,6 +34,13 @@ public enum QuorumRequestState
 
     /// <summary>Executed once, when the threshold was reached; it can never be approved or executed again.</summary>
     Executed,
+
+    /// <summary>
+    /// An approval-only request (<see cref="QuorumOperations.IsApprovalOnly"/>) that reached the
+    /// threshold: terminal, like <see cref="Executed"/>, but the server did nothing — the offline
+    /// ceremony verifies the exported approvals and acts. Approvals of it are refused.
+    /// </summary>
+    Approved,
 }
 
 /// <summary>One officer's approval: the officer's key fingerprint and its signature over the canonical rendering.</summary>
@@ -81,10 +88,10 @@ public sealed record QuorumRequest
     /// <summary>After this instant it can no longer be approved or executed.</summary>
     public required DateTimeOffset ExpireTime { get; init; }
 
-    /// <summary>PENDING or EXECUTED.</summary>
+    /// <summary>PENDING, EXECUTED or APPROVED.</summary>
     public QuorumRequestState State { get; init; }
 
-    /// <summary>When it was executed.</summary>
+    /// <summary>When it was executed (or, for an approval-only operation, when it reached the threshold).</summary>
     public DateTimeOffset? ExecuteTime { get; init; }
 
     /// <summary>The approvals accepted so far, one per officer key, in the order they arrived.</summary>

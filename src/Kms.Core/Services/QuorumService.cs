@@ -37,6 +37,15 @@ public sealed record CreateQuorumRequestCommand(TenantId? Tenant, QuorumOperatio
     /// <summary>CHANGE_OFFICERS: the new threshold.</summary>
     public int NewThreshold { get; init; }
 
+    /// <summary>ROTATE_DOMAIN_KEY: how many custodians receive a share of the new domain key (N).</summary>
+    public int NewCustodians { get; init; }
+
+    /// <summary>ROTATE_DOMAIN_KEY: how many new shares rebuild the new domain key (M).</summary>
+    public int NewShareThreshold { get; init; }
+
+    /// <summary>RESTORE_DOMAIN: the label of the token the domain key is restored into.</summary>
+    public string? TokenLabel { get; init; }
+
     /// <summary>How long the request may collect approvals; null: the default.</summary>
     public TimeSpan? Ttl { get; init; }
 }
@@ -62,6 +71,12 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
 
     /// <summary>The longest DER ECDSA P-256 signature (72 bytes), with room to spare.</summary>
     private const int MaxSignatureBytes = 80;
+
+    /// <summary>Most custodian shares a domain key is split into (Shamir over GF(2^8)).</summary>
+    private const int MaxCustodians = 255;
+
+    /// <summary>A PKCS#11 token label is at most 32 bytes.</summary>
+    private const int MaxTokenLabelLength = 32;
 
     /// <summary>
     /// At start: stores the configured genesis if the database has no officer chain yet, then
@@ -104,11 +119,6 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
                 : $"{operation} is deployment-wide: leave parent empty");
         }
 
-        if (command.Operation is not (QuorumOperation.DestroyKeyVersionNow or QuorumOperation.ChangeOfficers or QuorumOperation.ExportBackup))
-        {
-            throw KmsErrors.FailedPrecondition($"quorum operation {operation} is not yet supported");
-        }
-
         var ttl = command.Ttl ?? options.DefaultTtl;
         if (ttl < options.MinTtl || ttl > options.MaxTtl)
         {
@@ -141,11 +151,24 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
             // Nothing to choose: the backup is of the whole store, taken when the request executes.
             parameters = [];
         }
-        else
+        else if (command.Operation == QuorumOperation.RotateDomainKey)
+        {
+            // The old key is the one named by domain-kcv; the officers also approve the new share set's shape.
+            parameters = RotationParameters(command.NewCustodians, command.NewShareThreshold);
+        }
+        else if (command.Operation == QuorumOperation.RestoreDomain)
+        {
+            parameters = [KeyValuePair.Create("token-label", TokenLabel(command.TokenLabel))];
+        }
+        else if (command.Operation == QuorumOperation.ChangeOfficers)
         {
             var officers = command.NewOfficers is { Count: > 0 } list ? list : throw KmsErrors.InvalidArgument("change_officers.officers", "is required");
             proposed = head.Successor(officers, command.NewThreshold);
             parameters = proposed.ChangeParameters();
+        }
+        else
+        {
+            throw KmsErrors.FailedPrecondition($"quorum operation {operation} is not supported");
         }
 
         var request = new QuorumRequest
@@ -173,6 +196,35 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         var (tenant, id) = QuorumRequest.ParseName(name, "name");
         var request = await store.GetQuorumRequestAsync(id, cancellationToken);
         return request is not null && request.Tenant == tenant ? request : throw KmsErrors.NotFound(name);
+    }
+
+    /// <summary>
+    /// An approved request of an approval-only operation, with every approval's signature and the
+    /// verified officer chain: what the offline ceremony verifies (<see cref="ApprovalBundle"/>).
+    /// </summary>
+    /// <exception cref="KmsException">
+    /// InvalidArgument (name), NotFound, FailedPrecondition (not an approval-only operation, not
+    /// approved yet, no verified officer chain).
+    /// </exception>
+    public async Task<ApprovalBundle> ExportApprovalAsync(string name, CancellationToken cancellationToken)
+    {
+        AuditScope.SetResource(name);
+        var request = await GetAsync(name, cancellationToken);
+        if (!QuorumOperations.IsApprovalOnly(request.Operation))
+        {
+            throw KmsErrors.FailedPrecondition(
+                $"quorum request {name} is {QuorumOperations.NameOf(request.Operation)}, which the server executes itself; only approvals of ROTATE_DOMAIN_KEY and RESTORE_DOMAIN are exported");
+        }
+
+        if (request.State != QuorumRequestState.Approved)
+        {
+            throw KmsErrors.FailedPrecondition(
+                $"quorum request {name} is not approved yet ({request.Approvals.Count} approvals recorded); it can be exported once M officers have approved it");
+        }
+
+        var chain = await store.ListOfficerSetsAsync(cancellationToken);
+        OfficerChain.Verify(chain, Genesis());
+        return new ApprovalBundle(request, chain);
     }
 
     /// <summary>One page of requests, in id order: a tenant's, or (no tenant) all of them.</summary>
@@ -243,7 +295,15 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
                 return new QuorumChange(approved) { AddedApproval = approval };
             }
 
+            if (QuorumOperations.IsApprovalOnly(approved.Operation))
+            {
+                // Nothing runs here: the offline ceremony verifies the exported approvals (ApprovalBundle).
+                var approvedOnly = approved with { State = QuorumRequestState.Approved, ExecuteTime = now };
+                return new QuorumChange(approvedOnly) { AddedApproval = approval, ExecutionEvent = ExecutionEvent(approvedOnly, now) };
+            }
+
             executed = true;
+
             var done = approved with { State = QuorumRequestState.Executed, ExecuteTime = now };
             var change = new QuorumChange(done) { AddedApproval = approval, ExecutionEvent = ExecutionEvent(done, now) };
             return done.Operation switch
@@ -271,6 +331,12 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
 
     private void EnsureApprovable(QuorumRequest request, OfficerSet head, OfficerSet? storedHead, DateTimeOffset now)
     {
+        if (request.State == QuorumRequestState.Approved)
+        {
+            throw KmsErrors.FailedPrecondition(
+                $"quorum request {request.Name} was approved at {QuorumRendering.Time(request.ExecuteTime ?? now)}; a request is approved once, so approvals of it are refused (export it with kms quorum export, or create a new request)");
+        }
+
         if (request.State == QuorumRequestState.Executed)
         {
             throw KmsErrors.FailedPrecondition(
@@ -335,10 +401,35 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         {
             QuorumOperation.DestroyKeyVersionNow => request.Parameter("name"),
             QuorumOperation.ExportBackup => "backups/" + request.Id.Value,
+            QuorumOperation.RotateDomainKey or QuorumOperation.RestoreDomain => request.Name,
             _ => "officerSets/" + request.Parameter("new-sequence"),
         },
         Outcome = "OK",
     };
+
+    private static IReadOnlyList<KeyValuePair<string, string>> RotationParameters(int custodians, int threshold)
+    {
+        if (custodians is < 2 or > MaxCustodians)
+        {
+            throw KmsErrors.InvalidArgument("rotate_domain_key.new_custodians", $"must be from 2 to {MaxCustodians}, got {custodians}");
+        }
+
+        if (threshold < 2 || threshold > custodians)
+        {
+            throw KmsErrors.InvalidArgument("rotate_domain_key.new_threshold", $"must be from 2 to new_custodians ({custodians}), got {threshold}");
+        }
+
+        return
+        [
+            KeyValuePair.Create("new-custodians", custodians.ToString(System.Globalization.CultureInfo.InvariantCulture)),
+            KeyValuePair.Create("new-threshold", threshold.ToString(System.Globalization.CultureInfo.InvariantCulture)),
+        ];
+    }
+
+    private static string TokenLabel(string? label) =>
+        label is { Length: > 0 and <= MaxTokenLabelLength } && label.All(c => c is > ' ' and <= '~' or ' ') && label.Trim() == label
+            ? label
+            : throw KmsErrors.InvalidArgument("restore_domain.token_label", $"is required: the target token's label, 1 to {MaxTokenLabelLength} printable ASCII characters without leading or trailing spaces");
 
     private async Task<KeyWithVersions> ReadKeyAsync(KeyName name, CancellationToken cancellationToken)
     {

@@ -26,6 +26,9 @@ internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, 
             KeyVersion = request.DestroyKeyVersionNow is { } destroy ? KeyVersionName.Parse(destroy.Name, "destroy_key_version_now.name") : null,
             NewOfficers = request.ChangeOfficers?.Officers.Select((o, i) => Officer.Create(o.Name, o.PublicKey.Span, $"change_officers.officers[{i}]")).ToList(),
             NewThreshold = request.ChangeOfficers?.Threshold ?? 0,
+            NewCustodians = request.RotateDomainKey?.NewCustodians ?? 0,
+            NewShareThreshold = request.RotateDomainKey?.NewThreshold ?? 0,
+            TokenLabel = request.RestoreDomain?.TokenLabel,
         };
         var created = await quorum.CreateAsync(caller, command, context.CancellationToken);
         return new CreateQuorumRequestResponse { Request = ToProto(created) };
@@ -58,6 +61,12 @@ internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, 
             Threshold = result.Threshold,
             Executed = result.Executed,
         };
+    }
+
+    public override async Task<ExportQuorumApprovalResponse> ExportQuorumApproval(ExportQuorumApprovalRequest request, ServerCallContext context)
+    {
+        var bundle = await quorum.ExportApprovalAsync(request.Name, context.CancellationToken);
+        return new ExportQuorumApprovalResponse { Request = ToProto(bundle.Request), Bundle = bundle.Serialize() };
     }
 
     public override async Task<GetOfficerSetResponse> GetOfficerSet(GetOfficerSetRequest request, ServerCallContext context)
@@ -110,6 +119,7 @@ internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, 
             CreateTime = Timestamp.FromDateTimeOffset(request.CreateTime),
             ExpireTime = Timestamp.FromDateTimeOffset(request.ExpireTime),
             State = request.State == Kms.Core.Quorum.QuorumRequestState.Executed ? Kms.Contracts.V1.QuorumRequestState.Executed
+                : request.State == Kms.Core.Quorum.QuorumRequestState.Approved ? Kms.Contracts.V1.QuorumRequestState.Approved
                 : request.IsExpiredAt(time.GetUtcNow()) ? Kms.Contracts.V1.QuorumRequestState.Expired
                 : Kms.Contracts.V1.QuorumRequestState.Pending,
             ExecuteTime = ProtoMapping.ToTimestamp(request.ExecuteTime),

@@ -158,6 +158,7 @@ internal static class AccessRules
         [Quorum + "ApproveQuorumRequest"] = new AccessRule(CallScope.Permission,
             [new Requirement(Permission.QuorumApprove, TargetKind.Deployment, r => ((ApproveQuorumRequestRequest)r).Name)]),
         [Quorum + "GetOfficerSet"] = Deployment(Permission.QuorumRead),
+        [Quorum + "ExportQuorumApproval"] = Deployment(Permission.QuorumRead),
 
         // Infrastructure.
         ["/grpc.health.v1.Health/Check"] = new AccessRule(CallScope.Public, []),

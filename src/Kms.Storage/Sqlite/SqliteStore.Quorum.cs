@@ -207,6 +207,7 @@ public sealed partial class SqliteStore : IQuorumStore
                 RequestedBy = reader.GetString(7),
                 CreateTime = DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(8)),
                 ExpireTime = DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(9)),
+                // 0 PENDING, 1 EXECUTED, 2 APPROVED (the schema's column comment predates APPROVED).
                 State = (QuorumRequestState)reader.GetInt32(10),
                 ExecuteTime = ReadTime(reader, 11),
                 ProposedOfficers = reader.IsDBNull(12) ? null : ParseProposed(reader.GetString(12)),

@@ -1,0 +1,224 @@
+using System.CommandLine;
+using Kms.Cli.Infrastructure;
+using Kms.Core.Errors;
+using Kms.Core.Quorum;
+using Kms.Storage.Sqlite;
+
+namespace Kms.Cli.Ceremony;
+
+/// <summary>
+/// The officers' quorum over a domain-key ceremony (docs/ceremony.md, docs/quorum.md): the
+/// ceremony takes the approval bundle <c>kms quorum export</c> wrote and verifies it OFFLINE,
+/// before any share is read — the officer chain back to the pinned genesis, the rendering
+/// recomputed here, M distinct signatures of the current set, the operation, the domain key,
+/// the expiry.
+/// </summary>
+/// <remarks>
+/// The approval is mandatory wherever officers are known: a genesis file in the data directory
+/// (or given with <c>--genesis</c>), or an officer chain in its database. Without officers
+/// (a deployment from before quorum existed) <c>--without-approval</c> says so explicitly.
+/// <c>restore-domain</c> also accepts <c>--without-approval</c> as a break-glass for disaster
+/// recovery when no server is left to approve on; it is written in capitals in the transcript
+/// and in the audit chain.
+/// </remarks>
+internal sealed class CeremonyApproval
+{
+    private CeremonyApproval(bool breakGlass)
+    {
+        BreakGlass = breakGlass;
+        WithoutApproval = new Option<bool>("--without-approval")
+        {
+            Description = breakGlass
+                ? "BREAK GLASS: restore without an officers' approval (disaster recovery with no server to approve on); recorded in capitals in the transcript and the audit log"
+                : "rotate without an officers' approval: only for a deployment that pins no officers",
+        };
+    }
+
+    public Option<string?> Approval { get; } = new("--approval")
+    {
+        Description = "the approval bundle of an APPROVED quorum request (kms quorum export), verified here before any share is read",
+        HelpName = "FILE",
+    };
+
+    public Option<string?> Genesis { get; } = new("--genesis")
+    {
+        Description = "the genesis officer file to verify the approval against (default: DATA-DIR/quorum/genesis.json)",
+        HelpName = "FILE",
+    };
+
+    public Option<string?> GenesisSha256 { get; } = new("--genesis-sha256")
+    {
+        Description = "the genesis hash from the create-domain transcript (Kms:Quorum:GenesisSha256); the genesis file must have it",
+        HelpName = "HEX",
+    };
+
+    public Option<bool> WithoutApproval { get; }
+
+    private bool BreakGlass { get; }
+
+    /// <summary>The options of <c>rotate-domain</c>: <c>--without-approval</c> only where no officers are pinned.</summary>
+    public static CeremonyApproval ForRotation() => new(breakGlass: false);
+
+    /// <summary>The options of <c>restore-domain</c>: <c>--without-approval</c> is also the disaster-recovery break-glass.</summary>
+    public static CeremonyApproval ForRestore() => new(breakGlass: true);
+
+    public void AddTo(Command command)
+    {
+        command.Options.Add(Approval);
+        command.Options.Add(Genesis);
+        command.Options.Add(GenesisSha256);
+        command.Options.Add(WithoutApproval);
+    }
+
+    /// <summary>
+    /// Verifies the approval for <paramref name="operation"/> on the domain key with check value
+    /// <paramref name="domainKcv"/> (null: the bundle's own, which the caller then enforces on
+    /// the rebuilt key); or checks that going without one is allowed.
+    /// </summary>
+    /// <param name="dataDir">The deployment's data directory (its genesis file and database), if any.</param>
+    /// <param name="parameters">Checks the request's signed parameters against the command line; returns a problem or null.</param>
+    public async Task<CeremonyApprovalOutcome> CheckAsync(
+        CliContext ctx, QuorumOperation operation, string? dataDir, string? domainKcv, Func<QuorumRequest, string?> parameters, CancellationToken ct)
+    {
+        var parse = ctx.ParseResult;
+        var bundlePath = parse.GetValue(Approval);
+        var without = parse.GetValue(WithoutApproval);
+        if (bundlePath is not null && without)
+        {
+            throw new CliUsageException("give either --approval FILE or --without-approval, not both");
+        }
+
+        var genesisPath = parse.GetValue(Genesis) is { } given
+            ? ctx.Environment.FullPath(given)
+            : dataDir is null ? null : Path.Combine(Path.GetFullPath(dataDir), "quorum", "genesis.json");
+        var genesis = genesisPath is not null && (parse.GetValue(Genesis) is not null || File.Exists(genesisPath)) ? ReadGenesis(genesisPath) : null;
+        if (genesis is null && parse.GetValue(GenesisSha256) is not null)
+        {
+            throw new CliUsageException("--genesis-sha256 needs the genesis officer file it pins: give --genesis FILE (or a --data-dir holding quorum/genesis.json)");
+        }
+
+        if (genesis is not null && parse.GetValue(GenesisSha256) is { } pinned && !string.Equals(pinned, genesis.Hash, StringComparison.OrdinalIgnoreCase))
+        {
+            throw new CliFailureException(ExitCodes.DecryptionFailed, $"the genesis file {genesisPath} has hash {genesis.Hash}, not the pinned {pinned}");
+        }
+
+        var stored = await StoredChainAsync(dataDir, ct);
+        if (genesis is not null && stored.Count > 0 && stored[0].Hash != genesis.Hash)
+        {
+            throw new CliFailureException(ExitCodes.DecryptionFailed,
+                $"the genesis file {genesisPath} (hash {genesis.Hash}) is not the genesis the deployment's database holds (hash {stored[0].Hash})");
+        }
+
+        var operationName = QuorumOperations.NameOf(operation);
+        if (bundlePath is null)
+        {
+            var officersKnown = genesis is not null || stored.Count > 0;
+            if (!without)
+            {
+                throw new CliFailureException(ExitCodes.Conflict, officersKnown
+                    ? $"this deployment has officers: the ceremony needs their approval. Ask for a {operationName} quorum request (kms quorum {(operation == QuorumOperation.RotateDomainKey ? "rotate-domain" : "restore-domain")}), have M officers approve it, export it (kms quorum export REQUEST --out FILE) and pass --approval FILE"
+                    : $"no officer approval given: pass --approval FILE (with --genesis FILE), or --without-approval to go on without one (recorded in the transcript)");
+            }
+
+            if (officersKnown && !BreakGlass)
+            {
+                throw new CliFailureException(ExitCodes.Conflict, "this deployment has officers: a rotation needs their approval (--without-approval is only for deployments without officers)");
+            }
+
+            var reason = officersKnown
+                ? "NONE — --without-approval (BREAK GLASS): the officers did not approve this ceremony"
+                : "NONE — --without-approval: the deployment pins no officers";
+            ctx.Output.Warn($"quorum approval: {reason}");
+            return new CeremonyApprovalOutcome(null, genesis?.Hash, reason);
+        }
+
+        if (genesis is null)
+        {
+            throw new CliUsageException("--approval needs the genesis officer file to verify it against: give --genesis FILE (or a --data-dir holding quorum/genesis.json)");
+        }
+
+        ApprovalBundle bundle;
+        try
+        {
+            bundle = ApprovalBundle.Parse(await File.ReadAllTextAsync(ctx.Environment.FullPath(bundlePath), ct));
+        }
+        catch (KmsException e)
+        {
+            throw new CliFailureException(ExitCodes.InvalidArgument, $"{bundlePath}: {e.Message}");
+        }
+
+        VerifiedApproval verified;
+        try
+        {
+            verified = bundle.Verify(genesis, operation, domainKcv ?? bundle.Request.DomainKcv, DateTimeOffset.UtcNow);
+        }
+        catch (KmsException e)
+        {
+            throw new CliFailureException(e.Code == KmsErrorCode.PermissionDenied ? ExitCodes.DecryptionFailed : ExitCodes.Conflict, e.Message);
+        }
+
+        // A bundle made before an officer change must not outvote the officers the database now holds.
+        if (stored.Count > verified.OfficerSet.Sequence + 1)
+        {
+            throw new CliFailureException(ExitCodes.Conflict,
+                $"the approval of {verified.Request.Name} was made for officer set {verified.OfficerSet.Sequence}, but the deployment's database holds officer set {stored.Count - 1}; create a new request");
+        }
+
+        if (parameters(verified.Request) is { } problem)
+        {
+            throw new CliFailureException(ExitCodes.Conflict, $"the approval of {verified.Request.Name} does not match this ceremony: {problem}");
+        }
+
+        var description = $"request {verified.Request.Name} ({operationName}), domain key {verified.Request.DomainKcv}, expires {QuorumRendering.Time(verified.Request.ExpireTime)}, "
+            + $"officer set {verified.OfficerSet.Sequence} ({verified.OfficerSet.Hash}), {verified.Approvers.Count} of threshold {verified.OfficerSet.Threshold}, genesis {genesis.Hash}";
+        ctx.Output.Note($"quorum approval verified: {description}");
+        return new CeremonyApprovalOutcome(verified, genesis.Hash, description);
+    }
+
+    private static OfficerSet ReadGenesis(string path)
+    {
+        try
+        {
+            return GenesisFile.Read(path);
+        }
+        catch (IOException e)
+        {
+            throw new CliFailureException(ExitCodes.LocalIo, $"cannot read the genesis file {path}: {e.Message}");
+        }
+        catch (KmsException e)
+        {
+            throw new CliFailureException(ExitCodes.DecryptionFailed, $"{path}: {e.Message}");
+        }
+    }
+
+    private static async Task<IReadOnlyList<OfficerSet>> StoredChainAsync(string? dataDir, CancellationToken ct)
+    {
+        var database = dataDir is null ? null : Path.Combine(Path.GetFullPath(dataDir), "kms.db");
+        if (database is null || !File.Exists(database))
+        {
+            return [];
+        }
+
+        await using var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = database }, ct);
+        return await store.ListOfficerSetsAsync(ct);
+    }
+}
+
+/// <summary>What the ceremony records about its approval: the verified request (null: none) and a line for the transcript.</summary>
+internal sealed record CeremonyApprovalOutcome(VerifiedApproval? Approval, string? GenesisHash, string Description)
+{
+    /// <summary>Adds the approval's lines to the transcript.</summary>
+    public void AddTo(Transcript transcript)
+    {
+        transcript.Add("quorum approval", Description);
+        foreach (var officer in Approval?.Approvers ?? [])
+        {
+            transcript.Add("approved by officer", $"{officer.Name}, key {officer.Fingerprint}");
+        }
+    }
+
+    /// <summary>The audit resources of the approval: the request and each approving officer, or the absence of one.</summary>
+    public IReadOnlyList<string> AuditResources() => Approval is { } verified
+        ? [verified.Request.Name, .. verified.Approvers.Select(o => $"{verified.Request.Name}/approvals/{o.Fingerprint}")]
+        : [Description.Contains("BREAK GLASS", StringComparison.Ordinal) ? "quorumRequests/none/break-glass" : "quorumRequests/none"];
+}

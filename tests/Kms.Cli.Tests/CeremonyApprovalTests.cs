@@ -1,0 +1,141 @@
+using Kms.Core.Quorum;
+using Kms.Testing;
+
+namespace Kms.Cli.Tests;
+
+/// <summary>
+/// <c>kms ceremony restore-domain --approval</c> as a real process: the approval bundle is verified
+/// offline against the pinned genesis before any share is read — the share files named here do
+/// not exist, so every refusal below happened before the command looked for them, and the one
+/// bundle that verifies gets as far as the missing share.
+/// </summary>
+public sealed class CeremonyApprovalTests : IDisposable
+{
+    private const string Kcv = "a1b2c3";
+    private readonly string _dir = Directory.CreateTempSubdirectory("kms-approval-").FullName;
+    private readonly TestOfficers _officers = new("alice", "bob", "carol", "dave", "erin");
+    private readonly OfficerSet _genesis;
+
+    public CeremonyApprovalTests()
+    {
+        _genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        GenesisFile.Write(P("genesis.json"), _genesis);
+    }
+
+    public void Dispose()
+    {
+        _officers.Dispose();
+        Directory.Delete(_dir, recursive: true);
+    }
+
+    [Fact]
+    public async Task RestoreDomain_ApprovedBundle_VerifiedBeforeAnyShareIsRead()
+    {
+        await WriteAsync("ok.json", Bundle(QuorumOperation.RestoreDomain, "alice", "carol"));
+        var result = await RestoreAsync("--approval", P("ok.json"));
+        Assert.Contains("quorum approval verified", result.Error, StringComparison.Ordinal);
+        Assert.Contains("2 of threshold 2", result.Error, StringComparison.Ordinal);
+        Assert.Contains("missing-share.json", result.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task RestoreDomain_ForgedOrTooFewSignatures_RefusedAsUnverified()
+    {
+        var bundle = Bundle(QuorumOperation.RestoreDomain, "alice");
+        var forged = bundle with
+        {
+            Request = bundle.Request with { Approvals = [.. bundle.Request.Approvals, new QuorumApproval(_officers["bob"].Fingerprint, _officers.Sign("dave", bundle.Request), DateTimeOffset.UtcNow)] },
+        };
+        await WriteAsync("forged.json", forged);
+        await WriteAsync("few.json", bundle);
+
+        foreach (var file in new[] { "forged.json", "few.json" })
+        {
+            var result = await RestoreAsync("--approval", P(file));
+            Assert.True(result.ExitCode == 7, result.ToString());
+            Assert.Contains("1 distinct officers of set 0 signed its canonical rendering in time, and it needs 2", result.Error, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public async Task RestoreDomain_RotationBundle_OtherDomainKey_OtherToken_Expired_RefusedAsNotThisCeremony()
+    {
+        await WriteAsync("rotation.json", Bundle(QuorumOperation.RotateDomainKey, "alice", "bob"));
+        await WriteAsync("ok.json", Bundle(QuorumOperation.RestoreDomain, "alice", "bob"));
+        await WriteAsync("expired.json", Bundle(QuorumOperation.RestoreDomain, "alice", "bob", created: DateTimeOffset.UtcNow.AddHours(-2)));
+
+        await AssertRefusedAsync(5, "is for ROTATE_DOMAIN_KEY, not RESTORE_DOMAIN", "--approval", P("rotation.json"));
+        await AssertRefusedAsync(5, "check value a1b2c3, not this one's 0d0e0f", ["--approval", P("ok.json")], checkValue: "0d0e0f");
+        await AssertRefusedAsync(5, "it restores into token 'kms-prod-b', not 'kms-elsewhere'", ["--approval", P("ok.json")], token: "kms-elsewhere");
+        await AssertRefusedAsync(5, "expired at", "--approval", P("expired.json"));
+    }
+
+    [Fact]
+    public async Task RestoreDomain_ChainNotRootedInThePinnedGenesis_Refused()
+    {
+        // Officers who made a genesis of their own sign a consistent bundle: not the deployment's.
+        var rogue = OfficerSet.CreateGenesis(_officers.Select("dave", "erin"), 1);
+        await WriteAsync("rogue.json", Bundle(QuorumOperation.RestoreDomain, [rogue], ["dave"]));
+        await AssertRefusedAsync(7, "does not verify back to the pinned genesis", "--approval", P("rogue.json"));
+
+        // The rogue genesis passed as --genesis is refused by the hash from the transcript.
+        GenesisFile.Write(P("rogue-genesis.json"), rogue);
+        await AssertRefusedAsync(7, $"not the pinned {_genesis.Hash}",
+            ["--approval", P("rogue.json"), "--genesis-sha256", _genesis.Hash], genesis: P("rogue-genesis.json"));
+    }
+
+    [Fact]
+    public async Task RestoreDomain_NoApproval_NoGenesis_OrBothFlags_Refused()
+    {
+        await WriteAsync("ok.json", Bundle(QuorumOperation.RestoreDomain, "alice", "bob"));
+        await AssertRefusedAsync(5, "no officer approval given", [], genesis: null);
+        await AssertRefusedAsync(5, "this deployment has officers", []);
+        await AssertRefusedAsync(2, "--approval needs the genesis officer file", ["--approval", P("ok.json")], genesis: null);
+        await AssertRefusedAsync(2, "not both", "--approval", P("ok.json"), "--without-approval");
+        await AssertRefusedAsync(2, "--genesis-sha256 needs the genesis officer file", ["--approval", P("ok.json"), "--genesis-sha256", _genesis.Hash], genesis: null);
+    }
+
+    private ApprovalBundle Bundle(QuorumOperation operation, params string[] approvers) => Bundle(operation, [_genesis], approvers);
+
+    private ApprovalBundle Bundle(QuorumOperation operation, IReadOnlyList<OfficerSet> chain, string[] approvers, DateTimeOffset? created = null)
+    {
+        IReadOnlyList<KeyValuePair<string, string>> parameters = operation == QuorumOperation.RestoreDomain
+            ? [KeyValuePair.Create("token-label", "kms-prod-b")]
+            : [KeyValuePair.Create("new-custodians", "3"), KeyValuePair.Create("new-threshold", "2")];
+        var time = created ?? DateTimeOffset.UtcNow.AddMinutes(-5);
+        time = DateTimeOffset.FromUnixTimeMilliseconds(time.ToUnixTimeMilliseconds());
+        var request = TestOfficers.Request(chain[^1], operation, parameters, time) with { DomainKcv = Kcv };
+        request = request with
+        {
+            Approvals = [.. approvers.Select(a => _officers.Approve(a, request, time.AddMinutes(1)))],
+            State = QuorumRequestState.Approved,
+            ExecuteTime = time.AddMinutes(1),
+        };
+        return new ApprovalBundle(request, chain);
+    }
+
+    private ApprovalBundle Bundle(QuorumOperation operation, string a, string b, DateTimeOffset created) => Bundle(operation, [_genesis], [a, b], created);
+
+    private Task WriteAsync(string name, ApprovalBundle bundle) => File.WriteAllTextAsync(P(name), bundle.Serialize());
+
+    private Task AssertRefusedAsync(int exitCode, string message, params string[] extra) => AssertRefusedAsync(exitCode, message, extra, P("genesis.json"));
+
+    private async Task AssertRefusedAsync(int exitCode, string message, string[] extra, string? genesis = "", string checkValue = Kcv, string token = "kms-prod-b")
+    {
+        var result = await RestoreAsync(extra, genesis == "" ? P("genesis.json") : genesis, checkValue, token);
+        Assert.True(result.ExitCode == exitCode, result.ToString());
+        Assert.Contains(message, result.Error, StringComparison.Ordinal);
+        Assert.DoesNotContain("missing-share.json", result.Error, StringComparison.Ordinal);
+    }
+
+    private Task<CliResult> RestoreAsync(params string[] extra) => RestoreAsync(extra, P("genesis.json"), Kcv, "kms-prod-b");
+
+    private Task<CliResult> RestoreAsync(string[] extra, string? genesis, string checkValue, string token) =>
+        CliRun.ProcessAsync(new Dictionary<string, string>(), _dir,
+        [
+            "ceremony", "restore-domain", "--token-label", token, "--share", P("missing-share.json"), "--check-value", checkValue,
+            .. genesis is null ? Array.Empty<string>() : ["--genesis", genesis], .. extra, "--allow-network",
+        ]);
+
+    private string P(string relative) => Path.Combine(_dir, relative);
+}
