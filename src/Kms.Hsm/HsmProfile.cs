@@ -48,6 +48,9 @@ public sealed class HsmProfile
     /// </summary>
     public IReadOnlyList<string> KwpUnwrapFailureReturnValues { get; init; } = [];
 
+    /// <summary>Return values that mean "the key is too short or long for the mechanism" (a BYOK import's secret of the wrong size).</summary>
+    public IReadOnlyList<string> KeySizeFailureReturnValues { get; init; } = [];
+
     /// <summary>
     /// Key algorithms (by their API name, <c>KeyAlgorithmSpec.Name</c>) this HSM cannot hold
     /// versions of, each with the measured reason.
@@ -68,7 +71,10 @@ public sealed class HsmProfile
 
     internal IReadOnlySet<CKR> KwpUnwrapFailures => _kwpUnwrapFailures ??= KwpUnwrapFailureReturnValues.Select(Enum.Parse<CKR>).ToHashSet();
 
+    internal IReadOnlySet<CKR> KeySizeFailures => _keySizeFailures ??= KeySizeFailureReturnValues.Select(Enum.Parse<CKR>).ToHashSet();
+
     private IReadOnlySet<CKR>? _decryptionFailures;
+    private IReadOnlySet<CKR>? _keySizeFailures;
     private IReadOnlySet<CKR>? _oaepFailures;
     private IReadOnlySet<CKR>? _kwpUnwrapFailures;
 
@@ -104,6 +110,7 @@ public sealed class HsmProfile
             _ = profile.RequiredMechanismIds;
             _ = profile.OaepFailures;
             _ = profile.KwpUnwrapFailures;
+            _ = profile.KeySizeFailures;
         }
         catch (ArgumentException e)
         {

@@ -384,8 +384,8 @@ public sealed partial class Pkcs11Hsm
     private (WrappedKeyMaterial Wrapped, byte[]? PublicKey) UnwrapImported(
         ISession session, SlotState state, IObjectHandle jobKey, ImportMethod method, KeyAlgorithmSpec spec, byte[] wrappedKey, int modulusBytes)
     {
-        var jobBits = ReadUlong(session, jobKey, CKA.CKA_MODULUS_BITS);
-        if (jobBits != (ulong)ImportMethods.ModulusBits(method))
+        var (jobBits, _) = RsaSubjectPublicKeyInfo(session, jobKey);
+        if (jobBits != ImportMethods.ModulusBits(method))
         {
             throw KmsErrors.Internal($"the import job's key is {jobBits} bits, not the {ImportMethods.ModulusBits(method)} of {ImportMethods.Name(method)}");
         }
@@ -408,8 +408,9 @@ public sealed partial class Pkcs11Hsm
 
         try
         {
+            // An HSM that does not report the length (SoftHSM: 0) cannot tell AES-128 from AES-256 here.
             var ephemeralLength = ReadUlong(session, ephemeral, CKA.CKA_VALUE_LEN);
-            if (ephemeralLength != 32)
+            if (ephemeralLength is not (0 or 32))
             {
                 throw KmsErrors.InvalidArgument("wrapped_key", $"the ephemeral key is {ephemeralLength} bytes, not a 32-byte AES-256 key");
             }
@@ -424,15 +425,24 @@ public sealed partial class Pkcs11Hsm
                 throw KmsErrors.InvalidArgument("wrapped_key", $"the key material does not unwrap (AES-KWP) under the ephemeral key as {MaterialName(spec)}");
             }
 
+            WrappedKeyMaterial wrapped;
+            byte[]? publicKey;
             try
             {
-                var publicKey = CheckImportedMaterial(session, material, spec);
-                return (new WrappedKeyMaterial(session.WrapKey(kwp, state.DomainKey, material)), publicKey);
+                publicKey = CheckImportedMaterial(session, material, spec, wrappedKey.Length - modulusBytes);
+                wrapped = new WrappedKeyMaterial(session.WrapKey(kwp, state.DomainKey, material));
             }
             finally
             {
                 DestroyExtractableCopy(session, state, material);
             }
+
+            if (!spec.IsAsymmetric)
+            {
+                CheckSecretInUse(session, state, spec, wrapped);
+            }
+
+            return (wrapped, publicKey);
         }
         finally
         {
@@ -441,15 +451,21 @@ public sealed partial class Pkcs11Hsm
     }
 
     // What the unwrap template cannot say: the size or curve. Returns an RSA key's SubjectPublicKeyInfo.
-    private static byte[]? CheckImportedMaterial(ISession session, IObjectHandle material, KeyAlgorithmSpec spec)
+    private static byte[]? CheckImportedMaterial(ISession session, IObjectHandle material, KeyAlgorithmSpec spec, int kwpLength)
     {
         switch (spec.Family)
         {
             case KeyFamily.Aes or KeyFamily.Hmac:
+                // KWP of n bytes is n rounded up to 8, plus 8; the HSM may not report the length
+                // (SoftHSM says 0), so a shorter key that pads to the same length is caught when
+                // the version is first used (CheckSecretInUse).
                 var length = ReadUlong(session, material, CKA.CKA_VALUE_LEN);
-                return length == (ulong)spec.SecretLength
+                var paddedLength = ((spec.SecretLength + 7) / 8 * 8) + 8;
+                return kwpLength == paddedLength && (length is 0 || length == (ulong)spec.SecretLength)
                     ? null
-                    : throw KmsErrors.InvalidArgument("wrapped_key", $"{spec.Name} takes a {spec.SecretLength}-byte key, not {length} bytes");
+                    : throw KmsErrors.InvalidArgument("wrapped_key", length != 0
+                        ? $"{spec.Name} takes a {spec.SecretLength}-byte key, not {length} bytes"
+                        : $"{spec.Name} takes a {spec.SecretLength}-byte key; the AES-KWP block holds {kwpLength - 15} to {kwpLength - 8} bytes");
             case KeyFamily.Rsa:
                 var (bits, spki) = RsaSubjectPublicKeyInfo(session, material);
                 return bits == spec.KeyBits
@@ -536,6 +552,23 @@ public sealed partial class Pkcs11Hsm
         if (!verified)
         {
             throw KmsErrors.InvalidArgument(spec.Family is KeyFamily.Ec ? "public_key" : "wrapped_key", $"a signature by the imported {spec.Name} private key does not verify under the public key");
+        }
+    }
+
+    // An imported secret is used once as the version will be: the HSM refuses a key too short
+    // for the mechanism (SoftHSM: an HMAC key shorter than its digest, CKR_KEY_SIZE_RANGE), which
+    // with the KWP length check pins the exact length where the HSM does not report it.
+    private void CheckSecretInUse(ISession session, SlotState state, KeyAlgorithmSpec spec, WrappedKeyMaterial wrapped)
+    {
+        try
+        {
+            WithTransientCopy(session, state, wrapped, HandleKindOf(spec), handle => spec.Family is KeyFamily.Aes
+                ? AesCheckValue(session, handle)
+                : Mac(session, handle, spec, Encoding.ASCII.GetBytes(KeyVersionProperties.CheckValueText)));
+        }
+        catch (Pkcs11Exception e) when (_profile.KeySizeFailures.Contains(e.RV))
+        {
+            throw KmsErrors.InvalidArgument("wrapped_key", $"{spec.Name} takes a {spec.SecretLength}-byte key; the material is shorter");
         }
     }
 
@@ -670,6 +703,13 @@ public sealed partial class Pkcs11Hsm
                 {
                     described[wanted[i].ToString()] = Describe(wanted[i], read[i]);
                 }
+            }
+
+            // PKCS#11 puts CKA_MODULUS_BITS on public keys; SoftHSM does not show it on a private
+            // key, whose CKA_MODULUS gives the same number.
+            if (spec.Family is KeyFamily.Rsa && !described.ContainsKey(nameof(CKA.CKA_MODULUS_BITS)))
+            {
+                described[nameof(CKA.CKA_MODULUS_BITS)] = RsaSubjectPublicKeyInfo(session, handle).Bits.ToString(CultureInfo.InvariantCulture);
             }
 
             return described;

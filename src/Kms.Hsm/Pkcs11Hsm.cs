@@ -336,6 +336,13 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     // HMAC key's length: refused in unwrap templates) is checked on the copy.
     private IObjectHandle Unwrap(ISession session, SlotState state, WrappedKeyMaterial wrapped, string what, KeyHandleKind kind)
     {
+        // KWP of an n-byte key (n a multiple of 8) is n + 8 bytes, integrity-checked: the length
+        // the HSM may not report (see LengthIs) is the blob's.
+        if (HmacKeyLength(kind) is { } secretLength && wrapped.Bytes.Length != secretLength + 8)
+        {
+            throw KmsErrors.Internal($"the stored material of {what} is {wrapped.Bytes.Length} bytes, not a wrapped {secretLength}-byte HMAC key");
+        }
+
         using var mechanism = _module.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD);
         using var template = UnwrapTemplate(kind);
         IObjectHandle handle;
@@ -399,7 +406,17 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
 
     private static Func<IObjectAttribute, bool> CurveIs(EcCurveParameters curve) => read => curve.IsEcParams(read.GetValueAsByteArray());
 
-    private static Func<IObjectAttribute, bool> LengthIs(int length) => read => read.GetValueAsUlong() == (ulong)length;
+    // SoftHSM reports CKA_VALUE_LEN = 0 on every unwrapped secret key (the attribute is refused in
+    // unwrap templates and never filled in): 0 means "not said", and the blob's length decides.
+    private static Func<IObjectAttribute, bool> LengthIs(int length) => read => read.GetValueAsUlong() is var said && (said == 0 || said == (ulong)length);
+
+    private static int? HmacKeyLength(KeyHandleKind kind) => kind switch
+    {
+        KeyHandleKind.HmacSha256 => 32,
+        KeyHandleKind.HmacSha384 => 48,
+        KeyHandleKind.HmacSha512 => 64,
+        _ => null,
+    };
 
     private async ValueTask<T> RunAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken)
     {
