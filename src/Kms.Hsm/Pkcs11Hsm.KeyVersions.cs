@@ -395,7 +395,7 @@ public sealed partial class Pkcs11Hsm
         using var oaep = factories.MechanismFactory.Create(CKM.CKM_RSA_PKCS_OAEP, oaepParameters);
         using var kwp = factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD);
         using var ephemeralTemplate = _templates.ImportEphemeralKey();
-        using var materialTemplate = _templates.ImportedMaterial(spec.Family);
+        using var materialTemplate = _templates.ImportedMaterial(spec, spec.Family is KeyFamily.Hmac ? HmacMechanism(spec) : CKM.CKM_AES_KEY_WRAP_PAD);
         IObjectHandle ephemeral;
         try
         {
@@ -425,24 +425,20 @@ public sealed partial class Pkcs11Hsm
                 throw KmsErrors.InvalidArgument("wrapped_key", $"the key material does not unwrap (AES-KWP) under the ephemeral key as {MaterialName(spec)}");
             }
 
-            WrappedKeyMaterial wrapped;
-            byte[]? publicKey;
             try
             {
-                publicKey = CheckImportedMaterial(session, material, spec, wrappedKey.Length - modulusBytes);
-                wrapped = new WrappedKeyMaterial(session.WrapKey(kwp, state.DomainKey, material));
+                var publicKey = CheckImportedMaterial(session, material, spec, wrappedKey.Length - modulusBytes);
+                if (!spec.IsAsymmetric)
+                {
+                    TrySecret(session, material, spec);
+                }
+
+                return (new WrappedKeyMaterial(session.WrapKey(kwp, state.DomainKey, material)), publicKey);
             }
             finally
             {
                 DestroyExtractableCopy(session, state, material);
             }
-
-            if (!spec.IsAsymmetric)
-            {
-                CheckSecretInUse(session, state, spec, wrapped);
-            }
-
-            return (wrapped, publicKey);
         }
         finally
         {
@@ -555,16 +551,17 @@ public sealed partial class Pkcs11Hsm
         }
     }
 
-    // An imported secret is used once as the version will be: the HSM refuses a key too short
-    // for the mechanism (SoftHSM: an HMAC key shorter than its digest, CKR_KEY_SIZE_RANGE), which
-    // with the KWP length check pins the exact length where the HSM does not report it.
-    private void CheckSecretInUse(ISession session, SlotState state, KeyAlgorithmSpec spec, WrappedKeyMaterial wrapped)
+    // An imported secret is used once, as the version will be, before it is wrapped: the HSM
+    // refuses a key too short for the mechanism (SoftHSM: an HMAC key shorter than its digest, an
+    // AES key of another length: CKR_KEY_SIZE_RANGE), which with the KWP length check pins the
+    // exact length where the HSM does not report it.
+    private void TrySecret(ISession session, IObjectHandle material, KeyAlgorithmSpec spec)
     {
         try
         {
-            WithTransientCopy(session, state, wrapped, HandleKindOf(spec), handle => spec.Family is KeyFamily.Aes
-                ? AesCheckValue(session, handle)
-                : Mac(session, handle, spec, Encoding.ASCII.GetBytes(KeyVersionProperties.CheckValueText)));
+            _ = spec.Family is KeyFamily.Aes
+                ? AesCheckValue(session, material)
+                : Mac(session, material, spec, Encoding.ASCII.GetBytes(KeyVersionProperties.CheckValueText));
         }
         catch (Pkcs11Exception e) when (_profile.KeySizeFailures.Contains(e.RV))
         {

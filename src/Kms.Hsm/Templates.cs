@@ -280,18 +280,21 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
     }
 
     /// <summary>
-    /// A BYOK import's material, unwrapped under the ephemeral key as <paramref name="family"/>:
-    /// the same as a re-wrapped copy (<see cref="RewrappedAesKey"/>): a session object,
-    /// sensitive, extractable only so the domain key can wrap it, no usage at all.
+    /// A BYOK import's material, unwrapped under the ephemeral key as the family of
+    /// <paramref name="spec"/>: a session object, sensitive, extractable only so the domain key can
+    /// wrap it. A private key has no usage at all (as a re-wrapped copy, <see cref="RewrappedAesKey"/>).
     /// </summary>
-    public Template ImportedMaterial(KeyFamily family) => family switch
+    public Template ImportedMaterial(KeyAlgorithmSpec spec, CKM hmacMechanism) => spec.Family switch
     {
-        KeyFamily.Aes => RewrappedAesKey(),
-        KeyFamily.Hmac => RewrappedGenericSecret(),
+        // A secret gets its version's usage (one mechanism), so it can be tried before it is
+        // wrapped: the HSM may not report its length (SoftHSM: CKA_VALUE_LEN = 0) and would pad a
+        // short key to 8 bytes when wrapping it, so the exact copy is the only place to catch it.
+        KeyFamily.Aes => AesVersionKey(extractable: true),
+        KeyFamily.Hmac => HmacKey(extractable: true, hmacMechanism),
         KeyFamily.Rsa => RewrappedRsaPrivateKey(),
         KeyFamily.Ec => RewrappedEcPrivateKey(),
         KeyFamily.EdDsa => TransitPrivateKey(EdDsa.KeyType),
-        _ => throw new ArgumentOutOfRangeException(nameof(family), family, null),
+        _ => throw new ArgumentOutOfRangeException(nameof(spec), spec.Name, null),
     };
 
     /// <summary>
