@@ -18,7 +18,10 @@ public enum WrappedKeyKind
     /// <summary>An RSA private key as PKCS#8, of any size and usage (RSA key versions, BYOK import job keys).</summary>
     RsaPrivateKey,
 
-    /// <summary>A generic secret of any length (HMAC key versions).</summary>
+    /// <summary>
+    /// A generic secret of any length (HMAC key versions). Any blob unwraps as one (a secret is
+    /// just bytes), so the caller must take the kind from the stored version's algorithm.
+    /// </summary>
     GenericSecret,
 }
 

@@ -14,7 +14,7 @@ namespace Kms.Hsm;
 /// <see cref="IHsm"/> over a PKCS#11 token through Pkcs11Interop.
 /// </summary>
 /// <remarks>
-/// <para>Key versions (AES-256 keys, EC private keys) are generated inside the HSM, wrapped
+/// <para>Key versions (AES-256 keys, HMAC secrets, RSA and EC private keys) are generated inside the HSM, wrapped
 /// under the domain key with CKM_AES_KEY_WRAP_PAD (RFC 5649) and destroyed in the same
 /// operation; in use they are unwrapped into sensitive, non-extractable session objects
 /// whose handles are cached and leased (<see cref="KeyHandleCache"/>), per key version and
