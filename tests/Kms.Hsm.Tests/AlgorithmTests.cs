@@ -23,11 +23,13 @@ public sealed class AlgorithmTests(AlgorithmFixture fixture) : IClassFixture<Alg
 {
     private static readonly byte[] Message = Encoding.UTF8.GetBytes("the message a key version signs");
 
-    // Every algorithm the softhsm2 profile supports, except RSA-4096 (generated once, below).
+    // Every algorithm the softhsm2 profile supports, RSA at 2048 bits only: SoftHSM takes 3.5-6 s
+    // for one 3072- or 4096-bit pair on the 2-core test machine, so those sizes are generated once
+    // (below, and the fixture's import job) and otherwise imported.
     public static TheoryData<KeyAlgorithm> GeneratedAlgorithms() =>
     [
         .. KeyAlgorithms.All
-            .Where(s => s.Family != KeyFamily.Rsa || s.KeyBits < 4096)
+            .Where(s => s.Family != KeyFamily.Rsa || s.KeyBits == 2048)
             .Where(s => HsmProfile.Load("softhsm2").UnsupportedReason(s.Algorithm) is null)
             .Select(s => s.Algorithm),
     ];
