@@ -275,6 +275,14 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
             template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { CKM.CKM_AES_KEY_WRAP_PAD }));
         }
 
+        if (profile.UnwrapTemplateAttribute)
+        {
+            // What it unwraps stays a sensitive session object, whatever template is asked for.
+            List<IObjectAttribute> nested = [attributes.Create(CKA.CKA_TOKEN, false), attributes.Create(CKA.CKA_SENSITIVE, true)];
+            template.Own(nested);
+            template.Add(attributes.Create(CKA.CKA_UNWRAP_TEMPLATE, nested));
+        }
+
         template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
         return template;
     }

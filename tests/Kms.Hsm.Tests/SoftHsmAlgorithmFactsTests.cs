@@ -202,6 +202,41 @@ public sealed class SoftHsmAlgorithmFactsTests(AlgorithmFixture fixture) : IClas
         WithRawRsaKey(RsaUsage.SignPss, (session, key, _) => Assert.True(session.GetAttributeValue(key, [CKA.CKA_MODULUS_BITS])[0].CannotBeRead));
     }
 
+    [Fact]
+    public void ImportEphemeralKey_UnwrapTemplateEnforced_NoReadableOrTokenCopyOfTheMaterial()
+    {
+        // The ephemeral key exists only inside one import call, but while it does, what it can
+        // unwrap is confined: SoftHSM enforces its CKA_UNWRAP_TEMPLATE (CKR_TEMPLATE_INCONSISTENT).
+        var templates = new Templates(fixture.Base.Factories.ObjectAttributeFactory, fixture.Hsm.Profile);
+        var a = fixture.Base.Factories.ObjectAttributeFactory;
+        using var session = fixture.Base.OpenRawSession();
+        var kek = RandomNumberGenerator.GetBytes(32);
+        using var ephemeralTemplate = templates.ImportEphemeralKey();
+        ephemeralTemplate.Insert(0, a.Create(CKA.CKA_VALUE, kek));
+        var ephemeral = session.CreateObject(ephemeralTemplate.Attributes);
+        using var kwp = fixture.Base.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD);
+        var block = AlgorithmFixture.Kwp(kek, RandomNumberGenerator.GetBytes(32));
+        try
+        {
+            foreach (var (token, sensitive) in new[] { (false, false), (true, true) })
+            {
+                var e = Assert.Throws<Pkcs11Exception>(() => Native.With(
+                [
+                    a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_GENERIC_SECRET),
+                    a.Create(CKA.CKA_TOKEN, token), a.Create(CKA.CKA_PRIVATE, true), a.Create(CKA.CKA_SENSITIVE, sensitive), a.Create(CKA.CKA_EXTRACTABLE, true),
+                ], t => session.UnwrapKey(kwp, ephemeral, block, t)));
+                Assert.Equal(CKR.CKR_TEMPLATE_INCONSISTENT, e.RV);
+            }
+
+            using var allowed = templates.ImportedMaterial(KeyAlgorithms.Of(KeyAlgorithm.HmacSha256), CKM.CKM_SHA256_HMAC);
+            session.DestroyObject(session.UnwrapKey(kwp, ephemeral, block, allowed.Attributes));
+        }
+        finally
+        {
+            session.DestroyObject(ephemeral);
+        }
+    }
+
     private void WithRawRsaKey(RsaUsage usage, Action<ISession, IObjectHandle, RSA> use)
     {
         var templates = new Templates(fixture.Base.Factories.ObjectAttributeFactory, fixture.Hsm.Profile);
