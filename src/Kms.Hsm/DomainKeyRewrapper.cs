@@ -14,6 +14,15 @@ public enum WrappedKeyKind
 
     /// <summary>A P-384 private key as PKCS#8.</summary>
     EcP384PrivateKey,
+
+    /// <summary>An RSA private key as PKCS#8, of any size and usage (RSA key versions, BYOK import job keys).</summary>
+    RsaPrivateKey,
+
+    /// <summary>
+    /// A generic secret of any length (HMAC key versions). Any blob unwraps as one (a secret is
+    /// just bytes), so the caller must take the kind from the stored version's algorithm.
+    /// </summary>
+    GenericSecret,
 }
 
 /// <summary>
@@ -74,7 +83,7 @@ public sealed class DomainKeyRewrapper : IDisposable
 
         var curve = kind switch
         {
-            WrappedKeyKind.Aes256 => null,
+            WrappedKeyKind.Aes256 or WrappedKeyKind.RsaPrivateKey or WrappedKeyKind.GenericSecret => null,
             WrappedKeyKind.EcP256PrivateKey => EcCurveParameters.P256,
             WrappedKeyKind.EcP384PrivateKey => EcCurveParameters.P384,
             _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, null),
@@ -87,7 +96,12 @@ public sealed class DomainKeyRewrapper : IDisposable
     {
         var factories = _owner.Module.Factories;
         using var mechanism = factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD);
-        using var template = curve is null ? _owner.Templates.RewrappedAesKey() : _owner.Templates.RewrappedEcPrivateKey();
+        using var template = kind switch
+        {
+            WrappedKeyKind.RsaPrivateKey => _owner.Templates.RewrappedRsaPrivateKey(),
+            WrappedKeyKind.GenericSecret => _owner.Templates.RewrappedGenericSecret(),
+            _ => curve is null ? _owner.Templates.RewrappedAesKey() : _owner.Templates.RewrappedEcPrivateKey(),
+        };
         IObjectHandle copy;
         try
         {

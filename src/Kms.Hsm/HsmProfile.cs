@@ -1,4 +1,6 @@
 using System.Text.Json;
+using Kms.Core.Keys;
+using Kms.Core.Ports;
 using Net.Pkcs11Interop.Common;
 
 namespace Kms.Hsm;
@@ -33,6 +35,31 @@ public sealed class HsmProfile
     /// <summary>Return values that mean "authentication tag did not verify" on decryption.</summary>
     public IReadOnlyList<string> DecryptionFailureReturnValues { get; init; } = [];
 
+    /// <summary>
+    /// Return values of an RSA-OAEP decryption or unwrap that mean "this ciphertext does not
+    /// decrypt under this key" (bad padding, wrong length, value out of range): answered as one
+    /// opaque DECRYPTION_FAILED (or, for a BYOK import, INVALID_ARGUMENT), never as a fault.
+    /// </summary>
+    public IReadOnlyList<string> OaepFailureReturnValues { get; init; } = [];
+
+    /// <summary>
+    /// Return values of a KWP unwrap of caller-supplied material (a BYOK import) that mean "this
+    /// blob does not unwrap" (integrity check, length, a value that is not a key of the type).
+    /// </summary>
+    public IReadOnlyList<string> KwpUnwrapFailureReturnValues { get; init; } = [];
+
+    /// <summary>Return values that mean "the key is too short or long for the mechanism" (a BYOK import's secret of the wrong size).</summary>
+    public IReadOnlyList<string> KeySizeFailureReturnValues { get; init; } = [];
+
+    /// <summary>
+    /// Key algorithms (by their API name, <c>KeyAlgorithmSpec.Name</c>) this HSM cannot hold
+    /// versions of, each with the measured reason.
+    /// </summary>
+    public IReadOnlyDictionary<string, string> UnsupportedAlgorithms { get; init; } = new Dictionary<string, string>();
+
+    /// <summary>BYOK import methods (by <see cref="ImportMethods.Name"/>) this HSM cannot serve, each with the measured reason.</summary>
+    public IReadOnlyDictionary<string, string> UnsupportedImportMethods { get; init; } = new Dictionary<string, string>();
+
     /// <summary>Free-form measured facts.</summary>
     public IReadOnlyList<string> Notes { get; init; } = [];
 
@@ -40,7 +67,22 @@ public sealed class HsmProfile
 
     internal IReadOnlyList<CKM> RequiredMechanismIds => RequiredMechanisms.Select(Enum.Parse<CKM>).ToList();
 
+    internal IReadOnlySet<CKR> OaepFailures => _oaepFailures ??= OaepFailureReturnValues.Select(Enum.Parse<CKR>).ToHashSet();
+
+    internal IReadOnlySet<CKR> KwpUnwrapFailures => _kwpUnwrapFailures ??= KwpUnwrapFailureReturnValues.Select(Enum.Parse<CKR>).ToHashSet();
+
+    internal IReadOnlySet<CKR> KeySizeFailures => _keySizeFailures ??= KeySizeFailureReturnValues.Select(Enum.Parse<CKR>).ToHashSet();
+
     private IReadOnlySet<CKR>? _decryptionFailures;
+    private IReadOnlySet<CKR>? _keySizeFailures;
+    private IReadOnlySet<CKR>? _oaepFailures;
+    private IReadOnlySet<CKR>? _kwpUnwrapFailures;
+
+    /// <summary>Why this HSM cannot hold versions of <paramref name="algorithm"/>, or null.</summary>
+    public string? UnsupportedReason(KeyAlgorithm algorithm) => UnsupportedAlgorithms.GetValueOrDefault(KeyAlgorithms.Of(algorithm).Name);
+
+    /// <summary>Why this HSM cannot serve imports with <paramref name="method"/>, or null.</summary>
+    public string? UnsupportedReason(ImportMethod method) => UnsupportedImportMethods.GetValueOrDefault(ImportMethods.Name(method));
 
     private static readonly JsonSerializerOptions JsonOptions = new() { PropertyNameCaseInsensitive = true, ReadCommentHandling = JsonCommentHandling.Skip };
 
@@ -66,10 +108,25 @@ public sealed class HsmProfile
         {
             _ = profile.DecryptionFailures;
             _ = profile.RequiredMechanismIds;
+            _ = profile.OaepFailures;
+            _ = profile.KwpUnwrapFailures;
+            _ = profile.KeySizeFailures;
         }
         catch (ArgumentException e)
         {
             throw new HsmConfigurationException($"HSM profile '{nameOrPath}' names an unknown CKR/CKM constant: {e.Message}", e);
+        }
+
+        var algorithms = KeyAlgorithms.All.Select(a => a.Name).ToHashSet(StringComparer.Ordinal);
+        if (profile.UnsupportedAlgorithms.Keys.FirstOrDefault(name => !algorithms.Contains(name)) is { } unknownAlgorithm)
+        {
+            throw new HsmConfigurationException($"HSM profile '{nameOrPath}' lists an unknown key algorithm '{unknownAlgorithm}' (known: {string.Join(", ", algorithms)})");
+        }
+
+        var methods = ImportMethods.All.Select(ImportMethods.Name).ToHashSet(StringComparer.Ordinal);
+        if (profile.UnsupportedImportMethods.Keys.FirstOrDefault(name => !methods.Contains(name)) is { } unknownMethod)
+        {
+            throw new HsmConfigurationException($"HSM profile '{nameOrPath}' lists an unknown import method '{unknownMethod}' (known: {string.Join(", ", methods)})");
         }
 
         if (!profile.CheckValueAttribute)

@@ -222,4 +222,28 @@ internal enum KeyHandleKind
 
     /// <summary>A P-384 private key for ECDSA, its curve checked after the unwrap.</summary>
     EcdsaP384,
+
+    /// <summary>An RSA private key for RSASSA-PSS (CKM_RSA_PKCS_PSS only).</summary>
+    RsaSignPss,
+
+    /// <summary>An RSA private key for RSASSA-PKCS1-v1_5 (CKM_RSA_PKCS only, over a DigestInfo).</summary>
+    RsaSignPkcs1,
+
+    /// <summary>An RSA private key for RSAES-OAEP decryption (CKM_RSA_PKCS_OAEP only).</summary>
+    RsaDecryptOaep,
+
+    /// <summary>A BYOK import job's RSA private key: unwrap only, CKM_RSA_PKCS_OAEP only.</summary>
+    ImportUnwrap,
+
+    /// <summary>A 32-byte generic secret for CKM_SHA256_HMAC only, its length checked after the unwrap.</summary>
+    HmacSha256,
+
+    /// <summary>A 48-byte generic secret for CKM_SHA384_HMAC only.</summary>
+    HmacSha384,
+
+    /// <summary>A 64-byte generic secret for CKM_SHA512_HMAC only.</summary>
+    HmacSha512,
+
+    /// <summary>An Ed25519 private key for CKM_EDDSA only.</summary>
+    Ed25519,
 }

@@ -14,7 +14,7 @@ namespace Kms.Hsm;
 /// <see cref="IHsm"/> over a PKCS#11 token through Pkcs11Interop.
 /// </summary>
 /// <remarks>
-/// <para>Key versions (AES-256 keys, EC private keys) are generated inside the HSM, wrapped
+/// <para>Key versions (AES-256 keys, HMAC secrets, RSA and EC private keys) are generated inside the HSM, wrapped
 /// under the domain key with CKM_AES_KEY_WRAP_PAD (RFC 5649) and destroyed in the same
 /// operation; in use they are unwrapped into sensitive, non-extractable session objects
 /// whose handles are cached and leased (<see cref="KeyHandleCache"/>), per key version and
@@ -286,6 +286,14 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
             return CurrentState().Pool.First.FindAllObjects(template.Attributes).Count;
         });
 
+    /// <summary>Test hook: how many session objects (secret, private and public keys) this process holds on the token.</summary>
+    internal int CountSessionObjects() =>
+        _module.Call(_ =>
+        {
+            using var template = _templates.SessionObjects();
+            return CurrentState().Pool.First.FindAllObjects(template.Attributes).Count;
+        });
+
     /// <summary>Test hook: the handle cache of the current generation.</summary>
     internal KeyHandleCache Cache => CurrentState().Cache;
 
@@ -302,15 +310,18 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
 
     private SlotState CurrentState() => _state ?? throw new InvalidOperationException("the HSM is not open");
 
-    private async ValueTask<T> WithKeyAsync<T>(string operation, KeyMaterialRef key, KeyHandleKind kind, Func<ISession, IObjectHandle, T> use, CancellationToken cancellationToken) =>
+    private ValueTask<T> WithKeyAsync<T>(string operation, KeyMaterialRef key, KeyHandleKind kind, Func<ISession, IObjectHandle, T> use, CancellationToken cancellationToken) =>
+        WithKeyAsync(operation, key, kind, (session, _, handle) => use(session, handle), cancellationToken);
+
+    private async ValueTask<T> WithKeyAsync<T>(string operation, KeyMaterialRef key, KeyHandleKind kind, Func<ISession, SlotState, IObjectHandle, T> use, CancellationToken cancellationToken) =>
         await RunAsync(operation, (session, state) =>
         {
             for (var attempt = 1; ; attempt++)
             {
-                using var lease = state.Cache.Lease(key.Id, kind, () => Unwrap(session, state, key, kind));
+                using var lease = state.Cache.Lease(key.Id, kind, () => Unwrap(session, state, key.Wrapped, $"key version {key.Id}", kind));
                 try
                 {
-                    return use(session, lease.Handle);
+                    return use(session, state, lease.Handle);
                 }
                 catch (Pkcs11Exception e) when (attempt == 1 && Pkcs11Errors.IsHandleLost(e))
                 {
@@ -321,42 +332,57 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         }, cancellationToken).ConfigureAwait(false);
 
     // The kind decides both the cache entry and the unwrap template, so a handle is only ever
-    // leased as what it was unwrapped as.
-    private IObjectHandle Unwrap(ISession session, SlotState state, KeyMaterialRef key, KeyHandleKind kind)
+    // leased as what it was unwrapped as. What the template cannot say (an EC key's curve, an
+    // HMAC key's length: refused in unwrap templates) is checked on the copy.
+    private IObjectHandle Unwrap(ISession session, SlotState state, WrappedKeyMaterial wrapped, string what, KeyHandleKind kind)
     {
-        var curve = kind switch
+        // KWP of an n-byte key (n a multiple of 8) is n + 8 bytes, integrity-checked: the length
+        // the HSM may not report (see LengthIs) is the blob's.
+        if (HmacKeyLength(kind) is { } secretLength && wrapped.Bytes.Length != secretLength + 8)
         {
-            KeyHandleKind.Aes256Gcm => null,
-            KeyHandleKind.EcdsaP256 => EcCurveParameters.P256,
-            KeyHandleKind.EcdsaP384 => EcCurveParameters.P384,
-            _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, null),
-        };
+            throw KmsErrors.Internal($"the stored material of {what} is {wrapped.Bytes.Length} bytes, not a wrapped {secretLength}-byte HMAC key");
+        }
+
         using var mechanism = _module.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD);
-        using var template = curve is null ? _templates.UnwrappedAesKey() : _templates.UnwrappedEcPrivateKey();
+        using var template = UnwrapTemplate(kind);
         IObjectHandle handle;
         try
         {
-            handle = session.UnwrapKey(mechanism, state.DomainKey, key.Wrapped.UnsafeArray, template.Attributes);
+            handle = session.UnwrapKey(mechanism, state.DomainKey, wrapped.UnsafeArray, template.Attributes);
         }
         catch (Pkcs11Exception e) when (Pkcs11Errors.IsWrappedKeyBad(e))
         {
-            throw KmsErrors.Internal($"the stored material of key version {key.Id} does not unwrap under the domain key ({e.RV})", e);
+            throw KmsErrors.Internal($"the stored material of {what} does not unwrap under the domain key ({e.RV})", e);
         }
 
-        return curve is null ? handle : CheckCurve(session, key, handle, curve);
+        return CheckUnwrapped(session, what, handle, kind);
     }
 
-    // An EC blob carries its own curve and the caller names one: a mismatch is stored material
-    // that does not belong to its key version. Such a copy is destroyed, never cached.
-    private IObjectHandle CheckCurve(ISession session, KeyMaterialRef key, IObjectHandle handle, EcCurveParameters curve)
+    // A blob carries its own curve or length and the caller names one: a mismatch is stored
+    // material that does not belong to its key version. Such a copy is destroyed, never cached.
+    private IObjectHandle CheckUnwrapped(ISession session, string what, IObjectHandle handle, KeyHandleKind kind)
     {
-        bool matches;
+        var (attribute, matches, expected) = kind switch
+        {
+            KeyHandleKind.EcdsaP256 => (CKA.CKA_EC_PARAMS, CurveIs(EcCurveParameters.P256), "a P-256 private key"),
+            KeyHandleKind.EcdsaP384 => (CKA.CKA_EC_PARAMS, CurveIs(EcCurveParameters.P384), "a P-384 private key"),
+            KeyHandleKind.HmacSha256 => (CKA.CKA_VALUE_LEN, LengthIs(32), "a 32-byte HMAC key"),
+            KeyHandleKind.HmacSha384 => (CKA.CKA_VALUE_LEN, LengthIs(48), "a 48-byte HMAC key"),
+            KeyHandleKind.HmacSha512 => (CKA.CKA_VALUE_LEN, LengthIs(64), "a 64-byte HMAC key"),
+            _ => (default(CKA?), default(Func<IObjectAttribute, bool>?), ""),
+        };
+        if (attribute is null || matches is null)
+        {
+            return handle;
+        }
+
+        bool matched;
         try
         {
-            var read = session.GetAttributeValue(handle, [CKA.CKA_EC_PARAMS]);
+            var read = session.GetAttributeValue(handle, [attribute.Value]);
             try
             {
-                matches = !read[0].CannotBeRead && curve.IsEcParams(read[0].GetValueAsByteArray());
+                matched = !read[0].CannotBeRead && matches(read[0]);
             }
             finally
             {
@@ -369,14 +395,28 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
             throw;
         }
 
-        if (!matches)
+        if (!matched)
         {
             Destroy(session, handle);
-            throw KmsErrors.Internal($"the stored material of key version {key.Id} is not a {curve.Name} private key");
+            throw KmsErrors.Internal($"the stored material of {what} is not {expected}");
         }
 
         return handle;
     }
+
+    private static Func<IObjectAttribute, bool> CurveIs(EcCurveParameters curve) => read => curve.IsEcParams(read.GetValueAsByteArray());
+
+    // SoftHSM reports CKA_VALUE_LEN = 0 on every unwrapped secret key (the attribute is refused in
+    // unwrap templates and never filled in): 0 means "not said", and the blob's length decides.
+    private static Func<IObjectAttribute, bool> LengthIs(int length) => read => read.GetValueAsUlong() is var said && (said == 0 || said == (ulong)length);
+
+    private static int? HmacKeyLength(KeyHandleKind kind) => kind switch
+    {
+        KeyHandleKind.HmacSha256 => 32,
+        KeyHandleKind.HmacSha384 => 48,
+        KeyHandleKind.HmacSha512 => 64,
+        _ => null,
+    };
 
     private async ValueTask<T> RunAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken)
     {

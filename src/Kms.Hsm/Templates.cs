@@ -1,4 +1,5 @@
 using System.Text;
+using Kms.Core.Keys;
 using Net.Pkcs11Interop.Common;
 using Net.Pkcs11Interop.HighLevelAPI;
 using Net.Pkcs11Interop.HighLevelAPI.Factories;
@@ -152,6 +153,158 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
         attributes.Create(CKA.CKA_MODIFIABLE, false),
     ]);
 
+    /// <summary>As <see cref="RewrappedAesKey"/>, for an RSA private key (the modulus comes from the blob).</summary>
+    public Template RewrappedRsaPrivateKey() => TransitPrivateKey(CKK.CKK_RSA);
+
+    /// <summary>As <see cref="RewrappedAesKey"/>, for an HMAC key (a generic secret; its length comes from the blob).</summary>
+    public Template RewrappedGenericSecret() => new(
+    [
+        attributes.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
+        attributes.Create(CKA.CKA_KEY_TYPE, CKK.CKK_GENERIC_SECRET),
+        attributes.Create(CKA.CKA_TOKEN, false),
+        attributes.Create(CKA.CKA_PRIVATE, true),
+        attributes.Create(CKA.CKA_SENSITIVE, true),
+        attributes.Create(CKA.CKA_EXTRACTABLE, true),
+        attributes.Create(CKA.CKA_ENCRYPT, false),
+        attributes.Create(CKA.CKA_DECRYPT, false),
+        attributes.Create(CKA.CKA_WRAP, false),
+        attributes.Create(CKA.CKA_UNWRAP, false),
+        attributes.Create(CKA.CKA_SIGN, false),
+        attributes.Create(CKA.CKA_VERIFY, false),
+        attributes.Create(CKA.CKA_DERIVE, false),
+        attributes.Create(CKA.CKA_COPYABLE, false),
+        attributes.Create(CKA.CKA_MODIFIABLE, false),
+    ]);
+
+    /// <summary>
+    /// A new HMAC key version of <paramref name="length"/> bytes: a generic secret generated as
+    /// a session object, sign/verify with <paramref name="mechanism"/> only, extractable only so
+    /// the domain key can wrap it; destroyed right after the wrap.
+    /// </summary>
+    public Template GeneratedHmacKey(int length, CKM mechanism)
+    {
+        var template = HmacKey(extractable: true, mechanism);
+        template.Insert(2, attributes.Create(CKA.CKA_VALUE_LEN, (ulong)length));
+        return template;
+    }
+
+    /// <summary>An unwrapped HMAC key version in use: sensitive, not extractable, sign/verify with <paramref name="mechanism"/> only.</summary>
+    public Template UnwrappedHmacKey(CKM mechanism) => HmacKey(extractable: false, mechanism);
+
+    /// <summary>
+    /// The public half of a new RSA key pair of <paramref name="bits"/> bits, exponent 65537: a
+    /// session object that can only <paramref name="usage"/>-verify or -encrypt; destroyed once
+    /// its modulus and exponent are read.
+    /// </summary>
+    public Template GeneratedRsaPublicKey(int bits, RsaUsage usage) => new(
+    [
+        attributes.Create(CKA.CKA_CLASS, CKO.CKO_PUBLIC_KEY),
+        attributes.Create(CKA.CKA_KEY_TYPE, CKK.CKK_RSA),
+        attributes.Create(CKA.CKA_MODULUS_BITS, (ulong)bits),
+        attributes.Create(CKA.CKA_PUBLIC_EXPONENT, new byte[] { 0x01, 0x00, 0x01 }),
+        attributes.Create(CKA.CKA_TOKEN, false),
+        attributes.Create(CKA.CKA_PRIVATE, true),
+        attributes.Create(CKA.CKA_VERIFY, usage is RsaUsage.SignPss or RsaUsage.SignPkcs1),
+        attributes.Create(CKA.CKA_VERIFY_RECOVER, false),
+        attributes.Create(CKA.CKA_ENCRYPT, usage == RsaUsage.DecryptOaep),
+        attributes.Create(CKA.CKA_WRAP, usage == RsaUsage.UnwrapOaep),
+        attributes.Create(CKA.CKA_DERIVE, false),
+        attributes.Create(CKA.CKA_COPYABLE, false),
+        attributes.Create(CKA.CKA_MODIFIABLE, false),
+    ]);
+
+    /// <summary>
+    /// The private half of a new RSA key pair: a session object, sensitive, for
+    /// <paramref name="usage"/> only (one usage flag, one mechanism), extractable only so the
+    /// domain key can wrap it; destroyed right after the wrap.
+    /// </summary>
+    public Template GeneratedRsaPrivateKey(RsaUsage usage) => RsaPrivateKey(extractable: true, usage);
+
+    /// <summary>An unwrapped RSA private key in use: sensitive, not extractable, <paramref name="usage"/> only. The modulus comes from the blob.</summary>
+    public Template UnwrappedRsaPrivateKey(RsaUsage usage) => RsaPrivateKey(extractable: false, usage);
+
+    /// <summary>The public half of a new Ed25519 key pair (<paramref name="ecParams"/> names the curve): verify only; destroyed once its CKA_EC_POINT is read.</summary>
+    public Template GeneratedEdwardsPublicKey(byte[] ecParams) => new(
+    [
+        attributes.Create(CKA.CKA_CLASS, CKO.CKO_PUBLIC_KEY),
+        attributes.Create(CKA.CKA_KEY_TYPE, EdDsa.KeyType),
+        attributes.Create(CKA.CKA_EC_PARAMS, ecParams),
+        attributes.Create(CKA.CKA_TOKEN, false),
+        attributes.Create(CKA.CKA_PRIVATE, true),
+        attributes.Create(CKA.CKA_VERIFY, true),
+        attributes.Create(CKA.CKA_ENCRYPT, false),
+        attributes.Create(CKA.CKA_WRAP, false),
+        attributes.Create(CKA.CKA_DERIVE, false),
+        attributes.Create(CKA.CKA_COPYABLE, false),
+        attributes.Create(CKA.CKA_MODIFIABLE, false),
+    ]);
+
+    /// <summary>The private half of a new Ed25519 key pair: sensitive, EdDSA signing only, extractable only for the wrap.</summary>
+    public Template GeneratedEdwardsPrivateKey() => EdwardsPrivateKey(extractable: true);
+
+    /// <summary>An unwrapped Ed25519 private key in use: sensitive, not extractable, EdDSA signing only.</summary>
+    public Template UnwrappedEdwardsPrivateKey() => EdwardsPrivateKey(extractable: false);
+
+    /// <summary>
+    /// The ephemeral AES key of a BYOK import, unwrapped (RSA-OAEP) under the import job's key:
+    /// a session object, sensitive, never extractable, able only to unwrap with KWP; destroyed
+    /// in the same call. Its length comes from the caller's blob (CKA_VALUE_LEN is refused in
+    /// unwrap templates) and is checked after the unwrap.
+    /// </summary>
+    public Template ImportEphemeralKey()
+    {
+        var template = new Template(
+        [
+            attributes.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
+            attributes.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES),
+            attributes.Create(CKA.CKA_TOKEN, false),
+            attributes.Create(CKA.CKA_PRIVATE, true),
+            attributes.Create(CKA.CKA_SENSITIVE, true),
+            attributes.Create(CKA.CKA_EXTRACTABLE, false),
+            attributes.Create(CKA.CKA_ENCRYPT, false),
+            attributes.Create(CKA.CKA_DECRYPT, false),
+            attributes.Create(CKA.CKA_WRAP, false),
+            attributes.Create(CKA.CKA_UNWRAP, true),
+            attributes.Create(CKA.CKA_SIGN, false),
+            attributes.Create(CKA.CKA_VERIFY, false),
+            attributes.Create(CKA.CKA_DERIVE, false),
+            attributes.Create(CKA.CKA_COPYABLE, false),
+        ]);
+        if (profile.AllowedMechanismsAttribute)
+        {
+            template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { CKM.CKM_AES_KEY_WRAP_PAD }));
+        }
+
+        if (profile.UnwrapTemplateAttribute)
+        {
+            // What it unwraps stays a sensitive session object, whatever template is asked for.
+            List<IObjectAttribute> nested = [attributes.Create(CKA.CKA_TOKEN, false), attributes.Create(CKA.CKA_SENSITIVE, true)];
+            template.Own(nested);
+            template.Add(attributes.Create(CKA.CKA_UNWRAP_TEMPLATE, nested));
+        }
+
+        template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
+        return template;
+    }
+
+    /// <summary>
+    /// A BYOK import's material, unwrapped under the ephemeral key as the family of
+    /// <paramref name="spec"/>: a session object, sensitive, extractable only so the domain key can
+    /// wrap it. A private key has no usage at all (as a re-wrapped copy, <see cref="RewrappedAesKey"/>).
+    /// </summary>
+    public Template ImportedMaterial(KeyAlgorithmSpec spec, CKM hmacMechanism) => spec.Family switch
+    {
+        // A secret gets its version's usage (one mechanism), so it can be tried before it is
+        // wrapped: the HSM may not report its length (SoftHSM: CKA_VALUE_LEN = 0) and would pad a
+        // short key to 8 bytes when wrapping it, so the exact copy is the only place to catch it.
+        KeyFamily.Aes => AesVersionKey(extractable: true),
+        KeyFamily.Hmac => HmacKey(extractable: true, hmacMechanism),
+        KeyFamily.Rsa => RewrappedRsaPrivateKey(),
+        KeyFamily.Ec => RewrappedEcPrivateKey(),
+        KeyFamily.EdDsa => TransitPrivateKey(EdDsa.KeyType),
+        _ => throw new ArgumentOutOfRangeException(nameof(spec), spec.Name, null),
+    };
+
     /// <summary>
     /// A new AES-256 key version, generated as a session object that is extractable only so
     /// the domain key can wrap it; it is destroyed right after the wrap.
@@ -208,6 +361,9 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
         attributes.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
         value is string text ? attributes.Create(attribute, text) : attributes.Create(attribute, (byte[])value),
     ]);
+
+    /// <summary>Every session object of this process (test and diagnostics).</summary>
+    public Template SessionObjects() => new([attributes.Create(CKA.CKA_TOKEN, false)]);
 
     /// <summary>The secret-key session objects of this process (test and diagnostics).</summary>
     public Template SessionSecretKeys() => new(
@@ -280,6 +436,124 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
         return template;
     }
 
+    private Template TransitPrivateKey(CKK keyType) => new(
+    [
+        attributes.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY),
+        attributes.Create(CKA.CKA_KEY_TYPE, keyType),
+        attributes.Create(CKA.CKA_TOKEN, false),
+        attributes.Create(CKA.CKA_PRIVATE, true),
+        attributes.Create(CKA.CKA_SENSITIVE, true),
+        attributes.Create(CKA.CKA_EXTRACTABLE, true),
+        attributes.Create(CKA.CKA_SIGN, false),
+        attributes.Create(CKA.CKA_SIGN_RECOVER, false),
+        attributes.Create(CKA.CKA_DECRYPT, false),
+        attributes.Create(CKA.CKA_UNWRAP, false),
+        attributes.Create(CKA.CKA_DERIVE, false),
+        attributes.Create(CKA.CKA_COPYABLE, false),
+        attributes.Create(CKA.CKA_MODIFIABLE, false),
+    ]);
+
+    private Template RsaPrivateKey(bool extractable, RsaUsage usage)
+    {
+        var template = new Template(
+        [
+            attributes.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY),
+            attributes.Create(CKA.CKA_KEY_TYPE, CKK.CKK_RSA),
+            attributes.Create(CKA.CKA_TOKEN, false),
+            attributes.Create(CKA.CKA_PRIVATE, true),
+            attributes.Create(CKA.CKA_SENSITIVE, true),
+            attributes.Create(CKA.CKA_EXTRACTABLE, extractable),
+            attributes.Create(CKA.CKA_SIGN, usage is RsaUsage.SignPss or RsaUsage.SignPkcs1),
+            attributes.Create(CKA.CKA_SIGN_RECOVER, false),
+            attributes.Create(CKA.CKA_DECRYPT, usage == RsaUsage.DecryptOaep),
+            attributes.Create(CKA.CKA_UNWRAP, usage == RsaUsage.UnwrapOaep),
+            attributes.Create(CKA.CKA_DERIVE, false),
+            attributes.Create(CKA.CKA_COPYABLE, false),
+        ]);
+        if (extractable && profile.WrapWithTrusted)
+        {
+            template.Add(attributes.Create(CKA.CKA_WRAP_WITH_TRUSTED, true));
+        }
+
+        if (profile.AllowedMechanismsAttribute)
+        {
+            var mechanism = usage switch
+            {
+                RsaUsage.SignPss => CKM.CKM_RSA_PKCS_PSS,
+                RsaUsage.SignPkcs1 => CKM.CKM_RSA_PKCS,
+                _ => CKM.CKM_RSA_PKCS_OAEP,
+            };
+            template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { mechanism }));
+        }
+
+        template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
+        return template;
+    }
+
+    private Template EdwardsPrivateKey(bool extractable)
+    {
+        var template = new Template(
+        [
+            attributes.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY),
+            attributes.Create(CKA.CKA_KEY_TYPE, EdDsa.KeyType),
+            attributes.Create(CKA.CKA_TOKEN, false),
+            attributes.Create(CKA.CKA_PRIVATE, true),
+            attributes.Create(CKA.CKA_SENSITIVE, true),
+            attributes.Create(CKA.CKA_EXTRACTABLE, extractable),
+            attributes.Create(CKA.CKA_SIGN, true),
+            attributes.Create(CKA.CKA_SIGN_RECOVER, false),
+            attributes.Create(CKA.CKA_DECRYPT, false),
+            attributes.Create(CKA.CKA_UNWRAP, false),
+            attributes.Create(CKA.CKA_DERIVE, false),
+            attributes.Create(CKA.CKA_COPYABLE, false),
+        ]);
+        if (extractable && profile.WrapWithTrusted)
+        {
+            template.Add(attributes.Create(CKA.CKA_WRAP_WITH_TRUSTED, true));
+        }
+
+        if (profile.AllowedMechanismsAttribute)
+        {
+            template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<ulong> { EdDsa.Mechanism }));
+        }
+
+        template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
+        return template;
+    }
+
+    private Template HmacKey(bool extractable, CKM mechanism)
+    {
+        var template = new Template(
+        [
+            attributes.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
+            attributes.Create(CKA.CKA_KEY_TYPE, CKK.CKK_GENERIC_SECRET),
+            attributes.Create(CKA.CKA_TOKEN, false),
+            attributes.Create(CKA.CKA_PRIVATE, true),
+            attributes.Create(CKA.CKA_SENSITIVE, true),
+            attributes.Create(CKA.CKA_EXTRACTABLE, extractable),
+            attributes.Create(CKA.CKA_ENCRYPT, false),
+            attributes.Create(CKA.CKA_DECRYPT, false),
+            attributes.Create(CKA.CKA_WRAP, false),
+            attributes.Create(CKA.CKA_UNWRAP, false),
+            attributes.Create(CKA.CKA_SIGN, true),
+            attributes.Create(CKA.CKA_VERIFY, true),
+            attributes.Create(CKA.CKA_DERIVE, false),
+            attributes.Create(CKA.CKA_COPYABLE, false),
+        ]);
+        if (extractable && profile.WrapWithTrusted)
+        {
+            template.Add(attributes.Create(CKA.CKA_WRAP_WITH_TRUSTED, true));
+        }
+
+        if (profile.AllowedMechanismsAttribute)
+        {
+            template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { mechanism }));
+        }
+
+        template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
+        return template;
+    }
+
     private Template AesVersionKey(bool extractable)
     {
         var template = new Template(
@@ -312,6 +586,35 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
         template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
         return template;
     }
+}
+
+/// <summary>What an RSA private key may do: exactly one usage flag and one mechanism.</summary>
+internal enum RsaUsage
+{
+    /// <summary>CKA_SIGN with CKM_RSA_PKCS_PSS.</summary>
+    SignPss,
+
+    /// <summary>CKA_SIGN with CKM_RSA_PKCS (over a DigestInfo).</summary>
+    SignPkcs1,
+
+    /// <summary>CKA_DECRYPT with CKM_RSA_PKCS_OAEP.</summary>
+    DecryptOaep,
+
+    /// <summary>CKA_UNWRAP with CKM_RSA_PKCS_OAEP (a BYOK import job's key).</summary>
+    UnwrapOaep,
+}
+
+/// <summary>PKCS#11 3.0 EdDSA constants that Pkcs11Interop's 2.40 enums lack.</summary>
+internal static class EdDsa
+{
+    /// <summary>CKK_EC_EDWARDS.</summary>
+    public const CKK KeyType = (CKK)0x40;
+
+    /// <summary>CKM_EC_EDWARDS_KEY_PAIR_GEN.</summary>
+    public const ulong KeyPairGen = 0x1055;
+
+    /// <summary>CKM_EDDSA.</summary>
+    public const ulong Mechanism = 0x1057;
 }
 
 /// <summary>

@@ -235,6 +235,50 @@ public sealed class RotationTests
         Assert.Contains("CKR_USER_PIN_NOT_INITIALIZED", e.ToString(), StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task Rewrap_RsaAndHmacVersions_ServeUnderTheNewKey_SameKeyInside()
+    {
+        var oldKey = RandomNumberGenerator.GetBytes(32);
+        var newKey = RandomNumberGenerator.GetBytes(32);
+        var production = TokenWithDomainKey(oldKey);
+        GeneratedKeyMaterial rsa;
+        GeneratedKeyMaterial hmac;
+        byte[] mac;
+        await using (var hsm = Pkcs11Hsm.Open(production.Options(devMode: false), NullLogger.Instance))
+        {
+            rsa = await hsm.GenerateKeyVersionAsync(KeyAlgorithm.RsaSignPss2048Sha256, default);
+            hmac = await hsm.GenerateKeyVersionAsync(KeyAlgorithm.HmacSha512, default);
+            mac = await hsm.ComputeMacAsync(new(KeyVersionId.NewId(), hmac.Wrapped), KeyAlgorithm.HmacSha512, "m"u8.ToArray(), default);
+        }
+
+        var rotation = SoftHsm.CreateToken();
+        byte[] newRsa;
+        byte[] newHmac;
+        using (var session = HsmCeremonySession.Open(rotation.Options(devMode: false), Encoding.UTF8.GetBytes(rotation.UserPin)))
+        using (var rewrapper = session.LoadRotationKeys(oldKey, newKey))
+        {
+            newRsa = rewrapper.Rewrap(rsa.Wrapped.Bytes.Span, WrappedKeyKind.RsaPrivateKey);
+            newHmac = rewrapper.Rewrap(hmac.Wrapped.Bytes.Span, WrappedKeyKind.GenericSecret);
+
+            // A secret does not pass for an RSA key. The other way round it does: a generic secret
+            // is any bytes, so the kind must come from the stored version's algorithm, never guessed.
+            Assert.Throws<HsmConfigurationException>(() => rewrapper.Rewrap(hmac.Wrapped.Bytes.Span, WrappedKeyKind.RsaPrivateKey));
+            Assert.Equal(2, CountSessionKeys(rotation));
+        }
+
+        // Independently (BouncyCastle): the same PKCS#8 and the same secret under the new value.
+        Assert.Equal(KwpUnwrap(oldKey, rsa.Wrapped.Bytes.ToArray()), KwpUnwrap(newKey, newRsa));
+        Assert.Equal(KwpUnwrap(oldKey, hmac.Wrapped.Bytes.ToArray()), KwpUnwrap(newKey, newHmac));
+
+        await using var server = Pkcs11Hsm.Open(TokenWithDomainKey(newKey).Options(devMode: false), NullLogger.Instance);
+        var digest = SHA256.HashData("m"u8);
+        var signature = await server.SignAsync(new(KeyVersionId.NewId(), new WrappedKeyMaterial(newRsa)), KeyAlgorithm.RsaSignPss2048Sha256, digest, default);
+        using var verifier = RSA.Create();
+        verifier.ImportSubjectPublicKeyInfo(rsa.SubjectPublicKeyInfo, out _);
+        Assert.True(verifier.VerifyHash(digest, signature, HashAlgorithmName.SHA256, RSASignaturePadding.Pss));
+        Assert.Equal(mac, await server.ComputeMacAsync(new(KeyVersionId.NewId(), new WrappedKeyMaterial(newHmac)), KeyAlgorithm.HmacSha512, "m"u8.ToArray(), default));
+    }
+
     private static TestToken TokenWithDomainKey(byte[] value)
     {
         var token = SoftHsm.CreateToken();

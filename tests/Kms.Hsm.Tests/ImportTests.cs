@@ -1,0 +1,320 @@
+using System.Security.Cryptography;
+using System.Text;
+using Kms.Core.Crypto;
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Ports;
+using Net.Pkcs11Interop.Common;
+
+namespace Kms.Hsm.Tests;
+
+/// <summary>
+/// BYOK: material wrapped by a client as CKM_RSA_AES_KEY_WRAP defines it (RSA-OAEP of an
+/// ephemeral AES-256 key, then KWP), imported inside the HSM, checked, and kept only when right;
+/// after every refusal no session object is left. And what the HSM reports about a version.
+/// </summary>
+public sealed class ImportTests(AlgorithmFixture fixture) : IClassFixture<AlgorithmFixture>
+{
+    private static readonly byte[] CheckValueText = Encoding.ASCII.GetBytes(KeyVersionProperties.CheckValueText);
+
+    [Fact]
+    public async Task Import_Aes_EncryptsLikeDotNetAndCheckValueMatches()
+    {
+        var secret = RandomNumberGenerator.GetBytes(32);
+        var (key, publicKey) = await fixture.ImportAsync(KeyAlgorithm.Aes256Gcm, secret);
+        Assert.Null(publicKey);
+
+        var iv = RandomNumberGenerator.GetBytes(12);
+        var sealedBytes = await fixture.Hsm.EncryptAesGcmAsync(key, iv, [7], [1, 2, 3], default);
+        var plaintext = new byte[3];
+        using (var aes = new AesGcm(secret, 16))
+        {
+            aes.Decrypt(iv, sealedBytes.AsSpan(0, 3), sealedBytes.AsSpan(3), plaintext, [7]);
+        }
+
+        Assert.Equal([1, 2, 3], plaintext);
+        var described = await fixture.Hsm.DescribeKeyVersionAsync(key, KeyAlgorithm.Aes256Gcm, default);
+        Assert.Equal(AesCheckValue(secret), described.CheckValue);
+    }
+
+    [Theory]
+    [InlineData(KeyAlgorithm.HmacSha256)]
+    [InlineData(KeyAlgorithm.HmacSha512)]
+    public async Task Import_Hmac_MacAndCheckValueEqualDotNet(KeyAlgorithm algorithm)
+    {
+        var spec = KeyAlgorithms.Of(algorithm);
+        var secret = RandomNumberGenerator.GetBytes(spec.SecretLength);
+        var (key, _) = await fixture.ImportAsync(algorithm, secret);
+
+        var mac = await fixture.Hsm.ComputeMacAsync(key, algorithm, Encoding.UTF8.GetBytes("data"), default);
+        var described = await fixture.Hsm.DescribeKeyVersionAsync(key, algorithm, default);
+
+        Assert.Equal(Hmac(spec, secret, Encoding.UTF8.GetBytes("data")), mac);
+        Assert.Equal(Hmac(spec, secret, CheckValueText)[..8], described.CheckValue);
+    }
+
+    [Theory]
+    [InlineData(KeyAlgorithm.EcSignP256Sha256, "nistP256")]
+    [InlineData(KeyAlgorithm.EcSignP384Sha384, "nistP384")]
+    public async Task Import_EcWithItsPublicKey_SignaturesVerify_OtherPublicKeyRefused(KeyAlgorithm algorithm, string curveName)
+    {
+        var spec = KeyAlgorithms.Of(algorithm);
+        using var ec = ECDsa.Create(ECCurve.CreateFromFriendlyName(curveName));
+        using var other = ECDsa.Create(ECCurve.CreateFromFriendlyName(curveName));
+        var before = fixture.Hsm.CountSessionObjects();
+
+        var (key, publicKey) = await fixture.ImportAsync(algorithm, ec.ExportPkcs8PrivateKey(), ec.ExportSubjectPublicKeyInfo());
+        var digest = KeyAlgorithms.Hash(spec.Digest!.Value, "signed"u8);
+        var signature = await fixture.Hsm.SignAsync(key, algorithm, digest, default);
+        Assert.True(ec.VerifyHash(digest, signature, DSASignatureFormat.IeeeP1363FixedFieldConcatenation));
+        Assert.Equal(ec.ExportSubjectPublicKeyInfo(), publicKey);
+
+        var wrong = await RefusedAsync(algorithm, fixture.WrapForImport(ec.ExportPkcs8PrivateKey()), other.ExportSubjectPublicKeyInfo());
+        Assert.Contains("does not verify under the public key", wrong.Message, StringComparison.Ordinal);
+        var missing = await RefusedAsync(algorithm, fixture.WrapForImport(ec.ExportPkcs8PrivateKey()), null);
+        Assert.Contains("needs its public key", missing.Message, StringComparison.Ordinal);
+        using var otherCurve = ECDsa.Create(curveName == "nistP256" ? ECCurve.NamedCurves.nistP384 : ECCurve.NamedCurves.nistP256);
+        var curve = await RefusedAsync(algorithm, fixture.WrapForImport(otherCurve.ExportPkcs8PrivateKey()), otherCurve.ExportSubjectPublicKeyInfo());
+        Assert.Equal("public_key", curve.Field);
+        var curveOfMaterial = await RefusedAsync(algorithm, fixture.WrapForImport(otherCurve.ExportPkcs8PrivateKey()), ec.ExportSubjectPublicKeyInfo());
+        Assert.Contains("on another curve", curveOfMaterial.Message, StringComparison.Ordinal);
+
+        await fixture.Hsm.EvictAndDrainAsync(key);
+        Assert.Equal(before, fixture.Hsm.CountSessionObjects());
+    }
+
+    [Fact]
+    public async Task Import_Rsa_SpkiDerivedAndChecked_WrongSizeOrOtherKeyRefused()
+    {
+        using var rsa = RSA.Create();
+        rsa.ImportPkcs8PrivateKey(fixture.RsaPkcs8[2048], out _);
+        using var other = RSA.Create();
+        other.ImportPkcs8PrivateKey(fixture.RsaPkcs8[3072], out _);
+        var before = fixture.Hsm.CountSessionObjects();
+
+        var (key, publicKey) = await fixture.ImportAsync(KeyAlgorithm.RsaSignPkcs2048Sha256, fixture.RsaPkcs8[2048], rsa.ExportSubjectPublicKeyInfo());
+        Assert.Equal(rsa.ExportSubjectPublicKeyInfo(), publicKey);
+        var digest = SHA256.HashData("signed"u8);
+        Assert.True(rsa.VerifyHash(digest, await fixture.Hsm.SignAsync(key, KeyAlgorithm.RsaSignPkcs2048Sha256, digest, default), HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1));
+
+        var size = await RefusedAsync(KeyAlgorithm.RsaSignPss2048Sha256, fixture.WrapForImport(fixture.RsaPkcs8[3072]), null);
+        Assert.Contains("takes a 2048-bit RSA key, not 3072 bits", size.Message, StringComparison.Ordinal);
+        var mismatch = await RefusedAsync(KeyAlgorithm.RsaSignPss3072Sha256, fixture.WrapForImport(fixture.RsaPkcs8[3072]), rsa.ExportSubjectPublicKeyInfo());
+        Assert.Contains("does not match the imported RSA private key", mismatch.Message, StringComparison.Ordinal);
+        var notRsa = await RefusedAsync(KeyAlgorithm.RsaSignPss2048Sha256, fixture.WrapForImport(RandomNumberGenerator.GetBytes(32)), null);
+        Assert.Contains("does not unwrap", notRsa.Message, StringComparison.Ordinal);
+        using var ec = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var ecAsRsa = await Assert.ThrowsAsync<KmsException>(async () => await fixture.Hsm.ImportKeyVersionAsync(fixture.ImportJob, ImportMethod.RsaOaep3072Sha1Aes256, KeyAlgorithm.RsaSignPss2048Sha256, fixture.WrapForImport(ec.ExportPkcs8PrivateKey()), null, default));
+        Assert.True(ecAsRsa.Code == KmsErrorCode.InvalidArgument, ecAsRsa.Message);
+
+        await fixture.Hsm.EvictAndDrainAsync(key);
+        Assert.Equal(before, fixture.Hsm.CountSessionObjects());
+    }
+
+    [Theory]
+    [InlineData(KeyAlgorithm.Aes256Gcm, 16)]
+    [InlineData(KeyAlgorithm.Aes256Gcm, 24)]
+    [InlineData(KeyAlgorithm.Aes256Gcm, 31)]
+    [InlineData(KeyAlgorithm.Aes256Gcm, 33)]
+    [InlineData(KeyAlgorithm.HmacSha256, 25)]
+    [InlineData(KeyAlgorithm.HmacSha256, 31)]
+    [InlineData(KeyAlgorithm.HmacSha256, 48)]
+    [InlineData(KeyAlgorithm.HmacSha384, 47)]
+    [InlineData(KeyAlgorithm.HmacSha512, 32)]
+    [InlineData(KeyAlgorithm.HmacSha512, 63)]
+    public async Task Import_SecretOfWrongSize_InvalidArgumentAndNothingKept(KeyAlgorithm algorithm, int length)
+    {
+        var before = fixture.Hsm.CountSessionObjects();
+
+        var e = await RefusedAsync(algorithm, fixture.WrapForImport(RandomNumberGenerator.GetBytes(length)), null);
+
+        Assert.Contains($"takes a {KeyAlgorithms.Of(algorithm).SecretLength}-byte key", e.Message, StringComparison.Ordinal);
+        Assert.Equal(before, fixture.Hsm.CountSessionObjects());
+    }
+
+    [Fact]
+    public async Task Import_GarbageOrTampered_InvalidArgumentNamingTheProblem_NothingKept()
+    {
+        var before = fixture.Hsm.CountSessionObjects();
+        var good = fixture.WrapForImport(RandomNumberGenerator.GetBytes(32));
+
+        var shortInput = await RefusedAsync(KeyAlgorithm.Aes256Gcm, good[..390], null);
+        Assert.Contains("RSA-OAEP block followed by at least 16 bytes", shortInput.Message, StringComparison.Ordinal);
+        var garbage = await RefusedAsync(KeyAlgorithm.Aes256Gcm, RandomNumberGenerator.GetBytes(384 + 40), null);
+        Assert.Contains("do not RSA-OAEP-decrypt", garbage.Message, StringComparison.Ordinal);
+        var oaepTampered = await RefusedAsync(KeyAlgorithm.Aes256Gcm, AlgorithmTests.Flip(good, 10), null);
+        Assert.Contains("do not RSA-OAEP-decrypt", oaepTampered.Message, StringComparison.Ordinal);
+        var kwpTampered = await RefusedAsync(KeyAlgorithm.Aes256Gcm, AlgorithmTests.Flip(good, 400), null);
+        Assert.Contains("does not unwrap (AES-KWP)", kwpTampered.Message, StringComparison.Ordinal);
+        var otherEphemeral = await RefusedAsync(KeyAlgorithm.Aes256Gcm, [.. good[..384], .. AlgorithmFixture.Kwp(RandomNumberGenerator.GetBytes(32), RandomNumberGenerator.GetBytes(32))], null);
+        Assert.Contains("does not unwrap (AES-KWP)", otherEphemeral.Message, StringComparison.Ordinal);
+
+        Assert.Equal(before, fixture.Hsm.CountSessionObjects());
+        foreach (var e in new[] { shortInput, garbage, oaepTampered, kwpTampered, otherEphemeral })
+        {
+            Assert.Equal("wrapped_key", e.Field);
+        }
+    }
+
+    [Fact]
+    public async Task Import_WycheproofKwpVectors_ValidUnwrapExactly_InvalidRefused_NothingKept()
+    {
+        // Every AES-256 KWP vector of Wycheproof, as the KWP half of an import: the vector's key is
+        // the ephemeral key (RSA-OAEP-wrapped to the job with .NET), its ciphertext the KWP block.
+        // Valid 32-byte messages must import as AES-256 and as HMAC-SHA256 with the exact bytes
+        // (the check values say so); every other valid message is the wrong size and every invalid
+        // vector must be refused — all INVALID_ARGUMENT, none leaving an object behind.
+        var vectors = Wycheproof.Load("aes_kwp_test.json");
+        var before = fixture.Hsm.CountSessionObjects();
+        var (imported, refused) = (0, 0);
+        foreach (var test in vectors.GetProperty("testGroups").EnumerateArray()
+            .Where(g => g.GetProperty("keySize").GetInt32() == 256)
+            .SelectMany(g => g.GetProperty("tests").EnumerateArray()))
+        {
+            var id = $"tcId {test.GetProperty("tcId")}";
+            var message = Wycheproof.Hex(test, "msg");
+            var wrapped = fixture.WrapForImport([], ephemeral: Wycheproof.Hex(test, "key"), kwpOverride: Wycheproof.Hex(test, "ct"));
+            var valid = test.GetProperty("result").GetString() == "valid";
+            if (valid && message.Length == 32)
+            {
+                var aes = await fixture.Hsm.ImportKeyVersionAsync(fixture.ImportJob, ImportMethod.RsaOaep3072Sha1Aes256, KeyAlgorithm.Aes256Gcm, wrapped, null, default);
+                var aesKey = new KeyMaterialRef(KeyVersionId.NewId(), aes.Wrapped);
+                var checkValue = (await fixture.Hsm.DescribeKeyVersionAsync(aesKey, KeyAlgorithm.Aes256Gcm, default)).CheckValue!;
+                Assert.True(AesCheckValue(message).AsSpan().SequenceEqual(checkValue), id);
+                var hmac = await fixture.Hsm.ImportKeyVersionAsync(fixture.ImportJob, ImportMethod.RsaOaep3072Sha1Aes256, KeyAlgorithm.HmacSha256, wrapped, null, default);
+                var hmacKey = new KeyMaterialRef(KeyVersionId.NewId(), hmac.Wrapped);
+                var mac = await fixture.Hsm.ComputeMacAsync(hmacKey, KeyAlgorithm.HmacSha256, [(byte)'x'], default);
+                Assert.True(HMACSHA256.HashData(message, "x"u8.ToArray()).AsSpan().SequenceEqual(mac), id);
+                await fixture.Hsm.EvictAndDrainAsync(aesKey);
+                await fixture.Hsm.EvictAndDrainAsync(hmacKey);
+                imported++;
+                continue;
+            }
+
+            var e = await Assert.ThrowsAsync<KmsException>(async () =>
+                await fixture.Hsm.ImportKeyVersionAsync(fixture.ImportJob, ImportMethod.RsaOaep3072Sha1Aes256, KeyAlgorithm.HmacSha256, wrapped, null, default));
+            Assert.True(e.Code == KmsErrorCode.InvalidArgument && e.Field == "wrapped_key", $"{id}: {e.Code} {e.Message}");
+            if (valid && message.Length >= 16)
+            {
+                Assert.True(e.Message.Contains("takes a 32-byte key", StringComparison.Ordinal), $"{id}: {e.Message}");
+            }
+            refused++;
+        }
+
+        Assert.Equal((3, 91), (imported, refused));
+        Assert.Equal(before, fixture.Hsm.CountSessionObjects());
+    }
+
+    [Fact]
+    public async Task Import_UnsupportedMethodOrAlgorithm_FailedPrecondition()
+    {
+        var e = await Assert.ThrowsAsync<KmsException>(async () =>
+            await fixture.Hsm.ImportKeyVersionAsync(fixture.ImportJob, ImportMethod.RsaOaep3072Sha256Aes256, KeyAlgorithm.Aes256Gcm, new byte[500], null, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("RSA_OAEP_3072_SHA256_AES_256", e.Message, StringComparison.Ordinal);
+        Assert.Contains("SHA-1 only", e.Message, StringComparison.Ordinal);
+        var job = await Assert.ThrowsAsync<KmsException>(async () => await fixture.Hsm.GenerateImportWrappingKeyAsync(ImportMethod.RsaOaep4096Sha256Aes256, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, job.Code);
+        var ed = await Assert.ThrowsAsync<KmsException>(async () =>
+            await fixture.Hsm.ImportKeyVersionAsync(fixture.ImportJob, ImportMethod.RsaOaep3072Sha1Aes256, KeyAlgorithm.Ed25519, new byte[500], null, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, ed.Code);
+        Assert.Contains("CKR_KEY_NOT_WRAPPABLE", ed.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ImportJob_UnwrappedAsTheImportUses_UnwrapOnlyOaepOnlySensitive()
+    {
+        using var session = fixture.Base.OpenRawSession();
+        using var kwp = fixture.Base.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD);
+        var templates = new Templates(fixture.Base.Factories.ObjectAttributeFactory, fixture.Hsm.Profile);
+        using var template = templates.UnwrappedRsaPrivateKey(RsaUsage.UnwrapOaep);
+        var handle = session.UnwrapKey(kwp, fixture.Base.FindDomainKey(session), fixture.ImportJob.Wrapped.Bytes.ToArray(), template.Attributes);
+        try
+        {
+            var read = session.GetAttributeValue(handle, [CKA.CKA_UNWRAP, CKA.CKA_DECRYPT, CKA.CKA_SIGN, CKA.CKA_SENSITIVE, CKA.CKA_EXTRACTABLE, CKA.CKA_ALLOWED_MECHANISMS]);
+            Assert.True(read[0].GetValueAsBool());
+            Assert.False(read[1].GetValueAsBool());
+            Assert.False(read[2].GetValueAsBool());
+            Assert.True(read[3].GetValueAsBool());
+            Assert.False(read[4].GetValueAsBool());
+            Assert.Equal([CKM.CKM_RSA_PKCS_OAEP], read[5].GetValueAsCkmList());
+        }
+        finally
+        {
+            session.DestroyObject(handle);
+        }
+    }
+
+    [Theory]
+    [InlineData(KeyAlgorithm.Aes256Gcm, "CKK_AES", "CKO_SECRET_KEY", "CKA_VALUE_LEN", "CKM_AES_GCM")]
+    [InlineData(KeyAlgorithm.HmacSha384, "CKK_GENERIC_SECRET", "CKO_SECRET_KEY", "CKA_VALUE_LEN", "CKM_SHA384_HMAC")]
+    [InlineData(KeyAlgorithm.RsaSignPss2048Sha256, "CKK_RSA", "CKO_PRIVATE_KEY", "CKA_MODULUS_BITS", "CKM_RSA_PKCS_PSS")]
+    [InlineData(KeyAlgorithm.EcSignP256Sha256, "CKK_EC", "CKO_PRIVATE_KEY", null, "CKM_ECDSA")]
+    public async Task Describe_GeneratedVersion_ReportsSensitiveUnextractableUnwrappedCopy(KeyAlgorithm algorithm, string keyType, string keyClass, string? sizeAttribute, string mechanism)
+    {
+        var spec = KeyAlgorithms.Of(algorithm);
+        var key = new KeyMaterialRef(KeyVersionId.NewId(), (await fixture.Hsm.GenerateKeyVersionAsync(algorithm, default)).Wrapped);
+
+        var described = await fixture.Hsm.DescribeKeyVersionAsync(key, algorithm, default);
+
+        var a = described.Attributes;
+        Assert.Equal(keyClass, a["CKA_CLASS"]);
+        Assert.Equal(keyType, a["CKA_KEY_TYPE"]);
+        Assert.Equal(mechanism, a["CKA_ALLOWED_MECHANISMS"]);
+        foreach (var (name, value) in new[]
+        {
+            ("CKA_TOKEN", "false"), ("CKA_PRIVATE", "true"), ("CKA_SENSITIVE", "true"), ("CKA_EXTRACTABLE", "false"),
+            ("CKA_LOCAL", "false"), ("CKA_NEVER_EXTRACTABLE", "false"), ("CKA_ALWAYS_SENSITIVE", "false"),
+            ("CKA_MODIFIABLE", "false"), ("CKA_DERIVE", "false"), ("CKA_UNWRAP", "false"),
+        })
+        {
+            Assert.True(a.TryGetValue(name, out var read) && read == value, $"{name} = {read ?? "(absent)"}, expected {value}");
+        }
+
+        if (sizeAttribute == "CKA_MODULUS_BITS")
+        {
+            Assert.Equal("2048", a[sizeAttribute]);
+        }
+        else if (sizeAttribute is not null)
+        {
+            // SoftHSM reports CKA_VALUE_LEN = 0 on unwrapped secrets (the profile's note).
+            Assert.Equal("0", a[sizeAttribute]);
+        }
+
+        Assert.Equal(spec.IsAsymmetric, described.CheckValue is null);
+        Assert.Equal(spec.IsAsymmetric ? null : 8, described.CheckValue?.Length);
+    }
+
+    private async Task<KmsException> RefusedAsync(KeyAlgorithm algorithm, byte[] wrapped, byte[]? publicKey)
+    {
+        var e = await Assert.ThrowsAsync<KmsException>(async () =>
+            await fixture.Hsm.ImportKeyVersionAsync(fixture.ImportJob, ImportMethod.RsaOaep3072Sha1Aes256, algorithm, wrapped, publicKey, default));
+        Assert.True(e.Code == KmsErrorCode.InvalidArgument, $"{e.Code}: {e.Message}");
+        return e;
+    }
+
+    internal static byte[] AesCheckValue(byte[] key)
+    {
+        var tag = new byte[16];
+        using var aes = new AesGcm(key, 16);
+        aes.Encrypt(new byte[12], ReadOnlySpan<byte>.Empty, Span<byte>.Empty, tag, CheckValueText);
+        return tag[..8];
+    }
+
+    private static byte[] Hmac(KeyAlgorithmSpec spec, byte[] key, byte[] data) => spec.Digest switch
+    {
+        DigestAlgorithm.Sha256 => HMACSHA256.HashData(key, data),
+        DigestAlgorithm.Sha384 => HMACSHA384.HashData(key, data),
+        _ => HMACSHA512.HashData(key, data),
+    };
+}
+
+internal static class HsmTestExtensions
+{
+    /// <summary>Drops a version's cached copies and lets the next call destroy them, so object counts return to where they were.</summary>
+    public static async Task EvictAndDrainAsync(this Pkcs11Hsm hsm, KeyMaterialRef key)
+    {
+        hsm.EvictKey(key.Id);
+        await hsm.GenerateRandomAsync(1, default);
+    }
+}
