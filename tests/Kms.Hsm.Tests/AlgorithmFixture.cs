@@ -112,24 +112,3 @@ public sealed class AlgorithmFixture : IAsyncLifetime
         return Pkcs11Hsm.Open(options, NullLogger.Instance);
     }
 }
-
-/// <summary>Reads Wycheproof vectors from the shared vector directory at test time (never copied into the repository).</summary>
-internal static class Wycheproof
-{
-    // Outside the repository on purpose (the vectors are not ours to vendor); KMS_WYCHEPROOF_DIR overrides.
-    public static string Directory => Environment.GetEnvironmentVariable("KMS_WYCHEPROOF_DIR") is { Length: > 0 } dir ? dir : "/work/shared/vectors/wycheproof";
-
-    public static JsonElement Load(string file)
-    {
-        var path = Path.Combine(Directory, file);
-        if (!File.Exists(path))
-        {
-            throw new InvalidOperationException($"Wycheproof vectors are required by this test and are missing: {path}");
-        }
-
-        using var document = JsonDocument.Parse(File.ReadAllText(path));
-        return document.RootElement.Clone();
-    }
-
-    public static byte[] Hex(JsonElement test, string field) => Convert.FromHexString(test.GetProperty(field).GetString()!);
-}

@@ -3,6 +3,7 @@ using System.Text;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
 using Kms.Core.Ports;
+using Kms.Testing;
 using Org.BouncyCastle.Crypto;
 using Org.BouncyCastle.Crypto.Digests;
 using Org.BouncyCastle.Crypto.Encodings;
@@ -159,7 +160,7 @@ public sealed class AlgorithmTests(AlgorithmFixture fixture) : IClassFixture<Alg
         Assert.Equal(bouncy, mac);
     }
 
-    [Fact]
+    [WycheproofFact]
     public async Task ComputeMac_WycheproofHmacSha256_FullTagVectorsMatch()
     {
         // Every vector with a 256-bit key and a full 256-bit tag: the key is imported as an
@@ -182,7 +183,7 @@ public sealed class AlgorithmTests(AlgorithmFixture fixture) : IClassFixture<Alg
         Assert.Equal(81, checkedVectors);
     }
 
-    [Fact]
+    [WycheproofFact]
     public async Task DecryptRsaOaep_WycheproofSha1Vectors_ValidDecryptInvalidFailOpaquely()
     {
         // The vectors' own private key, imported as an RSA_DECRYPT_OAEP_2048_SHA1 version. Vectors

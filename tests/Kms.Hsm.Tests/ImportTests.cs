@@ -4,6 +4,7 @@ using Kms.Core.Crypto;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
 using Kms.Core.Ports;
+using Kms.Testing;
 using Net.Pkcs11Interop.Common;
 
 namespace Kms.Hsm.Tests;
@@ -156,7 +157,7 @@ public sealed class ImportTests(AlgorithmFixture fixture) : IClassFixture<Algori
         }
     }
 
-    [Fact]
+    [WycheproofFact]
     public async Task Import_WycheproofKwpVectors_ValidUnwrapExactly_InvalidRefused_NothingKept()
     {
         // Every AES-256 KWP vector of Wycheproof, as the KWP half of an import: the vector's key is

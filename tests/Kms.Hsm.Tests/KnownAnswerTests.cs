@@ -65,7 +65,7 @@ public sealed class KnownAnswerTests(HsmFixture fixture) : IClassFixture<HsmFixt
     [WycheproofFact]
     public async Task WycheproofAesGcm_Key256Iv96Tag128_AllAgree()
     {
-        using var document = JsonDocument.Parse(File.ReadAllText(Path.Combine(WycheproofFactAttribute.Directory!, "aes_gcm_test.json")));
+        using var document = JsonDocument.Parse(File.ReadAllText(Path.Combine(Wycheproof.Directory!, "aes_gcm_test.json")));
         var failures = new List<string>();
         var count = 0;
         foreach (var group in document.RootElement.GetProperty("testGroups").EnumerateArray())
@@ -241,22 +241,4 @@ public sealed class KnownAnswerTests(HsmFixture fixture) : IClassFixture<HsmFixt
             }
         }
     }
-}
-
-/// <summary>
-/// A fact over the Wycheproof vectors in <c>KMS_WYCHEPROOF_DIR</c> (they are not shipped
-/// with the project; .ci/run sets it). Without it the test is reported skipped, with the
-/// reason — never silently passed. With it set to a missing folder, the test fails.
-/// </summary>
-public sealed class WycheproofFactAttribute : FactAttribute
-{
-    public WycheproofFactAttribute()
-    {
-        if (string.IsNullOrEmpty(Directory))
-        {
-            Skip = "KMS_WYCHEPROOF_DIR is not set (point it at ../shared/vectors/wycheproof; .ci/run does)";
-        }
-    }
-
-    public static string? Directory => Environment.GetEnvironmentVariable("KMS_WYCHEPROOF_DIR");
 }

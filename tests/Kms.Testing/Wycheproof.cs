@@ -5,10 +5,10 @@ using Xunit;
 namespace Kms.Testing;
 
 /// <summary>
-/// A fact over the Wycheproof vectors in <c>KMS_WYCHEPROOF_DIR</c> (they are not shipped
-/// with the project; .ci/run points it at ../shared/vectors/wycheproof). Without it the test
-/// is reported skipped, with the reason — never silently passed. With it set to a folder that
-/// lacks a file, the test fails.
+/// A fact over the Wycheproof vectors (not shipped with the project: read from
+/// <c>KMS_WYCHEPROOF_DIR</c>, else <c>../shared/vectors/wycheproof</c> beside the repository,
+/// which .ci/run uses). Where neither exists the test is reported skipped with the reason —
+/// never silently passed; a vector file missing from the folder fails the test.
 /// </summary>
 public sealed class WycheproofFactAttribute : FactAttribute
 {
@@ -16,7 +16,7 @@ public sealed class WycheproofFactAttribute : FactAttribute
     {
         if (string.IsNullOrEmpty(Wycheproof.Directory))
         {
-            Skip = "KMS_WYCHEPROOF_DIR is not set (point it at ../shared/vectors/wycheproof; .ci/run does)";
+            Skip = "no Wycheproof vectors: set KMS_WYCHEPROOF_DIR or put them in ../shared/vectors/wycheproof";
         }
     }
 }
@@ -24,8 +24,24 @@ public sealed class WycheproofFactAttribute : FactAttribute
 /// <summary>Reads Wycheproof test files.</summary>
 public static class Wycheproof
 {
-    /// <summary>The vectors' folder, from <c>KMS_WYCHEPROOF_DIR</c>.</summary>
-    public static string? Directory => Environment.GetEnvironmentVariable("KMS_WYCHEPROOF_DIR");
+    /// <summary>The vectors' folder: <c>KMS_WYCHEPROOF_DIR</c>, else <c>../shared/vectors/wycheproof</c> beside the repository; null when neither is set or present.</summary>
+    public static string? Directory =>
+        Environment.GetEnvironmentVariable("KMS_WYCHEPROOF_DIR") is { Length: > 0 } set ? set
+        : Path.GetFullPath(Path.Combine(RepositoryPaths.Root, "..", "shared", "vectors", "wycheproof")) is var beside && System.IO.Directory.Exists(beside) ? beside
+        : null;
+
+    /// <summary>A whole vector file; a missing file fails the test.</summary>
+    public static JsonElement Load(string file)
+    {
+        var path = Path.Combine(Directory ?? throw new InvalidOperationException("no Wycheproof vectors (KMS_WYCHEPROOF_DIR)"), file);
+        if (!File.Exists(path))
+        {
+            throw new InvalidOperationException($"Wycheproof vectors are required by this test and are missing: {path}");
+        }
+
+        using var document = JsonDocument.Parse(File.ReadAllText(path));
+        return document.RootElement.Clone();
+    }
 
     /// <summary>Every test of <paramref name="file"/> with its group.</summary>
     public static IEnumerable<(JsonElement Group, JsonElement Test)> Tests(string file)

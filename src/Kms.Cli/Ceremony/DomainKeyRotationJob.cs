@@ -44,6 +44,9 @@ public static class DomainKeyRotationJob
             {
                 WrappedItemKind.Aes256 => WrappedKeyKind.Aes256,
                 WrappedItemKind.EcP256PrivateKey => WrappedKeyKind.EcP256PrivateKey,
+                WrappedItemKind.EcP384PrivateKey => WrappedKeyKind.EcP384PrivateKey,
+                WrappedItemKind.RsaPrivateKey => WrappedKeyKind.RsaPrivateKey,
+                WrappedItemKind.GenericSecret => WrappedKeyKind.GenericSecret,
                 _ => throw new ArgumentOutOfRangeException(nameof(store), item.Kind, "unknown wrapped item kind"),
             };
             state = await store.ReplaceWrappedItemAsync(item, rewrapper.Rewrap(item.Blob, kind), cancellationToken);
