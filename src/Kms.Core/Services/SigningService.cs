@@ -57,13 +57,12 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
             throw KmsErrors.InvalidArgument("signature", "is required");
         }
 
-        var publicKey = PublicKeyOf(found);
-        var valid = spec.Family switch
+        if (spec.Family == KeyFamily.EdDsa)
         {
-            KeyFamily.Ec => VerifyEcdsa(publicKey, digest, signature, format),
-            KeyFamily.Rsa => VerifyRsa(publicKey, spec, digest, signature),
-            _ => throw KmsErrors.FailedPrecondition($"{spec.Name} signatures are verified by the caller with the public key (GetPublicKey)"),
-        };
+            throw KmsErrors.FailedPrecondition($"{spec.Name} signatures are verified by the caller with the public key (GetPublicKey)");
+        }
+
+        var valid = SignatureVerifier.Verify(PublicKeyOf(found), spec, digest, signature, p1363: format == SignatureFormat.P1363);
         return new VerifyResult(valid, found.Version.Name);
     }
 
@@ -156,37 +155,6 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
         if (data.Length > MaxMessageBytes)
         {
             throw KmsErrors.InvalidArgument(field, $"must be at most {MaxMessageBytes} bytes; sign or MAC a digest of larger data");
-        }
-    }
-
-    private static bool VerifyEcdsa(SubjectPublicKey publicKey, byte[] digest, byte[] signature, SignatureFormat format)
-    {
-        using var ec = ECDsa.Create();
-        ec.ImportSubjectPublicKeyInfo(publicKey.Der, out _);
-        var encoding = format == SignatureFormat.P1363 ? DSASignatureFormat.IeeeP1363FixedFieldConcatenation : DSASignatureFormat.Rfc3279DerSequence;
-        try
-        {
-            return ec.VerifyHash(digest, signature, encoding);
-        }
-        catch (CryptographicException)
-        {
-            // A malformed DER signature is a signature that does not verify.
-            return false;
-        }
-    }
-
-    private static bool VerifyRsa(SubjectPublicKey publicKey, KeyAlgorithmSpec spec, byte[] digest, byte[] signature)
-    {
-        using var rsa = RSA.Create();
-        rsa.ImportSubjectPublicKeyInfo(publicKey.Der, out _);
-        var padding = spec.Padding == RsaPadding.Pss ? RSASignaturePadding.Pss : RSASignaturePadding.Pkcs1;
-        try
-        {
-            return rsa.VerifyHash(digest, signature, KeyAlgorithms.HashName(spec.Digest!.Value), padding);
-        }
-        catch (CryptographicException)
-        {
-            return false;
         }
     }
 
