@@ -1,0 +1,256 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text;
+using global::Grpc.Core;
+using Kms.Client;
+using Kms.Contracts.V1;
+using KeyAttestation = Kms.Core.Keys.KeyAttestation;
+using Kms.Testing;
+using Org.BouncyCastle.Crypto.Digests;
+using Org.BouncyCastle.Crypto.Signers;
+using Org.BouncyCastle.Security;
+using ProtoAlgorithm = Kms.Contracts.V1.KeyAlgorithm;
+
+namespace Kms.Server.Tests;
+
+/// <summary>
+/// Signing, MAC, asymmetric decryption, BYOK and provenance statements through the real server
+/// (TLS, SoftHSM, SQLite), cross-checked with .NET, BouncyCastle and the openssl tool.
+/// </summary>
+public sealed class SigningEndToEndTests(ServerFixture fixture) : IClassFixture<ServerFixture>
+{
+    private static readonly byte[] Message = "transfer 100 EUR to account 42"u8.ToArray();
+
+    private KmsClient Client => fixture.Client;
+
+    [Fact]
+    public async Task SignEcdsaP256_VerifiedByDotNetBouncyCastleAndVerify()
+    {
+        var key = await CreateAsync(KeyPurpose.SignVerify, ProtoAlgorithm.EcSignP256Sha256);
+        var signed = await Client.SignAsync(key, Message);
+        var publicKey = await Client.GetPublicKeyAsync(key);
+
+        Assert.Equal(ProtoAlgorithm.EcSignP256Sha256, signed.Algorithm);
+        using (var ec = ECDsa.Create())
+        {
+            ec.ImportFromPem(publicKey.Pem);
+            Assert.True(ec.VerifyData(Message, signed.Signature.ToByteArray(), HashAlgorithmName.SHA256, DSASignatureFormat.Rfc3279DerSequence));
+        }
+
+        var signer = new DsaDigestSigner(new ECDsaSigner(), new Sha256Digest());
+        signer.Init(false, PublicKeyFactory.CreateKey(publicKey.Der.ToByteArray()));
+        signer.BlockUpdate(Message, 0, Message.Length);
+        Assert.True(signer.VerifySignature(signed.Signature.ToByteArray()));
+        Assert.True(await Client.VerifyAsync(key, Message, signed.Signature.Memory));
+    }
+
+    [Fact]
+    public async Task SignRsaPss_VerifiedByBouncyCastle_OneBitChangeRejectedByVerify()
+    {
+        var key = await CreateAsync(KeyPurpose.SignVerify, ProtoAlgorithm.RsaSignPss2048Sha256);
+        var signed = await Client.SignAsync(key, Message);
+        var publicKey = await Client.GetPublicKeyAsync(key);
+
+        var pss = new PssSigner(new Org.BouncyCastle.Crypto.Engines.RsaEngine(), new Sha256Digest(), 32);
+        pss.Init(false, PublicKeyFactory.CreateKey(publicKey.Der.ToByteArray()));
+        pss.BlockUpdate(Message, 0, Message.Length);
+        Assert.True(pss.VerifySignature(signed.Signature.ToByteArray()));
+
+        var flipped = signed.Signature.ToByteArray();
+        flipped[^1] ^= 1;
+        Assert.False(await Client.VerifyAsync(key, Message, flipped));
+    }
+
+    [Fact]
+    public async Task GetPublicKey_OpensslReadsIt_AndVerifiesTheServersDerSignature()
+    {
+        var key = await CreateAsync(KeyPurpose.SignVerify, ProtoAlgorithm.EcSignP256Sha256);
+        var signed = await Client.SignAsync(key, Message);
+        var publicKey = await Client.GetPublicKeyAsync(key);
+        var directory = Directory.CreateTempSubdirectory("kms-openssl-");
+        try
+        {
+            var pem = Path.Combine(directory.FullName, "public.pem");
+            var message = Path.Combine(directory.FullName, "message");
+            var signature = Path.Combine(directory.FullName, "signature.der");
+            await File.WriteAllTextAsync(pem, publicKey.Pem);
+            await File.WriteAllBytesAsync(message, Message);
+            await File.WriteAllBytesAsync(signature, signed.Signature.ToByteArray());
+
+            var (describeCode, describe) = await OpensslAsync("pkey", "-pubin", "-in", pem, "-noout", "-text");
+            Assert.Equal(0, describeCode);
+            Assert.Contains("prime256v1", describe, StringComparison.Ordinal);
+            var (derCode, _) = await OpensslAsync("pkey", "-pubin", "-in", pem, "-outform", "DER", "-out", Path.Combine(directory.FullName, "public.der"));
+            Assert.Equal(0, derCode);
+            Assert.Equal(publicKey.Der.ToByteArray(), await File.ReadAllBytesAsync(Path.Combine(directory.FullName, "public.der")));
+
+            var (verifyCode, verify) = await OpensslAsync("dgst", "-sha256", "-verify", pem, "-signature", signature, message);
+            Assert.Equal(0, verifyCode);
+            Assert.Contains("Verified OK", verify, StringComparison.Ordinal);
+        }
+        finally
+        {
+            directory.Delete(recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task AsymmetricDecrypt_DotNetOaepSha1Ciphertext_Decrypts_TamperedIsOpaque()
+    {
+        var key = await CreateAsync(KeyPurpose.AsymmetricDecrypt, ProtoAlgorithm.RsaDecryptOaep2048Sha1);
+        using var rsa = RSA.Create();
+        rsa.ImportSubjectPublicKeyInfo((await Client.GetPublicKeyAsync(key)).Der.Span, out _);
+        var ciphertext = rsa.Encrypt(Message, RSAEncryptionPadding.OaepSHA1);
+
+        using (var plaintext = await Client.AsymmetricDecryptAsync(key, ciphertext))
+        {
+            Assert.Equal(Message, plaintext.Plaintext.ToArray());
+        }
+
+        ciphertext[5] ^= 0x40;
+        var e = await Assert.ThrowsAsync<RpcException>(() => Client.AsymmetricDecryptAsync(key, ciphertext));
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.Equal("decryption failed", e.Status.Detail);
+    }
+
+    [Fact]
+    public async Task OaepSha256_OnSoftHsm_FailedPreconditionFromTheProfile_NothingCreated()
+    {
+        var id = ServerFixture.NewKeyId();
+        var e = await Assert.ThrowsAsync<RpcException>(() => Client.CreateKeyAsync("tenants/dev", id, KeyPurpose.AsymmetricDecrypt, ProtoAlgorithm.RsaDecryptOaep2048Sha256));
+
+        Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
+        Assert.Contains("RSA-OAEP with SHA-1 only", e.Status.Detail, StringComparison.Ordinal);
+        var missing = await Assert.ThrowsAsync<RpcException>(() => Client.GetKeyAsync($"tenants/dev/keys/{id}"));
+        Assert.Equal(StatusCode.NotFound, missing.StatusCode);
+    }
+
+    [Fact]
+    public async Task Ed25519_OnSoftHsm_FailedPrecondition()
+    {
+        var e = await Assert.ThrowsAsync<RpcException>(() => Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId(), KeyPurpose.SignVerify, ProtoAlgorithm.Ed25519));
+
+        Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
+        Assert.Contains("Ed25519", e.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task BadInput_WrongPurposeAndWrongDigestLength_ClearStatuses()
+    {
+        var aes = (await Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId())).Name;
+        var signing = await CreateAsync(KeyPurpose.SignVerify, ProtoAlgorithm.EcSignP256Sha256);
+
+        var purpose = await Assert.ThrowsAsync<RpcException>(() => Client.SignAsync(aes, Message));
+        Assert.Equal(StatusCode.FailedPrecondition, purpose.StatusCode);
+        Assert.Contains("ENCRYPT_DECRYPT", purpose.Status.Detail, StringComparison.Ordinal);
+        var mac = await Assert.ThrowsAsync<RpcException>(() => Client.GenerateMacAsync(signing, Message));
+        Assert.Contains("not MAC", mac.Status.Detail, StringComparison.Ordinal);
+        var digest = await Assert.ThrowsAsync<RpcException>(() => Client.SignDigestAsync(signing, new byte[20]));
+        Assert.Equal(StatusCode.InvalidArgument, digest.StatusCode);
+        Assert.Contains("32-byte", digest.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ImportHmacKeyOfKnownValue_MacEqualsDotNet_VerifyMacRejectsOneBit_AttestationSaysImported()
+    {
+        var key = await CreateAsync(KeyPurpose.Mac, ProtoAlgorithm.HmacSha256);
+        var job = await Client.CreateImportJobAsync("tenants/dev", ServerFixture.NewKeyId(), ImportMethod.RsaOaep3072Sha1Aes256);
+        var secret = RandomNumberGenerator.GetBytes(32);
+
+        var version = await Client.ImportKeyVersionAsync(key, job.Name, KeyImport.Wrap(job.PublicKeyDer.Span, job.ImportMethod, secret));
+        Assert.Equal(KeyOrigin.Imported, version.Origin);
+        Assert.Equal(job.Name, version.ImportJob);
+
+        var mac = await Client.GenerateMacAsync(key, Message);
+        Assert.Equal(HMACSHA256.HashData(secret, Message), mac);
+        Assert.True(await Client.VerifyMacAsync(key, Message, mac));
+        mac[0] ^= 0x01;
+        Assert.False(await Client.VerifyMacAsync(key, Message, mac));
+
+        var attestation = await VerifiedAttestationAsync(version.Name);
+        Assert.Equal("IMPORTED", attestation.Origin);
+        Assert.Equal(job.Name, attestation.ImportJob);
+        var expectedCheckValue = HMACSHA256.HashData(secret, Encoding.ASCII.GetBytes(Kms.Core.Ports.KeyVersionProperties.CheckValueText))[..8];
+        Assert.Equal(Convert.ToHexStringLower(expectedCheckValue), attestation.CheckValue);
+    }
+
+    [Fact]
+    public async Task Import_WrongWrappingOrSize_InvalidArgument_NoVersionAdded()
+    {
+        var key = (await Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId())).Name;
+        var job = await Client.CreateImportJobAsync("tenants/dev", ServerFixture.NewKeyId(), ImportMethod.RsaOaep3072Sha1Aes256);
+        var garbage = RandomNumberGenerator.GetBytes(384 + 40);
+        var shortKey = KeyImport.Wrap(job.PublicKeyDer.Span, job.ImportMethod, new byte[16]);
+
+        foreach (var wrapped in new[] { garbage, shortKey })
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(() => Client.ImportKeyVersionAsync(key, job.Name, wrapped));
+            Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        }
+
+        Assert.EndsWith("/versions/1", (await Client.GetKeyAsync(key)).Primary.Name, StringComparison.Ordinal);
+        var versions = new List<Kms.Contracts.V1.KeyVersion>();
+        await foreach (var version in Client.ListKeyVersionsAsync(key))
+        {
+            versions.Add(version);
+        }
+
+        Assert.Single(versions);
+    }
+
+    [Fact]
+    public async Task Attestation_GeneratedSigningKey_VerifiesOffline_ReportsTheHsmsAttributes_TamperedFails()
+    {
+        var key = await CreateAsync(KeyPurpose.SignVerify, ProtoAlgorithm.EcSignP256Sha256);
+        var response = await Client.GetKeyAttestationAsync(key);
+        var auditKey = PublicKeyDer((await Client.GetAuditSigningKeyAsync()).PublicKeyPem);
+
+        var attestation = KeyAttestation.Verify(auditKey, response.Statement.Span, response.Signature.Span);
+        Assert.NotNull(attestation);
+        Assert.Equal("GENERATED", attestation.Origin);
+        Assert.Equal("EC_SIGN_P256_SHA256", attestation.Algorithm);
+        Assert.Equal(Convert.ToBase64String((await Client.GetPublicKeyAsync(key)).Der.Span), attestation.PublicKey);
+        Assert.Equal("true", attestation.HsmAttributes["CKA_SENSITIVE"]);
+        Assert.Equal("false", attestation.HsmAttributes["CKA_EXTRACTABLE"]);
+        Assert.Equal("false", attestation.HsmAttributes["CKA_LOCAL"]);
+        Assert.Equal("false", attestation.HsmAttributes["CKA_NEVER_EXTRACTABLE"]);
+        Assert.NotNull(attestation.CreateRequest);
+
+        var tampered = response.Statement.ToByteArray();
+        var at = Encoding.UTF8.GetString(tampered).IndexOf("GENERATED", StringComparison.Ordinal);
+        tampered[at] = (byte)'X';
+        Assert.Null(KeyAttestation.Verify(auditKey, tampered, response.Signature.Span));
+    }
+
+    private static byte[] PublicKeyDer(string pem)
+    {
+        using var ec = ECDsa.Create();
+        ec.ImportFromPem(pem);
+        return ec.ExportSubjectPublicKeyInfo();
+    }
+
+    private async Task<KeyAttestation> VerifiedAttestationAsync(string name)
+    {
+        var response = await Client.GetKeyAttestationAsync(name);
+        var auditKey = PublicKeyDer((await Client.GetAuditSigningKeyAsync()).PublicKeyPem);
+        return KeyAttestation.Verify(auditKey, response.Statement.Span, response.Signature.Span) ?? throw new InvalidOperationException("the statement does not verify");
+    }
+
+    private async Task<string> CreateAsync(KeyPurpose purpose, ProtoAlgorithm algorithm) =>
+        (await Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId(), purpose, algorithm)).Name;
+
+    private static async Task<(int Code, string Output)> OpensslAsync(params string[] arguments)
+    {
+        var start = new ProcessStartInfo("openssl") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        using var process = Process.Start(start) ?? throw new InvalidOperationException("openssl did not start (apt-get install -y openssl)");
+        var output = await process.StandardOutput.ReadToEndAsync();
+        var error = await process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        return (process.ExitCode, output + error);
+    }
+}
