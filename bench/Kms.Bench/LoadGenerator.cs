@@ -6,6 +6,7 @@ using Kms.Contracts.V1;
 using Kms.Core.Keys;
 using Kms.Hsm;
 using Kms.Server.Hosting;
+using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
 using Net.Pkcs11Interop.Common;
@@ -67,16 +68,7 @@ internal static class LoadGenerator
     private static async Task<(Dictionary<int, (double OpsPerSecond, double P50, double P99, double EventsPerCommit)> Singles, int Failed)> RunServerAsync(
         HsmOptions options, string root, bool audit, TimeSpan duration, int[] concurrencies, double rawOpsPerSecond)
     {
-        var app = await KmsServerApp.BuildAsync(
-        [
-            "--dev", "--urls=https://127.0.0.1:0", $"--Kms:DataDir={root}", $"--Hsm:TokenLabel={options.TokenLabel}", $"--Hsm:Pin={options.Pin}",
-            $"--Hsm:ModuleEnvironment:SOFTHSM2_CONF={options.ModuleEnvironment["SOFTHSM2_CONF"]}",
-
-            // The tenant quota (default 5,000 ops/s) would cap the sweep; it is still metered.
-            "--Kms:Quotas:OperationsPerSecond=10000000", "--Kms:Quotas:Burst=10000000",
-            $"--Kms:Audit:Enabled={(audit ? "true" : "false")}",
-        ], logging => logging.MinimumLevel.Warning());
-        await app.StartAsync();
+        var app = await StartServerAsync(options, root, audit);
         var failed = 0;
         var singles = new Dictionary<int, (double, double, double, double)>();
         long commits = 0, events = 0;
@@ -87,12 +79,7 @@ internal static class LoadGenerator
         };
         try
         {
-            using var client = new KmsClient(new KmsClientOptions
-            {
-                Endpoint = KmsServerApp.BoundAddresses(app).Single(),
-                CaCertificatePath = Path.Combine(root, "tls", "ca.crt"),
-                ApiTokenPath = Path.Combine(root, "tokens", "developer.token"),
-            });
+            using var client = Connect(app, root);
             var key = await client.CreateKeyAsync("tenants/dev", "load-" + (audit ? "audited" : "unaudited"));
             var context = new Dictionary<string, string> { ["bench"] = "load" };
 
@@ -143,8 +130,47 @@ internal static class LoadGenerator
         return (singles, failed);
     }
 
-    private static async Task<(double OpsPerSecond, double P50, double P99, int Errors)> SweepAsync(
-        KmsClient client, string keyName, Dictionary<string, string> context, int concurrency, TimeSpan duration)
+    /// <summary>
+    /// The real server over TLS 1.3 with API-token auth on loopback (an ephemeral port), on
+    /// <paramref name="options"/>' token, with durable audit on or off. The caller stops and disposes it.
+    /// </summary>
+    internal static async Task<WebApplication> StartServerAsync(HsmOptions options, string root, bool audit)
+    {
+        var app = await KmsServerApp.BuildAsync(
+        [
+            "--dev", "--urls=https://127.0.0.1:0", $"--Kms:DataDir={root}", $"--Hsm:TokenLabel={options.TokenLabel}", $"--Hsm:Pin={options.Pin}",
+            $"--Hsm:ModuleEnvironment:SOFTHSM2_CONF={options.ModuleEnvironment["SOFTHSM2_CONF"]}",
+
+            // The tenant quota (default 5,000 ops/s) would cap the sweep; it is still metered.
+            "--Kms:Quotas:OperationsPerSecond=10000000", "--Kms:Quotas:Burst=10000000",
+            $"--Kms:Audit:Enabled={(audit ? "true" : "false")}",
+        ], logging => logging.MinimumLevel.Warning());
+        await app.StartAsync();
+        return app;
+    }
+
+    /// <summary>One client (one HTTP/2 connection pool) to <paramref name="app"/>, as the dev developer token.</summary>
+    internal static KmsClient Connect(WebApplication app, string root) => new(new KmsClientOptions
+    {
+        Endpoint = KmsServerApp.BoundAddresses(app).Single(),
+        CaCertificatePath = Path.Combine(root, "tls", "ca.crt"),
+        ApiTokenPath = Path.Combine(root, "tokens", "developer.token"),
+    });
+
+    private static Task<(double OpsPerSecond, double P50, double P99, int Errors)> SweepAsync(
+        KmsClient client, string keyName, Dictionary<string, string> context, int concurrency, TimeSpan duration) =>
+        ClosedLoopAsync(concurrency, duration, async () =>
+        {
+            using var dataKey = await client.GenerateDataKeyAsync(keyName, context);
+        });
+
+    /// <summary>
+    /// A closed loop: <paramref name="concurrency"/> workers each call <paramref name="call"/>
+    /// back to back for <paramref name="duration"/>; every call's latency is kept (failed ones
+    /// too) and counted. A call that fails with an RPC error is counted, not thrown.
+    /// </summary>
+    internal static async Task<(double OpsPerSecond, double P50, double P99, int Errors)> ClosedLoopAsync(
+        int concurrency, TimeSpan duration, Func<Task> call)
     {
         var latencies = new List<double>[concurrency];
         var errors = 0;
@@ -157,7 +183,7 @@ internal static class LoadGenerator
                 var started = Stopwatch.GetTimestamp();
                 try
                 {
-                    using var dataKey = await client.GenerateDataKeyAsync(keyName, context);
+                    await call();
                 }
                 catch (Grpc.Core.RpcException)
                 {
