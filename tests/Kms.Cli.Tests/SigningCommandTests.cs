@@ -1,0 +1,114 @@
+using System.Security.Cryptography;
+using System.Text.Json;
+using Kms.Cli.Infrastructure;
+
+namespace Kms.Cli.Tests;
+
+/// <summary>kms keys create --algorithm, sign/verify, public-key, mac/verify-mac, keys import and attest get/verify against the real server.</summary>
+public sealed class SigningCommandTests(CliServerFixture fixture) : IClassFixture<CliServerFixture>, IDisposable
+{
+    private readonly string _directory = CliServerFixture.NewDirectory();
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
+
+    [Fact]
+    public async Task SignVerify_File_ValidThenTamperedExits7_PublicKeyIsPem_AttestationVerifiesOffline()
+    {
+        var key = $"sign-{Guid.NewGuid():N}";
+        var created = await JsonAsync("keys", "create", key, "--algorithm", "EC_SIGN_P384_SHA384");
+        Assert.Equal("KEY_PURPOSE_SIGN_VERIFY", created.GetProperty("purpose").GetString());
+        Assert.Equal("KEY_ALGORITHM_EC_SIGN_P384_SHA384", created.GetProperty("algorithm").GetString());
+        var document = Path.Combine(_directory, "contract.txt");
+        await File.WriteAllBytesAsync(document, RandomNumberGenerator.GetBytes(200_000));
+        var signature = Path.Combine(_directory, "contract.sig");
+
+        Assert.Equal(0, (await RunAsync("sign", key, "--in", document, "--out", signature)).ExitCode);
+        Assert.Equal(0, (await RunAsync("verify", key, "--in", document, "--signature", signature)).ExitCode);
+
+        var pem = Path.Combine(_directory, "signer.pem");
+        Assert.Equal(0, (await RunAsync("public-key", key, "--out", pem)).ExitCode);
+        using (var ec = ECDsa.Create())
+        {
+            ec.ImportFromPem(await File.ReadAllTextAsync(pem));
+            Assert.True(ec.VerifyData(await File.ReadAllBytesAsync(document), await File.ReadAllBytesAsync(signature), HashAlgorithmName.SHA384, DSASignatureFormat.Rfc3279DerSequence));
+        }
+
+        var bytes = await File.ReadAllBytesAsync(document);
+        bytes[100] ^= 1;
+        await File.WriteAllBytesAsync(document, bytes);
+        var tampered = await RunAsync("verify", key, "--in", document, "--signature", signature);
+        Assert.Equal(ExitCodes.DecryptionFailed, tampered.ExitCode);
+        Assert.Contains("INVALID", tampered.Out, StringComparison.Ordinal);
+
+        var statement = Path.Combine(_directory, "signer.attestation.json");
+        Assert.Equal(0, (await RunAsync("attest", "get", key, "--out", statement)).ExitCode);
+        var auditKey = Path.Combine(fixture.Server.DataDir, "audit", "signing-key.pem");
+        var verified = await RunAsync("attest", "verify", statement, "--public-key", auditKey);
+        Assert.True(verified.ExitCode == 0, verified.ToString());
+        Assert.Contains("EC_SIGN_P384_SHA384", verified.Out, StringComparison.Ordinal);
+
+        var bundle = System.Text.Json.Nodes.JsonNode.Parse(await File.ReadAllTextAsync(statement))!;
+        var forged = Convert.FromBase64String(bundle["signature"]!.GetValue<string>());
+        forged[10] ^= 1;
+        bundle["signature"] = Convert.ToBase64String(forged);
+        await File.WriteAllTextAsync(statement, bundle.ToJsonString());
+        Assert.Equal(ExitCodes.DecryptionFailed, (await RunAsync("attest", "verify", statement, "--public-key", auditKey)).ExitCode);
+    }
+
+    [Fact]
+    public async Task KeysImport_HmacKeyFile_MacEqualsDotNet_VerifyMacRefusesAnother()
+    {
+        var key = $"mac-{Guid.NewGuid():N}";
+        await JsonAsync("keys", "create", key, "--purpose", "mac");
+        var secret = RandomNumberGenerator.GetBytes(32);
+        var material = Path.Combine(_directory, "hmac.key");
+        await File.WriteAllBytesAsync(material, secret);
+
+        var imported = await JsonAsync("keys", "import", key, "--material", material);
+        Assert.Equal("KEY_ORIGIN_IMPORTED", imported.GetProperty("origin").GetString());
+
+        var data = Path.Combine(_directory, "payload.json");
+        await File.WriteAllTextAsync(data, "{\"user\":42}");
+        var mac = await JsonAsync("mac", key, "--in", data);
+        var expected = Convert.ToHexStringLower(HMACSHA256.HashData(secret, await File.ReadAllBytesAsync(data)));
+        Assert.Equal(expected, mac.GetProperty("mac").GetString());
+        Assert.Equal(0, (await RunAsync("verify-mac", key, "--in", data, "--mac", expected)).ExitCode);
+        Assert.Equal(ExitCodes.DecryptionFailed, (await RunAsync("verify-mac", key, "--in", data, "--mac", new string('0', 64))).ExitCode);
+    }
+
+    [Fact]
+    public async Task KeysImport_EcPemPrivateKey_SignaturesVerifyWithTheImportersPublicKey()
+    {
+        var key = $"ec-{Guid.NewGuid():N}";
+        await JsonAsync("keys", "create", key, "--algorithm", "EC_SIGN_P256_SHA256");
+        using var mine = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var material = Path.Combine(_directory, "ec.pem");
+        await File.WriteAllTextAsync(material, mine.ExportPkcs8PrivateKeyPem());
+
+        Assert.Equal(0, (await RunAsync("keys", "import", key, "--material", material)).ExitCode);
+
+        var document = Path.Combine(_directory, "doc");
+        await File.WriteAllTextAsync(document, "signed with my own key");
+        var signature = Path.Combine(_directory, "doc.sig");
+        Assert.Equal(0, (await RunAsync("sign", key, "--in", document, "--out", signature)).ExitCode);
+        Assert.True(mine.VerifyData(await File.ReadAllBytesAsync(document), await File.ReadAllBytesAsync(signature), HashAlgorithmName.SHA256, DSASignatureFormat.Rfc3279DerSequence));
+    }
+
+    [Fact]
+    public async Task KeysCreate_AlgorithmOfAnotherPurpose_Exits2()
+    {
+        var result = await RunAsync("keys", "create", $"x-{Guid.NewGuid():N}", "--purpose", "mac", "--algorithm", "EC_SIGN_P256_SHA256");
+
+        Assert.Equal(ExitCodes.Usage, result.ExitCode);
+        Assert.Contains("SIGN_VERIFY", result.Error, StringComparison.Ordinal);
+    }
+
+    private Task<CliResult> RunAsync(params string[] args) => CliRun.InProcessAsync(fixture.Variables, _directory, null, args);
+
+    private async Task<JsonElement> JsonAsync(params string[] args)
+    {
+        var result = await RunAsync([.. args, "-o", "json"]);
+        Assert.True(result.ExitCode == 0, result.ToString());
+        return JsonDocument.Parse(result.Out).RootElement.Clone();
+    }
+}
