@@ -7,6 +7,7 @@ using Kms.Bench;
 // dotnet run -c Release --project bench/Kms.Bench -- envelope [BenchmarkDotNet arguments]
 // dotnet run -c Release --project bench/Kms.Bench -- envelope-stream [MiB]
 // dotnet run -c Release --project bench/Kms.Bench -- commit [commits]
+// dotnet run -c Release --project bench/Kms.Bench -- sign [seconds per step] [concurrencies, comma-separated]
 switch (args.FirstOrDefault())
 {
     case "micro":
@@ -20,10 +21,15 @@ switch (args.FirstOrDefault())
     case "commit":
         return await CommitCost.RunAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 2000);
     case "load":
-        var seconds = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 5;
-        var concurrencies = args.Length > 2 ? args[2].Split(',').Select(c => int.Parse(c, CultureInfo.InvariantCulture)).ToArray() : [1, 4, 16, 64];
-        return await LoadGenerator.RunAsync(TimeSpan.FromSeconds(seconds), concurrencies);
+        return await LoadGenerator.RunAsync(Seconds(args), Concurrencies(args));
+    case "sign":
+        return await SignBench.RunAsync(Seconds(args), Concurrencies(args));
     default:
-        Console.Error.WriteLine("usage: Kms.Bench micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits]");
+        Console.Error.WriteLine("usage: Kms.Bench micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | sign [seconds] [1,4,16,64]");
         return 2;
 }
+
+static TimeSpan Seconds(string[] args) => TimeSpan.FromSeconds(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 5);
+
+static int[] Concurrencies(string[] args) =>
+    args.Length > 2 ? args[2].Split(',').Select(c => int.Parse(c, CultureInfo.InvariantCulture)).ToArray() : [1, 4, 16, 64];
