@@ -35,4 +35,33 @@ public sealed class SecretsNotLoggedTests
         Assert.DoesNotContain(contextValue, server.Logs.AllText, StringComparison.Ordinal);
         Assert.DoesNotContain(server.Token.UserPin, server.Logs.AllText, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task ImportsMacsAndAsymmetricDecryption_NoMaterialMacKeyOrPlaintextInLogs()
+    {
+        await using var server = await KmsTestServer.StartAsync();
+        using var client = server.CreateClient();
+        var macKey = (await client.CreateKeyAsync("tenants/dev", "logged-mac", Kms.Contracts.V1.KeyPurpose.Mac)).Name;
+        var job = await client.CreateImportJobAsync("tenants/dev", "logged-job", Kms.Contracts.V1.ImportMethod.RsaOaep3072Sha1Aes256);
+        var secret = System.Security.Cryptography.RandomNumberGenerator.GetBytes(32);
+        await client.ImportKeyVersionAsync(macKey, job.Name, Kms.Client.KeyImport.Wrap(job.PublicKeyDer.Span, job.ImportMethod, secret));
+        var data = Encoding.UTF8.GetBytes("MAC-DATA-MARKER-93c1");
+        var mac = await client.GenerateMacAsync(macKey, data);
+
+        // A refused import (wrong size) logs too: it must not echo the material.
+        var shortSecret = System.Security.Cryptography.RandomNumberGenerator.GetBytes(20);
+        await Assert.ThrowsAsync<RpcException>(() => client.ImportKeyVersionAsync(macKey, job.Name, Kms.Client.KeyImport.Wrap(job.PublicKeyDer.Span, job.ImportMethod, shortSecret)));
+
+        var rsaKey = (await client.CreateKeyAsync("tenants/dev", "logged-rsa", Kms.Contracts.V1.KeyPurpose.AsymmetricDecrypt, Kms.Contracts.V1.KeyAlgorithm.RsaDecryptOaep2048Sha1)).Name;
+        using var rsa = System.Security.Cryptography.RSA.Create();
+        rsa.ImportSubjectPublicKeyInfo((await client.GetPublicKeyAsync(rsaKey)).Der.Span, out _);
+        var plaintext = Encoding.UTF8.GetBytes("RSA-PLAINTEXT-MARKER-2d8e");
+        using var decrypted = await client.AsymmetricDecryptAsync(rsaKey, rsa.Encrypt(plaintext, System.Security.Cryptography.RSAEncryptionPadding.OaepSHA1));
+
+        Assert.False(server.Logs.ContainsSecret(secret), "imported material in logs");
+        Assert.False(server.Logs.ContainsSecret(shortSecret), "refused material in logs");
+        Assert.False(server.Logs.ContainsSecret(plaintext), "RSA plaintext in logs");
+        Assert.False(server.Logs.ContainsSecret(data), "MAC data in logs");
+        Assert.False(server.Logs.ContainsSecret(mac), "MAC in logs");
+    }
 }
