@@ -405,12 +405,15 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
         return template;
     }
 
-    private Template EcPrivateKey(bool extractable)
+    private Template EcPrivateKey(bool extractable) => SigningPrivateKey(CKK.CKK_EC, (ulong)CKM.CKM_ECDSA, extractable);
+
+    // EC and Edwards private keys: sign with one mechanism, nothing else.
+    private Template SigningPrivateKey(CKK keyType, ulong mechanism, bool extractable)
     {
         var template = new Template(
         [
             attributes.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY),
-            attributes.Create(CKA.CKA_KEY_TYPE, CKK.CKK_EC),
+            attributes.Create(CKA.CKA_KEY_TYPE, keyType),
             attributes.Create(CKA.CKA_TOKEN, false),
             attributes.Create(CKA.CKA_PRIVATE, true),
             attributes.Create(CKA.CKA_SENSITIVE, true),
@@ -429,7 +432,7 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
 
         if (profile.AllowedMechanismsAttribute)
         {
-            template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { CKM.CKM_ECDSA }));
+            template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<ulong> { mechanism }));
         }
 
         template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
@@ -490,36 +493,7 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
         return template;
     }
 
-    private Template EdwardsPrivateKey(bool extractable)
-    {
-        var template = new Template(
-        [
-            attributes.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY),
-            attributes.Create(CKA.CKA_KEY_TYPE, EdDsa.KeyType),
-            attributes.Create(CKA.CKA_TOKEN, false),
-            attributes.Create(CKA.CKA_PRIVATE, true),
-            attributes.Create(CKA.CKA_SENSITIVE, true),
-            attributes.Create(CKA.CKA_EXTRACTABLE, extractable),
-            attributes.Create(CKA.CKA_SIGN, true),
-            attributes.Create(CKA.CKA_SIGN_RECOVER, false),
-            attributes.Create(CKA.CKA_DECRYPT, false),
-            attributes.Create(CKA.CKA_UNWRAP, false),
-            attributes.Create(CKA.CKA_DERIVE, false),
-            attributes.Create(CKA.CKA_COPYABLE, false),
-        ]);
-        if (extractable && profile.WrapWithTrusted)
-        {
-            template.Add(attributes.Create(CKA.CKA_WRAP_WITH_TRUSTED, true));
-        }
-
-        if (profile.AllowedMechanismsAttribute)
-        {
-            template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<ulong> { EdDsa.Mechanism }));
-        }
-
-        template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
-        return template;
-    }
+    private Template EdwardsPrivateKey(bool extractable) => SigningPrivateKey(EdDsa.KeyType, EdDsa.Mechanism, extractable);
 
     private Template HmacKey(bool extractable, CKM mechanism)
     {
