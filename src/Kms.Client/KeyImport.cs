@@ -65,7 +65,16 @@ internal static class AesKeyWrapPad
         }
 
         using var aes = Aes.Create();
-        aes.Key = kek.ToArray();
+        var key = kek.ToArray();
+        try
+        {
+            aes.Key = key;
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(key);
+        }
+
         var padded = (plaintext.Length + 7) / 8 * 8;
         var n = padded / 8;
         var output = new byte[8 + padded];

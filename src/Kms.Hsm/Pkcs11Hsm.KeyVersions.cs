@@ -607,9 +607,10 @@ public sealed partial class Pkcs11Hsm
 
             using var ec = ECDsa.Create();
             ec.ImportSubjectPublicKeyInfo(subjectPublicKeyInfo, out var readEc);
-            var oid = ec.ExportParameters(false).Curve.Oid.Value;
+            // A key with explicit curve parameters has no OID: not a named curve, refused like another curve.
+            var oid = ec.ExportParameters(false).Curve.Oid?.Value;
             var curve = EcCurveParameters.Of(spec.Curve!.Value);
-            return readEc == subjectPublicKeyInfo.Length && curve.IsEcParams(DerOid(oid!))
+            return readEc == subjectPublicKeyInfo.Length && oid is not null && curve.IsEcParams(DerOid(oid))
                 ? null
                 : throw KmsErrors.InvalidArgument("public_key", $"is not a {curve.Name} public key");
         }

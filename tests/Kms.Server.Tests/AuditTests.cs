@@ -85,6 +85,8 @@ public sealed class AuditTests : IAsyncLifetime
         Assert.Equal(1L, await command.ExecuteScalarAsync());
     }
 
+    private const int TokenSecretStart = 4 + 16 + 1;
+
     [Fact]
     public async Task Canary_NoSecretInTheAuditTableTheExportTheStreamOrTheLogs()
     {
@@ -125,8 +127,9 @@ public sealed class AuditTests : IAsyncLifetime
             ["data key"] = dataKeyBytes,
             ["context value"] = Encoding.UTF8.GetBytes(contextValue),
             ["api token"] = Encoding.UTF8.GetBytes(issued),
-            ["api token secret"] = Encoding.UTF8.GetBytes(issued[(issued.LastIndexOf('_') + 1)..]),
-            ["wrong token secret"] = Encoding.UTF8.GetBytes(issued[(issued.LastIndexOf('_') + 1)..^4] + "AAAA"),
+            // kms_<16 hex>_<secret>: the secret is base64url and may itself contain '_'.
+            ["api token secret"] = Encoding.UTF8.GetBytes(issued[TokenSecretStart..]),
+            ["wrong token secret"] = Encoding.UTF8.GetBytes(issued[TokenSecretStart..^4] + "AAAA"),
         };
         Assert.Contains("\"patient\":", export, StringComparison.Ordinal);
         foreach (var (place, content) in places)

@@ -4,11 +4,11 @@ using System.Text;
 using global::Grpc.Core;
 using Kms.Client;
 using Kms.Contracts.V1;
-using KeyAttestation = Kms.Core.Keys.KeyAttestation;
 using Kms.Testing;
 using Org.BouncyCastle.Crypto.Digests;
 using Org.BouncyCastle.Crypto.Signers;
 using Org.BouncyCastle.Security;
+using KeyAttestation = Kms.Core.Keys.KeyAttestation;
 using ProtoAlgorithm = Kms.Contracts.V1.KeyAlgorithm;
 
 namespace Kms.Server.Tests;

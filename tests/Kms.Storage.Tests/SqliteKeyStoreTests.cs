@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using Kms.Core.Crypto;
 using Kms.Core.Keys;
+using Kms.Core.Names;
 using Kms.Core.Ports;
 using Kms.Storage.Sqlite;
 using Microsoft.Data.Sqlite;
@@ -154,6 +155,30 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
 
         Assert.False(FilesContain(material.Bytes.ToArray()), "destroyed material is still in kms.db or kms.db-wal");
         Assert.True(new FileInfo(DatabasePath + "-wal") is { Exists: false } or { Length: 0 });
+    }
+
+    [Fact]
+    public async Task ExpiredImportJob_ErasedFromTheDatabaseAndItsWal()
+    {
+        var store = await OpenAsync();
+        var material = new WrappedKeyMaterial(RandomNumberGenerator.GetBytes(48));
+        var created = DateTimeOffset.FromUnixTimeMilliseconds(1_800_000_000_000);
+        var job = new ImportJob(
+            ImportJobName.Parse("tenants/dev/importJobs/old", "name"),
+            Kms.Core.Ports.ImportMethod.RsaOaep3072Sha1Aes256,
+            KeyVersionId.NewId(),
+            new SubjectPublicKey(RandomNumberGenerator.GetBytes(64)),
+            created,
+            created + ImportJob.Lifetime);
+        await store.CreateImportJobAsync(job, material, default);
+        Assert.Empty(await store.EraseExpiredImportJobsAsync(created, default));
+        Assert.True(FilesContain(material.Bytes.ToArray()), "the scan does not see stored material");
+
+        Assert.Equal([job.MaterialId], await store.EraseExpiredImportJobsAsync(job.ExpireTime, default));
+        SqliteConnection.ClearAllPools();
+
+        Assert.Null((await store.GetImportJobAsync(job.Name, default))!.Material);
+        Assert.False(FilesContain(material.Bytes.ToArray()), "an expired job's private key is still in kms.db or kms.db-wal");
     }
 
     [Fact]

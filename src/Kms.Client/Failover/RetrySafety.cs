@@ -39,7 +39,8 @@ internal static class RetrySafety
             "GenerateRandom", "UpdateKey", "ListKeyVersions", "GetKeyVersion", "UpdatePrimaryVersion",
             "EnableKey", "DisableKey", "EnableKeyVersion", "DisableKeyVersion", "GetAlias", "UpdateAlias",
             "ListAliases", "ReEncrypt", "BatchEncrypt", "BatchDecrypt", "BatchReEncrypt", "BatchGenerateDataKey",
-            "SetKeyPolicy", "GetKeyPolicy", "ListGrants", "RevokeGrant", "TestPermissions"),
+            "SetKeyPolicy", "GetKeyPolicy", "ListGrants", "RevokeGrant", "TestPermissions",
+            "Sign", "Verify", "GetPublicKey", "AsymmetricDecrypt", "GenerateMac", "VerifyMac", "GetImportJob", "GetKeyAttestation"),
         .. Methods("kms.v1.AccessManagementService",
             "GetTenant", "ListTenants", "DeleteTenant", "GetPrincipal", "ListPrincipals", "ListApiTokens",
             "RevokeApiToken", "SetRoleBinding", "DeleteRoleBinding", "ListRoleBindings"),
@@ -55,7 +56,8 @@ internal static class RetrySafety
     /// <summary>Known methods that must not be repeated once they may have reached a server.</summary>
     internal static readonly HashSet<string> OnceOnly =
     [
-        .. Methods("kms.v1.KeyManagementService", "CreateGrant"),
+        // A repeated CreateImportJob answers ALREADY_EXISTS for the job the first one made.
+        .. Methods("kms.v1.KeyManagementService", "CreateGrant", "CreateImportJob"),
         .. Methods("kms.v1.AccessManagementService", "CreateTenant", "CreatePrincipal", "CreateApiToken", "Bootstrap"),
         .. Methods("kms.v1.QuorumService", "CreateQuorumRequest"),
     ];

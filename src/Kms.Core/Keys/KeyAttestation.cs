@@ -84,7 +84,9 @@ public sealed record KeyAttestation
     public byte[] ToCanonicalJson()
     {
         using var buffer = new MemoryStream();
-        using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = false }))
+        // Relaxed escaping (as the approval bundle): base64's '+' and '/' are written as they are, so
+        // a verifier in another language that re-serialises meets the same bytes.
+        using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = false, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
         {
             json.WriteStartObject();
             json.WriteString("format", Format);

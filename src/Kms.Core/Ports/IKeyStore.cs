@@ -59,8 +59,11 @@ public interface IKeyStore
     /// <summary>An import job and its wrapped private key (null once erased), or null.</summary>
     Task<ImportJobMaterial?> GetImportJobAsync(ImportJobName name, CancellationToken cancellationToken);
 
-    /// <summary>Erases the wrapped private keys of jobs expired at <paramref name="now"/>; returns how many.</summary>
-    Task<int> EraseExpiredImportJobsAsync(DateTimeOffset now, CancellationToken cancellationToken);
+    /// <summary>
+    /// Erases the wrapped private keys of jobs expired at <paramref name="now"/>, from the store's
+    /// files too (as a destroyed version's material); returns the erased keys' material ids.
+    /// </summary>
+    Task<IReadOnlyList<KeyVersionId>> EraseExpiredImportJobsAsync(DateTimeOffset now, CancellationToken cancellationToken);
 
     /// <summary>A recorded request id, or null.</summary>
     Task<RequestRecord?> FindRequestAsync(TenantId tenant, string requestId, CancellationToken cancellationToken);

@@ -123,9 +123,20 @@ public sealed partial class KeyService
         return result.Key.Primary;
     }
 
-    /// <summary>Background: erases the private keys of expired import jobs; returns how many.</summary>
-    public Task<int> EraseExpiredImportJobsAsync(CancellationToken cancellationToken) =>
-        store.EraseExpiredImportJobsAsync(Clock.Now(time), cancellationToken);
+    /// <summary>
+    /// Background: erases the private keys of expired import jobs from the store (and its files)
+    /// and drops their unwrapped copies from the HSM; returns how many.
+    /// </summary>
+    public async Task<int> EraseExpiredImportJobsAsync(CancellationToken cancellationToken)
+    {
+        var erased = await store.EraseExpiredImportJobsAsync(Clock.Now(time), cancellationToken);
+        foreach (var id in erased)
+        {
+            hsm.EvictKey(id);
+        }
+
+        return erased.Count;
+    }
 }
 
 /// <summary>What ImportKeyVersion needs.</summary>

@@ -79,7 +79,8 @@ internal static class AccessRules
         [Keys + "RestoreKeyVersion"] = On<RestoreKeyVersionRequest>(Permission.KeysDestroy, r => r.Name),
 
         // BYOK import and provenance statements.
-        [Keys + "CreateImportJob"] = On<CreateImportJobRequest>(Permission.KeysImport, r => r.Parent),
+        // Each job is an RSA key pair generated in the HSM (seconds on SoftHSM): counted against the quota.
+        [Keys + "CreateImportJob"] = Metered(On<CreateImportJobRequest>(Permission.KeysImport, r => r.Parent)),
         [Keys + "GetImportJob"] = On<GetImportJobRequest>(Permission.KeysRead, r => r.Name),
         [Keys + "ImportKeyVersion"] = On<ImportKeyVersionRequest>(Permission.KeysImport, r => r.Parent),
         [Keys + "GetKeyAttestation"] = On<GetKeyAttestationRequest>(Permission.KeysRead, r => r.Name),

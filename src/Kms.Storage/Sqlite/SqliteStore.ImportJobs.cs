@@ -46,14 +46,38 @@ public sealed partial class SqliteStore
     }
 
     /// <inheritdoc />
-    public Task<int> EraseExpiredImportJobsAsync(DateTimeOffset now, CancellationToken cancellationToken) =>
-        WriteAsync(async (connection, transaction) =>
+    /// <remarks>The erasure is marked pending in the same transaction and the WAL checkpointed
+    /// after it, as for a destroyed version (<see cref="CompleteErasureAsync"/>).</remarks>
+    public async Task<IReadOnlyList<KeyVersionId>> EraseExpiredImportJobsAsync(DateTimeOffset now, CancellationToken cancellationToken)
+    {
+        var erased = await WriteAsync<IReadOnlyList<KeyVersionId>>(async (connection, transaction) =>
         {
-            await using var command = Command(connection, "UPDATE import_jobs SET material = NULL WHERE material IS NOT NULL AND expire_time <= $now",
-                ("$now", now.ToUnixTimeMilliseconds()));
-            command.Transaction = transaction;
-            return await command.ExecuteNonQueryAsync(cancellationToken);
+            var ids = new List<KeyVersionId>();
+            await using (var command = Command(connection, "UPDATE import_jobs SET material = NULL WHERE material IS NOT NULL AND expire_time <= $now RETURNING material_id",
+                ("$now", now.ToUnixTimeMilliseconds())))
+            {
+                command.Transaction = transaction;
+                await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+                while (await reader.ReadAsync(cancellationToken))
+                {
+                    ids.Add(KeyVersionId.FromBytes((byte[])reader[0]));
+                }
+            }
+
+            if (ids.Count > 0)
+            {
+                await UpsertSettingAsync(connection, transaction, ErasurePendingSetting, "1", cancellationToken);
+            }
+
+            return ids;
         }, cancellationToken);
+        if (erased.Count > 0)
+        {
+            await CompleteErasureAsync(cancellationToken);
+        }
+
+        return erased;
+    }
 
     private static ImportJobMaterial ReadImportJob(SqliteDataReader reader, ImportJobName name) =>
         new(

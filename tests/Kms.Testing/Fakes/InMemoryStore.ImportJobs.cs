@@ -33,7 +33,7 @@ public sealed partial class InMemoryStore
         }
     }
 
-    public Task<int> EraseExpiredImportJobsAsync(DateTimeOffset now, CancellationToken cancellationToken)
+    public Task<IReadOnlyList<KeyVersionId>> EraseExpiredImportJobsAsync(DateTimeOffset now, CancellationToken cancellationToken)
     {
         lock (_lock)
         {
@@ -44,7 +44,7 @@ public sealed partial class InMemoryStore
                 _importJobs[name] = _importJobs[name] with { Material = null };
             }
 
-            return Task.FromResult(expired.Count);
+            return Task.FromResult<IReadOnlyList<KeyVersionId>>([.. expired.Select(name => _importJobs[name].Job.MaterialId)]);
         }
     }
 }
