@@ -116,65 +116,16 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
     /// A key version unwrapped under the old domain key only to be wrapped under the new one:
     /// a session object, sensitive, extractable (for the wrap), no usage at all.
     /// </summary>
-    public Template RewrappedAesKey() => new(
-    [
-        attributes.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
-        attributes.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES),
-        attributes.Create(CKA.CKA_TOKEN, false),
-        attributes.Create(CKA.CKA_PRIVATE, true),
-        attributes.Create(CKA.CKA_SENSITIVE, true),
-        attributes.Create(CKA.CKA_EXTRACTABLE, true),
-        attributes.Create(CKA.CKA_ENCRYPT, false),
-        attributes.Create(CKA.CKA_DECRYPT, false),
-        attributes.Create(CKA.CKA_WRAP, false),
-        attributes.Create(CKA.CKA_UNWRAP, false),
-        attributes.Create(CKA.CKA_SIGN, false),
-        attributes.Create(CKA.CKA_VERIFY, false),
-        attributes.Create(CKA.CKA_DERIVE, false),
-        attributes.Create(CKA.CKA_COPYABLE, false),
-        attributes.Create(CKA.CKA_MODIFIABLE, false),
-    ]);
+    public Template RewrappedAesKey() => TransitSecretKey(CKK.CKK_AES);
 
     /// <summary>As <see cref="RewrappedAesKey"/>, for an EC private key (the curve comes from the blob).</summary>
-    public Template RewrappedEcPrivateKey() => new(
-    [
-        attributes.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY),
-        attributes.Create(CKA.CKA_KEY_TYPE, CKK.CKK_EC),
-        attributes.Create(CKA.CKA_TOKEN, false),
-        attributes.Create(CKA.CKA_PRIVATE, true),
-        attributes.Create(CKA.CKA_SENSITIVE, true),
-        attributes.Create(CKA.CKA_EXTRACTABLE, true),
-        attributes.Create(CKA.CKA_SIGN, false),
-        attributes.Create(CKA.CKA_SIGN_RECOVER, false),
-        attributes.Create(CKA.CKA_DECRYPT, false),
-        attributes.Create(CKA.CKA_UNWRAP, false),
-        attributes.Create(CKA.CKA_DERIVE, false),
-        attributes.Create(CKA.CKA_COPYABLE, false),
-        attributes.Create(CKA.CKA_MODIFIABLE, false),
-    ]);
+    public Template RewrappedEcPrivateKey() => TransitPrivateKey(CKK.CKK_EC);
 
     /// <summary>As <see cref="RewrappedAesKey"/>, for an RSA private key (the modulus comes from the blob).</summary>
     public Template RewrappedRsaPrivateKey() => TransitPrivateKey(CKK.CKK_RSA);
 
     /// <summary>As <see cref="RewrappedAesKey"/>, for an HMAC key (a generic secret; its length comes from the blob).</summary>
-    public Template RewrappedGenericSecret() => new(
-    [
-        attributes.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
-        attributes.Create(CKA.CKA_KEY_TYPE, CKK.CKK_GENERIC_SECRET),
-        attributes.Create(CKA.CKA_TOKEN, false),
-        attributes.Create(CKA.CKA_PRIVATE, true),
-        attributes.Create(CKA.CKA_SENSITIVE, true),
-        attributes.Create(CKA.CKA_EXTRACTABLE, true),
-        attributes.Create(CKA.CKA_ENCRYPT, false),
-        attributes.Create(CKA.CKA_DECRYPT, false),
-        attributes.Create(CKA.CKA_WRAP, false),
-        attributes.Create(CKA.CKA_UNWRAP, false),
-        attributes.Create(CKA.CKA_SIGN, false),
-        attributes.Create(CKA.CKA_VERIFY, false),
-        attributes.Create(CKA.CKA_DERIVE, false),
-        attributes.Create(CKA.CKA_COPYABLE, false),
-        attributes.Create(CKA.CKA_MODIFIABLE, false),
-    ]);
+    public Template RewrappedGenericSecret() => TransitSecretKey(CKK.CKK_GENERIC_SECRET);
 
     /// <summary>
     /// A new HMAC key version of <paramref name="length"/> bytes: a generic secret generated as
@@ -439,6 +390,27 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
         return template;
     }
 
+    // A secret key between an unwrap and a wrap: sensitive, extractable only for the wrap, no usage.
+    private Template TransitSecretKey(CKK keyType) => new(
+    [
+        attributes.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
+        attributes.Create(CKA.CKA_KEY_TYPE, keyType),
+        attributes.Create(CKA.CKA_TOKEN, false),
+        attributes.Create(CKA.CKA_PRIVATE, true),
+        attributes.Create(CKA.CKA_SENSITIVE, true),
+        attributes.Create(CKA.CKA_EXTRACTABLE, true),
+        attributes.Create(CKA.CKA_ENCRYPT, false),
+        attributes.Create(CKA.CKA_DECRYPT, false),
+        attributes.Create(CKA.CKA_WRAP, false),
+        attributes.Create(CKA.CKA_UNWRAP, false),
+        attributes.Create(CKA.CKA_SIGN, false),
+        attributes.Create(CKA.CKA_VERIFY, false),
+        attributes.Create(CKA.CKA_DERIVE, false),
+        attributes.Create(CKA.CKA_COPYABLE, false),
+        attributes.Create(CKA.CKA_MODIFIABLE, false),
+    ]);
+
+    // A private key between an unwrap and a wrap: sensitive, extractable only for the wrap, no usage.
     private Template TransitPrivateKey(CKK keyType) => new(
     [
         attributes.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY),
