@@ -36,6 +36,22 @@ public sealed class KeyImportTests : IDisposable
     }
 
     [Fact]
+    public async Task Import_RetriedWithTheSameRequestIdAfterARotation_AnswersTheImportedVersion()
+    {
+        var key = await _domain.CreateKeyAsync("byok");
+        var job = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
+        var command = new ImportKeyVersionCommand(key.Name, job.Name, null, KeyImport.Wrap(job.PublicKey.Der, ProtoImportMethod.RsaOaep3072Sha1Aes256, new byte[32]), null, "import-once");
+
+        var first = await _domain.Keys.ImportKeyVersionAsync(Dev, command, default);
+        await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+        var again = await _domain.Keys.ImportKeyVersionAsync(Dev, command, default);
+
+        Assert.Equal(first.Name, again.Name);
+        Assert.Equal(KeyOrigin.Imported, again.Origin);
+        Assert.Equal(3, (await _domain.Keys.ListKeyVersionsAsync(Dev, key.Name, 10, null, default)).Items.Count);
+    }
+
+    [Fact]
     public async Task Import_ExpiredJob_FailedPrecondition_NothingAdded()
     {
         var key = await _domain.CreateKeyAsync("byok");

@@ -85,9 +85,11 @@ public sealed partial class KeyService
 
         var requestId = RequestIds.Validate(command.RequestId);
         var fingerprint = RequestIds.Fingerprint(ImportKeyVersionOperation, name, command.ImportJob.ToString(), SHA256.HashData(command.WrappedKey));
-        if (await _requests.FindReplayAsync(name.Tenant, requestId, ImportKeyVersionOperation, fingerprint, cancellationToken) is not null)
+        if (await _requests.FindReplayAsync(name.Tenant, requestId, ImportKeyVersionOperation, fingerprint, cancellationToken) is { } replay)
         {
-            return (await GetKeyAsync(caller, name, cancellationToken)).Primary;
+            // The request was recorded with the version it added: answer with that one, even if
+            // the key has been rotated since.
+            return await GetRecordedVersionAsync(replay, cancellationToken);
         }
 
         var found = await store.GetImportJobAsync(command.ImportJob, cancellationToken) ?? throw KmsErrors.NotFound(command.ImportJob.ToString());
@@ -120,8 +122,19 @@ public sealed partial class KeyService
         var result = await MutateAsync(caller, name, requestId, fingerprint,
             current => KeyTransitions.Rotate(current, id, material, now, scheduled: false, importJob: found.Job.Name.ToString()),
             cancellationToken, ImportKeyVersionOperation);
-        return result.Key.Primary;
+        if (result.Versions.FirstOrDefault(v => v.Id == id) is { } added)
+        {
+            return added;
+        }
+
+        // A concurrent retry with the same request id applied it first.
+        return requestId is not null && await _requests.FindReplayAsync(name.Tenant, requestId, ImportKeyVersionOperation, fingerprint, cancellationToken) is { } raced
+            ? await GetRecordedVersionAsync(raced, cancellationToken)
+            : result.Key.Primary;
     }
+
+    private async Task<KeyVersion> GetRecordedVersionAsync(RequestRecord recorded, CancellationToken cancellationToken) =>
+        await store.GetVersionAsync(KeyVersionName.Parse(recorded.Resource, "request_id"), cancellationToken) ?? throw KmsErrors.NotFound(recorded.Resource);
 
     /// <summary>
     /// Background: erases the private keys of expired import jobs from the store (and its files)
