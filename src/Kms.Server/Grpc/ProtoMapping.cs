@@ -58,7 +58,7 @@ internal static class ProtoMapping
         UpdateTime = Timestamp.FromDateTimeOffset(alias.UpdateTime),
     };
 
-    // Core's purpose and algorithm enums carry the proto numbers (a test pins it).
+    // Core's purpose, algorithm and import-method enums carry the proto numbers (EnumNumberingTests pins it).
     public static Proto.KeyPurpose ToProto(KeyPurpose purpose) =>
         System.Enum.IsDefined(purpose) ? (Proto.KeyPurpose)(int)purpose : Proto.KeyPurpose.Unspecified;
 
