@@ -2,7 +2,9 @@
 # Installs what the tests need and runs every test of the solution.
 #   SoftHSMv2 (the HSM of every test; each test run creates its tokens from scratch),
 #   OpenSC's pkcs11-tool (an independent view of the token), openssl (TLS checks),
-#   Debian's python3-cryptography-vectors (NIST CAVP GCM vectors).
+#   Debian's python3-cryptography-vectors (NIST CAVP GCM vectors), and PostgreSQL: a
+#   throw-away cluster on loopback (tests/postgres/cluster.sh) for the storage contract suite
+#   and the several-node tests, stopped and deleted when the run ends.
 # Wycheproof vectors are used when KMS_WYCHEPROOF_DIR points at them (CI sets it);
 # without it those tests are reported as skipped, with the reason.
 # Each test project has a time budget (tests/test.runsettings); a hang fails the run.
@@ -15,6 +17,7 @@ command -v softhsm2-util >/dev/null || need+=(softhsm2)
 command -v pkcs11-tool >/dev/null || need+=(opensc)
 command -v openssl >/dev/null || need+=(openssl)
 [ -d /usr/lib/python3/dist-packages/cryptography_vectors ] || need+=(python3-cryptography-vectors)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
@@ -31,6 +34,12 @@ if command -v npx >/dev/null; then
   (cd proto && npx --yes @bufbuild/buf@1.75.0 lint)
 else
   echo "test.sh: skipping buf lint (Node.js/npx not installed)"
+fi
+
+if [ -z "${KMS_TEST_POSTGRES:-}" ]; then
+  eval "$(tests/postgres/cluster.sh start)"
+  trap 'tests/postgres/cluster.sh stop "$KMS_TEST_POSTGRES_DIR"' EXIT
+  echo "test.sh: PostgreSQL for the tests at ${KMS_TEST_POSTGRES%%;Username*}"
 fi
 
 dotnet test Kms.sln -c Release --settings tests/test.runsettings --blame-hang-timeout 5m "$@"

@@ -1,4 +1,5 @@
 using Kms.Hsm;
+using Kms.Storage;
 using Kms.Storage.Sqlite;
 
 namespace Kms.Cli.Ceremony;

@@ -1,14 +1,15 @@
 namespace Kms.Storage.Sqlite;
 
 /// <summary>
-/// Forward-only schema migrations. A migration is never edited once released: add a new one.
-/// A database whose schema is newer than this code is refused, never downgraded.
+/// The SQLite schema's forward-only migrations (<see cref="SchemaMigration"/>). A database
+/// whose schema is newer than this code is refused unless its migrations declared this code
+/// compatible; it is never downgraded.
 /// </summary>
 internal static class SqliteSchema
 {
-    public static IReadOnlyList<(int Version, string Sql)> Migrations { get; } =
+    public static IReadOnlyList<SchemaMigration> Migrations { get; } =
     [
-        (1, """
+        new(1, """
             CREATE TABLE settings (
                 name  TEXT PRIMARY KEY,
                 value TEXT NOT NULL
@@ -48,7 +49,7 @@ internal static class SqliteSchema
                 PRIMARY KEY (tenant, request_id)
             ) STRICT;
             """),
-        (2, """
+        new(2, """
             ALTER TABLE keys ADD COLUMN rotation_period_ms INTEGER;
             ALTER TABLE keys ADD COLUMN next_rotation_time INTEGER;
             ALTER TABLE keys ADD COLUMN min_decryption_version INTEGER NOT NULL DEFAULT 1;
@@ -75,7 +76,7 @@ internal static class SqliteSchema
             CREATE INDEX keys_due_deletion ON keys (destroy_time) WHERE destroy_time IS NOT NULL;
             CREATE INDEX key_versions_due_destruction ON key_versions (destroy_time) WHERE destroy_time IS NOT NULL AND material IS NOT NULL;
             """),
-        (3, """
+        new(3, """
             ALTER TABLE keys ADD COLUMN restricted INTEGER NOT NULL DEFAULT 0;
 
             CREATE TABLE tenants (
@@ -141,7 +142,7 @@ internal static class SqliteSchema
                 FOREIGN KEY (tenant, key_id) REFERENCES keys (tenant, key_id)
             ) STRICT;
             """),
-        (4, """
+        new(4, """
             -- The audit chain. seq is gap-free and assigned under the write lock; body is the
             -- canonical JSON the hash covers (docs/audit-format.md) and the record itself: the
             -- other columns only index it.
@@ -169,7 +170,7 @@ internal static class SqliteSchema
                 signature BLOB    NOT NULL
             ) STRICT;
             """),
-        (5, """
+        new(5, """
             -- Every audited call inserts into each index of audit_events, inside the commit the
             -- caller waits for. These two served no query: ListAuditEvents pages in seq order
             -- (ORDER BY seq LIMIT), so the planner walks the primary key for a time range, and
@@ -178,7 +179,7 @@ internal static class SqliteSchema
             DROP INDEX audit_events_by_time;
             DROP INDEX audit_events_by_resource;
             """),
-        (6, """
+        new(6, """
             -- Quorum approvals (docs/quorum.md). Nothing here is trusted by itself: the officer
             -- chain is verified back to the genesis pinned in configuration, and every
             -- approval's signature over the request's canonical rendering, before anything runs.
@@ -217,7 +218,7 @@ internal static class SqliteSchema
                 PRIMARY KEY (request_id, officer_fingerprint)
             ) STRICT;
             """),
-        (7, """
+        new(7, """
             -- Key versions beyond AES (signing, asymmetric decryption, MAC) and BYOK imports.
             ALTER TABLE key_versions ADD COLUMN origin         INTEGER NOT NULL DEFAULT 1; -- 1 GENERATED in the HSM, 2 IMPORTED
             ALTER TABLE key_versions ADD COLUMN import_job     TEXT;    -- IMPORTED: tenants/{t}/importJobs/{j}

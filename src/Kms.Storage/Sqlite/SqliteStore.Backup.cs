@@ -37,7 +37,7 @@ public sealed partial class SqliteStore
         {
             await using (var connection = await OpenConnectionAsync(cancellationToken))
             {
-                await using var vacuum = Command(connection, "VACUUM INTO $path", ("$path", full));
+                await using var vacuum = Command(connection, "VACUUM INTO @path", ("@path", full));
                 await vacuum.ExecuteNonQueryAsync(cancellationToken);
             }
 
@@ -71,8 +71,8 @@ public sealed partial class SqliteStore
             await connection.OpenAsync(cancellationToken);
             await using var command = Command(connection, """
                 SELECT tenant, key_id, version, coalesce(destroy_event_time, destroy_time, 0)
-                FROM key_versions WHERE state = $destroyed ORDER BY tenant, key_id, version
-                """, ("$destroyed", (int)KeyState.Destroyed));
+                FROM key_versions WHERE state = @destroyed ORDER BY tenant, key_id, version
+                """, ("@destroyed", (int)KeyState.Destroyed));
             await using var reader = await command.ExecuteReaderAsync(cancellationToken);
             var destroyed = new List<(KeyVersionName, DateTimeOffset)>();
             while (await reader.ReadAsync(cancellationToken))

@@ -1,13 +1,13 @@
+using System.Data.Common;
 using Kms.Core.Crypto;
 using Kms.Core.Keys;
 using Kms.Core.Names;
 using Kms.Core.Ports;
-using Microsoft.Data.Sqlite;
 
-namespace Kms.Storage.Sqlite;
+namespace Kms.Storage;
 
 /// <summary>BYOK import jobs: their public keys, and their private keys wrapped under the domain key until they expire.</summary>
-public sealed partial class SqliteStore
+public abstract partial class SqlStore
 {
     private const string ImportJobColumns = "tenant, job_id, method, material_id, public_key, create_time, expire_time, create_request, material";
 
@@ -20,14 +20,14 @@ public sealed partial class SqliteStore
         {
             await InsertAsync(connection, transaction, $"""
                 INSERT INTO import_jobs ({ImportJobColumns})
-                VALUES ($tenant, $job_id, $method, $material_id, $public_key, $create_time, $expire_time, $create_request, $material)
+                VALUES (@tenant, @job_id, @method, @material_id, @public_key, @create_time, @expire_time, @create_request, @material)
                 """,
                 job.Name.ToString(),
                 cancellationToken,
-                ("$tenant", job.Name.Tenant.Value), ("$job_id", job.Name.JobId), ("$method", (int)job.Method),
-                ("$material_id", job.MaterialId.ToBytes()), ("$public_key", job.PublicKey.ToArray()),
-                ("$create_time", job.CreateTime.ToUnixTimeMilliseconds()), ("$expire_time", job.ExpireTime.ToUnixTimeMilliseconds()),
-                ("$create_request", (object?)job.CreateRequest ?? DBNull.Value), ("$material", material.UnsafeArray));
+                ("@tenant", job.Name.Tenant.Value), ("@job_id", job.Name.JobId), ("@method", (int)job.Method),
+                ("@material_id", job.MaterialId.ToBytes()), ("@public_key", job.PublicKey.ToArray()),
+                ("@create_time", job.CreateTime.ToUnixTimeMilliseconds()), ("@expire_time", job.ExpireTime.ToUnixTimeMilliseconds()),
+                ("@create_request", (object?)job.CreateRequest ?? DBNull.Value), ("@material", material.UnsafeArray));
             return 0;
         }, cancellationToken);
     }
@@ -38,8 +38,8 @@ public sealed partial class SqliteStore
         ArgumentNullException.ThrowIfNull(name);
         return ReadAsync(async connection =>
         {
-            await using var command = Command(connection, $"SELECT {ImportJobColumns} FROM import_jobs WHERE tenant = $tenant AND job_id = $job_id",
-                ("$tenant", name.Tenant.Value), ("$job_id", name.JobId));
+            await using var command = Command(connection, $"SELECT {ImportJobColumns} FROM import_jobs WHERE tenant = @tenant AND job_id = @job_id",
+                ("@tenant", name.Tenant.Value), ("@job_id", name.JobId));
             await using var reader = await command.ExecuteReaderAsync(cancellationToken);
             return await reader.ReadAsync(cancellationToken) ? ReadImportJob(reader, name) : null;
         }, cancellationToken);
@@ -53,8 +53,8 @@ public sealed partial class SqliteStore
         var erased = await WriteAsync<IReadOnlyList<KeyVersionId>>(async (connection, transaction) =>
         {
             var ids = new List<KeyVersionId>();
-            await using (var command = Command(connection, "UPDATE import_jobs SET material = NULL WHERE material IS NOT NULL AND expire_time <= $now RETURNING material_id",
-                ("$now", now.ToUnixTimeMilliseconds())))
+            await using (var command = Command(connection, "UPDATE import_jobs SET material = NULL WHERE material IS NOT NULL AND expire_time <= @now RETURNING material_id",
+                ("@now", now.ToUnixTimeMilliseconds())))
             {
                 command.Transaction = transaction;
                 await using var reader = await command.ExecuteReaderAsync(cancellationToken);
@@ -79,7 +79,7 @@ public sealed partial class SqliteStore
         return erased;
     }
 
-    private static ImportJobMaterial ReadImportJob(SqliteDataReader reader, ImportJobName name) =>
+    private static ImportJobMaterial ReadImportJob(DbDataReader reader, ImportJobName name) =>
         new(
             new ImportJob(
                 name,

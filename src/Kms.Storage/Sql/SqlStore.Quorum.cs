@@ -1,15 +1,15 @@
+using System.Data.Common;
 using System.Text.Json;
 using Kms.Core.Audit;
 using Kms.Core.Errors;
 using Kms.Core.Names;
 using Kms.Core.Ports;
 using Kms.Core.Quorum;
-using Microsoft.Data.Sqlite;
 
-namespace Kms.Storage.Sqlite;
+namespace Kms.Storage;
 
 // The officer chain and quorum requests. The store keeps them; QuorumService decides whether to trust them.
-public sealed partial class SqliteStore : IQuorumStore
+public abstract partial class SqlStore : IQuorumStore
 {
     private const string RequestColumns = """
         id, tenant, operation, parameters, domain_kcv, officer_set_sequence, officer_set_hash,
@@ -28,10 +28,10 @@ public sealed partial class SqliteStore : IQuorumStore
         {
             await using var insert = Command(connection, """
                 INSERT INTO officer_sets (sequence, previous_hash, threshold, officers, hash, change_request)
-                SELECT 0, $previous_hash, $threshold, $officers, $hash, NULL
+                SELECT 0, @previous_hash, @threshold, @officers, @hash, NULL
                 WHERE NOT EXISTS (SELECT 1 FROM officer_sets)
                 """,
-                ("$previous_hash", genesis.PreviousHash), ("$threshold", genesis.Threshold), ("$officers", OfficersJson(genesis.Officers)), ("$hash", genesis.Hash));
+                ("@previous_hash", genesis.PreviousHash), ("@threshold", genesis.Threshold), ("@officers", OfficersJson(genesis.Officers)), ("@hash", genesis.Hash));
             insert.Transaction = transaction;
             return await insert.ExecuteNonQueryAsync(cancellationToken) == 1;
         }, cancellationToken);
@@ -45,16 +45,16 @@ public sealed partial class SqliteStore : IQuorumStore
         {
             await InsertAsync(connection, transaction, $"""
                 INSERT INTO quorum_requests ({RequestColumns})
-                VALUES ($id, $tenant, $operation, $parameters, $domain_kcv, $officer_set_sequence, $officer_set_hash,
-                        $requested_by, $create_time, $expire_time, $state, $execute_time, $proposed_officers)
+                VALUES (@id, @tenant, @operation, @parameters, @domain_kcv, @officer_set_sequence, @officer_set_hash,
+                        @requested_by, @create_time, @expire_time, @state, @execute_time, @proposed_officers)
                 """,
                 request.Name, cancellationToken,
-                ("$id", request.Id.Value), ("$tenant", (object?)request.Tenant?.Value ?? DBNull.Value), ("$operation", QuorumOperations.NameOf(request.Operation)),
-                ("$parameters", JsonSerializer.Serialize(request.Parameters.Select(p => new[] { p.Key, p.Value }))), ("$domain_kcv", request.DomainKcv),
-                ("$officer_set_sequence", request.OfficerSetSequence), ("$officer_set_hash", request.OfficerSetHash), ("$requested_by", request.RequestedBy),
-                ("$create_time", request.CreateTime.ToUnixTimeMilliseconds()), ("$expire_time", request.ExpireTime.ToUnixTimeMilliseconds()),
-                ("$state", (int)request.State), ("$execute_time", Millis(request.ExecuteTime)),
-                ("$proposed_officers", request.ProposedOfficers is { } set ? ProposedJson(set) : DBNull.Value));
+                ("@id", request.Id.Value), ("@tenant", (object?)request.Tenant?.Value ?? DBNull.Value), ("@operation", QuorumOperations.NameOf(request.Operation)),
+                ("@parameters", JsonSerializer.Serialize(request.Parameters.Select(p => new[] { p.Key, p.Value }))), ("@domain_kcv", request.DomainKcv),
+                ("@officer_set_sequence", request.OfficerSetSequence), ("@officer_set_hash", request.OfficerSetHash), ("@requested_by", request.RequestedBy),
+                ("@create_time", request.CreateTime.ToUnixTimeMilliseconds()), ("@expire_time", request.ExpireTime.ToUnixTimeMilliseconds()),
+                ("@state", (int)request.State), ("@execute_time", Millis(request.ExecuteTime)),
+                ("@proposed_officers", request.ProposedOfficers is { } set ? ProposedJson(set) : DBNull.Value));
             return 0;
         }, cancellationToken);
     }
@@ -69,10 +69,10 @@ public sealed partial class SqliteStore : IQuorumStore
         {
             await using var command = Command(connection, $"""
                 SELECT id FROM quorum_requests
-                WHERE ($tenant IS NULL OR tenant = $tenant) AND id > $after
-                ORDER BY id LIMIT $limit
+                WHERE (@tenant IS NULL OR tenant = @tenant) AND id > @after
+                ORDER BY id LIMIT @limit
                 """,
-                ("$tenant", (object?)tenant?.Value ?? DBNull.Value), ("$after", afterId ?? ""), ("$limit", limit));
+                ("@tenant", (object?)tenant?.Value ?? NullText), ("@after", afterId ?? ""), ("@limit", limit));
             var ids = new List<string>();
             await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
             {
@@ -114,15 +114,15 @@ public sealed partial class SqliteStore : IQuorumStore
             {
                 await InsertAsync(connection, transaction, """
                     INSERT INTO quorum_approvals (request_id, officer_fingerprint, signature, approve_time, position)
-                    VALUES ($request_id, $officer_fingerprint, $signature, $approve_time, (SELECT count(*) FROM quorum_approvals WHERE request_id = $request_id))
+                    VALUES (@request_id, @officer_fingerprint, @signature, @approve_time, (SELECT count(*) FROM quorum_approvals WHERE request_id = @request_id))
                     """,
                     $"an approval of {current.Name} by {approval.OfficerFingerprint}", cancellationToken,
-                    ("$request_id", id.Value), ("$officer_fingerprint", approval.OfficerFingerprint), ("$signature", approval.Signature),
-                    ("$approve_time", approval.ApproveTime.ToUnixTimeMilliseconds()));
+                    ("@request_id", id.Value), ("@officer_fingerprint", approval.OfficerFingerprint), ("@signature", approval.Signature),
+                    ("@approve_time", approval.ApproveTime.ToUnixTimeMilliseconds()));
             }
 
-            await using (var update = Command(connection, "UPDATE quorum_requests SET state = $state, execute_time = $execute_time WHERE id = $id",
-                ("$state", (int)change.Request.State), ("$execute_time", Millis(change.Request.ExecuteTime)), ("$id", id.Value)))
+            await using (var update = Command(connection, "UPDATE quorum_requests SET state = @state, execute_time = @execute_time WHERE id = @id",
+                ("@state", (int)change.Request.State), ("@execute_time", Millis(change.Request.ExecuteTime)), ("@id", id.Value)))
             {
                 update.Transaction = transaction;
                 await update.ExecuteNonQueryAsync(cancellationToken);
@@ -142,11 +142,11 @@ public sealed partial class SqliteStore : IQuorumStore
             {
                 await InsertAsync(connection, transaction, """
                     INSERT INTO officer_sets (sequence, previous_hash, threshold, officers, hash, change_request)
-                    VALUES ($sequence, $previous_hash, $threshold, $officers, $hash, $change_request)
+                    VALUES (@sequence, @previous_hash, @threshold, @officers, @hash, @change_request)
                     """,
                     $"officer set {set.Sequence}", cancellationToken,
-                    ("$sequence", set.Sequence), ("$previous_hash", set.PreviousHash), ("$threshold", set.Threshold),
-                    ("$officers", OfficersJson(set.Officers)), ("$hash", set.Hash), ("$change_request", id.Value));
+                    ("@sequence", set.Sequence), ("@previous_hash", set.PreviousHash), ("@threshold", set.Threshold),
+                    ("@officers", OfficersJson(set.Officers)), ("@hash", set.Hash), ("@change_request", id.Value));
             }
 
             return (await ReadRequestAsync(connection, transaction, id.Value, cancellationToken), erased, change.ExecutionEvent);
@@ -160,7 +160,7 @@ public sealed partial class SqliteStore : IQuorumStore
         return result;
     }
 
-    private static async Task<IReadOnlyList<OfficerSet>> ReadOfficerSetsAsync(SqliteConnection connection, SqliteTransaction? transaction, CancellationToken cancellationToken)
+    private static async Task<IReadOnlyList<OfficerSet>> ReadOfficerSetsAsync(DbConnection connection, DbTransaction? transaction, CancellationToken cancellationToken)
     {
         var rows = new List<(long Sequence, string Previous, int Threshold, string Officers, string? Change)>();
         await using (var command = Command(connection, "SELECT sequence, previous_hash, threshold, officers, change_request FROM officer_sets ORDER BY sequence"))
@@ -183,10 +183,10 @@ public sealed partial class SqliteStore : IQuorumStore
         return sets;
     }
 
-    private static async Task<QuorumRequest?> ReadRequestAsync(SqliteConnection connection, SqliteTransaction? transaction, string id, CancellationToken cancellationToken)
+    private static async Task<QuorumRequest?> ReadRequestAsync(DbConnection connection, DbTransaction? transaction, string id, CancellationToken cancellationToken)
     {
         QuorumRequest request;
-        await using (var command = Command(connection, $"SELECT {RequestColumns} FROM quorum_requests WHERE id = $id", ("$id", id)))
+        await using (var command = Command(connection, $"SELECT {RequestColumns} FROM quorum_requests WHERE id = @id", ("@id", id)))
         {
             command.Transaction = transaction;
             await using var reader = await command.ExecuteReaderAsync(cancellationToken);
@@ -216,7 +216,7 @@ public sealed partial class SqliteStore : IQuorumStore
 
         var approvals = new List<QuorumApproval>();
         await using (var command = Command(connection,
-            "SELECT officer_fingerprint, signature, approve_time FROM quorum_approvals WHERE request_id = $id ORDER BY position", ("$id", id)))
+            "SELECT officer_fingerprint, signature, approve_time FROM quorum_approvals WHERE request_id = @id ORDER BY position", ("@id", id)))
         {
             command.Transaction = transaction;
             await using var reader = await command.ExecuteReaderAsync(cancellationToken);

@@ -1,16 +1,22 @@
+using System.Data;
+using System.Data.Common;
 using System.Text;
 using Kms.Core.Audit;
-using Microsoft.Data.Sqlite;
 
-namespace Kms.Storage.Sqlite;
+namespace Kms.Storage;
 
 /// <summary>The audit chain and its checkpoints (<see cref="Kms.Core.Ports.IAuditStore"/>).</summary>
-public sealed partial class SqliteStore
+public abstract partial class SqlStore
 {
     private const string EventColumns = "seq, body, hash";
 
     // In the insert's column order.
-    private static readonly string[] EventParameters = ["$seq", "$time", "$principal", "$tenant", "$operation", "$resource", "$outcome", "$body", "$hash"];
+    // Typed, so a statement prepared once serves every batch on either backend.
+    private static readonly (string Name, DbType Type)[] EventParameters =
+    [
+        ("@seq", DbType.Int64), ("@time", DbType.Int64), ("@principal", DbType.String), ("@tenant", DbType.String), ("@operation", DbType.String),
+        ("@resource", DbType.String), ("@outcome", DbType.String), ("@body", DbType.String), ("@hash", DbType.String),
+    ];
 
     /// <inheritdoc />
     /// <remarks>Through the store's own audit writer connection (<see cref="AuditWriter"/>), never carrying an <see cref="AuditScope"/>'s entry.</remarks>
@@ -31,8 +37,8 @@ public sealed partial class SqliteStore
     public Task<IReadOnlyList<AuditEvent>> ListAuditEventsAsync(AuditQuery query, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(query);
-        var sql = new StringBuilder($"SELECT {EventColumns} FROM audit_events WHERE seq > $after");
-        var parameters = new List<(string, object)> { ("$after", query.AfterSequence), ("$limit", query.Limit) };
+        var sql = new StringBuilder($"SELECT {EventColumns} FROM audit_events WHERE seq > @after");
+        var parameters = new List<(string, object)> { ("@after", query.AfterSequence), ("@limit", query.Limit) };
         void Filter(string condition, string name, object? value)
         {
             if (value is not null)
@@ -42,14 +48,14 @@ public sealed partial class SqliteStore
             }
         }
 
-        Filter("time >= $start", "$start", query.StartTime?.ToUnixTimeMilliseconds());
-        Filter("time < $end", "$end", query.EndTime?.ToUnixTimeMilliseconds());
-        Filter("principal = $principal", "$principal", query.Principal);
-        Filter("(tenant = $tenant OR resource = 'tenants/' || $tenant OR resource LIKE 'tenants/' || $tenant || '/%')", "$tenant", query.Tenant);
-        Filter("(resource = $resource OR resource LIKE $resource || '/%')", "$resource", query.Resource);
-        Filter("(operation = $operation OR operation LIKE '%/' || $operation)", "$operation", query.Operation);
-        Filter("outcome = $outcome", "$outcome", query.Outcome);
-        sql.Append(" ORDER BY seq LIMIT $limit");
+        Filter("time >= @start", "@start", query.StartTime?.ToUnixTimeMilliseconds());
+        Filter("time < @end", "@end", query.EndTime?.ToUnixTimeMilliseconds());
+        Filter("principal = @principal", "@principal", query.Principal);
+        Filter("(tenant = @tenant OR resource = 'tenants/' || @tenant OR resource LIKE 'tenants/' || @tenant || '/%')", "@tenant", query.Tenant);
+        Filter("(resource = @resource OR resource LIKE @resource || '/%')", "@resource", query.Resource);
+        Filter("(operation = @operation OR operation LIKE '%/' || @operation)", "@operation", query.Operation);
+        Filter("outcome = @outcome", "@outcome", query.Outcome);
+        sql.Append(" ORDER BY seq LIMIT @limit");
         return ReadListAsync(sql.ToString(), ReadEvent, cancellationToken, [.. parameters]);
     }
 
@@ -58,19 +64,19 @@ public sealed partial class SqliteStore
     {
         ArgumentNullException.ThrowIfNull(checkpoint);
         return ExecuteWriteAsync(
-            "INSERT INTO audit_checkpoints (seq, head, time, key, body, signature) VALUES ($seq, $head, $time, $key, $body, $signature) ON CONFLICT (seq) DO NOTHING",
+            "INSERT INTO audit_checkpoints (seq, head, time, key, body, signature) VALUES (@seq, @head, @time, @key, @body, @signature) ON CONFLICT (seq) DO NOTHING",
             cancellationToken,
-            ("$seq", checkpoint.Sequence),
-            ("$head", checkpoint.HeadHash),
-            ("$time", checkpoint.Time.ToUnixTimeMilliseconds()),
-            ("$key", checkpoint.KeyFingerprint),
-            ("$body", checkpoint.Body),
-            ("$signature", checkpoint.Signature));
+            ("@seq", checkpoint.Sequence),
+            ("@head", checkpoint.HeadHash),
+            ("@time", checkpoint.Time.ToUnixTimeMilliseconds()),
+            ("@key", checkpoint.KeyFingerprint),
+            ("@body", checkpoint.Body),
+            ("@signature", checkpoint.Signature));
     }
 
     /// <inheritdoc />
     public Task<IReadOnlyList<AuditCheckpoint>> ListAuditCheckpointsAsync(long afterSequence, int limit, CancellationToken cancellationToken) =>
-        ReadListAsync("SELECT seq, head, time, key, body, signature FROM audit_checkpoints WHERE seq > $after ORDER BY seq LIMIT $limit", ReadCheckpoint, cancellationToken, ("$after", afterSequence), ("$limit", limit));
+        ReadListAsync("SELECT seq, head, time, key, body, signature FROM audit_checkpoints WHERE seq > @after ORDER BY seq LIMIT @limit", ReadCheckpoint, cancellationToken, ("@after", afterSequence), ("@limit", limit));
 
     /// <inheritdoc />
     public async Task<AuditCheckpoint?> GetLatestAuditCheckpointAsync(CancellationToken cancellationToken)
@@ -82,7 +88,7 @@ public sealed partial class SqliteStore
     /// <inheritdoc />
     public async Task<AuditCheckpoint?> FindAuditCheckpointAtOrBeforeAsync(long sequence, CancellationToken cancellationToken)
     {
-        var rows = await ReadListAsync("SELECT seq, head, time, key, body, signature FROM audit_checkpoints WHERE seq <= $seq ORDER BY seq DESC LIMIT 1", ReadCheckpoint, cancellationToken, ("$seq", sequence));
+        var rows = await ReadListAsync("SELECT seq, head, time, key, body, signature FROM audit_checkpoints WHERE seq <= @seq ORDER BY seq DESC LIMIT 1", ReadCheckpoint, cancellationToken, ("@seq", sequence));
         return rows.Count == 0 ? null : rows[0];
     }
 
@@ -90,7 +96,7 @@ public sealed partial class SqliteStore
     public Task<long> PruneAuditAsync(long throughSequence, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
-            await using (var anchor = Command(connection, "SELECT count(*) FROM audit_checkpoints WHERE seq = $seq", ("$seq", throughSequence)))
+            await using (var anchor = Command(connection, "SELECT count(*) FROM audit_checkpoints WHERE seq = @seq", ("@seq", throughSequence)))
             {
                 anchor.Transaction = transaction;
                 if ((long)(await anchor.ExecuteScalarAsync(cancellationToken))! == 0)
@@ -99,20 +105,20 @@ public sealed partial class SqliteStore
                 }
             }
 
-            await using (var checkpoints = Command(connection, "DELETE FROM audit_checkpoints WHERE seq < $seq", ("$seq", throughSequence)))
+            await using (var checkpoints = Command(connection, "DELETE FROM audit_checkpoints WHERE seq < @seq", ("@seq", throughSequence)))
             {
                 checkpoints.Transaction = transaction;
                 await checkpoints.ExecuteNonQueryAsync(cancellationToken);
             }
 
-            await using var events = Command(connection, "DELETE FROM audit_events WHERE seq <= $seq", ("$seq", throughSequence));
+            await using var events = Command(connection, "DELETE FROM audit_events WHERE seq <= @seq", ("@seq", throughSequence));
             events.Transaction = transaction;
             return (long)await events.ExecuteNonQueryAsync(cancellationToken);
         }, cancellationToken);
 
     // Inside a write transaction: SQLite has one writer at a time, so the head read here is
     // the head the new events follow, whichever path (group commit, a mutation) writes.
-    private static async Task<IReadOnlyList<AuditEvent>> AppendAuditInAsync(SqliteConnection connection, SqliteTransaction transaction, IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
+    private static async Task<IReadOnlyList<AuditEvent>> AppendAuditInAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
     {
         var head = await ReadHeadAsync(connection, transaction, cancellationToken);
         await using var insert = InsertEventCommand(connection);
@@ -120,21 +126,25 @@ public sealed partial class SqliteStore
         return await InsertEventsAsync(insert, head, entries, cancellationToken);
     }
 
-    internal static SqliteCommand InsertEventCommand(SqliteConnection connection)
+    internal static DbCommand InsertEventCommand(DbConnection connection)
     {
         var insert = Command(
             connection,
-            "INSERT INTO audit_events (seq, time, principal, tenant, operation, resource, outcome, body, hash) VALUES ($seq, $time, $principal, $tenant, $operation, $resource, $outcome, $body, $hash)");
-        foreach (var name in EventParameters)
+            "INSERT INTO audit_events (seq, time, principal, tenant, operation, resource, outcome, body, hash) VALUES (@seq, @time, @principal, @tenant, @operation, @resource, @outcome, @body, @hash)");
+        foreach (var (name, type) in EventParameters)
         {
-            insert.Parameters.Add(new SqliteParameter(name, null));
+            var parameter = insert.CreateParameter();
+            parameter.ParameterName = name;
+            parameter.DbType = type;
+            parameter.Value = DBNull.Value;
+            insert.Parameters.Add(parameter);
         }
 
         return insert;
     }
 
     // Chains the entries after the head and inserts them with the (reused) command.
-    internal static async Task<IReadOnlyList<AuditEvent>> InsertEventsAsync(SqliteCommand insert, AuditHead head, IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
+    internal static async Task<IReadOnlyList<AuditEvent>> InsertEventsAsync(DbCommand insert, AuditHead head, IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
     {
         var written = new List<AuditEvent>(entries.Count);
         var p = insert.Parameters;
@@ -159,13 +169,13 @@ public sealed partial class SqliteStore
     }
 
     // The last event; after a prune that left none, the anchoring checkpoint.
-    internal static async Task<AuditHead> ReadHeadAsync(SqliteConnection connection, SqliteTransaction? transaction, CancellationToken cancellationToken)
+    internal static async Task<AuditHead> ReadHeadAsync(DbConnection connection, DbTransaction? transaction, CancellationToken cancellationToken)
     {
         await using var command = Command(connection, """
             SELECT seq, hash FROM (
-                SELECT seq, hash FROM (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1)
+                SELECT seq, hash FROM (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) e
                 UNION ALL
-                SELECT seq, head FROM (SELECT seq, head FROM audit_checkpoints ORDER BY seq DESC LIMIT 1))
+                SELECT seq, head FROM (SELECT seq, head FROM audit_checkpoints ORDER BY seq DESC LIMIT 1) c) h
             ORDER BY seq DESC LIMIT 1
             """);
         command.Transaction = transaction;
@@ -173,15 +183,8 @@ public sealed partial class SqliteStore
         return await reader.ReadAsync(cancellationToken) ? new AuditHead(reader.GetInt64(0), reader.GetString(1)) : AuditChain.Empty;
     }
 
-    private static async Task<long> TotalChangesAsync(SqliteConnection connection, SqliteTransaction transaction, CancellationToken cancellationToken)
-    {
-        await using var command = Command(connection, "SELECT total_changes()");
-        command.Transaction = transaction;
-        return (long)(await command.ExecuteScalarAsync(cancellationToken))!;
-    }
+    private static AuditEvent ReadEvent(DbDataReader reader) => AuditChain.Parse(reader.GetString(1), reader.GetString(2));
 
-    private static AuditEvent ReadEvent(SqliteDataReader reader) => AuditChain.Parse(reader.GetString(1), reader.GetString(2));
-
-    private static AuditCheckpoint ReadCheckpoint(SqliteDataReader reader) => new(
+    private static AuditCheckpoint ReadCheckpoint(DbDataReader reader) => new(
         reader.GetInt64(0), reader.GetString(1), DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(2)), reader.GetString(3), reader.GetString(4), (byte[])reader[5]);
 }

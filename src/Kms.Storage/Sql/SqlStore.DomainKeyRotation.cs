@@ -1,12 +1,12 @@
+using System.Data.Common;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
 using Kms.Core.Services;
-using Microsoft.Data.Sqlite;
 
-namespace Kms.Storage.Sqlite;
+namespace Kms.Storage;
 
 /// <summary>What a stored wrapped blob holds (it decides how the HSM unwraps it).</summary>
 public enum WrappedItemKind
@@ -43,7 +43,7 @@ public sealed record DomainKeyRotationState(string OldCheckValue, string NewChec
 /// <remarks>
 /// While <see cref="DomainKeyRotationSetting"/> exists, <see cref="DomainKeyGuard"/> refuses to serve.
 /// </remarks>
-public sealed partial class SqliteStore
+public abstract partial class SqlStore
 {
     /// <summary>The setting that records a rotation in progress (JSON).</summary>
     public const string DomainKeyRotationSetting = DomainKeyGuard.RotationSetting;
@@ -157,15 +157,15 @@ public sealed partial class SqliteStore
             int changed;
             if (item.Name.StartsWith("import_job:", StringComparison.Ordinal))
             {
-                await using var update = Command(connection, "UPDATE import_jobs SET material = $new WHERE material_id = $id AND material = $old",
-                    ("$new", rewrapped), ("$id", Convert.FromHexString(item.Name["import_job:".Length..])), ("$old", item.Blob));
+                await using var update = Command(connection, "UPDATE import_jobs SET material = @new WHERE material_id = @id AND material = @old",
+                    ("@new", rewrapped), ("@id", Convert.FromHexString(item.Name["import_job:".Length..])), ("@old", item.Blob));
                 update.Transaction = transaction;
                 changed = await update.ExecuteNonQueryAsync(cancellationToken);
             }
             else if (item.Name.StartsWith("key_version:", StringComparison.Ordinal))
             {
-                await using var update = Command(connection, "UPDATE key_versions SET material = $new WHERE version_id = $id AND material = $old",
-                    ("$new", rewrapped), ("$id", Convert.FromHexString(item.Name["key_version:".Length..])), ("$old", item.Blob));
+                await using var update = Command(connection, "UPDATE key_versions SET material = @new WHERE version_id = @id AND material = @old",
+                    ("@new", rewrapped), ("@id", Convert.FromHexString(item.Name["key_version:".Length..])), ("@old", item.Blob));
                 update.Transaction = transaction;
                 changed = await update.ExecuteNonQueryAsync(cancellationToken);
             }
@@ -201,8 +201,8 @@ public sealed partial class SqliteStore
 
     /// <summary>
     /// Ends the rotation in one transaction: pins the new domain key's check value and removes
-    /// the rotation record; then checkpoints and truncates the WAL so the old blobs are in
-    /// neither the database file nor its <c>-wal</c>.
+    /// the rotation record; then has the backend erase the old blobs from its files (SQLite:
+    /// checkpoints and truncates the WAL, so they are in neither the database file nor its <c>-wal</c>).
     /// </summary>
     public async Task CompleteDomainKeyRotationAsync(string newCheckValue, CancellationToken cancellationToken)
     {
@@ -217,34 +217,30 @@ public sealed partial class SqliteStore
             }
 
             await UpsertSettingAsync(connection, transaction, DomainKeyGuard.CheckValueSetting, state.NewCheckValue, cancellationToken);
-            await using var delete = Command(connection, "DELETE FROM settings WHERE name = $name", ("$name", DomainKeyRotationSetting));
+            await using var delete = Command(connection, "DELETE FROM settings WHERE name = @name", ("@name", DomainKeyRotationSetting));
             delete.Transaction = transaction;
             await delete.ExecuteNonQueryAsync(cancellationToken);
             return 0;
         }, cancellationToken);
-        await ReadAsync(async connection =>
-        {
-            await ExecuteAsync(connection, "PRAGMA wal_checkpoint(TRUNCATE);", cancellationToken);
-            return 0;
-        }, cancellationToken);
+        await ReadAsync(connection => EraseFromFilesAsync(connection, cancellationToken), cancellationToken);
     }
 
-    private static async Task<string?> SettingInAsync(SqliteConnection connection, SqliteTransaction transaction, string name, CancellationToken cancellationToken)
+    private protected static async Task<string?> SettingInAsync(DbConnection connection, DbTransaction transaction, string name, CancellationToken cancellationToken)
     {
-        await using var select = Command(connection, "SELECT value FROM settings WHERE name = $name", ("$name", name));
+        await using var select = Command(connection, "SELECT value FROM settings WHERE name = @name", ("@name", name));
         select.Transaction = transaction;
         return await select.ExecuteScalarAsync(cancellationToken) as string;
     }
 
-    private static async Task<string?> SettingAsync(SqliteConnection connection, string name, CancellationToken cancellationToken)
+    private static async Task<string?> SettingAsync(DbConnection connection, string name, CancellationToken cancellationToken)
     {
-        await using var select = Command(connection, "SELECT value FROM settings WHERE name = $name", ("$name", name));
+        await using var select = Command(connection, "SELECT value FROM settings WHERE name = @name", ("@name", name));
         return await select.ExecuteScalarAsync(cancellationToken) as string;
     }
 
-    private static async Task<int> UpsertSettingAsync(SqliteConnection connection, SqliteTransaction transaction, string name, string value, CancellationToken cancellationToken)
+    private protected static async Task<int> UpsertSettingAsync(DbConnection connection, DbTransaction transaction, string name, string value, CancellationToken cancellationToken)
     {
-        await using var upsert = Command(connection, "INSERT INTO settings (name, value) VALUES ($name, $value) ON CONFLICT (name) DO UPDATE SET value = excluded.value", ("$name", name), ("$value", value));
+        await using var upsert = Command(connection, "INSERT INTO settings (name, value) VALUES (@name, @value) ON CONFLICT (name) DO UPDATE SET value = excluded.value", ("@name", name), ("@value", value));
         upsert.Transaction = transaction;
         return await upsert.ExecuteNonQueryAsync(cancellationToken);
     }

@@ -1,13 +1,13 @@
+using System.Data.Common;
 using System.Text.Json;
 using Kms.Core.Access;
 using Kms.Core.Names;
 using Kms.Core.Ports;
-using Microsoft.Data.Sqlite;
 
-namespace Kms.Storage.Sqlite;
+namespace Kms.Storage;
 
 /// <summary>The access-control half of the store: tenants, principals, tokens, bindings, key policies, grants.</summary>
-public sealed partial class SqliteStore
+public abstract partial class SqlStore
 {
     private const string TenantColumns = "id, display_name, state, create_time, delete_time";
     private const string PrincipalColumns = "name, tenant, display_name, create_time, disabled";
@@ -19,10 +19,10 @@ public sealed partial class SqliteStore
         WriteAsync(async (connection, transaction) =>
         {
             await InsertAsync(connection, transaction,
-                $"INSERT INTO tenants ({TenantColumns}) VALUES ($id, $display_name, $state, $create_time, $delete_time)",
+                $"INSERT INTO tenants ({TenantColumns}) VALUES (@id, @display_name, @state, @create_time, @delete_time)",
                 tenant.Id.ResourceName, cancellationToken,
-                ("$id", tenant.Id.Value), ("$display_name", tenant.DisplayName), ("$state", (int)tenant.State),
-                ("$create_time", tenant.CreateTime.ToUnixTimeMilliseconds()), ("$delete_time", Millis(tenant.DeleteTime)));
+                ("@id", tenant.Id.Value), ("@display_name", tenant.DisplayName), ("@state", (int)tenant.State),
+                ("@create_time", tenant.CreateTime.ToUnixTimeMilliseconds()), ("@delete_time", Millis(tenant.DeleteTime)));
             return 0;
         }, cancellationToken);
 
@@ -30,30 +30,30 @@ public sealed partial class SqliteStore
     public Task<Tenant?> GetTenantAsync(TenantId id, CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
         {
-            await using var command = Command(connection, $"SELECT {TenantColumns} FROM tenants WHERE id = $id", ("$id", id.Value));
+            await using var command = Command(connection, $"SELECT {TenantColumns} FROM tenants WHERE id = @id", ("@id", id.Value));
             await using var reader = await command.ExecuteReaderAsync(cancellationToken);
             return await reader.ReadAsync(cancellationToken) ? ReadTenant(reader) : null;
         }, cancellationToken);
 
     /// <inheritdoc />
     public Task<IReadOnlyList<Tenant>> ListTenantsAsync(string? afterId, int limit, CancellationToken cancellationToken) =>
-        ReadListAsync($"SELECT {TenantColumns} FROM tenants WHERE id > $after ORDER BY id LIMIT $limit", ReadTenant, cancellationToken,
-            ("$after", afterId ?? ""), ("$limit", limit));
+        ReadListAsync($"SELECT {TenantColumns} FROM tenants WHERE id > @after ORDER BY id LIMIT @limit", ReadTenant, cancellationToken,
+            ("@after", afterId ?? ""), ("@limit", limit));
 
     /// <inheritdoc />
     public Task<bool> UpdateTenantAsync(Tenant tenant, CancellationToken cancellationToken) =>
-        ExecuteWriteAsync("UPDATE tenants SET state = $state, delete_time = $delete_time WHERE id = $id", cancellationToken,
-            ("$state", (int)tenant.State), ("$delete_time", Millis(tenant.DeleteTime)), ("$id", tenant.Id.Value));
+        ExecuteWriteAsync("UPDATE tenants SET state = @state, delete_time = @delete_time WHERE id = @id", cancellationToken,
+            ("@state", (int)tenant.State), ("@delete_time", Millis(tenant.DeleteTime)), ("@id", tenant.Id.Value));
 
     /// <inheritdoc />
     public Task CreatePrincipalAsync(Principal principal, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
             await InsertAsync(connection, transaction,
-                $"INSERT INTO principals ({PrincipalColumns}) VALUES ($name, $tenant, $display_name, $create_time, $disabled)",
+                $"INSERT INTO principals ({PrincipalColumns}) VALUES (@name, @tenant, @display_name, @create_time, @disabled)",
                 principal.Name.ToString(), cancellationToken,
-                ("$name", principal.Name.ToString()), ("$tenant", (object?)principal.Tenant?.Value ?? DBNull.Value), ("$display_name", principal.DisplayName),
-                ("$create_time", principal.CreateTime.ToUnixTimeMilliseconds()), ("$disabled", principal.Disabled ? 1 : 0));
+                ("@name", principal.Name.ToString()), ("@tenant", (object?)principal.Tenant?.Value ?? DBNull.Value), ("@display_name", principal.DisplayName),
+                ("@create_time", principal.CreateTime.ToUnixTimeMilliseconds()), ("@disabled", principal.Disabled ? 1 : 0));
             return 0;
         }, cancellationToken);
 
@@ -61,7 +61,7 @@ public sealed partial class SqliteStore
     public Task<Principal?> GetPrincipalAsync(PrincipalName name, CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
         {
-            await using var command = Command(connection, $"SELECT {PrincipalColumns} FROM principals WHERE name = $name", ("$name", name.ToString()));
+            await using var command = Command(connection, $"SELECT {PrincipalColumns} FROM principals WHERE name = @name", ("@name", name.ToString()));
             await using var reader = await command.ExecuteReaderAsync(cancellationToken);
             return await reader.ReadAsync(cancellationToken) ? ReadPrincipal(reader) : null;
         }, cancellationToken);
@@ -69,20 +69,20 @@ public sealed partial class SqliteStore
     /// <inheritdoc />
     public Task<IReadOnlyList<Principal>> ListPrincipalsAsync(TenantId? tenant, string? afterName, int limit, CancellationToken cancellationToken) =>
         ReadListAsync(
-            $"SELECT {PrincipalColumns} FROM principals WHERE tenant IS $tenant AND name > $after ORDER BY name LIMIT $limit",
+            $"SELECT {PrincipalColumns} FROM principals WHERE tenant IS NOT DISTINCT FROM @tenant AND name > @after ORDER BY name LIMIT @limit",
             ReadPrincipal, cancellationToken,
-            ("$tenant", (object?)tenant?.Value ?? DBNull.Value), ("$after", afterName ?? ""), ("$limit", limit));
+            ("@tenant", (object?)tenant?.Value ?? NullText), ("@after", afterName ?? ""), ("@limit", limit));
 
     /// <inheritdoc />
     public Task CreateApiTokenAsync(ApiToken token, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
             await InsertAsync(connection, transaction,
-                $"INSERT INTO api_tokens ({TokenColumns}) VALUES ($id, $principal, $kind, $secret_hash, $create_time, $expire_time, $revoke_time)",
+                $"INSERT INTO api_tokens ({TokenColumns}) VALUES (@id, @principal, @kind, @secret_hash, @create_time, @expire_time, @revoke_time)",
                 $"apiTokens/{token.Id}", cancellationToken,
-                ("$id", token.Id), ("$principal", token.Principal.ToString()), ("$kind", (int)token.Kind), ("$secret_hash", token.SecretHash),
-                ("$create_time", token.CreateTime.ToUnixTimeMilliseconds()), ("$expire_time", token.ExpireTime.ToUnixTimeMilliseconds()),
-                ("$revoke_time", Millis(token.RevokeTime)));
+                ("@id", token.Id), ("@principal", token.Principal.ToString()), ("@kind", (int)token.Kind), ("@secret_hash", token.SecretHash),
+                ("@create_time", token.CreateTime.ToUnixTimeMilliseconds()), ("@expire_time", token.ExpireTime.ToUnixTimeMilliseconds()),
+                ("@revoke_time", Millis(token.RevokeTime)));
             return 0;
         }, cancellationToken);
 
@@ -90,48 +90,48 @@ public sealed partial class SqliteStore
     public Task<ApiToken?> GetApiTokenAsync(string id, CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
         {
-            await using var command = Command(connection, $"SELECT {TokenColumns} FROM api_tokens WHERE id = $id", ("$id", id));
+            await using var command = Command(connection, $"SELECT {TokenColumns} FROM api_tokens WHERE id = @id", ("@id", id));
             await using var reader = await command.ExecuteReaderAsync(cancellationToken);
             return await reader.ReadAsync(cancellationToken) ? ReadToken(reader) : null;
         }, cancellationToken);
 
     /// <inheritdoc />
     public Task<IReadOnlyList<ApiToken>> ListApiTokensAsync(PrincipalName principal, CancellationToken cancellationToken) =>
-        ReadListAsync($"SELECT {TokenColumns} FROM api_tokens WHERE principal = $principal ORDER BY create_time DESC, id", ReadToken, cancellationToken,
-            ("$principal", principal.ToString()));
+        ReadListAsync($"SELECT {TokenColumns} FROM api_tokens WHERE principal = @principal ORDER BY create_time DESC, id", ReadToken, cancellationToken,
+            ("@principal", principal.ToString()));
 
     /// <inheritdoc />
     public async Task<bool> RevokeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken) =>
-        await ExecuteWriteAsync("UPDATE api_tokens SET revoke_time = coalesce(revoke_time, $time) WHERE id = $id", cancellationToken,
-            ("$time", revokeTime.ToUnixTimeMilliseconds()), ("$id", id));
+        await ExecuteWriteAsync("UPDATE api_tokens SET revoke_time = coalesce(revoke_time, @time) WHERE id = @id", cancellationToken,
+            ("@time", revokeTime.ToUnixTimeMilliseconds()), ("@id", id));
 
     /// <inheritdoc />
     public Task<bool> ConsumeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken) =>
-        ExecuteWriteAsync("UPDATE api_tokens SET revoke_time = $time WHERE id = $id AND revoke_time IS NULL", cancellationToken,
-            ("$time", revokeTime.ToUnixTimeMilliseconds()), ("$id", id));
+        ExecuteWriteAsync("UPDATE api_tokens SET revoke_time = @time WHERE id = @id AND revoke_time IS NULL", cancellationToken,
+            ("@time", revokeTime.ToUnixTimeMilliseconds()), ("@id", id));
 
     /// <inheritdoc />
     public Task SetRoleBindingAsync(RoleBinding binding, CancellationToken cancellationToken) =>
         ExecuteWriteAsync(
-            "INSERT INTO role_bindings (principal, role, tenant, create_time) VALUES ($principal, $role, $tenant, $create_time) ON CONFLICT DO NOTHING",
+            "INSERT INTO role_bindings (principal, role, tenant, create_time) VALUES (@principal, @role, @tenant, @create_time) ON CONFLICT DO NOTHING",
             cancellationToken,
-            ("$principal", binding.Principal.ToString()), ("$role", (int)binding.Role), ("$tenant", binding.Tenant?.Value ?? ""),
-            ("$create_time", binding.CreateTime.ToUnixTimeMilliseconds()));
+            ("@principal", binding.Principal.ToString()), ("@role", (int)binding.Role), ("@tenant", binding.Tenant?.Value ?? ""),
+            ("@create_time", binding.CreateTime.ToUnixTimeMilliseconds()));
 
     /// <inheritdoc />
     public Task<bool> DeleteRoleBindingAsync(PrincipalName principal, Role role, TenantId? tenant, CancellationToken cancellationToken) =>
-        ExecuteWriteAsync("DELETE FROM role_bindings WHERE principal = $principal AND role = $role AND tenant = $tenant", cancellationToken,
-            ("$principal", principal.ToString()), ("$role", (int)role), ("$tenant", tenant?.Value ?? ""));
+        ExecuteWriteAsync("DELETE FROM role_bindings WHERE principal = @principal AND role = @role AND tenant = @tenant", cancellationToken,
+            ("@principal", principal.ToString()), ("@role", (int)role), ("@tenant", tenant?.Value ?? ""));
 
     /// <inheritdoc />
     public Task<IReadOnlyList<RoleBinding>> GetRoleBindingsAsync(PrincipalName principal, CancellationToken cancellationToken) =>
-        ReadListAsync("SELECT principal, role, tenant, create_time FROM role_bindings WHERE principal = $principal ORDER BY role, tenant", ReadBinding, cancellationToken,
-            ("$principal", principal.ToString()));
+        ReadListAsync("SELECT principal, role, tenant, create_time FROM role_bindings WHERE principal = @principal ORDER BY role, tenant", ReadBinding, cancellationToken,
+            ("@principal", principal.ToString()));
 
     /// <inheritdoc />
     public Task<IReadOnlyList<RoleBinding>> ListRoleBindingsAsync(TenantId? tenant, CancellationToken cancellationToken) =>
-        ReadListAsync("SELECT principal, role, tenant, create_time FROM role_bindings WHERE tenant = $tenant ORDER BY principal, role", ReadBinding, cancellationToken,
-            ("$tenant", tenant?.Value ?? ""));
+        ReadListAsync("SELECT principal, role, tenant, create_time FROM role_bindings WHERE tenant = @tenant ORDER BY principal, role", ReadBinding, cancellationToken,
+            ("@tenant", tenant?.Value ?? ""));
 
     /// <inheritdoc />
     public Task SetKeyPolicyAsync(KeyPolicy policy, CancellationToken cancellationToken) =>
@@ -139,17 +139,17 @@ public sealed partial class SqliteStore
         {
             var key = policy.Key;
             await EnsureKeyExistsAsync(connection, transaction, key, cancellationToken);
-            await ExecuteInAsync(connection, transaction, "DELETE FROM key_policies WHERE tenant = $tenant AND key_id = $key_id", cancellationToken,
-                ("$tenant", key.Tenant.Value), ("$key_id", key.KeyId));
+            await ExecuteInAsync(connection, transaction, "DELETE FROM key_policies WHERE tenant = @tenant AND key_id = @key_id", cancellationToken,
+                ("@tenant", key.Tenant.Value), ("@key_id", key.KeyId));
             foreach (var (principal, operations) in policy.Entries)
             {
                 await ExecuteInAsync(connection, transaction,
-                    "INSERT INTO key_policies (tenant, key_id, principal, operations) VALUES ($tenant, $key_id, $principal, $operations)", cancellationToken,
-                    ("$tenant", key.Tenant.Value), ("$key_id", key.KeyId), ("$principal", principal), ("$operations", (int)operations));
+                    "INSERT INTO key_policies (tenant, key_id, principal, operations) VALUES (@tenant, @key_id, @principal, @operations)", cancellationToken,
+                    ("@tenant", key.Tenant.Value), ("@key_id", key.KeyId), ("@principal", principal), ("@operations", (int)operations));
             }
 
-            await ExecuteInAsync(connection, transaction, "UPDATE keys SET restricted = $restricted WHERE tenant = $tenant AND key_id = $key_id", cancellationToken,
-                ("$restricted", policy.Restricts ? 1 : 0), ("$tenant", key.Tenant.Value), ("$key_id", key.KeyId));
+            await ExecuteInAsync(connection, transaction, "UPDATE keys SET restricted = @restricted WHERE tenant = @tenant AND key_id = @key_id", cancellationToken,
+                ("@restricted", policy.Restricts ? 1 : 0), ("@tenant", key.Tenant.Value), ("@key_id", key.KeyId));
             return 0;
         }, cancellationToken);
 
@@ -157,8 +157,8 @@ public sealed partial class SqliteStore
     public Task<KeyPolicy> GetKeyPolicyAsync(KeyName key, CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
         {
-            await using var command = Command(connection, "SELECT principal, operations FROM key_policies WHERE tenant = $tenant AND key_id = $key_id",
-                ("$tenant", key.Tenant.Value), ("$key_id", key.KeyId));
+            await using var command = Command(connection, "SELECT principal, operations FROM key_policies WHERE tenant = @tenant AND key_id = @key_id",
+                ("@tenant", key.Tenant.Value), ("@key_id", key.KeyId));
             await using var reader = await command.ExecuteReaderAsync(cancellationToken);
             var entries = new Dictionary<string, KeyOperations>(StringComparer.Ordinal);
             while (await reader.ReadAsync(cancellationToken))
@@ -174,27 +174,27 @@ public sealed partial class SqliteStore
         WriteAsync(async (connection, transaction) =>
         {
             await InsertAsync(connection, transaction,
-                $"INSERT INTO grants (tenant, key_id, {GrantColumns}) VALUES ($tenant, $key_id, $grant_id, $grantee, $operations, $context_equals, $create_time, $revoke_time)",
+                $"INSERT INTO grants (tenant, key_id, {GrantColumns}) VALUES (@tenant, @key_id, @grant_id, @grantee, @operations, @context_equals, @create_time, @revoke_time)",
                 grant.Name, cancellationToken,
-                ("$tenant", grant.Key.Tenant.Value), ("$key_id", grant.Key.KeyId), ("$grant_id", grant.Id), ("$grantee", grant.Grantee.ToString()),
-                ("$operations", (int)grant.Operations), ("$context_equals", JsonSerializer.Serialize(grant.ContextEquals)),
-                ("$create_time", grant.CreateTime.ToUnixTimeMilliseconds()), ("$revoke_time", Millis(grant.RevokeTime)));
+                ("@tenant", grant.Key.Tenant.Value), ("@key_id", grant.Key.KeyId), ("@grant_id", grant.Id), ("@grantee", grant.Grantee.ToString()),
+                ("@operations", (int)grant.Operations), ("@context_equals", JsonSerializer.Serialize(grant.ContextEquals)),
+                ("@create_time", grant.CreateTime.ToUnixTimeMilliseconds()), ("@revoke_time", Millis(grant.RevokeTime)));
             return 0;
         }, cancellationToken);
 
     /// <inheritdoc />
     public Task<IReadOnlyList<Grant>> ListGrantsAsync(KeyName key, bool includeRevoked, CancellationToken cancellationToken) =>
         ReadListAsync(
-            $"SELECT {GrantColumns} FROM grants WHERE tenant = $tenant AND key_id = $key_id AND ($all OR revoke_time IS NULL) ORDER BY create_time, grant_id",
+            $"SELECT {GrantColumns} FROM grants WHERE tenant = @tenant AND key_id = @key_id AND (@all = 1 OR revoke_time IS NULL) ORDER BY create_time, grant_id",
             reader => ReadGrant(reader, key), cancellationToken,
-            ("$tenant", key.Tenant.Value), ("$key_id", key.KeyId), ("$all", includeRevoked ? 1 : 0));
+            ("@tenant", key.Tenant.Value), ("@key_id", key.KeyId), ("@all", includeRevoked ? 1 : 0));
 
     /// <inheritdoc />
     public Task<bool> RevokeGrantAsync(KeyName key, string grantId, DateTimeOffset revokeTime, CancellationToken cancellationToken) =>
-        ExecuteWriteAsync("UPDATE grants SET revoke_time = $time WHERE tenant = $tenant AND key_id = $key_id AND grant_id = $grant_id AND revoke_time IS NULL",
-            cancellationToken, ("$time", revokeTime.ToUnixTimeMilliseconds()), ("$tenant", key.Tenant.Value), ("$key_id", key.KeyId), ("$grant_id", grantId));
+        ExecuteWriteAsync("UPDATE grants SET revoke_time = @time WHERE tenant = @tenant AND key_id = @key_id AND grant_id = @grant_id AND revoke_time IS NULL",
+            cancellationToken, ("@time", revokeTime.ToUnixTimeMilliseconds()), ("@tenant", key.Tenant.Value), ("@key_id", key.KeyId), ("@grant_id", grantId));
 
-    private Task<IReadOnlyList<T>> ReadListAsync<T>(string sql, Func<SqliteDataReader, T> read, CancellationToken cancellationToken, params (string Name, object Value)[] parameters) =>
+    private Task<IReadOnlyList<T>> ReadListAsync<T>(string sql, Func<DbDataReader, T> read, CancellationToken cancellationToken, params (string Name, object Value)[] parameters) =>
         ReadAsync<IReadOnlyList<T>>(async connection =>
         {
             await using var command = Command(connection, sql, parameters);
@@ -211,38 +211,38 @@ public sealed partial class SqliteStore
     private Task<bool> ExecuteWriteAsync(string sql, CancellationToken cancellationToken, params (string Name, object Value)[] parameters) =>
         WriteAsync((connection, transaction) => ExecuteInAsync(connection, transaction, sql, cancellationToken, parameters), cancellationToken);
 
-    private static async Task<bool> ExecuteInAsync(SqliteConnection connection, SqliteTransaction transaction, string sql, CancellationToken cancellationToken, params (string Name, object Value)[] parameters)
+    private static async Task<bool> ExecuteInAsync(DbConnection connection, DbTransaction transaction, string sql, CancellationToken cancellationToken, params (string Name, object Value)[] parameters)
     {
         await using var command = Command(connection, sql, parameters);
         command.Transaction = transaction;
         return await command.ExecuteNonQueryAsync(cancellationToken) > 0;
     }
 
-    private static Tenant ReadTenant(SqliteDataReader reader) =>
+    private static Tenant ReadTenant(DbDataReader reader) =>
         new(TenantId.Parse(reader.GetString(0)), reader.GetString(1), (TenantState)reader.GetInt32(2), DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(3)))
         {
             DeleteTime = ReadTime(reader, 4),
         };
 
-    private static Principal ReadPrincipal(SqliteDataReader reader) =>
+    private static Principal ReadPrincipal(DbDataReader reader) =>
         new(PrincipalName.Parse(reader.GetString(0), "name"), reader.IsDBNull(1) ? null : TenantId.Parse(reader.GetString(1)), reader.GetString(2),
             DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(3)))
         {
             Disabled = reader.GetInt64(4) != 0,
         };
 
-    private static ApiToken ReadToken(SqliteDataReader reader) =>
+    private static ApiToken ReadToken(DbDataReader reader) =>
         new(reader.GetString(0), PrincipalName.Parse(reader.GetString(1), "principal"), (ApiTokenKind)reader.GetInt32(2), (byte[])reader[3],
             DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(4)), DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(5)))
         {
             RevokeTime = ReadTime(reader, 6),
         };
 
-    private static RoleBinding ReadBinding(SqliteDataReader reader) =>
+    private static RoleBinding ReadBinding(DbDataReader reader) =>
         new(PrincipalName.Parse(reader.GetString(0), "principal"), (Role)reader.GetInt32(1),
             reader.GetString(2) is { Length: > 0 } tenant ? TenantId.Parse(tenant) : null, DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(3)));
 
-    private static Grant ReadGrant(SqliteDataReader reader, KeyName key) =>
+    private static Grant ReadGrant(DbDataReader reader, KeyName key) =>
         new(reader.GetString(0), key, PrincipalName.Parse(reader.GetString(1), "grantee"), (KeyOperations)reader.GetInt32(2),
             JsonSerializer.Deserialize<Dictionary<string, string>>(reader.GetString(3)) ?? [], DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(4)))
         {

@@ -1,31 +1,33 @@
+using System.Data.Common;
+using System.Globalization;
 using Kms.Core.Audit;
-using Microsoft.Data.Sqlite;
 
-namespace Kms.Storage.Sqlite;
+namespace Kms.Storage;
 
 /// <summary>
 /// The connection that group commits go through: opened once, with its statements
-/// (<c>BEGIN IMMEDIATE</c>, the insert, <c>COMMIT</c>) prepared once and kept across
-/// batches, and the chain head kept in memory between commits.
+/// (begin and take the store's write lock, the insert, <c>COMMIT</c>) prepared once and kept
+/// across batches, and — on SQLite — the chain head kept in memory between commits.
 /// </summary>
 /// <remarks>
 /// The head in memory is used only while no other connection has committed since this
-/// one last did: <c>PRAGMA data_version</c>, read inside the write transaction (under the
-/// database's write lock), changes exactly when another connection — a mutation carrying
+/// one last did: SQLite's <c>PRAGMA data_version</c>, read inside the write transaction (under
+/// the database's write lock), changes exactly when another connection — a mutation carrying
 /// its own event, a prune, another process — has committed; then the head is read from
-/// the database as before. The head and the version are updated only after a
+/// the database as before. PostgreSQL has no such number, and other nodes append to the same
+/// chain, so there the head is read under the lock on every batch. The head and the version are updated only after a
 /// <c>COMMIT</c> succeeds; any failure forgets both and closes the connection (which rolls
 /// back whatever it had begun), and the next batch opens a new one: a write that failed
 /// leaves nothing behind, neither in the file nor in memory. Durability is the store's:
-/// WAL with <c>synchronous=FULL</c>, so a batch is on disk when <see cref="AppendAsync"/> returns.
+/// a batch is durable when <see cref="AppendAsync"/> returns.
 /// </remarks>
-internal sealed class AuditWriter(Func<CancellationToken, Task<SqliteConnection>> open) : IDisposable, IAsyncDisposable
+internal sealed class AuditWriter(SqlStore store) : IDisposable, IAsyncDisposable
 {
     // One batch at a time: a connection is not thread-safe, and the head is this writer's.
     private readonly SemaphoreSlim _gate = new(1, 1);
     private Statements? _statements;
     private AuditHead? _head;
-    private long _dataVersion;
+    private long? _dataVersion;
     private bool _disposed;
 
     /// <summary>How many batches found the head in memory.</summary>
@@ -41,24 +43,24 @@ internal sealed class AuditWriter(Func<CancellationToken, Task<SqliteConnection>
         try
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            var statements = _statements ??= await Statements.PrepareAsync(await open(cancellationToken), cancellationToken);
+            var statements = _statements ??= await Statements.PrepareAsync(store, await store.OpenConnectionAsync(cancellationToken, pooled: false), cancellationToken);
             try
             {
                 await statements.Begin.ExecuteNonQueryAsync(cancellationToken);
-                var version = (long)(await statements.DataVersion.ExecuteScalarAsync(cancellationToken))!;
+                var version = statements.DataVersion is null ? (long?)null : Convert.ToInt64(await statements.DataVersion.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture);
                 AuditHead head;
-                if (_head is { } known && version == _dataVersion)
+                if (_head is { } known && version is not null && version == _dataVersion)
                 {
                     head = known;
                     HeadsFromMemory++;
                 }
                 else
                 {
-                    head = await SqliteStore.ReadHeadAsync(statements.Connection, null, cancellationToken);
+                    head = await SqlStore.ReadHeadAsync(statements.Connection, null, cancellationToken);
                     HeadsFromDatabase++;
                 }
 
-                var written = await SqliteStore.InsertEventsAsync(statements.Insert, head, entries, cancellationToken);
+                var written = await SqlStore.InsertEventsAsync(statements.Insert, head, entries, cancellationToken);
                 await statements.Commit.ExecuteNonQueryAsync(cancellationToken);
 
                 // Committed: only now does memory follow the file. Our own commit leaves data_version as it was.
@@ -115,27 +117,31 @@ internal sealed class AuditWriter(Func<CancellationToken, Task<SqliteConnection>
         return statements;
     }
 
-    private sealed class Statements(SqliteConnection connection) : IDisposable, IAsyncDisposable
+    private sealed class Statements(SqlStore store, DbConnection connection) : IDisposable, IAsyncDisposable
     {
-        public SqliteConnection Connection { get; } = connection;
+        public DbConnection Connection { get; } = connection;
 
-        public SqliteCommand Begin { get; } = Create(connection, "BEGIN IMMEDIATE");
+        public DbCommand Begin { get; } = Create(connection, store.AuditBeginSql);
 
-        public SqliteCommand DataVersion { get; } = Create(connection, "PRAGMA data_version");
+        public DbCommand? DataVersion { get; } = store.AuditDataVersionSql is { } sql ? Create(connection, sql) : null;
 
-        public SqliteCommand Insert { get; } = SqliteStore.InsertEventCommand(connection);
+        public DbCommand Insert { get; } = SqlStore.InsertEventCommand(connection);
 
-        public SqliteCommand Commit { get; } = Create(connection, "COMMIT");
+        public DbCommand Commit { get; } = Create(connection, "COMMIT");
 
-        public static async Task<Statements> PrepareAsync(SqliteConnection connection, CancellationToken cancellationToken)
+        public static async Task<Statements> PrepareAsync(SqlStore store, DbConnection connection, CancellationToken cancellationToken)
         {
-            var statements = new Statements(connection);
+            var statements = new Statements(store, connection);
             try
             {
-                statements.Begin.Prepare();
-                statements.DataVersion.Prepare();
-                statements.Insert.Prepare();
-                statements.Commit.Prepare();
+                await statements.Begin.PrepareAsync(cancellationToken);
+                if (statements.DataVersion is { } dataVersion)
+                {
+                    await dataVersion.PrepareAsync(cancellationToken);
+                }
+
+                await statements.Insert.PrepareAsync(cancellationToken);
+                await statements.Commit.PrepareAsync(cancellationToken);
                 return statements;
             }
             catch
@@ -150,7 +156,7 @@ internal sealed class AuditWriter(Func<CancellationToken, Task<SqliteConnection>
         {
             foreach (var command in new[] { Begin, DataVersion, Insert, Commit })
             {
-                command.Dispose();
+                command?.Dispose();
             }
 
             Connection.Dispose();
@@ -162,7 +168,7 @@ internal sealed class AuditWriter(Func<CancellationToken, Task<SqliteConnection>
             return ValueTask.CompletedTask;
         }
 
-        private static SqliteCommand Create(SqliteConnection connection, string sql)
+        private static DbCommand Create(DbConnection connection, string sql)
         {
             var command = connection.CreateCommand();
             command.CommandText = sql;

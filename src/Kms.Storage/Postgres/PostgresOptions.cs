@@ -1,0 +1,14 @@
+namespace Kms.Storage.Postgres;
+
+/// <summary>Configuration section <c>Storage:Postgres</c>.</summary>
+public sealed class PostgresOptions
+{
+    /// <summary>An Npgsql connection string (host, port, database, username; a password belongs in a file or secret store, not here).</summary>
+    public string ConnectionString { get; set; } = "";
+
+    /// <summary>The most pooled connections this node opens.</summary>
+    public int MaxPoolSize { get; set; } = 50;
+
+    /// <summary>How long a statement may run, and how long a connection may take to open.</summary>
+    public TimeSpan CommandTimeout { get; set; } = TimeSpan.FromSeconds(15);
+}

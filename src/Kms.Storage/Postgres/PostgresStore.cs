@@ -1,0 +1,133 @@
+using System.Data;
+using System.Data.Common;
+using Npgsql;
+
+namespace Kms.Storage.Postgres;
+
+/// <summary>
+/// The store on PostgreSQL, shared by any number of Kms nodes. Statements are the SQLite
+/// backend's (<see cref="SqlStore"/>); what differs is here.
+/// </summary>
+/// <remarks>
+/// <para>Writes: one transaction each that first takes a transaction-scoped advisory lock
+/// (<see cref="WriteLockKey"/>), so writes from every node are serialised as SQLite's are on
+/// one file — a key's changes read fresh state, and the audit chain gets one gap-free head.
+/// The price is one writer at a time across the deployment (docs/deployment.md).</para>
+/// <para>Durability is the server's (<c>synchronous_commit</c> on, the default): a commit is
+/// acknowledged once its WAL is flushed.</para>
+/// <para>Erasure: destroyed material is set to NULL; the old row version stays a dead tuple
+/// until <c>VACUUM</c> removes it, so the store vacuums the tables that hold wrapped material
+/// after each erasure. What remains elsewhere (WAL segments, replicas, base backups) is the
+/// operator's: docs/deployment.md says where and for how long.</para>
+/// </remarks>
+public sealed class PostgresStore : SqlStore
+{
+    /// <summary>The advisory lock every write transaction holds (the ASCII of "KMSW").</summary>
+    public const long WriteLockKey = 0x4B4D_5357;
+
+    private readonly NpgsqlDataSource _pooled;
+    private readonly NpgsqlDataSource _unpooled;
+
+    private PostgresStore(PostgresOptions options)
+    {
+        var builder = new NpgsqlConnectionStringBuilder(options.ConnectionString)
+        {
+            MaxPoolSize = options.MaxPoolSize,
+            CommandTimeout = (int)Math.Ceiling(options.CommandTimeout.TotalSeconds),
+            Timeout = (int)Math.Ceiling(options.CommandTimeout.TotalSeconds),
+        };
+        Location = $"{builder.Host}:{builder.Port}/{builder.Database}";
+        _pooled = NpgsqlDataSource.Create(builder.ConnectionString);
+
+        // The audit writer keeps its connection; closing it after a failure must really close it.
+        _unpooled = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(builder.ConnectionString) { Pooling = false }.ConnectionString);
+    }
+
+    /// <inheritdoc />
+    public override string Location { get; }
+
+    /// <inheritdoc />
+    public override string Provider => "postgres";
+
+    private protected override IReadOnlyList<SchemaMigration> Migrations => PostgresSchema.Migrations;
+
+    private protected override string MigrationTableSql =>
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_time BIGINT NOT NULL);";
+
+    internal override string AuditBeginSql => $"BEGIN; SELECT pg_advisory_xact_lock({WriteLockKey})";
+
+    // No equivalent of SQLite's data_version, and other nodes append too: the head is read every batch.
+    internal override string? AuditDataVersionSql => null;
+
+    /// <summary>Connects, applies pending migrations (nodes starting together take turns) and returns the store.</summary>
+    /// <exception cref="Kms.Core.Errors.KmsException">Unavailable when PostgreSQL cannot be reached.</exception>
+    public static async Task<PostgresStore> OpenAsync(PostgresOptions options, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (string.IsNullOrWhiteSpace(options.ConnectionString))
+        {
+            throw new ArgumentException("Storage:Postgres:ConnectionString is empty", nameof(options));
+        }
+
+        var store = new PostgresStore(options);
+        try
+        {
+            await GuardAsync(async () =>
+            {
+                await store.MigrateAsync(cancellationToken);
+                return 0;
+            });
+            return store;
+        }
+        catch
+        {
+            await store.DisposeAsync();
+            throw;
+        }
+    }
+
+    internal override async Task<DbConnection> OpenConnectionAsync(CancellationToken cancellationToken, bool pooled = true) =>
+        await (pooled ? _pooled : _unpooled).OpenConnectionAsync(cancellationToken);
+
+    // Read committed is enough under the lock: every writer holds it, so each statement sees
+    // every write committed before this transaction took it, and none can commit meanwhile.
+    private protected override async Task<DbTransaction> BeginWriteAsync(DbConnection connection, CancellationToken cancellationToken)
+    {
+        var transaction = await connection.BeginTransactionAsync(IsolationLevel.ReadCommitted, cancellationToken);
+        try
+        {
+            await ExecuteAsync(connection, $"SELECT pg_advisory_xact_lock({WriteLockKey})", cancellationToken, transaction);
+            return transaction;
+        }
+        catch
+        {
+            await transaction.DisposeAsync();
+            throw;
+        }
+    }
+
+    // A transaction gets an id at its first row change (a no-op UPDATE or a conflicting
+    // INSERT ... DO NOTHING assigns none); the lock does not assign one.
+    private protected override async Task<long> WriteMarkAsync(DbConnection connection, DbTransaction transaction, CancellationToken cancellationToken)
+    {
+        await using var command = Command(connection, "SELECT coalesce(txid_current_if_assigned(), 0)");
+        command.Transaction = transaction;
+        return Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    // Removes the dead row versions that still hold erased material from the tables' pages.
+    // (VACUUM marks their space free; it does not rewrite the page, so the bytes persist in
+    // the data file until the space is reused — docs/deployment.md.)
+    private protected override async Task<bool> EraseFromFilesAsync(DbConnection connection, CancellationToken cancellationToken)
+    {
+        await ExecuteAsync(connection, "VACUUM key_versions, import_jobs, settings", cancellationToken);
+        return true;
+    }
+
+    private protected override async ValueTask DisposeCoreAsync()
+    {
+        await base.DisposeCoreAsync();
+        await _pooled.DisposeAsync();
+        await _unpooled.DisposeAsync();
+    }
+}

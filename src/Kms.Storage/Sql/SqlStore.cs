@@ -1,0 +1,810 @@
+using System.Data;
+using System.Data.Common;
+using System.Globalization;
+using System.Text.Json;
+using Kms.Core.Audit;
+using Kms.Core.Crypto;
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+
+namespace Kms.Storage;
+
+/// <summary>
+/// <see cref="IKeyStore"/>, <see cref="IAccessStore"/>, <see cref="IAuditStore"/> and
+/// <see cref="IQuorumStore"/> in SQL, shared by the SQLite (<see cref="Sqlite.SqliteStore"/>)
+/// and PostgreSQL (<see cref="Postgres.PostgresStore"/>) backends: one set of statements
+/// that both dialects run, and a few hooks where they differ (opening a connection, taking
+/// the write lock, erasing destroyed material from the files, constraint errors).
+/// </summary>
+/// <remarks>
+/// Every write runs in one transaction that holds the backend's single write lock (SQLite:
+/// <c>BEGIN IMMEDIATE</c>; PostgreSQL: a transaction-scoped advisory lock), so writes are
+/// serialised across every connection and every node, and the audit chain has one head.
+/// </remarks>
+public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, IDisposable, IAsyncDisposable
+{
+    private const string ErasurePendingSetting = "store.erasure_pending";
+
+    // Declared before the fields built from it (static initialisers run in order).
+    private static readonly string[] VersionColumnNames =
+    [
+        "version", "version_id", "algorithm", "state", "create_time", "destroy_time", "destroy_event_time",
+        "encrypt_count", "decrypt_count", "last_encrypt_time", "last_decrypt_time",
+        "origin", "import_job", "public_key", "create_request",
+    ];
+
+    private static readonly int VersionColumnCount = VersionColumnNames.Length;
+
+    private static readonly string PrimaryColumns = VersionColumns("p");
+
+    private static readonly string OtherVersionColumns = VersionColumns("v");
+
+    private static readonly string KeyColumns = """
+        k.tenant, k.key_id, k.purpose, k.state, k.create_time, k.labels,
+        k.rotation_period_ms, k.next_rotation_time, k.min_decryption_version, k.destroy_time,
+        """ + PrimaryColumns + ", k.restricted";
+
+    private static readonly int KeyColumnCount = 10 + VersionColumnCount + 1;
+
+    private const string KeyJoin = """
+        FROM keys k
+        JOIN key_versions p ON p.tenant = k.tenant AND p.key_id = k.key_id AND p.version = k.primary_version
+        """;
+
+    private readonly AuditWriter _auditWriter;
+
+    /// <summary>Sets up the audit writer on the backend's dedicated connection.</summary>
+    private protected SqlStore()
+    {
+        _auditWriter = new AuditWriter(this);
+    }
+
+    /// <summary>Where the database is, for messages (a path, or a host and database name; never a password).</summary>
+    public abstract string Location { get; }
+
+    /// <summary>The backend's name in messages and metrics: <c>sqlite</c> or <c>postgres</c>.</summary>
+    public abstract string Provider { get; }
+
+    /// <summary>Closes the audit writer's connection; pooled connections are the pool's.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        await DisposeCoreAsync();
+        GC.SuppressFinalize(this);
+    }
+
+    /// <inheritdoc cref="DisposeAsync" />
+    public void Dispose()
+    {
+        DisposeCoreAsync().AsTask().GetAwaiter().GetResult();
+        GC.SuppressFinalize(this);
+    }
+
+    /// <summary>What disposing releases; a backend with more (a data source) adds it.</summary>
+    private protected virtual ValueTask DisposeCoreAsync() => _auditWriter.DisposeAsync();
+
+    /// <summary>Opens a connection configured for the store; <paramref name="pooled"/> false: one the audit writer keeps.</summary>
+    internal abstract Task<DbConnection> OpenConnectionAsync(CancellationToken cancellationToken, bool pooled = true);
+
+    /// <summary>Begins a write transaction holding the store's write lock.</summary>
+    private protected abstract Task<DbTransaction> BeginWriteAsync(DbConnection connection, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// A value that changes when the transaction writes a row (compared before and after a
+    /// request's work to tell whether it changed anything, so the audit event rides along only then).
+    /// </summary>
+    private protected abstract Task<long> WriteMarkAsync(DbConnection connection, DbTransaction transaction, CancellationToken cancellationToken);
+
+    /// <summary>Removes erased material from the backend's files (after the erasing commit); false: retry on a later pass.</summary>
+    private protected abstract Task<bool> EraseFromFilesAsync(DbConnection connection, CancellationToken cancellationToken);
+
+    /// <summary>The SQL that begins a group commit on the audit writer's connection and takes the write lock.</summary>
+    internal abstract string AuditBeginSql { get; }
+
+    /// <summary>
+    /// SQL returning a number that changes whenever another connection has committed (SQLite's
+    /// <c>data_version</c>), so the audit writer may keep the chain head in memory; null when the
+    /// backend has none (the head is then read under the lock on every batch).
+    /// </summary>
+    internal abstract string? AuditDataVersionSql { get; }
+
+    // A constraint violation (a duplicate key, a missing referenced row): SQLite's SQLITE_CONSTRAINT,
+    // PostgreSQL's class 23 (integrity constraint violation).
+    private static bool IsConstraintViolation(DbException exception) =>
+        exception is Microsoft.Data.Sqlite.SqliteException { SqliteErrorCode: 19 } || exception.SqlState?.StartsWith("23", StringComparison.Ordinal) == true;
+
+    /// <inheritdoc />
+    public Task CreateKeyAsync(Key key, WrappedKeyMaterial primaryMaterial, RequestRecord? request, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            await InsertRequestAsync(connection, transaction, request, cancellationToken);
+            await InsertAsync(connection, transaction, """
+                INSERT INTO keys (tenant, key_id, purpose, state, primary_version, create_time, labels,
+                                  rotation_period_ms, next_rotation_time, min_decryption_version, destroy_time)
+                VALUES (@tenant, @key_id, @purpose, @state, @primary_version, @create_time, @labels,
+                        @rotation_period_ms, @next_rotation_time, @min_decryption_version, @destroy_time)
+                """,
+                key.Name.ToString(), cancellationToken, KeyParameters(key));
+            await InsertVersionAsync(connection, transaction, key.Name, key.Primary, primaryMaterial, cancellationToken);
+            return 0;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<Key?> GetKeyAsync(KeyName name, CancellationToken cancellationToken) =>
+        ReadAsync(connection => ReadKeyAsync(connection, null, name, cancellationToken), cancellationToken);
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<Key>> ListKeysAsync(TenantId tenant, string? afterKeyId, int limit, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<Key>>(async connection =>
+        {
+            await using var command = Command(connection, $"SELECT {KeyColumns} {KeyJoin} WHERE k.tenant = @tenant AND k.key_id > @after ORDER BY k.key_id LIMIT @limit",
+                ("@tenant", tenant.Value), ("@after", afterKeyId ?? ""), ("@limit", limit));
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            var keys = new List<Key>();
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                keys.Add(ReadKey(reader));
+            }
+
+            return keys;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<KeyVersion>> ListVersionsAsync(KeyName key, int afterVersion, int limit, CancellationToken cancellationToken) =>
+        ReadAsync(connection => ReadVersionsAsync(connection, null, key, afterVersion, limit, cancellationToken), cancellationToken);
+
+    /// <inheritdoc />
+    public Task<KeyVersion?> GetVersionAsync(KeyVersionName name, CancellationToken cancellationToken) =>
+        ReadAsync(async connection => (await ReadVersionsAsync(connection, null, name.Key, name.Version - 1, 1, cancellationToken)) is [var version] && version.Name.Version == name.Version
+            ? version
+            : null, cancellationToken);
+
+    /// <inheritdoc />
+    public async Task<KeyWithVersions?> UpdateKeyAsync(KeyName name, Func<KeyWithVersions, KeyChange> decide, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(decide);
+        var (result, erased) = await WriteAsync((connection, transaction) => ApplyKeyChangeAsync(connection, transaction, name, decide, cancellationToken), cancellationToken);
+        if (erased)
+        {
+            await CompleteErasureAsync(cancellationToken);
+        }
+
+        return result;
+    }
+
+    /// <inheritdoc />
+    public Task<bool> CompleteErasureAsync(CancellationToken cancellationToken) =>
+        GuardAsync(async () =>
+        {
+            await using var connection = await OpenConnectionAsync(cancellationToken);
+            await using (var check = Command(connection, "SELECT 1 FROM settings WHERE name = @name", ("@name", ErasurePendingSetting)))
+            {
+                if (await check.ExecuteScalarAsync(cancellationToken) is null)
+                {
+                    return true;
+                }
+            }
+
+            if (!await EraseFromFilesAsync(connection, cancellationToken))
+            {
+                return false;
+            }
+
+            // Cleared only after the truncation: a crash in between just repeats a harmless checkpoint.
+            await using var clear = Command(connection, "DELETE FROM settings WHERE name = @name", ("@name", ErasurePendingSetting));
+            await clear.ExecuteNonQueryAsync(cancellationToken);
+            return true;
+        });
+
+    /// <inheritdoc />
+    public Task<KeyVersionMaterial?> GetPrimaryMaterialAsync(KeyName name, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            await using var command = Command(connection,
+                $"SELECT {KeyColumns}, p.material {KeyJoin} WHERE k.tenant = @tenant AND k.key_id = @key_id",
+                ("@tenant", name.Tenant.Value), ("@key_id", name.KeyId));
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            if (!await reader.ReadAsync(cancellationToken))
+            {
+                return null;
+            }
+
+            var key = ReadKey(reader);
+            return new KeyVersionMaterial(key, key.Primary, ReadMaterial(reader, KeyColumnCount));
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<KeyVersionMaterial?> FindVersionMaterialAsync(TenantId tenant, KeyVersionId id, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            await using var command = Command(connection, $"""
+                SELECT {KeyColumns}, {OtherVersionColumns}, v.material
+                {KeyJoin}
+                JOIN key_versions v ON v.tenant = k.tenant AND v.key_id = k.key_id
+                WHERE v.version_id = @version_id AND v.tenant = @tenant
+                """,
+                ("@tenant", tenant.Value), ("@version_id", id.ToBytes()));
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            if (!await reader.ReadAsync(cancellationToken))
+            {
+                return null;
+            }
+
+            var key = ReadKey(reader);
+            return new KeyVersionMaterial(key, ReadVersion(reader, KeyColumnCount, key.Name), ReadMaterial(reader, KeyColumnCount + VersionColumnCount));
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<RequestRecord?> FindRequestAsync(TenantId tenant, string requestId, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            await using var command = Command(connection,
+                "SELECT operation, fingerprint, resource, create_time FROM request_ids WHERE tenant = @tenant AND request_id = @request_id",
+                ("@tenant", tenant.Value), ("@request_id", requestId));
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            return await reader.ReadAsync(cancellationToken)
+                ? new RequestRecord(tenant, requestId, reader.GetString(0), (byte[])reader[1], reader.GetString(2), DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(3)))
+                : null;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task CreateAliasAsync(KeyAlias alias, RequestRecord? request, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            await EnsureKeyExistsAsync(connection, transaction, alias.Key, cancellationToken);
+            await InsertRequestAsync(connection, transaction, request, cancellationToken);
+            await InsertAsync(connection, transaction,
+                "INSERT INTO aliases (tenant, alias_id, key_id, create_time, update_time) VALUES (@tenant, @alias_id, @key_id, @create_time, @update_time)",
+                alias.Name.ToString(), cancellationToken,
+                ("@tenant", alias.Name.Tenant.Value), ("@alias_id", alias.Name.AliasId), ("@key_id", alias.Key.KeyId),
+                ("@create_time", alias.CreateTime.ToUnixTimeMilliseconds()), ("@update_time", alias.UpdateTime.ToUnixTimeMilliseconds()));
+            return 0;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<KeyAlias?> GetAliasAsync(AliasName name, CancellationToken cancellationToken) =>
+        ReadAsync(connection => ReadAliasAsync(connection, null, name, cancellationToken), cancellationToken);
+
+    /// <inheritdoc />
+    public Task<KeyAlias?> UpdateAliasAsync(AliasName name, KeyName key, DateTimeOffset updateTime, CancellationToken cancellationToken) =>
+        WriteAsync<KeyAlias?>(async (connection, transaction) =>
+        {
+            if (await ReadAliasAsync(connection, transaction, name, cancellationToken) is null)
+            {
+                return null;
+            }
+
+            await EnsureKeyExistsAsync(connection, transaction, key, cancellationToken);
+            await using var update = Command(connection,
+                "UPDATE aliases SET key_id = @key_id, update_time = @update_time WHERE tenant = @tenant AND alias_id = @alias_id RETURNING key_id, create_time, update_time",
+                ("@key_id", key.KeyId), ("@update_time", updateTime.ToUnixTimeMilliseconds()), ("@tenant", name.Tenant.Value), ("@alias_id", name.AliasId));
+            update.Transaction = transaction;
+            await using var reader = await update.ExecuteReaderAsync(cancellationToken);
+            if (!await reader.ReadAsync(cancellationToken))
+            {
+                return null;
+            }
+
+            return ReadAlias(reader, name);
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<bool> DeleteAliasAsync(AliasName name, RequestRecord? request, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            await using var delete = Command(connection, "DELETE FROM aliases WHERE tenant = @tenant AND alias_id = @alias_id",
+                ("@tenant", name.Tenant.Value), ("@alias_id", name.AliasId));
+            delete.Transaction = transaction;
+            if (await delete.ExecuteNonQueryAsync(cancellationToken) == 0)
+            {
+                return false;
+            }
+
+            await InsertRequestAsync(connection, transaction, request, cancellationToken);
+            return true;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<KeyAlias>> ListAliasesAsync(TenantId tenant, string? afterAliasId, int limit, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<KeyAlias>>(async connection =>
+        {
+            await using var command = Command(connection,
+                "SELECT key_id, create_time, update_time, alias_id FROM aliases WHERE tenant = @tenant AND alias_id > @after ORDER BY alias_id LIMIT @limit",
+                ("@tenant", tenant.Value), ("@after", afterAliasId ?? ""), ("@limit", limit));
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            var aliases = new List<KeyAlias>();
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                aliases.Add(ReadAlias(reader, new AliasName(tenant, reader.GetString(3))));
+            }
+
+            return aliases;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<KeyName>> ListKeysDueForRotationAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken) =>
+        ReadKeyNamesAsync("""
+            SELECT tenant, key_id FROM keys
+            WHERE state = 1 AND next_rotation_time IS NOT NULL AND next_rotation_time <= @now
+            ORDER BY next_rotation_time LIMIT @limit
+            """, now, limit, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<KeyName>> ListKeysDueForDestructionAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken) =>
+        ReadKeyNamesAsync("""
+            SELECT tenant, key_id FROM keys WHERE state = 3 AND destroy_time <= @now
+            UNION
+            SELECT tenant, key_id FROM key_versions WHERE state = 3 AND destroy_time <= @now AND material IS NOT NULL
+            LIMIT @limit
+            """, now, limit, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<long> ReserveEncryptionsAsync(KeyVersionId id, long count, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            await using var update = Command(connection,
+                "UPDATE key_versions SET encrypt_count = encrypt_count + @count WHERE version_id = @version_id RETURNING encrypt_count",
+                ("@count", count), ("@version_id", id.ToBytes()));
+            update.Transaction = transaction;
+            return await update.ExecuteScalarAsync(cancellationToken) is long total
+                ? total
+                : throw KmsErrors.Internal($"no key version {id} to count encryptions for");
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task RecordUsageAsync(IReadOnlyCollection<UsageDelta> deltas, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            foreach (var delta in deltas)
+            {
+                await using var update = Command(connection, """
+                    UPDATE key_versions SET
+                        decrypt_count = decrypt_count + @decryptions,
+                        last_encrypt_time = CASE WHEN @last_encrypt IS NOT NULL AND (last_encrypt_time IS NULL OR last_encrypt_time < @last_encrypt) THEN @last_encrypt ELSE last_encrypt_time END,
+                        last_decrypt_time = CASE WHEN @last_decrypt IS NOT NULL AND (last_decrypt_time IS NULL OR last_decrypt_time < @last_decrypt) THEN @last_decrypt ELSE last_decrypt_time END
+                    WHERE version_id = @version_id
+                    """,
+                    ("@decryptions", delta.Decryptions), ("@last_encrypt", Millis(delta.LastEncryptTime)), ("@last_decrypt", Millis(delta.LastDecryptTime)),
+                    ("@version_id", delta.Id.ToBytes()));
+                update.Transaction = transaction;
+                await update.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            return 0;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<string?> GetSettingAsync(string name, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            await using var command = Command(connection, "SELECT value FROM settings WHERE name = @name", ("@name", name));
+            return await command.ExecuteScalarAsync(cancellationToken) as string;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<string> SetSettingIfAbsentAsync(string name, string value, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            await using (var insert = Command(connection, "INSERT INTO settings (name, value) VALUES (@name, @value) ON CONFLICT (name) DO NOTHING", ("@name", name), ("@value", value)))
+            {
+                insert.Transaction = transaction;
+                await insert.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            await using var select = Command(connection, "SELECT value FROM settings WHERE name = @name", ("@name", name));
+            select.Transaction = transaction;
+            return (string)(await select.ExecuteScalarAsync(cancellationToken))!;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task CheckHealthAsync(CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            await using var command = Command(connection, "SELECT count(*) FROM settings");
+            return await command.ExecuteScalarAsync(cancellationToken);
+        }, cancellationToken);
+
+    private async Task<IReadOnlyList<KeyName>> ReadKeyNamesAsync(string sql, DateTimeOffset now, int limit, CancellationToken cancellationToken) =>
+        await ReadAsync<IReadOnlyList<KeyName>>(async connection =>
+        {
+            await using var command = Command(connection, sql, ("@now", now.ToUnixTimeMilliseconds()), ("@limit", limit));
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            var names = new List<KeyName>();
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                names.Add(new KeyName(TenantId.Parse(reader.GetString(0)), reader.GetString(1)));
+            }
+
+            return names;
+        }, cancellationToken);
+
+    /// <summary>The backend's forward-only migrations.</summary>
+    private protected abstract IReadOnlyList<SchemaMigration> Migrations { get; }
+
+    /// <summary>The statement creating the table that records applied migrations (if absent).</summary>
+    private protected abstract string MigrationTableSql { get; }
+
+    /// <summary>
+    /// Applies pending migrations under the write lock (nodes starting together take turns).
+    /// A database at a newer schema is served only if every migration this code does not know
+    /// declared this code's schema compatible (<see cref="SchemaMigration.CompatibleFrom"/>,
+    /// recorded in the database as <see cref="SchemaCompatibleFromSetting"/>): that is how
+    /// version N keeps serving while N+1 nodes roll out. Otherwise it refuses, never downgrades.
+    /// </summary>
+    private protected async Task MigrateAsync(CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenConnectionAsync(cancellationToken);
+        await using var transaction = await BeginWriteAsync(connection, cancellationToken);
+        await ExecuteAsync(connection, MigrationTableSql, cancellationToken, transaction);
+        await using var current = Command(connection, "SELECT coalesce(max(version), 0) FROM schema_migrations");
+        current.Transaction = transaction;
+        var applied = Convert.ToInt32(await current.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture);
+        var latest = Migrations[^1].Version;
+        if (applied > latest)
+        {
+            // Recorded as "schema:floor" by whoever migrated to that schema; anything else is strict.
+            var recorded = await SettingInAsync(connection, transaction, SchemaCompatibleFromSetting, cancellationToken);
+            var compatibleFrom = recorded?.Split(':') is [var schema, var lowest] && schema == applied.ToString(CultureInfo.InvariantCulture)
+                && int.TryParse(lowest, CultureInfo.InvariantCulture, out var value)
+                ? value
+                : applied;
+            if (compatibleFrom > latest)
+            {
+                throw new InvalidOperationException(
+                    $"the {Provider} database {Location} has schema version {applied}, which needs a server of schema {compatibleFrom} or newer; this server is at {latest}: upgrade it");
+            }
+
+            await transaction.CommitAsync(cancellationToken);
+            SchemaVersion = applied;
+            return;
+        }
+
+        var floor = 0;
+        foreach (var migration in Migrations)
+        {
+            if (migration.Version > applied)
+            {
+                await ExecuteAsync(connection, migration.Sql, cancellationToken, transaction);
+                await using var record = Command(connection, "INSERT INTO schema_migrations (version, applied_time) VALUES (@version, @time)",
+                    ("@version", migration.Version), ("@time", DateTimeOffset.UtcNow.ToUnixTimeMilliseconds()));
+                record.Transaction = transaction;
+                await record.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            floor = Math.Max(floor, migration.CompatibleFrom ?? migration.Version);
+        }
+
+        if (latest > applied)
+        {
+            await UpsertSettingAsync(connection, transaction, SchemaCompatibleFromSetting, string.Create(CultureInfo.InvariantCulture, $"{latest}:{floor}"), cancellationToken);
+        }
+
+        await transaction.CommitAsync(cancellationToken);
+        SchemaVersion = latest;
+    }
+
+    /// <summary>The setting holding <c>schema:floor</c>: the database's schema and the lowest server schema that can serve it.</summary>
+    public const string SchemaCompatibleFromSetting = "schema.compatible_from";
+
+    /// <summary>The schema version of the database (after migration; newer than this code's during a rolling upgrade).</summary>
+    public int SchemaVersion { get; private set; }
+
+    // A key's change inside the caller's transaction: read fresh, decide, write. Returns the key
+    // after it, and whether material was erased (the caller checkpoints the WAL after the commit).
+    private static async Task<(KeyWithVersions? Result, bool Erased)> ApplyKeyChangeAsync(
+        DbConnection connection, DbTransaction transaction, KeyName name, Func<KeyWithVersions, KeyChange> decide, CancellationToken cancellationToken)
+    {
+        var erased = false;
+        var current = await ReadKeyWithVersionsAsync(connection, transaction, name, cancellationToken);
+        if (current is null)
+        {
+            return (null, false);
+        }
+
+        var change = decide(current);
+        if (change.IsNoOp)
+        {
+            return (current, false);
+        }
+
+        await InsertRequestAsync(connection, transaction, change.Request, cancellationToken);
+        if (change.AddedVersion is { } added)
+        {
+            await InsertVersionAsync(connection, transaction, name, added.Version, added.Material, cancellationToken);
+        }
+
+        foreach (var version in change.UpdatedVersions)
+        {
+            if (version.State == KeyState.Destroyed && !erased)
+            {
+                // Durable with the erasure itself: if the checkpoint below cannot run now,
+                // CompleteErasureAsync finishes it on a later pass, even after a restart.
+                erased = true;
+                await using var pending = Command(connection, "INSERT INTO settings (name, value) VALUES (@name, '1') ON CONFLICT (name) DO UPDATE SET value = '1'",
+                    ("@name", ErasurePendingSetting));
+                pending.Transaction = transaction;
+                await pending.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            await using var update = Command(connection, """
+                UPDATE key_versions
+                SET state = @state, destroy_time = @destroy_time, destroy_event_time = @destroy_event_time,
+                    material = CASE WHEN @state = 4 THEN NULL ELSE material END
+                WHERE tenant = @tenant AND key_id = @key_id AND version = @version
+                """,
+                ("@state", (int)version.State), ("@destroy_time", Millis(version.DestroyTime)), ("@destroy_event_time", Millis(version.DestroyEventTime)),
+                ("@tenant", name.Tenant.Value), ("@key_id", name.KeyId), ("@version", version.Name.Version));
+            update.Transaction = transaction;
+            await update.ExecuteNonQueryAsync(cancellationToken);
+        }
+
+        await using (var updateKey = Command(connection, """
+            UPDATE keys
+            SET state = @state, primary_version = @primary_version, labels = @labels, rotation_period_ms = @rotation_period_ms,
+                next_rotation_time = @next_rotation_time, min_decryption_version = @min_decryption_version, destroy_time = @destroy_time
+            WHERE tenant = @tenant AND key_id = @key_id
+            """, KeyParameters(change.Key)))
+        {
+            updateKey.Transaction = transaction;
+            await updateKey.ExecuteNonQueryAsync(cancellationToken);
+        }
+
+        return (await ReadKeyWithVersionsAsync(connection, transaction, name, cancellationToken), erased);
+    }
+
+    private static async Task<Key?> ReadKeyAsync(DbConnection connection, DbTransaction? transaction, KeyName name, CancellationToken cancellationToken)
+    {
+        await using var command = Command(connection, $"SELECT {KeyColumns} {KeyJoin} WHERE k.tenant = @tenant AND k.key_id = @key_id",
+            ("@tenant", name.Tenant.Value), ("@key_id", name.KeyId));
+        command.Transaction = transaction;
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        return await reader.ReadAsync(cancellationToken) ? ReadKey(reader) : null;
+    }
+
+    private static async Task<KeyWithVersions?> ReadKeyWithVersionsAsync(DbConnection connection, DbTransaction transaction, KeyName name, CancellationToken cancellationToken)
+    {
+        var key = await ReadKeyAsync(connection, transaction, name, cancellationToken);
+        return key is null ? null : new KeyWithVersions(key, await ReadVersionsAsync(connection, transaction, name, 0, int.MaxValue, cancellationToken));
+    }
+
+    private static async Task<IReadOnlyList<KeyVersion>> ReadVersionsAsync(
+        DbConnection connection, DbTransaction? transaction, KeyName key, int afterVersion, int limit, CancellationToken cancellationToken)
+    {
+        await using var command = Command(connection, $"""
+            SELECT {OtherVersionColumns} FROM key_versions v
+            WHERE v.tenant = @tenant AND v.key_id = @key_id AND v.version > @after
+            ORDER BY v.version LIMIT @limit
+            """,
+            ("@tenant", key.Tenant.Value), ("@key_id", key.KeyId), ("@after", afterVersion), ("@limit", limit));
+        command.Transaction = transaction;
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        var versions = new List<KeyVersion>();
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            versions.Add(ReadVersion(reader, 0, key));
+        }
+
+        return versions;
+    }
+
+    private static async Task<KeyAlias?> ReadAliasAsync(DbConnection connection, DbTransaction? transaction, AliasName name, CancellationToken cancellationToken)
+    {
+        await using var command = Command(connection, "SELECT key_id, create_time, update_time FROM aliases WHERE tenant = @tenant AND alias_id = @alias_id",
+            ("@tenant", name.Tenant.Value), ("@alias_id", name.AliasId));
+        command.Transaction = transaction;
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        return await reader.ReadAsync(cancellationToken) ? ReadAlias(reader, name) : null;
+    }
+
+    private static async Task EnsureKeyExistsAsync(DbConnection connection, DbTransaction transaction, KeyName key, CancellationToken cancellationToken)
+    {
+        await using var exists = Command(connection, "SELECT 1 FROM keys WHERE tenant = @tenant AND key_id = @key_id",
+            ("@tenant", key.Tenant.Value), ("@key_id", key.KeyId));
+        exists.Transaction = transaction;
+        if (await exists.ExecuteScalarAsync(cancellationToken) is null)
+        {
+            throw KmsErrors.NotFound(key.ToString());
+        }
+    }
+
+    private static async Task InsertRequestAsync(DbConnection connection, DbTransaction transaction, RequestRecord? request, CancellationToken cancellationToken)
+    {
+        if (request is null)
+        {
+            return;
+        }
+
+        await InsertAsync(connection, transaction, """
+            INSERT INTO request_ids (tenant, request_id, operation, fingerprint, resource, create_time)
+            VALUES (@tenant, @request_id, @operation, @fingerprint, @resource, @create_time)
+            """,
+            $"request {request.RequestId}",
+            cancellationToken,
+            ("@tenant", request.Tenant.Value), ("@request_id", request.RequestId), ("@operation", request.Operation),
+            ("@fingerprint", request.Fingerprint), ("@resource", request.Resource), ("@create_time", request.CreateTime.ToUnixTimeMilliseconds()));
+    }
+
+    private static Task InsertVersionAsync(DbConnection connection, DbTransaction transaction, KeyName key, KeyVersion version, WrappedKeyMaterial material, CancellationToken cancellationToken) =>
+        InsertAsync(connection, transaction, """
+            INSERT INTO key_versions (tenant, key_id, version, version_id, algorithm, state, material, create_time, origin, import_job, public_key, create_request)
+            VALUES (@tenant, @key_id, @version, @version_id, @algorithm, @state, @material, @create_time, @origin, @import_job, @public_key, @create_request)
+            """,
+            version.Name.ToString(),
+            cancellationToken,
+            ("@tenant", key.Tenant.Value), ("@key_id", key.KeyId), ("@version", version.Name.Version),
+            ("@version_id", version.Id.ToBytes()), ("@algorithm", (int)version.Algorithm), ("@state", (int)version.State),
+            ("@material", material.UnsafeArray), ("@create_time", version.CreateTime.ToUnixTimeMilliseconds()),
+            ("@origin", (int)version.Origin), ("@import_job", (object?)version.ImportJob ?? DBNull.Value),
+            ("@public_key", (object?)version.PublicKey?.ToArray() ?? DBNull.Value), ("@create_request", (object?)version.CreateRequest ?? DBNull.Value));
+
+    private static (string, object)[] KeyParameters(Key key) =>
+    [
+        ("@tenant", key.Name.Tenant.Value), ("@key_id", key.Name.KeyId), ("@purpose", (int)key.Purpose), ("@state", (int)key.State),
+        ("@primary_version", key.Primary.Name.Version), ("@create_time", key.CreateTime.ToUnixTimeMilliseconds()),
+        ("@labels", JsonSerializer.Serialize(key.Labels.ToDictionary(kv => kv.Key, kv => kv.Value))),
+        ("@rotation_period_ms", key.RotationPeriod is { } period ? (long)period.TotalMilliseconds : DBNull.Value),
+        ("@next_rotation_time", Millis(key.NextRotationTime)), ("@min_decryption_version", key.MinDecryptionVersion),
+        ("@destroy_time", Millis(key.DestroyTime)),
+    ];
+
+    private static string VersionColumns(string table) => string.Join(", ", VersionColumnNames.Select(column => $"{table}.{column}"));
+
+    private static object Millis(DateTimeOffset? time) => time is { } value ? value.ToUnixTimeMilliseconds() : NullInt64;
+
+    // A NULL with a type: PostgreSQL cannot infer one for a parameter only tested (@p IS NULL).
+    private static readonly object NullInt64 = new TypedNull(DbType.Int64);
+
+    private static readonly object NullText = new TypedNull(DbType.String);
+
+    private sealed record TypedNull(DbType Type);
+
+    private static DateTimeOffset? ReadTime(DbDataReader reader, int column) =>
+        reader.IsDBNull(column) ? null : DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(column));
+
+    private static WrappedKeyMaterial? ReadMaterial(DbDataReader reader, int column) =>
+        reader.IsDBNull(column) ? null : new WrappedKeyMaterial((byte[])reader[column]);
+
+    private static Key ReadKey(DbDataReader reader)
+    {
+        var name = new KeyName(TenantId.Parse(reader.GetString(0)), reader.GetString(1));
+        var labels = JsonSerializer.Deserialize<Dictionary<string, string>>(reader.GetString(5)) ?? [];
+        return new Key(
+            name,
+            (KeyPurpose)reader.GetInt32(2),
+            (KeyState)reader.GetInt32(3),
+            ReadVersion(reader, 10, name),
+            DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(4)),
+            KeyLabels.Create(labels))
+        {
+            RotationPeriod = reader.IsDBNull(6) ? null : TimeSpan.FromMilliseconds(reader.GetInt64(6)),
+            NextRotationTime = ReadTime(reader, 7),
+            MinDecryptionVersion = reader.GetInt32(8),
+            DestroyTime = ReadTime(reader, 9),
+            Restricted = reader.GetInt64(10 + VersionColumnCount) != 0,
+        };
+    }
+
+    private static KeyVersion ReadVersion(DbDataReader reader, int offset, KeyName key) =>
+        new(
+            key.Version(reader.GetInt32(offset)),
+            KeyVersionId.FromBytes((byte[])reader[offset + 1]),
+            (KeyState)reader.GetInt32(offset + 3),
+            (KeyAlgorithm)reader.GetInt32(offset + 2),
+            DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(offset + 4)))
+        {
+            DestroyTime = ReadTime(reader, offset + 5),
+            DestroyEventTime = ReadTime(reader, offset + 6),
+            Usage = new KeyVersionUsage(reader.GetInt64(offset + 7), reader.GetInt64(offset + 8), ReadTime(reader, offset + 9), ReadTime(reader, offset + 10)),
+            Origin = (KeyOrigin)reader.GetInt32(offset + 11),
+            ImportJob = reader.IsDBNull(offset + 12) ? null : reader.GetString(offset + 12),
+            PublicKey = reader.IsDBNull(offset + 13) ? null : new SubjectPublicKey((byte[])reader[offset + 13]),
+            CreateRequest = reader.IsDBNull(offset + 14) ? null : reader.GetString(offset + 14),
+        };
+
+    private static KeyAlias ReadAlias(DbDataReader reader, AliasName name) =>
+        new(name, new KeyName(name.Tenant, reader.GetString(0)),
+            DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(1)), DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(2)));
+
+    private static async Task InsertAsync(
+        DbConnection connection,
+        DbTransaction transaction,
+        string sql,
+        string resource,
+        CancellationToken cancellationToken,
+        params (string Name, object Value)[] parameters)
+    {
+        await using var command = Command(connection, sql, parameters);
+        command.Transaction = transaction;
+        try
+        {
+            await command.ExecuteNonQueryAsync(cancellationToken);
+        }
+        catch (DbException e) when (IsConstraintViolation(e))
+        {
+            throw KmsErrors.AlreadyExists(resource);
+        }
+    }
+
+    private protected static DbCommand Command(DbConnection connection, string sql, params (string Name, object Value)[] parameters)
+    {
+        var command = connection.CreateCommand();
+        command.CommandText = sql;
+        foreach (var (name, value) in parameters)
+        {
+            var parameter = command.CreateParameter();
+            parameter.ParameterName = name;
+            if (value is TypedNull typed)
+            {
+                parameter.DbType = typed.Type;
+                parameter.Value = DBNull.Value;
+            }
+            else
+            {
+                parameter.Value = value;
+            }
+
+            command.Parameters.Add(parameter);
+        }
+
+        return command;
+    }
+
+    private protected static async Task ExecuteAsync(DbConnection connection, string sql, CancellationToken cancellationToken, DbTransaction? transaction = null)
+    {
+        await using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        command.Transaction = transaction;
+        await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    private protected Task<T> ReadAsync<T>(Func<DbConnection, Task<T>> read, CancellationToken cancellationToken) =>
+        GuardAsync(async () =>
+        {
+            await using var connection = await OpenConnectionAsync(cancellationToken);
+            return await read(connection);
+        });
+
+    // One BEGIN IMMEDIATE transaction: committed when the work returns, rolled back when it throws.
+    // Events the work itself adds (a quorum execution's) follow the request's own, in the same transaction.
+    private Task<T> WriteAsync<T>(Func<DbConnection, DbTransaction, Task<T>> work, CancellationToken cancellationToken, Func<T, IReadOnlyList<AuditEntry>>? trailingEvents = null) =>
+        GuardAsync(async () =>
+        {
+            await using var connection = await OpenConnectionAsync(cancellationToken);
+            await using var transaction = await BeginWriteAsync(connection, cancellationToken);
+
+            // A request's first write that changes something carries its audit event (one transaction).
+            var scope = AuditScope.Current;
+            var entry = scope?.TakeForWrite();
+            var before = entry is null ? 0 : await WriteMarkAsync(connection, transaction, cancellationToken);
+            var result = await work(connection, transaction);
+            var audited = entry is not null && await WriteMarkAsync(connection, transaction, cancellationToken) > before;
+            IReadOnlyList<AuditEntry> trailing = trailingEvents?.Invoke(result) ?? [];
+            if (audited || trailing.Count > 0)
+            {
+                await AppendAuditInAsync(connection, transaction, audited ? [entry!, .. trailing] : trailing, cancellationToken);
+            }
+
+            await transaction.CommitAsync(cancellationToken);
+            if (audited)
+            {
+                scope!.Committed();
+            }
+
+            return result;
+        });
+
+    // Database faults (locked too long, disk full, I/O) are retryable UNAVAILABLE; the
+    // SQLite message stays in the server log (inner exception), never in the answer.
+    private protected static async Task<T> GuardAsync<T>(Func<Task<T>> operation)
+    {
+        try
+        {
+            return await operation();
+        }
+        catch (DbException e)
+        {
+            throw KmsErrors.Unavailable("the database is unavailable; retry shortly", e);
+        }
+    }
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# A throw-away PostgreSQL cluster for the tests, on loopback only.
+#   eval "$(tests/postgres/cluster.sh start)"   # exports KMS_TEST_POSTGRES and KMS_TEST_POSTGRES_DIR
+#   tests/postgres/cluster.sh stop "$KMS_TEST_POSTGRES_DIR"
+# initdb refuses to run as root, so the cluster belongs to the postgres user (runuser).
+# Authentication is trust, on 127.0.0.1 and a private socket directory: the cluster lives
+# in a fresh temporary directory for one test run and is deleted after it.
+set -euo pipefail
+
+bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+[ -n "$bin" ] && [ -x "$bin/initdb" ] || { echo "postgres/cluster.sh: PostgreSQL is not installed (apt-get install postgresql)" >&2; exit 1; }
+
+as_postgres() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+case "${1:-}" in
+  start)
+    dir=$(mktemp -d /tmp/kms-pg.XXXXXX)
+    chmod 755 "$dir"
+    [ "$(id -u)" -eq 0 ] && chown postgres: "$dir"
+    port=$(( 30000 + RANDOM % 20000 ))
+    as_postgres "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --no-instructions >"$dir/initdb.log" 2>&1 \
+      || { cat "$dir/initdb.log" >&2; exit 1; }
+    as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start \
+      -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=300 -c fsync=on -c synchronous_commit=on" >/dev/null \
+      || { cat "$dir/server.log" >&2; exit 1; }
+    echo "export KMS_TEST_POSTGRES='Host=127.0.0.1;Port=$port;Username=postgres;Database=postgres'"
+    echo "export KMS_TEST_POSTGRES_DIR='$dir'"
+    ;;
+  stop)
+    dir=${2:?usage: cluster.sh stop DIR}
+    [ -d "$dir/data" ] && as_postgres "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+    rm -rf "$dir"
+    ;;
+  *) echo "usage: cluster.sh start | stop DIR" >&2; exit 2 ;;
+esac
