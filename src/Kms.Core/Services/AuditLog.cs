@@ -22,7 +22,7 @@ namespace Kms.Core.Services;
 /// stored the same way, so the database alone does not let anyone test guesses of a
 /// context value against its hash.
 /// </remarks>
-public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, TimeProvider time, AuditOptions options)
+public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, TimeProvider time, AuditOptions options, ILeaderLease? lease = null)
 {
     private const string SigningKeySetting = "audit.signing-key.v1";
     private const string ContextKeySetting = "audit.context-key.v1";
@@ -232,6 +232,18 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         {
             await FlushRefusalsAsync(force: false, cancellationToken);
             await ForwardAsync(cancellationToken);
+            // Checkpoints are the leader's (several nodes share one chain); the latest may be another node's.
+            if (lease is not null && !await lease.HoldAsync(cancellationToken))
+            {
+                return;
+            }
+
+            if (await store.GetLatestAuditCheckpointAsync(cancellationToken) is { } latest && latest.Sequence > _lastCheckpoint.Sequence)
+            {
+                _lastCheckpoint = new AuditHead(latest.Sequence, latest.HeadHash);
+                _lastCheckpointTime = latest.Time;
+            }
+
             var head = await store.GetAuditHeadAsync(cancellationToken);
             if (head.Sequence > _lastCheckpoint.Sequence
                 && (head.Sequence - _lastCheckpoint.Sequence >= options.CheckpointEveryEvents || time.GetUtcNow() - _lastCheckpointTime >= options.CheckpointInterval))

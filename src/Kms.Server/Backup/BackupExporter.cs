@@ -4,6 +4,7 @@ using Kms.Core.Errors;
 using Kms.Core.Ports;
 using Kms.Core.Quorum;
 using Kms.Core.Services;
+using Kms.Storage;
 using Kms.Storage.Sqlite;
 
 namespace Kms.Server.Backup;
@@ -19,7 +20,7 @@ namespace Kms.Server.Backup;
 /// without a backup: the audit log says so (outcome not OK) and officers create a new request.
 /// The snapshot holds key material wrapped under the domain key only — what the database holds.
 /// </remarks>
-internal sealed class BackupExporter(SqliteStore store, AuditLog audit, IHsm hsm, TimeProvider time, string backupsDirectory)
+internal sealed class BackupExporter(SqlStore store, AuditLog audit, IHsm hsm, TimeProvider time, string backupsDirectory)
 {
     /// <summary>The audit operation of a written backup.</summary>
     public const string Operation = "backup/Export";
@@ -56,7 +57,10 @@ internal sealed class BackupExporter(SqliteStore store, AuditLog audit, IHsm hsm
             }
 
             var snapshotPath = Path.Combine(directory, BackupManifest.SnapshotFile);
-            var snapshot = await store.SnapshotAsync(snapshotPath, cancellationToken);
+            var snapshot = store is SqliteStore sqlite
+                ? await sqlite.SnapshotAsync(snapshotPath, cancellationToken)
+                : throw KmsErrors.FailedPrecondition(
+                    $"backups through the API are SQLite snapshots; a {store.Provider} database is backed up with its own tools (docs/deployment.md)");
             var (sha256, size) = BackupManifest.HashFile(snapshotPath);
             var manifest = new BackupManifest
             {

@@ -11,6 +11,8 @@ using Kms.Server.Health;
 using Kms.Server.Observability;
 using Kms.Server.Security;
 using Kms.Server.Tls;
+using Kms.Storage;
+using Kms.Storage.Postgres;
 using Kms.Storage.Sqlite;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
@@ -104,13 +106,14 @@ public static class KmsServerApp
             sqliteOptions.DatabasePath = Path.Combine(Path.GetFullPath(serverOptions.DataDir), "kms.db");
         }
 
-        var store = await SqliteStore.OpenAsync(sqliteOptions, cancellationToken);
+        var (store, lease) = await OpenStoreAsync(builder.Configuration, sqliteOptions, cancellationToken);
         var loggerFactory = new Serilog.Extensions.Logging.SerilogLoggerFactory(logger);
         var hsm = Pkcs11Hsm.Open(hsmOptions, loggerFactory.CreateLogger("Kms.Hsm"));
         try
         {
             await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
             builder.Services.AddSingleton(LoadQuorumOptions(serverOptions.Quorum));
+            builder.Services.AddSingleton(lease);
             var app = Build(builder, hsm, store, serverOptions, metricsUrl, logger, configureServices);
             await app.Services.GetRequiredService<AuditWorker>().InitializeAsync(cancellationToken);
             await AccessProvisioning.RunAsync(app.Services, serverOptions, loggerFactory.CreateLogger("Kms.Access"), cancellationToken);
@@ -120,14 +123,44 @@ public static class KmsServerApp
         catch
         {
             await hsm.DisposeAsync();
+            await store.DisposeAsync();
+            if (lease is IAsyncDisposable disposable)
+            {
+                await disposable.DisposeAsync();
+            }
+
             throw;
+        }
+    }
+
+    // Storage:Provider chooses the backend: sqlite (one node, the default) or postgres (any
+    // number of nodes sharing the database; the deployment's once-only jobs follow a lease in it).
+    private static async Task<(SqlStore Store, ILeaderLease Lease)> OpenStoreAsync(ConfigurationManager configuration, SqliteOptions sqliteOptions, CancellationToken cancellationToken)
+    {
+        switch (configuration["Storage:Provider"] ?? "sqlite")
+        {
+            case "sqlite":
+                return (await SqliteStore.OpenAsync(sqliteOptions, cancellationToken), new SingleNodeLease());
+            case "postgres":
+                var options = configuration.GetSection("Storage:Postgres").Get<PostgresOptions>() ?? new PostgresOptions();
+                if (configuration["Storage:Postgres:ConnectionStringFile"] is { Length: > 0 } file)
+                {
+                    // The password stays out of configuration dumps and the process environment.
+                    options.ConnectionString = File.Exists(file)
+                        ? File.ReadAllText(file).Trim()
+                        : throw new InvalidOperationException($"Storage:Postgres:ConnectionStringFile {file} does not exist");
+                }
+
+                return (await PostgresStore.OpenAsync(options, cancellationToken), new PostgresLeaderLease(options, TimeProvider.System));
+            case var other:
+                throw new InvalidOperationException($"Storage:Provider is '{other}'; it must be sqlite or postgres");
         }
     }
 
     private static WebApplication Build(
         WebApplicationBuilder builder,
         Pkcs11Hsm hsm,
-        SqliteStore store,
+        SqlStore store,
         KmsServerOptions serverOptions,
         string? metricsUrl,
         Serilog.ILogger logger,
@@ -146,6 +179,10 @@ public static class KmsServerApp
         builder.Services.AddSingleton<IAccessStore>(_ => store);
         builder.Services.AddSingleton<IAuditStore>(_ => store);
         builder.Services.AddSingleton<IQuorumStore>(_ => store);
+        builder.Services.AddSingleton<IChangeFeed>(_ => store);
+        builder.Services.AddSingleton(builder.Configuration.GetSection("Storage:ChangeFeed").Get<ChangeFeedOptions>() ?? new ChangeFeedOptions());
+        builder.Services.AddSingleton<ClusterCoherenceWorker>();
+        builder.Services.AddHostedService(services => services.GetRequiredService<ClusterCoherenceWorker>());
         var auditHost = builder.Configuration.GetSection("Kms:Audit").Get<AuditHostOptions>() ?? new AuditHostOptions();
         if (!auditHost.Enabled && !serverOptions.DevMode)
         {

@@ -1,3 +1,4 @@
+using Kms.Core.Ports;
 using Kms.Core.Services;
 
 namespace Kms.Server.Hosting;
@@ -8,7 +9,11 @@ namespace Kms.Server.Hosting;
 /// keys of offboarded tenants that escaped DeleteTenant (created concurrently); and rotations
 /// of keys whose primary version reached the soft GCM usage bound.
 /// </summary>
-/// <remarks>Single node for now; with several nodes (PostgreSQL) a database lock will elect one.</remarks>
+/// <remarks>
+/// With several nodes (PostgreSQL) the deployment-wide jobs run on the node holding the
+/// <see cref="ILeaderLease"/>; every node flushes its own usage counts and rotates keys its own
+/// encryptions wore out.
+/// </remarks>
 internal sealed partial class LifecycleWorker(
     KeyService keys,
     AccessService access,
@@ -16,15 +21,27 @@ internal sealed partial class LifecycleWorker(
     UsageCounter usage,
     TimeProvider time,
     LifecycleWorkerOptions options,
+    ILeaderLease lease,
+    IChangeFeed changes,
     ILogger<LifecycleWorker> logger) : BackgroundService
 {
     /// <summary>
-    /// One pass: due destructions, pending erasure, offboarding sweep, due rotations, usage
-    /// flush, audit retention — each on its own, so one failing job (or key) does not hold the others back.
+    /// One pass: usage flush; then, on the leader, due destructions, pending erasure, import-job
+    /// expiry, offboarding sweep, due rotations, audit retention — each on its own, so one failing job (or key) does not hold the others back.
     /// Failures are logged and retried at the next pass.
     /// </summary>
     public async Task RunOnceAsync(CancellationToken cancellationToken)
     {
+        await RunJobAsync("usage flush", async () =>
+        {
+            await usage.FlushAsync(cancellationToken);
+            return 0;
+        });
+        if (!await lease.HoldAsync(cancellationToken))
+        {
+            return;
+        }
+
         var destroyed = await RunJobAsync("destruction", () => keys.DestroyDueAsync(cancellationToken));
         await RunJobAsync("erasure", async () =>
         {
@@ -34,12 +51,8 @@ internal sealed partial class LifecycleWorker(
         await RunJobAsync("import job expiry", () => keys.EraseExpiredImportJobsAsync(cancellationToken));
         await RunJobAsync("tenant offboarding", () => access.SweepDeletingTenantsAsync(cancellationToken));
         var rotated = await RunJobAsync("scheduled rotation", () => keys.RotateDueKeysAsync(cancellationToken));
-        await RunJobAsync("usage flush", async () =>
-        {
-            await usage.FlushAsync(cancellationToken);
-            return 0;
-        });
         await RunJobAsync("audit retention", async () => (int)await audit.PruneAsync(cancellationToken));
+        await RunJobAsync("change feed retention", () => changes.PruneChangesAsync(time.GetUtcNow() - TimeSpan.FromHours(1), cancellationToken));
         if (rotated > 0 || destroyed > 0)
         {
             LogPass(logger, rotated, destroyed);

@@ -11,4 +11,12 @@ public sealed class PostgresOptions
 
     /// <summary>How long a statement may run, and how long a connection may take to open.</summary>
     public TimeSpan CommandTimeout { get; set; } = TimeSpan.FromSeconds(15);
+
+    /// <summary>
+    /// How far this node's clock may be from the database server's before the node stops taking
+    /// part in scheduled work (rotation, destruction, retention run only on a leader whose clock
+    /// agrees with PostgreSQL's). Schedules are stored as absolute times, so a node minutes ahead
+    /// would otherwise destroy or rotate minutes early.
+    /// </summary>
+    public TimeSpan MaxClockSkew { get; set; } = TimeSpan.FromSeconds(5);
 }

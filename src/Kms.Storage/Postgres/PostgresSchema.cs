@@ -209,5 +209,15 @@ internal static class PostgresSchema
                 PRIMARY KEY (tenant, job_id)
             );
             """),
+        new(2, """
+            -- The change feed (IChangeFeed), as SQLite's migration 8; additive, so nodes of schema 1
+            -- keep serving beside nodes that have it during a rolling upgrade.
+            CREATE TABLE changes (
+                seq     BIGINT PRIMARY KEY,
+                kind    BIGINT NOT NULL,  -- 1 access, 2 material erased
+                subject TEXT   NOT NULL,
+                time    BIGINT NOT NULL
+            );
+            """, CompatibleFrom: 1),
     ];
 }

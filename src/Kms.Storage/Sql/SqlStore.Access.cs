@@ -42,7 +42,7 @@ public abstract partial class SqlStore
 
     /// <inheritdoc />
     public Task<bool> UpdateTenantAsync(Tenant tenant, CancellationToken cancellationToken) =>
-        ExecuteWriteAsync("UPDATE tenants SET state = @state, delete_time = @delete_time WHERE id = @id", cancellationToken,
+        ExecuteAccessWriteAsync("UPDATE tenants SET state = @state, delete_time = @delete_time WHERE id = @id", tenant.Id.ResourceName, cancellationToken,
             ("@state", (int)tenant.State), ("@delete_time", Millis(tenant.DeleteTime)), ("@id", tenant.Id.Value));
 
     /// <inheritdoc />
@@ -102,25 +102,25 @@ public abstract partial class SqlStore
 
     /// <inheritdoc />
     public async Task<bool> RevokeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken) =>
-        await ExecuteWriteAsync("UPDATE api_tokens SET revoke_time = coalesce(revoke_time, @time) WHERE id = @id", cancellationToken,
+        await ExecuteAccessWriteAsync("UPDATE api_tokens SET revoke_time = coalesce(revoke_time, @time) WHERE id = @id", $"apiTokens/{id}", cancellationToken,
             ("@time", revokeTime.ToUnixTimeMilliseconds()), ("@id", id));
 
     /// <inheritdoc />
     public Task<bool> ConsumeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken) =>
-        ExecuteWriteAsync("UPDATE api_tokens SET revoke_time = @time WHERE id = @id AND revoke_time IS NULL", cancellationToken,
+        ExecuteAccessWriteAsync("UPDATE api_tokens SET revoke_time = @time WHERE id = @id AND revoke_time IS NULL", $"apiTokens/{id}", cancellationToken,
             ("@time", revokeTime.ToUnixTimeMilliseconds()), ("@id", id));
 
     /// <inheritdoc />
     public Task SetRoleBindingAsync(RoleBinding binding, CancellationToken cancellationToken) =>
-        ExecuteWriteAsync(
+        ExecuteAccessWriteAsync(
             "INSERT INTO role_bindings (principal, role, tenant, create_time) VALUES (@principal, @role, @tenant, @create_time) ON CONFLICT DO NOTHING",
-            cancellationToken,
+            binding.Principal.ToString(), cancellationToken,
             ("@principal", binding.Principal.ToString()), ("@role", (int)binding.Role), ("@tenant", binding.Tenant?.Value ?? ""),
             ("@create_time", binding.CreateTime.ToUnixTimeMilliseconds()));
 
     /// <inheritdoc />
     public Task<bool> DeleteRoleBindingAsync(PrincipalName principal, Role role, TenantId? tenant, CancellationToken cancellationToken) =>
-        ExecuteWriteAsync("DELETE FROM role_bindings WHERE principal = @principal AND role = @role AND tenant = @tenant", cancellationToken,
+        ExecuteAccessWriteAsync("DELETE FROM role_bindings WHERE principal = @principal AND role = @role AND tenant = @tenant", principal.ToString(), cancellationToken,
             ("@principal", principal.ToString()), ("@role", (int)role), ("@tenant", tenant?.Value ?? ""));
 
     /// <inheritdoc />

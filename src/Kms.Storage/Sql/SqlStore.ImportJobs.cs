@@ -69,6 +69,11 @@ public abstract partial class SqlStore
                 await UpsertSettingAsync(connection, transaction, ErasurePendingSetting, "1", cancellationToken);
             }
 
+            foreach (var id in ids)
+            {
+                await RecordChangeAsync(connection, transaction, StoreChangeKind.Material, id.ToString(), cancellationToken);
+            }
+
             return ids;
         }, cancellationToken);
         if (erased.Count > 0)

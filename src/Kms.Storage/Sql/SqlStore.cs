@@ -516,6 +516,11 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
 
         foreach (var version in change.UpdatedVersions)
         {
+            if (version.State == KeyState.Destroyed)
+            {
+                await RecordChangeAsync(connection, transaction, StoreChangeKind.Material, version.Id.ToString(), cancellationToken);
+            }
+
             if (version.State == KeyState.Destroyed && !erased)
             {
                 // Durable with the erasure itself: if the checkpoint below cannot run now,

@@ -238,6 +238,17 @@ internal static class SqliteSchema
                 PRIMARY KEY (tenant, job_id)
             ) STRICT;
             """),
+        new(8, """
+            -- The change feed (IChangeFeed): what other processes sharing the database cache the
+            -- consequences of. Additive: servers of schema 7 keep working beside it (they neither
+            -- write nor read it), so it declares them compatible for a rolling upgrade.
+            CREATE TABLE changes (
+                seq     INTEGER PRIMARY KEY,
+                kind    INTEGER NOT NULL,  -- 1 access, 2 material erased
+                subject TEXT    NOT NULL,
+                time    INTEGER NOT NULL
+            ) STRICT;
+            """, CompatibleFrom: 7),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;

@@ -1,0 +1,117 @@
+using Kms.Core.Keys;
+using Kms.Core.Ports;
+using Kms.Server.Security;
+
+namespace Kms.Server.Hosting;
+
+/// <summary>Configuration section <c>Storage:ChangeFeed</c>.</summary>
+public sealed class ChangeFeedOptions
+{
+    /// <summary>How often the change feed is read: the bound on how long another node's revocation or destruction takes to reach this one's caches.</summary>
+    public TimeSpan PollInterval { get; set; } = TimeSpan.FromMilliseconds(250);
+}
+
+/// <summary>
+/// Keeps this node's caches coherent with changes made through other nodes sharing the
+/// database: reads the store's change feed (<see cref="IChangeFeed"/>) every
+/// <see cref="ChangeFeedOptions.PollInterval"/> and forgets remembered callers after an access
+/// change, and evicts erased key material from this node's HSM.
+/// </summary>
+/// <remarks>
+/// Key state, versions, aliases, policies and grants are read from the store on every call and
+/// need nothing: a key disabled on one node is refused by every node at once. What is cached is
+/// an authenticated caller (<see cref="CallerAuthentication"/>, for at most
+/// <c>Kms:CredentialCacheTime</c>) and unwrapped key copies in the HSM. Polling, not
+/// PostgreSQL's LISTEN/NOTIFY: a notification is lost while the listening connection is down,
+/// so the feed would have to be polled anyway; at 250 ms the poll alone keeps the bound.
+/// While the feed cannot be read, the credential cache's own expiry is the bound.
+/// </remarks>
+internal sealed partial class ClusterCoherenceWorker(
+    IChangeFeed feed,
+    CallerAuthentication authentication,
+    IHsm hsm,
+    ChangeFeedOptions options,
+    TimeProvider time,
+    ILogger<ClusterCoherenceWorker> logger) : BackgroundService
+{
+    private long _seen = -1;
+
+    /// <summary>Changes applied since the start (tests, metrics).</summary>
+    public long Applied { get; private set; }
+
+    /// <summary>Reads and applies what changed since the last pass.</summary>
+    public async Task PollOnceAsync(CancellationToken cancellationToken)
+    {
+        if (_seen < 0)
+        {
+            // Nothing is cached yet at start: only later changes matter.
+            _seen = await feed.GetChangeHeadAsync(cancellationToken);
+            return;
+        }
+
+        while (true)
+        {
+            var changes = await feed.ListChangesAsync(_seen, 500, cancellationToken);
+            var forget = false;
+            foreach (var change in changes)
+            {
+                switch (change.Kind)
+                {
+                    case StoreChangeKind.Access:
+                        forget = true;
+                        break;
+                    case StoreChangeKind.Material when change.Subject.Length == KeyVersionId.Length * 2:
+                        hsm.EvictKey(KeyVersionId.FromBytes(Convert.FromHexString(change.Subject)));
+                        break;
+                }
+
+                _seen = change.Sequence;
+                Applied++;
+            }
+
+            if (forget)
+            {
+                authentication.Forget();
+            }
+
+            if (changes.Count < 500)
+            {
+                return;
+            }
+        }
+    }
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        using var timer = new PeriodicTimer(options.PollInterval, time);
+        var failing = false;
+        try
+        {
+            do
+            {
+                try
+                {
+                    await PollOnceAsync(stoppingToken);
+                    failing = false;
+                }
+                catch (Exception e) when (e is not OperationCanceledException)
+                {
+                    // Logged once per outage, not every 250 ms.
+                    if (!failing)
+                    {
+                        LogPollFailed(logger, e);
+                        failing = true;
+                    }
+                }
+            }
+            while (await timer.WaitForNextTickAsync(stoppingToken));
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+            // Shutting down.
+        }
+    }
+
+    [LoggerMessage(EventId = 1301, Level = LogLevel.Warning, Message = "Reading the change feed failed; other nodes' revocations reach this node when its credential cache expires, until the feed is back")]
+    private static partial void LogPollFailed(ILogger logger, Exception exception);
+}
