@@ -1,4 +1,10 @@
+using Kms.Server.Health;
 using Kms.Server.Hosting;
+
+if (args.Contains(HealthProbe.Switch))
+{
+    return await HealthProbe.RunAsync(args, Console.Out, Console.Error);
+}
 
 try
 {

@@ -1,5 +1,10 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
 using Grpc.Health.V1;
 using Kms.Hsm;
+using Kms.Server.Health;
 using Kms.Testing;
 using Microsoft.Data.Sqlite;
 using Microsoft.Extensions.DependencyInjection;
@@ -54,6 +59,52 @@ public sealed class HealthTests : IAsyncLifetime
         }
 
         Assert.Equal(ServingStatus.Serving, await CheckAsync());
+    }
+
+    [Fact]
+    public async Task HealthProbe_ServerServing_ExitsZero()
+    {
+        var (exitCode, output, _) = await ProbeAsync($"https://0.0.0.0:{_server.Address.Port}");
+
+        Assert.Equal(0, exitCode);
+        Assert.Contains("Serving", output);
+    }
+
+    [Fact]
+    public async Task HealthProbe_NothingListening_ExitsOne()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        var freePort = ((IPEndPoint)listener.LocalEndpoint).Port;
+        listener.Stop();
+
+        var (exitCode, _, error) = await ProbeAsync($"https://127.0.0.1:{freePort}");
+
+        Assert.Equal(1, exitCode);
+        Assert.Contains("Unavailable", error);
+    }
+
+    [Fact]
+    public async Task HealthProbe_ServerPresentsAnotherCertificate_ExitsOne()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        using var other = new CertificateRequest("CN=localhost", key, HashAlgorithmName.SHA256)
+            .CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddDays(1));
+        var otherPath = Path.Combine(_server.DataDir, "other.crt");
+        await File.WriteAllTextAsync(otherPath, other.ExportCertificatePem());
+
+        var (exitCode, _, _) = await ProbeAsync($"https://127.0.0.1:{_server.Address.Port}", $"--Kms:TlsCertificatePath={otherPath}");
+
+        Assert.Equal(1, exitCode);
+    }
+
+    private async Task<(int ExitCode, string Output, string Error)> ProbeAsync(string url, params string[] extraArgs)
+    {
+        using var output = new StringWriter();
+        using var error = new StringWriter();
+        var exitCode = await HealthProbe.RunAsync(
+            [HealthProbe.Switch, "--dev", $"--Kms:DataDir={_server.DataDir}", $"--urls={url}", .. extraArgs], output, error);
+        return (exitCode, output.ToString(), error.ToString());
     }
 
     private async Task<ServingStatus> CheckAsync()
