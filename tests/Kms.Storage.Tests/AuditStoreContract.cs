@@ -86,7 +86,7 @@ public abstract class AuditStoreContract : AccessStoreContract
 
     protected async Task<IAuditStore> AuditAsync() => (IAuditStore)await CreateStoreAsync();
 
-    protected static AuditEntry Entry(int i) => new()
+    public static AuditEntry Entry(int i) => new()
     {
         Time = T0.AddSeconds(i),
         RequestId = $"req-{i}",

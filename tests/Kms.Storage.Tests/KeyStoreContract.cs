@@ -183,7 +183,7 @@ public abstract class KeyStoreContract
         Assert.Equal(40, (await store.ListKeysAsync(Dev, null, 100, default)).Count);
     }
 
-    protected static Key NewKey(TenantId tenant, string keyId, params (string Key, string Value)[] labels)
+    public static Key NewKey(TenantId tenant, string keyId, params (string Key, string Value)[] labels)
     {
         var name = KeyName.Create(tenant, keyId);
         var now = DateTimeOffset.FromUnixTimeMilliseconds(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
@@ -192,5 +192,5 @@ public abstract class KeyStoreContract
             KeyLabels.Create(labels.Select(l => new KeyValuePair<string, string>(l.Key, l.Value))));
     }
 
-    protected static WrappedKeyMaterial Material() => new(RandomNumberGenerator.GetBytes(40));
+    public static WrappedKeyMaterial Material() => new(RandomNumberGenerator.GetBytes(40));
 }

@@ -233,7 +233,7 @@ public abstract class KeyStoreLifecycleContract : KeyStoreContract
         Assert.Equal(KeyState.DestroyScheduled, read.State);
     }
 
-    protected static KeyChange Rotation(KeyWithVersions current, WrappedKeyMaterial material)
+    public static KeyChange Rotation(KeyWithVersions current, WrappedKeyMaterial material)
     {
         var number = current.Versions.Max(v => v.Name.Version) + 1;
         var version = new KeyVersion(current.Key.Name.Version(number), KeyVersionId.NewId(), KeyState.Enabled, KeyAlgorithm.Aes256Gcm, current.Key.CreateTime);

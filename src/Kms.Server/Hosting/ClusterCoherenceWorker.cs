@@ -112,6 +112,6 @@ internal sealed partial class ClusterCoherenceWorker(
         }
     }
 
-    [LoggerMessage(EventId = 1301, Level = LogLevel.Warning, Message = "Reading the change feed failed; other nodes' revocations reach this node when its credential cache expires, until the feed is back")]
+    [LoggerMessage(EventId = 1205, Level = LogLevel.Warning, Message = "Reading the change feed failed; other nodes' revocations reach this node when its credential cache expires, until the feed is back")]
     private static partial void LogPollFailed(ILogger logger, Exception exception);
 }

@@ -61,7 +61,10 @@ public sealed class PostgresStore : SqlStore
 
     /// <summary>Connects, applies pending migrations (nodes starting together take turns) and returns the store.</summary>
     /// <exception cref="Kms.Core.Errors.KmsException">Unavailable when PostgreSQL cannot be reached.</exception>
-    public static async Task<PostgresStore> OpenAsync(PostgresOptions options, CancellationToken cancellationToken)
+    public static Task<PostgresStore> OpenAsync(PostgresOptions options, CancellationToken cancellationToken) => OpenAsync(options, null, cancellationToken);
+
+    /// <summary>Opens the database as a server whose schema is <paramref name="migrations"/> would (tests of rolling upgrades).</summary>
+    internal static async Task<PostgresStore> OpenAsync(PostgresOptions options, IReadOnlyList<SchemaMigration>? migrations, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(options);
         if (string.IsNullOrWhiteSpace(options.ConnectionString))
@@ -74,7 +77,7 @@ public sealed class PostgresStore : SqlStore
         {
             await GuardAsync(async () =>
             {
-                await store.MigrateAsync(cancellationToken);
+                await store.MigrateAsync(cancellationToken, migrations);
                 return 0;
             });
             return store;

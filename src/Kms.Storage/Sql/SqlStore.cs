@@ -432,15 +432,17 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     /// recorded in the database as <see cref="SchemaCompatibleFromSetting"/>): that is how
     /// version N keeps serving while N+1 nodes roll out. Otherwise it refuses, never downgrades.
     /// </summary>
-    private protected async Task MigrateAsync(CancellationToken cancellationToken)
+    private protected async Task MigrateAsync(CancellationToken cancellationToken, IReadOnlyList<SchemaMigration>? migrations = null)
     {
+        // Tests stand in for another build of the server with another list.
+        var known = migrations ?? Migrations;
         await using var connection = await OpenConnectionAsync(cancellationToken);
         await using var transaction = await BeginWriteAsync(connection, cancellationToken);
         await ExecuteAsync(connection, MigrationTableSql, cancellationToken, transaction);
         await using var current = Command(connection, "SELECT coalesce(max(version), 0) FROM schema_migrations");
         current.Transaction = transaction;
         var applied = Convert.ToInt32(await current.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture);
-        var latest = Migrations[^1].Version;
+        var latest = known[^1].Version;
         if (applied > latest)
         {
             // Recorded as "schema:floor" by whoever migrated to that schema; anything else is strict.
@@ -461,7 +463,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         }
 
         var floor = 0;
-        foreach (var migration in Migrations)
+        foreach (var migration in known)
         {
             if (migration.Version > applied)
             {

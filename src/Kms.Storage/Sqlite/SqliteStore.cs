@@ -61,7 +61,10 @@ public sealed partial class SqliteStore : SqlStore
     internal override string? AuditDataVersionSql => "PRAGMA data_version";
 
     /// <summary>Opens (creating if needed) the database and applies pending migrations.</summary>
-    public static async Task<SqliteStore> OpenAsync(SqliteOptions options, CancellationToken cancellationToken)
+    public static Task<SqliteStore> OpenAsync(SqliteOptions options, CancellationToken cancellationToken) => OpenAsync(options, null, cancellationToken);
+
+    /// <summary>Opens the database as a server whose schema is <paramref name="migrations"/> would (tests of rolling upgrades).</summary>
+    internal static async Task<SqliteStore> OpenAsync(SqliteOptions options, IReadOnlyList<SchemaMigration>? migrations, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(options);
         var directory = Path.GetDirectoryName(Path.GetFullPath(options.DatabasePath));
@@ -77,7 +80,7 @@ public sealed partial class SqliteStore : SqlStore
             await ExecuteAsync(connection, "PRAGMA journal_mode = WAL;", cancellationToken);
         }
 
-        await store.MigrateAsync(cancellationToken);
+        await store.MigrateAsync(cancellationToken, migrations);
         return store;
     }
 

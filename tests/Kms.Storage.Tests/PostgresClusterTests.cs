@@ -1,0 +1,236 @@
+using System.Net;
+using Kms.Core.Audit;
+using Kms.Core.Errors;
+using Kms.Core.Keys;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+using Kms.Storage.Postgres;
+using Kms.Testing;
+using Microsoft.Extensions.Time.Testing;
+using Npgsql;
+
+namespace Kms.Storage.Tests;
+
+/// <summary>
+/// Several nodes on one PostgreSQL database, as separate stores (each with its own pools and
+/// audit writer): one audit chain, one leader, faults of the database, rolling upgrades.
+/// </summary>
+public sealed class PostgresClusterTests : IAsyncLifetime
+{
+    private static readonly TenantId Dev = TenantId.Parse("dev");
+    private readonly List<IAsyncDisposable> _opened = [];
+    private PostgresTestDatabase _database = null!;
+
+    public async Task InitializeAsync() => _database = await PostgresTestDatabase.CreateAsync();
+
+    public async Task DisposeAsync()
+    {
+        foreach (var opened in Enumerable.Reverse(_opened))
+        {
+            await opened.DisposeAsync();
+        }
+
+        await _database.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task TwoNodes_ConcurrentGroupCommitsAndAuditedMutations_OneGapFreeChain()
+    {
+        var nodes = new[] { await OpenAsync(), await OpenAsync() };
+        var appended = 0;
+        var work = nodes.SelectMany((node, n) => Enumerable.Range(0, 2).Select(worker => Task.Run(async () =>
+        {
+            for (var i = 0; i < 40; i++)
+            {
+                if (i % 4 == 0)
+                {
+                    // A mutation carrying its event in its own transaction (the other append path).
+                    var scope = new AuditScope(AuditStoreContract.Entry(i), mutating: true);
+                    using (AuditScope.Enter(scope))
+                    {
+                        await node.CreateKeyAsync(KeyStoreContract.NewKey(Dev, $"n{n}-w{worker}-{i}"), KeyStoreContract.Material(), null, default);
+                    }
+
+                    Assert.True(scope.Written);
+                    Interlocked.Increment(ref appended);
+                }
+                else
+                {
+                    var batch = Enumerable.Range(0, 1 + (i % 3)).Select(AuditStoreContract.Entry).ToList();
+                    await node.AppendAuditAsync(batch, default);
+                    Interlocked.Add(ref appended, batch.Count);
+                }
+            }
+        })));
+        await Task.WhenAll(work);
+
+        var events = await ReadAllEventsAsync(nodes[1]);
+        Assert.Equal(appended, events.Count);
+        for (var i = 0; i < events.Count; i++)
+        {
+            Assert.Equal(i + 1, events[i].Sequence);
+            Assert.Equal(i == 0 ? AuditChain.Genesis : events[i - 1].Hash, events[i].PreviousHash);
+            Assert.Equal(AuditChain.HashOf(events[i].Body), events[i].Hash);
+        }
+
+        Assert.Equal(new AuditHead(events[^1].Sequence, events[^1].Hash), await nodes[0].GetAuditHeadAsync(default));
+    }
+
+    [Fact]
+    public async Task Lease_OneHolderAtATime_TakenOverWhenTheHoldersConnectionDies()
+    {
+        var options = Options();
+        var first = Lease(options, TimeProvider.System);
+        var second = Lease(options, TimeProvider.System);
+        Assert.True(await first.HoldAsync(default));
+        Assert.False(await second.HoldAsync(default));
+        Assert.True(await first.HoldAsync(default));
+
+        // The leader's node dies: PostgreSQL ends its session, and with it the lock.
+        await PostgresTestDatabase.ExecuteAsync(_database.ConnectionString, $"""
+            SELECT pg_terminate_backend(pid) FROM pg_locks
+            WHERE locktype = 'advisory' AND granted AND objid = {PostgresLeaderLease.LockKey & 0xFFFF_FFFF}
+              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            """);
+        Assert.True(await second.HoldAsync(default));
+
+        // The old leader notices at its next check and does not lead beside the new one.
+        Assert.False(await first.HoldAsync(default));
+        Assert.False(first.Held);
+
+        await second.DisposeAsync();
+        Assert.True(await first.HoldAsync(default));
+    }
+
+    [Fact]
+    public async Task Lease_NodeClockMinutesOff_NeverLeads_AndALeaderWhoseClockDriftsStepsDown()
+    {
+        var options = Options();
+        var ahead = new FakeTimeProvider(DateTimeOffset.UtcNow + TimeSpan.FromMinutes(5));
+        var skewed = Lease(options, ahead);
+        Assert.False(await skewed.HoldAsync(default));
+        Assert.True(skewed.ClockRefused);
+        Assert.InRange(skewed.LastClockSkew!.Value, TimeSpan.FromMinutes(4), TimeSpan.FromMinutes(6));
+
+        // The lease stayed free: a node with a good clock takes it.
+        var drifting = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        var leader = Lease(options, drifting);
+        Assert.True(await leader.HoldAsync(default));
+
+        drifting.Advance(TimeSpan.FromMinutes(3));
+        Assert.False(await leader.HoldAsync(default));
+        Assert.True(await Lease(options, TimeProvider.System).HoldAsync(default));
+    }
+
+    [Fact]
+    public async Task DatabaseUnreachable_Unavailable_NothingPartial_ServesAgainWithoutReopening()
+    {
+        var builder = new NpgsqlConnectionStringBuilder(_database.ConnectionString);
+        await using var proxy = new TcpProxy(new IPEndPoint(IPAddress.Loopback, builder.Port));
+        var store = await OpenAsync(new NpgsqlConnectionStringBuilder(_database.ConnectionString) { Port = proxy.Port }.ConnectionString);
+        await store.CreateKeyAsync(KeyStoreContract.NewKey(Dev, "before"), KeyStoreContract.Material(), null, default);
+        await store.AppendAuditAsync([AuditStoreContract.Entry(1)], default);
+
+        proxy.Cut();
+        var create = await Assert.ThrowsAsync<KmsException>(() => store.CreateKeyAsync(KeyStoreContract.NewKey(Dev, "during"), KeyStoreContract.Material(), null, default));
+        Assert.Equal(KmsErrorCode.Unavailable, create.Code);
+        Assert.DoesNotContain("127.0.0.1", create.Message, StringComparison.Ordinal);
+        var append = await Assert.ThrowsAsync<KmsException>(() => store.AppendAuditAsync([AuditStoreContract.Entry(2)], default));
+        Assert.Equal(KmsErrorCode.Unavailable, append.Code);
+        Assert.Equal(KmsErrorCode.Unavailable, (await Assert.ThrowsAsync<KmsException>(() => store.GetKeyAsync(KeyName.Create(Dev, "before"), default))).Code);
+
+        proxy.Restore();
+
+        // A pooled connection broken by the cut fails once (UNAVAILABLE, which clients retry); then the store serves.
+        var key = await RetryAsync(() => store.GetKeyAsync(KeyName.Create(Dev, "before"), default));
+        Assert.NotNull(key);
+        Assert.Null(await RetryAsync(() => store.GetKeyAsync(KeyName.Create(Dev, "during"), default)));
+        await RetryAsync(async () =>
+        {
+            await store.AppendAuditAsync([AuditStoreContract.Entry(3)], default);
+            return 0;
+        });
+        var events = await ReadAllEventsAsync(store);
+        Assert.Equal([1L, 2L], events.Select(e => e.Sequence));
+        Assert.Equal(events[0].Hash, events[1].PreviousHash);
+    }
+
+    [Fact]
+    public async Task RollingUpgrade_AdditiveMigration_OldNodesKeepServing_BreakingMigrationRefusesThem()
+    {
+        var current = PostgresSchema.Migrations;
+        var latest = current[^1].Version;
+        var additive = new SchemaMigration(latest + 1, "ALTER TABLE keys ADD COLUMN note TEXT;", CompatibleFrom: latest);
+        var newer = await OpenAsync(migrations: [.. current, additive]);
+        Assert.Equal(latest + 1, newer.SchemaVersion);
+
+        // Version N starts (or keeps running) beside N+1; each sees the other's writes.
+        var older = await OpenAsync();
+        Assert.Equal(latest + 1, older.SchemaVersion);
+        await older.CreateKeyAsync(KeyStoreContract.NewKey(Dev, "by-old"), KeyStoreContract.Material(), null, default);
+        await newer.CreateKeyAsync(KeyStoreContract.NewKey(Dev, "by-new"), KeyStoreContract.Material(), null, default);
+        Assert.NotNull(await newer.GetKeyAsync(KeyName.Create(Dev, "by-old"), default));
+        Assert.NotNull(await older.GetKeyAsync(KeyName.Create(Dev, "by-new"), default));
+
+        // N+2 makes a change N cannot live with: N (and N+1) are refused, with the reason.
+        var breaking = new SchemaMigration(latest + 2, "CREATE TABLE needs_new_code (id BIGINT PRIMARY KEY);");
+        await OpenAsync(migrations: [.. current, additive, breaking]);
+        var refused = await Assert.ThrowsAsync<InvalidOperationException>(() => OpenAsync());
+        Assert.Contains($"schema version {latest + 2}", refused.Message, StringComparison.Ordinal);
+        Assert.Contains("upgrade", refused.Message, StringComparison.Ordinal);
+        await Assert.ThrowsAsync<InvalidOperationException>(() => OpenAsync(migrations: [.. current, additive]));
+    }
+
+    [Fact]
+    public async Task NodesStartingTogether_MigrateOnce()
+    {
+        var stores = await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => OpenAsync()));
+        Assert.All(stores, s => Assert.Equal(PostgresSchema.Migrations[^1].Version, s.SchemaVersion));
+        Assert.Equal((long)PostgresSchema.Migrations.Count, await _database.ScalarAsync("SELECT count(*) FROM schema_migrations"));
+    }
+
+    private static async Task<T> RetryAsync<T>(Func<Task<T>> call)
+    {
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                return await call();
+            }
+            catch (KmsException e) when (e.Code == KmsErrorCode.Unavailable && attempt < 5)
+            {
+                await Task.Delay(100);
+            }
+        }
+    }
+
+    private static async Task<List<AuditEvent>> ReadAllEventsAsync(PostgresStore store)
+    {
+        var events = new List<AuditEvent>();
+        while (true)
+        {
+            var page = await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = events.Count == 0 ? 0 : events[^1].Sequence, Limit = 500 }, default);
+            events.AddRange(page);
+            if (page.Count < 500)
+            {
+                return events;
+            }
+        }
+    }
+
+    private PostgresOptions Options(string? connectionString = null) => new() { ConnectionString = connectionString ?? _database.ConnectionString };
+
+    private PostgresLeaderLease Lease(PostgresOptions options, TimeProvider time)
+    {
+        var lease = new PostgresLeaderLease(options, time);
+        _opened.Add(lease);
+        return lease;
+    }
+
+    private async Task<PostgresStore> OpenAsync(string? connectionString = null, IReadOnlyList<SchemaMigration>? migrations = null)
+    {
+        var store = await PostgresStore.OpenAsync(Options(connectionString), migrations, default);
+        _opened.Add(store);
+        return store;
+    }
+}
