@@ -113,7 +113,7 @@ public static class KmsServerApp
         {
             await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
             builder.Services.AddSingleton(LoadQuorumOptions(serverOptions.Quorum));
-            builder.Services.AddSingleton(lease);
+            builder.Services.AddSingleton(_ => lease); // a factory: the container disposes it (closing the lease's session) at shutdown
             var app = Build(builder, hsm, store, serverOptions, metricsUrl, logger, configureServices);
             await app.Services.GetRequiredService<AuditWorker>().InitializeAsync(cancellationToken);
             await AccessProvisioning.RunAsync(app.Services, serverOptions, loggerFactory.CreateLogger("Kms.Access"), cancellationToken);

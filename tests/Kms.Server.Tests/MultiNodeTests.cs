@@ -1,0 +1,165 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text;
+using Grpc.Core;
+using Kms.Client.Audit;
+using Kms.Contracts.V1;
+using Kms.Core.Ports;
+using Kms.Hsm;
+using Kms.Storage.Postgres;
+using Kms.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Xunit.Abstractions;
+
+namespace Kms.Server.Tests;
+
+/// <summary>
+/// Several production-mode nodes on one PostgreSQL database, each with its own SoftHSM token
+/// into which the ceremony imported the same domain key: one deployment.
+/// </summary>
+public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private const string DomainKeyId = "dk-cluster-test";
+    private readonly byte[] _domainKey = RandomNumberGenerator.GetBytes(32);
+    private readonly List<KmsTestServer> _nodes = [];
+    private PostgresTestDatabase _database = null!;
+
+    public async Task InitializeAsync() => _database = await PostgresTestDatabase.CreateAsync();
+
+    public async Task DisposeAsync()
+    {
+        foreach (var node in _nodes)
+        {
+            await node.DisposeAsync();
+        }
+
+        CryptographicOperations.ZeroMemory(_domainKey);
+        await _database.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task TwoNodes_ServeOneDeployment_DisableAndRevocationReachTheOtherNode_OneAuditChain()
+    {
+        var a = await StartNodeAsync();
+        var b = await StartNodeAsync();
+        using var onA = a.CreateClient();
+        using var onB = b.CreateClient(a.DeveloperToken);
+
+        // Created on A, used on B, and the other way round.
+        var key = await onA.CreateKeyAsync("tenants/dev", "shared");
+        var ciphertext = (await onA.EncryptAsync(key.Name, "sealed on a"u8.ToArray())).Ciphertext;
+        using (var opened = await onB.DecryptAsync(ciphertext))
+        {
+            Assert.Equal("sealed on a", Encoding.UTF8.GetString(opened.Plaintext));
+        }
+
+        using (var dataKey = await onB.GenerateDataKeyAsync(key.Name))
+        using (var unwrapped = await onA.DecryptAsync(dataKey.Ciphertext))
+        {
+            Assert.Equal(dataKey.Plaintext.ToArray(), unwrapped.Plaintext.ToArray());
+        }
+
+        // Disabled on B: A refuses its very next call (key state is never cached).
+        await onB.DisableKeyAsync(key.Name);
+        var disabled = await Assert.ThrowsAsync<RpcException>(() => onA.EncryptAsync(key.Name, new byte[] { 1 }));
+        Assert.Equal(StatusCode.FailedPrecondition, disabled.StatusCode);
+
+        // Revoked on B: A has the caller cached for 10 minutes (Kms:CredentialCacheTime), yet
+        // refuses it once the change feed reaches it.
+        var other = await onA.CreateKeyAsync("tenants/dev", "other");
+        var secret = await a.CreatePrincipalWithTokenAsync("revokee", "dev", "key-user");
+        using var revokee = a.CreateClient(secret);
+        await revokee.EncryptAsync(other.Name, new byte[] { 1 });
+        using (var adminOnB = b.CreateClient(a.DeploymentAdminToken))
+        {
+            await adminOnB.RevokeApiTokenAsync(secret[4..20]);
+        }
+
+        var watch = Stopwatch.StartNew();
+        StatusCode? refused = null;
+        while (refused is null && watch.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            try
+            {
+                await revokee.EncryptAsync(other.Name, new byte[] { 1 });
+                await Task.Delay(20);
+            }
+            catch (RpcException e)
+            {
+                refused = e.StatusCode;
+            }
+        }
+
+        output.WriteLine($"a token revoked on node B was refused by node A after {watch.ElapsedMilliseconds} ms (poll interval 250 ms, cache time 10 min)");
+        Assert.Equal(StatusCode.Unauthenticated, refused);
+
+        // Every call on either node is in one chain, which verifies against the published key.
+        using var officerOnB = b.CreateClient(await a.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+        var published = await onB.Audit.GetAuditSigningKeyAsync(new GetAuditSigningKeyRequest());
+        var export = new StringWriter();
+        await officerOnB.ExportAuditAsync(export);
+        var verification = AuditVerifier.Verify(new StringReader(export.ToString()), published.PublicKeyDer.ToByteArray(), partial: true);
+        Assert.True(verification.Valid, verification.Problem);
+        Assert.True(verification.Events >= 10, $"{verification.Events} events");
+    }
+
+    [Fact]
+    public async Task LeaderStops_TheOtherNodeTakesOverCheckpoints()
+    {
+        var a = await StartNodeAsync();
+        var b = await StartNodeAsync();
+        using var onB = b.CreateClient(a.DeveloperToken);
+        using var officerOnB = b.CreateClient(await a.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+        var key = await onB.CreateKeyAsync("tenants/dev", "checkpointed");
+
+        // A started first and leads: only its housekeeping signs checkpoints and runs the lifecycle jobs.
+        var leaseOfA = (PostgresLeaderLease)a.Services.GetRequiredService<ILeaderLease>();
+        var leaseOfB = (PostgresLeaderLease)b.Services.GetRequiredService<ILeaderLease>();
+        Assert.True(await leaseOfA.HoldAsync(default));
+        Assert.False(await leaseOfB.HoldAsync(default));
+        await a.DisposeAsync();
+        _nodes.Remove(a);
+        await onB.EncryptAsync(key.Name, new byte[] { 1 });
+        var head = (await officerOnB.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { PageSize = 1000 })).Events.Max(e => e.Sequence);
+
+        var watch = Stopwatch.StartNew();
+        long signed = 0;
+        while (signed < head && watch.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            await Task.Delay(200);
+            signed = (await officerOnB.Audit.GetAuditCheckpointAsync(new GetAuditCheckpointRequest())).Checkpoint?.Sequence ?? 0;
+        }
+
+        output.WriteLine($"after the leader stopped, the other node signed a checkpoint at {signed} (head {head}) in {watch.ElapsedMilliseconds} ms");
+        Assert.True(signed >= head, $"no checkpoint covers {head} (latest {signed})");
+        Assert.True(leaseOfB.Held);
+    }
+
+    [Fact]
+    public async Task NodeWithAnotherDomainKey_RefusesToServeTheDeployment()
+    {
+        await StartNodeAsync();
+        var stranger = RandomNumberGenerator.GetBytes(32);
+        var e = await Assert.ThrowsAnyAsync<Exception>(() => StartNodeAsync(stranger));
+        Assert.Contains("refusing to serve", e.Message, StringComparison.Ordinal);
+    }
+
+    private async Task<KmsTestServer> StartNodeAsync(byte[]? domainKey = null)
+    {
+        var token = SoftHsm.CreateToken();
+        using (var session = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin)))
+        {
+            session.ImportDomainKey(domainKey ?? _domainKey, "kms-domain-key", DomainKeyId);
+        }
+
+        var dataDir = Path.Combine(Path.GetTempPath(), "kms-node-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4)));
+        var node = await KmsTestServer.StartProductionAsync(token, dataDir, DomainKeyId, "dev",
+            "--Storage:Provider=postgres",
+            $"--Storage:Postgres:ConnectionString={_database.ConnectionString}",
+            "--Kms:CredentialCacheTime=00:10:00",
+            "--Kms:Audit:CheckpointInterval=00:00:01",
+            "--Lifecycle:JobInterval=00:00:01");
+        _nodes.Add(node);
+        return node;
+    }
+}
