@@ -136,12 +136,86 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task ThreeNodes_OneKilledUnderLoad_TheClientFailsOverWithoutAFailedCall()
+    {
+        var a = await StartNodeAsync();
+        using var setup = a.CreateClient();
+        var key = await setup.CreateKeyAsync("tenants/dev", "failover");
+
+        // B and C are real processes (B is killed with SIGKILL), sharing A's TLS CA and the database.
+        var b = await StartProcessNodeAsync(a);
+        var c = await StartProcessNodeAsync(a);
+        await using var _ = c;
+        using var client = new Kms.Client.KmsClient(new Kms.Client.KmsClientOptions
+        {
+            Endpoints = [a.Address, b.Address, c.Address],
+            CaCertificatePath = a.CaCertificatePath,
+            ApiToken = a.DeveloperToken,
+            HealthCheckInterval = TimeSpan.FromMilliseconds(500),
+        });
+
+        long succeeded = 0, failed = 0;
+        var failures = new System.Collections.Concurrent.ConcurrentBag<string>();
+        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(6));
+        var load = Enumerable.Range(0, 8).Select(worker => Task.Run(async () =>
+        {
+            var plaintext = Encoding.UTF8.GetBytes($"worker {worker}");
+            while (!stop.IsCancellationRequested)
+            {
+                try
+                {
+                    var sealedData = await client.EncryptAsync(key.Name, plaintext);
+                    using var opened = await client.DecryptAsync(sealedData.Ciphertext);
+                    Assert.Equal(plaintext, opened.Plaintext.ToArray());
+                    Interlocked.Increment(ref succeeded);
+                }
+                catch (RpcException e)
+                {
+                    Interlocked.Increment(ref failed);
+                    failures.Add($"{e.StatusCode}: {e.Status.Detail}");
+                }
+            }
+        })).ToList();
+
+        await Task.Delay(TimeSpan.FromSeconds(2));
+        var before = Interlocked.Read(ref succeeded);
+        b.Kill();
+        await Task.WhenAll(load);
+        await b.DisposeAsync();
+
+        output.WriteLine($"{succeeded} encrypt+decrypt pairs succeeded ({before} before node B was killed), {failed} failed: {string.Join("; ", failures.Distinct())}");
+        Assert.True(succeeded > before, "no call succeeded after the kill");
+        Assert.Equal(0, failed);
+    }
+
+    [Fact]
     public async Task NodeWithAnotherDomainKey_RefusesToServeTheDeployment()
     {
         await StartNodeAsync();
         var stranger = RandomNumberGenerator.GetBytes(32);
         var e = await Assert.ThrowsAnyAsync<Exception>(() => StartNodeAsync(stranger));
         Assert.Contains("refusing to serve", e.Message, StringComparison.Ordinal);
+    }
+
+    // A node as a child process on its own token (created here, before the process loads SoftHSM).
+    private async Task<ServerProcess> StartProcessNodeAsync(KmsTestServer sharingTlsWith)
+    {
+        var token = SoftHsm.CreateToken();
+        using (var session = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin)))
+        {
+            session.ImportDomainKey(_domainKey, "kms-domain-key", DomainKeyId);
+        }
+
+        var dataDir = Directory.CreateDirectory(Path.Combine(Path.GetTempPath(), "kms-node-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4)))).FullName;
+        var tls = Directory.CreateDirectory(Path.Combine(dataDir, "tls")).FullName;
+        foreach (var file in Directory.GetFiles(Path.Combine(sharingTlsWith.DataDir, "tls")))
+        {
+            File.Copy(file, Path.Combine(tls, Path.GetFileName(file)));
+        }
+
+        return await ServerProcess.StartAsync(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId,
+            "--Storage:Provider=postgres",
+            $"--Storage:Postgres:ConnectionString={_database.ConnectionString}");
     }
 
     private async Task<KmsTestServer> StartNodeAsync(byte[]? domainKey = null)

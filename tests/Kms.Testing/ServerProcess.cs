@@ -138,6 +138,13 @@ public sealed class ServerProcess : IAsyncDisposable
             (await admin.CreateApiTokenAsync("token:officer", "SESSION", TimeSpan.FromHours(2))).Secret);
     }
 
+    /// <summary>Kills the process at once (SIGKILL): no drain, no shutdown, open connections reset — a node lost mid-request.</summary>
+    public void Kill()
+    {
+        _process.Kill(entireProcessTree: true);
+        _process.WaitForExit();
+    }
+
     /// <summary>Stops the server as an operator would (SIGTERM), killing it if it does not exit within 20 s.</summary>
     public async ValueTask DisposeAsync()
     {
