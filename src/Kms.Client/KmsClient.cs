@@ -121,7 +121,7 @@ public sealed partial class KmsClient : IDisposable
     /// Creates a key whose versions have <paramref name="algorithm"/> (which must serve
     /// <paramref name="purpose"/>; unspecified: the purpose's default).
     /// </summary>
-    public async Task<Key> CreateKeyAsync(
+    public Task<Key> CreateKeyAsync(
         string parent,
         string keyId,
         KeyPurpose purpose,
@@ -132,7 +132,16 @@ public sealed partial class KmsClient : IDisposable
     {
         var key = new Key { Purpose = purpose, Algorithm = algorithm };
         AddAll(key.Labels, labels);
+        return CreateKeyAsync(parent, keyId, key, requestId, cancellationToken);
+    }
 
+    /// <summary>
+    /// Creates a key from a template carrying every settable field (purpose, algorithm, labels,
+    /// rotation schedule, residency region).
+    /// </summary>
+    public async Task<Key> CreateKeyAsync(string parent, string keyId, Key key, string? requestId = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(key);
         var response = await _stub.CreateKeyAsync(
             new CreateKeyRequest { Parent = parent, KeyId = keyId, Key = key, RequestId = requestId ?? RetrySafety.NewRequestId() },
             Options(cancellationToken)).ConfigureAwait(false);

@@ -49,6 +49,30 @@ public sealed class HsmOptions
     /// <summary>How long a recovery after a lost device waits before trying again.</summary>
     public TimeSpan RecoveryBackoff { get; set; } = TimeSpan.FromSeconds(1);
 
+    /// <summary>
+    /// Data residency: the regions whose domain keys this token also holds (<c>Hsm:Regions:eu:DomainKeyId</c>),
+    /// each imported by its own ceremony. Only nodes of a region list it.
+    /// </summary>
+    public Dictionary<string, HsmRegionOptions> Regions { get; set; } = [];
+
+    // The same token and module under a region's domain key (never the dev key, never created).
+    internal HsmOptions ForRegion(string region, HsmRegionOptions options) => new()
+    {
+        ModulePath = ModulePath,
+        ModuleEnvironment = ModuleEnvironment,
+        TokenLabel = TokenLabel,
+        Pin = Pin,
+        PinFile = PinFile,
+        Profile = Profile,
+        SessionPoolSize = SessionPoolSize,
+        KeyCacheCapacity = KeyCacheCapacity,
+        KeyCacheIdleTimeout = KeyCacheIdleTimeout,
+        DomainKeyLabel = options.DomainKeyLabel ?? $"kms-domain-key-{region}",
+        DomainKeyId = options.DomainKeyId ?? throw new HsmConfigurationException($"Hsm:Regions:{region}:DomainKeyId is required (the region's key ceremony sets it)"),
+        DevMode = false,
+        RecoveryBackoff = RecoveryBackoff,
+    };
+
     /// <summary>The <c>CKA_ID</c> that marks a dev-mode domain key.</summary>
     public const string DevDomainKeyId = "kms-dev-domain-key";
 
@@ -59,3 +83,13 @@ public sealed class HsmOptions
 
 /// <summary>The HSM configuration or token is not usable; the message says what to fix.</summary>
 public sealed class HsmConfigurationException(string message, Exception? inner = null) : Exception(message, inner);
+
+/// <summary>A residency region's domain key on the node's token (configuration <c>Hsm:Regions:{region}</c>).</summary>
+public sealed class HsmRegionOptions
+{
+    /// <summary>CKA_ID of the region's domain key, as its ceremony imported it.</summary>
+    public string? DomainKeyId { get; set; }
+
+    /// <summary>CKA_LABEL of the region's domain key; default <c>kms-domain-key-{region}</c>.</summary>
+    public string? DomainKeyLabel { get; set; }
+}

@@ -40,6 +40,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     private DateTime _nextRecoveryUtc;
     private bool _pinRefused;
     private int _disposed;
+    private readonly Dictionary<string, Pkcs11Hsm> _regions = new(StringComparer.Ordinal);
 
     private Pkcs11Hsm(HsmOptions options, HsmProfile profile, ILogger logger, Pkcs11Module module, byte[] pin)
     {
@@ -89,6 +90,21 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
             }
 
             Log.Ready(logger, options.TokenLabel, profile.Name, state.Pool.Size, state.CheckValue, state.Cache.Generation);
+            foreach (var (region, regionOptions) in options.Regions.OrderBy(r => r.Key, StringComparer.Ordinal))
+            {
+                if (!Residency.IsValid(region))
+                {
+                    throw new HsmConfigurationException($"Hsm:Regions:{region}: a region name is 1 to 32 lowercase letters, digits and '-', starting with a letter");
+                }
+
+                var regional = Open(options.ForRegion(region, regionOptions), logger);
+                hsm._regions[region] = regional;
+                if (string.Equals(regional.DomainKeyCheckValue, hsm.DomainKeyCheckValue, StringComparison.OrdinalIgnoreCase))
+                {
+                    throw new HsmConfigurationException($"region {region}'s domain key is the deployment's domain key (check value {hsm.DomainKeyCheckValue}); a region needs its own");
+                }
+            }
+
             return hsm;
         }
         catch (Pkcs11Exception e)
@@ -99,11 +115,32 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         }
         catch
         {
-            CryptographicOperations.ZeroMemory(pin);
-            module.Release();
+            foreach (var regional in hsm._regions.Values)
+            {
+                regional.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            }
+
+            if (hsm._state is not null)
+            {
+                hsm.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            }
+            else
+            {
+                CryptographicOperations.ZeroMemory(pin);
+                module.Release();
+            }
+
             throw;
         }
     }
+
+    /// <inheritdoc />
+    public IReadOnlyCollection<string> Regions => _regions.Keys;
+
+    /// <inheritdoc />
+    public IHsm ForRegion(string region) => _regions.TryGetValue(region, out var regional)
+        ? regional
+        : throw KmsErrors.ResidencyElsewhere(region);
 
     /// <inheritdoc />
     public ValueTask<byte[]> GenerateRandomAsync(int length, CancellationToken cancellationToken) =>
@@ -250,7 +287,14 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         }, cancellationToken);
 
     /// <inheritdoc />
-    public void EvictKey(KeyVersionId id) => _state?.Cache.Invalidate(id);
+    public void EvictKey(KeyVersionId id)
+    {
+        _state?.Cache.Invalidate(id);
+        foreach (var regional in _regions.Values)
+        {
+            regional.EvictKey(id);
+        }
+    }
 
     /// <summary>Closes the sessions (destroying every unwrapped copy) and releases the module.</summary>
     public async ValueTask DisposeAsync()
@@ -258,6 +302,11 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         if (Interlocked.Exchange(ref _disposed, 1) == 1)
         {
             return;
+        }
+
+        foreach (var regional in _regions.Values)
+        {
+            await regional.DisposeAsync().ConfigureAwait(false);
         }
 
         await _recovery.WaitAsync().ConfigureAwait(false);

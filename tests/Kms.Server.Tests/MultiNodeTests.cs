@@ -218,21 +218,101 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
             $"--Storage:Postgres:ConnectionString={_database.ConnectionString}");
     }
 
-    private async Task<KmsTestServer> StartNodeAsync(byte[]? domainKey = null)
+    [Fact]
+    public async Task Residency_KeyOfRegionEu_UsableOnlyOnEuNodes_RefusedElsewhereBeforeTheHsm_SdkRoutesToEu()
+    {
+        var euKey = RandomNumberGenerator.GetBytes(32);
+        var eu = await StartNodeAsync(regionKeys: new() { ["eu"] = euKey });
+        var us = await StartNodeAsync(shareTlsWith: eu);
+        using var onEu = eu.CreateClient();
+        using var onUs = us.CreateClient(eu.DeveloperToken);
+
+        // A node outside the region refuses to create it (nothing generated), naming the region.
+        var template = new Key { Purpose = KeyPurpose.EncryptDecrypt, Residency = "eu" };
+        var outside = await Assert.ThrowsAsync<RpcException>(() => onUs.CreateKeyAsync("tenants/dev", "eu-records", template));
+        Assert.Equal(StatusCode.FailedPrecondition, outside.StatusCode);
+        Assert.Contains("residency is eu", outside.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal("eu", outside.Trailers.GetValue("kms-residency"));
+
+        var key = await onEu.CreateKeyAsync("tenants/dev", "eu-records", template);
+        Assert.Equal("eu", key.Residency);
+        Assert.Equal("eu", (await onUs.GetKeyAsync(key.Name)).Residency);
+        var ciphertext = (await onEu.EncryptAsync(key.Name, "stays in the eu"u8.ToArray())).Ciphertext;
+        var refused = await Assert.ThrowsAsync<RpcException>(() => onUs.DecryptAsync(ciphertext));
+        Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
+        Assert.Equal(StatusCode.FailedPrecondition, (await Assert.ThrowsAsync<RpcException>(() => onUs.EncryptAsync(key.Name, new byte[] { 1 }))).StatusCode);
+
+        // Not just a check in the code: the US node's HSM cannot unwrap the version at all.
+        var stored = await us.Services.GetRequiredService<IKeyStore>().GetPrimaryMaterialAsync(Kms.Core.Names.KeyName.Parse(key.Name, "name"), default);
+        var usHsm = us.Services.GetRequiredService<Pkcs11Hsm>();
+        await Assert.ThrowsAsync<Kms.Core.Errors.KmsException>(async () =>
+            await usHsm.EncryptAesGcmAsync(new KeyMaterialRef(stored!.Version.Id, stored.Material!), new byte[12], [], new byte[] { 1 }, default));
+
+        // Rotation on an EU node keeps new versions in the region.
+        await onEu.RotateKeyAsync(key.Name);
+        var rotated = (await onEu.EncryptAsync(key.Name, "v2"u8.ToArray())).Ciphertext;
+        using (var opened = await onEu.DecryptAsync(rotated))
+        {
+            Assert.Equal("v2", Encoding.UTF8.GetString(opened.Plaintext));
+        }
+
+        // The SDK given both nodes sends the refused call on to the EU node; a key without residency is served by either.
+        using var routed = new Kms.Client.KmsClient(new Kms.Client.KmsClientOptions
+        {
+            Endpoints = [us.Address, eu.Address],
+            CaCertificatePath = eu.CaCertificatePath,
+            ApiToken = eu.DeveloperToken,
+        });
+        for (var i = 0; i < 4; i++)
+        {
+            using var opened = await routed.DecryptAsync(ciphertext);
+            Assert.Equal("stays in the eu", Encoding.UTF8.GetString(opened.Plaintext));
+        }
+    }
+
+    [Fact]
+    public async Task Residency_NodeWithAnotherKeyForTheRegion_RefusesToServe()
+    {
+        await StartNodeAsync(regionKeys: new() { ["eu"] = RandomNumberGenerator.GetBytes(32) });
+        var e = await Assert.ThrowsAnyAsync<Exception>(() => StartNodeAsync(regionKeys: new() { ["eu"] = RandomNumberGenerator.GetBytes(32) }));
+        Assert.Contains("region eu", e.Message, StringComparison.Ordinal);
+        Assert.Contains("refusing to serve", e.Message, StringComparison.Ordinal);
+    }
+
+    private async Task<KmsTestServer> StartNodeAsync(byte[]? domainKey = null, Dictionary<string, byte[]>? regionKeys = null, KmsTestServer? shareTlsWith = null)
     {
         var token = SoftHsm.CreateToken();
+        var regionArgs = new List<string>();
         using (var session = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin)))
         {
             session.ImportDomainKey(domainKey ?? _domainKey, "kms-domain-key", DomainKeyId);
+            foreach (var (region, key) in regionKeys ?? [])
+            {
+                session.ImportDomainKey(key, $"kms-domain-key-{region}", $"dk-{region}");
+                regionArgs.Add($"--Hsm:Regions:{region}:DomainKeyId=dk-{region}");
+            }
         }
 
         var dataDir = Path.Combine(Path.GetTempPath(), "kms-node-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4)));
+        if (shareTlsWith is not null)
+        {
+            // One CA for the nodes a client spreads its calls over.
+            var tls = Directory.CreateDirectory(Path.Combine(dataDir, "tls")).FullName;
+            foreach (var file in Directory.GetFiles(Path.Combine(shareTlsWith.DataDir, "tls")))
+            {
+                File.Copy(file, Path.Combine(tls, Path.GetFileName(file)));
+            }
+        }
+
         var node = await KmsTestServer.StartProductionAsync(token, dataDir, DomainKeyId, "dev",
+        [
             "--Storage:Provider=postgres",
             $"--Storage:Postgres:ConnectionString={_database.ConnectionString}",
             "--Kms:CredentialCacheTime=00:10:00",
             "--Kms:Audit:CheckpointInterval=00:00:01",
-            "--Lifecycle:JobInterval=00:00:01");
+            "--Lifecycle:JobInterval=00:00:01",
+            .. regionArgs,
+        ]);
         _nodes.Add(node);
         return node;
     }

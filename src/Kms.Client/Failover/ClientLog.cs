@@ -13,4 +13,7 @@ internal static partial class ClientLog
 
     [LoggerMessage(EventId = 3003, Level = LogLevel.Debug, Message = "{Method} attempt {Attempt} on {Endpoint} after {Delay} (previous attempt UNAVAILABLE)")]
     public static partial void Retrying(ILogger logger, string method, int attempt, Uri endpoint, TimeSpan delay);
+
+    [LoggerMessage(EventId = 3004, Level = LogLevel.Debug, Message = "{Method} refused by {Endpoint}: the key's residency is {Region}, which that node is not in; trying another node")]
+    public static partial void ResidencyElsewhere(ILogger logger, string method, Uri endpoint, string region);
 }

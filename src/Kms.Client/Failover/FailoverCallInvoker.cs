@@ -151,6 +151,14 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
                 last = failure;
                 (tried ??= []).Add(endpoint);
             }
+            catch (RpcException e) when (e.StatusCode == StatusCode.FailedPrecondition && e.Trailers.GetValue(RetrySafety.ResidencyTrailer) is { } region
+                && number < _maxAttempts && (tried?.Count ?? 0) + 1 < _pool.Endpoints.Count)
+            {
+                // This node is outside the key's residency region and did nothing: another node may be in it.
+                ClientLog.ResidencyElsewhere(_logger, method.FullName, endpoint.Address, region);
+                last = e;
+                (tried ??= []).Add(endpoint);
+            }
         }
     }
 

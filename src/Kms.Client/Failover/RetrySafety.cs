@@ -28,6 +28,9 @@ namespace Kms.Client.Failover;
 /// </summary>
 internal static class RetrySafety
 {
+    /// <summary>The trailer of a FAILED_PRECONDITION from a node outside the key's residency region (it did nothing).</summary>
+    public const string ResidencyTrailer = "kms-residency";
+
     /// <summary>The request field that makes a mutation idempotent server-side.</summary>
     public const string RequestIdField = "request_id";
 

@@ -22,6 +22,13 @@ public static class KmsErrors
     public static KmsException FailedPrecondition(string message) =>
         new(KmsErrorCode.FailedPrecondition, message);
 
+    /// <summary>A key of residency <paramref name="region"/> reached a node outside the region; refused before the HSM is asked.</summary>
+    public static KmsException ResidencyElsewhere(string region) =>
+        new(KmsErrorCode.FailedPrecondition, $"the key's residency is {region}, and this node's HSM holds no domain key of that region; call a node in {region}")
+        {
+            ResidencyRegion = region,
+        };
+
     /// <summary>The one answer for a missing, malformed, expired or revoked credential.</summary>
     public static KmsException Unauthenticated() =>
         new(KmsErrorCode.Unauthenticated, "a valid client certificate or API token is required");

@@ -19,4 +19,10 @@ public sealed class KmsException : Exception
 
     /// <summary>For <see cref="KmsErrorCode.InvalidArgument"/>: the request field at fault (proto name), if one is.</summary>
     public string? Field { get; }
+
+    /// <summary>
+    /// Set on a FailedPrecondition refusing a key whose residency region this node is not in:
+    /// the region, so a client can go to a node that is (nothing was done here).
+    /// </summary>
+    public string? ResidencyRegion { get; init; }
 }

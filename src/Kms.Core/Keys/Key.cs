@@ -25,4 +25,11 @@ public sealed record Key(
 
     /// <summary>Whether a key policy restricts who may use the key (then policy and grants are checked).</summary>
     public bool Restricted { get; init; }
+
+    /// <summary>
+    /// The residency region whose domain key wraps every version (e.g. <c>eu</c>), fixed at
+    /// creation; null: the deployment's domain key, held by every node. Only HSMs of the region
+    /// hold its domain key, so no node outside it can use the key (<see cref="Ports.IHsm.ForRegion"/>).
+    /// </summary>
+    public string? Residency { get; init; }
 }

@@ -18,6 +18,17 @@ public interface IHsm
     /// <summary>The domain key's check value (hex), identifying which domain key this HSM holds.</summary>
     string DomainKeyCheckValue { get; }
 
+    /// <summary>The residency regions whose domain keys this node's HSM holds besides the deployment's (data residency).</summary>
+    IReadOnlyCollection<string> Regions => [];
+
+    /// <summary>
+    /// The HSM as it works under <paramref name="region"/>'s domain key: material it generates is
+    /// wrapped under that key, and material it uses must have been. A node whose HSM does not hold
+    /// that region's domain key refuses here, before anything reaches the HSM.
+    /// </summary>
+    /// <exception cref="Errors.KmsException">FailedPrecondition: this node is not in <paramref name="region"/>.</exception>
+    IHsm ForRegion(string region) => throw Errors.KmsErrors.ResidencyElsewhere(region);
+
     /// <summary>Random bytes from the HSM's RNG.</summary>
     ValueTask<byte[]> GenerateRandomAsync(int length, CancellationToken cancellationToken);
 

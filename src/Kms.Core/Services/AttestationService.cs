@@ -25,7 +25,7 @@ public sealed class AttestationService(IHsm hsm, IKeyStore store, AuditLog audit
 
         var version = found.Version;
         var spec = KeyAlgorithms.Of(version.Algorithm);
-        var properties = await hsm.DescribeKeyVersionAsync(new KeyMaterialRef(version.Id, found.Material), version.Algorithm, cancellationToken);
+        var properties = await hsm.For(found.Key.Residency).DescribeKeyVersionAsync(new KeyMaterialRef(version.Id, found.Material), version.Algorithm, cancellationToken);
         var attestation = new KeyAttestation
         {
             KeyVersion = version.Name.ToString(),

@@ -315,7 +315,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     private async Task<byte[]> UnsealAsync(Caller caller, CiphertextBlob blob, KeyVersionMaterial found, EncryptionContext context, CancellationToken cancellationToken)
     {
         var aad = CiphertextBlob.BuildAad(blob.KeyVersionId, caller.Tenant, context);
-        var plaintext = await hsm.DecryptAesGcmAsync(
+        var plaintext = await hsm.For(found.Key.Residency).DecryptAesGcmAsync(
             new KeyMaterialRef(found.Version.Id, MaterialOf(found)), blob.Iv.ToArray(), aad, blob.CiphertextAndTag.ToArray(), cancellationToken);
         usage.CountDecryption(found.Version.Id);
         return plaintext;
@@ -324,7 +324,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     private async Task<byte[]> SealAsync(Caller caller, KeyVersionMaterial primary, byte[] iv, byte[] plaintext, EncryptionContext context, CancellationToken cancellationToken)
     {
         var aad = CiphertextBlob.BuildAad(primary.Version.Id, caller.Tenant, context);
-        var sealedBytes = await hsm.EncryptAesGcmAsync(new KeyMaterialRef(primary.Version.Id, MaterialOf(primary)), iv, aad, plaintext, cancellationToken);
+        var sealedBytes = await hsm.For(primary.Key.Residency).EncryptAesGcmAsync(new KeyMaterialRef(primary.Version.Id, MaterialOf(primary)), iv, aad, plaintext, cancellationToken);
         return CiphertextBlob.Format(primary.Version.Id, iv, sealedBytes);
     }
 

@@ -13,6 +13,9 @@ public static class DomainKeyGuard
     /// <summary>Setting that holds the pinned KCV.</summary>
     public const string CheckValueSetting = "domain_key.check_value";
 
+    /// <summary>The setting pinning a residency region's domain key check value.</summary>
+    public static string RegionCheckValueSetting(string region) => $"{CheckValueSetting}.region.{region}";
+
     /// <summary>Setting that says whether the pinned domain key is a dev-mode one.</summary>
     public const string OriginSetting = "domain_key.origin";
 
@@ -47,6 +50,18 @@ public static class DomainKeyGuard
         {
             throw KmsErrors.FailedPrecondition(
                 $"the HSM's domain key has check value {current}, but this database was created under the domain key with check value {pinned}; refusing to serve");
+        }
+
+        // Each residency region's domain key is pinned by the first node of the region to start.
+        foreach (var region in hsm.Regions)
+        {
+            var regional = hsm.ForRegion(region).DomainKeyCheckValue;
+            var pinnedRegional = await store.SetSettingIfAbsentAsync(RegionCheckValueSetting(region), regional, cancellationToken);
+            if (!string.Equals(pinnedRegional, regional, StringComparison.OrdinalIgnoreCase))
+            {
+                throw KmsErrors.FailedPrecondition(
+                    $"the HSM's domain key of region {region} has check value {regional}, but this database's keys of that region are under check value {pinnedRegional}; refusing to serve");
+            }
         }
 
         return new DomainKeyPin(pinned, FirstStart: pinned == current && pinnedOrigin == origin);

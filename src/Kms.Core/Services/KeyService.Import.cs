@@ -111,6 +111,12 @@ public sealed partial class KeyService
             throw KmsErrors.FailedPrecondition($"key {name} is {KeyTransitions.StateName(key.State)}; only an ENABLED key takes a new version");
         }
 
+        // The job's key is under the deployment's domain key; the unwrap-and-rewrap runs under one domain key.
+        if (key.Residency is { } residency)
+        {
+            throw KmsErrors.FailedPrecondition($"key {name} has residency {residency}; importing into a key with a residency is not supported");
+        }
+
         if (hsm.UnsupportedReason(algorithm) is { } reason)
         {
             throw KmsErrors.FailedPrecondition($"this HSM cannot hold {KeyAlgorithms.Of(algorithm).Name} keys: {reason}");

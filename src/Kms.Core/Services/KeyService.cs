@@ -60,7 +60,14 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
             throw KmsErrors.InvalidArgument("key.algorithm", $"{KeyAlgorithms.Of(command.Algorithm).Name} does not serve purpose {KeyAlgorithms.PurposeName(command.Purpose)}");
         }
 
-        var fingerprint = RequestIds.Fingerprint(CreateKeyOperation, name, (int)command.Purpose, (int)command.Algorithm, command.Labels, command.RotationPeriod?.Ticks, command.NextRotationTime?.UtcTicks);
+        if (command.Residency is { } residency && !Residency.IsValid(residency))
+        {
+            throw KmsErrors.InvalidArgument("key.residency", "a residency region is 1 to 32 lowercase letters, digits and '-', starting with a letter (e.g. eu)");
+        }
+
+        var fingerprint = command.Residency is null
+            ? RequestIds.Fingerprint(CreateKeyOperation, name, (int)command.Purpose, (int)command.Algorithm, command.Labels, command.RotationPeriod?.Ticks, command.NextRotationTime?.UtcTicks)
+            : RequestIds.Fingerprint(CreateKeyOperation, name, (int)command.Purpose, (int)command.Algorithm, command.Labels, command.RotationPeriod?.Ticks, command.NextRotationTime?.UtcTicks, command.Residency);
         if (await _requests.FindReplayAsync(name.Tenant, requestId, CreateKeyOperation, fingerprint, cancellationToken) is { } replay)
         {
             return new CreateKeyResult(await GetRecordedKeyAsync(replay, cancellationToken), Replayed: true);
@@ -68,12 +75,13 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
 
         await TenantGate.EnsureActiveAsync(access, command.Parent, cancellationToken);
         var now = Clock.Now(time);
-        var material = await GenerateAsync(command.Algorithm, cancellationToken);
+        var material = await GenerateAsync(command.Algorithm, command.Residency, cancellationToken);
         var primary = KeyTransitions.NewVersion(name.Version(1), KeyVersionId.NewId(), command.Algorithm, material, now);
         var key = new Key(name, command.Purpose, KeyState.Enabled, primary, now, command.Labels)
         {
             RotationPeriod = command.RotationPeriod,
             NextRotationTime = command.RotationPeriod is { } period ? command.NextRotationTime ?? now + period : command.NextRotationTime,
+            Residency = command.Residency,
         };
         var request = requestId is null ? null : new RequestRecord(name.Tenant, requestId, CreateKeyOperation, fingerprint, name.ToString(), now);
 
@@ -185,8 +193,8 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
             return await GetKeyAsync(caller, name, cancellationToken);
         }
 
-        var algorithm = (await store.GetKeyAsync(name, cancellationToken))?.Primary.Algorithm ?? throw KmsErrors.NotFound(name.ToString());
-        var material = await GenerateAsync(algorithm, cancellationToken);
+        var current = await store.GetKeyAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
+        var material = await GenerateAsync(current.Primary.Algorithm, current.Residency, cancellationToken);
         var id = KeyVersionId.NewId();
         var now = Clock.Now(time);
         var result = await MutateAsync(caller, name, requestId, fingerprint,
@@ -447,7 +455,7 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
             return false;
         }
 
-        var material = await GenerateAsync(key.Primary.Algorithm, cancellationToken);
+        var material = await GenerateAsync(key.Primary.Algorithm, key.Residency, cancellationToken);
         var id = KeyVersionId.NewId();
         var done = false;
         await store.UpdateKeyAsync(name, current =>
@@ -465,10 +473,12 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
 
     // The HSM's profile decides which algorithms it can hold: asking first gives the caller the
     // profile's reason rather than a vendor error from half-way through a generation.
-    private async Task<GeneratedKeyMaterial> GenerateAsync(KeyAlgorithm algorithm, CancellationToken cancellationToken) =>
+    // A key with a residency gets material wrapped under its region's domain key; a node outside
+    // the region refuses before generating anything.
+    private async Task<GeneratedKeyMaterial> GenerateAsync(KeyAlgorithm algorithm, string? residency, CancellationToken cancellationToken) =>
         hsm.UnsupportedReason(algorithm) is { } reason
             ? throw KmsErrors.FailedPrecondition($"this HSM cannot hold {KeyAlgorithms.Of(algorithm).Name} keys: {reason}")
-            : await hsm.GenerateKeyVersionAsync(algorithm, cancellationToken);
+            : await hsm.For(residency).GenerateKeyVersionAsync(algorithm, cancellationToken);
 
     private async Task<KeyWithVersions> MutateAsync(
         Caller caller,
@@ -560,6 +570,9 @@ public sealed record CreateKeyCommand(TenantId Parent, string KeyId, KeyPurpose 
 
     /// <summary>0 or 1 (a new key has only version 1).</summary>
     public int MinDecryptionVersion { get; init; }
+
+    /// <summary>The residency region whose domain key wraps the key's versions; null: the deployment's.</summary>
+    public string? Residency { get; init; }
 }
 
 /// <summary>The created key, and whether it was created by an earlier call with the same request id.</summary>

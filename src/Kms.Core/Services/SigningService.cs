@@ -36,7 +36,7 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
         var found = await FindAsync(caller, name, KeyPurpose.SignVerify, KeyOperations.Sign, cancellationToken);
         var spec = KeyAlgorithms.Of(found.Version.Algorithm);
         var hsmInput = SigningInput(spec, input);
-        var signature = await hsm.SignAsync(Ref(found), spec.Algorithm, hsmInput, cancellationToken);
+        var signature = await hsm.For(found.Key.Residency).SignAsync(Ref(found), spec.Algorithm, hsmInput, cancellationToken);
         if (spec.Family == KeyFamily.Ec && format != SignatureFormat.P1363)
         {
             signature = EcdsaSignature.P1363ToDer(signature);
@@ -95,7 +95,7 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
             throw KmsErrors.DecryptionFailed();
         }
 
-        var plaintext = await hsm.DecryptRsaOaepAsync(Ref(found), found.Version.Algorithm, ciphertext, cancellationToken);
+        var plaintext = await hsm.For(found.Key.Residency).DecryptRsaOaepAsync(Ref(found), found.Version.Algorithm, ciphertext, cancellationToken);
         return new DecryptResult(new SecretBytes(plaintext), found.Version.Name);
     }
 
@@ -104,7 +104,7 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
     {
         ValidateData(data);
         var found = await FindAsync(caller, name, KeyPurpose.Mac, KeyOperations.Sign, cancellationToken);
-        var mac = await hsm.ComputeMacAsync(Ref(found), found.Version.Algorithm, data, cancellationToken);
+        var mac = await hsm.For(found.Key.Residency).ComputeMacAsync(Ref(found), found.Version.Algorithm, data, cancellationToken);
         return new MacResult(mac, found.Version.Name);
     }
 
@@ -119,7 +119,7 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
         }
 
         var found = await FindAsync(caller, name, KeyPurpose.Mac, KeyOperations.Verify, cancellationToken);
-        var expected = await hsm.ComputeMacAsync(Ref(found), found.Version.Algorithm, data, cancellationToken);
+        var expected = await hsm.For(found.Key.Residency).ComputeMacAsync(Ref(found), found.Version.Algorithm, data, cancellationToken);
 
         // FixedTimeEquals answers false at once for another length; the length is public.
         return new VerifyResult(CryptographicOperations.FixedTimeEquals(expected, mac), found.Version.Name);

@@ -72,8 +72,15 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
     private RpcException Plain(StatusCode code, KmsException e, string method)
     {
         LogRejected(logger, method, e.Code, e.Message);
-        return new RpcException(new global::Grpc.Core.Status(code, e.Message));
+
+        // The client SDK sends a call refused for residency to another node (docs/deployment.md).
+        return e.ResidencyRegion is { } region
+            ? new RpcException(new global::Grpc.Core.Status(code, e.Message), new Metadata { { ResidencyTrailer, region } })
+            : new RpcException(new global::Grpc.Core.Status(code, e.Message));
     }
+
+    /// <summary>The trailer naming the residency region a refused key needs.</summary>
+    public const string ResidencyTrailer = "kms-residency";
 
     private RpcException Internal(Exception e, string method)
     {

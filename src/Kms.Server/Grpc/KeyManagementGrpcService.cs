@@ -48,6 +48,7 @@ internal sealed partial class KeyManagementGrpcService(
             RotationPeriod = ProtoMapping.FromProto(request.Key.RotationPeriod, "key.rotation_period"),
             NextRotationTime = ProtoMapping.FromProto(request.Key.NextRotationTime, "key.next_rotation_time"),
             MinDecryptionVersion = request.Key.MinDecryptionVersion,
+            Residency = request.Key.Residency is { Length: > 0 } residency ? residency : null,
         };
         var result = await keys.CreateKeyAsync(caller, command, context.CancellationToken);
         return new CreateKeyResponse { Key = ProtoMapping.ToProto(result.Key) };

@@ -26,6 +26,7 @@ internal static class ProtoMapping
             MinDecryptionVersion = key.MinDecryptionVersion,
             DestroyTime = ToTimestamp(key.DestroyTime),
             Algorithm = ToProto(key.Primary.Algorithm),
+            Residency = key.Residency ?? "",
         };
         proto.Labels.Add(key.Labels.ToDictionary(kv => kv.Key, kv => kv.Value));
         return proto;

@@ -219,5 +219,9 @@ internal static class PostgresSchema
                 time    BIGINT NOT NULL
             );
             """, CompatibleFrom: 1),
+        new(3, """
+            -- Data residency, as SQLite's migration 9 (and, like it, refusing older servers).
+            ALTER TABLE keys ADD COLUMN residency TEXT;
+            """),
     ];
 }

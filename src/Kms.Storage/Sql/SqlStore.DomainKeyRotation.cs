@@ -99,12 +99,19 @@ public abstract partial class SqlStore
             return started;
         }, cancellationToken);
 
-    /// <summary>Every wrapped blob not yet re-wrapped by the rotation in progress, in processing order.</summary>
+    /// <summary>
+    /// Every blob under the deployment's domain key not yet re-wrapped by the rotation in progress, in
+    /// processing order. Versions of keys with a residency are under their region's domain key and are not moved.
+    /// </summary>
     public Task<IReadOnlyList<WrappedItem>> ListWrappedItemsAfterAsync(string? lastItem, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<WrappedItem>>(async connection =>
         {
             var items = new List<WrappedItem>();
-            await using (var versions = Command(connection, "SELECT version_id, algorithm, material FROM key_versions WHERE material IS NOT NULL"))
+            await using (var versions = Command(connection, """
+                SELECT v.version_id, v.algorithm, v.material FROM key_versions v
+                JOIN keys k ON k.tenant = v.tenant AND k.key_id = v.key_id
+                WHERE v.material IS NOT NULL AND k.residency IS NULL
+                """))
             {
                 await using var reader = await versions.ExecuteReaderAsync(cancellationToken);
                 while (await reader.ReadAsync(cancellationToken))

@@ -44,9 +44,9 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     private static readonly string KeyColumns = """
         k.tenant, k.key_id, k.purpose, k.state, k.create_time, k.labels,
         k.rotation_period_ms, k.next_rotation_time, k.min_decryption_version, k.destroy_time,
-        """ + PrimaryColumns + ", k.restricted";
+        """ + PrimaryColumns + ", k.restricted, k.residency";
 
-    private static readonly int KeyColumnCount = 10 + VersionColumnCount + 1;
+    private static readonly int KeyColumnCount = 10 + VersionColumnCount + 2;
 
     private const string KeyJoin = """
         FROM keys k
@@ -121,11 +121,11 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             await InsertRequestAsync(connection, transaction, request, cancellationToken);
             await InsertAsync(connection, transaction, """
                 INSERT INTO keys (tenant, key_id, purpose, state, primary_version, create_time, labels,
-                                  rotation_period_ms, next_rotation_time, min_decryption_version, destroy_time)
+                                  rotation_period_ms, next_rotation_time, min_decryption_version, destroy_time, residency)
                 VALUES (@tenant, @key_id, @purpose, @state, @primary_version, @create_time, @labels,
-                        @rotation_period_ms, @next_rotation_time, @min_decryption_version, @destroy_time)
+                        @rotation_period_ms, @next_rotation_time, @min_decryption_version, @destroy_time, @residency)
                 """,
-                key.Name.ToString(), cancellationToken, KeyParameters(key));
+                key.Name.ToString(), cancellationToken, [.. KeyParameters(key), ("@residency", (object?)key.Residency ?? DBNull.Value)]);
             await InsertVersionAsync(connection, transaction, key.Name, key.Primary, primaryMaterial, cancellationToken);
             return 0;
         }, cancellationToken);
@@ -689,6 +689,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             MinDecryptionVersion = reader.GetInt32(8),
             DestroyTime = ReadTime(reader, 9),
             Restricted = reader.GetInt64(10 + VersionColumnCount) != 0,
+            Residency = reader.IsDBNull(11 + VersionColumnCount) ? null : reader.GetString(11 + VersionColumnCount),
         };
     }
 

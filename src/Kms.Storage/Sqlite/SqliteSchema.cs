@@ -249,6 +249,12 @@ internal static class SqliteSchema
                 time    INTEGER NOT NULL
             ) STRICT;
             """, CompatibleFrom: 7),
+        new(9, """
+            -- Data residency: the region whose domain key wraps the key's versions (NULL: the
+            -- deployment's). Not compatible with older servers: one of them leading would rotate a
+            -- resident key under the deployment's domain key, taking its material out of the region.
+            ALTER TABLE keys ADD COLUMN residency TEXT;
+            """),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;
