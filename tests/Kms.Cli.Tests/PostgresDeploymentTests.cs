@@ -61,6 +61,10 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
         var transcript = await File.ReadAllTextAsync(ceremony["transcript"]!.GetValue<string>());
         Assert.Contains($"postgres 127.0.0.1:{new NpgsqlConnectionStringBuilder(_siteA.ConnectionString).Port}/{_siteA.Name}", transcript, StringComparison.Ordinal);
         Assert.DoesNotContain("Password", transcript, StringComparison.OrdinalIgnoreCase);
+        var again = await Kms(["ceremony", "create-domain", .. Hsm("site-a"), "--custodians", "3", "--threshold", "2", "--shares-dir", P("shares-again"), "--data-dir", P("ceremony-again"),
+            "--officer", $"olga={P("olga.pub")}", "--officer", $"oscar={P("oscar.pub")}", "--officer-threshold", "2", "--storage-provider", "postgres", "--postgres-connection-file", P("site-a.conn"), "--allow-network", "--insecure-test-kdf"]);
+        Assert.True(again.ExitCode == 5, again.ToString());
+        Assert.Contains($"pinned to domain key {kcv}", again.Error, StringComparison.Ordinal);
         var pinnedAuditKey = CeremonyCommands.PublicKeyFromPem(await File.ReadAllTextAsync(P("ceremony-a/audit/signing-key.pem")));
         string[] quorum = [$"--Kms:Quorum:GenesisFile={P("ceremony-a/quorum/genesis.json")}", $"--Kms:Quorum:GenesisSha256={ceremony["officer_set_hash"]!.GetValue<string>()}"];
 
@@ -136,7 +140,7 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
     }
 
     [Fact]
-    public async Task Refusals_BackupRestoreOnPostgres_ConnectionInArgvOrMissing_ExitUsage()
+    public async Task Refusals_BackupRestoreOnPostgres_ConnectionInArgvOrMissing_ExitUsage_UnreachableDatabase_ExitUnavailable()
     {
         await WriteSecretAsync("site-a.conn", _siteA.ConnectionString);
         var backup = await Kms(["backup", "restore", P("backup"), "--public-key", P("key.pem"), "--data-dir", P("data"), "--storage-provider", "postgres"]);
@@ -153,6 +157,13 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
         Assert.True(inline.ExitCode == 2, inline.ToString());
         Assert.Contains("--postgres-connection-file", inline.Error, StringComparison.Ordinal);
         Assert.DoesNotContain(_siteA.Name, inline.Error, StringComparison.Ordinal);
+
+        await WriteSecretAsync("closed.conn", "Host=127.0.0.1;Port=1;Username=postgres;Database=nowhere;Password=hunter2-secret");
+        var unreachable = await Kms(["ceremony", "restore-domain", "--token-label", "none", "--share", P("share.json"), "--data-dir", P("data"),
+            "--storage-provider", "postgres", "--postgres-connection-file", P("closed.conn"), "--without-approval", "--allow-network"]);
+        Assert.True(unreachable.ExitCode == 6, unreachable.ToString());
+        Assert.Contains("127.0.0.1:1/nowhere", unreachable.Error, StringComparison.Ordinal);
+        Assert.DoesNotContain("hunter2", unreachable.Error + unreachable.Out, StringComparison.Ordinal);
 
         var other = await Kms(["ceremony", "restore-domain", "--token-label", "none", "--share", P("share.json"), "--data-dir", P("data"),
             "--storage-provider", "mysql", "--without-approval", "--allow-network"]);
