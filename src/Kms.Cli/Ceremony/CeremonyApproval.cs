@@ -2,7 +2,6 @@ using System.CommandLine;
 using Kms.Cli.Infrastructure;
 using Kms.Core.Errors;
 using Kms.Core.Quorum;
-using Kms.Storage.Sqlite;
 
 namespace Kms.Cli.Ceremony;
 
@@ -75,10 +74,11 @@ internal sealed class CeremonyApproval
     /// <paramref name="domainKcv"/> (null: the bundle's own, which the caller then enforces on
     /// the rebuilt key); or checks that going without one is allowed.
     /// </summary>
-    /// <param name="dataDir">The deployment's data directory (its genesis file and database), if any.</param>
+    /// <param name="dataDir">The deployment's data directory (its genesis file), if any.</param>
+    /// <param name="database">The deployment's database (its officer chain).</param>
     /// <param name="parameters">Checks the request's signed parameters against the command line; returns a problem or null.</param>
     public async Task<CeremonyApprovalOutcome> CheckAsync(
-        CliContext ctx, QuorumOperation operation, string? dataDir, string? domainKcv, Func<QuorumRequest, string?> parameters, CancellationToken ct)
+        CliContext ctx, QuorumOperation operation, string? dataDir, DeploymentDatabaseTarget database, string? domainKcv, Func<QuorumRequest, string?> parameters, CancellationToken ct)
     {
         var parse = ctx.ParseResult;
         var bundlePath = parse.GetValue(Approval);
@@ -102,7 +102,7 @@ internal sealed class CeremonyApproval
             throw new CliFailureException(ExitCodes.DecryptionFailed, $"the genesis file {genesisPath} has hash {genesis.Hash}, not the pinned {pinned}");
         }
 
-        var stored = await StoredChainAsync(dataDir, ct);
+        var stored = await StoredChainAsync(database, ct);
         if (genesis is not null && stored.Count > 0 && stored[0].Hash != genesis.Hash)
         {
             throw new CliFailureException(ExitCodes.DecryptionFailed,
@@ -191,16 +191,10 @@ internal sealed class CeremonyApproval
         }
     }
 
-    private static async Task<IReadOnlyList<OfficerSet>> StoredChainAsync(string? dataDir, CancellationToken ct)
+    private static async Task<IReadOnlyList<OfficerSet>> StoredChainAsync(DeploymentDatabaseTarget database, CancellationToken ct)
     {
-        var database = dataDir is null ? null : Path.Combine(Path.GetFullPath(dataDir), "kms.db");
-        if (database is null || !File.Exists(database))
-        {
-            return [];
-        }
-
-        await using var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = database }, ct);
-        return await store.ListOfficerSetsAsync(ct);
+        await using var store = await database.OpenExistingAsync(ct);
+        return store is null ? [] : await store.ListOfficerSetsAsync(ct);
     }
 }
 

@@ -2,13 +2,14 @@ using System.Security.Cryptography;
 using Kms.Core.Audit;
 using Kms.Core.Services;
 using Kms.Hsm;
-using Kms.Storage.Sqlite;
+using Kms.Storage;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Kms.Cli.Ceremony;
 
 /// <summary>
-/// A deployment's state as the ceremony sees it: the data directory's SQLite database, the
+/// A deployment's state as the ceremony sees it: the deployment's database (the data directory's
+/// SQLite file, or its PostgreSQL database, <see cref="DeploymentDatabase"/>), the
 /// token's domain key (pinned in the database as the server pins it) and the audit log, whose
 /// HSM-held signing key signs the transcript. The ceremony's steps are appended to the same
 /// audit chain the server writes, and a signed checkpoint is written when it closes — to the
@@ -17,13 +18,13 @@ namespace Kms.Cli.Ceremony;
 internal sealed class DeploymentRecord : IAsyncDisposable
 {
     private readonly string _dataDir;
-    private readonly SqliteStore _store;
+    private readonly SqlStore _store;
     private readonly Pkcs11Hsm _hsm;
     private readonly AuditLog _audit;
     private readonly CancellationTokenSource _stop = new();
     private readonly Task _loop;
 
-    private DeploymentRecord(string dataDir, SqliteStore store, Pkcs11Hsm hsm, AuditLog audit)
+    private DeploymentRecord(string dataDir, SqlStore store, Pkcs11Hsm hsm, AuditLog audit)
     {
         _dataDir = dataDir;
         _store = store;
@@ -41,11 +42,16 @@ internal sealed class DeploymentRecord : IAsyncDisposable
     /// <summary>The domain key's check value as the HSM reports it.</summary>
     public string DomainKeyCheckValue => _hsm.DomainKeyCheckValue;
 
+    /// <summary>Opens the deployment whose database is <c>{dataDir}/kms.db</c> (SQLite).</summary>
+    public static Task<DeploymentRecord> OpenAsync(string dataDir, HsmOptions hsmOptions, string pin, CancellationToken cancellationToken) =>
+        OpenAsync(dataDir, DeploymentDatabaseTarget.SqliteIn(dataDir), hsmOptions, pin, cancellationToken);
+
     /// <summary>
-    /// Opens (creating on first use) the database under <paramref name="dataDir"/>, the token's
-    /// domain key (refused if the database was made under another one), and the audit keys.
+    /// Opens (creating on first use) <paramref name="database"/>, the token's domain key (refused
+    /// if the database was made under another one), and the audit keys; <paramref name="dataDir"/>
+    /// receives the published audit key and the shipped checkpoints.
     /// </summary>
-    public static async Task<DeploymentRecord> OpenAsync(string dataDir, HsmOptions hsmOptions, string pin, CancellationToken cancellationToken)
+    public static async Task<DeploymentRecord> OpenAsync(string dataDir, DeploymentDatabaseTarget database, HsmOptions hsmOptions, string pin, CancellationToken cancellationToken)
     {
         dataDir = Path.GetFullPath(dataDir);
         Directory.CreateDirectory(dataDir);
@@ -60,7 +66,7 @@ internal sealed class DeploymentRecord : IAsyncDisposable
             SessionPoolSize = 1,
             Pin = pin,
         };
-        var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(dataDir, "kms.db") }, cancellationToken);
+        var store = await database.OpenAsync(cancellationToken);
         Pkcs11Hsm? hsm = null;
         try
         {

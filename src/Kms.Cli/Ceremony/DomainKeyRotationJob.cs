@@ -1,6 +1,5 @@
 using Kms.Hsm;
 using Kms.Storage;
-using Kms.Storage.Sqlite;
 
 namespace Kms.Cli.Ceremony;
 
@@ -22,7 +21,7 @@ public static class DomainKeyRotationJob
 {
     /// <summary>Runs (or resumes) the rotation; returns how many blobs this run re-wrapped and whether it completed.</summary>
     /// <param name="stopAfter">Stop (as a crash would) after this many blobs; null: run to the end.</param>
-    public static async Task<DomainKeyRotationOutcome> RunAsync(SqliteStore store, DomainKeyRewrapper rewrapper, TimeProvider clock, int? stopAfter, CancellationToken cancellationToken)
+    public static async Task<DomainKeyRotationOutcome> RunAsync(SqlStore store, DomainKeyRewrapper rewrapper, TimeProvider clock, int? stopAfter, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(store);
         ArgumentNullException.ThrowIfNull(rewrapper);

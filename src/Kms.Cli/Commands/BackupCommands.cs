@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json.Nodes;
 using Kms.Cli.Backup;
+using Kms.Cli.Ceremony;
 using Kms.Cli.Infrastructure;
 using Kms.Client.Quorum;
 using Kms.Contracts.V1;
@@ -74,13 +75,15 @@ internal static class BackupCommands
             Arity = ArgumentArity.ZeroOrMore,
         };
         var replace = new Option<bool>("--replace") { Description = "restore over an existing kms.db (kept beside as kms.db.replaced-TIME; its destructions are re-applied)" };
-        var command = new Command("restore", "verify a backup, re-apply every destruction recorded after it, and install it as DATA-DIR/kms.db (offline)")
+        var provider = new DeploymentDatabase().Provider;
+        var command = new Command("restore", "verify a backup, re-apply every destruction recorded after it, and install it as DATA-DIR/kms.db (offline; SQLite deployments only)")
         {
-            directory, publicKey, dataDir, auditLogs, replace,
+            directory, publicKey, dataDir, auditLogs, replace, provider,
         };
         runner.SetAction(command, async (ctx, ct) =>
         {
             var parse = ctx.ParseResult;
+            DeploymentDatabase.RefusePostgres(ctx, provider, "kms backup restore");
             var key = CeremonyCommands.PublicKeyFromPem(File.ReadAllText(ctx.Environment.FullPath(parse.GetRequiredValue(publicKey))));
             var logs = (parse.GetValue(auditLogs) ?? []).Select(ctx.Environment.FullPath).ToList();
             var report = await CheckedAsync(() => BackupRestore.RunAsync(

@@ -8,7 +8,6 @@ using Kms.Ceremony.Sharing;
 using Kms.Cli.Ceremony;
 using Kms.Cli.Infrastructure;
 using Kms.Hsm;
-using Kms.Storage.Sqlite;
 
 namespace Kms.Cli.Commands;
 
@@ -30,6 +29,7 @@ internal static partial class CeremonyCommands
         var passphrases = PassphraseFiles();
         var newPassphrases = ContextOption.Create("--new-passphrase-file", "CUSTODIAN=PATH: a NEW custodian's passphrase (repeatable; else prompted)");
         var options = CeremonyHostOptions.Create();
+        var database = new DeploymentDatabase();
         var approval = CeremonyApproval.ForRotation();
         var command = new Command("rotate-domain",
             "re-wrap every stored key under a new domain key (server stopped; old key rebuilt from M old shares into a dedicated rotation token, wiped at the end); resumable")
@@ -40,19 +40,16 @@ internal static partial class CeremonyCommands
         soPin.AddTo(command);
         restorePin.AddTo(command);
         options.AddTo(command);
+        database.AddTo(command);
         approval.AddTo(command);
         runner.SetAction(command, async (ctx, ct) =>
         {
             var parse = ctx.ParseResult;
             var host = options.Prepare(ctx);
             var dir = Path.GetFullPath(parse.GetRequiredValue(dataDir));
-            var database = Path.Combine(dir, "kms.db");
-            if (!File.Exists(database))
-            {
-                throw new CliFailureException(ExitCodes.LocalIo, $"no database at {database}");
-            }
-
-            await using var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = database }, ct);
+            var target = database.Resolve(ctx, dir);
+            await using var store = await target.OpenExistingAsync(ct)
+                ?? throw new CliFailureException(ExitCodes.LocalIo, $"no database at {target.Describe()}");
             var inProgress = await store.GetDomainKeyRotationAsync(ct);
             var pinned = inProgress?.OldCheckValue ?? await store.GetSettingAsync(Kms.Core.Services.DomainKeyGuard.CheckValueSetting, ct)
                 ?? throw new CliFailureException(ExitCodes.Conflict, "the database pins no domain key");
@@ -71,7 +68,7 @@ internal static partial class CeremonyCommands
 
             // The officers' approval, verified before any share is read: for the key this database is
             // pinned to, and (first run) for the new share set's shape they signed.
-            var approved = await approval.CheckAsync(ctx, Kms.Core.Quorum.QuorumOperation.RotateDomainKey, dir, pinned, request =>
+            var approved = await approval.CheckAsync(ctx, Kms.Core.Quorum.QuorumOperation.RotateDomainKey, dir, target, pinned, request =>
                 resumePaths.Length > 0 || (request.Parameter("new-custodians") == names.Count.ToString(CultureInfo.InvariantCulture)
                     && request.Parameter("new-threshold") == m.ToString(CultureInfo.InvariantCulture))
                     ? null
@@ -206,7 +203,7 @@ internal static partial class CeremonyCommands
                 transcript.Add($"new share {index}", $"custodian {custodian}, file {Path.GetFileName(file)}, fingerprint {fingerprint}");
             }
 
-            var result = await RecordAsync(ctx, dir, restoreOptions, productionPin, ceremonyId, "rotate-domain", transcript,
+            var result = await RecordAsync(ctx, dir, target, restoreOptions, productionPin, ceremonyId, "rotate-domain", transcript,
                 [.. written.Select(w => ($"share/{w.Index}/{w.Custodian}", w.Fingerprint))], $"domain/{newId}/kcv/{newKcv}/previous/{pinned}", ct, approved);
             var json = new JsonObject
             {

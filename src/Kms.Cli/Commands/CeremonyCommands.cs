@@ -113,12 +113,14 @@ internal static partial class CeremonyCommands
         var officers = ContextOption.Create("--officer", "NAME=PUBLIC-KEY.pem: a security officer of the genesis officer set (repeatable; keys from kms officer keygen)");
         var officerThreshold = new Option<int>("--officer-threshold") { Description = "approvals of distinct officers a quorum request needs", HelpName = "K", Required = true };
         var options = CeremonyHostOptions.Create();
+        var database = new DeploymentDatabase();
         var command = new Command("create-domain", "generate the domain key (HSM RNG XOR OS RNG), import it into the token, split it into M-of-N custodian shares, register the officers, and record the ceremony")
         {
             custodians, count, threshold, sharesDir, dataDir, domainId, passphrases, officers, officerThreshold,
         };
         hsm.AddTo(command);
         options.AddTo(command);
+        database.AddTo(command);
         runner.SetAction(command, async (ctx, ct) =>
         {
             var parse = ctx.ParseResult;
@@ -145,6 +147,13 @@ internal static partial class CeremonyCommands
             if (File.Exists(Path.Combine(deploymentDir, "kms.db")) || File.Exists(genesisPath))
             {
                 throw new CliFailureException(ExitCodes.Conflict, $"{deploymentDir} holds a deployment already (kms.db or quorum/genesis.json); a new domain starts in an empty data directory");
+            }
+
+            // On PostgreSQL the database must be reachable, and hold no domain yet, before anything is generated.
+            var target = database.Resolve(ctx, deploymentDir);
+            if (target.IsPostgres && await PinnedCheckValueAsync(target, ct) is { } existing)
+            {
+                throw new CliFailureException(ExitCodes.Conflict, $"the deployment database ({target.Describe()}) is pinned to domain key {existing} already; a new domain starts in an empty database");
             }
 
             var host = options.Prepare(ctx);
@@ -238,7 +247,7 @@ internal static partial class CeremonyCommands
                 transcript.Add("officer", $"{officer.Name}, key {officer.Fingerprint}");
             }
 
-            var result = await RecordAsync(ctx, parse.GetRequiredValue(dataDir), hsmOptions, pin, ceremonyId, "create-domain", transcript,
+            var result = await RecordAsync(ctx, parse.GetRequiredValue(dataDir), target, hsmOptions, pin, ceremonyId, "create-domain", transcript,
                 [.. written.Select(w => ($"share/{w.Index}/{w.Custodian}", w.Fingerprint)), .. genesis.Officers.Select(o => ($"officer/{o.Name}", o.Fingerprint)), ("officer-set/genesis", genesis.Hash)],
                 $"domain/{id}/kcv/{kcv}", ct);
             var json = new JsonObject
@@ -260,6 +269,10 @@ internal static partial class CeremonyCommands
                     ["Kms:Quorum:GenesisSha256"] = genesis.Hash,
                 },
             };
+            if (target.IsPostgres)
+            {
+                json["server_configuration"]!["Storage:Provider"] = DeploymentDatabase.Postgres;
+            }
             ctx.Output.Result(json, () => CliOutput.Properties(
             [
                 ("domain key id", id), ("check value", kcv), ("shares", $"{m} of {names.Count} in {outDir}"),
@@ -281,6 +294,7 @@ internal static partial class CeremonyCommands
         var dataDir = new Option<string?>("--data-dir") { Description = "the deployment's data directory, to record the restore in its audit log and sign a transcript", HelpName = "DIR" };
         var passphrases = PassphraseFiles();
         var options = CeremonyHostOptions.Create();
+        var database = new DeploymentDatabase();
         var approval = CeremonyApproval.ForRestore();
         var command = new Command("restore-domain", "rebuild the domain key from M custodian shares and import it into another token (new node, disaster recovery), as M officers approved")
         {
@@ -288,25 +302,28 @@ internal static partial class CeremonyCommands
         };
         hsm.AddTo(command);
         options.AddTo(command);
+        database.AddTo(command);
         approval.AddTo(command);
         runner.SetAction(command, async (ctx, ct) =>
         {
             var parse = ctx.ParseResult;
             var host = options.Prepare(ctx);
+            var target = database.Resolve(ctx, parse.GetValue(dataDir));
+            if (target.IsPostgres && parse.GetValue(dataDir) is null)
+            {
+                throw new CliUsageException("--storage-provider postgres records the restore in the deployment database: give --data-dir too (for the signed transcript and the audit key)");
+            }
 
             // The officers' approval is verified before any share is read. The domain key it names is
             // the transcript's (--check-value) or the database's; else its own, which the rebuilt key must have.
             var tokenLabel = hsm.Options(parse).TokenLabel;
-            var pinnedKcv = parse.GetValue(expectedKcv) ?? await PinnedCheckValueAsync(parse.GetValue(dataDir), ct);
-            var approved = await approval.CheckAsync(ctx, QuorumOperation.RestoreDomain, parse.GetValue(dataDir), pinnedKcv,
+            var pinnedKcv = parse.GetValue(expectedKcv) ?? await PinnedCheckValueAsync(target, ct);
+            var approved = await approval.CheckAsync(ctx, QuorumOperation.RestoreDomain, parse.GetValue(dataDir), target, pinnedKcv,
                 request => request.Parameter("token-label") == tokenLabel ? null : $"it restores into token '{request.Parameter("token-label")}', not '{tokenLabel}'", ct);
             var requiredKcv = pinnedKcv ?? approved.Approval?.Request.DomainKcv;
             var files = parse.GetValue(shareFiles)!.Select(path => ShareFile.Read(path, host.Kdf.Policy)).ToList();
             var id = parse.GetValue(domainId) ?? files[0].DomainId;
-            if (parse.GetValue(dataDir) is { } existing)
-            {
-                await RefuseOtherDomainAsync(existing, files[0].DomainKcv, ct);
-            }
+            await RefuseOtherDomainAsync(target, files[0].DomainKcv, ct);
 
             var secrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, [.. files.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)], confirm: false);
             var hsmOptions = hsm.Options(parse, id);
@@ -365,7 +382,7 @@ internal static partial class CeremonyCommands
             };
             if (parse.GetValue(dataDir) is { } dir)
             {
-                var result = await RecordAsync(ctx, dir, hsmOptions, pin, ceremonyId, "restore-domain", transcript,
+                var result = await RecordAsync(ctx, dir, target, hsmOptions, pin, ceremonyId, "restore-domain", transcript,
                     [.. files.Select(f => ($"share/{f.Index}/{f.Custodian}", f.Fingerprint))], $"domain/{id}/kcv/{kcv}/token/{hsmOptions.TokenLabel}", ct, approved);
                 json["transcript"] = result.TranscriptPath;
                 json["audit_key_fingerprint"] = result.AuditKeyFingerprint;
@@ -460,34 +477,20 @@ internal static partial class CeremonyCommands
     /// directory's database pins (e.g. old shares after a rotation): the server would refuse the
     /// token anyway, and the token would be left holding a key nobody can use.
     /// </summary>
-    private static async Task RefuseOtherDomainAsync(string dataDir, string sharesCheckValue, CancellationToken ct)
+    private static async Task RefuseOtherDomainAsync(DeploymentDatabaseTarget database, string sharesCheckValue, CancellationToken ct)
     {
-        var database = Path.Combine(Path.GetFullPath(dataDir), "kms.db");
-        if (!File.Exists(database))
-        {
-            return;
-        }
-
-        await using var store = await Kms.Storage.Sqlite.SqliteStore.OpenAsync(new Kms.Storage.Sqlite.SqliteOptions { DatabasePath = database }, ct);
-        if (await store.GetSettingAsync(Kms.Core.Services.DomainKeyGuard.CheckValueSetting, ct) is { } pinned
-            && !string.Equals(pinned, sharesCheckValue, StringComparison.OrdinalIgnoreCase))
+        if (await PinnedCheckValueAsync(database, ct) is { } pinned && !string.Equals(pinned, sharesCheckValue, StringComparison.OrdinalIgnoreCase))
         {
             throw new CliFailureException(ExitCodes.Conflict,
-                $"the database in {dataDir} was made under the domain key with check value {pinned}, but these shares rebuild {sharesCheckValue}; nothing was imported");
+                $"the deployment database ({database.Describe()}) was made under the domain key with check value {pinned}, but these shares rebuild {sharesCheckValue}; nothing was imported");
         }
     }
 
-    /// <summary>The domain key check value the data directory's database pins, if it has one.</summary>
-    private static async Task<string?> PinnedCheckValueAsync(string? dataDir, CancellationToken ct)
+    /// <summary>The domain key check value the deployment's database pins, if it exists and has one.</summary>
+    private static async Task<string?> PinnedCheckValueAsync(DeploymentDatabaseTarget database, CancellationToken ct)
     {
-        var database = dataDir is null ? null : Path.Combine(Path.GetFullPath(dataDir), "kms.db");
-        if (database is null || !File.Exists(database))
-        {
-            return null;
-        }
-
-        await using var store = await Kms.Storage.Sqlite.SqliteStore.OpenAsync(new Kms.Storage.Sqlite.SqliteOptions { DatabasePath = database }, ct);
-        return await store.GetSettingAsync(Kms.Core.Services.DomainKeyGuard.CheckValueSetting, ct);
+        await using var store = await database.OpenExistingAsync(ct);
+        return store is null ? null : await store.GetSettingAsync(Kms.Core.Services.DomainKeyGuard.CheckValueSetting, ct);
     }
 
     private static JsonObject ApprovalJson(CeremonyApprovalOutcome outcome) => outcome.Approval is { } verified
@@ -504,10 +507,10 @@ internal static partial class CeremonyCommands
 
     /// <summary>Appends the steps to the deployment's audit chain, signs the transcript with the audit key, checkpoints.</summary>
     private static async Task<Recorded> RecordAsync(
-        CliContext ctx, string dataDir, HsmOptions hsmOptions, Secret pin, string ceremonyId, string operation, Transcript transcript,
+        CliContext ctx, string dataDir, DeploymentDatabaseTarget database, HsmOptions hsmOptions, Secret pin, string ceremonyId, string operation, Transcript transcript,
         IReadOnlyList<(string Resource, string Fingerprint)> shares, string domainResource, CancellationToken ct, CeremonyApprovalOutcome? approval = null)
     {
-        await using var record = await DeploymentRecord.OpenAsync(dataDir, hsmOptions, pin.Reveal(), ct);
+        await using var record = await DeploymentRecord.OpenAsync(dataDir, database, hsmOptions, pin.Reveal(), ct);
         await record.AppendAsync(ceremonyId, operation, domainResource, ct);
         foreach (var resource in approval?.AuditResources() ?? [])
         {
@@ -519,6 +522,7 @@ internal static partial class CeremonyCommands
             await record.AppendAsync(ceremonyId, operation + "/share", $"{resource}/{fingerprint}", ct);
         }
 
+        transcript.Add("deployment database", database.Describe());
         transcript.Add("audit signing key", record.AuditKeyFingerprint);
         var content = transcript.ToBytes();
         var directory = Directory.CreateDirectory(Path.Combine(Path.GetFullPath(dataDir), "ceremonies")).FullName;

@@ -31,7 +31,13 @@ internal static class KmsCli
         if (InlineSecretFlag(args) is { } flag)
         {
             // Named without its value: the value is a secret that should not reach a log too.
-            await environment.Error.WriteLineAsync($"kms: {flag} is not an option: secrets are never taken on the command line or from the environment; use {(flag is "--token" or "--api-token" ? "--token-file PATH" : $"{flag}-file PATH or {flag}-fd N")} (docs/cli.md)");
+            var instead = flag switch
+            {
+                "--token" or "--api-token" => "--token-file PATH",
+                "--postgres-connection" or "--postgres-connection-string" or "--connection-string" => "--postgres-connection-file PATH or --postgres-connection-fd N",
+                _ => $"{flag}-file PATH or {flag}-fd N",
+            };
+            await environment.Error.WriteLineAsync($"kms: {flag} is not an option: secrets are never taken on the command line or from the environment; use {instead} (docs/cli.md)");
             return ExitCodes.Usage;
         }
 
@@ -61,7 +67,8 @@ internal static class KmsCli
     /// </summary>
     internal static string? InlineSecretFlag(IReadOnlyList<string> args)
     {
-        string[] secretFlags = ["--token", "--api-token", "--pin", "--password", "--passphrase", "--secret"];
+        // A PostgreSQL connection string may hold the password.
+        string[] secretFlags = ["--token", "--api-token", "--pin", "--password", "--passphrase", "--secret", "--postgres-connection", "--postgres-connection-string", "--connection-string"];
         foreach (var arg in args)
         {
             if (arg == "--")

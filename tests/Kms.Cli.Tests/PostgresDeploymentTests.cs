@@ -1,0 +1,231 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.Json.Nodes;
+using Kms.Cli.Commands;
+using Kms.Client.Audit;
+using Kms.Contracts.V1;
+using Kms.Core.Quorum;
+using Kms.Testing;
+using Npgsql;
+using Xunit.Abstractions;
+
+namespace Kms.Cli.Tests;
+
+/// <summary>
+/// The ceremony on a PostgreSQL deployment, with real processes only: <c>kms ceremony
+/// create-domain --storage-provider postgres</c> records the pinned domain key, the audit key and
+/// the ceremony's events into the database, and a production node serves from it; then the
+/// disaster-recovery drill from a <c>pg_dump -Fc</c> and two of three custodian shares.
+/// </summary>
+public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private const string DomainId = "dk-pg-drill";
+    private const string PgBin = "/usr/lib/postgresql/15/bin";
+    private readonly string _dir = Directory.CreateTempSubdirectory("kms-pg-dr-").FullName;
+    private PostgresTestDatabase _siteA = null!;
+    private PostgresTestDatabase? _restored;
+
+    public async Task InitializeAsync() => _siteA = await PostgresTestDatabase.CreateAsync();
+
+    public async Task DisposeAsync()
+    {
+        await _siteA.DisposeAsync();
+        if (_restored is not null)
+        {
+            await _restored.DisposeAsync();
+        }
+
+        Directory.Delete(_dir, recursive: true);
+    }
+
+    [Fact]
+    public async Task DrDrill_PgDumpRestoredIntoANewDatabase_TwoSharesIntoANewToken_OldCiphertextsDecrypt_AuditChainVerifies()
+    {
+        Assert.True(File.Exists(SoftHsm.ModulePath), $"SoftHSM is not installed ({SoftHsm.ModulePath}); ./test.sh installs it");
+        Assert.True(File.Exists(Path.Combine(PgBin, "pg_dump")), $"PostgreSQL client tools are not installed in {PgBin}");
+        await SetUpTokensAsync();
+        await WriteSecretAsync("site-a.conn", _siteA.ConnectionString);
+
+        // The ceremony on site A's token records into site A's PostgreSQL database, not into a kms.db.
+        var created = await Ok(["ceremony", "create-domain", .. Hsm("site-a"), "--custodian", "alice", "--custodian", "bob", "--custodian", "carol", "--threshold", "2",
+            "--shares-dir", P("shares"), "--data-dir", P("ceremony-a"), "--domain-id", DomainId,
+            "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"bob={P("bob")}", "--passphrase-file", $"carol={P("carol")}",
+            "--officer", $"olga={P("olga.pub")}", "--officer", $"oscar={P("oscar.pub")}", "--officer-threshold", "2",
+            "--storage-provider", "postgres", "--postgres-connection-file", P("site-a.conn"),
+            "--allow-network", "--insecure-test-kdf", "--output", "json"]);
+        var ceremony = JsonNode.Parse(created.Out)!;
+        var kcv = ceremony["check_value"]!.GetValue<string>();
+        Assert.Equal("postgres", ceremony["server_configuration"]!["Storage:Provider"]!.GetValue<string>());
+        Assert.False(File.Exists(P("ceremony-a/kms.db")), "the ceremony wrote a SQLite database beside the PostgreSQL one");
+        Assert.Equal(kcv, await _siteA.ScalarAsync("SELECT value FROM settings WHERE name = 'domain_key.check_value'"));
+        var transcript = await File.ReadAllTextAsync(ceremony["transcript"]!.GetValue<string>());
+        Assert.Contains($"postgres 127.0.0.1:{new NpgsqlConnectionStringBuilder(_siteA.ConnectionString).Port}/{_siteA.Name}", transcript, StringComparison.Ordinal);
+        Assert.DoesNotContain("Password", transcript, StringComparison.OrdinalIgnoreCase);
+        var again = await Kms(["ceremony", "create-domain", .. Hsm("site-a"), "--custodians", "3", "--threshold", "2", "--shares-dir", P("shares-again"), "--data-dir", P("ceremony-again"),
+            "--officer", $"olga={P("olga.pub")}", "--officer", $"oscar={P("oscar.pub")}", "--officer-threshold", "2", "--storage-provider", "postgres", "--postgres-connection-file", P("site-a.conn"), "--allow-network", "--insecure-test-kdf"]);
+        Assert.True(again.ExitCode == 5, again.ToString());
+        Assert.Contains($"pinned to domain key {kcv}", again.Error, StringComparison.Ordinal);
+        var pinnedAuditKey = CeremonyCommands.PublicKeyFromPem(await File.ReadAllTextAsync(P("ceremony-a/audit/signing-key.pem")));
+        string[] quorum = [$"--Kms:Quorum:GenesisFile={P("ceremony-a/quorum/genesis.json")}", $"--Kms:Quorum:GenesisSha256={ceremony["officer_set_hash"]!.GetValue<string>()}"];
+
+        // A production node on site A serves from that database (its data directory holds no database).
+        var ciphertexts = new List<(byte[] Plaintext, byte[] Ciphertext)>();
+        string developerToken;
+        string officerToken;
+        await using (var siteA = await ServerProcess.StartAsync(P("node-a"), P("softhsm2.conf"), "site-a", P("user.pin"), DomainId, [.. Postgres("site-a.conn"), .. quorum]))
+        {
+            (developerToken, officerToken) = await siteA.BootstrapAsync("dev");
+            using var developer = siteA.CreateClient(developerToken);
+            foreach (var id in new[] { "orders", "payroll" })
+            {
+                var key = await developer.CreateKeyAsync("tenants/dev", id);
+                for (var i = 0; i < 2; i++)
+                {
+                    var plaintext = Encoding.UTF8.GetBytes($"{id} record {i}");
+                    ciphertexts.Add((plaintext, (await developer.EncryptAsync(key.Name, plaintext)).Ciphertext));
+                    await developer.RotateKeyAsync(key.Name);
+                }
+            }
+
+            using var officer = siteA.CreateClient(officerToken);
+            var recorded = await officer.ListAuditEventsAsync(new ListAuditEventsRequest { Operation = "ceremony/create-domain" }).ToListAsync();
+            Assert.Equal($"domain/{DomainId}/kcv/{kcv}", Assert.Single(recorded).Resource);
+            Assert.False(File.Exists(P("node-a/kms.db")));
+        }
+
+        // The off-site copy: a custom-format dump. Then site A is lost: its database, token and directories.
+        var clock = Stopwatch.StartNew();
+        var port = new NpgsqlConnectionStringBuilder(_siteA.ConnectionString).Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        await RunAsync("pg_dump", "-Fc", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-f", P("offsite.dump"), _siteA.Name);
+        var afterDump = clock.Elapsed;
+        await _siteA.DisposeAsync();
+        _siteA = await PostgresTestDatabase.CreateAsync(); // an empty stand-in, so DisposeAsync has something to drop
+        Directory.Delete(P("node-a"), recursive: true);
+        Directory.Delete(P("ceremony-a/ceremonies"), recursive: true);
+
+        // Site B: the dump into a NEW database, the domain key from two shares into a NEW token, a node on both.
+        _restored = await PostgresTestDatabase.CreateAsync();
+        await RunAsync("pg_restore", "--exit-on-error", "--no-owner", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", _restored.Name, P("offsite.dump"));
+        var afterRestore = clock.Elapsed;
+        await WriteSecretAsync("site-b.conn", _restored.ConnectionString);
+        var domain = await Ok(["ceremony", "restore-domain", .. Hsm("site-b"), "--share", Share("alice"), "--share", Share("carol"),
+            "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"carol={P("carol")}", "--check-value", kcv,
+            "--storage-provider", "postgres", "--postgres-connection-file", P("site-b.conn"), "--data-dir", P("ceremony-b"),
+            "--genesis", P("ceremony-a/quorum/genesis.json"), "--without-approval", "--allow-network", "--insecure-test-kdf", "--output", "json"]);
+        Assert.Contains("BREAK GLASS", await File.ReadAllTextAsync(JsonNode.Parse(domain.Out)!["transcript"]!.GetValue<string>()), StringComparison.Ordinal);
+        var afterDomain = clock.Elapsed;
+        await using var siteB = await ServerProcess.StartAsync(P("node-b"), P("softhsm2.conf"), "site-b", P("user.pin"), DomainId, [.. Postgres("site-b.conn"), .. quorum]);
+        clock.Stop();
+        var report = $"PostgreSQL DR drill: pg_dump {afterDump.TotalSeconds:0.00} s, pg_restore {(afterRestore - afterDump).TotalSeconds:0.00} s, "
+            + $"restore-domain {(afterDomain - afterRestore).TotalSeconds:0.00} s, server start {(clock.Elapsed - afterDomain).TotalSeconds:0.00} s";
+        output.WriteLine(report);
+
+        // Tokens, keys and ciphertexts of site A work on site B.
+        using var developerB = siteB.CreateClient(developerToken);
+        foreach (var (plaintext, ciphertext) in ciphertexts)
+        {
+            using var opened = await developerB.DecryptAsync(ciphertext);
+            Assert.Equal(plaintext, opened.Plaintext.ToArray());
+        }
+
+        // One chain from the first ceremony through the restore, signed by the key the first transcript pinned.
+        using var officerB = siteB.CreateClient(officerToken);
+        var restoredEvents = await officerB.ListAuditEventsAsync(new ListAuditEventsRequest { Operation = "ceremony/restore-domain" }).ToListAsync();
+        Assert.Equal($"domain/{DomainId}/kcv/{kcv}/token/site-b", Assert.Single(restoredEvents).Resource);
+        var export = new StringWriter();
+        await officerB.ExportAuditAsync(export);
+        var verification = AuditVerifier.Verify(new StringReader(export.ToString()), pinnedAuditKey);
+        Assert.True(verification.Valid, verification.Problem);
+        Assert.Contains("\"operation\":\"ceremony/create-domain\"", export.ToString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Refusals_BackupRestoreOnPostgres_ConnectionInArgvOrMissing_ExitUsage_UnreachableDatabase_ExitUnavailable()
+    {
+        await WriteSecretAsync("site-a.conn", _siteA.ConnectionString);
+        var backup = await Kms(["backup", "restore", P("backup"), "--public-key", P("key.pem"), "--data-dir", P("data"), "--storage-provider", "postgres"]);
+        Assert.True(backup.ExitCode == 2, backup.ToString());
+        Assert.Contains("pg_dump", backup.Error, StringComparison.Ordinal);
+
+        var noConnection = await Kms(["ceremony", "restore-domain", "--token-label", "none", "--share", P("share.json"), "--data-dir", P("data"),
+            "--storage-provider", "postgres", "--without-approval", "--allow-network"]);
+        Assert.True(noConnection.ExitCode == 2, noConnection.ToString());
+        Assert.Contains("--postgres-connection-file", noConnection.Error, StringComparison.Ordinal);
+
+        var inline = await Kms(["ceremony", "restore-domain", "--token-label", "none", "--share", P("share.json"), "--data-dir", P("data"),
+            "--storage-provider", "postgres", "--postgres-connection", _siteA.ConnectionString, "--without-approval", "--allow-network"]);
+        Assert.True(inline.ExitCode == 2, inline.ToString());
+        Assert.Contains("--postgres-connection-file", inline.Error, StringComparison.Ordinal);
+        Assert.DoesNotContain(_siteA.Name, inline.Error, StringComparison.Ordinal);
+
+        await WriteSecretAsync("closed.conn", "Host=127.0.0.1;Port=1;Username=postgres;Database=nowhere;Password=hunter2-secret");
+        var unreachable = await Kms(["ceremony", "restore-domain", "--token-label", "none", "--share", P("share.json"), "--data-dir", P("data"),
+            "--storage-provider", "postgres", "--postgres-connection-file", P("closed.conn"), "--without-approval", "--allow-network"]);
+        Assert.True(unreachable.ExitCode == 6, unreachable.ToString());
+        Assert.Contains("127.0.0.1:1/nowhere", unreachable.Error, StringComparison.Ordinal);
+        Assert.DoesNotContain("hunter2", unreachable.Error + unreachable.Out, StringComparison.Ordinal);
+
+        var other = await Kms(["ceremony", "restore-domain", "--token-label", "none", "--share", P("share.json"), "--data-dir", P("data"),
+            "--storage-provider", "mysql", "--without-approval", "--allow-network"]);
+        Assert.True(other.ExitCode == 2, other.ToString());
+    }
+
+    private async Task SetUpTokensAsync()
+    {
+        Directory.CreateDirectory(P("tokens"));
+        await File.WriteAllTextAsync(P("softhsm2.conf"), $"directories.tokendir = {P("tokens")}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n");
+        foreach (var (name, value) in new[] { ("so.pin", "so-" + Guid.NewGuid().ToString("N")), ("user.pin", "user-" + Guid.NewGuid().ToString("N")), ("alice", "alice passphrase 1"), ("bob", "bob passphrase 2"), ("carol", "carol passphrase 3") })
+        {
+            await WriteSecretAsync(name, value);
+        }
+
+        using var officers = new TestOfficers("olga", "oscar");
+        foreach (var officer in OfficerSet.CreateGenesis(officers.Select("olga", "oscar"), 2).Officers)
+        {
+            await File.WriteAllTextAsync(P($"{officer.Name}.pub"), System.Security.Cryptography.PemEncoding.WriteString("PUBLIC KEY", officer.PublicKey.ToArray()) + "\n");
+        }
+
+        foreach (var site in new[] { "site-a", "site-b" })
+        {
+            await Ok(["ceremony", "init-token", .. Hsm(site), "--so-pin-file", P("so.pin")]);
+        }
+    }
+
+    private async Task WriteSecretAsync(string name, string value)
+    {
+        await File.WriteAllTextAsync(P(name), value + "\n");
+        File.SetUnixFileMode(P(name), UnixFileMode.UserRead | UnixFileMode.UserWrite);
+    }
+
+    private static async Task RunAsync(string tool, params string[] args)
+    {
+        var start = new ProcessStartInfo(Path.Combine(PgBin, tool)) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var arg in args)
+        {
+            start.ArgumentList.Add(arg);
+        }
+
+        using var process = Process.Start(start) ?? throw new InvalidOperationException($"{tool} did not start");
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(2));
+        Assert.True(process.ExitCode == 0, $"{tool} exited with {process.ExitCode}:\n{await stdout}\n{await stderr}");
+    }
+
+    private string[] Postgres(string connectionFile) => ["--Storage:Provider=postgres", $"--Storage:Postgres:ConnectionStringFile={P(connectionFile)}"];
+
+    private string P(string relative) => Path.Combine(_dir, relative);
+
+    private string Share(string custodian) => Directory.GetFiles(P("shares"), $"share-*-{custodian}.json").Single();
+
+    private string[] Hsm(string site) => ["--token-label", site, "--softhsm-conf", P("softhsm2.conf"), "--pin-file", P("user.pin")];
+
+    private async Task<CliResult> Ok(params string[] args)
+    {
+        var result = await Kms(args);
+        Assert.True(result.ExitCode == 0, result.ToString());
+        return result;
+    }
+
+    private Task<CliResult> Kms(string[] args) => CliRun.ProcessAsync(new Dictionary<string, string>(), _dir, args);
+}
