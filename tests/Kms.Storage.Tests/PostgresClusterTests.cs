@@ -182,6 +182,38 @@ public sealed class PostgresClusterTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task DestroyedVersion_NoRowVersionInTheTableStillHoldsItsMaterial()
+    {
+        var store = await OpenAsync();
+        var key = KeyStoreContract.NewKey(Dev, "shredded");
+        var material = KeyStoreContract.Material();
+        await store.CreateKeyAsync(key, material, null, default);
+        await store.UpdateKeyAsync(key.Name, current => KeyStoreLifecycleContract.Rotation(current, KeyStoreContract.Material()), default);
+        var hex = Convert.ToHexStringLower(material.Bytes.Span);
+        Assert.Equal(1L, await TuplesHoldingAsync(hex));
+
+        await store.UpdateKeyAsync(key.Name, current => new KeyChange(current.Key)
+        {
+            UpdatedVersions = [current.Versions[0] with { State = KeyState.Destroyed, DestroyEventTime = DateTimeOffset.UtcNow }],
+        }, default);
+
+        // Neither the live row (material NULL) nor a dead version of it (vacuumed) holds the bytes.
+        Assert.Equal(0L, await TuplesHoldingAsync(hex));
+        Assert.True(await store.CompleteErasureAsync(default));
+    }
+
+    // Row versions, live or dead, of key_versions whose data contains the bytes (pageinspect).
+    private async Task<long> TuplesHoldingAsync(string hex)
+    {
+        await PostgresTestDatabase.ExecuteAsync(_database.ConnectionString, "CREATE EXTENSION IF NOT EXISTS pageinspect");
+        return (long)(await _database.ScalarAsync($"""
+            SELECT count(*) FROM generate_series(0, (pg_relation_size('key_versions') / current_setting('block_size')::int) - 1) AS page,
+                 LATERAL heap_page_items(get_raw_page('key_versions', page::int)) AS item
+            WHERE item.t_data IS NOT NULL AND position(decode('{hex}', 'hex') IN item.t_data) > 0
+            """))!;
+    }
+
+    [Fact]
     public async Task NodesStartingTogether_MigrateOnce()
     {
         var stores = await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => OpenAsync()));

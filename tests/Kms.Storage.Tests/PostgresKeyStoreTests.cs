@@ -4,7 +4,7 @@ using Kms.Testing;
 
 namespace Kms.Storage.Tests;
 
-/// <summary>The shared contract suite on PostgreSQL (a fresh database per test).</summary>
+/// <summary>The shared contract suite on PostgreSQL (a fresh schema per test).</summary>
 public sealed class PostgresKeyStoreTests : QuorumStoreContract, IAsyncLifetime
 {
     private readonly List<IAsyncDisposable> _opened = [];
@@ -24,7 +24,7 @@ public sealed class PostgresKeyStoreTests : QuorumStoreContract, IAsyncLifetime
     {
         if (_database is null)
         {
-            _database = await PostgresTestDatabase.CreateAsync();
+            _database = await PostgresTestDatabase.CreateSchemaAsync();
             _opened.Add(_database);
         }
 
