@@ -30,13 +30,16 @@ internal static class StorageBench
 
     private static readonly Dictionary<string, string> Context = new() { ["bench"] = "storage" };
 
-    public static async Task<int> RunAsync(TimeSpan duration, int concurrency)
+    private static readonly string[] Setups = ["(a) 1 node, SQLite", "(b) 1 node, PostgreSQL", "(c) 2 nodes, one PostgreSQL"];
+
+    public static async Task<int> RunAsync(TimeSpan duration, int concurrency, int rounds)
     {
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"storage: {Environment.ProcessorCount} cores, load average {LoadAverage()}; concurrency {concurrency}, {WarmUp.TotalSeconds:F0} s warm-up + {duration.TotalSeconds:F0} s per setup"));
+            $"storage: {Environment.ProcessorCount} cores, load average {LoadAverage()}; concurrency {concurrency}, {WarmUp.TotalSeconds:F0} s warm-up + {duration.TotalSeconds:F0} s per setup, {rounds} round(s)"));
 
-        // Every token exists before a server loads the module (SoftHSM reads its tokens once per process).
-        var (tokens, config, root) = BenchEnvironment.CreateTokens(4);
+        // Every token exists before a server loads the module (SoftHSM reads its tokens once per
+        // process); each round gets fresh ones (4: one per single node, two for the pair).
+        var (tokens, config, root) = BenchEnvironment.CreateTokens(4 * rounds);
         var domainKey = RandomNumberGenerator.GetBytes(32);
         try
         {
@@ -51,35 +54,53 @@ internal static class StorageBench
             CryptographicOperations.ZeroMemory(domainKey);
         }
 
-        var results = new List<(string Setup, Figures Figures)>();
+        // figures[round][setup]
+        var figures = Enumerable.Range(0, rounds).Select(_ => new Figures[Setups.Length]).ToArray();
         try
         {
             await using var cluster = await PostgresCluster.StartAsync();
             Console.WriteLine($"PostgreSQL: {cluster.Origin}");
-            results.Add(("(a) 1 node, SQLite", await MeasureAsync(root, config, [tokens[0]], [], duration, concurrency)));
-            string[] postgres = ["--Storage:Provider=postgres", $"--Storage:Postgres:ConnectionString={await cluster.CreateDatabaseAsync()}"];
-            results.Add(("(b) 1 node, PostgreSQL", await MeasureAsync(root, config, [tokens[1]], postgres, duration, concurrency)));
-            string[] shared = ["--Storage:Provider=postgres", $"--Storage:Postgres:ConnectionString={await cluster.CreateDatabaseAsync()}"];
-            results.Add(("(c) 2 nodes, one PostgreSQL", await MeasureAsync(root, config, [tokens[2], tokens[3]], shared, duration, concurrency)));
+            for (var round = 0; round < rounds; round++)
+            {
+                // Odd rounds run the setups in reverse, so a machine whose load drifts during the run
+                // does not always favour the same setup.
+                int[] order = round % 2 == 0 ? [0, 1, 2] : [2, 1, 0];
+                var mine = tokens.Skip(4 * round).Take(4).ToArray();
+                foreach (var setup in order)
+                {
+                    figures[round][setup] = setup switch
+                    {
+                        0 => await MeasureAsync(root, config, [mine[0]], [], duration, concurrency),
+                        1 => await MeasureAsync(root, config, [mine[1]], await PostgresArgumentsAsync(cluster), duration, concurrency),
+                        _ => await MeasureAsync(root, config, [mine[2], mine[3]], await PostgresArgumentsAsync(cluster), duration, concurrency),
+                    };
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"round {round + 1}, {Setups[setup]}: {figures[round][setup].OpsPerSecond:N0} ops/s, load average {LoadAverage()}"));
+                }
+            }
         }
         finally
         {
             Directory.Delete(root, recursive: true);
         }
 
-        var baseline = results[0].Figures;
         Console.WriteLine();
         Console.WriteLine($"load average after: {LoadAverage()}");
-        Console.WriteLine("| setup | ops/s | p50 ms | p99 ms | ops/s ÷ (a) | p99 ÷ (a) | audit events per commit |");
-        Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|");
-        foreach (var (setup, f) in results)
+        Console.WriteLine("| round | setup | ops/s | p50 ms | p99 ms | ops/s ÷ (a) | p99 ÷ (a) | audit events per commit |");
+        Console.WriteLine("|---:|---|---:|---:|---:|---:|---:|---:|");
+        for (var round = 0; round < rounds; round++)
         {
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {setup} | {f.OpsPerSecond:N0} | {f.P50:F2} | {f.P99:F2} | {f.OpsPerSecond / baseline.OpsPerSecond:F2} | {f.P99 / baseline.P99:F2} | {f.EventsPerCommit:F1} |"));
+            var baseline = figures[round][0];
+            for (var setup = 0; setup < Setups.Length; setup++)
+            {
+                var f = figures[round][setup];
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {round + 1} | {Setups[setup]} | {f.OpsPerSecond:N0} | {f.P50:F2} | {f.P99:F2} | {f.OpsPerSecond / baseline.OpsPerSecond:F2} | {f.P99 / baseline.P99:F2} | {f.EventsPerCommit:F1} |"));
+            }
         }
 
         // Figures from a run with errors are not figures: fail it.
-        var failed = results.Sum(r => r.Figures.Errors);
+        var failed = figures.SelectMany(r => r).Sum(f => f.Errors);
         if (failed > 0)
         {
             Console.Error.WriteLine($"storage: {failed} calls failed");
@@ -88,6 +109,9 @@ internal static class StorageBench
 
         return 0;
     }
+
+    private static async Task<string[]> PostgresArgumentsAsync(PostgresCluster cluster) =>
+        ["--Storage:Provider=postgres", $"--Storage:Postgres:ConnectionString={await cluster.CreateDatabaseAsync()}"];
 
     private static async Task<Figures> MeasureAsync(string root, string config, BenchToken[] tokens, string[] storage, TimeSpan duration, int concurrency)
     {
