@@ -8,7 +8,7 @@ using Kms.Bench;
 // dotnet run -c Release --project bench/Kms.Bench -- envelope-stream [MiB]
 // dotnet run -c Release --project bench/Kms.Bench -- commit [commits]
 // dotnet run -c Release --project bench/Kms.Bench -- sign [seconds per step] [concurrencies, comma-separated]
-// dotnet run -c Release --project bench/Kms.Bench -- storage [seconds per setup] [concurrency] [rounds]
+// DOTNET_TieredCompilation=0 dotnet run -c Release --project bench/Kms.Bench -- storage [seconds per setup] [concurrency] [rounds]
 switch (args.FirstOrDefault())
 {
     case "micro":

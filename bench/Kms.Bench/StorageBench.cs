@@ -37,9 +37,20 @@ internal static class StorageBench
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"storage: {Environment.ProcessorCount} cores, load average {LoadAverage()}; concurrency {concurrency}, {WarmUp.TotalSeconds:F0} s warm-up + {duration.TotalSeconds:F0} s per setup, {rounds} round(s)"));
 
+        // With tiered JIT the process reaches its steady state only after about a minute of load
+        // on this machine (tier-0 code, then PGO-instrumented, then tier 1, compiled in the
+        // background on busy cores): the setup measured first ran at 0.4x of the same setup
+        // measured a minute later, which no short warm-up removed. Fully optimised code from
+        // the first call makes the rounds comparable (docs/benchmarks.md).
+        if (Environment.GetEnvironmentVariable("DOTNET_TieredCompilation") != "0")
+        {
+            Console.WriteLine("warning: tiered compilation is on; the first round will measure slower than the later ones. Run with DOTNET_TieredCompilation=0.");
+        }
+
         // Every token exists before a server loads the module (SoftHSM reads its tokens once per
-        // process); each round gets fresh ones (4: one per single node, two for the pair).
-        var (tokens, config, root) = BenchEnvironment.CreateTokens(4 * rounds);
+        // process); each round gets fresh ones (4: one per single node, two for the pair), and so
+        // does the warm-up round.
+        var (tokens, config, root) = BenchEnvironment.CreateTokens(4 * (rounds + 1));
         var domainKey = RandomNumberGenerator.GetBytes(32);
         try
         {
@@ -56,26 +67,37 @@ internal static class StorageBench
 
         // figures[round][setup]
         var figures = Enumerable.Range(0, rounds).Select(_ => new Figures[Setups.Length]).ToArray();
+        var warmUpErrors = 0;
         try
         {
             await using var cluster = await PostgresCluster.StartAsync();
             Console.WriteLine($"PostgreSQL: {cluster.Origin}");
-            for (var round = 0; round < rounds; round++)
+            // Round 0 is a short warm-up of every setup (connections, pools, first JIT), not counted.
+            for (var round = 0; round <= rounds; round++)
             {
-                // Odd rounds run the setups in reverse, so a machine whose load drifts during the run
+                // Even rounds run the setups in reverse, so a machine whose load drifts during the run
                 // does not always favour the same setup.
-                int[] order = round % 2 == 0 ? [0, 1, 2] : [2, 1, 0];
+                int[] order = round % 2 == 1 ? [0, 1, 2] : [2, 1, 0];
                 var mine = tokens.Skip(4 * round).Take(4).ToArray();
+                var measured = round == 0 ? WarmUp : duration;
                 foreach (var setup in order)
                 {
-                    figures[round][setup] = setup switch
+                    var f = setup switch
                     {
-                        0 => await MeasureAsync(root, config, [mine[0]], [], duration, concurrency),
-                        1 => await MeasureAsync(root, config, [mine[1]], await PostgresArgumentsAsync(cluster), duration, concurrency),
-                        _ => await MeasureAsync(root, config, [mine[2], mine[3]], await PostgresArgumentsAsync(cluster), duration, concurrency),
+                        0 => await MeasureAsync(root, config, [mine[0]], [], measured, concurrency),
+                        1 => await MeasureAsync(root, config, [mine[1]], await PostgresArgumentsAsync(cluster), measured, concurrency),
+                        _ => await MeasureAsync(root, config, [mine[2], mine[3]], await PostgresArgumentsAsync(cluster), measured, concurrency),
                     };
                     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"round {round + 1}, {Setups[setup]}: {figures[round][setup].OpsPerSecond:N0} ops/s, load average {LoadAverage()}"));
+                        $"round {(round == 0 ? "0 (warm-up, not counted)" : round)}, {Setups[setup]}: {f.OpsPerSecond:N0} ops/s, load average {LoadAverage()}, {ThreadPool.ThreadCount} pool threads"));
+                    if (round > 0)
+                    {
+                        figures[round - 1][setup] = f;
+                    }
+                    else
+                    {
+                        warmUpErrors += f.Errors;
+                    }
                 }
             }
         }
@@ -100,7 +122,7 @@ internal static class StorageBench
         }
 
         // Figures from a run with errors are not figures: fail it.
-        var failed = figures.SelectMany(r => r).Sum(f => f.Errors);
+        var failed = warmUpErrors + figures.SelectMany(r => r).Sum(f => f.Errors);
         if (failed > 0)
         {
             Console.Error.WriteLine($"storage: {failed} calls failed");
