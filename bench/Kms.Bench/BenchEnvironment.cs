@@ -73,4 +73,8 @@ internal static class BenchEnvironment
 }
 
 /// <summary>A token made for a benchmark run: its adapter options (production mode, PIN in a file) and the PIN.</summary>
-internal sealed record BenchToken(HsmOptions Options, string Pin);
+internal sealed record BenchToken(HsmOptions Options, string Pin)
+{
+    /// <summary>The label only: the PIN never reaches a log or the console.</summary>
+    public override string ToString() => Options.TokenLabel ?? "";
+}

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using System.Text.RegularExpressions;
 using Npgsql;
@@ -8,7 +9,8 @@ namespace Kms.Bench;
 /// <summary>
 /// A PostgreSQL cluster for one benchmark run: the one named by <c>KMS_TEST_POSTGRES</c> if set
 /// (left running), otherwise a throw-away cluster on loopback from tests/postgres/cluster.sh,
-/// stopped and deleted on dispose. Each database it creates is dropped on dispose.
+/// stopped and deleted on dispose — or on SIGINT/SIGTERM, which end the run. Each
+/// database it creates in a cluster it did not start is dropped on dispose.
 /// </summary>
 internal sealed partial class PostgresCluster : IAsyncDisposable
 {
@@ -16,10 +18,29 @@ internal sealed partial class PostgresCluster : IAsyncDisposable
     private readonly string? _ownedDirectory;
     private readonly List<string> _databases = [];
 
+    private readonly List<PosixSignalRegistration> _signals = [];
+    private int _stopped;
+
     private PostgresCluster(string maintenance, string? ownedDirectory)
     {
         _maintenance = maintenance;
         _ownedDirectory = ownedDirectory;
+        if (ownedDirectory is not null)
+        {
+            // A run cut short must not leave a postgres behind. Each running node's host takes
+            // SIGINT/SIGTERM to stop only itself (and cancels the exit), and the loop would go on
+            // with the next setup: here a signal stops the cluster and ends the run.
+            foreach (var signal in new[] { PosixSignal.SIGINT, PosixSignal.SIGTERM })
+            {
+                _signals.Add(PosixSignalRegistration.Create(signal, context =>
+                {
+                    StopOwned();
+                    Environment.Exit(128 + (context.Signal == PosixSignal.SIGINT ? 2 : 15));
+                }));
+            }
+
+            AppDomain.CurrentDomain.ProcessExit += (_, _) => StopOwned();
+        }
     }
 
     /// <summary>Where the cluster came from, for the report.</summary>
@@ -61,15 +82,32 @@ internal sealed partial class PostgresCluster : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         NpgsqlConnection.ClearAllPools();
+        foreach (var signal in _signals)
+        {
+            signal.Dispose();
+        }
+
         if (_ownedDirectory is not null)
         {
-            await RunScriptAsync("stop", _ownedDirectory);
+            if (Interlocked.Exchange(ref _stopped, 1) == 0)
+            {
+                await RunScriptAsync("stop", _ownedDirectory);
+            }
+
             return;
         }
 
         foreach (var name in _databases)
         {
             await ExecuteAsync($"DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        }
+    }
+
+    private void StopOwned()
+    {
+        if (Interlocked.Exchange(ref _stopped, 1) == 0)
+        {
+            RunScriptAsync("stop", _ownedDirectory!).GetAwaiter().GetResult();
         }
     }
 

@@ -51,27 +51,29 @@ internal static class StorageBench
         // process); each round gets fresh ones (4: one per single node, two for the pair), and so
         // does the warm-up round.
         var (tokens, config, root) = BenchEnvironment.CreateTokens(4 * (rounds + 1));
-        var domainKey = RandomNumberGenerator.GetBytes(32);
-        try
-        {
-            foreach (var token in tokens)
-            {
-                using var ceremony = HsmCeremonySession.Open(token.Options, Encoding.UTF8.GetBytes(token.Pin));
-                ceremony.ImportDomainKey(domainKey, "kms-domain-key", DomainKeyId);
-            }
-        }
-        finally
-        {
-            CryptographicOperations.ZeroMemory(domainKey);
-        }
 
         // figures[round][setup]
         var figures = Enumerable.Range(0, rounds).Select(_ => new Figures[Setups.Length]).ToArray();
         var warmUpErrors = 0;
         try
         {
+            var domainKey = RandomNumberGenerator.GetBytes(32);
+            try
+            {
+                foreach (var token in tokens)
+                {
+                    using var ceremony = HsmCeremonySession.Open(token.Options, Encoding.UTF8.GetBytes(token.Pin));
+                    ceremony.ImportDomainKey(domainKey, "kms-domain-key", DomainKeyId);
+                }
+            }
+            finally
+            {
+                CryptographicOperations.ZeroMemory(domainKey);
+            }
+
             await using var cluster = await PostgresCluster.StartAsync();
             Console.WriteLine($"PostgreSQL: {cluster.Origin}");
+
             // Round 0 is a short warm-up of every setup (connections, pools, first JIT), not counted.
             for (var round = 0; round <= rounds; round++)
             {
