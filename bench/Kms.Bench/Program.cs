@@ -8,6 +8,7 @@ using Kms.Bench;
 // dotnet run -c Release --project bench/Kms.Bench -- envelope-stream [MiB]
 // dotnet run -c Release --project bench/Kms.Bench -- commit [commits]
 // dotnet run -c Release --project bench/Kms.Bench -- sign [seconds per step] [concurrencies, comma-separated]
+// DOTNET_TieredCompilation=0 dotnet run -c Release --project bench/Kms.Bench -- storage [seconds per setup] [concurrency] [rounds]
 switch (args.FirstOrDefault())
 {
     case "micro":
@@ -24,8 +25,13 @@ switch (args.FirstOrDefault())
         return await LoadGenerator.RunAsync(Seconds(args), Concurrencies(args));
     case "sign":
         return await SignBench.RunAsync(Seconds(args), Concurrencies(args));
+    case "storage":
+        return await StorageBench.RunAsync(
+            Seconds(args),
+            args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 16,
+            args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 2);
     default:
-        Console.Error.WriteLine("usage: Kms.Bench micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | sign [seconds] [1,4,16,64]");
+        Console.Error.WriteLine("usage: Kms.Bench micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2]");
         return 2;
 }
 
