@@ -17,11 +17,12 @@ namespace Kms.Cli.Tests;
 /// the ceremony's events into the database, and a production node serves from it; then the
 /// disaster-recovery drill from a <c>pg_dump -Fc</c> and two of three custodian shares.
 /// </summary>
-public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLifetime
+public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLifetime, IDisposable
 {
     private const string DomainId = "dk-pg-drill";
     private const string PgBin = "/usr/lib/postgresql/15/bin";
     private readonly string _dir = Directory.CreateTempSubdirectory("kms-pg-dr-").FullName;
+    private readonly TestOfficers _officers = new("olga", "oscar");
     private PostgresTestDatabase _siteA = null!;
     private PostgresTestDatabase? _restored;
 
@@ -38,13 +39,18 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
         Directory.Delete(_dir, recursive: true);
     }
 
+    public void Dispose() => _officers.Dispose();
+
     [Fact]
     public async Task DrDrill_PgDumpRestoredIntoANewDatabase_TwoSharesIntoANewToken_OldCiphertextsDecrypt_AuditChainVerifies()
     {
         Assert.True(File.Exists(SoftHsm.ModulePath), $"SoftHSM is not installed ({SoftHsm.ModulePath}); ./test.sh installs it");
         Assert.True(File.Exists(Path.Combine(PgBin, "pg_dump")), $"PostgreSQL client tools are not installed in {PgBin}");
         await SetUpTokensAsync();
-        await WriteSecretAsync("site-a.conn", _siteA.ConnectionString);
+
+        // A password the trust-authenticated test cluster ignores, to show it is never printed or recorded.
+        const string Password = "never-shown-7f3a";
+        await WriteSecretAsync("site-a.conn", _siteA.ConnectionString + $";Password={Password}");
 
         // The ceremony on site A's token records into site A's PostgreSQL database, not into a kms.db.
         var created = await Ok(["ceremony", "create-domain", .. Hsm("site-a"), "--custodian", "alice", "--custodian", "bob", "--custodian", "carol", "--threshold", "2",
@@ -60,19 +66,22 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
         Assert.Equal(kcv, await _siteA.ScalarAsync("SELECT value FROM settings WHERE name = 'domain_key.check_value'"));
         var transcript = await File.ReadAllTextAsync(ceremony["transcript"]!.GetValue<string>());
         Assert.Contains($"postgres 127.0.0.1:{new NpgsqlConnectionStringBuilder(_siteA.ConnectionString).Port}/{_siteA.Name}", transcript, StringComparison.Ordinal);
-        Assert.DoesNotContain("Password", transcript, StringComparison.OrdinalIgnoreCase);
+        Assert.DoesNotContain(Password, transcript, StringComparison.Ordinal);
+        Assert.DoesNotContain(Password, created.Out + created.Error, StringComparison.Ordinal);
         var again = await Kms(["ceremony", "create-domain", .. Hsm("site-a"), "--custodians", "3", "--threshold", "2", "--shares-dir", P("shares-again"), "--data-dir", P("ceremony-again"),
             "--officer", $"olga={P("olga.pub")}", "--officer", $"oscar={P("oscar.pub")}", "--officer-threshold", "2", "--storage-provider", "postgres", "--postgres-connection-file", P("site-a.conn"), "--allow-network", "--insecure-test-kdf"]);
         Assert.True(again.ExitCode == 5, again.ToString());
         Assert.Contains($"pinned to domain key {kcv}", again.Error, StringComparison.Ordinal);
         var pinnedAuditKey = CeremonyCommands.PublicKeyFromPem(await File.ReadAllTextAsync(P("ceremony-a/audit/signing-key.pem")));
         string[] quorum = [$"--Kms:Quorum:GenesisFile={P("ceremony-a/quorum/genesis.json")}", $"--Kms:Quorum:GenesisSha256={ceremony["officer_set_hash"]!.GetValue<string>()}"];
+        Directory.CreateDirectory(P("offsite"));
+        string[] siem = [$"--Kms:Audit:StreamPath={P("offsite/siem.jsonl")}"];
 
         // A production node on site A serves from that database (its data directory holds no database).
         var ciphertexts = new List<(byte[] Plaintext, byte[] Ciphertext)>();
         string developerToken;
         string officerToken;
-        await using (var siteA = await ServerProcess.StartAsync(P("node-a"), P("softhsm2.conf"), "site-a", P("user.pin"), DomainId, [.. Postgres("site-a.conn"), .. quorum]))
+        await using (var siteA = await ServerProcess.StartAsync(P("node-a"), P("softhsm2.conf"), "site-a", P("user.pin"), DomainId, [.. Postgres("site-a.conn"), .. quorum, .. siem]))
         {
             (developerToken, officerToken) = await siteA.BootstrapAsync("dev");
             using var developer = siteA.CreateClient(developerToken);
@@ -98,6 +107,19 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
         var port = new NpgsqlConnectionStringBuilder(_siteA.ConnectionString).Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
         await RunAsync("pg_dump", "-Fc", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-f", P("offsite.dump"), _siteA.Name);
         var afterDump = clock.Elapsed;
+        clock.Stop();
+
+        // After the dump, officers destroy a version on site A; only the SIEM stream (shipped off-site) knows.
+        await using (var siteA = await ServerProcess.StartAsync(P("node-a"), P("softhsm2.conf"), "site-a", P("user.pin"), DomainId, [.. Postgres("site-a.conn"), .. quorum, .. siem]))
+        {
+            using var developer = siteA.CreateClient(developerToken);
+            using var officer = siteA.CreateClient(officerToken);
+            var destroy = await developer.RequestDestroyKeyVersionNowAsync("tenants/dev/keys/orders/versions/1");
+            await ApproveAsync(officer, "olga", destroy.Name);
+            Assert.True((await ApproveAsync(officer, "oscar", destroy.Name)).Executed);
+        }
+
+        clock.Start();
         await _siteA.DisposeAsync();
         _siteA = await PostgresTestDatabase.CreateAsync(); // an empty stand-in, so DisposeAsync has something to drop
         Directory.Delete(P("node-a"), recursive: true);
@@ -114,15 +136,23 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
             "--genesis", P("ceremony-a/quorum/genesis.json"), "--without-approval", "--allow-network", "--insecure-test-kdf", "--output", "json"]);
         Assert.Contains("BREAK GLASS", await File.ReadAllTextAsync(JsonNode.Parse(domain.Out)!["transcript"]!.GetValue<string>()), StringComparison.Ordinal);
         var afterDomain = clock.Elapsed;
+
+        // Before any node starts on it: the destruction made after the dump, from the SIEM stream, again.
+        var reapplied = JsonNode.Parse((await Ok(["backup", "reapply-destructions", "--storage-provider", "postgres", "--postgres-connection-file", P("site-b.conn"),
+            "--audit-log", P("offsite/siem.jsonl"), "--output", "json"])).Out)!;
+        Assert.Equal("tenants/dev/keys/orders/versions/1", Assert.Single(reapplied["reapplied"]!.AsArray())!["version"]!.GetValue<string>());
+        Assert.Equal(DBNull.Value, await _restored.ScalarAsync("SELECT material FROM key_versions WHERE key_id = 'orders' AND version = 1"));
         await using var siteB = await ServerProcess.StartAsync(P("node-b"), P("softhsm2.conf"), "site-b", P("user.pin"), DomainId, [.. Postgres("site-b.conn"), .. quorum]);
         clock.Stop();
         var report = $"PostgreSQL DR drill: pg_dump {afterDump.TotalSeconds:0.00} s, pg_restore {(afterRestore - afterDump).TotalSeconds:0.00} s, "
-            + $"restore-domain {(afterDomain - afterRestore).TotalSeconds:0.00} s, server start {(clock.Elapsed - afterDomain).TotalSeconds:0.00} s";
+            + $"restore-domain {(afterDomain - afterRestore).TotalSeconds:0.00} s, reapply-destructions and server start {(clock.Elapsed - afterDomain).TotalSeconds:0.00} s";
         output.WriteLine(report);
 
-        // Tokens, keys and ciphertexts of site A work on site B.
+        // Tokens, keys and ciphertexts of site A work on site B — except under the version destroyed after the dump.
         using var developerB = siteB.CreateClient(developerToken);
-        foreach (var (plaintext, ciphertext) in ciphertexts)
+        var underDestroyed = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => developerB.DecryptAsync(ciphertexts[0].Ciphertext));
+        Assert.Contains("DESTROYED", underDestroyed.Status.Detail, StringComparison.Ordinal);
+        foreach (var (plaintext, ciphertext) in ciphertexts.Skip(1))
         {
             using var opened = await developerB.DecryptAsync(ciphertext);
             Assert.Equal(plaintext, opened.Plaintext.ToArray());
@@ -170,6 +200,12 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
         Assert.True(other.ExitCode == 2, other.ToString());
     }
 
+    private async Task<ApproveQuorumRequestResponse> ApproveAsync(global::Kms.Client.KmsClient officer, string name, string request)
+    {
+        using var approver = global::Kms.Client.Quorum.QuorumApprover.FromKey(System.Security.Cryptography.ECDsa.Create(_officers.KeyOf(name).ExportParameters(true)));
+        return await approver.ApproveAsync(officer, await approver.PrepareAsync(officer, request));
+    }
+
     private async Task SetUpTokensAsync()
     {
         Directory.CreateDirectory(P("tokens"));
@@ -179,8 +215,7 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
             await WriteSecretAsync(name, value);
         }
 
-        using var officers = new TestOfficers("olga", "oscar");
-        foreach (var officer in OfficerSet.CreateGenesis(officers.Select("olga", "oscar"), 2).Officers)
+        foreach (var officer in OfficerSet.CreateGenesis(_officers.Select("olga", "oscar"), 2).Officers)
         {
             await File.WriteAllTextAsync(P($"{officer.Name}.pub"), System.Security.Cryptography.PemEncoding.WriteString("PUBLIC KEY", officer.PublicKey.ToArray()) + "\n");
         }

@@ -155,12 +155,17 @@ public abstract class KeyStoreLifecycleContract : KeyStoreContract
         var due = NewKey(Dev, "due") with { RotationPeriod = TimeSpan.FromDays(1), NextRotationTime = now };
         var later = NewKey(Dev, "later") with { RotationPeriod = TimeSpan.FromDays(1), NextRotationTime = now.AddSeconds(1) };
         var disabled = NewKey(Acme, "disabled") with { State = KeyState.Disabled, RotationPeriod = TimeSpan.FromDays(1), NextRotationTime = now };
-        foreach (var key in new[] { due, later, disabled })
+        var resident = NewKey(Dev, "resident") with { RotationPeriod = TimeSpan.FromDays(1), NextRotationTime = now.AddSeconds(-1), Residency = "eu" };
+        foreach (var key in new[] { due, later, disabled, resident })
         {
             await store.CreateKeyAsync(key, Material(), null, default);
         }
 
-        Assert.Equal([due.Name], await store.ListKeysDueForRotationAsync(now, 10, default));
+        // A resident key is due only for a node of its region (one elsewhere could not rotate it).
+        Assert.Equal([due.Name], await store.ListKeysDueForRotationAsync(now, 10, [], default));
+        Assert.Equal([due.Name], await store.ListKeysDueForRotationAsync(now, 10, ["us"], default));
+        Assert.Equal([resident.Name, due.Name], await store.ListKeysDueForRotationAsync(now, 10, ["us", "eu"], default));
+        Assert.Equal("eu", (await store.GetKeyAsync(resident.Name, default))!.Residency);
     }
 
     [Fact]

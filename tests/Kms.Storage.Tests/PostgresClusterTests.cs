@@ -202,6 +202,40 @@ public sealed class PostgresClusterTests : IAsyncLifetime
         Assert.True(await store.CompleteErasureAsync(default));
     }
 
+    [Fact]
+    public async Task DestroyedVersion_WhileAnOlderSnapshotIsOpen_ErasurePendingUntilItCloses()
+    {
+        var store = await OpenAsync();
+        var key = KeyStoreContract.NewKey(Dev, "seen-by-a-reader");
+        var material = KeyStoreContract.Material();
+        await store.CreateKeyAsync(key, material, null, default);
+        await store.UpdateKeyAsync(key.Name, current => KeyStoreLifecycleContract.Rotation(current, KeyStoreContract.Material()), default);
+        var hex = Convert.ToHexStringLower(material.Bytes.Span);
+
+        // A reader (another node, pg_dump) holding a snapshot from before the destruction.
+        await using var reader = new NpgsqlConnection(new NpgsqlConnectionStringBuilder(_database.ConnectionString) { Pooling = false }.ConnectionString);
+        await reader.OpenAsync();
+        await using var snapshot = await reader.BeginTransactionAsync(System.Data.IsolationLevel.RepeatableRead);
+        await using (var read = new NpgsqlCommand("SELECT count(*) FROM key_versions", reader, snapshot))
+        {
+            await read.ExecuteScalarAsync();
+        }
+
+        await store.UpdateKeyAsync(key.Name, current => new KeyChange(current.Key)
+        {
+            UpdatedVersions = [current.Versions[0] with { State = KeyState.Destroyed, DestroyEventTime = DateTimeOffset.UtcNow }],
+        }, default);
+
+        // The destroy committed; the old row version cannot go yet, and the store says so (the background pass retries).
+        Assert.Null((await store.FindVersionMaterialAsync(Dev, key.Primary.Id, default))!.Material);
+        Assert.False(await store.CompleteErasureAsync(default));
+        Assert.Equal(1L, await TuplesHoldingAsync(hex));
+
+        await snapshot.CommitAsync();
+        Assert.True(await store.CompleteErasureAsync(default));
+        Assert.Equal(0L, await TuplesHoldingAsync(hex));
+    }
+
     // Row versions, live or dead, of key_versions whose data contains the bytes (pageinspect).
     private async Task<long> TuplesHoldingAsync(string hex)
     {

@@ -2,6 +2,7 @@ using Kms.Core.Audit;
 using Kms.Core.Backup;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
+using Kms.Storage;
 using Kms.Storage.Sqlite;
 
 namespace Kms.Cli.Backup;
@@ -75,8 +76,8 @@ internal static class BackupRestore
         var stamp = DateTimeOffset.UtcNow.ToString("yyyyMMdd'T'HHmmss'Z'", System.Globalization.CultureInfo.InvariantCulture);
         var staging = Path.Combine(dataDir, $"kms.db.restoring-{stamp}");
         File.Copy(Path.Combine(backupDir, BackupManifest.SnapshotFile), staging);
-        var reapplied = new List<(string, string)>();
-        var skipped = new List<string>();
+        IReadOnlyList<(string, string)> reapplied;
+        IReadOnlyList<string> skipped;
         try
         {
             if (BackupManifest.HashFile(staging) != (manifest.SnapshotSha256, manifest.SnapshotSize))
@@ -88,43 +89,12 @@ internal static class BackupRestore
             var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = staging }, cancellationToken);
             await using (store)
             {
-                foreach (var group in recorded.GroupBy(d => d.Key))
+                var restored = new AuditEntry
                 {
-                    var updated = await store.UpdateKeyAsync(group.Key, current =>
-                    {
-                        var change = DestructionReplay.Apply(current, group);
-                        skipped.AddRange(group
-                            .Where(d => d.Version is { } number && current.Version(number) is null)
-                            .Select(d => $"{group.Key}/versions/{d.Version} (not in the backup: created after it)"));
-                        foreach (var version in change.UpdatedVersions)
-                        {
-                            var source = group.First(d => d.Version == version.Name.Version || d.Version is null).Source;
-                            reapplied.Add((version.Name.ToString(), source));
-                        }
-
-                        return change;
-                    }, cancellationToken);
-                    if (updated is null)
-                    {
-                        skipped.Add($"{group.Key} (not in the backup: created after it)");
-                    }
-                }
-
-                var now = DateTimeOffset.UtcNow;
-                var requestId = "restore-" + stamp;
-                List<AuditEntry> events =
-                [
-                    new() { Time = now, RequestId = requestId, Principal = Principal, Operation = RestoreOperation, Resource = manifest.Request, Outcome = "OK", Client = Environment.MachineName },
-                    .. reapplied.Select(r => new AuditEntry
-                    {
-                        Time = now, RequestId = requestId, Principal = Principal, Operation = ReapplyOperation, Resource = r.Item1, Outcome = "OK", Client = Environment.MachineName,
-                    }),
-                ];
-                await store.AppendAuditAsync(events, cancellationToken);
-                if (!await store.CompleteErasureAsync(cancellationToken))
-                {
-                    throw KmsErrors.Unavailable($"the re-applied destructions could not be erased from {staging}'s write-ahead log; nothing was installed");
-                }
+                    Time = DateTimeOffset.UtcNow, RequestId = "restore-" + stamp, Principal = Principal, Operation = RestoreOperation, Resource = manifest.Request,
+                    Outcome = "OK", Client = Environment.MachineName,
+                };
+                (reapplied, skipped) = await ReapplyAsync(store, recorded, restored, staging, cancellationToken);
             }
 
             SqliteStore.ReleasePooledConnections();
@@ -164,5 +134,84 @@ internal static class BackupRestore
 
             throw;
         }
+    }
+    /// <summary>
+    /// Re-applies destructions recorded in audit exports or SIEM streams after the audit head of
+    /// a database restored by other means (a PostgreSQL dump): run it on the restored database
+    /// before any node starts on it.
+    /// </summary>
+    /// <param name="afterSequence">Destructions after this audit sequence are re-applied; null: the restored database's own audit head.</param>
+    public static async Task<(IReadOnlyList<(string Version, string Source)> Reapplied, IReadOnlyList<string> Skipped, long AfterSequence)> ReapplyFromLogsAsync(
+        SqlStore store, IReadOnlyList<string> auditLogs, long? afterSequence, CancellationToken cancellationToken)
+    {
+        var after = afterSequence ?? (await store.GetAuditHeadAsync(cancellationToken)).Sequence;
+        var recorded = new List<RecordedDestruction>();
+        foreach (var log in auditLogs)
+        {
+            var lines = await File.ReadAllLinesAsync(log, cancellationToken);
+            try
+            {
+                recorded.AddRange(DestructionReplay.FromAuditLines(lines, after, Path.GetFileName(log)));
+            }
+            catch (Exception e) when (e is FormatException or KmsException or KeyNotFoundException or InvalidOperationException)
+            {
+                throw KmsErrors.InvalidArgument("audit-log", $"{log} is not an audit export or SIEM stream: {e.Message}");
+            }
+        }
+
+        var (reapplied, skipped) = await ReapplyAsync(store, recorded, null, store.Location, cancellationToken);
+        return (reapplied, skipped, after);
+    }
+
+    // Applies each recorded destruction to the store (which erases the material), then audits
+    // what was re-applied (after <paramref name="first"/>, if any) and finishes the erasure.
+    private static async Task<(IReadOnlyList<(string, string)> Reapplied, IReadOnlyList<string> Skipped)> ReapplyAsync(
+        SqlStore store, IReadOnlyList<RecordedDestruction> recorded, AuditEntry? first, string where, CancellationToken cancellationToken)
+    {
+        var reapplied = new List<(string, string)>();
+        var skipped = new List<string>();
+        foreach (var group in recorded.GroupBy(d => d.Key))
+        {
+            var updated = await store.UpdateKeyAsync(group.Key, current =>
+            {
+                var change = DestructionReplay.Apply(current, group);
+                skipped.AddRange(group
+                    .Where(d => d.Version is { } number && current.Version(number) is null)
+                    .Select(d => $"{group.Key}/versions/{d.Version} (not in the restored database: created after it)"));
+                foreach (var version in change.UpdatedVersions)
+                {
+                    var source = group.First(d => d.Version == version.Name.Version || d.Version is null).Source;
+                    reapplied.Add((version.Name.ToString(), source));
+                }
+
+                return change;
+            }, cancellationToken);
+            if (updated is null)
+            {
+                skipped.Add($"{group.Key} (not in the restored database: created after it)");
+            }
+        }
+
+        var now = DateTimeOffset.UtcNow;
+        var requestId = first?.RequestId ?? "reapply-" + now.ToString("yyyyMMdd'T'HHmmss'Z'", System.Globalization.CultureInfo.InvariantCulture);
+        List<AuditEntry> events =
+        [
+            .. first is null ? [] : new[] { first },
+            .. reapplied.Select(r => new AuditEntry
+            {
+                Time = now, RequestId = requestId, Principal = Principal, Operation = ReapplyOperation, Resource = r.Item1, Outcome = "OK", Client = Environment.MachineName,
+            }),
+        ];
+        if (events.Count > 0)
+        {
+            await store.AppendAuditAsync(events, cancellationToken);
+        }
+
+        if (!await store.CompleteErasureAsync(cancellationToken))
+        {
+            throw KmsErrors.Unavailable($"the re-applied destructions could not be erased from {where}'s write-ahead log; nothing was installed");
+        }
+
+        return (reapplied, skipped);
     }
 }

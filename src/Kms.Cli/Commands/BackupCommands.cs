@@ -24,6 +24,7 @@ internal static class BackupCommands
         backup.Subcommands.Add(CreateRequest(runner));
         backup.Subcommands.Add(Verify(runner));
         backup.Subcommands.Add(Restore(runner));
+        backup.Subcommands.Add(ReapplyDestructions(runner));
         return [backup];
     }
 
@@ -100,6 +101,58 @@ internal static class BackupCommands
                 rows.Add(("replaced database", report.ReplacedDatabase ?? "none"));
                 return CliOutput.Properties(rows);
             });
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    // After a restore by other means (pg_restore of a dump), before any node starts on the database.
+    private static Command ReapplyDestructions(CommandRunner runner)
+    {
+        var database = new DeploymentDatabase();
+        var dataDir = new Option<string?>("--data-dir") { Description = "SQLite: the data directory whose kms.db was restored", HelpName = "DIR" };
+        var auditLogs = new Option<string[]>("--audit-log")
+        {
+            Description = "an audit export or SIEM stream file whose destructions after the database's audit head are re-applied (repeatable)",
+            HelpName = "FILE",
+            Arity = ArgumentArity.OneOrMore,
+            Required = true,
+        };
+        var after = new Option<long?>("--after-sequence")
+        {
+            Description = "re-apply destructions after this audit sequence number (default: the restored database's own audit head)",
+            HelpName = "SEQ",
+        };
+        var command = new Command(
+            "reapply-destructions",
+            "re-apply every key destruction recorded in audit exports or SIEM streams after a restored database's audit head, erasing the material again "
+            + "(for a PostgreSQL dump restored with pg_restore; offline: before any node starts on the database)")
+        {
+            dataDir, auditLogs, after,
+        };
+        database.AddTo(command);
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var parse = ctx.ParseResult;
+            var target = database.Resolve(ctx, parse.GetValue(dataDir) is { } dir ? ctx.Environment.FullPath(dir) : null);
+            await using var store = await target.OpenExistingAsync(ct)
+                ?? throw new CliUsageException("no database to re-apply destructions in: give --data-dir (SQLite) or --storage-provider postgres");
+            var logs = parse.GetRequiredValue(auditLogs).Select(ctx.Environment.FullPath).ToList();
+            var (reapplied, skipped, afterSequence) = await CheckedAsync(() => BackupRestore.ReapplyFromLogsAsync(store, logs, parse.GetValue(after), ct));
+            var json = new JsonObject
+            {
+                ["database"] = target.Describe(),
+                ["after_sequence"] = afterSequence,
+                ["reapplied"] = new JsonArray([.. reapplied.Select(r => (JsonNode)new JsonObject { ["version"] = r.Version, ["source"] = r.Source })]),
+                ["skipped"] = new JsonArray([.. skipped.Select(s => (JsonNode)s)]),
+            };
+            ctx.Output.Result(json, () => CliOutput.Properties(
+            [
+                ("database", target.Describe()),
+                ("after audit sequence", afterSequence.ToString(CultureInfo.InvariantCulture)),
+                ("re-applied", reapplied.Count == 0 ? "none" : string.Join("; ", reapplied.Select(r => $"{r.Version} ({r.Source})"))),
+                ("skipped", skipped.Count == 0 ? "none" : string.Join("; ", skipped)),
+            ]));
             return ExitCodes.Ok;
         });
         return command;

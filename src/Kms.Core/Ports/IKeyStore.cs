@@ -86,8 +86,11 @@ public interface IKeyStore
     /// <summary>Aliases of a tenant in alias-id order, starting after <paramref name="afterAliasId"/>.</summary>
     Task<IReadOnlyList<KeyAlias>> ListAliasesAsync(TenantId tenant, string? afterAliasId, int limit, CancellationToken cancellationToken);
 
-    /// <summary>Enabled keys whose next scheduled rotation is due at <paramref name="now"/> (background job).</summary>
-    Task<IReadOnlyList<KeyName>> ListKeysDueForRotationAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken);
+    /// <summary>
+    /// Enabled keys whose next scheduled rotation is due at <paramref name="now"/> (background job):
+    /// keys without residency, and keys of the residency <paramref name="regions"/> (those this node can rotate).
+    /// </summary>
+    Task<IReadOnlyList<KeyName>> ListKeysDueForRotationAsync(DateTimeOffset now, int limit, IReadOnlyCollection<string> regions, CancellationToken cancellationToken);
 
     /// <summary>Keys with a scheduled deletion or version destruction due at <paramref name="now"/> (background job).</summary>
     Task<IReadOnlyList<KeyName>> ListKeysDueForDestructionAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken);

@@ -25,7 +25,9 @@ public sealed class AttestationService(IHsm hsm, IKeyStore store, AuditLog audit
 
         var version = found.Version;
         var spec = KeyAlgorithms.Of(version.Algorithm);
-        var properties = await hsm.For(found.Key.Residency).DescribeKeyVersionAsync(new KeyMaterialRef(version.Id, found.Material), version.Algorithm, cancellationToken);
+        // A resident key's versions are under its region's domain key: that is the one the statement names.
+        var wrappingHsm = hsm.For(found.Key.Residency);
+        var properties = await wrappingHsm.DescribeKeyVersionAsync(new KeyMaterialRef(version.Id, found.Material), version.Algorithm, cancellationToken);
         var attestation = new KeyAttestation
         {
             KeyVersion = version.Name.ToString(),
@@ -36,7 +38,7 @@ public sealed class AttestationService(IHsm hsm, IKeyStore store, AuditLog audit
             ImportJob = version.ImportJob,
             CreateTime = KeyAttestation.Time(version.CreateTime),
             CreateRequest = version.CreateRequest,
-            DomainKeyCheckValue = hsm.DomainKeyCheckValue,
+            DomainKeyCheckValue = wrappingHsm.DomainKeyCheckValue,
             PublicKey = version.PublicKey is { } publicKey ? Convert.ToBase64String(publicKey.Der) : null,
             PublicKeySha256 = version.PublicKey?.Fingerprint,
             CheckValue = properties.CheckValue is { } kcv ? Convert.ToHexStringLower(kcv) : null,

@@ -263,6 +263,9 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     {
         await keyAccess.EnsureAllowedAsync(caller, primary.Key, KeyOperations.Encrypt, context, cancellationToken);
         EnsureUsable(primary, forEncryption: true);
+
+        // Outside the key's residency region: refused before any usage is counted or the HSM is asked.
+        _ = hsm.For(primary.Key.Residency);
     }
 
     private async Task<KeyVersionMaterial> LookUpPrimaryAsync(Caller caller, KeyReference reference, CancellationToken cancellationToken)
@@ -309,6 +312,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
 
         await keyAccess.EnsureAllowedAsync(caller, found.Key, KeyOperations.Decrypt, context, cancellationToken);
         EnsureUsable(found, forEncryption: false);
+        _ = hsm.For(found.Key.Residency);
         return (blob, found);
     }
 

@@ -340,7 +340,7 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
     {
         var now = Clock.Now(time);
         var rotated = 0;
-        await ForEachDueKeyAsync("lifecycle/ScheduledRotation", await store.ListKeysDueForRotationAsync(now, DueBatch, cancellationToken), async name =>
+        await ForEachDueKeyAsync("lifecycle/ScheduledRotation", await store.ListKeysDueForRotationAsync(now, DueBatch, hsm.Regions, cancellationToken), async name =>
         {
             var done = await RotateIfStillDueAsync(name, key => key.State == KeyState.Enabled && key.NextRotationTime <= now, scheduled: true, now, cancellationToken);
             rotated += done ? 1 : 0;

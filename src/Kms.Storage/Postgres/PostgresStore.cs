@@ -118,11 +118,34 @@ public sealed class PostgresStore : SqlStore
         return Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture);
     }
 
-    // Removes the dead row versions that still hold erased material from the tables' pages.
-    // (VACUUM marks their space free; it does not rewrite the page, so the bytes persist in
-    // the data file until the space is reused — docs/deployment.md.)
-    private protected override async Task<bool> EraseFromFilesAsync(DbConnection connection, CancellationToken cancellationToken)
+    // The erasing transaction's id (64-bit, with epoch), recorded with the pending mark.
+    private protected override string ErasureMarkSql => "txid_current()::text";
+
+    // Removes the dead row versions that still hold erased material from the tables' pages —
+    // possible only once no snapshot that could still see them remains: every backend's xmin,
+    // every replication slot's and every prepared transaction's must be newer than the erasing
+    // transaction (a node's writer waiting on the write lock, pg_dump, a standby's feedback hold
+    // one). Until then: false, and the background pass retries. (VACUUM marks the space free; it
+    // does not rewrite the page, so the bytes persist in the data file until the space is reused —
+    // docs/deployment.md.)
+    private protected override async Task<bool> EraseFromFilesAsync(DbConnection connection, string mark, CancellationToken cancellationToken)
     {
+        if (long.TryParse(mark, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var erasing))
+        {
+            await using var horizon = Command(connection, """
+                SELECT count(*) FROM (
+                    SELECT backend_xmin AS x FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
+                    UNION ALL SELECT xmin FROM pg_replication_slots WHERE xmin IS NOT NULL
+                    UNION ALL SELECT catalog_xmin FROM pg_replication_slots WHERE catalog_xmin IS NOT NULL
+                    UNION ALL SELECT transaction FROM pg_prepared_xacts) AS holders
+                WHERE age(x) >= age((@erasing % 4294967296)::text::xid)
+                """, ("@erasing", erasing));
+            if ((long)(await horizon.ExecuteScalarAsync(cancellationToken))! > 0)
+            {
+                return false;
+            }
+        }
+
         await ExecuteAsync(connection, "VACUUM key_versions, import_jobs, settings", cancellationToken);
         return true;
     }

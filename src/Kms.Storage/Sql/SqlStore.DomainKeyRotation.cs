@@ -229,7 +229,7 @@ public abstract partial class SqlStore
             await delete.ExecuteNonQueryAsync(cancellationToken);
             return 0;
         }, cancellationToken);
-        await ReadAsync(connection => EraseFromFilesAsync(connection, cancellationToken), cancellationToken);
+        await ReadAsync(connection => EraseFromFilesAsync(connection, "rotation", cancellationToken), cancellationToken);
     }
 
     private protected static async Task<string?> SettingInAsync(DbConnection connection, DbTransaction transaction, string name, CancellationToken cancellationToken)

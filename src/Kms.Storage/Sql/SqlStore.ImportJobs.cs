@@ -66,7 +66,10 @@ public abstract partial class SqlStore
 
             if (ids.Count > 0)
             {
-                await UpsertSettingAsync(connection, transaction, ErasurePendingSetting, "1", cancellationToken);
+                await using var pending = Command(connection, $"INSERT INTO settings (name, value) VALUES (@name, {ErasureMarkSql}) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    ("@name", ErasurePendingSetting));
+                pending.Transaction = transaction;
+                await pending.ExecuteNonQueryAsync(cancellationToken);
             }
 
             foreach (var id in ids)
@@ -78,7 +81,7 @@ public abstract partial class SqlStore
         }, cancellationToken);
         if (erased.Count > 0)
         {
-            await CompleteErasureAsync(cancellationToken);
+            await TryCompleteErasureAsync(cancellationToken);
         }
 
         return erased;

@@ -96,8 +96,14 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     /// </summary>
     private protected abstract Task<long> WriteMarkAsync(DbConnection connection, DbTransaction transaction, CancellationToken cancellationToken);
 
-    /// <summary>Removes erased material from the backend's files (after the erasing commit); false: retry on a later pass.</summary>
-    private protected abstract Task<bool> EraseFromFilesAsync(DbConnection connection, CancellationToken cancellationToken);
+    /// <summary>
+    /// Removes erased material from the backend's files (after the erasing commit); false: retry on
+    /// a later pass. <paramref name="mark"/> is what <see cref="ErasureMarkSql"/> recorded with the latest erasure.
+    /// </summary>
+    private protected abstract Task<bool> EraseFromFilesAsync(DbConnection connection, string mark, CancellationToken cancellationToken);
+
+    /// <summary>The SQL expression (text) recorded as the pending-erasure mark inside the erasing transaction.</summary>
+    private protected virtual string ErasureMarkSql => "'1'";
 
     /// <summary>The SQL that begins a group commit on the audit writer's connection and takes the write lock.</summary>
     internal abstract string AuditBeginSql { get; }
@@ -164,13 +170,26 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     public async Task<KeyWithVersions?> UpdateKeyAsync(KeyName name, Func<KeyWithVersions, KeyChange> decide, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(decide);
-        var (result, erased) = await WriteAsync((connection, transaction) => ApplyKeyChangeAsync(connection, transaction, name, decide, cancellationToken), cancellationToken);
+        var (result, erased) = await WriteAsync((connection, transaction) => ApplyKeyChangeAsync(connection, transaction, name, decide, ErasureMarkSql, cancellationToken), cancellationToken);
         if (erased)
         {
-            await CompleteErasureAsync(cancellationToken);
+            await TryCompleteErasureAsync(cancellationToken);
         }
 
         return result;
+    }
+
+    // After a committed erasure: finishing it now is an optimisation. Its failure must not turn
+    // the committed change into an error; the pending mark stays and the background pass retries.
+    private async Task TryCompleteErasureAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            await CompleteErasureAsync(cancellationToken);
+        }
+        catch (KmsException e) when (e.Code == KmsErrorCode.Unavailable)
+        {
+        }
     }
 
     /// <inheritdoc />
@@ -178,21 +197,25 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         GuardAsync(async () =>
         {
             await using var connection = await OpenConnectionAsync(cancellationToken);
-            await using (var check = Command(connection, "SELECT 1 FROM settings WHERE name = @name", ("@name", ErasurePendingSetting)))
+            string mark;
+            await using (var check = Command(connection, "SELECT value FROM settings WHERE name = @name", ("@name", ErasurePendingSetting)))
             {
-                if (await check.ExecuteScalarAsync(cancellationToken) is null)
+                if (await check.ExecuteScalarAsync(cancellationToken) is not string pending)
                 {
                     return true;
                 }
+
+                mark = pending;
             }
 
-            if (!await EraseFromFilesAsync(connection, cancellationToken))
+            if (!await EraseFromFilesAsync(connection, mark, cancellationToken))
             {
                 return false;
             }
 
-            // Cleared only after the truncation: a crash in between just repeats a harmless checkpoint.
-            await using var clear = Command(connection, "DELETE FROM settings WHERE name = @name", ("@name", ErasurePendingSetting));
+            // Cleared only after the erasure, and only if no later erasure replaced the mark meanwhile:
+            // a crash in between just repeats a harmless checkpoint or vacuum.
+            await using var clear = Command(connection, "DELETE FROM settings WHERE name = @name AND value = @mark", ("@name", ErasurePendingSetting), ("@mark", mark));
             await clear.ExecuteNonQueryAsync(cancellationToken);
             return true;
         });
@@ -323,12 +346,19 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         }, cancellationToken);
 
     /// <inheritdoc />
-    public Task<IReadOnlyList<KeyName>> ListKeysDueForRotationAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken) =>
-        ReadKeyNamesAsync("""
+    public Task<IReadOnlyList<KeyName>> ListKeysDueForRotationAsync(DateTimeOffset now, int limit, IReadOnlyCollection<string> regions, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(regions);
+
+        // Region names are validated ([a-z0-9-]) where they are configured; they are passed as parameters anyway.
+        var names = regions.Select((_, i) => $"@region{i}").ToList();
+        var resident = names.Count == 0 ? "" : $" OR residency IN ({string.Join(", ", names)})";
+        return ReadKeyNamesAsync($"""
             SELECT tenant, key_id FROM keys
-            WHERE state = 1 AND next_rotation_time IS NOT NULL AND next_rotation_time <= @now
+            WHERE state = 1 AND next_rotation_time IS NOT NULL AND next_rotation_time <= @now AND (residency IS NULL{resident})
             ORDER BY next_rotation_time LIMIT @limit
-            """, now, limit, cancellationToken);
+            """, now, limit, cancellationToken, [.. regions.Select((region, i) => ($"@region{i}", (object)region))]);
+    }
 
     /// <inheritdoc />
     public Task<IReadOnlyList<KeyName>> ListKeysDueForDestructionAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken) =>
@@ -405,10 +435,10 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             return await command.ExecuteScalarAsync(cancellationToken);
         }, cancellationToken);
 
-    private async Task<IReadOnlyList<KeyName>> ReadKeyNamesAsync(string sql, DateTimeOffset now, int limit, CancellationToken cancellationToken) =>
+    private async Task<IReadOnlyList<KeyName>> ReadKeyNamesAsync(string sql, DateTimeOffset now, int limit, CancellationToken cancellationToken, params (string Name, object Value)[] more) =>
         await ReadAsync<IReadOnlyList<KeyName>>(async connection =>
         {
-            await using var command = Command(connection, sql, ("@now", now.ToUnixTimeMilliseconds()), ("@limit", limit));
+            await using var command = Command(connection, sql, [("@now", now.ToUnixTimeMilliseconds()), ("@limit", limit), .. more]);
             await using var reader = await command.ExecuteReaderAsync(cancellationToken);
             var names = new List<KeyName>();
             while (await reader.ReadAsync(cancellationToken))
@@ -495,7 +525,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     // A key's change inside the caller's transaction: read fresh, decide, write. Returns the key
     // after it, and whether material was erased (the caller checkpoints the WAL after the commit).
     private static async Task<(KeyWithVersions? Result, bool Erased)> ApplyKeyChangeAsync(
-        DbConnection connection, DbTransaction transaction, KeyName name, Func<KeyWithVersions, KeyChange> decide, CancellationToken cancellationToken)
+        DbConnection connection, DbTransaction transaction, KeyName name, Func<KeyWithVersions, KeyChange> decide, string erasureMark, CancellationToken cancellationToken)
     {
         var erased = false;
         var current = await ReadKeyWithVersionsAsync(connection, transaction, name, cancellationToken);
@@ -528,7 +558,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
                 // Durable with the erasure itself: if the checkpoint below cannot run now,
                 // CompleteErasureAsync finishes it on a later pass, even after a restart.
                 erased = true;
-                await using var pending = Command(connection, "INSERT INTO settings (name, value) VALUES (@name, '1') ON CONFLICT (name) DO UPDATE SET value = '1'",
+                await using var pending = Command(connection, $"INSERT INTO settings (name, value) VALUES (@name, {erasureMark}) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                     ("@name", ErasurePendingSetting));
                 pending.Transaction = transaction;
                 await pending.ExecuteNonQueryAsync(cancellationToken);

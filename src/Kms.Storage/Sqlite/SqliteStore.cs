@@ -130,7 +130,7 @@ public sealed partial class SqliteStore : SqlStore
     // and truncates the WAL to zero length, so no old frame still holds erased material.
     // A reader holding an older snapshot prevents it: a few short tries (about a second in
     // all, never the full busy timeout), then the caller retries on a later pass.
-    private protected override async Task<bool> EraseFromFilesAsync(DbConnection connection, CancellationToken cancellationToken)
+    private protected override async Task<bool> EraseFromFilesAsync(DbConnection connection, string mark, CancellationToken cancellationToken)
     {
         await ExecuteAsync(connection, "PRAGMA busy_timeout = 100;", cancellationToken);
         for (var attempt = 0; attempt < 8; attempt++)

@@ -260,12 +260,12 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
         }
     }
 
-    public Task<IReadOnlyList<KeyName>> ListKeysDueForRotationAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken)
+    public Task<IReadOnlyList<KeyName>> ListKeysDueForRotationAsync(DateTimeOffset now, int limit, IReadOnlyCollection<string> regions, CancellationToken cancellationToken)
     {
         lock (_lock)
         {
             IReadOnlyList<KeyName> due = _keys.Values
-                .Where(k => k.State == KeyState.Enabled && k.NextRotationTime is { } next && next <= now)
+                .Where(k => k.State == KeyState.Enabled && k.NextRotationTime is { } next && next <= now && (k.Residency is null || regions.Contains(k.Residency)))
                 .OrderBy(k => k.NextRotationTime)
                 .Take(limit)
                 .Select(k => k.Name)
