@@ -248,6 +248,25 @@ public sealed class PostgresClusterTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task ServingLock_NodesShareIt_MaintenanceExcludesThem()
+    {
+        var nodeA = await OpenAsync();
+        var nodeB = await OpenAsync();
+        var ceremony = await OpenAsync();
+        Assert.True(await nodeA.TryHoldServingLockAsync(default));
+        Assert.True(await nodeB.TryHoldServingLockAsync(default));
+        Assert.False(await ceremony.TryHoldMaintenanceLockAsync(default));
+
+        await nodeA.DisposeAsync();
+        Assert.False(await ceremony.TryHoldMaintenanceLockAsync(default));
+        await nodeB.DisposeAsync();
+        Assert.True(await ceremony.TryHoldMaintenanceLockAsync(default));
+
+        // While the maintenance runs, a node does not start serving.
+        Assert.False(await (await OpenAsync()).TryHoldServingLockAsync(default));
+    }
+
+    [Fact]
     public async Task NodesStartingTogether_MigrateOnce()
     {
         var stores = await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => OpenAsync()));

@@ -91,8 +91,13 @@ internal static class BackupRestore
             {
                 var restored = new AuditEntry
                 {
-                    Time = DateTimeOffset.UtcNow, RequestId = "restore-" + stamp, Principal = Principal, Operation = RestoreOperation, Resource = manifest.Request,
-                    Outcome = "OK", Client = Environment.MachineName,
+                    Time = DateTimeOffset.UtcNow,
+                    RequestId = "restore-" + stamp,
+                    Principal = Principal,
+                    Operation = RestoreOperation,
+                    Resource = manifest.Request,
+                    Outcome = "OK",
+                    Client = Environment.MachineName,
                 };
                 (reapplied, skipped) = await ReapplyAsync(store, recorded, restored, staging, cancellationToken);
             }

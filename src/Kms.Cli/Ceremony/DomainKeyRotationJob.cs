@@ -26,6 +26,15 @@ public static class DomainKeyRotationJob
         ArgumentNullException.ThrowIfNull(store);
         ArgumentNullException.ThrowIfNull(rewrapper);
         ArgumentNullException.ThrowIfNull(clock);
+
+        // A node serving a PostgreSQL deployment holds the serving lock shared: the rotation needs it
+        // exclusively, for its whole run, so no node can create versions under the old key meanwhile.
+        if (store is Kms.Storage.Postgres.PostgresStore postgres && !await postgres.TryHoldMaintenanceLockAsync(cancellationToken))
+        {
+            throw Kms.Core.Errors.KmsErrors.FailedPrecondition(
+                "nodes are serving this PostgreSQL database; stop every node before rotating the domain key (they would keep wrapping new versions under the old key)");
+        }
+
         // Listed before the rotation is recorded: a blob of a kind the rotation cannot move fails
         // here, while the database still serves.
         var existing = await store.GetDomainKeyRotationAsync(cancellationToken);
@@ -51,6 +60,14 @@ public static class DomainKeyRotationJob
             };
             state = await store.ReplaceWrappedItemAsync(item, rewrapper.Rewrap(item.Blob, kind), cancellationToken);
             done++;
+        }
+
+        // Nothing may be left under the old key when the new one is pinned. This sees new items named
+        // after the high-water mark only; on PostgreSQL the maintenance lock is what keeps nodes out.
+        if ((await store.ListWrappedItemsAfterAsync(state.LastItem, cancellationToken)) is { Count: > 0 } added)
+        {
+            throw Kms.Core.Errors.KmsErrors.FailedPrecondition(
+                $"{added.Count} wrapped items appeared during the rotation (is a server running on this database?); run the rotation again to move them");
         }
 
         await store.CompleteDomainKeyRotationAsync(rewrapper.NewCheckValue, cancellationToken);

@@ -52,7 +52,10 @@ internal sealed partial class ClusterCoherenceWorker(
         while (true)
         {
             var changes = await feed.ListChangesAsync(_seen, 500, cancellationToken);
-            var forget = false;
+
+            // Pruned past what this node saw (it could not read the feed for longer than the
+            // retention): what it missed is unknown, so every remembered caller goes.
+            var forget = changes.Count > 0 && changes[0].Sequence > _seen + 1;
             foreach (var change in changes)
             {
                 switch (change.Kind)

@@ -108,7 +108,22 @@ public static class KmsServerApp
 
         var (store, lease) = await OpenStoreAsync(builder.Configuration, sqliteOptions, cancellationToken);
         var loggerFactory = new Serilog.Extensions.Logging.SerilogLoggerFactory(logger);
-        var hsm = Pkcs11Hsm.Open(hsmOptions, loggerFactory.CreateLogger("Kms.Hsm"));
+        Pkcs11Hsm hsm;
+        try
+        {
+            hsm = Pkcs11Hsm.Open(hsmOptions, loggerFactory.CreateLogger("Kms.Hsm"));
+        }
+        catch
+        {
+            await store.DisposeAsync();
+            if (lease is IAsyncDisposable openLease)
+            {
+                await openLease.DisposeAsync();
+            }
+
+            throw;
+        }
+
         try
         {
             await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
@@ -151,7 +166,15 @@ public static class KmsServerApp
                         : throw new InvalidOperationException($"Storage:Postgres:ConnectionStringFile {file} does not exist");
                 }
 
-                return (await PostgresStore.OpenAsync(options, cancellationToken), new PostgresLeaderLease(options, TimeProvider.System));
+                var store = await PostgresStore.OpenAsync(options, cancellationToken);
+                if (!await store.TryHoldServingLockAsync(cancellationToken))
+                {
+                    await store.DisposeAsync();
+                    throw new InvalidOperationException(
+                        "an offline maintenance (kms ceremony rotate-domain) holds this PostgreSQL database; start the node when it has finished");
+                }
+
+                return (store, new PostgresLeaderLease(options, TimeProvider.System));
             case var other:
                 throw new InvalidOperationException($"Storage:Provider is '{other}'; it must be sqlite or postgres");
         }

@@ -39,6 +39,11 @@ internal sealed partial class LifecycleWorker(
         });
         if (!await lease.HoldAsync(cancellationToken))
         {
+            if (lease is Kms.Storage.Postgres.PostgresLeaderLease { ClockRefused: true, LastClockSkew: { } skew })
+            {
+                LogClockRefused(logger, skew.TotalMilliseconds);
+            }
+
             return;
         }
 
@@ -138,6 +143,9 @@ internal sealed partial class LifecycleWorker(
 
     [LoggerMessage(EventId = 1203, Level = LogLevel.Error, Message = "Lifecycle work failed; retrying at the next pass")]
     private static partial void LogPassFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = 1206, Level = LogLevel.Warning, Message = "This node's clock is {SkewMs} ms off the database server's: it does not run scheduled rotation, destruction or retention (Storage:Postgres:MaxClockSkew)")]
+    private static partial void LogClockRefused(ILogger logger, double skewMs);
 
     [LoggerMessage(EventId = 1204, Level = LogLevel.Error, Message = "Lifecycle job {Job} failed; retrying at the next pass")]
     private static partial void LogJobFailed(ILogger logger, string job, Exception exception);

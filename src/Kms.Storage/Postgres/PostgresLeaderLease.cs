@@ -99,6 +99,16 @@ public sealed class PostgresLeaderLease : ILeaderLease, IAsyncDisposable
             {
                 // PostgreSQL unreachable: not the leader until it is back.
             }
+            catch
+            {
+                // Cancelled (or worse) after the lock may have been taken: closing the session releases it.
+                if (connection is not null)
+                {
+                    await connection.DisposeAsync();
+                }
+
+                throw;
+            }
 
             if (connection is not null)
             {

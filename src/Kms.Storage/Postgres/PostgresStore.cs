@@ -25,8 +25,15 @@ public sealed class PostgresStore : SqlStore
     /// <summary>The advisory lock every write transaction holds (the ASCII of "KMSW").</summary>
     public const long WriteLockKey = 0x4B4D_5357;
 
+    /// <summary>
+    /// The advisory lock serving nodes hold shared (session-level, for their life) and an offline
+    /// maintenance — the domain-key rotation — holds exclusively: one excludes the other (the ASCII of "KMSS").
+    /// </summary>
+    public const long ServingLockKey = 0x4B4D_5353;
+
     private readonly NpgsqlDataSource _pooled;
     private readonly NpgsqlDataSource _unpooled;
+    private NpgsqlConnection? _servingLock;
 
     private PostgresStore(PostgresOptions options)
     {
@@ -150,8 +157,53 @@ public sealed class PostgresStore : SqlStore
         return true;
     }
 
+    /// <summary>
+    /// Holds the serving lock (shared) until the store is disposed: what a node does before it
+    /// serves. False when a maintenance holds it exclusively; the node must not serve then.
+    /// </summary>
+    public Task<bool> TryHoldServingLockAsync(CancellationToken cancellationToken) => TryHoldAsync("pg_try_advisory_lock_shared", cancellationToken);
+
+    /// <summary>
+    /// Holds the serving lock exclusively until the store is disposed: what an offline maintenance
+    /// does first. False while any node serves the database.
+    /// </summary>
+    public Task<bool> TryHoldMaintenanceLockAsync(CancellationToken cancellationToken) => TryHoldAsync("pg_try_advisory_lock", cancellationToken);
+
+    private async Task<bool> TryHoldAsync(string function, CancellationToken cancellationToken)
+    {
+        if (_servingLock is not null)
+        {
+            throw new InvalidOperationException("the store already holds the serving lock");
+        }
+
+        var connection = await _unpooled.OpenConnectionAsync(cancellationToken);
+        try
+        {
+            await using var take = new NpgsqlCommand($"SELECT {function}({ServingLockKey})", connection);
+            if (await take.ExecuteScalarAsync(cancellationToken) is true)
+            {
+                _servingLock = connection;
+                return true;
+            }
+        }
+        catch
+        {
+            await connection.DisposeAsync();
+            throw;
+        }
+
+        await connection.DisposeAsync();
+        return false;
+    }
+
     private protected override async ValueTask DisposeCoreAsync()
     {
+        if (_servingLock is { } held)
+        {
+            _servingLock = null;
+            await held.DisposeAsync();
+        }
+
         await base.DisposeCoreAsync();
         await _pooled.DisposeAsync();
         await _unpooled.DisposeAsync();

@@ -240,8 +240,8 @@ internal static class SqliteSchema
             """),
         new(8, """
             -- The change feed (IChangeFeed): what other processes sharing the database cache the
-            -- consequences of. Additive: servers of schema 7 keep working beside it (they neither
-            -- write nor read it), so it declares them compatible for a rolling upgrade.
+            -- consequences of. Additive (a schema-7 statement never touches it), so it declares schema
+            -- 7 compatible; servers released before CompatibleFrom existed refuse any newer schema anyway.
             CREATE TABLE changes (
                 seq     INTEGER PRIMARY KEY,
                 kind    INTEGER NOT NULL,  -- 1 access, 2 material erased
