@@ -52,6 +52,27 @@ public abstract class AuditStoreContract : AccessStoreContract
     }
 
     [Fact]
+    public async Task List_PrefixAndSuffixFilters_ExactAboutCaseAndUnderscore()
+    {
+        var store = await AuditAsync();
+        await store.AppendAuditAsync(
+        [
+            Entry(1) with { Resource = "tenants/dev/keys/a_b/versions/1" },
+            Entry(2) with { Resource = "tenants/dev/keys/aXb/versions/1" },
+            Entry(3) with { Resource = "tenants/dev/keys/A/versions/1", Operation = "/kms.v1.KeyManagementService/decrypt" },
+            Entry(4) with { Resource = "tenants/dev/keys/a" },
+        ], default);
+
+        async Task<long[]> Seqs(AuditQuery q) => (await store.ListAuditEventsAsync(q, default)).Select(e => e.Sequence).ToArray();
+        Assert.Equal(new long[] { 1L }, await Seqs(new AuditQuery { Resource = "tenants/dev/keys/a_b" }));
+        Assert.Equal(new long[] { 4L }, await Seqs(new AuditQuery { Resource = "tenants/dev/keys/a" }));
+        Assert.Equal(new long[] { 3L }, await Seqs(new AuditQuery { Resource = "tenants/dev/keys/A" }));
+        Assert.Equal(new long[] { 3L }, await Seqs(new AuditQuery { Operation = "decrypt" }));
+        Assert.Empty(await Seqs(new AuditQuery { Operation = "Decrypt" }));
+        Assert.Empty(await Seqs(new AuditQuery { Operation = "crypt" }));
+    }
+
+    [Fact]
     public async Task Prune_OnlyBackToACheckpoint_WhichThenAnchorsTheHead()
     {
         var store = await AuditAsync();

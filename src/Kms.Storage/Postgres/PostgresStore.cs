@@ -66,6 +66,8 @@ public sealed class PostgresStore : SqlStore
     // No equivalent of SQLite's data_version, and other nodes append too: the head is read every batch.
     internal override string? AuditDataVersionSql => null;
 
+    internal override bool MultiRowAuditInsert => true;
+
     /// <summary>Connects, applies pending migrations (nodes starting together take turns) and returns the store.</summary>
     /// <exception cref="Kms.Core.Errors.KmsException">Unavailable when PostgreSQL cannot be reached.</exception>
     public static Task<PostgresStore> OpenAsync(PostgresOptions options, CancellationToken cancellationToken) => OpenAsync(options, null, cancellationToken);

@@ -60,7 +60,10 @@ internal sealed class AuditWriter(SqlStore store) : IDisposable, IAsyncDisposabl
                     HeadsFromDatabase++;
                 }
 
-                var written = await SqlStore.InsertEventsAsync(statements.Insert, head, entries, cancellationToken);
+                // Across a network (PostgreSQL) one statement per batch, not a round trip per event under the lock.
+                var written = store.MultiRowAuditInsert && entries.Count > 1
+                    ? await SqlStore.InsertEventRowsAsync(statements.Connection, head, entries, cancellationToken)
+                    : await SqlStore.InsertEventsAsync(statements.Insert, head, entries, cancellationToken);
                 await statements.Commit.ExecuteNonQueryAsync(cancellationToken);
 
                 // Committed: only now does memory follow the file. Our own commit leaves data_version as it was.

@@ -1,5 +1,6 @@
 using System.Data;
 using System.Data.Common;
+using System.Globalization;
 using System.Text;
 using Kms.Core.Audit;
 
@@ -51,9 +52,12 @@ public abstract partial class SqlStore
         Filter("time >= @start", "@start", query.StartTime?.ToUnixTimeMilliseconds());
         Filter("time < @end", "@end", query.EndTime?.ToUnixTimeMilliseconds());
         Filter("principal = @principal", "@principal", query.Principal);
-        Filter("(tenant = @tenant OR resource = 'tenants/' || @tenant OR resource LIKE 'tenants/' || @tenant || '/%')", "@tenant", query.Tenant);
-        Filter("(resource = @resource OR resource LIKE @resource || '/%')", "@resource", query.Resource);
-        Filter("(operation = @operation OR operation LIKE '%/' || @operation)", "@operation", query.Operation);
+        // Prefix and suffix matches by substr, not LIKE: LIKE ignores case on SQLite and not on
+        // PostgreSQL, and '_' (allowed in ids) is one of its wildcards on both.
+        Filter("(tenant = @tenant OR resource = 'tenants/' || @tenant OR substr(resource, 1, length(@tenant) + 9) = 'tenants/' || @tenant || '/')", "@tenant", query.Tenant);
+        Filter("(resource = @resource OR substr(resource, 1, length(@resource) + 1) = @resource || '/')", "@resource", query.Resource);
+        Filter("(operation = @operation OR (length(operation) > length(@operation) AND substr(operation, length(operation) - length(@operation)) = '/' || @operation))",
+            "@operation", query.Operation);
         Filter("outcome = @outcome", "@outcome", query.Outcome);
         sql.Append(" ORDER BY seq LIMIT @limit");
         return ReadListAsync(sql.ToString(), ReadEvent, cancellationToken, [.. parameters]);
@@ -141,6 +145,42 @@ public abstract partial class SqlStore
         }
 
         return insert;
+    }
+
+    // Chains the entries after the head and inserts them in multi-row statements (at most 500 rows each).
+    internal static async Task<IReadOnlyList<AuditEvent>> InsertEventRowsAsync(DbConnection connection, AuditHead head, IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
+    {
+        var written = new List<AuditEvent>(entries.Count);
+        foreach (var chunk in entries.Chunk(500))
+        {
+            await using var insert = connection.CreateCommand();
+            var sql = new StringBuilder("INSERT INTO audit_events (seq, time, principal, tenant, operation, resource, outcome, body, hash) VALUES ");
+            for (var i = 0; i < chunk.Length; i++)
+            {
+                var entry = chunk[i];
+                var linked = AuditChain.Link(head, entry);
+                sql.Append(i == 0 ? "(" : ", (");
+                object?[] values = [linked.Sequence, entry.Time.ToUnixTimeMilliseconds(), entry.Principal, entry.Tenant, entry.Operation, entry.Resource, entry.Outcome, linked.Body, linked.Hash];
+                for (var column = 0; column < values.Length; column++)
+                {
+                    var parameter = insert.CreateParameter();
+                    parameter.ParameterName = string.Create(CultureInfo.InvariantCulture, $"@e{i}_{column}");
+                    parameter.DbType = EventParameters[column].Type;
+                    parameter.Value = values[column] ?? DBNull.Value;
+                    insert.Parameters.Add(parameter);
+                    sql.Append(column == 0 ? "" : ", ").Append(parameter.ParameterName);
+                }
+
+                sql.Append(')');
+                written.Add(linked);
+                head = new AuditHead(linked.Sequence, linked.Hash);
+            }
+
+            insert.CommandText = sql.ToString();
+            await insert.ExecuteNonQueryAsync(cancellationToken);
+        }
+
+        return written;
     }
 
     // Chains the entries after the head and inserts them with the (reused) command.

@@ -115,6 +115,9 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     /// </summary>
     internal abstract string? AuditDataVersionSql { get; }
 
+    /// <summary>Whether a group commit inserts its events in one statement (worth it when each statement is a network round trip).</summary>
+    internal virtual bool MultiRowAuditInsert => false;
+
     // A constraint violation (a duplicate key, a missing referenced row): SQLite's SQLITE_CONSTRAINT,
     // PostgreSQL's class 23 (integrity constraint violation).
     private static bool IsConstraintViolation(DbException exception) =>
