@@ -189,6 +189,27 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task ExportBackup_OnPostgres_RefusedWhenRequested_NotAfterTheOfficersSigned()
+    {
+        using var officers = new TestOfficers("alice", "bob");
+        var genesis = Path.Combine(Path.GetTempPath(), "kms-genesis-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".json");
+        Kms.Core.Quorum.GenesisFile.Write(genesis, Kms.Core.Quorum.OfficerSet.CreateGenesis(officers.Select("alice", "bob"), 2));
+        try
+        {
+            var node = await StartNodeAsync(extraArgs: $"--Kms:Quorum:GenesisFile={genesis}");
+            using var officer = node.CreateClient(await node.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+            var e = await Assert.ThrowsAsync<RpcException>(() => officer.CreateQuorumRequestAsync(
+                new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup }));
+            Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
+            Assert.Contains("postgres database is backed up with its own tools", e.Status.Detail, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(genesis);
+        }
+    }
+
+    [Fact]
     public async Task NodeWithAnotherDomainKey_RefusesToServeTheDeployment()
     {
         await StartNodeAsync();
@@ -279,7 +300,7 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Contains("refusing to serve", e.Message, StringComparison.Ordinal);
     }
 
-    private async Task<KmsTestServer> StartNodeAsync(byte[]? domainKey = null, Dictionary<string, byte[]>? regionKeys = null, KmsTestServer? shareTlsWith = null)
+    private async Task<KmsTestServer> StartNodeAsync(byte[]? domainKey = null, Dictionary<string, byte[]>? regionKeys = null, KmsTestServer? shareTlsWith = null, params string[] extraArgs)
     {
         var token = SoftHsm.CreateToken();
         var regionArgs = new List<string>();
@@ -312,6 +333,7 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
             "--Kms:Audit:CheckpointInterval=00:00:01",
             "--Lifecycle:JobInterval=00:00:01",
             .. regionArgs,
+            .. extraArgs,
         ]);
         _nodes.Add(node);
         return node;

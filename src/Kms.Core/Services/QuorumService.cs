@@ -21,6 +21,12 @@ public sealed record QuorumOptions
 
     /// <summary>Longest lifetime a caller may ask for (7 days).</summary>
     public TimeSpan MaxTtl { get; init; } = TimeSpan.FromDays(7);
+
+    /// <summary>
+    /// Why this deployment's store cannot export a backup (a PostgreSQL database is backed up with
+    /// its own tools), or null when it can: EXPORT_BACKUP is then refused before officers sign.
+    /// </summary>
+    public string? BackupExportUnsupported { get; init; }
 }
 
 /// <summary>What CreateQuorumRequest asks for.</summary>
@@ -148,6 +154,11 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         }
         else if (command.Operation == QuorumOperation.ExportBackup)
         {
+            if (options.BackupExportUnsupported is { } why)
+            {
+                throw KmsErrors.FailedPrecondition(why);
+            }
+
             // Nothing to choose: the backup is of the whole store, taken when the request executes.
             parameters = [];
         }

@@ -127,7 +127,12 @@ public static class KmsServerApp
         try
         {
             await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
-            builder.Services.AddSingleton(LoadQuorumOptions(serverOptions.Quorum));
+            builder.Services.AddSingleton(LoadQuorumOptions(serverOptions.Quorum) with
+            {
+                BackupExportUnsupported = store is SqliteStore
+                    ? null
+                    : $"backups through the API are SQLite snapshots; a {store.Provider} database is backed up with its own tools (docs/deployment.md)",
+            });
             builder.Services.AddSingleton(_ => lease); // a factory: the container disposes it (closing the lease's session) at shutdown
             var app = Build(builder, hsm, store, serverOptions, metricsUrl, logger, configureServices);
             await app.Services.GetRequiredService<AuditWorker>().InitializeAsync(cancellationToken);
