@@ -218,6 +218,16 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Contains("refusing to serve", e.Message, StringComparison.Ordinal);
     }
 
+    // One CA for the nodes a client spreads its calls over: the other node's TLS files, before this one starts.
+    private static void ShareTls(KmsTestServer from, string dataDir)
+    {
+        var tls = Directory.CreateDirectory(Path.Combine(dataDir, "tls")).FullName;
+        foreach (var file in Directory.GetFiles(Path.Combine(from.DataDir, "tls")))
+        {
+            File.Copy(file, Path.Combine(tls, Path.GetFileName(file)));
+        }
+    }
+
     // A node as a child process on its own token (created here, before the process loads SoftHSM).
     private async Task<ServerProcess> StartProcessNodeAsync(KmsTestServer sharingTlsWith)
     {
@@ -228,11 +238,7 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         }
 
         var dataDir = Directory.CreateDirectory(Path.Combine(Path.GetTempPath(), "kms-node-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4)))).FullName;
-        var tls = Directory.CreateDirectory(Path.Combine(dataDir, "tls")).FullName;
-        foreach (var file in Directory.GetFiles(Path.Combine(sharingTlsWith.DataDir, "tls")))
-        {
-            File.Copy(file, Path.Combine(tls, Path.GetFileName(file)));
-        }
+        ShareTls(sharingTlsWith, dataDir);
 
         return await ServerProcess.StartAsync(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId,
             "--Storage:Provider=postgres",
@@ -317,12 +323,7 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         var dataDir = Path.Combine(Path.GetTempPath(), "kms-node-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4)));
         if (shareTlsWith is not null)
         {
-            // One CA for the nodes a client spreads its calls over.
-            var tls = Directory.CreateDirectory(Path.Combine(dataDir, "tls")).FullName;
-            foreach (var file in Directory.GetFiles(Path.Combine(shareTlsWith.DataDir, "tls")))
-            {
-                File.Copy(file, Path.Combine(tls, Path.GetFileName(file)));
-            }
+            ShareTls(shareTlsWith, dataDir);
         }
 
         var node = await KmsTestServer.StartProductionAsync(token, dataDir, DomainKeyId, "dev",

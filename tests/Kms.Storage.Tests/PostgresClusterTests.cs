@@ -267,6 +267,16 @@ public sealed class PostgresClusterTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task UnparsableConnectionString_RefusedWithoutQuotingIt()
+    {
+        // A ';' inside an unquoted password splits it: Npgsql would quote the second half as a keyword.
+        var e = await Assert.ThrowsAsync<ArgumentException>(() => PostgresStore.OpenAsync(
+            new PostgresOptions { ConnectionString = "Host=127.0.0.1;Password=first-half;second-half-of-it" }, default));
+        Assert.DoesNotContain("half", e.Message, StringComparison.Ordinal);
+        Assert.Contains("not valid", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task NodesStartingTogether_MigrateOnce()
     {
         var stores = await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => OpenAsync()));

@@ -36,7 +36,7 @@ public sealed class PostgresLeaderLease : ILeaderLease, IAsyncDisposable
         ArgumentNullException.ThrowIfNull(options);
         _time = time ?? throw new ArgumentNullException(nameof(time));
         _maxSkew = options.MaxClockSkew;
-        _dataSource = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(options.ConnectionString)
+        _dataSource = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(options.Parse().ConnectionString)
         {
             Pooling = false,
             Timeout = (int)Math.Ceiling(options.CommandTimeout.TotalSeconds),

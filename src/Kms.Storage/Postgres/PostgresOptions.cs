@@ -19,4 +19,21 @@ public sealed class PostgresOptions
     /// would otherwise destroy or rotate minutes early.
     /// </summary>
     public TimeSpan MaxClockSkew { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// Parses <see cref="ConnectionString"/>. A string Npgsql cannot parse is refused without
+    /// Npgsql's message, which quotes the offending part — possibly a piece of the password.
+    /// </summary>
+    /// <exception cref="ArgumentException">The connection string is not valid.</exception>
+    public Npgsql.NpgsqlConnectionStringBuilder Parse()
+    {
+        try
+        {
+            return new Npgsql.NpgsqlConnectionStringBuilder(ConnectionString);
+        }
+        catch (ArgumentException)
+        {
+            throw new ArgumentException("the PostgreSQL connection string is not valid (it is not shown: it may hold a password)", nameof(ConnectionString));
+        }
+    }
 }

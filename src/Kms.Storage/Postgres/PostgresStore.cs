@@ -37,7 +37,7 @@ public sealed class PostgresStore : SqlStore
 
     private PostgresStore(PostgresOptions options)
     {
-        var builder = new NpgsqlConnectionStringBuilder(options.ConnectionString)
+        var builder = new NpgsqlConnectionStringBuilder(options.Parse().ConnectionString)
         {
             MaxPoolSize = options.MaxPoolSize,
             CommandTimeout = (int)Math.Ceiling(options.CommandTimeout.TotalSeconds),
