@@ -43,10 +43,25 @@ public sealed class HealthTests : IAsyncLifetime
 
         // The file is gone and its path cannot be opened (a directory stands there); pooled
         // connections, which would still reach the moved file, are closed first.
+        // The server's background workers (change feed every 250 ms, audit housekeeping) keep
+        // opening connections, and SQLite creates a missing file: an empty kms.db can appear in
+        // either gap below, so both steps replace whatever stands at the path.
         var path = _server.DatabasePath;
         SqliteConnection.ClearAllPools();
         File.Move(path, path + ".away");
-        Directory.CreateDirectory(path);
+        for (var attempt = 0; !Directory.Exists(path); attempt++)
+        {
+            try
+            {
+                File.Delete(path);
+                Directory.CreateDirectory(path);
+            }
+            catch (IOException) when (attempt < 20)
+            {
+            }
+        }
+
+        SqliteConnection.ClearAllPools();
         try
         {
             Assert.Equal(ServingStatus.NotServing, await CheckAsync());
@@ -55,7 +70,8 @@ public sealed class HealthTests : IAsyncLifetime
         finally
         {
             Directory.Delete(path);
-            File.Move(path + ".away", path);
+            File.Move(path + ".away", path, overwrite: true);
+            SqliteConnection.ClearAllPools();
         }
 
         Assert.Equal(ServingStatus.Serving, await CheckAsync());
