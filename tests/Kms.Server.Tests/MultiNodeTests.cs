@@ -59,10 +59,29 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
             Assert.Equal(dataKey.Plaintext.ToArray(), unwrapped.Plaintext.ToArray());
         }
 
-        // Disabled on B: A refuses its very next call (key state is never cached).
+        // Disabled on B: B refuses its very next call; A remembers the key's metadata only while
+        // the change feed vouches for it, so it refuses once the feed reaches it (one poll
+        // interval, 250 ms) — and from then on.
         await onB.DisableKeyAsync(key.Name);
-        var disabled = await Assert.ThrowsAsync<RpcException>(() => onA.EncryptAsync(key.Name, new byte[] { 1 }));
-        Assert.Equal(StatusCode.FailedPrecondition, disabled.StatusCode);
+        Assert.Equal(StatusCode.FailedPrecondition, (await Assert.ThrowsAsync<RpcException>(() => onB.EncryptAsync(key.Name, new byte[] { 1 }))).StatusCode);
+        var disabledAfter = Stopwatch.StartNew();
+        StatusCode? disabled = null;
+        while (disabled is null && disabledAfter.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            try
+            {
+                await onA.EncryptAsync(key.Name, new byte[] { 1 });
+                await Task.Delay(10);
+            }
+            catch (RpcException e)
+            {
+                disabled = e.StatusCode;
+            }
+        }
+
+        output.WriteLine($"a key disabled on node B was refused by node A after {disabledAfter.ElapsedMilliseconds} ms (poll interval 250 ms)");
+        Assert.Equal(StatusCode.FailedPrecondition, disabled);
+        Assert.Equal(StatusCode.FailedPrecondition, (await Assert.ThrowsAsync<RpcException>(() => onA.EncryptAsync(key.Name, new byte[] { 1 }))).StatusCode);
 
         // Revoked on B: A has the caller cached for 10 minutes (Kms:CredentialCacheTime), yet
         // refuses it once the change feed reaches it.

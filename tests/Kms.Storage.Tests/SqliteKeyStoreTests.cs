@@ -409,6 +409,95 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         return copy.ToArray();
     }
 
+    [Fact]
+    public async Task MetadataCache_NotConfirmed_EveryReadAsksTheDatabase()
+    {
+        var node = await OpenAsync();
+        var other = await OpenAsync();
+        await node.CreateKeyAsync(NewKey(Dev, "k"), Material(), null, default);
+        Assert.Equal(KeyState.Enabled, (await node.GetPrimaryMaterialAsync(new KeyName(Dev, "k"), default))!.Key.State);
+
+        // Nobody vouches for coherence (no change-feed reader): another writer's change is seen at once.
+        await DisableAsync(other, "k");
+        Assert.Equal(KeyState.Disabled, (await node.GetPrimaryMaterialAsync(new KeyName(Dev, "k"), default))!.Key.State);
+        Assert.Equal(0, node.MetadataCacheStatistics.Hits);
+    }
+
+    [Fact]
+    public async Task MetadataCache_Confirmed_ServesRepeatedReads_ForgetsAtOnceOnItsOwnWrite()
+    {
+        var node = await OpenAsync();
+        node.ConfirmCoherent(TimeSpan.FromMinutes(1));
+        await node.CreateKeyAsync(NewKey(Dev, "k"), Material(), null, default);
+        var name = new KeyName(Dev, "k");
+        var first = await node.GetPrimaryMaterialAsync(name, default);
+        var version = first!.Version.Id;
+        Assert.Same(first, await node.GetPrimaryMaterialAsync(name, default));
+        Assert.Same(await node.FindVersionMaterialAsync(Dev, version, default), await node.FindVersionMaterialAsync(Dev, version, default));
+        Assert.True(node.MetadataCacheStatistics.Hits >= 2);
+
+        // Tenant-scoped: the same version id asked for in another tenant is not found, cached or not.
+        Assert.Null(await node.FindVersionMaterialAsync(Acme, version, default));
+
+        await DisableAsync(node, "k");
+        Assert.Equal(KeyState.Disabled, (await node.GetPrimaryMaterialAsync(name, default))!.Key.State);
+        Assert.Equal(KeyState.Disabled, (await node.FindVersionMaterialAsync(Dev, version, default))!.Key.State);
+    }
+
+    [Fact]
+    public async Task MetadataCache_AnotherWritersChange_AnnouncedInTheFeed_ForgottenWhenTheFeedIsApplied()
+    {
+        var node = await OpenAsync();
+        var other = await OpenAsync();
+        node.ConfirmCoherent(TimeSpan.FromMinutes(1));
+        await node.CreateKeyAsync(NewKey(Dev, "k"), Material(), null, default);
+        var name = new KeyName(Dev, "k");
+        await node.GetPrimaryMaterialAsync(name, default);
+        var seen = await node.GetChangeHeadAsync(default);
+
+        await DisableAsync(other, "k");
+
+        // Until this node applies the feed it still answers from memory (the documented window) ...
+        Assert.Equal(KeyState.Enabled, (await node.GetPrimaryMaterialAsync(name, default))!.Key.State);
+
+        // ... and the other writer announced its write, so the feed reader makes it forget.
+        var changes = await node.ListChangesAsync(seen, 100, default);
+        Assert.Contains(changes, c => c.Kind == StoreChangeKind.Metadata);
+        node.InvalidateMetadata();
+        Assert.Equal(KeyState.Disabled, (await node.GetPrimaryMaterialAsync(name, default))!.Key.State);
+    }
+
+    [Fact]
+    public async Task MetadataCache_ConfirmationLapses_ReadsTheDatabaseAgain()
+    {
+        var node = await OpenAsync();
+        var other = await OpenAsync();
+        await node.CreateKeyAsync(NewKey(Dev, "k"), Material(), null, default);
+        var name = new KeyName(Dev, "k");
+        node.ConfirmCoherent(TimeSpan.FromMilliseconds(200));
+        await node.GetPrimaryMaterialAsync(name, default);
+        await DisableAsync(other, "k");
+
+        // The feed reader stopped confirming (the feed cannot be read): past the window, no memory is trusted.
+        await Task.Delay(400);
+        Assert.Equal(KeyState.Disabled, (await node.GetPrimaryMaterialAsync(name, default))!.Key.State);
+    }
+
+    [Fact]
+    public async Task MetadataCache_CapacityZero_NeverRemembers()
+    {
+        var node = await OpenAsync();
+        node.MetadataCacheCapacity = 0;
+        node.ConfirmCoherent(TimeSpan.FromMinutes(1));
+        await node.CreateKeyAsync(NewKey(Dev, "k"), Material(), null, default);
+        await node.GetPrimaryMaterialAsync(new KeyName(Dev, "k"), default);
+        await node.GetPrimaryMaterialAsync(new KeyName(Dev, "k"), default);
+        Assert.Equal(0, node.MetadataCacheStatistics.Hits);
+    }
+
+    private static Task<KeyWithVersions?> DisableAsync(SqliteStore store, string keyId) =>
+        store.UpdateKeyAsync(new KeyName(Dev, keyId), current => new KeyChange(current.Key with { State = KeyState.Disabled }), default);
+
     private Task<SqliteStore> OpenAsync() => SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath }, default);
 }
 

@@ -8,6 +8,12 @@ public enum StoreChangeKind
 
     /// <summary>Key material was erased (a version destroyed, an import job expired): its HSM copies must go. The subject is the material id (hex).</summary>
     Material = 2,
+
+    /// <summary>
+    /// Keys, versions, aliases, policies, grants or settings may have changed: remembered
+    /// metadata must be forgotten (<see cref="IMetadataCoherence"/>). No subject.
+    /// </summary>
+    Metadata = 3,
 }
 
 /// <summary>One change, in commit order.</summary>

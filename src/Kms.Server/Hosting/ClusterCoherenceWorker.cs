@@ -18,10 +18,13 @@ public sealed class ChangeFeedOptions
 /// change, and evicts erased key material from this node's HSM.
 /// </summary>
 /// <remarks>
-/// Key state, versions, aliases, policies and grants are read from the store on every call and
-/// need nothing: a key disabled on one node is refused by every node at once. What is cached is
-/// an authenticated caller (<see cref="CallerAuthentication"/>, for at most
-/// <c>Kms:CredentialCacheTime</c>) and unwrapped key copies in the HSM. Polling, not
+/// What is cached: an authenticated caller (<see cref="CallerAuthentication"/>, for at most
+/// <c>Kms:CredentialCacheTime</c>), unwrapped key copies in the HSM, and the store's hot-path
+/// metadata (a key's primary version, a version by id, an alias — <see cref="IMetadataCoherence"/>):
+/// every write announces itself in the feed, any change read here forgets all remembered
+/// metadata, and remembered metadata is used only while a poll has succeeded within the last
+/// four intervals (at least 1 s), so a key disabled on another node is refused here within one
+/// poll interval — and the store is read on every call while the feed cannot be. Polling, not
 /// PostgreSQL's LISTEN/NOTIFY: a notification is lost while the listening connection is down,
 /// so the feed would have to be polled anyway; at 250 ms the poll alone keeps the bound.
 /// While the feed cannot be read, the credential cache's own expiry is the bound.
@@ -30,11 +33,16 @@ internal sealed partial class ClusterCoherenceWorker(
     IChangeFeed feed,
     CallerAuthentication authentication,
     IHsm hsm,
+    IMetadataCoherence metadata,
     ChangeFeedOptions options,
     TimeProvider time,
     ILogger<ClusterCoherenceWorker> logger) : BackgroundService
 {
     private long _seen = -1;
+
+    // How long one successful poll vouches for remembered metadata: a few poll intervals, at
+    // least a second. When the feed cannot be read for longer, every call reads the database.
+    private TimeSpan ValidFor => options.PollInterval * 4 > TimeSpan.FromSeconds(1) ? options.PollInterval * 4 : TimeSpan.FromSeconds(1);
 
     /// <summary>Changes applied since the start (tests, metrics).</summary>
     public long Applied { get; private set; }
@@ -46,6 +54,8 @@ internal sealed partial class ClusterCoherenceWorker(
         {
             // Nothing is cached yet at start: only later changes matter.
             _seen = await feed.GetChangeHeadAsync(cancellationToken);
+            metadata.InvalidateMetadata();
+            metadata.ConfirmCoherent(ValidFor);
             return;
         }
 
@@ -77,8 +87,15 @@ internal sealed partial class ClusterCoherenceWorker(
                 authentication.Forget();
             }
 
+            if (changes.Count > 0)
+            {
+                metadata.InvalidateMetadata();
+            }
+
             if (changes.Count < 500)
             {
+                // Every change committed before this read is applied: remembered metadata may serve until the next poll is due (and a little longer, so one slow poll does not empty it).
+                metadata.ConfirmCoherent(ValidFor);
                 return;
             }
         }

@@ -107,6 +107,7 @@ public static class KmsServerApp
         }
 
         var (store, lease) = await OpenStoreAsync(builder.Configuration, sqliteOptions, cancellationToken);
+        store.MetadataCacheCapacity = builder.Configuration.GetValue("Storage:MetadataCacheCapacity", SqlStore.DefaultMetadataCacheCapacity);
         var loggerFactory = new Serilog.Extensions.Logging.SerilogLoggerFactory(logger);
         Pkcs11Hsm hsm;
         try
@@ -208,6 +209,7 @@ public static class KmsServerApp
         builder.Services.AddSingleton<IAuditStore>(_ => store);
         builder.Services.AddSingleton<IQuorumStore>(_ => store);
         builder.Services.AddSingleton<IChangeFeed>(_ => store);
+        builder.Services.AddSingleton<IMetadataCoherence>(_ => store);
         builder.Services.AddSingleton(builder.Configuration.GetSection("Storage:ChangeFeed").Get<ChangeFeedOptions>() ?? new ChangeFeedOptions());
         builder.Services.AddSingleton<ClusterCoherenceWorker>();
         builder.Services.AddHostedService(services => services.GetRequiredService<ClusterCoherenceWorker>());

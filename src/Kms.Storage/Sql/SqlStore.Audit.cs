@@ -67,15 +67,20 @@ public abstract partial class SqlStore
     public Task AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(checkpoint);
-        return ExecuteWriteAsync(
-            "INSERT INTO audit_checkpoints (seq, head, time, key, body, signature) VALUES (@seq, @head, @time, @key, @body, @signature) ON CONFLICT (seq) DO NOTHING",
+        return WriteAsync(
+            (connection, transaction) => ExecuteInAsync(
+                connection,
+                transaction,
+                "INSERT INTO audit_checkpoints (seq, head, time, key, body, signature) VALUES (@seq, @head, @time, @key, @body, @signature) ON CONFLICT (seq) DO NOTHING",
+                cancellationToken,
+                ("@seq", checkpoint.Sequence),
+                ("@head", checkpoint.HeadHash),
+                ("@time", checkpoint.Time.ToUnixTimeMilliseconds()),
+                ("@key", checkpoint.KeyFingerprint),
+                ("@body", checkpoint.Body),
+                ("@signature", checkpoint.Signature)),
             cancellationToken,
-            ("@seq", checkpoint.Sequence),
-            ("@head", checkpoint.HeadHash),
-            ("@time", checkpoint.Time.ToUnixTimeMilliseconds()),
-            ("@key", checkpoint.KeyFingerprint),
-            ("@body", checkpoint.Body),
-            ("@signature", checkpoint.Signature));
+            announce: false);
     }
 
     /// <inheritdoc />
@@ -118,7 +123,7 @@ public abstract partial class SqlStore
             await using var events = Command(connection, "DELETE FROM audit_events WHERE seq <= @seq", ("@seq", throughSequence));
             events.Transaction = transaction;
             return (long)await events.ExecuteNonQueryAsync(cancellationToken);
-        }, cancellationToken);
+        }, cancellationToken, announce: false);
 
     // Inside a write transaction: SQLite has one writer at a time, so the head read here is
     // the head the new events follow, whichever path (group commit, a mutation) writes.

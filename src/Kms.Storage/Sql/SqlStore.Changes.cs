@@ -29,7 +29,7 @@ public abstract partial class SqlStore : IChangeFeed
                 ("@before", before.ToUnixTimeMilliseconds()));
             delete.Transaction = transaction;
             return await delete.ExecuteNonQueryAsync(cancellationToken);
-        }, cancellationToken);
+        }, cancellationToken, announce: false);
 
     // Inside the change's own transaction, under the write lock: sequence numbers follow commit order.
     private static async Task RecordChangeAsync(DbConnection connection, DbTransaction transaction, StoreChangeKind kind, string subject, CancellationToken cancellationToken)

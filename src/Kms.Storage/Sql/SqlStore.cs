@@ -23,8 +23,11 @@ namespace Kms.Storage;
 /// <c>BEGIN IMMEDIATE</c>; PostgreSQL: a transaction-scoped advisory lock), so writes are
 /// serialised across every connection and every node, and the audit chain has one head.
 /// </remarks>
-public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, IDisposable, IAsyncDisposable
+public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, IMetadataCoherence, IDisposable, IAsyncDisposable
 {
+    /// <summary>Hot-path metadata entries remembered at most (0 turns remembering off).</summary>
+    public const int DefaultMetadataCacheCapacity = 10_000;
+
     private const string ErasurePendingSetting = "store.erasure_pending";
 
     // Declared before the fields built from it (static initialisers run in order).
@@ -54,12 +57,39 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         """;
 
     private readonly AuditWriter _auditWriter;
+    private MetadataCache _metadata = new(DefaultMetadataCacheCapacity);
 
     /// <summary>Sets up the audit writer on the backend's dedicated connection.</summary>
     private protected SqlStore()
     {
         _auditWriter = new AuditWriter(this);
     }
+
+    /// <summary>
+    /// Most hot-path metadata entries remembered (primary versions, versions by id, aliases);
+    /// 0 reads the database on every call. Remembered entries are used only while the change
+    /// feed confirms coherence (<see cref="IMetadataCoherence"/>).
+    /// </summary>
+    public int MetadataCacheCapacity
+    {
+        get => _metadata.Enabled ? _metadataCapacity : 0;
+        set
+        {
+            _metadataCapacity = value;
+            _metadata = new MetadataCache(value);
+        }
+    }
+
+    private int _metadataCapacity = DefaultMetadataCacheCapacity;
+
+    /// <summary>Metadata reads answered from memory and from the database since start.</summary>
+    public (long Hits, long Misses) MetadataCacheStatistics => (Interlocked.Read(ref _metadata.Hits), Interlocked.Read(ref _metadata.Misses));
+
+    /// <inheritdoc />
+    public void InvalidateMetadata() => _metadata.Invalidate();
+
+    /// <inheritdoc />
+    public void ConfirmCoherent(TimeSpan validFor) => _metadata.Confirm(validFor);
 
     /// <summary>Where the database is, for messages (a path, or a host and database name; never a password).</summary>
     public abstract string Location { get; }
@@ -225,7 +255,12 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
 
     /// <inheritdoc />
     public Task<KeyVersionMaterial?> GetPrimaryMaterialAsync(KeyName name, CancellationToken cancellationToken) =>
-        ReadAsync(async connection =>
+        _metadata.TryGet(name, out KeyVersionMaterial cached)
+            ? Task.FromResult<KeyVersionMaterial?>(cached)
+            : RememberAsync(name, ReadPrimaryMaterialAsync(name, _metadata.Generation, cancellationToken));
+
+    private Task<(KeyVersionMaterial? Value, long Generation)> ReadPrimaryMaterialAsync(KeyName name, long generation, CancellationToken cancellationToken) =>
+        WithGeneration(generation, ReadAsync(async connection =>
         {
             await using var command = Command(connection,
                 $"SELECT {KeyColumns}, p.material {KeyJoin} WHERE k.tenant = @tenant AND k.key_id = @key_id",
@@ -238,11 +273,16 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
 
             var key = ReadKey(reader);
             return new KeyVersionMaterial(key, key.Primary, ReadMaterial(reader, KeyColumnCount));
-        }, cancellationToken);
+        }, cancellationToken));
 
     /// <inheritdoc />
     public Task<KeyVersionMaterial?> FindVersionMaterialAsync(TenantId tenant, KeyVersionId id, CancellationToken cancellationToken) =>
-        ReadAsync(async connection =>
+        _metadata.TryGet((tenant, id), out KeyVersionMaterial cached)
+            ? Task.FromResult<KeyVersionMaterial?>(cached)
+            : RememberAsync((tenant, id), ReadVersionMaterialAsync(tenant, id, _metadata.Generation, cancellationToken));
+
+    private Task<(KeyVersionMaterial? Value, long Generation)> ReadVersionMaterialAsync(TenantId tenant, KeyVersionId id, long generation, CancellationToken cancellationToken) =>
+        WithGeneration(generation, ReadAsync(async connection =>
         {
             await using var command = Command(connection, $"""
                 SELECT {KeyColumns}, {OtherVersionColumns}, v.material
@@ -259,7 +299,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
 
             var key = ReadKey(reader);
             return new KeyVersionMaterial(key, ReadVersion(reader, KeyColumnCount, key.Name), ReadMaterial(reader, KeyColumnCount + VersionColumnCount));
-        }, cancellationToken);
+        }, cancellationToken));
 
     /// <inheritdoc />
     public Task<RequestRecord?> FindRequestAsync(TenantId tenant, string requestId, CancellationToken cancellationToken) =>
@@ -290,7 +330,26 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
 
     /// <inheritdoc />
     public Task<KeyAlias?> GetAliasAsync(AliasName name, CancellationToken cancellationToken) =>
-        ReadAsync(connection => ReadAliasAsync(connection, null, name, cancellationToken), cancellationToken);
+        _metadata.TryGet(name, out KeyAlias cached)
+            ? Task.FromResult<KeyAlias?>(cached)
+            : RememberAsync(name, WithGeneration(_metadata.Generation, ReadAsync(connection => ReadAliasAsync(connection, null, name, cancellationToken), cancellationToken)));
+
+    // A read's generation is captured before the database is asked, so a write that commits
+    // meanwhile (and moves the generation) keeps the read's answer out of the cache.
+    private static async Task<(T? Value, long Generation)> WithGeneration<T>(long generation, Task<T?> read)
+        where T : class => (await read, generation);
+
+    private async Task<T?> RememberAsync<T>(object key, Task<(T? Value, long Generation)> read)
+        where T : class
+    {
+        var (value, generation) = await read;
+        if (value is not null)
+        {
+            _metadata.Add(key, value, generation);
+        }
+
+        return value;
+    }
 
     /// <inheritdoc />
     public Task<KeyAlias?> UpdateAliasAsync(AliasName name, KeyName key, DateTimeOffset updateTime, CancellationToken cancellationToken) =>
@@ -383,7 +442,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             return await update.ExecuteScalarAsync(cancellationToken) is long total
                 ? total
                 : throw KmsErrors.Internal($"no key version {id} to count encryptions for");
-        }, cancellationToken);
+        }, cancellationToken, announce: false);
 
     /// <inheritdoc />
     public Task RecordUsageAsync(IReadOnlyCollection<UsageDelta> deltas, CancellationToken cancellationToken) =>
@@ -405,7 +464,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             }
 
             return 0;
-        }, cancellationToken);
+        }, cancellationToken, announce: false);
 
     /// <inheritdoc />
     public Task<string?> GetSettingAsync(string name, CancellationToken cancellationToken) =>
@@ -808,32 +867,56 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
 
     // One BEGIN IMMEDIATE transaction: committed when the work returns, rolled back when it throws.
     // Events the work itself adds (a quorum execution's) follow the request's own, in the same transaction.
-    private Task<T> WriteAsync<T>(Func<DbConnection, DbTransaction, Task<T>> work, CancellationToken cancellationToken, Func<T, IReadOnlyList<AuditEntry>>? trailingEvents = null) =>
+    // Every write that may change what the hot path remembers is announced in the change feed
+    // (other nodes and processes forget theirs) and forgets this store's own once it has
+    // committed — or failed, which may mean committed. Usage counters and the audit's own
+    // bookkeeping change nothing remembered and are not announced.
+    private Task<T> WriteAsync<T>(Func<DbConnection, DbTransaction, Task<T>> work, CancellationToken cancellationToken, Func<T, IReadOnlyList<AuditEntry>>? trailingEvents = null, bool announce = true) =>
         GuardAsync(async () =>
         {
-            await using var connection = await OpenConnectionAsync(cancellationToken);
-            await using var transaction = await BeginWriteAsync(connection, cancellationToken);
-
-            // A request's first write that changes something carries its audit event (one transaction).
-            var scope = AuditScope.Current;
-            var entry = scope?.TakeForWrite();
-            var before = entry is null ? 0 : await WriteMarkAsync(connection, transaction, cancellationToken);
-            var result = await work(connection, transaction);
-            var audited = entry is not null && await WriteMarkAsync(connection, transaction, cancellationToken) > before;
-            IReadOnlyList<AuditEntry> trailing = trailingEvents?.Invoke(result) ?? [];
-            if (audited || trailing.Count > 0)
+            try
             {
-                await AppendAuditInAsync(connection, transaction, audited ? [entry!, .. trailing] : trailing, cancellationToken);
+                return await WriteCoreAsync(work, trailingEvents, announce, cancellationToken);
             }
-
-            await transaction.CommitAsync(cancellationToken);
-            if (audited)
+            finally
             {
-                scope!.Committed();
+                if (announce)
+                {
+                    _metadata.Invalidate();
+                }
             }
-
-            return result;
         });
+
+    private async Task<T> WriteCoreAsync<T>(Func<DbConnection, DbTransaction, Task<T>> work, Func<T, IReadOnlyList<AuditEntry>>? trailingEvents, bool announce, CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenConnectionAsync(cancellationToken);
+        await using var transaction = await BeginWriteAsync(connection, cancellationToken);
+
+        // A request's first write that changes something carries its audit event (one transaction).
+        var scope = AuditScope.Current;
+        var entry = scope?.TakeForWrite();
+        var before = entry is null ? 0 : await WriteMarkAsync(connection, transaction, cancellationToken);
+        var result = await work(connection, transaction);
+        var audited = entry is not null && await WriteMarkAsync(connection, transaction, cancellationToken) > before;
+        if (announce)
+        {
+            await RecordChangeAsync(connection, transaction, StoreChangeKind.Metadata, "", cancellationToken);
+        }
+
+        IReadOnlyList<AuditEntry> trailing = trailingEvents?.Invoke(result) ?? [];
+        if (audited || trailing.Count > 0)
+        {
+            await AppendAuditInAsync(connection, transaction, audited ? [entry!, .. trailing] : trailing, cancellationToken);
+        }
+
+        await transaction.CommitAsync(cancellationToken);
+        if (audited)
+        {
+            scope!.Committed();
+        }
+
+        return result;
+    }
 
     // Database faults (locked too long, disk full, I/O) are retryable UNAVAILABLE; the
     // SQLite message stays in the server log (inner exception), never in the answer.
