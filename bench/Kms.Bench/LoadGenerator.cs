@@ -134,11 +134,13 @@ internal static class LoadGenerator
     /// The real server over TLS 1.3 with API-token auth on loopback (an ephemeral port), on
     /// <paramref name="options"/>' token, with durable audit on or off. The caller stops and disposes it.
     /// </summary>
-    internal static async Task<WebApplication> StartServerAsync(HsmOptions options, string root, bool audit)
+    internal static async Task<WebApplication> StartServerAsync(HsmOptions options, string root, bool audit, params string[] extra)
     {
         var app = await KmsServerApp.BuildAsync(
         [
-            "--dev", "--urls=https://127.0.0.1:0", $"--Kms:DataDir={root}", $"--Hsm:TokenLabel={options.TokenLabel}", $"--Hsm:Pin={options.Pin}",
+            .. extra,
+            "--dev", "--urls=https://127.0.0.1:0", $"--Kms:DataDir={root}", $"--Hsm:TokenLabel={options.TokenLabel}",
+            options.PinFile is { } pinFile ? $"--Hsm:PinFile={pinFile}" : $"--Hsm:Pin={options.Pin}",
             $"--Hsm:ModuleEnvironment:SOFTHSM2_CONF={options.ModuleEnvironment["SOFTHSM2_CONF"]}",
 
             // The tenant quota (default 5,000 ops/s) would cap the sweep; it is still metered.

@@ -2,6 +2,9 @@ using System.Globalization;
 using BenchmarkDotNet.Running;
 using Kms.Bench;
 
+// dotnet run -c Release --project bench/Kms.Bench -- perf [seconds per step] [concurrencies] [result file]   (the performance issue's figures)
+// dotnet run -c Release --project bench/Kms.Bench -- zipf [keys] [seconds per step] [concurrency] [soak minutes] [result file]
+// dotnet run -c Release --project bench/Kms.Bench -- ab [seconds] [concurrency] [rounds] generate|decrypt [server args A] -- [server args B]
 // dotnet run -c Release --project bench/Kms.Bench -- micro [BenchmarkDotNet arguments]
 // dotnet run -c Release --project bench/Kms.Bench -- load [seconds per step] [concurrencies, comma-separated]
 // dotnet run -c Release --project bench/Kms.Bench -- envelope [BenchmarkDotNet arguments]
@@ -21,6 +24,32 @@ switch (args.FirstOrDefault())
         return await EnvelopeStreamBench.RunAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1024);
     case "commit":
         return await CommitCost.RunAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 2000);
+    case "perf":
+        return await PerfSuite.RunAsync(Seconds(args), Concurrencies(args), args.Length > 3 ? args[3] : null);
+    case "ab":
+        {
+            // ab seconds concurrency rounds operation [A args] -- [B args]
+            var rest = args[5..];
+            var split = Array.IndexOf(rest, "--");
+            return await PerfSuite.CompareAsync(
+                TimeSpan.FromSeconds(int.Parse(args[1], CultureInfo.InvariantCulture)),
+                int.Parse(args[2], CultureInfo.InvariantCulture),
+                int.Parse(args[3], CultureInfo.InvariantCulture),
+                args[4],
+                split < 0 ? rest : rest[..split],
+                split < 0 ? [] : rest[(split + 1)..]);
+        }
+
+    case "zipf":
+        // zipf [keys] [seconds per step] [concurrency] [soak minutes] [result file]
+        return await ZipfBench.RunAsync(
+            args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 100_000,
+            TimeSpan.FromSeconds(args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 10),
+            args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 16,
+            TimeSpan.FromMinutes(args.Length > 4 ? double.Parse(args[4], CultureInfo.InvariantCulture) : 0),
+            args.Length > 5 ? args[5] : null);
+    case "hold":
+        return await PerfSuite.HoldAsync(args[1], int.Parse(args[2], CultureInfo.InvariantCulture), TimeSpan.FromSeconds(int.Parse(args[3], CultureInfo.InvariantCulture)));
     case "load":
         return await LoadGenerator.RunAsync(Seconds(args), Concurrencies(args));
     case "sign":
@@ -31,7 +60,7 @@ switch (args.FirstOrDefault())
             args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 16,
             args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 2);
     default:
-        Console.Error.WriteLine("usage: Kms.Bench micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2]");
+        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency rounds generate|decrypt [A args] -- [B args] | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2]");
         return 2;
 }
 

@@ -144,6 +144,7 @@ internal static class DomainKeyLocator
         using var idTemplate = templates.FindSecretKey(CKA.CKA_ID, id);
         var byLabel = session.FindAllObjects(labelTemplate.Attributes);
         var byId = session.FindAllObjects(idTemplate.Attributes);
+        HsmMetrics.ObjectSearches.Add(2);
         return byLabel.Concat(byId).DistinctBy(h => h.ObjectId).ToList();
     }
 

@@ -47,6 +47,16 @@ internal static class HsmMetrics
         unit: "{lookup}",
         description: "Key-version lookups that unwrapped the version under the domain key");
 
+    /// <summary>
+    /// An object search (<c>C_FindObjectsInit</c> … <c>C_FindObjectsFinal</c>) on the token: only
+    /// when the domain key is located (start, recovery). A key-version lookup never searches: a
+    /// cache miss is one unwrap of the stored blob.
+    /// </summary>
+    public static readonly Counter<long> ObjectSearches = Meter.CreateCounter<long>(
+        "hsm_object_searches_total",
+        unit: "{search}",
+        description: "Object searches on the token (locating the domain key at start and after a recovery; never per request)");
+
     /// <summary>Sessions leased to an operation right now.</summary>
     public static readonly ObservableGauge<long> SessionsInUse = Meter.CreateObservableGauge(
         "hsm_sessions_in_use",

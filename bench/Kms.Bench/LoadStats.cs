@@ -1,0 +1,149 @@
+using System.Diagnostics;
+using Grpc.Core;
+
+namespace Kms.Bench;
+
+/// <summary>What one measured step gave: throughput, latency percentiles, failures by status.</summary>
+/// <param name="NotSent">Open loop only: calls the schedule asked for but the client did not send, because its bound on outstanding calls was reached (the server fell far behind).</param>
+internal sealed record StepResult(double OpsPerSecond, double P50, double P90, double P99, double P999, double Max, int Calls, int Errors, int Shed, int NotSent = 0)
+{
+    public static StepResult From(double[] latencies, double seconds, int errors, int shed, double operationsPerCall = 1)
+    {
+        Array.Sort(latencies);
+        return new StepResult(
+            latencies.Length * operationsPerCall / seconds,
+            Percentile(latencies, 0.50),
+            Percentile(latencies, 0.90),
+            Percentile(latencies, 0.99),
+            Percentile(latencies, 0.999),
+            latencies.Length == 0 ? 0 : latencies[^1],
+            latencies.Length,
+            errors,
+            shed);
+    }
+
+    private static double Percentile(double[] sorted, double p) => sorted.Length == 0 ? 0 : sorted[(int)Math.Min(sorted.Length - 1, Math.Floor(p * sorted.Length))];
+}
+
+/// <summary>Closed and open loops over any async call.</summary>
+internal static class LoadLoops
+{
+    /// <summary>
+    /// A closed loop: <paramref name="concurrency"/> workers call back to back for
+    /// <paramref name="duration"/>. Every call's latency is kept, failed ones too; UNAVAILABLE
+    /// (shed) is counted apart from other failures.
+    /// </summary>
+    public static async Task<StepResult> ClosedAsync(int concurrency, TimeSpan duration, Func<Task> call, double operationsPerCall = 1)
+    {
+        var latencies = new List<double>[concurrency];
+        int errors = 0, shed = 0;
+        var stopwatch = Stopwatch.StartNew();
+        await Task.WhenAll(Enumerable.Range(0, concurrency).Select(async worker =>
+        {
+            await Task.Yield();
+            var mine = latencies[worker] = new List<double>(200_000);
+            while (stopwatch.Elapsed < duration)
+            {
+                var started = Stopwatch.GetTimestamp();
+                try
+                {
+                    await call();
+                }
+                catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
+                {
+                    Interlocked.Increment(ref shed);
+                }
+                catch (RpcException)
+                {
+                    Interlocked.Increment(ref errors);
+                }
+
+                mine.Add(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+            }
+        }));
+        var seconds = stopwatch.Elapsed.TotalSeconds;
+        return StepResult.From(latencies.SelectMany(l => l).ToArray(), seconds, errors, shed, operationsPerCall);
+    }
+
+    /// <summary>
+    /// An open loop: calls are started on a fixed schedule of <paramref name="ratePerSecond"/>,
+    /// whether or not earlier ones have answered, and each latency is measured from the time the
+    /// call was <em>due</em> (so a stalled sender cannot hide queueing: no coordinated omission).
+    /// At most <paramref name="maxOutstanding"/> calls are in flight; a call that would exceed it
+    /// is not sent and counted apart (<see cref="StepResult.NotSent"/>).
+    /// </summary>
+    public static async Task<StepResult> OpenAsync(double ratePerSecond, TimeSpan duration, Func<Task> call, int maxOutstanding = 20_000)
+    {
+        var latencies = new double[(int)(ratePerSecond * duration.TotalSeconds) + 16];
+        int errors = 0, shed = 0, outstanding = 0, recorded = 0, notSent = 0;
+        var frequency = Stopwatch.Frequency;
+        var interval = frequency / ratePerSecond;
+        var start = Stopwatch.GetTimestamp();
+        var total = (long)(ratePerSecond * duration.TotalSeconds);
+        var pending = new List<Task>((int)Math.Min(total, 1_000_000));
+        long sent = 0;
+        while (sent < total)
+        {
+            var now = Stopwatch.GetTimestamp();
+            var due = Math.Min(total, (long)((now - start) / interval) + 1);
+            for (; sent < due; sent++)
+            {
+                var dueAt = start + (long)(sent * interval);
+                if (Interlocked.Increment(ref outstanding) > maxOutstanding)
+                {
+                    Interlocked.Decrement(ref outstanding);
+                    notSent++;
+                    continue;
+                }
+
+                pending.Add(Task.Run(async () =>
+                {
+                    try
+                    {
+                        await call();
+                    }
+                    catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
+                    {
+                        Interlocked.Increment(ref shed);
+                    }
+                    catch (RpcException)
+                    {
+                        Interlocked.Increment(ref errors);
+                    }
+                    finally
+                    {
+                        Interlocked.Decrement(ref outstanding);
+                    }
+
+                    var index = Interlocked.Increment(ref recorded) - 1;
+                    if (index < latencies.Length)
+                    {
+                        latencies[index] = (Stopwatch.GetTimestamp() - dueAt) * 1000.0 / frequency;
+                    }
+                }));
+            }
+
+            // Sub-millisecond pacing: yield rather than sleep (Task.Delay's granularity is about 1 ms).
+            if (sent < total)
+            {
+                var next = start + (long)(sent * interval);
+                if (next - Stopwatch.GetTimestamp() > frequency / 500)
+                {
+                    await Task.Delay(1);
+                }
+                else
+                {
+                    await Task.Yield();
+                }
+            }
+        }
+
+        await Task.WhenAll(pending);
+        var seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
+        var count = Math.Min(recorded, latencies.Length);
+        var result = StepResult.From(latencies[..count], seconds, errors, shed);
+
+        // Throughput of an open loop is the schedule's, as long as it kept up.
+        return result with { OpsPerSecond = count / Math.Max(duration.TotalSeconds, seconds), NotSent = notSent };
+    }
+}

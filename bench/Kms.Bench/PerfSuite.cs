@@ -1,0 +1,405 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Google.Protobuf.WellKnownTypes;
+using Kms.Client;
+using Kms.Contracts.V1;
+using Kms.Hsm;
+using Net.Pkcs11Interop.Common;
+using Net.Pkcs11Interop.HighLevelAPI;
+
+namespace Kms.Bench;
+
+/// <summary>
+/// The performance issue's figures from one command, each against its baseline in the same run:
+/// GenerateDataKey and Decrypt (TLS 1.3, API token, durable audit) against a bare RPC on the same
+/// stack; BatchGenerateDataKey against the raw HSM floor (random + GCM per key); open-loop p99 at
+/// half of the measured peak; an overload step that must be shed with UNAVAILABLE. Writes a JSON
+/// result file (the regression record) besides the tables.
+/// </summary>
+internal static class PerfSuite
+{
+    public static async Task<int> RunAsync(TimeSpan duration, int[] concurrencies, string? outputPath)
+    {
+        var started = DateTimeOffset.UtcNow;
+        var (options, root) = BenchEnvironment.CreateToken();
+        var results = new JsonObject
+        {
+            ["suite"] = "perf",
+            ["started"] = started.ToString("O", CultureInfo.InvariantCulture),
+            ["machine"] = new JsonObject
+            {
+                ["processors"] = Environment.ProcessorCount,
+                ["runtime"] = Environment.Version.ToString(),
+                ["load_average"] = LoadAverage(),
+            },
+            ["seconds_per_step"] = duration.TotalSeconds,
+        };
+        var failed = 0;
+        try
+        {
+            var rawGcm = RawHsm.Measure(options, duration, dataKeyFloor: false);
+            var rawFloor = RawHsm.Measure(options, duration, dataKeyFloor: true);
+            Console.WriteLine(Invariant($"baseline: raw PKCS#11 AES-GCM 32 B, 1 thread: {rawGcm:N0} ops/s"));
+            Console.WriteLine(Invariant($"baseline: raw HSM data-key floor (C_GenerateRandom 44 B + C_Encrypt GCM 32 B), 1 thread: {rawFloor:N0} keys/s"));
+            results["raw_gcm_ops_per_second"] = rawGcm;
+            results["raw_data_key_floor_per_second"] = rawFloor;
+
+            var app = await LoadGenerator.StartServerAsync(options, root, audit: true);
+            var (bare, bareAddress) = await BareRpc.StartAsync(root);
+            try
+            {
+                var token = File.ReadAllText(Path.Combine(root, "tokens", "developer.token")).Trim();
+                var (bareInvoker, bareChannel) = BareRpc.Connect(bareAddress, root, token);
+                using var _ = bareChannel;
+                using var client = LoadGenerator.Connect(app, root);
+                var key = await client.CreateKeyAsync("tenants/dev", "perf");
+                var context = new Dictionary<string, string> { ["bench"] = "perf", ["table"] = "orders" };
+                var ciphertexts = new byte[64][];
+                for (var i = 0; i < ciphertexts.Length; i++)
+                {
+                    using var dataKey = await client.GenerateDataKeyAsync(key.Name, context);
+                    ciphertexts[i] = dataKey.Ciphertext;
+                }
+
+                var empty = new Empty();
+                Func<Task> bareCall = async () => await bareInvoker.AsyncUnaryCall(BareRpc.EmptyMethod, null, default, empty);
+                Func<Task> generate = async () =>
+                {
+                    using var dataKey = await client.GenerateDataKeyAsync(key.Name, context);
+                };
+                var next = 0;
+                Func<Task> decrypt = async () =>
+                {
+                    using var plaintext = await client.DecryptAsync(ciphertexts[(Interlocked.Increment(ref next) & int.MaxValue) % ciphertexts.Length], context);
+                };
+
+                // Interleaved per concurrency (bare, GenerateDataKey, Decrypt), so drift in the
+                // machine's load does not favour one of them.
+                var sweep = new JsonArray();
+                var peaks = new Dictionary<string, (double Ops, int Concurrency)>();
+                Console.WriteLine();
+                Console.WriteLine("| concurrency | bare RPC ops/s | GenerateDataKey ops/s | ÷ bare | p99 ms | Decrypt ops/s | ÷ bare | p99 ms |");
+                Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|");
+                foreach (var concurrency in concurrencies)
+                {
+                    var step = new Dictionary<string, StepResult>();
+                    foreach (var (name, call) in new[] { ("bare", bareCall), ("generate_data_key", generate), ("decrypt", decrypt) })
+                    {
+                        await LoadLoops.ClosedAsync(concurrency, TimeSpan.FromSeconds(1), call); // warm-up
+                        var result = await LoadLoops.ClosedAsync(concurrency, duration, call);
+                        failed += result.Errors + result.Shed;
+                        step[name] = result;
+                        if (!peaks.TryGetValue(name, out var peak) || result.OpsPerSecond > peak.Ops)
+                        {
+                            peaks[name] = (result.OpsPerSecond, concurrency);
+                        }
+                    }
+
+                    var (b, g, d) = (step["bare"], step["generate_data_key"], step["decrypt"]);
+                    Console.WriteLine(Invariant(
+                        $"| {concurrency} | {b.OpsPerSecond:N0} | {g.OpsPerSecond:N0} | {g.OpsPerSecond / b.OpsPerSecond:F2} | {g.P99:F2} | {d.OpsPerSecond:N0} | {d.OpsPerSecond / b.OpsPerSecond:F2} | {d.P99:F2} |{Failures(g, d)}"));
+                    sweep.Add(new JsonObject
+                    {
+                        ["concurrency"] = concurrency,
+                        ["bare"] = Json(b),
+                        ["generate_data_key"] = Json(g),
+                        ["decrypt"] = Json(d),
+                    });
+                }
+
+                results["closed_loop"] = sweep;
+                var peakJson = new JsonObject();
+                foreach (var (name, peak) in peaks)
+                {
+                    peakJson[name] = new JsonObject { ["ops_per_second"] = peak.Ops, ["concurrency"] = peak.Concurrency, ["ratio_to_bare_peak"] = peak.Ops / peaks["bare"].Ops };
+                    Console.WriteLine(Invariant($"peak {name}: {peak.Ops:N0} ops/s at c={peak.Concurrency}, {peak.Ops / peaks["bare"].Ops:F2} of the bare RPC's peak"));
+                }
+
+                results["peak"] = peakJson;
+
+                // Batches of 100 data keys against the raw HSM floor of the same run.
+                var batch = new BatchGenerateDataKeyRequest();
+                batch.Requests.Add(Enumerable.Range(0, 100).Select(_ => new GenerateDataKeyRequest { Name = key.Name }));
+                var batchJson = new JsonArray();
+                Console.WriteLine();
+                Console.WriteLine("| concurrency | BatchGenerateDataKey (100) data keys/s | ÷ raw HSM floor | p99 ms per call |");
+                Console.WriteLine("|---:|---:|---:|---:|");
+                foreach (var concurrency in new[] { 1, 2, 4 })
+                {
+                    Func<Task> batchCall = async () =>
+                    {
+                        var response = await client.Raw.BatchGenerateDataKeyAsync(batch);
+                        if (response.Results.Any(r => r.Status.Code != 0))
+                        {
+                            throw new Grpc.Core.RpcException(new Grpc.Core.Status(Grpc.Core.StatusCode.Internal, "a batch item failed"));
+                        }
+                    };
+                    await LoadLoops.ClosedAsync(concurrency, TimeSpan.FromSeconds(1), batchCall, 100);
+                    var result = await LoadLoops.ClosedAsync(concurrency, duration, batchCall, 100);
+                    failed += result.Errors + result.Shed;
+                    Console.WriteLine(Invariant($"| {concurrency} | {result.OpsPerSecond:N0} | {result.OpsPerSecond / rawFloor:F2} | {result.P99:F2} |{Failures(result)}"));
+                    batchJson.Add(new JsonObject { ["concurrency"] = concurrency, ["result"] = Json(result), ["ratio_to_raw_floor"] = result.OpsPerSecond / rawFloor });
+                }
+
+                results["batch_generate_data_key"] = batchJson;
+
+                // Open loop at half of each operation's peak: latency from when each call was due.
+                var openJson = new JsonObject();
+                Console.WriteLine();
+                Console.WriteLine("| open loop | rate /s | achieved /s | p50 ms | p99 ms | p99.9 ms | max ms | shed | errors | not sent |");
+                Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+                foreach (var (name, call) in new[] { ("generate_data_key", generate), ("decrypt", decrypt) })
+                {
+                    var rate = peaks[name].Ops / 2;
+                    await LoadLoops.OpenAsync(rate, TimeSpan.FromSeconds(1), call);
+                    var result = await LoadLoops.OpenAsync(rate, duration, call);
+                    failed += result.Errors; // shedding (UNAVAILABLE) is the designed answer when a noisy machine falls behind the schedule
+                    Console.WriteLine(Invariant($"| {name} at half of peak | {rate:N0} | {result.OpsPerSecond:N0} | {result.P50:F2} | {result.P99:F2} | {result.P999:F2} | {result.Max:F2} | {result.Shed} | {result.Errors} | {result.NotSent} |"));
+                    openJson[name] = new JsonObject { ["rate"] = rate, ["result"] = Json(result) };
+                }
+
+                // Overload: twice the peak, offered on a schedule. What the server cannot take must
+                // come back as UNAVAILABLE (retryable, shed) — not as other errors, not as a queue
+                // that grows without bound. Shed calls are expected here and not a failure.
+                {
+                    var rate = peaks["generate_data_key"].Ops * 2;
+                    var result = await LoadLoops.OpenAsync(rate, TimeSpan.FromSeconds(Math.Min(3, duration.TotalSeconds)), generate, maxOutstanding: 4_000);
+                    failed += result.Errors;
+                    Console.WriteLine(Invariant($"| generate_data_key at 2x peak (overload) | {rate:N0} | {result.OpsPerSecond:N0} | {result.P50:F2} | {result.P99:F2} | {result.P999:F2} | {result.Max:F2} | {result.Shed} | {result.Errors} | {result.NotSent} |"));
+                    openJson["overload_generate_data_key"] = new JsonObject { ["rate"] = rate, ["result"] = Json(result) };
+                }
+
+                results["open_loop"] = openJson;
+            }
+            finally
+            {
+                await bare.StopAsync();
+                await bare.DisposeAsync();
+                await app.StopAsync();
+                await app.DisposeAsync();
+            }
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+
+        results["failed_calls"] = failed;
+        results["finished"] = DateTimeOffset.UtcNow.ToString("O", CultureInfo.InvariantCulture);
+        outputPath ??= Path.Combine(BenchEnvironment.RepositoryRoot, "bench", "results", $"perf-{started:yyyyMMdd-HHmmss}.json");
+        Directory.CreateDirectory(Path.GetDirectoryName(outputPath)!);
+        await File.WriteAllTextAsync(outputPath, results.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        Console.WriteLine();
+        Console.WriteLine($"results: {outputPath}");
+        if (failed > 0)
+        {
+            Console.Error.WriteLine($"perf: {failed} calls failed");
+            return 1;
+        }
+
+        return 0;
+    }
+
+    /// <summary>
+    /// A/B of two server configurations in one process, at the same time on the same machine: each
+    /// round measures A then B (B then A in odd rounds), so drift in the machine's load favours
+    /// neither. Prints B ÷ A per round and the median. Each server has its own token and data dir.
+    /// </summary>
+    public static async Task<int> CompareAsync(TimeSpan duration, int concurrency, int rounds, string operation, string[] argsA, string[] argsB)
+    {
+        var (tokens, _, root) = BenchEnvironment.CreateTokens(2);
+        var servers = new List<Microsoft.AspNetCore.Builder.WebApplication>();
+        try
+        {
+            var calls = new List<Func<Task>>();
+            var clients = new List<KmsClient>();
+            foreach (var (token, args) in new[] { (tokens[0], argsA), (tokens[1], argsB) })
+            {
+                var dir = Path.Combine(root, token.Options.TokenLabel!);
+                Directory.CreateDirectory(dir);
+                var app = await LoadGenerator.StartServerAsync(token.Options, dir, audit: true, args);
+                servers.Add(app);
+                var client = LoadGenerator.Connect(app, dir);
+                clients.Add(client);
+                calls.Add(await OperationAsync(client, operation));
+            }
+
+            Console.WriteLine($"A: {string.Join(' ', argsA)}");
+            Console.WriteLine($"B: {string.Join(' ', argsB)}");
+            Console.WriteLine($"{operation} at c={concurrency}, {duration.TotalSeconds} s per measurement, {rounds} rounds");
+            foreach (var call in calls)
+            {
+                await LoadLoops.ClosedAsync(concurrency, TimeSpan.FromSeconds(2), call); // warm-up
+            }
+
+            var ratios = new List<double>();
+            Console.WriteLine("| round | A ops/s | A p99 ms | B ops/s | B p99 ms | B ÷ A |");
+            Console.WriteLine("|---:|---:|---:|---:|---:|---:|");
+            for (var round = 1; round <= rounds; round++)
+            {
+                var order = round % 2 == 1 ? new[] { 0, 1 } : [1, 0];
+                var results = new StepResult[2];
+                foreach (var i in order)
+                {
+                    results[i] = await LoadLoops.ClosedAsync(concurrency, duration, calls[i]);
+                }
+
+                ratios.Add(results[1].OpsPerSecond / results[0].OpsPerSecond);
+                Console.WriteLine(Invariant($"| {round} | {results[0].OpsPerSecond:N0} | {results[0].P99:F2} | {results[1].OpsPerSecond:N0} | {results[1].P99:F2} | {ratios[^1]:F2} |{Failures(results)}"));
+            }
+
+            ratios.Sort();
+            Console.WriteLine(Invariant($"median B ÷ A: {ratios[ratios.Count / 2]:F2} (range {ratios[0]:F2}-{ratios[^1]:F2}); load average {LoadAverage()}"));
+            foreach (var client in clients)
+            {
+                client.Dispose();
+            }
+
+            return 0;
+        }
+        finally
+        {
+            foreach (var app in servers)
+            {
+                await app.StopAsync();
+                await app.DisposeAsync();
+            }
+
+            Directory.Delete(root, recursive: true);
+        }
+    }
+
+    // A key and the closure that calls the operation on it.
+    private static async Task<Func<Task>> OperationAsync(KmsClient client, string operation)
+    {
+        var key = await client.CreateKeyAsync("tenants/dev", "bench-" + operation);
+        var context = new Dictionary<string, string> { ["bench"] = "perf", ["table"] = "orders" };
+        using var sample = await client.GenerateDataKeyAsync(key.Name, context);
+        var ciphertext = sample.Ciphertext;
+        return operation.StartsWith("decrypt", StringComparison.Ordinal)
+            ? async () =>
+            {
+                using var plaintext = await client.DecryptAsync(ciphertext, context);
+            }
+        : async () =>
+        {
+            using var dataKey = await client.GenerateDataKeyAsync(key.Name, context);
+        };
+    }
+
+    /// <summary>For profilers: one operation at one concurrency for a while, nothing else (prints the PID to attach to).</summary>
+    public static async Task<int> HoldAsync(string operation, int concurrency, TimeSpan duration)
+    {
+        var (options, root) = BenchEnvironment.CreateToken();
+        var app = await LoadGenerator.StartServerAsync(options, root, audit: !operation.EndsWith("-unaudited", StringComparison.Ordinal));
+        try
+        {
+            using var client = LoadGenerator.Connect(app, root);
+            var key = await client.CreateKeyAsync("tenants/dev", "hold");
+            var context = new Dictionary<string, string> { ["bench"] = "perf", ["table"] = "orders" };
+            using var sample = await client.GenerateDataKeyAsync(key.Name, context);
+            Func<Task> call = operation.StartsWith("decrypt", StringComparison.Ordinal)
+                ? async () =>
+                {
+                    using var plaintext = await client.DecryptAsync(sample.Ciphertext, context);
+                }
+            : async () =>
+            {
+                using var dataKey = await client.GenerateDataKeyAsync(key.Name, context);
+            };
+            Console.WriteLine($"pid {Environment.ProcessId}: {operation} at c={concurrency} for {duration.TotalSeconds} s");
+            var result = await LoadLoops.ClosedAsync(concurrency, duration, call);
+            Console.WriteLine(Invariant($"{result.OpsPerSecond:N0} ops/s, p50 {result.P50:F2} ms, p99 {result.P99:F2} ms, {result.Errors + result.Shed} failed"));
+            return 0;
+        }
+        finally
+        {
+            await app.StopAsync();
+            await app.DisposeAsync();
+            Directory.Delete(root, recursive: true);
+        }
+    }
+
+    internal static JsonObject Json(StepResult r) => new()
+    {
+        ["ops_per_second"] = Math.Round(r.OpsPerSecond, 1),
+        ["p50_ms"] = Math.Round(r.P50, 3),
+        ["p90_ms"] = Math.Round(r.P90, 3),
+        ["p99_ms"] = Math.Round(r.P99, 3),
+        ["p999_ms"] = Math.Round(r.P999, 3),
+        ["max_ms"] = Math.Round(r.Max, 3),
+        ["calls"] = r.Calls,
+        ["errors"] = r.Errors,
+        ["shed"] = r.Shed,
+        ["not_sent"] = r.NotSent,
+    };
+
+    internal static string? LoadAverage() =>
+        File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : null;
+
+    private static string Failures(params StepResult[] results) =>
+        results.Sum(r => r.Errors + r.Shed) is var n and > 0 ? Invariant($" {n} failed") : "";
+
+    private static string Invariant(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
+}
+
+/// <summary>Raw Pkcs11Interop calls on one thread, one session, one session-object key: the floors.</summary>
+internal static class RawHsm
+{
+    /// <summary>
+    /// GCM encryptions of 32 bytes per second, or (with <paramref name="dataKeyFloor"/>) data
+    /// keys per second made the way a data key is made: C_GenerateRandom of 44 bytes (key and
+    /// IV), then C_Encrypt (AES-GCM) of the 32-byte key.
+    /// </summary>
+    public static double Measure(HsmOptions options, TimeSpan duration, bool dataKeyFloor)
+    {
+        var module = Pkcs11Module.Acquire(options.ModulePath, options.ModuleEnvironment);
+        try
+        {
+            return module.Call(library =>
+            {
+                var slot = library.GetSlotList(SlotsType.WithTokenPresent).Single(s => s.GetTokenInfo().Label == options.TokenLabel);
+                using var session = slot.OpenSession(SessionType.ReadWrite);
+                session.Login(CKU.CKU_USER, options.Pin!);
+                var a = module.Factories.ObjectAttributeFactory;
+                using var generate = module.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_GEN);
+                List<IObjectAttribute> template = [
+                    a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_VALUE_LEN, 32UL),
+                    a.Create(CKA.CKA_TOKEN, false), a.Create(CKA.CKA_ENCRYPT, true),
+                ];
+                var key = session.GenerateKey(generate, template);
+                GC.KeepAlive(template); // Pkcs11Interop frees attribute memory in finalizers
+                var plaintext = RandomNumberGenerator.GetBytes(32);
+                var iv = RandomNumberGenerator.GetBytes(12);
+                var count = 0;
+                var stopwatch = Stopwatch.StartNew();
+                while (stopwatch.Elapsed < duration)
+                {
+                    if (dataKeyFloor)
+                    {
+                        var random = session.GenerateRandom(44);
+                        iv = random[32..];
+                        plaintext = random[..32];
+                    }
+
+                    using var parameters = module.Factories.MechanismParamsFactory.CreateCkGcmParams(iv, 96, null, 128);
+                    using var mechanism = module.Factories.MechanismFactory.Create(CKM.CKM_AES_GCM, parameters);
+                    session.Encrypt(mechanism, key, plaintext);
+                    count++;
+                }
+
+                var rate = count / stopwatch.Elapsed.TotalSeconds;
+                session.DestroyObject(key);
+                session.Logout();
+                return rate;
+            });
+        }
+        finally
+        {
+            module.Release();
+        }
+    }
+}

@@ -1,0 +1,234 @@
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Kms.Client;
+using Kms.Core.Ports;
+using Kms.Storage;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Kms.Bench;
+
+/// <summary>
+/// Many keys, few hot: Decrypt over <c>keys</c> keys (one ciphertext each) with Zipf-distributed
+/// access (s = 1), the HSM handle cache at 10,000, against Decrypt over 10 keys in the same run —
+/// interleaved rounds. Counts what a cache miss costs (unwraps; object searches on the token must
+/// stay at zero) and follows the process's resident memory (client and server together: an upper
+/// bound on the server's) through an optional soak.
+/// </summary>
+internal static class ZipfBench
+{
+    public static async Task<int> RunAsync(int keyCount, TimeSpan duration, int concurrency, TimeSpan soak, string? outputPath)
+    {
+        var started = DateTimeOffset.UtcNow;
+        var (options, root) = BenchEnvironment.CreateToken();
+        var results = new JsonObject
+        {
+            ["suite"] = "zipf",
+            ["started"] = started.ToString("O", CultureInfo.InvariantCulture),
+            ["keys"] = keyCount,
+            ["concurrency"] = concurrency,
+            ["load_average_start"] = PerfSuite.LoadAverage(),
+        };
+        var counters = new HsmCounters();
+        var failed = 0;
+        var app = await LoadGenerator.StartServerAsync(options, root, audit: true, "--Hsm:KeyCacheCapacity=10000");
+        try
+        {
+            using var client = LoadGenerator.Connect(app, root);
+            var store = (SqlStore)app.Services.GetRequiredService<IKeyStore>();
+            var context = new Dictionary<string, string> { ["bench"] = "zipf" };
+
+            // Keys and one ciphertext each, made through the API (concurrently; not measured).
+            var clock = Stopwatch.StartNew();
+            var ciphertexts = new byte[keyCount][];
+            var next = -1;
+            await Task.WhenAll(Enumerable.Range(0, 16).Select(async _ =>
+            {
+                int i;
+                while ((i = Interlocked.Increment(ref next)) < keyCount)
+                {
+                    var key = await client.CreateKeyAsync("tenants/dev", $"z{i:D6}");
+                    using var dataKey = await client.GenerateDataKeyAsync(key.Name, context);
+                    ciphertexts[i] = dataKey.Ciphertext;
+                    if ((i + 1) % 10_000 == 0)
+                    {
+                        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {i + 1:N0} keys in {clock.Elapsed.TotalSeconds:F0} s"));
+                    }
+                }
+            }));
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{keyCount:N0} keys with a ciphertext each, made in {clock.Elapsed.TotalSeconds:F0} s; RSS {RssMiB():F0} MiB"));
+            results["setup_seconds"] = clock.Elapsed.TotalSeconds;
+
+            var zipf = new ZipfSampler(keyCount, 1.0, seed: 20261130);
+            Func<Task> few = async () =>
+            {
+                using var plaintext = await client.DecryptAsync(ciphertexts[Random.Shared.Next(10)], context);
+            };
+            Func<Task> many = async () =>
+            {
+                using var plaintext = await client.DecryptAsync(ciphertexts[zipf.Next()], context);
+            };
+
+            // Warm both (the many-key cache fills to its bound), then interleaved rounds.
+            await LoadLoops.ClosedAsync(concurrency, TimeSpan.FromSeconds(2), few);
+            await LoadLoops.ClosedAsync(concurrency, duration, many);
+            var rounds = new JsonArray();
+            var ratios = new List<double>();
+            Console.WriteLine();
+            Console.WriteLine("| round | 10 keys ops/s | p99 ms | Zipf ops/s | p99 ms | Zipf ÷ 10 keys | handle-cache misses per call | unwraps | object searches | metadata hits | RSS MiB |");
+            Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            for (var round = 1; round <= 3; round++)
+            {
+                var a = await LoadLoops.ClosedAsync(concurrency, duration, few);
+                var (hitsBefore, missesBefore, searchesBefore) = counters.Read();
+                var (metaHitsBefore, metaMissesBefore) = store.MetadataCacheStatistics;
+                var b = await LoadLoops.ClosedAsync(concurrency, duration, many);
+                var (hits, misses, searches) = counters.Read();
+                var (metaHits, metaMisses) = store.MetadataCacheStatistics;
+                failed += a.Errors + a.Shed + b.Errors + b.Shed;
+                var ratio = b.OpsPerSecond / a.OpsPerSecond;
+                ratios.Add(ratio);
+                var missRate = (double)(misses - missesBefore) / Math.Max(1, hits - hitsBefore + misses - missesBefore);
+                var metaHitRate = (double)(metaHits - metaHitsBefore) / Math.Max(1, metaHits - metaHitsBefore + metaMisses - metaMissesBefore);
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {round} | {a.OpsPerSecond:N0} | {a.P99:F2} | {b.OpsPerSecond:N0} | {b.P99:F2} | {ratio:F2} | {missRate:P1} | {misses - missesBefore:N0} | {searches - searchesBefore} | {metaHitRate:P1} | {RssMiB():F0} |"));
+                rounds.Add(new JsonObject
+                {
+                    ["ten_keys"] = PerfSuite.Json(a),
+                    ["zipf"] = PerfSuite.Json(b),
+                    ["ratio"] = ratio,
+                    ["handle_cache_miss_rate"] = missRate,
+                    ["unwraps"] = misses - missesBefore,
+                    ["object_searches"] = searches - searchesBefore,
+                    ["metadata_cache_hit_rate"] = metaHitRate,
+                    ["rss_mib"] = RssMiB(),
+                });
+            }
+
+            ratios.Sort();
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"median Zipf ÷ 10 keys: {ratios[1]:F2}"));
+            results["rounds"] = rounds;
+            results["median_ratio"] = ratios[1];
+
+            // Soak: the Zipf load for a while, RSS sampled every 10 s.
+            if (soak > TimeSpan.Zero)
+            {
+                var samples = new JsonArray();
+                var soakClock = Stopwatch.StartNew();
+                var step = TimeSpan.FromSeconds(10);
+                Console.WriteLine();
+                Console.WriteLine($"soak: {soak.TotalMinutes} min of Zipf Decrypt at c={concurrency}, RSS every 10 s");
+                while (soakClock.Elapsed < soak)
+                {
+                    var r = await LoadLoops.ClosedAsync(concurrency, step, many);
+                    failed += r.Errors + r.Shed;
+                    var rss = RssMiB();
+                    samples.Add(new JsonObject { ["seconds"] = Math.Round(soakClock.Elapsed.TotalSeconds), ["rss_mib"] = rss, ["ops_per_second"] = r.OpsPerSecond, ["p99_ms"] = r.P99 });
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {soakClock.Elapsed.TotalSeconds:F0} s: {r.OpsPerSecond:N0} ops/s, p99 {r.P99:F2} ms, RSS {rss:F0} MiB"));
+                }
+
+                results["soak"] = samples;
+            }
+        }
+        finally
+        {
+            await app.StopAsync();
+            await app.DisposeAsync();
+            Directory.Delete(root, recursive: true);
+            counters.Dispose();
+        }
+
+        results["failed_calls"] = failed;
+        results["load_average_end"] = PerfSuite.LoadAverage();
+        outputPath ??= Path.Combine(BenchEnvironment.RepositoryRoot, "bench", "results", $"zipf-{started:yyyyMMdd-HHmmss}.json");
+        Directory.CreateDirectory(Path.GetDirectoryName(outputPath)!);
+        await File.WriteAllTextAsync(outputPath, results.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        Console.WriteLine($"results: {outputPath}");
+        return failed > 0 ? 1 : 0;
+    }
+
+    private static double RssMiB()
+    {
+        foreach (var line in File.ReadLines("/proc/self/status"))
+        {
+            if (line.StartsWith("VmRSS:", StringComparison.Ordinal))
+            {
+                return double.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024;
+            }
+        }
+
+        return 0;
+    }
+
+    /// <summary>Ranks 0..n-1 drawn with P(k) ∝ 1/(k+1)^s, mapped through a fixed shuffle so the hot keys are spread.</summary>
+    private sealed class ZipfSampler
+    {
+        private readonly double[] _cdf;
+        private readonly int[] _keyOfRank;
+
+        public ZipfSampler(int n, double s, int seed)
+        {
+            _cdf = new double[n];
+            var sum = 0.0;
+            for (var k = 0; k < n; k++)
+            {
+                sum += 1 / Math.Pow(k + 1, s);
+                _cdf[k] = sum;
+            }
+
+            for (var k = 0; k < n; k++)
+            {
+                _cdf[k] /= sum;
+            }
+
+            _keyOfRank = Enumerable.Range(0, n).ToArray();
+            new Random(seed).Shuffle(_keyOfRank);
+        }
+
+        public int Next()
+        {
+            var index = Array.BinarySearch(_cdf, Random.Shared.NextDouble());
+            return _keyOfRank[Math.Min(_cdf.Length - 1, index < 0 ? ~index : index)];
+        }
+    }
+
+    /// <summary>The adapter's own counters, read through a listener on the <c>Kms</c> meter.</summary>
+    private sealed class HsmCounters : IDisposable
+    {
+        private readonly MeterListener _listener = new();
+        private long _hits, _misses, _searches;
+
+        public HsmCounters()
+        {
+            _listener.InstrumentPublished = (instrument, listener) =>
+            {
+                if (instrument.Meter.Name == "Kms" && instrument.Name is "hsm_key_cache_hits_total" or "hsm_key_cache_misses_total" or "hsm_object_searches_total")
+                {
+                    listener.EnableMeasurementEvents(instrument);
+                }
+            };
+            _listener.SetMeasurementEventCallback<long>((instrument, value, _, _) =>
+            {
+                switch (instrument.Name)
+                {
+                    case "hsm_key_cache_hits_total":
+                        Interlocked.Add(ref _hits, value);
+                        break;
+                    case "hsm_key_cache_misses_total":
+                        Interlocked.Add(ref _misses, value);
+                        break;
+                    default:
+                        Interlocked.Add(ref _searches, value);
+                        break;
+                }
+            });
+            _listener.Start();
+        }
+
+        public (long Hits, long Misses, long Searches) Read() => (Interlocked.Read(ref _hits), Interlocked.Read(ref _misses), Interlocked.Read(ref _searches));
+
+        public void Dispose() => _listener.Dispose();
+    }
+}
