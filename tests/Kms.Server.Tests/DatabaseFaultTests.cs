@@ -97,7 +97,8 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
 
         // The directory becomes read-only for every file opened from now on (a read-only bind mount
         // over it; as root, chmod would not stop the server). Pooled connections are closed so the
-        // store opens new ones; the audit writer keeps the connection it had.
+        // store opens new ones (SQLite opens a file it cannot write read-only); the audit writer
+        // keeps the connection it had.
         Run("mount", "--bind", directory, directory);
         _mounts.Add(directory);
         Run("mount", "-o", "remount,bind,ro", directory);
@@ -112,8 +113,25 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
 
         Assert.Equal(before.Name, (await client.GetKeyAsync(before.Name)).Name);
 
-        Unmount(directory);
+        // Writable again. The connections opened read-only meanwhile stay read-only (as after a
+        // remount rw: a file descriptor keeps its mode), and they are still in the pool.
+        Run("umount", "--lazy", directory);
         _mounts.RemoveAt(_mounts.Count - 1);
+
+        // At most one call meets such a connection: its fault empties the pool, the next call opens a fresh one.
+        for (var failed = 0; ; failed++)
+        {
+            try
+            {
+                await client.CreateKeyAsync(Parent, "writable-again");
+                output.WriteLine($"writable again: {failed} call(s) refused before the first write");
+                break;
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && failed < 1)
+            {
+            }
+        }
+
         await AssertRecoveredAsync(server, client, before.Name, sealedData, "during");
         await using var connection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = _databasePath, Pooling = false }.ToString());
         await connection.OpenAsync();

@@ -221,7 +221,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             await using var clear = Command(connection, "DELETE FROM settings WHERE name = @name AND value = @mark", ("@name", ErasurePendingSetting), ("@mark", mark));
             await clear.ExecuteNonQueryAsync(cancellationToken);
             return true;
-        });
+        }, this);
 
     /// <inheritdoc />
     public Task<KeyVersionMaterial?> GetPrimaryMaterialAsync(KeyName name, CancellationToken cancellationToken) =>
@@ -804,7 +804,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         {
             await using var connection = await OpenConnectionAsync(cancellationToken);
             return await read(connection);
-        });
+        }, this);
 
     // One BEGIN IMMEDIATE transaction: committed when the work returns, rolled back when it throws.
     // Events the work itself adds (a quorum execution's) follow the request's own, in the same transaction.
@@ -833,11 +833,12 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             }
 
             return result;
-        });
+        }, this);
 
     // Database faults (locked too long, disk full, I/O) are retryable UNAVAILABLE; the
     // SQLite message stays in the server log (inner exception), never in the answer.
-    private protected static async Task<T> GuardAsync<T>(Func<Task<T>> operation)
+    // With the store (every call on an open store), its OnDatabaseFault runs first.
+    private protected static async Task<T> GuardAsync<T>(Func<Task<T>> operation, SqlStore? store = null)
     {
         try
         {
@@ -845,7 +846,16 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         }
         catch (DbException e)
         {
+            store?.OnDatabaseFault(e);
             throw KmsErrors.Unavailable("the database is unavailable; retry shortly", e);
         }
+    }
+
+    /// <summary>
+    /// Called after a statement failed, once its connection is back in the pool: a backend whose
+    /// pooled connections can be left unusable by the fault drops them here.
+    /// </summary>
+    private protected virtual void OnDatabaseFault(DbException exception)
+    {
     }
 }
