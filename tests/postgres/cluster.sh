@@ -2,6 +2,7 @@
 # A throw-away PostgreSQL cluster for the tests, on loopback only.
 #   eval "$(tests/postgres/cluster.sh start)"   # exports KMS_TEST_POSTGRES and KMS_TEST_POSTGRES_DIR
 #   tests/postgres/cluster.sh stop "$KMS_TEST_POSTGRES_DIR"
+#   tests/postgres/cluster.sh halt DIR | resume DIR   # crash it (immediate stop) and start it again, same port
 # initdb refuses to run as root, so the cluster belongs to the postgres user (runuser).
 # Authentication is trust, on 127.0.0.1 and a private socket directory: the cluster lives
 # in a fresh temporary directory for one test run and is deleted after it.
@@ -22,8 +23,8 @@ case "${1:-}" in
     port=$(( 30000 + RANDOM % 20000 ))
     as_postgres "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --no-instructions >"$dir/initdb.log" 2>&1 \
       || { cat "$dir/initdb.log" >&2; exit 1; }
-    as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start \
-      -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=300 -c fsync=on -c synchronous_commit=on" >/dev/null \
+    echo "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=300 -c fsync=on -c synchronous_commit=on" >"$dir/options"
+    as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o "$(cat "$dir/options")" >/dev/null \
       || { cat "$dir/server.log" >&2; exit 1; }
     echo "export KMS_TEST_POSTGRES='Host=127.0.0.1;Port=$port;Username=postgres;Database=postgres'"
     echo "export KMS_TEST_POSTGRES_DIR='$dir'"
@@ -33,5 +34,14 @@ case "${1:-}" in
     [ -d "$dir/data" ] && as_postgres "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
     rm -rf "$dir"
     ;;
-  *) echo "usage: cluster.sh start | stop DIR" >&2; exit 2 ;;
+  halt)
+    dir=${2:?usage: cluster.sh halt DIR}
+    as_postgres "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null
+    ;;
+  resume)
+    dir=${2:?usage: cluster.sh resume DIR}
+    as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o "$(cat "$dir/options")" >/dev/null \
+      || { cat "$dir/server.log" >&2; exit 1; }
+    ;;
+  *) echo "usage: cluster.sh start | stop DIR | halt DIR | resume DIR" >&2; exit 2 ;;
 esac

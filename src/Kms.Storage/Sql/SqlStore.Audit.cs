@@ -24,7 +24,7 @@ public abstract partial class SqlStore
     public Task<IReadOnlyList<AuditEvent>> AppendAuditAsync(IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(entries);
-        return GuardAsync(() => _auditWriter.AppendAsync(entries, cancellationToken));
+        return GuardAsync(() => _auditWriter.AppendAsync(entries, cancellationToken), this);
     }
 
     /// <summary>How the audit writer found the chain head for its batches: in memory, or read from the database (tests).</summary>

@@ -251,7 +251,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             await using var clear = Command(connection, "DELETE FROM settings WHERE name = @name AND value = @mark", ("@name", ErasurePendingSetting), ("@mark", mark));
             await clear.ExecuteNonQueryAsync(cancellationToken);
             return true;
-        });
+        }, this);
 
     /// <inheritdoc />
     public Task<KeyVersionMaterial?> GetPrimaryMaterialAsync(KeyName name, CancellationToken cancellationToken) =>
@@ -863,7 +863,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         {
             await using var connection = await OpenConnectionAsync(cancellationToken);
             return await read(connection);
-        });
+        }, this);
 
     // One BEGIN IMMEDIATE transaction: committed when the work returns, rolled back when it throws.
     // Events the work itself adds (a quorum execution's) follow the request's own, in the same transaction.
@@ -885,7 +885,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
                     _metadata.Invalidate();
                 }
             }
-        });
+        }, this);
 
     private async Task<T> WriteCoreAsync<T>(Func<DbConnection, DbTransaction, Task<T>> work, Func<T, IReadOnlyList<AuditEntry>>? trailingEvents, bool announce, CancellationToken cancellationToken)
     {
@@ -920,7 +920,8 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
 
     // Database faults (locked too long, disk full, I/O) are retryable UNAVAILABLE; the
     // SQLite message stays in the server log (inner exception), never in the answer.
-    private protected static async Task<T> GuardAsync<T>(Func<Task<T>> operation)
+    // With the store (every call on an open store), its OnDatabaseFault runs first.
+    private protected static async Task<T> GuardAsync<T>(Func<Task<T>> operation, SqlStore? store = null)
     {
         try
         {
@@ -928,7 +929,16 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         }
         catch (DbException e)
         {
+            store?.OnDatabaseFault(e);
             throw KmsErrors.Unavailable("the database is unavailable; retry shortly", e);
         }
+    }
+
+    /// <summary>
+    /// Called after a statement failed, once its connection is back in the pool: a backend whose
+    /// pooled connections can be left unusable by the fault drops them here.
+    /// </summary>
+    private protected virtual void OnDatabaseFault(DbException exception)
+    {
     }
 }

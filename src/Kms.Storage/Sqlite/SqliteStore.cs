@@ -115,6 +115,20 @@ public sealed partial class SqliteStore : SqlStore
         }
     }
 
+    // A connection SQLite opened while the file could not be written (a read-only mount, a
+    // permission) was opened read-only and stays so for life; one that hit an I/O error may be
+    // unusable. The pool would keep handing them out after the file is writable again, so
+    // every write would keep failing: the pooled connections are closed, and the next request
+    // opens fresh ones. SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN (primary codes).
+    private protected override void OnDatabaseFault(DbException exception)
+    {
+        if (exception is SqliteException { SqliteErrorCode: 8 or 10 or 14 })
+        {
+            using var any = new SqliteConnection(_connectionString);
+            SqliteConnection.ClearPool(any);
+        }
+    }
+
     // Serializable is BEGIN IMMEDIATE: the database's one write lock, taken at the start.
     private protected override async Task<DbTransaction> BeginWriteAsync(DbConnection connection, CancellationToken cancellationToken) =>
         await connection.BeginTransactionAsync(IsolationLevel.Serializable, cancellationToken);

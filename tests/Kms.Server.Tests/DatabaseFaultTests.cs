@@ -1,0 +1,480 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using Grpc.Core;
+using Kms.Client;
+using Kms.Client.Audit;
+using Kms.Testing;
+using Microsoft.Data.Sqlite;
+using Npgsql;
+using Xunit.Abstractions;
+
+namespace Kms.Server.Tests;
+
+/// <summary>
+/// The database fails under a running server — SQLite locked by another process, its directory
+/// read-only, its disk full; PostgreSQL stopped mid-load — and the server answers a clean
+/// UNAVAILABLE (never INTERNAL or a hang, no path in the message), leaves nothing partial, and
+/// serves again once the database is back, without a restart.
+/// </summary>
+/// <remarks>
+/// The faults are real: a second connection holding <c>BEGIN EXCLUSIVE</c>, a small tmpfs (the
+/// tests run as root, as ./test.sh does in CI) filled up or covered by a read-only bind mount,
+/// and a throw-away PostgreSQL cluster of this test's own stopped with <c>pg_ctl -m immediate</c>
+/// (never the shared test cluster). Mounts are undone in <see cref="DisposeAsync"/>.
+/// </remarks>
+public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private const string Tenant = "dev";
+    private const string Parent = "tenants/" + Tenant;
+    private readonly List<string> _mounts = [];
+    private readonly List<string> _directories = [];
+    private KmsTestServer? _server;
+    private string _databasePath = "";
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync()
+    {
+        if (_server is not null)
+        {
+            await _server.DisposeAsync();
+        }
+
+        SqliteConnection.ClearAllPools();
+        foreach (var mount in Enumerable.Reverse(_mounts))
+        {
+            Unmount(mount);
+        }
+
+        foreach (var directory in _directories)
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task SqliteLockedByAnotherProcess_Unavailable_NothingPartial_ServesOnceReleased()
+    {
+        var server = await StartSqliteAsync(null);
+        using var client = Client(server);
+        var before = await client.CreateKeyAsync(Parent, "before");
+        var sealedData = await client.EncryptAsync(before.Name, "sealed before the lock"u8.ToArray());
+
+        // Another process's writer (sqlite3, a backup tool) holds the write lock longer than the busy timeout.
+        await using (var locker = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = _databasePath, Pooling = false }.ToString()))
+        {
+            await locker.OpenAsync();
+            await using (var exclusive = locker.CreateCommand())
+            {
+                exclusive.CommandText = "BEGIN EXCLUSIVE";
+                await exclusive.ExecuteNonQueryAsync();
+            }
+
+            var watch = Stopwatch.StartNew();
+            await AssertUnavailableAsync(() => client.CreateKeyAsync(Parent, "during"));
+            await AssertUnavailableAsync(() => client.RotateKeyAsync(before.Name));
+
+            // Every answer waits for its audit event, and the event cannot be written either: no audit, no answer.
+            await AssertUnavailableAsync(() => client.DecryptAsync(sealedData.Ciphertext));
+            output.WriteLine($"three calls answered UNAVAILABLE in {watch.ElapsedMilliseconds} ms (busy timeout 1 s)");
+            Assert.InRange(watch.Elapsed, TimeSpan.Zero, TimeSpan.FromSeconds(15));
+        }
+
+        await AssertRecoveredAsync(server, client, before.Name, sealedData, "during");
+        await using var connection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = _databasePath, Pooling = false }.ToString());
+        await connection.OpenAsync();
+        await StoreInvariants.AssertWholeAsync(connection, Tenant);
+    }
+
+    [Fact]
+    public async Task SqliteDirectoryReadOnly_WritesUnavailable_ReadsServed_ServesOnceWritable()
+    {
+        var directory = MountTmpfs("32m");
+        var server = await StartSqliteAsync(Path.Combine(directory, "kms.db"));
+        using var client = Client(server);
+        var before = await client.CreateKeyAsync(Parent, "before");
+        var sealedData = await client.EncryptAsync(before.Name, "sealed before read-only"u8.ToArray());
+
+        // The directory becomes read-only for every file opened from now on (a read-only bind mount
+        // over it; as root, chmod would not stop the server). Pooled connections are closed so the
+        // store opens new ones (SQLite opens a file it cannot write read-only); the audit writer
+        // keeps the connection it had.
+        Run("mount", "--bind", directory, directory);
+        _mounts.Add(directory);
+        Run("mount", "-o", "remount,bind,ro", directory);
+        SqliteConnection.ClearAllPools();
+
+        await AssertUnavailableAsync(() => client.CreateKeyAsync(Parent, "during"));
+        await AssertUnavailableAsync(() => client.RotateKeyAsync(before.Name));
+        using (var opened = await client.DecryptAsync(sealedData.Ciphertext))
+        {
+            Assert.Equal("sealed before read-only"u8.ToArray(), opened.Plaintext.ToArray());
+        }
+
+        Assert.Equal(before.Name, (await client.GetKeyAsync(before.Name)).Name);
+
+        // Writable again. The connections opened read-only meanwhile stay read-only (as after a
+        // remount rw: a file descriptor keeps its mode), and they are still in the pool.
+        Run("umount", "--lazy", directory);
+        _mounts.RemoveAt(_mounts.Count - 1);
+
+        // At most one call meets such a connection: its fault empties the pool, the next call opens a fresh one.
+        for (var failed = 0; ; failed++)
+        {
+            try
+            {
+                await client.CreateKeyAsync(Parent, "writable-again");
+                output.WriteLine($"writable again: {failed} call(s) refused before the first write");
+                break;
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && failed < 1)
+            {
+            }
+        }
+
+        await AssertRecoveredAsync(server, client, before.Name, sealedData, "during");
+        await using var connection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = _databasePath, Pooling = false }.ToString());
+        await connection.OpenAsync();
+        await StoreInvariants.AssertWholeAsync(connection, Tenant);
+    }
+
+    [Fact]
+    public async Task SqliteDiskFull_Unavailable_NothingPartial_ServesOnceSpaceIsFreed()
+    {
+        var directory = MountTmpfs("16m");
+        var server = await StartSqliteAsync(Path.Combine(directory, "kms.db"));
+        using var client = Client(server);
+        var before = await client.CreateKeyAsync(Parent, "before");
+        var sealedData = await client.EncryptAsync(before.Name, "sealed before the disk filled"u8.ToArray());
+
+        var filler = Path.Combine(directory, "filler");
+        Fill(filler);
+
+        // Creates, rotations and encryptions until the database needs a page it cannot get.
+        var refused = new List<string>();
+        var created = new List<string>();
+        for (var i = 0; i < 40 && refused.Count < 5; i++)
+        {
+            var name = $"full-{i}";
+            try
+            {
+                created.Add((await client.CreateKeyAsync(Parent, name)).Name);
+                await client.RotateKeyAsync(before.Name);
+                await client.EncryptAsync(before.Name, RandomNumberGenerator.GetBytes(512));
+            }
+            catch (RpcException e)
+            {
+                AssertCleanUnavailable(e);
+                refused.Add($"{Parent}/keys/{name}");
+            }
+        }
+
+        output.WriteLine($"with the disk full: {created.Count} creates answered OK (room left in the WAL), then {refused.Count} rounds refused UNAVAILABLE");
+        Assert.Equal(5, refused.Count);
+
+        File.Delete(filler);
+        await AssertRecoveredAsync(server, client, before.Name, sealedData, refused.Where(r => !created.Contains(r)).Select(r => r[(r.LastIndexOf('/') + 1)..]).ToArray());
+        foreach (var name in created)
+        {
+            Assert.Equal(name, (await client.GetKeyAsync(name)).Name);
+        }
+
+        await using var connection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = _databasePath, Pooling = false }.ToString());
+        await connection.OpenAsync();
+        Assert.Equal(0L, await StoreInvariants.ScalarAsync(connection, "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check <> 'ok'"));
+        await StoreInvariants.AssertWholeAsync(connection, Tenant);
+    }
+
+    [Fact]
+    public async Task PostgresStoppedMidLoad_Unavailable_NothingPartial_ServesOnceItIsBack()
+    {
+        await using var cluster = await ThrowAwayCluster.StartAsync();
+        var server = _server = await KmsTestServer.StartAsync(null, null, Tenant,
+            "--Storage:Provider=postgres", $"--Storage:Postgres:ConnectionString={cluster.ConnectionString}");
+        var officer = await server.CreatePrincipalWithTokenAsync("officer", null, "security-officer");
+        using var client = Client(server);
+        var before = await client.CreateKeyAsync(Parent, "before");
+        var sealedData = await client.EncryptAsync(before.Name, "sealed before the stop"u8.ToArray());
+
+        // Workers create keys and encrypt; PostgreSQL dies under them (immediate: no checkpoint, connections cut).
+        var acknowledged = new System.Collections.Concurrent.ConcurrentBag<string>();
+        var statuses = new System.Collections.Concurrent.ConcurrentDictionary<StatusCode, int>();
+        var slowest = TimeSpan.Zero;
+        var bad = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var back = false;
+        var recoveredAfter = new System.Collections.Concurrent.ConcurrentBag<string>();
+        var load = Enumerable.Range(0, 3).Select(worker => Task.Run(async () =>
+        {
+            for (var i = 0; !Volatile.Read(ref back) || recoveredAfter.Count(r => r.StartsWith($"w{worker}", StringComparison.Ordinal)) < 3; i++)
+            {
+                var watch = Stopwatch.StartNew();
+                try
+                {
+                    var key = await client.CreateKeyAsync(Parent, $"w{worker}-{i}");
+                    acknowledged.Add(key.Name);
+                    await client.EncryptAsync(key.Name, RandomNumberGenerator.GetBytes(32));
+                    statuses.AddOrUpdate(StatusCode.OK, 1, (_, n) => n + 1);
+                    if (Volatile.Read(ref back))
+                    {
+                        recoveredAfter.Add($"w{worker}-{i}");
+                    }
+                }
+                catch (RpcException e)
+                {
+                    statuses.AddOrUpdate(e.StatusCode, 1, (_, n) => n + 1);
+                    if (e.StatusCode != StatusCode.Unavailable || e.Status.Detail.Contains(cluster.Port, StringComparison.Ordinal))
+                    {
+                        bad.Enqueue($"{e.StatusCode}: {e.Status.Detail}");
+                    }
+
+                    await Task.Delay(50);
+                }
+
+                lock (bad)
+                {
+                    slowest = watch.Elapsed > slowest ? watch.Elapsed : slowest;
+                }
+            }
+        })).ToList();
+
+        await Task.Delay(700);
+        cluster.Halt();
+        await Task.Delay(2500);
+        var refusedWhileDown = statuses.GetValueOrDefault(StatusCode.Unavailable);
+        cluster.Resume();
+        var downFor = Stopwatch.StartNew();
+        Volatile.Write(ref back, true);
+        await Task.WhenAll(load).WaitAsync(TimeSpan.FromSeconds(60));
+        output.WriteLine($"{string.Join(", ", statuses.Select(s => $"{s.Key} {s.Value}"))}; {refusedWhileDown} UNAVAILABLE while stopped; "
+            + $"slowest call {slowest.TotalMilliseconds:0} ms; every worker served again {downFor.ElapsedMilliseconds} ms after the restart");
+        Assert.True(bad.IsEmpty, "answers other than a clean UNAVAILABLE: " + string.Join("; ", bad.Distinct()));
+        Assert.True(refusedWhileDown > 0, "no call was refused while PostgreSQL was stopped");
+        Assert.InRange(slowest, TimeSpan.Zero, TimeSpan.FromSeconds(20));
+
+        // Every acknowledged key is there; whatever is there is whole; the chain verifies.
+        foreach (var name in acknowledged)
+        {
+            Assert.Equal(name, (await client.GetKeyAsync(name)).Name);
+        }
+
+        using (var opened = await client.DecryptAsync(sealedData.Ciphertext))
+        {
+            Assert.Equal("sealed before the stop"u8.ToArray(), opened.Plaintext.ToArray());
+        }
+
+        await using (var connection = new NpgsqlConnection(new NpgsqlConnectionStringBuilder(cluster.ConnectionString) { Pooling = false }.ConnectionString))
+        {
+            await connection.OpenAsync();
+            await StoreInvariants.AssertWholeAsync(connection, Tenant);
+        }
+
+        await AssertAuditVerifiesAsync(server, officer);
+
+        // Stopped while its database still runs.
+        await server.DisposeAsync();
+        _server = null;
+    }
+
+    private async Task<KmsTestServer> StartSqliteAsync(string? databasePath)
+    {
+        string[] args = databasePath is null
+            ? ["--Storage:Sqlite:BusyTimeout=00:00:01"]
+            : ["--Storage:Sqlite:BusyTimeout=00:00:01", $"--Storage:Sqlite:DatabasePath={databasePath}"];
+        _server = await KmsTestServer.StartAsync(null, null, Tenant, args);
+        _databasePath = databasePath ?? _server.DatabasePath;
+        return _server;
+    }
+
+    private static KmsClient Client(KmsTestServer server, string? token = null) => new(new KmsClientOptions
+    {
+        Endpoint = server.Address,
+        CaCertificatePath = server.CaCertificatePath,
+        ApiToken = token ?? server.DeveloperToken,
+        CallTimeout = TimeSpan.FromSeconds(30),
+        Retry = new KmsRetryOptions { MaxAttempts = 1 }, // each answer as the server gave it
+    });
+
+    private async Task AssertUnavailableAsync(Func<Task> call) =>
+        AssertCleanUnavailable(await Assert.ThrowsAsync<RpcException>(call));
+
+    private void AssertCleanUnavailable(RpcException e)
+    {
+        Assert.True(e.StatusCode == StatusCode.Unavailable, $"{e.StatusCode}: {e.Status.Detail}");
+        Assert.DoesNotContain(Path.GetDirectoryName(_databasePath)!, e.Status.Detail, StringComparison.Ordinal);
+        Assert.DoesNotContain("kms.db", e.Status.Detail, StringComparison.Ordinal);
+        Assert.DoesNotContain("SQLite", e.Status.Detail, StringComparison.OrdinalIgnoreCase);
+    }
+
+    // Serving again without a restart (a pooled connection that saw the fault may fail once more:
+    // UNAVAILABLE, which clients retry); what was refused did not happen; the chain verifies.
+    private static async Task AssertRecoveredAsync(KmsTestServer server, KmsClient client, string before, EncryptedData sealedData, params string[] refusedKeys)
+    {
+        var after = await RetryAsync(() => client.CreateKeyAsync(Parent, "after"));
+        await client.RotateKeyAsync(after.Name);
+        foreach (var refused in refusedKeys)
+        {
+            Assert.Equal(StatusCode.NotFound, (await Assert.ThrowsAsync<RpcException>(() => client.GetKeyAsync($"{Parent}/keys/{refused}"))).StatusCode);
+        }
+
+        using (var opened = await client.DecryptAsync(sealedData.Ciphertext))
+        {
+            Assert.NotEmpty(opened.Plaintext.ToArray());
+        }
+
+        Assert.Equal(before, (await client.GetKeyAsync(before)).Name);
+        await AssertAuditVerifiesAsync(server, await RetryAsync(() => server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")));
+    }
+
+    private static async Task AssertAuditVerifiesAsync(KmsTestServer server, string officerToken)
+    {
+        using var officer = Client(server, officerToken);
+        var published = (await officer.GetAuditSigningKeyAsync()).PublicKeyDer.ToByteArray();
+        var export = new StringWriter();
+        await officer.ExportAuditAsync(export);
+        var verification = AuditVerifier.Verify(new StringReader(export.ToString()), published);
+        Assert.True(verification.Valid, verification.Problem);
+    }
+
+    private static async Task<T> RetryAsync<T>(Func<Task<T>> call)
+    {
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                return await call();
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && attempt < 20)
+            {
+                await Task.Delay(250);
+            }
+        }
+    }
+
+    // A fresh tmpfs of the given size (fails loudly where mounting is not permitted).
+    private string MountTmpfs(string size)
+    {
+        var directory = Directory.CreateDirectory(Path.Combine(Path.GetTempPath(), "kms-dbfault-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4)))).FullName;
+        _directories.Add(directory);
+        Run("mount", "-t", "tmpfs", "-o", $"size={size},mode=0700", "tmpfs", directory);
+        _mounts.Add(directory);
+        return directory;
+    }
+
+    // Connections the store opened through the mount (read-only ones, while it was) are closed first.
+    private static void Unmount(string directory)
+    {
+        for (var attempt = 1; ; attempt++)
+        {
+            SqliteConnection.ClearAllPools();
+            try
+            {
+                Run("umount", directory);
+                return;
+            }
+            catch (InvalidOperationException) when (attempt < 20)
+            {
+                Thread.Sleep(100);
+            }
+        }
+    }
+
+    // Writes until the file system has no block left.
+    private static void Fill(string path)
+    {
+        var block = new byte[64 * 1024];
+        using var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 0);
+        try
+        {
+            while (true)
+            {
+                stream.Write(block);
+            }
+        }
+        catch (IOException)
+        {
+            // ENOSPC: full. Smaller writes take what is left of the last block.
+            try
+            {
+                while (true)
+                {
+                    stream.Write(block.AsSpan(0, 512));
+                }
+            }
+            catch (IOException)
+            {
+            }
+        }
+    }
+
+    private static void Run(string tool, params string[] arguments)
+    {
+        var start = new ProcessStartInfo(tool) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        using var process = Process.Start(start) ?? throw new InvalidOperationException($"cannot start {tool}");
+        var error = process.StandardError.ReadToEndAsync();
+        process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        if (process.ExitCode != 0)
+        {
+            throw new InvalidOperationException(
+                $"{tool} {string.Join(' ', arguments)} failed ({process.ExitCode}): {error.Result} — these tests mount a tmpfs and need root (CAP_SYS_ADMIN), as ./test.sh runs in CI");
+        }
+    }
+
+    /// <summary>A PostgreSQL cluster of this test's own (tests/postgres/cluster.sh), which it may crash.</summary>
+    private sealed class ThrowAwayCluster : IAsyncDisposable
+    {
+        private readonly string _directory;
+
+        private ThrowAwayCluster(string connectionString, string directory)
+        {
+            ConnectionString = connectionString;
+            _directory = directory;
+            Port = new NpgsqlConnectionStringBuilder(connectionString).Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        }
+
+        public string ConnectionString { get; }
+
+        public string Port { get; }
+
+        public static Task<ThrowAwayCluster> StartAsync()
+        {
+            var exports = Script("start");
+            string Value(string name) => exports.Split('\n').Select(l => l.Trim()).Single(l => l.StartsWith($"export {name}=", StringComparison.Ordinal))
+                .Split('=', 2)[1].Trim('\'');
+            return Task.FromResult(new ThrowAwayCluster(Value("KMS_TEST_POSTGRES"), Value("KMS_TEST_POSTGRES_DIR")));
+        }
+
+        public void Halt() => Script("halt", _directory);
+
+        public void Resume() => Script("resume", _directory);
+
+        public ValueTask DisposeAsync()
+        {
+            NpgsqlConnection.ClearAllPools();
+            Script("stop", _directory);
+            return ValueTask.CompletedTask;
+        }
+
+        private static string Script(params string[] arguments)
+        {
+            var start = new ProcessStartInfo(RepositoryPaths.Of("tests", "postgres", "cluster.sh")) { RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var argument in arguments)
+            {
+                start.ArgumentList.Add(argument);
+            }
+
+            using var process = Process.Start(start) ?? throw new InvalidOperationException("cannot run tests/postgres/cluster.sh");
+            var error = process.StandardError.ReadToEndAsync();
+            var output = process.StandardOutput.ReadToEnd();
+            process.WaitForExit();
+            return process.ExitCode == 0
+                ? output
+                : throw new InvalidOperationException($"tests/postgres/cluster.sh {arguments[0]} failed ({process.ExitCode}): {error.Result} (PostgreSQL is required: apt-get install postgresql)");
+        }
+    }
+}
