@@ -58,6 +58,9 @@ public sealed class HsmOptions
     /// <remarks>Generous by default: an RSA key generation in a slow HSM takes seconds.</remarks>
     public TimeSpan CallTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
+    /// <summary>The <see cref="CallTimeout"/> of an RSA key-pair generation, which takes seconds.</summary>
+    public TimeSpan KeyGenerationTimeout { get; set; } = TimeSpan.FromMinutes(2);
+
     /// <summary>
     /// Data residency: the regions whose domain keys this token also holds (<c>Hsm:Regions:eu:DomainKeyId</c>),
     /// each imported by its own ceremony. Only nodes of a region list it.
@@ -81,6 +84,7 @@ public sealed class HsmOptions
         DevMode = false,
         RecoveryBackoff = RecoveryBackoff,
         CallTimeout = CallTimeout,
+        KeyGenerationTimeout = KeyGenerationTimeout,
     };
 
     /// <summary>The <c>CKA_ID</c> that marks a dev-mode domain key.</summary>

@@ -29,20 +29,26 @@ public sealed partial class Pkcs11Hsm
     // One pool's worth: a generation's sessions are all the HSM can be stuck on at once.
     private int MaxAbandonedCalls => Math.Max(1, _options.SessionPoolSize);
 
-    // The waits (a recovery in progress, a free session) and the native call are each bounded
-    // by the timeout, so a caller answers within twice Hsm:CallTimeout at worst. Only the native
-    // call running past it counts as a hung HSM: waiting for a session is load, not a fault.
-    private async ValueTask<T> RunBoundedAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken)
+    // RSA key generation takes seconds on a good day (about 6 s at 4096 bits on SoftHSM, 2 cores):
+    // it gets its own, longer bound rather than being taken for a hung HSM.
+    private ValueTask<T> RunSlowAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken) =>
+        RunAsync(operation, body, _options.CallTimeout > TimeSpan.Zero ? _options.KeyGenerationTimeout : _options.CallTimeout, cancellationToken);
+
+    // The waits (a recovery in progress, then a free session) share one Hsm:CallTimeout, and the
+    // native call has its own `timeout`, so a caller answers within twice Hsm:CallTimeout at worst
+    // (RSA generation: CallTimeout + KeyGenerationTimeout). Only the native call running past its
+    // bound counts as a hung HSM: waiting for a session is load, not a fault.
+    private async ValueTask<T> RunBoundedAsync<T>(string operation, Func<ISession, SlotState, T> body, TimeSpan timeout, CancellationToken cancellationToken)
     {
-        var timeout = _options.CallTimeout;
         if (AbandonedCalls >= MaxAbandonedCalls)
         {
             throw KmsErrors.Unavailable("the HSM is not answering; retry shortly");
         }
 
+        var wait = _options.CallTimeout;
         var start = Stopwatch.GetTimestamp();
-        var state = await HealthyStateAsync(timeout, cancellationToken).ConfigureAwait(false);
-        var left = timeout - Stopwatch.GetElapsedTime(start);
+        var state = await HealthyStateAsync(wait, cancellationToken).ConfigureAwait(false);
+        var left = wait - Stopwatch.GetElapsedTime(start);
         var lease = await state.Pool.AcquireAsync(left > TimeSpan.Zero ? left : TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
         var call = Task.Run(() => Invoke(operation, state, lease.Session, body), CancellationToken.None);
         await ((Task)call).WaitAsync(timeout, CancellationToken.None).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
@@ -52,15 +58,15 @@ public sealed partial class Pkcs11Hsm
             return await call.ConfigureAwait(false);
         }
 
-        Abandon(operation, state, lease, call);
+        Abandon(operation, timeout, state, lease, call);
         throw KmsErrors.Unavailable("the HSM did not answer in time; retry shortly");
     }
 
-    private void Abandon<T>(string operation, SlotState state, SessionPool.SessionLease lease, Task<T> call)
+    private void Abandon<T>(string operation, TimeSpan timeout, SlotState state, SessionPool.SessionLease lease, Task<T> call)
     {
         state.Faulted = true;
         var abandoned = Interlocked.Increment(ref _abandonedCalls);
-        Log.CallTimedOut(_logger, operation, _options.CallTimeout, abandoned);
+        Log.CallTimedOut(_logger, operation, timeout, abandoned);
         var since = Stopwatch.GetTimestamp();
         _ = call.ContinueWith(
             finished =>

@@ -467,12 +467,15 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         _ => null,
     };
 
-    private async ValueTask<T> RunAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken)
+    private ValueTask<T> RunAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken) =>
+        RunAsync(operation, body, _options.CallTimeout, cancellationToken);
+
+    private async ValueTask<T> RunAsync<T>(string operation, Func<ISession, SlotState, T> body, TimeSpan timeout, CancellationToken cancellationToken)
     {
         ThrowIfDisposed();
-        if (_options.CallTimeout > TimeSpan.Zero)
+        if (timeout > TimeSpan.Zero)
         {
-            return await RunBoundedAsync(operation, body, cancellationToken).ConfigureAwait(false);
+            return await RunBoundedAsync(operation, body, timeout, cancellationToken).ConfigureAwait(false);
         }
 
         var state = await HealthyStateAsync(cancellationToken).ConfigureAwait(false);
