@@ -79,13 +79,21 @@ public sealed class HsmFaultTests(ITestOutputHelper output) : IAsyncLifetime
         var workers = Enumerable.Range(0, 4).Select(w => Task.Run(() => WorkAsync(stub, headers, _keyName, known[w], load, stop.Token))).ToList();
         await load.UntilSucceededAsync(10);
 
-        load.FaultStarted = Stopwatch.GetTimestamp();
+        ServingStatus healthDuringFault;
+        TimeSpan healthTook;
+        int failedDuringFault;
         inject(faults);
-        await Task.Delay(faultFor);
-        var (healthDuringFault, healthTook) = await CheckAsync(channel);
-        var failedDuringFault = load.Unavailable;
+        try
+        {
+            await Task.Delay(faultFor);
+            (healthDuringFault, healthTook) = await CheckAsync(channel);
+            failedDuringFault = load.Unavailable;
+        }
+        finally
+        {
+            faults.Clear(); // else stopping the server waits for the hung calls
+        }
 
-        faults.Clear();
         var cleared = Stopwatch.StartNew();
         load.Cleared = Stopwatch.GetTimestamp();
         var serving = await UntilServingAsync(channel);
@@ -160,8 +168,6 @@ public sealed class HsmFaultTests(ITestOutputHelper output) : IAsyncLifetime
         private long _firstSuccessAfterClear;
         private int _succeeded;
         private int _unavailable;
-
-        public long FaultStarted { get; set; }
 
         public long Cleared { get; set; }
 
