@@ -50,6 +50,18 @@ public sealed class HsmOptions
     public TimeSpan RecoveryBackoff { get; set; } = TimeSpan.FromSeconds(1);
 
     /// <summary>
+    /// How long a caller waits for an HSM operation (a session, a recovery in progress, the
+    /// native call) before it answers UNAVAILABLE. A native call cannot be cancelled: one still
+    /// running at the deadline is abandoned with its session, and the adapter recovers as from a
+    /// lost device. Zero or less: calls run on the caller's thread and are waited for however long.
+    /// </summary>
+    /// <remarks>Generous by default: an RSA key generation in a slow HSM takes seconds.</remarks>
+    public TimeSpan CallTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>The <see cref="CallTimeout"/> of an RSA key-pair generation, which takes seconds.</summary>
+    public TimeSpan KeyGenerationTimeout { get; set; } = TimeSpan.FromMinutes(2);
+
+    /// <summary>
     /// Data residency: the regions whose domain keys this token also holds (<c>Hsm:Regions:eu:DomainKeyId</c>),
     /// each imported by its own ceremony. Only nodes of a region list it.
     /// </summary>
@@ -71,6 +83,8 @@ public sealed class HsmOptions
         DomainKeyId = options.DomainKeyId ?? throw new HsmConfigurationException($"Hsm:Regions:{region}:DomainKeyId is required (the region's key ceremony sets it)"),
         DevMode = false,
         RecoveryBackoff = RecoveryBackoff,
+        CallTimeout = CallTimeout,
+        KeyGenerationTimeout = KeyGenerationTimeout,
     };
 
     /// <summary>The <c>CKA_ID</c> that marks a dev-mode domain key.</summary>

@@ -32,4 +32,10 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 2009, Level = LogLevel.Warning, Message = "Sessions still busy after {Timeout} while recovering; leaving them open")]
     public static partial void DrainTimedOut(ILogger logger, TimeSpan timeout);
+
+    [LoggerMessage(EventId = 1210, Level = LogLevel.Error, Message = "HSM call {Operation} did not return within {Timeout}; answering UNAVAILABLE, abandoning it with its session ({Abandoned} abandoned) and recovering")]
+    public static partial void CallTimedOut(ILogger logger, string operation, TimeSpan timeout, int abandoned);
+
+    [LoggerMessage(EventId = 1211, Level = LogLevel.Warning, Message = "Abandoned HSM call {Operation} returned after {Elapsed}; its session is released")]
+    public static partial void AbandonedCallReturned(ILogger logger, string operation, TimeSpan elapsed);
 }

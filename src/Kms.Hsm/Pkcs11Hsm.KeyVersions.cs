@@ -225,7 +225,7 @@ public sealed partial class Pkcs11Hsm
     }
 
     private ValueTask<GeneratedKeyMaterial> GenerateRsaKeyPairAsync(int bits, RsaUsage usage, CancellationToken cancellationToken) =>
-        RunAsync("generate key pair", (session, state) =>
+        RunSlowAsync("generate key pair", (session, state) =>
         {
             var factories = _module.Factories;
             using var generate = factories.MechanismFactory.Create(CKM.CKM_RSA_PKCS_KEY_PAIR_GEN);

@@ -467,11 +467,24 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         _ => null,
     };
 
-    private async ValueTask<T> RunAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken)
+    private ValueTask<T> RunAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken) =>
+        RunAsync(operation, body, _options.CallTimeout, cancellationToken);
+
+    private async ValueTask<T> RunAsync<T>(string operation, Func<ISession, SlotState, T> body, TimeSpan timeout, CancellationToken cancellationToken)
     {
         ThrowIfDisposed();
+        if (timeout > TimeSpan.Zero)
+        {
+            return await RunBoundedAsync(operation, body, timeout, cancellationToken).ConfigureAwait(false);
+        }
+
         var state = await HealthyStateAsync(cancellationToken).ConfigureAwait(false);
         using var lease = await state.Pool.AcquireAsync(cancellationToken).ConfigureAwait(false);
+        return Invoke(operation, state, lease.Session, body);
+    }
+
+    private T Invoke<T>(string operation, SlotState state, ISession session, Func<ISession, SlotState, T> body)
+    {
         try
         {
             return _module.Call(_ =>
@@ -483,8 +496,9 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
                     throw KmsErrors.Unavailable("the HSM is unavailable; retry shortly");
                 }
 
-                state.Cache.DestroyPending(handle => Destroy(lease.Session, handle));
-                return body(lease.Session, state);
+                Faults.BeforeCall(operation);
+                state.Cache.DestroyPending(handle => Destroy(session, handle));
+                return body(session, state);
             });
         }
         catch (Pkcs11Exception e) when (Pkcs11Errors.IsDeviceLost(e))
@@ -519,17 +533,25 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         }
     }
 
-    private ValueTask<SlotState> HealthyStateAsync(CancellationToken cancellationToken)
+    private ValueTask<SlotState> HealthyStateAsync(CancellationToken cancellationToken) =>
+        HealthyStateAsync(Timeout.InfiniteTimeSpan, cancellationToken);
+
+    // Waits at most `wait` for a recovery (infinite: as long as it takes).
+    private ValueTask<SlotState> HealthyStateAsync(TimeSpan wait, CancellationToken cancellationToken)
     {
         var state = _state;
         return state is { Faulted: false } && state.ModuleGeneration == _module.Generation
             ? ValueTask.FromResult(state)
-            : RecoverAsync(state, cancellationToken);
+            : RecoverWithinAsync(state, wait, cancellationToken);
     }
 
-    private async ValueTask<SlotState> RecoverAsync(SlotState? observed, CancellationToken cancellationToken)
+    private async ValueTask<SlotState> RecoverAsync(SlotState? observed, TimeSpan wait, CancellationToken cancellationToken)
     {
-        await _recovery.WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (!await _recovery.WaitAsync(wait, cancellationToken).ConfigureAwait(false))
+        {
+            throw KmsErrors.Unavailable("the HSM is recovering; retry shortly");
+        }
+
         try
         {
             ThrowIfDisposed();
@@ -624,6 +646,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         var moduleGeneration = _module.Generation;
         return _module.Call(library =>
         {
+            Faults.BeforeCall("C_OpenSession");
             var slot = FindSlot(library);
             var mechanisms = slot.GetMechanismList();
             var missing = _profile.RequiredMechanismIds.Where(m => !mechanisms.Contains(m)).ToList();

@@ -33,10 +33,19 @@ internal sealed class SessionPool : IDisposable
     /// <summary>Any session; used only while no lease can run concurrently (start-up).</summary>
     public ISession First => _sessions[0];
 
-    public async ValueTask<SessionLease> AcquireAsync(CancellationToken cancellationToken)
+    public ValueTask<SessionLease> AcquireAsync(CancellationToken cancellationToken) =>
+        AcquireAsync(Timeout.InfiniteTimeSpan, cancellationToken);
+
+    /// <summary>Leases a session, waiting at most <paramref name="timeout"/> (infinite: as long as it takes) for one to be free.</summary>
+    /// <exception cref="Kms.Core.Errors.KmsException">UNAVAILABLE: every session stayed busy (a hung HSM holds them).</exception>
+    public async ValueTask<SessionLease> AcquireAsync(TimeSpan timeout, CancellationToken cancellationToken)
     {
         var start = Stopwatch.GetTimestamp();
-        await _available.WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (!await _available.WaitAsync(timeout, cancellationToken).ConfigureAwait(false))
+        {
+            throw Kms.Core.Errors.KmsErrors.Unavailable("no HSM session became free in time; retry shortly");
+        }
+
         HsmMetrics.SessionWait.Record(Stopwatch.GetElapsedTime(start).TotalSeconds);
         if (!_free.TryPop(out var session))
         {

@@ -1,0 +1,71 @@
+using Net.Pkcs11Interop.Common;
+
+namespace Kms.Hsm;
+
+/// <summary>
+/// Test-only fault injection at the PKCS#11 boundary of one adapter: consulted under the
+/// module gate before every operation's native calls and before the sessions are re-opened
+/// in a recovery, it makes them fail as a lost device does (a chosen <see cref="CKR"/>) or
+/// hang until the fault is cleared.
+/// </summary>
+/// <remarks>
+/// Internal, and reachable only from the test assemblies (InternalsVisibleTo): no
+/// configuration can switch it on. When no fault is set it costs one volatile read per call.
+/// A hung call holds the module gate, as a native call stuck in a real library would.
+/// </remarks>
+internal sealed class HsmFaultInjector
+{
+    private Fault? _fault;
+    private int _hung;
+
+    /// <summary>Calls blocked in an injected hang right now.</summary>
+    public int HungCalls => Volatile.Read(ref _hung);
+
+    /// <summary>From now on every call fails with <paramref name="returnValue"/>.</summary>
+    public void Fail(CKR returnValue) => Replace(new Fault(returnValue));
+
+    /// <summary>From now on every call blocks until <see cref="Clear"/>.</summary>
+    public void Hang() => Replace(new Fault(null));
+
+    /// <summary>The device is back: calls pass, and hung calls continue (and complete) normally.</summary>
+    public void Clear() => Replace(null);
+
+    /// <summary>Applies the current fault, if any, to a call about to go native.</summary>
+    public void BeforeCall(string method)
+    {
+        var fault = Volatile.Read(ref _fault);
+        if (fault is null)
+        {
+            return;
+        }
+
+        if (fault.ReturnValue is { } returnValue)
+        {
+            throw new Pkcs11Exception(method, returnValue);
+        }
+
+        Interlocked.Increment(ref _hung);
+        try
+        {
+            fault.Released.Wait();
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _hung);
+        }
+    }
+
+    private void Replace(Fault? fault)
+    {
+        var previous = Interlocked.Exchange(ref _fault, fault);
+        previous?.Released.Set();
+    }
+
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "The event is set, never disposed: a hung call may still be waiting on it.")]
+    private sealed class Fault(CKR? returnValue)
+    {
+        public CKR? ReturnValue { get; } = returnValue;
+
+        public ManualResetEventSlim Released { get; } = new(false);
+    }
+}

@@ -1,0 +1,105 @@
+using System.Diagnostics;
+using Kms.Core.Errors;
+using Net.Pkcs11Interop.HighLevelAPI;
+
+namespace Kms.Hsm;
+
+/// <summary>
+/// A hung HSM answers nobody: with <see cref="HsmOptions.CallTimeout"/> set, no caller waits
+/// for the HSM longer than that, and a call that does not return is abandoned, its session
+/// with it, and the adapter recovers as from a lost device.
+/// </summary>
+/// <remarks>
+/// A native call cannot be cancelled. An abandoned call keeps its thread and its session until
+/// it returns; its session goes back to its own pool, whose generation is faulted, so it is
+/// never used again, and nobody reads its result. At most <see cref="MaxAbandonedCalls"/> calls
+/// are abandoned at once: past that, calls answer UNAVAILABLE without going near the HSM, so a
+/// hung device cannot take every thread of the process.
+/// </remarks>
+public sealed partial class Pkcs11Hsm
+{
+    private int _abandonedCalls;
+
+    /// <summary>Test hook: faults injected at this adapter's PKCS#11 boundary.</summary>
+    internal HsmFaultInjector Faults { get; } = new();
+
+    /// <summary>Calls abandoned past <see cref="HsmOptions.CallTimeout"/> that have not returned yet.</summary>
+    internal int AbandonedCalls => Volatile.Read(ref _abandonedCalls);
+
+    // One pool's worth: a generation's sessions are all the HSM can be stuck on at once.
+    private int MaxAbandonedCalls => Math.Max(1, _options.SessionPoolSize);
+
+    // RSA key generation takes seconds on a good day (about 6 s at 4096 bits on SoftHSM, 2 cores):
+    // it gets its own, longer bound rather than being taken for a hung HSM.
+    private ValueTask<T> RunSlowAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken) =>
+        RunAsync(operation, body, _options.CallTimeout > TimeSpan.Zero ? _options.KeyGenerationTimeout : _options.CallTimeout, cancellationToken);
+
+    // The waits (a recovery in progress, then a free session) share one Hsm:CallTimeout, and the
+    // native call has its own `timeout`, so a caller answers within twice Hsm:CallTimeout at worst
+    // (RSA generation: CallTimeout + KeyGenerationTimeout). Only the native call running past its
+    // bound counts as a hung HSM: waiting for a session is load, not a fault.
+    private async ValueTask<T> RunBoundedAsync<T>(string operation, Func<ISession, SlotState, T> body, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        if (AbandonedCalls >= MaxAbandonedCalls)
+        {
+            throw KmsErrors.Unavailable("the HSM is not answering; retry shortly");
+        }
+
+        var wait = _options.CallTimeout;
+        var start = Stopwatch.GetTimestamp();
+        var state = await HealthyStateAsync(wait, cancellationToken).ConfigureAwait(false);
+        var left = wait - Stopwatch.GetElapsedTime(start);
+        var lease = await state.Pool.AcquireAsync(left > TimeSpan.Zero ? left : TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
+        var call = Task.Run(() => Invoke(operation, state, lease.Session, body), CancellationToken.None);
+        await ((Task)call).WaitAsync(timeout, CancellationToken.None).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        if (call.IsCompleted)
+        {
+            lease.Dispose();
+            return await call.ConfigureAwait(false);
+        }
+
+        Abandon(operation, timeout, state, lease, call);
+        throw KmsErrors.Unavailable("the HSM did not answer in time; retry shortly");
+    }
+
+    private void Abandon<T>(string operation, TimeSpan timeout, SlotState state, SessionPool.SessionLease lease, Task<T> call)
+    {
+        state.Faulted = true;
+        var abandoned = Interlocked.Increment(ref _abandonedCalls);
+        Log.CallTimedOut(_logger, operation, timeout, abandoned);
+        var since = Stopwatch.GetTimestamp();
+        _ = call.ContinueWith(
+            finished =>
+            {
+                _ = finished.Exception; // observed: nobody waits for this call any more
+                lease.Dispose();
+                Interlocked.Decrement(ref _abandonedCalls);
+                Log.AbandonedCallReturned(_logger, operation, Stopwatch.GetElapsedTime(since));
+            },
+            CancellationToken.None,
+            TaskContinuationOptions.ExecuteSynchronously,
+            TaskScheduler.Default);
+    }
+
+    // A recovery makes native calls (closing, opening, logging in) that a hung HSM never returns
+    // from: it runs off the caller's thread, and the caller stops waiting after `wait` (the
+    // recovery carries on, holding the recovery lock, and the next caller finds its result).
+    private async ValueTask<SlotState> RecoverWithinAsync(SlotState? observed, TimeSpan wait, CancellationToken cancellationToken)
+    {
+        if (wait == Timeout.InfiniteTimeSpan)
+        {
+            return await RecoverAsync(observed, wait, cancellationToken).ConfigureAwait(false);
+        }
+
+        var recovery = Task.Run(() => RecoverAsync(observed, wait, CancellationToken.None).AsTask(), CancellationToken.None);
+        await ((Task)recovery).WaitAsync(wait, cancellationToken).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        cancellationToken.ThrowIfCancellationRequested();
+        if (recovery.IsCompleted)
+        {
+            return await recovery.ConfigureAwait(false);
+        }
+
+        _ = recovery.ContinueWith(static finished => _ = finished.Exception, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        throw KmsErrors.Unavailable("the HSM is recovering; retry shortly");
+    }
+}
