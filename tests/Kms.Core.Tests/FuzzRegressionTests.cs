@@ -65,6 +65,24 @@ public sealed class FuzzRegressionTests : IDisposable
         Assert.Equal(KmsErrorCode.InvalidArgument, e.Code);
     }
 
+    [Theory]
+    [InlineData("token?label", "kms")]
+    [InlineData("token-label", "\\ud800")]
+    public void ApprovalBundleParse_RequestWithoutACanonicalRendering_InvalidArgument(string key, string jsonValue)
+    {
+        // Found as 'token?label': Parse accepted it and Verify threw ArgumentException from the rendering.
+        var genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        var request = TestOfficers.Request(genesis, QuorumOperation.RestoreDomain, [new("token-label", "kms")], DateTimeOffset.UnixEpoch) with { State = QuorumRequestState.Approved };
+        var json = new ApprovalBundle(request, [genesis]).Serialize()
+            .Replace("\"key\": \"token-label\"", $"\"key\": \"{key}\"", StringComparison.Ordinal)
+            .Replace("\"value\": \"kms\"", $"\"value\": \"{jsonValue}\"", StringComparison.Ordinal);
+        Assert.Contains(key, json, StringComparison.Ordinal);
+
+        var e = Assert.Throws<KmsException>(() => ApprovalBundle.Parse(json));
+
+        Assert.Equal(KmsErrorCode.InvalidArgument, e.Code);
+    }
+
     [Fact]
     public void SignedStatementVerify_KeyOnAnUnknownCurve_False()
     {
