@@ -32,7 +32,8 @@ fi
 if [ "${KMS_FUZZ_PREPARED:-}" != 1 ]; then
   echo "fuzz: building fuzz/Kms.Fuzz (Release) and instrumenting ${instrumented[*]}"
   rm -rf "$bin" "$plain"
-  dotnet build fuzz/Kms.Fuzz -c Release --nologo -v quiet -o "$plain" >/dev/null
+  dotnet build fuzz/Kms.Fuzz -c Release --nologo -v quiet >/dev/null
+  cp -r fuzz/Kms.Fuzz/bin/Release/net10.0 "$plain"
   cp -r "$plain" "$bin"
   dotnet tool restore >/dev/null
   for dll in "${instrumented[@]}"; do

@@ -8,7 +8,7 @@ namespace Kms.Client.Tests.Properties;
 /// Envelope messages (docs/envelope-format.md) through the software key provider: random plaintext
 /// sizes around the frame boundaries, random frame lengths, contexts and associated data.
 /// </summary>
-public sealed class EnvelopeProperties
+public sealed class EnvelopePropertyTests
 {
     private static readonly string[] Pieces = ["a", "b", "ab", "=", "\0", "é", "😀", " "];
     private static readonly Gen<string> Text = Gen.Int[0, Pieces.Length - 1].Array[0, 4].Select(ix => string.Concat(ix.Select(i => Pieces[i])));

@@ -6,7 +6,7 @@ using Kms.Ceremony.Sharing;
 namespace Kms.Ceremony.Tests.Properties;
 
 /// <summary>A share file written and read back (docs/share-format.md) gives the same fields and, with the passphrase, the same share.</summary>
-public sealed class ShareFileProperties
+public sealed class ShareFilePropertyTests
 {
     private static readonly string[] Pieces = ["a", "Z", " ", "é", "e\u0301", "😀", "-", "\"", "\\", "\u202E"];
     private static readonly Gen<string> Custodian = Gen.Int[0, Pieces.Length - 1].Array[1, 6]

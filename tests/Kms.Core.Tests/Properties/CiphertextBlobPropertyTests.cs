@@ -5,7 +5,7 @@ using Kms.Core.Keys;
 namespace Kms.Core.Tests.Properties;
 
 /// <summary>Round trips of the ciphertext blob (docs/ciphertext-format.md), on random parts and random bytes.</summary>
-public sealed class CiphertextBlobProperties
+public sealed class CiphertextBlobPropertyTests
 {
     private static readonly Gen<(byte[] Id, byte[] Iv, byte[] CiphertextAndTag)> Parts =
         Gen.Select(Gen.Byte.Array[KeyVersionId.Length], Gen.Byte.Array[CiphertextBlob.IvLength], Gen.Byte.Array[CiphertextBlob.TagLength, 300]);

@@ -4,7 +4,7 @@ using Kms.Ceremony.Sharing;
 namespace Kms.Ceremony.Tests.Properties;
 
 /// <summary>Shamir sharing over GF(2^8): any M of N shares rebuild the secret, for random M, N, secrets and subsets.</summary>
-public sealed class ShamirProperties
+public sealed class ShamirPropertyTests
 {
     private static readonly Gen<(byte[] Secret, int Threshold, int Count, int[] Order, int Taken)> Splits =
         from secret in Gen.Byte.Array[1, Shamir.MaxSecretLength]

@@ -9,7 +9,7 @@ namespace Kms.Core.Tests.Properties;
 /// The approval bundle (docs/quorum.md) read back from its JSON gives the same request: the same
 /// canonical rendering (what officers sign), approvals and officer chain, whatever the fields hold.
 /// </summary>
-public sealed class ApprovalBundleProperties : IDisposable
+public sealed class ApprovalBundlePropertyTests : IDisposable
 {
     private static readonly string[] Pieces = ["a", "Z", "0", "\\", "\"", "\n", "é", "\u202E", "😀", " ", "{", "u{0041}"];
     private static readonly Gen<string> Text = Gen.Int[0, Pieces.Length - 1].Array[1, 5].Select(ix => string.Concat(ix.Select(i => Pieces[i])));

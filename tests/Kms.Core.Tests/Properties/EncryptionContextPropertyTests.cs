@@ -11,7 +11,7 @@ namespace Kms.Core.Tests.Properties;
 /// The canonical encoding of an encryption context (docs/ciphertext-format.md): independent of
 /// the order entries are given in, injective on distinct maps, and decodable back to the map.
 /// </summary>
-public sealed class EncryptionContextProperties
+public sealed class EncryptionContextPropertyTests
 {
     // Pieces that make encodings collide if the length prefixes or the ordering were wrong.
     private static readonly string[] Pieces = ["a", "b", "ab", "=", "\0", "é", "€", "😀", "\u0001", ":", " "];
