@@ -40,8 +40,9 @@ public static class SignedStatement
         {
             key.ImportSubjectPublicKeyInfo(subjectPublicKeyInfo, out _);
         }
-        catch (CryptographicException)
+        catch (Exception e) when (e is CryptographicException or PlatformNotSupportedException)
         {
+            // A curve OpenSSL does not know is refused with PlatformNotSupportedException.
             return false;
         }
 

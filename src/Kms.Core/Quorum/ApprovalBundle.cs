@@ -279,7 +279,7 @@ public sealed record ApprovalBundle(QuorumRequest Request, IReadOnlyList<Officer
             var other => throw Malformed($"unknown request state '{other}'"),
         };
         var tenant = e.GetProperty("tenant");
-        return new QuorumRequest
+        var request = new QuorumRequest
         {
             Id = QuorumRequestId.Parse(e.GetProperty("id").GetString(), "request.id"),
             Operation = QuorumOperations.Parse(e.GetProperty("operation").GetString(), "request.operation"),
@@ -295,6 +295,12 @@ public sealed record ApprovalBundle(QuorumRequest Request, IReadOnlyList<Officer
             ExecuteTime = e.TryGetProperty("decide_time", out var decided) ? Time(decided) : null,
             Approvals = approvals,
         };
+
+        // What the officers signed is the rendering: a request that has none (a parameter key
+        // outside the alphabet, keys out of order, a lone surrogate) is malformed here, not an
+        // ArgumentException out of Verify (found by fuzzing).
+        _ = QuorumRendering.Render(request);
+        return request;
     }
 
     private static DateTimeOffset Time(JsonElement e) =>

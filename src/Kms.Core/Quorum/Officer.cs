@@ -56,8 +56,10 @@ public sealed partial class Officer
                 throw KmsErrors.InvalidArgument(field + ".public_key", "must be an ECDSA P-256 public key (DER SubjectPublicKeyInfo, nothing after it)");
             }
         }
-        catch (CryptographicException)
+        catch (Exception e) when (e is CryptographicException or PlatformNotSupportedException)
         {
+            // OpenSSL refuses a well-formed key on a curve it does not know (an unknown OID) with
+            // PlatformNotSupportedException, not CryptographicException (found by fuzzing).
             throw KmsErrors.InvalidArgument(field + ".public_key", "must be an ECDSA P-256 public key (DER SubjectPublicKeyInfo)");
         }
 
