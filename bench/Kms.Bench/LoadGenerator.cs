@@ -136,9 +136,17 @@ internal static class LoadGenerator
     /// </summary>
     internal static async Task<WebApplication> StartServerAsync(HsmOptions options, string root, bool audit, params string[] extra)
     {
+        // KMS_BENCH_SERVER_ARGS: extra server arguments for experiments (e.g. --Kms:Audit:Enabled=false), printed so a result says what it measured.
+        var fromEnvironment = (Environment.GetEnvironmentVariable("KMS_BENCH_SERVER_ARGS") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        if (fromEnvironment.Length > 0)
+        {
+            Console.WriteLine($"server arguments from KMS_BENCH_SERVER_ARGS: {string.Join(' ', fromEnvironment)}");
+        }
+
         var app = await KmsServerApp.BuildAsync(
         [
             .. extra,
+            .. fromEnvironment,
             "--dev", "--urls=https://127.0.0.1:0", $"--Kms:DataDir={root}", $"--Hsm:TokenLabel={options.TokenLabel}",
             options.PinFile is { } pinFile ? $"--Hsm:PinFile={pinFile}" : $"--Hsm:Pin={options.Pin}",
             $"--Hsm:ModuleEnvironment:SOFTHSM2_CONF={options.ModuleEnvironment["SOFTHSM2_CONF"]}",
