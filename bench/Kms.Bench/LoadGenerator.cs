@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Security.Cryptography;
 using Kms.Client;
 using Kms.Contracts.V1;
 using Kms.Core.Keys;
@@ -9,8 +8,6 @@ using Kms.Server.Hosting;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
-using Net.Pkcs11Interop.Common;
-using Net.Pkcs11Interop.HighLevelAPI;
 
 namespace Kms.Bench;
 
@@ -24,7 +21,7 @@ internal static class LoadGenerator
     public static async Task<int> RunAsync(TimeSpan duration, int[] concurrencies)
     {
         var (options, root) = BenchEnvironment.CreateToken();
-        var rawOpsPerSecond = MeasureRawGcm(options, duration);
+        var rawOpsPerSecond = RawHsm.Measure(options, duration, dataKeyFloor: false);
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"raw Pkcs11Interop AES-GCM 32 B, 1 thread: {rawOpsPerSecond:N0} ops/s"));
         var failed = 0;
         try
@@ -232,47 +229,4 @@ internal static class LoadGenerator
     }
 
     private static double Percentile(double[] sorted, double p) => sorted.Length == 0 ? 0 : sorted[(int)Math.Min(sorted.Length - 1, Math.Floor(p * sorted.Length))];
-
-    // The floor: one thread, one session, one session-object key, C_Encrypt of 32 bytes.
-    private static double MeasureRawGcm(HsmOptions options, TimeSpan duration)
-    {
-        var module = Pkcs11Module.Acquire(options.ModulePath, options.ModuleEnvironment);
-        try
-        {
-            return module.Call(library =>
-            {
-                var slot = library.GetSlotList(SlotsType.WithTokenPresent).Single(s => s.GetTokenInfo().Label == options.TokenLabel);
-                using var session = slot.OpenSession(SessionType.ReadWrite);
-                session.Login(CKU.CKU_USER, options.Pin!);
-                var a = module.Factories.ObjectAttributeFactory;
-                using var generate = module.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_GEN);
-                List<IObjectAttribute> template = [
-                    a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_VALUE_LEN, 32UL),
-                    a.Create(CKA.CKA_TOKEN, false), a.Create(CKA.CKA_ENCRYPT, true),
-                ];
-                var key = session.GenerateKey(generate, template);
-                GC.KeepAlive(template); // Pkcs11Interop frees attribute memory in finalizers
-                var plaintext = RandomNumberGenerator.GetBytes(32);
-                var iv = RandomNumberGenerator.GetBytes(12);
-                var count = 0;
-                var stopwatch = Stopwatch.StartNew();
-                while (stopwatch.Elapsed < duration)
-                {
-                    using var parameters = module.Factories.MechanismParamsFactory.CreateCkGcmParams(iv, 96, null, 128);
-                    using var mechanism = module.Factories.MechanismFactory.Create(CKM.CKM_AES_GCM, parameters);
-                    session.Encrypt(mechanism, key, plaintext);
-                    count++;
-                }
-
-                var rate = count / stopwatch.Elapsed.TotalSeconds;
-                session.DestroyObject(key);
-                session.Logout();
-                return rate;
-            });
-        }
-        finally
-        {
-            module.Release();
-        }
-    }
 }
