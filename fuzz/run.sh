@@ -32,6 +32,7 @@ fi
 if [ "${KMS_FUZZ_PREPARED:-}" != 1 ]; then
   echo "fuzz: building fuzz/Kms.Fuzz (Release) and instrumenting ${instrumented[*]}"
   rm -rf "$bin" "$plain"
+  mkdir -p "$here/out" # gitignored: absent on a clean clone
   dotnet build fuzz/Kms.Fuzz -c Release --nologo -v quiet >/dev/null
   cp -r fuzz/Kms.Fuzz/bin/Release/net10.0 "$plain"
   cp -r "$plain" "$bin"
