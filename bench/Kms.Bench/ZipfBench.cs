@@ -149,7 +149,7 @@ internal static class ZipfBench
         return failed > 0 ? 1 : 0;
     }
 
-    private static double RssMiB()
+    internal static double RssMiB()
     {
         foreach (var line in File.ReadLines("/proc/self/status"))
         {

@@ -1,0 +1,107 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace Kms.Bench;
+
+/// <summary>
+/// A bounded soak: GenerateDataKey and Decrypt (half each) offered on a schedule at half of the
+/// measured peak for a while, in 10-second windows, each reporting throughput, p99 and the
+/// process's RSS (client and server together: an upper bound on the server's). Exits 1 on any
+/// failed call. Shed calls (UNAVAILABLE) and calls the client could not send are reported, not
+/// failed: on a shared machine "half of the peak measured a minute ago" can turn into more than
+/// the machine has, and shedding is then the designed answer. Flatness is reported (first and
+/// last windows side by side), not asserted.
+/// </summary>
+internal static class SoakBench
+{
+    public static async Task<int> RunAsync(TimeSpan duration, string? outputPath)
+    {
+        var started = DateTimeOffset.UtcNow;
+        var (options, root) = BenchEnvironment.CreateToken();
+        var app = await LoadGenerator.StartServerAsync(options, root, audit: true);
+        var windows = new JsonArray();
+        var failed = 0;
+        try
+        {
+            using var client = LoadGenerator.Connect(app, root);
+            var key = await client.CreateKeyAsync("tenants/dev", "soak");
+            var context = new Dictionary<string, string> { ["bench"] = "soak" };
+            var ciphertexts = new byte[64][];
+            for (var i = 0; i < ciphertexts.Length; i++)
+            {
+                using var dataKey = await client.GenerateDataKeyAsync(key.Name, context);
+                ciphertexts[i] = dataKey.Ciphertext;
+            }
+
+            var next = 0;
+            Func<Task> mixed = async () =>
+            {
+                var n = Interlocked.Increment(ref next) & int.MaxValue;
+                if (n % 2 == 0)
+                {
+                    using var dataKey = await client.GenerateDataKeyAsync(key.Name, context);
+                }
+                else
+                {
+                    using var plaintext = await client.DecryptAsync(ciphertexts[n % ciphertexts.Length], context);
+                }
+            };
+
+            // The peak of this mix on this machine now (closed loop, c=64, after a warm-up).
+            await LoadLoops.ClosedAsync(64, TimeSpan.FromSeconds(3), mixed);
+            var peak = await LoadLoops.ClosedAsync(64, TimeSpan.FromSeconds(5), mixed);
+            var rate = peak.OpsPerSecond / 2;
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"peak {peak.OpsPerSecond:N0} ops/s; soaking at {rate:N0} ops/s for {duration.TotalSeconds:F0} s in 10 s windows"));
+            Console.WriteLine("| window end s | ops/s | p50 ms | p99 ms | shed | errors | RSS MiB |");
+            Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|");
+            var step = TimeSpan.FromSeconds(Math.Min(10, duration.TotalSeconds));
+            var elapsed = TimeSpan.Zero;
+            while (elapsed < duration)
+            {
+                var window = await LoadLoops.OpenAsync(rate, step, mixed);
+                elapsed += step;
+                failed += window.Errors;
+                var rss = ZipfBench.RssMiB();
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {elapsed.TotalSeconds:F0} | {window.OpsPerSecond:N0} | {window.P50:F2} | {window.P99:F2} | {window.Shed} | {window.Errors + window.NotSent} | {rss:F0} |"));
+                windows.Add(new JsonObject { ["end_seconds"] = elapsed.TotalSeconds, ["result"] = PerfSuite.Json(window), ["rss_mib"] = rss });
+            }
+
+            if (windows.Count >= 2)
+            {
+                var first = windows[0]!;
+                var last = windows[^1]!;
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"first window: p99 {(double)first["result"]!["p99_ms"]!:F2} ms, RSS {(double)first["rss_mib"]!:F0} MiB; last: p99 {(double)last["result"]!["p99_ms"]!:F2} ms, RSS {(double)last["rss_mib"]!:F0} MiB"));
+            }
+        }
+        finally
+        {
+            await app.StopAsync();
+            await app.DisposeAsync();
+            Directory.Delete(root, recursive: true);
+        }
+
+        var results = new JsonObject
+        {
+            ["suite"] = "soak",
+            ["started"] = started.ToString("O", CultureInfo.InvariantCulture),
+            ["seconds"] = duration.TotalSeconds,
+            ["windows"] = windows,
+            ["failed_calls"] = failed,
+            ["load_average_end"] = PerfSuite.LoadAverage(),
+        };
+        outputPath ??= Path.Combine(BenchEnvironment.RepositoryRoot, "bench", "results", $"soak-{started:yyyyMMdd-HHmmss}.json");
+        Directory.CreateDirectory(Path.GetDirectoryName(outputPath)!);
+        await File.WriteAllTextAsync(outputPath, results.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        Console.WriteLine($"results: {outputPath}");
+        if (failed > 0)
+        {
+            Console.Error.WriteLine($"soak: {failed} calls failed");
+            return 1;
+        }
+
+        return 0;
+    }
+}
