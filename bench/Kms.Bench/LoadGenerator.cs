@@ -137,7 +137,8 @@ internal static class LoadGenerator
         var fromEnvironment = (Environment.GetEnvironmentVariable("KMS_BENCH_SERVER_ARGS") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries);
         if (fromEnvironment.Length > 0)
         {
-            Console.WriteLine($"server arguments from KMS_BENCH_SERVER_ARGS: {string.Join(' ', fromEnvironment)}");
+            // Names only: a value may be a secret (--Hsm:Pin=…).
+            Console.WriteLine($"server arguments from KMS_BENCH_SERVER_ARGS: {string.Join(' ', fromEnvironment.Select(a => a.Split('=')[0]))}");
         }
 
         var app = await KmsServerApp.BuildAsync(

@@ -36,7 +36,7 @@ internal static class LoadLoops
     public static async Task<StepResult> ClosedAsync(int concurrency, TimeSpan duration, Func<Task> call, double operationsPerCall = 1)
     {
         var latencies = new List<double>[concurrency];
-        int errors = 0, shed = 0;
+        var outcomes = new Outcomes();
         var stopwatch = Stopwatch.StartNew();
         await Task.WhenAll(Enumerable.Range(0, concurrency).Select(async worker =>
         {
@@ -45,24 +45,13 @@ internal static class LoadLoops
             while (stopwatch.Elapsed < duration)
             {
                 var started = Stopwatch.GetTimestamp();
-                try
-                {
-                    await call();
-                }
-                catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
-                {
-                    Interlocked.Increment(ref shed);
-                }
-                catch (RpcException)
-                {
-                    Interlocked.Increment(ref errors);
-                }
+                await outcomes.CallAsync(call);
 
                 mine.Add(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
             }
         }));
         var seconds = stopwatch.Elapsed.TotalSeconds;
-        return StepResult.From(latencies.SelectMany(l => l).ToArray(), seconds, errors, shed, operationsPerCall);
+        return StepResult.From(latencies.SelectMany(l => l).ToArray(), seconds, outcomes.Errors, outcomes.Shed, operationsPerCall);
     }
 
     /// <summary>
@@ -75,7 +64,8 @@ internal static class LoadLoops
     public static async Task<StepResult> OpenAsync(double ratePerSecond, TimeSpan duration, Func<Task> call, int maxOutstanding = 20_000)
     {
         var latencies = new double[(int)(ratePerSecond * duration.TotalSeconds) + 16];
-        int errors = 0, shed = 0, outstanding = 0, recorded = 0, notSent = 0;
+        var outcomes = new Outcomes();
+        int outstanding = 0, recorded = 0, notSent = 0;
         var frequency = Stopwatch.Frequency;
         var interval = frequency / ratePerSecond;
         var start = Stopwatch.GetTimestamp();
@@ -98,22 +88,8 @@ internal static class LoadLoops
 
                 pending.Add(Task.Run(async () =>
                 {
-                    try
-                    {
-                        await call();
-                    }
-                    catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
-                    {
-                        Interlocked.Increment(ref shed);
-                    }
-                    catch (RpcException)
-                    {
-                        Interlocked.Increment(ref errors);
-                    }
-                    finally
-                    {
-                        Interlocked.Decrement(ref outstanding);
-                    }
+                    await outcomes.CallAsync(call);
+                    Interlocked.Decrement(ref outstanding);
 
                     var index = Interlocked.Increment(ref recorded) - 1;
                     if (index < latencies.Length)
@@ -141,9 +117,32 @@ internal static class LoadLoops
         await Task.WhenAll(pending);
         var seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
         var count = Math.Min(recorded, latencies.Length);
-        var result = StepResult.From(latencies[..count], seconds, errors, shed);
+        var result = StepResult.From(latencies[..count], seconds, outcomes.Errors, outcomes.Shed);
 
         // Throughput of an open loop is the schedule's, as long as it kept up.
         return result with { OpsPerSecond = count / Math.Max(duration.TotalSeconds, seconds), NotSent = notSent };
+    }
+
+    /// <summary>One place that runs a call and counts how it failed: UNAVAILABLE (shed) apart from other RPC errors.</summary>
+    private sealed class Outcomes
+    {
+        public int Errors;
+        public int Shed;
+
+        public async Task CallAsync(Func<Task> call)
+        {
+            try
+            {
+                await call();
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
+            {
+                Interlocked.Increment(ref Shed);
+            }
+            catch (RpcException)
+            {
+                Interlocked.Increment(ref Errors);
+            }
+        }
     }
 }
