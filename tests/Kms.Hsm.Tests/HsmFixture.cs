@@ -48,13 +48,18 @@ public sealed class HsmFixture : IAsyncLifetime
     /// Test-only import: wraps a known AES key under the domain key, so the adapter's real
     /// path (unwrap, GCM) can be compared with an independent implementation.
     /// </summary>
-    public KeyMaterialRef ImportKnownKey(byte[] key)
+    public KeyMaterialRef ImportKnownKey(byte[] key) => ImportKnown(key, CKK.CKK_AES);
+
+    /// <summary>Test-only import of a generic secret (an HMAC key) of any length, like <see cref="ImportKnownKey"/>.</summary>
+    public KeyMaterialRef ImportKnownSecret(byte[] key) => ImportKnown(key, CKK.CKK_GENERIC_SECRET);
+
+    private KeyMaterialRef ImportKnown(byte[] key, CKK keyType)
     {
         using var session = OpenRawSession();
         var a = Factories.ObjectAttributeFactory;
         var handle = Native.With(
         [
-            a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_TOKEN, false),
+            a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, keyType), a.Create(CKA.CKA_TOKEN, false),
             a.Create(CKA.CKA_PRIVATE, true), a.Create(CKA.CKA_SENSITIVE, true), a.Create(CKA.CKA_EXTRACTABLE, true),
             a.Create(CKA.CKA_ENCRYPT, false), a.Create(CKA.CKA_DECRYPT, false), a.Create(CKA.CKA_VALUE, key),
         ], session.CreateObject);

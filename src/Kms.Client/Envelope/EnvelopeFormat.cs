@@ -82,22 +82,38 @@ internal static class EnvelopeFormat
     /// </summary>
     public static void Derive(ReadOnlySpan<byte> dataKey, ReadOnlySpan<byte> messageId, Span<byte> messageKey, Span<byte> commitment)
     {
-        Span<byte> prk = stackalloc byte[64];
         Span<byte> okm = stackalloc byte[64];
         Span<byte> info = stackalloc byte[DerivationLabel.Length + 2];
         try
         {
-            HKDF.Extract(HashAlgorithmName.SHA512, dataKey, messageId, prk);
             DerivationLabel.CopyTo(info);
             BinaryPrimitives.WriteUInt16BigEndian(info[DerivationLabel.Length..], Suite1);
-            HKDF.Expand(HashAlgorithmName.SHA512, prk, okm, info);
+            HkdfSha512(dataKey, messageId, info, okm);
             okm[..32].CopyTo(messageKey);
             okm[32..].CopyTo(commitment);
         }
         finally
         {
-            CryptographicOperations.ZeroMemory(prk);
             CryptographicOperations.ZeroMemory(okm);
+        }
+    }
+
+    /// <summary>
+    /// HKDF-SHA512 (RFC 5869) into <paramref name="okm"/>, with the pseudorandom key zeroed;
+    /// what <see cref="Derive"/> uses, run against Wycheproof's vectors by the tests.
+    /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="okm"/> is longer than 255 × 64 bytes.</exception>
+    internal static void HkdfSha512(ReadOnlySpan<byte> ikm, ReadOnlySpan<byte> salt, ReadOnlySpan<byte> info, Span<byte> okm)
+    {
+        Span<byte> prk = stackalloc byte[64];
+        try
+        {
+            HKDF.Extract(HashAlgorithmName.SHA512, ikm, salt, prk);
+            HKDF.Expand(HashAlgorithmName.SHA512, prk, okm, info);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(prk);
         }
     }
 

@@ -93,6 +93,15 @@ internal sealed class FrameCipher : IDisposable
         Span<byte> aad = stackalloc byte[EnvelopeFormat.FrameAadLength];
         EnvelopeFormat.WriteIv(iv, sequence);
         EnvelopeFormat.WriteFrameAad(aad, _messageId, type, sequence, ciphertext.Length);
+        Open(iv, aad, ciphertext, tag, plaintext);
+    }
+
+    /// <summary>A cipher over a given message key, for known-answer tests of <see cref="Open(ReadOnlySpan{byte}, ReadOnlySpan{byte}, ReadOnlySpan{byte}, ReadOnlySpan{byte}, Span{byte})"/>.</summary>
+    internal static FrameCipher ForKnownAnswer(ReadOnlySpan<byte> messageKey) => new(messageKey, []);
+
+    /// <summary>The GCM decryption every frame goes through: a failed tag is one <see cref="EnvelopeDecryptionException"/>.</summary>
+    internal void Open(ReadOnlySpan<byte> iv, ReadOnlySpan<byte> aad, ReadOnlySpan<byte> ciphertext, ReadOnlySpan<byte> tag, Span<byte> plaintext)
+    {
         try
         {
             // AesGcm clears the plaintext buffer itself when the tag does not match.
