@@ -614,8 +614,10 @@ public sealed partial class Pkcs11Hsm
                 ? null
                 : throw KmsErrors.InvalidArgument("public_key", $"is not a {curve.Name} public key");
         }
-        catch (CryptographicException)
+        catch (Exception e) when (e is CryptographicException or PlatformNotSupportedException)
         {
+            // OpenSSL refuses a well-formed EC key on a curve it does not know (an unknown OID)
+            // with PlatformNotSupportedException, not CryptographicException.
             throw KmsErrors.InvalidArgument("public_key", $"is not a DER SubjectPublicKeyInfo of a {spec.Name} key");
         }
     }

@@ -193,6 +193,20 @@ public sealed partial class AuditVerifierTests : IDisposable
         Assert.Contains("another signing key", result.Problem, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task PinnedKeyThatIsNoP256Key_ArgumentException()
+    {
+        var lines = await BuildAsync();
+        using var p384 = ECDsa.Create(ECCurve.NamedCurves.nistP384);
+        var unknownCurve = p384.ExportSubjectPublicKeyInfo();
+        unknownCurve[unknownCurve.AsSpan().IndexOf(new byte[] { 0x2B, 0x81, 0x04, 0x00, 0x22 })] = 0x2A; // secp384r1 → an OID no platform knows
+        foreach (var key in new[] { [], "not a key"u8.ToArray(), p384.ExportSubjectPublicKeyInfo(), unknownCurve })
+        {
+            var e = Assert.Throws<ArgumentException>(() => AuditVerifier.Verify(new StringReader(string.Join('\n', lines)), key));
+            Assert.Equal("publicKey", e.ParamName);
+        }
+    }
+
     // Twelve events, checkpoints at 5 and 10.
     private async Task<List<string>> BuildAsync()
     {

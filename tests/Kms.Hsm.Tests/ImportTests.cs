@@ -84,6 +84,32 @@ public sealed class ImportTests(AlgorithmFixture fixture) : IClassFixture<Algori
         Assert.Equal(before, fixture.Hsm.CountSessionObjects());
     }
 
+    [Theory]
+    [InlineData("1.2.3.4.5")] // no curve at all
+    [InlineData("1.3.132.0.10")] // secp256k1: a curve OpenSSL knows
+    [InlineData("1.3.36.3.3.2.8.1.1.7")] // brainpoolP256r1
+    public async Task Import_EcPublicKeyOnAnUnknownOrOtherCurve_InvalidArgumentNamingPublicKey(string curveOid)
+    {
+        // Whatever the platform makes of the curve OID (unknown to it, or known but not ours),
+        // the caller gets INVALID_ARGUMENT on public_key, never an internal error.
+        using var ec = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var q = ec.ExportParameters(false).Q;
+        var spki = new System.Formats.Asn1.AsnWriter(System.Formats.Asn1.AsnEncodingRules.DER);
+        using (spki.PushSequence())
+        {
+            using (spki.PushSequence())
+            {
+                spki.WriteObjectIdentifier("1.2.840.10045.2.1");
+                spki.WriteObjectIdentifier(curveOid);
+            }
+
+            spki.WriteBitString([0x04, .. q.X!, .. q.Y!]);
+        }
+
+        var e = await RefusedAsync(KeyAlgorithm.EcSignP256Sha256, fixture.WrapForImport(ec.ExportPkcs8PrivateKey()), spki.Encode());
+        Assert.Equal("public_key", e.Field);
+    }
+
     [Fact]
     public async Task Import_Rsa_SpkiDerivedAndChecked_WrongSizeOrOtherKeyRefused()
     {

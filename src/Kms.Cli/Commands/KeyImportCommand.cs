@@ -142,8 +142,9 @@ internal static class KeyImportCommand
                     return [];
             }
         }
-        catch (CryptographicException)
+        catch (Exception e) when (e is CryptographicException or PlatformNotSupportedException)
         {
+            // An EC key on a curve OpenSSL does not know gives PlatformNotSupportedException.
             throw new CliUsageException($"--material is not a PKCS#8 private key for {spec.Name}");
         }
     }

@@ -32,6 +32,7 @@ public static class AuditVerifier
     private static readonly JsonDocumentOptions Strict = new() { AllowDuplicateProperties = false };
 
     /// <summary>Verifies <paramref name="export"/> against the audit key <paramref name="publicKey"/> (DER SubjectPublicKeyInfo, pinned by you, not taken from the export).</summary>
+    /// <exception cref="ArgumentException"><paramref name="publicKey"/> is not an ECDSA P-256 public key.</exception>
     /// <param name="partial">
     /// The export was asked to start later (<c>from_sequence</c>): its start needs a signed
     /// checkpoint, but not a retention record. Otherwise an export that does not start at the
@@ -42,7 +43,20 @@ public static class AuditVerifier
         ArgumentNullException.ThrowIfNull(export);
         ArgumentNullException.ThrowIfNull(publicKey);
         using var key = ECDsa.Create();
-        key.ImportSubjectPublicKeyInfo(publicKey, out _);
+        try
+        {
+            key.ImportSubjectPublicKeyInfo(publicKey, out var read);
+            if (read != publicKey.Length || key.KeySize != 256)
+            {
+                throw new CryptographicException();
+            }
+        }
+        catch (Exception e) when (e is CryptographicException or PlatformNotSupportedException)
+        {
+            // PlatformNotSupportedException: a well-formed key on a curve OpenSSL does not know.
+            throw new ArgumentException("the audit public key is not a DER SubjectPublicKeyInfo of an ECDSA P-256 key", nameof(publicKey));
+        }
+
         var fingerprint = "sha256:" + Convert.ToHexStringLower(SHA256.HashData(publicKey));
 
         var state = new State();
