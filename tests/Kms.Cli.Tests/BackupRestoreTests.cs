@@ -87,6 +87,59 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         Assert.Contains("DESTROYED", destroyed.Status.Detail, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task Restore_FromAVerifiedAuditExport_ReappliesItsDestruction_AnAlteredExportIsRefused_NothingWritten()
+    {
+        string backup;
+        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
+        using (var developer = _server.CreateClient())
+        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+        {
+            var key = await developer.CreateKeyAsync("tenants/dev", "payroll");
+            await developer.RotateKeyAsync(key.Name);
+            var export = await officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup });
+            await ApproveAsync(officer, "alice", export.Name);
+            Assert.True((await ApproveAsync(officer, "carol", export.Name)).Executed);
+            backup = Path.Combine(_server.DataDir, "backups", export.Id);
+
+            var destroy = await developer.RequestDestroyKeyVersionNowAsync($"{key.Name}/versions/1");
+            await ApproveAsync(officer, "bob", destroy.Name);
+            Assert.True((await ApproveAsync(officer, "carol", destroy.Name)).Executed);
+            await using var file = File.CreateText(exportPath);
+            await officer.ExportAuditAsync(file);
+        }
+
+        var auditKey = PublishedAuditKey();
+        var lines = await File.ReadAllLinesAsync(exportPath);
+        var tamperedPath = exportPath + ".tampered";
+        var victim = Array.FindIndex(lines, l => l.StartsWith("{\"event\"", StringComparison.Ordinal) && l.Contains("\"OK\"", StringComparison.Ordinal));
+        lines[victim] = lines[victim].Replace("\"OK\"", "\"PERMISSION_DENIED\"", StringComparison.Ordinal);
+        await File.WriteAllLinesAsync(tamperedPath, lines);
+        var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        try
+        {
+            var refused = await Assert.ThrowsAsync<KmsException>(() => BackupRestore.RunAsync(backup, auditKey, target, [exportPath, tamperedPath], replace: false, CancellationToken.None));
+            Assert.Equal(KmsErrorCode.PermissionDenied, refused.Code);
+            Assert.Contains(Path.GetFileName(tamperedPath), refused.Message, StringComparison.Ordinal);
+            Assert.Contains("does not verify against the audit key", refused.Message, StringComparison.Ordinal);
+            Assert.False(File.Exists(Path.Combine(target, "kms.db")));
+
+            var report = await BackupRestore.RunAsync(backup, auditKey, target, [exportPath], replace: false, CancellationToken.None);
+            var (version, source) = Assert.Single(report.Reapplied);
+            Assert.Equal("tenants/dev/keys/payroll/versions/1", version);
+            Assert.StartsWith(Path.GetFileName(exportPath) + " event ", source, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(exportPath);
+            File.Delete(tamperedPath);
+            if (Directory.Exists(target))
+            {
+                Directory.Delete(target, recursive: true);
+            }
+        }
+    }
+
     private byte[] PublishedAuditKey()
     {
         using var key = ECDsa.Create();

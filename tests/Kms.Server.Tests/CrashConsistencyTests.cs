@@ -1,3 +1,4 @@
+using System.Data.Common;
 using System.Diagnostics;
 using System.Globalization;
 using System.Security.Cryptography;
@@ -9,6 +10,7 @@ using Kms.Contracts.V1;
 using Kms.Hsm;
 using Kms.Testing;
 using Microsoft.Data.Sqlite;
+using Npgsql;
 using Xunit.Abstractions;
 
 namespace Kms.Server.Tests;
@@ -40,12 +42,22 @@ public sealed class CrashConsistencyTests(ITestOutputHelper output)
     private static readonly string[] ServerArgs = ["--Lifecycle:MinWaitingPeriod=00:00:01", "--Lifecycle:JobInterval=00:00:01"];
     private static readonly TimeSpan Waiting = TimeSpan.FromSeconds(1);
 
-    [Fact]
-    public async Task KilledUnderLoad_EveryAcknowledgedWriteSurvives_NothingPartial_AuditChainVerifies()
+    [Theory]
+    [InlineData("sqlite")]
+    [InlineData("postgres")]
+    public async Task KilledUnderLoad_EveryAcknowledgedWriteSurvives_NothingPartial_AuditChainVerifies(string storage)
     {
         var rounds = int.TryParse(Environment.GetEnvironmentVariable("KMS_CRASH_ROUNDS"), CultureInfo.InvariantCulture, out var r) && r > 0 ? r : 6;
         var seed = int.TryParse(Environment.GetEnvironmentVariable("KMS_CRASH_SEED"), CultureInfo.InvariantCulture, out var s) ? s : Random.Shared.Next();
-        output.WriteLine($"seed {seed} (KMS_CRASH_SEED), {rounds} rounds (KMS_CRASH_ROUNDS)");
+        output.WriteLine($"{storage}: seed {seed} (KMS_CRASH_SEED), {rounds} rounds (KMS_CRASH_ROUNDS)");
+
+        // PostgreSQL (a database of the run's cluster; KMS_TEST_POSTGRES, else the test fails):
+        // the kill cuts the server's connections mid-transaction, and the database must roll
+        // back whatever was not committed, as SQLite's journal does for the file.
+        await using var postgres = storage == "postgres" ? await PostgresTestDatabase.CreateAsync() : null;
+        string[] serverArgs = postgres is null
+            ? ServerArgs
+            : [.. ServerArgs, "--Storage:Provider=postgres", $"--Storage:Postgres:ConnectionString={postgres.ConnectionString}"];
         var random = new Random(seed);
 
         var token = SoftHsm.CreateToken();
@@ -59,7 +71,7 @@ public sealed class CrashConsistencyTests(ITestOutputHelper output)
         var tokenObjects = TokenObjectCount(token.Label);
         var dataDir = Directory.CreateDirectory(Path.Combine(Path.GetTempPath(), "kms-crash-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4)))).FullName;
         var watch = Stopwatch.StartNew();
-        var server = await StartAsync(dataDir, token);
+        var server = await StartAsync(dataDir, token, serverArgs);
         try
         {
             var (developer, officer) = await server.BootstrapAsync(Tenant);
@@ -75,10 +87,10 @@ public sealed class CrashConsistencyTests(ITestOutputHelper output)
             {
                 var killAfter = TimeSpan.FromMilliseconds(random.Next(20, 401));
                 var (acknowledged, unanswered) = await DriveAndKillAsync(server, developer, model, new Random(random.Next()), round, killAfter);
-                var snapshot = await CheckDatabaseAsync(Path.Combine(dataDir, "kms.db"));
+                var snapshot = await CheckDatabaseAsync(postgres?.ConnectionString, Path.Combine(dataDir, "kms.db"));
                 Assert.Equal(tokenObjects, TokenObjectCount(token.Label));
 
-                server = await StartAsync(dataDir, token);
+                server = await StartAsync(dataDir, token, serverArgs);
                 var committed = await CheckServerAsync(server, developer, officer, auditKey, model, snapshot);
                 summary.Add(string.Create(CultureInfo.InvariantCulture,
                     $"{round}: kill at {killAfter.TotalMilliseconds} ms, {acknowledged} writes acknowledged, {unanswered} calls unanswered, {committed} unanswered creates/rotations found committed (whole)"));
@@ -100,8 +112,8 @@ public sealed class CrashConsistencyTests(ITestOutputHelper output)
         }
     }
 
-    private static Task<ServerProcess> StartAsync(string dataDir, TestToken token) =>
-        ServerProcess.StartAsync(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId, ServerArgs);
+    private static Task<ServerProcess> StartAsync(string dataDir, TestToken token, string[] serverArgs) =>
+        ServerProcess.StartAsync(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId, serverArgs);
 
     private static KmsClient Client(ServerProcess server, string token) => new(new KmsClientOptions
     {
@@ -244,13 +256,20 @@ public sealed class CrashConsistencyTests(ITestOutputHelper output)
         return true;
     }
 
-    // With the server dead: the file as the kill left it is whole, read directly.
-    private static async Task<Snapshot> CheckDatabaseAsync(string path)
+    // With the server dead: the database as the kill left it is whole, read directly (the
+    // SQLite file, or PostgreSQL once it has rolled back the dead connections' transactions).
+    private static async Task<Snapshot> CheckDatabaseAsync(string? postgres, string sqlitePath)
     {
-        await using var connection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = path, Pooling = false }.ToString());
+        await using DbConnection connection = postgres is null
+            ? new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = sqlitePath, Pooling = false }.ToString())
+            : new NpgsqlConnection(new NpgsqlConnectionStringBuilder(postgres) { Pooling = false }.ConnectionString);
         await connection.OpenAsync();
-        Assert.Equal("ok", Scalar(connection, "PRAGMA integrity_check"));
-        Assert.Null(Scalar(connection, "PRAGMA foreign_key_check"));
+        if (postgres is null)
+        {
+            Assert.Equal("ok", Scalar(connection, "PRAGMA integrity_check"));
+            Assert.Null(Scalar(connection, "PRAGMA foreign_key_check"));
+        }
+
         await StoreInvariants.AssertWholeAsync(connection, Tenant);
 
         var events = new List<(string Operation, string? Resource)>();
@@ -265,11 +284,11 @@ public sealed class CrashConsistencyTests(ITestOutputHelper output)
         }
 
         // A key is scheduled for deletion only by a call whose event committed with it.
-        Assert.Equal((long)Scalar(connection, $"SELECT count(*) FROM keys WHERE tenant = '{Tenant}' AND state IN (3, 4)")!,
+        Assert.Equal(Convert.ToInt64(Scalar(connection, $"SELECT count(*) FROM keys WHERE tenant = '{Tenant}' AND state IN (3, 4)"), CultureInfo.InvariantCulture),
             events.Count(e => e.Operation == KeysService + "ScheduleKeyDeletion"));
         return new Snapshot(
             events.Where(e => e.Operation is KeysService + "ScheduleKeyDeletion" or KeysService + "ScheduleKeyVersionDestruction").Select(e => e.Resource!).ToHashSet(),
-            (long)Scalar(connection, "SELECT count(*) FROM audit_events")!);
+            Convert.ToInt64(Scalar(connection, "SELECT count(*) FROM audit_events"), CultureInfo.InvariantCulture));
     }
 
     // After the restart: every acknowledged write is served as acknowledged.
@@ -344,7 +363,7 @@ public sealed class CrashConsistencyTests(ITestOutputHelper output)
     private static int VersionOf(string versionName) =>
         int.Parse(versionName[(versionName.LastIndexOf('/') + 1)..], CultureInfo.InvariantCulture);
 
-    private static object? Scalar(SqliteConnection connection, string sql)
+    private static object? Scalar(DbConnection connection, string sql)
     {
         using var command = connection.CreateCommand();
         command.CommandText = sql;

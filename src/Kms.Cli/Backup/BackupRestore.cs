@@ -1,3 +1,5 @@
+using System.Globalization;
+using Kms.Client.Audit;
 using Kms.Core.Audit;
 using Kms.Core.Backup;
 using Kms.Core.Errors;
@@ -58,18 +60,7 @@ internal static class BackupRestore
             }
         }
 
-        foreach (var log in auditLogs)
-        {
-            var lines = await File.ReadAllLinesAsync(log, cancellationToken);
-            try
-            {
-                recorded.AddRange(DestructionReplay.FromAuditLines(lines, manifest.AuditHead.Sequence, Path.GetFileName(log)));
-            }
-            catch (Exception e) when (e is FormatException or KmsException or KeyNotFoundException or InvalidOperationException)
-            {
-                throw KmsErrors.InvalidArgument("audit-log", $"{log} is not an audit export or SIEM stream: {e.Message}");
-            }
-        }
+        recorded.AddRange(await ReadDestructionsAsync(auditLogs, manifest.AuditHead.Sequence, auditPublicKey, cancellationToken));
 
         // 2. A private copy, checked again (the file could have changed since it was verified).
         Directory.CreateDirectory(dataDir);
@@ -150,10 +141,34 @@ internal static class BackupRestore
         SqlStore store, IReadOnlyList<string> auditLogs, long? afterSequence, CancellationToken cancellationToken)
     {
         var after = afterSequence ?? (await store.GetAuditHeadAsync(cancellationToken)).Sequence;
+        var recorded = await ReadDestructionsAsync(auditLogs, after, auditPublicKey: null, cancellationToken);
+        var (reapplied, skipped) = await ReapplyAsync(store, recorded, null, store.Location, cancellationToken);
+        return (reapplied, skipped, after);
+    }
+
+    /// <summary>
+    /// The destructions each audit file records after <paramref name="after"/>. With the pinned
+    /// <paramref name="auditPublicKey"/>, an <c>ExportAudit</c> file is verified first (hashes,
+    /// chain, every checkpoint's signature) and refused when anything in it was altered. A SIEM
+    /// stream carries no checkpoints and cannot be verified here; neither can the unsigned tail
+    /// of an export. Both are still read: a forged destruction can only destroy more, while a
+    /// real one left out would bring a destroyed key back.
+    /// </summary>
+    private static async Task<List<RecordedDestruction>> ReadDestructionsAsync(IReadOnlyList<string> auditLogs, long after, byte[]? auditPublicKey, CancellationToken cancellationToken)
+    {
         var recorded = new List<RecordedDestruction>();
         foreach (var log in auditLogs)
         {
             var lines = await File.ReadAllLinesAsync(log, cancellationToken);
+            if (auditPublicKey is not null && lines.FirstOrDefault(l => l.Length > 0) is { } first && first.Contains("\"kms_audit_export\"", StringComparison.Ordinal))
+            {
+                var verification = AuditVerifier.Verify(new StringReader(string.Join('\n', lines)), auditPublicKey, partial: true);
+                if (!verification.Valid)
+                {
+                    throw KmsErrors.PermissionDenied($"{log} does not verify against the audit key (first bad sequence {verification.FirstBadSequence?.ToString(CultureInfo.InvariantCulture) ?? "none"}): {verification.Problem}");
+                }
+            }
+
             try
             {
                 recorded.AddRange(DestructionReplay.FromAuditLines(lines, after, Path.GetFileName(log)));
@@ -164,8 +179,7 @@ internal static class BackupRestore
             }
         }
 
-        var (reapplied, skipped) = await ReapplyAsync(store, recorded, null, store.Location, cancellationToken);
-        return (reapplied, skipped, after);
+        return recorded;
     }
 
     // Applies each recorded destruction to the store (which erases the material), then audits
