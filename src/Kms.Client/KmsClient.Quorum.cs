@@ -72,6 +72,94 @@ public sealed partial class KmsClient
     public async Task<ExportQuorumApprovalResponse> ExportQuorumApprovalAsync(string name, CancellationToken cancellationToken = default) =>
         await Quorum.ExportQuorumApprovalAsync(new ExportQuorumApprovalRequest { Name = name }, Options(cancellationToken)).ConfigureAwait(false);
 
+    /// <summary>
+    /// Downloads the backup an executed EXPORT_BACKUP request wrote into a new directory
+    /// <paramref name="directory"/> (<c>manifest.json</c>, <c>manifest.json.sig</c>, <c>kms.db</c>,
+    /// each readable by the owner only), as <c>kms backup verify</c> and <c>restore</c> read it.
+    /// Nothing is verified here beyond the snapshot's length: verify the directory against the
+    /// pinned audit key before trusting it. On any failure the directory is removed.
+    /// </summary>
+    /// <returns>The snapshot's size in bytes.</returns>
+    /// <exception cref="IOException"><paramref name="directory"/> exists, or the stream ended early or ran long.</exception>
+    public async Task<long> DownloadBackupAsync(string name, string directory, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        ArgumentNullException.ThrowIfNull(directory);
+        if (Directory.Exists(directory) || File.Exists(directory))
+        {
+            throw new IOException($"{directory} exists: a backup is downloaded into a new directory");
+        }
+
+        var created = false;
+        try
+        {
+            using var call = Quorum.DownloadBackup(new DownloadBackupRequest { Name = name }, cancellationToken: cancellationToken);
+            if (!await call.ResponseStream.MoveNext(cancellationToken).ConfigureAwait(false) || call.ResponseStream.Current.Manifest is not { } manifest)
+            {
+                throw new IOException($"the server sent no manifest for {name}");
+            }
+
+            if (OperatingSystem.IsWindows())
+            {
+                Directory.CreateDirectory(directory);
+            }
+            else
+            {
+                Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            }
+
+            created = true;
+            await WriteNewFileAsync(Path.Combine(directory, "manifest.json"), manifest.ManifestJson.Memory, cancellationToken).ConfigureAwait(false);
+            await WriteNewFileAsync(Path.Combine(directory, "manifest.json.sig"), manifest.ManifestSignature.Memory, cancellationToken).ConfigureAwait(false);
+            long written = 0;
+            await using (var snapshot = new FileStream(Path.Combine(directory, "kms.db"), NewFileOptions()))
+            {
+                while (await call.ResponseStream.MoveNext(cancellationToken).ConfigureAwait(false))
+                {
+                    var chunk = call.ResponseStream.Current.SnapshotChunk;
+                    written += chunk.Length;
+                    if (call.ResponseStream.Current.PartCase != DownloadBackupResponse.PartOneofCase.SnapshotChunk || written > manifest.SnapshotSize)
+                    {
+                        throw new IOException($"the server sent more than the {manifest.SnapshotSize}-byte snapshot of {name}");
+                    }
+
+                    await snapshot.WriteAsync(chunk.Memory, cancellationToken).ConfigureAwait(false);
+                }
+
+                await snapshot.FlushAsync(cancellationToken).ConfigureAwait(false);
+                snapshot.Flush(flushToDisk: true);
+            }
+
+            return written == manifest.SnapshotSize
+                ? written
+                : throw new IOException($"the snapshot of {name} ended after {written} of {manifest.SnapshotSize} bytes");
+        }
+        catch when (created)
+        {
+            Directory.Delete(directory, recursive: true);
+            throw;
+        }
+    }
+
+    private static FileStreamOptions NewFileOptions()
+    {
+        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
+        if (!OperatingSystem.IsWindows())
+        {
+            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        }
+
+        return options;
+    }
+
+    private static async Task WriteNewFileAsync(string path, ReadOnlyMemory<byte> content, CancellationToken cancellationToken)
+    {
+        await using var file = new FileStream(path, NewFileOptions());
+        await file.WriteAsync(content, cancellationToken).ConfigureAwait(false);
+        await file.FlushAsync(cancellationToken).ConfigureAwait(false);
+        file.Flush(flushToDisk: true);
+    }
+
     /// <summary>Creates a quorum request as given (any operation).</summary>
     public async Task<QuorumRequestInfo> CreateQuorumRequestAsync(CreateQuorumRequestRequest request, CancellationToken cancellationToken = default) =>
         (await Quorum.CreateQuorumRequestAsync(request, Options(cancellationToken)).ConfigureAwait(false)).Request;

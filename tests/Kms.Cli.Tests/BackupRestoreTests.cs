@@ -140,6 +140,75 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         }
     }
 
+    [Fact]
+    public async Task Fetch_DownloadsTheBackupByteForByte_AndVerifiesIt_RefusesWhatIsNoBackupOrDoesNotVerify()
+    {
+        var home = CliServerFixture.NewDirectory();
+        var officerToken = await _server.CreatePrincipalWithTokenAsync("fetcher", null, "security-officer");
+        await File.WriteAllTextAsync(Path.Combine(home, "officer.token"), officerToken + "\n");
+        string backupId, destroyName;
+        using (var developer = _server.CreateClient())
+        using (var officer = _server.CreateClient(officerToken))
+        {
+            var key = await developer.CreateKeyAsync("tenants/dev", "fetched");
+            await developer.RotateKeyAsync(key.Name);
+            var export = await officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup });
+            await ApproveAsync(officer, "alice", export.Name);
+            Assert.True((await ApproveAsync(officer, "bob", export.Name)).Executed);
+            backupId = export.Id;
+            var destroy = await developer.RequestDestroyKeyVersionNowAsync($"{key.Name}/versions/1");
+            await ApproveAsync(officer, "bob", destroy.Name);
+            Assert.True((await ApproveAsync(officer, "carol", destroy.Name)).Executed);
+            destroyName = destroy.Name;
+        }
+
+        var pem = Path.Combine(_server.DataDir, "audit", "signing-key.pem");
+        var onServer = Path.Combine(_server.DataDir, "backups", backupId);
+        var variables = new Dictionary<string, string>
+        {
+            ["KMS_ENDPOINT"] = _server.Address.ToString(),
+            ["KMS_CA_FILE"] = _server.CaCertificatePath,
+            ["KMS_TOKEN_FILE"] = Path.Combine(home, "officer.token"),
+        };
+        Task<CliResult> Cli(params string[] args) => CliRun.InProcessAsync(variables, home, null, args);
+
+        var fetched = await Cli("backup", "fetch", backupId, "--out", "copy", "--public-key", pem, "--output", "json");
+        Assert.True(fetched.ExitCode == 0, fetched.ToString());
+        Assert.Contains($"\"request\": \"quorumRequests/{backupId}\"", fetched.Out, StringComparison.Ordinal);
+        foreach (var file in new[] { "kms.db", "manifest.json", "manifest.json.sig" })
+        {
+            Assert.Equal(await File.ReadAllBytesAsync(Path.Combine(onServer, file)), await File.ReadAllBytesAsync(Path.Combine(home, "copy", file)));
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Path.Combine(home, "copy", file)));
+        }
+
+        // Into a directory that exists: refused, the directory untouched.
+        var again = await Cli("backup", "fetch", backupId, "--out", "copy", "--public-key", pem);
+        Assert.Equal(9, again.ExitCode);
+        Assert.Equal(await File.ReadAllBytesAsync(Path.Combine(onServer, "kms.db")), await File.ReadAllBytesAsync(Path.Combine(home, "copy", "kms.db")));
+
+        // Not an EXPORT_BACKUP request; not a security officer; nothing written for either.
+        var notBackup = await Cli("backup", "fetch", destroyName, "--out", "not-a-backup", "--public-key", pem);
+        Assert.True(notBackup.ExitCode == 5, notBackup.ToString());
+        variables["KMS_TOKEN_FILE"] = Path.Combine(_server.DataDir, "tokens", "developer.token");
+        Assert.Equal(4, (await Cli("backup", "fetch", backupId, "--out", "developer", "--public-key", pem)).ExitCode);
+        variables["KMS_TOKEN_FILE"] = Path.Combine(home, "officer.token");
+
+        // Altered on the server's disk: downloaded, fails verification, deleted.
+        var snapshot = await File.ReadAllBytesAsync(Path.Combine(onServer, "kms.db"));
+        snapshot[snapshot.Length / 2] ^= 1;
+        await File.WriteAllBytesAsync(Path.Combine(onServer, "kms.db"), snapshot);
+        var altered = await Cli("backup", "fetch", backupId, "--out", "altered", "--public-key", pem);
+        Assert.Equal(4, altered.ExitCode);
+        Assert.False(Directory.Exists(Path.Combine(home, "altered")));
+
+        // Gone from the server's disk (or written on another node): NOT_FOUND.
+        Directory.Delete(onServer, recursive: true);
+        var gone = await Cli("backup", "fetch", backupId, "--out", "gone", "--public-key", pem);
+        Assert.Equal(3, gone.ExitCode);
+        Assert.Contains("not on this node", gone.Error, StringComparison.Ordinal);
+        Assert.Equal(["copy"], Directory.GetDirectories(home).Select(Path.GetFileName));
+    }
+
     private byte[] PublishedAuditKey()
     {
         using var key = ECDsa.Create();

@@ -224,6 +224,8 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
         new(Quorum + "GetOfficerSet", MatrixTarget.Deployment, [SecurityOfficer], c => Msg(new GetOfficerSetRequest())),
         new(Quorum + "ExportQuorumApproval", MatrixTarget.Deployment, [SecurityOfficer], async c =>
             new ExportQuorumApprovalRequest { Name = c.WillRun ? await ApprovedRotationAsync(c) : "quorumRequests/" + new string('0', 32) }),
+        new(Quorum + "DownloadBackup", MatrixTarget.Deployment, [SecurityOfficer], async c =>
+            new DownloadBackupRequest { Name = c.WillRun ? await ExecutedBackupAsync(c) : "quorumRequests/" + new string('0', 32) }),
 
         new("grpc.health.v1.Health/Check", MatrixTarget.Public, [], c => Msg(new HealthCheckRequest())),
         new("grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", MatrixTarget.Authenticated, [], c => Msg(new ServerReflectionRequest { ListServices = "" })),
@@ -360,6 +362,19 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
         return request.Name;
     }
 
+    private static async Task<string> ExecutedBackupAsync(MatrixContext c)
+    {
+        using var officer = c.Fixture.Server.CreateClient(c.Fixture.TokenOf("deployment/security-officer"));
+        var request = await officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = QuorumOperation.ExportBackup });
+        var rendering = System.Text.Encoding.UTF8.GetBytes(Kms.Client.Quorum.QuorumApprover.Render(request));
+        foreach (var name in new[] { "alice", "bob" })
+        {
+            await officer.ApproveQuorumRequestAsync(request.Name, c.Fixture.Officers[name].Fingerprint, c.Fixture.Officers.Sign(name, rendering));
+        }
+
+        return request.Name;
+    }
+
     private static async Task<string> FreshRotatedKeyAsync(MatrixContext c)
     {
         var name = await FreshKeyAsync(c);
@@ -460,7 +475,7 @@ public sealed class MatrixFixture : IAsyncLifetime, IDisposable
     {
         var slash = fullMethod.IndexOf('/', StringComparison.Ordinal);
         var descriptor = request.Descriptor;
-        var streaming = fullMethod == "kms.v1.AuditService/ExportAudit";
+        var streaming = fullMethod is "kms.v1.AuditService/ExportAudit" or "kms.v1.QuorumService/DownloadBackup";
         var method = new Method<IMessage, IMessage>(
             streaming ? MethodType.ServerStreaming : MethodType.Unary,
             fullMethod[..slash],

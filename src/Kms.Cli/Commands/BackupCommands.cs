@@ -20,8 +20,9 @@ internal static class BackupCommands
 {
     public static IEnumerable<Command> Create(CommandRunner runner)
     {
-        var backup = new Command("backup", "backups of the metadata store: request one (quorum), verify it, restore it offline");
+        var backup = new Command("backup", "backups of the metadata store: request one (quorum), download it, verify it, restore it offline");
         backup.Subcommands.Add(CreateRequest(runner));
+        backup.Subcommands.Add(Fetch(runner));
         backup.Subcommands.Add(Verify(runner));
         backup.Subcommands.Add(Restore(runner));
         backup.Subcommands.Add(ReapplyDestructions(runner));
@@ -44,6 +45,41 @@ internal static class BackupCommands
             var rendering = QuorumApprover.Render(created);
             ctx.Output.Result(new JsonObject { ["name"] = created.Name, ["rendering"] = rendering },
                 $"created {created.Name}; officers approve this rendering:{Environment.NewLine}{rendering}");
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command Fetch(CommandRunner runner)
+    {
+        var request = NameArgument.Create<string>("REQUEST", "the executed EXPORT_BACKUP request: quorumRequests/ID (or just ID)");
+        var output = new Option<string>("--out") { Description = "a new directory to download the backup into", HelpName = "DIR", Required = true };
+        var publicKey = PublicKeyOption();
+        var command = new Command("fetch", "download a backup from the server that wrote it, then verify it as `backup verify` does (a backup that does not verify is deleted)")
+        {
+            request, output, publicKey,
+        };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var parse = ctx.ParseResult;
+            var key = CeremonyCommands.PublicKeyFromPem(File.ReadAllText(ctx.Environment.FullPath(parse.GetRequiredValue(publicKey))));
+            var name = parse.GetRequiredValue(request) is var given && given.Contains('/', StringComparison.Ordinal) ? given : "quorumRequests/" + given;
+            var directory = ctx.Environment.FullPath(parse.GetRequiredValue(output));
+            await ctx.Client.DownloadBackupAsync(name, directory, ct);
+            BackupManifest manifest;
+            try
+            {
+                manifest = Checked(() => BackupManifest.Verify(directory, key));
+            }
+            catch
+            {
+                Directory.Delete(directory, recursive: true);
+                throw;
+            }
+
+            var json = ManifestJson(manifest);
+            json["directory"] = directory;
+            ctx.Output.Result(json, () => CliOutput.Properties([("directory", directory), .. ManifestRows(manifest)]));
             return ExitCodes.Ok;
         });
         return command;

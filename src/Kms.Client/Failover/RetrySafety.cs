@@ -52,8 +52,8 @@ internal static class RetrySafety
 
         // An approval is recorded once per officer key and a request executes (or is approved)
         // once: a repeat changes nothing (it is answered ALREADY_EXISTS or FAILED_PRECONDITION).
-        // Exporting an approval is a read.
-        .. Methods("kms.v1.QuorumService", "GetQuorumRequest", "ListQuorumRequests", "GetOfficerSet", "ApproveQuorumRequest", "ExportQuorumApproval"),
+        // Exporting an approval and downloading a backup are reads.
+        .. Methods("kms.v1.QuorumService", "GetQuorumRequest", "ListQuorumRequests", "GetOfficerSet", "ApproveQuorumRequest", "ExportQuorumApproval", "DownloadBackup"),
     ];
 
     /// <summary>Known methods that must not be repeated once they may have reached a server.</summary>

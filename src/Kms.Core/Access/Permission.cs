@@ -76,10 +76,10 @@ public enum Permission
     /// <summary>kms.audit.read: ListAuditEvents (a tenant's, or all of them deployment-wide).</summary>
     AuditRead,
 
-    /// <summary>kms.audit.export: ExportAudit, GetAuditCheckpoint (the whole chain, deployment-wide).</summary>
+    /// <summary>kms.audit.export: ExportAudit, GetAuditCheckpoint (the whole chain, deployment-wide); with kms.quorum.request, DownloadBackup.</summary>
     AuditExport,
 
-    /// <summary>kms.quorum.request: CreateQuorumRequest (the operation may demand its own permission too: kms.keys.destroy for a destroy).</summary>
+    /// <summary>kms.quorum.request: CreateQuorumRequest (the operation may demand its own permission too: kms.keys.destroy for a destroy); with kms.audit.export, DownloadBackup.</summary>
     QuorumRequest,
 
     /// <summary>kms.quorum.read: GetQuorumRequest, ListQuorumRequests, GetOfficerSet, ExportQuorumApproval.</summary>

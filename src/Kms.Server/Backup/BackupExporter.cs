@@ -98,6 +98,35 @@ internal sealed class BackupExporter(SqlStore store, AuditLog audit, IHsm hsm, T
         }
     }
 
+    /// <summary>
+    /// The files of an executed EXPORT_BACKUP request's backup on this node, opened for reading:
+    /// the manifest and its signature as written, and the snapshot. The caller disposes the stream.
+    /// </summary>
+    /// <exception cref="KmsException">FailedPrecondition (not an executed EXPORT_BACKUP request), NotFound (its backup is not on this node).</exception>
+    public (byte[] Manifest, byte[] Signature, FileStream Snapshot) OpenBackup(QuorumRequest request)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        if (request.Operation != QuorumOperation.ExportBackup || request.State != QuorumRequestState.Executed)
+        {
+            throw KmsErrors.FailedPrecondition($"quorum request {request.Name} is not an executed EXPORT_BACKUP request");
+        }
+
+        var directory = DirectoryOf(request.Id);
+        try
+        {
+            var manifest = File.ReadAllBytes(Path.Combine(directory, BackupManifest.ManifestFile));
+            var signature = File.ReadAllBytes(Path.Combine(directory, BackupManifest.SignatureFile));
+            var snapshot = new FileStream(Path.Combine(directory, BackupManifest.SnapshotFile), FileMode.Open, FileAccess.Read, FileShare.Read, 64 * 1024, useAsync: true);
+            return (manifest, signature, snapshot);
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            // Written on the node that executed the request (or its writing failed: see the
+            // request's backup/Export audit event), and deleted by nobody but an operator.
+            throw KmsErrors.NotFound($"the backup of {request.Name} (not on this node: a backup is written on the node that executed its request)");
+        }
+    }
+
     private static async Task WriteOwnerOnlyAsync(string path, byte[] content, CancellationToken cancellationToken)
     {
         var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };

@@ -39,6 +39,35 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
         }
     }
 
+    // Server streams (ExportAudit, DownloadBackup): the same mapping, also after messages were sent.
+    public override async Task ServerStreamingServerHandler<TRequest, TResponse>(
+        TRequest request,
+        IServerStreamWriter<TResponse> responseStream,
+        ServerCallContext context,
+        ServerStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        try
+        {
+            await continuation(request, responseStream, context);
+        }
+        catch (KmsException e)
+        {
+            throw ToRpcException(e, context.Method);
+        }
+        catch (RpcException)
+        {
+            throw;
+        }
+        catch (OperationCanceledException) when (context.CancellationToken.IsCancellationRequested)
+        {
+            throw new RpcException(new global::Grpc.Core.Status(StatusCode.Cancelled, "the call was cancelled"));
+        }
+        catch (Exception e)
+        {
+            throw Internal(e, context.Method);
+        }
+    }
+
     private RpcException ToRpcException(KmsException e, string method)
     {
         switch (e.Code)

@@ -2,6 +2,7 @@ using Google.Protobuf;
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
 using Kms.Contracts.V1;
+using Kms.Core.Audit;
 using Kms.Core.Errors;
 using Kms.Core.Names;
 using Kms.Core.Quorum;
@@ -67,6 +68,31 @@ internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, 
     {
         var bundle = await quorum.ExportApprovalAsync(request.Name, context.CancellationToken);
         return new ExportQuorumApprovalResponse { Request = ToProto(bundle.Request), Bundle = bundle.Serialize() };
+    }
+
+    public override async Task DownloadBackup(DownloadBackupRequest request, IServerStreamWriter<DownloadBackupResponse> responseStream, ServerCallContext context)
+    {
+        AuditScope.SetResource(request.Name);
+        var executed = await quorum.GetAsync(request.Name, context.CancellationToken);
+        var (manifest, signature, snapshot) = backups.OpenBackup(executed);
+        await using (snapshot)
+        {
+            await responseStream.WriteAsync(new DownloadBackupResponse
+            {
+                Manifest = new BackupManifestFiles
+                {
+                    ManifestJson = ByteString.CopyFrom(manifest),
+                    ManifestSignature = ByteString.CopyFrom(signature),
+                    SnapshotSize = snapshot.Length,
+                },
+            }, context.CancellationToken);
+            var buffer = new byte[64 * 1024];
+            int read;
+            while ((read = await snapshot.ReadAsync(buffer, context.CancellationToken)) > 0)
+            {
+                await responseStream.WriteAsync(new DownloadBackupResponse { SnapshotChunk = ByteString.CopyFrom(buffer, 0, read) }, context.CancellationToken);
+            }
+        }
     }
 
     public override async Task<GetOfficerSetResponse> GetOfficerSet(GetOfficerSetRequest request, ServerCallContext context)

@@ -161,6 +161,14 @@ internal static class AccessRules
         [Quorum + "GetOfficerSet"] = Deployment(Permission.QuorumRead),
         [Quorum + "ExportQuorumApproval"] = Deployment(Permission.QuorumRead),
 
+        // A backup is the whole database (wrapped keys, principals, the audit chain): whoever may
+        // ask for one deployment-wide and export the audit chain may download it.
+        [Quorum + "DownloadBackup"] = new AccessRule(CallScope.Permission,
+        [
+            new Requirement(Permission.QuorumRequest, TargetKind.Deployment),
+            new Requirement(Permission.AuditExport, TargetKind.Deployment),
+        ]),
+
         // Infrastructure.
         ["/grpc.health.v1.Health/Check"] = new AccessRule(CallScope.Public, []),
         ["/grpc.health.v1.Health/Watch"] = new AccessRule(CallScope.Public, []),
