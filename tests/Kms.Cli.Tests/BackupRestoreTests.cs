@@ -49,14 +49,8 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             await developer.RotateKeyAsync(key.Name);
             kept = (await developer.EncryptAsync(key.Name, "v2 secret"u8.ToArray())).Ciphertext;
 
-            var export = await officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup });
-            await ApproveAsync(officer, "alice", export.Name);
-            Assert.True((await ApproveAsync(officer, "carol", export.Name)).Executed);
-            backup = Path.Combine(_server.DataDir, "backups", export.Id);
-
-            var destroy = await developer.RequestDestroyKeyVersionNowAsync($"{key.Name}/versions/1");
-            await ApproveAsync(officer, "bob", destroy.Name);
-            Assert.True((await ApproveAsync(officer, "carol", destroy.Name)).Executed);
+            backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+            await DestroyFirstVersionNowAsync(developer, officer, key.Name);
         }
 
         await _server.DisposeAsync();
@@ -97,14 +91,8 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         {
             var key = await developer.CreateKeyAsync("tenants/dev", "payroll");
             await developer.RotateKeyAsync(key.Name);
-            var export = await officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup });
-            await ApproveAsync(officer, "alice", export.Name);
-            Assert.True((await ApproveAsync(officer, "carol", export.Name)).Executed);
-            backup = Path.Combine(_server.DataDir, "backups", export.Id);
-
-            var destroy = await developer.RequestDestroyKeyVersionNowAsync($"{key.Name}/versions/1");
-            await ApproveAsync(officer, "bob", destroy.Name);
-            Assert.True((await ApproveAsync(officer, "carol", destroy.Name)).Executed);
+            backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+            await DestroyFirstVersionNowAsync(developer, officer, key.Name);
             await using var file = File.CreateText(exportPath);
             await officer.ExportAuditAsync(file);
         }
@@ -152,14 +140,8 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         {
             var key = await developer.CreateKeyAsync("tenants/dev", "fetched");
             await developer.RotateKeyAsync(key.Name);
-            var export = await officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup });
-            await ApproveAsync(officer, "alice", export.Name);
-            Assert.True((await ApproveAsync(officer, "bob", export.Name)).Executed);
-            backupId = export.Id;
-            var destroy = await developer.RequestDestroyKeyVersionNowAsync($"{key.Name}/versions/1");
-            await ApproveAsync(officer, "bob", destroy.Name);
-            Assert.True((await ApproveAsync(officer, "carol", destroy.Name)).Executed);
-            destroyName = destroy.Name;
+            backupId = await ExportBackupAsync(officer);
+            destroyName = await DestroyFirstVersionNowAsync(developer, officer, key.Name);
         }
 
         var pem = Path.Combine(_server.DataDir, "audit", "signing-key.pem");
@@ -207,6 +189,24 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         Assert.Equal(3, gone.ExitCode);
         Assert.Contains("not on this node", gone.Error, StringComparison.Ordinal);
         Assert.Equal(["copy"], Directory.GetDirectories(home).Select(Path.GetFileName));
+    }
+
+    // An EXPORT_BACKUP request approved by alice and carol: the backup's id.
+    private async Task<string> ExportBackupAsync(Kms.Client.KmsClient officer)
+    {
+        var export = await officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup });
+        await ApproveAsync(officer, "alice", export.Name);
+        Assert.True((await ApproveAsync(officer, "carol", export.Name)).Executed);
+        return export.Id;
+    }
+
+    // Version 1 of the key destroyed at once, approved by bob and carol: the request's name.
+    private async Task<string> DestroyFirstVersionNowAsync(Kms.Client.KmsClient developer, Kms.Client.KmsClient officer, string key)
+    {
+        var destroy = await developer.RequestDestroyKeyVersionNowAsync($"{key}/versions/1");
+        await ApproveAsync(officer, "bob", destroy.Name);
+        Assert.True((await ApproveAsync(officer, "carol", destroy.Name)).Executed);
+        return destroy.Name;
     }
 
     private byte[] PublishedAuditKey()

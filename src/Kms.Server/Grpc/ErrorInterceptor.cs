@@ -21,21 +21,9 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
         {
             return await continuation(request, context);
         }
-        catch (KmsException e)
+        catch (Exception e) when (e is not RpcException)
         {
-            throw ToRpcException(e, context.Method);
-        }
-        catch (RpcException)
-        {
-            throw;
-        }
-        catch (OperationCanceledException) when (context.CancellationToken.IsCancellationRequested)
-        {
-            throw new RpcException(new global::Grpc.Core.Status(StatusCode.Cancelled, "the call was cancelled"));
-        }
-        catch (Exception e)
-        {
-            throw Internal(e, context.Method);
+            throw Map(e, context);
         }
     }
 
@@ -50,23 +38,19 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
         {
             await continuation(request, responseStream, context);
         }
-        catch (KmsException e)
+        catch (Exception e) when (e is not RpcException)
         {
-            throw ToRpcException(e, context.Method);
-        }
-        catch (RpcException)
-        {
-            throw;
-        }
-        catch (OperationCanceledException) when (context.CancellationToken.IsCancellationRequested)
-        {
-            throw new RpcException(new global::Grpc.Core.Status(StatusCode.Cancelled, "the call was cancelled"));
-        }
-        catch (Exception e)
-        {
-            throw Internal(e, context.Method);
+            throw Map(e, context);
         }
     }
+
+    private RpcException Map(Exception e, ServerCallContext context) => e switch
+    {
+        KmsException domain => ToRpcException(domain, context.Method),
+        OperationCanceledException when context.CancellationToken.IsCancellationRequested =>
+            new RpcException(new global::Grpc.Core.Status(StatusCode.Cancelled, "the call was cancelled")),
+        _ => Internal(e, context.Method),
+    };
 
     private RpcException ToRpcException(KmsException e, string method)
     {
