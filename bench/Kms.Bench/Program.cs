@@ -52,6 +52,11 @@ switch (args.FirstOrDefault())
     case "soak":
         // soak [seconds] [result file]
         return await SoakBench.RunAsync(TimeSpan.FromSeconds(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 60), args.Length > 2 ? args[2] : null);
+    case "alloc":
+        // alloc [calls] [concurrency]
+        return await AllocationBench.RunAsync(
+            args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 20_000,
+            args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 16);
     case "hold":
         return await PerfSuite.HoldAsync(args[1], int.Parse(args[2], CultureInfo.InvariantCulture), TimeSpan.FromSeconds(int.Parse(args[3], CultureInfo.InvariantCulture)));
     case "load":

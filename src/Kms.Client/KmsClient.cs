@@ -310,13 +310,15 @@ public sealed partial class KmsClient : IDisposable
             DisposeHttpClient = true,
         });
         var probes = channel.CreateCallInvoker();
-        var calls = token is null ? probes : probes.Intercept(metadata => WithBearer(metadata, token));
+        var bearer = token is null ? null : new Metadata.Entry("authorization", "Bearer " + token);
+        var calls = bearer is null ? probes : probes.Intercept(metadata => WithBearer(metadata, bearer));
         return new KmsEndpoint(address, calls.Intercept([.. options.Interceptors]), probes, channel);
     }
 
     // A copy: the interceptor is handed the caller's own headers, and every attempt of a
     // retried call passes here again.
-    private static Metadata WithBearer(Metadata headers, string token)
+    // The header entry is made once per endpoint (its key normalised, its value built).
+    private static Metadata WithBearer(Metadata headers, Metadata.Entry bearer)
     {
         var copy = new Metadata();
         foreach (var entry in headers)
@@ -324,7 +326,7 @@ public sealed partial class KmsClient : IDisposable
             copy.Add(entry);
         }
 
-        copy.Add("authorization", "Bearer " + token);
+        copy.Add(bearer);
         return copy;
     }
 

@@ -148,8 +148,11 @@ internal static class RetrySafety
     /// <summary>A new request id (a UUID, as the protos recommend).</summary>
     public static string NewRequestId() => Guid.NewGuid().ToString();
 
+    // Remembered per message type: FindFieldByName builds the field's full name on every call.
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<MessageDescriptor, FieldDescriptor?> RequestIdFields = new();
+
     private static FieldDescriptor? RequestId(MessageDescriptor descriptor) =>
-        descriptor.FindFieldByName(RequestIdField) is { FieldType: FieldType.String, IsRepeated: false } field ? field : null;
+        RequestIdFields.GetOrAdd(descriptor, static d => d.FindFieldByName(RequestIdField) is { FieldType: FieldType.String, IsRepeated: false } field ? field : null);
 
     private static IEnumerable<string> Methods(string service, params string[] names) => names.Select(n => $"/{service}/{n}");
 }

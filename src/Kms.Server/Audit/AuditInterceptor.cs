@@ -177,7 +177,9 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
     // The caller's request id when it is a sane token (it is echoed into the log), else ours.
     private static string RequestId(ServerCallContext context)
     {
-        var given = context.RequestHeaders.GetValue(RequestIdHeader);
+        // Straight from the request's headers: ServerCallContext.RequestHeaders would copy them all.
+        var headers = context.GetHttpContext().Request.Headers[RequestIdHeader];
+        var given = headers.Count == 1 ? headers[0] : null;
         return given is { Length: > 0 and <= 64 } && RequestIdPattern().IsMatch(given) ? given : Guid.NewGuid().ToString("N");
     }
 
@@ -185,7 +187,7 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
     private List<KeyValuePair<string, string>> ContextHashes(object? request)
     {
         if (request is not IMessage message
-            || message.Descriptor.FindFieldByName("encryption_context") is not { IsMap: true } field
+            || ContextFields.GetOrAdd(message.Descriptor, static d => d.FindFieldByName("encryption_context") is { IsMap: true } f ? f : null) is not { } field
             || field.Accessor.GetValue(message) is not IDictionary map
             || map.Count == 0)
         {
@@ -207,6 +209,9 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
 
         return hashes;
     }
+
+    // Remembered per message type: FindFieldByName builds the field's full name on every call.
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<Google.Protobuf.Reflection.MessageDescriptor, Google.Protobuf.Reflection.FieldDescriptor?> ContextFields = new();
 
     private const int MaxResourceLength = 512;
     private const int MaxContextKeys = 32;

@@ -31,42 +31,49 @@ internal sealed class CallerAuthentication(
     public bool MutualTls => certificates is not null;
 
     /// <summary>The caller, or null when the request carries no valid credential (or two).</summary>
-    public async Task<Caller?> AuthenticateAsync(ServerCallContext context)
+    public ValueTask<Caller?> AuthenticateAsync(ServerCallContext context)
     {
+        // Straight from the request's headers: ServerCallContext.RequestHeaders would copy them all.
         var http = context.GetHttpContext();
-        var authorization = context.RequestHeaders.GetValue("authorization");
+        var authorizations = http.Request.Headers.Authorization;
         var certificate = http.Connection.ClientCertificate;
-        if (authorization is not null && certificate is not null)
+        if (authorizations.Count > 1 || (authorizations.Count == 1 && certificate is not null))
         {
-            return null;
+            return ValueTask.FromResult<Caller?>(null);
         }
 
-        if (authorization is not null)
+        if (authorizations.Count == 1)
         {
             const string scheme = "Bearer ";
+            var authorization = authorizations[0] ?? "";
             if (!authorization.StartsWith(scheme, StringComparison.OrdinalIgnoreCase))
             {
-                return null;
+                return ValueTask.FromResult<Caller?>(null);
             }
 
-            var token = authorization[scheme.Length..].Trim();
-            return await CachedAsync("t:" + Hash(Encoding.UTF8.GetBytes(token)), () => authenticator.AuthenticateTokenAsync(token, context.CancellationToken), null);
+            var key = CacheKey('t', authorization.AsSpan(scheme.Length).Trim());
+            return TryCached(key, out var known)
+                ? ValueTask.FromResult<Caller?>(known)
+                : new ValueTask<Caller?>(RememberAsync(key, () => authenticator.AuthenticateTokenAsync(authorization[scheme.Length..].Trim(), context.CancellationToken), null));
         }
 
         if (certificate is not null && certificates is not null)
         {
-            return await CachedAsync("c:" + Hash(certificate.RawData), async () =>
-            {
-                if (!certificates.Validate(certificate) || ClientCertificateValidator.PrincipalOf(certificate) is not { } principal)
+            var key = CacheKey('c', certificate.RawData);
+            return TryCached(key, out var known)
+                ? ValueTask.FromResult<Caller?>(known)
+                : new ValueTask<Caller?>(RememberAsync(key, async () =>
                 {
-                    return null;
-                }
+                    if (!certificates.Validate(certificate) || ClientCertificateValidator.PrincipalOf(certificate) is not { } principal)
+                    {
+                        return null;
+                    }
 
-                return await authenticator.CallerForAsync(principal, context.CancellationToken);
-            }, new DateTimeOffset(certificate.NotAfter.ToUniversalTime()));
+                    return await authenticator.CallerForAsync(principal, context.CancellationToken);
+                }, new DateTimeOffset(certificate.NotAfter.ToUniversalTime())));
         }
 
-        return null;
+        return ValueTask.FromResult<Caller?>(null);
     }
 
     /// <summary>Forgets every remembered caller (after a change to tokens, principals or bindings).</summary>
@@ -77,14 +84,15 @@ internal sealed class CallerAuthentication(
         _cache.Clear();
     }
 
-    private async Task<Caller?> CachedAsync(string key, Func<Task<Caller?>> authenticate, DateTimeOffset? credentialExpiry)
+    private bool TryCached(string key, out Caller? caller)
+    {
+        caller = _cache.TryGetValue(key, out var cached) && time.GetUtcNow() < cached.Until ? cached.Caller : null;
+        return caller is not null;
+    }
+
+    private async Task<Caller?> RememberAsync(string key, Func<Task<Caller?>> authenticate, DateTimeOffset? credentialExpiry)
     {
         var now = time.GetUtcNow();
-        if (_cache.TryGetValue(key, out var cached) && now < cached.Until)
-        {
-            return cached.Caller;
-        }
-
         var generation = Interlocked.Read(ref _generation);
         var caller = await authenticate();
         if (caller is null)
@@ -116,5 +124,24 @@ internal sealed class CallerAuthentication(
         return caller;
     }
 
-    private static string Hash(byte[] credential) => Convert.ToHexString(SHA256.HashData(credential));
+    // The cache key of a credential: its kind and the hex SHA-256 of its bytes (the credential
+    // itself is never kept), one string allocated.
+    private static string CacheKey(char kind, ReadOnlySpan<char> token)
+    {
+        var length = Encoding.UTF8.GetByteCount(token);
+        var utf8 = length <= 1024 ? stackalloc byte[length] : new byte[length];
+        Encoding.UTF8.GetBytes(token, utf8);
+        return CacheKey(kind, utf8);
+    }
+
+    private static string CacheKey(char kind, ReadOnlySpan<byte> credential)
+    {
+        Span<byte> digest = stackalloc byte[SHA256.HashSizeInBytes];
+        SHA256.HashData(credential, digest);
+        Span<char> key = stackalloc char[2 + (2 * SHA256.HashSizeInBytes)];
+        key[0] = kind;
+        key[1] = ':';
+        Convert.TryToHexString(digest, key[2..], out _);
+        return new string(key);
+    }
 }
