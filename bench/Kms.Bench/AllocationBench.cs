@@ -1,7 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics.Tracing;
 using System.Globalization;
-using Google.Protobuf.WellKnownTypes;
 
 namespace Kms.Bench;
 
@@ -22,17 +21,15 @@ internal static class AllocationBench
         var (bare, bareAddress) = await BareRpc.StartAsync(root);
         try
         {
-            var token = File.ReadAllText(Path.Combine(root, "tokens", "developer.token")).Trim();
-            var (bareInvoker, bareChannel) = BareRpc.Connect(bareAddress, root, token);
+            var (bareCall, bareChannel) = BareRpc.CallAsDeveloper(bareAddress, root);
             using var _ = bareChannel;
             using var client = LoadGenerator.Connect(app, root);
             var key = await client.CreateKeyAsync("tenants/dev", "alloc");
             var context = new Dictionary<string, string> { ["bench"] = "perf", ["table"] = "orders" };
             using var sample = await client.GenerateDataKeyAsync(key.Name, context);
-            var empty = new Empty();
             var operations = new (string Name, Func<Task> Call)[]
             {
-                ("bare RPC", async () => await bareInvoker.AsyncUnaryCall(BareRpc.EmptyMethod, null, default, empty)),
+                ("bare RPC", bareCall),
                 ("GenerateDataKey", async () =>
                 {
                     using var dataKey = await client.GenerateDataKeyAsync(key.Name, context);

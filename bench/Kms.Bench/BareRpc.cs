@@ -63,6 +63,15 @@ public class BareRpc
         return (app, address);
     }
 
+    /// <summary>One bare call as the bench's developer (the data dir's token), and the channel to dispose.</summary>
+    internal static (Func<Task> Call, GrpcChannel Channel) CallAsDeveloper(Uri address, string root)
+    {
+        var token = File.ReadAllText(Path.Combine(root, "tokens", "developer.token")).Trim();
+        var (invoker, channel) = Connect(address, root, token);
+        var empty = new Empty();
+        return (async () => await invoker.AsyncUnaryCall(EmptyMethod, null, default, empty), channel);
+    }
+
     /// <summary>A call invoker to <paramref name="address"/> built as KmsClient builds its channels.</summary>
     internal static (CallInvoker Invoker, GrpcChannel Channel) Connect(Uri address, string root, string token)
     {

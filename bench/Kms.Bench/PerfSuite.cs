@@ -51,8 +51,7 @@ internal static class PerfSuite
             var (bare, bareAddress) = await BareRpc.StartAsync(root);
             try
             {
-                var token = File.ReadAllText(Path.Combine(root, "tokens", "developer.token")).Trim();
-                var (bareInvoker, bareChannel) = BareRpc.Connect(bareAddress, root, token);
+                var (bareCall, bareChannel) = BareRpc.CallAsDeveloper(bareAddress, root);
                 using var _ = bareChannel;
                 using var client = LoadGenerator.Connect(app, root);
                 var key = await client.CreateKeyAsync("tenants/dev", "perf");
@@ -64,8 +63,6 @@ internal static class PerfSuite
                     ciphertexts[i] = dataKey.Ciphertext;
                 }
 
-                var empty = new Empty();
-                Func<Task> bareCall = async () => await bareInvoker.AsyncUnaryCall(BareRpc.EmptyMethod, null, default, empty);
                 Func<Task> generate = async () =>
                 {
                     using var dataKey = await client.GenerateDataKeyAsync(key.Name, context);

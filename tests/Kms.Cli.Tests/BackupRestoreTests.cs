@@ -116,6 +116,13 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             var (version, source) = Assert.Single(report.Reapplied);
             Assert.Equal("tenants/dev/keys/payroll/versions/1", version);
             Assert.StartsWith(Path.GetFileName(exportPath) + " event ", source, StringComparison.Ordinal);
+
+            // reapply-destructions (a database restored by other means) given the key: the same check.
+            await using var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default);
+            var reapplyRefused = await Assert.ThrowsAsync<KmsException>(() => BackupRestore.ReapplyFromLogsAsync(restored, [tamperedPath], 0, auditKey, CancellationToken.None));
+            Assert.Equal(KmsErrorCode.PermissionDenied, reapplyRefused.Code);
+            var (reapplied, _, _) = await BackupRestore.ReapplyFromLogsAsync(restored, [exportPath], 0, auditKey, CancellationToken.None);
+            Assert.Empty(reapplied); // destroyed by the restore already
         }
         finally
         {

@@ -137,11 +137,12 @@ internal static class BackupRestore
     /// before any node starts on it.
     /// </summary>
     /// <param name="afterSequence">Destructions after this audit sequence are re-applied; null: the restored database's own audit head.</param>
+    /// <param name="auditPublicKey">When given, each audit export is verified against it first (<see cref="ReadDestructionsAsync"/>).</param>
     public static async Task<(IReadOnlyList<(string Version, string Source)> Reapplied, IReadOnlyList<string> Skipped, long AfterSequence)> ReapplyFromLogsAsync(
-        SqlStore store, IReadOnlyList<string> auditLogs, long? afterSequence, CancellationToken cancellationToken)
+        SqlStore store, IReadOnlyList<string> auditLogs, long? afterSequence, byte[]? auditPublicKey, CancellationToken cancellationToken)
     {
         var after = afterSequence ?? (await store.GetAuditHeadAsync(cancellationToken)).Sequence;
-        var recorded = await ReadDestructionsAsync(auditLogs, after, auditPublicKey: null, cancellationToken);
+        var recorded = await ReadDestructionsAsync(auditLogs, after, auditPublicKey, cancellationToken);
         var (reapplied, skipped) = await ReapplyAsync(store, recorded, null, store.Location, cancellationToken);
         return (reapplied, skipped, after);
     }

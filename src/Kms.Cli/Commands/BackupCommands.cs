@@ -159,12 +159,17 @@ internal static class BackupCommands
             Description = "re-apply destructions after this audit sequence number (default: the restored database's own audit head)",
             HelpName = "SEQ",
         };
+        var publicKey = new Option<string?>("--public-key")
+        {
+            Description = "the audit signing key (PEM) as published: each audit export is verified against it before its destructions are read",
+            HelpName = "PEM",
+        };
         var command = new Command(
             "reapply-destructions",
             "re-apply every key destruction recorded in audit exports or SIEM streams after a restored database's audit head, erasing the material again "
             + "(for a PostgreSQL dump restored with pg_restore; offline: before any node starts on the database)")
         {
-            dataDir, auditLogs, after,
+            dataDir, auditLogs, after, publicKey,
         };
         database.AddTo(command);
         runner.SetAction(command, async (ctx, ct) =>
@@ -174,7 +179,8 @@ internal static class BackupCommands
             await using var store = await target.OpenExistingAsync(ct)
                 ?? throw new CliUsageException("no database to re-apply destructions in: give --data-dir (SQLite) or --storage-provider postgres");
             var logs = parse.GetRequiredValue(auditLogs).Select(ctx.Environment.FullPath).ToList();
-            var (reapplied, skipped, afterSequence) = await CheckedAsync(() => BackupRestore.ReapplyFromLogsAsync(store, logs, parse.GetValue(after), ct));
+            var key = parse.GetValue(publicKey) is { } pem ? CeremonyCommands.PublicKeyFromPem(File.ReadAllText(ctx.Environment.FullPath(pem))) : null;
+            var (reapplied, skipped, afterSequence) = await CheckedAsync(() => BackupRestore.ReapplyFromLogsAsync(store, logs, parse.GetValue(after), key, ct));
             var json = new JsonObject
             {
                 ["database"] = target.Describe(),
