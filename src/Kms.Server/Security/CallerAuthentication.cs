@@ -54,7 +54,7 @@ internal sealed class CallerAuthentication(
             var key = CacheKey('t', authorization.AsSpan(scheme.Length).Trim());
             return TryCached(key, out var known)
                 ? ValueTask.FromResult<Caller?>(known)
-                : new ValueTask<Caller?>(RememberAsync(key, () => authenticator.AuthenticateTokenAsync(authorization[scheme.Length..].Trim(), context.CancellationToken), null));
+                : new ValueTask<Caller?>(TokenAsync(key, authorization[scheme.Length..].Trim(), context.CancellationToken));
         }
 
         if (certificate is not null && certificates is not null)
@@ -62,19 +62,26 @@ internal sealed class CallerAuthentication(
             var key = CacheKey('c', certificate.RawData);
             return TryCached(key, out var known)
                 ? ValueTask.FromResult<Caller?>(known)
-                : new ValueTask<Caller?>(RememberAsync(key, async () =>
-                {
-                    if (!certificates.Validate(certificate) || ClientCertificateValidator.PrincipalOf(certificate) is not { } principal)
-                    {
-                        return null;
-                    }
-
-                    return await authenticator.CallerForAsync(principal, context.CancellationToken);
-                }, new DateTimeOffset(certificate.NotAfter.ToUniversalTime())));
+                : new ValueTask<Caller?>(CertificateAsync(key, certificates, certificate, context.CancellationToken));
         }
 
         return ValueTask.FromResult<Caller?>(null);
     }
+
+    // The cache misses, apart: their closures are allocated only when they run.
+    private Task<Caller?> TokenAsync(string key, string token, CancellationToken cancellationToken) =>
+        RememberAsync(key, () => authenticator.AuthenticateTokenAsync(token, cancellationToken), null);
+
+    private Task<Caller?> CertificateAsync(string key, ClientCertificateValidator validator, System.Security.Cryptography.X509Certificates.X509Certificate2 certificate, CancellationToken cancellationToken) =>
+        RememberAsync(key, async () =>
+        {
+            if (!validator.Validate(certificate) || ClientCertificateValidator.PrincipalOf(certificate) is not { } principal)
+            {
+                return null;
+            }
+
+            return await authenticator.CallerForAsync(principal, cancellationToken);
+        }, new DateTimeOffset(certificate.NotAfter.ToUniversalTime()));
 
     /// <summary>Forgets every remembered caller (after a change to tokens, principals or bindings).</summary>
     public void Forget()
