@@ -109,10 +109,10 @@ public sealed partial class KmsClient
             }
 
             created = true;
-            await WriteNewFileAsync(Path.Combine(directory, "manifest.json"), manifest.ManifestJson.Memory, cancellationToken).ConfigureAwait(false);
-            await WriteNewFileAsync(Path.Combine(directory, "manifest.json.sig"), manifest.ManifestSignature.Memory, cancellationToken).ConfigureAwait(false);
+            await WriteNewFileAsync(Path.Combine(directory, Kms.Core.Backup.BackupManifest.ManifestFile), manifest.ManifestJson.Memory, cancellationToken).ConfigureAwait(false);
+            await WriteNewFileAsync(Path.Combine(directory, Kms.Core.Backup.BackupManifest.SignatureFile), manifest.ManifestSignature.Memory, cancellationToken).ConfigureAwait(false);
             long written = 0;
-            await using (var snapshot = new FileStream(Path.Combine(directory, "kms.db"), NewFileOptions()))
+            await using (var snapshot = new FileStream(Path.Combine(directory, Kms.Core.Backup.BackupManifest.SnapshotFile), NewFileOptions()))
             {
                 while (await call.ResponseStream.MoveNext(cancellationToken).ConfigureAwait(false))
                 {

@@ -63,7 +63,7 @@ internal static class BackupCommands
         {
             var parse = ctx.ParseResult;
             var key = CeremonyCommands.PublicKeyFromPem(File.ReadAllText(ctx.Environment.FullPath(parse.GetRequiredValue(publicKey))));
-            var name = parse.GetRequiredValue(request) is var given && given.Contains('/', StringComparison.Ordinal) ? given : "quorumRequests/" + given;
+            var name = OfficerCommands.RequestName(parse.GetRequiredValue(request));
             var directory = ctx.Environment.FullPath(parse.GetRequiredValue(output));
             await ctx.Client.DownloadBackupAsync(name, directory, ct);
             BackupManifest manifest;

@@ -314,7 +314,8 @@ internal static class OfficerCommands
         CustomParser = DurationText.Parse,
     };
 
-    private static string RequestName(string input) =>
+    /// <summary>A quorum request's resource name from what an officer typed: a name, or a bare id (deployment-wide).</summary>
+    internal static string RequestName(string input) =>
         input.Contains('/', StringComparison.Ordinal) ? input : "quorumRequests/" + input;
 
     private static void WriteRequest(CliContext ctx, QuorumRequestInfo info)
