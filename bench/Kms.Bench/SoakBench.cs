@@ -12,6 +12,11 @@ namespace Kms.Bench;
 /// failed: on a shared machine "half of the peak measured a minute ago" can turn into more than
 /// the machine has, and shedding is then the designed answer. Flatness is reported (first and
 /// last windows side by side), not asserted.
+/// RSS alone cannot tell a leak from server GC keeping a larger heap after a burst, so the soak
+/// also settles the process after the first window, every 10 minutes and at the end (between windows, outside
+/// any measurement): an aggressive full collection that compacts and returns free memory, after
+/// which the managed heap is what is live and RSS less the GC's committed memory is native memory
+/// (SoftHSM's objects, SQLite's cache, stacks, code). A leak grows one of the two.
 /// </summary>
 internal static class SoakBench
 {
@@ -21,6 +26,7 @@ internal static class SoakBench
         var (options, root) = BenchEnvironment.CreateToken();
         var app = await LoadGenerator.StartServerAsync(options, root, audit: true);
         var windows = new JsonArray();
+        var results = new JsonObject();
         var failed = 0;
         try
         {
@@ -53,20 +59,33 @@ internal static class SoakBench
             var peak = await LoadLoops.ClosedAsync(64, TimeSpan.FromSeconds(5), mixed);
             var rate = peak.OpsPerSecond / 2;
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"peak {peak.OpsPerSecond:N0} ops/s; soaking at {rate:N0} ops/s for {duration.TotalSeconds:F0} s in 10 s windows"));
-            Console.WriteLine("| window end s | ops/s | p50 ms | p99 ms | shed | errors | RSS MiB |");
-            Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|");
+            var settled = new JsonArray();
+            Console.WriteLine("| window end s | ops/s | p50 ms | p99 ms | shed | errors | RSS MiB | heap after last GC MiB |");
+            Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|");
             var step = TimeSpan.FromSeconds(Math.Min(10, duration.TotalSeconds));
             var elapsed = TimeSpan.Zero;
+            var settleEvery = TimeSpan.FromMinutes(10);
             while (elapsed < duration)
             {
+                // The first settle follows the first window: before it, the peak measurement's latency
+                // buffers (64 × 200,000 doubles) are still on the large-object heap.
+                if (elapsed == step || (elapsed > TimeSpan.Zero && elapsed.Ticks % settleEvery.Ticks == 0))
+                {
+                    settled.Add(Settle(elapsed));
+                }
+
                 var window = await LoadLoops.OpenAsync(rate, step, mixed);
                 elapsed += step;
                 failed += window.Errors;
                 var rss = ZipfBench.RssMiB();
+                var heap = GC.GetGCMemoryInfo().HeapSizeBytes / 1048576.0;
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {elapsed.TotalSeconds:F0} | {window.OpsPerSecond:N0} | {window.P50:F2} | {window.P99:F2} | {window.Shed} | {window.Errors + window.NotSent} | {rss:F0} |"));
-                windows.Add(new JsonObject { ["end_seconds"] = elapsed.TotalSeconds, ["result"] = PerfSuite.Json(window), ["rss_mib"] = rss });
+                    $"| {elapsed.TotalSeconds:F0} | {window.OpsPerSecond:N0} | {window.P50:F2} | {window.P99:F2} | {window.Shed} | {window.Errors + window.NotSent} | {rss:F0} | {heap:F0} |"));
+                windows.Add(new JsonObject { ["end_seconds"] = elapsed.TotalSeconds, ["result"] = PerfSuite.Json(window), ["rss_mib"] = rss, ["heap_mib"] = heap });
             }
+
+            settled.Add(Settle(elapsed));
+            results["settled"] = settled;
 
             if (windows.Count >= 2)
             {
@@ -83,15 +102,12 @@ internal static class SoakBench
             Directory.Delete(root, recursive: true);
         }
 
-        var results = new JsonObject
-        {
-            ["suite"] = "soak",
-            ["started"] = started.ToString("O", CultureInfo.InvariantCulture),
-            ["seconds"] = duration.TotalSeconds,
-            ["windows"] = windows,
-            ["failed_calls"] = failed,
-            ["load_average_end"] = PerfSuite.LoadAverage(),
-        };
+        results["suite"] = "soak";
+        results["started"] = started.ToString("O", CultureInfo.InvariantCulture);
+        results["seconds"] = duration.TotalSeconds;
+        results["windows"] = windows;
+        results["failed_calls"] = failed;
+        results["load_average_end"] = PerfSuite.LoadAverage();
         outputPath ??= Path.Combine(BenchEnvironment.RepositoryRoot, "bench", "results", $"soak-{started:yyyyMMdd-HHmmss}.json");
         Directory.CreateDirectory(Path.GetDirectoryName(outputPath)!);
         await File.WriteAllTextAsync(outputPath, results.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
@@ -103,5 +119,39 @@ internal static class SoakBench
         }
 
         return 0;
+    }
+
+    /// <summary>
+    /// Collects everything that can be collected, compacting and giving free memory back to the
+    /// system, and reports what is left: live managed bytes and native memory (RSS less what the GC
+    /// has committed). Printed and returned for the result file.
+    /// </summary>
+    private static JsonObject Settle(TimeSpan at)
+    {
+        for (var i = 0; i < 2; i++)
+        {
+            GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+            GC.WaitForPendingFinalizers();
+        }
+
+        var info = GC.GetGCMemoryInfo(GCKind.FullBlocking);
+        var live = info.HeapSizeBytes / 1048576.0;
+        var committed = info.TotalCommittedBytes / 1048576.0;
+        // Generations 3 and 4 are the large- and pinned-object heaps (Kestrel's buffer pool lives in the latter).
+        var large = info.GenerationInfo[3].SizeAfterBytes / 1048576.0;
+        var pinned = info.GenerationInfo[4].SizeAfterBytes / 1048576.0;
+        var rss = ZipfBench.RssMiB();
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"settled at {at.TotalSeconds:F0} s: live managed heap {live:F1} MiB (large objects {large:F1}, pinned {pinned:F1}), GC committed {committed:F1} MiB, RSS {rss:F0} MiB, native (RSS − committed) {rss - committed:F0} MiB"));
+        return new JsonObject
+        {
+            ["at_seconds"] = at.TotalSeconds,
+            ["live_heap_mib"] = live,
+            ["large_object_heap_mib"] = large,
+            ["pinned_object_heap_mib"] = pinned,
+            ["gc_committed_mib"] = committed,
+            ["rss_mib"] = rss,
+            ["native_mib"] = rss - committed,
+        };
     }
 }
