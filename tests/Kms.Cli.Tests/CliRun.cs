@@ -63,6 +63,29 @@ public static class CliRun
     /// </summary>
     public static async Task<CliResult> ProcessAsync(IReadOnlyDictionary<string, string> variables, string home, params string[] args)
     {
+        using var process = Start(variables, home, args);
+        var output = process.StandardOutput.ReadToEndAsync();
+        var error = process.StandardError.ReadToEndAsync();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+        try
+        {
+            await process.WaitForExitAsync(timeout.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            process.Kill(entireProcessTree: true);
+            throw new TimeoutException($"kms {string.Join(' ', args)} did not exit within 2 minutes");
+        }
+
+        return new CliResult(process.ExitCode, await output, await error);
+    }
+
+    /// <summary>
+    /// Starts <c>dotnet kms.dll ARGS</c> as <see cref="ProcessAsync"/> runs it (standard input
+    /// closed, output and error redirected: read them), for a test that kills it midway.
+    /// </summary>
+    public static Process Start(IReadOnlyDictionary<string, string> variables, string home, params string[] args)
+    {
         var start = new ProcessStartInfo("dotnet")
         {
             RedirectStandardOutput = true,
@@ -89,22 +112,9 @@ public static class CliRun
             start.Environment[name] = value;
         }
 
-        using var process = Process.Start(start) ?? throw new InvalidOperationException("dotnet did not start");
+        var process = Process.Start(start) ?? throw new InvalidOperationException("dotnet did not start");
         process.StandardInput.Close();
-        var output = process.StandardOutput.ReadToEndAsync();
-        var error = process.StandardError.ReadToEndAsync();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
-        try
-        {
-            await process.WaitForExitAsync(timeout.Token);
-        }
-        catch (OperationCanceledException)
-        {
-            process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"kms {string.Join(' ', args)} did not exit within 2 minutes");
-        }
-
-        return new CliResult(process.ExitCode, await output, await error);
+        return process;
     }
 }
 

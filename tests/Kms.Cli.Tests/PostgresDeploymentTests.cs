@@ -169,6 +169,150 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
         Assert.Contains("\"operation\":\"ceremony/create-domain\"", export.ToString(), StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// <c>rotate-domain</c> on a PostgreSQL deployment, killed (SIGKILL) once it has re-wrapped its first
+    /// blobs, then resumed with two of the new share files: every key, of two blob kinds, serves under
+    /// the new domain key only, the resumed run moved exactly the rest, and the audit chain verifies.
+    /// </summary>
+    [Fact]
+    public async Task RotateDomain_KilledMidway_ResumedWithNewShares_EverythingServesUnderTheNewKeyOnly()
+    {
+        // Enough blobs (one per AES key version) that the kill lands while rows are being moved.
+        const int AesKeys = 300;
+        Assert.True(File.Exists(SoftHsm.ModulePath), $"SoftHSM is not installed ({SoftHsm.ModulePath}); ./test.sh installs it");
+        await SetUpTokensAsync();
+        await Ok(["ceremony", "init-token", .. Hsm("rotation"), "--so-pin-file", P("so.pin")]);
+        await WriteSecretAsync("site-a.conn", _siteA.ConnectionString);
+        var created = JsonNode.Parse((await Ok(["ceremony", "create-domain", .. Hsm("site-a"), "--custodian", "alice", "--custodian", "bob", "--custodian", "carol", "--threshold", "2",
+            "--shares-dir", P("shares"), "--data-dir", P("ceremony-a"), "--domain-id", DomainId,
+            "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"bob={P("bob")}", "--passphrase-file", $"carol={P("carol")}",
+            "--officer", $"olga={P("olga.pub")}", "--officer", $"oscar={P("oscar.pub")}", "--officer-threshold", "2",
+            "--storage-provider", "postgres", "--postgres-connection-file", P("site-a.conn"),
+            "--allow-network", "--insecure-test-kdf", "--output", "json"])).Out)!;
+        var oldKcv = created["check_value"]!.GetValue<string>();
+        string[] quorum = [$"--Kms:Quorum:GenesisFile={P("ceremony-a/quorum/genesis.json")}", $"--Kms:Quorum:GenesisSha256={created["officer_set_hash"]!.GetValue<string>()}"];
+
+        var records = new (byte[] Plaintext, byte[] Ciphertext)[AesKeys];
+        byte[] signerPublicKey;
+        string developerToken;
+        string officerToken;
+        string rotationRequest;
+        await using (var siteA = await ServerProcess.StartAsync(P("node-a"), P("softhsm2.conf"), "site-a", P("user.pin"), DomainId, [.. Postgres("site-a.conn"), .. quorum]))
+        {
+            (developerToken, officerToken) = await siteA.BootstrapAsync("dev");
+            using var developer = siteA.CreateClient(developerToken);
+            await Parallel.ForEachAsync(Enumerable.Range(0, AesKeys), new ParallelOptions { MaxDegreeOfParallelism = 8 }, async (i, ct) =>
+            {
+                var key = await developer.CreateKeyAsync("tenants/dev", $"k{i:D4}", cancellationToken: ct);
+                var plaintext = Encoding.UTF8.GetBytes($"record {i}");
+                records[i] = (plaintext, (await developer.EncryptAsync(key.Name, plaintext, cancellationToken: ct)).Ciphertext);
+            });
+            var signer = await developer.CreateKeyAsync("tenants/dev", "signer", KeyPurpose.SignVerify, KeyAlgorithm.EcSignP256Sha256);
+            signerPublicKey = (await developer.GetPublicKeyAsync(signer.Name)).Der.ToByteArray();
+
+            // Both officers approve the rotation to a new 2-of-3 while the server runs; the bundle goes to the ceremony host.
+            using var officer = siteA.CreateClient(officerToken);
+            rotationRequest = (await officer.RequestDomainKeyRotationAsync(3, 2)).Name;
+            await ApproveAsync(officer, "olga", rotationRequest);
+            Assert.Equal(global::Kms.Contracts.V1.QuorumRequestState.Approved, (await ApproveAsync(officer, "oscar", rotationRequest)).Request.State);
+            await File.WriteAllTextAsync(P("rotation.approval.json"), (await officer.ExportQuorumApprovalAsync(rotationRequest)).Bundle);
+        }
+
+        string[] rotate =
+        [
+            "ceremony", "rotate-domain", .. Hsm("rotation"), "--so-pin-file", P("so.pin"),
+            "--share", Share("alice"), "--share", Share("carol"), "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"carol={P("carol")}",
+            "--restore-token-label", "site-b", "--restore-pin-file", P("user.pin"), "--data-dir", P("ceremony-a"),
+            "--storage-provider", "postgres", "--postgres-connection-file", P("site-a.conn"),
+            "--approval", P("rotation.approval.json"), "--allow-network", "--insecure-test-kdf", "--output", "json",
+        ];
+        string[] firstRun =
+        [
+            .. rotate, "--new-custodian", "alice", "--new-custodian", "bob", "--new-custodian", "carol", "--new-threshold", "2", "--new-shares-dir", P("new-shares"),
+            "--new-passphrase-file", $"alice={P("alice")}", "--new-passphrase-file", $"bob={P("bob")}", "--new-passphrase-file", $"carol={P("carol")}",
+        ];
+
+        // The first run is killed as a crash would stop it, once the rotation record shows moved blobs
+        // (polled on one open connection, as fast as it answers: the rows move at hundreds a second).
+        await using (var watch = new NpgsqlConnection(_siteA.ConnectionString))
+        using (var process = CliRun.Start(new Dictionary<string, string>(), _dir, firstRun))
+        {
+            var stdout = process.StandardOutput.ReadToEndAsync();
+            var stderr = process.StandardError.ReadToEndAsync();
+            await watch.OpenAsync();
+            await using var poll = new NpgsqlCommand("SELECT value FROM settings WHERE name = 'domain_key.rotation'", watch);
+            var waited = Stopwatch.StartNew();
+            while (await poll.ExecuteScalarAsync() is not string json || JsonNode.Parse(json)!["rewrapped"]!.GetValue<long>() == 0)
+            {
+                if (process.HasExited)
+                {
+                    Assert.Fail($"rotate-domain ended (exit {process.ExitCode}) before it could be killed midway:\n{await stdout}\n{await stderr}");
+                }
+
+                Assert.True(waited.Elapsed < TimeSpan.FromMinutes(2), "rotate-domain moved no blob within 2 minutes");
+            }
+
+            process.Kill();
+            await process.WaitForExitAsync();
+        }
+
+        var interrupted = (await RotationRecordAsync())!;
+        var movedBeforeKill = interrupted["rewrapped"]!.GetValue<long>();
+        output.WriteLine($"killed after {movedBeforeKill} of at least {AesKeys + 1} blobs");
+        Assert.InRange(movedBeforeKill, 1, AesKeys);
+        Assert.Equal(oldKcv, interrupted["old_check_value"]!.GetValue<string>());
+        Assert.Equal(oldKcv, await _siteA.ScalarAsync("SELECT value FROM settings WHERE name = 'domain_key.check_value'"));
+        Assert.Equal(3, Directory.GetFiles(P("new-shares"), "share-*.json").Length);
+
+        // Another first run is refused: the rotation in progress is resumed with its own new shares.
+        var again = await Kms(firstRun);
+        Assert.True(again.ExitCode == 2, again.ToString());
+        Assert.Contains("resume it with --new-share", again.Error, StringComparison.Ordinal);
+
+        // Resumed with two of the three new shares.
+        var resumed = JsonNode.Parse((await Ok([.. rotate, "--new-share", NewShare("alice"), "--new-share", NewShare("bob"),
+            "--new-passphrase-file", $"alice={P("alice")}", "--new-passphrase-file", $"bob={P("bob")}"])).Out)!;
+        var newKcv = resumed["check_value"]!.GetValue<string>();
+        Assert.Equal(interrupted["new_check_value"]!.GetValue<string>(), newKcv);
+        Assert.Equal(movedBeforeKill, resumed["resumed_after"]!.GetValue<long>());
+        Assert.True(resumed["rewrapped"]!.GetValue<long>() > 0, resumed.ToJsonString());
+        Assert.True(resumed["rewrapped"]!.GetValue<long>() + movedBeforeKill >= AesKeys + 1, resumed.ToJsonString());
+        Assert.Null(await RotationRecordAsync());
+        Assert.Equal(newKcv, await _siteA.ScalarAsync("SELECT value FROM settings WHERE name = 'domain_key.check_value'"));
+        var transcript = resumed["transcript"]!.GetValue<string>();
+        Assert.Contains($"by this run, {movedBeforeKill} by an earlier interrupted run", await File.ReadAllTextAsync(transcript), StringComparison.Ordinal);
+        await Ok(["ceremony", "verify-transcript", transcript, "--public-key", P("ceremony-a/audit/signing-key.pem")]);
+
+        // Site B's token holds only the new domain key: every record decrypts, the signing key still signs.
+        var newId = resumed["domain_id"]!.GetValue<string>();
+        await using var siteB = await ServerProcess.StartAsync(P("node-b"), P("softhsm2.conf"), "site-b", P("user.pin"), newId, [.. Postgres("site-a.conn"), .. quorum]);
+        using var developerB = siteB.CreateClient(developerToken);
+        foreach (var (plaintext, ciphertext) in records)
+        {
+            using var opened = await developerB.DecryptAsync(ciphertext);
+            Assert.Equal(plaintext, opened.Plaintext.ToArray());
+        }
+
+        var message = "after the rotation"u8.ToArray();
+        var signature = (await developerB.SignAsync("tenants/dev/keys/signer", message)).Signature.ToByteArray();
+        using (var verifier = System.Security.Cryptography.ECDsa.Create())
+        {
+            verifier.ImportSubjectPublicKeyInfo(signerPublicKey, out _);
+            Assert.True(verifier.VerifyData(message, signature, System.Security.Cryptography.HashAlgorithmName.SHA256, System.Security.Cryptography.DSASignatureFormat.Rfc3279DerSequence));
+        }
+
+        // One audit chain, still signed by the key the first transcript pinned, records the rotation and its approval.
+        using var officerB = siteB.CreateClient(officerToken);
+        var export = new StringWriter();
+        await officerB.ExportAuditAsync(export);
+        var verification = AuditVerifier.Verify(new StringReader(export.ToString()), CeremonyCommands.PublicKeyFromPem(await File.ReadAllTextAsync(P("ceremony-a/audit/signing-key.pem"))));
+        Assert.True(verification.Valid, verification.Problem);
+        var rotated = await officerB.ListAuditEventsAsync(new ListAuditEventsRequest { Operation = "ceremony/rotate-domain" }).ToListAsync();
+        Assert.Equal($"domain/{newId}/kcv/{newKcv}/previous/{oldKcv}", Assert.Single(rotated).Resource);
+        var approvals = await officerB.ListAuditEventsAsync(new ListAuditEventsRequest { Operation = "ceremony/rotate-domain/approval" }).ToListAsync();
+        Assert.Contains(approvals, e => e.Resource == rotationRequest);
+    }
+
     [Fact]
     public async Task Refusals_BackupRestoreOnPostgres_ConnectionInArgvOrMissing_ExitUsage_UnreachableDatabase_ExitUnavailable()
     {
@@ -252,6 +396,11 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
     private string P(string relative) => Path.Combine(_dir, relative);
 
     private string Share(string custodian) => Directory.GetFiles(P("shares"), $"share-*-{custodian}.json").Single();
+
+    private string NewShare(string custodian) => Directory.GetFiles(P("new-shares"), $"share-*-{custodian}.json").Single();
+
+    private async Task<JsonNode?> RotationRecordAsync() =>
+        await _siteA.ScalarAsync("SELECT value FROM settings WHERE name = 'domain_key.rotation'") is string json ? JsonNode.Parse(json) : null;
 
     private string[] Hsm(string site) => ["--token-label", site, "--softhsm-conf", P("softhsm2.conf"), "--pin-file", P("user.pin")];
 
