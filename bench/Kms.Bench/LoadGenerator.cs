@@ -158,11 +158,12 @@ internal static class LoadGenerator
     }
 
     /// <summary>One client (one HTTP/2 connection pool) to <paramref name="app"/>, as the dev developer token.</summary>
-    internal static KmsClient Connect(WebApplication app, string root) => new(new KmsClientOptions
+    internal static KmsClient Connect(WebApplication app, string root, int maxAttempts = 5) => new(new KmsClientOptions
     {
         Endpoint = KmsServerApp.BoundAddresses(app).Single(),
         CaCertificatePath = Path.Combine(root, "tls", "ca.crt"),
         ApiTokenPath = Path.Combine(root, "tokens", "developer.token"),
+        Retry = new KmsRetryOptions { MaxAttempts = maxAttempts },
     });
 
     private static Task<(double OpsPerSecond, double P50, double P99, int Errors)> SweepAsync(

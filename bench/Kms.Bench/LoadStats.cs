@@ -59,7 +59,8 @@ internal static class LoadLoops
     /// whether or not earlier ones have answered, and each latency is measured from the time the
     /// call was <em>due</em> (so a stalled sender cannot hide queueing: no coordinated omission).
     /// At most <paramref name="maxOutstanding"/> calls are in flight; a call that would exceed it
-    /// is not sent and counted apart (<see cref="StepResult.NotSent"/>).
+    /// is not sent and counted apart (<see cref="StepResult.NotSent"/>). Throughput and latency
+    /// are those of the calls served; shed and failed calls are counted apart.
     /// </summary>
     public static async Task<StepResult> OpenAsync(double ratePerSecond, TimeSpan duration, Func<Task> call, int maxOutstanding = 20_000)
     {
@@ -88,8 +89,12 @@ internal static class LoadLoops
 
                 pending.Add(Task.Run(async () =>
                 {
-                    await outcomes.CallAsync(call);
+                    var served = await outcomes.CallAsync(call);
                     Interlocked.Decrement(ref outstanding);
+                    if (!served)
+                    {
+                        return;
+                    }
 
                     var index = Interlocked.Increment(ref recorded) - 1;
                     if (index < latencies.Length)
@@ -129,11 +134,13 @@ internal static class LoadLoops
         public int Errors;
         public int Shed;
 
-        public async Task CallAsync(Func<Task> call)
+        /// <summary>Runs the call; true if it was served.</summary>
+        public async Task<bool> CallAsync(Func<Task> call)
         {
             try
             {
                 await call();
+                return true;
             }
             catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
             {
@@ -143,6 +150,8 @@ internal static class LoadLoops
             {
                 Interlocked.Increment(ref Errors);
             }
+
+            return false;
         }
     }
 }

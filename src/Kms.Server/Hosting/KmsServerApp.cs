@@ -253,6 +253,7 @@ public static class KmsServerApp
                     services.GetRequiredService<ILogger<ClientCertificateValidator>>())
                 : null));
         builder.Services.AddSingleton<TenantQuotas>();
+        builder.Services.AddSingleton<Overload.QueueDelayMonitor>();
         builder.Services.AddSingleton<AuthorizationInterceptor>();
         builder.Services.AddSingleton<MetricsInterceptor>();
         if (metricsUrl is not null)

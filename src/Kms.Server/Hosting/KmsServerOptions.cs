@@ -36,6 +36,9 @@ public sealed class KmsServerOptions
     /// <summary>Calls served at once; more are shed with UNAVAILABLE (clients retry).</summary>
     public int MaxConcurrentCalls { get; set; } = 512;
 
+    /// <summary>Shedding by queue delay when more calls arrive than the server can serve.</summary>
+    public OverloadOptions Overload { get; set; } = new();
+
     /// <summary>Per-tenant limits on crypto operations.</summary>
     public QuotaOptions Quotas { get; set; } = new();
 
@@ -77,6 +80,20 @@ public sealed class QuorumHostOptions
 
     /// <summary>Optional: the genesis set's hash (hex SHA-256, from the ceremony transcript); the file must match it.</summary>
     public string? GenesisSha256 { get; set; }
+}
+
+/// <summary>
+/// Load shedding by queue delay (<see cref="Kms.Server.Overload.QueueDelayMonitor"/>): when even
+/// the shortest wait for a thread over a whole <see cref="Window"/> exceeds
+/// <see cref="QueueDelayTarget"/>, a growing fraction of calls is answered UNAVAILABLE at once.
+/// </summary>
+public sealed class OverloadOptions
+{
+    /// <summary>The standing queue delay tolerated; zero turns shedding by delay off.</summary>
+    public TimeSpan QueueDelayTarget { get; set; } = TimeSpan.FromMilliseconds(50);
+
+    /// <summary>How long the delay must stay above the target (longer than a GC pause or a burst).</summary>
+    public TimeSpan Window { get; set; } = TimeSpan.FromMilliseconds(500);
 }
 
 /// <summary>Per-tenant quotas.</summary>

@@ -75,6 +75,23 @@ public static class KmsMetrics
         unit: "{event}",
         description: "Audit events made durable");
 
+    /// <summary>
+    /// How long a probe waited in the thread pool's queue (where calls wait before any interceptor
+    /// when the server is overloaded). Record without tags.
+    /// </summary>
+    public static readonly Histogram<double> ThreadPoolQueueDelay = Meter.CreateHistogram(
+        "thread_pool_queue_delay_seconds",
+        unit: "s",
+        description: "Time a probe waited in the thread pool's queue (the overload signal)",
+        tags: null,
+        advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBuckets });
+
+    /// <summary>Calls shed with UNAVAILABLE, tagged <c>reason</c>: <c>capacity</c> (calls in flight) or <c>queue_delay</c>.</summary>
+    public static readonly Counter<long> CallsShed = Meter.CreateCounter<long>(
+        "calls_shed_total",
+        unit: "{call}",
+        description: "Calls shed with UNAVAILABLE, by reason");
+
     /// <summary>Security alerts raised, tagged <c>kind</c>; only through <see cref="RecordSecurityAlert"/>.</summary>
     private static readonly Counter<long> SecurityAlerts = Meter.CreateCounter<long>(
         "security_alerts_total",

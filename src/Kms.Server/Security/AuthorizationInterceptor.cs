@@ -8,6 +8,7 @@ using Kms.Core.Names;
 using Kms.Core.Services;
 using Kms.Server.Grpc;
 using Kms.Server.Hosting;
+using Kms.Server.Observability;
 using Microsoft.Extensions.Options;
 
 namespace Kms.Server.Security;
@@ -22,14 +23,19 @@ namespace Kms.Server.Security;
 internal sealed partial class AuthorizationInterceptor(
     CallerAuthentication authentication,
     TenantQuotas quotas,
+    Overload.QueueDelayMonitor overload,
     IOptions<KmsServerOptions> options,
     ILogger<AuthorizationInterceptor> logger) : Interceptor
 {
     /// <summary>Where the authenticated caller is kept for the handler (<see cref="ServerCallContext.UserState"/>).</summary>
     public const string CallerKey = "kms.caller";
 
+    private static readonly KeyValuePair<string, object?> CapacityReason = new("reason", "capacity");
+    private static readonly KeyValuePair<string, object?> QueueDelayReason = new("reason", "queue_delay");
     private readonly int _maxConcurrentCalls = options.Value.MaxConcurrentCalls;
     private int _inFlight;
+    private long _shedSinceLog;
+    private long _lastShedLog;
 
     // Only authorized, non-public unary calls take an in-flight slot: an anonymous caller
     // cannot fill the server with calls that never end (health Watch streams), and the
@@ -193,14 +199,35 @@ internal sealed partial class AuthorizationInterceptor(
 
     private Slot Enter(ServerCallContext context)
     {
+        if (overload.ShouldShed())
+        {
+            Shed(QueueDelayReason, context.Method);
+            throw new RpcException(new global::Grpc.Core.Status(StatusCode.Unavailable, "the server is overloaded; retry with backoff"));
+        }
+
         if (Interlocked.Increment(ref _inFlight) > _maxConcurrentCalls)
         {
             Interlocked.Decrement(ref _inFlight);
-            LogShed(logger, context.Method);
+            Shed(CapacityReason, context.Method);
             throw new RpcException(new global::Grpc.Core.Status(StatusCode.Unavailable, "the server is at capacity; retry with backoff"));
         }
 
         return new Slot(this);
+    }
+
+    // Shedding is what an overloaded server does thousands of times a second: it is counted
+    // every time and logged at most once a second, with the count.
+    private void Shed(KeyValuePair<string, object?> reason, string method)
+    {
+        KmsMetrics.CallsShed.Add(1, reason);
+        var count = Interlocked.Increment(ref _shedSinceLog);
+        var now = Environment.TickCount64;
+        var last = Interlocked.Read(ref _lastShedLog);
+        if (now - last >= 1000 && Interlocked.CompareExchange(ref _lastShedLog, now, last) == last)
+        {
+            Interlocked.Add(ref _shedSinceLog, -count);
+            LogShed(logger, method, (string)reason.Value!, count, overload.QueueDelay.TotalMilliseconds);
+        }
     }
 
     private readonly struct Slot(AuthorizationInterceptor? owner) : IDisposable
@@ -220,6 +247,6 @@ internal sealed partial class AuthorizationInterceptor(
     [LoggerMessage(EventId = 1102, Level = LogLevel.Information, Message = "{Method} refused: quota of tenant {Tenant} exceeded")]
     private static partial void LogQuotaExceeded(ILogger logger, string method, string tenant);
 
-    [LoggerMessage(EventId = 1103, Level = LogLevel.Warning, Message = "{Method} shed: server at capacity")]
-    private static partial void LogShed(ILogger logger, string method);
+    [LoggerMessage(EventId = 1103, Level = LogLevel.Warning, Message = "{Method} shed ({Reason}): {Count} calls shed since the last such message; shortest queue delay of the last window {QueueDelayMs} ms")]
+    private static partial void LogShed(ILogger logger, string method, string reason, long count, double queueDelayMs);
 }

@@ -1,0 +1,233 @@
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+using Grpc.Core;
+using Grpc.Health.V1;
+using Kms.Client;
+using Kms.Contracts.V1;
+using Kms.Core.Services;
+using Kms.Server.Hosting;
+using Kms.Server.Observability;
+using Kms.Server.Overload;
+using Kms.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+
+namespace Kms.Server.Tests;
+
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class ThreadPoolBlockingGroup
+{
+    // One test blocks this process's thread pool for a moment: run alone.
+    public const string Name = "thread pool blocking";
+}
+
+/// <summary>
+/// Load shedding (docs/benchmarks.md, "Overload"): calls past <c>Kms:MaxConcurrentCalls</c>, and a
+/// growing fraction of calls while the thread pool's queue stands above its target — each answered
+/// UNAVAILABLE at once, counted, aggregated in the audit, logged at most once a second; health and
+/// other public calls are never shed.
+/// </summary>
+[Collection(ThreadPoolBlockingGroup.Name)]
+public sealed class OverloadTests
+{
+    private static readonly TimeSpan Target = TimeSpan.FromMilliseconds(50);
+    private static readonly TimeSpan Window = TimeSpan.FromSeconds(1);
+
+    [Fact]
+    public void Detector_WindowsWhoseShortestWaitExceedsTheTarget_RaiseTheFraction_PassingWindowsHalveItToZero()
+    {
+        var detector = new StandingQueueDetector(Target, Window);
+        var now = TimeSpan.Zero;
+        Assert.Equal(0, detector.ShedFraction);
+
+        // Five windows in which no wait was short: 0.2 more each, up to everything.
+        var expected = new[] { 0.2, 0.4, 0.6, 0.8, 1.0, 1.0 };
+        foreach (var fraction in expected)
+        {
+            detector.Record(TimeSpan.FromMilliseconds(80), now);
+            detector.Record(TimeSpan.FromMilliseconds(60), now + TimeSpan.FromMilliseconds(500));
+            now += Window;
+            detector.Record(TimeSpan.FromMilliseconds(70), now);
+            Assert.Equal(fraction, detector.ShedFraction, 9);
+        }
+
+        Assert.Equal(TimeSpan.FromMilliseconds(60), detector.LastWindowMinimum);
+
+        // The queue is gone (the first record closes the last standing window): halved each window, then nothing shed.
+        for (var i = 0; i < 7; i++)
+        {
+            now += Window;
+            detector.Record(TimeSpan.FromMilliseconds(1), now);
+        }
+
+        Assert.Equal(1.0 / 64, detector.ShedFraction, 9);
+        now += Window;
+        detector.Record(TimeSpan.FromMilliseconds(1), now);
+        Assert.Equal(0, detector.ShedFraction);
+    }
+
+    [Fact]
+    public void Detector_ABurstOrAPauseWithOneShortWaitInTheWindow_ShedsNothing()
+    {
+        var detector = new StandingQueueDetector(Target, Window);
+        for (var second = 0; second < 10; second++)
+        {
+            var start = TimeSpan.FromSeconds(second);
+            detector.Record(TimeSpan.FromMilliseconds(900), start);
+            detector.Record(TimeSpan.FromMilliseconds(49), start + TimeSpan.FromMilliseconds(999));
+        }
+
+        Assert.Equal(0, detector.ShedFraction);
+
+        // A wait exactly at the target is not above it.
+        detector.Record(Target, TimeSpan.FromSeconds(11));
+        detector.Record(Target, TimeSpan.FromSeconds(12));
+        Assert.Equal(0, detector.ShedFraction);
+    }
+
+    [Fact]
+    public async Task Server_WhileTheQueueStands_ShedsWithUnavailable_CountedAuditedAndLoggedOnce_HealthServed_ThenServesAgain()
+    {
+        var detector = new StandingQueueDetector(Target, Window);
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev", services => services.AddSingleton(new QueueDelayMonitor(detector)));
+        using var developer = new KmsClient(new KmsClientOptions
+        {
+            Endpoint = server.Address,
+            CaCertificatePath = server.CaCertificatePath,
+            ApiToken = server.DeveloperToken,
+            Retry = new KmsRetryOptions { MaxAttempts = 1 },
+        });
+        using var officer = server.CreateClient(await server.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+        await developer.GenerateRandomAsync(8);
+        using var shed = new ShedCounter();
+
+        var now = TimeSpan.Zero;
+        while (detector.ShedFraction < 1)
+        {
+            detector.Record(TimeSpan.FromMilliseconds(200), now);
+            now += Window;
+        }
+
+        var clock = Stopwatch.StartNew();
+        const int Calls = 30;
+        for (var i = 0; i < Calls; i++)
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(() => developer.GenerateRandomAsync(8));
+            Assert.Equal(StatusCode.Unavailable, e.StatusCode);
+            Assert.Equal("the server is overloaded; retry with backoff", e.Status.Detail);
+        }
+
+        var seconds = clock.Elapsed.TotalSeconds;
+        Assert.Equal(Calls, shed.QueueDelay);
+        Assert.Equal(0, shed.Capacity);
+        var logged = server.Logs.Events.Count(e => e.Contains("Reason=\"queue_delay\"", StringComparison.Ordinal));
+        Assert.InRange(logged, 1, 1 + (int)Math.Ceiling(seconds));
+
+        // Health is public: never shed.
+        using var channel = server.CreateChannel();
+        var health = await new global::Grpc.Health.V1.Health.HealthClient(channel).CheckAsync(new HealthCheckRequest());
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, health.Status);
+
+        // The queue is gone: served again once the fraction has halved to nothing.
+        while (detector.ShedFraction > 0)
+        {
+            detector.Record(TimeSpan.FromMilliseconds(1), now);
+            now += Window;
+        }
+
+        await developer.GenerateRandomAsync(8);
+
+        // The shed calls are refusals in the audit: aggregated, every one counted, none lost.
+        await server.Services.GetRequiredService<AuditLog>().FlushRefusalsAsync(default);
+        var events = (await officer.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Principal = "token:developer", Outcome = "UNAVAILABLE", PageSize = 1000 })).Events;
+        Assert.Equal(Calls, events.Sum(e => e.Count));
+        Assert.True(events.Count < Calls, $"{events.Count} audit events for {Calls} shed calls: not aggregated");
+    }
+
+    [Fact]
+    public async Task Server_AtMaxConcurrentCalls_ShedsWithUnavailable_HealthServed()
+    {
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev", "--Kms:MaxConcurrentCalls=0");
+        using var developer = new KmsClient(new KmsClientOptions
+        {
+            Endpoint = server.Address,
+            CaCertificatePath = server.CaCertificatePath,
+            ApiToken = server.DeveloperToken,
+            Retry = new KmsRetryOptions { MaxAttempts = 1 },
+        });
+        using var shed = new ShedCounter();
+        var e = await Assert.ThrowsAsync<RpcException>(() => developer.GenerateRandomAsync(8));
+        Assert.Equal(StatusCode.Unavailable, e.StatusCode);
+        Assert.Equal("the server is at capacity; retry with backoff", e.Status.Detail);
+        Assert.Equal(1, shed.Capacity);
+        Assert.Contains(server.Logs.Events, line => line.Contains("Reason=\"capacity\"", StringComparison.Ordinal));
+
+        using var channel = server.CreateChannel();
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, (await new global::Grpc.Health.V1.Health.HealthClient(channel).CheckAsync(new HealthCheckRequest())).Status);
+    }
+
+    /// <summary>
+    /// The real probe: with this process's thread pool held busy (every thread blocked, work
+    /// queued behind them), the monitor starts shedding; once the pool is free, it stops.
+    /// </summary>
+    [Fact]
+    public void Monitor_ThreadPoolHeldBusy_ShedsThenStopsWhenItIsFree()
+    {
+        var options = Options.Create(new KmsServerOptions { Overload = new OverloadOptions { QueueDelayTarget = TimeSpan.FromMilliseconds(5), Window = TimeSpan.FromMilliseconds(50) } });
+        using var monitor = new QueueDelayMonitor(options);
+        using var gate = new ManualResetEventSlim();
+        var blockers = ThreadPool.ThreadCount + (4 * Environment.ProcessorCount) + 64;
+        for (var i = 0; i < blockers; i++)
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(static g => g.Wait(), gate, preferLocal: false);
+        }
+
+        try
+        {
+            Assert.True(SpinWait.SpinUntil(() => monitor.ShedFraction > 0, TimeSpan.FromSeconds(30)), "no shedding while the thread pool was held busy");
+            Assert.True(monitor.QueueDelay > TimeSpan.FromMilliseconds(5), $"queue delay {monitor.QueueDelay}");
+        }
+        finally
+        {
+            gate.Set();
+        }
+
+        Assert.True(SpinWait.SpinUntil(() => monitor.ShedFraction == 0, TimeSpan.FromSeconds(30)), "still shedding after the thread pool was freed");
+    }
+
+    /// <summary>Counts <c>kms_calls_shed_total</c> by reason while it lives (the meter is process-wide).</summary>
+    private sealed class ShedCounter : IDisposable
+    {
+        private readonly MeterListener _listener = new();
+        private int _queueDelay;
+        private int _capacity;
+
+        public ShedCounter()
+        {
+            _listener.InstrumentPublished = (instrument, listener) =>
+            {
+                if (instrument.Meter.Name == KmsMetrics.MeterName && instrument.Name == "calls_shed_total")
+                {
+                    listener.EnableMeasurementEvents(instrument);
+                }
+            };
+            _listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
+            {
+                foreach (var tag in tags)
+                {
+                    if (tag.Key == "reason")
+                    {
+                        _ = (string?)tag.Value == "queue_delay" ? Interlocked.Add(ref _queueDelay, (int)value) : Interlocked.Add(ref _capacity, (int)value);
+                    }
+                }
+            });
+            _listener.Start();
+        }
+
+        public int QueueDelay => Volatile.Read(ref _queueDelay);
+
+        public int Capacity => Volatile.Read(ref _capacity);
+
+        public void Dispose() => _listener.Dispose();
+    }
+}
