@@ -6,6 +6,7 @@ using Kms.Bench;
 // dotnet run -c Release --project bench/Kms.Bench -- zipf [keys] [seconds per step] [concurrency] [soak minutes] [result file]
 // dotnet run -c Release --project bench/Kms.Bench -- ab [seconds] [concurrency] [rounds] generate|decrypt [server args A] -- [server args B]
 // dotnet run -c Release --project bench/Kms.Bench -- soak [seconds] [result file]   (half of peak, 10 s windows: p99 and RSS)
+// dotnet run -c Release --project bench/Kms.Bench -- cache-policy [keys] [capacity] [lookups]   (the metadata cache's eviction alone, in memory)
 // dotnet run -c Release --project bench/Kms.Bench -- micro [BenchmarkDotNet arguments]
 // dotnet run -c Release --project bench/Kms.Bench -- load [seconds per step] [concurrencies, comma-separated]
 // dotnet run -c Release --project bench/Kms.Bench -- envelope [BenchmarkDotNet arguments]
@@ -49,6 +50,12 @@ switch (args.FirstOrDefault())
             args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 16,
             TimeSpan.FromMinutes(args.Length > 4 ? double.Parse(args[4], CultureInfo.InvariantCulture) : 0),
             args.Length > 5 ? args[5] : null);
+    case "cache-policy":
+        // cache-policy [keys] [capacity] [lookups]: the metadata cache's eviction alone, in memory
+        return ZipfBench.CachePolicy(
+            args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 100_000,
+            args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 10_000,
+            args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 5_000_000);
     case "soak":
         // soak [seconds] [result file]
         return await SoakBench.RunAsync(TimeSpan.FromSeconds(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 60), args.Length > 2 ? args[2] : null);
@@ -69,7 +76,7 @@ switch (args.FirstOrDefault())
             args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 16,
             args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 2);
     default:
-        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency rounds generate|decrypt [A args] -- [B args] | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2]");
+        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | cache-policy [keys] [capacity] [lookups] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency rounds generate|decrypt [A args] -- [B args] | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2]");
         return 2;
 }
 

@@ -163,6 +163,71 @@ internal static class ZipfBench
     }
 
     /// <summary>Ranks 0..n-1 drawn with P(k) ∝ 1/(k+1)^s, mapped through a fixed shuffle so the hot keys are spread.</summary>
+    /// <summary>
+    /// The metadata cache's policy alone, in memory: <paramref name="lookups"/> Zipf(1) lookups over
+    /// <paramref name="keyCount"/> keys against a cache of <paramref name="capacity"/>, a miss adding the
+    /// entry as the store does. Printed beside the previous policy (drop a tenth in no particular order)
+    /// and the ideal (the <paramref name="capacity"/> most popular keys always cached). No HSM, no server.
+    /// </summary>
+    public static int CachePolicy(int keyCount, int capacity, int lookups)
+    {
+        var zipf = new ZipfSampler(keyCount, 1.0, seed: 20261130);
+        var names = Enumerable.Range(0, keyCount).Select(i => $"tenants/dev/keys/zipf-{i}").ToArray();
+        var sequence = new int[lookups];
+        for (var i = 0; i < lookups; i++)
+        {
+            sequence[i] = zipf.Next();
+        }
+
+        var cache = new MetadataCache(capacity);
+        cache.Confirm(TimeSpan.FromHours(1));
+        var previous = new System.Collections.Concurrent.ConcurrentDictionary<string, string>(); // as the previous MetadataCache
+        long ours = 0, theirs = 0;
+        var clock = Stopwatch.StartNew();
+        foreach (var index in sequence)
+        {
+            var name = names[index];
+            if (cache.TryGet(name, out string _))
+            {
+                ours++;
+            }
+            else
+            {
+                cache.Add(name, name, cache.Generation);
+            }
+        }
+
+        var elapsed = clock.Elapsed;
+        clock.Restart();
+        foreach (var index in sequence)
+        {
+            var name = names[index];
+            if (previous.ContainsKey(name))
+            {
+                theirs++;
+                continue;
+            }
+
+            if (previous.Count >= capacity)
+            {
+                foreach (var old in previous.Keys.Take(Math.Max(1, capacity / 10)).ToList())
+                {
+                    previous.TryRemove(old, out _);
+                }
+            }
+
+            previous[name] = name;
+        }
+
+        var previousElapsed = clock.Elapsed;
+
+        var harmonic = Enumerable.Range(1, keyCount).Sum(k => 1.0 / k);
+        var ideal = Enumerable.Range(1, Math.Min(capacity, keyCount)).Sum(k => 1.0 / k) / harmonic;
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"Zipf(1) over {keyCount:N0} keys, cache of {capacity:N0}, {lookups:N0} lookups: hit rate {(double)ours / lookups:P1} (frequency sketch; {elapsed.TotalMilliseconds * 1000 / lookups:F2} µs a lookup incl. misses' adds), previous policy {(double)theirs / lookups:P1} ({previousElapsed.TotalMilliseconds * 1000 / lookups:F2} µs), ideal {ideal:P1}"));
+        return 0;
+    }
+
     private sealed class ZipfSampler
     {
         private readonly double[] _cdf;

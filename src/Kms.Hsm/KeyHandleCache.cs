@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Kms.Core.Caching;
 using Kms.Core.Keys;
 using Microsoft.Extensions.Caching.Memory;
 using Net.Pkcs11Interop.HighLevelAPI;
@@ -20,6 +21,11 @@ namespace Kms.Hsm;
 /// <para>An entry is keyed by the key version's id <em>and</em> the kind of object it was
 /// unwrapped as (<see cref="KeyHandleKind"/>), so a lease for an ECDSA key can never return a
 /// handle unwrapped as an AES key, whatever ids callers pass.</para>
+/// <para>When full, <see cref="MemoryCache"/> compacts a tenth, lowest priority first and least
+/// recently used within a priority. A copy of a version leased before, recently, is cached at high
+/// priority, one seen for the first time at normal (<see cref="FrequencySketch"/>, which remembers
+/// versions not cached too): under skewed access a stream of rarely used versions then evicts
+/// itself rather than the popular ones (docs/benchmarks.md, "Zipf").</para>
 /// </remarks>
 internal sealed class KeyHandleCache : IDisposable
 {
@@ -28,12 +34,14 @@ internal sealed class KeyHandleCache : IDisposable
     private readonly MemoryCache _cache;
     private readonly TimeSpan _idleTimeout;
     private readonly ConcurrentQueue<IObjectHandle> _toDestroy = new();
+    private readonly FrequencySketch _frequencies;
 
     public KeyHandleCache(long generation, int capacity, TimeSpan idleTimeout)
     {
         Generation = generation;
         _idleTimeout = idleTimeout;
         _cache = new MemoryCache(new MemoryCacheOptions { SizeLimit = capacity, CompactionPercentage = 0.1 });
+        _frequencies = new FrequencySketch(capacity);
         HsmMetrics.Track(this);
     }
 
@@ -50,6 +58,8 @@ internal sealed class KeyHandleCache : IDisposable
     public HandleLease Lease(KeyVersionId id, KeyHandleKind kind, Func<IObjectHandle> unwrap)
     {
         var key = new Key(id, kind);
+        var hash = key.GetHashCode();
+        _frequencies.Increment(hash);
         if (_cache.TryGetValue(key, out CachedHandle? cached) && cached!.TryLease())
         {
             HsmMetrics.KeyCacheHits.Add(1);
@@ -65,6 +75,7 @@ internal sealed class KeyHandleCache : IDisposable
         {
             entry.Value = fresh;
             entry.Size = 1;
+            entry.Priority = _frequencies.Estimate(hash) >= 2 ? CacheItemPriority.High : CacheItemPriority.Normal;
             entry.SlidingExpiration = _idleTimeout;
             entry.RegisterPostEvictionCallback(static (_, value, _, _) => ((CachedHandle)value!).MarkEvicted());
         }

@@ -109,6 +109,42 @@ public sealed class KeyHandleCacheTests(HsmFixture fixture) : IClassFixture<HsmF
     }
 
     [Fact]
+    public async Task Full_VersionsLeasedAgain_OutliveAStreamOfVersionsLeasedOnce()
+    {
+        using var cache = new KeyHandleCache(1, 10, TimeSpan.FromMinutes(5));
+        var hot = Enumerable.Range(0, 4).Select(_ => KeyVersionId.NewId()).ToList();
+        ulong handle = 100;
+
+        // Leased, evicted and leased again: asked for twice recently, so cached at high priority.
+        foreach (var id in hot)
+        {
+            cache.Lease(id, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(handle++)).Dispose();
+            cache.Invalidate(id);
+            cache.Lease(id, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(handle++)).Dispose();
+        }
+
+        // Forty versions leased once each: the cache overflows (compactions run on the thread pool;
+        // while one is due, a new entry is refused), more recently used than the hot ones.
+        for (var i = 0; i < 40; i++)
+        {
+            cache.Lease(KeyVersionId.NewId(), KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(handle++)).Dispose();
+            await Task.Delay(5);
+        }
+
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (cache.Count > 10 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(10);
+        }
+
+        Assert.InRange(cache.Count, 1, 10);
+        foreach (var id in hot)
+        {
+            using var lease = cache.Lease(id, KeyHandleKind.Aes256Gcm, () => throw new InvalidOperationException("a hot version was evicted"));
+        }
+    }
+
+    [Fact]
     public async Task ManyKeysThroughSmallCache_SessionObjectsStayBounded()
     {
         var token = SoftHsm.CreateToken();

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using Kms.Core.Caching;
 
 namespace Kms.Storage;
 
@@ -9,15 +10,32 @@ namespace Kms.Storage;
 /// remembered), and not used at all unless the change feed has confirmed coherence recently.
 /// </summary>
 /// <remarks>
-/// Entries hold what the database holds (key and version state, wrapped material): nothing that
+/// <para>Entries hold what the database holds (key and version state, wrapped material): nothing that
 /// is not already in the process's memory for the duration of a call. Forgetting drops the
-/// references; destroyed material therefore leaves the cache with the write that destroys it.
+/// references; destroyed material therefore leaves the cache with the write that destroys it.</para>
+/// <para>When full, the tenth of the entries asked for least often is dropped. How often is
+/// remembered for every key asked for, cached or not, in a small count-min sketch whose counts
+/// are halved every ten capacities' worth of lookups (the frequency half of TinyLFU: Einziger,
+/// Friedman and Manes, 2017). Under skewed access — a few keys used all the time and most rarely,
+/// as with Zipf-distributed traffic — the popular entries stay, where dropping entries in no
+/// particular order throws hot ones out with cold ones (docs/benchmarks.md, "Zipf").</para>
 /// </remarks>
-internal sealed class MetadataCache(int capacity)
+internal sealed class MetadataCache
 {
+    private readonly int _capacity;
     private readonly ConcurrentDictionary<object, Entry> _entries = new();
+    private readonly FrequencySketch? _frequencies;
+    private readonly Lock _evicting = new();
+    private (object Key, int Count)[]? _evictionBuffer; // used under _evicting only
+    private int _count;
     private long _generation;
     private long _coherentUntil; // Stopwatch timestamp; 0: never confirmed, so never used
+
+    public MetadataCache(int capacity)
+    {
+        _capacity = capacity;
+        _frequencies = capacity > 0 ? new FrequencySketch(capacity) : null;
+    }
 
     /// <summary>Hits and misses since start (benchmarks, tests).</summary>
     public long Hits;
@@ -30,12 +48,14 @@ internal sealed class MetadataCache(int capacity)
 
     public int Count => _entries.Count;
 
-    public bool Enabled => capacity > 0;
+    public bool Enabled => _capacity > 0;
 
     public bool TryGet<T>(object key, out T value)
         where T : class
     {
-        if (capacity > 0
+        var hash = key.GetHashCode();
+        _frequencies?.Increment(hash);
+        if (_capacity > 0
             && Stopwatch.GetTimestamp() < Volatile.Read(ref _coherentUntil)
             && _entries.TryGetValue(key, out var entry)
             && entry.Generation == Volatile.Read(ref _generation))
@@ -53,26 +73,27 @@ internal sealed class MetadataCache(int capacity)
     /// <summary>Remembers <paramref name="value"/>, read from the database after <paramref name="generation"/> was captured, unless a write came in between.</summary>
     public void Add(object key, object value, long generation)
     {
-        if (capacity <= 0 || generation != Volatile.Read(ref _generation))
+        if (_capacity <= 0 || generation != Volatile.Read(ref _generation))
         {
             return;
         }
 
-        if (_entries.Count >= capacity)
+        // ConcurrentDictionary.Count takes every lock of the table (hundreds once it has grown):
+        // the cache keeps its own count.
+        if (Volatile.Read(ref _count) >= _capacity)
         {
-            // Full: drop about a tenth, in no particular order (hot entries come straight back).
-            var drop = Math.Max(1, capacity / 10);
-            foreach (var old in _entries.Keys)
-            {
-                _entries.TryRemove(old, out _);
-                if (--drop == 0)
-                {
-                    break;
-                }
-            }
+            Evict();
         }
 
-        _entries[key] = new Entry(value, generation);
+        var entry = new Entry(value, generation, key.GetHashCode());
+        if (_entries.TryAdd(key, entry))
+        {
+            Interlocked.Increment(ref _count);
+        }
+        else
+        {
+            _entries[key] = entry;
+        }
     }
 
     /// <summary>Something was written: nothing remembered before it is used again.</summary>
@@ -80,6 +101,7 @@ internal sealed class MetadataCache(int capacity)
     {
         Interlocked.Increment(ref _generation);
         _entries.Clear();
+        Volatile.Write(ref _count, 0); // an add racing the clear may be miscounted: the count is a bound to evict by, not an invariant
     }
 
     public void Confirm(TimeSpan validFor)
@@ -97,5 +119,66 @@ internal sealed class MetadataCache(int capacity)
         while (Interlocked.CompareExchange(ref _coherentUntil, until, current) != current);
     }
 
-    private sealed record Entry(object Value, long Generation);
+    /// <summary>
+    /// Drops about a tenth of the entries, those asked for least often first. One pass at a time;
+    /// callers that find one running go on (the cache may hold a few more than its capacity for a moment).
+    /// </summary>
+    private void Evict()
+    {
+        if (!_evicting.TryEnter())
+        {
+            return;
+        }
+
+        try
+        {
+            if (Volatile.Read(ref _count) < _capacity)
+            {
+                return;
+            }
+
+            // One pass reads every entry's count into a buffer and a histogram of counts (0 … 15): the
+            // threshold is the smallest count at or below which at least a tenth of the entries lie;
+            // below it all go, at it as many as still needed.
+            var counts = _evictionBuffer ??= new (object Key, int Count)[_capacity + 64];
+            Span<int> histogram = stackalloc int[FrequencySketch.MaxCount + 1];
+            var n = 0;
+            foreach (var (key, entry) in _entries)
+            {
+                if (n == counts.Length)
+                {
+                    break;
+                }
+
+                var count = _frequencies!.Estimate(entry.Hash);
+                counts[n++] = (key, count);
+                histogram[count]++;
+            }
+
+            var drop = Math.Max(1, _capacity / 10);
+            int threshold = 0, below = 0;
+            while (threshold < FrequencySketch.MaxCount && below + histogram[threshold] < drop)
+            {
+                below += histogram[threshold++];
+            }
+
+            var atThreshold = drop - below;
+            for (var i = 0; i < n; i++)
+            {
+                var (key, count) = counts[i];
+                if ((count < threshold || (count == threshold && atThreshold-- > 0)) && _entries.TryRemove(key, out _))
+                {
+                    Interlocked.Decrement(ref _count);
+                }
+            }
+
+            Array.Clear(counts, 0, n);
+        }
+        finally
+        {
+            _evicting.Exit();
+        }
+    }
+
+    private sealed record Entry(object Value, long Generation, int Hash);
 }
