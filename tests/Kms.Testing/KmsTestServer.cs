@@ -69,10 +69,6 @@ public sealed class KmsTestServer : IAsyncDisposable
             $"--Hsm:TokenLabel={token.Label}",
             $"--Hsm:PinFile={token.PinFile}",
             "--Hsm:SessionPoolSize=2",
-
-            // No shedding by queue delay: this process's thread pool also runs every other test, and
-            // a shed call would fail a test that counts calls. OverloadTests and the benches cover it.
-            "--Kms:Overload:QueueDelayTarget=00:00:00",
             .. SoftHsm.ModuleEnvironment.Select(kv => $"--Hsm:ModuleEnvironment:{kv.Key}={kv.Value}"),
             .. extraArgs,
         ];
@@ -103,10 +99,6 @@ public sealed class KmsTestServer : IAsyncDisposable
             $"--Hsm:PinFile={token.PinFile}",
             $"--Hsm:DomainKeyId={domainKeyId}",
             "--Hsm:SessionPoolSize=2",
-
-            // No shedding by queue delay: this process's thread pool also runs every other test, and
-            // a shed call would fail a test that counts calls. OverloadTests and the benches cover it.
-            "--Kms:Overload:QueueDelayTarget=00:00:00",
             .. SoftHsm.ModuleEnvironment.Select(kv => $"--Hsm:ModuleEnvironment:{kv.Key}={kv.Value}"),
             .. extraArgs,
         ];

@@ -73,10 +73,6 @@ public sealed class ServerProcess : IAsyncDisposable
             $"--Hsm:DomainKeyId={domainKeyId}",
             "--Hsm:SessionPoolSize=2",
             $"--Hsm:ModuleEnvironment:SOFTHSM2_CONF={softHsmConf}",
-
-            // No shedding by queue delay: test runs share two cores with everything else, and a
-            // shed call would fail a test that counts calls. OverloadTests and the benches cover it.
-            "--Kms:Overload:QueueDelayTarget=00:00:00",
             .. extraArgs,
         ])
         {

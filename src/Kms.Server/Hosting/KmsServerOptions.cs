@@ -86,11 +86,13 @@ public sealed class QuorumHostOptions
 /// Load shedding by queue delay (<see cref="Kms.Server.Overload.QueueDelayMonitor"/>): when even
 /// the shortest wait for a thread over a whole <see cref="Window"/> exceeds
 /// <see cref="QueueDelayTarget"/>, a growing fraction of calls is answered UNAVAILABLE at once.
+/// Off by default: measured on the 2-core test machine at twice the peak, it served fewer calls
+/// and no faster than shedding by calls in flight alone (docs/benchmarks.md, "Overload").
 /// </summary>
 public sealed class OverloadOptions
 {
-    /// <summary>The standing queue delay tolerated; zero turns shedding by delay off.</summary>
-    public TimeSpan QueueDelayTarget { get; set; } = TimeSpan.FromMilliseconds(50);
+    /// <summary>The standing queue delay tolerated; zero (the default) turns shedding by delay off.</summary>
+    public TimeSpan QueueDelayTarget { get; set; }
 
     /// <summary>How long the delay must stay above the target (longer than a GC pause or a burst).</summary>
     public TimeSpan Window { get; set; } = TimeSpan.FromMilliseconds(500);
