@@ -90,13 +90,7 @@ public sealed class OverloadTests
     {
         var detector = new StandingQueueDetector(Target, Window);
         await using var server = await KmsTestServer.StartAsync(null, null, "dev", services => services.AddSingleton(new QueueDelayMonitor(detector)));
-        using var developer = new KmsClient(new KmsClientOptions
-        {
-            Endpoint = server.Address,
-            CaCertificatePath = server.CaCertificatePath,
-            ApiToken = server.DeveloperToken,
-            Retry = new KmsRetryOptions { MaxAttempts = 1 },
-        });
+        using var developer = NonRetryingDeveloper(server);
         using var officer = server.CreateClient(await server.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
         await developer.GenerateRandomAsync(8);
         using var shed = new ShedCounter();
@@ -148,13 +142,7 @@ public sealed class OverloadTests
     public async Task Server_AtMaxConcurrentCalls_ShedsWithUnavailable_HealthServed()
     {
         await using var server = await KmsTestServer.StartAsync(null, null, "dev", "--Kms:MaxConcurrentCalls=0");
-        using var developer = new KmsClient(new KmsClientOptions
-        {
-            Endpoint = server.Address,
-            CaCertificatePath = server.CaCertificatePath,
-            ApiToken = server.DeveloperToken,
-            Retry = new KmsRetryOptions { MaxAttempts = 1 },
-        });
+        using var developer = NonRetryingDeveloper(server);
         using var shed = new ShedCounter();
         var e = await Assert.ThrowsAsync<RpcException>(() => developer.GenerateRandomAsync(8));
         Assert.Equal(StatusCode.Unavailable, e.StatusCode);
@@ -194,6 +182,15 @@ public sealed class OverloadTests
 
         Assert.True(SpinWait.SpinUntil(() => monitor.ShedFraction == 0, TimeSpan.FromSeconds(30)), "still shedding after the thread pool was freed");
     }
+
+    // A shed call is seen as such, not retried.
+    private static KmsClient NonRetryingDeveloper(KmsTestServer server) => new(new KmsClientOptions
+    {
+        Endpoint = server.Address,
+        CaCertificatePath = server.CaCertificatePath,
+        ApiToken = server.DeveloperToken,
+        Retry = new KmsRetryOptions { MaxAttempts = 1 },
+    });
 
     /// <summary>Counts <c>kms_calls_shed_total</c> by reason while it lives (the meter is process-wide).</summary>
     private sealed class ShedCounter : IDisposable
