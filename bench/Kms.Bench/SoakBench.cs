@@ -71,20 +71,20 @@ internal static class SoakBench
                 // buffers (64 × 200,000 doubles) are still on the large-object heap.
                 if (elapsed == step || (elapsed > TimeSpan.Zero && elapsed.Ticks % settleEvery.Ticks == 0))
                 {
-                    settled.Add(Settle(elapsed));
+                    settled.Add(ProcessMemory.Settle(elapsed));
                 }
 
                 var window = await LoadLoops.OpenAsync(rate, step, mixed);
                 elapsed += step;
                 failed += window.Errors;
-                var rss = ZipfBench.RssMiB();
+                var rss = ProcessMemory.RssMiB();
                 var heap = GC.GetGCMemoryInfo().HeapSizeBytes / 1048576.0;
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"| {elapsed.TotalSeconds:F0} | {window.OpsPerSecond:N0} | {window.P50:F2} | {window.P99:F2} | {window.Shed} | {window.Errors + window.NotSent} | {rss:F0} | {heap:F0} |"));
                 windows.Add(new JsonObject { ["end_seconds"] = elapsed.TotalSeconds, ["result"] = PerfSuite.Json(window), ["rss_mib"] = rss, ["heap_mib"] = heap });
             }
 
-            settled.Add(Settle(elapsed));
+            settled.Add(ProcessMemory.Settle(elapsed));
             results["settled"] = settled;
 
             if (windows.Count >= 2)
@@ -119,39 +119,5 @@ internal static class SoakBench
         }
 
         return 0;
-    }
-
-    /// <summary>
-    /// Collects everything that can be collected, compacting and giving free memory back to the
-    /// system, and reports what is left: live managed bytes and native memory (RSS less what the GC
-    /// has committed). Printed and returned for the result file.
-    /// </summary>
-    private static JsonObject Settle(TimeSpan at)
-    {
-        for (var i = 0; i < 2; i++)
-        {
-            GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
-            GC.WaitForPendingFinalizers();
-        }
-
-        var info = GC.GetGCMemoryInfo(GCKind.FullBlocking);
-        var live = info.HeapSizeBytes / 1048576.0;
-        var committed = info.TotalCommittedBytes / 1048576.0;
-        // Generations 3 and 4 are the large- and pinned-object heaps (Kestrel's buffer pool lives in the latter).
-        var large = info.GenerationInfo[3].SizeAfterBytes / 1048576.0;
-        var pinned = info.GenerationInfo[4].SizeAfterBytes / 1048576.0;
-        var rss = ZipfBench.RssMiB();
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"settled at {at.TotalSeconds:F0} s: live managed heap {live:F1} MiB (large objects {large:F1}, pinned {pinned:F1}), GC committed {committed:F1} MiB, RSS {rss:F0} MiB, native (RSS − committed) {rss - committed:F0} MiB"));
-        return new JsonObject
-        {
-            ["at_seconds"] = at.TotalSeconds,
-            ["live_heap_mib"] = live,
-            ["large_object_heap_mib"] = large,
-            ["pinned_object_heap_mib"] = pinned,
-            ["gc_committed_mib"] = committed,
-            ["rss_mib"] = rss,
-            ["native_mib"] = rss - committed,
-        };
     }
 }

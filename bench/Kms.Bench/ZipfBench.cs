@@ -58,7 +58,7 @@ internal static class ZipfBench
                     }
                 }
             }));
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{keyCount:N0} keys with a ciphertext each, made in {clock.Elapsed.TotalSeconds:F0} s; RSS {RssMiB():F0} MiB"));
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{keyCount:N0} keys with a ciphertext each, made in {clock.Elapsed.TotalSeconds:F0} s; RSS {ProcessMemory.RssMiB():F0} MiB"));
             results["setup_seconds"] = clock.Elapsed.TotalSeconds;
 
             var zipf = new ZipfSampler(keyCount, 1.0, seed: 20261130);
@@ -93,7 +93,7 @@ internal static class ZipfBench
                 var missRate = (double)(misses - missesBefore) / Math.Max(1, hits - hitsBefore + misses - missesBefore);
                 var metaHitRate = (double)(metaHits - metaHitsBefore) / Math.Max(1, metaHits - metaHitsBefore + metaMisses - metaMissesBefore);
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {round} | {a.OpsPerSecond:N0} | {a.P99:F2} | {b.OpsPerSecond:N0} | {b.P99:F2} | {ratio:F2} | {missRate:P1} | {misses - missesBefore:N0} | {searches - searchesBefore} | {metaHitRate:P1} | {RssMiB():F0} |"));
+                    $"| {round} | {a.OpsPerSecond:N0} | {a.P99:F2} | {b.OpsPerSecond:N0} | {b.P99:F2} | {ratio:F2} | {missRate:P1} | {misses - missesBefore:N0} | {searches - searchesBefore} | {metaHitRate:P1} | {ProcessMemory.RssMiB():F0} |"));
                 rounds.Add(new JsonObject
                 {
                     ["ten_keys"] = PerfSuite.Json(a),
@@ -103,7 +103,7 @@ internal static class ZipfBench
                     ["unwraps"] = misses - missesBefore,
                     ["object_searches"] = searches - searchesBefore,
                     ["metadata_cache_hit_rate"] = metaHitRate,
-                    ["rss_mib"] = RssMiB(),
+                    ["rss_mib"] = ProcessMemory.RssMiB(),
                 });
             }
 
@@ -112,7 +112,7 @@ internal static class ZipfBench
             results["rounds"] = rounds;
             results["median_ratio"] = ratios[1];
 
-            // Soak: the Zipf load for a while, RSS sampled every 10 s.
+            // Soak: the Zipf load for a while, RSS sampled every 10 s, the process settled every 5 minutes.
             if (soak > TimeSpan.Zero)
             {
                 var samples = new JsonArray();
@@ -120,16 +120,29 @@ internal static class ZipfBench
                 var step = TimeSpan.FromSeconds(10);
                 Console.WriteLine();
                 Console.WriteLine($"soak: {soak.TotalMinutes} min of Zipf Decrypt at c={concurrency}, RSS every 10 s");
+                // Settled (full collection, then malloc_trim) at the start, every 5 minutes and at the end,
+                // outside the timed windows: growth of what is left after a settle is growth, not a heap
+                // that stayed large after a burst.
+                var settled = new JsonArray { ProcessMemory.Settle(TimeSpan.Zero) };
+                var nextSettle = TimeSpan.FromMinutes(5);
                 while (soakClock.Elapsed < soak)
                 {
+                    if (soakClock.Elapsed >= nextSettle)
+                    {
+                        settled.Add(ProcessMemory.Settle(soakClock.Elapsed));
+                        nextSettle += TimeSpan.FromMinutes(5);
+                    }
+
                     var r = await LoadLoops.ClosedAsync(concurrency, step, many);
                     failed += r.Errors + r.Shed;
-                    var rss = RssMiB();
+                    var rss = ProcessMemory.RssMiB();
                     samples.Add(new JsonObject { ["seconds"] = Math.Round(soakClock.Elapsed.TotalSeconds), ["rss_mib"] = rss, ["ops_per_second"] = r.OpsPerSecond, ["p99_ms"] = r.P99 });
                     Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {soakClock.Elapsed.TotalSeconds:F0} s: {r.OpsPerSecond:N0} ops/s, p99 {r.P99:F2} ms, RSS {rss:F0} MiB"));
                 }
 
+                settled.Add(ProcessMemory.Settle(soakClock.Elapsed));
                 results["soak"] = samples;
+                results["soak_settled"] = settled;
             }
         }
         finally
@@ -149,20 +162,6 @@ internal static class ZipfBench
         return failed > 0 ? 1 : 0;
     }
 
-    internal static double RssMiB()
-    {
-        foreach (var line in File.ReadLines("/proc/self/status"))
-        {
-            if (line.StartsWith("VmRSS:", StringComparison.Ordinal))
-            {
-                return double.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024;
-            }
-        }
-
-        return 0;
-    }
-
-    /// <summary>Ranks 0..n-1 drawn with P(k) ∝ 1/(k+1)^s, mapped through a fixed shuffle so the hot keys are spread.</summary>
     /// <summary>
     /// The metadata cache's policy alone, in memory: <paramref name="lookups"/> Zipf(1) lookups over
     /// <paramref name="keyCount"/> keys against a cache of <paramref name="capacity"/>, a miss adding the
@@ -228,6 +227,7 @@ internal static class ZipfBench
         return 0;
     }
 
+    /// <summary>Ranks 0..n-1 drawn with P(k) ∝ 1/(k+1)^s, mapped through a fixed shuffle so the hot keys are spread.</summary>
     private sealed class ZipfSampler
     {
         private readonly double[] _cdf;
