@@ -31,6 +31,12 @@ public sealed class HsmOptions
     /// <summary>Most key versions kept unwrapped in the HSM as session objects.</summary>
     public int KeyCacheCapacity { get; set; } = 10_000;
 
+    /// <summary>
+    /// Overrides the profile's <see cref="HsmProfile.RecycleAfterDestroyedObjects"/>: re-initialise the
+    /// module after this many destroyed session objects (0: never). Each evicted key copy is one.
+    /// </summary>
+    public int? RecycleAfterDestroyedObjects { get; set; }
+
     /// <summary>An unwrapped key version unused for this long is evicted.</summary>
     public TimeSpan KeyCacheIdleTimeout { get; set; } = TimeSpan.FromMinutes(15);
 
@@ -78,6 +84,7 @@ public sealed class HsmOptions
         Profile = Profile,
         SessionPoolSize = SessionPoolSize,
         KeyCacheCapacity = KeyCacheCapacity,
+        RecycleAfterDestroyedObjects = RecycleAfterDestroyedObjects,
         KeyCacheIdleTimeout = KeyCacheIdleTimeout,
         DomainKeyLabel = options.DomainKeyLabel ?? $"kms-domain-key-{region}",
         DomainKeyId = options.DomainKeyId ?? throw new HsmConfigurationException($"Hsm:Regions:{region}:DomainKeyId is required (the region's key ceremony sets it)"),

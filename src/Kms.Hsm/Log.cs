@@ -33,6 +33,9 @@ internal static partial class Log
     [LoggerMessage(EventId = 2009, Level = LogLevel.Warning, Message = "Sessions still busy after {Timeout} while recovering; leaving them open")]
     public static partial void DrainTimedOut(ILogger logger, TimeSpan timeout);
 
+    [LoggerMessage(EventId = 2010, Level = LogLevel.Information, Message = "HSM module re-initialised after {Destroyed} destroyed session objects, which profile {Profile} keeps until C_Finalize; new generation {Generation} (module generation {ModuleGeneration}), every cached key handle dropped")]
+    public static partial void Recycled(ILogger logger, long destroyed, string profile, long generation, long moduleGeneration);
+
     [LoggerMessage(EventId = 1210, Level = LogLevel.Error, Message = "HSM call {Operation} did not return within {Timeout}; answering UNAVAILABLE, abandoning it with its session ({Abandoned} abandoned) and recovering")]
     public static partial void CallTimedOut(ILogger logger, string operation, TimeSpan timeout, int abandoned);
 

@@ -246,11 +246,12 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
 
     // The extractable copy must not outlive the operation. If the HSM will not destroy it,
     // fault the whole generation: closing its sessions destroys every session object.
-    private static void DestroyExtractableCopy(ISession session, SlotState state, IObjectHandle key)
+    private void DestroyExtractableCopy(ISession session, SlotState state, IObjectHandle key)
     {
         try
         {
             session.DestroyObject(key);
+            CountDestroyed();
         }
         catch (Pkcs11Exception)
         {
@@ -473,11 +474,29 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     private async ValueTask<T> RunAsync<T>(string operation, Func<ISession, SlotState, T> body, TimeSpan timeout, CancellationToken cancellationToken)
     {
         ThrowIfDisposed();
-        if (timeout > TimeSpan.Zero)
+        // A generation retired by a recycle (or a module re-initialised by another of its users)
+        // between taking it and the first native call: the operation has not begun, and starts
+        // again on the current generation.
+        for (var attempt = 1; ; attempt++)
         {
-            return await RunBoundedAsync(operation, body, timeout, cancellationToken).ConfigureAwait(false);
+            try
+            {
+                return timeout > TimeSpan.Zero
+                    ? await RunBoundedAsync(operation, body, timeout, cancellationToken).ConfigureAwait(false)
+                    : await RunUnboundedAsync(operation, body, cancellationToken).ConfigureAwait(false);
+            }
+            catch (StaleGenerationException) when (attempt < 3)
+            {
+            }
+            catch (StaleGenerationException)
+            {
+                throw KmsErrors.Unavailable("the HSM is being re-initialised; retry shortly");
+            }
         }
+    }
 
+    private async ValueTask<T> RunUnboundedAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken)
+    {
         var state = await HealthyStateAsync(cancellationToken).ConfigureAwait(false);
         using var lease = await state.Pool.AcquireAsync(cancellationToken).ConfigureAwait(false);
         return Invoke(operation, state, lease.Session, body);
@@ -490,7 +509,14 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
             return _module.Call(_ =>
             {
                 // Checked under the module gate: no re-initialisation can slip in between this
-                // check and the call, so no session or handle of a dead generation is used.
+                // check and the call, so no session or handle of a dead generation is used. A
+                // generation retired on purpose, or one whose module another user re-initialised,
+                // is no fault: the caller starts again on the current one.
+                if (state.Retired || (!state.Faulted && state.ModuleGeneration != _module.Generation))
+                {
+                    throw new StaleGenerationException();
+                }
+
                 if (state.Faulted || state.ModuleGeneration != _module.Generation)
                 {
                     throw KmsErrors.Unavailable("the HSM is unavailable; retry shortly");
@@ -526,6 +552,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         try
         {
             session.DestroyObject(handle);
+            CountDestroyed();
         }
         catch (Pkcs11Exception e) when (!Pkcs11Errors.IsDeviceLost(e))
         {
@@ -615,13 +642,14 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         }
     }
 
-    private async Task CloseAsync(SlotState state)
+    // True when the sessions were drained and closed.
+    private async Task<bool> CloseAsync(SlotState state)
     {
         if (!await state.Pool.DrainAsync(DrainTimeout).ConfigureAwait(false))
         {
             // Closing a session under a running call is how PKCS#11 libraries crash.
             Log.DrainTimedOut(_logger, DrainTimeout);
-            return;
+            return false;
         }
 
         try
@@ -637,8 +665,9 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
             // The library is gone; so are the sessions.
         }
 
-        // Callers queued on this pool wake up, see the state faulted and answer UNAVAILABLE.
+        // Callers queued on this pool wake up and see the state faulted (UNAVAILABLE) or retired (start again).
         state.Pool.ReleaseDrained();
+        return true;
     }
 
     private SlotState OpenSlot()
@@ -757,6 +786,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         KeyHandleCache cache) : IDisposable
     {
         private volatile bool _faulted;
+        private volatile bool _retired;
 
         public ulong SlotId { get; } = slotId;
 
@@ -776,6 +806,13 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         {
             get => _faulted;
             set => _faulted = value;
+        }
+
+        /// <summary>Closed on purpose (a recycle), not by a fault: its callers start again on the next generation.</summary>
+        public bool Retired
+        {
+            get => _retired;
+            set => _retired = value;
         }
 
         public void Dispose()

@@ -22,6 +22,7 @@ internal sealed class Pkcs11Module
     private readonly IReadOnlyDictionary<string, string> _environment;
     private IPkcs11Library? _library;
     private int _references;
+    private long _destroyedObjects;
 
     private Pkcs11Module(string path, IReadOnlyDictionary<string, string> environment)
     {
@@ -66,6 +67,15 @@ internal sealed class Pkcs11Module
             return module;
         }
     }
+
+    /// <summary>
+    /// Session objects destroyed since the library was last initialised, by every user of this
+    /// module. SoftHSM keeps what is left of each (about 250 bytes) until <c>C_Finalize</c>.
+    /// </summary>
+    internal long DestroyedObjects => Interlocked.Read(ref _destroyedObjects);
+
+    /// <summary>Counts one destroyed session object; returns the count since the library was initialised.</summary>
+    internal long CountDestroyed() => Interlocked.Increment(ref _destroyedObjects);
 
     /// <summary>Drops one reference; the last one finalizes and unloads the module.</summary>
     public void Release()
@@ -149,6 +159,7 @@ internal sealed class Pkcs11Module
 
             _library = null;
             _library = Load();
+            Interlocked.Exchange(ref _destroyedObjects, 0);
             Generation++;
         }
         finally

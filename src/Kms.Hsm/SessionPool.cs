@@ -103,6 +103,10 @@ internal sealed class SessionPool : IDisposable
             {
                 // Closing a session of a lost device fails; there is nothing left to release.
             }
+            catch (ObjectDisposedException)
+            {
+                // The library was finalised (re-initialised by another user of the module): its sessions died with it.
+            }
         }
     }
 

@@ -34,8 +34,22 @@ public sealed class HsmFixture : IAsyncLifetime
     /// <summary>A session of its own on the fixture's token (logged in: login is per process).</summary>
     public ISession OpenRawSession() => OpenRawSession(Token.Label);
 
-    internal ISession OpenRawSession(string label) =>
-        Module.Call(library => SlotList.WithTokenPresent(library).Single(s => s.GetTokenInfo().Label == label).OpenSession(SessionType.ReadWrite));
+    internal ISession OpenRawSession(string label)
+    {
+        // C_GetTokenInfo of a slot whose token another test is initialising at that moment can
+        // answer CKR_GENERAL_ERROR (seen once, under load, while other tests created tokens): read the list again.
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                return Module.Call(library => SlotList.WithTokenPresent(library).Single(s => s.GetTokenInfo().Label == label).OpenSession(SessionType.ReadWrite));
+            }
+            catch (Pkcs11Exception e) when (e.RV == CKR.CKR_GENERAL_ERROR && attempt < 3)
+            {
+                Thread.Sleep(50);
+            }
+        }
+    }
 
     public IObjectHandle FindDomainKey(ISession session) =>
         Native.With(

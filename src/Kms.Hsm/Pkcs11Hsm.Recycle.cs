@@ -1,0 +1,108 @@
+using Net.Pkcs11Interop.Common;
+
+namespace Kms.Hsm;
+
+/// <summary>
+/// Planned re-initialisation. SoftHSM keeps about 250 bytes of every destroyed session object
+/// until <c>C_Finalize</c> (HSM-NOTES; <c>bench hsm-churn</c>), and a handle cache under skewed
+/// traffic destroys an evicted copy for every miss: left alone, native memory grows without end.
+/// After <see cref="HsmProfile.RecycleAfterDestroyedObjects"/> destroyed objects the adapter
+/// re-initialises the module the way it recovers from a lost device, but without failing anyone.
+/// </summary>
+/// <remarks>
+/// The current generation is retired: new callers wait for the recycle (as for a recovery, up to
+/// <see cref="HsmOptions.CallTimeout"/>); calls already running finish on it (the drain waits for
+/// them); a caller that took the retired generation but had not yet started its native call finds
+/// it retired under the module gate and starts again on the next generation, its operation not
+/// having begun. Then <c>C_Finalize</c>, <c>C_Initialize</c>, a fresh session pool, the domain key
+/// found and its check value compared, an empty handle cache. Other adapters on the module (the
+/// regions) see a new module generation and reopen on their next call, also without failing it.
+/// </remarks>
+public sealed partial class Pkcs11Hsm
+{
+    private int _recycling;
+
+    /// <summary>Re-initialisations done to give back destroyed objects (tests, benchmarks).</summary>
+    internal int Recycles => Volatile.Read(ref _recycles);
+
+    private int _recycles;
+
+    private long RecycleThreshold => _options.RecycleAfterDestroyedObjects ?? _profile.RecycleAfterDestroyedObjects;
+
+    // Called after each successful C_DestroyObject of a session object (under the module gate:
+    // the recycle itself runs elsewhere, after the gate is released).
+    private void CountDestroyed()
+    {
+        var destroyed = _module.CountDestroyed();
+        var threshold = RecycleThreshold;
+        if (threshold > 0 && destroyed >= threshold && Interlocked.CompareExchange(ref _recycling, 1, 0) == 0)
+        {
+            _ = Task.Run(RecycleAsync);
+        }
+    }
+
+    private async Task RecycleAsync()
+    {
+        try
+        {
+            await _recovery.WaitAsync().ConfigureAwait(false);
+            try
+            {
+                if (Volatile.Read(ref _disposed) == 1 || _state is not { Faulted: false } current || current.ModuleGeneration != _module.Generation)
+                {
+                    return; // shutting down, or a recovery (which re-initialises if it must) is under way
+                }
+
+                var destroyed = _module.DestroyedObjects;
+                current.Retired = true;
+                current.Faulted = true;
+                if (!await CloseAsync(current).ConfigureAwait(false))
+                {
+                    // A call did not come back in the drain time: a hung HSM, whose recovery is the
+                    // fault path's business. The generation stays faulted, so the next caller recovers.
+                    return;
+                }
+
+                _state = null;
+                _module.Reinitialize(current.ModuleGeneration);
+                var fresh = OpenSlot();
+                if (!string.Equals(fresh.CheckValue, DomainKeyCheckValue, StringComparison.Ordinal))
+                {
+                    _module.Call(_ =>
+                    {
+                        fresh.Dispose();
+                        return 0;
+                    });
+                    throw new HsmConfigurationException(
+                        $"after re-initialising, the token's domain key has check value {fresh.CheckValue}, not {DomainKeyCheckValue}; staying unavailable");
+                }
+
+                _state = fresh;
+                Interlocked.Increment(ref _recycles);
+                Log.Recycled(_logger, destroyed, _profile.Name, fresh.Cache.Generation, fresh.ModuleGeneration);
+            }
+            finally
+            {
+                _recovery.Release();
+            }
+        }
+        catch (Exception e) when (e is Pkcs11Exception or HsmConfigurationException)
+        {
+            // Nothing is current: the next caller recovers as from a lost device, with its backoff.
+            Log.RecoveryFailed(_logger, _options.RecoveryBackoff, e);
+        }
+        finally
+        {
+            Volatile.Write(ref _recycling, 0);
+        }
+    }
+
+    /// <summary>
+    /// Thrown under the module gate before an operation's first native call, when the generation
+    /// it was given has been retired or the module re-initialised by another of its users: the
+    /// operation has not begun and is started again on the current generation.
+    /// </summary>
+    private sealed class StaleGenerationException : Exception
+    {
+    }
+}

@@ -1,0 +1,104 @@
+using System.Security.Cryptography;
+using Kms.Core.Keys;
+using Kms.Core.Ports;
+using Kms.Testing;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Kms.Hsm.Tests;
+
+/// <summary>
+/// SoftHSM keeps about 250 bytes of every destroyed session object until <c>C_Finalize</c>
+/// (HSM-NOTES, <c>bench hsm-churn</c>), so the adapter re-initialises the module after a number of
+/// them (<see cref="HsmProfile.RecycleAfterDestroyedObjects"/>). A recycle must be invisible to
+/// callers: no call fails, ciphertexts made before it decrypt after it, the domain key is the same.
+/// </summary>
+[Collection(ReinitializationGroup.Name)]
+public sealed class RecycleTests
+{
+    [Theory]
+    [InlineData(10)] // bounded calls: each native call runs on its own task
+    [InlineData(0)] // unbounded: on the caller's thread
+    public async Task CopiesChurnPastTheThreshold_ModuleReinitialisedBetweenCalls_NoCallFails(int callTimeoutSeconds)
+    {
+        var options = SoftHsm.CreateToken().Options(cacheCapacity: 4);
+        options.RecycleAfterDestroyedObjects = 40;
+        options.CallTimeout = TimeSpan.FromSeconds(callTimeoutSeconds);
+        var logger = new ListLogger();
+        await using var hsm = Pkcs11Hsm.Open(options, logger);
+        var keys = new KeyMaterialRef[24];
+        var sealedBefore = new byte[keys.Length][];
+        for (var i = 0; i < keys.Length; i++)
+        {
+            keys[i] = new KeyMaterialRef(KeyVersionId.NewId(), await hsm.GenerateAes256KeyAsync(default));
+            sealedBefore[i] = await hsm.EncryptAesGcmAsync(keys[i], new byte[12], [], [(byte)i], default);
+        }
+
+        var moduleGeneration = hsm.Module.Generation;
+        var checkValue = hsm.DomainKeyCheckValue;
+
+        // Four callers, each asking for keys the cache of 4 cannot all hold: nearly every call
+        // unwraps a copy and destroys another (a later call does, MemoryCache reporting evictions
+        // asynchronously), so the threshold of 40 is crossed again and again while calls are
+        // running. They go on until three recycles have happened (or give up after 3,000 rounds each).
+        var workers = Enumerable.Range(0, 4).Select(worker => Task.Run(async () =>
+        {
+            for (var i = 0; hsm.Recycles < 3 && i < 3000; i++)
+            {
+                var k = (worker * 7 + i * 5) % keys.Length;
+                Assert.Equal([(byte)k], await hsm.DecryptAesGcmAsync(keys[k], new byte[12], [], sealedBefore[k], default));
+                var iv = RandomNumberGenerator.GetBytes(12);
+                var plaintext = RandomNumberGenerator.GetBytes(1 + i % 40);
+                var sealedNow = await hsm.EncryptAesGcmAsync(keys[k], iv, [], plaintext, default);
+                Assert.Equal(plaintext, await hsm.DecryptAesGcmAsync(keys[k], iv, [], sealedNow, default));
+            }
+        })).ToList();
+        await Task.WhenAll(workers);
+
+        Assert.True(hsm.Recycles >= 3, $"{hsm.Recycles} recycles");
+        Assert.True(hsm.Module.Generation >= moduleGeneration + hsm.Recycles);
+        Assert.Equal(checkValue, hsm.DomainKeyCheckValue);
+        Assert.Equal(hsm.Recycles, logger.Messages.Count(m => m.Contains("re-initialised after", StringComparison.Ordinal)));
+        Assert.DoesNotContain(logger.Messages, m => m.Contains("lost", StringComparison.Ordinal) || m.Contains("failed", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task ThresholdZero_NeverRecycles()
+    {
+        var options = SoftHsm.CreateToken().Options(cacheCapacity: 2);
+        options.RecycleAfterDestroyedObjects = 0;
+        await using var hsm = Pkcs11Hsm.Open(options, NullLogger.Instance);
+        var keys = new KeyMaterialRef[6];
+        for (var i = 0; i < keys.Length; i++)
+        {
+            keys[i] = new KeyMaterialRef(KeyVersionId.NewId(), await hsm.GenerateAes256KeyAsync(default));
+        }
+
+        // Evicted copies are destroyed by later calls (MemoryCache reports evictions asynchronously):
+        // call until 50 have been, whatever the pace.
+        var moduleGeneration = hsm.Module.Generation;
+        for (var i = 0; hsm.Module.DestroyedObjects < 56 && i < 20_000; i++)
+        {
+            _ = await hsm.EncryptAesGcmAsync(keys[i % keys.Length], new byte[12], [], [1], default);
+        }
+
+        Assert.Equal(0, hsm.Recycles);
+        Assert.Equal(moduleGeneration, hsm.Module.Generation);
+        Assert.True(hsm.Module.DestroyedObjects >= 56, $"{hsm.Module.DestroyedObjects} destroyed"); // the churn happened, and nothing gave it back
+    }
+
+    [Fact]
+    public async Task ModuleReinitialisedByAnotherUser_NextCallStartsAgainAndServes()
+    {
+        // A region's adapter shares the module: its recovery (or recycle) re-initialises the
+        // library under this one, whose sessions died with it. The next call is no failure.
+        await using var hsm = Pkcs11Hsm.Open(SoftHsm.CreateToken().Options(), NullLogger.Instance);
+        var key = new KeyMaterialRef(KeyVersionId.NewId(), await hsm.GenerateAes256KeyAsync(default));
+        var sealedBytes = await hsm.EncryptAesGcmAsync(key, new byte[12], [], [7, 7], default);
+        var checkValue = hsm.DomainKeyCheckValue;
+
+        hsm.Module.Reinitialize(hsm.Module.Generation);
+
+        Assert.Equal([7, 7], await hsm.DecryptAesGcmAsync(key, new byte[12], [], sealedBytes, default));
+        Assert.Equal(checkValue, hsm.DomainKeyCheckValue);
+    }
+}
