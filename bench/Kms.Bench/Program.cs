@@ -12,6 +12,7 @@ using Kms.Bench;
 // dotnet run -c Release --project bench/Kms.Bench -- envelope [BenchmarkDotNet arguments]
 // dotnet run -c Release --project bench/Kms.Bench -- envelope-stream [MiB]
 // dotnet run -c Release --project bench/Kms.Bench -- commit [commits]
+// dotnet run -c Release --project bench/Kms.Bench -- hsm-churn [calls] [recycle after]   (native memory an unwrapped-then-destroyed copy leaves behind)
 // dotnet run -c Release --project bench/Kms.Bench -- sign [seconds per step] [concurrencies, comma-separated]
 // DOTNET_TieredCompilation=0 dotnet run -c Release --project bench/Kms.Bench -- storage [seconds per setup] [concurrency] [rounds]
 switch (args.FirstOrDefault())
@@ -24,6 +25,10 @@ switch (args.FirstOrDefault())
         return 0;
     case "envelope-stream":
         return await EnvelopeStreamBench.RunAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1024);
+    case "hsm-churn":
+        return await HsmChurnBench.RunAsync(
+            args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 200_000,
+            args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 0);
     case "commit":
         return await CommitCost.RunAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 2000);
     case "perf":
@@ -76,7 +81,7 @@ switch (args.FirstOrDefault())
             args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 16,
             args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 2);
     default:
-        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | cache-policy [keys] [capacity] [lookups] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency rounds generate|decrypt [A args] -- [B args] | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2]");
+        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | cache-policy [keys] [capacity] [lookups] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency rounds generate|decrypt [A args] -- [B args] | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | hsm-churn [calls] [recycle after] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2]");
         return 2;
 }
 
