@@ -65,17 +65,7 @@ public sealed partial class Pkcs11Hsm
 
                 _state = null;
                 _module.Reinitialize(current.ModuleGeneration);
-                var fresh = OpenSlot();
-                if (!string.Equals(fresh.CheckValue, DomainKeyCheckValue, StringComparison.Ordinal))
-                {
-                    _module.Call(_ =>
-                    {
-                        fresh.Dispose();
-                        return 0;
-                    });
-                    throw new HsmConfigurationException(
-                        $"after re-initialising, the token's domain key has check value {fresh.CheckValue}, not {DomainKeyCheckValue}; staying unavailable");
-                }
+                var fresh = SameDomainKey(OpenSlot(), "re-initialising");
 
                 _state = fresh;
                 Interlocked.Increment(ref _recycles);

@@ -602,18 +602,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
                 _state = null;
             }
 
-            var fresh = OpenSlotReinitializingIfNeeded(observed?.ModuleGeneration ?? _module.Generation);
-            if (!string.Equals(fresh.CheckValue, DomainKeyCheckValue, StringComparison.Ordinal))
-            {
-                _module.Call(_ =>
-                {
-                    fresh.Dispose();
-                    return 0;
-                });
-                throw new HsmConfigurationException(
-                    $"after recovery the token's domain key has check value {fresh.CheckValue}, not {DomainKeyCheckValue}; staying unavailable");
-            }
-
+            var fresh = SameDomainKey(OpenSlotReinitializingIfNeeded(observed?.ModuleGeneration ?? _module.Generation), "recovery");
             _state = fresh;
             Log.Recovered(_logger, fresh.Cache.Generation, fresh.ModuleGeneration);
             return fresh;
@@ -627,6 +616,23 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         {
             _recovery.Release();
         }
+    }
+
+    // A re-opened slot must hold the domain key it held before (same check value), or it is closed again and the adapter stays unavailable.
+    private SlotState SameDomainKey(SlotState fresh, string after)
+    {
+        if (string.Equals(fresh.CheckValue, DomainKeyCheckValue, StringComparison.Ordinal))
+        {
+            return fresh;
+        }
+
+        _module.Call(_ =>
+        {
+            fresh.Dispose();
+            return 0;
+        });
+        throw new HsmConfigurationException(
+            $"after {after} the token's domain key has check value {fresh.CheckValue}, not {DomainKeyCheckValue}; staying unavailable");
     }
 
     private SlotState OpenSlotReinitializingIfNeeded(long observedModuleGeneration)
