@@ -27,6 +27,9 @@ public sealed partial class Pkcs11Hsm
 
     private int _recycles;
 
+    /// <summary>A recycle is under way (tests).</summary>
+    internal bool Recycling => Volatile.Read(ref _recycling) == 1;
+
     private long RecycleThreshold => _options.RecycleAfterDestroyedObjects ?? _profile.RecycleAfterDestroyedObjects;
 
     // Called after each successful C_DestroyObject of a session object (under the module gate:
