@@ -5,6 +5,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Kms.Client;
 using Kms.Core.Ports;
+using Kms.Hsm;
 using Kms.Storage;
 using Microsoft.Extensions.DependencyInjection;
 
@@ -38,6 +39,7 @@ internal static class ZipfBench
         {
             using var client = LoadGenerator.Connect(app, root);
             var store = (SqlStore)app.Services.GetRequiredService<IKeyStore>();
+            var hsm = (Pkcs11Hsm)app.Services.GetRequiredService<IHsm>();
             var context = new Dictionary<string, string> { ["bench"] = "zipf" };
 
             // Keys and one ciphertext each, made through the API (concurrently; not measured).
@@ -77,23 +79,27 @@ internal static class ZipfBench
             var rounds = new JsonArray();
             var ratios = new List<double>();
             Console.WriteLine();
-            Console.WriteLine("| round | 10 keys ops/s | p99 ms | Zipf ops/s | p99 ms | Zipf ÷ 10 keys | handle-cache misses per call | unwraps | object searches | metadata hits | RSS MiB |");
-            Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            Console.WriteLine("| round | 10 keys ops/s | p99 ms | Zipf ops/s | p99 ms | Zipf ÷ 10 keys | handle-cache misses per call | unwraps | object searches | metadata hits | metadata misses unconfirmed | metadata forgotten | unwrapped, not cached | RSS MiB |");
+            Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             for (var round = 1; round <= 3; round++)
             {
                 var a = await LoadLoops.ClosedAsync(concurrency, duration, few);
                 var (hitsBefore, missesBefore, searchesBefore) = counters.Read();
-                var (metaHitsBefore, metaMissesBefore) = store.MetadataCacheStatistics;
+                var (metaHitsBefore, metaMissesBefore, unconfirmedBefore, forgottenBefore) = store.MetadataCacheStatistics;
+                var notCachedBefore = KeyHandleCache.NotCachedAfterUnwrap;
                 var b = await LoadLoops.ClosedAsync(concurrency, duration, many);
                 var (hits, misses, searches) = counters.Read();
-                var (metaHits, metaMisses) = store.MetadataCacheStatistics;
+                var (metaHits, metaMisses, unconfirmed, forgotten) = store.MetadataCacheStatistics;
+                var notCached = KeyHandleCache.NotCachedAfterUnwrap - notCachedBefore;
                 failed += a.Errors + a.Shed + b.Errors + b.Shed;
                 var ratio = b.OpsPerSecond / a.OpsPerSecond;
                 ratios.Add(ratio);
                 var missRate = (double)(misses - missesBefore) / Math.Max(1, hits - hitsBefore + misses - missesBefore);
-                var metaHitRate = (double)(metaHits - metaHitsBefore) / Math.Max(1, metaHits - metaHitsBefore + metaMisses - metaMissesBefore);
+                var lookups = Math.Max(1, metaHits - metaHitsBefore + metaMisses - metaMissesBefore);
+                var metaHitRate = (double)(metaHits - metaHitsBefore) / lookups;
+                var unconfirmedRate = (double)(unconfirmed - unconfirmedBefore) / lookups;
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {round} | {a.OpsPerSecond:N0} | {a.P99:F2} | {b.OpsPerSecond:N0} | {b.P99:F2} | {ratio:F2} | {missRate:P1} | {misses - missesBefore:N0} | {searches - searchesBefore} | {metaHitRate:P1} | {ProcessMemory.RssMiB():F0} |"));
+                    $"| {round} | {a.OpsPerSecond:N0} | {a.P99:F2} | {b.OpsPerSecond:N0} | {b.P99:F2} | {ratio:F2} | {missRate:P1} | {misses - missesBefore:N0} | {searches - searchesBefore} | {metaHitRate:P1} | {unconfirmedRate:P1} | {forgotten - forgottenBefore:N0} | {notCached:N0} | {ProcessMemory.RssMiB():F0} |"));
                 rounds.Add(new JsonObject
                 {
                     ["ten_keys"] = PerfSuite.Json(a),
@@ -103,6 +109,9 @@ internal static class ZipfBench
                     ["unwraps"] = misses - missesBefore,
                     ["object_searches"] = searches - searchesBefore,
                     ["metadata_cache_hit_rate"] = metaHitRate,
+                    ["metadata_cache_unconfirmed_rate"] = unconfirmedRate,
+                    ["metadata_cache_forgotten"] = forgotten - forgottenBefore,
+                    ["handle_copies_not_cached"] = notCached,
                     ["rss_mib"] = ProcessMemory.RssMiB(),
                 });
             }
@@ -111,6 +120,18 @@ internal static class ZipfBench
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"median Zipf ÷ 10 keys: {ratios[1]:F2}"));
             results["rounds"] = rounds;
             results["median_ratio"] = ratios[1];
+
+            // For a profiler: each load alone for a while, announced with the process id (docs/benchmarks.md, "Zipf").
+            if (int.TryParse(Environment.GetEnvironmentVariable("KMS_ZIPF_HOLD_SECONDS"), CultureInfo.InvariantCulture, out var hold) && hold > 0)
+            {
+                foreach (var (name, load) in new[] { ("10 keys", few), ("zipf", many) })
+                {
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"hold {name}: pid {Environment.ProcessId} for {hold} s"));
+                    var r = await LoadLoops.ClosedAsync(concurrency, TimeSpan.FromSeconds(hold), load);
+                    failed += r.Errors + r.Shed;
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"hold {name} done: {r.OpsPerSecond:N0} ops/s, p99 {r.P99:F2} ms"));
+                }
+            }
 
             // Soak: the Zipf load for a while, RSS sampled every 10 s, the process settled every 5 minutes.
             if (soak > TimeSpan.Zero)
@@ -136,8 +157,8 @@ internal static class ZipfBench
                     var r = await LoadLoops.ClosedAsync(concurrency, step, many);
                     failed += r.Errors + r.Shed;
                     var rss = ProcessMemory.RssMiB();
-                    samples.Add(new JsonObject { ["seconds"] = Math.Round(soakClock.Elapsed.TotalSeconds), ["rss_mib"] = rss, ["ops_per_second"] = r.OpsPerSecond, ["p99_ms"] = r.P99 });
-                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {soakClock.Elapsed.TotalSeconds:F0} s: {r.OpsPerSecond:N0} ops/s, p99 {r.P99:F2} ms, RSS {rss:F0} MiB"));
+                    samples.Add(new JsonObject { ["seconds"] = Math.Round(soakClock.Elapsed.TotalSeconds), ["rss_mib"] = rss, ["ops_per_second"] = r.OpsPerSecond, ["p99_ms"] = r.P99, ["hsm_recycles"] = hsm.Recycles });
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {soakClock.Elapsed.TotalSeconds:F0} s: {r.OpsPerSecond:N0} ops/s, p99 {r.P99:F2} ms, RSS {rss:F0} MiB, HSM recycles {hsm.Recycles}"));
                 }
 
                 settled.Add(ProcessMemory.Settle(soakClock.Elapsed));

@@ -82,8 +82,13 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
 
     private int _metadataCapacity = DefaultMetadataCacheCapacity;
 
-    /// <summary>Metadata reads answered from memory and from the database since start.</summary>
-    public (long Hits, long Misses) MetadataCacheStatistics => (Interlocked.Read(ref _metadata.Hits), Interlocked.Read(ref _metadata.Misses));
+    /// <summary>
+    /// Metadata reads answered from memory and from the database since start; of the latter, those read
+    /// only because the change feed had not confirmed coherence recently; and how often everything
+    /// remembered was forgotten (a write here, or a change read from the feed).
+    /// </summary>
+    public (long Hits, long Misses, long Unconfirmed, long Invalidations) MetadataCacheStatistics =>
+        (Interlocked.Read(ref _metadata.Hits), Interlocked.Read(ref _metadata.Misses), Interlocked.Read(ref _metadata.Unconfirmed), _metadata.Generation);
 
     /// <inheritdoc />
     public void InvalidateMetadata() => _metadata.Invalidate();
