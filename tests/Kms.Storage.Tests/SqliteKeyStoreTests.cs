@@ -495,6 +495,43 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         Assert.Equal(0, node.MetadataCacheStatistics.Hits);
     }
 
+    [Fact]
+    public async Task HotReads_ManyConcurrentCallers_EachGetsItsOwnRow_AndIdleReadersHoldBackNoCheckpoint()
+    {
+        // Every read goes to the database, on the store's kept-open connections with compiled statements.
+        var node = await OpenAsync();
+        node.MetadataCacheCapacity = 0;
+        var keys = new List<(KeyName Name, KeyVersionId Version, byte[] Material)>();
+        for (var i = 0; i < 20; i++)
+        {
+            var name = new KeyName(Dev, $"k{i}");
+            var material = Material();
+            await node.CreateKeyAsync(NewKey(Dev, name.KeyId), material, null, default);
+            keys.Add((name, (await node.GetPrimaryMaterialAsync(name, default))!.Version.Id, material.Bytes.ToArray()));
+        }
+
+        // Parameters of one caller never reach another's statement.
+        await Task.WhenAll(Enumerable.Range(0, 400).Select(i => Task.Run(async () =>
+        {
+            var (name, version, material) = keys[i % keys.Count];
+            var byId = await node.FindVersionMaterialAsync(Dev, version, default);
+            Assert.Equal(name, byId!.Key.Name);
+            Assert.Equal(material, byId.Material!.Bytes.ToArray());
+            Assert.Equal(version, (await node.GetPrimaryMaterialAsync(name, default))!.Version.Id);
+            Assert.Null(await node.FindVersionMaterialAsync(Acme, version, default));
+        })));
+
+        // A statement is reset when its read ends: no idle connection keeps a snapshot open, so a
+        // truncating checkpoint (what erasure runs after a destroy) completes.
+        await using var connection = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
+        await connection.OpenAsync();
+        await using var checkpoint = connection.CreateCommand();
+        checkpoint.CommandText = "PRAGMA wal_checkpoint(TRUNCATE)";
+        await using var reader = await checkpoint.ExecuteReaderAsync();
+        Assert.True(await reader.ReadAsync());
+        Assert.Equal(0, reader.GetInt64(0));
+    }
+
     private static Task<KeyWithVersions?> DisableAsync(SqliteStore store, string keyId) =>
         store.UpdateKeyAsync(new KeyName(Dev, keyId), current => new KeyChange(current.Key with { State = KeyState.Disabled }), default);
 

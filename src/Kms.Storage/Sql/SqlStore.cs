@@ -56,6 +56,16 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         JOIN key_versions p ON p.tenant = k.tenant AND p.key_id = k.key_id AND p.version = k.primary_version
         """;
 
+    // The hot path's reads (HotReadAsync): a key with its primary version's material, a version by id with its key.
+    private static readonly string PrimaryMaterialSql = $"SELECT {KeyColumns}, p.material {KeyJoin} WHERE k.tenant = @tenant AND k.key_id = @key_id";
+
+    private static readonly string VersionMaterialSql = $"""
+        SELECT {KeyColumns}, {OtherVersionColumns}, v.material
+        {KeyJoin}
+        JOIN key_versions v ON v.tenant = k.tenant AND v.key_id = k.key_id
+        WHERE v.version_id = @version_id AND v.tenant = @tenant
+        """;
+
     private readonly AuditWriter _auditWriter;
     private MetadataCache _metadata = new(DefaultMetadataCacheCapacity);
 
@@ -265,20 +275,14 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             : RememberAsync(name, ReadPrimaryMaterialAsync(name, _metadata.Generation, cancellationToken));
 
     private Task<(KeyVersionMaterial? Value, long Generation)> ReadPrimaryMaterialAsync(KeyName name, long generation, CancellationToken cancellationToken) =>
-        WithGeneration(generation, ReadAsync(async connection =>
-        {
-            await using var command = Command(connection,
-                $"SELECT {KeyColumns}, p.material {KeyJoin} WHERE k.tenant = @tenant AND k.key_id = @key_id",
-                ("@tenant", name.Tenant.Value), ("@key_id", name.KeyId));
-            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-            if (!await reader.ReadAsync(cancellationToken))
+        WithGeneration(generation, HotReadAsync(
+            PrimaryMaterialSql,
+            reader =>
             {
-                return null;
-            }
-
-            var key = ReadKey(reader);
-            return new KeyVersionMaterial(key, key.Primary, ReadMaterial(reader, KeyColumnCount));
-        }, cancellationToken));
+                var key = ReadKey(reader);
+                return new KeyVersionMaterial(key, key.Primary, ReadMaterial(reader, KeyColumnCount));
+            },
+            cancellationToken, ("@tenant", name.Tenant.Value), ("@key_id", name.KeyId)));
 
     /// <inheritdoc />
     public Task<KeyVersionMaterial?> FindVersionMaterialAsync(TenantId tenant, KeyVersionId id, CancellationToken cancellationToken) =>
@@ -287,24 +291,14 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             : RememberAsync((tenant, id), ReadVersionMaterialAsync(tenant, id, _metadata.Generation, cancellationToken));
 
     private Task<(KeyVersionMaterial? Value, long Generation)> ReadVersionMaterialAsync(TenantId tenant, KeyVersionId id, long generation, CancellationToken cancellationToken) =>
-        WithGeneration(generation, ReadAsync(async connection =>
-        {
-            await using var command = Command(connection, $"""
-                SELECT {KeyColumns}, {OtherVersionColumns}, v.material
-                {KeyJoin}
-                JOIN key_versions v ON v.tenant = k.tenant AND v.key_id = k.key_id
-                WHERE v.version_id = @version_id AND v.tenant = @tenant
-                """,
-                ("@tenant", tenant.Value), ("@version_id", id.ToBytes()));
-            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-            if (!await reader.ReadAsync(cancellationToken))
+        WithGeneration(generation, HotReadAsync(
+            VersionMaterialSql,
+            reader =>
             {
-                return null;
-            }
-
-            var key = ReadKey(reader);
-            return new KeyVersionMaterial(key, ReadVersion(reader, KeyColumnCount, key.Name), ReadMaterial(reader, KeyColumnCount + VersionColumnCount));
-        }, cancellationToken));
+                var key = ReadKey(reader);
+                return new KeyVersionMaterial(key, ReadVersion(reader, KeyColumnCount, key.Name), ReadMaterial(reader, KeyColumnCount + VersionColumnCount));
+            },
+            cancellationToken, ("@tenant", tenant.Value), ("@version_id", id.ToBytes())));
 
     /// <inheritdoc />
     public Task<RequestRecord?> FindRequestAsync(TenantId tenant, string requestId, CancellationToken cancellationToken) =>
@@ -862,6 +856,19 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         command.Transaction = transaction;
         await command.ExecuteNonQueryAsync(cancellationToken);
     }
+
+    /// <summary>
+    /// A read on the hot path (a metadata-cache miss): the first row of <paramref name="sql"/>, mapped,
+    /// or null. A backend may keep the statement compiled between calls; by default it is a read like any other.
+    /// </summary>
+    private protected virtual Task<T?> HotReadAsync<T>(string sql, Func<DbDataReader, T> map, CancellationToken cancellationToken, params (string Name, object Value)[] parameters)
+        where T : class =>
+        ReadAsync<T?>(async connection =>
+        {
+            await using var command = Command(connection, sql, parameters);
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            return await reader.ReadAsync(cancellationToken) ? map(reader) : null;
+        }, cancellationToken);
 
     private protected Task<T> ReadAsync<T>(Func<DbConnection, Task<T>> read, CancellationToken cancellationToken) =>
         GuardAsync(async () =>

@@ -22,6 +22,10 @@ public sealed partial class SqliteStore : SqlStore
     private readonly string _unpooledConnectionString;
     private readonly string _pragmas;
 
+    // Hot-path reads on connections of their own, statements compiled once (PreparedReaders).
+    private const int MaxIdleReaders = 8;
+    private readonly PreparedReaders _readers;
+
     // Physical connections (pooled) that have had the pragmas applied; they keep them.
     private readonly System.Runtime.CompilerServices.ConditionalWeakTable<object, object> _configured = [];
 
@@ -40,6 +44,7 @@ public sealed partial class SqliteStore : SqlStore
         _unpooledConnectionString = new SqliteConnectionStringBuilder(_connectionString) { Pooling = false }.ToString();
         _pragmas = $"PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {(int)options.BusyTimeout.TotalMilliseconds};";
         DatabasePath = Path.GetFullPath(options.DatabasePath);
+        _readers = new PreparedReaders(cancellationToken => OpenConnectionAsync(cancellationToken, pooled: false), MaxIdleReaders);
     }
 
     /// <summary>The database file.</summary>
@@ -126,7 +131,18 @@ public sealed partial class SqliteStore : SqlStore
         {
             using var any = new SqliteConnection(_connectionString);
             SqliteConnection.ClearPool(any);
+            _readers.DropAll();
         }
+    }
+
+    private protected override Task<T?> HotReadAsync<T>(string sql, Func<DbDataReader, T> map, CancellationToken cancellationToken, params (string Name, object Value)[] parameters)
+        where T : class =>
+        GuardAsync(() => _readers.ReadFirstAsync(sql, map, cancellationToken, parameters), this);
+
+    private protected override ValueTask DisposeCoreAsync()
+    {
+        _readers.Dispose();
+        return base.DisposeCoreAsync();
     }
 
     // Serializable is BEGIN IMMEDIATE: the database's one write lock, taken at the start.
