@@ -99,7 +99,7 @@ public sealed class AlgorithmFixture : IAsyncLifetime
         }
 
         profile["name"] = "softhsm2-measuring";
-        var path = Path.Combine(Path.GetTempPath(), $"kms-profile-{Guid.NewGuid():N}.json");
+        var path = Scratch.NewPath("kms-profile-", ".json");
         File.WriteAllText(path, profile.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         return path;
     }

@@ -24,7 +24,7 @@ public sealed class AuditTests : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
-        var stream = Path.Combine(Path.GetTempPath(), $"kms-audit-stream-{Guid.NewGuid():N}.jsonl");
+        var stream = Scratch.NewPath("kms-audit-stream-", ".jsonl");
         _server = await KmsTestServer.StartAsync(null, null, "dev", (Action<IServiceCollection>?)null,
             $"--Kms:Audit:StreamPath={stream}", "--Storage:Sqlite:BusyTimeout=00:00:01");
         _developer = _server.CreateClient();

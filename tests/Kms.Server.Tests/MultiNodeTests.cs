@@ -211,7 +211,7 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
     public async Task ExportBackup_OnPostgres_RefusedWhenRequested_NotAfterTheOfficersSigned()
     {
         using var officers = new TestOfficers("alice", "bob");
-        var genesis = Path.Combine(Path.GetTempPath(), "kms-genesis-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".json");
+        var genesis = Scratch.NewPath("kms-genesis-", ".json");
         Kms.Core.Quorum.GenesisFile.Write(genesis, Kms.Core.Quorum.OfficerSet.CreateGenesis(officers.Select("alice", "bob"), 2));
         try
         {
@@ -256,7 +256,7 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
             session.ImportDomainKey(_domainKey, "kms-domain-key", DomainKeyId);
         }
 
-        var dataDir = Directory.CreateDirectory(Path.Combine(Path.GetTempPath(), "kms-node-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4)))).FullName;
+        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-node-")).FullName;
         ShareTls(sharingTlsWith, dataDir);
 
         return await ServerProcess.StartAsync(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId,
@@ -339,7 +339,7 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
             }
         }
 
-        var dataDir = Path.Combine(Path.GetTempPath(), "kms-node-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4)));
+        var dataDir = Scratch.NewPath("kms-node-");
         if (shareTlsWith is not null)
         {
             ShareTls(shareTlsWith, dataDir);

@@ -92,7 +92,7 @@ public sealed class TransportTests(ServerFixture fixture) : IClassFixture<Server
             "--urls=https://127.0.0.1:0",
             $"--Kms:TlsCertificatePath={Path.Combine(fixture.Server.DataDir, "tls", "server.crt")}",
             $"--Kms:TlsKeyPath={Path.Combine(fixture.Server.DataDir, "tls", "server.key")}",
-            $"--Storage:Sqlite:DatabasePath={Path.Combine(Path.GetTempPath(), $"kms-nodev-{Guid.NewGuid():N}.db")}",
+            $"--Storage:Sqlite:DatabasePath={Kms.Testing.Scratch.NewPath("kms-nodev-", ".db")}",
             $"--Hsm:TokenLabel={fixture.Server.Token.Label}",
             $"--Hsm:PinFile={fixture.Server.Token.PinFile}",
             "--Hsm:DevMode=true",

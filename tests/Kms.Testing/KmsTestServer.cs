@@ -58,7 +58,7 @@ public sealed class KmsTestServer : IAsyncDisposable
     public static async Task<KmsTestServer> StartAsync(TestToken? token, string? dataDir, string tenant, Action<IServiceCollection>? configureServices, params string[] extraArgs)
     {
         token ??= SoftHsm.CreateToken();
-        dataDir ??= Path.Combine(Path.GetTempPath(), "kms-server-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        dataDir ??= Scratch.NewPath("kms-server-");
         var logs = new LogCapture();
         string[] args =
         [
