@@ -13,24 +13,28 @@ namespace Kms.Storage.Sqlite;
 /// compilation cost more than the lookup (docs/benchmarks.md, "Zipf"). A caller takes an idle
 /// connection (or opens one), runs its statement with new parameter values, and puts it back.
 /// A statement's reader is disposed before the connection goes back, which resets the statement:
-/// an idle connection holds no snapshot, so it never holds back a checkpoint. A connection whose
-/// read failed is closed, not put back; <see cref="DropAll"/> (after a database fault, and at
-/// disposal) closes every idle one and keeps those in use from coming back.
+/// an idle connection holds no snapshot, so it never holds back a checkpoint. At most
+/// <c>max</c> connections exist; a caller that finds none idle and the bound reached runs its read
+/// the ordinary way (<c>fallback</c>: a pooled connection, the statement compiled for it), so a burst
+/// never opens and closes connections. A connection whose read failed is closed, not put back;
+/// <see cref="DropAll"/> (after a database fault, and at disposal) closes every idle one, and those
+/// in use, or opened before it, are closed when they next come back.
 /// </remarks>
-internal sealed class PreparedReaders(Func<CancellationToken, Task<DbConnection>> open, int maxIdle) : IDisposable
+internal sealed class PreparedReaders(Func<CancellationToken, Task<DbConnection>> open, int max) : IDisposable
 {
     private readonly ConcurrentBag<Reader> _idle = [];
     private long _epoch;
+    private int _live;
     private int _disposed;
 
     /// <summary>Runs <paramref name="sql"/> and maps its first row (null when there is none).</summary>
-    public async Task<T?> ReadFirstAsync<T>(string sql, Func<DbDataReader, T> map, CancellationToken cancellationToken, params (string Name, object Value)[] parameters)
+    public async Task<T?> ReadFirstAsync<T>(string sql, Func<DbDataReader, T> map, Func<Task<T?>> fallback, CancellationToken cancellationToken, params (string Name, object Value)[] parameters)
         where T : class
     {
-        var epoch = Volatile.Read(ref _epoch);
-        if (!_idle.TryTake(out var reader))
+        var reader = await RentAsync(cancellationToken).ConfigureAwait(false);
+        if (reader is null)
         {
-            reader = new Reader((SqliteConnection)await open(cancellationToken).ConfigureAwait(false), epoch);
+            return await fallback().ConfigureAwait(false);
         }
 
         try
@@ -42,7 +46,7 @@ internal sealed class PreparedReaders(Func<CancellationToken, Task<DbConnection>
                 result = await rows.ReadAsync(cancellationToken).ConfigureAwait(false) ? map(rows) : null;
             }
 
-            if (reader.Epoch == Volatile.Read(ref _epoch) && Volatile.Read(ref _disposed) == 0 && _idle.Count < maxIdle)
+            if (reader.Epoch == Volatile.Read(ref _epoch) && Volatile.Read(ref _disposed) == 0)
             {
                 _idle.Add(reader);
                 reader = null;
@@ -52,18 +56,58 @@ internal sealed class PreparedReaders(Func<CancellationToken, Task<DbConnection>
         }
         finally
         {
-            reader?.Dispose();
+            if (reader is not null)
+            {
+                Close(reader);
+            }
         }
     }
 
-    /// <summary>Closes every idle connection; those in use are closed when their read ends.</summary>
+    /// <summary>Closes every idle connection; the others are closed when they come back.</summary>
     public void DropAll()
     {
         Interlocked.Increment(ref _epoch);
         while (_idle.TryTake(out var reader))
         {
-            reader.Dispose();
+            Close(reader);
         }
+    }
+
+    // An idle connection of the current epoch; else a new one within the bound; else null.
+    private async Task<Reader?> RentAsync(CancellationToken cancellationToken)
+    {
+        var epoch = Volatile.Read(ref _epoch);
+        while (_idle.TryTake(out var idle))
+        {
+            if (idle.Epoch == epoch)
+            {
+                return idle;
+            }
+
+            Close(idle); // put back by a read that raced DropAll
+        }
+
+        if (Interlocked.Increment(ref _live) > max)
+        {
+            Interlocked.Decrement(ref _live);
+            return null;
+        }
+
+        try
+        {
+            return new Reader((SqliteConnection)await open(cancellationToken).ConfigureAwait(false), epoch);
+        }
+        catch
+        {
+            Interlocked.Decrement(ref _live);
+            throw;
+        }
+    }
+
+    private void Close(Reader reader)
+    {
+        reader.Dispose();
+        Interlocked.Decrement(ref _live);
     }
 
     public void Dispose()

@@ -23,7 +23,7 @@ public sealed partial class SqliteStore : SqlStore
     private readonly string _pragmas;
 
     // Hot-path reads on connections of their own, statements compiled once (PreparedReaders).
-    private const int MaxIdleReaders = 8;
+    private const int MaxReaders = 8;
     private readonly PreparedReaders _readers;
 
     // Physical connections (pooled) that have had the pragmas applied; they keep them.
@@ -44,7 +44,7 @@ public sealed partial class SqliteStore : SqlStore
         _unpooledConnectionString = new SqliteConnectionStringBuilder(_connectionString) { Pooling = false }.ToString();
         _pragmas = $"PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {(int)options.BusyTimeout.TotalMilliseconds};";
         DatabasePath = Path.GetFullPath(options.DatabasePath);
-        _readers = new PreparedReaders(cancellationToken => OpenConnectionAsync(cancellationToken, pooled: false), MaxIdleReaders);
+        _readers = new PreparedReaders(cancellationToken => OpenConnectionAsync(cancellationToken, pooled: false), MaxReaders);
     }
 
     /// <summary>The database file.</summary>
@@ -137,7 +137,7 @@ public sealed partial class SqliteStore : SqlStore
 
     private protected override Task<T?> HotReadAsync<T>(string sql, Func<DbDataReader, T> map, CancellationToken cancellationToken, params (string Name, object Value)[] parameters)
         where T : class =>
-        GuardAsync(() => _readers.ReadFirstAsync(sql, map, cancellationToken, parameters), this);
+        GuardAsync(() => _readers.ReadFirstAsync(sql, map, () => base.HotReadAsync(sql, map, cancellationToken, parameters), cancellationToken, parameters), this);
 
     private protected override ValueTask DisposeCoreAsync()
     {
