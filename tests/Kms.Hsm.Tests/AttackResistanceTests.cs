@@ -20,6 +20,7 @@ namespace Kms.Hsm.Tests;
 /// C_SetAttributeValue(CKA_DECRYPT) on it, unwrapping a stored blob as readable or extractable,
 /// unwrapping with another mechanism, copying the domain key.
 /// </remarks>
+[Collection(ExternalTokenWriters.Name)]
 public sealed class AttackResistanceTests(HsmFixture fixture, ITestOutputHelper output) : IClassFixture<HsmFixture>
 {
     private static readonly KeyAlgorithm[] Algorithms =
@@ -312,4 +313,14 @@ public sealed class AttackResistanceTests(HsmFixture fixture, ITestOutputHelper 
             session.DestroyObject(handle);
         }
     }
+}
+
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class ExternalTokenWriters
+{
+    // pkcs11-tool, a process of its own, writes objects into a token directory this process's SoftHSM
+    // also reads. A CI run (at d606493) lost the fixture's token while these tests ran beside others
+    // (not found by label, then CKR_GENERAL_ERROR from every C_GetTokenInfo: 42 tests failed); the
+    // likely cause is SoftHSM reading an object file another process was writing. Run alone.
+    public const string Name = "external writers of a token";
 }
