@@ -119,8 +119,11 @@ public sealed class HsmFaultTests(ITestOutputHelper output)
     [Fact]
     public async Task Hang_ManyConcurrentCallers_AtMostOnePoolOfCallsAbandoned_RestRefusedFast()
     {
+        // Both sessions must be taken before the first hung call's bound ends (it faults the generation,
+        // and later callers are refused without hanging): 2 s leaves a loaded machine time to schedule
+        // the second (at 500 ms a CI run saw only one hang).
         var options = SoftHsm.CreateToken().Options(sessions: 2);
-        options.CallTimeout = TimeSpan.FromMilliseconds(500);
+        options.CallTimeout = TimeSpan.FromSeconds(2);
         await using var hsm = Pkcs11Hsm.Open(options, NullLogger.Instance);
 
         hsm.Faults.Hang();
