@@ -26,7 +26,7 @@ internal sealed record StepResult(double OpsPerSecond, double P50, double P90, d
 }
 
 /// <summary>Closed and open loops over any async call.</summary>
-internal static class LoadLoops
+internal static partial class LoadLoops
 {
     /// <summary>
     /// A closed loop: <paramref name="concurrency"/> workers call back to back for
@@ -72,52 +72,66 @@ internal static class LoadLoops
         var start = Stopwatch.GetTimestamp();
         var total = (long)(ratePerSecond * duration.TotalSeconds);
         var pending = new List<Task>((int)Math.Min(total, 1_000_000));
-        long sent = 0;
-        while (sent < total)
+
+        // The schedule runs on a thread of its own that sleeps until the next call is due
+        // (nanosleep: tens of microseconds late on Linux, and no CPU while it waits). It used to
+        // be a loop of Task.Yield whenever the next call was under 2 ms away — always, above 500
+        // calls/s — which kept one of this machine's two cores busy doing nothing, so an open
+        // loop at "half of the peak" left the server almost no headroom (2026-12-01).
+        var paced = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var pacer = new Thread(() =>
         {
-            var now = Stopwatch.GetTimestamp();
-            var due = Math.Min(total, (long)((now - start) / interval) + 1);
-            for (; sent < due; sent++)
+            try
             {
-                var dueAt = start + (long)(sent * interval);
-                if (Interlocked.Increment(ref outstanding) > maxOutstanding)
+                long sent = 0;
+                while (sent < total)
                 {
-                    Interlocked.Decrement(ref outstanding);
-                    notSent++;
-                    continue;
-                }
-
-                pending.Add(Task.Run(async () =>
-                {
-                    var served = await outcomes.CallAsync(call);
-                    Interlocked.Decrement(ref outstanding);
-                    if (!served)
+                    var now = Stopwatch.GetTimestamp();
+                    var due = Math.Min(total, (long)((now - start) / interval) + 1);
+                    for (; sent < due; sent++)
                     {
-                        return;
+                        var dueAt = start + (long)(sent * interval);
+                        if (Interlocked.Increment(ref outstanding) > maxOutstanding)
+                        {
+                            Interlocked.Decrement(ref outstanding);
+                            notSent++;
+                            continue;
+                        }
+
+                        pending.Add(Task.Run(async () =>
+                        {
+                            var served = await outcomes.CallAsync(call);
+                            Interlocked.Decrement(ref outstanding);
+                            if (!served)
+                            {
+                                return;
+                            }
+
+                            var index = Interlocked.Increment(ref recorded) - 1;
+                            if (index < latencies.Length)
+                            {
+                                latencies[index] = (Stopwatch.GetTimestamp() - dueAt) * 1000.0 / frequency;
+                            }
+                        }));
                     }
 
-                    var index = Interlocked.Increment(ref recorded) - 1;
-                    if (index < latencies.Length)
+                    var wait = start + (long)(sent * interval) - Stopwatch.GetTimestamp();
+                    if (sent < total && wait > 0)
                     {
-                        latencies[index] = (Stopwatch.GetTimestamp() - dueAt) * 1000.0 / frequency;
+                        _ = Native.usleep((uint)Math.Min(wait * 1_000_000 / frequency, 10_000));
                     }
-                }));
-            }
+                }
 
-            // Sub-millisecond pacing: yield rather than sleep (Task.Delay's granularity is about 1 ms).
-            if (sent < total)
-            {
-                var next = start + (long)(sent * interval);
-                if (next - Stopwatch.GetTimestamp() > frequency / 500)
-                {
-                    await Task.Delay(1);
-                }
-                else
-                {
-                    await Task.Yield();
-                }
+                paced.SetResult();
             }
-        }
+            catch (Exception e)
+            {
+                paced.SetException(e);
+            }
+        })
+        { IsBackground = true, Name = "open-loop pacer" };
+        pacer.Start();
+        await paced.Task;
 
         await Task.WhenAll(pending);
         var seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
@@ -126,6 +140,12 @@ internal static class LoadLoops
 
         // Throughput of an open loop is the schedule's, as long as it kept up.
         return result with { OpsPerSecond = count / Math.Max(duration.TotalSeconds, seconds), NotSent = notSent };
+    }
+
+    private static partial class Native
+    {
+        [System.Runtime.InteropServices.LibraryImport("libc")]
+        internal static partial int usleep(uint microseconds);
     }
 
     /// <summary>One place that runs a call and counts how it failed: UNAVAILABLE (shed) apart from other RPC errors.</summary>

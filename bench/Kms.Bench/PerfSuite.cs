@@ -230,6 +230,10 @@ internal static class PerfSuite
                 var client = LoadGenerator.Connect(app, dir);
                 clients.Add(client);
                 calls.Add(await OperationAsync(client, operation));
+                if (servers.Count == 2 && PrefillAudit > 0)
+                {
+                    await PrefillAuditAsync(Path.Combine(dir, "kms.db"), PrefillAudit);
+                }
             }
 
             Console.WriteLine($"A: {string.Join(' ', argsA)}");
@@ -275,6 +279,47 @@ internal static class PerfSuite
 
             Directory.Delete(root, recursive: true);
         }
+    }
+
+    // KMS_AB_PREFILL_AUDIT=N: B's audit table holds N more events before the measurement, so
+    // the cost of an audited call can be compared against the table's size.
+    private static long PrefillAudit =>
+        long.TryParse(Environment.GetEnvironmentVariable("KMS_AB_PREFILL_AUDIT"), CultureInfo.InvariantCulture, out var n) ? n : 0;
+
+    /// <summary>
+    /// Copies of the last audit event (the sample call's) inserted under negative sequence numbers,
+    /// in ascending order, while the server runs idle: the table and its principal index grow as
+    /// a long run grows them, and the server's chain head (the highest seq) is unchanged. The
+    /// copies do not verify as a chain; this is a measuring set-up, not a data set.
+    /// </summary>
+    private static async Task PrefillAuditAsync(string databasePath, long events)
+    {
+        var stopwatch = Stopwatch.StartNew();
+        await using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={databasePath};Pooling=False");
+        await connection.OpenAsync();
+        await using (var timeout = connection.CreateCommand())
+        {
+            timeout.CommandText = "PRAGMA busy_timeout = 60000";
+            await timeout.ExecuteNonQueryAsync();
+        }
+
+        const long Chunk = 500_000;
+        for (var done = 0L; done < events; done += Chunk)
+        {
+            await using var insert = connection.CreateCommand();
+            insert.CommandTimeout = 0;
+            insert.CommandText = """
+                INSERT INTO audit_events (seq, time, principal, tenant, operation, resource, outcome, body, hash)
+                WITH RECURSIVE n(i) AS (SELECT @from UNION ALL SELECT i + 1 FROM n WHERE i < @to)
+                SELECT i, e.time, e.principal, e.tenant, e.operation, e.resource, e.outcome, e.body, e.hash
+                FROM n, (SELECT * FROM audit_events ORDER BY seq DESC LIMIT 1) e
+                """;
+            insert.Parameters.AddWithValue("@from", -events + done);
+            insert.Parameters.AddWithValue("@to", Math.Min(-events + done + Chunk - 1, -1));
+            await insert.ExecuteNonQueryAsync();
+        }
+
+        Console.WriteLine(Invariant($"B's audit table: {events:N0} events added in {stopwatch.Elapsed.TotalSeconds:F0} s; kms.db {new FileInfo(databasePath).Length / (1024.0 * 1024):N0} MiB"));
     }
 
     // A key and the closure that calls the operation on it.

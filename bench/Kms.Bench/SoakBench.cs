@@ -60,8 +60,8 @@ internal static class SoakBench
             var rate = peak.OpsPerSecond / 2;
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"peak {peak.OpsPerSecond:N0} ops/s; soaking at {rate:N0} ops/s for {duration.TotalSeconds:F0} s in 10 s windows"));
             var settled = new JsonArray();
-            Console.WriteLine("| window end s | ops/s | p50 ms | p99 ms | shed | errors | RSS MiB | heap after last GC MiB |");
-            Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|");
+            Console.WriteLine("| window end s | ops/s | p50 ms | p99 ms | shed | errors | RSS MiB | heap after last GC MiB | process cores | CPU µs per call | machine steal % | threads |");
+            Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             var step = TimeSpan.FromSeconds(Math.Min(10, duration.TotalSeconds));
             var elapsed = TimeSpan.Zero;
             var settleEvery = TimeSpan.FromMinutes(10);
@@ -74,14 +74,20 @@ internal static class SoakBench
                     settled.Add(ProcessMemory.Settle(elapsed));
                 }
 
+                var before = CpuSample.Now();
                 var window = await LoadLoops.OpenAsync(rate, step, mixed);
+                var cpu = CpuSample.Now().Since(before);
                 elapsed += step;
                 failed += window.Errors;
                 var rss = ProcessMemory.RssMiB();
                 var heap = GC.GetGCMemoryInfo().HeapSizeBytes / 1048576.0;
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {elapsed.TotalSeconds:F0} | {window.OpsPerSecond:N0} | {window.P50:F2} | {window.P99:F2} | {window.Shed} | {window.Errors + window.NotSent} | {rss:F0} | {heap:F0} |"));
-                windows.Add(new JsonObject { ["end_seconds"] = elapsed.TotalSeconds, ["result"] = PerfSuite.Json(window), ["rss_mib"] = rss, ["heap_mib"] = heap });
+                    $"| {elapsed.TotalSeconds:F0} | {window.OpsPerSecond:N0} | {window.P50:F2} | {window.P99:F2} | {window.Shed} | {window.Errors + window.NotSent} | {rss:F0} | {heap:F0} | {cpu.Cores:F2} | {cpu.Cores * 1e6 / Math.Max(1, window.OpsPerSecond):F0} | {cpu.StealPercent:F1} | {cpu.Threads} |"));
+                windows.Add(new JsonObject
+                {
+                    ["end_seconds"] = elapsed.TotalSeconds, ["result"] = PerfSuite.Json(window), ["rss_mib"] = rss, ["heap_mib"] = heap,
+                    ["process_cores"] = cpu.Cores, ["steal_percent"] = cpu.StealPercent, ["threads"] = cpu.Threads,
+                });
             }
 
             settled.Add(ProcessMemory.Settle(elapsed));
@@ -119,5 +125,30 @@ internal static class SoakBench
         }
 
         return 0;
+    }
+}
+
+/// <summary>
+/// The process's CPU and the machine's steal time between two samples: whether a window's latency
+/// came from this process doing more per call or from the host taking the cores away (this VM
+/// shares its host).
+/// </summary>
+internal readonly record struct CpuSample(long Timestamp, TimeSpan ProcessCpu, long MachineSteal, long MachineTotal)
+{
+    public static CpuSample Now()
+    {
+        using var process = System.Diagnostics.Process.GetCurrentProcess();
+        // /proc/stat's first line: cpu user nice system idle iowait irq softirq steal guest guest_nice (ticks).
+        var fields = File.ReadLines("/proc/stat").First().Split(' ', StringSplitOptions.RemoveEmptyEntries)[1..]
+            .Select(f => long.Parse(f, CultureInfo.InvariantCulture)).ToArray();
+        return new(System.Diagnostics.Stopwatch.GetTimestamp(), process.TotalProcessorTime, fields[7], fields[..8].Sum());
+    }
+
+    public (double Cores, double StealPercent, int Threads) Since(CpuSample before)
+    {
+        var wall = System.Diagnostics.Stopwatch.GetElapsedTime(before.Timestamp, Timestamp).TotalSeconds;
+        var total = MachineTotal - before.MachineTotal;
+        using var process = System.Diagnostics.Process.GetCurrentProcess();
+        return ((ProcessCpu - before.ProcessCpu).TotalSeconds / wall, total == 0 ? 0 : 100.0 * (MachineSteal - before.MachineSteal) / total, process.Threads.Count);
     }
 }
