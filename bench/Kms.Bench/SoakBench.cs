@@ -85,8 +85,13 @@ internal static class SoakBench
                     $"| {elapsed.TotalSeconds:F0} | {window.OpsPerSecond:N0} | {window.P50:F2} | {window.P99:F2} | {window.Shed} | {window.Errors + window.NotSent} | {rss:F0} | {heap:F0} | {cpu.Cores:F2} | {cpu.Cores * 1e6 / Math.Max(1, window.OpsPerSecond):F0} | {cpu.StealPercent:F1} | {cpu.Threads} |"));
                 windows.Add(new JsonObject
                 {
-                    ["end_seconds"] = elapsed.TotalSeconds, ["result"] = PerfSuite.Json(window), ["rss_mib"] = rss, ["heap_mib"] = heap,
-                    ["process_cores"] = cpu.Cores, ["steal_percent"] = cpu.StealPercent, ["threads"] = cpu.Threads,
+                    ["end_seconds"] = elapsed.TotalSeconds,
+                    ["result"] = PerfSuite.Json(window),
+                    ["rss_mib"] = rss,
+                    ["heap_mib"] = heap,
+                    ["process_cores"] = cpu.Cores,
+                    ["steal_percent"] = cpu.StealPercent,
+                    ["threads"] = cpu.Threads,
                 });
             }
 
