@@ -78,6 +78,12 @@ internal static partial class LoadLoops
         // be a loop of Task.Yield whenever the next call was under 2 ms away — always, above 500
         // calls/s — which kept one of this machine's two cores busy doing nothing, so an open
         // loop at "half of the peak" left the server almost no headroom (2026-12-01).
+        // KMS_OPEN_LOOP_START=inline: the pacer thread starts each call itself (runs it to its first
+        // await), as a caller that is already running would, rather than handing it to a pool thread
+        // that must first be woken.
+        Func<Func<Task>, Task> launch = Environment.GetEnvironmentVariable("KMS_OPEN_LOOP_START") == "inline"
+            ? static body => body()
+            : static body => Task.Run(body);
         var paced = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var pacer = new Thread(() =>
         {
@@ -98,7 +104,7 @@ internal static partial class LoadLoops
                             continue;
                         }
 
-                        pending.Add(Task.Run(async () =>
+                        pending.Add(launch(async () =>
                         {
                             var served = await outcomes.CallAsync(call);
                             Interlocked.Decrement(ref outstanding);

@@ -360,9 +360,14 @@ internal static class PerfSuite
             {
                 using var dataKey = await client.GenerateDataKeyAsync(key.Name, context);
             };
-            Console.WriteLine($"pid {Environment.ProcessId}: {operation} at c={concurrency} for {duration.TotalSeconds} s");
-            var result = await LoadLoops.ClosedAsync(concurrency, duration, call);
-            Console.WriteLine(Invariant($"{result.OpsPerSecond:N0} ops/s, p50 {result.P50:F2} ms, p99 {result.P99:F2} ms, {result.Errors + result.Shed} failed"));
+            // A negative concurrency -N is an open loop at N calls/s: a moderate rate, for a profile of what a call costs when calls do not share wake-ups and commits.
+            Console.WriteLine(concurrency > 0
+                ? $"pid {Environment.ProcessId}: {operation} at c={concurrency} for {duration.TotalSeconds} s"
+                : $"pid {Environment.ProcessId}: {operation} open loop at {-concurrency} calls/s for {duration.TotalSeconds} s");
+            var before = CpuSample.Now();
+            var result = concurrency > 0 ? await LoadLoops.ClosedAsync(concurrency, duration, call) : await LoadLoops.OpenAsync(-concurrency, duration, call);
+            var cpu = CpuSample.Now().Since(before);
+            Console.WriteLine(Invariant($"{result.OpsPerSecond:N0} ops/s, p50 {result.P50:F2} ms, p99 {result.P99:F2} ms, {result.Errors + result.Shed} failed; process {cpu.Cores:F2} cores, {cpu.Cores * 1e6 / Math.Max(1, result.OpsPerSecond):F0} µs of CPU per call (client and server), steal {cpu.StealPercent:F1}%"));
             return 0;
         }
         finally

@@ -4,6 +4,7 @@ using Kms.Bench;
 
 // dotnet run -c Release --project bench/Kms.Bench -- perf [seconds per step] [concurrencies] [result file]   (the performance issue's figures)
 // dotnet run -c Release --project bench/Kms.Bench -- zipf [keys] [seconds per step] [concurrency] [soak minutes] [result file]
+// dotnet run -c Release --project bench/Kms.Bench -- zipf-split [keys] [seconds per step] [concurrency] [soak minutes] [server args]   (the server in a process of its own: its RSS and CPU alone)
 // dotnet run -c Release --project bench/Kms.Bench -- ab [seconds] [concurrency] [rounds] generate|decrypt [server args A] -- [server args B]
 // dotnet run -c Release --project bench/Kms.Bench -- soak [seconds] [result file]   (half of peak, 10 s windows: p99 and RSS)
 // dotnet run -c Release --project bench/Kms.Bench -- cache-policy [keys] [capacity] [lookups]   (the metadata cache's eviction alone, in memory)
@@ -55,6 +56,17 @@ switch (args.FirstOrDefault())
             args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 16,
             TimeSpan.FromMinutes(args.Length > 4 ? double.Parse(args[4], CultureInfo.InvariantCulture) : 0),
             args.Length > 5 ? args[5] : null);
+    case "zipf-split":
+        return await ZipfSplit.RunAsync(
+            args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 100_000,
+            TimeSpan.FromSeconds(args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 10),
+            args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 16,
+            TimeSpan.FromMinutes(args.Length > 4 ? double.Parse(args[4], CultureInfo.InvariantCulture) : 0),
+            args.Length > 5 ? args[5..] : [],
+            null);
+    case "serve":
+        // The server half of zipf-split (spoken to over standard input and output).
+        return await ZipfSplit.ServeAsync(args[1..]);
     case "cache-policy":
         // cache-policy [keys] [capacity] [lookups]: the metadata cache's eviction alone, in memory
         return ZipfBench.CachePolicy(

@@ -1,0 +1,278 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Kms.Client;
+using Kms.Core.Ports;
+using Kms.Hsm;
+using Kms.Server.Hosting;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Kms.Bench;
+
+/// <summary>
+/// The Zipf load with the server in a process of its own (this program, <c>serve</c>), so that
+/// what is measured is the server's alone: its resident memory (now and at its peak,
+/// <c>VmHWM</c>), settled on request (full collection and <c>malloc_trim</c>, in the server), and
+/// its CPU per call — the load generator, its 100,000 ciphertexts and its client are not in it.
+/// </summary>
+internal static class ZipfSplit
+{
+    private static readonly Dictionary<string, string> Context = new() { ["bench"] = "zipf" };
+
+    /// <summary>
+    /// The server process: a token of its own, the server on it, one line <c>ready ENDPOINT ROOT</c>;
+    /// then commands on standard input: <c>settle SECONDS</c> (prints the settle and the HSM's
+    /// recycles, then <c>done</c>), <c>exit</c>.
+    /// </summary>
+    public static async Task<int> ServeAsync(string[] serverArgs)
+    {
+        var (options, root) = BenchEnvironment.CreateToken();
+        var app = await LoadGenerator.StartServerAsync(options, root, audit: true, serverArgs);
+        try
+        {
+            var hsm = (Pkcs11Hsm)app.Services.GetRequiredService<IHsm>();
+            Console.WriteLine($"ready {KmsServerApp.BoundAddresses(app).Single()} {root}");
+            string? line;
+            while ((line = await Console.In.ReadLineAsync()) is not null && line != "exit")
+            {
+                if (line.StartsWith("settle ", StringComparison.Ordinal))
+                {
+                    ProcessMemory.Settle(TimeSpan.FromSeconds(double.Parse(line[7..], CultureInfo.InvariantCulture)));
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"HSM recycles {hsm.Recycles}"));
+                    Console.WriteLine("done");
+                }
+            }
+
+            return 0;
+        }
+        finally
+        {
+            await app.StopAsync();
+            await app.DisposeAsync();
+            Directory.Delete(root, recursive: true);
+        }
+    }
+
+    /// <summary>
+    /// <paramref name="keyCount"/> keys made through the API, three interleaved rounds of Decrypt
+    /// over 10 keys and over all of them (Zipf, s = 1), then a soak of the Zipf load in 10-s windows:
+    /// the server's RSS, peak RSS and cores each window, settled every 5 minutes.
+    /// </summary>
+    public static async Task<int> RunAsync(int keyCount, TimeSpan duration, int concurrency, TimeSpan soak, string[] serverArgs, string? outputPath)
+    {
+        var started = DateTimeOffset.UtcNow;
+        using var server = await ServerProcess.StartAsync(["--Hsm:KeyCacheCapacity=10000", .. serverArgs]);
+        var results = new JsonObject
+        {
+            ["suite"] = "zipf-split",
+            ["started"] = started.ToString("O", CultureInfo.InvariantCulture),
+            ["keys"] = keyCount,
+            ["concurrency"] = concurrency,
+            ["server_args"] = string.Join(' ', serverArgs.Select(a => a.Split('=')[0])),
+        };
+        var failed = 0;
+        using var client = new KmsClient(new KmsClientOptions
+        {
+            Endpoint = server.Endpoint,
+            CaCertificatePath = Path.Combine(server.Root, "tls", "ca.crt"),
+            ApiTokenPath = Path.Combine(server.Root, "tokens", "developer.token"),
+        });
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"server pid {server.Pid}: RSS {server.Status("VmRSS:"):F0} MiB at start"));
+        var ciphertexts = await ZipfBench.CreateKeysAsync(client, keyCount, Context);
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"server RSS {server.Status("VmRSS:"):F0} MiB, peak {server.Status("VmHWM:"):F0} MiB after making the keys"));
+
+        var zipf = new ZipfBench.ZipfSampler(keyCount, 1.0, seed: 20261130);
+        Func<Task> few = async () =>
+        {
+            using var plaintext = await client.DecryptAsync(ciphertexts[Random.Shared.Next(10)], Context);
+        };
+        Func<Task> many = async () =>
+        {
+            using var plaintext = await client.DecryptAsync(ciphertexts[zipf.Next()], Context);
+        };
+
+        await LoadLoops.ClosedAsync(concurrency, TimeSpan.FromSeconds(2), few);
+        await LoadLoops.ClosedAsync(concurrency, duration, many);
+        Console.WriteLine();
+        Console.WriteLine("| round | 10 keys ops/s | server cores | server CPU µs per call | Zipf ops/s | server cores | server CPU µs per call | Zipf ÷ 10 keys |");
+        Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        var rounds = new JsonArray();
+        var ratios = new List<double>();
+        for (var round = 1; round <= 3; round++)
+        {
+            var (a, aCores) = await server.MeasureAsync(() => LoadLoops.ClosedAsync(concurrency, duration, few));
+            var (b, bCores) = await server.MeasureAsync(() => LoadLoops.ClosedAsync(concurrency, duration, many));
+            failed += a.Errors + a.Shed + b.Errors + b.Shed;
+            ratios.Add(b.OpsPerSecond / a.OpsPerSecond);
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {round} | {a.OpsPerSecond:N0} | {aCores:F2} | {aCores * 1e6 / a.OpsPerSecond:F0} | {b.OpsPerSecond:N0} | {bCores:F2} | {bCores * 1e6 / b.OpsPerSecond:F0} | {ratios[^1]:F2} |"));
+            rounds.Add(new JsonObject
+            {
+                ["ten_keys"] = PerfSuite.Json(a),
+                ["ten_keys_server_cores"] = aCores,
+                ["zipf"] = PerfSuite.Json(b),
+                ["zipf_server_cores"] = bCores,
+                ["ratio"] = ratios[^1],
+            });
+        }
+
+        ratios.Sort();
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"median Zipf ÷ 10 keys: {ratios[1]:F2}"));
+        results["rounds"] = rounds;
+        results["median_ratio"] = ratios[1];
+
+        var samples = new JsonArray();
+        var settled = new JsonArray();
+        if (soak > TimeSpan.Zero)
+        {
+            Console.WriteLine();
+            Console.WriteLine($"soak: {soak.TotalMinutes} min of Zipf Decrypt at c={concurrency}; the server settled every 5 minutes");
+            settled.Add(await server.SettleAsync(TimeSpan.Zero));
+            var clock = Stopwatch.StartNew();
+            var nextSettle = TimeSpan.FromMinutes(5);
+            Console.WriteLine("| s | ops/s | p99 ms | server RSS MiB | server peak RSS MiB | server cores |");
+            Console.WriteLine("|---:|---:|---:|---:|---:|---:|");
+            while (clock.Elapsed < soak)
+            {
+                if (clock.Elapsed >= nextSettle)
+                {
+                    settled.Add(await server.SettleAsync(clock.Elapsed));
+                    nextSettle += TimeSpan.FromMinutes(5);
+                }
+
+                var (r, cores) = await server.MeasureAsync(() => LoadLoops.ClosedAsync(concurrency, TimeSpan.FromSeconds(10), many));
+                failed += r.Errors + r.Shed;
+                var (rss, peak) = (server.Status("VmRSS:"), server.Status("VmHWM:"));
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {clock.Elapsed.TotalSeconds:F0} | {r.OpsPerSecond:N0} | {r.P99:F2} | {rss:F0} | {peak:F0} | {cores:F2} |"));
+                samples.Add(new JsonObject { ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds), ["result"] = PerfSuite.Json(r), ["server_rss_mib"] = rss, ["server_peak_rss_mib"] = peak, ["server_cores"] = cores });
+            }
+
+            settled.Add(await server.SettleAsync(clock.Elapsed));
+        }
+
+        results["soak"] = samples;
+        results["settled"] = settled;
+        results["server_peak_rss_mib"] = server.Status("VmHWM:");
+        results["failed_calls"] = failed;
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"server peak RSS over the whole run (VmHWM): {server.Status("VmHWM:"):F0} MiB; {failed} failed calls"));
+        outputPath ??= Path.Combine(BenchEnvironment.RepositoryRoot, "bench", "results", $"zipf-split-{started:yyyyMMdd-HHmmss}.json");
+        Directory.CreateDirectory(Path.GetDirectoryName(outputPath)!);
+        await File.WriteAllTextAsync(outputPath, results.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        Console.WriteLine($"results: {outputPath}");
+        return failed > 0 ? 1 : 0;
+    }
+
+    /// <summary>This program run as <c>serve</c>, spoken to over its standard input and output.</summary>
+    private sealed class ServerProcess : IDisposable
+    {
+        private readonly Process _process;
+
+        private ServerProcess(Process process, Uri endpoint, string root) => (_process, Endpoint, Root) = (process, endpoint, root);
+
+        public Uri Endpoint { get; }
+
+        public string Root { get; }
+
+        public int Pid => _process.Id;
+
+        public static async Task<ServerProcess> StartAsync(string[] serverArgs)
+        {
+            var start = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardInput = true, RedirectStandardOutput = true, UseShellExecute = false };
+            if (Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet")
+            {
+                start.ArgumentList.Add(typeof(ZipfSplit).Assembly.Location);
+            }
+
+            start.ArgumentList.Add("serve");
+            foreach (var arg in serverArgs)
+            {
+                start.ArgumentList.Add(arg);
+            }
+
+            var process = Process.Start(start) ?? throw new InvalidOperationException("the server process did not start");
+            try
+            {
+                var ready = await ReadUntilAsync(process, "ready ");
+                var parts = ready.Split(' ');
+                return new ServerProcess(process, new Uri(parts[1]), parts[2]);
+            }
+            catch
+            {
+                process.Kill();
+                process.Dispose();
+                throw;
+            }
+        }
+
+        /// <summary>A field of /proc/PID/status in MiB (VmRSS: now; VmHWM: the peak so far).</summary>
+        public double Status(string field) =>
+            double.Parse(File.ReadLines($"/proc/{Pid}/status").First(l => l.StartsWith(field, StringComparison.Ordinal))[field.Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture) / 1024;
+
+        /// <summary>Runs <paramref name="load"/> and returns its result with the server's cores over it (user + system time).</summary>
+        public async Task<(StepResult Result, double Cores)> MeasureAsync(Func<Task<StepResult>> load)
+        {
+            var (cpu, wall) = (CpuSeconds(), Stopwatch.GetTimestamp());
+            var result = await load();
+            return (result, (CpuSeconds() - cpu) / Stopwatch.GetElapsedTime(wall).TotalSeconds);
+        }
+
+        public async Task<JsonObject> SettleAsync(TimeSpan at)
+        {
+            await _process.StandardInput.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"settle {at.TotalSeconds:F0}"));
+            await _process.StandardInput.FlushAsync();
+            var lines = new JsonArray();
+            string line;
+            while ((line = await ReadUntilAsync(_process, "")) != "done")
+            {
+                if (line.StartsWith("settled at", StringComparison.Ordinal) || line.StartsWith("HSM recycles", StringComparison.Ordinal))
+                {
+                    Console.WriteLine("server: " + line);
+                    lines.Add(line);
+                }
+            }
+
+            return new JsonObject { ["at_seconds"] = at.TotalSeconds, ["lines"] = lines };
+        }
+
+        public void Dispose()
+        {
+            try
+            {
+                _process.StandardInput.WriteLine("exit");
+                _process.StandardInput.Flush();
+                if (!_process.WaitForExit(TimeSpan.FromSeconds(30)))
+                {
+                    _process.Kill();
+                }
+            }
+            catch (IOException)
+            {
+                // Already gone.
+            }
+
+            _process.Dispose();
+        }
+
+        // /proc/PID/stat fields 14 and 15 (utime, stime) in clock ticks (100 a second here); the
+        // command name (field 2) is in parentheses and may hold spaces, so count after its ')'.
+        private double CpuSeconds()
+        {
+            var fields = File.ReadAllText($"/proc/{Pid}/stat").Split(')')[^1].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            return (long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture)) / 100.0;
+        }
+
+        // The server's log lines (JSON) share its standard output: skipped.
+        private static async Task<string> ReadUntilAsync(Process process, string prefix)
+        {
+            while (true)
+            {
+                var line = await process.StandardOutput.ReadLineAsync() ?? throw new InvalidOperationException("the server process ended");
+                if (line.StartsWith(prefix, StringComparison.Ordinal) && !line.StartsWith('{'))
+                {
+                    return line;
+                }
+            }
+        }
+    }
+}
