@@ -46,19 +46,7 @@ internal static class ZipfBench
             var ciphertexts = await CreateKeysAsync(client, keyCount, context);
             results["setup_seconds"] = setup.Elapsed.TotalSeconds;
 
-            var zipf = new ZipfSampler(keyCount, 1.0, seed: 20261130);
-            Func<Task> few = async () =>
-            {
-                using var plaintext = await client.DecryptAsync(ciphertexts[Random.Shared.Next(10)], context);
-            };
-            Func<Task> many = async () =>
-            {
-                using var plaintext = await client.DecryptAsync(ciphertexts[zipf.Next()], context);
-            };
-
-            // Warm both (the many-key cache fills to its bound), then interleaved rounds.
-            await LoadLoops.ClosedAsync(concurrency, TimeSpan.FromSeconds(2), few);
-            await LoadLoops.ClosedAsync(concurrency, duration, many);
+            var (few, many) = await WarmLoadsAsync(client, ciphertexts, context, concurrency, duration);
             var rounds = new JsonArray();
             var ratios = new List<double>();
             Console.WriteLine();
@@ -164,6 +152,26 @@ internal static class ZipfBench
         await File.WriteAllTextAsync(outputPath, results.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         Console.WriteLine($"results: {outputPath}");
         return failed > 0 ? 1 : 0;
+    }
+
+    /// <summary>
+    /// Decrypt over 10 keys and over all of them (Zipf, s = 1, ranks shuffled over the keys), both
+    /// warmed: the 10-key load briefly, the Zipf load for <paramref name="duration"/> (the caches fill to their bounds).
+    /// </summary>
+    internal static async Task<(Func<Task> Few, Func<Task> Many)> WarmLoadsAsync(KmsClient client, byte[][] ciphertexts, Dictionary<string, string> context, int concurrency, TimeSpan duration)
+    {
+        var zipf = new ZipfSampler(ciphertexts.Length, 1.0, seed: 20261130);
+        Func<Task> few = async () =>
+        {
+            using var plaintext = await client.DecryptAsync(ciphertexts[Random.Shared.Next(10)], context);
+        };
+        Func<Task> many = async () =>
+        {
+            using var plaintext = await client.DecryptAsync(ciphertexts[zipf.Next()], context);
+        };
+        await LoadLoops.ClosedAsync(concurrency, TimeSpan.FromSeconds(2), few);
+        await LoadLoops.ClosedAsync(concurrency, duration, many);
+        return (few, many);
     }
 
     /// <summary>Keys z000000… and one ciphertext each, made through the API (16 at a time; not measured).</summary>

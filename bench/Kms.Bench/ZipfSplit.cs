@@ -82,18 +82,7 @@ internal static class ZipfSplit
         var ciphertexts = await ZipfBench.CreateKeysAsync(client, keyCount, Context);
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"server RSS {server.Status("VmRSS:"):F0} MiB, peak {server.Status("VmHWM:"):F0} MiB after making the keys"));
 
-        var zipf = new ZipfBench.ZipfSampler(keyCount, 1.0, seed: 20261130);
-        Func<Task> few = async () =>
-        {
-            using var plaintext = await client.DecryptAsync(ciphertexts[Random.Shared.Next(10)], Context);
-        };
-        Func<Task> many = async () =>
-        {
-            using var plaintext = await client.DecryptAsync(ciphertexts[zipf.Next()], Context);
-        };
-
-        await LoadLoops.ClosedAsync(concurrency, TimeSpan.FromSeconds(2), few);
-        await LoadLoops.ClosedAsync(concurrency, duration, many);
+        var (few, many) = await ZipfBench.WarmLoadsAsync(client, ciphertexts, Context, concurrency, duration);
         Console.WriteLine();
         Console.WriteLine("| round | 10 keys ops/s | server cores | server CPU µs per call | Zipf ops/s | server cores | server CPU µs per call | Zipf ÷ 10 keys |");
         Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|");
