@@ -70,9 +70,10 @@ internal static partial class ProcessMemory
         };
     }
 
-    private static double StatusKiB(string field)
+    /// <summary>A field of /proc/PID/status (this process's by default), in KiB for memory fields.</summary>
+    public static double StatusKiB(string field, string pid = "self")
     {
-        foreach (var line in File.ReadLines("/proc/self/status"))
+        foreach (var line in File.ReadLines($"/proc/{pid}/status"))
         {
             if (line.StartsWith(field, StringComparison.Ordinal))
             {

@@ -195,8 +195,7 @@ internal static class ZipfSplit
         }
 
         /// <summary>A field of /proc/PID/status in MiB (VmRSS: now; VmHWM: the peak so far).</summary>
-        public double Status(string field) =>
-            double.Parse(File.ReadLines($"/proc/{Pid}/status").First(l => l.StartsWith(field, StringComparison.Ordinal))[field.Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture) / 1024;
+        public double Status(string field) => ProcessMemory.StatusKiB(field, Pid.ToString(CultureInfo.InvariantCulture)) / 1024;
 
         /// <summary>Runs <paramref name="load"/> and returns its result with the server's cores over it (user + system time).</summary>
         public async Task<(StepResult Result, double Cores)> MeasureAsync(Func<Task<StepResult>> load)
@@ -243,12 +242,10 @@ internal static class ZipfSplit
             _process.Dispose();
         }
 
-        // /proc/PID/stat fields 14 and 15 (utime, stime) in clock ticks (100 a second here); the
-        // command name (field 2) is in parentheses and may hold spaces, so count after its ')'.
         private double CpuSeconds()
         {
-            var fields = File.ReadAllText($"/proc/{Pid}/stat").Split(')')[^1].Split(' ', StringSplitOptions.RemoveEmptyEntries);
-            return (long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture)) / 100.0;
+            _process.Refresh();
+            return _process.TotalProcessorTime.TotalSeconds;
         }
 
         // The server's log lines (JSON) share its standard output: skipped.
