@@ -141,10 +141,10 @@ internal static class LoadGenerator
             Console.WriteLine($"server arguments from KMS_BENCH_SERVER_ARGS: {string.Join(' ', fromEnvironment.Select(a => a.Split('=')[0]))}");
         }
 
+        // The experiment's arguments come last: on a command line the last value of a setting wins, so
+        // they override the defaults below (--Kms:Audit:Enabled=false too).
         var app = await KmsServerApp.BuildAsync(
         [
-            .. extra,
-            .. fromEnvironment,
             "--dev", "--urls=https://127.0.0.1:0", $"--Kms:DataDir={root}", $"--Hsm:TokenLabel={options.TokenLabel}",
             options.PinFile is { } pinFile ? $"--Hsm:PinFile={pinFile}" : $"--Hsm:Pin={options.Pin}",
             $"--Hsm:ModuleEnvironment:SOFTHSM2_CONF={options.ModuleEnvironment["SOFTHSM2_CONF"]}",
@@ -152,6 +152,8 @@ internal static class LoadGenerator
             // The tenant quota (default 5,000 ops/s) would cap the sweep; it is still metered.
             "--Kms:Quotas:OperationsPerSecond=10000000", "--Kms:Quotas:Burst=10000000",
             $"--Kms:Audit:Enabled={(audit ? "true" : "false")}",
+            .. extra,
+            .. fromEnvironment,
         ], logging => logging.MinimumLevel.Warning());
         await app.StartAsync();
         return app;

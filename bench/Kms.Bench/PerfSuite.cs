@@ -4,9 +4,11 @@ using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Google.Protobuf.WellKnownTypes;
+using Grpc.Net.Client;
 using Kms.Client;
 using Kms.Contracts.V1;
 using Kms.Hsm;
+using Microsoft.AspNetCore.Builder;
 using Net.Pkcs11Interop.Common;
 using Net.Pkcs11Interop.HighLevelAPI;
 
@@ -238,26 +240,47 @@ internal static class PerfSuite
 
             Console.WriteLine($"A: {string.Join(' ', argsA)}");
             Console.WriteLine($"B: {string.Join(' ', argsB)}");
-            Console.WriteLine($"{operation} at c={concurrency}, {duration.TotalSeconds} s per measurement, {rounds} rounds");
+            // A negative concurrency -N is an open loop at N calls/s: then the figures compared are
+            // the latency percentiles and the CPU each call costs (client and server, one process),
+            // and the ratio is of the p99s; the warm-up is long enough for the JIT's last tier.
+            var open = concurrency < 0;
+            Console.WriteLine(open
+                ? $"{operation} open loop at {-concurrency} calls/s, {duration.TotalSeconds} s per measurement, {rounds} rounds"
+                : $"{operation} at c={concurrency}, {duration.TotalSeconds} s per measurement, {rounds} rounds");
             foreach (var call in calls)
             {
-                await LoadLoops.ClosedAsync(concurrency, TimeSpan.FromSeconds(2), call); // warm-up
+                await LoadLoops.ClosedAsync(open ? 16 : concurrency, TimeSpan.FromSeconds(open ? 10 : 2), call); // warm-up
             }
 
             var ratios = new List<double>();
-            Console.WriteLine("| round | A ops/s | A p99 ms | B ops/s | B p99 ms | B ÷ A |");
-            Console.WriteLine("|---:|---:|---:|---:|---:|---:|");
+            Console.WriteLine(open
+                ? "| round | A p50 ms | A p99 ms | A CPU µs/call | B p50 ms | B p99 ms | B CPU µs/call | B ÷ A (p99) |"
+                : "| round | A ops/s | A p99 ms | B ops/s | B p99 ms | B ÷ A |");
+            Console.WriteLine(open ? "|---:|---:|---:|---:|---:|---:|---:|---:|" : "|---:|---:|---:|---:|---:|---:|");
             for (var round = 1; round <= rounds; round++)
             {
                 var order = round % 2 == 1 ? new[] { 0, 1 } : [1, 0];
                 var results = new StepResult[2];
+                var cpu = new double[2];
                 foreach (var i in order)
                 {
-                    results[i] = await LoadLoops.ClosedAsync(concurrency, duration, calls[i]);
+                    var before = CpuSample.Now();
+                    results[i] = open
+                        ? await LoadLoops.OpenAsync(-concurrency, duration, calls[i])
+                        : await LoadLoops.ClosedAsync(concurrency, duration, calls[i]);
+                    cpu[i] = CpuSample.Now().Since(before).Cores * 1e6 / Math.Max(1, results[i].OpsPerSecond);
                 }
 
-                ratios.Add(results[1].OpsPerSecond / results[0].OpsPerSecond);
-                Console.WriteLine(Invariant($"| {round} | {results[0].OpsPerSecond:N0} | {results[0].P99:F2} | {results[1].OpsPerSecond:N0} | {results[1].P99:F2} | {ratios[^1]:F2} |{Failures(results)}"));
+                if (open)
+                {
+                    ratios.Add(results[1].P99 / results[0].P99);
+                    Console.WriteLine(Invariant($"| {round} | {results[0].P50:F2} | {results[0].P99:F2} | {cpu[0]:F0} | {results[1].P50:F2} | {results[1].P99:F2} | {cpu[1]:F0} | {ratios[^1]:F2} |{Failures(results)}"));
+                }
+                else
+                {
+                    ratios.Add(results[1].OpsPerSecond / results[0].OpsPerSecond);
+                    Console.WriteLine(Invariant($"| {round} | {results[0].OpsPerSecond:N0} | {results[0].P99:F2} | {results[1].OpsPerSecond:N0} | {results[1].P99:F2} | {ratios[^1]:F2} |{Failures(results)}"));
+                }
             }
 
             ratios.Sort();
@@ -360,14 +383,36 @@ internal static class PerfSuite
             {
                 using var dataKey = await client.GenerateDataKeyAsync(key.Name, context);
             };
+            // "bare": the empty RPC on a second Kestrel of the same settings (the baseline's cost per call).
+            WebApplication? bareApp = null;
+            GrpcChannel? bareChannel = null;
+            if (operation == "bare")
+            {
+                (bareApp, var address) = await BareRpc.StartAsync(root);
+                (call, bareChannel) = BareRpc.CallAsDeveloper(address, root);
+            }
+
             // A negative concurrency -N is an open loop at N calls/s: a moderate rate, for a profile of what a call costs when calls do not share wake-ups and commits.
             Console.WriteLine(concurrency > 0
                 ? $"pid {Environment.ProcessId}: {operation} at c={concurrency} for {duration.TotalSeconds} s"
                 : $"pid {Environment.ProcessId}: {operation} open loop at {-concurrency} calls/s for {duration.TotalSeconds} s");
+            if (concurrency < 0)
+            {
+                // An open loop's figures are of a warm process: the JIT's last tier reached first.
+                await LoadLoops.ClosedAsync(16, TimeSpan.FromSeconds(10), call);
+            }
+
             var before = CpuSample.Now();
             var result = concurrency > 0 ? await LoadLoops.ClosedAsync(concurrency, duration, call) : await LoadLoops.OpenAsync(-concurrency, duration, call);
             var cpu = CpuSample.Now().Since(before);
             Console.WriteLine(Invariant($"{result.OpsPerSecond:N0} ops/s, p50 {result.P50:F2} ms, p99 {result.P99:F2} ms, {result.Errors + result.Shed} failed; process {cpu.Cores:F2} cores, {cpu.Cores * 1e6 / Math.Max(1, result.OpsPerSecond):F0} µs of CPU per call (client and server), steal {cpu.StealPercent:F1}%"));
+            bareChannel?.Dispose();
+            if (bareApp is not null)
+            {
+                await bareApp.StopAsync();
+                await bareApp.DisposeAsync();
+            }
+
             return 0;
         }
         finally
