@@ -179,6 +179,41 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task HousekeepingStalled_GroupCommitGoesOn()
+    {
+        // A checkpoint's signature and write (a slow HSM, a slow disk) must not hold the calls
+        // waiting for their events: housekeeping runs beside the commit loop, not in it.
+        var gated = new GatedAuditStore(_store, gateCheckpoints: true);
+        var log = new AuditLog(gated, _store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 5 });
+        await log.InitializeAsync(default);
+        using var stop = new CancellationTokenSource();
+        var loop = Task.Run(() => log.RunAsync(stop.Token));
+        for (var i = 0; i < 5; i++)
+        {
+            await log.AppendAsync(Entry($"before-{i}"), default);
+        }
+
+        _time.Advance(TimeSpan.FromSeconds(1));
+        await gated.Entered.Task.WaitAsync(TimeSpan.FromSeconds(10));
+
+        // The pass is stuck in the checkpoint's write; appends are answered all the same.
+        await Task.WhenAll(Enumerable.Range(0, 20).Select(i => log.AppendAsync(Entry($"during-{i}"), default))).WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Empty(await _store.ListAuditCheckpointsAsync(0, 10, default));
+
+        gated.Release.SetResult();
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while ((await _store.ListAuditCheckpointsAsync(0, 10, default)).Count == 0 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(20);
+        }
+
+        Assert.True((await _store.ListAuditCheckpointsAsync(0, 10, default)).Single().Sequence >= 5);
+        Assert.Equal(25, (await _store.GetAuditHeadAsync(default)).Sequence);
+        await stop.CancelAsync();
+        await loop.WaitAsync(TimeSpan.FromSeconds(10));
+    }
+
+    [Fact]
     public async Task AnonymousRefusals_CountedPerAddress()
     {
         foreach (var client in new[] { "ipv4:10.0.0.1:1000", "ipv4:10.0.0.1:1001", "ipv4:10.0.0.2:1000" })
@@ -308,8 +343,9 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Outcome = "OK",
     };
 
-    // The audit port of an InMemoryStore whose first append waits until released.
-    private sealed class GatedAuditStore(InMemoryStore inner) : IAuditStore
+    // The audit port of an InMemoryStore whose appends (or, with gateCheckpoints, checkpoint
+    // writes) wait until released.
+    private sealed class GatedAuditStore(InMemoryStore inner, bool gateCheckpoints = false) : IAuditStore
     {
         public TaskCompletionSource Entered { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -317,8 +353,12 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
 
         public async Task<IReadOnlyList<AuditEvent>> AppendAuditAsync(IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
         {
-            Entered.TrySetResult();
-            await Release.Task;
+            if (!gateCheckpoints)
+            {
+                Entered.TrySetResult();
+                await Release.Task;
+            }
+
             return await inner.AppendAuditAsync(entries, cancellationToken);
         }
 
@@ -326,7 +366,16 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
 
         public Task<IReadOnlyList<AuditEvent>> ListAuditEventsAsync(AuditQuery query, CancellationToken cancellationToken) => inner.ListAuditEventsAsync(query, cancellationToken);
 
-        public Task AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken) => inner.AddAuditCheckpointAsync(checkpoint, cancellationToken);
+        public async Task AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken)
+        {
+            if (gateCheckpoints)
+            {
+                Entered.TrySetResult();
+                await Release.Task;
+            }
+
+            await inner.AddAuditCheckpointAsync(checkpoint, cancellationToken);
+        }
 
         public Task<IReadOnlyList<AuditCheckpoint>> ListAuditCheckpointsAsync(long afterSequence, int limit, CancellationToken cancellationToken) => inner.ListAuditCheckpointsAsync(afterSequence, limit, cancellationToken);
 
