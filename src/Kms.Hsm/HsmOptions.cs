@@ -37,6 +37,12 @@ public sealed class HsmOptions
     /// </summary>
     public int? RecycleAfterDestroyedObjects { get; set; }
 
+    /// <summary>
+    /// After a recycle, give the memory the module freed back to the system (<c>malloc_trim</c>
+    /// on glibc); without it the C heap keeps it resident for reuse. Off only to measure it.
+    /// </summary>
+    public bool TrimNativeHeapAfterRecycle { get; set; } = true;
+
     /// <summary>An unwrapped key version unused for this long is evicted.</summary>
     public TimeSpan KeyCacheIdleTimeout { get; set; } = TimeSpan.FromMinutes(15);
 
@@ -85,6 +91,7 @@ public sealed class HsmOptions
         SessionPoolSize = SessionPoolSize,
         KeyCacheCapacity = KeyCacheCapacity,
         RecycleAfterDestroyedObjects = RecycleAfterDestroyedObjects,
+        TrimNativeHeapAfterRecycle = TrimNativeHeapAfterRecycle,
         KeyCacheIdleTimeout = KeyCacheIdleTimeout,
         DomainKeyLabel = options.DomainKeyLabel ?? $"kms-domain-key-{region}",
         DomainKeyId = options.DomainKeyId ?? throw new HsmConfigurationException($"Hsm:Regions:{region}:DomainKeyId is required (the region's key ceremony sets it)"),

@@ -27,6 +27,11 @@ public sealed partial class Pkcs11Hsm
 
     private int _recycles;
 
+    /// <summary>C heap trims after a recycle (tests).</summary>
+    internal int HeapTrims => Volatile.Read(ref _heapTrims);
+
+    private int _heapTrims;
+
     /// <summary>A recycle is under way (tests).</summary>
     internal bool Recycling => Volatile.Read(ref _recycling) == 1;
 
@@ -46,6 +51,7 @@ public sealed partial class Pkcs11Hsm
 
     private async Task RecycleAsync()
     {
+        var recycled = false;
         try
         {
             await _recovery.WaitAsync().ConfigureAwait(false);
@@ -71,6 +77,7 @@ public sealed partial class Pkcs11Hsm
                 var fresh = SameDomainKey(OpenSlot(), "re-initialising");
 
                 _state = fresh;
+                recycled = true;
                 Interlocked.Increment(ref _recycles);
                 Log.Recycled(_logger, destroyed, _profile.Name, fresh.Cache.Generation, fresh.ModuleGeneration);
             }
@@ -86,6 +93,14 @@ public sealed partial class Pkcs11Hsm
         }
         finally
         {
+            // What C_Finalize freed stays resident in the C heap's free lists until trimmed: trimmed
+            // here, once per recycle, after callers are served again (the trim takes milliseconds).
+            if (recycled && _options.TrimNativeHeapAfterRecycle)
+            {
+                NativeHeap.Trim();
+                Interlocked.Increment(ref _heapTrims);
+            }
+
             Volatile.Write(ref _recycling, 0);
         }
     }

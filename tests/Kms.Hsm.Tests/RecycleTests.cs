@@ -62,6 +62,7 @@ public sealed class RecycleTests
         Assert.True(hsm.Recycles >= 3, $"{hsm.Recycles} recycles");
         Assert.True(hsm.Module.Generation > moduleGeneration); // (one recycle may have begun during the set-up)
         Assert.Equal(checkValue, hsm.DomainKeyCheckValue);
+        Assert.Equal(hsm.Recycles, hsm.HeapTrims); // what C_Finalize freed handed back each time
         Assert.Equal(hsm.Recycles, logger.Messages.Count(m => m.Contains("re-initialised after", StringComparison.Ordinal)));
         Assert.DoesNotContain(logger.Messages, m => m.Contains("lost", StringComparison.Ordinal) || m.Contains("failed", StringComparison.Ordinal));
     }
