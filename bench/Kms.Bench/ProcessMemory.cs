@@ -107,7 +107,7 @@ internal static partial class ProcessMemory
         return total / 1024;
     }
 
-    private static (double InUse, double Free, double Mapped) MallocInfo()
+    public static (double InUse, double Free, double Mapped) MallocInfo()
     {
         var m = MallInfo2();
         const double MiB = 1048576.0;

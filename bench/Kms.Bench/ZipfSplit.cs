@@ -42,6 +42,12 @@ internal static class ZipfSplit
                     Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"HSM recycles {hsm.Recycles}"));
                     Console.WriteLine("done");
                 }
+                else if (line == "stat")
+                {
+                    // Unsettled: what the GC has committed and what the C heap holds now, no collection.
+                    var malloc = ProcessMemory.MallocInfo();
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"stat {GC.GetGCMemoryInfo().TotalCommittedBytes / 1048576.0:F0} {malloc.InUse:F0} {malloc.Free:F0}"));
+                }
             }
 
             return 0;
@@ -120,8 +126,8 @@ internal static class ZipfSplit
             settled.Add(await server.SettleAsync(TimeSpan.Zero));
             var clock = Stopwatch.StartNew();
             var nextSettle = TimeSpan.FromMinutes(5);
-            Console.WriteLine("| s | ops/s | p99 ms | server RSS MiB | server peak RSS MiB | server cores |");
-            Console.WriteLine("|---:|---:|---:|---:|---:|---:|");
+            Console.WriteLine("| s | ops/s | p99 ms | server RSS MiB | server peak RSS MiB | server cores | GC committed MiB | malloc in use MiB | malloc free MiB |");
+            Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             while (clock.Elapsed < soak)
             {
                 if (clock.Elapsed >= nextSettle)
@@ -133,8 +139,9 @@ internal static class ZipfSplit
                 var (r, cores) = await server.MeasureAsync(() => LoadLoops.ClosedAsync(concurrency, TimeSpan.FromSeconds(10), many));
                 failed += r.Errors + r.Shed;
                 var (rss, peak) = (server.Status("VmRSS:"), server.Status("VmHWM:"));
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {clock.Elapsed.TotalSeconds:F0} | {r.OpsPerSecond:N0} | {r.P99:F2} | {rss:F0} | {peak:F0} | {cores:F2} |"));
-                samples.Add(new JsonObject { ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds), ["result"] = PerfSuite.Json(r), ["server_rss_mib"] = rss, ["server_peak_rss_mib"] = peak, ["server_cores"] = cores });
+                var (committed, inUse, free) = await server.StatAsync();
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {clock.Elapsed.TotalSeconds:F0} | {r.OpsPerSecond:N0} | {r.P99:F2} | {rss:F0} | {peak:F0} | {cores:F2} | {committed:F0} | {inUse:F0} | {free:F0} |"));
+                samples.Add(new JsonObject { ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds), ["result"] = PerfSuite.Json(r), ["server_rss_mib"] = rss, ["server_peak_rss_mib"] = peak, ["server_cores"] = cores, ["server_gc_committed_mib"] = committed, ["server_malloc_in_use_mib"] = inUse, ["server_malloc_free_mib"] = free });
             }
 
             settled.Add(await server.SettleAsync(clock.Elapsed));
@@ -203,6 +210,15 @@ internal static class ZipfSplit
             var (cpu, wall) = (CpuSeconds(), Stopwatch.GetTimestamp());
             var result = await load();
             return (result, (CpuSeconds() - cpu) / Stopwatch.GetElapsedTime(wall).TotalSeconds);
+        }
+
+        /// <summary>The server's GC-committed memory and C heap (in use, free), in MiB, without settling.</summary>
+        public async Task<(double GcCommitted, double MallocInUse, double MallocFree)> StatAsync()
+        {
+            await _process.StandardInput.WriteLineAsync("stat");
+            await _process.StandardInput.FlushAsync();
+            var fields = (await ReadUntilAsync(_process, "stat ")).Split(' ');
+            return (double.Parse(fields[1], CultureInfo.InvariantCulture), double.Parse(fields[2], CultureInfo.InvariantCulture), double.Parse(fields[3], CultureInfo.InvariantCulture));
         }
 
         public async Task<JsonObject> SettleAsync(TimeSpan at)
