@@ -170,13 +170,16 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     public async Task RunAsync(CancellationToken cancellationToken)
     {
         var batch = new List<Pending>(options.MaxBatch);
-        var housekeeping = HousekeepingLoopAsync(cancellationToken);
+        // Housekeeping stops with the loop, whatever ended it.
+        using var loopEnded = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var housekeeping = HousekeepingLoopAsync(loopEnded.Token);
         try
         {
             await LoopAsync(batch, cancellationToken);
         }
         finally
         {
+            await loopEnded.CancelAsync();
             // Stopped (or failed): nobody will write what is still queued, so its callers get UNAVAILABLE.
             _queue.Writer.TryComplete();
             foreach (var pending in batch)
@@ -229,22 +232,17 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     // and forwards events — 1–17 ms, during which no batch would commit and every waiting call
     // would wait (measured: the open-loop p99 of audited calls). The store serialises the writes
     // (the audit writer's transaction reads the chain head itself), so passes and batches can interleave.
+    // The first pass at once (as the loop did): a node takes the checkpoint lease and forwards its
+    // backlog when it starts, then once a second.
     private async Task HousekeepingLoopAsync(CancellationToken cancellationToken)
     {
+        await Task.Yield(); // the commit loop starts without waiting for the first pass
         while (!cancellationToken.IsCancellationRequested)
         {
             try
             {
-                await Task.Delay(TimeSpan.FromSeconds(1), time, cancellationToken);
-            }
-            catch (OperationCanceledException)
-            {
-                return;
-            }
-
-            try
-            {
                 await RunHousekeepingAsync(cancellationToken);
+                await Task.Delay(TimeSpan.FromSeconds(1), time, cancellationToken);
             }
             catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
             {
