@@ -368,6 +368,8 @@ internal static class PerfSuite
     {
         var (options, root) = BenchEnvironment.CreateToken();
         var app = await LoadGenerator.StartServerAsync(options, root, audit: !operation.EndsWith("-unaudited", StringComparison.Ordinal));
+        WebApplication? bareApp = null;
+        GrpcChannel? bareChannel = null;
         try
         {
             using var client = LoadGenerator.Connect(app, root);
@@ -384,8 +386,6 @@ internal static class PerfSuite
                 using var dataKey = await client.GenerateDataKeyAsync(key.Name, context);
             };
             // "bare": the empty RPC on a second Kestrel of the same settings (the baseline's cost per call).
-            WebApplication? bareApp = null;
-            GrpcChannel? bareChannel = null;
             if (operation == "bare")
             {
                 (bareApp, var address) = await BareRpc.StartAsync(root);
@@ -406,6 +406,10 @@ internal static class PerfSuite
             var result = concurrency > 0 ? await LoadLoops.ClosedAsync(concurrency, duration, call) : await LoadLoops.OpenAsync(-concurrency, duration, call);
             var cpu = CpuSample.Now().Since(before);
             Console.WriteLine(Invariant($"{result.OpsPerSecond:N0} ops/s, p50 {result.P50:F2} ms, p99 {result.P99:F2} ms, {result.Errors + result.Shed} failed; process {cpu.Cores:F2} cores, {cpu.Cores * 1e6 / Math.Max(1, result.OpsPerSecond):F0} µs of CPU per call (client and server), steal {cpu.StealPercent:F1}%"));
+            return 0;
+        }
+        finally
+        {
             bareChannel?.Dispose();
             if (bareApp is not null)
             {
@@ -413,10 +417,6 @@ internal static class PerfSuite
                 await bareApp.DisposeAsync();
             }
 
-            return 0;
-        }
-        finally
-        {
             await app.StopAsync();
             await app.DisposeAsync();
             Directory.Delete(root, recursive: true);
