@@ -402,14 +402,5 @@ public sealed class HsmCeremonySession : IDisposable
         }
     }
 
-    private static ISlot FindSlot(IPkcs11Library library, HsmOptions options)
-    {
-        var matches = SlotList.WithTokenPresent(library).Where(s => s.GetTokenInfo().Label == options.TokenLabel).ToList();
-        return matches.Count switch
-        {
-            1 => matches[0],
-            0 => throw new HsmConfigurationException($"no token labelled '{options.TokenLabel}' in {options.ModulePath}"),
-            _ => throw new HsmConfigurationException($"{matches.Count} tokens are labelled '{options.TokenLabel}'; labels must be unique"),
-        };
-    }
+    private static ISlot FindSlot(IPkcs11Library library, HsmOptions options) => SlotList.FindToken(library, options.TokenLabel, options.ModulePath);
 }

@@ -29,19 +29,19 @@ public static class HsmTokenSetup
             {
                 module.Call(library =>
                 {
-                    var slots = SlotList.WithTokenPresent(library);
-                    if (slots.Any(s => s.GetTokenInfo().Label == label))
+                    var tokens = SlotList.ReadTokens(library);
+                    if (tokens.Any(t => t.Info?.Label == label))
                     {
                         throw new HsmConfigurationException($"a token labelled '{label}' exists already");
                     }
 
-                    var free = slots.FirstOrDefault(s => !s.GetTokenInfo().TokenFlags.TokenInitialized)
+                    var free = tokens.FirstOrDefault(t => t.Info is { TokenFlags.TokenInitialized: false }).Slot
                         ?? throw new HsmConfigurationException($"no free slot in {modulePath} to initialise token '{label}'");
                     // The string overload pads the label with blanks as PKCS#11 requires; other
                     // tools (pkcs11-tool) compare the blank-padded label.
                     free.InitToken(securityOfficerPin, label);
 
-                    var slot = SlotList.WithTokenPresent(library).Single(s => s.GetTokenInfo().Label == label);
+                    var slot = SlotList.FindToken(library, label, modulePath);
                     using var session = slot.OpenSession(SessionType.ReadWrite);
                     session.Login(CKU.CKU_SO, Encoding.UTF8.GetBytes(securityOfficerPin));
                     session.InitPin(Encoding.UTF8.GetBytes(userPin));
@@ -79,13 +79,7 @@ public static class HsmTokenSetup
             {
                 module.Call(library =>
                 {
-                    var matches = SlotList.WithTokenPresent(library).Where(s => s.GetTokenInfo().Label == label).ToList();
-                    if (matches.Count != 1)
-                    {
-                        throw new HsmConfigurationException($"{matches.Count} tokens are labelled '{label}'; cannot wipe");
-                    }
-
-                    matches[0].InitToken(securityOfficerPin, label);
+                    SlotList.FindToken(library, label, modulePath).InitToken(securityOfficerPin, label);
                     return 0;
                 });
             }

@@ -730,18 +730,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         });
     }
 
-    private ISlot FindSlot(IPkcs11Library library)
-    {
-        var matches = SlotList.WithTokenPresent(library)
-            .Where(s => s.GetTokenInfo().Label == _options.TokenLabel)
-            .ToList();
-        return matches.Count switch
-        {
-            1 => matches[0],
-            0 => throw new HsmConfigurationException($"no token labelled '{_options.TokenLabel}' in {_options.ModulePath}"),
-            _ => throw new HsmConfigurationException($"{matches.Count} tokens are labelled '{_options.TokenLabel}'; labels must be unique"),
-        };
-    }
+    private ISlot FindSlot(IPkcs11Library library) => SlotList.FindToken(library, _options.TokenLabel, _options.ModulePath);
 
     private void Login(ISession session)
     {

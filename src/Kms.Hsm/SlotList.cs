@@ -4,14 +4,24 @@ using Net.Pkcs11Interop.HighLevelAPI;
 namespace Kms.Hsm;
 
 /// <summary>
-/// <c>C_GetSlotList</c> as PKCS#11 says to call it: Pkcs11Interop asks for the count, then the
-/// list, and a token initialised in between (another thread of this process, e.g. a ceremony or a
-/// test creating its token) makes the second call answer CKR_BUFFER_TOO_SMALL. That means "ask
-/// again", not a failure.
+/// <c>C_GetSlotList</c> and the search for a token by label, as an HSM shared with other users
+/// needs them.
+/// <list type="bullet">
+/// <item>Pkcs11Interop asks for the slot count, then the list; a token initialised in between
+/// (another thread of this process, e.g. a ceremony or a test creating its token) makes the second
+/// call answer CKR_BUFFER_TOO_SMALL. That means "ask again", not a failure.</item>
+/// <item><c>C_GetTokenInfo</c> of a slot whose token is being initialised, or whose files are
+/// damaged, answers CKR_GENERAL_ERROR on SoftHSM (seen when tests create tokens in parallel;
+/// reproduced in SlotListTests by damaging a token's file). Another user's token in that
+/// state must not stop this one from being found: the search skips unreadable slots, reads the
+/// list again a few times when the label is not among the readable ones, and names the
+/// unreadable slots when it gives up.</item>
+/// </list>
 /// </summary>
 internal static class SlotList
 {
     private const int Attempts = 10;
+    private const int SearchAttempts = 5;
 
     public static List<ISlot> WithTokenPresent(IPkcs11Library library)
     {
@@ -27,4 +37,61 @@ internal static class SlotList
             }
         }
     }
+
+    /// <summary>Every slot with a token, and its token information or why it could not be read.</summary>
+    public static List<SlotToken> ReadTokens(IPkcs11Library library)
+    {
+        var tokens = new List<SlotToken>();
+        foreach (var slot in WithTokenPresent(library))
+        {
+            try
+            {
+                tokens.Add(new SlotToken(slot, slot.GetTokenInfo(), null));
+            }
+            catch (Pkcs11Exception e) when (e.RV != CKR.CKR_CRYPTOKI_NOT_INITIALIZED)
+            {
+                tokens.Add(new SlotToken(slot, null, e.RV));
+            }
+        }
+
+        return tokens;
+    }
+
+    /// <summary>
+    /// The one slot whose token is labelled <paramref name="label"/>. Labels are compared among
+    /// the slots that can be read; a label also held by an unreadable slot cannot be seen.
+    /// </summary>
+    /// <exception cref="HsmConfigurationException">No such token (naming any unreadable slots), or more than one.</exception>
+    public static ISlot FindToken(IPkcs11Library library, string label, string modulePath)
+    {
+        for (var attempt = 1; ; attempt++)
+        {
+            var tokens = ReadTokens(library);
+            var matches = tokens.Where(t => t.Info?.Label == label).ToList();
+            if (matches.Count == 1)
+            {
+                return matches[0].Slot;
+            }
+
+            if (matches.Count > 1)
+            {
+                throw new HsmConfigurationException($"{matches.Count} tokens are labelled '{label}'; labels must be unique");
+            }
+
+            var unreadable = tokens.Where(t => t.Info is null).ToList();
+            if (unreadable.Count == 0 || attempt == SearchAttempts)
+            {
+                var why = unreadable.Count == 0
+                    ? ""
+                    : "; slots that could not be read: " + string.Join(", ", unreadable.Select(t => $"{t.Slot.SlotId} ({t.Error})"));
+                throw new HsmConfigurationException($"no token labelled '{label}' in {modulePath}{why}");
+            }
+
+            // The token may be the one being written at this moment: read the list again.
+            Thread.Sleep(20 * attempt);
+        }
+    }
 }
+
+/// <summary>A slot with a token: its information, or the PKCS#11 error that reading it returned.</summary>
+internal readonly record struct SlotToken(ISlot Slot, ITokenInfo? Info, CKR? Error);

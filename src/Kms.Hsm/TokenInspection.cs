@@ -51,17 +51,10 @@ public static class TokenInspection
         {
             return module.Call(library =>
             {
-                var matches = SlotList.WithTokenPresent(library).Where(s => s.GetTokenInfo().Label == options.TokenLabel).ToList();
-                if (matches.Count != 1)
-                {
-                    throw new HsmConfigurationException(matches.Count == 0
-                        ? $"no token labelled '{options.TokenLabel}' in {options.ModulePath}"
-                        : $"{matches.Count} tokens are labelled '{options.TokenLabel}'; labels must be unique");
-                }
-
-                var info = matches[0].GetTokenInfo();
+                var slot = SlotList.FindToken(library, options.TokenLabel, options.ModulePath);
+                var info = slot.GetTokenInfo();
                 var libraryInfo = library.GetInfo();
-                var mechanisms = matches[0].GetMechanismList();
+                var mechanisms = slot.GetMechanismList();
                 var missing = profile.RequiredMechanismIds.Concat(CeremonyMechanisms).Distinct()
                     .Where(m => !mechanisms.Contains(m)).Select(m => m.ToString()).ToList();
                 return new TokenReport(

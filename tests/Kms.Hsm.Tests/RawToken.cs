@@ -14,7 +14,7 @@ internal static class RawToken
         {
             module.Call(library =>
             {
-                var slot = SlotList.WithTokenPresent(library).Single(s => s.GetTokenInfo().Label == token.Label);
+                var slot = SlotList.FindToken(library, token.Label, SoftHsm.ModulePath);
                 using var session = slot.OpenSession(SessionType.ReadWrite);
                 try
                 {

@@ -1,0 +1,61 @@
+using System.Text;
+using Kms.Testing;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Kms.Hsm.Tests;
+
+/// <summary>
+/// The search for a token by label when another token of the same HSM cannot be read: SoftHSM
+/// answers <c>C_GetTokenInfo</c> with CKR_GENERAL_ERROR for a token whose file is being written
+/// (tests creating tokens in parallel made start-ups fail this way) or is damaged. Here a token's
+/// file is damaged on purpose and its bytes put back after the test. Whether this process's
+/// SoftHSM reads the token again then depends on what else touched it meanwhile, so no other test
+/// uses a damaged token, and the other tests must (and do) find theirs beside an unreadable slot.
+/// </summary>
+public sealed class SlotListTests
+{
+    [Fact]
+    public async Task AnotherTokenUnreadable_StartInspectAndInitialiseStillWork()
+    {
+        var mine = SoftHsm.CreateToken();
+        var other = SoftHsm.CreateToken();
+        using (Damage(other))
+        {
+            await (await Task.Run(() => Pkcs11Hsm.Open(mine.Options(), NullLogger.Instance))).DisposeAsync();
+            Assert.Equal(mine.Label, TokenInspection.Inspect(mine.Options()).Label);
+            var created = SoftHsm.CreateToken();
+            Assert.Equal(created.Label, TokenInspection.Inspect(created.Options()).Label);
+        }
+    }
+
+    [Fact]
+    public void TokenUnreadable_NotFound_NamesTheUnreadableSlot()
+    {
+        var token = SoftHsm.CreateToken();
+        using (Damage(token))
+        {
+            var e = Assert.Throws<HsmConfigurationException>(() => TokenInspection.Inspect(token.Options()));
+            Assert.Contains($"no token labelled '{token.Label}'", e.Message, StringComparison.Ordinal);
+            Assert.Contains("could not be read", e.Message, StringComparison.Ordinal);
+            Assert.Contains("CKR_GENERAL_ERROR", e.Message, StringComparison.Ordinal);
+        }
+    }
+
+    // Overwrites the token's own file (token.object, which holds its label) with garbage until disposed.
+    private static Restore Damage(TestToken token)
+    {
+        var tokens = Path.Combine(Path.GetDirectoryName(SoftHsm.ConfigPath)!, "tokens");
+        var label = Encoding.UTF8.GetBytes(token.Label);
+        var file = Directory.GetDirectories(tokens)
+            .Select(d => Path.Combine(d, "token.object"))
+            .Single(f => File.ReadAllBytes(f).AsSpan().IndexOf(label) >= 0);
+        var original = File.ReadAllBytes(file);
+        File.WriteAllBytes(file, new byte[5]);
+        return new Restore(file, original);
+    }
+
+    private sealed class Restore(string file, byte[] original) : IDisposable
+    {
+        public void Dispose() => File.WriteAllBytes(file, original);
+    }
+}
