@@ -352,6 +352,21 @@ internal static class PerfSuite
         var context = new Dictionary<string, string> { ["bench"] = "perf", ["table"] = "orders" };
         using var sample = await client.GenerateDataKeyAsync(key.Name, context);
         var ciphertext = sample.Ciphertext;
+        if (operation == "batch")
+        {
+            // BatchGenerateDataKey of 100: the figures are batches (×100 for data keys).
+            var batch = new BatchGenerateDataKeyRequest();
+            batch.Requests.Add(Enumerable.Range(0, 100).Select(_ => new GenerateDataKeyRequest { Name = key.Name }));
+            return async () =>
+            {
+                var response = await client.Raw.BatchGenerateDataKeyAsync(batch);
+                if (response.Results.Any(r => r.Status.Code != 0))
+                {
+                    throw new Grpc.Core.RpcException(new Grpc.Core.Status(Grpc.Core.StatusCode.Internal, "a batch item failed"));
+                }
+            };
+        }
+
         return operation.StartsWith("decrypt", StringComparison.Ordinal)
             ? async () =>
             {
@@ -373,18 +388,7 @@ internal static class PerfSuite
         try
         {
             using var client = LoadGenerator.Connect(app, root);
-            var key = await client.CreateKeyAsync("tenants/dev", "hold");
-            var context = new Dictionary<string, string> { ["bench"] = "perf", ["table"] = "orders" };
-            using var sample = await client.GenerateDataKeyAsync(key.Name, context);
-            Func<Task> call = operation.StartsWith("decrypt", StringComparison.Ordinal)
-                ? async () =>
-                {
-                    using var plaintext = await client.DecryptAsync(sample.Ciphertext, context);
-                }
-            : async () =>
-            {
-                using var dataKey = await client.GenerateDataKeyAsync(key.Name, context);
-            };
+            var call = await OperationAsync(client, operation == "bare" ? "generate" : operation);
             // "bare": the empty RPC on a second Kestrel of the same settings (the baseline's cost per call).
             if (operation == "bare")
             {

@@ -5,7 +5,7 @@ using Kms.Bench;
 // dotnet run -c Release --project bench/Kms.Bench -- perf [seconds per step] [concurrencies] [result file]   (the performance issue's figures)
 // dotnet run -c Release --project bench/Kms.Bench -- zipf [keys] [seconds per step] [concurrency] [soak minutes] [result file]
 // dotnet run -c Release --project bench/Kms.Bench -- zipf-split [keys] [seconds per step] [concurrency] [soak minutes] [server args]   (the server in a process of its own: its RSS and CPU alone)
-// dotnet run -c Release --project bench/Kms.Bench -- ab [seconds] [concurrency] [rounds] generate|decrypt [server args A] -- [server args B]
+// dotnet run -c Release --project bench/Kms.Bench -- ab [seconds] [concurrency] [rounds] generate|decrypt|batch [server args A] -- [server args B]
 // dotnet run -c Release --project bench/Kms.Bench -- soak [seconds] [result file]   (half of peak, 10 s windows: p99 and RSS)
 // dotnet run -c Release --project bench/Kms.Bench -- cache-policy [keys] [capacity] [lookups]   (the metadata cache's eviction alone, in memory)
 // dotnet run -c Release --project bench/Kms.Bench -- micro [BenchmarkDotNet arguments]
@@ -93,7 +93,7 @@ switch (args.FirstOrDefault())
             args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 16,
             args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 2);
     default:
-        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | cache-policy [keys] [capacity] [lookups] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency|-rate rounds generate|decrypt [A args] -- [B args] | hold generate|decrypt|bare|generate-unaudited concurrency|-rate seconds | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | hsm-churn [calls] [recycle after] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2]");
+        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | cache-policy [keys] [capacity] [lookups] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency|-rate rounds generate|decrypt|batch [A args] -- [B args] | hold generate|decrypt|batch|bare|generate-unaudited concurrency|-rate seconds | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | hsm-churn [calls] [recycle after] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2]");
         return 2;
 }
 
