@@ -271,6 +271,26 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         }, cancellationToken);
 
     /// <inheritdoc />
+    public ValueTask<byte[][]> EncryptAesGcmManyAsync(KeyMaterialRef key, IReadOnlyList<AesGcmInput> inputs, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(inputs);
+        return WithKeyAsync("encrypt", key, KeyHandleKind.Aes256Gcm, (session, handle) =>
+        {
+            var factories = _module.Factories;
+            var results = new byte[inputs.Count][];
+            for (var i = 0; i < inputs.Count; i++)
+            {
+                var (iv, aad, plaintext) = inputs[i];
+                using var parameters = factories.MechanismParamsFactory.CreateCkGcmParams(iv, (ulong)iv.Length * 8, aad, 128);
+                using var mechanism = factories.MechanismFactory.Create(CKM.CKM_AES_GCM, parameters);
+                results[i] = session.Encrypt(mechanism, handle, plaintext);
+            }
+
+            return results;
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
     public ValueTask<byte[]> DecryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] ciphertextAndTag, CancellationToken cancellationToken) =>
         WithKeyAsync("decrypt", key, KeyHandleKind.Aes256Gcm, (session, handle) =>
         {

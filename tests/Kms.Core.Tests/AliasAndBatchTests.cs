@@ -134,6 +134,7 @@ public sealed class AliasAndBatchTests : IDisposable
     public async Task BatchEncrypt_MixedItems_EachSucceedsOrFailsOnItsOwn()
     {
         var key = await _domain.CreateKeyAsync("k");
+        _domain.FakeHsm!.Calls.Clear();
         var results = await _domain.Crypto.BatchEncryptAsync(Dev,
         [
             new BatchItem(key.Name.ToString(), [1], null),
@@ -149,7 +150,14 @@ public sealed class AliasAndBatchTests : IDisposable
         Assert.Equal(KmsErrorCode.NotFound, results[2].Error!.Code);
         Assert.Equal("requests[3].plaintext", results[3].Error!.Field);
         Assert.Equal("requests[4].encryption_context", results[4].Error!.Field);
-        Assert.NotNull(results[5].Value);
+        Assert.Equal((1, 1, 2), (_domain.FakeHsm.Calls["random"], _domain.FakeHsm.Calls["encrypt-many"], _domain.FakeHsm.Calls["encrypt"]));
+        using var first = await _domain.Crypto.DecryptAsync(Dev, results[0].Value!.Ciphertext, EncryptionContext.Empty, default);
+        using var last = await _domain.Crypto.DecryptAsync(Dev, results[5].Value!.Ciphertext, Context("c", "v"), default);
+        Assert.Equal([1], first.Plaintext.Span.ToArray());
+        Assert.Equal([3], last.Plaintext.Span.ToArray());
+        Assert.True(CiphertextBlob.TryParse(results[0].Value!.Ciphertext, out var a));
+        Assert.True(CiphertextBlob.TryParse(results[5].Value!.Ciphertext, out var b));
+        Assert.NotEqual(a!.Iv.ToArray(), b!.Iv.ToArray()); // each item its own slice of the one draw
     }
 
     [Fact]
@@ -177,10 +185,40 @@ public sealed class AliasAndBatchTests : IDisposable
         var results = await _domain.Crypto.BatchGenerateDataKeyAsync(Dev, Enumerable.Range(0, 100).Select(_ => new BatchItem(key.Name.ToString(), null, null)).ToList(), default);
 
         Assert.Equal(1, _domain.FakeHsm.Calls["random"]);
+        Assert.Equal(1, _domain.FakeHsm.Calls["encrypt-many"]);
         Assert.Equal(100, _domain.FakeHsm.Calls["encrypt"]);
         Assert.Equal(100, results.Select(r => Convert.ToHexString(r.Value!.Plaintext.Span)).Distinct().Count());
         using var decrypted = await _domain.Crypto.DecryptAsync(Dev, results[42].Value!.Ciphertext, EncryptionContext.Empty, default);
         Assert.Equal(results[42].Value!.Plaintext.Span.ToArray(), decrypted.Plaintext.Span.ToArray());
+    }
+
+    [Fact]
+    public async Task BatchGenerateDataKey_TwoKeysAndFailures_OneHsmCallPerKey_EachItemInItsPlace()
+    {
+        var first = await _domain.CreateKeyAsync("first");
+        var second = await _domain.CreateKeyAsync("second");
+        var context = new Dictionary<string, string> { ["table"] = "orders" };
+        _domain.FakeHsm!.Calls.Clear();
+        var results = await _domain.Crypto.BatchGenerateDataKeyAsync(Dev,
+        [
+            new BatchItem(first.Name.ToString(), null, null),
+            new BatchItem(second.Name.ToString(), null, context),
+            new BatchItem("tenants/dev/keys/missing", null, null),
+            new BatchItem(first.Name.ToString(), null, context),
+            new BatchItem(second.Name.ToString(), null, new Dictionary<string, string> { [""] = "x" }),
+            new BatchItem(second.Name.ToString(), null, null),
+        ], default);
+
+        Assert.Equal(2, _domain.FakeHsm.Calls["encrypt-many"]);
+        Assert.Equal(KmsErrorCode.NotFound, results[2].Error!.Code);
+        Assert.Equal("requests[4].encryption_context", results[4].Error!.Field);
+        foreach (var (index, key, itemContext) in new[] { (0, first, (IReadOnlyDictionary<string, string>?)null), (1, second, context), (3, first, context), (5, second, null) })
+        {
+            var dataKey = results[index].Value!;
+            Assert.Equal(key.Name, dataKey.KeyVersion.Key);
+            using var decrypted = await _domain.Crypto.DecryptAsync(Dev, dataKey.Ciphertext, EncryptionContext.Create(itemContext), default);
+            Assert.Equal(dataKey.Plaintext.Span.ToArray(), decrypted.Plaintext.Span.ToArray());
+        }
     }
 
     [Fact]

@@ -38,6 +38,29 @@ public sealed class ImportTests(AlgorithmFixture fixture) : IClassFixture<Algori
         Assert.Equal(AesCheckValue(secret), described.CheckValue);
     }
 
+    [Fact]
+    public async Task EncryptMany_EachDecryptsWithDotNetUnderItsOwnIvAndAad_LikeOneByOne()
+    {
+        var secret = RandomNumberGenerator.GetBytes(32);
+        var (key, _) = await fixture.ImportAsync(KeyAlgorithm.Aes256Gcm, secret);
+        var inputs = Enumerable.Range(0, 5)
+            .Select(i => new AesGcmInput(RandomNumberGenerator.GetBytes(12), [(byte)i], RandomNumberGenerator.GetBytes(1 + (i * 7))))
+            .ToList();
+
+        var sealedAll = await fixture.Hsm.EncryptAesGcmManyAsync(key, inputs, default);
+
+        Assert.Equal(inputs.Count, sealedAll.Length);
+        using var aes = new AesGcm(secret, 16);
+        for (var i = 0; i < inputs.Count; i++)
+        {
+            var (iv, aad, expected) = inputs[i];
+            var plaintext = new byte[expected.Length];
+            aes.Decrypt(iv, sealedAll[i].AsSpan(0, expected.Length), sealedAll[i].AsSpan(expected.Length), plaintext, aad);
+            Assert.Equal(expected, plaintext);
+            Assert.Equal(await fixture.Hsm.EncryptAesGcmAsync(key, iv, aad, expected, default), sealedAll[i]);
+        }
+    }
+
     [Theory]
     [InlineData(KeyAlgorithm.HmacSha256)]
     [InlineData(KeyAlgorithm.HmacSha512)]

@@ -42,6 +42,24 @@ public interface IHsm
     ValueTask<byte[]> EncryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] plaintext, CancellationToken cancellationToken);
 
     /// <summary>
+    /// <see cref="EncryptAesGcmAsync"/> for each input under one key version, in order. An HSM
+    /// adapter does them in one go (one session, one key handle, one trip to the HSM's thread);
+    /// either all are encrypted or the call fails.
+    /// </summary>
+    /// <returns>For each input, its ciphertext followed by the 16-byte tag.</returns>
+    async ValueTask<byte[][]> EncryptAesGcmManyAsync(KeyMaterialRef key, IReadOnlyList<AesGcmInput> inputs, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(inputs);
+        var results = new byte[inputs.Count][];
+        for (var i = 0; i < inputs.Count; i++)
+        {
+            results[i] = await EncryptAesGcmAsync(key, inputs[i].Iv, inputs[i].Aad, inputs[i].Plaintext, cancellationToken);
+        }
+
+        return results;
+    }
+
+    /// <summary>
     /// Drops any unwrapped copy of a key version held in the HSM (the version was destroyed).
     /// A copy in use by a running operation goes when that operation ends.
     /// </summary>
@@ -184,3 +202,6 @@ public sealed record GeneratedKeyPair(WrappedKeyMaterial PrivateKey, byte[] Subj
 
 /// <summary>A key version's material by reference: its id (the cache key) and its wrapped bytes.</summary>
 public sealed record KeyMaterialRef(KeyVersionId Id, WrappedKeyMaterial Wrapped);
+
+/// <summary>One AES-GCM encryption of <see cref="IHsm.EncryptAesGcmManyAsync"/>: the arrays are the caller's, not copied.</summary>
+public readonly record struct AesGcmInput(byte[] Iv, byte[] Aad, byte[] Plaintext);

@@ -102,27 +102,44 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         return await hsm.GenerateRandomAsync(length, cancellationToken);
     }
 
-    /// <summary>Encrypt for each item; an item's failure is its own.</summary>
+    /// <summary>
+    /// Encrypt for each item; an item's failure is its own. One random draw gives every IV, and
+    /// the items sealed under one key version go to the HSM together.
+    /// </summary>
     public async Task<IReadOnlyList<ItemResult<EncryptResult>>> BatchEncryptAsync(Caller caller, IReadOnlyList<BatchItem> items, CancellationToken cancellationToken)
     {
         ValidateBatch(items, items.Sum(i => (long)(i.Data?.Length ?? 0)), "plaintext");
         var keys = new BatchKeys(this, caller);
+        var ivs = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength * items.Count, cancellationToken);
         var results = new ItemResult<EncryptResult>[items.Count];
+        var admitted = new List<AdmittedItem>(items.Count);
         for (var i = 0; i < items.Count; i++)
         {
             var item = items[i];
-            results[i] = await ItemResult.RunAsync(async () =>
+            var index = i;
+            var checkedItem = await ItemResult.RunAsync(async () =>
             {
                 var plaintext = item.Data ?? [];
-                ValidatePlaintext(plaintext, Field(i, "plaintext"));
-                var context = EncryptionContext.Create(item.Context, Field(i, "encryption_context"));
-                var primary = await keys.PrimaryAsync(KeyReference.Parse(item.Name, Field(i, "name")), context, cancellationToken);
+                ValidatePlaintext(plaintext, Field(index, "plaintext"));
+                var context = EncryptionContext.Create(item.Context, Field(index, "encryption_context"));
+                var primary = await keys.PrimaryAsync(KeyReference.Parse(item.Name, Field(index, "name")), context, cancellationToken);
                 await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
-                var iv = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength, cancellationToken);
-                return new EncryptResult(await SealAsync(caller, primary, iv, plaintext, context, cancellationToken), primary.Version.Name);
+                var iv = ivs[(index * CiphertextBlob.IvLength)..((index + 1) * CiphertextBlob.IvLength)];
+                return new AdmittedItem(index, primary, context, iv, plaintext);
             });
+            if (checkedItem.Error is not null)
+            {
+                results[i] = new ItemResult<EncryptResult>(null, checkedItem.Error);
+            }
+            else
+            {
+                admitted.Add(checkedItem.Value!);
+            }
         }
 
+        await SealByVersionAsync(caller, admitted, (item, blob, error) => results[item.Index] = error is null
+            ? new ItemResult<EncryptResult>(new EncryptResult(blob!, item.Primary.Version.Name), null)
+            : new ItemResult<EncryptResult>(null, error), cancellationToken);
         return results;
     }
 
@@ -190,7 +207,8 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
 
     /// <summary>
     /// GenerateDataKey for each item; an item's failure is its own. One random draw serves the
-    /// whole batch, and each distinct key is looked up once. Dispose the results to zero the keys.
+    /// whole batch, each distinct key is looked up once, and the data keys sealed under one key
+    /// version go to the HSM together. Dispose the results to zero the keys.
     /// </summary>
     public async Task<IReadOnlyList<ItemResult<DataKeyResult>>> BatchGenerateDataKeyAsync(Caller caller, IReadOnlyList<BatchItem> items, CancellationToken cancellationToken)
     {
@@ -199,29 +217,34 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         const int Stride = Limits.DataKeyBytes + CiphertextBlob.IvLength;
         var random = await hsm.GenerateRandomAsync(Stride * items.Count, cancellationToken);
         var results = new ItemResult<DataKeyResult>[items.Count];
+        var admitted = new List<AdmittedItem>(items.Count);
         try
         {
             for (var i = 0; i < items.Count; i++)
             {
                 var item = items[i];
-                var slice = random.AsMemory(i * Stride, Stride);
-                results[i] = await ItemResult.RunAsync(async () =>
+                var index = i;
+                var checkedItem = await ItemResult.RunAsync(async () =>
                 {
-                    var context = EncryptionContext.Create(item.Context, Field(i, "encryption_context"));
-                    var primary = await keys.PrimaryAsync(KeyReference.Parse(item.Name, Field(i, "name")), context, cancellationToken);
+                    var context = EncryptionContext.Create(item.Context, Field(index, "encryption_context"));
+                    var primary = await keys.PrimaryAsync(KeyReference.Parse(item.Name, Field(index, "name")), context, cancellationToken);
                     await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
-                    var keyAndIv = slice.ToArray();
-                    try
-                    {
-                        return await SealDataKeyAsync(caller, primary, keyAndIv, context, cancellationToken);
-                    }
-                    finally
-                    {
-                        CryptographicOperations.ZeroMemory(keyAndIv);
-                    }
+                    var offset = index * Stride;
+                    return new AdmittedItem(index, primary, context, random[(offset + Limits.DataKeyBytes)..(offset + Stride)], random[offset..(offset + Limits.DataKeyBytes)]);
                 });
+                if (checkedItem.Error is not null)
+                {
+                    results[i] = new ItemResult<DataKeyResult>(null, checkedItem.Error);
+                }
+                else
+                {
+                    admitted.Add(checkedItem.Value!);
+                }
             }
 
+            await SealByVersionAsync(caller, admitted, (item, blob, error) => results[item.Index] = error is null
+                ? new ItemResult<DataKeyResult>(new DataKeyResult(new SecretBytes(item.Plaintext), blob!, item.Primary.Version.Name), null)
+                : new ItemResult<DataKeyResult>(null, error), cancellationToken);
             return results;
         }
         catch
@@ -232,8 +255,38 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         finally
         {
             CryptographicOperations.ZeroMemory(random);
+
+            // The data keys of the items that did not get a result (a result's own is zeroed when it is disposed).
+            foreach (var item in admitted)
+            {
+                if (results[item.Index]?.Value is null)
+                {
+                    CryptographicOperations.ZeroMemory(item.Plaintext);
+                }
+            }
         }
     }
+
+    // The items that passed their checks, sealed with one HSM call per key version (one session,
+    // one key handle); a call's failure is each of its items' failure. `done` gets each item's blob or error.
+    private async Task SealByVersionAsync(Caller caller, List<AdmittedItem> admitted, Action<AdmittedItem, byte[]?, KmsException?> done, CancellationToken cancellationToken)
+    {
+        foreach (var group in admitted.GroupBy(item => item.Primary.Version.Id))
+        {
+            var items = group.ToList();
+            var primary = items[0].Primary;
+            var inputs = items.Select(item => new AesGcmInput(item.Iv, CiphertextBlob.BuildAad(primary.Version.Id, caller.Tenant, item.Context), item.Plaintext)).ToList();
+            var sealedAll = await ItemResult.RunAsync(async () => await hsm.For(primary.Key.Residency).EncryptAesGcmManyAsync(
+                new KeyMaterialRef(primary.Version.Id, MaterialOf(primary)), inputs, cancellationToken));
+            for (var j = 0; j < items.Count; j++)
+            {
+                done(items[j], sealedAll.Error is null ? CiphertextBlob.Format(primary.Version.Id, items[j].Iv, sealedAll.Value![j]) : null, sealedAll.Error);
+            }
+        }
+    }
+
+    // A batch item that passed its checks and took its usage, waiting to be sealed.
+    private sealed record AdmittedItem(int Index, KeyVersionMaterial Primary, EncryptionContext Context, byte[] Iv, byte[] Plaintext);
 
     private async Task<DataKeyResult> SealDataKeyAsync(Caller caller, KeyVersionMaterial primary, byte[] random, EncryptionContext context, CancellationToken cancellationToken)
     {

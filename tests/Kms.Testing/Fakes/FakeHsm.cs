@@ -54,6 +54,18 @@ public sealed class FakeHsm : IHsm, IDisposable
         return ValueTask.FromResult(output);
     }
 
+    public async ValueTask<byte[][]> EncryptAesGcmManyAsync(KeyMaterialRef key, IReadOnlyList<AesGcmInput> inputs, CancellationToken cancellationToken)
+    {
+        Count("encrypt-many");
+        var results = new byte[inputs.Count][];
+        for (var i = 0; i < inputs.Count; i++)
+        {
+            results[i] = await EncryptAesGcmAsync(key, inputs[i].Iv, inputs[i].Aad, inputs[i].Plaintext, cancellationToken);
+        }
+
+        return results;
+    }
+
     public ValueTask<byte[]> DecryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] ciphertextAndTag, CancellationToken cancellationToken)
     {
         Count("decrypt");
