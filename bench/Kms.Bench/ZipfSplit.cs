@@ -180,6 +180,12 @@ internal static class ZipfSplit
                 start.ArgumentList.Add(typeof(ZipfSplit).Assembly.Location);
             }
 
+            // As ./dev.sh and the container image start the server (README, configuration).
+            if (!start.Environment.ContainsKey("MALLOC_ARENA_MAX"))
+            {
+                start.Environment["MALLOC_ARENA_MAX"] = "2";
+            }
+
             start.ArgumentList.Add("serve");
             foreach (var arg in serverArgs)
             {
