@@ -402,5 +402,5 @@ public sealed class HsmCeremonySession : IDisposable
         }
     }
 
-    private static ISlot FindSlot(IPkcs11Library library, HsmOptions options) => SlotList.FindToken(library, options.TokenLabel, options.ModulePath);
+    private static ISlot FindSlot(IPkcs11Library library, HsmOptions options) => SlotList.FindToken(library, options.TokenLabel, options.ModulePath).Slot;
 }

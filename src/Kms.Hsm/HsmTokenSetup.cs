@@ -41,7 +41,7 @@ public static class HsmTokenSetup
                     // tools (pkcs11-tool) compare the blank-padded label.
                     free.InitToken(securityOfficerPin, label);
 
-                    var slot = SlotList.FindToken(library, label, modulePath);
+                    var slot = SlotList.FindToken(library, label, modulePath).Slot;
                     using var session = slot.OpenSession(SessionType.ReadWrite);
                     session.Login(CKU.CKU_SO, Encoding.UTF8.GetBytes(securityOfficerPin));
                     session.InitPin(Encoding.UTF8.GetBytes(userPin));
@@ -79,7 +79,8 @@ public static class HsmTokenSetup
             {
                 module.Call(library =>
                 {
-                    SlotList.FindToken(library, label, modulePath).InitToken(securityOfficerPin, label);
+                    // Destructive: refused unless every slot can be read (an unreadable one might hold the same label).
+                    SlotList.FindToken(library, label, modulePath, everySlotReadable: true).Slot.InitToken(securityOfficerPin, label);
                     return 0;
                 });
             }

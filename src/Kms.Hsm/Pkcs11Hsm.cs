@@ -750,7 +750,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         });
     }
 
-    private ISlot FindSlot(IPkcs11Library library) => SlotList.FindToken(library, _options.TokenLabel, _options.ModulePath);
+    private ISlot FindSlot(IPkcs11Library library) => SlotList.FindToken(library, _options.TokenLabel, _options.ModulePath).Slot;
 
     private void Login(ISession session)
     {

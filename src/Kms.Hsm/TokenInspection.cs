@@ -51,8 +51,8 @@ public static class TokenInspection
         {
             return module.Call(library =>
             {
-                var slot = SlotList.FindToken(library, options.TokenLabel, options.ModulePath);
-                var info = slot.GetTokenInfo();
+                var found = SlotList.FindToken(library, options.TokenLabel, options.ModulePath);
+                var (slot, info) = (found.Slot, found.Info!);
                 var libraryInfo = library.GetInfo();
                 var mechanisms = slot.GetMechanismList();
                 var missing = profile.RequiredMechanismIds.Concat(CeremonyMechanisms).Distinct()

@@ -36,7 +36,7 @@ public sealed class HsmFixture : IAsyncLifetime
 
     internal ISession OpenRawSession(string label)
     {
-        return Module.Call(library => SlotList.FindToken(library, label, SoftHsm.ModulePath).OpenSession(SessionType.ReadWrite));
+        return Module.Call(library => SlotList.FindToken(library, label, SoftHsm.ModulePath).Slot.OpenSession(SessionType.ReadWrite));
     }
 
     public IObjectHandle FindDomainKey(ISession session) =>

@@ -14,7 +14,7 @@ internal static class RawToken
         {
             module.Call(library =>
             {
-                var slot = SlotList.FindToken(library, token.Label, SoftHsm.ModulePath);
+                var slot = SlotList.FindToken(library, token.Label, SoftHsm.ModulePath).Slot;
                 using var session = slot.OpenSession(SessionType.ReadWrite);
                 try
                 {
