@@ -193,6 +193,18 @@ public sealed class AliasAndBatchTests : IDisposable
     }
 
     [Fact]
+    public async Task BatchGenerateDataKey_250ItemsUnderOneKey_SealedInChunksOf100()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        _domain.FakeHsm!.Calls.Clear();
+        var results = await _domain.Crypto.BatchGenerateDataKeyAsync(Dev, Enumerable.Range(0, 250).Select(_ => new BatchItem(key.Name.ToString(), null, null)).ToList(), default);
+
+        Assert.Equal((3, 250), (_domain.FakeHsm.Calls["encrypt-many"], _domain.FakeHsm.Calls["encrypt"]));
+        using var decrypted = await _domain.Crypto.DecryptAsync(Dev, results[249].Value!.Ciphertext, EncryptionContext.Empty, default);
+        Assert.Equal(results[249].Value!.Plaintext.Span.ToArray(), decrypted.Plaintext.Span.ToArray());
+    }
+
+    [Fact]
     public async Task BatchGenerateDataKey_TwoKeysAndFailures_OneHsmCallPerKey_EachItemInItsPlace()
     {
         var first = await _domain.CreateKeyAsync("first");

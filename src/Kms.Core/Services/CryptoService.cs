@@ -268,22 +268,25 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     }
 
     // The items that passed their checks, sealed with one HSM call per key version (one session,
-    // one key handle); a call's failure is each of its items' failure. `done` gets each item's blob or error.
+    // one key handle) and per SealChunk items, so that one call stays far inside Hsm:CallTimeout
+    // on a slow HSM; a call's failure is each of its items' failure. `done` gets each item's blob or error.
     private async Task SealByVersionAsync(Caller caller, List<AdmittedItem> admitted, Action<AdmittedItem, byte[]?, KmsException?> done, CancellationToken cancellationToken)
     {
-        foreach (var group in admitted.GroupBy(item => item.Primary.Version.Id))
+        foreach (var items in admitted.GroupBy(item => item.Primary.Version.Id).SelectMany(group => group.Chunk(SealChunk)))
         {
-            var items = group.ToList();
             var primary = items[0].Primary;
             var inputs = items.Select(item => new AesGcmInput(item.Iv, CiphertextBlob.BuildAad(primary.Version.Id, caller.Tenant, item.Context), item.Plaintext)).ToList();
             var sealedAll = await ItemResult.RunAsync(async () => await hsm.For(primary.Key.Residency).EncryptAesGcmManyAsync(
                 new KeyMaterialRef(primary.Version.Id, MaterialOf(primary)), inputs, cancellationToken));
-            for (var j = 0; j < items.Count; j++)
+            for (var j = 0; j < items.Length; j++)
             {
                 done(items[j], sealedAll.Error is null ? CiphertextBlob.Format(primary.Version.Id, items[j].Iv, sealedAll.Value![j]) : null, sealedAll.Error);
             }
         }
     }
+
+    // At ~10 µs per encryption on SoftHSM a chunk is ~1 ms; at 5–10 ms on a network HSM, under a second.
+    private const int SealChunk = 100;
 
     // A batch item that passed its checks and took its usage, waiting to be sealed.
     private sealed record AdmittedItem(int Index, KeyVersionMaterial Primary, EncryptionContext Context, byte[] Iv, byte[] Plaintext);
