@@ -79,8 +79,7 @@ public static class HsmTokenSetup
             {
                 module.Call(library =>
                 {
-                    // Destructive: refused unless every slot can be read (an unreadable one might hold the same label).
-                    SlotList.FindToken(library, label, modulePath, everySlotReadable: true).Slot.InitToken(securityOfficerPin, label);
+                    SlotList.FindToken(library, label, modulePath).Slot.InitToken(securityOfficerPin, label);
                     return 0;
                 });
             }

@@ -62,20 +62,19 @@ internal static class SlotList
     /// <summary>
     /// The one slot whose token is labelled <paramref name="label"/>, with its information.
     /// Labels are compared among the slots that can be read; a label also held by an unreadable
-    /// slot cannot be seen, unless <paramref name="everySlotReadable"/> (for a destructive use:
-    /// then any slot still unreadable after the retries is a refusal).
+    /// slot cannot be seen (refusing whenever any slot is unreadable would let one damaged token
+    /// block every user of the HSM).
     /// </summary>
     /// <remarks>Runs inside the module gate: its retries (at most ~300 ms, only while a slot is
     /// unreadable and the label not found) hold other callers of the module that long.</remarks>
-    /// <exception cref="HsmConfigurationException">No such token (naming any unreadable slots), more than one, or an unreadable slot when every slot must be read.</exception>
-    public static SlotToken FindToken(IPkcs11Library library, string label, string modulePath, bool everySlotReadable = false)
+    /// <exception cref="HsmConfigurationException">No such token (naming any unreadable slots), or more than one.</exception>
+    public static SlotToken FindToken(IPkcs11Library library, string label, string modulePath)
     {
         for (var attempt = 1; ; attempt++)
         {
             var tokens = ReadTokens(library);
             var matches = tokens.Where(t => t.Info?.Label == label).ToList();
-            var unreadable = tokens.Where(t => t.Info is null).ToList();
-            if (matches.Count == 1 && !(everySlotReadable && unreadable.Count > 0))
+            if (matches.Count == 1)
             {
                 return matches[0];
             }
@@ -85,14 +84,13 @@ internal static class SlotList
                 throw new HsmConfigurationException($"{matches.Count} tokens are labelled '{label}'; labels must be unique");
             }
 
+            var unreadable = tokens.Where(t => t.Info is null).ToList();
             if (unreadable.Count == 0 || attempt == SearchAttempts)
             {
                 var why = unreadable.Count == 0
                     ? ""
                     : "; slots that could not be read: " + string.Join(", ", unreadable.Select(t => $"{t.Slot.SlotId} ({t.Error})"));
-                throw new HsmConfigurationException(matches.Count == 1
-                    ? $"not every slot of {modulePath} can be read, so the token labelled '{label}' may not be the only one{why}"
-                    : $"no token labelled '{label}' in {modulePath}{why}");
+                throw new HsmConfigurationException($"no token labelled '{label}' in {modulePath}{why}");
             }
 
             // The token may be the one being written at this moment: read the list again.

@@ -29,21 +29,6 @@ public sealed class SlotListTests
     }
 
     [Fact]
-    public void AnotherTokenUnreadable_WipeRefused_TheTokenKept()
-    {
-        var mine = SoftHsm.CreateToken();
-        var other = SoftHsm.CreateToken();
-        using (Damage(other))
-        {
-            var e = Assert.Throws<HsmConfigurationException>(() => HsmTokenSetup.WipeToken(SoftHsm.ModulePath, mine.Label, mine.SoPin, SoftHsm.ModuleEnvironment));
-            Assert.Contains("may not be the only one", e.Message, StringComparison.Ordinal);
-        }
-
-        // Not wiped: its user PIN still opens it.
-        RawToken.WithSession(mine, (_, _) => { });
-    }
-
-    [Fact]
     public void TokenUnreadable_NotFound_NamesTheUnreadableSlot()
     {
         var token = SoftHsm.CreateToken();
