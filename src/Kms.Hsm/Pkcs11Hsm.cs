@@ -262,13 +262,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
 
     /// <inheritdoc />
     public ValueTask<byte[]> EncryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] plaintext, CancellationToken cancellationToken) =>
-        WithKeyAsync("encrypt", key, KeyHandleKind.Aes256Gcm, (session, handle) =>
-        {
-            var factories = _module.Factories;
-            using var parameters = factories.MechanismParamsFactory.CreateCkGcmParams(iv, (ulong)iv.Length * 8, aad, 128);
-            using var mechanism = factories.MechanismFactory.Create(CKM.CKM_AES_GCM, parameters);
-            return session.Encrypt(mechanism, handle, plaintext);
-        }, cancellationToken);
+        WithKeyAsync("encrypt", key, KeyHandleKind.Aes256Gcm, (session, handle) => EncryptGcm(session, handle, iv, aad, plaintext), cancellationToken);
 
     /// <inheritdoc />
     public ValueTask<byte[][]> EncryptAesGcmManyAsync(KeyMaterialRef key, IReadOnlyList<AesGcmInput> inputs, CancellationToken cancellationToken)
@@ -276,18 +270,22 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         ArgumentNullException.ThrowIfNull(inputs);
         return WithKeyAsync("encrypt", key, KeyHandleKind.Aes256Gcm, (session, handle) =>
         {
-            var factories = _module.Factories;
             var results = new byte[inputs.Count][];
             for (var i = 0; i < inputs.Count; i++)
             {
-                var (iv, aad, plaintext) = inputs[i];
-                using var parameters = factories.MechanismParamsFactory.CreateCkGcmParams(iv, (ulong)iv.Length * 8, aad, 128);
-                using var mechanism = factories.MechanismFactory.Create(CKM.CKM_AES_GCM, parameters);
-                results[i] = session.Encrypt(mechanism, handle, plaintext);
+                results[i] = EncryptGcm(session, handle, inputs[i].Iv, inputs[i].Aad, inputs[i].Plaintext);
             }
 
             return results;
         }, cancellationToken);
+    }
+
+    private byte[] EncryptGcm(ISession session, IObjectHandle handle, byte[] iv, byte[] aad, byte[] plaintext)
+    {
+        var factories = _module.Factories;
+        using var parameters = factories.MechanismParamsFactory.CreateCkGcmParams(iv, (ulong)iv.Length * 8, aad, 128);
+        using var mechanism = factories.MechanismFactory.Create(CKM.CKM_AES_GCM, parameters);
+        return session.Encrypt(mechanism, handle, plaintext);
     }
 
     /// <inheritdoc />
