@@ -35,6 +35,40 @@ public sealed class EnvelopeKnownAnswerTests
         Assert.Equal((80, 3), (valid, invalid));
     }
 
+    /// <summary>
+    /// Our HKDF (built from one-shot SHA-512s) against .NET's <see cref="System.Security.Cryptography.HKDF"/>
+    /// at the lengths where an HMAC changes shape: keys of 0, one block and more than one block
+    /// (hashed first), messages that cross the stack buffer, outputs of one and several blocks.
+    /// </summary>
+    [Fact]
+    public void HkdfSha512_MatchesDotNetHkdf_AtEveryShapeOfKeyMessageAndOutput()
+    {
+        var random = new Random(5869);
+        var lengths = new[] { 0, 1, 32, 127, 128, 129, 300, 600 };
+        var cases = 0;
+        foreach (var saltLength in lengths)
+        {
+            foreach (var ikmLength in new[] { 0, 32, 129, 600 })
+            {
+                foreach (var (infoLength, okmLength) in new[] { (0, 64), (28, 64), (28, 1), (100, 65), (400, 200), (600, 255 * 64) })
+                {
+                    var (ikm, salt, info) = (new byte[ikmLength], new byte[saltLength], new byte[infoLength]);
+                    random.NextBytes(ikm);
+                    random.NextBytes(salt);
+                    random.NextBytes(info);
+                    var (ours, theirs) = (new byte[okmLength], new byte[okmLength]);
+                    EnvelopeFormat.HkdfSha512(ikm, salt, info, ours);
+                    System.Security.Cryptography.HKDF.DeriveKey(System.Security.Cryptography.HashAlgorithmName.SHA512, ikm, theirs, salt, info);
+                    Assert.True(ours.AsSpan().SequenceEqual(theirs), $"salt {saltLength}, ikm {ikmLength}, info {infoLength}, okm {okmLength}");
+                    cases++;
+                }
+            }
+        }
+
+        Assert.Equal(8 * 4 * 6, cases);
+        Assert.Throws<ArgumentException>(() => EnvelopeFormat.HkdfSha512([1], [], [], new byte[(255 * 64) + 1]));
+    }
+
     [WycheproofFact]
     public void FrameGcm_Key256Iv96Tag128_ValidOpensInvalidIsOneDecryptionError()
     {
