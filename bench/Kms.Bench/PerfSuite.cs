@@ -219,6 +219,7 @@ internal static class PerfSuite
     {
         var (tokens, _, root) = BenchEnvironment.CreateTokens(2);
         var servers = new List<Microsoft.AspNetCore.Builder.WebApplication>();
+        var overload = operation == "overload";
         try
         {
             var calls = new List<Func<Task>>();
@@ -229,9 +230,10 @@ internal static class PerfSuite
                 Directory.CreateDirectory(dir);
                 var app = await LoadGenerator.StartServerAsync(token.Options, dir, audit: true, args);
                 servers.Add(app);
-                var client = LoadGenerator.Connect(app, dir);
+                // "overload": GenerateDataKey from a client that does not retry, so a shed call is seen.
+                var client = LoadGenerator.Connect(app, dir, maxAttempts: overload ? 1 : 5);
                 clients.Add(client);
-                calls.Add(await OperationAsync(client, operation));
+                calls.Add(await OperationAsync(client, overload ? "generate" : operation));
                 if (servers.Count == 2 && PrefillAudit > 0)
                 {
                     await PrefillAuditAsync(Path.Combine(dir, "kms.db"), PrefillAudit);
@@ -250,6 +252,13 @@ internal static class PerfSuite
             foreach (var call in calls)
             {
                 await LoadLoops.ClosedAsync(open ? 16 : concurrency, TimeSpan.FromSeconds(open ? 10 : 2), call); // warm-up
+            }
+
+            if (overload)
+            {
+                var code = await CompareOverloadAsync(duration, -concurrency, rounds, calls);
+                clients.ForEach(c => c.Dispose());
+                return code;
             }
 
             var ratios = new List<double>();
@@ -346,6 +355,36 @@ internal static class PerfSuite
     }
 
     // A key and the closure that calls the operation on it.
+    /// <summary>
+    /// <c>ab … overload</c>: both servers offered GenerateDataKey at <paramref name="rate"/> (meant to be
+    /// beyond their peak) on a schedule, from clients that do not retry and keep at most 4,000
+    /// calls outstanding, as <c>perf</c>'s overload step: calls served per second and their
+    /// latency, calls shed. The ratio is of the served calls' p50s.
+    /// </summary>
+    private static async Task<int> CompareOverloadAsync(TimeSpan duration, int rate, int rounds, List<Func<Task>> calls)
+    {
+        Console.WriteLine("| round | A served /s | A p50 ms | A p99 ms | A shed | A not sent | B served /s | B p50 ms | B p99 ms | B shed | B not sent | B ÷ A (p50) |");
+        Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        var ratios = new List<double>();
+        for (var round = 1; round <= rounds; round++)
+        {
+            var results = new StepResult[2];
+            foreach (var i in round % 2 == 1 ? new[] { 0, 1 } : [1, 0])
+            {
+                results[i] = await LoadLoops.OpenAsync(rate, duration, calls[i], maxOutstanding: 4_000);
+                await Task.Delay(TimeSpan.FromSeconds(2)); // the queue left behind drains before the other side's turn
+            }
+
+            ratios.Add(results[1].P50 / results[0].P50);
+            var (a, b) = (results[0], results[1]);
+            Console.WriteLine(Invariant($"| {round} | {a.OpsPerSecond:N0} | {a.P50:F2} | {a.P99:F2} | {a.Shed} | {a.NotSent} | {b.OpsPerSecond:N0} | {b.P50:F2} | {b.P99:F2} | {b.Shed} | {b.NotSent} | {ratios[^1]:F2} |{(a.Errors + b.Errors > 0 ? Invariant($" {a.Errors + b.Errors} errors") : "")}"));
+        }
+
+        ratios.Sort();
+        Console.WriteLine(Invariant($"median B ÷ A (p50): {ratios[ratios.Count / 2]:F2} (range {ratios[0]:F2}-{ratios[^1]:F2}); load average {LoadAverage()}"));
+        return 0;
+    }
+
     private static async Task<Func<Task>> OperationAsync(KmsClient client, string operation)
     {
         var key = await client.CreateKeyAsync("tenants/dev", "bench-" + operation);
