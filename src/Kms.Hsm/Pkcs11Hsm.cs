@@ -273,7 +273,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
             var results = new byte[inputs.Count][];
             for (var i = 0; i < inputs.Count; i++)
             {
-                results[i] = EncryptGcm(session, handle, inputs[i].Iv, inputs[i].Aad, inputs[i].Plaintext);
+                results[i] = EncryptGcm(session, handle, inputs[i].Iv, inputs[i].Aad, inputs[i].Data);
             }
 
             return results;
@@ -290,20 +290,47 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
 
     /// <inheritdoc />
     public ValueTask<byte[]> DecryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] ciphertextAndTag, CancellationToken cancellationToken) =>
-        WithKeyAsync("decrypt", key, KeyHandleKind.Aes256Gcm, (session, handle) =>
+        WithKeyAsync("decrypt", key, KeyHandleKind.Aes256Gcm, (session, handle) => DecryptGcm(session, handle, iv, aad, ciphertextAndTag) ?? throw KmsErrors.DecryptionFailed(), cancellationToken);
+
+    /// <inheritdoc />
+    public ValueTask<byte[]?[]> DecryptAesGcmManyAsync(KeyMaterialRef key, IReadOnlyList<AesGcmInput> inputs, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(inputs);
+        return WithKeyAsync("decrypt", key, KeyHandleKind.Aes256Gcm, (session, handle) =>
         {
-            var factories = _module.Factories;
-            using var parameters = factories.MechanismParamsFactory.CreateCkGcmParams(iv, (ulong)iv.Length * 8, aad, 128);
-            using var mechanism = factories.MechanismFactory.Create(CKM.CKM_AES_GCM, parameters);
+            var results = new byte[]?[inputs.Count];
             try
             {
-                return session.Decrypt(mechanism, handle, ciphertextAndTag);
+                for (var i = 0; i < inputs.Count; i++)
+                {
+                    results[i] = DecryptGcm(session, handle, inputs[i].Iv, inputs[i].Aad, inputs[i].Data);
+                }
+
+                return results;
             }
-            catch (Pkcs11Exception e) when (_profile.DecryptionFailures.Contains(e.RV))
+            catch
             {
-                throw KmsErrors.DecryptionFailed();
+                IHsm.ZeroAll(results);
+                throw;
             }
         }, cancellationToken);
+    }
+
+    // Null when the tag, AAD or IV is wrong (the operation ends with the error; the session stays usable).
+    private byte[]? DecryptGcm(ISession session, IObjectHandle handle, byte[] iv, byte[] aad, byte[] ciphertextAndTag)
+    {
+        var factories = _module.Factories;
+        using var parameters = factories.MechanismParamsFactory.CreateCkGcmParams(iv, (ulong)iv.Length * 8, aad, 128);
+        using var mechanism = factories.MechanismFactory.Create(CKM.CKM_AES_GCM, parameters);
+        try
+        {
+            return session.Decrypt(mechanism, handle, ciphertextAndTag);
+        }
+        catch (Pkcs11Exception e) when (_profile.DecryptionFailures.Contains(e.RV))
+        {
+            return null;
+        }
+    }
 
     /// <inheritdoc />
     public void EvictKey(KeyVersionId id)

@@ -178,6 +178,54 @@ public sealed class AliasAndBatchTests : IDisposable
     }
 
     [Fact]
+    public async Task BatchDecrypt_TwoKeysAndFailures_OneHsmCallPerKeyVersion_EachItemInItsPlace()
+    {
+        var first = await _domain.CreateKeyAsync("first");
+        var second = await _domain.CreateKeyAsync("second");
+        var context = new Dictionary<string, string> { ["table"] = "orders" };
+        byte[] Seal(KeyName key, byte value, IReadOnlyDictionary<string, string>? itemContext) =>
+            _domain.Crypto.EncryptAsync(Dev, key, [value], EncryptionContext.Create(itemContext), default).GetAwaiter().GetResult().Ciphertext;
+        var tampered = Seal(second.Name, 9, null);
+        tampered[^1] ^= 1;
+        _domain.FakeHsm!.Calls.Clear();
+
+        var results = await _domain.Crypto.BatchDecryptAsync(Dev,
+        [
+            new BatchItem(null, Seal(first.Name, 1, null), null),
+            new BatchItem(null, Seal(second.Name, 2, context), context),
+            new BatchItem(null, tampered, null),
+            new BatchItem(null, Seal(first.Name, 4, context), null), // the wrong context: its tag fails
+            new BatchItem(null, [0x00, 0x01], null),
+            new BatchItem(null, Seal(second.Name, 6, null), null),
+            new BatchItem(null, Seal(first.Name, 7, context), context),
+        ], default);
+
+        Assert.Equal(2, _domain.FakeHsm.Calls["decrypt-many"]);
+        Assert.False(_domain.FakeHsm.Calls.ContainsKey("encrypt-many"));
+        Assert.Equal(KmsErrorCode.DecryptionFailed, results[2].Error!.Code);
+        Assert.Equal(KmsErrorCode.DecryptionFailed, results[3].Error!.Code);
+        Assert.Equal(KmsErrorCode.DecryptionFailed, results[4].Error!.Code);
+        foreach (var (index, key, value) in new[] { (0, first, 1), (1, second, 2), (5, second, 6), (6, first, 7) })
+        {
+            Assert.Equal(key.Name, results[index].Value!.KeyVersion.Key);
+            Assert.Equal([(byte)value], results[index].Value!.Plaintext.Span.ToArray());
+        }
+    }
+
+    [Fact]
+    public async Task BatchDecrypt_250ItemsUnderOneKey_InChunksOf100()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var sealedItems = await _domain.Crypto.BatchEncryptAsync(Dev, Enumerable.Range(0, 250).Select(i => new BatchItem(key.Name.ToString(), [(byte)i], null)).ToList(), default);
+        _domain.FakeHsm!.Calls.Clear();
+
+        var results = await _domain.Crypto.BatchDecryptAsync(Dev, sealedItems.Select(r => new BatchItem(null, r.Value!.Ciphertext, null)).ToList(), default);
+
+        Assert.Equal((3, 250), (_domain.FakeHsm.Calls["decrypt-many"], _domain.FakeHsm.Calls["decrypt"]));
+        Assert.Equal(Enumerable.Range(0, 250).Select(i => (byte)i), results.Select(r => r.Value!.Plaintext.Span[0]));
+    }
+
+    [Fact]
     public async Task BatchGenerateDataKey_OneRandomDrawForTheBatch_AllDecrypt()
     {
         var key = await _domain.CreateKeyAsync("k");

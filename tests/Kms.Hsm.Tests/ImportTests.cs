@@ -61,6 +61,44 @@ public sealed class ImportTests(AlgorithmFixture fixture) : IClassFixture<Algori
         }
     }
 
+    /// <summary>
+    /// Ciphertexts made by .NET's AesGcm under the imported key, decrypted in one HSM call: the
+    /// good ones give their plaintexts, a flipped tag, a wrong AAD and a wrong IV are each null in
+    /// their place (the session goes on to the next item), and the plaintexts equal one-by-one calls.
+    /// </summary>
+    [Fact]
+    public async Task DecryptMany_DotNetCiphertexts_BadTagAadOrIvIsNullInItsPlace_TheRestDecrypt()
+    {
+        var secret = RandomNumberGenerator.GetBytes(32);
+        var (key, _) = await fixture.ImportAsync(KeyAlgorithm.Aes256Gcm, secret);
+        using var aes = new AesGcm(secret, 16);
+        var plaintexts = Enumerable.Range(0, 7).Select(i => RandomNumberGenerator.GetBytes(1 + (i * 9))).ToList();
+        var inputs = plaintexts.Select((plaintext, i) =>
+        {
+            var (iv, aad) = (RandomNumberGenerator.GetBytes(12), new[] { (byte)i });
+            var sealedBytes = new byte[plaintext.Length + 16];
+            aes.Encrypt(iv, plaintext, sealedBytes.AsSpan(0, plaintext.Length), sealedBytes.AsSpan(plaintext.Length), aad);
+            return new AesGcmInput(iv, aad, sealedBytes);
+        }).ToList();
+        inputs[1].Data[^1] ^= 1;
+        inputs[3] = inputs[3] with { Aad = [0xff] };
+        inputs[5] = inputs[5] with { Iv = RandomNumberGenerator.GetBytes(12) };
+
+        var opened = await fixture.Hsm.DecryptAesGcmManyAsync(key, inputs, default);
+
+        Assert.Equal(inputs.Count, opened.Length);
+        foreach (var bad in new[] { 1, 3, 5 })
+        {
+            Assert.Null(opened[bad]);
+        }
+
+        foreach (var good in new[] { 0, 2, 4, 6 })
+        {
+            Assert.Equal(plaintexts[good], opened[good]);
+            Assert.Equal(opened[good], await fixture.Hsm.DecryptAesGcmAsync(key, inputs[good].Iv, inputs[good].Aad, inputs[good].Data, default));
+        }
+    }
+
     [Theory]
     [InlineData(KeyAlgorithm.HmacSha256)]
     [InlineData(KeyAlgorithm.HmacSha512)]

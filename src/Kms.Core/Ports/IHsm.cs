@@ -53,7 +53,7 @@ public interface IHsm
         var results = new byte[inputs.Count][];
         for (var i = 0; i < inputs.Count; i++)
         {
-            results[i] = await EncryptAesGcmAsync(key, inputs[i].Iv, inputs[i].Aad, inputs[i].Plaintext, cancellationToken);
+            results[i] = await EncryptAesGcmAsync(key, inputs[i].Iv, inputs[i].Aad, inputs[i].Data, cancellationToken);
         }
 
         return results;
@@ -68,6 +68,49 @@ public interface IHsm
     /// <summary>AES-256-GCM decryption; a wrong tag, AAD or IV is <see cref="Errors.KmsErrorCode.DecryptionFailed"/>.</summary>
     /// <returns>The plaintext, owned by the caller (zero it after use).</returns>
     ValueTask<byte[]> DecryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] ciphertextAndTag, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// <see cref="DecryptAesGcmAsync"/> for each input (<see cref="AesGcmInput.Data"/> the ciphertext
+    /// followed by its tag) under one key version, in order. An HSM adapter does them in one go.
+    /// An input that does not decrypt (wrong tag, AAD or IV) is <c>null</c> in the result, its own
+    /// failure; any other failure fails the call, with every plaintext of it zeroed.
+    /// </summary>
+    /// <returns>For each input, its plaintext (owned by the caller: zero it after use) or <c>null</c>.</returns>
+    async ValueTask<byte[]?[]> DecryptAesGcmManyAsync(KeyMaterialRef key, IReadOnlyList<AesGcmInput> inputs, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(inputs);
+        var results = new byte[]?[inputs.Count];
+        try
+        {
+            for (var i = 0; i < inputs.Count; i++)
+            {
+                try
+                {
+                    results[i] = await DecryptAesGcmAsync(key, inputs[i].Iv, inputs[i].Aad, inputs[i].Data, cancellationToken);
+                }
+                catch (Errors.KmsException e) when (e.Code == Errors.KmsErrorCode.DecryptionFailed)
+                {
+                    results[i] = null;
+                }
+            }
+
+            return results;
+        }
+        catch
+        {
+            ZeroAll(results);
+            throw;
+        }
+    }
+
+    /// <summary>Zeroes each plaintext of a <see cref="DecryptAesGcmManyAsync"/> result.</summary>
+    static void ZeroAll(byte[]?[] plaintexts)
+    {
+        foreach (var plaintext in plaintexts)
+        {
+            System.Security.Cryptography.CryptographicOperations.ZeroMemory(plaintext);
+        }
+    }
 
     /// <summary>
     /// Generates an EC key pair inside the HSM and returns the private key wrapped under the
@@ -203,5 +246,9 @@ public sealed record GeneratedKeyPair(WrappedKeyMaterial PrivateKey, byte[] Subj
 /// <summary>A key version's material by reference: its id (the cache key) and its wrapped bytes.</summary>
 public sealed record KeyMaterialRef(KeyVersionId Id, WrappedKeyMaterial Wrapped);
 
-/// <summary>One AES-GCM encryption of <see cref="IHsm.EncryptAesGcmManyAsync"/>: the arrays are the caller's, not copied.</summary>
-public readonly record struct AesGcmInput(byte[] Iv, byte[] Aad, byte[] Plaintext);
+/// <summary>
+/// One AES-GCM operation of <see cref="IHsm.EncryptAesGcmManyAsync"/> (<paramref name="Data"/> the
+/// plaintext) or <see cref="IHsm.DecryptAesGcmManyAsync"/> (the ciphertext followed by its tag):
+/// the arrays are the caller's, not copied.
+/// </summary>
+public readonly record struct AesGcmInput(byte[] Iv, byte[] Aad, byte[] Data);

@@ -143,24 +143,57 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         return results;
     }
 
-    /// <summary>Decrypt for each item; an item's failure is its own. Dispose the results to zero the plaintexts.</summary>
+    /// <summary>
+    /// Decrypt for each item; an item's failure is its own. Each item is parsed, looked up and
+    /// checked in order, then the items under one key version go to the HSM together (a wrong
+    /// tag is still that item's "decryption failed"). Dispose the results to zero the plaintexts.
+    /// </summary>
     public async Task<IReadOnlyList<ItemResult<DecryptResult>>> BatchDecryptAsync(Caller caller, IReadOnlyList<BatchItem> items, CancellationToken cancellationToken)
     {
         ValidateBatch(items, items.Sum(i => (long)(i.Data?.Length ?? 0)), "ciphertext");
         var versions = new Dictionary<KeyVersionId, KeyVersionMaterial?>();
         var results = new ItemResult<DecryptResult>[items.Count];
+        var admitted = new List<OpenedItem>(items.Count);
         try
         {
             for (var i = 0; i < items.Count; i++)
             {
                 var item = items[i];
-                results[i] = await ItemResult.RunAsync(async () =>
+                var index = i;
+                var checkedItem = await ItemResult.RunAsync(async () =>
                 {
-                    var context = EncryptionContext.Create(item.Context, Field(i, "encryption_context"));
-                    var (blob, found) = await OpenBlobAsync(caller, item.Data ?? [], Field(i, "ciphertext"), context, cancellationToken, versions);
-                    var plaintext = await UnsealAsync(caller, blob, found, context, cancellationToken);
-                    return new DecryptResult(new SecretBytes(plaintext), found.Version.Name);
+                    var context = EncryptionContext.Create(item.Context, Field(index, "encryption_context"));
+                    var (blob, found) = await OpenBlobAsync(caller, item.Data ?? [], Field(index, "ciphertext"), context, cancellationToken, versions);
+                    return new OpenedItem(index, blob, found, context);
                 });
+                if (checkedItem.Error is not null)
+                {
+                    results[i] = new ItemResult<DecryptResult>(null, checkedItem.Error);
+                }
+                else
+                {
+                    admitted.Add(checkedItem.Value!);
+                }
+            }
+
+            foreach (var group in admitted.GroupBy(item => item.Found.Version.Id).SelectMany(group => group.Chunk(HsmChunk)))
+            {
+                var found = group[0].Found;
+                var inputs = group.Select(item => new AesGcmInput(item.Blob.Iv.ToArray(), CiphertextBlob.BuildAad(found.Version.Id, caller.Tenant, item.Context), item.Blob.CiphertextAndTag.ToArray())).ToList();
+                var plaintexts = await ItemResult.RunAsync(async () => await hsm.For(found.Key.Residency).DecryptAesGcmManyAsync(
+                    new KeyMaterialRef(found.Version.Id, MaterialOf(found)), inputs, cancellationToken));
+                for (var j = 0; j < group.Length; j++)
+                {
+                    if (plaintexts.Value?[j] is { } plaintext)
+                    {
+                        usage.CountDecryption(found.Version.Id);
+                        results[group[j].Index] = new ItemResult<DecryptResult>(new DecryptResult(new SecretBytes(plaintext), found.Version.Name), null);
+                    }
+                    else
+                    {
+                        results[group[j].Index] = new ItemResult<DecryptResult>(null, plaintexts.Error ?? KmsErrors.DecryptionFailed());
+                    }
+                }
             }
 
             return results;
@@ -171,6 +204,9 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
             throw;
         }
     }
+
+    // A BatchDecrypt item that parsed, was found and passed its checks, waiting for the HSM.
+    private sealed record OpenedItem(int Index, CiphertextBlob Blob, KeyVersionMaterial Found, EncryptionContext Context);
 
     /// <summary>ReEncrypt for each item; an item's failure is its own.</summary>
     public async Task<IReadOnlyList<ItemResult<ReEncryptResult>>> BatchReEncryptAsync(Caller caller, IReadOnlyList<BatchReEncryptItem> items, CancellationToken cancellationToken)
@@ -268,11 +304,11 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     }
 
     // The items that passed their checks, sealed with one HSM call per key version (one session,
-    // one key handle) and per SealChunk items, so that one call stays far inside Hsm:CallTimeout
+    // one key handle) and per HsmChunk items, so that one call stays far inside Hsm:CallTimeout
     // on a slow HSM; a call's failure is each of its items' failure. `done` gets each item's blob or error.
     private async Task SealByVersionAsync(Caller caller, List<AdmittedItem> admitted, Action<AdmittedItem, byte[]?, KmsException?> done, CancellationToken cancellationToken)
     {
-        foreach (var items in admitted.GroupBy(item => item.Primary.Version.Id).SelectMany(group => group.Chunk(SealChunk)))
+        foreach (var items in admitted.GroupBy(item => item.Primary.Version.Id).SelectMany(group => group.Chunk(HsmChunk)))
         {
             var primary = items[0].Primary;
             var inputs = items.Select(item => new AesGcmInput(item.Iv, CiphertextBlob.BuildAad(primary.Version.Id, caller.Tenant, item.Context), item.Plaintext)).ToList();
@@ -286,7 +322,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     }
 
     // At ~10 µs per encryption on SoftHSM a chunk is ~1 ms; at 5–10 ms on a network HSM, under a second.
-    private const int SealChunk = 100;
+    private const int HsmChunk = 100;
 
     // A batch item that passed its checks and took its usage, waiting to be sealed.
     private sealed record AdmittedItem(int Index, KeyVersionMaterial Primary, EncryptionContext Context, byte[] Iv, byte[] Plaintext);

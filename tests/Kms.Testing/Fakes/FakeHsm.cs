@@ -60,7 +60,7 @@ public sealed class FakeHsm : IHsm, IDisposable
         var results = new byte[inputs.Count][];
         for (var i = 0; i < inputs.Count; i++)
         {
-            results[i] = await EncryptAesGcmAsync(key, inputs[i].Iv, inputs[i].Aad, inputs[i].Plaintext, cancellationToken);
+            results[i] = await EncryptAesGcmAsync(key, inputs[i].Iv, inputs[i].Aad, inputs[i].Data, cancellationToken);
         }
 
         return results;
@@ -81,6 +81,25 @@ public sealed class FakeHsm : IHsm, IDisposable
         }
 
         return ValueTask.FromResult(plaintext);
+    }
+
+    public async ValueTask<byte[]?[]> DecryptAesGcmManyAsync(KeyMaterialRef key, IReadOnlyList<AesGcmInput> inputs, CancellationToken cancellationToken)
+    {
+        Count("decrypt-many");
+        var results = new byte[]?[inputs.Count];
+        for (var i = 0; i < inputs.Count; i++)
+        {
+            try
+            {
+                results[i] = await DecryptAesGcmAsync(key, inputs[i].Iv, inputs[i].Aad, inputs[i].Data, cancellationToken);
+            }
+            catch (KmsException e) when (e.Code == KmsErrorCode.DecryptionFailed)
+            {
+                results[i] = null;
+            }
+        }
+
+        return results;
     }
 
     public ValueTask<GeneratedKeyPair> GenerateEcKeyPairAsync(EcCurve curve, CancellationToken cancellationToken)
