@@ -136,10 +136,6 @@ public static class KmsServerApp
             });
             builder.Services.AddSingleton(_ => lease); // a factory: the container disposes it (closing the lease's session) at shutdown
             var app = Build(builder, hsm, store, serverOptions, metricsUrl, logger, configureServices);
-
-            // Listening to Kestrel's queue before the first connection: a connection counts its
-            // queued calls only if someone listened when it opened.
-            _ = app.Services.GetRequiredService<Overload.RequestQueue>();
             await app.Services.GetRequiredService<AuditWorker>().InitializeAsync(cancellationToken);
             await AccessProvisioning.RunAsync(app.Services, serverOptions, loggerFactory.CreateLogger("Kms.Access"), cancellationToken);
             await InitializeQuorumAsync(app.Services, serverOptions.Quorum, loggerFactory.CreateLogger("Kms.Quorum"), cancellationToken);
@@ -258,7 +254,6 @@ public static class KmsServerApp
                 : null));
         builder.Services.AddSingleton<TenantQuotas>();
         builder.Services.AddSingleton<Overload.QueueDelayMonitor>();
-        builder.Services.AddSingleton<Overload.RequestQueue>();
         builder.Services.AddSingleton<AuthorizationInterceptor>();
         builder.Services.AddSingleton<MetricsInterceptor>();
         if (metricsUrl is not null)

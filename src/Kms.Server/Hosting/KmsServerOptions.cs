@@ -96,13 +96,6 @@ public sealed class OverloadOptions
 
     /// <summary>How long the delay must stay above the target (longer than a GC pause or a burst).</summary>
     public TimeSpan Window { get; set; } = TimeSpan.FromMilliseconds(500);
-
-    /// <summary>
-    /// Calls tolerated in the queue in front of the server (accepted by Kestrel, waiting for a
-    /// thread); a call that starts with more than this many behind it is answered UNAVAILABLE at
-    /// once (<see cref="Kms.Server.Overload.RequestQueue"/>). Zero turns it off.
-    /// </summary>
-    public int MaxQueuedCalls { get; set; } = 256;
 }
 
 /// <summary>Per-tenant quotas.</summary>

@@ -17,14 +17,13 @@ namespace Kms.Server.Security;
 /// Every call passes here before its handler: authenticate (UNAUTHENTICATED, one message
 /// for every reason), authorize by <see cref="AccessRules"/> (PERMISSION_DENIED naming the
 /// permission, or NOT_FOUND across tenants), meter crypto against the tenant's quota
-/// (RESOURCE_EXHAUSTED with a retry delay), shed when the server is full or its queue long (UNAVAILABLE). A method without a rule is refused: default deny. Nothing has run, so a refused
+/// (RESOURCE_EXHAUSTED with a retry delay), shed when the server is full (UNAVAILABLE). A method without a rule is refused: default deny. Nothing has run, so a refused
 /// call changes nothing.
 /// </summary>
 internal sealed partial class AuthorizationInterceptor(
     CallerAuthentication authentication,
     TenantQuotas quotas,
     Overload.QueueDelayMonitor overload,
-    Overload.RequestQueue queue,
     IOptions<KmsServerOptions> options,
     ILogger<AuthorizationInterceptor> logger) : Interceptor
 {
@@ -33,7 +32,6 @@ internal sealed partial class AuthorizationInterceptor(
 
     private static readonly KeyValuePair<string, object?> CapacityReason = new("reason", "capacity");
     private static readonly KeyValuePair<string, object?> QueueDelayReason = new("reason", "queue_delay");
-    private static readonly KeyValuePair<string, object?> QueueLengthReason = new("reason", "queue_length");
     private readonly int _maxConcurrentCalls = options.Value.MaxConcurrentCalls;
     private int _inFlight;
     private long _shedSinceLog;
@@ -201,12 +199,6 @@ internal sealed partial class AuthorizationInterceptor(
 
     private Slot Enter(ServerCallContext context)
     {
-        if (queue.IsOverLimit)
-        {
-            Shed(QueueLengthReason, context.Method);
-            throw new RpcException(new global::Grpc.Core.Status(StatusCode.Unavailable, "the server is overloaded; retry with backoff"));
-        }
-
         if (overload.ShouldShed())
         {
             Shed(QueueDelayReason, context.Method);
@@ -234,7 +226,7 @@ internal sealed partial class AuthorizationInterceptor(
         if (now - last >= 1000 && Interlocked.CompareExchange(ref _lastShedLog, now, last) == last)
         {
             Interlocked.Add(ref _shedSinceLog, -count);
-            LogShed(logger, method, (string)reason.Value!, count, queue.Queued, overload.QueueDelay.TotalMilliseconds);
+            LogShed(logger, method, (string)reason.Value!, count, overload.QueueDelay.TotalMilliseconds);
         }
     }
 
@@ -255,6 +247,6 @@ internal sealed partial class AuthorizationInterceptor(
     [LoggerMessage(EventId = 1102, Level = LogLevel.Information, Message = "{Method} refused: quota of tenant {Tenant} exceeded")]
     private static partial void LogQuotaExceeded(ILogger logger, string method, string tenant);
 
-    [LoggerMessage(EventId = 1103, Level = LogLevel.Warning, Message = "{Method} shed ({Reason}): {Count} calls shed since the last such message; {Queued} calls queued; shortest queue delay of the last window {QueueDelayMs} ms")]
-    private static partial void LogShed(ILogger logger, string method, string reason, long count, long queued, double queueDelayMs);
+    [LoggerMessage(EventId = 1103, Level = LogLevel.Warning, Message = "{Method} shed ({Reason}): {Count} calls shed since the last such message; shortest queue delay of the last window {QueueDelayMs} ms")]
+    private static partial void LogShed(ILogger logger, string method, string reason, long count, double queueDelayMs);
 }
