@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Security.Cryptography;
 using Kms.Core.Errors;
 using Net.Pkcs11Interop.HighLevelAPI;
 
@@ -23,8 +24,13 @@ public sealed partial class Pkcs11Hsm
     /// <summary>Test hook: faults injected at this adapter's PKCS#11 boundary.</summary>
     internal HsmFaultInjector Faults { get; } = new();
 
+    private int _zeroedLateResults;
+
     /// <summary>Calls abandoned past <see cref="HsmOptions.CallTimeout"/> that have not returned yet.</summary>
     internal int AbandonedCalls => Volatile.Read(ref _abandonedCalls);
+
+    /// <summary>Results of abandoned calls that came back as bytes (plaintexts, random data) and were zeroed.</summary>
+    internal int ZeroedLateResults => Volatile.Read(ref _zeroedLateResults);
 
     // One pool's worth: a generation's sessions are all the HSM can be stuck on at once.
     private int MaxAbandonedCalls => Math.Max(1, _options.SessionPoolSize);
@@ -72,6 +78,14 @@ public sealed partial class Pkcs11Hsm
             finished =>
             {
                 _ = finished.Exception; // observed: nobody waits for this call any more
+
+                // Nobody will read what it returns either: plaintexts and random bytes (a batch's
+                // up to 100 of them) are zeroed now rather than left to the collector.
+                if (finished.IsCompletedSuccessfully && ZeroLateResult(finished.Result))
+                {
+                    Interlocked.Increment(ref _zeroedLateResults);
+                }
+
                 lease.Dispose();
                 Interlocked.Decrement(ref _abandonedCalls);
                 Log.AbandonedCallReturned(_logger, operation, Stopwatch.GetElapsedTime(since));
@@ -79,6 +93,21 @@ public sealed partial class Pkcs11Hsm
             CancellationToken.None,
             TaskContinuationOptions.ExecuteSynchronously,
             TaskScheduler.Default);
+    }
+
+    private static bool ZeroLateResult(object? result)
+    {
+        switch (result)
+        {
+            case byte[] bytes:
+                CryptographicOperations.ZeroMemory(bytes);
+                return true;
+            case byte[]?[] many:
+                Kms.Core.Ports.IHsm.ZeroAll(many);
+                return true;
+            default:
+                return false;
+        }
     }
 
     // A recovery makes native calls (closing, opening, logging in) that a hung HSM never returns

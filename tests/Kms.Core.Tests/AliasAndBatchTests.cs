@@ -213,6 +213,23 @@ public sealed class AliasAndBatchTests : IDisposable
     }
 
     [Fact]
+    public async Task BatchDecrypt_HsmFailsForOneKeyVersion_ItsItemsCarryTheError_TheOtherKeysItemsDecrypt()
+    {
+        var first = await _domain.CreateKeyAsync("first");
+        var second = await _domain.CreateKeyAsync("second");
+        var a = (await _domain.Crypto.EncryptAsync(Dev, first.Name, [1], EncryptionContext.Empty, default)).Ciphertext;
+        var b = (await _domain.Crypto.EncryptAsync(Dev, second.Name, [2], EncryptionContext.Empty, default)).Ciphertext;
+        Assert.True(CiphertextBlob.TryParse(b, out var secondBlob));
+        _domain.FakeHsm!.DecryptManyFailure = id => id == secondBlob!.KeyVersionId ? KmsErrors.Unavailable("the HSM is not answering") : null;
+
+        var results = await _domain.Crypto.BatchDecryptAsync(Dev, [new BatchItem(null, b, null), new BatchItem(null, a, null), new BatchItem(null, b, null)], default);
+
+        Assert.Equal(KmsErrorCode.Unavailable, results[0].Error!.Code);
+        Assert.Equal(KmsErrorCode.Unavailable, results[2].Error!.Code);
+        Assert.Equal([1], results[1].Value!.Plaintext.Span.ToArray());
+    }
+
+    [Fact]
     public async Task BatchDecrypt_250ItemsUnderOneKey_InChunksOf100()
     {
         var key = await _domain.CreateKeyAsync("k");

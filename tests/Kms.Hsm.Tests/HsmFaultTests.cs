@@ -114,6 +114,9 @@ public sealed class HsmFaultTests(ITestOutputHelper output)
         Assert.True(recovery.Elapsed < RecoveryBound, $"recovered after {recovery.Elapsed}");
         Assert.True(hsm.Generation > generation);
         Assert.Equal(0, hsm.AbandonedCalls);
+
+        // The abandoned decryption finished once released: its plaintext, read by nobody, was zeroed.
+        Assert.Equal(1, hsm.ZeroedLateResults);
     }
 
     [Fact]

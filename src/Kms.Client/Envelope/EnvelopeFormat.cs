@@ -108,12 +108,18 @@ internal static class EnvelopeFormat
     /// MAC context on every call, which at a message's sizes costs more than the hashing — two
     /// HMACs per message were a third of a 1 KiB message's time (docs/benchmarks.md, "Envelope").
     /// </remarks>
-    /// <exception cref="ArgumentException"><paramref name="okm"/> is longer than 255 × 64 bytes.</exception>
+    /// <exception cref="ArgumentException"><paramref name="okm"/> is empty, longer than 255 × 64 bytes, or overlaps <paramref name="info"/>.</exception>
     internal static void HkdfSha512(ReadOnlySpan<byte> ikm, ReadOnlySpan<byte> salt, ReadOnlySpan<byte> info, Span<byte> okm)
     {
-        if (okm.Length > 255 * Sha512Length)
+        if (okm.Length is 0 or > 255 * Sha512Length)
         {
-            throw new ArgumentException($"HKDF-SHA512 gives at most {255 * Sha512Length} bytes", nameof(okm));
+            throw new ArgumentException($"HKDF-SHA512 gives 1 to {255 * Sha512Length} bytes", nameof(okm));
+        }
+
+        // Each block after the first reads info again: it must not have been overwritten by then.
+        if (okm.Overlaps(info))
+        {
+            throw new ArgumentException("the output must not overlap info", nameof(okm));
         }
 
         Span<byte> prk = stackalloc byte[Sha512Length];

@@ -182,17 +182,32 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
                 var inputs = group.Select(item => new AesGcmInput(item.Blob.Iv.ToArray(), CiphertextBlob.BuildAad(found.Version.Id, caller.Tenant, item.Context), item.Blob.CiphertextAndTag.ToArray())).ToList();
                 var plaintexts = await ItemResult.RunAsync(async () => await hsm.For(found.Key.Residency).DecryptAesGcmManyAsync(
                     new KeyMaterialRef(found.Version.Id, MaterialOf(found)), inputs, cancellationToken));
-                for (var j = 0; j < group.Length; j++)
+                var j = 0;
+                try
                 {
-                    if (plaintexts.Value?[j] is { } plaintext)
+                    if (plaintexts.Value is { } answered && answered.Length != group.Length)
                     {
-                        usage.CountDecryption(found.Version.Id);
-                        results[group[j].Index] = new ItemResult<DecryptResult>(new DecryptResult(new SecretBytes(plaintext), found.Version.Name), null);
+                        throw KmsErrors.Internal($"the HSM answered {answered.Length} decryptions for {group.Length}");
                     }
-                    else
+
+                    for (; j < group.Length; j++)
                     {
-                        results[group[j].Index] = new ItemResult<DecryptResult>(null, plaintexts.Error ?? KmsErrors.DecryptionFailed());
+                        if (plaintexts.Value?[j] is { } plaintext)
+                        {
+                            usage.CountDecryption(found.Version.Id);
+                            results[group[j].Index] = new ItemResult<DecryptResult>(new DecryptResult(new SecretBytes(plaintext), found.Version.Name), null);
+                        }
+                        else
+                        {
+                            results[group[j].Index] = new ItemResult<DecryptResult>(null, plaintexts.Error ?? KmsErrors.DecryptionFailed());
+                        }
                     }
+                }
+                catch
+                {
+                    // The plaintexts not yet in a result (those that are, are zeroed by DisposeAll).
+                    IHsm.ZeroAll(plaintexts.Value?[j..] ?? []);
+                    throw;
                 }
             }
 

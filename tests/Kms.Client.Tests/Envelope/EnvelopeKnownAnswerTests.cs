@@ -67,6 +67,9 @@ public sealed class EnvelopeKnownAnswerTests
 
         Assert.Equal(8 * 4 * 6, cases);
         Assert.Throws<ArgumentException>(() => EnvelopeFormat.HkdfSha512([1], [], [], new byte[(255 * 64) + 1]));
+        Assert.Throws<ArgumentException>(() => EnvelopeFormat.HkdfSha512([1], [], [], []));
+        var shared = new byte[200];
+        Assert.Throws<ArgumentException>(() => EnvelopeFormat.HkdfSha512([1], [], shared.AsSpan(0, 100), shared.AsSpan(50, 128)));
     }
 
     [WycheproofFact]

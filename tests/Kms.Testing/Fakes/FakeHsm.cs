@@ -83,9 +83,17 @@ public sealed class FakeHsm : IHsm, IDisposable
         return ValueTask.FromResult(plaintext);
     }
 
+    /// <summary>A test's failure for a batched decryption under the key version it names (null: none).</summary>
+    public Func<KeyVersionId, KmsException?>? DecryptManyFailure { get; set; }
+
     public async ValueTask<byte[]?[]> DecryptAesGcmManyAsync(KeyMaterialRef key, IReadOnlyList<AesGcmInput> inputs, CancellationToken cancellationToken)
     {
         Count("decrypt-many");
+        if (DecryptManyFailure?.Invoke(key.Id) is { } failure)
+        {
+            throw failure;
+        }
+
         var results = new byte[]?[inputs.Count];
         for (var i = 0; i < inputs.Count; i++)
         {
