@@ -45,8 +45,11 @@ internal static class ZipfSplit
                 else if (line == "stat")
                 {
                     // Unsettled: what the GC has committed and what the C heap holds now, no collection.
+                    // With the heap the last collection left (live and not yet collected, e.g. dead
+                    // objects in generation 2 waiting for a full collection) and the count of those.
                     var malloc = ProcessMemory.MallocInfo();
-                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"stat {GC.GetGCMemoryInfo().TotalCommittedBytes / 1048576.0:F0} {malloc.InUse:F0} {malloc.Free:F0}"));
+                    var gc = GC.GetGCMemoryInfo();
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"stat {gc.TotalCommittedBytes / 1048576.0:F0} {malloc.InUse:F0} {malloc.Free:F0} {gc.HeapSizeBytes / 1048576.0:F0} {GC.CollectionCount(2)}"));
                 }
             }
 
@@ -126,8 +129,8 @@ internal static class ZipfSplit
             settled.Add(await server.SettleAsync(TimeSpan.Zero));
             var clock = Stopwatch.StartNew();
             var nextSettle = TimeSpan.FromMinutes(5);
-            Console.WriteLine("| s | ops/s | p99 ms | server RSS MiB | server peak RSS MiB | server cores | GC committed MiB | malloc in use MiB | malloc free MiB |");
-            Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            Console.WriteLine("| s | ops/s | p99 ms | server RSS MiB | server peak RSS MiB | server cores | GC committed MiB | GC heap after the last collection MiB | full collections | malloc in use MiB | malloc free MiB |");
+            Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             while (clock.Elapsed < soak)
             {
                 if (clock.Elapsed >= nextSettle)
@@ -139,9 +142,9 @@ internal static class ZipfSplit
                 var (r, cores) = await server.MeasureAsync(() => LoadLoops.ClosedAsync(concurrency, TimeSpan.FromSeconds(10), many));
                 failed += r.Errors + r.Shed;
                 var (rss, peak) = (server.Status("VmRSS:"), server.Status("VmHWM:"));
-                var (committed, inUse, free) = await server.StatAsync();
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {clock.Elapsed.TotalSeconds:F0} | {r.OpsPerSecond:N0} | {r.P99:F2} | {rss:F0} | {peak:F0} | {cores:F2} | {committed:F0} | {inUse:F0} | {free:F0} |"));
-                samples.Add(new JsonObject { ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds), ["result"] = PerfSuite.Json(r), ["server_rss_mib"] = rss, ["server_peak_rss_mib"] = peak, ["server_cores"] = cores, ["server_gc_committed_mib"] = committed, ["server_malloc_in_use_mib"] = inUse, ["server_malloc_free_mib"] = free });
+                var (committed, inUse, free, heap, fullCollections) = await server.StatAsync();
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {clock.Elapsed.TotalSeconds:F0} | {r.OpsPerSecond:N0} | {r.P99:F2} | {rss:F0} | {peak:F0} | {cores:F2} | {committed:F0} | {heap:F0} | {fullCollections} | {inUse:F0} | {free:F0} |"));
+                samples.Add(new JsonObject { ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds), ["result"] = PerfSuite.Json(r), ["server_rss_mib"] = rss, ["server_peak_rss_mib"] = peak, ["server_cores"] = cores, ["server_gc_committed_mib"] = committed, ["server_gc_heap_mib"] = heap, ["server_gen2_collections"] = fullCollections, ["server_malloc_in_use_mib"] = inUse, ["server_malloc_free_mib"] = free });
             }
 
             settled.Add(await server.SettleAsync(clock.Elapsed));
@@ -218,13 +221,13 @@ internal static class ZipfSplit
             return (result, (CpuSeconds() - cpu) / Stopwatch.GetElapsedTime(wall).TotalSeconds);
         }
 
-        /// <summary>The server's GC-committed memory and C heap (in use, free), in MiB, without settling.</summary>
-        public async Task<(double GcCommitted, double MallocInUse, double MallocFree)> StatAsync()
+        /// <summary>The server's GC-committed memory, C heap (in use, free) and GC heap after its last collection, in MiB, and its count of generation-2 collections, without settling.</summary>
+        public async Task<(double GcCommitted, double MallocInUse, double MallocFree, double GcHeap, int FullCollections)> StatAsync()
         {
             await _process.StandardInput.WriteLineAsync("stat");
             await _process.StandardInput.FlushAsync();
             var fields = (await ReadUntilAsync(_process, "stat ")).Split(' ');
-            return (double.Parse(fields[1], CultureInfo.InvariantCulture), double.Parse(fields[2], CultureInfo.InvariantCulture), double.Parse(fields[3], CultureInfo.InvariantCulture));
+            return (double.Parse(fields[1], CultureInfo.InvariantCulture), double.Parse(fields[2], CultureInfo.InvariantCulture), double.Parse(fields[3], CultureInfo.InvariantCulture), double.Parse(fields[4], CultureInfo.InvariantCulture), int.Parse(fields[5], CultureInfo.InvariantCulture));
         }
 
         public async Task<JsonObject> SettleAsync(TimeSpan at)
