@@ -406,6 +406,24 @@ internal static class PerfSuite
             };
         }
 
+        if (operation == "batch-reencrypt")
+        {
+            // BatchReEncrypt of 100 ciphertexts under one key onto a second key: the figures are batches.
+            var destination = await client.CreateKeyAsync("tenants/dev", "bench-" + operation + "-destination");
+            var made = new BatchGenerateDataKeyRequest();
+            made.Requests.Add(Enumerable.Range(0, 100).Select(_ => new GenerateDataKeyRequest { Name = key.Name }));
+            var batch = new BatchReEncryptRequest();
+            batch.Requests.Add((await client.Raw.BatchGenerateDataKeyAsync(made)).Results.Select(r => new ReEncryptRequest { Ciphertext = r.Response.Ciphertext, DestinationName = destination.Name }));
+            return async () =>
+            {
+                var response = await client.Raw.BatchReEncryptAsync(batch);
+                if (response.Results.Any(r => r.Status.Code != 0))
+                {
+                    throw new Grpc.Core.RpcException(new Grpc.Core.Status(Grpc.Core.StatusCode.Internal, "a batch item failed"));
+                }
+            };
+        }
+
         if (operation == "batch-decrypt")
         {
             // BatchDecrypt of 100 ciphertexts under one key version: the figures are batches.

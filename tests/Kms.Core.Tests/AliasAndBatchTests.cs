@@ -316,6 +316,46 @@ public sealed class AliasAndBatchTests : IDisposable
     }
 
     [Fact]
+    public async Task BatchReEncrypt_TwoSourceKeysToTwoDestinations_OpenedAndSealedPerKeyVersion_OneRandomDraw_EachItemInItsPlace()
+    {
+        var (a, b, c, d) = (await _domain.CreateKeyAsync("a"), await _domain.CreateKeyAsync("b"), await _domain.CreateKeyAsync("c"), await _domain.CreateKeyAsync("d"));
+        var source = new Dictionary<string, string> { ["table"] = "old" };
+        var destination = new Dictionary<string, string> { ["table"] = "new" };
+        byte[] Seal(KeyName key, byte value) =>
+            _domain.Crypto.EncryptAsync(Dev, key, [value], EncryptionContext.Create(source), default).GetAwaiter().GetResult().Ciphertext;
+        var tampered = Seal(b.Name, 9);
+        tampered[^1] ^= 1;
+        BatchReEncryptItem[] items =
+        [
+            new BatchReEncryptItem(Seal(a.Name, 1), source, c.Name.ToString(), destination),
+            new BatchReEncryptItem(Seal(b.Name, 2), source, d.Name.ToString(), null),
+            new BatchReEncryptItem(tampered, source, c.Name.ToString(), destination),
+            new BatchReEncryptItem(Seal(a.Name, 4), null, c.Name.ToString(), destination), // the wrong source context
+            new BatchReEncryptItem(Seal(b.Name, 5), source, "tenants/dev/keys/missing", null),
+            new BatchReEncryptItem(Seal(b.Name, 6), source, c.Name.ToString(), destination),
+        ];
+        _domain.FakeHsm!.Calls.Clear();
+
+        var results = await _domain.Crypto.BatchReEncryptAsync(Dev, items, default);
+
+        // Opened per source key (a, b), sealed per destination key (c, d), IVs from one draw.
+        Assert.Equal((2, 2, 1), (_domain.FakeHsm.Calls["decrypt-many"], _domain.FakeHsm.Calls["encrypt-many"], _domain.FakeHsm.Calls["random"]));
+        Assert.Equal(KmsErrorCode.DecryptionFailed, results[2].Error!.Code);
+        Assert.Equal(KmsErrorCode.DecryptionFailed, results[3].Error!.Code);
+        Assert.Equal(KmsErrorCode.NotFound, results[4].Error!.Code);
+        var ivs = new HashSet<string>();
+        foreach (var (index, from, to, value, context) in new[] { (0, a, c, 1, destination), (1, b, d, 2, null), (5, b, c, 6, destination) })
+        {
+            var reEncrypted = results[index].Value!;
+            Assert.Equal((from.Name, to.Name), (reEncrypted.SourceKeyVersion.Key, reEncrypted.KeyVersion.Key));
+            using var decrypted = await _domain.Crypto.DecryptAsync(Dev, reEncrypted.Ciphertext, EncryptionContext.Create(context), default);
+            Assert.Equal([(byte)value], decrypted.Plaintext.Span.ToArray());
+            Assert.True(CiphertextBlob.TryParse(reEncrypted.Ciphertext, out var blob));
+            Assert.True(ivs.Add(Convert.ToHexString(blob!.Iv)));
+        }
+    }
+
+    [Fact]
     public async Task Batch_OverItemLimit_InvalidArgumentForTheWholeCall()
     {
         var key = await _domain.CreateKeyAsync("k");

@@ -176,41 +176,9 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
                 }
             }
 
-            foreach (var group in admitted.GroupBy(item => item.Found.Version.Id).SelectMany(group => group.Chunk(HsmChunk)))
-            {
-                var found = group[0].Found;
-                var inputs = group.Select(item => new AesGcmInput(item.Blob.Iv.ToArray(), CiphertextBlob.BuildAad(found.Version.Id, caller.Tenant, item.Context), item.Blob.CiphertextAndTag.ToArray())).ToList();
-                var plaintexts = await ItemResult.RunAsync(async () => await hsm.For(found.Key.Residency).DecryptAesGcmManyAsync(
-                    new KeyMaterialRef(found.Version.Id, MaterialOf(found)), inputs, cancellationToken));
-                var j = 0;
-                try
-                {
-                    if (plaintexts.Value is { } answered && answered.Length != group.Length)
-                    {
-                        throw KmsErrors.Internal($"the HSM answered {answered.Length} decryptions for {group.Length}");
-                    }
-
-                    for (; j < group.Length; j++)
-                    {
-                        if (plaintexts.Value?[j] is { } plaintext)
-                        {
-                            usage.CountDecryption(found.Version.Id);
-                            results[group[j].Index] = new ItemResult<DecryptResult>(new DecryptResult(new SecretBytes(plaintext), found.Version.Name), null);
-                        }
-                        else
-                        {
-                            results[group[j].Index] = new ItemResult<DecryptResult>(null, plaintexts.Error ?? KmsErrors.DecryptionFailed());
-                        }
-                    }
-                }
-                catch
-                {
-                    // The plaintexts not yet in a result (those that are, are zeroed by DisposeAll).
-                    IHsm.ZeroAll(plaintexts.Value?[j..] ?? []);
-                    throw;
-                }
-            }
-
+            await OpenByVersionAsync(caller, admitted, (item, plaintext, error) => results[item.Index] = plaintext is null
+                ? new ItemResult<DecryptResult>(null, error)
+                : new ItemResult<DecryptResult>(new DecryptResult(new SecretBytes(plaintext), item.Found.Version.Name), null), cancellationToken);
             return results;
         }
         catch
@@ -220,40 +188,147 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         }
     }
 
-    // A BatchDecrypt item that parsed, was found and passed its checks, waiting for the HSM.
+    // A batch item whose ciphertext parsed, was found and passed its checks, waiting for the HSM.
     private sealed record OpenedItem(int Index, CiphertextBlob Blob, KeyVersionMaterial Found, EncryptionContext Context);
 
-    /// <summary>ReEncrypt for each item; an item's failure is its own.</summary>
+    // The items that passed their checks, opened with one HSM call per key version and per
+    // HsmChunk items. `done` gets each item's plaintext (it owns it from then on, and each one
+    // is counted as a decryption) or its error: "decryption failed" for a ciphertext that does
+    // not open, the call's own failure for every item of a call that failed.
+    private async Task OpenByVersionAsync(Caller caller, List<OpenedItem> opened, Action<OpenedItem, byte[]?, KmsException?> done, CancellationToken cancellationToken)
+    {
+        foreach (var group in opened.GroupBy(item => item.Found.Version.Id).SelectMany(group => group.Chunk(HsmChunk)))
+        {
+            var found = group[0].Found;
+            var inputs = group.Select(item => new AesGcmInput(item.Blob.Iv.ToArray(), CiphertextBlob.BuildAad(found.Version.Id, caller.Tenant, item.Context), item.Blob.CiphertextAndTag.ToArray())).ToList();
+            var plaintexts = await ItemResult.RunAsync(async () => await hsm.For(found.Key.Residency).DecryptAesGcmManyAsync(
+                new KeyMaterialRef(found.Version.Id, MaterialOf(found)), inputs, cancellationToken));
+            var j = 0;
+            try
+            {
+                if (plaintexts.Value is { } answered && answered.Length != group.Length)
+                {
+                    throw KmsErrors.Internal($"the HSM answered {answered.Length} decryptions for {group.Length}");
+                }
+
+                for (; j < group.Length; j++)
+                {
+                    if (plaintexts.Value?[j] is { } plaintext)
+                    {
+                        usage.CountDecryption(found.Version.Id);
+                        done(group[j], plaintext, null);
+                    }
+                    else
+                    {
+                        done(group[j], null, plaintexts.Error ?? KmsErrors.DecryptionFailed());
+                    }
+                }
+            }
+            catch
+            {
+                // The plaintexts not yet handed over.
+                IHsm.ZeroAll(plaintexts.Value?[j..] ?? []);
+                throw;
+            }
+        }
+    }
+
+    /// <summary>
+    /// ReEncrypt for each item; an item's failure is its own. Each item's checks come first, in
+    /// order (both contexts, the destination key, the source blob); then the items are opened per
+    /// source key version, take their usage of the destination, get their IVs from one random
+    /// draw, and are sealed per destination key version — one HSM call each, as the other batches.
+    /// </summary>
     public async Task<IReadOnlyList<ItemResult<ReEncryptResult>>> BatchReEncryptAsync(Caller caller, IReadOnlyList<BatchReEncryptItem> items, CancellationToken cancellationToken)
     {
         ValidateBatch(items, items.Sum(i => (long)(i.Ciphertext?.Length ?? 0)), "ciphertext");
         var keys = new BatchKeys(this, caller);
         var versions = new Dictionary<KeyVersionId, KeyVersionMaterial?>();
         var results = new ItemResult<ReEncryptResult>[items.Count];
-        for (var i = 0; i < items.Count; i++)
+        var destinations = new (KeyVersionMaterial Primary, EncryptionContext Context)[items.Count];
+        var opened = new List<OpenedItem>(items.Count);
+        var plaintexts = new List<(OpenedItem Source, byte[] Plaintext)>(items.Count);
+        try
         {
-            var item = items[i];
-            results[i] = await ItemResult.RunAsync(async () =>
+            for (var i = 0; i < items.Count; i++)
             {
-                var sourceContext = EncryptionContext.Create(item.SourceContext, Field(i, "source_encryption_context"));
-                var destinationContext = EncryptionContext.Create(item.DestinationContext, Field(i, "destination_encryption_context"));
-                var primary = await keys.PrimaryAsync(KeyReference.Parse(item.DestinationName, Field(i, "destination_name")), destinationContext, cancellationToken);
-                var (blob, found) = await OpenBlobAsync(caller, item.Ciphertext ?? [], Field(i, "ciphertext"), sourceContext, cancellationToken, versions);
-                var plaintext = await UnsealAsync(caller, blob, found, sourceContext, cancellationToken);
-                try
+                var item = items[i];
+                var index = i;
+                var checkedItem = await ItemResult.RunAsync(async () =>
                 {
-                    await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
-                    var iv = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength, cancellationToken);
-                    return new ReEncryptResult(await SealAsync(caller, primary, iv, plaintext, destinationContext, cancellationToken), found.Version.Name, primary.Version.Name);
-                }
-                finally
+                    var sourceContext = EncryptionContext.Create(item.SourceContext, Field(index, "source_encryption_context"));
+                    var destinationContext = EncryptionContext.Create(item.DestinationContext, Field(index, "destination_encryption_context"));
+                    var primary = await keys.PrimaryAsync(KeyReference.Parse(item.DestinationName, Field(index, "destination_name")), destinationContext, cancellationToken);
+                    var (blob, found) = await OpenBlobAsync(caller, item.Ciphertext ?? [], Field(index, "ciphertext"), sourceContext, cancellationToken, versions);
+                    destinations[index] = (primary, destinationContext);
+                    return new OpenedItem(index, blob, found, sourceContext);
+                });
+                if (checkedItem.Error is not null)
                 {
-                    CryptographicOperations.ZeroMemory(plaintext);
+                    results[i] = new ItemResult<ReEncryptResult>(null, checkedItem.Error);
                 }
-            });
-        }
+                else
+                {
+                    opened.Add(checkedItem.Value!);
+                }
+            }
 
-        return results;
+            await OpenByVersionAsync(caller, opened, (item, plaintext, error) =>
+            {
+                if (plaintext is null)
+                {
+                    results[item.Index] = new ItemResult<ReEncryptResult>(null, error);
+                }
+                else
+                {
+                    plaintexts.Add((item, plaintext));
+                }
+            }, cancellationToken);
+
+            // Usage of the destination is taken only for what opened.
+            var admitted = new List<(OpenedItem Source, byte[] Plaintext)>(plaintexts.Count);
+            foreach (var (source, plaintext) in plaintexts)
+            {
+                var taken = await ItemResult.RunAsync(async () =>
+                {
+                    await usage.TakeEncryptionsAsync(destinations[source.Index].Primary.Version, 1, cancellationToken);
+                    return true;
+                });
+                if (taken.Error is not null)
+                {
+                    results[source.Index] = new ItemResult<ReEncryptResult>(null, taken.Error);
+                }
+                else
+                {
+                    admitted.Add((source, plaintext));
+                }
+            }
+
+            if (admitted.Count > 0)
+            {
+                var ivs = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength * admitted.Count, cancellationToken);
+                var toSeal = admitted.Select((item, k) => new AdmittedItem(
+                    item.Source.Index,
+                    destinations[item.Source.Index].Primary,
+                    destinations[item.Source.Index].Context,
+                    ivs[(k * CiphertextBlob.IvLength)..((k + 1) * CiphertextBlob.IvLength)],
+                    item.Plaintext)).ToList();
+                var sources = admitted.ToDictionary(item => item.Source.Index, item => item.Source.Found.Version.Name);
+                await SealByVersionAsync(caller, toSeal, (item, blob, error) => results[item.Index] = error is null
+                    ? new ItemResult<ReEncryptResult>(new ReEncryptResult(blob!, sources[item.Index], item.Primary.Version.Name), null)
+                    : new ItemResult<ReEncryptResult>(null, error), cancellationToken);
+            }
+
+            return results;
+        }
+        finally
+        {
+            // The plaintexts never leave the server.
+            foreach (var (_, plaintext) in plaintexts)
+            {
+                CryptographicOperations.ZeroMemory(plaintext);
+            }
+        }
     }
 
     /// <summary>
