@@ -113,29 +113,16 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         var ivs = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength * items.Count, cancellationToken);
         var results = new ItemResult<EncryptResult>[items.Count];
         var admitted = new List<AdmittedItem>(items.Count);
-        for (var i = 0; i < items.Count; i++)
+        await AdmitEachAsync(items, results, admitted, async (item, index) =>
         {
-            var item = items[i];
-            var index = i;
-            var checkedItem = await ItemResult.RunAsync(async () =>
-            {
-                var plaintext = item.Data ?? [];
-                ValidatePlaintext(plaintext, Field(index, "plaintext"));
-                var context = EncryptionContext.Create(item.Context, Field(index, "encryption_context"));
-                var primary = await keys.PrimaryAsync(KeyReference.Parse(item.Name, Field(index, "name")), context, cancellationToken);
-                await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
-                var iv = ivs[(index * CiphertextBlob.IvLength)..((index + 1) * CiphertextBlob.IvLength)];
-                return new AdmittedItem(index, primary, context, iv, plaintext);
-            });
-            if (checkedItem.Error is not null)
-            {
-                results[i] = new ItemResult<EncryptResult>(null, checkedItem.Error);
-            }
-            else
-            {
-                admitted.Add(checkedItem.Value!);
-            }
-        }
+            var plaintext = item.Data ?? [];
+            ValidatePlaintext(plaintext, Field(index, "plaintext"));
+            var context = EncryptionContext.Create(item.Context, Field(index, "encryption_context"));
+            var primary = await keys.PrimaryAsync(KeyReference.Parse(item.Name, Field(index, "name")), context, cancellationToken);
+            await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
+            var iv = ivs[(index * CiphertextBlob.IvLength)..((index + 1) * CiphertextBlob.IvLength)];
+            return new AdmittedItem(index, primary, context, iv, plaintext);
+        });
 
         await SealByVersionAsync(caller, admitted, (item, blob, error) => results[item.Index] = error is null
             ? new ItemResult<EncryptResult>(new EncryptResult(blob!, item.Primary.Version.Name), null)
@@ -156,25 +143,12 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         var admitted = new List<OpenedItem>(items.Count);
         try
         {
-            for (var i = 0; i < items.Count; i++)
+            await AdmitEachAsync(items, results, admitted, async (item, index) =>
             {
-                var item = items[i];
-                var index = i;
-                var checkedItem = await ItemResult.RunAsync(async () =>
-                {
-                    var context = EncryptionContext.Create(item.Context, Field(index, "encryption_context"));
-                    var (blob, found) = await OpenBlobAsync(caller, item.Data ?? [], Field(index, "ciphertext"), context, cancellationToken, versions);
-                    return new OpenedItem(index, blob, found, context);
-                });
-                if (checkedItem.Error is not null)
-                {
-                    results[i] = new ItemResult<DecryptResult>(null, checkedItem.Error);
-                }
-                else
-                {
-                    admitted.Add(checkedItem.Value!);
-                }
-            }
+                var context = EncryptionContext.Create(item.Context, Field(index, "encryption_context"));
+                var (blob, found) = await OpenBlobAsync(caller, item.Data ?? [], Field(index, "ciphertext"), context, cancellationToken, versions);
+                return new OpenedItem(index, blob, found, context);
+            });
 
             await OpenByVersionAsync(caller, admitted, (item, plaintext, error) => results[item.Index] = plaintext is null
                 ? new ItemResult<DecryptResult>(null, error)
@@ -185,6 +159,26 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         {
             DisposeAll(results);
             throw;
+        }
+    }
+
+    // Each item's checks, in order: an item that fails them gets its error as its result, the
+    // others are added to `admitted` (as they pass, so a caller's cleanup sees every one of them).
+    private static async Task AdmitEachAsync<TItem, TAdmitted, TResult>(IReadOnlyList<TItem> items, ItemResult<TResult>[] results, List<TAdmitted> admitted, Func<TItem, int, Task<TAdmitted>> check)
+        where TResult : class
+    {
+        for (var i = 0; i < items.Count; i++)
+        {
+            var (item, index) = (items[i], i);
+            var checkedItem = await ItemResult.RunAsync(() => check(item, index));
+            if (checkedItem.Error is not null)
+            {
+                results[i] = new ItemResult<TResult>(null, checkedItem.Error);
+            }
+            else
+            {
+                admitted.Add(checkedItem.Value!);
+            }
         }
     }
 
@@ -250,28 +244,15 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         var plaintexts = new List<(OpenedItem Source, byte[] Plaintext)>(items.Count);
         try
         {
-            for (var i = 0; i < items.Count; i++)
+            await AdmitEachAsync(items, results, opened, async (item, index) =>
             {
-                var item = items[i];
-                var index = i;
-                var checkedItem = await ItemResult.RunAsync(async () =>
-                {
-                    var sourceContext = EncryptionContext.Create(item.SourceContext, Field(index, "source_encryption_context"));
-                    var destinationContext = EncryptionContext.Create(item.DestinationContext, Field(index, "destination_encryption_context"));
-                    var primary = await keys.PrimaryAsync(KeyReference.Parse(item.DestinationName, Field(index, "destination_name")), destinationContext, cancellationToken);
-                    var (blob, found) = await OpenBlobAsync(caller, item.Ciphertext ?? [], Field(index, "ciphertext"), sourceContext, cancellationToken, versions);
-                    destinations[index] = (primary, destinationContext);
-                    return new OpenedItem(index, blob, found, sourceContext);
-                });
-                if (checkedItem.Error is not null)
-                {
-                    results[i] = new ItemResult<ReEncryptResult>(null, checkedItem.Error);
-                }
-                else
-                {
-                    opened.Add(checkedItem.Value!);
-                }
-            }
+                var sourceContext = EncryptionContext.Create(item.SourceContext, Field(index, "source_encryption_context"));
+                var destinationContext = EncryptionContext.Create(item.DestinationContext, Field(index, "destination_encryption_context"));
+                var primary = await keys.PrimaryAsync(KeyReference.Parse(item.DestinationName, Field(index, "destination_name")), destinationContext, cancellationToken);
+                var (blob, found) = await OpenBlobAsync(caller, item.Ciphertext ?? [], Field(index, "ciphertext"), sourceContext, cancellationToken, versions);
+                destinations[index] = (primary, destinationContext);
+                return new OpenedItem(index, blob, found, sourceContext);
+            });
 
             await OpenByVersionAsync(caller, opened, (item, plaintext, error) =>
             {
@@ -346,27 +327,14 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         var admitted = new List<AdmittedItem>(items.Count);
         try
         {
-            for (var i = 0; i < items.Count; i++)
+            await AdmitEachAsync(items, results, admitted, async (item, index) =>
             {
-                var item = items[i];
-                var index = i;
-                var checkedItem = await ItemResult.RunAsync(async () =>
-                {
-                    var context = EncryptionContext.Create(item.Context, Field(index, "encryption_context"));
-                    var primary = await keys.PrimaryAsync(KeyReference.Parse(item.Name, Field(index, "name")), context, cancellationToken);
-                    await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
-                    var offset = index * Stride;
-                    return new AdmittedItem(index, primary, context, random[(offset + Limits.DataKeyBytes)..(offset + Stride)], random[offset..(offset + Limits.DataKeyBytes)]);
-                });
-                if (checkedItem.Error is not null)
-                {
-                    results[i] = new ItemResult<DataKeyResult>(null, checkedItem.Error);
-                }
-                else
-                {
-                    admitted.Add(checkedItem.Value!);
-                }
-            }
+                var context = EncryptionContext.Create(item.Context, Field(index, "encryption_context"));
+                var primary = await keys.PrimaryAsync(KeyReference.Parse(item.Name, Field(index, "name")), context, cancellationToken);
+                await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
+                var offset = index * Stride;
+                return new AdmittedItem(index, primary, context, random[(offset + Limits.DataKeyBytes)..(offset + Stride)], random[offset..(offset + Limits.DataKeyBytes)]);
+            });
 
             await SealByVersionAsync(caller, admitted, (item, blob, error) => results[item.Index] = error is null
                 ? new ItemResult<DataKeyResult>(new DataKeyResult(new SecretBytes(item.Plaintext), blob!, item.Primary.Version.Name), null)
