@@ -95,6 +95,8 @@ public sealed partial class Pkcs11Hsm
             TaskScheduler.Default);
     }
 
+    // Every call of this adapter returns arrays of its own, fresh from the module (none is cached
+    // or the caller's), so zeroing one that nobody waits for any more cannot touch shared state.
     private static bool ZeroLateResult(object? result)
     {
         switch (result)
