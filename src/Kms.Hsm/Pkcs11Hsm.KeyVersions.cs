@@ -356,7 +356,7 @@ public sealed partial class Pkcs11Hsm
         var factories = _module.Factories;
         using var parameters = OaepParameters(digest);
         using var mechanism = factories.MechanismFactory.Create(CKM.CKM_RSA_PKCS_OAEP, parameters);
-        return session.Decrypt(mechanism, handle, ciphertext);
+        return ZeroingSession.Decrypt(session, mechanism, handle, ciphertext);
     }
 
     private byte[] Mac(ISession session, IObjectHandle handle, KeyAlgorithmSpec spec, byte[] data)

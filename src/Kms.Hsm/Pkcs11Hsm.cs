@@ -324,7 +324,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         using var mechanism = factories.MechanismFactory.Create(CKM.CKM_AES_GCM, parameters);
         try
         {
-            return session.Decrypt(mechanism, handle, ciphertextAndTag);
+            return ZeroingSession.Decrypt(session, mechanism, handle, ciphertextAndTag);
         }
         catch (Pkcs11Exception e) when (_profile.DecryptionFailures.Contains(e.RV))
         {

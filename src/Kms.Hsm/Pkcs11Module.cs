@@ -33,7 +33,8 @@ internal sealed class Pkcs11Module
             NativeEnvironment.Set(name, value);
         }
 
-        Factories = new Pkcs11InteropFactories();
+        // Sessions that zero what Pkcs11Interop's Decrypt would leave behind (ZeroingSession).
+        Factories = new Pkcs11InteropFactories(null, null, new ZeroingSession.Factory(), null, null, null, null);
         _library = Load();
     }
 
