@@ -230,6 +230,17 @@ public sealed class AliasAndBatchTests : IDisposable
     }
 
     [Fact]
+    public async Task BatchEncrypt_HsmAnswersOneShort_EveryItemOfThatCallAnInternalError_NoneMisplaced()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        _domain.FakeHsm!.EncryptManyAnswersOneShort = true;
+
+        var results = await _domain.Crypto.BatchEncryptAsync(Dev, Enumerable.Range(0, 3).Select(i => new BatchItem(key.Name.ToString(), [(byte)i], null)).ToList(), default);
+
+        Assert.All(results, result => Assert.Equal(KmsErrorCode.Internal, result.Error!.Code));
+    }
+
+    [Fact]
     public async Task BatchDecrypt_250ItemsUnderOneKey_InChunksOf100()
     {
         var key = await _domain.CreateKeyAsync("k");

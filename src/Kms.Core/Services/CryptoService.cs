@@ -372,9 +372,12 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
             var inputs = items.Select(item => new AesGcmInput(item.Iv, CiphertextBlob.BuildAad(primary.Version.Id, caller.Tenant, item.Context), item.Plaintext)).ToList();
             var sealedAll = await ItemResult.RunAsync(async () => await hsm.For(primary.Key.Residency).EncryptAesGcmManyAsync(
                 new KeyMaterialRef(primary.Version.Id, MaterialOf(primary)), inputs, cancellationToken));
+            var error = sealedAll.Error ?? (sealedAll.Value!.Length != items.Length
+                ? KmsErrors.Internal($"the HSM answered {sealedAll.Value.Length} encryptions for {items.Length}")
+                : null);
             for (var j = 0; j < items.Length; j++)
             {
-                done(items[j], sealedAll.Error is null ? CiphertextBlob.Format(primary.Version.Id, items[j].Iv, sealedAll.Value![j]) : null, sealedAll.Error);
+                done(items[j], error is null ? CiphertextBlob.Format(primary.Version.Id, items[j].Iv, sealedAll.Value![j]) : null, error);
             }
         }
     }
