@@ -66,14 +66,13 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// <param name="cancellationToken">Cancels the KMS call.</param>
     public async Task<byte[]> EncryptAsync(ReadOnlyMemory<byte> plaintext, IReadOnlyDictionary<string, string>? encryptionContext = null, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
-        // The encoding is taken once and the KMS calls, the header and the cache all use a
-        // snapshot decoded from it: a caller changing its dictionary later changes nothing.
+        // The encoding is taken once and the KMS calls, the header and the cache all use it (the
+        // KMS calls a snapshot decoded from it): a caller changing its dictionary later changes nothing.
         var encodedContext = EnvelopeContext.Encode(encryptionContext);
-        var context = EnvelopeContext.Decode(encodedContext);
-        var (dataKey, wrapped) = await GetMaterialsAsync(context, encodedContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
+        var (dataKey, wrapped) = await GetMaterialsAsync(encodedContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
         try
         {
-            return EnvelopeMessage.Seal(dataKey, RandomNumberGenerator.GetBytes(EnvelopeFormat.MessageIdLength), encodedContext, context, wrapped, _frameLength, plaintext.Span, associatedData.Span);
+            return EnvelopeMessage.Seal(dataKey, KernelRandom.MessageId(), encodedContext, wrapped, _frameLength, plaintext.Span, associatedData.Span);
         }
         finally
         {
@@ -88,11 +87,10 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// <exception cref="ArgumentException">The destination is too small (nothing is written).</exception>
     public async Task<int> EncryptAsync(ReadOnlyMemory<byte> plaintext, Memory<byte> destination, IReadOnlyDictionary<string, string>? encryptionContext = null, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
-        // The encoding is taken once and the KMS calls, the header and the cache all use a
-        // snapshot decoded from it: a caller changing its dictionary later changes nothing.
+        // The encoding is taken once and the KMS calls, the header and the cache all use it (the
+        // KMS calls a snapshot decoded from it): a caller changing its dictionary later changes nothing.
         var encodedContext = EnvelopeContext.Encode(encryptionContext);
-        var context = EnvelopeContext.Decode(encodedContext);
-        var (dataKey, wrapped) = await GetMaterialsAsync(context, encodedContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
+        var (dataKey, wrapped) = await GetMaterialsAsync(encodedContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
         if (plaintext.Span.Overlaps(destination.Span))
         {
             CryptographicOperations.ZeroMemory(dataKey);
@@ -101,7 +99,7 @@ public sealed class EnvelopeEncryptor : IDisposable
 
         try
         {
-            return EnvelopeMessage.SealInto(dataKey, RandomNumberGenerator.GetBytes(EnvelopeFormat.MessageIdLength), encodedContext, context, wrapped, _frameLength, plaintext.Span, associatedData.Span, destination.Span);
+            return EnvelopeMessage.SealInto(dataKey, KernelRandom.MessageId(), encodedContext, wrapped, _frameLength, plaintext.Span, associatedData.Span, destination.Span);
         }
         finally
         {
@@ -224,18 +222,17 @@ public sealed class EnvelopeEncryptor : IDisposable
             throw new ArgumentException("the destination must be writable", nameof(destination));
         }
 
-        // The encoding is taken once and the KMS calls, the header and the cache all use a
-        // snapshot decoded from it: a caller changing its dictionary later changes nothing.
+        // The encoding is taken once and the KMS calls, the header and the cache all use it (the
+        // KMS calls a snapshot decoded from it): a caller changing its dictionary later changes nothing.
         var encodedContext = EnvelopeContext.Encode(encryptionContext);
-        var context = EnvelopeContext.Decode(encodedContext);
-        var (dataKey, wrapped) = await GetMaterialsAsync(context, encodedContext, plaintextLength, cancellationToken).ConfigureAwait(false);
+        var (dataKey, wrapped) = await GetMaterialsAsync(encodedContext, plaintextLength, cancellationToken).ConfigureAwait(false);
         FrameCipher cipher;
         EnvelopeHeader header;
         try
         {
-            var messageId = RandomNumberGenerator.GetBytes(EnvelopeFormat.MessageIdLength);
+            var messageId = KernelRandom.MessageId();
             cipher = FrameCipher.ForWriting(dataKey, messageId, out var commitment);
-            header = new EnvelopeHeader(messageId, encodedContext, context, wrapped, _frameLength, commitment);
+            header = new EnvelopeHeader(messageId, encodedContext, null, wrapped, _frameLength, commitment);
         }
         finally
         {
@@ -329,24 +326,24 @@ public sealed class EnvelopeEncryptor : IDisposable
     }
 
     private async Task<(byte[] DataKey, IReadOnlyList<WrappedDataKey> Wrapped)> GetMaterialsAsync(
-        IReadOnlyDictionary<string, string> context,
         byte[] encodedContext,
         long plaintextLength,
         CancellationToken cancellationToken)
     {
         if (_cache is null || plaintextLength < 0 || !_cache.Accepts(plaintextLength))
         {
-            return await GenerateAsync(context, cancellationToken).ConfigureAwait(false);
+            return await GenerateAsync(encodedContext, cancellationToken).ConfigureAwait(false);
         }
 
         // One cache entry per (keys, context, suite); the KMS call it makes is shared by every
         // caller waiting on it, so it does not take any one caller's cancellation.
         var cacheKey = _cacheKeyPrefix + Convert.ToBase64String(encodedContext);
-        return await _cache.LeaseForEncryptionAsync(cacheKey, plaintextLength, () => GenerateAsync(context, CancellationToken.None), cancellationToken).ConfigureAwait(false);
+        return await _cache.LeaseForEncryptionAsync(cacheKey, plaintextLength, () => GenerateAsync(encodedContext, CancellationToken.None), cancellationToken).ConfigureAwait(false);
     }
 
-    private async Task<(byte[] DataKey, IReadOnlyList<WrappedDataKey> Wrapped)> GenerateAsync(IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken)
+    private async Task<(byte[] DataKey, IReadOnlyList<WrappedDataKey> Wrapped)> GenerateAsync(byte[] encodedContext, CancellationToken cancellationToken)
     {
+        var context = EnvelopeContext.Decode(encodedContext);
         using var generated = await _provider.GenerateDataKeyAsync(_keyNames[0], context, cancellationToken).ConfigureAwait(false);
         if (generated.Plaintext.Length != EnvelopeFormat.DataKeyLength)
         {

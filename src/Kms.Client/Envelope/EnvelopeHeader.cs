@@ -6,11 +6,14 @@ namespace Kms.Client.Envelope;
 /// <summary>The header of an envelope message (docs/envelope-format.md, "Header").</summary>
 internal sealed class EnvelopeHeader
 {
-    public EnvelopeHeader(byte[] messageId, byte[] encodedContext, IReadOnlyDictionary<string, string> context, IReadOnlyList<WrappedDataKey> wrappedKeys, int frameLength, byte[] commitment)
+    private IReadOnlyDictionary<string, string>? _context;
+
+    /// <param name="context"><paramref name="encodedContext"/> decoded, or null to decode it when first asked (a writer needs only the encoding).</param>
+    public EnvelopeHeader(byte[] messageId, byte[] encodedContext, IReadOnlyDictionary<string, string>? context, IReadOnlyList<WrappedDataKey> wrappedKeys, int frameLength, byte[] commitment)
     {
         MessageId = messageId;
         EncodedContext = encodedContext;
-        Context = context;
+        _context = context;
         WrappedKeys = wrappedKeys;
         FrameLength = frameLength;
         Commitment = commitment;
@@ -23,7 +26,7 @@ internal sealed class EnvelopeHeader
 
     public byte[] EncodedContext { get; }
 
-    public IReadOnlyDictionary<string, string> Context { get; }
+    public IReadOnlyDictionary<string, string> Context => _context ??= EnvelopeContext.Decode(EncodedContext);
 
     public IReadOnlyList<WrappedDataKey> WrappedKeys { get; }
 
@@ -79,10 +82,9 @@ internal sealed class EnvelopeHeader
         destination[offset++] = (byte)WrappedKeys.Count;
         foreach (var key in WrappedKeys)
         {
-            var name = EnvelopeFormat.StrictUtf8.GetBytes(key.KeyName);
-            BinaryPrimitives.WriteUInt16BigEndian(destination[offset..], (ushort)name.Length);
-            name.CopyTo(destination[(offset + 2)..]);
-            offset += 2 + name.Length;
+            var nameLength = EnvelopeFormat.StrictUtf8.GetBytes(key.KeyName, destination[(offset + 2)..]);
+            BinaryPrimitives.WriteUInt16BigEndian(destination[offset..], (ushort)nameLength);
+            offset += 2 + nameLength;
             BinaryPrimitives.WriteUInt16BigEndian(destination[offset..], (ushort)key.Wrapped.Length);
             key.Wrapped.CopyTo(destination[(offset + 2)..]);
             offset += 2 + key.Wrapped.Length;

@@ -11,13 +11,12 @@ internal static class EnvelopeMessage
         ReadOnlySpan<byte> dataKey,
         byte[] messageId,
         byte[] encodedContext,
-        IReadOnlyDictionary<string, string> context,
         IReadOnlyList<WrappedDataKey> wrappedKeys,
         int frameLength,
         ReadOnlySpan<byte> plaintext,
         ReadOnlySpan<byte> associatedData)
     {
-        var (cipher, header, length) = Prepare(dataKey, messageId, encodedContext, context, wrappedKeys, frameLength, plaintext.Length);
+        var (cipher, header, length) = Prepare(dataKey, messageId, encodedContext, wrappedKeys, frameLength, plaintext.Length);
         using (cipher)
         {
             if (length > Array.MaxLength)
@@ -37,14 +36,13 @@ internal static class EnvelopeMessage
         ReadOnlySpan<byte> dataKey,
         byte[] messageId,
         byte[] encodedContext,
-        IReadOnlyDictionary<string, string> context,
         IReadOnlyList<WrappedDataKey> wrappedKeys,
         int frameLength,
         ReadOnlySpan<byte> plaintext,
         ReadOnlySpan<byte> associatedData,
         Span<byte> destination)
     {
-        var (cipher, header, length) = Prepare(dataKey, messageId, encodedContext, context, wrappedKeys, frameLength, plaintext.Length);
+        var (cipher, header, length) = Prepare(dataKey, messageId, encodedContext, wrappedKeys, frameLength, plaintext.Length);
         using (cipher)
         {
             if (length > destination.Length)
@@ -61,13 +59,12 @@ internal static class EnvelopeMessage
         ReadOnlySpan<byte> dataKey,
         byte[] messageId,
         byte[] encodedContext,
-        IReadOnlyDictionary<string, string> context,
         IReadOnlyList<WrappedDataKey> wrappedKeys,
         int frameLength,
         int plaintextLength)
     {
         var cipher = FrameCipher.ForWriting(dataKey, messageId, out var commitment);
-        var header = new EnvelopeHeader(messageId, encodedContext, context, wrappedKeys, frameLength, commitment);
+        var header = new EnvelopeHeader(messageId, encodedContext, null, wrappedKeys, frameLength, commitment);
         return (cipher, header, EnvelopeFormat.MessageLength(header.Length, plaintextLength, frameLength));
     }
 

@@ -8,6 +8,9 @@ namespace Kms.Client.Envelope;
 /// </summary>
 internal sealed class FrameCipher : IDisposable
 {
+    // A header and a row id fit (a one-key header is about 200 bytes); longer AAD is joined on the heap.
+    private const int StackAadLimit = 512;
+
     private readonly AesGcm _gcm;
     private readonly byte[] _messageId;
 
@@ -55,7 +58,8 @@ internal sealed class FrameCipher : IDisposable
             cipher = new FrameCipher(messageKey, header.MessageId);
             Span<byte> iv = stackalloc byte[EnvelopeFormat.IvLength];
             EnvelopeFormat.WriteIv(iv, 0);
-            cipher._gcm.Decrypt(iv, [], header.Tag, [], HeaderAad(headerBody, associatedData));
+            var joined = associatedData.IsEmpty ? default : headerBody.Length + associatedData.Length <= StackAadLimit ? stackalloc byte[StackAadLimit] : new byte[headerBody.Length + associatedData.Length];
+            cipher._gcm.Decrypt(iv, [], header.Tag, [], HeaderAad(headerBody, associatedData, joined));
             return cipher;
         }
         catch (AuthenticationTagMismatchException)
@@ -73,7 +77,8 @@ internal sealed class FrameCipher : IDisposable
     {
         Span<byte> iv = stackalloc byte[EnvelopeFormat.IvLength];
         EnvelopeFormat.WriteIv(iv, 0);
-        _gcm.Encrypt(iv, [], [], tag, HeaderAad(headerBody, associatedData));
+        var joined = associatedData.IsEmpty ? default : headerBody.Length + associatedData.Length <= StackAadLimit ? stackalloc byte[StackAadLimit] : new byte[headerBody.Length + associatedData.Length];
+        _gcm.Encrypt(iv, [], [], tag, HeaderAad(headerBody, associatedData, joined));
     }
 
     public void Seal(byte type, uint sequence, ReadOnlySpan<byte> plaintext, Span<byte> ciphertext, Span<byte> tag)
@@ -115,17 +120,16 @@ internal sealed class FrameCipher : IDisposable
 
     public void Dispose() => _gcm.Dispose();
 
-    /// <summary>Header body ‖ associated data (the body alone when there is none).</summary>
-    private static ReadOnlySpan<byte> HeaderAad(ReadOnlySpan<byte> headerBody, ReadOnlySpan<byte> associatedData)
+    /// <summary>Header body ‖ associated data, written into <paramref name="joined"/> (the body alone when there is none).</summary>
+    private static ReadOnlySpan<byte> HeaderAad(ReadOnlySpan<byte> headerBody, ReadOnlySpan<byte> associatedData, Span<byte> joined)
     {
         if (associatedData.IsEmpty)
         {
             return headerBody;
         }
 
-        var aad = new byte[headerBody.Length + associatedData.Length];
-        headerBody.CopyTo(aad);
-        associatedData.CopyTo(aad.AsSpan(headerBody.Length));
-        return aad;
+        headerBody.CopyTo(joined);
+        associatedData.CopyTo(joined[headerBody.Length..]);
+        return joined[..(headerBody.Length + associatedData.Length)];
     }
 }

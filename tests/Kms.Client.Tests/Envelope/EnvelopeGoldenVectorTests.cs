@@ -44,7 +44,7 @@ public sealed class EnvelopeGoldenVectorTests
     {
         var vector = Load(description);
 
-        var message = EnvelopeMessage.Seal(vector.DataKey, vector.MessageId, EnvelopeContext.Encode(vector.Context), vector.Context, vector.Wrapped, vector.FrameLength, vector.Plaintext, vector.AssociatedData);
+        var message = EnvelopeMessage.Seal(vector.DataKey, vector.MessageId, EnvelopeContext.Encode(vector.Context), vector.Wrapped, vector.FrameLength, vector.Plaintext, vector.AssociatedData);
 
         Assert.Equal(Convert.ToHexStringLower(vector.Message), Convert.ToHexStringLower(message));
     }

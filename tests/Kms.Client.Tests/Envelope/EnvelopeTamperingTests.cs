@@ -170,7 +170,7 @@ public sealed class EnvelopeTamperingTests
     {
         var provider = new FakeKeyProvider();
         var wrapped = Enumerable.Range(0, 16).Select(i => new WrappedDataKey("tenants/t/keys/a", RandomNumberGenerator.GetBytes(60))).ToList();
-        var hostile = EnvelopeMessage.Seal(RandomNumberGenerator.GetBytes(32), RandomNumberGenerator.GetBytes(32), EnvelopeContext.Encode(null), EnvelopeContext.Empty, wrapped, 64, new byte[10], []);
+        var hostile = EnvelopeMessage.Seal(RandomNumberGenerator.GetBytes(32), RandomNumberGenerator.GetBytes(32), EnvelopeContext.Encode(null), wrapped, 64, new byte[10], []);
         using var reader = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"] });
 
         await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(hostile));
