@@ -14,19 +14,21 @@ namespace Kms.Hsm;
 /// query, then <c>Array.Resize</c>s it to what was written. SoftHSM answers the query with the
 /// ciphertext's length (tag included for GCM; the modulus for OAEP), so every decryption left a
 /// longer array holding the whole plaintext — a data key, a caller's record — for the garbage
-/// collector, never zeroed. Here that array is zeroed once the exact copy is made.
+/// collector, never zeroed. Here the output buffer is sized by the input (a GCM or OAEP plaintext
+/// is never longer), pinned, and zeroed once the exact copy is made. Only on Pkcs11Interop's "80"
+/// platform (64-bit CK_ULONG, unpacked: Linux and macOS on 64 bits); elsewhere sessions are its own.
 /// </remarks>
 internal sealed class ZeroingSession : Net.Pkcs11Interop.HighLevelAPI80.Session
 {
-    private static long s_zeroedOversizedOutputs;
+    private static long s_zeroedOutputs;
 
     private ZeroingSession(Pkcs11InteropFactories factories, LowLevel80.Pkcs11Library library, ulong sessionId)
         : base(factories, library, sessionId)
     {
     }
 
-    /// <summary>Output buffers longer than their plaintext, zeroed (what <c>Array.Resize</c> would have dropped).</summary>
-    public static long ZeroedOversizedOutputs => Interlocked.Read(ref s_zeroedOversizedOutputs);
+    /// <summary>Decryptions whose output buffer (longer than the plaintext: what <c>Array.Resize</c> would have dropped) was zeroed.</summary>
+    public static long ZeroedOutputs => Interlocked.Read(ref s_zeroedOutputs);
 
     /// <summary>
     /// Single-part decryption, as <see cref="ISession.Decrypt(IMechanism, IObjectHandle, byte[])"/>, on
@@ -39,29 +41,35 @@ internal sealed class ZeroingSession : Net.Pkcs11Interop.HighLevelAPI80.Session
     private byte[] DecryptZeroing(IMechanism mechanism, IObjectHandle key, byte[] input)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var marshalled = (LowLevel80.CK_MECHANISM)mechanism.ToMarshalableStructure();
-        Check("C_DecryptInit", _pkcs11Library.C_DecryptInit(SessionId, ref marshalled, key.ObjectId));
 
-        ulong length = 0;
-        Check("C_Decrypt", _pkcs11Library.C_Decrypt(SessionId, input, (ulong)input.Length, null, ref length));
-        var output = new byte[checked((int)length)];
+        // No length query: GCM and OAEP plaintexts are never longer than their input, and a
+        // successful query would leave the operation open on this pooled session if anything
+        // failed before the second call. Allocated (and pinned: the GC must not leave a moved
+        // copy behind) before C_DecryptInit, so nothing can fail between the two.
+        var output = GC.AllocateUninitializedArray<byte>(input.Length, pinned: true);
         try
         {
-            Check("C_Decrypt", _pkcs11Library.C_Decrypt(SessionId, input, (ulong)input.Length, output, ref length));
-            if (length == (ulong)output.Length)
+            var marshalled = (LowLevel80.CK_MECHANISM)mechanism.ToMarshalableStructure();
+            Check("C_DecryptInit", _pkcs11Library.C_DecryptInit(SessionId, ref marshalled, key.ObjectId));
+            var length = (ulong)output.Length;
+            var rv = _pkcs11Library.C_Decrypt(SessionId, input, (ulong)input.Length, output, ref length);
+            if (rv == CKR.CKR_BUFFER_TOO_SMALL && length <= (ulong)Array.MaxLength)
             {
-                return output;
+                // A module that wants more room than the input (none we know of): the operation
+                // is still open, so call again with what it asked for.
+                CryptographicOperations.ZeroMemory(output);
+                output = GC.AllocateUninitializedArray<byte>((int)length, pinned: true);
+                rv = _pkcs11Library.C_Decrypt(SessionId, input, (ulong)input.Length, output, ref length);
             }
 
-            var exact = output.AsSpan(0, checked((int)length)).ToArray();
-            CryptographicOperations.ZeroMemory(output);
-            Interlocked.Increment(ref s_zeroedOversizedOutputs);
+            Check("C_Decrypt", rv);
+            var exact = output.AsSpan(0, (int)length).ToArray();
+            Interlocked.Increment(ref s_zeroedOutputs);
             return exact;
         }
-        catch
+        finally
         {
             CryptographicOperations.ZeroMemory(output);
-            throw;
         }
     }
 
