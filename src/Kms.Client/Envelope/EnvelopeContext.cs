@@ -43,6 +43,12 @@ internal static class EnvelopeContext
             entries.Add((keyBytes, valueBytes));
         }
 
+        if (entries.Count > EnvelopeFormat.MaxContextEntries)
+        {
+            // A dictionary that grew while it was read (Count was checked first).
+            throw new ArgumentException($"an encryption context has at most {EnvelopeFormat.MaxContextEntries} entries", nameof(context));
+        }
+
         entries.Sort((a, b) => a.Key.AsSpan().SequenceCompareTo(b.Key));
         for (var i = 1; i < entries.Count; i++)
         {

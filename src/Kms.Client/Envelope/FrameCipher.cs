@@ -58,7 +58,7 @@ internal sealed class FrameCipher : IDisposable
             cipher = new FrameCipher(messageKey, header.MessageId);
             Span<byte> iv = stackalloc byte[EnvelopeFormat.IvLength];
             EnvelopeFormat.WriteIv(iv, 0);
-            var joined = associatedData.IsEmpty ? default : headerBody.Length + associatedData.Length <= StackAadLimit ? stackalloc byte[StackAadLimit] : new byte[headerBody.Length + associatedData.Length];
+            var joined = associatedData.IsEmpty ? default : associatedData.Length <= StackAadLimit - headerBody.Length ? stackalloc byte[StackAadLimit] : new byte[checked(headerBody.Length + associatedData.Length)];
             cipher._gcm.Decrypt(iv, [], header.Tag, [], HeaderAad(headerBody, associatedData, joined));
             return cipher;
         }
@@ -77,7 +77,7 @@ internal sealed class FrameCipher : IDisposable
     {
         Span<byte> iv = stackalloc byte[EnvelopeFormat.IvLength];
         EnvelopeFormat.WriteIv(iv, 0);
-        var joined = associatedData.IsEmpty ? default : headerBody.Length + associatedData.Length <= StackAadLimit ? stackalloc byte[StackAadLimit] : new byte[headerBody.Length + associatedData.Length];
+        var joined = associatedData.IsEmpty ? default : associatedData.Length <= StackAadLimit - headerBody.Length ? stackalloc byte[StackAadLimit] : new byte[checked(headerBody.Length + associatedData.Length)];
         _gcm.Encrypt(iv, [], [], tag, HeaderAad(headerBody, associatedData, joined));
     }
 

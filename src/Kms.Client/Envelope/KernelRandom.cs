@@ -16,11 +16,12 @@ namespace Kms.Client.Envelope;
 /// IVs — GCM nonce reuse. The kernel reseeds its generator when it learns of a VM fork
 /// (vmgenid, Linux 5.18), which no process-held state does.</para>
 /// <para>It is also cheaper: one system call (about 0.35 µs here) against about 1 µs for
-/// OpenSSL's generator through .NET. Elsewhere, and on a kernel without the call, ids come from
-/// <see cref="RandomNumberGenerator"/>.</para>
+/// OpenSSL's generator through .NET. Elsewhere, and where the call is missing or refused (an old
+/// kernel or C library, a seccomp filter), ids come from <see cref="RandomNumberGenerator"/>.</para>
 /// </remarks>
 internal static partial class KernelRandom
 {
+    private const int EPERM = 1;
     private const int ENOSYS = 38;
     private const int EINTR = 4;
 
@@ -35,7 +36,17 @@ internal static partial class KernelRandom
         {
             while (!destination.IsEmpty)
             {
-                var read = GetRandom(ref MemoryMarshal.GetReference(destination), (nuint)destination.Length, 0);
+                nint read;
+                try
+                {
+                    read = GetRandom(ref MemoryMarshal.GetReference(destination), (nuint)destination.Length, 0);
+                }
+                catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+                {
+                    s_unavailable = true; // a C library without getrandom (glibc before 2.25)
+                    break;
+                }
+
                 if (read > 0)
                 {
                     destination = destination[(int)read..];
@@ -48,9 +59,9 @@ internal static partial class KernelRandom
                     continue;
                 }
 
-                if (read < 0 && error == ENOSYS)
+                if (read < 0 && error is ENOSYS or EPERM)
                 {
-                    s_unavailable = true;
+                    s_unavailable = true; // a kernel before 3.17, or a seccomp filter refusing the call
                     break;
                 }
 
