@@ -233,9 +233,24 @@ public sealed class AliasAndBatchTests : IDisposable
     public async Task BatchEncrypt_HsmAnswersOneShort_EveryItemOfThatCallAnInternalError_NoneMisplaced()
     {
         var key = await _domain.CreateKeyAsync("k");
-        _domain.FakeHsm!.EncryptManyAnswersOneShort = true;
+        _domain.FakeHsm!.ManyAnswersOneShort = true;
 
         var results = await _domain.Crypto.BatchEncryptAsync(Dev, Enumerable.Range(0, 3).Select(i => new BatchItem(key.Name.ToString(), [(byte)i], null)).ToList(), default);
+
+        Assert.All(results, result => Assert.Equal(KmsErrorCode.Internal, result.Error!.Code));
+    }
+
+    [Fact]
+    public async Task BatchDecrypt_HsmAnswersOneShort_EachItemAnInternalError_TheBatchStillAnswers()
+    {
+        var first = await _domain.CreateKeyAsync("first");
+        var second = await _domain.CreateKeyAsync("second");
+        var a = (await _domain.Crypto.EncryptAsync(Dev, first.Name, [1], EncryptionContext.Empty, default)).Ciphertext;
+        var b = (await _domain.Crypto.EncryptAsync(Dev, second.Name, [2], EncryptionContext.Empty, default)).Ciphertext;
+        _domain.FakeHsm!.ManyAnswersOneShort = true;
+
+        // The first key's call has one item (answered with none), the second's two (answered with one).
+        var results = await _domain.Crypto.BatchDecryptAsync(Dev, [new BatchItem(null, b, null), new BatchItem(null, a, null), new BatchItem(null, b, null)], default);
 
         Assert.All(results, result => Assert.Equal(KmsErrorCode.Internal, result.Error!.Code));
     }

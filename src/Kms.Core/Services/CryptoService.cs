@@ -197,31 +197,36 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
             var inputs = group.Select(item => new AesGcmInput(item.Blob.Iv.ToArray(), CiphertextBlob.BuildAad(found.Version.Id, caller.Tenant, item.Context), item.Blob.CiphertextAndTag.ToArray())).ToList();
             var plaintexts = await ItemResult.RunAsync(async () => await hsm.For(found.Key.Residency).DecryptAesGcmManyAsync(
                 new KeyMaterialRef(found.Version.Id, MaterialOf(found)), inputs, cancellationToken));
+            // An answer of the wrong length is the whole call's failure, as the HSM's own would be.
+            var answered = plaintexts.Value;
+            var error = plaintexts.Error;
+            if (answered is not null && answered.Length != group.Length)
+            {
+                IHsm.ZeroAll(answered);
+                error = KmsErrors.Internal($"the HSM answered {answered.Length} decryptions for {group.Length}");
+                answered = null;
+            }
+
             var j = 0;
             try
             {
-                if (plaintexts.Value is { } answered && answered.Length != group.Length)
-                {
-                    throw KmsErrors.Internal($"the HSM answered {answered.Length} decryptions for {group.Length}");
-                }
-
                 for (; j < group.Length; j++)
                 {
-                    if (plaintexts.Value?[j] is { } plaintext)
+                    if (answered?[j] is { } plaintext)
                     {
                         usage.CountDecryption(found.Version.Id);
                         done(group[j], plaintext, null);
                     }
                     else
                     {
-                        done(group[j], null, plaintexts.Error ?? KmsErrors.DecryptionFailed());
+                        done(group[j], null, error ?? KmsErrors.DecryptionFailed());
                     }
                 }
             }
             catch
             {
                 // The plaintexts not yet handed over.
-                IHsm.ZeroAll(plaintexts.Value?[j..] ?? []);
+                IHsm.ZeroAll(answered?[j..] ?? []);
                 throw;
             }
         }
@@ -372,8 +377,8 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
             var inputs = items.Select(item => new AesGcmInput(item.Iv, CiphertextBlob.BuildAad(primary.Version.Id, caller.Tenant, item.Context), item.Plaintext)).ToList();
             var sealedAll = await ItemResult.RunAsync(async () => await hsm.For(primary.Key.Residency).EncryptAesGcmManyAsync(
                 new KeyMaterialRef(primary.Version.Id, MaterialOf(primary)), inputs, cancellationToken));
-            var error = sealedAll.Error ?? (sealedAll.Value!.Length != items.Length
-                ? KmsErrors.Internal($"the HSM answered {sealedAll.Value.Length} encryptions for {items.Length}")
+            var error = sealedAll.Error ?? (sealedAll.Value!.Length != items.Length || sealedAll.Value.Any(sealedBytes => sealedBytes is null)
+                ? KmsErrors.Internal($"the HSM answered {sealedAll.Value.Count(sealedBytes => sealedBytes is not null)} encryptions for {items.Length}")
                 : null);
             for (var j = 0; j < items.Length; j++)
             {

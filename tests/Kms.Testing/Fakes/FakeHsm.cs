@@ -54,13 +54,13 @@ public sealed class FakeHsm : IHsm, IDisposable
         return ValueTask.FromResult(output);
     }
 
-    /// <summary>A test's broken HSM: batched encryptions answer one result fewer than they were given.</summary>
-    public bool EncryptManyAnswersOneShort { get; set; }
+    /// <summary>A test's broken HSM: batched encryptions and decryptions answer one result fewer than they were given.</summary>
+    public bool ManyAnswersOneShort { get; set; }
 
     public async ValueTask<byte[][]> EncryptAesGcmManyAsync(KeyMaterialRef key, IReadOnlyList<AesGcmInput> inputs, CancellationToken cancellationToken)
     {
         Count("encrypt-many");
-        var results = new byte[EncryptManyAnswersOneShort ? inputs.Count - 1 : inputs.Count][];
+        var results = new byte[ManyAnswersOneShort ? inputs.Count - 1 : inputs.Count][];
         for (var i = 0; i < results.Length; i++)
         {
             results[i] = await EncryptAesGcmAsync(key, inputs[i].Iv, inputs[i].Aad, inputs[i].Data, cancellationToken);
@@ -97,8 +97,8 @@ public sealed class FakeHsm : IHsm, IDisposable
             throw failure;
         }
 
-        var results = new byte[]?[inputs.Count];
-        for (var i = 0; i < inputs.Count; i++)
+        var results = new byte[]?[ManyAnswersOneShort ? inputs.Count - 1 : inputs.Count];
+        for (var i = 0; i < results.Length; i++)
         {
             try
             {
