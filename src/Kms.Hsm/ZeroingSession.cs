@@ -20,7 +20,7 @@ namespace Kms.Hsm;
 /// </remarks>
 internal sealed class ZeroingSession : Net.Pkcs11Interop.HighLevelAPI80.Session
 {
-    private static long s_zeroedOutputs;
+    private static long _zeroedOutputs;
 
     private ZeroingSession(Pkcs11InteropFactories factories, LowLevel80.Pkcs11Library library, ulong sessionId)
         : base(factories, library, sessionId)
@@ -28,7 +28,7 @@ internal sealed class ZeroingSession : Net.Pkcs11Interop.HighLevelAPI80.Session
     }
 
     /// <summary>Decryptions whose output buffer (longer than the plaintext: what <c>Array.Resize</c> would have dropped) was zeroed.</summary>
-    public static long ZeroedOutputs => Interlocked.Read(ref s_zeroedOutputs);
+    public static long ZeroedOutputs => Interlocked.Read(ref _zeroedOutputs);
 
     /// <summary>
     /// Single-part decryption, as <see cref="ISession.Decrypt(IMechanism, IObjectHandle, byte[])"/>, on
@@ -64,7 +64,7 @@ internal sealed class ZeroingSession : Net.Pkcs11Interop.HighLevelAPI80.Session
 
             Check("C_Decrypt", rv);
             var exact = output.AsSpan(0, (int)length).ToArray();
-            Interlocked.Increment(ref s_zeroedOutputs);
+            Interlocked.Increment(ref _zeroedOutputs);
             return exact;
         }
         finally

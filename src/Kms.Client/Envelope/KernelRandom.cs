@@ -25,14 +25,14 @@ internal static partial class KernelRandom
     private const int ENOSYS = 38;
     private const int EINTR = 4;
 
-    private static volatile bool s_unavailable = !OperatingSystem.IsLinux();
+    private static volatile bool _unavailable = !OperatingSystem.IsLinux();
 
     /// <summary>Whether ids come from <c>getrandom(2)</c> (false: from <see cref="RandomNumberGenerator"/>).</summary>
-    public static bool FromKernel => !s_unavailable;
+    public static bool FromKernel => !_unavailable;
 
     public static void Fill(Span<byte> destination)
     {
-        if (!s_unavailable)
+        if (!_unavailable)
         {
             while (!destination.IsEmpty)
             {
@@ -43,7 +43,7 @@ internal static partial class KernelRandom
                 }
                 catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
                 {
-                    s_unavailable = true; // a C library without getrandom (glibc before 2.25)
+                    _unavailable = true; // a C library without getrandom (glibc before 2.25)
                     break;
                 }
 
@@ -61,7 +61,7 @@ internal static partial class KernelRandom
 
                 if (read < 0 && error is ENOSYS or EPERM)
                 {
-                    s_unavailable = true; // a kernel before 3.17, or a seccomp filter refusing the call
+                    _unavailable = true; // a kernel before 3.17, or a seccomp filter refusing the call
                     break;
                 }
 
