@@ -161,6 +161,18 @@ public sealed class AliasAndBatchTests : IDisposable
     }
 
     [Fact]
+    public async Task BatchEncrypt_EveryItemFailsItsChecks_NoHsmCall()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        _domain.FakeHsm!.Calls.Clear();
+
+        var results = await _domain.Crypto.BatchEncryptAsync(Dev, [new BatchItem("not a name", [1], null), new BatchItem(key.Name.ToString(), [], null)], default);
+
+        Assert.All(results, result => Assert.NotNull(result.Error));
+        Assert.Empty(_domain.FakeHsm.Calls); // not even the random draw for IVs
+    }
+
+    [Fact]
     public async Task BatchDecrypt_MixedItems_OpaqueFailuresPerItem()
     {
         var key = await _domain.CreateKeyAsync("k");
@@ -215,10 +227,7 @@ public sealed class AliasAndBatchTests : IDisposable
     [Fact]
     public async Task BatchDecrypt_HsmFailsForOneKeyVersion_ItsItemsCarryTheError_TheOtherKeysItemsDecrypt()
     {
-        var first = await _domain.CreateKeyAsync("first");
-        var second = await _domain.CreateKeyAsync("second");
-        var a = (await _domain.Crypto.EncryptAsync(Dev, first.Name, [1], EncryptionContext.Empty, default)).Ciphertext;
-        var b = (await _domain.Crypto.EncryptAsync(Dev, second.Name, [2], EncryptionContext.Empty, default)).Ciphertext;
+        var (a, b) = await TwoKeysOneCiphertextEachAsync();
         Assert.True(CiphertextBlob.TryParse(b, out var secondBlob));
         _domain.FakeHsm!.DecryptManyFailure = id => id == secondBlob!.KeyVersionId ? KmsErrors.Unavailable("the HSM is not answering") : null;
 
@@ -243,16 +252,22 @@ public sealed class AliasAndBatchTests : IDisposable
     [Fact]
     public async Task BatchDecrypt_HsmAnswersOneShort_EachItemAnInternalError_TheBatchStillAnswers()
     {
-        var first = await _domain.CreateKeyAsync("first");
-        var second = await _domain.CreateKeyAsync("second");
-        var a = (await _domain.Crypto.EncryptAsync(Dev, first.Name, [1], EncryptionContext.Empty, default)).Ciphertext;
-        var b = (await _domain.Crypto.EncryptAsync(Dev, second.Name, [2], EncryptionContext.Empty, default)).Ciphertext;
+        var (a, b) = await TwoKeysOneCiphertextEachAsync();
         _domain.FakeHsm!.ManyAnswersOneShort = true;
 
         // The first key's call has one item (answered with none), the second's two (answered with one).
         var results = await _domain.Crypto.BatchDecryptAsync(Dev, [new BatchItem(null, b, null), new BatchItem(null, a, null), new BatchItem(null, b, null)], default);
 
         Assert.All(results, result => Assert.Equal(KmsErrorCode.Internal, result.Error!.Code));
+    }
+
+    // A plaintext [1] under a key "first" and [2] under a key "second".
+    private async Task<(byte[] First, byte[] Second)> TwoKeysOneCiphertextEachAsync()
+    {
+        var first = await _domain.CreateKeyAsync("first");
+        var second = await _domain.CreateKeyAsync("second");
+        return ((await _domain.Crypto.EncryptAsync(Dev, first.Name, [1], EncryptionContext.Empty, default)).Ciphertext,
+            (await _domain.Crypto.EncryptAsync(Dev, second.Name, [2], EncryptionContext.Empty, default)).Ciphertext);
     }
 
     [Fact]

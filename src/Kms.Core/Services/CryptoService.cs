@@ -103,14 +103,14 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     }
 
     /// <summary>
-    /// Encrypt for each item; an item's failure is its own. One random draw gives every IV, and
-    /// the items sealed under one key version go to the HSM together.
+    /// Encrypt for each item; an item's failure is its own. Each item's checks come first; then one
+    /// random draw gives the IVs of those that passed, and the items sealed under one key version
+    /// go to the HSM together.
     /// </summary>
     public async Task<IReadOnlyList<ItemResult<EncryptResult>>> BatchEncryptAsync(Caller caller, IReadOnlyList<BatchItem> items, CancellationToken cancellationToken)
     {
         ValidateBatch(items, items.Sum(i => (long)(i.Data?.Length ?? 0)), "plaintext");
         var keys = new BatchKeys(this, caller);
-        var ivs = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength * items.Count, cancellationToken);
         var results = new ItemResult<EncryptResult>[items.Count];
         var admitted = new List<AdmittedItem>(items.Count);
         await AdmitEachAsync(items, results, admitted, async (item, index) =>
@@ -120,9 +120,18 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
             var context = EncryptionContext.Create(item.Context, Field(index, "encryption_context"));
             var primary = await keys.PrimaryAsync(KeyReference.Parse(item.Name, Field(index, "name")), context, cancellationToken);
             await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
-            var iv = ivs[(index * CiphertextBlob.IvLength)..((index + 1) * CiphertextBlob.IvLength)];
-            return new AdmittedItem(index, primary, context, iv, plaintext);
+            return new AdmittedItem(index, primary, context, [], plaintext);
         });
+
+        // One random draw for the IVs of the items that passed their checks (none: no HSM call).
+        if (admitted.Count > 0)
+        {
+            var ivs = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength * admitted.Count, cancellationToken);
+            for (var k = 0; k < admitted.Count; k++)
+            {
+                admitted[k] = admitted[k] with { Iv = ivs[(k * CiphertextBlob.IvLength)..((k + 1) * CiphertextBlob.IvLength)] };
+            }
+        }
 
         await SealByVersionAsync(caller, admitted, (item, blob, error) => results[item.Index] = error is null
             ? new ItemResult<EncryptResult>(new EncryptResult(blob!, item.Primary.Version.Name), null)
