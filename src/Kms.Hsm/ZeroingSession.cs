@@ -20,7 +20,14 @@ namespace Kms.Hsm;
 /// </remarks>
 internal sealed class ZeroingSession : Net.Pkcs11Interop.HighLevelAPI80.Session
 {
+    // Plaintexts up to this size are decrypted into the session's own pinned scratch buffer, not a
+    // new pinned array per call (pinned-heap garbage lasts until a full collection). A pooled
+    // session serves one call at a time, and an abandoned call's session is never reused.
+    private const int ScratchLength = 4096;
+
     private static long _zeroedOutputs;
+
+    private byte[]? _scratch;
 
     private ZeroingSession(Pkcs11InteropFactories factories, LowLevel80.Pkcs11Library library, ulong sessionId)
         : base(factories, library, sessionId)
@@ -44,9 +51,11 @@ internal sealed class ZeroingSession : Net.Pkcs11Interop.HighLevelAPI80.Session
 
         // No length query: GCM and OAEP plaintexts are never longer than their input, and a
         // successful query would leave the operation open on this pooled session if anything
-        // failed before the second call. Allocated (and pinned: the GC must not leave a moved
-        // copy behind) before C_DecryptInit, so nothing can fail between the two.
-        var output = GC.AllocateUninitializedArray<byte>(input.Length, pinned: true);
+        // failed before the second call. Taken (pinned: the GC must not leave a moved copy
+        // behind) before C_DecryptInit, so nothing can fail between the two.
+        var output = input.Length <= ScratchLength
+            ? _scratch ??= GC.AllocateUninitializedArray<byte>(ScratchLength, pinned: true)
+            : GC.AllocateUninitializedArray<byte>(input.Length, pinned: true);
         try
         {
             var marshalled = (LowLevel80.CK_MECHANISM)mechanism.ToMarshalableStructure();

@@ -35,6 +35,22 @@ public sealed class ZeroingSessionTests(HsmFixture fixture) : IClassFixture<HsmF
         Assert.Equal(before + 2, ZeroingSession.ZeroedOutputs);
     }
 
+    [Theory]
+    [InlineData(4096 - 16)] // the largest input the session's scratch buffer takes
+    [InlineData(4096 - 15)] // one byte more: a buffer of its own
+    [InlineData(64 * 1024)]
+    public async Task GcmDecrypt_AroundTheScratchBuffersSize_PlaintextExact(int plaintextLength)
+    {
+        var secret = RandomNumberGenerator.GetBytes(32);
+        var key = fixture.ImportKnownKey(secret);
+        using var aes = new AesGcm(secret, 16);
+        var (iv, plaintext) = (RandomNumberGenerator.GetBytes(12), RandomNumberGenerator.GetBytes(plaintextLength));
+        var sealedBytes = new byte[plaintext.Length + 16];
+        aes.Encrypt(iv, plaintext, sealedBytes.AsSpan(0, plaintext.Length), sealedBytes.AsSpan(plaintext.Length));
+
+        Assert.Equal(plaintext, await fixture.Hsm.DecryptAesGcmAsync(key, iv, [], sealedBytes, default));
+    }
+
     [Fact]
     public async Task WrongTag_OnTheOnlySession_DecryptionFailed_TheSessionStillDecrypts()
     {
