@@ -14,10 +14,10 @@ namespace Kms.Bench;
 /// </summary>
 internal static class AllocationBench
 {
-    public static async Task<int> RunAsync(int calls, int concurrency)
+    public static async Task<int> RunAsync(int calls, int concurrency, bool audit = true)
     {
         var (options, root) = BenchEnvironment.CreateToken();
-        var app = await LoadGenerator.StartServerAsync(options, root, audit: true);
+        var app = await LoadGenerator.StartServerAsync(options, root, audit);
         var (bare, bareAddress) = await BareRpc.StartAsync(root);
         try
         {
@@ -40,7 +40,7 @@ internal static class AllocationBench
                 }),
             };
 
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{calls} calls each at c={concurrency}, after {calls / 4} warm-up calls; client and server in this process"));
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{calls} calls each at c={concurrency}, after {calls / 4} warm-up calls; client and server in this process; durable audit {(audit ? "on" : "off (dev mode)")}"));
             double? bareBytes = null;
             foreach (var (name, call) in operations)
             {

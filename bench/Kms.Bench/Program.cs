@@ -77,14 +77,16 @@ switch (args.FirstOrDefault())
         // soak [seconds] [result file]
         return await SoakBench.RunAsync(TimeSpan.FromSeconds(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 60), args.Length > 2 ? args[2] : null);
     case "alloc":
-        // alloc [calls] [concurrency]
+        // alloc [calls] [concurrency] [unaudited]
         return await AllocationBench.RunAsync(
             args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 20_000,
-            args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 16);
+            args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 16,
+            audit: args.Length <= 3 || args[3] != "unaudited");
     case "hold":
         return await PerfSuite.HoldAsync(args[1], int.Parse(args[2], CultureInfo.InvariantCulture), TimeSpan.FromSeconds(int.Parse(args[3], CultureInfo.InvariantCulture)));
     case "load":
-        return await LoadGenerator.RunAsync(Seconds(args), Concurrencies(args));
+        // load [seconds] [1,4,16,64] [rounds]
+        return await LoadGenerator.RunAsync(Seconds(args), Concurrencies(args), args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 3);
     case "sign":
         return await SignBench.RunAsync(Seconds(args), Concurrencies(args));
     case "storage":
@@ -93,7 +95,7 @@ switch (args.FirstOrDefault())
             args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 16,
             args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 2);
     default:
-        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | cache-policy [keys] [capacity] [lookups] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency|-rate rounds generate|decrypt|batch|batch-decrypt|batch-reencrypt|overload [A args] -- [B args] | hold generate|decrypt|batch|batch-decrypt|batch-reencrypt|bare|generate-unaudited concurrency|-rate seconds | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | hsm-churn [calls] [recycle after] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2]");
+        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | cache-policy [keys] [capacity] [lookups] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency|-rate rounds generate|decrypt|batch|batch-decrypt|batch-reencrypt|overload [A args] -- [B args] | hold generate|decrypt|batch|batch-decrypt|batch-reencrypt|bare|generate-unaudited concurrency|-rate seconds | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] [rounds] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | hsm-churn [calls] [recycle after] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2]");
         return 2;
 }
 
