@@ -299,6 +299,20 @@ public sealed class AliasAndBatchTests : IDisposable
     }
 
     [Fact]
+    public async Task BatchGenerateDataKey_EveryItemFailsItsChecks_NoHsmCall()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        _domain.FakeHsm!.Calls.Clear();
+
+        var results = await _domain.Crypto.BatchGenerateDataKeyAsync(Dev,
+            [new BatchItem("not a name", null, null), new BatchItem(key.Name.ToString(), null, new Dictionary<string, string> { [""] = "x" })], default);
+
+        Assert.Equal(KmsErrorCode.InvalidArgument, results[0].Error!.Code);
+        Assert.Equal("requests[1].encryption_context", results[1].Error!.Field);
+        Assert.Empty(_domain.FakeHsm.Calls); // not even the random draw for data keys and IVs
+    }
+
+    [Fact]
     public async Task BatchGenerateDataKey_250ItemsUnderOneKey_SealedInChunksOf100()
     {
         var key = await _domain.CreateKeyAsync("k");

@@ -327,16 +327,17 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     }
 
     /// <summary>
-    /// GenerateDataKey for each item; an item's failure is its own. One random draw serves the
-    /// whole batch, each distinct key is looked up once, and the data keys sealed under one key
-    /// version go to the HSM together. Dispose the results to zero the keys.
+    /// GenerateDataKey for each item; an item's failure is its own. Each item's checks come first
+    /// (each distinct key looked up once); then one random draw gives the data keys and IVs of
+    /// those that passed, and the data keys sealed under one key version go to the HSM together.
+    /// Dispose the results to zero the keys.
     /// </summary>
     public async Task<IReadOnlyList<ItemResult<DataKeyResult>>> BatchGenerateDataKeyAsync(Caller caller, IReadOnlyList<BatchItem> items, CancellationToken cancellationToken)
     {
         ValidateBatch(items, 0, "requests");
         var keys = new BatchKeys(this, caller);
         const int Stride = Limits.DataKeyBytes + CiphertextBlob.IvLength;
-        var random = await hsm.GenerateRandomAsync(Stride * items.Count, cancellationToken);
+        byte[] random = [];
         var results = new ItemResult<DataKeyResult>[items.Count];
         var admitted = new List<AdmittedItem>(items.Count);
         try
@@ -346,9 +347,19 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
                 var context = EncryptionContext.Create(item.Context, Field(index, "encryption_context"));
                 var primary = await keys.PrimaryAsync(KeyReference.Parse(item.Name, Field(index, "name")), context, cancellationToken);
                 await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
-                var offset = index * Stride;
-                return new AdmittedItem(index, primary, context, random[(offset + Limits.DataKeyBytes)..(offset + Stride)], random[offset..(offset + Limits.DataKeyBytes)]);
+                return new AdmittedItem(index, primary, context, [], []);
             });
+
+            // One random draw for the data keys and IVs of the items that passed (none: no HSM call).
+            if (admitted.Count > 0)
+            {
+                random = await hsm.GenerateRandomAsync(Stride * admitted.Count, cancellationToken);
+                for (var k = 0; k < admitted.Count; k++)
+                {
+                    var offset = k * Stride;
+                    admitted[k] = admitted[k] with { Iv = random[(offset + Limits.DataKeyBytes)..(offset + Stride)], Plaintext = random[offset..(offset + Limits.DataKeyBytes)] };
+                }
+            }
 
             await SealByVersionAsync(caller, admitted, (item, blob, error) => results[item.Index] = error is null
                 ? new ItemResult<DataKeyResult>(new DataKeyResult(new SecretBytes(item.Plaintext), blob!, item.Primary.Version.Name), null)
