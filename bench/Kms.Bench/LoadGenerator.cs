@@ -30,13 +30,14 @@ internal static class LoadGenerator
 
     public static async Task<int> RunAsync(TimeSpan duration, int[] concurrencies, int rounds)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(rounds, 1);
         var (tokens, _, root) = BenchEnvironment.CreateTokens(2);
-        var rawOpsPerSecond = RawHsm.Measure(tokens[0].Options, duration, dataKeyFloor: false);
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"raw Pkcs11Interop AES-GCM 32 B, 1 thread: {rawOpsPerSecond:N0} ops/s"));
         var servers = new List<Server>();
         var failed = 0;
         try
         {
+            var rawOpsPerSecond = RawHsm.Measure(tokens[0].Options, duration, dataKeyFloor: false);
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"raw Pkcs11Interop AES-GCM 32 B, 1 thread: {rawOpsPerSecond:N0} ops/s"));
             foreach (var (token, audit) in new[] { (tokens[0], true), (tokens[1], false) })
             {
                 var dir = Path.Combine(root, token.Options.TokenLabel!);
@@ -46,7 +47,7 @@ internal static class LoadGenerator
 
             var (on, off) = (servers[0], servers[1]);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"GenerateDataKey, {duration.TotalSeconds} s per measurement, {rounds} round(s) per concurrency, audit on and off alternating; warm-up {WarmUp.TotalSeconds} s at c=16 on each server"));
+                $"GenerateDataKey, {duration.TotalSeconds} s per measurement, {rounds} round(s) per concurrency (the median round shown; of an even count, the upper one), audit on and off alternating; warm-up at c=16 {WarmUp.TotalSeconds} s on the audited server, {(WarmUp / 3).TotalSeconds} s on the other"));
             await SweepAsync(on, 16, WarmUp);
             await SweepAsync(off, 16, WarmUp / 3);
 
@@ -78,11 +79,12 @@ internal static class LoadGenerator
 
                 // The round whose ratio is the median stands for the concurrency (its own figures, not a mix).
                 var median = measured.OrderBy(m => m.On.OpsPerSecond / m.Off.OpsPerSecond).ElementAt(measured.Count / 2);
+                var errors = measured.Sum(m => m.On.Errors + m.Off.Errors);
                 var range = measured.Count > 1
                     ? string.Create(CultureInfo.InvariantCulture, $" (rounds {string.Join(", ", measured.Select(m => (m.On.OpsPerSecond / m.Off.OpsPerSecond).ToString("F2", CultureInfo.InvariantCulture)))})")
                     : "";
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {concurrency} | {median.On.OpsPerSecond:N0} | {median.Off.OpsPerSecond:N0} | {median.On.OpsPerSecond / median.Off.OpsPerSecond:F2}{range} | {median.On.P99:F2} | {median.Off.P99:F2} | {median.EventsPerCommit:F1} |"));
+                    $"| {concurrency} | {median.On.OpsPerSecond:N0} | {median.Off.OpsPerSecond:N0} | {median.On.OpsPerSecond / median.Off.OpsPerSecond:F2}{range} | {median.On.P99:F2} | {median.Off.P99:F2} | {median.EventsPerCommit:F1} |{(errors > 0 ? $" {errors} errors in its rounds" : "")}"));
                 foreach (var m in measured)
                 {
                     peaks = (Math.Max(peaks.On, m.On.OpsPerSecond), Math.Max(peaks.Off, m.Off.OpsPerSecond),
@@ -113,7 +115,14 @@ internal static class LoadGenerator
         {
             foreach (var server in servers)
             {
-                await server.DisposeAsync();
+                try
+                {
+                    await server.DisposeAsync();
+                }
+                catch (Exception e)
+                {
+                    Console.Error.WriteLine($"load: stopping a server failed: {e.Message}");
+                }
             }
 
             Directory.Delete(root, recursive: true);
@@ -163,9 +172,22 @@ internal static class LoadGenerator
         public static async Task<Server> StartAsync(HsmOptions options, string root, bool audit)
         {
             var app = await StartServerAsync(options, root, audit);
-            var client = Connect(app, root);
-            var key = await client.CreateKeyAsync("tenants/dev", "load-" + (audit ? "audited" : "unaudited"));
-            var server = new Server(app, client, key.Name);
+            KmsClient? client = null;
+            string keyName;
+            try
+            {
+                client = Connect(app, root);
+                keyName = (await client.CreateKeyAsync("tenants/dev", "load-" + (audit ? "audited" : "unaudited"))).Name;
+            }
+            catch
+            {
+                client?.Dispose();
+                await app.StopAsync();
+                await app.DisposeAsync();
+                throw;
+            }
+
+            var server = new Server(app, client, keyName);
             app.Services.GetRequiredService<Kms.Core.Services.AuditLog>().BatchWritten += (size, _) =>
             {
                 Interlocked.Increment(ref server._commits);

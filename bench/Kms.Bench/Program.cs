@@ -81,7 +81,7 @@ switch (args.FirstOrDefault())
         return await AllocationBench.RunAsync(
             args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 20_000,
             args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 16,
-            audit: args.Length <= 3 || args[3] != "unaudited");
+            audit: args.Length <= 3 ? true : args[3] == "unaudited" ? false : throw new ArgumentException($"alloc: the fourth argument is 'unaudited' or nothing, not '{args[3]}'"));
     case "hold":
         return await PerfSuite.HoldAsync(args[1], int.Parse(args[2], CultureInfo.InvariantCulture), TimeSpan.FromSeconds(int.Parse(args[3], CultureInfo.InvariantCulture)));
     case "load":
