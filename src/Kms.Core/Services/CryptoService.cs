@@ -123,17 +123,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
             return new AdmittedItem(index, primary, context, [], plaintext);
         });
 
-        // One random draw for the IVs of the items that passed their checks (none: no HSM call).
-        if (admitted.Count > 0)
-        {
-            var ivs = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength * admitted.Count, cancellationToken);
-            for (var k = 0; k < admitted.Count; k++)
-            {
-                admitted[k] = admitted[k] with { Iv = ivs[(k * CiphertextBlob.IvLength)..((k + 1) * CiphertextBlob.IvLength)] };
-            }
-        }
-
-        await SealByVersionAsync(caller, admitted, (item, blob, error) => results[item.Index] = error is null
+        await SealByVersionAsync(caller, await WithIvsAsync(admitted, cancellationToken), (item, blob, error) => results[item.Index] = error is null
             ? new ItemResult<EncryptResult>(new EncryptResult(blob!, item.Primary.Version.Name), null)
             : new ItemResult<EncryptResult>(null, error), cancellationToken);
         return results;
@@ -301,13 +291,12 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
 
             if (admitted.Count > 0)
             {
-                var ivs = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength * admitted.Count, cancellationToken);
-                var toSeal = admitted.Select((item, k) => new AdmittedItem(
+                var toSeal = await WithIvsAsync(admitted.ConvertAll(item => new AdmittedItem(
                     item.Source.Index,
                     destinations[item.Source.Index].Primary,
                     destinations[item.Source.Index].Context,
-                    ivs[(k * CiphertextBlob.IvLength)..((k + 1) * CiphertextBlob.IvLength)],
-                    item.Plaintext)).ToList();
+                    [],
+                    item.Plaintext)), cancellationToken);
                 var sources = admitted.ToDictionary(item => item.Source.Index, item => item.Source.Found.Version.Name);
                 await SealByVersionAsync(caller, toSeal, (item, blob, error) => results[item.Index] = error is null
                     ? new ItemResult<ReEncryptResult>(new ReEncryptResult(blob!, sources[item.Index], item.Primary.Version.Name), null)
@@ -384,6 +373,18 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
                 }
             }
         }
+    }
+
+    // The items that passed their checks, each with its IV from one random draw (none passed: no HSM call).
+    private async Task<List<AdmittedItem>> WithIvsAsync(List<AdmittedItem> admitted, CancellationToken cancellationToken)
+    {
+        if (admitted.Count == 0)
+        {
+            return admitted;
+        }
+
+        var ivs = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength * admitted.Count, cancellationToken);
+        return admitted.Select((item, k) => item with { Iv = ivs[(k * CiphertextBlob.IvLength)..((k + 1) * CiphertextBlob.IvLength)] }).ToList();
     }
 
     // The items that passed their checks, sealed with one HSM call per key version (one session,
