@@ -89,13 +89,18 @@ switch (args.FirstOrDefault())
         return await LoadGenerator.RunAsync(Seconds(args), Concurrencies(args), args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 3);
     case "sign":
         return await SignBench.RunAsync(Seconds(args), Concurrencies(args));
+    case "usage-flush":
+        // usage-flush [versions] [rounds]: one usage flush of many versions on SQLite
+        return await UsageFlushBench.RunAsync(
+            args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 30_000,
+            args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 3);
     case "storage":
         return await StorageBench.RunAsync(
             Seconds(args),
             args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 16,
             args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 2);
     default:
-        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | cache-policy [keys] [capacity] [lookups] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency|-rate rounds generate|decrypt|batch|batch-decrypt|batch-reencrypt|overload [A args] -- [B args] | hold generate|decrypt|batch|batch-decrypt|batch-reencrypt|bare|generate-unaudited concurrency|-rate seconds | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] [rounds] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | hsm-churn [calls] [recycle after] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2]");
+        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | cache-policy [keys] [capacity] [lookups] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency|-rate rounds generate|decrypt|batch|batch-decrypt|batch-reencrypt|overload [A args] -- [B args] | hold generate|decrypt|batch|batch-decrypt|batch-reencrypt|bare|generate-unaudited concurrency|-rate seconds | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] [rounds] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | hsm-churn [calls] [recycle after] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2] | usage-flush [versions] [rounds]");
         return 2;
 }
 

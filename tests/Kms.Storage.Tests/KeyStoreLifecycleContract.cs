@@ -221,6 +221,33 @@ public abstract class KeyStoreLifecycleContract : KeyStoreContract
     }
 
     [Fact]
+    public async Task RecordUsage_ManyVersionsInOneFlush_EachGetsItsOwnDelta()
+    {
+        // One flush writes every version with the same statement, bound again per row: a value or a
+        // NULL left from the row before must not leak into the next.
+        var store = await CreateStoreAsync();
+        var keys = new[] { NewKey(Dev, "a"), NewKey(Dev, "b"), NewKey(Dev, "c") };
+        foreach (var key in keys)
+        {
+            await store.CreateKeyAsync(key, Material(), null, default);
+        }
+
+        var t = keys[0].CreateTime;
+        await store.RecordUsageAsync(
+            [
+                new UsageDelta(keys[0].Primary.Id, 5, t.AddMinutes(1), null),
+                new UsageDelta(keys[1].Primary.Id, 0, null, t.AddMinutes(2)),
+                new UsageDelta(keys[2].Primary.Id, 7, t.AddMinutes(3), t.AddMinutes(4)),
+            ],
+            default);
+
+        var usage = await Task.WhenAll(keys.Select(async k => (await store.GetVersionAsync(k.Primary.Name, default))!.Usage));
+        Assert.Equal((5L, (DateTimeOffset?)t.AddMinutes(1), (DateTimeOffset?)null), (usage[0].DecryptCount, usage[0].LastEncryptTime, usage[0].LastDecryptTime));
+        Assert.Equal((0L, (DateTimeOffset?)null, (DateTimeOffset?)t.AddMinutes(2)), (usage[1].DecryptCount, usage[1].LastEncryptTime, usage[1].LastDecryptTime));
+        Assert.Equal((7L, (DateTimeOffset?)t.AddMinutes(3), (DateTimeOffset?)t.AddMinutes(4)), (usage[2].DecryptCount, usage[2].LastEncryptTime, usage[2].LastDecryptTime));
+    }
+
+    [Fact]
     public async Task KeySettings_RoundTrip()
     {
         var store = await CreateStoreAsync();

@@ -447,18 +447,24 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     public Task RecordUsageAsync(IReadOnlyCollection<UsageDelta> deltas, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
+            // One command for every row, bound again per row: its SQL is compiled once, not once
+            // per version (a flush under traffic spread over many keys writes tens of thousands).
+            await using var update = Command(connection, """
+                UPDATE key_versions SET
+                    decrypt_count = decrypt_count + @decryptions,
+                    last_encrypt_time = CASE WHEN @last_encrypt IS NOT NULL AND (last_encrypt_time IS NULL OR last_encrypt_time < @last_encrypt) THEN @last_encrypt ELSE last_encrypt_time END,
+                    last_decrypt_time = CASE WHEN @last_decrypt IS NOT NULL AND (last_decrypt_time IS NULL OR last_decrypt_time < @last_decrypt) THEN @last_decrypt ELSE last_decrypt_time END
+                WHERE version_id = @version_id
+                """,
+                ("@decryptions", 0L), ("@last_encrypt", NullInt64), ("@last_decrypt", NullInt64), ("@version_id", Array.Empty<byte>()));
+            update.Transaction = transaction;
+            var (decryptions, lastEncrypt, lastDecrypt, versionId) = (update.Parameters["@decryptions"], update.Parameters["@last_encrypt"], update.Parameters["@last_decrypt"], update.Parameters["@version_id"]);
             foreach (var delta in deltas)
             {
-                await using var update = Command(connection, """
-                    UPDATE key_versions SET
-                        decrypt_count = decrypt_count + @decryptions,
-                        last_encrypt_time = CASE WHEN @last_encrypt IS NOT NULL AND (last_encrypt_time IS NULL OR last_encrypt_time < @last_encrypt) THEN @last_encrypt ELSE last_encrypt_time END,
-                        last_decrypt_time = CASE WHEN @last_decrypt IS NOT NULL AND (last_decrypt_time IS NULL OR last_decrypt_time < @last_decrypt) THEN @last_decrypt ELSE last_decrypt_time END
-                    WHERE version_id = @version_id
-                    """,
-                    ("@decryptions", delta.Decryptions), ("@last_encrypt", Millis(delta.LastEncryptTime)), ("@last_decrypt", Millis(delta.LastDecryptTime)),
-                    ("@version_id", delta.Id.ToBytes()));
-                update.Transaction = transaction;
+                Bind(decryptions, delta.Decryptions);
+                Bind(lastEncrypt, Millis(delta.LastEncryptTime));
+                Bind(lastDecrypt, Millis(delta.LastDecryptTime));
+                Bind(versionId, delta.Id.ToBytes());
                 await update.ExecuteNonQueryAsync(cancellationToken);
             }
 
@@ -833,20 +839,25 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         {
             var parameter = command.CreateParameter();
             parameter.ParameterName = name;
-            if (value is TypedNull typed)
-            {
-                parameter.DbType = typed.Type;
-                parameter.Value = DBNull.Value;
-            }
-            else
-            {
-                parameter.Value = value;
-            }
-
+            Bind(parameter, value);
             command.Parameters.Add(parameter);
         }
 
         return command;
+    }
+
+    /// <summary>Sets a parameter's value (a <see cref="TypedNull"/> as a NULL of its type): also how a command run once per row is bound again, compiled once.</summary>
+    private protected static void Bind(DbParameter parameter, object value)
+    {
+        if (value is TypedNull typed)
+        {
+            parameter.DbType = typed.Type;
+            parameter.Value = DBNull.Value;
+        }
+        else
+        {
+            parameter.Value = value;
+        }
     }
 
     private protected static async Task ExecuteAsync(DbConnection connection, string sql, CancellationToken cancellationToken, DbTransaction? transaction = null)
