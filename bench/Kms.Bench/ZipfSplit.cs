@@ -6,6 +6,7 @@ using Kms.Client;
 using Kms.Core.Ports;
 using Kms.Hsm;
 using Kms.Server.Hosting;
+using Kms.Storage;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace Kms.Bench;
@@ -28,10 +29,12 @@ internal static class ZipfSplit
     public static async Task<int> ServeAsync(string[] serverArgs)
     {
         var (options, root) = BenchEnvironment.CreateToken();
+        using var counters = new ZipfBench.HsmCounters();
         var app = await LoadGenerator.StartServerAsync(options, root, audit: true, serverArgs);
         try
         {
             var hsm = (Pkcs11Hsm)app.Services.GetRequiredService<IHsm>();
+            var store = (SqlStore)app.Services.GetRequiredService<IKeyStore>();
             Console.WriteLine($"ready {KmsServerApp.BoundAddresses(app).Single()} {root}");
             string? line;
             while ((line = await Console.In.ReadLineAsync()) is not null && line != "exit")
@@ -41,6 +44,13 @@ internal static class ZipfSplit
                     ProcessMemory.Settle(TimeSpan.FromSeconds(double.Parse(line[7..], CultureInfo.InvariantCulture)));
                     Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"HSM recycles {hsm.Recycles}"));
                     Console.WriteLine("done");
+                }
+                else if (line == "cache")
+                {
+                    // Counts so far: handle-cache hits and misses, metadata-cache hits and misses.
+                    var (hits, misses, _) = counters.Read();
+                    var (metaHits, metaMisses, _, _) = store.MetadataCacheStatistics;
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"cache {hits} {misses} {metaHits} {metaMisses}"));
                 }
                 else if (line == "stat")
                 {
@@ -89,28 +99,40 @@ internal static class ZipfSplit
         });
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"server pid {server.Pid}: RSS {server.Status("VmRSS:"):F0} MiB at start"));
         var ciphertexts = await ZipfBench.CreateKeysAsync(client, keyCount, Context);
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"server RSS {server.Status("VmRSS:"):F0} MiB, peak {server.Status("VmHWM:"):F0} MiB after making the keys"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"server RSS {server.Status("VmRSS:"):F0} MiB, peak {server.TakePeak():F0} MiB while making the keys"));
+        results["keys_peak_rss_mib"] = server.RunPeak;
 
         var (few, many) = await ZipfBench.WarmLoadsAsync(client, ciphertexts, Context, concurrency, duration);
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"server RSS {server.Status("VmRSS:"):F0} MiB, peak {server.TakePeak():F0} MiB while warming"));
         Console.WriteLine();
-        Console.WriteLine("| round | 10 keys ops/s | server cores | server CPU µs per call | Zipf ops/s | server cores | server CPU µs per call | Zipf ÷ 10 keys |");
-        Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        Console.WriteLine("| round | 10 keys ops/s | server cores | server CPU µs per call | server peak RSS MiB | Zipf ops/s | server cores | server CPU µs per call | server peak RSS MiB | Zipf handle-cache misses | Zipf metadata-cache hits | Zipf ÷ 10 keys |");
+        Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         var rounds = new JsonArray();
         var ratios = new List<double>();
         for (var round = 1; round <= 3; round++)
         {
             var (a, aCores) = await server.MeasureAsync(() => LoadLoops.ClosedAsync(concurrency, duration, few));
+            var aPeak = server.TakePeak();
+            var before = await server.CacheCountsAsync();
             var (b, bCores) = await server.MeasureAsync(() => LoadLoops.ClosedAsync(concurrency, duration, many));
+            var bPeak = server.TakePeak();
+            var after = await server.CacheCountsAsync();
+            var handleMisses = (double)(after.Misses - before.Misses) / Math.Max(1, after.Hits - before.Hits + after.Misses - before.Misses);
+            var metadataHits = (double)(after.MetadataHits - before.MetadataHits) / Math.Max(1, after.MetadataHits - before.MetadataHits + after.MetadataMisses - before.MetadataMisses);
             failed += a.Errors + a.Shed + b.Errors + b.Shed;
             ratios.Add(b.OpsPerSecond / a.OpsPerSecond);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {round} | {a.OpsPerSecond:N0} | {aCores:F2} | {aCores * 1e6 / a.OpsPerSecond:F0} | {b.OpsPerSecond:N0} | {bCores:F2} | {bCores * 1e6 / b.OpsPerSecond:F0} | {ratios[^1]:F2} |"));
+                $"| {round} | {a.OpsPerSecond:N0} | {aCores:F2} | {aCores * 1e6 / a.OpsPerSecond:F0} | {aPeak:F0} | {b.OpsPerSecond:N0} | {bCores:F2} | {bCores * 1e6 / b.OpsPerSecond:F0} | {bPeak:F0} | {handleMisses:P1} | {metadataHits:P1} | {ratios[^1]:F2} |"));
             rounds.Add(new JsonObject
             {
                 ["ten_keys"] = PerfSuite.Json(a),
                 ["ten_keys_server_cores"] = aCores,
+                ["ten_keys_server_peak_rss_mib"] = aPeak,
                 ["zipf"] = PerfSuite.Json(b),
                 ["zipf_server_cores"] = bCores,
+                ["zipf_server_peak_rss_mib"] = bPeak,
+                ["zipf_handle_cache_miss_rate"] = handleMisses,
+                ["zipf_metadata_cache_hit_rate"] = metadataHits,
                 ["ratio"] = ratios[^1],
             });
         }
@@ -129,7 +151,7 @@ internal static class ZipfSplit
             settled.Add(await server.SettleAsync(TimeSpan.Zero));
             var clock = Stopwatch.StartNew();
             var nextSettle = TimeSpan.FromMinutes(5);
-            Console.WriteLine("| s | ops/s | p99 ms | server RSS MiB | server peak RSS MiB | server cores | GC committed MiB | GC heap after the last collection MiB | full collections | malloc in use MiB | malloc free MiB |");
+            Console.WriteLine("| s | ops/s | p99 ms | server RSS MiB | server peak RSS MiB in the window | server cores | GC committed MiB | GC heap after the last collection MiB | full collections | malloc in use MiB | malloc free MiB |");
             Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             while (clock.Elapsed < soak)
             {
@@ -141,7 +163,7 @@ internal static class ZipfSplit
 
                 var (r, cores) = await server.MeasureAsync(() => LoadLoops.ClosedAsync(concurrency, TimeSpan.FromSeconds(10), many));
                 failed += r.Errors + r.Shed;
-                var (rss, peak) = (server.Status("VmRSS:"), server.Status("VmHWM:"));
+                var (rss, peak) = (server.Status("VmRSS:"), server.TakePeak());
                 var (committed, inUse, free, heap, fullCollections) = await server.StatAsync();
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {clock.Elapsed.TotalSeconds:F0} | {r.OpsPerSecond:N0} | {r.P99:F2} | {rss:F0} | {peak:F0} | {cores:F2} | {committed:F0} | {heap:F0} | {fullCollections} | {inUse:F0} | {free:F0} |"));
                 samples.Add(new JsonObject { ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds), ["result"] = PerfSuite.Json(r), ["server_rss_mib"] = rss, ["server_peak_rss_mib"] = peak, ["server_cores"] = cores, ["server_gc_committed_mib"] = committed, ["server_gc_heap_mib"] = heap, ["server_gen2_collections"] = fullCollections, ["server_malloc_in_use_mib"] = inUse, ["server_malloc_free_mib"] = free });
@@ -152,9 +174,10 @@ internal static class ZipfSplit
 
         results["soak"] = samples;
         results["settled"] = settled;
-        results["server_peak_rss_mib"] = server.Status("VmHWM:");
+        server.TakePeak();
+        results["server_peak_rss_mib"] = server.RunPeak;
         results["failed_calls"] = failed;
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"server peak RSS over the whole run (VmHWM): {server.Status("VmHWM:"):F0} MiB; {failed} failed calls"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"server peak RSS over the whole run (the highest VmHWM of its phases): {server.RunPeak:F0} MiB; {failed} failed calls"));
         outputPath ??= Path.Combine(BenchEnvironment.RepositoryRoot, "bench", "results", $"zipf-split-{started:yyyyMMdd-HHmmss}.json");
         Directory.CreateDirectory(Path.GetDirectoryName(outputPath)!);
         await File.WriteAllTextAsync(outputPath, results.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
@@ -210,6 +233,21 @@ internal static class ZipfSplit
             }
         }
 
+        /// <summary>The highest peak <see cref="TakePeak"/> has returned: the run's peak resident memory.</summary>
+        public double RunPeak { get; private set; }
+
+        /// <summary>
+        /// The server's peak resident memory (<c>VmHWM</c>) since the last call, in MiB, then resets it
+        /// (writing 5 to <c>/proc/PID/clear_refs</c>, Linux ≥ 4.0), so that each phase reports its own peak.
+        /// </summary>
+        public double TakePeak()
+        {
+            var peak = Status("VmHWM:");
+            RunPeak = Math.Max(RunPeak, peak);
+            File.WriteAllText($"/proc/{Pid}/clear_refs", "5");
+            return peak;
+        }
+
         /// <summary>A field of /proc/PID/status in MiB (VmRSS: now; VmHWM: the peak so far).</summary>
         public double Status(string field) => ProcessMemory.StatusKiB(field, Pid.ToString(CultureInfo.InvariantCulture)) / 1024;
 
@@ -219,6 +257,15 @@ internal static class ZipfSplit
             var (cpu, wall) = (CpuSeconds(), Stopwatch.GetTimestamp());
             var result = await load();
             return (result, (CpuSeconds() - cpu) / Stopwatch.GetElapsedTime(wall).TotalSeconds);
+        }
+
+        /// <summary>The server's cache counts so far: handle-cache hits and misses, metadata-cache hits and misses.</summary>
+        public async Task<(long Hits, long Misses, long MetadataHits, long MetadataMisses)> CacheCountsAsync()
+        {
+            await _process.StandardInput.WriteLineAsync("cache");
+            await _process.StandardInput.FlushAsync();
+            var fields = (await ReadUntilAsync(_process, "cache ")).Split(' ');
+            return (long.Parse(fields[1], CultureInfo.InvariantCulture), long.Parse(fields[2], CultureInfo.InvariantCulture), long.Parse(fields[3], CultureInfo.InvariantCulture), long.Parse(fields[4], CultureInfo.InvariantCulture));
         }
 
         /// <summary>The server's GC-committed memory, C heap (in use, free) and GC heap after its last collection, in MiB, and its count of generation-2 collections, without settling.</summary>
