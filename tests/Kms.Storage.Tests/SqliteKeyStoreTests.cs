@@ -445,6 +445,28 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
     }
 
     [Fact]
+    public async Task MetadataCache_LifecyclePassWithNothingDue_ForgetsNothing()
+    {
+        // What the lifecycle worker asks the store every pass (30 s), with nothing due: none of it
+        // is a change, so none of it may empty the cache (it did: the import-job expiry wrote, and
+        // every write forgets, so a Zipf load's hit rate fell back every 30 s).
+        var node = await OpenAsync();
+        node.ConfirmCoherent(TimeSpan.FromMinutes(1));
+        await node.CreateKeyAsync(NewKey(Dev, "k"), Material(), null, default);
+        var name = new KeyName(Dev, "k");
+        var first = await node.GetPrimaryMaterialAsync(name, default);
+        var generation = node.MetadataCacheStatistics.Invalidations;
+
+        Assert.Empty(await node.EraseExpiredImportJobsAsync(DateTimeOffset.UtcNow, default));
+        Assert.True(await node.CompleteErasureAsync(default));
+        await node.PruneChangesAsync(DateTimeOffset.UtcNow.AddHours(-1), default);
+        await node.RecordUsageAsync([new UsageDelta(first!.Version.Id, 1, null, DateTimeOffset.UtcNow)], default);
+
+        Assert.Equal(generation, node.MetadataCacheStatistics.Invalidations);
+        Assert.Same(first, await node.GetPrimaryMaterialAsync(name, default));
+    }
+
+    [Fact]
     public async Task MetadataCache_AnotherWritersChange_AnnouncedInTheFeed_ForgottenWhenTheFeedIsApplied()
     {
         var node = await OpenAsync();
