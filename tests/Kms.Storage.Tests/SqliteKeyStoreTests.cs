@@ -455,15 +455,40 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         await node.CreateKeyAsync(NewKey(Dev, "k"), Material(), null, default);
         var name = new KeyName(Dev, "k");
         var first = await node.GetPrimaryMaterialAsync(name, default);
-        var generation = node.MetadataCacheStatistics.Invalidations;
+        var invalidations = node.MetadataCacheStatistics.Invalidations;
 
         Assert.Empty(await node.EraseExpiredImportJobsAsync(DateTimeOffset.UtcNow, default));
         Assert.True(await node.CompleteErasureAsync(default));
         await node.PruneChangesAsync(DateTimeOffset.UtcNow.AddHours(-1), default);
         await node.RecordUsageAsync([new UsageDelta(first!.Version.Id, 1, null, DateTimeOffset.UtcNow)], default);
 
-        Assert.Equal(generation, node.MetadataCacheStatistics.Invalidations);
+        Assert.Equal(invalidations, node.MetadataCacheStatistics.Invalidations);
         Assert.Same(first, await node.GetPrimaryMaterialAsync(name, default));
+    }
+
+    [Fact]
+    public async Task MetadataCache_NoOpKeyUpdate_AnnouncesNothing_ForgetsNothing()
+    {
+        // The offboarding sweep decides a no-op for every key of a DELETING tenant already scheduled,
+        // every pass: that must neither tell every node to forget (a change row) nor forget here.
+        var node = await OpenAsync();
+        node.ConfirmCoherent(TimeSpan.FromMinutes(1));
+        await node.CreateKeyAsync(NewKey(Dev, "k"), Material(), null, default);
+        var name = new KeyName(Dev, "k");
+        var first = await node.GetPrimaryMaterialAsync(name, default);
+        var (invalidations, head) = (node.MetadataCacheStatistics.Invalidations, await node.GetChangeHeadAsync(default));
+
+        Assert.NotNull(await node.UpdateKeyAsync(name, current => new KeyChange(current.Key) { IsNoOp = true }, default));
+        Assert.Null(await node.UpdateKeyAsync(new KeyName(Dev, "missing"), current => new KeyChange(current.Key with { State = KeyState.Disabled }), default));
+
+        Assert.Equal(invalidations, node.MetadataCacheStatistics.Invalidations);
+        Assert.Equal(head, await node.GetChangeHeadAsync(default));
+        Assert.Same(first, await node.GetPrimaryMaterialAsync(name, default));
+
+        // A real change still does both.
+        await DisableAsync(node, "k");
+        Assert.True(await node.GetChangeHeadAsync(default) > head);
+        Assert.Equal(KeyState.Disabled, (await node.GetPrimaryMaterialAsync(name, default))!.Key.State);
     }
 
     [Fact]

@@ -218,7 +218,19 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     public async Task<KeyWithVersions?> UpdateKeyAsync(KeyName name, Func<KeyWithVersions, KeyChange> decide, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(decide);
-        var (result, erased) = await WriteAsync((connection, transaction) => ApplyKeyChangeAsync(connection, transaction, name, decide, ErasureMarkSql, cancellationToken), cancellationToken);
+
+        // A no-op decision (the lifecycle worker's sweeps decide one for every key already where it
+        // should be, every pass) writes nothing, so it tells no node to forget anything.
+        var changed = false;
+        var (result, erased) = await WriteAsync(
+            (connection, transaction) => ApplyKeyChangeAsync(connection, transaction, name, current =>
+            {
+                var change = decide(current);
+                changed = !change.IsNoOp;
+                return change;
+            }, ErasureMarkSql, cancellationToken),
+            cancellationToken,
+            changed: _ => changed);
         if (erased)
         {
             await TryCompleteErasureAsync(cancellationToken);
@@ -447,8 +459,9 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     public Task RecordUsageAsync(IReadOnlyCollection<UsageDelta> deltas, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
-            // One command for every row, bound again per row: its SQL is compiled once, not once
-            // per version (a flush under traffic spread over many keys writes tens of thousands).
+            // One command for every row, prepared once and bound again per row: SQLite compiles its
+            // SQL once, not once per version (a flush under traffic spread over many keys writes
+            // tens of thousands); PostgreSQL parses it once (a server-side prepared statement).
             await using var update = Command(connection, """
                 UPDATE key_versions SET
                     decrypt_count = decrypt_count + @decryptions,
@@ -458,6 +471,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
                 """,
                 ("@decryptions", 0L), ("@last_encrypt", NullInt64), ("@last_decrypt", NullInt64), ("@version_id", Array.Empty<byte>()));
             update.Transaction = transaction;
+            await update.PrepareAsync(cancellationToken);
             var (decryptions, lastEncrypt, lastDecrypt, versionId) = (update.Parameters["@decryptions"], update.Parameters["@last_encrypt"], update.Parameters["@last_decrypt"], update.Parameters["@version_id"]);
             foreach (var delta in deltas)
             {
@@ -846,7 +860,11 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         return command;
     }
 
-    /// <summary>Sets a parameter's value (a <see cref="TypedNull"/> as a NULL of its type): also how a command run once per row is bound again, compiled once.</summary>
+    /// <summary>
+    /// Sets a parameter's value (a <see cref="TypedNull"/> as a NULL of its type): also how a command
+    /// run once per row is bound again. A type a <see cref="TypedNull"/> set stays on the parameter,
+    /// so bind each parameter with values of that one type.
+    /// </summary>
     private protected static void Bind(DbParameter parameter, object value)
     {
         if (value is TypedNull typed)
@@ -893,24 +911,28 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     // Every write that may change what the hot path remembers is announced in the change feed
     // (other nodes and processes forget theirs) and forgets this store's own once it has
     // committed — or failed, which may mean committed. Usage counters and the audit's own
-    // bookkeeping change nothing remembered and are not announced.
-    private Task<T> WriteAsync<T>(Func<DbConnection, DbTransaction, Task<T>> work, CancellationToken cancellationToken, Func<T, IReadOnlyList<AuditEntry>>? trailingEvents = null, bool announce = true) =>
+    // bookkeeping change nothing remembered and are not announced. With changed, a write that
+    // returns having changed nothing (a no-op decision) is neither announced nor forgotten.
+    private Task<T> WriteAsync<T>(Func<DbConnection, DbTransaction, Task<T>> work, CancellationToken cancellationToken, Func<T, IReadOnlyList<AuditEntry>>? trailingEvents = null, bool announce = true, Func<T, bool>? changed = null) =>
         GuardAsync(async () =>
         {
+            var forget = announce;
             try
             {
-                return await WriteCoreAsync(work, trailingEvents, announce, cancellationToken);
+                var result = await WriteCoreAsync(work, trailingEvents, announce, changed, cancellationToken);
+                forget = announce && (changed?.Invoke(result) ?? true);
+                return result;
             }
             finally
             {
-                if (announce)
+                if (forget)
                 {
                     _metadata.Invalidate();
                 }
             }
         }, this);
 
-    private async Task<T> WriteCoreAsync<T>(Func<DbConnection, DbTransaction, Task<T>> work, Func<T, IReadOnlyList<AuditEntry>>? trailingEvents, bool announce, CancellationToken cancellationToken)
+    private async Task<T> WriteCoreAsync<T>(Func<DbConnection, DbTransaction, Task<T>> work, Func<T, IReadOnlyList<AuditEntry>>? trailingEvents, bool announce, Func<T, bool>? changed, CancellationToken cancellationToken)
     {
         await using var connection = await OpenConnectionAsync(cancellationToken);
         await using var transaction = await BeginWriteAsync(connection, cancellationToken);
@@ -921,7 +943,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         var before = entry is null ? 0 : await WriteMarkAsync(connection, transaction, cancellationToken);
         var result = await work(connection, transaction);
         var audited = entry is not null && await WriteMarkAsync(connection, transaction, cancellationToken) > before;
-        if (announce)
+        if (announce && (changed?.Invoke(result) ?? true))
         {
             await RecordChangeAsync(connection, transaction, StoreChangeKind.Metadata, "", cancellationToken);
         }
