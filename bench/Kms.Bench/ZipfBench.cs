@@ -181,13 +181,20 @@ internal static class ZipfBench
         };
         await LoadLoops.ClosedAsync(concurrency, TimeSpan.FromSeconds(2), few);
         var clock = Stopwatch.StartNew();
-        var served = 0;
+        var (served, failed) = (0, 0);
         while (served < ZipfWarmUpCalls)
         {
-            served += (await LoadLoops.ClosedAsync(concurrency, duration, many)).Calls;
+            var step = await LoadLoops.ClosedAsync(concurrency, duration, many);
+            var ok = step.Calls - step.Errors - step.Shed;
+            served += ok;
+            failed += step.Errors + step.Shed;
+            if (ok == 0)
+            {
+                throw new InvalidOperationException($"the Zipf warm-up served no call in {duration.TotalSeconds} s ({failed} failed)");
+            }
         }
 
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"warmed: {served:N0} Zipf calls in {clock.Elapsed.TotalSeconds:F0} s"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"warmed: {served:N0} Zipf calls served in {clock.Elapsed.TotalSeconds:F0} s, {failed} failed"));
         return (few, many);
     }
 
@@ -293,7 +300,7 @@ internal static class ZipfBench
             }
 
             // As at a server's rate: MemoryCache's background compaction, which a refused entry starts, runs before the next lookup.
-            while (KeyHandleCache.NotCachedAfterUnwrap != refused && handles.Count >= capacity)
+            while (capacity > 0 && KeyHandleCache.NotCachedAfterUnwrap != refused && handles.Count >= capacity)
             {
                 Thread.Yield();
             }

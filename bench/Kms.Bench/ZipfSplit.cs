@@ -103,7 +103,9 @@ internal static class ZipfSplit
         results["keys_peak_rss_mib"] = server.RunPeak;
 
         var (few, many) = await ZipfBench.WarmLoadsAsync(client, ciphertexts, Context, concurrency, duration);
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"server RSS {server.Status("VmRSS:"):F0} MiB, peak {server.TakePeak():F0} MiB while warming"));
+        var warmPeak = server.TakePeak();
+        results["warm_peak_rss_mib"] = warmPeak;
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"server RSS {server.Status("VmRSS:"):F0} MiB, peak {warmPeak:F0} MiB while warming"));
         Console.WriteLine();
         Console.WriteLine("| round | 10 keys ops/s | server cores | server CPU µs per call | server peak RSS MiB | Zipf ops/s | server cores | server CPU µs per call | server peak RSS MiB | Zipf handle-cache misses | Zipf metadata-cache hits | Zipf ÷ 10 keys |");
         Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
