@@ -50,19 +50,8 @@ public abstract partial class SqlStore
     /// after it, as for a destroyed version (<see cref="CompleteErasureAsync"/>).</remarks>
     public async Task<IReadOnlyList<KeyVersionId>> EraseExpiredImportJobsAsync(DateTimeOffset now, CancellationToken cancellationToken)
     {
-        // The lifecycle worker asks every pass. With nothing expired it neither takes the write lock
-        // nor forgets the metadata cache (every write does): a pass every 30 s emptied it every 30 s.
-        // A job expiring after this read waits for the next pass.
-        var due = await ReadAsync(async connection =>
-        {
-            await using var command = Command(connection, "SELECT 1 FROM import_jobs WHERE material IS NOT NULL AND expire_time <= @now LIMIT 1", ("@now", now.ToUnixTimeMilliseconds()));
-            return await command.ExecuteScalarAsync(cancellationToken) is not null;
-        }, cancellationToken);
-        if (!due)
-        {
-            return [];
-        }
-
+        // The lifecycle worker asks every pass: with nothing expired nothing changed, so nothing is
+        // announced or forgotten (announced, a pass every 30 s emptied the metadata cache every 30 s).
         var erased = await WriteAsync<IReadOnlyList<KeyVersionId>>(async (connection, transaction) =>
         {
             var ids = new List<KeyVersionId>();
@@ -91,7 +80,7 @@ public abstract partial class SqlStore
             }
 
             return ids;
-        }, cancellationToken);
+        }, cancellationToken, changed: ids => ids.Count > 0);
         if (erased.Count > 0)
         {
             await TryCompleteErasureAsync(cancellationToken);
