@@ -9,7 +9,7 @@ public sealed class FrequencySketchTests
     private static readonly int Many = "many".GetHashCode();
 
     [Fact]
-    public void EstimatesAtLeastTheTrueCount_UpToFifteen_AndHalvesAfterTenCapacitiesOfLookups()
+    public void EstimatesAtLeastTheTrueCount_UpToFifteen_AndHalvesAfterFortyCapacitiesOfLookups()
     {
         var sketch = new FrequencySketch(capacity: 100);
         for (var i = 0; i < 7; i++)
@@ -25,8 +25,8 @@ public sealed class FrequencySketchTests
         Assert.InRange(sketch.Estimate(Seven), 7, FrequencySketch.MaxCount);
         Assert.Equal(FrequencySketch.MaxCount, sketch.Estimate(Many));
 
-        // 47 increments so far; the 1,000th (ten capacities) halves every count.
-        for (var i = 0; i < 1000 - 47; i++)
+        // 47 increments so far; the 4,000th (forty capacities) halves every count.
+        for (var i = 0; i < 4000 - 47; i++)
         {
             sketch.Increment($"other-{i}".GetHashCode());
         }

@@ -15,7 +15,7 @@ namespace Kms.Storage;
 /// references; destroyed material therefore leaves the cache with the write that destroys it.</para>
 /// <para>When full, the tenth of the entries asked for least often is dropped. How often is
 /// remembered for every key asked for, cached or not, in a small count-min sketch whose counts
-/// are halved every ten capacities' worth of lookups (the frequency half of TinyLFU: Einziger,
+/// are halved every forty capacities' worth of lookups (the frequency half of TinyLFU: Einziger,
 /// Friedman and Manes, 2017). Under skewed access — a few keys used all the time and most rarely,
 /// as with Zipf-distributed traffic — the popular entries stay, where dropping entries in no
 /// particular order throws hot ones out with cold ones (docs/benchmarks.md, "Zipf").</para>
