@@ -1,7 +1,6 @@
 using System.Collections.Concurrent;
 using Kms.Core.Caching;
 using Kms.Core.Keys;
-using Microsoft.Extensions.Caching.Memory;
 using Net.Pkcs11Interop.HighLevelAPI;
 
 namespace Kms.Hsm;
@@ -21,28 +20,53 @@ namespace Kms.Hsm;
 /// <para>An entry is keyed by the key version's id <em>and</em> the kind of object it was
 /// unwrapped as (<see cref="KeyHandleKind"/>), so a lease for an ECDSA key can never return a
 /// handle unwrapped as an AES key, whatever ids callers pass.</para>
-/// <para>When full, <see cref="MemoryCache"/> compacts a tenth, lowest priority first and least
-/// recently used within a priority. A copy of a version leased before, recently, is cached at high
-/// priority, one seen for the first time at normal (<see cref="FrequencySketch"/>, which remembers
-/// versions not cached too): under skewed access a stream of rarely used versions then evicts
-/// itself rather than the popular ones (docs/benchmarks.md, "Zipf").</para>
+/// <para>The cache never holds more than its capacity: W-TinyLFU (Einziger, Friedman and Manes,
+/// 2017) with clocks for its two regions. A miss's copy enters a small window (1% of the
+/// capacity); the copy the window gives up for it moves into the main region only if its
+/// version was asked for more often, recently, than the main region's candidate for eviction
+/// (a <see cref="FrequencySketch"/> that remembers versions not cached too), else it is
+/// evicted itself. Each region's candidate is the next entry its clock hand finds not used
+/// since the hand last passed it (CLOCK, an approximation of least recently used). Under
+/// skewed access a stream of rarely used versions passes through the window without evicting
+/// the popular ones (docs/benchmarks.md, "Zipf"), and a new version used in a burst is cached
+/// at its first use. Eviction happens inline, under one lock; hits take no lock.</para>
 /// </remarks>
 internal sealed class KeyHandleCache : IDisposable
 {
     private static readonly KeyHandleKind[] Kinds = Enum.GetValues<KeyHandleKind>();
-
-    private readonly MemoryCache _cache;
-    private readonly TimeSpan _idleTimeout;
-    private readonly ConcurrentQueue<IObjectHandle> _toDestroy = new();
-    private readonly FrequencySketch _frequencies;
     private static long _notCached;
 
-    public KeyHandleCache(long generation, int capacity, TimeSpan idleTimeout)
+    private readonly ConcurrentDictionary<Key, CachedHandle> _entries = new();
+    private readonly Lock _lock = new(); // adds, moves, evictions, sweeps: _slots, the free stacks, the hands, _count
+    private readonly CachedHandle?[] _slots; // [0, _windowSize): the window; [_windowSize, capacity): the main region
+    private readonly int _windowSize;
+    private readonly Stack<int> _freeWindow;
+    private readonly Stack<int> _freeMain;
+    private readonly long _idleTimeout; // in TimeProvider timestamp units
+    private readonly long _sweepInterval;
+    private readonly TimeProvider _time;
+    private readonly ConcurrentQueue<IObjectHandle> _toDestroy = new();
+    private readonly FrequencySketch _frequencies;
+    private int _windowHand;
+    private int _mainHand;
+    private int _count;
+    private long _nextSweep;
+
+    public KeyHandleCache(long generation, int capacity, TimeSpan idleTimeout, TimeProvider? time = null)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(capacity);
         Generation = generation;
-        _idleTimeout = idleTimeout;
-        _cache = new MemoryCache(new MemoryCacheOptions { SizeLimit = capacity, CompactionPercentage = 0.1 });
-        _frequencies = new FrequencySketch(capacity);
+        _time = time ?? TimeProvider.System;
+        _idleTimeout = (long)(idleTimeout.TotalSeconds * _time.TimestampFrequency);
+        // Idle copies are looked for by the calls themselves, at most this often (as the MemoryCache this replaced did).
+        _sweepInterval = (long)(Math.Clamp(idleTimeout.TotalSeconds / 4, 0.001, 60) * _time.TimestampFrequency);
+        _nextSweep = _time.GetTimestamp() + _sweepInterval;
+        _slots = new CachedHandle?[capacity];
+        _windowSize = capacity == 0 ? 0 : Math.Max(1, capacity / 100);
+        _freeWindow = new Stack<int>(Enumerable.Range(0, _windowSize).Reverse());
+        _freeMain = new Stack<int>(Enumerable.Range(_windowSize, capacity - _windowSize).Reverse());
+        _mainHand = _windowSize;
+        _frequencies = new FrequencySketch(Math.Max(capacity, 1));
         HsmMetrics.Track(this);
     }
 
@@ -50,9 +74,9 @@ internal sealed class KeyHandleCache : IDisposable
     public long Generation { get; }
 
     /// <summary>Entries currently cached (leased-but-evicted copies not included).</summary>
-    public int Count => _cache.Count;
+    public int Count => Volatile.Read(ref _count);
 
-    /// <summary>Copies unwrapped on a miss that were not cached (refused over the size limit, or replaced at once by a concurrent miss), in every cache of the process (benchmarks).</summary>
+    /// <summary>Copies unwrapped on a miss that were not cached (not admitted, or a concurrent miss cached its own first), in every cache of the process (benchmarks).</summary>
     public static long NotCachedAfterUnwrap => Interlocked.Read(ref _notCached);
 
     /// <summary>Handles waiting for destruction.</summary>
@@ -64,65 +88,58 @@ internal sealed class KeyHandleCache : IDisposable
         var key = new Key(id, kind);
         var hash = key.GetHashCode();
         _frequencies.Increment(hash);
-        if (_cache.TryGetValue(key, out CachedHandle? cached) && cached!.TryLease())
+        var now = _time.GetTimestamp();
+        if (now >= Volatile.Read(ref _nextSweep))
         {
-            HsmMetrics.KeyCacheHits.Add(1);
-            return new HandleLease(key, cached);
+            SweepIdle(now);
+        }
+
+        if (_entries.TryGetValue(key, out var cached))
+        {
+            if (now - Volatile.Read(ref cached.LastUsed) > _idleTimeout)
+            {
+                Remove(cached);
+            }
+            else if (cached.TryLease())
+            {
+                cached.Touch(now);
+                HsmMetrics.KeyCacheHits.Add(1);
+                return new HandleLease(cached);
+            }
         }
 
         HsmMetrics.KeyCacheMisses.Add(1);
-
-        // Two concurrent misses unwrap twice; the replaced entry is evicted and destroyed
-        // once released, so the only cost is one extra unwrap.
-        var fresh = new CachedHandle(unwrap(), this);
-        using (var entry = _cache.CreateEntry(key))
+        var fresh = new CachedHandle(key, unwrap(), this, now);
+        if (!TryAdd(fresh))
         {
-            entry.Value = fresh;
-            entry.Size = 1;
-            entry.Priority = _frequencies.Estimate(hash) >= 2 ? CacheItemPriority.High : CacheItemPriority.Normal;
-            entry.SlidingExpiration = _idleTimeout;
-            entry.RegisterPostEvictionCallback(static (_, value, _, _) => ((CachedHandle)value!).MarkEvicted());
-        }
-
-        // MemoryCache refuses an entry while it is over its size limit, until its background compaction has run.
-        if (!_cache.TryGetValue(key, out CachedHandle? stored) || !ReferenceEquals(stored, fresh))
-        {
+            // Leased once, then destroyed.
+            fresh.MarkEvicted();
             Interlocked.Increment(ref _notCached);
         }
 
-        return new HandleLease(key, fresh);
+        return new HandleLease(fresh);
     }
 
     /// <summary>Evicts a key version's copies, of every kind (each destroyed once no lease holds it).</summary>
-    /// <remarks>Marks a copy evicted right away rather than waiting for MemoryCache's asynchronous callback.</remarks>
     public void Invalidate(KeyVersionId id)
     {
         foreach (var kind in Kinds)
         {
-            var key = new Key(id, kind);
-            if (_cache.TryGetValue(key, out CachedHandle? cached))
+            if (_entries.TryGetValue(new Key(id, kind), out var cached))
             {
-                _cache.Remove(key);
-                cached!.MarkEvicted();
+                Remove(cached);
             }
         }
     }
 
-    /// <summary>
-    /// Drops a copy the HSM no longer knows (its handle is invalid) without ever destroying
-    /// it: on an HSM that reuses handle numbers, that number may already name another object.
-    /// </summary>
-    private void Forget(Key key, CachedHandle lost)
+    /// <summary>Evicts everything (each copy destroyed once no lease holds it).</summary>
+    public void Clear()
     {
-        lost.MarkDead();
-        if (_cache.TryGetValue(key, out CachedHandle? cached) && ReferenceEquals(cached, lost))
+        foreach (var (_, cached) in _entries)
         {
-            _cache.Remove(key);
+            Remove(cached);
         }
     }
-
-    /// <summary>Evicts everything (each copy destroyed once no lease holds it).</summary>
-    public void Clear() => _cache.Compact(1.0);
 
     /// <summary>Destroys queued handles with a session the caller holds.</summary>
     public void DestroyPending(Action<IObjectHandle> destroy)
@@ -133,30 +150,183 @@ internal sealed class KeyHandleCache : IDisposable
         }
     }
 
-    public void Dispose()
+    public void Dispose() => HsmMetrics.Untrack(this);
+
+    /// <summary>
+    /// Drops a copy the HSM no longer knows (its handle is invalid) without ever destroying
+    /// it: on an HSM that reuses handle numbers, that number may already name another object.
+    /// </summary>
+    private void Forget(CachedHandle lost)
     {
-        HsmMetrics.Untrack(this);
-        _cache.Dispose();
+        lost.MarkDead();
+        Remove(lost);
     }
 
     private void Enqueue(IObjectHandle handle) => _toDestroy.Enqueue(handle);
+
+    /// <summary>
+    /// Caches <paramref name="fresh"/> in the window. A full window first gives up the entry its hand
+    /// picks: into the main region if there is room there, or if it was asked for more often than the
+    /// entry the main region's hand picks (which is then evicted); otherwise it is evicted itself.
+    /// </summary>
+    private bool TryAdd(CachedHandle fresh)
+    {
+        lock (_lock)
+        {
+            // A concurrent miss on the same version cached its copy first: keep that one.
+            if (_slots.Length == 0 || _entries.ContainsKey(fresh.Key))
+            {
+                return false;
+            }
+
+            if (_freeWindow.Count == 0)
+            {
+                var candidate = _slots[NextVictim(0, _windowSize, ref _windowHand)]!;
+                if (_freeMain.Count > 0)
+                {
+                    MoveToMain(candidate);
+                }
+                else if (_slots.Length > _windowSize
+                    && _slots[NextVictim(_windowSize, _slots.Length, ref _mainHand)] is { } victim
+                    && _frequencies.Estimate(candidate.Key.GetHashCode()) > _frequencies.Estimate(victim.Key.GetHashCode()))
+                {
+                    RemoveLocked(victim);
+                    MoveToMain(candidate);
+                    _mainHand = _mainHand + 1 == _slots.Length ? _windowSize : _mainHand + 1; // past the entry just moved in
+                }
+                else
+                {
+                    RemoveLocked(candidate);
+                }
+            }
+
+            var slot = _freeWindow.Pop();
+            fresh.Slot = slot;
+            _slots[slot] = fresh;
+            _entries[fresh.Key] = fresh;
+            _count++;
+            return true;
+        }
+    }
+
+    /// <summary>Moves a window entry into a free slot of the main region. Under the lock.</summary>
+    private void MoveToMain(CachedHandle cached)
+    {
+        _slots[cached.Slot] = null;
+        _freeWindow.Push(cached.Slot);
+        var slot = _freeMain.Pop();
+        _slots[slot] = cached;
+        cached.Slot = slot;
+    }
+
+    /// <summary>
+    /// The slot of the first entry in [<paramref name="start"/>, <paramref name="end"/>) from the hand on
+    /// not used since the hand last passed it (the hand clears use bits as it goes). Under the lock,
+    /// with that region full; the hand stays on the slot it returns.
+    /// </summary>
+    private int NextVictim(int start, int end, ref int hand)
+    {
+        // Hits set use bits without the lock; after two turns the hand takes what it finds.
+        for (var passed = 0; ; passed++)
+        {
+            if (!_slots[hand]!.ClearUsed() || passed >= 2 * (end - start))
+            {
+                return hand;
+            }
+
+            hand = hand + 1 == end ? start : hand + 1;
+        }
+    }
+
+    private void Remove(CachedHandle cached)
+    {
+        lock (_lock)
+        {
+            RemoveLocked(cached);
+        }
+    }
+
+    /// <summary>Takes <paramref name="cached"/> out of the cache if it is still in it, and marks it evicted.</summary>
+    private void RemoveLocked(CachedHandle cached)
+    {
+        if (cached.Slot >= 0 && ReferenceEquals(_slots[cached.Slot], cached))
+        {
+            _slots[cached.Slot] = null;
+            (cached.Slot < _windowSize ? _freeWindow : _freeMain).Push(cached.Slot);
+            _entries.TryRemove(new KeyValuePair<Key, CachedHandle>(cached.Key, cached));
+            _count--;
+            cached.Slot = -1;
+        }
+
+        cached.MarkEvicted();
+    }
+
+    private void SweepIdle(long now)
+    {
+        if (!_lock.TryEnter())
+        {
+            return;
+        }
+
+        try
+        {
+            if (now < _nextSweep)
+            {
+                return;
+            }
+
+            Volatile.Write(ref _nextSweep, now + _sweepInterval);
+            foreach (var cached in _slots)
+            {
+                if (cached is not null && now - Volatile.Read(ref cached.LastUsed) > _idleTimeout)
+                {
+                    RemoveLocked(cached);
+                }
+            }
+        }
+        finally
+        {
+            _lock.Exit();
+        }
+    }
 
     /// <summary>The cache key: one key version may be cached once per kind, never confused across kinds.</summary>
     internal readonly record struct Key(KeyVersionId Id, KeyHandleKind Kind);
 
     /// <summary>One unwrapped copy and its lease count.</summary>
-    internal sealed class CachedHandle(IObjectHandle handle, KeyHandleCache owner)
+    internal sealed class CachedHandle(Key key, IObjectHandle handle, KeyHandleCache owner, long now)
     {
-        public KeyHandleCache Owner => owner;
+        /// <summary>When it was last leased (a TimeProvider timestamp).</summary>
+        public long LastUsed = now;
 
         private readonly Lock _lock = new();
         private int _leases = 1;
+        private int _used = 1;
         private bool _evicted;
         private bool _dead;
+
+        public Key Key => key;
+
+        public KeyHandleCache Owner => owner;
+
+        /// <summary>Its slot in the clock, -1 when not cached; under the owner's lock.</summary>
+        public int Slot { get; set; } = -1;
 
         public IObjectHandle Handle { get; } = handle;
 
         public long Generation => owner.Generation;
+
+        public void Touch(long now)
+        {
+            Volatile.Write(ref LastUsed, now);
+            if (Volatile.Read(ref _used) == 0)
+            {
+                Volatile.Write(ref _used, 1);
+            }
+        }
+
+        /// <summary>Clears the use bit; whether it was set.</summary>
+        public bool ClearUsed() => Interlocked.Exchange(ref _used, 0) != 0;
 
         public bool TryLease()
         {
@@ -219,14 +389,14 @@ internal sealed class KeyHandleCache : IDisposable
     }
 
     /// <summary>A lease on a handle: the copy lives at least until the lease is disposed.</summary>
-    internal readonly struct HandleLease(Key key, CachedHandle cached) : IDisposable
+    internal readonly struct HandleLease(CachedHandle cached) : IDisposable
     {
         public IObjectHandle Handle => cached.Handle;
 
         public long Generation => cached.Generation;
 
         /// <summary>The HSM says this handle is invalid: drop it from the cache, never destroy it.</summary>
-        public void Forget() => cached.Owner.Forget(key, cached);
+        public void Forget() => cached.Owner.Forget(cached);
 
         public void Dispose() => cached.Release();
     }
