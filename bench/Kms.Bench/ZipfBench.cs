@@ -159,7 +159,7 @@ internal static class ZipfBench
     /// Zipf calls the warm-up serves before anything is measured: enough for the caches to reach their
     /// steady hit rate, not only to fill (<c>KMS_ZIPF_WARM_CALLS</c> overrides it). Simulated
     /// (<c>cache-policy</c>, handle cache of 10,000 over 100,000 keys, from empty): the admission by
-    /// frequency (since the seventeenth session) hits 78.7 % of lookups 250,000 to 360,000, 79.4 % up to
+    /// frequency hits 78.7 % of lookups 250,000 to 360,000, 79.4 % up to
     /// 700,000, ~80 % after 1,000,000 — it takes longer to settle than the MemoryCache policy before it
     /// (~77.6 % from 150,000 on), so 250,000 calls measured it still settling.
     /// </summary>

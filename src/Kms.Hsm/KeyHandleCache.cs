@@ -28,8 +28,9 @@ namespace Kms.Hsm;
 /// evicted itself. Each region's candidate is the next entry its clock hand finds not used
 /// since the hand last passed it (CLOCK, an approximation of least recently used). Under
 /// skewed access a stream of rarely used versions passes through the window without evicting
-/// the popular ones (docs/benchmarks.md, "Zipf"), and a new version used in a burst is cached
-/// at its first use. Eviction happens inline, under one lock; hits take no lock.</para>
+/// the popular ones, and a new version used in a burst is cached
+/// at its first use (docs/benchmarks.md, "The handle cache without MemoryCache"). Eviction
+/// happens inline, under one lock; hits take no cache-wide lock.</para>
 /// </remarks>
 internal sealed class KeyHandleCache : IDisposable
 {
@@ -55,6 +56,7 @@ internal sealed class KeyHandleCache : IDisposable
     public KeyHandleCache(long generation, int capacity, TimeSpan idleTimeout, TimeProvider? time = null)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(capacity);
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(idleTimeout, TimeSpan.Zero);
         Generation = generation;
         _time = time ?? TimeProvider.System;
         _idleTimeout = (long)(idleTimeout.TotalSeconds * _time.TimestampFrequency);
@@ -76,7 +78,7 @@ internal sealed class KeyHandleCache : IDisposable
     /// <summary>Entries currently cached (leased-but-evicted copies not included).</summary>
     public int Count => Volatile.Read(ref _count);
 
-    /// <summary>Copies unwrapped on a miss that were not cached (not admitted, or a concurrent miss cached its own first), in every cache of the process (benchmarks).</summary>
+    /// <summary>Copies unwrapped on a miss that the main region refused when the window gave them up, or that were not cached because a concurrent miss cached its own first, in every cache of the process (benchmarks).</summary>
     public static long NotCachedAfterUnwrap => Interlocked.Read(ref _notCached);
 
     /// <summary>Handles waiting for destruction.</summary>
@@ -158,8 +160,12 @@ internal sealed class KeyHandleCache : IDisposable
     /// </summary>
     private void Forget(CachedHandle lost)
     {
-        lost.MarkDead();
-        Remove(lost);
+        // Under the lock, so no concurrent miss finds the dead copy still cached and declines to cache its own.
+        lock (_lock)
+        {
+            lost.MarkDead();
+            RemoveLocked(lost);
+        }
     }
 
     private void Enqueue(IObjectHandle handle) => _toDestroy.Enqueue(handle);
@@ -197,6 +203,7 @@ internal sealed class KeyHandleCache : IDisposable
                 else
                 {
                     RemoveLocked(candidate);
+                    Interlocked.Increment(ref _notCached);
                 }
             }
 
@@ -296,7 +303,7 @@ internal sealed class KeyHandleCache : IDisposable
     /// <summary>One unwrapped copy and its lease count.</summary>
     internal sealed class CachedHandle(Key key, IObjectHandle handle, KeyHandleCache owner, long now)
     {
-        /// <summary>When it was last leased (a TimeProvider timestamp).</summary>
+        /// <summary>When it was last leased (a TimeProvider timestamp). A field, for Volatile's ref: written by hits without the cache's lock.</summary>
         public long LastUsed = now;
 
         private readonly Lock _lock = new();

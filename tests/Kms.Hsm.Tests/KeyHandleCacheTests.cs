@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using Kms.Core.Keys;
 using Kms.Core.Ports;
 using Kms.Testing;
@@ -207,8 +208,9 @@ public sealed class KeyHandleCacheTests(HsmFixture fixture) : IClassFixture<HsmF
         var destroyed = new List<ulong>();
         ulong handle = 0;
 
-        // Each version asked for four times in a row, a hundred versions through a cache of eight:
-        // by its fourth lease a version is asked for more often than the entries before it.
+        // Each version asked for four times in a row, a hundred versions through a cache of eight
+        // (a window of one, a main region of seven). Once the sketch has halved its counts (after
+        // 320 lookups), a version at its fourth lease outweighs the first seven in the main region.
         for (var i = 0; i < 100; i++)
         {
             var id = KeyVersionId.NewId();
@@ -224,10 +226,38 @@ public sealed class KeyHandleCacheTests(HsmFixture fixture) : IClassFixture<HsmF
         Assert.Equal(8, cache.Count);
         Assert.Equal((int)handle - 8, destroyed.Count);
         Assert.Equal(destroyed.Count, destroyed.Distinct().Count());
-        Assert.Contains(destroyed, h => h <= 8); // the first copies cached were replaced
+        Assert.Contains(destroyed, h => h <= 7); // the main region's first copies were replaced
         cache.Clear();
         cache.DestroyPending(h => destroyed.Add(h.ObjectId));
         Assert.Equal(Enumerable.Range(1, (int)handle).Select(h => (ulong)h), destroyed.Order());
+    }
+
+    [Fact]
+    public void TinyCapacities_ZeroCachesNothing_OneKeepsTheLatest_ANonPositiveIdleTimeoutIsRefused()
+    {
+        var destroyed = new List<ulong>();
+        using (var none = new KeyHandleCache(1, 0, TimeSpan.FromMinutes(5)))
+        {
+            none.Lease(KeyVersionId.NewId(), KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(1)).Dispose();
+            none.DestroyPending(h => destroyed.Add(h.ObjectId));
+            Assert.Equal([1UL], destroyed);
+            Assert.Equal(0, none.Count);
+        }
+
+        using (var one = new KeyHandleCache(1, 1, TimeSpan.FromMinutes(5)))
+        {
+            var first = KeyVersionId.NewId();
+            var second = KeyVersionId.NewId();
+            one.Lease(first, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(2)).Dispose();
+            one.Lease(second, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(3)).Dispose();
+            one.DestroyPending(h => destroyed.Add(h.ObjectId));
+            Assert.Equal([1UL, 2UL], destroyed);
+            Assert.Equal(1, one.Count);
+            one.Lease(second, KeyHandleKind.Aes256Gcm, () => throw new InvalidOperationException("the latest must be cached")).Dispose();
+        }
+
+        Assert.Throws<ArgumentOutOfRangeException>(() => new KeyHandleCache(1, 10, TimeSpan.Zero));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new KeyHandleCache(1, 10, Timeout.InfiniteTimeSpan));
     }
 
     [Fact]
@@ -260,8 +290,9 @@ public sealed class KeyHandleCacheTests(HsmFixture fixture) : IClassFixture<HsmF
     {
         using var cache = new KeyHandleCache(1, 8, TimeSpan.FromMinutes(5));
         var ids = Enumerable.Range(0, 40).Select(_ => KeyVersionId.NewId()).ToArray();
-        var leased = new System.Collections.Concurrent.ConcurrentDictionary<ulong, int>();
-        var destroyed = new System.Collections.Concurrent.ConcurrentBag<ulong>();
+        var leased = new ConcurrentDictionary<ulong, int>();
+        var destroyed = new ConcurrentBag<ulong>();
+        var destroyedSet = new ConcurrentDictionary<ulong, byte>();
         long handles = 0;
         var failures = 0;
 
@@ -273,6 +304,7 @@ public sealed class KeyHandleCacheTests(HsmFixture fixture) : IClassFixture<HsmF
             }
 
             destroyed.Add(h.ObjectId);
+            destroyedSet[h.ObjectId] = 0;
         }
 
         await Task.WhenAll(Enumerable.Range(0, 4).Select(worker => Task.Run(() =>
@@ -285,6 +317,11 @@ public sealed class KeyHandleCacheTests(HsmFixture fixture) : IClassFixture<HsmF
                 using (var lease = cache.Lease(id, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create((ulong)Interlocked.Increment(ref handles))))
                 {
                     leased.AddOrUpdate(lease.Handle.ObjectId, 1, (_, n) => n + 1);
+                    if (destroyedSet.ContainsKey(lease.Handle.ObjectId))
+                    {
+                        Interlocked.Increment(ref failures); // leased a copy already destroyed
+                    }
+
                     if (random.Next(50) == 0)
                     {
                         cache.Invalidate(ids[random.Next(ids.Length)]);
