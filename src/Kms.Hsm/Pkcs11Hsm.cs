@@ -514,7 +514,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     };
 
     // A call meets a retired generation again only if a whole further recycle ran between its
-    // taking the new generation and its first native call. With the shipped threshold (500,000
+    // taking the new generation and its first native call. With the shipped threshold (50,000
     // destroyed objects) that does not happen; RecycleTests' threshold of 40, with four callers
     // churning on a loaded CI machine, once made one call meet three in a row (3 attempts then).
     private const int StaleGenerationAttempts = 8;
