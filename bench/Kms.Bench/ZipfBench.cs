@@ -288,7 +288,7 @@ internal static class ZipfBench
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"Zipf(1) over {keyCount:N0} keys, cache of {capacity:N0}, {lookups:N0} lookups: hit rate {(double)ours / lookups:P1} (frequency sketch; {elapsed.TotalMilliseconds * 1000 / lookups:F2} µs a lookup incl. misses' adds), previous policy {(double)theirs / lookups:P1} ({previousElapsed.TotalMilliseconds * 1000 / lookups:F2} µs), ideal {ideal:P1}"));
 
-        // The HSM handle cache, as the server runs it (inline CLOCK eviction, TinyLFU admission),
+        // The HSM handle cache, as the server runs it (W-TinyLFU with clocks, evictions inline),
         // with an unwrap that only counts: a lease taken and released per lookup.
         var ids = Enumerable.Range(0, keyCount).Select(_ => KeyVersionId.NewId()).ToArray();
         var factory = new Net.Pkcs11Interop.HighLevelAPI.Pkcs11InteropFactories().ObjectHandleFactory;
