@@ -426,11 +426,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
     [Fact]
     public async Task MetadataCache_Confirmed_ServesRepeatedReads_ForgetsAtOnceOnItsOwnWrite()
     {
-        var node = await OpenAsync();
-        node.ConfirmCoherent(TimeSpan.FromMinutes(1));
-        await node.CreateKeyAsync(NewKey(Dev, "k"), Material(), null, default);
-        var name = new KeyName(Dev, "k");
-        var first = await node.GetPrimaryMaterialAsync(name, default);
+        var (node, name, first) = await OpenWithCachedKeyAsync();
         var version = first!.Version.Id;
         Assert.Same(first, await node.GetPrimaryMaterialAsync(name, default));
         Assert.Same(await node.FindVersionMaterialAsync(Dev, version, default), await node.FindVersionMaterialAsync(Dev, version, default));
@@ -450,11 +446,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         // What the lifecycle worker asks the store every pass (30 s), with nothing due: none of it
         // is a change, so none of it may empty the cache (it did: the import-job expiry wrote, and
         // every write forgets, so a Zipf load's hit rate fell back every 30 s).
-        var node = await OpenAsync();
-        node.ConfirmCoherent(TimeSpan.FromMinutes(1));
-        await node.CreateKeyAsync(NewKey(Dev, "k"), Material(), null, default);
-        var name = new KeyName(Dev, "k");
-        var first = await node.GetPrimaryMaterialAsync(name, default);
+        var (node, name, first) = await OpenWithCachedKeyAsync();
         var invalidations = node.MetadataCacheStatistics.Invalidations;
 
         Assert.Empty(await node.EraseExpiredImportJobsAsync(DateTimeOffset.UtcNow, default));
@@ -471,11 +463,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
     {
         // The offboarding sweep decides a no-op for every key of a DELETING tenant already scheduled,
         // every pass: that must neither tell every node to forget (a change row) nor forget here.
-        var node = await OpenAsync();
-        node.ConfirmCoherent(TimeSpan.FromMinutes(1));
-        await node.CreateKeyAsync(NewKey(Dev, "k"), Material(), null, default);
-        var name = new KeyName(Dev, "k");
-        var first = await node.GetPrimaryMaterialAsync(name, default);
+        var (node, name, first) = await OpenWithCachedKeyAsync();
         var (invalidations, head) = (node.MetadataCacheStatistics.Invalidations, await node.GetChangeHeadAsync(default));
 
         Assert.NotNull(await node.UpdateKeyAsync(name, current => new KeyChange(current.Key) { IsNoOp = true }, default));
@@ -583,6 +571,16 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         store.UpdateKeyAsync(new KeyName(Dev, keyId), current => new KeyChange(current.Key with { State = KeyState.Disabled }), default);
 
     private Task<SqliteStore> OpenAsync() => SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath }, default);
+
+    /// <summary>A store whose metadata cache is trusted (coherence confirmed), holding key "k" read once.</summary>
+    private async Task<(SqliteStore Node, KeyName Name, KeyVersionMaterial? First)> OpenWithCachedKeyAsync()
+    {
+        var node = await OpenAsync();
+        node.ConfirmCoherent(TimeSpan.FromMinutes(1));
+        await node.CreateKeyAsync(NewKey(Dev, "k"), Material(), null, default);
+        var name = new KeyName(Dev, "k");
+        return (node, name, await node.GetPrimaryMaterialAsync(name, default));
+    }
 }
 
 public sealed class InMemoryKeyStoreTests : QuorumStoreContract

@@ -131,7 +131,7 @@ public abstract partial class SqlStore : IQuorumStore
             var erased = false;
             if (change.KeyEffect is { } effect)
             {
-                (var key, erased) = await ApplyKeyChangeAsync(connection, transaction, effect.Key, effect.Decide, ErasureMarkSql, cancellationToken);
+                (var key, erased, _) = await ApplyKeyChangeAsync(connection, transaction, effect.Key, effect.Decide, ErasureMarkSql, cancellationToken);
                 if (key is null)
                 {
                     throw KmsErrors.NotFound(effect.Key.ToString());

@@ -220,17 +220,11 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         ArgumentNullException.ThrowIfNull(decide);
 
         // A no-op decision (the lifecycle worker's sweeps decide one for every key already where it
-        // should be, every pass) writes nothing, so it tells no node to forget anything.
-        var changed = false;
-        var (result, erased) = await WriteAsync(
-            (connection, transaction) => ApplyKeyChangeAsync(connection, transaction, name, current =>
-            {
-                var change = decide(current);
-                changed = !change.IsNoOp;
-                return change;
-            }, ErasureMarkSql, cancellationToken),
+        // should be, every pass) or a missing key writes nothing, so it tells no node to forget anything.
+        var (result, erased, _) = await WriteAsync(
+            (connection, transaction) => ApplyKeyChangeAsync(connection, transaction, name, decide, ErasureMarkSql, cancellationToken),
             cancellationToken,
-            changed: _ => changed);
+            changed: applied => applied.Changed);
         if (erased)
         {
             await TryCompleteErasureAsync(cancellationToken);
@@ -604,21 +598,22 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     public int SchemaVersion { get; private set; }
 
     // A key's change inside the caller's transaction: read fresh, decide, write. Returns the key
-    // after it, and whether material was erased (the caller checkpoints the WAL after the commit).
-    private static async Task<(KeyWithVersions? Result, bool Erased)> ApplyKeyChangeAsync(
+    // after it, whether material was erased (the caller checkpoints the WAL after the commit), and
+    // whether anything was written (not for a missing key or a no-op decision).
+    private static async Task<(KeyWithVersions? Result, bool Erased, bool Changed)> ApplyKeyChangeAsync(
         DbConnection connection, DbTransaction transaction, KeyName name, Func<KeyWithVersions, KeyChange> decide, string erasureMark, CancellationToken cancellationToken)
     {
         var erased = false;
         var current = await ReadKeyWithVersionsAsync(connection, transaction, name, cancellationToken);
         if (current is null)
         {
-            return (null, false);
+            return (null, false, false);
         }
 
         var change = decide(current);
         if (change.IsNoOp)
         {
-            return (current, false);
+            return (current, false, false);
         }
 
         await InsertRequestAsync(connection, transaction, change.Request, cancellationToken);
@@ -668,7 +663,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             await updateKey.ExecuteNonQueryAsync(cancellationToken);
         }
 
-        return (await ReadKeyWithVersionsAsync(connection, transaction, name, cancellationToken), erased);
+        return (await ReadKeyWithVersionsAsync(connection, transaction, name, cancellationToken), erased, true);
     }
 
     private static async Task<Key?> ReadKeyAsync(DbConnection connection, DbTransaction? transaction, KeyName name, CancellationToken cancellationToken)
@@ -916,11 +911,11 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     private Task<T> WriteAsync<T>(Func<DbConnection, DbTransaction, Task<T>> work, CancellationToken cancellationToken, Func<T, IReadOnlyList<AuditEntry>>? trailingEvents = null, bool announce = true, Func<T, bool>? changed = null) =>
         GuardAsync(async () =>
         {
-            var forget = announce;
+            var forget = announce; // a write that failed may have committed
             try
             {
-                var result = await WriteCoreAsync(work, trailingEvents, announce, changed, cancellationToken);
-                forget = announce && (changed?.Invoke(result) ?? true);
+                var (result, announced) = await WriteCoreAsync(work, trailingEvents, announce, changed, cancellationToken);
+                forget = announced;
                 return result;
             }
             finally
@@ -932,7 +927,8 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             }
         }, this);
 
-    private async Task<T> WriteCoreAsync<T>(Func<DbConnection, DbTransaction, Task<T>> work, Func<T, IReadOnlyList<AuditEntry>>? trailingEvents, bool announce, Func<T, bool>? changed, CancellationToken cancellationToken)
+    // Returns the work's result and whether the write was announced (and so must be forgotten here too).
+    private async Task<(T Result, bool Announced)> WriteCoreAsync<T>(Func<DbConnection, DbTransaction, Task<T>> work, Func<T, IReadOnlyList<AuditEntry>>? trailingEvents, bool announce, Func<T, bool>? changed, CancellationToken cancellationToken)
     {
         await using var connection = await OpenConnectionAsync(cancellationToken);
         await using var transaction = await BeginWriteAsync(connection, cancellationToken);
@@ -943,7 +939,8 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         var before = entry is null ? 0 : await WriteMarkAsync(connection, transaction, cancellationToken);
         var result = await work(connection, transaction);
         var audited = entry is not null && await WriteMarkAsync(connection, transaction, cancellationToken) > before;
-        if (announce && (changed?.Invoke(result) ?? true))
+        var announced = announce && (changed?.Invoke(result) ?? true);
+        if (announced)
         {
             await RecordChangeAsync(connection, transaction, StoreChangeKind.Metadata, "", cancellationToken);
         }
@@ -960,7 +957,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             scope!.Committed();
         }
 
-        return result;
+        return (result, announced);
     }
 
     // Database faults (locked too long, disk full, I/O) are retryable UNAVAILABLE; the
