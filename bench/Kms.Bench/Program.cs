@@ -7,7 +7,7 @@ using Kms.Bench;
 // dotnet run -c Release --project bench/Kms.Bench -- zipf-split [keys] [seconds per step] [concurrency] [soak minutes] [server args]   (the server in a process of its own: its RSS and CPU alone)
 // dotnet run -c Release --project bench/Kms.Bench -- ab [seconds] [concurrency] [rounds] generate|decrypt|batch [server args A] -- [server args B]
 // dotnet run -c Release --project bench/Kms.Bench -- soak [seconds] [result file]   (half of peak, 10 s windows: p99 and RSS)
-// dotnet run -c Release --project bench/Kms.Bench -- cache-policy [keys] [capacity] [lookups]   (the metadata cache's eviction alone, in memory)
+// dotnet run -c Release --project bench/Kms.Bench -- cache-policy [keys] [capacity] [lookups] [recycle after]   (the caches' eviction alone, in memory)
 // dotnet run -c Release --project bench/Kms.Bench -- micro [BenchmarkDotNet arguments]
 // dotnet run -c Release --project bench/Kms.Bench -- load [seconds per step] [concurrencies, comma-separated]
 // dotnet run -c Release --project bench/Kms.Bench -- envelope [BenchmarkDotNet arguments]
@@ -68,11 +68,12 @@ switch (args.FirstOrDefault())
         // The server half of zipf-split (spoken to over standard input and output).
         return await ZipfSplit.ServeAsync(args[1..]);
     case "cache-policy":
-        // cache-policy [keys] [capacity] [lookups]: the metadata cache's eviction alone, in memory
+        // cache-policy [keys] [capacity] [lookups] [recycle after]: the caches' eviction alone, in memory
         return ZipfBench.CachePolicy(
             args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 100_000,
             args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 10_000,
-            args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 5_000_000);
+            args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 5_000_000,
+            args.Length > 4 ? int.Parse(args[4], CultureInfo.InvariantCulture) : 0);
     case "soak":
         // soak [seconds] [result file]
         return await SoakBench.RunAsync(TimeSpan.FromSeconds(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 60), args.Length > 2 ? args[2] : null);
@@ -100,7 +101,7 @@ switch (args.FirstOrDefault())
             args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 16,
             args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 2);
     default:
-        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | cache-policy [keys] [capacity] [lookups] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency|-rate rounds generate|decrypt|batch|batch-decrypt|batch-reencrypt|overload [A args] -- [B args] | hold generate|decrypt|batch|batch-decrypt|batch-reencrypt|bare|generate-unaudited concurrency|-rate seconds | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] [rounds] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | hsm-churn [calls] [recycle after] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2] | usage-flush [versions] [rounds]");
+        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | cache-policy [keys] [capacity] [lookups] [recycle after] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency|-rate rounds generate|decrypt|batch|batch-decrypt|batch-reencrypt|overload [A args] -- [B args] | hold generate|decrypt|batch|batch-decrypt|batch-reencrypt|bare|generate-unaudited concurrency|-rate seconds | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] [rounds] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | hsm-churn [calls] [recycle after] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2] | usage-flush [versions] [rounds]");
         return 2;
 }
 
