@@ -214,6 +214,12 @@ internal static class ZipfSplit
                 start.Environment["MALLOC_ARENA_MAX"] = "2";
             }
 
+            // Another C allocator for the server alone (e.g. KMS_SERVER_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2).
+            if (Environment.GetEnvironmentVariable("KMS_SERVER_PRELOAD") is { Length: > 0 } preload)
+            {
+                start.Environment["LD_PRELOAD"] = preload;
+            }
+
             start.ArgumentList.Add("serve");
             foreach (var arg in serverArgs)
             {
