@@ -286,6 +286,36 @@ public sealed class KeyHandleCacheTests(HsmFixture fixture) : IClassFixture<HsmF
     }
 
     [Fact]
+    public void IdleCopy_FoundBetweenTwoSweeps_IsNotLeased_ButUnwrappedAgain()
+    {
+        // Sweeps run at most once a minute (a quarter of the idle timeout, at most 60 s), so a copy
+        // can turn idle between two of them: the lookup that finds it must not lease it.
+        var time = new FakeTimeProvider(new DateTimeOffset(2026, 12, 2, 0, 0, 0, TimeSpan.Zero));
+        using var cache = new KeyHandleCache(1, 10, TimeSpan.FromMinutes(15), time);
+        var idle = KeyVersionId.NewId();
+        cache.Lease(idle, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(1)).Dispose();
+
+        // 14:30: another version's lookup runs a sweep, which keeps the copy (idle for less than
+        // 15 minutes) and sets the next sweep for 15:30.
+        time.Advance(TimeSpan.FromSeconds((14 * 60) + 30));
+        cache.Lease(KeyVersionId.NewId(), KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(2)).Dispose();
+        var destroyed = new List<ulong>();
+        cache.DestroyPending(h => destroyed.Add(h.ObjectId));
+        Assert.Empty(destroyed);
+
+        // 15:10: idle, and no sweep is due.
+        time.Advance(TimeSpan.FromSeconds(40));
+        using (var again = cache.Lease(idle, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(3)))
+        {
+            Assert.Equal(3UL, again.Handle.ObjectId);
+        }
+
+        cache.DestroyPending(h => destroyed.Add(h.ObjectId));
+        Assert.Equal([1UL], destroyed);
+        Assert.Equal(2, cache.Count);
+    }
+
+    [Fact]
     public async Task ConcurrentLeasesAndInvalidations_EveryCopyDestroyedExactlyOnce_NoneWhileLeased()
     {
         using var cache = new KeyHandleCache(1, 8, TimeSpan.FromMinutes(5));
