@@ -76,6 +76,20 @@ while IFS= read -r line; do
   assignment=${line#ENV }
   export "${assignment%%=*}=${assignment#*=}"
 done < <(printf '%s' "$final_stage" | grep -E '^ENV [A-Za-z_][A-Za-z0-9_]*=')
+# The image links jemalloc at /usr/local/lib (a RUN step this script cannot run): here, this
+# machine's copy (./test.sh's dependencies do not include it; ./dev.sh installs it), else none.
+if [ -n "${LD_PRELOAD:-}" ] && [ ! -e "$LD_PRELOAD" ]; then
+  host_jemalloc=""  # found with builtins only: any program started now would be given the missing preload
+  for candidate in /usr/lib/*-linux-gnu/libjemalloc.so.2; do
+    if [ -e "$candidate" ]; then host_jemalloc=$candidate; break; fi
+  done
+  if [ "${LD_PRELOAD##*/}" = libjemalloc.so.2 ] && [ -n "$host_jemalloc" ]; then
+    export LD_PRELOAD="$host_jemalloc"
+  else
+    echo "docker-check: $LD_PRELOAD is not on this machine; the server runs without it"
+    unset LD_PRELOAD
+  fi
+fi
 port=$(( 20000 + RANDOM % 20000 ))
 export KMS_DATA_DIR="$work/data" ASPNETCORE_URLS="https://127.0.0.1:$port"
 mkdir -m 0700 "$KMS_DATA_DIR"

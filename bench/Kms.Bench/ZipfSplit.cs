@@ -200,6 +200,12 @@ internal static class ZipfSplit
 
         public int Pid => _process.Id;
 
+        /// <summary>Debian's jemalloc (<c>libjemalloc2</c>), if installed.</summary>
+        public static string? Jemalloc() =>
+            Directory.Exists("/usr/lib")
+                ? Directory.EnumerateDirectories("/usr/lib", "*-linux-gnu").Select(d => Path.Combine(d, "libjemalloc.so.2")).FirstOrDefault(File.Exists)
+                : null;
+
         public static async Task<ServerProcess> StartAsync(string[] serverArgs)
         {
             var start = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardInput = true, RedirectStandardOutput = true, UseShellExecute = false };
@@ -214,11 +220,24 @@ internal static class ZipfSplit
                 start.Environment["MALLOC_ARENA_MAX"] = "2";
             }
 
-            // Another C allocator for the server alone (e.g. KMS_SERVER_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2).
-            if (Environment.GetEnvironmentVariable("KMS_SERVER_PRELOAD") is { Length: > 0 } preload)
+            // The C allocator, as ./dev.sh picks it: jemalloc if installed (with its MALLOC_CONF), unless
+            // KMS_MALLOC=glibc; KMS_SERVER_PRELOAD names another library to preload into the server alone.
+            var preload = Environment.GetEnvironmentVariable("KMS_SERVER_PRELOAD");
+            if (string.IsNullOrEmpty(preload) && Environment.GetEnvironmentVariable("KMS_MALLOC") is null or "jemalloc")
+            {
+                preload = Jemalloc();
+            }
+
+            if (!string.IsNullOrEmpty(preload))
             {
                 start.Environment["LD_PRELOAD"] = preload;
+                if (!start.Environment.ContainsKey("MALLOC_CONF"))
+                {
+                    start.Environment["MALLOC_CONF"] = "narenas:2,dirty_decay_ms:2000";
+                }
             }
+
+            Console.WriteLine($"server C allocator: {(string.IsNullOrEmpty(preload) ? $"glibc's malloc, MALLOC_ARENA_MAX={start.Environment["MALLOC_ARENA_MAX"]}" : $"LD_PRELOAD={preload}")}{(string.IsNullOrEmpty(preload) ? "" : $", MALLOC_CONF={start.Environment["MALLOC_CONF"]}")}");
 
             start.ArgumentList.Add("serve");
             foreach (var arg in serverArgs)

@@ -6,7 +6,9 @@ namespace Kms.Hsm;
 /// Gives memory the C heap holds free back to the system. glibc keeps what is freed in its
 /// arenas for reuse; after a recycle's <c>C_Finalize</c> has freed SoftHSM's objects in bulk,
 /// that is 100–250 MiB of resident memory nobody uses (docs/benchmarks.md, "Zipf with the
-/// server in a process of its own"). <c>malloc_trim(0)</c> returns it.
+/// server in a process of its own"). <c>malloc_trim(0)</c> returns it. Under jemalloc (what
+/// <c>./dev.sh</c> and the container image preload) it trims glibc's own heap, which is then
+/// empty: jemalloc returns freed pages by itself after <c>dirty_decay_ms</c>.
 /// </summary>
 internal static partial class NativeHeap
 {
