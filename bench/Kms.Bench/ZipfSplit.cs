@@ -237,7 +237,10 @@ internal static class ZipfSplit
                 }
             }
 
-            Console.WriteLine($"server C allocator: {(string.IsNullOrEmpty(preload) ? $"glibc's malloc, MALLOC_ARENA_MAX={start.Environment["MALLOC_ARENA_MAX"]}" : $"LD_PRELOAD={preload}")}{(string.IsNullOrEmpty(preload) ? "" : $", MALLOC_CONF={start.Environment["MALLOC_CONF"]}")}");
+            var allocator = string.IsNullOrEmpty(preload)
+                ? $"glibc's malloc, MALLOC_ARENA_MAX={start.Environment["MALLOC_ARENA_MAX"]}"
+                : $"LD_PRELOAD={preload}, MALLOC_CONF={start.Environment["MALLOC_CONF"]}";
+            Console.WriteLine($"server C allocator: {allocator}");
 
             start.ArgumentList.Add("serve");
             foreach (var arg in serverArgs)
