@@ -110,7 +110,16 @@ internal static class EnvelopeFormat
     /// </remarks>
     /// <exception cref="ArgumentException"><paramref name="okm"/> is empty, longer than 255 × 64 bytes, or overlaps <paramref name="info"/>.</exception>
     internal static void HkdfSha512(ReadOnlySpan<byte> ikm, ReadOnlySpan<byte> salt, ReadOnlySpan<byte> info, Span<byte> okm)
+        => HkdfSha512(ikm, salt, info, okm, LibCrypto.Sha512Available);
+
+    /// <summary>As <see cref="HkdfSha512(ReadOnlySpan{byte}, ReadOnlySpan{byte}, ReadOnlySpan{byte}, Span{byte})"/>, with the SHA-512 picked: OpenSSL's directly (<paramref name="native"/>, needs <see cref="LibCrypto.Sha512Available"/>) or .NET's; for tests of both.</summary>
+    internal static void HkdfSha512(ReadOnlySpan<byte> ikm, ReadOnlySpan<byte> salt, ReadOnlySpan<byte> info, Span<byte> okm, bool native)
     {
+        if (native && !LibCrypto.Sha512Available)
+        {
+            throw new PlatformNotSupportedException("OpenSSL 3's SHA-512 is not available in this process");
+        }
+
         if (okm.Length is 0 or > 255 * Sha512Length)
         {
             throw new ArgumentException($"HKDF-SHA512 gives 1 to {255 * Sha512Length} bytes", nameof(okm));
@@ -127,13 +136,13 @@ internal static class EnvelopeFormat
         try
         {
             // Extract: HMAC(salt, IKM); an absent salt is a key of zeros, as HMAC pads it anyway.
-            HmacSha512(salt, ikm, default, 0, prk);
+            HmacSha512(salt, ikm, default, 0, prk, native);
 
             // Expand: T(i) = HMAC(PRK, T(i−1) ‖ info ‖ i).
             var written = 0;
             for (var counter = 1; written < okm.Length; counter++)
             {
-                HmacSha512(prk, counter == 1 ? default : block, info, (byte)counter, block);
+                HmacSha512(prk, counter == 1 ? default : block, info, (byte)counter, block, native);
                 var take = Math.Min(Sha512Length, okm.Length - written);
                 block[..take].CopyTo(okm[written..]);
                 written += take;
@@ -150,9 +159,15 @@ internal static class EnvelopeFormat
 
     private const int Sha512BlockLength = 128;
 
-    /// <summary>HMAC-SHA512 (RFC 2104) of <paramref name="first"/> ‖ <paramref name="second"/> ‖ <paramref name="counter"/> (if not 0); the inputs are copied before <paramref name="destination"/> is written, so it may be one of them.</summary>
-    private static void HmacSha512(ReadOnlySpan<byte> key, ReadOnlySpan<byte> first, ReadOnlySpan<byte> second, byte counter, Span<byte> destination)
+    /// <summary>HMAC-SHA512 (RFC 2104) of <paramref name="first"/> ‖ <paramref name="second"/> ‖ <paramref name="counter"/> (if not 0); the inputs are read before <paramref name="destination"/> is written, so it may be one of them.</summary>
+    private static void HmacSha512(ReadOnlySpan<byte> key, ReadOnlySpan<byte> first, ReadOnlySpan<byte> second, byte counter, Span<byte> destination, bool native)
     {
+        if (native)
+        {
+            HmacSha512Native(key, first, second, counter, destination);
+            return;
+        }
+
         var innerLength = Sha512BlockLength + first.Length + second.Length + (counter == 0 ? 0 : 1);
         byte[]? rented = innerLength > 512 ? System.Buffers.ArrayPool<byte>.Shared.Rent(innerLength) : null;
         var inner = (rented is null ? stackalloc byte[512] : rented.AsSpan())[..innerLength];
@@ -219,5 +234,63 @@ internal static class EnvelopeFormat
         var regular = plaintextLength / frameLength;
         var rest = plaintextLength % frameLength;
         return headerLength + (regular * (RegularFramePrefix + frameLength + TagLength)) + FinalFramePrefix + rest + TagLength;
+    }
+
+    /// <summary>
+    /// <see cref="HmacSha512(ReadOnlySpan{byte}, ReadOnlySpan{byte}, ReadOnlySpan{byte}, byte, Span{byte}, bool)"/>
+    /// on OpenSSL's <c>SHA512_Init/Update/Final</c>: the same bytes, the inputs streamed in rather
+    /// than joined, and the hash state on this stack, cleared after use.
+    /// </summary>
+    private static void HmacSha512Native(ReadOnlySpan<byte> key, ReadOnlySpan<byte> first, ReadOnlySpan<byte> second, byte counter, Span<byte> destination)
+    {
+        Span<byte> pad = stackalloc byte[Sha512BlockLength];
+        Span<byte> innerHash = stackalloc byte[Sha512Length];
+        var context = default(LibCrypto.Sha512Context);
+        try
+        {
+            pad.Clear();
+            if (key.Length > Sha512BlockLength)
+            {
+                LibCrypto.Sha512Init(ref context);
+                LibCrypto.Sha512Update(ref context, key);
+                LibCrypto.Sha512Final(ref context, pad);
+            }
+            else
+            {
+                key.CopyTo(pad);
+            }
+
+            Xor(pad, 0x36);
+            LibCrypto.Sha512Init(ref context);
+            LibCrypto.Sha512Update(ref context, pad);
+            LibCrypto.Sha512Update(ref context, first);
+            LibCrypto.Sha512Update(ref context, second);
+            if (counter != 0)
+            {
+                LibCrypto.Sha512Update(ref context, new ReadOnlySpan<byte>(in counter));
+            }
+
+            LibCrypto.Sha512Final(ref context, innerHash);
+            Xor(pad, 0x36 ^ 0x5c);
+            LibCrypto.Sha512Init(ref context);
+            LibCrypto.Sha512Update(ref context, pad);
+            LibCrypto.Sha512Update(ref context, innerHash);
+            LibCrypto.Sha512Final(ref context, destination);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(pad);
+            CryptographicOperations.ZeroMemory(innerHash);
+            CryptographicOperations.ZeroMemory(System.Runtime.InteropServices.MemoryMarshal.AsBytes((Span<ulong>)context));
+        }
+
+        static void Xor(Span<byte> block, byte value)
+        {
+            var pattern = 0x0101010101010101UL * value;
+            foreach (ref var word in System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(block))
+            {
+                word ^= pattern;
+            }
+        }
     }
 }

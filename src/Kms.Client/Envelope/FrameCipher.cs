@@ -11,12 +11,12 @@ internal sealed class FrameCipher : IDisposable
     // A header and a row id fit (a one-key header is about 200 bytes); longer AAD is joined on the heap.
     private const int StackAadLimit = 512;
 
-    private readonly AesGcm _gcm;
+    private readonly Aes256Gcm _gcm;
     private readonly byte[] _messageId;
 
-    private FrameCipher(ReadOnlySpan<byte> messageKey, byte[] messageId)
+    private FrameCipher(Aes256Gcm gcm, byte[] messageId)
     {
-        _gcm = new AesGcm(messageKey, EnvelopeFormat.TagLength);
+        _gcm = gcm;
         _messageId = messageId;
     }
 
@@ -28,7 +28,7 @@ internal sealed class FrameCipher : IDisposable
         try
         {
             EnvelopeFormat.Derive(dataKey, messageId, messageKey, commitment);
-            return new FrameCipher(messageKey, messageId);
+            return new FrameCipher(new Aes256Gcm(messageKey), messageId);
         }
         finally
         {
@@ -55,7 +55,7 @@ internal sealed class FrameCipher : IDisposable
                 throw EnvelopeDecryptionException.Failed();
             }
 
-            cipher = new FrameCipher(messageKey, header.MessageId);
+            cipher = new FrameCipher(new Aes256Gcm(messageKey), header.MessageId);
             Span<byte> iv = stackalloc byte[EnvelopeFormat.IvLength];
             EnvelopeFormat.WriteIv(iv, 0);
             var joined = associatedData.IsEmpty ? default : associatedData.Length <= StackAadLimit - headerBody.Length ? stackalloc byte[StackAadLimit] : new byte[checked(headerBody.Length + associatedData.Length)];
@@ -101,15 +101,15 @@ internal sealed class FrameCipher : IDisposable
         Open(iv, aad, ciphertext, tag, plaintext);
     }
 
-    /// <summary>A cipher over a given message key, for known-answer tests of <see cref="Open(ReadOnlySpan{byte}, ReadOnlySpan{byte}, ReadOnlySpan{byte}, ReadOnlySpan{byte}, Span{byte})"/>.</summary>
-    internal static FrameCipher ForKnownAnswer(ReadOnlySpan<byte> messageKey) => new(messageKey, []);
+    /// <summary>A cipher over a given message key, for known-answer tests of <see cref="Open(ReadOnlySpan{byte}, ReadOnlySpan{byte}, ReadOnlySpan{byte}, ReadOnlySpan{byte}, Span{byte})"/> on either GCM implementation.</summary>
+    internal static FrameCipher ForKnownAnswer(ReadOnlySpan<byte> messageKey, bool native) => new(new Aes256Gcm(messageKey, native), []);
 
     /// <summary>The GCM decryption every frame goes through: a failed tag is one <see cref="EnvelopeDecryptionException"/>.</summary>
     internal void Open(ReadOnlySpan<byte> iv, ReadOnlySpan<byte> aad, ReadOnlySpan<byte> ciphertext, ReadOnlySpan<byte> tag, Span<byte> plaintext)
     {
         try
         {
-            // AesGcm clears the plaintext buffer itself when the tag does not match.
+            // Either implementation clears the plaintext buffer itself when the tag does not match.
             _gcm.Decrypt(iv, ciphertext, tag, plaintext, aad);
         }
         catch (AuthenticationTagMismatchException)

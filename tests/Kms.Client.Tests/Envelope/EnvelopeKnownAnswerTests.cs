@@ -10,18 +10,21 @@ namespace Kms.Client.Tests.Envelope;
 /// </summary>
 public sealed class EnvelopeKnownAnswerTests
 {
+    /// <summary>Both implementations of each primitive: .NET's (false) and OpenSSL's called directly (true; <see cref="LibCrypto"/>) — on this Linux both must run.</summary>
+    private static readonly bool[] Implementations = [false, true];
+
     [WycheproofFact]
     public void HkdfSha512_EveryWycheproofVector()
     {
         var (valid, invalid) = (0, 0);
-        foreach (var (_, test) in Wycheproof.Tests("hkdf_sha512_test.json"))
+        foreach (var ((_, test), native) in Wycheproof.Tests("hkdf_sha512_test.json").SelectMany(vector => Implementations.Select(native => (vector, native))))
         {
             var okm = new byte[test.GetProperty("size").GetInt32()];
-            var derive = () => EnvelopeFormat.HkdfSha512(Wycheproof.Hex(test, "ikm"), Wycheproof.Hex(test, "salt"), Wycheproof.Hex(test, "info"), okm);
+            var derive = () => EnvelopeFormat.HkdfSha512(Wycheproof.Hex(test, "ikm"), Wycheproof.Hex(test, "salt"), Wycheproof.Hex(test, "info"), okm, native);
             if (test.GetProperty("result").GetString() == "valid")
             {
                 derive();
-                Assert.Equal(test.GetProperty("okm").GetString(), Convert.ToHexString(okm), ignoreCase: true);
+                Assert.True(string.Equals(test.GetProperty("okm").GetString(), Convert.ToHexString(okm), StringComparison.OrdinalIgnoreCase), $"tcId {test.GetProperty("tcId")}, OpenSSL directly: {native}");
                 valid++;
             }
             else
@@ -32,7 +35,7 @@ public sealed class EnvelopeKnownAnswerTests
             }
         }
 
-        Assert.Equal((80, 3), (valid, invalid));
+        Assert.Equal((2 * 80, 2 * 3), (valid, invalid));
     }
 
     /// <summary>
@@ -50,22 +53,22 @@ public sealed class EnvelopeKnownAnswerTests
         {
             foreach (var ikmLength in new[] { 0, 32, 129, 600 })
             {
-                foreach (var (infoLength, okmLength) in new[] { (0, 64), (28, 64), (28, 1), (100, 65), (400, 200), (600, 255 * 64) })
+                foreach (var ((infoLength, okmLength), native) in new[] { (0, 64), (28, 64), (28, 1), (100, 65), (400, 200), (600, 255 * 64) }.SelectMany(shape => Implementations.Select(native => (shape, native))))
                 {
                     var (ikm, salt, info) = (new byte[ikmLength], new byte[saltLength], new byte[infoLength]);
                     random.NextBytes(ikm);
                     random.NextBytes(salt);
                     random.NextBytes(info);
                     var (ours, theirs) = (new byte[okmLength], new byte[okmLength]);
-                    EnvelopeFormat.HkdfSha512(ikm, salt, info, ours);
+                    EnvelopeFormat.HkdfSha512(ikm, salt, info, ours, native);
                     System.Security.Cryptography.HKDF.DeriveKey(System.Security.Cryptography.HashAlgorithmName.SHA512, ikm, theirs, salt, info);
-                    Assert.True(ours.AsSpan().SequenceEqual(theirs), $"salt {saltLength}, ikm {ikmLength}, info {infoLength}, okm {okmLength}");
+                    Assert.True(ours.AsSpan().SequenceEqual(theirs), $"salt {saltLength}, ikm {ikmLength}, info {infoLength}, okm {okmLength}, OpenSSL directly: {native}");
                     cases++;
                 }
             }
         }
 
-        Assert.Equal(8 * 4 * 6, cases);
+        Assert.Equal(8 * 4 * 6 * 2, cases);
         Assert.Throws<ArgumentException>(() => EnvelopeFormat.HkdfSha512([1], [], [], new byte[(255 * 64) + 1]));
         Assert.Throws<ArgumentException>(() => EnvelopeFormat.HkdfSha512([1], [], [], []));
         var shared = new byte[200];
@@ -77,17 +80,17 @@ public sealed class EnvelopeKnownAnswerTests
     {
         var failures = new List<string>();
         var (valid, invalid) = (0, 0);
-        foreach (var (group, test) in Wycheproof.Tests("aes_gcm_test.json"))
+        foreach (var ((group, test), native) in Wycheproof.Tests("aes_gcm_test.json").SelectMany(vector => Implementations.Select(native => (vector, native))))
         {
             if (group.GetProperty("keySize").GetInt32() != 256 || group.GetProperty("ivSize").GetInt32() != 96 || group.GetProperty("tagSize").GetInt32() != 128)
             {
                 continue;
             }
 
-            var id = test.GetProperty("tcId").GetInt32();
+            var id = $"{test.GetProperty("tcId").GetInt32()} (OpenSSL directly: {native})";
             var ciphertext = Wycheproof.Hex(test, "ct");
             var plaintext = new byte[ciphertext.Length];
-            using var cipher = FrameCipher.ForKnownAnswer(Wycheproof.Hex(test, "key"));
+            using var cipher = FrameCipher.ForKnownAnswer(Wycheproof.Hex(test, "key"), native);
             try
             {
                 cipher.Open(Wycheproof.Hex(test, "iv"), Wycheproof.Hex(test, "aad"), ciphertext, Wycheproof.Hex(test, "tag"), plaintext);
