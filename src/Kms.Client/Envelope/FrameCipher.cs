@@ -67,6 +67,11 @@ internal sealed class FrameCipher : IDisposable
             cipher?.Dispose();
             throw EnvelopeDecryptionException.Failed();
         }
+        catch
+        {
+            cipher?.Dispose();
+            throw;
+        }
         finally
         {
             CryptographicOperations.ZeroMemory(messageKey);

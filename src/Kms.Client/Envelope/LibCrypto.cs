@@ -17,9 +17,10 @@ namespace Kms.Client.Envelope;
 /// operations on a context over a cipher fetched once ~1.5 µs (an empty <see cref="AesGcm.Encrypt(ReadOnlySpan{byte}, ReadOnlySpan{byte}, Span{byte}, Span{byte}, ReadOnlySpan{byte})"/>
 /// alone costs 0.6 µs: OpenSSL 3 looks the cipher up again on every initialisation). Measured in
 /// docs/benchmarks.md, "Envelope SDK".</para>
-/// <para>When used: on Linux, when <c>libcrypto.so.3</c> loads with every export, OpenSSL is
-/// not in FIPS mode (the low-level SHA-512 calls bypass its providers, so a FIPS process keeps
-/// .NET's path), and a self-test at first use gives the bytes .NET gives. Otherwise — other
+/// <para>When used: on Linux, when <c>libcrypto.so.3</c> loads with every export, nothing says
+/// FIPS (OpenSSL's default properties, a loaded FIPS provider, the kernel's
+/// <c>fips_enabled</c>: the low-level SHA-512 calls bypass OpenSSL's providers, so a FIPS process
+/// keeps .NET's path), and a self-test at first use gives the bytes .NET gives. Otherwise — other
 /// systems, OpenSSL 1.1, FIPS — every call goes through .NET as before, with the same
 /// results. <see cref="Sha512Available"/> and <see cref="GcmAvailable"/> say which.</para>
 /// </remarks>
@@ -38,6 +39,7 @@ internal static unsafe class LibCrypto
     private static readonly delegate* unmanaged<nint, byte*, int*, int> _cipherFinal;
     private static readonly delegate* unmanaged<nint, int, int, void*, int> _cipherControl;
     private static readonly delegate* unmanaged<void> _clearErrors;
+    private static readonly delegate* unmanaged<nuint> _peekError;
 
     /// <summary>OpenSSL's AES-256-GCM, fetched once for the process and never freed.</summary>
     private static readonly nint _aes256Gcm;
@@ -51,8 +53,28 @@ internal static unsafe class LibCrypto
                 return;
             }
 
-            if (!TryExport(library, "EVP_default_properties_is_fips_enabled", out var fips)
-                || ((delegate* unmanaged<nint, int>)fips)(0) != 0)
+            // Every way OpenSSL or the kernel says FIPS: then nothing here is used (and a missing
+            // probe counts as FIPS, since it cannot be ruled out).
+            if (!TryExport(library, "EVP_default_properties_is_fips_enabled", out var fipsProperty)
+                || !TryExport(library, "OSSL_PROVIDER_available", out var providerAvailable)
+                || !TryExport(library, "ERR_clear_error", out var clearErrors))
+            {
+                return;
+            }
+
+            _clearErrors = (delegate* unmanaged<void>)clearErrors;
+            if (TryExport(library, "ERR_peek_error", out var peekError))
+            {
+                _peekError = (delegate* unmanaged<nuint>)peekError;
+            }
+
+            int fipsProvider;
+            fixed (byte* name = "fips\0"u8)
+            {
+                fipsProvider = ((delegate* unmanaged<nint, byte*, int>)providerAvailable)(0, name);
+            }
+
+            if (FipsRequired(((delegate* unmanaged<nint, int>)fipsProperty)(0) != 0, fipsProvider != 0, ReadKernelFipsFlag()))
             {
                 return;
             }
@@ -73,8 +95,7 @@ internal static unsafe class LibCrypto
                 && TryExport(library, "EVP_CipherInit_ex2", out var cipherInit)
                 && TryExport(library, "EVP_CipherUpdate", out var cipherUpdate)
                 && TryExport(library, "EVP_CipherFinal_ex", out var cipherFinal)
-                && TryExport(library, "EVP_CIPHER_CTX_ctrl", out var control)
-                && TryExport(library, "ERR_clear_error", out var clearErrors))
+                && TryExport(library, "EVP_CIPHER_CTX_ctrl", out var control))
             {
                 _cipherContextNew = (delegate* unmanaged<nint>)contextNew;
                 _cipherContextFree = (delegate* unmanaged<nint, void>)contextFree;
@@ -82,18 +103,47 @@ internal static unsafe class LibCrypto
                 _cipherUpdate = (delegate* unmanaged<nint, byte*, int*, byte*, int, int>)cipherUpdate;
                 _cipherFinal = (delegate* unmanaged<nint, byte*, int*, int>)cipherFinal;
                 _cipherControl = (delegate* unmanaged<nint, int, int, void*, int>)control;
-                _clearErrors = (delegate* unmanaged<void>)clearErrors;
                 fixed (byte* name = "AES-256-GCM\0"u8)
                 {
                     _aes256Gcm = ((delegate* unmanaged<nint, byte*, byte*, nint>)fetch)(0, name, null);
                 }
 
+                if (_aes256Gcm == 0)
+                {
+                    _clearErrors();
+                }
+
                 GcmAvailable = _aes256Gcm != 0 && GcmSelfTest();
             }
         }
-        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException or BadImageFormatException or CryptographicException)
+#pragma warning disable CA1031 // Whatever goes wrong here, the answer is .NET's implementations, never a type that fails to initialise.
+        catch (Exception)
+#pragma warning restore CA1031
         {
             (Sha512Available, GcmAvailable) = (false, false);
+        }
+    }
+
+    /// <summary>
+    /// Whether FIPS mode rules the direct calls out: OpenSSL's default properties ask for FIPS, the
+    /// FIPS provider is loaded, or the kernel says <c>/proc/sys/crypto/fips_enabled</c> = 1.
+    /// </summary>
+    internal static bool FipsRequired(bool fipsDefaultProperty, bool fipsProviderLoaded, string? kernelFipsFlag)
+        => fipsDefaultProperty || fipsProviderLoaded || kernelFipsFlag?.Trim() == "1";
+
+    private static string? ReadKernelFipsFlag()
+    {
+        try
+        {
+            return File.Exists("/proc/sys/crypto/fips_enabled") ? File.ReadAllText("/proc/sys/crypto/fips_enabled") : null;
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return null;
         }
     }
 
@@ -158,12 +208,16 @@ internal static unsafe class LibCrypto
         return context;
     }
 
+    /// <summary>The first error on this thread's OpenSSL error queue (0: none; null: no <c>ERR_peek_error</c>), for tests that no failure here leaves one behind for .NET's next call.</summary>
+    internal static nuint? PeekError() => _peekError == null ? null : _peekError();
+
     /// <summary>Frees a context from <see cref="NewGcmContext"/>; OpenSSL clears its key schedule.</summary>
     public static void FreeCipherContext(nint context) => _cipherContextFree(context);
 
     /// <summary>GCM encryption on a keyed context; lengths and overlaps are the caller's to check.</summary>
     public static void GcmEncrypt(nint context, ReadOnlySpan<byte> iv, ReadOnlySpan<byte> plaintext, Span<byte> ciphertext, Span<byte> tag, ReadOnlySpan<byte> aad)
     {
+        CheckSizes(iv, plaintext.Length, ciphertext.Length, tag.Length);
         fixed (byte* n = iv)
         fixed (byte* p = plaintext)
         fixed (byte* c = ciphertext)
@@ -192,6 +246,8 @@ internal static unsafe class LibCrypto
     /// </summary>
     public static bool GcmDecrypt(nint context, ReadOnlySpan<byte> iv, ReadOnlySpan<byte> ciphertext, ReadOnlySpan<byte> tag, Span<byte> plaintext, ReadOnlySpan<byte> aad)
     {
+        CheckSizes(iv, ciphertext.Length, plaintext.Length, tag.Length);
+
         // EVP_CIPHER_CTX_ctrl takes the expected tag through a writable pointer: hand it a copy.
         Span<byte> expected = stackalloc byte[16];
         tag.CopyTo(expected);
@@ -214,6 +270,15 @@ internal static unsafe class LibCrypto
             }
 
             return ok;
+        }
+    }
+
+    /// <summary>OpenSSL reads 12 IV bytes and writes as many output bytes as it reads input, whatever the spans say: the sizes are checked here too, not only by <see cref="Aes256Gcm"/>.</summary>
+    private static void CheckSizes(ReadOnlySpan<byte> iv, int inputLength, int outputLength, int tagLength)
+    {
+        if (iv.Length != 12 || tagLength != 16 || outputLength != inputLength)
+        {
+            throw new ArgumentException("AES-256-GCM here takes a 12-byte IV, a 16-byte tag, and an output as long as its input");
         }
     }
 
@@ -255,7 +320,7 @@ internal static unsafe class LibCrypto
         return true;
     }
 
-    /// <summary>Encryption against .NET's <see cref="AesGcm"/> (empty and non-empty text and AAD), decryption back, and a changed tag refused.</summary>
+    /// <summary>Encryption against .NET's <see cref="AesGcm"/> (empty and non-empty text and AAD, a new IV each time, in place), decryption back, and a changed tag refused.</summary>
     private static bool GcmSelfTest()
     {
         Span<byte> key = stackalloc byte[32];
@@ -277,8 +342,10 @@ internal static unsafe class LibCrypto
         var context = NewGcmContext(key);
         try
         {
-            foreach (var (textLength, aadLength) in (ReadOnlySpan<(int, int)>)[(0, 0), (0, 41), (17, 0), (100, 33)])
+            foreach (var (textLength, aadLength) in (ReadOnlySpan<(int, int)>)[(0, 0), (0, 41), (17, 0), (100, 33), (64, 5)])
             {
+                // A new IV each case: a context that kept an earlier IV would fail here, not reuse it.
+                iv[0] = (byte)textLength;
                 var text = data[..textLength];
                 var aad = data[^aadLength..];
                 GcmEncrypt(context, iv, text, ours[..textLength], ourTag, aad);
@@ -296,7 +363,11 @@ internal static unsafe class LibCrypto
                 }
             }
 
-            return true;
+            // In place, right after a refused tag: the context must carry nothing over.
+            data.CopyTo(ours);
+            GcmEncrypt(context, iv, ours, ours, ourTag, default);
+            reference.Encrypt(iv, data, theirs, theirTag, default);
+            return ours.SequenceEqual(theirs) && ourTag.SequenceEqual(theirTag);
         }
         finally
         {

@@ -164,6 +164,47 @@ public sealed class Aes256GcmTests
         Assert.All(results, Assert.True);
     }
 
+    /// <summary>OpenSSL's <c>SHA512_CTX</c> is 216 bytes; the 256 reserved for it are never written past that.</summary>
+    [Fact]
+    public void Sha512Context_OpenSslWritesInsideTheReservedSpace()
+    {
+        var context = default(LibCrypto.Sha512Context);
+        var bytes = System.Runtime.InteropServices.MemoryMarshal.AsBytes((Span<ulong>)context);
+        bytes.Fill(0xAA);
+        var digest = new byte[64];
+        LibCrypto.Sha512Init(ref context);
+        LibCrypto.Sha512Update(ref context, new byte[1000]);
+        LibCrypto.Sha512Final(ref context, digest);
+
+        Assert.Equal(SHA512.HashData(new byte[1000]), digest);
+        Assert.Equal(256, bytes.Length);
+        Assert.True(bytes[216..].ToArray().All(b => b == 0xAA), "OpenSSL wrote past the 216 bytes of its SHA512_CTX");
+        Assert.False(bytes[..216].ToArray().All(b => b == 0xAA));
+    }
+
+    /// <summary>A refused tag leaves nothing on OpenSSL's per-thread error queue, where .NET's next call on this thread would find it.</summary>
+    [Fact]
+    public void RefusedTag_LeavesOpenSslsErrorQueueEmpty()
+    {
+        using var gcm = new Aes256Gcm(new byte[32], native: true);
+        var (ciphertext, tag) = (new byte[20], new byte[16]);
+        gcm.Encrypt(new byte[12], new byte[20], ciphertext, tag, default);
+        tag[0] ^= 1;
+        Assert.Throws<AuthenticationTagMismatchException>(() => gcm.Decrypt(new byte[12], ciphertext, tag, new byte[20], default));
+        Assert.Equal((nuint?)0, LibCrypto.PeekError());
+    }
+
+    [Theory]
+    [InlineData(false, false, null, false)]
+    [InlineData(false, false, "0\n", false)]
+    [InlineData(true, false, "0\n", true)]
+    [InlineData(false, true, null, true)]
+    [InlineData(false, false, "1\n", true)]
+    public void FipsMode_AnyOfItsSigns_KeepsDotNetsImplementations(bool defaultProperty, bool providerLoaded, string? kernelFlag, bool required)
+    {
+        Assert.Equal(required, LibCrypto.FipsRequired(defaultProperty, providerLoaded, kernelFlag));
+    }
+
     private static byte[] BouncyCastleSeal(byte[] key, byte[] iv, byte[] plaintext, byte[] aad)
     {
         var gcm = new GcmBlockCipher(new AesEngine());
