@@ -214,7 +214,7 @@ internal static unsafe class LibCrypto
     /// <summary>Frees a context from <see cref="NewGcmContext"/>; OpenSSL clears its key schedule.</summary>
     public static void FreeCipherContext(nint context) => _cipherContextFree(context);
 
-    /// <summary>GCM encryption on a keyed context; lengths and overlaps are the caller's to check.</summary>
+    /// <summary>GCM encryption on a keyed context; sizes are checked here, overlaps are the caller's to check.</summary>
     public static void GcmEncrypt(nint context, ReadOnlySpan<byte> iv, ReadOnlySpan<byte> plaintext, Span<byte> ciphertext, Span<byte> tag, ReadOnlySpan<byte> aad)
     {
         CheckSizes(iv, plaintext.Length, ciphertext.Length, tag.Length);
@@ -242,7 +242,7 @@ internal static unsafe class LibCrypto
 
     /// <summary>
     /// GCM decryption on a keyed context: false (with <paramref name="plaintext"/> cleared) when the
-    /// tag does not verify. Lengths and overlaps are the caller's to check.
+    /// tag does not verify. Sizes are checked here, overlaps are the caller's to check.
     /// </summary>
     public static bool GcmDecrypt(nint context, ReadOnlySpan<byte> iv, ReadOnlySpan<byte> ciphertext, ReadOnlySpan<byte> tag, Span<byte> plaintext, ReadOnlySpan<byte> aad)
     {
