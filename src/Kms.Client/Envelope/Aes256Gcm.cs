@@ -55,18 +55,14 @@ internal sealed class Aes256Gcm : IDisposable
             return;
         }
 
-        var added = false;
+        var context = Enter();
         try
         {
-            _native!.DangerousAddRef(ref added);
-            LibCrypto.GcmEncrypt(_native.DangerousGetHandle(), iv, plaintext, ciphertext, tag, associatedData);
+            LibCrypto.GcmEncrypt(context, iv, plaintext, ciphertext, tag, associatedData);
         }
         finally
         {
-            if (added)
-            {
-                _native!.DangerousRelease();
-            }
+            _native!.DangerousRelease();
         }
     }
 
@@ -80,21 +76,17 @@ internal sealed class Aes256Gcm : IDisposable
             return;
         }
 
-        var added = false;
+        var context = Enter();
         try
         {
-            _native!.DangerousAddRef(ref added);
-            if (!LibCrypto.GcmDecrypt(_native.DangerousGetHandle(), iv, ciphertext, tag, plaintext, associatedData))
+            if (!LibCrypto.GcmDecrypt(context, iv, ciphertext, tag, plaintext, associatedData))
             {
                 throw new AuthenticationTagMismatchException();
             }
         }
         finally
         {
-            if (added)
-            {
-                _native!.DangerousRelease();
-            }
+            _native!.DangerousRelease();
         }
     }
 
@@ -102,6 +94,14 @@ internal sealed class Aes256Gcm : IDisposable
     {
         _managed?.Dispose();
         _native?.Dispose();
+    }
+
+    /// <summary>The OpenSSL context, kept alive until the matching <c>DangerousRelease</c>; after <see cref="Dispose"/>, an <see cref="ObjectDisposedException"/>.</summary>
+    private nint Enter()
+    {
+        var added = false;
+        _native!.DangerousAddRef(ref added); // throws once disposed; otherwise always adds
+        return _native.DangerousGetHandle();
     }
 
     /// <summary>The sizes this suite uses, and input and output either the same memory or apart (stricter than <see cref="AesGcm"/>, which lets a partial overlap through); for both implementations.</summary>

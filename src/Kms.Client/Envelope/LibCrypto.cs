@@ -163,6 +163,11 @@ internal static unsafe class LibCrypto
 
     public static void Sha512Update(ref Sha512Context context, ReadOnlySpan<byte> data)
     {
+        if (data.IsEmpty)
+        {
+            return; // the HMAC passes empty pieces (no salt, no previous block): no call for them
+        }
+
         fixed (Sha512Context* c = &context)
         fixed (byte* d = data)
         {
