@@ -237,13 +237,32 @@ internal static class LoadGenerator
     }
 
     /// <summary>One client (one HTTP/2 connection pool) to <paramref name="app"/>, as the dev developer token.</summary>
-    internal static KmsClient Connect(WebApplication app, string root, int maxAttempts = 5) => new(new KmsClientOptions
+    internal static KmsClient Connect(WebApplication app, string root, int maxAttempts = 5, IEnumerable<string>? clientArgs = null)
     {
-        Endpoint = KmsServerApp.BoundAddresses(app).Single(),
-        CaCertificatePath = Path.Combine(root, "tls", "ca.crt"),
-        ApiTokenPath = Path.Combine(root, "tokens", "developer.token"),
-        Retry = new KmsRetryOptions { MaxAttempts = maxAttempts },
-    });
+        var options = new KmsClientOptions
+        {
+            Endpoint = KmsServerApp.BoundAddresses(app).Single(),
+            CaCertificatePath = Path.Combine(root, "tls", "ca.crt"),
+            ApiTokenPath = Path.Combine(root, "tokens", "developer.token"),
+            Retry = new KmsRetryOptions { MaxAttempts = maxAttempts },
+        };
+
+        // ab's "--client:Name=value" arguments: the client's settings on one side of a comparison.
+        foreach (var arg in clientArgs ?? [])
+        {
+            var (name, value) = (arg["--client:".Length..arg.IndexOf('=', StringComparison.Ordinal)], arg[(arg.IndexOf('=', StringComparison.Ordinal) + 1)..]);
+            switch (name)
+            {
+                case nameof(KmsClientOptions.MaxConcurrentCalls):
+                    options.MaxConcurrentCalls = int.Parse(value, System.Globalization.CultureInfo.InvariantCulture);
+                    break;
+                default:
+                    throw new ArgumentException($"unknown client setting {arg}");
+            }
+        }
+
+        return new KmsClient(options);
+    }
 
     private static Task<(double OpsPerSecond, double P50, double P99, int Errors)> SweepAsync(
         KmsClient client, string keyName, Dictionary<string, string> context, int concurrency, TimeSpan duration) =>

@@ -235,10 +235,12 @@ internal static class PerfSuite
             {
                 var dir = Path.Combine(root, token.Options.TokenLabel!);
                 Directory.CreateDirectory(dir);
-                var app = await LoadGenerator.StartServerAsync(token.Options, dir, audit: true, args);
+                // "--client:Name=value" sets the client's side (LoadGenerator.Connect); the rest is the server's.
+                var clientArgs = args.Where(a => a.StartsWith("--client:", StringComparison.Ordinal)).ToList();
+                var app = await LoadGenerator.StartServerAsync(token.Options, dir, audit: true, args.Except(clientArgs).ToArray());
                 servers.Add(app);
                 // "overload": GenerateDataKey from a client that does not retry, so a shed call is seen.
-                var client = LoadGenerator.Connect(app, dir, maxAttempts: overload ? 1 : 5);
+                var client = LoadGenerator.Connect(app, dir, maxAttempts: overload ? 1 : 5, clientArgs);
                 clients.Add(client);
                 calls.Add(await OperationAsync(client, overload ? "generate" : operation));
                 if (servers.Count == 2 && PrefillAudit > 0)

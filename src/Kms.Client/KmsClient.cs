@@ -263,7 +263,10 @@ public sealed partial class KmsClient : IDisposable
             var probeTimeout = options.HealthCheckInterval < options.CallTimeout ? options.HealthCheckInterval : options.CallTimeout;
             var pool = new EndpointPool(addresses.Select(a => Open(a, options, ca, token)), time, options.HealthCheckInterval, probeTimeout, logger);
             var retry = options.Retry;
-            var invoker = new FailoverCallInvoker(pool, retry.MaxAttempts, new Backoff(retry.BaseBackoff, retry.MaxBackoff, unitRandom), options.CallTimeout, time, logger);
+            var invoker = new FailoverCallInvoker(pool, retry.MaxAttempts, new Backoff(retry.BaseBackoff, retry.MaxBackoff, unitRandom), options.CallTimeout, time, logger)
+            {
+                Limit = new ConcurrencyLimit(options.MaxConcurrentCalls, logger),
+            };
             return new Connection(invoker, ownedCa);
         }
         catch

@@ -63,6 +63,21 @@ public sealed class KmsClientOptions
     /// <summary>How calls that failed UNAVAILABLE are sent again.</summary>
     public KmsRetryOptions Retry { get; set; } = new();
 
+    /// <summary>Most <see cref="MaxConcurrentCalls"/> accepted.</summary>
+    public const int MostConcurrentCalls = 65_536;
+
+    /// <summary>
+    /// Unary calls this client has on the wire at once, over all its endpoints. An attempt beyond
+    /// it is not sent: like an attempt that failed UNAVAILABLE it is retried after a backoff
+    /// (<see cref="Retry"/>), and the call fails UNAVAILABLE when its attempts or its deadline run
+    /// out (<c>kms.client.calls_shed</c> counts them). Without this bound an application that makes
+    /// calls faster than the KMS answers them queues them in its HTTP/2 connections without limit:
+    /// measured at twice a server's peak, 4,000 calls outstanding halved what the server served and
+    /// made each wait 0.5–0.7 s (docs/benchmarks.md, "Overload: the queue is the client's"). 1 to
+    /// <see cref="MostConcurrentCalls"/>; streaming calls are not counted.
+    /// </summary>
+    public int MaxConcurrentCalls { get; set; } = 512;
+
     /// <summary>
     /// How often an endpoint taken out after a failure is probed (grpc.health.v1 Check, no
     /// credential) to bring it back. Probes are sent only while the client is making calls.
@@ -104,6 +119,11 @@ public sealed class KmsClientOptions
         if (CallTimeout <= TimeSpan.Zero || CallTimeout > MaxCallTimeout)
         {
             throw Invalid($"CallTimeout must be positive and at most {MaxCallTimeout}; it is {CallTimeout}", paramName);
+        }
+
+        if (MaxConcurrentCalls is < 1 or > MostConcurrentCalls)
+        {
+            throw Invalid($"MaxConcurrentCalls must be between 1 and {MostConcurrentCalls}; it is {MaxConcurrentCalls}", paramName);
         }
 
         if (HealthCheckInterval <= TimeSpan.Zero)

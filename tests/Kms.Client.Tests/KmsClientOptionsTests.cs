@@ -12,6 +12,8 @@ public sealed class KmsClientOptionsTests
         { "CallTimeout must be positive", o => o.CallTimeout = TimeSpan.Zero },
         { "CallTimeout must be positive and at most", o => o.CallTimeout = TimeSpan.FromDays(2) },
         { "HealthCheckInterval must be positive", o => o.HealthCheckInterval = TimeSpan.FromSeconds(-1) },
+        { "MaxConcurrentCalls must be between 1 and 65536; it is 0", o => o.MaxConcurrentCalls = 0 },
+        { "MaxConcurrentCalls must be between 1 and 65536; it is 65537", o => o.MaxConcurrentCalls = 65_537 },
         { "Retry.MaxAttempts must be from 1 to 10; it is 0", o => o.Retry.MaxAttempts = 0 },
         { "Retry.MaxAttempts must be from 1 to 10; it is 11", o => o.Retry.MaxAttempts = 11 },
         { "Retry.BaseBackoff must be positive", o => o.Retry.BaseBackoff = TimeSpan.Zero },

@@ -16,4 +16,7 @@ internal static partial class ClientLog
 
     [LoggerMessage(EventId = 3004, Level = LogLevel.Debug, Message = "{Method} refused by {Endpoint}: the key's residency is {Region}, which that node is not in; trying another node")]
     public static partial void ResidencyElsewhere(ILogger logger, string method, Uri endpoint, string region);
+
+    [LoggerMessage(EventId = 3005, Level = LogLevel.Warning, Message = "{Method}: {Count} attempts not sent since the last such message, {MaxCalls} calls being on the wire (MaxConcurrentCalls); each is retried after a backoff while its attempts last")]
+    public static partial void CallsShed(ILogger logger, string method, long count, int maxCalls);
 }

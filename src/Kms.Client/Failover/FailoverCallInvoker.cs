@@ -46,6 +46,9 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
     /// <summary>The endpoints and what the client believes about them.</summary>
     public EndpointPool Pool => _pool;
 
+    /// <summary>The bound on unary attempts on the wire; none when null.</summary>
+    public ConcurrencyLimit? Limit { get; init; }
+
     /// <inheritdoc/>
     public override TResponse BlockingUnaryCall<TRequest, TResponse>(Method<TRequest, TResponse> method, string? host, CallOptions options, TRequest request) =>
         AsyncUnaryCall(method, host, options, request).ResponseAsync.GetAwaiter().GetResult();
@@ -61,6 +64,7 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
             method,
             request,
             options.Deadline,
+            Limit,
             endpoint =>
             {
                 var attempt = endpoint.Calls.AsyncUnaryCall(method, host, attemptOptions, request);
@@ -86,6 +90,7 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
             method,
             request,
             options.Deadline,
+            null,
             async endpoint =>
             {
                 var attempt = endpoint.Calls.AsyncServerStreamingCall(method, host, attemptOptions, request);
@@ -112,11 +117,14 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
     /// <summary>Stops probes and closes the connections.</summary>
     public void Dispose() => _pool.Dispose();
 
-    private async Task<TResult> WithFailoverAsync<TResult>(IMethod method, object request, DateTime? deadline, Func<KmsEndpoint, Task<TResult>> attempt, CancellationToken cancellationToken)
+    // An attempt that finds no place under `limit` is not sent: an UNAVAILABLE attempt, retried
+    // after a backoff (another endpoint would not help), its endpoint not blamed.
+    private async Task<TResult> WithFailoverAsync<TResult>(IMethod method, object request, DateTime? deadline, ConcurrencyLimit? limit, Func<KmsEndpoint, Task<TResult>> attempt, CancellationToken cancellationToken)
     {
         List<KmsEndpoint>? tried = null;
         RpcException? last = null;
         var backoffs = 0;
+        var notSent = false;
         for (var number = 1; ; number++)
         {
             var (endpoint, fresh) = _pool.Pick(tried);
@@ -124,7 +132,7 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
             {
                 // Another endpoint believed up is tried at once: its health is not in doubt.
                 // Going back to one that failed, or to one believed down, waits first.
-                var delay = fresh ? TimeSpan.Zero : _backoff.Delay(++backoffs);
+                var delay = fresh && !notSent ? TimeSpan.Zero : _backoff.Delay(++backoffs);
                 if (deadline is { } end && _time.GetUtcNow().UtcDateTime + delay >= end)
                 {
                     ExceptionDispatchInfo.Throw(last);
@@ -134,6 +142,19 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
                 await WaitAsync(delay, cancellationToken).ConfigureAwait(false);
             }
 
+            if (limit is not null && !limit.TryEnter())
+            {
+                last = limit.Refuse(method.FullName);
+                notSent = true;
+                if (number >= _maxAttempts)
+                {
+                    throw last;
+                }
+
+                continue;
+            }
+
+            notSent = false;
             try
             {
                 var result = await attempt(endpoint).ConfigureAwait(false);
@@ -158,6 +179,10 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
                 ClientLog.ResidencyElsewhere(_logger, method.FullName, endpoint.Address, region);
                 last = e;
                 (tried ??= []).Add(endpoint);
+            }
+            finally
+            {
+                limit?.Exit();
             }
         }
     }

@@ -14,7 +14,8 @@ internal sealed class FakeClient : IDisposable
         TimeSpan? baseBackoff = null,
         TimeSpan? maxBackoff = null,
         TimeSpan? callTimeout = null,
-        TimeSpan? healthCheckInterval = null)
+        TimeSpan? healthCheckInterval = null,
+        int? maxConcurrentCalls = null)
     {
         Endpoints = endpoints;
         var pool = new EndpointPool(
@@ -29,7 +30,10 @@ internal sealed class FakeClient : IDisposable
             new Backoff(baseBackoff ?? TimeSpan.FromSeconds(1), maxBackoff ?? TimeSpan.FromSeconds(10), () => unitRandom),
             callTimeout ?? TimeSpan.FromSeconds(30),
             Time,
-            NullLogger.Instance);
+            NullLogger.Instance)
+        {
+            Limit = maxConcurrentCalls is { } max ? new ConcurrencyLimit(max, NullLogger.Instance) : null,
+        };
         Client = new KmsClient(new KmsClient.Connection(Invoker, null));
     }
 

@@ -23,6 +23,9 @@ internal sealed class ScriptedEndpoint(string name) : CallInvoker
     /// <summary>The answer to a call; default: an empty response of the right type.</summary>
     public Func<ReceivedCall, object?> Respond { get; set; } = _ => null;
 
+    /// <summary>When set, unary calls are answered only once this completes (calls held on the wire).</summary>
+    public TaskCompletionSource? Hold { get; set; }
+
     /// <summary>The health status a probe gets.</summary>
     public HealthCheckResponse.Types.ServingStatus Health { get; set; } = HealthCheckResponse.Types.ServingStatus.Serving;
 
@@ -74,6 +77,11 @@ internal sealed class ScriptedEndpoint(string name) : CallInvoker
             response = Task.FromException<TResponse>(e);
         }
 
+        if (Hold is { } hold && method.FullName != "/grpc.health.v1.Health/Check")
+        {
+            response = AfterAsync(hold.Task, response);
+        }
+
         return new AsyncUnaryCall<TResponse>(response, Task.FromResult(new Metadata()), () => Status.DefaultSuccess, () => [], () => { });
     }
 
@@ -94,6 +102,12 @@ internal sealed class ScriptedEndpoint(string name) : CallInvoker
 
     public override AsyncDuplexStreamingCall<TRequest, TResponse> AsyncDuplexStreamingCall<TRequest, TResponse>(Method<TRequest, TResponse> method, string? host, CallOptions options) =>
         throw new NotSupportedException();
+
+    private static async Task<T> AfterAsync<T>(Task hold, Task<T> response)
+    {
+        await hold;
+        return await response;
+    }
 
     private ReceivedCall Record(IMethod method, CallOptions options, object request)
     {
