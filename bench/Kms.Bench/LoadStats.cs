@@ -4,8 +4,10 @@ using Grpc.Core;
 namespace Kms.Bench;
 
 /// <summary>What one measured step gave: throughput, latency percentiles, failures by status.</summary>
+/// <param name="Shed">Calls answered UNAVAILABLE: by the server, or by the SDK (<paramref name="ShedByClient"/>).</param>
 /// <param name="NotSent">Open loop only: calls the schedule asked for but the client did not send, because its bound on outstanding calls was reached (the server fell far behind).</param>
-internal sealed record StepResult(double OpsPerSecond, double P50, double P90, double P99, double P999, double Max, int Calls, int Errors, int Shed, int NotSent = 0)
+/// <param name="ShedByClient">Of <paramref name="Shed"/>, those the SDK did not send: KmsClientOptions.MaxConcurrentCalls were on the wire.</param>
+internal sealed record StepResult(double OpsPerSecond, double P50, double P90, double P99, double P999, double Max, int Calls, int Errors, int Shed, int NotSent = 0, int ShedByClient = 0)
 {
     public static StepResult From(double[] latencies, double seconds, int errors, int shed, double operationsPerCall = 1)
     {
@@ -51,7 +53,7 @@ internal static partial class LoadLoops
             }
         }));
         var seconds = stopwatch.Elapsed.TotalSeconds;
-        return StepResult.From(latencies.SelectMany(l => l).ToArray(), seconds, outcomes.Errors, outcomes.Shed, operationsPerCall);
+        return StepResult.From(latencies.SelectMany(l => l).ToArray(), seconds, outcomes.Errors, outcomes.Shed, operationsPerCall) with { ShedByClient = outcomes.ShedByClient };
     }
 
     /// <summary>
@@ -145,7 +147,7 @@ internal static partial class LoadLoops
         var result = StepResult.From(latencies[..count], seconds, outcomes.Errors, outcomes.Shed);
 
         // Throughput of an open loop is the schedule's, as long as it kept up.
-        return result with { OpsPerSecond = count / Math.Max(duration.TotalSeconds, seconds), NotSent = notSent };
+        return result with { OpsPerSecond = count / Math.Max(duration.TotalSeconds, seconds), NotSent = notSent, ShedByClient = outcomes.ShedByClient };
     }
 
     private static partial class Native
@@ -159,6 +161,7 @@ internal static partial class LoadLoops
     {
         public int Errors;
         public int Shed;
+        public int ShedByClient;
 
         /// <summary>Runs the call; true if it was served.</summary>
         public async Task<bool> CallAsync(Func<Task> call)
@@ -171,6 +174,10 @@ internal static partial class LoadLoops
             catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
             {
                 Interlocked.Increment(ref Shed);
+                if (e.Status.Detail.Contains("KmsClientOptions.MaxConcurrentCalls", StringComparison.Ordinal))
+                {
+                    Interlocked.Increment(ref ShedByClient);
+                }
             }
             catch (RpcException)
             {

@@ -182,7 +182,7 @@ internal static class PerfSuite
                     var rate = peaks["generate_data_key"].Ops * 2;
                     var result = await LoadLoops.OpenAsync(rate, TimeSpan.FromSeconds(Math.Min(10, duration.TotalSeconds)), generateOnce, maxOutstanding: 4_000);
                     failed += result.Errors;
-                    Console.WriteLine(Invariant($"| generate_data_key at 2x peak (overload) | {rate:N0} | {result.OpsPerSecond:N0} | {result.P50:F2} | {result.P99:F2} | {result.P999:F2} | {result.Max:F2} | {result.Shed} | {result.Errors} | {result.NotSent} |"));
+                    Console.WriteLine(Invariant($"| generate_data_key at 2x peak (overload) | {rate:N0} | {result.OpsPerSecond:N0} | {result.P50:F2} | {result.P99:F2} | {result.P999:F2} | {result.Max:F2} | {result.Shed} ({result.ShedByClient} by the client) | {result.Errors} | {result.NotSent} |"));
                     openJson["overload_generate_data_key"] = new JsonObject { ["rate"] = rate, ["result"] = Json(result) };
                 }
 
@@ -374,7 +374,7 @@ internal static class PerfSuite
     /// </summary>
     private static async Task<int> CompareOverloadAsync(TimeSpan duration, int rate, int rounds, List<Func<Task>> calls)
     {
-        Console.WriteLine("| round | A served /s | A p50 ms | A p99 ms | A shed | A not sent | B served /s | B p50 ms | B p99 ms | B shed | B not sent | B ÷ A (p50) |");
+        Console.WriteLine("| round | A served /s | A p50 ms | A p99 ms | A shed (by the client) | A not sent | B served /s | B p50 ms | B p99 ms | B shed (by the client) | B not sent | B ÷ A (p50) |");
         Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         var ratios = new List<double>();
         for (var round = 1; round <= rounds; round++)
@@ -388,7 +388,7 @@ internal static class PerfSuite
 
             ratios.Add(results[1].P50 / results[0].P50);
             var (a, b) = (results[0], results[1]);
-            Console.WriteLine(Invariant($"| {round} | {a.OpsPerSecond:N0} | {a.P50:F2} | {a.P99:F2} | {a.Shed} | {a.NotSent} | {b.OpsPerSecond:N0} | {b.P50:F2} | {b.P99:F2} | {b.Shed} | {b.NotSent} | {ratios[^1]:F2} |{(a.Errors + b.Errors > 0 ? Invariant($" {a.Errors + b.Errors} errors") : "")}"));
+            Console.WriteLine(Invariant($"| {round} | {a.OpsPerSecond:N0} | {a.P50:F2} | {a.P99:F2} | {a.Shed} ({a.ShedByClient}) | {a.NotSent} | {b.OpsPerSecond:N0} | {b.P50:F2} | {b.P99:F2} | {b.Shed} ({b.ShedByClient}) | {b.NotSent} | {ratios[^1]:F2} |{(a.Errors + b.Errors > 0 ? Invariant($" {a.Errors + b.Errors} errors") : "")}"));
         }
 
         ratios.Sort();
@@ -521,6 +521,7 @@ internal static class PerfSuite
         ["calls"] = r.Calls,
         ["errors"] = r.Errors,
         ["shed"] = r.Shed,
+        ["shed_by_client"] = r.ShedByClient,
         ["not_sent"] = r.NotSent,
     };
 

@@ -24,7 +24,8 @@ namespace Kms.Client;
 /// Failures surface as <see cref="RpcException"/> with the server's status: INVALID_ARGUMENT
 /// (a field; for ciphertexts the opaque "decryption failed"), NOT_FOUND, FAILED_PRECONDITION,
 /// UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED (a tenant quota: wait for the
-/// RetryInfo delay), UNAVAILABLE (every endpoint tried failed), DEADLINE_EXCEEDED. Secrets
+/// RetryInfo delay), UNAVAILABLE (every endpoint tried failed, or had
+/// <see cref="KmsClientOptions.MaxConcurrentCalls"/> calls on the wire), DEADLINE_EXCEEDED. Secrets
 /// returned (<see cref="DataKey"/>, <see cref="DecryptedData"/>) are zeroed on dispose.
 /// </para>
 /// <para>
@@ -53,6 +54,11 @@ namespace Kms.Client;
 /// probe (every <see cref="KmsClientOptions.HealthCheckInterval"/>, while the client is in
 /// use) finds it SERVING. When every endpoint is down the client still tries one, the
 /// least recently failed, rather than failing without trying.
+/// </para>
+/// <para>
+/// At most <see cref="KmsClientOptions.MaxConcurrentCalls"/> unary attempts are on the wire to
+/// each endpoint. An attempt that finds no place is not sent: it goes at once to another endpoint
+/// with room, or is retried after a backoff, and the endpoint is not taken out.
 /// </para>
 /// </remarks>
 public sealed partial class KmsClient : IDisposable

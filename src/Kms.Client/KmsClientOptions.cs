@@ -67,10 +67,12 @@ public sealed class KmsClientOptions
     public const int MostConcurrentCalls = 65_536;
 
     /// <summary>
-    /// Unary calls this client has on the wire at once, over all its endpoints. An attempt beyond
-    /// it is not sent: like an attempt that failed UNAVAILABLE it is retried after a backoff
-    /// (<see cref="Retry"/>), and the call fails UNAVAILABLE when its attempts or its deadline run
-    /// out (<c>kms.client.calls_shed</c> counts them). Without this bound an application that makes
+    /// Unary calls this client has on the wire to each endpoint at once. An attempt beyond it is
+    /// not sent: like an attempt that failed UNAVAILABLE it goes at once to another endpoint with
+    /// room, or is retried after a backoff (<see cref="Retry"/>; at least half its ceiling, never at
+    /// once), without taking the endpoint out; the call fails UNAVAILABLE when its attempts or its
+    /// deadline run out (<c>kms.client.calls_shed</c> counts the attempts not sent). Per endpoint,
+    /// so that one which accepts calls and never answers holds only its own places. Without this bound an application that makes
     /// calls faster than the KMS answers them queues them in its HTTP/2 connections without limit:
     /// measured at twice a server's peak, 4,000 calls outstanding halved what the server served and
     /// made each wait 0.5–0.7 s (docs/benchmarks.md, "Overload: the queue is the client's"). 1 to

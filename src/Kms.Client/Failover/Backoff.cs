@@ -33,4 +33,11 @@ internal sealed class Backoff(TimeSpan baseDelay, TimeSpan maxDelay, Func<double
 
         return TimeSpan.FromTicks((long)(Ceiling(backoff).Ticks * unit));
     }
+
+    /// <summary>
+    /// The <paramref name="backoff"/>-th wait with half of it certain: uniform in
+    /// [<see cref="Ceiling"/>/2, <see cref="Ceiling"/>). For attempts the client itself did not
+    /// send, which must never be repeated at once.
+    /// </summary>
+    public TimeSpan DelayAtLeastHalf(int backoff) => (Ceiling(backoff) / 2) + (Delay(backoff) / 2);
 }

@@ -11,12 +11,12 @@ internal static partial class ClientLog
     [LoggerMessage(EventId = 3002, Level = LogLevel.Information, Message = "KMS endpoint {Endpoint} is back ({Evidence})")]
     public static partial void EndpointUp(ILogger logger, Uri endpoint, string evidence);
 
-    [LoggerMessage(EventId = 3003, Level = LogLevel.Debug, Message = "{Method} attempt {Attempt} on {Endpoint} after {Delay} (previous attempt UNAVAILABLE)")]
+    [LoggerMessage(EventId = 3003, Level = LogLevel.Debug, Message = "{Method} attempt {Attempt} on {Endpoint} after {Delay} (previous attempt UNAVAILABLE, or not sent for want of a place)")]
     public static partial void Retrying(ILogger logger, string method, int attempt, Uri endpoint, TimeSpan delay);
 
     [LoggerMessage(EventId = 3004, Level = LogLevel.Debug, Message = "{Method} refused by {Endpoint}: the key's residency is {Region}, which that node is not in; trying another node")]
     public static partial void ResidencyElsewhere(ILogger logger, string method, Uri endpoint, string region);
 
-    [LoggerMessage(EventId = 3005, Level = LogLevel.Warning, Message = "{Method}: {Count} attempts not sent since the last such message, {MaxCalls} calls being on the wire (MaxConcurrentCalls); each is retried after a backoff while its attempts last")]
-    public static partial void CallsShed(ILogger logger, string method, long count, int maxCalls);
+    [LoggerMessage(EventId = 3005, Level = LogLevel.Warning, Message = "{Method}: {Count} attempts not sent since the last such message, {MaxCalls} calls being on the wire to {Endpoint} (MaxConcurrentCalls); each goes to another endpoint with room or is retried after a backoff while its attempts last")]
+    public static partial void CallsShed(ILogger logger, string method, long count, int maxCalls, Uri endpoint);
 }

@@ -5,11 +5,12 @@ using Microsoft.Extensions.Logging;
 namespace Kms.Client.Failover;
 
 /// <summary>
-/// The bound on unary attempts on the wire from one client at once (<see cref="KmsClientOptions.MaxConcurrentCalls"/>).
-/// An attempt beyond it is not sent: it counts as an UNAVAILABLE attempt, retried after a backoff
-/// while attempts and the deadline allow. The queue of an overloaded KMS stays bounded where it
-/// otherwise forms, in the client's HTTP/2 connections (docs/benchmarks.md, "Overload: the queue
-/// is the client's").
+/// The bound on unary attempts on the wire from one client to each endpoint at once
+/// (<see cref="KmsClientOptions.MaxConcurrentCalls"/>). An attempt beyond it is not sent: it counts
+/// as an UNAVAILABLE attempt that never left the client, tried at once on another endpoint with room
+/// or retried after a backoff. The queue of an overloaded KMS stays bounded where it otherwise
+/// forms, in the client's HTTP/2 connections (docs/benchmarks.md, "Overload: the queue is the
+/// client's"); per endpoint, so that one that hangs holds only its own places.
 /// </summary>
 internal sealed class ConcurrencyLimit(int maxCalls, ILogger logger)
 {
@@ -17,33 +18,46 @@ internal sealed class ConcurrencyLimit(int maxCalls, ILogger logger)
     private static readonly Counter<long> Shed = Meter.CreateCounter<long>(
         "kms.client.calls_shed",
         unit: "{attempt}",
-        description: "Unary attempts not sent because MaxConcurrentCalls attempts were on the wire");
+        description: "Unary attempts not sent because MaxConcurrentCalls attempts were on the wire to the endpoint");
 
-    private int _onTheWire;
+    private long _refused;
     private long _shedSinceLog;
     private long _lastLog;
 
-    /// <summary>Attempts on the wire now.</summary>
-    public int OnTheWire => Volatile.Read(ref _onTheWire);
+    /// <summary>Attempts refused a place since this limit was made.</summary>
+    public long Refused => Interlocked.Read(ref _refused);
 
-    /// <summary>Takes a place for an attempt; false when all are taken. Each place taken is given back with <see cref="Exit"/>.</summary>
-    public bool TryEnter()
+    /// <summary>Attempts on the wire to <paramref name="endpoint"/> now.</summary>
+    public static int OnTheWire(KmsEndpoint endpoint) => Volatile.Read(ref endpoint.AttemptsOnTheWire);
+
+    /// <summary>
+    /// Takes a place on <paramref name="endpoint"/> for an attempt; false when all are taken (the
+    /// count never passes the bound, even for a moment). Each place taken is given back with <see cref="Exit"/>.
+    /// </summary>
+    public bool TryEnter(KmsEndpoint endpoint)
     {
-        if (Interlocked.Increment(ref _onTheWire) <= maxCalls)
+        var seen = Volatile.Read(ref endpoint.AttemptsOnTheWire);
+        while (seen < maxCalls)
         {
-            return true;
+            var was = Interlocked.CompareExchange(ref endpoint.AttemptsOnTheWire, seen + 1, seen);
+            if (was == seen)
+            {
+                return true;
+            }
+
+            seen = was;
         }
 
-        Interlocked.Decrement(ref _onTheWire);
         return false;
     }
 
-    /// <summary>Gives a place back.</summary>
-    public void Exit() => Interlocked.Decrement(ref _onTheWire);
+    /// <summary>Gives a place on <paramref name="endpoint"/> back.</summary>
+    public static void Exit(KmsEndpoint endpoint) => Interlocked.Decrement(ref endpoint.AttemptsOnTheWire);
 
-    /// <summary>An attempt of <paramref name="method"/> found no place: counted, logged at most once a second, and its failure.</summary>
-    public RpcException Refuse(string method)
+    /// <summary>An attempt of <paramref name="method"/> found no place on <paramref name="endpoint"/>: counted, logged at most once a second, and its failure.</summary>
+    public RpcException Refuse(string method, KmsEndpoint endpoint)
     {
+        Interlocked.Increment(ref _refused);
         Shed.Add(1);
         var count = Interlocked.Increment(ref _shedSinceLog);
         var now = Environment.TickCount64;
@@ -51,9 +65,9 @@ internal sealed class ConcurrencyLimit(int maxCalls, ILogger logger)
         if (now - last >= 1000 && Interlocked.CompareExchange(ref _lastLog, now, last) == last)
         {
             Interlocked.Add(ref _shedSinceLog, -count);
-            ClientLog.CallsShed(logger, method, count, maxCalls);
+            ClientLog.CallsShed(logger, method, count, maxCalls, endpoint.Address);
         }
 
-        return new RpcException(new Status(StatusCode.Unavailable, $"{maxCalls} calls to the KMS were on the wire from this client (KmsClientOptions.MaxConcurrentCalls); not sent, retry with backoff"));
+        return new RpcException(new Status(StatusCode.Unavailable, $"{maxCalls} calls were on the wire from this client to {endpoint.Address} (KmsClientOptions.MaxConcurrentCalls); not sent, retry with backoff"));
     }
 }

@@ -117,8 +117,9 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
     /// <summary>Stops probes and closes the connections.</summary>
     public void Dispose() => _pool.Dispose();
 
-    // An attempt that finds no place under `limit` is not sent: an UNAVAILABLE attempt, retried
-    // after a backoff (another endpoint would not help), its endpoint not blamed.
+    // An attempt that finds no place on its endpoint under `limit` is not sent: an UNAVAILABLE
+    // attempt that never left the client — at once to another endpoint with room, else after a
+    // backoff of which half is certain; its endpoint is not blamed.
     private async Task<TResult> WithFailoverAsync<TResult>(IMethod method, object request, DateTime? deadline, ConcurrencyLimit? limit, Func<KmsEndpoint, Task<TResult>> attempt, CancellationToken cancellationToken)
     {
         List<KmsEndpoint>? tried = null;
@@ -132,7 +133,7 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
             {
                 // Another endpoint believed up is tried at once: its health is not in doubt.
                 // Going back to one that failed, or to one believed down, waits first.
-                var delay = fresh && !notSent ? TimeSpan.Zero : _backoff.Delay(++backoffs);
+                var delay = fresh ? TimeSpan.Zero : notSent ? _backoff.DelayAtLeastHalf(++backoffs) : _backoff.Delay(++backoffs);
                 if (deadline is { } end && _time.GetUtcNow().UtcDateTime + delay >= end)
                 {
                     ExceptionDispatchInfo.Throw(last);
@@ -142,10 +143,11 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
                 await WaitAsync(delay, cancellationToken).ConfigureAwait(false);
             }
 
-            if (limit is not null && !limit.TryEnter())
+            if (limit is not null && !limit.TryEnter(endpoint))
             {
-                last = limit.Refuse(method.FullName);
+                last = limit.Refuse(method.FullName, endpoint);
                 notSent = true;
+                (tried ??= []).Add(endpoint);
                 if (number >= _maxAttempts)
                 {
                     throw last;
@@ -182,7 +184,10 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
             }
             finally
             {
-                limit?.Exit();
+                if (limit is not null)
+                {
+                    ConcurrencyLimit.Exit(endpoint);
+                }
             }
         }
     }

@@ -14,6 +14,9 @@ internal sealed class KmsEndpoint(Uri address, CallInvoker calls, CallInvoker pr
     /// <summary>grpc.health.v1 probes, which need no credential.</summary>
     public CallInvoker Probes { get; } = probes;
 
+    /// <summary>Unary attempts on the wire to this endpoint (<see cref="ConcurrencyLimit"/>); changed with interlocked operations only.</summary>
+    internal int AttemptsOnTheWire;
+
     // Health state; read and written under the pool's lock only.
     internal bool IsUp { get; set; } = true;
 

@@ -21,6 +21,16 @@ public sealed class BackoffTests
     }
 
     [Theory]
+    [InlineData(0.0, 3, 200)]
+    [InlineData(0.5, 3, 300)]
+    [InlineData(0.0, 1, 50)]
+    [InlineData(0.5, 9, 750)]
+    public void DelayAtLeastHalf_PinnedRandom_HalfTheCeilingPlusHalfThatFraction(double unit, int backoff, int expectedMilliseconds)
+    {
+        Assert.Equal(TimeSpan.FromMilliseconds(expectedMilliseconds), new Backoff(Base, Max, () => unit).DelayAtLeastHalf(backoff));
+    }
+
+    [Theory]
     [InlineData(0.0, 3, 0)]
     [InlineData(0.5, 3, 200)]
     [InlineData(0.25, 1, 25)]
