@@ -72,8 +72,9 @@ public sealed class KmsClientOptions
     /// room, or is retried after a backoff (<see cref="Retry"/>; at least half its ceiling, never at
     /// once), without taking the endpoint out; the call fails UNAVAILABLE when its attempts or its
     /// deadline run out (<c>kms.client.calls_shed</c> counts the attempts not sent). Per endpoint,
-    /// so that one which accepts calls and never answers holds only its own places. Without this bound an application that makes
-    /// calls faster than the KMS answers them queues them in its HTTP/2 connections without limit:
+    /// so that one which accepts calls and never answers holds only its own places. Without this
+    /// bound an application that makes calls faster than the KMS answers them queues them in its
+    /// HTTP/2 connections without limit:
     /// measured at twice a server's peak, 4,000 calls outstanding halved what the server served and
     /// made each wait 0.5–0.7 s (docs/benchmarks.md, "Overload: the queue is the client's"). 1 to
     /// <see cref="MostConcurrentCalls"/>; streaming calls are not counted.

@@ -46,7 +46,7 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
     /// <summary>The endpoints and what the client believes about them.</summary>
     public EndpointPool Pool => _pool;
 
-    /// <summary>The bound on unary attempts on the wire; none when null.</summary>
+    /// <summary>The bound on unary attempts on the wire to each endpoint; none when null.</summary>
     public ConcurrencyLimit? Limit { get; init; }
 
     /// <inheritdoc/>
