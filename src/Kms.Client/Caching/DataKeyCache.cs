@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.Diagnostics.Metrics;
 using System.Security.Cryptography;
 using Kms.Client.Envelope;
 using Microsoft.Extensions.Caching.Memory;
@@ -18,8 +17,6 @@ namespace Kms.Client.Caching;
 /// </remarks>
 internal sealed class DataKeyCache : IDisposable
 {
-    private static readonly Meter Meter = new("Kms.Client");
-    private static readonly Counter<long> Lookups = Meter.CreateCounter<long>("kms.client.data_key_cache.lookups", description: "Data-key cache lookups by cache (encrypt, decrypt) and result (hit, miss, coalesced)");
 
     private const int MaxRounds = 4;
 
@@ -303,7 +300,7 @@ internal sealed class DataKeyCache : IDisposable
     private static void Count(ref long counter, string cache, string result)
     {
         Interlocked.Increment(ref counter);
-        Lookups.Add(1, new KeyValuePair<string, object?>("cache", cache), new KeyValuePair<string, object?>("result", result));
+        ClientMetrics.DataKeyCacheLookups.Add(1, new KeyValuePair<string, object?>("cache", cache), new KeyValuePair<string, object?>("result", result));
     }
 }
 

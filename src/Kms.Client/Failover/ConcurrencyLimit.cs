@@ -1,4 +1,3 @@
-using System.Diagnostics.Metrics;
 using Grpc.Core;
 using Microsoft.Extensions.Logging;
 
@@ -14,12 +13,6 @@ namespace Kms.Client.Failover;
 /// </summary>
 internal sealed class ConcurrencyLimit(int maxCalls, ILogger logger)
 {
-    private static readonly Meter Meter = new("Kms.Client");
-    private static readonly Counter<long> Shed = Meter.CreateCounter<long>(
-        "kms.client.calls_shed",
-        unit: "{attempt}",
-        description: "Unary attempts not sent because MaxConcurrentCalls attempts were on the wire to the endpoint");
-
     private long _refused;
     private long _shedSinceLog;
     private long _lastLog;
@@ -58,7 +51,7 @@ internal sealed class ConcurrencyLimit(int maxCalls, ILogger logger)
     public RpcException Refuse(string method, KmsEndpoint endpoint)
     {
         Interlocked.Increment(ref _refused);
-        Shed.Add(1);
+        ClientMetrics.CallsShed.Add(1);
         var count = Interlocked.Increment(ref _shedSinceLog);
         var now = Environment.TickCount64;
         var last = Interlocked.Read(ref _lastLog);
