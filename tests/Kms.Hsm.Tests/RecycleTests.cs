@@ -37,12 +37,15 @@ public sealed class RecycleTests
         var checkValue = hsm.DomainKeyCheckValue;
 
         // Four callers, each asking for keys the cache of 4 cannot all hold: nearly every call
-        // unwraps a copy and destroys another (a later call does, MemoryCache reporting evictions
-        // asynchronously), so the threshold of 40 is crossed again and again while calls are
-        // running. They go on until three recycles have happened (or give up after 3,000 rounds each).
+        // unwraps a copy and destroys another (the evicted copy, by a later call holding a
+        // session), so the threshold of 40 is crossed again and again while calls are running.
+        // They go on until three recycles have happened, or for at most a minute: a round count
+        // once ran out on a loaded CI machine with one recycle done, so the bound is time.
+        var giveUpAt = DateTime.UtcNow + TimeSpan.FromMinutes(1);
+        var rounds = new int[4];
         var workers = Enumerable.Range(0, 4).Select(worker => Task.Run(async () =>
         {
-            for (var i = 0; hsm.Recycles < 3 && i < 3000; i++)
+            for (var i = 0; hsm.Recycles < 3 && DateTime.UtcNow < giveUpAt; i++)
             {
                 var k = (worker * 7 + i * 5) % keys.Length;
                 Assert.Equal([(byte)k], await hsm.DecryptAesGcmAsync(keys[k], new byte[12], [], sealedBefore[k], default));
@@ -50,6 +53,7 @@ public sealed class RecycleTests
                 var plaintext = RandomNumberGenerator.GetBytes(1 + i % 40);
                 var sealedNow = await hsm.EncryptAesGcmAsync(keys[k], iv, [], plaintext, default);
                 Assert.Equal(plaintext, await hsm.DecryptAesGcmAsync(keys[k], iv, [], sealedNow, default));
+                rounds[worker] = i + 1;
             }
         })).ToList();
         await Task.WhenAll(workers);
@@ -59,7 +63,7 @@ public sealed class RecycleTests
         }
 
         Assert.False(hsm.Recycling);
-        Assert.True(hsm.Recycles >= 3, $"{hsm.Recycles} recycles");
+        Assert.True(hsm.Recycles >= 3, $"{hsm.Recycles} recycles after {string.Join("/", rounds)} rounds, module generation {moduleGeneration} -> {hsm.Module.Generation}, {hsm.Module.DestroyedObjects} destroyed since; log: {string.Join(" | ", logger.Messages)}");
         Assert.True(hsm.Module.Generation > moduleGeneration); // (one recycle may have begun during the set-up)
         Assert.Equal(checkValue, hsm.DomainKeyCheckValue);
         Assert.Equal(hsm.Recycles, hsm.HeapTrims); // what C_Finalize freed handed back each time
