@@ -109,6 +109,7 @@ public sealed class OverloadTests
             var e = await Assert.ThrowsAsync<RpcException>(() => developer.GenerateRandomAsync(8));
             Assert.Equal(StatusCode.Unavailable, e.StatusCode);
             Assert.Equal("the server is overloaded; retry with backoff", e.Status.Detail);
+            Assert.Equal("queue_delay", e.Trailers.GetValue("kms-shed"));
         }
 
         var seconds = clock.Elapsed.TotalSeconds;
@@ -147,11 +148,37 @@ public sealed class OverloadTests
         var e = await Assert.ThrowsAsync<RpcException>(() => developer.GenerateRandomAsync(8));
         Assert.Equal(StatusCode.Unavailable, e.StatusCode);
         Assert.Equal("the server is at capacity; retry with backoff", e.Status.Detail);
+        Assert.Equal("capacity", e.Trailers.GetValue("kms-shed"));
+        Assert.InRange(int.Parse(e.Trailers.GetValue("grpc-retry-pushback-ms")!, System.Globalization.CultureInfo.InvariantCulture), 50, 149);
         Assert.Equal(1, shed.Capacity);
         Assert.Contains(server.Logs.Events, line => line.Contains("Reason=\"capacity\"", StringComparison.Ordinal));
 
         using var channel = server.CreateChannel();
         Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, (await new global::Grpc.Health.V1.Health.HealthClient(channel).CheckAsync(new HealthCheckRequest())).Status);
+    }
+
+    [Fact]
+    public async Task Server_AtCapacity_SdkSendsEvenAOnceOnlyCreationAgain_EachAttemptShed()
+    {
+        // The shed answer crosses the interceptors and the wire with its trailers: the SDK sends a
+        // CreateTenant (once-only: a lost answer to it is never retried) again, because the server
+        // said it did nothing.
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev", "--Kms:MaxConcurrentCalls=0");
+        using var admin = new KmsClient(new KmsClientOptions
+        {
+            Endpoint = server.Address,
+            CaCertificatePath = server.CaCertificatePath,
+            ApiToken = server.DeploymentAdminToken,
+            Retry = new KmsRetryOptions { MaxAttempts = 3, BaseBackoff = TimeSpan.FromMilliseconds(10), MaxBackoff = TimeSpan.FromMilliseconds(200) },
+        });
+        using var shed = new ShedCounter();
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => admin.CreateTenantAsync("acme"));
+
+        Assert.Equal(StatusCode.Unavailable, e.StatusCode);
+        Assert.Equal("the server is at capacity; retry with backoff", e.Status.Detail);
+        Assert.Equal(3, shed.Capacity);
+        Assert.Equal(3, shed.ClientSawShed);
     }
 
     /// <summary>
@@ -198,23 +225,29 @@ public sealed class OverloadTests
         private readonly MeterListener _listener = new();
         private int _queueDelay;
         private int _capacity;
+        private int _clientSawShed;
 
         public ShedCounter()
         {
             _listener.InstrumentPublished = (instrument, listener) =>
             {
-                if (instrument.Meter.Name == KmsMetrics.MeterName && instrument.Name == "calls_shed_total")
+                if ((instrument.Meter.Name == KmsMetrics.MeterName && instrument.Name == "calls_shed_total")
+                    || (instrument.Meter.Name == "Kms.Client" && instrument.Name == "kms.client.calls_shed"))
                 {
                     listener.EnableMeasurementEvents(instrument);
                 }
             };
-            _listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
+            _listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) =>
             {
                 foreach (var tag in tags)
                 {
                     if (tag.Key == "reason")
                     {
                         _ = (string?)tag.Value == "queue_delay" ? Interlocked.Add(ref _queueDelay, (int)value) : Interlocked.Add(ref _capacity, (int)value);
+                    }
+                    else if (tag is { Key: "by", Value: "server" })
+                    {
+                        Interlocked.Add(ref _clientSawShed, (int)value);
                     }
                 }
             });
@@ -224,6 +257,9 @@ public sealed class OverloadTests
         public int QueueDelay => Volatile.Read(ref _queueDelay);
 
         public int Capacity => Volatile.Read(ref _capacity);
+
+        /// <summary>Shed answers the SDK counted (<c>kms.client.calls_shed</c>, <c>by=server</c>).</summary>
+        public int ClientSawShed => Volatile.Read(ref _clientSawShed);
 
         public void Dispose() => _listener.Dispose();
     }

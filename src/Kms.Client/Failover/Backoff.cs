@@ -14,6 +14,9 @@ internal sealed class Backoff(TimeSpan baseDelay, TimeSpan maxDelay, Func<double
     // keeps the arithmetic finite for callers that count very high.
     private const int MaxDoublings = 30;
 
+    /// <summary>The largest ceiling of any wait.</summary>
+    public TimeSpan MaxDelay => maxDelay;
+
     /// <summary>The upper bound of the <paramref name="backoff"/>-th wait (from 1).</summary>
     public TimeSpan Ceiling(int backoff)
     {

@@ -13,9 +13,8 @@ namespace Kms.Client.Failover;
 /// </summary>
 internal sealed class ConcurrencyLimit(int maxCalls, ILogger logger)
 {
+    private readonly LogThrottle _log = new();
     private long _refused;
-    private long _shedSinceLog;
-    private long _lastLog;
 
     /// <summary>Attempts refused a place since this limit was made.</summary>
     public long Refused => Interlocked.Read(ref _refused);
@@ -51,13 +50,9 @@ internal sealed class ConcurrencyLimit(int maxCalls, ILogger logger)
     public RpcException Refuse(string method, KmsEndpoint endpoint)
     {
         Interlocked.Increment(ref _refused);
-        ClientMetrics.CallsShed.Add(1);
-        var count = Interlocked.Increment(ref _shedSinceLog);
-        var now = Environment.TickCount64;
-        var last = Interlocked.Read(ref _lastLog);
-        if (now - last >= 1000 && Interlocked.CompareExchange(ref _lastLog, now, last) == last)
+        ClientMetrics.CallsShed.Add(1, ClientMetrics.ShedByClient);
+        if (_log.Count() is > 0 and var count)
         {
-            Interlocked.Add(ref _shedSinceLog, -count);
             ClientLog.CallsShed(logger, method, count, maxCalls, endpoint.Address);
         }
 

@@ -26,6 +26,7 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
     private readonly TimeSpan _callTimeout;
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
+    private readonly LogThrottle _serverShedLog = new();
 
     /// <param name="pool">The endpoints; disposed with this invoker.</param>
     /// <param name="maxAttempts">Attempts per call, the first included.</param>
@@ -117,15 +118,17 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
     /// <summary>Stops probes and closes the connections.</summary>
     public void Dispose() => _pool.Dispose();
 
-    // An attempt that finds no place on its endpoint under `limit` is not sent: an UNAVAILABLE
-    // attempt that never left the client — at once to another endpoint with room, else after a
-    // backoff of which half is certain; its endpoint is not blamed.
+    // An attempt that finds no place on its endpoint under `limit` is not sent, and one a server
+    // sheds (UNAVAILABLE with kms-shed: full, nothing done) was not run: either goes at once to
+    // another endpoint believed up, else after a backoff of which half is certain (and at least the
+    // server's pushback); its endpoint is not blamed, and any method may be sent again.
     private async Task<TResult> WithFailoverAsync<TResult>(IMethod method, object request, DateTime? deadline, ConcurrencyLimit? limit, Func<KmsEndpoint, Task<TResult>> attempt, CancellationToken cancellationToken)
     {
         List<KmsEndpoint>? tried = null;
         RpcException? last = null;
         var backoffs = 0;
-        var notSent = false;
+        var full = false; // the last attempt found its endpoint full: not sent, or shed by the server
+        var pushback = TimeSpan.Zero;
         for (var number = 1; ; number++)
         {
             var (endpoint, fresh) = _pool.Pick(tried);
@@ -133,7 +136,7 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
             {
                 // Another endpoint believed up is tried at once: its health is not in doubt.
                 // Going back to one that failed, or to one believed down, waits first.
-                var delay = fresh ? TimeSpan.Zero : notSent ? _backoff.DelayAtLeastHalf(++backoffs) : _backoff.Delay(++backoffs);
+                var delay = fresh ? TimeSpan.Zero : full ? Max(_backoff.DelayAtLeastHalf(++backoffs), pushback) : _backoff.Delay(++backoffs);
                 if (deadline is { } end && _time.GetUtcNow().UtcDateTime + delay >= end)
                 {
                     ExceptionDispatchInfo.Throw(last);
@@ -146,7 +149,7 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
             if (limit is not null && !limit.TryEnter(endpoint))
             {
                 last = limit.Refuse(method.FullName, endpoint);
-                notSent = true;
+                (full, pushback) = (true, TimeSpan.Zero);
                 (tried ??= []).Add(endpoint);
                 if (number >= _maxAttempts)
                 {
@@ -156,7 +159,7 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
                 continue;
             }
 
-            notSent = false;
+            full = false;
             try
             {
                 var result = await attempt(endpoint).ConfigureAwait(false);
@@ -165,7 +168,16 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
             }
             catch (RpcException e) when (RetrySafety.AsUnavailable(e, cancellationToken) is { } failure)
             {
-                _pool.MarkDown(endpoint, method.FullName, failure);
+                if (RetrySafety.ShedByServer(failure))
+                {
+                    ServerShed(method.FullName, endpoint, failure);
+                    (full, pushback) = (true, RetrySafety.Pushback(failure, _backoff.MaxDelay));
+                }
+                else
+                {
+                    _pool.MarkDown(endpoint, method.FullName, failure);
+                }
+
                 if (number >= _maxAttempts || !RetrySafety.MayRetry(method, request, failure))
                 {
                     ExceptionDispatchInfo.Throw(failure);
@@ -189,6 +201,19 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
                     ConcurrencyLimit.Exit(endpoint);
                 }
             }
+        }
+    }
+
+    private static TimeSpan Max(TimeSpan a, TimeSpan b) => a > b ? a : b;
+
+    // A shed answer is what a full node gives thousands of times a second: counted every time,
+    // logged at most once a second with the count.
+    private void ServerShed(string method, KmsEndpoint endpoint, RpcException failure)
+    {
+        ClientMetrics.CallsShed.Add(1, ClientMetrics.ShedByServer);
+        if (_serverShedLog.Count() is > 0 and var count)
+        {
+            ClientLog.ShedByServer(_logger, method, count, endpoint.Address, failure.Trailers.GetValue(RetrySafety.ShedTrailer) ?? "");
         }
     }
 

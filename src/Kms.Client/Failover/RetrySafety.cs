@@ -24,12 +24,20 @@ namespace Kms.Client.Failover;
 /// Every other call — creations without a request id (a repeated CreateGrant would leave a
 /// second grant; a repeated CreateApiToken, a live token whose secret nobody has), Bootstrap,
 /// and any method this table does not know — is sent again only when the first attempt
-/// provably never left the client: the connection or its TLS handshake failed.
+/// provably never left the client (the connection or its TLS handshake failed), or when the
+/// server said it did nothing: a node that is full sheds a call with UNAVAILABLE and a
+/// <c>kms-shed</c> trailer before any of it runs.
 /// </summary>
 internal static class RetrySafety
 {
     /// <summary>The trailer of a FAILED_PRECONDITION from a node outside the key's residency region (it did nothing).</summary>
     public const string ResidencyTrailer = "kms-residency";
+
+    /// <summary>The trailer of an UNAVAILABLE a full server answered before doing anything of the call (its value is the reason).</summary>
+    public const string ShedTrailer = "kms-shed";
+
+    /// <summary>gRPC's retry pushback (gRFC A6): the server's wait, in milliseconds, before the next attempt.</summary>
+    public const string RetryPushbackTrailer = "grpc-retry-pushback-ms";
 
     /// <summary>The request field that makes a mutation idempotent server-side.</summary>
     public const string RequestIdField = "request_id";
@@ -67,7 +75,23 @@ internal static class RetrySafety
 
     /// <summary>Whether a failed attempt of <paramref name="method"/> with <paramref name="request"/> may be sent again.</summary>
     public static bool MayRetry(IMethod method, object request, RpcException failure) =>
-        failure.StatusCode == StatusCode.Unavailable && (IsRepeatable(method, request) || NeverSent(failure));
+        failure.StatusCode == StatusCode.Unavailable && (IsRepeatable(method, request) || NeverSent(failure) || ShedByServer(failure));
+
+    /// <summary>
+    /// True when a server shed the call: UNAVAILABLE with the <c>kms-shed</c> trailer, answered before
+    /// anything of the call ran. The node is up, only full: it is not taken out of the rotation.
+    /// </summary>
+    public static bool ShedByServer(RpcException failure) =>
+        failure.StatusCode == StatusCode.Unavailable && failure.Trailers.Get(ShedTrailer) is not null;
+
+    /// <summary>
+    /// The server's <c>grpc-retry-pushback-ms</c>, at most <paramref name="most"/>; zero when it sent none
+    /// or one that is not a non-negative number of milliseconds.
+    /// </summary>
+    public static TimeSpan Pushback(RpcException failure, TimeSpan most) =>
+        int.TryParse(failure.Trailers.GetValue(RetryPushbackTrailer), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var ms)
+            ? TimeSpan.FromMilliseconds(Math.Min(ms, most.TotalMilliseconds))
+            : TimeSpan.Zero;
 
     /// <summary>Whether sending the call twice is harmless (see the class remarks).</summary>
     public static bool IsRepeatable(IMethod method, object request) =>

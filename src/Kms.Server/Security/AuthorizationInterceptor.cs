@@ -30,6 +30,12 @@ internal sealed partial class AuthorizationInterceptor(
     /// <summary>Where the authenticated caller is kept for the handler (<see cref="ServerCallContext.UserState"/>).</summary>
     public const string CallerKey = "kms.caller";
 
+    /// <summary>The trailer of a call shed before anything of it was done: its value is the reason (<c>capacity</c>, <c>queue_delay</c>).</summary>
+    public const string ShedTrailer = "kms-shed";
+
+    /// <summary>gRPC's retry pushback (gRFC A6): milliseconds a client's retry policy waits before the next attempt.</summary>
+    public const string RetryPushbackTrailer = "grpc-retry-pushback-ms";
+
     private static readonly KeyValuePair<string, object?> CapacityReason = new("reason", "capacity");
     private static readonly KeyValuePair<string, object?> QueueDelayReason = new("reason", "queue_delay");
     private readonly int _maxConcurrentCalls = options.Value.MaxConcurrentCalls;
@@ -202,18 +208,29 @@ internal sealed partial class AuthorizationInterceptor(
         if (overload.ShouldShed())
         {
             Shed(QueueDelayReason, context.Method);
-            throw new RpcException(new global::Grpc.Core.Status(StatusCode.Unavailable, "the server is overloaded; retry with backoff"));
+            throw ShedFailure("the server is overloaded; retry with backoff", QueueDelayReason);
         }
 
         if (Interlocked.Increment(ref _inFlight) > _maxConcurrentCalls)
         {
             Interlocked.Decrement(ref _inFlight);
             Shed(CapacityReason, context.Method);
-            throw new RpcException(new global::Grpc.Core.Status(StatusCode.Unavailable, "the server is at capacity; retry with backoff"));
+            throw ShedFailure("the server is at capacity; retry with backoff", CapacityReason);
         }
 
         return new Slot(this);
     }
+
+    // A shed call's UNAVAILABLE says so in its trailers: `kms-shed` (the reason) tells a client
+    // that nothing of the call was done — any method may be sent again — and that this node is up,
+    // only full; `grpc-retry-pushback-ms` (gRFC A6) is the wait a gRPC client's own retry policy
+    // honours, drawn in [50, 150) ms so that the calls shed together do not come back together.
+    private static RpcException ShedFailure(string message, KeyValuePair<string, object?> reason) =>
+        new(new global::Grpc.Core.Status(StatusCode.Unavailable, message), new Metadata
+        {
+            { ShedTrailer, (string)reason.Value! },
+            { RetryPushbackTrailer, Random.Shared.Next(50, 150).ToString(System.Globalization.CultureInfo.InvariantCulture) },
+        });
 
     // Shedding is what an overloaded server does thousands of times a second: it is counted
     // every time and logged at most once a second, with the count.

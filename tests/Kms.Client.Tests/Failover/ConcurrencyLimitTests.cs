@@ -101,7 +101,16 @@ public sealed class ConcurrencyLimitTests
                 }
             },
         };
-        listener.SetMeasurementEventCallback<long>((_, value, _, _) => Interlocked.Add(ref shed, value));
+        listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
+        {
+            foreach (var tag in tags)
+            {
+                if (tag is { Key: "by", Value: "client" })
+                {
+                    Interlocked.Add(ref shed, value);
+                }
+            }
+        });
         listener.Start();
 
         var held = fake.Client.Raw.GetKeyAsync(AnyGet).ResponseAsync;

@@ -15,7 +15,8 @@ internal sealed class FakeClient : IDisposable
         TimeSpan? maxBackoff = null,
         TimeSpan? callTimeout = null,
         TimeSpan? healthCheckInterval = null,
-        int? maxConcurrentCalls = null)
+        int? maxConcurrentCalls = null,
+        Microsoft.Extensions.Logging.ILogger? logger = null)
     {
         Endpoints = endpoints;
         var pool = new EndpointPool(
@@ -23,14 +24,14 @@ internal sealed class FakeClient : IDisposable
             Time,
             healthCheckInterval ?? TimeSpan.FromSeconds(5),
             TimeSpan.FromSeconds(1),
-            NullLogger.Instance);
+            logger ?? NullLogger.Instance);
         Invoker = new FailoverCallInvoker(
             pool,
             maxAttempts,
             new Backoff(baseBackoff ?? TimeSpan.FromSeconds(1), maxBackoff ?? TimeSpan.FromSeconds(10), () => unitRandom),
             callTimeout ?? TimeSpan.FromSeconds(30),
             Time,
-            NullLogger.Instance)
+            logger ?? NullLogger.Instance)
         {
             Limit = maxConcurrentCalls is { } max ? new ConcurrencyLimit(max, NullLogger.Instance) : null,
         };

@@ -70,6 +70,37 @@ public sealed class RetrySafetyTests
         }
     }
 
+    [Fact]
+    public void MayRetry_OnceOnlyMethod_OnlyWhenNeverSentOrShedByTheServer()
+    {
+        var method = Method("/kms.v1.KeyManagementService/CreateGrant");
+        Assert.False(RetrySafety.MayRetry(method, new GetKeyRequest(), ScriptedEndpoint.LostAnswer()));
+        Assert.True(RetrySafety.MayRetry(method, new GetKeyRequest(), ScriptedEndpoint.ConnectionRefused()));
+        Assert.True(RetrySafety.MayRetry(method, new GetKeyRequest(), ScriptedEndpoint.Shed()));
+
+        // The trailer means something only on UNAVAILABLE.
+        var shedTrailers = ScriptedEndpoint.Shed().Trailers;
+        Assert.False(RetrySafety.MayRetry(method, new GetKeyRequest(), new RpcException(new Status(StatusCode.Internal, "x"), shedTrailers)));
+        Assert.False(RetrySafety.ShedByServer(new RpcException(new Status(StatusCode.ResourceExhausted, "x"), shedTrailers)));
+        Assert.False(RetrySafety.ShedByServer(ScriptedEndpoint.LostAnswer()));
+        Assert.True(RetrySafety.ShedByServer(ScriptedEndpoint.Shed("queue_delay", null)));
+    }
+
+    [Theory]
+    [InlineData("120", 120)]
+    [InlineData("0", 0)]
+    [InlineData("60000", 2000)] // capped by the most a backoff waits
+    [InlineData("-1", 0)] // gRFC A6: "do not retry"; the KMS's own rule decides, with its own wait
+    [InlineData(" 5", 0)]
+    [InlineData("1.5", 0)]
+    [InlineData("soon", 0)]
+    [InlineData("99999999999", 0)]
+    [InlineData(null, 0)]
+    public void Pushback_NonNegativeMillisecondsOnly_Capped(string? value, int expectedMs)
+    {
+        Assert.Equal(TimeSpan.FromMilliseconds(expectedMs), RetrySafety.Pushback(ScriptedEndpoint.Shed("capacity", value), TimeSpan.FromSeconds(2)));
+    }
+
     private static IEnumerable<MethodDescriptor> Rpcs() =>
         new[] { KeyManagementService.Descriptor, AccessManagementService.Descriptor, AuditService.Descriptor, QuorumService.Descriptor }.SelectMany(s => s.Methods);
 

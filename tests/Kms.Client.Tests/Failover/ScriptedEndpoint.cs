@@ -59,6 +59,18 @@ internal sealed class ScriptedEndpoint(string name) : CallInvoker
     /// <summary>UNAVAILABLE with nothing saying whether the request reached a server (a connection lost mid-call, or the server's own answer).</summary>
     public static RpcException LostAnswer() => new(new Status(StatusCode.Unavailable, "connection reset"));
 
+    /// <summary>UNAVAILABLE as a full KMS node sheds a call: nothing done, the reason and a pushback in its trailers.</summary>
+    public static RpcException Shed(string reason = "capacity", string? pushbackMs = "100")
+    {
+        var trailers = new Metadata { { "kms-shed", reason } };
+        if (pushbackMs is not null)
+        {
+            trailers.Add("grpc-retry-pushback-ms", pushbackMs);
+        }
+
+        return new(new Status(StatusCode.Unavailable, "the server is at capacity; retry with backoff"), trailers);
+    }
+
     public override TResponse BlockingUnaryCall<TRequest, TResponse>(Method<TRequest, TResponse> method, string? host, CallOptions options, TRequest request) =>
         AsyncUnaryCall(method, host, options, request).ResponseAsync.GetAwaiter().GetResult();
 

@@ -1,0 +1,26 @@
+namespace Kms.Client.Failover;
+
+/// <summary>
+/// Counts something that can happen thousands of times a second (a shed attempt) and says when
+/// to log it: at most once a second, with the count since the last time.
+/// </summary>
+internal sealed class LogThrottle
+{
+    private long _sinceLog;
+    private long _lastLog;
+
+    /// <summary>Counts one; the count to log when a second has passed since the last log, else 0.</summary>
+    public long Count()
+    {
+        var count = Interlocked.Increment(ref _sinceLog);
+        var now = Environment.TickCount64;
+        var last = Interlocked.Read(ref _lastLog);
+        if (now - last >= 1000 && Interlocked.CompareExchange(ref _lastLog, now, last) == last)
+        {
+            Interlocked.Add(ref _sinceLog, -count);
+            return count;
+        }
+
+        return 0;
+    }
+}

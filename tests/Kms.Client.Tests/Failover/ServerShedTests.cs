@@ -1,0 +1,139 @@
+using System.Diagnostics.Metrics;
+using Grpc.Core;
+using Kms.Contracts.V1;
+using Microsoft.Extensions.Logging;
+
+namespace Kms.Client.Tests.Failover;
+
+/// <summary>
+/// A full KMS node sheds a call with UNAVAILABLE and a <c>kms-shed</c> trailer before doing any of
+/// it. The SDK keeps the node in the rotation (it is up, only full), sends the call at once to
+/// another endpoint believed up or after a backoff of which half is certain and which is at least
+/// the server's pushback, and may send any method again — a once-only creation included. Against
+/// scripted endpoints on a fake clock.
+/// </summary>
+public sealed class ServerShedTests
+{
+    private static readonly GetKeyRequest AnyGet = new() { Name = "tenants/dev/keys/k" };
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(10);
+
+    [Fact]
+    public async Task Call_ShedByOneEndpoint_SentAtOnceToAnother_NeitherTakenOut_ShedLoggedNotEndpointDown()
+    {
+        var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.Shed() };
+        var b = new ScriptedEndpoint("b");
+        using var sink = new LogSink();
+        using var fake = new FakeClient([a, b], logger: sink.CreateLogger("test"));
+
+        for (var i = 0; i < 4; i++)
+        {
+            await fake.Client.GetKeyAsync(AnyGet.Name).WaitAsync(Patience); // no time passes: at once to b
+        }
+
+        // a stays in the round-robin: every call is offered to it first, and b answers.
+        Assert.Equal((4, 4), (a.Calls, b.Calls));
+        Assert.True(fake.IsUp(a) && fake.IsUp(b));
+        Assert.DoesNotContain(sink.Events, e => e.EventId == 3001);
+        var shedLog = sink.Events.First(e => e.EventId == 3006);
+        Assert.Equal(LogLevel.Warning, shedLog.Level);
+        Assert.Contains("1 attempts shed by https://a.test:8443/", shedLog.Message, StringComparison.Ordinal);
+        Assert.Contains("capacity", shedLog.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Call_PlainUnavailable_StillTakesTheEndpointOut()
+    {
+        // The contrast: without the trailer nothing says the node is up.
+        var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.LostAnswer() };
+        var b = new ScriptedEndpoint("b");
+        using var fake = new FakeClient([a, b]);
+
+        for (var i = 0; i < 4; i++)
+        {
+            await fake.Client.GetKeyAsync(AnyGet.Name).WaitAsync(Patience);
+        }
+
+        Assert.Equal((1, 4), (a.Calls, b.Calls));
+        Assert.False(fake.IsUp(a));
+    }
+
+    [Fact]
+    public async Task CreateGrant_ShedByTheServer_SentAgainThoughOnceOnly()
+    {
+        // A lost answer to CreateGrant is not retried (FailoverCallInvokerTests); a shed one did nothing.
+        var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.Shed() };
+        var b = new ScriptedEndpoint("b");
+        using var fake = new FakeClient([a, b]);
+
+        await fake.Client.CreateGrantAsync("tenants/dev/keys/k", new KeyGrant { Grantee = "token:x" }).WaitAsync(Patience);
+
+        Assert.Equal((1, 1), (a.Calls, b.Calls));
+        Assert.True(fake.IsUp(a));
+    }
+
+    [Theory]
+    [InlineData("800", 800)] // the pushback is longer than half the ceiling (500 ms): it is waited
+    [InlineData("100", 500)] // shorter: half the ceiling is
+    [InlineData("60000", 2_000)] // capped at the longest backoff
+    [InlineData(null, 500)]
+    [InlineData("-1", 500)]
+    public async Task Call_ShedByTheOnlyEndpoint_RetriedAfterHalfTheCeilingOrThePushback_WhicheverIsLonger(string? pushbackMs, int waitMs)
+    {
+        var answers = 0;
+        var a = new ScriptedEndpoint("a") { Respond = _ => Interlocked.Increment(ref answers) == 1 ? throw ScriptedEndpoint.Shed("queue_delay", pushbackMs) : null };
+        using var fake = new FakeClient([a], unitRandom: 0, baseBackoff: TimeSpan.FromSeconds(1), maxBackoff: TimeSpan.FromSeconds(2));
+
+        var call = fake.Client.GetKeyAsync(AnyGet.Name);
+        await Eventually.TrueAsync(() => a.Calls == 1, "the first attempt is sent");
+        fake.Time.Advance(TimeSpan.FromMilliseconds(waitMs - 1));
+        await Eventually.StillAsync(() => a.Calls == 1, "no second attempt before the wait");
+        fake.Time.Advance(TimeSpan.FromMilliseconds(1));
+        await call.WaitAsync(Patience);
+
+        Assert.Equal(2, a.Calls);
+        Assert.True(fake.IsUp(a));
+    }
+
+    [Fact]
+    public async Task Call_ShedOnEveryAttempt_UnavailableWithTheServersMessage_EndpointUp_EachShedCounted()
+    {
+        var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.Shed() };
+        using var fake = new FakeClient([a], maxAttempts: 3, unitRandom: 0, baseBackoff: TimeSpan.FromMilliseconds(100));
+        var shed = 0L;
+        using var listener = new MeterListener
+        {
+            InstrumentPublished = (instrument, l) =>
+            {
+                if (instrument.Meter.Name == "Kms.Client" && instrument.Name == "kms.client.calls_shed")
+                {
+                    l.EnableMeasurementEvents(instrument);
+                }
+            },
+        };
+        listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
+        {
+            foreach (var tag in tags)
+            {
+                if (tag is { Key: "by", Value: "server" })
+                {
+                    Interlocked.Add(ref shed, value); // only this class's tests answer shed, one at a time
+                }
+            }
+        });
+        listener.Start();
+
+        var call = fake.Client.GetKeyAsync(AnyGet.Name);
+        for (var sent = 1; sent < 3; sent++)
+        {
+            await Eventually.TrueAsync(() => a.Calls == sent, $"attempt {sent} is sent");
+            fake.Time.Advance(TimeSpan.FromMilliseconds(100)); // each wait: the pushback (100 ms), at least half the ceiling
+        }
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => call.WaitAsync(Patience));
+        Assert.Equal(StatusCode.Unavailable, e.StatusCode);
+        Assert.Equal("the server is at capacity; retry with backoff", e.Status.Detail);
+        Assert.Equal(3, a.Calls);
+        Assert.Equal(3, Interlocked.Read(ref shed));
+        Assert.True(fake.IsUp(a));
+    }
+}
