@@ -328,5 +328,5 @@ internal static class LoadGenerator
         return (all.Length * batch.Requests.Count / elapsed, Percentile(all, 0.50), Percentile(all, 0.99), errors);
     }
 
-    private static double Percentile(double[] sorted, double p) => sorted.Length == 0 ? 0 : sorted[(int)Math.Min(sorted.Length - 1, Math.Floor(p * sorted.Length))];
+    internal static double Percentile(double[] sorted, double p) => sorted.Length == 0 ? 0 : sorted[(int)Math.Min(sorted.Length - 1, Math.Floor(p * sorted.Length))];
 }

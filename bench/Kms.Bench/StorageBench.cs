@@ -21,7 +21,9 @@ namespace Kms.Bench;
 internal static class StorageBench
 {
     private const string DomainKeyId = "dk-bench";
-    private const string Tenant = "bench";
+
+    /// <summary>The tenant of the service principal <see cref="StartNodesAsync"/> makes.</summary>
+    internal const string Tenant = "bench";
 
     // Decrypt draws from this many ciphertexts, made before the clock starts.
     private const int CiphertextPool = 64;
@@ -57,20 +59,7 @@ internal static class StorageBench
         var warmUpErrors = 0;
         try
         {
-            var domainKey = RandomNumberGenerator.GetBytes(32);
-            try
-            {
-                foreach (var token in tokens)
-                {
-                    using var ceremony = HsmCeremonySession.Open(token.Options, Encoding.UTF8.GetBytes(token.Pin));
-                    ceremony.ImportDomainKey(domainKey, "kms-domain-key", DomainKeyId);
-                }
-            }
-            finally
-            {
-                CryptographicOperations.ZeroMemory(domainKey);
-            }
-
+            ImportOneDomainKey(tokens);
             await using var cluster = await PostgresCluster.StartAsync();
             Console.WriteLine($"PostgreSQL: {cluster.Origin}");
 
@@ -134,7 +123,25 @@ internal static class StorageBench
         return 0;
     }
 
-    private static async Task<string[]> PostgresArgumentsAsync(PostgresCluster cluster) =>
+    /// <summary>The ceremony's import of one fresh domain key into every token: one deployment.</summary>
+    internal static void ImportOneDomainKey(IEnumerable<BenchToken> tokens)
+    {
+        var domainKey = RandomNumberGenerator.GetBytes(32);
+        try
+        {
+            foreach (var token in tokens)
+            {
+                using var ceremony = HsmCeremonySession.Open(token.Options, Encoding.UTF8.GetBytes(token.Pin));
+                ceremony.ImportDomainKey(domainKey, "kms-domain-key", DomainKeyId);
+            }
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(domainKey);
+        }
+    }
+
+    internal static async Task<string[]> PostgresArgumentsAsync(PostgresCluster cluster) =>
         ["--Storage:Provider=postgres", $"--Storage:Postgres:ConnectionString={await cluster.CreateDatabaseAsync()}"];
 
     private static async Task<Figures> MeasureAsync(string root, string config, BenchToken[] tokens, string[] storage, TimeSpan duration, int concurrency)
@@ -142,27 +149,7 @@ internal static class StorageBench
         var nodes = new List<WebApplication>();
         try
         {
-            var first = Path.Combine(root, "node-" + tokens[0].Options.TokenLabel);
-            var caCertificate = Path.Combine(first, "tls", "ca.crt");
-            string? apiToken = null;
-            foreach (var token in tokens)
-            {
-                var dataDir = Path.Combine(root, "node-" + token.Options.TokenLabel);
-                if (nodes.Count > 0)
-                {
-                    // One deployment, one CA: the client trusts every node through the first node's ca.crt.
-                    Directory.CreateDirectory(Path.Combine(dataDir, "tls"));
-                    foreach (var file in Directory.GetFiles(Path.Combine(first, "tls")))
-                    {
-                        File.Copy(file, Path.Combine(dataDir, "tls", Path.GetFileName(file)));
-                    }
-                }
-
-                nodes.Add(await StartNodeAsync(token, dataDir, config, storage));
-
-                // Bootstrapped before the next node starts, which then finds an admin and issues no credential of its own.
-                apiToken ??= await BootstrapAsync(KmsServerApp.BoundAddresses(nodes[0]).Single(), caCertificate, Path.Combine(first, "bootstrap.token"));
-            }
+            var (caCertificate, apiToken) = await StartNodesAsync(nodes, root, config, tokens, storage, [], (_, _) => { });
             long commits = 0, events = 0;
             foreach (var node in nodes)
             {
@@ -217,8 +204,42 @@ internal static class StorageBench
         }
     }
 
+    /// <summary>
+    /// Starts one production-mode node per token into <paramref name="nodes"/> (the caller stops
+    /// them, also after a failure here): one deployment, one CA — the client trusts every node
+    /// through the first node's ca.crt — bootstrapped on the first. Returns that CA certificate
+    /// and the API token of a key-manager/key-user service principal.
+    /// </summary>
+    internal static async Task<(string CaCertificate, string ApiToken)> StartNodesAsync(
+        List<WebApplication> nodes, string root, string config, BenchToken[] tokens, string[] storage, string[] extraArgs, Action<int, IServiceCollection> configureServices)
+    {
+        var first = Path.Combine(root, "node-" + tokens[0].Options.TokenLabel);
+        var caCertificate = Path.Combine(first, "tls", "ca.crt");
+        string? apiToken = null;
+        foreach (var token in tokens)
+        {
+            var dataDir = Path.Combine(root, "node-" + token.Options.TokenLabel);
+            if (nodes.Count > 0)
+            {
+                Directory.CreateDirectory(Path.Combine(dataDir, "tls"));
+                foreach (var file in Directory.GetFiles(Path.Combine(first, "tls")))
+                {
+                    File.Copy(file, Path.Combine(dataDir, "tls", Path.GetFileName(file)));
+                }
+            }
+
+            var index = nodes.Count;
+            nodes.Add(await StartNodeAsync(token, dataDir, config, [.. storage, .. extraArgs], services => configureServices(index, services)));
+
+            // Bootstrapped before the next node starts, which then finds an admin and issues no credential of its own.
+            apiToken ??= await BootstrapAsync(KmsServerApp.BoundAddresses(nodes[0]).Single(), caCertificate, Path.Combine(first, "bootstrap.token"));
+        }
+
+        return (caCertificate, apiToken!);
+    }
+
     /// <summary>A production-mode node (no <c>--dev</c>) on <paramref name="token"/>, on an ephemeral 127.0.0.1 port.</summary>
-    private static async Task<WebApplication> StartNodeAsync(BenchToken token, string dataDir, string config, string[] storage)
+    private static async Task<WebApplication> StartNodeAsync(BenchToken token, string dataDir, string config, string[] args, Action<IServiceCollection> configureServices)
     {
         var (certificate, tlsKey) = DevCertificates.Ensure(Path.Combine(dataDir, "tls"), TimeProvider.System);
         var app = await KmsServerApp.BuildAsync(
@@ -234,8 +255,8 @@ internal static class StorageBench
 
             // The tenant quota (default 5,000 ops/s) would cap the loop; it is still metered.
             "--Kms:Quotas:OperationsPerSecond=10000000", "--Kms:Quotas:Burst=10000000",
-            .. storage,
-        ], logging => logging.MinimumLevel.Warning());
+            .. args,
+        ], logging => logging.MinimumLevel.Warning(), configureServices);
         await app.StartAsync();
         return app;
     }
