@@ -140,6 +140,42 @@ public sealed class OverloadTests
     }
 
     [Fact]
+    public async Task Server_ShedCalls_SpendNoQuota()
+    {
+        // A shed answer says nothing of the call was done: its tenant's quota included. (Taken
+        // before the shed, ten shed calls would have used up a burst of 3 and the fourth would
+        // have been RESOURCE_EXHAUSTED.)
+        var detector = new StandingQueueDetector(Target, Window);
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev", services => services.AddSingleton(new QueueDelayMonitor(detector)),
+            "--Kms:Quotas:Tenants:dev:OperationsPerSecond=0.001", "--Kms:Quotas:Tenants:dev:Burst=3");
+        using var developer = NonRetryingDeveloper(server);
+        var now = TimeSpan.Zero;
+        while (detector.ShedFraction < 1)
+        {
+            detector.Record(TimeSpan.FromMilliseconds(200), now);
+            now += Window;
+        }
+
+        for (var i = 0; i < 10; i++)
+        {
+            Assert.Equal(StatusCode.Unavailable, (await Assert.ThrowsAsync<RpcException>(() => developer.GenerateRandomAsync(8))).StatusCode);
+        }
+
+        while (detector.ShedFraction > 0)
+        {
+            detector.Record(TimeSpan.FromMilliseconds(1), now);
+            now += Window;
+        }
+
+        for (var i = 0; i < 3; i++)
+        {
+            Assert.Equal(8, (await developer.GenerateRandomAsync(8)).Length);
+        }
+
+        Assert.Equal(StatusCode.ResourceExhausted, (await Assert.ThrowsAsync<RpcException>(() => developer.GenerateRandomAsync(8))).StatusCode);
+    }
+
+    [Fact]
     public async Task Server_AtMaxConcurrentCalls_ShedsWithUnavailable_HealthServed()
     {
         await using var server = await KmsTestServer.StartAsync(null, null, "dev", "--Kms:MaxConcurrentCalls=0");
@@ -149,7 +185,7 @@ public sealed class OverloadTests
         Assert.Equal(StatusCode.Unavailable, e.StatusCode);
         Assert.Equal("the server is at capacity; retry with backoff", e.Status.Detail);
         Assert.Equal("capacity", e.Trailers.GetValue("kms-shed"));
-        Assert.InRange(int.Parse(e.Trailers.GetValue("grpc-retry-pushback-ms")!, System.Globalization.CultureInfo.InvariantCulture), 50, 149);
+        Assert.InRange(int.Parse(e.Trailers.GetValue("grpc-retry-pushback-ms")!, System.Globalization.CultureInfo.InvariantCulture), 50, 150);
         Assert.Equal(1, shed.Capacity);
         Assert.Contains(server.Logs.Events, line => line.Contains("Reason=\"capacity\"", StringComparison.Ordinal));
 

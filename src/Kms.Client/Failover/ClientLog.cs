@@ -20,6 +20,6 @@ internal static partial class ClientLog
     [LoggerMessage(EventId = 3005, Level = LogLevel.Warning, Message = "{Method}: {Count} attempts not sent since the last such message, {MaxCalls} calls being on the wire to {Endpoint} (MaxConcurrentCalls); each goes to another endpoint with room or is retried after a backoff while its attempts last")]
     public static partial void CallsShed(ILogger logger, string method, long count, int maxCalls, Uri endpoint);
 
-    [LoggerMessage(EventId = 3006, Level = LogLevel.Warning, Message = "{Method}: {Count} attempts shed by {Endpoint} since the last such message (the node is full: {Reason}; nothing of them was done); each goes to another endpoint believed up or is retried after a backoff while its attempts last, and the node stays in the rotation")]
+    [LoggerMessage(EventId = 3006, Level = LogLevel.Warning, Message = "{Count} attempts shed by full KMS nodes since the last such message (none of them run; the last: {Method} on {Endpoint}, {Reason}); each goes to another endpoint believed up or is retried after a backoff while its attempts last, and the nodes stay in the rotation")]
     public static partial void ShedByServer(ILogger logger, string method, long count, Uri endpoint, string reason);
 }

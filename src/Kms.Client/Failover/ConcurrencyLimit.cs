@@ -1,4 +1,5 @@
 using Grpc.Core;
+using Kms.Core;
 using Microsoft.Extensions.Logging;
 
 namespace Kms.Client.Failover;

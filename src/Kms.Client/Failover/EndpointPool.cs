@@ -7,7 +7,8 @@ namespace Kms.Client.Failover;
 /// <summary>
 /// The endpoints of one client and their health: round-robin over those believed up; one
 /// that fails UNAVAILABLE is taken out until a grpc.health.v1 probe finds it SERVING (or a
-/// call that had nowhere better to go succeeds on it).
+/// call that had nowhere better to go succeeds on it). One that sheds a call (it is full) stays
+/// in, passed over only for its pushback while another endpoint is free.
 /// </summary>
 /// <remarks>
 /// Probing is lazy: whenever an endpoint is picked, every endpoint that is down and was last
@@ -49,7 +50,8 @@ internal sealed class EndpointPool : IDisposable
 
     /// <summary>
     /// The endpoint for the next attempt of a call: the next endpoint in round-robin order
-    /// that is believed up and that this call has not tried (then <c>Fresh</c> is true);
+    /// that is believed up, not full (<see cref="MarkFull"/>) and that this call has not tried
+    /// (then <c>Fresh</c> is true);
     /// failing that, the least recently failed endpoint, preferring ones this call has not
     /// tried — a call is always tried somewhere, never refused because everything looks down.
     /// </summary>
@@ -61,12 +63,13 @@ internal sealed class EndpointPool : IDisposable
         List<KmsEndpoint>? probes = null;
         lock (_lock)
         {
+            var now = _time.GetUtcNow();
             var count = _endpoints.Length;
             for (var i = 0; i < count && chosen is null; i++)
             {
                 var index = (_next + i) % count;
                 var candidate = _endpoints[index];
-                if (candidate.IsUp && tried?.Contains(candidate) != true)
+                if (candidate.IsUp && now >= candidate.FullUntil && tried?.Contains(candidate) != true)
                 {
                     chosen = candidate;
                     fresh = true;
@@ -76,7 +79,6 @@ internal sealed class EndpointPool : IDisposable
 
             chosen ??= LeastRecentlyFailed(tried);
 
-            var now = _time.GetUtcNow();
             foreach (var endpoint in _endpoints)
             {
                 if (!endpoint.IsUp && !endpoint.Probing && now - endpoint.ProbedAt >= _probeInterval)
@@ -96,7 +98,7 @@ internal sealed class EndpointPool : IDisposable
         return (chosen, fresh);
     }
 
-    /// <summary>A call on <paramref name="endpoint"/> failed UNAVAILABLE: take it out of the rotation.</summary>
+    /// <summary>A call on <paramref name="endpoint"/> failed UNAVAILABLE (not a shed answer: <see cref="MarkFull"/>): take it out of the rotation.</summary>
     public void MarkDown(KmsEndpoint endpoint, string method, RpcException failure)
     {
         bool wasUp;
@@ -116,6 +118,18 @@ internal sealed class EndpointPool : IDisposable
         if (wasUp)
         {
             ClientLog.EndpointDown(_logger, endpoint.Address, method, failure.Status.Detail);
+        }
+    }
+
+    /// <summary>
+    /// <paramref name="endpoint"/> shed a call: it is up but full. It stays in the rotation; for
+    /// <paramref name="pushback"/> it is not offered calls while another endpoint is free.
+    /// </summary>
+    public void MarkFull(KmsEndpoint endpoint, TimeSpan pushback)
+    {
+        lock (_lock)
+        {
+            endpoint.FullUntil = _time.GetUtcNow() + pushback;
         }
     }
 

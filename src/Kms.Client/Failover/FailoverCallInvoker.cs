@@ -1,5 +1,6 @@
 using System.Runtime.ExceptionServices;
 using Grpc.Core;
+using Kms.Core;
 using Microsoft.Extensions.Logging;
 
 namespace Kms.Client.Failover;
@@ -119,9 +120,10 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
     public void Dispose() => _pool.Dispose();
 
     // An attempt that finds no place on its endpoint under `limit` is not sent, and one a server
-    // sheds (UNAVAILABLE with kms-shed: full, nothing done) was not run: either goes at once to
-    // another endpoint believed up, else after a backoff of which half is certain (and at least the
-    // server's pushback); its endpoint is not blamed, and any method may be sent again.
+    // sheds (UNAVAILABLE with kms-shed: full, none of it run) was not run: either goes at once to
+    // another endpoint believed up and not full, else after a backoff of which half is certain (and
+    // at least the server's pushback); its endpoint is not taken out — a shedding one is passed over
+    // for its pushback — and any method may be sent again.
     private async Task<TResult> WithFailoverAsync<TResult>(IMethod method, object request, DateTime? deadline, ConcurrencyLimit? limit, Func<KmsEndpoint, Task<TResult>> attempt, CancellationToken cancellationToken)
     {
         List<KmsEndpoint>? tried = null;
@@ -172,6 +174,7 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
                 {
                     ServerShed(method.FullName, endpoint, failure);
                     (full, pushback) = (true, RetrySafety.Pushback(failure, _backoff.MaxDelay));
+                    _pool.MarkFull(endpoint, pushback);
                 }
                 else
                 {
@@ -213,7 +216,14 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
         ClientMetrics.CallsShed.Add(1, ClientMetrics.ShedByServer);
         if (_serverShedLog.Count() is > 0 and var count)
         {
-            ClientLog.ShedByServer(_logger, method, count, endpoint.Address, failure.Trailers.GetValue(RetrySafety.ShedTrailer) ?? "");
+            // The reason is the server's; only the values it is known to send are logged.
+            var reason = failure.Trailers.GetValue(RetrySafety.ShedTrailer) switch
+            {
+                "capacity" => "capacity",
+                "queue_delay" => "queue_delay",
+                _ => "other",
+            };
+            ClientLog.ShedByServer(_logger, method, count, endpoint.Address, reason);
         }
     }
 

@@ -22,6 +22,9 @@ internal sealed class KmsEndpoint(Uri address, CallInvoker calls, CallInvoker pr
 
     internal DateTimeOffset FailedAt { get; set; } = DateTimeOffset.MinValue;
 
+    /// <summary>Until when the endpoint said it is full (a shed answer's pushback): up, but not offered calls before then while another endpoint is free.</summary>
+    internal DateTimeOffset FullUntil { get; set; } = DateTimeOffset.MinValue;
+
     internal DateTimeOffset ProbedAt { get; set; } = DateTimeOffset.MinValue;
 
     internal bool Probing { get; set; }

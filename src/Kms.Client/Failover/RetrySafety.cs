@@ -88,10 +88,23 @@ internal static class RetrySafety
     /// The server's <c>grpc-retry-pushback-ms</c>, at most <paramref name="most"/>; zero when it sent none
     /// or one that is not a non-negative number of milliseconds.
     /// </summary>
-    public static TimeSpan Pushback(RpcException failure, TimeSpan most) =>
-        int.TryParse(failure.Trailers.GetValue(RetryPushbackTrailer), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var ms)
-            ? TimeSpan.FromMilliseconds(Math.Min(ms, most.TotalMilliseconds))
-            : TimeSpan.Zero;
+    /// <remarks>
+    /// gRFC A6 reads a negative pushback as "do not retry"; here whether a call is sent again is
+    /// <see cref="MayRetry"/>'s decision, so a negative or malformed value is ignored, and the SDK's own
+    /// backoff applies. A number too large for any type is the cap.
+    /// </remarks>
+    public static TimeSpan Pushback(RpcException failure, TimeSpan most)
+    {
+        var value = failure.Trailers.GetValue(RetryPushbackTrailer);
+        if (value is null or "" || !value.All(char.IsAsciiDigit))
+        {
+            return TimeSpan.Zero;
+        }
+
+        return long.TryParse(value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var ms) && ms < most.TotalMilliseconds
+            ? TimeSpan.FromMilliseconds(ms)
+            : most;
+    }
 
     /// <summary>Whether sending the call twice is harmless (see the class remarks).</summary>
     public static bool IsRepeatable(IMethod method, object request) =>

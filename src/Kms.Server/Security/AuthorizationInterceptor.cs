@@ -3,6 +3,7 @@ using Google.Protobuf.WellKnownTypes;
 using Google.Rpc;
 using Grpc.Core;
 using Grpc.Core.Interceptors;
+using Kms.Core;
 using Kms.Core.Errors;
 using Kms.Core.Names;
 using Kms.Core.Services;
@@ -16,9 +17,10 @@ namespace Kms.Server.Security;
 /// <summary>
 /// Every call passes here before its handler: authenticate (UNAUTHENTICATED, one message
 /// for every reason), authorize by <see cref="AccessRules"/> (PERMISSION_DENIED naming the
-/// permission, or NOT_FOUND across tenants), meter crypto against the tenant's quota
-/// (RESOURCE_EXHAUSTED with a retry delay), shed when the server is full (UNAVAILABLE). A method without a rule is refused: default deny. Nothing has run, so a refused
-/// call changes nothing.
+/// permission, or NOT_FOUND across tenants), shed when the server is full (UNAVAILABLE), then
+/// meter crypto against the tenant's quota (RESOURCE_EXHAUSTED with a retry delay), so that a
+/// shed call spends no quota. A method without a rule is refused: default deny. Nothing has run,
+/// so a refused call changes nothing.
 /// </summary>
 internal sealed partial class AuthorizationInterceptor(
     CallerAuthentication authentication,
@@ -40,8 +42,7 @@ internal sealed partial class AuthorizationInterceptor(
     private static readonly KeyValuePair<string, object?> QueueDelayReason = new("reason", "queue_delay");
     private readonly int _maxConcurrentCalls = options.Value.MaxConcurrentCalls;
     private int _inFlight;
-    private long _shedSinceLog;
-    private long _lastShedLog;
+    private readonly LogThrottle _shedLog = new();
 
     // Only authorized, non-public unary calls take an in-flight slot: an anonymous caller
     // cannot fill the server with calls that never end (health Watch streams), and the
@@ -53,6 +54,15 @@ internal sealed partial class AuthorizationInterceptor(
         {
             var rule = await AuthorizeAsync(request as IMessage, context);
             slot = rule.Scope == CallScope.Public ? default : Enter(context);
+            try
+            {
+                TakeQuota(rule, request as IMessage, context);
+            }
+            catch (RpcException)
+            {
+                slot.Dispose();
+                throw;
+            }
         }
         catch (Exception e) when (e is KmsException or RpcException)
         {
@@ -92,7 +102,7 @@ internal sealed partial class AuthorizationInterceptor(
     {
         try
         {
-            await AuthorizeAsync(request, context);
+            TakeQuota(await AuthorizeAsync(request, context), request, context);
         }
         catch (KmsException e)
         {
@@ -145,14 +155,19 @@ internal sealed partial class AuthorizationInterceptor(
             AccessControl.Demand(caller, requirement.Permission, tenant, resource);
         }
 
-        if (rule.QuotaCost is { } cost && request is not null && caller.HomeTenant is { } home
+        return rule;
+    }
+
+    // After the in-flight slot is taken: a call shed for capacity has spent none of its tenant's quota.
+    private void TakeQuota(AccessRule rule, IMessage? request, ServerCallContext context)
+    {
+        if (rule.QuotaCost is { } cost && request is not null
+            && context.UserState.TryGetValue(CallerKey, out var value) && value is Caller { HomeTenant: { } home }
             && !quotas.TryTake(home, cost(request), out var retryAfter))
         {
             LogQuotaExceeded(logger, context.Method, home.Value);
             throw QuotaExceeded(home, retryAfter);
         }
-
-        return rule;
     }
 
     // A malformed or missing resource name is checked against the caller's own tenant: an
@@ -222,14 +237,15 @@ internal sealed partial class AuthorizationInterceptor(
     }
 
     // A shed call's UNAVAILABLE says so in its trailers: `kms-shed` (the reason) tells a client
-    // that nothing of the call was done — any method may be sent again — and that this node is up,
-    // only full; `grpc-retry-pushback-ms` (gRFC A6) is the wait a gRPC client's own retry policy
-    // honours, drawn in [50, 150) ms so that the calls shed together do not come back together.
+    // that none of the call ran (its quota not taken either) — any method may be sent again —
+    // and that this node is up, only full; `grpc-retry-pushback-ms` (gRFC A6) is the wait a gRPC
+    // client's own retry policy honours, drawn from 50 to 150 ms so that the calls shed together
+    // do not come back together.
     private static RpcException ShedFailure(string message, KeyValuePair<string, object?> reason) =>
         new(new global::Grpc.Core.Status(StatusCode.Unavailable, message), new Metadata
         {
             { ShedTrailer, (string)reason.Value! },
-            { RetryPushbackTrailer, Random.Shared.Next(50, 150).ToString(System.Globalization.CultureInfo.InvariantCulture) },
+            { RetryPushbackTrailer, Random.Shared.Next(50, 151).ToString(System.Globalization.CultureInfo.InvariantCulture) },
         });
 
     // Shedding is what an overloaded server does thousands of times a second: it is counted
@@ -237,12 +253,8 @@ internal sealed partial class AuthorizationInterceptor(
     private void Shed(KeyValuePair<string, object?> reason, string method)
     {
         KmsMetrics.CallsShed.Add(1, reason);
-        var count = Interlocked.Increment(ref _shedSinceLog);
-        var now = Environment.TickCount64;
-        var last = Interlocked.Read(ref _lastShedLog);
-        if (now - last >= 1000 && Interlocked.CompareExchange(ref _lastShedLog, now, last) == last)
+        if (_shedLog.Count() is > 0 and var count)
         {
-            Interlocked.Add(ref _shedSinceLog, -count);
             LogShed(logger, method, (string)reason.Value!, count, overload.QueueDelay.TotalMilliseconds);
         }
     }

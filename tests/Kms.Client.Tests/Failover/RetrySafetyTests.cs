@@ -94,7 +94,8 @@ public sealed class RetrySafetyTests
     [InlineData(" 5", 0)]
     [InlineData("1.5", 0)]
     [InlineData("soon", 0)]
-    [InlineData("99999999999", 0)]
+    [InlineData("99999999999", 2000)] // past an int: still a number of milliseconds, capped
+    [InlineData("99999999999999999999999", 2000)] // past a long too
     [InlineData(null, 0)]
     public void Pushback_NonNegativeMillisecondsOnly_Capped(string? value, int expectedMs)
     {

@@ -18,26 +18,64 @@ public sealed class ServerShedTests
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(10);
 
     [Fact]
-    public async Task Call_ShedByOneEndpoint_SentAtOnceToAnother_NeitherTakenOut_ShedLoggedNotEndpointDown()
+    public async Task Call_ShedByOneEndpoint_SentAtOnceToAnother_ItIsPassedOverForItsPushbackOnly_NeitherTakenOut()
     {
-        var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.Shed() };
+        var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.Shed(pushbackMs: "100") };
         var b = new ScriptedEndpoint("b");
         using var sink = new LogSink();
         using var fake = new FakeClient([a, b], logger: sink.CreateLogger("test"));
 
+        // a sheds the first call, which goes to b at once; for 100 ms a is passed over.
         for (var i = 0; i < 4; i++)
         {
-            await fake.Client.GetKeyAsync(AnyGet.Name).WaitAsync(Patience); // no time passes: at once to b
+            await fake.Client.GetKeyAsync(AnyGet.Name).WaitAsync(Patience);
         }
 
-        // a stays in the round-robin: every call is offered to it first, and b answers.
-        Assert.Equal((4, 4), (a.Calls, b.Calls));
+        Assert.Equal((1, 4), (a.Calls, b.Calls));
+        fake.Time.Advance(TimeSpan.FromMilliseconds(99));
+        await fake.Client.GetKeyAsync(AnyGet.Name).WaitAsync(Patience);
+        Assert.Equal((1, 5), (a.Calls, b.Calls));
+
+        // Then it is offered calls again: it was never out of the rotation.
+        fake.Time.Advance(TimeSpan.FromMilliseconds(1));
+        await fake.Client.GetKeyAsync(AnyGet.Name).WaitAsync(Patience);
+        Assert.Equal((2, 6), (a.Calls, b.Calls));
         Assert.True(fake.IsUp(a) && fake.IsUp(b));
         Assert.DoesNotContain(sink.Events, e => e.EventId == 3001);
         var shedLog = sink.Events.First(e => e.EventId == 3006);
         Assert.Equal(LogLevel.Warning, shedLog.Level);
-        Assert.Contains("1 attempts shed by https://a.test:8443/", shedLog.Message, StringComparison.Ordinal);
-        Assert.Contains("capacity", shedLog.Message, StringComparison.Ordinal);
+        Assert.Contains("1 attempts shed by full KMS nodes", shedLog.Message, StringComparison.Ordinal);
+        Assert.Contains("/kms.v1.KeyManagementService/GetKey on https://a.test:8443/, capacity", shedLog.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Call_EveryEndpointFull_TheRetryWaits_NotSentRoundTheFullNodesAtOnce()
+    {
+        var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.Shed(pushbackMs: "300") };
+        var b = new ScriptedEndpoint("b") { Respond = _ => throw ScriptedEndpoint.Shed(pushbackMs: "300") };
+        var c = new ScriptedEndpoint("c") { Respond = _ => throw ScriptedEndpoint.Shed(pushbackMs: "300") };
+        using var fake = new FakeClient([a, b, c], maxAttempts: 5, unitRandom: 0, baseBackoff: TimeSpan.FromMilliseconds(100));
+
+        // Each endpoint once, at once (none was known to be full); then the retry waits the pushback.
+        using var stop = new CancellationTokenSource();
+        var first = fake.Client.Raw.GetKeyAsync(AnyGet, cancellationToken: stop.Token).ResponseAsync;
+        await Eventually.TrueAsync(() => a.Calls + b.Calls + c.Calls == 3, "each endpoint tried once");
+        await Eventually.StillAsync(() => a.Calls + b.Calls + c.Calls == 3, "no fourth attempt before the pushback");
+
+        // A new call meanwhile: every endpoint is full, so it is sent to one (its first attempt), and waits after.
+        var second = fake.Client.Raw.GetKeyAsync(AnyGet, cancellationToken: stop.Token).ResponseAsync;
+        await Eventually.TrueAsync(() => a.Calls + b.Calls + c.Calls == 4, "the new call's first attempt");
+        await Eventually.StillAsync(() => a.Calls + b.Calls + c.Calls == 4, "its retry waits too");
+
+        fake.Time.Advance(TimeSpan.FromMilliseconds(300));
+        // After it, the first call's retry (a, full again) and the second's (b, full again, then c at
+        // once: c's pushback is over and this call has not tried it).
+        await Eventually.TrueAsync(() => (a.Calls, b.Calls, c.Calls) == (3, 2, 2), "both retried after the pushback");
+        await Eventually.StillAsync(() => a.Calls + b.Calls + c.Calls == 7, "and then wait again");
+        Assert.True(fake.IsUp(a) && fake.IsUp(b) && fake.IsUp(c));
+        await stop.CancelAsync();
+        Assert.Equal(StatusCode.Cancelled, (await Assert.ThrowsAsync<RpcException>(() => first.WaitAsync(Patience))).StatusCode);
+        Assert.Equal(StatusCode.Cancelled, (await Assert.ThrowsAsync<RpcException>(() => second.WaitAsync(Patience))).StatusCode);
     }
 
     [Fact]
@@ -97,7 +135,7 @@ public sealed class ServerShedTests
     [Fact]
     public async Task Call_ShedOnEveryAttempt_UnavailableWithTheServersMessage_EndpointUp_EachShedCounted()
     {
-        var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.Shed() };
+        var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.Shed(pushbackMs: "300") };
         using var fake = new FakeClient([a], maxAttempts: 3, unitRandom: 0, baseBackoff: TimeSpan.FromMilliseconds(100));
         var shed = 0L;
         using var listener = new MeterListener
@@ -126,7 +164,9 @@ public sealed class ServerShedTests
         for (var sent = 1; sent < 3; sent++)
         {
             await Eventually.TrueAsync(() => a.Calls == sent, $"attempt {sent} is sent");
-            fake.Time.Advance(TimeSpan.FromMilliseconds(100)); // each wait: the pushback (100 ms), at least half the ceiling
+            fake.Time.Advance(TimeSpan.FromMilliseconds(299));
+            await Eventually.StillAsync(() => a.Calls == sent, "no attempt before the pushback (300 ms; half the ceiling is 50 or 100)");
+            fake.Time.Advance(TimeSpan.FromMilliseconds(1));
         }
 
         var e = await Assert.ThrowsAsync<RpcException>(() => call.WaitAsync(Patience));

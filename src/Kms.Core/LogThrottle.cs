@@ -1,10 +1,11 @@
-namespace Kms.Client.Failover;
+namespace Kms.Core;
 
 /// <summary>
-/// Counts something that can happen thousands of times a second (a shed attempt) and says when
-/// to log it: at most once a second, with the count since the last time.
+/// Counts something that can happen thousands of times a second (a shed call, on the server or
+/// in the client SDK) and says when to log it: at most once a second, with the count since the
+/// last time.
 /// </summary>
-internal sealed class LogThrottle
+public sealed class LogThrottle
 {
     private long _sinceLog;
     private long _lastLog;
