@@ -51,7 +51,8 @@ internal sealed class EndpointPool : IDisposable
     /// <summary>
     /// The endpoint for the next attempt of a call: the next endpoint in round-robin order
     /// that is believed up, not full (<see cref="MarkFull"/>) and that this call has not tried
-    /// (then <c>Fresh</c> is true);
+    /// (then <c>Fresh</c> is true); failing that, of those up and untried but full, the one
+    /// whose pushback ends first;
     /// failing that, the least recently failed endpoint, preferring ones this call has not
     /// tried — a call is always tried somewhere, never refused because everything looks down.
     /// </summary>
@@ -74,6 +75,28 @@ internal sealed class EndpointPool : IDisposable
                     chosen = candidate;
                     fresh = true;
                     _next = (index + 1) % count;
+                }
+            }
+
+            if (chosen is null)
+            {
+                // Every endpoint up and untried is full: the one whose pushback ends first (in
+                // round-robin order on a tie), so that calls spread rather than pile on the first.
+                var soonest = -1;
+                for (var i = 0; i < count; i++)
+                {
+                    var index = (_next + i) % count;
+                    var candidate = _endpoints[index];
+                    if (candidate.IsUp && tried?.Contains(candidate) != true && (soonest < 0 || candidate.FullUntil < _endpoints[soonest].FullUntil))
+                    {
+                        soonest = index;
+                    }
+                }
+
+                if (soonest >= 0)
+                {
+                    chosen = _endpoints[soonest];
+                    _next = (soonest + 1) % count;
                 }
             }
 

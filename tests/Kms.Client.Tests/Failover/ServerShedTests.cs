@@ -79,6 +79,25 @@ public sealed class ServerShedTests
     }
 
     [Fact]
+    public async Task Call_EveryEndpointFull_NewCallGoesToTheOneWhosePushbackEndsFirst()
+    {
+        var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.Shed(pushbackMs: "300") };
+        var b = new ScriptedEndpoint("b") { Respond = _ => throw ScriptedEndpoint.Shed(pushbackMs: "100") };
+        using var fake = new FakeClient([a, b], maxAttempts: 2);
+
+        await Assert.ThrowsAsync<RpcException>(() => fake.Client.GetKeyAsync(AnyGet.Name).WaitAsync(Patience)); // a, then b at once
+        Assert.Equal((1, 1), (a.Calls, b.Calls));
+
+        // Both full: not always the first endpoint, but b, free again sooner.
+        using var stop = new CancellationTokenSource();
+        var next = fake.Client.Raw.GetKeyAsync(AnyGet, cancellationToken: stop.Token).ResponseAsync;
+        await Eventually.TrueAsync(() => b.Calls == 2, "the new call's first attempt goes to b");
+        await Eventually.StillAsync(() => a.Calls == 1, "its retry, to a, waits for the pushback");
+        await stop.CancelAsync();
+        Assert.Equal(StatusCode.Cancelled, (await Assert.ThrowsAsync<RpcException>(() => next.WaitAsync(Patience))).StatusCode);
+    }
+
+    [Fact]
     public async Task Call_PlainUnavailable_StillTakesTheEndpointOut()
     {
         // The contrast: without the trailer nothing says the node is up.
