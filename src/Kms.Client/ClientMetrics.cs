@@ -22,12 +22,12 @@ internal static class ClientMetrics
     /// <summary>The <c>by</c> tag of an attempt the client did not send (<see cref="KmsClientOptions.MaxConcurrentCalls"/>).</summary>
     public static readonly KeyValuePair<string, object?> ShedByClient = new("by", "client");
 
-    /// <summary>The <c>by</c> tag of an attempt a server answered shed (UNAVAILABLE with <c>kms-shed</c>: full, nothing done).</summary>
+    /// <summary>The <c>by</c> tag of an attempt a server answered shed (UNAVAILABLE with <c>kms-shed</c>: full, none of the call ran).</summary>
     public static readonly KeyValuePair<string, object?> ShedByServer = new("by", "server");
 
     /// <summary>Unary attempts shed, tagged <c>by</c>: <c>client</c> (not sent for want of a place) or <c>server</c> (answered shed).</summary>
     public static readonly Counter<long> CallsShed = Meter.CreateCounter<long>(
         "kms.client.calls_shed",
         unit: "{attempt}",
-        description: "Unary attempts shed: by the client (MaxConcurrentCalls attempts were on the wire to the endpoint; not sent) or by the server (it was full and did nothing)");
+        description: "Unary attempts shed: by the client (MaxConcurrentCalls attempts were on the wire to the endpoint; not sent) or by the server (it was full; none of the call ran)");
 }

@@ -44,8 +44,8 @@ namespace Kms.Client;
 /// attempt carries the same one. Other creations (CreateGrant, CreateApiToken, CreateTenant,
 /// CreatePrincipal, Bootstrap) are sent again only when the first attempt never reached a
 /// server, or when the server shed it (UNAVAILABLE with a <c>kms-shed</c> trailer: it was full,
-/// and none of the call ran). Everything else — DEADLINE_EXCEEDED (the server may still be working on it),
-/// RESOURCE_EXHAUSTED (more calls make it worse), CANCELLED, errors about the request — is
+/// and none of the call ran). Everything else — DEADLINE_EXCEEDED (the server may still be
+/// working on it), RESOURCE_EXHAUSTED (more calls make it worse), CANCELLED, errors about the request — is
 /// returned at once. Retries stop at <see cref="KmsRetryOptions.MaxAttempts"/>, and before
 /// any wait that would outlast the deadline (the last UNAVAILABLE is returned then).
 /// A server-streaming call (ExportAudit) is retried only until its first message arrives.
@@ -54,7 +54,8 @@ namespace Kms.Client;
 /// An endpoint that fails UNAVAILABLE is skipped by later calls until a grpc.health.v1
 /// probe (every <see cref="KmsClientOptions.HealthCheckInterval"/>, while the client is in
 /// use) finds it SERVING — unless the answer was a shed one: a full endpoint stays in the
-/// rotation, passed over only for the server's pushback while another endpoint is free. When every endpoint is down the client still tries one, the
+/// rotation, passed over only for the server's pushback while another endpoint is free.
+/// When every endpoint is down the client still tries one, the
 /// least recently failed, rather than failing without trying.
 /// </para>
 /// <para>
