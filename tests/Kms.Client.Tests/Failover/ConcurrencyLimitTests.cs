@@ -90,32 +90,11 @@ public sealed class ConcurrencyLimitTests
     {
         var a = Holding("a");
         using var fake = new FakeClient([a], maxAttempts: 1, maxConcurrentCalls: 1);
-        var shed = 0L;
-        using var listener = new System.Diagnostics.Metrics.MeterListener
-        {
-            InstrumentPublished = (instrument, l) =>
-            {
-                if (instrument.Meter.Name == "Kms.Client" && instrument.Name == "kms.client.calls_shed")
-                {
-                    l.EnableMeasurementEvents(instrument);
-                }
-            },
-        };
-        listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
-        {
-            foreach (var tag in tags)
-            {
-                if (tag is { Key: "by", Value: "client" })
-                {
-                    Interlocked.Add(ref shed, value);
-                }
-            }
-        });
-        listener.Start();
+        using var shed = new ShedCount("client");
 
         var held = fake.Client.Raw.GetKeyAsync(AnyGet).ResponseAsync;
         var e = await Assert.ThrowsAsync<RpcException>(() => fake.Client.GetKeyAsync(AnyGet.Name));
-        Assert.Equal(1, Interlocked.Read(ref shed)); // the tests of this class run one at a time, and only they refuse places
+        Assert.Equal(1, shed.Value); // the tests of this class run one at a time, and only they refuse places
 
         Assert.Equal(StatusCode.Unavailable, e.StatusCode);
         Assert.Equal("1 calls were on the wire from this client to https://a.test:8443/ (KmsClientOptions.MaxConcurrentCalls); not sent, retry with backoff", e.Status.Detail);

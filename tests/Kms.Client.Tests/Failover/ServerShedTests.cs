@@ -1,4 +1,3 @@
-using System.Diagnostics.Metrics;
 using Grpc.Core;
 using Kms.Contracts.V1;
 using Microsoft.Extensions.Logging;
@@ -156,28 +155,7 @@ public sealed class ServerShedTests
     {
         var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.Shed(pushbackMs: "300") };
         using var fake = new FakeClient([a], maxAttempts: 3, unitRandom: 0, baseBackoff: TimeSpan.FromMilliseconds(100));
-        var shed = 0L;
-        using var listener = new MeterListener
-        {
-            InstrumentPublished = (instrument, l) =>
-            {
-                if (instrument.Meter.Name == "Kms.Client" && instrument.Name == "kms.client.calls_shed")
-                {
-                    l.EnableMeasurementEvents(instrument);
-                }
-            },
-        };
-        listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
-        {
-            foreach (var tag in tags)
-            {
-                if (tag is { Key: "by", Value: "server" })
-                {
-                    Interlocked.Add(ref shed, value); // only this class's tests answer shed, one at a time
-                }
-            }
-        });
-        listener.Start();
+        using var shed = new ShedCount("server");
 
         var call = fake.Client.GetKeyAsync(AnyGet.Name);
         for (var sent = 1; sent < 3; sent++)
@@ -192,7 +170,7 @@ public sealed class ServerShedTests
         Assert.Equal(StatusCode.Unavailable, e.StatusCode);
         Assert.Equal("the server is at capacity; retry with backoff", e.Status.Detail);
         Assert.Equal(3, a.Calls);
-        Assert.Equal(3, Interlocked.Read(ref shed));
+        Assert.Equal(3, shed.Value);
         Assert.True(fake.IsUp(a));
     }
 }
