@@ -65,39 +65,28 @@ internal sealed class EndpointPool : IDisposable
         lock (_lock)
         {
             var now = _time.GetUtcNow();
+            // Round-robin among the endpoints up and untried, each ranked by when it is free: now,
+            // or the end of its pushback. The first free one wins; if all are full, the one free
+            // soonest (the first in order on a tie), so that calls spread rather than pile on one.
             var count = _endpoints.Length;
-            for (var i = 0; i < count && chosen is null; i++)
+            var best = -1;
+            var bestFreeAt = DateTimeOffset.MaxValue;
+            for (var i = 0; i < count && bestFreeAt > now; i++)
             {
                 var index = (_next + i) % count;
                 var candidate = _endpoints[index];
-                if (candidate.IsUp && now >= candidate.FullUntil && tried?.Contains(candidate) != true)
+                var freeAt = candidate.FullUntil > now ? candidate.FullUntil : now;
+                if (candidate.IsUp && tried?.Contains(candidate) != true && freeAt < bestFreeAt)
                 {
-                    chosen = candidate;
-                    fresh = true;
-                    _next = (index + 1) % count;
+                    (best, bestFreeAt) = (index, freeAt);
                 }
             }
 
-            if (chosen is null)
+            if (best >= 0)
             {
-                // Every endpoint up and untried is full: the one whose pushback ends first (in
-                // round-robin order on a tie), so that calls spread rather than pile on the first.
-                var soonest = -1;
-                for (var i = 0; i < count; i++)
-                {
-                    var index = (_next + i) % count;
-                    var candidate = _endpoints[index];
-                    if (candidate.IsUp && tried?.Contains(candidate) != true && (soonest < 0 || candidate.FullUntil < _endpoints[soonest].FullUntil))
-                    {
-                        soonest = index;
-                    }
-                }
-
-                if (soonest >= 0)
-                {
-                    chosen = _endpoints[soonest];
-                    _next = (soonest + 1) % count;
-                }
+                chosen = _endpoints[best];
+                fresh = bestFreeAt == now;
+                _next = (best + 1) % count;
             }
 
             chosen ??= LeastRecentlyFailed(tried);
