@@ -189,7 +189,7 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
                 last = failure;
                 (tried ??= []).Add(endpoint);
             }
-            catch (RpcException e) when (e.StatusCode == StatusCode.FailedPrecondition && e.Trailers.GetValue(RetrySafety.ResidencyTrailer) is { } region
+            catch (RpcException e) when (e.StatusCode == StatusCode.FailedPrecondition && e.Trailers.GetValue(KmsTrailers.Residency) is { } region
                 && number < _maxAttempts && (tried?.Count ?? 0) + 1 < _pool.Endpoints.Count)
             {
                 // This node is outside the key's residency region and did nothing: another node may be in it.
@@ -217,7 +217,7 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
         if (_serverShedLog.Count() is > 0 and var count)
         {
             // The reason is the server's; only the values it is known to send are logged.
-            var reason = failure.Trailers.GetValue(RetrySafety.ShedTrailer) switch
+            var reason = failure.Trailers.GetValue(KmsTrailers.Shed) switch
             {
                 "capacity" => "capacity",
                 "queue_delay" => "queue_delay",

@@ -2,6 +2,7 @@ using System.Net.Http;
 using Google.Protobuf;
 using Google.Protobuf.Reflection;
 using Grpc.Core;
+using Kms.Core;
 
 namespace Kms.Client.Failover;
 
@@ -30,15 +31,6 @@ namespace Kms.Client.Failover;
 /// </summary>
 internal static class RetrySafety
 {
-    /// <summary>The trailer of a FAILED_PRECONDITION from a node outside the key's residency region (it did nothing).</summary>
-    public const string ResidencyTrailer = "kms-residency";
-
-    /// <summary>The trailer of an UNAVAILABLE a full server answered before doing anything of the call (its value is the reason).</summary>
-    public const string ShedTrailer = "kms-shed";
-
-    /// <summary>gRPC's retry pushback (gRFC A6): the server's wait, in milliseconds, before the next attempt.</summary>
-    public const string RetryPushbackTrailer = "grpc-retry-pushback-ms";
-
     /// <summary>The request field that makes a mutation idempotent server-side.</summary>
     public const string RequestIdField = "request_id";
 
@@ -82,7 +74,7 @@ internal static class RetrySafety
     /// anything of the call ran. The node is up, only full: it is not taken out of the rotation.
     /// </summary>
     public static bool ShedByServer(RpcException failure) =>
-        failure.StatusCode == StatusCode.Unavailable && failure.Trailers.Get(ShedTrailer) is not null;
+        failure.StatusCode == StatusCode.Unavailable && failure.Trailers.Get(KmsTrailers.Shed) is not null;
 
     /// <summary>
     /// The server's <c>grpc-retry-pushback-ms</c>, at most <paramref name="most"/>; zero when it sent none
@@ -95,7 +87,7 @@ internal static class RetrySafety
     /// </remarks>
     public static TimeSpan Pushback(RpcException failure, TimeSpan most)
     {
-        var value = failure.Trailers.GetValue(RetryPushbackTrailer);
+        var value = failure.Trailers.GetValue(KmsTrailers.RetryPushback);
         if (value is null or "" || !value.All(char.IsAsciiDigit))
         {
             return TimeSpan.Zero;

@@ -1,6 +1,7 @@
 using Google.Rpc;
 using Grpc.Core;
 using Grpc.Core.Interceptors;
+using Kms.Core;
 using Kms.Core.Errors;
 
 namespace Kms.Server.Grpc;
@@ -88,12 +89,9 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
 
         // The client SDK sends a call refused for residency to another node (docs/deployment.md).
         return e.ResidencyRegion is { } region
-            ? new RpcException(new global::Grpc.Core.Status(code, e.Message), new Metadata { { ResidencyTrailer, region } })
+            ? new RpcException(new global::Grpc.Core.Status(code, e.Message), new Metadata { { KmsTrailers.Residency, region } })
             : new RpcException(new global::Grpc.Core.Status(code, e.Message));
     }
-
-    /// <summary>The trailer naming the residency region a refused key needs.</summary>
-    public const string ResidencyTrailer = "kms-residency";
 
     private RpcException Internal(Exception e, string method)
     {

@@ -32,12 +32,6 @@ internal sealed partial class AuthorizationInterceptor(
     /// <summary>Where the authenticated caller is kept for the handler (<see cref="ServerCallContext.UserState"/>).</summary>
     public const string CallerKey = "kms.caller";
 
-    /// <summary>The trailer of a call shed before anything of it was done: its value is the reason (<c>capacity</c>, <c>queue_delay</c>).</summary>
-    public const string ShedTrailer = "kms-shed";
-
-    /// <summary>gRPC's retry pushback (gRFC A6): milliseconds a client's retry policy waits before the next attempt.</summary>
-    public const string RetryPushbackTrailer = "grpc-retry-pushback-ms";
-
     private static readonly KeyValuePair<string, object?> CapacityReason = new("reason", "capacity");
     private static readonly KeyValuePair<string, object?> QueueDelayReason = new("reason", "queue_delay");
     private readonly int _maxConcurrentCalls = options.Value.MaxConcurrentCalls;
@@ -244,8 +238,8 @@ internal sealed partial class AuthorizationInterceptor(
     private static RpcException ShedFailure(string message, KeyValuePair<string, object?> reason) =>
         new(new global::Grpc.Core.Status(StatusCode.Unavailable, message), new Metadata
         {
-            { ShedTrailer, (string)reason.Value! },
-            { RetryPushbackTrailer, Random.Shared.Next(50, 151).ToString(System.Globalization.CultureInfo.InvariantCulture) },
+            { KmsTrailers.Shed, (string)reason.Value! },
+            { KmsTrailers.RetryPushback, Random.Shared.Next(50, 151).ToString(System.Globalization.CultureInfo.InvariantCulture) },
         });
 
     // Shedding is what an overloaded server does thousands of times a second: it is counted
