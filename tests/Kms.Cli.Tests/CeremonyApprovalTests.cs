@@ -1,4 +1,6 @@
+using Kms.Core.Ports;
 using Kms.Core.Quorum;
+using Kms.Storage.Sqlite;
 using Kms.Testing;
 
 namespace Kms.Cli.Tests;
@@ -85,6 +87,30 @@ public sealed class CeremonyApprovalTests : IDisposable
     }
 
     [Fact]
+    public async Task RestoreDomain_DatabaseHoldsANewerSet_ForkedOrOlderChainRefused_TheDatabasesAccepted()
+    {
+        // The database holds set 1 = {carol, dave, erin}: alice and bob have left. They still hold
+        // their keys, and as two of the genesis's three they can sign a successor of their own
+        // offline — a chain that verifies from the genesis on, but is not the deployment's.
+        var time = DateTimeOffset.FromUnixTimeMilliseconds(DateTimeOffset.UtcNow.AddMinutes(-30).ToUnixTimeMilliseconds());
+        var current = _officers.Change(_genesis, _officers.Select("carol", "dave", "erin"), 2, time, "alice", "bob");
+        await StoreChainAsync(P("data"), _genesis, current);
+        var fork = _officers.Change(_genesis, _officers.Select("alice", "bob"), 2, time, "alice", "bob");
+
+        await WriteAsync("fork.json", Bundle(QuorumOperation.RestoreDomain, [_genesis, fork], ["alice", "bob"]));
+        await AssertRefusedAsync(7, $"is not the deployment database's: its officer set 1 has hash {fork.Hash}, the database's {current.Hash}",
+            "--approval", P("fork.json"), "--data-dir", P("data"));
+
+        await WriteAsync("old.json", Bundle(QuorumOperation.RestoreDomain, "alice", "bob"));
+        await AssertRefusedAsync(5, "was made for officer set 0, but the deployment's database holds officer set 1", "--approval", P("old.json"), "--data-dir", P("data"));
+
+        await WriteAsync("current.json", Bundle(QuorumOperation.RestoreDomain, [_genesis, current], ["carol", "dave"]));
+        var result = await RestoreAsync("--approval", P("current.json"), "--data-dir", P("data"));
+        Assert.Contains("quorum approval verified", result.Error, StringComparison.Ordinal);
+        Assert.Contains("missing-share.json", result.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task RestoreDomain_NoApproval_NoGenesis_OrBothFlags_Refused()
     {
         await WriteAsync("ok.json", Bundle(QuorumOperation.RestoreDomain, "alice", "bob"));
@@ -115,6 +141,27 @@ public sealed class CeremonyApprovalTests : IDisposable
     }
 
     private ApprovalBundle Bundle(QuorumOperation operation, string a, string b, DateTimeOffset created) => Bundle(operation, [_genesis], [a, b], created);
+
+    // The deployment's database holding genesis → next, stored as the server stores an executed
+    // CHANGE_OFFICERS: the request, its approvals one by one, the set appended with the last.
+    private static async Task StoreChainAsync(string dataDir, OfficerSet genesis, OfficerSet next)
+    {
+        Directory.CreateDirectory(dataDir);
+        await using var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(dataDir, "kms.db") }, default);
+        await store.AddGenesisOfficerSetAsync(genesis, default);
+        var change = next.Change!;
+        await store.CreateQuorumRequestAsync(change with { State = QuorumRequestState.Pending, ExecuteTime = null, Approvals = [] }, default);
+        for (var i = 0; i < change.Approvals.Count; i++)
+        {
+            var approval = change.Approvals[i];
+            var last = i == change.Approvals.Count - 1;
+            await store.UpdateQuorumRequestAsync(change.Id, (pending, _) => last
+                ? new QuorumChange(change) { AddedApproval = approval, AppendedOfficerSet = next }
+                : new QuorumChange(pending) { AddedApproval = approval }, default);
+        }
+
+        Assert.Equal([genesis.Hash, next.Hash], (await store.ListOfficerSetsAsync(default)).Select(s => s.Hash));
+    }
 
     private Task WriteAsync(string name, ApprovalBundle bundle) => File.WriteAllTextAsync(P(name), bundle.Serialize());
 

@@ -157,6 +157,19 @@ internal sealed class CeremonyApproval
             throw new CliFailureException(e.Code == KmsErrorCode.PermissionDenied ? ExitCodes.DecryptionFailed : ExitCodes.Conflict, e.Message);
         }
 
+        // The bundle's chain must be the database's where both have a set, not a fork of it:
+        // officers of a superseded set (or under a threshold since raised) could otherwise sign a
+        // successor set of their own offline — valid from the genesis on — and approve with it.
+        for (var i = 0; i < Math.Min(stored.Count, bundle.Chain.Count); i++)
+        {
+            if (stored[i].Hash != bundle.Chain[i].Hash)
+            {
+                throw new CliFailureException(ExitCodes.DecryptionFailed,
+                    $"the approval of {verified.Request.Name} comes with an officer chain that is not the deployment database's: its officer set {i} has hash {bundle.Chain[i].Hash}, "
+                    + $"the database's {stored[i].Hash}; create a new request, approved by the officers the database holds");
+            }
+        }
+
         // A bundle made before an officer change must not outvote the officers the database now holds.
         if (stored.Count > verified.OfficerSet.Sequence + 1)
         {
