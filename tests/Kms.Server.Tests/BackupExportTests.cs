@@ -96,6 +96,55 @@ public sealed class BackupExportTests : IAsyncLifetime, IDisposable
         BackupManifest.Verify(original, key);
     }
 
+    [Fact]
+    public async Task ExportBackup_LastApproverCancels_ExecutedRequestStillGetsItsBackup()
+    {
+        // The last approval is cancelled after 1, 2, 4 … ms, until one lands: once the request is
+        // EXECUTED its backup must be written, though the call that executed it went away (the
+        // export used to run under that call's cancellation and stop half-way).
+        for (var afterMs = 1; ; afterMs *= 2)
+        {
+            Assert.True(afterMs <= 16_384, "no approval landed, even with a 16-s deadline");
+            var request = await _officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup });
+            await ApproveAsync("alice", request.Name);
+            using var approver = QuorumApprover.FromKey(ECDsa.Create(_officers.KeyOf("carol").ExportParameters(true)));
+            var pending = await approver.PrepareAsync(_officer, request.Name);
+            using (var cancel = new CancellationTokenSource(TimeSpan.FromMilliseconds(afterMs)))
+            {
+                try
+                {
+                    await approver.ApproveAsync(_officer, pending, cancel.Token);
+                }
+                catch (Exception e) when (e is OperationCanceledException or RpcException { StatusCode: StatusCode.Cancelled or StatusCode.DeadlineExceeded })
+                {
+                    // Gone before the answer: the approval may or may not have landed.
+                }
+            }
+
+            // A cancelled approval may still be committing: give the server a moment to settle.
+            var executed = false;
+            for (var wait = 0; wait < 20 && !executed; wait++)
+            {
+                executed = (await _officer.GetQuorumRequestAsync(request.Name)).State == Kms.Contracts.V1.QuorumRequestState.Executed;
+                await Task.Delay(executed ? 0 : 50);
+            }
+
+            if (!executed)
+            {
+                continue;
+            }
+
+            var directory = Path.Combine(_server.DataDir, "backups", request.Id);
+            for (var wait = 0; wait < 200 && !File.Exists(Path.Combine(directory, BackupManifest.SignatureFile)); wait++)
+            {
+                await Task.Delay(50);
+            }
+
+            Assert.Equal(request.Name, BackupManifest.Verify(directory, PublishedAuditKey()).Request);
+            return;
+        }
+    }
+
     private static string Refused(string directory, byte[] key)
     {
         var refused = Assert.Throws<KmsException>(() => BackupManifest.Verify(directory, key));

@@ -52,7 +52,10 @@ internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, 
         var result = await quorum.ApproveAsync(request.Name, request.OfficerFingerprint, request.Signature.ToByteArray(), context.CancellationToken);
         if (result.Executed && result.Request.Operation == Kms.Core.Quorum.QuorumOperation.ExportBackup)
         {
-            await backups.ExportAsync(result.Request, context.CancellationToken);
+            // The request is EXECUTED (committed above), so its backup is owed whether or not this
+            // call is still open: an approver's deadline or cancel must not leave an executed
+            // request without the backup M officers approved (another would need M new approvals).
+            await backups.ExportAsync(result.Request, CancellationToken.None);
         }
 
         return new ApproveQuorumRequestResponse
