@@ -145,6 +145,26 @@ public sealed class BackupExportTests : IAsyncLifetime, IDisposable
         }
     }
 
+    [Fact]
+    public async Task ExportBackup_DiskRefusesTheBackup_FailedPreconditionSaysItExecuted_NotSentAgain()
+    {
+        // A file where the backups directory goes: the export's first write fails.
+        var backups = Path.Combine(_server.DataDir, "backups");
+        if (Directory.Exists(backups))
+        {
+            Directory.Delete(backups);
+        }
+
+        await File.WriteAllTextAsync(backups, "not a directory");
+        var request = await _officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup });
+        await ApproveAsync("alice", request.Name);
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => ApproveAsync("bob", request.Name));
+        Assert.True(e.StatusCode == StatusCode.FailedPrecondition, e.Status.ToString());
+        Assert.StartsWith($"{request.Name} executed, but its backup could not be written", e.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(Kms.Contracts.V1.QuorumRequestState.Executed, (await _officer.GetQuorumRequestAsync(request.Name)).State);
+    }
+
     private static string Refused(string directory, byte[] key)
     {
         var refused = Assert.Throws<KmsException>(() => BackupManifest.Verify(directory, key));

@@ -55,7 +55,17 @@ internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, 
             // The request is EXECUTED (committed above), so its backup is owed whether or not this
             // call is still open: an approver's deadline or cancel must not leave an executed
             // request without the backup M officers approved (another would need M new approvals).
-            await backups.ExportAsync(result.Request, CancellationToken.None);
+            try
+            {
+                await backups.ExportAsync(result.Request, CancellationToken.None);
+            }
+            catch (KmsException e) when (e.Code == KmsErrorCode.Unavailable)
+            {
+                // Not UNAVAILABLE, which says none of the call ran (the SDK would send the approval
+                // again, only to have it refused as a repeat): the request has executed, and only a
+                // new one can bring a backup.
+                throw KmsErrors.FailedPrecondition($"{result.Request.Name} executed, but its backup could not be written ({e.Message}); create a new EXPORT_BACKUP request");
+            }
         }
 
         return new ApproveQuorumRequestResponse
