@@ -274,12 +274,14 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         }
 
         var (head, _) = await GetOfficerSetAsync(cancellationToken);
-        var now = Clock.Now(time);
         var valid = 0;
         var executed = false;
         IReadOnlyList<Keys.KeyVersion> destroyed = [];
         var result = await store.UpdateQuorumRequestAsync(id, (request, storedHead) =>
         {
+            // Read under the store's write lock, not before waiting for it: an approval that waited
+            // past the request's expiry is refused as expired.
+            var now = Clock.Now(time);
             if (request.Tenant != tenant)
             {
                 throw KmsErrors.NotFound(name);
