@@ -157,6 +157,77 @@ public sealed partial class AuditVerifierTests : IDisposable
     }
 
     [Fact]
+    public async Task StartCut_RetentionEventChainedOntoTheUnsignedTail_Detected_EvenWithTheKnownCheckpoint()
+    {
+        // Whoever holds only the export deletes events 1..10, starts it at checkpoint 10 and chains
+        // a "retention" event of its own onto the tail: the chain needs no key, a checkpoint does.
+        var head10 = HashOf(await BuildAsync(), 10);
+        await _store.PruneAuditAsync(10, default);
+        var lines = await ExportAsync();
+        var forged = AuditChain.Link(new AuditHead(12, HashOf(lines, 12)), new AuditEntry
+        {
+            Time = _time.GetUtcNow(),
+            RequestId = "forged",
+            Principal = "system:retention",
+            Operation = AuditChain.RetentionOperation,
+            Resource = AuditChain.RetentionResource(10),
+            Outcome = "OK",
+        });
+        lines.Add(AuditExport.Event(forged));
+
+        AssertFails(lines, 11, "retention event 13 that records a cut there is not covered by a signed checkpoint");
+        var known = Verify(lines, new KnownCheckpoint(10, head10));
+        Assert.False(known.Valid);
+        Assert.Equal(11, known.FirstBadSequence);
+
+        // The server's own cut signs its record before deleting anything, so a real export verifies.
+        var real = new InMemoryStore();
+        var log = new AuditLog(real, real, _hsm, _time, new AuditOptions());
+        await log.InitializeAsync(default);
+        for (var i = 1; i <= 6; i++)
+        {
+            await real.AppendAuditAsync([Entry(i)], default);
+        }
+
+        Assert.NotNull(await log.CheckpointAsync(default));
+        Assert.Equal(6, await log.PruneThroughAsync(6, default));
+        var exported = new List<string>();
+        await foreach (var line in log.ExportAsync(0, default))
+        {
+            exported.Add(line);
+        }
+
+        var verified = AuditVerifier.Verify(new StringReader(string.Join('\n', exported)), log.PublicKey);
+        Assert.True(verified.Valid, verified.Problem);
+        Assert.Equal((1L, 0L), (verified.Events, verified.UnsignedTail));
+    }
+
+    [Fact]
+    public async Task LinkEditedRightAfterACheckpoint_NamesTheEventAfterIt_AnchorHashEdited_NamesTheExportsStart()
+    {
+        var lines = await BuildAsync();
+        Replace(lines, 6, l => Rehash(PrevPattern().Replace(l, "\"prev\":\"" + new string('e', 64) + "\"")));
+        AssertFails(lines, 6, "chain is broken between events 5 and 6");
+
+        await _log.PruneThroughAsync(5, default);
+        var pruned = await ExportAsync();
+        pruned[0] = pruned[0].Replace(HashOf(lines, 5), new string('e', 64), StringComparison.Ordinal);
+        AssertFails(pruned, 6, "the export's anchor");
+    }
+
+    [Fact]
+    public async Task SignedBodyThatIsNoCheckpoint_Refused()
+    {
+        // Signed by the audit key over plain SHA-256, but not a checkpoint body: counts for nothing.
+        var lines = await BuildAsync();
+        var i = lines.FindIndex(l => l.StartsWith("{\"checkpoint\":", StringComparison.Ordinal) && l.Contains("\"seq\":10,", StringComparison.Ordinal));
+        var body = "{\"v\":1,\"type\":\"statement\",\"seq\":10,\"head\":\"" + HashOf(lines, 10) + "\",\"time\":\"2026-11-29T12:00:10.000Z\",\"key\":\"" + AuditChain.Fingerprint(_log.PublicKey) + "\"}";
+        var signature = await _hsm.SignEcdsaAsync(await HsmSigningKeyAsync(), Kms.Core.Ports.EcCurve.P256, SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(body)), default);
+        lines[i] = "{\"checkpoint\":" + body + ",\"signature\":\"" + Convert.ToBase64String(signature) + "\"}";
+        AssertFails(lines, 10, "not a version-1 checkpoint body");
+    }
+
+    [Fact]
     public async Task HeaderOnly_OrUnsignedAnchor_OrGenesisForged_NotValid()
     {
         var lines = await BuildAsync();
@@ -247,6 +318,14 @@ public sealed partial class AuditVerifierTests : IDisposable
         Client = "ipv4:127.0.0.1:5000",
         Context = [KeyValuePair.Create("record", _log.HashContextValue("42"))],
     };
+
+    // The audit signing key, as the audit log stored it (wrapped; the fake HSM unwraps it to sign).
+    private async Task<Kms.Core.Ports.KeyMaterialRef> HsmSigningKeyAsync()
+    {
+        using var stored = System.Text.Json.JsonDocument.Parse((await _store.GetSettingAsync("audit.signing-key.v1", default))!);
+        var wrapped = Convert.FromBase64String(stored.RootElement.GetProperty("Wrapped").GetString()!);
+        return new Kms.Core.Ports.KeyMaterialRef(Kms.Core.Keys.KeyVersionId.NewId(), new Kms.Core.Crypto.WrappedKeyMaterial(wrapped));
+    }
 
     private AuditVerification Verify(List<string> lines, KnownCheckpoint? known = null, bool partial = false) =>
         AuditVerifier.Verify(new StringReader(string.Join('\n', lines)), _log.PublicKey, known, partial);

@@ -96,11 +96,6 @@ public static class AuditVerifier
             return state.Fail(state.Anchor + 1, $"the export starts after event {state.Anchor}, but no signed checkpoint vouches for it");
         }
 
-        if (state.Anchor > 0 && !partial && !state.RetentionRecorded)
-        {
-            return state.Fail(state.Anchor + 1, $"the export starts after event {state.Anchor}, but no retention event in the chain records a cut there: events were removed from the start");
-        }
-
         if (lastKnown is not null)
         {
             if (lastKnown.Sequence < state.Anchor)
@@ -119,6 +114,15 @@ public static class AuditVerifier
             }
 
             state.LastSigned = Math.Max(state.LastSigned, lastKnown.Sequence);
+        }
+
+        // The record of a cut counts only under a signature: anyone holding the file can chain an
+        // event onto its unsigned tail, and one saying "retention" would hide a deleted start.
+        if (state.Anchor > 0 && !partial && (state.RetentionSequence is not { } retention || retention > state.LastSigned))
+        {
+            return state.Fail(state.Anchor + 1, state.RetentionSequence is { } unsigned
+                ? $"the export starts after event {state.Anchor}, and the retention event {unsigned} that records a cut there is not covered by a signed checkpoint: events may have been removed from the start"
+                : $"the export starts after event {state.Anchor}, but no retention event in the chain records a cut there: events were removed from the start");
         }
 
         return new AuditVerification(true, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, null, state.Anchor);
@@ -146,7 +150,7 @@ public static class AuditVerifier
 
         public long Anchor { get; private set; }
 
-        public bool RetentionRecorded { get; private set; }
+        public long? RetentionSequence { get; private set; }
 
         public (long Sequence, string Message)? Header(JsonElement root)
         {
@@ -204,13 +208,16 @@ public static class AuditVerifier
 
             if (body.GetProperty("prev").GetString() != _previous)
             {
-                // Either the earlier event was edited (and its hash recomputed) or this link was: name the earlier.
-                return (sequence - 1, $"the chain is broken between events {sequence - 1} and {sequence}: one of them was edited");
+                // Either the earlier event was edited (and its hash recomputed) or this link was: name
+                // the earlier, unless a checkpoint vouches for it.
+                return (sequence - 1 <= LastSigned ? sequence : sequence - 1, $"the chain is broken between events {sequence - 1} and {sequence}: one of them was edited");
             }
 
-            if (Anchor > 0 && body.GetProperty("operation").GetString() == "audit/Retention" && body.GetProperty("resource").GetString() == $"through:{Anchor}")
+            if (Anchor > 0 && RetentionSequence is null && body.GetProperty("operation").GetString() == "audit/Retention"
+                && body.GetProperty("resource").GetString() == $"through:{Anchor}" && body.GetProperty("principal").GetString() == "system:retention"
+                && body.GetProperty("outcome").GetString() == "OK")
             {
-                RetentionRecorded = true;
+                RetentionSequence = sequence;
             }
 
             Hashes[sequence] = hash;
@@ -224,6 +231,12 @@ public static class AuditVerifier
         {
             _started = true;
             var sequence = body.GetProperty("seq").GetInt64();
+            if (!body.TryGetProperty("type", out var type) || type.GetString() != "checkpoint" || !body.TryGetProperty("v", out var version) || !version.TryGetInt32(out var v) || v != 1)
+            {
+                // Only a checkpoint body counts, whatever else the audit key might ever sign.
+                return (sequence, $"checkpoint {sequence} is not a version-1 checkpoint body");
+            }
+
             var signature = root.TryGetProperty("signature", out var s) ? Convert.FromBase64String(s.GetString() ?? "") : [];
             if (body.GetProperty("key").GetString() != fingerprint)
             {
@@ -242,8 +255,14 @@ public static class AuditVerifier
 
             if (hash != body.GetProperty("head").GetString())
             {
+                if (sequence == Anchor)
+                {
+                    return (Anchor + 1, $"the export's anchor (event {Anchor}'s hash, in its header) is not what checkpoint {Anchor} signed");
+                }
+
                 // A rewrite with every hash recomputed: it lies after the last checkpoint that still holds.
-                return (LastSigned + 1, $"events {LastSigned + 1}..{sequence} differ from what checkpoint {sequence} signed: the log was rewritten");
+                var first = Math.Max(LastSigned, Anchor) + 1;
+                return (first, $"events {first}..{sequence} differ from what checkpoint {sequence} signed: the log was rewritten");
             }
 
             if (sequence == NextSequence - 1)

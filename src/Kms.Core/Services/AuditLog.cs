@@ -378,6 +378,10 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
                 Outcome = "OK",
             },
         ], cancellationToken);
+
+        // Signed before anything is deleted: a verifier counts the record of a cut only under a
+        // checkpoint (anyone holding an export could chain an unsigned one onto its tail).
+        await CheckpointAsync(cancellationToken);
         return await store.PruneAuditAsync(sequence, cancellationToken);
     }
 
