@@ -41,6 +41,27 @@ public sealed class MutualTlsTests : IAsyncLifetime, IDisposable
 
     public async Task DisposeAsync() => await _server.DisposeAsync();
 
+    [Theory]
+    [InlineData("C=US, O=payments")]
+    [InlineData("OU=admin")]
+    [InlineData("L=city")]
+    [InlineData("CN=alice, CN=bob")]
+    public void PrincipalOf_SubjectWithoutExactlyOneCommonName_NoPrincipal(string subject)
+    {
+        // .NET's "simple name" of a subject without a CN is another attribute (O, OU, L, C …).
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        using var certificate = new CertificateRequest(subject, key, HashAlgorithmName.SHA256).CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-1), DateTimeOffset.UtcNow.AddHours(1));
+        Assert.Null(Kms.Server.Security.ClientCertificateValidator.PrincipalOf(certificate));
+    }
+
+    [Fact]
+    public void PrincipalOf_OneCommonNameAmongOtherAttributes_ThatName()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        using var certificate = new CertificateRequest("C=US, O=acme, CN=alice", key, HashAlgorithmName.SHA256).CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-1), DateTimeOffset.UtcNow.AddHours(1));
+        Assert.Equal(Kms.Core.Access.PrincipalName.CommonName("alice"), Kms.Server.Security.ClientCertificateValidator.PrincipalOf(certificate));
+    }
+
     public void Dispose()
     {
         _pki.Dispose();

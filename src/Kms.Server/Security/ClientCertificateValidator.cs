@@ -84,6 +84,8 @@ internal sealed partial class ClientCertificateValidator
     private static bool HasClientAuthUsage(X509Certificate2 certificate) =>
         certificate.Extensions.OfType<X509EnhancedKeyUsageExtension>().Any(e => e.EnhancedKeyUsages.Cast<System.Security.Cryptography.Oid>().Any(o => o.Value == ClientAuthOid));
 
+    private const string CommonNameOid = "2.5.4.3";
+
     /// <summary>The certificate's principal, by the documented rule; null if it has no usable name.</summary>
     public static PrincipalName? PrincipalOf(X509Certificate2 certificate)
     {
@@ -99,8 +101,14 @@ internal sealed partial class ClientCertificateValidator
             }
         }
 
-        var cn = certificate.GetNameInfo(X509NameType.SimpleName, forIssuer: false);
-        return string.IsNullOrEmpty(cn) ? null : PrincipalName.CommonName(cn);
+        // The subject's commonName attribute (2.5.4.3) itself, exactly one: GetNameInfo(SimpleName)
+        // falls back to other attributes (O, OU, L, C …) when there is none, which would let a
+        // certificate for "O=payments" authenticate as cn:payments.
+        var names = certificate.SubjectName.EnumerateRelativeDistinguishedNames()
+            .Where(rdn => !rdn.HasMultipleElements && rdn.GetSingleElementType().Value == CommonNameOid)
+            .Select(rdn => rdn.GetSingleElementValue())
+            .ToList();
+        return names is [{ Length: > 0 } cn] ? PrincipalName.CommonName(cn) : null;
     }
 
     // SubjectAltName ::= SEQUENCE OF GeneralName; uniformResourceIdentifier is [6] IA5String.
