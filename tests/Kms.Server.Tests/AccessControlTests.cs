@@ -307,6 +307,31 @@ public sealed class AccessControlTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task StrayBootstrapCredential_WhileAnAdminExists_GrantsNothing_AndIsRevokedAtTheNextStart()
+    {
+        // What two nodes starting at once on an empty database leave behind: a second credential,
+        // still valid, after the first one made the deployment admin.
+        var access = _server.Services.GetRequiredService<AccessService>();
+        await _admin.Access.DeleteRoleBindingAsync(new DeleteRoleBindingRequest { Principal = "token:dev-admin", Role = "deployment-admin" });
+        var stray = await access.RenewBootstrapTokenAsync(default);
+        Assert.NotNull(stray);
+        await _server.Services.GetRequiredService<Kms.Core.Ports.IAccessStore>().SetRoleBindingAsync(
+            new Kms.Core.Access.RoleBinding(Kms.Core.Access.PrincipalName.Parse("token:dev-admin", "principal"), Kms.Core.Access.Role.DeploymentAdmin, null, _time.GetUtcNow()), default);
+
+        using var client = _server.CreateClient(stray);
+        var refused = await Assert.ThrowsAsync<RpcException>(async () => await client.Access.BootstrapAsync(new BootstrapRequest { Admin = "token:second-admin" }));
+        Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
+        var admins = await _admin.Access.ListRoleBindingsAsync(new ListRoleBindingsRequest());
+        Assert.Equal(["token:dev-admin"], admins.Bindings.Where(b => b.Role == "deployment-admin").Select(b => b.Principal));
+
+        // The next start revokes it.
+        Assert.Null(await access.RenewBootstrapTokenAsync(default));
+        var tokens = await _server.Services.GetRequiredService<Kms.Core.Ports.IAccessStore>().ListApiTokensAsync(Authenticator.BootstrapPrincipal, default);
+        Assert.NotEmpty(tokens);
+        Assert.All(tokens, t => Assert.NotNull(t.RevokeTime));
+    }
+
+    [Fact]
     public async Task DeleteTenant_SchedulesEveryKeyForDeletion_AndRefusesNewKeys()
     {
         await _server.EnsureTenantAsync("leaving");

@@ -262,24 +262,32 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     public static readonly TimeSpan BootstrapTokenLifetime = TimeSpan.FromDays(7);
 
     /// <summary>
-    /// At start-up: when the deployment has no deployment admin yet, revokes any earlier
-    /// bootstrap credential and issues a new one-time one (returned as text, for the server to
+    /// At start-up: revokes any earlier bootstrap credential and, when the deployment has no
+    /// deployment admin yet, issues a new one-time one (returned as text, for the server to
     /// write to a 0600 file). Null once a deployment admin exists.
     /// </summary>
     public async Task<string?> RenewBootstrapTokenAsync(CancellationToken cancellationToken)
     {
-        if ((await access.ListRoleBindingsAsync(null, cancellationToken)).Any(b => b.Role == Role.DeploymentAdmin))
+        // Earlier credentials go either way: once an admin exists none may stay (several nodes
+        // starting at once on an empty database each issue one, and only one is used).
+        foreach (var earlier in await access.ListApiTokensAsync(Authenticator.BootstrapPrincipal, cancellationToken))
+        {
+            if (earlier.RevokeTime is null)
+            {
+                await access.RevokeApiTokenAsync(earlier.Id, Clock.Now(time), cancellationToken);
+            }
+        }
+
+        if (await HasDeploymentAdminAsync(cancellationToken))
         {
             return null;
         }
 
-        foreach (var earlier in await access.ListApiTokensAsync(Authenticator.BootstrapPrincipal, cancellationToken))
-        {
-            await access.RevokeApiTokenAsync(earlier.Id, Clock.Now(time), cancellationToken);
-        }
-
         return (await IssueAsync(Authenticator.BootstrapPrincipal, ApiTokenKind.Bootstrap, BootstrapTokenLifetime, cancellationToken)).Text;
     }
+
+    private async Task<bool> HasDeploymentAdminAsync(CancellationToken cancellationToken) =>
+        (await access.ListRoleBindingsAsync(null, cancellationToken)).Any(b => b.Role == Role.DeploymentAdmin);
 
     /// <summary>
     /// Uses the one-time bootstrap credential: registers the first deployment admin (a
@@ -300,6 +308,11 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
         if (principal?.Tenant is { } tenant)
         {
             throw KmsErrors.FailedPrecondition($"{admin} belongs to {tenant.ResourceName}; a deployment admin belongs to no tenant");
+        }
+
+        if (await HasDeploymentAdminAsync(cancellationToken))
+        {
+            throw KmsErrors.FailedPrecondition("the deployment has a deployment admin already: bootstrap is over, and this credential grants nothing");
         }
 
         if (caller.BootstrapTokenId is not { } tokenId || !await access.ConsumeApiTokenAsync(tokenId, Clock.Now(time), cancellationToken))
