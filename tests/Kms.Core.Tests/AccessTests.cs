@@ -160,6 +160,15 @@ public sealed class AccessTests : IDisposable
         var missing = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.SetRoleBindingAsync(tenantAdmin, PrincipalName.Token("ghost"), Role.KeyUser, TenantId.Parse("dev"), default));
         Assert.Equal((KmsErrorCode.NotFound, KmsErrorCode.NotFound), (foreign.Code, missing.Code));
         Assert.Equal(missing.Message.Replace("ghost", "acme-svc", StringComparison.Ordinal), foreign.Message);
+
+        // Asked with a deployment role too: the answer must not tell the two apart either.
+        foreach (var role in new[] { Role.SecurityOfficer, Role.DeploymentAdmin })
+        {
+            var foreignRole = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.SetRoleBindingAsync(tenantAdmin, PrincipalName.Token("acme-svc"), role, TenantId.Parse("dev"), default));
+            var missingRole = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.SetRoleBindingAsync(tenantAdmin, PrincipalName.Token("ghost"), role, TenantId.Parse("dev"), default));
+            Assert.Equal((KmsErrorCode.NotFound, KmsErrorCode.NotFound), (foreignRole.Code, missingRole.Code));
+            Assert.Equal(missingRole.Message.Replace("ghost", "acme-svc", StringComparison.Ordinal), foreignRole.Message);
+        }
     }
 
     [Fact]

@@ -213,7 +213,8 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     {
         ArgumentNullException.ThrowIfNull(caller);
         var principal = await access.GetPrincipalAsync(name, cancellationToken);
-        if (principal is null || (!Roles.IsDeploymentRole(role) && tenant is not null && principal.Tenant != tenant))
+        // Whatever the role: a principal outside the tenant named is answered like a missing one.
+        if (principal is null || (tenant is not null && principal.Tenant != tenant))
         {
             throw KmsErrors.NotFound(name.ToString());
         }
