@@ -22,6 +22,7 @@ internal static class Program
         CeremonyCommands.Create,
         OfficerCommands.Create,
         BackupCommands.Create,
+        AuditCommands.Create,
         ConfigCommands.Create,
     ];
 

@@ -1,0 +1,98 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text;
+using System.Text.Json.Nodes;
+using Kms.Cli.Infrastructure;
+using Kms.Client.Audit;
+
+namespace Kms.Cli.Commands;
+
+/// <summary>
+/// <c>kms audit …</c>: the audit export (security officers), and its offline verification against
+/// the pinned audit key (docs/audit-format.md, "Verification").
+/// </summary>
+internal static class AuditCommands
+{
+    public static IEnumerable<Command> Create(CommandRunner runner)
+    {
+        var audit = new Command("audit", "the tamper-evident audit log: export it, verify an export offline");
+        audit.Subcommands.Add(Export(runner));
+        audit.Subcommands.Add(Verify(runner));
+        return [audit];
+    }
+
+    private static Command Export(CommandRunner runner)
+    {
+        var output = new Option<string>("--out") { Description = "where to write the export (JSON lines)", Required = true, HelpName = "FILE" };
+        var from = new Option<long>("--from-sequence") { Description = "start at the newest checkpoint at or before this event (default: the oldest retained)", HelpName = "N" };
+        var command = new Command("export", "write the audit export: every retained event from a signed checkpoint on, with the checkpoints (security officers)") { output, from };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            await using (var target = OutputFile.Open(ctx.Environment, ctx.ParseResult.GetRequiredValue(output), overwrite: true))
+            {
+                await using (var writer = new StreamWriter(target.Stream, new UTF8Encoding(false), leaveOpen: true))
+                {
+                    await ctx.Client.ExportAuditAsync(writer, ctx.ParseResult.GetValue(from), ct);
+                }
+
+                await target.CommitAsync(ct);
+            }
+
+            ctx.Output.Result(new JsonObject { ["out"] = ctx.ParseResult.GetRequiredValue(output) }, $"wrote the audit export; check it offline with 'kms audit verify'");
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command Verify(CommandRunner runner)
+    {
+        var file = NameArgument.Create<string>("FILE", "an audit export (kms audit export, ExportAudit)");
+        var publicKey = new Option<string>("--public-key") { Description = "the audit signing key (PEM) as published or pinned by the ceremony transcript, e.g. {DataDir}/audit/signing-key.pem", HelpName = "PEM", Required = true };
+        var known = new Option<string?>("--known-checkpoint")
+        {
+            Description = "the last checkpoint known from outside the database (the log stream, checkpoints.jsonl copied off the host), as SEQ:HEAD_HASH: detects truncation and rewrites up to it",
+            HelpName = "SEQ:HASH",
+        };
+        var partial = new Option<bool>("--partial") { Description = "the export was asked to start later (--from-sequence): no retention record is needed for its start" };
+        var command = new Command("verify", "check an audit export offline: hashes, the chain, checkpoint signatures by the pinned key (exit 7 naming the first bad sequence)") { file, publicKey, known, partial };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var key = CeremonyCommands.PublicKeyFromPem(await File.ReadAllTextAsync(ctx.Environment.FullPath(ctx.ParseResult.GetRequiredValue(publicKey)), ct));
+            var lastKnown = ctx.ParseResult.GetValue(known) is { } text ? ParseKnown(text) : null;
+            using var export = new StreamReader(ctx.Environment.FullPath(ctx.ParseResult.GetRequiredValue(file)), Encoding.UTF8);
+            var result = AuditVerifier.Verify(export, key, lastKnown, ctx.ParseResult.GetValue(partial));
+            if (!result.Valid)
+            {
+                throw new CliFailureException(ExitCodes.DecryptionFailed,
+                    $"the export does not verify: first bad sequence {result.FirstBadSequence?.ToString(CultureInfo.InvariantCulture) ?? "none"}: {result.Problem}");
+            }
+
+            var summary = new JsonObject
+            {
+                ["valid"] = true,
+                ["events"] = result.Events,
+                ["checkpoints"] = result.Checkpoints,
+                ["anchor_sequence"] = result.AnchorSequence,
+                ["last_signed_sequence"] = result.LastSignedSequence,
+                ["unsigned_tail"] = result.UnsignedTail,
+            };
+            var vouched = result.LastSignedSequence > 0
+                ? $"signed up to event {result.LastSignedSequence}"
+                : "NOTHING SIGNED: no checkpoint vouches for any event (give --known-checkpoint)";
+            ctx.Output.Result(summary, $"verified: {result.Events} events after {result.AnchorSequence}, {result.Checkpoints} checkpoints, {vouched}, {result.UnsignedTail} unsigned at the tail");
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static KnownCheckpoint ParseKnown(string text)
+    {
+        var colon = text.IndexOf(':', StringComparison.Ordinal);
+        if (colon <= 0 || !long.TryParse(text[..colon], NumberStyles.None, CultureInfo.InvariantCulture, out var sequence) || text.Length - colon - 1 != 64)
+        {
+            throw new CliUsageException("--known-checkpoint is SEQ:HASH, the checkpoint's sequence and its 64-hex head hash");
+        }
+
+        return new KnownCheckpoint(sequence, text[(colon + 1)..].ToLowerInvariant());
+    }
+}
