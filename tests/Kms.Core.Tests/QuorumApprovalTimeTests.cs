@@ -1,0 +1,67 @@
+using Kms.Core.Errors;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+using Kms.Core.Quorum;
+using Kms.Core.Services;
+using Kms.Testing;
+using Kms.Testing.Fakes;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Kms.Core.Tests;
+
+/// <summary>
+/// An approval is judged by the time at which the store applies it, under its write lock — not by
+/// the time the call began: one that waited for the lock past the request's expiry is refused.
+/// </summary>
+public sealed class QuorumApprovalTimeTests : IDisposable
+{
+    private static readonly DateTimeOffset T0 = new(2026, 11, 29, 12, 0, 0, TimeSpan.Zero);
+    private readonly TestOfficers _officers = new("alice", "bob", "carol");
+    private readonly FakeHsm _hsm = new();
+
+    public void Dispose()
+    {
+        _officers.Dispose();
+        _hsm.Dispose();
+    }
+
+    [Fact]
+    public async Task Approval_WaitsForTheWriteLockPastTheExpiry_RefusedAsExpired_NothingRecorded()
+    {
+        var time = new FakeTimeProvider(T0);
+        var store = new InMemoryStore();
+        var genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        await store.AddGenesisOfficerSetAsync(genesis, default);
+        var request = TestOfficers.Request(genesis, QuorumOperation.ExportBackup, [], T0); // expires at T0 + 1 h
+        await store.CreateQuorumRequestAsync(request, default);
+
+        // The store holds the call at its lock for two hours of the clock before applying it.
+        var quorum = new QuorumService(new LockWaitingStore(store, () => time.Advance(TimeSpan.FromHours(2))), store, _hsm, time, new QuorumOptions { Genesis = genesis });
+        var e = await Assert.ThrowsAsync<KmsException>(() => quorum.ApproveAsync(request.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", request), default));
+
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("expired at", e.Message, StringComparison.Ordinal);
+        Assert.Empty((await store.GetQuorumRequestAsync(request.Id, default))!.Approvals);
+    }
+
+    // Forwards everything; runs a step before an update is applied (as waiting for the lock would).
+    private sealed class LockWaitingStore(IQuorumStore inner, Action beforeUpdate) : IQuorumStore
+    {
+        public Task<IReadOnlyList<OfficerSet>> ListOfficerSetsAsync(CancellationToken cancellationToken) => inner.ListOfficerSetsAsync(cancellationToken);
+
+        public Task<bool> AddGenesisOfficerSetAsync(OfficerSet genesis, CancellationToken cancellationToken) => inner.AddGenesisOfficerSetAsync(genesis, cancellationToken);
+
+        public Task CreateQuorumRequestAsync(QuorumRequest request, CancellationToken cancellationToken) => inner.CreateQuorumRequestAsync(request, cancellationToken);
+
+        public Task<QuorumRequest?> GetQuorumRequestAsync(QuorumRequestId id, CancellationToken cancellationToken) => inner.GetQuorumRequestAsync(id, cancellationToken);
+
+        public Task<IReadOnlyList<QuorumRequest>> ListQuorumRequestsAsync(TenantId? tenant, string? afterId, int limit, CancellationToken cancellationToken) =>
+            inner.ListQuorumRequestsAsync(tenant, afterId, limit, cancellationToken);
+
+        public Task<QuorumRequest?> UpdateQuorumRequestAsync(QuorumRequestId id, Func<QuorumRequest, OfficerSet?, QuorumChange> decide, CancellationToken cancellationToken)
+        {
+            beforeUpdate();
+            return inner.UpdateQuorumRequestAsync(id, decide, cancellationToken);
+        }
+    }
+}
