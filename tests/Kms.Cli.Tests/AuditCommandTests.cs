@@ -46,6 +46,7 @@ public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<
         Assert.Contains("removed from the tail", truncated.Error, StringComparison.Ordinal);
 
         Assert.Equal(ExitCodes.Usage, (await VerifyAsync(export, "--public-key", key, "--known-checkpoint", "12")).ExitCode);
+        Assert.Equal(ExitCodes.Usage, (await VerifyAsync(export, "--public-key", key, "--known-checkpoint", "12:" + new string('g', 64))).ExitCode);
     }
 
     private Task<CliResult> VerifyAsync(params string[] args) => CliRun.InProcessAsync(new Dictionary<string, string>(), _directory, null, ["audit", "verify", .. args]);

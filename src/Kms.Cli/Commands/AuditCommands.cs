@@ -88,7 +88,7 @@ internal static class AuditCommands
     private static KnownCheckpoint ParseKnown(string text)
     {
         var colon = text.IndexOf(':', StringComparison.Ordinal);
-        if (colon <= 0 || !long.TryParse(text[..colon], NumberStyles.None, CultureInfo.InvariantCulture, out var sequence) || text.Length - colon - 1 != 64)
+        if (colon <= 0 || !long.TryParse(text[..colon], NumberStyles.None, CultureInfo.InvariantCulture, out var sequence) || text.Length - colon - 1 != 64 || !text[(colon + 1)..].All(char.IsAsciiHexDigit))
         {
             throw new CliUsageException("--known-checkpoint is SEQ:HASH, the checkpoint's sequence and its 64-hex head hash");
         }

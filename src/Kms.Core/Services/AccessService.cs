@@ -204,9 +204,9 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
         access.ListApiTokensAsync(principal, cancellationToken);
 
     /// <summary>
-    /// Grants a role. A tenant role is bound within the principal's own tenant (the caller
-    /// names it; a principal of another tenant is NOT_FOUND, exactly like a missing one); a
-    /// deployment role only to a principal of no tenant. Nobody changes their own roles
+    /// Grants a role. A tenant role is bound within the principal's own tenant, which the caller
+    /// names; whenever a tenant is named, a principal of another tenant is NOT_FOUND, exactly like
+    /// a missing one, whatever the role. A deployment role goes only to a principal of no tenant. Nobody changes their own roles
     /// (separation of duties: an admin cannot make itself a key-user).
     /// </summary>
     public async Task<RoleBinding> SetRoleBindingAsync(Caller caller, PrincipalName name, Role role, TenantId? tenant, CancellationToken cancellationToken)

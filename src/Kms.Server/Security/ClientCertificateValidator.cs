@@ -22,6 +22,7 @@ namespace Kms.Server.Security;
 internal sealed partial class ClientCertificateValidator
 {
     private const string ClientAuthOid = "1.3.6.1.5.5.7.3.2";
+    private const string CommonNameOid = "2.5.4.3";
     private readonly ReloadingFile<TrustMaterial> _trust;
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
@@ -83,8 +84,6 @@ internal sealed partial class ClientCertificateValidator
     // anything: a client certificate must say it is one.
     private static bool HasClientAuthUsage(X509Certificate2 certificate) =>
         certificate.Extensions.OfType<X509EnhancedKeyUsageExtension>().Any(e => e.EnhancedKeyUsages.Cast<System.Security.Cryptography.Oid>().Any(o => o.Value == ClientAuthOid));
-
-    private const string CommonNameOid = "2.5.4.3";
 
     /// <summary>The certificate's principal, by the documented rule; null if it has no usable name.</summary>
     public static PrincipalName? PrincipalOf(X509Certificate2 certificate)
