@@ -91,6 +91,28 @@ public abstract class AccessStoreContract : KeyStoreLifecycleContract
     }
 
     [Fact]
+    public async Task ApiTokens_ConsumingOneOfTwoActiveCredentials_RevokesBoth_SoConcurrentUsesCannotBothWin()
+    {
+        // Nodes starting together on an empty database each issue a bootstrap credential; two
+        // used at the same instant must not both pass (each would make a deployment admin).
+        var store = await AccessAsync();
+        var bootstrap = PrincipalName.Token("bootstrap");
+        var first = new ApiToken("00000000000000d1", bootstrap, ApiTokenKind.Bootstrap, RandomNumberGenerator.GetBytes(32), T0, T0.AddDays(7));
+        var second = new ApiToken("00000000000000d2", bootstrap, ApiTokenKind.Bootstrap, RandomNumberGenerator.GetBytes(32), T0.AddSeconds(1), T0.AddDays(7));
+        var other = new ApiToken("00000000000000d3", PrincipalName.Token("alice"), ApiTokenKind.Service, RandomNumberGenerator.GetBytes(32), T0, T0.AddDays(90));
+        foreach (var token in new[] { first, second, other })
+        {
+            await store.CreateApiTokenAsync(token, default);
+        }
+
+        var results = await Task.WhenAll(Enumerable.Range(0, 16).Select(i => Task.Run(() => store.ConsumeApiTokenAsync(i % 2 == 0 ? first.Id : second.Id, T0.AddMinutes(1), default))));
+
+        Assert.Single(results, won => won);
+        Assert.All(await store.ListApiTokensAsync(bootstrap, default), t => Assert.Equal(T0.AddMinutes(1), t.RevokeTime));
+        Assert.Null((await store.GetApiTokenAsync(other.Id, default))!.RevokeTime);
+    }
+
+    [Fact]
     public async Task RoleBindings_Idempotent_TenantAndDeploymentKeptApart()
     {
         var store = await AccessAsync();

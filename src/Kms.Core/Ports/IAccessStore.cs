@@ -46,7 +46,12 @@ public interface IAccessStore
     /// <summary>Revokes a token; false if it does not exist (revoking twice keeps the first time).</summary>
     Task<bool> RevokeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken);
 
-    /// <summary>Revokes a token that is still active; true only for the one call that revoked it (a one-time credential's use).</summary>
+    /// <summary>
+    /// A one-time credential's use: revokes the token, with every other active token of its
+    /// principal, in one step; true only for the one call that found it active. Of several
+    /// credentials of one holder (the bootstrap credentials of nodes that started together),
+    /// at most one is ever used.
+    /// </summary>
     Task<bool> ConsumeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken);
 
     /// <summary>Grants a role (idempotent).</summary>

@@ -107,7 +107,13 @@ public abstract partial class SqlStore
 
     /// <inheritdoc />
     public Task<bool> ConsumeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken) =>
-        ExecuteAccessWriteAsync("UPDATE api_tokens SET revoke_time = @time WHERE id = @id AND revoke_time IS NULL", $"apiTokens/{id}", cancellationToken,
+        // One statement revokes the holder's every active token: of two one-time credentials used
+        // at once, the second finds its own revoked (PostgreSQL re-checks revoke_time on the rows
+        // the first locked; SQLite has one writer) and wins nothing.
+        ExecuteAccessWriteAsync("""
+            UPDATE api_tokens SET revoke_time = @time
+            WHERE revoke_time IS NULL AND principal = (SELECT principal FROM api_tokens WHERE id = @id AND revoke_time IS NULL)
+            """, $"apiTokens/{id}", cancellationToken,
             ("@time", revokeTime.ToUnixTimeMilliseconds()), ("@id", id));
 
     /// <inheritdoc />

@@ -135,7 +135,11 @@ public sealed partial class InMemoryStore
                 return Task.FromResult(false);
             }
 
-            _tokens[id] = token with { RevokeTime = revokeTime };
+            foreach (var sibling in _tokens.Values.Where(t => t.Principal == token.Principal && t.RevokeTime is null).ToList())
+            {
+                _tokens[sibling.Id] = sibling with { RevokeTime = revokeTime };
+            }
+
             return Task.FromResult(true);
         }
     }
