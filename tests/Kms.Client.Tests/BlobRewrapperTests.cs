@@ -128,6 +128,39 @@ public sealed class BlobRewrapperTests(ClientServerFixture fixture) : IClassFixt
     }
 
     [Fact]
+    public async Task Run_ACurrentBlobAfterAQueuedOneThatFails_CheckpointStillStopsBeforeTheFailure()
+    {
+        // Blobs written after a rotation sit between old ones: row-3 is already current when the
+        // run reaches it, while row-2 waits in the batch and then fails. The checkpoint must not
+        // move past row-2 on row-3's account, or the resumed run would never retry row-2.
+        using var client = fixture.Server.CreateClient();
+        var (key, store) = await SeedAsync(client, "rewrap-interleaved", 6);
+        await client.RotateKeyAsync(key);
+        var (current, currentContext) = store[Id(3)];
+        store[Id(3)] = ((await client.ReEncryptAsync(current, key, currentContext)).Ciphertext.ToByteArray(), currentContext);
+        var (good, context) = store[Id(2)];
+        var broken = (byte[])good.Clone();
+        broken[^1] ^= 1;
+        store[Id(2)] = (broken, context);
+        var checkpoint = new FileRewrapCheckpoint(Path.Combine(Path.GetTempPath(), $"rewrap-{Guid.NewGuid():N}.checkpoint"));
+        var rewrapper = new BlobRewrapper(client, batchSize: 2);
+
+        var first = await rewrapper.RunAsync(Blobs(store), key, (blob, ciphertext, _) => Write(store, blob, ciphertext), checkpoint);
+        Assert.Equal([Id(2)], first.Failures.Select(f => f.Id));
+        Assert.Equal(1, first.Progress.AlreadyCurrent);
+        Assert.Equal(Id(1), first.Checkpoint);
+        Assert.Equal(Id(1), await checkpoint.LoadAsync(default));
+
+        store[Id(2)] = (good, context);
+        var second = await rewrapper.RunAsync(Blobs(store), key, (blob, ciphertext, _) => Write(store, blob, ciphertext), checkpoint);
+        Assert.Empty(second.Failures);
+        Assert.Equal(4, second.Progress.Seen);
+        Assert.Equal(Id(5), second.Checkpoint);
+        var moved = (await client.ReEncryptAsync(store[Id(2)].Ciphertext, key, context)).Ciphertext.ToByteArray();
+        Assert.Equal(moved.AsSpan(0, 17).ToArray(), store[Id(2)].Ciphertext.AsSpan(0, 17).ToArray());
+    }
+
+    [Fact]
     public async Task Run_BlobsOutOfOrder_Refused()
     {
         using var client = fixture.Server.CreateClient();

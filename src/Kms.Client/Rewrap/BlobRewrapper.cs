@@ -93,8 +93,18 @@ public sealed class BlobRewrapper
             state.LastId = blob.Id;
             if (state.IsCurrent(blob.Ciphertext))
             {
+                // Behind a blob still waiting in the batch, a current one vouches for nothing
+                // until that batch has gone through: the checkpoint must not pass a failure.
                 state.AlreadyCurrent++;
-                state.Done(blob.Id);
+                if (batch.Count == 0)
+                {
+                    state.Done(blob.Id);
+                }
+                else
+                {
+                    state.DoneAfterBatch(blob.Id);
+                }
+
                 continue;
             }
 
@@ -148,6 +158,7 @@ public sealed class BlobRewrapper
             state.Done(batch[i].Id);
         }
 
+        state.BatchDone();
         batch.Clear();
     }
 
@@ -165,6 +176,7 @@ public sealed class BlobRewrapper
     {
         private byte[]? _primaryHeader;
         private bool _failed;
+        private string? _afterBatch;
 
         public long Seen { get; set; }
 
@@ -185,6 +197,20 @@ public sealed class BlobRewrapper
             {
                 SafeThrough = id;
             }
+        }
+
+        /// <summary>A current blob seen while others wait in the batch: done once the batch is.</summary>
+        public void DoneAfterBatch(string id) => _afterBatch = id;
+
+        /// <summary>The batch went through: the current blobs seen among it count now (if nothing failed).</summary>
+        public void BatchDone()
+        {
+            if (_afterBatch is { } id && (SafeThrough is null || string.CompareOrdinal(id, SafeThrough) > 0))
+            {
+                Done(id);
+            }
+
+            _afterBatch = null;
         }
 
         public void Fail(RewrapFailure failure)
