@@ -4,9 +4,13 @@ using Kms.Cli.Backup;
 using Kms.Client.Quorum;
 using Kms.Contracts.V1;
 using Kms.Core.Errors;
+using Kms.Core.Names;
 using Kms.Core.Quorum;
+using Kms.Core.Services;
 using Kms.Storage.Sqlite;
 using Kms.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using KeyState = Kms.Core.Keys.KeyState;
 
 namespace Kms.Cli.Tests;
 
@@ -24,7 +28,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     public async Task InitializeAsync()
     {
         GenesisFile.Write(_genesisPath, OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2));
-        _server = await KmsTestServer.StartAsync(null, null, "dev", $"--Kms:Quorum:GenesisFile={_genesisPath}");
+        _server = await KmsTestServer.StartAsync(null, null, "dev", $"--Kms:Quorum:GenesisFile={_genesisPath}", "--Lifecycle:MinWaitingPeriod=00:00:01");
     }
 
     public async Task DisposeAsync()
@@ -128,6 +132,59 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         {
             File.Delete(exportPath);
             File.Delete(tamperedPath);
+            if (Directory.Exists(target))
+            {
+                Directory.Delete(target, recursive: true);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Restore_FromAnAuditExportAlone_ReappliesScheduledDestructionsAndDeletionsMadeAfterTheBackup()
+    {
+        // The site is lost: no database to replace, only the backup and the audit export. A
+        // version and a whole key destroyed by the lifecycle (the default way keys are
+        // destroyed) after the backup must not come back with the snapshot's material.
+        string backup;
+        string versionKey, deletedKey;
+        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
+        using (var developer = _server.CreateClient())
+        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+        {
+            versionKey = (await developer.CreateKeyAsync("tenants/dev", "rotated")).Name;
+            await developer.RotateKeyAsync(versionKey);
+            await developer.RotateKeyAsync(versionKey);
+            deletedKey = (await developer.CreateKeyAsync("tenants/dev", "deleted")).Name;
+            await developer.RotateKeyAsync(deletedKey);
+            backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+
+            await developer.ScheduleKeyVersionDestructionAsync($"{versionKey}/versions/1", TimeSpan.FromSeconds(1));
+            await developer.ScheduleKeyVersionDestructionAsync($"{versionKey}/versions/2", TimeSpan.FromSeconds(1));
+            await developer.ScheduleKeyDeletionAsync(deletedKey, TimeSpan.FromSeconds(1));
+            await Task.Delay(TimeSpan.FromSeconds(1.2));
+            Assert.Equal(4, await _server.Services.GetRequiredService<KeyService>().DestroyDueAsync(CancellationToken.None));
+            await using var file = File.CreateText(exportPath);
+            await officer.ExportAuditAsync(file);
+        }
+
+        var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        try
+        {
+            var report = await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [exportPath], replace: false, CancellationToken.None);
+            Assert.Equal(
+                [$"{deletedKey}/versions/1", $"{deletedKey}/versions/2", $"{versionKey}/versions/1", $"{versionKey}/versions/2"],
+                report.Reapplied.Select(r => r.Version).Order(StringComparer.Ordinal));
+
+            await using var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default);
+            var versions = await restored.ListVersionsAsync(KeyName.Parse(versionKey, "key"), 0, 10, default);
+            Assert.Equal([KeyState.Destroyed, KeyState.Destroyed, KeyState.Enabled], versions.Select(v => v.State));
+            Assert.Equal(KeyState.Destroyed, (await restored.GetKeyAsync(KeyName.Parse(deletedKey, "key"), default))!.State);
+            Assert.All(await restored.ListVersionsAsync(KeyName.Parse(deletedKey, "key"), 0, 10, default), v => Assert.Equal(KeyState.Destroyed, v.State));
+            Assert.Equal(4, (await SqliteStore.ReadDestroyedVersionsAsync(Path.Combine(target, "kms.db"), CancellationToken.None)).Count);
+        }
+        finally
+        {
+            File.Delete(exportPath);
             if (Directory.Exists(target))
             {
                 Directory.Delete(target, recursive: true);

@@ -50,6 +50,33 @@ public sealed class DestructionReplayTests
     }
 
     [Fact]
+    public void Apply_WholeKey_EveryVersionAndTheKeyDestroyed_ThoughNothingWasScheduledInTheSnapshot()
+    {
+        var change = DestructionReplay.Apply(Snapshot(), [new RecordedDestruction(Name, null, Backup.AddDays(8), "deleted", WholeKey: true)]);
+
+        Assert.Equal([1, 2], change.UpdatedVersions.Select(v => v.Name.Version));
+        Assert.All(change.UpdatedVersions, v => Assert.Equal(KeyState.Destroyed, v.State));
+        Assert.Equal(KeyState.Destroyed, change.Key.State);
+    }
+
+    [Fact]
+    public void FromAuditLines_LifecycleEventsNamingAVersionOrAKeyDeletion_ReadAsSuch()
+    {
+        string[] lines =
+        [
+            Event(21, "lifecycle/Destruction", "tenants/dev/keys/k/versions/1", "OK"),
+            Event(22, "lifecycle/KeyDestruction", "tenants/dev/keys/gone", "OK"),
+            Event(23, "lifecycle/KeyDestruction", "tenants/dev/keys/failed", "UNAVAILABLE"),
+        ];
+
+        var found = DestructionReplay.FromAuditLines(lines, afterSequence: 20, "export");
+
+        Assert.Equal(2, found.Count);
+        Assert.Equal((Name, (int?)1, false), (found[0].Key, found[0].Version, found[0].WholeKey));
+        Assert.Equal((KeyName.Parse("tenants/dev/keys/gone", "name"), (int?)null, true), (found[1].Key, found[1].Version, found[1].WholeKey));
+    }
+
+    [Fact]
     public void FromAuditLines_OnlySuccessfulDestructionsAfterTheHead_HeaderAndCheckpointsSkipped()
     {
         string[] lines =

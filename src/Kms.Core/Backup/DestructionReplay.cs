@@ -7,14 +7,16 @@ namespace Kms.Core.Backup;
 
 /// <summary>
 /// A destruction known to have happened, to be re-applied to a restored snapshot: one version
-/// (<see cref="Version"/>), or the due destructions of a key as of <see cref="Time"/>
-/// (<see cref="Version"/> null: what a <c>lifecycle/Destruction</c> event records).
+/// (<see cref="Version"/>); the whole key (<see cref="WholeKey"/>: its deletion came due); or,
+/// from audit logs written before destructions named their versions, the due destructions of
+/// a key as of <see cref="Time"/> (neither).
 /// </summary>
 /// <param name="Key">The key.</param>
-/// <param name="Version">The version number, or null for the key's due destructions.</param>
+/// <param name="Version">The version number, or null.</param>
 /// <param name="Time">When it happened.</param>
 /// <param name="Source">Where it was found, for the report (a database, an audit event).</param>
-public sealed record RecordedDestruction(KeyName Key, int? Version, DateTimeOffset Time, string Source);
+/// <param name="WholeKey">The key was destroyed with every version.</param>
+public sealed record RecordedDestruction(KeyName Key, int? Version, DateTimeOffset Time, string Source, bool WholeKey = false);
 
 /// <summary>
 /// Re-applies destructions to a restored snapshot, so a restore never brings a destroyed key
@@ -30,8 +32,14 @@ public static class DestructionReplay
     /// <summary>The audit operation of a quorum's immediate destruction (resource: the version).</summary>
     public const string DestroyNowOperation = "quorum/DESTROY_KEY_VERSION_NOW";
 
-    /// <summary>The audit operation of the lifecycle's due destructions (resource: the key).</summary>
+    /// <summary>
+    /// The audit operation of the lifecycle's destruction of a version whose waiting period
+    /// ended (resource: the version; in logs written before versions were named, the key).
+    /// </summary>
     public const string LifecycleOperation = "lifecycle/Destruction";
+
+    /// <summary>The audit operation of the lifecycle's destruction of a key whose deletion came due (resource: the key; every version).</summary>
+    public const string KeyDestructionOperation = "lifecycle/KeyDestruction";
 
     /// <summary>
     /// The change that re-applies <paramref name="destructions"/> (all of one key) to
@@ -46,6 +54,8 @@ public static class DestructionReplay
         {
             var targets = destruction.Version is { } number
                 ? current.Versions.Where(v => v.Name.Version == number)
+                : destruction.WholeKey
+                ? current.Versions
                 : current.Versions.Where(v => v.State == KeyState.DestroyScheduled && v.DestroyTime <= destruction.Time
                     || current.Key.State == KeyState.DestroyScheduled && current.Key.DestroyTime <= destruction.Time);
             foreach (var version in targets)
@@ -79,8 +89,9 @@ public static class DestructionReplay
     /// <summary>
     /// The destructions an audit export or SIEM stream (JSON lines, docs/audit-format.md)
     /// records after sequence <paramref name="afterSequence"/>: successful
-    /// <see cref="DestroyNowOperation"/> and <see cref="LifecycleOperation"/> events. Lines that
-    /// are not events (the export's header, checkpoints) are skipped.
+    /// <see cref="DestroyNowOperation"/>, <see cref="LifecycleOperation"/> and
+    /// <see cref="KeyDestructionOperation"/> events. Lines that are not events (the export's
+    /// header, checkpoints) are skipped.
     /// </summary>
     /// <exception cref="FormatException">A line that is not JSON.</exception>
     public static IReadOnlyList<RecordedDestruction> FromAuditLines(IEnumerable<string> lines, long afterSequence, string source)
@@ -116,7 +127,7 @@ public static class DestructionReplay
                 var seq = body.GetProperty("seq").GetInt64();
                 var operation = body.GetProperty("operation").GetString();
                 if (seq <= afterSequence || body.GetProperty("outcome").GetString() != "OK"
-                    || operation is not (DestroyNowOperation or LifecycleOperation)
+                    || operation is not (DestroyNowOperation or LifecycleOperation or KeyDestructionOperation)
                     || body.GetProperty("resource").GetString() is not { } resource)
                 {
                     continue;
@@ -124,9 +135,19 @@ public static class DestructionReplay
 
                 var time = DateTimeOffset.Parse(body.GetProperty("time").GetString()!, System.Globalization.CultureInfo.InvariantCulture);
                 var where = $"{source} event {seq} ({operation})";
-                found.Add(operation == DestroyNowOperation
-                    ? new RecordedDestruction(KeyVersionName.Parse(resource, "resource").Key, KeyVersionName.Parse(resource, "resource").Version, time, where)
-                    : new RecordedDestruction(KeyName.Parse(resource, "resource"), null, time, where));
+                if (operation == KeyDestructionOperation)
+                {
+                    found.Add(new RecordedDestruction(KeyName.Parse(resource, "resource"), null, time, where, WholeKey: true));
+                }
+                else if (operation == DestroyNowOperation || resource.Contains("/versions/", StringComparison.Ordinal))
+                {
+                    var version = KeyVersionName.Parse(resource, "resource");
+                    found.Add(new RecordedDestruction(version.Key, version.Version, time, where));
+                }
+                else
+                {
+                    found.Add(new RecordedDestruction(KeyName.Parse(resource, "resource"), null, time, where));
+                }
             }
         }
 

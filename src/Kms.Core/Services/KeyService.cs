@@ -360,7 +360,7 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
             return false;
         }
 
-        using (SystemScope("lifecycle/UsageRotation", name))
+        using (SystemScope("lifecycle/UsageRotation", name.ToString()))
         {
             return await RotateIfStillDueAsync(name, key => key.State == KeyState.Enabled && key.Primary.Usage.EncryptCount >= limits.SoftBound,
                 scheduled: false, Clock.Now(time), cancellationToken);
@@ -373,27 +373,77 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
     /// material is erased from the store and their unwrapped copies dropped from the HSM.
     /// Returns how many versions were destroyed.
     /// </summary>
+    /// <remarks>
+    /// Each destruction is its own transaction with its own audit event naming what it
+    /// destroyed: <c>lifecycle/KeyDestruction</c> with the key (every version), or
+    /// <c>lifecycle/Destruction</c> with the version — so a restore from a backup and an audit
+    /// export alone can re-apply it (<see cref="Backup.DestructionReplay"/>).
+    /// </remarks>
     public async Task<int> DestroyDueAsync(CancellationToken cancellationToken)
     {
         var now = Clock.Now(time);
         var destroyed = 0;
-        await ForEachDueKeyAsync("lifecycle/Destruction", await store.ListKeysDueForDestructionAsync(now, DueBatch, cancellationToken), async name =>
+        await ForEachDueKeyAsync(null, await store.ListKeysDueForDestructionAsync(now, DueBatch, cancellationToken), async name =>
         {
-            IReadOnlyList<KeyVersion> erased = [];
-            await store.UpdateKeyAsync(name, current =>
+            if (await store.GetKeyAsync(name, cancellationToken) is not { } key)
             {
-                var change = KeyTransitions.DestroyDue(current, now);
-                erased = change?.UpdatedVersions ?? [];
-                return change ?? new KeyChange(current.Key) { IsNoOp = true };
-            }, cancellationToken);
-            foreach (var version in erased)
-            {
-                hsm.EvictKey(version.Id);
+                return;
             }
 
-            destroyed += erased.Count;
+            if (key.State == KeyState.DestroyScheduled && key.DestroyTime <= now)
+            {
+                using (SystemScope(Backup.DestructionReplay.KeyDestructionOperation, name.ToString()))
+                {
+                    destroyed += await DestroyAsync(name, current => KeyTransitions.DestroyDue(current, now), cancellationToken);
+                }
+
+                return;
+            }
+
+            foreach (var number in await DueVersionsAsync(name, now, cancellationToken))
+            {
+                using (SystemScope(Backup.DestructionReplay.LifecycleOperation, name.Version(number).ToString()))
+                {
+                    destroyed += await DestroyAsync(name, current => KeyTransitions.DestroyDueVersion(current, number, now), cancellationToken);
+                }
+            }
         });
         return destroyed;
+    }
+
+    // One destruction: the store change (a no-op when it is no longer due), then the HSM's copies.
+    private async Task<int> DestroyAsync(KeyName name, Func<KeyWithVersions, KeyChange?> decide, CancellationToken cancellationToken)
+    {
+        IReadOnlyList<KeyVersion> erased = [];
+        await store.UpdateKeyAsync(name, current =>
+        {
+            var change = decide(current);
+            erased = change?.UpdatedVersions ?? [];
+            return change ?? new KeyChange(current.Key) { IsNoOp = true };
+        }, cancellationToken);
+        foreach (var version in erased)
+        {
+            hsm.EvictKey(version.Id);
+        }
+
+        return erased.Count;
+    }
+
+    private async Task<List<int>> DueVersionsAsync(KeyName name, DateTimeOffset now, CancellationToken cancellationToken)
+    {
+        var due = new List<int>();
+        var after = 0;
+        while (true)
+        {
+            var page = await store.ListVersionsAsync(name, after, DueBatch, cancellationToken);
+            due.AddRange(page.Where(v => v.State == KeyState.DestroyScheduled && v.DestroyTime <= now).Select(v => v.Name.Version));
+            if (page.Count < DueBatch)
+            {
+                return due;
+            }
+
+            after = page[^1].Name.Version;
+        }
     }
 
     /// <summary>Background: finishes erasing destroyed material from the store's files if an earlier pass could not.</summary>
@@ -407,15 +457,16 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
     }
 
     // One key's failure does not stop the others; the failures are reported together after.
-    // Each key's change is audited as the lifecycle's own (system:lifecycle), committed with it.
-    private async Task ForEachDueKeyAsync(string operation, IReadOnlyList<KeyName> names, Func<KeyName, Task> work)
+    // Each key's change is audited as the lifecycle's own (system:lifecycle), committed with it:
+    // under OPERATION naming the key, or (null) under the scopes the work enters itself.
+    private async Task ForEachDueKeyAsync(string? operation, IReadOnlyList<KeyName> names, Func<KeyName, Task> work)
     {
         List<Exception>? failures = null;
         foreach (var name in names)
         {
             try
             {
-                using (SystemScope(operation, name))
+                using (operation is null ? null : SystemScope(operation, name.ToString()))
                 {
                     await work(name);
                 }
@@ -432,14 +483,14 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         }
     }
 
-    private IDisposable SystemScope(string operation, KeyName name) => Audit.AuditScope.Enter(new Audit.AuditScope(
+    private IDisposable SystemScope(string operation, string resource) => Audit.AuditScope.Enter(new Audit.AuditScope(
         new Audit.AuditEntry
         {
             Time = Clock.Now(time),
             RequestId = Guid.NewGuid().ToString("N"),
             Principal = "system:lifecycle",
             Operation = operation,
-            Resource = name.ToString(),
+            Resource = resource,
             Outcome = "OK",
         },
         mutating: true));

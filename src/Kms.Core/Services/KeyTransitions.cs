@@ -232,6 +232,20 @@ public static class KeyTransitions
         return new KeyChange(updated) { UpdatedVersions = destroyed };
     }
 
+    /// <summary>
+    /// Destroys version <paramref name="number"/> if its destruction is due (it is
+    /// DESTROY_SCHEDULED and its time has come); null otherwise (restored, or not yet due).
+    /// </summary>
+    public static KeyChange? DestroyDueVersion(KeyWithVersions current, int number, DateTimeOffset now)
+    {
+        if (current.Version(number) is not { State: KeyState.DestroyScheduled } version || version.DestroyTime > now)
+        {
+            return null;
+        }
+
+        return WithVersion(current.Key, version with { State = KeyState.Destroyed, DestroyEventTime = now });
+    }
+
     /// <summary>The state's name as the API spells it.</summary>
     public static string StateName(KeyState state) => state switch
     {
