@@ -390,8 +390,9 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
         return template;
     }
 
-    // A secret key between an unwrap and a wrap: sensitive, extractable only for the wrap, no usage.
-    private Template TransitSecretKey(CKK keyType) => new(
+    // A secret key between an unwrap and a wrap: sensitive, extractable only for the wrap (only
+    // under a trusted key, where the profile can), no usage.
+    private Template TransitSecretKey(CKK keyType) => Transit(
     [
         attributes.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
         attributes.Create(CKA.CKA_KEY_TYPE, keyType),
@@ -407,11 +408,10 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
         attributes.Create(CKA.CKA_VERIFY, false),
         attributes.Create(CKA.CKA_DERIVE, false),
         attributes.Create(CKA.CKA_COPYABLE, false),
-        attributes.Create(CKA.CKA_MODIFIABLE, false),
     ]);
 
-    // A private key between an unwrap and a wrap: sensitive, extractable only for the wrap, no usage.
-    private Template TransitPrivateKey(CKK keyType) => new(
+    // A private key between an unwrap and a wrap: as a transit secret key.
+    private Template TransitPrivateKey(CKK keyType) => Transit(
     [
         attributes.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY),
         attributes.Create(CKA.CKA_KEY_TYPE, keyType),
@@ -425,8 +425,21 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
         attributes.Create(CKA.CKA_UNWRAP, false),
         attributes.Create(CKA.CKA_DERIVE, false),
         attributes.Create(CKA.CKA_COPYABLE, false),
-        attributes.Create(CKA.CKA_MODIFIABLE, false),
     ]);
+
+    // A transit object is extractable like a new version is: only under a trusted key where the
+    // profile can (a BYOK import's private key and a domain rotation's copies were not).
+    private Template Transit(List<IObjectAttribute> body)
+    {
+        var template = new Template(body);
+        if (profile.WrapWithTrusted)
+        {
+            template.Add(attributes.Create(CKA.CKA_WRAP_WITH_TRUSTED, true));
+        }
+
+        template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
+        return template;
+    }
 
     private Template RsaPrivateKey(bool extractable, RsaUsage usage)
     {

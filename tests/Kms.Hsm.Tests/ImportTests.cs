@@ -310,6 +310,34 @@ public sealed class ImportTests(AlgorithmFixture fixture) : IClassFixture<Algori
     }
 
     [Fact]
+    public void ImportedAndRewrappedMaterial_OnAProfileWithTrustedWrapping_ExtractableOnlyUnderATrustedKey()
+    {
+        // Between its unwrap and the domain key's wrap, a customer's private key is as exposed
+        // as a freshly generated version: it must carry CKA_WRAP_WITH_TRUSTED where the profile
+        // can, as the generated ones do. (SoftHSM's profile cannot; its templates go without.)
+        var trusted = new HsmProfile { Name = "trusted", AllowedMechanismsAttribute = true, WrapWithTrusted = true };
+        foreach (var (profile, expected) in new[] { (trusted, true), (fixture.Hsm.Profile, false) })
+        {
+            var templates = new Templates(fixture.Base.Factories.ObjectAttributeFactory, profile);
+            foreach (var algorithm in new[] { KeyAlgorithm.Aes256Gcm, KeyAlgorithm.HmacSha256, KeyAlgorithm.RsaSignPss2048Sha256, KeyAlgorithm.EcSignP256Sha256, KeyAlgorithm.Ed25519 })
+            {
+                using var imported = templates.ImportedMaterial(KeyAlgorithms.Of(algorithm), CKM.CKM_SHA256_HMAC);
+                Assert.True(expected == imported.Attributes.Any(a => a.Type == (ulong)CKA.CKA_WRAP_WITH_TRUSTED && a.GetValueAsBool()), $"{algorithm} on {profile.Name}");
+                Assert.Equal((ulong)CKA.CKA_MODIFIABLE, imported.Attributes[^1].Type);
+            }
+
+            foreach (var rewrapped in new[] { templates.RewrappedAesKey(), templates.RewrappedGenericSecret(), templates.RewrappedRsaPrivateKey(), templates.RewrappedEcPrivateKey() })
+            {
+                using (rewrapped)
+                {
+                    Assert.Equal(expected, rewrapped.Attributes.Any(a => a.Type == (ulong)CKA.CKA_WRAP_WITH_TRUSTED && a.GetValueAsBool()));
+                    Assert.Equal((ulong)CKA.CKA_MODIFIABLE, rewrapped.Attributes[^1].Type);
+                }
+            }
+        }
+    }
+
+    [Fact]
     public void ImportJob_UnwrappedAsTheImportUses_UnwrapOnlyOaepOnlySensitive()
     {
         using var session = fixture.Base.OpenRawSession();
