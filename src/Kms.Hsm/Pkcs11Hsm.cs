@@ -39,6 +39,10 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     private long _generation;
     private DateTime _nextRecoveryUtc;
     private bool _pinRefused;
+
+    // A key this adapter wrapped under the domain key at its first open: proof, at every later
+    // open, that the token still holds that key (see ProveSameDomainKey).
+    private byte[]? _domainKeyWitness;
     private int _disposed;
     private readonly Dictionary<string, Pkcs11Hsm> _regions = new(StringComparer.Ordinal);
 
@@ -752,6 +756,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
 
                 Login(sessions[0]);
                 var domainKey = DomainKeyLocator.Locate(sessions[0], _templates, _options, _profile, _module.Factories);
+                ProveSameDomainKey(sessions[0], domainKey.Handle);
                 var generation = Interlocked.Increment(ref _generation);
                 return new SlotState(
                     slot.SlotId,
@@ -779,6 +784,47 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
                 throw;
             }
         });
+    }
+
+    // The check value identifies a domain key by 3 bytes: someone with the PIN can make a key of
+    // their own with the same one (2^24 AES operations) and put it in the real one's place. A
+    // re-opened slot (recovery, recycle) must also unwrap what the first open wrapped — KWP's
+    // integrity check makes that about 2^-64 for any other key — or it is refused.
+    private void ProveSameDomainKey(ISession session, IObjectHandle domainKey)
+    {
+        using var kwp = _module.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD);
+        if (_domainKeyWitness is null)
+        {
+            using var generate = _module.Factories.MechanismFactory.Create(CKM.CKM_AES_KEY_GEN);
+            using var template = _templates.GeneratedAesKey();
+            var key = session.GenerateKey(generate, template.Attributes);
+            try
+            {
+                _domainKeyWitness = session.WrapKey(kwp, domainKey, key);
+            }
+            finally
+            {
+                session.DestroyObject(key);
+                CountDestroyed();
+            }
+
+            return;
+        }
+
+        using var unwrapTemplate = UnwrapTemplate(KeyHandleKind.Aes256Gcm);
+        IObjectHandle copy;
+        try
+        {
+            copy = session.UnwrapKey(kwp, domainKey, _domainKeyWitness, unwrapTemplate.Attributes);
+        }
+        catch (Pkcs11Exception e) when (!Pkcs11Errors.IsDeviceLost(e))
+        {
+            throw new HsmConfigurationException(
+                $"the token's domain key (check value {DomainKeyCheckValue}) does not unwrap what the domain key this server opened wrapped ({e.RV}): it was replaced; staying unavailable", e);
+        }
+
+        session.DestroyObject(copy);
+        CountDestroyed();
     }
 
     private ISlot FindSlot(IPkcs11Library library) => SlotList.FindToken(library, _options.TokenLabel, _options.ModulePath).Slot;

@@ -35,6 +35,41 @@ public sealed class RecoveryTests
     }
 
     [Fact]
+    public async Task DomainKeyReplacedByOneWithTheSameCheckValue_RecoveryRefusesIt_TheRealOneServesAgain()
+    {
+        // Someone with the PIN replaces the domain key by one they know, whose 3-byte check value
+        // they made equal by brute force (2^24 AES operations: this pair took 1 s to find).
+        // If recovery accepted it, every key created afterwards would be wrapped under it.
+        var real = Convert.FromHexString("A0A1A2A3A4A5A6A7A8A9AAABACADAEAFB0B1B2B3B4B5B6B7B8B9BABBBCBDBEBF");
+        var forged = Convert.FromHexString("B0B1B2B3B4B5B6B7B8B9BABBBCBDBEBFC0C1C2C3C4C5C6C73A126A0000000000");
+        Assert.Equal(HsmCeremonySession.AesCheckValue(real), HsmCeremonySession.AesCheckValue(forged));
+        var token = SoftHsm.CreateToken();
+        var options = token.Options(devMode: false);
+        ReplaceDomainKey(token, real);
+        await using var hsm = Pkcs11Hsm.Open(options, NullLogger.Instance);
+        var key = new KeyMaterialRef(KeyVersionId.NewId(), await hsm.GenerateAes256KeyAsync(default));
+
+        ReplaceDomainKey(token, forged);
+        hsm.CloseAllSessionsForFaultInjection();
+        for (var attempt = 0; attempt < 3; attempt++)
+        {
+            var refused = await Assert.ThrowsAsync<KmsException>(async () => await hsm.GenerateAes256KeyAsync(default));
+            Assert.Equal(KmsErrorCode.Unavailable, refused.Code);
+        }
+
+        ReplaceDomainKey(token, real);
+        Assert.Equal([7], await hsm.DecryptAesGcmAsync(key, new byte[12], [], await hsm.EncryptAesGcmAsync(key, new byte[12], [], [7], default), default));
+    }
+
+    private static void ReplaceDomainKey(TestToken token, byte[] value)
+    {
+        var options = token.Options(devMode: false);
+        using var ceremony = HsmCeremonySession.Open(options, System.Text.Encoding.UTF8.GetBytes(token.UserPin));
+        ceremony.DestroyDomainKey(options.DomainKeyLabel, options.DomainKeyId!);
+        ceremony.ImportDomainKey(value, options.DomainKeyLabel, options.DomainKeyId!);
+    }
+
+    [Fact]
     public async Task LibraryFinalizedBehindOurBack_UnavailableThenReinitialisesAndServes()
     {
         await using var hsm = Pkcs11Hsm.Open(SoftHsm.CreateToken().Options(), NullLogger.Instance);

@@ -46,6 +46,30 @@ public sealed class CeremonyDomainKeyTests
         Assert.Contains("refusing to serve", e.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task ProductionServer_RestartedOnAForgedDomainKeyWithTheSameCheckValue_RefusesToServe()
+    {
+        // The check value pins the domain key by 3 bytes; this pair was found in 1 s (2^24 AES
+        // operations). The pin alone would accept the forgery: what the database holds wrapped
+        // under the real key must also open, or the server does not serve.
+        var real = Convert.FromHexString("A0A1A2A3A4A5A6A7A8A9AAABACADAEAFB0B1B2B3B4B5B6B7B8B9BABBBCBDBEBF");
+        var forged = Convert.FromHexString("B0B1B2B3B4B5B6B7B8B9BABBBCBDBEBFC0C1C2C3C4C5C6C73A126A0000000000");
+        Assert.Equal(HsmCeremonySession.AesCheckValue(real), HsmCeremonySession.AesCheckValue(forged));
+        var first = SoftHsm.CreateToken();
+        Import(first, real);
+        var dataDir = Path.Combine(Path.GetTempPath(), "kms-ceremony-" + Guid.NewGuid().ToString("N")[..8]);
+        await using (var server = await KmsTestServer.StartProductionAsync(first, dataDir, DomainKeyId))
+        {
+            using var client = server.CreateClient();
+            await client.CreateKeyAsync("tenants/dev", "orders");
+        }
+
+        var impostor = SoftHsm.CreateToken();
+        Import(impostor, forged);
+        var e = await Assert.ThrowsAnyAsync<Exception>(() => KmsTestServer.StartProductionAsync(impostor, dataDir, DomainKeyId));
+        Assert.Contains("is not the one this database was created under", e.Message, StringComparison.Ordinal);
+    }
+
     private static void Import(TestToken token, byte[] domainKey)
     {
         using var session = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin));

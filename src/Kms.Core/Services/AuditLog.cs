@@ -78,7 +78,19 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         // The public key is only a database row: prove the HSM-held private key matches it, so a
         // database writer cannot get another key published (and then forge checkpoints).
         var probe = SHA256.HashData(Encoding.UTF8.GetBytes("kms audit signing key probe " + Fingerprint));
-        var signature = await hsm.SignEcdsaAsync(_signingKey, EcCurve.P256, probe, cancellationToken);
+        byte[] signature;
+        try
+        {
+            signature = await hsm.SignEcdsaAsync(_signingKey, EcCurve.P256, probe, cancellationToken);
+        }
+        catch (KmsException e) when (e.Code == KmsErrorCode.Internal)
+        {
+            // Also the one proof at start that the domain key is the database's: its 3-byte check
+            // value matched the pin, but a key of someone else's can be made to match it.
+            throw KmsErrors.FailedPrecondition(
+                $"the audit signing key stored in this database does not open under the HSM's domain key ({e.Message}), although the check values match: the token's domain key is not the one this database was created under (a check value can be forged), or the stored key is damaged; refusing to start");
+        }
+
         using (var verifier = ECDsa.Create())
         {
             verifier.ImportSubjectPublicKeyInfo(PublicKey, out _);
