@@ -199,6 +199,34 @@ public sealed class AccessControlTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task LiftingAPolicy_EndsItsGrants_SoRestrictingTheKeyAgainRevivesNone()
+    {
+        // A grant narrows only a restricted key. Were it kept while the key is unrestricted, the
+        // next policy would silently bring it back, though nobody granted it under that policy
+        // and the access review showed nothing in between.
+        var key = await _developer.CreateKeyAsync("tenants/dev", "re-restricted");
+        var context = new Dictionary<string, string> { ["rec"] = "42" };
+        var blob = (await _developer.EncryptAsync(key.Name, "42"u8.ToArray(), context)).Ciphertext;
+        using var reader = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("dormant-reader", "dev", "key-user"));
+        var policy = new SetKeyPolicyRequest { Name = key.Name, Entries = { new KeyPolicyEntry { Principal = "token:developer", Operations = { "ENCRYPT", "DECRYPT" } } } };
+        await _developer.Raw.SetKeyPolicyAsync(policy);
+        await _developer.Raw.CreateGrantAsync(new CreateGrantRequest
+        {
+            Parent = key.Name,
+            Grant = new KeyGrant { Grantee = "token:dormant-reader", Operations = { "DECRYPT" }, ContextEquals = { ["rec"] = "42" } },
+        });
+
+        await _developer.Raw.SetKeyPolicyAsync(new SetKeyPolicyRequest { Name = key.Name });
+        Assert.Empty((await _developer.Raw.ListGrantsAsync(new ListGrantsRequest { Parent = key.Name })).Grants);
+
+        await _developer.Raw.SetKeyPolicyAsync(policy);
+        var refused = await Assert.ThrowsAsync<RpcException>(() => reader.DecryptAsync(blob, context));
+        Assert.Equal(StatusCode.PermissionDenied, refused.StatusCode);
+        var review = await _developer.Raw.TestPermissionsAsync(new TestPermissionsRequest { Name = key.Name });
+        Assert.Empty(review.Principals.Single(p => p.Principal == "token:dormant-reader").ConditionalGrants);
+    }
+
+    [Fact]
     public async Task Grants_AllowOnlyWithTheMatchingContext_AndStopWhenRevoked()
     {
         var key = await _developer.CreateKeyAsync("tenants/dev", "records");

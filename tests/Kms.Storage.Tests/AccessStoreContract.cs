@@ -144,13 +144,19 @@ public abstract class AccessStoreContract : KeyStoreLifecycleContract
         Assert.False((await store.GetKeyPolicyAsync(key.Name, default)).Restricts);
 
         var entries = new Dictionary<string, KeyOperations> { ["token:alice"] = KeyOperations.Encrypt | KeyOperations.Decrypt, ["cn:bob"] = KeyOperations.Decrypt };
-        await store.SetKeyPolicyAsync(new KeyPolicy(key.Name, entries), default);
+        await store.SetKeyPolicyAsync(new KeyPolicy(key.Name, entries), T0, default);
         Assert.True((await ((IKeyStore)store).GetKeyAsync(key.Name, default))!.Restricted);
         Assert.Equal(entries.OrderBy(e => e.Key), (await store.GetKeyPolicyAsync(key.Name, default)).Entries.OrderBy(e => e.Key));
 
-        await store.SetKeyPolicyAsync(KeyPolicy.None(key.Name), default);
+        // Replacing a policy keeps the key's grants; lifting it revokes them, in the same step.
+        await store.CreateGrantAsync(new Grant("00000000000000g1", key.Name, PrincipalName.Token("alice"), KeyOperations.Decrypt, new Dictionary<string, string> { ["r"] = "1" }, T0), default);
+        await store.SetKeyPolicyAsync(new KeyPolicy(key.Name, entries), T0.AddMinutes(1), default);
+        Assert.Single(await store.ListGrantsAsync(key.Name, includeRevoked: false, default));
+        await store.SetKeyPolicyAsync(KeyPolicy.None(key.Name), T0.AddMinutes(2), default);
         Assert.False((await ((IKeyStore)store).GetKeyAsync(key.Name, default))!.Restricted);
         Assert.Empty((await store.GetKeyPolicyAsync(key.Name, default)).Entries);
+        Assert.Empty(await store.ListGrantsAsync(key.Name, includeRevoked: false, default));
+        Assert.Equal(T0.AddMinutes(2), Assert.Single(await store.ListGrantsAsync(key.Name, includeRevoked: true, default)).RevokeTime);
     }
 
     [Fact]

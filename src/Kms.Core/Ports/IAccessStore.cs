@@ -66,8 +66,12 @@ public interface IAccessStore
     /// <summary>Bindings within a tenant (null: deployment-wide bindings).</summary>
     Task<IReadOnlyList<RoleBinding>> ListRoleBindingsAsync(TenantId? tenant, CancellationToken cancellationToken);
 
-    /// <summary>Replaces a key's policy (empty entries: no policy), and marks the key restricted or not.</summary>
-    Task SetKeyPolicyAsync(KeyPolicy policy, CancellationToken cancellationToken);
+    /// <summary>
+    /// Replaces a key's policy and marks the key restricted or not. Empty entries (no policy)
+    /// also revoke the key's active grants at <paramref name="time"/>, in the same step: a grant
+    /// narrows only a restricted key, and none may lie dormant for the next policy to revive.
+    /// </summary>
+    Task SetKeyPolicyAsync(KeyPolicy policy, DateTimeOffset time, CancellationToken cancellationToken);
 
     /// <summary>A key's policy (<see cref="KeyPolicy.None"/> when it has none).</summary>
     Task<KeyPolicy> GetKeyPolicyAsync(KeyName key, CancellationToken cancellationToken);

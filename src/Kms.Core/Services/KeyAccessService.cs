@@ -14,14 +14,14 @@ namespace Kms.Core.Services;
 /// use the key for some operations only when the request's encryption context contains
 /// given pairs. Roles are still required: policies and grants only narrow. Grants apply to
 /// keys with a policy (on an unrestricted key a grant would narrow nothing, so creating one
-/// is refused); an empty policy lifts the restriction, and grants then lie dormant.
+/// is refused); an empty policy lifts the restriction and revokes the key's grants with it.
 /// </summary>
 public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimeProvider time)
 {
     /// <summary>Most entries in a key policy; most grants per key.</summary>
     public const int MaxEntries = 100;
 
-    /// <summary>Replaces a key's policy (no entries: the key is unrestricted again).</summary>
+    /// <summary>Replaces a key's policy (no entries: the key is unrestricted again, and its grants are revoked).</summary>
     public async Task<KeyPolicy> SetKeyPolicyAsync(Caller caller, KeyName key, IEnumerable<KeyValuePair<string, KeyOperations>> entries, CancellationToken cancellationToken)
     {
         await GetKeyAsync(caller, key, cancellationToken);
@@ -44,7 +44,7 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
         }
 
         var result = new KeyPolicy(key, policy);
-        await access.SetKeyPolicyAsync(result, cancellationToken);
+        await access.SetKeyPolicyAsync(result, Clock.Now(time), cancellationToken);
         return result;
     }
 

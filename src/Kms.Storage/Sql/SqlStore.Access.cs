@@ -140,7 +140,7 @@ public abstract partial class SqlStore
             ("@tenant", tenant?.Value ?? ""));
 
     /// <inheritdoc />
-    public Task SetKeyPolicyAsync(KeyPolicy policy, CancellationToken cancellationToken) =>
+    public Task SetKeyPolicyAsync(KeyPolicy policy, DateTimeOffset time, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
             var key = policy.Key;
@@ -156,6 +156,12 @@ public abstract partial class SqlStore
 
             await ExecuteInAsync(connection, transaction, "UPDATE keys SET restricted = @restricted WHERE tenant = @tenant AND key_id = @key_id", cancellationToken,
                 ("@restricted", policy.Restricts ? 1 : 0), ("@tenant", key.Tenant.Value), ("@key_id", key.KeyId));
+            if (!policy.Restricts)
+            {
+                await ExecuteInAsync(connection, transaction, "UPDATE grants SET revoke_time = @time WHERE tenant = @tenant AND key_id = @key_id AND revoke_time IS NULL", cancellationToken,
+                    ("@time", time.ToUnixTimeMilliseconds()), ("@tenant", key.Tenant.Value), ("@key_id", key.KeyId));
+            }
+
             return 0;
         }, cancellationToken);
 

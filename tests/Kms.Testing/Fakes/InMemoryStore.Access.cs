@@ -198,7 +198,7 @@ public sealed partial class InMemoryStore
         }
     }
 
-    public Task SetKeyPolicyAsync(KeyPolicy policy, CancellationToken cancellationToken)
+    public Task SetKeyPolicyAsync(KeyPolicy policy, DateTimeOffset time, CancellationToken cancellationToken)
     {
         lock (_lock)
         {
@@ -210,6 +210,13 @@ public sealed partial class InMemoryStore
 
             _policies[id] = policy;
             _keys[id] = key with { Restricted = policy.Restricts };
+            for (var i = 0; i < _grants.Count && !policy.Restricts; i++)
+            {
+                if (_grants[i].Key == policy.Key && _grants[i].RevokeTime is null)
+                {
+                    _grants[i] = _grants[i] with { RevokeTime = time };
+                }
+            }
         }
 
         return Task.CompletedTask;
