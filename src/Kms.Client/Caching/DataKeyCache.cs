@@ -304,7 +304,10 @@ internal sealed class DataKeyCache : IDisposable
     }
 }
 
-/// <summary>One cached data key: a pinned copy zeroed on dispose, with its usage so far.</summary>
+/// <summary>
+/// One cached data key: a pinned copy zeroed on dispose — or, when an encryptor is dropped
+/// without being disposed, on finalization — with its usage so far.
+/// </summary>
 internal sealed class CachedDataKey : IDisposable
 {
     private readonly Lock _lock = new();
@@ -322,7 +325,14 @@ internal sealed class CachedDataKey : IDisposable
         _created = created;
     }
 
+    // The sweep timer holds the cache weakly, so an encryptor nobody disposes is collected with
+    // its entries: their keys are zeroed then (leases are copies: no caller still uses this array).
+    ~CachedDataKey() => CryptographicOperations.ZeroMemory(_key);
+
     public IReadOnlyList<WrappedDataKey> Wrapped { get; }
+
+    /// <summary>For tests: the key array itself (to observe its zeroing after this entry is collected).</summary>
+    internal byte[] KeyArray => _key;
 
     /// <summary>For tests: whether the key bytes are zero.</summary>
     internal bool IsZeroed
@@ -361,5 +371,7 @@ internal sealed class CachedDataKey : IDisposable
             _disposed = true;
             CryptographicOperations.ZeroMemory(_key);
         }
+
+        GC.SuppressFinalize(this);
     }
 }

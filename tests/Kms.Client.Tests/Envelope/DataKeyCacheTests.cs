@@ -280,6 +280,31 @@ public sealed class DataKeyCacheTests
     }
 
     [Fact]
+    public async Task Encryptor_NeverDisposed_ItsCachedKeysAreZeroedWhenCollected()
+    {
+        var keys = await FillAndDropAsync(_provider);
+        Assert.NotEmpty(keys);
+        Assert.All(keys, key => Assert.True(key.AsSpan().ContainsAnyExcept((byte)0)));
+
+        for (var i = 0; i < 5 && keys.Any(key => key.AsSpan().ContainsAnyExcept((byte)0)); i++)
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+        }
+
+        Assert.All(keys, key => Assert.False(key.AsSpan().ContainsAnyExcept((byte)0), "a dropped encryptor's cached data key was left in memory"));
+
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+        static async Task<List<byte[]>> FillAndDropAsync(FakeKeyProvider provider)
+        {
+            var encryptor = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"], DataKeyCache = new DataKeyCacheOptions() });
+            var message = await encryptor.EncryptAsync(new byte[10]);
+            await encryptor.DecryptAsync(message);
+            return [.. encryptor.Cache!.Entries.Select(e => e.KeyArray)];
+        }
+    }
+
+    [Fact]
     public async Task Options_ChangedAfterConstruction_IgnoredByTheCache()
     {
         var options = new DataKeyCacheOptions { MaxMessagesPerKey = 2 };
