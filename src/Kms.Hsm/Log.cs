@@ -30,8 +30,11 @@ internal static partial class Log
     [LoggerMessage(EventId = 2008, Level = LogLevel.Warning, Message = "Could not destroy the session object of an evicted key version ({ReturnValue}); it dies with its session")]
     public static partial void DestroyFailed(ILogger logger, CKR returnValue);
 
-    [LoggerMessage(EventId = 2009, Level = LogLevel.Warning, Message = "Sessions still busy after {Timeout} while recovering; leaving them open")]
+    [LoggerMessage(EventId = 2009, Level = LogLevel.Warning, Message = "Sessions still busy after {Timeout} while recovering; leaving them open until their calls return")]
     public static partial void DrainTimedOut(ILogger logger, TimeSpan timeout);
+
+    [LoggerMessage(EventId = 2011, Level = LogLevel.Information, Message = "The calls on handle generation {Generation}, left open by a recovery, returned; its sessions and key copies are closed")]
+    public static partial void LateClosed(ILogger logger, long generation);
 
     [LoggerMessage(EventId = 2010, Level = LogLevel.Information, Message = "HSM module re-initialised after {Destroyed} destroyed session objects, which profile {Profile} keeps until C_Finalize; new generation {Generation} (module generation {ModuleGeneration}), every cached key handle dropped")]
     public static partial void Recycled(ILogger logger, long destroyed, string profile, long generation, long moduleGeneration);

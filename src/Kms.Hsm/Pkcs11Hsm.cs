@@ -653,7 +653,13 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
             if (_state is { } stale)
             {
                 stale.Faulted = true;
-                await CloseAsync(stale).ConfigureAwait(false);
+                if (!await CloseAsync(stale).ConfigureAwait(false))
+                {
+                    // A call still runs on it: closed once that returns, or its sessions and
+                    // unwrapped key copies would outlive it for the life of the process.
+                    _ = CloseWhenDrainedAsync(stale);
+                }
+
                 _state = null;
             }
 
@@ -729,6 +735,50 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         // Callers queued on this pool wake up and see the state faulted (UNAVAILABLE) or retired (start again).
         state.Pool.ReleaseDrained();
         return true;
+    }
+
+    // A generation left behind by a recovery because a call still ran on it. Closed under the
+    // recovery lock (not while the adapter is disposed) and only while the module is the one its
+    // sessions belong to: after a re-initialisation they died with it, and their handle numbers
+    // may be a new generation's.
+    private async Task CloseWhenDrainedAsync(SlotState state)
+    {
+        while (!await state.Pool.DrainAsync(DrainTimeout).ConfigureAwait(false))
+        {
+            if (Volatile.Read(ref _disposed) == 1)
+            {
+                return;
+            }
+        }
+
+        await _recovery.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            if (Volatile.Read(ref _disposed) == 1)
+            {
+                return;
+            }
+
+            _module.Call(_ =>
+            {
+                if (state.ModuleGeneration == _module.Generation)
+                {
+                    state.Dispose();
+                }
+
+                return 0;
+            });
+            Log.LateClosed(_logger, state.Cache.Generation);
+        }
+        catch (Pkcs11Exception)
+        {
+            // The library is gone; so are the sessions.
+        }
+        finally
+        {
+            _recovery.Release();
+            state.Pool.ReleaseDrained();
+        }
     }
 
     private SlotState OpenSlot()

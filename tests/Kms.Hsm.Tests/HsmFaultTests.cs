@@ -169,6 +169,45 @@ public sealed class HsmFaultTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task Hang_LongerThanTheDrain_OldGenerationClosedOnceTheCallReturns_NoKeyCopyLeft()
+    {
+        // A call hung past the recovery's 10-s drain: the recovery goes on without closing the old
+        // generation (closing a session under a running call crashes libraries). Once the call
+        // returns, that generation's sessions and unwrapped key copies must go too.
+        var options = SoftHsm.CreateToken().Options();
+        options.CallTimeout = HangTimeout;
+        await using var hsm = Pkcs11Hsm.Open(options, NullLogger.Instance);
+        var key = new KeyMaterialRef(KeyVersionId.NewId(), await hsm.GenerateAes256KeyAsync(default));
+        var sealedBytes = await hsm.EncryptAesGcmAsync(key, new byte[12], [], [3], default);
+        Assert.Equal(1, hsm.CountSessionKeyObjects());
+
+        hsm.Faults.Hang();
+        try
+        {
+            var hung = Stopwatch.StartNew();
+            while (hung.Elapsed < TimeSpan.FromSeconds(12))
+            {
+                var e = await Assert.ThrowsAsync<KmsException>(async () => await hsm.DecryptAesGcmAsync(key, new byte[12], [], sealedBytes, default));
+                Assert.Equal(KmsErrorCode.Unavailable, e.Code);
+                await Task.Delay(500);
+            }
+        }
+        finally
+        {
+            hsm.Faults.Clear();
+        }
+
+        Assert.Equal([3], await UntilServedAsync(() => hsm.DecryptAesGcmAsync(key, new byte[12], [], sealedBytes, default)));
+        var closing = Stopwatch.StartNew();
+        while (hsm.CountSessionKeyObjects() > 1 && closing.Elapsed < TimeSpan.FromSeconds(15))
+        {
+            await Task.Delay(100);
+        }
+
+        Assert.Equal(1, hsm.CountSessionKeyObjects()); // the new generation's copy only
+    }
+
+    [Fact]
     public async Task Hang_DuringRecovery_CallerStillAnswersWithinTheBound()
     {
         var options = SoftHsm.CreateToken().Options();
