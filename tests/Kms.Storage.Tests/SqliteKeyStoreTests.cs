@@ -212,6 +212,15 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         }
 
         Assert.True(await store.CompleteErasureAsync(default));
+
+        // The erasure's short busy timeout does not stay on the pooled connection it used.
+        await using (var pooled = await store.OpenConnectionAsync(default))
+        await using (var timeout = pooled.CreateCommand())
+        {
+            timeout.CommandText = "PRAGMA busy_timeout";
+            Assert.Equal(5000L, (long)(await timeout.ExecuteScalarAsync())!);
+        }
+
         SqliteConnection.ClearAllPools();
         Assert.False(FilesContain(material.Bytes.ToArray()), "material still on disk after the erasure completed");
         Assert.True(await store.CompleteErasureAsync(default));

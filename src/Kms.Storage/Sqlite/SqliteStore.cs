@@ -21,6 +21,7 @@ public sealed partial class SqliteStore : SqlStore
     private readonly string _connectionString;
     private readonly string _unpooledConnectionString;
     private readonly string _pragmas;
+    private readonly int _busyTimeoutMilliseconds;
 
     // Hot-path reads on connections of their own, statements compiled once (PreparedReaders).
     private const int MaxReaders = 8;
@@ -42,7 +43,8 @@ public sealed partial class SqliteStore : SqlStore
 
         // The audit writer's connection lives as long as the store; closing it (after a failure) must really close it.
         _unpooledConnectionString = new SqliteConnectionStringBuilder(_connectionString) { Pooling = false }.ToString();
-        _pragmas = $"PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {(int)options.BusyTimeout.TotalMilliseconds};";
+        _busyTimeoutMilliseconds = (int)options.BusyTimeout.TotalMilliseconds;
+        _pragmas = $"PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {_busyTimeoutMilliseconds};";
         DatabasePath = Path.GetFullPath(options.DatabasePath);
         _readers = new PreparedReaders(cancellationToken => OpenConnectionAsync(cancellationToken, pooled: false), MaxReaders);
     }
@@ -162,22 +164,30 @@ public sealed partial class SqliteStore : SqlStore
     // all, never the full busy timeout), then the caller retries on a later pass.
     private protected override async Task<bool> EraseFromFilesAsync(DbConnection connection, string mark, CancellationToken cancellationToken)
     {
+        // The connection goes back to the pool: its configured busy timeout is restored after.
         await ExecuteAsync(connection, "PRAGMA busy_timeout = 100;", cancellationToken);
-        for (var attempt = 0; attempt < 8; attempt++)
+        try
         {
-            await using var command = Command(connection, "PRAGMA wal_checkpoint(TRUNCATE)");
-            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-
-            // Columns: busy (0 when the checkpoint completed), WAL frames, frames checkpointed.
-            if (await reader.ReadAsync(cancellationToken) && reader.GetInt64(0) == 0)
+            for (var attempt = 0; attempt < 8; attempt++)
             {
-                return true;
+                await using var command = Command(connection, "PRAGMA wal_checkpoint(TRUNCATE)");
+                await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+
+                // Columns: busy (0 when the checkpoint completed), WAL frames, frames checkpointed.
+                if (await reader.ReadAsync(cancellationToken) && reader.GetInt64(0) == 0)
+                {
+                    return true;
+                }
+
+                await Task.Delay(25, cancellationToken);
             }
 
-            await Task.Delay(25, cancellationToken);
+            return false;
         }
-
-        return false;
+        finally
+        {
+            await ExecuteAsync(connection, $"PRAGMA busy_timeout = {_busyTimeoutMilliseconds};", CancellationToken.None);
+        }
     }
 
     // The file holds wrapped key material: readable by the service's user only. SQLite gives
