@@ -77,6 +77,34 @@ public sealed class PostgresClusterTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task TwoNodes_DatabaseDefaultsToRepeatableRead_ConcurrentGroupCommitsStillSucceed()
+    {
+        // Under REPEATABLE READ the audit writer's snapshot would be taken before it holds the
+        // write lock, and the chain head read after it would be stale: its inserts would collide.
+        await using (var connection = new NpgsqlConnection(_database.ConnectionString))
+        {
+            await connection.OpenAsync();
+            await using var alter = connection.CreateCommand();
+            alter.CommandText = $"ALTER DATABASE \"{connection.Database}\" SET default_transaction_isolation = 'repeatable read'";
+            await alter.ExecuteNonQueryAsync();
+        }
+
+        var nodes = new[] { await OpenAsync(), await OpenAsync() };
+        var work = nodes.SelectMany(node => Enumerable.Range(0, 2).Select(_ => Task.Run(async () =>
+        {
+            for (var i = 0; i < 30; i++)
+            {
+                await node.AppendAuditAsync([AuditStoreContract.Entry(i)], default);
+            }
+        })));
+        await Task.WhenAll(work);
+
+        var events = await ReadAllEventsAsync(nodes[0]);
+        Assert.Equal(120, events.Count);
+        Assert.Equal(Enumerable.Range(1, 120).Select(i => (long)i), events.Select(e => e.Sequence));
+    }
+
+    [Fact]
     public async Task Lease_OneHolderAtATime_TakenOverWhenTheHoldersConnectionDies()
     {
         var options = Options();

@@ -61,7 +61,10 @@ public sealed class PostgresStore : SqlStore
     private protected override string MigrationTableSql =>
         "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_time BIGINT NOT NULL);";
 
-    internal override string AuditBeginSql => $"BEGIN; SELECT pg_advisory_xact_lock({WriteLockKey})";
+    // READ COMMITTED whatever the database's default_transaction_isolation, as every other write
+    // here: under REPEATABLE READ the lock statement's snapshot predates the lock, and the chain
+    // head read after it would be stale.
+    internal override string AuditBeginSql => $"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WriteLockKey})";
 
     // No equivalent of SQLite's data_version, and other nodes append too: the head is read every batch.
     internal override string? AuditDataVersionSql => null;
