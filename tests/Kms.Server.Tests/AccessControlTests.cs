@@ -308,6 +308,25 @@ public sealed class AccessControlTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Quota_ABatchOverTheItemLimit_IsRefusedAndCostsOne_NotItsItems()
+    {
+        // 10,000 empty items fit in 20 KB; charged per item before the handler refused the
+        // batch, they drained the tenant's quota for every caller of it.
+        await _server.EnsureTenantAsync("slow");
+        using var flooder = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("batch-flooder", "slow", "key-user"));
+        using var neighbour = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("slow-neighbour", "slow", "key-user"));
+        var batch = new BatchDecryptRequest();
+        batch.Requests.AddRange(Enumerable.Range(0, 10_000).Select(_ => new DecryptRequest()));
+
+        var refused = await Assert.ThrowsAsync<RpcException>(() => flooder.BatchDecryptAsync(batch));
+        Assert.Equal(StatusCode.InvalidArgument, refused.StatusCode);
+
+        Assert.Equal(8, (await neighbour.GenerateRandomAsync(8)).Length);
+        Assert.Equal(8, (await neighbour.GenerateRandomAsync(8)).Length);
+        Assert.Equal(StatusCode.ResourceExhausted, (await Assert.ThrowsAsync<RpcException>(() => neighbour.GenerateRandomAsync(8))).StatusCode);
+    }
+
+    [Fact]
     public async Task BootstrapCredential_WorksOnce_ForBootstrapOnly_AndNotWhileAnAdminExists()
     {
         var access = _server.Services.GetRequiredService<AccessService>();

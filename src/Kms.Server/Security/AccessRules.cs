@@ -1,5 +1,6 @@
 using Google.Protobuf;
 using Kms.Contracts.V1;
+using Kms.Core;
 using Kms.Core.Access;
 
 namespace Kms.Server.Security;
@@ -213,6 +214,9 @@ internal static class AccessRules
     private static AccessRule Deployment(Permission permission) =>
         new(CallScope.Permission, [new Requirement(permission, TargetKind.Deployment)]);
 
+    // A batch costs its items, but only a batch the handler will serve: one over the item limit
+    // (refused INVALID_ARGUMENT) costs 1 like any refused call — charged its raw count, one
+    // request of millions of empty items would drain the tenant's quota for everyone.
     private static AccessRule Metered(AccessRule rule, Func<IMessage, int>? cost = null) =>
-        rule with { QuotaCost = cost ?? (_ => 1) };
+        rule with { QuotaCost = cost is null ? _ => 1 : r => cost(r) is var items and > 0 and <= Limits.MaxBatchItems ? items : 1 };
 }
