@@ -25,6 +25,27 @@ public sealed class BadInputTests(ServerFixture fixture) : IClassFixture<ServerF
 
     public Task DisposeAsync() => Task.CompletedTask;
 
+    [Theory]
+    [InlineData("start_time")]
+    [InlineData("end_time")]
+    public async Task ListAuditEvents_TimestampOutOfRange_InvalidArgumentNamingTheField_NotInternal(string field)
+    {
+        var bad = new Google.Protobuf.WellKnownTypes.Timestamp { Seconds = -1_000_000_000_000 };
+        var request = new ListAuditEventsRequest { Tenant = "tenants/dev" };
+        if (field == "start_time")
+        {
+            request.StartTime = bad;
+        }
+        else
+        {
+            request.EndTime = bad;
+        }
+
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await fixture.Client.Audit.ListAuditEventsAsync(request));
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.StartsWith(field, e.Status.Detail, StringComparison.Ordinal);
+    }
+
     public static TheoryData<string, string> CreateKeyCases() => new()
     {
         { "parent", "{\"parent\":\"\",\"keyId\":\"a\",\"key\":{\"purpose\":\"KEY_PURPOSE_ENCRYPT_DECRYPT\"}}" },
