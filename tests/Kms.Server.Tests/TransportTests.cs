@@ -76,6 +76,17 @@ public sealed class TransportTests(ServerFixture fixture) : IClassFixture<Server
         Assert.Contains("not https", e.Message, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("--Kestrel:Endpoints:Plain:Url=http://127.0.0.1:0")]
+    [InlineData("--Kestrel:EndpointDefaults:Protocols=Http1AndHttp2")]
+    [InlineData("--Kestrel:Certificates:Default:Path=/tmp/other.pem")]
+    public async Task Build_KestrelEndpointConfiguration_RefusedBeforeTouchingTheHsm(string setting)
+    {
+        // Kestrel's own section would bind a cleartext or non-TLS-1.3 listener past --urls' checks.
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(["--dev", "--urls=https://127.0.0.1:0", setting, $"--Kms:DataDir={Path.GetTempPath()}/kms-never"]));
+        Assert.Contains("--urls", e.Message, StringComparison.Ordinal);
+    }
+
     // grpc-dotnet reports a failed TLS handshake as INTERNAL "Error starting gRPC call".
     private static void AssertHandshakeFailed(RpcException e)
     {

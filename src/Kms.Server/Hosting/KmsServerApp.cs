@@ -58,6 +58,13 @@ public static class KmsServerApp
         var logger = CreateLogger(configureLogging);
         builder.Services.AddSerilog(logger, dispose: true);
 
+        // Kestrel binds its own configuration section too, and an endpoint there would override
+        // --urls unchecked (cleartext HTTP/2, other TLS versions): listeners come from --urls only.
+        if (builder.Configuration.GetSection("Kestrel").GetChildren().Any(c => c.Key is "Endpoints" or "EndpointDefaults" or "Certificates"))
+        {
+            throw new InvalidOperationException("Kestrel:Endpoints, Kestrel:EndpointDefaults and Kestrel:Certificates are not supported: listen addresses are set with --urls (https only, TLS 1.3) and the certificate with Kms:TlsCertificatePath");
+        }
+
         var urls = ListenAddresses.Validate(builder.Configuration["urls"]);
         var metricsUrl = ListenAddresses.ValidateMetrics(serverOptions.MetricsUrl, serverOptions.MetricsAllowNonLoopback);
         builder.WebHost.UseUrls([.. urls]);
