@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Kms.Core.Keys;
 using Kms.Core.Ports;
 using Kms.Server.Security;
@@ -50,12 +51,13 @@ internal sealed partial class ClusterCoherenceWorker(
     /// <summary>Reads and applies what changed since the last pass.</summary>
     public async Task PollOnceAsync(CancellationToken cancellationToken)
     {
+        var started = Stopwatch.GetTimestamp();
         if (_seen < 0)
         {
             // Nothing is cached yet at start: only later changes matter.
             _seen = await feed.GetChangeHeadAsync(cancellationToken);
             metadata.InvalidateMetadata();
-            metadata.ConfirmCoherent(ValidFor);
+            Confirm(started);
             return;
         }
 
@@ -95,9 +97,20 @@ internal sealed partial class ClusterCoherenceWorker(
             if (changes.Count < 500)
             {
                 // Every change committed before this read is applied: remembered metadata may serve until the next poll is due (and a little longer, so one slow poll does not empty it).
-                metadata.ConfirmCoherent(ValidFor);
+                Confirm(started);
                 return;
             }
+        }
+    }
+
+    // Counted from when the read began, not from its answer: a slow read's snapshot is as old as
+    // its start, and a change committed after it must not be vouched for a whole ValidFor later.
+    private void Confirm(long started)
+    {
+        var left = ValidFor - Stopwatch.GetElapsedTime(started);
+        if (left > TimeSpan.Zero)
+        {
+            metadata.ConfirmCoherent(left);
         }
     }
 

@@ -1,0 +1,65 @@
+using System.Diagnostics;
+using Kms.Core.Ports;
+using Kms.Server.Hosting;
+using Kms.Server.Security;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Kms.Server.Tests;
+
+/// <summary>The change-feed reader's promise to the metadata cache, against the real store's feed.</summary>
+public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture<ServerFixture>
+{
+    [Fact]
+    public async Task SlowFeedRead_VouchesFromWhenTheReadBegan_NotFromItsAnswer()
+    {
+        // A read whose answer comes 1.5 s late saw the database as it was when it began: a key
+        // disabled meanwhile is not in it. Confirmed from the answer, remembered metadata would
+        // serve the key as ENABLED for a whole validity (1 s) after that.
+        var services = fixture.Server.Services;
+        var feed = new SlowFeed(services.GetRequiredService<IChangeFeed>(), TimeSpan.FromMilliseconds(1500));
+        var confirmations = new RecordingCoherence();
+        var worker = new ClusterCoherenceWorker(
+            feed,
+            services.GetRequiredService<CallerAuthentication>(),
+            services.GetRequiredService<IHsm>(),
+            confirmations,
+            new ChangeFeedOptions { PollInterval = TimeSpan.FromMilliseconds(250) },
+            TimeProvider.System,
+            NullLogger<ClusterCoherenceWorker>.Instance);
+        await worker.PollOnceAsync(default);
+        Assert.NotEmpty(confirmations.Until);
+
+        confirmations.Until.Clear();
+        var started = Stopwatch.GetTimestamp();
+        await worker.PollOnceAsync(default);
+
+        var latestAllowed = started + Stopwatch.Frequency; // the poll's start + 1 s (four intervals, at least 1 s)
+        Assert.All(confirmations.Until, until => Assert.True(until <= latestAllowed, $"vouched {(until - latestAllowed) * 1000 / Stopwatch.Frequency} ms past the read's start + 1 s"));
+    }
+
+    private sealed class SlowFeed(IChangeFeed inner, TimeSpan delay) : IChangeFeed
+    {
+        public async Task<IReadOnlyList<StoreChange>> ListChangesAsync(long afterSequence, int limit, CancellationToken cancellationToken)
+        {
+            var changes = await inner.ListChangesAsync(afterSequence, limit, cancellationToken);
+            await Task.Delay(delay, cancellationToken);
+            return changes;
+        }
+
+        public Task<long> GetChangeHeadAsync(CancellationToken cancellationToken) => inner.GetChangeHeadAsync(cancellationToken);
+
+        public Task<int> PruneChangesAsync(DateTimeOffset before, CancellationToken cancellationToken) => inner.PruneChangesAsync(before, cancellationToken);
+    }
+
+    private sealed class RecordingCoherence : IMetadataCoherence
+    {
+        public List<long> Until { get; } = [];
+
+        public void InvalidateMetadata()
+        {
+        }
+
+        public void ConfirmCoherent(TimeSpan validFor) => Until.Add(Stopwatch.GetTimestamp() + (long)(validFor.TotalSeconds * Stopwatch.Frequency));
+    }
+}
