@@ -146,16 +146,41 @@ public sealed class MutualTlsTests : IAsyncLifetime, IDisposable
         using var fromOld = _pki.Issue("alice");
         Assert.Equal((StatusCode.OK, StatusCode.Unauthenticated), (await GenerateRandomAsync(fromOld), await GenerateRandomAsync(fromNext)));
 
-        // Overlap: both CAs in the bundle.
+        // Overlap: a CRL of each CA, then both CAs in the bundle (a CRL must be signed by a
+        // configured CA: the file is replaced once the bundle has the new one).
         ReplaceCaBundle(_pki, next);
+        WriteCrls(_pki, next);
         Assert.Equal(StatusCode.OK, await EventuallyAsync(fromNext, StatusCode.OK));
         Assert.Equal(StatusCode.OK, await GenerateRandomAsync(fromOld));
 
-        // The old CA retired: its CRL goes first (a CRL must be signed by a configured CA), then the CA.
+        // The old CA retired: its CRL goes first, then the CA.
         next.WriteCrl(CrlPath);
         ReplaceCaBundle(next);
         Assert.Equal(StatusCode.Unauthenticated, await EventuallyAsync(fromOld, StatusCode.Unauthenticated));
         Assert.Equal(StatusCode.OK, await GenerateRandomAsync(fromNext));
+    }
+
+    [Fact]
+    public async Task CaWithoutACrlInTheFile_ItsCertificatesRefused_RevocationNeverLapsesForOneCa()
+    {
+        // Two CAs trusted, the CRL file holding only the new one's: a certificate the old CA
+        // revoked must not pass for want of its CRL (neither may any other of that CA's).
+        using var next = new TestPki("Kms Next Client CA");
+        using var revoked = _pki.Issue("mallory");
+        using var fromNext = next.Issue("alice");
+        _pki.Revoke(revoked);
+        _pki.WriteCrl(CrlPath);
+        Assert.Equal(StatusCode.Unauthenticated, await EventuallyAsync(revoked, StatusCode.Unauthenticated));
+
+        ReplaceCaBundle(_pki, next);
+        next.WriteCrl(CrlPath);
+        Assert.Equal(StatusCode.OK, await EventuallyAsync(fromNext, StatusCode.OK));
+        Assert.Equal(StatusCode.Unauthenticated, await GenerateRandomAsync(revoked));
+        Assert.Contains("the CRL file holds no CRL of that CA", _server.Logs.AllText, StringComparison.Ordinal);
+
+        WriteCrls(_pki, next);
+        Assert.Equal(StatusCode.OK, await EventuallyAsync(fromNext, StatusCode.OK));
+        Assert.Equal(StatusCode.Unauthenticated, await GenerateRandomAsync(revoked));
     }
 
     [Fact]
@@ -245,6 +270,14 @@ public sealed class MutualTlsTests : IAsyncLifetime, IDisposable
             CustomTrustStore = { ca },
         };
         return global::Grpc.Net.Client.GrpcChannel.ForAddress(_server.Address, new global::Grpc.Net.Client.GrpcChannelOptions { HttpHandler = handler });
+    }
+
+    // One file with a CRL of each CA.
+    private void WriteCrls(params TestPki[] cas)
+    {
+        var text = string.Concat(cas.Select(ca => File.ReadAllText(ca.WriteCrl(CrlPath + "." + Guid.NewGuid().ToString("N")))));
+        File.WriteAllText(CrlPath + ".tmp", text);
+        File.Move(CrlPath + ".tmp", CrlPath, overwrite: true);
     }
 
     private void ReplaceCaBundle(params TestPki[] cas)

@@ -60,7 +60,7 @@ internal sealed partial class ClientCertificateValidator
 
         if (trust.Crls.Count > 0)
         {
-            if (trust.Crls.FirstOrDefault(crl => crl.NextUpdate is { } next && next < _time.GetUtcNow().UtcDateTime) is { } stale)
+            if (trust.Crls.Select(c => c.Crl).FirstOrDefault(crl => crl.NextUpdate is { } next && next < _time.GetUtcNow().UtcDateTime) is { } stale)
             {
                 if (Interlocked.Exchange(ref trust.StaleReported, 1) == 0)
                 {
@@ -70,8 +70,23 @@ internal sealed partial class ClientCertificateValidator
                 return false;
             }
 
+            // Only the CRL of the CA that issued the certificate can say it is revoked, and
+            // there must be one: a CA without a CRL in the file (the old one during a CA
+            // rotation) would otherwise have its revocations silently ignored.
+            var issuer = chain.ChainElements.Count > 1 ? chain.ChainElements[1].Certificate : null;
+            var ownCrls = trust.Crls.Where(c => issuer is not null && c.Issuer.RawData.AsSpan().SequenceEqual(issuer.RawData)).Select(c => c.Crl).ToList();
+            if (ownCrls.Count == 0)
+            {
+                if (Interlocked.Exchange(ref trust.NoCrlReported, 1) == 0)
+                {
+                    LogNoCrlOfIssuer(_logger, issuer?.Subject ?? certificate.Issuer);
+                }
+
+                return false;
+            }
+
             var parsed = new X509CertificateParser().ReadCertificate(certificate.RawData);
-            if (trust.Crls.Any(crl => crl.IsRevoked(parsed)))
+            if (ownCrls.Any(crl => crl.IsRevoked(parsed)))
             {
                 return false;
             }
@@ -144,10 +159,16 @@ internal sealed partial class ClientCertificateValidator
     [LoggerMessage(EventId = 1111, Level = LogLevel.Warning, Message = "client CA bundle or CRL could not be reloaded ({Reason}); still using the previous ones")]
     private static partial void LogReloadFailed(ILogger logger, string reason);
 
-    private sealed record TrustMaterial(X509Certificate2Collection Roots, IReadOnlyList<X509Crl> Crls)
+    [LoggerMessage(EventId = 1112, Level = LogLevel.Warning, Message = "client certificate issued by {Issuer} refused: the CRL file holds no CRL of that CA (during a CA rotation it holds one of each)")]
+    private static partial void LogNoCrlOfIssuer(ILogger logger, string issuer);
+
+    private sealed record TrustMaterial(X509Certificate2Collection Roots, IReadOnlyList<(X509Crl Crl, X509Certificate2 Issuer)> Crls)
     {
         // Set once the expiry of one of these CRLs has been logged.
         public int StaleReported;
+
+        // Set once a certificate of a CA without a CRL here has been refused and logged.
+        public int NoCrlReported;
 
         public static TrustMaterial Load(string caPath, string? crlPath)
         {
@@ -158,7 +179,7 @@ internal sealed partial class ClientCertificateValidator
                 throw new InvalidOperationException($"no CA certificate in {caPath}");
             }
 
-            var crls = new List<X509Crl>();
+            var crls = new List<(X509Crl, X509Certificate2)>();
             if (crlPath is not null)
             {
                 foreach (var crl in new X509CrlParser().ReadCrls(File.ReadAllBytes(crlPath)))
@@ -166,7 +187,7 @@ internal sealed partial class ClientCertificateValidator
                     // Only CRLs signed by one of our CAs count.
                     var issuer = roots.FirstOrDefault(r => Verifies(crl, r))
                         ?? throw new InvalidOperationException($"the CRL in {crlPath} is not signed by a configured client CA");
-                    crls.Add(crl);
+                    crls.Add((crl, issuer));
                 }
 
                 // A configured CRL file that holds no CRL must not quietly turn revocation off.
