@@ -46,6 +46,20 @@ public sealed class BadInputTests(ServerFixture fixture) : IClassFixture<ServerF
         Assert.StartsWith(field, e.Status.Detail, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task HugeNameWithANewline_EchoedBoundedAndPrintable_InTheStatusAndTheLog()
+    {
+        // A name of another tenant is refused before any lookup, repeating what was sent: at
+        // most 256 characters of it, with no control character to forge a log line with.
+        var name = "tenants/elsewhere/keys/" + new string('a', 100_000) + "\nforged line";
+        var e = await Assert.ThrowsAsync<RpcException>(() => fixture.Client.GetKeyAsync(name));
+        Assert.Equal(StatusCode.NotFound, e.StatusCode);
+        Assert.True(e.Status.Detail.Length < 1024, $"{e.Status.Detail.Length} characters");
+        Assert.DoesNotContain('\n', e.Status.Detail);
+        Assert.Contains("(100035 characters)", e.Status.Detail, StringComparison.Ordinal);
+        Assert.DoesNotContain(fixture.Server.Logs.Events, line => line.Contains("forged line", StringComparison.Ordinal) || line.Length > 20_000);
+    }
+
     public static TheoryData<string, string> CreateKeyCases() => new()
     {
         { "parent", "{\"parent\":\"\",\"keyId\":\"a\",\"key\":{\"purpose\":\"KEY_PURPOSE_ENCRYPT_DECRYPT\"}}" },

@@ -12,11 +12,37 @@ public static class KmsErrors
 
     /// <summary>A resource that does not exist (or that the caller may not see: same answer).</summary>
     public static KmsException NotFound(string resourceName) =>
-        new(KmsErrorCode.NotFound, $"{resourceName} not found");
+        new(KmsErrorCode.NotFound, $"{Printable(resourceName)} not found");
 
     /// <summary>A resource to create that exists already.</summary>
     public static KmsException AlreadyExists(string resourceName) =>
-        new(KmsErrorCode.AlreadyExists, $"{resourceName} already exists");
+        new(KmsErrorCode.AlreadyExists, $"{Printable(resourceName)} already exists");
+
+    /// <summary>Longest request-supplied name an error message repeats.</summary>
+    public const int MaxEchoedName = 256;
+
+    /// <summary>
+    /// A name as the caller sent it, made safe to repeat in a status message and a log line: at
+    /// most <see cref="MaxEchoedName"/> characters (a request may carry megabytes), control
+    /// characters replaced (no forged log lines).
+    /// </summary>
+    public static string Printable(string? name)
+    {
+        if (string.IsNullOrEmpty(name))
+        {
+            return name ?? "";
+        }
+
+        var cut = name.Length > MaxEchoedName ? name[..MaxEchoedName] : name;
+        var safe = string.Create(cut.Length, cut, (span, source) =>
+        {
+            for (var i = 0; i < source.Length; i++)
+            {
+                span[i] = char.IsControl(source[i]) ? '?' : source[i];
+            }
+        });
+        return name.Length > MaxEchoedName ? $"{safe}… ({name.Length} characters)" : safe;
+    }
 
     /// <summary>A state or purpose that forbids the operation; the message names the state.</summary>
     public static KmsException FailedPrecondition(string message) =>

@@ -60,7 +60,7 @@ public static class AccessControl
             throw KmsErrors.NotFound(resourceName);
         }
 
-        throw KmsErrors.PermissionDenied($"permission {Permissions.NameOf(permission)} is required on {resourceName}; principal {caller.Principal} does not have it");
+        throw KmsErrors.PermissionDenied($"permission {Permissions.NameOf(permission)} is required on {KmsErrors.Printable(resourceName)}; principal {caller.Principal} does not have it");
     }
 
     /// <summary>Whether the caller holds the permission on that tenant's resources.</summary>
