@@ -106,10 +106,7 @@ public sealed class BlobRewrapperTests(ClientServerFixture fixture) : IClassFixt
         using var client = fixture.Server.CreateClient();
         var (key, store) = await SeedAsync(client, "rewrap-retry", 6);
         await client.RotateKeyAsync(key);
-        var (good, context) = store[Id(2)];
-        var broken = (byte[])good.Clone();
-        broken[^1] ^= 1;
-        store[Id(2)] = (broken, context);
+        var (good, context) = Break(store, Id(2));
         var checkpoint = new FileRewrapCheckpoint(Path.Combine(Path.GetTempPath(), $"rewrap-{Guid.NewGuid():N}.checkpoint"));
         var rewrapper = new BlobRewrapper(client, batchSize: 2);
 
@@ -138,10 +135,7 @@ public sealed class BlobRewrapperTests(ClientServerFixture fixture) : IClassFixt
         await client.RotateKeyAsync(key);
         var (current, currentContext) = store[Id(3)];
         store[Id(3)] = ((await client.ReEncryptAsync(current, key, currentContext)).Ciphertext.ToByteArray(), currentContext);
-        var (good, context) = store[Id(2)];
-        var broken = (byte[])good.Clone();
-        broken[^1] ^= 1;
-        store[Id(2)] = (broken, context);
+        var (good, context) = Break(store, Id(2));
         var checkpoint = new FileRewrapCheckpoint(Path.Combine(Path.GetTempPath(), $"rewrap-{Guid.NewGuid():N}.checkpoint"));
         var rewrapper = new BlobRewrapper(client, batchSize: 2);
 
@@ -170,6 +164,16 @@ public sealed class BlobRewrapperTests(ClientServerFixture fixture) : IClassFixt
     }
 
     private static string Id(int i) => $"row-{i:0000}";
+
+    // Flips a bit of the stored blob (its item then fails); returns what was stored.
+    private static (byte[] Ciphertext, Dictionary<string, string> Context) Break(ConcurrentDictionary<string, (byte[] Ciphertext, Dictionary<string, string> Context)> store, string id)
+    {
+        var (good, context) = store[id];
+        var broken = (byte[])good.Clone();
+        broken[^1] ^= 1;
+        store[id] = (broken, context);
+        return (good, context);
+    }
 
     private static async Task<(string Key, ConcurrentDictionary<string, (byte[] Ciphertext, Dictionary<string, string> Context)> Store)> SeedAsync(KmsClient client, string keyId, int count)
     {
