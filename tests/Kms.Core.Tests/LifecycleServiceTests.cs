@@ -174,6 +174,29 @@ public sealed class LifecycleServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task Scheduling_OnANodeWhoseClockIsBehindTheDatabases_WaitingStartsAtTheDatabasesTime()
+    {
+        // A node ten days behind (a VM restored without NTP) would write a destroy time already
+        // due by every other clock: the leader would destroy at its next pass, no waiting period.
+        var store = (InMemoryStore)_domain.Store;
+        var database = _domain.Time.GetUtcNow().AddDays(10);
+        store.DatabaseTime = database;
+        var key = await _domain.CreateKeyAsync("skewed");
+        await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+
+        var version = await _domain.Keys.ScheduleKeyVersionDestructionAsync(Dev, key.Name.Version(1), TimeSpan.FromDays(7), null, default);
+        var deleted = await _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, TimeSpan.FromDays(7), null, default);
+
+        Assert.Equal(database.AddDays(7).ToUnixTimeMilliseconds(), version.DestroyTime!.Value.ToUnixTimeMilliseconds());
+        Assert.Equal(database.AddDays(7).ToUnixTimeMilliseconds(), deleted.DestroyTime!.Value.ToUnixTimeMilliseconds());
+
+        // A node ahead of the database keeps its own, later time.
+        store.DatabaseTime = _domain.Time.GetUtcNow().AddDays(-10);
+        var other = await _domain.CreateKeyAsync("ahead");
+        Assert.Equal(_domain.Time.GetUtcNow().AddDays(7).ToUnixTimeMilliseconds(), (await _domain.Keys.ScheduleKeyDeletionAsync(Dev, other.Name, TimeSpan.FromDays(7), null, default)).DestroyTime!.Value.ToUnixTimeMilliseconds());
+    }
+
+    [Fact]
     public async Task KeyDeletion_AfterWaitingPeriod_EveryVersionDestroyedAndNothingWorks()
     {
         var key = await _domain.CreateKeyAsync("k");

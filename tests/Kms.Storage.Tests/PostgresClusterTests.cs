@@ -105,6 +105,16 @@ public sealed class PostgresClusterTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task DatabaseTime_IsTheServersClock_WaitingPeriodsStartFromIt()
+    {
+        var node = await OpenAsync();
+        var before = DateTimeOffset.UtcNow;
+        var database = await node.GetDatabaseTimeAsync(default);
+        Assert.NotNull(database);
+        Assert.InRange(database.Value, before.AddSeconds(-5), DateTimeOffset.UtcNow.AddSeconds(5));
+    }
+
+    [Fact]
     public async Task Lease_OneHolderAtATime_TakenOverWhenTheHoldersConnectionDies()
     {
         var options = Options();

@@ -120,6 +120,13 @@ public interface IKeyStore
 
     /// <summary>Cheap liveness probe of the backend.</summary>
     Task CheckHealthAsync(CancellationToken cancellationToken);
+
+    /// <summary>
+    /// The database server's clock where it is a machine of its own (PostgreSQL), so that times
+    /// every node must agree on (a destroy time) do not depend on one node's clock; null where
+    /// the database has no clock but this host's (SQLite).
+    /// </summary>
+    Task<DateTimeOffset?> GetDatabaseTimeAsync(CancellationToken cancellationToken);
 }
 
 /// <summary>An import job and its wrapped private key (null once expired and erased).</summary>

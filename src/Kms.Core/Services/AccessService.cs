@@ -97,6 +97,7 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
 
     private async Task ScheduleTenantKeysAsync(TenantId id, DateTimeOffset now, TimeSpan waiting, CancellationToken cancellationToken)
     {
+        now = await Clock.WaitingStartAsync(now, keys, cancellationToken);
         string? after = null;
         while (true)
         {

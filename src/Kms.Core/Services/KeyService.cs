@@ -263,7 +263,7 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
             return await GetKeyAsync(caller, name, cancellationToken);
         }
 
-        var now = Clock.Now(time);
+        var now = await Clock.WaitingStartAsync(Clock.Now(time), store, cancellationToken);
         return (await MutateAsync(caller, name, requestId, fingerprint,
             current => KeyTransitions.ScheduleKeyDeletion(current, now, waiting), cancellationToken, ScheduleKeyDeletionOperation)).Key;
     }
@@ -310,7 +310,7 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
             return await GetKeyVersionAsync(caller, name, cancellationToken);
         }
 
-        var now = Clock.Now(time);
+        var now = await Clock.WaitingStartAsync(Clock.Now(time), store, cancellationToken);
         return await MutateVersionAsync(caller, name, requestId, fingerprint,
             current => KeyTransitions.ScheduleVersionDestruction(current, name.Version, now, waiting), cancellationToken, ScheduleVersionDestructionOperation);
     }

@@ -56,6 +56,14 @@ public sealed class PostgresStore : SqlStore
     /// <inheritdoc />
     public override string Provider => "postgres";
 
+    /// <inheritdoc />
+    public override Task<DateTimeOffset?> GetDatabaseTimeAsync(CancellationToken cancellationToken) =>
+        ReadAsync<DateTimeOffset?>(async connection =>
+        {
+            await using var now = Command(connection, "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint");
+            return DateTimeOffset.FromUnixTimeMilliseconds((long)(await now.ExecuteScalarAsync(cancellationToken))!);
+        }, cancellationToken);
+
     private protected override IReadOnlyList<SchemaMigration> Migrations => PostgresSchema.Migrations;
 
     private protected override string MigrationTableSql =>

@@ -503,6 +503,9 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         }, cancellationToken);
 
     /// <inheritdoc />
+    public virtual Task<DateTimeOffset?> GetDatabaseTimeAsync(CancellationToken cancellationToken) => Task.FromResult<DateTimeOffset?>(null);
+
+    /// <inheritdoc />
     public Task CheckHealthAsync(CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
         {

@@ -343,6 +343,11 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
 
     public Task CheckHealthAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
+    /// <summary>What <see cref="GetDatabaseTimeAsync"/> answers: null (a database without a clock of its own), or a database server's time.</summary>
+    public DateTimeOffset? DatabaseTime { get; set; }
+
+    public Task<DateTimeOffset?> GetDatabaseTimeAsync(CancellationToken cancellationToken) => Task.FromResult(DatabaseTime);
+
     private static (string, string) Id(KeyName name) => (name.Tenant.Value, name.KeyId);
 
     // The primary as stored among the versions (its state and usage), as a real store's join returns it.
