@@ -59,6 +59,39 @@ public sealed class HsmFaultTests(ITestOutputHelper output) : IAsyncLifetime
     public Task UnderLoad_HsmHangs_UnavailableAtTheTimeoutNeverWrong_NotServing_BackWithin5s() =>
         RunFaultAsync("hang", faults => faults.Hang(), TimeSpan.FromSeconds(2.5));
 
+    [Fact]
+    public async Task HsmHangs_ManyConcurrentHealthChecks_ShareOneProbe_HoldOneSession()
+    {
+        // Health needs no credential: were each check its own probe, a flood of them would hold
+        // every HSM session while the HSM hangs (or is merely slow), and real calls would wait.
+        var faults = _server.Services.GetRequiredService<Pkcs11Hsm>().Faults;
+        using var channel = _server.CreateChannel();
+        faults.Hang();
+        List<Task<(ServingStatus Status, TimeSpan Took)>> checks;
+        int hung;
+        try
+        {
+            checks = Enumerable.Range(0, 16).Select(_ => CheckAsync(channel)).ToList();
+            var waited = Stopwatch.StartNew();
+            while (faults.HungCalls == 0 && waited.Elapsed < TimeSpan.FromSeconds(5))
+            {
+                await Task.Delay(20);
+            }
+
+            await Task.Delay(300); // any other check would have reached the HSM by now
+            hung = faults.HungCalls;
+        }
+        finally
+        {
+            faults.Clear();
+        }
+
+        var answers = await Task.WhenAll(checks);
+        Assert.Equal(1, hung);
+        Assert.All(answers, a => Assert.Equal(answers[0].Status, a.Status)); // the one probe's answer
+        Assert.True(await UntilServingAsync(channel), $"not SERVING {RecoveryBound} after the fault cleared");
+    }
+
     private async Task RunFaultAsync(string name, Action<HsmFaultInjector> inject, TimeSpan faultFor)
     {
         var faults = _server.Services.GetRequiredService<Pkcs11Hsm>().Faults;

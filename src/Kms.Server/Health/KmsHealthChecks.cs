@@ -3,10 +3,50 @@ using Microsoft.Extensions.Diagnostics.HealthChecks;
 
 namespace Kms.Server.Health;
 
-/// <summary>The HSM answers (one random byte: cheap, and it needs a logged-in session).</summary>
-internal sealed class HsmHealthCheck(IHsm hsm) : IHealthCheck
+/// <summary>
+/// Concurrent health checks share the one probe in flight instead of each starting their own:
+/// health needs no credential, so a flood of checks would otherwise take an HSM session or a
+/// database connection each, competing with real calls. A check that arrives when no probe is
+/// running starts a fresh one, so its answer is never older than the moment it asked — a
+/// failure is reported by the first check after it, as before.
+/// </summary>
+internal abstract class SingleFlightHealthCheck : IHealthCheck
 {
-    public async Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
+    private readonly Lock _lock = new();
+
+    private Task<HealthCheckResult>? _running;
+
+    /// <summary>Probes started (not joined) so far.</summary>
+    public long ProbesStarted { get; private set; }
+
+    public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
+    {
+        Task<HealthCheckResult> probe;
+        lock (_lock)
+        {
+            if (_running is not { IsCompleted: false })
+            {
+                // Not the caller's token: a caller that gives up must not fail the others
+                // sharing the probe. The probe is bounded by the HSM's call timeout and the
+                // database's command timeout.
+                _running = Task.Run(() => ProbeAsync(CancellationToken.None), CancellationToken.None);
+                ProbesStarted++;
+            }
+
+            probe = _running;
+        }
+
+        return probe.WaitAsync(cancellationToken);
+    }
+
+    /// <summary>The probe itself.</summary>
+    protected abstract Task<HealthCheckResult> ProbeAsync(CancellationToken cancellationToken);
+}
+
+/// <summary>The HSM answers (one random byte: cheap, and it needs a logged-in session).</summary>
+internal sealed class HsmHealthCheck(IHsm hsm) : SingleFlightHealthCheck
+{
+    protected override async Task<HealthCheckResult> ProbeAsync(CancellationToken cancellationToken)
     {
         try
         {
@@ -21,9 +61,9 @@ internal sealed class HsmHealthCheck(IHsm hsm) : IHealthCheck
 }
 
 /// <summary>The metadata store answers a trivial query.</summary>
-internal sealed class StoreHealthCheck(IKeyStore store) : IHealthCheck
+internal sealed class StoreHealthCheck(IKeyStore store) : SingleFlightHealthCheck
 {
-    public async Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
+    protected override async Task<HealthCheckResult> ProbeAsync(CancellationToken cancellationToken)
     {
         try
         {

@@ -285,6 +285,9 @@ public static class KmsServerApp
             grpc.EnableDetailedErrors = false;
         });
         builder.Services.AddGrpcReflection();
+        // Singletons, so that concurrent checks share one probe (SingleFlightHealthCheck).
+        builder.Services.AddSingleton<HsmHealthCheck>();
+        builder.Services.AddSingleton<StoreHealthCheck>();
         builder.Services.AddGrpcHealthChecks(o => o.UseHealthChecksCache = false)
             .AddCheck<HsmHealthCheck>("hsm")
             .AddCheck<StoreHealthCheck>("store");
