@@ -102,6 +102,37 @@ public sealed class EnvelopeDecryptingStream : Stream
         return CopyOut(buffer.Span);
     }
 
+    /// <summary>
+    /// Writes the rest of the plaintext to <paramref name="destination"/> straight from the
+    /// stream's own buffer (zeroed on dispose), never through the pooled array the default
+    /// <see cref="Stream.CopyTo(Stream, int)"/> returns uncleared.
+    /// </summary>
+    public override void CopyTo(Stream destination, int bufferSize)
+    {
+        ValidateCopyToArguments(destination, bufferSize);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_offset < _available)
+        {
+            destination.Write(_plaintext, _offset, _available - _offset);
+            _offset = _available;
+        }
+
+        // With useAsync false every read inside is synchronous: the task is already complete.
+        while (FillAsync(useAsync: false, CancellationToken.None).AsTask().GetAwaiter().GetResult())
+        {
+            destination.Write(_plaintext, 0, _available);
+            _offset = _available;
+        }
+    }
+
+    /// <summary>As <see cref="CopyTo(Stream, int)"/>: from the stream's own buffer, never a pooled one.</summary>
+    public override Task CopyToAsync(Stream destination, int bufferSize, CancellationToken cancellationToken)
+    {
+        ValidateCopyToArguments(destination, bufferSize);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return DrainToAsync(destination, cancellationToken);
+    }
+
     /// <summary>Writes every verified frame's plaintext to <paramref name="destination"/> (no intermediate copy).</summary>
     internal async Task DrainToAsync(Stream destination, CancellationToken cancellationToken)
     {

@@ -136,6 +136,35 @@ public sealed class EnvelopeRoundTripTests
         Assert.Throws<ObjectDisposedException>(() => reader.Read(new byte[10], 0, 10));
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task DecryptingStream_CopyTo_LeavesNoPlaintextInABufferItDoesNotZero(bool useAsync)
+    {
+        // Stream.CopyTo's default reads through a pooled array it returns uncleared: the plaintext
+        // would stay in ArrayPool.Shared for the next renter. Every buffer the destination is
+        // handed must be the stream's own, zeroed on dispose.
+        using var encryptor = NewEncryptor(out _);
+        var plaintext = Data(1000);
+        var message = await encryptor.EncryptAsync(plaintext);
+        var destination = new BufferRecordingStream();
+        await using (var reader = await encryptor.OpenDecryptingStreamAsync(new MemoryStream(message)))
+        {
+            if (useAsync)
+            {
+                await reader.CopyToAsync(destination);
+            }
+            else
+            {
+                reader.CopyTo(destination);
+            }
+        }
+
+        Assert.Equal(plaintext, destination.ToArray());
+        Assert.NotEmpty(destination.Buffers);
+        Assert.All(destination.Buffers, b => Assert.True(b.All(x => x == 0), "a buffer handed to the destination still holds plaintext"));
+    }
+
     [Fact]
     public async Task ContextDictionaryChangedWhileEncrypting_MessageStillDecryptsUnderTheOriginal()
     {
@@ -384,4 +413,38 @@ internal sealed class NonSeekableStream(byte[] data) : Stream
     public override void SetLength(long value) => throw new NotSupportedException();
 
     public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+}
+
+/// <summary>A memory stream that keeps a reference to every array it is asked to write from.</summary>
+internal sealed class BufferRecordingStream : MemoryStream
+{
+    public List<byte[]> Buffers { get; } = [];
+
+    public override void Write(byte[] buffer, int offset, int count)
+    {
+        Buffers.Add(buffer);
+        base.Write(buffer, offset, count);
+    }
+
+    public override void Write(ReadOnlySpan<byte> buffer) => Write(buffer.ToArray(), 0, buffer.Length);
+
+    public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)
+    {
+        Write(buffer, offset, count);
+        return Task.CompletedTask;
+    }
+
+    public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        if (System.Runtime.InteropServices.MemoryMarshal.TryGetArray(buffer, out var segment))
+        {
+            Write(segment.Array!, segment.Offset, segment.Count);
+        }
+        else
+        {
+            Write(buffer.ToArray(), 0, buffer.Length);
+        }
+
+        return ValueTask.CompletedTask;
+    }
 }
