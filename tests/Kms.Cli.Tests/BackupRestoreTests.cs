@@ -239,6 +239,24 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         Assert.Equal(4, (await Cli("backup", "fetch", backupId, "--out", "developer", "--public-key", pem)).ExitCode);
         variables["KMS_TOKEN_FILE"] = Path.Combine(home, "officer.token");
 
+        // A genuine, older backup put in a newer request's place on the server's disk: its
+        // signature holds, but it is not the backup asked for: refused, deleted.
+        string laterId;
+        using (var officer = _server.CreateClient(officerToken))
+        {
+            laterId = await ExportBackupAsync(officer);
+        }
+
+        foreach (var file in new[] { "kms.db", "manifest.json", "manifest.json.sig" })
+        {
+            File.Copy(Path.Combine(onServer, file), Path.Combine(_server.DataDir, "backups", laterId, file), overwrite: true);
+        }
+
+        var swapped = await Cli("backup", "fetch", laterId, "--out", "swapped", "--public-key", pem);
+        Assert.True(swapped.ExitCode == 4, swapped.ToString());
+        Assert.Contains($"quorumRequests/{backupId}", swapped.Error, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(Path.Combine(home, "swapped")));
+
         // Altered on the server's disk: downloaded, fails verification, deleted.
         var snapshot = await File.ReadAllBytesAsync(Path.Combine(onServer, "kms.db"));
         snapshot[snapshot.Length / 2] ^= 1;

@@ -70,6 +70,13 @@ internal static class BackupCommands
             try
             {
                 manifest = Checked(() => BackupManifest.Verify(directory, key));
+                if (manifest.Request != name)
+                {
+                    // Genuinely signed, but another request's backup: an older one put in this
+                    // one's place on the server's disk would bring back older state.
+                    throw new CliFailureException(ExitCodes.Denied,
+                        $"the server sent the backup of {manifest.Request}, not of {name}: refused and deleted");
+                }
             }
             catch
             {
