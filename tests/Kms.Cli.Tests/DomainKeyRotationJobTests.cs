@@ -118,6 +118,95 @@ public sealed class DomainKeyRotationJobTests
     }
 
     [Fact]
+    public async Task RunAsync_WhileAServerHoldsTheSqliteDatabase_Refused_AndNoServerStartsWhileItRuns()
+    {
+        var oldKey = RandomNumberGenerator.GetBytes(32);
+        var production = TokenWithDomainKey(oldKey);
+        var dataDir = Directory.CreateTempSubdirectory("kms-rotation-").FullName;
+        await using (await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+        {
+        }
+
+        var rotation = SoftHsm.CreateToken();
+        using (var session = HsmCeremonySession.Open(rotation.Options(devMode: false), Encoding.UTF8.GetBytes(rotation.UserPin)))
+        using (var rewrapper = session.LoadRotationKeys(oldKey, RandomNumberGenerator.GetBytes(32)))
+        {
+            // A server serving the file (it holds the serving lock shared): refused, nothing recorded.
+            await using (var serving = await OpenStoreAsync(dataDir))
+            {
+                Assert.True(await serving.TryHoldServingLockAsync(default));
+                await using var ceremony = await OpenStoreAsync(dataDir);
+                var e = await Assert.ThrowsAsync<KmsException>(() => DomainKeyRotationJob.RunAsync(ceremony, rewrapper, TimeProvider.System, null, default));
+                Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+                Assert.Contains("a server is serving this sqlite database", e.Message, StringComparison.Ordinal);
+                Assert.Null(await ceremony.GetDomainKeyRotationAsync(default));
+            }
+
+            // The rotation running (stopped half-way, its store still open): no server can take the lock.
+            await using (var ceremony = await OpenStoreAsync(dataDir))
+            {
+                var first = await DomainKeyRotationJob.RunAsync(ceremony, rewrapper, TimeProvider.System, stopAfter: 1, default);
+                Assert.False(first.Completed);
+                await using var server = await OpenStoreAsync(dataDir);
+                Assert.False(await server.TryHoldServingLockAsync(default));
+            }
+        }
+
+        HsmTokenSetup.WipeToken(SoftHsm.ModulePath, rotation.Label, rotation.SoPin, SoftHsm.ModuleEnvironment);
+    }
+
+    [Fact]
+    public async Task RunAsync_AVersionWrittenBetweenRunsUnderTheOldKey_NewKeyNotPinned()
+    {
+        // Version names are random: one written meanwhile (by anything that ignored the lock)
+        // sorts before the high-water mark as easily as after it. Here the mark is past every
+        // key_version: name, so only a count of everything can see the new one.
+        var oldKey = RandomNumberGenerator.GetBytes(32);
+        var production = TokenWithDomainKey(oldKey);
+        var dataDir = Directory.CreateTempSubdirectory("kms-rotation-").FullName;
+        await using (await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+        {
+        }
+
+        await using (var store = await OpenStoreAsync(dataDir))
+        await using (var hsm = Pkcs11Hsm.Open(production.Options(devMode: false), NullLogger.Instance))
+        {
+            for (var i = 0; i < 3; i++)
+            {
+                await store.CreateKeyAsync(NewKey($"key-{i}"), await hsm.GenerateAes256KeyAsync(default), null, default);
+            }
+        }
+
+        var rotation = SoftHsm.CreateToken();
+        using (var session = HsmCeremonySession.Open(rotation.Options(devMode: false), Encoding.UTF8.GetBytes(rotation.UserPin)))
+        using (var rewrapper = session.LoadRotationKeys(oldKey, RandomNumberGenerator.GetBytes(32)))
+        {
+            await using (var store = await OpenStoreAsync(dataDir))
+            {
+                // 3 versions + the audit context key; the signing key (last in order) is left.
+                var first = await DomainKeyRotationJob.RunAsync(store, rewrapper, TimeProvider.System, stopAfter: 4, default);
+                Assert.False(first.Completed);
+                Assert.StartsWith("setting:", (await store.GetDomainKeyRotationAsync(default))!.LastItem, StringComparison.Ordinal);
+            }
+
+            await using (var store = await OpenStoreAsync(dataDir))
+            await using (var hsm = Pkcs11Hsm.Open(production.Options(devMode: false), NullLogger.Instance))
+            {
+                await store.CreateKeyAsync(NewKey("late"), await hsm.GenerateAes256KeyAsync(default), null, default);
+            }
+
+            await using (var store = await OpenStoreAsync(dataDir))
+            {
+                var e = await Assert.ThrowsAsync<KmsException>(() => DomainKeyRotationJob.RunAsync(store, rewrapper, TimeProvider.System, null, default));
+                Assert.Contains("holds 6 wrapped items, but the rotation moved 5", e.Message, StringComparison.Ordinal);
+                Assert.NotNull(await store.GetDomainKeyRotationAsync(default)); // not pinned: nothing serves it
+            }
+        }
+
+        HsmTokenSetup.WipeToken(SoftHsm.ModulePath, rotation.Label, rotation.SoPin, SoftHsm.ModuleEnvironment);
+    }
+
+    [Fact]
     public async Task RunAsync_RotationTokenHoldsOtherOldKey_RefusedBeforeAnyRowChanges()
     {
         var oldKey = RandomNumberGenerator.GetBytes(32);

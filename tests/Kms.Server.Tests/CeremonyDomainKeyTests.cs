@@ -47,6 +47,31 @@ public sealed class CeremonyDomainKeyTests
     }
 
     [Fact]
+    public async Task SqliteServer_HoldsTheServingLock_NoRotationWhileItServes_NoStartWhileARotationHoldsIt()
+    {
+        var domainKey = RandomNumberGenerator.GetBytes(32);
+        var token = SoftHsm.CreateToken();
+        Import(token, domainKey);
+        var dataDir = Path.Combine(Path.GetTempPath(), "kms-ceremony-" + Guid.NewGuid().ToString("N")[..8]);
+        await using (var server = await KmsTestServer.StartProductionAsync(token, dataDir, DomainKeyId))
+        {
+            await using var ceremony = await Kms.Storage.Sqlite.SqliteStore.OpenAsync(new() { DatabasePath = server.DatabasePath }, default);
+            Assert.False(await ceremony.TryHoldMaintenanceLockAsync(default));
+        }
+
+        await using (var ceremony = await Kms.Storage.Sqlite.SqliteStore.OpenAsync(new() { DatabasePath = Path.Combine(dataDir, "kms.db") }, default))
+        {
+            Assert.True(await ceremony.TryHoldMaintenanceLockAsync(default));
+            var refused = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsTestServer.StartProductionAsync(token, dataDir, DomainKeyId));
+            Assert.Contains("an offline maintenance (kms ceremony rotate-domain) holds this SQLite database", refused.Message, StringComparison.Ordinal);
+        }
+
+        await using (await KmsTestServer.StartProductionAsync(token, dataDir, DomainKeyId))
+        {
+        }
+    }
+
+    [Fact]
     public async Task ProductionServer_RestartedOnAForgedDomainKeyWithTheSameCheckValue_RefusesToServe()
     {
         // The check value pins the domain key by 3 bytes; this pair was found in 1 s (2^24 AES

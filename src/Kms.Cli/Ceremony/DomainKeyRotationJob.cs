@@ -27,12 +27,13 @@ public static class DomainKeyRotationJob
         ArgumentNullException.ThrowIfNull(rewrapper);
         ArgumentNullException.ThrowIfNull(clock);
 
-        // A node serving a PostgreSQL deployment holds the serving lock shared: the rotation needs it
-        // exclusively, for its whole run, so no node can create versions under the old key meanwhile.
-        if (store is Kms.Storage.Postgres.PostgresStore postgres && !await postgres.TryHoldMaintenanceLockAsync(cancellationToken))
+        // A server holds the serving lock shared (a PostgreSQL advisory lock, a flock beside the
+        // SQLite file): the rotation needs it exclusively, for its whole run, so no server can
+        // create versions under the old key meanwhile.
+        if (!await store.TryHoldMaintenanceLockAsync(cancellationToken))
         {
             throw Kms.Core.Errors.KmsErrors.FailedPrecondition(
-                "nodes are serving this PostgreSQL database; stop every node before rotating the domain key (they would keep wrapping new versions under the old key)");
+                $"a server is serving this {store.Provider} database; stop every server before rotating the domain key (they would keep wrapping new versions under the old key)");
         }
 
         // Listed before the rotation is recorded: a blob of a kind the rotation cannot move fails
@@ -62,12 +63,16 @@ public static class DomainKeyRotationJob
             done++;
         }
 
-        // Nothing may be left under the old key when the new one is pinned. This sees new items named
-        // after the high-water mark only; on PostgreSQL the maintenance lock is what keeps nodes out.
-        if ((await store.ListWrappedItemsAfterAsync(state.LastItem, cancellationToken)) is { Count: > 0 } added)
+        // Nothing may be left under the old key when the new one is pinned. Item names are random, so
+        // one added meanwhile can sort anywhere, before the high-water mark too: every run together
+        // must have moved exactly as many items as the store now holds. (The maintenance lock keeps
+        // servers out; this catches whatever else wrote to the database.)
+        var present = await store.ListWrappedItemsAfterAsync(null, cancellationToken);
+        if (present.Count != state.Rewrapped)
         {
             throw Kms.Core.Errors.KmsErrors.FailedPrecondition(
-                $"{added.Count} wrapped items appeared during the rotation (is a server running on this database?); run the rotation again to move them");
+                $"the database holds {present.Count} wrapped items, but the rotation moved {state.Rewrapped}: something wrote to it during the rotation, " +
+                "and items may still be under the old domain key; the new key is not pinned (restore the backup taken before the rotation and rotate again)");
         }
 
         await store.CompleteDomainKeyRotationAsync(rewrapper.NewCheckValue, cancellationToken);

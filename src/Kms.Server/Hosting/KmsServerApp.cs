@@ -168,7 +168,15 @@ public static class KmsServerApp
         switch (configuration["Storage:Provider"] ?? "sqlite")
         {
             case "sqlite":
-                return (await SqliteStore.OpenAsync(sqliteOptions, cancellationToken), new SingleNodeLease());
+                var embedded = await SqliteStore.OpenAsync(sqliteOptions, cancellationToken);
+                if (!await embedded.TryHoldServingLockAsync(cancellationToken))
+                {
+                    await embedded.DisposeAsync();
+                    throw new InvalidOperationException(
+                        "an offline maintenance (kms ceremony rotate-domain) holds this SQLite database; start the server when it has finished");
+                }
+
+                return (embedded, new SingleNodeLease());
             case "postgres":
                 var options = configuration.GetSection("Storage:Postgres").Get<PostgresOptions>() ?? new PostgresOptions();
                 if (configuration["Storage:Postgres:ConnectionStringFile"] is { Length: > 0 } file)

@@ -34,6 +34,7 @@ public sealed class PostgresStore : SqlStore
     private readonly NpgsqlDataSource _pooled;
     private readonly NpgsqlDataSource _unpooled;
     private NpgsqlConnection? _servingLock;
+    private string? _servingLockFunction;
 
     private PostgresStore(PostgresOptions options)
     {
@@ -174,19 +175,21 @@ public sealed class PostgresStore : SqlStore
     /// Holds the serving lock (shared) until the store is disposed: what a node does before it
     /// serves. False when a maintenance holds it exclusively; the node must not serve then.
     /// </summary>
-    public Task<bool> TryHoldServingLockAsync(CancellationToken cancellationToken) => TryHoldAsync("pg_try_advisory_lock_shared", cancellationToken);
+    public override Task<bool> TryHoldServingLockAsync(CancellationToken cancellationToken) => TryHoldAsync("pg_try_advisory_lock_shared", cancellationToken);
 
     /// <summary>
     /// Holds the serving lock exclusively until the store is disposed: what an offline maintenance
     /// does first. False while any node serves the database.
     /// </summary>
-    public Task<bool> TryHoldMaintenanceLockAsync(CancellationToken cancellationToken) => TryHoldAsync("pg_try_advisory_lock", cancellationToken);
+    public override Task<bool> TryHoldMaintenanceLockAsync(CancellationToken cancellationToken) => TryHoldAsync("pg_try_advisory_lock", cancellationToken);
 
     private async Task<bool> TryHoldAsync(string function, CancellationToken cancellationToken)
     {
         if (_servingLock is not null)
         {
-            throw new InvalidOperationException("the store already holds the serving lock");
+            return _servingLockFunction == function
+                ? true
+                : throw new InvalidOperationException("the store already holds the serving lock in the other mode");
         }
 
         var connection = await _unpooled.OpenConnectionAsync(cancellationToken);
@@ -196,6 +199,7 @@ public sealed class PostgresStore : SqlStore
             if (await take.ExecuteScalarAsync(cancellationToken) is true)
             {
                 _servingLock = connection;
+                _servingLockFunction = function;
                 return true;
             }
         }

@@ -112,6 +112,18 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     /// <summary>The backend's name in messages and metrics: <c>sqlite</c> or <c>postgres</c>.</summary>
     public abstract string Provider { get; }
 
+    /// <summary>
+    /// Holds the serving lock (shared) until the store is disposed: what a server does before it
+    /// serves. False while an offline maintenance holds it exclusively; the server must not serve then.
+    /// </summary>
+    public abstract Task<bool> TryHoldServingLockAsync(CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Holds the serving lock exclusively until the store is disposed: what an offline maintenance
+    /// (a domain-key rotation) does first. False while any server serves the database.
+    /// </summary>
+    public abstract Task<bool> TryHoldMaintenanceLockAsync(CancellationToken cancellationToken);
+
     /// <summary>Closes the audit writer's connection; pooled connections are the pool's.</summary>
     public async ValueTask DisposeAsync()
     {

@@ -27,6 +27,11 @@ public sealed partial class SqliteStore : SqlStore
     private const int MaxReaders = 8;
     private readonly PreparedReaders _readers;
 
+    // The serving lock (ServingLockFile), once taken; released when the store is disposed.
+    private readonly Lock _servingLockGate = new();
+    private ServingLockFile? _servingLock;
+    private bool _servingLockExclusive;
+
     // Physical connections (pooled) that have had the pragmas applied; they keep them.
     private readonly System.Runtime.CompilerServices.ConditionalWeakTable<object, object> _configured = [];
 
@@ -141,9 +146,33 @@ public sealed partial class SqliteStore : SqlStore
         where T : class =>
         GuardAsync(() => _readers.ReadFirstAsync(sql, map, () => base.HotReadAsync(sql, map, cancellationToken, parameters), cancellationToken, parameters), this);
 
+    /// <inheritdoc />
+    public override Task<bool> TryHoldServingLockAsync(CancellationToken cancellationToken) => Task.FromResult(TryHold(exclusive: false));
+
+    /// <inheritdoc />
+    public override Task<bool> TryHoldMaintenanceLockAsync(CancellationToken cancellationToken) => Task.FromResult(TryHold(exclusive: true));
+
+    private bool TryHold(bool exclusive)
+    {
+        lock (_servingLockGate)
+        {
+            if (_servingLock is not null)
+            {
+                return _servingLockExclusive == exclusive
+                    ? true
+                    : throw new InvalidOperationException("the store already holds the serving lock in the other mode");
+            }
+
+            _servingLock = ServingLockFile.TryTake(DatabasePath + ".serving", exclusive);
+            _servingLockExclusive = exclusive;
+            return _servingLock is not null;
+        }
+    }
+
     private protected override ValueTask DisposeCoreAsync()
     {
         _readers.Dispose();
+        _servingLock?.Dispose();
         return base.DisposeCoreAsync();
     }
 

@@ -1,0 +1,68 @@
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+
+namespace Kms.Storage.Sqlite;
+
+/// <summary>
+/// The SQLite deployment's serving lock: <c>flock(2)</c> on <c>{database}.serving</c>, shared by a
+/// server for as long as it serves, exclusive for an offline maintenance (a domain-key rotation),
+/// so neither starts while the other runs. What PostgreSQL's advisory lock is for its nodes.
+/// </summary>
+/// <remarks>
+/// <c>flock</c>, not <see cref="FileStream.Lock"/>: POSIX record locks never conflict within one
+/// process, and a lock is released by closing any descriptor of the file; a <c>flock</c> belongs
+/// to its open file description. The file is opened directly (<c>open(2)</c>), because
+/// <see cref="FileStream"/> takes a <c>flock</c> of its own on open (shared unless
+/// <see cref="FileShare.None"/>), which would fail before this one could answer "held".
+/// </remarks>
+internal sealed partial class ServingLockFile : IDisposable
+{
+    // Linux's values, the same on x86-64 and arm64.
+    private const int OpenReadOnlyCreateCloseOnExec = 0x40 | 0x80000; // O_RDONLY | O_CREAT | O_CLOEXEC
+    private const int OwnerReadWrite = 0x180; // 0600
+    private const int LockShared = 1;
+    private const int LockExclusive = 2;
+    private const int LockNonBlocking = 4;
+    private const int WouldBlock = 11; // EWOULDBLOCK
+    private const int Interrupted = 4; // EINTR
+
+    private readonly SafeFileHandle _file;
+
+    private ServingLockFile(SafeFileHandle file) => _file = file;
+
+    /// <summary>Takes the lock without waiting; null when it is held in a conflicting mode.</summary>
+    /// <exception cref="IOException">The lock file cannot be opened or locked.</exception>
+    public static ServingLockFile? TryTake(string path, bool exclusive)
+    {
+        var descriptor = Open(path, OpenReadOnlyCreateCloseOnExec, OwnerReadWrite);
+        if (descriptor < 0)
+        {
+            throw new IOException($"cannot open the serving lock file {path} (errno {Marshal.GetLastPInvokeError()})");
+        }
+
+        var file = new SafeFileHandle(descriptor, ownsHandle: true);
+        int error;
+        do
+        {
+            if (Flock(descriptor, (exclusive ? LockExclusive : LockShared) | LockNonBlocking) == 0)
+            {
+                return new ServingLockFile(file);
+            }
+
+            error = Marshal.GetLastPInvokeError();
+        }
+        while (error == Interrupted);
+
+        file.Dispose();
+        return error == WouldBlock ? null : throw new IOException($"cannot lock the serving lock file {path} (errno {error})");
+    }
+
+    /// <summary>Releases the lock (closing the file does).</summary>
+    public void Dispose() => _file.Dispose();
+
+    [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int Open(string path, int flags, int mode);
+
+    [LibraryImport("libc", EntryPoint = "flock", SetLastError = true)]
+    private static partial int Flock(int descriptor, int operation);
+}
