@@ -245,6 +245,21 @@ public sealed class CeremonyEndToEndTests : IDisposable
         var rotationTranscript = await File.ReadAllTextAsync(rotation["transcript"]!.GetValue<string>());
         Assert.Contains($"quorum approval: request {rotationRequest} (ROTATE_DOMAIN_KEY), domain key {oldKcv}", rotationTranscript, StringComparison.Ordinal);
         Assert.Contains("approved by officer: olga, key ", rotationTranscript, StringComparison.Ordinal);
+        Assert.Contains("new share protection: Argon2id m=64 KiB t=1 p=1, AES-256-GCM — WEAK TEST PARAMETERS", rotationTranscript, StringComparison.Ordinal);
+
+        // With no rotation in progress, share files cannot choose the key a "resume" rotates onto
+        // (here the old, retired one): refused before any approval or share is read.
+        string[] resumeOntoOld =
+        [
+            "ceremony", "rotate-domain", .. Hsm("rotation"), "--so-pin-file", P("so.pin"),
+            "--share", Path.Combine(P("new-shares"), "share-1-alice.json"), "--share", Path.Combine(P("new-shares"), "share-3-carol.json"),
+            "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"carol={P("carol")}",
+            "--new-share", Share("alice"), "--new-share", Share("carol"), "--new-passphrase-file", $"alice={P("alice")}", "--new-passphrase-file", $"carol={P("carol")}",
+            "--restore-token-label", "site-c", "--restore-pin-file", P("user.pin"), "--data-dir", P("data"), "--without-approval", "--allow-network", "--insecure-test-kdf",
+        ];
+        var ontoOld = await Kms(outputs, resumeOntoOld);
+        Assert.Equal(5, ontoOld.ExitCode);
+        Assert.Contains("no domain-key rotation is in progress on this database", ontoOld.Error, StringComparison.Ordinal);
 
         // The same approval cannot rotate again: it names the domain key that was rotated away.
         var reused = await Kms(outputs, Rotate("2", "--approval", P("rotation.approval.json")));

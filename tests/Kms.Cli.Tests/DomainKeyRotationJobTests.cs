@@ -207,6 +207,38 @@ public sealed class DomainKeyRotationJobTests
     }
 
     [Fact]
+    public async Task BeginRotation_ToAnotherKey_ReplacesOnlyOneThatMovedNothing()
+    {
+        // A first run records its new key before writing the shares; a crash in between leaves a
+        // rotation nobody can resume, which a new first run replaces — until a blob has moved.
+        var oldKey = RandomNumberGenerator.GetBytes(32);
+        var production = TokenWithDomainKey(oldKey);
+        var dataDir = Directory.CreateTempSubdirectory("kms-rotation-").FullName;
+        await using (await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+        {
+        }
+
+        var pinned = HsmCeremonySession.AesCheckValue(oldKey);
+        var newKey = RandomNumberGenerator.GetBytes(32);
+        await using var store = await OpenStoreAsync(dataDir);
+        await store.BeginDomainKeyRotationAsync(pinned, "AAAAAA", DateTimeOffset.UtcNow, default);
+        await Assert.ThrowsAsync<KmsException>(() => store.BeginDomainKeyRotationAsync(pinned, HsmCeremonySession.AesCheckValue(newKey), DateTimeOffset.UtcNow, default));
+        await store.BeginDomainKeyRotationAsync(pinned, HsmCeremonySession.AesCheckValue(newKey), DateTimeOffset.UtcNow, default, replaceUnstarted: true);
+        Assert.Equal(HsmCeremonySession.AesCheckValue(newKey), (await store.GetDomainKeyRotationAsync(default))!.NewCheckValue);
+
+        var rotation = SoftHsm.CreateToken();
+        using (var session = HsmCeremonySession.Open(rotation.Options(devMode: false), Encoding.UTF8.GetBytes(rotation.UserPin)))
+        using (var rewrapper = session.LoadRotationKeys(oldKey, newKey))
+        {
+            Assert.False((await DomainKeyRotationJob.RunAsync(store, rewrapper, TimeProvider.System, stopAfter: 1, default)).Completed);
+        }
+
+        HsmTokenSetup.WipeToken(SoftHsm.ModulePath, rotation.Label, rotation.SoPin, SoftHsm.ModuleEnvironment);
+        var moved = await Assert.ThrowsAsync<KmsException>(() => store.BeginDomainKeyRotationAsync(pinned, "BBBBBB", DateTimeOffset.UtcNow, default, replaceUnstarted: true));
+        Assert.Contains("is in progress; resume it", moved.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task RunAsync_RotationTokenHoldsOtherOldKey_RefusedBeforeAnyRowChanges()
     {
         var oldKey = RandomNumberGenerator.GetBytes(32);

@@ -280,7 +280,12 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
         Assert.Null(await RotationRecordAsync());
         Assert.Equal(newKcv, await _siteA.ScalarAsync("SELECT value FROM settings WHERE name = 'domain_key.check_value'"));
         var transcript = resumed["transcript"]!.GetValue<string>();
-        Assert.Contains($"by this run, {movedBeforeKill} by an earlier interrupted run", await File.ReadAllTextAsync(transcript), StringComparison.Ordinal);
+        var resumedTranscript = await File.ReadAllTextAsync(transcript);
+        Assert.Contains($"by this run, {movedBeforeKill} by an earlier interrupted run", resumedTranscript, StringComparison.Ordinal);
+
+        // The killed run signed nothing: the resumed run's transcript names the new shares that hold the key.
+        Assert.Contains("new share 1: custodian alice, file share-1-alice.json, fingerprint ", resumedTranscript, StringComparison.Ordinal);
+        Assert.Contains("new share 2: custodian bob, file share-2-bob.json, fingerprint ", resumedTranscript, StringComparison.Ordinal);
         await Ok(["ceremony", "verify-transcript", transcript, "--public-key", P("ceremony-a/audit/signing-key.pem")]);
 
         // Site B's token holds only the new domain key: every record decrypts, the signing key still signs.

@@ -54,9 +54,24 @@ internal static partial class CeremonyCommands
             var pinned = inProgress?.OldCheckValue ?? await store.GetSettingAsync(Kms.Core.Services.DomainKeyGuard.CheckValueSetting, ct)
                 ?? throw new CliFailureException(ExitCodes.Conflict, "the database pins no domain key");
             var resumePaths = parse.GetValue(newShares) ?? [];
-            if (inProgress is not null && resumePaths.Length == 0)
+            if (inProgress is not null && resumePaths.Length == 0 && inProgress.Rewrapped > 0)
             {
                 throw new CliUsageException($"a rotation to domain key {inProgress.NewCheckValue} is in progress ({inProgress.Rewrapped} blobs done): resume it with --new-share (M of the new share files)");
+            }
+
+            if (inProgress is null && resumePaths.Length > 0)
+            {
+                // Share files alone prove nothing about which key a crashed run chose: they would
+                // rotate the deployment onto any key of the approved shape (an old, retired one, or
+                // one split under passphrases the operator chose). Only a recorded rotation names it.
+                throw new CliFailureException(ExitCodes.Conflict,
+                    "no domain-key rotation is in progress on this database: --new-share resumes one (it rebuilds the key the rotation record names); start a rotation with --new-custodian, --new-threshold and --new-shares-dir");
+            }
+
+            // A server holds the serving lock while it serves: refused before any share is written.
+            if (!await store.TryHoldMaintenanceLockAsync(ct))
+            {
+                throw new CliFailureException(ExitCodes.Conflict, $"a server is serving this {store.Provider} database; stop every server before rotating the domain key");
             }
 
             var names = resumePaths.Length > 0 ? [] : CustodianNames(parse.GetValue(newCustodians) ?? [], null);
@@ -135,6 +150,10 @@ internal static partial class CeremonyCommands
                     }
 
                     newId = resumeFiles[0].DomainId;
+                    foreach (var (file, path) in resumeFiles.Zip(resumePaths))
+                    {
+                        written.Add((file.Custodian, file.Index, path, file.Fingerprint));
+                    }
                 }
                 else
                 {
@@ -143,6 +162,14 @@ internal static partial class CeremonyCommands
                     FillFromTwoSources(session, newKey);
                     newId = $"dk-{DateTime.UtcNow:yyyyMMdd}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4))}";
                     var kcv = HsmCeremonySession.AesCheckValue(newKey);
+
+                    // The rotation is recorded (with the new key's check value) before its shares are
+                    // written: a resumed run rebuilds exactly this key, never one the files alone name.
+                    // A blob of a kind the rotation cannot move fails the listing first. A rotation
+                    // recorded earlier that moved nothing yet (a crash before its shares were all
+                    // written) is replaced: no blob depends on its key.
+                    _ = await store.ListWrappedItemsAfterAsync(null, ct);
+                    await store.BeginDomainKeyRotationAsync(pinned, kcv, DateTimeOffset.UtcNow, ct, replaceUnstarted: true);
                     var outDir = Directory.CreateDirectory(parse.GetValue(newSharesDir)!).FullName;
                     var shares = Shamir.Split(newKey, m, names.Count);
                     try
@@ -196,10 +223,14 @@ internal static partial class CeremonyCommands
                 .Add("new domain key check value", newKcv)
                 .Add("blobs re-wrapped", $"{outcome.Rewrapped} by this run, {outcome.ResumedAfter} by an earlier interrupted run")
                 .Add("rotation token", $"'{rotationOptions.TokenLabel}', wiped with C_InitToken")
-                .Add("new domain key imported into", $"token '{restoreOptions.TokenLabel}'");
+                .Add("new domain key imported into", $"token '{restoreOptions.TokenLabel}'")
+                .Add("new share protection", resumeFiles.Count > 0
+                    ? $"as written by the interrupted run ({resumeFiles.Count} files given here)"
+                    : $"Argon2id m={host.Kdf.Parameters.MemoryKib} KiB t={host.Kdf.Parameters.Iterations} p={host.Kdf.Parameters.Parallelism}, AES-256-GCM{(host.Kdf.Policy == KdfPolicy.Production ? "" : " — WEAK TEST PARAMETERS")}");
             approved.AddTo(transcript);
             foreach (var (custodian, index, file, fingerprint) in written)
             {
+                // A resumed run names the new share files it was given (M of them); the first run, all N.
                 transcript.Add($"new share {index}", $"custodian {custodian}, file {Path.GetFileName(file)}, fingerprint {fingerprint}");
             }
 

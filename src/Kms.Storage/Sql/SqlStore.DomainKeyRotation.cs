@@ -76,8 +76,9 @@ public abstract partial class SqlStore
     /// Records the start of a rotation from <paramref name="oldCheckValue"/> (must be the pinned
     /// domain key) to <paramref name="newCheckValue"/>, or returns the one already in progress.
     /// </summary>
+    /// <param name="replaceUnstarted">Replace a rotation to another key that has moved no blob yet (nothing depends on its key).</param>
     /// <exception cref="Kms.Core.Errors.KmsException">FailedPrecondition: the pin is another key, or another rotation is in progress.</exception>
-    public Task<DomainKeyRotationState> BeginDomainKeyRotationAsync(string oldCheckValue, string newCheckValue, DateTimeOffset now, CancellationToken cancellationToken) =>
+    public Task<DomainKeyRotationState> BeginDomainKeyRotationAsync(string oldCheckValue, string newCheckValue, DateTimeOffset now, CancellationToken cancellationToken, bool replaceUnstarted = false) =>
         WriteAsync(async (connection, transaction) =>
         {
             var pinned = await SettingInAsync(connection, transaction, DomainKeyGuard.CheckValueSetting, cancellationToken);
@@ -89,9 +90,15 @@ public abstract partial class SqlStore
             if (await SettingInAsync(connection, transaction, DomainKeyRotationSetting, cancellationToken) is { } existing)
             {
                 var state = ParseRotation(existing);
-                return string.Equals(state.NewCheckValue, newCheckValue, StringComparison.OrdinalIgnoreCase)
-                    ? state
-                    : throw KmsErrors.FailedPrecondition($"a rotation to domain key {state.NewCheckValue} is in progress; resume it with that key's shares");
+                if (string.Equals(state.NewCheckValue, newCheckValue, StringComparison.OrdinalIgnoreCase))
+                {
+                    return state;
+                }
+
+                if (!replaceUnstarted || state.Rewrapped > 0 || state.LastItem is not null)
+                {
+                    throw KmsErrors.FailedPrecondition($"a rotation to domain key {state.NewCheckValue} is in progress; resume it with that key's shares");
+                }
             }
 
             var started = new DomainKeyRotationState(oldCheckValue, newCheckValue, now, null, 0);
