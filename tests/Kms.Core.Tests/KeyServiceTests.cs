@@ -30,6 +30,20 @@ public sealed class KeyServiceTests : IDisposable
     public void Dispose() => _domain.Dispose();
 
     [Fact]
+    public async Task RotateKey_DisabledKey_RefusedBeforeTheHsmGeneratesAVersion()
+    {
+        // An RSA-4096 pair holds an HSM session for seconds: a rotation that cannot happen must not cost one.
+        var key = (await Create("disabled")).Key;
+        await _service.DisableKeyAsync(Dev, key.Name, default);
+        var generated = _hsm.Calls.GetValueOrDefault("generate");
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _service.RotateKeyAsync(Dev, key.Name, null, default));
+
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Equal(generated, _hsm.Calls.GetValueOrDefault("generate"));
+    }
+
+    [Fact]
     public async Task CreateKey_New_StoresEnabledKeyWithPrimaryVersion1()
     {
         var result = await Create("orders");

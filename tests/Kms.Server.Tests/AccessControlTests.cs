@@ -308,6 +308,22 @@ public sealed class AccessControlTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Quota_KeyGenerationAndAttestationInTheHsmCountAgainstIt()
+    {
+        // Creating and rotating keys generate them in the HSM (an RSA-4096 pair holds a session
+        // for seconds): unmetered, one tenant's key-manager could starve every tenant's crypto.
+        await _server.EnsureTenantAsync("slow");
+        using var manager = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("slow-manager", "slow", "key-manager"));
+        var key = await manager.CreateKeyAsync("tenants/slow", "generated");
+        await manager.RotateKeyAsync(key.Name);
+        await manager.RotateKeyAsync(key.Name);
+        var exhausted = await Assert.ThrowsAsync<RpcException>(() => manager.RotateKeyAsync(key.Name));
+        Assert.Equal(StatusCode.ResourceExhausted, exhausted.StatusCode);
+        using var attested = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("slow-reader", "slow", "key-manager"));
+        Assert.Equal(StatusCode.ResourceExhausted, (await Assert.ThrowsAsync<RpcException>(() => attested.Raw.GetKeyAttestationAsync(new GetKeyAttestationRequest { Name = key.Name }).ResponseAsync)).StatusCode);
+    }
+
+    [Fact]
     public async Task Quota_ABatchOverTheItemLimit_IsRefusedAndCostsOne_NotItsItems()
     {
         // 10,000 empty items fit in 20 KB; charged per item before the handler refused the

@@ -194,6 +194,9 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         }
 
         var current = await store.GetKeyAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
+
+        // Refused before the HSM generates anything: an RSA-4096 pair takes an HSM session for seconds.
+        KeyTransitions.EnsureRotatable(current);
         var material = await GenerateAsync(current.Primary.Algorithm, current.Residency, cancellationToken);
         var id = KeyVersionId.NewId();
         var now = Clock.Now(time);

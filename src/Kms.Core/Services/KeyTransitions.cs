@@ -146,15 +146,21 @@ public static class KeyTransitions
         return new KeyChange(key with { Primary = version });
     }
 
+    /// <summary>Only an ENABLED key can be rotated (checked before its new version is generated, and again when it is added).</summary>
+    public static void EnsureRotatable(Key key)
+    {
+        if (key.State != KeyState.Enabled)
+        {
+            throw KmsErrors.FailedPrecondition($"key {key.Name} is {StateName(key.State)}; only an ENABLED key can be rotated");
+        }
+    }
+
     /// <summary>Adds version n+1 (ENABLED) and makes it the primary.</summary>
     /// <param name="scheduled">A scheduled rotation also moves next_rotation_time one period on.</param>
     public static KeyChange Rotate(KeyWithVersions current, KeyVersionId id, GeneratedKeyMaterial material, DateTimeOffset now, bool scheduled, string? importJob = null)
     {
         var key = current.Key;
-        if (key.State != KeyState.Enabled)
-        {
-            throw KmsErrors.FailedPrecondition($"key {key.Name} is {StateName(key.State)}; only an ENABLED key can be rotated");
-        }
+        EnsureRotatable(key);
 
         var number = current.Versions.Count == 0 ? 1 : current.Versions.Max(v => v.Name.Version) + 1;
         var version = NewVersion(key.Name.Version(number), id, key.Primary.Algorithm, material, now, importJob);

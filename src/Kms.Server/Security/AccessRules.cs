@@ -62,11 +62,12 @@ internal static class AccessRules
     public static IReadOnlyDictionary<string, AccessRule> ByMethod { get; } = new Dictionary<string, AccessRule>(StringComparer.Ordinal)
     {
         // Keys and versions.
-        [Keys + "CreateKey"] = On<CreateKeyRequest>(Permission.KeysCreate, r => r.Parent),
+        // Creating and rotating generate a key in the HSM (an RSA pair takes seconds): metered, as crypto is.
+        [Keys + "CreateKey"] = Metered(On<CreateKeyRequest>(Permission.KeysCreate, r => r.Parent)),
         [Keys + "GetKey"] = On<GetKeyRequest>(Permission.KeysRead, r => r.Name),
         [Keys + "ListKeys"] = On<ListKeysRequest>(Permission.KeysRead, r => r.Parent),
         [Keys + "UpdateKey"] = On<UpdateKeyRequest>(Permission.KeysUpdate, r => r.Key?.Name ?? ""),
-        [Keys + "RotateKey"] = On<RotateKeyRequest>(Permission.KeysRotate, r => r.Name),
+        [Keys + "RotateKey"] = Metered(On<RotateKeyRequest>(Permission.KeysRotate, r => r.Name)),
         [Keys + "ListKeyVersions"] = On<ListKeyVersionsRequest>(Permission.KeysRead, r => r.Parent),
         [Keys + "GetKeyVersion"] = On<GetKeyVersionRequest>(Permission.KeysRead, r => r.Name),
         [Keys + "UpdatePrimaryVersion"] = On<UpdatePrimaryVersionRequest>(Permission.KeysUpdate, r => r.Name),
@@ -80,11 +81,12 @@ internal static class AccessRules
         [Keys + "RestoreKeyVersion"] = On<RestoreKeyVersionRequest>(Permission.KeysDestroy, r => r.Name),
 
         // BYOK import and provenance statements.
-        // Each job is an RSA key pair generated in the HSM (seconds on SoftHSM): counted against the quota.
+        // Each job is an RSA key pair generated in the HSM (seconds on SoftHSM), an import an RSA
+        // unwrap, an attestation an HSM operation and a signature: counted against the quota.
         [Keys + "CreateImportJob"] = Metered(On<CreateImportJobRequest>(Permission.KeysImport, r => r.Parent)),
         [Keys + "GetImportJob"] = On<GetImportJobRequest>(Permission.KeysRead, r => r.Name),
-        [Keys + "ImportKeyVersion"] = On<ImportKeyVersionRequest>(Permission.KeysImport, r => r.Parent),
-        [Keys + "GetKeyAttestation"] = On<GetKeyAttestationRequest>(Permission.KeysRead, r => r.Name),
+        [Keys + "ImportKeyVersion"] = Metered(On<ImportKeyVersionRequest>(Permission.KeysImport, r => r.Parent)),
+        [Keys + "GetKeyAttestation"] = Metered(On<GetKeyAttestationRequest>(Permission.KeysRead, r => r.Name)),
 
         // Aliases.
         [Keys + "CreateAlias"] = On<CreateAliasRequest>(Permission.AliasesManage, r => r.Parent),
