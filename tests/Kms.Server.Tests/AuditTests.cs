@@ -235,6 +235,11 @@ public sealed class AuditTests : IAsyncLifetime
         using var acme = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("acme-manager", "acme", "key-manager"));
         await acme.CreateKeyAsync("tenants/acme", "theirs");
         await _developer.CreateKeyAsync("tenants/dev", "ours");
+
+        // acme probes a name of dev's: its refused call is acme's event, not dev's to read (it
+        // would show dev acme's tenant, principal, client address and context hashes).
+        var probe = await Assert.ThrowsAsync<RpcException>(() => acme.GetKeyAsync("tenants/dev/keys/ours"));
+        Assert.Equal(StatusCode.NotFound, probe.StatusCode);
         using var auditor = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("dev-auditor", "dev", "auditor"));
 
         var own = await auditor.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", PageSize = 1000 });
@@ -247,6 +252,10 @@ public sealed class AuditTests : IAsyncLifetime
 
         var everything = await _officer.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { PageSize = 1000 });
         Assert.Contains(everything.Events, e => e.Resource == "tenants/acme/keys/theirs");
+
+        // A security officer finds the probes of dev's keys by resource.
+        var probes = await _officer.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Resource = "tenants/dev/keys/ours", PageSize = 1000 });
+        Assert.Contains(probes.Events, e => e.Tenant == "acme" && e.Outcome == "NOT_FOUND");
     }
 
     private async Task<List<AuditEventInfo>> EventsAsync(ListAuditEventsRequest request)

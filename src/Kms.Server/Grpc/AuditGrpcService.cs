@@ -12,7 +12,8 @@ namespace Kms.Server.Grpc;
 
 /// <summary>
 /// kms.v1.AuditService. Authorization happened in the interceptor: a tenant's auditors list
-/// that tenant's events (the events of its principals and about its resources); security
+/// that tenant's events (the events of its principals, and of deployment principals about its
+/// resources; not other tenants' probes of its names); security
 /// officers list, checkpoint and export the whole chain.
 /// </summary>
 internal sealed class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IAuditStore store) : AuditService.AuditServiceBase

@@ -54,7 +54,10 @@ public abstract partial class SqlStore
         Filter("principal = @principal", "@principal", query.Principal);
         // Prefix and suffix matches by substr, not LIKE: LIKE ignores case on SQLite and not on
         // PostgreSQL, and '_' (allowed in ids) is one of its wildcards on both.
-        Filter("(tenant = @tenant OR resource = 'tenants/' || @tenant OR substr(resource, 1, length(@tenant) + 9) = 'tenants/' || @tenant || '/')", "@tenant", query.Tenant);
+        // A tenant's events: its principals', and deployment principals' naming its resources.
+        // Not another tenant's principals' (a refused probe of a name here): those would show
+        // this tenant who they are, where they call from and their context hashes.
+        Filter("(tenant = @tenant OR (tenant IS NULL AND (resource = 'tenants/' || @tenant OR substr(resource, 1, length(@tenant) + 9) = 'tenants/' || @tenant || '/')))", "@tenant", query.Tenant);
         Filter("(resource = @resource OR substr(resource, 1, length(@resource) + 1) = @resource || '/')", "@resource", query.Resource);
         Filter("(operation = @operation OR (length(operation) > length(@operation) AND substr(operation, length(operation) - length(@operation)) = '/' || @operation))",
             "@operation", query.Operation);

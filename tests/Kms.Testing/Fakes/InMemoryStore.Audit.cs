@@ -72,7 +72,7 @@ public sealed partial class InMemoryStore : IAuditStore
                     && (query.StartTime is not { } start || e.Entry.Time >= start)
                     && (query.EndTime is not { } end || e.Entry.Time < end)
                     && (query.Principal is null || e.Entry.Principal == query.Principal)
-                    && (query.Tenant is null || e.Entry.Tenant == query.Tenant || e.Entry.Resource == "tenants/" + query.Tenant || (e.Entry.Resource?.StartsWith("tenants/" + query.Tenant + "/", StringComparison.Ordinal) ?? false))
+                    && (query.Tenant is null || e.Entry.Tenant == query.Tenant || (e.Entry.Tenant is null && (e.Entry.Resource == "tenants/" + query.Tenant || (e.Entry.Resource?.StartsWith("tenants/" + query.Tenant + "/", StringComparison.Ordinal) ?? false))))
                     && (query.Resource is null || e.Entry.Resource == query.Resource || (e.Entry.Resource?.StartsWith(query.Resource + "/", StringComparison.Ordinal) ?? false))
                     && (query.Operation is null || e.Entry.Operation == query.Operation || e.Entry.Operation.EndsWith("/" + query.Operation, StringComparison.Ordinal))
                     && (query.Outcome is null || e.Entry.Outcome == query.Outcome))
