@@ -418,6 +418,24 @@ public sealed class AccessControlTests : IAsyncLifetime
         var cancel = await Assert.ThrowsAsync<RpcException>(async () => await leaving.Raw.CancelKeyDeletionAsync(new CancelKeyDeletionRequest { Name = a.Name }));
         Assert.Equal(StatusCode.FailedPrecondition, cancel.StatusCode);
         Assert.Equal(KeyState.DestroyScheduled, (await leaving.GetKeyAsync(a.Name)).State);
+
+        // Nor does anyone give its principals new grants, roles or credentials.
+        // (A policy only narrows who may use a key: still allowed.)
+        await leaving.Raw.SetKeyPolicyAsync(new SetKeyPolicyRequest { Name = a.Name, Entries = { new KeyPolicyEntry { Principal = "token:leaving-manager", Operations = { "DECRYPT" } } } });
+        var grant = await Assert.ThrowsAsync<RpcException>(async () => await leaving.Raw.CreateGrantAsync(new CreateGrantRequest
+        {
+            Parent = a.Name,
+            Grant = new KeyGrant { Grantee = "token:leaving-manager", Operations = { "DECRYPT" } },
+        }));
+        var role = await Assert.ThrowsAsync<RpcException>(async () => await _admin.Access.SetRoleBindingAsync(
+            new SetRoleBindingRequest { Principal = "token:leaving-manager", Role = "auditor", Tenant = "tenants/leaving" }));
+        var token = await Assert.ThrowsAsync<RpcException>(async () => await _admin.Access.CreateApiTokenAsync(
+            new CreateApiTokenRequest { Principal = "token:leaving-manager", Kind = "SESSION" }));
+        Assert.All(new[] { grant, role, token }, e =>
+        {
+            Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
+            Assert.Contains("tenants/leaving is being deleted", e.Status.Detail, StringComparison.Ordinal);
+        });
     }
 
     [Fact]

@@ -170,6 +170,12 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
             throw KmsErrors.FailedPrecondition($"principal {principal} is disabled");
         }
 
+        // No new credential for a principal of a tenant being offboarded.
+        if (registered.Tenant is { } home)
+        {
+            await TenantGate.EnsureActiveAsync(access, home, cancellationToken);
+        }
+
         if (kind == ApiTokenKind.Service
             && (await access.GetRoleBindingsAsync(principal, cancellationToken)).FirstOrDefault(b => Roles.IsAdministrative(b.Role)) is { } administrative)
         {
@@ -240,6 +246,12 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
         else if (tenant is null)
         {
             throw KmsErrors.InvalidArgument("tenant", $"{Roles.NameOf(role)} is a tenant role: bind it in the principal's own tenant");
+        }
+
+        if (tenant is { } home)
+        {
+            // No new role in a tenant being offboarded.
+            await TenantGate.EnsureActiveAsync(access, home, cancellationToken);
         }
 
         var binding = new RoleBinding(name, role, tenant, Clock.Now(time));

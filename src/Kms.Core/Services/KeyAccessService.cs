@@ -70,6 +70,9 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
             throw KmsErrors.InvalidArgument("grant.operations", "must allow at least one operation");
         }
 
+        // An offboarded tenant gets nothing new: no grant a later restore could bring back.
+        await TenantGate.EnsureActiveAsync(access, key.Tenant, cancellationToken);
+
         await EnsureTenantPrincipalAsync(grantee, key.Tenant, "grant.grantee", cancellationToken);
         if (!stored.Restricted)
         {
