@@ -145,17 +145,28 @@ public sealed class BackupExportTests : IAsyncLifetime, IDisposable
         }
     }
 
-    [Fact]
-    public async Task ExportBackup_DiskRefusesTheBackup_FailedPreconditionSaysItExecuted_NotSentAgain()
+    [Theory]
+    [InlineData("a file")]
+    [InlineData("no permission")]
+    public async Task ExportBackup_DiskRefusesTheBackup_FailedPreconditionSaysItExecuted_NotSentAgain(string refusal)
     {
-        // A file where the backups directory goes: the export's first write fails.
+        // The export's first write fails: a file where the backups directory goes (an I/O
+        // error), or a directory that refuses it (a permission error; root is refused by sysfs).
         var backups = Path.Combine(_server.DataDir, "backups");
         if (Directory.Exists(backups))
         {
             Directory.Delete(backups);
         }
 
-        await File.WriteAllTextAsync(backups, "not a directory");
+        if (refusal == "a file")
+        {
+            await File.WriteAllTextAsync(backups, "not a directory");
+        }
+        else
+        {
+            File.CreateSymbolicLink(backups, "/sys/kernel");
+        }
+
         var request = await _officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup });
         await ApproveAsync("alice", request.Name);
 
@@ -163,6 +174,7 @@ public sealed class BackupExportTests : IAsyncLifetime, IDisposable
         Assert.True(e.StatusCode == StatusCode.FailedPrecondition, e.Status.ToString());
         Assert.StartsWith($"{request.Name} executed, but its backup could not be written", e.Status.Detail, StringComparison.Ordinal);
         Assert.Equal(Kms.Contracts.V1.QuorumRequestState.Executed, (await _officer.GetQuorumRequestAsync(request.Name)).State);
+        File.Delete(backups); // the file, or the link (never what it points at)
     }
 
     private static string Refused(string directory, byte[] key)

@@ -80,8 +80,10 @@ internal sealed class BackupExporter(SqlStore store, AuditLog audit, IHsm hsm, T
             outcome = "OK";
             return manifest;
         }
-        catch (IOException e)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
+            // A permission error is no IOException: without it here, the officer whose approval
+            // executed the request heard INTERNAL, not that the request was used up.
             throw KmsErrors.Unavailable($"the backup of {request.Name} could not be written: {e.Message}");
         }
         finally
@@ -118,6 +120,10 @@ internal sealed class BackupExporter(SqlStore store, AuditLog audit, IHsm hsm, T
             var signature = File.ReadAllBytes(Path.Combine(directory, BackupManifest.SignatureFile));
             var snapshot = new FileStream(Path.Combine(directory, BackupManifest.SnapshotFile), FileMode.Open, FileAccess.Read, FileShare.Read, 64 * 1024, useAsync: true);
             return (manifest, signature, snapshot);
+        }
+        catch (UnauthorizedAccessException e)
+        {
+            throw KmsErrors.Unavailable($"the backup of {request.Name} cannot be read on this node: {e.Message}");
         }
         catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
         {
