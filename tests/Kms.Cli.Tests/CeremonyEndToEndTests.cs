@@ -154,6 +154,23 @@ public sealed class CeremonyEndToEndTests : IDisposable
         var edited = await Kms(outputs, "ceremony", "verify-transcript", P("edited.txt"), "--public-key", key);
         Assert.Equal(7, edited.ExitCode);
 
+        // Malformed signature files and keys of another kind get a clear refusal, not exit 1 (unexpected).
+        foreach (var malformed in new[] { "[]", "{\"kind\":1}", "{\"kind\":\"ceremony-transcript\",\"signature\":\"AA==\",\"key_fingerprint\":7}" })
+        {
+            await File.WriteAllTextAsync(P("edited.txt.sig"), malformed);
+            var refused = await Kms(outputs, "ceremony", "verify-transcript", P("edited.txt"), "--public-key", key);
+            Assert.True(refused.ExitCode == 7, $"{malformed}: {refused}");
+        }
+
+        using (var rsa = System.Security.Cryptography.RSA.Create(2048))
+        {
+            await File.WriteAllTextAsync(P("rsa.pem"), rsa.ExportSubjectPublicKeyInfoPem());
+        }
+
+        var rsaKey = await Kms(outputs, "ceremony", "verify-transcript", transcript, "--public-key", P("rsa.pem"));
+        Assert.True(rsaKey.ExitCode == 2, rsaKey.ToString());
+        Assert.Contains("is not the PEM of an ECDSA public key", rsaKey.Error, StringComparison.Ordinal);
+
         // No PIN or passphrase in any output (the CLI's and the servers' logs), transcript or share file.
         Assert.Contains("audit signing key", serverOutput.ToString(), StringComparison.Ordinal);
         var everything = serverOutput + string.Join("\n", outputs.Select(o => o.Out + o.Error))

@@ -87,7 +87,8 @@ internal sealed class Transcript
             return $"{path}.sig is not JSON";
         }
 
-        if (sig?["kind"]?.GetValue<string>() != Kind || sig["signature"]?.GetValue<string>() is not { } text)
+        // A member of another JSON type (a number, an array) is malformed too, never an exception.
+        if (sig is not JsonObject fields || StringOf(fields["kind"]) != Kind || StringOf(fields["signature"]) is not { } text)
         {
             return $"{path}.sig is not a transcript signature";
         }
@@ -103,7 +104,7 @@ internal sealed class Transcript
         }
 
         var fingerprint = AuditChain.Fingerprint(subjectPublicKeyInfo);
-        if (sig["key_fingerprint"]?.GetValue<string>() is { } named && named != fingerprint)
+        if (fields["key_fingerprint"] is { } namedNode && StringOf(namedNode) is var named && named != fingerprint)
         {
             return $"the transcript was signed by audit key {named}, not by {fingerprint}";
         }
@@ -112,4 +113,7 @@ internal sealed class Transcript
             ? null
             : "the signature does not verify: the transcript was changed, or signed by another key";
     }
+
+    private static string? StringOf(JsonNode? node) =>
+        node is JsonValue value && value.TryGetValue<string>(out var text) ? text : null;
 }

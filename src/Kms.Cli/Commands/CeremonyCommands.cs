@@ -628,9 +628,10 @@ internal static partial class CeremonyCommands
         {
             key.ImportFromPem(pem);
         }
-        catch (ArgumentException e)
+        catch (Exception e) when (e is ArgumentException or CryptographicException)
         {
-            throw new CliUsageException($"--public-key is not a PEM public key: {e.Message}");
+            // CryptographicException: a PEM public key of another kind (RSA, a PKCS#1 block).
+            throw new CliUsageException($"--public-key is not the PEM of an ECDSA public key (the audit key): {e.Message}");
         }
 
         return key.ExportSubjectPublicKeyInfo();
