@@ -183,6 +183,36 @@ public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
         Assert.Equal(1L, (await officer.GetOfficerSetAsync()).Sequence);
     }
 
+    [Theory]
+    [InlineData("DELETE FROM officer_sets WHERE sequence >= 1")]
+    [InlineData("DELETE FROM officer_sets")]
+    public async Task OfficerChangeRolledBackInTheDatabase_RefusesQuorumOperations(string rollback)
+    {
+        // carol, removed by a change the quorum approved, must not come back because someone who
+        // can write the database deleted the newer set (or restored a backup from before it).
+        var change = await _officer.RequestOfficerChangeAsync(_officers.Select("alice", "bob", "dave").Select(o => (o.Name, o.PublicKey)), 2);
+        await ApproveAsync("alice", change.Name);
+        Assert.True((await ApproveAsync("bob", change.Name)).Executed);
+        await _server.DisposeAsync();
+        await using (var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Pooling=False"))
+        {
+            await connection.OpenAsync();
+            await using var command = connection.CreateCommand();
+            command.CommandText = rollback;
+            await command.ExecuteNonQueryAsync();
+        }
+
+        _server = await _server.RestartAsync();
+        using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-4", null, "security-officer"));
+        var refused = await Assert.ThrowsAsync<RpcException>(() => officer.GetOfficerSetAsync());
+        Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
+        Assert.Contains("this node has verified officer set 1", refused.Status.Detail, StringComparison.Ordinal);
+        Assert.Contains("it was rolled back", refused.Status.Detail, StringComparison.Ordinal);
+        using var keyManager = _server.CreateClient();
+        var key = await keyManager.CreateKeyAsync("tenants/dev", "after-rollback");
+        Assert.Equal(StatusCode.FailedPrecondition, (await Assert.ThrowsAsync<RpcException>(() => keyManager.RequestDestroyKeyVersionNowAsync($"{key.Name}/versions/1"))).StatusCode);
+    }
+
     [Fact]
     public async Task OfficerSetWrittenIntoTheDatabase_RefusesQuorumOperations()
     {

@@ -23,6 +23,12 @@ public sealed record QuorumOptions
     public TimeSpan MaxTtl { get; init; } = TimeSpan.FromDays(7);
 
     /// <summary>
+    /// This node's record of the newest officer set it has verified; null: none is kept (a chain
+    /// rolled back in the database then goes unnoticed).
+    /// </summary>
+    public IOfficerHeadRecord? HeadRecord { get; init; }
+
+    /// <summary>
     /// Why this deployment's store cannot export a backup (a PostgreSQL database is backed up with
     /// its own tools), or null when it can: EXPORT_BACKUP is then refused before officers sign.
     /// </summary>
@@ -105,7 +111,37 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
     public async Task<(OfficerSet Set, int ChainLength)> GetOfficerSetAsync(CancellationToken cancellationToken)
     {
         var chain = await store.ListOfficerSetsAsync(cancellationToken);
-        return (OfficerChain.Verify(chain, Genesis()), chain.Count);
+        return (VerifyChain(chain), chain.Count);
+    }
+
+    // The chain back to the pinned genesis, and no shorter than the newest set this node has seen.
+    private OfficerSet VerifyChain(IReadOnlyList<OfficerSet> chain)
+    {
+        var head = OfficerChain.Verify(chain, Genesis());
+        if (options.HeadRecord is not { } record)
+        {
+            return head;
+        }
+
+        var seen = record.Read();
+        if (seen is not null)
+        {
+            if (seen.Sequence > head.Sequence || chain[(int)seen.Sequence].Hash != seen.Hash)
+            {
+                throw KmsErrors.FailedPrecondition(
+                    $"quorum operations are refused: this node has verified officer set {seen.Sequence} ({seen.Hash}, recorded in {record.Location}), " +
+                    $"but the database's officer chain {(seen.Sequence > head.Sequence ? $"ends at set {head.Sequence}" : "holds another set there")}: it was rolled back " +
+                    "(rows deleted, or a backup from before an officer change restored), which would bring back officers the quorum removed. " +
+                    "Restore the officer sets, or, if the rollback is intended, remove that file on every node (docs/quorum.md)");
+            }
+        }
+
+        if (seen is null || head.Sequence > seen.Sequence)
+        {
+            record.Advance(new OfficerHead(head.Sequence, head.Hash));
+        }
+
+        return head;
     }
 
     /// <summary>Creates a request. The caller needs a permission that the operation itself would need (kms.keys.destroy for a destroy).</summary>
@@ -234,7 +270,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         }
 
         var chain = await store.ListOfficerSetsAsync(cancellationToken);
-        OfficerChain.Verify(chain, Genesis());
+        VerifyChain(chain);
         return new ApprovalBundle(request, chain);
     }
 
@@ -337,6 +373,12 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         foreach (var version in destroyed)
         {
             hsm.EvictKey(version.Id);
+        }
+
+        if (executed && result.Operation == QuorumOperation.ChangeOfficers)
+        {
+            // The node records the new head at once: a rollback right after is then seen too.
+            await GetOfficerSetAsync(cancellationToken);
         }
 
         return new QuorumApprovalResult(result, valid, head.Threshold, executed);

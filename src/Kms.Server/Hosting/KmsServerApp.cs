@@ -137,6 +137,7 @@ public static class KmsServerApp
             await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
             builder.Services.AddSingleton(LoadQuorumOptions(serverOptions.Quorum) with
             {
+                HeadRecord = new OfficerHeadFile(Path.Combine(serverOptions.DataDir, "quorum", "officer-head")),
                 BackupExportUnsupported = store is SqliteStore
                     ? null
                     : $"backups through the API are SQLite snapshots; a {store.Provider} database is backed up with its own tools (docs/deployment.md)",

@@ -1,0 +1,61 @@
+using System.Globalization;
+using Kms.Core.Quorum;
+
+namespace Kms.Server.Hosting;
+
+/// <summary>
+/// The node's record of the newest officer set it has verified (<see cref="IOfficerHeadRecord"/>):
+/// <c>{DataDir}/quorum/officer-head</c>, one line "SEQUENCE HASH", owner-only, replaced atomically.
+/// Whoever can write the database but not this node's disk cannot roll the chain back past it.
+/// </summary>
+internal sealed class OfficerHeadFile(string path) : IOfficerHeadRecord
+{
+    private readonly Lock _lock = new();
+
+    public string Location => path;
+
+    public OfficerHead? Read()
+    {
+        lock (_lock)
+        {
+            if (!File.Exists(path))
+            {
+                return null;
+            }
+
+            var parts = File.ReadAllText(path).Trim().Split(' ');
+            return parts.Length == 2 && long.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out var sequence) && parts[1].Length == 64
+                ? new OfficerHead(sequence, parts[1])
+                : throw Core.Errors.KmsErrors.FailedPrecondition($"quorum operations are refused: {path} is not an officer head record (\"SEQUENCE HASH\")");
+        }
+    }
+
+    public void Advance(OfficerHead head)
+    {
+        ArgumentNullException.ThrowIfNull(head);
+        lock (_lock)
+        {
+            if (File.Exists(path) && Read() is { } recorded && recorded.Sequence >= head.Sequence)
+            {
+                return;
+            }
+
+            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            var temporary = path + ".new";
+            File.Delete(temporary);
+            var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
+            if (!OperatingSystem.IsWindows())
+            {
+                options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+            }
+
+            using (var file = new FileStream(temporary, options))
+            {
+                file.Write(System.Text.Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture, $"{head.Sequence} {head.Hash}\n")));
+                file.Flush(flushToDisk: true);
+            }
+
+            File.Move(temporary, path, overwrite: true);
+        }
+    }
+}
