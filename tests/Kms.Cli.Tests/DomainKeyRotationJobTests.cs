@@ -120,12 +120,7 @@ public sealed class DomainKeyRotationJobTests
     [Fact]
     public async Task RunAsync_WhileAServerHoldsTheSqliteDatabase_Refused_AndNoServerStartsWhileItRuns()
     {
-        var oldKey = RandomNumberGenerator.GetBytes(32);
-        var production = TokenWithDomainKey(oldKey);
-        var dataDir = Directory.CreateTempSubdirectory("kms-rotation-").FullName;
-        await using (await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
-        {
-        }
+        var (oldKey, _, dataDir) = await NewDeploymentAsync();
 
         var rotation = SoftHsm.CreateToken();
         using (var session = HsmCeremonySession.Open(rotation.Options(devMode: false), Encoding.UTF8.GetBytes(rotation.UserPin)))
@@ -161,12 +156,7 @@ public sealed class DomainKeyRotationJobTests
         // Version names are random: one written meanwhile (by anything that ignored the lock)
         // sorts before the high-water mark as easily as after it. Here the mark is past every
         // key_version: name, so only a count of everything can see the new one.
-        var oldKey = RandomNumberGenerator.GetBytes(32);
-        var production = TokenWithDomainKey(oldKey);
-        var dataDir = Directory.CreateTempSubdirectory("kms-rotation-").FullName;
-        await using (await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
-        {
-        }
+        var (oldKey, production, dataDir) = await NewDeploymentAsync();
 
         await using (var store = await OpenStoreAsync(dataDir))
         await using (var hsm = Pkcs11Hsm.Open(production.Options(devMode: false), NullLogger.Instance))
@@ -211,12 +201,7 @@ public sealed class DomainKeyRotationJobTests
     {
         // A first run records its new key before writing the shares; a crash in between leaves a
         // rotation nobody can resume, which a new first run replaces — until a blob has moved.
-        var oldKey = RandomNumberGenerator.GetBytes(32);
-        var production = TokenWithDomainKey(oldKey);
-        var dataDir = Directory.CreateTempSubdirectory("kms-rotation-").FullName;
-        await using (await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
-        {
-        }
+        var (oldKey, _, dataDir) = await NewDeploymentAsync();
 
         var pinned = HsmCeremonySession.AesCheckValue(oldKey);
         var newKey = RandomNumberGenerator.GetBytes(32);
@@ -241,12 +226,7 @@ public sealed class DomainKeyRotationJobTests
     [Fact]
     public async Task RunAsync_RotationTokenHoldsOtherOldKey_RefusedBeforeAnyRowChanges()
     {
-        var oldKey = RandomNumberGenerator.GetBytes(32);
-        var production = TokenWithDomainKey(oldKey);
-        var dataDir = Directory.CreateTempSubdirectory("kms-rotation-").FullName;
-        await using (await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
-        {
-        }
+        var (oldKey, _, dataDir) = await NewDeploymentAsync();
 
         var rotation = SoftHsm.CreateToken();
         using var session = HsmCeremonySession.Open(rotation.Options(devMode: false), Encoding.UTF8.GetBytes(rotation.UserPin));
@@ -255,6 +235,20 @@ public sealed class DomainKeyRotationJobTests
         var e = await Assert.ThrowsAsync<KmsException>(() => DomainKeyRotationJob.RunAsync(store, rewrapper, TimeProvider.System, null, default));
         Assert.Contains("pinned to domain key " + HsmCeremonySession.AesCheckValue(oldKey), e.Message, StringComparison.Ordinal);
         Assert.Null(await store.GetDomainKeyRotationAsync(default));
+    }
+
+    // A deployment under a random domain key: its token, and a data directory whose database
+    // holds the audit keys (and nothing else yet).
+    private static async Task<(byte[] OldKey, TestToken Production, string DataDir)> NewDeploymentAsync()
+    {
+        var oldKey = RandomNumberGenerator.GetBytes(32);
+        var production = TokenWithDomainKey(oldKey);
+        var dataDir = Directory.CreateTempSubdirectory("kms-rotation-").FullName;
+        await using (await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+        {
+        }
+
+        return (oldKey, production, dataDir);
     }
 
     private static Task<SqliteStore> OpenStoreAsync(string dataDir) =>

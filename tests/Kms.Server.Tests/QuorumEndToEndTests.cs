@@ -193,49 +193,50 @@ public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
         var change = await _officer.RequestOfficerChangeAsync(_officers.Select("alice", "bob", "dave").Select(o => (o.Name, o.PublicKey)), 2);
         await ApproveAsync("alice", change.Name);
         Assert.True((await ApproveAsync("bob", change.Name)).Executed);
-        await _server.DisposeAsync();
-        await using (var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Pooling=False"))
-        {
-            await connection.OpenAsync();
-            await using var command = connection.CreateCommand();
-            command.CommandText = rollback;
-            await command.ExecuteNonQueryAsync();
-        }
 
-        _server = await _server.RestartAsync();
-        using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-4", null, "security-officer"));
-        var refused = await Assert.ThrowsAsync<RpcException>(() => officer.GetOfficerSetAsync());
-        Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
-        Assert.Contains("this node has verified officer set 1", refused.Status.Detail, StringComparison.Ordinal);
-        Assert.Contains("it was rolled back", refused.Status.Detail, StringComparison.Ordinal);
-        using var keyManager = _server.CreateClient();
-        var key = await keyManager.CreateKeyAsync("tenants/dev", "after-rollback");
-        Assert.Equal(StatusCode.FailedPrecondition, (await Assert.ThrowsAsync<RpcException>(() => keyManager.RequestDestroyKeyVersionNowAsync($"{key.Name}/versions/1"))).StatusCode);
+        var refused = await QuorumRefusedAfterWritingTheStoppedDatabaseAsync(rollback);
+        Assert.Contains("this node has verified officer set 1", refused, StringComparison.Ordinal);
+        Assert.Contains("it was rolled back", refused, StringComparison.Ordinal);
     }
 
     [Fact]
     public async Task OfficerSetWrittenIntoTheDatabase_RefusesQuorumOperations()
     {
-        await _server.DisposeAsync();
         var intruder = OfficerSet.CreateGenesis(_officers.Select("erin"), 1);
+        var refused = await QuorumRefusedAfterWritingTheStoppedDatabaseAsync(
+            "INSERT INTO officer_sets (sequence, previous_hash, threshold, officers, hash, change_request) VALUES (1, $previous, 1, $officers, 'x', NULL)",
+            ("$previous", OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2).Hash),
+            ("$officers", $"[{{\"Name\":\"erin\",\"PublicKey\":\"{Convert.ToBase64String(intruder.Officers[0].PublicKey)}\"}}]"));
+        Assert.Contains("does not verify back to the configured genesis", refused, StringComparison.Ordinal);
+    }
+
+    // Stops the server, runs one statement on its database (as whoever can write it would),
+    // restarts it, and checks that quorum operations are refused while keys still serve:
+    // returns the refusal's message.
+    private async Task<string> QuorumRefusedAfterWritingTheStoppedDatabaseAsync(string sql, params (string Name, object Value)[] parameters)
+    {
+        await _server.DisposeAsync();
         await using (var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Pooling=False"))
         {
             await connection.OpenAsync();
             await using var command = connection.CreateCommand();
-            command.CommandText = "INSERT INTO officer_sets (sequence, previous_hash, threshold, officers, hash, change_request) VALUES (1, $previous, 1, $officers, 'x', NULL)";
-            command.Parameters.AddWithValue("$previous", OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2).Hash);
-            command.Parameters.AddWithValue("$officers", $"[{{\"Name\":\"erin\",\"PublicKey\":\"{Convert.ToBase64String(intruder.Officers[0].PublicKey)}\"}}]");
+            command.CommandText = sql;
+            foreach (var (name, value) in parameters)
+            {
+                command.Parameters.AddWithValue(name, value);
+            }
+
             await command.ExecuteNonQueryAsync();
         }
 
         _server = await _server.RestartAsync();
-        using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-3", null, "security-officer"));
+        using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-after-write", null, "security-officer"));
         var refused = await Assert.ThrowsAsync<RpcException>(() => officer.GetOfficerSetAsync());
         Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
-        Assert.Contains("does not verify back to the configured genesis", refused.Status.Detail, StringComparison.Ordinal);
         using var keyManager = _server.CreateClient();
-        var key = await keyManager.CreateKeyAsync("tenants/dev", "after-intrusion");
+        var key = await keyManager.CreateKeyAsync("tenants/dev", "after-database-write");
         Assert.Equal(StatusCode.FailedPrecondition, (await Assert.ThrowsAsync<RpcException>(() => keyManager.RequestDestroyKeyVersionNowAsync($"{key.Name}/versions/1"))).StatusCode);
+        return refused.Status.Detail;
     }
 
     [Fact]
