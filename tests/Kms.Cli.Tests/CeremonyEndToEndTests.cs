@@ -253,6 +253,39 @@ public sealed class CeremonyEndToEndTests : IDisposable
         Assert.Contains("approves new shares 2 of 3, not 3 of 3", otherShape.Error, StringComparison.Ordinal);
         Assert.False(Directory.Exists(P("new-shares")));
 
+        // A rotation record written into the database by hand (it names a check value, here the
+        // old key's) does not let share files choose the key: only the first run's MAC under the
+        // old key does. Refused before anything moves.
+        await using (var database = await global::Kms.Storage.Sqlite.SqliteStore.OpenAsync(new() { DatabasePath = P("data/kms.db") }, default))
+        {
+            await database.BeginDomainKeyRotationAsync(oldKcv, oldKcv, DateTimeOffset.UtcNow, default);
+        }
+
+        string[] forgedResume =
+        [
+            "ceremony", "rotate-domain", .. Hsm("rotation"), "--so-pin-file", P("so.pin"),
+            "--share", Share("alice"), "--share", Share("carol"), "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"carol={P("carol")}",
+            "--new-share", Share("alice"), "--new-share", Share("bob"), "--new-passphrase-file", $"alice={P("alice")}", "--new-passphrase-file", $"bob={P("bob")}",
+            "--restore-token-label", "site-b", "--restore-pin-file", P("user.pin"), "--data-dir", P("data"),
+            "--approval", P("rotation.approval.json"), "--allow-network", "--insecure-test-kdf",
+        ];
+        var forged = await Kms(outputs, forgedResume);
+        Assert.True(forged.ExitCode == 5, forged.ToString());
+        Assert.Contains("but not the key the rotation chose", forged.Error, StringComparison.Ordinal);
+
+        // A first run that fails before its first blob (a share file in its way) takes its record
+        // back (and replaces the unstarted forged one first): a server could serve again.
+        Directory.CreateDirectory(P("new-shares"));
+        await File.WriteAllTextAsync(P("new-shares/share-1-alice.json"), "in the way");
+        var blocked = await Kms(outputs, Rotate("2", "--approval", P("rotation.approval.json")));
+        Assert.NotEqual(0, blocked.ExitCode);
+        await using (var database = await global::Kms.Storage.Sqlite.SqliteStore.OpenAsync(new() { DatabasePath = P("data/kms.db") }, default))
+        {
+            Assert.Null(await database.GetDomainKeyRotationAsync(default));
+        }
+
+        Directory.Delete(P("new-shares"), recursive: true);
+
         // Approved: rotate with two of the old shares into a new 2-of-3, site-b gets the new key.
         var rotated = await Kms(outputs, Rotate("2", "--approval", P("rotation.approval.json")));
         Assert.True(rotated.ExitCode == 0, rotated.ToString());

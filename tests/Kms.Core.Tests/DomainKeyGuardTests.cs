@@ -53,6 +53,25 @@ public sealed class DomainKeyGuardTests
     }
 
     [Fact]
+    public async Task Verify_RotationRecordedButNoBlobMoved_ServesUnderThePinnedKey()
+    {
+        // A first run stopped before its first blob: every blob is still under the pinned key.
+        var store = new InMemoryStore();
+        using var hsm = new FakeHsm { DomainKeyCheckValue = "ABC123" };
+        await DomainKeyGuard.VerifyAsync(hsm, store, devMode: false, default);
+        await store.SetSettingIfAbsentAsync(DomainKeyGuard.RotationSetting, "{\"old_check_value\":\"ABC123\",\"new_check_value\":\"DEF456\",\"last_item\":null,\"rewrapped\":0}", default);
+
+        await DomainKeyGuard.VerifyAsync(hsm, store, devMode: false, default);
+
+        // Once one has moved, nothing serves.
+        var started = new InMemoryStore();
+        await DomainKeyGuard.VerifyAsync(hsm, started, devMode: false, default);
+        await started.SetSettingIfAbsentAsync(DomainKeyGuard.RotationSetting, "{\"old_check_value\":\"ABC123\",\"new_check_value\":\"DEF456\",\"last_item\":\"key_version:00\",\"rewrapped\":1}", default);
+        var e = await Assert.ThrowsAsync<KmsException>(() => DomainKeyGuard.VerifyAsync(hsm, started, devMode: false, default));
+        Assert.Contains("rotation is in progress", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Verify_RotationInProgress_RefusesEvenThePinnedKey()
     {
         var store = new InMemoryStore();

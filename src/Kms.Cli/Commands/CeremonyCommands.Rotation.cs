@@ -121,6 +121,7 @@ internal static partial class CeremonyCommands
             var written = new List<(string Custodian, int Index, string File, string Fingerprint)>();
             string newId;
             string newKcv;
+            string? recorded = null;
             DomainKeyRotationOutcome outcome;
             try
             {
@@ -137,9 +138,18 @@ internal static partial class CeremonyCommands
                     var openedNew = resumeFiles.Select(f => (f, f.Unprotect(newSecrets[f.Custodian].Chars))).ToList();
                     try
                     {
-                        var rebuilt = DomainKeyRecovery.Combine(openedNew, resumeFiles[0].DomainId, inProgress?.NewCheckValue);
+                        var rebuilt = DomainKeyRecovery.Combine(openedNew, resumeFiles[0].DomainId, inProgress!.NewCheckValue);
                         rebuilt.CopyTo(newKey, 0);
                         CryptographicOperations.ZeroMemory(rebuilt);
+
+                        // The check value is 3 bytes and the record is a database row: only the MAC
+                        // under the old key, written by the run that chose the key, says these
+                        // shares hold the key that run chose.
+                        if (!RotationKeyMacMatches(inProgress.NewKeyMac, oldKey, newKey))
+                        {
+                            throw new CliFailureException(ExitCodes.Conflict,
+                                $"the new share files rebuild a key with check value {inProgress.NewCheckValue}, but not the key the rotation chose (its record carries {(inProgress.NewKeyMac is null ? "no" : "another")} MAC of it under the old key); nothing was moved");
+                        }
                     }
                     finally
                     {
@@ -169,7 +179,9 @@ internal static partial class CeremonyCommands
                     // recorded earlier that moved nothing yet (a crash before its shares were all
                     // written) is replaced: no blob depends on its key.
                     _ = await store.ListWrappedItemsAfterAsync(null, ct);
-                    await store.BeginDomainKeyRotationAsync(pinned, kcv, DateTimeOffset.UtcNow, ct, replaceUnstarted: true);
+                    await store.BeginDomainKeyRotationAsync(pinned, kcv, DateTimeOffset.UtcNow, ct, replaceUnstarted: true,
+                        newKeyMac: Convert.ToHexStringLower(RotationKeyMac(oldKey, newKey)));
+                    recorded = kcv;
                     var outDir = Directory.CreateDirectory(parse.GetValue(newSharesDir)!).FullName;
                     var shares = Shamir.Split(newKey, m, names.Count);
                     try
@@ -199,6 +211,13 @@ internal static partial class CeremonyCommands
                 restoreOptions.DomainKeyId = newId;
                 using var production = HsmCeremonySession.Open(restoreOptions, productionPin.ToUtf8());
                 production.ImportDomainKey(newKey, restoreOptions.DomainKeyLabel, newId);
+            }
+            catch (Exception) when (recorded is not null)
+            {
+                // A first run that failed before its first blob moved (a share file in the way, the
+                // HSM) takes its record back: the database serves under the old key as before.
+                await AbandonQuietlyAsync(store, recorded);
+                throw;
             }
             finally
             {
@@ -256,4 +275,46 @@ internal static partial class CeremonyCommands
         });
         return command;
     }
+
+    // HMAC-SHA256 of the new domain key under the old one: binds a rotation record to the key its
+    // first run chose, for whoever holds the old key (the custodians, through their shares).
+    private static byte[] RotationKeyMac(byte[] oldKey, byte[] newKey)
+    {
+        var message = new byte[RotationMacLabel.Length + newKey.Length];
+        try
+        {
+            RotationMacLabel.CopyTo(message, 0);
+            newKey.CopyTo(message, RotationMacLabel.Length);
+            return HMACSHA256.HashData(oldKey, message);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(message);
+        }
+    }
+
+    private static bool RotationKeyMacMatches(string? recorded, byte[] oldKey, byte[] newKey)
+    {
+        if (recorded is not { Length: 64 } || !recorded.All(char.IsAsciiHexDigitLower))
+        {
+            return false;
+        }
+
+        return CryptographicOperations.FixedTimeEquals(Convert.FromHexString(recorded), RotationKeyMac(oldKey, newKey));
+    }
+
+    private static async Task AbandonQuietlyAsync(Kms.Storage.SqlStore store, string newCheckValue)
+    {
+        try
+        {
+            await store.AbandonUnstartedDomainKeyRotationAsync(newCheckValue, CancellationToken.None);
+        }
+        catch (Exception e) when (e is Kms.Core.Errors.KmsException or System.Data.Common.DbException)
+        {
+            // The original failure is what the operator must see; the record stays, and a new
+            // first run replaces it (it moved nothing).
+        }
+    }
+
+    private static readonly byte[] RotationMacLabel = "kms domain-key rotation: new key v1\0"u8.ToArray();
 }

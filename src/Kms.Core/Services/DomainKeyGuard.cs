@@ -25,12 +25,29 @@ public static class DomainKeyGuard
     /// </summary>
     public const string RotationSetting = "domain_key.rotation";
 
+    // A rotation recorded but not started (no blob moved: a first run stopped before its first)
+    // leaves every blob under the old key, which the server's token holds: it may serve, and a
+    // later run lists every blob afresh (the job's count check sees any made meanwhile).
+    private static bool IsUnstarted(string rotation)
+    {
+        try
+        {
+            return System.Text.Json.Nodes.JsonNode.Parse(rotation) is System.Text.Json.Nodes.JsonObject record
+                && record["rewrapped"] is System.Text.Json.Nodes.JsonValue moved && moved.TryGetValue<long>(out var count) && count == 0
+                && record["last_item"] is null;
+        }
+        catch (System.Text.Json.JsonException)
+        {
+            return false;
+        }
+    }
+
     /// <summary>Verifies (or, on first start, pins) the HSM's domain key against the store.</summary>
     /// <param name="devMode">Whether the server runs in dev mode; a dev-mode domain key is refused outside it.</param>
     /// <exception cref="KmsException">FailedPrecondition when the domain key is not the pinned one.</exception>
     public static async Task<DomainKeyPin> VerifyAsync(IHsm hsm, IKeyStore store, bool devMode, CancellationToken cancellationToken)
     {
-        if (await store.GetSettingAsync(RotationSetting, cancellationToken) is not null)
+        if (await store.GetSettingAsync(RotationSetting, cancellationToken) is { } rotation && !IsUnstarted(rotation))
         {
             throw KmsErrors.FailedPrecondition(
                 "a domain-key rotation is in progress on this database (kms ceremony rotate-domain); run it again to finish it before serving");

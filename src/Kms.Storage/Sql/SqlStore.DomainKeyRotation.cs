@@ -33,7 +33,13 @@ public sealed record WrappedItem(string Name, WrappedItemKind Kind, byte[] Blob)
 
 /// <summary>A domain-key rotation in progress, as recorded in the database.</summary>
 /// <param name="LastItem">The last item re-wrapped (items are processed in ordinal name order); null before the first.</param>
-public sealed record DomainKeyRotationState(string OldCheckValue, string NewCheckValue, DateTimeOffset Started, string? LastItem, long Rewrapped);
+/// <param name="NewKeyMac">
+/// HMAC-SHA256 of the new key under the old one (hex), written by the run that chose the new key:
+/// a resumed run accepts new shares only if they rebuild a key with this MAC, which nobody
+/// without the old domain key can compute — so a record written into the database by hand
+/// cannot choose the key either.
+/// </param>
+public sealed record DomainKeyRotationState(string OldCheckValue, string NewCheckValue, DateTimeOffset Started, string? LastItem, long Rewrapped, string? NewKeyMac = null);
 
 /// <summary>
 /// The offline domain-key rotation's view of the store: every wrapped blob (key versions'
@@ -78,7 +84,8 @@ public abstract partial class SqlStore
     /// </summary>
     /// <param name="replaceUnstarted">Replace a rotation to another key that has moved no blob yet (nothing depends on its key).</param>
     /// <exception cref="Kms.Core.Errors.KmsException">FailedPrecondition: the pin is another key, or another rotation is in progress.</exception>
-    public Task<DomainKeyRotationState> BeginDomainKeyRotationAsync(string oldCheckValue, string newCheckValue, DateTimeOffset now, CancellationToken cancellationToken, bool replaceUnstarted = false) =>
+    /// <param name="newKeyMac">The new key's MAC under the old key (<see cref="DomainKeyRotationState.NewKeyMac"/>), for a new record.</param>
+    public Task<DomainKeyRotationState> BeginDomainKeyRotationAsync(string oldCheckValue, string newCheckValue, DateTimeOffset now, CancellationToken cancellationToken, bool replaceUnstarted = false, string? newKeyMac = null) =>
         WriteAsync(async (connection, transaction) =>
         {
             var pinned = await SettingInAsync(connection, transaction, DomainKeyGuard.CheckValueSetting, cancellationToken);
@@ -101,7 +108,7 @@ public abstract partial class SqlStore
                 }
             }
 
-            var started = new DomainKeyRotationState(oldCheckValue, newCheckValue, now, null, 0);
+            var started = new DomainKeyRotationState(oldCheckValue, newCheckValue, now, null, 0, newKeyMac);
             await UpsertSettingAsync(connection, transaction, DomainKeyRotationSetting, RenderRotation(started), cancellationToken);
             return started;
         }, cancellationToken);
@@ -266,7 +273,28 @@ public abstract partial class SqlStore
         ["started"] = state.Started.ToString("O", CultureInfo.InvariantCulture),
         ["last_item"] = state.LastItem,
         ["rewrapped"] = state.Rewrapped,
+        ["new_key_mac"] = state.NewKeyMac,
     }.ToJsonString();
+
+    /// <summary>
+    /// Removes the rotation to <paramref name="newCheckValue"/> if it has moved no blob yet (a
+    /// first run that failed before its first blob): the database serves again under the old key.
+    /// </summary>
+    /// <returns>Whether a record was removed.</returns>
+    public Task<bool> AbandonUnstartedDomainKeyRotationAsync(string newCheckValue, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            if (await SettingInAsync(connection, transaction, DomainKeyRotationSetting, cancellationToken) is not { } json
+                || ParseRotation(json) is not { Rewrapped: 0, LastItem: null } state
+                || !string.Equals(state.NewCheckValue, newCheckValue, StringComparison.OrdinalIgnoreCase))
+            {
+                return false;
+            }
+
+            await using var delete = Command(connection, "DELETE FROM settings WHERE name = @name", ("@name", DomainKeyRotationSetting));
+            delete.Transaction = transaction;
+            return await delete.ExecuteNonQueryAsync(cancellationToken) == 1;
+        }, cancellationToken);
 
     private static DomainKeyRotationState ParseRotation(string json)
     {
@@ -276,6 +304,7 @@ public abstract partial class SqlStore
             node["new_check_value"]!.GetValue<string>(),
             DateTimeOffset.Parse(node["started"]!.GetValue<string>(), CultureInfo.InvariantCulture),
             node["last_item"]?.GetValue<string>(),
-            node["rewrapped"]!.GetValue<long>());
+            node["rewrapped"]!.GetValue<long>(),
+            node["new_key_mac"]?.GetValue<string>());
     }
 }
