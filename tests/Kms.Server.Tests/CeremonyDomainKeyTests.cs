@@ -57,6 +57,9 @@ public sealed class CeremonyDomainKeyTests
         {
             await using var ceremony = await Kms.Storage.Sqlite.SqliteStore.OpenAsync(new() { DatabasePath = server.DatabasePath }, default);
             Assert.False(await ceremony.TryHoldMaintenanceLockAsync(default));
+
+            // Readable by all: a server running as another user than whoever created it (a ceremony run as root) opens it.
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead, File.GetUnixFileMode(server.DatabasePath + ".serving"));
         }
 
         await using (var ceremony = await Kms.Storage.Sqlite.SqliteStore.OpenAsync(new() { DatabasePath = Path.Combine(dataDir, "kms.db") }, default))

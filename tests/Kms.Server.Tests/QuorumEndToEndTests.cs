@@ -200,6 +200,24 @@ public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task OfficerChange_HeadRecordCannotBeWritten_StillAnsweredExecuted_QuorumRefusedUntilItCan()
+    {
+        // The change commits before the node records the new head: a record that cannot be
+        // written must not turn "executed" into an error (the officers would approve it again).
+        var blocker = Path.Combine(_server.DataDir, "quorum", "officer-head.new");
+        Directory.CreateDirectory(Path.Combine(blocker, "in-the-way"));
+        var change = await _officer.RequestOfficerChangeAsync(_officers.Select("alice", "bob", "dave").Select(o => (o.Name, o.PublicKey)), 2);
+        await ApproveAsync("alice", change.Name);
+        Assert.True((await ApproveAsync("bob", change.Name)).Executed);
+
+        var refused = await Assert.ThrowsAsync<RpcException>(() => _officer.GetOfficerSetAsync());
+        Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
+        Assert.Contains("officer head record", refused.Status.Detail, StringComparison.Ordinal);
+        Directory.Delete(blocker, recursive: true);
+        Assert.Equal(1L, (await _officer.GetOfficerSetAsync()).Sequence);
+    }
+
+    [Fact]
     public async Task OfficerSetWrittenIntoTheDatabase_RefusesQuorumOperations()
     {
         var intruder = OfficerSet.CreateGenesis(_officers.Select("erin"), 1);

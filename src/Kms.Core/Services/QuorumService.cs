@@ -110,12 +110,15 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
     /// <exception cref="KmsException">FailedPrecondition: no genesis configured, or a chain that does not verify.</exception>
     public async Task<(OfficerSet Set, int ChainLength)> GetOfficerSetAsync(CancellationToken cancellationToken)
     {
+        // The record is read before the chain: a CHANGE_OFFICERS committed in between then only
+        // makes the chain longer than the record, never the record newer than the chain read.
+        var seen = options.HeadRecord?.Read();
         var chain = await store.ListOfficerSetsAsync(cancellationToken);
-        return (VerifyChain(chain), chain.Count);
+        return (VerifyChain(chain, seen), chain.Count);
     }
 
     // The chain back to the pinned genesis, and no shorter than the newest set this node has seen.
-    private OfficerSet VerifyChain(IReadOnlyList<OfficerSet> chain)
+    private OfficerSet VerifyChain(IReadOnlyList<OfficerSet> chain, OfficerHead? seen)
     {
         var head = OfficerChain.Verify(chain, Genesis());
         if (options.HeadRecord is not { } record)
@@ -123,7 +126,6 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
             return head;
         }
 
-        var seen = record.Read();
         if (seen is not null)
         {
             if (seen.Sequence > head.Sequence || chain[(int)seen.Sequence].Hash != seen.Hash)
@@ -269,8 +271,9 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
                 $"quorum request {name} is not approved yet ({request.Approvals.Count} approvals recorded); it can be exported once M officers have approved it");
         }
 
+        var seen = options.HeadRecord?.Read();
         var chain = await store.ListOfficerSetsAsync(cancellationToken);
-        VerifyChain(chain);
+        VerifyChain(chain, seen);
         return new ApprovalBundle(request, chain);
     }
 
@@ -375,10 +378,19 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
             hsm.EvictKey(version.Id);
         }
 
-        if (executed && result.Operation == QuorumOperation.ChangeOfficers)
+        if (executed && result.Operation == QuorumOperation.ChangeOfficers && options.HeadRecord is { } record)
         {
-            // The node records the new head at once: a rollback right after is then seen too.
-            await GetOfficerSetAsync(cancellationToken);
+            // The node records the new head at once: a rollback right after is then seen too. The
+            // change has committed whatever happens here: a record that cannot be written now is
+            // written by the next quorum call's verification, and this answer stays "executed".
+            try
+            {
+                var chain = await store.ListOfficerSetsAsync(CancellationToken.None);
+                record.Advance(new OfficerHead(chain[^1].Sequence, chain[^1].Hash));
+            }
+            catch (Exception e) when (e is KmsException or IOException or UnauthorizedAccessException)
+            {
+            }
         }
 
         return new QuorumApprovalResult(result, valid, head.Threshold, executed);

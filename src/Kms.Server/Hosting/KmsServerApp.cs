@@ -170,7 +170,18 @@ public static class KmsServerApp
         {
             case "sqlite":
                 var embedded = await SqliteStore.OpenAsync(sqliteOptions, cancellationToken);
-                if (!await embedded.TryHoldServingLockAsync(cancellationToken))
+                bool held;
+                try
+                {
+                    held = await embedded.TryHoldServingLockAsync(cancellationToken);
+                }
+                catch (IOException e)
+                {
+                    await embedded.DisposeAsync();
+                    throw new InvalidOperationException($"the serving lock beside the SQLite database cannot be taken: {e.Message}", e);
+                }
+
+                if (!held)
                 {
                     await embedded.DisposeAsync();
                     throw new InvalidOperationException(

@@ -23,7 +23,16 @@ internal sealed class OfficerHeadFile(string path) : IOfficerHeadRecord
                 return null;
             }
 
-            var parts = File.ReadAllText(path).Trim().Split(' ');
+            string[] parts;
+            try
+            {
+                parts = File.ReadAllText(path).Trim().Split(' ');
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw Core.Errors.KmsErrors.FailedPrecondition($"quorum operations are refused: the officer head record {path} cannot be read: {e.Message}");
+            }
+
             return parts.Length == 2 && long.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out var sequence) && parts[1].Length == 64
                 ? new OfficerHead(sequence, parts[1])
                 : throw Core.Errors.KmsErrors.FailedPrecondition($"quorum operations are refused: {path} is not an officer head record (\"SEQUENCE HASH\")");
@@ -40,22 +49,34 @@ internal sealed class OfficerHeadFile(string path) : IOfficerHeadRecord
                 return;
             }
 
-            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-            var temporary = path + ".new";
-            File.Delete(temporary);
-            var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
-            if (!OperatingSystem.IsWindows())
+            try
             {
-                options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+                Write(head);
             }
-
-            using (var file = new FileStream(temporary, options))
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                file.Write(System.Text.Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture, $"{head.Sequence} {head.Hash}\n")));
-                file.Flush(flushToDisk: true);
+                throw Core.Errors.KmsErrors.FailedPrecondition($"quorum operations are refused: the officer head record {path} cannot be written: {e.Message}");
             }
-
-            File.Move(temporary, path, overwrite: true);
         }
+    }
+
+    private void Write(OfficerHead head)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        var temporary = path + ".new";
+        File.Delete(temporary);
+        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
+        if (!OperatingSystem.IsWindows())
+        {
+            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        }
+
+        using (var file = new FileStream(temporary, options))
+        {
+            file.Write(System.Text.Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture, $"{head.Sequence} {head.Hash}\n")));
+            file.Flush(flushToDisk: true);
+        }
+
+        File.Move(temporary, path, overwrite: true);
     }
 }

@@ -19,7 +19,9 @@ internal sealed partial class ServingLockFile : IDisposable
 {
     // Linux's values, the same on x86-64 and arm64.
     private const int OpenReadOnlyCreateCloseOnExec = 0x40 | 0x80000; // O_RDONLY | O_CREAT | O_CLOEXEC
-    private const int OwnerReadWrite = 0x180; // 0600
+    // 0644: the file holds nothing, and a server running as another user than the ceremony
+    // (root, say) that created it must still open it to take its shared lock.
+    private const int OwnerWriteAllRead = 0x1A4;
     private const int LockShared = 1;
     private const int LockExclusive = 2;
     private const int LockNonBlocking = 4;
@@ -34,13 +36,16 @@ internal sealed partial class ServingLockFile : IDisposable
     /// <exception cref="IOException">The lock file cannot be opened or locked.</exception>
     public static ServingLockFile? TryTake(string path, bool exclusive)
     {
-        var descriptor = Open(path, OpenReadOnlyCreateCloseOnExec, OwnerReadWrite);
+        var descriptor = Open(path, OpenReadOnlyCreateCloseOnExec, OwnerWriteAllRead);
         if (descriptor < 0)
         {
             throw new IOException($"cannot open the serving lock file {path} (errno {Marshal.GetLastPInvokeError()})");
         }
 
         var file = new SafeFileHandle(descriptor, ownsHandle: true);
+
+        // Whatever the umask: readable by the other users. (Fails harmlessly on a file another user owns.)
+        _ = Fchmod(descriptor, OwnerWriteAllRead);
         int error;
         do
         {
@@ -62,6 +67,9 @@ internal sealed partial class ServingLockFile : IDisposable
 
     [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int Open(string path, int flags, int mode);
+
+    [LibraryImport("libc", EntryPoint = "fchmod", SetLastError = true)]
+    private static partial int Fchmod(int descriptor, int mode);
 
     [LibraryImport("libc", EntryPoint = "flock", SetLastError = true)]
     private static partial int Flock(int descriptor, int operation);
