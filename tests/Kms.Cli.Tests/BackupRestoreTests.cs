@@ -57,6 +57,11 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             await DestroyFirstVersionNowAsync(developer, officer, key.Name);
         }
 
+        // Not while a server serves the database: it could destroy a version after the restore
+        // read the destructions, and its files would move under it.
+        var serving = await Assert.ThrowsAsync<KmsException>(() => BackupRestore.RunAsync(backup, PublishedAuditKey(), _server.DataDir, [], replace: true, CancellationToken.None));
+        Assert.Contains("a server is serving", serving.Message, StringComparison.Ordinal);
+
         await _server.DisposeAsync();
         var database = Path.Combine(_server.DataDir, "kms.db");
         var before = await File.ReadAllBytesAsync(database);

@@ -52,6 +52,12 @@ internal static class BackupRestore
             throw KmsErrors.FailedPrecondition($"{target} exists; pass --replace to restore over it (it is kept beside as kms.db.replaced-TIME, and its destructions are re-applied)");
         }
 
+        // Held until the restored file is in place: a server still serving the database could
+        // destroy a version after its destructions were read, and its files move under it.
+        Directory.CreateDirectory(dataDir);
+        using var maintenance = SqliteStore.TryTakeMaintenanceLock(target)
+            ?? throw KmsErrors.FailedPrecondition($"a server is serving {target}; stop it before restoring over it");
+
         if (exists)
         {
             foreach (var (version, time) in await SqliteStore.ReadDestroyedVersionsAsync(target, cancellationToken))

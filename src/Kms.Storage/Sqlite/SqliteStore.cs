@@ -146,6 +146,14 @@ public sealed partial class SqliteStore : SqlStore
         where T : class =>
         GuardAsync(() => _readers.ReadFirstAsync(sql, map, () => base.HotReadAsync(sql, map, cancellationToken, parameters), cancellationToken, parameters), this);
 
+    /// <summary>
+    /// The maintenance lock of the database at <paramref name="databasePath"/> (which need not
+    /// exist), for an offline tool that replaces its files (a restore); null while a server
+    /// serves it. Dispose to release.
+    /// </summary>
+    public static IDisposable? TryTakeMaintenanceLock(string databasePath) =>
+        ServingLockFile.TryTake(Path.GetFullPath(databasePath) + ".serving", exclusive: true);
+
     /// <inheritdoc />
     public override Task<bool> TryHoldServingLockAsync(CancellationToken cancellationToken) => Task.FromResult(TryHold(exclusive: false));
 
