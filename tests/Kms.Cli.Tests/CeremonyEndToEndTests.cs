@@ -253,6 +253,18 @@ public sealed class CeremonyEndToEndTests : IDisposable
         Assert.Contains("approves new shares 2 of 3, not 3 of 3", otherShape.Error, StringComparison.Ordinal);
         Assert.False(Directory.Exists(P("new-shares")));
 
+        // The server recorded the newest officer set it verified; a database whose chain no longer
+        // reaches it was rolled back, and the ceremony refuses its approvals too.
+        var head = P("data/quorum/officer-head");
+        var recordedHead = await File.ReadAllTextAsync(head);
+        Assert.StartsWith("0 ", recordedHead, StringComparison.Ordinal);
+        await File.WriteAllTextAsync(head, "1 " + new string('a', 64) + "\n");
+        var rolledBack = await Kms(outputs, Rotate("2", "--approval", P("rotation.approval.json")));
+        Assert.True(rolledBack.ExitCode == 5, rolledBack.ToString());
+        Assert.Contains("the deployment's officer chain was rolled back", rolledBack.Error, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(P("new-shares")));
+        await File.WriteAllTextAsync(head, recordedHead);
+
         // A rotation record written into the database by hand (it names a check value, here the
         // old key's) does not let share files choose the key: only the first run's MAC under the
         // old key does. Refused before anything moves.

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Globalization;
 using Kms.Cli.Infrastructure;
 using Kms.Core.Errors;
 using Kms.Core.Quorum;
@@ -103,6 +104,7 @@ internal sealed class CeremonyApproval
         }
 
         var stored = await StoredChainAsync(database, ct);
+        EnsureNotRolledBack(dataDir, stored);
         if (genesis is not null && stored.Count > 0 && stored[0].Hash != genesis.Hash)
         {
             throw new CliFailureException(ExitCodes.DecryptionFailed,
@@ -208,6 +210,31 @@ internal sealed class CeremonyApproval
     {
         await using var store = await database.OpenExistingAsync(ct);
         return store is null ? [] : await store.ListOfficerSetsAsync(ct);
+    }
+
+    // The server of this data directory records the newest officer set it verified
+    // (quorum/officer-head, "SEQUENCE HASH"): a database chain that no longer reaches it was
+    // rolled back, and an approval made for the older set must not count (docs/quorum.md).
+    private static void EnsureNotRolledBack(string? dataDir, IReadOnlyList<OfficerSet> stored)
+    {
+        var path = dataDir is null ? null : Path.Combine(Path.GetFullPath(dataDir), "quorum", "officer-head");
+        if (path is null || !File.Exists(path))
+        {
+            return;
+        }
+
+        var parts = File.ReadAllText(path).Trim().Split(' ');
+        if (parts.Length != 2 || !int.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out var sequence))
+        {
+            throw new CliFailureException(ExitCodes.Conflict, $"{path} is not an officer head record (\"SEQUENCE HASH\")");
+        }
+
+        if (sequence >= stored.Count || stored[sequence].Hash != parts[1])
+        {
+            throw new CliFailureException(ExitCodes.Conflict,
+                $"the deployment's officer chain was rolled back: the server of {dataDir} verified officer set {sequence} ({parts[1]}), which the database no longer holds; " +
+                $"restore the officer sets, or remove {path} if the rollback is intended (docs/quorum.md)");
+        }
     }
 }
 
