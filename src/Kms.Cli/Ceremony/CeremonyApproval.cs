@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.Globalization;
 using Kms.Cli.Infrastructure;
 using Kms.Core.Errors;
 using Kms.Core.Quorum;
@@ -223,16 +222,12 @@ internal sealed class CeremonyApproval
             return;
         }
 
-        var parts = File.ReadAllText(path).Trim().Split(' ');
-        if (parts.Length != 2 || !int.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out var sequence))
-        {
-            throw new CliFailureException(ExitCodes.Conflict, $"{path} is not an officer head record (\"SEQUENCE HASH\")");
-        }
-
-        if (sequence >= stored.Count || stored[sequence].Hash != parts[1])
+        var seen = OfficerHead.Parse(File.ReadAllText(path))
+            ?? throw new CliFailureException(ExitCodes.Conflict, $"{path} is not an officer head record (\"SEQUENCE HASH\")");
+        if (seen.Sequence >= stored.Count || stored[(int)seen.Sequence].Hash != seen.Hash)
         {
             throw new CliFailureException(ExitCodes.Conflict,
-                $"the deployment's officer chain was rolled back: the server of {dataDir} verified officer set {sequence} ({parts[1]}), which the database no longer holds; " +
+                $"the deployment's officer chain was rolled back: the server of {dataDir} verified officer set {seen.Sequence} ({seen.Hash}), which the database no longer holds; " +
                 $"restore the officer sets, or remove {path} if the rollback is intended (docs/quorum.md)");
         }
     }

@@ -1,7 +1,23 @@
 namespace Kms.Core.Quorum;
 
 /// <summary>The newest officer set a node has verified: its sequence number and hash.</summary>
-public sealed record OfficerHead(long Sequence, string Hash);
+public sealed record OfficerHead(long Sequence, string Hash)
+{
+    /// <summary>The record's text: one line, "SEQUENCE HASH".</summary>
+    public string Format() => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{Sequence} {Hash}\n");
+
+    /// <summary>Reads <see cref="Format"/>'s text; null when it is not one.</summary>
+    public static OfficerHead? Parse(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var parts = text.Trim().Split(' ');
+        return parts.Length == 2
+            && long.TryParse(parts[0], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var sequence)
+            && parts[1].Length == 64 && parts[1].All(char.IsAsciiHexDigitLower)
+            ? new OfficerHead(sequence, parts[1])
+            : null;
+    }
+}
 
 /// <summary>
 /// Where a node keeps the newest officer set it has verified, outside the database (a file in

@@ -16,9 +16,6 @@ internal abstract class SingleFlightHealthCheck : IHealthCheck
 
     private Task<HealthCheckResult>? _running;
 
-    /// <summary>Probes started (not joined) so far.</summary>
-    public long ProbesStarted { get; private set; }
-
     public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
     {
         Task<HealthCheckResult> probe;
@@ -30,7 +27,6 @@ internal abstract class SingleFlightHealthCheck : IHealthCheck
                 // sharing the probe. The probe is bounded by the HSM's call timeout and the
                 // database's command timeout.
                 _running = Task.Run(() => ProbeAsync(CancellationToken.None), CancellationToken.None);
-                ProbesStarted++;
             }
 
             probe = _running;

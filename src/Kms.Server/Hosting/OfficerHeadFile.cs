@@ -1,4 +1,3 @@
-using System.Globalization;
 using Kms.Core.Quorum;
 
 namespace Kms.Server.Hosting;
@@ -23,19 +22,18 @@ internal sealed class OfficerHeadFile(string path) : IOfficerHeadRecord
                 return null;
             }
 
-            string[] parts;
+            string text;
             try
             {
-                parts = File.ReadAllText(path).Trim().Split(' ');
+                text = File.ReadAllText(path);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
                 throw Core.Errors.KmsErrors.FailedPrecondition($"quorum operations are refused: the officer head record {path} cannot be read: {e.Message}");
             }
 
-            return parts.Length == 2 && long.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out var sequence) && parts[1].Length == 64
-                ? new OfficerHead(sequence, parts[1])
-                : throw Core.Errors.KmsErrors.FailedPrecondition($"quorum operations are refused: {path} is not an officer head record (\"SEQUENCE HASH\")");
+            return OfficerHead.Parse(text)
+                ?? throw Core.Errors.KmsErrors.FailedPrecondition($"quorum operations are refused: {path} is not an officer head record (\"SEQUENCE HASH\")");
         }
     }
 
@@ -44,7 +42,7 @@ internal sealed class OfficerHeadFile(string path) : IOfficerHeadRecord
         ArgumentNullException.ThrowIfNull(head);
         lock (_lock)
         {
-            if (File.Exists(path) && Read() is { } recorded && recorded.Sequence >= head.Sequence)
+            if (Read() is { } recorded && recorded.Sequence >= head.Sequence)
             {
                 return;
             }
@@ -73,7 +71,7 @@ internal sealed class OfficerHeadFile(string path) : IOfficerHeadRecord
 
         using (var file = new FileStream(temporary, options))
         {
-            file.Write(System.Text.Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture, $"{head.Sequence} {head.Hash}\n")));
+            file.Write(System.Text.Encoding.ASCII.GetBytes(head.Format()));
             file.Flush(flushToDisk: true);
         }
 

@@ -32,6 +32,9 @@ internal sealed partial class ServingLockFile : IDisposable
 
     private ServingLockFile(SafeFileHandle file) => _file = file;
 
+    /// <summary>The lock file of the database at <paramref name="databasePath"/>: <c>{database}.serving</c>.</summary>
+    public static string PathFor(string databasePath) => Path.GetFullPath(databasePath) + ".serving";
+
     /// <summary>Takes the lock without waiting; null when it is held in a conflicting mode.</summary>
     /// <exception cref="IOException">The lock file cannot be opened or locked.</exception>
     public static ServingLockFile? TryTake(string path, bool exclusive)

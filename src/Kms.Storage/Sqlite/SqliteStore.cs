@@ -152,7 +152,7 @@ public sealed partial class SqliteStore : SqlStore
     /// serves it. Dispose to release.
     /// </summary>
     public static IDisposable? TryTakeMaintenanceLock(string databasePath) =>
-        ServingLockFile.TryTake(Path.GetFullPath(databasePath) + ".serving", exclusive: true);
+        ServingLockFile.TryTake(ServingLockFile.PathFor(databasePath), exclusive: true);
 
     /// <inheritdoc />
     public override Task<bool> TryHoldServingLockAsync(CancellationToken cancellationToken) => Task.FromResult(TryHold(exclusive: false));
@@ -171,7 +171,7 @@ public sealed partial class SqliteStore : SqlStore
                     : throw new InvalidOperationException("the store already holds the serving lock in the other mode");
             }
 
-            _servingLock = ServingLockFile.TryTake(DatabasePath + ".serving", exclusive);
+            _servingLock = ServingLockFile.TryTake(ServingLockFile.PathFor(DatabasePath), exclusive);
             _servingLockExclusive = exclusive;
             return _servingLock is not null;
         }
