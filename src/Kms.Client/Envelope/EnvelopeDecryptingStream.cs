@@ -111,18 +111,9 @@ public sealed class EnvelopeDecryptingStream : Stream
     {
         ValidateCopyToArguments(destination, bufferSize);
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (_offset < _available)
-        {
-            destination.Write(_plaintext, _offset, _available - _offset);
-            _offset = _available;
-        }
 
-        // With useAsync false every read inside is synchronous: the task is already complete.
-        while (FillAsync(useAsync: false, CancellationToken.None).AsTask().GetAwaiter().GetResult())
-        {
-            destination.Write(_plaintext, 0, _available);
-            _offset = _available;
-        }
+        // With useAsync false every read and write inside is synchronous: the task is already complete.
+        DrainAsync(destination, useAsync: false, CancellationToken.None).AsTask().GetAwaiter().GetResult();
     }
 
     /// <summary>As <see cref="CopyTo(Stream, int)"/>: from the stream's own buffer, never a pooled one.</summary>
@@ -134,19 +125,35 @@ public sealed class EnvelopeDecryptingStream : Stream
     }
 
     /// <summary>Writes every verified frame's plaintext to <paramref name="destination"/> (no intermediate copy).</summary>
-    internal async Task DrainToAsync(Stream destination, CancellationToken cancellationToken)
+    internal Task DrainToAsync(Stream destination, CancellationToken cancellationToken) =>
+        DrainAsync(destination, useAsync: true, cancellationToken).AsTask();
+
+    private async ValueTask DrainAsync(Stream destination, bool useAsync, CancellationToken cancellationToken)
     {
         if (_offset < _available)
         {
-            await destination.WriteAsync(_plaintext.AsMemory(_offset, _available - _offset), cancellationToken).ConfigureAwait(false);
-            _offset = _available;
+            await WriteOutAsync(destination, _offset, useAsync, cancellationToken).ConfigureAwait(false);
         }
 
-        while (await FillAsync(useAsync: true, cancellationToken).ConfigureAwait(false))
+        while (await FillAsync(useAsync, cancellationToken).ConfigureAwait(false))
         {
-            await destination.WriteAsync(_plaintext.AsMemory(0, _available), cancellationToken).ConfigureAwait(false);
-            _offset = _available;
+            await WriteOutAsync(destination, 0, useAsync, cancellationToken).ConfigureAwait(false);
         }
+    }
+
+    // Writes the verified plaintext from offset to the end of the frame, from the stream's own buffer.
+    private async ValueTask WriteOutAsync(Stream destination, int offset, bool useAsync, CancellationToken cancellationToken)
+    {
+        if (useAsync)
+        {
+            await destination.WriteAsync(_plaintext.AsMemory(offset, _available - offset), cancellationToken).ConfigureAwait(false);
+        }
+        else
+        {
+            destination.Write(_plaintext, offset, _available - offset);
+        }
+
+        _offset = _available;
     }
 
     /// <inheritdoc />
