@@ -30,6 +30,12 @@ public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<
         Assert.True(verified.ExitCode == 0, verified.ToString());
         Assert.Contains("verified: ", verified.Out, StringComparison.Ordinal);
 
+        // An existing export is not replaced without --force; to standard output, the export alone.
+        Assert.Equal(ExitCodes.Usage, (await CliRun.InProcessAsync(variables, _directory, null, "audit", "export", "--out", export)).ExitCode);
+        var piped = await CliRun.InProcessAsync(variables, _directory, null, "audit", "export", "--out", "-");
+        Assert.True(piped.ExitCode == 0, piped.ToString());
+        Assert.All(System.Text.Encoding.UTF8.GetString(Convert.FromBase64String(piped.Out)).Split('\n', StringSplitOptions.RemoveEmptyEntries), line => System.Text.Json.JsonDocument.Parse(line).Dispose());
+
         // An event edited in place (its stated hash kept): named by its sequence.
         var lines = await File.ReadAllLinesAsync(export);
         var index = Array.FindIndex(lines, l => l.StartsWith("{\"event\":", StringComparison.Ordinal) && l.Contains("\"outcome\":\"OK\"", StringComparison.Ordinal));

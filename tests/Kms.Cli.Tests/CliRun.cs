@@ -61,9 +61,17 @@ public static class CliRun
     /// Runs <c>dotnet kms.dll ARGS</c> as a child process with a clean environment: no KMS_*
     /// variable but those in <paramref name="variables"/>, HOME in <paramref name="home"/>.
     /// </summary>
-    public static async Task<CliResult> ProcessAsync(IReadOnlyDictionary<string, string> variables, string home, params string[] args)
+    public static Task<CliResult> ProcessAsync(IReadOnlyDictionary<string, string> variables, string home, params string[] args) =>
+        ProcessInShellAsync(variables, home, null, args);
+
+    /// <summary>
+    /// As <see cref="ProcessAsync(IReadOnlyDictionary{string, string}, string, string[])"/>, started
+    /// by <c>bash</c> after <paramref name="shellSetup"/> (e.g. <c>ulimit -f 512</c>), which the
+    /// process inherits.
+    /// </summary>
+    public static async Task<CliResult> ProcessInShellAsync(IReadOnlyDictionary<string, string> variables, string home, string? shellSetup, params string[] args)
     {
-        using var process = Start(variables, home, args);
+        using var process = Start(variables, home, shellSetup, args);
         var output = process.StandardOutput.ReadToEndAsync();
         var error = process.StandardError.ReadToEndAsync();
         using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
@@ -84,9 +92,12 @@ public static class CliRun
     /// Starts <c>dotnet kms.dll ARGS</c> as <see cref="ProcessAsync"/> runs it (standard input
     /// closed, output and error redirected: read them), for a test that kills it midway.
     /// </summary>
-    public static Process Start(IReadOnlyDictionary<string, string> variables, string home, params string[] args)
+    public static Process Start(IReadOnlyDictionary<string, string> variables, string home, params string[] args) =>
+        Start(variables, home, null, args);
+
+    private static Process Start(IReadOnlyDictionary<string, string> variables, string home, string? shellSetup, string[] args)
     {
-        var start = new ProcessStartInfo("dotnet")
+        var start = new ProcessStartInfo(shellSetup is null ? "dotnet" : "bash")
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
@@ -95,6 +106,13 @@ public static class CliRun
             StandardOutputEncoding = Encoding.UTF8,
             StandardErrorEncoding = Encoding.UTF8,
         };
+        if (shellSetup is not null)
+        {
+            start.ArgumentList.Add("-c");
+            start.ArgumentList.Add($"{shellSetup}; exec dotnet \"$@\"");
+            start.ArgumentList.Add("bash");
+        }
+
         start.ArgumentList.Add(KmsDll);
         foreach (var arg in args)
         {

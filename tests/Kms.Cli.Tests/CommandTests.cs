@@ -208,6 +208,141 @@ public sealed class CommandTests(CliServerFixture fixture) : IClassFixture<CliSe
     }
 
     [Fact]
+    public async Task Rewrap_ThroughSymbolicLinks_RewritesTheTargetsAndKeepsTheirPermissions()
+    {
+        var key = (await JsonAsync("keys", "create", $"rewrap-link-{Guid.NewGuid():N}")).GetProperty("name").GetString()!;
+        var store = Directory.CreateDirectory(Path.Combine(_directory, "store")).FullName;
+        var blobs = Directory.CreateDirectory(Path.Combine(_directory, "blobs")).FullName;
+        using var client = fixture.Server.CreateClient();
+        var groupReadable = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead;
+        foreach (var name in new[] { "linked", "plain" })
+        {
+            var target = Path.Combine(name == "linked" ? store : blobs, name);
+            await File.WriteAllBytesAsync(target, (await client.GenerateDataKeyWithoutPlaintextAsync(key)).Ciphertext);
+            File.SetUnixFileMode(target, groupReadable);
+        }
+
+        File.CreateSymbolicLink(Path.Combine(blobs, "link"), Path.Combine("..", "store", "linked"));
+        await JsonAsync("keys", "rotate", key);
+
+        var report = await JsonAsync("rewrap", "--key", key, "--dir", "blobs");
+
+        Assert.Equal(2, report.GetProperty("rewrapped").GetInt64());
+        Assert.NotNull(File.ResolveLinkTarget(Path.Combine(blobs, "link"), returnFinalTarget: false));
+        foreach (var blob in new[] { Path.Combine(store, "linked"), Path.Combine(blobs, "plain") })
+        {
+            using var decrypted = await client.DecryptAsync(await File.ReadAllBytesAsync(blob));
+            Assert.EndsWith("/versions/2", decrypted.KeyVersion, StringComparison.Ordinal);
+            Assert.Equal(groupReadable, File.GetUnixFileMode(blob));
+        }
+    }
+
+    [Fact]
+    public async Task Rewrap_BlobsTogetherOverTheBatchLimitAndAStrayFile_EachBlobRewrappedTheStrayFileFailsAlone()
+    {
+        var key = (await JsonAsync("keys", "create", $"rewrap-big-{Guid.NewGuid():N}")).GetProperty("name").GetString()!;
+        var blobs = Directory.CreateDirectory(Path.Combine(_directory, "blobs")).FullName;
+        using var client = fixture.Server.CreateClient();
+        var blob = (await client.EncryptAsync(key, new byte[48 * 1024])).Ciphertext;
+        for (var i = 0; i < 100; i++)
+        {
+            // 100 blobs of 48 KiB: 4.8 MiB, over the 4 MiB a batch may carry.
+            await File.WriteAllBytesAsync(Path.Combine(blobs, $"blob-{i:D3}"), blob);
+        }
+
+        await File.WriteAllBytesAsync(Path.Combine(blobs, "stray.iso"), new byte[6 * 1024 * 1024]);
+        await JsonAsync("keys", "rotate", key);
+
+        var result = await RunAsync("rewrap", "--key", key, "--dir", "blobs", "-o", "json");
+
+        Assert.True(result.ExitCode == ExitCodes.InvalidArgument, result.ToString());
+        var report = JsonDocument.Parse(result.Out).RootElement;
+        Assert.Equal(100, report.GetProperty("rewrapped").GetInt64());
+        Assert.EndsWith("stray.iso", Assert.Single(report.GetProperty("failures").EnumerateArray()).GetProperty("id").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task DataKey_CiphertextOutputExists_NoPlaintextKeyIsWritten()
+    {
+        var key = (await JsonAsync("keys", "create", $"dk-exists-{Guid.NewGuid():N}")).GetProperty("name").GetString()!;
+        await File.WriteAllTextAsync(Path.Combine(_directory, "dk.blob"), "old");
+
+        var result = await RunAsync("datakey", "--key", key, "--plaintext-out", "dk.bin", "--ciphertext-out", "dk.blob");
+
+        Assert.Equal(ExitCodes.Usage, result.ExitCode);
+        Assert.False(File.Exists(Path.Combine(_directory, "dk.bin")), "a plaintext data key was left without its ciphertext");
+        Assert.Equal("old", await File.ReadAllTextAsync(Path.Combine(_directory, "dk.blob")));
+    }
+
+    [Fact]
+    public async Task BinaryOutputToStandardOutput_NoTextFollowsIt()
+    {
+        var signer = (await JsonAsync("keys", "create", $"sign-out-{Guid.NewGuid():N}", "--algorithm", "EC_SIGN_P256_SHA256")).GetProperty("name").GetString()!;
+        var key = (await JsonAsync("keys", "create", $"dk-out-{Guid.NewGuid():N}")).GetProperty("name").GetString()!;
+        await File.WriteAllTextAsync(Path.Combine(_directory, "m"), "message");
+
+        foreach (var args in new[] { new[] { "sign", signer, "--in", "m", "--out", "-" }, ["datakey", "--key", key, "--ciphertext-out", "-"], ["public-key", signer, "--out", "-"] })
+        {
+            var result = await RunAsync(args);
+            Assert.True(result.ExitCode == 0, result.ToString());
+
+            // The captured standard output is the raw bytes (base64 here) and nothing else.
+            Assert.NotEmpty(Convert.FromBase64String(result.Out));
+        }
+    }
+
+    [Fact]
+    public async Task PublicKeyAndAttestation_ExistingOutput_RefusedWithoutForce_PemNotPrintedWhenWritten()
+    {
+        var signer = (await JsonAsync("keys", "create", $"pub-{Guid.NewGuid():N}", "--algorithm", "EC_SIGN_P256_SHA256")).GetProperty("name").GetString()!;
+        await File.WriteAllTextAsync(Path.Combine(_directory, "k.pem"), "old");
+        await File.WriteAllTextAsync(Path.Combine(_directory, "a.json"), "old");
+
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("public-key", signer, "--out", "k.pem")).ExitCode);
+        Assert.Equal(ExitCodes.Usage, (await RunAsync("attest", "get", signer, "--out", "a.json")).ExitCode);
+        Assert.Equal("old", await File.ReadAllTextAsync(Path.Combine(_directory, "k.pem")));
+        Assert.Equal("old", await File.ReadAllTextAsync(Path.Combine(_directory, "a.json")));
+
+        var written = await RunAsync("public-key", signer, "--out", "k.pem", "--force");
+        Assert.True(written.ExitCode == 0, written.ToString());
+        Assert.DoesNotContain("BEGIN PUBLIC KEY", written.Out, StringComparison.Ordinal);
+        Assert.StartsWith("-----BEGIN PUBLIC KEY-----", await File.ReadAllTextAsync(Path.Combine(_directory, "k.pem")), StringComparison.Ordinal);
+        Assert.Equal(0, (await RunAsync("attest", "get", signer, "--out", "a.json", "--force")).ExitCode);
+    }
+
+    [Fact]
+    public async Task Decrypt_DisabledKey_Exits5NotAsATamperedFile()
+    {
+        var key = (await JsonAsync("keys", "create", $"dec-off-{Guid.NewGuid():N}")).GetProperty("name").GetString()!;
+        await File.WriteAllTextAsync(Path.Combine(_directory, "p"), "x");
+        Assert.Equal(0, (await RunAsync("encrypt", "--key", key, "--in", "p", "--out", "p.kmse")).ExitCode);
+        await JsonAsync("keys", "disable", key);
+
+        var result = await RunAsync("decrypt", "--key", key, "--in", "p.kmse", "--out", "p.out");
+
+        Assert.True(result.ExitCode == ExitCodes.Conflict, result.ToString());
+        Assert.StartsWith("kms: FAILED_PRECONDITION", result.Error, StringComparison.Ordinal);
+        Assert.False(File.Exists(Path.Combine(_directory, "p.out")));
+    }
+
+    [Fact]
+    public async Task ServerCertificateNotTrusted_IsAConfigurationError_NotTryAgainLater()
+    {
+        using var otherCa = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+        var request = new System.Security.Cryptography.X509Certificates.CertificateRequest("CN=not the KMS's CA", otherCa, System.Security.Cryptography.HashAlgorithmName.SHA256);
+        request.CertificateExtensions.Add(new System.Security.Cryptography.X509Certificates.X509BasicConstraintsExtension(true, false, 0, true));
+        using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
+        await File.WriteAllTextAsync(Path.Combine(_directory, "other-ca.pem"), certificate.ExportCertificatePem());
+        var variables = fixture.Variables;
+        variables["KMS_CA_FILE"] = Path.Combine(_directory, "other-ca.pem");
+
+        var result = await CliRun.InProcessAsync(variables, _directory, null, "random");
+
+        Assert.True(result.ExitCode == ExitCodes.Usage, result.ToString());
+        Assert.Contains("certificate", result.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task KeyUserToken_CreateKey_Exits4()
     {
         var tokenFile = Path.Combine(_directory, "key-user.token");

@@ -79,6 +79,24 @@ public sealed class ProcessEndToEndTests(CliServerFixture fixture) : IClassFixtu
     }
 
     [Fact]
+    public async Task Decrypt_OutputCannotBeWrittenWhole_FailsAndLeavesNoPartialPlaintext()
+    {
+        var keyId = await CreateKeyAsync();
+        var plaintext = new byte[3 * 1024 * 1024];
+        new Random(11).NextBytes(plaintext);
+        await File.WriteAllBytesAsync(Path.Combine(_directory, "big.bin"), plaintext);
+        Assert.Equal(0, (await RunAsync("encrypt", "--key", keyId, "--in", "big.bin", "--out", "big.kmse")).ExitCode);
+
+        // Files of at most 1 MiB (the kernel refuses more with EFBIG, as a full disk refuses with
+        // ENOSPC); the runtime then maps its code without a file-backed double mapping.
+        var result = await CliRun.ProcessInShellAsync(fixture.Variables, _directory, "trap '' XFSZ; ulimit -f 1024; export DOTNET_EnableWriteXorExecute=0", "decrypt", "--key", keyId, "--in", "big.kmse", "--out", "big.out");
+
+        // (.NET reports EFBIG as an argument error: exit 2.)
+        Assert.True(result.ExitCode != 0, result.ToString());
+        Assert.Equal(["big.bin", "big.kmse"], Directory.GetFiles(_directory).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
     public async Task Get_UnknownKey_Exits3()
     {
         var result = await RunAsync("keys", "get", $"missing-{Guid.NewGuid():N}");

@@ -25,17 +25,23 @@ internal static class AuditCommands
     {
         var output = new Option<string>("--out") { Description = "where to write the export (JSON lines)", Required = true, HelpName = "FILE" };
         var from = new Option<long>("--from-sequence") { Description = "start at the newest checkpoint at or before this event (default: the oldest retained)", HelpName = "N" };
-        var command = new Command("export", "write the audit export: every retained event from a signed checkpoint on, with the checkpoints (security officers)") { output, from };
+        var force = OutputFile.ForceOption();
+        var command = new Command("export", "write the audit export: every retained event from a signed checkpoint on, with the checkpoints (security officers)") { output, from, force };
         runner.SetAction(command, async (ctx, ct) =>
         {
-            await using (var target = OutputFile.Open(ctx.Environment, ctx.ParseResult.GetRequiredValue(output), overwrite: true))
+            await using (var target = OutputFile.Open(ctx.Environment, ctx.ParseResult.GetRequiredValue(output), ctx.ParseResult.GetValue(force)))
             {
-                await using (var writer = new StreamWriter(target.Stream, new UTF8Encoding(false), leaveOpen: true))
+                await using (var writer = new StreamWriter(target.Stream, new UTF8Encoding(false), bufferSize: 64 * 1024, leaveOpen: true))
                 {
                     await ctx.Client.ExportAuditAsync(writer, ctx.ParseResult.GetValue(from), ct);
                 }
 
                 await target.CommitAsync(ct);
+                if (target.Path is null)
+                {
+                    // Standard output holds the export: nothing after it.
+                    return ExitCodes.Ok;
+                }
             }
 
             ctx.Output.Result(new JsonObject { ["out"] = ctx.ParseResult.GetRequiredValue(output) }, $"wrote the audit export; check it offline with 'kms audit verify'");

@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.Security.Cryptography;
 using System.Text.Json.Nodes;
 using Kms.Cli.Infrastructure;
 using Kms.Client.Envelope;
@@ -23,8 +22,6 @@ internal static class CryptoCommands
 
     private static Option<string> Out(string what) => new("--out") { Description = $"where to write the {what} (- for standard output); written to a temporary file and renamed on success", Required = true, HelpName = "FILE" };
 
-    private static Option<bool> Force() => new("--force") { Description = "replace the output file if it exists" };
-
     private static Option<Dictionary<string, string>> Context(string description) => ContextOption.Create("--context", description);
 
     private static Command Encrypt(CommandRunner runner)
@@ -38,7 +35,7 @@ internal static class CryptoCommands
         var input = In("plaintext");
         var output = Out("envelope message");
         var context = Context("encryption context entry (repeatable): stored in clear in the header, needed again to decrypt");
-        var force = Force();
+        var force = OutputFile.ForceOption();
         var command = new Command("encrypt", "encrypt a file or stream into an envelope message (docs/envelope-format.md)") { keys, input, output, context, force };
         runner.SetAction(command, async (ctx, ct) =>
         {
@@ -92,7 +89,7 @@ internal static class CryptoCommands
         var input = In("envelope message");
         var output = Out("plaintext");
         var context = Context("the encryption context the message must have, entry by entry (none: it must have none)");
-        var force = Force();
+        var force = OutputFile.ForceOption();
         var command = new Command("decrypt", "decrypt an envelope message; nothing is left at --out unless the whole message verified") { keys, anyKey, input, output, context, force };
         runner.SetAction(command, async (ctx, ct) =>
         {
@@ -155,7 +152,7 @@ internal static class CryptoCommands
         var showPlaintext = new Option<bool>("--show-plaintext") { Description = "also print the plaintext data key (base64) on standard output" };
         var plaintextOut = new Option<string>("--plaintext-out") { Description = "write the plaintext data key (32 raw bytes) to this new file, mode 0600", HelpName = "FILE" };
         var ciphertextOut = new Option<string>("--ciphertext-out") { Description = "write the encrypted data key (raw bytes) to this file", HelpName = "FILE" };
-        var force = Force();
+        var force = OutputFile.ForceOption();
         var command = new Command("datakey", "generate a data key under a key; by default only its ciphertext is returned")
         {
             key, context, showPlaintext, plaintextOut, ciphertextOut, force,
@@ -169,16 +166,20 @@ internal static class CryptoCommands
             var plaintextPath = parse.GetValue(plaintextOut);
             var overwrite = parse.GetValue(force);
 
+            // Both files are opened before the call (an existing one refused): a failure then
+            // cannot leave a plaintext data key written without its ciphertext.
+            await using var plaintextFile = plaintextPath is null ? null : OutputFile.Open(ctx.Environment, plaintextPath, overwrite);
+            await using var ciphertextFile = parse.GetValue(ciphertextOut) is { } ciphertextPath ? OutputFile.Open(ctx.Environment, ciphertextPath, overwrite) : null;
             byte[] ciphertext;
             string keyVersion;
             string? plaintextBase64 = null;
-            if (show || plaintextPath is not null)
+            if (show || plaintextFile is not null)
             {
                 using var dataKey = await ctx.Client.GenerateDataKeyAsync(keyName, encryptionContext, ct);
                 (ciphertext, keyVersion) = (dataKey.Ciphertext, dataKey.KeyVersion);
-                if (plaintextPath is not null)
+                if (plaintextFile is not null)
                 {
-                    await WriteFileAsync(ctx, plaintextPath, dataKey.Plaintext.ToArray(), overwrite, zero: true, ct);
+                    plaintextFile.Stream.Write(dataKey.Plaintext);
                 }
 
                 if (show)
@@ -191,9 +192,21 @@ internal static class CryptoCommands
                 (ciphertext, keyVersion) = await ctx.Client.GenerateDataKeyWithoutPlaintextAsync(keyName, encryptionContext, ct);
             }
 
-            if (parse.GetValue(ciphertextOut) is { } ciphertextPath)
+            if (ciphertextFile is not null)
             {
-                await WriteFileAsync(ctx, ciphertextPath, ciphertext, overwrite, zero: false, ct);
+                await ciphertextFile.Stream.WriteAsync(ciphertext, ct);
+                await CommitAsync(ctx, ciphertextFile, ct);
+            }
+
+            if (plaintextFile is not null)
+            {
+                await CommitAsync(ctx, plaintextFile, ct);
+            }
+
+            if (plaintextFile is { Path: null } || ciphertextFile is { Path: null })
+            {
+                // Standard output holds raw bytes: no text after them.
+                return ExitCodes.Ok;
             }
 
             var json = new JsonObject { ["keyVersion"] = keyVersion, ["ciphertext"] = Convert.ToBase64String(ciphertext) };
@@ -230,21 +243,12 @@ internal static class CryptoCommands
     private static JsonObject ContextJson(Dictionary<string, string> context) =>
         new([.. context.OrderBy(e => e.Key, StringComparer.Ordinal).Select(e => KeyValuePair.Create(e.Key, (JsonNode?)e.Value))]);
 
-    private static async Task WriteFileAsync(CliContext context, string path, byte[] bytes, bool overwrite, bool zero, CancellationToken cancellationToken)
+    private static async Task CommitAsync(CliContext context, OutputFile file, CancellationToken cancellationToken)
     {
-        try
+        await file.CommitAsync(cancellationToken);
+        if (file.Path is not null)
         {
-            await using var file = OutputFile.Open(context.Environment, path, overwrite);
-            await file.Stream.WriteAsync(bytes, cancellationToken);
-            await file.CommitAsync(cancellationToken);
             context.Output.Note($"wrote {file.Name}");
-        }
-        finally
-        {
-            if (zero)
-            {
-                CryptographicOperations.ZeroMemory(bytes);
-            }
         }
     }
 }

@@ -54,7 +54,7 @@ internal static class RewrapCommands
             var report = await ProgressDisplay.RunAsync(ctx, "rewrapping", files.Count, progress => rewrapper.RunAsync(
                 ReadAsync(files, encryptionContext, ct),
                 keyName,
-                (blob, ciphertext, token) => ReplaceAsync(ctx.Environment, blob.Id, ciphertext, token),
+                (blob, ciphertext, token) => ReplaceAsync(blob.Id, ciphertext, token),
                 saved,
                 progress is null ? null : new SeenProgress(progress, skipped),
                 ct));
@@ -81,17 +81,25 @@ internal static class RewrapCommands
         return [.. files.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal)];
     }
 
+    /// <summary>
+    /// Each file's bytes; of a file larger than any blob, only one byte more than the largest
+    /// blob, which the rewrapper reports as too large (a stray file fails alone, whatever its size).
+    /// </summary>
     private static async IAsyncEnumerable<StoredBlob> ReadAsync(List<string> files, Dictionary<string, string> context, [EnumeratorCancellation] CancellationToken cancellationToken)
     {
+        var buffer = new byte[BlobRewrapper.MaxBlobBytes + 1];
         foreach (var file in files)
         {
-            yield return new StoredBlob(file, await File.ReadAllBytesAsync(file, cancellationToken), context);
+            await using var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0, useAsync: true);
+            var length = await stream.ReadAtLeastAsync(buffer, buffer.Length, throwOnEndOfStream: false, cancellationToken);
+            yield return new StoredBlob(file, buffer[..length], context);
         }
     }
 
-    private static async Task ReplaceAsync(CliEnvironment environment, string path, byte[] ciphertext, CancellationToken cancellationToken)
+    /// <summary>A blob's new bytes, in place of the old: through a symbolic link to the file it names, with the old file's permissions.</summary>
+    private static async Task ReplaceAsync(string path, byte[] ciphertext, CancellationToken cancellationToken)
     {
-        await using var file = OutputFile.Open(environment, path, overwrite: true);
+        await using var file = OutputFile.Replace(path);
         await file.Stream.WriteAsync(ciphertext, cancellationToken);
         await file.CommitAsync(cancellationToken);
     }

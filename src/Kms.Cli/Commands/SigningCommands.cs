@@ -36,7 +36,7 @@ internal static class SigningCommands
         var input = In("message");
         var output = new Option<string>("--out") { Description = "where to write the signature (raw bytes; - for standard output)", Required = true, HelpName = "FILE" };
         var format = Format();
-        var force = new Option<bool>("--force") { Description = "replace the output file if it exists" };
+        var force = OutputFile.ForceOption();
         var command = new Command("sign", "sign a file with a SIGN_VERIFY key (hashed here, the digest is signed in the HSM)") { key, input, output, format, force };
         runner.SetAction(command, async (ctx, ct) =>
         {
@@ -58,6 +58,11 @@ internal static class SigningCommands
             {
                 await target.Stream.WriteAsync(response.Signature.Memory, ct);
                 await target.CommitAsync(ct);
+                if (target.Path is null)
+                {
+                    // Standard output holds the signature's bytes: no text after them.
+                    return ExitCodes.Ok;
+                }
             }
 
             ctx.Output.Result(
@@ -105,15 +110,23 @@ internal static class SigningCommands
     {
         var key = KeyArgument();
         var output = new Option<string?>("--out") { Description = "write the PEM to this file instead of standard output", HelpName = "FILE" };
-        var command = new Command("public-key", "print the public key (PEM) of a SIGN_VERIFY or ASYMMETRIC_DECRYPT key version") { key, output };
+        var force = OutputFile.ForceOption();
+        var command = new Command("public-key", "print the public key (PEM) of a SIGN_VERIFY or ASYMMETRIC_DECRYPT key version") { key, output, force };
         runner.SetAction(command, async (ctx, ct) =>
         {
             var response = await ctx.Client.GetPublicKeyAsync(ctx.KeyName(ctx.ParseResult.GetRequiredValue(key)), ct);
             if (ctx.ParseResult.GetValue(output) is { } path)
             {
-                await using var target = OutputFile.Open(ctx.Environment, path, overwrite: true);
+                await using var target = OutputFile.Open(ctx.Environment, path, ctx.ParseResult.GetValue(force));
                 await target.Stream.WriteAsync(Encoding.ASCII.GetBytes(response.Pem), ct);
                 await target.CommitAsync(ct);
+                if (target.Path is null)
+                {
+                    return ExitCodes.Ok;
+                }
+
+                ctx.Output.Result(CliOutput.Proto(response), $"wrote the public key of {response.KeyVersion} to {target.Path}");
+                return ExitCodes.Ok;
             }
 
             ctx.Output.Result(CliOutput.Proto(response), response.Pem.TrimEnd());
@@ -171,7 +184,8 @@ internal static class SigningCommands
 
         var key = KeyArgument();
         var output = new Option<string>("--out") { Description = "where to write the statement and its signature (JSON)", Required = true, HelpName = "FILE" };
-        var get = new Command("get", "fetch a key version's signed provenance statement") { key, output };
+        var force = OutputFile.ForceOption();
+        var get = new Command("get", "fetch a key version's signed provenance statement") { key, output, force };
         runner.SetAction(get, async (ctx, ct) =>
         {
             var response = await ctx.Client.GetKeyAttestationAsync(ctx.KeyName(ctx.ParseResult.GetRequiredValue(key)), ct);
@@ -181,10 +195,14 @@ internal static class SigningCommands
                 ["signature"] = Convert.ToBase64String(response.Signature.Span),
                 ["signing_key_fingerprint"] = response.SigningKeyFingerprint,
             };
-            await using (var target = OutputFile.Open(ctx.Environment, ctx.ParseResult.GetRequiredValue(output), overwrite: true))
+            await using (var target = OutputFile.Open(ctx.Environment, ctx.ParseResult.GetRequiredValue(output), ctx.ParseResult.GetValue(force)))
             {
                 await target.Stream.WriteAsync(Encoding.UTF8.GetBytes(bundle.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n"), ct);
                 await target.CommitAsync(ct);
+                if (target.Path is null)
+                {
+                    return ExitCodes.Ok;
+                }
             }
 
             ctx.Output.Result(bundle, $"statement signed by audit key {response.SigningKeyFingerprint}; check it offline with 'kms attest verify'");

@@ -14,7 +14,8 @@ internal static class ContextOption
     {
         Description = description,
         HelpName = "KEY=VALUE",
-        Arity = ArgumentArity.ZeroOrMore,
+        // Each --context takes its KEY=VALUE: a bare one (value forgotten) is an error, not an empty context.
+        Arity = ArgumentArity.OneOrMore,
         AllowMultipleArgumentsPerToken = false,
         CustomParser = Parse,
         DefaultValueFactory = _ => new Dictionary<string, string>(StringComparer.Ordinal),

@@ -21,6 +21,9 @@ internal sealed record ErrorReport(int ExitCode, string Message)
     {
         CliUsageException usage => new(ExitCodes.Usage, usage.Message),
         CliFailureException failure => new(failure.ExitCode, failure.Message),
+        RpcException rpc when Untrusted(rpc) is { } tls => new(
+            ExitCodes.Usage,
+            $"the server's TLS certificate is not trusted: {OneLine(tls.Message)} (check --ca-file or KMS_CA_FILE, and the endpoint's host name)"),
         RpcException rpc => FromStatus(rpc.StatusCode, rpc.Status.Detail),
         EnvelopeDecryptionException envelope => FromEnvelope(envelope),
         CeremonyException ceremony => FromCeremony(ceremony),
@@ -87,15 +90,37 @@ internal sealed record ErrorReport(int ExitCode, string Message)
     // The envelope layer says "envelope decryption failed" for any altered byte (and nothing
     // more, by design); its other messages (not an envelope, another context, no trusted key)
     // are about the caller's own inputs and are worth showing.
-    // A KMS that refused the caller (not the message) is a credential problem, not a bad file.
+    // A KMS that refused the caller or the key (a disabled or missing key, a missing role) says
+    // nothing about the message: its status is the exit code, as for any other call. Only a data
+    // key the KMS could not decrypt (INVALID_ARGUMENT) is a bad message.
     private static ErrorReport FromEnvelope(EnvelopeDecryptionException exception)
     {
-        if (exception.InnerException is RpcException { StatusCode: StatusCode.Unauthenticated or StatusCode.PermissionDenied } refused)
+        var refusals = exception.InnerException switch
         {
-            return FromStatus(refused.StatusCode, refused.Status.Detail);
+            RpcException rpc => [rpc],
+            AggregateException all when all.InnerExceptions.All(e => e is RpcException) => all.InnerExceptions.Cast<RpcException>().ToList(),
+            _ => new List<RpcException>(),
+        };
+        if (refusals.Count > 0 && refusals.All(r => r.StatusCode is not (StatusCode.InvalidArgument or StatusCode.OutOfRange)))
+        {
+            return FromStatus(refusals[0].StatusCode, refusals[0].Status.Detail);
         }
 
         return new(ExitCodes.DecryptionFailed, exception.Message == OpaqueEnvelopeFailure ? DecryptionFailed : $"{DecryptionFailed}: {OneLine(exception.Message)}");
+    }
+
+    /// <summary>The TLS handshake's refusal of the server's certificate, if that is why the call failed: a configuration to fix, not a server to wait for.</summary>
+    private static System.Security.Authentication.AuthenticationException? Untrusted(RpcException failure)
+    {
+        for (var e = failure.Status.DebugException; e is not null; e = e.InnerException)
+        {
+            if (e is System.Security.Authentication.AuthenticationException refused)
+            {
+                return refused;
+            }
+        }
+
+        return null;
     }
 
     private static string OneLine(string text) => text.ReplaceLineEndings(" ").Trim();

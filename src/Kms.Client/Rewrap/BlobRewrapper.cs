@@ -1,6 +1,7 @@
 using Google.Protobuf;
 using Grpc.Core;
 using Kms.Contracts.V1;
+using Kms.Core;
 
 namespace Kms.Client.Rewrap;
 
@@ -41,7 +42,13 @@ public sealed record RewrapReport(RewrapProgress Progress, IReadOnlyList<RewrapF
 /// </remarks>
 public sealed class BlobRewrapper
 {
+    /// <summary>The largest blob the KMS takes (Encrypt's largest ciphertext); a larger one fails alone, without a call.</summary>
+    public const int MaxBlobBytes = Limits.MaxCiphertextBytes;
+
     private const int HeaderLength = 17;
+
+    /// <summary>Most bytes of blobs and contexts sent in one call: under the server's batch and request limits (4 and 5 MiB).</summary>
+    private const int MaxBatchRequestBytes = 3 * 1024 * 1024;
 
     private readonly KmsClient _client;
     private readonly int _batchSize;
@@ -74,7 +81,8 @@ public sealed class BlobRewrapper
         ArgumentNullException.ThrowIfNull(write);
         var resumeAfter = checkpoint is null ? null : await checkpoint.LoadAsync(cancellationToken).ConfigureAwait(false);
         var state = new RunState(resumeAfter);
-        var batch = new List<StoredBlob>(_batchSize);
+        var batch = new List<(StoredBlob Blob, ReEncryptRequest Item)>(_batchSize);
+        var batchBytes = 0L;
         string? previous = null;
         await foreach (var blob in blobs.WithCancellation(cancellationToken).ConfigureAwait(false))
         {
@@ -108,38 +116,58 @@ public sealed class BlobRewrapper
                 continue;
             }
 
-            batch.Add(blob);
+            if (blob.Ciphertext.Length > MaxBlobBytes)
+            {
+                // Sent with others, it would make the whole call fail, on every run.
+                state.Fail(new RewrapFailure(blob.Id, StatusCode.InvalidArgument, $"larger than any KMS ciphertext ({MaxBlobBytes} bytes)"));
+                continue;
+            }
+
+            var item = Item(blob, keyName);
+            if (batch.Count > 0 && batchBytes + item.CalculateSize() > MaxBatchRequestBytes)
+            {
+                await FlushAsync(batch, write, state, cancellationToken).ConfigureAwait(false);
+                await CompleteAsync(state, checkpoint, progress, cancellationToken).ConfigureAwait(false);
+                batchBytes = 0;
+            }
+
+            batch.Add((blob, item));
+            batchBytes += item.CalculateSize();
             if (batch.Count == _batchSize)
             {
-                await FlushAsync(batch, keyName, write, state, cancellationToken).ConfigureAwait(false);
+                await FlushAsync(batch, write, state, cancellationToken).ConfigureAwait(false);
                 await CompleteAsync(state, checkpoint, progress, cancellationToken).ConfigureAwait(false);
+                batchBytes = 0;
             }
         }
 
-        await FlushAsync(batch, keyName, write, state, cancellationToken).ConfigureAwait(false);
+        await FlushAsync(batch, write, state, cancellationToken).ConfigureAwait(false);
         await CompleteAsync(state, checkpoint, progress, cancellationToken).ConfigureAwait(false);
         return new RewrapReport(state.Progress, state.Failures, resumeAfter, state.SafeThrough);
     }
 
-    private async Task FlushAsync(List<StoredBlob> batch, string keyName, Func<StoredBlob, byte[], CancellationToken, Task> write, RunState state, CancellationToken cancellationToken)
+    private static ReEncryptRequest Item(StoredBlob blob, string keyName)
     {
-        if (batch.Count == 0)
+        var item = new ReEncryptRequest { Ciphertext = UnsafeByteOperations.UnsafeWrap(blob.Ciphertext), DestinationName = keyName };
+        foreach (var (key, value) in blob.EncryptionContext ?? new Dictionary<string, string>())
+        {
+            item.SourceEncryptionContext[key] = value;
+            item.DestinationEncryptionContext[key] = value;
+        }
+
+        return item;
+    }
+
+    private async Task FlushAsync(List<(StoredBlob Blob, ReEncryptRequest Item)> pending, Func<StoredBlob, byte[], CancellationToken, Task> write, RunState state, CancellationToken cancellationToken)
+    {
+        if (pending.Count == 0)
         {
             return;
         }
 
         var request = new BatchReEncryptRequest();
-        foreach (var blob in batch)
-        {
-            var item = new ReEncryptRequest { Ciphertext = UnsafeByteOperations.UnsafeWrap(blob.Ciphertext), DestinationName = keyName };
-            foreach (var (key, value) in blob.EncryptionContext ?? new Dictionary<string, string>())
-            {
-                item.SourceEncryptionContext[key] = value;
-                item.DestinationEncryptionContext[key] = value;
-            }
-
-            request.Requests.Add(item);
-        }
+        request.Requests.Add(pending.Select(p => p.Item));
+        var batch = pending.ConvertAll(p => p.Blob);
 
         var response = await _client.Raw.BatchReEncryptAsync(request, cancellationToken: cancellationToken).ConfigureAwait(false);
         for (var i = 0; i < batch.Count; i++)
@@ -159,7 +187,7 @@ public sealed class BlobRewrapper
         }
 
         state.BatchDone();
-        batch.Clear();
+        pending.Clear();
     }
 
     private static async Task CompleteAsync(RunState state, IRewrapCheckpoint? checkpoint, IProgress<RewrapProgress>? progress, CancellationToken cancellationToken)
