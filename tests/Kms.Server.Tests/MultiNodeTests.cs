@@ -318,6 +318,30 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task RequestNamesWithANulOrACutSurrogatePair_AuditedOnPostgres_NoOtherCallFails()
+    {
+        var node = await StartNodeAsync();
+        using var client = node.CreateClient();
+        var key = await client.CreateKeyAsync("tenants/dev", "odd-names");
+
+        // PostgreSQL refuses a NUL in a text column; the second name's 512th character is the
+        // first half of a surrogate pair, where the audit cuts a long name.
+        var withNul = "tenants/dev/keys/a\0b";
+        var cutPair = "tenants/dev/keys/" + new string('a', 511 - 17) + "\U0001F600";
+        foreach (var name in new[] { withNul, cutPair })
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(async () => await client.Raw.GetKeyAsync(new GetKeyRequest { Name = name }));
+            Assert.True(e.StatusCode == StatusCode.InvalidArgument, e.Status.ToString());
+            await client.EncryptAsync(key.Name, new byte[] { 1 });
+        }
+
+        using var auditor = node.CreateClient(await node.CreatePrincipalWithTokenAsync("odd-names-auditor", "dev", "auditor"));
+        var events = (await auditor.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", Operation = "/kms.v1.KeyManagementService/GetKey", PageSize = 100 })).Events;
+        Assert.Contains(events, e => e.Resource == "tenants/dev/keys/a?b" && e.Outcome == "INVALID_ARGUMENT");
+        Assert.Contains(events, e => e.Resource == cutPair[..511] + "…(truncated)" && e.Outcome == "INVALID_ARGUMENT");
+    }
+
+    [Fact]
     public async Task Residency_NodeWithAnotherKeyForTheRegion_RefusesToServe()
     {
         await StartNodeAsync(regionKeys: new() { ["eu"] = RandomNumberGenerator.GetBytes(32) });

@@ -278,7 +278,16 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
 
         try
         {
-            await FlushRefusalsAsync(force: false, cancellationToken);
+            try
+            {
+                await FlushRefusalsAsync(force: false, cancellationToken);
+            }
+            catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+            {
+                // A summary that cannot be written must not stop the stream and the checkpoints.
+                HousekeepingFailed?.Invoke(e);
+            }
+
             await ForwardAsync(cancellationToken);
             // Checkpoints are the leader's (several nodes share one chain); the latest may be another node's.
             if (lease is not null && !await lease.HoldAsync(cancellationToken))

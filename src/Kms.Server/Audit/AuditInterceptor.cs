@@ -132,7 +132,7 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
             RequestId = requestId,
             Principal = "anonymous",
             Operation = context.Method,
-            Resource = Bounded(rule is null ? null : AccessRules.ResourceOf(rule, request)),
+            Resource = AuditText.FromRequest(rule is null ? null : AccessRules.ResourceOf(rule, request)),
             Outcome = "UNKNOWN",
             Client = context.Peer,
             Context = ContextHashes(request),
@@ -204,7 +204,7 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
                 break;
             }
 
-            hashes.Add(KeyValuePair.Create(Bounded((string)pair.Key)!, audit.HashContextValue((string)pair.Value!)));
+            hashes.Add(KeyValuePair.Create(AuditText.FromRequest((string)pair.Key)!, audit.HashContextValue((string)pair.Value!)));
         }
 
         return hashes;
@@ -213,11 +213,7 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
     // Remembered per message type: FindFieldByName builds the field's full name on every call.
     private static readonly System.Collections.Concurrent.ConcurrentDictionary<Google.Protobuf.Reflection.MessageDescriptor, Google.Protobuf.Reflection.FieldDescriptor?> ContextFields = new();
 
-    private const int MaxResourceLength = 512;
     private const int MaxContextKeys = 32;
-
-    private static string? Bounded(string? text) =>
-        text is { Length: > MaxResourceLength } ? string.Concat(text.AsSpan(0, MaxResourceLength), "…(truncated)") : text;
 
     private static string OutcomeOf(StatusCode status) => status switch
     {
