@@ -42,6 +42,19 @@ public sealed class AccessTests : IDisposable
     }
 
     [Fact]
+    public async Task SetKeyPolicy_OneEntryRepeatedPastTheLimit_RefusedBeforeAnyLookup()
+    {
+        var key = await _harness.CreateKeyAsync("repeated");
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("dev"), DomainHarness.Dev.Tenant, null, default);
+        var repeated = Enumerable.Repeat(new KeyValuePair<string, KeyOperations>("token:dev", KeyOperations.Encrypt), KeyAccessService.MaxEntries + 1);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, key.Name, repeated, default));
+
+        Assert.Equal((KmsErrorCode.InvalidArgument, "policy.entries"), (e.Code, e.Field));
+        Assert.False((await _harness.KeyAccess.GetKeyPolicyAsync(DomainHarness.Dev, key.Name, default)).Restricts);
+    }
+
+    [Fact]
     public void ApiTokenSecret_256BitSecret_RoundTrips_AndOnlyTheHashIsKept()
     {
         var (id, text, hash) = ApiTokenSecret.Create();

@@ -310,6 +310,24 @@ public sealed class LifecycleServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task UpdateKey_NextRotationTimeMaskedWithoutAValue_WhileAPeriodIsSet_StartsThePeriodAgain_KeyStillRotates()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        var period = TimeSpan.FromDays(30);
+        await _domain.Keys.UpdateKeyAsync(Dev, key.Name, new KeyUpdate { RotationPeriod = new(period) }, default);
+        _domain.Time.Advance(TimeSpan.FromDays(3));
+
+        // Both ways a client leaves the time empty: masked alone, and masked with the period.
+        var cleared = await _domain.Keys.UpdateKeyAsync(Dev, key.Name, new KeyUpdate { NextRotationTime = new(null) }, default);
+        Assert.Equal(_domain.Time.GetUtcNow() + period, cleared.NextRotationTime);
+        var both = await _domain.Keys.UpdateKeyAsync(Dev, key.Name, new KeyUpdate { RotationPeriod = new(period), NextRotationTime = new(null) }, default);
+        Assert.Equal(_domain.Time.GetUtcNow() + period, both.NextRotationTime);
+
+        _domain.Time.Advance(period + TimeSpan.FromDays(1));
+        Assert.Equal(1, await _domain.Keys.RotateDueKeysAsync(default));
+    }
+
+    [Fact]
     public async Task CancelKeyDeletion_PeriodEndedButJobNotRun_RefusedAndStaysRefusedAfterDestruction()
     {
         var key = await _domain.CreateKeyAsync("k");

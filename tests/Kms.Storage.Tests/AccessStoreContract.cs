@@ -167,6 +167,7 @@ public abstract class AccessStoreContract : KeyStoreLifecycleContract
         var other = NewKey(Acme, "granted");
         await ((IKeyStore)store).CreateKeyAsync(key, Material(), null, default);
         await ((IKeyStore)store).CreateKeyAsync(other, Material(), null, default);
+        await store.SetKeyPolicyAsync(new KeyPolicy(key.Name, new Dictionary<string, KeyOperations> { ["token:owner"] = KeyOperations.Encrypt }), T0, default);
         var grant = new Grant("0123456789abcdef", key.Name, PrincipalName.Token("reader"), KeyOperations.Decrypt, new Dictionary<string, string> { ["record"] = "42" }, T0);
         await store.CreateGrantAsync(grant, default);
 
@@ -180,6 +181,32 @@ public abstract class AccessStoreContract : KeyStoreLifecycleContract
         Assert.False(await store.RevokeGrantAsync(key.Name, grant.Id, T0.AddHours(2), default));
         Assert.Empty(await store.ListGrantsAsync(key.Name, includeRevoked: false, default));
         Assert.Equal(T0.AddHours(1), Assert.Single(await store.ListGrantsAsync(key.Name, includeRevoked: true, default)).RevokeTime);
+    }
+
+    [Fact]
+    public async Task Grants_OnAKeyWhosePolicyWasLifted_OrInATenantBeingDeleted_Refused_NoneRevivedByTheNextPolicy()
+    {
+        var store = await AccessAsync();
+        var key = NewKey(Dev, "lifted");
+        await ((IKeyStore)store).CreateKeyAsync(key, Material(), null, default);
+        var policy = new KeyPolicy(key.Name, new Dictionary<string, KeyOperations> { ["token:owner"] = KeyOperations.Encrypt });
+        await store.SetKeyPolicyAsync(policy, T0, default);
+        await store.SetKeyPolicyAsync(KeyPolicy.None(key.Name), T0.AddMinutes(1), default);
+
+        // A grant whose caller checked the key before the policy was lifted.
+        var late = new Grant("00000000000000a1", key.Name, PrincipalName.Token("reader"), KeyOperations.Decrypt, new Dictionary<string, string>(), T0.AddMinutes(2));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => store.CreateGrantAsync(late, default))).Code);
+        await store.SetKeyPolicyAsync(policy, T0.AddMinutes(3), default);
+        Assert.Empty(await store.ListGrantsAsync(key.Name, includeRevoked: true, default));
+
+        var tenant = TenantId.Parse("leaving");
+        await store.CreateTenantAsync(new Tenant(tenant, "", TenantState.Active, T0), default);
+        var theirs = NewKey(tenant, "k");
+        await ((IKeyStore)store).CreateKeyAsync(theirs, Material(), null, default);
+        await store.SetKeyPolicyAsync(new KeyPolicy(theirs.Name, new Dictionary<string, KeyOperations> { ["token:owner"] = KeyOperations.Encrypt }), T0, default);
+        await store.UpdateTenantAsync(new Tenant(tenant, "", TenantState.Deleting, T0) { DeleteTime = T0.AddDays(30) }, default);
+        var offboarded = late with { Id = "00000000000000a2", Key = theirs.Name };
+        Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => store.CreateGrantAsync(offboarded, default))).Code);
     }
 
     private async Task<IAccessStore> AccessAsync() => (IAccessStore)await CreateStoreAsync();

@@ -76,7 +76,8 @@ public interface IAccessStore
     /// <summary>A key's policy (<see cref="KeyPolicy.None"/> when it has none).</summary>
     Task<KeyPolicy> GetKeyPolicyAsync(KeyName key, CancellationToken cancellationToken);
 
-    /// <summary>Stores a grant.</summary>
+    /// <summary>Stores a grant, if its key is restricted by a policy and its tenant not being deleted when the write takes place.</summary>
+    /// <exception cref="Errors.KmsException">FailedPrecondition: the key's policy was lifted, or its tenant is being deleted.</exception>
     Task CreateGrantAsync(Grant grant, CancellationToken cancellationToken);
 
     /// <summary>A key's grants (revoked ones too when asked).</summary>

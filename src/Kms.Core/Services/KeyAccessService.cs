@@ -25,8 +25,17 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
     public async Task<KeyPolicy> SetKeyPolicyAsync(Caller caller, KeyName key, IEnumerable<KeyValuePair<string, KeyOperations>> entries, CancellationToken cancellationToken)
     {
         await GetKeyAsync(caller, key, cancellationToken);
+        var given = entries.ToList();
+
+        // Before any lookup: each entry costs a read, and a request may repeat one entry by the
+        // hundred thousand.
+        if (given.Count > MaxEntries)
+        {
+            throw KmsErrors.InvalidArgument("policy.entries", $"at most {MaxEntries} entries (got {given.Count})");
+        }
+
         var policy = new Dictionary<string, KeyOperations>(StringComparer.Ordinal);
-        foreach (var (principal, operations) in entries)
+        foreach (var (principal, operations) in given)
         {
             var name = PrincipalName.Parse(principal, "policy.entries.principal");
             await EnsureTenantPrincipalAsync(name, key.Tenant, "policy.entries.principal", cancellationToken);
@@ -36,11 +45,6 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
             }
 
             policy[name.ToString()] = operations;
-        }
-
-        if (policy.Count > MaxEntries)
-        {
-            throw KmsErrors.InvalidArgument("policy.entries", $"at most {MaxEntries} entries");
         }
 
         var result = new KeyPolicy(key, policy);

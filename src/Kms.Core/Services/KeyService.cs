@@ -163,7 +163,9 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
                     throw KmsErrors.InvalidArgument("key.next_rotation_time", "needs a rotation_period (set both in one update, or use RotateKey)");
                 }
 
-                key = key with { NextRotationTime = next.Value };
+                // A key with a period always has a next time (the due query needs one): clearing
+                // it, or masking it without a value, starts the period again from now.
+                key = key with { NextRotationTime = next.Value ?? now + key.RotationPeriod };
             }
 
             if (update.MinDecryptionVersion is { } min)

@@ -1,6 +1,8 @@
 using System.Data.Common;
+using System.Globalization;
 using System.Text.Json;
 using Kms.Core.Access;
+using Kms.Core.Errors;
 using Kms.Core.Names;
 using Kms.Core.Ports;
 
@@ -185,6 +187,20 @@ public abstract partial class SqlStore
     public Task CreateGrantAsync(Grant grant, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
+            // Checked again under the write lock: a policy lifted (which revokes the key's grants)
+            // or a tenant offboarded since the caller's checks must not get a grant that lies
+            // dormant until the next policy revives it.
+            await using (var check = Command(connection,
+                "SELECT count(*) FROM keys WHERE tenant = @tenant AND key_id = @key_id AND restricted = 1 AND NOT EXISTS (SELECT 1 FROM tenants WHERE id = @tenant AND state <> @active)",
+                ("@tenant", grant.Key.Tenant.Value), ("@key_id", grant.Key.KeyId), ("@active", (int)TenantState.Active)))
+            {
+                check.Transaction = transaction;
+                if (Convert.ToInt64(await check.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture) == 0)
+                {
+                    throw KmsErrors.FailedPrecondition($"key {grant.Key} has no policy any more, or its tenant is being deleted; no grant was made");
+                }
+            }
+
             await InsertAsync(connection, transaction,
                 $"INSERT INTO grants (tenant, key_id, {GrantColumns}) VALUES (@tenant, @key_id, @grant_id, @grantee, @operations, @context_equals, @create_time, @revoke_time)",
                 grant.Name, cancellationToken,

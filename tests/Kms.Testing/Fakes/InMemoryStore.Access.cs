@@ -234,6 +234,12 @@ public sealed partial class InMemoryStore
     {
         lock (_lock)
         {
+            if (!_keys.TryGetValue(Id(grant.Key), out var key) || !key.Restricted
+                || (_tenants.TryGetValue(grant.Key.Tenant.Value, out var tenant) && tenant.State != TenantState.Active))
+            {
+                throw KmsErrors.FailedPrecondition($"key {grant.Key} has no policy any more, or its tenant is being deleted; no grant was made");
+            }
+
             _grants.Add(grant);
         }
 
