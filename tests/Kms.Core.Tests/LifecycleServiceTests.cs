@@ -197,6 +197,31 @@ public sealed class LifecycleServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task CancelAndRestore_OnANodeWhoseClockIsBehindTheDatabases_RefusedOnceThePeriodEndedByTheDatabasesTime()
+    {
+        var store = (InMemoryStore)_domain.Store;
+        var key = await _domain.CreateKeyAsync("skewed-end");
+        await _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, TimeSpan.FromDays(7), null, default);
+        var versioned = await _domain.CreateKeyAsync("skewed-version");
+        await _domain.Keys.RotateKeyAsync(Dev, versioned.Name, null, default);
+        await _domain.Keys.ScheduleKeyVersionDestructionAsync(Dev, versioned.Name.Version(1), TimeSpan.FromDays(7), null, default);
+
+        // The database (and every other node) is 8 days on; this node's clock has not moved.
+        store.DatabaseTime = _domain.Time.GetUtcNow().AddDays(8);
+
+        var cancel = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.CancelKeyDeletionAsync(Dev, key.Name, null, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, cancel.Code);
+        var restore = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.RestoreKeyVersionAsync(Dev, versioned.Name.Version(1), null, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, restore.Code);
+
+        // While the period runs by every clock, both still work.
+        store.DatabaseTime = _domain.Time.GetUtcNow().AddDays(1);
+        var other = await _domain.CreateKeyAsync("skewed-running");
+        await _domain.Keys.ScheduleKeyDeletionAsync(Dev, other.Name, TimeSpan.FromDays(7), null, default);
+        Assert.Equal(KeyState.Disabled, (await _domain.Keys.CancelKeyDeletionAsync(Dev, other.Name, null, default)).State);
+    }
+
+    [Fact]
     public async Task KeyDeletion_AfterWaitingPeriod_EveryVersionDestroyedAndNothingWorks()
     {
         var key = await _domain.CreateKeyAsync("k");

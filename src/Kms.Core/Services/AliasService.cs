@@ -109,9 +109,10 @@ internal static class Clock
     // Stored with millisecond precision: truncate now, so what a call returns equals what is read back.
     public static DateTimeOffset Now(TimeProvider time) => DateTimeOffset.FromUnixTimeMilliseconds(time.GetUtcNow().ToUnixTimeMilliseconds());
 
-    // Where a waiting period starts: the later of this node's clock and the database server's
-    // (PostgreSQL's, another machine's). A node whose clock is days behind would otherwise write
-    // a destroy time that is already due, and the leader would destroy at once.
+    // Where a waiting period starts, and whether it has ended: the later of this node's clock and
+    // the database server's (PostgreSQL's, another machine's). A node whose clock is days behind
+    // would otherwise write a destroy time that is already due, and the leader would destroy at
+    // once; or cancel a deletion whose period is over by every other clock.
     public static async Task<DateTimeOffset> WaitingStartAsync(DateTimeOffset now, Ports.IKeyStore store, CancellationToken cancellationToken) =>
         await store.GetDatabaseTimeAsync(cancellationToken) is { } database && database > now
             ? DateTimeOffset.FromUnixTimeMilliseconds(database.ToUnixTimeMilliseconds())

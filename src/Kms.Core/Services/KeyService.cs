@@ -286,7 +286,10 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
 
         // Offboarding is not undone key by key by the tenant's own principals.
         await TenantGate.EnsureActiveAsync(access, name.Tenant, cancellationToken);
-        var now = Clock.Now(time);
+
+        // Whether the waiting period has ended: by the later clock too, as it was started by it
+        // (a node days behind would otherwise bring back a key whose period is over everywhere else).
+        var now = await Clock.WaitingStartAsync(Clock.Now(time), store, cancellationToken);
         return (await MutateAsync(caller, name, requestId, fingerprint,
             current => KeyTransitions.CancelKeyDeletion(current, now), cancellationToken, CancelKeyDeletionOperation)).Key;
     }
@@ -332,7 +335,7 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         }
 
         await TenantGate.EnsureActiveAsync(access, name.Key.Tenant, cancellationToken);
-        var now = Clock.Now(time);
+        var now = await Clock.WaitingStartAsync(Clock.Now(time), store, cancellationToken);
         return await MutateVersionAsync(caller, name, requestId, fingerprint,
             current => KeyTransitions.RestoreVersion(current, name.Version, now), cancellationToken, RestoreKeyVersionOperation);
     }
