@@ -227,6 +227,44 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
     }
 
     [Fact]
+    public async Task ErasureMark_EachErasureRecordsItsOwn_SoAnEarlierCompleterCannotClearALaterOne()
+    {
+        var store = await OpenAsync();
+        var key = NewKey(Dev, "marked");
+        await store.CreateKeyAsync(key, Material(), null, default);
+        await store.UpdateKeyAsync(key.Name, current => Rotation(current, Material()), default);
+        await store.UpdateKeyAsync(key.Name, current => Rotation(current, Material()), default);
+
+        // A reader holding its snapshot keeps each erasure pending, so each mark can be read.
+        await using var reader = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
+        await reader.OpenAsync();
+        await using var transaction = reader.BeginTransaction(deferred: true);
+        await using (var read = reader.CreateCommand())
+        {
+            read.Transaction = transaction;
+            read.CommandText = "SELECT count(*) FROM key_versions";
+            await read.ExecuteScalarAsync();
+        }
+
+        var marks = new List<string>();
+        for (var version = 0; version < 2; version++)
+        {
+            var destroyed = version;
+            await store.UpdateKeyAsync(key.Name, current => new KeyChange(current.Key)
+            {
+                UpdatedVersions = [current.Versions[destroyed] with { State = KeyState.Destroyed, DestroyEventTime = key.CreateTime }],
+            }, default);
+            Assert.False(await store.CompleteErasureAsync(default));
+            await using var connection = await store.OpenConnectionAsync(default);
+            await using var mark = connection.CreateCommand();
+            mark.CommandText = "SELECT value FROM settings WHERE name = 'store.erasure_pending'";
+            marks.Add((string)(await mark.ExecuteScalarAsync())!);
+        }
+
+        Assert.NotEqual(marks[0], marks[1]);
+    }
+
+    [Fact]
     public async Task AppendAudit_HeadKeptInMemory_UntilAnotherConnectionCommits()
     {
         await using var store = await OpenAsync();

@@ -159,8 +159,12 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     /// </summary>
     private protected abstract Task<bool> EraseFromFilesAsync(DbConnection connection, string mark, CancellationToken cancellationToken);
 
-    /// <summary>The SQL expression (text) recorded as the pending-erasure mark inside the erasing transaction.</summary>
-    private protected virtual string ErasureMarkSql => "'1'";
+    /// <summary>
+    /// The SQL expression (text) recorded as the pending-erasure mark inside the erasing
+    /// transaction: different for every erasure, so a completer that erased before a later one
+    /// cannot clear the later one's mark.
+    /// </summary>
+    private protected abstract string ErasureMarkSql { get; }
 
     /// <summary>The SQL that begins a group commit on the audit writer's connection and takes the write lock.</summary>
     internal abstract string AuditBeginSql { get; }

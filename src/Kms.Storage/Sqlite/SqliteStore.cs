@@ -65,6 +65,9 @@ public sealed partial class SqliteStore : SqlStore
 
     private protected override IReadOnlyList<SchemaMigration> Migrations => SqliteSchema.Migrations;
 
+    /// <inheritdoc />
+    private protected override string ErasureMarkSql => "hex(randomblob(16))";
+
     private protected override string MigrationTableSql =>
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_time INTEGER NOT NULL) STRICT;";
 
