@@ -136,6 +136,12 @@ public abstract class KeyStoreLifecycleContract : KeyStoreContract
         Assert.Empty(await store.ListAliasesAsync(Acme, null, 10, default));
         Assert.True(await store.DeleteAliasAsync(name, null, default));
         Assert.False(await store.DeleteAliasAsync(name, null, default));
+
+        // A retry whose first attempt deleted the alias meanwhile: the request was recorded, not "no such alias".
+        await store.CreateAliasAsync(new KeyAlias(name, one.Name, time, time), null, default);
+        var request = new RequestRecord(Dev, "delete-1", "DeleteAlias", [1], name.ToString(), time);
+        Assert.True(await store.DeleteAliasAsync(name, request, default));
+        Assert.Equal(KmsErrorCode.AlreadyExists, (await Assert.ThrowsAsync<KmsException>(() => store.DeleteAliasAsync(name, request, default))).Code);
     }
 
     [Fact]

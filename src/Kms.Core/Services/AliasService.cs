@@ -82,7 +82,23 @@ public sealed class AliasService(IKeyStore store, IAccessStore access, TimeProvi
         }
 
         var request = requestId is null ? null : new RequestRecord(name.Tenant, requestId, DeleteAliasOperation, fingerprint, name.ToString(), Clock.Now(time));
-        if (!await store.DeleteAliasAsync(name, request, cancellationToken))
+        bool deleted;
+        try
+        {
+            deleted = await store.DeleteAliasAsync(name, request, cancellationToken);
+        }
+        catch (KmsException e) when (e.Code == KmsErrorCode.AlreadyExists && requestId is not null)
+        {
+            // A concurrent retry with the same request id deleted it.
+            if (await _requests.FindReplayAsync(name.Tenant, requestId, DeleteAliasOperation, fingerprint, cancellationToken) is null)
+            {
+                throw;
+            }
+
+            return;
+        }
+
+        if (!deleted)
         {
             throw KmsErrors.NotFound(name.ToString());
         }

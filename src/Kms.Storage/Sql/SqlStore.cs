@@ -399,6 +399,19 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     public Task<bool> DeleteAliasAsync(AliasName name, RequestRecord? request, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
+            // A retry that ran while the first attempt waited for the lock found no record: it is
+            // told the request was recorded meanwhile (and replays), not that the alias is gone.
+            if (request is not null)
+            {
+                await using var recorded = Command(connection, "SELECT count(*) FROM request_ids WHERE tenant = @tenant AND request_id = @request_id",
+                    ("@tenant", request.Tenant.Value), ("@request_id", request.RequestId));
+                recorded.Transaction = transaction;
+                if (Convert.ToInt64(await recorded.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture) > 0)
+                {
+                    throw KmsErrors.AlreadyExists($"request {request.RequestId}");
+                }
+            }
+
             await using var delete = Command(connection, "DELETE FROM aliases WHERE tenant = @tenant AND alias_id = @alias_id",
                 ("@tenant", name.Tenant.Value), ("@alias_id", name.AliasId));
             delete.Transaction = transaction;
