@@ -7,6 +7,33 @@ namespace Kms.Core.Tests;
 public sealed class NameTests
 {
     [Theory]
+    [InlineData("tenants/aliases/keys/k", "aliases", false)]
+    [InlineData("tenants/versions/keys/k", "versions", false)]
+    [InlineData("tenants/keys/aliases/a", "keys", true)]
+    [InlineData("tenants/versions/aliases/versions", "versions", true)]
+    [InlineData("tenants/dev/aliases/keys", "dev", true)]
+    public void KeyReferenceParse_TenantsNamedAfterACollection_ByTheSegmentsPlace(string name, string tenant, bool isAlias)
+    {
+        var reference = KeyReference.Parse(name, "name");
+
+        Assert.Equal(tenant, reference.Tenant.Value);
+        Assert.Equal(isAlias, reference is KeyReference.ToAlias);
+        Assert.Equal(name, reference.ToString());
+    }
+
+    [Theory]
+    [InlineData("tenants/versions/keys/k", 4, "versions", false)]
+    [InlineData("tenants/versions/keys/k/versions/3", 4, "versions", true)]
+    [InlineData("tenants/dev/aliases/a", 2, "aliases", true)]
+    [InlineData("tenants/dev/aliasesx/a", 2, "aliases", false)]
+    [InlineData("tenants/dev", 2, "keys", false)]
+    [InlineData(null, 2, "keys", false)]
+    public void ResourceSegmentsIs_ComparesTheWholeSegmentAtItsPlace(string? name, int index, string value, bool expected)
+    {
+        Assert.Equal(expected, ResourceSegments.Is(name, index, value));
+    }
+
+    [Theory]
     [InlineData("tenants/dev/keys/orders", "dev", "orders")]
     [InlineData("tenants/acme-2/keys/A_b-9", "acme-2", "A_b-9")]
     public void KeyNameParse_Valid_Parses(string name, string tenant, string keyId)

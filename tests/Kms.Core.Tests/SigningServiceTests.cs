@@ -182,6 +182,18 @@ public sealed class SigningServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task Sign_InATenantNamedVersions_ByKeyName()
+    {
+        await _domain.Access.CreateTenantAsync(Kms.Core.Names.TenantId.Parse("versions"), "", default);
+        var caller = DomainHarness.TenantCaller("token:v", "versions");
+        var key = await _domain.CreateKeyAsync("signer", KeyAlgorithm.EcSignP256Sha256, caller);
+
+        var signature = await Signing.SignAsync(caller, key.Name.ToString(), new SignInput(Message, null), SignatureFormat.Der, default);
+
+        Assert.Equal(key.Name.Version(1).ToString(), signature.KeyVersion.ToString());
+    }
+
+    [Fact]
     public async Task PolicyAllowingOnlyVerify_RefusesSign()
     {
         var key = await _domain.CreateKeyAsync("signer", KeyAlgorithm.EcSignP256Sha256);

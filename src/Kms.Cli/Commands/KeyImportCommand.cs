@@ -42,7 +42,7 @@ internal static class KeyImportCommand
             var spec = KeyAlgorithms.Of((CoreAlgorithm)(int)(await ctx.Client.GetKeyAsync(keyName, ct)).Algorithm);
             var importJob = parse.GetValue(job) is { } existing
                 ? await ctx.Client.GetImportJobAsync(existing, ct)
-                : await ctx.Client.CreateImportJobAsync(keyName[..keyName.IndexOf("/keys/", StringComparison.Ordinal)], "cli-" + Guid.NewGuid().ToString("N")[..16], ParseMethod(parse.GetRequiredValue(method)), ct);
+                : await ctx.Client.CreateImportJobAsync(keyName[..keyName.LastIndexOf("/keys/", StringComparison.Ordinal)], "cli-" + Guid.NewGuid().ToString("N")[..16], ParseMethod(parse.GetRequiredValue(method)), ct);
             if (importJob.State != ImportJobState.Active)
             {
                 throw new CliFailureException(ExitCodes.Conflict, $"import job {importJob.Name} has expired; create a new one");

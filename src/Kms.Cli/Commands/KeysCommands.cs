@@ -56,7 +56,7 @@ internal static class KeysCommands
         runner.SetAction(command, async (ctx, ct) =>
         {
             var keyName = ctx.KeyName(ctx.ParseResult.GetRequiredValue(name));
-            if (keyName.Contains("/aliases/", StringComparison.Ordinal))
+            if (Kms.Core.Names.ResourceSegments.Is(keyName, Kms.Core.Names.ResourceSegments.Collection, "aliases"))
             {
                 throw new CliUsageException("an alias is not a key: create it with 'kms aliases create'");
             }

@@ -139,7 +139,7 @@ public static class DestructionReplay
                 {
                     found.Add(new RecordedDestruction(KeyName.Parse(resource, "resource"), null, time, where, WholeKey: true));
                 }
-                else if (operation == DestroyNowOperation || resource.Contains("/versions/", StringComparison.Ordinal))
+                else if (operation == DestroyNowOperation || ResourceSegments.Is(resource, ResourceSegments.KeyCollection, "versions"))
                 {
                     var version = KeyVersionName.Parse(resource, "resource");
                     found.Add(new RecordedDestruction(version.Key, version.Version, time, where));

@@ -22,12 +22,12 @@ public abstract record KeyReference
     /// <exception cref="KmsException">InvalidArgument naming <paramref name="field"/>.</exception>
     public static KeyReference Parse(string? name, string field)
     {
-        if (name is not null && name.Contains("/aliases/", StringComparison.Ordinal))
+        if (ResourceSegments.Is(name, ResourceSegments.Collection, "aliases"))
         {
             return new ToAlias(AliasName.Parse(name, field));
         }
 
-        if (name is null || !name.Contains("/keys/", StringComparison.Ordinal))
+        if (!ResourceSegments.Is(name, ResourceSegments.Collection, "keys"))
         {
             throw KmsErrors.InvalidArgument(field, "must be a key (tenants/{tenant}/keys/{key}) or an alias (tenants/{tenant}/aliases/{alias})");
         }

@@ -27,7 +27,7 @@ public sealed class KeyResolver(IKeyStore store)
     /// <exception cref="KmsException">InvalidArgument for a malformed name; NotFound, also outside the caller's tenant.</exception>
     public async Task<KeyVersionMaterial> ResolveVersionAsync(Caller caller, string? name, CancellationToken cancellationToken)
     {
-        if (name is not null && name.Contains("/versions/", StringComparison.Ordinal))
+        if (ResourceSegments.Is(name, ResourceSegments.KeyCollection, "versions"))
         {
             var versionName = KeyVersionName.Parse(name, "name");
             caller.EnsureSameTenant(versionName.Key.Tenant, name);
