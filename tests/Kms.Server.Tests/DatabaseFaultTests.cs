@@ -188,7 +188,7 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
     [Fact]
     public async Task PostgresStoppedMidLoad_Unavailable_NothingPartial_ServesOnceItIsBack()
     {
-        await using var cluster = await ThrowAwayCluster.StartAsync();
+        await using var cluster = await ThrowAwayPostgres.StartAsync();
         var server = _server = await KmsTestServer.StartAsync(null, null, Tenant,
             "--Storage:Provider=postgres", $"--Storage:Postgres:ConnectionString={cluster.ConnectionString}");
         var officer = await server.CreatePrincipalWithTokenAsync("officer", null, "security-officer");
@@ -422,59 +422,6 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
         {
             throw new InvalidOperationException(
                 $"{tool} {string.Join(' ', arguments)} failed ({process.ExitCode}): {error.Result} — these tests mount a tmpfs and need root (CAP_SYS_ADMIN), as ./test.sh runs in CI");
-        }
-    }
-
-    /// <summary>A PostgreSQL cluster of this test's own (tests/postgres/cluster.sh), which it may crash.</summary>
-    private sealed class ThrowAwayCluster : IAsyncDisposable
-    {
-        private readonly string _directory;
-
-        private ThrowAwayCluster(string connectionString, string directory)
-        {
-            ConnectionString = connectionString;
-            _directory = directory;
-            Port = new NpgsqlConnectionStringBuilder(connectionString).Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
-        }
-
-        public string ConnectionString { get; }
-
-        public string Port { get; }
-
-        public static Task<ThrowAwayCluster> StartAsync()
-        {
-            var exports = Script("start");
-            string Value(string name) => exports.Split('\n').Select(l => l.Trim()).Single(l => l.StartsWith($"export {name}=", StringComparison.Ordinal))
-                .Split('=', 2)[1].Trim('\'');
-            return Task.FromResult(new ThrowAwayCluster(Value("KMS_TEST_POSTGRES"), Value("KMS_TEST_POSTGRES_DIR")));
-        }
-
-        public void Halt() => Script("halt", _directory);
-
-        public void Resume() => Script("resume", _directory);
-
-        public ValueTask DisposeAsync()
-        {
-            NpgsqlConnection.ClearAllPools();
-            Script("stop", _directory);
-            return ValueTask.CompletedTask;
-        }
-
-        private static string Script(params string[] arguments)
-        {
-            var start = new ProcessStartInfo(RepositoryPaths.Of("tests", "postgres", "cluster.sh")) { RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var argument in arguments)
-            {
-                start.ArgumentList.Add(argument);
-            }
-
-            using var process = Process.Start(start) ?? throw new InvalidOperationException("cannot run tests/postgres/cluster.sh");
-            var error = process.StandardError.ReadToEndAsync();
-            var output = process.StandardOutput.ReadToEnd();
-            process.WaitForExit();
-            return process.ExitCode == 0
-                ? output
-                : throw new InvalidOperationException($"tests/postgres/cluster.sh {arguments[0]} failed ({process.ExitCode}): {error.Result} (PostgreSQL is required: apt-get install postgresql)");
         }
     }
 }

@@ -194,6 +194,83 @@ public sealed class PostgresClusterTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task SynchronousStandbyAway_ACommitOutlivesItsTimeoutAndToken_OneWhoseWaitIsCancelledIsNotAcknowledged()
+    {
+        // A cluster of its own: the standby setting is the whole cluster's.
+        await using var cluster = await ThrowAwayPostgres.StartAsync();
+        var store = await PostgresStore.OpenAsync(new PostgresOptions { ConnectionString = cluster.ConnectionString, CommandTimeout = TimeSpan.FromSeconds(1) }, default);
+        _opened.Add(store);
+        await store.AppendAuditAsync([AuditStoreContract.Entry(1)], default);
+        await StandbyAsync(cluster, "ghost");
+
+        // The caller gives up and the command timeout (1 s) passes: the COMMIT keeps waiting for
+        // the standby, and what it wrote stays invisible, until the standby confirms.
+        using (var cancel = new CancellationTokenSource())
+        {
+            var create = store.CreateKeyAsync(KeyStoreContract.NewKey(Dev, "waiting"), KeyStoreContract.Material(), null, cancel.Token);
+            await WaitingForTheStandbyAsync(cluster);
+            await cancel.CancelAsync();
+            await Task.Delay(TimeSpan.FromSeconds(3));
+            Assert.False(create.IsCompleted, $"a write waiting for the standby ended without it: {create.Status} {create.Exception?.InnerException?.Message}");
+            await using (var admin = new NpgsqlConnection(cluster.ConnectionString))
+            {
+                await admin.OpenAsync();
+                await using var visible = new NpgsqlCommand("SELECT count(*) FROM keys WHERE key_id = 'waiting'", admin);
+                Assert.Equal(0L, await visible.ExecuteScalarAsync());
+            }
+
+            await StandbyAsync(cluster, null);
+            await create;
+        }
+
+        // An administrator cancels the wait (pg_cancel_backend): committed here only, so not acknowledged.
+        await StandbyAsync(cluster, "ghost");
+        var append = store.AppendAuditAsync([AuditStoreContract.Entry(2)], default);
+        await CancelTheWaitAsync(cluster, await WaitingForTheStandbyAsync(cluster));
+        Assert.Equal(KmsErrorCode.Unavailable, (await Assert.ThrowsAsync<KmsException>(() => append)).Code);
+        var mutation = store.CreateKeyAsync(KeyStoreContract.NewKey(Dev, "cancelled"), KeyStoreContract.Material(), null, default);
+        await CancelTheWaitAsync(cluster, await WaitingForTheStandbyAsync(cluster));
+        Assert.Equal(KmsErrorCode.Unavailable, (await Assert.ThrowsAsync<KmsException>(() => mutation)).Code);
+        await StandbyAsync(cluster, null);
+    }
+
+    private static async Task StandbyAsync(ThrowAwayPostgres cluster, string? name)
+    {
+        await using var admin = new NpgsqlConnection(cluster.ConnectionString);
+        await admin.OpenAsync();
+        await using var set = new NpgsqlCommand(name is null ? "ALTER SYSTEM RESET synchronous_standby_names" : $"ALTER SYSTEM SET synchronous_standby_names = '{name}'", admin);
+        await set.ExecuteNonQueryAsync();
+        await using var reload = new NpgsqlCommand("SELECT pg_reload_conf()", admin);
+        await reload.ExecuteNonQueryAsync();
+    }
+
+    private static async Task<int> WaitingForTheStandbyAsync(ThrowAwayPostgres cluster)
+    {
+        await using var admin = new NpgsqlConnection(cluster.ConnectionString);
+        await admin.OpenAsync();
+        await using var waiting = new NpgsqlCommand("SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep' LIMIT 1", admin);
+        for (var attempt = 0; attempt < 600; attempt++)
+        {
+            if (await waiting.ExecuteScalarAsync() is int pid)
+            {
+                return pid;
+            }
+
+            await Task.Delay(50);
+        }
+
+        throw new TimeoutException("no backend waited for the synchronous standby within 30 s");
+    }
+
+    private static async Task CancelTheWaitAsync(ThrowAwayPostgres cluster, int pid)
+    {
+        await using var admin = new NpgsqlConnection(cluster.ConnectionString);
+        await admin.OpenAsync();
+        await using var cancel = new NpgsqlCommand($"SELECT pg_cancel_backend({pid})", admin);
+        Assert.Equal(true, await cancel.ExecuteScalarAsync());
+    }
+
+    [Fact]
     public async Task RollingUpgrade_AdditiveMigration_OldNodesKeepServing_BreakingMigrationRefusesThem()
     {
         var current = PostgresSchema.Migrations;

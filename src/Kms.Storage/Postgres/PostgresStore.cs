@@ -1,5 +1,6 @@
 using System.Data;
 using System.Data.Common;
+using Kms.Core.Errors;
 using Npgsql;
 
 namespace Kms.Storage.Postgres;
@@ -43,6 +44,11 @@ public sealed class PostgresStore : SqlStore
             MaxPoolSize = options.MaxPoolSize,
             CommandTimeout = (int)Math.Ceiling(options.CommandTimeout.TotalSeconds),
             Timeout = (int)Math.Ceiling(options.CommandTimeout.TotalSeconds),
+
+            // A COMMIT has no timeout (CommitWriteAsync): a partition must still break its connection.
+            TcpKeepAlive = true,
+            TcpKeepAliveTime = 30,
+            TcpKeepAliveInterval = 10,
         };
         Location = $"{builder.Host}:{builder.Port}/{builder.Database}";
         _pooled = NpgsqlDataSource.Create(builder.ConnectionString);
@@ -127,6 +133,40 @@ public sealed class PostgresStore : SqlStore
         {
             await transaction.DisposeAsync();
             throw;
+        }
+    }
+
+    // With synchronous replication a COMMIT waits for the standby. Npgsql's command timeout and
+    // a cancelled token both send PostgreSQL a cancel request, and a cancelled wait is no error:
+    // COMMIT succeeds with a WARNING, committed here only, and visible at once — a write a
+    // failover loses, acknowledged. So the COMMIT is never cancelled and has no timeout (a broken
+    // connection still fails it: TCP keepalives), and one whose wait someone else cancelled
+    // (pg_cancel_backend, a fast shutdown) is answered UNAVAILABLE, not acknowledged.
+    private protected override async Task CommitWriteAsync(DbConnection connection, DbTransaction transaction)
+    {
+        await using var commit = new NpgsqlCommand("COMMIT", (NpgsqlConnection)connection, (NpgsqlTransaction)transaction);
+        await CommitAuditAsync(commit);
+    }
+
+    internal override async Task CommitAuditAsync(DbCommand commit)
+    {
+        var connection = (NpgsqlConnection)commit.Connection!;
+        var localOnly = false;
+        void OnNotice(object? sender, NpgsqlNoticeEventArgs e) => localOnly |= e.Notice.Routine == "SyncRepWaitForLSN";
+        connection.Notice += OnNotice;
+        try
+        {
+            commit.CommandTimeout = 0;
+            await commit.ExecuteNonQueryAsync(CancellationToken.None);
+        }
+        finally
+        {
+            connection.Notice -= OnNotice;
+        }
+
+        if (localOnly)
+        {
+            throw KmsErrors.Unavailable("the write was not confirmed by the synchronous standby; retry shortly", null);
         }
     }
 

@@ -64,7 +64,7 @@ internal sealed class AuditWriter(SqlStore store) : IDisposable, IAsyncDisposabl
                 var written = store.MultiRowAuditInsert && entries.Count > 1
                     ? await SqlStore.InsertEventRowsAsync(statements.Connection, head, entries, cancellationToken)
                     : await SqlStore.InsertEventsAsync(statements.Insert, head, entries, cancellationToken);
-                await statements.Commit.ExecuteNonQueryAsync(cancellationToken);
+                await store.CommitAuditAsync(statements.Commit);
 
                 // Committed: only now does memory follow the file. Our own commit leaves data_version as it was.
                 _head = written.Count == 0 ? head : new AuditHead(written[^1].Sequence, written[^1].Hash);

@@ -176,6 +176,16 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     /// </summary>
     internal abstract string? AuditDataVersionSql { get; }
 
+    /// <summary>
+    /// Commits a write transaction. Never cancelled, and never under a timeout: a commit
+    /// interrupted while it waits (PostgreSQL's synchronous standby) can be committed all the same,
+    /// so an acknowledged write must not depend on how the wait ended (PostgresStore).
+    /// </summary>
+    private protected virtual Task CommitWriteAsync(DbConnection connection, DbTransaction transaction) => transaction.CommitAsync(CancellationToken.None);
+
+    /// <summary>Runs the audit writer's prepared <c>COMMIT</c>, with the same rules as <see cref="CommitWriteAsync"/>.</summary>
+    internal virtual Task CommitAuditAsync(DbCommand commit) => commit.ExecuteNonQueryAsync(CancellationToken.None);
+
     /// <summary>Whether a group commit inserts its events in one statement (worth it when each statement is a network round trip).</summary>
     internal virtual bool MultiRowAuditInsert => false;
 
@@ -594,7 +604,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
                     $"the {Provider} database {Location} has schema version {applied}, which needs a server of schema {compatibleFrom} or newer; this server is at {latest}: upgrade it");
             }
 
-            await transaction.CommitAsync(cancellationToken);
+            await CommitWriteAsync(connection, transaction);
             SchemaVersion = applied;
             return;
         }
@@ -619,7 +629,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             await UpsertSettingAsync(connection, transaction, SchemaCompatibleFromSetting, string.Create(CultureInfo.InvariantCulture, $"{latest}:{floor}"), cancellationToken);
         }
 
-        await transaction.CommitAsync(cancellationToken);
+        await CommitWriteAsync(connection, transaction);
         SchemaVersion = latest;
     }
 
@@ -983,7 +993,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             await AppendAuditInAsync(connection, transaction, audited ? [entry!, .. trailing] : trailing, cancellationToken);
         }
 
-        await transaction.CommitAsync(cancellationToken);
+        await CommitWriteAsync(connection, transaction);
         if (audited)
         {
             scope!.Committed();
