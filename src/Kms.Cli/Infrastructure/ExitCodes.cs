@@ -12,7 +12,7 @@ internal static class ExitCodes
     /// <summary>Anything not classified below (a bug, or a status such as INTERNAL or UNKNOWN).</summary>
     public const int Unexpected = 1;
 
-    /// <summary>Bad flags or arguments, or a configuration that cannot work (no such profile, unreadable token file).</summary>
+    /// <summary>Bad flags or arguments, or a configuration that cannot work (no such profile, a missing token or CA file, a CA that does not vouch for the server).</summary>
     public const int Usage = 2;
 
     /// <summary>NOT_FOUND: the key, version or alias does not exist (or belongs to another tenant).</summary>
