@@ -36,6 +36,25 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task ImportJobExpired_ItsPrivateKeyErased_TheErasureAudited()
+    {
+        await _client.CreateImportJobAsync("tenants/dev", "expiring", ImportMethod.RsaOaep3072Sha1Aes256);
+        var query = new ListAuditEventsRequest { Operation = Kms.Core.Services.KeyService.ImportJobExpiryOperation, PageSize = 10 };
+        using (var early = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("lifecycle-officer-early", null, "security-officer")))
+        {
+            Assert.Empty((await early.Audit.ListAuditEventsAsync(query)).Events);
+        }
+
+        _time.Advance(Kms.Core.Keys.ImportJob.Lifetime + TimeSpan.FromMinutes(1));
+
+        // (A token made before the clock moved has expired by now.)
+        using var auditor = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("lifecycle-officer", null, "security-officer"));
+        await WaitUntilAsync(async () => (await auditor.Audit.ListAuditEventsAsync(query)).Events.Count > 0);
+        var erasure = Assert.Single((await auditor.Audit.ListAuditEventsAsync(query)).Events);
+        Assert.Equal(("system:lifecycle", "OK"), (erasure.Principal, erasure.Outcome));
+    }
+
+    [Fact]
     public async Task Rotate_OldBlobsDecrypt_VersionsListed_UsageVisible()
     {
         var key = await _client.CreateKeyAsync("tenants/dev", "rot");

@@ -148,7 +148,14 @@ public sealed partial class KeyService
     /// </summary>
     public async Task<int> EraseExpiredImportJobsAsync(CancellationToken cancellationToken)
     {
-        var erased = await store.EraseExpiredImportJobsAsync(Clock.Now(time), cancellationToken);
+        // The erasure of private keys is audited with it (one event for the pass; none when
+        // nothing expired, as the write then changes nothing).
+        IReadOnlyList<KeyVersionId> erased;
+        using (SystemScope(ImportJobExpiryOperation, null))
+        {
+            erased = await store.EraseExpiredImportJobsAsync(Clock.Now(time), cancellationToken);
+        }
+
         foreach (var id in erased)
         {
             hsm.EvictKey(id);

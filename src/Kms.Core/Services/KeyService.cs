@@ -491,7 +491,10 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         }
     }
 
-    private IDisposable SystemScope(string operation, string resource) => Audit.AuditScope.Enter(new Audit.AuditScope(
+    /// <summary>The audit operation of the background erasure of expired import jobs' private keys.</summary>
+    public const string ImportJobExpiryOperation = "lifecycle/ImportJobExpiry";
+
+    private IDisposable SystemScope(string operation, string? resource) => Audit.AuditScope.Enter(new Audit.AuditScope(
         new Audit.AuditEntry
         {
             Time = Clock.Now(time),
