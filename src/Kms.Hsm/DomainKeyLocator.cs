@@ -43,7 +43,9 @@ internal static class DomainKeyLocator
         }
 
         var handle = candidates[0];
-        var violations = Verify(session, handle, label, idBytes, profile);
+        // A dev token's key, made before the unwrap template pinned private session objects, is
+        // still served in dev mode; production refuses it (rotate the domain key: docs/ceremony.md).
+        var violations = Verify(session, handle, label, idBytes, profile, allowUnwrapToTokenObjects: options.DevMode);
         if (violations.Count > 0)
         {
             throw new HsmConfigurationException(
@@ -67,7 +69,11 @@ internal static class DomainKeyLocator
     }
 
     /// <summary>What is wrong with a domain key's attributes; empty when nothing is.</summary>
-    public static List<string> Verify(ISession session, IObjectHandle handle, string label, byte[] id, HsmProfile profile)
+    /// <param name="allowUnwrapToTokenObjects">
+    /// Accept an unwrap template that does not force private session objects (keys made before
+    /// it did): for reading an old token, and in dev mode. Never for a key being put into service.
+    /// </param>
+    public static List<string> Verify(ISession session, IObjectHandle handle, string label, byte[] id, HsmProfile profile, bool allowUnwrapToTokenObjects = false)
     {
         var expectedFlags = new (CKA Attribute, bool Value)[]
         {
@@ -106,6 +112,13 @@ internal static class DomainKeyLocator
             if (!forcesSensitive || !forcesUnextractable)
             {
                 violations.Add("CKA_UNWRAP_TEMPLATE must force CKA_SENSITIVE=true and CKA_EXTRACTABLE=false");
+            }
+
+            var forcesPrivate = entries.Any(a => a.Type == (ulong)CKA.CKA_PRIVATE && a.GetValueAsBool());
+            var forcesSessionObject = entries.Any(a => a.Type == (ulong)CKA.CKA_TOKEN && !a.GetValueAsBool());
+            if (!allowUnwrapToTokenObjects && (!forcesPrivate || !forcesSessionObject))
+            {
+                violations.Add("CKA_UNWRAP_TEMPLATE must force CKA_PRIVATE=true and CKA_TOKEN=false (a key made before it did: rotate the domain key, docs/ceremony.md)");
             }
 
             entries.DisposeAll();

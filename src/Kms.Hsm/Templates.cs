@@ -66,7 +66,16 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
 
         if (profile.UnwrapTemplateAttribute)
         {
-            List<IObjectAttribute> nested = [attributes.Create(CKA.CKA_SENSITIVE, true), attributes.Create(CKA.CKA_EXTRACTABLE, false)];
+            // Private session objects too: SoftHSM writes a public token object's value to its
+            // token directory unencrypted, so a PIN holder unwrapping a stored blob as one would
+            // have put the key on disk in clear (HSM-NOTES).
+            List<IObjectAttribute> nested =
+            [
+                attributes.Create(CKA.CKA_SENSITIVE, true),
+                attributes.Create(CKA.CKA_EXTRACTABLE, false),
+                attributes.Create(CKA.CKA_PRIVATE, true),
+                attributes.Create(CKA.CKA_TOKEN, false),
+            ];
             template.Own(nested);
             template.Add(attributes.Create(CKA.CKA_UNWRAP_TEMPLATE, nested));
         }

@@ -30,6 +30,8 @@ public sealed class DomainKeyTests(HsmFixture fixture) : IClassFixture<HsmFixtur
         var unwrapTemplate = more[1].GetValueAsObjectAttributeList();
         Assert.Contains(unwrapTemplate, a => a.Type == (ulong)CKA.CKA_SENSITIVE && a.GetValueAsBool());
         Assert.Contains(unwrapTemplate, a => a.Type == (ulong)CKA.CKA_EXTRACTABLE && !a.GetValueAsBool());
+        Assert.Contains(unwrapTemplate, a => a.Type == (ulong)CKA.CKA_PRIVATE && a.GetValueAsBool());
+        Assert.Contains(unwrapTemplate, a => a.Type == (ulong)CKA.CKA_TOKEN && !a.GetValueAsBool());
         Assert.Equal(fixture.Hsm.DomainKeyCheckValue, Convert.ToHexString(more[2].GetValueAsByteArray()));
         Assert.True(more[3].CannotBeRead);
         Assert.Equal(HsmOptions.DevDomainKeyId, more[4].GetValueAsString());

@@ -70,6 +70,59 @@ public sealed class StartupTests
         Assert.Contains("CKA_UNWRAP_TEMPLATE", e.Message, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Open_DomainKeyWhoseUnwrapTemplateAllowsTokenObjects_RefusedInProduction_ServedInDevMode(bool devMode)
+    {
+        // A key made before the unwrap template forced private session objects.
+        var token = SoftHsm.CreateToken();
+        var options = token.Options(devMode);
+        if (!devMode)
+        {
+            options.DomainKeyId = "dk-before-private-unwrap";
+        }
+
+        RawToken.WithSession(token, (session, factories) =>
+        {
+            var a = factories.ObjectAttributeFactory;
+            using var generate = factories.MechanismFactory.Create(CKM.CKM_AES_KEY_GEN);
+            List<IObjectAttribute> nested = [a.Create(CKA.CKA_SENSITIVE, true), a.Create(CKA.CKA_EXTRACTABLE, false)];
+            try
+            {
+                Native.With(
+                [
+                    a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_VALUE_LEN, 32UL),
+                    a.Create(CKA.CKA_TOKEN, true), a.Create(CKA.CKA_PRIVATE, true), a.Create(CKA.CKA_LABEL, "kms-domain-key"),
+                    a.Create(CKA.CKA_ID, Encoding.UTF8.GetBytes(options.EffectiveDomainKeyId)),
+                    a.Create(CKA.CKA_SENSITIVE, true), a.Create(CKA.CKA_EXTRACTABLE, false), a.Create(CKA.CKA_WRAP, true), a.Create(CKA.CKA_UNWRAP, true),
+                    a.Create(CKA.CKA_ENCRYPT, false), a.Create(CKA.CKA_DECRYPT, false), a.Create(CKA.CKA_SIGN, false), a.Create(CKA.CKA_VERIFY, false),
+                    a.Create(CKA.CKA_DERIVE, false), a.Create(CKA.CKA_COPYABLE, false),
+                    a.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { CKM.CKM_AES_KEY_WRAP_PAD }),
+                    a.Create(CKA.CKA_UNWRAP_TEMPLATE, nested), a.Create(CKA.CKA_MODIFIABLE, false),
+                ], t => session.GenerateKey(generate, t));
+            }
+            finally
+            {
+                foreach (var attribute in nested)
+                {
+                    attribute.Dispose();
+                }
+            }
+        });
+
+        if (devMode)
+        {
+            await using var hsm = await OpenAsync(token);
+            Assert.False(hsm.DomainKeyCreated);
+        }
+        else
+        {
+            var e = Assert.Throws<HsmConfigurationException>(() => Pkcs11Hsm.Open(options, NullLogger.Instance));
+            Assert.Contains("CKA_PRIVATE=true and CKA_TOKEN=false", e.Message, StringComparison.Ordinal);
+        }
+    }
+
     [Fact]
     public void Open_WrongPin_RefusedWithoutRetry()
     {
