@@ -366,6 +366,26 @@ public sealed class LifecycleServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task ScheduleAndCancel_RetryThatLookedBeforeTheFirstCommitted_ReplaysInsteadOfFailedPrecondition()
+    {
+        var store = (InMemoryStore)_domain.Store;
+        var key = await _domain.CreateKeyAsync("raced");
+        var scheduled = await _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, TimeSpan.FromDays(7), "schedule-1", default);
+
+        // The retry's lookup ran while the first attempt still waited for the write lock.
+        store.MissNextRequestLookups = 1;
+        var retried = await _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, TimeSpan.FromDays(7), "schedule-1", default);
+        Assert.Equal((KeyState.DestroyScheduled, scheduled.DestroyTime), (retried.State, retried.DestroyTime));
+
+        await _domain.Keys.CancelKeyDeletionAsync(Dev, key.Name, "cancel-1", default);
+        store.MissNextRequestLookups = 1;
+        Assert.Equal(KeyState.Disabled, (await _domain.Keys.CancelKeyDeletionAsync(Dev, key.Name, "cancel-1", default)).State);
+
+        // Without a request id, or with another one, the state's refusal stands.
+        Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.CancelKeyDeletionAsync(Dev, key.Name, "cancel-2", default))).Code);
+    }
+
+    [Fact]
     public async Task CancelAndRestore_RetriedWithSameRequestId_SucceedAgain()
     {
         var key = await _domain.CreateKeyAsync("k");

@@ -563,9 +563,12 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
                     : change with { Request = new RequestRecord(name.Tenant, requestId, operation!, fingerprint!, ResourceOf(change), now) };
             }, cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
         }
-        catch (KmsException e) when (e.Code == KmsErrorCode.AlreadyExists && requestId is not null)
+        catch (KmsException e) when (e.Code is KmsErrorCode.AlreadyExists or KmsErrorCode.FailedPrecondition && requestId is not null)
         {
-            // A concurrent retry with the same request id may have applied it first.
+            // A concurrent retry with the same request id may have applied it first: its record
+            // (ALREADY_EXISTS), or the state it left, which this attempt's decision refuses
+            // (FAILED_PRECONDITION: "DESTROY_SCHEDULED already") when it looked for the record
+            // before the first attempt had committed.
             if (await _requests.FindReplayAsync(name.Tenant, requestId, operation!, fingerprint!, cancellationToken) is null)
             {
                 throw;

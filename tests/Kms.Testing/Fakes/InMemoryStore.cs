@@ -171,10 +171,22 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
         }
     }
 
+    /// <summary>
+    /// How many of the next request-id lookups find nothing: a retry whose lookup ran while the
+    /// first attempt still waited for the write lock.
+    /// </summary>
+    public int MissNextRequestLookups { get; set; }
+
     public Task<RequestRecord?> FindRequestAsync(TenantId tenant, string requestId, CancellationToken cancellationToken)
     {
         lock (_lock)
         {
+            if (MissNextRequestLookups > 0)
+            {
+                MissNextRequestLookups--;
+                return Task.FromResult<RequestRecord?>(null);
+            }
+
             return Task.FromResult(_requests.GetValueOrDefault((tenant.Value, requestId)));
         }
     }
