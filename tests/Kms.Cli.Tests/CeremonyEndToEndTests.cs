@@ -225,6 +225,11 @@ public sealed class CeremonyEndToEndTests : IDisposable
                 Assert.Equal("Approved", JsonNode.Parse(approved.Out)!["state"]!.GetValue<string>());
                 var exported = await Kms(outputs, Client(siteA, "officer.token"), "quorum", "export", name, "--out", P(file), "--output", "json");
                 Assert.True(exported.ExitCode == 0, exported.ToString());
+
+                // To standard output: the bundle alone, nothing after it.
+                var piped = await Kms(outputs, Client(siteA, "officer.token"), "quorum", "export", name, "--out", "-");
+                Assert.True(piped.ExitCode == 0, piped.ToString());
+                Assert.Equal(await File.ReadAllTextAsync(P(file)), piped.Out);
             }
         }
 

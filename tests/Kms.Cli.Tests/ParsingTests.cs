@@ -50,7 +50,7 @@ public sealed class ParsingTests : IDisposable
     [InlineData("encrypt", "--in", "a", "--out", "b")]
     [InlineData("encrypt", "--key", "k", "--in", "a", "--out", "b", "--context", "no-equals-sign")]
     [InlineData("encrypt", "--key", "k", "--in", "a", "--out", "b", "--context", "a=1", "--context", "a=2")]
-    [InlineData("encrypt", "--key", "k", "--in", "a", "--out", "b", "--context")]
+    [InlineData("encrypt", "--key", "dev/k", "--in", "a", "--out", "b", "--context")]
     [InlineData("keys", "create", "dev/k", "--label")]
     [InlineData("keys", "create", "dev/k", "--rotation-period", "soon")]
     public async Task Run_BadCommandLine_IsUsageError(params string[] args)

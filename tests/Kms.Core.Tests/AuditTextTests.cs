@@ -40,4 +40,17 @@ public sealed class AuditTextTests
         Assert.Equal(before[..512] + AuditText.TruncatedMark, AuditText.FromRequest(before));
         Assert.Equal(new string('a', 512), AuditText.FromRequest(new string('a', 512)));
     }
+
+    [Fact]
+    public void SetResource_ARequestsNameSetByAHandler_RecordedAsTheInterceptorRecordsIt()
+    {
+        // Quorum handlers name the request they were given before parsing it.
+        var scope = new AuditScope(new AuditEntry { Time = DateTimeOffset.UnixEpoch, RequestId = "r", Principal = "anonymous", Operation = "op", Outcome = "UNKNOWN" }, mutating: false);
+        using (AuditScope.Enter(scope))
+        {
+            AuditScope.SetResource("quorumRequests/a\0b" + new string('x', 600));
+        }
+
+        Assert.Equal("quorumRequests/a?b" + new string('x', 512 - 18) + AuditText.TruncatedMark, scope.Entry.Resource);
+    }
 }

@@ -203,6 +203,11 @@ internal static class OfficerCommands
             {
                 await file.Stream.WriteAsync(System.Text.Encoding.UTF8.GetBytes(response.Bundle), ct);
                 await file.CommitAsync(ct);
+                if (file.Path is null)
+                {
+                    // Standard output holds the bundle: nothing after it.
+                    return ExitCodes.Ok;
+                }
             }
 
             var rendering = QuorumRendering.Render(bundle.Request);

@@ -68,7 +68,8 @@ public sealed class AuditScope
         {
             lock (scope._lock)
             {
-                scope._entry = scope._entry with { Resource = resource };
+                // Often a request's own name, not yet validated: recorded as any request's string is.
+                scope._entry = scope._entry with { Resource = AuditText.FromRequest(resource) };
             }
         }
     }
