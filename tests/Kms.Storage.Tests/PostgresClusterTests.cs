@@ -228,9 +228,21 @@ public sealed class PostgresClusterTests : IAsyncLifetime
         var append = store.AppendAuditAsync([AuditStoreContract.Entry(2)], default);
         await CancelTheWaitAsync(cluster, await WaitingForTheStandbyAsync(cluster));
         Assert.Equal(KmsErrorCode.Unavailable, (await Assert.ThrowsAsync<KmsException>(() => append)).Code);
-        var mutation = store.CreateKeyAsync(KeyStoreContract.NewKey(Dev, "cancelled"), KeyStoreContract.Material(), null, default);
+        // Also when the connection string asks PostgreSQL to keep its warnings to itself.
+        var quiet = await PostgresStore.OpenAsync(new PostgresOptions { ConnectionString = cluster.ConnectionString + ";Options=-c client_min_messages=error" }, default);
+        _opened.Add(quiet);
+        var mutation = quiet.CreateKeyAsync(KeyStoreContract.NewKey(Dev, "cancelled"), KeyStoreContract.Material(), null, default);
         await CancelTheWaitAsync(cluster, await WaitingForTheStandbyAsync(cluster));
         Assert.Equal(KmsErrorCode.Unavailable, (await Assert.ThrowsAsync<KmsException>(() => mutation)).Code);
+
+        // A node shutting down while a group commit waits for the standby does not wait with it.
+        var stopping = await PostgresStore.OpenAsync(new PostgresOptions { ConnectionString = cluster.ConnectionString }, default);
+        var inFlight = stopping.AppendAuditAsync([AuditStoreContract.Entry(3)], default);
+        await WaitingForTheStandbyAsync(cluster);
+        var disposal = stopping.DisposeAsync().AsTask();
+        Assert.Same(disposal, await Task.WhenAny(disposal, Task.Delay(TimeSpan.FromSeconds(60))));
+        Assert.False(inFlight.IsCompletedSuccessfully, "a batch was acknowledged while its COMMIT still waited");
+
         await StandbyAsync(cluster, null);
     }
 

@@ -58,7 +58,7 @@ internal sealed class OutputFile : IAsyncDisposable
     /// <summary>
     /// Opens a replacement for the existing file <paramref name="path"/> that keeps what the
     /// replaced file was: a symbolic link's target is replaced, not the link, and the new file
-    /// gets the old one's permissions (a blob the service reads stays readable by it).
+    /// gets the old one's permission bits (not its owner: the process's user owns it).
     /// </summary>
     public static OutputFile Replace(string path)
     {

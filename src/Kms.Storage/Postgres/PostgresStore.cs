@@ -50,6 +50,9 @@ public sealed class PostgresStore : SqlStore
             TcpKeepAliveTime = 30,
             TcpKeepAliveInterval = 10,
         };
+        // The standby's WARNING on a cancelled wait is how CommitWriteAsync tells a primary-only
+        // commit: a role or connection set to client_min_messages=error would hide it.
+        builder.Options = $"{builder.Options} -c client_min_messages=warning".Trim();
         Location = $"{builder.Host}:{builder.Port}/{builder.Database}";
         _pooled = NpgsqlDataSource.Create(builder.ConnectionString);
 

@@ -85,9 +85,22 @@ internal sealed class AuditWriter(SqlStore store) : IDisposable, IAsyncDisposabl
         }
     }
 
+    /// <summary>
+    /// How long disposal waits for a batch in flight. A COMMIT is never cancelled (it may wait
+    /// for PostgreSQL's synchronous standby for as long as the standby is away), so a shutdown
+    /// does not wait for it without end: past this, the writer is marked closed and the batch's
+    /// connection left to its COMMIT (whose caller gets no acknowledgement before it returns).
+    /// </summary>
+    internal static readonly TimeSpan DisposeWait = TimeSpan.FromSeconds(10);
+
     public async ValueTask DisposeAsync()
     {
-        await _gate.WaitAsync();
+        if (!await _gate.WaitAsync(DisposeWait))
+        {
+            _disposed = true;
+            return;
+        }
+
         try
         {
             Close()?.Dispose();
@@ -100,7 +113,12 @@ internal sealed class AuditWriter(SqlStore store) : IDisposable, IAsyncDisposabl
 
     public void Dispose()
     {
-        _gate.Wait();
+        if (!_gate.Wait(DisposeWait))
+        {
+            _disposed = true;
+            return;
+        }
+
         try
         {
             Close()?.Dispose();
