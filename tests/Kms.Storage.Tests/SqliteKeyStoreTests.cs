@@ -191,17 +191,8 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         await store.UpdateKeyAsync(key.Name, current => Rotation(current, Material()), default);
 
         // A reader in the middle of a transaction keeps the old snapshot (and its WAL frames) alive.
-        await using (var reader = new SqliteConnection($"Data Source={DatabasePath};Pooling=False"))
+        await using (var reader = await HoldSnapshotAsync())
         {
-            await reader.OpenAsync();
-            await using var transaction = reader.BeginTransaction(deferred: true);
-            await using (var read = reader.CreateCommand())
-            {
-                read.Transaction = transaction;
-                read.CommandText = "SELECT count(*) FROM key_versions";
-                await read.ExecuteScalarAsync();
-            }
-
             await store.UpdateKeyAsync(key.Name, current => new KeyChange(current.Key)
             {
                 UpdatedVersions = [current.Versions[0] with { State = KeyState.Destroyed, DestroyEventTime = key.CreateTime }],
@@ -236,15 +227,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         await store.UpdateKeyAsync(key.Name, current => Rotation(current, Material()), default);
 
         // A reader holding its snapshot keeps each erasure pending, so each mark can be read.
-        await using var reader = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
-        await reader.OpenAsync();
-        await using var transaction = reader.BeginTransaction(deferred: true);
-        await using (var read = reader.CreateCommand())
-        {
-            read.Transaction = transaction;
-            read.CommandText = "SELECT count(*) FROM key_versions";
-            await read.ExecuteScalarAsync();
-        }
+        await using var reader = await HoldSnapshotAsync();
 
         var marks = new List<string>();
         for (var version = 0; version < 2; version++)
@@ -262,6 +245,19 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         }
 
         Assert.NotEqual(marks[0], marks[1]);
+    }
+
+    /// <summary>A connection in the middle of a read transaction: it keeps its snapshot (and the WAL frames it reads) alive until disposed.</summary>
+    private async Task<SqliteConnection> HoldSnapshotAsync()
+    {
+        var reader = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
+        await reader.OpenAsync();
+        var transaction = reader.BeginTransaction(deferred: true);
+        await using var read = reader.CreateCommand();
+        read.Transaction = transaction;
+        read.CommandText = "SELECT count(*) FROM key_versions";
+        await read.ExecuteScalarAsync();
+        return reader;
     }
 
     [Fact]
