@@ -197,11 +197,17 @@ public sealed class PostgresClusterTests : IAsyncLifetime
     public async Task SynchronousStandbyAway_ACommitOutlivesItsTimeoutAndToken_OneWhoseWaitIsCancelledIsNotAcknowledged()
     {
         // A cluster of its own: the standby setting is the whole cluster's.
+        // Each store is opened after the setting changed: a backend that has not yet taken a
+        // reload would commit without waiting (pg_reload_conf only signals).
         await using var cluster = await ThrowAwayPostgres.StartAsync();
+        await using (var migrated = await PostgresStore.OpenAsync(new PostgresOptions { ConnectionString = cluster.ConnectionString }, default))
+        {
+            await migrated.AppendAuditAsync([AuditStoreContract.Entry(1)], default);
+        }
+
+        await StandbyAsync(cluster, "ghost");
         var store = await PostgresStore.OpenAsync(new PostgresOptions { ConnectionString = cluster.ConnectionString, CommandTimeout = TimeSpan.FromSeconds(1) }, default);
         _opened.Add(store);
-        await store.AppendAuditAsync([AuditStoreContract.Entry(1)], default);
-        await StandbyAsync(cluster, "ghost");
 
         // The caller gives up and the command timeout (1 s) passes: the COMMIT keeps waiting for
         // the standby, and what it wrote stays invisible, until the standby confirms.
@@ -225,7 +231,9 @@ public sealed class PostgresClusterTests : IAsyncLifetime
 
         // An administrator cancels the wait (pg_cancel_backend): committed here only, so not acknowledged.
         await StandbyAsync(cluster, "ghost");
-        var append = store.AppendAuditAsync([AuditStoreContract.Entry(2)], default);
+        var again = await PostgresStore.OpenAsync(new PostgresOptions { ConnectionString = cluster.ConnectionString }, default);
+        _opened.Add(again);
+        var append = again.AppendAuditAsync([AuditStoreContract.Entry(2)], default);
         await CancelTheWaitAsync(cluster, await WaitingForTheStandbyAsync(cluster));
         Assert.Equal(KmsErrorCode.Unavailable, (await Assert.ThrowsAsync<KmsException>(() => append)).Code);
         // Also when the connection string asks PostgreSQL to keep its warnings to itself.
@@ -254,6 +262,21 @@ public sealed class PostgresClusterTests : IAsyncLifetime
         await set.ExecuteNonQueryAsync();
         await using var reload = new NpgsqlCommand("SELECT pg_reload_conf()", admin);
         await reload.ExecuteNonQueryAsync();
+
+        // Reloaded once a new backend sees it.
+        for (var attempt = 0; ; attempt++)
+        {
+            await using var fresh = new NpgsqlConnection(cluster.ConnectionString + ";Pooling=false");
+            await fresh.OpenAsync();
+            await using var show = new NpgsqlCommand("SHOW synchronous_standby_names", fresh);
+            if ((string?)await show.ExecuteScalarAsync() == (name ?? ""))
+            {
+                return;
+            }
+
+            Assert.True(attempt < 600, "the cluster did not take the new standby setting within 30 s");
+            await Task.Delay(50);
+        }
     }
 
     private static async Task<int> WaitingForTheStandbyAsync(ThrowAwayPostgres cluster)
