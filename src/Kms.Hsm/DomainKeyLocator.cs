@@ -103,6 +103,19 @@ internal static class DomainKeyLocator
             allowed.DisposeAll();
         }
 
+        if (profile.WrapWithTrusted)
+        {
+            // Versions made CKA_WRAP_WITH_TRUSTED can be wrapped only by a trusted key: without
+            // this, the first wrap failed with a bare CKR_KEY_NOT_WRAPPABLE.
+            var trusted = session.GetAttributeValue(handle, [CKA.CKA_TRUSTED]);
+            if (trusted[0].CannotBeRead || !trusted[0].GetValueAsBool())
+            {
+                violations.Add($"HSM profile '{profile.Name}' sets wrapWithTrusted, so the domain key must be CKA_TRUSTED=true (set by the token's security officer); it is not");
+            }
+
+            trusted.DisposeAll();
+        }
+
         if (profile.UnwrapTemplateAttribute)
         {
             var unwrap = session.GetAttributeValue(handle, [CKA.CKA_UNWRAP_TEMPLATE]);

@@ -124,6 +124,27 @@ public sealed class StartupTests
     }
 
     [Fact]
+    public void Open_ProfileWantsWrapWithTrusted_DomainKeyNotTrusted_RefusedNamingCkaTrusted()
+    {
+        var shipped = File.ReadAllText(RepositoryPaths.Of("hsm-config", "profiles", "softhsm2.json"));
+        var profile = Path.Combine(Path.GetTempPath(), $"profile-{Guid.NewGuid():N}.json");
+        File.WriteAllText(profile, shipped.Replace("\"wrapWithTrusted\": false", "\"wrapWithTrusted\": true", StringComparison.Ordinal));
+        try
+        {
+            var options = SoftHsm.CreateToken().Options();
+            options.Profile = profile;
+
+            var e = Assert.Throws<HsmConfigurationException>(() => Pkcs11Hsm.Open(options, NullLogger.Instance));
+
+            Assert.Contains("CKA_TRUSTED", e.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(profile);
+        }
+    }
+
+    [Fact]
     public void Open_WrongPin_RefusedWithoutRetry()
     {
         var token = SoftHsm.CreateToken();
