@@ -209,5 +209,44 @@ public abstract class AccessStoreContract : KeyStoreLifecycleContract
         Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => store.CreateGrantAsync(offboarded, default))).Code);
     }
 
+    [Fact]
+    public async Task PrincipalsTokensAndRoleBindings_InATenantBeingDeleted_RefusedUnderTheWriteLock_NothingStored()
+    {
+        // The services check the tenant before they write; these are the writes of callers that
+        // checked it before DeleteTenant committed.
+        var store = await AccessAsync();
+        var tenant = TenantId.Parse("offboarding");
+        await store.CreateTenantAsync(new Tenant(tenant, "", TenantState.Active, T0), default);
+        var member = PrincipalName.Token("member");
+        await store.CreatePrincipalAsync(new Principal(member, tenant, "", T0), default);
+        await store.UpdateTenantAsync(new Tenant(tenant, "", TenantState.Deleting, T0) { DeleteTime = T0.AddDays(30) }, default);
+
+        var late = PrincipalName.Token("late");
+        await AssertTenantDeletingAsync(() => store.CreatePrincipalAsync(new Principal(late, tenant, "", T0.AddMinutes(1)), default));
+        await AssertTenantDeletingAsync(() => store.CreateApiTokenAsync(
+            new ApiToken("00000000000000b1", member, ApiTokenKind.Service, new byte[32], T0.AddMinutes(1), T0.AddDays(1)), default));
+        await AssertTenantDeletingAsync(() => store.SetRoleBindingAsync(new RoleBinding(member, Role.KeyUser, tenant, T0.AddMinutes(1)), default));
+
+        Assert.Null(await store.GetPrincipalAsync(late, default));
+        Assert.Null(await store.GetApiTokenAsync("00000000000000b1", default));
+        Assert.Empty(await store.ListApiTokensAsync(member, default));
+        Assert.Empty(await store.GetRoleBindingsAsync(member, default));
+
+        // Deployment principals, their tokens and deployment roles have no tenant to be deleted.
+        var operator_ = PrincipalName.Token("operator");
+        await store.CreatePrincipalAsync(new Principal(operator_, null, "", T0), default);
+        await store.CreateApiTokenAsync(new ApiToken("00000000000000b2", operator_, ApiTokenKind.Session, new byte[32], T0, T0.AddHours(1)), default);
+        await store.SetRoleBindingAsync(new RoleBinding(operator_, Role.SecurityOfficer, null, T0), default);
+        Assert.Single(await store.ListApiTokensAsync(operator_, default));
+        Assert.Single(await store.GetRoleBindingsAsync(operator_, default));
+
+        static async Task AssertTenantDeletingAsync(Func<Task> write)
+        {
+            var refused = await Assert.ThrowsAsync<KmsException>(write);
+            Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+            Assert.Equal("tenants/offboarding is being deleted; nothing new can be created in it", refused.Message);
+        }
+    }
+
     private async Task<IAccessStore> AccessAsync() => (IAccessStore)await CreateStoreAsync();
 }

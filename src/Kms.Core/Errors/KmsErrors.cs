@@ -48,6 +48,10 @@ public static class KmsErrors
     public static KmsException FailedPrecondition(string message) =>
         new(KmsErrorCode.FailedPrecondition, message);
 
+    /// <summary>A tenant being offboarded: nothing new is created in it (checked by the services, and again by the store under its write lock).</summary>
+    public static KmsException TenantDeleting(string tenantResourceName) =>
+        new(KmsErrorCode.FailedPrecondition, $"{tenantResourceName} is being deleted; nothing new can be created in it");
+
     /// <summary>A key of residency <paramref name="region"/> reached a node outside the region; refused before the HSM is asked.</summary>
     public static KmsException ResidencyElsewhere(string region) =>
         new(KmsErrorCode.FailedPrecondition, $"the key's residency is {region}, and this node's HSM holds no domain key of that region; call a node in {region}")

@@ -24,8 +24,8 @@ public interface IAccessStore
     /// <summary>Replaces a tenant's state and delete time; false if it does not exist.</summary>
     Task<bool> UpdateTenantAsync(Tenant tenant, CancellationToken cancellationToken);
 
-    /// <summary>Stores a new principal.</summary>
-    /// <exception cref="Errors.KmsException">AlreadyExists.</exception>
+    /// <summary>Stores a new principal, if its tenant (when it has one) is not being deleted when the write takes place.</summary>
+    /// <exception cref="Errors.KmsException">AlreadyExists; FailedPrecondition: its tenant is being deleted.</exception>
     Task CreatePrincipalAsync(Principal principal, CancellationToken cancellationToken);
 
     /// <summary>A principal, or null.</summary>
@@ -34,7 +34,8 @@ public interface IAccessStore
     /// <summary>Principals of a tenant (null: deployment-level principals), in name order after <paramref name="afterName"/>.</summary>
     Task<IReadOnlyList<Principal>> ListPrincipalsAsync(TenantId? tenant, string? afterName, int limit, CancellationToken cancellationToken);
 
-    /// <summary>Stores a new API token (its hash).</summary>
+    /// <summary>Stores a new API token (its hash), if its principal's tenant is not being deleted when the write takes place.</summary>
+    /// <exception cref="Errors.KmsException">FailedPrecondition: the principal's tenant is being deleted.</exception>
     Task CreateApiTokenAsync(ApiToken token, CancellationToken cancellationToken);
 
     /// <summary>A token by id, or null.</summary>
@@ -54,7 +55,8 @@ public interface IAccessStore
     /// </summary>
     Task<bool> ConsumeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken);
 
-    /// <summary>Grants a role (idempotent).</summary>
+    /// <summary>Grants a role (idempotent), if the tenant it is bound in is not being deleted when the write takes place.</summary>
+    /// <exception cref="Errors.KmsException">FailedPrecondition: the binding's tenant is being deleted.</exception>
     Task SetRoleBindingAsync(RoleBinding binding, CancellationToken cancellationToken);
 
     /// <summary>Removes a role; false if it was not granted.</summary>

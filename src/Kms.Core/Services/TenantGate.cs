@@ -14,7 +14,7 @@ internal static class TenantGate
         var tenant = await access.GetTenantAsync(id, cancellationToken) ?? throw KmsErrors.NotFound(id.ResourceName);
         if (tenant.State != TenantState.Active)
         {
-            throw KmsErrors.FailedPrecondition($"{id.ResourceName} is being deleted; nothing new can be created in it");
+            throw KmsErrors.TenantDeleting(id.ResourceName);
         }
     }
 }

@@ -51,6 +51,11 @@ public abstract partial class SqlStore
     public Task CreatePrincipalAsync(Principal principal, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
+            if (principal.Tenant is { } tenant)
+            {
+                await RefuseInDeletingTenantAsync(connection, transaction, "@tenant", ("@tenant", tenant.Value), cancellationToken);
+            }
+
             await InsertAsync(connection, transaction,
                 $"INSERT INTO principals ({PrincipalColumns}) VALUES (@name, @tenant, @display_name, @create_time, @disabled)",
                 principal.Name.ToString(), cancellationToken,
@@ -79,6 +84,8 @@ public abstract partial class SqlStore
     public Task CreateApiTokenAsync(ApiToken token, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
+            await RefuseInDeletingTenantAsync(connection, transaction, "(SELECT tenant FROM principals WHERE name = @principal)",
+                ("@principal", token.Principal.ToString()), cancellationToken);
             await InsertAsync(connection, transaction,
                 $"INSERT INTO api_tokens ({TokenColumns}) VALUES (@id, @principal, @kind, @secret_hash, @create_time, @expire_time, @revoke_time)",
                 $"apiTokens/{token.Id}", cancellationToken,
@@ -120,11 +127,24 @@ public abstract partial class SqlStore
 
     /// <inheritdoc />
     public Task SetRoleBindingAsync(RoleBinding binding, CancellationToken cancellationToken) =>
-        ExecuteAccessWriteAsync(
-            "INSERT INTO role_bindings (principal, role, tenant, create_time) VALUES (@principal, @role, @tenant, @create_time) ON CONFLICT DO NOTHING",
-            binding.Principal.ToString(), cancellationToken,
-            ("@principal", binding.Principal.ToString()), ("@role", (int)binding.Role), ("@tenant", binding.Tenant?.Value ?? ""),
-            ("@create_time", binding.CreateTime.ToUnixTimeMilliseconds()));
+        WriteAsync(async (connection, transaction) =>
+        {
+            if (binding.Tenant is { } tenant)
+            {
+                await RefuseInDeletingTenantAsync(connection, transaction, "@tenant", ("@tenant", tenant.Value), cancellationToken);
+            }
+
+            if (await ExecuteInAsync(connection, transaction,
+                "INSERT INTO role_bindings (principal, role, tenant, create_time) VALUES (@principal, @role, @tenant, @create_time) ON CONFLICT DO NOTHING",
+                cancellationToken,
+                ("@principal", binding.Principal.ToString()), ("@role", (int)binding.Role), ("@tenant", binding.Tenant?.Value ?? ""),
+                ("@create_time", binding.CreateTime.ToUnixTimeMilliseconds())))
+            {
+                await RecordChangeAsync(connection, transaction, StoreChangeKind.Access, binding.Principal.ToString(), cancellationToken);
+            }
+
+            return 0;
+        }, cancellationToken);
 
     /// <inheritdoc />
     public Task<bool> DeleteRoleBindingAsync(PrincipalName principal, Role role, TenantId? tenant, CancellationToken cancellationToken) =>
@@ -238,6 +258,24 @@ public abstract partial class SqlStore
 
     private Task<bool> ExecuteWriteAsync(string sql, CancellationToken cancellationToken, params (string Name, object Value)[] parameters) =>
         WriteAsync((connection, transaction) => ExecuteInAsync(connection, transaction, sql, cancellationToken, parameters), cancellationToken);
+
+    /// <summary>
+    /// Refuses, under the write lock, a write into a tenant whose deletion has committed
+    /// (<paramref name="tenantExpression"/>: the SQL naming the tenant). The services check the
+    /// tenant before they write; a DeleteTenant committing in between would otherwise still get a
+    /// principal, token or role binding in the tenant it offboards, which a restore brings back.
+    /// </summary>
+    private static async Task RefuseInDeletingTenantAsync(
+        DbConnection connection, DbTransaction transaction, string tenantExpression, (string Name, object Value) parameter, CancellationToken cancellationToken)
+    {
+        await using var check = Command(connection, $"SELECT id FROM tenants WHERE id = {tenantExpression} AND state <> @active",
+            parameter, ("@active", (int)TenantState.Active));
+        check.Transaction = transaction;
+        if (await check.ExecuteScalarAsync(cancellationToken) is string id)
+        {
+            throw KmsErrors.TenantDeleting(TenantId.Parse(id).ResourceName);
+        }
+    }
 
     private static async Task<bool> ExecuteInAsync(DbConnection connection, DbTransaction transaction, string sql, CancellationToken cancellationToken, params (string Name, object Value)[] parameters)
     {

@@ -63,6 +63,7 @@ public sealed partial class InMemoryStore
     {
         lock (_lock)
         {
+            RefuseInDeletingTenant(principal.Tenant);
             if (!_principals.TryAdd(principal.Name.ToString(), principal))
             {
                 throw KmsErrors.AlreadyExists(principal.Name.ToString());
@@ -96,6 +97,7 @@ public sealed partial class InMemoryStore
     {
         lock (_lock)
         {
+            RefuseInDeletingTenant(_principals.GetValueOrDefault(token.Principal.ToString())?.Tenant);
             if (!_tokens.TryAdd(token.Id, token))
             {
                 throw KmsErrors.AlreadyExists($"apiTokens/{token.Id}");
@@ -162,10 +164,19 @@ public sealed partial class InMemoryStore
     {
         lock (_lock)
         {
+            RefuseInDeletingTenant(binding.Tenant);
             _bindings.Add(binding);
         }
 
         return Task.CompletedTask;
+    }
+
+    private void RefuseInDeletingTenant(TenantId? tenant)
+    {
+        if (tenant is { } id && _tenants.TryGetValue(id.Value, out var row) && row.State != TenantState.Active)
+        {
+            throw KmsErrors.TenantDeleting(id.ResourceName);
+        }
     }
 
     public Task<bool> DeleteRoleBindingAsync(PrincipalName principal, Role role, TenantId? tenant, CancellationToken cancellationToken)
