@@ -62,6 +62,44 @@ public sealed class MutualTlsTests : IAsyncLifetime, IDisposable
         Assert.Equal(Kms.Core.Access.PrincipalName.CommonName("alice"), Kms.Server.Security.ClientCertificateValidator.PrincipalOf(certificate));
     }
 
+    [Theory]
+    [InlineData(0x0C, "alice\nINFO forged log line")] // UTF8String with a newline
+    [InlineData(0x0C, "ali\0ce")] // a NUL: PostgreSQL refuses it in the audit chain
+    [InlineData(0x1E, "bob\u0007")] // BMPString with a control character (.NET refuses a certificate with a lone surrogate in one)
+    [InlineData(0x0C, "")]
+    public void PrincipalOf_CommonNameThatIsNoValidName_NoPrincipal(byte stringTag, string commonName)
+    {
+        // The subject written byte by byte: .NET's builders would refuse or replace these characters.
+        var value = stringTag == 0x1E
+            ? System.Text.Encoding.BigEndianUnicode.GetBytes(commonName)
+            : System.Text.Encoding.UTF8.GetBytes(commonName);
+        var writer = new System.Formats.Asn1.AsnWriter(System.Formats.Asn1.AsnEncodingRules.DER);
+        using (writer.PushSequence())
+        using (writer.PushSetOf())
+        using (writer.PushSequence())
+        {
+            writer.WriteObjectIdentifier("2.5.4.3");
+            writer.WriteEncodedValue([stringTag, (byte)value.Length, .. value]);
+        }
+
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        using var certificate = new CertificateRequest(new X500DistinguishedName(writer.Encode()), key, HashAlgorithmName.SHA256)
+            .CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-1), DateTimeOffset.UtcNow.AddHours(1));
+        Assert.Null(Kms.Server.Security.ClientCertificateValidator.PrincipalOf(certificate));
+    }
+
+    [Fact]
+    public void PrincipalOf_SpiffeIdLongerThanAnyName_NoPrincipal_NotItsCommonName()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var request = new CertificateRequest("CN=alice", key, HashAlgorithmName.SHA256);
+        var san = new SubjectAlternativeNameBuilder();
+        san.AddUri(new Uri("spiffe://kms.test/" + new string('a', 2100)));
+        request.CertificateExtensions.Add(san.Build());
+        using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-1), DateTimeOffset.UtcNow.AddHours(1));
+        Assert.Null(Kms.Server.Security.ClientCertificateValidator.PrincipalOf(certificate));
+    }
+
     public void Dispose()
     {
         _pki.Dispose();

@@ -1,4 +1,5 @@
 using System.Text.RegularExpressions;
+using Kms.Core.Audit;
 using Kms.Core.Errors;
 
 namespace Kms.Core.Access;
@@ -44,10 +45,26 @@ public sealed partial record PrincipalName
         var value = name[(colon + 1)..];
         return name[..colon] switch
         {
-            "spiffe" when value.StartsWith("spiffe://", StringComparison.Ordinal) && value.Length <= 2048 && !value.Any(char.IsControl) => Spiffe(value),
-            "cn" when value.Length is > 0 and <= 256 && !value.Any(char.IsControl) => CommonName(value),
-            "token" when TokenId().IsMatch(value) => Token(value),
+            "spiffe" when IsValid(PrincipalKind.Spiffe, value) => Spiffe(value),
+            "cn" when IsValid(PrincipalKind.CommonName, value) => CommonName(value),
+            "token" when IsValid(PrincipalKind.Token, value) => Token(value),
             _ => throw KmsErrors.InvalidArgument(field, "must be spiffe:spiffe://<…>, cn:<common name> (1 to 256 characters) or token:<id> (1 to 63 of [a-z0-9-])"),
+        };
+    }
+
+    /// <summary>
+    /// Whether <paramref name="value"/> is a name of that kind: the same rule for a name a request
+    /// gives and for one read from a client certificate. Control characters and lone surrogates are
+    /// never part of a name — it goes into logs, errors and the audit chain (PostgreSQL refuses a NUL).
+    /// </summary>
+    public static bool IsValid(PrincipalKind kind, string value)
+    {
+        ArgumentNullException.ThrowIfNull(value);
+        return kind switch
+        {
+            PrincipalKind.Spiffe => value.StartsWith("spiffe://", StringComparison.Ordinal) && value.Length <= 2048 && AuditText.IsClean(value),
+            PrincipalKind.CommonName => value.Length is > 0 and <= 256 && AuditText.IsClean(value),
+            _ => TokenId().IsMatch(value),
         };
     }
 

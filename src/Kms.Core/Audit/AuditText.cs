@@ -55,8 +55,10 @@ public static class AuditText
         return cut < text.Length ? builder.Append(TruncatedMark).ToString() : builder.ToString();
     }
 
-    private static bool IsClean(string text)
+    /// <summary>Whether <paramref name="text"/> has no control character and no lone surrogate.</summary>
+    public static bool IsClean(string text)
     {
+        ArgumentNullException.ThrowIfNull(text);
         for (var i = 0; i < text.Length; i++)
         {
             var c = text[i];

@@ -110,7 +110,8 @@ internal sealed partial class ClientCertificateValidator
                 var spiffe = ReadUris(extension.RawData).FirstOrDefault(u => u.StartsWith("spiffe://", StringComparison.Ordinal));
                 if (spiffe is not null)
                 {
-                    return PrincipalName.Spiffe(spiffe);
+                    // A SPIFFE ID that is no valid name refuses the certificate; no falling back to its CN.
+                    return PrincipalName.IsValid(PrincipalKind.Spiffe, spiffe) ? PrincipalName.Spiffe(spiffe) : null;
                 }
             }
         }
@@ -122,7 +123,9 @@ internal sealed partial class ClientCertificateValidator
             .Where(rdn => !rdn.HasMultipleElements && rdn.GetSingleElementType().Value == CommonNameOid)
             .Select(rdn => rdn.GetSingleElementValue())
             .ToList();
-        return names is [{ Length: > 0 } cn] ? PrincipalName.CommonName(cn) : null;
+        // A CN with a control character or a lone surrogate (BMPString allows both) is no name:
+        // it would reach the logs, error messages and the audit chain as it is.
+        return names is [{ } cn] && PrincipalName.IsValid(PrincipalKind.CommonName, cn) ? PrincipalName.CommonName(cn) : null;
     }
 
     // SubjectAltName ::= SEQUENCE OF GeneralName; uniformResourceIdentifier is [6] IA5String.
