@@ -80,6 +80,8 @@ public sealed class TransportTests(ServerFixture fixture) : IClassFixture<Server
     [InlineData("--Kestrel:Endpoints:Plain:Url=http://127.0.0.1:0")]
     [InlineData("--Kestrel:EndpointDefaults:Protocols=Http1AndHttp2")]
     [InlineData("--Kestrel:Certificates:Default:Path=/tmp/other.pem")]
+    [InlineData("--kestrel:endpoints:Plain:Url=http://127.0.0.1:0")] // configuration keys have no case (KESTREL__ENDPOINTS__…)
+    [InlineData("--KESTREL:ENDPOINTDEFAULTS:PROTOCOLS=Http1AndHttp2")]
     public async Task Build_KestrelEndpointConfiguration_RefusedBeforeTouchingTheHsm(string setting)
     {
         // Kestrel's own section would bind a cleartext or non-TLS-1.3 listener past --urls' checks.

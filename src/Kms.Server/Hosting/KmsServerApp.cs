@@ -60,7 +60,9 @@ public static class KmsServerApp
 
         // Kestrel binds its own configuration section too, and an endpoint there would override
         // --urls unchecked (cleartext HTTP/2, other TLS versions): listeners come from --urls only.
-        if (builder.Configuration.GetSection("Kestrel").GetChildren().Any(c => c.Key is "Endpoints" or "EndpointDefaults" or "Certificates"))
+        // Compared without case, as Kestrel reads them (KESTREL__ENDPOINTS__… is the same section).
+        string[] refused = ["Endpoints", "EndpointDefaults", "Certificates"];
+        if (builder.Configuration.GetSection("Kestrel").GetChildren().Any(c => refused.Contains(c.Key, StringComparer.OrdinalIgnoreCase)))
         {
             throw new InvalidOperationException("Kestrel:Endpoints, Kestrel:EndpointDefaults and Kestrel:Certificates are not supported: listen addresses are set with --urls (https only, TLS 1.3) and the certificate with Kms:TlsCertificatePath");
         }
