@@ -231,6 +231,39 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task StreamThatCannotBeWritten_CheckpointsStillSigned_AndTheEventsForwardedOnceItCan()
+    {
+        var failures = new List<Exception>();
+        _log.HousekeepingFailed += e => { lock (failures) { failures.Add(e); } };
+        var full = true;
+        var forwarded = new List<long>();
+        _log.EventsWritten += events =>
+        {
+            if (full)
+            {
+                throw new IOException("No space left on device");
+            }
+
+            forwarded.AddRange(events.Select(e => e.Sequence));
+        };
+        for (var i = 0; i < 50; i++)
+        {
+            await _log.AppendAsync(Entry($"req-{i}"), default);
+        }
+
+        await _log.RunHousekeepingAsync(default);
+        Assert.Equal(50, Assert.Single(await _store.ListAuditCheckpointsAsync(0, 10, default)).Sequence);
+        lock (failures)
+        {
+            Assert.IsType<IOException>(Assert.Single(failures));
+        }
+
+        full = false;
+        await _log.RunHousekeepingAsync(default);
+        Assert.Equal(Enumerable.Range(1, 50).Select(i => (long)i), forwarded);
+    }
+
+    [Fact]
     public async Task Checkpoints_AfterNEvents_OrAfterTheInterval_SignedByTheAuditKey()
     {
         for (var i = 0; i < 50; i++)

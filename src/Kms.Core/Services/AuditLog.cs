@@ -288,7 +288,17 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
                 HousekeepingFailed?.Invoke(e);
             }
 
-            await ForwardAsync(cancellationToken);
+            try
+            {
+                await ForwardAsync(cancellationToken);
+            }
+            catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+            {
+                // Nor may a stream that cannot be written (a full disk under the SIEM file): the
+                // checkpoints are what keeps the unsigned tail short. It is forwarded again next time.
+                HousekeepingFailed?.Invoke(e);
+            }
+
             // Checkpoints are the leader's (several nodes share one chain); the latest may be another node's.
             if (lease is not null && !await lease.HoldAsync(cancellationToken))
             {

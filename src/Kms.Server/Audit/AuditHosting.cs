@@ -107,7 +107,20 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
                 }
             }
 
-            File.AppendAllText(path, line + "\n");
+            // A write that fails part-way (a full disk) is taken back, so the page forwarded again
+            // at the next pass does not follow a broken line.
+            using var file = new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.Read);
+            var before = file.Length;
+            try
+            {
+                file.Write(Encoding.UTF8.GetBytes(line + "\n"));
+                file.Flush();
+            }
+            catch (IOException)
+            {
+                file.SetLength(before);
+                throw;
+            }
         }
     }
 
