@@ -202,6 +202,20 @@ public sealed class AuditTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task BatchDecrypt_WhoseItemsFailToDecrypt_RaisesTheFailedDecryptionAlert()
+    {
+        // One call answered OK, ten items "decryption failed": the alert counts the items.
+        var key = await _developer.CreateKeyAsync("tenants/dev", "batch-oracle");
+        var blob = (await _developer.EncryptAsync(key.Name, "x"u8.ToArray())).Ciphertext;
+        blob[^1] ^= 1;
+        var request = new BatchDecryptRequest();
+        request.Requests.AddRange(Enumerable.Range(0, 10).Select(_ => new DecryptRequest { Ciphertext = Google.Protobuf.ByteString.CopyFrom(blob) }));
+        var response = await _developer.BatchDecryptAsync(request);
+        Assert.All(response.Results, r => Assert.Equal("decryption failed", r.Status.Message));
+        Assert.Contains("security alert decrypt-failures: token:developer reached 10", _server.Logs.AllText, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task AuditStoreUnavailable_NoAnswer_ThenServesAgainWithoutAGap()
     {
         var key = await _developer.CreateKeyAsync("tenants/dev", "no-audit-no-answer");

@@ -1,3 +1,4 @@
+using Grpc.Core;
 using Kms.Core.Audit;
 using Kms.Server.Audit;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -121,13 +122,82 @@ public sealed class SecurityAlertsTests
         Assert.Empty(_raised);
     }
 
-    private AuditEntry Entry(string principal, string outcome, string operation = "/kms.v1.KeyManagementService/GenerateRandom") => new()
+    [Fact]
+    public void PermissionDeniedByAHandler_KeyPolicyOrForgedApproval_CountsAsARefusal()
+    {
+        for (var i = 0; i < 20; i++)
+        {
+            _alerts.Observe(Entry("token:insider", "PERMISSION_DENIED", "/kms.v1.KeyManagementService/Encrypt"), refused: false);
+        }
+
+        Assert.Equal(["refusals token:insider"], _raised.Select(a => $"{a.Kind} {a.Subject}"));
+    }
+
+    [Fact]
+    public void FailedAsymmetricDecryptions_AndFailedBatchItems_CountAsFailedDecryptions()
+    {
+        for (var i = 0; i < 10; i++)
+        {
+            _alerts.Observe(Entry("token:oracle", "INVALID_ARGUMENT", "/kms.v1.KeyManagementService/AsymmetricDecrypt"), refused: false);
+        }
+
+        // One batch answered OK whose items failed: each item counts.
+        _alerts.Observe(Entry("token:batcher", "OK", "/kms.v1.KeyManagementService/BatchDecrypt"), refused: false, itemDecryptFailures: 9);
+        Assert.Equal(["decrypt-failures token:oracle"], _raised.Select(a => $"{a.Kind} {a.Subject}"));
+        _alerts.Observe(Entry("token:batcher", "OK", "/kms.v1.KeyManagementService/BatchReEncrypt"), refused: false, itemDecryptFailures: 1);
+        Assert.Equal(["decrypt-failures token:oracle", "decrypt-failures token:batcher"], _raised.Select(a => $"{a.Kind} {a.Subject}"));
+    }
+
+    [Fact]
+    public void AnonymousCallersFromEverFreshAddresses_CannotHideAPrincipalsBurst()
+    {
+        // 50,000 addresses (a /48 gives an attacker far more), each refused, kept fresh.
+        for (var i = 0; i < 50_000; i++)
+        {
+            _alerts.Observe(Entry("anonymous", "UNAUTHENTICATED", client: $"ipv4:10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}:1000"), refused: true);
+        }
+
+        for (var i = 0; i < 20; i++)
+        {
+            _alerts.Observe(Entry("anonymous", "UNAUTHENTICATED", client: $"ipv4:11.0.0.{i}:1000"), refused: true);
+            _alerts.Observe(Entry("token:stolen", "PERMISSION_DENIED"), refused: true);
+        }
+
+        Assert.Contains("refusals token:stolen", _raised.Select(a => $"{a.Kind} {a.Subject}"));
+        Assert.Contains("refusals anonymous@overflow", _raised.Select(a => $"{a.Kind} {a.Subject}"));
+    }
+
+    [Fact]
+    public void AnonymousIpv6Callers_CountedPerSlash64()
+    {
+        for (var i = 0; i < 20; i++)
+        {
+            _alerts.Observe(Entry("anonymous", "UNAUTHENTICATED", client: $"ipv6:[2001:db8:1:2::{i + 1:x}]:443"), refused: true);
+        }
+
+        Assert.Equal(["refusals anonymous@2001:db8:1:2::/64"], _raised.Select(a => $"{a.Kind} {a.Subject}"));
+    }
+
+    [Theory]
+    [InlineData(false, false, StatusCode.Cancelled, true)] // cancelled while its unknown token was looked up
+    [InlineData(false, false, StatusCode.DeadlineExceeded, true)]
+    [InlineData(true, false, StatusCode.Unauthenticated, true)]
+    [InlineData(false, false, StatusCode.OK, false)] // a public call that succeeded
+    [InlineData(false, true, StatusCode.Cancelled, false)] // an authenticated caller's own event
+    [InlineData(true, true, StatusCode.PermissionDenied, true)]
+    public void CallsEndedBeforeAnyoneWasAuthenticated_AreAggregatedLikeRefusals(bool refusedByAuthorization, bool authenticated, StatusCode status, bool aggregated)
+    {
+        var caller = authenticated ? new Kms.Core.Services.Caller("token:app", null, new HashSet<Kms.Core.Access.Role>()) : null;
+        Assert.Equal(aggregated, AuditInterceptor.AggregatedAsRefusal(refusedByAuthorization, caller, status));
+    }
+
+    private AuditEntry Entry(string principal, string outcome, string operation = "/kms.v1.KeyManagementService/GenerateRandom", string client = "ipv4:10.0.0.7:51234") => new()
     {
         Time = _time.GetUtcNow(),
         RequestId = "r",
         Principal = principal,
         Operation = operation,
         Outcome = outcome,
-        Client = "ipv4:10.0.0.7:51234",
+        Client = client,
     };
 }

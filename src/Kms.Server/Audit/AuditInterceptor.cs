@@ -25,6 +25,9 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
     /// <summary>Set in <see cref="ServerCallContext.UserState"/> by the authorization interceptor when it refuses a call.</summary>
     public const string RefusedKey = "kms.refused";
 
+    /// <summary>Set in <see cref="ServerCallContext.UserState"/> by BatchDecrypt and BatchReEncrypt: how many items failed to decrypt (an int).</summary>
+    public const string ItemDecryptFailuresKey = "kms.item-decrypt-failures";
+
     private const string RequestIdHeader = "x-request-id";
 
     public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
@@ -149,8 +152,8 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
             Tenant = caller?.HomeTenant?.Value,
             Outcome = OutcomeOf(status),
         };
-        var refused = context.UserState.ContainsKey(RefusedKey);
-        alerts.Observe(entry, refused);
+        var refused = AggregatedAsRefusal(context.UserState.ContainsKey(RefusedKey), caller, status);
+        alerts.Observe(entry, refused, context.UserState.TryGetValue(ItemDecryptFailuresKey, out var failures) && failures is int count ? count : 0);
         if (status == StatusCode.OK && scope.Written)
         {
             return;
@@ -173,6 +176,15 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
             throw new RpcException(new global::Grpc.Core.Status(StatusCode.Unavailable, "the audit log cannot be written, so the request is not answered; retry shortly"));
         }
     }
+
+    /// <summary>
+    /// Whether a call's event goes through the refusal windows: a refusal, and a call that ended
+    /// before anyone was authenticated (a client that cancels while its unknown token is looked
+    /// up) — otherwise each such call would be one durable event, and anonymous callers could
+    /// fill the disk after all.
+    /// </summary>
+    internal static bool AggregatedAsRefusal(bool refusedByAuthorization, Caller? caller, StatusCode status) =>
+        refusedByAuthorization || (caller is null && status != StatusCode.OK);
 
     // The caller's request id when it is a sane token (it is echoed into the log), else ours.
     private static string RequestId(ServerCallContext context)

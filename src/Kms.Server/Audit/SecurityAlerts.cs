@@ -11,7 +11,7 @@ internal sealed record SecurityAlertOptions
     /// <summary>Refused calls (unauthenticated, permission denied, another tenant's resource) per subject and window.</summary>
     public int Refusals { get; init; } = 20;
 
-    /// <summary>Failed decryptions (Decrypt, ReEncrypt answered INVALID_ARGUMENT) per principal and window.</summary>
+    /// <summary>Failed decryptions (Decrypt, ReEncrypt, AsymmetricDecrypt answered INVALID_ARGUMENT, and each such item of BatchDecrypt and BatchReEncrypt) per principal and window.</summary>
     public int DecryptFailures { get; init; } = 10;
 
     /// <summary>Calls per principal and window (unusual volume); 0 turns it off.</summary>
@@ -31,69 +31,97 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
 {
     private const int Buckets = 10;
     private const int MaxSubjects = 50_000;
-    private readonly Dictionary<(string Kind, string Subject), Counter> _counters = [];
+
+    // Anonymous callers (one subject per address: anyone can be many) have a table of their own,
+    // so a flood from fresh addresses cannot fill the principals' table and hide an
+    // authenticated principal's burst under "overflow".
+    private readonly Subjects _principals = new();
+    private readonly Subjects _anonymous = new();
     private readonly Lock _lock = new();
-    private DateTimeOffset _lastEviction = DateTimeOffset.MinValue;
 
     /// <summary>Raised with each alert (metrics, tests).</summary>
     public event Action<SecurityAlert>? Raised;
 
-    /// <summary>Counts one answered call.</summary>
-    public void Observe(AuditEntry entry, bool refused)
+    /// <summary>Counts one answered call, and <paramref name="itemDecryptFailures"/> failed items of a batch.</summary>
+    public void Observe(AuditEntry entry, bool refused, int itemDecryptFailures = 0)
     {
         ArgumentNullException.ThrowIfNull(entry);
-        var subject = entry.Principal == "anonymous" ? "anonymous@" + AuditEntry.AddressOf(entry.Client) : entry.Principal;
-        if (refused && entry.Outcome is "UNAUTHENTICATED" or "PERMISSION_DENIED" or "NOT_FOUND")
+        var anonymous = entry.Principal == "anonymous";
+        var subject = anonymous ? "anonymous@" + AddressGroup(entry.Client) : entry.Principal;
+
+        // Refused by the authorization step, or by a handler (a key policy, a forged approval):
+        // a NOT_FOUND only from the former (another tenant's name), never a handler's missing key.
+        if (entry.Outcome is "UNAUTHENTICATED" or "PERMISSION_DENIED" || (refused && entry.Outcome == "NOT_FOUND"))
         {
-            Count("refusals", subject, options.Refusals);
+            Count("refusals", subject, anonymous, options.Refusals, 1);
         }
 
-        if (entry.Outcome == "INVALID_ARGUMENT" && (entry.Operation.EndsWith("/Decrypt", StringComparison.Ordinal) || entry.Operation.EndsWith("/ReEncrypt", StringComparison.Ordinal)))
+        var failedDecryptions = itemDecryptFailures
+            + (entry.Outcome == "INVALID_ARGUMENT" && (entry.Operation.EndsWith("/Decrypt", StringComparison.Ordinal)
+                || entry.Operation.EndsWith("/ReEncrypt", StringComparison.Ordinal)
+                || entry.Operation.EndsWith("/AsymmetricDecrypt", StringComparison.Ordinal)) ? 1 : 0);
+        if (failedDecryptions > 0)
         {
-            Count("decrypt-failures", subject, options.DecryptFailures);
+            Count("decrypt-failures", subject, anonymous, options.DecryptFailures, failedDecryptions);
         }
 
         if (options.Volume > 0)
         {
-            Count("volume", subject, options.Volume);
+            Count("volume", subject, anonymous, options.Volume, 1);
         }
     }
 
-    private void Count(string kind, string subject, int threshold)
+    // An IPv6 caller is one /64 (what one host or site is usually given); an IPv4 caller its address.
+    private static string AddressGroup(string? peer)
+    {
+        var address = AuditEntry.AddressOf(peer);
+        if (System.Net.IPAddress.TryParse(address.Trim('[', ']'), out var ip)
+            && ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 && !ip.IsIPv4MappedToIPv6)
+        {
+            var bytes = ip.GetAddressBytes();
+            Array.Clear(bytes, 8, 8);
+            return new System.Net.IPAddress(bytes) + "/64";
+        }
+
+        return address;
+    }
+
+    private void Count(string kind, string subject, bool anonymous, int threshold, int amount)
     {
         var now = time.GetUtcNow();
         SecurityAlert? alert = null;
         lock (_lock)
         {
-            if (!_counters.TryGetValue((kind, subject), out var counter))
+            var table = anonymous ? _anonymous : _principals;
+            if (!table.Counters.TryGetValue((kind, subject), out var counter))
             {
-                if (_counters.Count >= MaxSubjects)
+                if (table.Counters.Count >= MaxSubjects)
                 {
                     // Bounded memory: forget subjects quiet for a whole window — at most once a
                     // window, so a stream of new subjects cannot make every call scan the table.
-                    if (now - _lastEviction >= options.Window)
+                    if (now - table.LastEviction >= options.Window)
                     {
-                        _lastEviction = now;
-                        foreach (var key in _counters.Where(c => now - c.Value.LastSeen > options.Window).Select(c => c.Key).ToList())
+                        table.LastEviction = now;
+                        foreach (var key in table.Counters.Where(c => now - c.Value.LastSeen > options.Window).Select(c => c.Key).ToList())
                         {
-                            _counters.Remove(key);
+                            table.Counters.Remove(key);
                         }
                     }
 
-                    if (_counters.Count >= MaxSubjects)
+                    if (table.Counters.Count >= MaxSubjects)
                     {
-                        subject = "overflow";
+                        subject = anonymous ? "anonymous@overflow" : "overflow";
                     }
                 }
 
-                if (!_counters.TryGetValue((kind, subject), out counter))
+                if (!table.Counters.TryGetValue((kind, subject), out counter))
                 {
                     counter = new Counter(options.Window);
-                    _counters[(kind, subject)] = counter;
+                    table.Counters[(kind, subject)] = counter;
                 }
             }
 
-            var total = counter.Add(now);
+            var total = counter.Add(now, amount);
             if (total >= threshold && (counter.LastAlert is not { } last || now - last >= options.Window))
             {
                 counter.LastAlert = now;
@@ -117,6 +145,13 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
     [LoggerMessage(EventId = 1401, Level = LogLevel.Warning, Message = "security alert {Kind:l}: {Subject:l} reached {Count} in {WindowSeconds} s")]
     private static partial void LogAlert(ILogger logger, string kind, string subject, long count, double windowSeconds);
 
+    private sealed class Subjects
+    {
+        public Dictionary<(string Kind, string Subject), Counter> Counters { get; } = [];
+
+        public DateTimeOffset LastEviction { get; set; } = DateTimeOffset.MinValue;
+    }
+
     // Ten buckets over the window: the count is the sum of the buckets still inside it.
     private sealed class Counter(TimeSpan window)
     {
@@ -128,7 +163,7 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
 
         public DateTimeOffset? LastAlert { get; set; }
 
-        public long Add(DateTimeOffset now)
+        public long Add(DateTimeOffset now, int amount)
         {
             LastSeen = now;
             var bucket = now.UtcTicks / _bucketTicks;
@@ -139,7 +174,7 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
                 _counts[slot] = 0;
             }
 
-            _counts[slot]++;
+            _counts[slot] += amount;
             long total = 0;
             for (var i = 0; i < Buckets; i++)
             {

@@ -23,6 +23,17 @@ internal sealed partial class KeyManagementGrpcService
         return status;
     }
 
+    // Each item answered INVALID_ARGUMENT ("decryption failed", or a malformed blob) counts towards the
+    // failed-decryption alert, as a single Decrypt so answered does.
+    private static void CountDecryptFailures(ServerCallContext context, IEnumerable<Kms.Core.Errors.KmsException?> errors)
+    {
+        var failed = errors.Count(e => e?.Code is Kms.Core.Errors.KmsErrorCode.DecryptionFailed or Kms.Core.Errors.KmsErrorCode.InvalidArgument);
+        if (failed > 0)
+        {
+            context.UserState[Kms.Server.Audit.AuditInterceptor.ItemDecryptFailuresKey] = failed;
+        }
+    }
+
     [LoggerMessage(EventId = 1004, Level = LogLevel.Error, Message = "{Method}: a batch item failed with internal error {ErrorId}")]
     private static partial void LogItemInternal(ILogger logger, string method, string errorId, Exception exception);
 
@@ -47,6 +58,7 @@ internal sealed partial class KeyManagementGrpcService
         var caller = CallerResolver.Current(context);
         var items = request.Requests.Select(r => new BatchItem(null, r.Ciphertext.ToByteArray(), r.EncryptionContext)).ToList();
         var results = await crypto.BatchDecryptAsync(caller, items, context.CancellationToken);
+        CountDecryptFailures(context, results.Select(r => r.Error));
         var response = new BatchDecryptResponse();
         response.Results.AddRange(results.Select(r => new BatchDecryptResult
         {
@@ -65,6 +77,7 @@ internal sealed partial class KeyManagementGrpcService
             .Select(r => new BatchReEncryptItem(r.Ciphertext.ToByteArray(), r.SourceEncryptionContext, r.DestinationName, r.DestinationEncryptionContext))
             .ToList();
         var results = await crypto.BatchReEncryptAsync(caller, items, context.CancellationToken);
+        CountDecryptFailures(context, results.Select(r => r.Error));
         var response = new BatchReEncryptResponse();
         response.Results.AddRange(results.Select(r => new BatchReEncryptResult
         {
