@@ -146,7 +146,7 @@ public sealed partial class KmsClient : IDisposable
 
     /// <summary>
     /// Creates a key from a template carrying every settable field (purpose, algorithm, labels,
-    /// rotation schedule, residency region).
+    /// rotation schedule, residency region, allow_import).
     /// </summary>
     public async Task<Key> CreateKeyAsync(string parent, string keyId, Key key, string? requestId = null, CancellationToken cancellationToken = default)
     {

@@ -59,7 +59,7 @@ public sealed class SigningCommandTests(CliServerFixture fixture) : IClassFixtur
     public async Task KeysImport_HmacKeyFile_MacEqualsDotNet_VerifyMacRefusesAnother()
     {
         var key = $"mac-{Guid.NewGuid():N}";
-        await JsonAsync("keys", "create", key, "--purpose", "mac");
+        await JsonAsync("keys", "create", key, "--purpose", "mac", "--allow-import");
         var secret = RandomNumberGenerator.GetBytes(32);
         var material = Path.Combine(_directory, "hmac.key");
         await File.WriteAllBytesAsync(material, secret);
@@ -80,7 +80,7 @@ public sealed class SigningCommandTests(CliServerFixture fixture) : IClassFixtur
     public async Task KeysImport_EcPemPrivateKey_SignaturesVerifyWithTheImportersPublicKey()
     {
         var key = $"ec-{Guid.NewGuid():N}";
-        await JsonAsync("keys", "create", key, "--algorithm", "EC_SIGN_P256_SHA256");
+        await JsonAsync("keys", "create", key, "--algorithm", "EC_SIGN_P256_SHA256", "--allow-import");
         using var mine = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var material = Path.Combine(_directory, "ec.pem");
         await File.WriteAllTextAsync(material, mine.ExportPkcs8PrivateKeyPem());
@@ -92,6 +92,24 @@ public sealed class SigningCommandTests(CliServerFixture fixture) : IClassFixtur
         var signature = Path.Combine(_directory, "doc.sig");
         Assert.Equal(0, (await RunAsync("sign", key, "--in", document, "--out", signature)).ExitCode);
         Assert.True(mine.VerifyData(await File.ReadAllBytesAsync(document), await File.ReadAllBytesAsync(signature), HashAlgorithmName.SHA256, DSASignatureFormat.Rfc3279DerSequence));
+    }
+
+    [Fact]
+    public async Task KeysImport_IntoAKeyNotCreatedForIt_Exit5_NothingAdded()
+    {
+        var key = $"plain-{Guid.NewGuid():N}";
+        Assert.False((await JsonAsync("keys", "create", key)).GetProperty("allowImport").GetBoolean());
+        var material = Path.Combine(_directory, "aes.key");
+        await File.WriteAllBytesAsync(material, RandomNumberGenerator.GetBytes(32));
+
+        var result = await RunAsync("keys", "import", key, "--material", material);
+
+        Assert.Equal(ExitCodes.Conflict, result.ExitCode);
+        Assert.Contains("allow_import", result.Error, StringComparison.Ordinal);
+        Assert.Single((await JsonAsync("keys", "versions", key)).GetProperty("versions").EnumerateArray());
+        var allowed = $"byok-{Guid.NewGuid():N}";
+        Assert.True((await JsonAsync("keys", "create", allowed, "--allow-import")).GetProperty("allowImport").GetBoolean());
+        Assert.Equal(0, (await RunAsync("keys", "import", allowed, "--material", material)).ExitCode);
     }
 
     [Fact]

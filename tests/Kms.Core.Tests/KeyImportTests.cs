@@ -21,7 +21,7 @@ public sealed class KeyImportTests : IDisposable
     [Fact]
     public async Task Import_AesKeyOfKnownValue_BecomesImportedPrimary_AndEncryptsUnderIt()
     {
-        var key = await _domain.CreateKeyAsync("byok");
+        var key = await _domain.CreateKeyForImportAsync("byok");
         var job = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
         var material = RandomNumberGenerator.GetBytes(32);
 
@@ -36,9 +36,27 @@ public sealed class KeyImportTests : IDisposable
     }
 
     [Fact]
+    public async Task Import_IntoAKeyNotCreatedWithAllowImport_Refused_NothingAdded()
+    {
+        // A key-manager may import but not decrypt: known material as the primary of a key its
+        // users created as an ordinary key would let them read what is encrypted under it.
+        var key = await _domain.CreateKeyAsync("production");
+        Assert.False(key.AllowImport);
+        var job = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
+
+        var refused = await Assert.ThrowsAsync<KmsException>(() => ImportAsync(key.Name, job, new byte[32]));
+
+        Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+        Assert.Contains("allow_import", refused.Message, StringComparison.Ordinal);
+        var versions = (await _domain.Keys.ListKeyVersionsAsync(Dev, key.Name, 10, null, default)).Items;
+        Assert.Equal([KeyOrigin.Generated], versions.Select(v => v.Origin));
+        Assert.True((await _domain.CreateKeyForImportAsync("byok")).AllowImport);
+    }
+
+    [Fact]
     public async Task Import_RetriedWithTheSameRequestIdAfterARotation_AnswersTheImportedVersion()
     {
-        var key = await _domain.CreateKeyAsync("byok");
+        var key = await _domain.CreateKeyForImportAsync("byok");
         var job = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
         var command = new ImportKeyVersionCommand(key.Name, job.Name, null, KeyImport.Wrap(job.PublicKey.Der, ProtoImportMethod.RsaOaep3072Sha1Aes256, new byte[32]), null, "import-once");
 
@@ -54,7 +72,7 @@ public sealed class KeyImportTests : IDisposable
     [Fact]
     public async Task Import_ExpiredJob_FailedPrecondition_NothingAdded()
     {
-        var key = await _domain.CreateKeyAsync("byok");
+        var key = await _domain.CreateKeyForImportAsync("byok");
         var job = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
         _domain.Time.Advance(ImportJob.Lifetime);
 
@@ -67,7 +85,7 @@ public sealed class KeyImportTests : IDisposable
     [Fact]
     public async Task Import_WrongKeySize_InvalidArgument_NothingAdded()
     {
-        var key = await _domain.CreateKeyAsync("byok");
+        var key = await _domain.CreateKeyForImportAsync("byok");
         var job = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
 
         var e = await Assert.ThrowsAsync<KmsException>(() => ImportAsync(key.Name, job, new byte[16]));
@@ -78,7 +96,7 @@ public sealed class KeyImportTests : IDisposable
     [Fact]
     public async Task Import_AlgorithmOtherThanTheKeys_FailedPrecondition()
     {
-        var key = await _domain.CreateKeyAsync("byok");
+        var key = await _domain.CreateKeyForImportAsync("byok");
         var job = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
         var wrapped = KeyImport.Wrap(job.PublicKey.Der, ProtoImportMethod.RsaOaep3072Sha1Aes256, new byte[32]);
 
@@ -90,7 +108,7 @@ public sealed class KeyImportTests : IDisposable
     [Fact]
     public async Task Import_JobOfAnotherTenant_NotFound()
     {
-        var key = await _domain.CreateKeyAsync("byok");
+        var key = await _domain.CreateKeyForImportAsync("byok");
         var job = await _domain.Keys.CreateImportJobAsync(DomainHarness.Acme, DomainHarness.Acme.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
 
         var e = await Assert.ThrowsAsync<KmsException>(() => ImportAsync(key.Name, job, new byte[32]));

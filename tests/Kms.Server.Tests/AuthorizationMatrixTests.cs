@@ -138,7 +138,7 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
         new(Keys + "GetImportJob", MatrixTarget.Tenant, Readers, c => Msg(new GetImportJobRequest { Name = c.Fixture.ImportJob.Name })),
         new(Keys + "ImportKeyVersion", MatrixTarget.Tenant, [KeyManager], async c => new ImportKeyVersionRequest
         {
-            Parent = c.WillRun ? await FreshKeyAsync(c) : c.Fixture.KeyName,
+            Parent = c.WillRun ? (await c.Setup.CreateKeyAsync("tenants/dev", MatrixFixture.NewId(), new Key { Purpose = KeyPurpose.EncryptDecrypt, AllowImport = true })).Name : c.Fixture.KeyName,
             ImportJob = c.Fixture.ImportJob.Name,
             WrappedKey = ByteString.CopyFrom(Kms.Client.KeyImport.Wrap(c.Fixture.ImportJob.PublicKeyDer.Span, ImportMethod.RsaOaep3072Sha1Aes256, new byte[32])),
         }),

@@ -41,7 +41,7 @@ public sealed class SecretsNotLoggedTests
     {
         await using var server = await KmsTestServer.StartAsync();
         using var client = server.CreateClient();
-        var macKey = (await client.CreateKeyAsync("tenants/dev", "logged-mac", Kms.Contracts.V1.KeyPurpose.Mac)).Name;
+        var macKey = (await client.CreateKeyAsync("tenants/dev", "logged-mac", new Kms.Contracts.V1.Key { Purpose = Kms.Contracts.V1.KeyPurpose.Mac, AllowImport = true })).Name;
         var job = await client.CreateImportJobAsync("tenants/dev", "logged-job", Kms.Contracts.V1.ImportMethod.RsaOaep3072Sha1Aes256);
         var secret = System.Security.Cryptography.RandomNumberGenerator.GetBytes(32);
         await client.ImportKeyVersionAsync(macKey, job.Name, Kms.Client.KeyImport.Wrap(job.PublicKeyDer.Span, job.ImportMethod, secret));

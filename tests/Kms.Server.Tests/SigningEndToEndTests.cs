@@ -153,7 +153,7 @@ public sealed class SigningEndToEndTests(ServerFixture fixture) : IClassFixture<
     [Fact]
     public async Task ImportHmacKeyOfKnownValue_MacEqualsDotNet_VerifyMacRejectsOneBit_AttestationSaysImported()
     {
-        var key = await CreateAsync(KeyPurpose.Mac, ProtoAlgorithm.HmacSha256);
+        var key = await CreateAsync(KeyPurpose.Mac, ProtoAlgorithm.HmacSha256, allowImport: true);
         var job = await Client.CreateImportJobAsync("tenants/dev", ServerFixture.NewKeyId(), ImportMethod.RsaOaep3072Sha1Aes256);
         var secret = RandomNumberGenerator.GetBytes(32);
 
@@ -177,7 +177,7 @@ public sealed class SigningEndToEndTests(ServerFixture fixture) : IClassFixture<
     [Fact]
     public async Task Import_WrongWrappingOrSize_InvalidArgument_NoVersionAdded()
     {
-        var key = (await Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId())).Name;
+        var key = await CreateAsync(KeyPurpose.EncryptDecrypt, ProtoAlgorithm.Aes256Gcm, allowImport: true);
         var job = await Client.CreateImportJobAsync("tenants/dev", ServerFixture.NewKeyId(), ImportMethod.RsaOaep3072Sha1Aes256);
         var garbage = RandomNumberGenerator.GetBytes(384 + 40);
         var shortKey = KeyImport.Wrap(job.PublicKeyDer.Span, job.ImportMethod, new byte[16]);
@@ -236,8 +236,8 @@ public sealed class SigningEndToEndTests(ServerFixture fixture) : IClassFixture<
         return KeyAttestation.Verify(auditKey, response.Statement.Span, response.Signature.Span) ?? throw new InvalidOperationException("the statement does not verify");
     }
 
-    private async Task<string> CreateAsync(KeyPurpose purpose, ProtoAlgorithm algorithm) =>
-        (await Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId(), purpose, algorithm)).Name;
+    private async Task<string> CreateAsync(KeyPurpose purpose, ProtoAlgorithm algorithm, bool allowImport = false) =>
+        (await Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId(), new Kms.Contracts.V1.Key { Purpose = purpose, Algorithm = algorithm, AllowImport = allowImport })).Name;
 
     private static async Task<(int Code, string Output)> OpensslAsync(params string[] arguments)
     {

@@ -31,6 +31,12 @@ public abstract class KeyStoreContract
         Assert.Equal(key.Primary, read.Primary);
         Assert.Equal(key.CreateTime, read.CreateTime);
         Assert.True(key.Labels.SetEquals(read.Labels));
+        Assert.False(read.AllowImport);
+
+        var byok = NewKey(Dev, "byok") with { AllowImport = true };
+        await store.CreateKeyAsync(byok, Material(), null, default);
+        Assert.True((await store.GetKeyAsync(byok.Name, default))!.AllowImport);
+        Assert.True(Assert.Single(await store.ListKeysAsync(Dev, "b", 10, default), k => k.Name == byok.Name).AllowImport);
     }
 
     [Fact]

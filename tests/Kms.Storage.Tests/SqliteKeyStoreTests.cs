@@ -375,6 +375,32 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
     }
 
     [Fact]
+    public async Task Migration10_KeysThatAlreadyHoldAnImportedVersion_KeepTakingImports_OthersDoNot()
+    {
+        // A database as release 9 left it: two keys, one of which took an import.
+        await using (var store = await OpenAsync())
+        {
+            var plain = KeyStoreContract.NewKey(KeyStoreContract.Dev, "plain");
+            var byok = KeyStoreContract.NewKey(KeyStoreContract.Dev, "byok");
+            await store.CreateKeyAsync(plain, new WrappedKeyMaterial(new byte[40]), null, default);
+            await store.CreateKeyAsync(byok with { Primary = byok.Primary with { Origin = KeyOrigin.Imported } }, new WrappedKeyMaterial(new byte[40]), null, default);
+        }
+
+        SqliteConnection.ClearAllPools();
+        await using (var old = new SqliteConnection($"Data Source={DatabasePath};Pooling=False"))
+        {
+            await old.OpenAsync();
+            await using var command = old.CreateCommand();
+            command.CommandText = "ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 10;";
+            await command.ExecuteNonQueryAsync();
+        }
+
+        await using var migrated = await OpenAsync();
+        Assert.False((await migrated.GetKeyAsync(KeyName.Create(KeyStoreContract.Dev, "plain"), default))!.AllowImport);
+        Assert.True((await migrated.GetKeyAsync(KeyName.Create(KeyStoreContract.Dev, "byok"), default))!.AllowImport);
+    }
+
+    [Fact]
     public async Task ListAuditEvents_Plans_PrincipalByItsIndex_EverythingElseBySequence()
     {
         await using var store = await OpenAsync();

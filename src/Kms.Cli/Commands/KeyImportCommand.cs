@@ -34,7 +34,7 @@ internal static class KeyImportCommand
             HelpName = "NAME",
             DefaultValueFactory = _ => "RSA_OAEP_3072_SHA1_AES_256",
         };
-        var command = new Command("import", "import your own key material (BYOK) as a key's new primary version") { key, material, job, method };
+        var command = new Command("import", "import your own key material (BYOK) as a new primary version of a key created with --allow-import") { key, material, job, method };
         runner.SetAction(command, async (ctx, ct) =>
         {
             var parse = ctx.ParseResult;

@@ -52,7 +52,11 @@ internal static class KeysCommands
             Description = "the algorithm of every version, e.g. EC_SIGN_P256_SHA256, RSA_SIGN_PSS_3072_SHA256, RSA_DECRYPT_OAEP_3072_SHA1, HMAC_SHA256 (default: the purpose's)",
             HelpName = "NAME",
         };
-        var command = new Command("create", "create a key generated in the HSM (default: AES-256-GCM for encryption)") { name, labels, rotation, purpose, algorithm };
+        var allowImport = new Option<bool>("--allow-import")
+        {
+            Description = "the key takes material you import ('kms keys import'); fixed at creation — only such a key takes an import",
+        };
+        var command = new Command("create", "create a key generated in the HSM (default: AES-256-GCM for encryption)") { name, labels, rotation, purpose, algorithm, allowImport };
         runner.SetAction(command, async (ctx, ct) =>
         {
             var keyName = ctx.KeyName(ctx.ParseResult.GetRequiredValue(name));
@@ -71,6 +75,8 @@ internal static class KeysCommands
             {
                 key.RotationPeriod = Duration.FromTimeSpan(period);
             }
+
+            key.AllowImport = ctx.ParseResult.GetValue(allowImport);
 
             var slash = keyName.LastIndexOf("/keys/", StringComparison.Ordinal);
             var response = await ctx.Client.Raw.CreateKeyAsync(
@@ -215,6 +221,7 @@ internal static class KeysCommands
         ("next rotation", Time(key.NextRotationTime)),
         ("min decryption version", key.MinDecryptionVersion == 0 ? "" : key.MinDecryptionVersion.ToString(CultureInfo.InvariantCulture)),
         ("destroy time", Time(key.DestroyTime)),
+        ("allow import", key.AllowImport ? "yes" : ""),
         ("labels", string.Join(", ", key.Labels.OrderBy(l => l.Key, StringComparer.Ordinal).Select(l => $"{l.Key}={l.Value}"))),
     ]);
 

@@ -32,4 +32,12 @@ public sealed record Key(
     /// hold its domain key, so no node outside it can use the key (<see cref="Ports.IHsm.ForRegion"/>).
     /// </summary>
     public string? Residency { get; init; }
+
+    /// <summary>
+    /// Whether ImportKeyVersion may add versions of material the caller supplies (BYOK), fixed at
+    /// creation. Only such a key takes an import: otherwise whoever may import (a key-manager, who
+    /// may not decrypt) could make material they know the primary of any key, and read what is
+    /// encrypted under it from then on.
+    /// </summary>
+    public bool AllowImport { get; init; }
 }

@@ -63,14 +63,14 @@ public sealed partial class KeyService
     /// </summary>
     /// <remarks>
     /// Everything is checked before anything is stored: the job (same tenant, not expired), the
-    /// key (ENABLED, of an algorithm the material must match), and the material itself inside the
+    /// key (created with allow_import, ENABLED, of an algorithm the material must match), and the material itself inside the
     /// HSM (it unwraps, has the algorithm's type and size, and matches the public key). A key
     /// created for imported material only keeps its generated version 1 until the caller
     /// destroys it.
     /// </remarks>
     /// <exception cref="KmsException">
     /// InvalidArgument (bad wrapping, size or type, public key mismatch), FailedPrecondition
-    /// (expired job, key not ENABLED, algorithm of another key), NotFound.
+    /// (expired job, a key not created with allow_import, key not ENABLED, algorithm of another key), NotFound.
     /// </exception>
     public async Task<KeyVersion> ImportKeyVersionAsync(Caller caller, ImportKeyVersionCommand command, CancellationToken cancellationToken)
     {
@@ -104,6 +104,13 @@ public sealed partial class KeyService
         if (command.Algorithm is { } named && named != algorithm)
         {
             throw KmsErrors.FailedPrecondition($"key {name} holds {KeyAlgorithms.Of(algorithm).Name} versions, not {KeyAlgorithms.Of(named).Name}");
+        }
+
+        // Only a key created to take imports: otherwise a key-manager, who may not decrypt, could
+        // make material they know the primary of any key and read what is encrypted under it.
+        if (!key.AllowImport)
+        {
+            throw KmsErrors.FailedPrecondition($"key {name} was not created with allow_import: only such a key takes imported material (create one for it)");
         }
 
         if (key.State != KeyState.Enabled)

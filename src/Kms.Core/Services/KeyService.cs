@@ -65,9 +65,13 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
             throw KmsErrors.InvalidArgument("key.residency", "a residency region is 1 to 32 lowercase letters, digits and '-', starting with a letter (e.g. eu)");
         }
 
-        var fingerprint = command.Residency is null
-            ? RequestIds.Fingerprint(CreateKeyOperation, name, (int)command.Purpose, (int)command.Algorithm, command.Labels, command.RotationPeriod?.Ticks, command.NextRotationTime?.UtcTicks)
-            : RequestIds.Fingerprint(CreateKeyOperation, name, (int)command.Purpose, (int)command.Algorithm, command.Labels, command.RotationPeriod?.Ticks, command.NextRotationTime?.UtcTicks, command.Residency);
+        // Fields added later join the fingerprint only when set, so earlier requests' records still match.
+        var fingerprint = (command.Residency, command.AllowImport) switch
+        {
+            (null, false) => RequestIds.Fingerprint(CreateKeyOperation, name, (int)command.Purpose, (int)command.Algorithm, command.Labels, command.RotationPeriod?.Ticks, command.NextRotationTime?.UtcTicks),
+            (_, false) => RequestIds.Fingerprint(CreateKeyOperation, name, (int)command.Purpose, (int)command.Algorithm, command.Labels, command.RotationPeriod?.Ticks, command.NextRotationTime?.UtcTicks, command.Residency),
+            _ => RequestIds.Fingerprint(CreateKeyOperation, name, (int)command.Purpose, (int)command.Algorithm, command.Labels, command.RotationPeriod?.Ticks, command.NextRotationTime?.UtcTicks, command.Residency, "allow_import"),
+        };
         if (await _requests.FindReplayAsync(name.Tenant, requestId, CreateKeyOperation, fingerprint, cancellationToken) is { } replay)
         {
             return new CreateKeyResult(await GetRecordedKeyAsync(replay, cancellationToken), Replayed: true);
@@ -82,6 +86,7 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
             RotationPeriod = command.RotationPeriod,
             NextRotationTime = command.RotationPeriod is { } period ? command.NextRotationTime ?? now + period : command.NextRotationTime,
             Residency = command.Residency,
+            AllowImport = command.AllowImport,
         };
         var request = requestId is null ? null : new RequestRecord(name.Tenant, requestId, CreateKeyOperation, fingerprint, name.ToString(), now);
 
@@ -638,6 +643,9 @@ public sealed record CreateKeyCommand(TenantId Parent, string KeyId, KeyPurpose 
 
     /// <summary>The residency region whose domain key wraps the key's versions; null: the deployment's.</summary>
     public string? Residency { get; init; }
+
+    /// <summary>Whether the key takes imported versions (<see cref="Key.AllowImport"/>).</summary>
+    public bool AllowImport { get; init; }
 }
 
 /// <summary>The created key, and whether it was created by an earlier call with the same request id.</summary>

@@ -49,6 +49,7 @@ internal sealed partial class KeyManagementGrpcService(
             NextRotationTime = ProtoMapping.FromProto(request.Key.NextRotationTime, "key.next_rotation_time"),
             MinDecryptionVersion = request.Key.MinDecryptionVersion,
             Residency = request.Key.Residency is { Length: > 0 } residency ? residency : null,
+            AllowImport = request.Key.AllowImport,
         };
         var result = await keys.CreateKeyAsync(caller, command, context.CancellationToken);
         return new CreateKeyResponse { Key = ProtoMapping.ToProto(result.Key) };

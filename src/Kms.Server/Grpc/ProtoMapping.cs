@@ -27,6 +27,7 @@ internal static class ProtoMapping
             DestroyTime = ToTimestamp(key.DestroyTime),
             Algorithm = ToProto(key.Primary.Algorithm),
             Residency = key.Residency ?? "",
+            AllowImport = key.AllowImport,
         };
         proto.Labels.Add(key.Labels.ToDictionary(kv => kv.Key, kv => kv.Value));
         return proto;

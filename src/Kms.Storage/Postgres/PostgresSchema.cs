@@ -223,5 +223,11 @@ internal static class PostgresSchema
             -- Data residency, as SQLite's migration 9 (and, like it, refusing older servers).
             ALTER TABLE keys ADD COLUMN residency TEXT;
             """),
+        new(4, """
+            -- Keys that take imported material, as SQLite's migration 10 (refusing older servers too).
+            ALTER TABLE keys ADD COLUMN allow_import BIGINT NOT NULL DEFAULT 0;
+            UPDATE keys SET allow_import = 1
+            WHERE EXISTS (SELECT 1 FROM key_versions v WHERE v.tenant = keys.tenant AND v.key_id = keys.key_id AND v.origin = 2);
+            """),
     ];
 }

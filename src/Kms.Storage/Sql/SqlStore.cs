@@ -47,9 +47,9 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     private static readonly string KeyColumns = """
         k.tenant, k.key_id, k.purpose, k.state, k.create_time, k.labels,
         k.rotation_period_ms, k.next_rotation_time, k.min_decryption_version, k.destroy_time,
-        """ + PrimaryColumns + ", k.restricted, k.residency";
+        """ + PrimaryColumns + ", k.restricted, k.residency, k.allow_import";
 
-    private static readonly int KeyColumnCount = 10 + VersionColumnCount + 2;
+    private static readonly int KeyColumnCount = 10 + VersionColumnCount + 3;
 
     private const string KeyJoin = """
         FROM keys k
@@ -201,11 +201,12 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             await InsertRequestAsync(connection, transaction, request, cancellationToken);
             await InsertAsync(connection, transaction, """
                 INSERT INTO keys (tenant, key_id, purpose, state, primary_version, create_time, labels,
-                                  rotation_period_ms, next_rotation_time, min_decryption_version, destroy_time, residency)
+                                  rotation_period_ms, next_rotation_time, min_decryption_version, destroy_time, residency, allow_import)
                 VALUES (@tenant, @key_id, @purpose, @state, @primary_version, @create_time, @labels,
-                        @rotation_period_ms, @next_rotation_time, @min_decryption_version, @destroy_time, @residency)
+                        @rotation_period_ms, @next_rotation_time, @min_decryption_version, @destroy_time, @residency, @allow_import)
                 """,
-                key.Name.ToString(), cancellationToken, [.. KeyParameters(key), ("@residency", (object?)key.Residency ?? DBNull.Value)]);
+                key.Name.ToString(), cancellationToken,
+                [.. KeyParameters(key), ("@residency", (object?)key.Residency ?? DBNull.Value), ("@allow_import", key.AllowImport ? 1 : 0)]);
             await InsertVersionAsync(connection, transaction, key.Name, key.Primary, primaryMaterial, cancellationToken);
             return 0;
         }, cancellationToken);
@@ -838,6 +839,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             DestroyTime = ReadTime(reader, 9),
             Restricted = reader.GetInt64(10 + VersionColumnCount) != 0,
             Residency = reader.IsDBNull(11 + VersionColumnCount) ? null : reader.GetString(11 + VersionColumnCount),
+            AllowImport = reader.GetInt64(12 + VersionColumnCount) != 0,
         };
     }
 

@@ -255,6 +255,14 @@ internal static class SqliteSchema
             -- resident key under the deployment's domain key, taking its material out of the region.
             ALTER TABLE keys ADD COLUMN residency TEXT;
             """),
+        new(10, """
+            -- BYOK: only a key created with allow_import takes ImportKeyVersion. Not compatible
+            -- with older servers: they would import into any key, whatever it was created as.
+            ALTER TABLE keys ADD COLUMN allow_import INTEGER NOT NULL DEFAULT 0;
+            -- A key that already holds an imported version was created for imports: it keeps taking them.
+            UPDATE keys SET allow_import = 1
+            WHERE EXISTS (SELECT 1 FROM key_versions v WHERE v.tenant = keys.tenant AND v.key_id = keys.key_id AND v.origin = 2);
+            """),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;

@@ -87,5 +87,13 @@ public sealed class DomainHarness : IDisposable
         return (await Keys.CreateKeyAsync(caller, command, default)).Key;
     }
 
+    /// <summary>A key created with allow_import, the only kind that takes ImportKeyVersion.</summary>
+    public async Task<Key> CreateKeyForImportAsync(string keyId, KeyAlgorithm algorithm = KeyAlgorithm.Aes256Gcm, Caller? caller = null)
+    {
+        caller ??= Dev;
+        var command = new CreateKeyCommand(caller.Tenant, keyId, KeyAlgorithms.Of(algorithm).Purpose, KeyLabels.Empty, null) { Algorithm = algorithm, AllowImport = true };
+        return (await Keys.CreateKeyAsync(caller, command, default)).Key;
+    }
+
     public void Dispose() => FakeHsm?.Dispose();
 }
