@@ -2,7 +2,7 @@ namespace Kms.Server.Security;
 
 /// <summary>
 /// A value loaded from files and loaded again when any of them changes (checked at most
-/// once a second), so certificates, CA bundles and CRLs are replaced without a restart.
+/// once a second, through symbolic links), so certificates, CA bundles and CRLs are replaced without a restart.
 /// A reload that fails keeps the last good value, is retried at the next check and is
 /// reported to <paramref name="failed"/> once per version of the files.
 /// </summary>
@@ -11,8 +11,8 @@ internal sealed class ReloadingFile<T>(Func<T> load, TimeProvider time, Action<E
 {
     private readonly Lock _lock = new();
     private T? _value;
-    private DateTime[] _stamps = [];
-    private DateTime[] _failedStamps = [];
+    private string[] _stamps = [];
+    private string[] _failedStamps = [];
     private DateTimeOffset _nextCheck;
 
     public T Value
@@ -28,7 +28,7 @@ internal sealed class ReloadingFile<T>(Func<T> load, TimeProvider time, Action<E
                 }
 
                 _nextCheck = now.AddSeconds(1);
-                var stamps = paths.Select(p => File.Exists(p) ? File.GetLastWriteTimeUtc(p) : DateTime.MinValue).ToArray();
+                var stamps = paths.Select(Stamp).ToArray();
                 if (_value is null || !stamps.SequenceEqual(_stamps))
                 {
                     try
@@ -51,5 +51,43 @@ internal sealed class ReloadingFile<T>(Func<T> load, TimeProvider time, Action<E
                 return _value;
             }
         }
+    }
+
+    // What identifies a version of the file: its real path (every symbolic link on the way
+    // resolved), time and size. A link's own time never changes when what it points at does — a
+    // Kubernetes secret's tls.crt -> ..data/tls.crt, renewed by swapping ..data — and
+    // File.GetLastWriteTimeUtc reads the link's.
+    private static string Stamp(string path)
+    {
+        try
+        {
+            var target = new FileInfo(RealPath(path, 0));
+            return target.Exists ? $"{target.FullName}|{target.LastWriteTimeUtc.Ticks}|{target.Length}" : "";
+        }
+        catch (IOException)
+        {
+            return ""; // a link being replaced: the load decides, and a failure keeps the last value
+        }
+    }
+
+    private static string RealPath(string path, int depth)
+    {
+        var full = Path.GetFullPath(path);
+        var resolved = Path.GetPathRoot(full)!;
+        foreach (var part in full[resolved.Length..].Split(Path.DirectorySeparatorChar, StringSplitOptions.RemoveEmptyEntries))
+        {
+            resolved = Path.Combine(resolved, part);
+            if (new FileInfo(resolved).LinkTarget is { } target)
+            {
+                if (depth >= 40)
+                {
+                    throw new IOException($"too many levels of symbolic links: {path}");
+                }
+
+                resolved = RealPath(Path.Combine(Path.GetDirectoryName(resolved)!, target), depth + 1);
+            }
+        }
+
+        return resolved;
     }
 }
