@@ -12,7 +12,8 @@ public sealed class AttestationService(IHsm hsm, IKeyStore store, AuditLog audit
 
     /// <summary>
     /// The statement for a key version (or a key's primary): its stored provenance plus what the
-    /// HSM reports for its unwrapped copy, signed. Versions without material (DESTROYED) cannot be attested.
+    /// HSM reports for its unwrapped copy, signed. Versions without material (DESTROYED), or whose
+    /// (or whose key's) destruction has taken effect, cannot be attested.
     /// </summary>
     public async Task<SignedKeyAttestation> GetKeyAttestationAsync(Caller caller, string name, CancellationToken cancellationToken)
     {
@@ -21,6 +22,15 @@ public sealed class AttestationService(IHsm hsm, IKeyStore store, AuditLog audit
         if (found.Material is null)
         {
             throw KmsErrors.FailedPrecondition($"key version {found.Version.Name} is {KeyTransitions.StateName(found.Version.State)}: its material is gone, there is nothing to attest");
+        }
+
+        // A destruction that has taken effect, whether or not the background job has erased the
+        // material yet: every other call treats the version as gone, and so does the statement.
+        var now = time.GetUtcNow();
+        if ((found.Key.State == KeyState.DestroyScheduled && found.Key.DestroyTime <= now)
+            || (found.Version.State == KeyState.DestroyScheduled && found.Version.DestroyTime <= now))
+        {
+            throw KmsErrors.FailedPrecondition($"the destruction of key version {found.Version.Name} has taken effect: there is nothing to attest");
         }
 
         var version = found.Version;
@@ -43,7 +53,7 @@ public sealed class AttestationService(IHsm hsm, IKeyStore store, AuditLog audit
             PublicKeySha256 = version.PublicKey?.Fingerprint,
             CheckValue = properties.CheckValue is { } kcv ? Convert.ToHexStringLower(kcv) : null,
             HsmAttributes = properties.Attributes,
-            IssueTime = KeyAttestation.Time(time.GetUtcNow()),
+            IssueTime = KeyAttestation.Time(now),
             SigningKeyFingerprint = audit.Fingerprint,
         };
         var statement = attestation.ToCanonicalJson();
