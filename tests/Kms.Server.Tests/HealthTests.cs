@@ -123,6 +123,42 @@ public sealed class HealthTests : IAsyncLifetime
         return (exitCode, output.ToString(), error.ToString());
     }
 
+    [Fact]
+    public async Task Check_DatabaseReadsButTheAuditCannotBeWritten_NotServingUntilACommitSucceeds()
+    {
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev", (Action<IServiceCollection>?)null, "--Storage:Sqlite:BusyTimeout=00:00:01");
+        using var client = server.CreateClient();
+        var key = await client.CreateKeyAsync("tenants/dev", "health-audit");
+        Assert.Equal(ServingStatus.Serving, await CheckAsync(server));
+
+        // Another process holds the write lock: reads (the store's probe) still work, every
+        // audited call is answered UNAVAILABLE.
+        await using (var blocker = new SqliteConnection($"Data Source={server.DatabasePath}"))
+        {
+            await blocker.OpenAsync();
+            await using var begin = blocker.CreateCommand();
+            begin.CommandText = "BEGIN IMMEDIATE";
+            await begin.ExecuteNonQueryAsync();
+            var refused = await Assert.ThrowsAsync<global::Grpc.Core.RpcException>(() => client.EncryptAsync(key.Name, new byte[] { 1 }));
+            Assert.Equal(global::Grpc.Core.StatusCode.Unavailable, refused.StatusCode);
+            Assert.Equal(ServingStatus.NotServing, await CheckAsync(server));
+            await using var rollback = blocker.CreateCommand();
+            rollback.CommandText = "ROLLBACK";
+            await rollback.ExecuteNonQueryAsync();
+        }
+
+        // Until a commit succeeds (or the hold passes), the failure stands.
+        Assert.Equal(ServingStatus.NotServing, await CheckAsync(server));
+        await client.EncryptAsync(key.Name, new byte[] { 2 });
+        Assert.Equal(ServingStatus.Serving, await CheckAsync(server));
+    }
+
+    private static async Task<ServingStatus> CheckAsync(KmsTestServer server)
+    {
+        using var channel = server.CreateChannel();
+        return (await new global::Grpc.Health.V1.Health.HealthClient(channel).CheckAsync(new HealthCheckRequest())).Status;
+    }
+
     private async Task<ServingStatus> CheckAsync()
     {
         using var channel = _server.CreateChannel();

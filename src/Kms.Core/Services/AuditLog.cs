@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
@@ -38,6 +39,7 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     private AuditHead _lastCheckpoint = AuditChain.Empty;
     private DateTimeOffset _lastCheckpointTime;
     private long _forwarded = -1;
+    private StrongBox<DateTimeOffset>? _lastCommitFailure;
 
     // One housekeeping pass at a time: the loop's, and a caller's (shutdown, tests).
     private readonly SemaphoreSlim _housekeeping = new(1, 1);
@@ -129,6 +131,13 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         var key = _contextKey ?? throw new InvalidOperationException("the audit log is not initialised");
         return Convert.ToHexStringLower(HMACSHA256.HashData(key, Encoding.UTF8.GetBytes(value)));
     }
+
+    /// <summary>
+    /// When the latest group commit failed, if no commit has succeeded since: every call waiting
+    /// for it was answered UNAVAILABLE (a database that reads but cannot write — a full disk, a
+    /// standby after a failover — fails only here). Null once a commit succeeds.
+    /// </summary>
+    public DateTimeOffset? LastCommitFailure => Volatile.Read(ref _lastCommitFailure)?.Value;
 
     /// <summary>Appends one event; returns once it is durable.</summary>
     /// <exception cref="KmsException">Unavailable when the audit store cannot write it: the request must not be answered.</exception>
@@ -487,10 +496,12 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
                 pending.Done.TrySetResult();
             }
 
+            Volatile.Write(ref _lastCommitFailure, null);
             BatchWritten?.Invoke(batch.Count, waited);
         }
         catch (Exception e)
         {
+            Volatile.Write(ref _lastCommitFailure, new StrongBox<DateTimeOffset>(time.GetUtcNow()));
             var failure = e as KmsException is { Code: KmsErrorCode.Unavailable } unavailable
                 ? unavailable
                 : KmsErrors.Unavailable("the audit log cannot be written; the request was not answered", e);

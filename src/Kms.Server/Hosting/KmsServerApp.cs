@@ -310,9 +310,11 @@ public static class KmsServerApp
         // Singletons, so that concurrent checks share one probe (SingleFlightHealthCheck).
         builder.Services.AddSingleton<HsmHealthCheck>();
         builder.Services.AddSingleton<StoreHealthCheck>();
+        builder.Services.AddSingleton<AuditWriteHealthCheck>();
         builder.Services.AddGrpcHealthChecks(o => o.UseHealthChecksCache = false)
             .AddCheck<HsmHealthCheck>("hsm")
-            .AddCheck<StoreHealthCheck>("store");
+            .AddCheck<StoreHealthCheck>("store")
+            .AddCheck<AuditWriteHealthCheck>("audit");
         configureServices?.Invoke(builder.Services);
 
         var app = builder.Build();
