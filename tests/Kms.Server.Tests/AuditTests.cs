@@ -185,10 +185,16 @@ public sealed class AuditTests : IAsyncLifetime
     public async Task RefusalFlood_AggregatedIntoFewEvents()
     {
         using var anonymous = _server.CreateClient(apiToken: null);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         for (var i = 0; i < 100; i++)
         {
             await Assert.ThrowsAsync<RpcException>(() => anonymous.GenerateRandomAsync(8));
         }
+
+        // The operational log too: at most one line a second, each with its count.
+        var elapsed = clock.Elapsed;
+        var lines = _server.Logs.AllText.Split('\n').Where(l => l.Contains("unauthenticated call from", StringComparison.Ordinal)).ToList();
+        Assert.InRange(lines.Count, 1, (int)Math.Ceiling(elapsed.TotalSeconds) + 1);
 
         var audit = _server.Services.GetRequiredService<AuditLog>();
         await audit.FlushRefusalsAsync(default);

@@ -13,6 +13,9 @@ namespace Kms.Server.Grpc;
 /// </summary>
 internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger) : Interceptor
 {
+    // Static: the interceptor may be made per call, the throttle is the server's.
+    private static readonly LogThrottle RefusalLog = new();
+
     public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(
         TRequest request,
         ServerCallContext context,
@@ -85,7 +88,16 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
 
     private RpcException Plain(StatusCode code, KmsException e, string method)
     {
-        LogRejected(logger, method, e.Code, e.Message);
+        // Refusals a caller can repeat at will (authenticated or not) are logged at most once a
+        // second, with their count; the audit log has each one (aggregated).
+        if (e.Code is not (KmsErrorCode.PermissionDenied or KmsErrorCode.Unauthenticated))
+        {
+            LogRejected(logger, method, e.Code, e.Message);
+        }
+        else if (RefusalLog.Count() is > 0 and var refused)
+        {
+            LogRefused(logger, method, e.Code, e.Message, refused);
+        }
 
         // The client SDK sends a call refused for residency to another node (docs/deployment.md).
         return e.ResidencyRegion is { } region
@@ -102,6 +114,9 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
 
     [LoggerMessage(EventId = 1001, Level = LogLevel.Information, Message = "{Method} rejected: {Code}: {Reason}")]
     private static partial void LogRejected(ILogger logger, string method, KmsErrorCode code, string reason);
+
+    [LoggerMessage(EventId = 1005, Level = LogLevel.Information, Message = "{Method} refused: {Code}: {Reason}; {Count} refusals since the last such message")]
+    private static partial void LogRefused(ILogger logger, string method, KmsErrorCode code, string reason, long count);
 
     [LoggerMessage(EventId = 1002, Level = LogLevel.Warning, Message = "{Method} unavailable: {Reason}")]
     private static partial void LogUnavailable(ILogger logger, string method, string reason, Exception? exception);

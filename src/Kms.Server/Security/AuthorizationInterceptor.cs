@@ -38,6 +38,11 @@ internal sealed partial class AuthorizationInterceptor(
     private int _inFlight;
     private readonly LogThrottle _shedLog = new();
 
+    // Anyone can send unauthenticated calls, and a tenant at its quota keeps calling: one line
+    // per call would let them fill the log (the audit aggregates the same refusals).
+    private readonly LogThrottle _unauthenticatedLog = new();
+    private readonly LogThrottle _quotaLog = new();
+
     // Only authorized, non-public unary calls take an in-flight slot: an anonymous caller
     // cannot fill the server with calls that never end (health Watch streams), and the
     // streaming services (health, reflection) do no HSM or database work worth shedding.
@@ -125,7 +130,11 @@ internal sealed partial class AuthorizationInterceptor(
         var caller = await authentication.AuthenticateAsync(context);
         if (caller is null)
         {
-            LogUnauthenticated(logger, context.Method, context.Peer);
+            if (_unauthenticatedLog.Count() is > 0 and var unauthenticated)
+            {
+                LogUnauthenticated(logger, context.Method, context.Peer, unauthenticated);
+            }
+
             throw new RpcException(new global::Grpc.Core.Status(StatusCode.Unauthenticated, KmsErrors.Unauthenticated().Message));
         }
 
@@ -159,7 +168,11 @@ internal sealed partial class AuthorizationInterceptor(
             && context.UserState.TryGetValue(CallerKey, out var value) && value is Caller { HomeTenant: { } home }
             && !quotas.TryTake(home, cost(request), out var retryAfter))
         {
-            LogQuotaExceeded(logger, context.Method, home.Value);
+            if (_quotaLog.Count() is > 0 and var exceeded)
+            {
+                LogQuotaExceeded(logger, context.Method, home.Value, exceeded);
+            }
+
             throw QuotaExceeded(home, retryAfter);
         }
     }
@@ -264,11 +277,11 @@ internal sealed partial class AuthorizationInterceptor(
         }
     }
 
-    [LoggerMessage(EventId = 1101, Level = LogLevel.Information, Message = "{Method} unauthenticated call from {Peer}")]
-    private static partial void LogUnauthenticated(ILogger logger, string method, string peer);
+    [LoggerMessage(EventId = 1101, Level = LogLevel.Information, Message = "{Method} unauthenticated call from {Peer}: {Count} unauthenticated calls since the last such message")]
+    private static partial void LogUnauthenticated(ILogger logger, string method, string peer, long count);
 
-    [LoggerMessage(EventId = 1102, Level = LogLevel.Information, Message = "{Method} refused: quota of tenant {Tenant} exceeded")]
-    private static partial void LogQuotaExceeded(ILogger logger, string method, string tenant);
+    [LoggerMessage(EventId = 1102, Level = LogLevel.Information, Message = "{Method} refused: quota of tenant {Tenant} exceeded; {Count} calls refused for quota since the last such message")]
+    private static partial void LogQuotaExceeded(ILogger logger, string method, string tenant, long count);
 
     [LoggerMessage(EventId = 1103, Level = LogLevel.Warning, Message = "{Method} shed ({Reason}): {Count} calls shed since the last such message; shortest queue delay of the last window {QueueDelayMs} ms")]
     private static partial void LogShed(ILogger logger, string method, string reason, long count, double queueDelayMs);
