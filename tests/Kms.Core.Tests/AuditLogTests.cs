@@ -264,6 +264,34 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task AfterARestart_EventsTheStreamDidNotHave_AreForwarded_NotSkipped()
+    {
+        // The previous process committed events 1-5; its stream holds 1-3 (it crashed before
+        // forwarding the rest).
+        for (var i = 0; i < 5; i++)
+        {
+            await _log.AppendAsync(Entry($"req-{i}"), default);
+        }
+
+        var restarted = new AuditLog(_store, _store, _hsm, _time, new AuditOptions());
+        await restarted.InitializeAsync(default);
+        var forwarded = new List<long>();
+        restarted.EventsWritten += events => forwarded.AddRange(events.Select(e => e.Sequence));
+        restarted.ForwardAfter(3);
+        await restarted.RunHousekeepingAsync(default);
+        Assert.Equal([4L, 5L], forwarded);
+
+        // A stream ahead of the chain (a database restored from an older backup) forwards from the head.
+        var another = new AuditLog(_store, _store, _hsm, _time, new AuditOptions());
+        await another.InitializeAsync(default);
+        var none = new List<long>();
+        another.EventsWritten += events => none.AddRange(events.Select(e => e.Sequence));
+        another.ForwardAfter(900);
+        await another.RunHousekeepingAsync(default);
+        Assert.Empty(none);
+    }
+
+    [Fact]
     public async Task Checkpoints_AfterNEvents_OrAfterTheInterval_SignedByTheAuditKey()
     {
         for (var i = 0; i < 50; i++)

@@ -125,6 +125,20 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         _forwarded = (await store.GetAuditHeadAsync(cancellationToken)).Sequence;
     }
 
+    /// <summary>
+    /// Forwards the events after <paramref name="sequence"/> (what a SIEM stream already holds,
+    /// read back by the host) instead of only those written from now on: events committed
+    /// before a crash, or while the stream could not be written, are not skipped. Never later
+    /// than the chain head (a database restored to an older head forwards from its head).
+    /// </summary>
+    public void ForwardAfter(long sequence)
+    {
+        if (_forwarded >= 0 && sequence >= 0)
+        {
+            _forwarded = Math.Min(_forwarded, sequence);
+        }
+    }
+
     /// <summary>The keyed hash of an encryption-context value (HMAC-SHA256, hex), so equal values can be correlated without being revealed.</summary>
     public string HashContextValue(string value)
     {

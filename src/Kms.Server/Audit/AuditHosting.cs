@@ -54,6 +54,11 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
         if (options.StreamPath is { Length: > 0 } stream)
         {
+            if (stream != "-" && LastStreamedSequence(stream) is { } streamed)
+            {
+                audit.ForwardAfter(streamed);
+            }
+
             audit.EventsWritten += events =>
             {
                 var text = new StringBuilder();
@@ -92,6 +97,56 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         {
             LogFinalCheckpointFailed(logger, e.GetType().Name);
         }
+    }
+
+    /// <summary>
+    /// The sequence number of the last event in a stream file, after cutting off a line a crash
+    /// left half-written; null for a missing or empty file (a new stream starts at the head).
+    /// </summary>
+    internal static long? LastStreamedSequence(string path)
+    {
+        if (!File.Exists(path))
+        {
+            return null;
+        }
+
+        using var file = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.Read);
+        var tailLength = (int)Math.Min(file.Length, 1 << 20);
+        var tail = new byte[tailLength];
+        file.Seek(-tailLength, SeekOrigin.End);
+        file.ReadExactly(tail);
+        var end = Array.LastIndexOf(tail, (byte)'\n');
+        if (end < 0 && file.Length > tailLength)
+        {
+            return null; // no line end in the last MiB: not a stream this server wrote
+        }
+
+        if (end < tailLength - 1)
+        {
+            // A half-written last line: cut it, so the events forwarded again follow a whole line.
+            file.SetLength(file.Length - (tailLength - 1 - end));
+        }
+
+        for (var stop = end; stop > 0;)
+        {
+            var start = Array.LastIndexOf(tail, (byte)'\n', stop - 1) + 1;
+            try
+            {
+                using var line = System.Text.Json.JsonDocument.Parse(tail.AsMemory(start, stop - start));
+                if (line.RootElement.TryGetProperty("event", out var e) && e.TryGetProperty("seq", out var seq))
+                {
+                    return seq.GetInt64();
+                }
+            }
+            catch (System.Text.Json.JsonException)
+            {
+                // Not an event line: look at the one before.
+            }
+
+            stop = start - 1;
+        }
+
+        return null;
     }
 
     private void Append(string path, string line)
