@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Text.Json;
 using Kms.Cli.Infrastructure;
+using Kms.Testing;
 
 namespace Kms.Cli.Tests;
 
@@ -92,6 +93,39 @@ public sealed class SigningCommandTests(CliServerFixture fixture) : IClassFixtur
         var signature = Path.Combine(_directory, "doc.sig");
         Assert.Equal(0, (await RunAsync("sign", key, "--in", document, "--out", signature)).ExitCode);
         Assert.True(mine.VerifyData(await File.ReadAllBytesAsync(document), await File.ReadAllBytesAsync(signature), HashAlgorithmName.SHA256, DSASignatureFormat.Rfc3279DerSequence));
+    }
+
+    [Fact]
+    public async Task Sign_PrincipalAllowedToSignButNotToVerify_ServiceHashesTheMessage()
+    {
+        // A key policy of SIGN alone: reading the public key (to learn the hash) needs VERIFY.
+        var key = $"sign-only-{Guid.NewGuid():N}";
+        var created = await JsonAsync("keys", "create", key, "--algorithm", "EC_SIGN_P256_SHA256");
+        var signer = Path.Combine(_directory, "signer.token");
+        await File.WriteAllTextAsync(signer, await fixture.Server.CreatePrincipalWithTokenAsync("sign-only", "dev", "key-user"));
+        using (var admin = fixture.Server.CreateClient())
+        {
+            await admin.Raw.SetKeyPolicyAsync(new Kms.Contracts.V1.SetKeyPolicyRequest
+            {
+                Name = created.GetProperty("name").GetString(),
+                Entries =
+                {
+                    new Kms.Contracts.V1.KeyPolicyEntry { Principal = "token:sign-only", Operations = { "SIGN" } },
+                    new Kms.Contracts.V1.KeyPolicyEntry { Principal = "token:developer", Operations = { "VERIFY" } },
+                },
+            });
+        }
+
+        var variables = fixture.Variables;
+        variables["KMS_TOKEN_FILE"] = signer;
+        var document = Path.Combine(_directory, "invoice.txt");
+        await File.WriteAllTextAsync(document, "pay 100 to acme");
+        var signature = Path.Combine(_directory, "invoice.sig");
+
+        var signed = await CliRun.InProcessAsync(variables, _directory, null, "sign", key, "--in", document, "--out", signature);
+
+        Assert.True(signed.ExitCode == 0, signed.ToString());
+        Assert.Equal(0, (await RunAsync("verify", key, "--in", document, "--signature", signature)).ExitCode);
     }
 
     [Fact]
