@@ -38,6 +38,43 @@ public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture
         Assert.All(confirmations.Until, until => Assert.True(until <= latestAllowed, $"vouched {(until - latestAllowed) * 1000 / Stopwatch.Frequency} ms past the read's start + 1 s"));
     }
 
+    [Fact]
+    public async Task AnEvictionThatFails_AfterAnAccessChange_TheAccessChangeIsStillActedOn()
+    {
+        // Poll 1 sees an access change (a revocation), then a material change whose eviction the
+        // HSM refuses: the poll fails, and the revocation was marked seen — it must have been
+        // acted on (remembered callers forgotten, metadata invalidated), not skipped for good.
+        var services = fixture.Server.Services;
+        var material = new string('a', Kms.Core.Keys.KeyVersionId.Length * 2);
+        var feed = new ScriptedFeed([new StoreChange(1, StoreChangeKind.Access, "token:revoked", DateTimeOffset.UtcNow), new StoreChange(2, StoreChangeKind.Material, material, DateTimeOffset.UtcNow)]);
+        var coherence = new RecordingCoherence();
+        using var hsm = new Kms.Testing.Fakes.FakeHsm { EvictFault = new InvalidOperationException("CKR_DEVICE_ERROR") };
+        var authentication = services.GetRequiredService<CallerAuthentication>();
+        var worker = new ClusterCoherenceWorker(feed, authentication, hsm, coherence, new ChangeFeedOptions(), TimeProvider.System, NullLogger<ClusterCoherenceWorker>.Instance);
+        await worker.PollOnceAsync(default);
+        var generation = authentication.Generation;
+        coherence.Invalidated = 0;
+
+        await Assert.ThrowsAsync<InvalidOperationException>(() => worker.PollOnceAsync(default));
+
+        Assert.True(authentication.Generation > generation, "remembered callers were not forgotten");
+        Assert.Equal(1, coherence.Invalidated);
+        Assert.Equal(1, worker.Applied); // the eviction is retried at the next poll
+        hsm.EvictFault = null;
+        await worker.PollOnceAsync(default);
+        Assert.Equal(2, worker.Applied);
+    }
+
+    private sealed class ScriptedFeed(IReadOnlyList<StoreChange> changes) : IChangeFeed
+    {
+        public Task<IReadOnlyList<StoreChange>> ListChangesAsync(long afterSequence, int limit, CancellationToken cancellationToken) =>
+            Task.FromResult<IReadOnlyList<StoreChange>>(changes.Where(c => c.Sequence > afterSequence).Take(limit).ToList());
+
+        public Task<long> GetChangeHeadAsync(CancellationToken cancellationToken) => Task.FromResult(0L);
+
+        public Task<int> PruneChangesAsync(DateTimeOffset before, CancellationToken cancellationToken) => Task.FromResult(0);
+    }
+
     private sealed class SlowFeed(IChangeFeed inner, TimeSpan delay) : IChangeFeed
     {
         public async Task<IReadOnlyList<StoreChange>> ListChangesAsync(long afterSequence, int limit, CancellationToken cancellationToken)
@@ -56,9 +93,9 @@ public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture
     {
         public List<long> Until { get; } = [];
 
-        public void InvalidateMetadata()
-        {
-        }
+        public int Invalidated { get; set; }
+
+        public void InvalidateMetadata() => Invalidated++;
 
         public void ConfirmCoherent(TimeSpan validFor) => Until.Add(Stopwatch.GetTimestamp() + (long)(validFor.TotalSeconds * Stopwatch.Frequency));
     }

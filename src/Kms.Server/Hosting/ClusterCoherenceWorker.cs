@@ -68,30 +68,38 @@ internal sealed partial class ClusterCoherenceWorker(
             // Pruned past what this node saw (it could not read the feed for longer than the
             // retention): what it missed is unknown, so every remembered caller goes.
             var forget = changes.Count > 0 && changes[0].Sequence > _seen + 1;
-            foreach (var change in changes)
+            try
             {
-                switch (change.Kind)
+                foreach (var change in changes)
                 {
-                    case StoreChangeKind.Access:
-                        forget = true;
-                        break;
-                    case StoreChangeKind.Material when change.Subject.Length == KeyVersionId.Length * 2:
-                        hsm.EvictKey(KeyVersionId.FromBytes(Convert.FromHexString(change.Subject)));
-                        break;
+                    switch (change.Kind)
+                    {
+                        case StoreChangeKind.Access:
+                            forget = true;
+                            break;
+                        case StoreChangeKind.Material when change.Subject.Length == KeyVersionId.Length * 2 && change.Subject.All(char.IsAsciiHexDigit):
+                            // An eviction that fails is retried at the next poll (the change is not marked seen).
+                            hsm.EvictKey(KeyVersionId.FromBytes(Convert.FromHexString(change.Subject)));
+                            break;
+                    }
+
+                    _seen = change.Sequence;
+                    Applied++;
+                }
+            }
+            finally
+            {
+                // Whatever stopped the loop (an eviction the HSM refused): an access change it
+                // already marked seen is acted on, or revoked callers would stay remembered.
+                if (forget)
+                {
+                    authentication.Forget();
                 }
 
-                _seen = change.Sequence;
-                Applied++;
-            }
-
-            if (forget)
-            {
-                authentication.Forget();
-            }
-
-            if (changes.Count > 0)
-            {
-                metadata.InvalidateMetadata();
+                if (changes.Count > 0)
+                {
+                    metadata.InvalidateMetadata();
+                }
             }
 
             if (changes.Count < 500)

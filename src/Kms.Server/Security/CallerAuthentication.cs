@@ -83,6 +83,9 @@ internal sealed class CallerAuthentication(
             return await authenticator.CallerForAsync(principal, cancellationToken);
         }, new DateTimeOffset(certificate.NotAfter.ToUniversalTime()));
 
+    /// <summary>How many times remembered callers were forgotten (tests).</summary>
+    internal long Generation => Interlocked.Read(ref _generation);
+
     /// <summary>Forgets every remembered caller (after a change to tokens, principals or bindings).</summary>
     public void Forget()
     {

@@ -458,8 +458,16 @@ public sealed class FakeHsm : IHsm, IDisposable
     /// <summary>Key versions evicted (destroyed) so far.</summary>
     public List<Kms.Core.Keys.KeyVersionId> Evicted { get; } = [];
 
+    /// <summary>When set, EvictKey throws it (a device refusing the destroy).</summary>
+    public Exception? EvictFault { get; set; }
+
     public void EvictKey(Kms.Core.Keys.KeyVersionId id)
     {
+        if (EvictFault is { } fault)
+        {
+            throw fault;
+        }
+
         lock (Evicted)
         {
             Evicted.Add(id);
