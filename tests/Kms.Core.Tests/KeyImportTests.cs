@@ -54,6 +54,27 @@ public sealed class KeyImportTests : IDisposable
     }
 
     [Fact]
+    public async Task UpdateAlias_FromAnOrdinaryKeyOntoAKeyThatTakesImports_Refused_TheAliasStays()
+    {
+        // The apps encrypt through the alias: moving it onto a key whose material a key-manager
+        // imported would hand them a key whose material someone outside the HSM knows.
+        var production = await _domain.CreateKeyAsync("production");
+        var byok = await _domain.CreateKeyForImportAsync("byok");
+        var alias = await _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "payments", production.Name, null, default);
+
+        var refused = await Assert.ThrowsAsync<KmsException>(() => _domain.Aliases.UpdateAliasAsync(Dev, alias.Name, byok.Name, default));
+
+        Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+        Assert.Equal(production.Name, (await _domain.Aliases.GetAliasAsync(Dev, alias.Name, default)).Key);
+
+        // Between keys that both take imports, or onto an ordinary key, it moves.
+        var other = await _domain.CreateKeyForImportAsync("byok-2");
+        var imported = await _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "imported", byok.Name, null, default);
+        Assert.Equal(other.Name, (await _domain.Aliases.UpdateAliasAsync(Dev, imported.Name, other.Name, default)).Key);
+        Assert.Equal(production.Name, (await _domain.Aliases.UpdateAliasAsync(Dev, imported.Name, production.Name, default)).Key);
+    }
+
+    [Fact]
     public async Task Import_RetriedWithTheSameRequestIdAfterARotation_AnswersTheImportedVersion()
     {
         var key = await _domain.CreateKeyForImportAsync("byok");

@@ -67,6 +67,15 @@ public sealed class AliasService(IKeyStore store, IAccessStore access, TimeProvi
             throw KmsErrors.InvalidArgument("key", "must be a key of the alias's tenant");
         }
 
+        // An alias's callers do not see which key it names: a key-manager (who may import but
+        // not decrypt) must not swap it, in one step, onto a key holding material they imported.
+        if (await store.GetAliasAsync(name, cancellationToken) is { } current
+            && await store.GetKeyAsync(key, cancellationToken) is { AllowImport: true }
+            && await store.GetKeyAsync(current.Key, cancellationToken) is { AllowImport: false })
+        {
+            throw KmsErrors.FailedPrecondition($"{key} was created with allow_import and {current.Key} was not: an alias is not moved onto a key that takes imported material (create a new alias for it)");
+        }
+
         return await store.UpdateAliasAsync(name, key, Clock.Now(time), cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
     }
 
