@@ -35,6 +35,26 @@ public sealed class AuditStreamTests : IDisposable
         Assert.Equal(whole, File.ReadAllText(_path));
     }
 
+    [Fact]
+    public void LastStreamedSequence_APipeOrAFifo_NullWithoutBlockingOrThrowing()
+    {
+        // /dev/stdout under a container runtime is a pipe; a SIEM agent may read a FIFO.
+        using (var mkfifo = System.Diagnostics.Process.Start("mkfifo", _path))
+        {
+            mkfifo.WaitForExit();
+            Assert.Equal(0, mkfifo.ExitCode);
+        }
+
+        Assert.Null(AuditWorker.LastStreamedSequence(_path));
+    }
+
+    [Fact]
+    public void LastStreamedSequence_ForeignJsonLines_SkippedForTheLastEventLine()
+    {
+        File.WriteAllText(_path, Line(7) + "\n[1,2]\n{\"event\":\"not an object\"}\n");
+        Assert.Equal(7, AuditWorker.LastStreamedSequence(_path));
+    }
+
     private static string Line(long sequence) =>
         $"{{\"event\":{{\"v\":1,\"seq\":{sequence},\"prev\":\"00\",\"time\":\"2026-12-03T10:00:00.000Z\",\"principal\":\"token:app\"}},\"hash\":\"ab\"}}";
 }

@@ -40,6 +40,7 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     private DateTimeOffset _lastCheckpointTime;
     private long _forwarded = -1;
     private StrongBox<DateTimeOffset>? _lastCommitFailure;
+    private int _failedCommits;
 
     // One housekeeping pass at a time: the loop's, and a caller's (shutdown, tests).
     private readonly SemaphoreSlim _housekeeping = new(1, 1);
@@ -152,6 +153,9 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     /// standby after a failover — fails only here). Null once a commit succeeds.
     /// </summary>
     public DateTimeOffset? LastCommitFailure => Volatile.Read(ref _lastCommitFailure)?.Value;
+
+    /// <summary>Group commits that failed in a row (0 once one succeeds).</summary>
+    public int FailedCommitsInARow => Volatile.Read(ref _failedCommits);
 
     /// <summary>Appends one event; returns once it is durable.</summary>
     /// <exception cref="KmsException">Unavailable when the audit store cannot write it: the request must not be answered.</exception>
@@ -511,10 +515,12 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
             }
 
             Volatile.Write(ref _lastCommitFailure, null);
+            Interlocked.Exchange(ref _failedCommits, 0);
             BatchWritten?.Invoke(batch.Count, waited);
         }
         catch (Exception e)
         {
+            Interlocked.Increment(ref _failedCommits);
             Volatile.Write(ref _lastCommitFailure, new StrongBox<DateTimeOffset>(time.GetUtcNow()));
             var failure = e as KmsException is { Code: KmsErrorCode.Unavailable } unavailable
                 ? unavailable
@@ -581,7 +587,9 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
             return;
         }
 
-        while (true)
+        // At most ten pages a pass: a stream far behind (resumed after a long outage) catches up
+        // over several passes, so refusal summaries and checkpoints are not held up meanwhile.
+        for (var pages = 0; pages < 10; pages++)
         {
             var page = await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = _forwarded, Limit = 1000 }, cancellationToken);
             if (page.Count == 0)

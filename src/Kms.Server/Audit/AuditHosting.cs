@@ -110,13 +110,34 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             return null;
         }
 
-        using var file = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.Read);
-        var tailLength = (int)Math.Min(file.Length, 1 << 20);
+        try
+        {
+            return ReadBack(path);
+        }
+        catch (Exception e) when (e is IOException or NotSupportedException or UnauthorizedAccessException)
+        {
+            return null; // not readable as a file: start at the head, as before
+        }
+    }
+
+    private static long? ReadBack(string path)
+    {
+        using var file = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.Read, bufferSize: 0);
+
+        // Only a regular file with something in it can be read back: a pipe, a FIFO or a
+        // terminal (/dev/stdout under a container runtime) is not seekable.
+        if (!file.CanSeek || file.Length == 0)
+        {
+            return null;
+        }
+
+        var length = file.Length;
+        var tailLength = (int)Math.Min(length, 1 << 20);
         var tail = new byte[tailLength];
-        file.Seek(-tailLength, SeekOrigin.End);
+        file.Seek(length - tailLength, SeekOrigin.Begin);
         file.ReadExactly(tail);
         var end = Array.LastIndexOf(tail, (byte)'\n');
-        if (end < 0 && file.Length > tailLength)
+        if (end < 0 && length > tailLength)
         {
             return null; // no line end in the last MiB: not a stream this server wrote
         }
@@ -124,7 +145,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         if (end < tailLength - 1)
         {
             // A half-written last line: cut it, so the events forwarded again follow a whole line.
-            file.SetLength(file.Length - (tailLength - 1 - end));
+            file.SetLength(length - (tailLength - 1 - end));
         }
 
         for (var stop = end; stop > 0;)
@@ -138,9 +159,9 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
                     return seq.GetInt64();
                 }
             }
-            catch (System.Text.Json.JsonException)
+            catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or FormatException)
             {
-                // Not an event line: look at the one before.
+                // Not an event line of this format: look at the one before.
             }
 
             stop = start - 1;
@@ -164,7 +185,8 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
             // A write that fails part-way (a full disk) is taken back, so the page forwarded again
             // at the next pass does not follow a broken line.
-            using var file = new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.Read);
+            // Unbuffered: a buffered write that failed at Flush would fail again in SetLength.
+            using var file = new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.Read, bufferSize: 0);
             var before = file.Length;
             try
             {

@@ -23,11 +23,11 @@ internal sealed partial class KeyManagementGrpcService
         return status;
     }
 
-    // Each item answered INVALID_ARGUMENT ("decryption failed", or a malformed blob) counts towards the
-    // failed-decryption alert, as a single Decrypt so answered does.
+    // Each item that failed to decrypt ("decryption failed") counts towards the failed-decryption
+    // alert; a bad destination name or context in BatchReEncrypt does not.
     private static void CountDecryptFailures(ServerCallContext context, IEnumerable<Kms.Core.Errors.KmsException?> errors)
     {
-        var failed = errors.Count(e => e?.Code is Kms.Core.Errors.KmsErrorCode.DecryptionFailed or Kms.Core.Errors.KmsErrorCode.InvalidArgument);
+        var failed = errors.Count(e => e?.Code == Kms.Core.Errors.KmsErrorCode.DecryptionFailed);
         if (failed > 0)
         {
             context.UserState[Kms.Server.Audit.AuditInterceptor.ItemDecryptFailuresKey] = failed;

@@ -57,21 +57,25 @@ internal sealed class HsmHealthCheck(IHsm hsm) : SingleFlightHealthCheck
 }
 
 /// <summary>
-/// The audit log could be written at its latest group commit, or that failure is older than
-/// <see cref="Hold"/>. A database that still reads but cannot write (a full disk, a standby the
-/// connection string reaches after a failover) passes the store's read probe while every audited
-/// call is answered UNAVAILABLE. Bounded in time, without a probe write: a node out of the
-/// rotation gets no calls, so no commit would ever clear the failure — after the hold it is
-/// served again, and the next failed commit takes it out again.
+/// The audit log can be written: not <see cref="FailuresInARow"/> group commits failed in a row,
+/// the latest less than <see cref="Hold"/> ago. A database that still reads but cannot write (a
+/// full disk, a standby the connection string reaches after a failover) passes the store's read
+/// probe while every audited call is answered UNAVAILABLE. One failed commit (a lock held a
+/// moment too long) does not drain a node; and the hold is short and bounded, without a probe
+/// write: a node out of the rotation gets no calls, so no commit could clear it — after the
+/// hold it is served again, and failing commits take it out again.
 /// </summary>
 internal sealed class AuditWriteHealthCheck(Core.Services.AuditLog audit, TimeProvider time) : IHealthCheck
 {
-    /// <summary>How long a failed audit commit keeps the node NOT_SERVING without a later success.</summary>
-    public static readonly TimeSpan Hold = TimeSpan.FromSeconds(30);
+    /// <summary>How long failing audit commits keep the node NOT_SERVING without a later success.</summary>
+    public static readonly TimeSpan Hold = TimeSpan.FromSeconds(10);
+
+    /// <summary>How many group commits must fail in a row.</summary>
+    public const int FailuresInARow = 3;
 
     public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
-        Task.FromResult(audit.LastCommitFailure is { } failed && time.GetUtcNow() - failed < Hold
-            ? HealthCheckResult.Unhealthy($"the audit log could not be written at {failed:O}: audited calls are answered UNAVAILABLE")
+        Task.FromResult(audit.FailedCommitsInARow >= FailuresInARow && audit.LastCommitFailure is { } failed && time.GetUtcNow() - failed < Hold
+            ? HealthCheckResult.Unhealthy($"{audit.FailedCommitsInARow} audit commits in a row failed, the latest at {failed:O}: audited calls are answered UNAVAILABLE")
             : HealthCheckResult.Healthy());
 }
 
