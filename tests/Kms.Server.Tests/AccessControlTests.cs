@@ -453,6 +453,28 @@ public sealed class AccessControlTests : IAsyncLifetime
         Assert.DoesNotContain(_server.DeveloperToken, _server.Logs.AllText, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task DevMode_ItsTenantDeleted_StillStarts_WithoutNewTokensInIt()
+    {
+        var server = await KmsTestServer.StartAsync();
+        using (var admin = server.CreateClient(server.DeploymentAdminToken))
+        {
+            await admin.Access.DeleteTenantAsync(new DeleteTenantRequest { Name = "tenants/dev" });
+        }
+
+        // A lost developer token would be issued again at the next start: the store refuses a
+        // token in a tenant being deleted, which must not stop the server from starting.
+        File.Delete(Path.Combine(server.DataDir, "tokens", "developer.token"));
+        server = await server.RestartAsync();
+        await using (server)
+        {
+            Assert.False(File.Exists(Path.Combine(server.DataDir, "tokens", "developer.token")));
+            Assert.Contains("is being deleted, so its developer and key-user tokens are not issued again", server.Logs.AllText, StringComparison.Ordinal);
+            using var admin = server.CreateClient(server.DeploymentAdminToken);
+            Assert.Equal("DELETING", (await admin.Access.GetTenantAsync(new GetTenantRequest { Name = "tenants/dev" })).Tenant.State);
+        }
+    }
+
     private async Task<CreateApiTokenResponse> CreateTokenAsync(string principal, string tenant, string kind, TimeSpan? lifetime, params string[] roles)
     {
         await _admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = principal, Tenant = $"tenants/{tenant}" });

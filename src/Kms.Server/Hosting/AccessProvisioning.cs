@@ -49,9 +49,18 @@ internal static partial class AccessProvisioning
         var time = services.GetRequiredService<TimeProvider>();
         var tokens = Path.GetFullPath(Path.Combine(options.DataDir, "tokens"));
         var tenant = TenantId.Parse(options.Tenant, "Kms:Tenant");
-        if (await store.GetTenantAsync(tenant, cancellationToken) is null)
+        var existing = await store.GetTenantAsync(tenant, cancellationToken);
+        if (existing is null)
         {
             await access.CreateTenantAsync(tenant, "dev mode", cancellationToken);
+        }
+
+        // A dev tenant being deleted gets no new principal, binding or token (the store refuses
+        // them): its principals are left as they are, the deployment admin's token still issued.
+        var deleting = existing is { State: TenantState.Deleting };
+        if (deleting)
+        {
+            LogDevTenantDeleting(logger, tenant.ResourceName);
         }
 
         // First run, a lost file, or a token about to expire: issue a fresh one.
@@ -65,6 +74,11 @@ internal static partial class AccessProvisioning
             }
 
             var home = roles.All(Roles.IsDeploymentRole) ? (TenantId?)null : tenant;
+            if (deleting && home is not null)
+            {
+                continue;
+            }
+
             var text = await access.ProvisionAsync(principal, home, roles, kind, DevTokenLifetime, cancellationToken);
             SecretFiles.Write(path, text + "\n");
         }
@@ -75,6 +89,10 @@ internal static partial class AccessProvisioning
     [LoggerMessage(EventId = 1010, Level = LogLevel.Warning,
         Message = "No deployment admin yet: a one-time bootstrap credential is in {Path} (mode 0600). Call AccessManagementService.Bootstrap with it; it is invalid after that first use.")]
     private static partial void LogBootstrap(ILogger logger, string path);
+
+    [LoggerMessage(EventId = 1012, Level = LogLevel.Warning,
+        Message = "Dev mode: {Tenant} is being deleted, so its developer and key-user tokens are not issued again; use another --Kms:Tenant or a fresh data directory")]
+    private static partial void LogDevTenantDeleting(ILogger logger, string tenant);
 
     [LoggerMessage(EventId = 1011, Level = LogLevel.Information,
         Message = "Dev mode API tokens (mode 0600) are in {Directory}: developer.token (every role in the dev tenant), key-user.token, deployment-admin.token")]
