@@ -70,6 +70,8 @@ internal sealed class ReloadingFile<T>(Func<T> load, TimeProvider time, Action<E
         }
     }
 
+    // ".." is collapsed by text first (Path.GetFullPath), as .NET does when it opens the file:
+    // the stamp is of the file the loader reads, even where the kernel would go elsewhere.
     private static string RealPath(string path, int depth)
     {
         var full = Path.GetFullPath(path);
