@@ -142,6 +142,14 @@ public sealed class HsmProfile
             throw new HsmConfigurationException($"HSM profile '{profile.Name}': the domain key must expose CKA_CHECK_VALUE, it is how the service pins it");
         }
 
+        // DESIGN's domain-key MUSTs: without them the key would be made, and accepted, without the
+        // attributes that stop a PIN holder unwrapping a stored blob as a readable key.
+        if (!profile.UnwrapTemplateAttribute || !profile.AllowedMechanismsAttribute)
+        {
+            throw new HsmConfigurationException(
+                $"HSM profile '{profile.Name}': the domain key must carry CKA_UNWRAP_TEMPLATE and CKA_ALLOWED_MECHANISMS (unwrapTemplateAttribute and allowedMechanismsAttribute true); an HSM without them cannot protect stored blobs from a PIN holder");
+        }
+
         return profile;
     }
 }

@@ -69,6 +69,15 @@ public sealed class SoftHsmAlgorithmFactsTests(AlgorithmFixture fixture) : IClas
 
         File.WriteAllText(path, json.Replace("CKR_KEY_SIZE_RANGE", "CKR_KEY_SIZE_WRONG", StringComparison.Ordinal));
         Assert.Throws<HsmConfigurationException>(() => HsmProfile.Load(path));
+
+        // The domain key's MUSTs cannot be switched off by a profile.
+        foreach (var flag in new[] { "unwrapTemplateAttribute", "allowedMechanismsAttribute" })
+        {
+            Assert.Contains($"\"{flag}\": true", json, StringComparison.Ordinal);
+            File.WriteAllText(path, json.Replace($"\"{flag}\": true", $"\"{flag}\": false", StringComparison.Ordinal));
+            var weak = Assert.Throws<HsmConfigurationException>(() => HsmProfile.Load(path));
+            Assert.Contains("CKA_UNWRAP_TEMPLATE and CKA_ALLOWED_MECHANISMS", weak.Message, StringComparison.Ordinal);
+        }
     }
 
     [Fact]
