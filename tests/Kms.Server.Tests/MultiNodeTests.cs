@@ -350,6 +350,17 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Contains("refusing to serve", e.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task Residency_NodeWithAKeyForTheRegionForgedToTheSameCheckValue_RefusesToServe()
+    {
+        // 3 bytes of check value are matched by another key in about 2^24 tries: the region's
+        // key must also unwrap what was wrapped under the pinned one.
+        await StartNodeAsync(regionKeys: new() { ["eu"] = ForgedCheckValue.Real });
+        var e = await Assert.ThrowsAnyAsync<Exception>(() => StartNodeAsync(regionKeys: new() { ["eu"] = ForgedCheckValue.Forged }));
+        Assert.Contains("region eu has the pinned check value but cannot unwrap", e.Message, StringComparison.Ordinal);
+        await StartNodeAsync(regionKeys: new() { ["eu"] = ForgedCheckValue.Real });
+    }
+
     private async Task<KmsTestServer> StartNodeAsync(byte[]? domainKey = null, Dictionary<string, byte[]>? regionKeys = null, KmsTestServer? shareTlsWith = null, params string[] extraArgs)
     {
         var token = SoftHsm.CreateToken();

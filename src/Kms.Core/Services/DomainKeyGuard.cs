@@ -16,6 +16,13 @@ public static class DomainKeyGuard
     /// <summary>The setting pinning a residency region's domain key check value.</summary>
     public static string RegionCheckValueSetting(string region) => $"{CheckValueSetting}.region.{region}";
 
+    /// <summary>
+    /// The setting holding a key wrapped under a residency region's domain key when it was
+    /// pinned: it unwraps only under that very key, where the 3-byte check value can be matched
+    /// by another key in seconds (the deployment's key has the audit signing key for this).
+    /// </summary>
+    public static string RegionWitnessSetting(string region) => $"domain_key.witness.region.{region}";
+
     /// <summary>Setting that says whether the pinned domain key is a dev-mode one.</summary>
     public const string OriginSetting = "domain_key.origin";
 
@@ -79,9 +86,38 @@ public static class DomainKeyGuard
                 throw KmsErrors.FailedPrecondition(
                     $"the HSM's domain key of region {region} has check value {regional}, but this database's keys of that region are under check value {pinnedRegional}; refusing to serve");
             }
+
+            await ProveRegionalKeyAsync(hsm.ForRegion(region), region, store, cancellationToken);
         }
 
         return new DomainKeyPin(pinned, FirstStart: pinned == current && pinnedOrigin == origin);
+    }
+
+    // The witness is made by the first node of the region to start with this check (a database
+    // pinned before it gets one then), and must unwrap under the region's key at every start.
+    private static async Task ProveRegionalKeyAsync(IHsm regional, string region, IKeyStore store, CancellationToken cancellationToken)
+    {
+        var setting = RegionWitnessSetting(region);
+        if (await store.GetSettingAsync(setting, cancellationToken) is not { } witness)
+        {
+            var generated = await regional.GenerateAes256KeyAsync(cancellationToken);
+            witness = await store.SetSettingIfAbsentAsync(setting, Convert.ToBase64String(generated.Bytes.Span), cancellationToken);
+        }
+
+        var id = Keys.KeyVersionId.FromBytes(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(setting)).AsSpan(0, Keys.KeyVersionId.Length));
+        try
+        {
+            await regional.EncryptAesGcmAsync(new KeyMaterialRef(id, new Crypto.WrappedKeyMaterial(Convert.FromBase64String(witness))), new byte[12], [], new byte[16], cancellationToken);
+        }
+        catch (KmsException e) when (e.Code != KmsErrorCode.Unavailable)
+        {
+            throw KmsErrors.FailedPrecondition(
+                $"the HSM's domain key of region {region} has the pinned check value but cannot unwrap the key wrapped under the region's pinned domain key: it is another key with the same check value; refusing to serve");
+        }
+        finally
+        {
+            regional.EvictKey(id);
+        }
     }
 }
 
