@@ -136,10 +136,13 @@ public sealed class DomainKeyTests(HsmFixture fixture) : IClassFixture<HsmFixtur
         using var other = mechanism == CKM.CKM_AES_CBC_PAD
             ? fixture.Factories.MechanismFactory.Create(mechanism, new byte[16])
             : fixture.Factories.MechanismFactory.Create(mechanism);
-        Assert.Throws<Pkcs11Exception>(() => Native.With(
+        // A template the unwrap template accepts: only the mechanism can be what refuses it.
+        var e = Assert.Throws<Pkcs11Exception>(() => Native.With(
         [
             a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_TOKEN, false),
+            a.Create(CKA.CKA_PRIVATE, true), a.Create(CKA.CKA_SENSITIVE, true), a.Create(CKA.CKA_EXTRACTABLE, false),
         ], t => session.UnwrapKey(other, fixture.FindDomainKey(session), wrapped.UnsafeArray, t)));
+        Assert.Equal(CKR.CKR_MECHANISM_INVALID, e.RV);
     }
 
     [Fact]
@@ -148,5 +151,10 @@ public sealed class DomainKeyTests(HsmFixture fixture) : IClassFixture<HsmFixtur
         using var session = fixture.OpenRawSession();
         Assert.Throws<Pkcs11Exception>(() => Native.With(
             [fixture.Factories.ObjectAttributeFactory.Create(CKA.CKA_TOKEN, false)], t => session.CopyObject(fixture.FindDomainKey(session), t)));
+
+        // Not even a copy that weakens nothing: CKA_COPYABLE=false refuses every copy.
+        var e = Assert.Throws<Pkcs11Exception>(() => Native.With(
+            [fixture.Factories.ObjectAttributeFactory.Create(CKA.CKA_TOKEN, true)], t => session.CopyObject(fixture.FindDomainKey(session), t)));
+        Assert.Equal(CKR.CKR_ACTION_PROHIBITED, e.RV);
     }
 }
