@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Security.Cryptography;
 using System.Text;
 using Kms.Core.Crypto;
@@ -38,7 +39,9 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     private SlotState? _state;
     private long _generation;
     private DateTime _nextRecoveryUtc;
-    private bool _pinRefused;
+    // Shared with the regions' adapters, which log in to the same token with the same PIN: a
+    // refused PIN is presented again by none of them (a real HSM may lock the token after three).
+    private StrongBox<bool> _pinRefused = new();
 
     // A key this adapter wrapped under the domain key at its first open: proof, at every later
     // open, that the token still holds that key (see ProveSameDomainKey).
@@ -102,6 +105,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
                 }
 
                 var regional = Open(options.ForRegion(region, regionOptions), logger);
+                regional._pinRefused = hsm._pinRefused;
                 hsm._regions[region] = regional;
                 if (string.Equals(regional.DomainKeyCheckValue, hsm.DomainKeyCheckValue, StringComparison.OrdinalIgnoreCase))
                 {
@@ -642,7 +646,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
                 return current;
             }
 
-            if (_pinRefused || DateTime.UtcNow < _nextRecoveryUtc)
+            if (_pinRefused.Value || DateTime.UtcNow < _nextRecoveryUtc)
             {
                 throw KmsErrors.Unavailable("the HSM is unavailable; retry shortly");
             }
@@ -891,7 +895,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         }
         catch (Pkcs11Exception e) when (Pkcs11Errors.IsPinRefused(e))
         {
-            _pinRefused = true;
+            _pinRefused.Value = true;
             Log.PinRefused(_logger, e.RV);
             throw new HsmConfigurationException($"the HSM refused the PIN ({e.RV}); not retrying", e);
         }

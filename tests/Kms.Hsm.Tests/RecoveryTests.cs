@@ -105,6 +105,39 @@ public sealed class RecoveryTests
     }
 
     [Fact]
+    public async Task PinChangedWhileDown_WithResidencyRegions_ThePinIsPresentedOnceForTheWholeToken()
+    {
+        // Each region's adapter logs in to the same token with the same PIN: a real HSM may lock
+        // the token after three refusals, so one refusal must stop them all.
+        var token = SoftHsm.CreateToken();
+        var options = token.Options();
+        using (var ceremony = HsmCeremonySession.Open(token.Options(devMode: false), System.Text.Encoding.UTF8.GetBytes(token.UserPin)))
+        {
+            foreach (var region in new[] { "eu", "us" })
+            {
+                ceremony.ImportDomainKey(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32), $"kms-domain-key-{region}", $"dk-{region}");
+                options.Regions[region] = new HsmRegionOptions { DomainKeyId = $"dk-{region}" };
+            }
+        }
+
+        var logger = new ListLogger();
+        await using var hsm = Pkcs11Hsm.Open(options, logger);
+        RawToken.WithSession(token, (session, _) => session.SetPin(token.UserPin, token.UserPin + "-changed"));
+
+        hsm.CloseAllSessionsForFaultInjection();
+        foreach (var adapter in new IHsm[] { hsm, hsm.ForRegion("eu"), hsm.ForRegion("us"), hsm })
+        {
+            for (var i = 0; i < 2; i++)
+            {
+                var e = await Assert.ThrowsAsync<KmsException>(async () => await adapter.GenerateRandomAsync(1, default));
+                Assert.Equal(KmsErrorCode.Unavailable, e.Code);
+            }
+        }
+
+        Assert.Single(logger.Messages, m => m.Contains("refused the PIN", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task AfterDispose_UnavailableNotInternal()
     {
         var hsm = Pkcs11Hsm.Open(SoftHsm.CreateToken().Options(), NullLogger.Instance);
