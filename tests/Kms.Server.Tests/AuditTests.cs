@@ -222,6 +222,19 @@ public sealed class AuditTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task RejectedCallsLogLine_CarriesItsPrincipalAndRequestId_AsTheCatalogSays()
+    {
+        var key = await _developer.CreateKeyAsync("tenants/dev", "logged-rejection");
+        var blob = (await _developer.EncryptAsync(key.Name, "x"u8.ToArray())).Ciphertext;
+        blob[^1] ^= 1;
+        await Assert.ThrowsAsync<RpcException>(async () => await _developer.DecryptAsync(blob));
+
+        var line = Assert.Single(_server.Logs.Events, e => e.Contains("Decrypt\" rejected", StringComparison.Ordinal));
+        Assert.Contains("Principal=\"token:developer\"", line, StringComparison.Ordinal);
+        Assert.Contains("RequestId=", line, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task AuditStoreUnavailable_NoAnswer_ThenServesAgainWithoutAGap()
     {
         var key = await _developer.CreateKeyAsync("tenants/dev", "no-audit-no-answer");

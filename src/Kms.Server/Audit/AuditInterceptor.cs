@@ -39,8 +39,11 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
 
         var scope = Begin(context, rule, request);
         TResponse response;
+
+        // The request id is on every log event of the call, the success path's alert (1401) and
+        // audit (13xx) events too, which are written after the handler's scope has closed.
+        using var requestId = Serilog.Context.LogContext.PushProperty("RequestId", scope.Entry.RequestId);
         using (AuditScope.Enter(scope))
-        using (Serilog.Context.LogContext.PushProperty("RequestId", scope.Entry.RequestId))
         {
             try
             {
@@ -97,8 +100,8 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
 
     private async Task StreamAsync(ServerCallContext context, AuditScope scope, Func<Task> call)
     {
+        using var requestId = Serilog.Context.LogContext.PushProperty("RequestId", scope.Entry.RequestId);
         using (AuditScope.Enter(scope))
-        using (Serilog.Context.LogContext.PushProperty("RequestId", scope.Entry.RequestId))
         {
             try
             {

@@ -27,7 +27,11 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
         }
         catch (Exception e) when (e is not RpcException)
         {
-            throw Map(e, context);
+            // The authorization step's Principal property ended with its scope: logged here again.
+            using (PrincipalProperty(context))
+            {
+                throw Map(e, context);
+            }
         }
     }
 
@@ -44,9 +48,18 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
         }
         catch (Exception e) when (e is not RpcException)
         {
-            throw Map(e, context);
+            // The authorization step's Principal property ended with its scope: logged here again.
+            using (PrincipalProperty(context))
+            {
+                throw Map(e, context);
+            }
         }
     }
+
+    private static IDisposable? PrincipalProperty(ServerCallContext context) =>
+        context.UserState.TryGetValue(Kms.Server.Security.AuthorizationInterceptor.CallerKey, out var value) && value is Kms.Core.Services.Caller caller
+            ? Serilog.Context.LogContext.PushProperty("Principal", caller.Principal)
+            : null;
 
     private RpcException Map(Exception e, ServerCallContext context) => e switch
     {
