@@ -211,9 +211,7 @@ public sealed class AuditTests : IAsyncLifetime
     public async Task BatchDecrypt_WhoseItemsFailToDecrypt_RaisesTheFailedDecryptionAlert()
     {
         // One call answered OK, ten items "decryption failed": the alert counts the items.
-        var key = await _developer.CreateKeyAsync("tenants/dev", "batch-oracle");
-        var blob = (await _developer.EncryptAsync(key.Name, "x"u8.ToArray())).Ciphertext;
-        blob[^1] ^= 1;
+        var blob = await TamperedCiphertextAsync("batch-oracle");
         var request = new BatchDecryptRequest();
         request.Requests.AddRange(Enumerable.Range(0, 10).Select(_ => new DecryptRequest { Ciphertext = Google.Protobuf.ByteString.CopyFrom(blob) }));
         var response = await _developer.BatchDecryptAsync(request);
@@ -224,14 +222,21 @@ public sealed class AuditTests : IAsyncLifetime
     [Fact]
     public async Task RejectedCallsLogLine_CarriesItsPrincipalAndRequestId_AsTheCatalogSays()
     {
-        var key = await _developer.CreateKeyAsync("tenants/dev", "logged-rejection");
-        var blob = (await _developer.EncryptAsync(key.Name, "x"u8.ToArray())).Ciphertext;
-        blob[^1] ^= 1;
+        var blob = await TamperedCiphertextAsync("logged-rejection");
         await Assert.ThrowsAsync<RpcException>(async () => await _developer.DecryptAsync(blob));
 
         var line = Assert.Single(_server.Logs.Events, e => e.Contains("Decrypt\" rejected", StringComparison.Ordinal));
         Assert.Contains("Principal=\"token:developer\"", line, StringComparison.Ordinal);
         Assert.Contains("RequestId=", line, StringComparison.Ordinal);
+    }
+
+    // A ciphertext of a new key with its last byte changed: "decryption failed".
+    private async Task<byte[]> TamperedCiphertextAsync(string keyId)
+    {
+        var key = await _developer.CreateKeyAsync("tenants/dev", keyId);
+        var blob = (await _developer.EncryptAsync(key.Name, "x"u8.ToArray())).Ciphertext;
+        blob[^1] ^= 1;
+        return blob;
     }
 
     [Fact]
