@@ -178,6 +178,42 @@ public sealed class SecurityAlertsTests
         Assert.Equal(["refusals anonymous@2001:db8:1:2::/64"], _raised.Select(a => $"{a.Kind} {a.Subject}"));
     }
 
+    [Fact]
+    public void WallClockSteppedBack_AlertsStillFireInTheNextWindow()
+    {
+        var clock = new SteppedClock();
+        var raised = new List<SecurityAlert>();
+        var alerts = new SecurityAlerts(new SecurityAlertOptions { Window = TimeSpan.FromMinutes(1), Refusals = 20 }, clock, NullLogger<SecurityAlerts>.Instance);
+        alerts.Raised += raised.Add;
+        for (var i = 0; i < 20; i++)
+        {
+            alerts.Observe(Entry("token:probe", "PERMISSION_DENIED"), refused: true);
+        }
+
+        // NTP steps the wall clock back an hour while a minute passes on the monotonic clock.
+        clock.Elapsed += TimeSpan.FromMinutes(1);
+        clock.Wall -= TimeSpan.FromHours(1);
+        for (var i = 0; i < 20; i++)
+        {
+            alerts.Observe(Entry("token:probe", "PERMISSION_DENIED"), refused: true);
+        }
+
+        Assert.Equal(2, raised.Count);
+    }
+
+    private sealed class SteppedClock : TimeProvider
+    {
+        public DateTimeOffset Wall { get; set; } = new(2026, 11, 29, 12, 0, 0, TimeSpan.Zero);
+
+        public TimeSpan Elapsed { get; set; }
+
+        public override DateTimeOffset GetUtcNow() => Wall;
+
+        public override long TimestampFrequency => TimeSpan.TicksPerSecond;
+
+        public override long GetTimestamp() => Elapsed.Ticks;
+    }
+
     [Theory]
     [InlineData(false, false, StatusCode.Cancelled, true)] // cancelled while its unknown token was looked up
     [InlineData(false, false, StatusCode.DeadlineExceeded, true)]

@@ -38,6 +38,8 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
     private readonly Subjects _principals = new();
     private readonly Subjects _anonymous = new();
     private readonly Lock _lock = new();
+    private readonly DateTimeOffset _origin = time.GetUtcNow();
+    private readonly long _started = time.GetTimestamp();
 
     /// <summary>Raised with each alert (metrics, tests).</summary>
     public event Action<SecurityAlert>? Raised;
@@ -88,7 +90,9 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
 
     private void Count(string kind, string subject, bool anonymous, int threshold, int amount)
     {
-        var now = time.GetUtcNow();
+        // Windows run on the monotonic clock: a wall clock stepped back would otherwise count
+        // slots from the "future" and hold back every recent subject's next alert for as long.
+        var now = _origin + time.GetElapsedTime(_started);
         SecurityAlert? alert = null;
         lock (_lock)
         {
@@ -125,7 +129,7 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
             if (total >= threshold && (counter.LastAlert is not { } last || now - last >= options.Window))
             {
                 counter.LastAlert = now;
-                alert = new SecurityAlert(kind, subject, total, options.Window, now);
+                alert = new SecurityAlert(kind, subject, total, options.Window, time.GetUtcNow());
             }
         }
 

@@ -13,8 +13,8 @@ namespace Kms.Server.Grpc;
 /// </summary>
 internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger) : Interceptor
 {
-    // Static: the interceptor may be made per call, the throttle is the server's.
-    private static readonly LogThrottle RefusalLog = new();
+    // A singleton (KmsServerApp): the throttle is the server's.
+    private readonly LogThrottle _refusalLog = new();
 
     public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(
         TRequest request,
@@ -107,7 +107,7 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
         {
             LogRejected(logger, method, e.Code, e.Message);
         }
-        else if (RefusalLog.Count() is > 0 and var refused)
+        else if (_refusalLog.Count() is > 0 and var refused)
         {
             LogRefused(logger, method, e.Code, e.Message, refused);
         }

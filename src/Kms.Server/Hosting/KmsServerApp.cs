@@ -285,6 +285,7 @@ public static class KmsServerApp
         builder.Services.AddSingleton<Overload.QueueDelayMonitor>();
         builder.Services.AddSingleton<AuthorizationInterceptor>();
         builder.Services.AddSingleton<MetricsInterceptor>();
+        builder.Services.AddSingleton<ErrorInterceptor>(); // one refusal-log throttle per server
         if (metricsUrl is not null)
         {
             MetricsEndpoint.AddServices(builder.Services, metricsUrl, logger);
