@@ -92,16 +92,13 @@ internal static class DomainKeyLocator
             read.DisposeAll();
         }
 
-        if (profile.AllowedMechanismsAttribute)
+        var allowed = session.GetAttributeValue(handle, [CKA.CKA_ALLOWED_MECHANISMS]);
+        if (allowed[0].CannotBeRead || allowed[0].GetValueAsCkmList() is not [CKM.CKM_AES_KEY_WRAP_PAD])
         {
-            var allowed = session.GetAttributeValue(handle, [CKA.CKA_ALLOWED_MECHANISMS]);
-            if (allowed[0].CannotBeRead || allowed[0].GetValueAsCkmList() is not [CKM.CKM_AES_KEY_WRAP_PAD])
-            {
-                violations.Add("CKA_ALLOWED_MECHANISMS must be exactly {CKM_AES_KEY_WRAP_PAD}");
-            }
-
-            allowed.DisposeAll();
+            violations.Add("CKA_ALLOWED_MECHANISMS must be exactly {CKM_AES_KEY_WRAP_PAD}");
         }
+
+        allowed.DisposeAll();
 
         if (profile.WrapWithTrusted)
         {
@@ -116,27 +113,24 @@ internal static class DomainKeyLocator
             trusted.DisposeAll();
         }
 
-        if (profile.UnwrapTemplateAttribute)
+        var unwrap = session.GetAttributeValue(handle, [CKA.CKA_UNWRAP_TEMPLATE]);
+        var entries = (unwrap[0].CannotBeRead ? null : unwrap[0].GetValueAsObjectAttributeList()) ?? [];
+        var forcesSensitive = entries.Any(a => a.Type == (ulong)CKA.CKA_SENSITIVE && a.GetValueAsBool());
+        var forcesUnextractable = entries.Any(a => a.Type == (ulong)CKA.CKA_EXTRACTABLE && !a.GetValueAsBool());
+        if (!forcesSensitive || !forcesUnextractable)
         {
-            var unwrap = session.GetAttributeValue(handle, [CKA.CKA_UNWRAP_TEMPLATE]);
-            var entries = (unwrap[0].CannotBeRead ? null : unwrap[0].GetValueAsObjectAttributeList()) ?? [];
-            var forcesSensitive = entries.Any(a => a.Type == (ulong)CKA.CKA_SENSITIVE && a.GetValueAsBool());
-            var forcesUnextractable = entries.Any(a => a.Type == (ulong)CKA.CKA_EXTRACTABLE && !a.GetValueAsBool());
-            if (!forcesSensitive || !forcesUnextractable)
-            {
-                violations.Add("CKA_UNWRAP_TEMPLATE must force CKA_SENSITIVE=true and CKA_EXTRACTABLE=false");
-            }
-
-            var forcesPrivate = entries.Any(a => a.Type == (ulong)CKA.CKA_PRIVATE && a.GetValueAsBool());
-            var forcesSessionObject = entries.Any(a => a.Type == (ulong)CKA.CKA_TOKEN && !a.GetValueAsBool());
-            if (!allowUnwrapToTokenObjects && (!forcesPrivate || !forcesSessionObject))
-            {
-                violations.Add("CKA_UNWRAP_TEMPLATE must force CKA_PRIVATE=true and CKA_TOKEN=false (a key made before it did: rotate the domain key, docs/ceremony.md)");
-            }
-
-            entries.DisposeAll();
-            unwrap.DisposeAll();
+            violations.Add("CKA_UNWRAP_TEMPLATE must force CKA_SENSITIVE=true and CKA_EXTRACTABLE=false");
         }
+
+        var forcesPrivate = entries.Any(a => a.Type == (ulong)CKA.CKA_PRIVATE && a.GetValueAsBool());
+        var forcesSessionObject = entries.Any(a => a.Type == (ulong)CKA.CKA_TOKEN && !a.GetValueAsBool());
+        if (!allowUnwrapToTokenObjects && (!forcesPrivate || !forcesSessionObject))
+        {
+            violations.Add("CKA_UNWRAP_TEMPLATE must force CKA_PRIVATE=true and CKA_TOKEN=false (a key made before it did: rotate the domain key, docs/ceremony.md)");
+        }
+
+        entries.DisposeAll();
+        unwrap.DisposeAll();
 
         return violations;
     }

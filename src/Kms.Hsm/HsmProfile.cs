@@ -23,10 +23,10 @@ public sealed class HsmProfile
     /// <summary>Whether <c>CKA_CHECK_VALUE</c> is readable on AES keys (the domain key's KCV).</summary>
     public bool CheckValueAttribute { get; init; }
 
-    /// <summary>Whether <c>CKA_ALLOWED_MECHANISMS</c> is enforced.</summary>
+    /// <summary>Whether <c>CKA_ALLOWED_MECHANISMS</c> is enforced; a profile without it is refused (every template sets it).</summary>
     public bool AllowedMechanismsAttribute { get; init; }
 
-    /// <summary>Whether <c>CKA_UNWRAP_TEMPLATE</c> is enforced.</summary>
+    /// <summary>Whether <c>CKA_UNWRAP_TEMPLATE</c> is enforced; a profile without it is refused (every template sets it).</summary>
     public bool UnwrapTemplateAttribute { get; init; }
 
     /// <summary>Generate key versions with <c>CKA_WRAP_WITH_TRUSTED</c> (needs a trusted domain key).</summary>

@@ -59,26 +59,20 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
             template.Add(attributes.Create(CKA.CKA_CHECK_VALUE, importedCheckValue));
         }
 
-        if (profile.AllowedMechanismsAttribute)
-        {
-            template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { CKM.CKM_AES_KEY_WRAP_PAD }));
-        }
+        template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { CKM.CKM_AES_KEY_WRAP_PAD }));
 
-        if (profile.UnwrapTemplateAttribute)
-        {
-            // Private session objects too: SoftHSM writes a public token object's value to its
-            // token directory unencrypted, so a PIN holder unwrapping a stored blob as one would
-            // have put the key on disk in clear (HSM-NOTES).
-            List<IObjectAttribute> nested =
-            [
-                attributes.Create(CKA.CKA_SENSITIVE, true),
-                attributes.Create(CKA.CKA_EXTRACTABLE, false),
-                attributes.Create(CKA.CKA_PRIVATE, true),
-                attributes.Create(CKA.CKA_TOKEN, false),
-            ];
-            template.Own(nested);
-            template.Add(attributes.Create(CKA.CKA_UNWRAP_TEMPLATE, nested));
-        }
+        // Private session objects too: SoftHSM writes a public token object's value to its
+        // token directory unencrypted, so a PIN holder unwrapping a stored blob as one would
+        // have put the key on disk in clear (HSM-NOTES).
+        List<IObjectAttribute> nested =
+        [
+            attributes.Create(CKA.CKA_SENSITIVE, true),
+            attributes.Create(CKA.CKA_EXTRACTABLE, false),
+            attributes.Create(CKA.CKA_PRIVATE, true),
+            attributes.Create(CKA.CKA_TOKEN, false),
+        ];
+        template.Own(nested);
+        template.Add(attributes.Create(CKA.CKA_UNWRAP_TEMPLATE, nested));
 
         template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
         return template;
@@ -230,18 +224,12 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
             attributes.Create(CKA.CKA_DERIVE, false),
             attributes.Create(CKA.CKA_COPYABLE, false),
         ]);
-        if (profile.AllowedMechanismsAttribute)
-        {
-            template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { CKM.CKM_AES_KEY_WRAP_PAD }));
-        }
+        template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { CKM.CKM_AES_KEY_WRAP_PAD }));
 
-        if (profile.UnwrapTemplateAttribute)
-        {
-            // What it unwraps stays a sensitive session object, whatever template is asked for.
-            List<IObjectAttribute> nested = [attributes.Create(CKA.CKA_TOKEN, false), attributes.Create(CKA.CKA_SENSITIVE, true)];
-            template.Own(nested);
-            template.Add(attributes.Create(CKA.CKA_UNWRAP_TEMPLATE, nested));
-        }
+        // What it unwraps stays a sensitive session object, whatever template is asked for.
+        List<IObjectAttribute> nested = [attributes.Create(CKA.CKA_TOKEN, false), attributes.Create(CKA.CKA_SENSITIVE, true)];
+        template.Own(nested);
+        template.Add(attributes.Create(CKA.CKA_UNWRAP_TEMPLATE, nested));
 
         template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
         return template;
@@ -354,13 +342,6 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
             attributes.Create(CKA.CKA_COPYABLE, false),
             attributes.Create(CKA.CKA_CHECK_VALUE, checkValue),
         ]);
-        if (!profile.AllowedMechanismsAttribute || !profile.UnwrapTemplateAttribute)
-        {
-            // Without both, the old key's rotation template could not be confined (HSM-NOTES.md).
-            template.Dispose();
-            throw new HsmConfigurationException($"HSM profile '{profile.Name}' lacks CKA_ALLOWED_MECHANISMS or CKA_UNWRAP_TEMPLATE; a domain-key rotation needs both");
-        }
-
         template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { CKM.CKM_AES_KEY_WRAP_PAD }));
         return template;
     }
@@ -390,10 +371,7 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
             template.Add(attributes.Create(CKA.CKA_WRAP_WITH_TRUSTED, true));
         }
 
-        if (profile.AllowedMechanismsAttribute)
-        {
-            template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<ulong> { mechanism }));
-        }
+        template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<ulong> { mechanism }));
 
         template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
         return template;
@@ -472,16 +450,13 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
             template.Add(attributes.Create(CKA.CKA_WRAP_WITH_TRUSTED, true));
         }
 
-        if (profile.AllowedMechanismsAttribute)
+        var mechanism = usage switch
         {
-            var mechanism = usage switch
-            {
-                RsaUsage.SignPss => CKM.CKM_RSA_PKCS_PSS,
-                RsaUsage.SignPkcs1 => CKM.CKM_RSA_PKCS,
-                _ => CKM.CKM_RSA_PKCS_OAEP,
-            };
-            template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { mechanism }));
-        }
+            RsaUsage.SignPss => CKM.CKM_RSA_PKCS_PSS,
+            RsaUsage.SignPkcs1 => CKM.CKM_RSA_PKCS,
+            _ => CKM.CKM_RSA_PKCS_OAEP,
+        };
+        template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { mechanism }));
 
         template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
         return template;
@@ -513,10 +488,7 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
             template.Add(attributes.Create(CKA.CKA_WRAP_WITH_TRUSTED, true));
         }
 
-        if (profile.AllowedMechanismsAttribute)
-        {
-            template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { mechanism }));
-        }
+        template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { mechanism }));
 
         template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
         return template;
@@ -546,10 +518,7 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
             template.Add(attributes.Create(CKA.CKA_WRAP_WITH_TRUSTED, true));
         }
 
-        if (profile.AllowedMechanismsAttribute)
-        {
-            template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { CKM.CKM_AES_GCM }));
-        }
+        template.Add(attributes.Create(CKA.CKA_ALLOWED_MECHANISMS, new List<CKM> { CKM.CKM_AES_GCM }));
 
         template.Add(attributes.Create(CKA.CKA_MODIFIABLE, false));
         return template;
