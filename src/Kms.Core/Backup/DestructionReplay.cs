@@ -56,8 +56,7 @@ public static class DestructionReplay
                 ? current.Versions.Where(v => v.Name.Version == number)
                 : destruction.WholeKey
                 ? current.Versions
-                : current.Versions.Where(v => v.State == KeyState.DestroyScheduled && v.DestroyTime <= destruction.Time
-                    || current.Key.State == KeyState.DestroyScheduled && current.Key.DestroyTime <= destruction.Time);
+                : current.Versions.Where(v => Services.KeyTransitions.DestructionDue(v, destruction.Time) || Services.KeyTransitions.DestructionDue(current.Key, destruction.Time));
             foreach (var version in targets)
             {
                 if (version.State != KeyState.Destroyed && !updated.ContainsKey(version.Name.Version))

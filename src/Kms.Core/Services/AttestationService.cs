@@ -27,8 +27,7 @@ public sealed class AttestationService(IHsm hsm, IKeyStore store, AuditLog audit
         // A destruction that has taken effect, whether or not the background job has erased the
         // material yet: every other call treats the version as gone, and so does the statement.
         var now = time.GetUtcNow();
-        if ((found.Key.State == KeyState.DestroyScheduled && found.Key.DestroyTime <= now)
-            || (found.Version.State == KeyState.DestroyScheduled && found.Version.DestroyTime <= now))
+        if (KeyTransitions.DestructionDue(found.Key, now) || KeyTransitions.DestructionDue(found.Version, now))
         {
             throw KmsErrors.FailedPrecondition($"the destruction of key version {found.Version.Name} has taken effect: there is nothing to attest");
         }

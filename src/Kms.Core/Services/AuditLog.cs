@@ -1,4 +1,3 @@
-using System.Runtime.CompilerServices;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
@@ -39,7 +38,7 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     private AuditHead _lastCheckpoint = AuditChain.Empty;
     private DateTimeOffset _lastCheckpointTime;
     private long _forwarded = -1;
-    private StrongBox<DateTimeOffset>? _lastCommitFailure;
+    private long _lastCommitFailureTicks; // UTC ticks; 0: none since the last success
     private int _failedCommits;
 
     // One housekeeping pass at a time: the loop's, and a caller's (shutdown, tests).
@@ -152,7 +151,7 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     /// for it was answered UNAVAILABLE (a database that reads but cannot write — a full disk, a
     /// standby after a failover — fails only here). Null once a commit succeeds.
     /// </summary>
-    public DateTimeOffset? LastCommitFailure => Volatile.Read(ref _lastCommitFailure)?.Value;
+    public DateTimeOffset? LastCommitFailure => Volatile.Read(ref _lastCommitFailureTicks) is var ticks and not 0 ? new DateTimeOffset(ticks, TimeSpan.Zero) : null;
 
     /// <summary>Group commits that failed in a row (0 once one succeeds).</summary>
     public int FailedCommitsInARow => Volatile.Read(ref _failedCommits);
@@ -514,14 +513,19 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
                 pending.Done.TrySetResult();
             }
 
-            Volatile.Write(ref _lastCommitFailure, null);
-            Interlocked.Exchange(ref _failedCommits, 0);
+            if (_failedCommits != 0)
+            {
+                // Written by this loop only; read by the health check.
+                Volatile.Write(ref _failedCommits, 0);
+                Volatile.Write(ref _lastCommitFailureTicks, 0);
+            }
+
             BatchWritten?.Invoke(batch.Count, waited);
         }
         catch (Exception e)
         {
-            Interlocked.Increment(ref _failedCommits);
-            Volatile.Write(ref _lastCommitFailure, new StrongBox<DateTimeOffset>(time.GetUtcNow()));
+            Volatile.Write(ref _failedCommits, _failedCommits + 1);
+            Volatile.Write(ref _lastCommitFailureTicks, time.GetUtcNow().UtcTicks);
             var failure = e as KmsException is { Code: KmsErrorCode.Unavailable } unavailable
                 ? unavailable
                 : KmsErrors.Unavailable("the audit log cannot be written; the request was not answered", e);

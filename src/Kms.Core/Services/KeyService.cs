@@ -66,12 +66,18 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         }
 
         // Fields added later join the fingerprint only when set, so earlier requests' records still match.
-        var fingerprint = (command.Residency, command.AllowImport) switch
+        object?[] fields = [name, (int)command.Purpose, (int)command.Algorithm, command.Labels, command.RotationPeriod?.Ticks, command.NextRotationTime?.UtcTicks];
+        if (command.Residency is not null || command.AllowImport)
         {
-            (null, false) => RequestIds.Fingerprint(CreateKeyOperation, name, (int)command.Purpose, (int)command.Algorithm, command.Labels, command.RotationPeriod?.Ticks, command.NextRotationTime?.UtcTicks),
-            (_, false) => RequestIds.Fingerprint(CreateKeyOperation, name, (int)command.Purpose, (int)command.Algorithm, command.Labels, command.RotationPeriod?.Ticks, command.NextRotationTime?.UtcTicks, command.Residency),
-            _ => RequestIds.Fingerprint(CreateKeyOperation, name, (int)command.Purpose, (int)command.Algorithm, command.Labels, command.RotationPeriod?.Ticks, command.NextRotationTime?.UtcTicks, command.Residency, "allow_import"),
-        };
+            fields = [.. fields, command.Residency];
+        }
+
+        if (command.AllowImport)
+        {
+            fields = [.. fields, "allow_import"];
+        }
+
+        var fingerprint = RequestIds.Fingerprint(CreateKeyOperation, fields);
         if (await _requests.FindReplayAsync(name.Tenant, requestId, CreateKeyOperation, fingerprint, cancellationToken) is { } replay)
         {
             return new CreateKeyResult(await GetRecordedKeyAsync(replay, cancellationToken), Replayed: true);
@@ -403,7 +409,7 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
                 return;
             }
 
-            if (key.State == KeyState.DestroyScheduled && key.DestroyTime <= now)
+            if (KeyTransitions.DestructionDue(key, now))
             {
                 using (SystemScope(Backup.DestructionReplay.KeyDestructionOperation, name.ToString()))
                 {
@@ -449,7 +455,7 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         while (true)
         {
             var page = await store.ListVersionsAsync(name, after, DueBatch, cancellationToken);
-            due.AddRange(page.Where(v => v.State == KeyState.DestroyScheduled && v.DestroyTime <= now).Select(v => v.Name.Version));
+            due.AddRange(page.Where(v => KeyTransitions.DestructionDue(v, now)).Select(v => v.Name.Version));
             if (page.Count < DueBatch)
             {
                 return due;

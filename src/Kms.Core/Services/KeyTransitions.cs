@@ -213,6 +213,12 @@ public static class KeyTransitions
         return WithVersion(key, version with { State = KeyState.Destroyed, DestroyTime = now, DestroyEventTime = now });
     }
 
+    /// <summary>Whether the key's scheduled deletion has taken effect at <paramref name="now"/>, whether or not its material is erased yet.</summary>
+    public static bool DestructionDue(Key key, DateTimeOffset now) => key.State == KeyState.DestroyScheduled && key.DestroyTime <= now;
+
+    /// <summary>Whether the version's scheduled destruction has taken effect at <paramref name="now"/>, whether or not its material is erased yet.</summary>
+    public static bool DestructionDue(KeyVersion version, DateTimeOffset now) => version.State == KeyState.DestroyScheduled && version.DestroyTime <= now;
+
     /// <summary>
     /// Applies due destructions at <paramref name="now"/>: a key whose deletion is due is
     /// DESTROYED with every version; versions whose destruction is due are DESTROYED.
@@ -221,9 +227,9 @@ public static class KeyTransitions
     public static KeyChange? DestroyDue(KeyWithVersions current, DateTimeOffset now)
     {
         var key = current.Key;
-        var keyDue = key.State == KeyState.DestroyScheduled && key.DestroyTime <= now;
+        var keyDue = DestructionDue(key, now);
         var destroyed = current.Versions
-            .Where(v => v.State != KeyState.Destroyed && (keyDue || (v.State == KeyState.DestroyScheduled && v.DestroyTime <= now)))
+            .Where(v => v.State != KeyState.Destroyed && (keyDue || DestructionDue(v, now)))
             .Select(v => v with { State = KeyState.Destroyed, DestroyEventTime = now, DestroyTime = v.DestroyTime ?? key.DestroyTime })
             .ToList();
         if (!keyDue && destroyed.Count == 0)
