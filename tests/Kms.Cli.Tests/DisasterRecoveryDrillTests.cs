@@ -190,7 +190,7 @@ public sealed class DisasterRecoveryDrillTests(ITestOutputHelper output) : IDisp
         using var admin = server.CreateClient(adminToken);
         await admin.CreateTenantAsync("dev");
         await admin.CreatePrincipalAsync("token:developer", "tenants/dev");
-        foreach (var role in new[] { "admin", "key-manager", "key-user", "auditor" })
+        foreach (var role in new[] { "admin", "key-manager", "key-importer", "key-user", "auditor" })
         {
             await admin.SetRoleBindingAsync("token:developer", role, "tenants/dev");
         }

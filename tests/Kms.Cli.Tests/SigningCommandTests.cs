@@ -147,6 +147,33 @@ public sealed class SigningCommandTests(CliServerFixture fixture) : IClassFixtur
     }
 
     [Fact]
+    public async Task KeysImport_ByAKeyManager_Exit4_NothingAdded_AKeyImporterMayImport()
+    {
+        // A key-manager creates keys and moves aliases; were it also to import, it alone could
+        // put material it knows behind an alias callers use.
+        var key = $"byok-{Guid.NewGuid():N}";
+        await JsonAsync("keys", "create", key, "--allow-import");
+        var material = Path.Combine(_directory, "aes.key");
+        await File.WriteAllBytesAsync(material, RandomNumberGenerator.GetBytes(32));
+        var manager = Path.Combine(_directory, "manager.token");
+        await File.WriteAllTextAsync(manager, await fixture.Server.CreatePrincipalWithTokenAsync($"manager-{Guid.NewGuid():N}"[..20], "dev", "key-manager"));
+        var importer = Path.Combine(_directory, "importer.token");
+        await File.WriteAllTextAsync(importer, await fixture.Server.CreatePrincipalWithTokenAsync($"importer-{Guid.NewGuid():N}"[..20], "dev", "key-importer"));
+        var variables = fixture.Variables;
+
+        variables["KMS_TOKEN_FILE"] = manager;
+        var refused = await CliRun.InProcessAsync(variables, _directory, null, "keys", "import", key, "--material", material);
+
+        Assert.Equal(ExitCodes.Denied, refused.ExitCode);
+        Assert.Contains("kms.keys.import", refused.Error, StringComparison.Ordinal);
+        Assert.Single((await JsonAsync("keys", "versions", key)).GetProperty("versions").EnumerateArray());
+        variables["KMS_TOKEN_FILE"] = importer;
+        var imported = await CliRun.InProcessAsync(variables, _directory, null, "keys", "import", key, "--material", material);
+        Assert.True(imported.ExitCode == 0, imported.ToString());
+        Assert.Equal(2, (await JsonAsync("keys", "versions", key)).GetProperty("versions").GetArrayLength());
+    }
+
+    [Fact]
     public async Task KeysCreate_AlgorithmOfAnotherPurpose_Exits2()
     {
         var result = await RunAsync("keys", "create", $"x-{Guid.NewGuid():N}", "--purpose", "mac", "--algorithm", "EC_SIGN_P256_SHA256");

@@ -38,7 +38,7 @@ public sealed class KeyImportTests : IDisposable
     [Fact]
     public async Task Import_IntoAKeyNotCreatedWithAllowImport_Refused_NothingAdded()
     {
-        // A key-manager may import but not decrypt: known material as the primary of a key its
+        // A key-importer may import but not decrypt: known material as the primary of a key its
         // users created as an ordinary key would let them read what is encrypted under it.
         var key = await _domain.CreateKeyAsync("production");
         Assert.False(key.AllowImport);
@@ -56,7 +56,7 @@ public sealed class KeyImportTests : IDisposable
     [Fact]
     public async Task UpdateAlias_FromAnOrdinaryKeyOntoAKeyThatTakesImports_Refused_TheAliasStays()
     {
-        // The apps encrypt through the alias: moving it onto a key whose material a key-manager
+        // The apps encrypt through the alias: moving it onto a key whose material a key-importer
         // imported would hand them a key whose material someone outside the HSM knows.
         var production = await _domain.CreateKeyAsync("production");
         var byok = await _domain.CreateKeyForImportAsync("byok");

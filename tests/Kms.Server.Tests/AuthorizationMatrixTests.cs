@@ -54,6 +54,7 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
 {
     private const string Admin = "admin";
     private const string KeyManager = "key-manager";
+    private const string KeyImporter = "key-importer";
     private const string KeyUser = "key-user";
     private const string Auditor = "auditor";
     private const string DeploymentAdmin = "deployment-admin";
@@ -65,17 +66,20 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
 
     private static readonly string[] Readers = [Admin, KeyManager, Auditor];
 
+    /// <summary>kms.keys.read: the readers, and whoever imports (to see which keys take imports).</summary>
+    private static readonly string[] KeyReaders = [Admin, KeyManager, KeyImporter, Auditor];
+
     /// <summary>The matrix's expectations.</summary>
     public static readonly IReadOnlyList<MatrixRow> Rows =
     [
         // Keys and versions.
         new(Keys + "CreateKey", MatrixTarget.Tenant, [KeyManager], c => Task.FromResult<IMessage>(new CreateKeyRequest { Parent = "tenants/dev", KeyId = MatrixFixture.NewId(), Key = new Key { Purpose = KeyPurpose.EncryptDecrypt } })),
-        new(Keys + "GetKey", MatrixTarget.Tenant, Readers, c => Msg(new GetKeyRequest { Name = c.Fixture.KeyName })),
-        new(Keys + "ListKeys", MatrixTarget.Tenant, Readers, c => Msg(new ListKeysRequest { Parent = "tenants/dev" })),
+        new(Keys + "GetKey", MatrixTarget.Tenant, KeyReaders, c => Msg(new GetKeyRequest { Name = c.Fixture.KeyName })),
+        new(Keys + "ListKeys", MatrixTarget.Tenant, KeyReaders, c => Msg(new ListKeysRequest { Parent = "tenants/dev" })),
         new(Keys + "UpdateKey", MatrixTarget.Tenant, [KeyManager], c => Msg(new UpdateKeyRequest { Key = new Key { Name = c.Fixture.KeyName, Labels = { ["team"] = "matrix" } }, UpdateMask = new FieldMask { Paths = { "labels" } } })),
         new(Keys + "RotateKey", MatrixTarget.Tenant, [KeyManager], async c => new RotateKeyRequest { Name = await FreshKeyAsync(c) }),
-        new(Keys + "ListKeyVersions", MatrixTarget.Tenant, Readers, c => Msg(new ListKeyVersionsRequest { Parent = c.Fixture.KeyName })),
-        new(Keys + "GetKeyVersion", MatrixTarget.Tenant, Readers, c => Msg(new GetKeyVersionRequest { Name = c.Fixture.KeyName + "/versions/1" })),
+        new(Keys + "ListKeyVersions", MatrixTarget.Tenant, KeyReaders, c => Msg(new ListKeyVersionsRequest { Parent = c.Fixture.KeyName })),
+        new(Keys + "GetKeyVersion", MatrixTarget.Tenant, KeyReaders, c => Msg(new GetKeyVersionRequest { Name = c.Fixture.KeyName + "/versions/1" })),
         new(Keys + "UpdatePrimaryVersion", MatrixTarget.Tenant, [KeyManager], c => Msg(new UpdatePrimaryVersionRequest { Name = c.Fixture.KeyName, Version = 1 })),
         new(Keys + "EnableKey", MatrixTarget.Tenant, [KeyManager], async c => new EnableKeyRequest { Name = await FreshKeyAsync(c) }),
         new(Keys + "DisableKey", MatrixTarget.Tenant, [KeyManager], async c => new DisableKeyRequest { Name = await FreshKeyAsync(c) }),
@@ -129,20 +133,20 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
         new(Keys + "VerifyMac", MatrixTarget.Tenant, [KeyUser], c => Msg(new VerifyMacRequest { Name = c.Fixture.MacKeyName, Data = ByteString.CopyFromUtf8("matrix"), Mac = c.Fixture.Mac })),
 
         // BYOK and provenance statements.
-        new(Keys + "CreateImportJob", MatrixTarget.Tenant, [KeyManager], c => Msg(new CreateImportJobRequest
+        new(Keys + "CreateImportJob", MatrixTarget.Tenant, [KeyImporter], c => Msg(new CreateImportJobRequest
         {
             Parent = "tenants/dev",
             ImportJobId = MatrixFixture.NewId(),
             ImportJob = new ImportJob { ImportMethod = ImportMethod.RsaOaep3072Sha1Aes256 },
         })),
-        new(Keys + "GetImportJob", MatrixTarget.Tenant, Readers, c => Msg(new GetImportJobRequest { Name = c.Fixture.ImportJob.Name })),
-        new(Keys + "ImportKeyVersion", MatrixTarget.Tenant, [KeyManager], async c => new ImportKeyVersionRequest
+        new(Keys + "GetImportJob", MatrixTarget.Tenant, KeyReaders, c => Msg(new GetImportJobRequest { Name = c.Fixture.ImportJob.Name })),
+        new(Keys + "ImportKeyVersion", MatrixTarget.Tenant, [KeyImporter], async c => new ImportKeyVersionRequest
         {
             Parent = c.WillRun ? (await c.Setup.CreateKeyAsync("tenants/dev", MatrixFixture.NewId(), new Key { Purpose = KeyPurpose.EncryptDecrypt, AllowImport = true })).Name : c.Fixture.KeyName,
             ImportJob = c.Fixture.ImportJob.Name,
             WrappedKey = ByteString.CopyFrom(Kms.Client.KeyImport.Wrap(c.Fixture.ImportJob.PublicKeyDer.Span, ImportMethod.RsaOaep3072Sha1Aes256, new byte[32])),
         }),
-        new(Keys + "GetKeyAttestation", MatrixTarget.Tenant, Readers, c => Msg(new GetKeyAttestationRequest { Name = c.Fixture.SignKeyName })),
+        new(Keys + "GetKeyAttestation", MatrixTarget.Tenant, KeyReaders, c => Msg(new GetKeyAttestationRequest { Name = c.Fixture.SignKeyName })),
 
         // Key policies and grants.
         new(Keys + "SetKeyPolicy", MatrixTarget.Tenant, [KeyManager], async c => new SetKeyPolicyRequest { Name = await FreshKeyAsync(c) }),
@@ -391,7 +395,7 @@ public sealed class MatrixFixture : IAsyncLifetime, IDisposable
 {
     private readonly string _genesisPath = Path.Combine(Path.GetTempPath(), "kms-matrix-genesis-" + Guid.NewGuid().ToString("N") + ".json");
 
-    private static readonly string[] TenantRoles = ["admin", "key-manager", "key-user", "auditor"];
+    private static readonly string[] TenantRoles = ["admin", "key-manager", "key-importer", "key-user", "auditor"];
     private static readonly string[] DeploymentRoles = ["deployment-admin", "security-officer"];
     private readonly Dictionary<string, string> _tokens = [];
     private global::Grpc.Net.Client.GrpcChannel _channel = null!;

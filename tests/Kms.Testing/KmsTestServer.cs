@@ -125,7 +125,7 @@ public sealed class KmsTestServer : IAsyncDisposable
         }
 
         await this.EnsureTenantAsync(Tenant);
-        var developer = await this.CreatePrincipalWithTokenAsync("developer", Tenant, "admin", "key-manager", "key-user", "auditor");
+        var developer = await this.CreatePrincipalWithTokenAsync("developer", Tenant, "admin", "key-manager", "key-importer", "key-user", "auditor");
         await File.WriteAllTextAsync(Path.Combine(tokens, "developer.token"), developer + "\n");
     }
 

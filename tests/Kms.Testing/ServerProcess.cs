@@ -127,7 +127,7 @@ public sealed class ServerProcess : IAsyncDisposable
         using var admin = CreateClient(adminToken);
         await admin.CreateTenantAsync(tenant);
         await admin.CreatePrincipalAsync("token:developer", $"tenants/{tenant}");
-        foreach (var role in new[] { "admin", "key-manager", "key-user", "auditor" })
+        foreach (var role in new[] { "admin", "key-manager", "key-importer", "key-user", "auditor" })
         {
             await admin.SetRoleBindingAsync("token:developer", role, $"tenants/{tenant}");
         }

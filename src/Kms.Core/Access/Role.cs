@@ -11,7 +11,7 @@ public enum Role
     /// <summary>admin (tenant): role bindings and tenant settings; reads metadata; no key changes, no crypto.</summary>
     Admin,
 
-    /// <summary>key-manager (tenant): creates, rotates, disables, destroys keys (at once only through a quorum request); aliases; key policies and grants. No crypto.</summary>
+    /// <summary>key-manager (tenant): creates, rotates, disables, destroys keys (at once only through a quorum request); aliases; key policies and grants. No crypto, no imports.</summary>
     KeyManager,
 
     /// <summary>key-user (tenant): crypto operations only.</summary>
@@ -25,6 +25,13 @@ public enum Role
 
     /// <summary>security-officer: the key ceremony, quorum requests and submitting officers' approvals; reads tenants and the audit.</summary>
     SecurityOfficer,
+
+    /// <summary>
+    /// key-importer (tenant): import jobs and imported key material (BYOK), into keys created
+    /// for imports; reads key metadata. Separate from key-manager, who moves aliases: material
+    /// someone knows becomes what callers use only if two roles agree.
+    /// </summary>
+    KeyImporter,
 }
 
 /// <summary>What each role may do, and the roles' names.</summary>
@@ -37,8 +44,9 @@ public static class Roles
         [
             Permission.KeysCreate, Permission.KeysRead, Permission.KeysUpdate, Permission.KeysRotate, Permission.KeysChangeState,
             Permission.KeysDestroy, Permission.AliasesManage, Permission.AliasesRead, Permission.PoliciesManage, Permission.PoliciesRead,
-            Permission.QuorumRequest, Permission.QuorumRead, Permission.KeysImport,
+            Permission.QuorumRequest, Permission.QuorumRead,
         ],
+        [Role.KeyImporter] = [Permission.KeysImport, Permission.KeysRead],
         [Role.KeyUser] = [Permission.CryptoEncrypt, Permission.CryptoDecrypt, Permission.CryptoSign, Permission.CryptoVerify, Permission.RandomGenerate],
         [Role.Auditor] = [Permission.KeysRead, Permission.AliasesRead, Permission.PoliciesRead, Permission.BindingsRead, Permission.TenantsRead, Permission.AuditRead, Permission.QuorumRead],
         [Role.DeploymentAdmin] =
@@ -76,6 +84,7 @@ public static class Roles
         Role.Auditor => "auditor",
         Role.DeploymentAdmin => "deployment-admin",
         Role.SecurityOfficer => "security-officer",
+        Role.KeyImporter => "key-importer",
         _ => role.ToString(),
     };
 

@@ -17,7 +17,7 @@ internal static partial class AccessProvisioning
     public static readonly IReadOnlyList<(PrincipalName Principal, string File, Role[] Roles, ApiTokenKind Kind)> DevPrincipals =
     [
         (PrincipalName.Token("dev-admin"), "deployment-admin.token", [Role.DeploymentAdmin], ApiTokenKind.Session),
-        (PrincipalName.Token("developer"), "developer.token", [Role.Admin, Role.KeyManager, Role.KeyUser, Role.Auditor], ApiTokenKind.Session),
+        (PrincipalName.Token("developer"), "developer.token", [Role.Admin, Role.KeyManager, Role.KeyImporter, Role.KeyUser, Role.Auditor], ApiTokenKind.Session),
         (PrincipalName.Token("dev-app"), "key-user.token", [Role.KeyUser], ApiTokenKind.Service),
     ];
 

@@ -48,7 +48,7 @@ public sealed class DomainHarness : IDisposable
 
     /// <summary>A caller of <paramref name="tenant"/> with the given roles (default: every tenant role).</summary>
     public static Caller TenantCaller(string principal, string tenant, params Role[] roles) =>
-        new(principal, TenantId.Parse(tenant), (roles.Length == 0 ? [Role.Admin, Role.KeyManager, Role.KeyUser, Role.Auditor] : roles).ToHashSet());
+        new(principal, TenantId.Parse(tenant), (roles.Length == 0 ? [Role.Admin, Role.KeyManager, Role.KeyImporter, Role.KeyUser, Role.Auditor] : roles).ToHashSet());
 
     public FakeTimeProvider Time { get; } = new(new DateTimeOffset(2026, 11, 29, 12, 0, 0, 123, TimeSpan.Zero));
 
