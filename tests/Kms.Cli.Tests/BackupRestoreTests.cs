@@ -91,6 +91,52 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task Restore_AMoveFailsWhileInstalling_TheOldDatabaseIsBackInPlace_AWideBackupIsInstalledOwnerOnly()
+    {
+        string backup;
+        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+        {
+            backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+        }
+
+        await _server.DisposeAsync();
+        var database = Path.Combine(_server.DataDir, "kms.db");
+        var before = await AuditHeadAsync(database);
+        File.SetUnixFileMode(Path.Combine(backup, "kms.db"), (UnixFileMode)0b110_100_100);
+
+        // A server started too early creates an empty kms.db between the two moves.
+        BackupRestore.Installing.Value = () => File.WriteAllBytesAsync(database, []);
+        try
+        {
+            await Assert.ThrowsAsync<IOException>(() => BackupRestore.RunAsync(backup, PublishedAuditKey(), _server.DataDir, [], replace: true, CancellationToken.None));
+        }
+        finally
+        {
+            BackupRestore.Installing.Value = null;
+        }
+
+        Assert.Equal(before, await AuditHeadAsync(database));
+        Assert.Empty(Directory.GetFiles(_server.DataDir, "kms.db.replaced-*"));
+        Assert.Empty(Directory.GetFiles(_server.DataDir, "kms.db.restoring-*"));
+
+        var report = await BackupRestore.RunAsync(backup, PublishedAuditKey(), _server.DataDir, [], replace: true, CancellationToken.None);
+
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(database));
+        Assert.Equal(before, await AuditHeadAsync(report.ReplacedDatabase!));
+        _server = await _server.RestartAsync();
+    }
+
+    // The database's last audit sequence number: which database a file is, whatever its WAL holds.
+    private static async Task<long> AuditHeadAsync(string path)
+    {
+        await using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path};Mode=ReadOnly;Pooling=False");
+        await connection.OpenAsync();
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT max(seq) FROM audit_events";
+        return (long)(await command.ExecuteScalarAsync())!;
+    }
+
+    [Fact]
     public async Task Restore_FromAVerifiedAuditExport_ReappliesItsDestruction_AnAlteredExportIsRefused_NothingWritten()
     {
         string backup;
@@ -140,6 +186,72 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             if (Directory.Exists(target))
             {
                 Directory.Delete(target, recursive: true);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task ReapplyDestructions_AfterEventsWereAppendedToTheRestoredChain_FindsTheLostSitesDestructions_AGappedOrLateLogIsRefused()
+    {
+        // The documented order: restore the dump, run ceremony restore-domain (which appends its
+        // events to the restored chain), then reapply-destructions. The lost site had used the
+        // same sequence numbers for its own events, a destruction among them.
+        string backup;
+        string key;
+        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
+        using (var developer = _server.CreateClient())
+        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+        {
+            key = (await developer.CreateKeyAsync("tenants/dev", "forked")).Name;
+            await developer.RotateKeyAsync(key);
+            backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+            await DestroyFirstVersionNowAsync(developer, officer, key);
+            await using var file = File.CreateText(exportPath);
+            await officer.ExportAuditAsync(file);
+        }
+
+        var auditKey = PublishedAuditKey();
+        var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        var late = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        var stream = exportPath + ".stream";
+        try
+        {
+            var head = (await BackupRestore.RunAsync(backup, auditKey, target, [], replace: false, CancellationToken.None)).Manifest.AuditHead.Sequence;
+            await using var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default);
+            await restored.AppendAuditAsync(
+                [.. Enumerable.Range(0, 20).Select(i => new Kms.Core.Audit.AuditEntry
+                {
+                    Time = DateTimeOffset.UtcNow, RequestId = $"ceremony-{i}", Principal = "system:ceremony", Operation = "ceremony/restore-domain", Outcome = "OK",
+                })],
+                default);
+
+            // A SIEM stream with the destruction's line taken out, and one that starts after the backup's head + 1.
+            var events = (await File.ReadAllLinesAsync(exportPath)).Where(l => l.StartsWith("{\"event\"", StringComparison.Ordinal)).ToList();
+            await File.WriteAllLinesAsync(stream, events.Where(l => Kms.Core.Backup.DestructionReplay.EventsOf([l], "line")[0].Destruction is null));
+            var gapped = await Assert.ThrowsAsync<KmsException>(() => BackupRestore.ReapplyFromLogsAsync(restored, [stream], null, auditKey, CancellationToken.None));
+            Assert.Equal(KmsErrorCode.InvalidArgument, gapped.Code);
+            Assert.Contains("jumps from event", gapped.Message, StringComparison.Ordinal);
+            await File.WriteAllLinesAsync(stream, events.Where(l => Kms.Core.Backup.DestructionReplay.EventsOf([l], "line")[0].Sequence > head + 1));
+            var notCovered = await Assert.ThrowsAsync<KmsException>(() => BackupRestore.RunAsync(backup, auditKey, late, [stream], replace: false, CancellationToken.None));
+            Assert.Contains($"events {head + 1}–{head + 1} (after audit sequence {head}) are in none of the audit logs", notCovered.Message, StringComparison.Ordinal);
+            Assert.False(File.Exists(Path.Combine(late, "kms.db")));
+
+            var (reapplied, _, after) = await BackupRestore.ReapplyFromLogsAsync(restored, [exportPath], null, auditKey, CancellationToken.None);
+
+            Assert.Equal(head, after);
+            Assert.Equal($"{key}/versions/1", Assert.Single(reapplied).Version);
+            Assert.Equal(KeyState.Destroyed, (await restored.ListVersionsAsync(KeyName.Parse(key, "key"), 0, 10, default))[0].State);
+
+            // Told where to start, the late stream is taken (its destruction is already re-applied).
+            Assert.Empty((await BackupRestore.ReapplyFromLogsAsync(restored, [stream], head + 1, auditKey, CancellationToken.None)).Reapplied);
+        }
+        finally
+        {
+            File.Delete(exportPath);
+            File.Delete(stream);
+            foreach (var directory in new[] { target, late }.Where(Directory.Exists))
+            {
+                Directory.Delete(directory, recursive: true);
             }
         }
     }

@@ -39,6 +39,9 @@ internal static class BackupRestore
 
     private const string Principal = "system:restore";
 
+    /// <summary>Tests only: runs after the old database was moved aside, before the restored one moves in.</summary>
+    internal static readonly AsyncLocal<Func<Task>?> Installing = new();
+
     public static async Task<RestoreReport> RunAsync(string backupDir, byte[] auditPublicKey, string dataDir, IReadOnlyList<string> auditLogs, bool replace, CancellationToken cancellationToken)
     {
         // 1. Everything is checked and read before anything is written.
@@ -66,13 +69,19 @@ internal static class BackupRestore
             }
         }
 
-        recorded.AddRange(await ReadDestructionsAsync(auditLogs, manifest.AuditHead.Sequence, auditPublicKey, cancellationToken));
+        recorded.AddRange(Destructions(await ReadLogsAsync(auditLogs, auditPublicKey, cancellationToken), manifest.AuditHead.Sequence));
 
         // 2. A private copy, checked again (the file could have changed since it was verified).
         Directory.CreateDirectory(dataDir);
         var stamp = DateTimeOffset.UtcNow.ToString("yyyyMMdd'T'HHmmss'Z'", System.Globalization.CultureInfo.InvariantCulture);
         var staging = Path.Combine(dataDir, $"kms.db.restoring-{stamp}");
         File.Copy(Path.Combine(backupDir, BackupManifest.SnapshotFile), staging);
+        if (!OperatingSystem.IsWindows())
+        {
+            // A copy takes the backup's mode, which a trip off-site may have widened; the
+            // database holds wrapped key material (and SQLite gives its WAL the same mode).
+            File.SetUnixFileMode(staging, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        }
         IReadOnlyList<(string, string)> reapplied;
         IReadOnlyList<string> skipped;
         try
@@ -101,29 +110,57 @@ internal static class BackupRestore
 
             SqliteStore.ReleasePooledConnections();
 
-            // 4. Install: the old database (and its WAL) aside, the restored one in its place.
-            string? replaced = null;
-            if (exists)
+            // 4. Install: the old database (and its WAL) aside, the restored one in its place —
+            // all or nothing: a move that fails puts back what moved (a kms.db that appeared
+            // meanwhile, say a server started too early, is not left beside the old files).
+            string? replaced = exists ? Path.Combine(dataDir, $"kms.db.replaced-{stamp}") : null;
+            var aside = new List<string>();
+            var installed = new List<string>();
+            try
             {
-                replaced = Path.Combine(dataDir, $"kms.db.replaced-{stamp}");
-                foreach (var suffix in new[] { "", "-wal", "-shm" })
+                foreach (var suffix in replaced is null ? [] : new[] { "", "-wal", "-shm" })
                 {
                     if (File.Exists(target + suffix))
                     {
                         File.Move(target + suffix, replaced + suffix);
+                        aside.Add(suffix);
+                    }
+                }
+
+                if (Installing.Value is { } installing)
+                {
+                    await installing();
+                }
+
+                foreach (var suffix in new[] { "-wal", "-shm", "" })
+                {
+                    if (File.Exists(staging + suffix))
+                    {
+                        File.Move(staging + suffix, target + suffix);
+                        installed.Add(suffix);
                     }
                 }
             }
-
-            foreach (var suffix in new[] { "-wal", "-shm" })
+            catch
             {
-                if (File.Exists(staging + suffix))
+                foreach (var suffix in Enumerable.Reverse(installed))
                 {
-                    File.Move(staging + suffix, target + suffix);
+                    File.Move(target + suffix, staging + suffix, overwrite: true);
                 }
+
+                foreach (var suffix in new[] { "-wal", "-shm", "" })
+                {
+                    File.Delete(target + suffix);
+                }
+
+                foreach (var suffix in aside)
+                {
+                    File.Move(replaced + suffix, target + suffix);
+                }
+
+                throw;
             }
 
-            File.Move(staging, target);
             return new RestoreReport(manifest, reapplied, skipped, replaced);
         }
         catch
@@ -142,28 +179,35 @@ internal static class BackupRestore
     /// a database restored by other means (a PostgreSQL dump): run it on the restored database
     /// before any node starts on it.
     /// </summary>
-    /// <param name="afterSequence">Destructions after this audit sequence are re-applied; null: the restored database's own audit head.</param>
-    /// <param name="auditPublicKey">When given, each audit export is verified against it first (<see cref="ReadDestructionsAsync"/>).</param>
+    /// <param name="afterSequence">
+    /// Destructions after this audit sequence are re-applied; null: where the logs leave the
+    /// restored database's chain — the last event they share with it. Not its head: a
+    /// <c>ceremony restore-domain</c> or <c>backup restore</c> run on it since appended events
+    /// whose sequence numbers the lost site had used too, and a head taken after them would
+    /// skip the lost site's destructions at those numbers.
+    /// </param>
+    /// <param name="auditPublicKey">When given, each audit export is verified against it first (<see cref="ReadLogsAsync"/>).</param>
     public static async Task<(IReadOnlyList<(string Version, string Source)> Reapplied, IReadOnlyList<string> Skipped, long AfterSequence)> ReapplyFromLogsAsync(
         SqlStore store, IReadOnlyList<string> auditLogs, long? afterSequence, byte[]? auditPublicKey, CancellationToken cancellationToken)
     {
-        var after = afterSequence ?? (await store.GetAuditHeadAsync(cancellationToken)).Sequence;
-        var recorded = await ReadDestructionsAsync(auditLogs, after, auditPublicKey, cancellationToken);
-        var (reapplied, skipped) = await ReapplyAsync(store, recorded, null, store.Location, cancellationToken);
+        var logs = await ReadLogsAsync(auditLogs, auditPublicKey, cancellationToken);
+        var after = afterSequence ?? await LastSharedEventAsync(store, logs, cancellationToken);
+        var (reapplied, skipped) = await ReapplyAsync(store, Destructions(logs, after), null, store.Location, cancellationToken);
         return (reapplied, skipped, after);
     }
 
     /// <summary>
-    /// The destructions each audit file records after <paramref name="after"/>. With the pinned
-    /// <paramref name="auditPublicKey"/>, an <c>ExportAudit</c> file is verified first (hashes,
-    /// chain, every checkpoint's signature) and refused when anything in it was altered. A SIEM
-    /// stream carries no checkpoints and cannot be verified here; neither can the unsigned tail
-    /// of an export. Both are still read: a forged destruction can only destroy more, while a
-    /// real one left out would bring a destroyed key back.
+    /// The events of each audit file. With the pinned <paramref name="auditPublicKey"/>, an
+    /// <c>ExportAudit</c> file is verified first (hashes, chain, every checkpoint's signature) and
+    /// refused when anything in it was altered. A SIEM stream carries no checkpoints and cannot be
+    /// verified; neither can the unsigned tail of an export. Both are still read — a forged
+    /// destruction can only destroy more, while a real one left out would bring a destroyed key
+    /// back — but a file whose sequence numbers skip or go back is refused: a line removed from
+    /// it could have been a destruction.
     /// </summary>
-    private static async Task<List<RecordedDestruction>> ReadDestructionsAsync(IReadOnlyList<string> auditLogs, long after, byte[]? auditPublicKey, CancellationToken cancellationToken)
+    private static async Task<List<(string Log, IReadOnlyList<LoggedEvent> Events)>> ReadLogsAsync(IReadOnlyList<string> auditLogs, byte[]? auditPublicKey, CancellationToken cancellationToken)
     {
-        var recorded = new List<RecordedDestruction>();
+        var logs = new List<(string, IReadOnlyList<LoggedEvent>)>();
         foreach (var log in auditLogs)
         {
             var lines = await File.ReadAllLinesAsync(log, cancellationToken);
@@ -176,18 +220,91 @@ internal static class BackupRestore
                 }
             }
 
+            IReadOnlyList<LoggedEvent> events;
             try
             {
-                recorded.AddRange(DestructionReplay.FromAuditLines(lines, after, Path.GetFileName(log)));
+                events = DestructionReplay.EventsOf(lines, Path.GetFileName(log));
             }
             catch (Exception e) when (e is FormatException or KmsException or KeyNotFoundException or InvalidOperationException)
             {
                 throw KmsErrors.InvalidArgument("audit-log", $"{log} is not an audit export or SIEM stream: {e.Message}");
             }
+
+            for (var i = 1; i < events.Count; i++)
+            {
+                if (events[i].Sequence != events[i - 1].Sequence + 1)
+                {
+                    throw KmsErrors.InvalidArgument("audit-log", events[i].Sequence > events[i - 1].Sequence
+                        ? $"{log} jumps from event {events[i - 1].Sequence} to {events[i].Sequence}: a destruction among the missing events would not be re-applied; give the complete file"
+                        : $"{log} holds event {events[i].Sequence} after event {events[i - 1].Sequence}: not one audit chain in order");
+                }
+            }
+
+            logs.Add((log, events));
         }
 
-        return recorded;
+        return logs;
     }
+
+    /// <summary>
+    /// The destructions the logs record after <paramref name="after"/>, which together they must
+    /// cover without a gap from <paramref name="after"/> + 1 to their last event.
+    /// </summary>
+    private static List<RecordedDestruction> Destructions(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, long after)
+    {
+        var expected = after + 1;
+        foreach (var sequence in logs.SelectMany(l => l.Events).Select(e => e.Sequence).Where(s => s > after).Distinct().Order())
+        {
+            if (sequence != expected)
+            {
+                throw KmsErrors.InvalidArgument("audit-log", $"events {expected}–{sequence - 1} (after audit sequence {after}) are in none of the audit logs given: a destruction among them would not be re-applied; give the logs that hold them");
+            }
+
+            expected = sequence + 1;
+        }
+
+        return [.. logs.SelectMany(l => l.Events).Where(e => e.Sequence > after && e.Destruction is not null).Select(e => e.Destruction!)];
+    }
+
+    /// <summary>
+    /// The last event the logs share with the database's chain (same sequence, same hash), or
+    /// the event the first of them follows; refused when they do not meet the chain at all.
+    /// Chains that agree at an event agree at every event before it, so a binary search over the
+    /// logs' events finds it with a few reads.
+    /// </summary>
+    private static async Task<long> LastSharedEventAsync(SqlStore store, List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, CancellationToken cancellationToken)
+    {
+        var events = logs.SelectMany(l => l.Events).DistinctBy(e => e.Sequence).OrderBy(e => e.Sequence).ToList();
+        long? shared = null;
+        for (int low = 0, high = events.Count - 1; low <= high;)
+        {
+            var middle = low + ((high - low) / 2);
+            if (await HashAtAsync(store, events[middle].Sequence, cancellationToken) == events[middle].Hash)
+            {
+                shared = events[middle].Sequence;
+                low = middle + 1;
+            }
+            else
+            {
+                high = middle - 1;
+            }
+        }
+
+        if (shared is null && events.Count > 0 && await HashAtAsync(store, events[0].Sequence - 1, cancellationToken) == events[0].PreviousHash)
+        {
+            shared = events[0].Sequence - 1;
+        }
+
+        return shared ?? throw KmsErrors.FailedPrecondition(
+            "the audit logs do not meet this database's audit chain (no event of theirs is the database's, and the first does not follow one of its events): "
+            + "give --after-sequence, the audit head of the dump that was restored");
+    }
+
+    private static async Task<string?> HashAtAsync(SqlStore store, long sequence, CancellationToken cancellationToken) =>
+        sequence == 0 ? AuditChain.Genesis
+        : sequence < 0 ? null
+        : (await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = sequence - 1, Limit = 1 }, cancellationToken)) is [var found] && found.Sequence == sequence ? found.Hash
+        : null;
 
     // Applies each recorded destruction to the store (which erases the material), then audits
     // what was re-applied (after <paramref name="first"/>, if any) and finishes the erasure.

@@ -163,7 +163,7 @@ internal static class BackupCommands
         };
         var after = new Option<long?>("--after-sequence")
         {
-            Description = "re-apply destructions after this audit sequence number (default: the restored database's own audit head)",
+            Description = "re-apply destructions after this audit sequence number (default: the last event the logs share with the restored database's audit chain, i.e. the dump's head)",
             HelpName = "SEQ",
         };
         var publicKey = new Option<string?>("--public-key")
@@ -173,7 +173,7 @@ internal static class BackupCommands
         };
         var command = new Command(
             "reapply-destructions",
-            "re-apply every key destruction recorded in audit exports or SIEM streams after a restored database's audit head, erasing the material again "
+            "re-apply every key destruction recorded in audit exports or SIEM streams after the point where they leave a restored database's audit chain, erasing the material again "
             + "(for a PostgreSQL dump restored with pg_restore; offline: before any node starts on the database)")
         {
             dataDir, auditLogs, after, publicKey,

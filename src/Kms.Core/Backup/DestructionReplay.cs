@@ -1,3 +1,5 @@
+using System.Security.Cryptography;
+using System.Text;
 using System.Text.Json;
 using Kms.Core.Keys;
 using Kms.Core.Names;
@@ -17,6 +19,13 @@ namespace Kms.Core.Backup;
 /// <param name="Source">Where it was found, for the report (a database, an audit event).</param>
 /// <param name="WholeKey">The key was destroyed with every version.</param>
 public sealed record RecordedDestruction(KeyName Key, int? Version, DateTimeOffset Time, string Source, bool WholeKey = false);
+
+/// <summary>An event line of an audit export or SIEM stream: its place in the chain and the destruction it records, if any.</summary>
+/// <param name="Sequence">The event's <c>seq</c>.</param>
+/// <param name="PreviousHash">Its <c>prev</c>: the hash of the event before it.</param>
+/// <param name="Hash">SHA-256 (hex) of its body's exact bytes, computed here (not the line's <c>hash</c> member).</param>
+/// <param name="Destruction">The destruction it records, or null.</param>
+public sealed record LoggedEvent(long Sequence, string PreviousHash, string Hash, RecordedDestruction? Destruction);
 
 /// <summary>
 /// Re-applies destructions to a restored snapshot, so a restore never brings a destroyed key
@@ -93,10 +102,18 @@ public static class DestructionReplay
     /// header, checkpoints) are skipped.
     /// </summary>
     /// <exception cref="FormatException">A line that is not JSON.</exception>
-    public static IReadOnlyList<RecordedDestruction> FromAuditLines(IEnumerable<string> lines, long afterSequence, string source)
+    public static IReadOnlyList<RecordedDestruction> FromAuditLines(IEnumerable<string> lines, long afterSequence, string source) =>
+        [.. EventsOf(lines, source).Where(e => e.Sequence > afterSequence && e.Destruction is not null).Select(e => e.Destruction!)];
+
+    /// <summary>
+    /// Every event of an audit export or SIEM stream, in the file's order, with the destruction
+    /// each records (as <see cref="FromAuditLines"/> reads them). Lines that are not events are skipped.
+    /// </summary>
+    /// <exception cref="FormatException">A line that is not JSON.</exception>
+    public static IReadOnlyList<LoggedEvent> EventsOf(IEnumerable<string> lines, string source)
     {
         ArgumentNullException.ThrowIfNull(lines);
-        var found = new List<RecordedDestruction>();
+        var found = new List<LoggedEvent>();
         var number = 0;
         foreach (var line in lines)
         {
@@ -124,32 +141,37 @@ public static class DestructionReplay
                 }
 
                 var seq = body.GetProperty("seq").GetInt64();
-                var operation = body.GetProperty("operation").GetString();
-                if (seq <= afterSequence || body.GetProperty("outcome").GetString() != "OK"
-                    || operation is not (DestroyNowOperation or LifecycleOperation or KeyDestructionOperation)
-                    || body.GetProperty("resource").GetString() is not { } resource)
-                {
-                    continue;
-                }
-
-                var time = DateTimeOffset.Parse(body.GetProperty("time").GetString()!, System.Globalization.CultureInfo.InvariantCulture);
-                var where = $"{source} event {seq} ({operation})";
-                if (operation == KeyDestructionOperation)
-                {
-                    found.Add(new RecordedDestruction(KeyName.Parse(resource, "resource"), null, time, where, WholeKey: true));
-                }
-                else if (operation == DestroyNowOperation || ResourceSegments.Is(resource, ResourceSegments.KeyCollection, "versions"))
-                {
-                    var version = KeyVersionName.Parse(resource, "resource");
-                    found.Add(new RecordedDestruction(version.Key, version.Version, time, where));
-                }
-                else
-                {
-                    found.Add(new RecordedDestruction(KeyName.Parse(resource, "resource"), null, time, where));
-                }
+                var hash = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(body.GetRawText())));
+                found.Add(new LoggedEvent(seq, body.GetProperty("prev").GetString() ?? "", hash, DestructionOf(body, seq, source)));
             }
         }
 
         return found;
+    }
+
+    private static RecordedDestruction? DestructionOf(JsonElement body, long seq, string source)
+    {
+        var operation = body.GetProperty("operation").GetString();
+        if (body.GetProperty("outcome").GetString() != "OK"
+            || operation is not (DestroyNowOperation or LifecycleOperation or KeyDestructionOperation)
+            || body.GetProperty("resource").GetString() is not { } resource)
+        {
+            return null;
+        }
+
+        var time = DateTimeOffset.Parse(body.GetProperty("time").GetString()!, System.Globalization.CultureInfo.InvariantCulture);
+        var where = $"{source} event {seq} ({operation})";
+        if (operation == KeyDestructionOperation)
+        {
+            return new RecordedDestruction(KeyName.Parse(resource, "resource"), null, time, where, WholeKey: true);
+        }
+
+        if (operation == DestroyNowOperation || ResourceSegments.Is(resource, ResourceSegments.KeyCollection, "versions"))
+        {
+            var version = KeyVersionName.Parse(resource, "resource");
+            return new RecordedDestruction(version.Key, version.Version, time, where);
+        }
+
+        return new RecordedDestruction(KeyName.Parse(resource, "resource"), null, time, where);
     }
 }
