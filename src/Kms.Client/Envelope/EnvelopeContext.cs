@@ -9,7 +9,8 @@ namespace Kms.Client.Envelope;
 /// </summary>
 internal static class EnvelopeContext
 {
-    public static readonly IReadOnlyDictionary<string, string> Empty = new Dictionary<string, string>(StringComparer.Ordinal);
+    /// <summary>The empty context, shared: read-only, so no caller handed it can change every later empty context.</summary>
+    public static readonly IReadOnlyDictionary<string, string> Empty = new System.Collections.ObjectModel.ReadOnlyDictionary<string, string>(new Dictionary<string, string>(StringComparer.Ordinal));
 
     /// <summary>Validates and encodes a caller's context.</summary>
     /// <exception cref="ArgumentException">A limit is broken or a string is not valid UTF-16.</exception>

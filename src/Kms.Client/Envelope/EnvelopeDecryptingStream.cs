@@ -25,6 +25,7 @@ public sealed class EnvelopeDecryptingStream : Stream
     private int _available;
     private uint _sequence = 1;
     private bool _finished;
+    private int _busy;
     private bool _failed;
     private bool _disposed;
 
@@ -72,13 +73,21 @@ public sealed class EnvelopeDecryptingStream : Stream
             return 0;
         }
 
-        // With useAsync false every read inside is synchronous: the task is already complete.
-        if (_offset == _available && !FillAsync(useAsync: false, CancellationToken.None).AsTask().GetAwaiter().GetResult())
+        Enter();
+        try
         {
-            return 0;
-        }
+            // With useAsync false every read inside is synchronous: the task is already complete.
+            if (_offset == _available && !FillAsync(useAsync: false, CancellationToken.None).AsTask().GetAwaiter().GetResult())
+            {
+                return 0;
+            }
 
-        return CopyOut(buffer);
+            return CopyOut(buffer);
+        }
+        finally
+        {
+            Exit();
+        }
     }
 
     /// <inheritdoc />
@@ -94,12 +103,20 @@ public sealed class EnvelopeDecryptingStream : Stream
             return 0;
         }
 
-        if (_offset == _available && !await FillAsync(useAsync: true, cancellationToken).ConfigureAwait(false))
+        Enter();
+        try
         {
-            return 0;
-        }
+            if (_offset == _available && !await FillAsync(useAsync: true, cancellationToken).ConfigureAwait(false))
+            {
+                return 0;
+            }
 
-        return CopyOut(buffer.Span);
+            return CopyOut(buffer.Span);
+        }
+        finally
+        {
+            Exit();
+        }
     }
 
     /// <summary>
@@ -130,16 +147,36 @@ public sealed class EnvelopeDecryptingStream : Stream
 
     private async ValueTask DrainAsync(Stream destination, bool useAsync, CancellationToken cancellationToken)
     {
-        if (_offset < _available)
+        Enter();
+        try
         {
-            await WriteOutAsync(destination, _offset, useAsync, cancellationToken).ConfigureAwait(false);
-        }
+            if (_offset < _available)
+            {
+                await WriteOutAsync(destination, _offset, useAsync, cancellationToken).ConfigureAwait(false);
+            }
 
-        while (await FillAsync(useAsync, cancellationToken).ConfigureAwait(false))
+            while (await FillAsync(useAsync, cancellationToken).ConfigureAwait(false))
+            {
+                await WriteOutAsync(destination, 0, useAsync, cancellationToken).ConfigureAwait(false);
+            }
+        }
+        finally
         {
-            await WriteOutAsync(destination, 0, useAsync, cancellationToken).ConfigureAwait(false);
+            Exit();
         }
     }
+
+    // One read at a time: two would fill the one frame buffer and run the one GCM context
+    // together, and one could hand out a frame whose tag the other has not checked yet.
+    private void Enter()
+    {
+        if (Interlocked.CompareExchange(ref _busy, 1, 0) != 0)
+        {
+            throw new InvalidOperationException("an envelope stream takes one read at a time");
+        }
+    }
+
+    private void Exit() => Volatile.Write(ref _busy, 0);
 
     // Writes the verified plaintext from offset to the end of the frame, from the stream's own buffer.
     private async ValueTask WriteOutAsync(Stream destination, int offset, bool useAsync, CancellationToken cancellationToken)

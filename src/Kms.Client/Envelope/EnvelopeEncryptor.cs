@@ -353,11 +353,15 @@ public sealed class EnvelopeEncryptor : IDisposable
         var others = await Task.WhenAll(_keyNames.Skip(1).Select(name => _provider.WrapDataKeyAsync(name, generated.Plaintext, context, cancellationToken))).ConfigureAwait(false);
         WrappedDataKey[] wrapped = [generated.Wrapped, .. others];
         EnvelopeHeader.ValidateForWriting(wrapped, _frameLength);
-        foreach (var key in wrapped)
+        for (var i = 0; i < wrapped.Length; i++)
         {
-            // An alias among KeyNames is recorded as the key the KMS used: trust that key too,
-            // so this encryptor decrypts what it wrote.
-            _resolvedKeys.TryAdd(key.KeyName, true);
+            // A trusted alias among KeyNames is recorded as the key the KMS used: trust that key
+            // too, so this encryptor decrypts what it wrote. A name it writes under but was not
+            // told to trust (TrustedKeyNames) stays untrusted, however often it writes.
+            if (_trusted.Contains(_keyNames[i]))
+            {
+                _resolvedKeys.TryAdd(wrapped[i].KeyName, true);
+            }
         }
 
         var dataKey = GC.AllocateUninitializedArray<byte>(EnvelopeFormat.DataKeyLength, pinned: true);

@@ -16,6 +16,8 @@ public sealed class EnvelopeOptions
     /// <summary>
     /// The keys whose wrapped data keys this encryptor sends to the KMS when decrypting; empty
     /// means <see cref="KeyNames"/>. A message naming only other keys is refused without a KMS call.
+    /// An alias here is trusted as the key it named when this encryptor wrote under it (a message
+    /// records the key, not the alias).
     /// </summary>
     public IList<string> TrustedKeyNames { get; set; } = [];
 

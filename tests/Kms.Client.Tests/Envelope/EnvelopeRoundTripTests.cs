@@ -125,6 +125,76 @@ public sealed class EnvelopeRoundTripTests
     }
 
     [Fact]
+    public async Task DecryptingStream_OverlappingReads_Refused_TheFirstStillReadsAVerifiedFrame()
+    {
+        using var encryptor = NewEncryptor(out _);
+        var plaintext = Data((Frame * 2) + 5);
+        var source = new GatedReadStream(await encryptor.EncryptAsync(plaintext));
+        await using var reader = await encryptor.OpenDecryptingStreamAsync(source);
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        source.Gate = gate.Task;
+
+        var first = reader.ReadAsync(new byte[Frame]).AsTask();
+        var second = reader.ReadAsync(new byte[Frame]).AsTask();
+
+        // Refused at once, not queued behind the first read's source (which would wait for the gate).
+        Assert.True(second.IsFaulted, "the overlapping read was not refused");
+        await Assert.ThrowsAsync<InvalidOperationException>(() => second);
+        gate.SetResult();
+
+        Assert.Equal(Frame, await first);
+        var rest = new MemoryStream();
+        await reader.CopyToAsync(rest);
+        Assert.Equal(plaintext[Frame..], rest.ToArray());
+    }
+
+    [Fact]
+    public async Task DecryptingStream_SecondFramesTagAltered_TheCallerGotTheFirstFrameOnly()
+    {
+        // Claim 46: a frame's plaintext reaches the caller only after its tag verified.
+        using var encryptor = NewEncryptor(out _);
+        var plaintext = Data((Frame * 2) + 5);
+        var message = await encryptor.EncryptAsync(plaintext);
+        var finalFrame = EnvelopeFormat.FinalFramePrefix + 5 + EnvelopeFormat.TagLength;
+        message[^(finalFrame + 1)] ^= 1; // the last byte of frame 2's tag
+        var received = new MemoryStream();
+
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(new MemoryStream(message), received));
+
+        Assert.Equal(plaintext[..Frame], received.ToArray());
+    }
+
+    [Fact]
+    public async Task TrustedKeyNames_AKeyWrittenUnderButNotTrusted_StaysUntrusted_NoKmsCall()
+    {
+        // Writing under W once must not make messages that name only W readable: anyone who
+        // may encrypt under W could otherwise forge what this reader accepts.
+        var provider = new FakeKeyProvider();
+        using var encryptor = new EnvelopeEncryptor(provider, new EnvelopeOptions
+        {
+            KeyNames = ["tenants/t/keys/w"], TrustedKeyNames = ["tenants/t/keys/r"], FrameLength = Frame,
+        });
+        var message = await encryptor.EncryptAsync(Data(10));
+
+        var refused = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message));
+
+        Assert.Contains("tenants/t/keys/w", refused.Message, StringComparison.Ordinal);
+        Assert.Equal(0, provider.UnwrapCalls);
+        using var trusting = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/w"], FrameLength = Frame });
+        Assert.Equal(Data(10), await trusting.DecryptAsync(message));
+    }
+
+    [Fact]
+    public async Task EmptyEncryptionContext_HandedOutReadOnly_SoNoCallerChangesTheNextOne()
+    {
+        using var encryptor = NewEncryptor(out _);
+        var context = EnvelopeEncryptor.ReadEncryptionContext(await encryptor.EncryptAsync(Data(10)));
+
+        Assert.Empty(context);
+        Assert.False(context is IDictionary<string, string> { IsReadOnly: false }, "the shared empty context is writable");
+    }
+
+    [Fact]
     public async Task DecryptingStream_AfterDispose_ObjectDisposed()
     {
         using var encryptor = NewEncryptor(out _);
@@ -446,5 +516,59 @@ internal sealed class BufferRecordingStream : MemoryStream
         }
 
         return ValueTask.CompletedTask;
+    }
+}
+
+/// <summary>A readable stream whose reads wait for <see cref="Gate"/>.</summary>
+internal sealed class GatedReadStream(byte[] content) : Stream
+{
+    private readonly MemoryStream _inner = new(content);
+
+    public Task Gate { get; set; } = Task.CompletedTask;
+
+    public override bool CanRead => true;
+
+    public override bool CanSeek => false;
+
+    public override bool CanWrite => false;
+
+    public override long Length => throw new NotSupportedException();
+
+    public override long Position
+    {
+        get => throw new NotSupportedException();
+        set => throw new NotSupportedException();
+    }
+
+    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        await Gate;
+        return await _inner.ReadAsync(buffer, cancellationToken);
+    }
+
+    public override int Read(byte[] buffer, int offset, int count)
+    {
+        Gate.GetAwaiter().GetResult();
+        return _inner.Read(buffer, offset, count);
+    }
+
+    public override void Flush()
+    {
+    }
+
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _inner.Dispose();
+        }
+
+        base.Dispose(disposing);
     }
 }
