@@ -172,7 +172,9 @@ public sealed class EnvelopeRoundTripTests
         var provider = new FakeKeyProvider();
         using var encryptor = new EnvelopeEncryptor(provider, new EnvelopeOptions
         {
-            KeyNames = ["tenants/t/keys/w"], TrustedKeyNames = ["tenants/t/keys/r"], FrameLength = Frame,
+            KeyNames = ["tenants/t/keys/w"],
+            TrustedKeyNames = ["tenants/t/keys/r"],
+            FrameLength = Frame,
         });
         var message = await encryptor.EncryptAsync(Data(10));
 
