@@ -89,6 +89,32 @@ public sealed class LifecycleServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task ScheduledRotation_AHundredKeysThatKeepFailing_DoNotHoldBackTheOthers()
+    {
+        // Keys the HSM can no longer rotate (their algorithm dropped from its profile) stay due,
+        // at the head of the due list: they must not fill every pass's batch.
+        for (var i = 0; i < 100; i++)
+        {
+            var command = new CreateKeyCommand(Dev.Tenant, $"mac-{i}", KeyPurpose.Mac, KeyLabels.Empty, null) { Algorithm = KeyAlgorithm.HmacSha256, RotationPeriod = TimeSpan.FromDays(1) };
+            await _domain.Keys.CreateKeyAsync(Dev, command, default);
+        }
+
+        _domain.Time.Advance(TimeSpan.FromMinutes(1));
+        var aes = await _domain.CreateKeyAsync("aes", rotationPeriod: TimeSpan.FromDays(1));
+        _domain.FakeHsm!.Unsupported[KeyAlgorithm.HmacSha256] = "dropped from the profile";
+        _domain.Time.Advance(TimeSpan.FromDays(1));
+
+        await Assert.ThrowsAsync<AggregateException>(() => _domain.Keys.RotateDueKeysAsync(default));
+        Assert.Equal(1, await _domain.Keys.RotateDueKeysAsync(default));
+
+        Assert.Equal(2, (await _domain.Keys.GetKeyAsync(Dev, aes.Name, default)).Primary.Name.Version);
+        _domain.FakeHsm.Unsupported.Remove(KeyAlgorithm.HmacSha256);
+        Assert.Equal(0, await _domain.Keys.RotateDueKeysAsync(default));
+        _domain.Time.Advance(KeyService.FailedRotationRetryDelay);
+        Assert.Equal(100, await _domain.Keys.RotateDueKeysAsync(default));
+    }
+
+    [Fact]
     public async Task ScheduledRotation_DisabledKey_NotRotated()
     {
         var key = await _domain.CreateKeyAsync("k", rotationPeriod: TimeSpan.FromDays(1));

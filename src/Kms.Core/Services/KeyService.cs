@@ -27,8 +27,16 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
     private const string RestoreKeyVersionOperation = "RestoreKeyVersion";
     private const int DueBatch = 100;
 
+    /// <summary>How long a key whose scheduled rotation failed is left out of the next passes.</summary>
+    public static readonly TimeSpan FailedRotationRetryDelay = TimeSpan.FromMinutes(15);
+
     private readonly RequestIds _requests = new(store);
     private readonly KeyResolver _resolver = new(store);
+
+    // Keys whose scheduled rotation failed, and when to try them again: keys that keep failing
+    // (an algorithm the HSM profile no longer allows) would otherwise fill every pass's batch
+    // from the head of the due list, and no other key's schedule would ever run.
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<KeyName, DateTimeOffset> _rotationRetry = new();
 
     /// <summary>
     /// Creates a key and its version 1 (primary). With a request id, a retry of the same
@@ -352,17 +360,38 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
     }
 
     /// <summary>
-    /// Background: rotates every enabled key whose next scheduled rotation is due. Returns
-    /// how many were rotated.
+    /// Background: rotates every enabled key whose next scheduled rotation is due (at most 100
+    /// a pass; a key whose rotation failed other than for
+    /// an outage waits <see cref="FailedRotationRetryDelay"/> before it is tried again, so the
+    /// rest go on). Returns how many were rotated.
     /// </summary>
     public async Task<int> RotateDueKeysAsync(CancellationToken cancellationToken)
     {
         var now = Clock.Now(time);
-        var rotated = 0;
-        await ForEachDueKeyAsync("lifecycle/ScheduledRotation", await store.ListKeysDueForRotationAsync(now, DueBatch, hsm.Regions, cancellationToken), async name =>
+        foreach (var (name, retry) in _rotationRetry)
         {
-            var done = await RotateIfStillDueAsync(name, key => key.State == KeyState.Enabled && key.NextRotationTime <= now, scheduled: true, now, cancellationToken);
-            rotated += done ? 1 : 0;
+            if (retry <= now)
+            {
+                _rotationRetry.TryRemove(name, out _);
+            }
+        }
+
+        var due = (await store.ListKeysDueForRotationAsync(now, DueBatch + _rotationRetry.Count, hsm.Regions, cancellationToken))
+            .Where(name => !_rotationRetry.ContainsKey(name)).Take(DueBatch).ToList();
+        var rotated = 0;
+        await ForEachDueKeyAsync("lifecycle/ScheduledRotation", due, async name =>
+        {
+            try
+            {
+                var done = await RotateIfStillDueAsync(name, key => key.State == KeyState.Enabled && key.NextRotationTime <= now, scheduled: true, now, cancellationToken);
+                rotated += done ? 1 : 0;
+            }
+            catch (Exception e) when (e is not (OperationCanceledException or KmsException { Code: KmsErrorCode.Unavailable }))
+            {
+                // Not an outage (tried again next pass) but this key's own problem.
+                _rotationRetry[name] = now + FailedRotationRetryDelay;
+                throw;
+            }
         });
         return rotated;
     }
