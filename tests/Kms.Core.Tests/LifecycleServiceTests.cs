@@ -115,6 +115,62 @@ public sealed class LifecycleServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task CancelAndRestore_ThatWaitedForTheWriteLockPastTheEndOfTheWaitingPeriod_Refused()
+    {
+        // The clock is read once the lock is held: a call that waited for it (a long group
+        // commit) until the period ended must not bring the key or version back.
+        var store = (InMemoryStore)_domain.Store;
+        var key = await _domain.CreateKeyAsync("k");
+        await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+        await _domain.Keys.ScheduleKeyVersionDestructionAsync(Dev, key.Name.Version(1), TimeSpan.FromDays(7), null, default);
+        var deleted = await _domain.CreateKeyAsync("deleted");
+        await _domain.Keys.ScheduleKeyDeletionAsync(Dev, deleted.Name, TimeSpan.FromDays(7), null, default);
+        _domain.Time.Advance(TimeSpan.FromDays(7) - TimeSpan.FromMinutes(1));
+
+        store.BeforeNextKeyUpdate = () => _domain.Time.Advance(TimeSpan.FromMinutes(2));
+        var cancel = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.CancelKeyDeletionAsync(Dev, deleted.Name, null, default));
+        store.BeforeNextKeyUpdate = () => _domain.Time.Advance(TimeSpan.FromMinutes(2));
+        var restore = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.RestoreKeyVersionAsync(Dev, key.Name.Version(1), null, default));
+
+        Assert.Contains("took effect", cancel.Message, StringComparison.Ordinal);
+        Assert.Contains("took effect", restore.Message, StringComparison.Ordinal);
+        Assert.Equal(KeyState.DestroyScheduled, (await _domain.Keys.GetKeyAsync(Dev, deleted.Name, default)).State);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task AKeyNotEnabled_RefusesEveryOperation_ThoughItsVersionIsEnabled(bool scheduledForDeletion)
+    {
+        // Claim 24: the key's own state, not only its version's, for every operation.
+        var key = await _domain.CreateKeyAsync("k");
+        var mac = await _domain.CreateKeyAsync("mac", KeyAlgorithm.HmacSha256);
+        var signing = await _domain.CreateKeyAsync("sign", KeyAlgorithm.EcSignP256Sha256);
+        var blob = (await _domain.Crypto.EncryptAsync(Dev, key.Name, [1, 2, 3], EncryptionContext.Empty, default)).Ciphertext;
+        foreach (var name in new[] { key.Name, mac.Name, signing.Name })
+        {
+            _ = scheduledForDeletion
+                ? await _domain.Keys.ScheduleKeyDeletionAsync(Dev, name, TimeSpan.FromDays(7), null, default)
+                : await _domain.Keys.DisableKeyAsync(Dev, name, default);
+        }
+
+        Func<Task>[] operations =
+        [
+            () => _domain.Crypto.EncryptAsync(Dev, key.Name, [1], EncryptionContext.Empty, default),
+            () => _domain.Crypto.DecryptAsync(Dev, blob, EncryptionContext.Empty, default),
+            () => _domain.Crypto.GenerateDataKeyAsync(Dev, key.Name, EncryptionContext.Empty, default),
+            () => _domain.Signing.GenerateMacAsync(Dev, mac.Name.ToString(), [1], default),
+            () => _domain.Signing.SignAsync(Dev, signing.Name.ToString(), new SignInput([1], null), SignatureFormat.Der, default),
+        ];
+        foreach (var operation in operations)
+        {
+            var refused = await Assert.ThrowsAsync<KmsException>(operation);
+            Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+            Assert.Contains(scheduledForDeletion ? "DESTROY_SCHEDULED" : "DISABLED", refused.Message, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
     public async Task ScheduledRotation_DisabledKey_NotRotated()
     {
         var key = await _domain.CreateKeyAsync("k", rotationPeriod: TimeSpan.FromDays(1));

@@ -307,10 +307,11 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         await TenantGate.EnsureActiveAsync(access, name.Tenant, cancellationToken);
 
         // Whether the waiting period has ended: by the later clock too, as it was started by it
-        // (a node days behind would otherwise bring back a key whose period is over everywhere else).
-        var now = await Clock.WaitingStartAsync(Clock.Now(time), store, cancellationToken);
+        // (a node days behind would otherwise bring back a key whose period is over everywhere else),
+        // and read once the write lock is held — a call that waited for it past the end is too late.
+        var lead = await DatabaseLeadAsync(cancellationToken);
         return (await MutateAsync(caller, name, requestId, fingerprint,
-            current => KeyTransitions.CancelKeyDeletion(current, now), cancellationToken, CancelKeyDeletionOperation)).Key;
+            current => KeyTransitions.CancelKeyDeletion(current, Clock.Now(time) + lead), cancellationToken, CancelKeyDeletionOperation)).Key;
     }
 
     /// <summary>DISABLED → ENABLED, for one version.</summary>
@@ -354,9 +355,17 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         }
 
         await TenantGate.EnsureActiveAsync(access, name.Key.Tenant, cancellationToken);
-        var now = await Clock.WaitingStartAsync(Clock.Now(time), store, cancellationToken);
+        var lead = await DatabaseLeadAsync(cancellationToken);
         return await MutateVersionAsync(caller, name, requestId, fingerprint,
-            current => KeyTransitions.RestoreVersion(current, name.Version, now), cancellationToken, RestoreKeyVersionOperation);
+            current => KeyTransitions.RestoreVersion(current, name.Version, Clock.Now(time) + lead), cancellationToken, RestoreKeyVersionOperation);
+    }
+
+    // How far the database's clock is ahead of this node's (zero when it is not, or has none):
+    // added to the node's clock read under the write lock, whose callback cannot ask the database.
+    private async Task<TimeSpan> DatabaseLeadAsync(CancellationToken cancellationToken)
+    {
+        var node = Clock.Now(time);
+        return await Clock.WaitingStartAsync(node, store, cancellationToken) - node;
     }
 
     /// <summary>

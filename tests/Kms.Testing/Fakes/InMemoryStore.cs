@@ -23,6 +23,8 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
     /// <summary>Test hook: thrown by the next write (a store failing after the HSM did its part).</summary>
     public Exception? FailNextWrite { get; set; }
 
+    private Action? _beforeNextKeyUpdate;
+
     public Task CreateKeyAsync(Key key, WrappedKeyMaterial primaryMaterial, RequestRecord? request, CancellationToken cancellationToken)
     {
         lock (_lock)
@@ -89,9 +91,17 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
         }
     }
 
+    /// <summary>Runs once before the next key update takes the lock (as a wait for the write lock would).</summary>
+    public Action? BeforeNextKeyUpdate
+    {
+        get => _beforeNextKeyUpdate;
+        set => _beforeNextKeyUpdate = value;
+    }
+
     public Task<KeyWithVersions?> UpdateKeyAsync(KeyName name, Func<KeyWithVersions, KeyChange> decide, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(decide);
+        Interlocked.Exchange(ref _beforeNextKeyUpdate, null)?.Invoke();
         lock (_lock)
         {
             return Task.FromResult(UpdateKeyLocked(name, decide));
