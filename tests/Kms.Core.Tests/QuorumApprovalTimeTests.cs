@@ -44,6 +44,28 @@ public sealed class QuorumApprovalTimeTests : IDisposable
         Assert.Empty((await store.GetQuorumRequestAsync(request.Id, default))!.Approvals);
     }
 
+    [Fact]
+    public async Task Approval_OnANodeWhoseClockIsBehindTheDatabases_JudgedByTheDatabasesClock_RefusedAsExpired()
+    {
+        // PostgreSQL: the request expired an hour ago by the database's clock; this node's clock
+        // says ten minutes have passed.
+        var time = new FakeTimeProvider(T0);
+        var store = new InMemoryStore();
+        var genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        await store.AddGenesisOfficerSetAsync(genesis, default);
+        var request = TestOfficers.Request(genesis, QuorumOperation.ExportBackup, [], T0); // expires at T0 + 1 h
+        await store.CreateQuorumRequestAsync(request, default);
+        var quorum = new QuorumService(store, store, _hsm, time, new QuorumOptions { Genesis = genesis });
+        time.Advance(TimeSpan.FromMinutes(10));
+        store.DatabaseTime = T0 + TimeSpan.FromHours(2);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => quorum.ApproveAsync(request.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", request), default));
+
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("expired at", e.Message, StringComparison.Ordinal);
+        Assert.Empty((await store.GetQuorumRequestAsync(request.Id, default))!.Approvals);
+    }
+
     // Forwards everything; runs a step before an update is applied (as waiting for the lock would).
     private sealed class LockWaitingStore(IQuorumStore inner, Action beforeUpdate) : IQuorumStore
     {

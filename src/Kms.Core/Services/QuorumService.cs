@@ -174,7 +174,16 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         IReadOnlyList<KeyValuePair<string, string>> parameters;
         OfficerSet? proposed = null;
         var (head, _) = await GetOfficerSetAsync(cancellationToken);
+
+        // A request's life is counted from the earlier of this node's clock and the database's,
+        // and an approval is judged by the later (ApproveAsync): a node whose clock is off can
+        // neither stretch a request's life nor approve it after it ended by the other clock.
         var now = Clock.Now(time);
+        if (await keys.GetDatabaseTimeAsync(cancellationToken) is { } database && database < now)
+        {
+            now = DateTimeOffset.FromUnixTimeMilliseconds(database.ToUnixTimeMilliseconds());
+        }
+
         if (command.Operation == QuorumOperation.DestroyKeyVersionNow)
         {
             var version = command.KeyVersion ?? throw KmsErrors.InvalidArgument("destroy_key_version_now.name", "is required");
@@ -313,14 +322,17 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         }
 
         var (head, _) = await GetOfficerSetAsync(cancellationToken);
+        var before = Clock.Now(time);
+        var lead = await Clock.WaitingStartAsync(before, keys, cancellationToken) - before;
         var valid = 0;
         var executed = false;
         IReadOnlyList<Keys.KeyVersion> destroyed = [];
         var result = await store.UpdateQuorumRequestAsync(id, (request, storedHead) =>
         {
             // Read under the store's write lock, not before waiting for it: an approval that waited
-            // past the request's expiry is refused as expired.
-            var now = Clock.Now(time);
+            // past the request's expiry is refused as expired. By the later of this node's clock
+            // and the database's (its lead measured before): a node behind cannot approve late.
+            var now = Clock.Now(time) + lead;
             if (request.Tenant != tenant)
             {
                 throw KmsErrors.NotFound(name);
