@@ -48,6 +48,15 @@ public sealed class BackupExportTests : IAsyncLifetime, IDisposable
         var plaintext = Encoding.UTF8.GetBytes("plaintext that must not be in a backup");
         await _keyManager.EncryptAsync(key.Name, plaintext);
 
+        // Claim 62 — never a plaintext key: a data key handed out, and material imported (BYOK)
+        // whose value the test knows, are in the backup only wrapped, if at all.
+        using var dataKey = await _keyManager.GenerateDataKeyAsync(key.Name);
+        var handedOut = dataKey.Plaintext.ToArray();
+        var byok = await _keyManager.CreateKeyAsync("tenants/dev", "byok-backed-up", new Key { Purpose = KeyPurpose.EncryptDecrypt, AllowImport = true });
+        var job = await _keyManager.CreateImportJobAsync("tenants/dev", "backed-up-job", ImportMethod.RsaOaep3072Sha1Aes256);
+        var material = RandomNumberGenerator.GetBytes(32);
+        await _keyManager.ImportKeyVersionAsync(byok.Name, job.Name, Kms.Client.KeyImport.Wrap(job.PublicKeyDer.Span, job.ImportMethod, material));
+
         var request = await _officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup });
         Assert.False((await ApproveAsync("alice", request.Name)).Executed);
         var directory = Path.Combine(_server.DataDir, "backups", request.Id);
@@ -59,6 +68,10 @@ public sealed class BackupExportTests : IAsyncLifetime, IDisposable
         Assert.True(manifest.AuditHead.Sequence > 0);
         var snapshot = await File.ReadAllBytesAsync(Path.Combine(directory, BackupManifest.SnapshotFile));
         Assert.Equal(-1, snapshot.AsSpan().IndexOf(plaintext));
+        Assert.Equal(-1, snapshot.AsSpan().IndexOf(handedOut));
+        Assert.Equal(-1, snapshot.AsSpan().IndexOf(material));
+        Assert.Equal(-1, snapshot.AsSpan().IndexOf(Encoding.ASCII.GetBytes(Convert.ToBase64String(material))));
+        Assert.Equal(-1, snapshot.AsSpan().IndexOf(Encoding.ASCII.GetBytes(Convert.ToHexStringLower(material))));
 
         using var auditor = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("auditor", null, "security-officer"));
         var events = await auditor.ListAuditEventsAsync(new ListAuditEventsRequest { Resource = "backups/" + request.Id }).ToListAsync();
