@@ -296,6 +296,30 @@ public sealed class AuditTests : IAsyncLifetime
         Assert.Contains(probes.Events, e => e.Tenant == "acme" && e.Outcome == "NOT_FOUND");
     }
 
+    [Fact]
+    public async Task TenantAuditor_SeesWhatDeploymentAdminsDidToItsPrincipalsAndTokens_NotToAnotherTenants()
+    {
+        // A deployment admin registers a principal in dev, issues it a token, revokes it: dev's
+        // auditors must see a credential appear and go, acme's must not.
+        await _server.EnsureTenantAsync("acme");
+        await _server.CreatePrincipalWithTokenAsync("acme-newcomer", "acme");
+        await _server.CreatePrincipalWithTokenAsync("dev-newcomer", "dev");
+        using (var admin = _server.DeploymentAdmin())
+        {
+            var token = Assert.Single((await admin.Access.ListApiTokensAsync(new ListApiTokensRequest { Principal = "token:dev-newcomer" })).Tokens);
+            await admin.Access.RevokeApiTokenAsync(new RevokeApiTokenRequest { Id = token.Id });
+        }
+
+        using var auditor = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("dev-auditor-2", "dev", "auditor"));
+        var own = (await auditor.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", PageSize = 1000 })).Events;
+
+        var principal = "tenants/dev/principals/token:dev-newcomer";
+        Assert.Contains(own, e => e.Operation.EndsWith("/CreatePrincipal", StringComparison.Ordinal) && e.Resource == principal && e.Tenant == "");
+        Assert.Contains(own, e => e.Operation.EndsWith("/CreateApiToken", StringComparison.Ordinal) && e.Resource == principal);
+        Assert.Contains(own, e => e.Operation.EndsWith("/RevokeApiToken", StringComparison.Ordinal) && e.Resource.StartsWith(principal + "/apiTokens/", StringComparison.Ordinal));
+        Assert.DoesNotContain(own, e => e.Resource.Contains("acme-newcomer", StringComparison.Ordinal));
+    }
+
     private async Task<List<AuditEventInfo>> EventsAsync(ListAuditEventsRequest request)
     {
         request.PageSize = 1000;

@@ -122,7 +122,7 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     /// <summary>Registers a principal; a tenant principal's tenant must exist and be active.</summary>
     public async Task<Principal> CreatePrincipalAsync(PrincipalName name, TenantId? tenant, string? displayName, CancellationToken cancellationToken)
     {
-        Audit.AuditScope.SetResource(name.ToString());
+        Audit.AuditScope.SetResource(AuditResourceOf(name, tenant));
         if (name == Authenticator.BootstrapPrincipal)
         {
             throw KmsErrors.InvalidArgument("name", $"{name} is reserved for the bootstrap credential");
@@ -165,6 +165,7 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
         }
 
         var registered = await GetPrincipalAsync(principal, cancellationToken);
+        Audit.AuditScope.SetResource(AuditResourceOf(principal, registered.Tenant));
         if (registered.Disabled)
         {
             throw KmsErrors.FailedPrecondition($"principal {principal} is disabled");
@@ -200,6 +201,12 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     /// <summary>Revokes a token at once.</summary>
     public async Task RevokeApiTokenAsync(string tokenId, CancellationToken cancellationToken)
     {
+        if (await access.GetApiTokenAsync(tokenId, cancellationToken) is { } token)
+        {
+            var holder = await access.GetPrincipalAsync(token.Principal, cancellationToken);
+            Audit.AuditScope.SetResource($"{AuditResourceOf(token.Principal, holder?.Tenant)}/apiTokens/{tokenId}");
+        }
+
         if (!await access.RevokeApiTokenAsync(tokenId, Clock.Now(time), cancellationToken))
         {
             throw KmsErrors.NotFound($"apiTokens/{tokenId}");
@@ -377,6 +384,14 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
         await access.CreateApiTokenAsync(token, cancellationToken);
         return (token, text);
     }
+
+    /// <summary>
+    /// A principal as its audit events name it: under its tenant (<c>tenants/acme/principals/token:ci</c>),
+    /// so the tenant's auditors see what deployment principals did to its principals and tokens;
+    /// a deployment principal by its name alone.
+    /// </summary>
+    public static string AuditResourceOf(PrincipalName name, TenantId? tenant) =>
+        tenant is { } home ? $"{home.ResourceName}/principals/{name}" : name.ToString();
 
     private static string ValidateDisplayName(string? displayName, string field) =>
         (displayName ?? "").Length <= 200 && !(displayName ?? "").Any(char.IsControl)
