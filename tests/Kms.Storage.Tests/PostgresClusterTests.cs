@@ -77,6 +77,40 @@ public sealed class PostgresClusterTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task ANodeStalledHalfWayThroughAWrite_DoesNotHoldTheOtherNodesWrites_ItsOwnWriteFailsUncommitted()
+    {
+        // A node froze (or lost the network) inside a write, holding the deployment-wide write
+        // lock: PostgreSQL ends its idle transaction, where it would have waited two hours for
+        // the dead connection, and the other node's write goes through within its timeout.
+        var stalled = await PostgresStore.OpenAsync(new PostgresOptions { ConnectionString = _database.ConnectionString, IdleInTransactionTimeout = TimeSpan.FromSeconds(2) }, null, default);
+        _opened.Add(stalled);
+        var other = await OpenAsync();
+        var key = KeyStoreContract.NewKey(Dev, "stalled");
+        await stalled.CreateKeyAsync(key, KeyStoreContract.Material(), null, default);
+        using var release = new ManualResetEventSlim();
+        var inside = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var write = Task.Run(() => stalled.UpdateKeyAsync(key.Name, current =>
+        {
+            inside.TrySetResult();
+            release.Wait();
+            return new KeyChange(current.Key with { State = KeyState.Disabled });
+        }, default));
+        await inside.Task;
+
+        try
+        {
+            await other.CreateKeyAsync(KeyStoreContract.NewKey(Dev, "meanwhile"), KeyStoreContract.Material(), null, default);
+        }
+        finally
+        {
+            release.Set();
+        }
+
+        await Assert.ThrowsAnyAsync<Exception>(() => write);
+        Assert.Equal(KeyState.Enabled, (await other.GetKeyAsync(key.Name, default))!.State);
+    }
+
+    [Fact]
     public async Task TwoNodes_DatabaseDefaultsToRepeatableRead_ConcurrentGroupCommitsStillSucceed()
     {
         // Under REPEATABLE READ the audit writer's snapshot would be taken before it holds the

@@ -36,13 +36,18 @@ public sealed class PostgresLeaderLease : ILeaderLease, IAsyncDisposable
         ArgumentNullException.ThrowIfNull(options);
         _time = time ?? throw new ArgumentNullException(nameof(time));
         _maxSkew = options.MaxClockSkew;
-        _dataSource = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(options.Parse().ConnectionString)
+        var builder = new NpgsqlConnectionStringBuilder(options.Parse().ConnectionString)
         {
             Pooling = false,
             Timeout = (int)Math.Ceiling(options.CommandTimeout.TotalSeconds),
             CommandTimeout = (int)Math.Ceiling(options.CommandTimeout.TotalSeconds),
             KeepAlive = 10,
-        }.ConnectionString);
+        };
+
+        // The lease is a session-level lock: PostgreSQL releases it only when it notices that
+        // a leader that froze or lost the network is gone — asked to probe, within about 25 s.
+        builder.Options = $"{builder.Options} {PostgresOptions.ServerKeepalives}".Trim();
+        _dataSource = NpgsqlDataSource.Create(builder.ConnectionString);
     }
 
     /// <summary>Whether this node held the lease at its last check.</summary>

@@ -21,6 +21,22 @@ public sealed class PostgresOptions
     public TimeSpan MaxClockSkew { get; set; } = TimeSpan.FromSeconds(5);
 
     /// <summary>
+    /// How long PostgreSQL lets this node's session sit idle inside a transaction before ending
+    /// it (<c>idle_in_transaction_session_timeout</c>). Every write holds the deployment-wide
+    /// write lock for its transaction: a node that froze or lost the network half-way through one
+    /// would otherwise hold it — and stop every node's writes — until PostgreSQL noticed the dead
+    /// connection, two hours later with its defaults. Its own write then fails, uncommitted.
+    /// </summary>
+    public TimeSpan IdleInTransactionTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// The server-side TCP keepalive settings every connection asks for: a node that vanished is
+    /// noticed after about 10 + 3 × 5 = 25 s, and its session-level locks (the leader lease, the
+    /// serving lock) are released; PostgreSQL's defaults take over two hours.
+    /// </summary>
+    internal const string ServerKeepalives = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3";
+
+    /// <summary>
     /// Parses <see cref="ConnectionString"/>. A string Npgsql cannot parse is refused without
     /// Npgsql's message, which quotes the offending part — possibly a piece of the password.
     /// </summary>

@@ -52,7 +52,8 @@ public sealed class PostgresStore : SqlStore
         };
         // The standby's WARNING on a cancelled wait is how CommitWriteAsync tells a primary-only
         // commit: a role or connection set to client_min_messages=error would hide it.
-        builder.Options = $"{builder.Options} -c client_min_messages=warning".Trim();
+        builder.Options = ($"{builder.Options} -c client_min_messages=warning {PostgresOptions.ServerKeepalives}"
+            + $" -c idle_in_transaction_session_timeout={(long)options.IdleInTransactionTimeout.TotalMilliseconds}").Trim();
         Location = $"{builder.Host}:{builder.Port}/{builder.Database}";
         _pooled = NpgsqlDataSource.Create(builder.ConnectionString);
 
