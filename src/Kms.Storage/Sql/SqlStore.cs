@@ -489,20 +489,51 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
                 : throw KmsErrors.Internal($"no key version {id} to count encryptions for");
         }, cancellationToken, announce: false);
 
+    private const string RecordUsageSql = """
+        UPDATE key_versions SET
+            decrypt_count = decrypt_count + @decryptions,
+            last_encrypt_time = CASE WHEN @last_encrypt IS NOT NULL AND (last_encrypt_time IS NULL OR last_encrypt_time < @last_encrypt) THEN @last_encrypt ELSE last_encrypt_time END,
+            last_decrypt_time = CASE WHEN @last_decrypt IS NOT NULL AND (last_decrypt_time IS NULL OR last_decrypt_time < @last_decrypt) THEN @last_decrypt ELSE last_decrypt_time END
+        WHERE version_id = @version_id
+        """;
+
     /// <inheritdoc />
     public Task RecordUsageAsync(IReadOnlyCollection<UsageDelta> deltas, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
-            // One command for every row, prepared once and bound again per row: SQLite compiles its
-            // SQL once, not once per version (a flush under traffic spread over many keys writes
-            // tens of thousands); PostgreSQL parses it once (a server-side prepared statement).
-            await using var update = Command(connection, """
-                UPDATE key_versions SET
-                    decrypt_count = decrypt_count + @decryptions,
-                    last_encrypt_time = CASE WHEN @last_encrypt IS NOT NULL AND (last_encrypt_time IS NULL OR last_encrypt_time < @last_encrypt) THEN @last_encrypt ELSE last_encrypt_time END,
-                    last_decrypt_time = CASE WHEN @last_decrypt IS NOT NULL AND (last_decrypt_time IS NULL OR last_decrypt_time < @last_decrypt) THEN @last_decrypt ELSE last_decrypt_time END
-                WHERE version_id = @version_id
-                """,
+            // A server (PostgreSQL) gets the rows a thousand to a round trip: one trip per row, tens
+            // of thousands a flush under traffic spread over many keys, would hold the
+            // deployment-wide write lock for seconds per node and pass.
+            if (connection.CanCreateBatch)
+            {
+                foreach (var chunk in deltas.Chunk(1000))
+                {
+                    await using var batch = connection.CreateBatch();
+                    batch.Transaction = transaction;
+                    foreach (var delta in chunk)
+                    {
+                        var row = batch.CreateBatchCommand();
+                        row.CommandText = RecordUsageSql;
+                        foreach (var (name, value) in new[] { ("@decryptions", (object)delta.Decryptions), ("@last_encrypt", Millis(delta.LastEncryptTime)), ("@last_decrypt", Millis(delta.LastDecryptTime)), ("@version_id", delta.Id.ToBytes()) })
+                        {
+                            var parameter = row.CreateParameter();
+                            parameter.ParameterName = name;
+                            Bind(parameter, value);
+                            row.Parameters.Add(parameter);
+                        }
+
+                        batch.BatchCommands.Add(row);
+                    }
+
+                    await batch.ExecuteNonQueryAsync(cancellationToken);
+                }
+
+                return 0;
+            }
+
+            // SQLite (in-process): one command for every row, prepared once and bound again per
+            // row, so it compiles its SQL once, not once per version.
+            await using var update = Command(connection, RecordUsageSql,
                 ("@decryptions", 0L), ("@last_encrypt", NullInt64), ("@last_decrypt", NullInt64), ("@version_id", Array.Empty<byte>()));
             update.Transaction = transaction;
             await update.PrepareAsync(cancellationToken);
