@@ -43,6 +43,10 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     // refused PIN is presented again by none of them (a real HSM may lock the token after three).
     private StrongBox<bool> _pinRefused = new();
 
+    // Shared by every adapter on the token (each region's), like the flag: one login at a time,
+    // and none once the PIN was refused — concurrent recoveries each presented a changed PIN.
+    private Lock _login = new();
+
     // A key this adapter wrapped under the domain key at its first open: proof, at every later
     // open, that the token still holds that key (see ProveSameDomainKey).
     private byte[]? _domainKeyWitness;
@@ -106,6 +110,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
 
                 var regional = Open(options.ForRegion(region, regionOptions), logger);
                 regional._pinRefused = hsm._pinRefused;
+                regional._login = hsm._login;
                 hsm._regions[region] = regional;
                 if (string.Equals(regional.DomainKeyCheckValue, hsm.DomainKeyCheckValue, StringComparison.OrdinalIgnoreCase))
                 {
@@ -885,19 +890,27 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
 
     private void Login(ISession session)
     {
-        try
+        lock (_login)
         {
-            session.Login(CKU.CKU_USER, _pin);
-        }
-        catch (Pkcs11Exception e) when (e.RV == CKR.CKR_USER_ALREADY_LOGGED_IN)
-        {
-            // Login is per process and token: another user of this module logged in already.
-        }
-        catch (Pkcs11Exception e) when (Pkcs11Errors.IsPinRefused(e))
-        {
-            _pinRefused.Value = true;
-            Log.PinRefused(_logger, e.RV);
-            throw new HsmConfigurationException($"the HSM refused the PIN ({e.RV}); not retrying", e);
+            if (_pinRefused.Value)
+            {
+                throw new HsmConfigurationException("the HSM refused the PIN earlier; not presenting it again (restart with the right PIN)");
+            }
+
+            try
+            {
+                session.Login(CKU.CKU_USER, _pin);
+            }
+            catch (Pkcs11Exception e) when (e.RV == CKR.CKR_USER_ALREADY_LOGGED_IN)
+            {
+                // Login is per process and token: another user of this module logged in already.
+            }
+            catch (Pkcs11Exception e) when (Pkcs11Errors.IsPinRefused(e))
+            {
+                _pinRefused.Value = true;
+                Log.PinRefused(_logger, e.RV);
+                throw new HsmConfigurationException($"the HSM refused the PIN ({e.RV}); not retrying", e);
+            }
         }
     }
 

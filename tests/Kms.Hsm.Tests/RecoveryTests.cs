@@ -138,6 +138,53 @@ public sealed class RecoveryTests
     }
 
     [Fact]
+    public async Task PinChangedWhileDown_RegionsRecoveringAtOnce_ThePinIsStillPresentedOnce()
+    {
+        // The flag alone was checked before a recovery opened its sessions: recoveries of the
+        // regions' adapters running together each passed it and each presented the changed PIN.
+        var token = SoftHsm.CreateToken();
+        var options = token.Options();
+        using (var ceremony = HsmCeremonySession.Open(token.Options(devMode: false), System.Text.Encoding.UTF8.GetBytes(token.UserPin)))
+        {
+            foreach (var region in new[] { "eu", "us" })
+            {
+                ceremony.ImportDomainKey(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32), $"kms-domain-key-{region}", $"dk-{region}");
+                options.Regions[region] = new HsmRegionOptions { DomainKeyId = $"dk-{region}" };
+            }
+        }
+
+        var logger = new ListLogger();
+        await using var hsm = Pkcs11Hsm.Open(options, logger);
+        var adapters = new[] { hsm, (Pkcs11Hsm)hsm.ForRegion("eu"), (Pkcs11Hsm)hsm.ForRegion("us") };
+        RawToken.WithSession(token, (session, _) => session.SetPin(token.UserPin, token.UserPin + "-changed"));
+        hsm.CloseAllSessionsForFaultInjection();
+        foreach (var adapter in adapters)
+        {
+            await Assert.ThrowsAsync<KmsException>(async () => await adapter.GenerateRandomAsync(1, default));
+            adapter.Faults.Hang();
+        }
+
+        // Each adapter's recovery passes the flag and waits just before it opens its sessions.
+        var calls = adapters.Select(adapter => Task.Run(async () => await adapter.GenerateRandomAsync(1, default))).ToList();
+        while (adapters.Any(a => a.Faults.HungCalls == 0))
+        {
+            await Task.Delay(10);
+        }
+
+        foreach (var adapter in adapters)
+        {
+            adapter.Faults.Clear();
+        }
+
+        foreach (var call in calls)
+        {
+            Assert.Equal(KmsErrorCode.Unavailable, (await Assert.ThrowsAsync<KmsException>(() => call)).Code);
+        }
+
+        Assert.Single(logger.Messages, m => m.Contains("refused the PIN", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task AfterDispose_UnavailableNotInternal()
     {
         var hsm = Pkcs11Hsm.Open(SoftHsm.CreateToken().Options(), NullLogger.Instance);
