@@ -65,6 +65,64 @@ public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture
         Assert.Equal(2, worker.Applied);
     }
 
+    [Fact]
+    public async Task RowsMissingInTheMiddleOfABatch_RememberedCallersAreForgotten()
+    {
+        // Row 2, an access change (a revocation), was pruned; rows 1 and 3 are metadata. Only a
+        // gap before the first row used to count: this one went unnoticed, and the revoked
+        // token stayed remembered.
+        var feed = new ChangingFeed();
+        var (worker, authentication) = NewWorker(feed);
+        await worker.PollOnceAsync(default);
+        feed.Changes = [new StoreChange(1, StoreChangeKind.Metadata, "k", DateTimeOffset.UtcNow), new StoreChange(3, StoreChangeKind.Metadata, "k", DateTimeOffset.UtcNow)];
+        var generation = authentication.Generation;
+
+        await worker.PollOnceAsync(default);
+
+        Assert.True(authentication.Generation > generation, "remembered callers were not forgotten");
+    }
+
+    [Fact]
+    public async Task TheFeedGoesBack_AfterAFailover_TheChangesMadeSinceAreNotSkipped()
+    {
+        // This node read up to 5; the new primary lost 4 and 5. Its next changes are numbered 4
+        // and 5 again: a node waiting for 6 would skip a revocation among them.
+        var feed = new ChangingFeed();
+        var (worker, authentication) = NewWorker(feed);
+        await worker.PollOnceAsync(default);
+        feed.Changes = [.. Enumerable.Range(1, 5).Select(i => new StoreChange(i, StoreChangeKind.Metadata, "k", DateTimeOffset.UtcNow))];
+        await worker.PollOnceAsync(default);
+        Assert.Equal(5, worker.Applied);
+
+        feed.Changes = [.. feed.Changes.Take(3)];
+        await worker.PollOnceAsync(default);
+        feed.Changes = [.. feed.Changes, new StoreChange(4, StoreChangeKind.Access, "token:revoked", DateTimeOffset.UtcNow)];
+        var generation = authentication.Generation;
+        await worker.PollOnceAsync(default);
+
+        Assert.Equal(6, worker.Applied);
+        Assert.True(authentication.Generation > generation, "the revocation made after the failover was skipped");
+    }
+
+    private (ClusterCoherenceWorker Worker, CallerAuthentication Authentication) NewWorker(IChangeFeed feed)
+    {
+        var authentication = fixture.Server.Services.GetRequiredService<CallerAuthentication>();
+        return (new ClusterCoherenceWorker(feed, authentication, new Kms.Testing.Fakes.FakeHsm(), new RecordingCoherence(), new ChangeFeedOptions(), TimeProvider.System, NullLogger<ClusterCoherenceWorker>.Instance), authentication);
+    }
+
+    // A feed whose rows a test changes between polls; its head is its last row's number.
+    private sealed class ChangingFeed : IChangeFeed
+    {
+        public IReadOnlyList<StoreChange> Changes { get; set; } = [];
+
+        public Task<IReadOnlyList<StoreChange>> ListChangesAsync(long afterSequence, int limit, CancellationToken cancellationToken) =>
+            Task.FromResult<IReadOnlyList<StoreChange>>(Changes.Where(c => c.Sequence > afterSequence).Take(limit).ToList());
+
+        public Task<long> GetChangeHeadAsync(CancellationToken cancellationToken) => Task.FromResult(Changes.Count == 0 ? 0L : Changes[^1].Sequence);
+
+        public Task<int> PruneChangesAsync(DateTimeOffset before, CancellationToken cancellationToken) => Task.FromResult(0);
+    }
+
     private sealed class ScriptedFeed(IReadOnlyList<StoreChange> changes) : IChangeFeed
     {
         public Task<IReadOnlyList<StoreChange>> ListChangesAsync(long afterSequence, int limit, CancellationToken cancellationToken) =>

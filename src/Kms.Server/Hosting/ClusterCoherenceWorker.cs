@@ -64,14 +64,27 @@ internal sealed partial class ClusterCoherenceWorker(
         while (true)
         {
             var changes = await feed.ListChangesAsync(_seen, 500, cancellationToken);
+            if (changes.Count == 0 && await feed.GetChangeHeadAsync(cancellationToken) is var head && head < _seen)
+            {
+                // The feed went back (a failover lost changes this node had read): changes made
+                // since reuse numbers it has already seen, and would be skipped.
+                _seen = head;
+                authentication.Forget();
+                metadata.InvalidateMetadata();
+                continue;
+            }
 
             // Pruned past what this node saw (it could not read the feed for longer than the
-            // retention): what it missed is unknown, so every remembered caller goes.
-            var forget = changes.Count > 0 && changes[0].Sequence > _seen + 1;
+            // retention), or rows missing anywhere in the batch: what it missed is unknown, so
+            // every remembered caller goes.
+            var forget = false;
+            var previous = _seen;
             try
             {
                 foreach (var change in changes)
                 {
+                    forget |= change.Sequence != previous + 1;
+                    previous = change.Sequence;
                     switch (change.Kind)
                     {
                         case StoreChangeKind.Access:

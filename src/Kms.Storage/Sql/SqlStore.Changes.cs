@@ -31,12 +31,14 @@ public abstract partial class SqlStore : IChangeFeed
             return await delete.ExecuteNonQueryAsync(cancellationToken);
         }, cancellationToken, announce: false);
 
-    // Inside the change's own transaction, under the write lock: sequence numbers follow commit order.
+    // Inside the change's own transaction, under the write lock: sequence numbers follow commit order,
+    // and so do times — a node whose clock is behind writes the latest time already there, so
+    // pruning by time (the leader's clock) only ever removes the oldest rows, never one in the middle.
     private static async Task RecordChangeAsync(DbConnection connection, DbTransaction transaction, StoreChangeKind kind, string subject, CancellationToken cancellationToken)
     {
         await using var insert = Command(connection, """
             INSERT INTO changes (seq, kind, subject, time)
-            SELECT coalesce(max(seq), 0) + 1, @kind, @subject, @time FROM changes
+            SELECT coalesce(max(seq), 0) + 1, @kind, @subject, CASE WHEN coalesce(max(time), 0) > @time THEN max(time) ELSE @time END FROM changes
             """,
             ("@kind", (int)kind), ("@subject", subject), ("@time", DateTimeOffset.UtcNow.ToUnixTimeMilliseconds()));
         insert.Transaction = transaction;
