@@ -20,4 +20,12 @@ public sealed record AuditOptions
 
     /// <summary>Events older than this are pruned (back to a checkpoint, which anchors the rest); null keeps everything.</summary>
     public TimeSpan? Retention { get; init; } = TimeSpan.FromDays(400);
+
+    /// <summary>
+    /// Most events one retention pass deletes (in one transaction, under the write lock): a
+    /// backlog — a retention period shortened, a leader away for long — is worked off pass by
+    /// pass, each cut at a checkpoint and recorded, rather than in one delete that outlasts the
+    /// statement timeout, rolls back, and holds every writer meanwhile, pass after pass.
+    /// </summary>
+    public int MaxPrunedPerPass { get; init; } = 50_000;
 }

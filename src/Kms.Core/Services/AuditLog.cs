@@ -412,7 +412,17 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         // The first event at or after the cutoff; everything before it may go, but only up to a checkpoint.
         var kept = await store.ListAuditEventsAsync(new AuditQuery { StartTime = cutoff, Limit = 1 }, cancellationToken);
         var limit = kept.Count == 0 ? long.MaxValue : kept[0].Sequence - 1;
-        var anchor = await store.FindAuditCheckpointAtOrBeforeAsync(limit, cancellationToken);
+
+        // At most MaxPrunedPerPass events a pass, cut at a checkpoint (one every
+        // CheckpointEveryEvents at most); the next pass goes on from there.
+        var bounded = Math.Min(limit, oldest[0].Sequence - 1 + Math.Max(1, options.MaxPrunedPerPass));
+        var anchor = await store.FindAuditCheckpointAtOrBeforeAsync(bounded, cancellationToken);
+        if (anchor is null || anchor.Sequence < oldest[0].Sequence)
+        {
+            // No checkpoint within the bound (checkpoints further apart than it): the whole cut.
+            anchor = await store.FindAuditCheckpointAtOrBeforeAsync(limit, cancellationToken);
+        }
+
         return anchor is null || anchor.Sequence < oldest[0].Sequence ? 0 : await PruneThroughAsync(anchor.Sequence, cancellationToken);
     }
 
