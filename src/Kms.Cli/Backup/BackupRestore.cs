@@ -42,7 +42,7 @@ internal static class BackupRestore
     /// <summary>Tests only: runs after the old database was moved aside, before the restored one moves in.</summary>
     internal static readonly AsyncLocal<Func<Task>?> Installing = new();
 
-    public static async Task<RestoreReport> RunAsync(string backupDir, byte[] auditPublicKey, string dataDir, IReadOnlyList<string> auditLogs, bool replace, CancellationToken cancellationToken)
+    public static async Task<RestoreReport> RunAsync(string backupDir, byte[] auditPublicKey, string dataDir, IReadOnlyList<string> auditLogs, bool replace, CancellationToken cancellationToken, bool allowGaps = false)
     {
         // 1. Everything is checked and read before anything is written.
         var manifest = BackupManifest.Verify(backupDir, auditPublicKey);
@@ -69,7 +69,8 @@ internal static class BackupRestore
             }
         }
 
-        recorded.AddRange(Destructions(await ReadLogsAsync(auditLogs, auditPublicKey, cancellationToken), manifest.AuditHead.Sequence));
+        var gaps = new List<string>();
+        recorded.AddRange(Destructions(await ReadLogsAsync(auditLogs, auditPublicKey, cancellationToken), manifest.AuditHead.Sequence, allowGaps, gaps));
 
         // 2. A private copy, checked again (the file could have changed since it was verified).
         Directory.CreateDirectory(dataDir);
@@ -106,6 +107,7 @@ internal static class BackupRestore
                     Client = Environment.MachineName,
                 };
                 (reapplied, skipped) = await ReapplyAsync(store, recorded, restored, staging, cancellationToken);
+                skipped = [.. gaps, .. skipped];
             }
 
             SqliteStore.ReleasePooledConnections();
@@ -115,6 +117,7 @@ internal static class BackupRestore
             // meanwhile, say a server started too early, is not left beside the old files).
             string? replaced = exists ? Path.Combine(dataDir, $"kms.db.replaced-{stamp}") : null;
             var aside = new List<string>();
+            var absent = new List<string>();
             var installed = new List<string>();
             try
             {
@@ -124,6 +127,10 @@ internal static class BackupRestore
                     {
                         File.Move(target + suffix, replaced + suffix);
                         aside.Add(suffix);
+                    }
+                    else
+                    {
+                        absent.Add(suffix);
                     }
                 }
 
@@ -148,14 +155,19 @@ internal static class BackupRestore
                     File.Move(target + suffix, staging + suffix, overwrite: true);
                 }
 
-                foreach (var suffix in new[] { "-wal", "-shm", "" })
+                // Only what this restore moved aside, or found missing, can hold someone else's
+                // file now; a suffix it never reached is still the old database's own.
+                if (aside.Count > 0)
                 {
-                    File.Delete(target + suffix);
+                    foreach (var suffix in absent)
+                    {
+                        File.Delete(target + suffix);
+                    }
                 }
 
                 foreach (var suffix in aside)
                 {
-                    File.Move(replaced + suffix, target + suffix);
+                    File.Move(replaced + suffix, target + suffix, overwrite: true);
                 }
 
                 throw;
@@ -187,13 +199,15 @@ internal static class BackupRestore
     /// skip the lost site's destructions at those numbers.
     /// </param>
     /// <param name="auditPublicKey">When given, each audit export is verified against it first (<see cref="ReadLogsAsync"/>).</param>
+    /// <param name="allowGaps">Re-apply what the logs hold even where they leave out events after the start, listing the missing ranges among the skipped.</param>
     public static async Task<(IReadOnlyList<(string Version, string Source)> Reapplied, IReadOnlyList<string> Skipped, long AfterSequence)> ReapplyFromLogsAsync(
-        SqlStore store, IReadOnlyList<string> auditLogs, long? afterSequence, byte[]? auditPublicKey, CancellationToken cancellationToken)
+        SqlStore store, IReadOnlyList<string> auditLogs, long? afterSequence, byte[]? auditPublicKey, CancellationToken cancellationToken, bool allowGaps = false)
     {
         var logs = await ReadLogsAsync(auditLogs, auditPublicKey, cancellationToken);
         var after = afterSequence ?? await LastSharedEventAsync(store, logs, cancellationToken);
-        var (reapplied, skipped) = await ReapplyAsync(store, Destructions(logs, after), null, store.Location, cancellationToken);
-        return (reapplied, skipped, after);
+        var gaps = new List<string>();
+        var (reapplied, skipped) = await ReapplyAsync(store, Destructions(logs, after, allowGaps, gaps), null, store.Location, cancellationToken);
+        return (reapplied, [.. gaps, .. skipped], after);
     }
 
     /// <summary>
@@ -202,8 +216,9 @@ internal static class BackupRestore
     /// refused when anything in it was altered. A SIEM stream carries no checkpoints and cannot be
     /// verified; neither can the unsigned tail of an export. Both are still read — a forged
     /// destruction can only destroy more, while a real one left out would bring a destroyed key
-    /// back — but a file whose sequence numbers skip or go back is refused: a line removed from
-    /// it could have been a destruction.
+    /// back. Where the files leave events out is judged over all of them, after the start
+    /// (<see cref="Destructions"/>): a stream may restart (after a restore it goes back to the
+    /// restored head) or skip a second (on stdout), and another file may hold what it lacks.
     /// </summary>
     private static async Task<List<(string Log, IReadOnlyList<LoggedEvent> Events)>> ReadLogsAsync(IReadOnlyList<string> auditLogs, byte[]? auditPublicKey, CancellationToken cancellationToken)
     {
@@ -230,16 +245,6 @@ internal static class BackupRestore
                 throw KmsErrors.InvalidArgument("audit-log", $"{log} is not an audit export or SIEM stream: {e.Message}");
             }
 
-            for (var i = 1; i < events.Count; i++)
-            {
-                if (events[i].Sequence != events[i - 1].Sequence + 1)
-                {
-                    throw KmsErrors.InvalidArgument("audit-log", events[i].Sequence > events[i - 1].Sequence
-                        ? $"{log} jumps from event {events[i - 1].Sequence} to {events[i].Sequence}: a destruction among the missing events would not be re-applied; give the complete file"
-                        : $"{log} holds event {events[i].Sequence} after event {events[i - 1].Sequence}: not one audit chain in order");
-                }
-            }
-
             logs.Add((log, events));
         }
 
@@ -248,16 +253,24 @@ internal static class BackupRestore
 
     /// <summary>
     /// The destructions the logs record after <paramref name="after"/>, which together they must
-    /// cover without a gap from <paramref name="after"/> + 1 to their last event.
+    /// cover without a gap from <paramref name="after"/> + 1 to their last event — a missing line
+    /// could be a destruction — unless <paramref name="allowGaps"/>, which lists each missing
+    /// range in <paramref name="gaps"/> instead.
     /// </summary>
-    private static List<RecordedDestruction> Destructions(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, long after)
+    private static List<RecordedDestruction> Destructions(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, long after, bool allowGaps, List<string> gaps)
     {
         var expected = after + 1;
         foreach (var sequence in logs.SelectMany(l => l.Events).Select(e => e.Sequence).Where(s => s > after).Distinct().Order())
         {
             if (sequence != expected)
             {
-                throw KmsErrors.InvalidArgument("audit-log", $"events {expected}–{sequence - 1} (after audit sequence {after}) are in none of the audit logs given: a destruction among them would not be re-applied; give the logs that hold them");
+                var missing = $"audit events {expected}–{sequence - 1} (after audit sequence {after}) are in none of the audit logs given";
+                if (!allowGaps)
+                {
+                    throw KmsErrors.InvalidArgument("audit-log", $"{missing}: a destruction among them would not be re-applied; give the logs that hold them, or pass --allow-gaps to re-apply what they hold");
+                }
+
+                gaps.Add($"{missing}: any destruction among them was not re-applied");
             }
 
             expected = sequence + 1;

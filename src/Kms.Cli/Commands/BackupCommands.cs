@@ -119,10 +119,11 @@ internal static class BackupCommands
             Arity = ArgumentArity.ZeroOrMore,
         };
         var replace = new Option<bool>("--replace") { Description = "restore over an existing kms.db (kept beside as kms.db.replaced-TIME; its destructions are re-applied)" };
+        var allowGaps = AllowGapsOption();
         var provider = new DeploymentDatabase().Provider;
         var command = new Command("restore", "verify a backup, re-apply every destruction recorded after it, and install it as DATA-DIR/kms.db (offline; SQLite deployments only)")
         {
-            directory, publicKey, dataDir, auditLogs, replace, provider,
+            directory, publicKey, dataDir, auditLogs, replace, allowGaps, provider,
         };
         runner.SetAction(command, async (ctx, ct) =>
         {
@@ -131,7 +132,7 @@ internal static class BackupCommands
             var key = CeremonyCommands.PublicKeyFromPem(File.ReadAllText(ctx.Environment.FullPath(parse.GetRequiredValue(publicKey))));
             var logs = (parse.GetValue(auditLogs) ?? []).Select(ctx.Environment.FullPath).ToList();
             var report = await CheckedAsync(() => BackupRestore.RunAsync(
-                ctx.Environment.FullPath(parse.GetRequiredValue(directory)), key, ctx.Environment.FullPath(parse.GetRequiredValue(dataDir)), logs, parse.GetValue(replace), ct));
+                ctx.Environment.FullPath(parse.GetRequiredValue(directory)), key, ctx.Environment.FullPath(parse.GetRequiredValue(dataDir)), logs, parse.GetValue(replace), ct, parse.GetValue(allowGaps)));
             var json = ManifestJson(report.Manifest);
             json["reapplied"] = new JsonArray([.. report.Reapplied.Select(r => (JsonNode)new JsonObject { ["version"] = r.Version, ["source"] = r.Source })]);
             json["skipped"] = new JsonArray([.. report.Skipped.Select(s => (JsonNode)s)]);
@@ -171,12 +172,13 @@ internal static class BackupCommands
             Description = "the audit signing key (PEM) as published: each audit export is verified against it before its destructions are read",
             HelpName = "PEM",
         };
+        var allowGaps = AllowGapsOption();
         var command = new Command(
             "reapply-destructions",
             "re-apply every key destruction recorded in audit exports or SIEM streams after the point where they leave a restored database's audit chain, erasing the material again "
             + "(for a PostgreSQL dump restored with pg_restore; offline: before any node starts on the database)")
         {
-            dataDir, auditLogs, after, publicKey,
+            dataDir, auditLogs, after, publicKey, allowGaps,
         };
         database.AddTo(command);
         runner.SetAction(command, async (ctx, ct) =>
@@ -187,7 +189,7 @@ internal static class BackupCommands
                 ?? throw new CliUsageException("no database to re-apply destructions in: give --data-dir (SQLite) or --storage-provider postgres");
             var logs = parse.GetRequiredValue(auditLogs).Select(ctx.Environment.FullPath).ToList();
             var key = parse.GetValue(publicKey) is { } pem ? CeremonyCommands.PublicKeyFromPem(File.ReadAllText(ctx.Environment.FullPath(pem))) : null;
-            var (reapplied, skipped, afterSequence) = await CheckedAsync(() => BackupRestore.ReapplyFromLogsAsync(store, logs, parse.GetValue(after), key, ct));
+            var (reapplied, skipped, afterSequence) = await CheckedAsync(() => BackupRestore.ReapplyFromLogsAsync(store, logs, parse.GetValue(after), key, ct, parse.GetValue(allowGaps)));
             var json = new JsonObject
             {
                 ["database"] = target.Describe(),
@@ -206,6 +208,9 @@ internal static class BackupCommands
         });
         return command;
     }
+
+    private static Option<bool> AllowGapsOption() =>
+        new("--allow-gaps") { Description = "re-apply what the audit logs hold even where they leave out events after the backup (a stream that skipped, or began later); the missing ranges are listed among the skipped" };
 
     private static Option<string> PublicKeyOption() =>
         new("--public-key") { Description = "the audit signing key (PEM) as published, e.g. {DataDir}/audit/signing-key.pem", HelpName = "PEM", Required = true };
