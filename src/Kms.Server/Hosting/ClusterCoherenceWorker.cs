@@ -41,6 +41,9 @@ internal sealed partial class ClusterCoherenceWorker(
 {
     private long _seen = -1;
 
+    // The row at _seen as this node read it, to recognise it again (null: not read yet).
+    private StoreChange? _last;
+
     // How long one successful poll vouches for remembered metadata: a few poll intervals, at
     // least a second. When the feed cannot be read for longer, every call reads the database.
     private TimeSpan ValidFor => options.PollInterval * 4 > TimeSpan.FromSeconds(1) ? options.PollInterval * 4 : TimeSpan.FromSeconds(1);
@@ -56,6 +59,7 @@ internal sealed partial class ClusterCoherenceWorker(
         {
             // Nothing is cached yet at start: only later changes matter.
             _seen = await feed.GetChangeHeadAsync(cancellationToken);
+            _last = null;
             metadata.InvalidateMetadata();
             Confirm(started);
             return;
@@ -63,15 +67,26 @@ internal sealed partial class ClusterCoherenceWorker(
 
         while (true)
         {
-            var changes = await feed.ListChangesAsync(_seen, 500, cancellationToken);
-            if (changes.Count == 0 && await feed.GetChangeHeadAsync(cancellationToken) is var head && head < _seen)
+            // The row at _seen comes back too, in the same read. The newest row is never pruned,
+            // so it is there, as it was, unless the feed went back (a failover lost changes this
+            // node had read): the changes made since reuse numbers it has seen — also when they
+            // already reach past it — and it reads the whole feed again, forgetting everything.
+            var read = await feed.ListChangesAsync(Math.Max(0, _seen - 1), 501, cancellationToken);
+            IReadOnlyList<StoreChange> changes = read;
+            if (_seen > 0)
             {
-                // The feed went back (a failover lost changes this node had read): changes made
-                // since reuse numbers it has already seen, and would be skipped.
-                _seen = head;
-                authentication.Forget();
-                metadata.InvalidateMetadata();
-                continue;
+                if (read.Count > 0 && read[0].Sequence == _seen && (_last is null || read[0] == _last))
+                {
+                    changes = read.Skip(1).ToList();
+                }
+                else if (read.Count == 0 || read[0].Sequence == _seen)
+                {
+                    _seen = 0;
+                    _last = null;
+                    authentication.Forget();
+                    metadata.InvalidateMetadata();
+                    continue;
+                }
             }
 
             // Pruned past what this node saw (it could not read the feed for longer than the
@@ -97,6 +112,7 @@ internal sealed partial class ClusterCoherenceWorker(
                     }
 
                     _seen = change.Sequence;
+                    _last = change;
                     Applied++;
                 }
             }

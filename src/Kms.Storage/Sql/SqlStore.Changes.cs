@@ -32,13 +32,17 @@ public abstract partial class SqlStore : IChangeFeed
         }, cancellationToken, announce: false);
 
     // Inside the change's own transaction, under the write lock: sequence numbers follow commit order,
-    // and so do times — a node whose clock is behind writes the latest time already there, so
-    // pruning by time (the leader's clock) only ever removes the oldest rows, never one in the middle.
+    // and so do times — a node whose clock is behind writes the newest row's time, so pruning by
+    // time (the leader's clock) only ever removes the oldest rows, never one in the middle. Both
+    // read the newest row by its key; nothing scans the table.
     private static async Task RecordChangeAsync(DbConnection connection, DbTransaction transaction, StoreChangeKind kind, string subject, CancellationToken cancellationToken)
     {
         await using var insert = Command(connection, """
             INSERT INTO changes (seq, kind, subject, time)
-            SELECT coalesce(max(seq), 0) + 1, @kind, @subject, CASE WHEN coalesce(max(time), 0) > @time THEN max(time) ELSE @time END FROM changes
+            SELECT coalesce(max(seq), 0) + 1, @kind, @subject,
+                   CASE WHEN coalesce((SELECT time FROM changes ORDER BY seq DESC LIMIT 1), 0) > @time
+                        THEN (SELECT time FROM changes ORDER BY seq DESC LIMIT 1) ELSE @time END
+            FROM changes
             """,
             ("@kind", (int)kind), ("@subject", subject), ("@time", DateTimeOffset.UtcNow.ToUnixTimeMilliseconds()));
         insert.Transaction = transaction;
