@@ -351,7 +351,7 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         // A retention period shortened, or a leader away for long: deleting the whole backlog in
         // one transaction outlasted the statement timeout and rolled back, pass after pass.
         var store = new InMemoryStore();
-        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 50, CheckpointInterval = TimeSpan.FromMinutes(1), Retention = TimeSpan.FromDays(30), MaxPrunedPerPass = 60 });
+        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromMinutes(1), Retention = TimeSpan.FromDays(30), MaxPrunedPerPass = 60 });
         await log.InitializeAsync(default);
         using var stop = new CancellationTokenSource();
         var loop = Task.Run(() => log.RunAsync(stop.Token));
@@ -382,6 +382,34 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
 
         Assert.True(cuts.Count > 2, $"cuts at {string.Join(", ", cuts)}");
         Assert.All(cuts.Zip(cuts.Skip(1)), pair => Assert.InRange(pair.Second - pair.First, 1, 60 + 2));
+
+        await stop.CancelAsync();
+        await loop.WaitAsync(TimeSpan.FromSeconds(10)).ContinueWith(_ => { }, TaskScheduler.Default);
+    }
+
+    [Fact]
+    public async Task Retention_CheckpointsFurtherApartThanThePerPassBound_OneCheckpointsWorthAPass()
+    {
+        // None signed while the HSM was away, or CheckpointEveryEvents above MaxPrunedPerPass:
+        // the first checkpoint after the oldest event, not the newest, so a pass stays bounded.
+        var store = new InMemoryStore();
+        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromHours(1), Retention = TimeSpan.FromDays(30), MaxPrunedPerPass = 60 });
+        await log.InitializeAsync(default);
+        using var stop = new CancellationTokenSource();
+        var loop = Task.Run(() => log.RunAsync(stop.Token));
+        for (var i = 0; i < 300; i++)
+        {
+            await log.AppendAsync(Entry($"sparse-{i}"), default);
+            if (i % 100 == 99)
+            {
+                await log.CheckpointAsync(default);
+            }
+        }
+
+        _time.Advance(TimeSpan.FromDays(31));
+        var pruned = await log.PruneAsync(default);
+
+        Assert.InRange(pruned, 90, 110);
         await stop.CancelAsync();
         await loop.WaitAsync(TimeSpan.FromSeconds(10)).ContinueWith(_ => { }, TaskScheduler.Default);
     }

@@ -419,8 +419,9 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         var anchor = await store.FindAuditCheckpointAtOrBeforeAsync(bounded, cancellationToken);
         if (anchor is null || anchor.Sequence < oldest[0].Sequence)
         {
-            // No checkpoint within the bound (checkpoints further apart than it): the whole cut.
-            anchor = await store.FindAuditCheckpointAtOrBeforeAsync(limit, cancellationToken);
+            // No checkpoint within the bound (checkpoints further apart than it, or none signed
+            // while the HSM was away): the first one after the oldest event, if it may go.
+            anchor = (await store.ListAuditCheckpointsAsync(oldest[0].Sequence - 1, 1, cancellationToken)) is [var first] && first.Sequence <= limit ? first : null;
         }
 
         return anchor is null || anchor.Sequence < oldest[0].Sequence ? 0 : await PruneThroughAsync(anchor.Sequence, cancellationToken);
