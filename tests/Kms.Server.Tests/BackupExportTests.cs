@@ -69,6 +69,8 @@ public sealed class BackupExportTests : IAsyncLifetime, IDisposable
         var snapshot = await File.ReadAllBytesAsync(Path.Combine(directory, BackupManifest.SnapshotFile));
         Assert.Equal(-1, snapshot.AsSpan().IndexOf(plaintext));
         Assert.Equal(-1, snapshot.AsSpan().IndexOf(handedOut));
+        Assert.Equal(-1, snapshot.AsSpan().IndexOf(Encoding.ASCII.GetBytes(Convert.ToBase64String(handedOut))));
+        Assert.Equal(-1, snapshot.AsSpan().IndexOf(Encoding.ASCII.GetBytes(Convert.ToHexStringLower(handedOut))));
         Assert.Equal(-1, snapshot.AsSpan().IndexOf(material));
         Assert.Equal(-1, snapshot.AsSpan().IndexOf(Encoding.ASCII.GetBytes(Convert.ToBase64String(material))));
         Assert.Equal(-1, snapshot.AsSpan().IndexOf(Encoding.ASCII.GetBytes(Convert.ToHexStringLower(material))));

@@ -175,14 +175,13 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         OfficerSet? proposed = null;
         var (head, _) = await GetOfficerSetAsync(cancellationToken);
 
-        // A request's life is counted from the earlier of this node's clock and the database's,
-        // and an approval is judged by the later (ApproveAsync): a node whose clock is off can
-        // neither stretch a request's life nor approve it after it ended by the other clock.
-        var now = Clock.Now(time);
-        if (await keys.GetDatabaseTimeAsync(cancellationToken) is { } database && database < now)
-        {
-            now = DateTimeOffset.FromUnixTimeMilliseconds(database.ToUnixTimeMilliseconds());
-        }
+        // A request's life is counted by the database's clock where there is one (PostgreSQL),
+        // and an approval is judged by the later of it and the approving node's (ApproveAsync):
+        // a node whose clock is off can neither stretch nor shorten a request's life, nor
+        // approve it after it ended by the database's clock.
+        var now = await keys.GetDatabaseTimeAsync(cancellationToken) is { } database
+            ? DateTimeOffset.FromUnixTimeMilliseconds(database.ToUnixTimeMilliseconds())
+            : Clock.Now(time);
 
         if (command.Operation == QuorumOperation.DestroyKeyVersionNow)
         {

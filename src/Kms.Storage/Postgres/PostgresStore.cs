@@ -34,6 +34,7 @@ public sealed class PostgresStore : SqlStore
 
     private readonly NpgsqlDataSource _pooled;
     private readonly NpgsqlDataSource _unpooled;
+    private readonly NpgsqlDataSource _locks;
     private NpgsqlConnection? _servingLock;
     private string? _servingLockFunction;
 
@@ -52,6 +53,7 @@ public sealed class PostgresStore : SqlStore
         };
         // The standby's WARNING on a cancelled wait is how CommitWriteAsync tells a primary-only
         // commit: a role or connection set to client_min_messages=error would hide it.
+        var withoutKeepalives = builder.Options;
         builder.Options = ($"{builder.Options} -c client_min_messages=warning {PostgresOptions.ServerKeepalives}"
             + $" -c idle_in_transaction_session_timeout={(long)options.IdleInTransactionTimeout.TotalMilliseconds}").Trim();
         Location = $"{builder.Host}:{builder.Port}/{builder.Database}";
@@ -59,6 +61,12 @@ public sealed class PostgresStore : SqlStore
 
         // The audit writer keeps its connection; closing it after a failure must really close it.
         _unpooled = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(builder.ConnectionString) { Pooling = false }.ConnectionString);
+
+        // The serving lock is taken once and never looked at again: with the server's quick
+        // keepalives a partition of half a minute would end its session unnoticed, and a
+        // rotate-domain could then run beside a node that still serves. Its session keeps
+        // PostgreSQL's own (slow) dead-peer detection.
+        _locks = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(builder.ConnectionString) { Pooling = false, Options = withoutKeepalives }.ConnectionString);
     }
 
     /// <inheritdoc />
@@ -236,7 +244,7 @@ public sealed class PostgresStore : SqlStore
                 : throw new InvalidOperationException("the store already holds the serving lock in the other mode");
         }
 
-        var connection = await _unpooled.OpenConnectionAsync(cancellationToken);
+        var connection = await _locks.OpenConnectionAsync(cancellationToken);
         try
         {
             await using var take = new NpgsqlCommand($"SELECT {function}({ServingLockKey})", connection);
@@ -268,5 +276,6 @@ public sealed class PostgresStore : SqlStore
         await base.DisposeCoreAsync();
         await _pooled.DisposeAsync();
         await _unpooled.DisposeAsync();
+        await _locks.DisposeAsync();
     }
 }
