@@ -351,10 +351,8 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         // A retention period shortened, or a leader away for long: deleting the whole backlog in
         // one transaction outlasted the statement timeout and rolled back, pass after pass.
         var store = new InMemoryStore();
-        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromMinutes(1), Retention = TimeSpan.FromDays(30), MaxPrunedPerPass = 60 });
-        await log.InitializeAsync(default);
-        using var stop = new CancellationTokenSource();
-        var loop = Task.Run(() => log.RunAsync(stop.Token));
+        await using var running = await RunningLogAsync(store, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromMinutes(1), Retention = TimeSpan.FromDays(30), MaxPrunedPerPass = 60 });
+        var log = running.Log;
         for (var i = 0; i < 200; i++)
         {
             await log.AppendAsync(Entry($"old-{i}"), default);
@@ -383,8 +381,6 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Assert.True(cuts.Count > 2, $"cuts at {string.Join(", ", cuts)}");
         Assert.All(cuts.Zip(cuts.Skip(1)), pair => Assert.InRange(pair.Second - pair.First, 1, 60 + 2));
 
-        await stop.CancelAsync();
-        await loop.WaitAsync(TimeSpan.FromSeconds(10)).ContinueWith(_ => { }, TaskScheduler.Default);
     }
 
     [Fact]
@@ -393,10 +389,8 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         // None signed while the HSM was away, or CheckpointEveryEvents above MaxPrunedPerPass:
         // the first checkpoint after the oldest event, not the newest, so a pass stays bounded.
         var store = new InMemoryStore();
-        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromHours(1), Retention = TimeSpan.FromDays(30), MaxPrunedPerPass = 60 });
-        await log.InitializeAsync(default);
-        using var stop = new CancellationTokenSource();
-        var loop = Task.Run(() => log.RunAsync(stop.Token));
+        await using var running = await RunningLogAsync(store, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromHours(1), Retention = TimeSpan.FromDays(30), MaxPrunedPerPass = 60 });
+        var log = running.Log;
         for (var i = 0; i < 300; i++)
         {
             await log.AppendAsync(Entry($"sparse-{i}"), default);
@@ -410,8 +404,25 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         var pruned = await log.PruneAsync(default);
 
         Assert.InRange(pruned, 90, 110);
-        await stop.CancelAsync();
-        await loop.WaitAsync(TimeSpan.FromSeconds(10)).ContinueWith(_ => { }, TaskScheduler.Default);
+    }
+
+    private async Task<RunningLog> RunningLogAsync(InMemoryStore store, AuditOptions options)
+    {
+        var log = new AuditLog(store, store, _hsm, _time, options);
+        await log.InitializeAsync(default);
+        var stop = new CancellationTokenSource();
+        return new RunningLog(log, stop, Task.Run(() => log.RunAsync(stop.Token)));
+    }
+
+    // An audit log of its own with its group-commit loop running, stopped when disposed.
+    private sealed record RunningLog(AuditLog Log, CancellationTokenSource Stop, Task Loop) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync()
+        {
+            await Stop.CancelAsync();
+            await Loop.WaitAsync(TimeSpan.FromSeconds(10)).ContinueWith(_ => { }, TaskScheduler.Default);
+            Stop.Dispose();
+        }
     }
 
     [Fact]

@@ -29,11 +29,7 @@ public sealed class QuorumApprovalTimeTests : IDisposable
     public async Task Approval_WaitsForTheWriteLockPastTheExpiry_RefusedAsExpired_NothingRecorded()
     {
         var time = new FakeTimeProvider(T0);
-        var store = new InMemoryStore();
-        var genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
-        await store.AddGenesisOfficerSetAsync(genesis, default);
-        var request = TestOfficers.Request(genesis, QuorumOperation.ExportBackup, [], T0); // expires at T0 + 1 h
-        await store.CreateQuorumRequestAsync(request, default);
+        var (store, genesis, request) = await PendingRequestAsync(); // expires at T0 + 1 h
 
         // The store holds the call at its lock for two hours of the clock before applying it.
         var quorum = new QuorumService(new LockWaitingStore(store, () => time.Advance(TimeSpan.FromHours(2))), store, _hsm, time, new QuorumOptions { Genesis = genesis });
@@ -50,11 +46,7 @@ public sealed class QuorumApprovalTimeTests : IDisposable
         // PostgreSQL: the request expired an hour ago by the database's clock; this node's clock
         // says ten minutes have passed.
         var time = new FakeTimeProvider(T0);
-        var store = new InMemoryStore();
-        var genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
-        await store.AddGenesisOfficerSetAsync(genesis, default);
-        var request = TestOfficers.Request(genesis, QuorumOperation.ExportBackup, [], T0); // expires at T0 + 1 h
-        await store.CreateQuorumRequestAsync(request, default);
+        var (store, genesis, request) = await PendingRequestAsync(); // expires at T0 + 1 h
         var quorum = new QuorumService(store, store, _hsm, time, new QuorumOptions { Genesis = genesis });
         time.Advance(TimeSpan.FromMinutes(10));
         store.DatabaseTime = T0 + TimeSpan.FromHours(2);
@@ -64,6 +56,17 @@ public sealed class QuorumApprovalTimeTests : IDisposable
         Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
         Assert.Contains("expired at", e.Message, StringComparison.Ordinal);
         Assert.Empty((await store.GetQuorumRequestAsync(request.Id, default))!.Approvals);
+    }
+
+    // A store with the genesis officers and one pending request, created at T0, expiring at T0 + 1 h.
+    private async Task<(InMemoryStore Store, OfficerSet Genesis, QuorumRequest Request)> PendingRequestAsync()
+    {
+        var store = new InMemoryStore();
+        var genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        await store.AddGenesisOfficerSetAsync(genesis, default);
+        var request = TestOfficers.Request(genesis, QuorumOperation.ExportBackup, [], T0);
+        await store.CreateQuorumRequestAsync(request, default);
+        return (store, genesis, request);
     }
 
     // Forwards everything; runs a step before an update is applied (as waiting for the lock would).

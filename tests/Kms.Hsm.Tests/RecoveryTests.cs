@@ -109,17 +109,7 @@ public sealed class RecoveryTests
     {
         // Each region's adapter logs in to the same token with the same PIN: a real HSM may lock
         // the token after three refusals, so one refusal must stop them all.
-        var token = SoftHsm.CreateToken();
-        var options = token.Options();
-        using (var ceremony = HsmCeremonySession.Open(token.Options(devMode: false), System.Text.Encoding.UTF8.GetBytes(token.UserPin)))
-        {
-            foreach (var region in new[] { "eu", "us" })
-            {
-                ceremony.ImportDomainKey(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32), $"kms-domain-key-{region}", $"dk-{region}");
-                options.Regions[region] = new HsmRegionOptions { DomainKeyId = $"dk-{region}" };
-            }
-        }
-
+        var (token, options) = TokenWithRegions("eu", "us");
         var logger = new ListLogger();
         await using var hsm = Pkcs11Hsm.Open(options, logger);
         RawToken.WithSession(token, (session, _) => session.SetPin(token.UserPin, token.UserPin + "-changed"));
@@ -142,17 +132,7 @@ public sealed class RecoveryTests
     {
         // The flag alone was checked before a recovery opened its sessions: recoveries of the
         // regions' adapters running together each passed it and each presented the changed PIN.
-        var token = SoftHsm.CreateToken();
-        var options = token.Options();
-        using (var ceremony = HsmCeremonySession.Open(token.Options(devMode: false), System.Text.Encoding.UTF8.GetBytes(token.UserPin)))
-        {
-            foreach (var region in new[] { "eu", "us" })
-            {
-                ceremony.ImportDomainKey(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32), $"kms-domain-key-{region}", $"dk-{region}");
-                options.Regions[region] = new HsmRegionOptions { DomainKeyId = $"dk-{region}" };
-            }
-        }
-
+        var (token, options) = TokenWithRegions("eu", "us");
         var logger = new ListLogger();
         await using var hsm = Pkcs11Hsm.Open(options, logger);
         var adapters = new[] { hsm, (Pkcs11Hsm)hsm.ForRegion("eu"), (Pkcs11Hsm)hsm.ForRegion("us") };
@@ -182,6 +162,21 @@ public sealed class RecoveryTests
         }
 
         Assert.Single(logger.Messages, m => m.Contains("refused the PIN", StringComparison.Ordinal));
+    }
+
+    // A token holding the deployment's domain key and one per residency region, and options naming them.
+    private static (TestToken Token, HsmOptions Options) TokenWithRegions(params string[] regions)
+    {
+        var token = SoftHsm.CreateToken();
+        var options = token.Options();
+        using var ceremony = HsmCeremonySession.Open(token.Options(devMode: false), System.Text.Encoding.UTF8.GetBytes(token.UserPin));
+        foreach (var region in regions)
+        {
+            ceremony.ImportDomainKey(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32), $"kms-domain-key-{region}", $"dk-{region}");
+            options.Regions[region] = new HsmRegionOptions { DomainKeyId = $"dk-{region}" };
+        }
+
+        return (token, options);
     }
 
     [Fact]
