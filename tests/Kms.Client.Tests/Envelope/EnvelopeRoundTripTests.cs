@@ -129,7 +129,7 @@ public sealed class EnvelopeRoundTripTests
     {
         using var encryptor = NewEncryptor(out _);
         var plaintext = Data((Frame * 2) + 5);
-        var source = new GatedReadStream(await encryptor.EncryptAsync(plaintext));
+        var source = new GatedStream(await encryptor.EncryptAsync(plaintext));
         await using var reader = await encryptor.OpenDecryptingStreamAsync(source);
         var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         source.Gate = gate.Task;
@@ -415,16 +415,21 @@ public sealed class EnvelopeRoundTripTests
     }
 }
 
-/// <summary>A write-only stream whose writes wait for a gate (open until one is set).</summary>
-internal sealed class GatedStream : Stream
+/// <summary>
+/// A stream whose writes (discarded) and reads (of <paramref name="content"/>, if given) wait for
+/// a gate (open until one is set).
+/// </summary>
+internal sealed class GatedStream(byte[]? content = null) : Stream
 {
+    private readonly MemoryStream? _inner = content is null ? null : new MemoryStream(content);
+
     public Task Gate { get; set; } = Task.CompletedTask;
 
-    public override bool CanRead => false;
+    public override bool CanRead => _inner is not null;
 
     public override bool CanSeek => false;
 
-    public override bool CanWrite => true;
+    public override bool CanWrite => _inner is null;
 
     public override long Length => throw new NotSupportedException();
 
@@ -438,15 +443,35 @@ internal sealed class GatedStream : Stream
 
     public override void Write(byte[] buffer, int offset, int count) => Gate.GetAwaiter().GetResult();
 
+    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        await Gate;
+        return await (_inner ?? throw new NotSupportedException()).ReadAsync(buffer, cancellationToken);
+    }
+
+    public override int Read(byte[] buffer, int offset, int count)
+    {
+        Gate.GetAwaiter().GetResult();
+        return (_inner ?? throw new NotSupportedException()).Read(buffer, offset, count);
+    }
+
     public override void Flush()
     {
     }
 
-    public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-
     public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
 
     public override void SetLength(long value) => throw new NotSupportedException();
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _inner?.Dispose();
+        }
+
+        base.Dispose(disposing);
+    }
 }
 
 /// <summary>A read-only stream that cannot seek and hands out few bytes per read, like a socket.</summary>
@@ -518,59 +543,5 @@ internal sealed class BufferRecordingStream : MemoryStream
         }
 
         return ValueTask.CompletedTask;
-    }
-}
-
-/// <summary>A readable stream whose reads wait for <see cref="Gate"/>.</summary>
-internal sealed class GatedReadStream(byte[] content) : Stream
-{
-    private readonly MemoryStream _inner = new(content);
-
-    public Task Gate { get; set; } = Task.CompletedTask;
-
-    public override bool CanRead => true;
-
-    public override bool CanSeek => false;
-
-    public override bool CanWrite => false;
-
-    public override long Length => throw new NotSupportedException();
-
-    public override long Position
-    {
-        get => throw new NotSupportedException();
-        set => throw new NotSupportedException();
-    }
-
-    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
-    {
-        await Gate;
-        return await _inner.ReadAsync(buffer, cancellationToken);
-    }
-
-    public override int Read(byte[] buffer, int offset, int count)
-    {
-        Gate.GetAwaiter().GetResult();
-        return _inner.Read(buffer, offset, count);
-    }
-
-    public override void Flush()
-    {
-    }
-
-    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-
-    public override void SetLength(long value) => throw new NotSupportedException();
-
-    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-
-    protected override void Dispose(bool disposing)
-    {
-        if (disposing)
-        {
-            _inner.Dispose();
-        }
-
-        base.Dispose(disposing);
     }
 }
