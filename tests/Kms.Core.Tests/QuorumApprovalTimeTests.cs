@@ -58,6 +58,23 @@ public sealed class QuorumApprovalTimeTests : IDisposable
         Assert.Empty((await store.GetQuorumRequestAsync(request.Id, default))!.Approvals);
     }
 
+    [Fact]
+    public async Task Request_CreatedOnANodeWhoseClockIsBehind_LivesByTheDatabasesClock()
+    {
+        // Twenty minutes behind: counted from this node's clock, an hour's request would have
+        // lost twenty minutes of its life by every other clock (and by the approval's).
+        var time = new FakeTimeProvider(T0);
+        var (store, genesis, _) = await PendingRequestAsync();
+        store.DatabaseTime = T0 + TimeSpan.FromMinutes(20);
+        var quorum = new QuorumService(store, store, _hsm, time, new QuorumOptions { Genesis = genesis });
+        var officer = new Caller("token:officer", null, new HashSet<Kms.Core.Access.Role> { Kms.Core.Access.Role.SecurityOfficer });
+
+        var request = await quorum.CreateAsync(officer, new CreateQuorumRequestCommand(null, QuorumOperation.ExportBackup) { Ttl = TimeSpan.FromHours(1) }, default);
+
+        Assert.Equal(T0 + TimeSpan.FromMinutes(20), request.CreateTime);
+        Assert.Equal(T0 + TimeSpan.FromMinutes(80), request.ExpireTime);
+    }
+
     // A store with the genesis officers and one pending request, created at T0, expiring at T0 + 1 h.
     private async Task<(InMemoryStore Store, OfficerSet Genesis, QuorumRequest Request)> PendingRequestAsync()
     {
