@@ -111,6 +111,29 @@ public sealed class PostgresClusterTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Migration4_KeysThatAlreadyHoldAnImportedVersion_KeepTakingImports_OthersDoNot()
+    {
+        // A database as the release before allow_import left it: two keys, one of which took an import.
+        var store = await OpenAsync();
+        var plain = KeyStoreContract.NewKey(Dev, "plain");
+        var byok = KeyStoreContract.NewKey(Dev, "byok");
+        await store.CreateKeyAsync(plain, KeyStoreContract.Material(), null, default);
+        await store.CreateKeyAsync(byok with { Primary = byok.Primary with { Origin = KeyOrigin.Imported } }, KeyStoreContract.Material(), null, default);
+        await using (var connection = new NpgsqlConnection(_database.ConnectionString))
+        {
+            await connection.OpenAsync();
+            await using var undo = connection.CreateCommand();
+            undo.CommandText = "ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 4";
+            await undo.ExecuteNonQueryAsync();
+        }
+
+        var migrated = await OpenAsync();
+
+        Assert.False((await migrated.GetKeyAsync(plain.Name, default))!.AllowImport);
+        Assert.True((await migrated.GetKeyAsync(byok.Name, default))!.AllowImport);
+    }
+
+    [Fact]
     public async Task TwoNodes_DatabaseDefaultsToRepeatableRead_ConcurrentGroupCommitsStillSucceed()
     {
         // Under REPEATABLE READ the audit writer's snapshot would be taken before it holds the
