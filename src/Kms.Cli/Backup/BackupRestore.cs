@@ -313,9 +313,9 @@ internal static class BackupRestore
             + "give --after-sequence, the audit head of the dump that was restored");
     }
 
+    // The hash of the database's event at a sequence (1 or more; 0: the chain's start), or null.
     private static async Task<string?> HashAtAsync(SqlStore store, long sequence, CancellationToken cancellationToken) =>
         sequence == 0 ? AuditChain.Genesis
-        : sequence < 0 ? null
         : (await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = sequence - 1, Limit = 1 }, cancellationToken)) is [var found] && found.Sequence == sequence ? found.Hash
         : null;
 

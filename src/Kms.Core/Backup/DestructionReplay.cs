@@ -1,5 +1,3 @@
-using System.Security.Cryptography;
-using System.Text;
 using System.Text.Json;
 using Kms.Core.Keys;
 using Kms.Core.Names;
@@ -141,8 +139,7 @@ public static class DestructionReplay
                 }
 
                 var seq = body.GetProperty("seq").GetInt64();
-                var hash = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(body.GetRawText())));
-                found.Add(new LoggedEvent(seq, body.GetProperty("prev").GetString() ?? "", hash, DestructionOf(body, seq, source)));
+                found.Add(new LoggedEvent(seq, body.GetProperty("prev").GetString() ?? "", Audit.AuditChain.HashOf(body.GetRawText()), DestructionOf(body, seq, source)));
             }
         }
 

@@ -142,4 +142,13 @@ internal static class Clock
         await store.GetDatabaseTimeAsync(cancellationToken) is { } database && database > now
             ? DateTimeOffset.FromUnixTimeMilliseconds(database.ToUnixTimeMilliseconds())
             : now;
+
+    // How far the database's clock is ahead of this node's (zero when it is not, or has none):
+    // for a decision taken under the store's write lock, whose callback reads the node's clock
+    // there and cannot ask the database (a call that waited for the lock must not decide early).
+    public static async Task<TimeSpan> DatabaseLeadAsync(TimeProvider time, Ports.IKeyStore store, CancellationToken cancellationToken)
+    {
+        var node = Now(time);
+        return await WaitingStartAsync(node, store, cancellationToken) - node;
+    }
 }

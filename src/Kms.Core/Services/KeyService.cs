@@ -309,7 +309,7 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         // Whether the waiting period has ended: by the later clock too, as it was started by it
         // (a node days behind would otherwise bring back a key whose period is over everywhere else),
         // and read once the write lock is held — a call that waited for it past the end is too late.
-        var lead = await DatabaseLeadAsync(cancellationToken);
+        var lead = await Clock.DatabaseLeadAsync(time, store, cancellationToken);
         return (await MutateAsync(caller, name, requestId, fingerprint,
             current => KeyTransitions.CancelKeyDeletion(current, Clock.Now(time) + lead), cancellationToken, CancelKeyDeletionOperation)).Key;
     }
@@ -355,24 +355,16 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         }
 
         await TenantGate.EnsureActiveAsync(access, name.Key.Tenant, cancellationToken);
-        var lead = await DatabaseLeadAsync(cancellationToken);
+        var lead = await Clock.DatabaseLeadAsync(time, store, cancellationToken);
         return await MutateVersionAsync(caller, name, requestId, fingerprint,
             current => KeyTransitions.RestoreVersion(current, name.Version, Clock.Now(time) + lead), cancellationToken, RestoreKeyVersionOperation);
     }
 
-    // How far the database's clock is ahead of this node's (zero when it is not, or has none):
-    // added to the node's clock read under the write lock, whose callback cannot ask the database.
-    private async Task<TimeSpan> DatabaseLeadAsync(CancellationToken cancellationToken)
-    {
-        var node = Clock.Now(time);
-        return await Clock.WaitingStartAsync(node, store, cancellationToken) - node;
-    }
-
     /// <summary>
     /// Background: rotates every enabled key whose next scheduled rotation is due (at most 100
-    /// a pass; a key whose rotation failed other than for
-    /// an outage waits <see cref="FailedRotationRetryDelay"/> before it is tried again, so the
-    /// rest go on). Returns how many were rotated.
+    /// a pass; a key whose rotation failed other than for an outage waits
+    /// <see cref="FailedRotationRetryDelay"/> before it is tried again, so the rest go on).
+    /// Returns how many were rotated.
     /// </summary>
     public async Task<int> RotateDueKeysAsync(CancellationToken cancellationToken)
     {

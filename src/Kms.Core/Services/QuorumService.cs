@@ -321,8 +321,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         }
 
         var (head, _) = await GetOfficerSetAsync(cancellationToken);
-        var before = Clock.Now(time);
-        var lead = await Clock.WaitingStartAsync(before, keys, cancellationToken) - before;
+        var lead = await Clock.DatabaseLeadAsync(time, keys, cancellationToken);
         var valid = 0;
         var executed = false;
         IReadOnlyList<Keys.KeyVersion> destroyed = [];

@@ -30,9 +30,10 @@ public sealed class PostgresOptions
     public TimeSpan IdleInTransactionTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
     /// <summary>
-    /// The server-side TCP keepalive settings every connection asks for: a node that vanished is
-    /// noticed after about 10 + 3 × 5 = 25 s, and its session-level locks (the leader lease, the
-    /// serving lock) are released; PostgreSQL's defaults take over two hours.
+    /// The server-side TCP keepalive settings the store's connections and the leader lease ask
+    /// for: a node that vanished is noticed after about 10 + 3 × 5 = 25 s, and its transaction
+    /// and lease released; PostgreSQL's defaults take over two hours. Not the serving lock, which
+    /// nothing checks again once taken (<see cref="PostgresStore"/>).
     /// </summary>
     internal const string ServerKeepalives = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3";
 
