@@ -91,10 +91,11 @@ switch (args.FirstOrDefault())
     case "sign":
         return await SignBench.RunAsync(Seconds(args), Concurrencies(args));
     case "usage-flush":
-        // usage-flush [versions] [rounds]: one usage flush of many versions on SQLite
+        // usage-flush [versions] [rounds] [postgres connection string]: one usage flush of many versions on SQLite (or PostgreSQL)
         return await UsageFlushBench.RunAsync(
             args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 30_000,
-            args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 3);
+            args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 3,
+            args.Length > 3 ? args[3] : null);
     case "storage":
         return await StorageBench.RunAsync(
             Seconds(args),
@@ -108,7 +109,7 @@ switch (args.FirstOrDefault())
             args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 32,
             args.Length > 4 ? int.Parse(args[4], CultureInfo.InvariantCulture) : 3);
     default:
-        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | cache-policy [keys] [capacity] [lookups] [recycle after] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency|-rate rounds generate|decrypt|batch|batch-decrypt|batch-reencrypt|overload [A args] -- [B args] (--client:MaxConcurrentCalls=N sets that side's client) | hold generate|decrypt|batch|batch-decrypt|batch-reencrypt|bare|generate-unaudited concurrency|-rate seconds | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] [rounds] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | hsm-churn [calls] [recycle after] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2] | overload-pair [seconds] [128] [32] [3] | usage-flush [versions] [rounds]");
+        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | cache-policy [keys] [capacity] [lookups] [recycle after] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency|-rate rounds generate|decrypt|batch|batch-decrypt|batch-reencrypt|overload [A args] -- [B args] (--client:MaxConcurrentCalls=N sets that side's client) | hold generate|decrypt|batch|batch-decrypt|batch-reencrypt|bare|generate-unaudited concurrency|-rate seconds | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] [rounds] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | hsm-churn [calls] [recycle after] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2] | overload-pair [seconds] [128] [32] [3] | usage-flush [versions] [rounds] [postgres connection string]");
         return 2;
 }
 
