@@ -51,6 +51,17 @@ public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<
         Assert.True(truncated.ExitCode == ExitCodes.DecryptionFailed, truncated.ToString());
         Assert.Contains("removed from the tail", truncated.Error, StringComparison.Ordinal);
 
+        // Its checkpoint lines removed, an export still chains: refused as vouched for by nothing,
+        // accepted only when asked, and then said so.
+        var stripped = Path.Combine(_directory, "stripped.jsonl");
+        await File.WriteAllLinesAsync(stripped, lines.Where(l => !l.StartsWith("{\"checkpoint\":", StringComparison.Ordinal)));
+        var unsigned = await VerifyAsync(stripped, "--public-key", key);
+        Assert.True(unsigned.ExitCode == ExitCodes.DecryptionFailed, unsigned.ToString());
+        Assert.Contains("no checkpoint signed by this key vouches for any of its", unsigned.Error, StringComparison.Ordinal);
+        var allowed = await VerifyAsync(stripped, "--public-key", key, "--allow-unsigned");
+        Assert.True(allowed.ExitCode == 0, allowed.ToString());
+        Assert.Contains("NOTHING SIGNED", allowed.Out, StringComparison.Ordinal);
+
         Assert.Equal(ExitCodes.Usage, (await VerifyAsync(export, "--public-key", key, "--known-checkpoint", "12")).ExitCode);
         Assert.Equal(ExitCodes.Usage, (await VerifyAsync(export, "--public-key", key, "--known-checkpoint", "12:" + new string('g', 64))).ExitCode);
     }

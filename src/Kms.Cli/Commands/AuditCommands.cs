@@ -60,7 +60,8 @@ internal static class AuditCommands
             HelpName = "SEQ:HASH",
         };
         var partial = new Option<bool>("--partial") { Description = "the export was asked to start later (--from-sequence): no retention record is needed for its start" };
-        var command = new Command("verify", "check an audit export offline: hashes, the chain, checkpoint signatures by the pinned key (exit 7 naming the first bad sequence)") { file, publicKey, known, partial };
+        var allowUnsigned = new Option<bool>("--allow-unsigned") { Description = "accept an export no checkpoint vouches for (consistent, but anyone could have written it): refused otherwise" };
+        var command = new Command("verify", "check an audit export offline: hashes, the chain, checkpoint signatures by the pinned key (exit 7 naming the first bad sequence)") { file, publicKey, known, partial, allowUnsigned };
         runner.SetAction(command, async (ctx, ct) =>
         {
             var key = CeremonyCommands.PublicKeyFromPem(await File.ReadAllTextAsync(ctx.Environment.FullPath(ctx.ParseResult.GetRequiredValue(publicKey)), ct));
@@ -71,6 +72,14 @@ internal static class AuditCommands
             {
                 throw new CliFailureException(ExitCodes.DecryptionFailed,
                     $"the export does not verify: first bad sequence {result.FirstBadSequence?.ToString(CultureInfo.InvariantCulture) ?? "none"}: {result.Problem}");
+            }
+
+            // Consistent is not vouched for: with its checkpoint lines removed, an export can be
+            // rewritten end to end and still chain. Success means some event is signed.
+            if (result.Events > 0 && result.LastSignedSequence <= result.AnchorSequence && !ctx.ParseResult.GetValue(allowUnsigned))
+            {
+                throw new CliFailureException(ExitCodes.DecryptionFailed,
+                    $"the export does not verify: no checkpoint signed by this key vouches for any of its {result.Events} events, so anyone could have written them (give --known-checkpoint, or --allow-unsigned to accept a consistent export)");
             }
 
             var summary = new JsonObject
@@ -84,7 +93,7 @@ internal static class AuditCommands
             };
             var vouched = result.LastSignedSequence > 0
                 ? $"signed up to event {result.LastSignedSequence}"
-                : "NOTHING SIGNED: no checkpoint vouches for any event (give --known-checkpoint)";
+                : "NOTHING SIGNED (--allow-unsigned): no checkpoint vouches for any event";
             ctx.Output.Result(summary, $"verified: {result.Events} events after {result.AnchorSequence}, {result.Checkpoints} checkpoints, {vouched}, {result.UnsignedTail} unsigned at the tail");
             return ExitCodes.Ok;
         });

@@ -78,6 +78,10 @@ internal sealed class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IAuditStor
             await audit.AppendAsync(scope.Entry with { Outcome = "STARTED" }, context.CancellationToken);
         }
 
+        // Signed up to here before it leaves, so the export is vouched for to its last event
+        // rather than to the last interval's checkpoint (or, on a young log, to nothing).
+        await audit.CheckpointAsync(context.CancellationToken);
+
         var chunk = new ExportAuditResponse();
         var bytes = 0;
         await foreach (var line in audit.ExportAsync(request.FromSequence, context.CancellationToken))
