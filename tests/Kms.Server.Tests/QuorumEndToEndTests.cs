@@ -212,7 +212,12 @@ public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
 
         var refused = await Assert.ThrowsAsync<RpcException>(() => _officer.GetOfficerSetAsync());
         Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
-        Assert.Contains("officer head record", refused.Status.Detail, StringComparison.Ordinal);
+        Assert.Contains("officer head record cannot be written", refused.Status.Detail, StringComparison.Ordinal);
+        // Where and why are the operator's, in the server log; the caller learns no path.
+        Assert.DoesNotContain(_server.DataDir, refused.Status.Detail, StringComparison.Ordinal);
+        Assert.DoesNotContain("quorum", refused.Status.Detail.Replace("quorum operations are refused", "", StringComparison.Ordinal), StringComparison.Ordinal);
+        Assert.Contains(_server.Logs.Events, e => e.StartsWith("Error", StringComparison.Ordinal)
+            && e.Contains(Path.Combine(_server.DataDir, "quorum", "officer-head"), StringComparison.Ordinal) && e.Contains("cannot be written", StringComparison.Ordinal));
         Directory.Delete(blocker, recursive: true);
         Assert.Equal(1L, (await _officer.GetOfficerSetAsync()).Sequence);
     }

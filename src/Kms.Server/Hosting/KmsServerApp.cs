@@ -139,7 +139,7 @@ public static class KmsServerApp
             await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
             builder.Services.AddSingleton(LoadQuorumOptions(serverOptions.Quorum) with
             {
-                HeadRecord = new OfficerHeadFile(Path.Combine(serverOptions.DataDir, "quorum", "officer-head")),
+                HeadRecord = new OfficerHeadFile(Path.Combine(serverOptions.DataDir, "quorum", "officer-head"), loggerFactory.CreateLogger("Kms.Quorum")),
                 BackupExportUnsupported = store is SqliteStore
                     ? null
                     : $"backups through the API are SQLite snapshots; a {store.Provider} database is backed up with its own tools (docs/deployment.md)",

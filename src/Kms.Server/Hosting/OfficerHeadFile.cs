@@ -6,8 +6,10 @@ namespace Kms.Server.Hosting;
 /// The node's record of the newest officer set it has verified (<see cref="IOfficerHeadRecord"/>):
 /// <c>{DataDir}/quorum/officer-head</c>, one line "SEQUENCE HASH", owner-only, replaced atomically.
 /// Whoever can write the database but not this node's disk cannot roll the chain back past it.
+/// A record it cannot read or write refuses quorum operations; the caller is told that much,
+/// the server log (event 1133) where and why — a caller learns no path or OS error.
 /// </summary>
-internal sealed class OfficerHeadFile(string path) : IOfficerHeadRecord
+internal sealed class OfficerHeadFile(string path, ILogger logger) : IOfficerHeadRecord
 {
     private readonly Lock _lock = new();
 
@@ -29,11 +31,10 @@ internal sealed class OfficerHeadFile(string path) : IOfficerHeadRecord
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                throw Core.Errors.KmsErrors.FailedPrecondition($"quorum operations are refused: the officer head record {path} cannot be read: {e.Message}");
+                throw Refused("cannot be read", e.Message);
             }
 
-            return OfficerHead.Parse(text)
-                ?? throw Core.Errors.KmsErrors.FailedPrecondition($"quorum operations are refused: {path} is not an officer head record (\"SEQUENCE HASH\")");
+            return OfficerHead.Parse(text) ?? throw Refused("is not \"SEQUENCE HASH\"", "malformed");
         }
     }
 
@@ -53,9 +54,15 @@ internal sealed class OfficerHeadFile(string path) : IOfficerHeadRecord
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                throw Core.Errors.KmsErrors.FailedPrecondition($"quorum operations are refused: the officer head record {path} cannot be written: {e.Message}");
+                throw Refused("cannot be written", e.Message);
             }
         }
+    }
+
+    private Core.Errors.KmsException Refused(string what, string error)
+    {
+        ServerLog.OfficerHeadRecordFailed(logger, path, what, error);
+        return Core.Errors.KmsErrors.FailedPrecondition($"quorum operations are refused: this node's officer head record {what} (the server log says where and why)");
     }
 
     private void Write(OfficerHead head)

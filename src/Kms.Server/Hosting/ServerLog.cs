@@ -17,4 +17,7 @@ internal static partial class ServerLog
 
     [LoggerMessage(EventId = 1132, Level = LogLevel.Error, Message = "quorum: {Reason}")]
     public static partial void QuorumChainBroken(ILogger logger, string reason);
+
+    [LoggerMessage(EventId = 1133, Level = LogLevel.Error, Message = "quorum: the officer head record {Path} {What} ({Error}); quorum operations are refused")]
+    public static partial void OfficerHeadRecordFailed(ILogger logger, string path, string what, string error);
 }
