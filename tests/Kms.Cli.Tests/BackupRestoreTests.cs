@@ -45,6 +45,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         string backup;
         byte[] doomed;
         byte[] kept;
+        KeyName ledger;
         using (var developer = _server.CreateClient())
         using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
         {
@@ -55,7 +56,12 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
 
             backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
             await DestroyFirstVersionNowAsync(developer, officer, key.Name);
+            ledger = KeyName.Parse(key.Name, "key");
         }
+
+        // The backup still holds the material the later destruction erased.
+        var doomedMaterial = await SnapshotMaterialAsync(backup, ledger, 1);
+        var keptMaterial = await SnapshotMaterialAsync(backup, ledger, 2);
 
         // Not while a server serves the database: it could destroy a version after the restore
         // read the destructions, and its files would move under it.
@@ -78,6 +84,8 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         Assert.True(File.Exists(report.ReplacedDatabase));
         Assert.Contains(await SqliteStore.ReadDestroyedVersionsAsync(database, CancellationToken.None), d => d.Version.ToString() == version);
         Assert.Empty(Directory.GetFiles(_server.DataDir, "kms.db.restoring-*"));
+        Assert.True(InstalledFilesContain(database, keptMaterial), "the scan does not see stored material");
+        Assert.False(InstalledFilesContain(database, doomedMaterial), "the re-applied destruction's material is in the installed kms.db or kms.db-wal");
 
         _server = await _server.RestartAsync();
         using var after = _server.CreateClient();
@@ -124,6 +132,48 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(database));
         Assert.Equal(before, await AuditHeadAsync(report.ReplacedDatabase!));
         _server = await _server.RestartAsync();
+    }
+
+    // A version's wrapped material as the backup's snapshot holds it, read from a copy so the
+    // backup itself is not touched.
+    private static async Task<byte[]> SnapshotMaterialAsync(string backupDir, KeyName key, int version)
+    {
+        var copy = Path.Combine(Path.GetTempPath(), "kms-snapshot-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".db");
+        File.Copy(Path.Combine(backupDir, "kms.db"), copy);
+        try
+        {
+            await using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={copy};Pooling=False");
+            await connection.OpenAsync();
+            await using var command = connection.CreateCommand();
+            command.CommandText = "SELECT material FROM key_versions WHERE tenant = @tenant AND key_id = @key_id AND version = @version";
+            command.Parameters.AddWithValue("@tenant", key.Tenant.Value);
+            command.Parameters.AddWithValue("@key_id", key.KeyId);
+            command.Parameters.AddWithValue("@version", version);
+            var material = Assert.IsType<byte[]>(await command.ExecuteScalarAsync());
+            Assert.True(material.Length >= 32, $"{key}/versions/{version}: {material.Length} bytes of material");
+            return material;
+        }
+        finally
+        {
+            foreach (var suffix in new[] { "", "-wal", "-shm" })
+            {
+                File.Delete(copy + suffix);
+            }
+        }
+    }
+
+    // Whether the bytes occur in an installed database or its write-ahead log.
+    private static bool InstalledFilesContain(string database, byte[] needle) =>
+        new[] { database, database + "-wal" }
+            .Where(File.Exists)
+            .Any(path => ReadShared(path).AsSpan().IndexOf(needle) >= 0);
+
+    private static byte[] ReadShared(string path)
+    {
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+        using var copy = new MemoryStream();
+        stream.CopyTo(copy);
+        return copy.ToArray();
     }
 
     // The database's last audit sequence number: which database a file is, whatever its WAL holds.
@@ -296,6 +346,18 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             await officer.ExportAuditAsync(file);
         }
 
+        // The backup still holds the material of the four versions destroyed after it, and the survivor's.
+        var versionKeyName = KeyName.Parse(versionKey, "key");
+        var deletedKeyName = KeyName.Parse(deletedKey, "key");
+        byte[][] doomedMaterial =
+        [
+            await SnapshotMaterialAsync(backup, versionKeyName, 1),
+            await SnapshotMaterialAsync(backup, versionKeyName, 2),
+            await SnapshotMaterialAsync(backup, deletedKeyName, 1),
+            await SnapshotMaterialAsync(backup, deletedKeyName, 2),
+        ];
+        var keptMaterial = await SnapshotMaterialAsync(backup, versionKeyName, 3);
+
         var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
         try
         {
@@ -303,6 +365,9 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             Assert.Equal(
                 [$"{deletedKey}/versions/1", $"{deletedKey}/versions/2", $"{versionKey}/versions/1", $"{versionKey}/versions/2"],
                 report.Reapplied.Select(r => r.Version).Order(StringComparer.Ordinal));
+            var installed = Path.Combine(target, "kms.db");
+            Assert.True(InstalledFilesContain(installed, keptMaterial), "the scan does not see stored material");
+            Assert.All(doomedMaterial, material => Assert.False(InstalledFilesContain(installed, material), "a re-applied destruction's material is in the installed kms.db or kms.db-wal"));
 
             await using var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default);
             var versions = await restored.ListVersionsAsync(KeyName.Parse(versionKey, "key"), 0, 10, default);
