@@ -5,8 +5,11 @@ using Grpc.Core;
 using Grpc.Health.V1;
 using Grpc.Reflection.V1Alpha;
 using Kms.Contracts.V1;
+using Kms.Core.Errors;
+using Kms.Server.Grpc;
 using Kms.Server.Security;
 using Kms.Testing;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Kms.Server.Tests;
 
@@ -309,6 +312,24 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
         // The server maps only methods with rules; an unknown method never reaches a handler.
         var unknown = await fixture.CallAsync("kms.v1.KeyManagementService/DestroyEverything", new GetKeyRequest { Name = fixture.KeyName }, fixture.TokenOf("dev/key-manager"));
         Assert.Equal(StatusCode.Unimplemented, unknown.StatusCode);
+
+        // Were one mapped without a rule, the interceptor refuses it before its handler runs,
+        // even for a caller whose credential is valid and holds every key permission in dev.
+        const string method = "/kms.v1.KeyManagementService/DestroyEverything";
+        Assert.False(AccessRules.ByMethod.ContainsKey(method));
+        var interceptor = fixture.Server.Services.GetRequiredService<AuthorizationInterceptor>();
+        var ran = false;
+        var refused = await Assert.ThrowsAsync<KmsException>(() => interceptor.UnaryServerHandler<GetKeyRequest, Key>(
+            new GetKeyRequest { Name = fixture.KeyName },
+            new UnroutedCallContext(method, fixture.TokenOf("dev/key-manager")!),
+            (_, _) =>
+            {
+                ran = true;
+                return Task.FromResult(new Key());
+            }));
+        Assert.Equal(StatusCode.PermissionDenied, ProtoMapping.StatusCodeOf(refused.Code));
+        Assert.Equal($"{method} has no access rule; it is refused (default deny)", refused.Message);
+        Assert.False(ran);
     }
 
     /// <summary>The expected status of one cell, from the row's data.</summary>
