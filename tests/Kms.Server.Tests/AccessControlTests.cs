@@ -17,6 +17,10 @@ namespace Kms.Server.Tests;
 /// </summary>
 public sealed class AccessControlTests : IAsyncLifetime
 {
+    // Missing, malformed, unknown, wrong-secret, expired and revoked credentials: one answer,
+    // which says nothing about the token's state.
+    private const string UnauthenticatedMessage = "a valid client certificate or API token is required";
+
     private readonly FakeTimeProvider _time = new(new DateTimeOffset(2026, 11, 29, 12, 0, 0, TimeSpan.Zero));
     private KmsTestServer _server = null!;
     private Kms.Client.KmsClient _developer = null!;
@@ -82,9 +86,7 @@ public sealed class AccessControlTests : IAsyncLifetime
     [InlineData("Bearer kms_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")]
     public async Task BadCredentials_AllUnauthenticated_WithOneMessage(string? authorization)
     {
-        var status = await CallGenerateRandomAsync(authorization);
-        Assert.Equal(StatusCode.Unauthenticated, status.StatusCode);
-        Assert.Equal("a valid client certificate or API token is required", status.Detail);
+        AssertTheOneUnauthenticatedAnswer(await CallGenerateRandomAsync(authorization));
     }
 
     [Fact]
@@ -93,7 +95,7 @@ public sealed class AccessControlTests : IAsyncLifetime
         var real = _server.KeyUserToken;
         var wrong = real[..^4] + (real[^4..] == "AAAA" ? "BBBB" : "AAAA");
         Assert.Equal(StatusCode.OK, (await CallGenerateRandomAsync("Bearer " + real)).StatusCode);
-        Assert.Equal(StatusCode.Unauthenticated, (await CallGenerateRandomAsync("Bearer " + wrong)).StatusCode);
+        AssertTheOneUnauthenticatedAnswer(await CallGenerateRandomAsync("Bearer " + wrong));
     }
 
     [Fact]
@@ -107,7 +109,7 @@ public sealed class AccessControlTests : IAsyncLifetime
 
         // The cached authentication does not outlive the token.
         _time.Advance(TimeSpan.FromMinutes(1));
-        Assert.Equal(StatusCode.Unauthenticated, (await CallGenerateRandomAsync("Bearer " + response.Secret)).StatusCode);
+        AssertTheOneUnauthenticatedAnswer(await CallGenerateRandomAsync("Bearer " + response.Secret));
     }
 
     [Fact]
@@ -133,7 +135,7 @@ public sealed class AccessControlTests : IAsyncLifetime
         Assert.Equal(StatusCode.OK, (await CallGenerateRandomAsync("Bearer " + response.Secret)).StatusCode);
 
         await _admin.Access.RevokeApiTokenAsync(new RevokeApiTokenRequest { Id = response.Token.Id });
-        Assert.Equal(StatusCode.Unauthenticated, (await CallGenerateRandomAsync("Bearer " + response.Secret)).StatusCode);
+        AssertTheOneUnauthenticatedAnswer(await CallGenerateRandomAsync("Bearer " + response.Secret));
         var listed = await _admin.Access.ListApiTokensAsync(new ListApiTokensRequest { Principal = "token:revoked" });
         Assert.NotNull(Assert.Single(listed.Tokens).RevokeTime);
     }
@@ -489,6 +491,12 @@ public sealed class AccessControlTests : IAsyncLifetime
             Kind = kind,
             Lifetime = lifetime is { } value ? Duration.FromTimeSpan(value) : null,
         });
+    }
+
+    private static void AssertTheOneUnauthenticatedAnswer(global::Grpc.Core.Status status)
+    {
+        Assert.Equal(StatusCode.Unauthenticated, status.StatusCode);
+        Assert.Equal(UnauthenticatedMessage, status.Detail);
     }
 
     private async Task<global::Grpc.Core.Status> CallGenerateRandomAsync(string? authorization)
