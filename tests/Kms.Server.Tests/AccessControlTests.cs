@@ -162,12 +162,20 @@ public sealed class AccessControlTests : IAsyncLifetime
         var refused = await Assert.ThrowsAsync<RpcException>(async () => await _admin.Access.CreateApiTokenAsync(new CreateApiTokenRequest { Principal = "token:ci-bot", Kind = "SERVICE" }));
         Assert.Equal(StatusCode.InvalidArgument, refused.StatusCode);
 
-        // ...and a service token issued before the role was bound does not carry it.
+        // ...and a service token issued before the role was bound does not carry it: binding
+        // another principal, which the admin role allows, is refused for want of its permission.
+        await _admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = "token:ci-other", Tenant = "tenants/dev" });
+        var bindOther = new SetRoleBindingRequest { Principal = "token:ci-other", Role = "key-user", Tenant = "tenants/dev" };
         using var bot = _server.CreateClient(service.Secret);
-        var bind = await Assert.ThrowsAsync<RpcException>(async () => await bot.Access.SetRoleBindingAsync(
-            new SetRoleBindingRequest { Principal = "token:ci-bot", Role = "key-manager", Tenant = "tenants/dev" }));
+        var bind = await Assert.ThrowsAsync<RpcException>(async () => await bot.Access.SetRoleBindingAsync(bindOther));
         Assert.Equal(StatusCode.PermissionDenied, bind.StatusCode);
+        Assert.Equal("permission kms.bindings.manage is required on tenants/dev; principal token:ci-bot does not have it", bind.Status.Detail);
         Assert.Equal(16, (await bot.GenerateRandomAsync(16)).Length);
+
+        // A session token of the same principal carries the role: the same call succeeds.
+        var session = await _admin.Access.CreateApiTokenAsync(new CreateApiTokenRequest { Principal = "token:ci-bot", Kind = "SESSION" });
+        using var administrator = _server.CreateClient(session.Secret);
+        await administrator.Access.SetRoleBindingAsync(bindOther);
     }
 
     [Fact]
