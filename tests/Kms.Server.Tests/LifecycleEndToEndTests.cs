@@ -175,6 +175,10 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
         Assert.StartsWith("requests:", e.Status.Detail, StringComparison.Ordinal);
     }
 
+    // The audit events of system:lifecycle about a key and its versions.
+    private async Task<IReadOnlyList<AuditEventInfo>> LifecycleEventsAsync(string key) =>
+        (await _client.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", Resource = key, Principal = "system:lifecycle", PageSize = 100 })).Events;
+
     [Fact]
     public async Task ScheduledDestruction_ClockPassesWaitingPeriod_MaterialShreddedAndStaysDestroyedAfterRestart()
     {
@@ -193,6 +197,10 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
 
         _time.Advance(TimeSpan.FromDays(7) + TimeSpan.FromMinutes(1));
         await WaitUntilAsync(async () => (await Stub.GetKeyVersionAsync(new GetKeyVersionRequest { Name = $"{key.Name}/versions/1" })).KeyVersion.State == KeyState.Destroyed);
+
+        // Committed with the destruction, as the lifecycle's own.
+        var destruction = Assert.Single(await LifecycleEventsAsync(key.Name));
+        Assert.Equal(("lifecycle/Destruction", $"{key.Name}/versions/1", "OK"), (destruction.Operation, destruction.Resource, destruction.Outcome));
 
         SqliteConnection.ClearAllPools();
         Assert.False(DatabaseFilesContain(wrapped), "destroyed material still in kms.db or kms.db-wal");
@@ -218,6 +226,8 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
 
         _time.Advance(TimeSpan.FromDays(1) + TimeSpan.FromMinutes(1));
         await WaitUntilAsync(async () => (await _client.GetKeyAsync(created.Name)).Primary.Name.EndsWith("/versions/2", StringComparison.Ordinal));
+        var rotation = Assert.Single(await LifecycleEventsAsync(created.Name));
+        Assert.Equal(("lifecycle/ScheduledRotation", created.Name, "OK"), (rotation.Operation, rotation.Resource, rotation.Outcome));
     }
 
     [Fact]
@@ -243,6 +253,11 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
         }
 
         await WaitUntilAsync(async () => (await _client.GetKeyAsync(key.Name)).Primary.Name.EndsWith("/versions/3", StringComparison.Ordinal));
+
+        // Both rotations were the lifecycle's own, audited as such.
+        var rotations = await LifecycleEventsAsync(key.Name);
+        Assert.Equal(2, rotations.Count);
+        Assert.All(rotations, r => Assert.Equal(("lifecycle/UsageRotation", key.Name, "OK"), (r.Operation, r.Resource, r.Outcome)));
 
         _client.Dispose();
         _server = await _server.RestartAsync();
