@@ -146,27 +146,61 @@ public sealed class LifecycleServiceTests : IDisposable
         var key = await _domain.CreateKeyAsync("k");
         var mac = await _domain.CreateKeyAsync("mac", KeyAlgorithm.HmacSha256);
         var signing = await _domain.CreateKeyAsync("sign", KeyAlgorithm.EcSignP256Sha256);
+        var rsa = await _domain.CreateKeyAsync("rsa", KeyAlgorithm.RsaDecryptOaep2048Sha256);
+        var enabled = await _domain.CreateKeyAsync("enabled");
         var blob = (await _domain.Crypto.EncryptAsync(Dev, key.Name, [1, 2, 3], EncryptionContext.Empty, default)).Ciphertext;
-        foreach (var name in new[] { key.Name, mac.Name, signing.Name })
+        var enabledBlob = (await _domain.Crypto.EncryptAsync(Dev, enabled.Name, [1, 2, 3], EncryptionContext.Empty, default)).Ciphertext;
+        var tag = (await _domain.Signing.GenerateMacAsync(Dev, mac.Name.ToString(), [1], default)).Mac;
+        var signature = (await _domain.Signing.SignAsync(Dev, signing.Name.ToString(), new SignInput([1], null), SignatureFormat.Der, default)).Signature;
+        byte[] rsaCiphertext;
+        using (var publicKey = System.Security.Cryptography.RSA.Create())
+        {
+            publicKey.ImportSubjectPublicKeyInfo((await _domain.Signing.GetPublicKeyAsync(Dev, rsa.Name.ToString(), default)).PublicKey.Der, out _);
+            rsaCiphertext = publicKey.Encrypt([1], System.Security.Cryptography.RSAEncryptionPadding.OaepSHA256);
+        }
+
+        foreach (var name in new[] { key.Name, mac.Name, signing.Name, rsa.Name })
         {
             _ = scheduledForDeletion
                 ? await _domain.Keys.ScheduleKeyDeletionAsync(Dev, name, TimeSpan.FromDays(7), null, default)
                 : await _domain.Keys.DisableKeyAsync(Dev, name, default);
         }
 
-        Func<Task>[] operations =
+        // GenerateDataKeyWithoutPlaintext is GenerateDataKeyAsync at this layer.
+        (string Operation, Func<Task> Call, KeyName Refused)[] operations =
         [
-            () => _domain.Crypto.EncryptAsync(Dev, key.Name, [1], EncryptionContext.Empty, default),
-            () => _domain.Crypto.DecryptAsync(Dev, blob, EncryptionContext.Empty, default),
-            () => _domain.Crypto.GenerateDataKeyAsync(Dev, key.Name, EncryptionContext.Empty, default),
-            () => _domain.Signing.GenerateMacAsync(Dev, mac.Name.ToString(), [1], default),
-            () => _domain.Signing.SignAsync(Dev, signing.Name.ToString(), new SignInput([1], null), SignatureFormat.Der, default),
+            ("Encrypt", () => _domain.Crypto.EncryptAsync(Dev, key.Name, [1], EncryptionContext.Empty, default), key.Name),
+            ("Decrypt", () => _domain.Crypto.DecryptAsync(Dev, blob, EncryptionContext.Empty, default), key.Name),
+            ("GenerateDataKey", () => _domain.Crypto.GenerateDataKeyAsync(Dev, key.Name, EncryptionContext.Empty, default), key.Name),
+            ("ReEncrypt from it", () => _domain.Crypto.ReEncryptAsync(Dev, blob, EncryptionContext.Empty, enabled.Name, EncryptionContext.Empty, default), key.Name),
+            ("ReEncrypt to it", () => _domain.Crypto.ReEncryptAsync(Dev, enabledBlob, EncryptionContext.Empty, key.Name, EncryptionContext.Empty, default), key.Name),
+            ("GenerateMac", () => _domain.Signing.GenerateMacAsync(Dev, mac.Name.ToString(), [1], default), mac.Name),
+            ("VerifyMac", () => _domain.Signing.VerifyMacAsync(Dev, mac.Name.ToString(), [1], tag, default), mac.Name),
+            ("Sign", () => _domain.Signing.SignAsync(Dev, signing.Name.ToString(), new SignInput([1], null), SignatureFormat.Der, default), signing.Name),
+            ("Verify", () => _domain.Signing.VerifyAsync(Dev, signing.Name.ToString(), new SignInput([1], null), signature, SignatureFormat.Der, default), signing.Name),
+            ("GetPublicKey (signing)", () => _domain.Signing.GetPublicKeyAsync(Dev, signing.Name.ToString(), default), signing.Name),
+            ("GetPublicKey (decryption)", () => _domain.Signing.GetPublicKeyAsync(Dev, rsa.Name.ToString(), default), rsa.Name),
+            ("AsymmetricDecrypt", () => _domain.Signing.AsymmetricDecryptAsync(Dev, rsa.Name.ToString(), rsaCiphertext, default), rsa.Name),
         ];
-        foreach (var operation in operations)
+        var state = scheduledForDeletion ? "DESTROY_SCHEDULED" : "DISABLED";
+        foreach (var (operation, call, refused) in operations)
         {
-            var refused = await Assert.ThrowsAsync<KmsException>(operation);
-            Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
-            Assert.Contains(scheduledForDeletion ? "DESTROY_SCHEDULED" : "DISABLED", refused.Message, StringComparison.Ordinal);
+            var e = await Record.ExceptionAsync(call);
+            Assert.True(e is KmsException { Code: KmsErrorCode.FailedPrecondition } && e.Message == $"key {refused} is {state}", $"{operation}: {e?.GetType().Name ?? "no exception"} {e?.Message}");
+        }
+
+        // The batch forms: each item refused as its single call would be.
+        (string Operation, KmsException? Error, KeyName Refused)[] items =
+        [
+            ("BatchEncrypt", Assert.Single(await _domain.Crypto.BatchEncryptAsync(Dev, [new BatchItem(key.Name.ToString(), [1], null)], default)).Error, key.Name),
+            ("BatchDecrypt", Assert.Single(await _domain.Crypto.BatchDecryptAsync(Dev, [new BatchItem(null, blob, null)], default)).Error, key.Name),
+            ("BatchGenerateDataKey", Assert.Single(await _domain.Crypto.BatchGenerateDataKeyAsync(Dev, [new BatchItem(key.Name.ToString(), null, null)], default)).Error, key.Name),
+            ("BatchReEncrypt from it", Assert.Single(await _domain.Crypto.BatchReEncryptAsync(Dev, [new BatchReEncryptItem(blob, null, enabled.Name.ToString(), null)], default)).Error, key.Name),
+            ("BatchReEncrypt to it", Assert.Single(await _domain.Crypto.BatchReEncryptAsync(Dev, [new BatchReEncryptItem(enabledBlob, null, key.Name.ToString(), null)], default)).Error, key.Name),
+        ];
+        foreach (var (operation, error, refused) in items)
+        {
+            Assert.True(error is { Code: KmsErrorCode.FailedPrecondition } && error.Message == $"key {refused} is {state}", $"{operation}: {error?.Code} {error?.Message}");
         }
     }
 
