@@ -421,8 +421,16 @@ public sealed class AccessControlTests : IAsyncLifetime
             Assert.Equal(_time.GetUtcNow() + TimeSpan.FromDays(7), now.DestroyTime.ToDateTimeOffset());
         }
 
+        // No key, nor an alias (which would name a key after the tenant is gone).
         var create = await Assert.ThrowsAsync<RpcException>(() => leaving.CreateKeyAsync("tenants/leaving", "c"));
-        Assert.Equal(StatusCode.FailedPrecondition, create.StatusCode);
+        var alias = await Assert.ThrowsAsync<RpcException>(async () => await leaving.Raw.CreateAliasAsync(
+            new CreateAliasRequest { Parent = "tenants/leaving", AliasId = "late", Alias = new Alias { Key = a.Name } }));
+        Assert.All(new[] { create, alias }, e =>
+        {
+            Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
+            Assert.Contains("tenants/leaving is being deleted", e.Status.Detail, StringComparison.Ordinal);
+        });
+        Assert.Empty((await leaving.Raw.ListAliasesAsync(new ListAliasesRequest { Parent = "tenants/leaving" })).Aliases);
 
         // Offboarding is not undone key by key: the tenant's own principals cannot revive a key.
         var cancel = await Assert.ThrowsAsync<RpcException>(async () => await leaving.Raw.CancelKeyDeletionAsync(new CancelKeyDeletionRequest { Name = a.Name }));
