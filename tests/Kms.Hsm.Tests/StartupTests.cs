@@ -151,9 +151,14 @@ public sealed class StartupTests
         var options = token.Options();
         options.PinFile = null;
         options.Pin = "not-the-pin";
-        var e = Assert.Throws<HsmConfigurationException>(() => Pkcs11Hsm.Open(options, NullLogger.Instance));
+        var logger = new ListLogger();
+        var e = Assert.Throws<HsmConfigurationException>(() => Pkcs11Hsm.Open(options, logger));
         Assert.Contains("refused the PIN", e.Message, StringComparison.Ordinal);
         Assert.DoesNotContain("not-the-pin", e.ToString(), StringComparison.Ordinal);
+
+        // Every refusal is logged: one line, one presentation of the PIN.
+        Assert.Single(logger.Messages, m => m.Contains("refused the PIN", StringComparison.Ordinal));
+        Assert.DoesNotContain(logger.Messages, m => m.Contains("not-the-pin", StringComparison.Ordinal));
     }
 
     [Fact]
