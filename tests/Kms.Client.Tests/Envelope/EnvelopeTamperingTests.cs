@@ -10,6 +10,11 @@ namespace Kms.Client.Tests.Envelope;
 /// </summary>
 public sealed class EnvelopeTamperingTests
 {
+    private const string OpaqueMessage = "envelope decryption failed";
+    private const int MessageIdStart = 4 + 1 + 2;
+    private const int MessageIdEnd = MessageIdStart + 32;
+    private const int CommitmentAndTagLength = 32 + 16;
+
     private static readonly Dictionary<string, string> Context = EnvelopeRoundTripTests.Context;
 
     [Fact]
@@ -19,11 +24,17 @@ public sealed class EnvelopeTamperingTests
         var message = await encryptor.EncryptAsync(EnvelopeRoundTripTests.Data((64 * 3) + 10), Context);
         Assert.Equal(EnvelopeRoundTripTests.Data((64 * 3) + 10), await encryptor.DecryptAsync(message, Context));
 
+        // Past the format checks — the message id, the commitment, the header tag and every
+        // frame — any flip is the one opaque answer; elsewhere in the header it may name the
+        // format problem.
+        var header = HeaderLength(message);
         for (var bit = 0; bit < message.Length * 8; bit++)
         {
             var altered = message.ToArray();
             altered[bit / 8] ^= (byte)(1 << (bit % 8));
-            await AssertFailsBothWays(encryptor, altered, $"bit {bit}");
+            var offset = bit / 8;
+            var opaque = offset is >= MessageIdStart and < MessageIdEnd || offset >= header - CommitmentAndTagLength;
+            await AssertFailsBothWays(encryptor, altered, $"bit {bit}", opaque);
         }
     }
 
@@ -33,9 +44,10 @@ public sealed class EnvelopeTamperingTests
         using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out _);
         var message = await encryptor.EncryptAsync(EnvelopeRoundTripTests.Data((64 * 4) + 3), Context);
 
+        var header = HeaderLength(message);
         for (var length = 0; length < message.Length; length++)
         {
-            await AssertFailsBothWays(encryptor, message[..length], $"length {length}");
+            await AssertFailsBothWays(encryptor, message[..length], $"length {length}", opaque: length >= header);
         }
     }
 
@@ -50,12 +62,14 @@ public sealed class EnvelopeTamperingTests
         var frames = Enumerable.Range(0, 3).Select(i => message[(bodyStart + (i * frame))..(bodyStart + ((i + 1) * frame))]).ToArray();
         var final = message[^28..];
 
-        await AssertFailsBothWays(encryptor, [.. header, .. frames[1], .. frames[0], .. frames[2], .. final], "swapped");
-        await AssertFailsBothWays(encryptor, [.. header, .. frames[0], .. frames[0], .. frames[1], .. frames[2], .. final], "duplicated");
-        await AssertFailsBothWays(encryptor, [.. header, .. frames[0], .. frames[2], .. final], "dropped");
-        await AssertFailsBothWays(encryptor, [.. header, .. frames[0], .. frames[1], .. frames[2]], "final dropped");
-        await AssertFailsBothWays(encryptor, [.. message, 0], "one byte appended");
-        await AssertFailsBothWays(encryptor, [.. message, .. final], "final frame repeated");
+        Assert.Equal(HeaderLength(message), bodyStart);
+
+        await AssertFailsBothWays(encryptor, [.. header, .. frames[1], .. frames[0], .. frames[2], .. final], "swapped", opaque: true);
+        await AssertFailsBothWays(encryptor, [.. header, .. frames[0], .. frames[0], .. frames[1], .. frames[2], .. final], "duplicated", opaque: true);
+        await AssertFailsBothWays(encryptor, [.. header, .. frames[0], .. frames[2], .. final], "dropped", opaque: true);
+        await AssertFailsBothWays(encryptor, [.. header, .. frames[0], .. frames[1], .. frames[2]], "final dropped", opaque: true);
+        await AssertFailsBothWays(encryptor, [.. message, 0], "one byte appended", opaque: true);
+        await AssertFailsBothWays(encryptor, [.. message, .. final], "final frame repeated", opaque: true);
     }
 
     [Fact]
@@ -75,7 +89,8 @@ public sealed class EnvelopeTamperingTests
         var frameStart = first.Length - (3 * 84) - 28 - 8;
         second.AsSpan(frameStart, 84).CopyTo(spliced.AsSpan(frameStart));
 
-        await AssertFailsBothWays(encryptor, spliced, "spliced");
+        Assert.True(frameStart >= HeaderLength(first));
+        await AssertFailsBothWays(encryptor, spliced, "spliced", opaque: true);
     }
 
     [Fact]
@@ -235,20 +250,23 @@ public sealed class EnvelopeTamperingTests
         Assert.True(allocated < 64 * 1024, $"allocated {allocated} bytes for a 64-byte hostile header");
     }
 
-    private static async Task AssertFailsBothWays(EnvelopeEncryptor encryptor, byte[] message, string what)
+    // Opaque: the alteration is past the format checks, so the exception must carry exactly the
+    // one message that says nothing about what was wrong.
+    private static async Task AssertFailsBothWays(EnvelopeEncryptor encryptor, byte[] message, string what, bool opaque = false)
     {
-        await AssertOnlyEnvelopeException(() => encryptor.DecryptAsync(message, Context), what + " (one-shot)");
-        await AssertOnlyEnvelopeException(() => encryptor.DecryptAsync(new MemoryStream(message), new MemoryStream(), Context), what + " (stream)");
+        await AssertOnlyEnvelopeException(() => encryptor.DecryptAsync(message, Context), what + " (one-shot)", opaque);
+        await AssertOnlyEnvelopeException(() => encryptor.DecryptAsync(new MemoryStream(message), new MemoryStream(), Context), what + " (stream)", opaque);
     }
 
-    private static async Task AssertOnlyEnvelopeException(Func<Task> decrypt, string what)
+    private static async Task AssertOnlyEnvelopeException(Func<Task> decrypt, string what, bool opaque)
     {
         try
         {
             await decrypt();
         }
-        catch (EnvelopeDecryptionException)
+        catch (EnvelopeDecryptionException e)
         {
+            Assert.True(!opaque || e.Message == OpaqueMessage, $"{what}: \"{e.Message}\" instead of \"{OpaqueMessage}\"");
             return;
         }
         catch (Exception e)
@@ -257,6 +275,28 @@ public sealed class EnvelopeTamperingTests
         }
 
         Assert.Fail($"{what}: decrypted");
+    }
+
+    // The header's length, read from its fields (docs/envelope-format.md): magic, version, suite
+    // and message id; the context; the wrapped keys; frame length, commitment and header tag.
+    private static int HeaderLength(byte[] message)
+    {
+        var offset = MessageIdEnd;
+        var entries = BinaryPrimitives.ReadUInt32BigEndian(message.AsSpan(offset));
+        offset += 4;
+        for (var i = 0; i < entries * 2; i++)
+        {
+            offset += 4 + (int)BinaryPrimitives.ReadUInt32BigEndian(message.AsSpan(offset));
+        }
+
+        var keys = message[offset];
+        offset += 1;
+        for (var i = 0; i < keys * 2; i++)
+        {
+            offset += 2 + BinaryPrimitives.ReadUInt16BigEndian(message.AsSpan(offset));
+        }
+
+        return offset + 4 + CommitmentAndTagLength;
     }
 
     private static WrappedDataKey ReadWrapped(byte[] message)
