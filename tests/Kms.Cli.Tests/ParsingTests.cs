@@ -67,12 +67,28 @@ public sealed class ParsingTests : IDisposable
     [InlineData("keys", "list", "--token=kms_tok_s3cretvalue")]
     [InlineData("keys", "create", "x", "--pin", "kms_tok_s3cretvalue")]
     [InlineData("--password", "kms_tok_s3cretvalue", "config", "show")]
+    [InlineData("ceremony", "init-token", "--token-label", "x", "--so-pin", "s3cretvalue")]
+    [InlineData("ceremony", "rotate-domain", "--restore-pin=s3cretvalue")]
+    [InlineData("officer", "keygen", "--key-passphrase", "hunter2-s3cretvalue")]
+    [InlineData("keys", "list", "--api-token", "kms_tok_s3cretvalue")]
     public async Task Run_InlineSecretFlag_IsRefusedWithoutRepeatingTheValue(params string[] args)
     {
         var result = await RunAsync(args);
 
         Assert.Equal(ExitCodes.Usage, result.ExitCode);
         Assert.Contains("is not an option", result.Error, StringComparison.Ordinal);
+        Assert.DoesNotContain("s3cretvalue", result.Error + result.Out, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("ceremony", "init-token", "--token-label", "x", "--so-pinn", "s3cretvalue")]
+    [InlineData("keys", "list", "--tokn", "kms_tok_s3cretvalue")]
+    public async Task Run_MistypedFlag_ItsValueNotRepeated(params string[] args)
+    {
+        var result = await RunAsync(args);
+
+        Assert.Equal(ExitCodes.Usage, result.ExitCode);
+        Assert.Contains("not repeated", result.Error, StringComparison.Ordinal);
         Assert.DoesNotContain("s3cretvalue", result.Error + result.Out, StringComparison.Ordinal);
     }
 

@@ -49,7 +49,7 @@ internal static class KmsCli
         {
             foreach (var error in parse.Errors)
             {
-                await environment.Error.WriteLineAsync($"kms: {error.Message}");
+                await environment.Error.WriteLineAsync($"kms: {WithoutUnknownOptionValues(error.Message, args, parse.Tokens)}");
             }
 
             await environment.Error.WriteLineAsync($"kms: see '{CommandPath(parse)} --help'");
@@ -67,8 +67,11 @@ internal static class KmsCli
     /// </summary>
     internal static string? InlineSecretFlag(IReadOnlyList<string> args)
     {
-        // A PostgreSQL connection string may hold the password.
-        string[] secretFlags = ["--token", "--api-token", "--pin", "--password", "--passphrase", "--secret", "--postgres-connection", "--postgres-connection-string", "--connection-string"];
+        // A PostgreSQL connection string may hold the password. Any flag that ends in a secret's
+        // word is one too: the CLI's own --so-pin, --restore-pin, --key-passphrase, … exist only
+        // as -file and -fd, and an operator will type the bare name.
+        string[] secretFlags = ["--token", "--pin", "--password", "--passphrase", "--secret", "--postgres-connection", "--postgres-connection-string", "--connection-string"];
+        string[] secretWords = ["-token", "-pin", "-password", "-passphrase", "-secret"];
         foreach (var arg in args)
         {
             if (arg == "--")
@@ -77,13 +80,37 @@ internal static class KmsCli
             }
 
             var name = arg.Split('=', 2)[0];
-            if (secretFlags.Contains(name, StringComparer.Ordinal))
+            if (name.StartsWith("--", StringComparison.Ordinal)
+                && (secretFlags.Contains(name, StringComparer.Ordinal) || secretWords.Any(w => name.EndsWith(w, StringComparison.Ordinal))))
             {
                 return name;
             }
         }
 
         return null;
+    }
+
+    /// <summary>
+    /// A parse error's message with the value of an unknown option left out: after a mistyped
+    /// flag (<c>--so-pinn 1234</c>) the value may be the secret the flag meant to name.
+    /// </summary>
+    internal static string WithoutUnknownOptionValues(string message, IReadOnlyList<string> args, IReadOnlyList<System.CommandLine.Parsing.Token> tokens)
+    {
+        var options = tokens.Where(t => t.Type == System.CommandLine.Parsing.TokenType.Option).Select(t => t.Value).ToHashSet(StringComparer.Ordinal);
+        for (var i = 1; i < args.Count; i++)
+        {
+            if (args[i - 1] == "--")
+            {
+                break;
+            }
+
+            if (args[i - 1].StartsWith('-') && !args[i].StartsWith('-') && !options.Contains(args[i - 1]) && args[i].Length > 0)
+            {
+                message = message.Replace($"'{args[i]}'", $"(the value after {args[i - 1]}, not repeated)", StringComparison.Ordinal);
+            }
+        }
+
+        return message;
     }
 
     /// <summary>The words of the command that was parsed, e.g. <c>kms keys create</c>.</summary>
