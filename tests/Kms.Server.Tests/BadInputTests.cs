@@ -47,6 +47,31 @@ public sealed class BadInputTests(ServerFixture fixture) : IClassFixture<ServerF
     }
 
     [Fact]
+    public async Task UpdateMask_AHugePathWithANewline_EchoedBounded_ARepeatedPathRefused_NothingChanged()
+    {
+        var key = await fixture.Client.CreateKeyAsync("tenants/dev", "update-mask-" + Guid.NewGuid().ToString("N")[..8]);
+        var huge = await Assert.ThrowsAsync<RpcException>(async () => await fixture.Client.Raw.UpdateKeyAsync(new UpdateKeyRequest
+        {
+            Key = new Key { Name = key.Name },
+            UpdateMask = new Google.Protobuf.WellKnownTypes.FieldMask { Paths = { new string('x', 100_000) + "\nforged mask line" } },
+        }));
+        Assert.Equal(StatusCode.InvalidArgument, huge.StatusCode);
+        Assert.True(huge.Status.Detail.Length < 1024, $"{huge.Status.Detail.Length} characters");
+        Assert.DoesNotContain('\n', huge.Status.Detail);
+        Assert.DoesNotContain(fixture.Server.Logs.Events, line => line.Contains("forged mask line", StringComparison.Ordinal) || line.Length > 20_000);
+
+        // One field named twice (or 650,000 times, each re-validating the labels) is refused whole.
+        var repeated = await Assert.ThrowsAsync<RpcException>(async () => await fixture.Client.Raw.UpdateKeyAsync(new UpdateKeyRequest
+        {
+            Key = new Key { Name = key.Name, Labels = { ["team"] = "twice" } },
+            UpdateMask = new Google.Protobuf.WellKnownTypes.FieldMask { Paths = { "labels", "labels" } },
+        }));
+        Assert.Equal(StatusCode.InvalidArgument, repeated.StatusCode);
+        Assert.StartsWith("update_mask:", repeated.Status.Detail, StringComparison.Ordinal);
+        Assert.Empty((await fixture.Client.GetKeyAsync(key.Name)).Labels);
+    }
+
+    [Fact]
     public async Task HugeNameWithANewline_EchoedBoundedAndPrintable_InTheStatusAndTheLog()
     {
         // A name of another tenant is refused before any lookup, repeating what was sent: at

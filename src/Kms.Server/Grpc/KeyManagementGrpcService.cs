@@ -87,6 +87,13 @@ internal sealed partial class KeyManagementGrpcService(
             throw KmsErrors.InvalidArgument("update_mask", $"is required: some of {string.Join(", ", UpdatableKeyFields)}");
         }
 
+        // Each field once, and no more paths than there are fields: a mask of 650,000 "labels"
+        // would otherwise re-validate the labels 650,000 times.
+        if (paths.Count > UpdatableKeyFields.Length || paths.Distinct(StringComparer.Ordinal).Count() != paths.Count)
+        {
+            throw KmsErrors.InvalidArgument("update_mask", $"names each field at most once: some of {string.Join(", ", UpdatableKeyFields)}");
+        }
+
         var update = new KeyUpdate();
         foreach (var path in paths)
         {
@@ -96,7 +103,7 @@ internal sealed partial class KeyManagementGrpcService(
                 "rotation_period" => update with { RotationPeriod = new(ProtoMapping.FromProto(request.Key.RotationPeriod, "key.rotation_period")) },
                 "next_rotation_time" => update with { NextRotationTime = new(ProtoMapping.FromProto(request.Key.NextRotationTime, "key.next_rotation_time")) },
                 "min_decryption_version" => update with { MinDecryptionVersion = request.Key.MinDecryptionVersion },
-                _ => throw KmsErrors.InvalidArgument("update_mask", $"'{path}' cannot be updated; updatable: {string.Join(", ", UpdatableKeyFields)}"),
+                _ => throw KmsErrors.InvalidArgument("update_mask", $"'{KmsErrors.Printable(path)}' cannot be updated; updatable: {string.Join(", ", UpdatableKeyFields)}"),
             };
         }
 
