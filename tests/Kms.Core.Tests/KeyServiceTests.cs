@@ -159,6 +159,33 @@ public sealed class KeyServiceTests : IDisposable
         Assert.Equal("page_token", e.Field);
     }
 
+    [Theory]
+    [InlineData("a\0b")] // PostgreSQL refuses NUL in text: an "unavailable" database, before
+    [InlineData("a\nb")]
+    public async Task ListKeys_ATokenWhoseCursorHoldsAControlCharacter_InvalidArgument(string cursor)
+    {
+        var e = await Assert.ThrowsAsync<KmsException>(() => _service.ListKeysAsync(Dev, DevTenant, 1, PageToken.Encode(DevTenant.ResourceName, cursor), default));
+        Assert.Equal("page_token", e.Field);
+    }
+
+    [Fact]
+    public void PageToken_ACursorHoldingTheSeparator_RoundTrips_ATokenOfAnotherScopeDoesNot()
+    {
+        // Principal names may hold '|' ("cn:a|1"): the next page must still be reachable.
+        Assert.Equal("cn:a|1", PageToken.Decode("tenants/dev/principals", PageToken.Encode("tenants/dev/principals", "cn:a|1")));
+        Assert.Equal("page_token", Assert.Throws<KmsException>(() => PageToken.Decode("tenants/dev", PageToken.Encode("tenants/dev/principals", "cn:a"))).Field);
+    }
+
+    [Theory]
+    [InlineData("abc")]
+    [InlineData("-5")]
+    public async Task ListKeyVersions_ATokenWhoseCursorIsNoVersion_InvalidArgument_NotTheFirstPageAgain(string cursor)
+    {
+        var key = await Create("versions-token");
+        var e = await Assert.ThrowsAsync<KmsException>(() => _service.ListKeyVersionsAsync(Dev, key.Key.Name, 1, PageToken.Encode(key.Key.Name.ToString(), cursor), default));
+        Assert.Equal("page_token", e.Field);
+    }
+
     [Fact]
     public async Task ListKeys_NegativePageSize_InvalidArgument()
     {

@@ -26,6 +26,29 @@ public sealed class BadInputTests(ServerFixture fixture) : IClassFixture<ServerF
     public Task DisposeAsync() => Task.CompletedTask;
 
     [Theory]
+    [InlineData("principal", "dev\0admin")]
+    [InlineData("operation", "Get\0Key")]
+    [InlineData("resource", "tenants/dev/keys/a\nb")]
+    [InlineData("outcome", "OK\0")]
+    [InlineData("operation", null)]
+    public async Task ListAuditEvents_AFilterWithAControlCharacterOrTooLong_InvalidArgumentNamingIt(string field, string? value)
+    {
+        // On PostgreSQL a NUL reached the query, which refused it: "the database is unavailable".
+        value ??= new string('x', 513);
+        var request = new ListAuditEventsRequest { Tenant = "tenants/dev" };
+        _ = field switch
+        {
+            "principal" => request.Principal = value,
+            "operation" => request.Operation = value,
+            "resource" => request.Resource = value,
+            _ => request.Outcome = value,
+        };
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await fixture.Client.Audit.ListAuditEventsAsync(request));
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.StartsWith(field + ":", e.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Theory]
     [InlineData("start_time")]
     [InlineData("end_time")]
     public async Task ListAuditEvents_TimestampOutOfRange_InvalidArgumentNamingTheField_NotInternal(string field)

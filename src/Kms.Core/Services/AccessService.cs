@@ -146,7 +146,8 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     public async Task<Page<Principal>> ListPrincipalsAsync(TenantId? tenant, int pageSize, string? pageToken, CancellationToken cancellationToken)
     {
         var size = PageToken.Size(pageSize);
-        var scope = tenant?.ResourceName ?? "deployment";
+        // Not the tenant's name alone: ListKeys' tokens are scoped by that.
+        var scope = (tenant?.ResourceName ?? "deployment") + "/principals";
         var rows = await access.ListPrincipalsAsync(tenant, PageToken.Decode(scope, pageToken), size + 1, cancellationToken);
         var page = rows.Take(size).ToList();
         return new Page<Principal>(page, rows.Count > size ? PageToken.Encode(scope, page[^1].Name.ToString()) : null);

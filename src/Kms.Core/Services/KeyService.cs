@@ -233,7 +233,9 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         caller.EnsureSameTenant(key.Tenant, key.ToString());
         var size = PageToken.Size(pageSize);
         var scope = key.ToString();
-        var after = PageToken.Decode(scope, pageToken) is { } text && int.TryParse(text, System.Globalization.CultureInfo.InvariantCulture, out var n) ? n : 0;
+        var after = PageToken.Decode(scope, pageToken) is not { } text ? 0
+            : int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var n) && n > 0 ? n
+            : throw PageToken.Invalid();
         var rows = await store.ListVersionsAsync(key, after, size + 1, cancellationToken);
         if (rows.Count == 0 && after == 0 && await store.GetKeyAsync(key, cancellationToken) is null)
         {

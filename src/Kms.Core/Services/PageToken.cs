@@ -7,6 +7,8 @@ namespace Kms.Core.Services;
 /// <summary>Opaque page tokens of List RPCs: bound to the collection (parent) they were issued for.</summary>
 internal static class PageToken
 {
+    private const int MaxCursorLength = 1024;
+
     public static string Encode(string scope, string last) =>
         Base64Url.EncodeToString(Encoding.UTF8.GetBytes($"v1|{scope}|{last}"));
 
@@ -27,8 +29,10 @@ internal static class PageToken
             throw Invalid();
         }
 
-        var parts = text.Split('|');
-        if (parts.Length != 3 || parts[0] != "v1" || parts[1] != scope || parts[2].Length == 0)
+        // The cursor is last and may itself hold '|' (a principal "cn:a|b"). It goes into a
+        // query as text: a control character (PostgreSQL refuses NUL) is no cursor we issued.
+        var parts = text.Split('|', 3);
+        if (parts.Length != 3 || parts[0] != "v1" || parts[1] != scope || parts[2].Length is 0 or > MaxCursorLength || !Audit.AuditText.IsClean(parts[2]))
         {
             throw Invalid();
         }
@@ -47,6 +51,6 @@ internal static class PageToken
         return pageSize == 0 ? Limits.DefaultPageSize : Math.Min(pageSize, Limits.MaxPageSize);
     }
 
-    private static KmsException Invalid() =>
+    public static KmsException Invalid() =>
         KmsErrors.InvalidArgument("page_token", "is not a token returned by a previous List call for this parent");
 }

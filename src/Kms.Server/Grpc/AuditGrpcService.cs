@@ -39,10 +39,10 @@ internal sealed class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IAuditStor
             Tenant = tenant,
             StartTime = ProtoMapping.FromProto(request.StartTime, "start_time"),
             EndTime = ProtoMapping.FromProto(request.EndTime, "end_time"),
-            Principal = Optional(request.Principal),
-            Resource = Optional(request.Resource),
-            Operation = Optional(request.Operation),
-            Outcome = Optional(request.Outcome),
+            Principal = Filter(request.Principal, "principal"),
+            Resource = Filter(request.Resource, "resource"),
+            Operation = Filter(request.Operation, "operation"),
+            Outcome = Filter(request.Outcome, "outcome"),
         };
         var events = await store.ListAuditEventsAsync(query, context.CancellationToken);
         var response = new ListAuditEventsResponse { NextPageToken = events.Count == size ? events[^1].Sequence.ToString(CultureInfo.InvariantCulture) : "" };
@@ -103,6 +103,13 @@ internal sealed class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IAuditStor
     public static string PublicKeyPem(byte[] der) => new string(System.Security.Cryptography.PemEncoding.Write("PUBLIC KEY", der)) + "\n";
 
     private static string? Optional(string value) => value.Length == 0 ? null : value;
+
+    // A filter matches what the audit stores: at most 512 characters, no control character. A
+    // NUL would otherwise reach PostgreSQL, which refuses it as text — an "unavailable" database.
+    private static string? Filter(string value, string field) =>
+        value.Length > AuditText.MaxLength || !AuditText.IsClean(value)
+            ? throw KmsErrors.InvalidArgument(field, $"is at most {AuditText.MaxLength} characters without control characters (as the audit stores it)")
+            : Optional(value);
 
     private static AuditEventInfo ToProto(AuditEvent e)
     {
