@@ -303,6 +303,19 @@ public sealed class CeremonyEndToEndTests : IDisposable
 
         Directory.Delete(P("new-shares"), recursive: true);
 
+        // The token the new key goes to is checked before anything moves: a wrong PIN for it
+        // leaves no record, no share files and the database under the old key.
+        await File.WriteAllTextAsync(P("wrong.pin"), "00000000\n");
+        var wrongPinArgs = Rotate("2", "--approval", P("rotation.approval.json"));
+        wrongPinArgs[Array.IndexOf(wrongPinArgs, "--restore-pin-file") + 1] = P("wrong.pin");
+        var wrongPin = await Kms(outputs, wrongPinArgs);
+        Assert.True(wrongPin.ExitCode is not 0, wrongPin.ToString());
+        Assert.False(Directory.Exists(P("new-shares")));
+        await using (var database = await global::Kms.Storage.Sqlite.SqliteStore.OpenAsync(new() { DatabasePath = P("data/kms.db") }, default))
+        {
+            Assert.Null(await database.GetDomainKeyRotationAsync(default));
+        }
+
         // Approved: rotate with two of the old shares into a new 2-of-3, site-b gets the new key.
         var rotated = await Kms(outputs, Rotate("2", "--approval", P("rotation.approval.json")));
         Assert.True(rotated.ExitCode == 0, rotated.ToString());

@@ -114,6 +114,20 @@ internal static partial class CeremonyCommands
             using var productionPin = SecretInput.Read(ctx, restorePin, $"user PIN of token '{restoreOptions.TokenLabel}'");
             var ceremonyId = Guid.NewGuid().ToString();
             var started = DateTimeOffset.UtcNow;
+            var plannedId = resumeFiles.Count > 0 ? resumeFiles[0].DomainId : $"dk-{DateTime.UtcNow:yyyyMMdd}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4))}";
+
+            // The token the new key goes to is first used after the point of no return (every blob
+            // moved, the rotation token wiped): its PIN and its room for the key are checked now,
+            // while a mistake still leaves everything as it was.
+            restoreOptions.DomainKeyId = plannedId;
+            using (var production = HsmCeremonySession.Open(restoreOptions, productionPin.ToUtf8()))
+            {
+                if (production.HasDomainKey(restoreOptions.DomainKeyLabel, plannedId))
+                {
+                    throw new CliFailureException(ExitCodes.Conflict,
+                        $"token '{restoreOptions.TokenLabel}' already holds a key labelled '{restoreOptions.DomainKeyLabel}': the new domain key goes to an empty token; nothing was moved");
+                }
+            }
 
             var oldKey = Array.Empty<byte>();
             var newKey = GC.AllocateArray<byte>(32, pinned: true);
@@ -170,7 +184,7 @@ internal static partial class CeremonyCommands
                     // As create-domain: HSM RNG XOR OS RNG. The new shares are written before any blob
                     // depends on the new key, so no crash can leave data under a key nobody holds.
                     FillFromTwoSources(session, newKey);
-                    newId = $"dk-{DateTime.UtcNow:yyyyMMdd}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4))}";
+                    newId = plannedId;
                     var kcv = HsmCeremonySession.AesCheckValue(newKey);
 
                     // The rotation is recorded (with the new key's check value) before its shares are
