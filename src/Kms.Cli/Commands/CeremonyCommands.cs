@@ -158,6 +158,9 @@ internal static partial class CeremonyCommands
 
             var host = options.Prepare(ctx);
             var id = parse.GetValue(domainId) ?? $"dk-{DateTime.UtcNow:yyyyMMdd}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4))}";
+
+            // Where the genesis goes must take it before a key exists that would need undoing.
+            Directory.CreateDirectory(Path.GetDirectoryName(genesisPath)!);
             var outDir = Directory.CreateDirectory(parse.GetRequiredValue(sharesDir)).FullName;
             if (Directory.EnumerateFiles(outDir, "share-*.json").Any())
             {
@@ -237,19 +240,30 @@ internal static partial class CeremonyCommands
                 transcript.Add($"share {index}", $"custodian {custodian}, file {Path.GetFileName(file)}, fingerprint {fingerprint}");
             }
 
-            // The genesis officer set: pinned by the server (Kms:Quorum:GenesisFile and its hash),
-            // recorded here so a database writer cannot install officers of their own.
-            Directory.CreateDirectory(Path.GetDirectoryName(genesisPath)!);
-            GenesisFile.Write(genesisPath, genesis);
-            transcript.Add("officer set (genesis)", $"threshold {genesis.Threshold} of {genesis.Officers.Count}, hash {genesis.Hash}, file {genesisPath}");
-            foreach (var officer in genesis.Officers)
+            Recorded result;
+            try
             {
-                transcript.Add("officer", $"{officer.Name}, key {officer.Fingerprint}");
+                // The genesis officer set: pinned by the server (Kms:Quorum:GenesisFile and its hash),
+                // recorded here so a database writer cannot install officers of their own.
+                GenesisFile.Write(genesisPath, genesis);
+                transcript.Add("officer set (genesis)", $"threshold {genesis.Threshold} of {genesis.Officers.Count}, hash {genesis.Hash}, file {genesisPath}");
+                foreach (var officer in genesis.Officers)
+                {
+                    transcript.Add("officer", $"{officer.Name}, key {officer.Fingerprint}");
+                }
+
+                result = await RecordAsync(ctx, parse.GetRequiredValue(dataDir), target, hsmOptions, pin, ceremonyId, "create-domain", transcript,
+                    [.. written.Select(w => ($"share/{w.Index}/{w.Custodian}", w.Fingerprint)), .. genesis.Officers.Select(o => ($"officer/{o.Name}", o.Fingerprint)), ("officer-set/genesis", genesis.Hash)],
+                    $"domain/{id}/kcv/{kcv}", ct);
+            }
+            catch
+            {
+                // Still all or nothing: the data directory held no deployment when this run began,
+                // so what it holds now is this run's. A PostgreSQL database keeps what was written.
+                UndoCreateDomain(ctx, hsmOptions, pin, id, [.. written.Select(w => w.File)], deploymentDir, genesisPath, target.IsPostgres);
+                throw;
             }
 
-            var result = await RecordAsync(ctx, parse.GetRequiredValue(dataDir), target, hsmOptions, pin, ceremonyId, "create-domain", transcript,
-                [.. written.Select(w => ($"share/{w.Index}/{w.Custodian}", w.Fingerprint)), .. genesis.Officers.Select(o => ($"officer/{o.Name}", o.Fingerprint)), ("officer-set/genesis", genesis.Hash)],
-                $"domain/{id}/kcv/{kcv}", ct);
             var json = new JsonObject
             {
                 ["domain_id"] = id,
@@ -382,8 +396,19 @@ internal static partial class CeremonyCommands
             };
             if (parse.GetValue(dataDir) is { } dir)
             {
-                var result = await RecordAsync(ctx, dir, target, hsmOptions, pin, ceremonyId, "restore-domain", transcript,
-                    [.. files.Select(f => ($"share/{f.Index}/{f.Custodian}", f.Fingerprint))], $"domain/{id}/kcv/{kcv}/token/{hsmOptions.TokenLabel}", ct, approved);
+                Recorded result;
+                try
+                {
+                    result = await RecordAsync(ctx, dir, target, hsmOptions, pin, ceremonyId, "restore-domain", transcript,
+                        [.. files.Select(f => ($"share/{f.Index}/{f.Custodian}", f.Fingerprint))], $"domain/{id}/kcv/{kcv}/token/{hsmOptions.TokenLabel}", ct, approved);
+                }
+                catch
+                {
+                    // A restore is recorded or not done: no key serves from this token unrecorded.
+                    DestroyImportedKey(ctx, hsmOptions, pin, id);
+                    throw;
+                }
+
                 json["transcript"] = result.TranscriptPath;
                 json["audit_key_fingerprint"] = result.AuditKeyFingerprint;
             }
@@ -506,6 +531,47 @@ internal static partial class CeremonyCommands
     private sealed record Recorded(string TranscriptPath, string AuditKeyFingerprint);
 
     /// <summary>Appends the steps to the deployment's audit chain, signs the transcript with the audit key, checkpoints.</summary>
+    // Takes back a create-domain that failed after its key was imported and its shares written:
+    // the key, the share files, and what the run put in the data directory. What cannot be taken
+    // back is said, not hidden behind the failure that is rethrown.
+    private static void UndoCreateDomain(CliContext ctx, HsmOptions hsmOptions, Secret pin, string id, IReadOnlyList<string> shareFiles, string deploymentDir, string genesisPath, bool postgres)
+    {
+        DestroyImportedKey(ctx, hsmOptions, pin, id);
+
+        string[] database = postgres ? [] : ["kms.db", "kms.db-wal", "kms.db-shm", "kms.db.serving"];
+        string[] written = [.. shareFiles, genesisPath, .. database.Select(f => Path.Combine(deploymentDir, f)), Path.Combine(deploymentDir, "audit", "signing-key.pem"), Path.Combine(deploymentDir, "audit", "checkpoints.jsonl")];
+        foreach (var file in written)
+        {
+            try
+            {
+                File.Delete(file);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                ctx.Output.Note($"{file} could not be deleted ({e.GetType().Name}): delete it before running again");
+            }
+        }
+
+        if (postgres)
+        {
+            ctx.Output.Note("the deployment database may hold this run's records: empty it before running again");
+        }
+    }
+
+    // A domain key this run imported and cannot record is taken out of the token again.
+    private static void DestroyImportedKey(CliContext ctx, HsmOptions hsmOptions, Secret pin, string id)
+    {
+        try
+        {
+            using var session = HsmCeremonySession.Open(hsmOptions, pin.ToUtf8());
+            session.DestroyDomainKey(hsmOptions.DomainKeyLabel, id);
+        }
+        catch (Exception e) when (e is HsmConfigurationException or Net.Pkcs11Interop.Common.Pkcs11Exception)
+        {
+            ctx.Output.Note($"the domain key {id} could not be destroyed in token '{hsmOptions.TokenLabel}' ({e.GetType().Name}): destroy it before running again");
+        }
+    }
+
     private static async Task<Recorded> RecordAsync(
         CliContext ctx, string dataDir, DeploymentDatabaseTarget database, HsmOptions hsmOptions, Secret pin, string ceremonyId, string operation, Transcript transcript,
         IReadOnlyList<(string Resource, string Fingerprint)> shares, string domainResource, CancellationToken ct, CeremonyApprovalOutcome? approval = null)
