@@ -208,6 +208,25 @@ public sealed class AuditTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task BatchEncrypt_WhoseItemsAKeyPolicyRefuses_RaisesTheRefusalsAlert()
+    {
+        // The batch's own rule checks only the caller's tenant; a key policy refuses each item.
+        // Twenty items refused count as twenty single calls refused would.
+        var key = await _developer.CreateKeyAsync("tenants/dev", "batch-refused");
+        await _server.CreatePrincipalWithTokenAsync("someone-else", "dev", "key-user");
+        await _developer.Raw.SetKeyPolicyAsync(new SetKeyPolicyRequest
+        {
+            Name = key.Name,
+            Entries = { new KeyPolicyEntry { Principal = "token:someone-else", Operations = { "ENCRYPT" } } },
+        });
+        var request = new BatchEncryptRequest();
+        request.Requests.AddRange(Enumerable.Range(0, 20).Select(_ => new EncryptRequest { Name = key.Name, Plaintext = Google.Protobuf.ByteString.CopyFromUtf8("x") }));
+        var response = await _developer.BatchEncryptAsync(request);
+        Assert.All(response.Results, r => Assert.Equal((int)StatusCode.PermissionDenied, r.Status.Code));
+        Assert.Contains("security alert refusals: token:developer reached 20", _server.Logs.AllText, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task BatchDecrypt_WhoseItemsFailToDecrypt_RaisesTheFailedDecryptionAlert()
     {
         // One call answered OK, ten items "decryption failed": the alert counts the items.

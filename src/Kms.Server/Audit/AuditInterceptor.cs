@@ -28,6 +28,9 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
     /// <summary>Set in <see cref="ServerCallContext.UserState"/> by BatchDecrypt and BatchReEncrypt: how many items failed to decrypt (an int).</summary>
     public const string ItemDecryptFailuresKey = "kms.item-decrypt-failures";
 
+    /// <summary>Set in <see cref="ServerCallContext.UserState"/> by the batch calls: how many items were refused PERMISSION_DENIED (an int).</summary>
+    public const string ItemRefusalsKey = "kms.item-refusals";
+
     private const string RequestIdHeader = "x-request-id";
 
     public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
@@ -156,7 +159,9 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
             Outcome = OutcomeOf(status),
         };
         var refused = AggregatedAsRefusal(context.UserState.ContainsKey(RefusedKey), caller, status);
-        alerts.Observe(entry, refused, context.UserState.TryGetValue(ItemDecryptFailuresKey, out var failures) && failures is int count ? count : 0);
+        alerts.Observe(entry, refused,
+            context.UserState.TryGetValue(ItemDecryptFailuresKey, out var failures) && failures is int count ? count : 0,
+            context.UserState.TryGetValue(ItemRefusalsKey, out var itemRefusals) && itemRefusals is int refusals ? refusals : 0);
         if (status == StatusCode.OK && scope.Written)
         {
             return;

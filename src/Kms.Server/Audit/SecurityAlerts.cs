@@ -44,8 +44,8 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
     /// <summary>Raised with each alert (metrics, tests).</summary>
     public event Action<SecurityAlert>? Raised;
 
-    /// <summary>Counts one answered call, and <paramref name="itemDecryptFailures"/> failed items of a batch.</summary>
-    public void Observe(AuditEntry entry, bool refused, int itemDecryptFailures = 0)
+    /// <summary>Counts one answered call, and <paramref name="itemDecryptFailures"/> failed and <paramref name="itemRefusals"/> refused items of a batch.</summary>
+    public void Observe(AuditEntry entry, bool refused, int itemDecryptFailures = 0, int itemRefusals = 0)
     {
         ArgumentNullException.ThrowIfNull(entry);
         var anonymous = entry.Principal == "anonymous";
@@ -56,6 +56,11 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
         if (entry.Outcome is "UNAUTHENTICATED" or "PERMISSION_DENIED" || (refused && entry.Outcome == "NOT_FOUND"))
         {
             Count("refusals", subject, anonymous, options.Refusals, 1);
+        }
+
+        if (itemRefusals > 0)
+        {
+            Count("refusals", subject, anonymous, options.Refusals, itemRefusals);
         }
 
         var failedDecryptions = itemDecryptFailures

@@ -24,13 +24,27 @@ internal sealed partial class KeyManagementGrpcService
     }
 
     // Each item that failed to decrypt ("decryption failed") counts towards the failed-decryption
-    // alert; a bad destination name or context in BatchReEncrypt does not.
-    private static void CountDecryptFailures(ServerCallContext context, IEnumerable<Kms.Core.Errors.KmsException?> errors)
+    // alert; a bad destination name or context in BatchReEncrypt does not. Each item a key policy
+    // refused counts towards the refusals alert, as the same call made singly would: the batch's
+    // own rule checks only the caller's tenant, so its items' refusals are the handler's.
+    private static void CountItemFailures(ServerCallContext context, IEnumerable<Kms.Core.Errors.KmsException?> errors)
     {
-        var failed = errors.Count(e => e?.Code == Kms.Core.Errors.KmsErrorCode.DecryptionFailed);
+        var failed = 0;
+        var refused = 0;
+        foreach (var e in errors)
+        {
+            failed += e?.Code == Kms.Core.Errors.KmsErrorCode.DecryptionFailed ? 1 : 0;
+            refused += e?.Code == Kms.Core.Errors.KmsErrorCode.PermissionDenied ? 1 : 0;
+        }
+
         if (failed > 0)
         {
             context.UserState[Kms.Server.Audit.AuditInterceptor.ItemDecryptFailuresKey] = failed;
+        }
+
+        if (refused > 0)
+        {
+            context.UserState[Kms.Server.Audit.AuditInterceptor.ItemRefusalsKey] = refused;
         }
     }
 
@@ -42,6 +56,7 @@ internal sealed partial class KeyManagementGrpcService
         var caller = CallerResolver.Current(context);
         var items = request.Requests.Select(r => new BatchItem(r.Name, r.Plaintext.ToByteArray(), r.EncryptionContext)).ToList();
         var results = await crypto.BatchEncryptAsync(caller, items, context.CancellationToken);
+        CountItemFailures(context, results.Select(r => r.Error));
         var response = new BatchEncryptResponse();
         response.Results.AddRange(results.Select(r => new BatchEncryptResult
         {
@@ -58,7 +73,7 @@ internal sealed partial class KeyManagementGrpcService
         var caller = CallerResolver.Current(context);
         var items = request.Requests.Select(r => new BatchItem(null, r.Ciphertext.ToByteArray(), r.EncryptionContext)).ToList();
         var results = await crypto.BatchDecryptAsync(caller, items, context.CancellationToken);
-        CountDecryptFailures(context, results.Select(r => r.Error));
+        CountItemFailures(context, results.Select(r => r.Error));
         var response = new BatchDecryptResponse();
         response.Results.AddRange(results.Select(r => new BatchDecryptResult
         {
@@ -77,7 +92,7 @@ internal sealed partial class KeyManagementGrpcService
             .Select(r => new BatchReEncryptItem(r.Ciphertext.ToByteArray(), r.SourceEncryptionContext, r.DestinationName, r.DestinationEncryptionContext))
             .ToList();
         var results = await crypto.BatchReEncryptAsync(caller, items, context.CancellationToken);
-        CountDecryptFailures(context, results.Select(r => r.Error));
+        CountItemFailures(context, results.Select(r => r.Error));
         var response = new BatchReEncryptResponse();
         response.Results.AddRange(results.Select(r => new BatchReEncryptResult
         {
@@ -99,6 +114,7 @@ internal sealed partial class KeyManagementGrpcService
         var caller = CallerResolver.Current(context);
         var items = request.Requests.Select(r => new BatchItem(r.Name, null, r.EncryptionContext)).ToList();
         var results = await crypto.BatchGenerateDataKeyAsync(caller, items, context.CancellationToken);
+        CountItemFailures(context, results.Select(r => r.Error));
         var response = new BatchGenerateDataKeyResponse();
         response.Results.AddRange(results.Select(r => new BatchGenerateDataKeyResult
         {
