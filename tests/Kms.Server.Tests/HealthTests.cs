@@ -37,9 +37,43 @@ public sealed class HealthTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Watch_DatabaseUnreachable_NotServingWithinSeconds_LoggedOnce()
+    {
+        // A Watch stream moves when the checks run on their own: every second, not every 30 s.
+        Assert.Equal(TimeSpan.FromSeconds(1), _server.Services.GetRequiredService<Microsoft.Extensions.Options.IOptions<Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckPublisherOptions>>().Value.Period);
+        using var channel = _server.CreateChannel();
+        using var watch = new global::Grpc.Health.V1.Health.HealthClient(channel).Watch(new HealthCheckRequest());
+        Assert.True(await watch.ResponseStream.MoveNext(default));
+        Assert.Equal(ServingStatus.Serving, watch.ResponseStream.Current.Status);
+
+        await MakeTheDatabaseUnreachableAsync(async () =>
+        {
+            // Bounded so that a 30-s publisher (the framework's default) would fail it.
+            using var seconds = new CancellationTokenSource(TimeSpan.FromSeconds(8));
+            Assert.True(await watch.ResponseStream.MoveNext(seconds.Token));
+            Assert.Equal(ServingStatus.NotServing, watch.ResponseStream.Current.Status);
+            await Task.Delay(TimeSpan.FromSeconds(3));
+        });
+
+        Assert.Single(_server.Logs.Events, e => e.Contains("health: NOT_SERVING", StringComparison.Ordinal));
+        Assert.DoesNotContain(_server.Logs.Events, e => e.StartsWith("Error", StringComparison.Ordinal) && e.Contains("Health check", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task Check_DatabaseUnreachable_NotServingUntilItIsBack()
     {
         Assert.Equal(ServingStatus.Serving, await CheckAsync());
+        await MakeTheDatabaseUnreachableAsync(async () =>
+        {
+            Assert.Equal(ServingStatus.NotServing, await CheckAsync());
+            Assert.Equal(ServingStatus.NotServing, await CheckAsync());
+        });
+
+        Assert.Equal(ServingStatus.Serving, await CheckAsync());
+    }
+
+    private async Task MakeTheDatabaseUnreachableAsync(Func<Task> whileUnreachable)
+    {
 
         // The file is gone and its path cannot be opened (a directory stands there); pooled
         // connections, which would still reach the moved file, are closed first.
@@ -64,8 +98,7 @@ public sealed class HealthTests : IAsyncLifetime
         SqliteConnection.ClearAllPools();
         try
         {
-            Assert.Equal(ServingStatus.NotServing, await CheckAsync());
-            Assert.Equal(ServingStatus.NotServing, await CheckAsync());
+            await whileUnreachable();
         }
         finally
         {
@@ -73,8 +106,6 @@ public sealed class HealthTests : IAsyncLifetime
             File.Move(path + ".away", path, overwrite: true);
             SqliteConnection.ClearAllPools();
         }
-
-        Assert.Equal(ServingStatus.Serving, await CheckAsync());
     }
 
     [Fact]

@@ -95,3 +95,46 @@ internal sealed class StoreHealthCheck(IKeyStore store) : SingleFlightHealthChec
         }
     }
 }
+
+/// <summary>
+/// Runs every second (<see cref="HealthCheckPublisherOptions"/>), which is what moves
+/// <c>grpc.health.v1</c>'s <c>Watch</c> streams after their first answer (the framework's default
+/// is every 30 s), and logs each change of the overall status once (event 1140). The framework's
+/// own per-check error log, one per failing check per run with its stack, is turned off: during
+/// an outage it wrote several lines a second, and anyone may call <c>Check</c>.
+/// </summary>
+internal sealed partial class HealthTransitionPublisher(ILogger<HealthTransitionPublisher> logger) : IHealthCheckPublisher
+{
+    public static readonly TimeSpan Period = TimeSpan.FromSeconds(1);
+
+    private HealthStatus? _last;
+
+    public Task PublishAsync(HealthReport report, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(report);
+
+        // Published one run at a time by the framework's timer.
+        if (_last != report.Status)
+        {
+            var failing = string.Join(", ", report.Entries.Where(e => e.Value.Status != HealthStatus.Healthy).Select(e => $"{e.Key}: {e.Value.Description ?? e.Value.Status.ToString()}"));
+            if (report.Status == HealthStatus.Healthy)
+            {
+                LogServing(logger, _last is null ? "at start" : "again");
+            }
+            else
+            {
+                LogNotServing(logger, failing);
+            }
+
+            _last = report.Status;
+        }
+
+        return Task.CompletedTask;
+    }
+
+    [LoggerMessage(EventId = 1140, Level = LogLevel.Information, Message = "health: SERVING {When}")]
+    private static partial void LogServing(ILogger logger, string when);
+
+    [LoggerMessage(EventId = 1141, Level = LogLevel.Warning, Message = "health: NOT_SERVING ({Failing})")]
+    private static partial void LogNotServing(ILogger logger, string failing);
+}

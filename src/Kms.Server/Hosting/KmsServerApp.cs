@@ -312,6 +312,12 @@ public static class KmsServerApp
         builder.Services.AddSingleton<HsmHealthCheck>();
         builder.Services.AddSingleton<StoreHealthCheck>();
         builder.Services.AddSingleton<AuditWriteHealthCheck>();
+        builder.Services.AddSingleton<Microsoft.Extensions.Diagnostics.HealthChecks.IHealthCheckPublisher, HealthTransitionPublisher>();
+        builder.Services.Configure<Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckPublisherOptions>(o =>
+        {
+            o.Delay = TimeSpan.FromSeconds(1);
+            o.Period = HealthTransitionPublisher.Period;
+        });
         builder.Services.AddGrpcHealthChecks(o => o.UseHealthChecksCache = false)
             .AddCheck<HsmHealthCheck>("hsm")
             .AddCheck<StoreHealthCheck>("store")
@@ -438,6 +444,7 @@ public static class KmsServerApp
             .MinimumLevel.Override("Microsoft.AspNetCore", LogEventLevel.Warning)
             .MinimumLevel.Override("Microsoft.Hosting.Lifetime", LogEventLevel.Information)
             .MinimumLevel.Override("Grpc", LogEventLevel.Warning)
+            .MinimumLevel.Override("Microsoft.Extensions.Diagnostics.HealthChecks", LogEventLevel.Fatal) // 1140/1141 instead
             .Enrich.FromLogContext();
         if (Console.IsOutputRedirected)
         {
