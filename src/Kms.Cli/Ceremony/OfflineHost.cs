@@ -16,9 +16,17 @@ internal static partial class OfflineHost
     /// <summary>Network interfaces that are up, other than loopback (names only).</summary>
     public static IReadOnlyList<string> InterfacesUp() =>
         [.. NetworkInterface.GetAllNetworkInterfaces()
-            .Where(n => n.OperationalStatus == OperationalStatus.Up && n.NetworkInterfaceType != NetworkInterfaceType.Loopback)
+            .Where(n => MayCarryTraffic(n.OperationalStatus) && n.NetworkInterfaceType != NetworkInterfaceType.Loopback)
             .Select(n => n.Name)
             .Order(StringComparer.Ordinal)];
+
+    /// <summary>
+    /// Whether an interface in this state may carry traffic: all but the states that say it
+    /// cannot. Linux reports WireGuard, tun (OpenVPN), dummy and some PPP links as "unknown"
+    /// while they are up and routing; counting only "up" let a live VPN pass as offline.
+    /// </summary>
+    internal static bool MayCarryTraffic(OperationalStatus status) =>
+        status is not (OperationalStatus.Down or OperationalStatus.NotPresent or OperationalStatus.LowerLayerDown);
 
     /// <summary>
     /// Turns core dumps off for this process (RLIMIT_CORE = 0) and makes it non-dumpable
