@@ -60,6 +60,26 @@ public sealed class HealthTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task DatabaseUnreachable_ManyCallsWithAMadeUpToken_UnavailableLoggedAtMostOnceASecond()
+    {
+        // No credential is needed to reach the database: a well-formed made-up token is looked up.
+        var stub = new Kms.Contracts.V1.KeyManagementService.KeyManagementServiceClient(_server.CreateChannel());
+        var headers = new global::Grpc.Core.Metadata { { "authorization", "Bearer kms_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" } };
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        await MakeTheDatabaseUnreachableAsync(async () =>
+        {
+            for (var i = 0; i < 200; i++)
+            {
+                var e = await Assert.ThrowsAsync<global::Grpc.Core.RpcException>(async () => await stub.GetKeyAsync(new Kms.Contracts.V1.GetKeyRequest { Name = "tenants/dev/keys/x" }, headers));
+                Assert.Equal(global::Grpc.Core.StatusCode.Unavailable, e.StatusCode);
+            }
+        });
+
+        var logged = _server.Logs.Events.Count(e => e.Contains("calls answered UNAVAILABLE since the last such message", StringComparison.Ordinal));
+        Assert.InRange(logged, 1, (int)Math.Ceiling(clock.Elapsed.TotalSeconds) + 1);
+    }
+
+    [Fact]
     public async Task Check_DatabaseUnreachable_NotServingUntilItIsBack()
     {
         Assert.Equal(ServingStatus.Serving, await CheckAsync());

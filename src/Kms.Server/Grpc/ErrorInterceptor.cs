@@ -16,6 +16,10 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
     // A singleton (KmsServerApp): the throttle is the server's.
     private readonly LogThrottle _refusalLog = new();
 
+    // During an outage every call fails this way, and anyone can make calls that reach the
+    // database (a well-formed made-up token is looked up): once a second, with the count.
+    private readonly LogThrottle _unavailableLog = new();
+
     public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(
         TRequest request,
         ServerCallContext context,
@@ -92,7 +96,11 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
                 or KmsErrorCode.Unauthenticated or KmsErrorCode.PermissionDenied:
                 return Plain(ProtoMapping.StatusCodeOf(e.Code), e, method);
             case KmsErrorCode.Unavailable:
-                LogUnavailable(logger, method, e.Message, e.InnerException);
+                if (_unavailableLog.Count() is > 0 and var unavailable)
+                {
+                    LogUnavailable(logger, method, e.Message, unavailable, e.InnerException);
+                }
+
                 return new RpcException(new global::Grpc.Core.Status(StatusCode.Unavailable, e.Message));
             default:
                 return Internal(e, method);
@@ -131,8 +139,8 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
     [LoggerMessage(EventId = 1005, Level = LogLevel.Information, Message = "{Method} refused: {Code}: {Reason}; {Count} refusals since the last such message")]
     private static partial void LogRefused(ILogger logger, string method, KmsErrorCode code, string reason, long count);
 
-    [LoggerMessage(EventId = 1002, Level = LogLevel.Warning, Message = "{Method} unavailable: {Reason}")]
-    private static partial void LogUnavailable(ILogger logger, string method, string reason, Exception? exception);
+    [LoggerMessage(EventId = 1002, Level = LogLevel.Warning, Message = "{Method} unavailable: {Reason}; {Count} calls answered UNAVAILABLE since the last such message")]
+    private static partial void LogUnavailable(ILogger logger, string method, string reason, long count, Exception? exception);
 
     [LoggerMessage(EventId = 1003, Level = LogLevel.Error, Message = "{Method} failed with internal error {ErrorId}")]
     private static partial void LogInternal(ILogger logger, string method, string errorId, Exception exception);
