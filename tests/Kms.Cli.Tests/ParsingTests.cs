@@ -80,6 +80,28 @@ public sealed class ParsingTests : IDisposable
         Assert.DoesNotContain("s3cretvalue", result.Error + result.Out, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task AnErrorNamingOutsideText_PrintsItsControlAndBidiCharactersEscaped()
+    {
+        // A file name (or a share file's field) holding an escape sequence that would clear the
+        // screen, and a right-to-left override that would turn the rest of the line around.
+        var result = await RunAsync("audit", "verify", "/nonexistent/\u001b[2J\u202Eyalp", "--public-key", "/nonexistent/\u001b[8mkey.pem");
+
+        Assert.NotEqual(0, result.ExitCode);
+        Assert.DoesNotContain('\u001b', result.Error);
+        Assert.DoesNotContain('\u202E', result.Error);
+        Assert.Contains("\\u001B", result.Error, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("a\u001b[2Jb", "a\\u001B[2Jb")]
+    [InlineData("name\u2028forged: line", "name\\u2028forged: line")]
+    [InlineData("ali\u200Bce", "ali\\u200Bce")]
+    [InlineData("line one\nline two\tend", "line one\nline two\tend")]
+    [InlineData("rewrite\rover", "rewrite\\u000Dover")]
+    public void TerminalText_EscapesWhatCouldForgeOrHideALine(string text, string printed) =>
+        Assert.Equal(printed, TerminalText.Of(text));
+
     [Theory]
     [InlineData("ceremony", "init-token", "--token-label", "x", "--so-pinn", "s3cretvalue")]
     [InlineData("keys", "list", "--tokn", "kms_tok_s3cretvalue")]

@@ -32,10 +32,14 @@ internal sealed class Transcript
             .Add("operator (OS user)", Environment.UserName)
             .Add("host hygiene", host.Describe());
 
-    /// <summary>Adds one line; control characters in a value are replaced so a value cannot forge a line.</summary>
+    /// <summary>
+    /// Adds one line; control, bidirectional and zero-width characters and line separators in a
+    /// value are escaped, so a value (a custodian's name from a share file) cannot forge a line or
+    /// make the one the witnesses sign read otherwise than it is.
+    /// </summary>
     public Transcript Add(string name, string value)
     {
-        _lines.Add((name, new string([.. value.Select(c => char.IsControl(c) ? '?' : c)])));
+        _lines.Add((name, Infrastructure.TerminalText.Of(value.ReplaceLineEndings(" "))));
         return this;
     }
 

@@ -67,7 +67,7 @@ internal sealed class CliOutput
     /// <summary>A note on standard error (in both formats): what was done, where a file went.</summary>
     public void Note(string message)
     {
-        _environment.Error.WriteLine(message);
+        _environment.Error.WriteLine(TerminalText.Of(message));
         _environment.Error.Flush();
     }
 

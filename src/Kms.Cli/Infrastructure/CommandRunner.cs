@@ -43,7 +43,7 @@ internal sealed class CommandRunner(GlobalOptions globals, CliEnvironment enviro
     {
         ArgumentNullException.ThrowIfNull(exception);
         var report = ErrorReport.From(exception);
-        environment.Error.WriteLine($"kms: {report.Message}");
+        environment.Error.WriteLine($"kms: {TerminalText.Of(report.Message)}");
         if (verbose)
         {
             environment.Error.WriteLine(exception.ToString());
