@@ -70,6 +70,20 @@ public sealed class BadInputTests(ServerFixture fixture) : IClassFixture<ServerF
     }
 
     [Fact]
+    public async Task CreateGrant_ForSigningWithAContextConstraint_InvalidArgument_NoGrantStored()
+    {
+        var key = await fixture.Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId("grant-sign"));
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.CreateGrantAsync(new CreateGrantRequest
+        {
+            Parent = key.Name,
+            Grant = new KeyGrant { Grantee = "token:developer", Operations = { "SIGN" }, ContextEquals = { ["record"] = "42" } },
+        }));
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.StartsWith("grant.context_equals:", e.Status.Detail, StringComparison.Ordinal);
+        Assert.Empty((await Stub.ListGrantsAsync(new ListGrantsRequest { Parent = key.Name })).Grants);
+    }
+
+    [Fact]
     public async Task UpdateMask_AHugePathWithANewline_EchoedBounded_ARepeatedPathRefused_NothingChanged()
     {
         var key = await fixture.Client.CreateKeyAsync("tenants/dev", "update-mask-" + Guid.NewGuid().ToString("N")[..8]);

@@ -33,11 +33,19 @@ internal sealed partial class KeyManagementGrpcService
             throw KmsErrors.InvalidArgument("grant", "is required (grantee, operations)");
         }
 
+        // Sign and Verify carry no encryption context: a grant for them that asks for one could
+        // never apply, and is refused rather than stored.
+        var operations = AccessMapping.Operations(request.Grant.Operations, "grant.operations");
+        if ((operations & (KeyOperations.Sign | KeyOperations.Verify)) != 0 && request.Grant.ContextEquals.Count > 0)
+        {
+            throw KmsErrors.InvalidArgument("grant.context_equals", "constrains ENCRYPT and DECRYPT only: SIGN and VERIFY carry no encryption context, so such a grant could never apply");
+        }
+
         var grant = await keyAccess.CreateGrantAsync(
             CallerResolver.Current(context),
             KeyName.Parse(request.Parent, "parent"),
             PrincipalName.Parse(request.Grant.Grantee, "grant.grantee"),
-            AccessMapping.Operations(request.Grant.Operations, "grant.operations"),
+            operations,
             request.Grant.ContextEquals,
             context.CancellationToken);
         return new CreateGrantResponse { Grant = AccessMapping.ToProto(grant) };
