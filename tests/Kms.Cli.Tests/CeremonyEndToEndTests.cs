@@ -452,7 +452,8 @@ public sealed class CeremonyEndToEndTests : IDisposable
     public async Task CeremonyProcess_IsNotDumpable_AndPinsNeverInItsArguments()
     {
         // The ceremony's own process: started with its PIN in a file, it turns dumping off before
-        // it asks for anything; /proc shows no PIN in its command line.
+        // it asks for anything; /proc shows no PIN in its command line, and its transcript records
+        // what the kernel says of it (the core limit and PR_GET_DUMPABLE, read back).
         Assert.Equal(0, (await Kms([], ["ceremony", "init-token", .. Hsm("site-a"), "--so-pin-file", P("so.pin")])).ExitCode);
         Assert.Equal(0, (await Kms([], "officer", "keygen", "--out", P("olga.key"), "--key-passphrase-file", P("officer-key"))).ExitCode);
         var fifo = P("pin.fifo");
@@ -466,14 +467,14 @@ public sealed class CeremonyEndToEndTests : IDisposable
         foreach (var arg in (string[])["-c", "ulimit -c unlimited && exec \"$@\"", "bash", "dotnet", CliRun.KmsDll, "ceremony", "create-domain", .. Hsm("site-a", pinFile: fifo), "--custodians", "2", "--threshold", "2",
             "--shares-dir", P("shares"), "--data-dir", P("data"), "--passphrase-file", $"custodian-1={P("alice")}", "--passphrase-file", $"custodian-2={P("bob")}",
             "--officer", $"olga={P("olga.key.pub")}", "--officer-threshold", "1",
-            "--allow-network", "--insecure-test-kdf"])
+            "--allow-network", "--insecure-test-kdf", "--output", "json"])
         {
             start.ArgumentList.Add(arg);
         }
 
         using var process = Process.Start(start)!;
         var stderr = process.StandardError.ReadToEndAsync();
-        _ = process.StandardOutput.ReadToEndAsync();
+        var stdout = process.StandardOutput.ReadToEndAsync();
         // It blocks opening the FIFO for its PIN: look at it then.
         var status = "";
         for (var i = 0; i < 100 && !status.Contains("Name:", StringComparison.Ordinal); i++)
@@ -502,6 +503,9 @@ public sealed class CeremonyEndToEndTests : IDisposable
         Assert.False(dumpable, "the ceremony did not set its core-file limit to 0");
         Assert.DoesNotContain(_secrets["user.pin"], commandLine, StringComparison.Ordinal);
         Assert.True(process.ExitCode == 0, await stderr);
+        var transcript = await File.ReadAllTextAsync(JsonNode.Parse(await stdout)!["transcript"]!.GetValue<string>());
+        var hygiene = transcript.Split('\n').Single(l => l.StartsWith("host hygiene: ", StringComparison.Ordinal));
+        Assert.StartsWith("host hygiene: core dumps off (RLIMIT_CORE=0, not dumpable); ", hygiene, StringComparison.Ordinal);
     }
 
     private string P(string relative) => Path.Combine(_dir, relative);

@@ -39,6 +39,9 @@ internal sealed class CeremonyHostOptions
     public PreparedHost Prepare(CliContext context)
     {
         OfflineHost.DisableCoreDumps();
+        // Read back from the kernel, so the transcript states what is, not what was asked for.
+        var coreLimit = OfflineHost.CoreLimit();
+        var dumpable = OfflineHost.IsDumpable();
         var up = OfflineHost.InterfacesUp();
         if (up.Count > 0 && !context.ParseResult.GetValue(AllowNetwork))
         {
@@ -54,7 +57,7 @@ internal sealed class CeremonyHostOptions
         var kdf = context.ParseResult.GetValue(InsecureTestKdf)
             ? new KdfChoice(new Argon2idParameters(64, 1, 1), KdfPolicy.AllowWeakParametersForTests)
             : new KdfChoice(Argon2idParameters.Default, KdfPolicy.Production);
-        return new PreparedHost(up, kdf);
+        return new PreparedHost(coreLimit, dumpable, up, kdf);
     }
 }
 
@@ -62,10 +65,17 @@ internal sealed class CeremonyHostOptions
 internal sealed record KdfChoice(Argon2idParameters Parameters, KdfPolicy Policy);
 
 /// <summary>The host's state when the ceremony started.</summary>
-internal sealed record PreparedHost(IReadOnlyList<string> InterfacesUp, KdfChoice Kdf)
+/// <param name="CoreLimit">The process's core-file size limit (soft), as the kernel reports it after <see cref="OfflineHost.DisableCoreDumps"/>.</param>
+/// <param name="Dumpable">PR_GET_DUMPABLE, read back the same way.</param>
+/// <param name="InterfacesUp">Network interfaces other than loopback that may carry traffic.</param>
+/// <param name="Kdf">The share files' Argon2id cost.</param>
+internal sealed record PreparedHost(ulong CoreLimit, bool Dumpable, IReadOnlyList<string> InterfacesUp, KdfChoice Kdf)
 {
+    /// <summary>The transcript's host-hygiene line: the measured values, in capitals where they are not what the ceremony requires.</summary>
     public string Describe() =>
-        "core dumps off (RLIMIT_CORE=0, not dumpable); " + (InterfacesUp.Count == 0
+        (CoreLimit == 0 && !Dumpable ? "core dumps off" : "CORE DUMPS NOT OFF")
+        + $" (RLIMIT_CORE={CoreLimit}, {(Dumpable ? "DUMPABLE" : "not dumpable")}); "
+        + (InterfacesUp.Count == 0
             ? "no network interface up besides loopback"
             : $"NETWORK INTERFACES UP, forced with --allow-network: {string.Join(", ", InterfacesUp)}");
 }

@@ -54,13 +54,17 @@ internal static partial class OfflineHost
         }
     }
 
-    /// <summary>Whether this process is currently dumpable (for the test that pins <see cref="DisableCoreDumps"/>).</summary>
+    /// <summary>Whether this process is currently dumpable (PR_GET_DUMPABLE), for the transcript.</summary>
     public static bool IsDumpable() => PrCtl(3 /* PR_GET_DUMPABLE */, 0, 0, 0, 0) != 0;
 
-    /// <summary>The process's core-file size limit (soft), for the same test.</summary>
+    /// <summary>The process's core-file size limit (soft), for the transcript.</summary>
+    /// <exception cref="InvalidOperationException">The kernel refused (a failed read must not pass for a limit of 0).</exception>
     public static ulong CoreLimit()
     {
-        _ = GetRLimit(RlimitCore, out var limit);
+        if (GetRLimit(RlimitCore, out var limit) != 0)
+        {
+            throw new InvalidOperationException($"getrlimit(RLIMIT_CORE) failed (errno {Marshal.GetLastPInvokeError()})");
+        }
         return limit.Current;
     }
 
