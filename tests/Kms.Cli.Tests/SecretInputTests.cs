@@ -110,10 +110,15 @@ public sealed class SecretInputTests : IDisposable
     public void Secret_PrintsAsStarsAndIsZeroedOnDispose()
     {
         var secret = new Secret("1234");
+        // The buffer itself, taken before Dispose drops the reference to it.
+        var field = typeof(Secret).GetField("_chars", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)!;
+        var buffer = (char[])field.GetValue(secret)!;
+        Assert.Equal("1234", new string(buffer));
 
         Assert.Equal("***", secret.ToString());
         Assert.Equal("***", $"{secret}");
         secret.Dispose();
+        Assert.All(buffer, c => Assert.Equal('\0', c));
         Assert.Throws<ObjectDisposedException>(() => secret.Chars.Length);
     }
 
