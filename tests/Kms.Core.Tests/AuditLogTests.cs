@@ -214,6 +214,33 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task RefusalFlood_MoreDistinctPrincipalsThanWindows_RestShareOneOverflowWindow_NoneUncounted()
+    {
+        // 100 principals refused once each, with room for 4 windows: the first 4 open their own;
+        // the 5th opens the one overflow window (and, as the first of a window, is written as
+        // itself); the other 95 are only counted in it. Memory holds 5 windows, the log 6 events.
+        const int windows = 4;
+        var log = new AuditLog(_store, _store, _hsm, _time, new AuditOptions { MaxRefusalWindows = windows, RefusalWindow = TimeSpan.FromSeconds(10) });
+        await log.InitializeAsync(default);
+        using var stop = new CancellationTokenSource();
+        var loop = Task.Run(() => log.RunAsync(stop.Token));
+        for (var i = 0; i < 100; i++)
+        {
+            await log.RefusedAsync(Entry($"r{i}") with { Principal = $"token:p{i}", Outcome = "PERMISSION_DENIED" }, default);
+        }
+
+        await log.FlushRefusalsAsync(default);
+        var events = (await _store.ListAuditEventsAsync(new AuditQuery { Limit = 1000 }, default)).Select(e => e.Entry).ToList();
+        Assert.Equal(windows + 2, events.Count);
+        Assert.Equal(Enumerable.Range(0, windows + 1).Select(i => $"token:p{i}"), events.Take(windows + 1).Select(e => e.Principal));
+        var overflow = Assert.Single(events, e => e.Principal == "overflow");
+        Assert.Equal(("*", "*", "aggregated", 100L - (windows + 1)), (overflow.Operation, overflow.Outcome, overflow.RequestId, overflow.Count));
+        Assert.Equal(100, events.Sum(e => e.Count));
+        await stop.CancelAsync();
+        await loop.WaitAsync(TimeSpan.FromSeconds(10));
+    }
+
+    [Fact]
     public async Task AnonymousRefusals_CountedPerAddress()
     {
         foreach (var client in new[] { "ipv4:10.0.0.1:1000", "ipv4:10.0.0.1:1001", "ipv4:10.0.0.2:1000" })
