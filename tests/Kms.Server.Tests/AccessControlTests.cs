@@ -334,6 +334,27 @@ public sealed class AccessControlTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Quota_ImportJobsAndImportsInTheHsmCountAgainstIt()
+    {
+        // An import job is an RSA-3072 pair generated in the HSM, an import an RSA unwrap:
+        // unmetered, one tenant's key-importer could starve every tenant's crypto. Burst 3: a key
+        // to import into and two jobs spend it; the third job and the import are refused.
+        await _server.EnsureTenantAsync("slow");
+        using var manager = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("slow-key-manager", "slow", "key-manager"));
+        using var importer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("slow-importer", "slow", "key-importer"));
+        var key = await manager.CreateKeyAsync("tenants/slow", "imported", new Key { Purpose = KeyPurpose.EncryptDecrypt, AllowImport = true });
+        var job = await importer.CreateImportJobAsync("tenants/slow", "job-1", ImportMethod.RsaOaep3072Sha1Aes256);
+        await importer.CreateImportJobAsync("tenants/slow", "job-2", ImportMethod.RsaOaep3072Sha1Aes256);
+
+        var jobRefused = await Assert.ThrowsAsync<RpcException>(() => importer.CreateImportJobAsync("tenants/slow", "job-3", ImportMethod.RsaOaep3072Sha1Aes256));
+        Assert.Equal(StatusCode.ResourceExhausted, jobRefused.StatusCode);
+        Assert.NotNull(jobRefused.GetRpcStatus()!.GetDetail<RetryInfo>());
+        var wrapped = Kms.Client.KeyImport.Wrap(job.PublicKeyDer.Span, ImportMethod.RsaOaep3072Sha1Aes256, new byte[32]);
+        var importRefused = await Assert.ThrowsAsync<RpcException>(() => importer.ImportKeyVersionAsync(key.Name, job.Name, wrapped));
+        Assert.Equal(StatusCode.ResourceExhausted, importRefused.StatusCode);
+    }
+
+    [Fact]
     public async Task Quota_ABatchOverTheItemLimit_IsRefusedAndCostsOne_NotItsItems()
     {
         // 10,000 empty items fit in 20 KB; charged per item before the handler refused the
