@@ -37,6 +37,34 @@ public sealed class HealthTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task HsmCheck_ARegionsAdapterFailing_Unhealthy_NamingTheRegion_HealthyOnceItAnswers()
+    {
+        // Each residency region has its own sessions and recovery: one that cannot answer takes
+        // every call for its keys down, so the node is not serving.
+        var token = SoftHsm.CreateToken();
+        var options = token.Options();
+        using (var ceremony = HsmCeremonySession.Open(token.Options(devMode: false), System.Text.Encoding.UTF8.GetBytes(token.UserPin)))
+        {
+            ceremony.ImportDomainKey(RandomNumberGenerator.GetBytes(32), "kms-domain-key-eu", "dk-eu");
+            options.Regions["eu"] = new HsmRegionOptions { DomainKeyId = "dk-eu" };
+        }
+
+        await using var hsm = Pkcs11Hsm.Open(options, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        var check = new HsmHealthCheck(hsm);
+        var context = new Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckContext();
+        Assert.Equal(Microsoft.Extensions.Diagnostics.HealthChecks.HealthStatus.Healthy, (await check.CheckHealthAsync(context)).Status);
+
+        var eu = (Pkcs11Hsm)hsm.ForRegion("eu");
+        eu.Faults.Fail(Net.Pkcs11Interop.Common.CKR.CKR_DEVICE_ERROR);
+        var failing = await check.CheckHealthAsync(context);
+        Assert.Equal(Microsoft.Extensions.Diagnostics.HealthChecks.HealthStatus.Unhealthy, failing.Status);
+        Assert.Equal("HSM region eu unavailable", failing.Description);
+
+        eu.Faults.Clear();
+        Assert.Equal(Microsoft.Extensions.Diagnostics.HealthChecks.HealthStatus.Healthy, (await check.CheckHealthAsync(context)).Status);
+    }
+
+    [Fact]
     public async Task Watch_DatabaseUnreachable_NotServingWithinSeconds_LoggedOnce()
     {
         // A Watch stream moves when the checks run on their own: every second, not every 30 s.

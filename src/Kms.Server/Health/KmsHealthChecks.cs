@@ -39,20 +39,28 @@ internal abstract class SingleFlightHealthCheck : IHealthCheck
     protected abstract Task<HealthCheckResult> ProbeAsync(CancellationToken cancellationToken);
 }
 
-/// <summary>The HSM answers (one random byte: cheap, and it needs a logged-in session).</summary>
+/// <summary>
+/// The HSM answers (one random byte: cheap, and it needs a logged-in session) — the deployment's
+/// adapter and each residency region's, which has sessions and a recovery of its own: a region
+/// whose adapter cannot recover answers every call for its keys UNAVAILABLE.
+/// </summary>
 internal sealed class HsmHealthCheck(IHsm hsm) : SingleFlightHealthCheck
 {
     protected override async Task<HealthCheckResult> ProbeAsync(CancellationToken cancellationToken)
     {
-        try
+        foreach (var (name, adapter) in hsm.Regions.Order(StringComparer.Ordinal).Select(r => ($"HSM region {r}", hsm.ForRegion(r))).Prepend(("HSM", hsm)))
         {
-            await hsm.GenerateRandomAsync(1, cancellationToken);
-            return HealthCheckResult.Healthy();
+            try
+            {
+                await adapter.GenerateRandomAsync(1, cancellationToken);
+            }
+            catch (Core.Errors.KmsException e)
+            {
+                return HealthCheckResult.Unhealthy($"{name} unavailable", e);
+            }
         }
-        catch (Core.Errors.KmsException e)
-        {
-            return HealthCheckResult.Unhealthy("HSM unavailable", e);
-        }
+
+        return HealthCheckResult.Healthy();
     }
 }
 
