@@ -71,10 +71,11 @@ public static class KmsServerApp
         var metricsUrl = ListenAddresses.ValidateMetrics(serverOptions.MetricsUrl, serverOptions.MetricsAllowNonLoopback);
         builder.WebHost.UseUrls([.. urls]);
         var (certificatePath, keyPath) = ResolveTls(serverOptions);
+        var tlsLogger = new Serilog.Extensions.Logging.SerilogLoggerFactory(logger).CreateLogger("Kms.Server.Tls");
         var serverCertificate = new ReloadingFile<X509Certificate2>(
             () => X509Certificate2.CreateFromPemFile(certificatePath, keyPath),
             TimeProvider.System,
-            e => logger.Warning("TLS certificate {Path} could not be reloaded ({Reason}); still serving the previous one", certificatePath, e.Message),
+            e => ServerLog.TlsCertificateNotReloaded(tlsLogger, certificatePath, e.Message),
             certificatePath,
             keyPath);
         _ = serverCertificate.Value;

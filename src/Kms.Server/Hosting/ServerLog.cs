@@ -6,6 +6,9 @@ internal static partial class ServerLog
     [LoggerMessage(EventId = 1100, Level = LogLevel.Information, Message = "Kms listening on {Address} (gRPC over TLS 1.3)")]
     public static partial void Listening(ILogger logger, Uri address);
 
+    [LoggerMessage(EventId = 1113, Level = LogLevel.Warning, Message = "TLS certificate {Path} could not be reloaded ({Reason}); still serving the previous one")]
+    public static partial void TlsCertificateNotReloaded(ILogger logger, string path, string reason);
+
     [LoggerMessage(EventId = 1120, Level = LogLevel.Information, Message = "Kms serving Prometheus metrics at {Address} (plain HTTP/1.1, no credential)")]
     public static partial void MetricsListening(ILogger logger, Uri address);
 
