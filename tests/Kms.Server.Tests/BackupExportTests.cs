@@ -188,6 +188,11 @@ public sealed class BackupExportTests : IAsyncLifetime, IDisposable
         var e = await Assert.ThrowsAsync<RpcException>(() => ApproveAsync("bob", request.Name));
         Assert.True(e.StatusCode == StatusCode.FailedPrecondition, e.Status.ToString());
         Assert.StartsWith($"{request.Name} executed, but its backup could not be written", e.Status.Detail, StringComparison.Ordinal);
+
+        // The path and the OS error are the operator's, in the server log (1150); not the caller's.
+        Assert.DoesNotContain(_server.DataDir, e.Status.Detail, StringComparison.Ordinal);
+        Assert.DoesNotContain('/', e.Status.Detail.Replace(request.Name, "", StringComparison.Ordinal));
+        Assert.Contains(_server.Logs.Events, l => l.StartsWith("Error", StringComparison.Ordinal) && l.Contains("could not be \"written\"", StringComparison.Ordinal));
         Assert.Equal(Kms.Contracts.V1.QuorumRequestState.Executed, (await _officer.GetQuorumRequestAsync(request.Name)).State);
         File.Delete(backups); // the file, or the link (never what it points at)
     }

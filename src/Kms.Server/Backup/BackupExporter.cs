@@ -20,7 +20,7 @@ namespace Kms.Server.Backup;
 /// without a backup: the audit log says so (outcome not OK) and officers create a new request.
 /// The snapshot holds key material wrapped under the domain key only — what the database holds.
 /// </remarks>
-internal sealed class BackupExporter(SqlStore store, AuditLog audit, IHsm hsm, TimeProvider time, string backupsDirectory)
+internal sealed partial class BackupExporter(SqlStore store, AuditLog audit, IHsm hsm, TimeProvider time, string backupsDirectory, ILogger logger)
 {
     /// <summary>The audit operation of a written backup.</summary>
     public const string Operation = "backup/Export";
@@ -84,7 +84,9 @@ internal sealed class BackupExporter(SqlStore store, AuditLog audit, IHsm hsm, T
         {
             // A permission error is no IOException: without it here, the officer whose approval
             // executed the request heard INTERNAL, not that the request was used up.
-            throw KmsErrors.Unavailable($"the backup of {request.Name} could not be written: {e.Message}");
+            // Where and why (a path, an OS error) are the operator's: the server log has them.
+            LogFileError(logger, request.Name, "written", e.Message);
+            throw KmsErrors.Unavailable($"the backup of {request.Name} could not be written on this node (the server log says why)");
         }
         finally
         {
@@ -123,7 +125,8 @@ internal sealed class BackupExporter(SqlStore store, AuditLog audit, IHsm hsm, T
         }
         catch (UnauthorizedAccessException e)
         {
-            throw KmsErrors.Unavailable($"the backup of {request.Name} cannot be read on this node: {e.Message}");
+            LogFileError(logger, request.Name, "read", e.Message);
+            throw KmsErrors.Unavailable($"the backup of {request.Name} cannot be read on this node (the server log says why)");
         }
         catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
         {
@@ -132,6 +135,9 @@ internal sealed class BackupExporter(SqlStore store, AuditLog audit, IHsm hsm, T
             throw KmsErrors.NotFound($"the backup of {request.Name} (not on this node: a backup is written on the node that executed its request)");
         }
     }
+
+    [LoggerMessage(EventId = 1150, Level = LogLevel.Error, Message = "the backup of {Request} could not be {Action}: {Error}")]
+    private static partial void LogFileError(ILogger logger, string request, string action, string error);
 
     private static async Task WriteOwnerOnlyAsync(string path, byte[] content, CancellationToken cancellationToken)
     {

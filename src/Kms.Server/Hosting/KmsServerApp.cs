@@ -267,7 +267,8 @@ public static class KmsServerApp
         builder.Services.AddSingleton<AccessService>();
         builder.Services.AddSingleton<QuorumService>();
         builder.Services.AddSingleton(services => new Kms.Server.Backup.BackupExporter(
-            store, services.GetRequiredService<AuditLog>(), hsm, services.GetRequiredService<TimeProvider>(), Path.Combine(Path.GetFullPath(serverOptions.DataDir), "backups")));
+            store, services.GetRequiredService<AuditLog>(), hsm, services.GetRequiredService<TimeProvider>(), Path.Combine(Path.GetFullPath(serverOptions.DataDir), "backups"),
+            services.GetRequiredService<ILoggerFactory>().CreateLogger("Kms.Server.Backup")));
         builder.Services.AddSingleton<Authenticator>();
         builder.Services.AddSingleton<LifecycleWorker>();
         builder.Services.AddHostedService(services => services.GetRequiredService<LifecycleWorker>());
