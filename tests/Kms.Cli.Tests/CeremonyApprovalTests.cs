@@ -119,6 +119,9 @@ public sealed class CeremonyApprovalTests : IDisposable
         await AssertRefusedAsync(2, "--approval needs the genesis officer file", ["--approval", P("ok.json")], genesis: null);
         await AssertRefusedAsync(2, "not both", "--approval", P("ok.json"), "--without-approval");
         await AssertRefusedAsync(2, "--genesis-sha256 needs the genesis officer file", ["--approval", P("ok.json"), "--genesis-sha256", _genesis.Hash], genesis: null);
+
+        // The break-glass is allowed because it is recorded: not without a data directory to record it in.
+        await AssertRefusedAsync(2, "--without-approval is the break-glass and is recorded: give --data-dir", ["--without-approval"], genesis: null);
     }
 
     private ApprovalBundle Bundle(QuorumOperation operation, params string[] approvers) => Bundle(operation, [_genesis], approvers);

@@ -126,7 +126,9 @@ internal sealed class CeremonyApproval
                 throw new CliFailureException(ExitCodes.Conflict, "this deployment has officers: a rotation needs their approval (--without-approval is only for deployments without officers)");
             }
 
-            var reason = officersKnown
+            // A restore without approval is the break-glass wherever it runs: the first node of a
+            // new site knows no officers, though the deployment it restores may well have them.
+            var reason = officersKnown || BreakGlass
                 ? "NONE — --without-approval (BREAK GLASS): the officers did not approve this ceremony"
                 : "NONE — --without-approval: the deployment pins no officers";
             ctx.Output.Warn($"quorum approval: {reason}");

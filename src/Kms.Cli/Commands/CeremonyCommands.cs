@@ -334,6 +334,12 @@ internal static partial class CeremonyCommands
             var pinnedKcv = parse.GetValue(expectedKcv) ?? await PinnedCheckValueAsync(target, ct);
             var approved = await approval.CheckAsync(ctx, QuorumOperation.RestoreDomain, parse.GetValue(dataDir), target, pinnedKcv,
                 request => request.Parameter("token-label") == tokenLabel ? null : $"it restores into token '{request.Parameter("token-label")}', not '{tokenLabel}'", ct);
+            if (approved.Approval is null && parse.GetValue(dataDir) is null)
+            {
+                // The break-glass is allowed because the officers see it afterwards: unrecorded, they would not.
+                throw new CliUsageException("--without-approval is the break-glass and is recorded: give --data-dir (the deployment's, or the new node's) for its audit event and signed transcript; nothing was imported");
+            }
+
             var requiredKcv = pinnedKcv ?? approved.Approval?.Request.DomainKcv;
             var files = parse.GetValue(shareFiles)!.Select(path => ShareFile.Read(path, host.Kdf.Policy)).ToList();
             var id = parse.GetValue(domainId) ?? files[0].DomainId;
