@@ -50,7 +50,21 @@ public sealed class AccessTests : IDisposable
 
         var e = await Assert.ThrowsAsync<KmsException>(() => _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, key.Name, repeated, default));
 
-        Assert.Equal((KmsErrorCode.InvalidArgument, "policy.entries"), (e.Code, e.Field));
+        Assert.Equal((KmsErrorCode.InvalidArgument, "entries"), (e.Code, e.Field));
+        Assert.False((await _harness.KeyAccess.GetKeyPolicyAsync(DomainHarness.Dev, key.Name, default)).Restricts);
+    }
+
+    [Fact]
+    public async Task SetKeyPolicy_TwoEntriesForOnePrincipal_RefusedNamingTheSecond_NothingChanged()
+    {
+        // Merged, the last one won without a word: the caller may have meant either.
+        var key = await _harness.CreateKeyAsync("twice");
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("dev"), DomainHarness.Dev.Tenant, null, default);
+        KeyValuePair<string, KeyOperations>[] entries = [new("token:dev", KeyOperations.Encrypt | KeyOperations.Decrypt), new("token:dev", KeyOperations.Encrypt)];
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, key.Name, entries, default));
+
+        Assert.Equal((KmsErrorCode.InvalidArgument, "entries[1].principal"), (e.Code, e.Field));
         Assert.False((await _harness.KeyAccess.GetKeyPolicyAsync(DomainHarness.Dev, key.Name, default)).Restricts);
     }
 

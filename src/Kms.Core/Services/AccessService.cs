@@ -28,7 +28,7 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     /// <summary>Creates a tenant.</summary>
     public async Task<Tenant> CreateTenantAsync(TenantId id, string? displayName, CancellationToken cancellationToken)
     {
-        var tenant = new Tenant(id, ValidateDisplayName(displayName, "tenant.display_name"), TenantState.Active, Clock.Now(time));
+        var tenant = new Tenant(id, ValidateDisplayName(displayName, "display_name"), TenantState.Active, Clock.Now(time));
         Audit.AuditScope.SetResource(id.ResourceName);
         await access.CreateTenantAsync(tenant, cancellationToken);
         return tenant;
@@ -133,7 +133,7 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
             await TenantGate.EnsureActiveAsync(access, id, cancellationToken);
         }
 
-        var principal = new Principal(name, tenant, ValidateDisplayName(displayName, "principal.display_name"), Clock.Now(time));
+        var principal = new Principal(name, tenant, ValidateDisplayName(displayName, "display_name"), Clock.Now(time));
         await access.CreatePrincipalAsync(principal, cancellationToken);
         return principal;
     }

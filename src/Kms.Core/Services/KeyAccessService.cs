@@ -31,17 +31,25 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
         // hundred thousand.
         if (given.Count > MaxEntries)
         {
-            throw KmsErrors.InvalidArgument("policy.entries", $"at most {MaxEntries} entries (got {given.Count})");
+            throw KmsErrors.InvalidArgument("entries", $"at most {MaxEntries} entries (got {given.Count})");
         }
 
+        // Fields named as the request has them (entries[i].…), so a caller can find the entry.
         var policy = new Dictionary<string, KeyOperations>(StringComparer.Ordinal);
-        foreach (var (principal, operations) in given)
+        for (var i = 0; i < given.Count; i++)
         {
-            var name = PrincipalName.Parse(principal, "policy.entries.principal");
-            await EnsureTenantPrincipalAsync(name, key.Tenant, "policy.entries.principal", cancellationToken);
+            var (principal, operations) = given[i];
+            var name = PrincipalName.Parse(principal, $"entries[{i}].principal");
+            if (policy.ContainsKey(name.ToString()))
+            {
+                // Merged, the last entry won silently: what the caller meant is not knowable.
+                throw KmsErrors.InvalidArgument($"entries[{i}].principal", $"names {name} again: one entry per principal");
+            }
+
+            await EnsureTenantPrincipalAsync(name, key.Tenant, $"entries[{i}].principal", cancellationToken);
             if (operations == KeyOperations.None)
             {
-                throw KmsErrors.InvalidArgument("policy.entries.operations", $"entry for {name} allows nothing; leave it out");
+                throw KmsErrors.InvalidArgument($"entries[{i}].operations", $"entry for {name} allows nothing; leave it out");
             }
 
             policy[name.ToString()] = operations;

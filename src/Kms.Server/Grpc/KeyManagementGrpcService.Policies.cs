@@ -11,7 +11,7 @@ internal sealed partial class KeyManagementGrpcService
 {
     public override async Task<SetKeyPolicyResponse> SetKeyPolicy(SetKeyPolicyRequest request, ServerCallContext context)
     {
-        var entries = request.Entries.Select(e => new KeyValuePair<string, KeyOperations>(e.Principal, AccessMapping.Operations(e.Operations, "entries.operations")));
+        var entries = request.Entries.Select((e, i) => new KeyValuePair<string, KeyOperations>(e.Principal, AccessMapping.Operations(e.Operations, $"entries[{i}].operations")));
         var policy = await keyAccess.SetKeyPolicyAsync(CallerResolver.Current(context), KeyName.Parse(request.Name, "name"), entries, context.CancellationToken);
         var response = new SetKeyPolicyResponse();
         response.Entries.AddRange(policy.Entries.OrderBy(e => e.Key, StringComparer.Ordinal).Select(e => AccessMapping.ToProto(e.Key, e.Value)));
