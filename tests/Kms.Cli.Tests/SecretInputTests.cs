@@ -130,6 +130,21 @@ public sealed class SecretInputTests : IDisposable
         return (command.Parse(args), option);
     }
 
+    [Fact]
+    public void Secret_ItsUtf8Copies_AreZeroedWhenItIsDisposed()
+    {
+        // Callers hand ToUtf8() straight to an API (a PIN to the HSM); the secret zeroes them.
+        var secret = new Secret("pïn-1234");
+        var first = secret.ToUtf8();
+        var second = secret.ToUtf8();
+        Assert.Equal("pïn-1234"u8.ToArray(), first);
+
+        secret.Dispose();
+
+        Assert.All(first, b => Assert.Equal(0, b));
+        Assert.All(second, b => Assert.Equal(0, b));
+    }
+
     private CliEnvironment Environment(bool interactive, Spectre.Console.IAnsiConsole? console = null) => new()
     {
         Out = TextWriter.Null,

@@ -194,6 +194,7 @@ internal static class SecretInput
 /// <summary>A secret read by <see cref="SecretInput"/>: its characters, zeroed on dispose; prints as <c>***</c>.</summary>
 internal sealed class Secret : IDisposable
 {
+    private readonly List<byte[]> _issued = [];
     private char[] _chars;
     private bool _disposed;
 
@@ -234,11 +235,21 @@ internal sealed class Secret : IDisposable
         }
     }
 
-    /// <summary>The UTF-8 bytes, in a buffer the caller zeroes (<see cref="CryptographicOperations.ZeroMemory"/>).</summary>
+    /// <summary>
+    /// The UTF-8 bytes, in a pinned buffer this secret zeroes when it is disposed (the caller may
+    /// zero it sooner): callers hand it straight to an API, and none of them zeroed it.
+    /// </summary>
     public byte[] ToUtf8()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        return Encoding.UTF8.GetBytes(_chars);
+        var bytes = GC.AllocateUninitializedArray<byte>(Encoding.UTF8.GetByteCount(_chars), pinned: true);
+        Encoding.UTF8.GetBytes(_chars, bytes);
+        lock (_issued)
+        {
+            _issued.Add(bytes);
+        }
+
+        return bytes;
     }
 
     /// <summary>
@@ -254,7 +265,7 @@ internal sealed class Secret : IDisposable
     /// <summary>Never the secret.</summary>
     public override string ToString() => "***";
 
-    /// <summary>Zeroes the characters.</summary>
+    /// <summary>Zeroes the characters and every buffer <see cref="ToUtf8"/> handed out.</summary>
     public void Dispose()
     {
         if (!_disposed)
@@ -262,6 +273,15 @@ internal sealed class Secret : IDisposable
             _disposed = true;
             Array.Clear(_chars);
             _chars = [];
+            lock (_issued)
+            {
+                foreach (var bytes in _issued)
+                {
+                    CryptographicOperations.ZeroMemory(bytes);
+                }
+
+                _issued.Clear();
+            }
         }
     }
 }
