@@ -109,7 +109,7 @@ public sealed class CeremonyEndToEndTests : IDisposable
         // Site A is lost. Fewer than M shares: refused, nothing imported.
         // Site A is gone, so no server is left to approve on: the disaster-recovery break-glass.
         var tooFew = await Kms(outputs, ["ceremony", "restore-domain", .. Hsm("site-b"), "--share", Share("carol"),
-            "--passphrase-file", $"carol={P("carol")}", "--without-approval", "--allow-network", "--insecure-test-kdf"]);
+            "--passphrase-file", $"carol={P("carol")}", "--data-dir", P("data"), "--without-approval", "--allow-network", "--insecure-test-kdf"]);
         Assert.Equal(2, tooFew.ExitCode);
         Assert.Contains("need 2 shares", tooFew.Error, StringComparison.Ordinal);
         Assert.Equal(3, (await Kms(outputs, ["ceremony", "verify-domain", .. Hsm("site-b"), "--domain-id", DomainId])).ExitCode);

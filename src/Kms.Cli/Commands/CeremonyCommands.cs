@@ -160,6 +160,7 @@ internal static partial class CeremonyCommands
             var id = parse.GetValue(domainId) ?? $"dk-{DateTime.UtcNow:yyyyMMdd}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4))}";
 
             // Where the genesis goes must take it before a key exists that would need undoing.
+            var filesBefore = FilesIn(deploymentDir);
             Directory.CreateDirectory(Path.GetDirectoryName(genesisPath)!);
             var outDir = Directory.CreateDirectory(parse.GetRequiredValue(sharesDir)).FullName;
             if (Directory.EnumerateFiles(outDir, "share-*.json").Any())
@@ -260,7 +261,7 @@ internal static partial class CeremonyCommands
             {
                 // Still all or nothing: the data directory held no deployment when this run began,
                 // so what it holds now is this run's. A PostgreSQL database keeps what was written.
-                UndoCreateDomain(ctx, hsmOptions, pin, id, [.. written.Select(w => w.File)], deploymentDir, genesisPath, target.IsPostgres);
+                UndoCreateDomain(ctx, hsmOptions, pin, id, [.. written.Select(w => w.File)], deploymentDir, filesBefore, target.IsPostgres);
                 throw;
             }
 
@@ -411,7 +412,10 @@ internal static partial class CeremonyCommands
                 catch
                 {
                     // A restore is recorded or not done: no key serves from this token unrecorded.
+                    // The record may have begun (events appended before the failure): it says
+                    // the restore started, and this says it was taken back.
                     DestroyImportedKey(ctx, hsmOptions, pin, id);
+                    ctx.Output.Note($"the restore could not be recorded, so the key was taken out of token '{hsmOptions.TokenLabel}' again; the audit log may hold this ceremony's ({ceremonyId}) first events without its transcript");
                     throw;
                 }
 
@@ -536,16 +540,21 @@ internal static partial class CeremonyCommands
 
     private sealed record Recorded(string TranscriptPath, string AuditKeyFingerprint);
 
-    /// <summary>Appends the steps to the deployment's audit chain, signs the transcript with the audit key, checkpoints.</summary>
+    // The files under the data directory now: what a failed create-domain may delete is only
+    // what was not there before it.
+    private static HashSet<string> FilesIn(string directory) => Directory.Exists(directory)
+        ? Directory.GetFiles(directory, "*", SearchOption.AllDirectories).ToHashSet(StringComparer.Ordinal)
+        : [];
+
     // Takes back a create-domain that failed after its key was imported and its shares written:
-    // the key, the share files, and what the run put in the data directory. What cannot be taken
-    // back is said, not hidden behind the failure that is rethrown.
-    private static void UndoCreateDomain(CliContext ctx, HsmOptions hsmOptions, Secret pin, string id, IReadOnlyList<string> shareFiles, string deploymentDir, string genesisPath, bool postgres)
+    // the key, the share files, and every file the run put in the data directory (the database,
+    // the genesis, the published audit key, a transcript). What cannot be taken back is said,
+    // not hidden behind the failure that is rethrown.
+    private static void UndoCreateDomain(CliContext ctx, HsmOptions hsmOptions, Secret pin, string id, IReadOnlyList<string> shareFiles, string deploymentDir, HashSet<string> before, bool postgres)
     {
         DestroyImportedKey(ctx, hsmOptions, pin, id);
 
-        string[] database = postgres ? [] : ["kms.db", "kms.db-wal", "kms.db-shm", "kms.db.serving"];
-        string[] written = [.. shareFiles, genesisPath, .. database.Select(f => Path.Combine(deploymentDir, f)), Path.Combine(deploymentDir, "audit", "signing-key.pem"), Path.Combine(deploymentDir, "audit", "checkpoints.jsonl")];
+        string[] written = [.. shareFiles, .. FilesIn(deploymentDir).Where(f => !before.Contains(f))];
         foreach (var file in written)
         {
             try
@@ -572,12 +581,13 @@ internal static partial class CeremonyCommands
             using var session = HsmCeremonySession.Open(hsmOptions, pin.ToUtf8());
             session.DestroyDomainKey(hsmOptions.DomainKeyLabel, id);
         }
-        catch (Exception e) when (e is HsmConfigurationException or Net.Pkcs11Interop.Common.Pkcs11Exception)
+        catch (HsmConfigurationException e)
         {
             ctx.Output.Note($"the domain key {id} could not be destroyed in token '{hsmOptions.TokenLabel}' ({e.GetType().Name}): destroy it before running again");
         }
     }
 
+    /// <summary>Appends the steps to the deployment's audit chain, signs the transcript with the audit key, checkpoints.</summary>
     private static async Task<Recorded> RecordAsync(
         CliContext ctx, string dataDir, DeploymentDatabaseTarget database, HsmOptions hsmOptions, Secret pin, string ceremonyId, string operation, Transcript transcript,
         IReadOnlyList<(string Resource, string Fingerprint)> shares, string domainResource, CancellationToken ct, CeremonyApprovalOutcome? approval = null)
