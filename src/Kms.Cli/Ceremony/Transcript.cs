@@ -39,7 +39,7 @@ internal sealed class Transcript
     /// </summary>
     public Transcript Add(string name, string value)
     {
-        _lines.Add((name, Infrastructure.TerminalText.Of(value.ReplaceLineEndings(" "))));
+        _lines.Add((name, Infrastructure.TerminalText.Of(value).Replace("\n", "\\u000A", StringComparison.Ordinal).Replace("\t", "\\u0009", StringComparison.Ordinal)));
         return this;
     }
 

@@ -79,7 +79,7 @@ internal static class KmsCli
                 break;
             }
 
-            var name = arg.Split('=', 2)[0];
+            var name = OptionName(arg);
             if (name.StartsWith("--", StringComparison.Ordinal)
                 && (secretFlags.Contains(name, StringComparer.Ordinal) || secretWords.Any(w => name.EndsWith(w, StringComparison.Ordinal))))
             {
@@ -90,6 +90,9 @@ internal static class KmsCli
         return null;
     }
 
+    /// <summary>An option as typed, without a value given with it (<c>--pin=…</c>, <c>--pin:…</c>).</summary>
+    internal static string OptionName(string arg) => arg.StartsWith('-') ? arg.Split('=', ':')[0] : arg;
+
     /// <summary>
     /// A parse error's message with the value of an unknown option left out: after a mistyped
     /// flag (<c>--so-pinn 1234</c>) the value may be the secret the flag meant to name.
@@ -97,6 +100,15 @@ internal static class KmsCli
     internal static string WithoutUnknownOptionValues(string message, IReadOnlyList<string> args, IReadOnlyList<System.CommandLine.Parsing.Token> tokens)
     {
         var options = tokens.Where(t => t.Type == System.CommandLine.Parsing.TokenType.Option).Select(t => t.Value).ToHashSet(StringComparer.Ordinal);
+        // A value given with an unknown option (--so-pinn=1234, --pin:1234) is left out too.
+        foreach (var arg in args.TakeWhile(a => a != "--"))
+        {
+            if (arg.StartsWith('-') && OptionName(arg) != arg && !options.Contains(arg) && !options.Contains(OptionName(arg)))
+            {
+                message = message.Replace(arg, $"{OptionName(arg)}=(value not repeated)", StringComparison.Ordinal);
+            }
+        }
+
         for (var i = 1; i < args.Count; i++)
         {
             if (args[i - 1] == "--")

@@ -21,7 +21,8 @@ internal static class NameArgument
         {
             foreach (var token in result.Tokens.Where(t => t.Value.StartsWith('-')))
             {
-                result.AddError($"unknown option '{token.Value}'");
+                // Its name only: after '=' or ':' may come the secret a mistyped flag meant to name.
+                result.AddError($"unknown option '{KmsCli.OptionName(token.Value)}'");
             }
         });
         return argument;
