@@ -339,6 +339,27 @@ public sealed class AuditTests : IAsyncLifetime
         Assert.DoesNotContain(own, e => e.Resource.Contains("acme-newcomer", StringComparison.Ordinal));
     }
 
+    [Fact]
+    public async Task Export_WhileTheHsmIsDown_GoesOutUnsignedAtItsEnd_NotRefused()
+    {
+        // Forensics during an outage need the export most: it signs a checkpoint first when it
+        // can, and goes out without one when it cannot.
+        var hsm = _server.Services.GetRequiredService<Kms.Hsm.Pkcs11Hsm>();
+        hsm.Faults.Fail(Net.Pkcs11Interop.Common.CKR.CKR_DEVICE_ERROR);
+        string export;
+        try
+        {
+            export = await ExportAsync();
+        }
+        finally
+        {
+            hsm.Faults.Clear();
+        }
+
+        Assert.Contains("\"event\":", export, StringComparison.Ordinal);
+        Assert.Contains(_server.Logs.Events, e => e.Contains("audit export: no checkpoint could be signed before it", StringComparison.Ordinal));
+    }
+
     private async Task<List<AuditEventInfo>> EventsAsync(ListAuditEventsRequest request)
     {
         request.PageSize = 1000;

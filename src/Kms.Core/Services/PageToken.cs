@@ -7,7 +7,8 @@ namespace Kms.Core.Services;
 /// <summary>Opaque page tokens of List RPCs: bound to the collection (parent) they were issued for.</summary>
 internal static class PageToken
 {
-    private const int MaxCursorLength = 1024;
+    // Above the longest name a cursor can be (a SPIFFE principal: 2,048 characters and its prefix).
+    private const int MaxCursorLength = 4096;
 
     public static string Encode(string scope, string last) =>
         Base64Url.EncodeToString(Encoding.UTF8.GetBytes($"v1|{scope}|{last}"));

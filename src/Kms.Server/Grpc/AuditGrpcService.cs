@@ -16,7 +16,7 @@ namespace Kms.Server.Grpc;
 /// resources; not other tenants' probes of its names); security
 /// officers list, checkpoint and export the whole chain.
 /// </summary>
-internal sealed class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IAuditStore store) : AuditService.AuditServiceBase
+internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IAuditStore store, ILogger<AuditGrpcService> logger) : AuditService.AuditServiceBase
 {
     private const int MaxPageSize = 1000;
 
@@ -79,8 +79,17 @@ internal sealed class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IAuditStor
         }
 
         // Signed up to here before it leaves, so the export is vouched for to its last event
-        // rather than to the last interval's checkpoint (or, on a young log, to nothing).
-        await audit.CheckpointAsync(context.CancellationToken);
+        // rather than to the last interval's checkpoint (or, on a young log, to nothing). Without
+        // the HSM it goes out as it is — forensics during an outage need it most — and the
+        // verifier says how far it is signed.
+        try
+        {
+            await audit.CheckpointAsync(context.CancellationToken);
+        }
+        catch (KmsException e) when (e.Code == KmsErrorCode.Unavailable)
+        {
+            LogExportUnsigned(logger, e.Message);
+        }
 
         var chunk = new ExportAuditResponse();
         var bytes = 0;
@@ -99,16 +108,22 @@ internal sealed class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IAuditStor
         await responseStream.WriteAsync(chunk, context.CancellationToken);
     }
 
+    [LoggerMessage(EventId = 1160, Level = LogLevel.Warning, Message = "audit export: no checkpoint could be signed before it ({Reason}); it goes out signed only as far as the last checkpoint")]
+    private static partial void LogExportUnsigned(ILogger logger, string reason);
+
     /// <summary>The PEM form of a DER SubjectPublicKeyInfo.</summary>
     public static string PublicKeyPem(byte[] der) => new string(System.Security.Cryptography.PemEncoding.Write("PUBLIC KEY", der)) + "\n";
 
     private static string? Optional(string value) => value.Length == 0 ? null : value;
 
-    // A filter matches what the audit stores: at most 512 characters, no control character. A
-    // NUL would otherwise reach PostgreSQL, which refuses it as text — an "unavailable" database.
+    // The audit stores no control character (and a NUL would reach PostgreSQL, which refuses it
+    // as text: an "unavailable" database). The bound is above anything stored: a SPIFFE
+    // principal's 2,055 characters, a truncated resource's 512 and its mark.
+    private const int MaxFilterLength = 4096;
+
     private static string? Filter(string value, string field) =>
-        value.Length > AuditText.MaxLength || !AuditText.IsClean(value)
-            ? throw KmsErrors.InvalidArgument(field, $"is at most {AuditText.MaxLength} characters without control characters (as the audit stores it)")
+        value.Length > MaxFilterLength || !AuditText.IsClean(value)
+            ? throw KmsErrors.InvalidArgument(field, $"is at most {MaxFilterLength} characters without control characters (as the audit stores it)")
             : Optional(value);
 
     private static AuditEventInfo ToProto(AuditEvent e)
