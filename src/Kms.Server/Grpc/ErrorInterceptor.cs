@@ -17,8 +17,11 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
     private readonly LogThrottle _refusalLog = new();
 
     // During an outage every call fails this way, and anyone can make calls that reach the
-    // database (a well-formed made-up token is looked up): once a second, with the count.
-    private readonly LogThrottle _unavailableLog = new();
+    // database (a well-formed made-up token is looked up): once a second per cause, with the
+    // count, so a second cause (a region's HSM during a database outage) is not drowned out.
+    // The causes are the server's own messages, a handful; past 64 they share one throttle.
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, LogThrottle> _unavailableLogs = new(StringComparer.Ordinal);
+    private readonly LogThrottle _otherUnavailableLog = new();
 
     public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(
         TRequest request,
@@ -96,7 +99,10 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
                 or KmsErrorCode.Unauthenticated or KmsErrorCode.PermissionDenied:
                 return Plain(ProtoMapping.StatusCodeOf(e.Code), e, method);
             case KmsErrorCode.Unavailable:
-                if (_unavailableLog.Count() is > 0 and var unavailable)
+                var throttle = _unavailableLogs.TryGetValue(e.Message, out var known) ? known
+                    : _unavailableLogs.Count < 64 ? _unavailableLogs.GetOrAdd(e.Message, _ => new LogThrottle())
+                    : _otherUnavailableLog;
+                if (throttle.Count() is > 0 and var unavailable)
                 {
                     LogUnavailable(logger, method, e.Message, unavailable, e.InnerException);
                 }

@@ -107,7 +107,8 @@ internal sealed class StoreHealthCheck(IKeyStore store) : SingleFlightHealthChec
 /// <summary>
 /// Runs every second (<see cref="HealthCheckPublisherOptions"/>), which is what moves
 /// <c>grpc.health.v1</c>'s <c>Watch</c> streams after their first answer (the framework's default
-/// is every 30 s), and logs each change of the overall status once (event 1140). The framework's
+/// is every 30 s), and logs each change of the overall status, or of which checks fail, once
+/// (events 1140 and 1141, with the failing checks' errors). The framework's
 /// own per-check error log, one per failing check per run with its stack, is turned off: during
 /// an outage it wrote several lines a second, and anyone may call <c>Check</c>.
 /// </summary>
@@ -115,26 +116,29 @@ internal sealed partial class HealthTransitionPublisher(ILogger<HealthTransition
 {
     public static readonly TimeSpan Period = TimeSpan.FromSeconds(1);
 
-    private HealthStatus? _last;
+    private string? _last;
 
     public Task PublishAsync(HealthReport report, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(report);
 
-        // Published one run at a time by the framework's timer.
-        if (_last != report.Status)
+        // Published one run at a time by the framework's timer. A change is the overall status
+        // or which checks fail (the HSM back, the database gone: still NOT_SERVING, but another
+        // cause); each is logged once, with the failing checks' errors.
+        var failing = report.Entries.Where(e => e.Value.Status != HealthStatus.Healthy).OrderBy(e => e.Key, StringComparer.Ordinal).ToList();
+        var state = string.Join(", ", failing.Select(e => $"{e.Key}: {e.Value.Description ?? e.Value.Status.ToString()}"));
+        if (_last != state)
         {
-            var failing = string.Join(", ", report.Entries.Where(e => e.Value.Status != HealthStatus.Healthy).Select(e => $"{e.Key}: {e.Value.Description ?? e.Value.Status.ToString()}"));
-            if (report.Status == HealthStatus.Healthy)
+            if (failing.Count == 0)
             {
                 LogServing(logger, _last is null ? "at start" : "again");
             }
             else
             {
-                LogNotServing(logger, failing);
+                LogNotServing(logger, string.Join("; ", failing.Select(e => $"{e.Key}: {e.Value.Description ?? e.Value.Status.ToString()}{(e.Value.Exception is { } x ? $" ({x.Message})" : "")}")));
             }
 
-            _last = report.Status;
+            _last = state;
         }
 
         return Task.CompletedTask;
