@@ -115,11 +115,11 @@ public sealed class AuditTests : IAsyncLifetime
 
         var places = new Dictionary<string, byte[]>
         {
-            ["database"] = ReadShared(_server.DatabasePath),
-            ["wal"] = File.Exists(_server.DatabasePath + "-wal") ? ReadShared(_server.DatabasePath + "-wal") : [],
+            ["database"] = DatabaseFiles.ReadShared(_server.DatabasePath),
+            ["wal"] = File.Exists(_server.DatabasePath + "-wal") ? DatabaseFiles.ReadShared(_server.DatabasePath + "-wal") : [],
             ["export"] = Encoding.UTF8.GetBytes(export),
             ["logs"] = Encoding.UTF8.GetBytes(_server.Logs.AllText),
-            ["checkpoints"] = ReadShared(Path.Combine(_server.DataDir, "audit", "checkpoints.jsonl")),
+            ["checkpoints"] = DatabaseFiles.ReadShared(Path.Combine(_server.DataDir, "audit", "checkpoints.jsonl")),
         };
         var secrets = new Dictionary<string, byte[]>
         {
@@ -223,6 +223,18 @@ public sealed class AuditTests : IAsyncLifetime
         request.Requests.AddRange(Enumerable.Range(0, 20).Select(_ => new EncryptRequest { Name = key.Name, Plaintext = Google.Protobuf.ByteString.CopyFromUtf8("x") }));
         var response = await _developer.BatchEncryptAsync(request);
         Assert.All(response.Results, r => Assert.Equal((int)StatusCode.PermissionDenied, r.Status.Code));
+        Assert.Contains("security alert refusals: token:developer reached 20", _server.Logs.AllText, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task BatchEncrypt_WhoseItemsNameAnotherTenantsKeys_RaisesTheRefusalsAlert()
+    {
+        // Singly, each is refused by the authorization step (NOT_FOUND, counted); in a batch the
+        // answer is the same NOT_FOUND per item, and each counts the same.
+        var request = new BatchEncryptRequest();
+        request.Requests.AddRange(Enumerable.Range(0, 20).Select(i => new EncryptRequest { Name = $"tenants/elsewhere/keys/probe-{i}", Plaintext = Google.Protobuf.ByteString.CopyFromUtf8("x") }));
+        var response = await _developer.BatchEncryptAsync(request);
+        Assert.All(response.Results, r => Assert.Equal((int)StatusCode.NotFound, r.Status.Code));
         Assert.Contains("security alert refusals: token:developer reached 20", _server.Logs.AllText, StringComparison.Ordinal);
     }
 
@@ -371,14 +383,6 @@ public sealed class AuditTests : IAsyncLifetime
         var text = new StringWriter();
         await _officer.ExportAuditAsync(text);
         return text.ToString();
-    }
-
-    private static byte[] ReadShared(string path)
-    {
-        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
-        using var copy = new MemoryStream();
-        stream.CopyTo(copy);
-        return copy.ToArray();
     }
 
     private static IEnumerable<byte[]> Forms(byte[] secret) =>

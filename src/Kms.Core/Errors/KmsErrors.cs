@@ -14,6 +14,10 @@ public static class KmsErrors
     public static KmsException NotFound(string resourceName) =>
         new(KmsErrorCode.NotFound, $"{Printable(resourceName)} not found");
 
+    /// <summary>Another tenant's resource: answered exactly as <see cref="NotFound"/>, marked <see cref="KmsException.CrossTenant"/>.</summary>
+    public static KmsException NotFoundInAnotherTenant(string resourceName) =>
+        new(KmsErrorCode.NotFound, $"{Printable(resourceName)} not found") { CrossTenant = true };
+
     /// <summary>A resource to create that exists already.</summary>
     public static KmsException AlreadyExists(string resourceName) =>
         new(KmsErrorCode.AlreadyExists, $"{Printable(resourceName)} already exists");

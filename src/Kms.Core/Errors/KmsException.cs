@@ -25,4 +25,10 @@ public sealed class KmsException : Exception
     /// the region, so a client can go to a node that is (nothing was done here).
     /// </summary>
     public string? ResidencyRegion { get; init; }
+
+    /// <summary>
+    /// Set on a NotFound answered for another tenant's resource: the same answer a missing one
+    /// gets, but a refusal for the security alerts (a batch item probing other tenants' names).
+    /// </summary>
+    public bool CrossTenant { get; init; }
 }

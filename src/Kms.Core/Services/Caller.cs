@@ -31,7 +31,7 @@ public sealed record Caller(string Principal, TenantId? HomeTenant, IReadOnlySet
     {
         if (resourceTenant != HomeTenant)
         {
-            throw KmsErrors.NotFound(resourceName);
+            throw KmsErrors.NotFoundInAnotherTenant(resourceName);
         }
     }
 }
