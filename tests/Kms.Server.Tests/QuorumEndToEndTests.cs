@@ -200,6 +200,20 @@ public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task OfficerChange_ToMoreThan32Officers_RefusedNamingTheRequestsField()
+    {
+        // Counted before any officer's key is imported, and named as the request names it.
+        var many = Enumerable.Range(0, OfficerSet.MaxOfficers + 1).Select(i =>
+        {
+            using var key = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+            return ($"officer-{i}", key.ExportSubjectPublicKeyInfo());
+        }).ToList();
+        var e = await Assert.ThrowsAsync<RpcException>(() => _officer.RequestOfficerChangeAsync(many, 2));
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.StartsWith("change_officers.officers:", e.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task OfficerChange_HeadRecordCannotBeWritten_StillAnsweredExecuted_QuorumRefusedUntilItCan()
     {
         // The change commits before the node records the new head: a record that cannot be

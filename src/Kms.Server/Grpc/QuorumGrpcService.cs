@@ -21,6 +21,13 @@ internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, 
     {
         var caller = CallerResolver.Current(context);
         var tenant = request.Parent.Length == 0 ? (TenantId?)null : TenantId.ParseResourceName(request.Parent, "parent");
+
+        // Counted before each officer's key is imported (an EC import apiece), not after.
+        if (request.ChangeOfficers?.Officers.Count is > OfficerSet.MaxOfficers)
+        {
+            throw KmsErrors.InvalidArgument("change_officers.officers", $"an officer set has 1 to {OfficerSet.MaxOfficers} officers");
+        }
+
         var command = new CreateQuorumRequestCommand(tenant, ToCore(request.Operation))
         {
             Ttl = ProtoMapping.FromProto(request.Ttl, "ttl"),
