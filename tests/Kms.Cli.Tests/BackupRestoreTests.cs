@@ -84,8 +84,8 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         Assert.True(File.Exists(report.ReplacedDatabase));
         Assert.Contains(await SqliteStore.ReadDestroyedVersionsAsync(database, CancellationToken.None), d => d.Version.ToString() == version);
         Assert.Empty(Directory.GetFiles(_server.DataDir, "kms.db.restoring-*"));
-        Assert.True(InstalledFilesContain(database, keptMaterial), "the scan does not see stored material");
-        Assert.False(InstalledFilesContain(database, doomedMaterial), "the re-applied destruction's material is in the installed kms.db or kms.db-wal");
+        Assert.True(DatabaseFiles.Contain(database, keptMaterial), "the scan does not see stored material");
+        Assert.False(DatabaseFiles.Contain(database, doomedMaterial), "the re-applied destruction's material is in the installed kms.db or kms.db-wal");
 
         _server = await _server.RestartAsync();
         using var after = _server.CreateClient();
@@ -160,20 +160,6 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
                 File.Delete(copy + suffix);
             }
         }
-    }
-
-    // Whether the bytes occur in an installed database or its write-ahead log.
-    private static bool InstalledFilesContain(string database, byte[] needle) =>
-        new[] { database, database + "-wal" }
-            .Where(File.Exists)
-            .Any(path => ReadShared(path).AsSpan().IndexOf(needle) >= 0);
-
-    private static byte[] ReadShared(string path)
-    {
-        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
-        using var copy = new MemoryStream();
-        stream.CopyTo(copy);
-        return copy.ToArray();
     }
 
     // The database's last audit sequence number: which database a file is, whatever its WAL holds.
@@ -366,8 +352,8 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
                 [$"{deletedKey}/versions/1", $"{deletedKey}/versions/2", $"{versionKey}/versions/1", $"{versionKey}/versions/2"],
                 report.Reapplied.Select(r => r.Version).Order(StringComparer.Ordinal));
             var installed = Path.Combine(target, "kms.db");
-            Assert.True(InstalledFilesContain(installed, keptMaterial), "the scan does not see stored material");
-            Assert.All(doomedMaterial, material => Assert.False(InstalledFilesContain(installed, material), "a re-applied destruction's material is in the installed kms.db or kms.db-wal"));
+            Assert.True(DatabaseFiles.Contain(installed, keptMaterial), "the scan does not see stored material");
+            Assert.All(doomedMaterial, material => Assert.False(DatabaseFiles.Contain(installed, material), "a re-applied destruction's material is in the installed kms.db or kms.db-wal"));
 
             await using var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default);
             var versions = await restored.ListVersionsAsync(KeyName.Parse(versionKey, "key"), 0, 10, default);

@@ -4,6 +4,7 @@ using Kms.Core.Keys;
 using Kms.Core.Names;
 using Kms.Core.Ports;
 using Kms.Storage.Sqlite;
+using Kms.Testing;
 using Microsoft.Data.Sqlite;
 
 namespace Kms.Storage.Tests;
@@ -145,7 +146,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         await store.UpdateKeyAsync(key.Name, current => Rotation(current, Material()), default);
 
         // Before: the wrapped bytes are on disk (so the scan can find them).
-        Assert.True(FilesContain(material.Bytes.ToArray()), "the scan does not see stored material");
+        Assert.True(DatabaseFiles.Contain(DatabasePath, material.Bytes.ToArray()), "the scan does not see stored material");
 
         await store.UpdateKeyAsync(key.Name, current => new KeyChange(current.Key)
         {
@@ -153,7 +154,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         }, default);
         SqliteConnection.ClearAllPools();
 
-        Assert.False(FilesContain(material.Bytes.ToArray()), "destroyed material is still in kms.db or kms.db-wal");
+        Assert.False(DatabaseFiles.Contain(DatabasePath, material.Bytes.ToArray()), "destroyed material is still in kms.db or kms.db-wal");
         Assert.True(new FileInfo(DatabasePath + "-wal") is { Exists: false } or { Length: 0 });
     }
 
@@ -172,13 +173,13 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
             created + ImportJob.Lifetime);
         await store.CreateImportJobAsync(job, material, default);
         Assert.Empty(await store.EraseExpiredImportJobsAsync(created, default));
-        Assert.True(FilesContain(material.Bytes.ToArray()), "the scan does not see stored material");
+        Assert.True(DatabaseFiles.Contain(DatabasePath, material.Bytes.ToArray()), "the scan does not see stored material");
 
         Assert.Equal([job.MaterialId], await store.EraseExpiredImportJobsAsync(job.ExpireTime, default));
         SqliteConnection.ClearAllPools();
 
         Assert.Null((await store.GetImportJobAsync(job.Name, default))!.Material);
-        Assert.False(FilesContain(material.Bytes.ToArray()), "an expired job's private key is still in kms.db or kms.db-wal");
+        Assert.False(DatabaseFiles.Contain(DatabasePath, material.Bytes.ToArray()), "an expired job's private key is still in kms.db or kms.db-wal");
     }
 
     [Fact]
@@ -199,7 +200,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
             }, default);
 
             Assert.False(await store.CompleteErasureAsync(default));
-            Assert.True(FilesContain(material.Bytes.ToArray()), "the scan cannot see the pending material");
+            Assert.True(DatabaseFiles.Contain(DatabasePath, material.Bytes.ToArray()), "the scan cannot see the pending material");
         }
 
         Assert.True(await store.CompleteErasureAsync(default));
@@ -213,7 +214,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         }
 
         SqliteConnection.ClearAllPools();
-        Assert.False(FilesContain(material.Bytes.ToArray()), "material still on disk after the erasure completed");
+        Assert.False(DatabaseFiles.Contain(DatabasePath, material.Bytes.ToArray()), "material still on disk after the erasure completed");
         Assert.True(await store.CompleteErasureAsync(default));
     }
 
@@ -463,19 +464,6 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         await using var command = connection.CreateCommand();
         command.CommandText = sql;
         await command.ExecuteNonQueryAsync();
-    }
-
-    private bool FilesContain(byte[] needle) =>
-        new[] { DatabasePath, DatabasePath + "-wal" }
-            .Where(File.Exists)
-            .Any(path => ReadShared(path).AsSpan().IndexOf(needle) >= 0);
-
-    private static byte[] ReadShared(string path)
-    {
-        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
-        using var copy = new MemoryStream();
-        stream.CopyTo(copy);
-        return copy.ToArray();
     }
 
     [Fact]
