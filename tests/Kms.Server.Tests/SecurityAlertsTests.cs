@@ -20,6 +20,37 @@ public sealed class SecurityAlertsTests
     }
 
     [Fact]
+    public void RefusalsFromThousandsOfAddresses_TwentyAlertsThenOneForTheRest_PerWindow()
+    {
+        // 2,000 addresses (an IPv6 /48 holds 65,536 /64s), each over the threshold.
+        for (var i = 0; i < 2000; i++)
+        {
+            for (var j = 0; j < 20; j++)
+            {
+                _alerts.Observe(Entry("anonymous", "UNAUTHENTICATED", client: $"ipv6:[2001:db8:{i:x}::1]:1000"), refused: true);
+            }
+        }
+
+        Assert.Equal(SecurityAlerts.MaxAnonymousAlertsPerWindow + 1, _raised.Count);
+        Assert.Equal(SecurityAlerts.MoreAnonymousAddresses, _raised[^1].Subject);
+
+        // A principal's burst is still its own alert, and the next window starts a new count.
+        for (var i = 0; i < 20; i++)
+        {
+            _alerts.Observe(Entry("token:insider", "PERMISSION_DENIED"), refused: true);
+        }
+
+        Assert.Equal("token:insider", _raised[^1].Subject);
+        _time.Advance(TimeSpan.FromMinutes(2));
+        for (var j = 0; j < 20; j++)
+        {
+            _alerts.Observe(Entry("anonymous", "UNAUTHENTICATED", client: "ipv6:[2001:db8:ffff::1]:1000"), refused: true);
+        }
+
+        Assert.Equal("anonymous@2001:db8:ffff::/64", _raised[^1].Subject);
+    }
+
+    [Fact]
     public void RefusalBurst_AlertsAtTheThreshold_OncePerWindow()
     {
         for (var i = 0; i < 19; i++)

@@ -32,6 +32,12 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
     private const int Buckets = 10;
     private const int MaxSubjects = 50_000;
 
+    /// <summary>Alerts about single anonymous addresses per window; past it, one about the rest.</summary>
+    public const int MaxAnonymousAlertsPerWindow = 20;
+
+    /// <summary>The subject of the one alert that stands for every further anonymous address in a window.</summary>
+    public const string MoreAnonymousAddresses = "anonymous@more-addresses";
+
     // Anonymous callers (one subject per address: anyone can be many) have a table of their own,
     // so a flood from fresh addresses cannot fill the principals' table and hide an
     // authenticated principal's burst under "overflow".
@@ -135,6 +141,21 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
             {
                 counter.LastAlert = now;
                 alert = new SecurityAlert(kind, subject, total, options.Window, time.GetUtcNow());
+                if (anonymous)
+                {
+                    // Anyone can be many addresses (an IPv6 /48 is 65,536 subjects): a flood of
+                    // one alert each would bury the rest. Twenty a window, then one for the others.
+                    if (now - table.AlertWindowStart >= options.Window)
+                    {
+                        table.AlertWindowStart = now;
+                        table.AlertsInWindow = 0;
+                    }
+
+                    table.AlertsInWindow++;
+                    alert = table.AlertsInWindow <= MaxAnonymousAlertsPerWindow ? alert
+                        : table.AlertsInWindow == MaxAnonymousAlertsPerWindow + 1 ? alert with { Subject = MoreAnonymousAddresses }
+                        : null;
+                }
             }
         }
 
@@ -159,6 +180,10 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
         public Dictionary<(string Kind, string Subject), Counter> Counters { get; } = [];
 
         public DateTimeOffset LastEviction { get; set; } = DateTimeOffset.MinValue;
+
+        public DateTimeOffset AlertWindowStart { get; set; } = DateTimeOffset.MinValue;
+
+        public int AlertsInWindow { get; set; }
     }
 
     // Ten buckets over the window: the count is the sum of the buckets still inside it.
