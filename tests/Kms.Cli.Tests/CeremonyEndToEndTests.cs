@@ -431,6 +431,7 @@ public sealed class CeremonyEndToEndTests : IDisposable
 
         var first = await Kms(outputs, Create("shares", "data", DomainId));
         Assert.True(first.ExitCode == 0, first.ToString());
+        Assert.Contains("kms: warning: --insecure-test-kdf: share files are protected by Argon2id at 64 KiB", first.Error, StringComparison.Ordinal);
         var kcv = JsonNode.Parse(first.Out)!["check_value"]!.GetValue<string>();
 
         // Another domain key on the same token: the HSM step refuses it, and the ceremony's

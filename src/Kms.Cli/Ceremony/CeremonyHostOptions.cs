@@ -54,7 +54,14 @@ internal sealed class CeremonyHostOptions
             context.Output.Warn($"running with network interfaces up ({string.Join(", ", up)}) because of --allow-network");
         }
 
-        var kdf = context.ParseResult.GetValue(InsecureTestKdf)
+        var weak = context.ParseResult.GetValue(InsecureTestKdf);
+        if (weak)
+        {
+            // Hidden from --help, so said where the operator looks, not only in the transcript.
+            context.Output.Warn("--insecure-test-kdf: share files are protected by Argon2id at 64 KiB and one pass, brute-forced cheaply — tests and drills only, never a real share");
+        }
+
+        var kdf = weak
             ? new KdfChoice(new Argon2idParameters(64, 1, 1), KdfPolicy.AllowWeakParametersForTests)
             : new KdfChoice(Argon2idParameters.Default, KdfPolicy.Production);
         return new PreparedHost(coreLimit, dumpable, up, kdf);
