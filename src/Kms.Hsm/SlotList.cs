@@ -23,13 +23,22 @@ internal static class SlotList
     private const int Attempts = 10;
     private const int SearchAttempts = 5;
 
+    // One C_GetSlotList at a time in this process. SoftHSM's asks for the count insert a fresh
+    // empty slot when every slot holds an initialised token; two at once insert the same slot id
+    // and the library aborts the process (SlotManager.cpp: Assertion `result.second' failed —
+    // seen in CI when tests created tokens in parallel).
+    private static readonly Lock ListLock = new();
+
     public static List<ISlot> WithTokenPresent(IPkcs11Library library)
     {
         for (var attempt = 1; ; attempt++)
         {
             try
             {
-                return library.GetSlotList(SlotsType.WithTokenPresent);
+                lock (ListLock)
+                {
+                    return library.GetSlotList(SlotsType.WithTokenPresent);
+                }
             }
             catch (Pkcs11Exception e) when (e.RV == CKR.CKR_BUFFER_TOO_SMALL && attempt < Attempts)
             {

@@ -41,6 +41,25 @@ public sealed class SlotListTests
         }
     }
 
+    [Fact]
+    public async Task SlotListsReadAtOnce_WhileTokensAreCreated_NoCrash_EveryTokenFound()
+    {
+        // SoftHSM adds an empty slot when asked for the count and none is free: two asks at once
+        // added the same slot id and aborted the process (a CI run's test host). Bounded: four
+        // readers of 50 lists each, beside four token creations.
+        var existing = SoftHsm.CreateToken();
+        var readers = Enumerable.Range(0, 4).Select(_ => Task.Run(() =>
+        {
+            for (var i = 0; i < 50; i++)
+            {
+                Assert.Equal(existing.Label, TokenInspection.Inspect(existing.Options()).Label);
+            }
+        })).ToList();
+        var created = await Task.Run(() => Enumerable.Range(0, 4).Select(_ => SoftHsm.CreateToken()).ToList());
+        await Task.WhenAll(readers);
+        Assert.All(created, t => Assert.Equal(t.Label, TokenInspection.Inspect(t.Options()).Label));
+    }
+
     // Overwrites the token's own file (token.object, which holds its label) with garbage until disposed.
     private static Restore Damage(TestToken token)
     {
