@@ -65,6 +65,36 @@ public sealed class HealthTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Publisher_LogsAChangeOfWhichChecksFail_OnceEach_NotEveryRunWhoseDescriptionDiffers()
+    {
+        // The audit check's description names its latest failure's time: a new one every run.
+        var capture = new LogCapture();
+        using var factory = new Serilog.Extensions.Logging.SerilogLoggerFactory(new Serilog.LoggerConfiguration().WriteTo.Sink(capture).CreateLogger(), dispose: true);
+        var publisher = new HealthTransitionPublisher(new Microsoft.Extensions.Logging.Logger<HealthTransitionPublisher>(factory));
+        static Microsoft.Extensions.Diagnostics.HealthChecks.HealthReport Report(params (string Name, string? Failure)[] checks) => new(
+            checks.ToDictionary(c => c.Name, c => new Microsoft.Extensions.Diagnostics.HealthChecks.HealthReportEntry(
+                c.Failure is null ? Microsoft.Extensions.Diagnostics.HealthChecks.HealthStatus.Healthy : Microsoft.Extensions.Diagnostics.HealthChecks.HealthStatus.Unhealthy,
+                c.Failure, TimeSpan.Zero, null, null)),
+            TimeSpan.Zero);
+
+        await publisher.PublishAsync(Report(("hsm", null), ("audit", null)), default);
+        for (var run = 0; run < 5; run++)
+        {
+            await publisher.PublishAsync(Report(("hsm", null), ("audit", $"3 audit commits in a row failed, the latest at run {run}")), default);
+        }
+
+        await publisher.PublishAsync(Report(("hsm", "HSM unavailable"), ("audit", "failing still")), default);
+        await publisher.PublishAsync(Report(("hsm", null), ("audit", null)), default);
+
+        var lines = capture.Events.Where(e => e.Contains("health: ", StringComparison.Ordinal)).ToList();
+        Assert.Equal(4, lines.Count);
+        Assert.Contains("SERVING \"at start\"", lines[0], StringComparison.Ordinal);
+        Assert.Contains("audit: 3 audit commits in a row failed, the latest at run 0", lines[1], StringComparison.Ordinal);
+        Assert.Contains("hsm: HSM unavailable", lines[2], StringComparison.Ordinal);
+        Assert.Contains("SERVING \"again\"", lines[3], StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Watch_DatabaseUnreachable_NotServingWithinSeconds_LoggedOnce()
     {
         // A Watch stream moves when the checks run on their own: every second, not every 30 s.

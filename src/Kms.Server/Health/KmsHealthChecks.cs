@@ -125,8 +125,10 @@ internal sealed partial class HealthTransitionPublisher(ILogger<HealthTransition
         // Published one run at a time by the framework's timer. A change is the overall status
         // or which checks fail (the HSM back, the database gone: still NOT_SERVING, but another
         // cause); each is logged once, with the failing checks' errors.
+        // Which checks fail, by name: a description may change from run to run (the audit
+        // check's names its latest failure's time) and must not make every run a change.
         var failing = report.Entries.Where(e => e.Value.Status != HealthStatus.Healthy).OrderBy(e => e.Key, StringComparer.Ordinal).ToList();
-        var state = string.Join(", ", failing.Select(e => $"{e.Key}: {e.Value.Description ?? e.Value.Status.ToString()}"));
+        var state = string.Join(",", failing.Select(e => e.Key));
         if (_last != state)
         {
             if (failing.Count == 0)
