@@ -407,7 +407,6 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
 
         Assert.True(cuts.Count > 2, $"cuts at {string.Join(", ", cuts)}");
         Assert.All(cuts.Zip(cuts.Skip(1)), pair => Assert.InRange(pair.Second - pair.First, 1, 60 + 2));
-
     }
 
     [Fact]

@@ -67,11 +67,11 @@ internal static class KmsCli
     /// </summary>
     internal static string? InlineSecretFlag(IReadOnlyList<string> args)
     {
-        // A PostgreSQL connection string may hold the password. Any flag that ends in a secret's
-        // word is one too: the CLI's own --so-pin, --restore-pin, --key-passphrase, … exist only
-        // as -file and -fd, and an operator will type the bare name.
-        string[] secretFlags = ["--token", "--pin", "--password", "--passphrase", "--secret", "--postgres-connection", "--postgres-connection-string", "--connection-string"];
+        // Any flag that ends in a secret's word (--token, --pin, and the CLI's own --so-pin,
+        // --restore-pin, --key-passphrase, …, which exist only as -file and -fd: an operator will
+        // type the bare name). A PostgreSQL connection string may hold the password.
         string[] secretWords = ["-token", "-pin", "-password", "-passphrase", "-secret"];
+        string[] secretFlags = ["--postgres-connection", "--postgres-connection-string", "--connection-string"];
         foreach (var arg in args)
         {
             if (arg == "--")
@@ -103,7 +103,7 @@ internal static class KmsCli
         // A value given with an unknown option (--so-pinn=1234, --pin:1234) is left out too.
         foreach (var arg in args.TakeWhile(a => a != "--"))
         {
-            if (arg.StartsWith('-') && OptionName(arg) != arg && !options.Contains(arg) && !options.Contains(OptionName(arg)))
+            if (arg.StartsWith('-') && OptionName(arg) != arg && !options.Contains(OptionName(arg)))
             {
                 message = message.Replace(arg, $"{OptionName(arg)}=(value not repeated)", StringComparison.Ordinal);
             }
