@@ -269,4 +269,48 @@ public sealed class AccessTests : IDisposable
         Assert.Equal((KeyState.DestroyScheduled, _harness.Time.GetUtcNow() + _harness.Lifecycle.DefaultWaitingPeriod), (swept.State, swept.DestroyTime));
         Assert.Equal(KeyState.DestroyScheduled, (await _harness.Keys.GetKeyAsync(DomainHarness.Acme, early.Name, default)).State);
     }
+
+    [Fact]
+    public async Task DeleteTenant_FailingPartWay_ARetryOrTheSweepFinishesItWithTheWaitingPeriodAsked()
+    {
+        var keys = new List<Key>();
+        foreach (var id in new[] { "k1", "k2", "k3" })
+        {
+            keys.Add(await _harness.CreateKeyAsync(id, DomainHarness.Acme));
+        }
+
+        // The tenant's DELETING state commits; the first key is scheduled; the store fails on the second.
+        var store = (InMemoryStore)_harness.Store;
+        store.BeforeNextKeyUpdate = () => store.BeforeNextKeyUpdate = () => store.FailNextWrite = KmsErrors.Unavailable("the database is unavailable; retry shortly");
+        var asked = TimeSpan.FromDays(10);
+        var failed = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.DeleteTenantAsync(TenantId.Parse("acme"), asked, default));
+        Assert.Equal(KmsErrorCode.Unavailable, failed.Code);
+        var tenant = (await _harness.AccessStore.GetTenantAsync(TenantId.Parse("acme"), default))!;
+        Assert.Equal((TenantState.Deleting, asked), (tenant.State, tenant.DeleteWaitingPeriod));
+        var states = new List<KeyState>();
+        foreach (var key in keys)
+        {
+            states.Add((await _harness.Keys.GetKeyAsync(DomainHarness.Acme, key.Name, default)).State);
+        }
+
+        Assert.Equal([KeyState.DestroyScheduled, KeyState.Enabled, KeyState.Enabled], states);
+
+        // A retry that asks for another waiting period is refused (k1 already has the first);
+        // the sweep schedules the rest with the one asked for, not the default (30 days).
+        var other = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.DeleteTenantAsync(TenantId.Parse("acme"), TimeSpan.FromDays(20), default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, other.Code);
+        Assert.Contains("10 days", other.Message, StringComparison.Ordinal);
+        _harness.Time.Advance(TimeSpan.FromHours(1));
+        await _harness.Access.SweepDeletingTenantsAsync(default);
+        foreach (var name in keys.Skip(1).Select(k => k.Name))
+        {
+            var key = await _harness.Keys.GetKeyAsync(DomainHarness.Acme, name, default);
+            Assert.Equal((KeyState.DestroyScheduled, _harness.Time.GetUtcNow() + asked), (key.State, key.DestroyTime));
+        }
+
+        // A retry without a waiting period (or with the same) resumes the deletion.
+        await _harness.Access.DeleteTenantAsync(TenantId.Parse("acme"), null, default);
+        await _harness.Access.DeleteTenantAsync(TenantId.Parse("acme"), asked, default);
+        Assert.Equal(asked, (await _harness.AccessStore.GetTenantAsync(TenantId.Parse("acme"), default))!.DeleteWaitingPeriod);
+    }
 }

@@ -26,7 +26,7 @@ public abstract class AccessStoreContract : KeyStoreLifecycleContract
         Assert.Equal(["alpha", "mid"], (await store.ListTenantsAsync(null, 2, default)).Select(t => t.Id.Value));
         Assert.Equal(["zeta"], (await store.ListTenantsAsync("mid", 2, default)).Select(t => t.Id.Value));
 
-        var deleting = (await store.GetTenantAsync(TenantId.Parse("mid"), default))! with { State = TenantState.Deleting, DeleteTime = T0.AddHours(1) };
+        var deleting = (await store.GetTenantAsync(TenantId.Parse("mid"), default))! with { State = TenantState.Deleting, DeleteTime = T0.AddHours(1), DeleteWaitingPeriod = TimeSpan.FromDays(10) };
         Assert.True(await store.UpdateTenantAsync(deleting, default));
         Assert.Equal(deleting, await store.GetTenantAsync(TenantId.Parse("mid"), default));
         Assert.False(await store.UpdateTenantAsync(deleting with { Id = TenantId.Parse("missing") }, default));

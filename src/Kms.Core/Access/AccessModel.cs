@@ -7,6 +7,14 @@ public sealed record Tenant(TenantId Id, string DisplayName, TenantState State, 
 {
     /// <summary>When offboarding began (DeleteTenant), if it did.</summary>
     public DateTimeOffset? DeleteTime { get; init; }
+
+    /// <summary>
+    /// The waiting period DeleteTenant asked for, recorded with the tenant's DELETING state:
+    /// every key of the tenant is scheduled for deletion with it, also one that the call did not
+    /// reach (it failed part way) or that escaped it (the lifecycle worker's sweep). Null for a
+    /// tenant offboarded before it was recorded (its keys get the default).
+    /// </summary>
+    public TimeSpan? DeleteWaitingPeriod { get; init; }
 }
 
 /// <summary>A tenant's lifecycle.</summary>

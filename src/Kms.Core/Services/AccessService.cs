@@ -52,25 +52,47 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     /// is not already going is scheduled for deletion with the usual waiting period, which
     /// can still be cancelled key by key.
     /// </summary>
+    /// <remarks>
+    /// The decision commits first, in one write: the DELETING state with the waiting period asked
+    /// for. The keys are then scheduled one write each; if that fails part way, the call fails, a
+    /// retry resumes it, and the lifecycle worker's sweep schedules what is left with the same
+    /// waiting period. A second call for a DELETING tenant resumes the first: it is refused if it
+    /// asks for another waiting period, which the keys already scheduled would not get.
+    /// </remarks>
     public async Task<Tenant> DeleteTenantAsync(TenantId id, TimeSpan? waitingPeriod, CancellationToken cancellationToken)
     {
         var tenant = await GetTenantAsync(id, cancellationToken);
-        var waiting = waitingPeriod ?? lifecycle.DefaultWaitingPeriod;
-        if (waiting < lifecycle.MinWaitingPeriod || waiting > lifecycle.MaxWaitingPeriod)
+        if (waitingPeriod is { } asked && (asked < lifecycle.MinWaitingPeriod || asked > lifecycle.MaxWaitingPeriod))
         {
             throw KmsErrors.InvalidArgument("waiting_period", $"must be from {lifecycle.MinWaitingPeriod.TotalDays:0.##} to {lifecycle.MaxWaitingPeriod.TotalDays:0.##} days");
         }
 
         var now = Clock.Now(time);
-        tenant = tenant with { State = TenantState.Deleting, DeleteTime = tenant.DeleteTime ?? now };
-        await access.UpdateTenantAsync(tenant, cancellationToken);
+        TimeSpan waiting;
+        if (tenant.State == TenantState.Deleting)
+        {
+            waiting = WaitingPeriodOf(tenant);
+            if (waitingPeriod is { } other && other != waiting)
+            {
+                throw KmsErrors.FailedPrecondition(
+                    $"tenant {id.ResourceName} is DELETING already, with a waiting period of {waiting.TotalDays:0.##} days; ask again without one, or with the same, to finish it");
+            }
+        }
+        else
+        {
+            waiting = waitingPeriod ?? lifecycle.DefaultWaitingPeriod;
+            tenant = tenant with { State = TenantState.Deleting, DeleteTime = tenant.DeleteTime ?? now, DeleteWaitingPeriod = waiting };
+            await access.UpdateTenantAsync(tenant, cancellationToken);
+        }
+
         await ScheduleTenantKeysAsync(id, now, waiting, cancellationToken);
         return tenant;
     }
 
     /// <summary>
     /// The lifecycle worker's sweep: keys of DELETING tenants that are not yet going (a key
-    /// created while DeleteTenant ran) are scheduled for deletion with the default waiting period.
+    /// created while DeleteTenant ran, or one a DeleteTenant that failed part way did not reach)
+    /// are scheduled for deletion with the waiting period the tenant's deletion asked for.
     /// </summary>
     /// <returns>How many DELETING tenants were swept.</returns>
     public async Task<int> SweepDeletingTenantsAsync(CancellationToken cancellationToken)
@@ -82,7 +104,7 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
             var page = await access.ListTenantsAsync(after, 500, cancellationToken);
             foreach (var tenant in page.Where(t => t.State == TenantState.Deleting))
             {
-                await ScheduleTenantKeysAsync(tenant.Id, Clock.Now(time), lifecycle.DefaultWaitingPeriod, cancellationToken);
+                await ScheduleTenantKeysAsync(tenant.Id, Clock.Now(time), WaitingPeriodOf(tenant), cancellationToken);
                 swept++;
             }
 
@@ -94,6 +116,9 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
             after = page[^1].Id.Value;
         }
     }
+
+    // A tenant offboarded before the waiting period was recorded gets the default, as it did then.
+    private TimeSpan WaitingPeriodOf(Tenant tenant) => tenant.DeleteWaitingPeriod ?? lifecycle.DefaultWaitingPeriod;
 
     private async Task ScheduleTenantKeysAsync(TenantId id, DateTimeOffset now, TimeSpan waiting, CancellationToken cancellationToken)
     {

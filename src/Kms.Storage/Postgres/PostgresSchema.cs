@@ -229,5 +229,9 @@ internal static class PostgresSchema
             UPDATE keys SET allow_import = 1
             WHERE EXISTS (SELECT 1 FROM key_versions v WHERE v.tenant = keys.tenant AND v.key_id = keys.key_id AND v.origin = 2);
             """),
+        new(5, """
+            -- DeleteTenant's waiting period, as SQLite's migration 11 (additive, like it).
+            ALTER TABLE tenants ADD COLUMN delete_waiting_ms BIGINT;
+            """, CompatibleFrom: 4),
     ];
 }

@@ -11,7 +11,7 @@ namespace Kms.Storage;
 /// <summary>The access-control half of the store: tenants, principals, tokens, bindings, key policies, grants.</summary>
 public abstract partial class SqlStore
 {
-    private const string TenantColumns = "id, display_name, state, create_time, delete_time";
+    private const string TenantColumns = "id, display_name, state, create_time, delete_time, delete_waiting_ms";
     private const string PrincipalColumns = "name, tenant, display_name, create_time, disabled";
     private const string TokenColumns = "id, principal, kind, secret_hash, create_time, expire_time, revoke_time";
     private const string GrantColumns = "grant_id, grantee, operations, context_equals, create_time, revoke_time";
@@ -21,10 +21,11 @@ public abstract partial class SqlStore
         WriteAsync(async (connection, transaction) =>
         {
             await InsertAsync(connection, transaction,
-                $"INSERT INTO tenants ({TenantColumns}) VALUES (@id, @display_name, @state, @create_time, @delete_time)",
+                $"INSERT INTO tenants ({TenantColumns}) VALUES (@id, @display_name, @state, @create_time, @delete_time, @delete_waiting_ms)",
                 tenant.Id.ResourceName, cancellationToken,
                 ("@id", tenant.Id.Value), ("@display_name", tenant.DisplayName), ("@state", (int)tenant.State),
-                ("@create_time", tenant.CreateTime.ToUnixTimeMilliseconds()), ("@delete_time", Millis(tenant.DeleteTime)));
+                ("@create_time", tenant.CreateTime.ToUnixTimeMilliseconds()), ("@delete_time", Millis(tenant.DeleteTime)),
+                ("@delete_waiting_ms", Millis(tenant.DeleteWaitingPeriod)));
             return 0;
         }, cancellationToken);
 
@@ -44,8 +45,9 @@ public abstract partial class SqlStore
 
     /// <inheritdoc />
     public Task<bool> UpdateTenantAsync(Tenant tenant, CancellationToken cancellationToken) =>
-        ExecuteAccessWriteAsync("UPDATE tenants SET state = @state, delete_time = @delete_time WHERE id = @id", tenant.Id.ResourceName, cancellationToken,
-            ("@state", (int)tenant.State), ("@delete_time", Millis(tenant.DeleteTime)), ("@id", tenant.Id.Value));
+        ExecuteAccessWriteAsync("UPDATE tenants SET state = @state, delete_time = @delete_time, delete_waiting_ms = @delete_waiting_ms WHERE id = @id",
+            tenant.Id.ResourceName, cancellationToken,
+            ("@state", (int)tenant.State), ("@delete_time", Millis(tenant.DeleteTime)), ("@delete_waiting_ms", Millis(tenant.DeleteWaitingPeriod)), ("@id", tenant.Id.Value));
 
     /// <inheritdoc />
     public Task CreatePrincipalAsync(Principal principal, CancellationToken cancellationToken) =>
@@ -288,6 +290,7 @@ public abstract partial class SqlStore
         new(TenantId.Parse(reader.GetString(0)), reader.GetString(1), (TenantState)reader.GetInt32(2), DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(3)))
         {
             DeleteTime = ReadTime(reader, 4),
+            DeleteWaitingPeriod = reader.IsDBNull(5) ? null : TimeSpan.FromMilliseconds(reader.GetInt64(5)),
         };
 
     private static Principal ReadPrincipal(DbDataReader reader) =>

@@ -839,6 +839,8 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
 
     private static object Millis(DateTimeOffset? time) => time is { } value ? value.ToUnixTimeMilliseconds() : NullInt64;
 
+    private static object Millis(TimeSpan? period) => period is { } value ? (long)value.TotalMilliseconds : NullInt64;
+
     // A NULL with a type: PostgreSQL cannot infer one for a parameter only tested (@p IS NULL).
     private static readonly object NullInt64 = new TypedNull(DbType.Int64);
 

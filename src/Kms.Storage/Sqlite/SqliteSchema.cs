@@ -263,6 +263,12 @@ internal static class SqliteSchema
             UPDATE keys SET allow_import = 1
             WHERE EXISTS (SELECT 1 FROM key_versions v WHERE v.tenant = keys.tenant AND v.key_id = keys.key_id AND v.origin = 2);
             """),
+        new(11, """
+            -- The waiting period DeleteTenant asked for, recorded with the DELETING state, so that the
+            -- keys a failed call did not reach, and those the sweep finds, get it rather than the
+            -- default. Additive: a schema-10 server ignores it (its sweep uses the default, as before).
+            ALTER TABLE tenants ADD COLUMN delete_waiting_ms INTEGER;
+            """, CompatibleFrom: 10),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;

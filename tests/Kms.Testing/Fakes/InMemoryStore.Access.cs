@@ -54,7 +54,7 @@ public sealed partial class InMemoryStore
                 return Task.FromResult(false);
             }
 
-            _tenants[tenant.Id.Value] = stored with { State = tenant.State, DeleteTime = tenant.DeleteTime };
+            _tenants[tenant.Id.Value] = stored with { State = tenant.State, DeleteTime = tenant.DeleteTime, DeleteWaitingPeriod = tenant.DeleteWaitingPeriod };
             return Task.FromResult(true);
         }
     }
