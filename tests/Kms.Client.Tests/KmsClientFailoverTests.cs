@@ -37,6 +37,37 @@ public sealed class KmsClientFailoverTests(ClientServerFixture fixture) : IClass
     }
 
     [Fact]
+    public async Task Calls_OneEndpointPresentsAnUntrustedCertificate_EverySucceedsViaTheOtherAndItIsMarkedDown()
+    {
+        // The TLS failure reaches the SDK as INTERNAL, not UNAVAILABLE (an AuthenticationException
+        // under the HttpRequestException): it must still take the endpoint out and, since a
+        // handshake that failed sent nothing, send even a once-only call elsewhere.
+        var sink = new LogSink();
+        using var factory = LoggerFactory.Create(b => b.AddProvider(sink).SetMinimumLevel(LogLevel.Trace));
+        using var untrusted = new UntrustedTlsListener();
+        var counter = new AttemptCounter();
+        var options = Options([untrusted.Address, fixture.Server.Address]);
+        options.Interceptors.Add(counter);
+        options.HealthCheckInterval = TimeSpan.FromMinutes(10);
+        using var client = new KmsClient(options, factory);
+
+        // The first call goes to the first endpoint. CreateGrant is never repeated once it may have
+        // reached a server: the good one's own answer (the key does not exist) shows it was sent on.
+        var grant = await Assert.ThrowsAsync<RpcException>(() => client.CreateGrantAsync("tenants/dev/keys/absent", new KeyGrant { Grantee = "token:x", Operations = { "DECRYPT" } }));
+        for (var i = 0; i < 10; i++)
+        {
+            Assert.Equal(8, (await client.GenerateRandomAsync(8)).Length);
+        }
+
+        Assert.Equal(StatusCode.NotFound, grant.StatusCode);
+        Assert.Equal((2, 10), (counter["CreateGrant"], counter["GenerateRandom"]));
+        Assert.Equal(1, untrusted.Connections);
+        Assert.False(client.Endpoints.IsUp(client.Endpoints.Endpoints[0]));
+        var down = Assert.Single(sink.Events, e => e.EventId == 3001);
+        Assert.Contains(untrusted.Address.ToString(), down.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Calls_EndpointThatAcceptsAndCloses_SkippedAfterItsFirstFailure()
     {
         using var dead = new AcceptAndCloseListener();

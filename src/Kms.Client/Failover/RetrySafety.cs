@@ -1,4 +1,5 @@
 using System.Net.Http;
+using System.Security.Authentication;
 using Google.Protobuf;
 using Google.Protobuf.Reflection;
 using Grpc.Core;
@@ -10,7 +11,8 @@ namespace Kms.Client.Failover;
 /// Which failed calls may be sent again. Only UNAVAILABLE is ever retried: the server
 /// answers it when it did nothing (HSM or database down, shedding load — "a failed request
 /// changes nothing"), and the transport answers it when a connection could not be made or
-/// broke (a connect timeout, which the HTTP stack reports as a cancellation, is taken as
+/// broke (a connect timeout, which the HTTP stack reports as a cancellation, and a TLS
+/// handshake that failed, which Grpc.Net.Client reports as INTERNAL, are taken as
 /// UNAVAILABLE too). In the last case the server may have applied the call before the answer was lost,
 /// so a call is sent again after such a failure only if repeating it is harmless:
 /// <list type="bullet">
@@ -104,10 +106,16 @@ internal static class RetrySafety
         || (request is IMessage message && RequestId(message.Descriptor) is { } field && !string.IsNullOrEmpty((string)field.Accessor.GetValue(message)));
 
     /// <summary>
-    /// The failure as UNAVAILABLE when it is one: UNAVAILABLE itself, or a connection attempt
-    /// that timed out, which the HTTP stack reports as a cancellation nobody asked for
-    /// (<paramref name="callToken"/> is not cancelled); null for any other failure.
+    /// The failure as UNAVAILABLE when it is one: UNAVAILABLE itself; a TLS handshake that
+    /// failed (the server's certificate not trusted, expired, for another name), which
+    /// Grpc.Net.Client reports as INTERNAL; or a connection attempt that timed out, which the
+    /// HTTP stack reports as a cancellation nobody asked for. Null for any other failure, and
+    /// whenever <paramref name="callToken"/> is cancelled.
     /// </summary>
+    /// <remarks>
+    /// A status the server sent carries no <see cref="Status.DebugException"/>: only failures of
+    /// the client's own transport are read here, so a server's INTERNAL stays INTERNAL.
+    /// </remarks>
     public static RpcException? AsUnavailable(RpcException failure, CancellationToken callToken)
     {
         if (failure.StatusCode == StatusCode.Unavailable)
@@ -115,7 +123,17 @@ internal static class RetrySafety
             return failure;
         }
 
-        if (failure.StatusCode != StatusCode.Cancelled || callToken.IsCancellationRequested)
+        if (callToken.IsCancellationRequested)
+        {
+            return null;
+        }
+
+        if (TlsHandshakeFailed(failure))
+        {
+            return new RpcException(new Status(StatusCode.Unavailable, "TLS handshake failed: " + failure.Status.Detail, failure.Status.DebugException));
+        }
+
+        if (failure.StatusCode != StatusCode.Cancelled)
         {
             return null;
         }
@@ -145,7 +163,26 @@ internal static class RetrySafety
                 {
                     HttpRequestError: HttpRequestError.ConnectionError or HttpRequestError.NameResolutionError
                         or HttpRequestError.SecureConnectionError or HttpRequestError.ProxyTunnelError,
-                })
+                } or AuthenticationException)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>
+    /// True when the transport failed the TLS handshake: an <see cref="HttpRequestException"/>
+    /// with <see cref="HttpRequestError.SecureConnectionError"/>, or an
+    /// <see cref="AuthenticationException"/>, in the <see cref="Status.DebugException"/> chain.
+    /// HTTP/2 sends a request only over an established TLS connection, so none was sent.
+    /// </summary>
+    public static bool TlsHandshakeFailed(RpcException failure)
+    {
+        for (var e = failure.Status.DebugException; e is not null; e = e.InnerException)
+        {
+            if (e is HttpRequestException { HttpRequestError: HttpRequestError.SecureConnectionError } or AuthenticationException)
             {
                 return true;
             }

@@ -1,5 +1,9 @@
 using System.Net;
+using System.Net.Security;
 using System.Net.Sockets;
+using System.Security.Authentication;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
 
 namespace Kms.Client.Tests.Failover;
 
@@ -106,5 +110,83 @@ internal sealed class BlackHoleListener : IDisposable
         }
 
         _listener.Stop();
+    }
+}
+
+/// <summary>
+/// A loopback TLS listener presenting a self-signed certificate no client of the tests trusts:
+/// every TLS handshake fails on the client's side. Counts the connections it accepted.
+/// </summary>
+internal sealed class UntrustedTlsListener : IDisposable
+{
+    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+    private readonly CancellationTokenSource _stop = new();
+    private readonly X509Certificate2 _certificate;
+    private int _connections;
+
+    public UntrustedTlsListener()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var request = new CertificateRequest("CN=127.0.0.1", key, HashAlgorithmName.SHA256);
+        var names = new SubjectAlternativeNameBuilder();
+        names.AddIpAddress(IPAddress.Loopback);
+        request.CertificateExtensions.Add(names.Build());
+        using var selfSigned = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
+        _certificate = X509CertificateLoader.LoadPkcs12(selfSigned.Export(X509ContentType.Pfx), null);
+        _listener.Start();
+        Address = new Uri($"https://127.0.0.1:{((IPEndPoint)_listener.LocalEndpoint).Port}");
+        _ = AcceptAsync();
+    }
+
+    public Uri Address { get; }
+
+    public int Connections => Volatile.Read(ref _connections);
+
+    public void Dispose()
+    {
+        _stop.Cancel();
+        _listener.Stop();
+        _stop.Dispose();
+        _certificate.Dispose();
+    }
+
+    private async Task AcceptAsync()
+    {
+        try
+        {
+            while (true)
+            {
+                var socket = await _listener.AcceptSocketAsync(_stop.Token);
+                Interlocked.Increment(ref _connections);
+                _ = HandshakeAsync(socket);
+            }
+        }
+        catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException)
+        {
+            // Stopped.
+        }
+    }
+
+    private async Task HandshakeAsync(Socket socket)
+    {
+        using (socket)
+        {
+            try
+            {
+                await using var tls = new SslStream(new NetworkStream(socket, ownsSocket: false));
+                await tls.AuthenticateAsServerAsync(new SslServerAuthenticationOptions
+                {
+                    ServerCertificate = _certificate,
+                    ApplicationProtocols = [SslApplicationProtocol.Http2],
+                    EnabledSslProtocols = SslProtocols.Tls13,
+                });
+                // Held open until the client, having refused the certificate, closes it.
+                await tls.ReadAtLeastAsync(new byte[1], 1, throwOnEndOfStream: false, _stop.Token);
+            }
+            catch (Exception e) when (e is IOException or AuthenticationException or OperationCanceledException or ObjectDisposedException)
+            {
+                // The client refused the certificate and closed the connection.
+            }
+        }
     }
 }

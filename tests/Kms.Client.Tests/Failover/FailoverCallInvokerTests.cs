@@ -77,6 +77,32 @@ public sealed class FailoverCallInvokerTests
     }
 
     [Fact]
+    public async Task Call_TlsHandshakeFailed_TakenAsUnavailableNeverSentAndRetriedElsewhere()
+    {
+        var (a, b) = (new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.UntrustedCertificate() }, new ScriptedEndpoint("b"));
+        using var fake = new FakeClient([a, b]);
+
+        // CreateGrant is sent again only when the first attempt never left the client.
+        await fake.Client.CreateGrantAsync("tenants/dev/keys/k", new KeyGrant { Grantee = "token:x" });
+
+        Assert.Equal((1, 1), (a.Calls, b.Calls));
+        Assert.False(fake.IsUp(a));
+    }
+
+    [Fact]
+    public async Task Call_TlsHandshakeFailedOnTheOnlyEndpoint_UnavailableNamingTheCause()
+    {
+        var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.UntrustedCertificate() };
+        using var fake = new FakeClient([a], maxAttempts: 2);
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => fake.Client.GetKeyAsync(AnyGet.Name));
+
+        Assert.Equal(StatusCode.Unavailable, e.StatusCode);
+        Assert.Contains("UntrustedRoot", e.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(2, a.Calls);
+    }
+
+    [Fact]
     public async Task Call_ConnectTimedOutOnTheOnlyEndpoint_Unavailable()
     {
         var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.ConnectTimedOut() };

@@ -86,6 +86,43 @@ public sealed class RetrySafetyTests
         Assert.True(RetrySafety.ShedByServer(ScriptedEndpoint.Shed("queue_delay", null)));
     }
 
+    [Fact]
+    public void AsUnavailable_TlsHandshakeFailed_UnavailableAndNeverSent()
+    {
+        var failure = RetrySafety.AsUnavailable(ScriptedEndpoint.UntrustedCertificate(), CancellationToken.None);
+
+        Assert.NotNull(failure);
+        Assert.Equal(StatusCode.Unavailable, failure.StatusCode);
+        Assert.True(RetrySafety.NeverSent(failure));
+        Assert.True(RetrySafety.MayRetry(Method("/kms.v1.KeyManagementService/CreateGrant"), new GetKeyRequest(), failure));
+    }
+
+    [Theory]
+    [InlineData(StatusCode.Internal)]
+    [InlineData(StatusCode.Unknown)]
+    public void AsUnavailable_AuthenticationExceptionAloneInTheChain_Unavailable(StatusCode code)
+    {
+        var tls = new RpcException(new Status(code, "x", new IOException("x", new System.Security.Authentication.AuthenticationException("handshake"))));
+
+        Assert.Equal(StatusCode.Unavailable, RetrySafety.AsUnavailable(tls, CancellationToken.None)?.StatusCode);
+    }
+
+    [Fact]
+    public void AsUnavailable_ServerSentInternal_NotUnavailable()
+    {
+        // A status from the server has no DebugException: nothing says the transport failed.
+        Assert.Null(RetrySafety.AsUnavailable(new RpcException(new Status(StatusCode.Internal, "The remote certificate is invalid")), CancellationToken.None));
+    }
+
+    [Fact]
+    public void AsUnavailable_TlsHandshakeFailedAfterTheCallerCancelled_Null()
+    {
+        using var cancelled = new CancellationTokenSource();
+        cancelled.Cancel();
+
+        Assert.Null(RetrySafety.AsUnavailable(ScriptedEndpoint.UntrustedCertificate(), cancelled.Token));
+    }
+
     [Theory]
     [InlineData("120", 120)]
     [InlineData("0", 0)]

@@ -56,6 +56,19 @@ internal sealed class ScriptedEndpoint(string name) : CallInvoker
     public static RpcException ConnectTimedOut() =>
         new(new Status(StatusCode.Cancelled, "", new OperationCanceledException("The operation was canceled.", new TimeoutException("A connection could not be established within the configured ConnectTimeout."))));
 
+    /// <summary>
+    /// How Grpc.Net.Client reports a server certificate the client does not trust: INTERNAL, the
+    /// cause under an HttpRequestException (SecureConnectionError). No request was sent.
+    /// </summary>
+    public static RpcException UntrustedCertificate() =>
+        new(new Status(
+            StatusCode.Internal,
+            "Error starting gRPC call. HttpRequestException: The SSL connection could not be established, see inner exception. AuthenticationException: The remote certificate is invalid because of errors in the certificate chain: UntrustedRoot",
+            new HttpRequestException(
+                HttpRequestError.SecureConnectionError,
+                "The SSL connection could not be established, see inner exception.",
+                new System.Security.Authentication.AuthenticationException("The remote certificate is invalid because of errors in the certificate chain: UntrustedRoot"))));
+
     /// <summary>UNAVAILABLE with nothing saying whether the request reached a server (a connection lost mid-call, or the server's own answer).</summary>
     public static RpcException LostAnswer() => new(new Status(StatusCode.Unavailable, "connection reset"));
 
