@@ -14,7 +14,10 @@ namespace Kms.Client.Envelope;
 /// <remarks>
 /// <para>Decryption fails with <see cref="EnvelopeDecryptionException"/> (a
 /// <see cref="CryptographicException"/>) for any altered, cut or foreign message, and names
-/// the KMS errors when no data key could be unwrapped. Encryption fails with the KMS's
+/// the KMS errors when the KMS refused every data key (decryption failed, key not found or
+/// disabled, caller not allowed). A KMS that could not answer (UNAVAILABLE — an endpoint
+/// down or its TLS handshake failed — DEADLINE_EXCEEDED, INTERNAL, …) says nothing about the
+/// message: decryption then fails with its <see cref="RpcException"/>. Encryption fails with the KMS's
 /// <see cref="RpcException"/> (e.g. PERMISSION_DENIED, FAILED_PRECONDITION for a disabled key)
 /// or <see cref="ArgumentException"/> for a context over the limits.</para>
 /// <para>The encryption context is not secret: it is stored in clear in the header and given
@@ -134,7 +137,8 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// if the context matters to you. <paramref name="associatedData"/> must be the bytes given
     /// at encryption.
     /// </summary>
-    /// <exception cref="EnvelopeDecryptionException">Whatever was wrong.</exception>
+    /// <exception cref="EnvelopeDecryptionException">Whatever was wrong with the message, or the KMS refused its data keys.</exception>
+    /// <exception cref="RpcException">The KMS could not answer: the message is not known to be bad; retry later.</exception>
     public async Task<byte[]> DecryptAsync(ReadOnlyMemory<byte> message, IReadOnlyDictionary<string, string>? expectedContext = null, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
         var headerLength = EnvelopeHeader.Measure(message.Span);
@@ -197,7 +201,8 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// constant memory. Frames are written as they verify: if this throws, what was written is
     /// not a whole plaintext — discard it. Neither stream is disposed.
     /// </summary>
-    /// <exception cref="EnvelopeDecryptionException">Whatever was wrong.</exception>
+    /// <exception cref="EnvelopeDecryptionException">Whatever was wrong with the message, or the KMS refused its data keys.</exception>
+    /// <exception cref="RpcException">The KMS could not answer: the message is not known to be bad; retry later.</exception>
     public async Task DecryptAsync(Stream message, Stream destination, IReadOnlyDictionary<string, string>? expectedContext = null, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(destination);
@@ -370,7 +375,7 @@ public sealed class EnvelopeEncryptor : IDisposable
     }
 
     /// <summary>The data key from the first trusted wrapped key the KMS unwraps (the caller zeroes it).</summary>
-    /// <exception cref="RpcException">The KMS could not answer for any trusted key and at least one failure was transient (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED): retry later; the message is not known to be bad.</exception>
+    /// <exception cref="RpcException">No trusted key's data key was unwrapped and at least one failure was not a verdict about the message or the caller (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN, …): the message is not known to be bad; retry later.</exception>
     private async Task<byte[]> UnwrapAsync(EnvelopeHeader header, CancellationToken cancellationToken)
     {
         // Each trusted key once, in header order: a hostile header repeating a trusted key
@@ -401,11 +406,11 @@ public sealed class EnvelopeEncryptor : IDisposable
         }
 
         // A KMS that could not answer says nothing about the message: surface that as the
-        // retryable RpcException it is, not as a CryptographicException a caller might take
-        // for corruption.
-        if (failures.OfType<RpcException>().FirstOrDefault(IsTransient) is { } transient)
+        // RpcException it is, not as a CryptographicException a caller might take for
+        // corruption. Only a verdict is a decryption failure.
+        if (failures.OfType<RpcException>().FirstOrDefault(e => !IsVerdict(e)) is { } noVerdict)
         {
-            throw transient;
+            throw noVerdict;
         }
 
         var reasons = candidates.Zip(failures, (key, failure) => failure is RpcException rpc
@@ -431,8 +436,14 @@ public sealed class EnvelopeEncryptor : IDisposable
         return dataKey;
     }
 
-    private static bool IsTransient(RpcException exception) =>
-        exception.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded or StatusCode.ResourceExhausted or StatusCode.Aborted;
+    // The KMS's definitive answers about this message or this caller: "decryption failed" (the
+    // server's INVALID_ARGUMENT for a ciphertext that does not decrypt, whatever the reason), a
+    // key or version that does not exist or is disabled, a caller not allowed. Anything else —
+    // UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL (a TLS handshake that failed
+    // is one), UNKNOWN, CANCELLED — says nothing about the message.
+    private static bool IsVerdict(RpcException exception) =>
+        exception.StatusCode is StatusCode.InvalidArgument or StatusCode.NotFound or StatusCode.FailedPrecondition
+            or StatusCode.PermissionDenied or StatusCode.Unauthenticated;
 
     /// <summary>A key name from an unauthenticated header, fit for an error message.</summary>
     private static string Printable(string keyName)

@@ -3,6 +3,7 @@ using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
 using Kms.Client.Caching;
 using Kms.Client.Envelope;
+using Kms.Client.Tests.Failover;
 using Kms.Contracts.V1;
 using Kms.Testing;
 using Microsoft.Extensions.DependencyInjection;
@@ -38,6 +39,28 @@ public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFix
 {
     private readonly FakeTimeProvider _time = fixture.Time;
     private readonly KmsClient _client = fixture.Client;
+
+    [Fact]
+    public async Task Decrypt_OnlyEndpointPresentsAnUntrustedCertificate_UnavailableRpcExceptionNotADecryptionFailure()
+    {
+        var key = await NewKeyAsync();
+        using var writer = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key] });
+        var message = await writer.EncryptAsync(new byte[] { 1, 2, 3 });
+        using var untrusted = new UntrustedTlsListener();
+        using var client = new KmsClient(new KmsClientOptions
+        {
+            Endpoints = [untrusted.Address],
+            CaCertificatePath = fixture.Server.CaCertificatePath,
+            ApiToken = fixture.Server.DeveloperToken,
+            Retry = { MaxAttempts = 2, BaseBackoff = TimeSpan.FromMilliseconds(10), MaxBackoff = TimeSpan.FromMilliseconds(20) },
+        });
+        using var reader = new EnvelopeEncryptor(client, new EnvelopeOptions { KeyNames = [key] });
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => reader.DecryptAsync(message));
+
+        Assert.Equal(StatusCode.Unavailable, e.StatusCode);
+        Assert.Contains("UntrustedRoot", e.Status.Detail, StringComparison.Ordinal);
+    }
 
     [Fact]
     public async Task RoundTrip_OneShotAndStream_ThroughTheKms()

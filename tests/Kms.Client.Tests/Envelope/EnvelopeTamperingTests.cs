@@ -206,6 +206,44 @@ public sealed class EnvelopeTamperingTests
         Assert.Equal(Grpc.Core.StatusCode.Unavailable, e.StatusCode);
     }
 
+    [Theory]
+    [InlineData(Grpc.Core.StatusCode.Internal)]
+    [InlineData(Grpc.Core.StatusCode.Unknown)]
+    [InlineData(Grpc.Core.StatusCode.DeadlineExceeded)]
+    [InlineData(Grpc.Core.StatusCode.ResourceExhausted)]
+    [InlineData(Grpc.Core.StatusCode.Aborted)]
+    [InlineData(Grpc.Core.StatusCode.Cancelled)]
+    public async Task KmsFailingWithoutAVerdict_ItsRpcException_NotAnEnvelopeError(Grpc.Core.StatusCode code)
+    {
+        // INTERNAL is, among others, how the transport reports a TLS handshake that failed:
+        // nothing was asked, so nothing is known about the message.
+        using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out var provider, ["tenants/t/keys/a", "tenants/t/keys/b"]);
+        var message = await encryptor.EncryptAsync(new byte[10]);
+        provider.Refused.Add("tenants/t/keys/a");
+        provider.Failing["tenants/t/keys/b"] = code;
+
+        var e = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => encryptor.DecryptAsync(message));
+
+        Assert.Equal(code, e.StatusCode);
+    }
+
+    [Theory]
+    [InlineData(Grpc.Core.StatusCode.InvalidArgument)]
+    [InlineData(Grpc.Core.StatusCode.NotFound)]
+    [InlineData(Grpc.Core.StatusCode.FailedPrecondition)]
+    [InlineData(Grpc.Core.StatusCode.PermissionDenied)]
+    [InlineData(Grpc.Core.StatusCode.Unauthenticated)]
+    public async Task KmsVerdictOnEveryKey_EnvelopeDecryptionException_WithTheKmsAnswer(Grpc.Core.StatusCode code)
+    {
+        using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out var provider, ["tenants/t/keys/a"]);
+        var message = await encryptor.EncryptAsync(new byte[10]);
+        provider.Failing["tenants/t/keys/a"] = code;
+
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message));
+
+        Assert.Equal(code, Assert.IsType<Grpc.Core.RpcException>(e.InnerException).StatusCode);
+    }
+
     [Fact]
     public async Task Garbage_OfAnySize_OnlyEnvelopeDecryptionException()
     {

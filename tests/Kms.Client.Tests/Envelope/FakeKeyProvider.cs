@@ -33,6 +33,9 @@ internal sealed class FakeKeyProvider : IEnvelopeKeyProvider
     /// <summary>Keys whose "KMS" cannot be reached (UNAVAILABLE).</summary>
     public HashSet<string> Unreachable { get; } = new(StringComparer.Ordinal);
 
+    /// <summary>Keys the "KMS" answers with the given status when asked to unwrap.</summary>
+    public Dictionary<string, StatusCode> Failing { get; } = new(StringComparer.Ordinal);
+
     /// <summary>Every plaintext data key handed out (to check they were zeroed).</summary>
     public ConcurrentBag<byte[]> HandedOut { get; } = [];
 
@@ -61,6 +64,11 @@ internal sealed class FakeKeyProvider : IEnvelopeKeyProvider
     public Task<UnwrappedDataKey> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken)
     {
         Interlocked.Increment(ref _unwrapCalls);
+        if (Failing.TryGetValue(wrappedKey.KeyName, out var code))
+        {
+            throw new RpcException(new Status(code, $"{code} for {wrappedKey.KeyName}"));
+        }
+
         if (Unreachable.Contains(wrappedKey.KeyName))
         {
             throw new RpcException(new Status(StatusCode.Unavailable, "no healthy endpoint"));
