@@ -1,6 +1,7 @@
 using System.Net.Security;
 using System.Runtime.CompilerServices;
 using System.Security.Authentication;
+using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Google.Protobuf;
 using Grpc.Core;
@@ -72,7 +73,7 @@ public sealed partial class KmsClient : IDisposable
 
     private readonly FailoverCallInvoker _invoker;
     private readonly KeyManagementService.KeyManagementServiceClient _stub;
-    private readonly X509Certificate2? _ownedCa;
+    private readonly X509Certificate2Collection? _ownedCas;
 
     /// <summary>Connects to the configured endpoints, trusting the configured CA.</summary>
     /// <exception cref="ArgumentException">An option is invalid; the message says which.</exception>
@@ -91,7 +92,7 @@ public sealed partial class KmsClient : IDisposable
     internal KmsClient(Connection connection)
     {
         _invoker = connection.Invoker;
-        _ownedCa = connection.OwnedCa;
+        _ownedCas = connection.OwnedCas;
         _stub = new KeyManagementService.KeyManagementServiceClient(_invoker);
         Access = new AccessManagementService.AccessManagementServiceClient(_invoker);
         Audit = new AuditService.AuditServiceClient(_invoker);
@@ -246,11 +247,11 @@ public sealed partial class KmsClient : IDisposable
     public void Dispose()
     {
         _invoker.Dispose();
-        _ownedCa?.Dispose();
+        DisposeAll(_ownedCas);
     }
 
-    /// <summary>The channels and failover machinery behind a client, and the CA it loaded (disposed with it).</summary>
-    internal readonly record struct Connection(FailoverCallInvoker Invoker, X509Certificate2? OwnedCa);
+    /// <summary>The channels and failover machinery behind a client, and the CA certificates it loaded (disposed with it).</summary>
+    internal readonly record struct Connection(FailoverCallInvoker Invoker, X509Certificate2Collection? OwnedCas);
 
     /// <summary>Validates the options and opens one channel per endpoint.</summary>
     internal static Connection Connect(KmsClientOptions options, ILoggerFactory? loggerFactory, TimeProvider time, Func<double> unitRandom)
@@ -258,13 +259,13 @@ public sealed partial class KmsClient : IDisposable
         ArgumentNullException.ThrowIfNull(options);
         var addresses = options.Validate(nameof(options));
 
-        X509Certificate2? ownedCa = null;
+        X509Certificate2Collection? ownedCas = null;
         try
         {
-            var ca = options.CaCertificate;
+            X509Certificate2Collection? ca = options.CaCertificate is { } given ? [given] : null;
             if (ca is null && options.CaCertificatePath is { } path)
             {
-                ca = ownedCa = X509Certificate2.CreateFromPem(File.ReadAllText(path));
+                ca = ownedCas = LoadCaBundle(path, nameof(options));
             }
 
             var token = options.ApiToken ?? (options.ApiTokenPath is { } tokenPath ? File.ReadAllText(tokenPath).Trim() : null);
@@ -276,16 +277,50 @@ public sealed partial class KmsClient : IDisposable
             {
                 Limit = new ConcurrencyLimit(options.MaxConcurrentCalls, logger),
             };
-            return new Connection(invoker, ownedCa);
+            return new Connection(invoker, ownedCas);
         }
         catch
         {
-            ownedCa?.Dispose();
+            DisposeAll(ownedCas);
             throw;
         }
     }
 
-    private static KmsEndpoint Open(Uri address, KmsClientOptions options, X509Certificate2? ca, string? token)
+    /// <summary>
+    /// Every certificate of a PEM file: a CA rotation's old and new CA, or an intermediate and
+    /// its root, are all trusted (reading only the first would drop the rest without a word).
+    /// </summary>
+    /// <exception cref="ArgumentException">The file holds no certificate, or a malformed one.</exception>
+    internal static X509Certificate2Collection LoadCaBundle(string path, string paramName)
+    {
+        var bundle = new X509Certificate2Collection();
+        try
+        {
+            bundle.ImportFromPemFile(path);
+        }
+        catch (CryptographicException e)
+        {
+            DisposeAll(bundle);
+            throw new ArgumentException($"CaCertificatePath {path}: a certificate in it cannot be read ({e.Message})", paramName, e);
+        }
+
+        if (bundle.Count == 0)
+        {
+            throw KmsClientOptions.Invalid($"CaCertificatePath {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", paramName);
+        }
+
+        return bundle;
+    }
+
+    private static void DisposeAll(X509Certificate2Collection? certificates)
+    {
+        foreach (var certificate in certificates ?? [])
+        {
+            certificate.Dispose();
+        }
+    }
+
+    private static KmsEndpoint Open(Uri address, KmsClientOptions options, X509Certificate2Collection? ca, string? token)
     {
         var ssl = new SslClientAuthenticationOptions { EnabledSslProtocols = SslProtocols.Tls13 };
         if (options.ClientCertificate is { } clientCertificate)
@@ -299,8 +334,8 @@ public sealed partial class KmsClient : IDisposable
             {
                 TrustMode = X509ChainTrustMode.CustomRootTrust,
                 RevocationMode = X509RevocationMode.NoCheck,
-                CustomTrustStore = { ca },
             };
+            ssl.CertificateChainPolicy.CustomTrustStore.AddRange(ca);
         }
 
         var halfDeadline = options.CallTimeout / 2;

@@ -34,7 +34,9 @@ public sealed class KmsClientOptions
 
     /// <summary>
     /// PEM file of the CA that issued the servers' certificates (dev mode: <c>.kms/tls/ca.crt</c>).
-    /// When set, only this CA is trusted for the servers; when null, the system's trust store is used.
+    /// When set, only the certificates in it are trusted for the servers — all of them: during a
+    /// CA rotation, the old CA and the new one; when null, the system's trust store is used.
+    /// Read once, at creation; a file without a certificate is refused.
     /// </summary>
     public string? CaCertificatePath { get; set; }
 

@@ -56,6 +56,26 @@ public sealed class KmsClientOptionsTests
         Assert.Equal(endpoints, client.Endpoints.Endpoints.Select(e => e.Address));
     }
 
+    [Theory]
+    [InlineData("")]
+    [InlineData("-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n")]
+    public void Constructor_CaCertificatePathWithoutACertificate_ArgumentExceptionNamingIt(string content)
+    {
+        var path = Path.Combine(Path.GetTempPath(), $"kms-ca-{Guid.NewGuid():N}.pem");
+        File.WriteAllText(path, content);
+        try
+        {
+            var e = Assert.Throws<ArgumentException>(() => new KmsClient(new KmsClientOptions { CaCertificatePath = path }));
+
+            Assert.Contains($"CaCertificatePath {path} holds no PEM certificate", e.Message, StringComparison.Ordinal);
+            Assert.Equal("options", e.ParamName);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
     private static System.Security.Cryptography.X509Certificates.X509Certificate2 CreateCertificate()
     {
         using var key = System.Security.Cryptography.ECDsa.Create();

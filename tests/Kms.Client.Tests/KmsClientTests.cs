@@ -1,3 +1,5 @@
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
 using Google.Protobuf;
 using Grpc.Core;
 using Kms.Testing;
@@ -92,6 +94,34 @@ public sealed class KmsClientTests(ClientServerFixture fixture) : IClassFixture<
         using var client = fixture.Server.CreateClient();
         var e = await Assert.ThrowsAsync<RpcException>(() => client.GetKeyAsync("tenants/dev/keys/absent"));
         Assert.Equal(StatusCode.NotFound, e.StatusCode);
+    }
+
+    [Fact]
+    public async Task CaCertificatePath_BundleWithAnotherCaFirst_TrustsTheServersCaToo()
+    {
+        // A CA rotation's file: the new CA before the old one, or an unrelated one first.
+        using var otherKey = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var request = new CertificateRequest("CN=Another CA", otherKey, HashAlgorithmName.SHA256);
+        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(true, false, 0, true));
+        using var other = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(30));
+        var bundle = Path.Combine(Path.GetTempPath(), $"kms-ca-bundle-{Guid.NewGuid():N}.pem");
+        await File.WriteAllTextAsync(bundle, other.ExportCertificatePem() + "\n" + await File.ReadAllTextAsync(fixture.Server.CaCertificatePath));
+        try
+        {
+            using var client = new KmsClient(new KmsClientOptions
+            {
+                Endpoint = fixture.Server.Address,
+                CaCertificatePath = bundle,
+                ApiToken = fixture.Server.DeveloperToken,
+                Retry = { MaxAttempts = 1 },
+            });
+
+            Assert.Equal(8, (await client.GenerateRandomAsync(8)).Length);
+        }
+        finally
+        {
+            File.Delete(bundle);
+        }
     }
 
     [Fact]
