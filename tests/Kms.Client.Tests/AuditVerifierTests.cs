@@ -278,6 +278,54 @@ public sealed partial class AuditVerifierTests : IDisposable
         }
     }
 
+    [Fact]
+    public async Task LineLongerThanTheBound_Malformed_NotReadToItsEnd()
+    {
+        // A line without end would otherwise be read into one string until memory runs out.
+        var lines = await BuildAsync();
+        var prefix = string.Join('\n', lines.Take(3)) + "\n";
+        using var endless = new EndlessLineReader(prefix + "{\"event\":{\"v\":1,\"seq\":1,\"note\":\"", 'a', 64L << 20);
+
+        var result = AuditVerifier.Verify(endless, _log.PublicKey);
+
+        Assert.False(result.Valid);
+        Assert.Equal($"line 4 is malformed (longer than {AuditVerifier.MaxLineLength} characters)", result.Problem);
+        Assert.True(endless.CharactersRead < 2 * AuditVerifier.MaxLineLength, $"{endless.CharactersRead:N0} characters read");
+
+        // The bound itself is a line's length, its end not counted.
+        var atTheBound = new string('x', AuditVerifier.MaxLineLength);
+        Assert.DoesNotContain("longer than", Verify([.. lines.Take(3), atTheBound + "\r"]).Problem, StringComparison.Ordinal);
+        Assert.Contains("(longer than", Verify([.. lines.Take(3), atTheBound + "x"]).Problem, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task LineEndings_CrLfAndCr_ReadAsLines()
+    {
+        var lines = await BuildAsync();
+
+        Assert.True(AuditVerifier.Verify(new StringReader(string.Join("\r\n", lines) + "\r\n"), _log.PublicKey).Valid);
+        Assert.True(AuditVerifier.Verify(new StringReader(string.Join("\r", lines)), _log.PublicKey).Valid);
+    }
+
+    [Fact]
+    public void CheckpointFarAfterItsEvent_OutOfPlace_NotKeptInMemoryFor()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var publicKey = key.ExportSubjectPublicKeyInfo();
+
+        // The server writes a checkpoint right after its event; up to RecentEvents later still verifies.
+        using var late = new SyntheticAuditExport(key, 70_000, 1_000, checkpointDelay: AuditVerifier.RecentEvents - 1);
+        var verified = AuditVerifier.Verify(late, publicKey);
+        Assert.True(verified.Valid, verified.Problem);
+        Assert.Equal(70L, verified.Checkpoints);
+
+        using var tooLate = new SyntheticAuditExport(key, 70_000, 1_000, checkpointDelay: AuditVerifier.RecentEvents);
+        var refused = AuditVerifier.Verify(tooLate, publicKey);
+        Assert.False(refused.Valid);
+        Assert.Equal(1_000, refused.FirstBadSequence);
+        Assert.Contains($"checkpoint 1000 comes {AuditVerifier.RecentEvents} events after its event: out of place", refused.Problem, StringComparison.Ordinal);
+    }
+
     // Twelve events, checkpoints at 5 and 10.
     private async Task<List<string>> BuildAsync()
     {
@@ -361,4 +409,43 @@ public sealed partial class AuditVerifierTests : IDisposable
 
     [GeneratedRegex("\"prev\":\"[0-9a-f]{64}\"")]
     private static partial Regex PrevPattern();
+}
+
+/// <summary>A reader of a prefix and then one line of <c>length</c> copies of a character, without end; counts what was read.</summary>
+internal sealed class EndlessLineReader(string prefix, char filler, long length) : TextReader
+{
+    private long _position;
+
+    public long CharactersRead => _position;
+
+    public override int Read(char[] buffer, int index, int count)
+    {
+        var n = (int)Math.Min(count, prefix.Length + length - _position);
+        for (var i = 0; i < n; i++, _position++)
+        {
+            buffer[index + i] = _position < prefix.Length ? prefix[(int)_position] : filler;
+        }
+
+        return n;
+    }
+
+    public override string? ReadLine()
+    {
+        // TextReader.ReadLine reads a character at a time: as slow as it is faithful.
+        var line = new System.Text.StringBuilder();
+        var buffer = new char[1];
+        while (Read(buffer, 0, 1) == 1)
+        {
+            if (buffer[0] == '\n')
+            {
+                return line.ToString();
+            }
+
+            line.Append(buffer[0]);
+        }
+
+        return line.Length > 0 ? line.ToString() : null;
+    }
+
+    public override int Read() => throw new NotSupportedException("read in blocks or lines");
 }

@@ -25,8 +25,29 @@ public sealed record AuditVerification(bool Valid, long Events, long Checkpoints
 /// given, a checkpoint known from outside (detects tail truncation and rewrites by whoever
 /// holds the database). Independent of the server's implementation of the same format.
 /// </summary>
+/// <remarks>
+/// Memory does not grow with the export: lines are read one at a time, each at most
+/// 1,048,576 characters (a longer one is malformed), and the hashes of only the last 65,536
+/// events are kept (2 MiB), for the checkpoints that follow them: the server writes each
+/// checkpoint right after the event it covers, and one further from it is out of place.
+/// </remarks>
 public static class AuditVerifier
 {
+    /// <summary>
+    /// The longest line read, in characters: far above any line the server writes (an event's
+    /// request strings are cut at 512 characters, a principal's name is at most about 2,000, a
+    /// context at most 64 entries of 256-byte keys and hashed values — tens of kilobytes at the
+    /// very most). A longer line is malformed.
+    /// </summary>
+    internal const int MaxLineLength = 1 << 20;
+
+    /// <summary>
+    /// How many events back a checkpoint may cover and still be checked against the chain. The
+    /// server writes each checkpoint right after its event; one further back than this is refused
+    /// as out of place rather than kept in memory for.
+    /// </summary>
+    internal const int RecentEvents = 1 << 16;
+
     private const string Genesis = "0000000000000000000000000000000000000000000000000000000000000000";
 
     private static readonly JsonDocumentOptions Strict = new() { AllowDuplicateProperties = false };
@@ -59,12 +80,18 @@ public static class AuditVerifier
 
         var fingerprint = "sha256:" + Convert.ToHexStringLower(SHA256.HashData(publicKey));
 
-        var state = new State();
+        var state = new State(lastKnown?.Sequence);
+        var lines = new BoundedLineReader(export, MaxLineLength);
         string? line;
         var lineNumber = 0;
-        while ((line = export.ReadLine()) is not null)
+        while ((line = lines.ReadLine()) is not null)
         {
             lineNumber++;
+            if (lines.TooLong)
+            {
+                return state.Fail(state.NextSequence, $"line {lineNumber} is malformed (longer than {MaxLineLength} characters)");
+            }
+
             if (line.Length == 0)
             {
                 continue;
@@ -103,7 +130,7 @@ public static class AuditVerifier
                 return state.Fail(lastKnown.Sequence, $"the known checkpoint at {lastKnown.Sequence} lies before this export's start ({state.Anchor}); it cannot be checked here");
             }
 
-            if (!state.Hashes.TryGetValue(lastKnown.Sequence, out var hash))
+            if (state.KnownHash is not { } hash)
             {
                 return state.Fail(Math.Min(lastKnown.Sequence, state.NextSequence), $"the export ends before the known checkpoint at {lastKnown.Sequence}: events were removed from the tail");
             }
@@ -130,9 +157,14 @@ public static class AuditVerifier
 
     private static bool Is(List<string> members, string first, string second) => members.Count == 2 && members[0] == first && members[1] == second;
 
-    private sealed class State
+    private sealed class State(long? knownSequence)
     {
-        public Dictionary<long, string> Hashes { get; } = [];
+        private readonly RecentHashes _recent = new(RecentEvents);
+
+        private string? _anchorHash;
+
+        /// <summary>The hash at the known checkpoint's sequence, once the export reached it.</summary>
+        public string? KnownHash { get; private set; }
 
         public long NextSequence { get; private set; } = 1;
 
@@ -170,7 +202,8 @@ public static class AuditVerifier
                 }
 
                 NextSequence = sequence + 1;
-                Hashes[sequence] = _previous;
+                _anchorHash = _previous;
+                KnownHash = sequence == knownSequence ? _previous : null;
                 Anchor = sequence;
                 AnchorSigned = sequence == 0;
             }
@@ -182,8 +215,8 @@ public static class AuditVerifier
         public (long Sequence, string Message)? Event(JsonElement body, JsonElement root)
         {
             _started = true;
-            var raw = Encoding.UTF8.GetBytes(body.GetRawText());
-            var hash = Convert.ToHexStringLower(SHA256.HashData(raw));
+            var digest = SHA256.HashData(Encoding.UTF8.GetBytes(body.GetRawText()));
+            var hash = Convert.ToHexStringLower(digest);
             if (!body.TryGetProperty("seq", out var seqElement) || !seqElement.TryGetInt64(out var sequence))
             {
                 return (NextSequence, "an event without a sequence number");
@@ -220,7 +253,8 @@ public static class AuditVerifier
                 RetentionSequence = sequence;
             }
 
-            Hashes[sequence] = hash;
+            _recent.Add(sequence, digest);
+            KnownHash = sequence == knownSequence ? hash : KnownHash;
             _previous = hash;
             NextSequence = sequence + 1;
             Events++;
@@ -248,9 +282,15 @@ public static class AuditVerifier
                 return (sequence, $"checkpoint {sequence} has no valid signature: it was forged or edited");
             }
 
-            if (!Hashes.TryGetValue(sequence, out var hash))
+            if (sequence >= NextSequence || sequence < Anchor || (sequence == Anchor && _anchorHash is null))
             {
                 return (sequence, $"checkpoint {sequence} comes before its event in the export");
+            }
+
+            var hash = sequence == Anchor ? _anchorHash : _recent.Find(sequence);
+            if (hash is null)
+            {
+                return (sequence, $"checkpoint {sequence} comes {NextSequence - 1 - sequence} events after its event: out of place (the server writes each checkpoint right after its event; this verifier checks one up to {RecentEvents - 1} events later)");
             }
 
             if (hash != body.GetProperty("head").GetString())
@@ -277,5 +317,113 @@ public static class AuditVerifier
 
         public AuditVerification Fail(long sequence, string problem) =>
             new(false, Events, Checkpoints, LastSigned, 0, sequence, problem);
+    }
+
+    /// <summary>
+    /// The hashes of the last events, by sequence number, in a ring that grows to at most
+    /// <c>capacity</c> entries of 32 bytes: what a checkpoint later in the export may refer to.
+    /// </summary>
+    private sealed class RecentHashes(int capacity)
+    {
+        private byte[] _ring = new byte[32 * 64];
+        private long _last;
+
+        public int Count { get; private set; }
+
+        private int Slots => _ring.Length / 32;
+
+        /// <summary>Remembers the hash of event <paramref name="sequence"/>, the one after the last remembered.</summary>
+        public void Add(long sequence, byte[] hash)
+        {
+            if (Count == Slots && Slots < capacity)
+            {
+                var grown = new byte[Math.Min(_ring.Length * 2, 32 * capacity)];
+                for (var s = _last - Count + 1; s <= _last; s++)
+                {
+                    _ring.AsSpan(Slot(s, Slots), 32).CopyTo(grown.AsSpan(Slot(s, grown.Length / 32)));
+                }
+
+                _ring = grown;
+            }
+
+            hash.CopyTo(_ring, Slot(sequence, Slots));
+            _last = sequence;
+            Count = Math.Min(Count + 1, Slots);
+        }
+
+        /// <summary>The hash of event <paramref name="sequence"/>; null when it is not among the last held.</summary>
+        public string? Find(long sequence) =>
+            Count > 0 && sequence <= _last && sequence > _last - Count
+                ? Convert.ToHexStringLower(_ring.AsSpan(Slot(sequence, Slots), 32))
+                : null;
+
+        private static int Slot(long sequence, int slots) => (int)(sequence % slots) * 32;
+    }
+
+    /// <summary>
+    /// <see cref="TextReader.ReadLine"/> (a line ends at \n, \r or \r\n) that reads no more than
+    /// <c>maxLength</c> characters of a line: a longer one sets <see cref="TooLong"/> instead of
+    /// filling memory.
+    /// </summary>
+    private sealed class BoundedLineReader(TextReader reader, int maxLength)
+    {
+        private readonly char[] _buffer = new char[16 * 1024];
+        private readonly System.Text.StringBuilder _line = new();
+        private int _start;
+        private int _end;
+        private bool _skipNewline;
+
+        /// <summary>The last line read was longer than the bound (and is returned empty).</summary>
+        public bool TooLong { get; private set; }
+
+        public string? ReadLine()
+        {
+            _line.Clear();
+            var any = false;
+            while (true)
+            {
+                if (_start == _end)
+                {
+                    _start = 0;
+                    _end = reader.Read(_buffer, 0, _buffer.Length);
+                    if (_end == 0)
+                    {
+                        return any ? Done() : null;
+                    }
+                }
+
+                if (_skipNewline)
+                {
+                    // The \n of a \r\n whose \r ended the previous line.
+                    _skipNewline = false;
+                    if (_buffer[_start] == '\n')
+                    {
+                        _start++;
+                        continue;
+                    }
+                }
+
+                any = true;
+                var chunk = _buffer.AsSpan(_start, _end - _start);
+                var stop = chunk.IndexOfAny('\r', '\n');
+                var take = stop < 0 ? chunk.Length : stop;
+                if (_line.Length + take > maxLength)
+                {
+                    TooLong = true;
+                    return "";
+                }
+
+                _line.Append(chunk[..take]);
+                _start += take;
+                if (stop >= 0)
+                {
+                    _skipNewline = _buffer[_start] == '\r';
+                    _start++;
+                    return Done();
+                }
+            }
+        }
+
+        private string Done() => _line.ToString();
     }
 }
