@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using Kms.Core;
 
 namespace Kms.Cli.Infrastructure;
 
@@ -29,8 +30,6 @@ internal static class TerminalText
     }
 
     // Newlines and tabs of our own messages are kept; a carriage return (which rewrites the line
-    // it ends) is not. The zero-width joiner and non-joiner are kept too: ordinary Persian and
-    // Indic names have them, and they neither move nor hide text.
-    private static bool Unsafe(char c) => c is not ('\n' or '\t' or '\u200C' or '\u200D') && char.GetUnicodeCategory(c) is
-        UnicodeCategory.Control or UnicodeCategory.Format or UnicodeCategory.LineSeparator or UnicodeCategory.ParagraphSeparator;
+    // it ends) is not.
+    private static bool Unsafe(char c) => c is not ('\n' or '\t') && (char.IsControl(c) || DisplayText.HidesOrMovesText(c));
 }

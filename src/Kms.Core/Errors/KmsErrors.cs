@@ -1,3 +1,6 @@
+using System.Globalization;
+using System.Text;
+
 namespace Kms.Core.Errors;
 
 /// <summary>Factory for <see cref="KmsException"/>: one place decides the wording of each kind of error.</summary>
@@ -28,7 +31,9 @@ public static class KmsErrors
     /// <summary>
     /// A name as the caller sent it, made safe to repeat in a status message and a log line: at
     /// most <see cref="MaxEchoedName"/> characters (a request may carry megabytes), control
-    /// characters replaced (no forged log lines).
+    /// characters replaced by <c>?</c> (no forged log lines), and the characters that hide or
+    /// move text (<see cref="DisplayText.HidesOrMovesText"/>: U+202E would show an operator
+    /// another name) written as <c>\uXXXX</c>, as the CLI writes them.
     /// </summary>
     public static string Printable(string? name)
     {
@@ -38,14 +43,15 @@ public static class KmsErrors
         }
 
         var cut = name.Length > MaxEchoedName ? name[..MaxEchoedName] : name;
-        var safe = string.Create(cut.Length, cut, (span, source) =>
+        var safe = new StringBuilder(cut.Length);
+        foreach (var c in cut)
         {
-            for (var i = 0; i < source.Length; i++)
-            {
-                span[i] = char.IsControl(source[i]) ? '?' : source[i];
-            }
-        });
-        return name.Length > MaxEchoedName ? $"{safe}… ({name.Length} characters)" : safe;
+            _ = char.IsControl(c) ? safe.Append('?')
+                : DisplayText.HidesOrMovesText(c) ? safe.Append(CultureInfo.InvariantCulture, $"\\u{(int)c:X4}")
+                : safe.Append(c);
+        }
+
+        return name.Length > MaxEchoedName ? $"{safe}… ({name.Length} characters)" : safe.ToString();
     }
 
     /// <summary>A state or purpose that forbids the operation; the message names the state.</summary>
