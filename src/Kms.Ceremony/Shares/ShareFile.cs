@@ -254,10 +254,14 @@ public sealed class ShareFile
     /// <summary>
     /// Writes the file to <paramref name="path"/>, readable and writable by the owner only (0600),
     /// through a temporary file in the same directory that is flushed to disk and then renamed,
-    /// so a crash leaves either no file or the whole file.
+    /// so a crash leaves either no file or the whole file; then syncs the directory, so a
+    /// returned write is on disk, its name included.
     /// </summary>
-    /// <exception cref="CeremonyException"><see cref="CeremonyError.Io"/>: the file exists already (a share file is never overwritten), or cannot be written.</exception>
-    public void Write(string path)
+    /// <exception cref="CeremonyException"><see cref="CeremonyError.Io"/>: the file exists already (a share file is never overwritten), or cannot be written, or its directory cannot be synced (the file is removed again).</exception>
+    public void Write(string path) => Write(path, DirectorySync.Flush);
+
+    /// <summary><see cref="Write(string)"/>, syncing the directory with <paramref name="syncDirectory"/> (a test's stand-in).</summary>
+    internal void Write(string path, Action<string> syncDirectory)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         var full = Path.GetFullPath(path);
@@ -294,6 +298,27 @@ public sealed class ShareFile
             }
             var reason = File.Exists(full) ? "it exists already; a share file is never overwritten" : e.Message;
             throw new CeremonyException(CeremonyError.Io, $"cannot write share file {path}: {reason}", e);
+        }
+
+        try
+        {
+            // The rename is durable only once the directory is: until then a power loss can
+            // take the file's name away although the ceremony reported the share written.
+            syncDirectory(directory);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Not reported as written, so not left behind: a caller deletes the shares it was told of.
+            var left = "the file was removed";
+            try
+            {
+                File.Delete(full);
+            }
+            catch (Exception cleanup) when (cleanup is IOException or UnauthorizedAccessException)
+            {
+                left = $"remove {path} by hand ({cleanup.Message})";
+            }
+            throw new CeremonyException(CeremonyError.Io, $"cannot write share file {path}: {e.Message}; {left}", e);
         }
     }
 
