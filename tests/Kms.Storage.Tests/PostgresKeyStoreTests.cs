@@ -1,3 +1,7 @@
+using System.Data.Common;
+using Kms.Core.Access;
+using Kms.Core.Errors;
+using Kms.Core.Names;
 using Kms.Core.Ports;
 using Kms.Storage.Postgres;
 using Kms.Testing;
@@ -18,6 +22,24 @@ public sealed class PostgresKeyStoreTests : QuorumStoreContract, IAsyncLifetime
         {
             await opened.DisposeAsync();
         }
+    }
+
+    [Fact]
+    public async Task CreateTenant_DisplayNameWithANul_InvalidArgumentNotUnavailable_ValueNotRepeated()
+    {
+        // PostgreSQL refuses a NUL in a text value (SQLSTATE 22021): bad input, which was
+        // answered "the database is unavailable; retry shortly" — and a retry fails alike.
+        var store = (IAccessStore)await CreateStoreAsync();
+        var id = TenantId.Parse("nul");
+        var at = new DateTimeOffset(2026, 11, 29, 12, 0, 0, TimeSpan.Zero);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => store.CreateTenantAsync(new Tenant(id, "secret\0value", TenantState.Active, at), default));
+
+        Assert.Equal(KmsErrorCode.InvalidArgument, e.Code);
+        Assert.DoesNotContain("secret", e.Message, StringComparison.Ordinal);
+        Assert.Equal("22021", Assert.IsAssignableFrom<DbException>(e.InnerException).SqlState);
+        Assert.Null(await store.GetTenantAsync(id, default));
+        await store.CreateTenantAsync(new Tenant(id, "secret value", TenantState.Active, at), default);
     }
 
     protected override async Task<IKeyStore> CreateStoreAsync()

@@ -189,6 +189,9 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     /// <summary>Whether a group commit inserts its events in one statement (worth it when each statement is a network round trip).</summary>
     internal virtual bool MultiRowAuditInsert => false;
 
+    // PostgreSQL's class 22 (data exception): a value it cannot take, such as a NUL in a string.
+    private static bool IsDataException(DbException exception) => exception.SqlState?.StartsWith("22", StringComparison.Ordinal) == true;
+
     // A constraint violation (a duplicate key, a missing referenced row): SQLite's SQLITE_CONSTRAINT,
     // PostgreSQL's class 23 (integrity constraint violation).
     private static bool IsConstraintViolation(DbException exception) =>
@@ -1039,12 +1042,18 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
 
     // Database faults (locked too long, disk full, I/O) are retryable UNAVAILABLE; the
     // SQLite message stays in the server log (inner exception), never in the answer.
-    // With the store (every call on an open store), its OnDatabaseFault runs first.
+    // With the store (every call on an open store), its OnDatabaseFault runs first. A value
+    // the database refuses as data (PostgreSQL's SQLSTATE class 22, "data exception": a NUL
+    // in a string is 22021) is the request's fault, not the database's: INVALID_ARGUMENT.
     private protected static async Task<T> GuardAsync<T>(Func<Task<T>> operation, SqlStore? store = null)
     {
         try
         {
             return await operation();
+        }
+        catch (DbException e) when (IsDataException(e))
+        {
+            throw KmsErrors.RefusedByDatabase(e);
         }
         catch (DbException e)
         {
