@@ -251,6 +251,32 @@ public sealed class AuditTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task BatchGenerateDataKey_VolumeCountsItems_RaisesTheVolumeAlert_SingleItemBatchesDoNot()
+    {
+        // A volume threshold of 100 calls: five batches of one item each stay far below it, five
+        // of twenty items cross it, as a hundred GenerateDataKey calls would.
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev", (Action<IServiceCollection>?)null, "--Kms:Alerts:Volume=100");
+        using var developer = server.CreateClient();
+        var key = await developer.CreateKeyAsync("tenants/dev", "batch-volume");
+
+        async Task BatchesAsync(int items)
+        {
+            for (var i = 0; i < 5; i++)
+            {
+                var request = new BatchGenerateDataKeyRequest();
+                request.Requests.AddRange(Enumerable.Range(0, items).Select(_ => new GenerateDataKeyRequest { Name = key.Name }));
+                var response = await developer.BatchGenerateDataKeyAsync(request);
+                Assert.All(response.Results, r => Assert.Equal((int)StatusCode.OK, r.Status.Code));
+            }
+        }
+
+        await BatchesAsync(items: 1);
+        Assert.DoesNotContain("security alert volume", server.Logs.AllText, StringComparison.Ordinal);
+        await BatchesAsync(items: 20);
+        Assert.Contains("security alert volume: token:developer reached", server.Logs.AllText, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task RejectedCallsLogLine_CarriesItsPrincipalAndRequestId_AsTheCatalogSays()
     {
         var blob = await TamperedCiphertextAsync("logged-rejection");

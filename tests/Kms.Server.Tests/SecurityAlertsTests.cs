@@ -117,6 +117,26 @@ public sealed class SecurityAlertsTests
     }
 
     [Fact]
+    public void BatchCalls_VolumeCountsTheirItems_SingleItemBatchesCountOneEach()
+    {
+        // Threshold 1,000: ten batches of one item are ten calls; ten of a hundred are a thousand.
+        for (var i = 0; i < 10; i++)
+        {
+            _alerts.Observe(Entry("token:single", "OK", "/kms.v1.KeyManagementService/BatchGenerateDataKey"), refused: false, batchItems: 1);
+        }
+
+        for (var i = 0; i < 9; i++)
+        {
+            _alerts.Observe(Entry("token:bulk", "OK", "/kms.v1.KeyManagementService/BatchGenerateDataKey"), refused: false, batchItems: 100);
+        }
+
+        Assert.Empty(_raised);
+        _alerts.Observe(Entry("token:bulk", "OK", "/kms.v1.KeyManagementService/BatchEncrypt"), refused: false, batchItems: 100);
+        var alert = Assert.Single(_raised);
+        Assert.Equal(("volume", "token:bulk", 1000L), (alert.Kind, alert.Subject, alert.Count));
+    }
+
+    [Fact]
     public void ManyDistinctSubjects_BoundedTable_ExtraSubjectsShareOneOverflowCounter()
     {
         for (var i = 0; i < 50_000; i++)

@@ -31,6 +31,9 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
     /// <summary>Set in <see cref="ServerCallContext.UserState"/> by the batch calls: how many items were refused PERMISSION_DENIED (an int).</summary>
     public const string ItemRefusalsKey = "kms.item-refusals";
 
+    /// <summary>Set in <see cref="ServerCallContext.UserState"/> by the batch calls: how many items the request carried (an int), for the volume alert.</summary>
+    public const string BatchItemsKey = "kms.batch-items";
+
     private const string RequestIdHeader = "x-request-id";
 
     public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
@@ -161,7 +164,8 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
         var refused = AggregatedAsRefusal(context.UserState.ContainsKey(RefusedKey), caller, status);
         alerts.Observe(entry, refused,
             context.UserState.TryGetValue(ItemDecryptFailuresKey, out var failures) && failures is int count ? count : 0,
-            context.UserState.TryGetValue(ItemRefusalsKey, out var itemRefusals) && itemRefusals is int refusals ? refusals : 0);
+            context.UserState.TryGetValue(ItemRefusalsKey, out var itemRefusals) && itemRefusals is int refusals ? refusals : 0,
+            context.UserState.TryGetValue(BatchItemsKey, out var batchItems) && batchItems is int items ? items : 0);
         if (status == StatusCode.OK && scope.Written)
         {
             return;

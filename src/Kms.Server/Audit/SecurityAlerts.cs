@@ -14,7 +14,7 @@ internal sealed record SecurityAlertOptions
     /// <summary>Failed decryptions (Decrypt, ReEncrypt, AsymmetricDecrypt answered INVALID_ARGUMENT, and each such item of BatchDecrypt and BatchReEncrypt) per principal and window.</summary>
     public int DecryptFailures { get; init; } = 10;
 
-    /// <summary>Calls per principal and window (unusual volume); 0 turns it off.</summary>
+    /// <summary>Calls per principal and window (unusual volume), each item of a batch call counted as a call; 0 turns it off.</summary>
     public int Volume { get; init; } = 500_000;
 }
 
@@ -50,8 +50,12 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
     /// <summary>Raised with each alert (metrics, tests).</summary>
     public event Action<SecurityAlert>? Raised;
 
-    /// <summary>Counts one answered call, and <paramref name="itemDecryptFailures"/> failed and <paramref name="itemRefusals"/> refused items of a batch.</summary>
-    public void Observe(AuditEntry entry, bool refused, int itemDecryptFailures = 0, int itemRefusals = 0)
+    /// <summary>
+    /// Counts one answered call, and <paramref name="itemDecryptFailures"/> failed and
+    /// <paramref name="itemRefusals"/> refused items of a batch; a batch of
+    /// <paramref name="batchItems"/> items counts that many calls towards the volume.
+    /// </summary>
+    public void Observe(AuditEntry entry, bool refused, int itemDecryptFailures = 0, int itemRefusals = 0, int batchItems = 0)
     {
         ArgumentNullException.ThrowIfNull(entry);
         var anonymous = entry.Principal == "anonymous";
@@ -80,7 +84,9 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
 
         if (options.Volume > 0)
         {
-            Count("volume", subject, anonymous, options.Volume, 1);
+            // A batch of 1,000 data keys is the work of 1,000 calls; counted as one, a principal
+            // could draw a thousand times the threshold unnoticed.
+            Count("volume", subject, anonymous, options.Volume, Math.Max(1, batchItems));
         }
     }
 

@@ -49,6 +49,11 @@ internal sealed partial class KeyManagementGrpcService
         }
     }
 
+    // Each item counts towards the volume alert as a call: set before the items are served, so
+    // a batch that fails as a whole still counts the work it asked for.
+    private static void CountItems(ServerCallContext context, int items) =>
+        context.UserState[Kms.Server.Audit.AuditInterceptor.BatchItemsKey] = items;
+
     [LoggerMessage(EventId = 1004, Level = LogLevel.Error, Message = "{Method}: a batch item failed with internal error {ErrorId}")]
     private static partial void LogItemInternal(ILogger logger, string method, string errorId, Exception exception);
 
@@ -56,6 +61,7 @@ internal sealed partial class KeyManagementGrpcService
     {
         var caller = CallerResolver.Current(context);
         var items = request.Requests.Select(r => new BatchItem(r.Name, r.Plaintext.ToByteArray(), r.EncryptionContext)).ToList();
+        CountItems(context, items.Count);
         var results = await crypto.BatchEncryptAsync(caller, items, context.CancellationToken);
         CountItemFailures(context, results.Select(r => r.Error));
         var response = new BatchEncryptResponse();
@@ -73,6 +79,7 @@ internal sealed partial class KeyManagementGrpcService
     {
         var caller = CallerResolver.Current(context);
         var items = request.Requests.Select(r => new BatchItem(null, r.Ciphertext.ToByteArray(), r.EncryptionContext)).ToList();
+        CountItems(context, items.Count);
         var results = await crypto.BatchDecryptAsync(caller, items, context.CancellationToken);
         CountItemFailures(context, results.Select(r => r.Error));
         var response = new BatchDecryptResponse();
@@ -92,6 +99,7 @@ internal sealed partial class KeyManagementGrpcService
         var items = request.Requests
             .Select(r => new BatchReEncryptItem(r.Ciphertext.ToByteArray(), r.SourceEncryptionContext, r.DestinationName, r.DestinationEncryptionContext))
             .ToList();
+        CountItems(context, items.Count);
         var results = await crypto.BatchReEncryptAsync(caller, items, context.CancellationToken);
         CountItemFailures(context, results.Select(r => r.Error));
         var response = new BatchReEncryptResponse();
@@ -114,6 +122,7 @@ internal sealed partial class KeyManagementGrpcService
     {
         var caller = CallerResolver.Current(context);
         var items = request.Requests.Select(r => new BatchItem(r.Name, null, r.EncryptionContext)).ToList();
+        CountItems(context, items.Count);
         var results = await crypto.BatchGenerateDataKeyAsync(caller, items, context.CancellationToken);
         CountItemFailures(context, results.Select(r => r.Error));
         var response = new BatchGenerateDataKeyResponse();
