@@ -313,4 +313,19 @@ public sealed class AccessTests : IDisposable
         await _harness.Access.DeleteTenantAsync(TenantId.Parse("acme"), asked, default);
         Assert.Equal(asked, (await _harness.AccessStore.GetTenantAsync(TenantId.Parse("acme"), default))!.DeleteWaitingPeriod);
     }
+
+    [Fact]
+    public async Task SweepDeletingTenants_KeysAlreadyGoing_WritesNothing()
+    {
+        // Every pass visits every DELETING tenant, for ever: one offboarded long ago must not
+        // take the store's write lock once per key each time.
+        await _harness.CreateKeyAsync("k1", DomainHarness.Acme);
+        await _harness.CreateKeyAsync("k2", DomainHarness.Acme);
+        await _harness.Access.DeleteTenantAsync(TenantId.Parse("acme"), null, default);
+        var store = (InMemoryStore)_harness.Store;
+        store.BeforeNextKeyUpdate = () => throw new InvalidOperationException("the sweep wrote to a key already scheduled for deletion");
+
+        Assert.Equal(1, await _harness.Access.SweepDeletingTenantsAsync(default));
+        Assert.NotNull(store.BeforeNextKeyUpdate);
+    }
 }

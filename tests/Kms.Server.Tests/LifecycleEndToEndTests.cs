@@ -180,6 +180,32 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
         (await _client.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", Resource = key, Principal = "system:lifecycle", PageSize = 100 })).Events;
 
     [Fact]
+    public async Task OffboardingSweep_AKeyThatEscapedDeleteTenant_ScheduledWithTheRecordedWaitingPeriod_Audited()
+    {
+        // A key DeleteTenant did not reach (created while it ran, or the call failed part way):
+        // its tenant DELETING with a 10-day waiting period recorded, the key still ENABLED.
+        var key = await _client.CreateKeyAsync("tenants/dev", "escaped");
+        using (var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Pooling=False"))
+        {
+            connection.Open();
+            using var command = connection.CreateCommand();
+            command.CommandText = $"UPDATE tenants SET state = 2, delete_time = {_time.GetUtcNow().ToUnixTimeMilliseconds()}, delete_waiting_ms = {(long)TimeSpan.FromDays(10).TotalMilliseconds} WHERE id = 'dev'";
+            Assert.Equal(1, command.ExecuteNonQuery());
+        }
+
+        _time.Advance(TimeSpan.FromMinutes(2));
+        await WaitUntilAsync(async () => (await _client.GetKeyAsync(key.Name)).State == KeyState.DestroyScheduled);
+        Assert.Equal(_time.GetUtcNow() + TimeSpan.FromDays(10), (await _client.GetKeyAsync(key.Name)).DestroyTime.ToDateTimeOffset());
+
+        // Committed with the change, as the lifecycle's own; later passes write nothing more.
+        var scheduling = Assert.Single(await LifecycleEventsAsync(key.Name));
+        Assert.Equal((Kms.Core.Services.AccessService.TenantOffboardingOperation, key.Name, "OK"), (scheduling.Operation, scheduling.Resource, scheduling.Outcome));
+        _time.Advance(TimeSpan.FromMinutes(2));
+        await Task.Delay(500);
+        Assert.Single(await LifecycleEventsAsync(key.Name));
+    }
+
+    [Fact]
     public async Task ScheduledDestruction_ClockPassesWaitingPeriod_MaterialShreddedAndStaysDestroyedAfterRestart()
     {
         var key = await _client.CreateKeyAsync("tenants/dev", "doomed");

@@ -49,6 +49,22 @@ public sealed class AuditScope
         return new Restore(previous);
     }
 
+    /// <summary>
+    /// Enters a scope for the lifecycle's own work (principal <c>system:lifecycle</c>): its first
+    /// write that changes something commits <paramref name="operation"/>'s event with it.
+    /// </summary>
+    public static IDisposable EnterSystem(string operation, string? resource, TimeProvider time) => Enter(new AuditScope(
+        new AuditEntry
+        {
+            Time = Services.Clock.Now(time),
+            RequestId = Guid.NewGuid().ToString("N"),
+            Principal = "system:lifecycle",
+            Operation = operation,
+            Resource = resource,
+            Outcome = "OK",
+        },
+        mutating: true));
+
     /// <summary>Records who is calling, once authenticated (before any write can carry the event).</summary>
     public static void SetCaller(string principal, string? tenant)
     {

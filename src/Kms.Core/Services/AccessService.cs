@@ -104,7 +104,7 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
             var page = await access.ListTenantsAsync(after, 500, cancellationToken);
             foreach (var tenant in page.Where(t => t.State == TenantState.Deleting))
             {
-                await ScheduleTenantKeysAsync(tenant.Id, Clock.Now(time), WaitingPeriodOf(tenant), cancellationToken);
+                await ScheduleTenantKeysAsync(tenant.Id, Clock.Now(time), WaitingPeriodOf(tenant), cancellationToken, TenantOffboardingOperation);
                 swept++;
             }
 
@@ -120,19 +120,30 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     // A tenant offboarded before the waiting period was recorded gets the default, as it did then.
     private TimeSpan WaitingPeriodOf(Tenant tenant) => tenant.DeleteWaitingPeriod ?? lifecycle.DefaultWaitingPeriod;
 
-    private async Task ScheduleTenantKeysAsync(TenantId id, DateTimeOffset now, TimeSpan waiting, CancellationToken cancellationToken)
+    /// <summary>The audit operation of the lifecycle worker's sweep scheduling a DELETING tenant's key for deletion.</summary>
+    public const string TenantOffboardingOperation = "lifecycle/TenantOffboarding";
+
+    // Only the keys still ENABLED or DISABLED in the listing are written (the decision checks
+    // again under the write lock): the sweep visits every DELETING tenant on every pass, and a
+    // tenant offboarded long ago must cost it one read per page, not a write per key. Under the
+    // sweep (OPERATION) each key's change is audited as the lifecycle's own, committed with it;
+    // under DeleteTenant the call's own event stands for them.
+    private async Task ScheduleTenantKeysAsync(TenantId id, DateTimeOffset now, TimeSpan waiting, CancellationToken cancellationToken, string? operation = null)
     {
         now = await Clock.WaitingStartAsync(now, keys, cancellationToken);
         string? after = null;
         while (true)
         {
             var page = await keys.ListKeysAsync(id, after, 500, cancellationToken);
-            foreach (var key in page)
+            foreach (var key in page.Where(k => IsLive(k.State)))
             {
-                await keys.UpdateKeyAsync(key.Name, current =>
-                    current.Key.State is Keys.KeyState.Enabled or Keys.KeyState.Disabled
-                        ? KeyTransitions.ScheduleKeyDeletion(current, now, waiting)
-                        : new KeyChange(current.Key) { IsNoOp = true }, cancellationToken);
+                using (operation is null ? null : Audit.AuditScope.EnterSystem(operation, key.Name.ToString(), time))
+                {
+                    await keys.UpdateKeyAsync(key.Name, current =>
+                        IsLive(current.Key.State)
+                            ? KeyTransitions.ScheduleKeyDeletion(current, now, waiting)
+                            : new KeyChange(current.Key) { IsNoOp = true }, cancellationToken);
+                }
             }
 
             if (page.Count < 500)
@@ -142,6 +153,8 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
 
             after = page[^1].Name.KeyId;
         }
+
+        static bool IsLive(Keys.KeyState state) => state is Keys.KeyState.Enabled or Keys.KeyState.Disabled;
     }
 
     /// <summary>Registers a principal; a tenant principal's tenant must exist and be active.</summary>

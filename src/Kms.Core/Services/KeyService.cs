@@ -537,17 +537,7 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
     /// <summary>The audit operation of the background erasure of expired import jobs' private keys.</summary>
     public const string ImportJobExpiryOperation = "lifecycle/ImportJobExpiry";
 
-    private IDisposable SystemScope(string operation, string? resource) => Audit.AuditScope.Enter(new Audit.AuditScope(
-        new Audit.AuditEntry
-        {
-            Time = Clock.Now(time),
-            RequestId = Guid.NewGuid().ToString("N"),
-            Principal = "system:lifecycle",
-            Operation = operation,
-            Resource = resource,
-            Outcome = "OK",
-        },
-        mutating: true));
+    private IDisposable SystemScope(string operation, string? resource) => Audit.AuditScope.EnterSystem(operation, resource, time);
 
     private KeyVersion WithLiveUsage(KeyVersion version) => version with { Usage = usage.Observe(version) };
 
