@@ -31,9 +31,19 @@ namespace Kms.Hsm;
 /// the popular ones, and a new version used in a burst is cached
 /// at its first use (docs/benchmarks.md, "The handle cache without MemoryCache"). Eviction
 /// happens inline, under one lock; hits take no cache-wide lock.</para>
+/// <para>An invalidated version (destroyed, or an import job's expired key) is remembered for
+/// <see cref="TombstoneLifetime"/>: a request that read its metadata before the destruction
+/// committed may still reach the HSM after the eviction, and the copy it unwraps is then used
+/// once and destroyed, never cached again.</para>
 /// </remarks>
 internal sealed class KeyHandleCache : IDisposable
 {
+    /// <summary>How long an invalidated version's copies are not cached again: longer than any request holds the metadata it read.</summary>
+    public static readonly TimeSpan TombstoneLifetime = TimeSpan.FromMinutes(10);
+
+    /// <summary>At most this many invalidated versions are remembered (the oldest are forgotten first).</summary>
+    public const int MaxTombstones = 65_536;
+
     private static readonly KeyHandleKind[] Kinds = Enum.GetValues<KeyHandleKind>();
     private static long _notCached;
 
@@ -48,6 +58,8 @@ internal sealed class KeyHandleCache : IDisposable
     private readonly TimeProvider _time;
     private readonly ConcurrentQueue<IObjectHandle> _toDestroy = new();
     private readonly FrequencySketch _frequencies;
+    private readonly Dictionary<KeyVersionId, long> _tombstones = []; // id → when it was invalidated; under _lock
+    private readonly Queue<(KeyVersionId Id, long Time)> _tombstoneOrder = new(); // under _lock
     private int _windowHand;
     private int _mainHand;
     private int _count;
@@ -122,9 +134,30 @@ internal sealed class KeyHandleCache : IDisposable
         return new HandleLease(fresh);
     }
 
-    /// <summary>Evicts a key version's copies, of every kind (each destroyed once no lease holds it).</summary>
+    /// <summary>
+    /// Evicts a key version's copies, of every kind (each destroyed once no lease holds it), and
+    /// caches none again for <see cref="TombstoneLifetime"/>.
+    /// </summary>
     public void Invalidate(KeyVersionId id)
     {
+        lock (_lock)
+        {
+            var now = _time.GetTimestamp();
+            var lifetime = (long)(TombstoneLifetime.TotalSeconds * _time.TimestampFrequency);
+            while (_tombstoneOrder.TryPeek(out var oldest)
+                && (now - oldest.Time > lifetime || _tombstoneOrder.Count >= MaxTombstones))
+            {
+                _tombstoneOrder.Dequeue();
+                if (_tombstones.TryGetValue(oldest.Id, out var time) && time == oldest.Time)
+                {
+                    _tombstones.Remove(oldest.Id);
+                }
+            }
+
+            _tombstones[id] = now;
+            _tombstoneOrder.Enqueue((id, now));
+        }
+
         foreach (var kind in Kinds)
         {
             if (_entries.TryGetValue(new Key(id, kind), out var cached))
@@ -181,6 +214,13 @@ internal sealed class KeyHandleCache : IDisposable
         {
             // A concurrent miss on the same version cached its copy first: keep that one.
             if (_slots.Length == 0 || _entries.ContainsKey(fresh.Key))
+            {
+                return false;
+            }
+
+            // An invalidated version, asked for by a request that read its metadata before: used once, not cached.
+            if (_tombstones.Count > 0 && _tombstones.TryGetValue(fresh.Key.Id, out var invalidated)
+                && _time.GetTimestamp() - invalidated <= (long)(TombstoneLifetime.TotalSeconds * _time.TimestampFrequency))
             {
                 return false;
             }

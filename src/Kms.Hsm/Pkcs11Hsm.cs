@@ -355,6 +355,16 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         }
     }
 
+    /// <inheritdoc />
+    public void EvictAllKeys()
+    {
+        _state?.Cache.Clear();
+        foreach (var regional in _regions.Values)
+        {
+            regional.EvictAllKeys();
+        }
+    }
+
     /// <summary>Closes the sessions (destroying every unwrapped copy) and releases the module.</summary>
     public async ValueTask DisposeAsync()
     {

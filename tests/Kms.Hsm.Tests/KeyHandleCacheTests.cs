@@ -117,11 +117,10 @@ public sealed class KeyHandleCacheTests(HsmFixture fixture) : IClassFixture<HsmF
         var hot = Enumerable.Range(0, 4).Select(_ => KeyVersionId.NewId()).ToList();
         ulong handle = 100;
 
-        // Leased, evicted and leased again: asked for twice recently.
+        // Leased twice: asked for twice recently.
         foreach (var id in hot)
         {
             cache.Lease(id, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(handle++)).Dispose();
-            cache.Invalidate(id);
             cache.Lease(id, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(handle++)).Dispose();
         }
 
@@ -426,6 +425,40 @@ public sealed class KeyHandleCacheTests(HsmFixture fixture) : IClassFixture<HsmF
             var e = Assert.Throws<Pkcs11Exception>(() => session.Encrypt(gcm, lease.Handle, [1]));
             Assert.Contains(e.RV, new[] { CKR.CKR_KEY_HANDLE_INVALID, CKR.CKR_OBJECT_HANDLE_INVALID });
         }
+    }
+
+    [Fact]
+    public void Invalidated_ThenLeasedAgain_UsedOnceAndDestroyed_NotCachedUntilTheTombstoneLapses()
+    {
+        // A request that read the version's metadata before its destruction committed reaches the
+        // HSM after the eviction: its copy serves it, then goes; it is not cached again.
+        var time = new FakeTimeProvider();
+        using var cache = new KeyHandleCache(1, 10, TimeSpan.FromHours(1), time);
+        var id = KeyVersionId.NewId();
+        var destroyed = new List<ulong>();
+        cache.Lease(id, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(1)).Dispose();
+        cache.Invalidate(id);
+
+        cache.Lease(id, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(2)).Dispose();
+        cache.DestroyPending(h => destroyed.Add(h.ObjectId));
+        Assert.Equal(0, cache.Count);
+        Assert.Equal([1UL, 2UL], destroyed.Order());
+
+        // Version ids are never reused; the memory of one is bounded in time all the same.
+        time.Advance(KeyHandleCache.TombstoneLifetime + TimeSpan.FromSeconds(1));
+        cache.Lease(id, KeyHandleKind.Aes256Gcm, () => Factories.ObjectHandleFactory.Create(3)).Dispose();
+        Assert.Equal(1, cache.Count);
+    }
+
+    [Fact]
+    public async Task EvictedRealKey_UsedAgainFromOldMetadata_NotCachedAgain()
+    {
+        var key = new KeyMaterialRef(KeyVersionId.NewId(), await fixture.Hsm.GenerateAes256KeyAsync(default));
+        await fixture.Hsm.EncryptAesGcmAsync(key, new byte[12], [], [1], default);
+        fixture.Hsm.EvictKey(key.Id); // what a destruction does once it has committed
+
+        Assert.Equal(17, (await fixture.Hsm.EncryptAesGcmAsync(key, new byte[12], [], [1], default)).Length);
+        Assert.Throws<InvalidOperationException>(() => fixture.Hsm.Cache.Lease(key.Id, KeyHandleKind.Aes256Gcm, () => throw new InvalidOperationException("not cached")));
     }
 
     private static async Task<bool> Delay()

@@ -58,7 +58,7 @@ public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture
         await Assert.ThrowsAsync<InvalidOperationException>(() => worker.PollOnceAsync(default));
 
         Assert.True(authentication.Generation > generation, "remembered callers were not forgotten");
-        Assert.Equal(1, coherence.Invalidated);
+        Assert.Equal(2, coherence.Invalidated); // before the evictions, and after what stopped them
         Assert.Equal(1, worker.Applied); // the eviction is retried at the next poll
         hsm.EvictFault = null;
         await worker.PollOnceAsync(default);
@@ -72,7 +72,7 @@ public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture
         // gap before the first row used to count: this one went unnoticed, and the revoked
         // token stayed remembered.
         var feed = new ChangingFeed();
-        var (worker, authentication) = NewWorker(feed);
+        var (worker, authentication, hsm) = NewWorker(feed);
         await worker.PollOnceAsync(default);
         feed.Changes = [new StoreChange(1, StoreChangeKind.Metadata, "k", DateTimeOffset.UtcNow), new StoreChange(3, StoreChangeKind.Metadata, "k", DateTimeOffset.UtcNow)];
         var generation = authentication.Generation;
@@ -80,6 +80,29 @@ public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture
         await worker.PollOnceAsync(default);
 
         Assert.True(authentication.Generation > generation, "remembered callers were not forgotten");
+
+        // Row 2 may as well have destroyed a version: every unwrapped copy goes.
+        Assert.Equal(1, hsm.EvictedAll);
+    }
+
+    [Fact]
+    public async Task MaterialChange_MetadataForgottenBeforeTheCopyIsEvicted()
+    {
+        // A request that read the version after the eviction, from metadata still remembered as
+        // ENABLED, would unwrap the destroyed version again.
+        var feed = new ChangingFeed();
+        var (worker, _, hsm) = NewWorker(feed, out var coherence);
+        await worker.PollOnceAsync(default);
+        var invalidatedAtEviction = -1;
+        hsm.BeforeEvict = () => invalidatedAtEviction = coherence.Invalidated;
+        feed.Changes = [new StoreChange(1, StoreChangeKind.Material, new string('b', Kms.Core.Keys.KeyVersionId.Length * 2), DateTimeOffset.UtcNow)];
+        var before = coherence.Invalidated;
+
+        await worker.PollOnceAsync(default);
+
+        Assert.Single(hsm.Evicted);
+        Assert.True(invalidatedAtEviction > before, "the copy was evicted while the version's metadata was still remembered");
+        Assert.Equal(0, hsm.EvictedAll); // no row missing: only that version's copy
     }
 
     [Theory]
@@ -91,11 +114,11 @@ public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture
         // 5, … again: a node waiting for 6 would skip a revocation among them — whether they are
         // fewer than it lost or already reach past 5 when it next reads.
         var feed = new ChangingFeed();
-        var (worker, authentication) = NewWorker(feed);
+        var (worker, authentication, hsm) = NewWorker(feed);
         await worker.PollOnceAsync(default);
         feed.Changes = [.. Enumerable.Range(1, 5).Select(i => new StoreChange(i, StoreChangeKind.Metadata, "k", DateTimeOffset.UtcNow))];
         await worker.PollOnceAsync(default);
-        Assert.Equal(5, worker.Applied);
+        Assert.Equal((5, 0), (worker.Applied, hsm.EvictedAll));
 
         feed.Changes =
         [
@@ -107,15 +130,20 @@ public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture
         await worker.PollOnceAsync(default);
 
         Assert.True(authentication.Generation > generation, "the revocation made after the failover was skipped");
+        Assert.True(hsm.EvictedAll > 0, "the unwrapped copies were kept across a feed that went back");
         var applied = worker.Applied;
         await worker.PollOnceAsync(default);
         Assert.Equal(applied, worker.Applied); // and the feed is followed normally again
     }
 
-    private (ClusterCoherenceWorker Worker, CallerAuthentication Authentication) NewWorker(IChangeFeed feed)
+    private (ClusterCoherenceWorker Worker, CallerAuthentication Authentication, Kms.Testing.Fakes.FakeHsm Hsm) NewWorker(IChangeFeed feed) => NewWorker(feed, out _);
+
+    private (ClusterCoherenceWorker Worker, CallerAuthentication Authentication, Kms.Testing.Fakes.FakeHsm Hsm) NewWorker(IChangeFeed feed, out RecordingCoherence coherence)
     {
         var authentication = fixture.Server.Services.GetRequiredService<CallerAuthentication>();
-        return (new ClusterCoherenceWorker(feed, authentication, new Kms.Testing.Fakes.FakeHsm(), new RecordingCoherence(), new ChangeFeedOptions(), TimeProvider.System, NullLogger<ClusterCoherenceWorker>.Instance), authentication);
+        var hsm = new Kms.Testing.Fakes.FakeHsm();
+        coherence = new RecordingCoherence();
+        return (new ClusterCoherenceWorker(feed, authentication, hsm, coherence, new ChangeFeedOptions(), TimeProvider.System, NullLogger<ClusterCoherenceWorker>.Instance), authentication, hsm);
     }
 
     // A feed whose rows a test changes between polls; its head is its last row's number.

@@ -65,6 +65,12 @@ public interface IHsm
     /// </summary>
     void EvictKey(KeyVersionId id);
 
+    /// <summary>
+    /// Drops every unwrapped copy held in the HSM: a node that cannot tell which versions were
+    /// destroyed meanwhile (it missed some of the change feed) unwraps them again as they are used.
+    /// </summary>
+    void EvictAllKeys();
+
     /// <summary>AES-256-GCM decryption; a wrong tag, AAD or IV is <see cref="Errors.KmsErrorCode.DecryptionFailed"/>.</summary>
     /// <returns>The plaintext, owned by the caller (zero it after use).</returns>
     ValueTask<byte[]> DecryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] ciphertextAndTag, CancellationToken cancellationToken);

@@ -85,6 +85,7 @@ internal sealed partial class ClusterCoherenceWorker(
                     _last = null;
                     authentication.Forget();
                     metadata.InvalidateMetadata();
+                    hsm.EvictAllKeys();
                     continue;
                 }
             }
@@ -93,12 +94,23 @@ internal sealed partial class ClusterCoherenceWorker(
             // retention), or rows missing anywhere in the batch: what it missed is unknown, so
             // every remembered caller goes.
             var forget = false;
+            var missed = false;
             var previous = _seen;
+
+            // Before any eviction: a request that reads a destroyed version's metadata after it is
+            // evicted here must find it DESTROYED, not the remembered ENABLED (the handle cache
+            // does not cache the copy of such a request again either).
+            if (changes.Count > 0)
+            {
+                metadata.InvalidateMetadata();
+            }
+
             try
             {
                 foreach (var change in changes)
                 {
-                    forget |= change.Sequence != previous + 1;
+                    missed |= change.Sequence != previous + 1;
+                    forget |= missed;
                     previous = change.Sequence;
                     switch (change.Kind)
                     {
@@ -123,6 +135,12 @@ internal sealed partial class ClusterCoherenceWorker(
                 if (forget)
                 {
                     authentication.Forget();
+                }
+
+                // Rows it never read may have destroyed versions: their copies go too.
+                if (missed)
+                {
+                    hsm.EvictAllKeys();
                 }
 
                 if (changes.Count > 0)

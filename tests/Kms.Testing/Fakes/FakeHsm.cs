@@ -461,8 +461,17 @@ public sealed class FakeHsm : IHsm, IDisposable
     /// <summary>When set, EvictKey throws it (a device refusing the destroy).</summary>
     public Exception? EvictFault { get; set; }
 
+    /// <summary>How many times every copy was evicted at once.</summary>
+    public int EvictedAll { get; private set; }
+
+    public void EvictAllKeys() => EvictedAll++;
+
+    /// <summary>Called at each EvictKey, before it acts (what its caller did before evicting).</summary>
+    public Action? BeforeEvict { get; set; }
+
     public void EvictKey(Kms.Core.Keys.KeyVersionId id)
     {
+        BeforeEvict?.Invoke();
         if (EvictFault is { } fault)
         {
             throw fault;
