@@ -86,9 +86,9 @@ public static class KmsErrors
         new(KmsErrorCode.Unavailable, message, inner: inner);
 
     /// <summary>
-    /// A request value the database refused as invalid data (PostgreSQL's SQLSTATE class 22: a
-    /// NUL in a string, a character the encoding lacks): the caller's input, not an outage, so not
-    /// retryable. The value is not repeated; <paramref name="inner"/> stays server-side.
+    /// A request string the database cannot store (PostgreSQL's SQLSTATE 22021 and 22P05: a NUL,
+    /// a character the encoding lacks): the caller's input, not an outage, so not retryable. The
+    /// value is not repeated; <paramref name="inner"/> stays server-side.
     /// </summary>
     public static KmsException RefusedByDatabase(Exception inner) =>
         new(KmsErrorCode.InvalidArgument, "the request holds a value the database cannot take (such as a NUL character)", inner: inner);

@@ -189,8 +189,11 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     /// <summary>Whether a group commit inserts its events in one statement (worth it when each statement is a network round trip).</summary>
     internal virtual bool MultiRowAuditInsert => false;
 
-    // PostgreSQL's class 22 (data exception): a value it cannot take, such as a NUL in a string.
-    private static bool IsDataException(DbException exception) => exception.SqlState?.StartsWith("22", StringComparison.Ordinal) == true;
+    // A request's string PostgreSQL cannot store: a NUL or a byte sequence invalid in the encoding
+    // (22021), a character the database's encoding lacks (22P05). Only these of class 22 ("data
+    // exception"): the others (a number out of range, a division by zero) come from values of
+    // our own making, and stay a fault of the server's, logged, not the caller's.
+    private static bool IsUnstorableText(DbException exception) => exception.SqlState is "22021" or "22P05";
 
     // A constraint violation (a duplicate key, a missing referenced row): SQLite's SQLITE_CONSTRAINT,
     // PostgreSQL's class 23 (integrity constraint violation).
@@ -1042,16 +1045,16 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
 
     // Database faults (locked too long, disk full, I/O) are retryable UNAVAILABLE; the
     // SQLite message stays in the server log (inner exception), never in the answer.
-    // With the store (every call on an open store), its OnDatabaseFault runs first. A value
-    // the database refuses as data (PostgreSQL's SQLSTATE class 22, "data exception": a NUL
-    // in a string is 22021) is the request's fault, not the database's: INVALID_ARGUMENT.
+    // With the store (every call on an open store), its OnDatabaseFault runs first. A string
+    // the database cannot store (a NUL: PostgreSQL's 22021) is the request's fault, not the
+    // database's: INVALID_ARGUMENT.
     private protected static async Task<T> GuardAsync<T>(Func<Task<T>> operation, SqlStore? store = null)
     {
         try
         {
             return await operation();
         }
-        catch (DbException e) when (IsDataException(e))
+        catch (DbException e) when (IsUnstorableText(e))
         {
             throw KmsErrors.RefusedByDatabase(e);
         }
