@@ -99,7 +99,9 @@ internal sealed partial class ClusterCoherenceWorker(
 
             // Before any eviction: a request that reads a destroyed version's metadata after it is
             // evicted here must find it DESTROYED, not the remembered ENABLED (the handle cache
-            // does not cache the copy of such a request again either).
+            // does not cache the copy of such a request again either). Once is enough: what is
+            // remembered from now on was read after this batch of the feed, so it includes it —
+            // also when an eviction below fails.
             if (changes.Count > 0)
             {
                 metadata.InvalidateMetadata();
@@ -143,10 +145,6 @@ internal sealed partial class ClusterCoherenceWorker(
                     hsm.EvictAllKeys();
                 }
 
-                if (changes.Count > 0)
-                {
-                    metadata.InvalidateMetadata();
-                }
             }
 
             if (changes.Count < 500)
