@@ -54,6 +54,7 @@ internal sealed class KeyHandleCache : IDisposable
     private readonly Stack<int> _freeWindow;
     private readonly Stack<int> _freeMain;
     private readonly long _idleTimeout; // in TimeProvider timestamp units
+    private readonly long _tombstoneLifetime; // the same
     private readonly long _sweepInterval;
     private readonly TimeProvider _time;
     private readonly ConcurrentQueue<IObjectHandle> _toDestroy = new();
@@ -72,6 +73,7 @@ internal sealed class KeyHandleCache : IDisposable
         Generation = generation;
         _time = time ?? TimeProvider.System;
         _idleTimeout = (long)(idleTimeout.TotalSeconds * _time.TimestampFrequency);
+        _tombstoneLifetime = (long)(TombstoneLifetime.TotalSeconds * _time.TimestampFrequency);
         // Idle copies are looked for by the calls themselves, at most this often (as the MemoryCache this replaced did).
         _sweepInterval = (long)(Math.Clamp(idleTimeout.TotalSeconds / 4, 0.001, 60) * _time.TimestampFrequency);
         _nextSweep = _time.GetTimestamp() + _sweepInterval;
@@ -143,9 +145,8 @@ internal sealed class KeyHandleCache : IDisposable
         lock (_lock)
         {
             var now = _time.GetTimestamp();
-            var lifetime = (long)(TombstoneLifetime.TotalSeconds * _time.TimestampFrequency);
             while (_tombstoneOrder.TryPeek(out var oldest)
-                && (now - oldest.Time > lifetime || _tombstoneOrder.Count >= MaxTombstones))
+                && (now - oldest.Time > _tombstoneLifetime || _tombstoneOrder.Count >= MaxTombstones))
             {
                 _tombstoneOrder.Dequeue();
                 if (_tombstones.TryGetValue(oldest.Id, out var time) && time == oldest.Time)
@@ -220,7 +221,7 @@ internal sealed class KeyHandleCache : IDisposable
 
             // An invalidated version, asked for by a request that read its metadata before: used once, not cached.
             if (_tombstones.Count > 0 && _tombstones.TryGetValue(fresh.Key.Id, out var invalidated)
-                && _time.GetTimestamp() - invalidated <= (long)(TombstoneLifetime.TotalSeconds * _time.TimestampFrequency))
+                && _time.GetTimestamp() - invalidated <= _tombstoneLifetime)
             {
                 return false;
             }

@@ -161,15 +161,14 @@ internal static class RetrySafety
         {
             if (e is HttpRequestException
                 {
-                    HttpRequestError: HttpRequestError.ConnectionError or HttpRequestError.NameResolutionError
-                        or HttpRequestError.SecureConnectionError or HttpRequestError.ProxyTunnelError,
-                } or AuthenticationException)
+                    HttpRequestError: HttpRequestError.ConnectionError or HttpRequestError.NameResolutionError or HttpRequestError.ProxyTunnelError,
+                })
             {
                 return true;
             }
         }
 
-        return false;
+        return TlsHandshakeFailed(failure);
     }
 
     /// <summary>

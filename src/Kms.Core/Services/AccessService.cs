@@ -85,7 +85,7 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
             await access.UpdateTenantAsync(tenant, cancellationToken);
         }
 
-        await ScheduleTenantKeysAsync(id, now, waiting, cancellationToken);
+        await ScheduleTenantKeysAsync(id, now, waiting, null, cancellationToken);
         return tenant;
     }
 
@@ -104,7 +104,7 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
             var page = await access.ListTenantsAsync(after, 500, cancellationToken);
             foreach (var tenant in page.Where(t => t.State == TenantState.Deleting))
             {
-                await ScheduleTenantKeysAsync(tenant.Id, Clock.Now(time), WaitingPeriodOf(tenant), cancellationToken, TenantOffboardingOperation);
+                await ScheduleTenantKeysAsync(tenant.Id, Clock.Now(time), WaitingPeriodOf(tenant), TenantOffboardingOperation, cancellationToken);
                 swept++;
             }
 
@@ -128,7 +128,7 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     // tenant offboarded long ago must cost it one read per page, not a write per key. Under the
     // sweep (OPERATION) each key's change is audited as the lifecycle's own, committed with it;
     // under DeleteTenant the call's own event stands for them.
-    private async Task ScheduleTenantKeysAsync(TenantId id, DateTimeOffset now, TimeSpan waiting, CancellationToken cancellationToken, string? operation = null)
+    private async Task ScheduleTenantKeysAsync(TenantId id, DateTimeOffset now, TimeSpan waiting, string? operation, CancellationToken cancellationToken)
     {
         now = await Clock.WaitingStartAsync(now, keys, cancellationToken);
         string? after = null;
