@@ -21,30 +21,39 @@ internal static class DeadEndpoints
     }
 }
 
-/// <summary>A loopback listener that accepts every connection and closes it at once (so TLS fails), counting them.</summary>
-internal sealed class AcceptAndCloseListener : IDisposable
+/// <summary>
+/// A loopback listener that accepts every connection, counts it and hands it to
+/// <see cref="ServeAsync"/> (its subclasses: what a dead endpoint does with a connection).
+/// </summary>
+internal abstract class CountingListener : IDisposable
 {
     private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
-    private readonly CancellationTokenSource _stop = new();
     private int _connections;
 
-    public AcceptAndCloseListener()
+    protected CountingListener()
     {
         _listener.Start();
         Address = new Uri($"https://127.0.0.1:{((IPEndPoint)_listener.LocalEndpoint).Port}");
-        _ = AcceptAsync();
     }
 
     public Uri Address { get; }
 
     public int Connections => Volatile.Read(ref _connections);
 
-    public void Dispose()
+    protected CancellationTokenSource Stop { get; } = new();
+
+    public virtual void Dispose()
     {
-        _stop.Cancel();
+        Stop.Cancel();
         _listener.Stop();
-        _stop.Dispose();
+        Stop.Dispose();
     }
+
+    /// <summary>Starts accepting; a subclass calls it once its own fields are set.</summary>
+    protected void Start() => _ = AcceptAsync();
+
+    /// <summary>What the endpoint does with an accepted connection (it owns the socket).</summary>
+    protected abstract Task ServeAsync(Socket socket);
 
     private async Task AcceptAsync()
     {
@@ -52,14 +61,27 @@ internal sealed class AcceptAndCloseListener : IDisposable
         {
             while (true)
             {
-                using var socket = await _listener.AcceptSocketAsync(_stop.Token);
+                var socket = await _listener.AcceptSocketAsync(Stop.Token);
                 Interlocked.Increment(ref _connections);
+                _ = ServeAsync(socket);
             }
         }
         catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException)
         {
             // Stopped.
         }
+    }
+}
+
+/// <summary>A loopback listener that accepts every connection and closes it at once (so TLS fails), counting them.</summary>
+internal sealed class AcceptAndCloseListener : CountingListener
+{
+    public AcceptAndCloseListener() => Start();
+
+    protected override Task ServeAsync(Socket socket)
+    {
+        socket.Dispose();
+        return Task.CompletedTask;
     }
 }
 
@@ -117,12 +139,9 @@ internal sealed class BlackHoleListener : IDisposable
 /// A loopback TLS listener presenting a self-signed certificate no client of the tests trusts:
 /// every TLS handshake fails on the client's side. Counts the connections it accepted.
 /// </summary>
-internal sealed class UntrustedTlsListener : IDisposable
+internal sealed class UntrustedTlsListener : CountingListener
 {
-    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
-    private readonly CancellationTokenSource _stop = new();
     private readonly X509Certificate2 _certificate;
-    private int _connections;
 
     public UntrustedTlsListener()
     {
@@ -133,41 +152,16 @@ internal sealed class UntrustedTlsListener : IDisposable
         request.CertificateExtensions.Add(names.Build());
         using var selfSigned = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
         _certificate = X509CertificateLoader.LoadPkcs12(selfSigned.Export(X509ContentType.Pfx), null);
-        _listener.Start();
-        Address = new Uri($"https://127.0.0.1:{((IPEndPoint)_listener.LocalEndpoint).Port}");
-        _ = AcceptAsync();
+        Start();
     }
 
-    public Uri Address { get; }
-
-    public int Connections => Volatile.Read(ref _connections);
-
-    public void Dispose()
+    public override void Dispose()
     {
-        _stop.Cancel();
-        _listener.Stop();
-        _stop.Dispose();
+        base.Dispose();
         _certificate.Dispose();
     }
 
-    private async Task AcceptAsync()
-    {
-        try
-        {
-            while (true)
-            {
-                var socket = await _listener.AcceptSocketAsync(_stop.Token);
-                Interlocked.Increment(ref _connections);
-                _ = HandshakeAsync(socket);
-            }
-        }
-        catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException)
-        {
-            // Stopped.
-        }
-    }
-
-    private async Task HandshakeAsync(Socket socket)
+    protected override async Task ServeAsync(Socket socket)
     {
         using (socket)
         {
@@ -181,7 +175,7 @@ internal sealed class UntrustedTlsListener : IDisposable
                     EnabledSslProtocols = SslProtocols.Tls13,
                 });
                 // Held open until the client, having refused the certificate, closes it.
-                await tls.ReadAtLeastAsync(new byte[1], 1, throwOnEndOfStream: false, _stop.Token);
+                await tls.ReadAtLeastAsync(new byte[1], 1, throwOnEndOfStream: false, Stop.Token);
             }
             catch (Exception e) when (e is IOException or AuthenticationException or OperationCanceledException or ObjectDisposedException)
             {
