@@ -167,10 +167,13 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         _time.Advance(TimeSpan.FromSeconds(11));
 
         // The loop's own housekeeping (once a second) closes the window; appends must keep flowing.
+        // The clock keeps moving while we wait: a pass that read the time before the jump above
+        // sets its next one-second wait after it, and only a later tick wakes it.
         var deadline = DateTime.UtcNow.AddSeconds(15);
         while ((await _store.ListAuditEventsAsync(new AuditQuery { Principal = "token:eve" }, default)).Count < 2 && DateTime.UtcNow < deadline)
         {
             await Task.Delay(100);
+            _time.Advance(TimeSpan.FromSeconds(1));
         }
 
         await _log.AppendAsync(Entry("after"), default).WaitAsync(TimeSpan.FromSeconds(10));
@@ -193,8 +196,15 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
             await log.AppendAsync(Entry($"before-{i}"), default);
         }
 
-        _time.Advance(TimeSpan.FromSeconds(1));
-        await gated.Entered.Task.WaitAsync(TimeSpan.FromSeconds(10));
+        // Ticks until the pass starts (one in flight while the clock moved waits for the next).
+        var entering = DateTime.UtcNow.AddSeconds(10);
+        while (!gated.Entered.Task.IsCompleted && DateTime.UtcNow < entering)
+        {
+            _time.Advance(TimeSpan.FromSeconds(1));
+            await Task.WhenAny(gated.Entered.Task, Task.Delay(100));
+        }
+
+        await gated.Entered.Task.WaitAsync(TimeSpan.FromSeconds(1));
 
         // The pass is stuck in the checkpoint's write; appends are answered all the same.
         await Task.WhenAll(Enumerable.Range(0, 20).Select(i => log.AppendAsync(Entry($"during-{i}"), default))).WaitAsync(TimeSpan.FromSeconds(10));
