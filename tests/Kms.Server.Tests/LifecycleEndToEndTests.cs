@@ -386,6 +386,10 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
             });
 
     // Background work runs on the server's own schedule: wait (bounded) for its effect.
+    // The clock need not keep moving here (unlike AuditLogTests, whose loop waits with Task.Delay):
+    // the lifecycle worker's PeriodicTimer keeps a tick that passed while a pass ran, so a pass that
+    // read the time before the test's one jump is followed by another. Moving it would also break
+    // the offboarding test's check of the destroy time against the clock.
     private static async Task WaitUntilAsync(Func<Task<bool>> condition)
     {
         var deadline = DateTime.UtcNow.AddSeconds(30);

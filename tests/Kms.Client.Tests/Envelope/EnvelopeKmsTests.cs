@@ -200,6 +200,8 @@ public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFix
 
     private async Task<string> NewKeyAsync() => (await _client.CreateKeyAsync("tenants/dev", $"env-{Guid.NewGuid():N}")).Name;
 
+    // Waits for the lifecycle worker without moving the clock again: its PeriodicTimer keeps a tick
+    // that passed during a pass (see LifecycleEndToEndTests.WaitUntilAsync).
     private static async Task WaitUntilAsync(Func<Task<bool>> condition)
     {
         var deadline = DateTime.UtcNow.AddSeconds(30);
