@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using System.Text;
 using Grpc.Core;
 using Kms.Client.Caching;
+using Kms.Core.Errors;
 
 namespace Kms.Client.Envelope;
 
@@ -384,10 +385,12 @@ public sealed class EnvelopeEncryptor : IDisposable
             .Where(k => _trustAnyKey || _trusted.Contains(k.KeyName) || _resolvedKeys.ContainsKey(k.KeyName))
             .DistinctBy(k => k.KeyName, StringComparer.Ordinal)
             .ToList();
+        // Key names in messages come from an unauthenticated header: escaped as the server escapes
+        // the names it repeats (control characters; U+202E and the others that hide or move text).
         if (candidates.Count == 0)
         {
             throw new EnvelopeDecryptionException(
-                $"none of the message's keys is trusted by this encryptor: {string.Join(", ", header.WrappedKeys.Take(4).Select(k => Printable(k.KeyName)))}");
+                $"none of the message's keys is trusted by this encryptor: {string.Join(", ", header.WrappedKeys.Take(4).Select(k => KmsErrors.Printable(k.KeyName)))}");
         }
 
         var failures = new List<Exception>();
@@ -414,8 +417,8 @@ public sealed class EnvelopeEncryptor : IDisposable
         }
 
         var reasons = candidates.Zip(failures, (key, failure) => failure is RpcException rpc
-            ? $"{Printable(key.KeyName)}: {rpc.StatusCode} {rpc.Status.Detail}"
-            : $"{Printable(key.KeyName)}: {failure.Message}");
+            ? $"{KmsErrors.Printable(key.KeyName)}: {rpc.StatusCode} {rpc.Status.Detail}"
+            : $"{KmsErrors.Printable(key.KeyName)}: {failure.Message}");
         throw new EnvelopeDecryptionException(
             $"no data key in the message could be decrypted ({string.Join("; ", reasons)})",
             failures.Count == 1 ? failures[0] : new AggregateException(failures));
@@ -444,13 +447,6 @@ public sealed class EnvelopeEncryptor : IDisposable
     private static bool IsVerdict(RpcException exception) =>
         exception.StatusCode is StatusCode.InvalidArgument or StatusCode.NotFound or StatusCode.FailedPrecondition
             or StatusCode.PermissionDenied or StatusCode.Unauthenticated;
-
-    /// <summary>A key name from an unauthenticated header, fit for an error message.</summary>
-    private static string Printable(string keyName)
-    {
-        var cut = keyName.Length > 120 ? keyName[..120] + "…" : keyName;
-        return string.Concat(cut.Select(c => char.IsControl(c) ? '?' : c));
-    }
 
     /// <summary>Hash of key name, wrapped key and context: an entry serves only the exact unwrap the KMS allowed.</summary>
     private static string DecryptionCacheKey(WrappedDataKey wrapped, byte[] encodedContext)

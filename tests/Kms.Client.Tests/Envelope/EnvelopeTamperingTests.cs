@@ -194,6 +194,22 @@ public sealed class EnvelopeTamperingTests
     }
 
     [Fact]
+    public async Task UntrustedKeyNamesThatHideOrMoveText_EscapedInTheMessage_AsTheServerEscapesThem()
+    {
+        // The names come from an unauthenticated header: a right-to-left override, an isolate,
+        // zero-width characters or a line separator would show the reader another name.
+        string[] names = ["tenants/t/keys/\u202Etxet", "tenants/t/keys/\u2066x\u2069", "tenants/t/keys/a\u200Bb\uFEFF\u2060", "tenants/t/keys/a\u2028b\u0007"];
+        var wrapped = names.Select(n => new WrappedDataKey(n, RandomNumberGenerator.GetBytes(60))).ToList();
+        var hostile = EnvelopeMessage.Seal(RandomNumberGenerator.GetBytes(32), RandomNumberGenerator.GetBytes(32), EnvelopeContext.Encode(null), wrapped, 64, new byte[10], []);
+        using var reader = new EnvelopeEncryptor(new FakeKeyProvider(), new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"] });
+
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(hostile));
+
+        Assert.Equal($"none of the message's keys is trusted by this encryptor: {string.Join(", ", names.Select(Kms.Core.Errors.KmsErrors.Printable))}", e.Message);
+        Assert.Contains(@"tenants/t/keys/\u202Etxet, tenants/t/keys/\u2066x\u2069, tenants/t/keys/a\u200Bb\uFEFF\u2060, tenants/t/keys/a\u2028b?", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task KmsUnreachable_RetryableRpcException_NotAnEnvelopeError()
     {
         using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out var provider, ["tenants/t/keys/a", "tenants/t/keys/b"]);
