@@ -1,3 +1,4 @@
+using System.Text;
 using Kms.Core.Errors;
 
 namespace Kms.Core.Tests;
@@ -31,5 +32,20 @@ public sealed class KmsErrorsTests
         var shown = KmsErrors.Printable(name);
         Assert.Equal(string.Concat(Enumerable.Repeat("\\u202E", KmsErrors.MaxEchoedName)) + "… (300 characters)", shown);
         Assert.Equal("", KmsErrors.Printable(null));
+    }
+
+    [Theory]
+    [InlineData("")] // a pair ends exactly at the limit
+    [InlineData("a")] // a pair straddles the limit
+    [InlineData("ab")]
+    public void Printable_LongNameOfEmoji_CutBeforeAPairTheLimitWouldSplit(string prefix)
+    {
+        var name = prefix + string.Concat(Enumerable.Repeat("\U0001F600", 200));
+
+        var shown = KmsErrors.Printable(name);
+
+        var kept = prefix + string.Concat(Enumerable.Repeat("\U0001F600", (KmsErrors.MaxEchoedName - prefix.Length) / 2));
+        Assert.Equal($"{kept}… ({name.Length} characters)", shown);
+        Assert.True(shown.EnumerateRunes().All(r => r != Rune.ReplacementChar), "a lone surrogate");
     }
 }

@@ -30,10 +30,11 @@ public static class KmsErrors
 
     /// <summary>
     /// A name as the caller sent it, made safe to repeat in a status message and a log line: at
-    /// most <see cref="MaxEchoedName"/> characters (a request may carry megabytes), control
-    /// characters replaced by <c>?</c> (no forged log lines), and the characters that hide or
-    /// move text (<see cref="DisplayText.HidesOrMovesText"/>: U+202E would show an operator
-    /// another name) written as <c>\uXXXX</c>, as the CLI writes them.
+    /// most <see cref="MaxEchoedName"/> characters (a request may carry megabytes), cut before a
+    /// surrogate pair rather than between its halves, control characters replaced by <c>?</c>
+    /// (no forged log lines), and the characters that hide or move text
+    /// (<see cref="DisplayText.HidesOrMovesText"/>: U+202E would show an operator another name)
+    /// written as <c>\uXXXX</c>, as the CLI writes them.
     /// </summary>
     public static string Printable(string? name)
     {
@@ -42,7 +43,11 @@ public static class KmsErrors
             return name ?? "";
         }
 
-        var cut = name.Length > MaxEchoedName ? name[..MaxEchoedName] : name;
+        // Cut before a surrogate pair the limit would split: a lone high surrogate is no
+        // character (a UTF-8 encoder writes U+FFFD for it, or throws).
+        var cut = name.Length <= MaxEchoedName ? name
+            : char.IsHighSurrogate(name[MaxEchoedName - 1]) ? name[..(MaxEchoedName - 1)]
+            : name[..MaxEchoedName];
         var safe = new StringBuilder(cut.Length);
         foreach (var c in cut)
         {
