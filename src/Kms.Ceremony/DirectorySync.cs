@@ -13,7 +13,7 @@ namespace Kms.Ceremony;
 /// <see cref="FileStream"/> cannot open a directory, so the directory is opened read-only with
 /// <c>open(2)</c>. On Linux and macOS only; elsewhere (Windows) it does nothing.
 /// </remarks>
-internal static partial class DirectorySync
+public static partial class DirectorySync
 {
     private const int LinuxOpenReadOnlyCloseOnExec = 0x80000; // O_RDONLY | O_CLOEXEC, the same on x86-64 and arm64
     private const int MacOpenReadOnlyCloseOnExec = 0x1000000; // O_RDONLY | O_CLOEXEC

@@ -1,4 +1,6 @@
 using System.Globalization;
+using Kms.Ceremony;
+using Kms.Cli.Infrastructure;
 using Kms.Client.Audit;
 using Kms.Core.Audit;
 using Kms.Core.Backup;
@@ -57,7 +59,7 @@ internal static class BackupRestore
 
         // Held until the restored file is in place: a server still serving the database could
         // destroy a version after its destructions were read, and its files move under it.
-        Directory.CreateDirectory(dataDir);
+        DurableFile.CreateDirectory(dataDir);
         using var maintenance = SqliteStore.TryTakeMaintenanceLock(target)
             ?? throw KmsErrors.FailedPrecondition($"a server is serving {target}; stop it before restoring over it");
 
@@ -147,6 +149,11 @@ internal static class BackupRestore
                         installed.Add(suffix);
                     }
                 }
+
+                // The renames are durable only once the directory is: until then a power loss
+                // can bring back the replaced database (or none) after the restore said done.
+                // A directory that cannot be synced fails the restore, and the moves are undone.
+                DirectorySync.Flush(dataDir);
             }
             catch
             {

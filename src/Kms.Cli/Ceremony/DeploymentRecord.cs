@@ -1,4 +1,6 @@
 using System.Security.Cryptography;
+using System.Text;
+using Kms.Cli.Infrastructure;
 using Kms.Core.Audit;
 using Kms.Core.Services;
 using Kms.Hsm;
@@ -53,8 +55,7 @@ internal sealed class DeploymentRecord : IAsyncDisposable
     /// </summary>
     public static async Task<DeploymentRecord> OpenAsync(string dataDir, DeploymentDatabaseTarget database, HsmOptions hsmOptions, string pin, CancellationToken cancellationToken)
     {
-        dataDir = Path.GetFullPath(dataDir);
-        Directory.CreateDirectory(dataDir);
+        dataDir = DurableFile.CreateDirectory(dataDir);
         var options = new HsmOptions
         {
             ModulePath = hsmOptions.ModulePath,
@@ -74,8 +75,8 @@ internal sealed class DeploymentRecord : IAsyncDisposable
             await DomainKeyGuard.VerifyAsync(hsm, store, devMode: false, cancellationToken);
             var audit = new AuditLog(store, store, hsm, TimeProvider.System, new AuditOptions());
             await audit.InitializeAsync(cancellationToken);
-            var directory = Directory.CreateDirectory(Path.Combine(dataDir, "audit")).FullName;
-            await File.WriteAllTextAsync(Path.Combine(directory, "signing-key.pem"), PublicKeyPem(audit.PublicKey), cancellationToken);
+            var directory = DurableFile.CreateDirectory(Path.Combine(dataDir, "audit"));
+            await DurableFile.WriteAsync(Path.Combine(directory, "signing-key.pem"), Encoding.ASCII.GetBytes(PublicKeyPem(audit.PublicKey)), cancellationToken);
             return new DeploymentRecord(dataDir, store, hsm, audit);
         }
         catch
@@ -116,7 +117,7 @@ internal sealed class DeploymentRecord : IAsyncDisposable
         var checkpoint = await _audit.CheckpointAsync(cancellationToken);
         if (checkpoint is not null)
         {
-            await File.AppendAllTextAsync(Path.Combine(_dataDir, "audit", "checkpoints.jsonl"), AuditExport.Checkpoint(checkpoint) + "\n", cancellationToken);
+            await DurableFile.AppendAsync(Path.Combine(_dataDir, "audit", "checkpoints.jsonl"), Encoding.UTF8.GetBytes(AuditExport.Checkpoint(checkpoint) + "\n"), cancellationToken);
         }
 
         return checkpoint;

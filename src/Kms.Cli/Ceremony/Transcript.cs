@@ -1,6 +1,7 @@
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Kms.Cli.Infrastructure;
 using Kms.Core.Audit;
 
 namespace Kms.Cli.Ceremony;
@@ -55,10 +56,13 @@ internal sealed class Transcript
         return Encoding.UTF8.GetBytes(text.ToString());
     }
 
-    /// <summary>Writes the transcript and its signature file (mode 0644: it holds nothing secret).</summary>
+    /// <summary>
+    /// Writes the transcript and its signature file (mode 0644: it holds nothing secret), each
+    /// flushed to disk with its directory synced before this returns.
+    /// </summary>
     public static async Task WriteAsync(string path, byte[] content, string keyFingerprint, byte[] signature, CancellationToken cancellationToken)
     {
-        await File.WriteAllBytesAsync(path, content, cancellationToken);
+        await DurableFile.WriteAsync(path, content, cancellationToken);
         var sig = new JsonObject
         {
             ["format"] = SignedStatement.Prefix,
@@ -66,7 +70,7 @@ internal sealed class Transcript
             ["key_fingerprint"] = keyFingerprint,
             ["signature"] = Convert.ToBase64String(signature),
         };
-        await File.WriteAllTextAsync(path + ".sig", sig.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n", cancellationToken);
+        await DurableFile.WriteAsync(path + ".sig", Encoding.UTF8.GetBytes(sig.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n"), cancellationToken);
     }
 
     /// <summary>

@@ -196,7 +196,7 @@ internal static partial class CeremonyCommands
                     await store.BeginDomainKeyRotationAsync(pinned, kcv, DateTimeOffset.UtcNow, ct, replaceUnstarted: true,
                         newKeyMac: Convert.ToHexStringLower(RotationKeyMac(oldKey, newKey)));
                     recorded = kcv;
-                    var outDir = Directory.CreateDirectory(parse.GetValue(newSharesDir)!).FullName;
+                    var outDir = DurableFile.CreateDirectory(parse.GetValue(newSharesDir)!);
                     var shares = Shamir.Split(newKey, m, names.Count);
                     try
                     {

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Security.Cryptography;
+using System.Text;
 using System.Text.Json.Nodes;
 using Kms.Ceremony;
 using Kms.Ceremony.Shares;
@@ -161,8 +162,8 @@ internal static partial class CeremonyCommands
 
             // Where the genesis goes must take it before a key exists that would need undoing.
             var filesBefore = FilesIn(deploymentDir);
-            Directory.CreateDirectory(Path.GetDirectoryName(genesisPath)!);
-            var outDir = Directory.CreateDirectory(parse.GetRequiredValue(sharesDir)).FullName;
+            DurableFile.CreateDirectory(Path.GetDirectoryName(genesisPath)!);
+            var outDir = DurableFile.CreateDirectory(parse.GetRequiredValue(sharesDir));
             if (Directory.EnumerateFiles(outDir, "share-*.json").Any())
             {
                 throw new CliFailureException(ExitCodes.Conflict, $"{outDir} holds share files already; share files are never overwritten");
@@ -246,7 +247,7 @@ internal static partial class CeremonyCommands
             {
                 // The genesis officer set: pinned by the server (Kms:Quorum:GenesisFile and its hash),
                 // recorded here so a database writer cannot install officers of their own.
-                GenesisFile.Write(genesisPath, genesis);
+                await DurableFile.WriteAsync(genesisPath, Encoding.UTF8.GetBytes(GenesisFile.Serialize(genesis)), ct);
                 transcript.Add("officer set (genesis)", $"threshold {genesis.Threshold} of {genesis.Officers.Count}, hash {genesis.Hash}, file {genesisPath}");
                 foreach (var officer in genesis.Officers)
                 {
@@ -607,7 +608,7 @@ internal static partial class CeremonyCommands
         transcript.Add("deployment database", database.Describe());
         transcript.Add("audit signing key", record.AuditKeyFingerprint);
         var content = transcript.ToBytes();
-        var directory = Directory.CreateDirectory(Path.Combine(Path.GetFullPath(dataDir), "ceremonies")).FullName;
+        var directory = DurableFile.CreateDirectory(Path.Combine(Path.GetFullPath(dataDir), "ceremonies"));
         var path = Path.Combine(directory, $"{DateTime.UtcNow:yyyyMMddTHHmmssZ}-{operation}-{ceremonyId[..8]}.txt");
         var signature = await record.SignAsync(Transcript.Kind, content, ct);
         await Transcript.WriteAsync(path, content, record.AuditKeyFingerprint, signature, ct);
