@@ -342,6 +342,42 @@ public sealed class CommandTests(CliServerFixture fixture) : IClassFixture<CliSe
         Assert.Contains("certificate", result.Error, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")] // not DER inside
+    [InlineData("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")] // no certificate at all
+    public async Task CaFileThatHoldsNoReadableCertificate_IsAConfigurationError_NamingTheFile(string content)
+    {
+        // The client reports a CA file it cannot read as an ArgumentException naming it: no
+        // CryptographicException reaches the CLI from there.
+        var caFile = Path.Combine(_directory, "broken-ca.pem");
+        await File.WriteAllTextAsync(caFile, content);
+        var variables = fixture.Variables;
+        variables["KMS_CA_FILE"] = caFile;
+
+        var result = await CliRun.InProcessAsync(variables, _directory, null, "random");
+
+        Assert.True(result.ExitCode == ExitCodes.Usage, result.ToString());
+        Assert.StartsWith("kms: the configuration does not work: CaCertificatePath " + caFile, result.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ClientCertificateThatCannotBeLoaded_IsAConfigurationError_NamingTheFiles()
+    {
+        var certificate = Path.Combine(_directory, "client.crt");
+        var key = Path.Combine(_directory, "client.key");
+        await File.WriteAllTextAsync(certificate, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+        await File.WriteAllTextAsync(key, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+        var variables = fixture.Variables;
+        variables.Remove("KMS_TOKEN_FILE");
+        variables["KMS_CLIENT_CERT"] = certificate;
+        variables["KMS_CLIENT_KEY"] = key;
+
+        var result = await CliRun.InProcessAsync(variables, _directory, null, "random");
+
+        Assert.True(result.ExitCode == ExitCodes.Usage, result.ToString());
+        Assert.StartsWith($"kms: cannot load the client certificate {certificate} with key {key}", result.Error, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task KeyUserToken_CreateKey_Exits4()
     {

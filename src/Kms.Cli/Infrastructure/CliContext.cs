@@ -113,11 +113,8 @@ internal sealed class CliContext : IDisposable
         }
         catch (ArgumentException exception)
         {
+            // A CA file that holds no readable certificate is one too (KmsClient.LoadCaBundle).
             throw new CliUsageException($"the configuration does not work: {exception.Message}", exception);
-        }
-        catch (CryptographicException exception)
-        {
-            throw new CliUsageException($"cannot load the CA file {options.CaCertificatePath}: {exception.Message}", exception);
         }
     }
 
