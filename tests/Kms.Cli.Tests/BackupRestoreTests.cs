@@ -327,7 +327,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             await developer.ScheduleKeyVersionDestructionAsync($"{versionKey}/versions/2", TimeSpan.FromSeconds(1));
             await developer.ScheduleKeyDeletionAsync(deletedKey, TimeSpan.FromSeconds(1));
             await Task.Delay(TimeSpan.FromSeconds(1.2));
-            Assert.Equal(4, await _server.Services.GetRequiredService<KeyService>().DestroyDueAsync(CancellationToken.None));
+            Assert.Equal(4, await _server.Services.GetRequiredService<KeyService>().DestroyDueAsync(DateTimeOffset.UtcNow, CancellationToken.None));
             await using var file = File.CreateText(exportPath);
             await officer.ExportAuditAsync(file);
         }

@@ -375,11 +375,11 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         _time.Advance(TimeSpan.FromDays(30) - TimeSpan.FromHours(60));
         var anchor = (await _store.ListAuditCheckpointsAsync(0, 100, default)).Last(c => c.Sequence <= 60).Sequence;
         Assert.InRange(anchor, 50, 60);
-        Assert.Equal(anchor, await _log.PruneAsync(default));
+        Assert.Equal(anchor, await _log.PruneAsync(_time.GetUtcNow(), default));
         var remaining = await _store.ListAuditEventsAsync(new AuditQuery { Limit = 1000 }, default);
         Assert.Equal(anchor + 1, remaining[0].Sequence);
         Assert.Equal(anchor, (await _store.ListAuditCheckpointsAsync(0, 100, default))[0].Sequence);
-        Assert.Equal(0, await _log.PruneAsync(default));
+        Assert.Equal(0, await _log.PruneAsync(_time.GetUtcNow(), default));
     }
 
     [Fact]
@@ -401,7 +401,7 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
 
         _time.Advance(TimeSpan.FromDays(31));
         var cuts = new List<long>();
-        for (long pruned; (pruned = await log.PruneAsync(default)) > 0;)
+        for (long pruned; (pruned = await log.PruneAsync(_time.GetUtcNow(), default)) > 0;)
         {
             var first = (await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, default))[0].Sequence;
             cuts.Add(first - 1);
@@ -437,7 +437,7 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         }
 
         _time.Advance(TimeSpan.FromDays(31));
-        var pruned = await log.PruneAsync(default);
+        var pruned = await log.PruneAsync(_time.GetUtcNow(), default);
 
         Assert.InRange(pruned, 90, 110);
     }

@@ -150,10 +150,10 @@ public sealed class KeyImportTests : IDisposable
     public async Task ExpiredJobs_AreErasedByTheBackgroundPass_AndEvictedFromTheHsm()
     {
         var job = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
-        Assert.Equal(0, await _domain.Keys.EraseExpiredImportJobsAsync(default));
+        Assert.Equal(0, await _domain.Keys.EraseExpiredImportJobsAsync(_domain.Time.GetUtcNow(), default));
         _domain.Time.Advance(ImportJob.Lifetime);
 
-        Assert.Equal(1, await _domain.Keys.EraseExpiredImportJobsAsync(default));
+        Assert.Equal(1, await _domain.Keys.EraseExpiredImportJobsAsync(_domain.Time.GetUtcNow(), default));
         Assert.Contains(job.MaterialId, _domain.FakeHsm!.Evicted);
         Assert.Null((await _domain.Store.GetImportJobAsync(ImportJobName.Parse("tenants/dev/importJobs/job", "name"), default))!.Material);
     }

@@ -237,10 +237,10 @@ public sealed class LifecycleServiceTests : IDisposable
         Assert.Contains("DESTROY_SCHEDULED", refused.Message, StringComparison.Ordinal);
 
         _domain.Time.Advance(TimeSpan.FromDays(7) - TimeSpan.FromSeconds(1));
-        Assert.Equal(0, await _domain.Keys.DestroyDueAsync(default));
+        Assert.Equal(0, await _domain.Keys.DestroyDueAsync(_domain.Time.GetUtcNow(), default));
 
         _domain.Time.Advance(TimeSpan.FromSeconds(1));
-        Assert.Equal(1, await _domain.Keys.DestroyDueAsync(default));
+        Assert.Equal(1, await _domain.Keys.DestroyDueAsync(_domain.Time.GetUtcNow(), default));
         var destroyed = await _domain.Keys.GetKeyVersionAsync(Dev, v1, default);
         Assert.Equal(KeyState.Destroyed, destroyed.State);
         Assert.Equal(_domain.Time.GetUtcNow().ToUnixTimeMilliseconds(), destroyed.DestroyEventTime!.Value.ToUnixTimeMilliseconds());
@@ -265,7 +265,7 @@ public sealed class LifecycleServiceTests : IDisposable
 
         Assert.Equal(KeyState.Disabled, (await _domain.Keys.RestoreKeyVersionAsync(Dev, v1, null, default)).State);
         _domain.Time.Advance(TimeSpan.FromDays(31));
-        Assert.Equal(0, await _domain.Keys.DestroyDueAsync(default));
+        Assert.Equal(0, await _domain.Keys.DestroyDueAsync(_domain.Time.GetUtcNow(), default));
         await _domain.Keys.EnableKeyVersionAsync(Dev, v1, default);
         using var decrypted = await _domain.Crypto.DecryptAsync(Dev, blob, EncryptionContext.Empty, default);
         Assert.Equal([7], decrypted.Plaintext.Span.ToArray());
@@ -346,7 +346,7 @@ public sealed class LifecycleServiceTests : IDisposable
         await _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, TimeSpan.FromDays(7), null, default);
 
         _domain.Time.Advance(TimeSpan.FromDays(7));
-        Assert.Equal(2, await _domain.Keys.DestroyDueAsync(default));
+        Assert.Equal(2, await _domain.Keys.DestroyDueAsync(_domain.Time.GetUtcNow(), default));
 
         var destroyed = await _domain.Keys.GetKeyAsync(Dev, key.Name, default);
         Assert.Equal(KeyState.Destroyed, destroyed.State);
@@ -478,7 +478,7 @@ public sealed class LifecycleServiceTests : IDisposable
         var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.CancelKeyDeletionAsync(Dev, key.Name, null, default));
         Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
         Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.EnableKeyAsync(Dev, key.Name, default))).Code);
-        Assert.Equal(1, await _domain.Keys.DestroyDueAsync(default));
+        Assert.Equal(1, await _domain.Keys.DestroyDueAsync(_domain.Time.GetUtcNow(), default));
     }
 
     [Fact]

@@ -22,10 +22,11 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
 
     private KeyManagementService.KeyManagementServiceClient Stub => _client.Raw;
 
+    private static readonly string[] ServerArgs = ["--UsageLimits:SoftBound=8", "--UsageLimits:HardBound=16", "--UsageLimits:ReservationBlock=4"];
+
     public async Task InitializeAsync()
     {
-        _server = await KmsTestServer.StartAsync(null, null, "dev", UseFakeClock,
-            "--UsageLimits:SoftBound=8", "--UsageLimits:HardBound=16", "--UsageLimits:ReservationBlock=4");
+        _server = await KmsTestServer.StartAsync(null, null, "dev", UseFakeClock, ServerArgs);
         _client = _server.CreateClient();
     }
 
@@ -240,6 +241,33 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task NodeBootsWithItsClockAYearAhead_ScheduledDeletionWaitsForRealTime_Warned()
+    {
+        var key = await _client.CreateKeyAsync("tenants/dev", "clock-victim");
+        await _client.ScheduleKeyDeletionAsync(key.Name, TimeSpan.FromDays(7));
+        await Worker.RunOnceAsync(default); // records the trusted time
+        var store = _server.Services.GetRequiredService<Kms.Core.Ports.IKeyStore>();
+        var name = Kms.Core.Names.KeyName.Parse(key.Name, "name");
+
+        // Down; boots with its clock a year ahead (the fake clock moves both of its clocks, but
+        // the new process has no reading of its own to measure from).
+        _client.Dispose();
+        await _server.DisposeAsync();
+        _time.Advance(TimeSpan.FromDays(365));
+        _server = await KmsTestServer.StartAsync(_server.Token, _server.DataDir, "dev", UseFakeClock, ServerArgs);
+        _client = _server.CreateClient();
+        await Worker.RunOnceAsync(default);
+        store = _server.Services.GetRequiredService<Kms.Core.Ports.IKeyStore>();
+        Assert.Equal(Kms.Core.Keys.KeyState.DestroyScheduled, (await store.GetKeyAsync(name, default))!.State);
+        Assert.Contains(_server.Logs.Events, e => e.StartsWith("Warning", StringComparison.Ordinal) && e.Contains("ahead of the lifecycle's trusted time", StringComparison.Ordinal));
+
+        // Four days of running: eight of the jump taken on, past the seven-day waiting period.
+        _time.Advance(TimeSpan.FromDays(4));
+        await Worker.RunOnceAsync(default);
+        Assert.Equal(Kms.Core.Keys.KeyState.Destroyed, (await store.GetKeyAsync(name, default))!.State);
+    }
+
+    [Fact]
     public async Task ScheduledRotation_ClockPassesThePeriod_KeyRotated()
     {
         var created = (await Stub.CreateKeyAsync(new CreateKeyRequest
@@ -269,7 +297,6 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
         await WaitUntilAsync(async () => (await _client.GetKeyAsync(key.Name)).Primary.Name.EndsWith("/versions/2", StringComparison.Ordinal));
         Assert.EndsWith("/versions/2", (await _client.EncryptAsync(key.Name, new byte[] { 1 })).KeyVersion, StringComparison.Ordinal);
 
-        // Making the worn version primary again only lasts until its next reservation.
         // Making the worn version primary again lasts only until its next reservation: within
         // one block (4) of encryptions another rotation is queued and done.
         await Stub.UpdatePrimaryVersionAsync(new UpdatePrimaryVersionRequest { Name = key.Name, Version = 1 });
@@ -359,6 +386,8 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
         var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.GetKeyVersionAsync(new GetKeyVersionRequest { Name = $"{key.Name}/versions/5" }));
         Assert.Equal(StatusCode.NotFound, e.StatusCode);
     }
+
+    private Hosting.LifecycleWorker Worker => _server.Services.GetRequiredService<Hosting.LifecycleWorker>();
 
     private void UseFakeClock(IServiceCollection services) => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(_time));
 

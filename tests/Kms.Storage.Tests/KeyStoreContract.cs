@@ -182,6 +182,16 @@ public abstract class KeyStoreContract
     }
 
     [Fact]
+    public async Task SetSetting_ReplacesTheValue_LeavesOthers()
+    {
+        var store = await CreateStoreAsync();
+        await store.SetSettingAsync("s", "one", default);
+        await store.SetSettingIfAbsentAsync("other", "kept", default);
+        await store.SetSettingAsync("s", "two", default);
+        Assert.Equal(("two", "kept"), (await store.GetSettingAsync("s", default), await store.GetSettingAsync("other", default)));
+    }
+
+    [Fact]
     public async Task CreateKey_Concurrent_AllStored()
     {
         var store = await CreateStoreAsync();

@@ -118,6 +118,9 @@ public interface IKeyStore
     /// <summary>Sets a setting only if it is not set yet; returns the value in force afterwards.</summary>
     Task<string> SetSettingIfAbsentAsync(string name, string value, CancellationToken cancellationToken);
 
+    /// <summary>Sets a setting, replacing what it held.</summary>
+    Task SetSettingAsync(string name, string value, CancellationToken cancellationToken);
+
     /// <summary>Cheap liveness probe of the backend.</summary>
     Task CheckHealthAsync(CancellationToken cancellationToken);
 

@@ -394,15 +394,17 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     /// checkpoint whose events are all that old, so the remaining chain starts right after a
     /// signed checkpoint.
     /// </summary>
+    /// <param name="now">The lifecycle's trusted time (<see cref="LifecycleClock"/>), not the bare clock.</param>
+    /// <param name="cancellationToken">Cancels the pass.</param>
     /// <returns>How many events were deleted.</returns>
-    public async Task<long> PruneAsync(CancellationToken cancellationToken)
+    public async Task<long> PruneAsync(DateTimeOffset now, CancellationToken cancellationToken)
     {
         if (options.Retention is not { } retention)
         {
             return 0;
         }
 
-        var cutoff = time.GetUtcNow() - retention;
+        var cutoff = now - retention;
         var oldest = await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, cancellationToken);
         if (oldest.Count == 0 || oldest[0].Entry.Time >= cutoff)
         {

@@ -153,14 +153,16 @@ public sealed partial class KeyService
     /// Background: erases the private keys of expired import jobs from the store (and its files)
     /// and drops their unwrapped copies from the HSM; returns how many.
     /// </summary>
-    public async Task<int> EraseExpiredImportJobsAsync(CancellationToken cancellationToken)
+    /// <param name="now">The lifecycle's trusted time (<see cref="LifecycleClock"/>), not the bare clock.</param>
+    /// <param name="cancellationToken">Cancels the pass.</param>
+    public async Task<int> EraseExpiredImportJobsAsync(DateTimeOffset now, CancellationToken cancellationToken)
     {
         // The erasure of private keys is audited with it (one event for the pass; none when
         // nothing expired, as the write then changes nothing).
         IReadOnlyList<KeyVersionId> erased;
         using (SystemScope(ImportJobExpiryOperation, null))
         {
-            erased = await store.EraseExpiredImportJobsAsync(Clock.Now(time), cancellationToken);
+            erased = await store.EraseExpiredImportJobsAsync(now, cancellationToken);
         }
 
         foreach (var id in erased)

@@ -430,9 +430,10 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
     /// <c>lifecycle/Destruction</c> with the version — so a restore from a backup and an audit
     /// export alone can re-apply it (<see cref="Backup.DestructionReplay"/>).
     /// </remarks>
-    public async Task<int> DestroyDueAsync(CancellationToken cancellationToken)
+    /// <param name="now">The lifecycle's trusted time (<see cref="LifecycleClock"/>), not the bare clock.</param>
+    /// <param name="cancellationToken">Stops the pass between keys.</param>
+    public async Task<int> DestroyDueAsync(DateTimeOffset now, CancellationToken cancellationToken)
     {
-        var now = Clock.Now(time);
         var destroyed = 0;
         await ForEachDueKeyAsync(null, await store.ListKeysDueForDestructionAsync(now, DueBatch, cancellationToken), async name =>
         {

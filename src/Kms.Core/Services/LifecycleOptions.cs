@@ -17,6 +17,13 @@ public sealed class LifecycleOptions
 
     /// <summary>Longest scheduled rotation period (100 years).</summary>
     public TimeSpan MaxRotationPeriod { get; set; } = TimeSpan.FromDays(36500);
+
+    /// <summary>
+    /// How far ahead of the last recorded trusted time a node's clock is believed at once when
+    /// it starts (its downtime is not known); beyond that the lifecycle's irreversible work
+    /// catches up with the clock at one second per second (<see cref="LifecycleClock"/>).
+    /// </summary>
+    public TimeSpan ClockJumpAllowance { get; set; } = TimeSpan.FromHours(1);
 }
 
 /// <summary>

@@ -270,6 +270,7 @@ public static class KmsServerApp
             store, services.GetRequiredService<AuditLog>(), hsm, services.GetRequiredService<TimeProvider>(), Path.Combine(Path.GetFullPath(serverOptions.DataDir), "backups"),
             services.GetRequiredService<ILoggerFactory>().CreateLogger("Kms.Server.Backup")));
         builder.Services.AddSingleton<Authenticator>();
+        builder.Services.AddSingleton<LifecycleClock>();
         builder.Services.AddSingleton<LifecycleWorker>();
         builder.Services.AddHostedService(services => services.GetRequiredService<LifecycleWorker>());
         builder.Services.AddSingleton(services => new CallerAuthentication(

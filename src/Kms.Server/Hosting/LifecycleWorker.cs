@@ -19,12 +19,15 @@ internal sealed partial class LifecycleWorker(
     AccessService access,
     AuditLog audit,
     UsageCounter usage,
+    LifecycleClock clock,
     TimeProvider time,
     LifecycleWorkerOptions options,
     ILeaderLease lease,
     IChangeFeed changes,
     ILogger<LifecycleWorker> logger) : BackgroundService
 {
+    private bool _clockAhead;
+
     /// <summary>
     /// One pass: usage flush; then, on the leader, due destructions, pending erasure, import-job
     /// expiry, offboarding sweep, due rotations, audit retention — each on its own, so one failing job (or key) does not hold the others back.
@@ -47,21 +50,62 @@ internal sealed partial class LifecycleWorker(
             return;
         }
 
-        var destroyed = await RunJobAsync("destruction", () => keys.DestroyDueAsync(cancellationToken));
+        // The irreversible jobs run by the trusted time (LifecycleClock); without one, not at all.
+        var trusted = await TrustedTimeAsync(cancellationToken);
+        var destroyed = trusted is { } now ? await RunJobAsync("destruction", () => keys.DestroyDueAsync(now, cancellationToken)) : 0;
         await RunJobAsync("erasure", async () =>
         {
             await keys.CompleteErasureAsync(cancellationToken);
             return 0;
         });
-        await RunJobAsync("import job expiry", () => keys.EraseExpiredImportJobsAsync(cancellationToken));
+        if (trusted is { } expiry)
+        {
+            await RunJobAsync("import job expiry", () => keys.EraseExpiredImportJobsAsync(expiry, cancellationToken));
+        }
+
         await RunJobAsync("tenant offboarding", () => access.SweepDeletingTenantsAsync(cancellationToken));
         var rotated = await RunJobAsync("scheduled rotation", () => keys.RotateDueKeysAsync(cancellationToken));
-        await RunJobAsync("audit retention", async () => (int)await audit.PruneAsync(cancellationToken));
+        if (trusted is { } retention)
+        {
+            await RunJobAsync("audit retention", async () => (int)await audit.PruneAsync(retention, cancellationToken));
+        }
+
         await RunJobAsync("change feed retention", () => changes.PruneChangesAsync(time.GetUtcNow() - TimeSpan.FromHours(1), cancellationToken));
         if (rotated > 0 || destroyed > 0)
         {
             LogPass(logger, rotated, destroyed);
         }
+    }
+
+    private async Task<DateTimeOffset?> TrustedTimeAsync(CancellationToken cancellationToken)
+    {
+        DateTimeOffset trusted;
+        try
+        {
+            trusted = await clock.NowAsync(cancellationToken);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            LogJobFailed(logger, "trusted time", e);
+            return null;
+        }
+
+        // Reported when the clock is first seen ahead, and when the trusted time has caught up.
+        var ahead = clock.Lag > TimeSpan.FromMinutes(1);
+        if (ahead != _clockAhead)
+        {
+            _clockAhead = ahead;
+            if (ahead)
+            {
+                LogClockAhead(logger, (long)clock.Lag.TotalSeconds, trusted);
+            }
+            else
+            {
+                LogClockCaughtUp(logger, trusted);
+            }
+        }
+
+        return trusted;
     }
 
     private async Task<int> RunJobAsync(string job, Func<Task<int>> run)
@@ -146,6 +190,12 @@ internal sealed partial class LifecycleWorker(
 
     [LoggerMessage(EventId = 1206, Level = LogLevel.Warning, Message = "This node's clock is {SkewMs} ms off the database server's: it does not run scheduled rotation, destruction or retention (Storage:Postgres:MaxClockSkew)")]
     private static partial void LogClockRefused(ILogger logger, double skewMs);
+
+    [LoggerMessage(EventId = 1207, Level = LogLevel.Warning, Message = "This node's clock is {AheadSeconds} s ahead of the lifecycle's trusted time {Trusted:O}: destructions, import-job erasure and audit retention run by the trusted time, which catches up by one second per second (if the clock is wrong, correct it)")]
+    private static partial void LogClockAhead(ILogger logger, long aheadSeconds, DateTimeOffset trusted);
+
+    [LoggerMessage(EventId = 1208, Level = LogLevel.Information, Message = "The lifecycle's trusted time {Trusted:O} has caught up with this node's clock")]
+    private static partial void LogClockCaughtUp(ILogger logger, DateTimeOffset trusted);
 
     [LoggerMessage(EventId = 1204, Level = LogLevel.Error, Message = "Lifecycle job {Job} failed; retrying at the next pass")]
     private static partial void LogJobFailed(ILogger logger, string job, Exception exception);

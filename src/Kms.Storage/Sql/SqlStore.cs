@@ -580,6 +580,10 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         }, cancellationToken);
 
     /// <inheritdoc />
+    public Task SetSettingAsync(string name, string value, CancellationToken cancellationToken) =>
+        WriteAsync((connection, transaction) => UpsertSettingAsync(connection, transaction, name, value, cancellationToken), cancellationToken, announce: false);
+
+    /// <inheritdoc />
     public virtual Task<DateTimeOffset?> GetDatabaseTimeAsync(CancellationToken cancellationToken) => Task.FromResult<DateTimeOffset?>(null);
 
     /// <inheritdoc />

@@ -363,6 +363,15 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
         }
     }
 
+    public Task SetSettingAsync(string name, string value, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            _settings[name] = value;
+            return Task.CompletedTask;
+        }
+    }
+
     public Task CheckHealthAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
     /// <summary>What <see cref="GetDatabaseTimeAsync"/> answers: null (a database without a clock of its own), or a database server's time.</summary>
