@@ -91,6 +91,24 @@ public sealed class KeyImportTests : IDisposable
     }
 
     [Fact]
+    public async Task Import_SameRequestIdWithOtherMaterial_InvalidArgument_NothingAdded()
+    {
+        // A reused id with other key material must not answer with the version of the first
+        // material: the caller would believe the second is the key's primary.
+        var key = await _domain.CreateKeyForImportAsync("byok");
+        var job = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
+        ImportKeyVersionCommand Command(byte[] material) =>
+            new(key.Name, job.Name, null, KeyImport.Wrap(job.PublicKey.Der, ProtoImportMethod.RsaOaep3072Sha1Aes256, material), null, "import-once");
+        await _domain.Keys.ImportKeyVersionAsync(Dev, Command(RandomNumberGenerator.GetBytes(32)), default);
+
+        var refused = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.ImportKeyVersionAsync(Dev, Command(RandomNumberGenerator.GetBytes(32)), default));
+
+        Assert.Equal(KmsErrorCode.InvalidArgument, refused.Code);
+        Assert.Equal("request_id", refused.Field);
+        Assert.Equal(2, (await _domain.Keys.ListKeyVersionsAsync(Dev, key.Name, 10, null, default)).Items.Count);
+    }
+
+    [Fact]
     public async Task Import_ExpiredJob_FailedPrecondition_NothingAdded()
     {
         var key = await _domain.CreateKeyForImportAsync("byok");

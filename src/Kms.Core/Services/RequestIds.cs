@@ -38,6 +38,8 @@ internal sealed class RequestIds(IKeyStore store)
             var text = parameter switch
             {
                 null => "",
+                // Before the catch-all: an array's ToString is its type name ("System.Byte[]"), the same whatever it holds.
+                byte[] bytes => Convert.ToHexString(bytes),
                 IEnumerable<KeyValuePair<string, string>> map => string.Join('\u001f', map.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => $"{kv.Key.Length}:{kv.Key}={kv.Value.Length}:{kv.Value}")),
                 IFormattable formattable => formattable.ToString(null, System.Globalization.CultureInfo.InvariantCulture),
                 _ => parameter.ToString(),
