@@ -288,6 +288,22 @@ public sealed class BadInputTests(ServerFixture fixture) : IClassFixture<ServerF
     }
 
     [Fact]
+    public async Task ScheduleKeyDeletion_WaitingPeriodOfTheLongestDuration_InvalidArgumentSayingTooLong_KeyStaysEnabled()
+    {
+        // It said "must be a positive duration" of 10,000 years.
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.ScheduleKeyDeletionAsync(new ScheduleKeyDeletionRequest
+        {
+            Name = _key.Name,
+            WaitingPeriod = new Google.Protobuf.WellKnownTypes.Duration { Seconds = Google.Protobuf.WellKnownTypes.Duration.MaxSeconds },
+        }));
+
+        AssertInvalidArgument(e, "waiting_period");
+        Assert.Contains("at most", e.Status.Detail, StringComparison.Ordinal);
+        Assert.DoesNotContain("positive", e.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(KeyState.Enabled, (await Stub.GetKeyAsync(new GetKeyRequest { Name = _key.Name })).Key.State);
+    }
+
+    [Fact]
     public async Task AfterAllThat_ServerStillHealthyAndNoStackTraceReachedAClient()
     {
         await Assert.ThrowsAsync<RpcException>(async () => await Stub.DecryptAsync(new DecryptRequest { Ciphertext = ByteString.CopyFrom(RandomNumberGenerator.GetBytes(100)) }));

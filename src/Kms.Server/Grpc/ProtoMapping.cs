@@ -12,6 +12,9 @@ namespace Kms.Server.Grpc;
 /// <summary>Core ⇄ proto, both ways. Nothing else.</summary>
 internal static class ProtoMapping
 {
+    // No duration field means more than a century; longer ones would overflow the times computed from them.
+    private const int MaxDurationDays = 100 * 366;
+
     public static Proto.Key ToProto(Key key)
     {
         var proto = new Proto.Key
@@ -114,9 +117,14 @@ internal static class ProtoMapping
             return null;
         }
 
-        if (duration.Seconds < 0 || duration.Nanos < 0 || duration.Seconds > 100L * 366 * 24 * 3600)
+        if (duration.Seconds < 0 || duration.Nanos < 0)
         {
             throw KmsErrors.InvalidArgument(field, "must be a positive duration");
+        }
+
+        if (duration.Seconds > MaxDurationDays * 24L * 3600)
+        {
+            throw KmsErrors.InvalidArgument(field, $"must be at most {MaxDurationDays} days");
         }
 
         try
