@@ -69,6 +69,20 @@ public sealed class BadInputTests(ServerFixture fixture) : IClassFixture<ServerF
         Assert.StartsWith(field, e.Status.Detail, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData(-1, "", "page_size")]
+    [InlineData(1001, "", "page_size")]
+    [InlineData(0, "garbage", "page_token")]
+    public async Task ListAuditEvents_BadPaging_InvalidArgumentNamingTheFieldOnce(int pageSize, string token, string field)
+    {
+        // It said "page_size: page_size must be between 1 and 1000", and 0 is the default.
+        var request = new ListAuditEventsRequest { Tenant = "tenants/dev", PageSize = pageSize, PageToken = token };
+        var e = await Assert.ThrowsAsync<RpcException>(async () => await fixture.Client.Audit.ListAuditEventsAsync(request));
+
+        AssertInvalidArgument(e, field);
+        Assert.DoesNotContain(field, e.Status.Detail[(field.Length + 1)..], StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task CreateGrant_ForSigningWithAContextConstraint_InvalidArgument_NoGrantStored()
     {

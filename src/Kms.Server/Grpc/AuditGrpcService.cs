@@ -26,12 +26,12 @@ internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IA
         var size = request.PageSize switch
         {
             0 => 100,
-            < 0 or > MaxPageSize => throw KmsErrors.InvalidArgument("page_size", $"page_size must be between 1 and {MaxPageSize}"),
+            < 0 or > MaxPageSize => throw KmsErrors.InvalidArgument("page_size", $"must be 1 to {MaxPageSize} (0 for the default of 100)"),
             _ => request.PageSize,
         };
         var after = request.PageToken.Length == 0 ? 0
             : long.TryParse(request.PageToken, NumberStyles.None, CultureInfo.InvariantCulture, out var token) ? token
-            : throw KmsErrors.InvalidArgument("page_token", "page_token is not one this server issued");
+            : throw KmsErrors.InvalidArgument("page_token", "is not a token returned by a previous ListAuditEvents call");
         var query = new AuditQuery
         {
             AfterSequence = after,
