@@ -103,6 +103,33 @@ public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task ApprovalThatExecutes_AnswerLost_TheSdkSendsItAgain_AnsweredExecuted_ExecutedOnce()
+    {
+        // The approval reaches the server and executes the request; its answer is lost on the way
+        // back. The SDK sends the same approval again, which must not turn "executed" into an error.
+        var (key, _) = await RotatedKeyWithOldBlobAsync("lost-answer");
+        var request = await _keyManager.RequestDestroyKeyVersionNowAsync($"{key}/versions/1");
+        await ApproveAsync("alice", request.Name);
+        var lost = new LostAnswers("ApproveQuorumRequest");
+        using var officer = new Kms.Client.KmsClient(new Kms.Client.KmsClientOptions
+        {
+            Endpoint = _server.Address,
+            CaCertificatePath = _server.CaCertificatePath,
+            ApiToken = await _server.CreatePrincipalWithTokenAsync("officer-lost-answer", null, "security-officer"),
+            Interceptors = { lost },
+        });
+
+        var answer = await officer.ApproveQuorumRequestAsync(request.Name, _officers["bob"].Fingerprint, _officers.Sign("bob", Rendering(request)));
+
+        Assert.True(lost.Lost("ApproveQuorumRequest"));
+        Assert.Equal((true, 2, 2, Kms.Contracts.V1.QuorumRequestState.Executed), (answer.Executed, answer.ValidApprovals, answer.Threshold, answer.Request.State));
+        Assert.Equal(2, answer.Request.Approvals.Count);
+        Assert.Equal(KeyState.Destroyed, (await _keyManager.Raw.GetKeyVersionAsync(new GetKeyVersionRequest { Name = $"{key}/versions/1" })).KeyVersion.State);
+        using var auditor = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("lost-answer-auditor", null, "security-officer"));
+        Assert.Single(await auditor.ListAuditEventsAsync(new ListAuditEventsRequest { Operation = "quorum/DESTROY_KEY_VERSION_NOW" }).ToListAsync());
+    }
+
+    [Fact]
     public async Task ForgedOrMismatchedSignatures_And_UnknownOfficers_PermissionDenied_NothingRecorded()
     {
         var (key, _) = await RotatedKeyWithOldBlobAsync("forged");

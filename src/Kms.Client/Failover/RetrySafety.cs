@@ -20,6 +20,8 @@ namespace Kms.Client.Failover;
 /// <item>mutations that set a state (enable, disable, update, replace a policy, revoke,
 /// delete a binding): a repeat leaves the same state, though a repeated delete may answer
 /// NOT_FOUND;</item>
+/// <item>an officer's approval: sent again with the same signature it counts once and is
+/// answered with the request as it is now (EXECUTED if it executed it);</item>
 /// <item>mutations whose request carries <c>request_id</c>: the server applies one id once
 /// and replays its answer, and the client fills an empty id once per logical call (on a
 /// copy: the caller's message is not changed, so sending it again is a new operation).</item>
@@ -53,7 +55,8 @@ internal static class RetrySafety
             "ListAuditEvents", "GetAuditCheckpoint", "GetAuditSigningKey", "ExportAudit"),
 
         // An approval is recorded once per officer key and a request executes (or is approved)
-        // once: a repeat changes nothing (it is answered ALREADY_EXISTS or FAILED_PRECONDITION).
+        // once: the same approval sent again changes nothing and is answered with the request as
+        // it is now, also when the first attempt executed it.
         // Exporting an approval and downloading a backup are reads.
         .. Methods("kms.v1.QuorumService", "GetQuorumRequest", "ListQuorumRequests", "GetOfficerSet", "ApproveQuorumRequest", "ExportQuorumApproval", "DownloadBackup"),
     ];

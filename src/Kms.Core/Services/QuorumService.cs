@@ -63,7 +63,14 @@ public sealed record CreateQuorumRequestCommand(TenantId? Tenant, QuorumOperatio
 }
 
 /// <summary>An approval's outcome: the request after it, how many distinct officers' approvals verify, and whether it executed.</summary>
-public sealed record QuorumApprovalResult(QuorumRequest Request, int ValidApprovals, int Threshold, bool Executed);
+public sealed record QuorumApprovalResult(QuorumRequest Request, int ValidApprovals, int Threshold, bool Executed)
+{
+    /// <summary>
+    /// The call repeated an approval the request holds already, byte for byte: nothing was written
+    /// or run by it; <see cref="Executed"/> says whether that approval executed the request.
+    /// </summary>
+    public bool Repeated { get; init; }
+}
 
 /// <summary>
 /// Quorum approvals: sensitive operations are requests that execute once M distinct officers
@@ -110,11 +117,17 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
     /// <exception cref="KmsException">FailedPrecondition: no genesis configured, or a chain that does not verify.</exception>
     public async Task<(OfficerSet Set, int ChainLength)> GetOfficerSetAsync(CancellationToken cancellationToken)
     {
+        var (head, chain) = await VerifiedChainAsync(cancellationToken);
+        return (head, chain.Count);
+    }
+
+    private async Task<(OfficerSet Head, IReadOnlyList<OfficerSet> Chain)> VerifiedChainAsync(CancellationToken cancellationToken)
+    {
         // The record is read before the chain: a CHANGE_OFFICERS committed in between then only
         // makes the chain longer than the record, never the record newer than the chain read.
         var seen = options.HeadRecord?.Read();
         var chain = await store.ListOfficerSetsAsync(cancellationToken);
-        return (VerifyChain(chain, seen), chain.Count);
+        return (VerifyChain(chain, seen), chain);
     }
 
     // The chain back to the pinned genesis, and no shorter than the newest set this node has seen.
@@ -303,8 +316,17 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
     /// InvalidArgument (name, fingerprint, signature), NotFound, FailedPrecondition (expired,
     /// executed already, officer set or domain key changed, no verified officer chain, the
     /// operation's own precondition at execution), PermissionDenied (an unknown officer key,
-    /// a signature that does not verify), AlreadyExists (this officer approved already: it counts once).
+    /// a signature that does not verify), AlreadyExists (this officer approved already with another
+    /// signature: it counts once).
     /// </exception>
+    /// <remarks>
+    /// A repeat of an approval the request holds, with the same officer key and the same signature
+    /// bytes (a retry whose first answer was lost), writes nothing and answers as the first call
+    /// did, with the request as it is now: still PENDING, or EXECUTED or APPROVED by it or a later
+    /// approval. It is checked as a new approval would be: while the request is pending it is
+    /// refused when expired or made for another officer set or domain key, and the signature must
+    /// verify under the officer's key in the set the request was made for.
+    /// </remarks>
     public async Task<QuorumApprovalResult> ApproveAsync(string name, string officerFingerprint, byte[] signature, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(signature);
@@ -320,10 +342,13 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
             throw KmsErrors.InvalidArgument("signature", "must be a DER-encoded ECDSA P-256 signature");
         }
 
-        var (head, _) = await GetOfficerSetAsync(cancellationToken);
+        var (head, chain) = await VerifiedChainAsync(cancellationToken);
         var lead = await Clock.DatabaseLeadAsync(time, keys, cancellationToken);
         var valid = 0;
+        var threshold = head.Threshold;
         var executed = false;
+        var repeated = false;
+        var repeatExecuted = false;
         IReadOnlyList<Keys.KeyVersion> destroyed = [];
         var result = await store.UpdateQuorumRequestAsync(id, (request, storedHead) =>
         {
@@ -334,6 +359,21 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
             if (request.Tenant != tenant)
             {
                 throw KmsErrors.NotFound(name);
+            }
+
+            if (request.Approvals.Any(a => a.OfficerFingerprint == officerFingerprint && a.Signature.AsSpan().SequenceEqual(signature)))
+            {
+                var set = SetOfRepeat(request, head, storedHead, chain, now);
+                var approvers = OfficerChain.ValidApprovers(request, set);
+                if (!approvers.Any(o => o.Fingerprint == officerFingerprint))
+                {
+                    throw KmsErrors.PermissionDenied($"the approval of officer {officerFingerprint} does not verify over the canonical rendering of quorum request {name} in officer set {set.Sequence}");
+                }
+
+                // After the execution no approval is added: the last one is the one that executed the request.
+                (repeated, valid, threshold) = (true, approvers.Count, set.Threshold);
+                repeatExecuted = request.State == QuorumRequestState.Executed && request.Approvals[^1].OfficerFingerprint == officerFingerprint;
+                return new QuorumChange(request) { IsNoOp = true };
             }
 
             EnsureApprovable(request, head, storedHead, now);
@@ -395,15 +435,32 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
             // written by the next quorum call's verification, and this answer stays "executed".
             try
             {
-                var chain = await store.ListOfficerSetsAsync(CancellationToken.None);
-                record.Advance(new OfficerHead(chain[^1].Sequence, chain[^1].Hash));
+                var after = await store.ListOfficerSetsAsync(CancellationToken.None);
+                record.Advance(new OfficerHead(after[^1].Sequence, after[^1].Hash));
             }
             catch (Exception e) when (e is KmsException or IOException or UnauthorizedAccessException)
             {
             }
         }
 
-        return new QuorumApprovalResult(result, valid, head.Threshold, executed);
+        return new QuorumApprovalResult(result, valid, threshold, executed || repeatExecuted) { Repeated = repeated };
+    }
+
+    // The officer set a repeated approval is checked in. A pending request: the head, after the
+    // checks a new approval gets (an expired request, or one made for another officer set or
+    // domain key, is refused). An executed or approved one: the set it was made for, from the
+    // verified chain (a CHANGE_OFFICERS it executed has moved the head on since).
+    private OfficerSet SetOfRepeat(QuorumRequest request, OfficerSet head, OfficerSet? storedHead, IReadOnlyList<OfficerSet> chain, DateTimeOffset now)
+    {
+        if (request.State is not (QuorumRequestState.Executed or QuorumRequestState.Approved))
+        {
+            EnsureApprovable(request, head, storedHead, now);
+            return head;
+        }
+
+        return chain.FirstOrDefault(s => s.Sequence == request.OfficerSetSequence && s.Hash == request.OfficerSetHash)
+            ?? throw KmsErrors.FailedPrecondition(
+                $"quorum request {request.Name} was made for officer set {request.OfficerSetSequence}, which is not in the verified officer chain");
     }
 
     private void EnsureApprovable(QuorumRequest request, OfficerSet head, OfficerSet? storedHead, DateTimeOffset now)

@@ -57,7 +57,9 @@ internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, 
     public override async Task<ApproveQuorumRequestResponse> ApproveQuorumRequest(ApproveQuorumRequestRequest request, ServerCallContext context)
     {
         var result = await quorum.ApproveAsync(request.Name, request.OfficerFingerprint, request.Signature.ToByteArray(), context.CancellationToken);
-        if (result.Executed && result.Request.Operation == Kms.Core.Quorum.QuorumOperation.ExportBackup)
+        // A repeated approval (a retry whose first answer was lost) ran nothing: the call that
+        // executed the request wrote its backup, or answered why it could not.
+        if (result.Executed && !result.Repeated && result.Request.Operation == Kms.Core.Quorum.QuorumOperation.ExportBackup)
         {
             // The request is EXECUTED (committed above), so its backup is owed whether or not this
             // call is still open: an approver's deadline or cancel must not leave an executed
@@ -69,8 +71,8 @@ internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, 
             catch (KmsException e) when (e.Code == KmsErrorCode.Unavailable)
             {
                 // Not UNAVAILABLE, which says none of the call ran (the SDK would send the approval
-                // again, only to have it refused as a repeat): the request has executed, and only a
-                // new one can bring a backup.
+                // again, only to be told the request executed): the request has executed, and only
+                // a new one can bring a backup.
                 throw KmsErrors.FailedPrecondition($"{result.Request.Name} executed, but its backup could not be written ({e.Message}); create a new EXPORT_BACKUP request");
             }
         }
