@@ -23,6 +23,7 @@ public sealed partial class KmsClient
         (await _stub.ListGrantsAsync(new ListGrantsRequest { Parent = keyName }, Options(cancellationToken)).ConfigureAwait(false)).Grants;
 
     /// <summary>Revokes a grant (<c>tenants/{t}/keys/{k}/grants/{id}</c>) at once.</summary>
+    /// <remarks>Revoking a revoked grant succeeds, so a call sent again after its answer was lost is answered OK.</remarks>
     public async Task RevokeGrantAsync(string grantName, CancellationToken cancellationToken = default) =>
         await _stub.RevokeGrantAsync(new RevokeGrantRequest { Name = grantName }, Options(cancellationToken)).ConfigureAwait(false);
 

@@ -183,6 +183,32 @@ public sealed class KmsClientFailoverTests(ClientServerFixture fixture) : IClass
     }
 
     [Fact]
+    public async Task RevokeGrantAsync_AnswerLostAfterTheServerRevoked_SentAgain_Succeeds()
+    {
+        // The first attempt revokes the grant and its answer is lost; the repeat finds the grant
+        // revoked, which is what was asked, and says so (it answered NOT_FOUND).
+        using var developer = fixture.Server.CreateClient();
+        var key = await developer.CreateKeyAsync("tenants/dev", $"lost-revoke-{Guid.NewGuid():N}");
+        var grantee = $"lost-revoke-{Guid.NewGuid():N}"[..30];
+        await fixture.Server.CreatePrincipalWithTokenAsync(grantee, "dev", "key-user");
+        await developer.SetKeyPolicyAsync(key.Name, [new KeyPolicyEntry { Principal = "token:developer", Operations = { "ENCRYPT", "DECRYPT" } }]);
+        var grant = await developer.CreateGrantAsync(key.Name, new KeyGrant { Grantee = "token:" + grantee, Operations = { "DECRYPT" } });
+        var counter = new AttemptCounter();
+        var lost = new LostAnswers("RevokeGrant");
+        var options = Options([fixture.Server.Address]);
+        options.Retry.MaxBackoff = TimeSpan.FromMilliseconds(200);
+        options.Interceptors.Add(counter);
+        options.Interceptors.Add(lost);
+        using var client = new KmsClient(options);
+
+        await client.RevokeGrantAsync(grant.Name);
+
+        Assert.True(lost.Lost("RevokeGrant"));
+        Assert.Equal(2, counter["RevokeGrant"]);
+        Assert.Empty(await developer.ListGrantsAsync(key.Name));
+    }
+
+    [Fact]
     public async Task Failover_Logged_WithTheAddressAndWithoutTheToken()
     {
         var sink = new LogSink();

@@ -55,6 +55,31 @@ public sealed class AccessTests : IDisposable
     }
 
     [Fact]
+    public async Task RevokeGrant_RevokedAlready_SucceedsKeepingTheFirstTime_UnknownGrant_NotFound()
+    {
+        // A retry whose first answer was lost finds the grant revoked: it is told so, not NOT_FOUND.
+        var key = await _harness.CreateKeyAsync("revoked-twice");
+        var other = await _harness.CreateKeyAsync("revoked-twice-other");
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("dev"), DomainHarness.Dev.Tenant, null, default);
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("reader"), DomainHarness.Dev.Tenant, null, default);
+        await _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, key.Name, [new("token:dev", KeyOperations.Encrypt)], default);
+        var grant = await _harness.KeyAccess.CreateGrantAsync(DomainHarness.Dev, key.Name, PrincipalName.Token("reader"), KeyOperations.Decrypt, null, default);
+        var revoked = _harness.Time.GetUtcNow();
+
+        await _harness.KeyAccess.RevokeGrantAsync(DomainHarness.Dev, key.Name, grant.Id, default);
+        _harness.Time.Advance(TimeSpan.FromMinutes(5));
+        await _harness.KeyAccess.RevokeGrantAsync(DomainHarness.Dev, key.Name, grant.Id, default);
+
+        var kept = Assert.Single(await _harness.AccessStore.ListGrantsAsync(key.Name, includeRevoked: true, default));
+        Assert.Equal(revoked, kept.RevokeTime);
+        foreach (var (name, id) in new[] { (key.Name, "0123456789abcdef"), (other.Name, grant.Id) })
+        {
+            var e = await Assert.ThrowsAsync<KmsException>(() => _harness.KeyAccess.RevokeGrantAsync(DomainHarness.Dev, name, id, default));
+            Assert.Equal(KmsErrorCode.NotFound, e.Code);
+        }
+    }
+
+    [Fact]
     public async Task SetKeyPolicy_TwoEntriesForOnePrincipal_RefusedNamingTheSecond_NothingChanged()
     {
         // Merged, the last one won without a word: the caller may have meant either.

@@ -110,10 +110,16 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
     }
 
     /// <summary>Revokes a grant at once.</summary>
+    /// <remarks>
+    /// Revoking a grant of the key that is revoked already succeeds and keeps the first revocation's
+    /// time: a retry whose first answer was lost is told what happened, not NOT_FOUND. A grant id
+    /// the key never had is NOT_FOUND.
+    /// </remarks>
     public async Task RevokeGrantAsync(Caller caller, KeyName key, string grantId, CancellationToken cancellationToken)
     {
         await GetKeyAsync(caller, key, cancellationToken);
-        if (!await access.RevokeGrantAsync(key, grantId, Clock.Now(time), cancellationToken))
+        if (!await access.RevokeGrantAsync(key, grantId, Clock.Now(time), cancellationToken)
+            && !(await access.ListGrantsAsync(key, includeRevoked: true, cancellationToken)).Any(g => g.Id == grantId && g.RevokeTime is not null))
         {
             throw KmsErrors.NotFound($"{key}/grants/{grantId}");
         }
