@@ -24,6 +24,29 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
     }
 
     [Fact]
+    public void MaintenanceLock_ReleasedAMomentAfterTheAsk_Taken_OneKeptHeld_Refused()
+    {
+        // As when the releasing process's child holds the lock's description until its exec.
+        Directory.CreateDirectory(_directory);
+        var first = SqliteStore.TryTakeMaintenanceLock(DatabasePath);
+        Assert.NotNull(first);
+        var releaser = new Thread(() =>
+        {
+            Thread.Sleep(200);
+            first.Dispose();
+        });
+        releaser.Start();
+        using (var second = SqliteStore.TryTakeMaintenanceLock(DatabasePath))
+        {
+            Assert.NotNull(second);
+            releaser.Join();
+
+            // Held for good: refused once the grace has passed.
+            Assert.Null(SqliteStore.TryTakeMaintenanceLock(DatabasePath));
+        }
+    }
+
+    [Fact]
     public async Task Open_ConnectionsUseWalFullSyncAndSecureDelete()
     {
         var store = await OpenAsync();

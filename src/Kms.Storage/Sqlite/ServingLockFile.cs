@@ -35,9 +35,36 @@ internal sealed partial class ServingLockFile : IDisposable
     /// <summary>The lock file of the database at <paramref name="databasePath"/>: <c>{database}.serving</c>.</summary>
     public static string PathFor(string databasePath) => Path.GetFullPath(databasePath) + ".serving";
 
-    /// <summary>Takes the lock without waiting; null when it is held in a conflicting mode.</summary>
+    /// <summary>
+    /// How long a conflicting lock is waited for before the answer is "held". A lock released a
+    /// moment ago can still be held: a child process forked by another thread of the releasing
+    /// process (a tool it runs) shares the open file description until its <c>exec</c> closes
+    /// it (close-on-exec). A lock that is really held — a server serving — is refused after this.
+    /// </summary>
+    public static readonly TimeSpan ReleaseGrace = TimeSpan.FromSeconds(1);
+
+    /// <summary>Takes the lock, waiting at most <see cref="ReleaseGrace"/>; null when it is held in a conflicting mode.</summary>
     /// <exception cref="IOException">The lock file cannot be opened or locked.</exception>
     public static ServingLockFile? TryTake(string path, bool exclusive)
+    {
+        var deadline = Environment.TickCount64 + (long)ReleaseGrace.TotalMilliseconds;
+        while (true)
+        {
+            if (TryTakeOnce(path, exclusive) is { } taken)
+            {
+                return taken;
+            }
+
+            if (Environment.TickCount64 >= deadline)
+            {
+                return null;
+            }
+
+            Thread.Sleep(20);
+        }
+    }
+
+    private static ServingLockFile? TryTakeOnce(string path, bool exclusive)
     {
         var descriptor = Open(path, OpenReadOnlyCreateCloseOnExec, OwnerWriteAllRead);
         if (descriptor < 0)
