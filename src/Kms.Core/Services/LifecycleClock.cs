@@ -5,72 +5,118 @@ namespace Kms.Core.Services;
 
 /// <summary>
 /// The time the lifecycle's irreversible work runs by (destruction of due keys and versions,
-/// erasure of expired import jobs, audit retention): the wall clock, believed only as fast as
-/// time is seen to pass.
+/// erasure of expired import jobs, audit retention): the wall clock, but never further than
+/// the time this deployment has seen pass.
 /// </summary>
 /// <remarks>
 /// <para>A node that boots with its clock a year ahead (a dead RTC battery, a wrong NTP
 /// source, a restored VM) would otherwise destroy every DESTROY_SCHEDULED key at its first
-/// pass, the waiting period cut to nothing. PostgreSQL deployments also compare the node's
-/// clock with the database server's (<c>Storage:Postgres:MaxClockSkew</c>); SQLite has no
-/// second clock, so the evidence is the store's own: the trusted time the last pass recorded
-/// (the <c>lifecycle_trusted_time</c> setting).</para>
-/// <para>Each pass takes the wall clock, but no further than the previous trusted time plus
-/// twice the time the monotonic clock saw pass since (catching up by one second per second),
-/// or, on a node's first pass, the recorded time plus <see cref="LifecycleOptions.ClockJumpAllowance"/>
-/// (the restart's downtime is not known). It never goes back. So a clock that jumped ahead is
-/// taken on only at the pace of real time, a jump of a year in a year, long after the alert;
-/// downtime longer than the allowance delays destructions by at most as long as it lasted.
-/// Destruction is irreversible: a doubtful clock may delay it, never hasten it.</para>
+/// pass. SQLite has no second clock to compare with, so the evidence is the store's own: the
+/// <em>observed time</em> the last pass recorded (setting <c>lifecycle_trusted_time</c>).</para>
+/// <para>The observed time advances with the monotonic clock while a node runs (and by at most
+/// 0.1% more, towards the wall clock: drift and NTP's small corrections). At a node's first
+/// pass, the recorded time is moved up to the wall clock only if the gap is no more than
+/// <see cref="LifecycleOptions.ClockJumpAllowance"/> (a restart); a larger gap is not believed,
+/// whether it is a wrong clock or a long downtime, until an operator says so
+/// (<see cref="LifecycleOptions.AcceptClock"/>). The jobs get the earlier of the wall clock and
+/// the observed time: a doubtful clock delays them, never hastens them.</para>
 /// <para>The first pass of a deployment (nothing recorded) takes the wall clock.</para>
 /// </remarks>
-public sealed class LifecycleClock(IKeyStore store, TimeProvider time, LifecycleOptions options)
+public sealed class LifecycleClock
 {
-    /// <summary>The setting holding the last trusted time (Unix milliseconds).</summary>
+    /// <summary>The setting holding the observed time (Unix milliseconds).</summary>
     public const string Setting = "lifecycle_trusted_time";
 
-    private readonly Lock _lock = new();
-    private (DateTimeOffset Trusted, long At)? _last;
+    // Beyond this a recorded value is not a time this deployment observed (and would overflow).
+    private static readonly DateTimeOffset LatestBelievable = new(9000, 1, 1, 0, 0, 0, TimeSpan.Zero);
 
-    /// <summary>How far the wall clock was ahead of the trusted time at the last <see cref="NowAsync"/>.</summary>
+    private readonly IKeyStore _store;
+    private readonly TimeProvider _time;
+    private readonly LifecycleOptions _options;
+    private readonly Lock _lock = new();
+    private (DateTimeOffset Observed, long At)? _last;
+
+    /// <summary>Creates the clock.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The allowance is negative or longer than a day.</exception>
+    public LifecycleClock(IKeyStore store, TimeProvider time, LifecycleOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.ClockJumpAllowance < TimeSpan.Zero || options.ClockJumpAllowance > TimeSpan.FromDays(1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), options.ClockJumpAllowance, "Lifecycle:ClockJumpAllowance must be from 0 to 1 day");
+        }
+
+        (_store, _time, _options) = (store, time, options);
+    }
+
+    /// <summary>How far the wall clock was ahead of the time the jobs got, at the last <see cref="NowAsync"/>.</summary>
     public TimeSpan Lag { get; private set; }
 
+    /// <summary>How far the observed time was ahead of the wall clock (a clock set back, or a record not to be believed), at the last <see cref="NowAsync"/>.</summary>
+    public TimeSpan Behind { get; private set; }
+
+    /// <summary>Whether the last <see cref="NowAsync"/> took the wall clock on the operator's word (<see cref="LifecycleOptions.AcceptClock"/>).</summary>
+    public bool Accepted { get; private set; }
+
     /// <summary>
-    /// The trusted time now, recorded in the store for the next node or restart. Called by the
-    /// leader once per pass.
+    /// The time the jobs run by now; the observed time is recorded in the store for the next
+    /// node or restart. Called by the leader once per pass.
     /// </summary>
     public async Task<DateTimeOffset> NowAsync(CancellationToken cancellationToken)
     {
-        var recorded = await store.GetSettingAsync(Setting, cancellationToken) is { } text
-            && long.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var millis)
-            ? DateTimeOffset.FromUnixTimeMilliseconds(millis)
-            : (DateTimeOffset?)null;
-        var wall = Clock.Now(time);
-        var at = time.GetTimestamp();
-        DateTimeOffset trusted;
+        var recorded = Parse(await _store.GetSettingAsync(Setting, cancellationToken));
+        var wall = Clock.Now(_time);
+        var at = _time.GetTimestamp();
+        DateTimeOffset observed;
         lock (_lock)
         {
-            // The furthest the clock is believed: this node's own last reading plus twice the
-            // time passed; else (first pass here) the recorded one plus the allowance; else
-            // (first pass of the deployment) the clock.
-            var limit = _last is { } last
-                ? last.Trusted + (2 * time.GetElapsedTime(last.At, at))
-                : recorded + options.ClockJumpAllowance ?? wall;
+            Accepted = false;
+            if (_last is { } last)
+            {
+                // Running: what the monotonic clock measured, and up to 0.1% more towards the wall clock.
+                var elapsed = _time.GetElapsedTime(last.At, at);
+                var measured = last.Observed + elapsed;
+                var stretched = last.Observed + (elapsed * 1.001);
+                observed = Later(measured, Earlier(wall, stretched));
+            }
+            else if (recorded is null || _options.AcceptClock)
+            {
+                observed = wall;
+                Accepted = recorded is not null;
+            }
+            else
+            {
+                // A restart: its downtime is believed up to the allowance, and not at all beyond.
+                observed = wall - recorded.Value <= _options.ClockJumpAllowance ? Later(wall, recorded.Value) : recorded.Value;
+            }
 
-            // Never back: not behind what this node or another (PostgreSQL) trusted already.
-            var floor = Later(recorded, _last?.Trusted);
-            trusted = DateTimeOffset.FromUnixTimeMilliseconds((Later(wall < limit ? wall : limit, floor) ?? wall).ToUnixTimeMilliseconds());
-            _last = (trusted, at);
-            Lag = wall > trusted ? wall - trusted : TimeSpan.Zero;
+            // Another node (PostgreSQL) may have recorded more; what anyone observed stands.
+            if (recorded is { } other && other > observed && !Accepted)
+            {
+                observed = other;
+            }
+
+            observed = DateTimeOffset.FromUnixTimeMilliseconds(observed.ToUnixTimeMilliseconds());
+            _last = (observed, at);
+            Lag = wall > observed ? wall - observed : TimeSpan.Zero;
+            Behind = observed > wall ? observed - wall : TimeSpan.Zero;
         }
 
-        if (recorded is null || trusted > recorded)
+        if (recorded != observed)
         {
-            await store.SetSettingAsync(Setting, trusted.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture), cancellationToken);
+            await _store.SetSettingAsync(Setting, observed.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture), cancellationToken);
         }
 
-        return trusted;
+        return Earlier(wall, observed);
     }
 
-    private static DateTimeOffset? Later(DateTimeOffset? a, DateTimeOffset? b) => a is null ? b : b is null || a > b ? a : b;
+    private static DateTimeOffset? Parse(string? text) =>
+        long.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var millis)
+        && millis >= 0 && millis <= LatestBelievable.ToUnixTimeMilliseconds()
+            ? DateTimeOffset.FromUnixTimeMilliseconds(millis)
+            : null;
+
+    private static DateTimeOffset Later(DateTimeOffset a, DateTimeOffset b) => a > b ? a : b;
+
+    private static DateTimeOffset Earlier(DateTimeOffset a, DateTimeOffset b) => a < b ? a : b;
 }

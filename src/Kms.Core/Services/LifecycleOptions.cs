@@ -19,11 +19,19 @@ public sealed class LifecycleOptions
     public TimeSpan MaxRotationPeriod { get; set; } = TimeSpan.FromDays(36500);
 
     /// <summary>
-    /// How far ahead of the last recorded trusted time a node's clock is believed at once when
-    /// it starts (its downtime is not known); beyond that the lifecycle's irreversible work
-    /// catches up with the clock at one second per second (<see cref="LifecycleClock"/>).
+    /// How far ahead of the last recorded observed time a node's clock is believed when it
+    /// starts (a restart's downtime); a larger gap is not believed at all for the lifecycle's
+    /// irreversible work until <see cref="AcceptClock"/> (<see cref="LifecycleClock"/>). 0 to 1 day.
     /// </summary>
     public TimeSpan ClockJumpAllowance { get; set; } = TimeSpan.FromHours(1);
+
+    /// <summary>
+    /// The operator's word that this node's clock is right: its first lifecycle pass takes the
+    /// clock as the observed time, whatever the gap (after a downtime longer than
+    /// <see cref="ClockJumpAllowance"/>, or a restore of an old backup). Set it for one start,
+    /// then remove it: left on, every start believes the clock.
+    /// </summary>
+    public bool AcceptClock { get; set; }
 }
 
 /// <summary>

@@ -26,7 +26,7 @@ internal sealed partial class LifecycleWorker(
     IChangeFeed changes,
     ILogger<LifecycleWorker> logger) : BackgroundService
 {
-    private bool _clockAhead;
+    private long? _clockReported;
 
     /// <summary>
     /// One pass: usage flush; then, on the leader, due destructions, pending erasure, import-job
@@ -90,19 +90,33 @@ internal sealed partial class LifecycleWorker(
             return null;
         }
 
-        // Reported when the clock is first seen ahead, and when the trusted time has caught up.
-        var ahead = clock.Lag > TimeSpan.FromMinutes(1);
-        if (ahead != _clockAhead)
+        if (clock.Accepted)
         {
-            _clockAhead = ahead;
-            if (ahead)
-            {
-                LogClockAhead(logger, (long)clock.Lag.TotalSeconds, trusted);
-            }
-            else
-            {
-                LogClockCaughtUp(logger, trusted);
-            }
+            LogClockAccepted(logger, trusted);
+        }
+
+        // Said when first seen and again every hour while it lasts; and when it ends.
+        var ahead = clock.Lag > TimeSpan.FromMinutes(1);
+        var behind = clock.Behind > options.Interval + TimeSpan.FromMinutes(1);
+        var now = time.GetTimestamp();
+        var due = _clockReported is not { } last || time.GetElapsedTime(last, now) >= TimeSpan.FromHours(1);
+        if (ahead && due)
+        {
+            LogClockAhead(logger, (long)clock.Lag.TotalSeconds, trusted);
+        }
+        else if (behind && due)
+        {
+            LogClockBehind(logger, (long)clock.Behind.TotalSeconds);
+        }
+        else if (!ahead && !behind && _clockReported is not null)
+        {
+            LogClockCaughtUp(logger, trusted);
+            _clockReported = null;
+        }
+
+        if ((ahead || behind) && due)
+        {
+            _clockReported = now;
         }
 
         return trusted;
@@ -191,11 +205,17 @@ internal sealed partial class LifecycleWorker(
     [LoggerMessage(EventId = 1206, Level = LogLevel.Warning, Message = "This node's clock is {SkewMs} ms off the database server's: it does not run scheduled rotation, destruction or retention (Storage:Postgres:MaxClockSkew)")]
     private static partial void LogClockRefused(ILogger logger, double skewMs);
 
-    [LoggerMessage(EventId = 1207, Level = LogLevel.Warning, Message = "This node's clock is {AheadSeconds} s ahead of the lifecycle's trusted time {Trusted:O}: destructions, import-job erasure and audit retention run by the trusted time, which catches up by one second per second (if the clock is wrong, correct it)")]
+    [LoggerMessage(EventId = 1207, Level = LogLevel.Warning, Message = "This node's clock is {AheadSeconds} s ahead of the time this deployment has seen pass ({Trusted:O}): destructions, import-job erasure and audit retention wait. If the clock is wrong, correct it; if it is right (a downtime longer than Lifecycle:ClockJumpAllowance, a restored backup), start the node once with Lifecycle:AcceptClock=true")]
     private static partial void LogClockAhead(ILogger logger, long aheadSeconds, DateTimeOffset trusted);
 
-    [LoggerMessage(EventId = 1208, Level = LogLevel.Information, Message = "The lifecycle's trusted time {Trusted:O} has caught up with this node's clock")]
+    [LoggerMessage(EventId = 1208, Level = LogLevel.Information, Message = "This node's clock agrees again with the time this deployment has seen pass ({Trusted:O})")]
     private static partial void LogClockCaughtUp(ILogger logger, DateTimeOffset trusted);
+
+    [LoggerMessage(EventId = 1209, Level = LogLevel.Warning, Message = "This node's clock is {BehindSeconds} s behind the time this deployment recorded as seen: the clock was set back, or the record is wrong; the lifecycle runs by the clock until it passes the record (Lifecycle:AcceptClock=true at a start replaces the record)")]
+    private static partial void LogClockBehind(ILogger logger, long behindSeconds);
+
+    [LoggerMessage(EventId = 1212, Level = LogLevel.Warning, Message = "Lifecycle:AcceptClock: this node's clock {Trusted:O} is taken as the time seen; remove the setting, or every start believes the clock")]
+    private static partial void LogClockAccepted(ILogger logger, DateTimeOffset trusted);
 
     [LoggerMessage(EventId = 1204, Level = LogLevel.Error, Message = "Lifecycle job {Job} failed; retrying at the next pass")]
     private static partial void LogJobFailed(ILogger logger, string job, Exception exception);
