@@ -292,7 +292,9 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Assert.Equal(50, Assert.Single(await _store.ListAuditCheckpointsAsync(0, 10, default)).Sequence);
         lock (failures)
         {
-            Assert.IsType<IOException>(Assert.Single(failures));
+            // The loop's own first pass may have met the full disk too (it runs beside the appends).
+            Assert.NotEmpty(failures);
+            Assert.All(failures, f => Assert.IsType<IOException>(f));
         }
 
         full = false;
