@@ -14,6 +14,14 @@ public sealed class AccessTests : IDisposable
 
     public void Dispose() => _harness.Dispose();
 
+    [Fact]
+    public async Task ListRoleBindings_TenantThatDoesNotExist_NotFound_AsEveryListOfATenant()
+    {
+        var e = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.ListRoleBindingsAsync(TenantId.ParseResourceName("tenants/nope", "tenant"), default));
+        Assert.Equal((KmsErrorCode.NotFound, "tenants/nope not found"), (e.Code, e.Message));
+        Assert.NotNull(await _harness.Access.ListRoleBindingsAsync(DomainHarness.Dev.Tenant, default));
+    }
+
     [Theory]
     [InlineData("spiffe:spiffe://kms.test/payments", PrincipalKind.Spiffe, "spiffe://kms.test/payments")]
     [InlineData("cn:alice", PrincipalKind.CommonName, "alice")]

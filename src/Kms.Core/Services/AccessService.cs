@@ -315,8 +315,16 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     }
 
     /// <summary>The bindings of a tenant (null: deployment-wide), for access reviews.</summary>
-    public Task<IReadOnlyList<RoleBinding>> ListRoleBindingsAsync(TenantId? tenant, CancellationToken cancellationToken) =>
-        access.ListRoleBindingsAsync(tenant, cancellationToken);
+    /// <exception cref="KmsException">NotFound for a tenant that does not exist (as every list of a tenant's resources answers).</exception>
+    public async Task<IReadOnlyList<RoleBinding>> ListRoleBindingsAsync(TenantId? tenant, CancellationToken cancellationToken)
+    {
+        if (tenant is { } id)
+        {
+            await GetTenantAsync(id, cancellationToken);
+        }
+
+        return await access.ListRoleBindingsAsync(tenant, cancellationToken);
+    }
 
     /// <summary>The bootstrap credential's lifetime.</summary>
     public static readonly TimeSpan BootstrapTokenLifetime = TimeSpan.FromDays(7);
