@@ -3,6 +3,7 @@ using Google.Protobuf;
 using Google.Rpc;
 using Grpc.Core;
 using Kms.Contracts.V1;
+using Kms.Server.Grpc;
 
 namespace Kms.Server.Tests;
 
@@ -24,6 +25,31 @@ public sealed class BadInputTests(ServerFixture fixture) : IClassFixture<ServerF
     }
 
     public Task DisposeAsync() => Task.CompletedTask;
+
+    [Theory]
+    [InlineData("0A05616263")] // field 1, length 5, three bytes: truncated
+    [InlineData("0AFFFFFFFFFF")] // a length that does not end
+    [InlineData("0A02C328")] // a string that is not UTF-8
+    [InlineData("FF")] // a tag of field 0's group
+    public async Task MalformedBody_AuthenticatedOrNot_InvalidArgument_NoErrorLogged(string hex)
+    {
+        // grpc-dotnet answered these UNKNOWN and logged each at Error with its stack trace,
+        // before authentication (ParseCheckedMethodProvider).
+        var raw = Marshallers.Create<byte[]>(b => b, b => b);
+        var getKey = new Method<byte[], byte[]>(MethodType.Unary, KeyManagementService.Descriptor.FullName, "GetKey", raw, raw);
+        using var channel = fixture.Server.CreateChannel();
+        var errorsBefore = fixture.Server.Logs.Events.Count(e => e.StartsWith("Error", StringComparison.Ordinal));
+        foreach (var headers in new[] { Kms.Testing.KmsTestServer.Bearer(fixture.Server.DeveloperToken), new Metadata() })
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(() => channel.CreateCallInvoker().AsyncUnaryCall(getKey, null, new CallOptions(headers), Convert.FromHexString(hex)).ResponseAsync);
+            Assert.Equal((StatusCode.InvalidArgument, ParseCheckedMethodProvider<KeyManagementGrpcService>.Detail), (e.StatusCode, e.Status.Detail));
+        }
+
+        Assert.Equal(errorsBefore, fixture.Server.Logs.Events.Count(e => e.StartsWith("Error", StringComparison.Ordinal)));
+
+        // A well-formed request on the same path is served as before.
+        Assert.Equal(_key.Name, (await Stub.GetKeyAsync(new GetKeyRequest { Name = _key.Name })).Key.Name);
+    }
 
     [Theory]
     [InlineData("principal", "dev\0admin")]

@@ -325,6 +325,14 @@ public static class KmsServerApp
             .AddCheck<HsmHealthCheck>("hsm")
             .AddCheck<StoreHealthCheck>("store")
             .AddCheck<AuditWriteHealthCheck>("audit");
+
+        // Every service's methods bound by ParseCheckedMethodProvider instead of grpc-dotnet's
+        // binder: a malformed request body is the caller's INVALID_ARGUMENT, not UNKNOWN and an
+        // Error with a stack trace per request.
+        var grpcBinder = builder.Services.Single(d => d.ServiceType == typeof(global::Grpc.AspNetCore.Server.Model.IServiceMethodProvider<>)
+            && d.ImplementationType?.Name == "BinderServiceMethodProvider`1");
+        builder.Services.Remove(grpcBinder);
+        builder.Services.AddSingleton(typeof(global::Grpc.AspNetCore.Server.Model.IServiceMethodProvider<>), typeof(Kms.Server.Grpc.ParseCheckedMethodProvider<>));
         configureServices?.Invoke(builder.Services);
 
         var app = builder.Build();
