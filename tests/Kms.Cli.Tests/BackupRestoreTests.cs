@@ -70,6 +70,20 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
 
         await _server.DisposeAsync();
         var database = Path.Combine(_server.DataDir, "kms.db");
+
+        // The time the replaced database has seen pass, later than the backup's: carried over,
+        // or the lifecycle would take the backup's age for a clock jump and hold destructions.
+        var seen = DateTimeOffset.UtcNow.AddHours(1).ToUnixTimeMilliseconds().ToString(System.Globalization.CultureInfo.InvariantCulture);
+        await using (var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={database};Pooling=False"))
+        {
+            await connection.OpenAsync();
+            await using var command = connection.CreateCommand();
+            command.CommandText = "INSERT INTO settings (name, value) VALUES (@name, @value) ON CONFLICT (name) DO UPDATE SET value = excluded.value";
+            command.Parameters.AddWithValue("@name", Kms.Core.Services.LifecycleClock.Setting);
+            command.Parameters.AddWithValue("@value", seen);
+            await command.ExecuteNonQueryAsync();
+        }
+
         var before = await File.ReadAllBytesAsync(database);
         var auditKey = PublishedAuditKey();
 
@@ -84,6 +98,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         Assert.True(File.Exists(report.ReplacedDatabase));
         Assert.Contains(await SqliteStore.ReadDestroyedVersionsAsync(database, CancellationToken.None), d => d.Version.ToString() == version);
         Assert.Empty(Directory.GetFiles(_server.DataDir, "kms.db.restoring-*"));
+        Assert.Equal(seen, await SqliteStore.ReadSettingAsync(database, Kms.Core.Services.LifecycleClock.Setting, CancellationToken.None));
         Assert.True(DatabaseFiles.Contain(database, keptMaterial), "the scan does not see stored material");
         Assert.False(DatabaseFiles.Contain(database, doomedMaterial), "the re-applied destruction's material is in the installed kms.db or kms.db-wal");
 

@@ -6,6 +6,7 @@ using Kms.Core.Audit;
 using Kms.Core.Backup;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
+using Kms.Core.Services;
 using Kms.Storage;
 using Kms.Storage.Sqlite;
 
@@ -63,12 +64,15 @@ internal static class BackupRestore
         using var maintenance = SqliteStore.TryTakeMaintenanceLock(target)
             ?? throw KmsErrors.FailedPrecondition($"a server is serving {target}; stop it before restoring over it");
 
+        string? observed = null;
         if (exists)
         {
             foreach (var (version, time) in await SqliteStore.ReadDestroyedVersionsAsync(target, cancellationToken))
             {
                 recorded.Add(new RecordedDestruction(version.Key, version.Version, time, "the replaced database"));
             }
+
+            observed = await SqliteStore.ReadSettingAsync(target, LifecycleClock.Setting, cancellationToken);
         }
 
         var gaps = new List<string>();
@@ -110,6 +114,14 @@ internal static class BackupRestore
                 };
                 (reapplied, skipped) = await ReapplyAsync(store, recorded, restored, staging, cancellationToken);
                 skipped = [.. gaps, .. skipped];
+
+                // The time the replaced database had seen pass, if later than the backup's: the
+                // lifecycle would otherwise take the backup's age for a clock jump and hold
+                // destructions until an operator accepted the clock (docs/deployment.md).
+                if (Later(observed, await store.GetSettingAsync(LifecycleClock.Setting, cancellationToken)) is { } carried)
+                {
+                    await store.SetSettingAsync(LifecycleClock.Setting, carried, cancellationToken);
+                }
             }
 
             SqliteStore.ReleasePooledConnections();
@@ -193,6 +205,13 @@ internal static class BackupRestore
             throw;
         }
     }
+    // The later of two recorded observed times (Unix milliseconds); null when the first is not later.
+    private static string? Later(string? replaced, string? restored) =>
+        long.TryParse(replaced, NumberStyles.Integer, CultureInfo.InvariantCulture, out var a)
+        && (!long.TryParse(restored, NumberStyles.Integer, CultureInfo.InvariantCulture, out var b) || a > b)
+            ? replaced
+            : null;
+
     /// <summary>
     /// Re-applies destructions recorded in audit exports or SIEM streams after the audit head of
     /// a database restored by other means (a PostgreSQL dump): run it on the restored database

@@ -92,6 +92,18 @@ public sealed partial class SqliteStore
             return destroyed;
         });
 
+    /// <summary>A setting of a database file, read-only (no migration, nothing written); null when unset.</summary>
+    /// <exception cref="Kms.Core.Errors.KmsException">Unavailable when the file is not a readable database.</exception>
+    public static Task<string?> ReadSettingAsync(string path, string name, CancellationToken cancellationToken) =>
+        GuardAsync(async () =>
+        {
+            var builder = new SqliteConnectionStringBuilder { DataSource = path, Mode = SqliteOpenMode.ReadOnly, Pooling = false };
+            await using var connection = new SqliteConnection(builder.ToString());
+            await connection.OpenAsync(cancellationToken);
+            await using var command = Command(connection, "SELECT value FROM settings WHERE name = @name", ("@name", name));
+            return await command.ExecuteScalarAsync(cancellationToken) as string;
+        });
+
     /// <summary>
     /// Closes this process's idle pooled connections (of every database), so a file whose store
     /// was disposed can be moved: the last close checkpoints its WAL into it.
