@@ -205,6 +205,7 @@ internal static class BackupRestore
             throw;
         }
     }
+
     // The later of two recorded observed times (Unix milliseconds); null when the first is not later.
     private static string? Later(string? replaced, string? restored) =>
         long.TryParse(replaced, NumberStyles.Integer, CultureInfo.InvariantCulture, out var a)
