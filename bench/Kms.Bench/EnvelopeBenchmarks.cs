@@ -51,7 +51,7 @@ public class EnvelopeBenchmarks
     {
         KeyNames = ["tenants/bench/keys/envelope"],
         FrameLength = frameLength,
-        DataKeyCache = new DataKeyCacheOptions { MaxAge = TimeSpan.FromHours(1), MaxMessagesPerKey = DataKeyCacheOptions.MessageLimit, MaxBytesPerKey = long.MaxValue },
+        DataKeyCache = new DataKeyCacheOptions { MaxAge = TimeSpan.FromHours(1), MaxMessagesPerKey = DataKeyCacheOptions.MessageLimit, MaxBytesPerKey = long.MaxValue, DecryptionMaxAge = TimeSpan.FromHours(1) },
     });
 
     [GlobalCleanup]

@@ -106,7 +106,7 @@ internal static class EnvelopeStreamBench
             }
             else
             {
-                await encryptor.DecryptAsync(fromPipe, sink);
+                await encryptor.DecryptAsync(fromPipe, sink, EnvelopeEncryptor.NoContext);
             }
         });
         await Task.WhenAll(writer, reader);

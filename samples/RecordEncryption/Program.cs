@@ -48,9 +48,16 @@ public static class RecordSample
 
         foreach (var (id, ciphertext) in table)
         {
+            // The reader names the context it expects: a ciphertext copied in from another column
+            // (another context) is refused before any KMS call.
             var ssn = Encoding.UTF8.GetString(await encryptor.DecryptAsync(ciphertext, ColumnContext, RowId(id)));
             await output.WriteLineAsync($"row {id}: {ciphertext.Length} bytes stored, decrypts to ***-**-{ssn[^4..]}");
         }
+
+        // Reads are not cached (DataKeyCacheOptions.DecryptionMaxAge is off by default): each is a
+        // KMS Decrypt, in the KMS audit log, and refused as soon as the key is disabled.
+        var stats = encryptor.CacheStatistics!;
+        await output.WriteLineAsync($"KMS calls for 3 rows: {stats.EncryptMisses} GenerateDataKey, {stats.DecryptMisses} Decrypt");
 
         try
         {
@@ -63,8 +70,6 @@ public static class RecordSample
             await output.WriteLineAsync($"row 1 read as row 2: refused ({e.Message})");
         }
 
-        var stats = encryptor.CacheStatistics!;
-        await output.WriteLineAsync($"KMS calls for 3 rows: {stats.EncryptMisses} GenerateDataKey, {stats.DecryptMisses} Decrypt");
         return 0;
     }
 

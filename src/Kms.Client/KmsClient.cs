@@ -93,6 +93,7 @@ public sealed partial class KmsClient : IDisposable
     {
         _invoker = connection.Invoker;
         _ownedCas = connection.OwnedCas;
+        LoggerFactory = connection.LoggerFactory;
         _stub = new KeyManagementService.KeyManagementServiceClient(_invoker);
         Access = new AccessManagementService.AccessManagementServiceClient(_invoker);
         Audit = new AuditService.AuditServiceClient(_invoker);
@@ -110,6 +111,9 @@ public sealed partial class KmsClient : IDisposable
 
     /// <summary>Quorum requests and officers' approvals (<see cref="Kms.Client.Quorum.QuorumApprover"/> renders and signs them).</summary>
     public QuorumService.QuorumServiceClient Quorum { get; }
+
+    /// <summary>Where this client logs (null: nowhere); an <see cref="Envelope.EnvelopeEncryptor"/> built on it logs there too.</summary>
+    internal ILoggerFactory? LoggerFactory { get; }
 
     /// <summary>The endpoints and their believed health (for tests).</summary>
     internal EndpointPool Endpoints => _invoker.Pool;
@@ -251,7 +255,7 @@ public sealed partial class KmsClient : IDisposable
     }
 
     /// <summary>The channels and failover machinery behind a client, and the CA certificates it loaded (disposed with it).</summary>
-    internal readonly record struct Connection(FailoverCallInvoker Invoker, X509Certificate2Collection? OwnedCas);
+    internal readonly record struct Connection(FailoverCallInvoker Invoker, X509Certificate2Collection? OwnedCas, ILoggerFactory? LoggerFactory = null);
 
     /// <summary>Validates the options and opens one channel per endpoint.</summary>
     internal static Connection Connect(KmsClientOptions options, ILoggerFactory? loggerFactory, TimeProvider time, Func<double> unitRandom)
@@ -277,7 +281,7 @@ public sealed partial class KmsClient : IDisposable
             {
                 Limit = new ConcurrencyLimit(options.MaxConcurrentCalls, logger),
             };
-            return new Connection(invoker, ownedCas);
+            return new Connection(invoker, ownedCas, loggerFactory);
         }
         catch
         {

@@ -94,6 +94,16 @@ public sealed class KmsClientOptions
     /// attempt), the first outermost; e.g. for tracing. They run before the API token is
     /// added, so they never see it. Health probes do not pass them.
     /// </summary>
+    /// <remarks>
+    /// <b>An interceptor sees every request and response message in clear, secrets included</b>:
+    /// the plaintext of <c>Encrypt</c> requests and <c>Decrypt</c> responses, and plaintext data
+    /// keys — <c>GenerateDataKey</c> responses, and the <c>Encrypt</c> requests with which an
+    /// <see cref="Envelope.EnvelopeEncryptor"/> wraps one data key under each further key of a
+    /// multi-key envelope (and <c>Decrypt</c> responses when it unwraps). Such a key decrypts
+    /// every message it protects (with a data-key cache, many). An interceptor must not log,
+    /// record or export message bodies (trace attributes included), nor keep them; it should
+    /// read only the method name, status, timing and metadata it needs.
+    /// </remarks>
     public IList<Interceptor> Interceptors { get; } = [];
 
     /// <summary>The endpoints to use, checked.</summary>

@@ -130,6 +130,17 @@ public sealed class ParsingTests : IDisposable
     }
 
     [Fact]
+    public async Task Decrypt_AliasAsTrustedKey_IsUsageError()
+    {
+        // An alias confers no trust (whoever may update it could point it at a key of theirs),
+        // and the file names the key anyway: said up front, not as an untrusted-key failure.
+        var result = await RunAsync("decrypt", "--key", "tenants/dev/aliases/current", "--in", "a", "--out", "b");
+
+        Assert.Equal(ExitCodes.Usage, result.ExitCode);
+        Assert.Contains("not aliases", result.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Keys_ShortNameWithoutTenant_IsUsageErrorBeforeAnyCall()
     {
         var result = await RunAsync("keys", "get", "orders");

@@ -53,7 +53,7 @@ public sealed class KmsClientServiceCollectionExtensionsTests(ClientServerFixtur
             var envelopes = provider.GetRequiredService<Kms.Client.Envelope.EnvelopeEncryptor>();
             Assert.Same(envelopes, provider.GetRequiredService<Kms.Client.Envelope.EnvelopeEncryptor>());
             var message = await envelopes.EncryptAsync("hello"u8.ToArray());
-            Assert.Equal("hello"u8.ToArray(), await envelopes.DecryptAsync(message));
+            Assert.Equal("hello"u8.ToArray(), await envelopes.DecryptAsync(message, Kms.Client.Envelope.EnvelopeEncryptor.NoContext));
             cached = [.. envelopes.Cache!.Entries];
             Assert.NotEmpty(cached);
         }

@@ -30,7 +30,7 @@ internal sealed class EnvelopeTarget : FuzzTarget
         try
         {
             _ = EnvelopeEncryptor.ReadEncryptionContext(input);
-            oneShot = Encryptor.DecryptAsync(input).GetAwaiter().GetResult();
+            oneShot = Encryptor.DecryptAsync(input, EnvelopeEncryptor.AnyContext).GetAwaiter().GetResult();
         }
         catch (EnvelopeDecryptionException)
         {
@@ -39,7 +39,7 @@ internal sealed class EnvelopeTarget : FuzzTarget
         var output = new MemoryStream();
         try
         {
-            Encryptor.DecryptAsync(new MemoryStream(input), output).GetAwaiter().GetResult();
+            Encryptor.DecryptAsync(new MemoryStream(input), output, EnvelopeEncryptor.AnyContext).GetAwaiter().GetResult();
         }
         catch (EnvelopeDecryptionException)
         {

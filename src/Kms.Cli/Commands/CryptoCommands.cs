@@ -82,7 +82,7 @@ internal static class CryptoCommands
     {
         var keys = new Option<string[]>("--key")
         {
-            Description = "a key whose wrapped data key you trust (repeatable); a message wrapped only under other keys is refused",
+            Description = "a key (not an alias) whose wrapped data key you trust (repeatable); a message wrapped only under other keys is refused",
             HelpName = "KEY",
         };
         var anyKey = new Option<bool>("--any-key") { Description = "instead of --key: trust whichever key the message names, if the KMS lets you use it" };
@@ -104,6 +104,13 @@ internal static class CryptoCommands
             if (keyNames.Count == 0 && !trustAnyKey)
             {
                 throw new CliUsageException("say which keys you trust: --key KEY (repeatable), or --any-key");
+            }
+
+            // A file records the key, never the alias, and trusting whatever an alias points to
+            // would trust whoever may update it: decrypt trusts keys by name.
+            if (keyNames.FirstOrDefault(name => Kms.Core.Names.ResourceSegments.Is(name, Kms.Core.Names.ResourceSegments.Collection, "aliases")) is { } alias)
+            {
+                throw new CliUsageException($"decrypt trusts keys, not aliases: name the key (or keys) {alias} points or pointed to with --key");
             }
 
             var expectedContext = parse.GetValue(context)!;

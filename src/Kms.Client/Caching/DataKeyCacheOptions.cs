@@ -7,8 +7,11 @@ namespace Kms.Client.Caching;
 /// <remarks>
 /// A cached key keeps working after the KMS would refuse it (key disabled, grant revoked)
 /// until it leaves the cache: <see cref="MaxAge"/> and <see cref="DecryptionMaxAge"/> are that
-/// delay. Per-message keys are derived from a random 256-bit message id, so reusing a data key
-/// never reuses a GCM key and IV; the message limit stays far below 2³² anyway.
+/// delay. Decryption is cached only if <see cref="DecryptionMaxAge"/> is set (it is off by
+/// default): a cached unwrap keeps a disabled or destroyed key's messages readable, and its
+/// reads leave no Decrypt in the KMS audit log. Per-message keys are derived from a random
+/// 256-bit message id, so reusing a data key never reuses a GCM key and IV; the message limit
+/// stays far below 2³² anyway.
 /// </remarks>
 public sealed class DataKeyCacheOptions
 {
@@ -27,8 +30,16 @@ public sealed class DataKeyCacheOptions
     /// <summary>Entries kept, per direction (encryption and decryption).</summary>
     public int Capacity { get; set; } = 1000;
 
-    /// <summary>How long an unwrapped data key is kept for decryption (1 second to 1 day); zero: decryption is not cached.</summary>
-    public TimeSpan DecryptionMaxAge { get; set; } = TimeSpan.FromMinutes(5);
+    /// <summary>
+    /// How long an unwrapped data key is kept for decryption (1 second to 1 day); zero (the
+    /// default): decryption is not cached, every message's data key is unwrapped by the KMS.
+    /// </summary>
+    /// <remarks>
+    /// An opt-in of its own: for this long after the KMS would refuse it (key disabled, version
+    /// destroyed — crypto-shredding —, grant revoked) a cached data key still decrypts, and those
+    /// reads make no KMS call, so the KMS audit log does not show them.
+    /// </remarks>
+    public TimeSpan DecryptionMaxAge { get; set; }
 
     /// <summary>The clock of the age limits.</summary>
     public TimeProvider TimeProvider { get; set; } = TimeProvider.System;

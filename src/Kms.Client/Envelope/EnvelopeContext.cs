@@ -12,10 +12,21 @@ internal static class EnvelopeContext
     /// <summary>The empty context, shared: read-only, so no caller handed it can change every later empty context.</summary>
     public static readonly IReadOnlyDictionary<string, string> Empty = new System.Collections.ObjectModel.ReadOnlyDictionary<string, string>(new Dictionary<string, string>(StringComparer.Ordinal));
 
+    /// <summary>
+    /// <see cref="EnvelopeEncryptor.AnyContext"/>: an expected context that accepts any, told apart
+    /// by reference. Empty as a map, so code that missed the marker requires no context (fails closed).
+    /// </summary>
+    public static readonly IReadOnlyDictionary<string, string> Any = new AnyContextMarker();
+
     /// <summary>Validates and encodes a caller's context.</summary>
-    /// <exception cref="ArgumentException">A limit is broken or a string is not valid UTF-16.</exception>
+    /// <exception cref="ArgumentException">A limit is broken, a string is not valid UTF-16, or the context is <see cref="Any"/>.</exception>
     public static byte[] Encode(IReadOnlyDictionary<string, string>? context)
     {
+        if (ReferenceEquals(context, Any))
+        {
+            throw new ArgumentException("EnvelopeEncryptor.AnyContext is an expected context for decryption (it accepts any), not a context to encrypt with", nameof(context));
+        }
+
         if (context is null || context.Count == 0)
         {
             return [0, 0, 0, 0];
@@ -176,5 +187,10 @@ internal static class EnvelopeContext
         {
             throw EnvelopeDecryptionException.Malformed("an encryption-context entry is not valid UTF-8");
         }
+    }
+
+    private sealed class AnyContextMarker() : System.Collections.ObjectModel.ReadOnlyDictionary<string, string>(new Dictionary<string, string>(StringComparer.Ordinal))
+    {
+        public override string ToString() => "EnvelopeEncryptor.AnyContext";
     }
 }

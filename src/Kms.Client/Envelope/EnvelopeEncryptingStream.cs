@@ -1,5 +1,7 @@
 using System.Buffers.Binary;
 using System.Security.Cryptography;
+using Kms.Client.Failover;
+using Microsoft.Extensions.Logging;
 
 namespace Kms.Client.Envelope;
 
@@ -8,12 +10,17 @@ namespace Kms.Client.Envelope;
 /// destination, one frame at a time, in constant memory (two frame-sized buffers).
 /// </summary>
 /// <remarks>
-/// Call <see cref="CompleteAsync"/> when the plaintext is all written: it writes the final frame.
+/// <para>Call <see cref="CompleteAsync"/> when the plaintext is all written: it writes the final frame.
 /// Disposing without completing writes nothing more, so a producer that fails half-way leaves
-/// a message that every reader rejects as truncated — never one that looks whole. The
-/// destination is not disposed. Buffers holding plaintext are zeroed on dispose. Not for
+/// a message that every reader rejects as truncated — never one that looks whole.</para>
+/// <para>So a wrapper that disposes the stream it wraps — <see cref="StreamWriter"/>,
+/// <see cref="System.IO.Compression.GZipStream"/>, <see cref="System.Security.Cryptography.CryptoStream"/> —
+/// leaves an unreadable message unless it is given <c>leaveOpen: true</c>: dispose (or flush) the
+/// wrapper, then call <see cref="CompleteAsync"/>. Disposing after plaintext was written without
+/// completing is logged at Warning (event 3007) to the encryptor's logger; it never throws.</para>
+/// <para>The destination is not disposed. Buffers holding plaintext are zeroed on dispose. Not for
 /// concurrent writers: overlapping writes throw (they would otherwise seal two frames with one
-/// sequence number). A failed write to the destination leaves the stream faulted.
+/// sequence number). A failed write to the destination leaves the stream faulted.</para>
 /// </remarks>
 public sealed class EnvelopeEncryptingStream : Stream
 {
@@ -30,10 +37,12 @@ public sealed class EnvelopeEncryptingStream : Stream
     private bool _completed;
     private bool _faulted;
     private bool _disposed;
+    private readonly ILogger _logger;
 
-    internal EnvelopeEncryptingStream(Stream destination, FrameCipher cipher, int frameLength, long declaredLength)
+    internal EnvelopeEncryptingStream(Stream destination, FrameCipher cipher, int frameLength, long declaredLength, ILogger logger)
     {
         _destination = destination;
+        _logger = logger;
         _cipher = cipher;
         _frameLength = frameLength;
         _declaredLength = declaredLength;
@@ -223,6 +232,14 @@ public sealed class EnvelopeEncryptingStream : Stream
         if (disposing && !_disposed)
         {
             _disposed = true;
+
+            // Not completed, not failed, and plaintext written: most likely a wrapper that disposed
+            // the stream it wraps. Said, not thrown: Dispose runs in finally blocks and unwinding.
+            if (!_completed && !_faulted && _written > 0)
+            {
+                ClientLog.EncryptingStreamNotCompleted(_logger, _written);
+            }
+
             CryptographicOperations.ZeroMemory(_plaintext);
             _cipher.Dispose();
         }

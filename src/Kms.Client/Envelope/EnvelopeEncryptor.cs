@@ -4,6 +4,8 @@ using System.Text;
 using Grpc.Core;
 using Kms.Client.Caching;
 using Kms.Core.Errors;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Kms.Client.Envelope;
 
@@ -23,6 +25,15 @@ namespace Kms.Client.Envelope;
 /// or <see cref="ArgumentException"/> for a context over the limits.</para>
 /// <para>The encryption context is not secret: it is stored in clear in the header and given
 /// to the KMS, which binds it to the data key and records its keys (not values) in the audit log.</para>
+/// <para>Every decryption names the context it expects, and a message with any other context is
+/// refused before a KMS call: the binding protects a reader only if the reader says what the
+/// context must be (a ciphertext copied from column <c>ssn</c> into column <c>nickname</c> has a
+/// valid context — its own). An empty map means the message must have no context;
+/// <see cref="AnyContext"/> accepts any (discovery readers, which then check
+/// <see cref="EnvelopeDecryptingStream.EncryptionContext"/> or <see cref="ReadEncryptionContext"/>).</para>
+/// <para>Decryption trusts the keys named in <see cref="EnvelopeOptions.TrustedKeyNames"/> (or
+/// <see cref="EnvelopeOptions.KeyNames"/>), by name, for the encryptor's lifetime; never an alias,
+/// which whoever may update it could point at a key of theirs.</para>
 /// <para>Data keys and per-message keys are zeroed after use; one-shot decryption returns
 /// nothing unless the whole message verified.</para>
 /// </remarks>
@@ -31,32 +42,59 @@ public sealed class EnvelopeEncryptor : IDisposable
     private readonly IEnvelopeKeyProvider _provider;
     private readonly string[] _keyNames;
     private readonly HashSet<string> _trusted;
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, bool> _resolvedKeys = new(StringComparer.Ordinal);
+    private readonly string[] _untrustedAliases;
     private readonly bool _trustAnyKey;
     private readonly int _frameLength;
     private readonly DataKeyCache? _cache;
     private readonly string _cacheKeyPrefix;
+    private readonly ILogger _logger;
 
     /// <summary>Envelopes whose data keys come from the Kms server behind <paramref name="client"/>.</summary>
+    /// <remarks>Logs to <see cref="EnvelopeOptions.LoggerFactory"/>, or else to the client's logger factory.</remarks>
     public EnvelopeEncryptor(KmsClient client, EnvelopeOptions options)
-        : this(new KmsEnvelopeKeyProvider(client), options)
+        : this(new KmsEnvelopeKeyProvider(client), options, client?.LoggerFactory)
     {
     }
 
     /// <summary>Envelopes whose data keys come from <paramref name="provider"/>.</summary>
     public EnvelopeEncryptor(IEnvelopeKeyProvider provider, EnvelopeOptions options)
+        : this(provider, options, null)
+    {
+    }
+
+    private EnvelopeEncryptor(IEnvelopeKeyProvider provider, EnvelopeOptions options, ILoggerFactory? clientLoggerFactory)
     {
         ArgumentNullException.ThrowIfNull(provider);
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         _provider = provider;
+        _logger = (options.LoggerFactory ?? clientLoggerFactory)?.CreateLogger<EnvelopeEncryptor>() ?? (ILogger)NullLogger.Instance;
         _keyNames = [.. options.KeyNames];
-        _trusted = new HashSet<string>(options.TrustedKeyNames.Count > 0 ? options.TrustedKeyNames : options.KeyNames, StringComparer.Ordinal);
+        // Trust is the keys named, fixed here. Writing confers none: the key an alias among
+        // KeyNames resolves to is trusted only if it is named (whoever may update the alias could
+        // point it at a key of theirs for one write, and be trusted until the process ends).
+        _untrustedAliases = options.TrustedKeyNames.Count > 0 ? [] : [.. options.KeyNames.Where(EnvelopeOptions.IsAlias)];
+        _trusted = new HashSet<string>(options.TrustedKeyNames.Count > 0 ? options.TrustedKeyNames : options.KeyNames.Where(name => !EnvelopeOptions.IsAlias(name)), StringComparer.Ordinal);
         _trustAnyKey = options.TrustAnyKey;
         _frameLength = options.FrameLength;
         _cache = options.DataKeyCache is { } cacheOptions ? new DataKeyCache(cacheOptions) : null;
         _cacheKeyPrefix = $"{EnvelopeFormat.Suite1:X4}|{string.Join('\n', _keyNames)}|";
     }
+
+    /// <summary>
+    /// The expected context that accepts a message whatever its encryption context: for readers
+    /// that discover it (then read it from <see cref="EnvelopeDecryptingStream.EncryptionContext"/>,
+    /// or from <see cref="ReadEncryptionContext"/> once the message decrypted). A marker, compared
+    /// by reference: it is not a context, and encrypting with it is refused.
+    /// </summary>
+    /// <remarks>
+    /// Use it only where every context is acceptable: a reader that means one context and passes
+    /// this accepts a ciphertext moved from any other place encrypted under a key it trusts.
+    /// </remarks>
+    public static IReadOnlyDictionary<string, string> AnyContext { get; } = EnvelopeContext.Any;
+
+    /// <summary>The expected context of a message that must have none (an empty map does the same).</summary>
+    public static IReadOnlyDictionary<string, string> NoContext => EnvelopeContext.Empty;
 
     internal DataKeyCache? Cache => _cache;
 
@@ -133,15 +171,20 @@ public sealed class EnvelopeEncryptor : IDisposable
     }
 
     /// <summary>
-    /// Decrypts a whole message. With <paramref name="expectedContext"/>, the message's context
-    /// must be exactly that map; without, check <see cref="ReadEncryptionContext"/> yourself
-    /// if the context matters to you. <paramref name="associatedData"/> must be the bytes given
-    /// at encryption.
+    /// Decrypts a whole message whose encryption context is exactly <paramref name="expectedContext"/>.
     /// </summary>
-    /// <exception cref="EnvelopeDecryptionException">Whatever was wrong with the message, or the KMS refused its data keys.</exception>
+    /// <param name="message">The envelope message.</param>
+    /// <param name="expectedContext">The context the message must have: the map it was encrypted with
+    /// (<see cref="NoContext"/> or an empty map: none), or <see cref="AnyContext"/> to accept any —
+    /// then <see cref="ReadEncryptionContext"/> of the same bytes gives the context, authenticated
+    /// once this returned.</param>
+    /// <param name="associatedData">The bytes given at encryption.</param>
+    /// <param name="cancellationToken">Cancels the KMS call.</param>
+    /// <exception cref="EnvelopeDecryptionException">Whatever was wrong with the message (another context included), or the KMS refused its data keys.</exception>
     /// <exception cref="RpcException">The KMS could not answer: the message is not known to be bad; retry later.</exception>
-    public async Task<byte[]> DecryptAsync(ReadOnlyMemory<byte> message, IReadOnlyDictionary<string, string>? expectedContext = null, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
+    public async Task<byte[]> DecryptAsync(ReadOnlyMemory<byte> message, IReadOnlyDictionary<string, string> expectedContext, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
+        ArgumentNullException.ThrowIfNull(expectedContext);
         var headerLength = EnvelopeHeader.Measure(message.Span);
         if (headerLength > message.Length)
         {
@@ -162,8 +205,8 @@ public sealed class EnvelopeEncryptor : IDisposable
         }
     }
 
-    /// <summary>Decrypts a whole message.</summary>
-    public Task<byte[]> DecryptAsync(byte[] message, IReadOnlyDictionary<string, string>? expectedContext = null, byte[]? associatedData = null, CancellationToken cancellationToken = default)
+    /// <summary>Decrypts a whole message whose encryption context is exactly <paramref name="expectedContext"/> (<see cref="AnyContext"/>: any).</summary>
+    public Task<byte[]> DecryptAsync(byte[] message, IReadOnlyDictionary<string, string> expectedContext, byte[]? associatedData = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(message);
         return DecryptAsync(message.AsMemory(), expectedContext, associatedData, cancellationToken);
@@ -171,7 +214,7 @@ public sealed class EnvelopeEncryptor : IDisposable
 
     /// <summary>
     /// The encryption context a message's header claims — unauthenticated until the message
-    /// decrypts; for choosing what to expect, never for trusting.
+    /// decrypts (the header tag covers it); before that, for choosing what to expect, never for trusting.
     /// </summary>
     public static IReadOnlyDictionary<string, string> ReadEncryptionContext(ReadOnlySpan<byte> message)
     {
@@ -202,9 +245,14 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// constant memory. Frames are written as they verify: if this throws, what was written is
     /// not a whole plaintext — discard it. Neither stream is disposed.
     /// </summary>
-    /// <exception cref="EnvelopeDecryptionException">Whatever was wrong with the message, or the KMS refused its data keys.</exception>
+    /// <param name="message">The envelope message, read from its position.</param>
+    /// <param name="destination">Where the plaintext goes.</param>
+    /// <param name="expectedContext">The context the message must have (<see cref="NoContext"/> or an empty map: none), or <see cref="AnyContext"/>.</param>
+    /// <param name="associatedData">The bytes given at encryption.</param>
+    /// <param name="cancellationToken">Cancels the KMS call and the copy.</param>
+    /// <exception cref="EnvelopeDecryptionException">Whatever was wrong with the message (another context included), or the KMS refused its data keys.</exception>
     /// <exception cref="RpcException">The KMS could not answer: the message is not known to be bad; retry later.</exception>
-    public async Task DecryptAsync(Stream message, Stream destination, IReadOnlyDictionary<string, string>? expectedContext = null, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
+    public async Task DecryptAsync(Stream message, Stream destination, IReadOnlyDictionary<string, string> expectedContext, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(destination);
         await using var decrypting = await OpenDecryptingStreamAsync(message, expectedContext, associatedData, cancellationToken).ConfigureAwait(false);
@@ -215,6 +263,13 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// A stream that encrypts what is written to it into <paramref name="destination"/> (the
     /// header is written now). Call <see cref="EnvelopeEncryptingStream.CompleteAsync"/> at the end.
     /// </summary>
+    /// <remarks>
+    /// Disposing the stream without completing it leaves a message every reader refuses. A
+    /// wrapper that disposes the stream it wraps (<see cref="StreamWriter"/>,
+    /// <see cref="System.IO.Compression.GZipStream"/>, <see cref="CryptoStream"/>) must be given
+    /// <c>leaveOpen: true</c>; dispose the wrapper, then complete this stream (logged as event
+    /// 3007, at Warning, when it is disposed after plaintext was written without being completed).
+    /// </remarks>
     /// <param name="destination">Where the message goes; not disposed.</param>
     /// <param name="encryptionContext">The context bound to the message.</param>
     /// <param name="plaintextLength">The total plaintext length if known (lets the data-key cache count bytes); -1 if not, and the message gets its own data key.</param>
@@ -246,7 +301,7 @@ public sealed class EnvelopeEncryptor : IDisposable
         }
 
         // A declared length reserved bytes in the data-key cache: the stream holds the writer to it.
-        var stream = new EnvelopeEncryptingStream(destination, cipher, _frameLength, plaintextLength);
+        var stream = new EnvelopeEncryptingStream(destination, cipher, _frameLength, plaintextLength, _logger);
         try
         {
             var bytes = new byte[header.Length];
@@ -266,10 +321,15 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// Reads and checks a message's header from <paramref name="message"/> (reading no further),
     /// unwraps its data key, and returns a stream of its plaintext.
     /// </summary>
-    /// <exception cref="EnvelopeDecryptionException">The header is not a valid, unaltered envelope header for a trusted key.</exception>
-    public async Task<EnvelopeDecryptingStream> OpenDecryptingStreamAsync(Stream message, IReadOnlyDictionary<string, string>? expectedContext = null, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
+    /// <param name="message">The envelope message, read from its position; not disposed.</param>
+    /// <param name="expectedContext">The context the message must have (<see cref="NoContext"/> or an empty map: none), or <see cref="AnyContext"/> — then read it from <see cref="EnvelopeDecryptingStream.EncryptionContext"/>.</param>
+    /// <param name="associatedData">The bytes given at encryption.</param>
+    /// <param name="cancellationToken">Cancels the header read and the KMS call.</param>
+    /// <exception cref="EnvelopeDecryptionException">The header is not a valid, unaltered envelope header with the expected context for a trusted key.</exception>
+    public async Task<EnvelopeDecryptingStream> OpenDecryptingStreamAsync(Stream message, IReadOnlyDictionary<string, string> expectedContext, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(message);
+        ArgumentNullException.ThrowIfNull(expectedContext);
         var headerBytes = await ReadHeaderAsync(message, cancellationToken).ConfigureAwait(false);
         var header = EnvelopeHeader.Parse(headerBytes);
         CheckContext(header, expectedContext);
@@ -317,9 +377,10 @@ public sealed class EnvelopeEncryptor : IDisposable
         }
     }
 
-    private static void CheckContext(EnvelopeHeader header, IReadOnlyDictionary<string, string>? expected)
+    /// <summary>The header's context is exactly <paramref name="expected"/> (an empty map: none), unless that is <see cref="AnyContext"/>.</summary>
+    private static void CheckContext(EnvelopeHeader header, IReadOnlyDictionary<string, string> expected)
     {
-        if (expected is null)
+        if (ReferenceEquals(expected, EnvelopeContext.Any))
         {
             return;
         }
@@ -359,16 +420,6 @@ public sealed class EnvelopeEncryptor : IDisposable
         var others = await Task.WhenAll(_keyNames.Skip(1).Select(name => _provider.WrapDataKeyAsync(name, generated.Plaintext, context, cancellationToken))).ConfigureAwait(false);
         WrappedDataKey[] wrapped = [generated.Wrapped, .. others];
         EnvelopeHeader.ValidateForWriting(wrapped, _frameLength);
-        for (var i = 0; i < wrapped.Length; i++)
-        {
-            // A trusted alias among KeyNames is recorded as the key the KMS used: trust that key
-            // too, so this encryptor decrypts what it wrote. A name it writes under but was not
-            // told to trust (TrustedKeyNames) stays untrusted, however often it writes.
-            if (_trusted.Contains(_keyNames[i]))
-            {
-                _resolvedKeys.TryAdd(wrapped[i].KeyName, true);
-            }
-        }
 
         var dataKey = GC.AllocateUninitializedArray<byte>(EnvelopeFormat.DataKeyLength, pinned: true);
         generated.Plaintext.Span.CopyTo(dataKey);
@@ -382,15 +433,18 @@ public sealed class EnvelopeEncryptor : IDisposable
         // Each trusted key once, in header order: a hostile header repeating a trusted key
         // name cannot make one read cost many KMS calls.
         var candidates = header.WrappedKeys
-            .Where(k => _trustAnyKey || _trusted.Contains(k.KeyName) || _resolvedKeys.ContainsKey(k.KeyName))
+            .Where(k => _trustAnyKey || _trusted.Contains(k.KeyName))
             .DistinctBy(k => k.KeyName, StringComparer.Ordinal)
             .ToList();
         // Key names in messages come from an unauthenticated header: escaped as the server escapes
         // the names it repeats (control characters; U+202E and the others that hide or move text).
         if (candidates.Count == 0)
         {
+            var aliases = _untrustedAliases.Length == 0
+                ? ""
+                : $" (an alias is not trusted: name the keys to decrypt under in TrustedKeyNames, not {string.Join(", ", _untrustedAliases.Select(KmsErrors.Printable))})";
             throw new EnvelopeDecryptionException(
-                $"none of the message's keys is trusted by this encryptor: {string.Join(", ", header.WrappedKeys.Take(4).Select(k => KmsErrors.Printable(k.KeyName)))}");
+                $"none of the message's keys is trusted by this encryptor: {string.Join(", ", header.WrappedKeys.Take(4).Select(k => KmsErrors.Printable(k.KeyName)))}{aliases}");
         }
 
         var failures = new List<Exception>();

@@ -1,4 +1,7 @@
 using Kms.Client.Caching;
+using Kms.Core.Errors;
+using Kms.Core.Names;
+using Microsoft.Extensions.Logging;
 
 namespace Kms.Client.Envelope;
 
@@ -8,17 +11,24 @@ public sealed class EnvelopeOptions
     /// <summary>
     /// The KMS keys that wrap each message's data key (1 to 16): the first generates it, each
     /// further one wraps the same data key (e.g. one key per site), and any one of them decrypts.
-    /// Names are <c>tenants/{t}/keys/{k}</c>; an alias may be given for encryption and is recorded
-    /// as the key it points to.
+    /// Names are <c>tenants/{t}/keys/{k}</c>; an alias (<c>tenants/{t}/aliases/{a}</c>) may be given
+    /// for encryption and is recorded as the key it points to, but is not trusted for decryption:
+    /// an encryptor that reads what it writes under an alias names the keys in <see cref="TrustedKeyNames"/>.
     /// </summary>
     public IList<string> KeyNames { get; set; } = [];
 
     /// <summary>
     /// The keys whose wrapped data keys this encryptor sends to the KMS when decrypting; empty
-    /// means <see cref="KeyNames"/>. A message naming only other keys is refused without a KMS call.
-    /// An alias here is trusted as the key it named when this encryptor wrote under it (a message
-    /// records the key, not the alias).
+    /// means the keys (not aliases) among <see cref="KeyNames"/>. A message naming only other keys
+    /// is refused without a KMS call. Keys only: an alias here is refused.
     /// </summary>
+    /// <remarks>
+    /// An alias is not trusted, neither here nor through <see cref="KeyNames"/> — not even as the
+    /// key it pointed to when this encryptor wrote under it: whoever may update the alias could
+    /// point it at a key of theirs for one write and have messages forged under that key accepted.
+    /// When an alias moves to a new key, add the new key here before moving it, and keep the old
+    /// one while messages under it are to be read. (Rotating a key's versions changes no name.)
+    /// </remarks>
     public IList<string> TrustedKeyNames { get; set; } = [];
 
     /// <summary>
@@ -30,8 +40,18 @@ public sealed class EnvelopeOptions
     /// <summary>Plaintext bytes per frame (64 B to 4 MiB; default 64 KiB): the memory a streaming reader needs.</summary>
     public int FrameLength { get; set; } = EnvelopeFormat.DefaultFrameLength;
 
-    /// <summary>Data-key caching; null (the default) makes a KMS call for every message.</summary>
+    /// <summary>
+    /// Data-key caching; null (the default) makes a KMS call for every message. Caching covers
+    /// encryption; decryption only with <see cref="DataKeyCacheOptions.DecryptionMaxAge"/> set.
+    /// </summary>
     public DataKeyCacheOptions? DataKeyCache { get; set; }
+
+    /// <summary>
+    /// Where the encryptor logs (an encrypting stream disposed without being completed: event
+    /// 3007); null: the <see cref="KmsClient"/>'s logger factory when the encryptor is built on
+    /// one, else nowhere. Never plaintext, keys or context values.
+    /// </summary>
+    public ILoggerFactory? LoggerFactory { get; set; }
 
     internal void Validate()
     {
@@ -45,7 +65,15 @@ public sealed class EnvelopeOptions
             throw new ArgumentException("key names must be non-empty and distinct", nameof(KeyNames));
         }
 
+        if (TrustedKeyNames.FirstOrDefault(IsAlias) is { } trustedAlias)
+        {
+            throw new ArgumentException($"TrustedKeyNames names the alias {KmsErrors.Printable(trustedAlias)}: trust keys (tenants/{{t}}/keys/{{k}}), not aliases, which whoever may update them can point elsewhere", nameof(TrustedKeyNames));
+        }
+
         EnvelopeHeader.ValidateFrameLength(FrameLength);
         DataKeyCache?.Validate();
     }
+
+    /// <summary>Whether <paramref name="name"/> is an alias's resource name (<c>tenants/{t}/aliases/{a}</c>).</summary>
+    internal static bool IsAlias(string name) => ResourceSegments.Is(name, ResourceSegments.Collection, "aliases");
 }

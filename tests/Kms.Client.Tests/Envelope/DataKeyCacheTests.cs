@@ -57,12 +57,12 @@ public sealed class DataKeyCacheTests
             seen.Add((map["cache"], map["result"]));
         });
         listener.Start();
-        using var encryptor = NewEncryptor(new DataKeyCacheOptions());
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions { DecryptionMaxAge = TimeSpan.FromMinutes(1) });
 
         var message = await encryptor.EncryptAsync(new byte[1], Context("metric"));
         await encryptor.EncryptAsync(new byte[1], Context("metric"));
-        await encryptor.DecryptAsync(message);
-        await encryptor.DecryptAsync(message);
+        await encryptor.DecryptAsync(message, Context("metric"));
+        await encryptor.DecryptAsync(message, Context("metric"));
 
         // Other tests run in parallel and publish too: look for at least this test's lookups.
         Assert.Contains(("encrypt", "miss"), seen);
@@ -166,7 +166,7 @@ public sealed class DataKeyCacheTests
         Assert.Equal(99, encryptor.CacheStatistics!.Coalesced);
         Assert.Equal(100, messages.Distinct().Count());
         _provider.Gate = null;
-        Assert.All(messages.Take(5), m => Assert.Equal(32, encryptor.DecryptAsync(m).GetAwaiter().GetResult().Length));
+        Assert.All(messages.Take(5), m => Assert.Equal(32, encryptor.DecryptAsync(m, Context("x")).GetAwaiter().GetResult().Length));
     }
 
     [Fact]
@@ -209,12 +209,12 @@ public sealed class DataKeyCacheTests
 
         for (var i = 0; i < 5; i++)
         {
-            await reader.DecryptAsync(message);
+            await reader.DecryptAsync(message, Context("a"));
         }
 
         Assert.Equal(1, _provider.UnwrapCalls);
         _time.Advance(TimeSpan.FromMinutes(1));
-        await reader.DecryptAsync(message);
+        await reader.DecryptAsync(message, Context("a"));
         Assert.Equal(2, _provider.UnwrapCalls);
     }
 
@@ -224,10 +224,10 @@ public sealed class DataKeyCacheTests
         using var writer = NewEncryptor(null);
         var first = await writer.EncryptAsync(new byte[10], Context("a"));
         var second = await writer.EncryptAsync(new byte[10], Context("a"));
-        using var reader = NewEncryptor(new DataKeyCacheOptions());
+        using var reader = NewEncryptor(new DataKeyCacheOptions { DecryptionMaxAge = TimeSpan.FromMinutes(1) });
 
-        await reader.DecryptAsync(first);
-        await reader.DecryptAsync(second);
+        await reader.DecryptAsync(first, Context("a"));
+        await reader.DecryptAsync(second, Context("a"));
 
         Assert.Equal(2, _provider.UnwrapCalls);
     }
@@ -237,13 +237,13 @@ public sealed class DataKeyCacheTests
     {
         using var writer = NewEncryptor(null);
         var message = await writer.EncryptAsync(new byte[10], Context("aaaa"));
-        using var reader = NewEncryptor(new DataKeyCacheOptions());
-        await reader.DecryptAsync(message);
+        using var reader = NewEncryptor(new DataKeyCacheOptions { DecryptionMaxAge = TimeSpan.FromMinutes(1) });
+        await reader.DecryptAsync(message, Context("aaaa"));
         var moved = message.ToArray();
         var at = moved.AsSpan().IndexOf("aaaa"u8);
         "bbbb"u8.CopyTo(moved.AsSpan(at));
 
-        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(moved));
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(moved, Context("bbbb")));
 
         Assert.Equal(2, _provider.UnwrapCalls);
     }
@@ -255,10 +255,33 @@ public sealed class DataKeyCacheTests
         var message = await writer.EncryptAsync(new byte[10]);
         using var reader = NewEncryptor(new DataKeyCacheOptions { DecryptionMaxAge = TimeSpan.Zero });
 
-        await reader.DecryptAsync(message);
-        await reader.DecryptAsync(message);
+        await reader.DecryptAsync(message, EnvelopeEncryptor.NoContext);
+        await reader.DecryptAsync(message, EnvelopeEncryptor.NoContext);
 
         Assert.Equal(2, _provider.UnwrapCalls);
+    }
+
+    // Decrypt caching is an opt-in of its own: turning on the data-key cache for encryption
+    // must not keep disabled or destroyed keys' messages readable, nor hide reads from the KMS audit.
+    [Fact]
+    public async Task Decrypt_DataKeyCacheWithDefaultOptions_EveryMessageUnwrappedByTheKms()
+    {
+        Assert.Equal(TimeSpan.Zero, new DataKeyCacheOptions().DecryptionMaxAge);
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions());
+        var message = await encryptor.EncryptAsync(new byte[10], Context("a"));
+
+        for (var i = 0; i < 3; i++)
+        {
+            await encryptor.DecryptAsync(message, Context("a"));
+        }
+
+        Assert.Equal(3, _provider.UnwrapCalls);
+        Assert.Equal(new DataKeyCacheStatistics(EncryptHits: 0, EncryptMisses: 1, DecryptHits: 0, DecryptMisses: 3, Coalesced: 0), encryptor.CacheStatistics);
+        Assert.All(encryptor.Cache!.Entries, entry => Assert.True(entry.Wrapped.Count > 0, "only encryption entries are cached"));
+
+        // Revoked at the KMS: the next read fails at once, as it would with no cache at all.
+        _provider.Refused.Add("tenants/t/keys/a");
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message, Context("a")));
     }
 
     [Fact]
@@ -304,9 +327,9 @@ public sealed class DataKeyCacheTests
         [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
         static async Task<List<byte[]>> FillAndDropAsync(FakeKeyProvider provider)
         {
-            var encryptor = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"], DataKeyCache = new DataKeyCacheOptions() });
+            var encryptor = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"], DataKeyCache = new DataKeyCacheOptions { DecryptionMaxAge = TimeSpan.FromMinutes(1) } });
             var message = await encryptor.EncryptAsync(new byte[10]);
-            await encryptor.DecryptAsync(message);
+            await encryptor.DecryptAsync(message, EnvelopeEncryptor.NoContext);
             return [.. encryptor.Cache!.Entries.Select(e => e.KeyArray)];
         }
     }
@@ -329,9 +352,9 @@ public sealed class DataKeyCacheTests
     [Fact]
     public async Task Entries_ZeroedOnExpiryAndOnDispose()
     {
-        var encryptor = NewEncryptor(new DataKeyCacheOptions { MaxAge = TimeSpan.FromMinutes(1) });
+        var encryptor = NewEncryptor(new DataKeyCacheOptions { MaxAge = TimeSpan.FromMinutes(1), DecryptionMaxAge = TimeSpan.FromMinutes(5) });
         var message = await encryptor.EncryptAsync(new byte[10], Context("a"));
-        await encryptor.DecryptAsync(message);
+        await encryptor.DecryptAsync(message, Context("a"));
         var first = encryptor.Cache!.Entries.ToList();
         Assert.Equal(2, first.Count);
         Assert.All(first, entry => Assert.False(entry.IsZeroed));

@@ -56,8 +56,8 @@ public sealed class EnvelopeGoldenVectorTests
         var vector = Load(description);
         using var encryptor = new EnvelopeEncryptor(vector.Provider, vector.Options);
 
-        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(vector.Message, null, vector.AssociatedData));
-        var streamed = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(new MemoryStream(vector.Message), new MemoryStream(), null, vector.AssociatedData));
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(vector.Message, EnvelopeEncryptor.AnyContext, vector.AssociatedData));
+        var streamed = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(new MemoryStream(vector.Message), new MemoryStream(), EnvelopeEncryptor.AnyContext, vector.AssociatedData));
 
         // "opaque": authenticated structure that fails (commitment, tags, truncation, final frame);
         // "malformed": validly tagged, but not the one encoding the spec allows.

@@ -8,6 +8,7 @@ using Kms.Contracts.V1;
 using Kms.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Time.Testing;
 
 namespace Kms.Client.Tests.Envelope;
@@ -56,10 +57,29 @@ public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFix
         });
         using var reader = new EnvelopeEncryptor(client, new EnvelopeOptions { KeyNames = [key] });
 
-        var e = await Assert.ThrowsAsync<RpcException>(() => reader.DecryptAsync(message));
+        var e = await Assert.ThrowsAsync<RpcException>(() => reader.DecryptAsync(message, EnvelopeEncryptor.NoContext));
 
         Assert.Equal(StatusCode.Unavailable, e.StatusCode);
         Assert.Contains("UntrustedRoot", e.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task EncryptingStreamDisposedWithoutComplete_LoggedThroughTheKmsClientsLoggerFactory()
+    {
+        var key = await NewKeyAsync();
+        var sink = new LogSink();
+        using var factory = LoggerFactory.Create(b => b.AddProvider(sink));
+        using var client = new KmsClient(
+            new KmsClientOptions { Endpoint = fixture.Server.Address, CaCertificatePath = fixture.Server.CaCertificatePath, ApiToken = fixture.Server.DeveloperToken },
+            factory);
+        using var encryptor = new EnvelopeEncryptor(client, new EnvelopeOptions { KeyNames = [key] });
+
+        await using (var encrypting = await encryptor.OpenEncryptingStreamAsync(new MemoryStream()))
+        {
+            await encrypting.WriteAsync(new byte[10]);
+        }
+
+        Assert.Contains(sink.Events, e => e.EventId == 3007 && e.Level == LogLevel.Warning);
     }
 
     [Fact]
@@ -89,13 +109,13 @@ public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFix
         var aliasId = $"env-{Guid.NewGuid():N}";
         await _client.Raw.CreateAliasAsync(new CreateAliasRequest { Parent = "tenants/dev", AliasId = aliasId, Alias = new Alias { Key = key } });
         var alias = "tenants/dev/aliases/" + aliasId;
-        using var writer = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [alias] });
+        using var writer = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [alias], TrustedKeyNames = [key] });
         using var reader = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key] });
 
         var message = await writer.EncryptAsync(new byte[] { 1, 2, 3 });
 
-        Assert.Equal(new byte[] { 1, 2, 3 }, await reader.DecryptAsync(message));
-        Assert.Equal(new byte[] { 1, 2, 3 }, await writer.DecryptAsync(message));
+        Assert.Equal(new byte[] { 1, 2, 3 }, await reader.DecryptAsync(message, EnvelopeEncryptor.NoContext));
+        Assert.Equal(new byte[] { 1, 2, 3 }, await writer.DecryptAsync(message, EnvelopeEncryptor.NoContext));
         Assert.True(message.AsSpan().IndexOf(Encoding.UTF8.GetBytes(key)) > 0, "the header records the key");
         Assert.True(message.AsSpan().IndexOf(Encoding.UTF8.GetBytes(alias)) < 0, "the header does not record the alias");
     }
@@ -110,9 +130,9 @@ public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFix
 
         await _client.Raw.DisableKeyAsync(new DisableKeyRequest { Name = siteA });
 
-        Assert.Equal(new byte[1000], await encryptor.DecryptAsync(message));
+        Assert.Equal(new byte[1000], await encryptor.DecryptAsync(message, EnvelopeEncryptor.NoContext));
         using var onlyA = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [siteA] });
-        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => onlyA.DecryptAsync(message));
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => onlyA.DecryptAsync(message, EnvelopeEncryptor.NoContext));
         Assert.Contains($"{siteA}: FailedPrecondition", e.Message, StringComparison.Ordinal);
     }
 
@@ -131,7 +151,7 @@ public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFix
         _time.Advance(TimeSpan.FromDays(7) + TimeSpan.FromMinutes(1));
         await WaitUntilAsync(async () => (await _client.Raw.GetKeyVersionAsync(new GetKeyVersionRequest { Name = key + "/versions/1" })).KeyVersion.State == KeyState.Destroyed);
 
-        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message));
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message, EnvelopeEncryptor.NoContext));
 
         Assert.Contains("FailedPrecondition", e.Message, StringComparison.Ordinal);
         Assert.Contains("DESTROYED", e.Message, StringComparison.Ordinal);
@@ -146,7 +166,7 @@ public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFix
         var forged = await forger.EncryptAsync("pay mallory"u8.ToArray());
         using var reader = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [trusted] });
 
-        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(forged));
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(forged, EnvelopeEncryptor.NoContext));
 
         Assert.Contains("decryption failed", e.Message, StringComparison.Ordinal);
     }
@@ -164,7 +184,7 @@ public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFix
         {
             var altered = message.ToArray();
             altered[i] ^= (byte)(1 << (i % 8));
-            await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(altered));
+            await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(altered, EnvelopeEncryptor.AnyContext));
         }
     }
 
@@ -179,7 +199,8 @@ public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFix
         Assert.True(at > 0);
         altered[at + 10] = (byte)'b';
 
-        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(altered));
+        // The reader expects the context the altered header claims: only the KMS can tell.
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(altered, new Dictionary<string, string> { ["tenant"] = "b" }));
 
         Assert.Contains("InvalidArgument", e.Message, StringComparison.Ordinal);
     }
@@ -195,7 +216,7 @@ public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFix
 
         Assert.Equal(1, counting.GenerateCalls);
         using var reader = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key] });
-        Assert.Equal(new byte[] { 42 }, await reader.DecryptAsync(messages[42]));
+        Assert.Equal(new byte[] { 42 }, await reader.DecryptAsync(messages[42], EnvelopeEncryptor.NoContext));
     }
 
     private async Task<string> NewKeyAsync() => (await _client.CreateKeyAsync("tenants/dev", $"env-{Guid.NewGuid():N}")).Name;

@@ -1,4 +1,6 @@
 using Kms.Client.Envelope;
+using Kms.Client.Tests.Failover;
+using Microsoft.Extensions.Logging;
 
 namespace Kms.Client.Tests.Envelope;
 
@@ -130,7 +132,7 @@ public sealed class EnvelopeRoundTripTests
         using var encryptor = NewEncryptor(out _);
         var plaintext = Data((Frame * 2) + 5);
         var source = new GatedStream(await encryptor.EncryptAsync(plaintext));
-        await using var reader = await encryptor.OpenDecryptingStreamAsync(source);
+        await using var reader = await encryptor.OpenDecryptingStreamAsync(source, EnvelopeEncryptor.NoContext);
         var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         source.Gate = gate.Task;
 
@@ -159,7 +161,7 @@ public sealed class EnvelopeRoundTripTests
         message[^(finalFrame + 1)] ^= 1; // the last byte of frame 2's tag
         var received = new MemoryStream();
 
-        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(new MemoryStream(message), received));
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(new MemoryStream(message), received, EnvelopeEncryptor.NoContext));
 
         Assert.Equal(plaintext[..Frame], received.ToArray());
     }
@@ -178,12 +180,94 @@ public sealed class EnvelopeRoundTripTests
         });
         var message = await encryptor.EncryptAsync(Data(10));
 
-        var refused = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message));
+        var refused = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message, EnvelopeEncryptor.NoContext));
 
         Assert.Contains("tenants/t/keys/w", refused.Message, StringComparison.Ordinal);
         Assert.Equal(0, provider.UnwrapCalls);
         using var trusting = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/w"], FrameLength = Frame });
-        Assert.Equal(Data(10), await trusting.DecryptAsync(message));
+        Assert.Equal(Data(10), await trusting.DecryptAsync(message, EnvelopeEncryptor.NoContext));
+    }
+
+    // Someone with UpdateAlias rights points the alias at their own key for one write of the
+    // encryptor, then back. Trust used to grow with every key the alias resolved to, for the
+    // encryptor's lifetime: messages forged under the attacker's key were then accepted. Now an
+    // alias confers no trust: the keys named in TrustedKeyNames (or KeyNames) are all it trusts.
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task AliasInKeyNames_KeyItPointedToForOneWrite_NeverTrusted(bool trustedKeysNamed)
+    {
+        const string alias = "tenants/t/aliases/pii";
+        var inner = new FakeKeyProvider();
+        var aliasing = new AliasingProvider(inner) { Target = "tenants/t/keys/good" };
+        using var reader = new EnvelopeEncryptor(aliasing, trustedKeysNamed
+            ? new EnvelopeOptions { KeyNames = [alias], TrustedKeyNames = ["tenants/t/keys/good"] }
+            : new EnvelopeOptions { KeyNames = [alias] });
+        var own = await reader.EncryptAsync(Data(1));
+        aliasing.Target = "tenants/t/keys/attacker";
+        _ = await reader.EncryptAsync(Data(1));
+        aliasing.Target = "tenants/t/keys/good";
+        using var attackerWriter = new EnvelopeEncryptor(inner, new EnvelopeOptions { KeyNames = ["tenants/t/keys/attacker"] });
+        var forged = await attackerWriter.EncryptAsync("forged"u8.ToArray());
+        var unwraps = inner.UnwrapCalls;
+
+        var refused = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(forged, EnvelopeEncryptor.NoContext));
+
+        Assert.Contains("none of the message's keys is trusted", refused.Message, StringComparison.Ordinal);
+        Assert.Equal(unwraps, inner.UnwrapCalls);
+        if (trustedKeysNamed)
+        {
+            Assert.Equal(Data(1), await reader.DecryptAsync(own, EnvelopeEncryptor.NoContext));
+        }
+        else
+        {
+            // Its own output too, with a message that says what to do.
+            var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(own, EnvelopeEncryptor.NoContext));
+            Assert.Contains($"an alias is not trusted: name the keys to decrypt under in TrustedKeyNames, not {alias}", e.Message, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public void TrustedKeyNames_AnAlias_RefusedNamingIt()
+    {
+        const string alias = "tenants/t/aliases/pii";
+        foreach (var options in new[]
+        {
+            new EnvelopeOptions { KeyNames = [alias], TrustedKeyNames = [alias] },
+            new EnvelopeOptions { KeyNames = ["tenants/t/keys/good"], TrustedKeyNames = ["tenants/t/keys/good", alias] },
+        })
+        {
+            var e = Assert.Throws<ArgumentException>(() => new EnvelopeEncryptor(new FakeKeyProvider(), options));
+            Assert.Contains(alias, e.Message, StringComparison.Ordinal);
+            Assert.Equal("TrustedKeyNames", e.ParamName);
+        }
+
+        // A tenant named "aliases" is not an alias.
+        using var _ = new EnvelopeEncryptor(new FakeKeyProvider(), new EnvelopeOptions { KeyNames = ["tenants/aliases/keys/k"], TrustedKeyNames = ["tenants/aliases/keys/k"] });
+    }
+
+    // The alias moved from key A to key B (a rotation to another key): records under A stay
+    // readable by a reader that lists both — whether or not it ever wrote, and after a restart
+    // (a new encryptor), which trusting what the alias resolved to never gave.
+    [Fact]
+    public async Task AliasMovedToAnotherKey_ReaderListingBothKeys_ReadsRecordsUnderEither_FromItsFirstCall()
+    {
+        const string alias = "tenants/t/aliases/orders";
+        var inner = new FakeKeyProvider();
+        var aliasing = new AliasingProvider(inner) { Target = "tenants/t/keys/a" };
+        var options = new EnvelopeOptions { KeyNames = [alias], TrustedKeyNames = ["tenants/t/keys/a", "tenants/t/keys/b"] };
+        byte[] underA, underB;
+        using (var writer = new EnvelopeEncryptor(aliasing, options))
+        {
+            underA = await writer.EncryptAsync(Data(5));
+            aliasing.Target = "tenants/t/keys/b";
+            underB = await writer.EncryptAsync(Data(6));
+        }
+
+        using var restarted = new EnvelopeEncryptor(aliasing, options);
+
+        Assert.Equal(Data(5), await restarted.DecryptAsync(underA, EnvelopeEncryptor.NoContext));
+        Assert.Equal(Data(6), await restarted.DecryptAsync(underB, EnvelopeEncryptor.NoContext));
     }
 
     [Fact]
@@ -201,7 +285,7 @@ public sealed class EnvelopeRoundTripTests
     {
         using var encryptor = NewEncryptor(out _);
         var message = await encryptor.EncryptAsync(Data(100));
-        var reader = await encryptor.OpenDecryptingStreamAsync(new MemoryStream(message));
+        var reader = await encryptor.OpenDecryptingStreamAsync(new MemoryStream(message), EnvelopeEncryptor.NoContext);
         Assert.Equal(10, await reader.ReadAsync(new byte[10]));
         await reader.DisposeAsync();
 
@@ -220,7 +304,7 @@ public sealed class EnvelopeRoundTripTests
         var plaintext = Data(1000);
         var message = await encryptor.EncryptAsync(plaintext);
         var destination = new BufferRecordingStream();
-        await using (var reader = await encryptor.OpenDecryptingStreamAsync(new MemoryStream(message)))
+        await using (var reader = await encryptor.OpenDecryptingStreamAsync(new MemoryStream(message), EnvelopeEncryptor.NoContext))
         {
             if (useAsync)
             {
@@ -264,7 +348,7 @@ public sealed class EnvelopeRoundTripTests
         var buffer = new byte[4096];
 
         await Assert.ThrowsAsync<ArgumentNullException>(() => encryptor.EncryptAsync((byte[])null!));
-        await Assert.ThrowsAsync<ArgumentNullException>(() => encryptor.DecryptAsync((byte[])null!));
+        await Assert.ThrowsAsync<ArgumentNullException>(() => encryptor.DecryptAsync((byte[])null!, EnvelopeEncryptor.NoContext));
         await Assert.ThrowsAsync<ArgumentException>(() => encryptor.EncryptAsync(buffer.AsMemory(0, 100), buffer.AsMemory(50)));
     }
 
@@ -278,8 +362,60 @@ public sealed class EnvelopeRoundTripTests
             await writer.WriteAsync(Data(Frame * 3));
         }
 
-        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message.ToArray()));
-        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(new MemoryStream(message.ToArray()), new MemoryStream()));
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message.ToArray(), EnvelopeEncryptor.NoContext));
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(new MemoryStream(message.ToArray()), new MemoryStream(), EnvelopeEncryptor.NoContext));
+    }
+
+    // StreamWriter (GZipStream, CryptoStream…) disposes the stream it wraps: without leaveOpen
+    // the encrypting stream is disposed before anyone can complete it, and the message is cut.
+    // It must not throw from Dispose, but it says so: a warning (3007) with the byte count only.
+    [Fact]
+    public async Task EncryptingStream_DisposedByAWrapperWithoutComplete_LogsAWarning_NeverThrows()
+    {
+        using var logs = new LogSink();
+        using var loggerFactory = LoggerFactory.Create(b => b.AddProvider(logs).SetMinimumLevel(LogLevel.Trace));
+        using var encryptor = new EnvelopeEncryptor(new FakeKeyProvider(), new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"], FrameLength = Frame, LoggerFactory = loggerFactory });
+        var file = new MemoryStream();
+        var encrypting = await encryptor.OpenEncryptingStreamAsync(file, Context);
+        await using (var writer = new StreamWriter(encrypting))
+        {
+            await writer.WriteAsync("secret text " + new string('x', 500));
+        }
+
+        Assert.Throws<ObjectDisposedException>(() => encrypting.Complete());
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(file.ToArray(), Context));
+        var warning = Assert.Single(logs.Events, e => e.EventId == 3007);
+        Assert.Equal(LogLevel.Warning, warning.Level);
+        Assert.Contains("512 plaintext bytes", warning.Message, StringComparison.Ordinal);
+        Assert.Contains("leaveOpen", warning.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("secret", warning.Message, StringComparison.Ordinal);
+    }
+
+    // The documented pattern: leaveOpen: true, dispose the wrapper, then complete. No warning;
+    // nor for a stream that was completed, or failed, or had nothing written.
+    [Fact]
+    public async Task EncryptingStream_WrapperWithLeaveOpenThenComplete_Decrypts_NothingLogged()
+    {
+        using var logs = new LogSink();
+        using var loggerFactory = LoggerFactory.Create(b => b.AddProvider(logs).SetMinimumLevel(LogLevel.Trace));
+        using var encryptor = new EnvelopeEncryptor(new FakeKeyProvider(), new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"], FrameLength = Frame, LoggerFactory = loggerFactory });
+        var file = new MemoryStream();
+        await using (var encrypting = await encryptor.OpenEncryptingStreamAsync(file, Context))
+        {
+            await using (var writer = new StreamWriter(encrypting, leaveOpen: true))
+            {
+                await writer.WriteAsync(new string('x', 500));
+            }
+
+            await encrypting.CompleteAsync();
+        }
+
+        await using (var unused = await encryptor.OpenEncryptingStreamAsync(new MemoryStream(), Context))
+        {
+        }
+
+        Assert.Equal(new string('x', 500), System.Text.Encoding.UTF8.GetString(await encryptor.DecryptAsync(file.ToArray(), Context)));
+        Assert.Empty(logs.Events);
     }
 
     [Fact]
@@ -311,7 +447,7 @@ public sealed class EnvelopeRoundTripTests
         var message = await encryptor.EncryptAsync(Data(100));
         provider.Refused.Add("tenants/t/keys/site-a");
 
-        Assert.Equal(Data(100), await encryptor.DecryptAsync(message));
+        Assert.Equal(Data(100), await encryptor.DecryptAsync(message, EnvelopeEncryptor.NoContext));
         Assert.Equal(2, provider.UnwrapCalls);
     }
 
@@ -323,7 +459,7 @@ public sealed class EnvelopeRoundTripTests
         using var reader = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/site-b"], FrameLength = Frame });
         provider.Refused.Add("tenants/t/keys/site-a");
 
-        Assert.Equal(Data(100), await reader.DecryptAsync(message));
+        Assert.Equal(Data(100), await reader.DecryptAsync(message, EnvelopeEncryptor.NoContext));
         Assert.Equal(1, provider.UnwrapCalls);
     }
 
@@ -334,7 +470,7 @@ public sealed class EnvelopeRoundTripTests
         var message = await writer.EncryptAsync(Data(3));
         using var reader = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/mine"] });
 
-        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(message));
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(message, EnvelopeEncryptor.NoContext));
 
         Assert.Contains("tenants/t/keys/other", e.Message, StringComparison.Ordinal);
         Assert.Equal(0, provider.UnwrapCalls);
@@ -347,7 +483,7 @@ public sealed class EnvelopeRoundTripTests
         var message = await encryptor.EncryptAsync(Data(3));
         provider.Refused.Add("tenants/t/keys/a");
 
-        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message));
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message, EnvelopeEncryptor.NoContext));
 
         Assert.Contains("tenants/t/keys/a: FailedPrecondition", e.Message, StringComparison.Ordinal);
         Assert.IsType<Grpc.Core.RpcException>(e.InnerException);
@@ -359,9 +495,9 @@ public sealed class EnvelopeRoundTripTests
         using var encryptor = NewEncryptor(out var provider);
 
         var message = await encryptor.EncryptAsync(Data(100));
-        await encryptor.DecryptAsync(message);
+        await encryptor.DecryptAsync(message, EnvelopeEncryptor.NoContext);
         var output = new MemoryStream();
-        await encryptor.DecryptAsync(new MemoryStream(message), output);
+        await encryptor.DecryptAsync(new MemoryStream(message), output, EnvelopeEncryptor.NoContext);
 
         Assert.Equal(3, provider.HandedOut.Count);
         Assert.All(provider.HandedOut, key => Assert.DoesNotContain(key, b => b != 0));
@@ -472,6 +608,23 @@ internal sealed class GatedStream(byte[]? content = null) : Stream
 
         base.Dispose(disposing);
     }
+}
+
+/// <summary>Resolves <c>…/aliases/…</c> names to <see cref="Target"/>, as the KMS does for GenerateDataKey and Encrypt.</summary>
+internal sealed class AliasingProvider(FakeKeyProvider inner) : IEnvelopeKeyProvider
+{
+    public string Target { get; set; } = "";
+
+    public Task<GeneratedDataKey> GenerateDataKeyAsync(string keyName, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
+        inner.GenerateDataKeyAsync(Resolve(keyName), context, cancellationToken);
+
+    public Task<WrappedDataKey> WrapDataKeyAsync(string keyName, ReadOnlyMemory<byte> dataKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
+        inner.WrapDataKeyAsync(Resolve(keyName), dataKey, context, cancellationToken);
+
+    public Task<UnwrappedDataKey> UnwrapDataKeyAsync(WrappedDataKey wrappedKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
+        inner.UnwrapDataKeyAsync(wrappedKey, context, cancellationToken);
+
+    private string Resolve(string keyName) => keyName.Contains("/aliases/", StringComparison.Ordinal) ? Target : keyName;
 }
 
 /// <summary>A read-only stream that cannot seek and hands out few bytes per read, like a socket.</summary>

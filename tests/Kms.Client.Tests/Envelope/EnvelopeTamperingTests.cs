@@ -114,6 +114,93 @@ public sealed class EnvelopeTamperingTests
         Assert.Equal(0, provider.UnwrapCalls);
     }
 
+    // A database writer without KMS access copies the ssn column's ciphertext into the nickname
+    // column. The ciphertext's context is valid — its own — so only a reader that says which
+    // context it expects can tell. Every decrypt entry point requires it: null is no longer
+    // "any context" (it was, and the nickname reader printed the SSN).
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task CiphertextMovedToAnotherColumn_EveryDecryptEntryPoint_RefusesIt_NullIsNotAnyContext(bool cached)
+    {
+        var ssnColumn = new Dictionary<string, string> { ["table"] = "customers", ["column"] = "ssn" };
+        var nicknameColumn = new Dictionary<string, string> { ["table"] = "customers", ["column"] = "nickname" };
+        var provider = new FakeKeyProvider();
+        using var encryptor = new EnvelopeEncryptor(provider, new EnvelopeOptions
+        {
+            KeyNames = ["tenants/t/keys/pii"],
+            DataKeyCache = cached ? new Kms.Client.Caching.DataKeyCacheOptions { DecryptionMaxAge = TimeSpan.FromMinutes(1) } : null,
+        });
+        var ssn = await encryptor.EncryptAsync("078-05-1120"u8.ToArray(), ssnColumn);
+        Assert.Equal("078-05-1120"u8.ToArray(), await encryptor.DecryptAsync(ssn, ssnColumn));
+        var unwrapsBefore = provider.UnwrapCalls;
+
+        Func<Task>[] readsAsNickname =
+        [
+            () => encryptor.DecryptAsync(ssn, nicknameColumn),
+            () => encryptor.DecryptAsync(ssn.AsMemory(), nicknameColumn),
+            () => encryptor.DecryptAsync(new MemoryStream(ssn), new MemoryStream(), nicknameColumn),
+            () => encryptor.OpenDecryptingStreamAsync(new MemoryStream(ssn), nicknameColumn),
+        ];
+        foreach (var read in readsAsNickname)
+        {
+            var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(read);
+            Assert.Contains("encryption context", e.Message, StringComparison.Ordinal);
+        }
+
+        // A reader that forgot the context gets an error, not the plaintext.
+        Func<Task>[] readsWithoutContext =
+        [
+            () => encryptor.DecryptAsync(ssn, null!),
+            () => encryptor.DecryptAsync(ssn.AsMemory(), null!),
+            () => encryptor.DecryptAsync(new MemoryStream(ssn), new MemoryStream(), null!),
+            () => encryptor.OpenDecryptingStreamAsync(new MemoryStream(ssn), null!),
+        ];
+        foreach (var read in readsWithoutContext)
+        {
+            var e = await Assert.ThrowsAsync<ArgumentNullException>(read);
+            Assert.Equal("expectedContext", e.ParamName);
+        }
+
+        Assert.Equal(unwrapsBefore, provider.UnwrapCalls);
+    }
+
+    // The reader of context-free records says so with an empty map (as the CLI does with no
+    // --context): a record of any other context is refused, not read.
+    [Fact]
+    public async Task ContextFreeReader_EmptyExpectedContext_RefusesARecordWithAContext()
+    {
+        using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out var provider);
+        var foreign = await encryptor.EncryptAsync("secret of app B"u8.ToArray(), new Dictionary<string, string> { ["app"] = "B" });
+        var own = await encryptor.EncryptAsync("mine"u8.ToArray());
+
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(foreign, new Dictionary<string, string>()));
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(foreign, EnvelopeEncryptor.NoContext));
+        Assert.Equal(0, provider.UnwrapCalls);
+        Assert.Equal("mine"u8.ToArray(), await encryptor.DecryptAsync(own, EnvelopeEncryptor.NoContext));
+    }
+
+    // Discovery is explicit: AnyContext accepts whatever context the message has, and the
+    // caller reads the (then authenticated) context from the stream or the message.
+    [Fact]
+    public async Task AnyContext_AcceptsEveryContext_AndTheContextIsReported()
+    {
+        using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out _);
+        var message = await encryptor.EncryptAsync(EnvelopeRoundTripTests.Data(100), Context);
+
+        Assert.Equal(EnvelopeRoundTripTests.Data(100), await encryptor.DecryptAsync(message, EnvelopeEncryptor.AnyContext));
+        Assert.Equal(Context, EnvelopeEncryptor.ReadEncryptionContext(message));
+        await using var reader = await encryptor.OpenDecryptingStreamAsync(new MemoryStream(message), EnvelopeEncryptor.AnyContext);
+        Assert.Equal(Context, reader.EncryptionContext);
+        var plaintext = new MemoryStream();
+        await reader.CopyToAsync(plaintext);
+        Assert.Equal(EnvelopeRoundTripTests.Data(100), plaintext.ToArray());
+
+        // Not a context: encrypting "with" it is refused, not taken for an empty context.
+        await Assert.ThrowsAsync<ArgumentException>(() => encryptor.EncryptAsync(new byte[1], EnvelopeEncryptor.AnyContext));
+        await Assert.ThrowsAsync<ArgumentException>(() => encryptor.OpenEncryptingStreamAsync(new MemoryStream(), EnvelopeEncryptor.AnyContext));
+    }
+
     [Fact]
     public async Task AssociatedData_OtherOrMissing_FailsOpaquely()
     {
@@ -142,7 +229,7 @@ public sealed class EnvelopeTamperingTests
         var message = await encryptor.EncryptAsync(new byte[10]);
         message[offset] = value;
 
-        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message));
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message, EnvelopeEncryptor.NoContext));
 
         Assert.StartsWith(expected, e.Message, StringComparison.Ordinal);
         Assert.Equal(0, provider.UnwrapCalls);
@@ -160,7 +247,7 @@ public sealed class EnvelopeTamperingTests
         var other = new StaticKeyProvider(RandomNumberGenerator.GetBytes(32), [ReadWrapped(message)]);
         using var reader = new EnvelopeEncryptor(other, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"] });
 
-        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(message));
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(message, EnvelopeEncryptor.NoContext));
 
         Assert.Equal("envelope decryption failed", e.Message);
     }
@@ -175,7 +262,7 @@ public sealed class EnvelopeTamperingTests
         var lying = new StaticKeyProvider(dataKey.Plaintext.ToArray(), [ReadWrapped(message)], reportedKey: "tenants/t/keys/attacker");
         using var reader = new EnvelopeEncryptor(lying, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"] });
 
-        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(message));
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(message, EnvelopeEncryptor.NoContext));
 
         Assert.Contains("envelope decryption failed", e.Message, StringComparison.Ordinal);
     }
@@ -188,7 +275,7 @@ public sealed class EnvelopeTamperingTests
         var hostile = EnvelopeMessage.Seal(RandomNumberGenerator.GetBytes(32), RandomNumberGenerator.GetBytes(32), EnvelopeContext.Encode(null), wrapped, 64, new byte[10], []);
         using var reader = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"] });
 
-        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(hostile));
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(hostile, EnvelopeEncryptor.NoContext));
 
         Assert.Equal(1, provider.UnwrapCalls);
     }
@@ -203,7 +290,7 @@ public sealed class EnvelopeTamperingTests
         var hostile = EnvelopeMessage.Seal(RandomNumberGenerator.GetBytes(32), RandomNumberGenerator.GetBytes(32), EnvelopeContext.Encode(null), wrapped, 64, new byte[10], []);
         using var reader = new EnvelopeEncryptor(new FakeKeyProvider(), new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"] });
 
-        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(hostile));
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(hostile, EnvelopeEncryptor.NoContext));
 
         Assert.Equal($"none of the message's keys is trusted by this encryptor: {string.Join(", ", names.Select(Kms.Core.Errors.KmsErrors.Printable))}", e.Message);
         Assert.Contains(@"tenants/t/keys/\u202Etxet, tenants/t/keys/\u2066x\u2069, tenants/t/keys/a\u200Bb\uFEFF\u2060, tenants/t/keys/a\u2028b?", e.Message, StringComparison.Ordinal);
@@ -217,7 +304,7 @@ public sealed class EnvelopeTamperingTests
         provider.Refused.Add("tenants/t/keys/a");
         provider.Unreachable.Add("tenants/t/keys/b");
 
-        var e = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => encryptor.DecryptAsync(message));
+        var e = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => encryptor.DecryptAsync(message, EnvelopeEncryptor.NoContext));
 
         Assert.Equal(Grpc.Core.StatusCode.Unavailable, e.StatusCode);
     }
@@ -238,7 +325,7 @@ public sealed class EnvelopeTamperingTests
         provider.Refused.Add("tenants/t/keys/a");
         provider.Failing["tenants/t/keys/b"] = code;
 
-        var e = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => encryptor.DecryptAsync(message));
+        var e = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => encryptor.DecryptAsync(message, EnvelopeEncryptor.NoContext));
 
         Assert.Equal(code, e.StatusCode);
     }
@@ -255,7 +342,7 @@ public sealed class EnvelopeTamperingTests
         var message = await encryptor.EncryptAsync(new byte[10]);
         provider.Failing["tenants/t/keys/a"] = code;
 
-        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message));
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message, EnvelopeEncryptor.NoContext));
 
         Assert.Equal(code, Assert.IsType<Grpc.Core.RpcException>(e.InnerException).StatusCode);
     }
@@ -297,7 +384,7 @@ public sealed class EnvelopeTamperingTests
         BinaryPrimitives.WriteUInt32BigEndian(hostile.AsSpan(43), uint.MaxValue);
 
         var before = GC.GetAllocatedBytesForCurrentThread();
-        var e = Assert.Throws<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(hostile).GetAwaiter().GetResult());
+        var e = Assert.Throws<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(hostile, EnvelopeEncryptor.NoContext).GetAwaiter().GetResult());
         var allocated = GC.GetAllocatedBytesForCurrentThread() - before;
 
         Assert.Contains("length limit", e.Message, StringComparison.Ordinal);
