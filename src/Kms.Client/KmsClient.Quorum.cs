@@ -1,6 +1,7 @@
 using Google.Protobuf;
 using Google.Protobuf.WellKnownTypes;
 using Kms.Contracts.V1;
+using Kms.Core.Files;
 
 namespace Kms.Client;
 
@@ -77,8 +78,14 @@ public sealed partial class KmsClient
     /// <paramref name="directory"/> (<c>manifest.json</c>, <c>manifest.json.sig</c>, <c>kms.db</c>,
     /// each readable by the owner only), as <c>kms backup verify</c> and <c>restore</c> read it.
     /// Nothing is verified here beyond the snapshot's length: verify the directory against the
-    /// pinned audit key before trusting it. On any failure the directory is removed.
+    /// pinned audit key before trusting it.
     /// </summary>
+    /// <remarks>
+    /// The files are written into a temporary directory beside <paramref name="directory"/>
+    /// (mode 0700; each file 0600 from its creation and flushed to disk), which is renamed into
+    /// place, and its parent synced, only once the whole snapshot is there (<see cref="DurableDirectory"/>):
+    /// a failed or interrupted download leaves nothing under <paramref name="directory"/>.
+    /// </remarks>
     /// <returns>The snapshot's size in bytes.</returns>
     /// <exception cref="IOException"><paramref name="directory"/> exists, or the stream ended early or ran long.</exception>
     public async Task<long> DownloadBackupAsync(string name, string directory, CancellationToken cancellationToken = default)
@@ -90,74 +97,41 @@ public sealed partial class KmsClient
             throw new IOException($"{directory} exists: a backup is downloaded into a new directory");
         }
 
-        var created = false;
-        try
+        using var call = Quorum.DownloadBackup(new DownloadBackupRequest { Name = name }, cancellationToken: cancellationToken);
+        if (!await call.ResponseStream.MoveNext(cancellationToken).ConfigureAwait(false) || call.ResponseStream.Current.Manifest is not { } manifest)
         {
-            using var call = Quorum.DownloadBackup(new DownloadBackupRequest { Name = name }, cancellationToken: cancellationToken);
-            if (!await call.ResponseStream.MoveNext(cancellationToken).ConfigureAwait(false) || call.ResponseStream.Current.Manifest is not { } manifest)
-            {
-                throw new IOException($"the server sent no manifest for {name}");
-            }
+            throw new IOException($"the server sent no manifest for {name}");
+        }
 
-            if (OperatingSystem.IsWindows())
+        using var staged = DurableDirectory.Create(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        await DurableFile.WriteAsync(Path.Combine(staged.Staging, Kms.Core.Backup.BackupManifest.ManifestFile), manifest.ManifestJson.Memory, DurableFile.OwnerOnly, overwrite: false, cancellationToken).ConfigureAwait(false);
+        await DurableFile.WriteAsync(Path.Combine(staged.Staging, Kms.Core.Backup.BackupManifest.SignatureFile), manifest.ManifestSignature.Memory, DurableFile.OwnerOnly, overwrite: false, cancellationToken).ConfigureAwait(false);
+        long written = 0;
+        var snapshot = DurableFile.Create(Path.Combine(staged.Staging, Kms.Core.Backup.BackupManifest.SnapshotFile), DurableFile.OwnerOnly, overwrite: false);
+        await using (snapshot.ConfigureAwait(false))
+        {
+            while (await call.ResponseStream.MoveNext(cancellationToken).ConfigureAwait(false))
             {
-                Directory.CreateDirectory(directory);
-            }
-            else
-            {
-                Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-            }
-
-            created = true;
-            await WriteNewFileAsync(Path.Combine(directory, Kms.Core.Backup.BackupManifest.ManifestFile), manifest.ManifestJson.Memory, cancellationToken).ConfigureAwait(false);
-            await WriteNewFileAsync(Path.Combine(directory, Kms.Core.Backup.BackupManifest.SignatureFile), manifest.ManifestSignature.Memory, cancellationToken).ConfigureAwait(false);
-            long written = 0;
-            await using (var snapshot = new FileStream(Path.Combine(directory, Kms.Core.Backup.BackupManifest.SnapshotFile), NewFileOptions()))
-            {
-                while (await call.ResponseStream.MoveNext(cancellationToken).ConfigureAwait(false))
+                var chunk = call.ResponseStream.Current.SnapshotChunk;
+                written += chunk.Length;
+                if (call.ResponseStream.Current.PartCase != DownloadBackupResponse.PartOneofCase.SnapshotChunk || written > manifest.SnapshotSize)
                 {
-                    var chunk = call.ResponseStream.Current.SnapshotChunk;
-                    written += chunk.Length;
-                    if (call.ResponseStream.Current.PartCase != DownloadBackupResponse.PartOneofCase.SnapshotChunk || written > manifest.SnapshotSize)
-                    {
-                        throw new IOException($"the server sent more than the {manifest.SnapshotSize}-byte snapshot of {name}");
-                    }
-
-                    await snapshot.WriteAsync(chunk.Memory, cancellationToken).ConfigureAwait(false);
+                    throw new IOException($"the server sent more than the {manifest.SnapshotSize}-byte snapshot of {name}");
                 }
 
-                await snapshot.FlushAsync(cancellationToken).ConfigureAwait(false);
-                snapshot.Flush(flushToDisk: true);
+                await snapshot.Stream.WriteAsync(chunk.Memory, cancellationToken).ConfigureAwait(false);
             }
 
-            return written == manifest.SnapshotSize
-                ? written
-                : throw new IOException($"the snapshot of {name} ended after {written} of {manifest.SnapshotSize} bytes");
-        }
-        catch when (created)
-        {
-            Directory.Delete(directory, recursive: true);
-            throw;
-        }
-    }
+            if (written != manifest.SnapshotSize)
+            {
+                throw new IOException($"the snapshot of {name} ended after {written} of {manifest.SnapshotSize} bytes");
+            }
 
-    private static FileStreamOptions NewFileOptions()
-    {
-        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
-        if (!OperatingSystem.IsWindows())
-        {
-            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+            await snapshot.CommitAsync(cancellationToken).ConfigureAwait(false);
         }
 
-        return options;
-    }
-
-    private static async Task WriteNewFileAsync(string path, ReadOnlyMemory<byte> content, CancellationToken cancellationToken)
-    {
-        await using var file = new FileStream(path, NewFileOptions());
-        await file.WriteAsync(content, cancellationToken).ConfigureAwait(false);
-        await file.FlushAsync(cancellationToken).ConfigureAwait(false);
-        file.Flush(flushToDisk: true);
+        staged.Commit();
+        return written;
     }
 
     /// <summary>Creates a quorum request as given (any operation).</summary>

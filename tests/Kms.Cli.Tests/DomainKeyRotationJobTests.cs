@@ -254,7 +254,7 @@ public sealed class DomainKeyRotationJobTests
     private static Task<SqliteStore> OpenStoreAsync(string dataDir) =>
         SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(dataDir, "kms.db") }, default);
 
-    private static TestToken TokenWithDomainKey(byte[] value)
+    internal static TestToken TokenWithDomainKey(byte[] value)
     {
         var token = SoftHsm.CreateToken();
         var options = token.Options(devMode: false);

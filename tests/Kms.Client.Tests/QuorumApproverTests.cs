@@ -34,6 +34,19 @@ public sealed class QuorumApproverTests : IDisposable
     }
 
     [Fact]
+    public void Generate_PublicKeyCannotBeWritten_NoPrivateKeyLeft()
+    {
+        // Both files or neither: a private key without its public half is one nobody can register.
+        var path = Path.Combine(_directory, "alice.key");
+        Directory.CreateDirectory(path + ".pub");
+
+        var e = Assert.Throws<IOException>(() => OfficerKeys.Generate(path, "correct horse"));
+
+        Assert.Contains($"{path}.pub exists already", e.Message, StringComparison.Ordinal);
+        Assert.Equal([path + ".pub"], Directory.GetFileSystemEntries(_directory));
+    }
+
+    [Fact]
     public void Render_FromTheStructuredFields_MatchesKmsCore_AndRefusesWhatCannotBeRendered()
     {
         var info = new QuorumRequestInfo

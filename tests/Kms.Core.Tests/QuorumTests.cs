@@ -243,4 +243,28 @@ public sealed class QuorumTests : IDisposable
         Assert.Throws<KmsException>(() => GenesisFile.Parse("{}"));
         Assert.Throws<ArgumentException>(() => GenesisFile.Serialize(_officers.Change(genesis, _officers.Select("dave"), 1, T0, "alice", "bob")));
     }
+
+    [Fact]
+    public void GenesisFile_Write_ReadsBack_NeverReplacesAGenesis()
+    {
+        var directory = Directory.CreateTempSubdirectory("kms-genesis-").FullName;
+        try
+        {
+            var path = Path.Combine(directory, "genesis.json");
+            var genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
+            GenesisFile.Write(path, genesis);
+            Assert.Equal(genesis.Hash, GenesisFile.Read(path).Hash);
+
+            // The root the server pins: a second ceremony's genesis does not go over it.
+            var rogue = OfficerSet.CreateGenesis(_officers.Select("dave", "erin"), 1);
+            Assert.Throws<IOException>(() => GenesisFile.Write(path, rogue));
+
+            Assert.Equal(genesis.Hash, GenesisFile.Read(path).Hash);
+            Assert.Equal([path], Directory.GetFileSystemEntries(directory));
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
 }

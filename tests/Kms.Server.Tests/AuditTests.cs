@@ -146,6 +146,28 @@ public sealed class AuditTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Restart_PublishedKeyExists_ReplacedWholeNeverRewrittenInPlace()
+    {
+        var pem = Path.Combine(_server.DataDir, "audit", "signing-key.pem");
+        var published = await File.ReadAllTextAsync(pem);
+
+        // Every start publishes the key again. A reader holding the previous file (a copy off
+        // the host, say) sees it unchanged: it was renamed over, not truncated and rewritten,
+        // which a crash in the middle would leave torn or empty.
+        await File.WriteAllTextAsync(pem, "the previous file\n");
+        await using var held = new FileStream(pem, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+        _developer.Dispose();
+        _officer.Dispose();
+        _server = await _server.RestartAsync();
+        _developer = _server.CreateClient();
+        _officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-after-restart", null, "security-officer"));
+
+        Assert.Equal("the previous file\n", await new StreamReader(held).ReadToEndAsync());
+        Assert.Equal(published, await File.ReadAllTextAsync(pem));
+        Assert.DoesNotContain(Directory.GetFiles(Path.GetDirectoryName(pem)!), f => Path.GetFileName(f).StartsWith('.'));
+    }
+
+    [Fact]
     public async Task Export_VerifiesOffline_AgainstThePublishedKey_AndATamperedCopyDoesNot()
     {
         var key = await _developer.CreateKeyAsync("tenants/dev", "exported");

@@ -201,7 +201,11 @@ public sealed class ShareFile
         }
     }
 
-    /// <summary>The file's bytes: UTF-8 JSON, LF line ends, ending with the checksum line.</summary>
+    /// <summary>
+    /// The file's bytes: UTF-8 JSON, LF line ends, ending with the checksum line. The kms CLI
+    /// writes them owner-only (0600) and crash-safe (Kms.Core's <c>DurableFile</c>), never
+    /// over an existing file.
+    /// </summary>
     public byte[] ToBytes()
     {
         var buffer = new MemoryStream();
@@ -249,77 +253,6 @@ public sealed class ShareFile
         var checksum = Encoding.ASCII.GetBytes(Convert.ToHexStringLower(SHA256.HashData(bytes.AsSpan(0, prefixLength))));
         checksum.CopyTo(bytes, prefixLength + ChecksumLineStart.Length);
         return bytes;
-    }
-
-    /// <summary>
-    /// Writes the file to <paramref name="path"/>, readable and writable by the owner only (0600),
-    /// through a temporary file in the same directory that is flushed to disk and then renamed,
-    /// so a crash leaves either no file or the whole file; then syncs the directory, so a
-    /// returned write is on disk, its name included.
-    /// </summary>
-    /// <exception cref="CeremonyException"><see cref="CeremonyError.Io"/>: the file exists already (a share file is never overwritten), or cannot be written, or its directory cannot be synced (the file is removed again).</exception>
-    public void Write(string path) => Write(path, DirectorySync.Flush);
-
-    /// <summary><see cref="Write(string)"/>, syncing the directory with <paramref name="syncDirectory"/> (a test's stand-in).</summary>
-    internal void Write(string path, Action<string> syncDirectory)
-    {
-        ArgumentException.ThrowIfNullOrEmpty(path);
-        var full = Path.GetFullPath(path);
-        var directory = Path.GetDirectoryName(full) ?? ".";
-        var temporary = Path.Combine(directory, $".{Path.GetFileName(full)}.{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8))}.tmp");
-        if (File.Exists(full))
-        {
-            throw new CeremonyException(CeremonyError.Io, $"share file {path} exists already; a share file is never overwritten");
-        }
-
-        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, Share = FileShare.None };
-        if (!OperatingSystem.IsWindows())
-        {
-            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
-        }
-        try
-        {
-            using (var stream = new FileStream(temporary, options))
-            {
-                stream.Write(ToBytes());
-                stream.Flush(flushToDisk: true);
-            }
-            File.Move(temporary, full, overwrite: false);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            try
-            {
-                File.Delete(temporary);
-            }
-            catch (Exception cleanup) when (cleanup is IOException or UnauthorizedAccessException)
-            {
-                // The write failed already; that is the error to report.
-            }
-            var reason = File.Exists(full) ? "it exists already; a share file is never overwritten" : e.Message;
-            throw new CeremonyException(CeremonyError.Io, $"cannot write share file {path}: {reason}", e);
-        }
-
-        try
-        {
-            // The rename is durable only once the directory is: until then a power loss can
-            // take the file's name away although the ceremony reported the share written.
-            syncDirectory(directory);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            // Not reported as written, so not left behind: a caller deletes the shares it was told of.
-            var left = "the file was removed";
-            try
-            {
-                File.Delete(full);
-            }
-            catch (Exception cleanup) when (cleanup is IOException or UnauthorizedAccessException)
-            {
-                left = $"remove {path} by hand ({cleanup.Message})";
-            }
-            throw new CeremonyException(CeremonyError.Io, $"cannot write share file {path}: {e.Message}; {left}", e);
-        }
     }
 
     /// <summary>Reads and validates a share file (size, checksum, structure, bounds, fingerprint); does not decrypt it.</summary>

@@ -5,6 +5,7 @@ using Kms.Client.Audit;
 using Kms.Core.Audit;
 using Kms.Core.Backup;
 using Kms.Core.Errors;
+using Kms.Core.Files;
 using Kms.Core.Keys;
 using Kms.Core.Services;
 using Kms.Storage;
@@ -82,13 +83,16 @@ internal static class BackupRestore
         Directory.CreateDirectory(dataDir);
         var stamp = DateTimeOffset.UtcNow.ToString("yyyyMMdd'T'HHmmss'Z'", System.Globalization.CultureInfo.InvariantCulture);
         var staging = Path.Combine(dataDir, $"kms.db.restoring-{stamp}");
-        File.Copy(Path.Combine(backupDir, BackupManifest.SnapshotFile), staging);
-        if (!OperatingSystem.IsWindows())
+        // Owner-only from its creation, whatever the backup's mode (a trip off-site may have
+        // widened it): the database holds wrapped key material, and SQLite gives its WAL the
+        // same mode.
+        await using (var snapshot = File.OpenRead(Path.Combine(backupDir, BackupManifest.SnapshotFile)))
+        await using (var copy = DurableFile.Create(staging, DurableFile.OwnerOnly, overwrite: false))
         {
-            // A copy takes the backup's mode, which a trip off-site may have widened; the
-            // database holds wrapped key material (and SQLite gives its WAL the same mode).
-            File.SetUnixFileMode(staging, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            await snapshot.CopyToAsync(copy.Stream, cancellationToken);
+            await copy.CommitAsync(cancellationToken);
         }
+
         IReadOnlyList<(string, string)> reapplied;
         IReadOnlyList<string> skipped;
         try

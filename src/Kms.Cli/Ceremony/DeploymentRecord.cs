@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using System.Text;
 using Kms.Cli.Infrastructure;
 using Kms.Core.Audit;
+using Kms.Core.Files;
 using Kms.Core.Services;
 using Kms.Hsm;
 using Kms.Storage;
@@ -76,7 +77,7 @@ internal sealed class DeploymentRecord : IAsyncDisposable
             var audit = new AuditLog(store, store, hsm, TimeProvider.System, new AuditOptions());
             await audit.InitializeAsync(cancellationToken);
             var directory = DurableFile.CreateDirectory(Path.Combine(dataDir, "audit"));
-            await DurableFile.WriteAsync(Path.Combine(directory, "signing-key.pem"), Encoding.ASCII.GetBytes(PublicKeyPem(audit.PublicKey)), cancellationToken);
+            await DurableFile.WriteAsync(Path.Combine(directory, "signing-key.pem"), Encoding.ASCII.GetBytes(PublicKeyPem(audit.PublicKey)), DurableFile.Public, overwrite: true, cancellationToken);
             return new DeploymentRecord(dataDir, store, hsm, audit);
         }
         catch
@@ -117,7 +118,7 @@ internal sealed class DeploymentRecord : IAsyncDisposable
         var checkpoint = await _audit.CheckpointAsync(cancellationToken);
         if (checkpoint is not null)
         {
-            await DurableFile.AppendAsync(Path.Combine(_dataDir, "audit", "checkpoints.jsonl"), Encoding.UTF8.GetBytes(AuditExport.Checkpoint(checkpoint) + "\n"), cancellationToken);
+            await DurableFile.AppendAsync(Path.Combine(_dataDir, "audit", "checkpoints.jsonl"), Encoding.UTF8.GetBytes(AuditExport.Checkpoint(checkpoint) + "\n"), DurableFile.OwnerOnly, cancellationToken);
         }
 
         return checkpoint;

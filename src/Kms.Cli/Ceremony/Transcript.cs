@@ -3,6 +3,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Kms.Cli.Infrastructure;
 using Kms.Core.Audit;
+using Kms.Core.Files;
 
 namespace Kms.Cli.Ceremony;
 
@@ -62,7 +63,7 @@ internal sealed class Transcript
     /// </summary>
     public static async Task WriteAsync(string path, byte[] content, string keyFingerprint, byte[] signature, CancellationToken cancellationToken)
     {
-        await DurableFile.WriteAsync(path, content, cancellationToken);
+        await DurableFile.WriteAsync(path, content, DurableFile.Public, overwrite: false, cancellationToken);
         var sig = new JsonObject
         {
             ["format"] = SignedStatement.Prefix,
@@ -70,7 +71,7 @@ internal sealed class Transcript
             ["key_fingerprint"] = keyFingerprint,
             ["signature"] = Convert.ToBase64String(signature),
         };
-        await DurableFile.WriteAsync(path + ".sig", Encoding.UTF8.GetBytes(sig.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n"), cancellationToken);
+        await DurableFile.WriteAsync(path + ".sig", Encoding.UTF8.GetBytes(sig.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n"), DurableFile.Public, overwrite: false, cancellationToken);
     }
 
     /// <summary>

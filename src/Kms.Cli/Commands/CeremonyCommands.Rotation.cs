@@ -7,6 +7,7 @@ using Kms.Ceremony.Shares;
 using Kms.Ceremony.Sharing;
 using Kms.Cli.Ceremony;
 using Kms.Cli.Infrastructure;
+using Kms.Core.Files;
 using Kms.Hsm;
 
 namespace Kms.Cli.Commands;

@@ -8,6 +8,7 @@ using Kms.Ceremony.Shares;
 using Kms.Ceremony.Sharing;
 using Kms.Cli.Ceremony;
 using Kms.Cli.Infrastructure;
+using Kms.Core.Files;
 using Kms.Core.Quorum;
 using Kms.Hsm;
 
@@ -247,7 +248,7 @@ internal static partial class CeremonyCommands
             {
                 // The genesis officer set: pinned by the server (Kms:Quorum:GenesisFile and its hash),
                 // recorded here so a database writer cannot install officers of their own.
-                await DurableFile.WriteAsync(genesisPath, Encoding.UTF8.GetBytes(GenesisFile.Serialize(genesis)), ct);
+                GenesisFile.Write(genesisPath, genesis);
                 transcript.Add("officer set (genesis)", $"threshold {genesis.Threshold} of {genesis.Officers.Count}, hash {genesis.Hash}, file {genesisPath}");
                 foreach (var officer in genesis.Officers)
                 {
@@ -499,7 +500,15 @@ internal static partial class CeremonyCommands
         {
             var file = ShareFile.Protect(shares[i], new ShareMetadata(domainId, kcv, names[i], threshold, names.Count), secrets[names[i]].Chars, kdf.Parameters, kdf.Policy);
             var path = Path.Combine(outDir, $"share-{shares[i].Index}-{SafeFileName(names[i])}.json");
-            file.Write(path);
+            try
+            {
+                DurableFile.Write(path, file.ToBytes(), DurableFile.OwnerOnly, overwrite: false);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new IOException($"cannot write share file {path}: {e.Message}", e);
+            }
+
             written.Add((names[i], shares[i].Index, path, file.Fingerprint));
             ctx.Output.Note($"{what} {shares[i].Index} of {names.Count} for {names[i]}: {path}");
         }

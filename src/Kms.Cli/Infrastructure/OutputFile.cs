@@ -1,27 +1,25 @@
+using Kms.Core.Files;
+
 namespace Kms.Cli.Infrastructure;
 
 /// <summary>
-/// A command's output file, written under a temporary name in the same directory and renamed
-/// into place only by <see cref="CommitAsync"/>: a failed or interrupted command leaves no
-/// partial output behind (disposing without committing deletes it). <c>-</c> is standard output,
-/// which cannot be taken back. Files are created readable by the owner only (they may hold
-/// plaintext or key material), and written unbuffered: no copy of what they hold is left in a
-/// buffer this process cannot zero.
+/// A command's output file, written through <see cref="DurableFile"/>: under a temporary name in
+/// the same directory, flushed to disk, renamed into place and its directory synced only by
+/// <see cref="CommitAsync"/>, so a failed or interrupted command leaves no partial output under
+/// the name (disposing without committing deletes it) and a committed one survives a power loss.
+/// <c>-</c> is standard output, which cannot be taken back. Files are created readable by the
+/// owner only (they may hold plaintext or key material), and written unbuffered: no copy of what
+/// they hold is left in a buffer this process cannot zero.
 /// </summary>
 internal sealed class OutputFile : IAsyncDisposable
 {
-    private const UnixFileMode OwnerOnly = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+    private readonly DurableFileWriter? _file;
 
-    private readonly string? _temporary;
-    private readonly bool _overwrite;
-    private bool _committed;
-
-    private OutputFile(Stream stream, string? path, string? temporary, bool overwrite)
+    private OutputFile(Stream stream, string? path, DurableFileWriter? file)
     {
         Stream = stream;
         Path = path;
-        _temporary = temporary;
-        _overwrite = overwrite;
+        _file = file;
     }
 
     /// <summary>Where to write.</summary>
@@ -43,7 +41,7 @@ internal sealed class OutputFile : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(environment);
         if (pathOrDash == "-")
         {
-            return new OutputFile(environment.OpenStandardOutput(), null, null, overwrite: true);
+            return new OutputFile(environment.OpenStandardOutput(), null, null);
         }
 
         var path = environment.FullPath(pathOrDash);
@@ -52,7 +50,9 @@ internal sealed class OutputFile : IAsyncDisposable
             throw new CliUsageException($"{path} exists (pass --force to replace it)");
         }
 
-        return Create(path, OwnerOnly, overwrite);
+        // Without --force, a file that appeared since the check is not replaced either.
+        var file = DurableFile.Create(path, DurableFile.OwnerOnly, overwrite);
+        return new OutputFile(file.Stream, path, file);
     }
 
     /// <summary>
@@ -63,72 +63,38 @@ internal sealed class OutputFile : IAsyncDisposable
     public static OutputFile Replace(string path)
     {
         var target = File.ResolveLinkTarget(path, returnFinalTarget: true)?.FullName ?? path;
-        return Create(target, OperatingSystem.IsWindows() ? OwnerOnly : File.GetUnixFileMode(target), overwrite: true);
-    }
-
-    private static OutputFile Create(string path, UnixFileMode mode, bool overwrite)
-    {
-        var directory = System.IO.Path.GetDirectoryName(path)!;
-        var temporary = System.IO.Path.Combine(directory, $".{System.IO.Path.GetFileName(path)}.{Guid.NewGuid():N}.partial");
-        var options = new FileStreamOptions
+        var mode = OperatingSystem.IsWindows() ? DurableFile.OwnerOnly : File.GetUnixFileMode(target);
+        var file = DurableFile.Create(target, mode, overwrite: true);
+        if (!OperatingSystem.IsWindows() && (mode & ~DurableFile.OwnerOnly) != 0)
         {
-            Mode = FileMode.CreateNew,
-            Access = FileAccess.Write,
-            Share = FileShare.None,
-            BufferSize = 0,
-            Options = FileOptions.Asynchronous,
-        };
-        if (!OperatingSystem.IsWindows())
-        {
-            options.UnixCreateMode = mode;
+            // The umask may have taken bits the replaced file had; nothing is written yet.
+            File.SetUnixFileMode(file.Stream.SafeFileHandle, mode);
         }
 
-        var stream = new FileStream(temporary, options);
-        if (!OperatingSystem.IsWindows() && (mode & ~OwnerOnly) != 0)
-        {
-            // The umask may have taken bits the replaced file had.
-            File.SetUnixFileMode(stream.SafeFileHandle, mode);
-        }
-
-        return new OutputFile(stream, path, temporary, overwrite);
+        return new OutputFile(file.Stream, target, file);
     }
 
-    /// <summary>Flushes the data to disk and renames the file into place.</summary>
+    /// <summary>Flushes the data to disk, renames the file into place and syncs its directory.</summary>
     public async Task CommitAsync(CancellationToken cancellationToken)
     {
-        await Stream.FlushAsync(cancellationToken);
-        if (_temporary is not null)
+        if (_file is null)
         {
-            ((FileStream)Stream).Flush(flushToDisk: true);
-            await Stream.DisposeAsync();
-            // Without --force, a file that appeared since the check is not replaced either.
-            File.Move(_temporary, Path!, _overwrite);
+            await Stream.FlushAsync(cancellationToken);
+            return;
         }
 
-        _committed = true;
+        await _file.CommitAsync(cancellationToken);
     }
 
     /// <summary>Closes the file; without a commit, deletes what was written.</summary>
     public async ValueTask DisposeAsync()
     {
-        if (_temporary is null)
+        if (_file is null)
         {
             await Stream.FlushAsync();
             return;
         }
 
-        try
-        {
-            // Throws when what is still unwritten cannot be (a full disk): the partial file
-            // must go all the same.
-            await Stream.DisposeAsync();
-        }
-        finally
-        {
-            if (!_committed)
-            {
-                File.Delete(_temporary);
-            }
-        }
+        await _file.DisposeAsync();
     }
 }

@@ -1,4 +1,6 @@
 using System.Security.Cryptography;
+using System.Text;
+using Kms.Core.Files;
 using Kms.Core.Quorum;
 
 namespace Kms.Client.Quorum;
@@ -21,9 +23,14 @@ public static class OfficerKeys
 
     /// <summary>
     /// Generates a P-256 key pair and writes the private key to <paramref name="privateKeyPath"/>
-    /// (encrypted PKCS#8 PEM, mode 0600, never overwriting a file) and the public key to
-    /// <paramref name="privateKeyPath"/><c>.pub</c> (SPKI PEM).
+    /// (encrypted PKCS#8 PEM, mode 0600 from its creation, never overwriting a file) and the
+    /// public key to <paramref name="privateKeyPath"/><c>.pub</c> (SPKI PEM).
     /// </summary>
+    /// <remarks>
+    /// Both or neither: each file is written through <see cref="DurableFile"/> (whole or absent
+    /// after a crash, on disk once this returns), and a private key whose public half cannot be
+    /// written is removed again.
+    /// </remarks>
     /// <exception cref="ArgumentException">An empty passphrase.</exception>
     /// <exception cref="IOException">A file exists already.</exception>
     public static OfficerKeyFiles Generate(string privateKeyPath, string passphrase)
@@ -34,13 +41,25 @@ public static class OfficerKeys
         var pem = key.ExportEncryptedPkcs8PrivateKeyPem(passphrase.AsSpan(), new PbeParameters(PbeEncryptionAlgorithm.Aes256Cbc, HashAlgorithmName.SHA256, Pbkdf2Iterations));
         var publicKey = key.ExportSubjectPublicKeyInfo();
         var publicKeyPath = privateKeyPath + ".pub";
-        if (File.Exists(publicKeyPath))
+        foreach (var path in new[] { privateKeyPath, publicKeyPath })
         {
-            throw new IOException($"{publicKeyPath} exists already; officer keys are never overwritten");
+            if (File.Exists(path) || Directory.Exists(path))
+            {
+                throw new IOException($"{path} exists already; officer keys are never overwritten");
+            }
         }
 
-        WriteOwnerOnly(privateKeyPath, pem + "\n");
-        File.WriteAllText(publicKeyPath, PemEncoding.WriteString("PUBLIC KEY", publicKey) + "\n");
+        DurableFile.Write(privateKeyPath, Encoding.UTF8.GetBytes(pem + "\n"), DurableFile.OwnerOnly, overwrite: false);
+        try
+        {
+            DurableFile.Write(publicKeyPath, Encoding.ASCII.GetBytes(PemEncoding.WriteString("PUBLIC KEY", publicKey) + "\n"), DurableFile.Public, overwrite: false);
+        }
+        catch
+        {
+            File.Delete(privateKeyPath);
+            throw;
+        }
+
         return new OfficerKeyFiles(privateKeyPath, publicKeyPath, publicKey, Officer.FingerprintOf(publicKey));
     }
 
@@ -78,16 +97,4 @@ public static class OfficerKeys
 
     /// <summary>Reads a public key file (SPKI PEM) as an officer, e.g. for the ceremony's genesis set.</summary>
     public static Officer ReadOfficer(string name, string publicKeyPath) => Officer.FromPem(name, File.ReadAllText(publicKeyPath));
-
-    private static void WriteOwnerOnly(string path, string text)
-    {
-        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
-        if (!OperatingSystem.IsWindows())
-        {
-            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
-        }
-
-        using var writer = new StreamWriter(path, new System.Text.UTF8Encoding(false), options);
-        writer.Write(text);
-    }
 }

@@ -10,7 +10,11 @@ public interface IRewrapCheckpoint
     Task SaveAsync(string lastCompletedId, CancellationToken cancellationToken);
 }
 
-/// <summary>A checkpoint in a file, replaced atomically (write to a temporary file, then rename).</summary>
+/// <summary>
+/// A checkpoint in a file, replaced whole through <see cref="Kms.Core.Files.DurableFile"/>
+/// (a temporary file beside it, flushed to disk, renamed over it, the directory synced): after a
+/// crash it holds the last saved id or the one before, never a torn one.
+/// </summary>
 public sealed class FileRewrapCheckpoint(string path) : IRewrapCheckpoint
 {
     /// <inheritdoc />
@@ -18,16 +22,6 @@ public sealed class FileRewrapCheckpoint(string path) : IRewrapCheckpoint
         File.Exists(path) ? (await File.ReadAllTextAsync(path, cancellationToken).ConfigureAwait(false)).TrimEnd('\n') : null;
 
     /// <inheritdoc />
-    public async Task SaveAsync(string lastCompletedId, CancellationToken cancellationToken)
-    {
-        var temporary = path + ".tmp";
-        await using (var stream = new FileStream(temporary, FileMode.Create, FileAccess.Write, FileShare.None, 4096, FileOptions.WriteThrough))
-        await using (var writer = new StreamWriter(stream))
-        {
-            await writer.WriteAsync(lastCompletedId + "\n").ConfigureAwait(false);
-            await writer.FlushAsync(cancellationToken).ConfigureAwait(false);
-        }
-
-        File.Move(temporary, path, overwrite: true);
-    }
+    public Task SaveAsync(string lastCompletedId, CancellationToken cancellationToken) =>
+        Kms.Core.Files.DurableFile.WriteAsync(path, System.Text.Encoding.UTF8.GetBytes(lastCompletedId + "\n"), Kms.Core.Files.DurableFile.Public, overwrite: true, cancellationToken);
 }

@@ -1,6 +1,7 @@
 using System.Text;
 using System.Text.Json;
 using Kms.Core.Errors;
+using Kms.Core.Files;
 
 namespace Kms.Core.Quorum;
 
@@ -99,8 +100,14 @@ public static class GenesisFile
         }
     }
 
-    /// <summary>Writes a genesis file (readable by all: it holds public keys only; it is replaced if it exists).</summary>
-    public static void Write(string path, OfficerSet genesis) => File.WriteAllText(path, Serialize(genesis), new UTF8Encoding(false));
+    /// <summary>
+    /// Writes a genesis file, readable by all (it holds public keys only), through
+    /// <see cref="DurableFile"/>: whole or not at all after a crash, on disk with its name once
+    /// this returns. An existing file is never replaced: the genesis is the root the server pins.
+    /// </summary>
+    /// <exception cref="IOException"><paramref name="path"/> exists, or cannot be written.</exception>
+    public static void Write(string path, OfficerSet genesis) =>
+        DurableFile.Write(path, Encoding.UTF8.GetBytes(Serialize(genesis)), DurableFile.Public, overwrite: false);
 
     /// <summary>Reads and checks a genesis file.</summary>
     /// <exception cref="KmsException">FailedPrecondition naming what is wrong with the file.</exception>

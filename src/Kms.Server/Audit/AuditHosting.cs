@@ -1,5 +1,6 @@
 using System.Text;
 using Kms.Core.Audit;
+using Kms.Core.Files;
 using Kms.Core.Services;
 using Kms.Server.Grpc;
 using Kms.Server.Hosting;
@@ -33,7 +34,9 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         var directory = Path.Combine(Path.GetFullPath(server.Value.DataDir), "audit");
         Directory.CreateDirectory(directory);
         var pem = Path.Combine(directory, "signing-key.pem");
-        await File.WriteAllTextAsync(pem, AuditGrpcService.PublicKeyPem(audit.PublicKey), cancellationToken);
+        // Published again at every start: replaced whole, never rewritten in place (a crash
+        // in the middle would leave the pinned key's file torn or empty).
+        await DurableFile.WriteAsync(pem, Encoding.ASCII.GetBytes(AuditGrpcService.PublicKeyPem(audit.PublicKey)), DurableFile.Public, overwrite: true, cancellationToken);
         LogSigningKey(logger, audit.Fingerprint, pem);
 
         audit.HousekeepingFailed += e => LogHousekeepingFailed(logger, e.GetType().Name, e.Message);

@@ -83,5 +83,9 @@ internal sealed class OfficerHeadFile(string path, ILogger logger) : IOfficerHea
         }
 
         File.Move(temporary, path, overwrite: true);
+
+        // The rename is durable only once the directory is: until then a power loss can bring
+        // back the older head, the very rollback this record is there to catch.
+        Kms.Core.Files.DirectorySync.Flush(Path.GetDirectoryName(Path.GetFullPath(path))!);
     }
 }

@@ -1,9 +1,15 @@
+using Kms.Core.Files;
+
 namespace Kms.Server.Hosting;
 
 /// <summary>Files only the server's user may read: private keys, tokens.</summary>
 internal static class SecretFiles
 {
-    /// <summary>Writes <paramref name="text"/> to a new file with mode 0600 (an existing file is replaced, not reused, so its mode cannot widen the new one).</summary>
+    /// <summary>
+    /// Writes <paramref name="text"/> to a new file with mode 0600 from its creation, through
+    /// <see cref="DurableFile"/>: an existing file is replaced by a rename, not reused (its mode
+    /// cannot widen the new one), and a crash leaves the old file or the whole new one.
+    /// </summary>
     public static void Write(string path, string text)
     {
         var directory = Path.GetDirectoryName(Path.GetFullPath(path))!;
@@ -19,15 +25,6 @@ internal static class SecretFiles
             }
         }
 
-        File.Delete(path);
-        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
-        if (!OperatingSystem.IsWindows())
-        {
-            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
-        }
-
-        using var stream = new FileStream(path, options);
-        using var writer = new StreamWriter(stream);
-        writer.Write(text);
+        DurableFile.Write(path, System.Text.Encoding.UTF8.GetBytes(text), DurableFile.OwnerOnly, overwrite: true);
     }
 }

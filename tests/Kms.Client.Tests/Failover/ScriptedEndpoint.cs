@@ -32,6 +32,12 @@ internal sealed class ScriptedEndpoint(string name) : CallInvoker
     /// <summary>Messages a server-streaming call yields, then the error it ends with (null: it ends well).</summary>
     public (object[] Messages, RpcException? Error) Stream { get; set; } = ([], null);
 
+    /// <summary>
+    /// Runs when a server-streaming call's reader asks for the message after the last one, before
+    /// the stream ends or fails: what the caller has done with the messages so far can be looked at.
+    /// </summary>
+    public Action? BeforeStreamEnds { get; set; }
+
     public IReadOnlyList<ReceivedCall> Received
     {
         get
@@ -115,7 +121,7 @@ internal sealed class ScriptedEndpoint(string name) : CallInvoker
         Record(method, options, request);
         var (messages, error) = Stream;
         return new AsyncServerStreamingCall<TResponse>(
-            new ListReader<TResponse>([.. messages.Cast<TResponse>()], error),
+            new ListReader<TResponse>([.. messages.Cast<TResponse>()], error, BeforeStreamEnds),
             Task.FromResult(new Metadata()),
             () => Status.DefaultSuccess,
             () => [],
@@ -145,7 +151,7 @@ internal sealed class ScriptedEndpoint(string name) : CallInvoker
         return call;
     }
 
-    private sealed class ListReader<T>(IReadOnlyList<T> messages, RpcException? error) : IAsyncStreamReader<T>
+    private sealed class ListReader<T>(IReadOnlyList<T> messages, RpcException? error, Action? beforeEnd) : IAsyncStreamReader<T>
     {
         private int _index = -1;
 
@@ -159,6 +165,7 @@ internal sealed class ScriptedEndpoint(string name) : CallInvoker
                 return Task.FromResult(true);
             }
 
+            beforeEnd?.Invoke();
             return error is null ? Task.FromResult(false) : Task.FromException<bool>(error);
         }
     }

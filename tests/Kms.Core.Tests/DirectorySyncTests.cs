@@ -1,12 +1,14 @@
-namespace Kms.Ceremony.Tests;
+using Kms.Core.Files;
+
+namespace Kms.Core.Tests;
 
 /// <summary>
-/// The directory fsync behind share files. A test cannot see a power loss: these show that the
+/// The directory fsync behind durable files (DurableFile). A test cannot see a power loss: these show that the
 /// call reaches the kernel and succeeds on a real directory, and that a failure is reported.
 /// </summary>
 public sealed class DirectorySyncTests : IDisposable
 {
-    private readonly string _directory = Directory.CreateTempSubdirectory("kms-ceremony-").FullName;
+    private readonly string _directory = Directory.CreateTempSubdirectory("kms-core-").FullName;
 
     public void Dispose() => Directory.Delete(_directory, recursive: true);
 

@@ -1,7 +1,7 @@
 using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 
-namespace Kms.Ceremony;
+namespace Kms.Core.Files;
 
 /// <summary>
 /// <c>fsync(2)</c> of a directory: what makes a file created or renamed in it survive a power
