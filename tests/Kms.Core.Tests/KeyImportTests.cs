@@ -122,6 +122,21 @@ public sealed class KeyImportTests : IDisposable
     }
 
     [Fact]
+    public async Task Import_OnANodeWhoseClockWasSetBack_JobExpiredByTheTimeRecordedAsSeen_FailedPrecondition_NothingAdded()
+    {
+        // The deployment saw the job's life end; this node's clock was set back to within it.
+        var key = await _domain.CreateKeyForImportAsync("byok");
+        var job = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
+        var seen = job.ExpireTime + TimeSpan.FromMinutes(1);
+        await _domain.Store.SetSettingAsync(LifecycleClock.Setting, seen.ToUnixTimeMilliseconds().ToString(System.Globalization.CultureInfo.InvariantCulture), default);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => ImportAsync(key.Name, job, new byte[32]));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("expired", e.Message, StringComparison.Ordinal);
+        Assert.Single((await _domain.Keys.ListKeyVersionsAsync(Dev, key.Name, 10, null, default)).Items);
+    }
+
+    [Fact]
     public async Task Import_WrongKeySize_InvalidArgument_NothingAdded()
     {
         var key = await _domain.CreateKeyForImportAsync("byok");

@@ -338,6 +338,82 @@ public sealed class LifecycleServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task Scheduling_OnANodeWhoseClockWasSetBack_WaitingStartsAtTheTimeRecordedAsSeen()
+    {
+        // SQLite, no second clock: the deployment recorded ten days more than this node's clock
+        // now says (set back, a VM restored without NTP). Counted from the clock, the period
+        // would be ten days short once the clock is put right.
+        var seen = _domain.Time.GetUtcNow().AddDays(10);
+        await RecordSeenAsync(seen);
+        var key = await _domain.CreateKeyAsync("set-back");
+        await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+
+        var version = await _domain.Keys.ScheduleKeyVersionDestructionAsync(Dev, key.Name.Version(1), TimeSpan.FromDays(7), null, default);
+        var deleted = await _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, TimeSpan.FromDays(7), null, default);
+
+        Assert.Equal(seen.AddDays(7).ToUnixTimeMilliseconds(), version.DestroyTime!.Value.ToUnixTimeMilliseconds());
+        Assert.Equal(seen.AddDays(7).ToUnixTimeMilliseconds(), deleted.DestroyTime!.Value.ToUnixTimeMilliseconds());
+    }
+
+    [Fact]
+    public async Task CancelAndRestore_OnANodeBootedWithItsClockAYearAhead_AllowedUntilTheLifecycleDestroys_ThenRefused()
+    {
+        // The worker runs by the time seen pass (LifecycleClock), not by a clock that jumped: the
+        // operator can cancel what it has not destroyed, as long as it has not.
+        var key = await _domain.CreateKeyAsync("jumped");
+        await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+        await _domain.Keys.ScheduleKeyVersionDestructionAsync(Dev, key.Name.Version(1), TimeSpan.FromDays(7), null, default);
+        var deleted = await _domain.CreateKeyAsync("jumped-deleted");
+        var late = await _domain.CreateKeyAsync("jumped-late");
+        await _domain.Keys.ScheduleKeyDeletionAsync(Dev, deleted.Name, TimeSpan.FromDays(7), null, default);
+        await _domain.Keys.ScheduleKeyDeletionAsync(Dev, late.Name, TimeSpan.FromDays(7), null, default);
+        var seen = _domain.Time.GetUtcNow();
+        await new LifecycleClock(_domain.Store, _domain.Time, _domain.Lifecycle).NowAsync(default);
+
+        // Down; boots a year ahead. Its first pass does not believe the year: nothing is destroyed.
+        _domain.Time.Advance(TimeSpan.FromDays(365));
+        var trusted = await new LifecycleClock(_domain.Store, _domain.Time, _domain.Lifecycle).NowAsync(default);
+        Assert.Equal(seen.ToUnixTimeMilliseconds(), trusted.ToUnixTimeMilliseconds());
+        Assert.Equal(0, await _domain.Keys.DestroyDueAsync(trusted, default));
+
+        Assert.Equal(KeyState.Disabled, (await _domain.Keys.CancelKeyDeletionAsync(Dev, deleted.Name, null, default)).State);
+        Assert.Equal(KeyState.Disabled, (await _domain.Keys.RestoreKeyVersionAsync(Dev, key.Name.Version(1), null, default)).State);
+
+        // Once the time seen passes the end, the lifecycle destroys, and the cancel is refused
+        // (also before that pass has run its destruction job).
+        await RecordSeenAsync(seen.AddDays(7));
+        var refused = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.CancelKeyDeletionAsync(Dev, late.Name, null, default));
+        Assert.Contains("took effect", refused.Message, StringComparison.Ordinal);
+        Assert.Equal(1, await _domain.Keys.DestroyDueAsync(seen.AddDays(7), default));
+    }
+
+    [Fact]
+    public async Task CancelAndRestore_OnANodeWhoseClockWasSetBack_RefusedOnceThePeriodEndedByTheTimeRecordedAsSeen()
+    {
+        var key = await _domain.CreateKeyAsync("set-back-end");
+        await _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, TimeSpan.FromDays(7), null, default);
+        var versioned = await _domain.CreateKeyAsync("set-back-version");
+        await _domain.Keys.RotateKeyAsync(Dev, versioned.Name, null, default);
+        await _domain.Keys.ScheduleKeyVersionDestructionAsync(Dev, versioned.Name.Version(1), TimeSpan.FromDays(7), null, default);
+
+        // The deployment saw eight days pass; this node's clock was set back to where it began.
+        await RecordSeenAsync(_domain.Time.GetUtcNow().AddDays(8));
+
+        var cancel = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.CancelKeyDeletionAsync(Dev, key.Name, null, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, cancel.Code);
+        var restore = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.RestoreKeyVersionAsync(Dev, versioned.Name.Version(1), null, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, restore.Code);
+
+        // The record a pass leaves behind a clock that is right (seconds ago) changes nothing:
+        // a period over by the clock is over.
+        var other = await _domain.CreateKeyAsync("set-back-running");
+        await _domain.Keys.ScheduleKeyDeletionAsync(Dev, other.Name, TimeSpan.FromDays(7), null, default);
+        _domain.Time.Advance(TimeSpan.FromDays(15) + TimeSpan.FromMinutes(1));
+        await RecordSeenAsync(_domain.Time.GetUtcNow().AddSeconds(-30));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.CancelKeyDeletionAsync(Dev, other.Name, null, default))).Code);
+    }
+
+    [Fact]
     public async Task KeyDeletion_AfterWaitingPeriod_EveryVersionDestroyedAndNothingWorks()
     {
         var key = await _domain.CreateKeyAsync("k");
@@ -571,4 +647,8 @@ public sealed class LifecycleServiceTests : IDisposable
         Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.GetKeyVersionAsync(Dev, key.Name.Version(7), default))).Code);
         Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.GetKeyVersionAsync(DomainHarness.Acme, key.Name.Version(1), default))).Code);
     }
+
+    // What a lifecycle pass records: the time this deployment has seen pass.
+    private Task RecordSeenAsync(DateTimeOffset seen) =>
+        _domain.Store.SetSettingAsync(LifecycleClock.Setting, seen.ToUnixTimeMilliseconds().ToString(System.Globalization.CultureInfo.InvariantCulture), default);
 }

@@ -59,6 +59,29 @@ public sealed class QuorumApprovalTimeTests : IDisposable
     }
 
     [Fact]
+    public async Task Approval_OnANodeWhoseClockWasSetBack_JudgedByTheTimeTheDeploymentRecordedAsSeen_RefusedAsExpired()
+    {
+        // SQLite, no database clock: the lifecycle recorded that two hours have passed, and this
+        // node's clock was set back (or the VM restored) to ten minutes after the request was made.
+        var time = new FakeTimeProvider(T0);
+        var (store, genesis, request) = await PendingRequestAsync(); // expires at T0 + 1 h
+        var quorum = new QuorumService(store, store, _hsm, time, new QuorumOptions { Genesis = genesis });
+        time.Advance(TimeSpan.FromMinutes(10));
+
+        // While the record is within the request's life, an approval counts.
+        await RecordSeenAsync(store, T0 + TimeSpan.FromMinutes(30));
+        Assert.Equal(1, (await quorum.ApproveAsync(request.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", request), default)).ValidApprovals);
+
+        await RecordSeenAsync(store, T0 + TimeSpan.FromHours(2));
+        var e = await Assert.ThrowsAsync<KmsException>(() => quorum.ApproveAsync(request.Name, _officers["bob"].Fingerprint, _officers.Sign("bob", request), default));
+
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("expired at 2026-11-29T13:00:00.000Z (now 2026-11-29T14:00:00.000Z", e.Message, StringComparison.Ordinal);
+        Assert.Equal(QuorumRequestState.Pending, (await store.GetQuorumRequestAsync(request.Id, default))!.State);
+        Assert.Single((await store.GetQuorumRequestAsync(request.Id, default))!.Approvals);
+    }
+
+    [Fact]
     public async Task Request_CreatedOnANodeWhoseClockIsBehind_LivesByTheDatabasesClock()
     {
         // Twenty minutes behind: counted from this node's clock, an hour's request would have
@@ -75,13 +98,17 @@ public sealed class QuorumApprovalTimeTests : IDisposable
         Assert.Equal(T0 + TimeSpan.FromMinutes(80), request.ExpireTime);
     }
 
+    // What a lifecycle pass records: the time this deployment has seen pass.
+    private static Task RecordSeenAsync(InMemoryStore store, DateTimeOffset seen) =>
+        store.SetSettingAsync(LifecycleClock.Setting, seen.ToUnixTimeMilliseconds().ToString(System.Globalization.CultureInfo.InvariantCulture), default);
+
     // A store with the genesis officers and one pending request, created at T0, expiring at T0 + 1 h.
     private async Task<(InMemoryStore Store, OfficerSet Genesis, QuorumRequest Request)> PendingRequestAsync()
     {
         var store = new InMemoryStore();
         var genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
         await store.AddGenesisOfficerSetAsync(genesis, default);
-        var request = TestOfficers.Request(genesis, QuorumOperation.ExportBackup, [], T0);
+        var request = TestOfficers.Request(genesis, QuorumOperation.ExportBackup, [], T0) with { DomainKcv = _hsm.DomainKeyCheckValue };
         await store.CreateQuorumRequestAsync(request, default);
         return (store, genesis, request);
     }

@@ -266,6 +266,29 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task NodeBootsWithItsClockAYearAhead_TheDeletionTheLifecycleHoldsBack_CanStillBeCancelled()
+    {
+        // By its clock the periods ended long ago; by the time the deployment has seen they run
+        // on, and the lifecycle has destroyed nothing: cancel and restore go by that time too.
+        var key = await _client.CreateKeyAsync("tenants/dev", "clock-cancelled");
+        await _client.ScheduleKeyDeletionAsync(key.Name, TimeSpan.FromDays(7));
+        var versioned = await _client.CreateKeyAsync("tenants/dev", "clock-restored");
+        await Stub.RotateKeyAsync(new RotateKeyRequest { Name = versioned.Name });
+        await Stub.ScheduleKeyVersionDestructionAsync(new ScheduleKeyVersionDestructionRequest
+        {
+            Name = $"{versioned.Name}/versions/1",
+            WaitingPeriod = Duration.FromTimeSpan(TimeSpan.FromDays(7)),
+        });
+        await Worker.RunOnceAsync(default); // records the time seen
+
+        await RestartAsync(TimeSpan.FromDays(365));
+        await Worker.RunOnceAsync(default);
+
+        Assert.Equal(KeyState.Disabled, (await Stub.CancelKeyDeletionAsync(new CancelKeyDeletionRequest { Name = key.Name })).Key.State);
+        Assert.Equal(KeyState.Disabled, (await Stub.RestoreKeyVersionAsync(new RestoreKeyVersionRequest { Name = $"{versioned.Name}/versions/1" })).KeyVersion.State);
+    }
+
+    [Fact]
     public async Task ScheduledRotation_ClockPassesThePeriod_KeyRotated()
     {
         var created = (await Stub.CreateKeyAsync(new CreateKeyRequest

@@ -176,6 +176,26 @@ public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task ClockSetBack_TheLastApprovalAfterTheExpiryTheDeploymentRecorded_Refused_NothingDestroyed()
+    {
+        var (key, blob) = await RotatedKeyWithOldBlobAsync("set-back");
+        var request = await _keyManager.RequestDestroyKeyVersionNowAsync($"{key}/versions/1", TimeSpan.FromHours(1));
+        await ApproveAsync("alice", request.Name);
+
+        // The lifecycle recorded two hours seen pass; this node's clock was set back (or its VM
+        // restored) to where the request began. SQLite has no other clock to hold it to.
+        var seen = _time.GetUtcNow().AddHours(2).ToUnixTimeMilliseconds().ToString(System.Globalization.CultureInfo.InvariantCulture);
+        await _server.Services.GetRequiredService<Kms.Core.Ports.IKeyStore>().SetSettingAsync(Kms.Core.Services.LifecycleClock.Setting, seen, default);
+
+        var expired = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["bob"].Fingerprint, _officers.Sign("bob", Rendering(request))));
+        Assert.Equal(StatusCode.FailedPrecondition, expired.StatusCode);
+        Assert.Contains($"quorum request {request.Name} expired at 2026-11-29T13:00:00.000Z", expired.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(KeyState.Enabled, (await _keyManager.Raw.GetKeyVersionAsync(new GetKeyVersionRequest { Name = $"{key}/versions/1" })).KeyVersion.State);
+        using var decrypted = await _keyManager.DecryptAsync(blob);
+        Assert.Equal($"{key}/versions/1", decrypted.KeyVersion);
+    }
+
+    [Fact]
     public async Task OfficerChange_ApprovedByTheOldQuorum_ThenOnlyTheNewOfficersCount_AndTheChainSurvivesARestart()
     {
         var (key, _) = await RotatedKeyWithOldBlobAsync("handover");

@@ -130,7 +130,7 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     // under DeleteTenant the call's own event stands for them.
     private async Task ScheduleTenantKeysAsync(TenantId id, DateTimeOffset now, TimeSpan waiting, string? operation, CancellationToken cancellationToken)
     {
-        now = await Clock.WaitingStartAsync(now, keys, cancellationToken);
+        now = await Clock.LatestAsync(now, keys, cancellationToken);
         string? after = null;
         while (true)
         {

@@ -134,21 +134,48 @@ internal static class Clock
     // Stored with millisecond precision: truncate now, so what a call returns equals what is read back.
     public static DateTimeOffset Now(TimeProvider time) => DateTimeOffset.FromUnixTimeMilliseconds(time.GetUtcNow().ToUnixTimeMilliseconds());
 
-    // Where a waiting period starts, and whether it has ended: the later of this node's clock and
-    // the database server's (PostgreSQL's, another machine's). A node whose clock is days behind
-    // would otherwise write a destroy time that is already due, and the leader would destroy at
-    // once; or cancel a deletion whose period is over by every other clock.
-    public static async Task<DateTimeOffset> WaitingStartAsync(DateTimeOffset now, Ports.IKeyStore store, CancellationToken cancellationToken) =>
-        await store.GetDatabaseTimeAsync(cancellationToken) is { } database && database > now
-            ? DateTimeOffset.FromUnixTimeMilliseconds(database.ToUnixTimeMilliseconds())
-            : now;
+    // The latest time this deployment has evidence of: the later of this node's clock, the
+    // database server's (PostgreSQL's, another machine's) and the observed time the lifecycle
+    // recorded (LifecycleClock's; on SQLite the only other evidence). Where a waiting period
+    // starts, and by which a request's or a job's life has ended: a node whose clock is behind
+    // (days behind, set back, a VM restored without NTP) would otherwise write a destroy time
+    // that is due already by every other clock, or once the clock is put right, so the leader
+    // destroys with no waiting period; or let an approval or an import in after the end.
+    public static async Task<DateTimeOffset> LatestAsync(DateTimeOffset now, Ports.IKeyStore store, CancellationToken cancellationToken)
+    {
+        var latest = Later(now, await store.GetDatabaseTimeAsync(cancellationToken));
+        latest = Later(latest, await LifecycleClock.RecordedAsync(store, cancellationToken));
+        return DateTimeOffset.FromUnixTimeMilliseconds(latest.ToUnixTimeMilliseconds());
+    }
 
-    // How far the database's clock is ahead of this node's (zero when it is not, or has none):
-    // for a decision taken under the store's write lock, whose callback reads the node's clock
-    // there and cannot ask the database (a call that waited for the lock must not decide early).
-    public static async Task<TimeSpan> DatabaseLeadAsync(TimeProvider time, Ports.IKeyStore store, CancellationToken cancellationToken)
+    // How far the latest time is ahead of this node's clock (zero when it is not): for a decision
+    // taken under the store's write lock, whose callback reads the node's clock there and cannot
+    // ask the store (a call that waited for the lock must not decide early).
+    public static async Task<TimeSpan> LeadAsync(TimeProvider time, Ports.IKeyStore store, CancellationToken cancellationToken)
     {
         var node = Now(time);
-        return await WaitingStartAsync(node, store, cancellationToken) - node;
+        return await LatestAsync(node, store, cancellationToken) - node;
     }
+
+    // Whether a waiting period has ended, for cancel and restore: the returned function reads the
+    // clock when it is called (under the write lock). By the later of the database server's clock
+    // and this node's as the lifecycle believes it: never behind the observed time recorded, and
+    // not believed at all when it is ahead of that by more than the allowance (LifecycleClock's
+    // rule at a start). A node whose clock is behind brings back nothing whose period ended by the
+    // database's clock or the record; one whose clock jumped ahead still cancels what the
+    // lifecycle, which runs by the time seen pass, has not destroyed.
+    public static async Task<Func<DateTimeOffset>> WaitingEndClockAsync(TimeProvider time, Ports.IKeyStore store, TimeSpan allowance, CancellationToken cancellationToken)
+    {
+        var node = Now(time);
+        var database = await store.GetDatabaseTimeAsync(cancellationToken) - node;
+        var recorded = await LifecycleClock.RecordedAsync(store, cancellationToken);
+        return () =>
+        {
+            var now = Now(time);
+            var believed = recorded is not { } seen ? now : now - seen <= allowance ? Later(now, seen) : seen;
+            return database is { } offset ? Later(believed, DateTimeOffset.FromUnixTimeMilliseconds((now + offset).ToUnixTimeMilliseconds())) : believed;
+        };
+    }
+
+    private static DateTimeOffset Later(DateTimeOffset a, DateTimeOffset? b) => b is { } other && other > a ? other : a;
 }

@@ -93,8 +93,11 @@ public sealed partial class KeyService
         }
 
         var found = await store.GetImportJobAsync(command.ImportJob, cancellationToken) ?? throw KmsErrors.NotFound(command.ImportJob.ToString());
+        // Expired by the latest time the deployment has evidence of: a node whose clock was set
+        // back does not import through a job whose life has ended (and whose key the lifecycle
+        // erases once its own time passes the end).
         var now = Clock.Now(time);
-        if (found.Job.IsExpired(now) || found.Material is null)
+        if (found.Job.IsExpired(await Clock.LatestAsync(now, store, cancellationToken)) || found.Material is null)
         {
             throw KmsErrors.FailedPrecondition($"import job {found.Job.Name} expired at {found.Job.ExpireTime:O}; create a new one");
         }

@@ -289,7 +289,7 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
             return await GetKeyAsync(caller, name, cancellationToken);
         }
 
-        var now = await Clock.WaitingStartAsync(Clock.Now(time), store, cancellationToken);
+        var now = await Clock.LatestAsync(Clock.Now(time), store, cancellationToken);
         return (await MutateAsync(caller, name, requestId, fingerprint,
             current => KeyTransitions.ScheduleKeyDeletion(current, now, waiting), cancellationToken, ScheduleKeyDeletionOperation)).Key;
     }
@@ -310,10 +310,12 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
 
         // Whether the waiting period has ended: by the later clock too, as it was started by it
         // (a node days behind would otherwise bring back a key whose period is over everywhere else),
-        // and read once the write lock is held — a call that waited for it past the end is too late.
-        var lead = await Clock.DatabaseLeadAsync(time, store, cancellationToken);
+        // but by the node's clock only as far as the lifecycle believes it (one that jumped ahead
+        // would refuse while the worker has not destroyed the key); read once the write lock is
+        // held — a call that waited for it past the end is too late.
+        var end = await Clock.WaitingEndClockAsync(time, store, lifecycle.ClockJumpAllowance, cancellationToken);
         return (await MutateAsync(caller, name, requestId, fingerprint,
-            current => KeyTransitions.CancelKeyDeletion(current, Clock.Now(time) + lead), cancellationToken, CancelKeyDeletionOperation)).Key;
+            current => KeyTransitions.CancelKeyDeletion(current, end()), cancellationToken, CancelKeyDeletionOperation)).Key;
     }
 
     /// <summary>DISABLED → ENABLED, for one version.</summary>
@@ -340,7 +342,7 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
             return await GetKeyVersionAsync(caller, name, cancellationToken);
         }
 
-        var now = await Clock.WaitingStartAsync(Clock.Now(time), store, cancellationToken);
+        var now = await Clock.LatestAsync(Clock.Now(time), store, cancellationToken);
         return await MutateVersionAsync(caller, name, requestId, fingerprint,
             current => KeyTransitions.ScheduleVersionDestruction(current, name.Version, now, waiting), cancellationToken, ScheduleVersionDestructionOperation);
     }
@@ -357,9 +359,9 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         }
 
         await TenantGate.EnsureActiveAsync(access, name.Key.Tenant, cancellationToken);
-        var lead = await Clock.DatabaseLeadAsync(time, store, cancellationToken);
+        var end = await Clock.WaitingEndClockAsync(time, store, lifecycle.ClockJumpAllowance, cancellationToken);
         return await MutateVersionAsync(caller, name, requestId, fingerprint,
-            current => KeyTransitions.RestoreVersion(current, name.Version, Clock.Now(time) + lead), cancellationToken, RestoreKeyVersionOperation);
+            current => KeyTransitions.RestoreVersion(current, name.Version, end()), cancellationToken, RestoreKeyVersionOperation);
     }
 
     /// <summary>

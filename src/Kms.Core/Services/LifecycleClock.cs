@@ -110,6 +110,17 @@ public sealed class LifecycleClock
         return Earlier(wall, observed);
     }
 
+    /// <summary>
+    /// The observed time the last pass recorded, or null (none yet, or a value not to be believed):
+    /// what a node whose clock was set back is held to. Reads only; <see cref="NowAsync"/>, which
+    /// records, is the lifecycle leader's, once a pass.
+    /// </summary>
+    public static async Task<DateTimeOffset?> RecordedAsync(IKeyStore store, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        return Parse(await store.GetSettingAsync(Setting, cancellationToken));
+    }
+
     private static DateTimeOffset? Parse(string? text) =>
         long.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var millis)
         && millis >= 0 && millis <= LatestBelievable.ToUnixTimeMilliseconds()

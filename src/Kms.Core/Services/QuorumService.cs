@@ -189,9 +189,10 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         var (head, _) = await GetOfficerSetAsync(cancellationToken);
 
         // A request's life is counted by the database's clock where there is one (PostgreSQL),
-        // and an approval is judged by the later of it and the approving node's (ApproveAsync):
-        // a node whose clock is off can neither stretch nor shorten a request's life, nor
-        // approve it after it ended by the database's clock.
+        // and an approval is judged by the later of it, the approving node's and the observed
+        // time the lifecycle recorded (ApproveAsync): a node whose clock is off can neither
+        // stretch nor shorten a request's life on PostgreSQL, nor approve it after it ended by
+        // the database's clock or the record (a clock set back on SQLite).
         var now = await keys.GetDatabaseTimeAsync(cancellationToken) is { } database
             ? DateTimeOffset.FromUnixTimeMilliseconds(database.ToUnixTimeMilliseconds())
             : Clock.Now(time);
@@ -343,7 +344,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         }
 
         var (head, chain) = await VerifiedChainAsync(cancellationToken);
-        var lead = await Clock.DatabaseLeadAsync(time, keys, cancellationToken);
+        var lead = await Clock.LeadAsync(time, keys, cancellationToken);
         var valid = 0;
         var threshold = head.Threshold;
         var executed = false;
@@ -353,8 +354,9 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         var result = await store.UpdateQuorumRequestAsync(id, (request, storedHead) =>
         {
             // Read under the store's write lock, not before waiting for it: an approval that waited
-            // past the request's expiry is refused as expired. By the later of this node's clock
-            // and the database's (its lead measured before): a node behind cannot approve late.
+            // past the request's expiry is refused as expired. By the later of this node's clock,
+            // the database's and the observed time the lifecycle recorded (their lead measured
+            // before): a node behind, or whose clock was set back, cannot approve late.
             var now = Clock.Now(time) + lead;
             if (request.Tenant != tenant)
             {
@@ -479,7 +481,8 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
 
         if (request.IsExpiredAt(now))
         {
-            throw KmsErrors.FailedPrecondition($"quorum request {request.Name} expired at {QuorumRendering.Time(request.ExpireTime)}; create a new request");
+            throw KmsErrors.FailedPrecondition(
+                $"quorum request {request.Name} expired at {QuorumRendering.Time(request.ExpireTime)} (now {QuorumRendering.Time(now)}, the latest of this node's clock, the database's and the time this deployment recorded as seen); create a new request");
         }
 
         if (storedHead?.Hash != head.Hash)
