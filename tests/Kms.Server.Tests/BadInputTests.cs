@@ -1,9 +1,12 @@
+using System.Diagnostics.Metrics;
 using System.Security.Cryptography;
 using Google.Protobuf;
 using Google.Rpc;
 using Grpc.Core;
 using Kms.Contracts.V1;
 using Kms.Server.Grpc;
+using Kms.Testing;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Kms.Server.Tests;
 
@@ -26,29 +29,191 @@ public sealed class BadInputTests(ServerFixture fixture) : IClassFixture<ServerF
 
     public Task DisposeAsync() => Task.CompletedTask;
 
+    private const string GetKey = "/kms.v1.KeyManagementService/GetKey";
+    private const string MalformedDetail = ParseCheckedMethodProvider<KeyManagementGrpcService>.Detail;
+
+    private static readonly Marshaller<byte[]> Raw = Marshallers.Create<byte[]>(b => b, b => b);
+
     [Theory]
     [InlineData("0A05616263")] // field 1, length 5, three bytes: truncated
     [InlineData("0AFFFFFFFFFF")] // a length that does not end
     [InlineData("0A02C328")] // a string that is not UTF-8
     [InlineData("FF")] // a tag of field 0's group
-    public async Task MalformedBody_AuthenticatedOrNot_InvalidArgument_NoErrorLogged(string hex)
+    public async Task MalformedBody_AuthenticatedInvalidArgument_AnonymousUnauthenticatedAsAValidBody_NoErrorLogged(string hex)
     {
         // grpc-dotnet answered these UNKNOWN and logged each at Error with its stack trace,
-        // before authentication (ParseCheckedMethodProvider).
-        var raw = Marshallers.Create<byte[]>(b => b, b => b);
-        var getKey = new Method<byte[], byte[]>(MethodType.Unary, KeyManagementService.Descriptor.FullName, "GetKey", raw, raw);
+        // before authentication; then INVALID_ARGUMENT to anyone, before authentication
+        // (ParseCheckedMethodProvider, MalformedRequest).
         using var channel = fixture.Server.CreateChannel();
         var errorsBefore = fixture.Server.Logs.Events.Count(e => e.StartsWith("Error", StringComparison.Ordinal));
-        foreach (var headers in new[] { Kms.Testing.KmsTestServer.Bearer(fixture.Server.DeveloperToken), new Metadata() })
-        {
-            var e = await Assert.ThrowsAsync<RpcException>(() => channel.CreateCallInvoker().AsyncUnaryCall(getKey, null, new CallOptions(headers), Convert.FromHexString(hex)).ResponseAsync);
-            Assert.Equal((StatusCode.InvalidArgument, ParseCheckedMethodProvider<KeyManagementGrpcService>.Detail), (e.StatusCode, e.Status.Detail));
-        }
+        var authenticated = await Assert.ThrowsAsync<RpcException>(() => CallGetKey(channel, KmsTestServer.Bearer(fixture.Server.DeveloperToken), hex));
+        Assert.Equal((StatusCode.InvalidArgument, MalformedDetail), (authenticated.StatusCode, authenticated.Status.Detail));
+
+        var anonymous = await Assert.ThrowsAsync<RpcException>(() => CallGetKey(channel, new Metadata(), hex));
+        var anonymousValid = await Assert.ThrowsAsync<RpcException>(() => CallGetKey(channel, new Metadata(), Convert.ToHexString(new GetKeyRequest { Name = _key.Name }.ToByteArray())));
+        Assert.Equal((StatusCode.Unauthenticated, anonymousValid.Status.Detail), (anonymous.StatusCode, anonymous.Status.Detail));
 
         Assert.Equal(errorsBefore, fixture.Server.Logs.Events.Count(e => e.StartsWith("Error", StringComparison.Ordinal)));
 
         // A well-formed request on the same path is served as before.
         Assert.Equal(_key.Name, (await Stub.GetKeyAsync(new GetKeyRequest { Name = _key.Name })).Key.Name);
+    }
+
+    [Fact]
+    public async Task MalformedBody_AuditedAsAnAggregatedRefusal_CountedByMethodAndStatus_NothingOfTheBodyKept()
+    {
+        // Such a request reached no interceptor: no audit event, no metric.
+        const int Calls = 5;
+        using var channel = fixture.Server.CreateChannel();
+        using var officer = await OfficerAsync();
+        Task<List<AuditEventInfo>> EventsAsync(string principal, string outcome) => MalformedEventsAsync(officer, principal, GetKey, outcome);
+
+        // A body naming a resource, then cut short: the name must not reach the audit event.
+        var body = Convert.ToHexString(new GetKeyRequest { Name = _key.Name }.ToByteArray()[..^1]);
+        var authenticatedBefore = (await EventsAsync("token:developer", "INVALID_ARGUMENT")).Sum(e => e.Count);
+        var anonymousBefore = (await EventsAsync("anonymous", "UNAUTHENTICATED")).Sum(e => e.Count);
+        using var requests = new RequestCounter(GetKey);
+        var requestIds = new List<string?>();
+        for (var i = 0; i < Calls; i++)
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(() => CallGetKey(channel, KmsTestServer.Bearer(fixture.Server.DeveloperToken), body));
+            Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+            requestIds.Add(e.Trailers.GetValue("x-request-id"));
+        }
+
+        Assert.True(requests.Count("InvalidArgument") >= Calls); // the meter is process-wide: at least ours
+
+        // Refusals: the first of a window written at once, the rest counted in one event.
+        var authenticated = await EventsAsync("token:developer", "INVALID_ARGUMENT");
+        Assert.Equal(authenticatedBefore + Calls, authenticated.Sum(e => e.Count));
+        Assert.Contains(authenticated, e => e.Count > 1);
+        Assert.Contains(authenticated, e => e.RequestId == requestIds[0]);
+        Assert.All(authenticated, e => Assert.Equal("dev", e.Tenant));
+
+        // An anonymous caller gets what it gets for a valid body, counted and audited the same.
+        for (var i = 0; i < Calls; i++)
+        {
+            Assert.Equal(StatusCode.Unauthenticated, (await Assert.ThrowsAsync<RpcException>(() => CallGetKey(channel, new Metadata(), body))).StatusCode);
+        }
+
+        Assert.True(requests.Count("Unauthenticated") >= Calls);
+        var anonymous = await EventsAsync("anonymous", "UNAUTHENTICATED");
+        Assert.Equal(anonymousBefore + Calls, anonymous.Sum(e => e.Count));
+        Assert.Contains(anonymous, e => e.Count > 1);
+        Assert.All(authenticated.Concat(anonymous), e => Assert.DoesNotContain(_key.Name, e.ToString(), StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task MalformedBody_ToHealthReflectionAndServerStreams_RefusedLikeAnyCall_NoHandlerGivenAnEmptyRequest()
+    {
+        // Every service is bound by ParseCheckedMethodProvider and passes the same interceptors:
+        // health (public) is refused INVALID_ARGUMENT, not answered SERVING for an empty request;
+        // the server streams authenticate first; reflection's messages are read in its handler.
+        using var channel = fixture.Server.CreateChannel();
+        var invoker = channel.CreateCallInvoker();
+        var developer = new CallOptions(KmsTestServer.Bearer(fixture.Server.DeveloperToken));
+        var malformed = Convert.FromHexString("0A05616263");
+        var errorsBefore = fixture.Server.Logs.Events.Count(e => e.StartsWith("Error", StringComparison.Ordinal));
+        using var officer = await OfficerAsync();
+        const string Reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+        var reflectionBefore = (await MalformedEventsAsync(officer, "token:developer", Reflection, "INVALID_ARGUMENT")).Sum(e => e.Count);
+
+        async Task<StatusCode> ServerStreamAsync(string service, string method, CallOptions options)
+        {
+            using var call = invoker.AsyncServerStreamingCall(new Method<byte[], byte[]>(MethodType.ServerStreaming, service, method, Raw, Raw), null, options, malformed);
+            var e = await Assert.ThrowsAsync<RpcException>(() => call.ResponseStream.MoveNext());
+            return e.StatusCode;
+        }
+
+        async Task<StatusCode> DuplexAsync(string service, CallOptions options)
+        {
+            using var call = invoker.AsyncDuplexStreamingCall(new Method<byte[], byte[]>(MethodType.DuplexStreaming, service, "ServerReflectionInfo", Raw, Raw), null, options);
+            await call.RequestStream.WriteAsync(malformed);
+            await call.RequestStream.CompleteAsync();
+            var e = await Assert.ThrowsAsync<RpcException>(() => call.ResponseStream.MoveNext());
+            Assert.True(e.StatusCode != StatusCode.InvalidArgument || e.Status.Detail == MalformedDetail);
+            return e.StatusCode;
+        }
+
+        var check = await Assert.ThrowsAsync<RpcException>(() => invoker.AsyncUnaryCall(new Method<byte[], byte[]>(MethodType.Unary, "grpc.health.v1.Health", "Check", Raw, Raw), null, default, malformed).ResponseAsync);
+        Assert.Equal((StatusCode.InvalidArgument, MalformedDetail), (check.StatusCode, check.Status.Detail));
+
+        Assert.Equal(StatusCode.InvalidArgument, await ServerStreamAsync("grpc.health.v1.Health", "Watch", default));
+        Assert.Equal(StatusCode.InvalidArgument, await ServerStreamAsync(AuditService.Descriptor.FullName, "ExportAudit", developer));
+        Assert.Equal(StatusCode.Unauthenticated, await ServerStreamAsync(AuditService.Descriptor.FullName, "ExportAudit", default));
+        Assert.Equal(StatusCode.InvalidArgument, await ServerStreamAsync(QuorumService.Descriptor.FullName, "DownloadBackup", developer));
+        Assert.Equal(StatusCode.Unauthenticated, await ServerStreamAsync(QuorumService.Descriptor.FullName, "DownloadBackup", default));
+        foreach (var reflection in new[] { "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection" })
+        {
+            Assert.Equal(StatusCode.InvalidArgument, await DuplexAsync(reflection, developer));
+            Assert.Equal(StatusCode.Unauthenticated, await DuplexAsync(reflection, default));
+        }
+
+        // A malformed streamed message is a refusal too: aggregated.
+        Assert.Equal(StatusCode.InvalidArgument, await DuplexAsync("grpc.reflection.v1.ServerReflection", developer));
+        Assert.Equal(StatusCode.InvalidArgument, await DuplexAsync("grpc.reflection.v1.ServerReflection", developer));
+        var reflectionEvents = await MalformedEventsAsync(officer, "token:developer", Reflection, "INVALID_ARGUMENT");
+        Assert.Equal(reflectionBefore + 3, reflectionEvents.Sum(e => e.Count));
+        Assert.Contains(reflectionEvents, e => e.Count > 1);
+
+        Assert.Equal(errorsBefore, fixture.Server.Logs.Events.Count(e => e.StartsWith("Error", StringComparison.Ordinal)));
+    }
+
+    private async Task<Kms.Client.KmsClient> OfficerAsync() =>
+        fixture.Server.CreateClient(await fixture.Server.CreatePrincipalWithTokenAsync(ServerFixture.NewKeyId("officer"), null, "security-officer"));
+
+    // The events of malformed calls, refusal windows closed first (a valid body's have a resource).
+    private async Task<List<AuditEventInfo>> MalformedEventsAsync(Kms.Client.KmsClient officer, string principal, string operation, string outcome)
+    {
+        await fixture.Server.Services.GetRequiredService<Kms.Core.Services.AuditLog>().FlushRefusalsAsync(default);
+        var request = new ListAuditEventsRequest { Principal = principal, Operation = operation, Outcome = outcome, PageSize = 1000 };
+        return [.. (await officer.Audit.ListAuditEventsAsync(request)).Events.Where(e => e.Resource.Length == 0)];
+    }
+
+    private static Task<byte[]> CallGetKey(global::Grpc.Net.Client.GrpcChannel channel, Metadata headers, string hex) =>
+        channel.CreateCallInvoker().AsyncUnaryCall(
+            new Method<byte[], byte[]>(MethodType.Unary, KeyManagementService.Descriptor.FullName, "GetKey", Raw, Raw), null, new CallOptions(headers), Convert.FromHexString(hex)).ResponseAsync;
+
+    /// <summary>Counts <c>kms_grpc_requests_total</c> of one method by code while it lives (the meter is process-wide).</summary>
+    private sealed class RequestCounter : IDisposable
+    {
+        private readonly MeterListener _listener = new();
+        private readonly System.Collections.Concurrent.ConcurrentDictionary<string, int> _byCode = new(StringComparer.Ordinal);
+
+        public RequestCounter(string method)
+        {
+            _listener.InstrumentPublished = (instrument, listener) =>
+            {
+                if (instrument.Meter.Name == Kms.Server.Observability.KmsMetrics.MeterName && instrument.Name == "grpc_requests_total")
+                {
+                    listener.EnableMeasurementEvents(instrument);
+                }
+            };
+            _listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
+            {
+                string? tagMethod = null;
+                string? code = null;
+                foreach (var tag in tags)
+                {
+                    _ = tag.Key switch
+                    {
+                        "method" => tagMethod = (string?)tag.Value,
+                        "code" => code = (string?)tag.Value,
+                        _ => null,
+                    };
+                }
+
+                if (tagMethod == method && code is not null)
+                {
+                    _byCode.AddOrUpdate(code, (int)value, (_, sum) => sum + (int)value);
+                }
+            });
+            _listener.Start();
+        }
+
+        public int Count(string code) => _byCode.GetValueOrDefault(code);
+
+        public void Dispose() => _listener.Dispose();
     }
 
     [Theory]

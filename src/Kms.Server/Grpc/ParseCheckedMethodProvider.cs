@@ -10,23 +10,28 @@ namespace Kms.Server.Grpc;
 /// <summary>
 /// Binds every gRPC service's methods as grpc-dotnet's own binder does (the generated
 /// <c>BindService</c> named by <see cref="BindServiceMethodAttribute"/>, one invoker per
-/// overridden method), except that each request is read with a deserializer that answers a body
-/// that is not a valid message with <c>INVALID_ARGUMENT</c>.
+/// overridden method), except that each request is read with a deserializer that does not throw
+/// <see cref="InvalidProtocolBufferException"/> for a body that is not a valid message.
 /// </summary>
 /// <remarks>
-/// A request is parsed before any interceptor runs. With the generated deserializer a malformed
-/// body (a truncated field, a bad length, a string that is not UTF-8) throws
-/// <see cref="InvalidProtocolBufferException"/>, which grpc-dotnet answers <c>UNKNOWN</c> and logs
-/// at Error with its stack trace — per request, before authentication: a log an anonymous caller
-/// could fill. As an <see cref="RpcException"/> it is the caller's error, which grpc-dotnet logs
-/// at Information (below the <c>Grpc</c> categories' minimum here). Registered in place of
-/// grpc-dotnet's provider. The request still reaches no interceptor: no audit event, no metric.
+/// A unary or server-streaming request is parsed before any interceptor runs. With the generated
+/// deserializer a malformed body (a truncated field, a bad length, a string that is not UTF-8)
+/// threw <see cref="InvalidProtocolBufferException"/>, which grpc-dotnet answers <c>UNKNOWN</c> and
+/// logs at Error with its stack trace — per request, before authentication: a log an anonymous
+/// caller could fill. Here such a body becomes <see cref="MalformedRequest{TRequest}.Instance"/>,
+/// and the call goes through the interceptors like any other: counted, audited, authenticated
+/// (an anonymous caller is refused <c>UNAUTHENTICATED</c> as for a valid body), then refused
+/// <c>INVALID_ARGUMENT</c> by <see cref="Security.AuthorizationInterceptor"/> as a refusal. The
+/// messages of client-streaming and bidirectional methods are read by the handler, after the
+/// interceptors have authenticated the caller: there a malformed one throws
+/// <see cref="MalformedRequestException"/>, the same answer. Registered in place of grpc-dotnet's
+/// provider.
 /// </remarks>
 internal sealed class ParseCheckedMethodProvider<[DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.All)] TService> : IServiceMethodProvider<TService>
     where TService : class
 {
-    /// <summary>What the caller is told.</summary>
-    public const string Detail = "the request is not a valid protobuf message of its method's type";
+    /// <summary>What the caller is told (<see cref="MalformedRequestException.Detail"/>).</summary>
+    public const string Detail = MalformedRequestException.Detail;
 
     /// <inheritdoc />
     public void OnServiceMethodDiscovery(ServiceMethodProviderContext<TService> context)
@@ -57,8 +62,13 @@ internal sealed class ParseCheckedMethodProvider<[DynamicallyAccessedMembers(Dyn
         return null;
     }
 
-    internal static Marshaller<TRequest> Checked<TRequest>(Marshaller<TRequest> inner) =>
-        new(inner.ContextualSerializer, context =>
+    // A unary or server-streaming request is parsed before the interceptors: a malformed one is the
+    // sentinel, for them to refuse. A streamed message is read by the handler: it throws.
+    internal static Marshaller<TRequest> Checked<TRequest>(Marshaller<TRequest> inner, MethodType type)
+        where TRequest : class
+    {
+        var malformed = type is MethodType.Unary or MethodType.ServerStreaming ? MalformedRequest<TRequest>.Instance : null;
+        return new(inner.ContextualSerializer, context =>
         {
             try
             {
@@ -66,9 +76,10 @@ internal sealed class ParseCheckedMethodProvider<[DynamicallyAccessedMembers(Dyn
             }
             catch (InvalidProtocolBufferException)
             {
-                throw new RpcException(new Status(StatusCode.InvalidArgument, Detail));
+                return malformed ?? throw new MalformedRequestException();
             }
         });
+    }
 
     private sealed class Binder(ServiceMethodProviderContext<TService> context, Type declaring) : ServiceBinderBase
     {
@@ -91,7 +102,7 @@ internal sealed class ParseCheckedMethodProvider<[DynamicallyAccessedMembers(Dyn
         private static Method<TRequest, TResponse> CheckedMethod<TRequest, TResponse>(Method<TRequest, TResponse> method)
             where TRequest : class
             where TResponse : class =>
-            new(method.Type, method.ServiceName, method.Name, Checked(method.RequestMarshaller), method.ResponseMarshaller);
+            new(method.Type, method.ServiceName, method.Name, Checked(method.RequestMarshaller, method.Type), method.ResponseMarshaller);
 
         // The service's override of the generated virtual method (or the generated one, which
         // answers UNIMPLEMENTED); the endpoint's metadata as grpc-dotnet gives it: the type's

@@ -327,8 +327,9 @@ public static class KmsServerApp
             .AddCheck<AuditWriteHealthCheck>("audit");
 
         // Every service's methods bound by ParseCheckedMethodProvider instead of grpc-dotnet's
-        // binder: a malformed request body is the caller's INVALID_ARGUMENT, not UNKNOWN and an
-        // Error with a stack trace per request.
+        // binder: a malformed request body is the caller's INVALID_ARGUMENT, refused by the
+        // AuthorizationInterceptor after authentication (counted and audited as a refusal), not
+        // UNKNOWN and an Error with a stack trace per request before any interceptor.
         var grpcBinder = builder.Services.Single(d => d.ServiceType == typeof(global::Grpc.AspNetCore.Server.Model.IServiceMethodProvider<>)
             && d.ImplementationType?.Name == "BinderServiceMethodProvider`1");
         builder.Services.Remove(grpcBinder);

@@ -19,7 +19,9 @@ namespace Kms.Server.Security;
 /// for every reason), authorize by <see cref="AccessRules"/> (PERMISSION_DENIED naming the
 /// permission, or NOT_FOUND across tenants), shed when the server is full (UNAVAILABLE), then
 /// meter crypto against the tenant's quota (RESOURCE_EXHAUSTED with a retry delay), so that a
-/// shed call spends no quota. A method without a rule is refused: default deny. Nothing has run,
+/// shed call spends no quota. A method without a rule is refused: default deny. A request whose
+/// body was not a valid message (<see cref="MalformedRequest{TRequest}"/>) is refused
+/// INVALID_ARGUMENT once the caller is authenticated, before anything reads it. Nothing has run,
 /// so a refused call changes nothing.
 /// </summary>
 internal sealed partial class AuthorizationInterceptor(
@@ -51,7 +53,7 @@ internal sealed partial class AuthorizationInterceptor(
         Slot slot;
         try
         {
-            var rule = await AuthorizeAsync(request as IMessage, context);
+            var rule = await AuthorizeAsync(request as IMessage, ReferenceEquals(request, MalformedRequest<TRequest>.Instance), context);
             slot = rule.Scope == CallScope.Public ? default : Enter(context);
             try
             {
@@ -81,27 +83,45 @@ internal sealed partial class AuthorizationInterceptor(
     public override async Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
     {
         await AuthorizeStreamAsync(context);
-        return await continuation(requestStream, context);
+        try
+        {
+            return await continuation(requestStream, context);
+        }
+        catch (MalformedRequestException)
+        {
+            context.UserState[Audit.AuditInterceptor.RefusedKey] = true;
+            throw;
+        }
     }
 
     public override async Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
     {
-        await AuthorizeStreamAsync(context, request as IMessage);
+        await AuthorizeStreamAsync(context, request as IMessage, ReferenceEquals(request, MalformedRequest<TRequest>.Instance));
         await continuation(request, responseStream, context);
     }
 
     public override async Task DuplexStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, DuplexStreamingServerMethod<TRequest, TResponse> continuation)
     {
         await AuthorizeStreamAsync(context);
-        await continuation(requestStream, responseStream, context);
+        try
+        {
+            await continuation(requestStream, responseStream, context);
+        }
+        catch (MalformedRequestException)
+        {
+            context.UserState[Audit.AuditInterceptor.RefusedKey] = true;
+            throw;
+        }
     }
 
-    // Streaming handlers are not wrapped by the ErrorInterceptor: map refusals here.
-    private async Task AuthorizeStreamAsync(ServerCallContext context, IMessage? request = null)
+    // Streaming handlers are not wrapped by the ErrorInterceptor: map refusals here. A streamed
+    // message is read by the handler, after this: a malformed one throws MalformedRequestException
+    // there (ParseCheckedMethodProvider), a refusal all the same.
+    private async Task AuthorizeStreamAsync(ServerCallContext context, IMessage? request = null, bool malformed = false)
     {
         try
         {
-            TakeQuota(await AuthorizeAsync(request, context), request, context);
+            TakeQuota(await AuthorizeAsync(request, malformed, context), request, context);
         }
         catch (KmsException e)
         {
@@ -115,7 +135,9 @@ internal sealed partial class AuthorizationInterceptor(
         }
     }
 
-    private async Task<AccessRule> AuthorizeAsync(IMessage? request, ServerCallContext context)
+    // A malformed request is refused where the refusals that need no request are done: after
+    // authentication and the bootstrap check, before the permissions, whose targets are in it.
+    private async Task<AccessRule> AuthorizeAsync(IMessage? request, bool malformed, ServerCallContext context)
     {
         if (!AccessRules.ByMethod.TryGetValue(context.Method, out var rule))
         {
@@ -124,7 +146,7 @@ internal sealed partial class AuthorizationInterceptor(
 
         if (rule.Scope == CallScope.Public)
         {
-            return rule;
+            return malformed ? throw new MalformedRequestException() : rule;
         }
 
         var caller = await authentication.AuthenticateAsync(context);
@@ -145,6 +167,11 @@ internal sealed partial class AuthorizationInterceptor(
             throw KmsErrors.PermissionDenied(caller.BootstrapTokenId is not null
                 ? "the bootstrap credential may only call Bootstrap"
                 : "only the one-time bootstrap credential may call Bootstrap");
+        }
+
+        if (malformed)
+        {
+            throw new MalformedRequestException();
         }
 
         if (rule.Scope != CallScope.Permission)
