@@ -19,9 +19,10 @@ namespace Kms.Server.Health;
 /// <c>[::]</c>, <c>*</c>, <c>+</c>) replaced by loopback. It opens neither the HSM nor the
 /// database, and sends no credential (health needs none).</para>
 /// <para>The server is trusted only if it presents exactly the certificate it is configured to
-/// serve (<c>Kms:TlsCertificatePath</c>, or dev mode's <c>{DataDir}/tls/server.crt</c>),
-/// whatever names that certificate carries: the probe dials its own host by address, which a
-/// production certificate need not name.</para>
+/// serve, the first of <c>Kms:TlsCertificatePath</c> (or of dev mode's <c>{DataDir}/tls/server.crt</c>;
+/// the server refuses a file whose first certificate is not that of its key, and the
+/// intermediates after it are not compared), whatever names that certificate carries: the probe
+/// dials its own host by address, which a production certificate need not name.</para>
 /// </remarks>
 internal static class HealthProbe
 {
@@ -48,6 +49,7 @@ internal static class HealthProbe
         try
         {
             var address = ProbeAddress(ListenAddresses.Validate(configuration["urls"])[0]);
+            // CreateFromPem reads the first certificate of the file: the server's own.
             using var expected = X509Certificate2.CreateFromPem(File.ReadAllText(CertificatePath(options)));
             using var handler = new SocketsHttpHandler();
             handler.SslOptions.RemoteCertificateValidationCallback = (_, presented, _, _) =>

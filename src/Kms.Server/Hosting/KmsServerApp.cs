@@ -1,5 +1,5 @@
+using System.Net.Security;
 using System.Security.Authentication;
-using System.Security.Cryptography.X509Certificates;
 using Kms.Core.Audit;
 using Kms.Core.Ports;
 using Kms.Core.Quorum;
@@ -72,8 +72,8 @@ public static class KmsServerApp
         builder.WebHost.UseUrls([.. urls]);
         var (certificatePath, keyPath) = ResolveTls(serverOptions);
         var tlsLogger = new Serilog.Extensions.Logging.SerilogLoggerFactory(logger).CreateLogger("Kms.Server.Tls");
-        var serverCertificate = new ReloadingFile<X509Certificate2>(
-            () => X509Certificate2.CreateFromPemFile(certificatePath, keyPath),
+        var serverCertificate = new ReloadingFile<SslStreamCertificateContext>(
+            () => ServerCertificateChain.Load(certificatePath, keyPath),
             TimeProvider.System,
             e => ServerLog.TlsCertificateNotReloaded(tlsLogger, certificatePath, e.Message),
             certificatePath,
@@ -85,9 +85,19 @@ public static class KmsServerApp
             kestrel.ConfigureEndpointDefaults(listen => listen.Protocols = HttpProtocols.Http2);
             kestrel.ConfigureHttpsDefaults(https =>
             {
-                // Read per handshake (the file is checked at most once a second): a renewed
-                // certificate is served without a restart.
-                https.ServerCertificateSelector = (_, _) => serverCertificate.Value;
+                // Read per handshake (the files are checked at most once a second): a renewed
+                // certificate and chain are served without a restart. Kestrel's selector hands
+                // SslStream a lone certificate, whose chain SslStream builds from the system
+                // stores, without the file's intermediates: each handshake is given the whole
+                // context instead (OnAuthenticate runs after Kestrel's own settings). The selector
+                // stays because Kestrel refuses an https endpoint without a certificate or one.
+                https.ServerCertificateSelector = (_, _) => serverCertificate.Value.TargetCertificate;
+                https.OnAuthenticate = (_, ssl) =>
+                {
+                    ssl.ServerCertificateSelectionCallback = null;
+                    ssl.ServerCertificate = null;
+                    ssl.ServerCertificateContext = serverCertificate.Value;
+                };
                 https.SslProtocols = SslProtocols.Tls13;
                 if (serverOptions.ClientCaPath is { Length: > 0 })
                 {

@@ -45,7 +45,11 @@ public sealed class KmsServerOptions
     /// <summary>Quorum approvals: where the genesis officer set is pinned.</summary>
     public QuorumHostOptions Quorum { get; set; } = new();
 
-    /// <summary>PEM certificate chain of the server; default in dev mode: <c>{DataDir}/tls/server.crt</c>.</summary>
+    /// <summary>
+    /// PEM certificate chain of the server: its own certificate first (the one <see cref="TlsKeyPath"/>
+    /// is the key of), then the intermediate CAs, each the issuer of the one before; all are sent,
+    /// but a self-signed root at the end. Reloaded on change. Default in dev mode: <c>{DataDir}/tls/server.crt</c>.
+    /// </summary>
     public string? TlsCertificatePath { get; set; }
 
     /// <summary>PEM private key of the server; default in dev mode: <c>{DataDir}/tls/server.key</c>.</summary>
