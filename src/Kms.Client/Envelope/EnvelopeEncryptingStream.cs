@@ -17,7 +17,9 @@ namespace Kms.Client.Envelope;
 /// <see cref="System.IO.Compression.GZipStream"/>, <see cref="System.Security.Cryptography.CryptoStream"/> —
 /// leaves an unreadable message unless it is given <c>leaveOpen: true</c>: dispose (or flush) the
 /// wrapper, then call <see cref="CompleteAsync"/>. Disposing after plaintext was written without
-/// completing is logged at Warning (event 3007) to the encryptor's logger; it never throws.</para>
+/// completing is logged at Warning (event 3007) to the encryptor's logger; it never throws. Not
+/// logged: a stream whose own write or completion failed, and one the caller gave up on with
+/// <see cref="Abandon"/> (cancelled, or failed elsewhere — e.g. reading its source).</para>
 /// <para>The destination is not disposed. Buffers holding plaintext are zeroed on dispose. Not for
 /// concurrent writers: overlapping writes throw (they would otherwise seal two frames with one
 /// sequence number). A failed write to the destination leaves the stream faulted.</para>
@@ -36,6 +38,7 @@ public sealed class EnvelopeEncryptingStream : Stream
     private int _busy;
     private bool _completed;
     private bool _faulted;
+    private volatile bool _abandoned;
     private bool _disposed;
     private readonly ILogger _logger;
 
@@ -57,7 +60,7 @@ public sealed class EnvelopeEncryptingStream : Stream
     public override bool CanSeek => false;
 
     /// <inheritdoc />
-    public override bool CanWrite => !_completed && !_disposed && !_faulted;
+    public override bool CanWrite => !_completed && !_disposed && !_faulted && !_abandoned;
 
     /// <inheritdoc />
     public override long Length => throw new NotSupportedException();
@@ -211,6 +214,20 @@ public sealed class EnvelopeEncryptingStream : Stream
         }
     }
 
+    /// <summary>
+    /// Gives the message up on purpose: nothing more can be written or completed, the message on
+    /// the destination stays without its final frame (every reader refuses it), and disposing
+    /// the stream logs no warning (event 3007 is for a stream left unfinished by mistake).
+    /// </summary>
+    /// <remarks>
+    /// For a caller that decides not to finish — cancelled, or failed outside this stream (reading
+    /// the plaintext's source, say): <c>catch { encrypting.Abandon(); throw; }</c>. Safe to call at
+    /// any time, more than once, and from another thread than the writer's; it waits for nothing
+    /// (a write in progress finishes, the next one throws). After a successful completion the
+    /// message is whole and abandoning it changes nothing.
+    /// </remarks>
+    public void Abandon() => _abandoned = true;
+
     /// <summary>Flushes the frames written so far (a partial frame stays buffered until it is full or completed).</summary>
     public override void Flush() => _destination.Flush();
 
@@ -233,9 +250,10 @@ public sealed class EnvelopeEncryptingStream : Stream
         {
             _disposed = true;
 
-            // Not completed, not failed, and plaintext written: most likely a wrapper that disposed
-            // the stream it wraps. Said, not thrown: Dispose runs in finally blocks and unwinding.
-            if (!_completed && !_faulted && _written > 0)
+            // Not completed, not failed, not abandoned, and plaintext written: most likely a wrapper
+            // that disposed the stream it wraps. Said, not thrown: Dispose runs in finally blocks
+            // and unwinding.
+            if (!_completed && !_faulted && !_abandoned && _written > 0)
             {
                 ClientLog.EncryptingStreamNotCompleted(_logger, _written);
             }
@@ -291,6 +309,11 @@ public sealed class EnvelopeEncryptingStream : Stream
             if (_faulted)
             {
                 throw new InvalidOperationException("an earlier write failed; the message cannot be completed");
+            }
+
+            if (_abandoned)
+            {
+                throw new InvalidOperationException("the envelope message was abandoned; nothing more can be written");
             }
 
             CountWritten(bytes);

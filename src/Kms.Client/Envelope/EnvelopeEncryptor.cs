@@ -269,6 +269,8 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// <see cref="System.IO.Compression.GZipStream"/>, <see cref="CryptoStream"/>) must be given
     /// <c>leaveOpen: true</c>; dispose the wrapper, then complete this stream (logged as event
     /// 3007, at Warning, when it is disposed after plaintext was written without being completed).
+    /// A caller that gives the message up on purpose calls <see cref="EnvelopeEncryptingStream.Abandon"/>
+    /// first, and nothing is logged.
     /// </remarks>
     /// <param name="destination">Where the message goes; not disposed.</param>
     /// <param name="encryptionContext">The context bound to the message.</param>

@@ -23,6 +23,6 @@ internal static partial class ClientLog
     [LoggerMessage(EventId = 3006, Level = LogLevel.Warning, Message = "{Count} attempts shed by full KMS nodes since the last such message (none of them run; the last: {Method} on {Endpoint}, {Reason}); each goes to another endpoint believed up or is retried after a backoff while its attempts last, and the nodes stay in the rotation")]
     public static partial void ShedByServer(ILogger logger, string method, long count, Uri endpoint, string reason);
 
-    [LoggerMessage(EventId = 3007, Level = LogLevel.Warning, Message = "An envelope encrypting stream was disposed without Complete after {Bytes} plaintext bytes: the message it wrote has no final frame and every reader will refuse it. A wrapper (StreamWriter, GZipStream, …) that disposes the stream it wraps needs leaveOpen: true, then call CompleteAsync")]
+    [LoggerMessage(EventId = 3007, Level = LogLevel.Warning, Message = "An envelope encrypting stream was disposed without Complete after {Bytes} plaintext bytes: the message it wrote has no final frame and every reader will refuse it. A wrapper (StreamWriter, GZipStream, …) that disposes the stream it wraps needs leaveOpen: true, then call CompleteAsync; a caller giving the message up on purpose calls Abandon first")]
     public static partial void EncryptingStreamNotCompleted(ILogger logger, long bytes);
 }

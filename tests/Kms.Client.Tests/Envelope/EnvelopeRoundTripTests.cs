@@ -418,6 +418,67 @@ public sealed class EnvelopeRoundTripTests
         Assert.Empty(logs.Events);
     }
 
+    // A caller who decides not to finish (cancelled while reading its source: an exception the
+    // stream never sees) says so with Abandon: no warning, and the message stays unreadable. The
+    // accidental case above still warns.
+    [Fact]
+    public async Task EncryptingStream_AbandonedAfterACancellationOutsideIt_NothingLogged_MessageRefused()
+    {
+        using var logs = new LogSink();
+        using var loggerFactory = LoggerFactory.Create(b => b.AddProvider(logs).SetMinimumLevel(LogLevel.Trace));
+        using var encryptor = new EnvelopeEncryptor(new FakeKeyProvider(), new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"], FrameLength = Frame, LoggerFactory = loggerFactory });
+        var file = new MemoryStream();
+        using var cancel = new CancellationTokenSource();
+        await using (var encrypting = await encryptor.OpenEncryptingStreamAsync(file, Context))
+        {
+            try
+            {
+                await encrypting.WriteAsync(Data(Frame + 10));
+                await cancel.CancelAsync();
+                cancel.Token.ThrowIfCancellationRequested();
+                await encrypting.CompleteAsync();
+            }
+            catch (OperationCanceledException)
+            {
+                encrypting.Abandon();
+            }
+        }
+
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(file.ToArray(), Context));
+        Assert.Empty(logs.Events);
+    }
+
+    [Fact]
+    public async Task EncryptingStream_Abandoned_RefusesMoreWritesAndCompletion()
+    {
+        using var encryptor = NewEncryptor(out _);
+        await using var encrypting = await encryptor.OpenEncryptingStreamAsync(new MemoryStream());
+        await encrypting.WriteAsync(Data(10));
+
+        encrypting.Abandon();
+        encrypting.Abandon();
+
+        Assert.False(encrypting.CanWrite);
+        Assert.Throws<InvalidOperationException>(() => encrypting.Write(new byte[1]));
+        await Assert.ThrowsAsync<InvalidOperationException>(() => encrypting.CompleteAsync());
+    }
+
+    // Abandon after a successful completion changes nothing: the message is whole.
+    [Fact]
+    public async Task EncryptingStream_AbandonAfterComplete_MessageStillDecrypts()
+    {
+        using var encryptor = NewEncryptor(out _);
+        var file = new MemoryStream();
+        await using (var encrypting = await encryptor.OpenEncryptingStreamAsync(file))
+        {
+            await encrypting.WriteAsync(Data(10));
+            await encrypting.CompleteAsync();
+            encrypting.Abandon();
+        }
+
+        Assert.Equal(Data(10), await encryptor.DecryptAsync(file.ToArray(), EnvelopeEncryptor.NoContext));
+    }
+
     [Fact]
     public async Task EncryptingStream_AfterComplete_RefusesMoreWrites()
     {
