@@ -254,6 +254,38 @@ public sealed partial class AuditVerifierTests : IDisposable
         }
     }
 
+    // An aggregated refusal's body has two more members (the resources its requests named, with
+    // counts, and how many named another): the verifier hashes the bytes as written, escaped names
+    // included, and an edited count breaks the chain like any edit.
+    [Fact]
+    public async Task AggregatedRefusalWithItsResources_Verifies_AndAnEditedCountIsCaught()
+    {
+        await _log.InitializeAsync(default);
+        await _store.AppendAuditAsync([Entry(1)], default);
+        await _store.AppendAuditAsync(
+            [Entry(2) with
+            {
+                RequestId = "aggregated",
+                Outcome = "PERMISSION_DENIED",
+                Count = 40,
+                LastTime = _time.GetUtcNow().AddSeconds(9),
+                Resources = [KeyValuePair.Create("tenants/dev/keys/\"quoted\"", 30L), KeyValuePair.Create("tenants/dev/keys/clé-ü", 3L), KeyValuePair.Create("tenants/dev/keys/a", 2L)],
+                OtherResources = 5,
+            }],
+            default);
+        await _store.AppendAuditAsync([Entry(3)], default);
+        Assert.NotNull(await _log.CheckpointAsync(default));
+        var lines = await ExportAsync();
+
+        var result = Verify(lines);
+        Assert.True(result.Valid, result.Problem);
+        Assert.Equal((3L, 3L), (result.Events, result.LastSignedSequence));
+        Assert.Contains("\"resources\":{\"tenants/dev/keys/\\u0022quoted\\u0022\":30,\"tenants/dev/keys/a\":2,\"tenants/dev/keys/cl\\u00E9-\\u00FC\":3},\"other_resources\":5}", lines[IndexOfEvent(lines, 2)], StringComparison.Ordinal);
+
+        Replace(lines, 2, l => l.Replace("\"other_resources\":5", "\"other_resources\":0", StringComparison.Ordinal));
+        AssertFails(lines, 2, "edited");
+    }
+
     [Fact]
     public async Task WrongPinnedKey_NothingVerifies()
     {

@@ -159,6 +159,64 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Assert.Equal(4, (await _store.ListAuditEventsAsync(new AuditQuery(), default)).Count);
     }
 
+    // The summary used to carry only the first refusal's resource: a flood probing 50 key names
+    // read as 99 refusals of k0, which none of them named. Now it lists the first 8 distinct names
+    // the counted refusals named (k9, named 48 times, among them), each with its count, and how
+    // many named another (41; the one naming nothing is in neither); the chained body holds it
+    // and reads back the same.
+    [Fact]
+    public async Task RefusalFlood_OverManyResources_SummaryListsTheFirstEightWithCounts_AndCountsTheRest()
+    {
+        await _log.RefusedAsync(Entry("first") with { Outcome = "PERMISSION_DENIED", Resource = "tenants/dev/keys/k0" }, default);
+        for (var i = 1; i < 50; i++)
+        {
+            await _log.RefusedAsync(Entry($"r{i}") with { Outcome = "PERMISSION_DENIED", Resource = $"tenants/dev/keys/k{i}" }, default);
+            await _log.RefusedAsync(Entry($"again{i}") with { Outcome = "PERMISSION_DENIED", Resource = i <= 2 ? "tenants/dev/keys/k1" : "tenants/dev/keys/k9" }, default);
+        }
+
+        await _log.RefusedAsync(Entry("unnamed") with { Outcome = "PERMISSION_DENIED" }, default);
+        await _log.FlushRefusalsAsync(default);
+
+        var summary = (await _store.ListAuditEventsAsync(new AuditQuery(), default)).Single(e => e.Entry.RequestId == "aggregated");
+        Assert.Equal(99, summary.Entry.Count);
+        Assert.Equal("tenants/dev/keys/k0", summary.Entry.Resource);
+        Assert.Equal(
+            ["tenants/dev/keys/k1=3", "tenants/dev/keys/k2=1", "tenants/dev/keys/k3=1", "tenants/dev/keys/k4=1", "tenants/dev/keys/k5=1", "tenants/dev/keys/k6=1", "tenants/dev/keys/k7=1", "tenants/dev/keys/k9=48"],
+            summary.Entry.Resources!.Select(r => $"{r.Key}={r.Value}"));
+        Assert.Equal(99 - 57 - 1, summary.Entry.OtherResources);
+        Assert.EndsWith(
+            ",\"context\":{},\"resources\":{\"tenants/dev/keys/k1\":3,\"tenants/dev/keys/k2\":1,\"tenants/dev/keys/k3\":1,\"tenants/dev/keys/k4\":1,\"tenants/dev/keys/k5\":1,\"tenants/dev/keys/k6\":1,\"tenants/dev/keys/k7\":1,\"tenants/dev/keys/k9\":48},\"other_resources\":41}",
+            summary.Body, StringComparison.Ordinal);
+        var parsed = AuditChain.Parse(summary.Body, summary.Hash);
+        Assert.Equal(summary.Entry.Resources, parsed.Entry.Resources);
+        Assert.Equal(summary.Body, AuditChain.Body(summary.Sequence, summary.PreviousHash, parsed.Entry));
+        Assert.Equal(summary.Hash, AuditChain.HashOf(summary.Body));
+
+        // An event that is no summary keeps its body as it always was.
+        var first = (await _store.ListAuditEventsAsync(new AuditQuery(), default))[0];
+        Assert.EndsWith(",\"context\":{}}", first.Body, StringComparison.Ordinal);
+        Assert.Null(AuditChain.Parse(first.Body, first.Hash).Entry.Resources);
+    }
+
+    // A principal without a tenant: its summary is read by the auditors of the tenant its first
+    // resource is in, so names in other tenants are counted, never listed there.
+    [Fact]
+    public async Task RefusalFlood_DeploymentPrincipal_ListsOnlyTheFirstResourcesTenant()
+    {
+        var probe = Entry("p") with { Principal = "cn:ops", Tenant = null, Outcome = "PERMISSION_DENIED" };
+        foreach (var resource in new[] { "tenants/b/keys/x", "tenants/b/keys/y", "tenants/c/keys/secret-project", "tenants/bb/keys/z", "tenants/b", "principals/root" })
+        {
+            await _log.RefusedAsync(probe with { Resource = resource }, default);
+        }
+
+        await _log.FlushRefusalsAsync(default);
+
+        var summary = (await _store.ListAuditEventsAsync(new AuditQuery(), default)).Single(e => e.Entry.RequestId == "aggregated");
+        Assert.Equal(["tenants/b=1", "tenants/b/keys/y=1"], summary.Entry.Resources!.Select(r => $"{r.Key}={r.Value}"));
+        Assert.Equal(3, summary.Entry.OtherResources);
+        Assert.DoesNotContain("secret-project", summary.Body, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task RefusalWindowClosedByTheLoopItself_WrittenWithoutStallingTheGroupCommit()
     {

@@ -229,6 +229,32 @@ public sealed class AuditTests : IAsyncLifetime
         Assert.Contains("security alert refusals", _server.Logs.AllText, StringComparison.Ordinal);
     }
 
+    // An anonymous flood probing key names: the summary lists what the counted calls named (the
+    // first 8 names of the first one's tenant, each with its count) and counts the rest, through
+    // the store and ListAuditEvents; another tenant's name is counted, never shown to dev.
+    [Fact]
+    public async Task RefusalFlood_OverManyKeyNames_SummaryListsTheNamesWithCounts()
+    {
+        using var anonymous = _server.CreateClient(apiToken: null);
+        string[] names = [.. Enumerable.Range(0, 12).Select(i => $"tenants/dev/keys/probe-{i}"), "tenants/other/keys/x"];
+        foreach (var name in names)
+        {
+            await Assert.ThrowsAsync<RpcException>(() => anonymous.GetKeyAsync(name));
+        }
+
+        await _server.Services.GetRequiredService<AuditLog>().FlushRefusalsAsync(default);
+        var events = await EventsAsync(new ListAuditEventsRequest { Principal = "anonymous", Operation = "GetKey" });
+        var summaries = events.Where(e => e.RequestId == "aggregated").ToList();
+
+        // One summary, or two if a slow run crossed a 10 s window: each accounts for every call it counted.
+        Assert.Equal(names.Length, events.Sum(e => e.Count));
+        Assert.NotEmpty(summaries);
+        Assert.All(summaries, s => Assert.Equal(s.Count, s.Resources.Values.Sum() + s.OtherResources));
+        Assert.All(summaries, s => Assert.InRange(s.Resources.Count, 1, 8));
+        Assert.Contains(summaries, s => s.Resources.ContainsKey("tenants/dev/keys/probe-1"));
+        Assert.DoesNotContain(summaries, s => s.Resources.ContainsKey("tenants/other/keys/x"));
+    }
+
     [Fact]
     public async Task BatchEncrypt_WhoseItemsAKeyPolicyRefuses_RaisesTheRefusalsAlert()
     {

@@ -36,8 +36,8 @@ public static class AuditVerifier
     /// <summary>
     /// The longest line read, in characters: far above any line the server writes (an event's
     /// request strings are cut at 512 characters, a principal's name is at most about 2,000, a
-    /// context at most 64 entries of 256-byte keys and hashed values — tens of kilobytes at the
-    /// very most). A longer line is malformed.
+    /// context at most 64 entries of 256-byte keys and hashed values, an aggregated refusal's
+    /// list at most 8 resource names — tens of kilobytes at the very most). A longer line is malformed.
     /// </summary>
     internal const int MaxLineLength = 1 << 20;
 

@@ -100,6 +100,10 @@ public static class AuditChain
             Count = root.GetProperty("count").GetInt64(),
             LastTime = root.GetProperty("last_time").GetString() is { } last ? ParseTime(last) : null,
             Context = context,
+            Resources = root.TryGetProperty("resources", out var resources)
+                ? resources.EnumerateObject().Select(p => KeyValuePair.Create(p.Name, p.Value.GetInt64())).ToList()
+                : null,
+            OtherResources = root.TryGetProperty("other_resources", out var others) ? others.GetInt64() : 0,
         };
         return new AuditEvent(root.GetProperty("seq").GetInt64(), entry, root.GetProperty("prev").GetString()!, hash, body);
     }
@@ -152,6 +156,19 @@ public static class AuditChain
         }
 
         w.WriteEndObject();
+
+        // Aggregated refusals only: two more members, so every other body is as it always was.
+        if (entry.Resources is { } resources)
+        {
+            w.WriteStartObject("resources");
+            foreach (var (resource, count) in resources.OrderBy(p => p.Key, StringComparer.Ordinal))
+            {
+                w.WriteNumber(resource, count);
+            }
+
+            w.WriteEndObject();
+            w.WriteNumber("other_resources", entry.OtherResources);
+        }
     }
 
     // The UTF-8 bytes of one JSON object, in a buffer the calling thread reuses: valid until

@@ -40,6 +40,25 @@ public sealed record AuditEntry
     /// <summary>Encryption-context keys with a keyed hash (HMAC-SHA256, hex) of each value, ordered by key.</summary>
     public IReadOnlyList<KeyValuePair<string, string>> Context { get; init; } = [];
 
+    /// <summary>
+    /// For aggregated refusals: the resources the requests counted named, each with how many
+    /// named it — the first <see cref="MaxListedResources"/> distinct names that this event's
+    /// readers may see, ordered by name (ordinal); null for every other event.
+    /// </summary>
+    /// <remarks>
+    /// <see cref="Resource"/> stays the window's first refusal's (written before as itself), so the
+    /// event is found where that one was. Names in another tenant than <see cref="Resource"/>'s
+    /// are not listed in an event of a principal without a tenant: that tenant's auditors read
+    /// it, and would learn what was asked of another tenant's names (docs/audit-format.md).
+    /// </remarks>
+    public IReadOnlyList<KeyValuePair<string, long>>? Resources { get; init; }
+
+    /// <summary>For aggregated refusals: how many of the requests counted named a resource not in <see cref="Resources"/>.</summary>
+    public long OtherResources { get; init; }
+
+    /// <summary>Most distinct resources an aggregated refusal lists (memory and event size stay bounded whatever a flood names).</summary>
+    public const int MaxListedResources = 8;
+
     /// <summary>The address part of a transport peer (<c>ipv4:10.0.0.7:51234</c> → <c>10.0.0.7</c>): anonymous callers are told apart by it.</summary>
     public static string AddressOf(string? peer)
     {

@@ -636,9 +636,13 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
-    // Refusals after the first of a window: counted, written as one event when it closes.
+    // Refusals after the first of a window: counted, written as one event when it closes, with
+    // the first few distinct resources they named (each with its count) and a count of the rest.
     private sealed class RefusalWindow(DateTimeOffset closes, AuditEntry first)
     {
+        // At most AuditEntry.MaxListedResources: a linear search is the cheapest lookup.
+        private readonly List<KeyValuePair<string, long>> _resources = [];
+
         public DateTimeOffset Closes { get; } = closes;
 
         public long Count { get; private set; }
@@ -646,6 +650,8 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         public DateTimeOffset First { get; private set; }
 
         public DateTimeOffset Last { get; private set; }
+
+        public long OtherResources { get; private set; }
 
         public void Add(AuditEntry entry)
         {
@@ -655,6 +661,7 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
             }
 
             Last = entry.Time;
+            CountResource(entry.Resource, 1);
         }
 
         // Counts of a window whose summary could not be written, folded into this one.
@@ -668,6 +675,11 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
             First = Count == 0 || other.First < First ? other.First : First;
             Last = other.Last > Last ? other.Last : Last;
             Count += other.Count;
+            OtherResources += other.OtherResources;
+            foreach (var (resource, count) in other._resources)
+            {
+                CountResource(resource, count);
+            }
         }
 
         public AuditEntry Summary() => first with
@@ -677,6 +689,49 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
             LastTime = Last,
             RequestId = "aggregated",
             Client = first.Client,
+            Resources = [.. _resources.OrderBy(r => r.Key, StringComparer.Ordinal)],
+            OtherResources = OtherResources,
         };
+
+        private void CountResource(string? resource, long count)
+        {
+            if (resource is null)
+            {
+                return;
+            }
+
+            var index = _resources.FindIndex(r => string.Equals(r.Key, resource, StringComparison.Ordinal));
+            if (index >= 0)
+            {
+                _resources[index] = KeyValuePair.Create(resource, _resources[index].Value + count);
+            }
+            else if (_resources.Count < AuditEntry.MaxListedResources && ReadersMaySee(resource))
+            {
+                _resources.Add(KeyValuePair.Create(resource, count));
+            }
+            else
+            {
+                OtherResources += count;
+            }
+        }
+
+        // The summary's readers: security officers, the principal's tenant's auditors, and for a
+        // principal without a tenant the auditors of the tenant its resource is in. A name of
+        // another tenant in such an event would show them what was asked of that tenant's names,
+        // which its own event would not have shown them (SqlStore's tenant filter).
+        private bool ReadersMaySee(string resource) =>
+            first.Tenant is not null || TenantOf(first.Resource) is not { } tenant || TenantOf(resource) == tenant;
+
+        private static string? TenantOf(string? resource)
+        {
+            if (resource is null || !resource.StartsWith("tenants/", StringComparison.Ordinal))
+            {
+                return null;
+            }
+
+            var rest = resource["tenants/".Length..];
+            var slash = rest.IndexOf('/', StringComparison.Ordinal);
+            return slash < 0 ? rest : rest[..slash];
+        }
     }
 }

@@ -149,6 +149,13 @@ internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IA
             info.ContextHashes[key] = hash;
         }
 
+        foreach (var (resource, count) in e.Entry.Resources ?? [])
+        {
+            info.Resources[resource] = count;
+        }
+
+        info.OtherResources = e.Entry.OtherResources;
+
         return info;
     }
 
