@@ -398,6 +398,45 @@ public sealed class CeremonyEndToEndTests : IDisposable
         Assert.Equal(3, (await Kms(outputs, ["ceremony", "verify-domain", .. Hsm("site-a"), "--domain-id", "anything"])).ExitCode);
     }
 
+    // --insecure-test-kdf copied from a test or a drill into a real ceremony used to run it with
+    // share files brute-forced cheaply, said only by a warning among its output. Without
+    // KMS_ALLOW_INSECURE_TEST_KDF=1 it is refused (usage, exit 2) before anything is generated;
+    // restore-domain likewise, which is where weak share files are read.
+    [Fact]
+    public async Task InsecureTestKdf_WithoutTheVariable_Refused_NothingGenerated()
+    {
+        var outputs = new List<CliResult>();
+        Assert.Equal(0, (await Kms(outputs, ["ceremony", "init-token", .. Hsm("site-a"), "--so-pin-file", P("so.pin")])).ExitCode);
+        Assert.Equal(0, (await Kms(outputs, "officer", "keygen", "--out", P("olga.key"), "--key-passphrase-file", P("officer-key"))).ExitCode);
+        string[] create =
+        [
+            "ceremony", "create-domain", .. Hsm("site-a"), "--custodians", "2", "--threshold", "2", "--domain-id", DomainId,
+            "--shares-dir", P("shares"), "--data-dir", P("data"), "--passphrase-file", $"custodian-1={P("alice")}", "--passphrase-file", $"custodian-2={P("bob")}",
+            "--officer", $"olga={P("olga.key.pub")}", "--officer-threshold", "1", "--allow-network", "--insecure-test-kdf", "--output", "json",
+        ];
+
+        foreach (var value in new[] { "0", "", "true", "yes" })
+        {
+            var refused = await Kms(outputs, new Dictionary<string, string> { [CliRun.AllowInsecureTestKdf] = value }, create);
+            Assert.True(refused.ExitCode == 2, refused.ToString());
+            Assert.Contains("refused unless KMS_ALLOW_INSECURE_TEST_KDF=1", refused.Error, StringComparison.Ordinal);
+        }
+
+        var restore = await Kms(outputs, new Dictionary<string, string> { [CliRun.AllowInsecureTestKdf] = "0" },
+            ["ceremony", "restore-domain", .. Hsm("site-a"), "--share", P("shares/none.json"), "--share", P("shares/other.json"), "--data-dir", P("data"), "--without-approval", "--allow-network", "--insecure-test-kdf"]);
+        Assert.True(restore.ExitCode == 2, restore.ToString());
+        Assert.Contains("refused unless KMS_ALLOW_INSECURE_TEST_KDF=1", restore.Error, StringComparison.Ordinal);
+
+        Assert.False(Directory.Exists(P("shares")) && Directory.EnumerateFileSystemEntries(P("shares")).Any());
+        Assert.False(Directory.Exists(P("data")) && Directory.EnumerateFileSystemEntries(P("data")).Any());
+        Assert.Equal(3, (await Kms(outputs, ["ceremony", "verify-domain", .. Hsm("site-a"), "--domain-id", DomainId])).ExitCode);
+
+        // With it, the same command line runs (and still warns).
+        var allowed = await Kms(outputs, create);
+        Assert.True(allowed.ExitCode == 0, allowed.ToString());
+        Assert.Contains("kms: warning: --insecure-test-kdf", allowed.Error, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task CreateDomain_TokenOrDataDirTaken_RefusedAndTheFirstDomainKeyIsIntact()
     {
@@ -464,7 +503,7 @@ public sealed class CeremonyEndToEndTests : IDisposable
         }
 
         // Started with core dumps allowed, so the limit of 0 seen below is the ceremony's doing.
-        var start = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true };
+        var start = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true, Environment = { [CliRun.AllowInsecureTestKdf] = "1" } };
         foreach (var arg in (string[])["-c", "ulimit -c unlimited && exec \"$@\"", "bash", "dotnet", CliRun.KmsDll, "ceremony", "create-domain", .. Hsm("site-a", pinFile: fifo), "--custodians", "2", "--threshold", "2",
             "--shares-dir", P("shares"), "--data-dir", P("data"), "--passphrase-file", $"custodian-1={P("alice")}", "--passphrase-file", $"custodian-2={P("bob")}",
             "--officer", $"olga={P("olga.key.pub")}", "--officer-threshold", "1",

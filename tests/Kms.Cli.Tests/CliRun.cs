@@ -28,6 +28,9 @@ public static class CliRun
         }
     }
 
+    /// <summary>The variable that lets <c>--insecure-test-kdf</c> through: 1 in every child process unless the test's variables say otherwise.</summary>
+    public const string AllowInsecureTestKdf = "KMS_ALLOW_INSECURE_TEST_KDF";
+
     /// <summary>
     /// Runs the entry point in-process with only <paramref name="variables"/> as the environment
     /// and <paramref name="home"/> as the home directory.
@@ -59,7 +62,8 @@ public static class CliRun
 
     /// <summary>
     /// Runs <c>dotnet kms.dll ARGS</c> as a child process with a clean environment: no KMS_*
-    /// variable but those in <paramref name="variables"/>, HOME in <paramref name="home"/>.
+    /// variable but those in <paramref name="variables"/> and <see cref="AllowInsecureTestKdf"/>,
+    /// HOME in <paramref name="home"/>.
     /// </summary>
     public static Task<CliResult> ProcessAsync(IReadOnlyDictionary<string, string> variables, string home, params string[] args) =>
         ProcessInShellAsync(variables, home, null, args);
@@ -125,6 +129,9 @@ public static class CliRun
         }
 
         start.Environment["HOME"] = home;
+        // The ceremony tests run with --insecure-test-kdf, which the CLI refuses without this;
+        // a test of that refusal sets it to something else in its variables.
+        start.Environment[AllowInsecureTestKdf] = "1";
         foreach (var (name, value) in variables)
         {
             start.Environment[name] = value;

@@ -20,10 +20,20 @@ internal sealed class CeremonyHostOptions
         Description = "run although a network interface other than loopback is up (recorded in the transcript)",
     };
 
-    /// <summary>Tests only: Argon2id at a cost an attacker brute-forces cheaply; the transcript says so.</summary>
+    /// <summary>
+    /// The environment variable that must be <c>1</c> for <see cref="InsecureTestKdf"/> to be
+    /// accepted: a flag copied from a test or a drill into a real ceremony is refused, not only
+    /// warned about in the middle of its output.
+    /// </summary>
+    public const string AllowInsecureTestKdfVariable = "KMS_ALLOW_INSECURE_TEST_KDF";
+
+    /// <summary>
+    /// Tests only: Argon2id at a cost an attacker brute-forces cheaply; refused unless
+    /// <see cref="AllowInsecureTestKdfVariable"/> is <c>1</c>, warned about, and the transcript says so.
+    /// </summary>
     public Option<bool> InsecureTestKdf { get; } = new("--insecure-test-kdf")
     {
-        Description = "TESTS ONLY: weak Argon2id parameters (share files brute-forced cheaply)",
+        Description = "TESTS ONLY: weak Argon2id parameters (share files brute-forced cheaply); needs KMS_ALLOW_INSECURE_TEST_KDF=1",
         Hidden = true,
     };
 
@@ -38,6 +48,14 @@ internal sealed class CeremonyHostOptions
     /// <summary>Makes the process non-dumpable and checks the network; the returned facts go into the transcript.</summary>
     public PreparedHost Prepare(CliContext context)
     {
+        var weak = context.ParseResult.GetValue(InsecureTestKdf);
+        if (weak && context.Environment.GetVariable(AllowInsecureTestKdfVariable) != "1")
+        {
+            // Before anything is read or generated: a refused run changes nothing.
+            throw new CliUsageException(
+                $"--insecure-test-kdf protects share files with Argon2id at 64 KiB and one pass, brute-forced cheaply: it is for tests and drills only, and refused unless {AllowInsecureTestKdfVariable}=1 is set in the environment; a real ceremony runs without it");
+        }
+
         OfflineHost.DisableCoreDumps();
         // Read back from the kernel, so the transcript states what is, not what was asked for.
         var coreLimit = OfflineHost.CoreLimit();
@@ -54,7 +72,6 @@ internal sealed class CeremonyHostOptions
             context.Output.Warn($"running with network interfaces up ({string.Join(", ", up)}) because of --allow-network");
         }
 
-        var weak = context.ParseResult.GetValue(InsecureTestKdf);
         if (weak)
         {
             // Hidden from --help, so said where the operator looks, not only in the transcript.
