@@ -99,6 +99,47 @@ public sealed class DurableFileTests : IDisposable
     }
 
     [Fact]
+    public void Commit_TwoWritersOfTheSameNewName_ExactlyOneWins_TheOtherRefused_WinnersContentWhole()
+    {
+        // No overwrite must hold between two writers too: a check for the name followed by a
+        // rename lets both see it free and the second replace the first's file, both told
+        // "written". Rounds, because the old check-then-rename lost only when the two landed in
+        // the same few microseconds; the commit itself must leave no such window.
+        for (var round = 0; round < 500; round++)
+        {
+            var path = Path.Combine(_directory, $"share-{round}.json");
+            byte[][] contents = [Enumerable.Repeat((byte)'a', 8192).ToArray(), Enumerable.Repeat((byte)'b', 8192).ToArray()];
+            using var start = new Barrier(2);
+            var outcomes = new Exception?[2];
+            var threads = Enumerable.Range(0, 2).Select(i => new Thread(() =>
+            {
+                using var writer = DurableFile.Create(path, DurableFile.OwnerOnly, overwrite: false);
+                writer.Stream.Write(contents[i]);
+                writer.Stream.Flush(flushToDisk: false);
+                start.SignalAndWait();
+                try
+                {
+                    writer.Commit();
+                }
+                catch (IOException e)
+                {
+                    outcomes[i] = e;
+                }
+            })).ToList();
+            threads.ForEach(t => t.Start());
+            threads.ForEach(t => t.Join());
+
+            var winners = Enumerable.Range(0, 2).Where(i => outcomes[i] is null).ToList();
+            var winner = Assert.Single(winners);
+            var refused = Assert.IsType<IOException>(outcomes[1 - winner]);
+            Assert.Equal($"{path} exists already", refused.Message);
+            Assert.Equal(contents[winner], File.ReadAllBytes(path));
+            Assert.Equal([path], Directory.GetFiles(_directory));
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
     public void Commit_DirectorySyncedOnceAfterTheFileIsInPlace()
     {
         var path = Path.Combine(_directory, "share-1-bob.json");
@@ -171,6 +212,24 @@ public sealed class DurableFileTests : IDisposable
         Assert.Equal([path], Directory.GetFileSystemEntries(_directory));
         Assert.Equal("{}", File.ReadAllText(Path.Combine(path, "manifest.json")));
         Assert.Throws<IOException>(() => DurableDirectory.Create(path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute));
+    }
+
+    [Fact]
+    public void NoReplaceRename_Link_TheFallbackWithoutRenameat2_RefusesAnExistingName_PublishesAFreeOne()
+    {
+        var temporary = Path.Combine(_directory, ".share.json.partial");
+        var path = Path.Combine(_directory, "share.json");
+        File.WriteAllText(temporary, "new");
+        File.WriteAllText(path, "earlier");
+
+        Assert.Equal(NoReplaceRename.Outcome.Exists, NoReplaceRename.Link(temporary, path));
+        Assert.Equal("earlier", File.ReadAllText(path));
+        Assert.Equal("new", File.ReadAllText(temporary));
+
+        File.Delete(path);
+        Assert.Equal(NoReplaceRename.Outcome.Moved, NoReplaceRename.Link(temporary, path));
+        Assert.Equal("new", File.ReadAllText(path));
+        Assert.Equal([path], Directory.GetFiles(_directory));
     }
 
     /// <summary>A source that gives <c>limit</c> bytes, then fails as a broken connection does.</summary>

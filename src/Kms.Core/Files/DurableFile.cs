@@ -31,7 +31,7 @@ public static class DurableFile
     /// </summary>
     /// <param name="path">The final path.</param>
     /// <param name="mode">The file's mode (<see cref="OwnerOnly"/> for anything secret).</param>
-    /// <param name="overwrite">Whether the commit replaces an existing file; when false an existing file is refused, here and again at the rename.</param>
+    /// <param name="overwrite">Whether the commit replaces an existing file; when false an existing file is refused, here and again at the rename, in one step of the file system (two writers of one new name: exactly one commits).</param>
     /// <exception cref="IOException"><paramref name="path"/> exists and <paramref name="overwrite"/> is false, or the temporary file cannot be created.</exception>
     public static DurableFileWriter Create(string path, UnixFileMode mode, bool overwrite) =>
         Create(path, mode, overwrite, DirectorySync.Flush);

@@ -34,13 +34,23 @@ public sealed class DurableFileWriter : IDisposable, IAsyncDisposable
     /// caller told of a failure is not left with a file it cannot trust to stay. A replacing one
     /// stays: the previous file is gone once the rename is done.
     /// </remarks>
-    /// <exception cref="IOException">The file cannot be flushed or renamed (without overwrite: <see cref="Path"/> appeared meanwhile), or the directory cannot be synced.</exception>
+    /// <exception cref="IOException">The file cannot be flushed or renamed (without overwrite: <see cref="Path"/> appeared meanwhile, <c>"{Path} exists already"</c>: of two writers of one new name, exactly one commits, see <see cref="NoReplaceRename"/>), or the directory cannot be synced.</exception>
     public void Commit()
     {
         ObjectDisposedException.ThrowIf(_committed, this);
         Stream.Flush(flushToDisk: true);
         Stream.Dispose();
-        File.Move(_temporary, Path, _overwrite);
+        if (_overwrite)
+        {
+            File.Move(_temporary, Path, overwrite: true);
+        }
+        else
+        {
+            // Not File.Move: its check for the name and its rename are two steps, and a writer
+            // between them had its file replaced by this one although both were told "written".
+            NoReplaceRename.MoveFile(_temporary, Path);
+        }
+
         _committed = true;
         try
         {
