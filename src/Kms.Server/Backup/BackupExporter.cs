@@ -1,6 +1,7 @@
 using Kms.Core.Audit;
 using Kms.Core.Backup;
 using Kms.Core.Errors;
+using Kms.Core.Files;
 using Kms.Core.Ports;
 using Kms.Core.Quorum;
 using Kms.Core.Services;
@@ -16,8 +17,11 @@ namespace Kms.Server.Backup;
 /// </summary>
 /// <remarks>
 /// The snapshot is taken after the request's execution committed, so it holds the executed
-/// request and its execution event. If writing the backup fails, the request stays executed
-/// without a backup: the audit log says so (outcome not OK) and officers create a new request.
+/// request and its execution event. The three files are written under a temporary directory
+/// beside the final one (<see cref="DurableDirectory"/>) and renamed into place together once
+/// each is on disk: after a crash the final directory holds the whole backup or does not exist.
+/// If writing the backup fails, the request stays executed without a backup: the audit log says
+/// so (outcome not OK) and officers create a new request.
 /// The snapshot holds key material wrapped under the domain key only — what the database holds.
 /// </remarks>
 internal sealed partial class BackupExporter(SqlStore store, AuditLog audit, IHsm hsm, TimeProvider time, string backupsDirectory, ILogger logger)
@@ -47,16 +51,12 @@ internal sealed partial class BackupExporter(SqlStore store, AuditLog audit, IHs
         var outcome = "INTERNAL";
         try
         {
-            if (OperatingSystem.IsWindows())
-            {
-                Directory.CreateDirectory(directory);
-            }
-            else
-            {
-                Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-            }
-
-            var snapshotPath = Path.Combine(directory, BackupManifest.SnapshotFile);
+            // Filled under a temporary name beside the final one and renamed into place whole
+            // once the manifest and its signature are on disk: a crash or a failure part-way
+            // leaves nothing under the final name (a snapshot without its manifest there would
+            // look like a backup, and would block the request's export for good).
+            using var staged = DurableDirectory.Create(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            var snapshotPath = Path.Combine(staged.Staging, BackupManifest.SnapshotFile);
             var snapshot = store is SqliteStore sqlite
                 ? await sqlite.SnapshotAsync(snapshotPath, cancellationToken)
                 : throw KmsErrors.FailedPrecondition(
@@ -75,8 +75,9 @@ internal sealed partial class BackupExporter(SqlStore store, AuditLog audit, IHs
             };
             var json = manifest.ToJson();
             var signature = await audit.SignStatementAsync(BackupManifest.StatementKind, json, cancellationToken);
-            await WriteOwnerOnlyAsync(Path.Combine(directory, BackupManifest.ManifestFile), json, cancellationToken);
-            await WriteOwnerOnlyAsync(Path.Combine(directory, BackupManifest.SignatureFile), System.Text.Encoding.ASCII.GetBytes(Convert.ToBase64String(signature) + "\n"), cancellationToken);
+            await DurableFile.WriteAsync(Path.Combine(staged.Staging, BackupManifest.ManifestFile), json, DurableFile.OwnerOnly, overwrite: false, cancellationToken);
+            await DurableFile.WriteAsync(Path.Combine(staged.Staging, BackupManifest.SignatureFile), System.Text.Encoding.ASCII.GetBytes(Convert.ToBase64String(signature) + "\n"), DurableFile.OwnerOnly, overwrite: false, cancellationToken);
+            staged.Commit();
             outcome = "OK";
             return manifest;
         }
@@ -138,18 +139,4 @@ internal sealed partial class BackupExporter(SqlStore store, AuditLog audit, IHs
 
     [LoggerMessage(EventId = 1150, Level = LogLevel.Error, Message = "the backup of {Request} could not be {Action}: {Error}")]
     private static partial void LogFileError(ILogger logger, string request, string action, string error);
-
-    private static async Task WriteOwnerOnlyAsync(string path, byte[] content, CancellationToken cancellationToken)
-    {
-        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
-        if (!OperatingSystem.IsWindows())
-        {
-            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
-        }
-
-        await using var stream = new FileStream(path, options);
-        await stream.WriteAsync(content, cancellationToken);
-        await stream.FlushAsync(cancellationToken);
-        stream.Flush(flushToDisk: true);
-    }
 }

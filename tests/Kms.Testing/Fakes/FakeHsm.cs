@@ -133,9 +133,13 @@ public sealed class FakeHsm : IHsm, IDisposable
         }
     }
 
+    /// <summary>Runs before each ECDSA signature (audit checkpoints, signed statements): a test looks at the disk there, or throws to fail it.</summary>
+    public Action? BeforeSignEcdsa { get; set; }
+
     public ValueTask<byte[]> SignEcdsaAsync(KeyMaterialRef key, EcCurve curve, byte[] digest, CancellationToken cancellationToken)
     {
         Count("sign");
+        BeforeSignEcdsa?.Invoke();
         var wrapped = key.Wrapped.Bytes.Span;
         var pkcs8 = new byte[wrapped.Length - 28];
         try
