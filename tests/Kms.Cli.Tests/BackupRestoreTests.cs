@@ -320,6 +320,55 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task Restore_AuditLogsWhoseLastLineACrashTore_ReadUpToIt_TheRestoreSaysSo()
+    {
+        // A SIEM stream (or a copy of it) taken after a crash in the middle of an append ends in
+        // a line without its line feed. It is no reason to refuse the whole file (and with it the
+        // destructions it records): read up to it, and say the last line was not read.
+        string backup;
+        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
+        using (var developer = _server.CreateClient())
+        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+        {
+            var key = (await developer.CreateKeyAsync("tenants/dev", "torn")).Name;
+            await developer.RotateKeyAsync(key);
+            backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+            await DestroyFirstVersionNowAsync(developer, officer, key);
+            await using var file = File.CreateText(exportPath);
+            await officer.ExportAuditAsync(file);
+        }
+
+        var stream = exportPath + ".stream";
+        var targets = new List<string>();
+        try
+        {
+            var lines = await File.ReadAllLinesAsync(exportPath);
+            var events = lines.Where(l => l.StartsWith("{\"event\"", StringComparison.Ordinal)).ToList();
+            await File.WriteAllTextAsync(stream, string.Join("", events.Select(l => l + "\n")) + events[^1][..60]);
+            await File.AppendAllTextAsync(exportPath, events[^1][..60]);
+
+            foreach (var log in new[] { stream, exportPath })
+            {
+                var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+                targets.Add(target);
+                var report = await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [log], replace: false, CancellationToken.None);
+
+                Assert.Single(report.Reapplied);
+                Assert.Contains(report.Skipped, s => s == $"{log}: its last line is incomplete (60 characters without a line end: a crash while it was written, or a copy taken meanwhile) and was not read; a destruction recorded on it is re-applied only if another audit log given holds it");
+            }
+        }
+        finally
+        {
+            File.Delete(exportPath);
+            File.Delete(stream);
+            foreach (var target in targets.Where(Directory.Exists))
+            {
+                Directory.Delete(target, recursive: true);
+            }
+        }
+    }
+
+    [Fact]
     public async Task Restore_FromAnAuditExportAlone_ReappliesScheduledDestructionsAndDeletionsMadeAfterTheBackup()
     {
         // The site is lost: no database to replace, only the backup and the audit export. A

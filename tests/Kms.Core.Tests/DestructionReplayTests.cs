@@ -11,6 +11,30 @@ public sealed class DestructionReplayTests
     private static readonly DateTimeOffset Backup = new(2026, 11, 29, 12, 0, 0, TimeSpan.Zero);
     private static readonly KeyName Name = KeyName.Parse("tenants/dev/keys/k", "name");
 
+    [Theory]
+    [InlineData("{\"event\":{\"seq\":1}}\n{\"event\":{\"seq\":2}}\n", 2, null)]
+    [InlineData("{\"event\":{\"seq\":1}}\n{\"event\":{\"se", 1, "{\"event\":{\"se")]
+    [InlineData("{\"event\":{\"seq\":1}}\r\n{\"event\":{\"seq\":2}}", 2, null)]
+    [InlineData("{\"eve", 0, "{\"eve")]
+    [InlineData("", 0, null)]
+    public void SplitLines_ATornLastLine_LeftOutAndReturned_AWholeOneWithoutItsLineFeedKept(string text, int lines, string? torn)
+    {
+        var split = DestructionReplay.SplitLines(text);
+
+        Assert.Equal(lines, split.Lines.Count);
+        Assert.Equal(torn, split.TornLastLine);
+        Assert.All(split.Lines, l => Assert.StartsWith("{\"event\":{\"seq\":", l, StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void SplitLines_ATornLineBeforeTheLast_KeptForEventsOfToRefuse()
+    {
+        var (lines, torn) = DestructionReplay.SplitLines("{\"event\":{\"se\n{\"event\":{\"seq\":2}}\n");
+
+        Assert.Null(torn);
+        Assert.Contains("line 1 is not JSON", Assert.Throws<FormatException>(() => DestructionReplay.EventsOf(lines, "siem.jsonl")).Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void Apply_OneVersion_DestroyedWithTheRecordedTime_OthersUntouched()
     {

@@ -183,6 +183,32 @@ public sealed class DurableFileTests : IDisposable
         Assert.Equal(DurableFile.OwnerOnly, File.GetUnixFileMode(path));
     }
 
+    [Theory]
+    [InlineData("one\n{\"checkpoint\":{\"seq\":2", "one\n")]
+    [InlineData("{\"checkpoint\":{\"seq\":1", "")]
+    public async Task AppendAsync_ACrashLeftTheLastLineTorn_CutOff_TheNextRecordOnALineOfItsOwn(string torn, string whole)
+    {
+        // A crash mid-append left the last line without its line feed; appending after it would
+        // run the next record on from it, and spoil both lines for every reader.
+        var path = Path.Combine(_directory, "checkpoints.jsonl");
+        await File.WriteAllTextAsync(path, torn);
+
+        var cut = await DurableFile.AppendAsync(path, "two\n"u8.ToArray(), DurableFile.OwnerOnly, default);
+
+        Assert.Equal(whole + "two\n", await File.ReadAllTextAsync(path));
+        Assert.Equal(torn.Length - whole.Length, cut);
+        Assert.Equal(0, await DurableFile.AppendAsync(path, "three\n"u8.ToArray(), DurableFile.OwnerOnly, default));
+        Assert.Equal(whole + "two\nthree\n", await File.ReadAllTextAsync(path));
+    }
+
+    [Fact]
+    public void Append_NotWholeLines_Refused_NothingWritten()
+    {
+        var path = Path.Combine(_directory, "checkpoints.jsonl");
+        Assert.Throws<ArgumentException>(() => DurableFile.Append(path, "no line feed"u8, DurableFile.OwnerOnly));
+        Assert.False(File.Exists(path));
+    }
+
     [Fact]
     public void DurableDirectory_Uncommitted_NothingUnderTheNameAndNothingLeft()
     {

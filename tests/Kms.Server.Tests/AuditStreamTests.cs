@@ -1,9 +1,12 @@
+using System.Collections.Concurrent;
+using Kms.Core.Files;
 using Kms.Server.Audit;
+using Kms.Server.Hosting;
 using Kms.Testing;
 
 namespace Kms.Server.Tests;
 
-/// <summary>Where a SIEM stream file left off, read back at start.</summary>
+/// <summary>Where a SIEM stream file left off, read back at start; how the stream and checkpoints.jsonl are appended to.</summary>
 public sealed class AuditStreamTests : IDisposable
 {
     private readonly string _path = Scratch.NewPath("kms-stream-", ".jsonl");
@@ -53,6 +56,67 @@ public sealed class AuditStreamTests : IDisposable
     {
         File.WriteAllText(_path, Line(7) + "\n[1,2]\n{\"event\":\"not an object\"}\n");
         Assert.Equal(7, AuditWorker.LastStreamedSequence(_path));
+    }
+
+    [Fact]
+    public void Append_NewFile_OwnerOnlyFromItsCreation_ItsModeNeverChanged()
+    {
+        // Created with the default mode and chmod'ed after, the file was readable by group and
+        // others in between - and for good if the process died there, since an existing file is
+        // not chmod'ed again. inotify reports every change of the mode (IN_ATTRIB), in order.
+        var directory = Directory.CreateDirectory(Scratch.NewPath("kms-append-")).FullName;
+        var path = Path.Combine(directory, "checkpoints.jsonl");
+        var sentinel = Path.Combine(directory, "sentinel");
+        File.WriteAllText(sentinel, "");
+        using var changed = new BlockingCollection<string>();
+        using var watcher = new FileSystemWatcher(directory) { NotifyFilter = NotifyFilters.Attributes };
+        watcher.Changed += (_, e) => changed.Add(e.Name!);
+        watcher.EnableRaisingEvents = true;
+        using var worker = Worker(new LogCapture(), out var factory);
+        using (factory)
+        {
+            worker.Append(path, "{\"checkpoint\":1}");
+        }
+
+        // A mode change after the append: its event comes after any the append caused.
+        File.SetUnixFileMode(sentinel, UnixFileMode.UserRead);
+        var seen = new List<string>();
+        var sentinelSeen = false;
+        while (!sentinelSeen && changed.TryTake(out var name, TimeSpan.FromMinutes(1)))
+        {
+            sentinelSeen = name == "sentinel";
+            seen.Add(name);
+        }
+
+        Assert.Equal("{\"checkpoint\":1}\n", File.ReadAllText(path));
+        Assert.Equal(DurableFile.OwnerOnly, File.GetUnixFileMode(path));
+        Assert.DoesNotContain("checkpoints.jsonl", seen);
+        Assert.True(sentinelSeen, "the sentinel's mode change was never reported: the watcher saw nothing");
+        Directory.Delete(directory, recursive: true);
+    }
+
+    [Fact]
+    public void Append_ACrashLeftTheLastLineTorn_CutOff_TheNextRecordOnALineOfItsOwn_Logged()
+    {
+        var whole = Line(1) + "\n";
+        File.WriteAllText(_path, whole + Line(2)[..40]);
+        var capture = new LogCapture();
+        using var worker = Worker(capture, out var factory);
+        using (factory)
+        {
+            worker.Append(_path, Line(2) + "\n" + Line(3));
+        }
+
+        Assert.Equal(whole + Line(2) + "\n" + Line(3) + "\n", File.ReadAllText(_path));
+        Assert.Equal(3, AuditWorker.LastStreamedSequence(_path));
+        Assert.Contains(capture.Events, e => e.StartsWith("Warning the last line of ", StringComparison.Ordinal) && e.Contains("(40 bytes without a line end", StringComparison.Ordinal));
+    }
+
+    private static AuditWorker Worker(LogCapture capture, out Serilog.Extensions.Logging.SerilogLoggerFactory factory)
+    {
+        factory = new Serilog.Extensions.Logging.SerilogLoggerFactory(new Serilog.LoggerConfiguration().WriteTo.Sink(capture).CreateLogger(), dispose: true);
+        // Append needs no audit log: the files are all it touches.
+        return new AuditWorker(null!, new AuditHostOptions(), Microsoft.Extensions.Options.Options.Create(new KmsServerOptions()), new Microsoft.Extensions.Logging.Logger<AuditWorker>(factory));
     }
 
     private static string Line(long sequence) =>

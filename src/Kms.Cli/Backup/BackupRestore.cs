@@ -16,7 +16,7 @@ namespace Kms.Cli.Backup;
 /// <summary>What a restore did: the backup it installed, the destructions it re-applied, where the replaced database went.</summary>
 /// <param name="Manifest">The verified manifest.</param>
 /// <param name="Reapplied">Versions the restore destroyed in the snapshot, each with where the destruction was found.</param>
-/// <param name="Skipped">Recorded destructions of keys or versions the snapshot does not hold (made after the backup).</param>
+/// <param name="Skipped">Recorded destructions of keys or versions the snapshot does not hold (made after the backup), and what the audit logs lack: ranges left out (with --allow-gaps), a torn last line not read.</param>
 /// <param name="ReplacedDatabase">Where the database that was replaced was kept, or null.</param>
 internal sealed record RestoreReport(BackupManifest Manifest, IReadOnlyList<(string Version, string Source)> Reapplied, IReadOnlyList<string> Skipped, string? ReplacedDatabase);
 
@@ -77,7 +77,7 @@ internal static class BackupRestore
         }
 
         var gaps = new List<string>();
-        recorded.AddRange(Destructions(await ReadLogsAsync(auditLogs, auditPublicKey, cancellationToken), manifest.AuditHead.Sequence, allowGaps, gaps));
+        recorded.AddRange(Destructions(await ReadLogsAsync(auditLogs, auditPublicKey, gaps, cancellationToken), manifest.AuditHead.Sequence, allowGaps, gaps));
 
         // 2. A private copy, checked again (the file could have changed since it was verified).
         Directory.CreateDirectory(dataDir);
@@ -234,9 +234,9 @@ internal static class BackupRestore
     public static async Task<(IReadOnlyList<(string Version, string Source)> Reapplied, IReadOnlyList<string> Skipped, long AfterSequence)> ReapplyFromLogsAsync(
         SqlStore store, IReadOnlyList<string> auditLogs, long? afterSequence, byte[]? auditPublicKey, CancellationToken cancellationToken, bool allowGaps = false)
     {
-        var logs = await ReadLogsAsync(auditLogs, auditPublicKey, cancellationToken);
-        var after = afterSequence ?? await LastSharedEventAsync(store, logs, cancellationToken);
         var gaps = new List<string>();
+        var logs = await ReadLogsAsync(auditLogs, auditPublicKey, gaps, cancellationToken);
+        var after = afterSequence ?? await LastSharedEventAsync(store, logs, cancellationToken);
         var (reapplied, skipped) = await ReapplyAsync(store, Destructions(logs, after, allowGaps, gaps), null, store.Location, cancellationToken);
         return (reapplied, [.. gaps, .. skipped], after);
     }
@@ -250,13 +250,21 @@ internal static class BackupRestore
     /// back. Where the files leave events out is judged over all of them, after the start
     /// (<see cref="Destructions"/>): a stream may restart (after a restore it goes back to the
     /// restored head) or skip a second (on stdout), and another file may hold what it lacks.
+    /// A last line a crash left torn (<see cref="DestructionReplay.SplitLines"/>) is not read, and
+    /// <paramref name="notes"/> says so: the file ends one event earlier, as if copied a moment
+    /// sooner; the event on it is re-applied only if another file holds it.
     /// </summary>
-    private static async Task<List<(string Log, IReadOnlyList<LoggedEvent> Events)>> ReadLogsAsync(IReadOnlyList<string> auditLogs, byte[]? auditPublicKey, CancellationToken cancellationToken)
+    private static async Task<List<(string Log, IReadOnlyList<LoggedEvent> Events)>> ReadLogsAsync(IReadOnlyList<string> auditLogs, byte[]? auditPublicKey, List<string> notes, CancellationToken cancellationToken)
     {
         var logs = new List<(string, IReadOnlyList<LoggedEvent>)>();
         foreach (var log in auditLogs)
         {
-            var lines = await File.ReadAllLinesAsync(log, cancellationToken);
+            var (lines, torn) = DestructionReplay.SplitLines(await File.ReadAllTextAsync(log, cancellationToken));
+            if (torn is not null)
+            {
+                notes.Add($"{log}: its last line is incomplete ({torn.Length} characters without a line end: a crash while it was written, or a copy taken meanwhile) and was not read; a destruction recorded on it is re-applied only if another audit log given holds it");
+            }
+
             if (auditPublicKey is not null && lines.FirstOrDefault(l => l.Length > 0) is { } first && first.Contains("\"kms_audit_export\"", StringComparison.Ordinal))
             {
                 var verification = AuditVerifier.Verify(new StringReader(string.Join('\n', lines)), auditPublicKey, partial: true);

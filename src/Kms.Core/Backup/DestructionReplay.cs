@@ -104,6 +104,38 @@ public static class DestructionReplay
         [.. EventsOf(lines, source).Where(e => e.Sequence > afterSequence && e.Destruction is not null).Select(e => e.Destruction!)];
 
     /// <summary>
+    /// The lines of an audit export's or SIEM stream's text, without its last line when that line
+    /// is torn: it has no line feed after it and is not JSON — what a crash while the line was
+    /// appended leaves (the server cuts it at its next append or start), or a copy taken meanwhile.
+    /// A last line that is whole JSON without its line feed is kept. A torn line anywhere else
+    /// stays in the lines, for <see cref="EventsOf"/> to refuse: only the end of a file can be
+    /// torn by a crash.
+    /// </summary>
+    /// <returns>The lines, and the torn last line (null when there is none).</returns>
+    public static (IReadOnlyList<string> Lines, string? TornLastLine) SplitLines(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var lines = text.Split('\n').Select(l => l.TrimEnd('\r')).ToList();
+        var last = lines[^1];
+        lines.RemoveAt(lines.Count - 1); // after the final line feed: empty, or a line without one
+        if (last.Length == 0)
+        {
+            return (lines, null);
+        }
+
+        try
+        {
+            using var whole = JsonDocument.Parse(last);
+            lines.Add(last);
+            return (lines, null);
+        }
+        catch (JsonException)
+        {
+            return (lines, last);
+        }
+    }
+
+    /// <summary>
     /// Every event of an audit export or SIEM stream, in the file's order, with the destruction
     /// each records (as <see cref="FromAuditLines"/> reads them). Lines that are not events are skipped.
     /// </summary>

@@ -87,30 +87,102 @@ public static class DurableFile
     }
 
     /// <summary>
-    /// Appends <paramref name="content"/> to <paramref name="path"/> (a log of records, one a
-    /// line), creating it with <paramref name="mode"/> if it does not exist; flushed to disk, and
-    /// the directory synced, before this returns. A crash during the append can leave the last
-    /// record torn, never an earlier one.
+    /// Appends <paramref name="content"/>, whole lines, to <paramref name="path"/> (a log of
+    /// records, one a line), creating it with <paramref name="mode"/> if it does not exist (the
+    /// mode is given to <c>open(2)</c>: the file is never readable by more, not even empty);
+    /// flushed to disk, and the directory synced, before this returns.
     /// </summary>
+    /// <remarks>
+    /// A crash during an append can leave its last line torn (no line feed at the end), never an
+    /// earlier one. The next append cuts such a torn line off first, so that its record does not
+    /// run on from the torn one (which would spoil both): the file holds whole lines only once it
+    /// returns, and a reader sees a torn line only at the very end, only after a crash. An append
+    /// that fails part-way (a full disk) is taken back. A pipe or FIFO is written as it is.
+    /// </remarks>
+    /// <returns>The number of bytes of a torn last line that were cut off; 0 when the file ended with a whole line (or was new).</returns>
+    /// <exception cref="ArgumentException"><paramref name="content"/> does not end with a line feed.</exception>
     /// <exception cref="IOException">The file cannot be written, or its directory cannot be synced.</exception>
-    public static async Task AppendAsync(string path, ReadOnlyMemory<byte> content, UnixFileMode mode, CancellationToken cancellationToken)
+    public static long Append(string path, ReadOnlySpan<byte> content, UnixFileMode mode)
     {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        if (content.IsEmpty || content[^1] != (byte)'\n')
+        {
+            throw new ArgumentException("an append is whole lines: it ends with a line feed", nameof(content));
+        }
+
         var full = Path.GetFullPath(path);
-        var options = new FileStreamOptions { Mode = FileMode.Append, Access = FileAccess.Write, BufferSize = 0, Options = FileOptions.Asynchronous };
+        var options = new FileStreamOptions { Mode = FileMode.OpenOrCreate, Access = FileAccess.ReadWrite, Share = FileShare.Read, BufferSize = 0 };
         if (!OperatingSystem.IsWindows())
         {
             options.UnixCreateMode = mode;
         }
 
-        var stream = new FileStream(full, options);
-        await using (stream.ConfigureAwait(false))
+        long cut;
+        using (var file = new FileStream(full, options))
         {
-            await stream.WriteAsync(content, cancellationToken).ConfigureAwait(false);
-            stream.Flush(flushToDisk: true);
+            cut = CutTornLine(file);
+            var before = file.CanSeek ? file.Seek(0, SeekOrigin.End) : 0;
+            try
+            {
+                file.Write(content);
+                file.Flush(flushToDisk: true);
+            }
+            catch (IOException) when (file.CanSeek)
+            {
+                // Unbuffered, so nothing is left to fail again here.
+                file.SetLength(before);
+                throw;
+            }
         }
 
         // The file may be new: its name is the directory's, durable only once the directory is.
         DirectorySync.Flush(Path.GetDirectoryName(full)!);
+        return cut;
+    }
+
+    /// <summary><see cref="Append"/> (synchronous I/O: records are small).</summary>
+    /// <returns>The number of bytes of a torn last line that were cut off.</returns>
+    /// <exception cref="ArgumentException"><paramref name="content"/> does not end with a line feed.</exception>
+    /// <exception cref="IOException">The file cannot be written, or its directory cannot be synced.</exception>
+    public static Task<long> AppendAsync(string path, ReadOnlyMemory<byte> content, UnixFileMode mode, CancellationToken cancellationToken)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        return Task.FromResult(Append(path, content.Span, mode));
+    }
+
+    /// <summary>Cuts what follows the file's last line feed (all of it when there is none); returns how many bytes.</summary>
+    private static long CutTornLine(FileStream file)
+    {
+        if (!file.CanSeek || file.Length == 0)
+        {
+            return 0;
+        }
+
+        var length = file.Length;
+        var chunk = new byte[64 * 1024];
+        for (var end = length; end > 0;)
+        {
+            var start = Math.Max(0, end - chunk.Length);
+            var span = chunk.AsSpan(0, (int)(end - start));
+            file.Seek(start, SeekOrigin.Begin);
+            file.ReadExactly(span);
+            var lineFeed = span.LastIndexOf((byte)'\n');
+            if (lineFeed >= 0)
+            {
+                var whole = start + lineFeed + 1;
+                if (whole < length)
+                {
+                    file.SetLength(whole);
+                }
+
+                return length - whole;
+            }
+
+            end = start;
+        }
+
+        file.SetLength(0);
+        return length;
     }
 
     /// <summary>

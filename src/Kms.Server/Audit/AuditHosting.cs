@@ -173,33 +173,21 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         return null;
     }
 
-    private void Append(string path, string line)
+    /// <summary>
+    /// Appends lines to a file of the data directory or the SIEM stream, owner-only (0600) from
+    /// its creation and on disk when this returns (<see cref="DurableFile.Append"/>). A last line a
+    /// crash left torn is cut off first, so the next record does not run on from it (event 1305);
+    /// an append that fails part-way is taken back, so the page forwarded again at the next pass
+    /// does not follow a broken line.
+    /// </summary>
+    internal void Append(string path, string lines)
     {
         lock (_fileLock)
         {
-            if (!File.Exists(path))
+            var cut = DurableFile.Append(path, Encoding.UTF8.GetBytes(lines + "\n"), DurableFile.OwnerOnly);
+            if (cut > 0)
             {
-                File.WriteAllText(path, "");
-                if (!OperatingSystem.IsWindows())
-                {
-                    File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-                }
-            }
-
-            // A write that fails part-way (a full disk) is taken back, so the page forwarded again
-            // at the next pass does not follow a broken line.
-            // Unbuffered: a buffered write that failed at Flush would fail again in SetLength.
-            using var file = new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.Read, bufferSize: 0);
-            var before = file.Length;
-            try
-            {
-                file.Write(Encoding.UTF8.GetBytes(line + "\n"));
-                file.Flush();
-            }
-            catch (IOException)
-            {
-                file.SetLength(before);
-                throw;
+                LogTornLineCut(logger, path, cut);
             }
         }
     }
@@ -212,6 +200,9 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1304, Level = LogLevel.Error, Message = "audit housekeeping (refusal counts, SIEM stream, checkpoint) failed ({Type}: {Reason}); retrying in a second")]
     private static partial void LogHousekeepingFailed(ILogger logger, string type, string reason);
+
+    [LoggerMessage(EventId = 1305, Level = LogLevel.Warning, Message = "the last line of {Path} was torn ({Bytes} bytes without a line end: a crash while it was appended); cut off before appending")]
+    private static partial void LogTornLineCut(ILogger logger, string path, long bytes);
 
     [LoggerMessage(EventId = 1303, Level = LogLevel.Warning, Message = "the final audit checkpoint could not be written ({Reason})")]
     private static partial void LogFinalCheckpointFailed(ILogger logger, string reason);
