@@ -52,4 +52,26 @@ public sealed class AttestationServiceTests : IAsyncLifetime, IDisposable
         Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
         Assert.Equal("ENABLED", (await _attestation.GetKeyAttestationAsync(DomainHarness.Dev, key.Name.Version(2).ToString(), default)).Attestation.State);
     }
+
+    [Fact]
+    public async Task OnANodeWhoseClockWasSetBack_DestructionTakenEffectByTheTimeRecordedAsSeen_NoStatement()
+    {
+        var key = await _domain.CreateKeyAsync("set-back");
+        await _domain.Keys.RotateKeyAsync(DomainHarness.Dev, key.Name, null, default);
+        await _domain.Keys.ScheduleKeyVersionDestructionAsync(DomainHarness.Dev, key.Name.Version(1), TimeSpan.FromDays(7), null, default);
+
+        // The lifecycle recorded eight days seen pass; this node's clock was set back to one day
+        // after the schedule. SQLite has no other clock to hold it to.
+        var seen = _domain.Time.GetUtcNow().AddDays(8);
+        await _domain.Store.SetSettingAsync(LifecycleClock.Setting, seen.ToUnixTimeMilliseconds().ToString(System.Globalization.CultureInfo.InvariantCulture), default);
+        _domain.Time.Advance(TimeSpan.FromDays(1));
+
+        var refused = await Assert.ThrowsAsync<KmsException>(() => _attestation.GetKeyAttestationAsync(DomainHarness.Dev, key.Name.Version(1).ToString(), default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+        Assert.Contains("has taken effect", refused.Message, StringComparison.Ordinal);
+
+        // A statement made now says the time it was made by that reckoning, not the clock's.
+        var successor = await _attestation.GetKeyAttestationAsync(DomainHarness.Dev, key.Name.Version(2).ToString(), default);
+        Assert.Equal(KeyAttestation.Time(DateTimeOffset.FromUnixTimeMilliseconds(seen.ToUnixTimeMilliseconds())), successor.Attestation.IssueTime);
+    }
 }

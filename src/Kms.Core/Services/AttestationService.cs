@@ -26,7 +26,10 @@ public sealed class AttestationService(IHsm hsm, IKeyStore store, AuditLog audit
 
         // A destruction that has taken effect, whether or not the background job has erased the
         // material yet: every other call treats the version as gone, and so does the statement.
-        var now = time.GetUtcNow();
+        // By the latest time the deployment has evidence of (as cancel and restore are): a node
+        // whose clock was set back attests no version whose destruction has taken effect, and
+        // the statement's issueTime is no earlier than that time.
+        var now = await Clock.LatestAsync(Clock.Now(time), store, cancellationToken);
         if (KeyTransitions.DestructionDue(found.Key, now) || KeyTransitions.DestructionDue(found.Version, now))
         {
             throw KmsErrors.FailedPrecondition($"the destruction of key version {found.Version.Name} has taken effect: there is nothing to attest");
