@@ -175,7 +175,7 @@ public sealed class AccessTests : IDisposable
         var name = PrincipalName.Token("ops");
         var service = await _harness.Access.ProvisionAsync(name, TenantId.Parse("dev"), [Role.Admin, Role.KeyUser], ApiTokenKind.Service, TimeSpan.FromDays(1), default);
         var session = await _harness.Access.ProvisionAsync(name, TenantId.Parse("dev"), [], ApiTokenKind.Session, TimeSpan.FromMinutes(15), default);
-        var authenticator = new Authenticator(_harness.AccessStore, _harness.Time);
+        var authenticator = new Authenticator(_harness.AccessStore, _harness.Trusted);
 
         Assert.Equal([Role.KeyUser], (await authenticator.AuthenticateTokenAsync(service, default))!.Roles);
         Assert.Equal([Role.Admin, Role.KeyUser], (await authenticator.AuthenticateTokenAsync(session, default))!.Roles.Order());
@@ -193,7 +193,7 @@ public sealed class AccessTests : IDisposable
         await _harness.AccessStore.SetRoleBindingAsync(new RoleBinding(name, Role.KeyUser, TenantId.Parse("acme"), _harness.Time.GetUtcNow()), default);
         await _harness.AccessStore.SetRoleBindingAsync(new RoleBinding(name, Role.Auditor, TenantId.Parse("dev"), _harness.Time.GetUtcNow()), default);
 
-        var caller = await new Authenticator(_harness.AccessStore, _harness.Time).CallerForAsync(name, default);
+        var caller = await new Authenticator(_harness.AccessStore, _harness.Trusted).CallerForAsync(name, default);
         Assert.Equal([Role.Auditor], caller!.Roles);
     }
 

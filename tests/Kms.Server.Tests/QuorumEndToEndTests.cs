@@ -193,6 +193,11 @@ public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
         Assert.Equal(KeyState.Enabled, (await _keyManager.Raw.GetKeyVersionAsync(new GetKeyVersionRequest { Name = $"{key}/versions/1" })).KeyVersion.State);
         using var decrypted = await _keyManager.DecryptAsync(blob);
         Assert.Equal($"{key}/versions/1", decrypted.KeyVersion);
+
+        // Shown EXPIRED too, by the node's floor of the recorded time (read at start and once a
+        // lifecycle pass on every node), though by its clock the request has an hour left.
+        await _server.Services.GetRequiredService<Hosting.LifecycleWorker>().RunOnceAsync(default);
+        Assert.Equal(Kms.Contracts.V1.QuorumRequestState.Expired, (await _officer.GetQuorumRequestAsync(request.Name)).State);
     }
 
     [Fact]

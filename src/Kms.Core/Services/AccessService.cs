@@ -426,7 +426,10 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     private async Task<(ApiToken Token, string Text)> IssueAsync(PrincipalName principal, ApiTokenKind kind, TimeSpan lifetime, CancellationToken cancellationToken)
     {
         var (id, text, hash) = ApiTokenSecret.Create();
-        var now = Clock.Now(time);
+        // Its life counted from the latest time the deployment has evidence of, by which the
+        // Authenticator judges its expiry: a token issued on a node whose clock was set back is
+        // not expired from the start.
+        var now = await Clock.LatestAsync(Clock.Now(time), keys, cancellationToken);
         var token = new ApiToken(id, principal, kind, hash, now, now + lifetime);
         await access.CreateApiTokenAsync(token, cancellationToken);
         return (token, text);

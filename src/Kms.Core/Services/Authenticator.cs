@@ -12,9 +12,11 @@ namespace Kms.Core.Services;
 /// <remarks>
 /// Administrative roles (admin, deployment-admin, security-officer) come only with
 /// short-lived session tokens or certificates: a long-lived service token authenticates
-/// its principal with the other roles only.
+/// its principal with the other roles only. Expiry is judged by <see cref="TrustedTime"/>: a node
+/// whose clock was set back does not accept a token that has expired by the time this deployment
+/// has evidence of.
 /// </remarks>
-public sealed class Authenticator(IAccessStore access, TimeProvider time)
+public sealed class Authenticator(IAccessStore access, TrustedTime time)
 {
     /// <summary>The bootstrap token's principal.</summary>
     public static readonly PrincipalName BootstrapPrincipal = PrincipalName.Token("bootstrap");

@@ -21,7 +21,7 @@ internal sealed partial class KeyManagementGrpcService(
     KeyAccessService keyAccess,
     SigningService signing,
     AttestationService attestation,
-    TimeProvider time,
+    TrustedTime time,
     ILogger<KeyManagementGrpcService> logger)
     : KeyManagementService.KeyManagementServiceBase
 {

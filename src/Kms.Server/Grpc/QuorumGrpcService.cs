@@ -15,7 +15,7 @@ namespace Kms.Server.Grpc;
 /// interceptor has authorized the call; the service checks what depends on the operation
 /// (a destroy needs kms.keys.destroy in the key's tenant) and every signature.
 /// </summary>
-internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, Kms.Server.Backup.BackupExporter backups, TimeProvider time) : Kms.Contracts.V1.QuorumService.QuorumServiceBase
+internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, Kms.Server.Backup.BackupExporter backups, Kms.Core.Services.TrustedTime time) : Kms.Contracts.V1.QuorumService.QuorumServiceBase
 {
     public override async Task<CreateQuorumRequestResponse> CreateQuorumRequest(CreateQuorumRequestRequest request, ServerCallContext context)
     {
@@ -166,6 +166,7 @@ internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, 
             RequestedBy = request.RequestedBy,
             CreateTime = Timestamp.FromDateTimeOffset(request.CreateTime),
             ExpireTime = Timestamp.FromDateTimeOffset(request.ExpireTime),
+            // EXPIRED by the trusted time, as an approval is refused: a clock set back shows no expired request PENDING.
             State = request.State == Kms.Core.Quorum.QuorumRequestState.Executed ? Kms.Contracts.V1.QuorumRequestState.Executed
                 : request.State == Kms.Core.Quorum.QuorumRequestState.Approved ? Kms.Contracts.V1.QuorumRequestState.Approved
                 : request.IsExpiredAt(time.GetUtcNow()) ? Kms.Contracts.V1.QuorumRequestState.Expired

@@ -157,6 +157,10 @@ public static class KmsServerApp
             });
             builder.Services.AddSingleton(_ => lease); // a factory: the container disposes it (closing the lease's session) at shutdown
             var app = Build(builder, hsm, store, serverOptions, metricsUrl, logger, configureServices);
+
+            // Before the first call: a node whose clock was set back (or a VM restored) accepts no
+            // credential that expired by the time this deployment recorded as seen.
+            await app.Services.GetRequiredService<TrustedTime>().RefreshAsync(cancellationToken);
             await app.Services.GetRequiredService<AuditWorker>().InitializeAsync(cancellationToken);
             await AccessProvisioning.RunAsync(app.Services, serverOptions, loggerFactory.CreateLogger("Kms.Access"), cancellationToken);
             await InitializeQuorumAsync(app.Services, serverOptions.Quorum, loggerFactory.CreateLogger("Kms.Quorum"), cancellationToken);
@@ -279,6 +283,7 @@ public static class KmsServerApp
         builder.Services.AddSingleton(services => new Kms.Server.Backup.BackupExporter(
             store, services.GetRequiredService<AuditLog>(), hsm, services.GetRequiredService<TimeProvider>(), Path.Combine(Path.GetFullPath(serverOptions.DataDir), "backups"),
             services.GetRequiredService<ILoggerFactory>().CreateLogger("Kms.Server.Backup")));
+        builder.Services.AddSingleton<TrustedTime>();
         builder.Services.AddSingleton<Authenticator>();
         builder.Services.AddSingleton<LifecycleClock>();
         builder.Services.AddSingleton<LifecycleWorker>();
@@ -286,11 +291,12 @@ public static class KmsServerApp
         builder.Services.AddSingleton(services => new CallerAuthentication(
             services.GetRequiredService<Authenticator>(),
             services.GetRequiredService<IOptions<KmsServerOptions>>(),
-            services.GetRequiredService<TimeProvider>(),
+            services.GetRequiredService<TrustedTime>(),
             serverOptions.ClientCaPath is { Length: > 0 } ca
                 ? new ClientCertificateValidator(
                     ca,
                     serverOptions.ClientCrlPath is { Length: > 0 } crl ? crl : null,
+                    services.GetRequiredService<TrustedTime>(),
                     services.GetRequiredService<TimeProvider>(),
                     services.GetRequiredService<ILogger<ClientCertificateValidator>>())
                 : null));

@@ -20,6 +20,7 @@ internal sealed partial class LifecycleWorker(
     AuditLog audit,
     UsageCounter usage,
     LifecycleClock clock,
+    TrustedTime trustedTime,
     TimeProvider time,
     LifecycleWorkerOptions options,
     ILeaderLease lease,
@@ -29,8 +30,10 @@ internal sealed partial class LifecycleWorker(
     private long? _clockReported;
 
     /// <summary>
-    /// One pass: usage flush; then, on the leader, due destructions, pending erasure, import-job
-    /// expiry, offboarding sweep, due rotations, audit retention — each on its own, so one failing job (or key) does not hold the others back.
+    /// One pass: usage flush and the floor of <see cref="TrustedTime"/> (on every node: the time
+    /// the leader recorded, PostgreSQL's clock); then, on the leader, due destructions, pending
+    /// erasure, import-job expiry, offboarding sweep, due rotations, audit retention — each on
+    /// its own, so one failing job (or key) does not hold the others back.
     /// Failures are logged and retried at the next pass.
     /// </summary>
     public async Task RunOnceAsync(CancellationToken cancellationToken)
@@ -38,6 +41,11 @@ internal sealed partial class LifecycleWorker(
         await RunJobAsync("usage flush", async () =>
         {
             await usage.FlushAsync(cancellationToken);
+            return 0;
+        });
+        await RunJobAsync("trusted time floor", async () =>
+        {
+            await trustedTime.RefreshAsync(cancellationToken);
             return 0;
         });
         if (!await lease.HoldAsync(cancellationToken))

@@ -14,12 +14,13 @@ namespace Kms.Server.Security;
 /// A request with both, or with neither, is unauthenticated. Successful authentications are
 /// remembered for <see cref="KmsServerOptions.CredentialCacheTime"/> (never past the
 /// credential's own expiry), keyed by a hash of the credential; changes made through this
-/// node's API forget them at once.
+/// node's API forget them at once. Time is <see cref="TrustedTime"/>'s, as for the credentials
+/// themselves: a clock set back neither revives an expired credential nor stretches a cache entry.
 /// </summary>
 internal sealed class CallerAuthentication(
     Authenticator authenticator,
     IOptions<KmsServerOptions> options,
-    TimeProvider time,
+    TrustedTime time,
     ClientCertificateValidator? certificates = null)
 {
     private const int MaxCachedCallers = 10_000;

@@ -1,6 +1,7 @@
 using System.Formats.Asn1;
 using System.Security.Cryptography.X509Certificates;
 using Kms.Core.Access;
+using Kms.Core.Services;
 using Org.BouncyCastle.X509;
 
 namespace Kms.Server.Security;
@@ -12,7 +13,10 @@ namespace Kms.Server.Security;
 /// configured CRL (signed by the CA). Revocation is never checked online (there is no
 /// network to ask). CA bundle and CRL reload when their files change. A CRL past its
 /// nextUpdate fails closed, as OpenSSL does: every certificate is refused until a fresh
-/// CRL is installed (a stale CRL could be hiding a revocation).
+/// CRL is installed (a stale CRL could be hiding a revocation). Validity and the CRL's nextUpdate
+/// are judged by <see cref="TrustedTime"/>, not by the system clock the TLS stack would use: a
+/// node whose clock was set back accepts no certificate that has expired by the time this
+/// deployment has evidence of.
 /// </summary>
 /// <remarks>
 /// Principal rule (docs/access-control.md): a URI SAN starting with <c>spiffe://</c> gives
@@ -24,12 +28,12 @@ internal sealed partial class ClientCertificateValidator
     private const string ClientAuthOid = "1.3.6.1.5.5.7.3.2";
     private const string CommonNameOid = "2.5.4.3";
     private readonly ReloadingFile<TrustMaterial> _trust;
-    private readonly TimeProvider _time;
+    private readonly TrustedTime _trusted;
     private readonly ILogger _logger;
 
-    public ClientCertificateValidator(string caPath, string? crlPath, TimeProvider time, ILogger<ClientCertificateValidator> logger)
+    public ClientCertificateValidator(string caPath, string? crlPath, TrustedTime trustedTime, TimeProvider time, ILogger<ClientCertificateValidator> logger)
     {
-        _time = time;
+        _trusted = trustedTime;
         _logger = logger;
         _trust = new ReloadingFile<TrustMaterial>(
             () => TrustMaterial.Load(caPath, crlPath),
@@ -43,6 +47,7 @@ internal sealed partial class ClientCertificateValidator
     public bool Validate(X509Certificate2 certificate)
     {
         var trust = _trust.Value;
+        var now = _trusted.GetUtcNow().UtcDateTime;
         using var chain = new X509Chain();
         chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
         chain.ChainPolicy.CustomTrustStore.AddRange(trust.Roots);
@@ -51,7 +56,10 @@ internal sealed partial class ClientCertificateValidator
         // Never fetch issuers from URLs the (untrusted) certificate names: no requests to
         // attacker-chosen addresses, no stalls.
         chain.ChainPolicy.DisableCertificateDownloads = true;
-        chain.ChainPolicy.VerificationTime = _time.GetUtcNow().UtcDateTime;
+        // Validity at the trusted time, not the system clock's (which VerificationTimeIgnored,
+        // true by default, would take): setting VerificationTime clears it; said again here.
+        chain.ChainPolicy.VerificationTime = now;
+        chain.ChainPolicy.VerificationTimeIgnored = false;
         chain.ChainPolicy.ApplicationPolicy.Add(new System.Security.Cryptography.Oid(ClientAuthOid));
         if (!chain.Build(certificate) || !HasClientAuthUsage(certificate))
         {
@@ -60,7 +68,7 @@ internal sealed partial class ClientCertificateValidator
 
         if (trust.Crls.Count > 0)
         {
-            if (trust.Crls.Select(c => c.Crl).FirstOrDefault(crl => crl.NextUpdate is { } next && next < _time.GetUtcNow().UtcDateTime) is { } stale)
+            if (trust.Crls.Select(c => c.Crl).FirstOrDefault(crl => crl.NextUpdate is { } next && next < now) is { } stale)
             {
                 if (Interlocked.Exchange(ref trust.StaleReported, 1) == 0)
                 {

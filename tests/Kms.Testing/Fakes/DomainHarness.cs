@@ -31,6 +31,7 @@ public sealed class DomainHarness : IDisposable
         Signing = new SigningService(Hsm, Store, KeyAccess);
         Aliases = new AliasService(Store, AccessStore, Time);
         Access = new AccessService(AccessStore, Store, Time, Lifecycle);
+        Trusted = new TrustedTime(Store, Time, Lifecycle);
         foreach (var tenant in new[] { "dev", "acme" })
         {
             if (AccessStore.GetTenantAsync(TenantId.Parse(tenant), default).GetAwaiter().GetResult() is null)
@@ -45,6 +46,9 @@ public sealed class DomainHarness : IDisposable
     public KeyAccessService KeyAccess { get; }
 
     public AccessService Access { get; }
+
+    /// <summary>The time credentials are judged by (the fake clock, held to the store's evidence once refreshed).</summary>
+    public TrustedTime Trusted { get; }
 
     /// <summary>A caller of <paramref name="tenant"/> with the given roles (default: every tenant role).</summary>
     public static Caller TenantCaller(string principal, string tenant, params Role[] roles) =>
