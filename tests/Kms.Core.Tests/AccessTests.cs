@@ -232,6 +232,40 @@ public sealed class AccessTests : IDisposable
     }
 
     [Fact]
+    public async Task DeleteRoleBinding_Repeated_Succeeds_ButAPrincipalOutsideTheTenantIsNotFoundLikeAMissingOne()
+    {
+        // The SDK sends a DeleteRoleBinding again when its first answer was lost (RetrySafety): the
+        // binding is gone, as asked, and the retry must say so rather than NOT_FOUND.
+        var tenantAdmin = DomainHarness.TenantCaller("token:dev-admin", "dev", Role.Admin);
+        var dev = TenantId.Parse("dev");
+        var svc = PrincipalName.Token("dev-svc");
+        await _harness.Access.CreatePrincipalAsync(svc, dev, null, default);
+        await _harness.Access.SetRoleBindingAsync(tenantAdmin, svc, Role.KeyUser, dev, default);
+
+        await _harness.Access.DeleteRoleBindingAsync(svc, Role.KeyUser, dev, default);
+        await _harness.Access.DeleteRoleBindingAsync(svc, Role.KeyUser, dev, default);
+        Assert.Empty(await _harness.AccessStore.GetRoleBindingsAsync(svc, default));
+
+        // A deployment binding likewise.
+        var officer = PrincipalName.Token("officer");
+        await _harness.Access.CreatePrincipalAsync(officer, null, null, default);
+        await _harness.Access.SetRoleBindingAsync(tenantAdmin, officer, Role.SecurityOfficer, null, default);
+        await _harness.Access.DeleteRoleBindingAsync(officer, Role.SecurityOfficer, null, default);
+        await _harness.Access.DeleteRoleBindingAsync(officer, Role.SecurityOfficer, null, default);
+
+        // Named in a tenant, a principal of another tenant is answered exactly like a missing one.
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("acme-svc"), TenantId.Parse("acme"), null, default);
+        var foreign = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.DeleteRoleBindingAsync(PrincipalName.Token("acme-svc"), Role.KeyUser, dev, default));
+        var missing = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.DeleteRoleBindingAsync(PrincipalName.Token("ghost"), Role.KeyUser, dev, default));
+        Assert.Equal((KmsErrorCode.NotFound, KmsErrorCode.NotFound), (foreign.Code, missing.Code));
+        Assert.Equal(missing.Message.Replace("ghost", "acme-svc", StringComparison.Ordinal), foreign.Message);
+
+        // A role that can never be bound where it is asked is a mistake, not a success.
+        Assert.Equal("tenant", (await Assert.ThrowsAsync<KmsException>(() => _harness.Access.DeleteRoleBindingAsync(svc, Role.SecurityOfficer, dev, default))).Field);
+        Assert.Equal("tenant", (await Assert.ThrowsAsync<KmsException>(() => _harness.Access.DeleteRoleBindingAsync(officer, Role.KeyUser, null, default))).Field);
+    }
+
+    [Fact]
     public async Task SetRoleBinding_NobodyChangesTheirOwnRoles()
     {
         var name = PrincipalName.Token("dev-admin");

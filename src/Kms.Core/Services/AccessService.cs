@@ -306,11 +306,32 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     }
 
     /// <summary>Removes a role.</summary>
+    /// <remarks>
+    /// Removing a binding that is not there succeeds, as revoking a revoked grant or token does: a
+    /// retry whose first answer was lost (the SDK sends this call again) is told the state it asked
+    /// for, not NOT_FOUND. A principal that is missing, or outside the tenant named, is NOT_FOUND —
+    /// the same answer for both, as <see cref="SetRoleBindingAsync"/> gives — and a role that cannot
+    /// be bound where it is asked for (a deployment role in a tenant, a tenant role without one) is
+    /// INVALID_ARGUMENT.
+    /// </remarks>
     public async Task DeleteRoleBindingAsync(PrincipalName name, Role role, TenantId? tenant, CancellationToken cancellationToken)
     {
-        if (!await access.DeleteRoleBindingAsync(name, role, tenant, cancellationToken))
+        if (await access.DeleteRoleBindingAsync(name, role, tenant, cancellationToken))
+        {
+            return;
+        }
+
+        var principal = await access.GetPrincipalAsync(name, cancellationToken);
+        if (principal is null || principal.Tenant != tenant)
         {
             throw KmsErrors.NotFound($"role binding {Roles.NameOf(role)} of {name}");
+        }
+
+        if (Roles.IsDeploymentRole(role) != tenant is null)
+        {
+            throw KmsErrors.InvalidArgument("tenant", Roles.IsDeploymentRole(role)
+                ? $"{Roles.NameOf(role)} is a deployment role: it is bound, and removed, without a tenant"
+                : $"{Roles.NameOf(role)} is a tenant role: name the principal's own tenant");
         }
     }
 
