@@ -105,6 +105,22 @@ public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture
         Assert.Equal(0, hsm.EvictedAll); // no row missing: only that version's copy
     }
 
+    [Fact]
+    public async Task FirstPoll_AccessChangeBeforeTheHeadItReads_CallersRememberedMeanwhileForgotten()
+    {
+        // A node serves (and remembers callers) as soon as it listens; its first poll only reads
+        // the feed's head, taking every change up to it as seen. A revocation another node
+        // committed between this node's first calls and that read was then never acted on: the
+        // revoked token stayed remembered for the whole credential cache time.
+        var feed = new ChangingFeed { Changes = [new StoreChange(1, StoreChangeKind.Access, "apiTokens/0123456789abcdef", DateTimeOffset.UtcNow)] };
+        var (worker, authentication, _) = NewWorker(feed);
+        var generation = authentication.Generation;
+
+        await worker.PollOnceAsync(default);
+
+        Assert.True(authentication.Generation > generation, "callers remembered before the first poll were kept across the revocation it took as seen");
+    }
+
     [Theory]
     [InlineData(1)]
     [InlineData(4)]

@@ -57,9 +57,14 @@ internal sealed partial class ClusterCoherenceWorker(
         var started = Stopwatch.GetTimestamp();
         if (_seen < 0)
         {
-            // Nothing is cached yet at start: only later changes matter.
+            // Only later changes matter — but the node may have served calls before this read (it
+            // listens while the worker starts, or this read failed and is being retried): a
+            // caller it remembered then may predate a change up to the head, which is taken as
+            // seen here, so remembered callers go with remembered metadata. (An unwrapped copy
+            // of a version destroyed meanwhile is not used: its metadata is read again.)
             _seen = await feed.GetChangeHeadAsync(cancellationToken);
             _last = null;
+            authentication.Forget();
             metadata.InvalidateMetadata();
             Confirm(started);
             return;
