@@ -15,6 +15,10 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
     private readonly QuotaOptions _options = options.Value.Quotas;
     private readonly ConcurrentDictionary<TenantId, Bucket> _buckets = new();
 
+    // Looked up ignoring case, as configuration keys are: an override written ACME (an environment
+    // variable in capitals) is tenant acme's, not a key no tenant id can ever match.
+    private readonly Dictionary<string, TenantQuota> _tenants = IgnoringCase(options.Value.Quotas.Tenants);
+
     /// <summary>Takes <paramref name="cost"/> operations from the tenant's bucket; false (and how long to wait) if it has too few.</summary>
     public bool TryTake(TenantId tenant, int cost, out TimeSpan retryAfter)
     {
@@ -47,9 +51,21 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
     }
 
     private (double Rate, double Burst) LimitOf(TenantId tenant) =>
-        _options.Tenants.TryGetValue(tenant.Value, out var own)
+        _tenants.TryGetValue(tenant.Value, out var own)
             ? (own.OperationsPerSecond, own.Burst ?? Math.Max(1, own.OperationsPerSecond * 2))
             : (_options.OperationsPerSecond, Math.Max(1, _options.Burst));
+
+    // Configuration merges keys that differ only in case; of options built in code, the last stands.
+    private static Dictionary<string, TenantQuota> IgnoringCase(Dictionary<string, TenantQuota> tenants)
+    {
+        var result = new Dictionary<string, TenantQuota>(StringComparer.OrdinalIgnoreCase);
+        foreach (var (tenant, quota) in tenants)
+        {
+            result[tenant] = quota;
+        }
+
+        return result;
+    }
 
     private sealed class Bucket(double tokens, long stamp)
     {
