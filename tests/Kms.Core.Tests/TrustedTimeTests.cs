@@ -8,7 +8,7 @@ namespace Kms.Core.Tests;
 /// <summary>
 /// The time credentials are judged by: the node's clock, never behind the floor of evidence read
 /// from the store (the lifecycle's record; PostgreSQL's clock), which advances with the monotonic
-/// clock and never moves back. The wall clock and the monotonic clock are moved separately, as a
+/// clock; the record's part never moves back, the database's clock counts as last read. The wall clock and the monotonic clock are moved separately, as a
 /// clock set back moves one and not the other.
 /// </summary>
 public sealed class TrustedTimeTests
@@ -54,6 +54,50 @@ public sealed class TrustedTimeTests
         await trusted.RefreshAsync(default);
         trusted.Observe(Start.AddHours(2));
         Assert.Equal(Start.AddHours(3), trusted.GetUtcNow());
+    }
+
+    [Fact]
+    public async Task DatabaseClockBehindTheNode_HoldsItWhileItIsBehind()
+    {
+        _store.DatabaseTime = Start.AddHours(1);
+        var trusted = new TrustedTime(_store, _time, new LifecycleOptions());
+        await trusted.RefreshAsync(default);
+        Assert.Equal(Start.AddHours(1), trusted.GetUtcNow());
+
+        _time.Pass(TimeSpan.FromMinutes(5));
+        Assert.Equal(Start.AddHours(1).AddMinutes(5), trusted.GetUtcNow());
+    }
+
+    [Fact]
+    public async Task DatabaseClockSteppedAheadThenPutRight_TheNextReadReleasesTheNode()
+    {
+        // PostgreSQL's host stepped a year ahead (a wrong NTP source) for one read, then put
+        // right: every token and certificate ending within the year must not stay refused on
+        // every node until each restarts. A clock is as good as its latest reading; the record,
+        // which believes no such jump, is what never moves back.
+        _store.DatabaseTime = Start.AddDays(365);
+        var trusted = new TrustedTime(_store, _time, new LifecycleOptions());
+        await trusted.RefreshAsync(default);
+        Assert.Equal(Start.AddDays(365), trusted.GetUtcNow());
+
+        _time.Pass(TimeSpan.FromSeconds(30));
+        _store.DatabaseTime = Start.AddSeconds(30);
+        await trusted.RefreshAsync(default);
+        Assert.Equal(Start.AddSeconds(30), trusted.GetUtcNow());
+    }
+
+    [Fact]
+    public async Task DatabaseClockPutRight_TheRecordStillHolds()
+    {
+        await RecordAsync(Start.AddHours(2));
+        _store.DatabaseTime = Start.AddHours(3);
+        var trusted = new TrustedTime(_store, _time, new LifecycleOptions());
+        await trusted.RefreshAsync(default);
+        Assert.Equal(Start.AddHours(3), trusted.GetUtcNow());
+
+        _store.DatabaseTime = Start;
+        await trusted.RefreshAsync(default);
+        Assert.Equal(Start.AddHours(2), trusted.GetUtcNow());
     }
 
     [Fact]

@@ -15,8 +15,11 @@ namespace Kms.Core.Services;
 /// (PostgreSQL's, another machine's) and the observed time the lifecycle recorded
 /// (<see cref="LifecycleClock"/>; on SQLite the only second clock). <see cref="RefreshAsync"/>
 /// reads both, at start (before the first call is served) and once per lifecycle pass on every
-/// node; between reads the floor advances with the monotonic clock, and it never moves back
-/// within a process.</para>
+/// node; between reads the floor advances with the monotonic clock. What the record (and
+/// <see cref="Observe"/>) raised it to never moves back within a process; the database server's
+/// clock counts as last read, each reading replacing the one before: like this node's, that
+/// clock can be stepped ahead and put right, and a reading a year ahead must not refuse every
+/// token and certificate on every node until each restarts.</para>
 /// <para>This node's own clock is not evidence for the floor: a clock stepped a year ahead and put
 /// right would otherwise refuse every token until a restart. The recorded time is immune to such
 /// a step (it believes a jump ahead only up to <see cref="LifecycleOptions.ClockJumpAllowance"/>
@@ -29,6 +32,7 @@ public sealed class TrustedTime
     private readonly TimeProvider _time;
     private readonly bool _readRecord;
     private Evidence? _floor;
+    private Evidence? _database;
 
     /// <summary>Creates the clock, with no floor until <see cref="RefreshAsync"/> or <see cref="Observe"/>.</summary>
     public TrustedTime(IKeyStore store, TimeProvider time, LifecycleOptions options)
@@ -40,8 +44,13 @@ public sealed class TrustedTime
     /// <summary>The later of this node's clock and the floor: no earlier than any time this deployment has evidence of.</summary>
     public DateTimeOffset GetUtcNow()
     {
-        var wall = _time.GetUtcNow();
-        return Volatile.Read(ref _floor) is { } floor && floor.Now(_time) is var held && held > wall ? held : wall;
+        var now = _time.GetUtcNow();
+        if (Volatile.Read(ref _floor) is { } floor && floor.Now(_time) is var held && held > now)
+        {
+            now = held;
+        }
+
+        return Volatile.Read(ref _database) is { } database && database.Now(_time) is var read && read > now ? read : now;
     }
 
     /// <summary>Raises the floor to <paramref name="evidence"/> (a time known to have been reached) if it is later; never lowers it.</summary>
@@ -63,12 +72,16 @@ public sealed class TrustedTime
         }
     }
 
-    /// <summary>Reads the evidence in the store (the database server's clock, the lifecycle's record) and raises the floor to it.</summary>
+    /// <summary>
+    /// Reads the evidence in the store: the database server's clock (replacing the previous
+    /// reading, which may have been of a clock since put right) and the lifecycle's record (which
+    /// raises the floor, never lowers it).
+    /// </summary>
     public async Task RefreshAsync(CancellationToken cancellationToken)
     {
         if (await _store.GetDatabaseTimeAsync(cancellationToken) is { } database)
         {
-            Observe(database);
+            Volatile.Write(ref _database, new Evidence(database, _time.GetTimestamp()));
         }
 
         if (_readRecord && await LifecycleClock.RecordedAsync(_store, cancellationToken) is { } recorded)
