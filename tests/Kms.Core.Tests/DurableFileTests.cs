@@ -201,6 +201,40 @@ public sealed class DurableFileTests : IDisposable
         Assert.Equal(whole + "two\nthree\n", await File.ReadAllTextAsync(path));
     }
 
+    // DurableFile.MaxTornLine (a MiB, as the SIEM stream's read-back): written out, so these
+    // tests also build against a DurableFile without it.
+    private const int LongestTornLine = 1 << 20;
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("a log's whole line\n")]
+    public void Append_AfterMoreWithoutALineFeedThanAnyRecord_Refused_NothingCutOrWritten(string before)
+    {
+        // No crash tears more than one record (a line far below a MiB); a file ending in more
+        // without a line feed is not a log of records (Audit:StreamPath pointed at another file by
+        // mistake): cutting it would throw away what someone else wrote, to its very start when it
+        // holds no line feed at all. (The stream's read-back at start leaves it alone too.)
+        var path = Path.Combine(_directory, "siem.jsonl");
+        var content = before + new string('x', LongestTornLine + 1);
+        File.WriteAllText(path, content);
+
+        var e = Assert.Throws<IOException>(() => DurableFile.Append(path, "{\"event\":{}}\n"u8, DurableFile.OwnerOnly));
+
+        Assert.Contains("not a log of records", e.Message, StringComparison.Ordinal);
+        Assert.Equal(content, File.ReadAllText(path));
+    }
+
+    [Fact]
+    public void Append_ATornLineAsLongAsAnyRecord_CutOff()
+    {
+        var path = Path.Combine(_directory, "siem.jsonl");
+        File.WriteAllText(path, "one\n" + new string('x', LongestTornLine));
+
+        Assert.Equal(LongestTornLine, DurableFile.Append(path, "two\n"u8, DurableFile.OwnerOnly));
+
+        Assert.Equal("one\ntwo\n", File.ReadAllText(path));
+    }
+
     [Fact]
     public void Append_NotWholeLines_Refused_NothingWritten()
     {

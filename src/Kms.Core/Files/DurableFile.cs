@@ -87,6 +87,12 @@ public static class DurableFile
     }
 
     /// <summary>
+    /// The longest torn last line <see cref="Append"/> cuts off (1 MiB, far above any record): a
+    /// file ending in more without a line feed is not a log of records, and is refused whole.
+    /// </summary>
+    public const int MaxTornLine = 1 << 20;
+
+    /// <summary>
     /// Appends <paramref name="content"/>, whole lines, to <paramref name="path"/> (a log of
     /// records, one a line), creating it with <paramref name="mode"/> if it does not exist (the
     /// mode is given to <c>open(2)</c>: the file is never readable by more, not even empty);
@@ -101,7 +107,7 @@ public static class DurableFile
     /// </remarks>
     /// <returns>The number of bytes of a torn last line that were cut off; 0 when the file ended with a whole line (or was new).</returns>
     /// <exception cref="ArgumentException"><paramref name="content"/> does not end with a line feed.</exception>
-    /// <exception cref="IOException">The file cannot be written, or its directory cannot be synced.</exception>
+    /// <exception cref="IOException">The file cannot be written, or its directory cannot be synced, or it ends with more than <see cref="MaxTornLine"/> bytes without a line feed (nothing is cut or written).</exception>
     public static long Append(string path, ReadOnlySpan<byte> content, UnixFileMode mode)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
@@ -120,7 +126,7 @@ public static class DurableFile
         long cut;
         using (var file = new FileStream(full, options))
         {
-            cut = CutTornLine(file);
+            cut = CutTornLine(file, full);
             var before = file.CanSeek ? file.Seek(0, SeekOrigin.End) : 0;
             try
             {
@@ -150,8 +156,12 @@ public static class DurableFile
         return Task.FromResult(Append(path, content.Span, mode));
     }
 
-    /// <summary>Cuts what follows the file's last line feed (all of it when there is none); returns how many bytes.</summary>
-    private static long CutTornLine(FileStream file)
+    /// <summary>
+    /// Cuts what follows the file's last line feed (all of it when there is none) if it is no
+    /// longer than <see cref="MaxTornLine"/>; returns how many bytes.
+    /// </summary>
+    /// <exception cref="IOException">More than <see cref="MaxTornLine"/> bytes follow the last line feed: not a log of records; nothing is cut.</exception>
+    private static long CutTornLine(FileStream file, string path)
     {
         if (!file.CanSeek || file.Length == 0)
         {
@@ -160,7 +170,7 @@ public static class DurableFile
 
         var length = file.Length;
         var chunk = new byte[64 * 1024];
-        for (var end = length; end > 0;)
+        for (var end = length; end > 0 && length - end <= MaxTornLine;)
         {
             var start = Math.Max(0, end - chunk.Length);
             var span = chunk.AsSpan(0, (int)(end - start));
@@ -170,6 +180,11 @@ public static class DurableFile
             if (lineFeed >= 0)
             {
                 var whole = start + lineFeed + 1;
+                if (length - whole > MaxTornLine)
+                {
+                    break;
+                }
+
                 if (whole < length)
                 {
                     file.SetLength(whole);
@@ -179,6 +194,12 @@ public static class DurableFile
             }
 
             end = start;
+        }
+
+        if (length > MaxTornLine)
+        {
+            // No crash tears more than one record: whatever this is, it is someone else's.
+            throw new IOException($"{path} ends with more than {MaxTornLine} bytes without a line feed: not a log of records (another file?); nothing was cut or appended");
         }
 
         file.SetLength(0);
