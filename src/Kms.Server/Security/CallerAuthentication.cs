@@ -14,7 +14,11 @@ namespace Kms.Server.Security;
 /// A request with both, or with neither, is unauthenticated. Successful authentications are
 /// remembered for <see cref="KmsServerOptions.CredentialCacheTime"/> (never past the
 /// credential's own expiry), keyed by a hash of the credential; changes made through this
-/// node's API forget them at once. Time is <see cref="TrustedTime"/>'s, as for the credentials
+/// node's API forget them at once. A certificate caller is remembered only under the client CA
+/// bundle and CRL it was checked against, and never past the CRL's nextUpdate: a call on a
+/// connection whose certificate the reloaded files revoke (or whose CA they drop) is checked again
+/// and refused, although the connection's handshake — the only time the client presents its
+/// certificate — was long ago. Time is <see cref="TrustedTime"/>'s, as for the credentials
 /// themselves: a clock set back neither revives an expired credential nor stretches a cache entry.
 /// </summary>
 internal sealed class CallerAuthentication(
@@ -24,7 +28,8 @@ internal sealed class CallerAuthentication(
     ClientCertificateValidator? certificates = null)
 {
     private const int MaxCachedCallers = 10_000;
-    private readonly ConcurrentDictionary<string, (Caller Caller, DateTimeOffset Until)> _cache = new(StringComparer.Ordinal);
+    // TrustVersion: the client trust material a certificate caller was accepted under (0 for a token).
+    private readonly ConcurrentDictionary<string, (Caller Caller, DateTimeOffset Until, long TrustVersion)> _cache = new(StringComparer.Ordinal);
     private readonly TimeSpan _cacheTime = options.Value.CredentialCacheTime;
     private long _generation;
 
@@ -53,7 +58,7 @@ internal sealed class CallerAuthentication(
             }
 
             var key = CacheKey('t', authorization.AsSpan(scheme.Length).Trim());
-            return TryCached(key, out var known)
+            return TryCached(key, 0, out var known)
                 ? ValueTask.FromResult<Caller?>(known)
                 : new ValueTask<Caller?>(TokenAsync(key, authorization[scheme.Length..].Trim(), context.CancellationToken));
         }
@@ -61,7 +66,7 @@ internal sealed class CallerAuthentication(
         if (certificate is not null && certificates is not null)
         {
             var key = CacheKey('c', certificate.RawData);
-            return TryCached(key, out var known)
+            return TryCached(key, certificates.TrustVersion, out var known)
                 ? ValueTask.FromResult<Caller?>(known)
                 : new ValueTask<Caller?>(CertificateAsync(key, certificates, certificate, context.CancellationToken));
         }
@@ -71,18 +76,18 @@ internal sealed class CallerAuthentication(
 
     // The cache misses, apart: their closures are allocated only when they run.
     private Task<Caller?> TokenAsync(string key, string token, CancellationToken cancellationToken) =>
-        RememberAsync(key, () => authenticator.AuthenticateTokenAsync(token, cancellationToken), null);
+        RememberAsync(key, async () => (await authenticator.AuthenticateTokenAsync(token, cancellationToken), null, 0));
 
     private Task<Caller?> CertificateAsync(string key, ClientCertificateValidator validator, System.Security.Cryptography.X509Certificates.X509Certificate2 certificate, CancellationToken cancellationToken) =>
         RememberAsync(key, async () =>
         {
-            if (!validator.Validate(certificate) || ClientCertificateValidator.PrincipalOf(certificate) is not { } principal)
+            if (validator.Accept(certificate) is not { } accepted || ClientCertificateValidator.PrincipalOf(certificate) is not { } principal)
             {
-                return null;
+                return (null, null, 0);
             }
 
-            return await authenticator.CallerForAsync(principal, cancellationToken);
-        }, new DateTimeOffset(certificate.NotAfter.ToUniversalTime()));
+            return (await authenticator.CallerForAsync(principal, cancellationToken), accepted.Until, accepted.TrustVersion);
+        });
 
     /// <summary>How many times remembered callers were forgotten (tests).</summary>
     internal long Generation => Interlocked.Read(ref _generation);
@@ -95,17 +100,19 @@ internal sealed class CallerAuthentication(
         _cache.Clear();
     }
 
-    private bool TryCached(string key, out Caller? caller)
+    private bool TryCached(string key, long trustVersion, out Caller? caller)
     {
-        caller = _cache.TryGetValue(key, out var cached) && time.GetUtcNow() < cached.Until ? cached.Caller : null;
+        caller = _cache.TryGetValue(key, out var cached) && cached.TrustVersion == trustVersion && time.GetUtcNow() < cached.Until ? cached.Caller : null;
         return caller is not null;
     }
 
-    private async Task<Caller?> RememberAsync(string key, Func<Task<Caller?>> authenticate, DateTimeOffset? credentialExpiry)
+    // credentialExpiry: when the credential's acceptance lapses by itself (a certificate's notAfter,
+    // its CRL's nextUpdate); trustVersion: the client trust material it was accepted under.
+    private async Task<Caller?> RememberAsync(string key, Func<Task<(Caller? Caller, DateTimeOffset? CredentialExpiry, long TrustVersion)>> authenticate)
     {
         var now = time.GetUtcNow();
         var generation = Interlocked.Read(ref _generation);
-        var caller = await authenticate();
+        var (caller, credentialExpiry, trustVersion) = await authenticate();
         if (caller is null)
         {
             _cache.TryRemove(key, out _);
@@ -126,7 +133,7 @@ internal sealed class CallerAuthentication(
             _cache.Clear();
         }
 
-        _cache[key] = (caller, until);
+        _cache[key] = (caller, until, trustVersion);
         if (Interlocked.Read(ref _generation) != generation)
         {
             _cache.TryRemove(key, out _);

@@ -16,7 +16,10 @@ namespace Kms.Server.Security;
 /// CRL is installed (a stale CRL could be hiding a revocation). Validity and the CRL's nextUpdate
 /// are judged by <see cref="TrustedTime"/>, not by the system clock the TLS stack would use: a
 /// node whose clock was set back accepts no certificate that has expired by the time this
-/// deployment has evidence of.
+/// deployment has evidence of. Each load of the files is a new <see cref="TrustVersion"/>: a
+/// caller remembered from a certificate accepted under an older one is checked again
+/// (<see cref="CallerAuthentication"/>), because a client presents its certificate once, at the
+/// handshake of a connection it may keep open for as long as it runs.
 /// </summary>
 /// <remarks>
 /// Principal rule (docs/access-control.md): a URI SAN starting with <c>spiffe://</c> gives
@@ -30,21 +33,34 @@ internal sealed partial class ClientCertificateValidator
     private readonly ReloadingFile<TrustMaterial> _trust;
     private readonly TrustedTime _trusted;
     private readonly ILogger _logger;
+    private long _loads;
 
     public ClientCertificateValidator(string caPath, string? crlPath, TrustedTime trustedTime, TimeProvider time, ILogger<ClientCertificateValidator> logger)
     {
         _trusted = trustedTime;
         _logger = logger;
         _trust = new ReloadingFile<TrustMaterial>(
-            () => TrustMaterial.Load(caPath, crlPath),
+            () => TrustMaterial.Load(caPath, crlPath, Interlocked.Increment(ref _loads)),
             time,
             e => LogReloadFailed(_logger, e.Message),
             crlPath is null ? [caPath] : [caPath, crlPath]);
         _ = _trust.Value;
     }
 
-    /// <summary>Whether the certificate is acceptable (called by Kestrel during the handshake).</summary>
-    public bool Validate(X509Certificate2 certificate)
+    /// <summary>
+    /// The version of the CA bundle and CRL in force: another number once either file has been
+    /// read again (they are looked at, at most once a second, when this is read). Takes no lock
+    /// between looks, so it is cheap enough to read on every call.
+    /// </summary>
+    public long TrustVersion => _trust.Value.Version;
+
+    /// <summary>
+    /// Whether the certificate is acceptable now (called per call, for the certificate of the
+    /// call's connection); if so, under which <see cref="TrustVersion"/>, and until when that
+    /// answer holds if nothing is read again: the certificate's notAfter, or an earlier nextUpdate
+    /// of a CRL (past it, every certificate is refused).
+    /// </summary>
+    public Acceptance? Accept(X509Certificate2 certificate)
     {
         var trust = _trust.Value;
         var now = _trusted.GetUtcNow().UtcDateTime;
@@ -63,8 +79,10 @@ internal sealed partial class ClientCertificateValidator
         chain.ChainPolicy.ApplicationPolicy.Add(new System.Security.Cryptography.Oid(ClientAuthOid));
         if (!chain.Build(certificate) || !HasClientAuthUsage(certificate))
         {
-            return false;
+            return null;
         }
+
+        var until = new DateTimeOffset(certificate.NotAfter.ToUniversalTime());
 
         if (trust.Crls.Count > 0)
         {
@@ -75,7 +93,7 @@ internal sealed partial class ClientCertificateValidator
                     LogCrlStale(_logger, stale.IssuerDN.ToString(), stale.NextUpdate!.Value);
                 }
 
-                return false;
+                return null;
             }
 
             // Only the CRL of the CA that issued the certificate can say it is revoked, and
@@ -90,18 +108,31 @@ internal sealed partial class ClientCertificateValidator
                     LogNoCrlOfIssuer(_logger, issuer?.Subject ?? certificate.Issuer);
                 }
 
-                return false;
+                return null;
             }
 
             var parsed = new X509CertificateParser().ReadCertificate(certificate.RawData);
             if (ownCrls.Any(crl => crl.IsRevoked(parsed)))
             {
-                return false;
+                return null;
+            }
+
+            foreach (var crl in trust.Crls)
+            {
+                if (crl.Crl.NextUpdate is { } next && new DateTimeOffset(DateTime.SpecifyKind(next, DateTimeKind.Utc)) is var expires && expires < until)
+                {
+                    until = expires;
+                }
             }
         }
 
-        return PrincipalOf(certificate) is not null;
+        return PrincipalOf(certificate) is null ? null : new Acceptance(trust.Version, until);
     }
+
+    /// <summary>A certificate found acceptable under <paramref name="TrustVersion"/>, an answer good until <paramref name="Until"/>.</summary>
+    /// <param name="TrustVersion">The <see cref="ClientCertificateValidator.TrustVersion"/> the certificate was checked against.</param>
+    /// <param name="Until">When the answer lapses even if no file changes: the certificate's notAfter or a CRL's nextUpdate, whichever is first.</param>
+    public readonly record struct Acceptance(long TrustVersion, DateTimeOffset Until);
 
     // Stricter than RFC 5280, where a certificate without the extension may be used for
     // anything: a client certificate must say it is one.
@@ -173,7 +204,7 @@ internal sealed partial class ClientCertificateValidator
     [LoggerMessage(EventId = 1112, Level = LogLevel.Warning, Message = "client certificate issued by {Issuer} refused: the CRL file holds no CRL of that CA (during a CA rotation it holds one of each)")]
     private static partial void LogNoCrlOfIssuer(ILogger logger, string issuer);
 
-    private sealed record TrustMaterial(X509Certificate2Collection Roots, IReadOnlyList<(X509Crl Crl, X509Certificate2 Issuer)> Crls)
+    private sealed record TrustMaterial(X509Certificate2Collection Roots, IReadOnlyList<(X509Crl Crl, X509Certificate2 Issuer)> Crls, long Version)
     {
         // Set once the expiry of one of these CRLs has been logged.
         public int StaleReported;
@@ -181,7 +212,7 @@ internal sealed partial class ClientCertificateValidator
         // Set once a certificate of a CA without a CRL here has been refused and logged.
         public int NoCrlReported;
 
-        public static TrustMaterial Load(string caPath, string? crlPath)
+        public static TrustMaterial Load(string caPath, string? crlPath, long version)
         {
             var roots = new X509Certificate2Collection();
             roots.ImportFromPemFile(caPath);
@@ -208,7 +239,7 @@ internal sealed partial class ClientCertificateValidator
                 }
             }
 
-            return new TrustMaterial(roots, crls);
+            return new TrustMaterial(roots, crls, version);
         }
 
         private static bool Verifies(X509Crl crl, X509Certificate2 ca)

@@ -10,42 +10,61 @@ internal sealed class ReloadingFile<T>(Func<T> load, TimeProvider time, Action<E
     where T : class
 {
     private readonly Lock _lock = new();
-    private T? _value;
+    private volatile T? _value;
     private string[] _stamps = [];
     private string[] _failedStamps = [];
-    private DateTimeOffset _nextCheck;
 
+    // When the files are next looked at (UTC ticks); read without the lock.
+    private long _nextCheck;
+
+    /// <summary>
+    /// The value of the files as last read. Read on every call (a client's trust material is
+    /// looked at per call): between checks it takes no lock; a check and a load are made under one.
+    /// </summary>
     public T Value
     {
         get
         {
-            var now = time.GetUtcNow();
+            var now = time.GetUtcNow().UtcTicks;
+            var value = _value;
+            if (value is not null && now < Volatile.Read(ref _nextCheck))
+            {
+                return value;
+            }
+
             lock (_lock)
             {
-                if (_value is not null && now < _nextCheck)
+                if (_value is not null && now < Volatile.Read(ref _nextCheck))
                 {
                     return _value;
                 }
 
-                _nextCheck = now.AddSeconds(1);
-                var stamps = paths.Select(Stamp).ToArray();
-                if (_value is null || !stamps.SequenceEqual(_stamps))
+                try
                 {
-                    try
+                    var stamps = paths.Select(Stamp).ToArray();
+                    if (_value is null || !stamps.SequenceEqual(_stamps))
                     {
-                        _value = load();
-                        _stamps = stamps;
-                    }
-                    catch (Exception e) when (_value is not null)
-                    {
-                        // Half-written files during a rotation, or a bad replacement: keep
-                        // serving the previous value, and say so once.
-                        if (!stamps.SequenceEqual(_failedStamps))
+                        try
                         {
-                            _failedStamps = stamps;
-                            failed?.Invoke(e);
+                            _value = load();
+                            _stamps = stamps;
+                        }
+                        catch (Exception e) when (_value is not null)
+                        {
+                            // Half-written files during a rotation, or a bad replacement: keep
+                            // serving the previous value, and say so once.
+                            if (!stamps.SequenceEqual(_failedStamps))
+                            {
+                                _failedStamps = stamps;
+                                failed?.Invoke(e);
+                            }
                         }
                     }
+                }
+                finally
+                {
+                    // After the load: a caller that comes meanwhile waits for it, and gets the new value.
+                    Volatile.Write(ref _nextCheck, now + TimeSpan.TicksPerSecond);
                 }
 
                 return _value;
