@@ -4,6 +4,7 @@ using Grpc.Core;
 using Grpc.Net.Client;
 using Kms.Contracts.V1;
 using Kms.Core.Ports;
+using Kms.Server.Hosting;
 using Kms.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
@@ -16,7 +17,8 @@ namespace Kms.Server.Tests;
 /// never outlives the trust it was accepted under: a client certificate is presented once, at the
 /// handshake of a connection that an HTTP/2 client keeps open, and a call on that connection after
 /// the CRL revoked it, after its CA left the bundle, or after the CRL's nextUpdate is refused
-/// (UNAUTHENTICATED) once the files are read again — not a whole cache time later.
+/// (UNAUTHENTICATED) once the files are read again — not a whole cache time later. And the cache
+/// time itself is bounded (0 to 5 minutes), refused at start otherwise.
 /// </summary>
 public sealed class CredentialCacheTests : IAsyncLifetime, IDisposable
 {
@@ -106,6 +108,18 @@ public sealed class CredentialCacheTests : IAsyncLifetime, IDisposable
 
         Assert.Equal(StatusCode.Unauthenticated, await GenerateRandomAsync(channel));
         Assert.Contains("every client certificate is refused until a fresh CRL is installed", _server!.Logs.AllText, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("00:05:01")]
+    [InlineData("01:00:00")]
+    [InlineData("-00:00:01")]
+    public async Task Build_CredentialCacheTimeOutsideZeroToFiveMinutes_RefusedBeforeTouchingTheHsm(string value)
+    {
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(
+            ["--dev", "--urls=https://127.0.0.1:0", $"--Kms:CredentialCacheTime={value}", $"--Kms:DataDir={Path.GetTempPath()}/kms-never"]));
+        Assert.Contains("Kms:CredentialCacheTime", e.Message, StringComparison.Ordinal);
+        Assert.Contains("00:05:00", e.Message, StringComparison.Ordinal);
     }
 
     // The largest cache time allowed, on a fake clock that moves only when the test says, and a

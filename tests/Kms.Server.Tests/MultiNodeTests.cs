@@ -83,7 +83,7 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Equal(StatusCode.FailedPrecondition, disabled);
         Assert.Equal(StatusCode.FailedPrecondition, (await Assert.ThrowsAsync<RpcException>(() => onA.EncryptAsync(key.Name, new byte[] { 1 }))).StatusCode);
 
-        // Revoked on B: A has the caller cached for 10 minutes (Kms:CredentialCacheTime), yet
+        // Revoked on B: A has the caller cached for 5 minutes (Kms:CredentialCacheTime, the most allowed), yet
         // refuses it once the change feed reaches it.
         var other = await onA.CreateKeyAsync("tenants/dev", "other");
         var secret = await a.CreatePrincipalWithTokenAsync("revokee", "dev", "key-user");
@@ -385,7 +385,7 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         [
             "--Storage:Provider=postgres",
             $"--Storage:Postgres:ConnectionString={_database.ConnectionString}",
-            "--Kms:CredentialCacheTime=00:10:00",
+            "--Kms:CredentialCacheTime=00:05:00",
             "--Kms:Audit:CheckpointInterval=00:00:01",
             "--Lifecycle:JobInterval=00:00:01",
             .. regionArgs,

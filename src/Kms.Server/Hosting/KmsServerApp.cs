@@ -69,6 +69,13 @@ public static class KmsServerApp
 
         var urls = ListenAddresses.Validate(builder.Configuration["urls"]);
         var metricsUrl = ListenAddresses.ValidateMetrics(serverOptions.MetricsUrl, serverOptions.MetricsAllowNonLoopback);
+
+        // Past the change feed, the cache time is how long a revocation made on another node can
+        // go unseen here: bounded, so that a typo (5 hours for 5 minutes) cannot stretch it.
+        if (serverOptions.CredentialCacheTime < TimeSpan.Zero || serverOptions.CredentialCacheTime > KmsServerOptions.MaxCredentialCacheTime)
+        {
+            throw new InvalidOperationException($"Kms:CredentialCacheTime ({serverOptions.CredentialCacheTime:c}) must be from 00:00:00 to {KmsServerOptions.MaxCredentialCacheTime:c}: while a node cannot read the change feed, another node's revocation takes effect on it only when the cache time has passed");
+        }
         builder.WebHost.UseUrls([.. urls]);
         var (certificatePath, keyPath) = ResolveTls(serverOptions);
         var tlsLogger = new Serilog.Extensions.Logging.SerilogLoggerFactory(logger).CreateLogger("Kms.Server.Tls");

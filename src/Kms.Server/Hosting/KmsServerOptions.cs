@@ -30,8 +30,15 @@ public sealed class KmsServerOptions
     /// </summary>
     public string? BootstrapTokenPath { get; set; }
 
-    /// <summary>How long an authenticated credential is remembered before its token, bindings and certificate are read again (revocation takes effect at most this late on other nodes).</summary>
+    /// <summary>
+    /// How long an authenticated credential is remembered before its token, bindings and certificate
+    /// are read again: while a node cannot read the change feed, another node's revocation takes
+    /// effect on it at most this late. 0 to <see cref="MaxCredentialCacheTime"/>; a start with more is refused.
+    /// </summary>
     public TimeSpan CredentialCacheTime { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>The largest <see cref="CredentialCacheTime"/> a server starts with: five minutes.</summary>
+    public static readonly TimeSpan MaxCredentialCacheTime = TimeSpan.FromMinutes(5);
 
     /// <summary>Calls served at once; more are shed with UNAVAILABLE (clients retry).</summary>
     public int MaxConcurrentCalls { get; set; } = 512;
