@@ -162,25 +162,4 @@ public sealed class LifecycleClockTests
     private static string Millis(DateTimeOffset time) => time.ToUnixTimeMilliseconds().ToString(System.Globalization.CultureInfo.InvariantCulture);
 
     private LifecycleClock NewClock() => new(_store, _time, _options);
-
-    /// <summary>A wall clock that can be stepped without the monotonic clock moving, and time that passes on both.</summary>
-    private sealed class SplitClock(DateTimeOffset wall) : TimeProvider
-    {
-        private DateTimeOffset _wall = wall;
-        private long _ticks;
-
-        public override long TimestampFrequency => TimeSpan.TicksPerSecond;
-
-        public override DateTimeOffset GetUtcNow() => _wall;
-
-        public override long GetTimestamp() => _ticks;
-
-        public void Step(TimeSpan by) => _wall += by;
-
-        public void Pass(TimeSpan by)
-        {
-            _wall += by;
-            _ticks += by.Ticks;
-        }
-    }
 }
