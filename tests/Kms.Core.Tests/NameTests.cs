@@ -124,4 +124,20 @@ public sealed class NameTests
     {
         Assert.Equal(KmsErrorCode.InvalidArgument, Assert.Throws<KmsException>(() => KeyLabels.Create([new(key, value)])).Code);
     }
+
+    [Theory]
+    [InlineData("tenants/acme", "acme")]
+    [InlineData("tenants/acme/keys/k", "acme")]
+    [InlineData("tenants/acme/aliases/a", "acme")]
+    [InlineData("tenants/Acme/keys/k", null)]
+    [InlineData("tenants/a b/keys/k", null)]
+    [InlineData("tenants//keys/k", null)]
+    [InlineData("tenants/", null)]
+    [InlineData("tenant/acme", null)]
+    [InlineData("", null)]
+    [InlineData(null, null)]
+    public void TenantOfResourceName_OnlyAValidTenantId(string? name, string? tenant)
+    {
+        Assert.Equal(tenant, TenantId.OfResourceName(name)?.Value);
+    }
 }

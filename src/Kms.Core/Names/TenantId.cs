@@ -36,6 +36,22 @@ public readonly partial record struct TenantId
         return new TenantId(name[Prefix.Length..]);
     }
 
+    /// <summary>
+    /// The tenant a resource name is in — <c>tenants/{tenant}</c> or anything under it — or null
+    /// when the name is not under a valid tenant id.
+    /// </summary>
+    public static TenantId? OfResourceName(string? name)
+    {
+        const string Prefix = "tenants/";
+        if (name is null || !name.StartsWith(Prefix, StringComparison.Ordinal))
+        {
+            return null;
+        }
+
+        var end = name.IndexOf('/', Prefix.Length);
+        return TryParse(end < 0 ? name[Prefix.Length..] : name[Prefix.Length..end], out var tenant) ? tenant : null;
+    }
+
     /// <summary>Validates an id without throwing.</summary>
     public static bool TryParse(string? value, out TenantId tenant)
     {

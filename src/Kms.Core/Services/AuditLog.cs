@@ -6,6 +6,7 @@ using Kms.Core.Audit;
 using Kms.Core.Crypto;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
+using Kms.Core.Names;
 using Kms.Core.Ports;
 
 namespace Kms.Core.Services;
@@ -720,18 +721,6 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         // another tenant in such an event would show them what was asked of that tenant's names,
         // which its own event would not have shown them (SqlStore's tenant filter).
         private bool ReadersMaySee(string resource) =>
-            first.Tenant is not null || TenantOf(first.Resource) is not { } tenant || TenantOf(resource) == tenant;
-
-        private static string? TenantOf(string? resource)
-        {
-            if (resource is null || !resource.StartsWith("tenants/", StringComparison.Ordinal))
-            {
-                return null;
-            }
-
-            var rest = resource["tenants/".Length..];
-            var slash = rest.IndexOf('/', StringComparison.Ordinal);
-            return slash < 0 ? rest : rest[..slash];
-        }
+            first.Tenant is not null || TenantId.OfResourceName(first.Resource) is not { } tenant || TenantId.OfResourceName(resource) == tenant;
     }
 }

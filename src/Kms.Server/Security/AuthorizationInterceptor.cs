@@ -217,7 +217,7 @@ internal sealed partial class AuthorizationInterceptor(
                 return (caller.HomeTenant, caller.HomeTenant?.ResourceName ?? "the deployment");
             case TargetKind.TenantNameOrDeployment:
                 var name = request is null ? "" : requirement.Field!(request);
-                return TenantOf(name) is { } named ? (named, name) : (null, "the deployment");
+                return TenantId.OfResourceName(name) is { } named ? (named, name) : (null, "the deployment");
             default:
                 var field = request is null ? "" : requirement.Field!(request);
                 if (field.Length == 0 && requirement.Target == TargetKind.ResourceOrDeployment)
@@ -225,20 +225,8 @@ internal sealed partial class AuthorizationInterceptor(
                     return (null, "the deployment");
                 }
 
-                return TenantOf(field) is { } tenant ? (tenant, field) : (caller.HomeTenant, field);
+                return TenantId.OfResourceName(field) is { } tenant ? (tenant, field) : (caller.HomeTenant, field);
         }
-    }
-
-    private static TenantId? TenantOf(string resource)
-    {
-        const string prefix = "tenants/";
-        if (!resource.StartsWith(prefix, StringComparison.Ordinal))
-        {
-            return null;
-        }
-
-        var end = resource.IndexOf('/', prefix.Length);
-        return TenantId.TryParse(end < 0 ? resource[prefix.Length..] : resource[prefix.Length..end], out var tenant) ? tenant : null;
     }
 
     private static RpcException QuotaExceeded(TenantId tenant, TimeSpan retryAfter)
