@@ -169,6 +169,12 @@ public static class DurableFile
         }
 
         var length = file.Length;
+        file.Seek(-1, SeekOrigin.End);
+        if (file.ReadByte() == '\n')
+        {
+            return 0; // every append but the first after a crash
+        }
+
         var chunk = new byte[64 * 1024];
         for (var end = length; end > 0 && length - end <= MaxTornLine;)
         {
