@@ -50,4 +50,24 @@ public sealed class ArchitectureTests
             .ToList();
         Assert.Empty(offending);
     }
+
+    [Fact]
+    public void DirectoriesForDurableState_CreatedOnlyThroughDurableFile_SyncedIntoTheirParents()
+    {
+        // A directory's name is its parent's: created without syncing the parent, it and every
+        // file synced into it can vanish at a power loss (the audit directory did, with the
+        // checkpoints and the published key). DurableFile.CreateDirectory syncs the parent of each
+        // one it creates; DurableDirectory's staging directory is renamed whole and its parent
+        // synced at the commit.
+        string[] allowed = [Path.Combine("Kms.Core", "Files", "DurableFile.cs"), Path.Combine("Kms.Core", "Files", "DurableDirectory.cs")];
+        var src = RepositoryPaths.Of("src");
+        var offending = Directory.GetFiles(src, "*.cs", SearchOption.AllDirectories)
+            .Select(path => Path.GetRelativePath(src, path))
+            .Where(path => !path.Split(Path.DirectorySeparatorChar).Any(part => part is "obj" or "bin"))
+            .Where(path => !allowed.Any(a => path.EndsWith(a, StringComparison.Ordinal)))
+            .Where(path => File.ReadAllText(Path.Combine(src, path)).Contains("Directory.CreateDirectory(", StringComparison.Ordinal))
+            .Order(StringComparer.Ordinal)
+            .ToList();
+        Assert.Empty(offending);
+    }
 }

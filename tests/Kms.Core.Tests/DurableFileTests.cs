@@ -172,6 +172,23 @@ public sealed class DurableFileTests : IDisposable
     }
 
     [Fact]
+    public void CreateDirectory_MissingParents_EachCreatedOneSyncedIntoItsParent_AnExistingOneLeftAlone()
+    {
+        var path = Path.Combine(_directory, "data", "audit");
+        var synced = new List<(string Directory, string Entries)>();
+        void Sync(string directory) => synced.Add((directory, string.Join(',', Directory.GetFileSystemEntries(directory))));
+
+        Assert.Equal(path, DurableFile.CreateDirectory(path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, Sync));
+
+        // The name each sync makes durable is there when its parent is synced.
+        Assert.Equal([(Path.Combine(_directory, "data"), path), (_directory, Path.Combine(_directory, "data"))], synced);
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(path));
+        synced.Clear();
+        DurableFile.CreateDirectory(path, null, Sync);
+        Assert.Empty(synced);
+    }
+
+    [Fact]
     public async Task AppendAsync_NewThenExisting_OwnerOnlyAndBothRecords()
     {
         var path = Path.Combine(_directory, "checkpoints.jsonl");

@@ -80,7 +80,7 @@ internal static class BackupRestore
         recorded.AddRange(Destructions(await ReadLogsAsync(auditLogs, auditPublicKey, gaps, cancellationToken), manifest.AuditHead.Sequence, allowGaps, gaps));
 
         // 2. A private copy, checked again (the file could have changed since it was verified).
-        Directory.CreateDirectory(dataDir);
+        DurableFile.CreateDirectory(dataDir);
         var stamp = DateTimeOffset.UtcNow.ToString("yyyyMMdd'T'HHmmss'Z'", System.Globalization.CultureInfo.InvariantCulture);
         var staging = Path.Combine(dataDir, $"kms.db.restoring-{stamp}");
         // Owner-only from its creation, whatever the backup's mode (a trip off-site may have

@@ -115,7 +115,6 @@ internal sealed class DeploymentDatabaseTarget(string? sqlitePath, PostgresOptio
         if (postgres is null)
         {
             var path = sqlitePath ?? throw new CliUsageException("this command needs --data-dir (the SQLite database is {data-dir}/kms.db) or --storage-provider postgres");
-            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
             return await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = path }, ct);
         }
 

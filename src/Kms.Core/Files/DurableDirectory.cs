@@ -28,7 +28,7 @@ public sealed class DurableDirectory : IDisposable
     /// <summary>Where to write the files: the temporary directory (<c>.NAME.RANDOM.partial</c> beside <see cref="Path"/>).</summary>
     public string Staging { get; }
 
-    /// <summary>Creates the temporary directory for <paramref name="path"/>, which must not exist, with <paramref name="mode"/> (and the missing parents, see <see cref="DurableFile.CreateDirectory"/>).</summary>
+    /// <summary>Creates the temporary directory for <paramref name="path"/>, which must not exist, with <paramref name="mode"/> (and the missing parents, see <see cref="DurableFile.CreateDirectory(string)"/>).</summary>
     /// <exception cref="IOException"><paramref name="path"/> exists, or a directory cannot be created.</exception>
     public static DurableDirectory Create(string path, UnixFileMode mode)
     {

@@ -215,12 +215,26 @@ public static class DurableFile
     /// <summary>
     /// Creates <paramref name="directory"/> and its missing parents, syncing the parent of each
     /// one created: a new directory's name is its parent's, and a file synced into a directory
-    /// that a power loss takes away is lost with it.
+    /// that a power loss takes away is lost with it. Every directory that holds state meant to
+    /// outlive a crash is created here (ArchitectureTests holds <c>src/</c> to it).
     /// </summary>
     /// <returns>The directory's full path.</returns>
     /// <exception cref="IOException">The directory cannot be created, or a parent cannot be synced.</exception>
-    public static string CreateDirectory(string directory)
+    public static string CreateDirectory(string directory) => CreateDirectory(directory, null, DirectorySync.Flush);
+
+    /// <summary>
+    /// <see cref="CreateDirectory(string)"/>, each directory created with <paramref name="mode"/>
+    /// (less the umask; given to <c>mkdir(2)</c>, so it is never more open, not even empty); an
+    /// existing one keeps its own. Elsewhere than Linux and macOS the mode is ignored.
+    /// </summary>
+    /// <returns>The directory's full path.</returns>
+    /// <exception cref="IOException">The directory cannot be created, or a parent cannot be synced.</exception>
+    public static string CreateDirectory(string directory, UnixFileMode mode) => CreateDirectory(directory, mode, DirectorySync.Flush);
+
+    /// <summary><see cref="CreateDirectory(string, UnixFileMode)"/>, syncing with <paramref name="syncDirectory"/> (a test's stand-in).</summary>
+    internal static string CreateDirectory(string directory, UnixFileMode? mode, Action<string> syncDirectory)
     {
+        ArgumentException.ThrowIfNullOrEmpty(directory);
         var full = Path.GetFullPath(directory);
         var created = new List<string>();
         for (var missing = full; missing is not null && !Directory.Exists(missing); missing = Path.GetDirectoryName(missing))
@@ -228,10 +242,21 @@ public static class DurableFile
             created.Add(missing);
         }
 
-        Directory.CreateDirectory(full);
+        if (mode is { } unixMode && !OperatingSystem.IsWindows())
+        {
+            Directory.CreateDirectory(full, unixMode);
+        }
+        else
+        {
+            Directory.CreateDirectory(full);
+        }
+
+        // Deepest first: each sync makes the name of the one below durable; all are done before
+        // this returns, so the order matters only for a crash in between, which leaves no caller
+        // believing anything.
         foreach (var made in created)
         {
-            DirectorySync.Flush(Path.GetDirectoryName(made)!);
+            syncDirectory(Path.GetDirectoryName(made)!);
         }
 
         return full;

@@ -31,8 +31,9 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     public async Task InitializeAsync(CancellationToken cancellationToken)
     {
         await audit.InitializeAsync(cancellationToken);
-        var directory = Path.Combine(Path.GetFullPath(server.Value.DataDir), "audit");
-        Directory.CreateDirectory(directory);
+        // Synced into the data directory when created: the checkpoints and the published key
+        // synced into it would otherwise go with it at a power loss.
+        var directory = DurableFile.CreateDirectory(Path.Combine(Path.GetFullPath(server.Value.DataDir), "audit"));
         var pem = Path.Combine(directory, "signing-key.pem");
         // Published again at every start: replaced whole, never rewritten in place (a crash
         // in the middle would leave the pinned key's file torn or empty).

@@ -67,7 +67,9 @@ internal sealed class OfficerHeadFile(string path, ILogger logger) : IOfficerHea
 
     private void Write(OfficerHead head)
     {
-        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        // {DataDir}/quorum synced into the data directory when created, or a power loss could
+        // take the record away with it.
+        Kms.Core.Files.DurableFile.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
         var temporary = path + ".new";
         File.Delete(temporary);
         var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };

@@ -12,19 +12,8 @@ internal static class SecretFiles
     /// </summary>
     public static void Write(string path, string text)
     {
-        var directory = Path.GetDirectoryName(Path.GetFullPath(path))!;
-        if (!Directory.Exists(directory))
-        {
-            if (OperatingSystem.IsWindows())
-            {
-                Directory.CreateDirectory(directory);
-            }
-            else
-            {
-                Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-            }
-        }
-
+        // Owner-only (0700) when created, and synced into its parent.
+        DurableFile.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         DurableFile.Write(path, System.Text.Encoding.UTF8.GetBytes(text), DurableFile.OwnerOnly, overwrite: true);
     }
 }

@@ -1,6 +1,7 @@
 using System.Data;
 using System.Data.Common;
 using System.Globalization;
+using Kms.Core.Files;
 using Microsoft.Data.Sqlite;
 
 namespace Kms.Storage.Sqlite;
@@ -85,10 +86,18 @@ public sealed partial class SqliteStore : SqlStore
         var directory = Path.GetDirectoryName(Path.GetFullPath(options.DatabasePath));
         if (directory is not null)
         {
-            Directory.CreateDirectory(directory);
+            // Synced into its parent when created: the database synced into it would otherwise go
+            // with it at a power loss.
+            DurableFile.CreateDirectory(directory);
         }
 
-        CreateOwnerOnly(options.DatabasePath);
+        if (CreateOwnerOnly(options.DatabasePath) && directory is not null)
+        {
+            // SQLite syncs the directory for the journal and WAL files it creates, never for the
+            // main database file, which it did not create here anyway: the new name is made
+            // durable before anything is committed to the file under it.
+            DirectorySync.Flush(directory);
+        }
         var store = new SqliteStore(options);
         await using (var connection = await store.OpenConnectionAsync(cancellationToken))
         {
@@ -231,12 +240,12 @@ public sealed partial class SqliteStore : SqlStore
     }
 
     // The file holds wrapped key material: readable by the service's user only. SQLite gives
-    // its -wal and -shm files the database file's permissions.
-    private static void CreateOwnerOnly(string path)
+    // its -wal and -shm files the database file's permissions. True when it created the file.
+    private static bool CreateOwnerOnly(string path)
     {
         if (File.Exists(path) || OperatingSystem.IsWindows())
         {
-            return;
+            return false;
         }
 
         using var _ = new FileStream(path, new FileStreamOptions
@@ -245,5 +254,6 @@ public sealed partial class SqliteStore : SqlStore
             Access = FileAccess.Write,
             UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
         });
+        return true;
     }
 }
