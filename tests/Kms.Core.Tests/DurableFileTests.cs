@@ -292,6 +292,87 @@ public sealed class DurableFileTests : IDisposable
     }
 
     [Fact]
+    public void DurableDirectory_TwoCommittersOfOneName_ExactlyOneWins_TheOtherRefused_NeverBothToldWritten()
+    {
+        // The commit checked for the name and then renamed; rename(2) replaces an empty directory,
+        // so of two committers that both passed the check, one whose directory was committed empty
+        // (or an empty one made meanwhile) was replaced by the second, both told "committed".
+        // Rounds, because the two must land between each other's check and rename.
+        const UnixFileMode Mode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
+        var refusals = new List<string>();
+        for (var round = 0; round < 500; round++)
+        {
+            var path = Path.Combine(_directory, $"backup-{round}");
+            using var start = new Barrier(2);
+            var outcomes = new Exception?[2];
+            var threads = Enumerable.Range(0, 2).Select(i => new Thread(() =>
+            {
+                using var staged = DurableDirectory.Create(path, Mode);
+                if (i == 1)
+                {
+                    DurableFile.Write(Path.Combine(staged.Staging, "manifest.json"), "{}"u8, DurableFile.OwnerOnly, overwrite: false);
+                }
+
+                start.SignalAndWait();
+                try
+                {
+                    staged.Commit();
+                }
+                catch (IOException e)
+                {
+                    outcomes[i] = e;
+                }
+            })).ToList();
+            threads.ForEach(t => t.Start());
+            threads.ForEach(t => t.Join());
+
+            var winner = Assert.Single(Enumerable.Range(0, 2), i => outcomes[i] is null);
+            refusals.Add(Assert.IsType<IOException>(outcomes[1 - winner]).Message);
+            Assert.Equal(winner == 1 ? [Path.Combine(path, "manifest.json")] : [], Directory.GetFileSystemEntries(path));
+            Assert.Equal([path], Directory.GetFileSystemEntries(_directory));
+            Directory.Delete(path, recursive: true);
+        }
+
+        Assert.All(refusals.Select((message, round) => (message, round)), r => Assert.Equal($"{Path.Combine(_directory, $"backup-{r.round}")} exists already", r.message));
+    }
+
+    [Fact]
+    public void DurableDirectory_EmptyDirectoryMadeUnderTheNameMeanwhile_NotReplaced()
+    {
+        var path = Path.Combine(_directory, "backup");
+        using var staged = DurableDirectory.Create(path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        DurableFile.Write(Path.Combine(staged.Staging, "manifest.json"), "{}"u8, DurableFile.OwnerOnly, overwrite: false);
+        Directory.CreateDirectory(path);
+
+        var e = Assert.Throws<IOException>(staged.Commit);
+
+        Assert.Equal($"{path} exists already", e.Message);
+        Assert.Empty(Directory.GetFileSystemEntries(path));
+    }
+
+    [Fact]
+    public void NoReplaceRename_RenameDirectory_TheFallbackWithoutRenameat2_RefusesADirectoryWithAnythingInIt()
+    {
+        // link(2) cannot publish a directory; plain rename(2) refuses a destination that holds
+        // anything, and replaces only an empty one (documented: nothing in it is lost).
+        var staging = Path.Combine(_directory, ".backup.partial");
+        var path = Path.Combine(_directory, "backup");
+        Directory.CreateDirectory(staging);
+        File.WriteAllText(Path.Combine(staging, "manifest.json"), "new");
+        Directory.CreateDirectory(path);
+        File.WriteAllText(Path.Combine(path, "manifest.json"), "earlier");
+
+        Assert.Equal(NoReplaceRename.Outcome.Exists, NoReplaceRename.RenameDirectory(staging, path));
+        Assert.Equal("earlier", File.ReadAllText(Path.Combine(path, "manifest.json")));
+        Assert.Equal("new", File.ReadAllText(Path.Combine(staging, "manifest.json")));
+
+        Directory.Delete(path, recursive: true);
+        Assert.Equal(NoReplaceRename.Outcome.Moved, NoReplaceRename.RenameDirectory(staging, path));
+        Assert.Equal("new", File.ReadAllText(Path.Combine(path, "manifest.json")));
+        Assert.Equal([path], Directory.GetFileSystemEntries(_directory));
+    }
+
+    [Fact]
     public void NoReplaceRename_Link_TheFallbackWithoutRenameat2_RefusesAnExistingName_PublishesAFreeOne()
     {
         var temporary = Path.Combine(_directory, ".share.json.partial");

@@ -53,13 +53,16 @@ public sealed class DurableDirectory : IDisposable
         return new DurableDirectory(full, staging);
     }
 
-    /// <summary>Syncs the temporary directory, renames it to <see cref="Path"/> and syncs the parent.</summary>
-    /// <exception cref="IOException"><see cref="Path"/> appeared meanwhile, or a directory cannot be renamed or synced (nothing is left under <see cref="Path"/>).</exception>
+    /// <summary>Syncs the temporary directory, renames it to <see cref="Path"/> unless that exists (in one step, <see cref="NoReplaceRename.MoveDirectory"/>) and syncs the parent.</summary>
+    /// <exception cref="IOException"><see cref="Path"/> appeared meanwhile (<c>"{Path} exists already"</c>: of two committers of one name, exactly one commits), or a directory cannot be renamed or synced (nothing is left under <see cref="Path"/>).</exception>
     public void Commit()
     {
         ObjectDisposedException.ThrowIf(_committed, this);
         DirectorySync.Flush(Staging);
-        Directory.Move(Staging, Path);
+        // Not Directory.Move: its check for the name and its rename are two steps, and rename(2)
+        // replaces an empty directory, so a directory committed (or made) empty in between was
+        // replaced by this one, both told "written".
+        NoReplaceRename.MoveDirectory(Staging, Path);
         try
         {
             DirectorySync.Flush(System.IO.Path.GetDirectoryName(Path)!);

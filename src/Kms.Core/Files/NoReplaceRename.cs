@@ -3,21 +3,27 @@ using System.Runtime.InteropServices;
 namespace Kms.Core.Files;
 
 /// <summary>
-/// Gives a file its final name only if nothing has that name, in one step of the file system: of
-/// two writers publishing the same name at once, exactly one succeeds.
+/// Gives a file or a directory its final name only if nothing has that name, in one step of the
+/// file system: of two writers publishing the same name at once, exactly one succeeds.
 /// </summary>
 /// <remarks>
 /// <para><see cref="File.Move(string, string, bool)"/> without overwrite checks that the name is
 /// free and then <c>rename(2)</c>s, which replaces what appeared in between: two writers both see
 /// the name free, both rename, the second replaces the first's file, and both are told they wrote
-/// it. (<see cref="DurableDirectory"/> needs none of this: <c>rename(2)</c> refuses to replace a
-/// directory that holds anything.)</para>
+/// it. <see cref="Directory.Move"/> does the same for a directory, and <c>rename(2)</c> replaces
+/// an empty directory (it refuses only one that holds something): a directory committed empty,
+/// or created empty meanwhile, is replaced by the second commit, both told "written".</para>
 /// <para>On Linux, <c>renameat2(2)</c> with <c>RENAME_NOREPLACE</c> (the kernel refuses with
 /// <c>EEXIST</c>). Where the file system or C library lacks it, a file is published with
 /// <c>link(2)</c>, which also refuses an existing name, and its temporary name is then removed; on
 /// macOS too. Windows' move without replace is atomic already. Only a file system that has neither
 /// (FAT on Linux: no hard links and no <c>RENAME_NOREPLACE</c>) falls back to the check and
 /// rename, where the race remains.</para>
+/// <para>A directory (<see cref="MoveDirectory"/>) cannot be hard-linked: where
+/// <c>renameat2(2)</c> is missing, it is renamed with plain <c>rename(2)</c> after a check, which
+/// refuses a name that holds a file or a directory with anything in it, and replaces only an
+/// empty directory that appeared between the check and the rename (nothing in it is lost, but
+/// whoever made it is not told).</para>
 /// </remarks>
 internal static partial class NoReplaceRename
 {
@@ -30,6 +36,8 @@ internal static partial class NoReplaceRename
     private const int LinuxNoSystemCall = 38; // ENOSYS
     private const int LinuxNotSupported = 95; // EOPNOTSUPP (ENOTSUP)
     private const int MacNotSupported = 45; // ENOTSUP
+    private const int LinuxNotEmpty = 39; // ENOTEMPTY
+    private const int MacNotEmpty = 66; // ENOTEMPTY
 
     /// <summary>What one way of publishing did.</summary>
     internal enum Outcome
@@ -44,7 +52,7 @@ internal static partial class NoReplaceRename
         Unsupported,
     }
 
-    /// <summary>Renames the file <paramref name="source"/> to <paramref name="destination"/> unless that exists.</summary>
+    /// <summary>Renames the file <paramref name="source"/> to <paramref name="destination"/> unless that exists (a directory: <see cref="MoveDirectory"/>).</summary>
     /// <exception cref="IOException"><paramref name="destination"/> exists (<c>"{destination} exists already"</c>), or the file cannot be renamed.</exception>
     public static void MoveFile(string source, string destination)
     {
@@ -70,6 +78,57 @@ internal static partial class NoReplaceRename
                 File.Move(source, destination, overwrite: false);
                 return;
         }
+    }
+
+    /// <summary>Renames the directory <paramref name="source"/> to <paramref name="destination"/> unless that exists.</summary>
+    /// <exception cref="IOException"><paramref name="destination"/> exists (<c>"{destination} exists already"</c>), or the directory cannot be renamed.</exception>
+    public static void MoveDirectory(string source, string destination)
+    {
+        var outcome = Rename(source, destination);
+        if (outcome == Outcome.Unsupported)
+        {
+            if (File.Exists(destination) || Directory.Exists(destination))
+            {
+                throw new IOException($"{destination} exists already");
+            }
+
+            outcome = OperatingSystem.IsWindows() ? MoveOnWindows(source, destination) : RenameDirectory(source, destination);
+        }
+
+        if (outcome == Outcome.Exists)
+        {
+            throw new IOException($"{destination} exists already");
+        }
+    }
+
+    /// <summary>
+    /// <c>rename(2)</c> of a directory, the fallback without <c>renameat2(2)</c>: refuses (as
+    /// <see cref="Outcome.Exists"/>) a destination directory that holds anything; replaces an empty one.
+    /// </summary>
+    /// <exception cref="IOException">Another error (the source is gone, the destination is a file, no permission, …).</exception>
+    internal static Outcome RenameDirectory(string source, string destination)
+    {
+        int error;
+        do
+        {
+            error = RenameFile(source, destination) == 0 ? 0 : Marshal.GetLastPInvokeError();
+        }
+        while (error == Interrupted);
+
+        return error switch
+        {
+            0 => Outcome.Moved,
+            Exists or LinuxNotEmpty when OperatingSystem.IsLinux() => Outcome.Exists,
+            Exists or MacNotEmpty when !OperatingSystem.IsLinux() => Outcome.Exists,
+            _ => throw Failure("rename", source, destination, error),
+        };
+    }
+
+    // Windows' move of a directory refuses an existing destination in the same step.
+    private static Outcome MoveOnWindows(string source, string destination)
+    {
+        Directory.Move(source, destination);
+        return Outcome.Moved;
     }
 
     /// <summary><c>renameat2(RENAME_NOREPLACE)</c>; <see cref="Outcome.Unsupported"/> off Linux, or where the kernel, the C library or the file system lacks it.</summary>
@@ -144,6 +203,9 @@ internal static partial class NoReplaceRename
 
     [LibraryImport("libc", EntryPoint = "renameat2", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int RenameAt2(int sourceDirectory, string source, int destinationDirectory, string destination, uint flags);
+
+    [LibraryImport("libc", EntryPoint = "rename", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int RenameFile(string source, string destination);
 
     [LibraryImport("libc", EntryPoint = "link", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int LinkFile(string source, string destination);
