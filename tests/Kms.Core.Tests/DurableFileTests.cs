@@ -218,6 +218,39 @@ public sealed class DurableFileTests : IDisposable
         Assert.Equal(whole + "two\nthree\n", await File.ReadAllTextAsync(path));
     }
 
+    [Theory]
+    [InlineData("one\n", "{\"checkpoint\":{\"seq\":2,\"head\":\"ab}\"},\"signature\":\"c2ln\"}")]
+    [InlineData("", "{\"event\":{\"seq\":1}}")]
+    public void Append_ALastLineLackingOnlyItsLineFeed_KeptAndEnded_NotCut(string before, string whole)
+    {
+        // A record and its line feed are one write: only a torn write ends exactly between them,
+        // and what it left is the whole record. Cutting it threw a whole record away.
+        var path = Path.Combine(_directory, "checkpoints.jsonl");
+        File.WriteAllText(path, before + whole);
+
+        Assert.Equal(0, DurableFile.Append(path, "{\"two\":2}\n"u8, DurableFile.OwnerOnly));
+
+        Assert.Equal(before + whole + "\n{\"two\":2}\n", File.ReadAllText(path));
+    }
+
+    [Theory]
+    [InlineData("{\"checkpoint\":{\"seq\":2}")] // torn inside the record
+    [InlineData("{\"checkpoint\":{\"head\":\"ab}")] // torn inside a string that holds a brace
+    [InlineData("{\"a\":1}{\"b\":2}")] // two run together: not one record
+    [InlineData("{\"a\":1}\0\0\0")] // the zeros a torn write can leave after a record
+    [InlineData("{\"a\":1} ")]
+    [InlineData("12")] // a value, but no record (and a prefix of 123)
+    [InlineData("[{\"a\":1}]")]
+    public void Append_ALastLineThatIsNoWholeRecord_CutOff(string torn)
+    {
+        var path = Path.Combine(_directory, "checkpoints.jsonl");
+        File.WriteAllText(path, "{\"one\":1}\n" + torn);
+
+        Assert.Equal(torn.Length, DurableFile.Append(path, "{\"two\":2}\n"u8, DurableFile.OwnerOnly));
+
+        Assert.Equal("{\"one\":1}\n{\"two\":2}\n", File.ReadAllText(path));
+    }
+
     // DurableFile.MaxTornLine (a MiB, as the SIEM stream's read-back): written out, so these
     // tests also build against a DurableFile without it.
     private const int LongestTornLine = 1 << 20;

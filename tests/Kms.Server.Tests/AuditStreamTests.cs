@@ -39,6 +39,18 @@ public sealed class AuditStreamTests : IDisposable
     }
 
     [Fact]
+    public void LastStreamedSequence_AWholeLastEventLackingOnlyItsLineFeed_KeptAndEnded_ItCounts()
+    {
+        // As every append does: the event is whole, so it stays (with its line feed) and the
+        // stream resumes after it; none is forwarded twice, none dropped.
+        var whole = Line(1) + "\n" + Line(2) + "\n";
+        File.WriteAllText(_path, whole + Line(3));
+
+        Assert.Equal(3, AuditWorker.LastStreamedSequence(_path));
+        Assert.Equal(whole + Line(3) + "\n", File.ReadAllText(_path));
+    }
+
+    [Fact]
     public void LastStreamedSequence_APipeOrAFifo_NullWithoutBlockingOrThrowing()
     {
         // /dev/stdout under a container runtime is a pipe; a SIEM agent may read a FIFO.

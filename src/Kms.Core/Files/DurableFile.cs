@@ -94,16 +94,19 @@ public static class DurableFile
 
     /// <summary>
     /// Appends <paramref name="content"/>, whole lines, to <paramref name="path"/> (a log of
-    /// records, one a line), creating it with <paramref name="mode"/> if it does not exist (the
-    /// mode is given to <c>open(2)</c>: the file is never readable by more, not even empty);
-    /// flushed to disk, and the directory synced, before this returns.
+    /// records, one JSON object a line), creating it with <paramref name="mode"/> if it does not
+    /// exist (the mode is given to <c>open(2)</c>: the file is never readable by more, not even
+    /// empty); flushed to disk, and the directory synced, before this returns.
     /// </summary>
     /// <remarks>
-    /// A crash during an append can leave its last line torn (no line feed at the end), never an
-    /// earlier one. The next append cuts such a torn line off first, so that its record does not
-    /// run on from the torn one (which would spoil both): the file holds whole lines only once it
-    /// returns, and a reader sees a torn line only at the very end, only after a crash. An append
-    /// that fails part-way (a full disk) is taken back. A pipe or FIFO is written as it is.
+    /// <para>The content is one write (records and their line feeds together). A crash during an
+    /// append can leave its last line torn (no line feed at the end), never an earlier one. The
+    /// next append ends the file with a whole line first (<see cref="EndWithWholeLine"/>), so
+    /// that its record does not run on from the torn one (which would spoil both): a torn line is
+    /// cut off, and a line that lacks only its line feed (one JSON object, whole) gets it. The file
+    /// holds whole lines only once this returns, and a reader sees a torn line only at the very
+    /// end, only after a crash. An append that fails part-way (a full disk) is taken back. A pipe
+    /// or FIFO is written as it is.</para>
     /// </remarks>
     /// <returns>The number of bytes of a torn last line that were cut off; 0 when the file ended with a whole line (or was new).</returns>
     /// <exception cref="ArgumentException"><paramref name="content"/> does not end with a line feed.</exception>
@@ -126,7 +129,7 @@ public static class DurableFile
         long cut;
         using (var file = new FileStream(full, options))
         {
-            cut = CutTornLine(file, full);
+            cut = EndWithWholeLine(file);
             var before = file.CanSeek ? file.Seek(0, SeekOrigin.End) : 0;
             try
             {
@@ -157,12 +160,16 @@ public static class DurableFile
     }
 
     /// <summary>
-    /// Cuts what follows the file's last line feed (all of it when there is none) if it is no
-    /// longer than <see cref="MaxTornLine"/>; returns how many bytes.
+    /// What <see cref="Append"/> does first, for a reader that writes the log itself next (the SIEM
+    /// stream's read-back): cuts off a torn last line, or ends with a line feed a last line that is one
+    /// whole JSON object without it. Not synced: the next append is.
     /// </summary>
+    /// <param name="file">The log, open for reading and writing; a pipe or FIFO is left as it is.</param>
+    /// <returns>The number of bytes cut off; 0 when the file ended with a whole line, or a line feed was all it lacked.</returns>
     /// <exception cref="IOException">More than <see cref="MaxTornLine"/> bytes follow the last line feed: not a log of records; nothing is cut.</exception>
-    private static long CutTornLine(FileStream file, string path)
+    public static long EndWithWholeLine(FileStream file)
     {
+        ArgumentNullException.ThrowIfNull(file);
         if (!file.CanSeek || file.Length == 0)
         {
             return 0;
@@ -175,6 +182,27 @@ public static class DurableFile
             return 0; // every append but the first after a crash
         }
 
+        var start = StartOfLastLine(file, length);
+        var last = new byte[length - start];
+        file.Seek(start, SeekOrigin.Begin);
+        file.ReadExactly(last);
+        if (IsWholeRecord(last))
+        {
+            // The record is all there (one write holds a record and its line feed, so only a torn
+            // write ends exactly between them): keep it, end it.
+            file.Seek(0, SeekOrigin.End);
+            file.Write("\n"u8);
+            return 0;
+        }
+
+        file.SetLength(start);
+        return length - start;
+    }
+
+    /// <summary>Where the last line starts: after the last line feed, or at 0 when there is none.</summary>
+    /// <exception cref="IOException">More than <see cref="MaxTornLine"/> bytes follow the last line feed.</exception>
+    private static long StartOfLastLine(FileStream file, long length)
+    {
         var chunk = new byte[64 * 1024];
         for (var end = length; end > 0 && length - end <= MaxTornLine;)
         {
@@ -191,12 +219,7 @@ public static class DurableFile
                     break;
                 }
 
-                if (whole < length)
-                {
-                    file.SetLength(whole);
-                }
-
-                return length - whole;
+                return whole;
             }
 
             end = start;
@@ -205,11 +228,34 @@ public static class DurableFile
         if (length > MaxTornLine)
         {
             // No crash tears more than one record: whatever this is, it is someone else's.
-            throw new IOException($"{path} ends with more than {MaxTornLine} bytes without a line feed: not a log of records (another file?); nothing was cut or appended");
+            throw new IOException($"{file.Name} ends with more than {MaxTornLine} bytes without a line feed: not a log of records (another file?); nothing was cut or appended");
         }
 
-        file.SetLength(0);
-        return length;
+        return 0;
+    }
+
+    /// <summary>
+    /// Whether a last line without its line feed is a whole record: one JSON object and nothing
+    /// else, up to its closing brace. No strict prefix of an object is one (its root closes only
+    /// at its last byte), so a torn record never passes, nor two run together, nor a torn write's
+    /// zeros after a record.
+    /// </summary>
+    private static bool IsWholeRecord(byte[] line)
+    {
+        if (line.Length < 2 || line[0] != '{' || line[^1] != '}')
+        {
+            return false;
+        }
+
+        try
+        {
+            using var record = System.Text.Json.JsonDocument.Parse(line);
+            return record.RootElement.ValueKind == System.Text.Json.JsonValueKind.Object;
+        }
+        catch (Exception e) when (e is System.Text.Json.JsonException or ArgumentException)
+        {
+            return false;
+        }
     }
 
     /// <summary>

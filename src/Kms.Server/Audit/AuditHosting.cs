@@ -104,8 +104,11 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     }
 
     /// <summary>
-    /// The sequence number of the last event in a stream file, after cutting off a line a crash
-    /// left half-written; null for a missing or empty file (a new stream starts at the head).
+    /// The sequence number of the last event in a stream file, after ending it with a whole line
+    /// as every append does (<see cref="DurableFile.EndWithWholeLine"/>: a line a crash left
+    /// half-written cut off, a whole event that lacks only its line feed kept), so the events
+    /// forwarded again follow a whole line and none is forwarded twice; null for a missing or empty
+    /// file (a new stream starts at the head).
     /// </summary>
     internal static long? LastStreamedSequence(string path)
     {
@@ -135,23 +138,14 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             return null;
         }
 
+        // More than a MiB without a line feed is not a stream this server wrote: IOException, nothing cut, and the stream starts at the head.
+        DurableFile.EndWithWholeLine(file);
         var length = file.Length;
-        var tailLength = (int)Math.Min(length, 1 << 20);
+        var tailLength = (int)Math.Min(length, DurableFile.MaxTornLine);
         var tail = new byte[tailLength];
         file.Seek(length - tailLength, SeekOrigin.Begin);
         file.ReadExactly(tail);
-        var end = Array.LastIndexOf(tail, (byte)'\n');
-        if (end < 0 && length > tailLength)
-        {
-            return null; // no line end in the last MiB: not a stream this server wrote
-        }
-
-        if (end < tailLength - 1)
-        {
-            // A half-written last line: cut it, so the events forwarded again follow a whole line.
-            file.SetLength(length - (tailLength - 1 - end));
-        }
-
+        var end = tailLength - 1; // a line feed, or nothing (all was cut)
         for (var stop = end; stop > 0;)
         {
             var start = Array.LastIndexOf(tail, (byte)'\n', stop - 1) + 1;
