@@ -251,6 +251,60 @@ public sealed class DurableFileTests : IDisposable
         Assert.Equal("{\"one\":1}\n{\"two\":2}\n", File.ReadAllText(path));
     }
 
+    [Fact]
+    public void Append_TwoWritersOfOneFile_TakeTurns_EveryRecordWholeOnItsOwnLine()
+    {
+        // Two servers given one SIEM stream path (or the ceremony CLI and a server on one
+        // checkpoints file): each wrote at the end it saw, the same offset, one record over the
+        // other, or cut the other's line while it was being written. Separate opens, as two
+        // processes have: the lock is the open file's, not the process's. A page of events a
+        // line (as forwarded after an outage), so that the two writes overlap in time.
+        var path = Path.Combine(_directory, "siem.jsonl");
+        const int Rounds = 100;
+        var padding = new string('x', 256 * 1024);
+        using var start = new Barrier(2);
+        var failures = new List<Exception>();
+        var threads = Enumerable.Range(0, 2).Select(writer => new Thread(() =>
+        {
+            try
+            {
+                for (var round = 0; round < Rounds; round++)
+                {
+                    start.SignalAndWait();
+                    DurableFile.Append(path, System.Text.Encoding.UTF8.GetBytes($"{{\"writer\":{writer},\"round\":{round},\"page\":\"{padding}\"}}\n"), DurableFile.OwnerOnly);
+                }
+            }
+            catch (IOException e)
+            {
+                lock (failures)
+                {
+                    failures.Add(e);
+                }
+
+                start.RemoveParticipant();
+            }
+        })).ToList();
+        threads.ForEach(t => t.Start());
+        threads.ForEach(t => t.Join());
+
+        Assert.Empty(failures);
+        var expected = Enumerable.Range(0, 2).SelectMany(writer => Enumerable.Range(0, Rounds).Select(round => $"{writer}:{round}")).Order(StringComparer.Ordinal);
+        Assert.Equal(expected, File.ReadAllLines(path).Select(Record).Order(StringComparer.Ordinal));
+
+        static string Record(string line)
+        {
+            try
+            {
+                using var record = System.Text.Json.JsonDocument.Parse(line);
+                return $"{record.RootElement.GetProperty("writer")}:{record.RootElement.GetProperty("round")}";
+            }
+            catch (System.Text.Json.JsonException)
+            {
+                return $"no record: {line[..Math.Min(line.Length, 30)]}… ({line.Length} characters)";
+            }
+        }
+    }
+
     // DurableFile.MaxTornLine (a MiB, as the SIEM stream's read-back): written out, so these
     // tests also build against a DurableFile without it.
     private const int LongestTornLine = 1 << 20;

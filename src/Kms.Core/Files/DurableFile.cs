@@ -107,10 +107,13 @@ public static class DurableFile
     /// holds whole lines only once this returns, and a reader sees a torn line only at the very
     /// end, only after a crash. An append that fails part-way (a full disk) is taken back. A pipe
     /// or FIFO is written as it is.</para>
+    /// <para>Two writers of one file take turns (<see cref="AppendLock"/>, an advisory lock held
+    /// from before the last line is looked at until the file is closed): without it each wrote at
+    /// the end it saw, the same offset, one record over the other.</para>
     /// </remarks>
     /// <returns>The number of bytes of a torn last line that were cut off; 0 when the file ended with a whole line (or was new).</returns>
     /// <exception cref="ArgumentException"><paramref name="content"/> does not end with a line feed.</exception>
-    /// <exception cref="IOException">The file cannot be written, or its directory cannot be synced, or it ends with more than <see cref="MaxTornLine"/> bytes without a line feed (nothing is cut or written).</exception>
+    /// <exception cref="IOException">The file cannot be written, or its directory cannot be synced, or it ends with more than <see cref="MaxTornLine"/> bytes without a line feed (nothing is cut or written), or another writer held it locked for longer than a few seconds.</exception>
     public static long Append(string path, ReadOnlySpan<byte> content, UnixFileMode mode)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
@@ -161,15 +164,17 @@ public static class DurableFile
 
     /// <summary>
     /// What <see cref="Append"/> does first, for a reader that writes the log itself next (the SIEM
-    /// stream's read-back): cuts off a torn last line, or ends with a line feed a last line that is one
+    /// stream's read-back): takes the appenders' lock on <paramref name="file"/> (held until it is
+    /// closed), then cuts off a torn last line, or ends with a line feed a last line that is one
     /// whole JSON object without it. Not synced: the next append is.
     /// </summary>
     /// <param name="file">The log, open for reading and writing; a pipe or FIFO is left as it is.</param>
     /// <returns>The number of bytes cut off; 0 when the file ended with a whole line, or a line feed was all it lacked.</returns>
-    /// <exception cref="IOException">More than <see cref="MaxTornLine"/> bytes follow the last line feed: not a log of records; nothing is cut.</exception>
+    /// <exception cref="IOException">More than <see cref="MaxTornLine"/> bytes follow the last line feed: not a log of records; nothing is cut. Or another writer held the lock for longer than a few seconds.</exception>
     public static long EndWithWholeLine(FileStream file)
     {
         ArgumentNullException.ThrowIfNull(file);
+        AppendLock.Acquire(file, file.Name);
         if (!file.CanSeek || file.Length == 0)
         {
             return 0;

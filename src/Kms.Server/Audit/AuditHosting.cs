@@ -138,7 +138,8 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             return null;
         }
 
-        // More than a MiB without a line feed is not a stream this server wrote: IOException, nothing cut, and the stream starts at the head.
+        // The appenders' lock, held until the file is closed; more than a MiB without a line feed
+        // is not a stream this server wrote: IOException, nothing cut, and the stream starts at the head.
         DurableFile.EndWithWholeLine(file);
         var length = file.Length;
         var tailLength = (int)Math.Min(length, DurableFile.MaxTornLine);
