@@ -6,7 +6,8 @@ namespace Kms.Cli.Tests;
 /// <summary>
 /// <c>kms audit export</c> from a real server (a security officer), and <c>kms audit verify</c>
 /// offline against the published audit key: an intact export verifies, an edited one names the
-/// first bad sequence (exit 7), and an export that ends before a known checkpoint is truncated.
+/// first bad sequence (exit 7), an export that ends before a known checkpoint is truncated, and one
+/// whose last line is torn verifies up to it and says so (exit 10).
 /// </summary>
 public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<CliServerFixture>, IDisposable
 {
@@ -35,6 +36,17 @@ public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<
         var piped = await CliRun.InProcessAsync(variables, _directory, null, "audit", "export", "--out", "-");
         Assert.True(piped.ExitCode == 0, piped.ToString());
         Assert.All(System.Text.Encoding.UTF8.GetString(Convert.FromBase64String(piped.Out)).Split('\n', StringSplitOptions.RemoveEmptyEntries), line => System.Text.Json.JsonDocument.Parse(line).Dispose());
+
+        // A copy taken while the next line was being appended (a SIEM stream file): everything
+        // before the torn line verifies, and the command says it stopped short, with its own exit
+        // code; never "verified".
+        var copied = Path.Combine(_directory, "copied-mid-append.jsonl");
+        const string Torn = "{\"event\":{\"v\":1,\"seq\"";
+        await File.WriteAllTextAsync(copied, await File.ReadAllTextAsync(export) + Torn);
+        var torn = await VerifyAsync(copied, "--public-key", key);
+        Assert.True(torn.ExitCode == ExitCodes.TornTail, torn.ToString());
+        Assert.Contains($"NOT VERIFIED TO ITS END: its last line is torn ({Torn.Length} characters without a line end) and was not read; everything before it verified, up to event ", torn.Out, StringComparison.Ordinal);
+        Assert.DoesNotContain("verified: ", torn.Out, StringComparison.Ordinal);
 
         // An event edited in place (its stated hash kept): named by its sequence.
         var lines = await File.ReadAllLinesAsync(export);

@@ -125,6 +125,42 @@ public sealed partial class AuditVerifierTests : IDisposable
     }
 
     [Fact]
+    public async Task TornLastLine_EverythingBeforeItVerified_ReportedAsTornNotAsABadEvent_NotValid()
+    {
+        // A copy of the SIEM stream taken while the server appended to it, or after a crash: the
+        // last line stops short. Refusing the whole export for it ("malformed") hid that all the
+        // rest verified; accepting it would call unread bytes verified.
+        var lines = await BuildAsync();
+        lines[^1] = lines[^1][..40];
+
+        var result = Verify(lines);
+
+        Assert.False(result.Valid);
+        Assert.Null(result.FirstBadSequence);
+        Assert.Equal((11L, 2L, 10L, 1L), (result.Events, result.Checkpoints, result.LastSignedSequence, result.UnsignedTail));
+        Assert.Equal("its last line is torn (40 characters without a line end: a copy taken while it was written, or a crash) and was not read; everything before it verified, up to event 11", result.Problem);
+    }
+
+    [Fact]
+    public async Task TornLastLine_LengthReported_ATornLineBeforeTheEndIsMalformed_AKnownCheckpointBeyondItStillFails()
+    {
+        var lines = await BuildAsync();
+        var known = new KnownCheckpoint(12, HashOf(lines, 12));
+        lines[^1] = lines[^1][..40];
+        Assert.Equal(40, Verify(lines).TornTail);
+
+        // What lies past the torn line cannot be vouched for: the known checkpoint there fails, and says why.
+        var beyond = Verify(lines, known);
+        Assert.False(beyond.Valid);
+        Assert.Equal(12, beyond.FirstBadSequence);
+        Assert.EndsWith("events were removed from the tail; its last line is torn (40 characters without a line end: a copy taken while it was written, or a crash) and was not read", beyond.Problem, StringComparison.Ordinal);
+
+        // Only the very last line, without a line end, can be torn.
+        lines.Add("");
+        AssertFails(lines, 12, "malformed");
+    }
+
+    [Fact]
     public async Task PrunedLog_ExportStartsAtTheAnchoringCheckpoint_AndVerifies()
     {
         await BuildAsync();

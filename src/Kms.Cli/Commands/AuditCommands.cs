@@ -61,14 +61,15 @@ internal static class AuditCommands
         };
         var partial = new Option<bool>("--partial") { Description = "the export was asked to start later (--from-sequence): no retention record is needed for its start" };
         var allowUnsigned = new Option<bool>("--allow-unsigned") { Description = "accept an export no checkpoint vouches for (consistent, but anyone could have written it): refused otherwise" };
-        var command = new Command("verify", "check an audit export offline: hashes, the chain, checkpoint signatures by the pinned key (exit 7 naming the first bad sequence)") { file, publicKey, known, partial, allowUnsigned };
+        var command = new Command("verify", "check an audit export offline: hashes, the chain, checkpoint signatures by the pinned key (exit 7 naming the first bad sequence; exit 10 when only a torn last line was left unread)") { file, publicKey, known, partial, allowUnsigned };
         runner.SetAction(command, async (ctx, ct) =>
         {
             var key = CeremonyCommands.PublicKeyFromPem(await File.ReadAllTextAsync(ctx.Environment.FullPath(ctx.ParseResult.GetRequiredValue(publicKey)), ct));
             var lastKnown = ctx.ParseResult.GetValue(known) is { } text ? ParseKnown(text) : null;
             using var export = new StreamReader(ctx.Environment.FullPath(ctx.ParseResult.GetRequiredValue(file)), Encoding.UTF8);
             var result = AuditVerifier.Verify(export, key, lastKnown, ctx.ParseResult.GetValue(partial));
-            if (!result.Valid)
+            var torn = result.TornTail > 0 && result.FirstBadSequence is null;
+            if (!result.Valid && !torn)
             {
                 throw new CliFailureException(ExitCodes.DecryptionFailed,
                     $"the export does not verify: first bad sequence {result.FirstBadSequence?.ToString(CultureInfo.InvariantCulture) ?? "none"}: {result.Problem}");
@@ -84,7 +85,7 @@ internal static class AuditCommands
 
             var summary = new JsonObject
             {
-                ["valid"] = true,
+                ["valid"] = !torn,
                 ["events"] = result.Events,
                 ["checkpoints"] = result.Checkpoints,
                 ["anchor_sequence"] = result.AnchorSequence,
@@ -94,7 +95,19 @@ internal static class AuditCommands
             var vouched = result.LastSignedSequence > 0
                 ? $"signed up to event {result.LastSignedSequence}"
                 : "NOTHING SIGNED (--allow-unsigned): no checkpoint vouches for any event";
-            ctx.Output.Result(summary, $"verified: {result.Events} events after {result.AnchorSequence}, {result.Checkpoints} checkpoints, {vouched}, {result.UnsignedTail} unsigned at the tail");
+            var counts = $"{result.Events} events after {result.AnchorSequence}, {result.Checkpoints} checkpoints, {vouched}, {result.UnsignedTail} unsigned at the tail";
+            if (torn)
+            {
+                // A copy of a SIEM stream taken mid-append, or a crash: what is there is checked,
+                // but the export is not verified to its end, and never reported as if it were.
+                var last = result.AnchorSequence + result.Events;
+                summary["last_verified_sequence"] = last;
+                summary["torn_tail_characters"] = result.TornTail;
+                ctx.Output.Result(summary, $"NOT VERIFIED TO ITS END: its last line is torn ({result.TornTail} characters without a line end) and was not read; everything before it verified, up to event {last}: {counts}");
+                return ExitCodes.TornTail;
+            }
+
+            ctx.Output.Result(summary, $"verified: {counts}");
             return ExitCodes.Ok;
         });
         return command;

@@ -36,6 +36,9 @@ internal static class ExitCodes
     /// <summary>A local file could not be read or written (input missing, output directory not writable).</summary>
     public const int LocalIo = 9;
 
+    /// <summary><c>kms audit verify</c>: everything before a torn last line verified, that line not read (a copy taken mid-append, a crash): not verified to its end.</summary>
+    public const int TornTail = 10;
+
     /// <summary>Interrupted (Ctrl-C) or cancelled; partial output was removed.</summary>
     public const int Cancelled = 130;
 }

@@ -16,7 +16,14 @@ public sealed record KnownCheckpoint(long Sequence, string HeadHash);
 /// <param name="FirstBadSequence">The sequence number at which verification failed (null when valid).</param>
 /// <param name="Problem">What failed, in words.</param>
 /// <param name="AnchorSequence">The event the export follows: 0 for the whole history, else a signed cut (retention, or a partial export).</param>
-public sealed record AuditVerification(bool Valid, long Events, long Checkpoints, long LastSignedSequence, long UnsignedTail, long? FirstBadSequence, string? Problem, long AnchorSequence = 0);
+/// <param name="TornTail">
+/// The characters of a torn last line (no line end, and not JSON: a copy of a SIEM stream taken
+/// while it was appended to, or a crash) that were not read; 0 when there is none. With a torn
+/// line and <see cref="FirstBadSequence"/> null, everything before it verified, events up to
+/// <see cref="AnchorSequence"/> + <see cref="Events"/>, and the other counts are of that part; yet
+/// <see cref="Valid"/> is false, because the export was not verified to its end.
+/// </param>
+public sealed record AuditVerification(bool Valid, long Events, long Checkpoints, long LastSignedSequence, long UnsignedTail, long? FirstBadSequence, string? Problem, long AnchorSequence = 0, long TornTail = 0);
 
 /// <summary>
 /// Verifies an audit export (JSON lines, docs/audit-format.md) offline: every event's hash
@@ -26,10 +33,14 @@ public sealed record AuditVerification(bool Valid, long Events, long Checkpoints
 /// holds the database). Independent of the server's implementation of the same format.
 /// </summary>
 /// <remarks>
-/// Memory does not grow with the export: lines are read one at a time, each at most
+/// <para>Memory does not grow with the export: lines are read one at a time, each at most
 /// 1,048,576 characters (a longer one is malformed), and the hashes of only the last 65,536
 /// events are kept (2 MiB), for the checkpoints that follow them: the server writes each
-/// checkpoint right after the event it covers, and one further from it is out of place.
+/// checkpoint right after the event it covers, and one further from it is out of place.</para>
+/// <para>A last line without a line end that is not JSON is a torn line (a copy of a SIEM
+/// stream taken mid-append, a crash), not a malformed one: what comes before it is verified, and
+/// the result says how far, with the torn line's length (<see cref="AuditVerification.TornTail"/>),
+/// never as valid. A last line without a line end that is JSON is read like any other.</para>
 /// </remarks>
 public static class AuditVerifier
 {
@@ -84,6 +95,7 @@ public static class AuditVerifier
         var lines = new BoundedLineReader(export, MaxLineLength);
         string? line;
         var lineNumber = 0;
+        long torn = 0;
         while ((line = lines.ReadLine()) is not null)
         {
             lineNumber++;
@@ -95,6 +107,13 @@ public static class AuditVerifier
             if (line.Length == 0)
             {
                 continue;
+            }
+
+            if (lines.Unterminated && !IsJson(line))
+            {
+                // The last line, cut short: what came before is verified as far as it goes.
+                torn = line.Length;
+                break;
             }
 
             try
@@ -118,26 +137,29 @@ public static class AuditVerifier
             }
         }
 
+        var tornLine = $"its last line is torn ({torn} characters without a line end: a copy taken while it was written, or a crash) and was not read";
+        AuditVerification Fail(long sequence, string problem) => state.Fail(sequence, torn > 0 ? $"{problem}; {tornLine}" : problem) with { TornTail = torn };
+
         if (!state.AnchorSigned)
         {
-            return state.Fail(state.Anchor + 1, $"the export starts after event {state.Anchor}, but no signed checkpoint vouches for it");
+            return Fail(state.Anchor + 1, $"the export starts after event {state.Anchor}, but no signed checkpoint vouches for it");
         }
 
         if (lastKnown is not null)
         {
             if (lastKnown.Sequence < state.Anchor)
             {
-                return state.Fail(lastKnown.Sequence, $"the known checkpoint at {lastKnown.Sequence} lies before this export's start ({state.Anchor}); it cannot be checked here");
+                return Fail(lastKnown.Sequence, $"the known checkpoint at {lastKnown.Sequence} lies before this export's start ({state.Anchor}); it cannot be checked here");
             }
 
             if (state.KnownHash is not { } hash)
             {
-                return state.Fail(Math.Min(lastKnown.Sequence, state.NextSequence), $"the export ends before the known checkpoint at {lastKnown.Sequence}: events were removed from the tail");
+                return Fail(Math.Min(lastKnown.Sequence, state.NextSequence), $"the export ends before the known checkpoint at {lastKnown.Sequence}: events were removed from the tail");
             }
 
             if (hash != lastKnown.HeadHash)
             {
-                return state.Fail(lastKnown.Sequence, $"event {lastKnown.Sequence} differs from the known checkpoint: the log was rewritten");
+                return Fail(lastKnown.Sequence, $"event {lastKnown.Sequence} differs from the known checkpoint: the log was rewritten");
             }
 
             state.LastSigned = Math.Max(state.LastSigned, lastKnown.Sequence);
@@ -147,12 +169,28 @@ public static class AuditVerifier
         // event onto its unsigned tail, and one saying "retention" would hide a deleted start.
         if (state.Anchor > 0 && !partial && (state.RetentionSequence is not { } retention || retention > state.LastSigned))
         {
-            return state.Fail(state.Anchor + 1, state.RetentionSequence is { } unsigned
+            return Fail(state.Anchor + 1, state.RetentionSequence is { } unsigned
                 ? $"the export starts after event {state.Anchor}, and the retention event {unsigned} that records a cut there is not covered by a signed checkpoint: events may have been removed from the start"
                 : $"the export starts after event {state.Anchor}, but no retention event in the chain records a cut there: events were removed from the start");
         }
 
-        return new AuditVerification(true, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, null, state.Anchor);
+        // Torn: not valid, since not verified to its end, but no bad sequence either.
+        return torn > 0
+            ? new AuditVerification(false, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, $"{tornLine}; everything before it verified, up to event {state.NextSequence - 1}", state.Anchor, torn)
+            : new AuditVerification(true, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, null, state.Anchor);
+    }
+
+    private static bool IsJson(string line)
+    {
+        try
+        {
+            using var document = JsonDocument.Parse(line);
+            return true;
+        }
+        catch (JsonException)
+        {
+            return false;
+        }
     }
 
     private static bool Is(List<string> members, string first, string second) => members.Count == 2 && members[0] == first && members[1] == second;
@@ -376,9 +414,13 @@ public static class AuditVerifier
         /// <summary>The last line read was longer than the bound (and is returned empty).</summary>
         public bool TooLong { get; private set; }
 
+        /// <summary>The last line read ended at the end of the text, without a line end.</summary>
+        public bool Unterminated { get; private set; }
+
         public string? ReadLine()
         {
             _line.Clear();
+            Unterminated = false;
             var any = false;
             while (true)
             {
@@ -388,6 +430,7 @@ public static class AuditVerifier
                     _end = reader.Read(_buffer, 0, _buffer.Length);
                     if (_end == 0)
                     {
+                        Unterminated = any;
                         return any ? Done() : null;
                     }
                 }
