@@ -16,7 +16,8 @@ namespace Kms.Server.Tests;
 /// What the server remembers of an authenticated certificate caller (<c>Kms:CredentialCacheTime</c>)
 /// never outlives the trust it was accepted under: a client certificate is presented once, at the
 /// handshake of a connection that an HTTP/2 client keeps open, and a call on that connection after
-/// the CRL revoked it, after its CA left the bundle, or after the CRL's nextUpdate is refused
+/// the CRL revoked it, after its CA left the bundle, after the CRL's nextUpdate, or after its CA
+/// certificate expired (before the client's own) is refused
 /// (UNAUTHENTICATED) once the files are read again — not a whole cache time later. And the cache
 /// time itself is bounded (0 to 5 minutes), refused at start otherwise.
 /// </summary>
@@ -110,6 +111,23 @@ public sealed class CredentialCacheTests : IAsyncLifetime, IDisposable
         Assert.Contains("every client certificate is refused until a fresh CRL is installed", _server!.Logs.AllText, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task ClientCaExpiresBeforeTheCertificate_WhileTheCallerIsRemembered_NextCallOnTheOpenChannelUnauthenticated()
+    {
+        // A CA that ends in ten seconds, and a certificate it issued for thirty days (OpenSSL issues
+        // one past its CA's end without a word). No file changes, the CRL is fresh for days.
+        using var shortLived = new TestPki("Kms Short-Lived Client CA", Start.AddSeconds(10));
+        await StartAsync(crl: true, pki: shortLived);
+        using var alice = shortLived.Issue("alice", notAfter: Start.AddDays(30));
+        using var channel = Channel(alice);
+        Assert.Equal(StatusCode.OK, await GenerateRandomAsync(channel));
+
+        _time.Advance(TimeSpan.FromSeconds(11));
+
+        Assert.Equal(StatusCode.Unauthenticated, await GenerateRandomAsync(channel));
+        Assert.Equal(1, _connections);
+    }
+
     [Theory]
     [InlineData("00:05:01")]
     [InlineData("01:00:00")]
@@ -125,13 +143,14 @@ public sealed class CredentialCacheTests : IAsyncLifetime, IDisposable
     // The largest cache time allowed, on a fake clock that moves only when the test says, and a
     // change feed that cannot be read: nothing but the client trust files can make the server
     // forget the caller within the test.
-    private async Task StartAsync(bool crl, DateTimeOffset? crlNextUpdate = null)
+    private async Task StartAsync(bool crl, DateTimeOffset? crlNextUpdate = null, TestPki? pki = null)
     {
-        _pki.WriteCa(CaPath);
+        pki ??= _pki;
+        pki.WriteCa(CaPath);
         string[] args = ["--Kms:CredentialCacheTime=00:05:00", $"--Kms:ClientCaPath={CaPath}"];
         if (crl)
         {
-            _pki.WriteCrl(CrlPath, crlNextUpdate ?? Start.AddDays(7));
+            pki.WriteCrl(CrlPath, crlNextUpdate ?? Start.AddDays(7));
             args = [.. args, $"--Kms:ClientCrlPath={CrlPath}"];
         }
 

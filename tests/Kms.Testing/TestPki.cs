@@ -20,13 +20,15 @@ public sealed class TestPki : IDisposable
     private readonly List<(byte[] Serial, DateTimeOffset When)> _revoked = [];
     private int _crlNumber;
 
-    public TestPki(string name = "Kms Test Client CA")
+    /// <param name="name">The CA's common name.</param>
+    /// <param name="notAfter">The CA certificate's end (default: five years on); a certificate it issues may outlive it, as OpenSSL allows.</param>
+    public TestPki(string name = "Kms Test Client CA", DateTimeOffset? notAfter = null)
     {
         var request = new CertificateRequest($"CN={name}", _caKey, HashAlgorithmName.SHA256);
         request.CertificateExtensions.Add(new X509BasicConstraintsExtension(true, false, 0, true));
         request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.KeyCertSign | X509KeyUsageFlags.CrlSign, true));
         request.CertificateExtensions.Add(new X509SubjectKeyIdentifierExtension(request.PublicKey, false));
-        Certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-30), DateTimeOffset.UtcNow.AddYears(5));
+        Certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-30), notAfter ?? DateTimeOffset.UtcNow.AddYears(5));
     }
 
     public X509Certificate2 Certificate { get; }
@@ -61,7 +63,10 @@ public sealed class TestPki : IDisposable
         request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(Certificate, true, false));
         var serial = RandomNumberGenerator.GetBytes(12);
         serial[0] &= 0x7F;
-        using var issued = request.Create(Certificate, notBefore ?? DateTimeOffset.UtcNow.AddDays(-1), notAfter ?? DateTimeOffset.UtcNow.AddDays(30), serial);
+        // Signed with the CA's key by name: Create(issuerCertificate, …) would refuse a notAfter past
+        // the CA's own, which OpenSSL issues without complaint.
+        using var issued = request.Create(Certificate.SubjectName, X509SignatureGenerator.CreateForECDsa(_caKey),
+            notBefore ?? DateTimeOffset.UtcNow.AddDays(-1), notAfter ?? DateTimeOffset.UtcNow.AddDays(30), serial);
 
         // Through PKCS#12 so that SslStream gets a key it can use on every platform.
         using var withKey = issued.CopyWithPrivateKey(key);

@@ -106,7 +106,7 @@ internal sealed class CallerAuthentication(
         return caller is not null;
     }
 
-    // credentialExpiry: when the credential's acceptance lapses by itself (a certificate's notAfter,
+    // credentialExpiry: when the credential's acceptance lapses by itself (the earliest notAfter of a certificate's chain,
     // its CRL's nextUpdate); trustVersion: the client trust material it was accepted under.
     private async Task<Caller?> RememberAsync(string key, Func<Task<(Caller? Caller, DateTimeOffset? CredentialExpiry, long TrustVersion)>> authenticate)
     {

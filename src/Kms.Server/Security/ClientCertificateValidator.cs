@@ -57,8 +57,8 @@ internal sealed partial class ClientCertificateValidator
     /// <summary>
     /// Whether the certificate is acceptable now (called per call, for the certificate of the
     /// call's connection); if so, under which <see cref="TrustVersion"/>, and until when that
-    /// answer holds if nothing is read again: the certificate's notAfter, or an earlier nextUpdate
-    /// of a CRL (past it, every certificate is refused).
+    /// answer holds if nothing is read again: the earliest notAfter of its chain (its own, or a
+    /// CA's that ends first), or an earlier nextUpdate of a CRL (past it, every certificate is refused).
     /// </summary>
     public Acceptance? Accept(X509Certificate2 certificate)
     {
@@ -82,7 +82,18 @@ internal sealed partial class ClientCertificateValidator
             return null;
         }
 
-        var until = new DateTimeOffset(certificate.NotAfter.ToUniversalTime());
+        // The answer lapses with the first certificate of the chain to expire: the client's own,
+        // or a CA's that expires before it (a certificate may outlive its issuer; OpenSSL issues
+        // such with -days past the CA's end). Past that, the chain no longer builds.
+        var until = DateTimeOffset.MaxValue;
+        foreach (var element in chain.ChainElements)
+        {
+            var notAfter = new DateTimeOffset(element.Certificate.NotAfter.ToUniversalTime());
+            if (notAfter < until)
+            {
+                until = notAfter;
+            }
+        }
 
         if (trust.Crls.Count > 0)
         {
@@ -131,7 +142,7 @@ internal sealed partial class ClientCertificateValidator
 
     /// <summary>A certificate found acceptable under <paramref name="TrustVersion"/>, an answer good until <paramref name="Until"/>.</summary>
     /// <param name="TrustVersion">The <see cref="ClientCertificateValidator.TrustVersion"/> the certificate was checked against.</param>
-    /// <param name="Until">When the answer lapses even if no file changes: the certificate's notAfter or a CRL's nextUpdate, whichever is first.</param>
+    /// <param name="Until">When the answer lapses even if no file changes: the earliest notAfter in the certificate's chain (its own or a CA's) or a CRL's nextUpdate, whichever is first.</param>
     public readonly record struct Acceptance(long TrustVersion, DateTimeOffset Until);
 
     // Stricter than RFC 5280, where a certificate without the extension may be used for
