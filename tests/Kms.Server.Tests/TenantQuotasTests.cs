@@ -7,7 +7,7 @@ using Microsoft.Extensions.Time.Testing;
 
 namespace Kms.Server.Tests;
 
-/// <summary>Per-tenant quota overrides as the configuration gives them.</summary>
+/// <summary>Per-tenant quota overrides as the configuration gives them, and the numbers a start refuses.</summary>
 public sealed class TenantQuotasTests
 {
     [Theory]
@@ -33,5 +33,52 @@ public sealed class TenantQuotasTests
 
         // Other tenants keep the default.
         Assert.True(quotas.TryTake(TenantId.Parse("other"), 100, out _));
+    }
+
+    [Theory]
+    [InlineData("Kms:Quotas:OperationsPerSecond", "0")]
+    [InlineData("Kms:Quotas:OperationsPerSecond", "-5")]
+    [InlineData("Kms:Quotas:Burst", "0")]
+    [InlineData("Kms:Quotas:Tenants:acme:OperationsPerSecond", "0")]
+    [InlineData("Kms:Quotas:Tenants:acme:Burst", "0.5")]
+    public async Task Build_AQuotaOfZero_RefusedBeforeTouchingTheHsm_NamingTheOptionAndTheWayToSwitchQuotasOff(string option, string value)
+    {
+        // 0 used to turn the quota off: an operator writing it to block a tenant gave it no limit.
+        var dataDir = Path.Combine(Path.GetTempPath(), $"kms-never-{Guid.NewGuid():N}");
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(
+            ["--dev", "--urls=https://127.0.0.1:0", $"--{option}={value}", $"--Kms:DataDir={dataDir}"]));
+        Assert.StartsWith($"{option} is {value}; it must be ", e.Message, StringComparison.Ordinal);
+        Assert.Contains("to switch quotas off, set Kms:Quotas:Enabled=false", e.Message, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(dataDir));
+    }
+
+    [Fact]
+    public void TenantOverride_OfTheBurstAlone_KeepsTheDeploymentsRate_NotNoLimit()
+    {
+        // The override's rate was 0 when left out, and 0 meant no quota: a burst of 2 let acme
+        // through without any limit.
+        var quotas = Build(new Dictionary<string, string?> { ["Kms:Quotas:Tenants:acme:Burst"] = "2" });
+        var acme = TenantId.Parse("acme");
+
+        Assert.True(quotas.TryTake(acme, 2, out _));
+        Assert.False(quotas.TryTake(acme, 1, out var retryAfter));
+        Assert.Equal(TimeSpan.FromMilliseconds(1), retryAfter); // the deployment's 5,000 a second
+    }
+
+    [Fact]
+    public void QuotasSwitchedOff_ByEnabledFalse_NoTenantIsHeldBack()
+    {
+        var quotas = Build(new Dictionary<string, string?> { ["Kms:Quotas:Enabled"] = "false", ["Kms:Quotas:Tenants:acme:OperationsPerSecond"] = "1" });
+
+        for (var i = 0; i < 100; i++)
+        {
+            Assert.True(quotas.TryTake(TenantId.Parse("acme"), 1_000, out _));
+        }
+    }
+
+    private static TenantQuotas Build(Dictionary<string, string?> settings)
+    {
+        var options = new ConfigurationBuilder().AddInMemoryCollection(settings).Build().GetSection("Kms").Get<KmsServerOptions>()!;
+        return new TenantQuotas(Options.Create(options), new FakeTimeProvider());
     }
 }

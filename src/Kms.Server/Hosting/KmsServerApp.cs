@@ -76,6 +76,10 @@ public static class KmsServerApp
         {
             throw new InvalidOperationException($"Kms:CredentialCacheTime ({serverOptions.CredentialCacheTime:c}) must be from 00:00:00 to {KmsServerOptions.MaxCredentialCacheTime:c}: while a node cannot read the change feed, another node's revocation takes effect on it only when the cache time has passed");
         }
+
+        // A quota of 0 once meant none at all, the opposite of what an operator blocking a tenant
+        // writes: refused before anything starts, with the way to switch quotas off.
+        serverOptions.Quotas.Validate();
         builder.WebHost.UseUrls([.. urls]);
         var (certificatePath, keyPath) = ResolveTls(serverOptions);
         var tlsLogger = new Serilog.Extensions.Logging.SerilogLoggerFactory(logger).CreateLogger("Kms.Server.Tls");

@@ -110,23 +110,65 @@ public sealed class OverloadOptions
 }
 
 /// <summary>Per-tenant quotas.</summary>
+/// <remarks>
+/// Every number must be above 0 (a burst at least 1), or the server refuses to start
+/// (<see cref="Validate"/>): a 0 written to block a tenant once gave it no limit at all. Quotas
+/// are switched off only by saying so, with <see cref="Enabled"/> = false.
+/// </remarks>
 public sealed class QuotaOptions
 {
-    /// <summary>Sustained crypto operations per second per tenant; 0 turns quotas off.</summary>
+    /// <summary>Whether crypto operations are metered at all (default true); false switches every tenant's quota off.</summary>
+    public bool Enabled { get; set; } = true;
+
+    /// <summary>Sustained crypto operations per second per tenant; above 0.</summary>
     public double OperationsPerSecond { get; set; } = 5000;
 
-    /// <summary>Largest burst per tenant (the bucket's size).</summary>
+    /// <summary>Largest burst per tenant (the bucket's size); at least 1.</summary>
     public double Burst { get; set; } = 10000;
 
     /// <summary>Per-tenant overrides by tenant id.</summary>
     public Dictionary<string, TenantQuota> Tenants { get; set; } = [];
+
+    /// <summary>
+    /// Refuses, naming the option, a rate that is not above 0 or a burst below 1 (and anything
+    /// not a finite number), deployment-wide or in a tenant's override, whether or not quotas are
+    /// <see cref="Enabled"/>: neither "no calls" nor "no limit" is what a 0 would say to everyone.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The first such option, with how to get what 0 may have meant.</exception>
+    public void Validate()
+    {
+        Check("Kms:Quotas:OperationsPerSecond", OperationsPerSecond, 0, above: true);
+        Check("Kms:Quotas:Burst", Burst, 1, above: false);
+        foreach (var (tenant, quota) in Tenants)
+        {
+            if (quota.OperationsPerSecond is { } rate)
+            {
+                Check($"Kms:Quotas:Tenants:{tenant}:OperationsPerSecond", rate, 0, above: true);
+            }
+
+            if (quota.Burst is { } burst)
+            {
+                Check($"Kms:Quotas:Tenants:{tenant}:Burst", burst, 1, above: false);
+            }
+        }
+
+        static void Check(string option, double value, double least, bool above)
+        {
+            if (!double.IsFinite(value) || value < least || (above && value == least))
+            {
+                throw new InvalidOperationException(
+                    $"{option} is {value.ToString(System.Globalization.CultureInfo.InvariantCulture)}; it must be {(above ? "above" : "at least")} {least}. "
+                    + "A quota is never 0: to switch quotas off, set Kms:Quotas:Enabled=false; to stop a tenant's calls, remove its principals' role bindings or delete the tenant");
+            }
+        }
+    }
 }
 
-/// <summary>One tenant's limit.</summary>
+/// <summary>One tenant's limit; what it leaves unset is the deployment's.</summary>
 public sealed class TenantQuota
 {
-    /// <summary>Sustained crypto operations per second.</summary>
-    public double OperationsPerSecond { get; set; }
+    /// <summary>Sustained crypto operations per second, above 0; unset: <see cref="QuotaOptions.OperationsPerSecond"/>.</summary>
+    public double? OperationsPerSecond { get; set; }
 
     /// <summary>Largest burst; default: two seconds' worth.</summary>
     public double? Burst { get; set; }

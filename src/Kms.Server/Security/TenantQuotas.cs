@@ -8,7 +8,8 @@ namespace Kms.Server.Security;
 /// <summary>
 /// A token bucket per tenant for crypto operations, so one tenant cannot starve another.
 /// Driven by <see cref="TimeProvider"/> (tests use a fake clock). Per node: a deployment of N
-/// nodes admits up to N times the configured rate.
+/// nodes admits up to N times the configured rate. A rate is never 0 (refused at start); metering
+/// is off only with <c>Kms:Quotas:Enabled=false</c>.
 /// </summary>
 internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvider time)
 {
@@ -23,11 +24,12 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
     public bool TryTake(TenantId tenant, int cost, out TimeSpan retryAfter)
     {
         retryAfter = TimeSpan.Zero;
-        var (rate, burst) = LimitOf(tenant);
-        if (rate <= 0 || cost <= 0)
+        if (!_options.Enabled || cost <= 0)
         {
             return true;
         }
+
+        var (rate, burst) = LimitOf(tenant);
 
         var bucket = _buckets.GetOrAdd(tenant, _ => new Bucket(burst, time.GetTimestamp()));
         lock (bucket)
@@ -50,10 +52,13 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
         }
     }
 
+    // The numbers were checked at start (QuotaOptions.Validate): a rate above 0, a burst of at
+    // least 1. What an override leaves unset is the deployment's; its burst, two seconds of its own rate.
     private (double Rate, double Burst) LimitOf(TenantId tenant) =>
         _tenants.TryGetValue(tenant.Value, out var own)
-            ? (own.OperationsPerSecond, own.Burst ?? Math.Max(1, own.OperationsPerSecond * 2))
-            : (_options.OperationsPerSecond, Math.Max(1, _options.Burst));
+            ? (own.OperationsPerSecond ?? _options.OperationsPerSecond,
+               own.Burst ?? (own.OperationsPerSecond is { } rate ? Math.Max(1, rate * 2) : _options.Burst))
+            : (_options.OperationsPerSecond, _options.Burst);
 
     // Configuration merges keys that differ only in case; of options built in code, the last stands.
     private static Dictionary<string, TenantQuota> IgnoringCase(Dictionary<string, TenantQuota> tenants)
