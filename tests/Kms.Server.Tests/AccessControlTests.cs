@@ -379,8 +379,9 @@ public sealed class AccessControlTests : IAsyncLifetime
         var access = _server.Services.GetRequiredService<AccessService>();
         Assert.Null(await access.RenewBootstrapTokenAsync(default));
 
-        // Remove the only deployment admin: now a bootstrap credential can be issued.
-        await _admin.Access.DeleteRoleBindingAsync(new DeleteRoleBindingRequest { Principal = "token:dev-admin", Role = "deployment-admin" });
+        // No deployment admin left (the API refuses to remove the last one: an edit of the database
+        // gets here): now a bootstrap credential can be issued.
+        await RemoveEveryDeploymentAdminFromTheDatabaseAsync();
         var bootstrap = await access.RenewBootstrapTokenAsync(default);
         Assert.NotNull(bootstrap);
         using var client = _server.CreateClient(bootstrap);
@@ -401,12 +402,38 @@ public sealed class AccessControlTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task DeleteRoleBinding_OfTheLastDeploymentAdmin_FailedPrecondition_TheAdminKeepsManaging()
+    {
+        // Removing its own binding, or another admin removing it: either would leave nobody to
+        // manage tenants, principals and bindings.
+        var refused = await Assert.ThrowsAsync<RpcException>(async () => await _admin.Access.DeleteRoleBindingAsync(
+            new DeleteRoleBindingRequest { Principal = "token:dev-admin", Role = "deployment-admin" }));
+        Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
+        Assert.Equal("token:dev-admin is the last principal holding deployment-admin; bind deployment-admin to another principal first, then remove it", refused.Status.Detail);
+        Assert.Contains((await _admin.Access.ListRoleBindingsAsync(new ListRoleBindingsRequest())).Bindings,
+            b => b.Principal == "token:dev-admin" && b.Role == "deployment-admin");
+        Assert.Contains((await _admin.Access.ListTenantsAsync(new ListTenantsRequest())).Tenants, t => t.Name == "tenants/dev");
+
+        // With a second admin bound first, the first may go, and the second is then the last.
+        await _admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = "token:next-admin" });
+        await _admin.Access.SetRoleBindingAsync(new SetRoleBindingRequest { Principal = "token:next-admin", Role = "deployment-admin" });
+        var session = await _admin.Access.CreateApiTokenAsync(new CreateApiTokenRequest { Principal = "token:next-admin", Kind = "SESSION" });
+        using var next = _server.CreateClient(session.Secret);
+        await next.Access.DeleteRoleBindingAsync(new DeleteRoleBindingRequest { Principal = "token:dev-admin", Role = "deployment-admin" });
+        var own = await Assert.ThrowsAsync<RpcException>(async () => await next.Access.DeleteRoleBindingAsync(
+            new DeleteRoleBindingRequest { Principal = "token:next-admin", Role = "deployment-admin" }));
+        Assert.Equal(StatusCode.FailedPrecondition, own.StatusCode);
+        Assert.Equal(["token:next-admin"], (await next.Access.ListRoleBindingsAsync(new ListRoleBindingsRequest())).Bindings
+            .Where(b => b.Role == "deployment-admin").Select(b => b.Principal));
+    }
+
+    [Fact]
     public async Task StrayBootstrapCredential_WhileAnAdminExists_GrantsNothing_AndIsRevokedAtTheNextStart()
     {
         // What two nodes starting at once on an empty database leave behind: a second credential,
         // still valid, after the first one made the deployment admin.
         var access = _server.Services.GetRequiredService<AccessService>();
-        await _admin.Access.DeleteRoleBindingAsync(new DeleteRoleBindingRequest { Principal = "token:dev-admin", Role = "deployment-admin" });
+        await RemoveEveryDeploymentAdminFromTheDatabaseAsync();
         var stray = await access.RenewBootstrapTokenAsync(default);
         Assert.NotNull(stray);
         await _server.Services.GetRequiredService<Kms.Core.Ports.IAccessStore>().SetRoleBindingAsync(
@@ -512,6 +539,19 @@ public sealed class AccessControlTests : IAsyncLifetime
             using var admin = server.CreateClient(server.DeploymentAdminToken);
             Assert.Equal("DELETING", (await admin.Access.GetTenantAsync(new GetTenantRequest { Name = "tenants/dev" })).Tenant.State);
         }
+    }
+
+    // The state the API no longer reaches: no deployment admin at all (the recovery path of
+    // docs/access-control.md, an edit of the database, then a start that issues a bootstrap credential).
+    private async Task RemoveEveryDeploymentAdminFromTheDatabaseAsync()
+    {
+        await using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={_server.DatabasePath}");
+        await connection.OpenAsync();
+        await using var delete = connection.CreateCommand();
+        // The statement docs/access-control.md gives, word for word.
+        Assert.Equal(4, (int)Kms.Core.Access.Role.DeploymentAdmin);
+        delete.CommandText = "DELETE FROM role_bindings WHERE role = 4 AND tenant = ''";
+        Assert.Equal(1, await delete.ExecuteNonQueryAsync());
     }
 
     private async Task<CreateApiTokenResponse> CreateTokenAsync(string principal, string tenant, string kind, TimeSpan? lifetime, params string[] roles)

@@ -135,6 +135,76 @@ public abstract class AccessStoreContract : KeyStoreLifecycleContract
     }
 
     [Fact]
+    public async Task RoleBindings_TheLastEnabledDeploymentAdmin_CannotBeRemoved_BindingsThatAuthenticateNobodyCanBe()
+    {
+        var store = await AccessAsync();
+        var alice = PrincipalName.Token("alice-admin");
+        var bob = PrincipalName.Token("bob-admin");
+        var disabled = PrincipalName.Token("disabled-admin");
+        var ghost = PrincipalName.Token("ghost-admin");
+        await store.CreatePrincipalAsync(new Principal(alice, null, "", T0), default);
+        await store.CreatePrincipalAsync(new Principal(disabled, null, "", T0) { Disabled = true }, default);
+        foreach (var admin in new[] { alice, disabled, ghost })
+        {
+            await store.SetRoleBindingAsync(new RoleBinding(admin, Role.DeploymentAdmin, null, T0), default);
+        }
+
+        // A disabled principal's binding, or a missing one's, lets nobody in: alice is the last.
+        var last = await Assert.ThrowsAsync<KmsException>(() => store.DeleteRoleBindingAsync(alice, Role.DeploymentAdmin, null, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, last.Code);
+        Assert.Equal("token:alice-admin is the last principal holding deployment-admin; bind deployment-admin to another principal first, then remove it", last.Message);
+        Assert.True(await store.DeleteRoleBindingAsync(disabled, Role.DeploymentAdmin, null, default));
+        Assert.True(await store.DeleteRoleBindingAsync(ghost, Role.DeploymentAdmin, null, default));
+
+        // With a second admin, the first goes; then the second is the last.
+        await store.CreatePrincipalAsync(new Principal(bob, null, "", T0), default);
+        await store.SetRoleBindingAsync(new RoleBinding(bob, Role.DeploymentAdmin, null, T0), default);
+        await store.SetRoleBindingAsync(new RoleBinding(bob, Role.SecurityOfficer, null, T0), default);
+        Assert.True(await store.DeleteRoleBindingAsync(alice, Role.DeploymentAdmin, null, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition,
+            (await Assert.ThrowsAsync<KmsException>(() => store.DeleteRoleBindingAsync(bob, Role.DeploymentAdmin, null, default))).Code);
+
+        // Only that binding is held back: its holder's other roles, and bindings already gone, are not.
+        Assert.True(await store.DeleteRoleBindingAsync(bob, Role.SecurityOfficer, null, default));
+        Assert.False(await store.DeleteRoleBindingAsync(alice, Role.DeploymentAdmin, null, default));
+        Assert.Equal([bob], (await store.ListRoleBindingsAsync(null, default)).Select(b => b.Principal));
+    }
+
+    [Fact]
+    public async Task RoleBindings_TwoDeploymentAdminsRemovingEachOtherAtOnce_ExactlyOneRemoved_OneRemains()
+    {
+        var store = await AccessAsync();
+        var admins = new[] { PrincipalName.Token("admin-a"), PrincipalName.Token("admin-b") };
+        foreach (var admin in admins)
+        {
+            await store.CreatePrincipalAsync(new Principal(admin, null, "", T0), default);
+        }
+
+        for (var round = 0; round < 10; round++)
+        {
+            foreach (var admin in admins)
+            {
+                await store.SetRoleBindingAsync(new RoleBinding(admin, Role.DeploymentAdmin, null, T0), default);
+            }
+
+            var outcomes = await Task.WhenAll(admins.Select(admin => Task.Run(async () =>
+            {
+                try
+                {
+                    return await store.DeleteRoleBindingAsync(admin, Role.DeploymentAdmin, null, default) ? "removed" : "absent";
+                }
+                catch (KmsException e) when (e.Code == KmsErrorCode.FailedPrecondition)
+                {
+                    return "refused";
+                }
+            })));
+
+            Assert.Equal(["refused", "removed"], outcomes.Order());
+            Assert.Single(await store.ListRoleBindingsAsync(null, default), b => b.Role == Role.DeploymentAdmin);
+        }
+    }
+
+    [Fact]
     public async Task KeyPolicy_MarksTheKeyRestricted_EmptyPolicyLiftsIt()
     {
         var store = await AccessAsync();

@@ -67,6 +67,14 @@ public static class KmsErrors
     public static KmsException TenantDeleting(string tenantResourceName) =>
         new(KmsErrorCode.FailedPrecondition, $"{tenantResourceName} is being deleted; nothing new can be created in it");
 
+    /// <summary>
+    /// A removal that would leave the deployment without a deployment admin (nobody could manage
+    /// tenants, principals or role bindings again, short of an edit of the database).
+    /// </summary>
+    public static KmsException LastDeploymentAdmin(string principal) =>
+        new(KmsErrorCode.FailedPrecondition,
+            $"{principal} is the last principal holding deployment-admin; bind deployment-admin to another principal first, then remove it");
+
     /// <summary>A key of residency <paramref name="region"/> reached a node outside the region; refused before the HSM is asked.</summary>
     public static KmsException ResidencyElsewhere(string region) =>
         new(KmsErrorCode.FailedPrecondition, $"the key's residency is {region}, and this node's HSM holds no domain key of that region; call a node in {region}")

@@ -150,8 +150,22 @@ public abstract partial class SqlStore
 
     /// <inheritdoc />
     public Task<bool> DeleteRoleBindingAsync(PrincipalName principal, Role role, TenantId? tenant, CancellationToken cancellationToken) =>
-        ExecuteAccessWriteAsync("DELETE FROM role_bindings WHERE principal = @principal AND role = @role AND tenant = @tenant", principal.ToString(), cancellationToken,
-            ("@principal", principal.ToString()), ("@role", (int)role), ("@tenant", tenant?.Value ?? ""));
+        WriteAsync(async (connection, transaction) =>
+        {
+            if (role == Role.DeploymentAdmin && tenant is null)
+            {
+                await RefuseLosingTheLastDeploymentAdminAsync(connection, transaction, principal, cancellationToken);
+            }
+
+            if (!await ExecuteInAsync(connection, transaction, "DELETE FROM role_bindings WHERE principal = @principal AND role = @role AND tenant = @tenant", cancellationToken,
+                ("@principal", principal.ToString()), ("@role", (int)role), ("@tenant", tenant?.Value ?? "")))
+            {
+                return false;
+            }
+
+            await RecordChangeAsync(connection, transaction, StoreChangeKind.Access, principal.ToString(), cancellationToken);
+            return true;
+        }, cancellationToken);
 
     /// <inheritdoc />
     public Task<IReadOnlyList<RoleBinding>> GetRoleBindingsAsync(PrincipalName principal, CancellationToken cancellationToken) =>
@@ -276,6 +290,43 @@ public abstract partial class SqlStore
         if (await check.ExecuteScalarAsync(cancellationToken) is string id)
         {
             throw KmsErrors.TenantDeleting(TenantId.Parse(id).ResourceName);
+        }
+    }
+
+    /// <summary>
+    /// Refuses, under the write lock, a write that takes <paramref name="principal"/>'s
+    /// deployment-admin binding away when no other enabled principal holds one: the deployment
+    /// would be left with nobody to manage tenants, principals and role bindings (a bootstrap
+    /// credential is issued only at a start, and only to whoever can read the node's data
+    /// directory). A binding of a missing or disabled principal counts for nothing, as it
+    /// authenticates nobody, and removing one is never refused.
+    /// </summary>
+    /// <remarks>
+    /// Inside the removal's own transaction: two admins removing each other at once are two
+    /// writes, which the write lock puts one after the other (SQLite: one writer; PostgreSQL: the
+    /// advisory lock every write takes first), and the second counts after the first committed.
+    /// On PostgreSQL that needs READ COMMITTED, whose every statement sees what committed before
+    /// it: under REPEATABLE READ the snapshot would be the lock statement's, taken before it
+    /// waited, and both removals would count the other admin still there.
+    /// </remarks>
+    private static async Task RefuseLosingTheLastDeploymentAdminAsync(DbConnection connection, DbTransaction transaction, PrincipalName principal, CancellationToken cancellationToken)
+    {
+        await using var count = Command(connection,
+            "SELECT count(*), coalesce(sum(CASE WHEN b.principal = @principal THEN 1 ELSE 0 END), 0) "
+            + "FROM role_bindings b JOIN principals p ON p.name = b.principal "
+            + "WHERE b.role = @role AND b.tenant = '' AND p.disabled = 0",
+            ("@principal", principal.ToString()), ("@role", (int)Role.DeploymentAdmin));
+        count.Transaction = transaction;
+        long all, own;
+        await using (var reader = await count.ExecuteReaderAsync(cancellationToken))
+        {
+            await reader.ReadAsync(cancellationToken);
+            (all, own) = (reader.GetInt64(0), reader.GetInt64(1));
+        }
+
+        if (own > 0 && all == own)
+        {
+            throw KmsErrors.LastDeploymentAdmin(principal.ToString());
         }
     }
 

@@ -183,6 +183,19 @@ public sealed partial class InMemoryStore
     {
         lock (_lock)
         {
+            // As the SQL stores: no removal leaves no enabled principal holding deployment-admin.
+            if (role == Role.DeploymentAdmin && tenant is null)
+            {
+                var admins = _bindings
+                    .Where(b => b.Role == Role.DeploymentAdmin && b.Tenant is null && _principals.GetValueOrDefault(b.Principal.ToString()) is { Disabled: false })
+                    .Select(b => b.Principal)
+                    .ToList();
+                if (admins.Contains(principal) && admins.All(a => a == principal))
+                {
+                    throw KmsErrors.LastDeploymentAdmin(principal.ToString());
+                }
+            }
+
             return Task.FromResult(_bindings.RemoveWhere(b => b.Principal == principal && b.Role == role && b.Tenant == tenant) > 0);
         }
     }
