@@ -462,46 +462,83 @@ public sealed class AccessControlTests : IAsyncLifetime
 
         var deleted = await _admin.Access.DeleteTenantAsync(new DeleteTenantRequest { Name = "tenants/leaving", WaitingPeriod = Duration.FromTimeSpan(TimeSpan.FromDays(7)) });
         Assert.Equal("DELETING", deleted.Tenant.State);
+        var keys = _server.Services.GetRequiredService<Kms.Core.Ports.IKeyStore>();
         foreach (var key in new[] { a, b })
         {
-            var now = await leaving.GetKeyAsync(key.Name);
-            Assert.Equal(KeyState.DestroyScheduled, now.State);
-            Assert.Equal(_time.GetUtcNow() + TimeSpan.FromDays(7), now.DestroyTime.ToDateTimeOffset());
+            var now = (await keys.GetKeyAsync(Kms.Core.Names.KeyName.Parse(key.Name, "name"), default))!;
+            Assert.Equal(Kms.Core.Keys.KeyState.DestroyScheduled, now.State);
+            Assert.Equal(_time.GetUtcNow() + TimeSpan.FromDays(7), now.DestroyTime);
         }
 
-        // No key, nor an alias (which would name a key after the tenant is gone).
+        // No key, nor an alias (which would name a key after the tenant is gone), nor a revived key:
+        // the tenant's principals are refused whatever they ask (DeletingTenant_… below).
         var create = await Assert.ThrowsAsync<RpcException>(() => leaving.CreateKeyAsync("tenants/leaving", "c"));
         var alias = await Assert.ThrowsAsync<RpcException>(async () => await leaving.Raw.CreateAliasAsync(
             new CreateAliasRequest { Parent = "tenants/leaving", AliasId = "late", Alias = new Alias { Key = a.Name } }));
-        Assert.All(new[] { create, alias }, e =>
-        {
-            Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
-            Assert.Contains("tenants/leaving is being deleted", e.Status.Detail, StringComparison.Ordinal);
-        });
-        Assert.Empty((await leaving.Raw.ListAliasesAsync(new ListAliasesRequest { Parent = "tenants/leaving" })).Aliases);
-
-        // Offboarding is not undone key by key: the tenant's own principals cannot revive a key.
         var cancel = await Assert.ThrowsAsync<RpcException>(async () => await leaving.Raw.CancelKeyDeletionAsync(new CancelKeyDeletionRequest { Name = a.Name }));
-        Assert.Equal(StatusCode.FailedPrecondition, cancel.StatusCode);
-        Assert.Equal(KeyState.DestroyScheduled, (await leaving.GetKeyAsync(a.Name)).State);
 
-        // Nor does anyone give its principals new grants, roles or credentials.
-        // (A policy only narrows who may use a key: still allowed.)
-        await leaving.Raw.SetKeyPolicyAsync(new SetKeyPolicyRequest { Name = a.Name, Entries = { new KeyPolicyEntry { Principal = "token:leaving-manager", Operations = { "DECRYPT" } } } });
-        var grant = await Assert.ThrowsAsync<RpcException>(async () => await leaving.Raw.CreateGrantAsync(new CreateGrantRequest
-        {
-            Parent = a.Name,
-            Grant = new KeyGrant { Grantee = "token:leaving-manager", Operations = { "DECRYPT" } },
-        }));
+        // Nor does anyone give its principals new roles or credentials.
         var role = await Assert.ThrowsAsync<RpcException>(async () => await _admin.Access.SetRoleBindingAsync(
             new SetRoleBindingRequest { Principal = "token:leaving-manager", Role = "auditor", Tenant = "tenants/leaving" }));
         var token = await Assert.ThrowsAsync<RpcException>(async () => await _admin.Access.CreateApiTokenAsync(
             new CreateApiTokenRequest { Principal = "token:leaving-manager", Kind = "SESSION" }));
-        Assert.All(new[] { grant, role, token }, e =>
+        Assert.All(new[] { create, alias, cancel, role, token }, e =>
         {
             Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
             Assert.Contains("tenants/leaving is being deleted", e.Status.Detail, StringComparison.Ordinal);
         });
+        Assert.Empty(await keys.ListAliasesAsync(Kms.Core.Names.TenantId.Parse("leaving"), null, 10, default));
+        Assert.Equal(Kms.Core.Keys.KeyState.DestroyScheduled, (await keys.GetKeyAsync(Kms.Core.Names.KeyName.Parse(a.Name, "name"), default))!.State);
+    }
+
+    [Fact]
+    public async Task DeletingTenant_EveryCallOfItsPrincipalsRefused_FailedPrecondition_DeploymentPrincipalsStillReadAndFinishIt()
+    {
+        await _server.EnsureTenantAsync("closing");
+        using var manager = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("closing-manager", "closing", "key-manager", "key-user", "auditor"));
+        // A principal whose token has never been used, so nothing of it is remembered.
+        using var unused = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("closing-app", "closing", "key-user"));
+        var key = await manager.CreateKeyAsync("tenants/closing", "k");
+        var other = await manager.CreateKeyAsync("tenants/closing", "other");
+        await manager.Raw.CreateAliasAsync(new CreateAliasRequest { Parent = "tenants/closing", AliasId = "current", Alias = new Alias { Key = key.Name } });
+        var blob = (await manager.EncryptAsync(key.Name, "record"u8.ToArray())).Ciphertext;
+        Assert.Equal(8, (await manager.GenerateRandomAsync(8)).Length);
+
+        await _admin.Access.DeleteTenantAsync(new DeleteTenantRequest { Name = "tenants/closing" });
+
+        // Mutations that no tenant check refused before (a policy, an alias moved), reads, crypto
+        // without a key: one answer, before any permission is looked at.
+        var calls = new Func<Task>[]
+        {
+            async () => await manager.Raw.SetKeyPolicyAsync(new SetKeyPolicyRequest { Name = key.Name, Entries = { new KeyPolicyEntry { Principal = "token:closing-manager", Operations = { "DECRYPT" } } } }),
+            async () => await manager.Raw.UpdateAliasAsync(new UpdateAliasRequest { Name = "tenants/closing/aliases/current", Key = other.Name }),
+            async () => await manager.Raw.CreateGrantAsync(new CreateGrantRequest { Parent = key.Name, Grant = new KeyGrant { Grantee = "token:closing-app", Operations = { "DECRYPT" } } }),
+            () => manager.GetKeyAsync(key.Name),
+            async () => await manager.ListKeysAsync("tenants/closing").ToListAsync(),
+            () => manager.DecryptAsync(blob),
+            () => manager.GenerateRandomAsync(8),
+            async () => await manager.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/closing" }),
+            () => unused.GenerateRandomAsync(8),
+        };
+        foreach (var call in calls)
+        {
+            var refused = await Assert.ThrowsAsync<RpcException>(call);
+            Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
+            Assert.Equal("tenants/closing is being deleted; its principals' calls are refused", refused.Status.Detail);
+        }
+
+        var keys = _server.Services.GetRequiredService<Kms.Core.Ports.IKeyStore>();
+        Assert.Equal(key.Name, (await keys.GetAliasAsync(Kms.Core.Names.AliasName.Parse("tenants/closing/aliases/current", "name"), default))!.Key.ToString());
+        Assert.False((await keys.GetKeyAsync(Kms.Core.Names.KeyName.Parse(key.Name, "name"), default))!.Restricted);
+
+        // Deployment principals still read the tenant, resume its deletion, revoke its credentials;
+        // other tenants are not touched.
+        Assert.Equal("DELETING", (await _admin.Access.GetTenantAsync(new GetTenantRequest { Name = "tenants/closing" })).Tenant.State);
+        Assert.Contains((await _admin.Access.ListRoleBindingsAsync(new ListRoleBindingsRequest { Tenant = "tenants/closing" })).Bindings, b => b.Principal == "token:closing-manager");
+        Assert.Equal("DELETING", (await _admin.Access.DeleteTenantAsync(new DeleteTenantRequest { Name = "tenants/closing" })).Tenant.State);
+        var tokens = await _admin.Access.ListApiTokensAsync(new ListApiTokensRequest { Principal = "token:closing-app" });
+        await _admin.Access.RevokeApiTokenAsync(new RevokeApiTokenRequest { Id = tokens.Tokens[0].Id });
+        Assert.Equal(8, (await _developer.GenerateRandomAsync(8)).Length);
     }
 
     [Fact]

@@ -128,6 +128,25 @@ public sealed class CredentialCacheTests : IAsyncLifetime, IDisposable
         Assert.Equal(1, _connections);
     }
 
+    [Fact]
+    public async Task TenantDeleted_ARememberedCertificateCallerOfIt_NextCallOnTheOpenChannelFailedPrecondition()
+    {
+        await StartAsync(crl: false);
+        using var alice = _pki.Issue("alice");
+        using var channel = Channel(alice);
+        Assert.Equal(StatusCode.OK, await GenerateRandomAsync(channel));
+
+        using (var admin = _server!.DeploymentAdmin())
+        {
+            await admin.Access.DeleteTenantAsync(new DeleteTenantRequest { Name = "tenants/dev" });
+        }
+
+        // The node that deleted forgets at once (the change feed cannot be read here, and the
+        // cache time is five minutes).
+        Assert.Equal(StatusCode.FailedPrecondition, await GenerateRandomAsync(channel));
+        Assert.Equal(1, _connections);
+    }
+
     [Theory]
     [InlineData("00:05:01")]
     [InlineData("01:00:00")]

@@ -177,8 +177,8 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
     }
 
     // The audit events of system:lifecycle about a key and its versions.
-    private async Task<IReadOnlyList<AuditEventInfo>> LifecycleEventsAsync(string key) =>
-        (await _client.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", Resource = key, Principal = "system:lifecycle", PageSize = 100 })).Events;
+    private async Task<IReadOnlyList<AuditEventInfo>> LifecycleEventsAsync(string key, Kms.Client.KmsClient? reader = null) =>
+        (await (reader ?? _client).Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", Resource = key, Principal = "system:lifecycle", PageSize = 100 })).Events;
 
     [Fact]
     public async Task OffboardingSweep_AKeyThatEscapedDeleteTenant_ScheduledWithTheRecordedWaitingPeriod_Audited()
@@ -186,6 +186,11 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
         // A key DeleteTenant did not reach (created while it ran, or the call failed part way):
         // its tenant DELETING with a 10-day waiting period recorded, the key still ENABLED.
         var key = await _client.CreateKeyAsync("tenants/dev", "escaped");
+        // The tenant's own principals are refused once it is DELETING: a security officer reads its
+        // audit, and the key is read from the store.
+        using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("offboarding-officer", null, "security-officer"));
+        var keys = _server.Services.GetRequiredService<Kms.Core.Ports.IKeyStore>();
+        var name = Kms.Core.Names.KeyName.Parse(key.Name, "name");
         using (var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Pooling=False"))
         {
             connection.Open();
@@ -195,15 +200,15 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
         }
 
         _time.Advance(TimeSpan.FromMinutes(2));
-        await WaitUntilAsync(async () => (await _client.GetKeyAsync(key.Name)).State == KeyState.DestroyScheduled);
-        Assert.Equal(_time.GetUtcNow() + TimeSpan.FromDays(10), (await _client.GetKeyAsync(key.Name)).DestroyTime.ToDateTimeOffset());
+        await WaitUntilAsync(async () => (await keys.GetKeyAsync(name, default))!.State == Kms.Core.Keys.KeyState.DestroyScheduled);
+        Assert.Equal(_time.GetUtcNow() + TimeSpan.FromDays(10), (await keys.GetKeyAsync(name, default))!.DestroyTime);
 
         // Committed with the change, as the lifecycle's own; later passes write nothing more.
-        var scheduling = Assert.Single(await LifecycleEventsAsync(key.Name));
+        var scheduling = Assert.Single(await LifecycleEventsAsync(key.Name, officer));
         Assert.Equal((Kms.Core.Services.AccessService.TenantOffboardingOperation, key.Name, "OK"), (scheduling.Operation, scheduling.Resource, scheduling.Outcome));
         _time.Advance(TimeSpan.FromMinutes(2));
         await Task.Delay(500);
-        Assert.Single(await LifecycleEventsAsync(key.Name));
+        Assert.Single(await LifecycleEventsAsync(key.Name, officer));
     }
 
     [Fact]

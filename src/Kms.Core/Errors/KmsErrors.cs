@@ -68,6 +68,14 @@ public static class KmsErrors
         new(KmsErrorCode.FailedPrecondition, $"{tenantResourceName} is being deleted; nothing new can be created in it");
 
     /// <summary>
+    /// A call by a principal of a tenant being offboarded: refused whatever it asks (checked once,
+    /// where every call is authorized). The credential is valid, so this is not the one
+    /// UNAUTHENTICATED answer: it tells the tenant's own principals why, and what will not change.
+    /// </summary>
+    public static KmsException CallerTenantDeleting(string tenantResourceName) =>
+        new(KmsErrorCode.FailedPrecondition, $"{tenantResourceName} is being deleted; its principals' calls are refused");
+
+    /// <summary>
     /// A removal that would leave the deployment without a deployment admin (nobody could manage
     /// tenants, principals or role bindings again, short of an edit of the database).
     /// </summary>

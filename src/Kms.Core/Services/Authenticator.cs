@@ -51,7 +51,11 @@ public sealed class Authenticator(IAccessStore access, TrustedTime time)
         return caller with { Roles = roles, ValidUntil = token.ExpireTime, TokenId = token.Id };
     }
 
-    /// <summary>The caller a verified certificate principal stands for: its registered tenant and roles (none if unregistered); null if disabled.</summary>
+    /// <summary>
+    /// The caller a verified certificate principal stands for: its registered tenant and roles (none
+    /// if unregistered), and whether that tenant is being deleted (<see cref="Caller.TenantDeleting"/>:
+    /// its calls are refused where calls are authorized); null if disabled.
+    /// </summary>
     public async Task<Caller?> CallerForAsync(PrincipalName name, CancellationToken cancellationToken)
     {
         var principal = await access.GetPrincipalAsync(name, cancellationToken);
@@ -60,12 +64,16 @@ public sealed class Authenticator(IAccessStore access, TrustedTime time)
             return null;
         }
 
+        // Read with the principal, and remembered with it: DeleteTenant forgets remembered callers
+        // on its node at once, and on the others at their next read of the change feed.
+        var deleting = principal?.Tenant is { } home && await access.GetTenantAsync(home, cancellationToken) is { State: not TenantState.Active };
+
         var roles = principal is null
             ? new HashSet<Role>()
             : (await access.GetRoleBindingsAsync(name, cancellationToken))
                 .Where(b => Roles.IsDeploymentRole(b.Role) ? b.Tenant is null : b.Tenant == principal.Tenant)
                 .Select(b => b.Role)
                 .ToHashSet();
-        return new Caller(name.ToString(), principal?.Tenant, roles);
+        return new Caller(name.ToString(), principal?.Tenant, roles) { TenantDeleting = deleting };
     }
 }

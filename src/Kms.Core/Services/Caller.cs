@@ -16,6 +16,13 @@ public sealed record Caller(string Principal, TenantId? HomeTenant, IReadOnlySet
     /// <summary>The API token the caller authenticated with, if any (audit, session lookups).</summary>
     public string? TokenId { get; init; }
 
+    /// <summary>
+    /// Whether the caller's tenant is being deleted (DELETING): a tenant being offboarded accepts no
+    /// new work, so every call of its principals is refused, FAILED_PRECONDITION
+    /// (<see cref="KmsErrors.CallerTenantDeleting"/>), before its permissions are looked at.
+    /// </summary>
+    public bool TenantDeleting { get; init; }
+
     /// <summary>Set only for the one-time bootstrap credential: the token Bootstrap consumes.</summary>
     public string? BootstrapTokenId { get; init; }
 

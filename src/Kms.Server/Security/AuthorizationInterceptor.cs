@@ -16,7 +16,7 @@ namespace Kms.Server.Security;
 
 /// <summary>
 /// Every call passes here before its handler: authenticate (UNAUTHENTICATED, one message
-/// for every reason), authorize by <see cref="AccessRules"/> (PERMISSION_DENIED naming the
+/// for every reason), refuse a principal of a tenant being deleted (FAILED_PRECONDITION), authorize by <see cref="AccessRules"/> (PERMISSION_DENIED naming the
 /// permission, or NOT_FOUND across tenants), shed when the server is full (UNAVAILABLE), then
 /// meter crypto against the tenant's quota (RESOURCE_EXHAUSTED with a retry delay), so that a
 /// shed call spends no quota. A method without a rule is refused: default deny. A request whose
@@ -167,6 +167,15 @@ internal sealed partial class AuthorizationInterceptor(
             throw KmsErrors.PermissionDenied(caller.BootstrapTokenId is not null
                 ? "the bootstrap credential may only call Bootstrap"
                 : "only the one-time bootstrap credential may call Bootstrap");
+        }
+
+        // One check for every method, the public ones aside: a tenant being deleted accepts no new
+        // work — no mutation, no crypto, no read — from its principals. Deployment principals (who
+        // resume the deletion and read the tenant) belong to no tenant, and the lifecycle worker's
+        // sweep and destruction are not calls.
+        if (caller is { TenantDeleting: true, HomeTenant: { } deleting })
+        {
+            throw KmsErrors.CallerTenantDeleting(deleting.ResourceName);
         }
 
         if (malformed)
