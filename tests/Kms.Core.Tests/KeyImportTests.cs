@@ -137,6 +137,44 @@ public sealed class KeyImportTests : IDisposable
     }
 
     [Fact]
+    public async Task CreateImportJob_OnANodeWhoseClockWasSetBack_LivesItsLifetimeFromTheTimeRecordedAsSeen_ImportAccepted()
+    {
+        // The deployment saw four days pass; this node's clock was then set back four days (a VM
+        // restored without NTP). Counted from the node's clock, a new job would have ended a day
+        // before it was made, by the time its imports are judged.
+        var key = await _domain.CreateKeyForImportAsync("byok");
+        var seen = _domain.Time.GetUtcNow() + TimeSpan.FromDays(4);
+        await RecordSeenAsync(seen);
+        var clock = new SplitClock(seen);
+        clock.Step(-TimeSpan.FromDays(4));
+        var keys = new KeyService(_domain.Hsm, _domain.Store, _domain.AccessStore, clock, _domain.Lifecycle, _domain.Limits, _domain.Usage);
+
+        var job = await keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
+
+        Assert.Equal((seen, seen + ImportJob.Lifetime), (job.CreateTime, job.ExpireTime));
+        clock.Pass(TimeSpan.FromHours(1));
+        await RecordSeenAsync(seen + TimeSpan.FromHours(1));
+        var version = await keys.ImportKeyVersionAsync(
+            Dev, new ImportKeyVersionCommand(key.Name, job.Name, null, KeyImport.Wrap(job.PublicKey.Der, ProtoImportMethod.RsaOaep3072Sha1Aes256, new byte[32]), null, null), default);
+        Assert.Equal(KeyOrigin.Imported, version.Origin);
+    }
+
+    [Fact]
+    public async Task CreateImportJob_OnANodeWhoseClockIsAheadOfTheDatabases_LivesByTheDatabasesClock()
+    {
+        // PostgreSQL: this node's clock is a day ahead of the database server's. Counted from it,
+        // the job would live a day longer than its lifetime by every other node's clock.
+        var database = _domain.Time.GetUtcNow();
+        ((InMemoryStore)_domain.Store).DatabaseTime = database;
+        var clock = new SplitClock(database + TimeSpan.FromDays(1));
+        var keys = new KeyService(_domain.Hsm, _domain.Store, _domain.AccessStore, clock, _domain.Lifecycle, _domain.Limits, _domain.Usage);
+
+        var job = await keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
+
+        Assert.Equal((database, database + ImportJob.Lifetime), (job.CreateTime, job.ExpireTime));
+    }
+
+    [Fact]
     public async Task Import_WrongKeySize_InvalidArgument_NothingAdded()
     {
         var key = await _domain.CreateKeyForImportAsync("byok");
@@ -190,6 +228,10 @@ public sealed class KeyImportTests : IDisposable
         Assert.Contains(job.MaterialId, _domain.FakeHsm!.Evicted);
         Assert.Null((await _domain.Store.GetImportJobAsync(ImportJobName.Parse("tenants/dev/importJobs/job", "name"), default))!.Material);
     }
+
+    // What a lifecycle pass records: the time this deployment has seen pass.
+    private Task RecordSeenAsync(DateTimeOffset seen) =>
+        _domain.Store.SetSettingAsync(LifecycleClock.Setting, seen.ToUnixTimeMilliseconds().ToString(System.Globalization.CultureInfo.InvariantCulture), default);
 
     private Task<KeyVersion> ImportAsync(KeyName key, ImportJob job, byte[] material) =>
         _domain.Keys.ImportKeyVersionAsync(

@@ -98,6 +98,44 @@ public sealed class QuorumApprovalTimeTests : IDisposable
         Assert.Equal(T0 + TimeSpan.FromMinutes(80), request.ExpireTime);
     }
 
+    [Fact]
+    public async Task Request_CreatedOnANodeWhoseClockWasSetBack_LivesItsTtlFromTheTimeRecordedAsSeen()
+    {
+        // SQLite, no database clock: the lifecycle recorded two hours seen pass, and this node's
+        // clock was then set back two hours. Counted from it, an hour's request would be expired
+        // from the start by the time its approvals are judged.
+        var (store, genesis, _) = await PendingRequestAsync();
+        var seen = T0 + TimeSpan.FromHours(2);
+        await RecordSeenAsync(store, seen);
+        var clock = new SplitClock(seen);
+        clock.Step(-TimeSpan.FromHours(2));
+        var quorum = new QuorumService(store, store, _hsm, clock, new QuorumOptions { Genesis = genesis });
+
+        var request = await quorum.CreateAsync(Officer, new CreateQuorumRequestCommand(null, QuorumOperation.ExportBackup) { Ttl = TimeSpan.FromHours(1) }, default);
+
+        Assert.Equal((seen, seen + TimeSpan.FromHours(1)), (request.CreateTime, request.ExpireTime));
+        clock.Pass(TimeSpan.FromMinutes(10));
+        Assert.Equal(1, (await quorum.ApproveAsync(request.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", request), default)).ValidApprovals);
+    }
+
+    [Fact]
+    public async Task Request_CreatedWhereTheDatabasesClockIsBehindTheRecord_LivesFromTheTimeRecordedAsSeen()
+    {
+        // PostgreSQL whose server's clock was set back an hour behind what the lifecycle recorded
+        // as seen: the request's life starts no earlier than the record.
+        var (store, genesis, _) = await PendingRequestAsync();
+        var seen = T0 + TimeSpan.FromHours(2);
+        await RecordSeenAsync(store, seen);
+        store.DatabaseTime = T0 + TimeSpan.FromHours(1);
+        var quorum = new QuorumService(store, store, _hsm, new SplitClock(T0), new QuorumOptions { Genesis = genesis });
+
+        var request = await quorum.CreateAsync(Officer, new CreateQuorumRequestCommand(null, QuorumOperation.ExportBackup) { Ttl = TimeSpan.FromHours(1) }, default);
+
+        Assert.Equal((seen, seen + TimeSpan.FromHours(1)), (request.CreateTime, request.ExpireTime));
+    }
+
+    private static Caller Officer => new("token:officer", null, new HashSet<Kms.Core.Access.Role> { Kms.Core.Access.Role.SecurityOfficer });
+
     // What a lifecycle pass records: the time this deployment has seen pass.
     private static Task RecordSeenAsync(InMemoryStore store, DateTimeOffset seen) =>
         store.SetSettingAsync(LifecycleClock.Setting, seen.ToUnixTimeMilliseconds().ToString(System.Globalization.CultureInfo.InvariantCulture), default);

@@ -148,6 +148,20 @@ internal static class Clock
         return DateTimeOffset.FromUnixTimeMilliseconds(latest.ToUnixTimeMilliseconds());
     }
 
+    // Where the life of an import job or a quorum request starts, the life that an import or an
+    // approval is then judged against by the latest time: the database server's clock where there
+    // is one (PostgreSQL's; a node whose clock is ahead or behind neither stretches nor shortens
+    // the life), else this node's; in both cases never before the observed time the lifecycle
+    // recorded. A node whose clock was set back (on SQLite, or a database server's set back)
+    // would otherwise create a job or request that has spent part of its life, or all of it,
+    // before it begins by every other clock.
+    public static async Task<DateTimeOffset> StartOfLifeAsync(TimeProvider time, Ports.IKeyStore store, CancellationToken cancellationToken)
+    {
+        var start = await store.GetDatabaseTimeAsync(cancellationToken) ?? time.GetUtcNow();
+        start = Later(start, await LifecycleClock.RecordedAsync(store, cancellationToken));
+        return DateTimeOffset.FromUnixTimeMilliseconds(start.ToUnixTimeMilliseconds());
+    }
+
     // How far the latest time is ahead of this node's clock (zero when it is not): for a decision
     // taken under the store's write lock, whose callback reads the node's clock there and cannot
     // ask the store (a call that waited for the lock must not decide early).

@@ -41,7 +41,9 @@ public sealed partial class KeyService
         }
 
         var pair = await hsm.GenerateImportWrappingKeyAsync(method, cancellationToken);
-        var now = Clock.Now(time);
+        // Its life starts by the database's clock where there is one, never before the time the
+        // lifecycle recorded as seen: the life an import is judged against (by the latest time).
+        var now = await Clock.StartOfLifeAsync(time, store, cancellationToken);
         var job = new ImportJob(name, method, KeyVersionId.NewId(), new SubjectPublicKey(pair.SubjectPublicKeyInfo!), now, now + ImportJob.Lifetime)
         {
             CreateRequest = Audit.AuditScope.Current?.Entry.RequestId,

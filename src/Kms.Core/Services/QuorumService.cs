@@ -189,13 +189,12 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         var (head, _) = await GetOfficerSetAsync(cancellationToken);
 
         // A request's life is counted by the database's clock where there is one (PostgreSQL),
-        // and an approval is judged by the later of it, the approving node's and the observed
-        // time the lifecycle recorded (ApproveAsync): a node whose clock is off can neither
-        // stretch nor shorten a request's life on PostgreSQL, nor approve it after it ended by
-        // the database's clock or the record (a clock set back on SQLite).
-        var now = await keys.GetDatabaseTimeAsync(cancellationToken) is { } database
-            ? DateTimeOffset.FromUnixTimeMilliseconds(database.ToUnixTimeMilliseconds())
-            : Clock.Now(time);
+        // never from before the observed time the lifecycle recorded, and an approval is judged by
+        // the later of it, the approving node's and the record (ApproveAsync): a node whose clock
+        // is off can neither stretch nor shorten a request's life on PostgreSQL, nor approve it
+        // after it ended by the database's clock or the record, nor (set back on SQLite) create a
+        // request that is expired from the start.
+        var now = await Clock.StartOfLifeAsync(time, keys, cancellationToken);
 
         if (command.Operation == QuorumOperation.DestroyKeyVersionNow)
         {
