@@ -95,6 +95,52 @@ public sealed class ParsingTests : IDisposable
         Assert.Contains("\\u001B", result.Error, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task CreateDomain_CustodianNameWithABidiOverride_UsageError_NothingGenerated_TheNameShownEscaped()
+    {
+        // "alice\u202Eecila" shows as "alicealice": a second alice in the transcript. Refused
+        // before the token, the officers or any directory is touched.
+        var shares = Path.Combine(_home, "shares");
+        var data = Path.Combine(_home, "data");
+        var result = await RunAsync("ceremony", "create-domain", "--token-label", "none", "--custodian", "alice", "--custodian", "alice\u202Eecila",
+            "--threshold", "2", "--shares-dir", shares, "--data-dir", data, "--officer", "olga=/nonexistent/olga.pub", "--officer-threshold", "1");
+
+        Assert.Equal(ExitCodes.Usage, result.ExitCode);
+        Assert.Contains("--custodian: the custodian name must not contain U+202E (a format character: bidirectional, zero-width or invisible): 'alice\\u202Eecila'", result.Error, StringComparison.Ordinal);
+        Assert.DoesNotContain('\u202E', result.Error + result.Out);
+        Assert.False(Directory.Exists(shares) || Directory.Exists(data));
+    }
+
+    [Fact]
+    public void Result_TablesAndLinesOfTextFromOutside_EscapedAsTerminalText()
+    {
+        // A name from a server or a share file (a principal's common name, a custodian from an
+        // older share file) in a table cell or a result line: shown escaped, not turned around
+        // or hidden. JSON output is data, written as JSON escapes it.
+        string Render(Action<CliOutput> write)
+        {
+            var output = new StringWriter();
+            write(new CliOutput(new CliEnvironment
+            {
+                Out = output,
+                Error = TextWriter.Null,
+                OpenStandardInput = () => Stream.Null,
+                OpenStandardOutput = () => Stream.Null,
+                GetVariable = _ => null,
+                HomeDirectory = _home,
+            }, OutputFormat.Table));
+            return output.ToString();
+        }
+
+        var table = Render(o => o.Result(new System.Text.Json.Nodes.JsonObject(), () => CliOutput.Properties([("custodian", "alice\u202Eecila"), ("by", "cn:x\u001b[2J")])));
+        var line = Render(o => o.Result(new System.Text.Json.Nodes.JsonObject(), "deleted al\u200Bias\u2028forged"));
+
+        Assert.Contains("alice\\u202Eecila", table, StringComparison.Ordinal);
+        Assert.Contains("cn:x\\u001B[2J", table, StringComparison.Ordinal);
+        Assert.Equal("deleted al\\u200Bias\\u2028forged" + Environment.NewLine, line);
+        Assert.DoesNotContain(table + line, c => c is '\u202E' or '\u001b' or '\u200B' or '\u2028');
+    }
+
     [Theory]
     [InlineData("a\u001b[2Jb", "a\\u001B[2Jb")]
     [InlineData("name\u2028forged: line", "name\\u2028forged: line")]

@@ -23,6 +23,31 @@ public sealed class AccessTests : IDisposable
     }
 
     [Theory]
+    [InlineData("Payments \u202Ensimda", "U+202E")]
+    [InlineData("ops\u200Bteam", "U+200B")]
+    [InlineData("ops\u2028forged: line", "U+2028")]
+    [InlineData("ops\u0007", "U+0007")]
+    public async Task DisplayName_WithAControlFormatOrSeparatorCharacter_RefusedShowingTheCodePoint_NothingCreated(string displayName, string codePoint)
+    {
+        // A display name is shown to operators; U+202E would show them another one.
+        var principal = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.CreatePrincipalAsync(PrincipalName.Token("ops"), DomainHarness.Dev.Tenant, displayName, default));
+        var tenant = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.CreateTenantAsync(TenantId.Parse("ops"), displayName, default));
+
+        Assert.Equal((KmsErrorCode.InvalidArgument, KmsErrorCode.InvalidArgument), (principal.Code, tenant.Code));
+        Assert.Contains($"holds {codePoint}", principal.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(principal.Message + tenant.Message, c => char.IsControl(c) || Kms.Core.DisplayText.HidesOrMovesText(c));
+        Assert.Null(await _harness.AccessStore.GetPrincipalAsync(PrincipalName.Token("ops"), default));
+        Assert.Null(await _harness.AccessStore.GetTenantAsync(TenantId.Parse("ops"), default));
+    }
+
+    [Theory]
+    [InlineData("Zo\u00EB's team")]
+    [InlineData("\u0645\u06CC\u200C\u062E\u0648\u0627\u0647\u0645")] // a zero-width non-joiner in a Persian word
+    [InlineData("\u652F\u4ED8 \U0001F511")]
+    public async Task DisplayName_OrdinaryText_Accepted(string displayName) =>
+        Assert.Equal(displayName, (await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("ops"), DomainHarness.Dev.Tenant, displayName, default)).DisplayName);
+
+    [Theory]
     [InlineData("spiffe:spiffe://kms.test/payments", PrincipalKind.Spiffe, "spiffe://kms.test/payments")]
     [InlineData("cn:alice", PrincipalKind.CommonName, "alice")]
     [InlineData("cn:token:alice", PrincipalKind.CommonName, "token:alice")]

@@ -127,7 +127,7 @@ public sealed class ShareFile
         var custodian = metadata.Custodian?.Normalize(NormalizationForm.FormC);
         var domainKcv = KeyCheckValue.Normalize(metadata.DomainKcv);
         var problem = ShareMetadata.CheckDomainId(metadata.DomainId)
-            ?? ShareMetadata.CheckCustodian(custodian)
+            ?? CustodianName.Check(custodian)
             ?? (domainKcv is null ? "the domain check value must be 6 hex digits" : null)
             ?? ShareMetadata.CheckSplit(metadata.Threshold, metadata.Count)
             ?? (share.Index > metadata.Count ? $"share index {share.Index} is above the share count {metadata.Count}" : null);
@@ -344,7 +344,7 @@ public sealed class ShareFile
             var kdf = new Argon2idParameters(Number(kdfMembers, "memoryKib"), Number(kdfMembers, "iterations"), Number(kdfMembers, "parallelism"));
             if (kdf.Check(policy) is { } kdfProblem)
             {
-                throw new CeremonyException(CeremonyError.KdfParametersRefused, $"{name} (share {index}, custodian '{custodian}') is refused: {kdfProblem}");
+                throw new CeremonyException(CeremonyError.KdfParametersRefused, $"{name} (share {index}, custodian '{CustodianName.Printable(custodian)}') is refused: {kdfProblem}");
             }
             var salt = Hex(kdfMembers, "salt", name);
             var nonce = Hex(aeadMembers, "nonce", name);
@@ -379,10 +379,10 @@ public sealed class ShareFile
 
     /// <summary>Who and what this file is, without anything secret: for messages and listings.</summary>
     public override string ToString() =>
-        $"share {Index} of {Count} (threshold {Threshold}) for custodian '{Custodian}', domain '{DomainId}' (KCV {DomainKcv}), fingerprint {Fingerprint}";
+        $"share {Index} of {Count} (threshold {Threshold}) for custodian '{CustodianName.Printable(Custodian)}', domain '{DomainId}' (KCV {DomainKcv}), fingerprint {Fingerprint}";
 
     internal string Describe() =>
-        Source is null ? $"share {Index} (custodian '{Custodian}')" : $"share {Index} (custodian '{Custodian}', file {Source})";
+        Source is null ? $"share {Index} (custodian '{CustodianName.Printable(Custodian)}')" : $"share {Index} (custodian '{CustodianName.Printable(Custodian)}', file {Source})";
 
     /// <summary>
     /// The associated data of the GCM encryption: every public field, length-prefixed, in a fixed

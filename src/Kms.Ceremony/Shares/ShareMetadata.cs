@@ -3,7 +3,7 @@ namespace Kms.Ceremony.Shares;
 /// <summary>What the ceremony says about a share before it is protected: whose it is and which split it belongs to.</summary>
 /// <param name="DomainId">The domain key's identifier as the ceremony records it (e.g. its CKA_ID in hex): 1..128 printable ASCII characters, no spaces.</param>
 /// <param name="DomainKcv">The domain key's check value as the HSM reported it (CKA_CHECK_VALUE): 6 hex digits.</param>
-/// <param name="Custodian">The custodian's name: 1..64 characters, no control characters, no leading or trailing spaces; NFC-normalised when written (where the process has ICU).</param>
+/// <param name="Custodian">The custodian's name: 1..64 characters, no leading or trailing spaces, none of the characters <see cref="CustodianName.Check"/> refuses (control, format — bidirectional and zero-width —, separators, private-use, unassigned, lone surrogates); NFC-normalised when written (where the process has ICU).</param>
 /// <param name="Threshold">M, the number of shares that rebuild the key.</param>
 /// <param name="Count">N, the number of shares made.</param>
 public sealed record ShareMetadata(string DomainId, string DomainKcv, string Custodian, int Threshold, int Count)
@@ -30,25 +30,29 @@ public sealed record ShareMetadata(string DomainId, string DomainKcv, string Cus
         return null;
     }
 
+    // A name read from a share file: a file written before CustodianName's rule still opens
+    // (its share is needed to rebuild the key); every message shows the name escaped.
     internal static string? CheckCustodian(string? custodian)
     {
-        if (string.IsNullOrEmpty(custodian) || custodian.Length > MaxCustodianLength)
+        if (CheckLength(custodian) is { } problem)
         {
-            return $"the custodian name must have 1..{MaxCustodianLength} characters";
+            return problem;
         }
-        if (char.IsWhiteSpace(custodian[0]) || char.IsWhiteSpace(custodian[^1]))
-        {
-            return "the custodian name must not start or end with a space";
-        }
-        foreach (var c in custodian)
+        foreach (var c in custodian!)
         {
             if (char.IsControl(c))
             {
                 return "the custodian name must not contain control characters";
             }
         }
-        return null;
+        return CheckSpaces(custodian);
     }
+
+    internal static string? CheckLength(string? custodian) =>
+        string.IsNullOrEmpty(custodian) || custodian.Length > MaxCustodianLength ? $"the custodian name must have 1..{MaxCustodianLength} characters" : null;
+
+    internal static string? CheckSpaces(string custodian) =>
+        char.IsWhiteSpace(custodian[0]) || char.IsWhiteSpace(custodian[^1]) ? "the custodian name must not start or end with a space" : null;
 
     internal static string? CheckSplit(int threshold, int count)
     {

@@ -707,6 +707,12 @@ internal static partial class CeremonyCommands
             throw new CliUsageException("at least two custodians, each named once");
         }
 
+        // Refused here, before the token or a directory is touched, not when the first share file is written.
+        if (list.Select(CustodianName.Check).FirstOrDefault(p => p is not null) is { } problem)
+        {
+            throw new CliUsageException($"--custodian: {problem}");
+        }
+
         return list;
     }
 

@@ -61,8 +61,8 @@ internal sealed class CliOutput
         }
     }
 
-    /// <summary>A result whose human form is one line of text.</summary>
-    public void Result(JsonNode json, string human) => Result(json, () => new Text(human + Environment.NewLine));
+    /// <summary>A result whose human form is one line of text (escaped as <see cref="TerminalText"/>: it may carry names from outside).</summary>
+    public void Result(JsonNode json, string human) => Result(json, () => new Text(TerminalText.Of(human) + Environment.NewLine));
 
     /// <summary>A note on standard error (in both formats): what was done, where a file went.</summary>
     public void Note(string message)
@@ -89,9 +89,13 @@ internal sealed class CliOutput
         return table;
     }
 
-    /// <summary>Adds a row of plain text cells (escaped: server strings are never read as markup).</summary>
+    /// <summary>
+    /// Adds a row of plain text cells, escaped twice: never read as markup, and written as
+    /// <see cref="TerminalText"/> (a server's string or a share file's name can hold an escape
+    /// sequence or U+202E, which would show another name).
+    /// </summary>
     public static void AddRow(Table table, params string?[] cells) =>
-        table.AddRow([.. cells.Select(cell => (IRenderable)new Text(cell ?? ""))]);
+        table.AddRow([.. cells.Select(cell => (IRenderable)new Text(TerminalText.Of(cell ?? "")))]);
 
     /// <summary>A two-column table of names and values.</summary>
     public static Table Properties(IEnumerable<(string Name, string? Value)> rows)

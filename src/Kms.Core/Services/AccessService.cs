@@ -1,3 +1,4 @@
+using System.Globalization;
 using Kms.Core.Access;
 using Kms.Core.Errors;
 using Kms.Core.Names;
@@ -464,8 +465,27 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     public static string AuditResourceOf(PrincipalName name, TenantId? tenant) =>
         tenant is { } home ? $"{home.ResourceName}/principals/{name}" : name.ToString();
 
-    private static string ValidateDisplayName(string? displayName, string field) =>
-        (displayName ?? "").Length <= 200 && !(displayName ?? "").Any(char.IsControl)
-            ? displayName ?? ""
-            : throw KmsErrors.InvalidArgument(field, "must be at most 200 characters, without control characters");
+    // Shown to operators (listings, the CLI): no control character, nor one that hides or moves
+    // text (DisplayText: U+202E would show them another name), nor a lone surrogate.
+    private static string ValidateDisplayName(string? displayName, string field)
+    {
+        var text = displayName ?? "";
+        if (text.Length > 200)
+        {
+            throw KmsErrors.InvalidArgument(field, "must be at most 200 characters");
+        }
+
+        for (var i = 0; i < text.Length; i++)
+        {
+            var c = text[i];
+            var lone = char.IsHighSurrogate(c) ? i + 1 >= text.Length || !char.IsLowSurrogate(text[++i]) : char.IsLowSurrogate(c);
+            if (lone || char.IsControl(c) || DisplayText.HidesOrMovesText(c))
+            {
+                throw KmsErrors.InvalidArgument(field, string.Create(CultureInfo.InvariantCulture,
+                    $"holds U+{(int)c:X4}, a control, format (bidirectional, zero-width) or separator character or a lone surrogate: a display name is shown to people as it is"));
+            }
+        }
+
+        return text;
+    }
 }

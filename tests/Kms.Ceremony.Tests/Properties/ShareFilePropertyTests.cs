@@ -8,7 +8,8 @@ namespace Kms.Ceremony.Tests.Properties;
 /// <summary>A share file written and read back (docs/share-format.md) gives the same fields and, with the passphrase, the same share.</summary>
 public sealed class ShareFilePropertyTests
 {
-    private static readonly string[] Pieces = ["a", "Z", " ", "é", "e\u0301", "😀", "-", "\"", "\\", "\u202E"];
+    // Format characters (U+202E, ...) are refused in a new custodian name (ShareFileTests).
+    private static readonly string[] Pieces = ["a", "Z", " ", "é", "e\u0301", "😀", "-", "\"", "\\", "\u0645"];
     private static readonly Gen<string> Custodian = Gen.Int[0, Pieces.Length - 1].Array[1, 6]
         .Select(ix => string.Concat(ix.Select(i => Pieces[i])))
         .Where(c => !char.IsWhiteSpace(c[0]) && !char.IsWhiteSpace(c[^1]));

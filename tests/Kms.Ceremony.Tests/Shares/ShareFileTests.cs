@@ -334,7 +334,7 @@ public sealed class ShareFileTests : IDisposable
     [InlineData("", "bob", "F29000", 3, 5, "the domain id must have 1..128 characters")]
     [InlineData("dk eu", "bob", "F29000", 3, 5, "the domain id must be printable ASCII without spaces")]
     [InlineData("dk-eu-1", " bob", "F29000", 3, 5, "the custodian name must not start or end with a space")]
-    [InlineData("dk-eu-1", "bob\u0007", "F29000", 3, 5, "the custodian name must not contain control characters")]
+    [InlineData("dk-eu-1", "bob\u0007", "F29000", 3, 5, "the custodian name must not contain U+0007 (a control character): 'bob\\u0007'")]
     [InlineData("dk-eu-1", "bob", "F2900", 3, 5, "the domain check value must be 6 hex digits")]
     [InlineData("dk-eu-1", "bob", "F29000", 1, 5, "threshold 1 is outside 2..5 (the share count)")]
     [InlineData("dk-eu-1", "bob", "F29000", 2, 1, "share count 1 is outside 2..255")]
@@ -343,6 +343,71 @@ public sealed class ShareFileTests : IDisposable
         var e = Assert.Throws<CeremonyException>(() => Ceremony.Protect(_share, new ShareMetadata(domainId, kcv, custodian, threshold, count), "a long enough passphrase"));
 
         Assert.Equal(message, e.Message);
+    }
+
+    [Theory]
+    [InlineData("alice\u202Eecila", "U+202E (a format character: bidirectional, zero-width or invisible)", "alice\\u202Eecila")]
+    [InlineData("al\u200Bice", "U+200B (a format character: bidirectional, zero-width or invisible)", "al\\u200Bice")]
+    [InlineData("al\u200Dice", "U+200D (a format character: bidirectional, zero-width or invisible)", "al\\u200Dice")]
+    [InlineData("bob\u2028forged", "U+2028 (a line or paragraph separator)", "bob\\u2028forged")]
+    [InlineData("bob\u2029", "U+2029 (a line or paragraph separator)", "bob\\u2029")]
+    [InlineData("bob\uE000", "U+E000 (a private-use character)", "bob\\uE000")]
+    [InlineData("bob\u0378", "U+0378 (an unassigned code point or noncharacter)", "bob\\u0378")]
+    [InlineData("bob\uFFFF", "U+FFFF (an unassigned code point or noncharacter)", "bob\\uFFFF")]
+    [InlineData("bob\U000F0000", "U+F0000 (a private-use character)", "bob\\U000F0000")]
+    [InlineData("bob\u0085", "U+0085 (a control character)", "bob\\u0085")]
+    public void Protect_CustodianNameWithAnInvisibleOrMovingCharacter_RefusedShowingTheCodePoint(string custodian, string what, string shown)
+    {
+        // "alice\u202Eecila" displays as "alicealice": another custodian, in a
+        // transcript or on a terminal.
+        var e = Assert.Throws<CeremonyException>(() => Ceremony.Protect(_share, Ceremony.Metadata(custodian), "a long enough passphrase"));
+
+        Assert.Equal(CeremonyError.InvalidArgument, e.Error);
+        Assert.Equal($"the custodian name must not contain {what}: '{shown}'", e.Message);
+        Assert.Equal(e.Message, CustodianName.Check(custodian));
+    }
+
+    [Fact]
+    public void Protect_CustodianNameWithALoneSurrogate_RefusedShowingTheCodePoint()
+    {
+        // Built at run time: an attribute argument cannot carry a lone surrogate.
+        var custodian = "bob" + new string('\uDC00', 1);
+
+        var e = Assert.Throws<CeremonyException>(() => Ceremony.Protect(_share, Ceremony.Metadata(custodian), "a long enough passphrase"));
+
+        Assert.Equal("the custodian name must not contain U+DC00 (a lone surrogate, not a character): 'bob\\uDC00'", e.Message);
+    }
+
+    [Theory]
+    [InlineData("Zo\u00EB")]
+    [InlineData("\u0645\u06CC\u0631\u0632\u0627")]
+    [InlineData("\u674E\u5A1C")]
+    [InlineData("Ren\u00E9e O'Brien-Sm\u00EEth")]
+    [InlineData("\U0001F511 keeper")]
+    public void Protect_CustodianNamesOfOrdinaryText_Accepted(string custodian)
+    {
+        Assert.Null(CustodianName.Check(custodian));
+        // An ASCII passphrase: this process cannot normalise a non-ASCII one (InvariantGlobalization).
+        Assert.Equal(custodian, Ceremony.Reparse(Ceremony.Protect(_share, Ceremony.Metadata(custodian), "a long enough passphrase").ToBytes()).Custodian);
+    }
+
+    [Fact]
+    public void Parse_OlderFileWithABidiCustodianName_StillRead_TheNameEscapedInEveryMessage()
+    {
+        // A file written before such names were refused still opens (its share is needed to
+        // rebuild the key), but no message shows the name turned around.
+        var bytes = ShareFileSpec.Forge(Ceremony.Protect(_share, Ceremony.Metadata("bob")).ToBytes(), json => json["custodian"] = "alice\u202Eecila");
+
+        var read = Ceremony.Reparse(bytes);
+        var refused = Assert.Throws<CeremonyException>(() => ShareFile.Parse(bytes, "old.share.json"));
+        var wrong = Assert.Throws<CeremonyException>(() => read.Unprotect("correct horse battery staple of bob"));
+
+        Assert.Equal("alice\u202Eecila", read.Custodian);
+        foreach (var message in new[] { refused.Message, wrong.Message, read.ToString() })
+        {
+            Assert.DoesNotContain('\u202E', message);
+            Assert.Contains("custodian 'alice\\u202Eecila'", message, StringComparison.Ordinal);
+        }
     }
 
     [Fact]
