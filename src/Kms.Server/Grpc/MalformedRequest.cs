@@ -35,9 +35,22 @@ internal sealed class MalformedRequestException : RpcException
     /// <summary>What the caller is told. Nothing of the body.</summary>
     public const string Detail = "the request is not a valid protobuf message of its method's type";
 
-    /// <summary>The one form: <c>INVALID_ARGUMENT</c> with <see cref="Detail"/>.</summary>
+    /// <summary>The message's own form: <c>INVALID_ARGUMENT</c> with <see cref="Detail"/>.</summary>
     public MalformedRequestException()
         : base(new Status(StatusCode.InvalidArgument, Detail))
     {
     }
+
+    private MalformedRequestException(Status status)
+        : base(status)
+    {
+    }
+
+    /// <summary>
+    /// The refusal of a malformed request of this call: its framing's problem where
+    /// <see cref="GrpcFramingCheck"/> found one (INVALID_ARGUMENT, or RESOURCE_EXHAUSTED for a
+    /// message over the size limit), else the message's own form.
+    /// </summary>
+    public static MalformedRequestException For(ServerCallContext context) =>
+        context.GetHttpContext().Features.Get<GrpcFramingProblem>() is { } framing ? new(framing.Status) : new();
 }

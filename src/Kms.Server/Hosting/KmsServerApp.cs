@@ -365,6 +365,7 @@ public static class KmsServerApp
 
         var app = builder.Build();
         UnservedCallMetrics.Use(app);
+        Kms.Server.Grpc.GrpcFramingCheck.Use(app, serverOptions.MaxRequestBytes);
         app.MapGrpcService<KeyManagementGrpcService>();
         app.MapGrpcService<AccessManagementGrpcService>();
         app.MapGrpcService<AuditGrpcService>();

@@ -146,7 +146,7 @@ internal sealed partial class AuthorizationInterceptor(
 
         if (rule.Scope == CallScope.Public)
         {
-            return malformed ? throw new MalformedRequestException() : rule;
+            return malformed ? throw MalformedRequestException.For(context) : rule;
         }
 
         var caller = await authentication.AuthenticateAsync(context);
@@ -180,7 +180,7 @@ internal sealed partial class AuthorizationInterceptor(
 
         if (malformed)
         {
-            throw new MalformedRequestException();
+            throw MalformedRequestException.For(context);
         }
 
         if (rule.Scope != CallScope.Permission)

@@ -1,0 +1,238 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.IO.Pipelines;
+using Grpc.AspNetCore.Server;
+using Grpc.Core;
+using Grpc.Net.Compression;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.Extensions.Options;
+
+namespace Kms.Server.Grpc;
+
+/// <summary>
+/// What was wrong with a request's gRPC framing (the 5-byte header before each message: a
+/// compressed flag and a length), for <see cref="MalformedRequestException"/> to answer once the
+/// caller is authenticated. Held in the request's features.
+/// </summary>
+/// <param name="Status">INVALID_ARGUMENT, or RESOURCE_EXHAUSTED for a message over the size limit.</param>
+internal sealed record GrpcFramingProblem(global::Grpc.Core.Status Status);
+
+/// <summary>
+/// Checks the framing of the one message of a unary or server-streaming request before
+/// grpc-dotnet reads it, and decompresses a compressed one within the size limit.
+/// </summary>
+/// <remarks>
+/// <para>grpc-dotnet reads that message before any interceptor runs and answers a framing error
+/// itself: INTERNAL "Incomplete message." (a frame or header cut short, no message),
+/// "Additional data after the message received." (two messages), "Request did not include
+/// grpc-encoding value with compressed message."; UNKNOWN with an Error and its stack trace for
+/// a compressed flag other than 0 or 1, a length over 2^31 and compressed bytes that do not
+/// decompress — unauthenticated, unaudited, uncounted.</para>
+/// <para>This reader sits under grpc-dotnet's: it reads the whole body (as grpc-dotnet does,
+/// examining without consuming, which Kestrel's flow control counts as read), then hands on
+/// the body as it came, a compressed message decompressed (at most the limit) as an
+/// uncompressed one, or — for a framing error — a message that is not valid protobuf, which
+/// <see cref="ParseCheckedMethodProvider{TService}"/> turns into <see cref="MalformedRequest{TRequest}"/>:
+/// the call then passes the interceptors as any malformed request (counted, audited as a
+/// refusal, authenticated first) and the authorization interceptor answers the
+/// <see cref="GrpcFramingProblem"/> recorded here; no handler runs. A message over the size limit is refused as
+/// soon as its header arrives: RESOURCE_EXHAUSTED, gRPC's convention. A compression grpc-dotnet
+/// does not support is left to it: UNIMPLEMENTED naming the supported ones (gRPC's
+/// compression spec). The messages of client-streaming and bidirectional calls (only
+/// reflection's) are framed by grpc-dotnet alone.</para>
+/// </remarks>
+internal static class GrpcFramingCheck
+{
+    private const int HeaderSize = 5;
+
+    // A message that is not valid protobuf (field 0 is no field): the deserializer's sentinel.
+    private static readonly ReadOnlySequence<byte> Malformed = new([0, 0, 0, 0, 1, 0xFF]);
+
+    /// <summary>Adds the middleware; it must run after routing (WebApplication routes first).</summary>
+    public static void Use(WebApplication app, int maxMessageBytes)
+    {
+        var providers = app.Services.GetRequiredService<IOptions<GrpcServiceOptions>>().Value.CompressionProviders
+            .ToDictionary(p => p.EncodingName, StringComparer.Ordinal);
+        app.Use((context, next) =>
+        {
+            if (context.GetEndpoint()?.Metadata.GetMetadata<GrpcMethodMetadata>() is { Method.Type: MethodType.Unary or MethodType.ServerStreaming }
+                && context.Features.Get<IRequestBodyPipeFeature>() is { } body)
+            {
+                context.Features.Set<IRequestBodyPipeFeature>(new BodyFeature(new SingleMessageReader(context, body.Reader, maxMessageBytes, providers)));
+            }
+
+            return next(context);
+        });
+    }
+
+    private sealed class BodyFeature(PipeReader reader) : IRequestBodyPipeFeature
+    {
+        public PipeReader Reader { get; } = reader;
+    }
+
+    private sealed class SingleMessageReader(HttpContext context, PipeReader inner, int limit, Dictionary<string, ICompressionProvider> providers) : PipeReader
+    {
+        // What is served instead of the body once it was read (null: the body itself).
+        private ReadOnlySequence<byte>? _replacement;
+        private bool _checked;
+
+        public override async ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
+        {
+            if (_replacement is { } replacement)
+            {
+                return new ReadResult(replacement, isCanceled: false, isCompleted: true);
+            }
+
+            if (_checked)
+            {
+                return await inner.ReadAsync(cancellationToken);
+            }
+
+            while (true)
+            {
+                var result = await inner.ReadAsync(cancellationToken);
+                if (result.IsCanceled)
+                {
+                    return result;
+                }
+
+                var (problem, done, decompressed) = Check(result.Buffer, result.IsCompleted);
+                if (problem is null && !done)
+                {
+                    inner.AdvanceTo(result.Buffer.Start, result.Buffer.End);
+                    continue;
+                }
+
+                _checked = true;
+                if (problem is null && decompressed is null)
+                {
+                    return result;
+                }
+
+                if (problem is not null)
+                {
+                    context.Features.Set(new GrpcFramingProblem(problem.Value));
+                }
+
+                inner.AdvanceTo(result.Buffer.End);
+                _replacement = decompressed ?? Malformed;
+                return new ReadResult(_replacement.Value, isCanceled: false, isCompleted: true);
+            }
+        }
+
+        public override bool TryRead(out ReadResult result)
+        {
+            if (_replacement is { } replacement)
+            {
+                result = new ReadResult(replacement, isCanceled: false, isCompleted: true);
+                return true;
+            }
+
+            // Until the body has been checked, only ReadAsync reads it.
+            result = default;
+            return _checked && inner.TryRead(out result);
+        }
+
+        public override void AdvanceTo(SequencePosition consumed) => AdvanceTo(consumed, consumed);
+
+        public override void AdvanceTo(SequencePosition consumed, SequencePosition examined)
+        {
+            if (_replacement is { } replacement)
+            {
+                _replacement = replacement.Slice(consumed);
+            }
+            else
+            {
+                inner.AdvanceTo(consumed, examined);
+            }
+        }
+
+        public override void CancelPendingRead() => inner.CancelPendingRead();
+
+        public override void Complete(Exception? exception = null) => inner.Complete(exception);
+
+        // The problem with the body so far (null: none yet), whether it is settled, and the
+        // compressed message decompressed as an uncompressed frame.
+        private (global::Grpc.Core.Status? Problem, bool Done, ReadOnlySequence<byte>? Decompressed) Check(ReadOnlySequence<byte> body, bool completed)
+        {
+            if (body.Length < HeaderSize)
+            {
+                return !completed ? (null, false, null)
+                    : body.Length == 0 ? (Invalid("the request has no message; the method takes one"), true, null)
+                    : (Invalid($"the request's message header is cut short: {body.Length} of its {HeaderSize} bytes arrived"), true, null);
+            }
+
+            Span<byte> header = stackalloc byte[HeaderSize];
+            body.Slice(0, HeaderSize).CopyTo(header);
+            var length = BinaryPrimitives.ReadUInt32BigEndian(header[1..]);
+            if (header[0] > 1)
+            {
+                return (Invalid($"the request's message header has compressed flag {header[0]}; it must be 0 or 1"), true, null);
+            }
+
+            if (length > (uint)limit)
+            {
+                return (TooLarge($"the request's message is {length} bytes; this server takes at most {limit} (Kms:MaxRequestBytes)"), true, null);
+            }
+
+            var encoding = context.Request.Headers["grpc-encoding"].ToString();
+            if (header[0] == 1 && encoding is "" or "identity")
+            {
+                return (Invalid(encoding.Length == 0
+                    ? "the request's message is compressed (flag 1), but the request names no grpc-encoding"
+                    : "the request's message is compressed (flag 1), but its grpc-encoding is identity"), true, null);
+            }
+
+            if (body.Length > HeaderSize + length)
+            {
+                return (Invalid("the request holds more than one message; the method takes one"), true, null);
+            }
+
+            if (body.Length < HeaderSize + length || !completed)
+            {
+                return completed
+                    ? (Invalid($"the request's message is cut short: its header declares {length} bytes, {body.Length - HeaderSize} arrived"), true, null)
+                    : (null, false, null);
+            }
+
+            // A compression grpc-dotnet does not support is its to answer (UNIMPLEMENTED).
+            return header[0] == 1 && providers.TryGetValue(encoding, out var provider)
+                ? Decompress(provider, body.Slice(HeaderSize))
+                : (null, true, null);
+        }
+
+        // At most the limit, checked while inflating (a gzip bomb of the 5 MiB allowed is gigabytes).
+        private (global::Grpc.Core.Status? Problem, bool Done, ReadOnlySequence<byte>? Decompressed) Decompress(ICompressionProvider provider, ReadOnlySequence<byte> compressed)
+        {
+            var output = new MemoryStream();
+            output.Write([0, 0, 0, 0, 0]);
+            var chunk = new byte[16 * 1024];
+            try
+            {
+                using var decompression = provider.CreateDecompressionStream(new MemoryStream(compressed.ToArray(), writable: false));
+                int read;
+                while ((read = decompression.Read(chunk)) > 0)
+                {
+                    if (output.Length - HeaderSize + read > limit)
+                    {
+                        return (TooLarge($"the request's message decompresses ({provider.EncodingName}) to more than {limit} bytes, the most this server takes (Kms:MaxRequestBytes)"), true, null);
+                    }
+
+                    output.Write(chunk, 0, read);
+                }
+            }
+            catch (InvalidDataException)
+            {
+                return (Invalid($"the request's message does not decompress as {provider.EncodingName}"), true, null);
+            }
+
+            var frame = output.GetBuffer().AsMemory(0, (int)output.Length);
+            BinaryPrimitives.WriteUInt32BigEndian(frame.Span[1..], (uint)(output.Length - HeaderSize));
+            return (null, true, new ReadOnlySequence<byte>(frame));
+        }
+
+        private static global::Grpc.Core.Status Invalid(string detail) => new(StatusCode.InvalidArgument, detail);
+
+        private static global::Grpc.Core.Status TooLarge(string detail) => new(StatusCode.ResourceExhausted, detail);
+    }
+}

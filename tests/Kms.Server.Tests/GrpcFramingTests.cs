@@ -1,0 +1,183 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Security.Cryptography.X509Certificates;
+using Grpc.Core;
+using Kms.Contracts.V1;
+using Kms.Server.Grpc;
+using Kms.Testing;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Kms.Server.Tests;
+
+/// <summary>
+/// Requests whose gRPC framing is wrong — the 5-byte header before each message (a compressed
+/// flag and a length), sent as raw HTTP/2 over TLS, as no gRPC client would write them: a clear
+/// INVALID_ARGUMENT (RESOURCE_EXHAUSTED for a message over the size limit, gRPC's convention),
+/// after authentication, counted and audited as a refusal, nothing logged at Error, the server
+/// still serving.
+/// </summary>
+public sealed class GrpcFramingTests(ServerFixture fixture) : IClassFixture<ServerFixture>
+{
+    private const string GetKey = "/kms.v1.KeyManagementService/GetKey";
+
+    public static TheoryData<string, string, string?, StatusCode, string> Frames() => new()
+    {
+        // case, body (hex), grpc-encoding, status, in the detail
+        { "a frame cut short", "000000000A0A0161", null, StatusCode.InvalidArgument, "cut short" },
+        { "a header cut short", "000000", null, StatusCode.InvalidArgument, "cut short" },
+        { "no message", "", null, StatusCode.InvalidArgument, "no message" },
+        { "two messages", "00000000000000000000", null, StatusCode.InvalidArgument, "more than one message" },
+        { "compressed without grpc-encoding", "01000000020801", null, StatusCode.InvalidArgument, "compressed" },
+        { "compressed under identity", "01000000020801", "identity", StatusCode.InvalidArgument, "compressed" },
+        { "a compressed flag of 2", "0200000000", null, StatusCode.InvalidArgument, "flag" },
+        { "gzip that is not gzip", "0100000003AABBCC", "gzip", StatusCode.InvalidArgument, "decompress" },
+        { "over the size limit", "0000600000" + "0A01", null, StatusCode.ResourceExhausted, "5242880" },
+        { "a length over 2^31", "00FFFFFFFF", null, StatusCode.ResourceExhausted, "5242880" },
+    };
+
+    [Theory]
+    [MemberData(nameof(Frames))]
+    public async Task BadFraming_AuthenticatedClearStatus_AnonymousUnauthenticated_NoErrorLogged(string what, string hex, string? encoding, StatusCode expected, string detail)
+    {
+        var errorsBefore = ErrorCount();
+
+        var (status, message) = await SendAsync(hex, encoding, fixture.Server.DeveloperToken);
+        var (anonymous, _) = await SendAsync(hex, encoding, token: null);
+
+        Assert.True(expected == status, $"{what}: {status} \"{message}\"");
+        Assert.Contains(detail, message, StringComparison.Ordinal);
+        Assert.Equal(StatusCode.Unauthenticated, anonymous);
+        Assert.Equal(errorsBefore, ErrorCount());
+
+        // The server still serves a well-formed call.
+        Assert.Equal(32, (await fixture.Client.Raw.GenerateRandomAsync(new GenerateRandomRequest { LengthBytes = 32 })).Data.Length);
+    }
+
+    [Fact]
+    public async Task BadFraming_AuditedAsAnAggregatedRefusal()
+    {
+        using var officer = fixture.Server.CreateClient(await fixture.Server.CreatePrincipalWithTokenAsync(ServerFixture.NewKeyId("officer"), null, "security-officer"));
+        var before = (await RefusalsAsync(officer, "INVALID_ARGUMENT")).Sum(e => e.Count);
+
+        for (var i = 0; i < 3; i++)
+        {
+            Assert.Equal(StatusCode.InvalidArgument, (await SendAsync("000000000A0A0161", null, fixture.Server.DeveloperToken)).Status);
+        }
+
+        var events = await RefusalsAsync(officer, "INVALID_ARGUMENT");
+        Assert.Equal(before + 3, events.Sum(e => e.Count));
+        Assert.All(events, e => Assert.Equal("dev", e.Tenant));
+    }
+
+    [Fact]
+    public async Task WellFormedFrame_Served()
+    {
+        var message = Google.Protobuf.MessageExtensions.ToByteArray(new GenerateRandomRequest { LengthBytes = 8 });
+
+        var (status, detail) = await SendAsync(Frame(message, compressed: false), null, fixture.Server.DeveloperToken, "/kms.v1.KeyManagementService/GenerateRandom");
+
+        Assert.True(status == StatusCode.OK, $"{status} \"{detail}\"");
+    }
+
+    [Fact]
+    public async Task Gzip_ACompressedMessage_Served()
+    {
+        var message = Google.Protobuf.MessageExtensions.ToByteArray(new GenerateRandomRequest { LengthBytes = 8 });
+
+        var (status, detail) = await SendAsync(Frame(Gzip(message), compressed: true), "gzip", fixture.Server.DeveloperToken, "/kms.v1.KeyManagementService/GenerateRandom");
+
+        Assert.True(status == StatusCode.OK, $"{status} \"{detail}\"");
+    }
+
+    [Fact]
+    public async Task Gzip_AMessageThatInflatesPastTheLimit_ResourceExhausted_NoErrorLogged()
+    {
+        // Six thousand bytes on the wire, six mebibytes once inflated: refused while inflating,
+        // past the limit, after authentication, with the limit named (grpc-dotnet 2.85 answered
+        // RESOURCE_EXHAUSTED "Received message exceeds the maximum configured message size."
+        // before authentication).
+        var errorsBefore = ErrorCount();
+        var bomb = Gzip(new byte[6 * 1024 * 1024]);
+        Assert.True(bomb.Length < 64 * 1024);
+
+        var (status, detail) = await SendAsync(Frame(bomb, compressed: true), "gzip", fixture.Server.DeveloperToken, GetKey);
+        var (anonymous, _) = await SendAsync(Frame(bomb, compressed: true), "gzip", token: null, GetKey);
+
+        Assert.True(status == StatusCode.ResourceExhausted, $"{status} \"{detail}\"");
+        Assert.Contains("decompresses (gzip) to more than 5242880 bytes", detail, StringComparison.Ordinal);
+        Assert.Equal(StatusCode.Unauthenticated, anonymous);
+        Assert.Equal(errorsBefore, ErrorCount());
+    }
+
+    private static byte[] Gzip(byte[] data)
+    {
+        using var output = new MemoryStream();
+        using (var gzip = new System.IO.Compression.GZipStream(output, System.IO.Compression.CompressionLevel.Optimal))
+        {
+            gzip.Write(data);
+        }
+
+        return output.ToArray();
+    }
+
+    private static byte[] Frame(byte[] message, bool compressed)
+    {
+        var frame = new byte[5 + message.Length];
+        frame[0] = compressed ? (byte)1 : (byte)0;
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(frame.AsSpan(1), (uint)message.Length);
+        message.CopyTo(frame, 5);
+        return frame;
+    }
+
+    private int ErrorCount() => fixture.Server.Logs.Events.Count(e => e.StartsWith("Error", StringComparison.Ordinal));
+
+    // The refusals of bodyless GetKey calls by the developer, refusal windows closed first.
+    private async Task<List<AuditEventInfo>> RefusalsAsync(Kms.Client.KmsClient officer, string outcome)
+    {
+        await fixture.Server.Services.GetRequiredService<Kms.Core.Services.AuditLog>().FlushRefusalsAsync(default);
+        var request = new ListAuditEventsRequest { Principal = "token:developer", Operation = GetKey, Outcome = outcome, PageSize = 1000 };
+        return [.. (await officer.Audit.ListAuditEventsAsync(request)).Events.Where(e => e.Resource.Length == 0)];
+    }
+
+    // One gRPC call as raw HTTP/2 over TLS: the status and message, from the trailers or (a
+    // trailers-only answer) the headers.
+    private Task<(StatusCode Status, string Message)> SendAsync(string hex, string? encoding, string? token, string path = GetKey) =>
+        SendAsync(Convert.FromHexString(hex), encoding, token, path);
+
+    private async Task<(StatusCode Status, string Message)> SendAsync(byte[] body, string? encoding, string? token, string path)
+    {
+        using var handler = new SocketsHttpHandler();
+        handler.SslOptions.CertificateChainPolicy = new X509ChainPolicy
+        {
+            TrustMode = X509ChainTrustMode.CustomRootTrust,
+            RevocationMode = X509RevocationMode.NoCheck,
+            CustomTrustStore = { X509Certificate2.CreateFromPem(File.ReadAllText(fixture.Server.CaCertificatePath)) },
+        };
+        using var http = new HttpClient(handler);
+        using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(fixture.Server.Address, path))
+        {
+            Version = HttpVersion.Version20,
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+            Content = new ByteArrayContent(body),
+        };
+        request.Content.Headers.ContentType = new MediaTypeHeaderValue("application/grpc");
+        request.Headers.TE.Add(new TransferCodingWithQualityHeaderValue("trailers"));
+        if (encoding is not null)
+        {
+            request.Headers.Add("grpc-encoding", encoding);
+        }
+
+        if (token is not null)
+        {
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+        }
+
+        using var response = await http.SendAsync(request);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        _ = await response.Content.ReadAsByteArrayAsync();
+        var headers = response.TrailingHeaders.Contains("grpc-status") ? response.TrailingHeaders : response.Headers;
+        var status = (StatusCode)int.Parse(headers.GetValues("grpc-status").Single(), System.Globalization.CultureInfo.InvariantCulture);
+        var message = headers.TryGetValues("grpc-message", out var values) ? Uri.UnescapeDataString(values.Single()) : "";
+        return (status, message);
+    }
+}
