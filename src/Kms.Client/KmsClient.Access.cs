@@ -53,17 +53,33 @@ public sealed partial class KmsClient
     public async Task<PrincipalInfo> GetPrincipalAsync(string principal, CancellationToken cancellationToken = default) =>
         (await Access.GetPrincipalAsync(new GetPrincipalRequest { Name = principal }, Options(cancellationToken)).ConfigureAwait(false)).Principal;
 
-    /// <summary>The principals of a tenant (deployment-level ones when null), fetched page by page as the enumeration proceeds.</summary>
+    /// <summary>The principals of a tenant (deployment-level ones when null), fetched page by page as the enumeration proceeds; DELETED ones are left out.</summary>
     public IAsyncEnumerable<PrincipalInfo> ListPrincipalsAsync(string? tenantName = null, int pageSize = 0, CancellationToken cancellationToken = default) =>
+        ListPrincipalsAsync(tenantName, pageSize, showDeleted: false, cancellationToken);
+
+    /// <summary>
+    /// The principals of a tenant (deployment-level ones when null), fetched page by page as the
+    /// enumeration proceeds; DELETED ones too when <paramref name="showDeleted"/>.
+    /// </summary>
+    public IAsyncEnumerable<PrincipalInfo> ListPrincipalsAsync(string? tenantName, int pageSize, bool showDeleted, CancellationToken cancellationToken = default) =>
         PagesAsync<PrincipalInfo>(
             async (token, ct) =>
             {
                 var page = await Access.ListPrincipalsAsync(
-                    new ListPrincipalsRequest { Tenant = tenantName ?? "", PageSize = pageSize, PageToken = token },
+                    new ListPrincipalsRequest { Tenant = tenantName ?? "", PageSize = pageSize, PageToken = token, ShowDeleted = showDeleted },
                     Options(ct)).ConfigureAwait(false);
                 return (page.Principals, page.NextPageToken);
             },
             cancellationToken);
+
+    /// <summary>
+    /// Offboards a principal (deployment-admin): it becomes DELETED, its tokens are revoked, its
+    /// role bindings removed and the grants naming it revoked, and it no longer authenticates.
+    /// Its name is never registered again. Deleting a deleted principal succeeds, so a failed
+    /// attempt is sent again.
+    /// </summary>
+    public async Task<PrincipalInfo> DeletePrincipalAsync(string principal, CancellationToken cancellationToken = default) =>
+        (await Access.DeletePrincipalAsync(new DeletePrincipalRequest { Name = principal }, Options(cancellationToken)).ConfigureAwait(false)).Principal;
 
     /// <summary>
     /// Issues an API token to a <c>token:</c> principal: <paramref name="kind"/> SERVICE or

@@ -190,6 +190,13 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
         new(Access + "CreatePrincipal", MatrixTarget.Deployment, [DeploymentAdmin], c => Msg(new CreatePrincipalRequest { Name = $"token:{MatrixFixture.NewId()}", Tenant = "tenants/dev" })),
         new(Access + "GetPrincipal", MatrixTarget.Deployment, [DeploymentAdmin], c => Msg(new GetPrincipalRequest { Name = "token:matrix-svc" })),
         new(Access + "ListPrincipals", MatrixTarget.Tenant, [DeploymentAdmin], c => Msg(new ListPrincipalsRequest { Tenant = "tenants/dev" })),
+        new(Access + "DeletePrincipal", MatrixTarget.Deployment, [DeploymentAdmin], async c =>
+        {
+            // A fresh principal each time: a deleted name is never registered again.
+            var name = $"token:{MatrixFixture.NewId()}";
+            await c.Admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = name, Tenant = "tenants/dev" });
+            return new DeletePrincipalRequest { Name = name };
+        }),
         new(Access + "CreateApiToken", MatrixTarget.Deployment, [DeploymentAdmin], c => Msg(new CreateApiTokenRequest { Principal = "token:matrix-svc", Kind = "SERVICE" })),
         new(Access + "ListApiTokens", MatrixTarget.Deployment, [DeploymentAdmin], c => Msg(new ListApiTokensRequest { Principal = "token:matrix-svc" })),
         new(Access + "RevokeApiToken", MatrixTarget.Deployment, [DeploymentAdmin], async c =>

@@ -88,6 +88,7 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         var other = await onA.CreateKeyAsync("tenants/dev", "other");
         var secret = await a.CreatePrincipalWithTokenAsync("revokee", "dev", "key-user");
         using var revokee = a.CreateClient(secret);
+        using var leaver = a.CreateClient(await a.CreatePrincipalWithTokenAsync("leaver", "dev", "key-user"));
         await revokee.EncryptAsync(other.Name, new byte[] { 1 });
         using (var adminOnB = b.CreateClient(a.DeploymentAdminToken))
         {
@@ -111,6 +112,34 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
 
         output.WriteLine($"a token revoked on node B was refused by node A after {watch.ElapsedMilliseconds} ms (poll interval 250 ms, cache time 10 min)");
         Assert.Equal(StatusCode.Unauthenticated, refused);
+
+        // A principal deleted on B: A remembers its caller, yet refuses it once the change feed
+        // reaches it. The leaver was made before the revocation, which A has applied (it refused
+        // the revokee): the access changes of its creation are behind A, so the deletion's own is
+        // all that can make A forget it.
+        await leaver.EncryptAsync(other.Name, new byte[] { 1 });
+        using (var adminOnB = b.CreateClient(a.DeploymentAdminToken))
+        {
+            Assert.Equal("DELETED", (await adminOnB.DeletePrincipalAsync("token:leaver")).State);
+        }
+
+        var deletedAfter = Stopwatch.StartNew();
+        StatusCode? gone = null;
+        while (gone is null && deletedAfter.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            try
+            {
+                await leaver.EncryptAsync(other.Name, new byte[] { 1 });
+                await Task.Delay(20);
+            }
+            catch (RpcException e)
+            {
+                gone = e.StatusCode;
+            }
+        }
+
+        output.WriteLine($"a principal deleted on node B was refused by node A after {deletedAfter.ElapsedMilliseconds} ms");
+        Assert.Equal(StatusCode.Unauthenticated, gone);
 
         // Every call on either node is in one chain, which verifies against the published key.
         using var officerOnB = b.CreateClient(await a.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));

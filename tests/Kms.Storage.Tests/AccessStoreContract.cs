@@ -48,10 +48,121 @@ public abstract class AccessStoreContract : KeyStoreLifecycleContract
         Assert.Equal(token, await store.GetPrincipalAsync(PrincipalName.Token("alice"), default));
         Assert.Equal(cn, await store.GetPrincipalAsync(PrincipalName.CommonName("alice"), default));
         Assert.Null(await store.GetPrincipalAsync(PrincipalName.Spiffe("spiffe://alice"), default));
-        Assert.Equal([token], await store.ListPrincipalsAsync(Dev, null, 10, default));
-        Assert.Equal([admin], await store.ListPrincipalsAsync(null, null, 10, default));
+        Assert.Equal([token], await store.ListPrincipalsAsync(Dev, null, 10, includeDeleted: false, default));
+        Assert.Equal([admin], await store.ListPrincipalsAsync(null, null, 10, includeDeleted: false, default));
         var duplicate = await Assert.ThrowsAsync<KmsException>(() => store.CreatePrincipalAsync(token, default));
         Assert.Equal(KmsErrorCode.AlreadyExists, duplicate.Code);
+    }
+
+    [Fact]
+    public async Task DeletePrincipal_OneWrite_TombstoneKept_TokensRevoked_BindingsRemoved_GrantsRevoked_OthersUntouched()
+    {
+        var store = await AccessAsync();
+        var leaver = PrincipalName.Token("leaver");
+        var stayer = PrincipalName.Token("stayer");
+        await store.CreatePrincipalAsync(new Principal(leaver, Dev, "leaving", T0), default);
+        await store.CreatePrincipalAsync(new Principal(stayer, Dev, "", T0), default);
+        var key = NewKey(Dev, "shared");
+        await ((IKeyStore)store).CreateKeyAsync(key, Material(), null, default);
+        var policy = new KeyPolicy(key.Name, new Dictionary<string, KeyOperations> { ["token:leaver"] = KeyOperations.Encrypt, ["token:stayer"] = KeyOperations.Encrypt });
+        await store.SetKeyPolicyAsync(policy, T0, default);
+        foreach (var who in new[] { leaver, stayer })
+        {
+            await store.CreateApiTokenAsync(new ApiToken(who == leaver ? "00000000000000e1" : "00000000000000e2", who, ApiTokenKind.Service, new byte[32], T0, T0.AddDays(90)), default);
+            await store.SetRoleBindingAsync(new RoleBinding(who, Role.KeyUser, Dev, T0), default);
+            await store.CreateGrantAsync(new Grant(who == leaver ? "00000000000000f1" : "00000000000000f2", key.Name, who, KeyOperations.Decrypt, new Dictionary<string, string>(), T0), default);
+        }
+
+        // A token revoked earlier keeps its time.
+        await store.CreateApiTokenAsync(new ApiToken("00000000000000e3", leaver, ApiTokenKind.Session, new byte[32], T0, T0.AddHours(1)), default);
+        await store.RevokeApiTokenAsync("00000000000000e3", T0.AddMinutes(5), default);
+        var head = store is IChangeFeed before ? await before.GetChangeHeadAsync(default) : 0;
+
+        var deleted = await store.DeletePrincipalAsync(leaver, T0.AddDays(1), default);
+
+        var expected = new Principal(leaver, Dev, "leaving", T0) { Disabled = true, DeleteTime = T0.AddDays(1) };
+        Assert.Equal((expected, true), deleted);
+        Assert.Equal(expected, await store.GetPrincipalAsync(leaver, default));
+        Assert.Equal([T0.AddDays(1), T0.AddMinutes(5)], (await store.ListApiTokensAsync(leaver, default)).OrderBy(t => t.Id).Select(t => t.RevokeTime));
+        Assert.Empty(await store.GetRoleBindingsAsync(leaver, default));
+        Assert.Equal([("00000000000000f1", (DateTimeOffset?)T0.AddDays(1)), ("00000000000000f2", null)],
+            (await store.ListGrantsAsync(key.Name, includeRevoked: true, default)).OrderBy(g => g.Id).Select(g => (g.Id, g.RevokeTime)));
+        Assert.Equal(policy.Entries.OrderBy(e => e.Key), (await store.GetKeyPolicyAsync(key.Name, default)).Entries.OrderBy(e => e.Key));
+
+        // Only it: the other principal keeps its token, binding and grant.
+        Assert.Null((await store.GetApiTokenAsync("00000000000000e2", default))!.RevokeTime);
+        Assert.Single(await store.GetRoleBindingsAsync(stayer, default));
+        Assert.Null((await store.GetPrincipalAsync(stayer, default))!.DeleteTime);
+
+        // Listed only when asked; the name stays taken.
+        Assert.Equal([stayer], (await store.ListPrincipalsAsync(Dev, null, 10, includeDeleted: false, default)).Select(p => p.Name));
+        Assert.Equal([leaver, stayer], (await store.ListPrincipalsAsync(Dev, null, 10, includeDeleted: true, default)).Select(p => p.Name));
+        Assert.Equal(KmsErrorCode.AlreadyExists, (await Assert.ThrowsAsync<KmsException>(() => store.CreatePrincipalAsync(new Principal(leaver, Dev, "", T0.AddDays(2)), default))).Code);
+
+        // Other nodes are told: one access change names it (the backends with a change feed).
+        if (store is IChangeFeed feed)
+        {
+            Assert.Contains(await feed.ListChangesAsync(head, 100, default), c => c.Kind == StoreChangeKind.Access && c.Subject == "token:leaver");
+        }
+
+        // Again: nothing changes (the first time stands), nothing announced; a missing principal is null.
+        var again = store is IChangeFeed feedAgain ? await feedAgain.GetChangeHeadAsync(default) : 0;
+        Assert.Equal((expected, false), await store.DeletePrincipalAsync(leaver, T0.AddDays(3), default));
+        Assert.Equal(expected, await store.GetPrincipalAsync(leaver, default));
+        if (store is IChangeFeed unchanged)
+        {
+            Assert.Equal(again, await unchanged.GetChangeHeadAsync(default));
+        }
+
+        Assert.Null(await store.DeletePrincipalAsync(PrincipalName.Token("nobody"), T0, default));
+    }
+
+    [Fact]
+    public async Task DeletedPrincipal_NoNewTokenBindingOrGrant_RefusedUnderTheWriteLock()
+    {
+        // The services check the principal before they write; these are the writes of callers
+        // that checked it before DeletePrincipal committed.
+        var store = await AccessAsync();
+        var gone = PrincipalName.Token("gone");
+        await store.CreatePrincipalAsync(new Principal(gone, Dev, "", T0), default);
+        var key = NewKey(Dev, "late-grant");
+        await ((IKeyStore)store).CreateKeyAsync(key, Material(), null, default);
+        await store.SetKeyPolicyAsync(new KeyPolicy(key.Name, new Dictionary<string, KeyOperations> { ["token:owner"] = KeyOperations.Encrypt }), T0, default);
+        await store.DeletePrincipalAsync(gone, T0.AddHours(1), default);
+
+        await AssertDeletedAsync(() => store.CreateApiTokenAsync(new ApiToken("00000000000000c1", gone, ApiTokenKind.Service, new byte[32], T0.AddHours(2), T0.AddDays(1)), default));
+        await AssertDeletedAsync(() => store.SetRoleBindingAsync(new RoleBinding(gone, Role.KeyUser, Dev, T0.AddHours(2)), default));
+        await AssertDeletedAsync(() => store.CreateGrantAsync(new Grant("00000000000000c2", key.Name, gone, KeyOperations.Decrypt, new Dictionary<string, string>(), T0.AddHours(2)), default));
+
+        Assert.Empty(await store.ListApiTokensAsync(gone, default));
+        Assert.Empty(await store.GetRoleBindingsAsync(gone, default));
+        Assert.Empty(await store.ListGrantsAsync(key.Name, includeRevoked: true, default));
+
+        static async Task AssertDeletedAsync(Func<Task> write)
+        {
+            var refused = await Assert.ThrowsAsync<KmsException>(write);
+            Assert.Equal((KmsErrorCode.FailedPrecondition, "principal token:gone was deleted; it gets no new token, role or grant"), (refused.Code, refused.Message));
+        }
+    }
+
+    [Fact]
+    public async Task DeletePrincipal_TheLastDeploymentAdmin_Refused_AnotherAdminMayGo()
+    {
+        var store = await AccessAsync();
+        var first = PrincipalName.Token("first-admin");
+        var second = PrincipalName.CommonName("second-admin");
+        foreach (var admin in new[] { first, second })
+        {
+            await store.CreatePrincipalAsync(new Principal(admin, null, "", T0), default);
+            await store.SetRoleBindingAsync(new RoleBinding(admin, Role.DeploymentAdmin, null, T0), default);
+        }
+
+        Assert.Equal(true, (await store.DeletePrincipalAsync(first, T0.AddHours(1), default))?.Deleted);
+
+        var refused = await Assert.ThrowsAsync<KmsException>(() => store.DeletePrincipalAsync(second, T0.AddHours(2), default));
+        Assert.Equal((KmsErrorCode.FailedPrecondition, "cn:second-admin is the last principal holding deployment-admin; bind deployment-admin to another principal first, then remove it"), (refused.Code, refused.Message));
+        Assert.Null((await store.GetPrincipalAsync(second, default))!.DeleteTime);
+        Assert.Single(await store.GetRoleBindingsAsync(second, default));
     }
 
     [Fact]

@@ -18,8 +18,8 @@ namespace Kms.Client.Failover;
 /// <list type="bullet">
 /// <item>reads and cryptographic operations (a repeat changes no state);</item>
 /// <item>mutations that set a state (enable, disable, update, replace a policy, revoke,
-/// delete a binding): a repeat leaves the same state, and a repeated revocation of a grant or an
-/// API token, or removal of a role binding, succeeds;</item>
+/// delete a binding or a principal): a repeat leaves the same state, and a repeated revocation of a
+/// grant or an API token, removal of a role binding, or deletion of a principal, succeeds;</item>
 /// <item>an officer's approval: sent again with the same signature it counts once and is
 /// answered with the request as it is now (EXECUTED if it executed it);</item>
 /// <item>mutations whose request carries <c>request_id</c>: the server applies one id once
@@ -49,7 +49,7 @@ internal static class RetrySafety
             "SetKeyPolicy", "GetKeyPolicy", "ListGrants", "RevokeGrant", "TestPermissions",
             "Sign", "Verify", "GetPublicKey", "AsymmetricDecrypt", "GenerateMac", "VerifyMac", "GetImportJob", "GetKeyAttestation"),
         .. Methods("kms.v1.AccessManagementService",
-            "GetTenant", "ListTenants", "DeleteTenant", "GetPrincipal", "ListPrincipals", "ListApiTokens",
+            "GetTenant", "ListTenants", "DeleteTenant", "GetPrincipal", "ListPrincipals", "DeletePrincipal", "ListApiTokens",
             "RevokeApiToken", "SetRoleBinding", "DeleteRoleBinding", "ListRoleBindings"),
         .. Methods("kms.v1.AuditService",
             "ListAuditEvents", "GetAuditCheckpoint", "GetAuditSigningKey", "ExportAudit"),

@@ -33,8 +33,19 @@ public enum TenantState
 /// </summary>
 public sealed record Principal(PrincipalName Name, TenantId? Tenant, string DisplayName, DateTimeOffset CreateTime)
 {
-    /// <summary>Disabled principals cannot authenticate.</summary>
+    /// <summary>Disabled principals cannot authenticate. A deleted principal is disabled too.</summary>
     public bool Disabled { get; init; }
+
+    /// <summary>When DeletePrincipal offboarded it, if it did.</summary>
+    /// <remarks>
+    /// A deleted principal is a tombstone that is kept: it never authenticates again, gets no
+    /// token, role or grant, and its name is never registered again, so a key policy that still
+    /// names it cannot be inherited by a newcomer of the same name.
+    /// </remarks>
+    public DateTimeOffset? DeleteTime { get; init; }
+
+    /// <summary>Whether it was deleted.</summary>
+    public bool Deleted => DeleteTime is not null;
 }
 
 /// <summary>A role granted to a principal: within its tenant (tenant roles) or deployment-wide.</summary>

@@ -67,7 +67,7 @@ public enum Permission
     /// <summary>kms.tenants.read: GetTenant, ListTenants.</summary>
     TenantsRead,
 
-    /// <summary>kms.principals.manage: CreatePrincipal, CreateApiToken, RevokeApiToken.</summary>
+    /// <summary>kms.principals.manage: CreatePrincipal, DeletePrincipal, CreateApiToken, RevokeApiToken.</summary>
     PrincipalsManage,
 
     /// <summary>kms.principals.read: GetPrincipal, ListPrincipals, ListApiTokens.</summary>

@@ -83,6 +83,15 @@ public static class KmsErrors
         new(KmsErrorCode.FailedPrecondition,
             $"{principal} is the last principal holding deployment-admin; bind deployment-admin to another principal first, then remove it");
 
+    /// <summary>A deleted principal named where a live one is needed (a new token, role binding or grant); checked by the services, and again by the store under its write lock.</summary>
+    public static KmsException PrincipalDeleted(string principal) =>
+        new(KmsErrorCode.FailedPrecondition, $"principal {Printable(principal)} was deleted; it gets no new token, role or grant");
+
+    /// <summary>CreatePrincipal of a deleted principal's name: the name stays taken, so no newcomer inherits what still names it.</summary>
+    public static KmsException PrincipalNameRetired(string principal) =>
+        new(KmsErrorCode.AlreadyExists,
+            $"principal {Printable(principal)} already exists, deleted: a deleted principal's name is never registered again (key policies may still name it); choose another name");
+
     /// <summary>A key of residency <paramref name="region"/> reached a node outside the region; refused before the HSM is asked.</summary>
     public static KmsException ResidencyElsewhere(string region) =>
         new(KmsErrorCode.FailedPrecondition, $"the key's residency is {region}, and this node's HSM holds no domain key of that region; call a node in {region}")

@@ -31,11 +31,22 @@ public interface IAccessStore
     /// <summary>A principal, or null.</summary>
     Task<Principal?> GetPrincipalAsync(PrincipalName name, CancellationToken cancellationToken);
 
-    /// <summary>Principals of a tenant (null: deployment-level principals), in name order after <paramref name="afterName"/>.</summary>
-    Task<IReadOnlyList<Principal>> ListPrincipalsAsync(TenantId? tenant, string? afterName, int limit, CancellationToken cancellationToken);
+    /// <summary>Principals of a tenant (null: deployment-level principals), in name order after <paramref name="afterName"/>; deleted ones only when asked.</summary>
+    Task<IReadOnlyList<Principal>> ListPrincipalsAsync(TenantId? tenant, string? afterName, int limit, bool includeDeleted, CancellationToken cancellationToken);
 
-    /// <summary>Stores a new API token (its hash), if its principal's tenant is not being deleted when the write takes place.</summary>
-    /// <exception cref="Errors.KmsException">FailedPrecondition: the principal's tenant is being deleted.</exception>
+    /// <summary>
+    /// Offboards a principal in one write: it is marked deleted at <paramref name="deleteTime"/>
+    /// (and disabled, which servers that know no deletion also refuse), its active API tokens
+    /// are revoked at that time, its role bindings removed, and the active grants naming it
+    /// revoked. Other nodes learn it from the change feed (an access change). A principal deleted
+    /// already is left as it is (nothing is written).
+    /// </summary>
+    /// <returns>The principal as it now is, and whether this call deleted it; null if there is no such principal.</returns>
+    /// <exception cref="Errors.KmsException">FailedPrecondition: it holds the last deployment-admin binding of a live principal (checked under the write lock).</exception>
+    Task<(Principal Principal, bool Deleted)?> DeletePrincipalAsync(PrincipalName name, DateTimeOffset deleteTime, CancellationToken cancellationToken);
+
+    /// <summary>Stores a new API token (its hash), if its principal is not deleted, nor its tenant being deleted, when the write takes place.</summary>
+    /// <exception cref="Errors.KmsException">FailedPrecondition: the principal was deleted, or its tenant is being deleted.</exception>
     Task CreateApiTokenAsync(ApiToken token, CancellationToken cancellationToken);
 
     /// <summary>A token by id, or null.</summary>
@@ -55,8 +66,8 @@ public interface IAccessStore
     /// </summary>
     Task<bool> ConsumeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken);
 
-    /// <summary>Grants a role (idempotent), if the tenant it is bound in is not being deleted when the write takes place.</summary>
-    /// <exception cref="Errors.KmsException">FailedPrecondition: the binding's tenant is being deleted.</exception>
+    /// <summary>Grants a role (idempotent), if the principal is not deleted, nor the tenant it is bound in being deleted, when the write takes place.</summary>
+    /// <exception cref="Errors.KmsException">FailedPrecondition: the principal was deleted, or the binding's tenant is being deleted.</exception>
     Task SetRoleBindingAsync(RoleBinding binding, CancellationToken cancellationToken);
 
     /// <summary>Removes a role; false if it was not granted.</summary>
@@ -78,8 +89,8 @@ public interface IAccessStore
     /// <summary>A key's policy (<see cref="KeyPolicy.None"/> when it has none).</summary>
     Task<KeyPolicy> GetKeyPolicyAsync(KeyName key, CancellationToken cancellationToken);
 
-    /// <summary>Stores a grant, if its key is restricted by a policy and its tenant not being deleted when the write takes place.</summary>
-    /// <exception cref="Errors.KmsException">FailedPrecondition: the key's policy was lifted, or its tenant is being deleted.</exception>
+    /// <summary>Stores a grant, if its key is restricted by a policy, its tenant not being deleted and its grantee not deleted when the write takes place.</summary>
+    /// <exception cref="Errors.KmsException">FailedPrecondition: the key's policy was lifted, its tenant is being deleted, or the grantee was deleted.</exception>
     Task CreateGrantAsync(Grant grant, CancellationToken cancellationToken);
 
     /// <summary>A key's grants (revoked ones too when asked).</summary>

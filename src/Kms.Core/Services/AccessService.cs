@@ -173,7 +173,22 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
         }
 
         var principal = new Principal(name, tenant, ValidateDisplayName(displayName, "display_name"), Clock.Now(time));
-        await access.CreatePrincipalAsync(principal, cancellationToken);
+        try
+        {
+            await access.CreatePrincipalAsync(principal, cancellationToken);
+        }
+        catch (KmsException e) when (e.Code == KmsErrorCode.AlreadyExists)
+        {
+            // The tombstone keeps the name: a key policy that still names the deleted principal
+            // must not pass to a newcomer registered under it. Said so, not only "already exists".
+            if (await access.GetPrincipalAsync(name, cancellationToken) is { Deleted: true })
+            {
+                throw KmsErrors.PrincipalNameRetired(name.ToString());
+            }
+
+            throw;
+        }
+
         return principal;
     }
 
@@ -181,15 +196,48 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     public async Task<Principal> GetPrincipalAsync(PrincipalName name, CancellationToken cancellationToken) =>
         await access.GetPrincipalAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
 
-    /// <summary>One page of a tenant's principals (null: deployment-level ones).</summary>
-    public async Task<Page<Principal>> ListPrincipalsAsync(TenantId? tenant, int pageSize, string? pageToken, CancellationToken cancellationToken)
+    /// <summary>One page of a tenant's principals (null: deployment-level ones); deleted ones only when <paramref name="showDeleted"/>.</summary>
+    public async Task<Page<Principal>> ListPrincipalsAsync(TenantId? tenant, int pageSize, string? pageToken, bool showDeleted, CancellationToken cancellationToken)
     {
         var size = PageToken.Size(pageSize);
         // Not the tenant's name alone: ListKeys' tokens are scoped by that.
         var scope = (tenant?.ResourceName ?? "deployment") + "/principals";
-        var rows = await access.ListPrincipalsAsync(tenant, PageToken.Decode(scope, pageToken), size + 1, cancellationToken);
+        var rows = await access.ListPrincipalsAsync(tenant, PageToken.Decode(scope, pageToken), size + 1, showDeleted, cancellationToken);
         var page = rows.Take(size).ToList();
         return new Page<Principal>(page, rows.Count > size ? PageToken.Encode(scope, page[^1].Name.ToString()) : null);
+    }
+
+    /// <summary>
+    /// Offboards a principal: in one write it becomes DELETED, its API tokens are revoked, its
+    /// role bindings removed and the grants naming it revoked, with the call's audit event. It
+    /// no longer authenticates (token or certificate). The tombstone is kept: the name is never
+    /// registered again, and key policies naming it are left as they are.
+    /// </summary>
+    /// <remarks>
+    /// Deleting a deleted principal succeeds and changes nothing (the first deletion's time
+    /// stands), so a retry whose answer was lost learns the state it asked for. A missing
+    /// principal is NOT_FOUND. Nobody deletes the principal it calls as (another deployment admin
+    /// must, as with one's own roles), and the store refuses, under its write lock, to delete the
+    /// last principal holding deployment-admin, so two admins deleting each other at once leave one.
+    /// </remarks>
+    public async Task<Principal> DeletePrincipalAsync(Caller caller, PrincipalName name, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(caller);
+        Audit.AuditScope.SetResource(name.ToString());
+        if (caller.Principal == name.ToString())
+        {
+            throw KmsErrors.PermissionDenied($"{name} cannot delete itself; another deployment admin must");
+        }
+
+        var principal = await GetPrincipalAsync(name, cancellationToken);
+        Audit.AuditScope.SetResource(AuditResourceOf(name, principal.Tenant));
+        if (principal.Deleted)
+        {
+            return principal;
+        }
+
+        var deleted = await access.DeletePrincipalAsync(name, Clock.Now(time), cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
+        return deleted.Principal;
     }
 
     /// <summary>
@@ -206,6 +254,11 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
 
         var registered = await GetPrincipalAsync(principal, cancellationToken);
         Audit.AuditScope.SetResource(AuditResourceOf(principal, registered.Tenant));
+        if (registered.Deleted)
+        {
+            throw KmsErrors.PrincipalDeleted(principal.ToString());
+        }
+
         if (registered.Disabled)
         {
             throw KmsErrors.FailedPrecondition($"principal {principal} is disabled");
@@ -276,6 +329,11 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
         if (caller.Principal == name.ToString())
         {
             throw KmsErrors.PermissionDenied($"{name} cannot change its own roles; another administrator must (separation of duties)");
+        }
+
+        if (principal.Deleted)
+        {
+            throw KmsErrors.PrincipalDeleted(name.ToString());
         }
 
         if (Roles.IsDeploymentRole(role))
@@ -395,6 +453,11 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
         }
 
         var principal = await access.GetPrincipalAsync(admin, cancellationToken);
+        if (principal is { Deleted: true })
+        {
+            throw KmsErrors.PrincipalDeleted(admin.ToString());
+        }
+
         if (principal?.Tenant is { } tenant)
         {
             throw KmsErrors.FailedPrecondition($"{admin} belongs to {tenant.ResourceName}; a deployment admin belongs to no tenant");

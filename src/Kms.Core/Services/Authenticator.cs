@@ -54,12 +54,16 @@ public sealed class Authenticator(IAccessStore access, TrustedTime time)
     /// <summary>
     /// The caller a verified certificate principal stands for: its registered tenant and roles (none
     /// if unregistered), and whether that tenant is being deleted (<see cref="Caller.TenantDeleting"/>:
-    /// its calls are refused where calls are authorized); null if disabled.
+    /// its calls are refused where calls are authorized); null if disabled or deleted.
     /// </summary>
+    /// <remarks>
+    /// A deleted principal is refused outright (UNAUTHENTICATED), not authenticated without roles
+    /// as an unregistered one is: its certificate may still be valid, and nothing may answer it.
+    /// </remarks>
     public async Task<Caller?> CallerForAsync(PrincipalName name, CancellationToken cancellationToken)
     {
         var principal = await access.GetPrincipalAsync(name, cancellationToken);
-        if (principal is { Disabled: true })
+        if (principal is { Disabled: true } or { Deleted: true })
         {
             return null;
         }

@@ -85,7 +85,12 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
         // An offboarded tenant gets nothing new: no grant a later restore could bring back.
         await TenantGate.EnsureActiveAsync(access, key.Tenant, cancellationToken);
 
-        await EnsureTenantPrincipalAsync(grantee, key.Tenant, "grant.grantee", cancellationToken);
+        if ((await EnsureTenantPrincipalAsync(grantee, key.Tenant, "grant.grantee", cancellationToken)).Deleted)
+        {
+            // DeletePrincipal revoked its grants; a new one would never be used (it cannot authenticate).
+            throw KmsErrors.PrincipalDeleted(grantee.ToString());
+        }
+
         if (!stored.Restricted)
         {
             throw KmsErrors.FailedPrecondition($"key {key} has no policy, so every key-user of its tenant may use it and a grant would narrow nothing; set a key policy first");
@@ -189,12 +194,17 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
 
     // Policies and grants name principals of the key's own tenant that exist now, so a name
     // registered later (or in another tenant) inherits nothing. Missing and foreign read the same.
-    private async Task EnsureTenantPrincipalAsync(PrincipalName name, TenantId tenant, string field, CancellationToken cancellationToken)
+    // A deleted principal still exists (its name is never registered again): a policy may keep
+    // naming it, so a policy read, changed and written back is not refused for an entry it had.
+    private async Task<Principal> EnsureTenantPrincipalAsync(PrincipalName name, TenantId tenant, string field, CancellationToken cancellationToken)
     {
-        if ((await access.GetPrincipalAsync(name, cancellationToken))?.Tenant != tenant)
+        var principal = await access.GetPrincipalAsync(name, cancellationToken);
+        if (principal is null || principal.Tenant != tenant)
         {
             throw KmsErrors.InvalidArgument(field, $"no principal of {tenant.ResourceName} is named {name}");
         }
+
+        return principal;
     }
 
     private static bool Satisfies(EncryptionContext context, IReadOnlyDictionary<string, string> required) =>

@@ -55,10 +55,18 @@ internal sealed class AccessManagementGrpcService(AccessService access, CallerAu
 
     public override async Task<ListPrincipalsResponse> ListPrincipals(ListPrincipalsRequest request, ServerCallContext context)
     {
-        var page = await access.ListPrincipalsAsync(AccessMapping.OptionalTenant(request.Tenant, "tenant"), request.PageSize, request.PageToken, context.CancellationToken);
+        var page = await access.ListPrincipalsAsync(
+            AccessMapping.OptionalTenant(request.Tenant, "tenant"), request.PageSize, request.PageToken, request.ShowDeleted, context.CancellationToken);
         var response = new ListPrincipalsResponse { NextPageToken = page.NextPageToken ?? "" };
         response.Principals.AddRange(page.Items.Select(AccessMapping.ToProto));
         return response;
+    }
+
+    public override async Task<DeletePrincipalResponse> DeletePrincipal(DeletePrincipalRequest request, ServerCallContext context)
+    {
+        var principal = await access.DeletePrincipalAsync(CallerResolver.Current(context), PrincipalName.Parse(request.Name, "name"), context.CancellationToken);
+        authentication.Forget();
+        return new DeletePrincipalResponse { Principal = AccessMapping.ToProto(principal) };
     }
 
     public override async Task<CreateApiTokenResponse> CreateApiToken(CreateApiTokenRequest request, ServerCallContext context)

@@ -25,6 +25,8 @@ internal static class AccessMapping
         Tenant = principal.Tenant?.ResourceName ?? "",
         DisplayName = principal.DisplayName,
         CreateTime = ProtoMapping.ToTimestamp(principal.CreateTime),
+        State = principal.Deleted ? "DELETED" : "ACTIVE",
+        DeleteTime = ProtoMapping.ToTimestamp(principal.DeleteTime),
     };
 
     public static ApiTokenInfo ToProto(ApiToken token) => new()

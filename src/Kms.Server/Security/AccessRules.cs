@@ -139,6 +139,7 @@ internal static class AccessRules
         [Access + "CreatePrincipal"] = Deployment(Permission.PrincipalsManage),
         [Access + "GetPrincipal"] = Deployment(Permission.PrincipalsRead),
         [Access + "ListPrincipals"] = OnOrDeployment<ListPrincipalsRequest>(Permission.PrincipalsRead, r => r.Tenant),
+        [Access + "DeletePrincipal"] = Deployment(Permission.PrincipalsManage),
         [Access + "CreateApiToken"] = Deployment(Permission.PrincipalsManage),
         [Access + "ListApiTokens"] = Deployment(Permission.PrincipalsRead),
         [Access + "RevokeApiToken"] = Deployment(Permission.PrincipalsManage),

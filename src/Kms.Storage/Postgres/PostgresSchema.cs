@@ -233,5 +233,9 @@ internal static class PostgresSchema
             -- DeleteTenant's waiting period, as SQLite's migration 11 (additive, like it).
             ALTER TABLE tenants ADD COLUMN delete_waiting_ms BIGINT;
             """, CompatibleFrom: 4),
+        new(6, """
+            -- DeletePrincipal's tombstone, as SQLite's migration 12 (additive, like it).
+            ALTER TABLE principals ADD COLUMN delete_time BIGINT;
+            """, CompatibleFrom: 4),
     ];
 }

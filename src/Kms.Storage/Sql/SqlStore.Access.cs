@@ -12,7 +12,7 @@ namespace Kms.Storage;
 public abstract partial class SqlStore
 {
     private const string TenantColumns = "id, display_name, state, create_time, delete_time, delete_waiting_ms";
-    private const string PrincipalColumns = "name, tenant, display_name, create_time, disabled";
+    private const string PrincipalColumns = "name, tenant, display_name, create_time, disabled, delete_time";
     private const string TokenColumns = "id, principal, kind, secret_hash, create_time, expire_time, revoke_time";
     private const string GrantColumns = "grant_id, grantee, operations, context_equals, create_time, revoke_time";
 
@@ -59,10 +59,11 @@ public abstract partial class SqlStore
             }
 
             await InsertAsync(connection, transaction,
-                $"INSERT INTO principals ({PrincipalColumns}) VALUES (@name, @tenant, @display_name, @create_time, @disabled)",
+                $"INSERT INTO principals ({PrincipalColumns}) VALUES (@name, @tenant, @display_name, @create_time, @disabled, @delete_time)",
                 principal.Name.ToString(), cancellationToken,
                 ("@name", principal.Name.ToString()), ("@tenant", (object?)principal.Tenant?.Value ?? DBNull.Value), ("@display_name", principal.DisplayName),
-                ("@create_time", principal.CreateTime.ToUnixTimeMilliseconds()), ("@disabled", principal.Disabled ? 1 : 0));
+                ("@create_time", principal.CreateTime.ToUnixTimeMilliseconds()), ("@disabled", principal.Disabled || principal.Deleted ? 1 : 0),
+                ("@delete_time", Millis(principal.DeleteTime)));
             return 0;
         }, cancellationToken);
 
@@ -76,11 +77,41 @@ public abstract partial class SqlStore
         }, cancellationToken);
 
     /// <inheritdoc />
-    public Task<IReadOnlyList<Principal>> ListPrincipalsAsync(TenantId? tenant, string? afterName, int limit, CancellationToken cancellationToken) =>
+    public Task<IReadOnlyList<Principal>> ListPrincipalsAsync(TenantId? tenant, string? afterName, int limit, bool includeDeleted, CancellationToken cancellationToken) =>
         ReadListAsync(
-            $"SELECT {PrincipalColumns} FROM principals WHERE tenant IS NOT DISTINCT FROM @tenant AND name > @after ORDER BY name LIMIT @limit",
+            $"SELECT {PrincipalColumns} FROM principals WHERE tenant IS NOT DISTINCT FROM @tenant AND name > @after AND (@all = 1 OR delete_time IS NULL) ORDER BY name LIMIT @limit",
             ReadPrincipal, cancellationToken,
-            ("@tenant", (object?)tenant?.Value ?? NullText), ("@after", afterName ?? ""), ("@limit", limit));
+            ("@tenant", (object?)tenant?.Value ?? NullText), ("@after", afterName ?? ""), ("@all", includeDeleted ? 1 : 0), ("@limit", limit));
+
+    /// <inheritdoc />
+    public Task<(Principal Principal, bool Deleted)?> DeletePrincipalAsync(PrincipalName name, DateTimeOffset deleteTime, CancellationToken cancellationToken) =>
+        WriteAsync<(Principal Principal, bool Deleted)?>(async (connection, transaction) =>
+        {
+            var subject = name.ToString();
+            var principal = await ReadPrincipalInAsync(connection, transaction, subject, cancellationToken);
+            if (principal is null || principal.Deleted)
+            {
+                return principal is null ? null : (principal, false);
+            }
+
+            // Under the write lock, so two deployment admins deleting each other at once cannot
+            // both succeed and leave the deployment without one.
+            await RefuseLosingTheLastDeploymentAdminAsync(connection, transaction, name, cancellationToken);
+
+            var time = ("@time", (object)deleteTime.ToUnixTimeMilliseconds());
+            var who = ("@name", (object)subject);
+            // disabled too: a server that knows no delete_time (rolling upgrade) refuses it by that.
+            await ExecuteInAsync(connection, transaction, "UPDATE principals SET delete_time = @time, disabled = 1 WHERE name = @name AND delete_time IS NULL",
+                cancellationToken, time, who);
+            await ExecuteInAsync(connection, transaction, "UPDATE api_tokens SET revoke_time = @time WHERE principal = @name AND revoke_time IS NULL",
+                cancellationToken, time, who);
+            await ExecuteInAsync(connection, transaction, "DELETE FROM role_bindings WHERE principal = @name", cancellationToken, who);
+            await ExecuteInAsync(connection, transaction, "UPDATE grants SET revoke_time = @time WHERE grantee = @name AND revoke_time IS NULL",
+                cancellationToken, time, who);
+            // Other nodes forget the callers they remember (its tokens, its certificate).
+            await RecordChangeAsync(connection, transaction, StoreChangeKind.Access, subject, cancellationToken);
+            return (principal with { Disabled = true, DeleteTime = deleteTime }, true);
+        }, cancellationToken, changed: result => result is { Deleted: true });
 
     /// <inheritdoc />
     public Task CreateApiTokenAsync(ApiToken token, CancellationToken cancellationToken) =>
@@ -88,6 +119,7 @@ public abstract partial class SqlStore
         {
             await RefuseInDeletingTenantAsync(connection, transaction, "(SELECT tenant FROM principals WHERE name = @principal)",
                 ("@principal", token.Principal.ToString()), cancellationToken);
+            await RefuseDeletedPrincipalAsync(connection, transaction, token.Principal, cancellationToken);
             await InsertAsync(connection, transaction,
                 $"INSERT INTO api_tokens ({TokenColumns}) VALUES (@id, @principal, @kind, @secret_hash, @create_time, @expire_time, @revoke_time)",
                 $"apiTokens/{token.Id}", cancellationToken,
@@ -136,6 +168,7 @@ public abstract partial class SqlStore
                 await RefuseInDeletingTenantAsync(connection, transaction, "@tenant", ("@tenant", tenant.Value), cancellationToken);
             }
 
+            await RefuseDeletedPrincipalAsync(connection, transaction, binding.Principal, cancellationToken);
             if (await ExecuteInAsync(connection, transaction,
                 "INSERT INTO role_bindings (principal, role, tenant, create_time) VALUES (@principal, @role, @tenant, @create_time) ON CONFLICT DO NOTHING",
                 cancellationToken,
@@ -237,6 +270,8 @@ public abstract partial class SqlStore
                 }
             }
 
+            await RefuseDeletedPrincipalAsync(connection, transaction, grant.Grantee, cancellationToken);
+
             await InsertAsync(connection, transaction,
                 $"INSERT INTO grants (tenant, key_id, {GrantColumns}) VALUES (@tenant, @key_id, @grant_id, @grantee, @operations, @context_equals, @create_time, @revoke_time)",
                 grant.Name, cancellationToken,
@@ -330,6 +365,35 @@ public abstract partial class SqlStore
         }
     }
 
+    /// <summary>
+    /// Refuses, under the write lock, a new token, role binding or grant for a deleted principal:
+    /// a caller that checked the principal before DeletePrincipal committed would otherwise leave
+    /// one behind it (never usable, since a deleted principal does not authenticate, but listed).
+    /// </summary>
+    private static async Task RefuseDeletedPrincipalAsync(DbConnection connection, DbTransaction transaction, PrincipalName name, CancellationToken cancellationToken)
+    {
+        if (await CountInAsync(connection, transaction, "SELECT count(*) FROM principals WHERE name = @name AND delete_time IS NOT NULL", cancellationToken,
+            ("@name", name.ToString())) > 0)
+        {
+            throw KmsErrors.PrincipalDeleted(name.ToString());
+        }
+    }
+
+    private static async Task<long> CountInAsync(DbConnection connection, DbTransaction transaction, string sql, CancellationToken cancellationToken, params (string Name, object Value)[] parameters)
+    {
+        await using var count = Command(connection, sql, parameters);
+        count.Transaction = transaction;
+        return Convert.ToInt64(await count.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture);
+    }
+
+    private static async Task<Principal?> ReadPrincipalInAsync(DbConnection connection, DbTransaction transaction, string name, CancellationToken cancellationToken)
+    {
+        await using var command = Command(connection, $"SELECT {PrincipalColumns} FROM principals WHERE name = @name", ("@name", name));
+        command.Transaction = transaction;
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        return await reader.ReadAsync(cancellationToken) ? ReadPrincipal(reader) : null;
+    }
+
     private static async Task<bool> ExecuteInAsync(DbConnection connection, DbTransaction transaction, string sql, CancellationToken cancellationToken, params (string Name, object Value)[] parameters)
     {
         await using var command = Command(connection, sql, parameters);
@@ -349,6 +413,7 @@ public abstract partial class SqlStore
             DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(3)))
         {
             Disabled = reader.GetInt64(4) != 0,
+            DeleteTime = ReadTime(reader, 5),
         };
 
     private static ApiToken ReadToken(DbDataReader reader) =>

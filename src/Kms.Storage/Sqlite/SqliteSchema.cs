@@ -269,6 +269,12 @@ internal static class SqliteSchema
             -- default. Additive: a schema-10 server ignores it (its sweep uses the default, as before).
             ALTER TABLE tenants ADD COLUMN delete_waiting_ms INTEGER;
             """, CompatibleFrom: 10),
+        new(12, """
+            -- DeletePrincipal: when a principal was offboarded (NULL: it was not). The row stays as a
+            -- tombstone, so its name is never registered again. Additive: DeletePrincipal also sets
+            -- disabled, by which a schema-10 or -11 server refuses the principal's credentials too.
+            ALTER TABLE principals ADD COLUMN delete_time INTEGER;
+            """, CompatibleFrom: 10),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;

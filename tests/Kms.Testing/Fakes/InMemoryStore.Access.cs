@@ -81,15 +81,53 @@ public sealed partial class InMemoryStore
         }
     }
 
-    public Task<IReadOnlyList<Principal>> ListPrincipalsAsync(TenantId? tenant, string? afterName, int limit, CancellationToken cancellationToken)
+    public Task<IReadOnlyList<Principal>> ListPrincipalsAsync(TenantId? tenant, string? afterName, int limit, bool includeDeleted, CancellationToken cancellationToken)
     {
         lock (_lock)
         {
             IReadOnlyList<Principal> page = _principals.Values
-                .Where(p => p.Tenant == tenant && string.CompareOrdinal(p.Name.ToString(), afterName ?? "") > 0)
+                .Where(p => p.Tenant == tenant && string.CompareOrdinal(p.Name.ToString(), afterName ?? "") > 0 && (includeDeleted || !p.Deleted))
                 .Take(limit)
                 .ToList();
             return Task.FromResult(page);
+        }
+    }
+
+    public Task<(Principal Principal, bool Deleted)?> DeletePrincipalAsync(PrincipalName name, DateTimeOffset deleteTime, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            if (!_principals.TryGetValue(name.ToString(), out var principal) || principal.Deleted)
+            {
+                return Task.FromResult<(Principal, bool)?>(principal is null ? null : (principal, false));
+            }
+
+            RefuseLosingTheLastDeploymentAdmin(name);
+
+            principal = _principals[name.ToString()] = principal with { Disabled = true, DeleteTime = deleteTime };
+            foreach (var token in _tokens.Values.Where(t => t.Principal == name && t.RevokeTime is null).ToList())
+            {
+                _tokens[token.Id] = token with { RevokeTime = deleteTime };
+            }
+
+            _bindings.RemoveWhere(b => b.Principal == name);
+            for (var i = 0; i < _grants.Count; i++)
+            {
+                if (_grants[i].Grantee == name && _grants[i].RevokeTime is null)
+                {
+                    _grants[i] = _grants[i] with { RevokeTime = deleteTime };
+                }
+            }
+
+            return Task.FromResult<(Principal, bool)?>((principal, true));
+        }
+    }
+
+    private void RefuseDeletedPrincipal(PrincipalName name)
+    {
+        if (_principals.GetValueOrDefault(name.ToString()) is { Deleted: true })
+        {
+            throw KmsErrors.PrincipalDeleted(name.ToString());
         }
     }
 
@@ -98,6 +136,7 @@ public sealed partial class InMemoryStore
         lock (_lock)
         {
             RefuseInDeletingTenant(_principals.GetValueOrDefault(token.Principal.ToString())?.Tenant);
+            RefuseDeletedPrincipal(token.Principal);
             if (!_tokens.TryAdd(token.Id, token))
             {
                 throw KmsErrors.AlreadyExists($"apiTokens/{token.Id}");
@@ -165,6 +204,7 @@ public sealed partial class InMemoryStore
         lock (_lock)
         {
             RefuseInDeletingTenant(binding.Tenant);
+            RefuseDeletedPrincipal(binding.Principal);
             _bindings.Add(binding);
         }
 
@@ -183,20 +223,26 @@ public sealed partial class InMemoryStore
     {
         lock (_lock)
         {
-            // As the SQL stores: no removal leaves no enabled principal holding deployment-admin.
             if (role == Role.DeploymentAdmin && tenant is null)
             {
-                var admins = _bindings
-                    .Where(b => b.Role == Role.DeploymentAdmin && b.Tenant is null && _principals.GetValueOrDefault(b.Principal.ToString()) is { Disabled: false })
-                    .Select(b => b.Principal)
-                    .ToList();
-                if (admins.Contains(principal) && admins.All(a => a == principal))
-                {
-                    throw KmsErrors.LastDeploymentAdmin(principal.ToString());
-                }
+                RefuseLosingTheLastDeploymentAdmin(principal);
             }
 
             return Task.FromResult(_bindings.RemoveWhere(b => b.Principal == principal && b.Role == role && b.Tenant == tenant) > 0);
+        }
+    }
+
+    // As the SQL stores: no removal (of a binding, or of its principal) leaves no enabled principal
+    // holding deployment-admin. Called under _lock.
+    private void RefuseLosingTheLastDeploymentAdmin(PrincipalName principal)
+    {
+        var admins = _bindings
+            .Where(b => b.Role == Role.DeploymentAdmin && b.Tenant is null && _principals.GetValueOrDefault(b.Principal.ToString()) is { Disabled: false })
+            .Select(b => b.Principal)
+            .ToList();
+        if (admins.Contains(principal) && admins.All(a => a == principal))
+        {
+            throw KmsErrors.LastDeploymentAdmin(principal.ToString());
         }
     }
 
@@ -264,6 +310,7 @@ public sealed partial class InMemoryStore
                 throw KmsErrors.FailedPrecondition($"key {grant.Key} has no policy any more, or its tenant is being deleted; no grant was made");
             }
 
+            RefuseDeletedPrincipal(grant.Grantee);
             _grants.Add(grant);
         }
 
