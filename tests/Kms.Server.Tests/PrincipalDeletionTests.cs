@@ -157,4 +157,26 @@ public sealed class PrincipalDeletionTests : IAsyncLifetime, IDisposable
         Assert.Equal(2, events.Count);
         Assert.All(events, e => Assert.Equal(("token:dev-admin", "OK"), (e.Principal, e.Outcome)));
     }
+
+    [Fact]
+    public async Task DevMode_ADevPrincipalDeleted_StillStarts_WithoutATokenForIt()
+    {
+        var server = await KmsTestServer.StartAsync();
+        using (var admin = server.DeploymentAdmin())
+        {
+            await admin.DeletePrincipalAsync("token:dev-app");
+        }
+
+        // Its token file now holds a revoked token, which a start issues again: the store refuses
+        // a token for a deleted principal, which must not stop the server from starting.
+        server = await server.RestartAsync();
+        await using (server)
+        {
+            Assert.Contains("Dev mode: \"token:dev-app\" was deleted, so \"key-user.token\" is not issued again", server.Logs.AllText, StringComparison.Ordinal);
+            using var stale = server.CreateClient(server.KeyUserToken);
+            Assert.Equal(StatusCode.Unauthenticated, (await Assert.ThrowsAsync<RpcException>(() => stale.GenerateRandomAsync(8))).StatusCode);
+            using var developer = server.CreateClient();
+            Assert.Equal(8, (await developer.GenerateRandomAsync(8)).Length);
+        }
+    }
 }

@@ -79,6 +79,13 @@ internal static partial class AccessProvisioning
                 continue;
             }
 
+            // A deleted principal gets nothing new (the store refuses it), nor is its name taken again.
+            if (await store.GetPrincipalAsync(principal, cancellationToken) is { Deleted: true })
+            {
+                LogDevPrincipalDeleted(logger, principal.ToString(), file);
+                continue;
+            }
+
             var text = await access.ProvisionAsync(principal, home, roles, kind, DevTokenLifetime, cancellationToken);
             SecretFiles.Write(path, text + "\n");
         }
@@ -93,6 +100,10 @@ internal static partial class AccessProvisioning
     [LoggerMessage(EventId = 1012, Level = LogLevel.Warning,
         Message = "Dev mode: {Tenant} is being deleted, so its developer and key-user tokens are not issued again; use another --Kms:Tenant or a fresh data directory")]
     private static partial void LogDevTenantDeleting(ILogger logger, string tenant);
+
+    [LoggerMessage(EventId = 1013, Level = LogLevel.Warning,
+        Message = "Dev mode: {Principal} was deleted, so {File} is not issued again; use a fresh data directory to have it back")]
+    private static partial void LogDevPrincipalDeleted(ILogger logger, string principal, string file);
 
     [LoggerMessage(EventId = 1011, Level = LogLevel.Information,
         Message = "Dev mode API tokens (mode 0600) are in {Directory}: developer.token (every role in the dev tenant), key-user.token, deployment-admin.token")]
