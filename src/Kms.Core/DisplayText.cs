@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Text;
 
 namespace Kms.Core;
 
@@ -21,5 +22,14 @@ public static class DisplayText
     /// </remarks>
     public static bool HidesOrMovesText(char c) =>
         c is not ('\u200C' or '\u200D') && char.GetUnicodeCategory(c) is
+            UnicodeCategory.Format or UnicodeCategory.LineSeparator or UnicodeCategory.ParagraphSeparator;
+
+    /// <summary>
+    /// <see cref="HidesOrMovesText(char)"/> for a whole code point, beyond the BMP too: the tag
+    /// characters (U+E0001, U+E0020–U+E007F) are invisible format characters written as two
+    /// surrogates, which the <see cref="char"/> form sees only as surrogates.
+    /// </summary>
+    public static bool HidesOrMovesText(Rune rune) =>
+        rune.Value is not (0x200C or 0x200D) && Rune.GetUnicodeCategory(rune) is
             UnicodeCategory.Format or UnicodeCategory.LineSeparator or UnicodeCategory.ParagraphSeparator;
 }

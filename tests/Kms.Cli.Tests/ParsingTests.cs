@@ -132,11 +132,12 @@ public sealed class ParsingTests : IDisposable
             return output.ToString();
         }
 
-        var table = Render(o => o.Result(new System.Text.Json.Nodes.JsonObject(), () => CliOutput.Properties([("custodian", "alice\u202Eecila"), ("by", "cn:x\u001b[2J")])));
+        var table = Render(o => o.Result(new System.Text.Json.Nodes.JsonObject(), () => CliOutput.Properties([("custodian", "alice\u202Eecila"), ("by", "cn:x\u001b[2J"), ("tagged", "cn:ops\U000E0041\U000E0042 \U0001F511")])));
         var line = Render(o => o.Result(new System.Text.Json.Nodes.JsonObject(), "deleted al\u200Bias\u2028forged"));
 
         Assert.Contains("alice\\u202Eecila", table, StringComparison.Ordinal);
         Assert.Contains("cn:x\\u001B[2J", table, StringComparison.Ordinal);
+        Assert.Contains("cn:ops\\U000E0041\\U000E0042 \U0001F511", table, StringComparison.Ordinal);
         Assert.Equal("deleted al\\u200Bias\\u2028forged" + Environment.NewLine, line);
         Assert.DoesNotContain(table + line, c => c is '\u202E' or '\u001b' or '\u200B' or '\u2028');
     }

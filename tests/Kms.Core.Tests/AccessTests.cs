@@ -27,6 +27,8 @@ public sealed class AccessTests : IDisposable
     [InlineData("ops\u200Bteam", "U+200B")]
     [InlineData("ops\u2028forged: line", "U+2028")]
     [InlineData("ops\u0007", "U+0007")]
+    [InlineData("ops\U000E0041\U000E0042 team", "U+E0041")] // tag characters: invisible text beyond the BMP
+    [InlineData("\U000E0001ops", "U+E0001")]
     public async Task DisplayName_WithAControlFormatOrSeparatorCharacter_RefusedShowingTheCodePoint_NothingCreated(string displayName, string codePoint)
     {
         // A display name is shown to operators; U+202E would show them another one.

@@ -15,15 +15,30 @@ internal static class TerminalText
     public static string Of(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
-        if (!text.Any(Unsafe))
+        if (!text.Any(c => char.IsSurrogate(c) || Unsafe(c)))
         {
             return text;
         }
 
+        // By code point: a format character beyond the BMP (the invisible tag characters U+E0001,
+        // U+E0020–U+E007F) is two surrogates, neither of them unsafe as a char.
         var safe = new StringBuilder(text.Length + 16);
-        foreach (var c in text)
+        for (var i = 0; i < text.Length;)
         {
-            _ = Unsafe(c) ? safe.Append(CultureInfo.InvariantCulture, $"\\u{(int)c:X4}") : safe.Append(c);
+            if (Rune.DecodeFromUtf16(text.AsSpan(i), out var rune, out var length) != System.Buffers.OperationStatus.Done)
+            {
+                safe.Append(CultureInfo.InvariantCulture, $"\\u{(int)text[i]:X4}"); // a lone surrogate
+            }
+            else if (rune.IsBmp)
+            {
+                _ = Unsafe((char)rune.Value) ? safe.Append(CultureInfo.InvariantCulture, $"\\u{rune.Value:X4}") : safe.Append((char)rune.Value);
+            }
+            else
+            {
+                _ = DisplayText.HidesOrMovesText(rune) ? safe.Append(CultureInfo.InvariantCulture, $"\\U{rune.Value:X8}") : safe.Append(text, i, length);
+            }
+
+            i += length;
         }
 
         return safe.ToString();

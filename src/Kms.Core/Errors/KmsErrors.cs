@@ -33,7 +33,7 @@ public static class KmsErrors
     /// most <see cref="MaxEchoedName"/> characters (a request may carry megabytes), cut before a
     /// surrogate pair rather than between its halves, control characters replaced by <c>?</c>
     /// (no forged log lines), and the characters that hide or move text
-    /// (<see cref="DisplayText.HidesOrMovesText"/>: U+202E would show an operator another name)
+    /// (<see cref="DisplayText.HidesOrMovesText(char)"/>: U+202E would show an operator another name)
     /// written as <c>\uXXXX</c>, as the CLI writes them.
     /// </summary>
     public static string Printable(string? name)

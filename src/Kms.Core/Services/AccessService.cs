@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Text;
 using Kms.Core.Access;
 using Kms.Core.Errors;
 using Kms.Core.Names;
@@ -529,7 +530,9 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
         tenant is { } home ? $"{home.ResourceName}/principals/{name}" : name.ToString();
 
     // Shown to operators (listings, the CLI): no control character, nor one that hides or moves
-    // text (DisplayText: U+202E would show them another name), nor a lone surrogate.
+    // text (DisplayText: U+202E would show them another name), nor a lone surrogate. By code
+    // point, not by UTF-16 unit: the format characters beyond the BMP (the invisible tag
+    // characters U+E0001, U+E0020–U+E007F) are two surrogates, neither of them a format character.
     private static string ValidateDisplayName(string? displayName, string field)
     {
         var text = displayName ?? "";
@@ -538,15 +541,17 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
             throw KmsErrors.InvalidArgument(field, "must be at most 200 characters");
         }
 
-        for (var i = 0; i < text.Length; i++)
+        for (var i = 0; i < text.Length;)
         {
-            var c = text[i];
-            var lone = char.IsHighSurrogate(c) ? i + 1 >= text.Length || !char.IsLowSurrogate(text[++i]) : char.IsLowSurrogate(c);
-            if (lone || char.IsControl(c) || DisplayText.HidesOrMovesText(c))
+            var lone = Rune.DecodeFromUtf16(text.AsSpan(i), out var rune, out var length) != System.Buffers.OperationStatus.Done;
+            var codePoint = lone ? text[i] : rune.Value;
+            if (lone || Rune.IsControl(rune) || DisplayText.HidesOrMovesText(rune))
             {
                 throw KmsErrors.InvalidArgument(field, string.Create(CultureInfo.InvariantCulture,
-                    $"holds U+{(int)c:X4}, a control, format (bidirectional, zero-width) or separator character or a lone surrogate: a display name is shown to people as it is"));
+                    $"holds U+{codePoint:X4}, a control, format (bidirectional, zero-width, tag) or separator character or a lone surrogate: a display name is shown to people as it is"));
             }
+
+            i += length;
         }
 
         return text;
