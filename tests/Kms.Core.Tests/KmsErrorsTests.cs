@@ -18,6 +18,7 @@ public sealed class KmsErrorsTests
     [InlineData("tenants/dev/keys/a\u2028not found\u2029b", "tenants/dev/keys/a\\u2028not found\\u2029b")] // separators
     [InlineData("tenants/dev/keys/می\u200Cخواهم\u200D", "tenants/dev/keys/می\u200Cخواهم\u200D")] // ZWNJ, ZWJ kept
     [InlineData("tenants/dev/keys/caf\u00e9-\U0001F600", "tenants/dev/keys/caf\u00e9-\U0001F600")]
+    [InlineData("cn:ops\U000E0041\U000E0042", "cn:ops\\U000E0041\\U000E0042")] // tag characters: invisible text beyond the BMP
     [InlineData("", "")]
     public void Printable_ControlAndTextHidingCharacters_Escaped(string name, string shown)
     {

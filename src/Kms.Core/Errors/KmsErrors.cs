@@ -33,8 +33,8 @@ public static class KmsErrors
     /// most <see cref="MaxEchoedName"/> characters (a request may carry megabytes), cut before a
     /// surrogate pair rather than between its halves, control characters replaced by <c>?</c>
     /// (no forged log lines), and the characters that hide or move text
-    /// (<see cref="DisplayText.HidesOrMovesText(char)"/>: U+202E would show an operator another name)
-    /// written as <c>\uXXXX</c>, as the CLI writes them.
+    /// (<see cref="DisplayText.HidesOrMovesText(Rune)"/>: U+202E would show an operator another name)
+    /// written as <c>\uXXXX</c> (<c>\UXXXXXXXX</c> beyond the BMP: the tag characters), as the CLI writes them.
     /// </summary>
     public static string Printable(string? name)
     {
@@ -48,12 +48,25 @@ public static class KmsErrors
         var cut = name.Length <= MaxEchoedName ? name
             : char.IsHighSurrogate(name[MaxEchoedName - 1]) ? name[..(MaxEchoedName - 1)]
             : name[..MaxEchoedName];
+        // By code point: the format characters beyond the BMP (the invisible tag characters
+        // U+E0001, U+E0020–U+E007F) are two surrogates, neither of them a format character.
         var safe = new StringBuilder(cut.Length);
-        foreach (var c in cut)
+        for (var i = 0; i < cut.Length;)
         {
-            _ = char.IsControl(c) ? safe.Append('?')
-                : DisplayText.HidesOrMovesText(c) ? safe.Append(CultureInfo.InvariantCulture, $"\\u{(int)c:X4}")
-                : safe.Append(c);
+            if (Rune.DecodeFromUtf16(cut.AsSpan(i), out var rune, out var length) != System.Buffers.OperationStatus.Done || Rune.IsControl(rune))
+            {
+                safe.Append('?'); // a control character, or a lone surrogate
+            }
+            else if (DisplayText.HidesOrMovesText(rune))
+            {
+                _ = rune.IsBmp ? safe.Append(CultureInfo.InvariantCulture, $"\\u{rune.Value:X4}") : safe.Append(CultureInfo.InvariantCulture, $"\\U{rune.Value:X8}");
+            }
+            else
+            {
+                safe.Append(cut, i, length);
+            }
+
+            i += length;
         }
 
         return name.Length > MaxEchoedName ? $"{safe}… ({name.Length} characters)" : safe.ToString();
