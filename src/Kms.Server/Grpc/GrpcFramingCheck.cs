@@ -58,20 +58,18 @@ internal static class GrpcFramingCheck
             if (context.GetEndpoint()?.Metadata.GetMetadata<GrpcMethodMetadata>() is { Method.Type: MethodType.Unary or MethodType.ServerStreaming }
                 && context.Features.Get<IRequestBodyPipeFeature>() is { } body)
             {
-                context.Features.Set<IRequestBodyPipeFeature>(new BodyFeature(new SingleMessageReader(context, body.Reader, maxMessageBytes, providers)));
+                context.Features.Set<IRequestBodyPipeFeature>(new SingleMessageReader(context, body.Reader, maxMessageBytes, providers));
             }
 
             return next(context);
         });
     }
 
-    private sealed class BodyFeature(PipeReader reader) : IRequestBodyPipeFeature
+    // The reader is its own body feature: one object per call, not two.
+    private sealed class SingleMessageReader(HttpContext context, PipeReader inner, int limit, Dictionary<string, ICompressionProvider> providers) : PipeReader, IRequestBodyPipeFeature
     {
-        public PipeReader Reader { get; } = reader;
-    }
+        public PipeReader Reader => this;
 
-    private sealed class SingleMessageReader(HttpContext context, PipeReader inner, int limit, Dictionary<string, ICompressionProvider> providers) : PipeReader
-    {
         // What is served instead of the body once it was read (null: the body itself).
         private ReadOnlySequence<byte>? _replacement;
         private bool _checked;
