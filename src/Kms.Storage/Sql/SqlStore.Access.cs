@@ -69,12 +69,7 @@ public abstract partial class SqlStore
 
     /// <inheritdoc />
     public Task<Principal?> GetPrincipalAsync(PrincipalName name, CancellationToken cancellationToken) =>
-        ReadAsync(async connection =>
-        {
-            await using var command = Command(connection, $"SELECT {PrincipalColumns} FROM principals WHERE name = @name", ("@name", name.ToString()));
-            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-            return await reader.ReadAsync(cancellationToken) ? ReadPrincipal(reader) : null;
-        }, cancellationToken);
+        ReadAsync(connection => ReadPrincipalInAsync(connection, null, name.ToString(), cancellationToken), cancellationToken);
 
     /// <inheritdoc />
     public Task<IReadOnlyList<Principal>> ListPrincipalsAsync(TenantId? tenant, string? afterName, int limit, bool includeDeleted, CancellationToken cancellationToken) =>
@@ -386,7 +381,7 @@ public abstract partial class SqlStore
         return Convert.ToInt64(await count.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture);
     }
 
-    private static async Task<Principal?> ReadPrincipalInAsync(DbConnection connection, DbTransaction transaction, string name, CancellationToken cancellationToken)
+    private static async Task<Principal?> ReadPrincipalInAsync(DbConnection connection, DbTransaction? transaction, string name, CancellationToken cancellationToken)
     {
         await using var command = Command(connection, $"SELECT {PrincipalColumns} FROM principals WHERE name = @name", ("@name", name));
         command.Transaction = transaction;
