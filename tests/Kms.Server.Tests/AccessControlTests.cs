@@ -231,7 +231,7 @@ public sealed class AccessControlTests : IAsyncLifetime
 
         await _developer.Raw.SetKeyPolicyAsync(policy);
         var refused = await Assert.ThrowsAsync<RpcException>(() => reader.DecryptAsync(blob, context));
-        Assert.Equal(StatusCode.PermissionDenied, refused.StatusCode);
+        Assert.Equal((StatusCode.InvalidArgument, "decryption failed"), (refused.StatusCode, refused.Status.Detail));
         var review = await _developer.Raw.TestPermissionsAsync(new TestPermissionsRequest { Name = key.Name });
         Assert.Empty(review.Principals.Single(p => p.Principal == "token:dormant-reader").ConditionalGrants);
     }
@@ -255,8 +255,10 @@ public sealed class AccessControlTests : IAsyncLifetime
             Name = key.Name,
             Entries = { new KeyPolicyEntry { Principal = "token:developer", Operations = { "ENCRYPT", "DECRYPT" } } },
         });
+        // A key-user the policy names for nothing, holding no grant: its blob is as good as one of
+        // no key at all (KeyExistenceTests).
         var narrowed = await Assert.ThrowsAsync<RpcException>(() => reader.DecryptAsync(blob, context));
-        Assert.Equal(StatusCode.PermissionDenied, narrowed.StatusCode);
+        Assert.Equal((StatusCode.InvalidArgument, "decryption failed"), (narrowed.StatusCode, narrowed.Status.Detail));
 
         var grant = (await _developer.Raw.CreateGrantAsync(new CreateGrantRequest
         {
@@ -269,7 +271,8 @@ public sealed class AccessControlTests : IAsyncLifetime
             Assert.Equal("record 42"u8.ToArray(), granted.Plaintext.ToArray());
         }
 
-        // Another record, no context, or another operation: refused before any decryption.
+        // Another record, no context, or another operation: refused before any decryption, and,
+        // since the grant tells the reader the key exists, PERMISSION_DENIED saying why.
         var otherRecord = await Assert.ThrowsAsync<RpcException>(() => reader.DecryptAsync(blob, new Dictionary<string, string> { ["tenant-record"] = "43" }));
         var noContext = await Assert.ThrowsAsync<RpcException>(() => reader.DecryptAsync(blob));
         var encrypt = await Assert.ThrowsAsync<RpcException>(() => reader.EncryptAsync(key.Name, new byte[] { 1 }, context));
@@ -285,7 +288,7 @@ public sealed class AccessControlTests : IAsyncLifetime
         await _developer.Raw.RevokeGrantAsync(new RevokeGrantRequest { Name = grant.Name });
         Assert.Empty((await _developer.Raw.ListGrantsAsync(new ListGrantsRequest { Parent = key.Name })).Grants);
         var revoked = await Assert.ThrowsAsync<RpcException>(() => reader.DecryptAsync(blob, context));
-        Assert.Equal(StatusCode.PermissionDenied, revoked.StatusCode);
+        Assert.Equal((StatusCode.InvalidArgument, "decryption failed"), (revoked.StatusCode, revoked.Status.Detail));
 
         // Removing the policy restores access by role.
         await _developer.Raw.SetKeyPolicyAsync(new SetKeyPolicyRequest { Name = key.Name });

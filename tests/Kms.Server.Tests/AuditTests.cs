@@ -275,6 +275,38 @@ public sealed class AuditTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Encrypt_RefusedByAKeyPolicyAsIfTheKeyWereMissing_AuditedNotFound_RaisesTheRefusalsAlert()
+    {
+        // A key-user the policy names for nothing gets NOT_FOUND, as for a missing key, and its
+        // event says NOT_FOUND; but each such call is a refusal, and twenty raise the alert (a
+        // missing key's NOT_FOUND does not count).
+        var key = await _developer.CreateKeyAsync("tenants/dev", "concealed");
+        using var outsider = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("policy-outsider", "dev", "key-user"));
+        await _developer.Raw.SetKeyPolicyAsync(new SetKeyPolicyRequest
+        {
+            Name = key.Name,
+            Entries = { new KeyPolicyEntry { Principal = "token:developer", Operations = { "ENCRYPT" } } },
+        });
+        for (var i = 0; i < 19; i++)
+        {
+            var missing = await Assert.ThrowsAsync<RpcException>(() => outsider.EncryptAsync("tenants/dev/keys/never-was", "x"u8.ToArray()));
+            Assert.Equal(StatusCode.NotFound, missing.StatusCode);
+        }
+
+        Assert.DoesNotContain("security alert refusals: token:policy-outsider", _server.Logs.AllText, StringComparison.Ordinal);
+        for (var i = 0; i < 20; i++)
+        {
+            var refused = await Assert.ThrowsAsync<RpcException>(() => outsider.EncryptAsync(key.Name, "x"u8.ToArray()));
+            Assert.Equal((StatusCode.NotFound, $"{key.Name} not found"), (refused.StatusCode, refused.Status.Detail));
+        }
+
+        Assert.Contains("security alert refusals: token:policy-outsider reached 20", _server.Logs.AllText, StringComparison.Ordinal);
+        var events = await EventsAsync(new ListAuditEventsRequest { Principal = "token:policy-outsider", Operation = "Encrypt" });
+        Assert.Equal(39, events.Count);
+        Assert.All(events, e => Assert.Equal("NOT_FOUND", e.Outcome));
+    }
+
+    [Fact]
     public async Task BatchEncrypt_WhoseItemsNameAnotherTenantsKeys_RaisesTheRefusalsAlert()
     {
         // Singly, each is refused by the authorization step (NOT_FOUND, counted); in a batch the

@@ -17,9 +17,17 @@ public static class KmsErrors
     public static KmsException NotFound(string resourceName) =>
         new(KmsErrorCode.NotFound, $"{Printable(resourceName)} not found");
 
-    /// <summary>Another tenant's resource: answered exactly as <see cref="NotFound"/>, marked <see cref="KmsException.CrossTenant"/>.</summary>
+    /// <summary>Another tenant's resource: answered exactly as <see cref="NotFound"/>, marked <see cref="KmsException.ConcealedRefusal"/>.</summary>
     public static KmsException NotFoundInAnotherTenant(string resourceName) =>
-        new(KmsErrorCode.NotFound, $"{Printable(resourceName)} not found") { CrossTenant = true };
+        new(KmsErrorCode.NotFound, $"{Printable(resourceName)} not found") { ConcealedRefusal = true };
+
+    /// <summary>
+    /// A key the caller named that exists but that its policy and grants let the caller do nothing
+    /// with: answered exactly as <see cref="NotFound"/> of the name as the caller gave it (an alias,
+    /// a key, a version — never what it resolved to), marked <see cref="KmsException.ConcealedRefusal"/>.
+    /// </summary>
+    public static KmsException NotFoundByKeyPolicy(string namedByCaller) =>
+        new(KmsErrorCode.NotFound, $"{Printable(namedByCaller)} not found") { ConcealedRefusal = true };
 
     /// <summary>A resource to create that exists already.</summary>
     public static KmsException AlreadyExists(string resourceName) =>

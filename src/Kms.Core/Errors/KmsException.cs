@@ -27,8 +27,9 @@ public sealed class KmsException : Exception
     public string? ResidencyRegion { get; init; }
 
     /// <summary>
-    /// Set on a NotFound answered for another tenant's resource: the same answer a missing one
-    /// gets, but a refusal for the security alerts (a batch item probing other tenants' names).
+    /// Set on a NotFound that is in truth a refusal, answered exactly as a missing resource is so
+    /// that existence does not leak: another tenant's resource, or a key whose policy and grants
+    /// name the caller for nothing. A refusal for the security alerts (a batch item probing names).
     /// </summary>
-    public bool CrossTenant { get; init; }
+    public bool ConcealedRefusal { get; init; }
 }

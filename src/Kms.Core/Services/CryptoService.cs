@@ -433,14 +433,15 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     private async Task<KeyVersionMaterial> GetPrimaryForEncryptionAsync(Caller caller, KeyReference reference, EncryptionContext context, CancellationToken cancellationToken)
     {
         var primary = await LookUpPrimaryAsync(caller, reference, cancellationToken);
-        await EnsureEncryptAllowedAsync(caller, primary, context, cancellationToken);
+        await EnsureEncryptAllowedAsync(caller, primary, reference, context, cancellationToken);
         return primary;
     }
 
-    // The key's policy first: a caller it excludes learns nothing about the key's state.
-    private async Task EnsureEncryptAllowedAsync(Caller caller, KeyVersionMaterial primary, EncryptionContext context, CancellationToken cancellationToken)
+    // The key's policy first: a caller it excludes learns nothing about the key's state (nor,
+    // when it names the caller for nothing, that the key exists: KeyAccessService.EnsureAllowedAsync).
+    private async Task EnsureEncryptAllowedAsync(Caller caller, KeyVersionMaterial primary, KeyReference reference, EncryptionContext context, CancellationToken cancellationToken)
     {
-        await keyAccess.EnsureAllowedAsync(caller, primary.Key, KeyOperations.Encrypt, context, cancellationToken);
+        await keyAccess.EnsureAllowedAsync(caller, primary.Key, KeyOperations.Encrypt, context, reference.ToString(), cancellationToken);
         EnsureUsable(primary, forEncryption: true);
 
         // Outside the key's residency region: refused before any usage is counted or the HSM is asked.
@@ -489,7 +490,8 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
             throw KmsErrors.DecryptionFailed();
         }
 
-        await keyAccess.EnsureAllowedAsync(caller, found.Key, KeyOperations.Decrypt, context, cancellationToken);
+        // A caller the key's policy names for nothing gets what a blob of an unknown version gets.
+        await keyAccess.EnsureAllowedAsync(caller, found.Key, KeyOperations.Decrypt, context, null, cancellationToken);
         EnsureUsable(found, forEncryption: false);
         _ = hsm.For(found.Key.Residency);
         return (blob, found);
@@ -592,7 +594,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
                 _primaries[reference] = primary;
             }
 
-            await service.EnsureEncryptAllowedAsync(caller, primary, context, cancellationToken);
+            await service.EnsureEncryptAllowedAsync(caller, primary, reference, context, cancellationToken);
             return primary;
         }
     }

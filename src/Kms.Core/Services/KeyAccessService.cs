@@ -134,9 +134,27 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
     /// Refuses a crypto operation the key's policy (and grants) do not allow the caller. A key
     /// without a policy allows every caller whose role allows the operation.
     /// </summary>
-    /// <exception cref="KmsException">PermissionDenied naming the key and the operation.</exception>
-    public async Task EnsureAllowedAsync(Caller caller, Key key, KeyOperations operation, EncryptionContext context, CancellationToken cancellationToken)
+    /// <remarks>
+    /// The refusal must not tell a caller that may not use the key that the key exists. A caller
+    /// that knows of the key anyway — named in its policy (for another operation), holding an
+    /// active grant on it (whose context did not match), or allowed to read the tenant's keys
+    /// (<see cref="Permission.KeysRead"/>) — is told PERMISSION_DENIED naming the operation. Any
+    /// other caller gets exactly the answer a missing key gets: NOT_FOUND of the name it gave,
+    /// or, for a ciphertext (which names a key version nobody typed), the one opaque
+    /// "decryption failed" a blob of an unknown key version gets. Either message repeats only
+    /// what the caller supplied: never the key an alias resolved to, nor a version.
+    /// </remarks>
+    /// <param name="caller">Who asks.</param>
+    /// <param name="key">The key, as resolved.</param>
+    /// <param name="operation">The operation asked for.</param>
+    /// <param name="context">The request's encryption context (grants may constrain it).</param>
+    /// <param name="namedByCaller">The key, alias or key version as the caller named it; null when a ciphertext named it.</param>
+    /// <param name="cancellationToken">Cancels the reads.</param>
+    /// <exception cref="KmsException">PermissionDenied, NotFound or DecryptionFailed, as above.</exception>
+    public async Task EnsureAllowedAsync(Caller caller, Key key, KeyOperations operation, EncryptionContext context, string? namedByCaller, CancellationToken cancellationToken)
     {
+        ArgumentNullException.ThrowIfNull(caller);
+        ArgumentNullException.ThrowIfNull(key);
         if (!key.Restricted)
         {
             return;
@@ -148,15 +166,21 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
             return;
         }
 
-        foreach (var grant in await access.ListGrantsAsync(key.Name, includeRevoked: false, cancellationToken))
+        var held = (await access.ListGrantsAsync(key.Name, includeRevoked: false, cancellationToken))
+            .Where(grant => grant.Grantee.ToString() == caller.Principal)
+            .ToList();
+        if (held.Any(grant => grant.Operations.HasFlag(operation) && Satisfies(context, grant.ContextEquals)))
         {
-            if (grant.Grantee.ToString() == caller.Principal && grant.Operations.HasFlag(operation) && Satisfies(context, grant.ContextEquals))
-            {
-                return;
-            }
+            return;
         }
 
-        throw KmsErrors.PermissionDenied($"the policy of key {key.Name} does not allow {caller.Principal} to {operation.ToString().ToLowerInvariant()} (no policy entry or matching grant)");
+        if (policy.Entries.ContainsKey(caller.Principal) || held.Count > 0 || AccessControl.Allows(caller, Permission.KeysRead, key.Name.Tenant))
+        {
+            var what = namedByCaller is null ? "the ciphertext's key" : KmsErrors.Printable(namedByCaller);
+            throw KmsErrors.PermissionDenied($"the policy of {what} does not allow {caller.Principal} to {operation.ToString().ToLowerInvariant()} (no policy entry or matching grant)");
+        }
+
+        throw namedByCaller is null ? KmsErrors.DecryptionFailed() : KmsErrors.NotFoundByKeyPolicy(namedByCaller);
     }
 
     /// <summary>

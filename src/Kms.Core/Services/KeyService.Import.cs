@@ -104,7 +104,7 @@ public sealed partial class KeyService
             throw KmsErrors.FailedPrecondition($"import job {found.Job.Name} expired at {found.Job.ExpireTime:O}; create a new one");
         }
 
-        var key = await store.GetKeyAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
+        var key = await store.GetKeyAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(command.Key.ToString());
         var algorithm = key.Primary.Algorithm;
         if (command.Algorithm is { } named && named != algorithm)
         {

@@ -214,7 +214,8 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
             return await GetKeyAsync(caller, name, cancellationToken);
         }
 
-        var current = await store.GetKeyAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
+        // Named as the caller named it: an alias's key is not the caller's to learn from an error.
+        var current = await store.GetKeyAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(reference.ToString());
 
         // Refused before the HSM generates anything: an RSA-4096 pair takes an HSM session for seconds.
         KeyTransitions.EnsureRotatable(current);

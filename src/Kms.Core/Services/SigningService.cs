@@ -164,13 +164,14 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
     private static KeyMaterialRef Ref(KeyVersionMaterial found) =>
         new(found.Version.Id, found.Material ?? throw KmsErrors.Internal($"key version {found.Version.Name} is {KeyTransitions.StateName(found.Version.State)} but has no material"));
 
-    // The key's policy first (a caller it excludes learns nothing about the key), then the
-    // purpose, then the states.
+    // The key's policy first (a caller it excludes learns nothing about the key; one it names for
+    // nothing, not even that it exists: NOT_FOUND of the name it gave), then the purpose, then the
+    // states.
     private async Task<KeyVersionMaterial> FindAsync(Caller caller, string name, KeyPurpose? purpose, KeyOperations operation, CancellationToken cancellationToken)
     {
-        var found = await _resolver.ResolveVersionAsync(caller, name, cancellationToken);
+        var (found, named) = await _resolver.ResolveVersionAsync(caller, name, cancellationToken);
         Audit.AuditScope.SetResource(found.Version.Name.ToString());
-        await keyAccess.EnsureAllowedAsync(caller, found.Key, operation, EncryptionContext.Empty, cancellationToken);
+        await keyAccess.EnsureAllowedAsync(caller, found.Key, operation, EncryptionContext.Empty, named, cancellationToken);
         var key = found.Key;
         if (purpose is { } wanted ? key.Purpose != wanted : key.Purpose is not (KeyPurpose.SignVerify or KeyPurpose.AsymmetricDecrypt))
         {

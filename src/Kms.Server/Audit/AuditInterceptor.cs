@@ -25,6 +25,13 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
     /// <summary>Set in <see cref="ServerCallContext.UserState"/> by the authorization interceptor when it refuses a call.</summary>
     public const string RefusedKey = "kms.refused";
 
+    /// <summary>
+    /// Set in <see cref="ServerCallContext.UserState"/> by the error mapping when a handler answered a
+    /// refusal exactly as a missing resource (<see cref="KmsException.ConcealedRefusal"/>): audited as
+    /// that answer (not aggregated), counted as a refusal by the alerts.
+    /// </summary>
+    public const string ConcealedRefusalKey = "kms.concealed-refusal";
+
     /// <summary>Set in <see cref="ServerCallContext.UserState"/> by BatchDecrypt and BatchReEncrypt: how many items failed to decrypt (an int).</summary>
     public const string ItemDecryptFailuresKey = "kms.item-decrypt-failures";
 
@@ -162,7 +169,7 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
             Outcome = OutcomeOf(status),
         };
         var refused = AggregatedAsRefusal(context.UserState.ContainsKey(RefusedKey), caller, status);
-        alerts.Observe(entry, refused,
+        alerts.Observe(entry, refused || context.UserState.ContainsKey(ConcealedRefusalKey),
             context.UserState.TryGetValue(ItemDecryptFailuresKey, out var failures) && failures is int count ? count : 0,
             context.UserState.TryGetValue(ItemRefusalsKey, out var itemRefusals) && itemRefusals is int refusals ? refusals : 0,
             context.UserState.TryGetValue(BatchItemsKey, out var batchItems) && batchItems is int items ? items : 0);

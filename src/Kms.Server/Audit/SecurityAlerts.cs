@@ -62,7 +62,8 @@ internal sealed partial class SecurityAlerts(SecurityAlertOptions options, TimeP
         var subject = anonymous ? "anonymous@" + AddressGroup(entry.Client) : entry.Principal;
 
         // Refused by the authorization step, or by a handler (a key policy, a forged approval):
-        // a NOT_FOUND only from the former (another tenant's name), never a handler's missing key.
+        // a NOT_FOUND only when it is a refusal (another tenant's name; a key whose policy names the
+        // caller for nothing, answered as a missing one), never a handler's missing key.
         if (entry.Outcome is "UNAUTHENTICATED" or "PERMISSION_DENIED" || (refused && entry.Outcome == "NOT_FOUND"))
         {
             Count("refusals", subject, anonymous, options.Refusals, 1);

@@ -70,11 +70,23 @@ internal sealed partial class ErrorInterceptor(ILogger<ErrorInterceptor> logger)
 
     private RpcException Map(Exception e, ServerCallContext context) => e switch
     {
-        KmsException domain => ToRpcException(domain, context.Method),
+        KmsException domain => ToRpcException(MarkConcealedRefusal(domain, context), context.Method),
         OperationCanceledException when context.CancellationToken.IsCancellationRequested =>
             new RpcException(new global::Grpc.Core.Status(StatusCode.Cancelled, "the call was cancelled")),
         _ => Internal(e, context.Method),
     };
+
+    // A NOT_FOUND that is a refusal (a key whose policy names the caller for nothing) is answered as
+    // a missing key's, and audited with that outcome, but counts towards the refusals alert.
+    private static KmsException MarkConcealedRefusal(KmsException e, ServerCallContext context)
+    {
+        if (e.ConcealedRefusal)
+        {
+            context.UserState[Kms.Server.Audit.AuditInterceptor.ConcealedRefusalKey] = true;
+        }
+
+        return e;
+    }
 
     private RpcException ToRpcException(KmsException e, string method)
     {

@@ -25,7 +25,8 @@ internal sealed partial class KeyManagementGrpcService
 
     // Each item that failed to decrypt ("decryption failed") counts towards the failed-decryption
     // alert; a bad destination name or context in BatchReEncrypt does not. Each item a key policy
-    // refused, or that named another tenant's key, counts towards the refusals alert, as the same
+    // refused (PERMISSION_DENIED, or NOT_FOUND for a caller the policy names for nothing), or that
+    // named another tenant's key, counts towards the refusals alert, as the same
     // call made singly would: the batch's own rule checks only the caller's tenant, so its items'
     // refusals are the handler's.
     private static void CountItemFailures(ServerCallContext context, IEnumerable<Kms.Core.Errors.KmsException?> errors)
@@ -35,7 +36,7 @@ internal sealed partial class KeyManagementGrpcService
         foreach (var e in errors)
         {
             failed += e?.Code == Kms.Core.Errors.KmsErrorCode.DecryptionFailed ? 1 : 0;
-            refused += e?.Code == Kms.Core.Errors.KmsErrorCode.PermissionDenied || e is { Code: Kms.Core.Errors.KmsErrorCode.NotFound, CrossTenant: true } ? 1 : 0;
+            refused += e?.Code == Kms.Core.Errors.KmsErrorCode.PermissionDenied || e is { Code: Kms.Core.Errors.KmsErrorCode.NotFound, ConcealedRefusal: true } ? 1 : 0;
         }
 
         if (failed > 0)
