@@ -129,6 +129,52 @@ public sealed class AccessTests : IDisposable
     }
 
     [Fact]
+    public async Task SetKeyPolicy_NamingADeletedPrincipal_FailedPreconditionNamingIt_NothingChanged_UnknownOrForeignStillInvalidArgument()
+    {
+        var key = await _harness.CreateKeyAsync("leaver-policy");
+        var admin = new Caller("token:admin", null, new HashSet<Role> { Role.DeploymentAdmin });
+        foreach (var (name, tenant) in new[] { ("dev", DomainHarness.Dev.Tenant), ("leaver", DomainHarness.Dev.Tenant), ("acme-leaver", DomainHarness.Acme.Tenant) })
+        {
+            await _harness.Access.CreatePrincipalAsync(PrincipalName.Token(name), tenant, null, default);
+        }
+
+        // Set while the principal was active; DeletePrincipal leaves the policy as it is.
+        KeyValuePair<string, KeyOperations>[] before = [new("token:dev", KeyOperations.Encrypt), new("token:leaver", KeyOperations.Decrypt)];
+        await _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, key.Name, before, default);
+        await _harness.Access.DeletePrincipalAsync(admin, PrincipalName.Token("leaver"), default);
+        await _harness.Access.DeletePrincipalAsync(admin, PrincipalName.Token("acme-leaver"), default);
+
+        // Kept in a policy read and written back, or named anew: refused, naming it, nothing changed.
+        KeyValuePair<string, KeyOperations>[] anew = [new("token:dev", KeyOperations.Encrypt | KeyOperations.Decrypt), new("token:leaver", KeyOperations.Encrypt)];
+        foreach (var entries in new[] { before, anew })
+        {
+            var e = await Assert.ThrowsAsync<KmsException>(() => _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, key.Name, entries, default));
+            Assert.Equal(
+                (KmsErrorCode.FailedPrecondition, "entries[1].principal: principal token:leaver was deleted; a key policy may not name it (leave its entry out)"),
+                (e.Code, e.Message));
+            Assert.Equal(before, (await _harness.KeyAccess.GetKeyPolicyAsync(DomainHarness.Dev, key.Name, default)).Entries.OrderBy(p => p.Key, StringComparer.Ordinal));
+        }
+
+        // Its name is repeated printable: a certificate name may hold a bidi override.
+        var pod = PrincipalName.Parse("cn:pod\u202Efdp.exe", "name");
+        await _harness.Access.CreatePrincipalAsync(pod, DomainHarness.Dev.Tenant, null, default);
+        await _harness.Access.DeletePrincipalAsync(admin, pod, default);
+        var printable = await Assert.ThrowsAsync<KmsException>(() => _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, key.Name, [new(pod.ToString(), KeyOperations.Encrypt)], default));
+        Assert.Equal("entries[0].principal: principal cn:pod\\u202Efdp.exe was deleted; a key policy may not name it (leave its entry out)", printable.Message);
+
+        // Unknown, and another tenant's (deleted or not), as before: INVALID_ARGUMENT, one answer.
+        foreach (var other in new[] { "token:never-was", "token:acme-leaver" })
+        {
+            var e = await Assert.ThrowsAsync<KmsException>(() => _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, key.Name, [new(other, KeyOperations.Encrypt)], default));
+            Assert.Equal((KmsErrorCode.InvalidArgument, "entries[0].principal", $"entries[0].principal: no principal of tenants/dev is named {other}"), (e.Code, e.Field, e.Message));
+        }
+
+        // Left out, the policy is set.
+        await _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, key.Name, [new("token:dev", KeyOperations.Encrypt)], default);
+        Assert.Equal(["token:dev"], (await _harness.KeyAccess.GetKeyPolicyAsync(DomainHarness.Dev, key.Name, default)).Entries.Keys);
+    }
+
+    [Fact]
     public void ApiTokenSecret_256BitSecret_RoundTrips_AndOnlyTheHashIsKept()
     {
         var (id, text, hash) = ApiTokenSecret.Create();

@@ -159,6 +159,51 @@ public sealed class PrincipalDeletionTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task SetKeyPolicy_NamingADeletedPrincipal_FailedPrecondition_NothingChanged_AuditedAsARefusal()
+    {
+        var key = await _developer.CreateKeyAsync("tenants/dev", "leaver-policy");
+        await _server.CreatePrincipalWithTokenAsync("policy-leaver", "dev", "key-user");
+        var before = new SetKeyPolicyRequest
+        {
+            Name = key.Name,
+            Entries =
+            {
+                new KeyPolicyEntry { Principal = "token:developer", Operations = { "ENCRYPT" } },
+                new KeyPolicyEntry { Principal = "token:policy-leaver", Operations = { "DECRYPT" } },
+            },
+        };
+        await _developer.Raw.SetKeyPolicyAsync(before);
+        await _admin.DeletePrincipalAsync("token:policy-leaver");
+
+        // The policy read and written back, or the name given anew: refused, nothing changed.
+        var anew = new SetKeyPolicyRequest { Name = key.Name, Entries = { new KeyPolicyEntry { Principal = "token:policy-leaver", Operations = { "ENCRYPT" } } } };
+        foreach (var request in new[] { before, anew })
+        {
+            var refused = await Assert.ThrowsAsync<RpcException>(() => _developer.Raw.SetKeyPolicyAsync(request).ResponseAsync);
+            var index = request.Entries.Count - 1;
+            Assert.Equal(
+                (StatusCode.FailedPrecondition, $"entries[{index}].principal: principal token:policy-leaver was deleted; a key policy may not name it (leave its entry out)"),
+                (refused.StatusCode, refused.Status.Detail));
+            Assert.Equal(before.Entries, (await _developer.Raw.GetKeyPolicyAsync(new GetKeyPolicyRequest { Name = key.Name })).Entries);
+        }
+
+        // A name nobody holds is refused as it always was.
+        var unknown = await Assert.ThrowsAsync<RpcException>(() => _developer.Raw.SetKeyPolicyAsync(
+            new SetKeyPolicyRequest { Name = key.Name, Entries = { new KeyPolicyEntry { Principal = "token:never-was", Operations = { "ENCRYPT" } } } }).ResponseAsync);
+        Assert.Equal((StatusCode.InvalidArgument, "entries[0].principal: no principal of tenants/dev is named token:never-was"), (unknown.StatusCode, unknown.Status.Detail));
+
+        // Audited as the other refusals of a mutation are: one event each, with the outcome, and no OK.
+        using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("policy-officer", null, "security-officer"));
+        var events = (await officer.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Resource = key.Name, Operation = "SetKeyPolicy", PageSize = 100 })).Events;
+        Assert.Equal(["OK", "FAILED_PRECONDITION", "FAILED_PRECONDITION", "INVALID_ARGUMENT"], events.Select(e => e.Outcome));
+        Assert.All(events, e => Assert.Equal("token:developer", e.Principal));
+
+        // Left out, the policy is set.
+        await _developer.Raw.SetKeyPolicyAsync(new SetKeyPolicyRequest { Name = key.Name, Entries = { before.Entries[0] } });
+        Assert.Equal([before.Entries[0]], (await _developer.Raw.GetKeyPolicyAsync(new GetKeyPolicyRequest { Name = key.Name })).Entries);
+    }
+
+    [Fact]
     public async Task DevMode_ADevPrincipalDeleted_StillStarts_WithoutATokenForIt()
     {
         var server = await KmsTestServer.StartAsync();

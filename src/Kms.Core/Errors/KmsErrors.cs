@@ -108,6 +108,13 @@ public static class KmsErrors
     public static KmsException PrincipalDeleted(string principal) =>
         new(KmsErrorCode.FailedPrecondition, $"principal {Printable(principal)} was deleted; it gets no new token, role or grant");
 
+    /// <summary>
+    /// A key policy entry naming a deleted principal: a policy gains no entry for one (those it had
+    /// when the principal was deleted stay until the policy is next set, which must leave them out).
+    /// </summary>
+    public static KmsException PrincipalDeletedInPolicy(string principal, string field) =>
+        new(KmsErrorCode.FailedPrecondition, $"{field}: principal {Printable(principal)} was deleted; a key policy may not name it (leave its entry out)");
+
     /// <summary>CreatePrincipal of a deleted principal's name: the name stays taken, so no newcomer inherits what still names it.</summary>
     public static KmsException PrincipalNameRetired(string principal) =>
         new(KmsErrorCode.AlreadyExists,

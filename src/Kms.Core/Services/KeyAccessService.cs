@@ -22,6 +22,14 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
     public const int MaxEntries = 100;
 
     /// <summary>Replaces a key's policy (no entries: the key is unrestricted again, and its grants are revoked).</summary>
+    /// <remarks>
+    /// An entry names a principal of the key's tenant: a missing one, or one of another tenant, is
+    /// INVALID_ARGUMENT (the same answer); a deleted one is FAILED_PRECONDITION naming it, nothing
+    /// changed — also when the policy being replaced names it (DeletePrincipal leaves policies as
+    /// they are, since taking an entry out could lift a restriction; the next policy set drops it).
+    /// A principal deleted while the call runs may still be written: the state DeletePrincipal
+    /// leaves anyway, and harmless, since the name is never registered again.
+    /// </remarks>
     public async Task<KeyPolicy> SetKeyPolicyAsync(Caller caller, KeyName key, IEnumerable<KeyValuePair<string, KeyOperations>> entries, CancellationToken cancellationToken)
     {
         await GetKeyAsync(caller, key, cancellationToken);
@@ -46,7 +54,14 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
                 throw KmsErrors.InvalidArgument($"entries[{i}].principal", $"names {name} again: one entry per principal");
             }
 
-            await EnsureTenantPrincipalAsync(name, key.Tenant, $"entries[{i}].principal", cancellationToken);
+            // A deleted principal cannot authenticate, and its name is never registered again: an
+            // entry for it would be dead weight that the access review no longer explains. Checked
+            // after the tenant, so another tenant's deleted principal reads as a missing one.
+            if ((await EnsureTenantPrincipalAsync(name, key.Tenant, $"entries[{i}].principal", cancellationToken)).Deleted)
+            {
+                throw KmsErrors.PrincipalDeletedInPolicy(name.ToString(), $"entries[{i}].principal");
+            }
+
             if (operations == KeyOperations.None)
             {
                 throw KmsErrors.InvalidArgument($"entries[{i}].operations", $"entry for {name} allows nothing; leave it out");
@@ -218,8 +233,7 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
 
     // Policies and grants name principals of the key's own tenant that exist now, so a name
     // registered later (or in another tenant) inherits nothing. Missing and foreign read the same.
-    // A deleted principal still exists (its name is never registered again): a policy may keep
-    // naming it, so a policy read, changed and written back is not refused for an entry it had.
+    // A deleted principal is returned (a tombstone of the tenant): the callers refuse it, saying so.
     private async Task<Principal> EnsureTenantPrincipalAsync(PrincipalName name, TenantId tenant, string field, CancellationToken cancellationToken)
     {
         var principal = await access.GetPrincipalAsync(name, cancellationToken);
