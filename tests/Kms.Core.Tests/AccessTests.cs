@@ -175,6 +175,29 @@ public sealed class AccessTests : IDisposable
     }
 
     [Fact]
+    public async Task Authenticator_CredentialCacheMiss_ReadsThePrincipalAndItsTenantsStateInOneStoreRead()
+    {
+        // With Kms:CredentialCacheTime=0 every call is a miss: the tenant's state (a DELETING
+        // tenant's principals are refused) comes with the principal, not in a query of its own.
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("reader"), DomainHarness.Dev.Tenant, null, default);
+        await _harness.AccessStore.SetRoleBindingAsync(new RoleBinding(PrincipalName.Token("reader"), Role.KeyUser, DomainHarness.Dev.Tenant, _harness.Time.GetUtcNow()), default);
+        var store = Kms.Testing.Fakes.CallRecorder.Wrap(_harness.AccessStore, out var calls);
+        var authenticator = new Authenticator(store, _harness.Trusted);
+
+        var active = await authenticator.CallerForAsync(PrincipalName.Token("reader"), default);
+        Assert.Equal(("token:reader", DomainHarness.Dev.Tenant, false), (active!.Principal, active.HomeTenant, active.TenantDeleting));
+        Assert.Equal([Role.KeyUser], active.Roles);
+        Assert.Single(calls, c => c.StartsWith("GetPrincipal", StringComparison.Ordinal) || c.StartsWith("GetTenant", StringComparison.Ordinal));
+
+        // Still one read when the tenant is being deleted, and the caller is marked.
+        var tenant = await _harness.AccessStore.GetTenantAsync(DomainHarness.Dev.Tenant, default);
+        await _harness.AccessStore.UpdateTenantAsync(tenant! with { State = TenantState.Deleting, DeleteTime = _harness.Time.GetUtcNow() }, default);
+        calls.Clear();
+        Assert.True((await authenticator.CallerForAsync(PrincipalName.Token("reader"), default))!.TenantDeleting);
+        Assert.Single(calls, c => c.StartsWith("GetPrincipal", StringComparison.Ordinal) || c.StartsWith("GetTenant", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public void ApiTokenSecret_256BitSecret_RoundTrips_AndOnlyTheHashIsKept()
     {
         var (id, text, hash) = ApiTokenSecret.Create();

@@ -55,6 +55,35 @@ public abstract class AccessStoreContract : KeyStoreLifecycleContract
     }
 
     [Fact]
+    public async Task PrincipalWithTenantState_OneRead_ActiveDeletingNoTenantMissingAndDeleted()
+    {
+        var store = await AccessAsync();
+        var active = TenantId.Parse("standing-active");
+        var leaving = TenantId.Parse("standing-leaving");
+        await store.CreateTenantAsync(new Tenant(active, "", TenantState.Active, T0), default);
+        await store.CreateTenantAsync(new Tenant(leaving, "", TenantState.Active, T0), default);
+        var user = new Principal(PrincipalName.Token("standing-user"), active, "", T0);
+        var leaver = new Principal(PrincipalName.CommonName("standing-leaver"), leaving, "", T0);
+        var admin = new Principal(PrincipalName.Token("standing-admin"), null, "", T0);
+        var gone = new Principal(PrincipalName.Token("standing-gone"), active, "", T0);
+        foreach (var principal in new[] { user, leaver, admin, gone })
+        {
+            await store.CreatePrincipalAsync(principal, default);
+        }
+
+        await store.UpdateTenantAsync((await store.GetTenantAsync(leaving, default))! with { State = TenantState.Deleting, DeleteTime = T0.AddHours(1) }, default);
+        await store.DeletePrincipalAsync(gone.Name, T0.AddHours(2), default);
+
+        Assert.Equal(new PrincipalWithTenantState(user, TenantState.Active), await store.GetPrincipalWithTenantStateAsync(user.Name, default));
+        Assert.Equal(new PrincipalWithTenantState(leaver, TenantState.Deleting), await store.GetPrincipalWithTenantStateAsync(leaver.Name, default));
+        Assert.Equal(new PrincipalWithTenantState(admin, null), await store.GetPrincipalWithTenantStateAsync(admin.Name, default));
+        Assert.Null(await store.GetPrincipalWithTenantStateAsync(PrincipalName.Token("standing-never"), default));
+        var tombstone = await store.GetPrincipalWithTenantStateAsync(gone.Name, default);
+        Assert.Equal((await store.GetPrincipalAsync(gone.Name, default), TenantState.Active), (tombstone!.Principal, tombstone.TenantState));
+        Assert.True(tombstone.Principal.Deleted);
+    }
+
+    [Fact]
     public async Task DeletePrincipal_OneWrite_TombstoneKept_TokensRevoked_BindingsRemoved_GrantsRevoked_OthersUntouched()
     {
         var store = await AccessAsync();

@@ -48,6 +48,14 @@ public sealed record Principal(PrincipalName Name, TenantId? Tenant, string Disp
     public bool Deleted => DeleteTime is not null;
 }
 
+/// <summary>
+/// A principal and the state of its tenant, read together in one query (what authenticating a
+/// caller needs: a principal of a tenant being deleted is refused).
+/// </summary>
+/// <param name="Principal">The principal (also a deleted one: a tombstone).</param>
+/// <param name="TenantState">Its tenant's state; null when it belongs to no tenant (or the tenant row is missing).</param>
+public sealed record PrincipalWithTenantState(Principal Principal, TenantState? TenantState);
+
 /// <summary>A role granted to a principal: within its tenant (tenant roles) or deployment-wide.</summary>
 public sealed record RoleBinding(PrincipalName Principal, Role Role, TenantId? Tenant, DateTimeOffset CreateTime);
 

@@ -31,6 +31,12 @@ public interface IAccessStore
     /// <summary>A principal, or null.</summary>
     Task<Principal?> GetPrincipalAsync(PrincipalName name, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// A principal with its tenant's state, in one read (a join), or null: a credential-cache miss
+    /// needs both, and with <c>Kms:CredentialCacheTime=0</c> it happens on every call.
+    /// </summary>
+    Task<PrincipalWithTenantState?> GetPrincipalWithTenantStateAsync(PrincipalName name, CancellationToken cancellationToken);
+
     /// <summary>Principals of a tenant (null: deployment-level principals), in name order after <paramref name="afterName"/>; deleted ones only when asked.</summary>
     Task<IReadOnlyList<Principal>> ListPrincipalsAsync(TenantId? tenant, string? afterName, int limit, bool includeDeleted, CancellationToken cancellationToken);
 

@@ -62,15 +62,17 @@ public sealed class Authenticator(IAccessStore access, TrustedTime time)
     /// </remarks>
     public async Task<Caller?> CallerForAsync(PrincipalName name, CancellationToken cancellationToken)
     {
-        var principal = await access.GetPrincipalAsync(name, cancellationToken);
+        // The tenant's state in the same read as the principal (one query on a credential-cache
+        // miss, which with no cache is every call), and remembered with it: DeleteTenant forgets
+        // remembered callers on its node at once, and on the others at their next read of the change feed.
+        var found = await access.GetPrincipalWithTenantStateAsync(name, cancellationToken);
+        var principal = found?.Principal;
         if (principal is { Disabled: true } or { Deleted: true })
         {
             return null;
         }
 
-        // Read with the principal, and remembered with it: DeleteTenant forgets remembered callers
-        // on its node at once, and on the others at their next read of the change feed.
-        var deleting = principal?.Tenant is { } home && await access.GetTenantAsync(home, cancellationToken) is { State: not TenantState.Active };
+        var deleting = found?.TenantState is { } state && state != TenantState.Active;
 
         var roles = principal is null
             ? new HashSet<Role>()

@@ -72,6 +72,14 @@ public abstract partial class SqlStore
         ReadAsync(connection => ReadPrincipalInAsync(connection, null, name.ToString(), cancellationToken), cancellationToken);
 
     /// <inheritdoc />
+    /// <remarks>A hot read (kept compiled where the backend can): with no credential cache, every call makes it.</remarks>
+    public Task<PrincipalWithTenantState?> GetPrincipalWithTenantStateAsync(PrincipalName name, CancellationToken cancellationToken) =>
+        HotReadAsync(
+            "SELECT p.name, p.tenant, p.display_name, p.create_time, p.disabled, p.delete_time, t.state FROM principals p LEFT JOIN tenants t ON t.id = p.tenant WHERE p.name = @name",
+            reader => new PrincipalWithTenantState(ReadPrincipal(reader), reader.IsDBNull(6) ? null : (TenantState)reader.GetInt32(6)),
+            cancellationToken, ("@name", name.ToString()));
+
+    /// <inheritdoc />
     public Task<IReadOnlyList<Principal>> ListPrincipalsAsync(TenantId? tenant, string? afterName, int limit, bool includeDeleted, CancellationToken cancellationToken) =>
         ReadListAsync(
             $"SELECT {PrincipalColumns} FROM principals WHERE tenant IS NOT DISTINCT FROM @tenant AND name > @after AND (@all = 1 OR delete_time IS NULL) ORDER BY name LIMIT @limit",

@@ -81,6 +81,17 @@ public sealed partial class InMemoryStore
         }
     }
 
+    // One read under the lock, as the SQL stores' join.
+    public Task<PrincipalWithTenantState?> GetPrincipalWithTenantStateAsync(PrincipalName name, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            return Task.FromResult(_principals.GetValueOrDefault(name.ToString()) is { } principal
+                ? new PrincipalWithTenantState(principal, principal.Tenant is { } tenant ? _tenants.GetValueOrDefault(tenant.Value)?.State : null)
+                : null);
+        }
+    }
+
     public Task<IReadOnlyList<Principal>> ListPrincipalsAsync(TenantId? tenant, string? afterName, int limit, bool includeDeleted, CancellationToken cancellationToken)
     {
         lock (_lock)
