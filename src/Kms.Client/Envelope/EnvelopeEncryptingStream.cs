@@ -22,7 +22,9 @@ namespace Kms.Client.Envelope;
 /// <see cref="Abandon"/> (cancelled, or failed elsewhere — e.g. reading its source).</para>
 /// <para>The destination is not disposed. Buffers holding plaintext are zeroed on dispose. Not for
 /// concurrent writers: overlapping writes throw (they would otherwise seal two frames with one
-/// sequence number). A failed write to the destination leaves the stream faulted.</para>
+/// sequence number). A failed write to the destination leaves the stream faulted. A stream opened
+/// with a plaintext length takes exactly that many bytes: more are refused as they are written,
+/// fewer at completion — either leaves the message incomplete.</para>
 /// </remarks>
 public sealed class EnvelopeEncryptingStream : Stream
 {
@@ -171,6 +173,7 @@ public sealed class EnvelopeEncryptingStream : Stream
     }
 
     /// <summary>Writes the final frame and flushes the destination: the message is complete.</summary>
+    /// <exception cref="InvalidOperationException">A plaintext length was declared when the stream was opened and fewer bytes were written: nothing is written, and the stream is faulted (the message stays incomplete).</exception>
     public async Task CompleteAsync(CancellationToken cancellationToken = default)
     {
         Enter(0);
@@ -193,6 +196,7 @@ public sealed class EnvelopeEncryptingStream : Stream
     }
 
     /// <summary>Writes the final frame and flushes the destination: the message is complete.</summary>
+    /// <exception cref="InvalidOperationException">A plaintext length was declared when the stream was opened and fewer bytes were written: nothing is written, and the stream is faulted (the message stays incomplete).</exception>
     public void Complete()
     {
         Enter(0);
@@ -282,6 +286,14 @@ public sealed class EnvelopeEncryptingStream : Stream
 
     private int SealFinalFrame()
     {
+        // A declared length is the plaintext's length, not a bound: a message completed short of
+        // it would be a whole, valid message of part of the plaintext (a source file cut while it
+        // was read). Left incomplete instead, so every reader refuses it.
+        if (_declaredLength >= 0 && _written != _declaredLength)
+        {
+            throw new InvalidOperationException($"{_written} plaintext bytes were written of the {_declaredLength} declared when the stream was opened (by EncryptAsync: the source's length when it started); the message is left incomplete, never completed short");
+        }
+
         var content = _buffered;
         var frame = _frame.AsSpan();
         EnvelopeMessage.WriteFinalPrefix(frame, _sequence, content);

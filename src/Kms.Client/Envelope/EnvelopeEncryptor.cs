@@ -231,6 +231,12 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// Encrypts <paramref name="plaintext"/> from its position to its end into <paramref name="destination"/>,
     /// in constant memory. Neither stream is disposed.
     /// </summary>
+    /// <remarks>
+    /// A seekable source is held to the length it had when this started: if it gives more, or
+    /// ends early (a file cut or replaced while it was read), this throws
+    /// <see cref="InvalidOperationException"/> and the message on the destination is left
+    /// without its final frame, which every reader refuses — never a whole message of part of the file.
+    /// </remarks>
     public async Task EncryptAsync(Stream plaintext, Stream destination, IReadOnlyDictionary<string, string>? encryptionContext = null, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(plaintext);
@@ -274,7 +280,7 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// </remarks>
     /// <param name="destination">Where the message goes; not disposed.</param>
     /// <param name="encryptionContext">The context bound to the message.</param>
-    /// <param name="plaintextLength">The total plaintext length if known (lets the data-key cache count bytes); -1 if not, and the message gets its own data key.</param>
+    /// <param name="plaintextLength">The plaintext's exact length if known (lets the data-key cache count bytes): the stream refuses a byte more, and completing with fewer throws, leaving the message incomplete. -1 if not known, and the message gets its own data key.</param>
     /// <param name="associatedData">Bound to the message, not stored in it; the reader supplies the same bytes.</param>
     /// <param name="cancellationToken">Cancels the KMS call and the header write.</param>
     public async Task<EnvelopeEncryptingStream> OpenEncryptingStreamAsync(Stream destination, IReadOnlyDictionary<string, string>? encryptionContext = null, long plaintextLength = -1, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)

@@ -111,6 +111,56 @@ public sealed class EnvelopeRoundTripTests
         Assert.False(writer.CanWrite);
     }
 
+    // A declared length is the plaintext's length: completing short of it would make a whole,
+    // valid message of part of the plaintext.
+    [Fact]
+    public async Task EncryptingStream_FewerBytesThanDeclared_CompletionRefused_MessageStaysIncomplete()
+    {
+        using var encryptor = NewEncryptor(out _);
+        var message = new MemoryStream();
+        await using (var writer = await encryptor.OpenEncryptingStreamAsync(message, Context, plaintextLength: Frame * 2))
+        {
+            await writer.WriteAsync(Data(Frame + 5));
+
+            var refused = await Assert.ThrowsAsync<InvalidOperationException>(() => writer.CompleteAsync());
+            Assert.Contains($"{Frame + 5} plaintext bytes were written of the {Frame * 2} declared", refused.Message, StringComparison.Ordinal);
+            Assert.False(writer.CanWrite);
+            Assert.Throws<InvalidOperationException>(writer.Complete);
+        }
+
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message.ToArray(), Context));
+    }
+
+    // A file cut (or replaced by a shorter one) while it is encrypted: the source's Length, taken
+    // when encryption started, said more than it then gave.
+    [Fact]
+    public async Task EncryptStream_SeekableSourceEndingBeforeItsLength_Throws_NoWholeMessageOfPartOfIt()
+    {
+        using var encryptor = NewEncryptor(out _);
+        var source = new ShrunkFileStream(Data((Frame * 3) + 7), deliver: Frame + 3);
+        var message = new MemoryStream();
+
+        await Assert.ThrowsAsync<InvalidOperationException>(() => encryptor.EncryptAsync(source, message, Context));
+
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message.ToArray(), Context));
+        message.Position = 0;
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message, new MemoryStream(), Context));
+    }
+
+    [Fact]
+    public async Task EncryptingStream_ExactlyTheDeclaredLength_Completes()
+    {
+        using var encryptor = NewEncryptor(out _);
+        var message = new MemoryStream();
+        await using (var writer = await encryptor.OpenEncryptingStreamAsync(message, Context, plaintextLength: Frame * 2))
+        {
+            await writer.WriteAsync(Data(Frame * 2));
+            await writer.CompleteAsync();
+        }
+
+        Assert.Equal(Data(Frame * 2), await encryptor.DecryptAsync(message.ToArray(), Context));
+    }
+
     [Fact]
     public async Task EncryptingStream_OverlappingWrites_RefusedNotSealedTwice()
     {
@@ -710,6 +760,44 @@ internal sealed class NonSeekableStream(byte[] data) : Stream
     public override int Read(byte[] buffer, int offset, int count)
     {
         var n = Math.Min(Math.Min(count, 11), data.Length - _position);
+        data.AsSpan(_position, n).CopyTo(buffer.AsSpan(offset));
+        _position += n;
+        return n;
+    }
+
+    public override void Flush()
+    {
+    }
+
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+}
+
+/// <summary>A seekable source whose Length says all of <paramref name="data"/> but whose reads end after <paramref name="deliver"/> bytes: a file cut while it is read.</summary>
+internal sealed class ShrunkFileStream(byte[] data, int deliver) : Stream
+{
+    private int _position;
+
+    public override bool CanRead => true;
+
+    public override bool CanSeek => true;
+
+    public override bool CanWrite => false;
+
+    public override long Length => data.Length;
+
+    public override long Position
+    {
+        get => _position;
+        set => throw new NotSupportedException();
+    }
+
+    public override int Read(byte[] buffer, int offset, int count)
+    {
+        var n = Math.Min(count, deliver - _position);
         data.AsSpan(_position, n).CopyTo(buffer.AsSpan(offset));
         _position += n;
         return n;
