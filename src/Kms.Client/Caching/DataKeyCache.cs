@@ -83,7 +83,7 @@ internal sealed class DataKeyCache : IDisposable
         {
             if (_encryption.TryGetValue(cacheKey, out CachedDataKey? cached) && cached is not null)
             {
-                if (cached.TryLease(plaintextBytes, Now(), _options.MaxAge, _options.MaxMessagesPerKey, _options.MaxBytesPerKey) is { } hit)
+                if (cached.TryLease(plaintextBytes, _options.TimeProvider, _options.MaxAge, _options.MaxMessagesPerKey, _options.MaxBytesPerKey) is { } hit)
                 {
                     Count(ref _encryptHits, "encrypt", "hit");
                     return (hit, cached.Wrapped);
@@ -98,7 +98,7 @@ internal sealed class DataKeyCache : IDisposable
                 var (dataKey, wrapped) = await generate().ConfigureAwait(false);
                 try
                 {
-                    return new CachedDataKey(dataKey, wrapped, Now());
+                    return new CachedDataKey(dataKey, wrapped, _options.TimeProvider);
                 }
                 finally
                 {
@@ -106,7 +106,7 @@ internal sealed class DataKeyCache : IDisposable
                 }
             }, cancellationToken).ConfigureAwait(false);
 
-            if (entry.TryLease(plaintextBytes, Now(), _options.MaxAge, _options.MaxMessagesPerKey, _options.MaxBytesPerKey) is { } leased)
+            if (entry.TryLease(plaintextBytes, _options.TimeProvider, _options.MaxAge, _options.MaxMessagesPerKey, _options.MaxBytesPerKey) is { } leased)
             {
                 return (leased, entry.Wrapped);
             }
@@ -130,7 +130,7 @@ internal sealed class DataKeyCache : IDisposable
         for (var round = 0; round < MaxRounds; round++)
         {
             if (_decryption.TryGetValue(cacheKey, out CachedDataKey? cached) && cached is not null
-                && cached.TryLease(0, Now(), _options.DecryptionMaxAge, long.MaxValue, long.MaxValue) is { } hit)
+                && cached.TryLease(0, _options.TimeProvider, _options.DecryptionMaxAge, long.MaxValue, long.MaxValue) is { } hit)
             {
                 Count(ref _decryptHits, "decrypt", "hit");
                 return hit;
@@ -141,7 +141,7 @@ internal sealed class DataKeyCache : IDisposable
                 var dataKey = await unwrap(CancellationToken.None).ConfigureAwait(false);
                 try
                 {
-                    return new CachedDataKey(dataKey, [], Now());
+                    return new CachedDataKey(dataKey, [], _options.TimeProvider);
                 }
                 finally
                 {
@@ -149,7 +149,7 @@ internal sealed class DataKeyCache : IDisposable
                 }
             }, cancellationToken).ConfigureAwait(false);
 
-            if (entry.TryLease(0, Now(), _options.DecryptionMaxAge, long.MaxValue, long.MaxValue) is { } leased)
+            if (entry.TryLease(0, _options.TimeProvider, _options.DecryptionMaxAge, long.MaxValue, long.MaxValue) is { } leased)
             {
                 return leased;
             }
@@ -247,8 +247,6 @@ internal sealed class DataKeyCache : IDisposable
         return await mine.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
-    private DateTimeOffset Now() => _options.TimeProvider.GetUtcNow();
-
     /// <summary>The task's result; if the caller stops waiting first, the secret result is zeroed when it comes.</summary>
     private static async Task<T> AwaitOrZeroAsync<T>(Task<T> task, Action<T> zero, CancellationToken cancellationToken)
     {
@@ -313,16 +311,21 @@ internal sealed class CachedDataKey : IDisposable
     private readonly Lock _lock = new();
     private readonly byte[] _key;
     private readonly DateTimeOffset _created;
+    private readonly long _createdTimestamp;
     private long _messages;
     private long _bytes;
     private bool _disposed;
 
-    public CachedDataKey(ReadOnlySpan<byte> dataKey, IReadOnlyList<WrappedDataKey> wrapped, DateTimeOffset created)
+    /// <param name="dataKey">The key, copied.</param>
+    /// <param name="wrapped">Its wrappings (empty for decryption).</param>
+    /// <param name="time">The clocks the entry's age is read on: the wall clock and the monotonic one.</param>
+    public CachedDataKey(ReadOnlySpan<byte> dataKey, IReadOnlyList<WrappedDataKey> wrapped, TimeProvider time)
     {
         _key = GC.AllocateUninitializedArray<byte>(dataKey.Length, pinned: true);
         dataKey.CopyTo(_key);
         Wrapped = wrapped;
-        _created = created;
+        _created = time.GetUtcNow();
+        _createdTimestamp = time.GetTimestamp();
     }
 
     // The sweep timer holds the cache weakly, so an encryptor nobody disposes is collected with
@@ -347,11 +350,20 @@ internal sealed class CachedDataKey : IDisposable
     }
 
     /// <summary>A copy of the key if the entry is alive, young enough and has room for one more message of <paramref name="bytes"/>.</summary>
-    public byte[]? TryLease(long bytes, DateTimeOffset now, TimeSpan maxAge, long maxMessages, long maxBytes)
+    /// <remarks>
+    /// Young enough by both clocks: the monotonic one (which a wall clock set back does not
+    /// rewind) and the wall clock (which counts time a suspended or snapshot-restored machine
+    /// was away, which the monotonic one may not); a wall clock now before the entry's creation
+    /// means it was set back, and the entry is too old — a new data key costs one KMS call.
+    /// </remarks>
+    public byte[]? TryLease(long bytes, TimeProvider time, TimeSpan maxAge, long maxMessages, long maxBytes)
     {
+        var wallAge = time.GetUtcNow() - _created;
+        var monotonicAge = time.GetElapsedTime(_createdTimestamp);
         lock (_lock)
         {
-            if (_disposed || now - _created >= maxAge || _messages >= maxMessages || bytes > maxBytes - _bytes)
+            if (_disposed || wallAge < TimeSpan.Zero || wallAge >= maxAge || monotonicAge >= maxAge
+                || _messages >= maxMessages || bytes > maxBytes - _bytes)
             {
                 return null;
             }

@@ -19,6 +19,12 @@ public sealed class DataKeyCacheOptions
     public const long MessageLimit = 1L << 32;
 
     /// <summary>How long a data key is used for encryption after the KMS made it (required: 1 second to 1 day).</summary>
+    /// <remarks>
+    /// Ages (this and <see cref="DecryptionMaxAge"/>) are read on both of <see cref="TimeProvider"/>'s
+    /// clocks, and a key is too old when either says so: a wall clock set back makes no key younger
+    /// (the monotonic clock still counts), nor does time the monotonic clock missed while the machine
+    /// was suspended or a VM snapshot was restored (the wall clock counts it).
+    /// </remarks>
     public TimeSpan MaxAge { get; set; } = TimeSpan.FromMinutes(5);
 
     /// <summary>Messages encrypted under one data key (1 to <see cref="MessageLimit"/>).</summary>
@@ -41,7 +47,7 @@ public sealed class DataKeyCacheOptions
     /// </remarks>
     public TimeSpan DecryptionMaxAge { get; set; }
 
-    /// <summary>The clock of the age limits.</summary>
+    /// <summary>The clocks of the age limits: its wall clock (<see cref="TimeProvider.GetUtcNow"/>) and its monotonic one (<see cref="TimeProvider.GetTimestamp"/>).</summary>
     public TimeProvider TimeProvider { get; set; } = TimeProvider.System;
 
     internal void Validate()

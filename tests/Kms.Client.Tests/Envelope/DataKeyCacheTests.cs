@@ -99,6 +99,44 @@ public sealed class DataKeyCacheTests
         Assert.Equal(2, _provider.GenerateCalls);
     }
 
+    // A wall clock set back (NTP stepping a fast clock, an operator) must not make a cached data
+    // key young again: MaxAge is how long a key disabled or a grant revoked keeps encrypting.
+    [Fact]
+    public async Task Encrypt_WallClockSetBack_CachedKeyNotUsedPastMaxAge()
+    {
+        var clock = new SplitClock(_time.GetUtcNow());
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions { MaxAge = TimeSpan.FromMinutes(5), TimeProvider = clock });
+        await encryptor.EncryptAsync(new byte[1]);
+
+        // Set back an hour, then 62 minutes pass: the wall clock says 2 minutes since the key was made.
+        clock.Step(-TimeSpan.FromHours(1));
+        clock.Pass(TimeSpan.FromMinutes(62));
+        await encryptor.EncryptAsync(new byte[1]);
+        Assert.Equal(2, _provider.GenerateCalls);
+
+        // And a wall clock now before the key was made: set back, so its age is unknown.
+        clock.Step(-TimeSpan.FromHours(1));
+        await encryptor.EncryptAsync(new byte[1]);
+        Assert.Equal(3, _provider.GenerateCalls);
+        await encryptor.EncryptAsync(new byte[1]);
+        Assert.Equal(3, _provider.GenerateCalls);
+    }
+
+    // Time the monotonic clock did not see (a machine suspended, a VM restored from a snapshot)
+    // but the wall clock did still ages the key.
+    [Fact]
+    public async Task Encrypt_WallClockJumpsAheadOnly_CachedKeyTooOld()
+    {
+        var clock = new SplitClock(_time.GetUtcNow());
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions { MaxAge = TimeSpan.FromMinutes(5), TimeProvider = clock });
+        await encryptor.EncryptAsync(new byte[1]);
+
+        clock.Step(TimeSpan.FromHours(3));
+        await encryptor.EncryptAsync(new byte[1]);
+
+        Assert.Equal(2, _provider.GenerateCalls);
+    }
+
     [Fact]
     public async Task Encrypt_MessageLimit_NewDataKeyAfterN()
     {
@@ -215,6 +253,22 @@ public sealed class DataKeyCacheTests
         Assert.Equal(1, _provider.UnwrapCalls);
         _time.Advance(TimeSpan.FromMinutes(1));
         await reader.DecryptAsync(message, Context("a"));
+        Assert.Equal(2, _provider.UnwrapCalls);
+    }
+
+    [Fact]
+    public async Task Decrypt_WallClockSetBack_CachedUnwrapNotServedPastDecryptionMaxAge()
+    {
+        using var writer = NewEncryptor(null);
+        var message = await writer.EncryptAsync(new byte[10], Context("a"));
+        var clock = new SplitClock(_time.GetUtcNow());
+        using var reader = NewEncryptor(new DataKeyCacheOptions { DecryptionMaxAge = TimeSpan.FromMinutes(1), TimeProvider = clock });
+        await reader.DecryptAsync(message, Context("a"));
+
+        clock.Step(-TimeSpan.FromMinutes(30));
+        clock.Pass(TimeSpan.FromMinutes(30));
+        await reader.DecryptAsync(message, Context("a"));
+
         Assert.Equal(2, _provider.UnwrapCalls);
     }
 
@@ -404,7 +458,7 @@ public sealed class DataKeyCacheTests
 
     private EnvelopeEncryptor NewEncryptor(DataKeyCacheOptions? cache)
     {
-        if (cache is not null)
+        if (cache is not null && cache.TimeProvider == TimeProvider.System)
         {
             cache.TimeProvider = _time;
         }
@@ -423,6 +477,27 @@ public sealed class DataKeyCacheTests
         {
             Assert.True(DateTime.UtcNow < deadline, "condition not met within 10 s");
             await Task.Delay(10);
+        }
+    }
+
+    /// <summary>A wall clock that can be stepped while the monotonic clock stands still, and time that passes on both.</summary>
+    private sealed class SplitClock(DateTimeOffset wall) : TimeProvider
+    {
+        private DateTimeOffset _wall = wall;
+        private long _ticks;
+
+        public override long TimestampFrequency => TimeSpan.TicksPerSecond;
+
+        public override DateTimeOffset GetUtcNow() => _wall;
+
+        public override long GetTimestamp() => _ticks;
+
+        public void Step(TimeSpan by) => _wall += by;
+
+        public void Pass(TimeSpan by)
+        {
+            _wall += by;
+            _ticks += by.Ticks;
         }
     }
 
