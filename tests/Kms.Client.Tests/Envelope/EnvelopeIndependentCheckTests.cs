@@ -34,8 +34,43 @@ public sealed class EnvelopeIndependentCheckTests
         Assert.Equal(plaintext, DecodeWithBouncyCastle(message, dataKey.Plaintext.ToArray()));
     }
 
+    // The streaming writer's output, written in uneven pieces, with associated data (bound by the
+    // header tag only: header body ‖ associated data is the tag's AAD, docs/envelope-format.md).
+    [Theory]
+    [InlineData(0, 64, 0)]
+    [InlineData(64 * 3, 64, 7)]
+    [InlineData(1000, 100, 300)]
+    [InlineData(70_000, 65536, 1)]
+    public async Task BouncyCastle_DecodesOurStreamedMessage_WithAssociatedData(int size, int frameLength, int associatedLength)
+    {
+        var provider = new FakeKeyProvider();
+        using var encryptor = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"], FrameLength = frameLength });
+        var plaintext = Enumerable.Range(0, size).Select(i => (byte)(i * 7)).ToArray();
+        var associated = Enumerable.Range(0, associatedLength).Select(i => (byte)(i + 1)).ToArray();
+        var context = new Dictionary<string, string> { ["file"] = "a.bin" };
+        var output = new MemoryStream();
+        await using (var writer = await encryptor.OpenEncryptingStreamAsync(output, context, plaintextLength: size, associatedData: associated))
+        {
+            for (var offset = 0; offset < size; offset += 37)
+            {
+                await writer.WriteAsync(plaintext.AsMemory(offset, Math.Min(37, size - offset)));
+            }
+
+            await writer.CompleteAsync();
+        }
+
+        var message = output.ToArray();
+        using var dataKey = await provider.UnwrapDataKeyAsync(ReadFirstWrappedKey(message), context, default);
+
+        Assert.Equal(plaintext, DecodeWithBouncyCastle(message, dataKey.Plaintext.ToArray(), associated));
+        if (associatedLength > 0)
+        {
+            Assert.ThrowsAny<Org.BouncyCastle.Crypto.InvalidCipherTextException>(() => DecodeWithBouncyCastle(message, dataKey.Plaintext.ToArray(), []));
+        }
+    }
+
     /// <summary>An independent reader of the spec: parse, derive, check commitment and tags, decrypt frames.</summary>
-    private static byte[] DecodeWithBouncyCastle(byte[] message, byte[] dataKey)
+    private static byte[] DecodeWithBouncyCastle(byte[] message, byte[] dataKey, byte[]? associatedData = null)
     {
         Assert.Equal("KMSE"u8.ToArray(), message[..4]);
         Assert.Equal(1, message[4]);
@@ -66,7 +101,7 @@ public sealed class EnvelopeIndependentCheckTests
         var okm = Hkdf(dataKey, messageId, "KMSE v1 key and commitment");
         var key = okm[..32];
         Assert.Equal(okm[32..], commitment);
-        Assert.Empty(Gcm(key, Iv(0), headerBody, headerTag));
+        Assert.Empty(Gcm(key, Iv(0), [.. headerBody, .. associatedData ?? []], headerTag));
 
         var output = new MemoryStream();
         for (uint sequence = 1; ; sequence++)
