@@ -12,7 +12,8 @@ namespace Kms.Client.Envelope;
 /// returning 0) means the whole message verified, final frame included, with nothing after
 /// it; an <see cref="EnvelopeDecryptionException"/> on any read means the message was altered
 /// or cut, and what was read before is not a complete plaintext — discard it. The source is not
-/// disposed. The plaintext buffer is zeroed on dispose.
+/// disposed. The plaintext buffer is zeroed on dispose — by a read in progress when it ends, if the
+/// stream is disposed from another thread during it (that read returns the frame it verified).
 /// </remarks>
 public sealed class EnvelopeDecryptingStream : Stream
 {
@@ -27,7 +28,8 @@ public sealed class EnvelopeDecryptingStream : Stream
     private bool _finished;
     private int _busy;
     private bool _failed;
-    private bool _disposed;
+    private volatile bool _disposed;
+    private int _released;
 
     internal EnvelopeDecryptingStream(Stream source, FrameCipher cipher, int frameLength, IReadOnlyDictionary<string, string> context)
     {
@@ -176,7 +178,16 @@ public sealed class EnvelopeDecryptingStream : Stream
         }
     }
 
-    private void Exit() => Volatile.Write(ref _busy, 0);
+    // A dispose that came while this read held the stream left the buffer and the cipher to it
+    // (the exchange is a full fence: either this sees the dispose, or the dispose sees the stream free).
+    private void Exit()
+    {
+        Interlocked.Exchange(ref _busy, 0);
+        if (_disposed && Interlocked.CompareExchange(ref _busy, 1, 0) == 0)
+        {
+            Release();
+        }
+    }
 
     // Writes the verified plaintext from offset to the end of the frame, from the stream's own buffer.
     private async ValueTask WriteOutAsync(Stream destination, int offset, bool useAsync, CancellationToken cancellationToken)
@@ -213,11 +224,27 @@ public sealed class EnvelopeDecryptingStream : Stream
         if (disposing && !_disposed)
         {
             _disposed = true;
-            CryptographicOperations.ZeroMemory(_plaintext);
-            _cipher.Dispose();
+            Interlocked.MemoryBarrier();
+
+            // A read in progress (a dispose from another thread, to abort it) still holds the
+            // frame it verified: zeroing it under that read would hand out zeros as its plaintext.
+            // The read releases them when it ends.
+            if (Interlocked.CompareExchange(ref _busy, 1, 0) == 0)
+            {
+                Release();
+            }
         }
 
         base.Dispose(disposing);
+    }
+
+    private void Release()
+    {
+        if (Interlocked.Exchange(ref _released, 1) == 0)
+        {
+            CryptographicOperations.ZeroMemory(_plaintext);
+            _cipher.Dispose();
+        }
     }
 
     private int CopyOut(Span<byte> buffer)

@@ -200,6 +200,41 @@ public sealed class EnvelopeRoundTripTests
         Assert.Equal(plaintext[Frame..], rest.ToArray());
     }
 
+    // Disposing a stream from another thread to abort a read (token.Register(stream.Dispose))
+    // while a frame is being read: the stream's dispose zeroes its plaintext buffer, and the read
+    // must not then hand out those zeros as the frame's verified plaintext. Made deterministic
+    // here: the source disposes the decrypting stream when it is asked for the byte after the
+    // final frame — after the frame's tag verified, before its plaintext is copied out.
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task DecryptingStream_DisposedWhileAReadIsInProgress_ThatReadHandsOutNoZeros(bool useAsync)
+    {
+        using var encryptor = NewEncryptor(out _);
+        var plaintext = Data(10);
+        var message = await encryptor.EncryptAsync(plaintext, Context);
+        var source = new DisposingAtTheEndStream(message);
+        var reading = await encryptor.OpenDecryptingStreamAsync(source, Context);
+        source.ToDispose = reading;
+
+        var buffer = new byte[100];
+        int read;
+        try
+        {
+            read = useAsync ? await reading.ReadAsync(buffer) : reading.Read(buffer);
+        }
+        catch (ObjectDisposedException)
+        {
+            return;
+        }
+
+        // A read that returns must return the plaintext itself; the buffer is zeroed when it ends.
+        Assert.Equal(plaintext, buffer[..read]);
+        var frameBuffer = (byte[])typeof(EnvelopeDecryptingStream).GetField("_plaintext", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!.GetValue(reading)!;
+        Assert.DoesNotContain(frameBuffer, b => b != 0);
+        Assert.Throws<ObjectDisposedException>(() => reading.Read(buffer));
+    }
+
     [Fact]
     public async Task DecryptingStream_SecondFramesTagAltered_TheCallerGotTheFirstFrameOnly()
     {
@@ -798,6 +833,51 @@ internal sealed class ShrunkFileStream(byte[] data, int deliver) : Stream
     public override int Read(byte[] buffer, int offset, int count)
     {
         var n = Math.Min(count, deliver - _position);
+        data.AsSpan(_position, n).CopyTo(buffer.AsSpan(offset));
+        _position += n;
+        return n;
+    }
+
+    public override void Flush()
+    {
+    }
+
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+}
+
+/// <summary>A message source that disposes <see cref="ToDispose"/> when it is read at its end (the reader's check for trailing bytes).</summary>
+internal sealed class DisposingAtTheEndStream(byte[] data) : Stream
+{
+    private int _position;
+
+    public Stream? ToDispose { get; set; }
+
+    public override bool CanRead => true;
+
+    public override bool CanSeek => false;
+
+    public override bool CanWrite => false;
+
+    public override long Length => throw new NotSupportedException();
+
+    public override long Position
+    {
+        get => throw new NotSupportedException();
+        set => throw new NotSupportedException();
+    }
+
+    public override int Read(byte[] buffer, int offset, int count)
+    {
+        if (_position == data.Length)
+        {
+            ToDispose?.Dispose();
+        }
+
+        var n = Math.Min(count, data.Length - _position);
         data.AsSpan(_position, n).CopyTo(buffer.AsSpan(offset));
         _position += n;
         return n;
