@@ -31,6 +31,14 @@ public sealed class GrpcFramingTests(ServerFixture fixture) : IClassFixture<Serv
         { "compressed under identity", "01000000020801", "identity", StatusCode.InvalidArgument, "compressed" },
         { "a compressed flag of 2", "0200000000", null, StatusCode.InvalidArgument, "flag" },
         { "gzip that is not gzip", "0100000003AABBCC", "gzip", StatusCode.InvalidArgument, "decompress" },
+        // A gzip message cut short, which GZipStream inflated to the part that arrived.
+        { "gzip cut short in its deflate data", Hex(Frame(GzippedGetKey()[..^12], compressed: true)), "gzip", StatusCode.InvalidArgument, "cut short" },
+        { "gzip without its trailer", Hex(Frame(GzippedGetKey()[..^8], compressed: true)), "gzip", StatusCode.InvalidArgument, "cut short" },
+        { "gzip with half its trailer", Hex(Frame(GzippedGetKey()[..^4], compressed: true)), "gzip", StatusCode.InvalidArgument, "cut short" },
+        { "gzip header only", Hex(Frame(GzippedGetKey()[..10], compressed: true)), "gzip", StatusCode.InvalidArgument, "cut short" },
+        { "gzip with bytes after it", Hex(Frame([.. GzippedGetKey(), 0, 0], compressed: true)), "gzip", StatusCode.InvalidArgument, "bytes after its gzip data" },
+        { "gzip with a wrong CRC", Hex(Frame(Flip(GzippedGetKey(), ^8), compressed: true)), "gzip", StatusCode.InvalidArgument, "decompress" },
+        { "gzip with a wrong length", Hex(Frame(Flip(GzippedGetKey(), ^1), compressed: true)), "gzip", StatusCode.InvalidArgument, "decompress" },
         { "over the size limit", "0000600000" + "0A01", null, StatusCode.ResourceExhausted, "5242880" },
         { "a length over 2^31", "00FFFFFFFF", null, StatusCode.ResourceExhausted, "5242880" },
     };
@@ -53,15 +61,18 @@ public sealed class GrpcFramingTests(ServerFixture fixture) : IClassFixture<Serv
         Assert.Equal(32, (await fixture.Client.Raw.GenerateRandomAsync(new GenerateRandomRequest { LengthBytes = 32 })).Data.Length);
     }
 
-    [Fact]
-    public async Task BadFraming_AuditedAsAnAggregatedRefusal()
+    [Theory]
+    [InlineData("000000000A0A0161", null)]
+    [InlineData(null, "gzip")] // a gzip message cut short in its trailer
+    public async Task BadFraming_AuditedAsAnAggregatedRefusal(string? hex, string? encoding)
     {
         using var officer = fixture.Server.CreateClient(await fixture.Server.CreatePrincipalWithTokenAsync(ServerFixture.NewKeyId("officer"), null, "security-officer"));
         var before = (await RefusalsAsync(officer, "INVALID_ARGUMENT")).Sum(e => e.Count);
+        hex ??= Hex(Frame(GzippedGetKey()[..^4], compressed: true));
 
         for (var i = 0; i < 3; i++)
         {
-            Assert.Equal(StatusCode.InvalidArgument, (await SendAsync("000000000A0A0161", null, fixture.Server.DeveloperToken)).Status);
+            Assert.Equal(StatusCode.InvalidArgument, (await SendAsync(hex, encoding, fixture.Server.DeveloperToken)).Status);
         }
 
         var events = await RefusalsAsync(officer, "INVALID_ARGUMENT");
@@ -108,6 +119,19 @@ public sealed class GrpcFramingTests(ServerFixture fixture) : IClassFixture<Serv
         Assert.Equal(StatusCode.Unauthenticated, anonymous);
         Assert.Equal(errorsBefore, ErrorCount());
     }
+
+    // A GetKey request for a key that does not exist, gzipped: whole, it is NOT_FOUND.
+    private static byte[] GzippedGetKey() =>
+        Gzip(Google.Protobuf.MessageExtensions.ToByteArray(new GetKeyRequest { Name = "tenants/dev/keys/no-such-key-anywhere-at-all" }));
+
+    private static byte[] Flip(byte[] bytes, Index at)
+    {
+        var flipped = (byte[])bytes.Clone();
+        flipped[at] ^= 1;
+        return flipped;
+    }
+
+    private static string Hex(byte[] bytes) => Convert.ToHexString(bytes);
 
     private static byte[] Gzip(byte[] data)
     {

@@ -27,7 +27,8 @@ internal sealed record GrpcFramingProblem(global::Grpc.Core.Status Status);
 /// "Additional data after the message received." (two messages), "Request did not include
 /// grpc-encoding value with compressed message."; UNKNOWN with an Error and its stack trace for
 /// a compressed flag other than 0 or 1, a length over 2^31 and compressed bytes that do not
-/// decompress — unauthenticated, unaudited, uncounted.</para>
+/// decompress — unauthenticated, unaudited, uncounted. And it inflates a gzip message cut short
+/// (in its deflate data or its trailer) to the part that arrived, and serves it.</para>
 /// <para>This reader sits under grpc-dotnet's: it reads the whole body (as grpc-dotnet does,
 /// examining without consuming, which Kestrel's flow control counts as read), then hands on
 /// the body as it came, a compressed message decompressed (at most the limit) as an
@@ -36,7 +37,10 @@ internal sealed record GrpcFramingProblem(global::Grpc.Core.Status Status);
 /// the call then passes the interceptors as any malformed request (counted, audited as a
 /// refusal, authenticated first) and the authorization interceptor answers the
 /// <see cref="GrpcFramingProblem"/> recorded here; no handler runs. A message over the size limit is refused as
-/// soon as its header arrives: RESOURCE_EXHAUSTED, gRPC's convention. A compression grpc-dotnet
+/// soon as its header arrives: RESOURCE_EXHAUSTED, gRPC's convention. A gzip message must be
+/// whole gzip members and nothing more (<see cref="GzipBody"/>): one that ends before its
+/// end-of-stream marker or trailer, or has bytes after them, is a framing error like the others
+/// (the gzip provider is the only one this server configures). A compression grpc-dotnet
 /// does not support is left to it: UNIMPLEMENTED naming the supported ones (gRPC's
 /// compression spec). The messages of client-streaming and bidirectional calls (only
 /// reflection's) are framed by grpc-dotnet alone.</para>
@@ -205,9 +209,10 @@ internal static class GrpcFramingCheck
             var output = new MemoryStream();
             output.Write([0, 0, 0, 0, 0]);
             var chunk = new byte[16 * 1024];
+            var bytes = compressed.ToArray();
             try
             {
-                using var decompression = provider.CreateDecompressionStream(new MemoryStream(compressed.ToArray(), writable: false));
+                using var decompression = provider.CreateDecompressionStream(new MemoryStream(bytes, writable: false));
                 int read;
                 while ((read = decompression.Read(chunk)) > 0)
                 {
@@ -222,6 +227,19 @@ internal static class GrpcFramingCheck
             catch (InvalidDataException)
             {
                 return (Invalid($"the request's message does not decompress as {provider.EncodingName}"), true, null);
+            }
+
+            // GZipStream inflates a body cut short to what arrived, without an error.
+            switch (provider.EncodingName == "gzip" ? GzipBody.Problem(bytes) : null)
+            {
+                case GzipProblem.CutShort:
+                    return (Invalid($"the request's message (gzip, {bytes.Length} bytes) is cut short: it ends before its end-of-stream marker and trailer (CRC-32 and length)"), true, null);
+                case GzipProblem.BytesAfter:
+                    return (Invalid("the request's message (gzip) holds bytes after its gzip data"), true, null);
+                case GzipProblem.NotGzip:
+                    return (Invalid("the request's message does not decompress as gzip"), true, null);
+                default:
+                    break;
             }
 
             var frame = output.GetBuffer().AsMemory(0, (int)output.Length);
