@@ -305,6 +305,47 @@ public sealed class DurableFileTests : IDisposable
         }
     }
 
+    [Fact]
+    public void Append_AnotherWriterHoldsTheLock_RefusedAfterTheWait_NothingWritten()
+    {
+        // Another writer (a separate open, as another process has) holding the lock past the wait:
+        // the append is refused with what held it up, and writes nothing. The wait is the test's
+        // (50 ms, not the 10 s an append waits).
+        var path = Path.Combine(_directory, "siem.jsonl");
+        File.WriteAllText(path, "{\"one\":1}\n");
+        using (var holder = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite))
+        {
+            DurableFile.EndWithWholeLine(holder); // takes the appenders' lock until it is closed
+
+            var e = Assert.Throws<IOException>(() => DurableFile.Append(path, "{\"two\":2}\n"u8, DurableFile.OwnerOnly, TimeSpan.FromMilliseconds(50)));
+
+            Assert.Contains("stayed locked by another writer for 0.05 s", e.Message, StringComparison.Ordinal);
+            Assert.Contains("nothing was appended", e.Message, StringComparison.Ordinal);
+            Assert.Equal("{\"one\":1}\n", File.ReadAllText(path));
+        }
+
+        // Once the holder closed the file, the append goes ahead.
+        DurableFile.Append(path, "{\"two\":2}\n"u8, DurableFile.OwnerOnly, TimeSpan.FromMilliseconds(50));
+        Assert.Equal("{\"one\":1}\n{\"two\":2}\n", File.ReadAllText(path));
+    }
+
+    [Fact]
+    public void Append_ThatThrewAfterTakingTheLock_LeftTheLockReleased()
+    {
+        // More without a line feed than any record is refused after the lock is taken (the last
+        // line is looked at under it): the refused append must not leave the file locked.
+        var path = Path.Combine(_directory, "siem.jsonl");
+        File.WriteAllText(path, new string('x', LongestTornLine + 1));
+        Assert.Throws<IOException>(() => DurableFile.Append(path, "{\"one\":1}\n"u8, DurableFile.OwnerOnly, TimeSpan.FromMilliseconds(50)));
+
+        using var next = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
+        var e = Record.Exception(() => DurableFile.EndWithWholeLine(next, TimeSpan.FromMilliseconds(50)));
+
+        // Not refused for the lock: refused, again, for what the file holds.
+        Assert.IsType<IOException>(e);
+        Assert.Contains("not a log of records", e.Message, StringComparison.Ordinal);
+    }
+
     // DurableFile.MaxTornLine (a MiB, as the SIEM stream's read-back): written out, so these
     // tests also build against a DurableFile without it.
     private const int LongestTornLine = 1 << 20;

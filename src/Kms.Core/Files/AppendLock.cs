@@ -4,7 +4,7 @@ using System.Runtime.InteropServices;
 namespace Kms.Core.Files;
 
 /// <summary>
-/// The lock <see cref="DurableFile.Append"/> holds on a log of records from before it looks at the
+/// The lock <see cref="DurableFile.Append(string, ReadOnlySpan{byte}, UnixFileMode)"/> holds on a log of records from before it looks at the
 /// last line until the file is closed: two writers of one file (two servers given one SIEM stream
 /// path, the ceremony CLI and a server on one checkpoints file) take turns, where each would
 /// otherwise write at the end it saw — the same offset, one record over the other — or cut the
@@ -19,8 +19,8 @@ namespace Kms.Core.Files;
 /// <c>LOCK_EX|LOCK_NB</c>; an exclusive flock would make every .NET reader of the file fail while
 /// an append is under way, and a reader keeping the file open would hold off the appends.</para>
 /// <para>Advisory: only writers that lock are held off (a reader never is). The lock is waited for
-/// (an append holds it for one write and one fsync) up to <see cref="Wait"/>, then the append is
-/// refused. Where there are no such locks (Linux before 3.15, a file system without locks) the
+/// (an append holds it for one write and one fsync) up to <see cref="Wait"/> (a test's shorter
+/// wait is passed in), then the append is refused. Where there are no such locks (Linux before 3.15, a file system without locks) the
 /// append goes ahead unlocked, as .NET does with its own; elsewhere than Linux there is none.</para>
 /// </remarks>
 internal static partial class AppendLock
@@ -38,8 +38,11 @@ internal static partial class AppendLock
     private const int NotSupported = 95; // EOPNOTSUPP
 
     /// <summary>Takes the lock on <paramref name="file"/> (held until it is closed); does nothing for a pipe, a FIFO or off Linux.</summary>
-    /// <exception cref="IOException">Another writer held the lock for longer than <see cref="Wait"/>, or the lock failed otherwise.</exception>
-    public static void Acquire(FileStream file, string path)
+    /// <param name="file">The log, open for writing.</param>
+    /// <param name="path">Its path, for the message.</param>
+    /// <param name="wait">How long another writer's lock is waited for: <see cref="Wait"/>, or a test's.</param>
+    /// <exception cref="IOException">Another writer held the lock for longer than <paramref name="wait"/>, or the lock failed otherwise.</exception>
+    public static void Acquire(FileStream file, string path, TimeSpan wait)
     {
         if (!OperatingSystem.IsLinux() || !file.CanSeek)
         {
@@ -54,12 +57,12 @@ internal static partial class AppendLock
             {
                 case 0 or Invalid or NoLocks or NotSupported:
                     return;
-                case TryAgain or AccessDenied when waited.Elapsed < Wait:
+                case TryAgain or AccessDenied when waited.Elapsed < wait:
                     Thread.Sleep(pause);
                     pause = Math.Min(pause * 2, 50);
                     continue;
                 case TryAgain or AccessDenied:
-                    throw new IOException($"{path} stayed locked by another writer for {Wait.TotalSeconds:0} s (another server or kms command appending to the same file?); nothing was appended");
+                    throw new IOException($"{path} stayed locked by another writer for {wait.TotalSeconds:0.###} s (another server or kms command appending to the same file?); nothing was appended");
                 case var error:
                     throw new IOException($"cannot lock {path} to append to it: {Marshal.GetPInvokeErrorMessage(error)} (errno {error})");
             }

@@ -87,7 +87,7 @@ public static class DurableFile
     }
 
     /// <summary>
-    /// The longest torn last line <see cref="Append"/> cuts off (1 MiB, far above any record): a
+    /// The longest torn last line <see cref="Append(string, ReadOnlySpan{byte}, UnixFileMode)"/> cuts off (1 MiB, far above any record): a
     /// file ending in more without a line feed is not a log of records, and is refused whole.
     /// </summary>
     public const int MaxTornLine = 1 << 20;
@@ -101,7 +101,7 @@ public static class DurableFile
     /// <remarks>
     /// <para>The content is one write (records and their line feeds together). A crash during an
     /// append can leave its last line torn (no line feed at the end), never an earlier one. The
-    /// next append ends the file with a whole line first (<see cref="EndWithWholeLine"/>), so
+    /// next append ends the file with a whole line first (<see cref="EndWithWholeLine(FileStream)"/>), so
     /// that its record does not run on from the torn one (which would spoil both): a torn line is
     /// cut off, and a line that lacks only its line feed (one JSON object, whole) gets it. The file
     /// holds whole lines only once this returns, and a reader sees a torn line only at the very
@@ -113,8 +113,12 @@ public static class DurableFile
     /// </remarks>
     /// <returns>The number of bytes of a torn last line that were cut off; 0 when the file ended with a whole line (or was new).</returns>
     /// <exception cref="ArgumentException"><paramref name="content"/> does not end with a line feed.</exception>
-    /// <exception cref="IOException">The file cannot be written, or its directory cannot be synced, or it ends with more than <see cref="MaxTornLine"/> bytes without a line feed (nothing is cut or written), or another writer held it locked for longer than a few seconds.</exception>
-    public static long Append(string path, ReadOnlySpan<byte> content, UnixFileMode mode)
+    /// <exception cref="IOException">The file cannot be written, or its directory cannot be synced, or it ends with more than <see cref="MaxTornLine"/> bytes without a line feed (nothing is cut or written), or another writer held it locked for longer than 10 s (nothing is written).</exception>
+    public static long Append(string path, ReadOnlySpan<byte> content, UnixFileMode mode) =>
+        Append(path, content, mode, AppendLock.Wait);
+
+    /// <summary><see cref="Append(string, ReadOnlySpan{byte}, UnixFileMode)"/>, waiting <paramref name="lockWait"/> for another writer's lock (a test's shorter wait).</summary>
+    internal static long Append(string path, ReadOnlySpan<byte> content, UnixFileMode mode, TimeSpan lockWait)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         if (content.IsEmpty || content[^1] != (byte)'\n')
@@ -132,7 +136,7 @@ public static class DurableFile
         long cut;
         using (var file = new FileStream(full, options))
         {
-            cut = EndWithWholeLine(file);
+            cut = EndWithWholeLine(file, lockWait);
             var before = file.CanSeek ? file.Seek(0, SeekOrigin.End) : 0;
             try
             {
@@ -152,7 +156,7 @@ public static class DurableFile
         return cut;
     }
 
-    /// <summary><see cref="Append"/> (synchronous I/O: records are small).</summary>
+    /// <summary><see cref="Append(string, ReadOnlySpan{byte}, UnixFileMode)"/> (synchronous I/O: records are small).</summary>
     /// <returns>The number of bytes of a torn last line that were cut off.</returns>
     /// <exception cref="ArgumentException"><paramref name="content"/> does not end with a line feed.</exception>
     /// <exception cref="IOException">The file cannot be written, or its directory cannot be synced.</exception>
@@ -163,7 +167,7 @@ public static class DurableFile
     }
 
     /// <summary>
-    /// What <see cref="Append"/> does first, for a reader that writes the log itself next (the SIEM
+    /// What <see cref="Append(string, ReadOnlySpan{byte}, UnixFileMode)"/> does first, for a reader that writes the log itself next (the SIEM
     /// stream's read-back): takes the appenders' lock on <paramref name="file"/> (held until it is
     /// closed), then cuts off a torn last line, or ends with a line feed a last line that is one
     /// whole JSON object without it. Not synced: the next append is.
@@ -171,10 +175,13 @@ public static class DurableFile
     /// <param name="file">The log, open for reading and writing; a pipe or FIFO is left as it is.</param>
     /// <returns>The number of bytes cut off; 0 when the file ended with a whole line, or a line feed was all it lacked.</returns>
     /// <exception cref="IOException">More than <see cref="MaxTornLine"/> bytes follow the last line feed: not a log of records; nothing is cut. Or another writer held the lock for longer than a few seconds.</exception>
-    public static long EndWithWholeLine(FileStream file)
+    public static long EndWithWholeLine(FileStream file) => EndWithWholeLine(file, AppendLock.Wait);
+
+    /// <summary><see cref="EndWithWholeLine(FileStream)"/>, waiting <paramref name="lockWait"/> for another writer's lock.</summary>
+    internal static long EndWithWholeLine(FileStream file, TimeSpan lockWait)
     {
         ArgumentNullException.ThrowIfNull(file);
-        AppendLock.Acquire(file, file.Name);
+        AppendLock.Acquire(file, file.Name, lockWait);
         if (!file.CanSeek || file.Length == 0)
         {
             return 0;
