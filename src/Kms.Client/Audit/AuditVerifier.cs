@@ -37,10 +37,13 @@ public sealed record AuditVerification(bool Valid, long Events, long Checkpoints
 /// 1,048,576 characters (a longer one is malformed), and the hashes of only the last 65,536
 /// events are kept (2 MiB), for the checkpoints that follow them: the server writes each
 /// checkpoint right after the event it covers, and one further from it is out of place.</para>
-/// <para>A last line without a line end that is not JSON is a torn line (a copy of a SIEM
-/// stream taken mid-append, a crash), not a malformed one: what comes before it is verified, and
-/// the result says how far, with the torn line's length (<see cref="AuditVerification.TornTail"/>),
-/// never as valid. A last line without a line end that is JSON is read like any other.</para>
+/// <para>A last line without a line end that is not one whole JSON object is a torn line (a copy
+/// of a SIEM stream taken mid-append, a crash), not a malformed one: what comes before it is
+/// verified, and the result says how far, with the torn line's length
+/// (<see cref="AuditVerification.TornTail"/>), never as valid. A last line without a line end
+/// that is one whole object is read like any other. The rule is the server's own
+/// (<see cref="Kms.Core.Files.JsonLines.IsWholeRecord(string)"/>: the line its next append would
+/// cut is the line called torn here), not an independent one: the two must agree.</para>
 /// </remarks>
 public static class AuditVerifier
 {
@@ -109,7 +112,7 @@ public static class AuditVerifier
                 continue;
             }
 
-            if (lines.Unterminated && !IsJson(line))
+            if (lines.Unterminated && !Kms.Core.Files.JsonLines.IsWholeRecord(line))
             {
                 // The last line, cut short: what came before is verified as far as it goes.
                 torn = line.Length;
@@ -178,19 +181,6 @@ public static class AuditVerifier
         return torn > 0
             ? new AuditVerification(false, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, $"{tornLine}; everything before it verified, up to event {state.NextSequence - 1}", state.Anchor, torn)
             : new AuditVerification(true, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, null, state.Anchor);
-    }
-
-    private static bool IsJson(string line)
-    {
-        try
-        {
-            using var document = JsonDocument.Parse(line);
-            return true;
-        }
-        catch (JsonException)
-        {
-            return false;
-        }
     }
 
     private static bool Is(List<string> members, string first, string second) => members.Count == 2 && members[0] == first && members[1] == second;

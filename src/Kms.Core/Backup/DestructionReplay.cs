@@ -105,9 +105,11 @@ public static class DestructionReplay
 
     /// <summary>
     /// The lines of an audit export's or SIEM stream's text, without its last line when that line
-    /// is torn: it has no line feed after it and is not JSON — what a crash while the line was
-    /// appended leaves (the server cuts it at its next append or start), or a copy taken meanwhile.
-    /// A last line that is whole JSON without its line feed is kept. A torn line anywhere else
+    /// is torn: it has no line feed after it and is not one whole JSON object
+    /// (<see cref="Files.JsonLines.IsWholeRecord(string)"/>, the rule the server's appends cut by) —
+    /// what a crash while the line was appended leaves (the server cuts it at its next append or
+    /// start), or a copy taken meanwhile. A last line that is one whole object without its line
+    /// feed is kept. A torn line anywhere else
     /// stays in the lines, for <see cref="EventsOf"/> to refuse: only the end of a file can be
     /// torn by a crash.
     /// </summary>
@@ -123,16 +125,13 @@ public static class DestructionReplay
             return (lines, null);
         }
 
-        try
+        if (Files.JsonLines.IsWholeRecord(last))
         {
-            using var whole = JsonDocument.Parse(last);
             lines.Add(last);
             return (lines, null);
         }
-        catch (JsonException)
-        {
-            return (lines, last);
-        }
+
+        return (lines, last);
     }
 
     /// <summary>

@@ -103,7 +103,9 @@ public static class DurableFile
     /// append can leave its last line torn (no line feed at the end), never an earlier one. The
     /// next append ends the file with a whole line first (<see cref="EndWithWholeLine(FileStream)"/>), so
     /// that its record does not run on from the torn one (which would spoil both): a torn line is
-    /// cut off, and a line that lacks only its line feed (one JSON object, whole) gets it. The file
+    /// cut off, and a line that lacks only its line feed (one JSON object, whole:
+    /// <see cref="JsonLines.IsWholeRecord(ReadOnlySpan{byte})"/>, the rule the readers of these logs
+    /// share) gets it. The file
     /// holds whole lines only once this returns, and a reader sees a torn line only at the very
     /// end, only after a crash. An append that fails part-way (a full disk) is taken back. A pipe
     /// or FIFO is written as it is.</para>
@@ -198,7 +200,7 @@ public static class DurableFile
         var last = new byte[length - start];
         file.Seek(start, SeekOrigin.Begin);
         file.ReadExactly(last);
-        if (IsWholeRecord(last))
+        if (JsonLines.IsWholeRecord(last))
         {
             // The record is all there (one write holds a record and its line feed, so only a torn
             // write ends exactly between them): keep it, end it.
@@ -244,30 +246,6 @@ public static class DurableFile
         }
 
         return 0;
-    }
-
-    /// <summary>
-    /// Whether a last line without its line feed is a whole record: one JSON object and nothing
-    /// else, up to its closing brace. No strict prefix of an object is one (its root closes only
-    /// at its last byte), so a torn record never passes, nor two run together, nor a torn write's
-    /// zeros after a record.
-    /// </summary>
-    private static bool IsWholeRecord(byte[] line)
-    {
-        if (line.Length < 2 || line[0] != '{' || line[^1] != '}')
-        {
-            return false;
-        }
-
-        try
-        {
-            using var record = System.Text.Json.JsonDocument.Parse(line);
-            return record.RootElement.ValueKind == System.Text.Json.JsonValueKind.Object;
-        }
-        catch (Exception e) when (e is System.Text.Json.JsonException or ArgumentException)
-        {
-            return false;
-        }
     }
 
     /// <summary>
