@@ -69,6 +69,19 @@ public sealed partial class KmsClient
             RestoreDomain = new RestoreDomainParameters { TokenLabel = tokenLabel ?? throw new ArgumentNullException(nameof(tokenLabel)) },
         }, cancellationToken).ConfigureAwait(false);
 
+    /// <summary>
+    /// Asks the officers to authorise one deployment-admin recovery (security officers): once M have
+    /// approved, the node that executed it writes a one-time credential (valid 15 minutes) to its
+    /// bootstrap-credential file, with which <see cref="BootstrapAsync"/> registers a new deployment
+    /// admin although deployment admins exist.
+    /// </summary>
+    public async Task<QuorumRequestInfo> RequestDeploymentAdminRecoveryAsync(TimeSpan? ttl = null, CancellationToken cancellationToken = default) =>
+        await CreateQuorumRequestAsync(new CreateQuorumRequestRequest
+        {
+            Operation = QuorumOperation.RecoverDeploymentAdmin,
+            Ttl = ttl is { } t ? Duration.FromTimeSpan(t) : null,
+        }, cancellationToken).ConfigureAwait(false);
+
     /// <summary>An APPROVED rotation or restore request as an approval bundle (JSON) for the offline ceremony, with the request.</summary>
     public async Task<ExportQuorumApprovalResponse> ExportQuorumApprovalAsync(string name, CancellationToken cancellationToken = default) =>
         await Quorum.ExportQuorumApprovalAsync(new ExportQuorumApprovalRequest { Name = name }, Options(cancellationToken)).ConfigureAwait(false);

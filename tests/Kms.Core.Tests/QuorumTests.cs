@@ -82,6 +82,33 @@ public sealed class QuorumTests : IDisposable
     }
 
     [Fact]
+    public void Render_RecoverDeploymentAdmin_GoldenText_SaysWhatItDoes()
+    {
+        // The parameters are fixed by the server, not chosen by the asker: they say in the signed
+        // text what the officers authorise (docs/quorum.md, the operations table).
+        var recovery = Golden() with
+        {
+            Operation = QuorumOperation.RecoverDeploymentAdmin,
+            Tenant = null,
+            RequestedBy = "token:olga",
+            Parameters = Kms.Core.Services.QuorumService.RecoveryParameters,
+        };
+        const string Recovery = "kms quorum approval v1\n"
+            + "id: 0123456789abcdef0123456789abcdef\n"
+            + "operation: RECOVER_DEPLOYMENT_ADMIN\n"
+            + "tenant: (deployment)\n"
+            + "domain-kcv: 5a0c7e\n"
+            + "officer-set: 0 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n"
+            + "requested-by: token:olga\n"
+            + "created: 2026-11-29T12:00:00.000Z\n"
+            + "expires: 2026-11-30T12:00:00.000Z\n"
+            + "param credential: one-time, valid 15 minutes, written to the executing node's bootstrap-credential file (Kms:BootstrapTokenPath)\n"
+            + "param grants: one Bootstrap call, registering one new deployment-admin; the existing deployment admins stay\n";
+        Assert.Equal(Recovery, QuorumRendering.Render(recovery));
+        Assert.Equal(TimeSpan.FromMinutes(15), Kms.Core.Services.AccessService.RecoveryTokenLifetime);
+    }
+
+    [Fact]
     public void Render_SameRequestTwice_SameText_AnyFieldChanged_OtherText()
     {
         var golden = QuorumRendering.Render(Golden());

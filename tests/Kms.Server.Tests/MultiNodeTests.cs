@@ -259,6 +259,45 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task RecoverDeploymentAdmin_ExecutedOnA_CredentialOnlyInAsDataDir_TheSharedStoreHonoursItOnB_Once()
+    {
+        // The credential is a row of the shared store (its hash), so every node accepts it, once;
+        // its text is only in the data directory of the node that executed the request.
+        using var officers = new TestOfficers("alice", "bob");
+        var genesis = Scratch.NewPath("kms-genesis-", ".json");
+        Kms.Core.Quorum.GenesisFile.Write(genesis, Kms.Core.Quorum.OfficerSet.CreateGenesis(officers.Select("alice", "bob"), 2));
+        try
+        {
+            var a = await StartNodeAsync(extraArgs: $"--Kms:Quorum:GenesisFile={genesis}");
+            var b = await StartNodeAsync(extraArgs: $"--Kms:Quorum:GenesisFile={genesis}");
+            using var officer = a.CreateClient(await a.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+            var request = await officer.RequestDeploymentAdminRecoveryAsync();
+            foreach (var name in new[] { "alice", "bob" })
+            {
+                using var approver = Kms.Client.Quorum.QuorumApprover.FromKey(ECDsa.Create(officers.KeyOf(name).ExportParameters(true)));
+                await approver.ApproveAsync(officer, await approver.PrepareAsync(officer, request.Name));
+            }
+
+            Assert.False(File.Exists(Path.Combine(b.DataDir, "bootstrap.token")));
+            var credential = (await File.ReadAllTextAsync(Path.Combine(a.DataDir, "bootstrap.token"))).Trim();
+            using (var onB = b.CreateClient(credential))
+            {
+                Assert.Equal("token:recovered-on-b", (await onB.BootstrapAsync("token:recovered-on-b")).Admin.Name);
+            }
+
+            using var onA = a.CreateClient(credential);
+            Assert.Equal(StatusCode.Unauthenticated, (await Assert.ThrowsAsync<RpcException>(() => onA.BootstrapAsync("token:recovered-on-a"))).StatusCode);
+            using var admin = a.DeploymentAdmin();
+            Assert.Equal(["token:recovered-on-b", "token:test-admin"], (await admin.Access.ListRoleBindingsAsync(new ListRoleBindingsRequest())).Bindings
+                .Where(x => x.Role == "deployment-admin").Select(x => x.Principal).Order(StringComparer.Ordinal));
+        }
+        finally
+        {
+            File.Delete(genesis);
+        }
+    }
+
+    [Fact]
     public async Task NodeWithAnotherDomainKey_RefusesToServeTheDeployment()
     {
         await StartNodeAsync();

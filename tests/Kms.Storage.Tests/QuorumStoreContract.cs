@@ -153,5 +153,41 @@ public abstract class QuorumStoreContract : AuditStoreContract
         Assert.Equal(2, (await store.ListOfficerSetsAsync(default)).Count);
     }
 
+    [Fact]
+    public async Task IssuedToken_StoredWithTheExecution_OrNotAtAll()
+    {
+        using var officers = new TestOfficers("alice");
+        var store = await QuorumAsync();
+        var genesis = OfficerSet.CreateGenesis(officers.Select("alice"), 1);
+        await store.AddGenesisOfficerSetAsync(genesis, default);
+        var request = TestOfficers.Request(genesis, QuorumOperation.RecoverDeploymentAdmin, QuorumService.RecoveryParameters, T0);
+        await store.CreateQuorumRequestAsync(request, default);
+        var approval = officers.Approve("alice", request, T0);
+        var (id, _, hash) = Kms.Core.Access.ApiTokenSecret.Create();
+        var token = new Kms.Core.Access.ApiToken(id, Authenticator.BootstrapPrincipal, Kms.Core.Access.ApiTokenKind.Recovery, hash, T0, T0 + TimeSpan.FromMinutes(15));
+        var access = (IAccessStore)store;
+
+        // An effect that fails in the same execution takes the token with it.
+        await Assert.ThrowsAsync<KmsException>(() => store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current with { State = QuorumRequestState.Executed, ExecuteTime = T0 })
+        {
+            AddedApproval = approval,
+            IssuedToken = token,
+            KeyEffect = new QuorumKeyEffect(NewKey(Dev, "missing").Name, k => throw new InvalidOperationException("never read")),
+        }, default));
+        Assert.Null(await access.GetApiTokenAsync(id, default));
+        Assert.Equal(QuorumRequestState.Pending, (await store.GetQuorumRequestAsync(request.Id, default))!.State);
+
+        var executed = await store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current with { State = QuorumRequestState.Executed, ExecuteTime = T0 })
+        {
+            AddedApproval = approval,
+            IssuedToken = token,
+        }, default);
+        Assert.Equal(QuorumRequestState.Executed, executed!.State);
+        var stored = (await access.GetApiTokenAsync(id, default))!;
+        Assert.Equal((Authenticator.BootstrapPrincipal, Kms.Core.Access.ApiTokenKind.Recovery, T0 + TimeSpan.FromMinutes(15), (DateTimeOffset?)null),
+            (stored.Principal, stored.Kind, stored.ExpireTime, stored.RevokeTime));
+        Assert.Equal(hash, stored.SecretHash);
+    }
+
     private async Task<IQuorumStore> QuorumAsync() => (IQuorumStore)await CreateStoreAsync();
 }

@@ -26,6 +26,7 @@ internal static class OfficerCommands
         quorum.Subcommands.Add(ChangeOfficers(runner));
         quorum.Subcommands.Add(RotateDomain(runner));
         quorum.Subcommands.Add(RestoreDomain(runner));
+        quorum.Subcommands.Add(RecoverAdmin(runner));
         quorum.Subcommands.Add(Export(runner));
         quorum.Subcommands.Add(List(runner));
         quorum.Subcommands.Add(Show(runner));
@@ -168,6 +169,20 @@ internal static class OfficerCommands
         runner.SetAction(command, async (ctx, ct) =>
         {
             WriteRequest(ctx, await ctx.Client.RequestDomainRestoreAsync(ctx.ParseResult.GetRequiredValue(token), ctx.ParseResult.GetValue(ttl), ct));
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    private static Command RecoverAdmin(CommandRunner runner)
+    {
+        var ttl = Ttl();
+        var command = new Command("recover-admin",
+            "ask the officers to authorise one deployment-admin recovery: the node that executes it writes a one-time credential (15 minutes) to its bootstrap-credential file, for AccessManagementService.Bootstrap")
+        { ttl };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            WriteRequest(ctx, await ctx.Client.RequestDeploymentAdminRecoveryAsync(ctx.ParseResult.GetValue(ttl), ct));
             return ExitCodes.Ok;
         });
         return command;

@@ -73,6 +73,7 @@ public sealed class QuorumApprover : IDisposable
                     Kms.Contracts.V1.QuorumOperation.ExportBackup => Kms.Core.Quorum.QuorumOperation.ExportBackup,
                     Kms.Contracts.V1.QuorumOperation.RestoreDomain => Kms.Core.Quorum.QuorumOperation.RestoreDomain,
                     Kms.Contracts.V1.QuorumOperation.RotateDomainKey => Kms.Core.Quorum.QuorumOperation.RotateDomainKey,
+                    Kms.Contracts.V1.QuorumOperation.RecoverDeploymentAdmin => Kms.Core.Quorum.QuorumOperation.RecoverDeploymentAdmin,
                     _ => throw new FormatException($"unknown quorum operation {info.Operation}"),
                 },
                 Parameters = info.Parameters.Select(p => KeyValuePair.Create(p.Key, p.Value)).ToList(),

@@ -70,6 +70,12 @@ public enum ApiTokenKind
 
     /// <summary>The one-time bootstrap credential: invalid after its first use.</summary>
     Bootstrap = 3,
+
+    /// <summary>
+    /// The one-time recovery credential an executed RECOVER_DEPLOYMENT_ADMIN quorum request
+    /// issued: like <see cref="Bootstrap"/>, but Bootstrap accepts it while deployment admins exist.
+    /// </summary>
+    Recovery = 4,
 }
 
 /// <summary>

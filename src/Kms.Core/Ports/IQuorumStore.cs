@@ -39,7 +39,7 @@ public interface IQuorumStore
     /// Reads the request (with its approvals) and the head of the officer chain, lets
     /// <paramref name="decide"/> compute the change on that fresh state, and applies it — the
     /// approval, the state transition, the operation it triggers (a key change, an appended
-    /// officer set) and the execution's audit event — all in one transaction, serialised with
+    /// officer set, an issued API token) and the execution's audit event — all in one transaction, serialised with
     /// every other write. If <paramref name="decide"/> throws, nothing changes.
     /// </summary>
     /// <returns>The request after the change; null if it does not exist.</returns>
@@ -59,6 +59,12 @@ public sealed record QuorumChange(QuorumRequest Request)
 
     /// <summary>An officer set the execution appends to the chain (its sequence must be the head's + 1).</summary>
     public OfficerSet? AppendedOfficerSet { get; init; }
+
+    /// <summary>
+    /// An API token the execution issues (RECOVER_DEPLOYMENT_ADMIN: the recovery credential), stored
+    /// as <see cref="IAccessStore.CreateApiTokenAsync"/> stores one: only its secret's hash.
+    /// </summary>
+    public Access.ApiToken? IssuedToken { get; init; }
 
     /// <summary>The execution's own audit event, committed after the calling request's event.</summary>
     public AuditEntry? ExecutionEvent { get; init; }

@@ -25,6 +25,13 @@ public enum QuorumOperation
     /// verifies the approved request, the server executes nothing).
     /// </summary>
     RotateDomainKey,
+
+    /// <summary>
+    /// Recover deployment administration when every deployment admin's credential is lost: the
+    /// executing node writes a one-time recovery credential to its bootstrap-credential file, and
+    /// Bootstrap with it registers one more deployment admin although deployment admins exist.
+    /// </summary>
+    RecoverDeploymentAdmin,
 }
 
 /// <summary>The operations' names as the API and the canonical rendering spell them.</summary>
@@ -41,6 +48,7 @@ public static class QuorumOperations
         QuorumOperation.ExportBackup => "EXPORT_BACKUP",
         QuorumOperation.RestoreDomain => "RESTORE_DOMAIN",
         QuorumOperation.RotateDomainKey => "ROTATE_DOMAIN_KEY",
+        QuorumOperation.RecoverDeploymentAdmin => "RECOVER_DEPLOYMENT_ADMIN",
         _ => throw new ArgumentOutOfRangeException(nameof(operation), operation, "unknown quorum operation"),
     };
 

@@ -411,6 +411,12 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     public static readonly TimeSpan BootstrapTokenLifetime = TimeSpan.FromDays(7);
 
     /// <summary>
+    /// The recovery credential's lifetime (an executed RECOVER_DEPLOYMENT_ADMIN request issues it):
+    /// short, since it is used at once by whoever the officers asked to read the node's file.
+    /// </summary>
+    public static readonly TimeSpan RecoveryTokenLifetime = TimeSpan.FromMinutes(15);
+
+    /// <summary>
     /// At start-up: revokes any earlier bootstrap credential and, when the deployment has no
     /// deployment admin yet, issues a new one-time one (returned as text, for the server to
     /// write to a 0600 file). Null once a deployment admin exists.
@@ -418,10 +424,12 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     public async Task<string?> RenewBootstrapTokenAsync(CancellationToken cancellationToken)
     {
         // Earlier credentials go either way: once an admin exists none may stay (several nodes
-        // starting at once on an empty database each issue one, and only one is used).
+        // starting at once on an empty database each issue one, and only one is used). A recovery
+        // credential stays: the officers' quorum issued it for its 15 minutes, and another node
+        // restarting meanwhile must not take it away.
         foreach (var earlier in await access.ListApiTokensAsync(Authenticator.BootstrapPrincipal, cancellationToken))
         {
-            if (earlier.RevokeTime is null)
+            if (earlier.RevokeTime is null && earlier.Kind != ApiTokenKind.Recovery)
             {
                 await access.RevokeApiTokenAsync(earlier.Id, Clock.Now(time), cancellationToken);
             }
@@ -441,12 +449,16 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     /// <summary>
     /// Uses the one-time bootstrap credential: registers the first deployment admin (a
     /// certificate principal, or a token principal that gets a session token) and revokes
-    /// the credential in the same step, so a second use fails.
+    /// the credential in the same step, so a second use fails. A recovery credential (issued by
+    /// an executed RECOVER_DEPLOYMENT_ADMIN quorum request) registers one more deployment admin
+    /// while others exist; they stay, and the new admin may remove them.
     /// </summary>
     /// <returns>The admin, and a session token when the admin is a token principal.</returns>
     public async Task<(Principal Admin, string? SessionToken)> BootstrapAsync(Caller caller, PrincipalName admin, string? displayName, CancellationToken cancellationToken)
     {
         // Everything that can be refused is checked before the credential is used up.
+        ArgumentNullException.ThrowIfNull(caller);
+        Audit.AuditScope.SetResource(admin.ToString());
         var name = ValidateDisplayName(displayName, "display_name");
         if (admin == Authenticator.BootstrapPrincipal)
         {
@@ -464,9 +476,10 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
             throw KmsErrors.FailedPrecondition($"{admin} belongs to {tenant.ResourceName}; a deployment admin belongs to no tenant");
         }
 
-        if (await HasDeploymentAdminAsync(cancellationToken))
+        if (!caller.BootstrapRecovery && await HasDeploymentAdminAsync(cancellationToken))
         {
-            throw KmsErrors.FailedPrecondition("the deployment has a deployment admin already: bootstrap is over, and this credential grants nothing");
+            throw KmsErrors.FailedPrecondition("the deployment has a deployment admin already: bootstrap is over, and this credential grants nothing " +
+                "(if every deployment admin's credential is lost, the officers can approve a RECOVER_DEPLOYMENT_ADMIN quorum request)");
         }
 
         if (caller.BootstrapTokenId is not { } tokenId || !await access.ConsumeApiTokenAsync(tokenId, Clock.Now(time), cancellationToken))

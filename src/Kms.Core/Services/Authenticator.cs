@@ -35,10 +35,15 @@ public sealed class Authenticator(IAccessStore access, TrustedTime time)
             return null;
         }
 
-        if (token.Kind == ApiTokenKind.Bootstrap)
+        if (token.Kind is ApiTokenKind.Bootstrap or ApiTokenKind.Recovery)
         {
             // The one-time credential: no roles; it may call Bootstrap (once) and nothing else.
-            return new Caller(BootstrapPrincipal.ToString(), null, new HashSet<Role>()) { BootstrapTokenId = token.Id, ValidUntil = token.ExpireTime };
+            return new Caller(BootstrapPrincipal.ToString(), null, new HashSet<Role>())
+            {
+                BootstrapTokenId = token.Id,
+                BootstrapRecovery = token.Kind == ApiTokenKind.Recovery,
+                ValidUntil = token.ExpireTime,
+            };
         }
 
         var caller = await CallerForAsync(token.Principal, cancellationToken);

@@ -26,6 +26,12 @@ public sealed record Caller(string Principal, TenantId? HomeTenant, IReadOnlySet
     /// <summary>Set only for the one-time bootstrap credential: the token Bootstrap consumes.</summary>
     public string? BootstrapTokenId { get; init; }
 
+    /// <summary>
+    /// The bootstrap credential is a recovery credential (an executed RECOVER_DEPLOYMENT_ADMIN
+    /// request issued it): Bootstrap accepts it once although deployment admins exist.
+    /// </summary>
+    public bool BootstrapRecovery { get; init; }
+
     /// <summary>The caller's tenant, for operations that name none (Decrypt: the blob names a key version only).</summary>
     /// <exception cref="KmsException">PermissionDenied for a principal that belongs to no tenant.</exception>
     public TenantId Tenant => HomeTenant ?? throw KmsErrors.PermissionDenied($"principal {Principal} belongs to no tenant; it cannot use keys");

@@ -66,10 +66,25 @@ public sealed record CreateQuorumRequestCommand(TenantId? Tenant, QuorumOperatio
 public sealed record QuorumApprovalResult(QuorumRequest Request, int ValidApprovals, int Threshold, bool Executed)
 {
     /// <summary>
+    /// RECOVER_DEPLOYMENT_ADMIN, executed by this call (not by a repeat): the one-time recovery
+    /// credential, for the server to write to its bootstrap-credential file (mode 0600) and nowhere else.
+    /// </summary>
+    public RecoveryCredential? RecoveryCredential { get; init; }
+
+    /// <summary>
     /// The call repeated an approval the request holds already, byte for byte: nothing was written
     /// or run by it; <see cref="Executed"/> says whether that approval executed the request.
     /// </summary>
     public bool Repeated { get; init; }
+}
+
+/// <summary>The one-time credential an executed RECOVER_DEPLOYMENT_ADMIN request issued; printed as <c>***</c>.</summary>
+/// <param name="TokenId">The API token's id (not secret: audit events name it).</param>
+/// <param name="Text">The credential itself (<c>kms_…</c>): shown to nobody, written to one 0600 file.</param>
+public sealed record RecoveryCredential(string TokenId, string Text)
+{
+    /// <summary>Never the credential.</summary>
+    public override string ToString() => $"RecoveryCredential({TokenId}, ***)";
 }
 
 /// <summary>
@@ -221,6 +236,12 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
             // Nothing to choose: the backup is of the whole store, taken when the request executes.
             parameters = [];
         }
+        else if (command.Operation == QuorumOperation.RecoverDeploymentAdmin)
+        {
+            // Nothing to name: whoever reads the executing node's credential file chooses the new
+            // admin. The fixed parameters say in the rendering what the officers authorise.
+            parameters = RecoveryParameters;
+        }
         else if (command.Operation == QuorumOperation.RotateDomainKey)
         {
             // The old key is the one named by domain-kcv; the officers also approve the new share set's shape.
@@ -349,6 +370,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         var executed = false;
         var repeated = false;
         var repeatExecuted = false;
+        RecoveryCredential? credential = null;
         IReadOnlyList<Keys.KeyVersion> destroyed = [];
         var result = await store.UpdateQuorumRequestAsync(id, (request, storedHead) =>
         {
@@ -419,6 +441,9 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
 
                 // The snapshot is taken after this commit (Kms.Server's BackupExporter), so it holds the execution.
                 QuorumOperation.ExportBackup => change,
+
+                // The credential's hash is stored with the execution; the server writes its text to a file after the commit.
+                QuorumOperation.RecoverDeploymentAdmin => Recover(change, now, issued => credential = issued),
                 _ => throw KmsErrors.FailedPrecondition($"quorum operation {QuorumOperations.NameOf(done.Operation)} is not yet supported"),
             };
         }, cancellationToken) ?? throw KmsErrors.NotFound(name);
@@ -444,7 +469,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
             }
         }
 
-        return new QuorumApprovalResult(result, valid, threshold, executed || repeatExecuted) { Repeated = repeated };
+        return new QuorumApprovalResult(result, valid, threshold, executed || repeatExecuted) { Repeated = repeated, RecoveryCredential = executed ? credential : null };
     }
 
     // The officer set a repeated approval is checked in. A pending request: the head, after the
@@ -527,6 +552,38 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         return set;
     }
 
+    /// <summary>
+    /// RECOVER_DEPLOYMENT_ADMIN's parameters, fixed: the officers sign what it does, in words. An
+    /// execution checks that the stored request still says exactly this.
+    /// </summary>
+    public static readonly IReadOnlyList<KeyValuePair<string, string>> RecoveryParameters =
+    [
+        KeyValuePair.Create("credential", "one-time, valid 15 minutes, written to the executing node's bootstrap-credential file (Kms:BootstrapTokenPath)"),
+        KeyValuePair.Create("grants", "one Bootstrap call, registering one new deployment-admin; the existing deployment admins stay"),
+    ];
+
+    // The recovery credential: a one-time token of the bootstrap principal, of its own kind, that
+    // Bootstrap accepts while deployment admins exist. Its life starts at the approval's time (the
+    // latest of this node's clock, the database's and the recorded observed time), and the
+    // Authenticator judges its expiry by the trusted time.
+    private static QuorumChange Recover(QuorumChange change, DateTimeOffset now, Action<RecoveryCredential> issued)
+    {
+        var request = change.Request;
+        if (!request.Parameters.SequenceEqual(RecoveryParameters))
+        {
+            throw KmsErrors.Internal($"quorum request {request.Name} (RECOVER_DEPLOYMENT_ADMIN) does not carry the fixed parameters of its operation");
+        }
+
+        var (id, text, hash) = ApiTokenSecret.Create();
+        issued(new RecoveryCredential(id, text));
+        var token = new ApiToken(id, Authenticator.BootstrapPrincipal, ApiTokenKind.Recovery, hash, now, now + AccessService.RecoveryTokenLifetime);
+        return change with
+        {
+            IssuedToken = token,
+            ExecutionEvent = change.ExecutionEvent! with { Resource = $"{AccessService.AuditResourceOf(Authenticator.BootstrapPrincipal, null)}/apiTokens/{id}" },
+        };
+    }
+
     private static AuditEntry ExecutionEvent(QuorumRequest request, DateTimeOffset now) => new()
     {
         Time = now,
@@ -537,7 +594,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         {
             QuorumOperation.DestroyKeyVersionNow => request.Parameter("name"),
             QuorumOperation.ExportBackup => "backups/" + request.Id.Value,
-            QuorumOperation.RotateDomainKey or QuorumOperation.RestoreDomain => request.Name,
+            QuorumOperation.RotateDomainKey or QuorumOperation.RestoreDomain or QuorumOperation.RecoverDeploymentAdmin => request.Name,
             _ => "officerSets/" + request.Parameter("new-sequence"),
         },
         Outcome = "OK",

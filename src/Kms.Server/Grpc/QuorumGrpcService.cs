@@ -15,7 +15,12 @@ namespace Kms.Server.Grpc;
 /// interceptor has authorized the call; the service checks what depends on the operation
 /// (a destroy needs kms.keys.destroy in the key's tenant) and every signature.
 /// </summary>
-internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, Kms.Server.Backup.BackupExporter backups, Kms.Core.Services.TrustedTime time) : Kms.Contracts.V1.QuorumService.QuorumServiceBase
+internal sealed class QuorumGrpcService(
+    Kms.Core.Services.QuorumService quorum,
+    Kms.Server.Backup.BackupExporter backups,
+    Kms.Core.Services.TrustedTime time,
+    Microsoft.Extensions.Options.IOptions<Kms.Server.Hosting.KmsServerOptions> options,
+    ILogger<QuorumGrpcService> logger) : Kms.Contracts.V1.QuorumService.QuorumServiceBase
 {
     public override async Task<CreateQuorumRequestResponse> CreateQuorumRequest(CreateQuorumRequestRequest request, ServerCallContext context)
     {
@@ -74,6 +79,16 @@ internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, 
                 // again, only to be told the request executed): the request has executed, and only
                 // a new one can bring a backup.
                 throw KmsErrors.FailedPrecondition($"{result.Request.Name} executed, but its backup could not be written ({e.Message}); create a new EXPORT_BACKUP request");
+            }
+        }
+
+        if (result.RecoveryCredential is { } credential)
+        {
+            // Committed with the execution: only its hash is stored, and this file is the one copy.
+            // A file that cannot be written leaves a credential nobody holds, which expires unused.
+            if (!Kms.Server.Hosting.AccessProvisioning.TryWriteRecoveryCredential(options.Value, credential, result.Request.Name, logger))
+            {
+                throw KmsErrors.FailedPrecondition($"{result.Request.Name} executed, but its recovery credential could not be written on this node (see its log); create a new RECOVER_DEPLOYMENT_ADMIN request");
             }
         }
 
@@ -139,6 +154,7 @@ internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, 
         Kms.Contracts.V1.QuorumOperation.ExportBackup => Kms.Core.Quorum.QuorumOperation.ExportBackup,
         Kms.Contracts.V1.QuorumOperation.RestoreDomain => Kms.Core.Quorum.QuorumOperation.RestoreDomain,
         Kms.Contracts.V1.QuorumOperation.RotateDomainKey => Kms.Core.Quorum.QuorumOperation.RotateDomainKey,
+        Kms.Contracts.V1.QuorumOperation.RecoverDeploymentAdmin => Kms.Core.Quorum.QuorumOperation.RecoverDeploymentAdmin,
         _ => throw KmsErrors.InvalidArgument("operation", "is required: one of the QUORUM_OPERATION_* values"),
     };
 
@@ -149,6 +165,7 @@ internal sealed class QuorumGrpcService(Kms.Core.Services.QuorumService quorum, 
         Kms.Core.Quorum.QuorumOperation.ExportBackup => Kms.Contracts.V1.QuorumOperation.ExportBackup,
         Kms.Core.Quorum.QuorumOperation.RestoreDomain => Kms.Contracts.V1.QuorumOperation.RestoreDomain,
         Kms.Core.Quorum.QuorumOperation.RotateDomainKey => Kms.Contracts.V1.QuorumOperation.RotateDomainKey,
+        Kms.Core.Quorum.QuorumOperation.RecoverDeploymentAdmin => Kms.Contracts.V1.QuorumOperation.RecoverDeploymentAdmin,
         _ => Kms.Contracts.V1.QuorumOperation.Unspecified,
     };
 

@@ -37,9 +37,33 @@ internal static partial class AccessProvisioning
         var text = await access.RenewBootstrapTokenAsync(cancellationToken);
         if (text is not null)
         {
-            var path = Path.GetFullPath(options.BootstrapTokenPath ?? Path.Combine(options.DataDir, "bootstrap.token"));
-            SecretFiles.Write(path, text + "\n");
-            LogBootstrap(logger, path);
+            LogBootstrap(logger, WriteBootstrapCredential(options, text));
+        }
+    }
+
+    /// <summary>Writes a one-time credential to <see cref="KmsServerOptions.BootstrapTokenPath"/> (mode 0600, replacing any file there); returns the path.</summary>
+    public static string WriteBootstrapCredential(KmsServerOptions options, string text)
+    {
+        var path = Path.GetFullPath(options.BootstrapTokenPath ?? Path.Combine(options.DataDir, "bootstrap.token"));
+        SecretFiles.Write(path, text + "\n");
+        return path;
+    }
+
+    /// <summary>
+    /// An executed RECOVER_DEPLOYMENT_ADMIN request's credential, written where the start-up one goes;
+    /// false (logged with the path and the error, never the credential) when the file cannot be written.
+    /// </summary>
+    public static bool TryWriteRecoveryCredential(KmsServerOptions options, RecoveryCredential credential, string request, ILogger logger)
+    {
+        try
+        {
+            LogRecovery(logger, request, WriteBootstrapCredential(options, credential.Text));
+            return true;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            LogRecoveryNotWritten(logger, request, options.BootstrapTokenPath ?? Path.Combine(options.DataDir, "bootstrap.token"), e.Message);
+            return false;
         }
     }
 
@@ -96,6 +120,14 @@ internal static partial class AccessProvisioning
     [LoggerMessage(EventId = 1010, Level = LogLevel.Warning,
         Message = "No deployment admin yet: a one-time bootstrap credential is in {Path} (mode 0600). Call AccessManagementService.Bootstrap with it; it is invalid after that first use.")]
     private static partial void LogBootstrap(ILogger logger, string path);
+
+    [LoggerMessage(EventId = 1014, Level = LogLevel.Warning,
+        Message = "Quorum request {Request} (RECOVER_DEPLOYMENT_ADMIN) executed: a one-time recovery credential, valid 15 minutes, is in {Path} (mode 0600). Call AccessManagementService.Bootstrap with it to register a new deployment admin; it is invalid after that first use.")]
+    private static partial void LogRecovery(ILogger logger, string request, string path);
+
+    [LoggerMessage(EventId = 1015, Level = LogLevel.Error,
+        Message = "Quorum request {Request} (RECOVER_DEPLOYMENT_ADMIN) executed, but its recovery credential could not be written to {Path}: {Error}. It expires unused; create a new request")]
+    private static partial void LogRecoveryNotWritten(ILogger logger, string request, string path, string error);
 
     [LoggerMessage(EventId = 1012, Level = LogLevel.Warning,
         Message = "Dev mode: {Tenant} is being deleted, so its developer and key-user tokens are not issued again; use another --Kms:Tenant or a fresh data directory")]

@@ -149,6 +149,15 @@ public abstract partial class SqlStore : IQuorumStore
                     ("@officers", OfficersJson(set.Officers)), ("@hash", set.Hash), ("@change_request", id.Value));
             }
 
+            if (change.IssuedToken is { } token)
+            {
+                await InsertAsync(connection, transaction,
+                    $"INSERT INTO api_tokens ({TokenColumns}) VALUES (@id, @principal, @kind, @secret_hash, @create_time, @expire_time, NULL)",
+                    $"apiTokens/{token.Id}", cancellationToken,
+                    ("@id", token.Id), ("@principal", token.Principal.ToString()), ("@kind", (int)token.Kind), ("@secret_hash", token.SecretHash),
+                    ("@create_time", token.CreateTime.ToUnixTimeMilliseconds()), ("@expire_time", token.ExpireTime.ToUnixTimeMilliseconds()));
+            }
+
             return (await ReadRequestAsync(connection, transaction, id.Value, cancellationToken), erased, change.ExecutionEvent);
         }, cancellationToken, written => written.Event is { } execution ? [execution] : []);
 

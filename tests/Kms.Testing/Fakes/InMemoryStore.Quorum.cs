@@ -109,6 +109,11 @@ public sealed partial class InMemoryStore : IQuorumStore
                 throw KmsErrors.AlreadyExists($"officer set {set.Sequence}");
             }
 
+            if (change.IssuedToken is { } issued && _tokens.ContainsKey(issued.Id))
+            {
+                throw KmsErrors.AlreadyExists($"apiTokens/{issued.Id}");
+            }
+
             // Every check before the first change: a refused effect leaves nothing behind.
             if (change.KeyEffect is { } effect && UpdateKeyLocked(effect.Key, effect.Decide) is null)
             {
@@ -118,6 +123,11 @@ public sealed partial class InMemoryStore : IQuorumStore
             if (change.AppendedOfficerSet is { } appended)
             {
                 _officerSets.Add(appended);
+            }
+
+            if (change.IssuedToken is { } token)
+            {
+                _tokens.Add(token.Id, token);
             }
 
             after = change.Request with { Approvals = change.AddedApproval is { } added ? [.. current.Approvals, added] : current.Approvals };
