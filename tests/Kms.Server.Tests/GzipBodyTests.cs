@@ -4,9 +4,11 @@ using Kms.Server.Grpc;
 namespace Kms.Server.Tests;
 
 /// <summary>
-/// <see cref="GzipBody"/> against what .NET's GZipStream writes: every whole body is whole, every
-/// strict prefix is cut short, bytes after the data are refused — over stored, fixed and dynamic
-/// blocks, several members, and headers with every optional field.
+/// <see cref="GzipBody"/> against what .NET's GZipStream writes and reads: every whole body is
+/// whole; every strict prefix that GZipStream inflates without an error (it does so for a body cut
+/// short) is not; bytes after the member, or a second member, are not — over stored, fixed and
+/// dynamic blocks and headers with every optional field. The CRC-32 is checked against zlib's
+/// through the trailers GZipStream writes, and against the standard check value.
 /// </summary>
 public sealed class GzipBodyTests
 {
@@ -26,70 +28,96 @@ public sealed class GzipBodyTests
 
     [Theory]
     [MemberData(nameof(Bodies))]
-    public void Problem_WholeBody_None_EveryPrefix_CutShort_BytesAfter_Refused(string kind, CompressionLevel level)
+    public void IsWhole_WholeBody_Yes_EveryPrefixGZipStreamAccepts_No_BytesAfter_No(string kind, CompressionLevel level)
     {
         var content = Content(kind);
         var body = Gzip(content, level);
-        Assert.Equal(content, Inflate(body)); // the oracle reads it as we think
+        Assert.Equal(content, Inflate(body)!); // the oracle reads it as we think
 
-        Assert.Null(GzipBody.Problem(body));
-        // GZipStream writes nothing for nothing: the empty body is the empty message.
-        foreach (var cut in CutPoints(body.Length).Where(cut => cut > 0))
+        Assert.True(GzipBody.IsWhole(body, content), $"{kind} at {level}: the whole body");
+        var accepted = 0;
+        foreach (var cut in CutPoints(body.Length))
         {
-            Assert.True(GzipBody.Problem(body.AsSpan(0, cut)) == GzipProblem.CutShort, $"{kind} at {level}, cut to {cut} of {body.Length} bytes: {GzipBody.Problem(body.AsSpan(0, cut))}");
+            // GZipStream writes nothing for nothing: the empty body is the empty message, checked below.
+            if (cut == 0 || Inflate(body[..cut]) is not { } partial)
+            {
+                continue; // refused by zlib already ("does not decompress")
+            }
+
+            accepted++;
+            Assert.False(GzipBody.IsWhole(body.AsSpan(0, cut), partial), $"{kind} at {level}, cut to {cut} of {body.Length} bytes");
         }
 
-        if (body.Length > 0)
+        // The cuts zlib lets through are the ones this is for: at least every cut inside the trailer.
+        Assert.True(body.Length == 0 || accepted >= 8, $"{kind} at {level}: only {accepted} cuts inflated without an error");
+        foreach (var after in new byte[][] { [0], [0x1F], new byte[10], [0x1F, 0x8B] })
         {
-            Assert.Equal(GzipProblem.BytesAfter, GzipBody.Problem([.. body, 0]));
-            Assert.Equal(GzipProblem.BytesAfter, GzipBody.Problem([.. body, 0x1F]));
-            Assert.Equal(GzipProblem.BytesAfter, GzipBody.Problem([.. body, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+            byte[] padded = [.. body, .. after];
+            if (Inflate(padded) is { } inflated)
+            {
+                Assert.False(GzipBody.IsWhole(padded, inflated), $"{kind} at {level}, {after.Length} bytes after");
+            }
         }
     }
 
     [Theory]
     [MemberData(nameof(Bodies))]
-    public void Problem_TwoMembers_Whole_SecondCutShort_CutShort(string kind, CompressionLevel level)
+    public void IsWhole_TwoMembers_No(string kind, CompressionLevel level)
     {
         var first = Gzip(Content(kind), level);
         var second = Gzip(Content("text"), level);
         byte[] both = [.. first, .. second];
-        Assert.Equal([.. Content(kind), .. Content("text")], Inflate(both));
+        byte[] content = [.. Content(kind), .. Content("text")];
+        Assert.Equal(content, Inflate(both)!); // GZipStream reads both members
 
-        Assert.Null(GzipBody.Problem(both));
-        Assert.Equal(GzipProblem.CutShort, GzipBody.Problem(both.AsSpan(0, both.Length - 4)));
-        Assert.Equal(GzipProblem.CutShort, GzipBody.Problem(both.AsSpan(0, first.Length + 2)));
+        // Unless the first member holds nothing, the last trailer is not the whole message's.
+        Assert.Equal(kind == "nothing", GzipBody.IsWhole(both, content));
     }
 
     [Fact]
-    public void Problem_HeaderWithExtraNameAndCommentFields_Whole_EveryPrefixCutShort()
+    public void IsWhole_HeaderWithExtraNameAndCommentFields_Yes_CutInTheHeader_No()
     {
         var content = Content("text");
         var plain = Gzip(content, CompressionLevel.Optimal);
         // FEXTRA (3 bytes), FNAME, FCOMMENT, between the fixed header and the deflate data.
         byte[] header = [0x1F, 0x8B, 8, 0x04 | 0x08 | 0x10, .. plain.AsSpan(4, 6), 3, 0, 1, 2, 3, .. "name"u8, 0, .. "a comment"u8, 0];
         byte[] body = [.. header, .. plain.AsSpan(10)];
-        Assert.Equal(content, Inflate(body));
+        Assert.Equal(content, Inflate(body)!);
 
-        Assert.Null(GzipBody.Problem(body));
+        Assert.True(GzipBody.IsWhole(body, content));
         for (var cut = 1; cut < header.Length + 4; cut++)
         {
-            Assert.Equal(GzipProblem.CutShort, GzipBody.Problem(body.AsSpan(0, cut)));
+            if (Inflate(body[..cut]) is { } partial)
+            {
+                Assert.False(GzipBody.IsWhole(body.AsSpan(0, cut), partial), $"cut to {cut}");
+            }
         }
     }
 
     [Fact]
-    public void Problem_NotGzip_NotGzip()
+    public void IsWhole_Empty_OnlyForTheEmptyMessage()
     {
-        Assert.Equal(GzipProblem.NotGzip, GzipBody.Problem(Convert.FromHexString("AABBCCDDEEFF00112233")));
-        Assert.Equal(GzipProblem.NotGzip, GzipBody.Problem(Convert.FromHexString("1F8B0700000000000003")));
+        Assert.True(GzipBody.IsWhole([], []));
+        Assert.False(GzipBody.IsWhole([], [1]));
     }
 
-    // Every cut of a small body; of a large one, each of the first and last 64 and a spread between.
+    [Fact]
+    public void Crc32_TheStandardCheckValue_AndZlibsTrailers()
+    {
+        // The CRC-32/ISO-HDLC check value: CRC of "123456789".
+        Assert.Equal(0xCBF43926u, GzipBody.Crc32("123456789"u8));
+        foreach (var kind in new[] { "two bytes", "text", "random", "mixed" })
+        {
+            var body = Gzip(Content(kind), CompressionLevel.Fastest);
+            Assert.Equal(System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(body.AsSpan(body.Length - 8)), GzipBody.Crc32(Content(kind)));
+        }
+    }
+
+    // Every cut of a small body; of a large one, each of the first and last 32 and a spread between.
     private static IEnumerable<int> CutPoints(int length) =>
-        length <= 4096
+        length <= 1024
             ? Enumerable.Range(0, length)
-            : Enumerable.Range(0, 64).Concat(Enumerable.Range(length - 64, 64)).Concat(Enumerable.Range(0, 512).Select(i => 64 + (int)((long)i * (length - 128) / 512)));
+            : Enumerable.Range(0, 32).Concat(Enumerable.Range(length - 32, 32)).Concat(Enumerable.Range(0, 64).Select(i => 32 + (int)((long)i * (length - 64) / 64)));
 
     private static byte[] Content(string kind)
     {
@@ -129,11 +157,19 @@ public sealed class GzipBodyTests
         return output.ToArray();
     }
 
-    private static byte[] Inflate(byte[] body)
+    // What GZipStream inflates the body to, or null when it refuses it.
+    private static byte[]? Inflate(byte[] body)
     {
-        using var gzip = new GZipStream(new MemoryStream(body), CompressionMode.Decompress);
-        using var output = new MemoryStream();
-        gzip.CopyTo(output);
-        return output.ToArray();
+        try
+        {
+            using var gzip = new GZipStream(new MemoryStream(body), CompressionMode.Decompress);
+            using var output = new MemoryStream();
+            gzip.CopyTo(output);
+            return output.ToArray();
+        }
+        catch (InvalidDataException)
+        {
+            return null;
+        }
     }
 }

@@ -38,8 +38,8 @@ internal sealed record GrpcFramingProblem(global::Grpc.Core.Status Status);
 /// refusal, authenticated first) and the authorization interceptor answers the
 /// <see cref="GrpcFramingProblem"/> recorded here; no handler runs. A message over the size limit is refused as
 /// soon as its header arrives: RESOURCE_EXHAUSTED, gRPC's convention. A gzip message must be
-/// whole gzip members and nothing more (<see cref="GzipBody"/>): one that ends before its
-/// end-of-stream marker or trailer, or has bytes after them, is a framing error like the others
+/// one whole gzip member and nothing more (<see cref="GzipBody"/>): one cut short before its
+/// trailer, or with bytes after it, is a framing error like the others
 /// (the gzip provider is the only one this server configures). A compression grpc-dotnet
 /// does not support is left to it: UNIMPLEMENTED naming the supported ones (gRPC's
 /// compression spec). The messages of client-streaming and bidirectional calls (only
@@ -229,17 +229,10 @@ internal static class GrpcFramingCheck
                 return (Invalid($"the request's message does not decompress as {provider.EncodingName}"), true, null);
             }
 
-            // GZipStream inflates a body cut short to what arrived, without an error.
-            switch (provider.EncodingName == "gzip" ? GzipBody.Problem(bytes) : null)
+            // GZipStream inflates a body cut short to what arrived, without an error, and skips bytes after a member.
+            if (provider.EncodingName == "gzip" && !GzipBody.IsWhole(bytes, output.GetBuffer().AsSpan(HeaderSize, (int)output.Length - HeaderSize)))
             {
-                case GzipProblem.CutShort:
-                    return (Invalid($"the request's message (gzip, {bytes.Length} bytes) is cut short: it ends before its end-of-stream marker and trailer (CRC-32 and length)"), true, null);
-                case GzipProblem.BytesAfter:
-                    return (Invalid("the request's message (gzip) holds bytes after its gzip data"), true, null);
-                case GzipProblem.NotGzip:
-                    return (Invalid("the request's message does not decompress as gzip"), true, null);
-                default:
-                    break;
+                return (Invalid($"the request's message (gzip, {bytes.Length} bytes) is not one whole gzip member: it is cut short before its trailer, or has bytes after it (its last 8 bytes are not the CRC-32 and length of what it inflates to)"), true, null);
             }
 
             var frame = output.GetBuffer().AsMemory(0, (int)output.Length);
