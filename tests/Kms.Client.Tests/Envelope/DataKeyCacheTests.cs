@@ -1,5 +1,6 @@
 using Kms.Client.Caching;
 using Kms.Client.Envelope;
+using Kms.Testing.Fakes;
 using Microsoft.Extensions.Time.Testing;
 
 namespace Kms.Client.Tests.Envelope;
@@ -477,27 +478,6 @@ public sealed class DataKeyCacheTests
         {
             Assert.True(DateTime.UtcNow < deadline, "condition not met within 10 s");
             await Task.Delay(10);
-        }
-    }
-
-    /// <summary>A wall clock that can be stepped while the monotonic clock stands still, and time that passes on both.</summary>
-    private sealed class SplitClock(DateTimeOffset wall) : TimeProvider
-    {
-        private DateTimeOffset _wall = wall;
-        private long _ticks;
-
-        public override long TimestampFrequency => TimeSpan.TicksPerSecond;
-
-        public override DateTimeOffset GetUtcNow() => _wall;
-
-        public override long GetTimestamp() => _ticks;
-
-        public void Step(TimeSpan by) => _wall += by;
-
-        public void Pass(TimeSpan by)
-        {
-            _wall += by;
-            _ticks += by.Ticks;
         }
     }
 
