@@ -28,6 +28,9 @@ public sealed class EnvelopeDecryptingStream : Stream
     private bool _finished;
     private int _busy;
     private bool _failed;
+
+    // The failure was the reading's, not the message's: a cancellation or an I/O error mid-frame.
+    private bool _interrupted;
     private volatile bool _disposed;
     private int _released;
 
@@ -261,7 +264,11 @@ public sealed class EnvelopeDecryptingStream : Stream
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_failed)
         {
-            throw EnvelopeDecryptionException.Failed();
+            // Still refused either way (the stream is out of step with the message), but a
+            // cancellation is not reported later as an alteration.
+            throw _interrupted
+                ? new InvalidOperationException("the decrypting stream was interrupted mid-frame (a cancellation or an I/O error) and cannot go on; read the message again from its beginning")
+                : EnvelopeDecryptionException.Failed();
         }
 
         if (_finished)
@@ -314,11 +321,12 @@ public sealed class EnvelopeDecryptingStream : Stream
             _available = (int)length;
             return length > 0;
         }
-        catch
+        catch (Exception e)
         {
             // Altered, cut, or an I/O error or cancellation mid-frame: the stream is out of step
             // with the message either way, and stays failed.
             _failed = true;
+            _interrupted = e is OperationCanceledException or IOException;
             _offset = _available = 0;
             CryptographicOperations.ZeroMemory(_plaintext);
             throw;

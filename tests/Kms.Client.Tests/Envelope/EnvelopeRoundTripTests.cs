@@ -235,6 +235,51 @@ public sealed class EnvelopeRoundTripTests
         Assert.Throws<ObjectDisposedException>(() => reading.Read(buffer));
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task DecryptingStream_InterruptedMidFrame_LaterReadsRefused_NotReportedAsAnAlteration(bool cancelled)
+    {
+        using var encryptor = NewEncryptor(out _);
+        var plaintext = Data((Frame * 3) + 5);
+        var message = await encryptor.EncryptAsync(plaintext, Context);
+        var source = new InterruptingStream(message, message.Length - Frame, cancelled ? new OperationCanceledException() : new IOException("the disk went away"));
+        await using var reading = await encryptor.OpenDecryptingStreamAsync(source, Context);
+
+        var buffer = new byte[Frame];
+        var exception = await Record.ExceptionAsync(async () =>
+        {
+            while (await reading.ReadAsync(buffer) > 0)
+            {
+            }
+        });
+        Assert.IsType(cancelled ? typeof(OperationCanceledException) : typeof(IOException), exception);
+
+        // Out of step with the message, so refused; but not as "decryption failed", which says altered.
+        var later = await Assert.ThrowsAsync<InvalidOperationException>(async () => _ = await reading.ReadAsync(buffer));
+        Assert.Contains("interrupted mid-frame", later.Message, StringComparison.Ordinal);
+        Assert.Throws<InvalidOperationException>(() => _ = reading.Read(buffer));
+    }
+
+    [Fact]
+    public async Task DecryptingStream_Altered_LaterReadsStillDecryptionFailed()
+    {
+        using var encryptor = NewEncryptor(out _);
+        var message = await encryptor.EncryptAsync(Data((Frame * 2) + 5), Context);
+        message[^(EnvelopeFormat.FinalFramePrefix + 5 + EnvelopeFormat.TagLength + 1)] ^= 1;
+        await using var reading = await encryptor.OpenDecryptingStreamAsync(new MemoryStream(message), Context);
+        var buffer = new byte[Frame];
+
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(async () =>
+        {
+            while (await reading.ReadAsync(buffer) > 0)
+            {
+            }
+        });
+        var later = await Assert.ThrowsAsync<EnvelopeDecryptionException>(async () => _ = await reading.ReadAsync(buffer));
+        Assert.Equal("envelope decryption failed", later.Message);
+    }
+
     [Fact]
     public async Task DecryptingStream_SecondFramesTagAltered_TheCallerGotTheFirstFrameOnly()
     {
@@ -774,6 +819,49 @@ internal sealed class AliasingProvider(FakeKeyProvider inner) : IEnvelopeKeyProv
 }
 
 /// <summary>A read-only stream that cannot seek and hands out few bytes per read, like a socket.</summary>
+/// <summary>Hands out the data until <paramref name="at"/>, then throws <paramref name="interruption"/> (a cancellation, an I/O error).</summary>
+internal sealed class InterruptingStream(byte[] data, int at, Exception interruption) : Stream
+{
+    private int _position;
+
+    public override bool CanRead => true;
+
+    public override bool CanSeek => false;
+
+    public override bool CanWrite => false;
+
+    public override long Length => throw new NotSupportedException();
+
+    public override long Position
+    {
+        get => throw new NotSupportedException();
+        set => throw new NotSupportedException();
+    }
+
+    public override int Read(byte[] buffer, int offset, int count)
+    {
+        if (_position >= at)
+        {
+            throw interruption;
+        }
+
+        var n = Math.Min(count, at - _position);
+        data.AsSpan(_position, n).CopyTo(buffer.AsSpan(offset));
+        _position += n;
+        return n;
+    }
+
+    public override void Flush()
+    {
+    }
+
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+}
+
 internal sealed class NonSeekableStream(byte[] data) : Stream
 {
     private int _position;
