@@ -818,11 +818,14 @@ internal sealed class AliasingProvider(FakeKeyProvider inner) : IEnvelopeKeyProv
     private string Resolve(string keyName) => keyName.Contains("/aliases/", StringComparison.Ordinal) ? Target : keyName;
 }
 
-/// <summary>A read-only stream that cannot seek and hands out few bytes per read, like a socket.</summary>
-/// <summary>Hands out the data until <paramref name="at"/>, then throws <paramref name="interruption"/> (a cancellation, an I/O error).</summary>
-internal sealed class InterruptingStream(byte[] data, int at, Exception interruption) : Stream
+/// <summary>A read-only source over <paramref name="data"/> that cannot seek; each kind decides what a read hands out.</summary>
+internal abstract class ReadOnlySource(byte[] data) : Stream
 {
-    private int _position;
+    /// <summary>How many bytes the reads have handed out.</summary>
+    protected int Delivered { get; private set; }
+
+    /// <summary>All of the source's bytes.</summary>
+    protected byte[] Data => data;
 
     public override bool CanRead => true;
 
@@ -838,19 +841,6 @@ internal sealed class InterruptingStream(byte[] data, int at, Exception interrup
         set => throw new NotSupportedException();
     }
 
-    public override int Read(byte[] buffer, int offset, int count)
-    {
-        if (_position >= at)
-        {
-            throw interruption;
-        }
-
-        var n = Math.Min(count, at - _position);
-        data.AsSpan(_position, n).CopyTo(buffer.AsSpan(offset));
-        _position += n;
-        return n;
-    }
-
     public override void Flush()
     {
     }
@@ -860,126 +850,61 @@ internal sealed class InterruptingStream(byte[] data, int at, Exception interrup
     public override void SetLength(long value) => throw new NotSupportedException();
 
     public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+    /// <summary>Hands out the next <paramref name="count"/> bytes.</summary>
+    protected int Deliver(byte[] buffer, int offset, int count)
+    {
+        data.AsSpan(Delivered, count).CopyTo(buffer.AsSpan(offset));
+        Delivered += count;
+        return count;
+    }
 }
 
-internal sealed class NonSeekableStream(byte[] data) : Stream
+/// <summary>Hands out the data until <paramref name="at"/>, then throws <paramref name="interruption"/> (a cancellation, an I/O error).</summary>
+internal sealed class InterruptingStream(byte[] data, int at, Exception interruption) : ReadOnlySource(data)
 {
-    private int _position;
+    public override int Read(byte[] buffer, int offset, int count) =>
+        Delivered >= at ? throw interruption : Deliver(buffer, offset, Math.Min(count, at - Delivered));
+}
 
-    public override bool CanRead => true;
-
-    public override bool CanSeek => false;
-
-    public override bool CanWrite => false;
-
-    public override long Length => throw new NotSupportedException();
-
-    public override long Position
-    {
-        get => throw new NotSupportedException();
-        set => throw new NotSupportedException();
-    }
-
-    public override int Read(byte[] buffer, int offset, int count)
-    {
-        var n = Math.Min(Math.Min(count, 11), data.Length - _position);
-        data.AsSpan(_position, n).CopyTo(buffer.AsSpan(offset));
-        _position += n;
-        return n;
-    }
-
-    public override void Flush()
-    {
-    }
-
-    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-
-    public override void SetLength(long value) => throw new NotSupportedException();
-
-    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+/// <summary>A read-only stream that cannot seek and hands out few bytes per read, like a socket.</summary>
+internal sealed class NonSeekableStream(byte[] data) : ReadOnlySource(data)
+{
+    public override int Read(byte[] buffer, int offset, int count) =>
+        Deliver(buffer, offset, Math.Min(Math.Min(count, 11), Data.Length - Delivered));
 }
 
 /// <summary>A seekable source whose Length says all of <paramref name="data"/> but whose reads end after <paramref name="deliver"/> bytes: a file cut while it is read.</summary>
-internal sealed class ShrunkFileStream(byte[] data, int deliver) : Stream
+internal sealed class ShrunkFileStream(byte[] data, int deliver) : ReadOnlySource(data)
 {
-    private int _position;
-
-    public override bool CanRead => true;
-
     public override bool CanSeek => true;
 
-    public override bool CanWrite => false;
-
-    public override long Length => data.Length;
+    public override long Length => Data.Length;
 
     public override long Position
     {
-        get => _position;
+        get => Delivered;
         set => throw new NotSupportedException();
     }
 
-    public override int Read(byte[] buffer, int offset, int count)
-    {
-        var n = Math.Min(count, deliver - _position);
-        data.AsSpan(_position, n).CopyTo(buffer.AsSpan(offset));
-        _position += n;
-        return n;
-    }
-
-    public override void Flush()
-    {
-    }
-
-    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-
-    public override void SetLength(long value) => throw new NotSupportedException();
-
-    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    public override int Read(byte[] buffer, int offset, int count) =>
+        Deliver(buffer, offset, Math.Min(count, deliver - Delivered));
 }
 
 /// <summary>A message source that disposes <see cref="ToDispose"/> when it is read at its end (the reader's check for trailing bytes).</summary>
-internal sealed class DisposingAtTheEndStream(byte[] data) : Stream
+internal sealed class DisposingAtTheEndStream(byte[] data) : ReadOnlySource(data)
 {
-    private int _position;
-
     public Stream? ToDispose { get; set; }
-
-    public override bool CanRead => true;
-
-    public override bool CanSeek => false;
-
-    public override bool CanWrite => false;
-
-    public override long Length => throw new NotSupportedException();
-
-    public override long Position
-    {
-        get => throw new NotSupportedException();
-        set => throw new NotSupportedException();
-    }
 
     public override int Read(byte[] buffer, int offset, int count)
     {
-        if (_position == data.Length)
+        if (Delivered == Data.Length)
         {
             ToDispose?.Dispose();
         }
 
-        var n = Math.Min(count, data.Length - _position);
-        data.AsSpan(_position, n).CopyTo(buffer.AsSpan(offset));
-        _position += n;
-        return n;
+        return Deliver(buffer, offset, Math.Min(count, Data.Length - Delivered));
     }
-
-    public override void Flush()
-    {
-    }
-
-    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-
-    public override void SetLength(long value) => throw new NotSupportedException();
-
-    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
 }
 
 /// <summary>A memory stream that keeps a reference to every array it is asked to write from.</summary>
