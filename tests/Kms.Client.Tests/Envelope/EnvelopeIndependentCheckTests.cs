@@ -101,7 +101,7 @@ public sealed class EnvelopeIndependentCheckTests
         var okm = Hkdf(dataKey, messageId, "KMSE v1 key and commitment");
         var key = okm[..32];
         Assert.Equal(okm[32..], commitment);
-        Assert.Empty(Gcm(key, Iv(0), [.. headerBody, .. associatedData ?? []], headerTag));
+        Assert.Empty(Gcm(key, EnvelopeSpec.Iv(0), [.. headerBody, .. associatedData ?? []], headerTag));
 
         var output = new MemoryStream();
         for (uint sequence = 1; ; sequence++)
@@ -113,14 +113,14 @@ public sealed class EnvelopeIndependentCheckTests
                 var length = (int)BinaryPrimitives.ReadUInt32BigEndian(message.AsSpan(offset + 8));
                 Assert.True(length < frameLength);
                 var sealedFinal = message[(offset + 12)..(offset + 12 + length + 16)];
-                output.Write(Gcm(key, Iv(sequence), FrameAad(messageId, 2, sequence, length), sealedFinal));
+                output.Write(Gcm(key, EnvelopeSpec.Iv(sequence), EnvelopeSpec.FrameAad(messageId, 2, sequence, length), sealedFinal));
                 Assert.Equal(message.Length, offset + 12 + length + 16);
                 return output.ToArray();
             }
 
             Assert.Equal(sequence, marker);
             var sealedFrame = message[(offset + 4)..(offset + 4 + frameLength + 16)];
-            output.Write(Gcm(key, Iv(sequence), FrameAad(messageId, 1, sequence, frameLength), sealedFrame));
+            output.Write(Gcm(key, EnvelopeSpec.Iv(sequence), EnvelopeSpec.FrameAad(messageId, 1, sequence, frameLength), sealedFrame));
             offset += 4 + frameLength + 16;
         }
     }
@@ -161,22 +161,5 @@ public sealed class EnvelopeIndependentCheckTests
         var written = gcm.ProcessBytes(ciphertextAndTag, 0, ciphertextAndTag.Length, output, 0);
         gcm.DoFinal(output, written);
         return output;
-    }
-
-    private static byte[] Iv(uint sequence)
-    {
-        var iv = new byte[12];
-        BinaryPrimitives.WriteUInt32BigEndian(iv.AsSpan(8), sequence);
-        return iv;
-    }
-
-    private static byte[] FrameAad(byte[] messageId, byte type, uint sequence, int length)
-    {
-        var aad = new byte[41];
-        messageId.CopyTo(aad, 0);
-        aad[32] = type;
-        BinaryPrimitives.WriteUInt32BigEndian(aad.AsSpan(33), sequence);
-        BinaryPrimitives.WriteUInt32BigEndian(aad.AsSpan(37), (uint)length);
-        return aad;
     }
 }

@@ -117,31 +117,14 @@ public sealed class EnvelopeSequenceLimitTests
         var content = sealedFrame.Length - 16;
         var plaintext = new byte[content];
         using var gcm = new AesGcm(key, 16);
-        gcm.Decrypt(Iv(sequence), sealedFrame[..content], sealedFrame[content..], plaintext, Aad(messageId, type, sequence, content));
+        gcm.Decrypt(EnvelopeSpec.Iv(sequence), sealedFrame[..content], sealedFrame[content..], plaintext, EnvelopeSpec.FrameAad(messageId, type, sequence, content));
         return plaintext;
     }
 
     private static void Seal(byte[] key, byte[] messageId, byte type, uint sequence, byte[] plaintext, Span<byte> output)
     {
         using var gcm = new AesGcm(key, 16);
-        gcm.Encrypt(Iv(sequence), plaintext, output[..plaintext.Length], output.Slice(plaintext.Length, 16), Aad(messageId, type, sequence, plaintext.Length));
-    }
-
-    private static byte[] Iv(uint sequence)
-    {
-        var iv = new byte[12];
-        BinaryPrimitives.WriteUInt32BigEndian(iv.AsSpan(8), sequence);
-        return iv;
-    }
-
-    private static byte[] Aad(byte[] messageId, byte type, uint sequence, int length)
-    {
-        var aad = new byte[41];
-        messageId.CopyTo(aad, 0);
-        aad[32] = type;
-        BinaryPrimitives.WriteUInt32BigEndian(aad.AsSpan(33), sequence);
-        BinaryPrimitives.WriteUInt32BigEndian(aad.AsSpan(37), (uint)length);
-        return aad;
+        gcm.Encrypt(EnvelopeSpec.Iv(sequence), plaintext, output[..plaintext.Length], output.Slice(plaintext.Length, 16), EnvelopeSpec.FrameAad(messageId, type, sequence, plaintext.Length));
     }
 
     private static byte[] Data(int size) => Enumerable.Range(0, size).Select(i => (byte)((i * 29) + 3)).ToArray();
