@@ -17,7 +17,7 @@ public sealed class AttestationService(IHsm hsm, IKeyStore store, AuditLog audit
     /// </summary>
     public async Task<SignedKeyAttestation> GetKeyAttestationAsync(Caller caller, string name, CancellationToken cancellationToken)
     {
-        var (found, _) = await _resolver.ResolveVersionAsync(caller, name, cancellationToken);
+        var found = await _resolver.ResolveVersionAsync(caller, name, cancellationToken);
         Audit.AuditScope.SetResource(found.Version.Name.ToString());
         if (found.Material is null)
         {

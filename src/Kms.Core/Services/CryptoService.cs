@@ -441,7 +441,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     // when it names the caller for nothing, that the key exists: KeyAccessService.EnsureAllowedAsync).
     private async Task EnsureEncryptAllowedAsync(Caller caller, KeyVersionMaterial primary, KeyReference reference, EncryptionContext context, CancellationToken cancellationToken)
     {
-        await keyAccess.EnsureAllowedAsync(caller, primary.Key, KeyOperations.Encrypt, context, reference.ToString(), cancellationToken);
+        await keyAccess.EnsureAllowedAsync(caller, primary.Key, KeyOperations.Encrypt, context, reference, cancellationToken);
         EnsureUsable(primary, forEncryption: true);
 
         // Outside the key's residency region: refused before any usage is counted or the HSM is asked.

@@ -163,10 +163,12 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
     /// <param name="key">The key, as resolved.</param>
     /// <param name="operation">The operation asked for.</param>
     /// <param name="context">The request's encryption context (grants may constrain it).</param>
-    /// <param name="namedByCaller">The key, alias or key version as the caller named it; null when a ciphertext named it.</param>
+    /// <param name="namedByCaller">The key, alias or key version as the caller named it (its name, or the
+    /// <see cref="KeyReference"/> parsed from it, which prints the same), formatted only when refused —
+    /// every call of an unrestricted key passes here; null when a ciphertext named it.</param>
     /// <param name="cancellationToken">Cancels the reads.</param>
     /// <exception cref="KmsException">PermissionDenied, NotFound or DecryptionFailed, as above.</exception>
-    public async Task EnsureAllowedAsync(Caller caller, Key key, KeyOperations operation, EncryptionContext context, string? namedByCaller, CancellationToken cancellationToken)
+    public async Task EnsureAllowedAsync(Caller caller, Key key, KeyOperations operation, EncryptionContext context, object? namedByCaller, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(caller);
         ArgumentNullException.ThrowIfNull(key);
@@ -181,21 +183,31 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
             return;
         }
 
-        var held = (await access.ListGrantsAsync(key.Name, includeRevoked: false, cancellationToken))
-            .Where(grant => grant.Grantee.ToString() == caller.Principal)
-            .ToList();
-        if (held.Any(grant => grant.Operations.HasFlag(operation) && Satisfies(context, grant.ContextEquals)))
+        // Every allowed call of a restricted key that its policy entry does not cover comes here:
+        // one pass, no list of the caller's grants.
+        var holdsAGrant = false;
+        foreach (var grant in await access.ListGrantsAsync(key.Name, includeRevoked: false, cancellationToken))
         {
-            return;
+            if (grant.Grantee.ToString() != caller.Principal)
+            {
+                continue;
+            }
+
+            if (grant.Operations.HasFlag(operation) && Satisfies(context, grant.ContextEquals))
+            {
+                return;
+            }
+
+            holdsAGrant = true;
         }
 
-        if (policy.Entries.ContainsKey(caller.Principal) || held.Count > 0 || AccessControl.Allows(caller, Permission.KeysRead, key.Name.Tenant))
+        if (holdsAGrant || policy.Entries.ContainsKey(caller.Principal) || AccessControl.Allows(caller, Permission.KeysRead, key.Name.Tenant))
         {
-            var what = namedByCaller is null ? "the ciphertext's key" : KmsErrors.Printable(namedByCaller);
+            var what = namedByCaller is null ? "the ciphertext's key" : KmsErrors.Printable(namedByCaller.ToString()!);
             throw KmsErrors.PermissionDenied($"the policy of {what} does not allow {caller.Principal} to {operation.ToString().ToLowerInvariant()} (no policy entry or matching grant)");
         }
 
-        throw namedByCaller is null ? KmsErrors.DecryptionFailed() : KmsErrors.NotFoundByKeyPolicy(namedByCaller);
+        throw namedByCaller is null ? KmsErrors.DecryptionFailed() : KmsErrors.NotFoundByKeyPolicy(namedByCaller.ToString()!);
     }
 
     /// <summary>

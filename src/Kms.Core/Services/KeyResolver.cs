@@ -24,23 +24,19 @@ public sealed class KeyResolver(IKeyStore store)
     /// What Sign, Verify, the MAC calls and GetKeyAttestation accept as <c>name</c>: a key
     /// version, or a key or alias (meaning its primary version), with its key and material.
     /// </summary>
-    /// <returns>
-    /// The version and its key, and the name as the NotFound of a missing one repeats it (what the
-    /// caller gave: a refusal that must read like that NotFound repeats the same).
-    /// </returns>
     /// <exception cref="KmsException">InvalidArgument for a malformed name; NotFound, also outside the caller's tenant.</exception>
-    public async Task<(KeyVersionMaterial Found, string Named)> ResolveVersionAsync(Caller caller, string? name, CancellationToken cancellationToken)
+    public async Task<KeyVersionMaterial> ResolveVersionAsync(Caller caller, string? name, CancellationToken cancellationToken)
     {
         if (ResourceSegments.Is(name, ResourceSegments.KeyCollection, "versions"))
         {
             var versionName = KeyVersionName.Parse(name, "name");
             caller.EnsureSameTenant(versionName.Key.Tenant, name);
             var version = await store.GetVersionAsync(versionName, cancellationToken) ?? throw KmsErrors.NotFound(name);
-            return (await store.FindVersionMaterialAsync(versionName.Key.Tenant, version.Id, cancellationToken) ?? throw KmsErrors.NotFound(name), name);
+            return await store.FindVersionMaterialAsync(versionName.Key.Tenant, version.Id, cancellationToken) ?? throw KmsErrors.NotFound(name);
         }
 
         var reference = KeyReference.Parse(name, "name");
         var keyName = await ResolveAsync(caller, reference, cancellationToken);
-        return (await store.GetPrimaryMaterialAsync(keyName, cancellationToken) ?? throw KmsErrors.NotFound(reference.ToString()), reference.ToString());
+        return await store.GetPrimaryMaterialAsync(keyName, cancellationToken) ?? throw KmsErrors.NotFound(reference.ToString());
     }
 }

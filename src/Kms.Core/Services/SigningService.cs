@@ -169,9 +169,9 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
     // states.
     private async Task<KeyVersionMaterial> FindAsync(Caller caller, string name, KeyPurpose? purpose, KeyOperations operation, CancellationToken cancellationToken)
     {
-        var (found, named) = await _resolver.ResolveVersionAsync(caller, name, cancellationToken);
+        var found = await _resolver.ResolveVersionAsync(caller, name, cancellationToken);
         Audit.AuditScope.SetResource(found.Version.Name.ToString());
-        await keyAccess.EnsureAllowedAsync(caller, found.Key, operation, EncryptionContext.Empty, named, cancellationToken);
+        await keyAccess.EnsureAllowedAsync(caller, found.Key, operation, EncryptionContext.Empty, name, cancellationToken);
         var key = found.Key;
         if (purpose is { } wanted ? key.Purpose != wanted : key.Purpose is not (KeyPurpose.SignVerify or KeyPurpose.AsymmetricDecrypt))
         {
