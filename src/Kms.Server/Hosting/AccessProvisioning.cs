@@ -44,10 +44,13 @@ internal static partial class AccessProvisioning
     /// <summary>Writes a one-time credential to <see cref="KmsServerOptions.BootstrapTokenPath"/> (mode 0600, replacing any file there); returns the path.</summary>
     public static string WriteBootstrapCredential(KmsServerOptions options, string text)
     {
-        var path = Path.GetFullPath(options.BootstrapTokenPath ?? Path.Combine(options.DataDir, "bootstrap.token"));
+        var path = BootstrapCredentialPath(options);
         SecretFiles.Write(path, text + "\n");
         return path;
     }
+
+    private static string BootstrapCredentialPath(KmsServerOptions options) =>
+        Path.GetFullPath(options.BootstrapTokenPath ?? Path.Combine(options.DataDir, "bootstrap.token"));
 
     /// <summary>
     /// An executed RECOVER_DEPLOYMENT_ADMIN request's credential, written where the start-up one goes;
@@ -62,7 +65,7 @@ internal static partial class AccessProvisioning
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            LogRecoveryNotWritten(logger, request, options.BootstrapTokenPath ?? Path.Combine(options.DataDir, "bootstrap.token"), e.Message);
+            LogRecoveryNotWritten(logger, request, BootstrapCredentialPath(options), e.Message);
             return false;
         }
     }
