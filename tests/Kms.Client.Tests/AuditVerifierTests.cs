@@ -367,12 +367,50 @@ public sealed partial class AuditVerifierTests : IDisposable
     }
 
     [Fact]
-    public async Task LineEndings_CrLfAndCr_ReadAsLines()
+    public async Task LineEndings_LfAndCrLf_ReadAsLines_ALoneCr_EndsNoLine()
     {
         var lines = await BuildAsync();
 
         Assert.True(AuditVerifier.Verify(new StringReader(string.Join("\r\n", lines) + "\r\n"), _log.PublicKey).Valid);
-        Assert.True(AuditVerifier.Verify(new StringReader(string.Join("\r", lines)), _log.PublicKey).Valid);
+        Assert.True(AuditVerifier.Verify(new StringReader(string.Join("\r\n", lines) + "\r"), _log.PublicKey).Valid);
+
+        // Lines joined by a lone CR are one line, as the server's restore splits them (DestructionReplay.SplitLines), not a valid export.
+        var joined = string.Join("\r", lines);
+        var (restoreLines, restoreTorn) = Kms.Core.Backup.DestructionReplay.SplitLines(joined + "\n");
+        Assert.Equal([joined], restoreLines);
+        Assert.Null(restoreTorn);
+        var result = AuditVerifier.Verify(new StringReader(joined + "\n"), _log.PublicKey);
+        Assert.False(result.Valid);
+        Assert.Equal((1L, "line 1 is malformed (a carriage return inside it, which the server never writes)"), (result.FirstBadSequence!.Value, result.Problem));
+    }
+
+    public static TheoryData<string, string, string> LoneCarriageReturns() => new()
+    {
+        // where, the text replaced in event 7's line, its replacement (with a raw CR)
+        { "between event 6's line and event 7's, the line feed replaced", "\n", "\r" },
+        { "inside a string of event 7", "\"req-7\"", "\"req\r-7\"" },
+        { "between members of event 7 (JSON whitespace)", "\"seq\":7,", "\"seq\":7,\r" },
+        { "between event 7 and its hash (JSON whitespace)", "},\"hash\"", "},\r\"hash\"" },
+    };
+
+    [Theory]
+    [MemberData(nameof(LoneCarriageReturns))]
+    public async Task EventLineWithALoneCr_ThatRecordIsBad_NotSplitInTwo(string where, string find, string replacement)
+    {
+        // JSON escapes a CR in a string and the server writes no whitespace: a raw CR is an alteration.
+        var lines = await BuildAsync();
+        var text = string.Join('\n', lines) + "\n";
+        var line7 = lines[IndexOfEvent(lines, 7)];
+        var at = find == "\n" ? text.IndexOf(line7, StringComparison.Ordinal) - 1 : text.IndexOf(line7, StringComparison.Ordinal) + line7.IndexOf(find, StringComparison.Ordinal);
+        Assert.True(at >= 0 && text.AsSpan(at).StartsWith(find, StringComparison.Ordinal), $"{where}: {find} not in event 7's line");
+        var altered = string.Concat(text.AsSpan(0, at), replacement, text.AsSpan(at + find.Length));
+
+        var result = AuditVerifier.Verify(new StringReader(altered), _log.PublicKey);
+
+        Assert.False(result.Valid, where);
+        var expected = find == "\n" ? 6L : 7L; // joined to event 6's line, the record on it is event 6's
+        Assert.True(expected == result.FirstBadSequence, $"{where}: first bad {result.FirstBadSequence}, {result.Problem}");
+        Assert.Contains("a carriage return inside it", result.Problem, StringComparison.Ordinal);
     }
 
     [Fact]

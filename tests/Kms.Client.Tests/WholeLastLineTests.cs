@@ -41,6 +41,11 @@ public sealed class WholeLastLineTests : IDisposable
         { "invalid UTF-8 outside any string", [(byte)'{', 0xFF, (byte)'}'], true },
         { "a torn multi-byte character", [.. "{\"event\":\""u8, 0xE2, 0x82], true },
         { "a record with duplicate members", "{\"a\":1,\"a\":2}"u8.ToArray(), false },
+
+        // Only a line feed ends a line: a lone carriage return is inside one (never written: JSON escapes it).
+        { "two records joined by a lone carriage return", "{\"a\":1}\r{\"b\":2}"u8.ToArray(), true },
+        { "a record, a lone carriage return, a torn record", "{\"a\":1}\r{\"b"u8.ToArray(), true },
+        { "a record with a carriage return between members", "{\"a\":1,\r\"b\":2}"u8.ToArray(), false },
     };
 
     [Theory]

@@ -44,6 +44,10 @@ public sealed record AuditVerification(bool Valid, long Events, long Checkpoints
 /// that is one whole object is read like any other. The rule is the server's own
 /// (<see cref="Kms.Core.Files.JsonLines.IsWholeRecord(string)"/>: the line its next append would
 /// cut is the line called torn here), not an independent one: the two must agree.</para>
+/// <para>A line ends at a line feed only (a carriage return right before it is part of the line
+/// end), as the server writes lines and its restore reads them (<c>DestructionReplay.SplitLines</c>).
+/// A carriage return anywhere else is one the server never writes — JSON escapes it in a string —
+/// so its line is malformed: two records joined by a lone carriage return are not read as two.</para>
 /// </remarks>
 public static class AuditVerifier
 {
@@ -117,6 +121,12 @@ public static class AuditVerifier
                 // The last line, cut short: what came before is verified as far as it goes.
                 torn = line.Length;
                 break;
+            }
+
+            if (line.Contains('\r', StringComparison.Ordinal))
+            {
+                // The server never writes one (JSON escapes it in a string): the line was altered.
+                return state.Fail(state.NextSequence, $"line {lineNumber} is malformed (a carriage return inside it, which the server never writes)");
             }
 
             try
@@ -389,9 +399,10 @@ public static class AuditVerifier
     }
 
     /// <summary>
-    /// <see cref="TextReader.ReadLine"/> (a line ends at \n, \r or \r\n) that reads no more than
-    /// <c>maxLength</c> characters of a line: a longer one sets <see cref="TooLong"/> instead of
-    /// filling memory.
+    /// Reads lines as the server writes them and its other readers split them: a line ends at \n
+    /// only (a \r right before it is part of the line end, \r\n, as is one at the end of the text),
+    /// and a \r anywhere else stays in the line. Reads no more than <c>maxLength</c> characters of a
+    /// line: a longer one sets <see cref="TooLong"/> instead of filling memory.
     /// </summary>
     private sealed class BoundedLineReader(TextReader reader, int maxLength)
     {
@@ -399,7 +410,6 @@ public static class AuditVerifier
         private readonly System.Text.StringBuilder _line = new();
         private int _start;
         private int _end;
-        private bool _skipNewline;
 
         /// <summary>The last line read was longer than the bound (and is returned empty).</summary>
         public bool TooLong { get; private set; }
@@ -411,7 +421,6 @@ public static class AuditVerifier
         {
             _line.Clear();
             Unterminated = false;
-            var any = false;
             while (true)
             {
                 if (_start == _end)
@@ -420,27 +429,17 @@ public static class AuditVerifier
                     _end = reader.Read(_buffer, 0, _buffer.Length);
                     if (_end == 0)
                     {
-                        Unterminated = any;
-                        return any ? Done() : null;
+                        Unterminated = _line.Length > 0;
+                        return _line.Length > 0 ? Done() : null;
                     }
                 }
 
-                if (_skipNewline)
-                {
-                    // The \n of a \r\n whose \r ended the previous line.
-                    _skipNewline = false;
-                    if (_buffer[_start] == '\n')
-                    {
-                        _start++;
-                        continue;
-                    }
-                }
-
-                any = true;
                 var chunk = _buffer.AsSpan(_start, _end - _start);
-                var stop = chunk.IndexOfAny('\r', '\n');
+                var stop = chunk.IndexOf('\n');
                 var take = stop < 0 ? chunk.Length : stop;
-                if (_line.Length + take > maxLength)
+
+                // One more than the bound: the \r of a \r\n, which is not counted.
+                if (_line.Length + take > maxLength + 1)
                 {
                     TooLong = true;
                     return "";
@@ -450,13 +449,23 @@ public static class AuditVerifier
                 _start += take;
                 if (stop >= 0)
                 {
-                    _skipNewline = _buffer[_start] == '\r';
                     _start++;
                     return Done();
                 }
             }
         }
 
-        private string Done() => _line.ToString();
+        // A \r at the line's end is the line end's (\r\n; after a last line, as JsonLines.IsWholeRecord takes it).
+        private string Done()
+        {
+            var length = _line.Length > 0 && _line[^1] == '\r' ? _line.Length - 1 : _line.Length;
+            if (length > maxLength)
+            {
+                TooLong = true;
+                return "";
+            }
+
+            return _line.ToString(0, length);
+        }
     }
 }
