@@ -12,6 +12,7 @@ using Kms.Bench;
 // dotnet run -c Release --project bench/Kms.Bench -- load [seconds per step] [concurrencies, comma-separated]
 // dotnet run -c Release --project bench/Kms.Bench -- envelope [BenchmarkDotNet arguments]
 // dotnet run -c Release --project bench/Kms.Bench -- envelope-stream [MiB]
+// dotnet run -c Release --project bench/Kms.Bench -- gzip-check [BenchmarkDotNet arguments]   (the gzip body check's CRC-32 against inflation)
 // dotnet run -c Release --project bench/Kms.Bench -- commit [commits]
 // dotnet run -c Release --project bench/Kms.Bench -- hsm-churn [calls] [recycle after]   (native memory an unwrapped-then-destroyed copy leaves behind)
 // dotnet run -c Release --project bench/Kms.Bench -- sign [seconds per step] [concurrencies, comma-separated]
@@ -23,6 +24,9 @@ switch (args.FirstOrDefault())
         return 0;
     case "envelope":
         BenchmarkSwitcher.FromTypes([typeof(EnvelopeBenchmarks)]).Run(args[1..]);
+        return 0;
+    case "gzip-check":
+        BenchmarkSwitcher.FromTypes([typeof(GzipCheckBench)]).Run(args[1..]);
         return 0;
     case "envelope-stream":
         return await EnvelopeStreamBench.RunAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1024);
@@ -109,7 +113,7 @@ switch (args.FirstOrDefault())
             args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 32,
             args.Length > 4 ? int.Parse(args[4], CultureInfo.InvariantCulture) : 3);
     default:
-        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | cache-policy [keys] [capacity] [lookups] [recycle after] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency|-rate rounds generate|decrypt|batch|batch-decrypt|batch-reencrypt|overload [A args] -- [B args] (--client:MaxConcurrentCalls=N sets that side's client) | hold generate|decrypt|batch|batch-decrypt|batch-reencrypt|bare|generate-unaudited concurrency|-rate seconds | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] [rounds] | envelope [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | hsm-churn [calls] [recycle after] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2] | overload-pair [seconds] [128] [32] [3] | usage-flush [versions] [rounds] [postgres connection string]");
+        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | cache-policy [keys] [capacity] [lookups] [recycle after] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency|-rate rounds generate|decrypt|batch|batch-decrypt|batch-reencrypt|overload [A args] -- [B args] (--client:MaxConcurrentCalls=N sets that side's client) | hold generate|decrypt|batch|batch-decrypt|batch-reencrypt|bare|generate-unaudited concurrency|-rate seconds | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] [rounds] | envelope [BenchmarkDotNet args] | gzip-check [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | hsm-churn [calls] [recycle after] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2] | overload-pair [seconds] [128] [32] [3] | usage-flush [versions] [rounds] [postgres connection string]");
         return 2;
 }
 

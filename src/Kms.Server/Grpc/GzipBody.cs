@@ -17,9 +17,10 @@ namespace Kms.Server.Grpc;
 /// what it inflated to only by a 2^-64 chance (or on purpose, by a sender who could as well have
 /// sent that message whole). Several members concatenated end with the last one's trailer, which is
 /// not the whole message's: they are refused too (gRPC's gzip compressors write one member).
-/// <para>The cost is one table-driven CRC-32 over the inflated message (at most
-/// <c>Kms:MaxRequestBytes</c>), paid before the caller is authenticated like the inflation itself:
-/// of the same order as zlib's own inflation, not a multiple of it. (A walk of the deflate blocks,
+/// <para>The cost is one CRC-32 over the inflated message (at most <c>Kms:MaxRequestBytes</c>), paid
+/// before the caller is authenticated like the inflation itself: <see cref="GzipCrc32"/> folds it
+/// with carry-less multiplication, about one copy of the message (0.1–2.5× zlib's inflation; the
+/// byte-at-a-time loop it replaced cost 5–33×: docs/benchmarks.md). (A walk of the deflate blocks,
 /// decoding Huffman codes bit by bit, was tried first: ~0.5–1.2 s of CPU for a 4 MiB body that
 /// zlib inflates in 20–60 ms — a lever for an unauthenticated caller.)</para>
 /// </remarks>
@@ -27,8 +28,6 @@ internal static class GzipBody
 {
     // The 10-byte header and the 8-byte trailer; the smallest whole member adds two bytes of deflate data.
     private const int HeaderAndTrailer = 18;
-
-    private static readonly uint[] Table = CrcTable();
 
     /// <summary>
     /// Whether <paramref name="body"/> is one whole gzip member of <paramref name="inflated"/>, or
@@ -45,37 +44,6 @@ internal static class GzipBody
 
         return body.Length >= HeaderAndTrailer
             && BinaryPrimitives.ReadUInt32LittleEndian(body[^4..]) == unchecked((uint)inflated.Length)
-            && BinaryPrimitives.ReadUInt32LittleEndian(body[^8..]) == Crc32(inflated);
-    }
-
-    /// <summary>CRC-32 as gzip's trailer has it (ISO-HDLC: reflected polynomial 0xEDB88320, initial and final XOR 0xFFFFFFFF).</summary>
-    /// <param name="data">The bytes.</param>
-    public static uint Crc32(ReadOnlySpan<byte> data)
-    {
-        var table = Table;
-        var crc = 0xFFFFFFFFu;
-        foreach (var b in data)
-        {
-            crc = table[(byte)(crc ^ b)] ^ (crc >> 8);
-        }
-
-        return ~crc;
-    }
-
-    private static uint[] CrcTable()
-    {
-        var table = new uint[256];
-        for (var n = 0u; n < 256; n++)
-        {
-            var c = n;
-            for (var k = 0; k < 8; k++)
-            {
-                c = (c & 1) != 0 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-            }
-
-            table[n] = c;
-        }
-
-        return table;
+            && BinaryPrimitives.ReadUInt32LittleEndian(body[^8..]) == GzipCrc32.Compute(inflated);
     }
 }
