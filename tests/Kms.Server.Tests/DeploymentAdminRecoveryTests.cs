@@ -27,13 +27,15 @@ public sealed class DeploymentAdminRecoveryTests : IAsyncLifetime, IDisposable
     private KmsTestServer _server = null!;
     private Kms.Client.KmsClient _officer = null!;
 
+    private const string NodeName = "kms-node-7";
+
     private string CredentialPath => Path.Combine(_server.DataDir, "bootstrap.token");
 
     public async Task InitializeAsync()
     {
         GenesisFile.Write(_genesisPath, OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2));
         _server = await KmsTestServer.StartAsync(null, null, "dev", services => services.AddSingleton<TimeProvider>(_time),
-            $"--Kms:Quorum:GenesisFile={_genesisPath}");
+            $"--Kms:Quorum:GenesisFile={_genesisPath}", $"--Kms:NodeName={NodeName}");
         _officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
     }
 
@@ -57,12 +59,23 @@ public sealed class DeploymentAdminRecoveryTests : IAsyncLifetime, IDisposable
             "param credential: one-time, valid 15 minutes, written to the executing node's bootstrap-credential file (Kms:BootstrapTokenPath)\n" +
             "param grants: one Bootstrap call, registering one new deployment-admin; the existing deployment admins stay\n", rendering, StringComparison.Ordinal);
 
-        // Fewer than M: nothing is issued.
-        Assert.False((await ApproveAsync("alice", request.Name)).Executed);
+        // Fewer than M: nothing is issued, and no node is named.
+        var first = await ApproveAsync("alice", request.Name);
+        Assert.False(first.Executed);
+        Assert.Equal(("", ""), (first.Request.ExecutingNode, first.Request.CredentialPath));
         Assert.False(File.Exists(CredentialPath));
         Assert.Empty(await RecoveryTokensAsync());
 
-        Assert.True((await ApproveAsync("bob", request.Name)).Executed);
+        // The executing approval's answer, and the request from then on, say which node holds the
+        // credential and in which file; the credential itself is in none of them.
+        var executing = await ApproveAsync("bob", request.Name);
+        Assert.True(executing.Executed);
+        Assert.Equal((NodeName, CredentialPath, (Google.Protobuf.WellKnownTypes.Timestamp?)null),
+            (executing.Request.ExecutingNode, executing.Request.CredentialPath, executing.Request.CredentialRevokeTime));
+        var later = await _officer.GetQuorumRequestAsync(request.Name);
+        Assert.Equal((NodeName, CredentialPath), (later.ExecutingNode, later.CredentialPath));
+        var listed = Assert.Single((await _officer.Quorum.ListQuorumRequestsAsync(new ListQuorumRequestsRequest())).Requests, r => r.Name == request.Name);
+        Assert.Equal((NodeName, CredentialPath), (listed.ExecutingNode, listed.CredentialPath));
         Assert.True(File.Exists(CredentialPath));
         Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(CredentialPath));
         var credential = (await File.ReadAllTextAsync(CredentialPath)).Trim();
@@ -106,6 +119,7 @@ public sealed class DeploymentAdminRecoveryTests : IAsyncLifetime, IDisposable
         Assert.True(created.Sequence < approvals[0].Sequence && approvals[0].Sequence < approvals[1].Sequence
             && approvals[1].Sequence < executed.Sequence && executed.Sequence < registered.Sequence);
 
+        Assert.DoesNotContain(credential, executing.ToString(), StringComparison.Ordinal);
         var export = new StringWriter();
         await _officer.ExportAuditAsync(export);
         Assert.DoesNotContain(credential, export.ToString(), StringComparison.Ordinal);
@@ -152,7 +166,7 @@ public sealed class DeploymentAdminRecoveryTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
-    public async Task Recover_CredentialFileCannotBeWritten_FailedPreconditionSaysItExecuted_PathOnlyInTheLog()
+    public async Task Recover_CredentialFileCannotBeWritten_CredentialRevokedAndAudited_TheAnswerSaysWhereAndToAskAgain()
     {
         // A directory where the file goes: the write fails after the execution committed.
         Directory.CreateDirectory(CredentialPath);
@@ -161,11 +175,39 @@ public sealed class DeploymentAdminRecoveryTests : IAsyncLifetime, IDisposable
 
         var e = await Assert.ThrowsAsync<RpcException>(() => ApproveAsync("bob", request.Name));
         Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
-        Assert.StartsWith($"{request.Name} executed, but its recovery credential could not be written", e.Status.Detail, StringComparison.Ordinal);
-        Assert.DoesNotContain(_server.DataDir, e.Status.Detail, StringComparison.Ordinal);
+
+        // The credential issued with the execution is revoked, not left to expire: whatever part of
+        // a file a failed write left cannot be used. The answer and the request say so.
+        var token = Assert.Single(await RecoveryTokensAsync());
+        Assert.Equal(_time.GetUtcNow(), token.RevokeTime);
+        Assert.Equal(
+            $"{request.Name} executed on node {NodeName}, but its recovery credential could not be written to {CredentialPath}: it was revoked, so nothing was recovered; create a new RECOVER_DEPLOYMENT_ADMIN request",
+            e.Status.Detail);
         Assert.Contains(_server.Logs.Events, l => l.StartsWith("Error", StringComparison.Ordinal) && l.Contains("could not be written", StringComparison.Ordinal));
-        Assert.Equal(Kms.Contracts.V1.QuorumRequestState.Executed, (await _officer.GetQuorumRequestAsync(request.Name)).State);
+        var after = await _officer.GetQuorumRequestAsync(request.Name);
+        Assert.Equal((Kms.Contracts.V1.QuorumRequestState.Executed, NodeName, CredentialPath), (after.State, after.ExecutingNode, after.CredentialPath));
+        Assert.Equal(_time.GetUtcNow(), after.CredentialRevokeTime.ToDateTimeOffset());
+
+        // Audited: the execution, then the revocation, both naming the token.
+        var events = await _officer.ListAuditEventsAsync(new ListAuditEventsRequest()).ToListAsync();
+        var executed = Assert.Single(events, x => x.Operation == "quorum/RECOVER_DEPLOYMENT_ADMIN");
+        var revoked = Assert.Single(events, x => x.Operation == Kms.Core.Services.QuorumService.RevokeCredentialOperation);
+        Assert.Equal(("system:quorum", request.Id, $"token:bootstrap/apiTokens/{token.Id}", "OK"), (revoked.Principal, revoked.RequestId, revoked.Resource, revoked.Outcome));
+        Assert.True(executed.Sequence < revoked.Sequence);
+
         Directory.Delete(CredentialPath);
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("node a")]
+    [InlineData("node/../a")]
+    public async Task Build_NodeNameNotAName_RefusedBeforeTouchingTheHsm(string value)
+    {
+        // Shown to officers as where a credential is: a name, not free text.
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => Kms.Server.Hosting.KmsServerApp.BuildAsync(
+            ["--dev", "--urls=https://127.0.0.1:0", $"--Kms:NodeName={value}", $"--Kms:DataDir={Path.GetTempPath()}/kms-never"]));
+        Assert.Contains("Kms:NodeName", e.Message, StringComparison.Ordinal);
     }
 
     [Fact]

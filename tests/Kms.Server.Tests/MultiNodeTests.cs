@@ -268,9 +268,10 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         Kms.Core.Quorum.GenesisFile.Write(genesis, Kms.Core.Quorum.OfficerSet.CreateGenesis(officers.Select("alice", "bob"), 2));
         try
         {
-            var a = await StartNodeAsync(extraArgs: $"--Kms:Quorum:GenesisFile={genesis}");
-            var b = await StartNodeAsync(extraArgs: $"--Kms:Quorum:GenesisFile={genesis}");
-            using var officer = a.CreateClient(await a.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+            var a = await StartNodeAsync(extraArgs: [$"--Kms:Quorum:GenesisFile={genesis}", "--Kms:NodeName=node-a"]);
+            var b = await StartNodeAsync(extraArgs: [$"--Kms:Quorum:GenesisFile={genesis}", "--Kms:NodeName=node-b"]);
+            var officerToken = await a.CreatePrincipalWithTokenAsync("officer", null, "security-officer");
+            using var officer = a.CreateClient(officerToken);
             var request = await officer.RequestDeploymentAdminRecoveryAsync();
             foreach (var name in new[] { "alice", "bob" })
             {
@@ -280,6 +281,14 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
 
             Assert.False(File.Exists(Path.Combine(b.DataDir, "bootstrap.token")));
             var credential = (await File.ReadAllTextAsync(Path.Combine(a.DataDir, "bootstrap.token"))).Trim();
+
+            // Every node tells the officers which node holds it, and where.
+            using (var officerOnB = b.CreateClient(officerToken))
+            {
+                var seenOnB = await officerOnB.GetQuorumRequestAsync(request.Name);
+                Assert.Equal(("node-a", Path.Combine(a.DataDir, "bootstrap.token")), (seenOnB.ExecutingNode, seenOnB.CredentialPath));
+            }
+
             using (var onB = b.CreateClient(credential))
             {
                 Assert.Equal("token:recovered-on-b", (await onB.BootstrapAsync("token:recovered-on-b")).Admin.Name);

@@ -189,5 +189,44 @@ public abstract class QuorumStoreContract : AuditStoreContract
         Assert.Equal(hash, stored.SecretHash);
     }
 
+    [Fact]
+    public async Task ExecutionPlace_StoredWithTheExecution_ARevokedCredentialWithItsRequest()
+    {
+        using var officers = new TestOfficers("alice");
+        var store = await QuorumAsync();
+        var genesis = OfficerSet.CreateGenesis(officers.Select("alice"), 1);
+        await store.AddGenesisOfficerSetAsync(genesis, default);
+        var request = TestOfficers.Request(genesis, QuorumOperation.RecoverDeploymentAdmin, QuorumService.RecoveryParameters, T0);
+        await store.CreateQuorumRequestAsync(request, default);
+        var (id, _, hash) = Kms.Core.Access.ApiTokenSecret.Create();
+        var token = new Kms.Core.Access.ApiToken(id, Authenticator.BootstrapPrincipal, Kms.Core.Access.ApiTokenKind.Recovery, hash, T0, T0 + TimeSpan.FromMinutes(15));
+        var access = (IAccessStore)store;
+        var pending = (await store.GetQuorumRequestAsync(request.Id, default))!;
+        Assert.Equal((null, null, (DateTimeOffset?)null), (pending.ExecutingNode, pending.CredentialPath, pending.CredentialRevokeTime));
+
+        await store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current with
+        {
+            State = QuorumRequestState.Executed,
+            ExecuteTime = T0,
+            ExecutingNode = "kms-a",
+            CredentialPath = "/var/lib/kms/bootstrap.token",
+        })
+        {
+            AddedApproval = officers.Approve("alice", request, T0),
+            IssuedToken = token,
+        }, default);
+        var executed = (await store.ListQuorumRequestsAsync(null, null, 10, default)).Single();
+        Assert.Equal(("kms-a", "/var/lib/kms/bootstrap.token", (DateTimeOffset?)null), (executed.ExecutingNode, executed.CredentialPath, executed.CredentialRevokeTime));
+
+        // The revocation and the request's record of it, together.
+        var revoked = await store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current with { CredentialRevokeTime = T0 + TimeSpan.FromSeconds(1) })
+        {
+            RevokedTokenId = id,
+        }, default);
+        Assert.Equal(("kms-a", "/var/lib/kms/bootstrap.token", (DateTimeOffset?)(T0 + TimeSpan.FromSeconds(1))), (revoked!.ExecutingNode, revoked.CredentialPath, revoked.CredentialRevokeTime));
+        Assert.Equal(T0 + TimeSpan.FromSeconds(1), (await access.GetApiTokenAsync(id, default))!.RevokeTime);
+        Assert.Equal(revoked.CredentialRevokeTime, (await store.GetQuorumRequestAsync(request.Id, default))!.CredentialRevokeTime);
+    }
+
     private async Task<IQuorumStore> QuorumAsync() => (IQuorumStore)await CreateStoreAsync();
 }

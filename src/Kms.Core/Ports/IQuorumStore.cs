@@ -39,7 +39,7 @@ public interface IQuorumStore
     /// Reads the request (with its approvals) and the head of the officer chain, lets
     /// <paramref name="decide"/> compute the change on that fresh state, and applies it — the
     /// approval, the state transition, the operation it triggers (a key change, an appended
-    /// officer set, an issued API token) and the execution's audit event — all in one transaction, serialised with
+    /// officer set, an issued or revoked API token) and the execution's audit event — all in one transaction, serialised with
     /// every other write. If <paramref name="decide"/> throws, nothing changes.
     /// </summary>
     /// <returns>The request after the change; null if it does not exist.</returns>
@@ -66,7 +66,14 @@ public sealed record QuorumChange(QuorumRequest Request)
     /// </summary>
     public Access.ApiToken? IssuedToken { get; init; }
 
-    /// <summary>The execution's own audit event, committed after the calling request's event.</summary>
+    /// <summary>
+    /// The id of an API token to revoke (as <see cref="IAccessStore.RevokeApiTokenAsync"/> revokes one,
+    /// at the request's <see cref="QuorumRequest.CredentialRevokeTime"/>): an executed
+    /// RECOVER_DEPLOYMENT_ADMIN's credential that its node could not write.
+    /// </summary>
+    public string? RevokedTokenId { get; init; }
+
+    /// <summary>The execution's own audit event (or the revocation's), committed after the calling request's event.</summary>
     public AuditEntry? ExecutionEvent { get; init; }
 
     /// <summary>Nothing to write.</summary>

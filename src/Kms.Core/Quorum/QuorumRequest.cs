@@ -100,6 +100,25 @@ public sealed record QuorumRequest
     /// <summary>For <see cref="QuorumOperation.ChangeOfficers"/>: the proposed set (its hash is a parameter, so it is signed).</summary>
     public OfficerSet? ProposedOfficers { get; init; }
 
+    /// <summary>
+    /// EXECUTED: the name of the node that executed it (<c>Kms:NodeName</c>), where what the execution
+    /// wrote is (a backup, a recovery credential); null for requests executed before nodes were recorded.
+    /// Not signed: the server records it when it executes the request.
+    /// </summary>
+    public string? ExecutingNode { get; init; }
+
+    /// <summary>
+    /// RECOVER_DEPLOYMENT_ADMIN, EXECUTED: the file on <see cref="ExecutingNode"/> its one-time
+    /// recovery credential is written to (the path, never the credential).
+    /// </summary>
+    public string? CredentialPath { get; init; }
+
+    /// <summary>
+    /// RECOVER_DEPLOYMENT_ADMIN, EXECUTED: when the executing node revoked the recovery credential
+    /// because it could not write <see cref="CredentialPath"/>; a new request is then needed. Null: not revoked.
+    /// </summary>
+    public DateTimeOffset? CredentialRevokeTime { get; init; }
+
     /// <summary>The resource name: <c>tenants/{t}/quorumRequests/{id}</c>, or <c>quorumRequests/{id}</c> for a deployment-wide one.</summary>
     public string Name => NameOf(Tenant, Id);
 

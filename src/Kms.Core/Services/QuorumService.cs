@@ -33,6 +33,18 @@ public sealed record QuorumOptions
     /// its own tools), or null when it can: EXPORT_BACKUP is then refused before officers sign.
     /// </summary>
     public string? BackupExportUnsupported { get; init; }
+
+    /// <summary>
+    /// This node's name (<c>Kms:NodeName</c>), recorded in each request it executes so officers
+    /// learn where the execution's output is; null: not recorded.
+    /// </summary>
+    public string? NodeName { get; init; }
+
+    /// <summary>
+    /// The full path this node writes an executed RECOVER_DEPLOYMENT_ADMIN's credential to
+    /// (<c>Kms:BootstrapTokenPath</c>), recorded in the request; null: not recorded.
+    /// </summary>
+    public string? CredentialPath { get; init; }
 }
 
 /// <summary>What CreateQuorumRequest asks for.</summary>
@@ -102,6 +114,9 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
 {
     /// <summary>The principal of the audit event of an execution.</summary>
     public const string ExecutorPrincipal = "system:quorum";
+
+    /// <summary>The audit operation of <see cref="RevokeRecoveryCredentialAsync"/>.</summary>
+    public const string RevokeCredentialOperation = "quorum/RevokeRecoveryCredential";
 
     /// <summary>The longest DER ECDSA P-256 signature (72 bytes), with room to spare.</summary>
     private const int MaxSignatureBytes = 80;
@@ -429,7 +444,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
 
             executed = true;
 
-            var done = approved with { State = QuorumRequestState.Executed, ExecuteTime = now };
+            var done = approved with { State = QuorumRequestState.Executed, ExecuteTime = now, ExecutingNode = options.NodeName };
             var change = new QuorumChange(done) { AddedApproval = approval, ExecutionEvent = ExecutionEvent(done, now) };
             return done.Operation switch
             {
@@ -443,7 +458,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
                 QuorumOperation.ExportBackup => change,
 
                 // The credential's hash is stored with the execution; the server writes its text to a file after the commit.
-                QuorumOperation.RecoverDeploymentAdmin => Recover(change, now, issued => credential = issued),
+                QuorumOperation.RecoverDeploymentAdmin => Recover(change with { Request = done with { CredentialPath = options.CredentialPath } }, now, issued => credential = issued),
                 _ => throw KmsErrors.FailedPrecondition($"quorum operation {QuorumOperations.NameOf(done.Operation)} is not yet supported"),
             };
         }, cancellationToken) ?? throw KmsErrors.NotFound(name);
@@ -470,6 +485,49 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         }
 
         return new QuorumApprovalResult(result, valid, threshold, executed || repeatExecuted) { Repeated = repeated, RecoveryCredential = executed ? credential : null };
+    }
+
+    /// <summary>
+    /// Revokes the recovery credential an executed RECOVER_DEPLOYMENT_ADMIN request issued, when the
+    /// executing node could not write it to its file: whatever part of a file was left cannot be used,
+    /// and the request records the revocation (a new request is needed). One transaction: the token's
+    /// revocation, the request's <see cref="QuorumRequest.CredentialRevokeTime"/> and an audit event
+    /// (principal <see cref="ExecutorPrincipal"/>, operation <see cref="RevokeCredentialOperation"/>,
+    /// resource the token). Revoking it again keeps the first time.
+    /// </summary>
+    /// <returns>The request after the revocation.</returns>
+    /// <exception cref="KmsException">NotFound if the request does not exist; FailedPrecondition if it is not an executed RECOVER_DEPLOYMENT_ADMIN request.</exception>
+    public async Task<QuorumRequest> RevokeRecoveryCredentialAsync(string name, RecoveryCredential credential, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(credential);
+        var (_, id) = QuorumRequest.ParseName(name, "name");
+        return await store.UpdateQuorumRequestAsync(id, (request, _) =>
+        {
+            if (request.Operation != QuorumOperation.RecoverDeploymentAdmin || request.State != QuorumRequestState.Executed)
+            {
+                throw KmsErrors.FailedPrecondition($"quorum request {request.Name} is not an executed RECOVER_DEPLOYMENT_ADMIN request");
+            }
+
+            if (request.CredentialRevokeTime is not null)
+            {
+                return new QuorumChange(request) { IsNoOp = true };
+            }
+
+            var now = Clock.Now(time);
+            return new QuorumChange(request with { CredentialRevokeTime = now })
+            {
+                RevokedTokenId = credential.TokenId,
+                ExecutionEvent = new AuditEntry
+                {
+                    Time = now,
+                    RequestId = request.Id.Value,
+                    Principal = ExecutorPrincipal,
+                    Operation = RevokeCredentialOperation,
+                    Resource = $"{AccessService.AuditResourceOf(Authenticator.BootstrapPrincipal, null)}/apiTokens/{credential.TokenId}",
+                    Outcome = "OK",
+                },
+            };
+        }, cancellationToken) ?? throw KmsErrors.NotFound(name);
     }
 
     // The officer set a repeated approval is checked in. A pending request: the head, after the

@@ -15,7 +15,7 @@ namespace Kms.Server.Grpc;
 /// interceptor has authorized the call; the service checks what depends on the operation
 /// (a destroy needs kms.keys.destroy in the key's tenant) and every signature.
 /// </summary>
-internal sealed class QuorumGrpcService(
+internal sealed partial class QuorumGrpcService(
     Kms.Core.Services.QuorumService quorum,
     Kms.Server.Backup.BackupExporter backups,
     Kms.Core.Services.TrustedTime time,
@@ -85,10 +85,9 @@ internal sealed class QuorumGrpcService(
         if (result.RecoveryCredential is { } credential)
         {
             // Committed with the execution: only its hash is stored, and this file is the one copy.
-            // A file that cannot be written leaves a credential nobody holds, which expires unused.
             if (!Kms.Server.Hosting.AccessProvisioning.TryWriteRecoveryCredential(options.Value, credential, result.Request.Name, logger))
             {
-                throw KmsErrors.FailedPrecondition($"{result.Request.Name} executed, but its recovery credential could not be written on this node (see its log); create a new RECOVER_DEPLOYMENT_ADMIN request");
+                await RevokeUnwrittenAsync(result.Request, credential);
             }
         }
 
@@ -100,6 +99,31 @@ internal sealed class QuorumGrpcService(
             Executed = result.Executed,
         };
     }
+
+    // A credential whose file could not be written is revoked (audited, with the request's record of
+    // it), so that whatever part of a file was left cannot be used, on this node or another. The
+    // request has executed, so this is owed whether or not the approver's call is still open. The
+    // answer says where, and that only a new request brings a credential.
+    private async Task RevokeUnwrittenAsync(QuorumRequest executed, Kms.Core.Services.RecoveryCredential credential)
+    {
+        var where = $"{executed.Name} executed on node {executed.ExecutingNode}, but its recovery credential could not be written to {executed.CredentialPath}";
+        try
+        {
+            await quorum.RevokeRecoveryCredentialAsync(executed.Name, credential, CancellationToken.None);
+        }
+        catch (KmsException e)
+        {
+            var expires = Kms.Core.Quorum.QuorumRendering.Time(executed.ExecuteTime!.Value + Kms.Core.Services.AccessService.RecoveryTokenLifetime);
+            LogRecoveryNotRevoked(logger, executed.Name, e.Message, expires);
+            throw KmsErrors.FailedPrecondition($"{where}, nor revoked ({e.Message}): nobody holds it, and it expires unused at {expires}; create a new RECOVER_DEPLOYMENT_ADMIN request");
+        }
+
+        throw KmsErrors.FailedPrecondition($"{where}: it was revoked, so nothing was recovered; create a new RECOVER_DEPLOYMENT_ADMIN request");
+    }
+
+    [LoggerMessage(EventId = 1016, Level = LogLevel.Error,
+        Message = "Quorum request {Request} (RECOVER_DEPLOYMENT_ADMIN): its recovery credential, which could not be written, could not be revoked either ({Error}); nobody holds it, and it expires unused at {ExpireTime}")]
+    private static partial void LogRecoveryNotRevoked(ILogger logger, string request, string error, string expireTime);
 
     public override async Task<ExportQuorumApprovalResponse> ExportQuorumApproval(ExportQuorumApprovalRequest request, ServerCallContext context)
     {
@@ -189,6 +213,9 @@ internal sealed class QuorumGrpcService(
                 : request.IsExpiredAt(time.GetUtcNow()) ? Kms.Contracts.V1.QuorumRequestState.Expired
                 : Kms.Contracts.V1.QuorumRequestState.Pending,
             ExecuteTime = ProtoMapping.ToTimestamp(request.ExecuteTime),
+            ExecutingNode = request.ExecutingNode ?? "",
+            CredentialPath = request.CredentialPath ?? "",
+            CredentialRevokeTime = ProtoMapping.ToTimestamp(request.CredentialRevokeTime),
         };
         info.Parameters.AddRange(request.Parameters.Select(p => new QuorumParameter { Key = p.Key, Value = p.Value }));
         info.Approvals.AddRange(request.Approvals.Select(a => new QuorumApprovalInfo { OfficerFingerprint = a.OfficerFingerprint, ApproveTime = Timestamp.FromDateTimeOffset(a.ApproveTime) }));

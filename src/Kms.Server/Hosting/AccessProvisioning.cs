@@ -49,12 +49,14 @@ internal static partial class AccessProvisioning
         return path;
     }
 
-    private static string BootstrapCredentialPath(KmsServerOptions options) =>
+    /// <summary>The full path of the bootstrap-credential file: <see cref="KmsServerOptions.BootstrapTokenPath"/>, default <c>{DataDir}/bootstrap.token</c>.</summary>
+    public static string BootstrapCredentialPath(KmsServerOptions options) =>
         Path.GetFullPath(options.BootstrapTokenPath ?? Path.Combine(options.DataDir, "bootstrap.token"));
 
     /// <summary>
     /// An executed RECOVER_DEPLOYMENT_ADMIN request's credential, written where the start-up one goes;
-    /// false (logged with the path and the error, never the credential) when the file cannot be written.
+    /// false (logged with the path and the error, never the credential) when the file cannot be
+    /// written: the caller then revokes the credential.
     /// </summary>
     public static bool TryWriteRecoveryCredential(KmsServerOptions options, RecoveryCredential credential, string request, ILogger logger)
     {
@@ -129,7 +131,7 @@ internal static partial class AccessProvisioning
     private static partial void LogRecovery(ILogger logger, string request, string path);
 
     [LoggerMessage(EventId = 1015, Level = LogLevel.Error,
-        Message = "Quorum request {Request} (RECOVER_DEPLOYMENT_ADMIN) executed, but its recovery credential could not be written to {Path}: {Error}. It expires unused; create a new request")]
+        Message = "Quorum request {Request} (RECOVER_DEPLOYMENT_ADMIN) executed, but its recovery credential could not be written to {Path}: {Error}. The credential is revoked (event 1016 if that fails too); create a new request")]
     private static partial void LogRecoveryNotWritten(ILogger logger, string request, string path, string error);
 
     [LoggerMessage(EventId = 1012, Level = LogLevel.Warning,

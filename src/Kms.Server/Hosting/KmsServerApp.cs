@@ -29,7 +29,7 @@ namespace Kms.Server.Hosting;
 /// Builds the server: configuration, logging, TLS 1.3 listener, HSM, store, gRPC services.
 /// Used by <c>Program</c> and, in-process, by the tests.
 /// </summary>
-public static class KmsServerApp
+public static partial class KmsServerApp
 {
     /// <summary>Builds a server ready to start. HSM and database are opened (and verified) here.</summary>
     /// <param name="args">Command-line arguments; <c>--dev</c> turns on dev mode, <c>--urls</c> sets the listen addresses.</param>
@@ -75,6 +75,12 @@ public static class KmsServerApp
         if (serverOptions.CredentialCacheTime < TimeSpan.Zero || serverOptions.CredentialCacheTime > KmsServerOptions.MaxCredentialCacheTime)
         {
             throw new InvalidOperationException($"Kms:CredentialCacheTime ({serverOptions.CredentialCacheTime:c}) must be from 00:00:00 to {KmsServerOptions.MaxCredentialCacheTime:c}: while a node cannot read the change feed, another node's revocation takes effect on it only when the cache time has passed");
+        }
+
+        // Recorded in the quorum requests this node executes, and shown to the officers: a name, not free text.
+        if (serverOptions.NodeName is null || !NodeNamePattern().IsMatch(serverOptions.NodeName))
+        {
+            throw new InvalidOperationException($"Kms:NodeName must be 1 to 64 of [A-Za-z0-9._-] (it names this node in the quorum requests it executes); set it explicitly if the host name is not");
         }
 
         // A quota of 0 once meant none at all, the opposite of what an operator blocking a tenant
@@ -162,6 +168,8 @@ public static class KmsServerApp
             builder.Services.AddSingleton(LoadQuorumOptions(serverOptions.Quorum) with
             {
                 HeadRecord = new OfficerHeadFile(Path.Combine(serverOptions.DataDir, "quorum", "officer-head"), loggerFactory.CreateLogger("Kms.Quorum")),
+                NodeName = serverOptions.NodeName,
+                CredentialPath = AccessProvisioning.BootstrapCredentialPath(serverOptions),
                 BackupExportUnsupported = store is SqliteStore
                     ? null
                     : $"backups through the API are SQLite snapshots; a {store.Provider} database is backed up with its own tools (docs/deployment.md)",
@@ -498,4 +506,7 @@ public static class KmsServerApp
         configureLogging?.Invoke(configuration);
         return configuration.CreateLogger();
     }
+
+    [System.Text.RegularExpressions.GeneratedRegex("^[A-Za-z0-9._-]{1,64}$")]
+    private static partial System.Text.RegularExpressions.Regex NodeNamePattern();
 }

@@ -31,6 +31,13 @@ public sealed class KmsServerOptions
     public string? BootstrapTokenPath { get; set; }
 
     /// <summary>
+    /// This node's name, recorded in each quorum request it executes so officers learn which node
+    /// holds the output (a recovery credential, a backup); default the host name. 1 to 64 of
+    /// <c>[A-Za-z0-9._-]</c>; a start with another is refused.
+    /// </summary>
+    public string NodeName { get; set; } = Environment.MachineName;
+
+    /// <summary>
     /// How long an authenticated credential is remembered before its token, bindings and certificate
     /// are read again: while a node cannot read the change feed, another node's revocation takes
     /// effect on it at most this late. 0 to <see cref="MaxCredentialCacheTime"/>; a start with more is refused.

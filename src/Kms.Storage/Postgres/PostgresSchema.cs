@@ -237,5 +237,11 @@ internal static class PostgresSchema
             -- DeletePrincipal's tombstone, as SQLite's migration 12 (additive, like it).
             ALTER TABLE principals ADD COLUMN delete_time BIGINT;
             """, CompatibleFrom: 4),
+        new(7, """
+            -- Where an executed quorum request's output is, as SQLite's migration 13 (additive, like it).
+            ALTER TABLE quorum_requests ADD COLUMN executing_node         TEXT;
+            ALTER TABLE quorum_requests ADD COLUMN credential_path        TEXT;
+            ALTER TABLE quorum_requests ADD COLUMN credential_revoke_time BIGINT;
+            """, CompatibleFrom: 4),
     ];
 }

@@ -13,7 +13,8 @@ public abstract partial class SqlStore : IQuorumStore
 {
     private const string RequestColumns = """
         id, tenant, operation, parameters, domain_kcv, officer_set_sequence, officer_set_hash,
-        requested_by, create_time, expire_time, state, execute_time, proposed_officers
+        requested_by, create_time, expire_time, state, execute_time, proposed_officers,
+        executing_node, credential_path, credential_revoke_time
         """;
 
     /// <inheritdoc />
@@ -46,7 +47,8 @@ public abstract partial class SqlStore : IQuorumStore
             await InsertAsync(connection, transaction, $"""
                 INSERT INTO quorum_requests ({RequestColumns})
                 VALUES (@id, @tenant, @operation, @parameters, @domain_kcv, @officer_set_sequence, @officer_set_hash,
-                        @requested_by, @create_time, @expire_time, @state, @execute_time, @proposed_officers)
+                        @requested_by, @create_time, @expire_time, @state, @execute_time, @proposed_officers,
+                        @executing_node, @credential_path, @credential_revoke_time)
                 """,
                 request.Name, cancellationToken,
                 ("@id", request.Id.Value), ("@tenant", (object?)request.Tenant?.Value ?? DBNull.Value), ("@operation", QuorumOperations.NameOf(request.Operation)),
@@ -54,7 +56,9 @@ public abstract partial class SqlStore : IQuorumStore
                 ("@officer_set_sequence", request.OfficerSetSequence), ("@officer_set_hash", request.OfficerSetHash), ("@requested_by", request.RequestedBy),
                 ("@create_time", request.CreateTime.ToUnixTimeMilliseconds()), ("@expire_time", request.ExpireTime.ToUnixTimeMilliseconds()),
                 ("@state", (int)request.State), ("@execute_time", Millis(request.ExecuteTime)),
-                ("@proposed_officers", request.ProposedOfficers is { } set ? ProposedJson(set) : DBNull.Value));
+                ("@proposed_officers", request.ProposedOfficers is { } set ? ProposedJson(set) : DBNull.Value),
+                ("@executing_node", (object?)request.ExecutingNode ?? DBNull.Value), ("@credential_path", (object?)request.CredentialPath ?? DBNull.Value),
+                ("@credential_revoke_time", Millis(request.CredentialRevokeTime)));
             return 0;
         }, cancellationToken);
     }
@@ -121,8 +125,14 @@ public abstract partial class SqlStore : IQuorumStore
                     ("@approve_time", approval.ApproveTime.ToUnixTimeMilliseconds()));
             }
 
-            await using (var update = Command(connection, "UPDATE quorum_requests SET state = @state, execute_time = @execute_time WHERE id = @id",
-                ("@state", (int)change.Request.State), ("@execute_time", Millis(change.Request.ExecuteTime)), ("@id", id.Value)))
+            await using (var update = Command(connection, """
+                UPDATE quorum_requests SET state = @state, execute_time = @execute_time, executing_node = @executing_node,
+                    credential_path = @credential_path, credential_revoke_time = @credential_revoke_time
+                WHERE id = @id
+                """,
+                ("@state", (int)change.Request.State), ("@execute_time", Millis(change.Request.ExecuteTime)),
+                ("@executing_node", (object?)change.Request.ExecutingNode ?? DBNull.Value), ("@credential_path", (object?)change.Request.CredentialPath ?? DBNull.Value),
+                ("@credential_revoke_time", Millis(change.Request.CredentialRevokeTime)), ("@id", id.Value)))
             {
                 update.Transaction = transaction;
                 await update.ExecuteNonQueryAsync(cancellationToken);
@@ -156,6 +166,13 @@ public abstract partial class SqlStore : IQuorumStore
                     $"apiTokens/{token.Id}", cancellationToken,
                     ("@id", token.Id), ("@principal", token.Principal.ToString()), ("@kind", (int)token.Kind), ("@secret_hash", token.SecretHash),
                     ("@create_time", token.CreateTime.ToUnixTimeMilliseconds()), ("@expire_time", token.ExpireTime.ToUnixTimeMilliseconds()));
+            }
+
+            if (change.RevokedTokenId is { } revoked)
+            {
+                await ExecuteInAsync(connection, transaction, "UPDATE api_tokens SET revoke_time = coalesce(revoke_time, @time) WHERE id = @id", cancellationToken,
+                    ("@time", Millis(change.Request.CredentialRevokeTime ?? change.Request.ExecuteTime)), ("@id", revoked));
+                await RecordChangeAsync(connection, transaction, StoreChangeKind.Access, $"apiTokens/{revoked}", cancellationToken);
             }
 
             return (await ReadRequestAsync(connection, transaction, id.Value, cancellationToken), erased, change.ExecutionEvent);
@@ -220,6 +237,9 @@ public abstract partial class SqlStore : IQuorumStore
                 State = (QuorumRequestState)reader.GetInt32(10),
                 ExecuteTime = ReadTime(reader, 11),
                 ProposedOfficers = reader.IsDBNull(12) ? null : ParseProposed(reader.GetString(12)),
+                ExecutingNode = reader.IsDBNull(13) ? null : reader.GetString(13),
+                CredentialPath = reader.IsDBNull(14) ? null : reader.GetString(14),
+                CredentialRevokeTime = ReadTime(reader, 15),
             });
         }
 

@@ -275,6 +275,15 @@ internal static class SqliteSchema
             -- disabled, by which a schema-10 or -11 server refuses the principal's credentials too.
             ALTER TABLE principals ADD COLUMN delete_time INTEGER;
             """, CompatibleFrom: 10),
+        new(13, """
+            -- Where an executed quorum request's output is: the node that executed it (Kms:NodeName)
+            -- and, for RECOVER_DEPLOYMENT_ADMIN, the credential file's path and when the credential was
+            -- revoked because that node could not write it. Additive: a schema-10 to -12 server leaves
+            -- them NULL (its executions do not say where) and reads requests as before.
+            ALTER TABLE quorum_requests ADD COLUMN executing_node         TEXT;
+            ALTER TABLE quorum_requests ADD COLUMN credential_path        TEXT;
+            ALTER TABLE quorum_requests ADD COLUMN credential_revoke_time INTEGER;
+            """, CompatibleFrom: 10),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;

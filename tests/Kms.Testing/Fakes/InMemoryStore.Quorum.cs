@@ -130,6 +130,11 @@ public sealed partial class InMemoryStore : IQuorumStore
                 _tokens.Add(token.Id, token);
             }
 
+            if (change.RevokedTokenId is { } revoked && _tokens.TryGetValue(revoked, out var held) && held.RevokeTime is null)
+            {
+                _tokens[revoked] = held with { RevokeTime = change.Request.CredentialRevokeTime ?? change.Request.ExecuteTime };
+            }
+
             after = change.Request with { Approvals = change.AddedApproval is { } added ? [.. current.Approvals, added] : current.Approvals };
             _quorumRequests[id.Value] = after;
             execution = change.ExecutionEvent;
