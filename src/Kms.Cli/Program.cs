@@ -24,6 +24,7 @@ internal static class Program
         BackupCommands.Create,
         AuditCommands.Create,
         ConfigCommands.Create,
+        BootstrapCommand.Create,
     ];
 
     public static Task<int> Main(string[] args) => KmsCli.RunAsync(args, CliEnvironment.FromProcess());

@@ -1,12 +1,17 @@
 using System.Security.Cryptography;
 using System.Text.Json;
+using Kms.Cli.Infrastructure;
 using Kms.Client.Quorum;
 using Kms.Core.Quorum;
 using Kms.Testing;
 
 namespace Kms.Cli.Tests;
 
-/// <summary><c>kms quorum recover-admin</c>: a security officer asks for RECOVER_DEPLOYMENT_ADMIN, as for the other deployment-wide requests.</summary>
+/// <summary>
+/// <c>kms quorum recover-admin</c>: a security officer asks for RECOVER_DEPLOYMENT_ADMIN, as for the
+/// other deployment-wide requests; <c>kms officer approve</c> says which node holds the credential, and
+/// <c>kms bootstrap</c> uses it, read from a file.
+/// </summary>
 public sealed class RecoverAdminCommandTests : IAsyncLifetime, IDisposable
 {
     private readonly TestOfficers _officers = new("alice", "bob");
@@ -17,7 +22,7 @@ public sealed class RecoverAdminCommandTests : IAsyncLifetime, IDisposable
     public async Task InitializeAsync()
     {
         GenesisFile.Write(_genesisPath, OfficerSet.CreateGenesis(_officers.Select("alice", "bob"), 2));
-        _server = await KmsTestServer.StartAsync(null, null, "dev", $"--Kms:Quorum:GenesisFile={_genesisPath}");
+        _server = await KmsTestServer.StartAsync(null, null, "dev", $"--Kms:Quorum:GenesisFile={_genesisPath}", "--Kms:NodeName=cli-node");
     }
 
     public async Task DisposeAsync()
@@ -51,12 +56,86 @@ public sealed class RecoverAdminCommandTests : IAsyncLifetime, IDisposable
         Assert.Contains("\nparam grants: one Bootstrap call, registering one new deployment-admin; the existing deployment admins stay\n", rendering, StringComparison.Ordinal);
 
         using var officer = _server.CreateClient((await File.ReadAllTextAsync(officerToken)).Trim());
-        foreach (var who in new[] { "alice", "bob" })
+        using (var approver = QuorumApprover.FromKey(ECDsa.Create(_officers.KeyOf("alice").ExportParameters(true))))
         {
-            using var approver = QuorumApprover.FromKey(ECDsa.Create(_officers.KeyOf(who).ExportParameters(true)));
             await approver.ApproveAsync(officer, await approver.PrepareAsync(officer, name));
         }
 
-        Assert.True(File.Exists(Path.Combine(_server.DataDir, "bootstrap.token")));
+        // The executing approval, through the CLI, says which node holds the credential and where.
+        var bobKey = Path.Combine(_directory, "bob.key");
+        var passphrase = Path.Combine(_directory, "bob.passphrase");
+        await File.WriteAllTextAsync(bobKey, _officers.KeyOf("bob").ExportEncryptedPkcs8PrivateKeyPem("bob's passphrase", new PbeParameters(PbeEncryptionAlgorithm.Aes256Cbc, HashAlgorithmName.SHA256, 1)));
+        await File.WriteAllTextAsync(passphrase, "bob's passphrase\n");
+        var credentialPath = Path.Combine(_server.DataDir, "bootstrap.token");
+        var approved = await CliRun.InProcessAsync(variables, _directory, null, "officer", "approve", name, "--key", bobKey, "--key-passphrase-file", passphrase, "--yes");
+        Assert.True(approved.ExitCode == 0, approved.ToString());
+        Assert.Contains($"the request was executed: the recovery credential is on node cli-node in {credentialPath}", approved.Out, StringComparison.Ordinal);
+        using (var shown = JsonDocument.Parse((await CliRun.InProcessAsync(variables, _directory, null, "quorum", "show", name, "-o", "json")).Out))
+        {
+            Assert.Equal(("cli-node", credentialPath), (shown.RootElement.GetProperty("executingNode").GetString(), shown.RootElement.GetProperty("credentialPath").GetString()));
+        }
+
+        Assert.True(File.Exists(credentialPath));
+    }
+
+    [Fact]
+    public async Task Bootstrap_WithTheRecoveryCredentialFromItsFile_RegistersTheAdmin_SessionTokenInA0600File_Once()
+    {
+        var credentialPath = await RecoverAsync();
+        var sessionPath = Path.Combine(_directory, "admin.session");
+        var variables = new Dictionary<string, string> { ["KMS_ENDPOINT"] = _server.Address.ToString(), ["KMS_CA_FILE"] = _server.CaCertificatePath };
+
+        // A token admin without a place for its session token: refused before the call, so the credential still works.
+        var refused = await CliRun.InProcessAsync(variables, _directory, null, "bootstrap", "token:recovered-admin", "--credential-file", credentialPath);
+        Assert.Equal(ExitCodes.Usage, refused.ExitCode);
+        Assert.Contains("--session-token-out", refused.Error, StringComparison.Ordinal);
+
+        var result = await CliRun.InProcessAsync(variables, _directory, null,
+            "bootstrap", "token:recovered-admin", "--credential-file", credentialPath, "--session-token-out", sessionPath, "--display-name", "recovered", "-o", "json");
+        Assert.True(result.ExitCode == 0, result.ToString());
+        using (var json = JsonDocument.Parse(result.Out))
+        {
+            Assert.Equal(("token:recovered-admin", sessionPath), (json.RootElement.GetProperty("admin").GetString(), json.RootElement.GetProperty("session_token_file").GetString()));
+        }
+
+        var credential = (await File.ReadAllTextAsync(credentialPath)).Trim();
+        var session = (await File.ReadAllTextAsync(sessionPath)).Trim();
+        Assert.DoesNotContain(credential, result.Out + result.Error, StringComparison.Ordinal);
+        Assert.DoesNotContain(session, result.Out + result.Error, StringComparison.Ordinal);
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(sessionPath));
+        using (var admin = _server.CreateClient(session))
+        {
+            Assert.Contains(await admin.ListRoleBindingsAsync(), b => b.Principal == "token:recovered-admin" && b.Role == "deployment-admin");
+        }
+
+        // Used up: a second run is refused by the server.
+        var again = await CliRun.InProcessAsync(variables, _directory, null, "bootstrap", "token:second-admin", "--credential-file", credentialPath, "--session-token-out", Path.Combine(_directory, "second.session"));
+        Assert.Equal(ExitCodes.Denied, again.ExitCode);
+        Assert.False(File.Exists(Path.Combine(_directory, "second.session")));
+    }
+
+    [Theory]
+    [InlineData("--credential", "kms_s3cretvalue")]
+    [InlineData("--credential=kms_s3cretvalue")]
+    public async Task Bootstrap_CredentialOnTheCommandLine_Refused_WithoutRepeatingIt(params string[] inline)
+    {
+        var result = await CliRun.InProcessAsync(new Dictionary<string, string>(), _directory, null, ["bootstrap", "token:x", .. inline]);
+        Assert.Equal(ExitCodes.Usage, result.ExitCode);
+        Assert.Contains("--credential-file PATH or --credential-fd N", result.Error, StringComparison.Ordinal);
+        Assert.DoesNotContain("s3cretvalue", result.Out + result.Error, StringComparison.Ordinal);
+    }
+
+    // A RECOVER_DEPLOYMENT_ADMIN request approved by both officers: the path of the credential file.
+    private async Task<string> RecoverAsync()
+    {
+        using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+        var request = await officer.RequestDeploymentAdminRecoveryAsync();
+        foreach (var who in new[] { "alice", "bob" })
+        {
+            using var approver = QuorumApprover.FromKey(ECDsa.Create(_officers.KeyOf(who).ExportParameters(true)));
+            await approver.ApproveAsync(officer, await approver.PrepareAsync(officer, request.Name));
+        }
+
+        return Path.Combine(_server.DataDir, "bootstrap.token");
     }
 }

@@ -106,8 +106,10 @@ internal static class OfficerCommands
                     ["rendering"] = pending.Rendering,
                 };
                 json["state"] = response.Request.State.ToString();
+                json["executing_node"] = response.Request.ExecutingNode;
+                json["credential_path"] = response.Request.CredentialPath;
                 ctx.Output.Result(json, response.Executed
-                    ? $"approved: {response.ValidApprovals} of {response.Threshold}; the request was executed"
+                    ? $"approved: {response.ValidApprovals} of {response.Threshold}; the request was executed{WhereItsOutputIs(response.Request)}"
                     : response.Request.State == Kms.Contracts.V1.QuorumRequestState.Approved
                         ? $"approved: {response.ValidApprovals} of {response.Threshold}; the request is APPROVED: export it for the ceremony (kms quorum export {pending.Name} --out FILE)"
                         : $"approved: {response.ValidApprovals} of {response.Threshold} approvals so far");
@@ -338,13 +340,32 @@ internal static class OfficerCommands
     internal static string RequestName(string input) =>
         input.Contains('/', StringComparison.Ordinal) ? input : "quorumRequests/" + input;
 
+    // Where an executed request's output is: officers need not search every node's log for it.
+    private static string WhereItsOutputIs(QuorumRequestInfo info) =>
+        info.CredentialPath.Length > 0
+            ? info.CredentialRevokeTime is null
+                ? $": the recovery credential is on node {info.ExecutingNode} in {info.CredentialPath} (one use, 15 minutes: kms bootstrap ADMIN --credential-file {info.CredentialPath})"
+                : $": its recovery credential could not be written on node {info.ExecutingNode} and was revoked; create a new request"
+            : info.ExecutingNode.Length > 0 ? $" by node {info.ExecutingNode}" : "";
+
     private static void WriteRequest(CliContext ctx, QuorumRequestInfo info)
     {
         var rendering = QuorumApprover.Render(info);
         var json = CliOutput.Proto(info);
         json["rendering"] = rendering;
+        List<(string Name, string? Value)> properties = [("request", info.Name), ("state", info.State.ToString()), ("approvals", info.Approvals.Count.ToString(CultureInfo.InvariantCulture))];
+        if (info.ExecutingNode.Length > 0)
+        {
+            properties.Add(("executed by node", info.ExecutingNode));
+        }
+
+        if (info.CredentialPath.Length > 0)
+        {
+            properties.Add(("recovery credential", info.CredentialRevokeTime is null ? info.CredentialPath : $"{info.CredentialPath} (not written: revoked)"));
+        }
+
         ctx.Output.Result(json, () => new Rows(
-            CliOutput.Properties([("request", info.Name), ("state", info.State.ToString()), ("approvals", info.Approvals.Count.ToString(CultureInfo.InvariantCulture))]),
+            CliOutput.Properties(properties),
             new Panel(new Text(rendering)).Header("what officers sign")));
     }
 }

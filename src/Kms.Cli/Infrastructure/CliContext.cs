@@ -98,6 +98,31 @@ internal sealed class CliContext : IDisposable
         return options;
     }
 
+    /// <summary>
+    /// A client for <see cref="Settings"/>' endpoints and CA that authenticates with
+    /// <paramref name="apiToken"/> alone (a one-time credential), not with the configured token file
+    /// or client certificate; the caller disposes it.
+    /// </summary>
+    /// <exception cref="CliUsageException">The CA file is missing, or the configuration does not work.</exception>
+    public KmsClient CreateClientWithToken(string apiToken)
+    {
+        var options = new KmsClientOptions
+        {
+            Endpoints = [.. Settings.Endpoints.Value],
+            CaCertificatePath = RequireFile(Settings.CaFile, "CA file"),
+            ApiToken = apiToken,
+            CallTimeout = Settings.Timeout.Value,
+        };
+        try
+        {
+            return new KmsClient(options);
+        }
+        catch (ArgumentException exception)
+        {
+            throw new CliUsageException($"the configuration does not work: {exception.Message}", exception);
+        }
+    }
+
     public void Dispose()
     {
         _client?.Dispose();

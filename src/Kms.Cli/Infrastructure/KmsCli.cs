@@ -70,7 +70,7 @@ internal static class KmsCli
         // Any flag that ends in a secret's word (--token, --pin, and the CLI's own --so-pin,
         // --restore-pin, --key-passphrase, …, which exist only as -file and -fd: an operator will
         // type the bare name). A PostgreSQL connection string may hold the password.
-        string[] secretWords = ["-token", "-pin", "-password", "-passphrase", "-secret"];
+        string[] secretWords = ["-token", "-pin", "-password", "-passphrase", "-secret", "-credential"];
         string[] secretFlags = ["--postgres-connection", "--postgres-connection-string", "--connection-string"];
         foreach (var arg in args)
         {

@@ -1,0 +1,75 @@
+using System.CommandLine;
+using System.Text;
+using System.Text.Json.Nodes;
+using Kms.Cli.Infrastructure;
+
+namespace Kms.Cli.Commands;
+
+/// <summary>
+/// <c>kms bootstrap ADMIN</c>: AccessManagementService.Bootstrap with a one-time credential from a
+/// server's bootstrap-credential file — the start-up one (no deployment admin yet) or an executed
+/// RECOVER_DEPLOYMENT_ADMIN request's — read from a file or a descriptor, never from the command
+/// line (argv is readable by other users). docs/access-control.md, docs/cli.md.
+/// </summary>
+internal static class BootstrapCommand
+{
+    public static IEnumerable<Command> Create(CommandRunner runner)
+    {
+        var admin = NameArgument.Create<string>("ADMIN", "the new deployment admin: token:NAME (which receives a session token) or a certificate principal (cn:…, spiffe:…)");
+        var displayName = new Option<string>("--display-name") { Description = "free text for the new admin, at most 200 characters", HelpName = "TEXT" };
+        var credential = new SecretOption("credential", "the one-time bootstrap or recovery credential (the server's Kms:BootstrapTokenPath file)");
+        var sessionOut = new Option<string>("--session-token-out")
+        {
+            Description = "for a token: admin, the file its session token (15 minutes) goes to: created with mode 0600",
+            HelpName = "FILE",
+        };
+        var force = OutputFile.ForceOption();
+        var command = new Command("bootstrap", "register a deployment admin with a one-time bootstrap or recovery credential; the call uses the credential up") { admin, displayName, sessionOut, force };
+        credential.AddTo(command);
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var parse = ctx.ParseResult;
+            var name = parse.GetRequiredValue(admin);
+            var outPath = parse.GetValue(sessionOut);
+            var tokenPrincipal = name.StartsWith("token:", StringComparison.Ordinal);
+
+            // Checked before the call: the credential works once, so the session token must have somewhere to go.
+            if (tokenPrincipal && outPath is null)
+            {
+                throw new CliUsageException($"{name} receives a session token, shown only once: give --session-token-out FILE (the credential is used up by the call)");
+            }
+
+            if (outPath == "-")
+            {
+                throw new CliUsageException("--session-token-out: a file, not standard output (a session token is a credential)");
+            }
+
+            if (!tokenPrincipal && outPath is not null)
+            {
+                throw new CliUsageException($"--session-token-out: only a token: admin receives a session token; {name} authenticates with its certificate");
+            }
+
+            // Opened before the call too: an existing file (without --force) is refused while the credential still works.
+            await using var target = outPath is null ? null : OutputFile.Open(ctx.Environment, outPath, parse.GetValue(force));
+            Kms.Contracts.V1.BootstrapResponse response;
+            using (var secret = SecretInput.Read(ctx, credential, "bootstrap or recovery credential"))
+            {
+                using var client = ctx.CreateClientWithToken(secret.Reveal());
+                response = await client.BootstrapAsync(name, parse.GetValue(displayName), ct);
+            }
+
+            if (target is not null)
+            {
+                await target.Stream.WriteAsync(Encoding.UTF8.GetBytes(response.SessionToken + "\n"), ct);
+                await target.CommitAsync(ct);
+            }
+
+            var json = new JsonObject { ["admin"] = response.Admin.Name, ["session_token_file"] = target?.Name };
+            ctx.Output.Result(json, target is null
+                ? $"{response.Admin.Name} is a deployment admin; the credential is used up"
+                : $"{response.Admin.Name} is a deployment admin; its session token (15 minutes) is in {target.Name}; the credential is used up");
+            return ExitCodes.Ok;
+        });
+        return [command];
+    }
+}
