@@ -11,10 +11,10 @@ namespace Kms.Hsm;
 /// </summary>
 /// <remarks>
 /// The current generation is retired: new callers wait for the recycle (as for a recovery, up to
-/// <see cref="HsmOptions.CallTimeout"/>); calls already running finish on it (the drain waits for
-/// them); a caller that took the retired generation but had not yet started its native call finds
-/// it retired under the module gate and starts again on the next generation, its operation not
-/// having begun. Then <c>C_Finalize</c>, <c>C_Initialize</c>, a fresh session pool, the domain key
+/// <see cref="HsmOptions.CallTimeout"/>); calls that hold one of its sessions finish on it, whether
+/// their native call has begun or not (the drain waits for their leases); a caller that was still
+/// queued for a session when the drain finished finds the generation retired and closed under the
+/// module gate and starts again on the next generation, its operation not having begun. Then <c>C_Finalize</c>, <c>C_Initialize</c>, a fresh session pool, the domain key
 /// found and its check value compared, an empty handle cache. Other adapters on the module (the
 /// regions) see a new module generation and reopen on their next call, also without failing it.
 /// </remarks>
@@ -37,16 +37,36 @@ public sealed partial class Pkcs11Hsm
 
     private long RecycleThreshold => _options.RecycleAfterDestroyedObjects ?? _profile.RecycleAfterDestroyedObjects;
 
+    /// <summary>Calls that found their generation retired and closed (or the module re-initialised) before their first native call, and started again (tests).</summary>
+    internal int StaleRestarts => Volatile.Read(ref _staleRestarts);
+
+    private int _staleRestarts;
+
+    /// <summary>The current generation is retired and its recycle is draining it (tests).</summary>
+    internal bool Retiring => _state is { Retired: true };
+
     // Called after each successful C_DestroyObject of a session object (under the module gate:
     // the recycle itself runs elsewhere, after the gate is released).
     private void CountDestroyed()
     {
         var destroyed = _module.CountDestroyed();
         var threshold = RecycleThreshold;
-        if (threshold > 0 && destroyed >= threshold && Interlocked.CompareExchange(ref _recycling, 1, 0) == 0)
+        if (threshold > 0 && destroyed >= threshold)
         {
-            _ = Task.Run(RecycleAsync);
+            _ = TryStartRecycle();
         }
+    }
+
+    /// <summary>Starts a recycle unless one is under way (the threshold's path; tests call it directly).</summary>
+    internal bool TryStartRecycle()
+    {
+        if (Interlocked.CompareExchange(ref _recycling, 1, 0) != 0)
+        {
+            return false;
+        }
+
+        _ = Task.Run(RecycleAsync);
+        return true;
     }
 
     private async Task RecycleAsync()

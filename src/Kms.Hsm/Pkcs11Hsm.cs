@@ -412,6 +412,9 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
             return CurrentState().Pool.First.FindAllObjects(template.Attributes).Count;
         });
 
+    /// <summary>Test hook: sessions of the current generation leased right now.</summary>
+    internal int SessionsInUse => CurrentState().Pool.InUse;
+
     /// <summary>Test hook: the handle cache of the current generation.</summary>
     internal KeyHandleCache Cache => CurrentState().Cache;
 
@@ -536,10 +539,11 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         _ => null,
     };
 
-    // A call meets a retired generation again only if a whole further recycle ran between its
-    // taking the new generation and its first native call. With the shipped threshold (50,000
-    // destroyed objects) that does not happen; RecycleTests' threshold of 40, with four callers
-    // churning on a loaded CI machine, once made one call meet three in a row (3 attempts then).
+    // A call starts again only when it was still queued for a session of a generation whose drain
+    // finished (a call holding a session finishes on a retiring generation). With the shipped
+    // threshold (50,000 destroyed objects) that does not happen twice in a row; RecycleTests'
+    // threshold of 40, with four callers churning on a loaded CI machine, once made one call meet
+    // three in a row (3 attempts then), and later eight, when a session holder also started again.
     private const int StaleGenerationAttempts = 8;
 
     private ValueTask<T> RunAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken) =>
@@ -584,14 +588,21 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
             {
                 // Checked under the module gate: no re-initialisation can slip in between this
                 // check and the call, so no session or handle of a dead generation is used. A
-                // generation retired on purpose, or one whose module another user re-initialised,
-                // is no fault: the caller starts again on the current one.
-                if (state.Retired || (!state.Faulted && state.ModuleGeneration != _module.Generation))
+                // generation being retired still serves the caller that holds one of its sessions:
+                // the recycle's drain waits for that lease before it closes anything, so the caller
+                // finishes here rather than starting again (once per recycle it met, which under
+                // churn could be every time). A retired generation already closed (a lease taken
+                // after the drain), or one whose module another user re-initialised, is no fault:
+                // the caller starts again on the current one.
+                var sameModule = state.ModuleGeneration == _module.Generation;
+                var retiring = state.Retired && !state.Pool.Disposed && sameModule;
+                if (!retiring && (state.Retired || (!state.Faulted && !sameModule)))
                 {
+                    Interlocked.Increment(ref _staleRestarts);
                     throw new StaleGenerationException();
                 }
 
-                if (state.Faulted || state.ModuleGeneration != _module.Generation)
+                if (!retiring && (state.Faulted || !sameModule))
                 {
                     throw KmsErrors.Unavailable("the HSM is unavailable; retry shortly");
                 }

@@ -104,6 +104,9 @@ internal sealed class Pkcs11Module
         }
     }
 
+    /// <summary>Test hook: threads waiting for the exclusive gate (while one waits, new shared callers queue behind it).</summary>
+    internal int WaitingExclusive => _gate.WaitingWriteCount;
+
     /// <summary>Runs native calls under the shared gate.</summary>
     public T Call<T>(Func<IPkcs11Library, T> call)
     {

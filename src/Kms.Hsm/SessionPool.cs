@@ -30,6 +30,9 @@ internal sealed class SessionPool : IDisposable
     /// <summary>Sessions leased right now (a drain holds permits, not leases: it is not counted).</summary>
     public int InUse => Volatile.Read(ref _inUse);
 
+    /// <summary>The sessions are closed: a lease taken after a drain holds a dead session.</summary>
+    public bool Disposed => Volatile.Read(ref _disposed) == 1;
+
     /// <summary>Any session; used only while no lease can run concurrently (start-up).</summary>
     public ISession First => _sessions[0];
 

@@ -72,6 +72,76 @@ public sealed class RecycleTests
     }
 
     [Fact]
+    public async Task RecycleBeginsWhileACallHoldsASession_TheCallFinishesOnTheRetiringGeneration()
+    {
+        // CI once failed the churn test above with "the HSM is being re-initialised": a caller that
+        // held a session but had not yet entered the module gate found the generation retired and
+        // started again, once per recycle it met, until its attempts ran out. The recycle's drain
+        // waits for every lease, so such a caller can finish where it is. Here: call A hangs in the
+        // (shared) module gate, an exclusive user queues behind it, so call B, holding the other
+        // session, queues at the gate behind that; then a recycle begins.
+        var options = SoftHsm.CreateToken().Options(sessions: 2);
+        options.RecycleAfterDestroyedObjects = 0; // only this test starts the recycle
+        options.CallTimeout = TimeSpan.Zero; // each native call on its caller's thread
+        await using var hsm = Pkcs11Hsm.Open(options, NullLogger.Instance);
+        var key = new KeyMaterialRef(KeyVersionId.NewId(), await hsm.GenerateAes256KeyAsync(default));
+        var sealedBytes = await hsm.EncryptAesGcmAsync(key, new byte[12], [], [1, 2, 3], default);
+        var moduleGeneration = hsm.Module.Generation;
+        var giveUpAt = DateTime.UtcNow + TimeSpan.FromMinutes(1);
+
+        hsm.Faults.Hang();
+        Task<byte[]> first, second;
+        Task<int> exclusive;
+        try
+        {
+            first = Task.Run(async () => await hsm.DecryptAesGcmAsync(key, new byte[12], [], sealedBytes, default));
+            while (hsm.Faults.HungCalls == 0 && DateTime.UtcNow < giveUpAt)
+            {
+                await Task.Delay(10);
+            }
+
+            exclusive = Task.Run(() => hsm.Module.Exclusive(_ => 0));
+            while (hsm.Module.WaitingExclusive == 0 && DateTime.UtcNow < giveUpAt)
+            {
+                await Task.Delay(10);
+            }
+
+            second = Task.Run(async () => await hsm.DecryptAesGcmAsync(key, new byte[12], [], sealedBytes, default));
+            while (hsm.SessionsInUse < 2 && DateTime.UtcNow < giveUpAt)
+            {
+                await Task.Delay(10);
+            }
+
+            Assert.Equal(1, hsm.Faults.HungCalls);
+            Assert.Equal(2, hsm.SessionsInUse);
+            Assert.True(hsm.TryStartRecycle());
+            while (!hsm.Retiring && DateTime.UtcNow < giveUpAt)
+            {
+                await Task.Delay(10);
+            }
+
+            Assert.True(hsm.Retiring);
+        }
+        finally
+        {
+            hsm.Faults.Clear(); // also when an assertion failed: disposing waits for the hung call
+        }
+
+        Assert.Equal([1, 2, 3], await first);
+        Assert.Equal([1, 2, 3], await second);
+        Assert.Equal(0, await exclusive);
+        while (hsm.Recycling && DateTime.UtcNow < giveUpAt)
+        {
+            await Task.Delay(10);
+        }
+
+        Assert.Equal(1, hsm.Recycles);
+        Assert.True(hsm.Module.Generation > moduleGeneration);
+        Assert.Equal(0, hsm.StaleRestarts); // B ran on the generation it held, not on the next one
+        Assert.Equal([1, 2, 3], await hsm.DecryptAesGcmAsync(key, new byte[12], [], sealedBytes, default));
+    }
+
+    [Fact]
     public async Task ThresholdZero_NeverRecycles()
     {
         var options = SoftHsm.CreateToken().Options(cacheCapacity: 2);
