@@ -202,6 +202,7 @@ public sealed class DeploymentAdminRecoveryTests : IAsyncLifetime, IDisposable
     [InlineData("")]
     [InlineData("node a")]
     [InlineData("node/../a")]
+    [InlineData("node-a\n")] // a trailing line break: '$' in a pattern accepts one
     public async Task Build_NodeNameNotAName_RefusedBeforeTouchingTheHsm(string value)
     {
         // Shown to officers as where a credential is: a name, not free text.

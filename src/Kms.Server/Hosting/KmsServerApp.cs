@@ -507,6 +507,6 @@ public static partial class KmsServerApp
         return configuration.CreateLogger();
     }
 
-    [System.Text.RegularExpressions.GeneratedRegex("^[A-Za-z0-9._-]{1,64}$")]
+    [System.Text.RegularExpressions.GeneratedRegex(@"\A[A-Za-z0-9._-]{1,64}\z")]
     private static partial System.Text.RegularExpressions.Regex NodeNamePattern();
 }
