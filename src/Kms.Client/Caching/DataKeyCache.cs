@@ -13,6 +13,10 @@ namespace Kms.Client.Caching;
 /// Entries are zeroed when they leave the cache (eviction, expiry, limit reached, dispose).
 /// A caller never holds an entry's array: <see cref="CachedDataKey.TryLease"/> copies the key
 /// under the entry's lock, so eviction can zero it while a message is being written.
+/// Every entry is tracked from before it is stored until it is zeroed, outside MemoryCache:
+/// MemoryCache neither clears itself on dispose nor tells of a commit it drops after it, and
+/// zeroes what it evicts later, on the thread pool. Dispose zeroes every tracked entry before it
+/// returns; an add that comes after Dispose began zeroes its own entry and is refused.
 /// One cache per encryptor: entries were made with that encryptor's credentials.
 /// </remarks>
 internal sealed class DataKeyCache : IDisposable
@@ -26,12 +30,16 @@ internal sealed class DataKeyCache : IDisposable
     private readonly MemoryCache _encryption;
     private readonly MemoryCache _decryption;
     private readonly ConcurrentDictionary<string, Task<CachedDataKey>> _inFlight = new(StringComparer.Ordinal);
+
+    // Every entry made and not yet zeroed (a set: the value is unused).
+    private readonly ConcurrentDictionary<CachedDataKey, byte> _live = new();
     private readonly ITimer _sweep;
     private long _encryptHits;
     private long _encryptMisses;
     private long _decryptHits;
     private long _decryptMisses;
     private long _coalesced;
+    private int _disposed;
 
     public DataKeyCache(DataKeyCacheOptions options)
     {
@@ -81,6 +89,7 @@ internal sealed class DataKeyCache : IDisposable
         // used its data key up first. Past that, this caller takes a data key of its own.
         for (var round = 0; round < MaxRounds; round++)
         {
+            ThrowIfDisposed();
             if (_encryption.TryGetValue(cacheKey, out CachedDataKey? cached) && cached is not null)
             {
                 if (cached.TryLease(plaintextBytes, _options.TimeProvider, _options.MaxAge, _options.MaxMessagesPerKey, _options.MaxBytesPerKey) is { } hit)
@@ -114,6 +123,7 @@ internal sealed class DataKeyCache : IDisposable
             // Others who waited on the same KMS call used it up (message limit): go round again.
         }
 
+        ThrowIfDisposed();
         Count(ref _encryptMisses, "encrypt", "miss");
         return await AwaitOrZeroAsync(generate(), static result => CryptographicOperations.ZeroMemory(result.DataKey), cancellationToken).ConfigureAwait(false);
     }
@@ -129,6 +139,7 @@ internal sealed class DataKeyCache : IDisposable
 
         for (var round = 0; round < MaxRounds; round++)
         {
+            ThrowIfDisposed();
             if (_decryption.TryGetValue(cacheKey, out CachedDataKey? cached) && cached is not null
                 && cached.TryLease(0, _options.TimeProvider, _options.DecryptionMaxAge, long.MaxValue, long.MaxValue) is { } hit)
             {
@@ -155,6 +166,7 @@ internal sealed class DataKeyCache : IDisposable
             }
         }
 
+        ThrowIfDisposed();
         Count(ref _decryptMisses, "decrypt", "miss");
         return await AwaitOrZeroAsync(unwrap(CancellationToken.None), static result => CryptographicOperations.ZeroMemory(result), cancellationToken).ConfigureAwait(false);
     }
@@ -166,15 +178,29 @@ internal sealed class DataKeyCache : IDisposable
             .OfType<CachedDataKey>()
             .ToList();
 
-    /// <summary>Zeroes every entry now (eviction callbacks run later, on the thread pool).</summary>
+    /// <summary>
+    /// Test seam: called at each step of an add, an eviction and Dispose, with the entry (none for
+    /// <see cref="DataKeyCacheStep.Disposing"/>); a test blocks in it to fix an interleaving.
+    /// </summary>
+    internal Action<DataKeyCacheStep, CachedDataKey?>? StepHook { get; set; }
+
+    /// <summary>
+    /// Zeroes every entry now: those cached, those evicted whose callback has not run yet, and
+    /// those being added (whose adds are then refused). Adds that come later zero their own.
+    /// </summary>
     public void Dispose()
     {
+        // Set before the entries are read: pairs with the read in Track (see there).
+        Interlocked.Exchange(ref _disposed, 1);
         _sweep.Dispose();
-        foreach (var entry in Entries)
+
+        // Keys is a snapshot taken under all of the dictionary's locks.
+        foreach (var entry in _live.Keys)
         {
-            entry.Dispose();
+            Zero(entry);
         }
 
+        StepHook?.Invoke(DataKeyCacheStep.Disposing, null);
         _encryption.Dispose();
         _decryption.Dispose();
     }
@@ -209,9 +235,12 @@ internal sealed class DataKeyCache : IDisposable
 
         _ = Task.Run(async () =>
         {
+            CachedDataKey? entry = null;
             try
             {
-                var entry = await create().ConfigureAwait(false);
+                entry = await create().ConfigureAwait(false);
+                StepHook?.Invoke(DataKeyCacheStep.Created, entry);
+                Track(entry);
                 if (cache.Count >= _options.Capacity)
                 {
                     // A full MemoryCache refuses (and so zeroes) a new entry: make room for at
@@ -219,24 +248,28 @@ internal sealed class DataKeyCache : IDisposable
                     cache.Compact(Math.Min(1.0, Math.Max(0.1, 1.5 / cache.Count)));
                 }
 
-                try
+                // Committed when disposed; a commit after the cache's disposal is dropped (no
+                // callback), but Dispose has zeroed the entry then: it was tracked before.
+                using (var cacheEntry = cache.CreateEntry(cacheKey))
                 {
-                    using var cacheEntry = cache.CreateEntry(cacheKey);
                     cacheEntry.Value = entry;
                     cacheEntry.Size = 1;
                     cacheEntry.AbsoluteExpirationRelativeToNow = maxAge;
-                    cacheEntry.RegisterPostEvictionCallback(static (_, value, _, _) => ((CachedDataKey?)value)?.Dispose());
-                }
-                catch
-                {
-                    entry.Dispose();
-                    throw;
+                    cacheEntry.RegisterPostEvictionCallback(static (_, value, _, state) => ((DataKeyCache)state!).Evicted((CachedDataKey)value!), this);
+                    StepHook?.Invoke(DataKeyCacheStep.Inserting, entry);
                 }
 
+                // Zeroed by a Dispose since, the entry leases nothing: its waiters go round again
+                // and are refused.
                 mine.SetResult(entry);
             }
             catch (Exception exception)
             {
+                if (entry is not null)
+                {
+                    Zero(entry);
+                }
+
                 mine.SetException(exception);
             }
             finally
@@ -246,6 +279,40 @@ internal sealed class DataKeyCache : IDisposable
         }, CancellationToken.None);
         return await mine.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
+
+    /// <summary>
+    /// Tracks a new entry before it is stored; when Dispose has begun, zeroes it instead and throws.
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">Dispose has begun.</exception>
+    private void Track(CachedDataKey entry)
+    {
+        _live.TryAdd(entry, 0);
+
+        // Dispose sets the flag, then reads the tracked entries; this adds the entry, then reads
+        // the flag. With a full fence on both sides (Interlocked.Exchange there), at least one of
+        // them sees the other's write: Dispose zeroes the entry, or this does (or both; Dispose
+        // of an entry is idempotent). No lock on the cache's paths, and no entry escapes.
+        Interlocked.MemoryBarrier();
+        if (Volatile.Read(ref _disposed) != 0)
+        {
+            Zero(entry);
+            throw new ObjectDisposedException(nameof(DataKeyCache));
+        }
+    }
+
+    private void Evicted(CachedDataKey entry)
+    {
+        StepHook?.Invoke(DataKeyCacheStep.Evicting, entry);
+        Zero(entry);
+    }
+
+    private void Zero(CachedDataKey entry)
+    {
+        entry.Dispose();
+        _live.TryRemove(entry, out _);
+    }
+
+    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
 
     /// <summary>The task's result; if the caller stops waiting first, the secret result is zeroed when it comes.</summary>
     private static async Task<T> AwaitOrZeroAsync<T>(Task<T> task, Action<T> zero, CancellationToken cancellationToken)
@@ -386,4 +453,20 @@ internal sealed class CachedDataKey : IDisposable
 
         GC.SuppressFinalize(this);
     }
+}
+
+/// <summary>The steps of <see cref="DataKeyCache"/> its test seam can hold a thread at.</summary>
+internal enum DataKeyCacheStep
+{
+    /// <summary>An add has made its entry from the KMS's answer; not yet tracked nor stored.</summary>
+    Created,
+
+    /// <summary>An add has tracked its entry and is storing it (made, not yet committed).</summary>
+    Inserting,
+
+    /// <summary>An evicted entry's callback is about to zero it.</summary>
+    Evicting,
+
+    /// <summary>Dispose has zeroed the entries it found and is about to dispose the memory caches.</summary>
+    Disposing,
 }
