@@ -28,7 +28,11 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     public async Task InitializeAsync()
     {
         GenesisFile.Write(_genesisPath, OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2));
-        _server = await KmsTestServer.StartAsync(null, null, "dev", $"--Kms:Quorum:GenesisFile={_genesisPath}", "--Lifecycle:MinWaitingPeriod=00:00:01");
+        // The lifecycle worker passes once, at the start: a test runs its destruction job itself
+        // (KeyService.DestroyDueAsync) and counts what it destroyed. A pass of the worker's own
+        // (every 30 s by default) landing between the destructions falling due and that run would
+        // leave it fewer to count.
+        _server = await KmsTestServer.StartAsync(null, null, "dev", $"--Kms:Quorum:GenesisFile={_genesisPath}", "--Lifecycle:MinWaitingPeriod=00:00:01", "--Lifecycle:JobInterval=01:00:00");
     }
 
     public async Task DisposeAsync()
