@@ -138,6 +138,8 @@ public sealed class ServerProcess : IAsyncDisposable
             (await admin.CreateApiTokenAsync("token:officer", "SESSION", TimeSpan.FromHours(2))).Secret);
     }
 
+    private int _disposed;
+
     /// <summary>Kills the process at once (SIGKILL): no drain, no shutdown, open connections reset — a node lost mid-request.</summary>
     public void Kill()
     {
@@ -146,8 +148,17 @@ public sealed class ServerProcess : IAsyncDisposable
     }
 
     /// <summary>Stops the server as an operator would (SIGTERM), killing it if it does not exit within 20 s.</summary>
+    /// <remarks>
+    /// Once only: a test that disposed the server and then failed disposes it again in its
+    /// <c>finally</c>, and a second disposal throwing there would replace the test's failure.
+    /// </remarks>
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) == 1)
+        {
+            return;
+        }
+
         if (!_process.HasExited)
         {
             using (var kill = Process.Start("kill", ["-TERM", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
