@@ -147,7 +147,7 @@ public sealed class CrashConsistencyTests(ITestOutputHelper output)
             {
                 try
                 {
-                    if (await RunOneAsync(client, model, choose, $"r{round}-w{worker}-{i}"))
+                    if (await RunOneAsync(client, model, choose, $"r{round}-w{worker}-{i}", () => Volatile.Read(ref killed) == 1))
                     {
                         Interlocked.Increment(ref acknowledged);
                     }
@@ -180,7 +180,7 @@ public sealed class CrashConsistencyTests(ITestOutputHelper output)
     }
 
     // One call; true when it was a write the server acknowledged (and the model now holds).
-    private static async Task<bool> RunOneAsync(KmsClient client, Model model, Random choose, string id)
+    private static async Task<bool> RunOneAsync(KmsClient client, Model model, Random choose, string id, Func<bool> killed)
     {
         var roll = choose.Next(100);
         if (roll < 20 || model.Keys.IsEmpty)
@@ -222,8 +222,15 @@ public sealed class CrashConsistencyTests(ITestOutputHelper output)
                 }
                 catch (RpcException e) when (e.StatusCode is StatusCode.InvalidArgument or StatusCode.FailedPrecondition)
                 {
-                    // Refused only if another worker's scheduling committed first: its answer arrives shortly (or the kill came).
-                    await Task.Delay(300);
+                    // Refused only if another worker's scheduling committed first: its answer arrives shortly,
+                    // or the kill came. Waited for, not a fixed moment: on a loaded machine the answer (and the
+                    // model's update after it) can take longer than any pause chosen here.
+                    var waited = Stopwatch.StartNew();
+                    while (model.Keys[one.Key].Decryptable(one.Version) && !killed() && waited.Elapsed < TimeSpan.FromSeconds(30))
+                    {
+                        await Task.Delay(20);
+                    }
+
                     if (model.Keys[one.Key].Decryptable(one.Version))
                     {
                         throw new RpcException(new Status(StatusCode.Internal, $"an acknowledged ciphertext of {one.Key} version {one.Version} did not decrypt: {e.Status}"));
