@@ -2,8 +2,11 @@ using System.Diagnostics;
 using Kms.Core.Ports;
 using Kms.Server.Hosting;
 using Kms.Server.Security;
+using Kms.Testing;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Time.Testing;
 
 namespace Kms.Server.Tests;
 
@@ -25,7 +28,6 @@ public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture
             services.GetRequiredService<IHsm>(),
             confirmations,
             new ChangeFeedOptions { PollInterval = TimeSpan.FromMilliseconds(250) },
-            TimeProvider.System,
             NullLogger<ClusterCoherenceWorker>.Instance);
         await worker.PollOnceAsync(default);
         Assert.NotEmpty(confirmations.Until);
@@ -50,7 +52,7 @@ public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture
         var coherence = new RecordingCoherence();
         using var hsm = new Kms.Testing.Fakes.FakeHsm { EvictFault = new InvalidOperationException("CKR_DEVICE_ERROR") };
         var authentication = services.GetRequiredService<CallerAuthentication>();
-        var worker = new ClusterCoherenceWorker(feed, authentication, hsm, coherence, new ChangeFeedOptions(), TimeProvider.System, NullLogger<ClusterCoherenceWorker>.Instance);
+        var worker = new ClusterCoherenceWorker(feed, authentication, hsm, coherence, new ChangeFeedOptions(), NullLogger<ClusterCoherenceWorker>.Instance);
         await worker.PollOnceAsync(default);
         var generation = authentication.Generation;
         coherence.Invalidated = 0;
@@ -152,6 +154,29 @@ public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture
         Assert.Equal(applied, worker.Applied); // and the feed is followed normally again
     }
 
+    [Fact]
+    public async Task TheServersClockMovedADay_TheFeedIsNotReadOncePerIntervalOfIt()
+    {
+        // The poll interval bounds, in real time, how late another node's change reaches this one
+        // (its validity is measured on the monotonic clock). Paced by the injected TimeProvider,
+        // a fake clock moved a day ran a poll per interval of that day inside Advance: 345,600
+        // SQLite reads at 250 ms, the minute of CPU the lifecycle tests spent. An hour here, so
+        // that no poll is due in real time while the test runs: the only one is the first.
+        var time = new FakeTimeProvider(new DateTimeOffset(2026, 11, 29, 12, 0, 0, TimeSpan.Zero));
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev", services => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(time)), "--Storage:ChangeFeed:PollInterval=01:00:00");
+        var worker = server.Services.GetRequiredService<ClusterCoherenceWorker>();
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (worker.Polls == 0)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the first poll did not begin within 30 s");
+            await Task.Delay(50);
+        }
+
+        time.Advance(TimeSpan.FromDays(1));
+
+        Assert.Equal(1, worker.Polls);
+    }
+
     private (ClusterCoherenceWorker Worker, CallerAuthentication Authentication, Kms.Testing.Fakes.FakeHsm Hsm) NewWorker(IChangeFeed feed) => NewWorker(feed, out _);
 
     private (ClusterCoherenceWorker Worker, CallerAuthentication Authentication, Kms.Testing.Fakes.FakeHsm Hsm) NewWorker(IChangeFeed feed, out RecordingCoherence coherence)
@@ -159,7 +184,7 @@ public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture
         var authentication = fixture.Server.Services.GetRequiredService<CallerAuthentication>();
         var hsm = new Kms.Testing.Fakes.FakeHsm();
         coherence = new RecordingCoherence();
-        return (new ClusterCoherenceWorker(feed, authentication, hsm, coherence, new ChangeFeedOptions(), TimeProvider.System, NullLogger<ClusterCoherenceWorker>.Instance), authentication, hsm);
+        return (new ClusterCoherenceWorker(feed, authentication, hsm, coherence, new ChangeFeedOptions(), NullLogger<ClusterCoherenceWorker>.Instance), authentication, hsm);
     }
 
     // A feed whose rows a test changes between polls; its head is its last row's number.
