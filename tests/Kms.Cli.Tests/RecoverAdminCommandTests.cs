@@ -115,6 +115,38 @@ public sealed class RecoverAdminCommandTests : IAsyncLifetime, IDisposable
     }
 
     [Theory]
+    [InlineData("a directory", false)]
+    [InlineData("a directory", true)]
+    [InlineData("a dangling symbolic link", false)]
+    public async Task Bootstrap_SessionTokenOutWhereNoFileCanGo_RefusedBeforeTheCall_TheCredentialStillWorks(string what, bool force)
+    {
+        // The call uses the credential up and the session token is shown once: a path the token cannot
+        // be renamed to (a directory, even with --force; a link to nothing, which is a name taken) is
+        // refused before it, not found out after it with the token lost.
+        var credentialPath = await RecoverAsync();
+        var variables = new Dictionary<string, string> { ["KMS_ENDPOINT"] = _server.Address.ToString(), ["KMS_CA_FILE"] = _server.CaCertificatePath };
+        var blocked = Path.Combine(_directory, "blocked.session");
+        if (what == "a directory")
+        {
+            Directory.CreateDirectory(blocked);
+        }
+        else
+        {
+            File.CreateSymbolicLink(blocked, Path.Combine(_directory, "nowhere"));
+        }
+
+        string[] args = ["bootstrap", "token:recovered-admin", "--credential-file", credentialPath, "--session-token-out", blocked, .. force ? new[] { "--force" } : []];
+        var refused = await CliRun.InProcessAsync(variables, _directory, null, args);
+
+        Assert.True(refused.ExitCode == ExitCodes.Usage, $"{what}: {refused}");
+        Assert.Contains(blocked, refused.Error, StringComparison.Ordinal);
+        Assert.Empty(Directory.GetFiles(_directory, "*.partial", SearchOption.AllDirectories).Concat(Directory.GetFiles(_directory, ".blocked*")));
+        var sessionPath = Path.Combine(_directory, "admin.session");
+        var result = await CliRun.InProcessAsync(variables, _directory, null, "bootstrap", "token:recovered-admin", "--credential-file", credentialPath, "--session-token-out", sessionPath);
+        Assert.True(result.ExitCode == 0, $"{what}: the credential no longer works: {result}");
+    }
+
+    [Theory]
     [InlineData("--credential", "kms_s3cretvalue")]
     [InlineData("--credential=kms_s3cretvalue")]
     public async Task Bootstrap_CredentialOnTheCommandLine_Refused_WithoutRepeatingIt(params string[] inline)

@@ -35,7 +35,7 @@ internal sealed class OutputFile : IAsyncDisposable
     public static System.CommandLine.Option<bool> ForceOption() => new("--force") { Description = "replace the output file if it exists" };
 
     /// <summary>Opens <paramref name="pathOrDash"/> for writing.</summary>
-    /// <exception cref="CliUsageException">The file exists and <paramref name="overwrite"/> is false.</exception>
+    /// <exception cref="CliUsageException">The file exists and <paramref name="overwrite"/> is false, or a directory is there (which <c>--force</c> does not replace).</exception>
     public static OutputFile Open(CliEnvironment environment, string pathOrDash, bool overwrite)
     {
         ArgumentNullException.ThrowIfNull(environment);
@@ -48,6 +48,13 @@ internal sealed class OutputFile : IAsyncDisposable
         if (!overwrite && (File.Exists(path) || Directory.Exists(path)))
         {
             throw new CliUsageException($"{path} exists (pass --force to replace it)");
+        }
+
+        // --force replaces a file (or a link), never a directory: the rename would fail only at the
+        // commit, after the work (a Bootstrap call that used its credential up) was done.
+        if (new DirectoryInfo(path) is { Exists: true, LinkTarget: null })
+        {
+            throw new CliUsageException($"{path} is a directory: give a file's path");
         }
 
         // Without --force, a file that appeared since the check is not replaced either.
