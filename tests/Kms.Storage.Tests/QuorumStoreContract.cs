@@ -228,5 +228,38 @@ public abstract class QuorumStoreContract : AuditStoreContract
         Assert.Equal(revoked.CredentialRevokeTime, (await store.GetQuorumRequestAsync(request.Id, default))!.CredentialRevokeTime);
     }
 
+    [Fact]
+    public async Task RevokingACredential_ABootstrapUsedItMeanwhile_RefusedWhole_TheRequestNotMarkedRevoked()
+    {
+        // The executing node's write failed after its rename (a directory sync): the file was read and
+        // the credential used before the node revoked it. The request must not say "revoked".
+        using var officers = new TestOfficers("alice");
+        var store = await QuorumAsync();
+        var genesis = OfficerSet.CreateGenesis(officers.Select("alice"), 1);
+        await store.AddGenesisOfficerSetAsync(genesis, default);
+        var request = TestOfficers.Request(genesis, QuorumOperation.RecoverDeploymentAdmin, QuorumService.RecoveryParameters, T0);
+        await store.CreateQuorumRequestAsync(request, default);
+        var (id, _, hash) = Kms.Core.Access.ApiTokenSecret.Create();
+        var token = new Kms.Core.Access.ApiToken(id, Authenticator.BootstrapPrincipal, Kms.Core.Access.ApiTokenKind.Recovery, hash, T0, T0 + TimeSpan.FromMinutes(15));
+        var access = (IAccessStore)store;
+        await store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current with { State = QuorumRequestState.Executed, ExecuteTime = T0 })
+        {
+            AddedApproval = officers.Approve("alice", request, T0),
+            IssuedToken = token,
+        }, default);
+        Assert.True(await access.ConsumeApiTokenAsync(id, T0 + TimeSpan.FromSeconds(1), default));
+
+        var refused = await Assert.ThrowsAsync<KmsException>(() => store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current with { CredentialRevokeTime = T0 + TimeSpan.FromSeconds(2) })
+        {
+            RevokedTokenId = id,
+            ExecutionEvent = new AuditEntry { Time = T0 + TimeSpan.FromSeconds(2), RequestId = request.Id.Value, Principal = "system:quorum", Operation = QuorumService.RevokeCredentialOperation, Resource = $"token:bootstrap/apiTokens/{id}", Outcome = "OK" },
+        }, default));
+
+        Assert.Equal((KmsErrorCode.FailedPrecondition, $"apiTokens/{id} was no longer active (a Bootstrap used it, or it was revoked): nothing was revoked"), (refused.Code, refused.Message));
+        Assert.Null((await store.GetQuorumRequestAsync(request.Id, default))!.CredentialRevokeTime);
+        Assert.Equal(T0 + TimeSpan.FromSeconds(1), (await access.GetApiTokenAsync(id, default))!.RevokeTime);
+        Assert.Empty(await ((IAuditStore)store).ListAuditEventsAsync(new AuditQuery { Operation = QuorumService.RevokeCredentialOperation }, default));
+    }
+
     private async Task<IQuorumStore> QuorumAsync() => (IQuorumStore)await CreateStoreAsync();
 }

@@ -69,9 +69,16 @@ public sealed record QuorumChange(QuorumRequest Request)
     /// <summary>
     /// The id of an API token to revoke (as <see cref="IAccessStore.RevokeApiTokenAsync"/> revokes one,
     /// at the request's <see cref="QuorumRequest.CredentialRevokeTime"/>): an executed
-    /// RECOVER_DEPLOYMENT_ADMIN's credential that its node could not write.
+    /// RECOVER_DEPLOYMENT_ADMIN's credential that its node could not write. Only an active token is
+    /// revoked: one that is revoked already (a Bootstrap used it) refuses the whole change with
+    /// <see cref="TokenNotActive"/>, nothing written.
     /// </summary>
     public string? RevokedTokenId { get; init; }
+
+    /// <summary>What a store throws when <see cref="RevokedTokenId"/> is not an active token.</summary>
+    /// <param name="tokenId">The token's id.</param>
+    public static Errors.KmsException TokenNotActive(string tokenId) =>
+        Errors.KmsErrors.FailedPrecondition($"apiTokens/{tokenId} was no longer active (a Bootstrap used it, or it was revoked): nothing was revoked");
 
     /// <summary>The execution's own audit event (or the revocation's), committed after the calling request's event.</summary>
     public AuditEntry? ExecutionEvent { get; init; }

@@ -111,6 +111,13 @@ internal sealed partial class QuorumGrpcService(
         {
             await quorum.RevokeRecoveryCredentialAsync(executed.Name, credential, CancellationToken.None);
         }
+        catch (KmsException e) when (e.Code == KmsErrorCode.FailedPrecondition)
+        {
+            // No longer active: a file left in place by a write that failed after its rename (a
+            // directory that could not be synced) was read and used, or the token was revoked.
+            // "Nothing was recovered" would not be known to be true.
+            throw KmsErrors.FailedPrecondition($"{where}, and before it could be revoked it was no longer active (used by a Bootstrap, or revoked): the audit log says which (token:bootstrap/apiTokens/{credential.TokenId}); if no admin was registered with it, create a new RECOVER_DEPLOYMENT_ADMIN request");
+        }
         catch (KmsException e)
         {
             var expires = Kms.Core.Quorum.QuorumRendering.Time(executed.ExecuteTime!.Value + Kms.Core.Services.AccessService.RecoveryTokenLifetime);

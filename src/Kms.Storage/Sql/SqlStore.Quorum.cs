@@ -170,8 +170,14 @@ public abstract partial class SqlStore : IQuorumStore
 
             if (change.RevokedTokenId is { } revoked)
             {
-                await ExecuteInAsync(connection, transaction, "UPDATE api_tokens SET revoke_time = coalesce(revoke_time, @time) WHERE id = @id", cancellationToken,
-                    ("@time", Millis(change.Request.CredentialRevokeTime ?? change.Request.ExecuteTime)), ("@id", revoked));
+                // Only a token still active: one a Bootstrap used meanwhile (or revoked with the holder's
+                // others) is not recorded as revoked, which would tell officers nothing was recovered.
+                if (!await ExecuteInAsync(connection, transaction, "UPDATE api_tokens SET revoke_time = @time WHERE id = @id AND revoke_time IS NULL", cancellationToken,
+                    ("@time", Millis(change.Request.CredentialRevokeTime ?? change.Request.ExecuteTime)), ("@id", revoked)))
+                {
+                    throw QuorumChange.TokenNotActive(revoked);
+                }
+
                 await RecordChangeAsync(connection, transaction, StoreChangeKind.Access, $"apiTokens/{revoked}", cancellationToken);
             }
 

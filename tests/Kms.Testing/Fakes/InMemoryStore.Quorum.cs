@@ -114,6 +114,11 @@ public sealed partial class InMemoryStore : IQuorumStore
                 throw KmsErrors.AlreadyExists($"apiTokens/{issued.Id}");
             }
 
+            if (change.RevokedTokenId is { } toRevoke && (!_tokens.TryGetValue(toRevoke, out var active) || active.RevokeTime is not null))
+            {
+                throw QuorumChange.TokenNotActive(toRevoke);
+            }
+
             // Every check before the first change: a refused effect leaves nothing behind.
             if (change.KeyEffect is { } effect && UpdateKeyLocked(effect.Key, effect.Decide) is null)
             {
@@ -130,7 +135,7 @@ public sealed partial class InMemoryStore : IQuorumStore
                 _tokens.Add(token.Id, token);
             }
 
-            if (change.RevokedTokenId is { } revoked && _tokens.TryGetValue(revoked, out var held) && held.RevokeTime is null)
+            if (change.RevokedTokenId is { } revoked && _tokens.TryGetValue(revoked, out var held))
             {
                 _tokens[revoked] = held with { RevokeTime = change.Request.CredentialRevokeTime ?? change.Request.ExecuteTime };
             }
