@@ -157,15 +157,9 @@ public abstract class QuorumStoreContract : AuditStoreContract
     public async Task IssuedToken_StoredWithTheExecution_OrNotAtAll()
     {
         using var officers = new TestOfficers("alice");
-        var store = await QuorumAsync();
-        var genesis = OfficerSet.CreateGenesis(officers.Select("alice"), 1);
-        await store.AddGenesisOfficerSetAsync(genesis, default);
-        var request = TestOfficers.Request(genesis, QuorumOperation.RecoverDeploymentAdmin, QuorumService.RecoveryParameters, T0);
-        await store.CreateQuorumRequestAsync(request, default);
+        var (store, request, token) = await RecoveryRequestAsync(officers);
         var approval = officers.Approve("alice", request, T0);
-        var (id, _, hash) = Kms.Core.Access.ApiTokenSecret.Create();
-        var token = new Kms.Core.Access.ApiToken(id, Authenticator.BootstrapPrincipal, Kms.Core.Access.ApiTokenKind.Recovery, hash, T0, T0 + TimeSpan.FromMinutes(15));
-        var access = (IAccessStore)store;
+        var (id, hash, access) = (token.Id, token.SecretHash, (IAccessStore)store);
 
         // An effect that fails in the same execution takes the token with it.
         await Assert.ThrowsAsync<KmsException>(() => store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current with { State = QuorumRequestState.Executed, ExecuteTime = T0 })
@@ -193,14 +187,8 @@ public abstract class QuorumStoreContract : AuditStoreContract
     public async Task ExecutionPlace_StoredWithTheExecution_ARevokedCredentialWithItsRequest()
     {
         using var officers = new TestOfficers("alice");
-        var store = await QuorumAsync();
-        var genesis = OfficerSet.CreateGenesis(officers.Select("alice"), 1);
-        await store.AddGenesisOfficerSetAsync(genesis, default);
-        var request = TestOfficers.Request(genesis, QuorumOperation.RecoverDeploymentAdmin, QuorumService.RecoveryParameters, T0);
-        await store.CreateQuorumRequestAsync(request, default);
-        var (id, _, hash) = Kms.Core.Access.ApiTokenSecret.Create();
-        var token = new Kms.Core.Access.ApiToken(id, Authenticator.BootstrapPrincipal, Kms.Core.Access.ApiTokenKind.Recovery, hash, T0, T0 + TimeSpan.FromMinutes(15));
-        var access = (IAccessStore)store;
+        var (store, request, token) = await RecoveryRequestAsync(officers);
+        var (id, access) = (token.Id, (IAccessStore)store);
         var pending = (await store.GetQuorumRequestAsync(request.Id, default))!;
         Assert.Equal((null, null, (DateTimeOffset?)null), (pending.ExecutingNode, pending.CredentialPath, pending.CredentialRevokeTime));
 
@@ -234,14 +222,8 @@ public abstract class QuorumStoreContract : AuditStoreContract
         // The executing node's write failed after its rename (a directory sync): the file was read and
         // the credential used before the node revoked it. The request must not say "revoked".
         using var officers = new TestOfficers("alice");
-        var store = await QuorumAsync();
-        var genesis = OfficerSet.CreateGenesis(officers.Select("alice"), 1);
-        await store.AddGenesisOfficerSetAsync(genesis, default);
-        var request = TestOfficers.Request(genesis, QuorumOperation.RecoverDeploymentAdmin, QuorumService.RecoveryParameters, T0);
-        await store.CreateQuorumRequestAsync(request, default);
-        var (id, _, hash) = Kms.Core.Access.ApiTokenSecret.Create();
-        var token = new Kms.Core.Access.ApiToken(id, Authenticator.BootstrapPrincipal, Kms.Core.Access.ApiTokenKind.Recovery, hash, T0, T0 + TimeSpan.FromMinutes(15));
-        var access = (IAccessStore)store;
+        var (store, request, token) = await RecoveryRequestAsync(officers);
+        var (id, access) = (token.Id, (IAccessStore)store);
         await store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current with { State = QuorumRequestState.Executed, ExecuteTime = T0 })
         {
             AddedApproval = officers.Approve("alice", request, T0),
@@ -262,4 +244,17 @@ public abstract class QuorumStoreContract : AuditStoreContract
     }
 
     private async Task<IQuorumStore> QuorumAsync() => (IQuorumStore)await CreateStoreAsync();
+
+    // A pending RECOVER_DEPLOYMENT_ADMIN request of a one-officer genesis set ("alice"), and the
+    // one-time Recovery-kind token its execution would issue.
+    private async Task<(IQuorumStore Store, QuorumRequest Request, Kms.Core.Access.ApiToken Token)> RecoveryRequestAsync(TestOfficers officers)
+    {
+        var store = await QuorumAsync();
+        var genesis = OfficerSet.CreateGenesis(officers.Select("alice"), 1);
+        await store.AddGenesisOfficerSetAsync(genesis, default);
+        var request = TestOfficers.Request(genesis, QuorumOperation.RecoverDeploymentAdmin, QuorumService.RecoveryParameters, T0);
+        await store.CreateQuorumRequestAsync(request, default);
+        var (id, _, hash) = Kms.Core.Access.ApiTokenSecret.Create();
+        return (store, request, new Kms.Core.Access.ApiToken(id, Authenticator.BootstrapPrincipal, Kms.Core.Access.ApiTokenKind.Recovery, hash, T0, T0 + TimeSpan.FromMinutes(15)));
+    }
 }
