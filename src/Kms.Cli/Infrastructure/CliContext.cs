@@ -104,24 +104,13 @@ internal sealed class CliContext : IDisposable
     /// or client certificate; the caller disposes it.
     /// </summary>
     /// <exception cref="CliUsageException">The CA file is missing, or the configuration does not work.</exception>
-    public KmsClient CreateClientWithToken(string apiToken)
+    public KmsClient CreateClientWithToken(string apiToken) => Connect(new KmsClientOptions
     {
-        var options = new KmsClientOptions
-        {
-            Endpoints = [.. Settings.Endpoints.Value],
-            CaCertificatePath = RequireFile(Settings.CaFile, "CA file"),
-            ApiToken = apiToken,
-            CallTimeout = Settings.Timeout.Value,
-        };
-        try
-        {
-            return new KmsClient(options);
-        }
-        catch (ArgumentException exception)
-        {
-            throw new CliUsageException($"the configuration does not work: {exception.Message}", exception);
-        }
-    }
+        Endpoints = [.. Settings.Endpoints.Value],
+        CaCertificatePath = RequireFile(Settings.CaFile, "CA file"),
+        ApiToken = apiToken,
+        CallTimeout = Settings.Timeout.Value,
+    });
 
     public void Dispose()
     {
@@ -129,9 +118,10 @@ internal sealed class CliContext : IDisposable
         _clientCertificate?.Dispose();
     }
 
-    private KmsClient CreateClient()
+    private KmsClient CreateClient() => Connect(ClientOptions(Settings, out _clientCertificate));
+
+    private static KmsClient Connect(KmsClientOptions options)
     {
-        var options = ClientOptions(Settings, out _clientCertificate);
         try
         {
             return new KmsClient(options);
