@@ -246,6 +246,63 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task Restore_TheSameBackupAgain_FromTheStreamOfTheChainTheFirstRestoreStarted_ReappliesWhatThatRestoreReapplied()
+    {
+        // The first restore re-applied a destruction made after the backup; the chain it started
+        // records it only as backup/ReapplyDestruction (the lost site's own event is not in it).
+        // A second disaster, the same backup (backups need a quorum: it may be the newest), and
+        // that chain's stream alone: the version must stay destroyed.
+        string backup;
+        string key;
+        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
+        using (var developer = _server.CreateClient())
+        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+        {
+            key = (await developer.CreateKeyAsync("tenants/dev", "twice")).Name;
+            await developer.RotateKeyAsync(key);
+            backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+            await DestroyFirstVersionNowAsync(developer, officer, key);
+            await using var file = File.CreateText(exportPath);
+            await officer.ExportAuditAsync(file);
+        }
+
+        var auditKey = PublishedAuditKey();
+        var first = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        var second = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        var stream = exportPath + ".stream";
+        try
+        {
+            var report = await BackupRestore.RunAsync(backup, auditKey, first, [exportPath], replace: false, CancellationToken.None);
+            Assert.Equal($"{key}/versions/1", Assert.Single(report.Reapplied).Version);
+
+            // The new chain's events after the backup, as its SIEM stream carries them.
+            await using (var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(first, "kms.db") }, default))
+            {
+                var events = await restored.ListAuditEventsAsync(new Kms.Core.Audit.AuditQuery { AfterSequence = report.Manifest.AuditHead.Sequence, Limit = 1000 }, default);
+                Assert.Contains(events, e => e.Entry.Operation == BackupRestore.ReapplyOperation);
+                await File.WriteAllLinesAsync(stream, events.Select(Kms.Core.Audit.AuditExport.Event));
+            }
+
+            SqliteStore.ReleasePooledConnections();
+            var again = await BackupRestore.RunAsync(backup, auditKey, second, [stream], replace: false, CancellationToken.None);
+            var (version, source) = Assert.Single(again.Reapplied);
+            Assert.Equal($"{key}/versions/1", version);
+            Assert.Contains(BackupRestore.ReapplyOperation, source, StringComparison.Ordinal);
+            Assert.Contains(await SqliteStore.ReadDestroyedVersionsAsync(Path.Combine(second, "kms.db"), CancellationToken.None), d => d.Version.ToString() == version);
+        }
+        finally
+        {
+            SqliteStore.ReleasePooledConnections();
+            File.Delete(exportPath);
+            File.Delete(stream);
+            foreach (var directory in new[] { first, second }.Where(Directory.Exists))
+            {
+                Directory.Delete(directory, recursive: true);
+            }
+        }
+    }
+
+    [Fact]
     public async Task ReapplyDestructions_AfterEventsWereAppendedToTheRestoredChain_FindsTheLostSitesDestructions_AGappedOrLateLogIsRefused()
     {
         // The documented order: restore the dump, run ceremony restore-domain (which appends its

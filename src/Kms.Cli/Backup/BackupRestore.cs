@@ -39,7 +39,7 @@ internal static class BackupRestore
     public const string RestoreOperation = "backup/Restore";
 
     /// <summary>The audit operation recorded for each re-applied destruction.</summary>
-    public const string ReapplyOperation = "backup/ReapplyDestruction";
+    public const string ReapplyOperation = DestructionReplay.ReapplyOperation;
 
     private const string Principal = "system:restore";
 

@@ -49,6 +49,13 @@ public static class DestructionReplay
     public const string KeyDestructionOperation = "lifecycle/KeyDestruction";
 
     /// <summary>
+    /// The audit operation of a destruction a restore (or <c>reapply-destructions</c>) re-applied
+    /// (resource: the version): in the chain that restore started it is the only record of a
+    /// destruction the lost chain made, so a later restore of an older backup re-applies it too.
+    /// </summary>
+    public const string ReapplyOperation = "backup/ReapplyDestruction";
+
+    /// <summary>
     /// The change that re-applies <paramref name="destructions"/> (all of one key) to
     /// <paramref name="current"/>; <see cref="KeyChange.IsNoOp"/> when the snapshot has them all.
     /// A destroyed primary version makes the key DESTROYED, as a key deletion does.
@@ -95,8 +102,8 @@ public static class DestructionReplay
     /// <summary>
     /// The destructions an audit export or SIEM stream (JSON lines, docs/audit-format.md)
     /// records after sequence <paramref name="afterSequence"/>: successful
-    /// <see cref="DestroyNowOperation"/>, <see cref="LifecycleOperation"/> and
-    /// <see cref="KeyDestructionOperation"/> events. Lines that are not events (the export's
+    /// <see cref="DestroyNowOperation"/>, <see cref="LifecycleOperation"/>,
+    /// <see cref="KeyDestructionOperation"/> and <see cref="ReapplyOperation"/> events. Lines that are not events (the export's
     /// header, checkpoints) are skipped.
     /// </summary>
     /// <exception cref="FormatException">A line that is not JSON.</exception>
@@ -181,7 +188,7 @@ public static class DestructionReplay
     {
         var operation = body.GetProperty("operation").GetString();
         if (body.GetProperty("outcome").GetString() != "OK"
-            || operation is not (DestroyNowOperation or LifecycleOperation or KeyDestructionOperation)
+            || operation is not (DestroyNowOperation or LifecycleOperation or KeyDestructionOperation or ReapplyOperation)
             || body.GetProperty("resource").GetString() is not { } resource)
         {
             return null;
@@ -194,7 +201,7 @@ public static class DestructionReplay
             return new RecordedDestruction(KeyName.Parse(resource, "resource"), null, time, where, WholeKey: true);
         }
 
-        if (operation == DestroyNowOperation || ResourceSegments.Is(resource, ResourceSegments.KeyCollection, "versions"))
+        if (operation is DestroyNowOperation or ReapplyOperation || ResourceSegments.Is(resource, ResourceSegments.KeyCollection, "versions"))
         {
             var version = KeyVersionName.Parse(resource, "resource");
             return new RecordedDestruction(version.Key, version.Version, time, where);
