@@ -246,6 +246,34 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task ReapplyDestructions_OnADatabaseAServerServes_RefusedBeforeItReadsTheLogs_NothingWritten()
+    {
+        // Offline only, as restore and rotate-domain: under a serving node it writes under its
+        // feet, and while a domain-key rotation runs an erased blob the rotation had moved leaves
+        // it short of the count it must reach to pin the new key (the database then serves nowhere).
+        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
+        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+        {
+            await using var file = File.CreateText(exportPath);
+            await officer.ExportAuditAsync(file);
+        }
+
+        try
+        {
+            await using var live = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(_server.DataDir, "kms.db") }, default);
+            var head = await live.GetAuditHeadAsync(default);
+            var refused = await Assert.ThrowsAsync<KmsException>(() => BackupRestore.ReapplyFromLogsAsync(live, [exportPath, exportPath + ".missing"], 0, PublishedAuditKey(), CancellationToken.None));
+            Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+            Assert.Contains("a server is serving", refused.Message, StringComparison.Ordinal);
+            Assert.Equal(head, await live.GetAuditHeadAsync(default));
+        }
+        finally
+        {
+            File.Delete(exportPath);
+        }
+    }
+
+    [Fact]
     public async Task Restore_TheSameBackupAgain_FromTheStreamOfTheChainTheFirstRestoreStarted_ReappliesWhatThatRestoreReapplied()
     {
         // The first restore re-applied a destruction made after the backup; the chain it started

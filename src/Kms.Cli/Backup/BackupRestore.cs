@@ -231,9 +231,21 @@ internal static class BackupRestore
     /// </param>
     /// <param name="auditPublicKey">When given, each audit export is verified against it first (<see cref="ReadLogsAsync"/>).</param>
     /// <param name="allowGaps">Re-apply what the logs hold even where they leave out events after the start, listing the missing ranges among the skipped.</param>
+    /// <exception cref="KmsException">FailedPrecondition while a server serves the database or a domain-key rotation runs on it (nothing is read or written).</exception>
     public static async Task<(IReadOnlyList<(string Version, string Source)> Reapplied, IReadOnlyList<string> Skipped, long AfterSequence)> ReapplyFromLogsAsync(
         SqlStore store, IReadOnlyList<string> auditLogs, long? afterSequence, byte[]? auditPublicKey, CancellationToken cancellationToken, bool allowGaps = false)
     {
+        ArgumentNullException.ThrowIfNull(store);
+
+        // Offline, as restore and rotate-domain (the serving lock, exclusively, until the store is
+        // disposed): under a serving node it would write under its feet, and during a domain-key
+        // rotation an erased blob the rotation had moved would leave it short of the count it must
+        // reach to pin the new key.
+        if (!await store.TryHoldMaintenanceLockAsync(cancellationToken))
+        {
+            throw KmsErrors.FailedPrecondition($"a server is serving this {store.Provider} database (or a domain-key rotation runs on it); stop it before re-applying destructions");
+        }
+
         var gaps = new List<string>();
         var logs = await ReadLogsAsync(auditLogs, auditPublicKey, gaps, cancellationToken);
         var after = afterSequence ?? await LastSharedEventAsync(store, logs, cancellationToken);
