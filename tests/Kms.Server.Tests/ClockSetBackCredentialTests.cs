@@ -84,6 +84,32 @@ public sealed class ClockSetBackCredentialTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task Token_RevokedThroughAnotherNode_FeedNotRead_ClockAheadThenPutRight_RememberedNoLongerThanTheCacheTime()
+    {
+        // While a node cannot read the change feed, the credential cache time (5 s here) is how
+        // late another node's revocation reaches it. A node whose clock ran an hour ahead (and
+        // was then put right) remembered a caller it authenticated meanwhile until its clock
+        // came back to that hour: an entry's age was judged on the wall clock, which the step
+        // set back, so the revoked token was served for an hour more.
+        await StartAsync("--Storage:ChangeFeed:PollInterval=01:00:00"); // the feed is read at the start only
+        await WaitForTheFirstFeedReadAsync();
+        using var admin = Server.DeploymentAdmin();
+        await admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = "token:elsewhere", Tenant = "tenants/dev" });
+        await admin.Access.SetRoleBindingAsync(new SetRoleBindingRequest { Principal = "token:elsewhere", Role = "key-user", Tenant = "tenants/dev" });
+        var issued = await admin.Access.CreateApiTokenAsync(new CreateApiTokenRequest { Principal = "token:elsewhere", Kind = "SESSION", Lifetime = Duration.FromTimeSpan(TimeSpan.FromHours(8)) });
+
+        _time.SetBack(TimeSpan.FromHours(-1)); // stepped an hour ahead
+        Assert.Equal(StatusCode.OK, await GenerateRandomAsync(issued.Secret)); // authenticated, remembered
+
+        // Revoked as another node revokes: in the database and its feed, which this node does not read.
+        await Server.Services.GetRequiredService<Kms.Core.Ports.IAccessStore>().RevokeApiTokenAsync(issued.Token.Id, _time.GetUtcNow(), default);
+        _time.SetBack(TimeSpan.FromHours(1)); // put right
+        _time.Advance(TimeSpan.FromSeconds(6)); // past the cache time, on both clocks
+
+        Assert.Equal(StatusCode.Unauthenticated, await GenerateRandomAsync(issued.Secret));
+    }
+
+    [Fact]
     public async Task ClientCertificate_ExpiredByTheTimeRecordedAsSeen_ClockSetBack_Unauthenticated()
     {
         await StartAsync();
@@ -126,14 +152,28 @@ public sealed class ClockSetBackCredentialTests : IAsyncLifetime, IDisposable
         Assert.Equal(ImportJobState.Expired, (await client.GetImportJobAsync(job.Name)).State);
     }
 
-    private async Task StartAsync(DateTimeOffset? crlNextUpdate = null)
+    private Task StartAsync(params string[] arguments) => StartAsync(null, arguments);
+
+    private async Task StartAsync(DateTimeOffset? crlNextUpdate, params string[] arguments)
     {
         _pki.WriteCa(CaPath);
         _pki.WriteCrl(CrlPath, crlNextUpdate ?? Start.AddDays(7));
-        _server = await KmsTestServer.StartAsync(null, null, "dev", UseClock, $"--Kms:ClientCaPath={CaPath}", $"--Kms:ClientCrlPath={CrlPath}");
+        _server = await KmsTestServer.StartAsync(null, null, "dev", UseClock, [$"--Kms:ClientCaPath={CaPath}", $"--Kms:ClientCrlPath={CrlPath}", .. arguments]);
         using var admin = _server.DeploymentAdmin();
         await admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = "cn:alice", Tenant = "tenants/dev" });
         await admin.Access.SetRoleBindingAsync(new SetRoleBindingRequest { Principal = "cn:alice", Role = "key-user", Tenant = "tenants/dev" });
+    }
+
+    // The change-feed reader's first pass, which forgets every remembered caller, is over.
+    private async Task WaitForTheFirstFeedReadAsync()
+    {
+        var worker = Server.Services.GetRequiredService<Hosting.ClusterCoherenceWorker>();
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (worker.Completed == 0)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the change feed was not read within 30 s of the start");
+            await Task.Delay(20);
+        }
     }
 
     // Stops the server, sets its clock back while it is down, starts it on the same data.

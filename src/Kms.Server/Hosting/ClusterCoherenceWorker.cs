@@ -55,6 +55,11 @@ internal sealed partial class ClusterCoherenceWorker(
 
     private long _polls;
 
+    /// <summary>Reads of the feed completed since the start, each applying what it read (tests).</summary>
+    public long Completed => Interlocked.Read(ref _completed);
+
+    private long _completed;
+
     /// <summary>Reads and applies what changed since the last pass.</summary>
     public async Task PollOnceAsync(CancellationToken cancellationToken)
     {
@@ -72,6 +77,7 @@ internal sealed partial class ClusterCoherenceWorker(
             authentication.Forget();
             metadata.InvalidateMetadata();
             Confirm(started);
+            Interlocked.Increment(ref _completed);
             return;
         }
 
@@ -161,6 +167,7 @@ internal sealed partial class ClusterCoherenceWorker(
             {
                 // Every change committed before this read is applied: remembered metadata may serve until the next poll is due (and a little longer, so one slow poll does not empty it).
                 Confirm(started);
+                Interlocked.Increment(ref _completed);
                 return;
             }
         }

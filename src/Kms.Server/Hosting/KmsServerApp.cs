@@ -311,6 +311,7 @@ public static partial class KmsServerApp
             services.GetRequiredService<Authenticator>(),
             services.GetRequiredService<IOptions<KmsServerOptions>>(),
             services.GetRequiredService<TrustedTime>(),
+            services.GetRequiredService<TimeProvider>(),
             serverOptions.ClientCaPath is { Length: > 0 } ca
                 ? new ClientCertificateValidator(
                     ca,

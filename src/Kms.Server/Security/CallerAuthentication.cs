@@ -20,16 +20,22 @@ namespace Kms.Server.Security;
 /// and refused, although the connection's handshake — the only time the client presents its
 /// certificate — was long ago. Time is <see cref="TrustedTime"/>'s, as for the credentials
 /// themselves: a clock set back neither revives an expired credential nor stretches a cache entry.
+/// An entry's age is counted on the monotonic clock as well: a clock that ran ahead while a caller
+/// was remembered and was then put right would otherwise keep the entry until the wall clock came
+/// back to where it had been — and while the node cannot read the change feed, the cache time is
+/// how late another node's revocation reaches it.
 /// </summary>
 internal sealed class CallerAuthentication(
     Authenticator authenticator,
     IOptions<KmsServerOptions> options,
     TrustedTime time,
+    TimeProvider clock,
     ClientCertificateValidator? certificates = null)
 {
     private const int MaxCachedCallers = 10_000;
-    // TrustVersion: the client trust material a certificate caller was accepted under (0 for a token).
-    private readonly ConcurrentDictionary<string, (Caller Caller, DateTimeOffset Until, long TrustVersion)> _cache = new(StringComparer.Ordinal);
+    // TrustVersion: the client trust material a certificate caller was accepted under (0 for a token);
+    // Since: when its authentication began, a monotonic timestamp (clock.GetTimestamp).
+    private readonly ConcurrentDictionary<string, (Caller Caller, DateTimeOffset Until, long Since, long TrustVersion)> _cache = new(StringComparer.Ordinal);
     private readonly TimeSpan _cacheTime = options.Value.CredentialCacheTime;
     private long _generation;
 
@@ -102,7 +108,10 @@ internal sealed class CallerAuthentication(
 
     private bool TryCached(string key, long trustVersion, out Caller? caller)
     {
-        caller = _cache.TryGetValue(key, out var cached) && cached.TrustVersion == trustVersion && time.GetUtcNow() < cached.Until ? cached.Caller : null;
+        caller = _cache.TryGetValue(key, out var cached) && cached.TrustVersion == trustVersion && time.GetUtcNow() < cached.Until
+            && clock.GetElapsedTime(cached.Since) < _cacheTime
+            ? cached.Caller
+            : null;
         return caller is not null;
     }
 
@@ -111,6 +120,7 @@ internal sealed class CallerAuthentication(
     private async Task<Caller?> RememberAsync(string key, Func<Task<(Caller? Caller, DateTimeOffset? CredentialExpiry, long TrustVersion)>> authenticate)
     {
         var now = time.GetUtcNow();
+        var since = clock.GetTimestamp();
         var generation = Interlocked.Read(ref _generation);
         var (caller, credentialExpiry, trustVersion) = await authenticate();
         if (caller is null)
@@ -133,7 +143,7 @@ internal sealed class CallerAuthentication(
             _cache.Clear();
         }
 
-        _cache[key] = (caller, until, trustVersion);
+        _cache[key] = (caller, until, since, trustVersion);
         if (Interlocked.Read(ref _generation) != generation)
         {
             _cache.TryRemove(key, out _);
