@@ -72,8 +72,20 @@ internal sealed partial class ClusterCoherenceWorker(
             // caller it remembered then may predate a change up to the head, which is taken as
             // seen here, so remembered callers go with remembered metadata. (An unwrapped copy
             // of a version destroyed meanwhile is not used: its metadata is read again.)
-            _seen = await feed.GetChangeHeadAsync(cancellationToken);
-            _last = null;
+            // The row at the head is read too, to recognise it at the next read: taken on trust,
+            // a failover that lost it would have the changes numbered like it and before it again
+            // taken as seen. Gone by the second read (the feed went back meanwhile): both again.
+            while (true)
+            {
+                var head = await feed.GetChangeHeadAsync(cancellationToken);
+                var rows = head > 0 ? await feed.ListChangesAsync(head - 1, 1, cancellationToken) : [];
+                if (head == 0 || (rows.Count == 1 && rows[0].Sequence == head))
+                {
+                    (_seen, _last) = (head, head == 0 ? null : rows[0]);
+                    break;
+                }
+            }
+
             authentication.Forget();
             metadata.InvalidateMetadata();
             Confirm(started);
