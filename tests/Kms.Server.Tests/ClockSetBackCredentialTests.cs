@@ -91,7 +91,7 @@ public sealed class ClockSetBackCredentialTests : IAsyncLifetime, IDisposable
         // was then put right) remembered a caller it authenticated meanwhile until its clock
         // came back to that hour: an entry's age was judged on the wall clock, which the step
         // set back, so the revoked token was served for an hour more.
-        await StartAsync("--Storage:ChangeFeed:PollInterval=01:00:00"); // the feed is read at the start only
+        await StartAsync("--Storage:ChangeFeed:PollInterval=00:05:00"); // the feed is read at the start only
         await WaitForTheFirstFeedReadAsync();
         using var admin = Server.DeploymentAdmin();
         await admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = "token:elsewhere", Tenant = "tenants/dev" });

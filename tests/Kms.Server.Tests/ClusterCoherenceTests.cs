@@ -185,10 +185,11 @@ public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture
         // The poll interval bounds, in real time, how late another node's change reaches this one
         // (its validity is measured on the monotonic clock). Paced by the injected TimeProvider,
         // a fake clock moved a day ran a poll per interval of that day inside Advance: 345,600
-        // SQLite reads at 250 ms, the minute of CPU the lifecycle tests spent. An hour here, so
-        // that no poll is due in real time while the test runs: the only one is the first.
+        // SQLite reads at 250 ms, the minute of CPU the lifecycle tests spent. Five minutes here
+        // (the most allowed), so that no poll is due in real time while the test runs: the only
+        // one is the first.
         var time = new FakeTimeProvider(new DateTimeOffset(2026, 11, 29, 12, 0, 0, TimeSpan.Zero));
-        await using var server = await KmsTestServer.StartAsync(null, null, "dev", services => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(time)), "--Storage:ChangeFeed:PollInterval=01:00:00");
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev", services => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(time)), "--Storage:ChangeFeed:PollInterval=00:05:00");
         var worker = server.Services.GetRequiredService<ClusterCoherenceWorker>();
         var deadline = DateTime.UtcNow.AddSeconds(30);
         while (worker.Polls == 0)
@@ -200,6 +201,24 @@ public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture
         time.Advance(TimeSpan.FromDays(1));
 
         Assert.Equal(1, worker.Polls);
+    }
+
+    [Theory]
+    [InlineData("00:00:00")]
+    [InlineData("-00:00:00.001")]
+    [InlineData("00:05:00.001")]
+    [InlineData("1.00:00:00")]
+    public async Task Build_PollIntervalOutsideZeroToFiveMinutes_RefusedBeforeTouchingTheHsm(string value)
+    {
+        // The interval is how late another node's disable, destruction or revocation reaches this
+        // one while the feed is read (and four of them how long remembered metadata is trusted
+        // when it cannot be). Unchecked, a day kept a key disabled elsewhere in use here for a
+        // day; zero stopped the host from a background task after it had started serving, and
+        // -1 ms (an infinite period) never read the feed again.
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(
+            ["--dev", "--urls=https://127.0.0.1:0", $"--Storage:ChangeFeed:PollInterval={value}", $"--Kms:DataDir={Path.GetTempPath()}/kms-never"]));
+        Assert.Contains("Storage:ChangeFeed:PollInterval", e.Message, StringComparison.Ordinal);
+        Assert.Contains("00:05:00", e.Message, StringComparison.Ordinal);
     }
 
     private (ClusterCoherenceWorker Worker, CallerAuthentication Authentication, Kms.Testing.Fakes.FakeHsm Hsm) NewWorker(IChangeFeed feed) => NewWorker(feed, out _);

@@ -8,7 +8,13 @@ namespace Kms.Server.Hosting;
 /// <summary>Configuration section <c>Storage:ChangeFeed</c>.</summary>
 public sealed class ChangeFeedOptions
 {
-    /// <summary>How often the change feed is read: the bound on how long another node's revocation or destruction takes to reach this one's caches.</summary>
+    /// <summary>The longest <see cref="PollInterval"/> a node starts with.</summary>
+    public static readonly TimeSpan MaxPollInterval = TimeSpan.FromMinutes(5);
+
+    /// <summary>
+    /// How often the change feed is read: the bound on how long another node's revocation or destruction takes to reach this one's caches.
+    /// More than 0 and at most <see cref="MaxPollInterval"/>; a start with another value is refused.
+    /// </summary>
     public TimeSpan PollInterval { get; set; } = TimeSpan.FromMilliseconds(250);
 }
 

@@ -77,6 +77,15 @@ public static partial class KmsServerApp
             throw new InvalidOperationException($"Kms:CredentialCacheTime ({serverOptions.CredentialCacheTime:c}) must be from 00:00:00 to {KmsServerOptions.MaxCredentialCacheTime:c}: while a node cannot read the change feed, another node's revocation takes effect on it only when the cache time has passed");
         }
 
+        // The interval is how late another node's disable, destruction or revocation reaches this
+        // one: bounded like the cache time, and positive (0 would stop the host once it serves;
+        // -1 ms, an infinite period, would never read the feed again).
+        var feedOptions = builder.Configuration.GetSection("Storage:ChangeFeed").Get<ChangeFeedOptions>() ?? new ChangeFeedOptions();
+        if (feedOptions.PollInterval <= TimeSpan.Zero || feedOptions.PollInterval > ChangeFeedOptions.MaxPollInterval)
+        {
+            throw new InvalidOperationException($"Storage:ChangeFeed:PollInterval ({feedOptions.PollInterval:c}) must be more than 00:00:00 and at most {ChangeFeedOptions.MaxPollInterval:c}: it is how late another node's revocation, disable or destruction reaches this one");
+        }
+
         // Recorded in the quorum requests this node executes, and shown to the officers: a name, not free text.
         if (serverOptions.NodeName is null || !NodeNamePattern().IsMatch(serverOptions.NodeName))
         {
@@ -273,7 +282,7 @@ public static partial class KmsServerApp
         builder.Services.AddSingleton<IQuorumStore>(_ => store);
         builder.Services.AddSingleton<IChangeFeed>(_ => store);
         builder.Services.AddSingleton<IMetadataCoherence>(_ => store);
-        builder.Services.AddSingleton(builder.Configuration.GetSection("Storage:ChangeFeed").Get<ChangeFeedOptions>() ?? new ChangeFeedOptions());
+        builder.Services.AddSingleton(builder.Configuration.GetSection("Storage:ChangeFeed").Get<ChangeFeedOptions>() ?? new ChangeFeedOptions()); // checked in BuildAsync
         builder.Services.AddSingleton<ClusterCoherenceWorker>();
         builder.Services.AddHostedService(services => services.GetRequiredService<ClusterCoherenceWorker>());
         var auditHost = builder.Configuration.GetSection("Kms:Audit").Get<AuditHostOptions>() ?? new AuditHostOptions();
