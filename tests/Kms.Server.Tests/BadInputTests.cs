@@ -274,6 +274,36 @@ public sealed class BadInputTests(ServerFixture fixture) : IClassFixture<ServerF
         Assert.DoesNotContain(field, e.Status.Detail[(field.Length + 1)..], StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("ExportAudit", "from_sequence")]
+    [InlineData("ListAuditEvents end before start", "end_time")]
+    [InlineData("ListAuditEvents end at start", "end_time")]
+    public async Task Audit_AnArgumentOutOfRange_InvalidArgumentNamingTheField(string call, string field)
+    {
+        // ExportAudit answered "from_sequence must not be negative" without the field's prefix or a
+        // BadRequest; a window ending before it starts was answered with no events.
+        using var officer = await OfficerAsync();
+        var now = DateTimeOffset.UtcNow;
+        var e = await Assert.ThrowsAsync<RpcException>(async () =>
+        {
+            if (call == "ExportAudit")
+            {
+                using var export = officer.Audit.ExportAudit(new ExportAuditRequest { FromSequence = -1 });
+                await export.ResponseStream.MoveNext(default);
+                return;
+            }
+
+            var end = call.EndsWith("at start", StringComparison.Ordinal) ? now : now.AddHours(-1);
+            await fixture.Client.Audit.ListAuditEventsAsync(new ListAuditEventsRequest
+            {
+                Tenant = "tenants/dev",
+                StartTime = Google.Protobuf.WellKnownTypes.Timestamp.FromDateTimeOffset(now),
+                EndTime = Google.Protobuf.WellKnownTypes.Timestamp.FromDateTimeOffset(end),
+            });
+        });
+        AssertInvalidArgument(e, field);
+    }
+
     [Fact]
     public async Task CreateGrant_ForSigningWithAContextConstraint_InvalidArgument_NoGrantStored()
     {

@@ -32,13 +32,21 @@ internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IA
         var after = request.PageToken.Length == 0 ? 0
             : long.TryParse(request.PageToken, NumberStyles.None, CultureInfo.InvariantCulture, out var token) ? token
             : throw KmsErrors.InvalidArgument("page_token", "is not a token returned by a previous ListAuditEvents call");
+        var start = ProtoMapping.FromProto(request.StartTime, "start_time");
+        var end = ProtoMapping.FromProto(request.EndTime, "end_time");
+        // An empty window lists nothing: a mistake (the two swapped) is told, not answered with no events.
+        if (start is { } from && end is { } to && to <= from)
+        {
+            throw KmsErrors.InvalidArgument("end_time", $"{Kms.Core.Quorum.QuorumRendering.Time(to)} is not after start_time {Kms.Core.Quorum.QuorumRendering.Time(from)}: the events listed are those at or after start_time and before end_time");
+        }
+
         var query = new AuditQuery
         {
             AfterSequence = after,
             Limit = size,
             Tenant = tenant,
-            StartTime = ProtoMapping.FromProto(request.StartTime, "start_time"),
-            EndTime = ProtoMapping.FromProto(request.EndTime, "end_time"),
+            StartTime = start,
+            EndTime = end,
             Principal = Filter(request.Principal, "principal"),
             Resource = Filter(request.Resource, "resource"),
             Operation = Filter(request.Operation, "operation"),
@@ -68,7 +76,7 @@ internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IA
     {
         if (request.FromSequence < 0)
         {
-            throw new RpcException(new global::Grpc.Core.Status(StatusCode.InvalidArgument, "from_sequence must not be negative"));
+            throw KmsErrors.InvalidArgument("from_sequence", "must not be negative");
         }
 
         // The export hands out the whole log: its start is made durable before the first line
