@@ -304,6 +304,34 @@ public sealed class BadInputTests(ServerFixture fixture) : IClassFixture<ServerF
         AssertInvalidArgument(e, field);
     }
 
+    [Theory]
+    [InlineData("Encrypt")]
+    [InlineData("GenerateDataKey")]
+    [InlineData("BatchEncrypt")]
+    public async Task EncryptionCalls_OnAKeyOfAnotherPurpose_FailedPreconditionNamingThePurposeAsTheApiDoes(string call)
+    {
+        // It said "has purpose Mac" (the C# name): the API, and every other such answer, says MAC.
+        var mac = (await Stub.CreateKeyAsync(new CreateKeyRequest
+        {
+            Parent = "tenants/dev",
+            KeyId = ServerFixture.NewKeyId("mac"),
+            Key = new Key { Purpose = KeyPurpose.Mac, Algorithm = KeyAlgorithm.HmacSha256 },
+        })).Key;
+        var (code, detail) = call switch
+        {
+            "Encrypt" => await StatusOfAsync(async () => await Stub.EncryptAsync(new EncryptRequest { Name = mac.Name, Plaintext = ByteString.CopyFrom(1) })),
+            "GenerateDataKey" => await StatusOfAsync(async () => await Stub.GenerateDataKeyAsync(new GenerateDataKeyRequest { Name = mac.Name })),
+            _ => (await Stub.BatchEncryptAsync(new BatchEncryptRequest { Requests = { new EncryptRequest { Name = mac.Name, Plaintext = ByteString.CopyFrom(1) } } })).Results.Select(r => ((StatusCode)r.Status.Code, r.Status.Message)).Single(),
+        };
+        Assert.Equal((StatusCode.FailedPrecondition, $"key {mac.Name} has purpose MAC, not ENCRYPT_DECRYPT"), (code, detail));
+    }
+
+    private static async Task<(StatusCode, string)> StatusOfAsync(Func<Task> call)
+    {
+        var e = await Assert.ThrowsAsync<RpcException>(call);
+        return (e.StatusCode, e.Status.Detail);
+    }
+
     [Fact]
     public async Task CreateGrant_ForSigningWithAContextConstraint_InvalidArgument_NoGrantStored()
     {

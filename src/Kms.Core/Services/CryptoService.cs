@@ -522,7 +522,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         var version = found.Version;
         if (key.Purpose != KeyPurpose.EncryptDecrypt)
         {
-            throw KmsErrors.FailedPrecondition($"key {key.Name} has purpose {key.Purpose}, not ENCRYPT_DECRYPT");
+            throw KmsErrors.FailedPrecondition($"key {key.Name} has purpose {KeyAlgorithms.PurposeName(key.Purpose)}, not ENCRYPT_DECRYPT");
         }
 
         if (key.State != KeyState.Enabled)
