@@ -198,9 +198,15 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
         await access.GetPrincipalAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
 
     /// <summary>One page of a tenant's principals (null: deployment-level ones); deleted ones only when <paramref name="showDeleted"/>.</summary>
+    /// <exception cref="KmsException">NotFound for a tenant that does not exist (as every list of a tenant's resources answers).</exception>
     public async Task<Page<Principal>> ListPrincipalsAsync(TenantId? tenant, int pageSize, string? pageToken, bool showDeleted, CancellationToken cancellationToken)
     {
         var size = PageToken.Size(pageSize);
+        if (tenant is { } id)
+        {
+            await GetTenantAsync(id, cancellationToken);
+        }
+
         // Not the tenant's name alone: ListKeys' tokens are scoped by that.
         var scope = (tenant?.ResourceName ?? "deployment") + "/principals";
         var rows = await access.ListPrincipalsAsync(tenant, PageToken.Decode(scope, pageToken), size + 1, showDeleted, cancellationToken);
@@ -308,8 +314,19 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     }
 
     /// <summary>A principal's tokens (never their secrets).</summary>
-    public Task<IReadOnlyList<ApiToken>> ListApiTokensAsync(PrincipalName principal, CancellationToken cancellationToken) =>
-        access.ListApiTokensAsync(principal, cancellationToken);
+    /// <exception cref="KmsException">
+    /// NotFound for a principal never registered (an empty list would say it has no token), except
+    /// <c>token:bootstrap</c>, which holds the bootstrap and recovery credentials without being registered.
+    /// </exception>
+    public async Task<IReadOnlyList<ApiToken>> ListApiTokensAsync(PrincipalName principal, CancellationToken cancellationToken)
+    {
+        if (principal != Authenticator.BootstrapPrincipal)
+        {
+            await GetPrincipalAsync(principal, cancellationToken);
+        }
+
+        return await access.ListApiTokensAsync(principal, cancellationToken);
+    }
 
     /// <summary>
     /// Grants a role. A tenant role is bound within the principal's own tenant, which the caller
