@@ -434,6 +434,36 @@ public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task CreateQuorumRequest_AnotherOperationsParametersOrABadOfficerSet_InvalidArgumentNamingTheRequestField_NothingCreated()
+    {
+        // Another operation's parameters were dropped without a word (a DESTROY_KEY_VERSION_NOW
+        // carrying a restore_domain was created); an officer set's faults named "officers" and
+        // "threshold", which are not fields of the request.
+        var (key, _) = await RotatedKeyWithOldBlobAsync("other-parameters");
+        OfficerInfo Officer(string name) => new() { Name = name, PublicKey = ByteString.CopyFrom(_officers[name].PublicKey) };
+        var destroy = new DestroyKeyVersionNowParameters { Name = $"{key}/versions/1" };
+        var cases = new (string Field, Kms.Client.KmsClient Caller, CreateQuorumRequestRequest Request)[]
+        {
+            ("restore_domain", _keyManager, new() { Parent = "tenants/dev", Operation = Kms.Contracts.V1.QuorumOperation.DestroyKeyVersionNow, DestroyKeyVersionNow = destroy, RestoreDomain = new() { TokenLabel = "elsewhere" } }),
+            ("change_officers", _officer, new() { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup, ChangeOfficers = new() { Officers = { Officer("dave") }, Threshold = 1 } }),
+            ("rotate_domain_key", _officer, new() { Operation = Kms.Contracts.V1.QuorumOperation.RecoverDeploymentAdmin, RotateDomainKey = new() { NewCustodians = 3, NewThreshold = 2 } }),
+            ("destroy_key_version_now", _officer, new() { Operation = Kms.Contracts.V1.QuorumOperation.ChangeOfficers, ChangeOfficers = new() { Officers = { Officer("dave") }, Threshold = 1 }, DestroyKeyVersionNow = destroy }),
+            ("change_officers.officers", _officer, new() { Operation = Kms.Contracts.V1.QuorumOperation.ChangeOfficers, ChangeOfficers = new() { Officers = { Officer("dave"), new OfficerInfo(Officer("dave")) { Name = "dave2" } }, Threshold = 1 } }),
+            ("change_officers.threshold", _officer, new() { Operation = Kms.Contracts.V1.QuorumOperation.ChangeOfficers, ChangeOfficers = new() { Officers = { Officer("dave") }, Threshold = 2 } }),
+        };
+
+        foreach (var (field, caller, request) in cases)
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(() => caller.CreateQuorumRequestAsync(request));
+            Assert.True(e.StatusCode == StatusCode.InvalidArgument && e.Status.Detail.StartsWith(field + ":", StringComparison.Ordinal), $"{field}: {e.Status}");
+            Assert.Equal(field, Assert.Single(e.GetRpcStatus()!.GetDetail<Google.Rpc.BadRequest>().FieldViolations).Field);
+        }
+
+        Assert.Empty((await _keyManager.Quorum.ListQuorumRequestsAsync(new ListQuorumRequestsRequest { Parent = "tenants/dev" })).Requests);
+        Assert.Empty((await _officer.Quorum.ListQuorumRequestsAsync(new ListQuorumRequestsRequest())).Requests);
+    }
+
+    [Fact]
     public async Task NoGenesisConfigured_QuorumOperationsRefused_WithAClearMessage()
     {
         await using var plain = await KmsTestServer.StartAsync();

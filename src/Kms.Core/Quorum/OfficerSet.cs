@@ -56,8 +56,11 @@ public sealed class OfficerSet
     public static OfficerSet CreateGenesis(IEnumerable<Officer> officers, int threshold) => Create(0, NoPrevious, officers, threshold, null);
 
     /// <summary>The set that would follow this one (not yet approved: <see cref="Change"/> is null).</summary>
+    /// <param name="officers">The proposed officers.</param>
+    /// <param name="threshold">The proposed threshold.</param>
+    /// <param name="fieldPrefix">Put before the fields an InvalidArgument names (<c>officers</c>, <c>threshold</c>): the request's message holding them, e.g. <c>change_officers.</c>.</param>
     /// <exception cref="KmsException">InvalidArgument as for <see cref="CreateGenesis"/>.</exception>
-    public OfficerSet Successor(IEnumerable<Officer> officers, int threshold) => Create(Sequence + 1, Hash, officers, threshold, null);
+    public OfficerSet Successor(IEnumerable<Officer> officers, int threshold, string fieldPrefix = "") => Create(Sequence + 1, Hash, officers, threshold, null, fieldPrefix);
 
     /// <summary>A set as stored (the store rebuilds it; the chain verifier decides whether to trust it).</summary>
     public static OfficerSet Restore(long sequence, string previousHash, IEnumerable<Officer> officers, int threshold, QuorumRequest? change) =>
@@ -101,28 +104,28 @@ public sealed class OfficerSet
             .OrderBy(p => p.Key, StringComparer.Ordinal)
             .ToList();
 
-    private static OfficerSet Create(long sequence, string previousHash, IEnumerable<Officer> officers, int threshold, QuorumRequest? change)
+    private static OfficerSet Create(long sequence, string previousHash, IEnumerable<Officer> officers, int threshold, QuorumRequest? change, string fieldPrefix = "")
     {
         ArgumentNullException.ThrowIfNull(officers);
         var list = officers.OrderBy(o => o.Fingerprint, StringComparer.Ordinal).ToList();
         if (list.Count == 0 || list.Count > MaxOfficers)
         {
-            throw KmsErrors.InvalidArgument("officers", $"an officer set has 1 to {MaxOfficers} officers");
+            throw KmsErrors.InvalidArgument(fieldPrefix + "officers", $"an officer set has 1 to {MaxOfficers} officers");
         }
 
         if (list.Select(o => o.Fingerprint).Distinct(StringComparer.Ordinal).Count() != list.Count)
         {
-            throw KmsErrors.InvalidArgument("officers", "the same public key is listed twice; each officer needs a key of their own");
+            throw KmsErrors.InvalidArgument(fieldPrefix + "officers", "the same public key is listed twice; each officer needs a key of their own");
         }
 
         if (list.Select(o => o.Name).Distinct(StringComparer.OrdinalIgnoreCase).Count() != list.Count)
         {
-            throw KmsErrors.InvalidArgument("officers", "two officers have the same name; names must tell officers apart");
+            throw KmsErrors.InvalidArgument(fieldPrefix + "officers", "two officers have the same name; names must tell officers apart");
         }
 
         if (threshold < 1 || threshold > list.Count)
         {
-            throw KmsErrors.InvalidArgument("threshold", $"must be from 1 to the number of officers ({list.Count}), got {threshold}");
+            throw KmsErrors.InvalidArgument(fieldPrefix + "threshold", $"must be from 1 to the number of officers ({list.Count}), got {threshold}");
         }
 
         if (sequence < 0 || !Officer.IsFingerprint(previousHash))

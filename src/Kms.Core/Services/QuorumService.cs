@@ -269,7 +269,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         else if (command.Operation == QuorumOperation.ChangeOfficers)
         {
             var officers = command.NewOfficers is { Count: > 0 } list ? list : throw KmsErrors.InvalidArgument("change_officers.officers", "is required");
-            proposed = head.Successor(officers, command.NewThreshold);
+            proposed = head.Successor(officers, command.NewThreshold, "change_officers.");
             parameters = proposed.ChangeParameters();
         }
         else

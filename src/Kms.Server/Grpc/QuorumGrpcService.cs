@@ -26,6 +26,8 @@ internal sealed partial class QuorumGrpcService(
     {
         var caller = CallerResolver.Current(context);
         var tenant = request.Parent.Length == 0 ? (TenantId?)null : TenantId.ParseResourceName(request.Parent, "parent");
+        var operation = ToCore(request.Operation);
+        RefuseOtherOperationsParameters(request);
 
         // Counted before each officer's key is imported (an EC import apiece), not after.
         if (request.ChangeOfficers?.Officers.Count is > OfficerSet.MaxOfficers)
@@ -33,7 +35,7 @@ internal sealed partial class QuorumGrpcService(
             throw KmsErrors.InvalidArgument("change_officers.officers", $"an officer set has 1 to {OfficerSet.MaxOfficers} officers");
         }
 
-        var command = new CreateQuorumRequestCommand(tenant, ToCore(request.Operation))
+        var command = new CreateQuorumRequestCommand(tenant, operation)
         {
             Ttl = ProtoMapping.FromProto(request.Ttl, "ttl"),
             KeyVersion = request.DestroyKeyVersionNow is { } destroy ? KeyVersionName.Parse(destroy.Name, "destroy_key_version_now.name") : null,
@@ -176,6 +178,27 @@ internal sealed partial class QuorumGrpcService(
         };
         response.Officers.AddRange(set.Officers.Select(ToProto));
         return response;
+    }
+
+    // Each parameters message belongs to one operation. Set with another, it would be dropped
+    // without a word, and the request created (which the officers sign) would not be the one its
+    // creator described: refused, naming the field.
+    private static void RefuseOtherOperationsParameters(CreateQuorumRequestRequest request)
+    {
+        (string Field, bool Set, Kms.Contracts.V1.QuorumOperation Of)[] parameters =
+        [
+            ("destroy_key_version_now", request.DestroyKeyVersionNow is not null, Kms.Contracts.V1.QuorumOperation.DestroyKeyVersionNow),
+            ("change_officers", request.ChangeOfficers is not null, Kms.Contracts.V1.QuorumOperation.ChangeOfficers),
+            ("rotate_domain_key", request.RotateDomainKey is not null, Kms.Contracts.V1.QuorumOperation.RotateDomainKey),
+            ("restore_domain", request.RestoreDomain is not null, Kms.Contracts.V1.QuorumOperation.RestoreDomain),
+        ];
+        foreach (var (field, set, of) in parameters)
+        {
+            if (set && of != request.Operation)
+            {
+                throw KmsErrors.InvalidArgument(field, $"holds the parameters of {QuorumOperations.NameOf(ToCore(of))}, not of {QuorumOperations.NameOf(ToCore(request.Operation))}: leave it unset");
+            }
+        }
     }
 
     private static Kms.Core.Quorum.QuorumOperation ToCore(Kms.Contracts.V1.QuorumOperation operation) => operation switch
