@@ -437,6 +437,61 @@ public sealed class CeremonyEndToEndTests : IDisposable
         Assert.Contains("kms: warning: --insecure-test-kdf", allowed.Error, StringComparison.Ordinal);
     }
 
+    // Two deployments whose ceremonies named the same officers and threshold used to pin the same
+    // genesis hash (the genesis set's text held only those and 64 zeros), so a CHANGE_OFFICERS
+    // that deployment A's officers approved for A verified in B's chain too: whoever could write
+    // B's database could copy A's new officer set (say, with an officer A added and B never
+    // approved) into B, and the server and the offline ceremony would trust it. Each ceremony's
+    // genesis is now its own (a random value in its "previous" line).
+    [Fact]
+    public async Task CreateDomain_TwoDeploymentsWithTheSameOfficers_GenesisOfEachItsOwn_AnOfficerChangeOfOneRefusedByTheOther()
+    {
+        var outputs = new List<CliResult>();
+        Assert.Equal(0, (await Kms(outputs, "officer", "keygen", "--out", P("olga.key"), "--key-passphrase-file", P("officer-key"))).ExitCode);
+        Assert.Equal(0, (await Kms(outputs, "officer", "keygen", "--out", P("mallory.key"), "--key-passphrase-file", P("officer-key"))).ExitCode);
+        var genesis = new List<global::Kms.Core.Quorum.OfficerSet>();
+        foreach (var site in new[] { "site-a", "site-b" })
+        {
+            Assert.Equal(0, (await Kms(outputs, ["ceremony", "init-token", .. Hsm(site), "--so-pin-file", P("so.pin")])).ExitCode);
+            var created = await Kms(outputs, [
+                "ceremony", "create-domain", .. Hsm(site), "--custodians", "2", "--threshold", "2", "--domain-id", DomainId,
+                "--shares-dir", P($"shares-{site}"), "--data-dir", P($"data-{site}"), "--passphrase-file", $"custodian-1={P("alice")}", "--passphrase-file", $"custodian-2={P("bob")}",
+                "--officer", $"olga={P("olga.key.pub")}", "--officer-threshold", "1", "--allow-network", "--insecure-test-kdf", "--output", "json"]);
+            Assert.True(created.ExitCode == 0, created.ToString());
+            genesis.Add(global::Kms.Core.Quorum.GenesisFile.Read(JsonNode.Parse(created.Out)!["server_configuration"]!["Kms:Quorum:GenesisFile"]!.GetValue<string>()));
+        }
+
+        var (a, b) = (genesis[0], genesis[1]);
+        Assert.Equal(a.Officers.Single().Fingerprint, b.Officers.Single().Fingerprint);
+        Assert.NotEqual(a.Hash, b.Hash);
+
+        // Deployment A's officer adds mallory there, as A's quorum may.
+        using var olga = global::Kms.Client.Quorum.OfficerKeys.LoadPrivateKey(P("olga.key"), _secrets["officer-key"]);
+        var next = a.Successor([a.Officers.Single(), global::Kms.Core.Quorum.Officer.FromPem("mallory", await File.ReadAllTextAsync(P("mallory.key.pub")))], 1);
+        var change = new global::Kms.Core.Quorum.QuorumRequest
+        {
+            Id = global::Kms.Core.Quorum.QuorumRequestId.NewId(),
+            Operation = global::Kms.Core.Quorum.QuorumOperation.ChangeOfficers,
+            Parameters = next.ChangeParameters(),
+            DomainKcv = "A1B2C3",
+            OfficerSetSequence = a.Sequence,
+            OfficerSetHash = a.Hash,
+            RequestedBy = "token:olga",
+            CreateTime = DateTimeOffset.UnixEpoch,
+            ExpireTime = DateTimeOffset.UnixEpoch.AddHours(1),
+            State = global::Kms.Core.Quorum.QuorumRequestState.Executed,
+            ProposedOfficers = next,
+        };
+        var signature = olga.SignData(global::Kms.Core.Quorum.QuorumRendering.Bytes(change), System.Security.Cryptography.HashAlgorithmName.SHA256, System.Security.Cryptography.DSASignatureFormat.Rfc3279DerSequence);
+        change = change with { Approvals = [new(a.Officers.Single().Fingerprint, signature, DateTimeOffset.UnixEpoch)] };
+        var inA = next.WithChange(change);
+        Assert.Same(inA, global::Kms.Core.Quorum.OfficerChain.Verify([a, inA], a));
+
+        // The same rows copied into deployment B's database: refused there.
+        var refused = Assert.Throws<global::Kms.Core.Errors.KmsException>(() => global::Kms.Core.Quorum.OfficerChain.Verify([b, inA], b));
+        Assert.Contains("does not follow set 0", refused.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task CreateDomain_TokenOrDataDirTaken_RefusedAndTheFirstDomainKeyIsIntact()
     {

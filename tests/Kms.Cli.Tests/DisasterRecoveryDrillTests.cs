@@ -44,10 +44,8 @@ public sealed class DisasterRecoveryDrillTests(ITestOutputHelper output) : IDisp
             File.SetUnixFileMode(P(name), UnixFileMode.UserRead | UnixFileMode.UserWrite);
         }
 
-        // The genesis the ceremony registers (from the officers' public keys), kept off-site as the transcript says.
-        var genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
-        GenesisFile.Write(P("genesis.json"), genesis);
-        foreach (var officer in genesis.Officers)
+        // The officers' public keys the ceremony registers as the genesis.
+        foreach (var officer in _officers.Select("alice", "bob", "carol"))
         {
             await File.WriteAllTextAsync(P($"{officer.Name}.pub"), System.Security.Cryptography.PemEncoding.WriteString("PUBLIC KEY", officer.PublicKey.ToArray()) + "\n");
         }
@@ -65,7 +63,12 @@ public sealed class DisasterRecoveryDrillTests(ITestOutputHelper output) : IDisp
             "--officer", $"alice={P("alice.pub")}", "--officer", $"bob={P("bob.pub")}", "--officer", $"carol={P("carol.pub")}", "--officer-threshold", "2",
             "--allow-network", "--insecure-test-kdf", "--output", "json"]);
         var kcv = JsonNode.Parse(created.Out)!["check_value"]!.GetValue<string>();
+        // The genesis it wrote, kept off-site as the transcript says: these officers and threshold, and its own hash.
+        var genesis = GenesisFile.Read(P("site-a-data/quorum/genesis.json"));
+        Assert.Equal(OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2).Officers.Select(o => o.Fingerprint), genesis.Officers.Select(o => o.Fingerprint));
+        Assert.Equal(2, genesis.Threshold);
         Assert.Equal(genesis.Hash, JsonNode.Parse(created.Out)!["officer_set_hash"]!.GetValue<string>());
+        File.Copy(P("site-a-data/quorum/genesis.json"), P("genesis.json"));
 
         // Site A: keys, ciphertexts, a backup approved by alice and bob, then orders v1 destroyed by quorum.
         var ciphertexts = new List<(string Key, byte[] Plaintext, byte[] Ciphertext)>();

@@ -271,6 +271,34 @@ public sealed class QuorumTests : IDisposable
         Assert.Throws<ArgumentException>(() => GenesisFile.Serialize(_officers.Change(genesis, _officers.Select("dave"), 1, T0, "alice", "bob")));
     }
 
+    // A ceremony's genesis is its deployment's own: the same officers and threshold in two
+    // ceremonies give two hashes, and an officer change approved in one is refused by the other.
+    // A genesis file written before (no previous_hash) is still read, with zeros and its old hash.
+    [Fact]
+    public void DeploymentGenesis_OfEachCeremonyItsOwn_AChangeApprovedInAnotherDeploymentRefused_OldFilesStillRead()
+    {
+        var a = OfficerSet.CreateDeploymentGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        var b = OfficerSet.CreateDeploymentGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        Assert.NotEqual(a.Hash, b.Hash);
+        Assert.NotEqual(OfficerSet.NoPrevious, a.PreviousHash);
+
+        var inA = _officers.Change(a, _officers.Select("alice", "dave"), 1, T0, "alice", "bob");
+        Assert.Same(inA, OfficerChain.Verify([a, inA], a));
+        Assert.Contains("does not follow set 0", Assert.Throws<KmsException>(() => OfficerChain.Verify([b, inA], b)).Message, StringComparison.Ordinal);
+
+        var json = GenesisFile.Serialize(a);
+        Assert.Equal(a.Hash, GenesisFile.Parse(json).Hash);
+        Assert.Equal(a.PreviousHash, GenesisFile.Parse(json).PreviousHash);
+        var edited = json.Replace(a.PreviousHash, b.PreviousHash, StringComparison.Ordinal);
+        Assert.Contains("sha256 does not match", Assert.Throws<KmsException>(() => GenesisFile.Parse(edited)).Message, StringComparison.Ordinal);
+        Assert.Equal(KmsErrorCode.FailedPrecondition, Assert.Throws<KmsException>(() => GenesisFile.Parse(json.Replace(a.PreviousHash, "xyz", StringComparison.Ordinal))).Code);
+
+        var legacy = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        var legacyJson = string.Join('\n', GenesisFile.Serialize(legacy).Split('\n').Where(line => !line.Contains("previous_hash", StringComparison.Ordinal)));
+        Assert.DoesNotContain("previous_hash", legacyJson, StringComparison.Ordinal);
+        Assert.Equal(legacy.Hash, GenesisFile.Parse(legacyJson).Hash);
+    }
+
     [Fact]
     public void GenesisFile_Write_ReadsBack_NeverReplacesAGenesis()
     {

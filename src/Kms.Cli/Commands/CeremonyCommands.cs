@@ -136,7 +136,7 @@ internal static partial class CeremonyCommands
             OfficerSet genesis;
             try
             {
-                genesis = OfficerSet.CreateGenesis(OfficerCommands.ReadOfficers(parse.GetValue(officers)!), parse.GetValue(officerThreshold));
+                genesis = OfficerSet.CreateDeploymentGenesis(OfficerCommands.ReadOfficers(parse.GetValue(officers)!), parse.GetValue(officerThreshold));
             }
             catch (Kms.Core.Errors.KmsException e)
             {

@@ -11,9 +11,11 @@ namespace Kms.Core.Quorum;
 /// of the officer chain is pinned outside the database.
 /// </summary>
 /// <remarks>
-/// JSON: <c>{"format":"kms-officer-genesis-v1","threshold":M,"officers":[{"name":…,"public_key":"base64 DER SPKI","fingerprint":"hex"}],"sha256":"set hash"}</c>.
+/// JSON: <c>{"format":"kms-officer-genesis-v1","previous_hash":"64 hex","threshold":M,"officers":[{"name":…,"public_key":"base64 DER SPKI","fingerprint":"hex"}],"sha256":"set hash"}</c>.
 /// Reading recomputes every fingerprint and the set's hash and refuses the file if any
-/// differs, or if the format is not this one.
+/// differs, or if the format is not this one. <c>previous_hash</c> is the genesis set's
+/// "previous" line: the deployment's own random value (<see cref="OfficerSet.CreateDeploymentGenesis"/>);
+/// a file without it (written before it existed) has 64 zeros there.
 /// </remarks>
 public static class GenesisFile
 {
@@ -37,6 +39,7 @@ public static class GenesisFile
         {
             w.WriteStartObject();
             w.WriteString("format", Format);
+            w.WriteString("previous_hash", genesis.PreviousHash);
             w.WriteNumber("threshold", genesis.Threshold);
             w.WriteStartArray("officers");
             foreach (var officer in genesis.Officers)
@@ -82,7 +85,14 @@ public static class GenesisFile
                 officers.Add(officer);
             }
 
-            var set = OfficerSet.CreateGenesis(officers, root.GetProperty("threshold").GetInt32());
+            // A file written before genesis sets had a deployment's own value has none: zeros.
+            var previous = root.TryGetProperty("previous_hash", out var value) ? value.GetString() ?? "" : OfficerSet.NoPrevious;
+            if (!Officer.IsFingerprint(previous))
+            {
+                throw Bad("its previous_hash is not 64 lower-case hex digits");
+            }
+
+            var set = OfficerSet.Restore(0, previous, officers, root.GetProperty("threshold").GetInt32(), null);
             if (root.GetProperty("sha256").GetString() != set.Hash)
             {
                 throw Bad($"its sha256 does not match its officers and threshold (computed {set.Hash})");

@@ -36,7 +36,7 @@ public sealed class OfficerSet
     /// <summary>Position in the chain: 0 for the genesis set.</summary>
     public long Sequence { get; }
 
-    /// <summary>The hash of the set before (64 zeros for the genesis).</summary>
+    /// <summary>The hash of the set before; for the genesis, 64 zeros or the deployment's random value (<see cref="CreateDeploymentGenesis"/>).</summary>
     public string PreviousHash { get; }
 
     /// <summary>M: how many distinct officers of this set must approve.</summary>
@@ -51,9 +51,26 @@ public sealed class OfficerSet
     /// <summary>The executed CHANGE_OFFICERS request, with the approvals of the previous set, that installed this set; null for the genesis.</summary>
     public QuorumRequest? Change { get; }
 
-    /// <summary>The genesis set (sequence 0) of a ceremony.</summary>
+    /// <summary>
+    /// A genesis set (sequence 0) whose "previous" is <see cref="NoPrevious"/>: its hash depends on
+    /// the officers and the threshold alone, so every deployment pinning such a genesis for the same
+    /// officers pins the same hash, and an officer change approved in one verifies in the others.
+    /// Genesis files written before <see cref="CreateDeploymentGenesis"/> are of this kind; a key
+    /// ceremony makes its own with <see cref="CreateDeploymentGenesis"/>.
+    /// </summary>
     /// <exception cref="KmsException">InvalidArgument: no officers, more than 32, a key or name twice, or a threshold outside 1..N.</exception>
     public static OfficerSet CreateGenesis(IEnumerable<Officer> officers, int threshold) => Create(0, NoPrevious, officers, threshold, null);
+
+    /// <summary>
+    /// The genesis set (sequence 0) of one deployment's key ceremony: its "previous" line holds 256
+    /// random bits instead of zeros, so its hash is this deployment's own even where another
+    /// deployment has the same officers and threshold. Every request and every officer change names
+    /// the set it was made for by hash, so nothing the officers approved for another deployment —
+    /// above all a CHANGE_OFFICERS copied into this one's database — verifies in this chain.
+    /// </summary>
+    /// <exception cref="KmsException">InvalidArgument as for <see cref="CreateGenesis"/>.</exception>
+    public static OfficerSet CreateDeploymentGenesis(IEnumerable<Officer> officers, int threshold) =>
+        Create(0, Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32)), officers, threshold, null);
 
     /// <summary>The set that would follow this one (not yet approved: <see cref="Change"/> is null).</summary>
     /// <param name="officers">The proposed officers.</param>
