@@ -16,7 +16,12 @@ internal abstract class SingleFlightHealthCheck : IHealthCheck
 
     private Task<HealthCheckResult>? _running;
 
-    public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
+    private int _waiting;
+
+    /// <summary>Test hook: checks waiting for a probe's answer right now.</summary>
+    internal int Waiting => Volatile.Read(ref _waiting);
+
+    public async Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
     {
         Task<HealthCheckResult> probe;
         lock (_lock)
@@ -32,7 +37,15 @@ internal abstract class SingleFlightHealthCheck : IHealthCheck
             probe = _running;
         }
 
-        return probe.WaitAsync(cancellationToken);
+        Interlocked.Increment(ref _waiting);
+        try
+        {
+            return await probe.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _waiting);
+        }
     }
 
     /// <summary>The probe itself.</summary>
