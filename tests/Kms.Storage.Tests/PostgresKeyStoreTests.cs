@@ -42,6 +42,18 @@ public sealed class PostgresKeyStoreTests : QuorumStoreContract, IAsyncLifetime
         await store.CreateTenantAsync(new Tenant(id, "secret value", TenantState.Active, at), default);
     }
 
+    // A trigger, as a disk or constraint fault would: the store's own statement fails inside its transaction.
+    protected override async Task<IAsyncDisposable> FailRoleBindingWritesAsync(IKeyStore store)
+    {
+        await ExecuteAsync("""
+            CREATE FUNCTION fail_role_bindings() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected: role binding write refused'; END $$;
+            CREATE TRIGGER fail_role_bindings BEFORE INSERT ON role_bindings FOR EACH ROW EXECUTE FUNCTION fail_role_bindings();
+            """);
+        return new Undo(() => ExecuteAsync("DROP TRIGGER fail_role_bindings ON role_bindings; DROP FUNCTION fail_role_bindings();"));
+    }
+
+    private Task ExecuteAsync(string sql) => PostgresTestDatabase.ExecuteAsync(_database!.ConnectionString, sql);
+
     protected override async Task<IKeyStore> CreateStoreAsync()
     {
         if (_database is null)

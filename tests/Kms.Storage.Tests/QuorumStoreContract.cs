@@ -5,6 +5,7 @@ using Kms.Core.Ports;
 using Kms.Core.Quorum;
 using Kms.Core.Services;
 using Kms.Testing;
+using Microsoft.Extensions.Time.Testing;
 
 namespace Kms.Storage.Tests;
 
@@ -242,6 +243,115 @@ public abstract class QuorumStoreContract : AuditStoreContract
         Assert.Equal(T0 + TimeSpan.FromSeconds(1), (await access.GetApiTokenAsync(id, default))!.RevokeTime);
         Assert.Empty(await ((IAuditStore)store).ListAuditEventsAsync(new AuditQuery { Operation = QuorumService.RevokeCredentialOperation }, default));
     }
+
+    [Fact]
+    public async Task Bootstrap_RoleBindingWriteFails_CredentialStillActive_NoAdminNoEvent_ARetrySucceeds()
+    {
+        // A store failing part way through a Bootstrap with the recovery credential (injected at the
+        // role binding's write: a trigger on the SQL backends) must leave everything as it was. As
+        // separate writes, the credential was used up with no admin registered: a lockout that only
+        // a new RECOVER_DEPLOYMENT_ADMIN request ended.
+        using var officers = new TestOfficers("alice");
+        var (store, request, token) = await RecoveryRequestAsync(officers);
+        await store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current with { State = QuorumRequestState.Executed, ExecuteTime = T0 })
+        {
+            AddedApproval = officers.Approve("alice", request, T0),
+            IssuedToken = token,
+        }, default);
+        var access = (IAccessStore)store;
+        var service = new AccessService(access, (IKeyStore)access, new FakeTimeProvider(T0 + TimeSpan.FromMinutes(1)), new LifecycleOptions());
+        var caller = new Caller(Authenticator.BootstrapPrincipal.ToString(), null, new HashSet<Kms.Core.Access.Role>()) { BootstrapTokenId = token.Id, BootstrapRecovery = true };
+        var admin = Kms.Core.Access.PrincipalName.Token("recovered");
+        var events = new AuditQuery { Operation = BootstrapOperation };
+
+        await using (await FailRoleBindingWritesAsync((IKeyStore)store))
+        {
+            using (AuditScope.Enter(BootstrapScope("req-1")))
+            {
+                await Assert.ThrowsAsync<KmsException>(() => service.BootstrapAsync(caller, admin, "recovered", default));
+            }
+        }
+
+        Assert.Null((await access.GetApiTokenAsync(token.Id, default))!.RevokeTime);
+        Assert.Null(await access.GetPrincipalAsync(admin, default));
+        Assert.Empty(await access.GetRoleBindingsAsync(admin, default));
+        Assert.Empty(await access.ListApiTokensAsync(admin, default));
+        Assert.Empty(await ((IAuditStore)store).ListAuditEventsAsync(events, default));
+
+        // The retry, with the same credential, registers the admin once.
+        (Kms.Core.Access.Principal Admin, string? SessionToken) registered;
+        using (AuditScope.Enter(BootstrapScope("req-2")))
+        {
+            registered = await service.BootstrapAsync(caller, admin, "recovered", default);
+        }
+
+        Assert.Equal(admin, registered.Admin.Name);
+        Assert.NotNull(registered.SessionToken);
+        Assert.Equal(T0 + TimeSpan.FromMinutes(1), (await access.GetApiTokenAsync(token.Id, default))!.RevokeTime);
+        Assert.Equal(registered.Admin, await access.GetPrincipalAsync(admin, default));
+        Assert.Equal([Kms.Core.Access.Role.DeploymentAdmin], (await access.GetRoleBindingsAsync(admin, default)).Select(b => b.Role));
+        Assert.Equal([Kms.Core.Access.ApiTokenKind.Session], (await access.ListApiTokensAsync(admin, default)).Select(t => t.Kind));
+        Assert.Equal(AuditCommitsWithTheWrite ? ["req-2"] : [], (await ((IAuditStore)store).ListAuditEventsAsync(events, default)).Select(e => e.Entry.RequestId));
+        var again = await Assert.ThrowsAsync<KmsException>(() => service.BootstrapAsync(caller, Kms.Core.Access.PrincipalName.Token("second"), null, default));
+        Assert.Equal(KmsErrorCode.Unauthenticated, again.Code);
+    }
+
+    [Fact]
+    public async Task RegisterBootstrapAdmin_OneStep_AUsedCredentialOrATakenTokenIdWritesNothing()
+    {
+        using var officers = new TestOfficers("alice");
+        var (store, request, token) = await RecoveryRequestAsync(officers);
+        await store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current with { State = QuorumRequestState.Executed, ExecuteTime = T0 })
+        {
+            AddedApproval = officers.Approve("alice", request, T0),
+            IssuedToken = token,
+        }, default);
+        var access = (IAccessStore)store;
+        var admin = Kms.Core.Access.PrincipalName.Token("recovered");
+        var at = T0 + TimeSpan.FromMinutes(1);
+        var (sessionId, _, sessionHash) = Kms.Core.Access.ApiTokenSecret.Create();
+        var registration = new Kms.Core.Access.BootstrapRegistration(token.Id, at, new Kms.Core.Access.Principal(admin, null, "recovered", at),
+            new Kms.Core.Access.RoleBinding(admin, Kms.Core.Access.Role.DeploymentAdmin, null, at),
+            new Kms.Core.Access.ApiToken(sessionId, admin, Kms.Core.Access.ApiTokenKind.Session, sessionHash, at, at + TimeSpan.FromMinutes(15)));
+
+        // The last write refused (its token id is the credential's own): the credential's use goes with it.
+        var taken = await Assert.ThrowsAsync<KmsException>(() => access.RegisterBootstrapAdminAsync(
+            registration with { SessionToken = registration.SessionToken! with { Id = token.Id } }, default));
+        Assert.Equal(KmsErrorCode.AlreadyExists, taken.Code);
+        Assert.Null((await access.GetApiTokenAsync(token.Id, default))!.RevokeTime);
+        Assert.Null(await access.GetPrincipalAsync(admin, default));
+
+        Assert.True(await access.RegisterBootstrapAdminAsync(registration, default));
+        Assert.Equal(at, (await access.GetApiTokenAsync(token.Id, default))!.RevokeTime);
+        Assert.Equal([Kms.Core.Access.Role.DeploymentAdmin], (await access.GetRoleBindingsAsync(admin, default)).Select(b => b.Role));
+        Assert.Equal(sessionHash, (await access.GetApiTokenAsync(sessionId, default))!.SecretHash);
+
+        // Used: a second registration (another admin) writes nothing.
+        var other = Kms.Core.Access.PrincipalName.Token("second");
+        Assert.False(await access.RegisterBootstrapAdminAsync(new Kms.Core.Access.BootstrapRegistration(token.Id, at, new Kms.Core.Access.Principal(other, null, "", at),
+            new Kms.Core.Access.RoleBinding(other, Kms.Core.Access.Role.DeploymentAdmin, null, at), null), default));
+        Assert.Null(await access.GetPrincipalAsync(other, default));
+        Assert.Empty(await access.GetRoleBindingsAsync(other, default));
+    }
+
+    /// <summary>Makes every write of a role binding fail until the returned value is disposed.</summary>
+    protected abstract Task<IAsyncDisposable> FailRoleBindingWritesAsync(IKeyStore store);
+
+    /// <summary>Whether a request's audit event commits with its first write (the SQL stores), or arrives by other means (the in-memory fake).</summary>
+    protected virtual bool AuditCommitsWithTheWrite => true;
+
+    /// <summary>Runs an undo step on dispose.</summary>
+    protected sealed class Undo(Func<Task> undo) : IAsyncDisposable
+    {
+        /// <inheritdoc />
+        public async ValueTask DisposeAsync() => await undo();
+    }
+
+    private const string BootstrapOperation = "/kms.v1.AccessManagementService/Bootstrap";
+
+    private static AuditScope BootstrapScope(string requestId) => new(
+        new AuditEntry { Time = T0, RequestId = requestId, Principal = Authenticator.BootstrapPrincipal.ToString(), Operation = BootstrapOperation, Outcome = "OK" },
+        mutating: true);
 
     private async Task<IQuorumStore> QuorumAsync() => (IQuorumStore)await CreateStoreAsync();
 

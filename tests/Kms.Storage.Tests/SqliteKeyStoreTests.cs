@@ -17,6 +17,22 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
 
     protected override async Task<IKeyStore> CreateStoreAsync() => await OpenAsync();
 
+    // A trigger, as a disk or constraint fault would: the store's own statement fails inside its transaction.
+    protected override async Task<IAsyncDisposable> FailRoleBindingWritesAsync(IKeyStore store)
+    {
+        await ExecuteOnTheFileAsync("CREATE TRIGGER fail_role_bindings BEFORE INSERT ON role_bindings BEGIN SELECT RAISE(ABORT, 'injected: role binding write refused'); END");
+        return new Undo(() => ExecuteOnTheFileAsync("DROP TRIGGER fail_role_bindings"));
+    }
+
+    private async Task ExecuteOnTheFileAsync(string sql)
+    {
+        await using var connection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = DatabasePath, Pooling = false }.ConnectionString);
+        await connection.OpenAsync();
+        await using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        await command.ExecuteNonQueryAsync();
+    }
+
     public void Dispose()
     {
         SqliteConnection.ClearAllPools();
@@ -665,5 +681,18 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
 
 public sealed class InMemoryKeyStoreTests : QuorumStoreContract
 {
+    protected override bool AuditCommitsWithTheWrite => false;
+
     protected override Task<IKeyStore> CreateStoreAsync() => Task.FromResult<IKeyStore>(new Kms.Testing.Fakes.InMemoryStore());
+
+    protected override Task<IAsyncDisposable> FailRoleBindingWritesAsync(IKeyStore store)
+    {
+        var memory = (Kms.Testing.Fakes.InMemoryStore)store;
+        memory.FailRoleBindingWrites = Kms.Core.Errors.KmsErrors.Unavailable("injected: role binding write refused");
+        return Task.FromResult<IAsyncDisposable>(new Undo(() =>
+        {
+            memory.FailRoleBindingWrites = null;
+            return Task.CompletedTask;
+        }));
+    }
 }

@@ -136,3 +136,16 @@ public sealed record Grant(string Id, KeyName Key, PrincipalName Grantee, KeyOpe
     /// <summary>When it was revoked, if it was.</summary>
     public DateTimeOffset? RevokeTime { get; init; }
 }
+
+/// <summary>
+/// What one Bootstrap call writes, in one transaction
+/// (<see cref="Ports.IAccessStore.RegisterBootstrapAdminAsync"/>): the one-time credential's use,
+/// the new deployment admin (its principal when it is new, and its binding) and, for a token
+/// principal, its session token.
+/// </summary>
+/// <param name="CredentialId">The one-time bootstrap or recovery credential the call consumes.</param>
+/// <param name="Time">When: the credential's revoke time.</param>
+/// <param name="NewPrincipal">The admin's principal to create; null when it exists already.</param>
+/// <param name="Binding">The admin's deployment-admin binding.</param>
+/// <param name="SessionToken">A token principal's session token (its hash); null for a certificate principal.</param>
+public sealed record BootstrapRegistration(string CredentialId, DateTimeOffset Time, Principal? NewPrincipal, RoleBinding Binding, ApiToken? SessionToken);

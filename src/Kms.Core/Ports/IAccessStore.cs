@@ -72,6 +72,18 @@ public interface IAccessStore
     /// </summary>
     Task<bool> ConsumeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// A Bootstrap call's writes, all in one transaction with the request's audit event: the
+    /// credential is consumed as <see cref="ConsumeApiTokenAsync"/> does, the principal created
+    /// (if new), the deployment-admin binding made and the session token stored. Either all of it
+    /// commits or none: a failure part way neither uses the credential up without registering the
+    /// admin (a lockout that only a new quorum request ends) nor registers an admin while the
+    /// credential stays usable.
+    /// </summary>
+    /// <returns>False, with nothing written, when the credential was no longer active (used by another Bootstrap, revoked, or unknown).</returns>
+    /// <exception cref="Errors.KmsException">AlreadyExists: the new principal or the session token's id exists; FailedPrecondition: the principal was deleted. Nothing is written.</exception>
+    Task<bool> RegisterBootstrapAdminAsync(BootstrapRegistration registration, CancellationToken cancellationToken);
+
     /// <summary>Grants a role (idempotent), if the principal is not deleted, nor the tenant it is bound in being deleted, when the write takes place.</summary>
     /// <exception cref="Errors.KmsException">FailedPrecondition: the principal was deleted, or the binding's tenant is being deleted.</exception>
     Task SetRoleBindingAsync(RoleBinding binding, CancellationToken cancellationToken);

@@ -466,7 +466,8 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     /// <summary>
     /// Uses the one-time bootstrap credential: registers the first deployment admin (a
     /// certificate principal, or a token principal that gets a session token) and revokes
-    /// the credential in the same step, so a second use fails. A recovery credential (issued by
+    /// the credential in the same transaction (with the session token and the audit event), so a
+    /// second use fails and a failed call leaves the credential usable for a retry. A recovery credential (issued by
     /// an executed RECOVER_DEPLOYMENT_ADMIN quorum request) registers one more deployment admin
     /// while others exist; they stay, and the new admin may remove them.
     /// </summary>
@@ -499,25 +500,27 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
                 "(if every deployment admin's credential is lost, the officers can approve a RECOVER_DEPLOYMENT_ADMIN quorum request)");
         }
 
-        if (caller.BootstrapTokenId is not { } tokenId || !await access.ConsumeApiTokenAsync(tokenId, Clock.Now(time), cancellationToken))
+        if (caller.BootstrapTokenId is not { } tokenId)
         {
             throw KmsErrors.Unauthenticated();
         }
 
-        if (principal is null)
+        // One write: the credential's use, the principal, its binding, the session token and the
+        // audit event commit together or not at all. As separate writes, a failure after the
+        // credential's use left it used with no admin registered (only a new quorum request
+        // ended that), and the other order would register an admin with the credential still usable.
+        var now = Clock.Now(time);
+        var created = principal is null ? new Principal(admin, null, name, now) : null;
+        (ApiToken Token, string Text)? session = admin.Kind == PrincipalKind.Token
+            ? await NewTokenAsync(admin, ApiTokenKind.Session, DefaultSessionTokenLifetime, cancellationToken)
+            : null;
+        var registration = new BootstrapRegistration(tokenId, now, created, new RoleBinding(admin, Role.DeploymentAdmin, null, now), session?.Token);
+        if (!await access.RegisterBootstrapAdminAsync(registration, cancellationToken))
         {
-            principal = new Principal(admin, null, name, Clock.Now(time));
-            await access.CreatePrincipalAsync(principal, cancellationToken);
+            throw KmsErrors.Unauthenticated();
         }
 
-        await access.SetRoleBindingAsync(new RoleBinding(admin, Role.DeploymentAdmin, null, Clock.Now(time)), cancellationToken);
-        string? session = null;
-        if (admin.Kind == PrincipalKind.Token)
-        {
-            session = (await IssueAsync(admin, ApiTokenKind.Session, DefaultSessionTokenLifetime, cancellationToken)).Text;
-        }
-
-        return (principal, session);
+        return (principal ?? created!, session?.Text);
     }
 
     /// <summary>
@@ -541,14 +544,20 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
 
     private async Task<(ApiToken Token, string Text)> IssueAsync(PrincipalName principal, ApiTokenKind kind, TimeSpan lifetime, CancellationToken cancellationToken)
     {
+        var (token, text) = await NewTokenAsync(principal, kind, lifetime, cancellationToken);
+        await access.CreateApiTokenAsync(token, cancellationToken);
+        return (token, text);
+    }
+
+    // A new token and its text, not yet stored.
+    private async Task<(ApiToken Token, string Text)> NewTokenAsync(PrincipalName principal, ApiTokenKind kind, TimeSpan lifetime, CancellationToken cancellationToken)
+    {
         var (id, text, hash) = ApiTokenSecret.Create();
         // Its life counted from the latest time the deployment has evidence of, by which the
         // Authenticator judges its expiry: a token issued on a node whose clock was set back is
         // not expired from the start.
         var now = await Clock.LatestAsync(Clock.Now(time), keys, cancellationToken);
-        var token = new ApiToken(id, principal, kind, hash, now, now + lifetime);
-        await access.CreateApiTokenAsync(token, cancellationToken);
-        return (token, text);
+        return (new ApiToken(id, principal, kind, hash, now, now + lifetime), text);
     }
 
     /// <summary>

@@ -53,17 +53,7 @@ public abstract partial class SqlStore
     public Task CreatePrincipalAsync(Principal principal, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
-            if (principal.Tenant is { } tenant)
-            {
-                await RefuseInDeletingTenantAsync(connection, transaction, "@tenant", ("@tenant", tenant.Value), cancellationToken);
-            }
-
-            await InsertAsync(connection, transaction,
-                $"INSERT INTO principals ({PrincipalColumns}) VALUES (@name, @tenant, @display_name, @create_time, @disabled, @delete_time)",
-                principal.Name.ToString(), cancellationToken,
-                ("@name", principal.Name.ToString()), ("@tenant", (object?)principal.Tenant?.Value ?? DBNull.Value), ("@display_name", principal.DisplayName),
-                ("@create_time", principal.CreateTime.ToUnixTimeMilliseconds()), ("@disabled", principal.Disabled || principal.Deleted ? 1 : 0),
-                ("@delete_time", Millis(principal.DeleteTime)));
+            await CreatePrincipalInAsync(connection, transaction, principal, cancellationToken);
             return 0;
         }, cancellationToken);
 
@@ -120,15 +110,7 @@ public abstract partial class SqlStore
     public Task CreateApiTokenAsync(ApiToken token, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
-            await RefuseInDeletingTenantAsync(connection, transaction, "(SELECT tenant FROM principals WHERE name = @principal)",
-                ("@principal", token.Principal.ToString()), cancellationToken);
-            await RefuseDeletedPrincipalAsync(connection, transaction, token.Principal, cancellationToken);
-            await InsertAsync(connection, transaction,
-                $"INSERT INTO api_tokens ({TokenColumns}) VALUES (@id, @principal, @kind, @secret_hash, @create_time, @expire_time, @revoke_time)",
-                $"apiTokens/{token.Id}", cancellationToken,
-                ("@id", token.Id), ("@principal", token.Principal.ToString()), ("@kind", (int)token.Kind), ("@secret_hash", token.SecretHash),
-                ("@create_time", token.CreateTime.ToUnixTimeMilliseconds()), ("@expire_time", token.ExpireTime.ToUnixTimeMilliseconds()),
-                ("@revoke_time", Millis(token.RevokeTime)));
+            await CreateApiTokenInAsync(connection, transaction, token, cancellationToken);
             return 0;
         }, cancellationToken);
 
@@ -153,34 +135,41 @@ public abstract partial class SqlStore
 
     /// <inheritdoc />
     public Task<bool> ConsumeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken) =>
-        // One statement revokes the holder's every active token: of two one-time credentials used
-        // at once, the second finds its own revoked (PostgreSQL re-checks revoke_time on the rows
-        // the first locked; SQLite has one writer) and wins nothing.
-        ExecuteAccessWriteAsync("""
-            UPDATE api_tokens SET revoke_time = @time
-            WHERE revoke_time IS NULL AND principal = (SELECT principal FROM api_tokens WHERE id = @id AND revoke_time IS NULL)
-            """, $"apiTokens/{id}", cancellationToken,
+        ExecuteAccessWriteAsync(ConsumeTokenSql, $"apiTokens/{id}", cancellationToken,
             ("@time", revokeTime.ToUnixTimeMilliseconds()), ("@id", id));
+
+    /// <inheritdoc />
+    public Task<bool> RegisterBootstrapAdminAsync(BootstrapRegistration registration, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            // The credential first: one already used writes nothing. Whatever fails after it rolls
+            // its use back with the rest (and the request's audit event, which rides on this write).
+            if (!await ExecuteInAsync(connection, transaction, ConsumeTokenSql, cancellationToken,
+                ("@time", registration.Time.ToUnixTimeMilliseconds()), ("@id", registration.CredentialId)))
+            {
+                return false;
+            }
+
+            await RecordChangeAsync(connection, transaction, StoreChangeKind.Access, $"apiTokens/{registration.CredentialId}", cancellationToken);
+            if (registration.NewPrincipal is { } principal)
+            {
+                await CreatePrincipalInAsync(connection, transaction, principal, cancellationToken);
+            }
+
+            await SetRoleBindingInAsync(connection, transaction, registration.Binding, cancellationToken);
+            if (registration.SessionToken is { } session)
+            {
+                await CreateApiTokenInAsync(connection, transaction, session, cancellationToken);
+            }
+
+            return true;
+        }, cancellationToken, changed: registered => registered);
 
     /// <inheritdoc />
     public Task SetRoleBindingAsync(RoleBinding binding, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
-            if (binding.Tenant is { } tenant)
-            {
-                await RefuseInDeletingTenantAsync(connection, transaction, "@tenant", ("@tenant", tenant.Value), cancellationToken);
-            }
-
-            await RefuseDeletedPrincipalAsync(connection, transaction, binding.Principal, cancellationToken);
-            if (await ExecuteInAsync(connection, transaction,
-                "INSERT INTO role_bindings (principal, role, tenant, create_time) VALUES (@principal, @role, @tenant, @create_time) ON CONFLICT DO NOTHING",
-                cancellationToken,
-                ("@principal", binding.Principal.ToString()), ("@role", (int)binding.Role), ("@tenant", binding.Tenant?.Value ?? ""),
-                ("@create_time", binding.CreateTime.ToUnixTimeMilliseconds())))
-            {
-                await RecordChangeAsync(connection, transaction, StoreChangeKind.Access, binding.Principal.ToString(), cancellationToken);
-            }
-
+            await SetRoleBindingInAsync(connection, transaction, binding, cancellationToken);
             return 0;
         }, cancellationToken);
 
@@ -312,6 +301,60 @@ public abstract partial class SqlStore
 
     private Task<bool> ExecuteWriteAsync(string sql, CancellationToken cancellationToken, params (string Name, object Value)[] parameters) =>
         WriteAsync((connection, transaction) => ExecuteInAsync(connection, transaction, sql, cancellationToken, parameters), cancellationToken);
+
+    // One statement revokes the holder's every active token: of two one-time credentials used at
+    // once, the second finds its own revoked (PostgreSQL re-checks revoke_time on the rows the
+    // first locked; SQLite has one writer) and wins nothing.
+    private const string ConsumeTokenSql = """
+        UPDATE api_tokens SET revoke_time = @time
+        WHERE revoke_time IS NULL AND principal = (SELECT principal FROM api_tokens WHERE id = @id AND revoke_time IS NULL)
+        """;
+
+    private static async Task CreatePrincipalInAsync(DbConnection connection, DbTransaction transaction, Principal principal, CancellationToken cancellationToken)
+    {
+        if (principal.Tenant is { } tenant)
+        {
+            await RefuseInDeletingTenantAsync(connection, transaction, "@tenant", ("@tenant", tenant.Value), cancellationToken);
+        }
+
+        await InsertAsync(connection, transaction,
+            $"INSERT INTO principals ({PrincipalColumns}) VALUES (@name, @tenant, @display_name, @create_time, @disabled, @delete_time)",
+            principal.Name.ToString(), cancellationToken,
+            ("@name", principal.Name.ToString()), ("@tenant", (object?)principal.Tenant?.Value ?? DBNull.Value), ("@display_name", principal.DisplayName),
+            ("@create_time", principal.CreateTime.ToUnixTimeMilliseconds()), ("@disabled", principal.Disabled || principal.Deleted ? 1 : 0),
+            ("@delete_time", Millis(principal.DeleteTime)));
+    }
+
+    private static async Task CreateApiTokenInAsync(DbConnection connection, DbTransaction transaction, ApiToken token, CancellationToken cancellationToken)
+    {
+        await RefuseInDeletingTenantAsync(connection, transaction, "(SELECT tenant FROM principals WHERE name = @principal)",
+            ("@principal", token.Principal.ToString()), cancellationToken);
+        await RefuseDeletedPrincipalAsync(connection, transaction, token.Principal, cancellationToken);
+        await InsertAsync(connection, transaction,
+            $"INSERT INTO api_tokens ({TokenColumns}) VALUES (@id, @principal, @kind, @secret_hash, @create_time, @expire_time, @revoke_time)",
+            $"apiTokens/{token.Id}", cancellationToken,
+            ("@id", token.Id), ("@principal", token.Principal.ToString()), ("@kind", (int)token.Kind), ("@secret_hash", token.SecretHash),
+            ("@create_time", token.CreateTime.ToUnixTimeMilliseconds()), ("@expire_time", token.ExpireTime.ToUnixTimeMilliseconds()),
+            ("@revoke_time", Millis(token.RevokeTime)));
+    }
+
+    private static async Task SetRoleBindingInAsync(DbConnection connection, DbTransaction transaction, RoleBinding binding, CancellationToken cancellationToken)
+    {
+        if (binding.Tenant is { } tenant)
+        {
+            await RefuseInDeletingTenantAsync(connection, transaction, "@tenant", ("@tenant", tenant.Value), cancellationToken);
+        }
+
+        await RefuseDeletedPrincipalAsync(connection, transaction, binding.Principal, cancellationToken);
+        if (await ExecuteInAsync(connection, transaction,
+            "INSERT INTO role_bindings (principal, role, tenant, create_time) VALUES (@principal, @role, @tenant, @create_time) ON CONFLICT DO NOTHING",
+            cancellationToken,
+            ("@principal", binding.Principal.ToString()), ("@role", (int)binding.Role), ("@tenant", binding.Tenant?.Value ?? ""),
+            ("@create_time", binding.CreateTime.ToUnixTimeMilliseconds())))
+        {
+            await RecordChangeAsync(connection, transaction, StoreChangeKind.Access, binding.Principal.ToString(), cancellationToken);
+        }
+    }
 
     /// <summary>
     /// Refuses, under the write lock, a write into a tenant whose deletion has committed

@@ -196,6 +196,54 @@ public sealed partial class InMemoryStore
         }
     }
 
+    // Every check before the first change, all under the lock: one step, as the SQL stores' transaction.
+    public Task<bool> RegisterBootstrapAdminAsync(BootstrapRegistration registration, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(registration);
+        lock (_lock)
+        {
+            if (!_tokens.TryGetValue(registration.CredentialId, out var credential) || credential.RevokeTime is not null)
+            {
+                return Task.FromResult(false);
+            }
+
+            if (registration.NewPrincipal is { } principal)
+            {
+                RefuseInDeletingTenant(principal.Tenant);
+                if (_principals.ContainsKey(principal.Name.ToString()))
+                {
+                    throw KmsErrors.AlreadyExists(principal.Name.ToString());
+                }
+            }
+
+            RefuseInDeletingTenant(registration.Binding.Tenant);
+            RefuseDeletedPrincipal(registration.Binding.Principal);
+            ThrowIfRoleBindingWritesFail();
+            if (registration.SessionToken is { } session && _tokens.ContainsKey(session.Id))
+            {
+                throw KmsErrors.AlreadyExists($"apiTokens/{session.Id}");
+            }
+
+            foreach (var sibling in _tokens.Values.Where(t => t.Principal == credential.Principal && t.RevokeTime is null).ToList())
+            {
+                _tokens[sibling.Id] = sibling with { RevokeTime = registration.Time };
+            }
+
+            if (registration.NewPrincipal is { } created)
+            {
+                _principals.Add(created.Name.ToString(), created);
+            }
+
+            _bindings.Add(registration.Binding);
+            if (registration.SessionToken is { } token)
+            {
+                _tokens.Add(token.Id, token);
+            }
+
+            return Task.FromResult(true);
+        }
+    }
+
     public Task<bool> RevokeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken)
     {
         lock (_lock)
@@ -216,10 +264,22 @@ public sealed partial class InMemoryStore
         {
             RefuseInDeletingTenant(binding.Tenant);
             RefuseDeletedPrincipal(binding.Principal);
+            ThrowIfRoleBindingWritesFail();
             _bindings.Add(binding);
         }
 
         return Task.CompletedTask;
+    }
+
+    /// <summary>Test hook: while set, every write of a role binding throws it (a store failing part way through a Bootstrap).</summary>
+    public Exception? FailRoleBindingWrites { get; set; }
+
+    private void ThrowIfRoleBindingWritesFail()
+    {
+        if (FailRoleBindingWrites is { } failure)
+        {
+            throw failure;
+        }
     }
 
     private void RefuseInDeletingTenant(TenantId? tenant)
