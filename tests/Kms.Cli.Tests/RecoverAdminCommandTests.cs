@@ -4,6 +4,7 @@ using Kms.Cli.Infrastructure;
 using Kms.Client.Quorum;
 using Kms.Core.Quorum;
 using Kms.Testing;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Kms.Cli.Tests;
 
@@ -17,12 +18,17 @@ public sealed class RecoverAdminCommandTests : IAsyncLifetime, IDisposable
     private readonly TestOfficers _officers = new("alice", "bob");
     private readonly string _genesisPath = Path.Combine(Path.GetTempPath(), "kms-genesis-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".json");
     private readonly string _directory = CliServerFixture.NewDirectory();
+    private readonly AfterBootstrap _afterBootstrap = new();
     private KmsTestServer _server = null!;
 
     public async Task InitializeAsync()
     {
         GenesisFile.Write(_genesisPath, OfficerSet.CreateGenesis(_officers.Select("alice", "bob"), 2));
-        _server = await KmsTestServer.StartAsync(null, null, "dev", $"--Kms:Quorum:GenesisFile={_genesisPath}", "--Kms:NodeName=cli-node");
+        _server = await KmsTestServer.StartAsync(null, null, "dev", services =>
+        {
+            services.AddSingleton(_afterBootstrap);
+            services.Configure<Grpc.AspNetCore.Server.GrpcServiceOptions>(o => o.Interceptors.Add<AfterBootstrapInterceptor>());
+        }, $"--Kms:Quorum:GenesisFile={_genesisPath}", "--Kms:NodeName=cli-node");
     }
 
     public async Task DisposeAsync()
@@ -146,6 +152,40 @@ public sealed class RecoverAdminCommandTests : IAsyncLifetime, IDisposable
         Assert.True(result.ExitCode == 0, $"{what}: the credential no longer works: {result}");
     }
 
+    [Fact]
+    public async Task Bootstrap_SessionTokenFileFailsAfterTheCall_SaysTheAdminIsRegistered_TheTokenLost_AndWhatToDoNext()
+    {
+        // The name is taken while the call runs (the file was checked and opened before it): the
+        // rename fails after the server registered the admin and used the credential up. "exit 9,
+        // file exists" alone sent the operator back to a credential that no longer works.
+        var credentialPath = await RecoverAsync();
+        var sessionPath = Path.Combine(_directory, "admin.session");
+        var variables = new Dictionary<string, string> { ["KMS_ENDPOINT"] = _server.Address.ToString(), ["KMS_CA_FILE"] = _server.CaCertificatePath };
+        _afterBootstrap.Action = () => File.WriteAllText(sessionPath, "someone else's\n");
+
+        var result = await CliRun.InProcessAsync(variables, _directory, null,
+            "bootstrap", "token:recovered-admin", "--credential-file", credentialPath, "--session-token-out", sessionPath);
+        _afterBootstrap.Action = null;
+
+        Assert.True(result.ExitCode == ExitCodes.LocalIo, result.ToString());
+        Assert.StartsWith($"kms: token:recovered-admin IS registered as a deployment admin (the credential is used up), but its session token could not be written to {sessionPath} (",
+            result.Error, StringComparison.Ordinal);
+        Assert.Contains("the session token is lost, shown nowhere else", result.Error, StringComparison.Ordinal);
+        Assert.Contains("a deployment admin whose credential works issues it a token", result.Error, StringComparison.Ordinal);
+        Assert.Contains("RECOVER_DEPLOYMENT_ADMIN request (kms quorum recover-admin)", result.Error, StringComparison.Ordinal);
+        Assert.Equal("someone else's\n", await File.ReadAllTextAsync(sessionPath));
+        Assert.Empty(Directory.GetFiles(_directory, "*.partial", SearchOption.AllDirectories));
+
+        // What it says is so: the admin exists, and the credential is spent.
+        using (var admin = _server.CreateClient(_server.DeploymentAdminToken))
+        {
+            Assert.Contains(await admin.ListRoleBindingsAsync(), b => b.Principal == "token:recovered-admin" && b.Role == "deployment-admin");
+        }
+
+        var again = await CliRun.InProcessAsync(variables, _directory, null, "bootstrap", "token:second-admin", "--credential-file", credentialPath, "--session-token-out", Path.Combine(_directory, "second.session"));
+        Assert.Equal(ExitCodes.Denied, again.ExitCode);
+    }
+
     [Theory]
     [InlineData("--credential", "kms_s3cretvalue")]
     [InlineData("--credential=kms_s3cretvalue")]
@@ -169,5 +209,28 @@ public sealed class RecoverAdminCommandTests : IAsyncLifetime, IDisposable
         }
 
         return Path.Combine(_server.DataDir, "bootstrap.token");
+    }
+}
+
+/// <summary>A test's action, run on the server right after a Bootstrap call succeeded and before its answer goes out.</summary>
+internal sealed class AfterBootstrap
+{
+    public Action? Action { get; set; }
+}
+
+/// <summary>Runs <see cref="AfterBootstrap.Action"/> after a successful Bootstrap.</summary>
+internal sealed class AfterBootstrapInterceptor(AfterBootstrap hook) : Grpc.Core.Interceptors.Interceptor
+{
+    public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, Grpc.Core.ServerCallContext context, Grpc.Core.UnaryServerMethod<TRequest, TResponse> continuation)
+    {
+        ArgumentNullException.ThrowIfNull(continuation);
+        ArgumentNullException.ThrowIfNull(context);
+        var response = await continuation(request, context);
+        if (context.Method.EndsWith("/Bootstrap", StringComparison.Ordinal))
+        {
+            hook.Action?.Invoke();
+        }
+
+        return response;
     }
 }

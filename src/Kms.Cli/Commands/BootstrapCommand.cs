@@ -60,8 +60,7 @@ internal static class BootstrapCommand
 
             if (target is not null)
             {
-                await target.Stream.WriteAsync(Encoding.UTF8.GetBytes(response.SessionToken + "\n"), ct);
-                await target.CommitAsync(ct);
+                await WriteSessionTokenAsync(target, response, ct);
             }
 
             var json = new JsonObject { ["admin"] = response.Admin.Name, ["session_token_file"] = target?.Name };
@@ -71,5 +70,31 @@ internal static class BootstrapCommand
             return ExitCodes.Ok;
         });
         return [command];
+    }
+
+    // The admin is registered and the credential used up: a failure now must say so, or the
+    // operator takes it for a failed bootstrap and looks for a credential that no longer works.
+    private static async Task WriteSessionTokenAsync(OutputFile target, Kms.Contracts.V1.BootstrapResponse response, CancellationToken cancellationToken)
+    {
+        // The bytes are zeroed once written; the response's string cannot be, and goes with the process.
+        var bytes = Encoding.UTF8.GetBytes(response.SessionToken + "\n");
+        try
+        {
+            await target.Stream.WriteAsync(bytes, cancellationToken);
+            await target.CommitAsync(cancellationToken);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or OperationCanceledException)
+        {
+            var admin = response.Admin.Name;
+            throw new CliFailureException(ErrorReport.From(e).ExitCode,
+                $"{admin} IS registered as a deployment admin (the credential is used up), but its session token could not be written to {target.Name} "
+                + $"({e.Message.ReplaceLineEndings(" ")}): the session token is lost, shown nowhere else. To give {admin} a credential: a deployment admin "
+                + $"whose credential works issues it a token (AccessManagementService.CreateApiToken); if there is none, the security officers approve a new "
+                + "RECOVER_DEPLOYMENT_ADMIN request (kms quorum recover-admin) and kms bootstrap runs again with the credential it writes");
+        }
+        finally
+        {
+            System.Security.Cryptography.CryptographicOperations.ZeroMemory(bytes);
+        }
     }
 }
