@@ -53,6 +53,53 @@ public sealed class SecretInputTests : IDisposable
         Assert.Throws<CliUsageException>(() => SecretInput.ReadDescriptor(-1, "pin"));
 
     [Fact]
+    public void Read_DescriptorIsATerminal_RefusedBeforeReading_PointingAtTheFileThePipeAndThePrompt()
+    {
+        // A terminal on the descriptor echoes the secret as it is typed (--credential-fd 0 typed at a
+        // shell). The seam says this pipe is one; what it holds stands for what would be typed.
+        using var pipe = new AnonymousPipeServerStream(PipeDirection.Out);
+        var fd = (int)pipe.ClientSafePipeHandle.DangerousGetHandle();
+        pipe.Write("typed-at-a-terminal\n"u8);
+        pipe.Flush();
+        var (parse, option) = Parse("--pin-fd", fd.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        var asked = new List<int>();
+        var environment = Environment(interactive: true, isTerminal: descriptor =>
+        {
+            asked.Add(descriptor);
+            return true;
+        });
+
+        var error = Assert.Throws<CliUsageException>(() => SecretInput.Read(parse, environment, new TestConsole(), option, "PIN"));
+
+        Assert.Equal([fd], asked);
+        Assert.Equal($"--pin-fd {fd} is a terminal, which would show the HSM user PIN as it is typed: "
+            + "give --pin-file PATH, or pipe it in (… | kms … --pin-fd 0), or give neither flag to be asked for it without echo", error.Message);
+    }
+
+    [Fact]
+    public void Read_DescriptorNotATerminal_Read()
+    {
+        using var pipe = new AnonymousPipeServerStream(PipeDirection.Out);
+        var fd = (int)pipe.ClientSafePipeHandle.DangerousGetHandle();
+        pipe.Write("piped\n"u8);
+        pipe.Flush();
+        var (parse, option) = Parse("--pin-fd", fd.ToString(System.Globalization.CultureInfo.InvariantCulture));
+
+        using var secret = SecretInput.Read(parse, Environment(interactive: true), new TestConsole(), option, "PIN");
+
+        Assert.Equal("piped", secret.Chars.ToString());
+    }
+
+    [Fact]
+    public void IsTerminal_APipeIsNot()
+    {
+        using var pipe = new AnonymousPipeServerStream(PipeDirection.Out);
+
+        Assert.False(Terminal.IsTerminal((int)pipe.ClientSafePipeHandle.DangerousGetHandle()));
+        Assert.False(Terminal.IsTerminal(-1));
+    }
+
+    [Fact]
     public void Prompt_DoesNotEchoTheSecret()
     {
         var console = new TestConsole().Interactive();
@@ -145,8 +192,9 @@ public sealed class SecretInputTests : IDisposable
         Assert.All(second, b => Assert.Equal(0, b));
     }
 
-    private CliEnvironment Environment(bool interactive, Spectre.Console.IAnsiConsole? console = null) => new()
+    private CliEnvironment Environment(bool interactive, Spectre.Console.IAnsiConsole? console = null, Func<int, bool>? isTerminal = null) => new()
     {
+        IsTerminal = isTerminal ?? (_ => false),
         Out = TextWriter.Null,
         Error = TextWriter.Null,
         OpenStandardInput = () => Stream.Null,

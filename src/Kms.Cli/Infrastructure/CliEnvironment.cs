@@ -42,6 +42,12 @@ internal sealed class CliEnvironment
     /// </summary>
     public bool Interactive { get; init; }
 
+    /// <summary>
+    /// Whether a file descriptor is a terminal: a secret is never read from one through
+    /// <c>--x-fd</c> (the terminal would echo it as it is typed).
+    /// </summary>
+    public Func<int, bool> IsTerminal { get; init; } = Terminal.IsTerminal;
+
     /// <summary>Where prompts are asked, when <see cref="Interactive"/>; null: a console on standard error.</summary>
     public IAnsiConsole? PromptConsole { get; init; }
 

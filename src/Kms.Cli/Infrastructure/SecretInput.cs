@@ -9,8 +9,9 @@ namespace Kms.Cli.Infrastructure;
 /// <summary>
 /// The two options by which a command takes one secret (a PIN, a passphrase, a token):
 /// <c>--{name}-file PATH</c> (its first line) and <c>--{name}-fd N</c> (the first line read from
-/// an open file descriptor, e.g. <c>--pin-fd 3 3&lt;pin.txt</c> or a pipe). With neither, a
-/// person at a terminal is prompted without echo.
+/// an open file descriptor, e.g. <c>--pin-fd 3 3&lt;pin.txt</c> or a pipe; a descriptor that is a
+/// terminal is refused, since it would echo the secret). With neither, a person at a terminal is
+/// prompted without echo.
 /// </summary>
 /// <remarks>
 /// There is no way to pass the secret's value itself in argv or in an environment variable: both
@@ -62,7 +63,7 @@ internal static class SecretInput
 
     /// <summary>The secret named by <paramref name="option"/>'s flags, or asked for at the terminal.</summary>
     /// <param name="prompt">What the prompt says, e.g. "HSM user PIN".</param>
-    /// <exception cref="CliUsageException">Both flags given, neither given without a terminal, the file or descriptor unreadable, or the secret empty.</exception>
+    /// <exception cref="CliUsageException">Both flags given, neither given without a terminal, the descriptor a terminal, the file or descriptor unreadable, or the secret empty.</exception>
     public static Secret Read(CliContext context, SecretOption option, string prompt)
     {
         ArgumentNullException.ThrowIfNull(context);
@@ -89,6 +90,15 @@ internal static class SecretInput
         }
         else if (fd is { } descriptor)
         {
+            // A terminal echoes what is typed (and keeps it in its scrollback): a secret typed there
+            // is asked for by the prompt, which turns echo off, not read from the descriptor.
+            if (environment.IsTerminal(descriptor))
+            {
+                throw new CliUsageException(
+                    $"--{option.Name}-fd {descriptor} is a terminal, which would show {option.Description} as it is typed: "
+                    + $"give --{option.Name}-file PATH, or pipe it in (… | kms … --{option.Name}-fd 0), or give neither flag to be asked for it without echo");
+            }
+
             secret = ReadDescriptor(descriptor, option.Name);
         }
         else if (environment.Interactive)
