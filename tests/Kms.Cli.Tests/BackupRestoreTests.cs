@@ -194,18 +194,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     [Fact]
     public async Task Restore_FromAVerifiedAuditExport_ReappliesItsDestruction_AnAlteredExportIsRefused_NothingWritten()
     {
-        string backup;
-        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
-        using (var developer = _server.CreateClient())
-        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
-        {
-            var key = await developer.CreateKeyAsync("tenants/dev", "payroll");
-            await developer.RotateKeyAsync(key.Name);
-            backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
-            await DestroyFirstVersionNowAsync(developer, officer, key.Name);
-            await using var file = File.CreateText(exportPath);
-            await officer.ExportAuditAsync(file);
-        }
+        var (backup, _, exportPath) = await BackupThenDestroyFirstVersionAsync("payroll");
 
         var auditKey = PublishedAuditKey();
         var lines = await File.ReadAllLinesAsync(exportPath);
@@ -280,19 +269,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         // records it only as backup/ReapplyDestruction (the lost site's own event is not in it).
         // A second disaster, the same backup (backups need a quorum: it may be the newest), and
         // that chain's stream alone: the version must stay destroyed.
-        string backup;
-        string key;
-        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
-        using (var developer = _server.CreateClient())
-        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
-        {
-            key = (await developer.CreateKeyAsync("tenants/dev", "twice")).Name;
-            await developer.RotateKeyAsync(key);
-            backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
-            await DestroyFirstVersionNowAsync(developer, officer, key);
-            await using var file = File.CreateText(exportPath);
-            await officer.ExportAuditAsync(file);
-        }
+        var (backup, key, exportPath) = await BackupThenDestroyFirstVersionAsync("twice");
 
         var auditKey = PublishedAuditKey();
         var first = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
@@ -336,19 +313,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         // The documented order: restore the dump, run ceremony restore-domain (which appends its
         // events to the restored chain), then reapply-destructions. The lost site had used the
         // same sequence numbers for its own events, a destruction among them.
-        string backup;
-        string key;
-        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
-        using (var developer = _server.CreateClient())
-        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
-        {
-            key = (await developer.CreateKeyAsync("tenants/dev", "forked")).Name;
-            await developer.RotateKeyAsync(key);
-            backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
-            await DestroyFirstVersionNowAsync(developer, officer, key);
-            await using var file = File.CreateText(exportPath);
-            await officer.ExportAuditAsync(file);
-        }
+        var (backup, key, exportPath) = await BackupThenDestroyFirstVersionAsync("forked");
 
         var auditKey = PublishedAuditKey();
         var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
@@ -414,18 +379,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         // A SIEM stream (or a copy of it) taken after a crash in the middle of an append ends in
         // a line without its line feed. It is no reason to refuse the whole file (and with it the
         // destructions it records): read up to it, and say the last line was not read.
-        string backup;
-        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
-        using (var developer = _server.CreateClient())
-        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
-        {
-            var key = (await developer.CreateKeyAsync("tenants/dev", "torn")).Name;
-            await developer.RotateKeyAsync(key);
-            backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
-            await DestroyFirstVersionNowAsync(developer, officer, key);
-            await using var file = File.CreateText(exportPath);
-            await officer.ExportAuditAsync(file);
-        }
+        var (backup, _, exportPath) = await BackupThenDestroyFirstVersionAsync("torn");
 
         var stream = exportPath + ".stream";
         var targets = new List<string>();
@@ -607,6 +561,22 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     }
 
     // An EXPORT_BACKUP request approved by alice and carol: the backup's id.
+    // A key with two versions, a backup, then the key's version 1 destroyed and the audit exported
+    // to a new file (the caller deletes it): the backup's directory, the key and the export's path.
+    private async Task<(string Backup, string Key, string ExportPath)> BackupThenDestroyFirstVersionAsync(string keyId)
+    {
+        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
+        using var developer = _server.CreateClient();
+        using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+        var key = (await developer.CreateKeyAsync("tenants/dev", keyId)).Name;
+        await developer.RotateKeyAsync(key);
+        var backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+        await DestroyFirstVersionNowAsync(developer, officer, key);
+        await using var file = File.CreateText(exportPath);
+        await officer.ExportAuditAsync(file);
+        return (backup, key, exportPath);
+    }
+
     private async Task<string> ExportBackupAsync(Kms.Client.KmsClient officer)
     {
         var export = await officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup });

@@ -223,13 +223,8 @@ public abstract class QuorumStoreContract : AuditStoreContract
         // The executing node's write failed after its rename (a directory sync): the file was read and
         // the credential used before the node revoked it. The request must not say "revoked".
         using var officers = new TestOfficers("alice");
-        var (store, request, token) = await RecoveryRequestAsync(officers);
+        var (store, request, token) = await ExecutedRecoveryRequestAsync(officers);
         var (id, access) = (token.Id, (IAccessStore)store);
-        await store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current with { State = QuorumRequestState.Executed, ExecuteTime = T0 })
-        {
-            AddedApproval = officers.Approve("alice", request, T0),
-            IssuedToken = token,
-        }, default);
         Assert.True(await access.ConsumeApiTokenAsync(id, T0 + TimeSpan.FromSeconds(1), default));
 
         var refused = await Assert.ThrowsAsync<KmsException>(() => store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current with { CredentialRevokeTime = T0 + TimeSpan.FromSeconds(2) })
@@ -252,12 +247,7 @@ public abstract class QuorumStoreContract : AuditStoreContract
         // separate writes, the credential was used up with no admin registered: a lockout that only
         // a new RECOVER_DEPLOYMENT_ADMIN request ended.
         using var officers = new TestOfficers("alice");
-        var (store, request, token) = await RecoveryRequestAsync(officers);
-        await store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current with { State = QuorumRequestState.Executed, ExecuteTime = T0 })
-        {
-            AddedApproval = officers.Approve("alice", request, T0),
-            IssuedToken = token,
-        }, default);
+        var (store, _, token) = await ExecutedRecoveryRequestAsync(officers);
         var access = (IAccessStore)store;
         var service = new AccessService(access, (IKeyStore)access, new FakeTimeProvider(T0 + TimeSpan.FromMinutes(1)), new LifecycleOptions());
         var caller = new Caller(Authenticator.BootstrapPrincipal.ToString(), null, new HashSet<Kms.Core.Access.Role>()) { BootstrapTokenId = token.Id, BootstrapRecovery = true };
@@ -300,12 +290,7 @@ public abstract class QuorumStoreContract : AuditStoreContract
     public async Task RegisterBootstrapAdmin_OneStep_AUsedCredentialOrATakenTokenIdWritesNothing()
     {
         using var officers = new TestOfficers("alice");
-        var (store, request, token) = await RecoveryRequestAsync(officers);
-        await store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current with { State = QuorumRequestState.Executed, ExecuteTime = T0 })
-        {
-            AddedApproval = officers.Approve("alice", request, T0),
-            IssuedToken = token,
-        }, default);
+        var (store, _, token) = await ExecutedRecoveryRequestAsync(officers);
         var access = (IAccessStore)store;
         var admin = Kms.Core.Access.PrincipalName.Token("recovered");
         var at = T0 + TimeSpan.FromMinutes(1);
@@ -357,6 +342,18 @@ public abstract class QuorumStoreContract : AuditStoreContract
 
     // A pending RECOVER_DEPLOYMENT_ADMIN request of a one-officer genesis set ("alice"), and the
     // one-time Recovery-kind token its execution would issue.
+    // A RECOVER_DEPLOYMENT_ADMIN request approved by alice and executed at T0, its credential issued.
+    private async Task<(IQuorumStore Store, QuorumRequest Request, Kms.Core.Access.ApiToken Token)> ExecutedRecoveryRequestAsync(TestOfficers officers)
+    {
+        var (store, request, token) = await RecoveryRequestAsync(officers);
+        await store.UpdateQuorumRequestAsync(request.Id, (current, _) => new QuorumChange(current with { State = QuorumRequestState.Executed, ExecuteTime = T0 })
+        {
+            AddedApproval = officers.Approve("alice", request, T0),
+            IssuedToken = token,
+        }, default);
+        return (store, request, token);
+    }
+
     private async Task<(IQuorumStore Store, QuorumRequest Request, Kms.Core.Access.ApiToken Token)> RecoveryRequestAsync(TestOfficers officers)
     {
         var store = await QuorumAsync();
