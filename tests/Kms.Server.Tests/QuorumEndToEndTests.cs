@@ -473,6 +473,30 @@ public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
         Assert.Contains("Kms:Quorum:GenesisFile", refused.Status.Detail, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task AGenesisWithoutADeploymentValue_TheServerWarnsAtStart_AGenesisOfItsOwnDoesNot()
+    {
+        // The class's server runs on a genesis with zeros in its "previous" line, as ceremonies
+        // wrote them before each deployment's genesis got a random value of its own.
+        const string Shared = "has no value of this deployment's own";
+        var zeros = GenesisFile.Read(_genesisPath);
+        Assert.Equal(OfficerSet.NoPrevious, zeros.PreviousHash);
+        Assert.Contains(_server.Logs.Events, e => e.StartsWith("Warning ", StringComparison.Ordinal) && e.Contains(zeros.Hash, StringComparison.Ordinal) && e.Contains(Shared, StringComparison.Ordinal));
+
+        var own = Path.Combine(Path.GetTempPath(), "kms-genesis-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".json");
+        GenesisFile.Write(own, OfficerSet.CreateDeploymentGenesis(_officers.Select("alice", "bob", "carol"), 2));
+        try
+        {
+            await using var server = await KmsTestServer.StartAsync(null, null, "dev", $"--Kms:Quorum:GenesisFile={own}");
+            Assert.Contains(server.Logs.Events, e => e.Contains("verified back to the genesis", StringComparison.Ordinal));
+            Assert.DoesNotContain(server.Logs.Events, e => e.Contains(Shared, StringComparison.Ordinal));
+        }
+        finally
+        {
+            File.Delete(own);
+        }
+    }
+
     private void UseFakeClock(IServiceCollection services) => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(_time));
 
     private async Task<(string Key, byte[] Blob)> RotatedKeyWithOldBlobAsync(string id)

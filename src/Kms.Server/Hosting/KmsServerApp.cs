@@ -446,6 +446,10 @@ public static partial class KmsServerApp
             else
             {
                 ServerLog.QuorumReady(logger, head.Sequence, head.Hash, head.Threshold, head.Officers.Count, options.GenesisFile!);
+                if (services.GetRequiredService<QuorumOptions>().Genesis is { } genesis && genesis.PreviousHash == OfficerSet.NoPrevious)
+                {
+                    ServerLog.QuorumGenesisShared(logger, genesis.Hash, options.GenesisFile!);
+                }
             }
         }
         catch (Kms.Core.Errors.KmsException e) when (e.Code == Kms.Core.Errors.KmsErrorCode.FailedPrecondition)

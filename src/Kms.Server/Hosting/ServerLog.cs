@@ -21,6 +21,9 @@ internal static partial class ServerLog
     [LoggerMessage(EventId = 1132, Level = LogLevel.Error, Message = "quorum: {Reason}")]
     public static partial void QuorumChainBroken(ILogger logger, string reason);
 
+    [LoggerMessage(EventId = 1134, Level = LogLevel.Warning, Message = "quorum: the officer genesis {Hash} in {GenesisFile} has no value of this deployment's own (written by a ceremony before genesis sets had one): every deployment whose ceremony named the same officers and threshold pinned the same genesis, so an officer change approved for one of them verifies in the others (docs/quorum.md, \"The chain and the pinned genesis\")")]
+    public static partial void QuorumGenesisShared(ILogger logger, string hash, string genesisFile);
+
     [LoggerMessage(EventId = 1133, Level = LogLevel.Error, Message = "quorum: the officer head record {Path} {What} ({Error}); quorum operations are refused")]
     public static partial void OfficerHeadRecordFailed(ILogger logger, string path, string what, string error);
 }
