@@ -190,17 +190,58 @@ public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture
         // one is the first.
         var time = new FakeTimeProvider(new DateTimeOffset(2026, 11, 29, 12, 0, 0, TimeSpan.Zero));
         await using var server = await KmsTestServer.StartAsync(null, null, "dev", services => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(time)), "--Storage:ChangeFeed:PollInterval=00:05:00");
-        var worker = server.Services.GetRequiredService<ClusterCoherenceWorker>();
-        var deadline = DateTime.UtcNow.AddSeconds(30);
-        while (worker.Polls == 0)
-        {
-            Assert.True(DateTime.UtcNow < deadline, "the first poll did not begin within 30 s");
-            await Task.Delay(50);
-        }
+        var worker = await FirstPollDoneAsync(server);
 
         time.Advance(TimeSpan.FromDays(1));
 
         Assert.Equal(1, worker.Polls);
+    }
+
+    [Fact]
+    public async Task DeleteTenant_FailsAfterTheTenantIsDeleting_TheNodeThatRanItForgetsTheTenantsCallersAllTheSame()
+    {
+        // A DeleteTenant whose later step failed (its keys' scheduling, here by a trigger) has made
+        // the tenant DELETING all the same. The node that ran it forgot its remembered callers only
+        // on success; on failure they were served until its next feed read. The feed is read at the
+        // start only here (five minutes, the most allowed), and the fake clock keeps the credential
+        // cache's entries, so only the node's own forgetting can refuse the caller.
+        var time = new FakeTimeProvider(new DateTimeOffset(2026, 11, 29, 12, 0, 0, TimeSpan.Zero));
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev", services => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(time)), "--Storage:ChangeFeed:PollInterval=00:05:00");
+        await FirstPollDoneAsync(server);
+        await server.EnsureTenantAsync("leaving");
+        using var leaving = server.CreateClient(await server.CreatePrincipalWithTokenAsync("leaving-manager", "leaving", "key-manager", "key-user"));
+        await leaving.CreateKeyAsync("tenants/leaving", "a");
+        Assert.Equal(16, (await leaving.GenerateRandomAsync(16)).Length); // authenticated, remembered
+
+        await using (var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={server.DatabasePath}"))
+        {
+            await connection.OpenAsync();
+            await using var trigger = connection.CreateCommand();
+            trigger.CommandText = "CREATE TRIGGER injected_key_write_failure BEFORE UPDATE ON keys BEGIN SELECT RAISE(ABORT, 'injected'); END;";
+            await trigger.ExecuteNonQueryAsync();
+        }
+
+        using var admin = server.DeploymentAdmin();
+        await Assert.ThrowsAsync<global::Grpc.Core.RpcException>(async () => await admin.Access.DeleteTenantAsync(new Kms.Contracts.V1.DeleteTenantRequest { Name = "tenants/leaving" }));
+        Assert.Equal("DELETING", (await admin.Access.GetTenantAsync(new Kms.Contracts.V1.GetTenantRequest { Name = "tenants/leaving" })).Tenant.State);
+
+        var refused = await Assert.ThrowsAsync<global::Grpc.Core.RpcException>(() => leaving.GenerateRandomAsync(16));
+        Assert.Equal(global::Grpc.Core.StatusCode.FailedPrecondition, refused.StatusCode);
+        Assert.Contains("tenants/leaving is being deleted", refused.Status.Detail, StringComparison.Ordinal);
+    }
+
+    // Waits until the server's first read of the change feed (which forgets every remembered caller) is done.
+    private static async Task<ClusterCoherenceWorker> FirstPollDoneAsync(KmsTestServer server)
+    {
+        var worker = server.Services.GetRequiredService<ClusterCoherenceWorker>();
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (worker.Completed == 0)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the first read of the change feed did not finish within 30 s");
+            await Task.Delay(50);
+        }
+
+        return worker;
     }
 
     [Theory]

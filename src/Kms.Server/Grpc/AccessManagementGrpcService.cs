@@ -36,17 +36,15 @@ internal sealed class AccessManagementGrpcService(AccessService access, CallerAu
 
     public override async Task<DeleteTenantResponse> DeleteTenant(DeleteTenantRequest request, ServerCallContext context)
     {
-        var tenant = await access.DeleteTenantAsync(TenantId.ParseResourceName(request.Name, "name"),
-            ProtoMapping.FromProto(request.WaitingPeriod, "waiting_period"), context.CancellationToken);
-        authentication.Forget();
+        var tenant = await ThenForgetAsync(access.DeleteTenantAsync(TenantId.ParseResourceName(request.Name, "name"),
+            ProtoMapping.FromProto(request.WaitingPeriod, "waiting_period"), context.CancellationToken));
         return new DeleteTenantResponse { Tenant = AccessMapping.ToProto(tenant) };
     }
 
     public override async Task<CreatePrincipalResponse> CreatePrincipal(CreatePrincipalRequest request, ServerCallContext context)
     {
-        var principal = await access.CreatePrincipalAsync(
-            PrincipalName.Parse(request.Name, "name"), AccessMapping.OptionalTenant(request.Tenant, "tenant"), request.DisplayName, context.CancellationToken);
-        authentication.Forget();
+        var principal = await ThenForgetAsync(access.CreatePrincipalAsync(
+            PrincipalName.Parse(request.Name, "name"), AccessMapping.OptionalTenant(request.Tenant, "tenant"), request.DisplayName, context.CancellationToken));
         return new CreatePrincipalResponse { Principal = AccessMapping.ToProto(principal) };
     }
 
@@ -64,8 +62,7 @@ internal sealed class AccessManagementGrpcService(AccessService access, CallerAu
 
     public override async Task<DeletePrincipalResponse> DeletePrincipal(DeletePrincipalRequest request, ServerCallContext context)
     {
-        var principal = await access.DeletePrincipalAsync(CallerResolver.Current(context), PrincipalName.Parse(request.Name, "name"), context.CancellationToken);
-        authentication.Forget();
+        var principal = await ThenForgetAsync(access.DeletePrincipalAsync(CallerResolver.Current(context), PrincipalName.Parse(request.Name, "name"), context.CancellationToken));
         return new DeletePrincipalResponse { Principal = AccessMapping.ToProto(principal) };
     }
 
@@ -87,27 +84,24 @@ internal sealed class AccessManagementGrpcService(AccessService access, CallerAu
 
     public override async Task<RevokeApiTokenResponse> RevokeApiToken(RevokeApiTokenRequest request, ServerCallContext context)
     {
-        await access.RevokeApiTokenAsync(ApiTokenSecret.ParseId(request.Id, "id"), context.CancellationToken);
-        authentication.Forget();
+        await ThenForgetAsync(access.RevokeApiTokenAsync(ApiTokenSecret.ParseId(request.Id, "id"), context.CancellationToken));
         return new RevokeApiTokenResponse();
     }
 
     public override async Task<SetRoleBindingResponse> SetRoleBinding(SetRoleBindingRequest request, ServerCallContext context)
     {
-        var binding = await access.SetRoleBindingAsync(
+        var binding = await ThenForgetAsync(access.SetRoleBindingAsync(
             CallerResolver.Current(context),
             PrincipalName.Parse(request.Principal, "principal"), Roles.Parse(request.Role, "role"),
-            AccessMapping.OptionalTenant(request.Tenant, "tenant"), context.CancellationToken);
-        authentication.Forget();
+            AccessMapping.OptionalTenant(request.Tenant, "tenant"), context.CancellationToken));
         return new SetRoleBindingResponse { Binding = AccessMapping.ToProto(binding) };
     }
 
     public override async Task<DeleteRoleBindingResponse> DeleteRoleBinding(DeleteRoleBindingRequest request, ServerCallContext context)
     {
-        await access.DeleteRoleBindingAsync(
+        await ThenForgetAsync(access.DeleteRoleBindingAsync(
             PrincipalName.Parse(request.Principal, "principal"), Roles.Parse(request.Role, "role"),
-            AccessMapping.OptionalTenant(request.Tenant, "tenant"), context.CancellationToken);
-        authentication.Forget();
+            AccessMapping.OptionalTenant(request.Tenant, "tenant"), context.CancellationToken));
         return new DeleteRoleBindingResponse();
     }
 
@@ -121,9 +115,33 @@ internal sealed class AccessManagementGrpcService(AccessService access, CallerAu
 
     public override async Task<BootstrapResponse> Bootstrap(BootstrapRequest request, ServerCallContext context)
     {
-        var (admin, session) = await access.BootstrapAsync(
-            CallerResolver.Current(context), PrincipalName.Parse(request.Admin, "admin"), request.DisplayName, context.CancellationToken);
-        authentication.Forget();
+        var (admin, session) = await ThenForgetAsync(access.BootstrapAsync(
+            CallerResolver.Current(context), PrincipalName.Parse(request.Admin, "admin"), request.DisplayName, context.CancellationToken));
         return new BootstrapResponse { Admin = AccessMapping.ToProto(admin), SessionToken = session ?? "" };
+    }
+
+    // Forgets the callers this node remembers after an access write, whether it answered or threw:
+    // a write that failed after its first commit (a DeleteTenant whose keys' scheduling failed, a
+    // commit whose acknowledgement was lost) has changed who may call all the same, and this node
+    // would otherwise serve the change's callers until its next read of the change feed.
+    // (A write refused before it changed anything forgets them too: they are authenticated again.)
+    private async Task<T> ThenForgetAsync<T>(Task<T> write)
+    {
+        try
+        {
+            return await write;
+        }
+        finally
+        {
+            authentication.Forget();
+        }
+    }
+
+    private Task<bool> ThenForgetAsync(Task write) => ThenForgetAsync(Done(write));
+
+    private static async Task<bool> Done(Task write)
+    {
+        await write;
+        return true;
     }
 }
