@@ -90,7 +90,7 @@ if [ -n "${LD_PRELOAD:-}" ] && [ ! -e "$LD_PRELOAD" ]; then
     unset LD_PRELOAD
   fi
 fi
-port=$(( 20000 + RANDOM % 20000 ))
+port=$(( 20000 + RANDOM % 12000 ))  # below the ephemeral range (32768 and up), which clients and port-0 servers draw from
 export KMS_DATA_DIR="$work/data" ASPNETCORE_URLS="https://127.0.0.1:$port"
 mkdir -m 0700 "$KMS_DATA_DIR"
 in_layout() { sed "s#/app/#$app/#g"; }

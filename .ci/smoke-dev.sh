@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 work=$(mktemp -d)
-port=$(( 20000 + RANDOM % 20000 ))
+port=$(( 20000 + RANDOM % 12000 ))  # below the ephemeral range (32768 and up), which clients and port-0 servers draw from
 metrics_port=$(( port + 1 ))
 export KMS_DATA_DIR="$work/.kms"
 buf=(npx --yes @bufbuild/buf@1.75.0)
