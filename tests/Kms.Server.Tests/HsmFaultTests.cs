@@ -22,18 +22,30 @@ public sealed class HsmFaultGroup
 
 /// <summary>
 /// The server under load while its HSM fails as a lost device does (faults injected at the
-/// adapter's PKCS#11 boundary): every failed call is UNAVAILABLE within a bound, no call gets a
-/// wrong answer, health goes NOT_SERVING, and once the fault clears the server serves and
-/// reports SERVING again within 5 s, without a restart.
+/// adapter's PKCS#11 boundary): failed calls are UNAVAILABLE and keep being answered while the
+/// fault is held, no call gets a wrong answer, health goes NOT_SERVING, and once the fault clears
+/// one recovery brings the server back to serving and reporting SERVING, without a restart.
 /// </summary>
+/// <remarks>
+/// No assertion here reads a clock. The fault is held until every worker has had calls answered
+/// UNAVAILABLE during it, however long that takes: a server that waited for the device would answer
+/// nobody, and the hang guard would end the test. How long the answers took against Hsm:CallTimeout,
+/// and the recovery backoff, are asserted on the adapter itself (Kms.Hsm.Tests.HsmFaultTests).
+/// </remarks>
 [Collection(HsmFaultGroup.Name)]
 public sealed class HsmFaultTests(ITestOutputHelper output) : IAsyncLifetime
 {
     private static readonly TimeSpan CallTimeout = TimeSpan.FromSeconds(1);
 
-    // Two bounded HSM waits per RPC (see Pkcs11Hsm.RunBoundedAsync), plus TLS, audit and a loaded 2-core machine.
-    private static readonly TimeSpan AnswerBound = 2 * CallTimeout + TimeSpan.FromSeconds(1.5);
-    private static readonly TimeSpan RecoveryBound = TimeSpan.FromSeconds(5);
+    // A liveness guard, not a threshold: far beyond anything the server waits (Hsm:CallTimeout is
+    // 1 s here, the recovery's drain 10 s), it turns a wait that never ends into a failure.
+    private static readonly TimeSpan HangGuard = TimeSpan.FromSeconds(60);
+
+    // The deadline of every call the test makes: past the hang guard, so a call that waits for the
+    // hung device shows as the guard's failure (or as DEADLINE_EXCEEDED, never as an answer).
+    private static readonly TimeSpan CallDeadline = 2 * HangGuard;
+
+    private const int Workers = 4;
 
     private KmsTestServer _server = null!;
     private string _keyName = null!;
@@ -52,12 +64,12 @@ public sealed class HsmFaultTests(ITestOutputHelper output) : IAsyncLifetime
     [InlineData(CKR.CKR_SESSION_HANDLE_INVALID)]
     [InlineData(CKR.CKR_TOKEN_NOT_PRESENT)]
     [InlineData(CKR.CKR_DEVICE_ERROR)]
-    public Task UnderLoad_DeviceLost_UnavailableFastNeverWrong_NotServing_BackWithin5s(CKR fault) =>
-        RunFaultAsync(fault.ToString(), faults => faults.Fail(fault), TimeSpan.FromSeconds(1.5));
+    public Task UnderLoad_DeviceLost_UnavailableWhileDownNeverWrong_NotServing_BackAfterOneRecovery(CKR fault) =>
+        RunFaultAsync(fault.ToString(), faults => faults.Fail(fault));
 
     [Fact]
-    public Task UnderLoad_HsmHangs_UnavailableAtTheTimeoutNeverWrong_NotServing_BackWithin5s() =>
-        RunFaultAsync("hang", faults => faults.Hang(), TimeSpan.FromSeconds(2.5));
+    public Task UnderLoad_HsmHangs_UnavailableWhileHungNeverWrong_NotServing_BackAfterOneRecovery() =>
+        RunFaultAsync("hang", faults => faults.Hang());
 
     [Fact]
     public async Task HsmHangs_ManyConcurrentHealthChecks_ShareOneProbe_HoldOneSession()
@@ -72,7 +84,7 @@ public sealed class HsmFaultTests(ITestOutputHelper output) : IAsyncLifetime
         var hsmCheck = server.Services.GetRequiredService<Health.HsmHealthCheck>();
         using var channel = server.CreateChannel();
         faults.Hang();
-        List<Task<(ServingStatus Status, TimeSpan Took)>> checks;
+        List<Task<ServingStatus>> checks;
         int waiting;
         int hung;
         try
@@ -80,9 +92,9 @@ public sealed class HsmFaultTests(ITestOutputHelper output) : IAsyncLifetime
             checks = Enumerable.Range(0, 16).Select(_ => CheckAsync(channel)).ToList();
 
             // Every check has reached the server and waits for an answer (the health publisher's
-            // run may wait beside them); the bound only ends a broken run, before the checks' deadline.
+            // run may wait beside them); the guard only ends a broken run, before the checks' deadline.
             var waited = Stopwatch.StartNew();
-            while (hsmCheck.Waiting < checks.Count && waited.Elapsed < TimeSpan.FromSeconds(10))
+            while (hsmCheck.Waiting < checks.Count && waited.Elapsed < HangGuard)
             {
                 await Task.Delay(20);
             }
@@ -96,12 +108,12 @@ public sealed class HsmFaultTests(ITestOutputHelper output) : IAsyncLifetime
         }
 
         var answers = await Task.WhenAll(checks);
-        Assert.True(waiting >= checks.Count, $"only {waiting} of {checks.Count} checks reached the HSM check");
+        Assert.True(waiting >= checks.Count, $"hang guard: after {HangGuard} only {waiting} of {checks.Count} checks had reached the HSM check");
         Assert.Equal(1, hung);
-        Assert.All(answers, a => Assert.Equal(ServingStatus.Serving, a.Status)); // the one probe's answer: its hung call returned once the HSM was back
+        Assert.All(answers, a => Assert.Equal(ServingStatus.Serving, a)); // the one probe's answer: its hung call returned once the HSM was back
     }
 
-    private async Task RunFaultAsync(string name, Action<HsmFaultInjector> inject, TimeSpan faultFor)
+    private async Task RunFaultAsync(string name, Action<HsmFaultInjector> inject)
     {
         var faults = _server.Services.GetRequiredService<Pkcs11Hsm>().Faults;
         using var channel = _server.CreateChannel();
@@ -111,66 +123,65 @@ public sealed class HsmFaultTests(ITestOutputHelper output) : IAsyncLifetime
 
         // Ciphertexts made before the fault, decrypted again throughout: the answer is the plaintext or UNAVAILABLE.
         var known = new List<(ByteString Plaintext, ByteString Ciphertext)>();
-        for (var i = 0; i < 4; i++)
+        for (var i = 0; i < Workers; i++)
         {
             var dataKey = await stub.GenerateDataKeyAsync(new GenerateDataKeyRequest { Name = _keyName }, headers);
             known.Add((dataKey.Plaintext, dataKey.Ciphertext));
         }
 
         using var stop = new CancellationTokenSource();
-        var workers = Enumerable.Range(0, 4).Select(w => Task.Run(() => WorkAsync(stub, headers, _keyName, known[w], load, stop.Token))).ToList();
-        await load.UntilSucceededAsync(10);
+        var workers = Enumerable.Range(0, Workers).Select(w => Task.Run(() => WorkAsync(stub, headers, _keyName, known[w], load, w, stop.Token))).ToList();
+        await load.UntilAsync(Load.Phase.BeforeFault, 3, "served before the fault");
 
         ServingStatus healthDuringFault;
-        TimeSpan healthTook;
-        int failedDuringFault;
+        int logged;
         inject(faults);
+        load.Enter(Load.Phase.DuringFault);
         try
         {
-            await Task.Delay(faultFor);
-            (healthDuringFault, healthTook) = await CheckAsync(channel);
-            failedDuringFault = load.Unavailable;
+            // Held until each worker has had two calls that began during the fault answered
+            // UNAVAILABLE: answered while the fault still holds, so none waited for the device.
+            await load.UntilAsync(Load.Phase.DuringFault, 2, "answered UNAVAILABLE during the fault");
+            healthDuringFault = await CheckAsync(channel);
+            logged = _server.Logs.Events.Count;
         }
         finally
         {
             faults.Clear(); // else stopping the server waits for the hung calls
         }
 
-        var cleared = Stopwatch.StartNew();
-        load.Cleared = Stopwatch.GetTimestamp();
+        load.Enter(Load.Phase.AfterClear);
         var serving = await UntilServingAsync(channel);
-        var servingAfter = cleared.Elapsed;
-        var succeededAfter = await load.FirstSuccessAfterClearAsync();
-        await Task.Delay(300); // a little steady load after recovery
+        await load.UntilAsync(Load.Phase.AfterClear, 2, "served after the fault cleared");
         await stop.CancelAsync();
         await Task.WhenAll(workers);
 
-        output.WriteLine($"{name}: {load.Succeeded} ok, {load.Unavailable} UNAVAILABLE (slowest {load.SlowestFailure.TotalMilliseconds:F0} ms, slowest call {load.Slowest.TotalMilliseconds:F0} ms); " +
-            $"health NOT_SERVING answered in {healthTook.TotalMilliseconds:F0} ms; after clearing: a call succeeded in {succeededAfter.TotalMilliseconds:F0} ms, SERVING in {servingAfter.TotalMilliseconds:F0} ms");
+        var afterClear = _server.Logs.Events.Skip(logged).ToList();
+        var recoveries = afterClear.Count(e => e.Contains("HSM recovered:", StringComparison.Ordinal));
+        output.WriteLine($"{name}: {load.Succeeded} ok, {load.Unavailable} UNAVAILABLE; health NOT_SERVING during the fault; " +
+            $"after clearing: {recoveries} recovery, SERVING, every worker served");
 
         Assert.Empty(load.Wrong);
         Assert.Empty(load.OtherStatus);
-        Assert.True(failedDuringFault > 0, "the fault made no call fail");
-        Assert.True(load.SlowestFailure < AnswerBound, $"a failed call took {load.SlowestFailure}");
-        Assert.True(load.Slowest < AnswerBound, $"a call took {load.Slowest}");
         Assert.Equal(ServingStatus.NotServing, healthDuringFault);
-        Assert.True(healthTook < AnswerBound, $"the health check took {healthTook}");
-        Assert.True(serving, $"not SERVING {RecoveryBound} after the fault cleared");
-        Assert.True(servingAfter < RecoveryBound, $"SERVING only after {servingAfter}");
-        Assert.True(succeededAfter < RecoveryBound, $"first call served {succeededAfter} after the fault cleared");
+        Assert.True(serving, "never SERVING after the fault cleared");
+
+        // Back by one recovery (SECURITY.md claims 85, 86: the first one due after the fault clears
+        // succeeds), not after a run of failed ones each a backoff apart.
+        Assert.Equal(1, recoveries);
     }
 
-    private static async Task WorkAsync(KeyManagementService.KeyManagementServiceClient stub, Metadata headers, string keyName, (ByteString Plaintext, ByteString Ciphertext) known, Load load, CancellationToken stop)
+    private static async Task WorkAsync(KeyManagementService.KeyManagementServiceClient stub, Metadata headers, string keyName, (ByteString Plaintext, ByteString Ciphertext) known, Load load, int worker, CancellationToken stop)
     {
         while (!stop.IsCancellationRequested)
         {
-            await load.TimeAsync(async deadline =>
+            await load.RecordAsync(worker, async deadline =>
             {
                 var dataKey = await stub.GenerateDataKeyAsync(new GenerateDataKeyRequest { Name = keyName }, headers, deadline);
                 var decrypted = await stub.DecryptAsync(new DecryptRequest { Ciphertext = dataKey.Ciphertext }, headers, deadline);
                 return decrypted.Plaintext == dataKey.Plaintext ? null : "a fresh data key decrypted to other bytes";
             });
-            await load.TimeAsync(async deadline =>
+            await load.RecordAsync(worker, async deadline =>
             {
                 var decrypted = await stub.DecryptAsync(new DecryptRequest { Ciphertext = known.Ciphertext }, headers, deadline);
                 return decrypted.Plaintext == known.Plaintext ? null : "a known ciphertext decrypted to other bytes";
@@ -178,19 +189,15 @@ public sealed class HsmFaultTests(ITestOutputHelper output) : IAsyncLifetime
         }
     }
 
-    private static async Task<(ServingStatus Status, TimeSpan Took)> CheckAsync(GrpcChannel channel)
-    {
-        var started = Stopwatch.StartNew();
-        var response = await new global::Grpc.Health.V1.Health.HealthClient(channel).CheckAsync(new HealthCheckRequest(), deadline: DateTime.UtcNow.AddSeconds(15));
-        return (response.Status, started.Elapsed);
-    }
+    private static async Task<ServingStatus> CheckAsync(GrpcChannel channel) =>
+        (await new global::Grpc.Health.V1.Health.HealthClient(channel).CheckAsync(new HealthCheckRequest(), deadline: DateTime.UtcNow + CallDeadline)).Status;
 
     private static async Task<bool> UntilServingAsync(GrpcChannel channel)
     {
-        var deadline = Stopwatch.StartNew();
-        while (deadline.Elapsed < RecoveryBound)
+        var guard = Stopwatch.StartNew();
+        while (guard.Elapsed < HangGuard)
         {
-            if ((await CheckAsync(channel)).Status == ServingStatus.Serving)
+            if (await CheckAsync(channel) == ServingStatus.Serving)
             {
                 return true;
             }
@@ -201,47 +208,48 @@ public sealed class HsmFaultTests(ITestOutputHelper output) : IAsyncLifetime
         return false;
     }
 
-    /// <summary>What the load saw: outcomes, the slowest answers, and anything but the truth or UNAVAILABLE.</summary>
+    /// <summary>What the load saw, per worker and phase: answers, and anything but the truth or UNAVAILABLE.</summary>
     private sealed class Load
     {
         private readonly Lock _lock = new();
-        private long _slowestTicks;
-        private long _slowestFailureTicks;
-        private long _firstSuccessAfterClear;
+        private readonly int[,] _counted = new int[3, Workers];
+        private int _phase;
         private int _succeeded;
         private int _unavailable;
 
-        public long Cleared { get; set; }
+        public enum Phase
+        {
+            BeforeFault,
+            DuringFault,
+            AfterClear,
+        }
 
         public int Succeeded => Volatile.Read(ref _succeeded);
 
         public int Unavailable => Volatile.Read(ref _unavailable);
 
-        public TimeSpan Slowest => TimeSpan.FromTicks(Interlocked.Read(ref _slowestTicks));
-
-        public TimeSpan SlowestFailure => TimeSpan.FromTicks(Interlocked.Read(ref _slowestFailureTicks));
-
         public List<string> Wrong { get; } = [];
 
         public List<string> OtherStatus { get; } = [];
 
-        public async Task TimeAsync(Func<DateTime, Task<string?>> call)
+        public void Enter(Phase phase) => Volatile.Write(ref _phase, (int)phase);
+
+        // Counts, per worker, the calls that began in a phase and ended as that phase expects:
+        // served before the fault and after it cleared, UNAVAILABLE during it.
+        public async Task RecordAsync(int worker, Func<DateTime, Task<string?>> call)
         {
-            var started = Stopwatch.GetTimestamp();
+            var phase = (Phase)Volatile.Read(ref _phase);
             string? wrong = null;
             StatusCode? failed = null;
             try
             {
-                // Far beyond the bound: the server must answer on its own long before this deadline.
-                wrong = await call(DateTime.UtcNow.AddSeconds(15));
+                wrong = await call(DateTime.UtcNow + CallDeadline);
             }
             catch (RpcException e)
             {
                 failed = e.StatusCode;
             }
 
-            var took = Stopwatch.GetElapsedTime(started);
-            Max(ref _slowestTicks, took.Ticks);
             lock (_lock)
             {
                 if (wrong is not null)
@@ -250,54 +258,42 @@ public sealed class HsmFaultTests(ITestOutputHelper output) : IAsyncLifetime
                 }
                 else if (failed is StatusCode.Unavailable)
                 {
-                    Interlocked.Increment(ref _unavailable);
-                    Max(ref _slowestFailureTicks, took.Ticks);
+                    _unavailable++;
+                    if (phase == Phase.DuringFault)
+                    {
+                        _counted[(int)phase, worker]++;
+                    }
                 }
                 else if (failed is { } status)
                 {
-                    OtherStatus.Add($"{status} after {took}");
+                    OtherStatus.Add($"{status} (a call begun {phase})");
                 }
                 else
                 {
-                    Interlocked.Increment(ref _succeeded);
-                    if (Cleared != 0 && started > Cleared && _firstSuccessAfterClear == 0)
+                    _succeeded++;
+                    if (phase != Phase.DuringFault)
                     {
-                        _firstSuccessAfterClear = Stopwatch.GetTimestamp();
+                        _counted[(int)phase, worker]++;
                     }
                 }
             }
         }
 
-        public async Task UntilSucceededAsync(int calls)
+        public async Task UntilAsync(Phase phase, int calls, string what)
         {
-            var deadline = Stopwatch.StartNew();
-            while (Succeeded < calls)
+            var guard = Stopwatch.StartNew();
+            while (Enumerable.Range(0, Workers).Any(w => Counted(phase, w) < calls))
             {
-                Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(20), "the load never got going");
+                Assert.True(guard.Elapsed < HangGuard, $"hang guard: after {HangGuard} not every worker had {calls} calls {what} ({string.Join(", ", Enumerable.Range(0, Workers).Select(w => Counted(phase, w)))})");
                 await Task.Delay(20);
             }
         }
 
-        public async Task<TimeSpan> FirstSuccessAfterClearAsync()
+        private int Counted(Phase phase, int worker)
         {
-            var deadline = Stopwatch.StartNew();
-            while (Interlocked.Read(ref _firstSuccessAfterClear) == 0 && deadline.Elapsed < RecoveryBound + TimeSpan.FromSeconds(5))
+            lock (_lock)
             {
-                await Task.Delay(20);
-            }
-
-            var first = Interlocked.Read(ref _firstSuccessAfterClear);
-            return first == 0 ? TimeSpan.MaxValue : Stopwatch.GetElapsedTime(Cleared, first);
-        }
-
-        private static void Max(ref long slot, long value)
-        {
-            for (var seen = Interlocked.Read(ref slot); value > seen; seen = Interlocked.Read(ref slot))
-            {
-                if (Interlocked.CompareExchange(ref slot, value, seen) == seen)
-                {
-                    return;
-                }
+                return _counted[(int)phase, worker];
             }
         }
     }
