@@ -263,7 +263,7 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
                     Assert.Fail($"rotate-domain ended (exit {process.ExitCode}) before it could be killed midway:\n{await stdout}\n{await stderr}");
                 }
 
-                Assert.True(waited.Elapsed < TimeSpan.FromMinutes(2), "rotate-domain moved no blob within 2 minutes");
+                Assert.True(waited.Elapsed < TimeSpan.FromMinutes(2), "hang guard: rotate-domain had moved no blob after 2 minutes (stuck, not slow: it moves hundreds a second)");
             }
 
             process.Kill();
