@@ -5,8 +5,10 @@ namespace Kms.Core;
 /// in the client SDK) and says when to log it: at most once a second, with the count since the
 /// last time.
 /// </summary>
-public sealed class LogThrottle
+/// <param name="time">The clock the second is measured on; the system's when null.</param>
+public sealed class LogThrottle(TimeProvider? time = null)
 {
+    private readonly TimeProvider _time = time ?? TimeProvider.System;
     private long _sinceLog;
     private long _lastLog;
 
@@ -14,7 +16,7 @@ public sealed class LogThrottle
     public long Count()
     {
         var count = Interlocked.Increment(ref _sinceLog);
-        var now = Environment.TickCount64;
+        var now = _time.GetTimestamp() / (_time.TimestampFrequency / 1000); // in milliseconds
         var last = Interlocked.Read(ref _lastLog);
         if (now - last >= 1000 && Interlocked.CompareExchange(ref _lastLog, now, last) == last)
         {
