@@ -70,6 +70,9 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
                 await exclusive.ExecuteNonQueryAsync();
             }
 
+            // Answered while the lock is still held (it is released only when this block ends), so
+            // no call waited for it: each gave up at the busy timeout. One that waited would meet
+            // the client's 30-s deadline instead, and DEADLINE_EXCEEDED is not UNAVAILABLE.
             var watch = Stopwatch.StartNew();
             await AssertUnavailableAsync(() => client.CreateKeyAsync(Parent, "during"));
             await AssertUnavailableAsync(() => client.RotateKeyAsync(before.Name));
@@ -77,7 +80,6 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
             // Every answer waits for its audit event, and the event cannot be written either: no audit, no answer.
             await AssertUnavailableAsync(() => client.DecryptAsync(sealedData.Ciphertext));
             output.WriteLine($"three calls answered UNAVAILABLE in {watch.ElapsedMilliseconds} ms (busy timeout 1 s)");
-            Assert.InRange(watch.Elapsed, TimeSpan.Zero, TimeSpan.FromSeconds(15));
         }
 
         await AssertRecoveredAsync(server, client, before.Name, sealedData, "during");
