@@ -560,6 +560,123 @@ public sealed class BadInputTests(ServerFixture fixture) : IClassFixture<ServerF
         Assert.Equal([1, 2, 3, 4], stillWorks.Plaintext.ToArray());
     }
 
+    [Theory]
+    [InlineData("Decrypt")]
+    [InlineData("ReEncrypt")]
+    [InlineData("BatchDecrypt")]
+    [InlineData("BatchReEncrypt")]
+    public async Task DecryptingCalls_ForgedBlobNamingAVersionOfAKeyOfAnotherPurpose_TheOpaqueAnswerOfAnUnknownVersion(string call)
+    {
+        // Only ENCRYPT_DECRYPT keys make blobs: one naming a version of a signing, MAC or RSA key was
+        // forged. It got FAILED_PRECONDITION "key ... has purpose SIGN_VERIFY, not ENCRYPT_DECRYPT"
+        // (naming the key and its purpose), PERMISSION_DENIED where the key's policy named the
+        // caller for another operation, or the state of a disabled one — telling a prober which
+        // version ids exist and what they are for.
+        var keys = fixture.Server.Services.GetRequiredService<Kms.Core.Ports.IKeyStore>();
+        async Task<byte[]> IdOfAsync(Key key) =>
+            (await keys.GetVersionAsync(Kms.Core.Names.KeyVersionName.Parse($"{key.Name}/versions/1", "name"), default))!.Id.ToBytes();
+        var signing = await fixture.Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId("forged-sign"), KeyPurpose.SignVerify);
+        var mac = await fixture.Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId("forged-mac"), KeyPurpose.Mac);
+        var rsa = await fixture.Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId("forged-rsa"), KeyPurpose.AsymmetricDecrypt, KeyAlgorithm.RsaDecryptOaep2048Sha1);
+        var disabledMac = await fixture.Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId("forged-off"), KeyPurpose.Mac);
+        await Stub.DisableKeyAsync(new DisableKeyRequest { Name = disabledMac.Name });
+        var policed = await fixture.Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId("forged-policy"), KeyPurpose.SignVerify);
+        await Stub.SetKeyPolicyAsync(new SetKeyPolicyRequest { Name = policed.Name, Entries = { new KeyPolicyEntry { Principal = "token:developer", Operations = { "SIGN" } } } });
+
+        var good = (await fixture.Client.EncryptAsync(_key.Name, new byte[] { 1, 2, 3 })).Ciphertext;
+        byte[] Naming(byte[] id)
+        {
+            var forged = (byte[])good.Clone();
+            id.CopyTo(forged, 1);
+            return forged;
+        }
+
+        var cases = new List<(string Name, byte[] Blob)> { ("unknown version", Naming(RandomNumberGenerator.GetBytes(16))) };
+        foreach (var (name, key) in new[] { ("SIGN_VERIFY", signing), ("MAC", mac), ("ASYMMETRIC_DECRYPT", rsa), ("disabled MAC", disabledMac), ("SIGN_VERIFY naming the caller for SIGN", policed) })
+        {
+            cases.Add((name, Naming(await IdOfAsync(key))));
+        }
+
+        using var officer = await OfficerAsync();
+        var answers = new List<(string Case, StatusCode Code, string Detail, string? Outcome, string? Resource)>();
+        foreach (var (name, blob) in cases)
+        {
+            var requestId = $"forged-{Guid.NewGuid():N}";
+            var options = new CallOptions(new Metadata { { "x-request-id", requestId } });
+            var ciphertext = ByteString.CopyFrom(blob);
+            StatusCode code;
+            string detail;
+            try
+            {
+                switch (call)
+                {
+                    case "Decrypt":
+                        await Stub.DecryptAsync(new DecryptRequest { Ciphertext = ciphertext }, options);
+                        throw new Xunit.Sdk.XunitException($"{name}: decrypted");
+                    case "ReEncrypt":
+                        await Stub.ReEncryptAsync(new ReEncryptRequest { Ciphertext = ciphertext, DestinationName = _key.Name }, options);
+                        throw new Xunit.Sdk.XunitException($"{name}: re-encrypted");
+                    case "BatchDecrypt":
+                        var decrypted = (await Stub.BatchDecryptAsync(new BatchDecryptRequest { Requests = { new DecryptRequest { Ciphertext = ciphertext } } }, options)).Results.Single();
+                        (code, detail) = ((StatusCode)decrypted.Status.Code, decrypted.Status.Message);
+                        break;
+                    default:
+                        var reEncrypted = (await Stub.BatchReEncryptAsync(new BatchReEncryptRequest { Requests = { new ReEncryptRequest { Ciphertext = ciphertext, DestinationName = _key.Name } } }, options)).Results.Single();
+                        (code, detail) = ((StatusCode)reEncrypted.Status.Code, reEncrypted.Status.Message);
+                        break;
+                }
+            }
+            catch (RpcException e)
+            {
+                (code, detail) = (e.StatusCode, e.Status.Detail);
+            }
+
+            // The single calls' audit events: the same outcome, and no resource (the blob names none the caller gave).
+            string? outcome = null, resource = null;
+            if (!call.StartsWith("Batch", StringComparison.Ordinal))
+            {
+                var events = await officer.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Principal = "token:developer", Operation = $"/kms.v1.KeyManagementService/{call}", PageSize = 1000 });
+                var audited = Assert.Single(events.Events, e => e.RequestId == requestId);
+                (outcome, resource) = (audited.Outcome, audited.Resource);
+            }
+
+            answers.Add((name, code, detail, outcome, resource));
+        }
+
+        var unknown = answers[0];
+        Assert.Equal((StatusCode.InvalidArgument, "decryption failed"), (unknown.Code, unknown.Detail));
+        Assert.All(answers, a => Assert.Equal((a.Case, unknown.Code, unknown.Detail, unknown.Outcome, unknown.Resource), (a.Case, a.Code, a.Detail, a.Outcome, a.Resource)));
+    }
+
+    [Theory]
+    [InlineData("key disabled")]
+    [InlineData("version disabled")]
+    public async Task Decrypt_ForgedBlobNamingAVersionOfTheCallersOwnEncryptionKey_TheAnswerItsHonestBlobGets(string state)
+    {
+        // Documented (docs/ciphertext-format.md, "Decryption", step 3): the caller's own encryption key
+        // that is not usable is FAILED_PRECONDITION naming the state. A forged blob naming such a
+        // version learns no more than an honest blob of that version is told.
+        var target = await fixture.Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId("own"));
+        var honest = (await fixture.Client.EncryptAsync(target.Name, new byte[] { 7 })).Ciphertext;
+        if (state == "key disabled")
+        {
+            await Stub.DisableKeyAsync(new DisableKeyRequest { Name = target.Name });
+        }
+        else
+        {
+            await fixture.Client.RotateKeyAsync(target.Name);
+            await Stub.DisableKeyVersionAsync(new DisableKeyVersionRequest { Name = $"{target.Name}/versions/1" });
+        }
+
+        var forged = (await fixture.Client.EncryptAsync(_key.Name, new byte[] { 1, 2, 3 })).Ciphertext;
+        honest.AsSpan(1, 16).CopyTo(forged.AsSpan(1));
+
+        var honestAnswer = await StatusOfAsync(async () => await Stub.DecryptAsync(new DecryptRequest { Ciphertext = ByteString.CopyFrom(honest) }));
+        var forgedAnswer = await StatusOfAsync(async () => await Stub.DecryptAsync(new DecryptRequest { Ciphertext = ByteString.CopyFrom(forged) }));
+        Assert.Equal((StatusCode.FailedPrecondition, state == "key disabled" ? $"key {target.Name} is DISABLED" : $"key version {target.Name}/versions/1 is DISABLED"), honestAnswer);
+        Assert.Equal(honestAnswer, forgedAnswer);
+    }
+
     [Fact]
     public async Task Decrypt_OverLimit_InvalidArgumentNamingField()
     {

@@ -11,7 +11,8 @@ namespace Kms.Core.Services;
 /// <summary>Encrypt, Decrypt, ReEncrypt, data keys, their batch forms, and random bytes: all crypto in the HSM.</summary>
 /// <remarks>
 /// A blob that cannot be decrypted — malformed, of an unknown or another tenant's key
-/// version, tampered, or under another context — is one opaque
+/// version, naming a version of a key of another purpose (only ENCRYPT_DECRYPT keys make blobs),
+/// tampered, or under another context — is one opaque
 /// <see cref="KmsErrorCode.DecryptionFailed"/>, so blobs cannot probe other tenants. A blob
 /// of the caller's own key that is disabled, destroyed or below the minimum decryption
 /// version is FAILED_PRECONDITION naming the state: the caller may know its own keys.
@@ -485,7 +486,10 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
             cache?.Add(blob.KeyVersionId, found);
         }
 
-        if (found is null)
+        // Only an ENCRYPT_DECRYPT key's AES-256-GCM versions make blobs: one that names a version of
+        // a signing, MAC or RSA key was forged, and gets what a blob of an unknown version gets —
+        // before the key's policy and state are looked at, so the answer tells nothing of the key.
+        if (found is null || found.Key.Purpose != KeyPurpose.EncryptDecrypt || found.Version.Algorithm != KeyAlgorithm.Aes256Gcm)
         {
             throw KmsErrors.DecryptionFailed();
         }

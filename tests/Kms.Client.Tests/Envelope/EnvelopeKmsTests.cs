@@ -172,6 +172,33 @@ public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFix
     }
 
     [Fact]
+    public async Task ForgedHeader_WrappedKeyNamesAVersionOfAMacKey_TheKmsAnswersAsForAnUnknownVersion()
+    {
+        // The server answered FailedPrecondition "key tenants/dev/keys/... has purpose MAC, not
+        // ENCRYPT_DECRYPT": the reader's error named a key the message never mentioned.
+        var key = await NewKeyAsync();
+        var mac = (await _client.CreateKeyAsync("tenants/dev", $"env-mac-{Guid.NewGuid():N}", KeyPurpose.Mac)).Name;
+        using var encryptor = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key] });
+        var message = await encryptor.EncryptAsync(new byte[10]);
+        var store = fixture.Server.Services.GetRequiredService<Kms.Core.Ports.IKeyStore>();
+        async Task<byte[]> IdOfAsync(string name) =>
+            (await store.GetVersionAsync(Kms.Core.Names.KeyVersionName.Parse($"{name}/versions/1", "name"), default))!.Id.ToBytes();
+        var keyVersionId = await IdOfAsync(key);
+        var at = message.AsSpan().IndexOf(keyVersionId);
+        Assert.True(at > 0);
+        async Task<string> FailureNamingAsync(byte[] id)
+        {
+            var forged = message.ToArray();
+            id.CopyTo(forged, at);
+            return (await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(forged, EnvelopeEncryptor.NoContext))).Message;
+        }
+
+        var unknown = await FailureNamingAsync(System.Security.Cryptography.RandomNumberGenerator.GetBytes(16));
+        Assert.Contains("InvalidArgument decryption failed", unknown, StringComparison.Ordinal);
+        Assert.Equal(unknown, await FailureNamingAsync(await IdOfAsync(mac)));
+    }
+
+    [Fact]
     public async Task HeaderBitFlips_AgainstTheKms_AllFail()
     {
         var key = await NewKeyAsync();
