@@ -71,7 +71,7 @@ public sealed class AccessControlDocTests
                 TargetKind.Resource => "named resource's tenant",
                 TargetKind.ResourceOrDeployment => "named tenant, or deployment",
                 TargetKind.CallerTenant => "caller's tenant",
-                TargetKind.TenantNameOrDeployment => "named resource's tenant, or deployment",
+                TargetKind.TenantNameOrDeployment => "named resource's tenant, or deployment (`quorumRequests/…`)",
                 _ => "deployment",
             }).Distinct());
             var roles = string.Join(", ", AllowedRoles(rule).Select(r => $"`{Roles.NameOf(r)}`"));

@@ -464,6 +464,37 @@ public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task GetQuorumRequest_EmptyOrMalformedNameFromATenantCaller_InvalidArgumentNamingTheField_DecidedAfterItsOwnTenantsPermission()
+    {
+        // An empty or malformed name was checked against the deployment: a tenant's key manager
+        // (kms.quorum.read on its tenant) got PERMISSION_DENIED "… required on the deployment" for
+        // a request it had simply left empty. As for every other named resource, such a name is now
+        // checked against the caller's own tenant: INVALID_ARGUMENT naming `name` to a caller that
+        // may read its tenant's quorum requests, PERMISSION_DENIED (naming its tenant, not the name)
+        // to one that may not; a deployment-wide name stays the deployment's, another tenant's NOT_FOUND.
+        using var keyUser = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("quorum-key-user", "dev", "key-user"));
+        async Task<(StatusCode Code, string Detail, string? Field)> AnswerAsync(Kms.Client.KmsClient caller, string name)
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(async () => await caller.Quorum.GetQuorumRequestAsync(new GetQuorumRequestRequest { Name = name }));
+            return (e.StatusCode, e.Status.Detail, e.GetRpcStatus()?.GetDetail<Google.Rpc.BadRequest>()?.FieldViolations.Single().Field);
+        }
+
+        foreach (var caller in new[] { _keyManager, _officer })
+        {
+            foreach (var name in new[] { "", "not-a-quorum-request", "tenants/dev" })
+            {
+                var (code, detail, field) = await AnswerAsync(caller, name);
+                Assert.True((code, field) == (StatusCode.InvalidArgument, "name") && detail.StartsWith("name: ", StringComparison.Ordinal), $"'{name}': {code} {detail}");
+            }
+        }
+
+        var refused = await AnswerAsync(keyUser, "");
+        Assert.Equal((StatusCode.PermissionDenied, "permission kms.quorum.read is required on tenants/dev; principal token:quorum-key-user does not have it", null), refused);
+        Assert.Equal(StatusCode.PermissionDenied, (await AnswerAsync(_keyManager, "quorumRequests/0123")).Code);
+        Assert.Equal((StatusCode.NotFound, "tenants/other/quorumRequests/0123 not found", null), await AnswerAsync(_keyManager, "tenants/other/quorumRequests/0123"));
+    }
+
+    [Fact]
     public async Task NoGenesisConfigured_QuorumOperationsRefused_WithAClearMessage()
     {
         await using var plain = await KmsTestServer.StartAsync();

@@ -36,7 +36,11 @@ internal enum TargetKind
     /// <summary>Deployment-wide (tenants, principals, tokens).</summary>
     Deployment,
 
-    /// <summary>The tenant of a name <c>tenants/{t}/…</c>; any other name (<c>quorumRequests/{id}</c>, empty, malformed) is deployment-wide.</summary>
+    /// <summary>
+    /// The tenant of a name <c>tenants/{t}/…</c>; <c>quorumRequests/{id}</c> is deployment-wide; an empty
+    /// or malformed name is checked against the caller's own tenant (deployment-wide for a deployment
+    /// principal), as for <see cref="Resource"/>, so that a caller allowed there gets the handler's INVALID_ARGUMENT.
+    /// </summary>
     TenantNameOrDeployment,
 }
 

@@ -216,6 +216,9 @@ internal sealed partial class AuthorizationInterceptor(
     // A malformed or missing resource name is checked against the caller's own tenant: an
     // unauthorized caller learns nothing about the name, an authorized one gets the
     // handler's INVALID_ARGUMENT.
+    // The names TargetKind.TenantNameOrDeployment reads as deployment-wide (quorumRequests/{id}).
+    private const string DeploymentQuorumRequests = "quorumRequests/";
+
     private static (TenantId? Tenant, string Resource) TargetOf(Requirement requirement, IMessage? request, Caller caller)
     {
         switch (requirement.Target)
@@ -226,7 +229,15 @@ internal sealed partial class AuthorizationInterceptor(
                 return (caller.HomeTenant, caller.HomeTenant?.ResourceName ?? "the deployment");
             case TargetKind.TenantNameOrDeployment:
                 var name = request is null ? "" : requirement.Field!(request);
-                return TenantId.OfResourceName(name) is { } named ? (named, name) : (null, "the deployment");
+                if (TenantId.OfResourceName(name) is { } named)
+                {
+                    return (named, name);
+                }
+
+                // A deployment-wide name is the deployment's; an empty or malformed one, as above, the caller's own tenant's.
+                return name.StartsWith(DeploymentQuorumRequests, StringComparison.Ordinal) || caller.HomeTenant is not { } home
+                    ? (null, "the deployment")
+                    : (home, name.Length == 0 ? home.ResourceName : name);
             default:
                 var field = request is null ? "" : requirement.Field!(request);
                 if (field.Length == 0 && requirement.Target == TargetKind.ResourceOrDeployment)
