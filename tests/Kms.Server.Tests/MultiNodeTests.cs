@@ -307,6 +307,79 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task NodeName_HeldByALiveNode_ASecondNodeWithItRefusesToStart_OneStartedAfterTheHolderStoppedOrWasKilledStarts()
+    {
+        // Nothing checked it: two nodes with one Kms:NodeName (two containers with one host name)
+        // both served, and the quorum requests either executed named the same node.
+        string[] Named(string name) => [$"--Kms:NodeName={name}", "--Storage:Postgres:NodeNameWait=00:00:01"];
+        var a = await StartNodeAsync(extraArgs: Named("kms-shared"));
+        var e = await Assert.ThrowsAnyAsync<Exception>(() => StartNodeAsync(extraArgs: Named("kms-shared")));
+        Assert.Contains("Kms:NodeName kms-shared is held by another live node of this PostgreSQL database (PostgreSQL session ", e.Message, StringComparison.Ordinal);
+        Assert.Contains("'kms node kms-shared'", e.Message, StringComparison.Ordinal);
+
+        // The holder serves on; a node of another name starts beside it.
+        using (var client = a.CreateClient())
+        {
+            await client.GenerateRandomAsync(4);
+        }
+
+        var other = await StartNodeAsync(shareTlsWith: a, extraArgs: Named("kms-other"));
+
+        // Stopped: its name is free at once, for the node restarted in its place.
+        var developer = a.DeveloperToken;
+        await a.DisposeAsync();
+        _nodes.Remove(a);
+        var restarted = await StartNodeAsync(shareTlsWith: other, extraArgs: Named("kms-shared"));
+
+        // Killed (SIGKILL: no shutdown, its connections reset by the kernel): free too, within the wait.
+        var killed = await StartProcessNodeAsync(other, "--Kms:NodeName=kms-killed");
+        killed.Kill();
+        await killed.DisposeAsync();
+        await StartNodeAsync(extraArgs: ["--Kms:NodeName=kms-killed"]);
+        using var onRestarted = restarted.CreateClient(developer);
+        await onRestarted.GenerateRandomAsync(4);
+    }
+
+    [Fact]
+    public async Task NodeName_SessionThatHeldItEnded_TakenAgainAtTheNextCheck_OrTheNodeThatTookItMeanwhileIsNamed()
+    {
+        // PostgreSQL restarted or a partition: the session holding the name ends and lets it go.
+        var options = new PostgresOptions { ConnectionString = _database.ConnectionString };
+        await using var first = await PostgresStore.OpenAsync(options, default);
+        Assert.Null(await first.TryHoldNodeNameAsync("kms-cut", default));
+        await EndNodeNameSessionsAsync("kms-cut");
+
+        // Another store takes it meanwhile: the first is told who holds it now.
+        await using (var second = await PostgresStore.OpenAsync(options, default))
+        {
+            Assert.Null(await second.TryHoldNodeNameAsync("kms-cut", default));
+            Assert.StartsWith("PostgreSQL session ", await first.KeepNodeNameAsync(default), StringComparison.Ordinal);
+        }
+
+        // Once it is free (PostgreSQL ends a closed session's backend a moment after the close), the
+        // first takes it again, and keeps it; a third is refused.
+        for (var tries = 0; await first.KeepNodeNameAsync(default) is { } holder; tries++)
+        {
+            Assert.True(tries < 100, $"still held by {holder}");
+            await Task.Delay(100);
+        }
+
+        Assert.Null(await first.KeepNodeNameAsync(default));
+        await using var third = await PostgresStore.OpenAsync(options, default);
+        Assert.Contains("'kms node kms-cut'", await third.TryHoldNodeNameAsync("kms-cut", default), StringComparison.Ordinal);
+    }
+
+    // Ends the session and waits (up to 10 s) until its backend is gone, with its locks.
+    private async Task EndNodeNameSessionsAsync(string nodeName)
+    {
+        await using var connection = new Npgsql.NpgsqlConnection(_database.ConnectionString);
+        await connection.OpenAsync();
+        await using var end = new Npgsql.NpgsqlCommand("SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity WHERE application_name = @name", connection);
+        end.Parameters.AddWithValue("name", $"kms node {nodeName}");
+        Assert.Equal(1L, await end.ExecuteScalarAsync());
+    }
+
+    [Fact]
     public async Task NodeWithAnotherDomainKey_RefusesToServeTheDeployment()
     {
         await StartNodeAsync();
@@ -326,7 +399,7 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
     }
 
     // A node as a child process on its own token (created here, before the process loads SoftHSM).
-    private async Task<ServerProcess> StartProcessNodeAsync(KmsTestServer sharingTlsWith)
+    private async Task<ServerProcess> StartProcessNodeAsync(KmsTestServer sharingTlsWith, params string[] extraArgs)
     {
         var token = SoftHsm.CreateToken();
         using (var session = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin)))
@@ -338,8 +411,7 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         ShareTls(sharingTlsWith, dataDir);
 
         return await ServerProcess.StartAsync(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId,
-            "--Storage:Provider=postgres",
-            $"--Storage:Postgres:ConnectionString={_database.ConnectionString}");
+            ["--Storage:Provider=postgres", $"--Storage:Postgres:ConnectionString={_database.ConnectionString}", .. extraArgs]);
     }
 
     [Fact]

@@ -70,6 +70,10 @@ public sealed class KmsTestServer : IAsyncDisposable
             $"--Hsm:PinFile={token.PinFile}",
             "--Hsm:SessionPoolSize=2",
             .. SoftHsm.ModuleEnvironment.Select(kv => $"--Hsm:ModuleEnvironment:{kv.Key}={kv.Value}"),
+
+            // Distinct per data directory (so per node, and the same when a node restarts on it): nodes
+            // sharing a PostgreSQL database may not share a name. A test's own --Kms:NodeName comes later and wins.
+            $"--Kms:NodeName={Path.GetFileName(Path.TrimEndingDirectorySeparator(dataDir))}",
             .. extraArgs,
         ];
         var app = await KmsServerApp.BuildAsync(args, logging => logging.WriteTo.Sink(logs), configureServices);
@@ -100,6 +104,10 @@ public sealed class KmsTestServer : IAsyncDisposable
             $"--Hsm:DomainKeyId={domainKeyId}",
             "--Hsm:SessionPoolSize=2",
             .. SoftHsm.ModuleEnvironment.Select(kv => $"--Hsm:ModuleEnvironment:{kv.Key}={kv.Value}"),
+
+            // Distinct per data directory (so per node, and the same when a node restarts on it): nodes
+            // sharing a PostgreSQL database may not share a name. A test's own --Kms:NodeName comes later and wins.
+            $"--Kms:NodeName={Path.GetFileName(Path.TrimEndingDirectorySeparator(dataDir))}",
             .. extraArgs,
         ];
         var app = await KmsServerApp.BuildAsync(args, logging => logging.WriteTo.Sink(logs), null);

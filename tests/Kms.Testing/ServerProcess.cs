@@ -73,6 +73,10 @@ public sealed class ServerProcess : IAsyncDisposable
             $"--Hsm:DomainKeyId={domainKeyId}",
             "--Hsm:SessionPoolSize=2",
             $"--Hsm:ModuleEnvironment:SOFTHSM2_CONF={softHsmConf}",
+
+            // Distinct per data directory (so per node, and the same when a node restarts on it): nodes
+            // sharing a PostgreSQL database may not share a name. A test's own --Kms:NodeName comes later and wins.
+            $"--Kms:NodeName={Path.GetFileName(Path.TrimEndingDirectorySeparator(dataDir))}",
             .. extraArgs,
         ])
         {

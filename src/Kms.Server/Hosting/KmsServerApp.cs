@@ -152,7 +152,7 @@ public static partial class KmsServerApp
             sqliteOptions.DatabasePath = Path.Combine(Path.GetFullPath(serverOptions.DataDir), "kms.db");
         }
 
-        var (store, lease) = await OpenStoreAsync(builder.Configuration, sqliteOptions, cancellationToken);
+        var (store, lease) = await OpenStoreAsync(builder.Configuration, sqliteOptions, serverOptions.NodeName, cancellationToken);
         store.MetadataCacheCapacity = builder.Configuration.GetValue("Storage:MetadataCacheCapacity", SqlStore.DefaultMetadataCacheCapacity);
         var loggerFactory = new Serilog.Extensions.Logging.SerilogLoggerFactory(logger);
         Pkcs11Hsm hsm;
@@ -209,7 +209,7 @@ public static partial class KmsServerApp
 
     // Storage:Provider chooses the backend: sqlite (one node, the default) or postgres (any
     // number of nodes sharing the database; the deployment's once-only jobs follow a lease in it).
-    private static async Task<(SqlStore Store, ILeaderLease Lease)> OpenStoreAsync(ConfigurationManager configuration, SqliteOptions sqliteOptions, CancellationToken cancellationToken)
+    private static async Task<(SqlStore Store, ILeaderLease Lease)> OpenStoreAsync(ConfigurationManager configuration, SqliteOptions sqliteOptions, string nodeName, CancellationToken cancellationToken)
     {
         switch (configuration["Storage:Provider"] ?? "sqlite")
         {
@@ -244,6 +244,11 @@ public static partial class KmsServerApp
                         : throw new InvalidOperationException($"Storage:Postgres:ConnectionStringFile {file} does not exist");
                 }
 
+                if (options.NodeNameWait < TimeSpan.Zero || options.NodeNameWait > PostgresOptions.MaxNodeNameWait)
+                {
+                    throw new InvalidOperationException($"Storage:Postgres:NodeNameWait ({options.NodeNameWait:c}) must be 00:00:00 to {PostgresOptions.MaxNodeNameWait:c}");
+                }
+
                 var store = await PostgresStore.OpenAsync(options, cancellationToken);
                 if (!await store.TryHoldServingLockAsync(cancellationToken))
                 {
@@ -252,9 +257,40 @@ public static partial class KmsServerApp
                         "an offline maintenance (kms ceremony rotate-domain) holds this PostgreSQL database; start the node when it has finished");
                 }
 
+                try
+                {
+                    await HoldNodeNameAsync(store, nodeName, options.NodeNameWait, cancellationToken);
+                }
+                catch
+                {
+                    await store.DisposeAsync();
+                    throw;
+                }
+
                 return (store, new PostgresLeaderLease(options, TimeProvider.System));
             case var other:
                 throw new InvalidOperationException($"Storage:Provider is '{other}'; it must be sqlite or postgres");
+        }
+    }
+
+    // Quorum requests record the node that executed them by Kms:NodeName, so officers know whose data
+    // directory holds a recovery credential or a backup: two live nodes with one name (two containers
+    // with one host name) would make that ambiguous. A name still held may be a node that vanished
+    // (PostgreSQL lets its session go within about 25 s): waited for up to `wait`, then refused.
+    private static async Task HoldNodeNameAsync(PostgresStore store, string nodeName, TimeSpan wait, CancellationToken cancellationToken)
+    {
+        var started = TimeProvider.System.GetTimestamp();
+        while (await store.TryHoldNodeNameAsync(nodeName, cancellationToken) is { } holder)
+        {
+            if (TimeProvider.System.GetElapsedTime(started) >= wait)
+            {
+                throw new InvalidOperationException(
+                    $"Kms:NodeName {nodeName} is held by another live node of this PostgreSQL database ({holder}; waited {wait.TotalSeconds:0} s): "
+                    + "the quorum requests a node executes name it, so names must be distinct. Give this node its own Kms:NodeName "
+                    + "(the default, the host name, may be shared by containers); if that node is gone, start again once PostgreSQL has let its session go");
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(500), cancellationToken);
         }
     }
 

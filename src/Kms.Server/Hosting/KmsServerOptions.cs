@@ -33,7 +33,8 @@ public sealed class KmsServerOptions
     /// <summary>
     /// This node's name, recorded in each quorum request it executes so officers learn which node
     /// holds the output (a recovery credential, a backup); default the host name. 1 to 64 of
-    /// <c>[A-Za-z0-9._-]</c>; a start with another is refused.
+    /// <c>[A-Za-z0-9._-]</c>; a start with another is refused, and on PostgreSQL a start with a name
+    /// another live node holds (<see cref="Kms.Storage.Postgres.PostgresStore.TryHoldNodeNameAsync"/>).
     /// </summary>
     public string NodeName { get; set; } = Environment.MachineName;
 

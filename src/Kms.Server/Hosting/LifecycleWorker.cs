@@ -25,6 +25,7 @@ internal sealed partial class LifecycleWorker(
     LifecycleWorkerOptions options,
     ILeaderLease lease,
     IChangeFeed changes,
+    IKeyStore store,
     ILogger<LifecycleWorker> logger) : BackgroundService
 {
     private long? _clockReported;
@@ -46,6 +47,16 @@ internal sealed partial class LifecycleWorker(
         await RunJobAsync("trusted time floor", async () =>
         {
             await trustedTime.RefreshAsync(cancellationToken);
+            return 0;
+        });
+        await RunJobAsync("node name", async () =>
+        {
+            // Taken at start (KmsServerApp); a session lost since let it go: taken again, or said who has it.
+            if (store is Kms.Storage.Postgres.PostgresStore postgres && await postgres.KeepNodeNameAsync(cancellationToken) is { } holder)
+            {
+                LogNodeNameTaken(logger, holder);
+            }
+
             return 0;
         });
         if (!await lease.HoldAsync(cancellationToken))
@@ -224,6 +235,9 @@ internal sealed partial class LifecycleWorker(
 
     [LoggerMessage(EventId = 1212, Level = LogLevel.Warning, Message = "Lifecycle:AcceptClock: this node's clock {Trusted:O} is taken as the time seen; remove the setting, or every start believes the clock")]
     private static partial void LogClockAccepted(ILogger logger, DateTimeOffset trusted);
+
+    [LoggerMessage(EventId = 1213, Level = LogLevel.Warning, Message = "This node's Kms:NodeName is held by another node now ({Holder}): this node's session that held it ended (PostgreSQL restarted, a partition) and a node with the same name started meanwhile; the quorum requests either executes name the same node. Give one of them another Kms:NodeName and restart it")]
+    private static partial void LogNodeNameTaken(ILogger logger, string holder);
 
     [LoggerMessage(EventId = 1204, Level = LogLevel.Error, Message = "Lifecycle job {Job} failed; retrying at the next pass")]
     private static partial void LogJobFailed(ILogger logger, string job, Exception exception);

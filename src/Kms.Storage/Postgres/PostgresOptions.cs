@@ -30,6 +30,17 @@ public sealed class PostgresOptions
     public TimeSpan IdleInTransactionTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
     /// <summary>
+    /// How long a starting node waits for its <c>Kms:NodeName</c> while another session holds it
+    /// before it refuses to start: a node that vanished without closing its connection (a host that
+    /// lost power) keeps its name until PostgreSQL notices, about 25 s (<see cref="ServerKeepalives"/>);
+    /// a node that stopped or was killed lets it go at once. 0 to 5 minutes.
+    /// </summary>
+    public TimeSpan NodeNameWait { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>The longest <see cref="NodeNameWait"/> a node starts with.</summary>
+    public static readonly TimeSpan MaxNodeNameWait = TimeSpan.FromMinutes(5);
+
+    /// <summary>
     /// The server-side TCP keepalive settings the store's connections and the leader lease ask
     /// for: a node that vanished is noticed after about 10 + 3 × 5 = 25 s, and its transaction
     /// and lease released; PostgreSQL's defaults take over two hours. Not the serving lock, which

@@ -1,5 +1,8 @@
+using System.Buffers.Binary;
 using System.Data;
 using System.Data.Common;
+using System.Security.Cryptography;
+using System.Text;
 using Kms.Core.Errors;
 using Npgsql;
 
@@ -35,8 +38,11 @@ public sealed class PostgresStore : SqlStore
     private readonly NpgsqlDataSource _pooled;
     private readonly NpgsqlDataSource _unpooled;
     private readonly NpgsqlDataSource _locks;
+    private readonly string _nodeNameConnectionString;
     private NpgsqlConnection? _servingLock;
     private string? _servingLockFunction;
+    private NpgsqlConnection? _nodeName;
+    private string? _nodeNameHeld;
 
     private PostgresStore(PostgresOptions options)
     {
@@ -67,6 +73,14 @@ public sealed class PostgresStore : SqlStore
         // rotate-domain could then run beside a node that still serves. Its session keeps
         // PostgreSQL's own (slow) dead-peer detection.
         _locks = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(builder.ConnectionString) { Pooling = false, Options = withoutKeepalives }.ConnectionString);
+
+        // The node name's lock, unlike the serving lock, is let go quickly by a node that vanished
+        // (the server's keepalives), so that the node restarted in its place is not refused for hours.
+        _nodeNameConnectionString = new NpgsqlConnectionStringBuilder(builder.ConnectionString)
+        {
+            Pooling = false,
+            Options = $"{withoutKeepalives} {PostgresOptions.ServerKeepalives}".Trim(),
+        }.ConnectionString;
     }
 
     /// <inheritdoc />
@@ -265,8 +279,127 @@ public sealed class PostgresStore : SqlStore
         return false;
     }
 
+    /// <summary>
+    /// Holds <paramref name="nodeName"/> (<c>Kms:NodeName</c>) for this node until the store is disposed,
+    /// so that no two live nodes of the deployment share a name: a session-level advisory lock keyed by a
+    /// 64-bit hash of the name (<see cref="NodeNameLockKey"/>), on a connection of its own that PostgreSQL
+    /// closes — releasing the name — when the process ends or, for a node that vanished without closing
+    /// it, once the server's keepalives notice (about 25 s).
+    /// </summary>
+    /// <returns>Null when this store holds the name; otherwise what PostgreSQL shows of the session that holds it.</returns>
+    public async Task<string?> TryHoldNodeNameAsync(string nodeName, CancellationToken cancellationToken)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(nodeName);
+        if (_nodeName is not null)
+        {
+            return null;
+        }
+
+        var key = NodeNameLockKey(nodeName);
+
+        // Named in pg_stat_activity, so an operator (and the refusal below) can tell whose session it is.
+        var connection = new NpgsqlConnection(new NpgsqlConnectionStringBuilder(_nodeNameConnectionString) { ApplicationName = $"kms node {nodeName}" }.ConnectionString);
+        try
+        {
+            await connection.OpenAsync(cancellationToken);
+            await using (var take = new NpgsqlCommand("SELECT pg_try_advisory_lock(@key)", connection))
+            {
+                take.Parameters.AddWithValue("key", key);
+                if (await take.ExecuteScalarAsync(cancellationToken) is true)
+                {
+                    _nodeName = connection;
+                    _nodeNameHeld = nodeName;
+                    return null;
+                }
+            }
+
+            // pg_locks shows a one-key advisory lock as its high and low 32 bits; pg_stat_activity
+            // hides the client of another role's session from a role without pg_read_all_stats.
+            await using var holder = new NpgsqlCommand("""
+                SELECT l.pid, host(a.client_addr), a.application_name, a.backend_start
+                FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+                WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                  AND l.classid::text::bigint = @high AND l.objid::text::bigint = @low
+                LIMIT 1
+                """, connection);
+            holder.Parameters.AddWithValue("high", (key >> 32) & 0xFFFF_FFFF);
+            holder.Parameters.AddWithValue("low", key & 0xFFFF_FFFF);
+            await using var reader = await holder.ExecuteReaderAsync(cancellationToken);
+            if (!await reader.ReadAsync(cancellationToken))
+            {
+                return "a session that has just let it go";
+            }
+
+            var described = new StringBuilder("PostgreSQL session ").Append(System.Globalization.CultureInfo.InvariantCulture, $"{reader.GetInt32(0)}");
+            if (!reader.IsDBNull(1))
+            {
+                described.Append(System.Globalization.CultureInfo.InvariantCulture, $" from {reader.GetString(1)}");
+            }
+
+            if (!reader.IsDBNull(2) && reader.GetString(2).Length > 0)
+            {
+                described.Append(System.Globalization.CultureInfo.InvariantCulture, $", '{KmsErrors.Printable(reader.GetString(2))}'");
+            }
+
+            if (!reader.IsDBNull(3))
+            {
+                described.Append(System.Globalization.CultureInfo.InvariantCulture, $", connected since {reader.GetFieldValue<DateTime>(3):yyyy-MM-dd HH:mm:ss} UTC");
+            }
+
+            return described.ToString();
+        }
+        finally
+        {
+            if (_nodeName != connection)
+            {
+                await connection.DisposeAsync();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Whether this node still holds the name it took (<see cref="TryHoldNodeNameAsync"/>): a session
+    /// that ended meanwhile (PostgreSQL restarted, a partition) let the name go, and it is taken again.
+    /// </summary>
+    /// <returns>Null when held (or no name was taken); otherwise what PostgreSQL shows of the session that holds it now.</returns>
+    public async Task<string?> KeepNodeNameAsync(CancellationToken cancellationToken)
+    {
+        if (_nodeNameHeld is not { } name)
+        {
+            return null;
+        }
+
+        if (_nodeName is { } held)
+        {
+            try
+            {
+                await using var alive = new NpgsqlCommand("SELECT 1", held);
+                await alive.ExecuteScalarAsync(cancellationToken);
+                return null;
+            }
+            catch (Exception e) when (e is NpgsqlException or InvalidOperationException or TimeoutException or IOException)
+            {
+                _nodeName = null;
+                await held.DisposeAsync();
+            }
+        }
+
+        return await TryHoldNodeNameAsync(name, cancellationToken);
+    }
+
+    /// <summary>The advisory lock that holds a node name: the first 8 bytes of a SHA-256 of the name (one-key locks, apart from the two-key space).</summary>
+    internal static long NodeNameLockKey(string nodeName) =>
+        BinaryPrimitives.ReadInt64BigEndian(SHA256.HashData(Encoding.UTF8.GetBytes("kms node name\n" + nodeName)));
+
     private protected override async ValueTask DisposeCoreAsync()
     {
+        if (_nodeName is { } name)
+        {
+            _nodeName = null;
+            await name.DisposeAsync();
+        }
+
         if (_servingLock is { } held)
         {
             _servingLock = null;
