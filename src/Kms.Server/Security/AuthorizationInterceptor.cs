@@ -82,10 +82,10 @@ internal sealed partial class AuthorizationInterceptor(
 
     public override async Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
     {
-        await AuthorizeStreamAsync(context);
+        var rule = await AuthorizeStreamAsync(context);
         try
         {
-            return await continuation(requestStream, context);
+            return await continuation(Reauthorizing(rule, requestStream, null, context), context);
         }
         catch (MalformedRequestException)
         {
@@ -96,16 +96,16 @@ internal sealed partial class AuthorizationInterceptor(
 
     public override async Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
     {
-        await AuthorizeStreamAsync(context, request as IMessage, ReferenceEquals(request, MalformedRequest<TRequest>.Instance));
-        await continuation(request, responseStream, context);
+        var rule = await AuthorizeStreamAsync(context, request as IMessage, ReferenceEquals(request, MalformedRequest<TRequest>.Instance));
+        await continuation(request, Reauthorizing(rule, responseStream, request as IMessage, context), context);
     }
 
     public override async Task DuplexStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, DuplexStreamingServerMethod<TRequest, TResponse> continuation)
     {
-        await AuthorizeStreamAsync(context);
+        var rule = await AuthorizeStreamAsync(context);
         try
         {
-            await continuation(requestStream, responseStream, context);
+            await continuation(Reauthorizing(rule, requestStream, null, context), Reauthorizing(rule, responseStream, null, context), context);
         }
         catch (MalformedRequestException)
         {
@@ -117,11 +117,13 @@ internal sealed partial class AuthorizationInterceptor(
     // Streaming handlers are not wrapped by the ErrorInterceptor: map refusals here. A streamed
     // message is read by the handler, after this: a malformed one throws MalformedRequestException
     // there (ParseCheckedMethodProvider), a refusal all the same.
-    private async Task AuthorizeStreamAsync(ServerCallContext context, IMessage? request = null, bool malformed = false)
+    private async Task<AccessRule> AuthorizeStreamAsync(ServerCallContext context, IMessage? request = null, bool malformed = false)
     {
         try
         {
-            TakeQuota(await AuthorizeAsync(request, malformed, context), request, context);
+            var rule = await AuthorizeAsync(request, malformed, context);
+            TakeQuota(rule, request, context);
+            return rule;
         }
         catch (KmsException e)
         {
@@ -131,6 +133,44 @@ internal sealed partial class AuthorizationInterceptor(
         catch (RpcException)
         {
             context.UserState[Audit.AuditInterceptor.RefusedKey] = true;
+            throw;
+        }
+    }
+
+    // A stream outlives the moment it was authorized: an export or a backup download runs for
+    // minutes. So the caller is checked again — authentication, the tenant's state, the
+    // permissions, exactly as at the start — before every message the stream sends, and before
+    // the handler gets each message the client sends. The check goes through the credential
+    // cache, so it costs a hash and a lookup, and it sees what the cache honours: a revocation,
+    // a principal deleted, a role binding removed or a tenant marked for deletion on this node at
+    // once (access writes forget remembered callers), on another node within a change-feed poll,
+    // and in any case within the credential cache time. A public stream (health) has nothing to
+    // check again.
+    private IServerStreamWriter<T> Reauthorizing<T>(AccessRule rule, IServerStreamWriter<T> stream, IMessage? request, ServerCallContext context) =>
+        rule.Scope == CallScope.Public ? stream : new ReauthorizingStreamWriter<T>(stream, () => ReauthorizeAsync(request, context));
+
+    private IAsyncStreamReader<T> Reauthorizing<T>(AccessRule rule, IAsyncStreamReader<T> stream, IMessage? request, ServerCallContext context) =>
+        rule.Scope == CallScope.Public ? stream : new ReauthorizingStreamReader<T>(stream, () => ReauthorizeAsync(request, context));
+
+    // A refusal in the middle of a stream ends it with the refusal's status. It is not aggregated
+    // as a refusal at the door would be: the stream was authorized once, so it is one durable
+    // audit event with its outcome (UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION) and
+    // the principal it was authorized for.
+    private async Task ReauthorizeAsync(IMessage? request, ServerCallContext context)
+    {
+        try
+        {
+            await AuthorizeAsync(request, false, context);
+        }
+        catch (KmsException e)
+        {
+            var status = ProtoMapping.StatusCodeOf(e.Code);
+            LogStreamEnded(logger, context.Method, status);
+            throw new RpcException(new global::Grpc.Core.Status(status, e.Message));
+        }
+        catch (RpcException e)
+        {
+            LogStreamEnded(logger, context.Method, e.StatusCode);
             throw;
         }
     }
@@ -311,6 +351,9 @@ internal sealed partial class AuthorizationInterceptor(
             }
         }
     }
+
+    [LoggerMessage(EventId = 1104, Level = LogLevel.Warning, Message = "{Method}: the stream's caller, checked again before its next message, was refused ({Status}); the stream is ended")]
+    private static partial void LogStreamEnded(ILogger logger, string method, StatusCode status);
 
     [LoggerMessage(EventId = 1101, Level = LogLevel.Information, Message = "{Method} unauthenticated call from {Peer}: {Count} unauthenticated calls since the last such message")]
     private static partial void LogUnauthenticated(ILogger logger, string method, string peer, long count);
