@@ -207,8 +207,10 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
             await GetTenantAsync(id, cancellationToken);
         }
 
-        // Not the tenant's name alone: ListKeys' tokens are scoped by that.
-        var scope = (tenant?.ResourceName ?? "deployment") + "/principals";
+        // Not the tenant's name alone: ListKeys' tokens are scoped by that. With show_deleted, a
+        // scope of its own: a token of one listing used with the other would start that one in
+        // the middle, skipping what comes before.
+        var scope = (tenant?.ResourceName ?? "deployment") + (showDeleted ? "/principals+deleted" : "/principals");
         var rows = await access.ListPrincipalsAsync(tenant, PageToken.Decode(scope, pageToken), size + 1, showDeleted, cancellationToken);
         var page = rows.Take(size).ToList();
         return new Page<Principal>(page, rows.Count > size ? PageToken.Encode(scope, page[^1].Name.ToString()) : null);

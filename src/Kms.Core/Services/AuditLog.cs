@@ -36,6 +36,7 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     private readonly Lock _refusalLock = new();
     private KeyMaterialRef? _signingKey;
     private byte[]? _contextKey;
+    private byte[]? _pageTokenKey;
     private AuditHead _lastCheckpoint = AuditChain.Empty;
     private DateTimeOffset _lastCheckpointTime;
     private long _forwarded = -1;
@@ -119,6 +120,7 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
             cancellationToken);
         _contextKey = derived[..32];
         CryptographicOperations.ZeroMemory(derived);
+        _pageTokenKey = HMACSHA256.HashData(_contextKey, "kms audit page token v1"u8);
 
         var latest = await store.GetLatestAuditCheckpointAsync(cancellationToken);
         _lastCheckpoint = latest is null ? AuditChain.Empty : new AuditHead(latest.Sequence, latest.HeadHash);
@@ -145,6 +147,18 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     {
         var key = _contextKey ?? throw new InvalidOperationException("the audit log is not initialised");
         return Convert.ToHexStringLower(HMACSHA256.HashData(key, Encoding.UTF8.GetBytes(value)));
+    }
+
+    /// <summary>
+    /// The tag (HMAC-SHA256) that binds a ListAuditEvents page token to the filter and position it
+    /// was issued for. Its key is derived from the context-hash key (so every node of the
+    /// deployment has the same one, and it survives restarts and domain-key rotations), and is
+    /// used for nothing else.
+    /// </summary>
+    public byte[] PageTokenTag(ReadOnlySpan<byte> data)
+    {
+        var key = _pageTokenKey ?? throw new InvalidOperationException("the audit log is not initialised");
+        return HMACSHA256.HashData(key, data);
     }
 
     /// <summary>

@@ -29,9 +29,6 @@ internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IA
             < 0 or > MaxPageSize => throw KmsErrors.InvalidArgument("page_size", $"must be 1 to {MaxPageSize} (0 for the default of 100)"),
             _ => request.PageSize,
         };
-        var after = request.PageToken.Length == 0 ? 0
-            : long.TryParse(request.PageToken, NumberStyles.None, CultureInfo.InvariantCulture, out var token) ? token
-            : throw KmsErrors.InvalidArgument("page_token", "is not a token returned by a previous ListAuditEvents call");
         var start = ProtoMapping.FromProto(request.StartTime, "start_time");
         var end = ProtoMapping.FromProto(request.EndTime, "end_time");
         // An empty window lists nothing: a mistake (the two swapped) is told, not answered with no events.
@@ -42,7 +39,6 @@ internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IA
 
         var query = new AuditQuery
         {
-            AfterSequence = after,
             Limit = size,
             Tenant = tenant,
             StartTime = start,
@@ -52,10 +48,75 @@ internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IA
             Operation = Filter(request.Operation, "operation"),
             Outcome = Filter(request.Outcome, "outcome"),
         };
+        query = query with { AfterSequence = request.PageToken.Length == 0 ? 0 : ReadPageToken(request.PageToken, query) };
         var events = await store.ListAuditEventsAsync(query, context.CancellationToken);
-        var response = new ListAuditEventsResponse { NextPageToken = events.Count == size ? events[^1].Sequence.ToString(CultureInfo.InvariantCulture) : "" };
+        var response = new ListAuditEventsResponse { NextPageToken = events.Count == size ? IssuePageToken(events[^1].Sequence, query) : "" };
         response.Events.AddRange(events.Select(ToProto));
         return response;
+    }
+
+    // A page token is where the page ended and the filter it was listed with, tagged with a key
+    // of the deployment's (AuditLog.PageTokenTag): version byte, the sequence (8 bytes, big
+    // endian), the first 16 bytes of the tag over both. A token is accepted only with the filter
+    // it was issued for — with another, paging would silently start in the middle of that
+    // filter's events, skipping those before — and only as issued (a garbled or made-up one is
+    // refused). The page size is not bound: a caller may change it between pages.
+    private const byte PageTokenVersion = 1;
+    private const int PageTokenTagLength = 16;
+
+    private string IssuePageToken(long sequence, AuditQuery query)
+    {
+        var token = new byte[1 + sizeof(long) + PageTokenTagLength];
+        token[0] = PageTokenVersion;
+        System.Buffers.Binary.BinaryPrimitives.WriteInt64BigEndian(token.AsSpan(1), sequence);
+        audit.PageTokenTag(PageTokenInput(sequence, query)).AsSpan(0, PageTokenTagLength).CopyTo(token.AsSpan(1 + sizeof(long)));
+        return System.Buffers.Text.Base64Url.EncodeToString(token);
+    }
+
+    private long ReadPageToken(string text, AuditQuery query)
+    {
+        byte[] token;
+        try
+        {
+            token = System.Buffers.Text.Base64Url.DecodeFromChars(text);
+        }
+        catch (FormatException)
+        {
+            token = [];
+        }
+
+        var sequence = token.Length == 1 + sizeof(long) + PageTokenTagLength && token[0] == PageTokenVersion
+            ? System.Buffers.Binary.BinaryPrimitives.ReadInt64BigEndian(token.AsSpan(1))
+            : -1;
+        if (sequence < 0 || !System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(
+            token.AsSpan(1 + sizeof(long)), audit.PageTokenTag(PageTokenInput(sequence, query)).AsSpan(0, PageTokenTagLength)))
+        {
+            throw KmsErrors.InvalidArgument("page_token", "is not a token that ListAuditEvents returned for this filter: tenant, start_time, end_time, principal, resource, operation and outcome must be those of the call that returned it (page_size may differ)");
+        }
+
+        return sequence;
+    }
+
+    // Every filter field, length-prefixed (absent and empty apart), then the sequence.
+    private static byte[] PageTokenInput(long sequence, AuditQuery query)
+    {
+        var text = new System.Text.StringBuilder("ListAuditEvents v1");
+        foreach (var field in new[]
+        {
+            query.Tenant,
+            query.StartTime?.UtcTicks.ToString(CultureInfo.InvariantCulture),
+            query.EndTime?.UtcTicks.ToString(CultureInfo.InvariantCulture),
+            query.Principal,
+            query.Resource,
+            query.Operation,
+            query.Outcome,
+            sequence.ToString(CultureInfo.InvariantCulture),
+        })
+        {
+            text.Append('|').Append(field is null ? "-" : field.Length.ToString(CultureInfo.InvariantCulture) + ":" + field);
+        }
+
+        return System.Text.Encoding.UTF8.GetBytes(text.ToString());
     }
 
     public override async Task<GetAuditCheckpointResponse> GetAuditCheckpoint(GetAuditCheckpointRequest request, ServerCallContext context)
