@@ -152,6 +152,66 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task ExportAuditOnA_TokenRevokedOnB_TheExportEndsUnauthenticatedOnceTheFeedReachesA()
+    {
+        var a = await StartNodeAsync();
+        var b = await StartNodeAsync();
+        var audit = a.Services.GetRequiredService<Kms.Core.Services.AuditLog>();
+        var context = Enumerable.Range(0, 32).Select(i => KeyValuePair.Create($"key{i:D2}", new string('a', 64))).ToList();
+        for (var batch = 0; batch < 6; batch++)
+        {
+            await Task.WhenAll(Enumerable.Range(0, 500).Select(_ => audit.AppendAsync(new Kms.Core.Audit.AuditEntry
+            {
+                Time = DateTimeOffset.UtcNow,
+                RequestId = Guid.NewGuid().ToString("N"),
+                Principal = "token:filler",
+                Operation = "/kms.v1.KeyManagementService/Encrypt",
+                Resource = "tenants/dev/keys/" + new string('k', 480),
+                Outcome = "OK",
+                Context = context,
+            }, default)));
+        }
+
+        var secret = await a.CreatePrincipalWithTokenAsync("exporter", null, "security-officer");
+        using var exporter = a.CreateClient(secret);
+        using var export = exporter.Audit.ExportAudit(new ExportAuditRequest());
+        Assert.True(await export.ResponseStream.MoveNext(default));
+
+        // Revoked on B while A streams; A learns it from the change feed (it forgets its remembered
+        // callers), and the export's next message is refused.
+        var authentication = a.Services.GetRequiredService<Kms.Server.Security.CallerAuthentication>();
+        var generation = authentication.Generation;
+        using (var adminOnB = b.CreateClient(a.DeploymentAdminToken))
+        {
+            await adminOnB.RevokeApiTokenAsync(secret[4..20]);
+        }
+
+        var watch = Stopwatch.StartNew();
+        while (authentication.Generation == generation && watch.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            await Task.Delay(20);
+        }
+
+        var received = 1;
+        var status = StatusCode.OK;
+        try
+        {
+            while (await export.ResponseStream.MoveNext(default))
+            {
+                received++;
+            }
+        }
+        catch (RpcException e)
+        {
+            status = e.StatusCode;
+        }
+
+        output.WriteLine($"{received} messages arrived before the export, revoked on the other node, ended {status}");
+        Assert.Equal(StatusCode.Unauthenticated, status);
+        Assert.True(received < 10, $"{received} messages arrived (the whole export is about 19)");
+    }
+
+    [Fact]
     public async Task LeaderStops_TheOtherNodeTakesOverCheckpoints()
     {
         var a = await StartNodeAsync();
