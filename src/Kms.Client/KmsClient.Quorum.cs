@@ -165,13 +165,29 @@ public sealed partial class KmsClient
             },
             cancellationToken);
 
-    /// <summary>Submits an officer's signature over the request's canonical rendering; the approval that reaches the threshold executes it.</summary>
-    public async Task<ApproveQuorumRequestResponse> ApproveQuorumRequestAsync(string name, string officerFingerprint, byte[] signature, CancellationToken cancellationToken = default)
+    /// <summary>
+    /// Submits an officer's signature over the request's canonical rendering, without a signed time
+    /// (refused for CHANGE_OFFICERS); the approval that reaches the threshold executes it.
+    /// </summary>
+    public Task<ApproveQuorumRequestResponse> ApproveQuorumRequestAsync(string name, string officerFingerprint, byte[] signature, CancellationToken cancellationToken = default) =>
+        ApproveQuorumRequestAsync(name, officerFingerprint, signature, null, cancellationToken);
+
+    /// <summary>
+    /// Submits an officer's signature over the request's approval statement signed at
+    /// <paramref name="signTime"/> (<see cref="Kms.Core.Quorum.QuorumRendering.Statement"/>; null: over
+    /// the plain rendering); the approval that reaches the threshold executes it.
+    /// <see cref="Quorum.QuorumApprover"/> signs and calls this.
+    /// </summary>
+    public async Task<ApproveQuorumRequestResponse> ApproveQuorumRequestAsync(string name, string officerFingerprint, byte[] signature, DateTimeOffset? signTime, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(signature);
-        return await Quorum.ApproveQuorumRequestAsync(
-            new ApproveQuorumRequestRequest { Name = name, OfficerFingerprint = officerFingerprint, Signature = ByteString.CopyFrom(signature) },
-            Options(cancellationToken)).ConfigureAwait(false);
+        var request = new ApproveQuorumRequestRequest { Name = name, OfficerFingerprint = officerFingerprint, Signature = ByteString.CopyFrom(signature) };
+        if (signTime is { } signed)
+        {
+            request.SignTime = Google.Protobuf.WellKnownTypes.Timestamp.FromDateTimeOffset(signed);
+        }
+
+        return await Quorum.ApproveQuorumRequestAsync(request, Options(cancellationToken)).ConfigureAwait(false);
     }
 
     /// <summary>The current officer set (verified by the server back to its configured genesis) and the chain's length.</summary>

@@ -482,8 +482,9 @@ public sealed class CeremonyEndToEndTests : IDisposable
             State = global::Kms.Core.Quorum.QuorumRequestState.Executed,
             ProposedOfficers = next,
         };
-        var signature = olga.SignData(global::Kms.Core.Quorum.QuorumRendering.Bytes(change), System.Security.Cryptography.HashAlgorithmName.SHA256, System.Security.Cryptography.DSASignatureFormat.Rfc3279DerSequence);
-        change = change with { Approvals = [new(a.Officers.Single().Fingerprint, signature, DateTimeOffset.UnixEpoch)] };
+        var signed = DateTimeOffset.UnixEpoch.AddMinutes(1);
+        var signature = olga.SignData(global::Kms.Core.Quorum.QuorumRendering.StatementBytes(change, signed), System.Security.Cryptography.HashAlgorithmName.SHA256, System.Security.Cryptography.DSASignatureFormat.Rfc3279DerSequence);
+        change = change with { Approvals = [new(a.Officers.Single().Fingerprint, signature, signed) { SignTime = signed }] };
         var inA = next.WithChange(change);
         Assert.Same(inA, global::Kms.Core.Quorum.OfficerChain.Verify([a, inA], a));
 

@@ -93,11 +93,13 @@ public sealed class QuorumRepeatedApprovalTests : IDisposable
             NewOfficers = _officers.Select("alice", "carol", "dave"),
             NewThreshold = 2,
         }, default);
-        var bob = _officers.Sign("bob", request);
-        await ApproveAsync("alice", request, _officers.Sign("alice", request));
-        Assert.True((await ApproveAsync("bob", request, bob)).Executed);
+        // A CHANGE_OFFICERS approval carries the time it was signed (the officer chain judges it by it).
+        var now = _time.GetUtcNow();
+        var bob = _officers.Sign("bob", request, now);
+        await _quorum.ApproveAsync(request.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", request, now), now, default);
+        Assert.True((await _quorum.ApproveAsync(request.Name, _officers["bob"].Fingerprint, bob, now, default)).Executed);
 
-        var again = await ApproveAsync("bob", request, bob);
+        var again = await _quorum.ApproveAsync(request.Name, _officers["bob"].Fingerprint, bob, now, default);
 
         Assert.Equal((true, true, 2, 2, QuorumRequestState.Executed), (again.Repeated, again.Executed, again.ValidApprovals, again.Threshold, again.Request.State));
         var (head, length) = await _quorum.GetOfficerSetAsync(default);

@@ -44,6 +44,34 @@ public sealed class QuorumTests : IDisposable
         Assert.Equal(Encoding.ASCII.GetBytes(Expected), QuorumRendering.Bytes(Golden()));
     }
 
+    // What a timed approval signs: the rendering's lines under the v2 tag, and the time of signing.
+    [Fact]
+    public void Statement_GoldenText_PinnedByteForByte_NeverTheRendering()
+    {
+        const string Expected = "kms quorum approval v2\n"
+            + "id: 0123456789abcdef0123456789abcdef\n"
+            + "operation: DESTROY_KEY_VERSION_NOW\n"
+            + "tenant: dev\n"
+            + "domain-kcv: 5a0c7e\n"
+            + "officer-set: 0 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n"
+            + "requested-by: token:developer\n"
+            + "created: 2026-11-29T12:00:00.000Z\n"
+            + "expires: 2026-11-30T12:00:00.000Z\n"
+            + "param name: tenants/dev/keys/orders/versions/2\n"
+            + "signed: 2026-11-29T12:34:56.789Z\n";
+        var signed = T0 + new TimeSpan(0, 0, 34, 56, 789);
+        Assert.Equal(Expected, QuorumRendering.Statement(Golden(), signed));
+        Assert.Equal(Encoding.ASCII.GetBytes(Expected), QuorumRendering.StatementBytes(Golden(), signed.AddTicks(9999)));
+
+        // A signature over one form never verifies as the other, nor at another time.
+        var timed = _officers.Approve("alice", Golden(), signed);
+        var set = OfficerSet.CreateGenesis(_officers.Select("alice"), 1);
+        Assert.Single(OfficerChain.ValidApprovers(Golden() with { Approvals = [timed] }, set));
+        Assert.Empty(OfficerChain.ValidApprovers(Golden() with { Approvals = [timed with { SignTime = null }] }, set));
+        Assert.Empty(OfficerChain.ValidApprovers(Golden() with { Approvals = [timed with { SignTime = signed.AddMilliseconds(1) }] }, set));
+        Assert.Empty(OfficerChain.ValidApprovers(Golden() with { Approvals = [_officers.ApproveUntimed("alice", Golden(), signed) with { SignTime = signed }] }, set));
+    }
+
     [Fact]
     public void Render_RotateAndRestoreDomain_GoldenText_PinnedByteForByte()
     {
@@ -221,7 +249,7 @@ public sealed class QuorumTests : IDisposable
         var takeover = _officers.Change(genesis, _officers.Select("dave", "erin"), 1, T0, "dave", "erin");
         var refused = Assert.Throws<KmsException>(() => OfficerChain.Verify([genesis, takeover], genesis));
         Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
-        Assert.Contains("approved by 0 officers of set 0, which needs 2", refused.Message, StringComparison.Ordinal);
+        Assert.Contains("approved by 0 officers of set 0 signed before its request expired at 2026-11-29T13:00:00.000Z, which needs 2", refused.Message, StringComparison.Ordinal);
     }
 
     [Fact]

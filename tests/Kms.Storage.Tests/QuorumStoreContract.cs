@@ -68,7 +68,8 @@ public abstract class QuorumStoreContract : AuditStoreContract
 
         foreach (var name in new[] { "bob", "alice" })
         {
-            var approval = officers.Approve(name, request, T0);
+            // bob's approval signs its time (kept with it), alice's is one from before approvals were timed.
+            var approval = name == "bob" ? officers.Approve(name, request, T0.AddMilliseconds(1234)) : officers.ApproveUntimed(name, request, T0);
             await store.UpdateQuorumRequestAsync(request.Id, (current, head) =>
             {
                 Assert.Equal(genesis.Hash, head!.Hash);
@@ -82,6 +83,7 @@ public abstract class QuorumStoreContract : AuditStoreContract
 
         var read = (await store.GetQuorumRequestAsync(request.Id, default))!;
         Assert.Equal([officers["bob"].Fingerprint, officers["alice"].Fingerprint], read.Approvals.Select(a => a.OfficerFingerprint));
+        Assert.Equal([T0.AddMilliseconds(1234), null], read.Approvals.Select(a => a.SignTime));
         Assert.Equal(2, OfficerChain.ValidApprovers(read, genesis).Count);
         Assert.Null(await store.UpdateQuorumRequestAsync(QuorumRequestId.NewId(), (current, _) => new QuorumChange(current), default));
     }

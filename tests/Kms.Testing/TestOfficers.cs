@@ -46,8 +46,15 @@ public sealed class TestOfficers : IDisposable
     /// <summary>An officer's signature (DER) over any bytes.</summary>
     public byte[] Sign(string name, byte[] data) => _keys[name].SignData(data, HashAlgorithmName.SHA256, DSASignatureFormat.Rfc3279DerSequence);
 
-    /// <summary>An approval of the request by the officer.</summary>
-    public QuorumApproval Approve(string name, QuorumRequest request, DateTimeOffset time) => new(Officers[name].Fingerprint, Sign(name, request), time);
+    /// <summary>An officer's signature (DER) over the request's approval statement signed at <paramref name="signTime"/>.</summary>
+    public byte[] Sign(string name, QuorumRequest request, DateTimeOffset signTime) => Sign(name, QuorumRendering.StatementBytes(request, signTime));
+
+    /// <summary>An approval of the request by the officer, signed (and recorded) at <paramref name="time"/>, as kms approves today.</summary>
+    public QuorumApproval Approve(string name, QuorumRequest request, DateTimeOffset time) =>
+        new(Officers[name].Fingerprint, Sign(name, request, QuorumRendering.ToMilliseconds(time)), time) { SignTime = QuorumRendering.ToMilliseconds(time) };
+
+    /// <summary>An approval without a signed time (over the rendering), as kms made them before approvals were timed.</summary>
+    public QuorumApproval ApproveUntimed(string name, QuorumRequest request, DateTimeOffset time) => new(Officers[name].Fingerprint, Sign(name, request), time);
 
     /// <summary>A PENDING request for tests, made for <paramref name="set"/>.</summary>
     public static QuorumRequest Request(OfficerSet set, QuorumOperation operation, IReadOnlyList<KeyValuePair<string, string>> parameters, DateTimeOffset created, TenantId? tenant = null) => new()

@@ -103,7 +103,7 @@ internal sealed class CeremonyApproval
         }
 
         var stored = await StoredChainAsync(database, ct);
-        EnsureNotRolledBack(dataDir, stored);
+        var seen = EnsureNotRolledBack(dataDir, stored);
         if (genesis is not null && stored.Count > 0 && stored[0].Hash != genesis.Hash)
         {
             throw new CliFailureException(ExitCodes.DecryptionFailed,
@@ -153,7 +153,10 @@ internal sealed class CeremonyApproval
         VerifiedApproval verified;
         try
         {
-            verified = bundle.Verify(genesis, operation, domainKcv ?? bundle.Request.DomainKcv, DateTimeOffset.UtcNow);
+            // Approvals without a signed time (made before approvals were timed) count only in the
+            // officer sets this data directory's server recorded as verified, which the loop below
+            // checks the bundle's chain holds (the database's, which reaches the record).
+            verified = bundle.Verify(genesis, operation, domainKcv ?? bundle.Request.DomainKcv, DateTimeOffset.UtcNow, seen?.Sequence ?? 0);
         }
         catch (KmsException e)
         {
@@ -216,12 +219,12 @@ internal sealed class CeremonyApproval
     // The server of this data directory records the newest officer set it verified
     // (quorum/officer-head, "SEQUENCE HASH"): a database chain that no longer reaches it was
     // rolled back, and an approval made for the older set must not count (docs/quorum.md).
-    private static void EnsureNotRolledBack(string? dataDir, IReadOnlyList<OfficerSet> stored)
+    private static OfficerHead? EnsureNotRolledBack(string? dataDir, IReadOnlyList<OfficerSet> stored)
     {
         var path = dataDir is null ? null : Path.Combine(Path.GetFullPath(dataDir), "quorum", "officer-head");
         if (path is null || !File.Exists(path))
         {
-            return;
+            return null;
         }
 
         var seen = OfficerHead.Parse(File.ReadAllText(path))
@@ -232,6 +235,8 @@ internal sealed class CeremonyApproval
                 $"the deployment's officer chain was rolled back: the server of {dataDir} verified officer set {seen.Sequence} ({seen.Hash}), which the database no longer holds; " +
                 $"restore the officer sets, or remove {path} if the rollback is intended (docs/quorum.md)");
         }
+
+        return seen;
     }
 }
 

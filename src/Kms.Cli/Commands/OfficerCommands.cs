@@ -80,7 +80,8 @@ internal static class OfficerCommands
                     throw new CliFailureException(ExitCodes.Conflict, e.Message);
                 }
 
-                // What is signed is exactly this text, computed on this machine from the request's fields.
+                // What is signed is exactly this text, computed on this machine from the request's fields,
+                // under the tag "kms quorum approval v2" and with a last line "signed: <this machine's time>".
                 ctx.Output.ErrorConsole.Write(new Panel(new Text(pending.Rendering)).Header($"you are approving (officer {approver.Fingerprint})"));
                 if (!ctx.ParseResult.GetValue(yes))
                 {
@@ -95,7 +96,16 @@ internal static class OfficerCommands
                     }
                 }
 
-                var response = await approver.ApproveAsync(ctx.Client, pending, ct);
+                ApproveQuorumRequestResponse response;
+                try
+                {
+                    response = await approver.ApproveAsync(ctx.Client, pending, ct);
+                }
+                catch (InvalidOperationException e)
+                {
+                    throw new CliFailureException(ExitCodes.Conflict, e.Message);
+                }
+
                 var json = new JsonObject
                 {
                     ["request"] = pending.Name,
@@ -105,6 +115,11 @@ internal static class OfficerCommands
                     ["executed"] = response.Executed,
                     ["rendering"] = pending.Rendering,
                 };
+                if (response.Request.Approvals.FirstOrDefault(a => a.OfficerFingerprint == approver.Fingerprint)?.SignTime is { } signed)
+                {
+                    json["sign_time"] = QuorumRendering.Time(signed.ToDateTimeOffset());
+                }
+
                 json["state"] = response.Request.State.ToString();
                 json["executing_node"] = response.Request.ExecutingNode;
                 json["credential_path"] = response.Request.CredentialPath;

@@ -8,7 +8,10 @@ namespace Kms.Client.Quorum;
 
 /// <summary>A request rendered on this machine, ready to be shown and, once confirmed, signed.</summary>
 /// <param name="Name">The request's name.</param>
-/// <param name="Rendering">The canonical text (docs/quorum.md): show it exactly; it is what gets signed.</param>
+/// <param name="Rendering">
+/// The canonical text (docs/quorum.md): show it exactly. What gets signed is its approval statement:
+/// these lines under the tag <c>kms quorum approval v2</c> and a last line <c>signed: time</c>, the time of signing.
+/// </param>
 /// <param name="Request">The request as fetched.</param>
 public sealed record PendingApproval(string Name, string Rendering, QuorumRequestInfo Request);
 
@@ -138,12 +141,25 @@ public sealed class QuorumApprover : IDisposable
         return _key.SignData(Encoding.UTF8.GetBytes(rendering), HashAlgorithmName.SHA256, DSASignatureFormat.Rfc3279DerSequence);
     }
 
-    /// <summary>Signs the locally computed rendering and submits the approval.</summary>
+    /// <summary>
+    /// Signs the approval statement of the locally computed rendering at this machine's time —
+    /// the rendering's lines under <see cref="QuorumRendering.TimedFormatTag"/> and a last line
+    /// <c>signed: time</c> (<see cref="QuorumRendering.Statement"/>) — and submits it with that time.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The request has expired by this machine's clock: an approval signed after the expiry never counts.</exception>
     public async Task<ApproveQuorumRequestResponse> ApproveAsync(KmsClient client, PendingApproval pending, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(client);
         ArgumentNullException.ThrowIfNull(pending);
-        return await client.ApproveQuorumRequestAsync(pending.Name, Fingerprint, Sign(pending.Rendering), cancellationToken).ConfigureAwait(false);
+        var request = ToQuorumRequest(pending.Request);
+        var signed = QuorumRendering.ToMilliseconds(_time.GetUtcNow());
+        if (request.IsExpiredAt(signed))
+        {
+            throw new InvalidOperationException($"quorum request {pending.Name} expired at {QuorumRendering.Time(request.ExpireTime)}");
+        }
+
+        var statement = QuorumRendering.Statement(request, signed);
+        return await client.ApproveQuorumRequestAsync(pending.Name, Fingerprint, Sign(statement), signed, cancellationToken).ConfigureAwait(false);
     }
 
     /// <inheritdoc />

@@ -23,8 +23,12 @@ namespace Kms.Core.Quorum;
 /// </remarks>
 public sealed record ApprovalBundle(QuorumRequest Request, IReadOnlyList<OfficerSet> Chain)
 {
-    /// <summary>The format tag; a reader refuses any other.</summary>
-    public const string Format = "kms-quorum-approval-bundle-v1";
+    /// <summary>The format tag written; a reader refuses any other but <see cref="UntimedFormat"/>.</summary>
+    /// <remarks>Version 2 adds each approval's <c>sign_time</c>, which its signature covers: a reader of version 1 would not verify those signatures.</remarks>
+    public const string Format = "kms-quorum-approval-bundle-v2";
+
+    /// <summary>The format of bundles written before approvals carried a signed time; still read.</summary>
+    public const string UntimedFormat = "kms-quorum-approval-bundle-v1";
 
     // Relaxed: base64 keeps its '+' and '/' for people reading the file (it is never embedded in HTML).
     private static readonly JsonWriterOptions Indented = new() { Indented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
@@ -84,9 +88,9 @@ public sealed record ApprovalBundle(QuorumRequest Request, IReadOnlyList<Officer
         {
             using var document = JsonDocument.Parse(json);
             var root = document.RootElement;
-            if (root.GetProperty("format").GetString() != Format)
+            if (root.GetProperty("format").GetString() is not (Format or UntimedFormat))
             {
-                throw Malformed($"its format is not {Format}");
+                throw Malformed($"its format is not {Format} (or {UntimedFormat})");
             }
 
             var chain = new List<OfficerSet>();
@@ -125,6 +129,10 @@ public sealed record ApprovalBundle(QuorumRequest Request, IReadOnlyList<Officer
     /// <param name="operation">The operation the ceremony performs.</param>
     /// <param name="domainKcv">The check value of the domain key the ceremony acts on.</param>
     /// <param name="now">The ceremony host's time: the request must not have expired.</param>
+    /// <param name="untimedApprovalsThrough">
+    /// The newest officer set of the chain whose change may count approvals without a signed time
+    /// (<see cref="OfficerChain.Verify"/>): the set the deployment's node recorded as verified, or 0.
+    /// </param>
     /// <returns>The request and the distinct officers whose signatures verify (at least the threshold).</returns>
     /// <exception cref="KmsException">
     /// PermissionDenied: the chain does not verify back to the pinned genesis, or fewer than M
@@ -132,14 +140,14 @@ public sealed record ApprovalBundle(QuorumRequest Request, IReadOnlyList<Officer
     /// expiry. FailedPrecondition: the request is for another operation, another domain key,
     /// another officer set than the chain's head, a tenant, was not approved, or has expired.
     /// </exception>
-    public VerifiedApproval Verify(OfficerSet pinnedGenesis, QuorumOperation operation, string domainKcv, DateTimeOffset now)
+    public VerifiedApproval Verify(OfficerSet pinnedGenesis, QuorumOperation operation, string domainKcv, DateTimeOffset now, long untimedApprovalsThrough = 0)
     {
         ArgumentNullException.ThrowIfNull(pinnedGenesis);
         ArgumentNullException.ThrowIfNull(domainKcv);
         OfficerSet head;
         try
         {
-            head = OfficerChain.Verify(Chain, pinnedGenesis);
+            head = OfficerChain.Verify(Chain, pinnedGenesis, untimedApprovalsThrough);
         }
         catch (KmsException e) when (e.Code == KmsErrorCode.FailedPrecondition)
         {
@@ -170,9 +178,14 @@ public sealed record ApprovalBundle(QuorumRequest Request, IReadOnlyList<Officer
                 $"the approval of {name} was made for officer set {Request.OfficerSetSequence}, but the bundle's officer chain leads to set {head.Sequence}; create a new request");
         }
 
-        // Counted over the rendering computed here from the fields, by key, only approvals the
-        // server recorded before the expiry (as it refuses later ones).
-        var inTime = Request with { Approvals = [.. Request.Approvals.Where(a => a.ApproveTime < Request.ExpireTime)] };
+        // Counted over the statement computed here from the fields, by key, only approvals signed
+        // before the expiry (as the server refuses later ones). An untimed approval's time is the
+        // server's unsigned record; the request must not have expired by this host's clock either
+        // (below), so no approval of it can have been made after the expiry.
+        var inTime = Request with
+        {
+            Approvals = [.. Request.Approvals.Where(a => a.SignedBefore(Request.ExpireTime) || (a.SignTime is null && a.ApproveTime < Request.ExpireTime))],
+        };
         var approvers = OfficerChain.ValidApprovers(inTime, head);
         if (approvers.Count < head.Threshold)
         {
@@ -249,6 +262,11 @@ public sealed record ApprovalBundle(QuorumRequest Request, IReadOnlyList<Officer
 
             w.WriteString("signature", Convert.ToBase64String(approval.Signature));
             w.WriteString("approve_time", QuorumRendering.Time(approval.ApproveTime));
+            if (approval.SignTime is { } signed)
+            {
+                w.WriteString("sign_time", QuorumRendering.Time(signed));
+            }
+
             w.WriteEndObject();
         }
 
@@ -268,7 +286,10 @@ public sealed record ApprovalBundle(QuorumRequest Request, IReadOnlyList<Officer
                 throw Malformed($"the public key of approval {fingerprint} does not match its fingerprint");
             }
 
-            approvals.Add(new QuorumApproval(fingerprint, Convert.FromBase64String(a.GetProperty("signature").GetString()!), Time(a.GetProperty("approve_time"))));
+            approvals.Add(new QuorumApproval(fingerprint, Convert.FromBase64String(a.GetProperty("signature").GetString()!), Time(a.GetProperty("approve_time")))
+            {
+                SignTime = a.TryGetProperty("sign_time", out var signed) && signed.ValueKind != JsonValueKind.Null ? Time(signed) : null,
+            });
         }
 
         var state = e.GetProperty("state").GetString() switch

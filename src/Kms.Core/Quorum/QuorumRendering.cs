@@ -30,13 +30,38 @@ public static class QuorumRendering
     /// <summary>Longest parameter key.</summary>
     public const int MaxParameterKeyLength = 128;
 
-    /// <summary>The text an officer reads and signs.</summary>
+    /// <summary>
+    /// The first line of an approval statement (<see cref="Statement"/>): the rendering's lines
+    /// under this tag, and a last line <c>signed: time</c> — the officer's time of signing, so
+    /// that the time an approval was made is signed too.
+    /// </summary>
+    public const string TimedFormatTag = "kms quorum approval v2";
+
+    /// <summary>The text an officer reads: the request's fields (what an untimed approval signed).</summary>
     /// <exception cref="ArgumentException">A parameter key outside <c>[a-z0-9._:-]</c>, keys out of order or repeated, or a value that is not valid UTF-16.</exception>
-    public static string Render(QuorumRequest request)
+    public static string Render(QuorumRequest request) => Lines(request, FormatTag).ToString();
+
+    /// <summary>
+    /// What an officer signs to approve <paramref name="request"/> at <paramref name="signTime"/>:
+    /// <see cref="TimedFormatTag"/>, the lines of <see cref="Render"/> after its first, and
+    /// <c>signed: yyyy-MM-ddTHH:mm:ss.fffZ</c>. The tag tells it from a rendering, so a signature
+    /// over one never verifies as the other.
+    /// </summary>
+    /// <exception cref="ArgumentException">As for <see cref="Render"/>.</exception>
+    public static string Statement(QuorumRequest request, DateTimeOffset signTime) =>
+        Lines(request, TimedFormatTag).Append("signed: ").Append(Time(signTime)).Append('\n').ToString();
+
+    /// <summary>The UTF-8 bytes of <see cref="Statement"/>: what a timed approval signs.</summary>
+    public static byte[] StatementBytes(QuorumRequest request, DateTimeOffset signTime) => Encoding.UTF8.GetBytes(Statement(request, signTime));
+
+    /// <summary>A time as the rendering shows it: truncated to milliseconds, in UTC.</summary>
+    public static DateTimeOffset ToMilliseconds(DateTimeOffset time) => DateTimeOffset.FromUnixTimeMilliseconds(time.ToUnixTimeMilliseconds());
+
+    private static StringBuilder Lines(QuorumRequest request, string tag)
     {
         ArgumentNullException.ThrowIfNull(request);
         var text = new StringBuilder(512);
-        text.Append(FormatTag).Append('\n');
+        text.Append(tag).Append('\n');
         Line(text, "id", request.Id.Value);
         Line(text, "operation", QuorumOperations.NameOf(request.Operation));
         Line(text, "tenant", request.Tenant is { } tenant ? tenant.Value : DeploymentWide);
@@ -62,7 +87,7 @@ public static class QuorumRendering
             text.Append("param ").Append(key).Append(": ").Append(Escape(value)).Append('\n');
         }
 
-        return text.ToString();
+        return text;
     }
 
     /// <summary>The UTF-8 bytes of <see cref="Render"/>: what is signed.</summary>

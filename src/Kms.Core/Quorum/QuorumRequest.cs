@@ -43,11 +43,36 @@ public enum QuorumRequestState
     Approved,
 }
 
-/// <summary>One officer's approval: the officer's key fingerprint and its signature over the canonical rendering.</summary>
+/// <summary>One officer's approval: the officer's key fingerprint and its signature over the request's approval statement.</summary>
 /// <param name="OfficerFingerprint">The approving officer's key fingerprint.</param>
-/// <param name="Signature">ECDSA P-256 with SHA-256 over the UTF-8 rendering, DER-encoded.</param>
-/// <param name="ApproveTime">When the server accepted it.</param>
-public sealed record QuorumApproval(string OfficerFingerprint, byte[] Signature, DateTimeOffset ApproveTime);
+/// <param name="Signature">
+/// ECDSA P-256 with SHA-256, DER-encoded, over the UTF-8 bytes of
+/// <see cref="QuorumRendering.Statement"/> (with <see cref="SignTime"/>) or, for an approval
+/// without a signed time, of <see cref="QuorumRendering.Render"/>.
+/// </param>
+/// <param name="ApproveTime">When the server accepted it (recorded by the server, not signed).</param>
+public sealed record QuorumApproval(string OfficerFingerprint, byte[] Signature, DateTimeOffset ApproveTime)
+{
+    /// <summary>
+    /// When the officer signed it, by the officer's machine (milliseconds), as the signed statement
+    /// says (<c>signed:</c> line, format <see cref="QuorumRendering.TimedFormatTag"/>); null for an
+    /// approval made before approvals carried a signed time (format <see cref="QuorumRendering.FormatTag"/>).
+    /// </summary>
+    /// <remarks>
+    /// Unlike <see cref="ApproveTime"/> it cannot be edited without breaking the signature, so the
+    /// chain verifier judges an approval by it: one signed at or after its request's expiry never counts.
+    /// </remarks>
+    public DateTimeOffset? SignTime { get; init; }
+
+    /// <summary>The bytes the signature covers: the timed statement, or the plain rendering for an untimed approval.</summary>
+    public byte[] SignedBytes(QuorumRequest request) => SignTime is { } signed ? QuorumRendering.StatementBytes(request, signed) : QuorumRendering.Bytes(request);
+
+    /// <summary>
+    /// Whether it was made in the request's life by a time that cannot be edited: it carries a
+    /// signed time before the request's expiry.
+    /// </summary>
+    public bool SignedBefore(DateTimeOffset expiry) => SignTime is { } signed && signed < expiry;
+}
 
 /// <summary>
 /// A sensitive operation waiting for M officers. Everything an officer signs is here, and

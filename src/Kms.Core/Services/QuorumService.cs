@@ -23,6 +23,13 @@ public sealed record QuorumOptions
     public TimeSpan MaxTtl { get; init; } = TimeSpan.FromDays(7);
 
     /// <summary>
+    /// How far an approval's signed time (the officer's clock) may be from this server's trusted
+    /// time when it arrives (5 minutes): further, and it is refused, so that a signed time says
+    /// when the approval was made to within this margin.
+    /// </summary>
+    public TimeSpan MaxSignTimeSkew { get; init; } = TimeSpan.FromMinutes(5);
+
+    /// <summary>
     /// This node's record of the newest officer set it has verified; null: none is kept (a chain
     /// rolled back in the database then goes unnoticed).
     /// </summary>
@@ -163,7 +170,9 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
     // The chain back to the pinned genesis, and no shorter than the newest set this node has seen.
     private OfficerSet VerifyChain(IReadOnlyList<OfficerSet> chain, OfficerHead? seen)
     {
-        var head = OfficerChain.Verify(chain, Genesis());
+        // Approvals without a signed time count only in sets this node recorded as verified
+        // (before approvals were timed); the check below makes sure the chain still holds them.
+        var head = OfficerChain.Verify(chain, Genesis(), seen?.Sequence ?? 0);
         if (options.HeadRecord is not { } record)
         {
             return head;
@@ -363,9 +372,24 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
     /// refused when expired or made for another officer set or domain key, and the signature must
     /// verify under the officer's key in the set the request was made for.
     /// </remarks>
-    public async Task<QuorumApprovalResult> ApproveAsync(string name, string officerFingerprint, byte[] signature, CancellationToken cancellationToken)
+    public Task<QuorumApprovalResult> ApproveAsync(string name, string officerFingerprint, byte[] signature, CancellationToken cancellationToken) =>
+        ApproveAsync(name, officerFingerprint, signature, null, cancellationToken);
+
+    /// <summary>
+    /// Records an officer's approval signed at <paramref name="signTime"/> (the officer's clock, which
+    /// the signature covers: <see cref="QuorumRendering.Statement"/>), or without a signed time (null:
+    /// the signature covers <see cref="QuorumRendering.Render"/>, as before approvals were timed; not
+    /// accepted for CHANGE_OFFICERS, whose approvals the officer chain judges by their signed time).
+    /// </summary>
+    /// <exception cref="KmsException">
+    /// As the overload without a time; also FailedPrecondition when the signed time is at or after
+    /// the request's expiry, or further than <see cref="QuorumOptions.MaxSignTimeSkew"/> from the
+    /// trusted time, or a CHANGE_OFFICERS approval carries none.
+    /// </exception>
+    public async Task<QuorumApprovalResult> ApproveAsync(string name, string officerFingerprint, byte[] signature, DateTimeOffset? signTime, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(signature);
+        signTime = signTime is { } given ? QuorumRendering.ToMilliseconds(given) : null;
         var (tenant, id) = QuorumRequest.ParseName(name, "name");
         if (!Officer.IsFingerprint(officerFingerprint))
         {
@@ -417,7 +441,9 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
             EnsureApprovable(request, head, storedHead, now);
             var officer = head.Find(officerFingerprint)
                 ?? throw KmsErrors.PermissionDenied($"officer key {officerFingerprint} is not in the current officer set (sequence {head.Sequence})");
-            if (!officer.Verifies(QuorumRendering.Bytes(request), signature))
+            EnsureSignTime(request, signTime, now);
+            var approval = new QuorumApproval(officerFingerprint, signature, now) { SignTime = signTime };
+            if (!officer.Verifies(approval.SignedBytes(request), signature))
             {
                 throw KmsErrors.PermissionDenied($"the signature of officer {officer.Name} does not verify over the canonical rendering of quorum request {name}");
             }
@@ -427,7 +453,6 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
                 throw KmsErrors.AlreadyExists($"an approval of {name} by officer {officer.Name} ({officerFingerprint}): an officer's approval counts once");
             }
 
-            var approval = new QuorumApproval(officerFingerprint, signature, now);
             var approved = request with { Approvals = [.. request.Approvals, approval] };
             valid = OfficerChain.ValidApprovers(approved, head).Count;
             if (valid < head.Threshold)
@@ -582,6 +607,36 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         {
             throw KmsErrors.FailedPrecondition(
                 $"quorum request {request.Name} was made under the domain key with check value {request.DomainKcv}, not this server's {hsm.DomainKeyCheckValue}");
+        }
+    }
+
+    // The signed time must say when the approval was made: near the trusted time, and before the
+    // expiry. The officer chain counts a set change's approvals by it, so a CHANGE_OFFICERS
+    // approval must carry one.
+    private void EnsureSignTime(QuorumRequest request, DateTimeOffset? signTime, DateTimeOffset now)
+    {
+        if (signTime is not { } signed)
+        {
+            if (request.Operation == QuorumOperation.ChangeOfficers)
+            {
+                throw KmsErrors.FailedPrecondition(
+                    $"an approval of {request.Name} (CHANGE_OFFICERS) must carry the time it was signed (sign_time, format {QuorumRendering.TimedFormatTag}): the officer chain counts only approvals signed before the request expired; approve with a kms CLI or SDK that signs it");
+            }
+
+            return;
+        }
+
+        if (signed >= request.ExpireTime)
+        {
+            throw KmsErrors.FailedPrecondition(
+                $"quorum request {request.Name} expired at {QuorumRendering.Time(request.ExpireTime)}; this approval was signed at {QuorumRendering.Time(signed)}; create a new request");
+        }
+
+        if ((signed - now).Duration() > options.MaxSignTimeSkew)
+        {
+            throw KmsErrors.FailedPrecondition(
+                $"this approval of {request.Name} was signed at {QuorumRendering.Time(signed)} by the officer's clock, but the server's time is {QuorumRendering.Time(now)}: "
+                + $"more than {options.MaxSignTimeSkew.TotalMinutes:0} minutes apart. Set the officer machine's clock right and approve again");
         }
     }
 

@@ -63,7 +63,7 @@ internal sealed partial class QuorumGrpcService(
 
     public override async Task<ApproveQuorumRequestResponse> ApproveQuorumRequest(ApproveQuorumRequestRequest request, ServerCallContext context)
     {
-        var result = await quorum.ApproveAsync(request.Name, request.OfficerFingerprint, request.Signature.ToByteArray(), context.CancellationToken);
+        var result = await quorum.ApproveAsync(request.Name, request.OfficerFingerprint, request.Signature.ToByteArray(), ProtoMapping.FromProto(request.SignTime, "sign_time"), context.CancellationToken);
         // A repeated approval (a retry whose first answer was lost) ran nothing: the call that
         // executed the request wrote its backup, or answered why it could not.
         if (result.Executed && !result.Repeated && result.Request.Operation == Kms.Core.Quorum.QuorumOperation.ExportBackup)
@@ -248,7 +248,12 @@ internal sealed partial class QuorumGrpcService(
             CredentialRevokeTime = ProtoMapping.ToTimestamp(request.CredentialRevokeTime),
         };
         info.Parameters.AddRange(request.Parameters.Select(p => new QuorumParameter { Key = p.Key, Value = p.Value }));
-        info.Approvals.AddRange(request.Approvals.Select(a => new QuorumApprovalInfo { OfficerFingerprint = a.OfficerFingerprint, ApproveTime = Timestamp.FromDateTimeOffset(a.ApproveTime) }));
+        info.Approvals.AddRange(request.Approvals.Select(a => new QuorumApprovalInfo
+        {
+            OfficerFingerprint = a.OfficerFingerprint,
+            ApproveTime = Timestamp.FromDateTimeOffset(a.ApproveTime),
+            SignTime = ProtoMapping.ToTimestamp(a.SignTime),
+        }));
         return info;
     }
 

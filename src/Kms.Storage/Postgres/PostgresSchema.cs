@@ -243,5 +243,9 @@ internal static class PostgresSchema
             ALTER TABLE quorum_requests ADD COLUMN credential_path        TEXT;
             ALTER TABLE quorum_requests ADD COLUMN credential_revoke_time BIGINT;
             """, CompatibleFrom: 4),
+        new(8, """
+            -- When the officer signed an approval, as SQLite's migration 14 (additive, like it).
+            ALTER TABLE quorum_approvals ADD COLUMN sign_time BIGINT;
+            """, CompatibleFrom: 4),
     ];
 }

@@ -117,12 +117,12 @@ public abstract partial class SqlStore : IQuorumStore
             if (change.AddedApproval is { } approval)
             {
                 await InsertAsync(connection, transaction, """
-                    INSERT INTO quorum_approvals (request_id, officer_fingerprint, signature, approve_time, position)
-                    VALUES (@request_id, @officer_fingerprint, @signature, @approve_time, (SELECT count(*) FROM quorum_approvals WHERE request_id = @request_id))
+                    INSERT INTO quorum_approvals (request_id, officer_fingerprint, signature, approve_time, sign_time, position)
+                    VALUES (@request_id, @officer_fingerprint, @signature, @approve_time, @sign_time, (SELECT count(*) FROM quorum_approvals WHERE request_id = @request_id))
                     """,
                     $"an approval of {current.Name} by {approval.OfficerFingerprint}", cancellationToken,
                     ("@request_id", id.Value), ("@officer_fingerprint", approval.OfficerFingerprint), ("@signature", approval.Signature),
-                    ("@approve_time", approval.ApproveTime.ToUnixTimeMilliseconds()));
+                    ("@approve_time", approval.ApproveTime.ToUnixTimeMilliseconds()), ("@sign_time", Millis(approval.SignTime)));
             }
 
             await using (var update = Command(connection, """
@@ -251,13 +251,13 @@ public abstract partial class SqlStore : IQuorumStore
 
         var approvals = new List<QuorumApproval>();
         await using (var command = Command(connection,
-            "SELECT officer_fingerprint, signature, approve_time FROM quorum_approvals WHERE request_id = @id ORDER BY position", ("@id", id)))
+            "SELECT officer_fingerprint, signature, approve_time, sign_time FROM quorum_approvals WHERE request_id = @id ORDER BY position", ("@id", id)))
         {
             command.Transaction = transaction;
             await using var reader = await command.ExecuteReaderAsync(cancellationToken);
             while (await reader.ReadAsync(cancellationToken))
             {
-                approvals.Add(new QuorumApproval(reader.GetString(0), (byte[])reader[1], DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(2))));
+                approvals.Add(new QuorumApproval(reader.GetString(0), (byte[])reader[1], DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(2))) { SignTime = ReadTime(reader, 3) });
             }
         }
 

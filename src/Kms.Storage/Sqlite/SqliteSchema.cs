@@ -284,6 +284,12 @@ internal static class SqliteSchema
             ALTER TABLE quorum_requests ADD COLUMN credential_path        TEXT;
             ALTER TABLE quorum_requests ADD COLUMN credential_revoke_time INTEGER;
             """, CompatibleFrom: 10),
+        new(14, """
+            -- When the officer signed an approval (ms), as the signed statement says (format
+            -- "kms quorum approval v2"); NULL for an approval over the plain rendering, made before
+            -- approvals were timed. Additive: a schema-10 to -13 server leaves it NULL.
+            ALTER TABLE quorum_approvals ADD COLUMN sign_time INTEGER;
+            """, CompatibleFrom: 10),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;
