@@ -491,8 +491,9 @@ internal static class PerfSuite
 
             var before = CpuSample.Now();
             var result = concurrency > 0 ? await LoadLoops.ClosedAsync(concurrency, duration, call) : await LoadLoops.OpenAsync(-concurrency, duration, call);
-            var cpu = CpuSample.Now().Since(before);
-            Console.WriteLine(Invariant($"{result.OpsPerSecond:N0} ops/s, p50 {result.P50:F2} ms, p99 {result.P99:F2} ms, {result.Errors + result.Shed} failed; process {cpu.Cores:F2} cores, {cpu.Cores * 1e6 / Math.Max(1, result.OpsPerSecond):F0} µs of CPU per call (client and server), steal {cpu.StealPercent:F1}%"));
+            var after = CpuSample.Now();
+            var cpu = after.Since(before);
+            Console.WriteLine(Invariant($"{result.OpsPerSecond:N0} ops/s, p50 {result.P50:F2} ms, p99 {result.P99:F2} ms, {result.Errors + result.Shed} failed; process {cpu.Cores:F2} cores, {cpu.Cores * 1e6 / Math.Max(1, result.OpsPerSecond):F0} µs of CPU per call (client and server), {(double)after.SwitchesSince(before) / Math.Max(1, result.Calls):F2} context switches per call, steal {cpu.StealPercent:F1}%"));
             return 0;
         }
         finally

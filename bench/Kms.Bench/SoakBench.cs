@@ -138,7 +138,7 @@ internal static class SoakBench
 /// came from this process doing more per call or from the host taking the cores away (this VM
 /// shares its host).
 /// </summary>
-internal readonly record struct CpuSample(long Timestamp, TimeSpan ProcessCpu, long MachineSteal, long MachineTotal)
+internal readonly record struct CpuSample(long Timestamp, TimeSpan ProcessCpu, long MachineSteal, long MachineTotal, long VoluntarySwitches, long InvoluntarySwitches)
 {
     public static CpuSample Now()
     {
@@ -146,8 +146,22 @@ internal readonly record struct CpuSample(long Timestamp, TimeSpan ProcessCpu, l
         // /proc/stat's first line: cpu user nice system idle iowait irq softirq steal guest guest_nice (ticks).
         var fields = File.ReadLines("/proc/stat").First().Split(' ', StringSplitOptions.RemoveEmptyEntries)[1..]
             .Select(f => long.Parse(f, CultureInfo.InvariantCulture)).ToArray();
-        return new(System.Diagnostics.Stopwatch.GetTimestamp(), process.TotalProcessorTime, fields[7], fields[..8].Sum());
+        var (voluntary, involuntary) = ContextSwitches();
+        return new(System.Diagnostics.Stopwatch.GetTimestamp(), process.TotalProcessorTime, fields[7], fields[..8].Sum(), voluntary, involuntary);
     }
+
+    /// <summary>The context switches of every thread of the process, ended ones included (getrusage's ru_nvcsw, ru_nivcsw).</summary>
+    public long SwitchesSince(CpuSample before) => VoluntarySwitches + InvoluntarySwitches - before.VoluntarySwitches - before.InvoluntarySwitches;
+
+    private static unsafe (long Voluntary, long Involuntary) ContextSwitches()
+    {
+        // struct rusage on 64-bit Linux: two timevals (32 bytes), then 14 longs; ru_nvcsw is the 13th, ru_nivcsw the 14th.
+        var usage = stackalloc long[18];
+        return getrusage(0, usage) == 0 ? (usage[16], usage[17]) : (0, 0);
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern unsafe int getrusage(int who, long* usage);
 
     public (double Cores, double StealPercent, int Threads) Since(CpuSample before)
     {
