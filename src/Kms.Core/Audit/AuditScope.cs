@@ -57,7 +57,7 @@ public sealed class AuditScope
         new AuditEntry
         {
             Time = Services.Clock.Now(time),
-            RequestId = Guid.NewGuid().ToString("N"),
+            RequestId = CallIds.New(),
             Principal = "system:lifecycle",
             Operation = operation,
             Resource = resource,

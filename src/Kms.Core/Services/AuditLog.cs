@@ -456,7 +456,7 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
             new AuditEntry
             {
                 Time = Clock.Now(time),
-                RequestId = Guid.NewGuid().ToString("N"),
+                RequestId = CallIds.New(),
                 Principal = "system:retention",
                 Operation = AuditChain.RetentionOperation,
                 Resource = AuditChain.RetentionResource(sequence),

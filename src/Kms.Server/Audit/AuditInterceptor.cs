@@ -211,7 +211,7 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
         // Straight from the request's headers: ServerCallContext.RequestHeaders would copy them all.
         var headers = context.GetHttpContext().Request.Headers[RequestIdHeader];
         var given = headers.Count == 1 ? headers[0] : null;
-        return given is { Length: > 0 and <= 64 } && RequestIdPattern().IsMatch(given) ? given : Guid.NewGuid().ToString("N");
+        return given is { Length: > 0 and <= 64 } && RequestIdPattern().IsMatch(given) ? given : CallIds.New();
     }
 
     // Context keys with a keyed hash of each value; the values themselves never reach the log.
