@@ -102,7 +102,6 @@ public sealed class OverloadTests
             now += Window;
         }
 
-        var clock = Stopwatch.StartNew();
         const int Calls = 30;
         for (var i = 0; i < Calls; i++)
         {
@@ -112,11 +111,15 @@ public sealed class OverloadTests
             Assert.Equal("queue_delay", e.Trailers.GetValue("kms-shed"));
         }
 
-        var seconds = clock.Elapsed.TotalSeconds;
         Assert.Equal(Calls, shed.QueueDelay);
         Assert.Equal(0, shed.Capacity);
+
+        // At most once a second is LogThrottle's promise, asserted on a fake clock (LogThrottleTests);
+        // here, that the shed calls go through one throttle, not a line per call (30 lines from a
+        // working throttle would take 30 calls spread over 30 s: a hang, not a slow machine).
         var logged = server.Logs.Events.Count(e => e.Contains("Reason=\"queue_delay\"", StringComparison.Ordinal));
-        Assert.InRange(logged, 1, 1 + (int)Math.Ceiling(seconds));
+        Assert.True(logged >= 1, "no shed call was logged");
+        Assert.True(logged < Calls, $"{logged} lines for {Calls} shed calls: not throttled");
 
         // Health is public: never shed.
         using var channel = server.CreateChannel();
@@ -235,7 +238,7 @@ public sealed class OverloadTests
 
         try
         {
-            Assert.True(SpinWait.SpinUntil(() => monitor.ShedFraction > 0, TimeSpan.FromSeconds(30)), "no shedding while the thread pool was held busy");
+            Assert.True(SpinWait.SpinUntil(() => monitor.ShedFraction > 0, TimeSpan.FromSeconds(60)), "hang guard: no shedding within 60 s while the thread pool was held busy");
             Assert.True(monitor.QueueDelay > TimeSpan.FromMilliseconds(5), $"queue delay {monitor.QueueDelay}");
         }
         finally
@@ -243,7 +246,7 @@ public sealed class OverloadTests
             gate.Set();
         }
 
-        Assert.True(SpinWait.SpinUntil(() => monitor.ShedFraction == 0, TimeSpan.FromSeconds(30)), "still shedding after the thread pool was freed");
+        Assert.True(SpinWait.SpinUntil(() => monitor.ShedFraction == 0, TimeSpan.FromSeconds(60)), "hang guard: still shedding 60 s after the thread pool was freed");
     }
 
     // A shed call is seen as such, not retried.
