@@ -205,6 +205,7 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
         var bad = new System.Collections.Concurrent.ConcurrentQueue<string>();
         var back = false;
         var recoveredAfter = new System.Collections.Concurrent.ConcurrentBag<string>();
+        var refusedBy = new int[3];
         var load = Enumerable.Range(0, 3).Select(worker => Task.Run(async () =>
         {
             for (var i = 0; !Volatile.Read(ref back) || recoveredAfter.Count(r => r.StartsWith($"w{worker}", StringComparison.Ordinal)) < 3; i++)
@@ -224,6 +225,11 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
                 catch (RpcException e)
                 {
                     statuses.AddOrUpdate(e.StatusCode, 1, (_, n) => n + 1);
+                    if (e.StatusCode == StatusCode.Unavailable)
+                    {
+                        Interlocked.Increment(ref refusedBy[worker]);
+                    }
+
                     if (e.StatusCode != StatusCode.Unavailable || e.Status.Detail.Contains(cluster.Port, StringComparison.Ordinal))
                     {
                         bad.Enqueue($"{e.StatusCode}: {e.Status.Detail}");
@@ -241,17 +247,29 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
 
         await Task.Delay(700);
         cluster.Halt();
-        await Task.Delay(2500);
-        var refusedWhileDown = statuses.GetValueOrDefault(StatusCode.Unavailable);
+
+        // Down until every worker has had 5 calls refused since the stop: none waits for the
+        // database (a call that did would hold its worker until the restart). 60 s is a hang guard.
+        var atHalt = refusedBy.Select((_, w) => Volatile.Read(ref refusedBy[w])).ToArray();
+        int[] RefusedSinceHalt() => [.. refusedBy.Select((_, w) => Volatile.Read(ref refusedBy[w]) - atHalt[w])];
+        var guard = Stopwatch.StartNew();
+        while (RefusedSinceHalt().Min() < 5 && guard.Elapsed < TimeSpan.FromSeconds(60))
+        {
+            await Task.Delay(20);
+        }
+
+        var refusedWhileDown = RefusedSinceHalt();
         cluster.Resume();
         var downFor = Stopwatch.StartNew();
         Volatile.Write(ref back, true);
         await Task.WhenAll(load).WaitAsync(TimeSpan.FromSeconds(60));
-        output.WriteLine($"{string.Join(", ", statuses.Select(s => $"{s.Key} {s.Value}"))}; {refusedWhileDown} UNAVAILABLE while stopped; "
+        output.WriteLine($"{string.Join(", ", statuses.Select(s => $"{s.Key} {s.Value}"))}; {string.Join("/", refusedWhileDown)} UNAVAILABLE per worker while stopped; "
             + $"slowest call {slowest.TotalMilliseconds:0} ms; every worker served again {downFor.ElapsedMilliseconds} ms after the restart");
         Assert.True(bad.IsEmpty, "answers other than a clean UNAVAILABLE: " + string.Join("; ", bad.Distinct()));
-        Assert.True(refusedWhileDown > 0, "no call was refused while PostgreSQL was stopped");
-        Assert.InRange(slowest, TimeSpan.Zero, TimeSpan.FromSeconds(20));
+        // Refused while it was down (counted before the restart), so no call waited for it to come
+        // back; none waited past the client's 30-s deadline either, which would have ended it
+        // DEADLINE_EXCEEDED, not a clean UNAVAILABLE (in `bad`). The slowest call is reported, not bounded.
+        Assert.True(refusedWhileDown.Min() >= 5, $"hang guard: after 60 s down, calls refused per worker {string.Join("/", refusedWhileDown)}: a worker waited on the stopped database");
 
         // Every acknowledged key is there; whatever is there is whole; the chain verifies.
         foreach (var name in acknowledged)
