@@ -28,7 +28,7 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     public async Task DisposeAsync()
     {
         await _stop.CancelAsync();
-        await _loop.WaitAsync(TimeSpan.FromSeconds(10)).ContinueWith(_ => { }, TaskScheduler.Default);
+        await _loop.WaitAsync(HangGuard.Time).ContinueWith(_ => { }, TaskScheduler.Default);
     }
 
     public void Dispose()
@@ -52,12 +52,13 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Assert.Equal(Enumerable.Range(0, 200).Select(i => $"req-{i}").Order(), written.Select(e => e.Entry.RequestId).Order());
 
         // BatchWritten is raised after the callers are released: wait for the last report.
-        var deadline = DateTime.UtcNow.AddSeconds(10);
+        var deadline = HangGuard.Deadline();
         while (DateTime.UtcNow < deadline && Batches().Sum() < 200)
         {
             await Task.Delay(10);
         }
 
+        Assert.True(Batches().Sum() >= 200, $"hang guard: {Batches().Sum()} of 200 events reported written after {HangGuard.Time.TotalSeconds} s");
         Assert.Equal(200, Batches().Sum());
         Assert.True(Batches().Length < 200, $"{Batches().Length} commits for 200 events: no grouping");
         int[] Batches()
@@ -89,33 +90,34 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
 
         // The first call's batch is held at the store; calls arriving meanwhile wait for it.
         var first = log.AppendAsync(Entry("first"), default);
-        await gated.Entered.Task.WaitAsync(TimeSpan.FromSeconds(10));
+        await gated.Entered.Task.GuardAsync("the first batch reaching the store");
         var second = log.AppendAsync(Entry("second"), default);
         var third = log.AppendAsync(Entry("third"), default);
         await Task.Delay(50);
         Assert.False(first.IsCompleted || second.IsCompleted || third.IsCompleted, "a call returned before its event was durable");
 
         gated.Release.SetResult();
-        await Task.WhenAll(first, second, third).WaitAsync(TimeSpan.FromSeconds(10));
+        await Task.WhenAll(first, second, third).GuardAsync("the three appends answered once the batch was released");
 
         // BatchWritten is raised after the callers are released: wait for the second report.
-        var deadline = DateTime.UtcNow.AddSeconds(10);
+        var deadline = HangGuard.Deadline();
         while (DateTime.UtcNow < deadline && Sizes().Sum() < 3)
         {
             await Task.Delay(10);
         }
 
+        Assert.True(Sizes().Sum() >= 3, $"hang guard: {Sizes().Sum()} of 3 events reported written after {HangGuard.Time.TotalSeconds} s");
         Assert.Equal([1, 2], Sizes());
         Assert.Equal(["first", "second", "third"], (await _store.ListAuditEventsAsync(new AuditQuery(), default)).Select(e => e.Entry.RequestId));
         await stop.CancelAsync();
-        await loop.WaitAsync(TimeSpan.FromSeconds(10)).ContinueWith(_ => { }, TaskScheduler.Default);
+        await loop.WaitAsync(HangGuard.Time).ContinueWith(_ => { }, TaskScheduler.Default);
     }
 
     [Fact]
     public async Task AfterTheLoopStops_AppendsRefusedUnavailable()
     {
         await _stop.CancelAsync();
-        await _loop.WaitAsync(TimeSpan.FromSeconds(10)).ContinueWith(_ => { }, TaskScheduler.Default);
+        await _loop.WaitAsync(HangGuard.Time).ContinueWith(_ => { }, TaskScheduler.Default);
         var e = await Assert.ThrowsAsync<KmsException>(() => _log.AppendAsync(Entry("late"), default));
         Assert.Equal(KmsErrorCode.Unavailable, e.Code);
     }
@@ -227,14 +229,15 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         // The loop's own housekeeping (once a second) closes the window; appends must keep flowing.
         // The clock keeps moving while we wait: a pass that read the time before the jump above
         // sets its next one-second wait after it, and only a later tick wakes it.
-        var deadline = DateTime.UtcNow.AddSeconds(15);
+        var deadline = HangGuard.Deadline();
         while ((await _store.ListAuditEventsAsync(new AuditQuery { Principal = "token:eve" }, default)).Count < 2 && DateTime.UtcNow < deadline)
         {
             await Task.Delay(100);
             _time.Advance(TimeSpan.FromSeconds(1));
         }
 
-        await _log.AppendAsync(Entry("after"), default).WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.True((await _store.ListAuditEventsAsync(new AuditQuery { Principal = "token:eve" }, default)).Count >= 2, $"hang guard: the loop's housekeeping had not closed the window after {HangGuard.Time.TotalSeconds} s of ticks");
+        await _log.AppendAsync(Entry("after"), default).GuardAsync("an append after the window closed");
         var eve = await _store.ListAuditEventsAsync(new AuditQuery { Principal = "token:eve" }, default);
         Assert.Equal([1L, 1L], eve.Select(e => e.Entry.Count));
     }
@@ -255,30 +258,31 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         }
 
         // Ticks until the pass starts (one in flight while the clock moved waits for the next).
-        var entering = DateTime.UtcNow.AddSeconds(10);
+        var entering = HangGuard.Deadline();
         while (!gated.Entered.Task.IsCompleted && DateTime.UtcNow < entering)
         {
             _time.Advance(TimeSpan.FromSeconds(1));
             await Task.WhenAny(gated.Entered.Task, Task.Delay(100));
         }
 
-        await gated.Entered.Task.WaitAsync(TimeSpan.FromSeconds(1));
+        Assert.True(gated.Entered.Task.IsCompleted, $"hang guard: no housekeeping pass reached the checkpoint write in {HangGuard.Time.TotalSeconds} s of ticks");
 
         // The pass is stuck in the checkpoint's write; appends are answered all the same.
-        await Task.WhenAll(Enumerable.Range(0, 20).Select(i => log.AppendAsync(Entry($"during-{i}"), default))).WaitAsync(TimeSpan.FromSeconds(10));
+        await Task.WhenAll(Enumerable.Range(0, 20).Select(i => log.AppendAsync(Entry($"during-{i}"), default))).GuardAsync("20 appends while the checkpoint write is held");
         Assert.Empty(await _store.ListAuditCheckpointsAsync(0, 10, default));
 
         gated.Release.SetResult();
-        var deadline = DateTime.UtcNow.AddSeconds(10);
+        var deadline = HangGuard.Deadline();
         while ((await _store.ListAuditCheckpointsAsync(0, 10, default)).Count == 0 && DateTime.UtcNow < deadline)
         {
             await Task.Delay(20);
         }
 
+        Assert.True((await _store.ListAuditCheckpointsAsync(0, 10, default)).Count > 0, $"hang guard: no checkpoint {HangGuard.Time.TotalSeconds} s after its write was released");
         Assert.True((await _store.ListAuditCheckpointsAsync(0, 10, default)).Single().Sequence >= 5);
         Assert.Equal(25, (await _store.GetAuditHeadAsync(default)).Sequence);
         await stop.CancelAsync();
-        await loop.WaitAsync(TimeSpan.FromSeconds(10));
+        await loop.GuardAsync("the commit loop stopping");
     }
 
     [Fact]
@@ -305,7 +309,7 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Assert.Equal(("*", "*", "aggregated", 100L - (windows + 1)), (overflow.Operation, overflow.Outcome, overflow.RequestId, overflow.Count));
         Assert.Equal(100, events.Sum(e => e.Count));
         await stop.CancelAsync();
-        await loop.WaitAsync(TimeSpan.FromSeconds(10));
+        await loop.GuardAsync("the commit loop stopping");
     }
 
     [Fact]
@@ -516,7 +520,7 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         public async ValueTask DisposeAsync()
         {
             await Stop.CancelAsync();
-            await Loop.WaitAsync(TimeSpan.FromSeconds(10)).ContinueWith(_ => { }, TaskScheduler.Default);
+            await Loop.WaitAsync(HangGuard.Time).ContinueWith(_ => { }, TaskScheduler.Default);
             Stop.Dispose();
         }
     }

@@ -12,8 +12,9 @@ public sealed class SessionPoolTests(HsmFixture fixture) : IClassFixture<HsmFixt
 
         Assert.False(await pool.DrainAsync(TimeSpan.FromMilliseconds(100)));
 
+        // The drain's own timeout, long only as a hang guard: every session is free now.
         lease.Dispose();
-        Assert.True(await pool.DrainAsync(TimeSpan.FromSeconds(5)));
+        Assert.True(await pool.DrainAsync(TimeSpan.FromSeconds(60)), "hang guard: a pool with every session free did not drain within 60 s");
     }
 
     [Fact]
@@ -22,14 +23,15 @@ public sealed class SessionPoolTests(HsmFixture fixture) : IClassFixture<HsmFixt
         using var session = fixture.OpenRawSession();
         var pool = new SessionPool([session]);
         var lease = await pool.AcquireAsync(default);
-        var drain = pool.DrainAsync(TimeSpan.FromSeconds(30));
+        var drain = pool.DrainAsync(TimeSpan.FromSeconds(60)); // the drain's own timeout, long only as a hang guard
         var waiter = pool.AcquireAsync(default).AsTask(); // arrives while recovery drains
 
         lease.Dispose();
-        Assert.True(await drain.WaitAsync(TimeSpan.FromSeconds(10)));
+        Assert.True(await drain, "hang guard: the drain had not ended 60 s after its session's lease was released");
         Assert.False(waiter.IsCompleted);
 
         pool.ReleaseDrained();
-        (await waiter.WaitAsync(TimeSpan.FromSeconds(10))).Dispose();
+        Assert.True(await Task.WhenAny(waiter, Task.Delay(TimeSpan.FromSeconds(60))) == waiter, "hang guard: the waiter was not woken within 60 s of the release");
+        (await waiter).Dispose();
     }
 }
