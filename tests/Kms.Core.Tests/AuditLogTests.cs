@@ -556,6 +556,19 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
     }
 
+    // The page-token key is derived from the context-hash key: it must not be the hash of any
+    // context value, which a caller who may encrypt can have audited and an auditor can read.
+    [Fact]
+    public void PageTokenKey_IsNoEncryptionContextValuesHash()
+    {
+        var data = "ListAuditEvents v1|-|17"u8.ToArray();
+        foreach (var value in new[] { "kms audit page token v1", "kms audit page token v2", "" })
+        {
+            var leaked = Convert.FromHexString(_log.HashContextValue(value));
+            Assert.NotEqual(Convert.ToHexStringLower(HMACSHA256.HashData(leaked, data)), Convert.ToHexStringLower(_log.PageTokenTag(data)));
+        }
+    }
+
     [Fact]
     public async Task KeysAreStableAcrossRestarts_ContextHashKeyed()
     {

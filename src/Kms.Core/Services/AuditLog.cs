@@ -120,7 +120,10 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
             cancellationToken);
         _contextKey = derived[..32];
         CryptographicOperations.ZeroMemory(derived);
-        _pageTokenKey = HMACSHA256.HashData(_contextKey, "kms audit page token v1"u8);
+        // Not HMAC(context key, a text): that is HashContextValue of the text, which any caller
+        // can have written into the audit log as the hash of an encryption-context value. A
+        // leading 0xFF is never in UTF-8, so no context value's hash is this key.
+        _pageTokenKey = HMACSHA256.HashData(_contextKey, (byte[])[0xFF, .. "kms audit page token v1"u8]);
 
         var latest = await store.GetLatestAuditCheckpointAsync(cancellationToken);
         _lastCheckpoint = latest is null ? AuditChain.Empty : new AuditHead(latest.Sequence, latest.HeadHash);
