@@ -195,6 +195,69 @@ public sealed class QuorumChainTimeTests : IDisposable
         Assert.Equal(1, (await quorum.ApproveAsync(backup.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", backup), default)).ValidApprovals);
     }
 
+    // The node's record vouches for the untimed approvals of the sets up to it, so it must name
+    // only sets the node verified. A database writer's trigger adds, in the transaction that
+    // executes an honest officer change, a set after it that untimed approvals install (mallory
+    // alone); the node records the set its execution appended, and refuses the one after.
+    [Fact]
+    public async Task OfficerChange_Executed_RecordsTheSetItAppended_NotASetAddedAfterItInTheDatabase()
+    {
+        var inner = new InMemoryStore();
+        var time = new FakeTimeProvider(T0);
+        var genesis = OfficerSet.CreateDeploymentGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        var store = new TriggerStore(inner, appended => inner.PlantOfficerSet(Untimed(appended, _officers.Select("mallory"), 1, "alice", "bob")));
+        var record = new MemoryHeadRecord();
+        var quorum = new QuorumService(store, inner, _hsm, time, new QuorumOptions { Genesis = genesis, HeadRecord = record });
+        await quorum.InitializeAsync(default);
+        var officer = new Caller("token:officer", null, new HashSet<Kms.Core.Access.Role> { Kms.Core.Access.Role.SecurityOfficer });
+        var change = await quorum.CreateAsync(officer, new CreateQuorumRequestCommand(null, QuorumOperation.ChangeOfficers)
+        {
+            NewOfficers = _officers.Select("alice", "bob", "carol"),
+            NewThreshold = 2,
+            Ttl = TimeSpan.FromHours(1),
+        }, default);
+        await quorum.ApproveAsync(change.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", change, T0), T0, default);
+        Assert.True((await quorum.ApproveAsync(change.Name, _officers["bob"].Fingerprint, _officers.Sign("bob", change, T0), T0, default)).Executed);
+        Assert.Equal(3, (await inner.ListOfficerSetsAsync(default)).Count);
+
+        Assert.Equal(1, record.Head!.Sequence);
+        var refused = await Assert.ThrowsAsync<KmsException>(() => quorum.GetOfficerSetAsync(default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+        Assert.Contains("officer set 2 is approved by 0 officers of set 1", refused.Message, StringComparison.Ordinal);
+    }
+
+    /// <summary>A store with a database writer's trigger: after a transaction that appends an officer set, <c>trigger</c> runs with that set.</summary>
+    private sealed class TriggerStore(InMemoryStore inner, Action<OfficerSet> trigger) : Kms.Core.Ports.IQuorumStore
+    {
+        public Task<IReadOnlyList<OfficerSet>> ListOfficerSetsAsync(CancellationToken cancellationToken) => inner.ListOfficerSetsAsync(cancellationToken);
+
+        public Task<bool> AddGenesisOfficerSetAsync(OfficerSet genesis, CancellationToken cancellationToken) => inner.AddGenesisOfficerSetAsync(genesis, cancellationToken);
+
+        public Task CreateQuorumRequestAsync(QuorumRequest request, CancellationToken cancellationToken) => inner.CreateQuorumRequestAsync(request, cancellationToken);
+
+        public Task<QuorumRequest?> GetQuorumRequestAsync(QuorumRequestId id, CancellationToken cancellationToken) => inner.GetQuorumRequestAsync(id, cancellationToken);
+
+        public Task<IReadOnlyList<QuorumRequest>> ListQuorumRequestsAsync(Kms.Core.Names.TenantId? tenant, string? afterId, int limit, CancellationToken cancellationToken) =>
+            inner.ListQuorumRequestsAsync(tenant, afterId, limit, cancellationToken);
+
+        public async Task<QuorumRequest?> UpdateQuorumRequestAsync(QuorumRequestId id, Func<QuorumRequest, OfficerSet?, Kms.Core.Ports.QuorumChange> decide, CancellationToken cancellationToken)
+        {
+            OfficerSet? appended = null;
+            var result = await inner.UpdateQuorumRequestAsync(id, (request, head) =>
+            {
+                var change = decide(request, head);
+                appended = change.AppendedOfficerSet;
+                return change;
+            }, cancellationToken);
+            if (appended is not null)
+            {
+                trigger(appended);
+            }
+
+            return result;
+        }
+    }
+
     // The bundle's own request: an approval signed after the expiry counts for nothing, whatever time
     // the server is said to have recorded; a chain's untimed change counts where the ceremony's data
     // directory vouches for it.

@@ -410,6 +410,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         var repeated = false;
         var repeatExecuted = false;
         RecoveryCredential? credential = null;
+        OfficerSet? appended = null;
         IReadOnlyList<Keys.KeyVersion> destroyed = [];
         var result = await store.UpdateQuorumRequestAsync(id, (request, storedHead) =>
         {
@@ -477,7 +478,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
                 {
                     KeyEffect = DestroyNow(done, now, versions => destroyed = versions),
                 },
-                QuorumOperation.ChangeOfficers => change with { AppendedOfficerSet = NewOfficerSet(done, head) },
+                QuorumOperation.ChangeOfficers => change with { AppendedOfficerSet = appended = NewOfficerSet(done, head) },
 
                 // The snapshot is taken after this commit (Kms.Server's BackupExporter), so it holds the execution.
                 QuorumOperation.ExportBackup => change,
@@ -494,15 +495,18 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
             hsm.EvictKey(version.Id);
         }
 
-        if (executed && result.Operation == QuorumOperation.ChangeOfficers && options.HeadRecord is { } record)
+        if (executed && appended is not null && options.HeadRecord is { } record)
         {
             // The node records the new head at once: a rollback right after is then seen too. The
             // change has committed whatever happens here: a record that cannot be written now is
             // written by the next quorum call's verification, and this answer stays "executed".
+            // The set recorded is the one this execution appended, not the database's last: the
+            // record vouches for its sets' approvals without a signed time (OfficerChain.Verify),
+            // so a set someone else wrote after it (a trigger, a write between the commit and a
+            // read) must be verified, never recorded unread.
             try
             {
-                var after = await store.ListOfficerSetsAsync(CancellationToken.None);
-                record.Advance(new OfficerHead(after[^1].Sequence, after[^1].Hash));
+                record.Advance(new OfficerHead(appended.Sequence, appended.Hash));
             }
             catch (Exception e) when (e is KmsException or IOException or UnauthorizedAccessException)
             {
