@@ -74,6 +74,10 @@ public sealed class PageTokenTests : IAsyncLifetime
     [InlineData("bare sequence")]
     [InlineData("another sequence")]
     [InlineData("tag cut")]
+    [InlineData("not base64")]
+    [InlineData("one character")]
+    [InlineData("megabyte")]
+    [InlineData("version 2")]
     public async Task ListAuditEvents_AGarbledOrMadeUpToken_InvalidArgumentNamingPageToken(string kind)
     {
         var key = await _developer.CreateKeyAsync("tenants/dev", "forged-" + kind.Replace(' ', '-'));
@@ -86,6 +90,10 @@ public sealed class PageTokenTests : IAsyncLifetime
             "17" => "17",
             "bare sequence" => first.Events[0].Sequence.ToString(System.Globalization.CultureInfo.InvariantCulture),
             "another sequence" => Forged(Issued(), b => b[8] ^= 1),
+            "not base64" => "!!!!\u00e9\u0000",
+            "one character" => "A",
+            "megabyte" => new string('A', 1 << 20),
+            "version 2" => Forged(Issued(), b => b[0] = 2),
             _ => System.Buffers.Text.Base64Url.EncodeToString(Issued().AsSpan(0, Issued().Length - 1)),
         };
 
