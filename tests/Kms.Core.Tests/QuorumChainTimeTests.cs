@@ -226,6 +226,37 @@ public sealed class QuorumChainTimeTests : IDisposable
         Assert.Contains("officer set 2 is approved by 0 officers of set 1", refused.Message, StringComparison.Ordinal);
     }
 
+    // Execution counts an officer change's approvals as the chain verifier will: a timed approval
+    // signed after the expiry, put in the database beside an honest one, does not make up the
+    // threshold (it would execute a set the chain then refuses, and stop every quorum operation).
+    [Fact]
+    public async Task OfficerChange_ALateApprovalPlantedInTheDatabase_DoesNotCountTowardsExecution()
+    {
+        var store = new InMemoryStore();
+        var time = new FakeTimeProvider(T0);
+        var genesis = OfficerSet.CreateDeploymentGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        var quorum = new QuorumService(store, store, _hsm, time, new QuorumOptions { Genesis = genesis, HeadRecord = new MemoryHeadRecord() });
+        await quorum.InitializeAsync(default);
+        var officer = new Caller("token:officer", null, new HashSet<Kms.Core.Access.Role> { Kms.Core.Access.Role.SecurityOfficer });
+        var change = await quorum.CreateAsync(officer, new CreateQuorumRequestCommand(null, QuorumOperation.ChangeOfficers)
+        {
+            NewOfficers = _officers.Select("alice", "bob", "mallory"),
+            NewThreshold = 2,
+            Ttl = TimeSpan.FromHours(1),
+        }, default);
+        var stored = (await store.GetQuorumRequestAsync(change.Id, default))!;
+        var late = _officers.Approve("bob", stored, T0.AddHours(2)) with { ApproveTime = T0.AddMinutes(10) };
+        await store.UpdateQuorumRequestAsync(change.Id, (request, _) => new Kms.Core.Ports.QuorumChange(request with { Approvals = [.. request.Approvals, late] }) { AddedApproval = late }, default);
+
+        time.Advance(TimeSpan.FromMinutes(30));
+        var result = await quorum.ApproveAsync(change.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", change, T0.AddMinutes(30)), T0.AddMinutes(30), default);
+
+        Assert.False(result.Executed);
+        Assert.Equal(1, result.ValidApprovals);
+        Assert.Single(await store.ListOfficerSetsAsync(default));
+        Assert.Equal(0, (await quorum.GetOfficerSetAsync(default)).Set.Sequence);
+    }
+
     /// <summary>A store with a database writer's trigger: after a transaction that appends an officer set, <c>trigger</c> runs with that set.</summary>
     private sealed class TriggerStore(InMemoryStore inner, Action<OfficerSet> trigger) : Kms.Core.Ports.IQuorumStore
     {
