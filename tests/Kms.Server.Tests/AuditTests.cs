@@ -223,8 +223,9 @@ public sealed class AuditTests : IAsyncLifetime
         await audit.FlushRefusalsAsync(default);
         var events = await EventsAsync(new ListAuditEventsRequest { Principal = "anonymous", Outcome = "UNAUTHENTICATED" });
 
-        // The first written at once, the rest counted (a slow run may cross one 10 s window boundary).
-        Assert.InRange(events.Count, 2, 4);
+        // The first written at once, the rest counted: one event per 10-s window, however many
+        // windows a slow run spans — not an event per call (no bound on the run's length here).
+        Assert.True(events.Count >= 2 && events.Count < 100, $"{events.Count} events for 100 refused calls");
         Assert.Equal(100, events.Sum(e => e.Count));
         Assert.Contains(events, e => e.Count > 1);
         Assert.Contains("security alert refusals", _server.Logs.AllText, StringComparison.Ordinal);
