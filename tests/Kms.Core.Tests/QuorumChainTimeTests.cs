@@ -17,6 +17,7 @@ public sealed class QuorumChainTimeTests : IDisposable
 {
     private static readonly DateTimeOffset T0 = new(2026, 11, 29, 12, 0, 0, TimeSpan.Zero);
     private readonly TestOfficers _officers = new("alice", "bob", "carol", "mallory");
+    private static readonly Caller SecurityOfficer = new("token:officer", null, new HashSet<Kms.Core.Access.Role> { Kms.Core.Access.Role.SecurityOfficer });
     private readonly FakeHsm _hsm = new();
 
     public void Dispose()
@@ -159,15 +160,7 @@ public sealed class QuorumChainTimeTests : IDisposable
         var store = new InMemoryStore();
         var time = new FakeTimeProvider(T0);
         var genesis = OfficerSet.CreateDeploymentGenesis(_officers.Select("alice", "bob", "carol"), 2);
-        var quorum = new QuorumService(store, store, _hsm, time, new QuorumOptions { Genesis = genesis });
-        await quorum.InitializeAsync(default);
-        var officer = new Caller("token:officer", null, new HashSet<Kms.Core.Access.Role> { Kms.Core.Access.Role.SecurityOfficer });
-        var change = await quorum.CreateAsync(officer, new CreateQuorumRequestCommand(null, QuorumOperation.ChangeOfficers)
-        {
-            NewOfficers = _officers.Select("alice", "mallory"),
-            NewThreshold = 1,
-            Ttl = TimeSpan.FromHours(1),
-        }, default);
+        var (quorum, change) = await ChangeOfficersAsync(new QuorumService(store, store, _hsm, time, new QuorumOptions { Genesis = genesis }), 1, "alice", "mallory");
 
         async Task<KmsException> RefusedAsync(string name, DateTimeOffset? signed) =>
             await Assert.ThrowsAsync<KmsException>(() => quorum.ApproveAsync(change.Name, _officers[name].Fingerprint,
@@ -191,7 +184,7 @@ public sealed class QuorumChainTimeTests : IDisposable
         // A node without a record (a fresh data directory) verifies the timed change.
         Assert.Equal(1, (await Quorum(store, genesis, new MemoryHeadRecord()).GetOfficerSetAsync(default)).Set.Sequence);
 
-        var backup = await quorum.CreateAsync(officer, new CreateQuorumRequestCommand(null, QuorumOperation.ExportBackup), default);
+        var backup = await quorum.CreateAsync(SecurityOfficer, new CreateQuorumRequestCommand(null, QuorumOperation.ExportBackup), default);
         Assert.Equal(1, (await quorum.ApproveAsync(backup.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", backup), default)).ValidApprovals);
     }
 
@@ -207,15 +200,7 @@ public sealed class QuorumChainTimeTests : IDisposable
         var genesis = OfficerSet.CreateDeploymentGenesis(_officers.Select("alice", "bob", "carol"), 2);
         var store = new TriggerStore(inner, appended => inner.PlantOfficerSet(Untimed(appended, _officers.Select("mallory"), 1, "alice", "bob")));
         var record = new MemoryHeadRecord();
-        var quorum = new QuorumService(store, inner, _hsm, time, new QuorumOptions { Genesis = genesis, HeadRecord = record });
-        await quorum.InitializeAsync(default);
-        var officer = new Caller("token:officer", null, new HashSet<Kms.Core.Access.Role> { Kms.Core.Access.Role.SecurityOfficer });
-        var change = await quorum.CreateAsync(officer, new CreateQuorumRequestCommand(null, QuorumOperation.ChangeOfficers)
-        {
-            NewOfficers = _officers.Select("alice", "bob", "carol"),
-            NewThreshold = 2,
-            Ttl = TimeSpan.FromHours(1),
-        }, default);
+        var (quorum, change) = await ChangeOfficersAsync(new QuorumService(store, inner, _hsm, time, new QuorumOptions { Genesis = genesis, HeadRecord = record }), 2, "alice", "bob", "carol");
         await quorum.ApproveAsync(change.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", change, T0), T0, default);
         Assert.True((await quorum.ApproveAsync(change.Name, _officers["bob"].Fingerprint, _officers.Sign("bob", change, T0), T0, default)).Executed);
         Assert.Equal(3, (await inner.ListOfficerSetsAsync(default)).Count);
@@ -235,15 +220,7 @@ public sealed class QuorumChainTimeTests : IDisposable
         var store = new InMemoryStore();
         var time = new FakeTimeProvider(T0);
         var genesis = OfficerSet.CreateDeploymentGenesis(_officers.Select("alice", "bob", "carol"), 2);
-        var quorum = new QuorumService(store, store, _hsm, time, new QuorumOptions { Genesis = genesis, HeadRecord = new MemoryHeadRecord() });
-        await quorum.InitializeAsync(default);
-        var officer = new Caller("token:officer", null, new HashSet<Kms.Core.Access.Role> { Kms.Core.Access.Role.SecurityOfficer });
-        var change = await quorum.CreateAsync(officer, new CreateQuorumRequestCommand(null, QuorumOperation.ChangeOfficers)
-        {
-            NewOfficers = _officers.Select("alice", "bob", "mallory"),
-            NewThreshold = 2,
-            Ttl = TimeSpan.FromHours(1),
-        }, default);
+        var (quorum, change) = await ChangeOfficersAsync(new QuorumService(store, store, _hsm, time, new QuorumOptions { Genesis = genesis, HeadRecord = new MemoryHeadRecord() }), 2, "alice", "bob", "mallory");
         var stored = (await store.GetQuorumRequestAsync(change.Id, default))!;
         var late = _officers.Approve("bob", stored, T0.AddHours(2)) with { ApproveTime = T0.AddMinutes(10) };
         await store.UpdateQuorumRequestAsync(change.Id, (request, _) => new Kms.Core.Ports.QuorumChange(request with { Approvals = [.. request.Approvals, late] }) { AddedApproval = late }, default);
@@ -319,6 +296,19 @@ public sealed class QuorumChainTimeTests : IDisposable
         var old = ApprovalBundle.Parse(new ApprovalBundle(onLegacy, [genesis, legacy]).Serialize().Replace(ApprovalBundle.Format, ApprovalBundle.UntimedFormat, StringComparison.Ordinal));
         Assert.Throws<KmsException>(() => old.Verify(genesis, QuorumOperation.RestoreDomain, onLegacy.DomainKcv, T0.AddDays(1)));
         Assert.Equal(2, old.Verify(genesis, QuorumOperation.RestoreDomain, onLegacy.DomainKcv, T0.AddDays(1), untimedApprovalsThrough: 1).Approvers.Count);
+    }
+
+    // A deployment's quorum service, started, and a CHANGE_OFFICERS request of it (one hour to live).
+    private async Task<(QuorumService Quorum, QuorumRequest Change)> ChangeOfficersAsync(QuorumService quorum, int threshold, params string[] newOfficers)
+    {
+        await quorum.InitializeAsync(default);
+        var change = await quorum.CreateAsync(SecurityOfficer, new CreateQuorumRequestCommand(null, QuorumOperation.ChangeOfficers)
+        {
+            NewOfficers = _officers.Select(newOfficers),
+            NewThreshold = threshold,
+            Ttl = TimeSpan.FromHours(1),
+        }, default);
+        return (quorum, change);
     }
 
     // A set installed by approvals without a signed time, made in time (before approvals were timed).

@@ -159,21 +159,7 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
     {
         var a = await StartNodeAsync();
         var b = await StartNodeAsync();
-        var audit = a.Services.GetRequiredService<Kms.Core.Services.AuditLog>();
-        var context = Enumerable.Range(0, 32).Select(i => KeyValuePair.Create($"key{i:D2}", new string('a', 64))).ToList();
-        for (var batch = 0; batch < 6; batch++)
-        {
-            await Task.WhenAll(Enumerable.Range(0, 500).Select(_ => audit.AppendAsync(new Kms.Core.Audit.AuditEntry
-            {
-                Time = DateTimeOffset.UtcNow,
-                RequestId = Guid.NewGuid().ToString("N"),
-                Principal = "token:filler",
-                Operation = "/kms.v1.KeyManagementService/Encrypt",
-                Resource = "tenants/dev/keys/" + new string('k', 480),
-                Outcome = "OK",
-                Context = context,
-            }, default)));
-        }
+        await StreamReauthorizationTests.FillAuditAsync(a.Services.GetRequiredService<Kms.Core.Services.AuditLog>());
 
         var secret = await a.CreatePrincipalWithTokenAsync("exporter", null, "security-officer");
         using var exporter = a.CreateClient(secret);

@@ -119,9 +119,11 @@ public sealed class StreamReauthorizationTests(ITestOutputHelper output) : IAsyn
 
     // About 9 MB of export (3,000 events of ~3 kB): many 512 kB messages, far more than the
     // transport buffers while the client does not read.
-    private async Task FillAuditAsync()
+    private Task FillAuditAsync() => FillAuditAsync(_server.Services.GetRequiredService<AuditLog>());
+
+    /// <summary>About 9 MB of export in <paramref name="audit"/>'s chain (also MultiNodeTests' two-node export).</summary>
+    internal static async Task FillAuditAsync(AuditLog audit)
     {
-        var audit = _server.Services.GetRequiredService<AuditLog>();
         var context = Enumerable.Range(0, 32).Select(i => KeyValuePair.Create($"key{i:D2}", new string('a', 64))).ToList();
         for (var batch = 0; batch < 6; batch++)
         {
