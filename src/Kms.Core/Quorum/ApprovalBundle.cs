@@ -182,10 +182,7 @@ public sealed record ApprovalBundle(QuorumRequest Request, IReadOnlyList<Officer
         // before the expiry (as the server refuses later ones). An untimed approval's time is the
         // server's unsigned record; the request must not have expired by this host's clock either
         // (below), so no approval of it can have been made after the expiry.
-        var inTime = Request with
-        {
-            Approvals = [.. Request.Approvals.Where(a => a.SignedBefore(Request.ExpireTime) || (a.SignTime is null && a.ApproveTime < Request.ExpireTime))],
-        };
+        var inTime = Request.WithApprovalsSignedInTime(a => a.ApproveTime < Request.ExpireTime);
         var approvers = OfficerChain.ValidApprovers(inTime, head);
         if (approvers.Count < head.Threshold)
         {

@@ -68,7 +68,7 @@ public static class OfficerChain
             // An approval counts only if it was signed before the request expired, by the time it
             // signed; an untimed one only where the caller vouches for the set by other means.
             var untimedCount = i <= untimedApprovalsThrough;
-            var inTime = change with { Approvals = [.. change.Approvals.Where(a => a.SignedBefore(change.ExpireTime) || (untimedCount && a.SignTime is null))] };
+            var inTime = change.WithApprovalsSignedInTime(_ => untimedCount);
             var approvers = ValidApprovers(inTime, previous).Count;
             if (approvers < previous.Threshold)
             {

@@ -122,6 +122,17 @@ public sealed record QuorumRequest
     /// <summary>The approvals accepted so far, one per officer key, in the order they arrived.</summary>
     public IReadOnlyList<QuorumApproval> Approvals { get; init; } = [];
 
+    /// <summary>
+    /// This request with only the approvals made before it expired, by the time they signed; an
+    /// approval without a signed time only where <paramref name="untimedCounts"/> says so (null:
+    /// never). The one rule the server's execution, the officer chain and the ceremony's bundle
+    /// check count approvals by.
+    /// </summary>
+    public QuorumRequest WithApprovalsSignedInTime(Func<QuorumApproval, bool>? untimedCounts = null) => this with
+    {
+        Approvals = [.. Approvals.Where(a => a.SignedBefore(ExpireTime) || (a.SignTime is null && untimedCounts?.Invoke(a) == true))],
+    };
+
     /// <summary>For <see cref="QuorumOperation.ChangeOfficers"/>: the proposed set (its hash is a parameter, so it is signed).</summary>
     public OfficerSet? ProposedOfficers { get; init; }
 

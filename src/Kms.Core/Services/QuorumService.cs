@@ -458,9 +458,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
             // An officer change counts what the chain will count once it is appended: approvals
             // signed before the request's expiry. A late or untimed approval a database writer put
             // beside honest ones would otherwise execute a set every node then refuses.
-            var counted = approved.Operation == QuorumOperation.ChangeOfficers
-                ? approved with { Approvals = [.. approved.Approvals.Where(a => a.SignedBefore(approved.ExpireTime))] }
-                : approved;
+            var counted = approved.Operation == QuorumOperation.ChangeOfficers ? approved.WithApprovalsSignedInTime() : approved;
             valid = OfficerChain.ValidApprovers(counted, head).Count;
             if (valid < head.Threshold)
             {

@@ -184,7 +184,7 @@ public static partial class KmsServerApp
                     : $"backups through the API are SQLite snapshots; a {store.Provider} database is backed up with its own tools (docs/deployment.md)",
             });
             builder.Services.AddSingleton(_ => lease); // a factory: the container disposes it (closing the lease's session) at shutdown
-            var app = Build(builder, hsm, store, serverOptions, metricsUrl, logger, configureServices);
+            var app = Build(builder, hsm, store, serverOptions, feedOptions, metricsUrl, logger, configureServices);
 
             // Before the first call: a node whose clock was set back (or a VM restored) accepts no
             // credential that expired by the time this deployment recorded as seen.
@@ -299,6 +299,7 @@ public static partial class KmsServerApp
         Pkcs11Hsm hsm,
         SqlStore store,
         KmsServerOptions serverOptions,
+        ChangeFeedOptions feedOptions,
         string? metricsUrl,
         Serilog.ILogger logger,
         Action<IServiceCollection>? configureServices)
@@ -318,7 +319,7 @@ public static partial class KmsServerApp
         builder.Services.AddSingleton<IQuorumStore>(_ => store);
         builder.Services.AddSingleton<IChangeFeed>(_ => store);
         builder.Services.AddSingleton<IMetadataCoherence>(_ => store);
-        builder.Services.AddSingleton(builder.Configuration.GetSection("Storage:ChangeFeed").Get<ChangeFeedOptions>() ?? new ChangeFeedOptions()); // checked in BuildAsync
+        builder.Services.AddSingleton(feedOptions);
         builder.Services.AddSingleton<ClusterCoherenceWorker>();
         builder.Services.AddHostedService(services => services.GetRequiredService<ClusterCoherenceWorker>());
         var auditHost = builder.Configuration.GetSection("Kms:Audit").Get<AuditHostOptions>() ?? new AuditHostOptions();

@@ -253,12 +253,12 @@ internal sealed partial class AuthorizationInterceptor(
         }
     }
 
-    // A malformed or missing resource name is checked against the caller's own tenant: an
-    // unauthorized caller learns nothing about the name, an authorized one gets the
-    // handler's INVALID_ARGUMENT.
     // The names TargetKind.TenantNameOrDeployment reads as deployment-wide (quorumRequests/{id}).
     private const string DeploymentQuorumRequests = "quorumRequests/";
 
+    // A malformed or missing resource name is checked against the caller's own tenant: an
+    // unauthorized caller learns nothing about the name, an authorized one gets the
+    // handler's INVALID_ARGUMENT.
     private static (TenantId? Tenant, string Resource) TargetOf(Requirement requirement, IMessage? request, Caller caller)
     {
         switch (requirement.Target)
