@@ -105,6 +105,64 @@ public sealed class RpcSweepTests(ServerFixture fixture, ITestOutputHelper outpu
         Assert.True(failures.Count == 0, $"{failures.Count} of {calls} calls broke a property:\n" + string.Join("\n", failures.Take(20)));
     }
 
+    [Fact]
+    public async Task DeleteAlias_OfAnAliasAlreadyDeleted_NotFound_WritesNoChangeFeedRow()
+    {
+        // Found by the sweep (KMS_SWEEP_SEED=77 KMS_SWEEP_REQUESTS=200, DeleteAlias request 109, as
+        // the developer): the store's no-op delete was announced in the change feed, so a refused
+        // call wrote a row and made every node drop its cached metadata. The request as generated.
+        const string Request = "0A4074656E616E74732F6465762F616C69617365732F73776565702D616C6961732D3561633561333666666161303463626239346165343866386161623631356632";
+        var key = await fixture.Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId("sweep-regression"));
+        await fixture.Client.Raw.CreateAliasAsync(new CreateAliasRequest { Parent = "tenants/dev", AliasId = "sweep-alias-5ac5a36ffaa04cbb94ae48f8aab615f2", Alias = new Alias { Key = key.Name } });
+        Assert.Null(await ReplayAsync(fixture.Server, "/kms.v1.KeyManagementService/DeleteAlias", fixture.Server.DeveloperToken, Request));
+        var changes = await ChangeRowsAsync();
+
+        var e = await ReplayAsync(fixture.Server, "/kms.v1.KeyManagementService/DeleteAlias", fixture.Server.DeveloperToken, Request);
+
+        Assert.Equal((StatusCode.NotFound, "tenants/dev/aliases/sweep-alias-5ac5a36ffaa04cbb94ae48f8aab615f2 not found"), (e?.StatusCode, e?.Status.Detail));
+        Assert.Equal(changes, await ChangeRowsAsync());
+    }
+
+    [Fact]
+    public async Task UpdateAliasRevokeApiTokenDeleteRoleBinding_OfNothing_WriteNoChangeFeedRow()
+    {
+        // The same no-op writes as DeleteAlias's, beside it in the store: each announced a change it
+        // did not make. A missing alias or token is NOT_FOUND; a binding the principal does not have
+        // is removed as if it had been (OK), and changes nothing either.
+        var key = await fixture.Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId("sweep-regression"));
+        using var admin = fixture.Server.DeploymentAdmin();
+        var principal = $"token:{ServerFixture.NewKeyId("sweep-regression")}";
+        await admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = principal, Tenant = "tenants/dev" });
+        var calls = new (string Name, StatusCode Expected, Func<Task> Call)[]
+        {
+            ("UpdateAlias", StatusCode.NotFound, async () => await fixture.Client.Raw.UpdateAliasAsync(new UpdateAliasRequest { Name = $"tenants/dev/aliases/{ServerFixture.NewKeyId("missing")}", Key = key.Name })),
+            ("RevokeApiToken", StatusCode.NotFound, async () => await admin.Access.RevokeApiTokenAsync(new RevokeApiTokenRequest { Id = "0123456789abcdef" })),
+            ("DeleteRoleBinding", StatusCode.OK, async () => await admin.Access.DeleteRoleBindingAsync(new DeleteRoleBindingRequest { Principal = principal, Role = "auditor", Tenant = "tenants/dev" })),
+        };
+        foreach (var (name, expected, call) in calls)
+        {
+            var changes = await ChangeRowsAsync();
+            var code = StatusCode.OK;
+            try
+            {
+                await call();
+            }
+            catch (RpcException e)
+            {
+                code = e.StatusCode;
+            }
+
+            Assert.Equal((name, expected, changes), (name, code, await ChangeRowsAsync()));
+        }
+    }
+
+    private async Task<long> ChangeRowsAsync()
+    {
+        await using var connection = new SqliteConnection($"Data Source={fixture.Server.DatabasePath};Mode=ReadOnly;Pooling=False");
+        await connection.OpenAsync();
+        return await StoreInvariants.ScalarAsync(connection, "SELECT count(*) FROM changes");
+    }
+
     /// <summary>One call and every property: its status, and what broke (null: nothing).</summary>
     private async Task<(StatusCode Code, string? Failure)> CallAndCheckAsync(CallInvoker invoker, MethodDescriptor method, SweepCaller caller, byte[] body, IReadOnlyList<string> longValues, SweepWorld world)
     {

@@ -190,7 +190,7 @@ public abstract partial class SqlStore
 
             await RecordChangeAsync(connection, transaction, StoreChangeKind.Access, principal.ToString(), cancellationToken);
             return true;
-        }, cancellationToken);
+        }, cancellationToken, changed: deleted => deleted);
 
     /// <inheritdoc />
     public Task<IReadOnlyList<RoleBinding>> GetRoleBindingsAsync(PrincipalName principal, CancellationToken cancellationToken) =>

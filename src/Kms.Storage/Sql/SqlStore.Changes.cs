@@ -49,7 +49,8 @@ public abstract partial class SqlStore : IChangeFeed
         await insert.ExecuteNonQueryAsync(cancellationToken);
     }
 
-    // An access change (tenant state, token revocation, role binding) that also tells the other nodes, if it changed a row.
+    // An access change (tenant state, token revocation, role binding) that also tells the other nodes, if it changed a row;
+    // one that changed none (a token unknown or already consumed) is not announced: a refused call writes nothing.
     private Task<bool> ExecuteAccessWriteAsync(string sql, string subject, CancellationToken cancellationToken, params (string Name, object Value)[] parameters) =>
         WriteAsync(async (connection, transaction) =>
         {
@@ -60,5 +61,5 @@ public abstract partial class SqlStore : IChangeFeed
 
             await RecordChangeAsync(connection, transaction, StoreChangeKind.Access, subject, cancellationToken);
             return true;
-        }, cancellationToken);
+        }, cancellationToken, changed: applied => applied);
 }

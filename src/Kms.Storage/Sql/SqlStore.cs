@@ -410,7 +410,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             }
 
             return ReadAlias(reader, name);
-        }, cancellationToken);
+        }, cancellationToken, changed: alias => alias is not null);
 
     /// <inheritdoc />
     public Task<bool> DeleteAliasAsync(AliasName name, RequestRecord? request, CancellationToken cancellationToken) =>
@@ -439,7 +439,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
 
             await InsertRequestAsync(connection, transaction, request, cancellationToken);
             return true;
-        }, cancellationToken);
+        }, cancellationToken, changed: deleted => deleted);
 
     /// <inheritdoc />
     public Task<IReadOnlyList<KeyAlias>> ListAliasesAsync(TenantId tenant, string? afterAliasId, int limit, CancellationToken cancellationToken) =>
