@@ -27,6 +27,12 @@ internal sealed class HsmFaultInjector
     /// <summary>From now on every call blocks until <see cref="Clear"/>.</summary>
     public void Hang() => Replace(new Fault(null));
 
+    /// <summary>
+    /// From now on only calls of <paramref name="operation"/> (e.g. <c>generate random</c>, <c>C_OpenSession</c>)
+    /// block, until the next fault or <see cref="Clear"/>; calls hung by the previous fault continue.
+    /// </summary>
+    public void HangOnly(string operation) => Replace(new Fault(null, operation));
+
     /// <summary>The device is back: calls pass, and hung calls continue (and complete) normally.</summary>
     public void Clear() => Replace(null);
 
@@ -35,6 +41,11 @@ internal sealed class HsmFaultInjector
     {
         var fault = Volatile.Read(ref _fault);
         if (fault is null)
+        {
+            return;
+        }
+
+        if (fault.Operation is { } only && !string.Equals(only, method, StringComparison.Ordinal))
         {
             return;
         }
@@ -62,9 +73,12 @@ internal sealed class HsmFaultInjector
     }
 
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "The event is set, never disposed: a hung call may still be waiting on it.")]
-    private sealed class Fault(CKR? returnValue)
+    private sealed class Fault(CKR? returnValue, string? operation = null)
     {
         public CKR? ReturnValue { get; } = returnValue;
+
+        // Null: every call.
+        public string? Operation { get; } = operation;
 
         public ManualResetEventSlim Released { get; } = new(false);
     }

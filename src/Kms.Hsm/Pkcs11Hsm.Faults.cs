@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Security.Cryptography;
 using Kms.Core.Errors;
 using Net.Pkcs11Interop.HighLevelAPI;
@@ -43,7 +42,8 @@ public sealed partial class Pkcs11Hsm
     // The waits (a recovery in progress, then a free session) share one Hsm:CallTimeout, and the
     // native call has its own `timeout`, so a caller answers within twice Hsm:CallTimeout at worst
     // (RSA generation: CallTimeout + KeyGenerationTimeout). Only the native call running past its
-    // bound counts as a hung HSM: waiting for a session is load, not a fault.
+    // bound counts as a hung HSM: waiting for a session is load, not a fault. Every deadline here
+    // is kept by the adapter's TimeProvider (HsmFaultTests move a fake one to the bound's edge).
     private async ValueTask<T> RunBoundedAsync<T>(string operation, Func<ISession, SlotState, T> body, TimeSpan timeout, CancellationToken cancellationToken)
     {
         if (AbandonedCalls >= MaxAbandonedCalls)
@@ -52,12 +52,12 @@ public sealed partial class Pkcs11Hsm
         }
 
         var wait = _options.CallTimeout;
-        var start = Stopwatch.GetTimestamp();
+        var start = _time.GetTimestamp();
         var state = await HealthyStateAsync(wait, cancellationToken).ConfigureAwait(false);
-        var left = wait - Stopwatch.GetElapsedTime(start);
+        var left = wait - _time.GetElapsedTime(start);
         var lease = await state.Pool.AcquireAsync(left > TimeSpan.Zero ? left : TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
         var call = Task.Run(() => Invoke(operation, state, lease.Session, body), CancellationToken.None);
-        await ((Task)call).WaitAsync(timeout, CancellationToken.None).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        await ((Task)call).WaitAsync(timeout, _time, CancellationToken.None).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         if (call.IsCompleted)
         {
             lease.Dispose();
@@ -73,7 +73,7 @@ public sealed partial class Pkcs11Hsm
         state.Faulted = true;
         var abandoned = Interlocked.Increment(ref _abandonedCalls);
         Log.CallTimedOut(_logger, operation, timeout, abandoned);
-        var since = Stopwatch.GetTimestamp();
+        var since = _time.GetTimestamp();
         _ = call.ContinueWith(
             finished =>
             {
@@ -88,7 +88,7 @@ public sealed partial class Pkcs11Hsm
 
                 lease.Dispose();
                 Interlocked.Decrement(ref _abandonedCalls);
-                Log.AbandonedCallReturned(_logger, operation, Stopwatch.GetElapsedTime(since));
+                Log.AbandonedCallReturned(_logger, operation, _time.GetElapsedTime(since));
             },
             CancellationToken.None,
             TaskContinuationOptions.ExecuteSynchronously,
@@ -123,7 +123,7 @@ public sealed partial class Pkcs11Hsm
         }
 
         var recovery = Task.Run(() => RecoverAsync(observed, wait, CancellationToken.None).AsTask(), CancellationToken.None);
-        await ((Task)recovery).WaitAsync(wait, cancellationToken).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        await ((Task)recovery).WaitAsync(wait, _time, cancellationToken).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         cancellationToken.ThrowIfCancellationRequested();
         if (recovery.IsCompleted)
         {

@@ -32,13 +32,14 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     private readonly HsmOptions _options;
     private readonly HsmProfile _profile;
     private readonly ILogger _logger;
+    private readonly TimeProvider _time;
     private readonly Pkcs11Module _module;
     private readonly Templates _templates;
     private readonly SemaphoreSlim _recovery = new(1, 1);
     private readonly byte[] _pin;
     private SlotState? _state;
     private long _generation;
-    private DateTime _nextRecoveryUtc;
+    private DateTimeOffset _nextRecoveryUtc;
     // Shared with the regions' adapters, which log in to the same token with the same PIN: a
     // refused PIN is presented again by none of them (a real HSM may lock the token after three).
     private StrongBox<bool> _pinRefused = new();
@@ -53,11 +54,12 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     private int _disposed;
     private readonly Dictionary<string, Pkcs11Hsm> _regions = new(StringComparer.Ordinal);
 
-    private Pkcs11Hsm(HsmOptions options, HsmProfile profile, ILogger logger, Pkcs11Module module, byte[] pin)
+    private Pkcs11Hsm(HsmOptions options, HsmProfile profile, ILogger logger, TimeProvider time, Pkcs11Module module, byte[] pin)
     {
         _options = options;
         _profile = profile;
         _logger = logger;
+        _time = time;
         _module = module;
         _pin = pin;
         _templates = new Templates(module.Factories.ObjectAttributeFactory, profile);
@@ -80,15 +82,23 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     /// Loads the module, selects the token by label, opens and logs in the session pool,
     /// and locates (dev mode: creates) and verifies the domain key.
     /// </summary>
+    /// <param name="options">The token, the module and the bounds.</param>
+    /// <param name="logger">Where the adapter logs.</param>
+    /// <param name="time">
+    /// The clock of every deadline the adapter keeps (<see cref="HsmOptions.CallTimeout"/> and the
+    /// waits it bounds, the recovery's backoff and drain, the handle cache's idle timeout); default:
+    /// the system's.
+    /// </param>
     /// <exception cref="HsmConfigurationException">Anything that an operator must fix.</exception>
-    public static Pkcs11Hsm Open(HsmOptions options, ILogger logger)
+    public static Pkcs11Hsm Open(HsmOptions options, ILogger logger, TimeProvider? time = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(logger);
+        time ??= TimeProvider.System;
         var profile = HsmProfile.Load(options.Profile);
         var pin = ReadPin(options);
         var module = Pkcs11Module.Acquire(options.ModulePath, options.ModuleEnvironment);
-        var hsm = new Pkcs11Hsm(options, profile, logger, module, pin);
+        var hsm = new Pkcs11Hsm(options, profile, logger, time, module, pin);
         try
         {
             var state = hsm.OpenSlot();
@@ -108,7 +118,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
                     throw new HsmConfigurationException($"Hsm:Regions:{region}: a region name is 1 to 32 lowercase letters, digits and '-', starting with a letter");
                 }
 
-                var regional = Open(options.ForRegion(region, regionOptions), logger);
+                var regional = Open(options.ForRegion(region, regionOptions), logger, time);
                 regional._pinRefused = hsm._pinRefused;
                 regional._login = hsm._login;
                 hsm._regions[region] = regional;
@@ -659,7 +669,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
 
     private async ValueTask<SlotState> RecoverAsync(SlotState? observed, TimeSpan wait, CancellationToken cancellationToken)
     {
-        if (!await _recovery.WaitAsync(wait, cancellationToken).ConfigureAwait(false))
+        if (!await TimedWait.WaitAsync(_recovery, wait, _time, cancellationToken).ConfigureAwait(false))
         {
             throw KmsErrors.Unavailable("the HSM is recovering; retry shortly");
         }
@@ -672,12 +682,12 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
                 return current;
             }
 
-            if (_pinRefused.Value || DateTime.UtcNow < _nextRecoveryUtc)
+            if (_pinRefused.Value || _time.GetUtcNow() < _nextRecoveryUtc)
             {
                 throw KmsErrors.Unavailable("the HSM is unavailable; retry shortly");
             }
 
-            _nextRecoveryUtc = DateTime.UtcNow + _options.RecoveryBackoff;
+            _nextRecoveryUtc = _time.GetUtcNow() + _options.RecoveryBackoff;
 
             // Close what is current now (the caller's view may be older and already closed).
             if (_state is { } stale)
@@ -841,11 +851,11 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
                 return new SlotState(
                     slot.SlotId,
                     moduleGeneration,
-                    new SessionPool([.. sessions]),
+                    new SessionPool([.. sessions], _time),
                     domainKey.Handle,
                     domainKey.CheckValue,
                     domainKey.Created,
-                    new KeyHandleCache(generation, _options.KeyCacheCapacity, _options.KeyCacheIdleTimeout));
+                    new KeyHandleCache(generation, _options.KeyCacheCapacity, _options.KeyCacheIdleTimeout, _time));
             }
             catch
             {

@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.Diagnostics;
 using Net.Pkcs11Interop.HighLevelAPI;
 
 namespace Kms.Hsm;
@@ -14,12 +13,16 @@ internal sealed class SessionPool : IDisposable
     private readonly ISession[] _sessions;
     private readonly ConcurrentStack<ISession> _free;
     private readonly SemaphoreSlim _available;
+    private readonly TimeProvider _time;
     private int _inUse;
     private int _disposed;
 
-    public SessionPool(ISession[] sessions)
+    /// <param name="sessions">The pool's sessions, opened and logged in.</param>
+    /// <param name="time">The clock of the waits' deadlines (default: the system's).</param>
+    public SessionPool(ISession[] sessions, TimeProvider? time = null)
     {
         _sessions = sessions;
+        _time = time ?? TimeProvider.System;
         _free = new ConcurrentStack<ISession>(sessions);
         _available = new SemaphoreSlim(sessions.Length, sessions.Length);
         HsmMetrics.Track(this);
@@ -43,13 +46,13 @@ internal sealed class SessionPool : IDisposable
     /// <exception cref="Kms.Core.Errors.KmsException">UNAVAILABLE: every session stayed busy (a hung HSM holds them).</exception>
     public async ValueTask<SessionLease> AcquireAsync(TimeSpan timeout, CancellationToken cancellationToken)
     {
-        var start = Stopwatch.GetTimestamp();
-        if (!await _available.WaitAsync(timeout, cancellationToken).ConfigureAwait(false))
+        var start = _time.GetTimestamp();
+        if (!await TimedWait.WaitAsync(_available, timeout, _time, cancellationToken).ConfigureAwait(false))
         {
             throw Kms.Core.Errors.KmsErrors.Unavailable("no HSM session became free in time; retry shortly");
         }
 
-        HsmMetrics.SessionWait.Record(Stopwatch.GetElapsedTime(start).TotalSeconds);
+        HsmMetrics.SessionWait.Record(_time.GetElapsedTime(start).TotalSeconds);
         if (!_free.TryPop(out var session))
         {
             _available.Release();
@@ -63,11 +66,11 @@ internal sealed class SessionPool : IDisposable
     /// <summary>Waits until every lease is returned and keeps them all, so sessions can be closed safely.</summary>
     public async Task<bool> DrainAsync(TimeSpan timeout)
     {
-        var deadline = DateTime.UtcNow + timeout;
+        var start = _time.GetTimestamp();
         for (var taken = 0; taken < _sessions.Length; taken++)
         {
-            var left = deadline - DateTime.UtcNow;
-            if (left <= TimeSpan.Zero || !await _available.WaitAsync(left).ConfigureAwait(false))
+            var left = timeout - _time.GetElapsedTime(start);
+            if (left <= TimeSpan.Zero || !await TimedWait.WaitAsync(_available, left, _time, CancellationToken.None).ConfigureAwait(false))
             {
                 if (taken > 0)
                 {

@@ -1,0 +1,39 @@
+using System.Diagnostics;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Kms.Hsm.Tests;
+
+/// <summary>
+/// A <see cref="FakeTimeProvider"/> that counts the timers armed on it, so a test knows a caller
+/// has set its deadline before it moves the clock (moved earlier, the clock would pass a deadline
+/// that does not exist yet, and the caller's would start later).
+/// </summary>
+internal sealed class ArmedClock : FakeTimeProvider
+{
+    private int _armed;
+
+    /// <summary>Timers armed so far, for <see cref="WaitForTimerAsync"/>'s <c>after</c>.</summary>
+    public int Armed => Volatile.Read(ref _armed);
+
+    public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
+    {
+        var timer = base.CreateTimer(callback, state, dueTime, period);
+        Interlocked.Increment(ref _armed);
+        return timer;
+    }
+
+    /// <summary>
+    /// Waits until a timer was armed after the first <paramref name="after"/> (whatever its due
+    /// time: when it fires is what the test asserts); a 60-s real-time hang guard fails the test
+    /// instead of waiting forever.
+    /// </summary>
+    public async Task WaitForTimerAsync(int after, string what)
+    {
+        var guard = Stopwatch.StartNew();
+        while (Armed <= after)
+        {
+            Assert.True(guard.Elapsed < TimeSpan.FromSeconds(60), $"hang guard: {what} armed no timer in 60 s");
+            await Task.Delay(10);
+        }
+    }
+}
