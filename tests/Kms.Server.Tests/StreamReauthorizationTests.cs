@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using Grpc.Core;
+using Grpc.Reflection;
 using Grpc.Reflection.V1Alpha;
 using Kms.Client.Quorum;
 using Kms.Contracts.V1;
@@ -115,6 +116,78 @@ public sealed class StreamReauthorizationTests(ITestOutputHelper output) : IAsyn
         await call.RequestStream.WriteAsync(new ServerReflectionRequest { ListServices = "" });
         var e = await Assert.ThrowsAsync<RpcException>(() => call.ResponseStream.MoveNext(default));
         Assert.Equal(StatusCode.Unauthenticated, e.StatusCode);
+    }
+
+    [Fact]
+    public async Task Reflection_TokenRevokedAfterTheRequestPassedItsCheck_TheAnswerIsNotSent_EndsUnauthenticated()
+    {
+        // The writer's check, on its own: the reflection handler's request reader (inside the
+        // authorization wrapper) revokes the caller's token right after the second request was
+        // read and authorized, before the handler answers it. The answer must not be sent: the
+        // request's check cannot stop it (it passed), only the check before each response can.
+        string? secret = null;
+        Kms.Client.KmsClient? admin = null;
+        var revokedBetween = 0;
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev", services =>
+        {
+            var original = services.Single(d => d.ServiceType == typeof(ReflectionServiceImpl));
+            services.Remove(original);
+            services.AddSingleton<ReflectionServiceImpl>(provider => new RevokingReflection(
+                (ReflectionServiceImpl)original.ImplementationFactory!(provider),
+                async read =>
+                {
+                    if (read == 2)
+                    {
+                        await admin!.RevokeApiTokenAsync(secret![4..20]);
+                        Interlocked.Increment(ref revokedBetween);
+                    }
+                }));
+        });
+        admin = server.DeploymentAdmin();
+        using var _ = admin;
+        secret = await server.CreatePrincipalWithTokenAsync("reflector", "dev", "key-user");
+        using var channel = server.CreateChannel();
+        using var call = new ServerReflection.ServerReflectionClient(channel).ServerReflectionInfo(KmsTestServer.Bearer(secret));
+        await call.RequestStream.WriteAsync(new ServerReflectionRequest { ListServices = "" });
+        Assert.True(await call.ResponseStream.MoveNext(default));
+        Assert.NotEmpty(call.ResponseStream.Current.ListServicesResponse.Service);
+
+        await call.RequestStream.WriteAsync(new ServerReflectionRequest { ListServices = "" });
+        var e = await Assert.ThrowsAsync<RpcException>(async () =>
+        {
+            var answered = await call.ResponseStream.MoveNext(default);
+            output.WriteLine($"after the revocation: {(answered ? "a second answer: " + call.ResponseStream.Current : "the stream ended OK")}");
+        });
+
+        Assert.Equal(StatusCode.Unauthenticated, e.StatusCode);
+        Assert.Equal(1, revokedBetween); // the second request was read and passed its check: the writer's check refused
+    }
+
+    // ReflectionServiceImpl as registered, its requests read through a reader that runs `afterRead`
+    // (with the request's number) once each request has arrived and passed the reader's check.
+    private sealed class RevokingReflection(ReflectionServiceImpl inner, Func<int, Task> afterRead)
+        : ReflectionServiceImpl(Array.Empty<Google.Protobuf.Reflection.ServiceDescriptor>())
+    {
+        public override Task ServerReflectionInfo(IAsyncStreamReader<ServerReflectionRequest> requestStream, IServerStreamWriter<ServerReflectionResponse> responseStream, ServerCallContext context) =>
+            inner.ServerReflectionInfo(new HookedReader(requestStream, afterRead), responseStream, context);
+
+        private sealed class HookedReader(IAsyncStreamReader<ServerReflectionRequest> reader, Func<int, Task> afterRead) : IAsyncStreamReader<ServerReflectionRequest>
+        {
+            private int _read;
+
+            public ServerReflectionRequest Current => reader.Current;
+
+            public async Task<bool> MoveNext(CancellationToken cancellationToken)
+            {
+                if (!await reader.MoveNext(cancellationToken))
+                {
+                    return false;
+                }
+
+                await afterRead(++_read);
+                return true;
+            }
+        }
     }
 
     // About 9 MB of export (3,000 events of ~3 kB): many 512 kB messages, far more than the
