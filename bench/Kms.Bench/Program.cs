@@ -34,6 +34,12 @@ switch (args.FirstOrDefault())
         return await HsmChurnBench.RunAsync(
             args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 200_000,
             args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 0);
+    case "hsm-trips":
+        // hsm-trips [rounds] [seconds] [concurrency]
+        return await HsmTripsBench.RunAsync(
+            args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 6,
+            TimeSpan.FromSeconds(args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 5),
+            args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 16);
     case "commit":
         return await CommitCost.RunAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 2000);
     case "perf":

@@ -104,6 +104,9 @@ public sealed partial class Pkcs11Hsm
             case byte[] bytes:
                 CryptographicOperations.ZeroMemory(bytes);
                 return true;
+            case Kms.Core.Ports.SealedDataKey dataKey:
+                CryptographicOperations.ZeroMemory(dataKey.DataKey);
+                return true;
             case byte[]?[] many:
                 Kms.Core.Ports.IHsm.ZeroAll(many);
                 return true;

@@ -288,6 +288,36 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         WithKeyAsync("encrypt", key, KeyHandleKind.Aes256Gcm, (session, handle) => EncryptGcm(session, handle, iv, aad, plaintext), cancellationToken);
 
     /// <inheritdoc />
+    public ValueTask<SealedWithIv> EncryptAesGcmWithFreshIvAsync(KeyMaterialRef key, byte[] aad, byte[] plaintext, CancellationToken cancellationToken) =>
+        WithKeyAsync("encrypt", key, KeyHandleKind.Aes256Gcm, (session, handle) =>
+        {
+            var iv = session.GenerateRandom(CiphertextBlob.IvLength);
+            return new SealedWithIv(iv, EncryptGcm(session, handle, iv, aad, plaintext));
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public ValueTask<SealedDataKey> GenerateDataKeyAsync(KeyMaterialRef key, int length, byte[] aad, CancellationToken cancellationToken) =>
+        WithKeyAsync("generate data key", key, KeyHandleKind.Aes256Gcm, (session, handle) =>
+        {
+            var random = session.GenerateRandom(length + CiphertextBlob.IvLength);
+            var dataKey = random[..length];
+            try
+            {
+                var iv = random[length..];
+                return new SealedDataKey(dataKey, iv, EncryptGcm(session, handle, iv, aad, dataKey));
+            }
+            catch
+            {
+                CryptographicOperations.ZeroMemory(dataKey);
+                throw;
+            }
+            finally
+            {
+                CryptographicOperations.ZeroMemory(random);
+            }
+        }, cancellationToken);
+
+    /// <inheritdoc />
     public ValueTask<byte[][]> EncryptAesGcmManyAsync(KeyMaterialRef key, IReadOnlyList<AesGcmInput> inputs, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(inputs);

@@ -285,6 +285,35 @@ public sealed class HsmFaultTests(ITestOutputHelper output)
         Assert.Equal(0, hsm.Faults.HungCalls);
     }
 
+    /// <summary>
+    /// A data key drawn and sealed in one trip (GenerateDataKey) by a call abandoned at the bound is
+    /// zeroed when the call comes back with nobody waiting for it, like a late plaintext.
+    /// </summary>
+    [Fact]
+    public async Task Hang_AbandonedDataKey_ZeroedWhenTheCallReturns()
+    {
+        var options = SoftHsm.CreateToken().Options();
+        options.CallTimeout = HangTimeout;
+        await using var hsm = Pkcs11Hsm.Open(options, NullLogger.Instance);
+        var key = new KeyMaterialRef(KeyVersionId.NewId(), await hsm.GenerateAes256KeyAsync(default));
+        _ = await hsm.GenerateDataKeyAsync(key, 32, [], default);
+
+        hsm.Faults.Hang();
+        try
+        {
+            await UnavailableAsync(() => hsm.GenerateDataKeyAsync(key, 32, [], default), "the data key");
+            Assert.Equal(1, hsm.AbandonedCalls);
+        }
+        finally
+        {
+            hsm.Faults.Clear();
+        }
+
+        Assert.Equal(32, (await UntilServedAsync(() => hsm.GenerateDataKeyAsync(key, 32, [], default))).DataKey.Length);
+        Assert.Equal(0, hsm.AbandonedCalls);
+        Assert.Equal(1, hsm.ZeroedLateResults);
+    }
+
     // The call's UNAVAILABLE, or a failure naming the call if it is still waiting at the hang guard.
     // Started on the thread pool: a call that blocks its caller's thread on the hung device (rather
     // than returning a task that waits) must meet the guard too.

@@ -62,6 +62,39 @@ public sealed class ImportTests(AlgorithmFixture fixture) : IClassFixture<Algori
     }
 
     /// <summary>
+    /// The one-trip forms (IV, or data key and IV, drawn in the same session as the encryption):
+    /// what they return decrypts with .NET's AesGcm under the imported key, with their IV and AAD,
+    /// to the plaintext given (or the data key returned); each draw is fresh.
+    /// </summary>
+    [Fact]
+    public async Task FreshIvAndDataKey_DecryptWithDotNet_UnderTheDrawnIv_EachDrawFresh()
+    {
+        var secret = RandomNumberGenerator.GetBytes(32);
+        var (key, _) = await fixture.ImportAsync(KeyAlgorithm.Aes256Gcm, secret);
+        using var aes = new AesGcm(secret, 16);
+        byte[] aad = [4, 2];
+
+        var first = await fixture.Hsm.EncryptAesGcmWithFreshIvAsync(key, aad, [9, 8, 7], default);
+        var second = await fixture.Hsm.EncryptAesGcmWithFreshIvAsync(key, aad, [9, 8, 7], default);
+        Assert.Equal(CiphertextBlob.IvLength, first.Iv.Length);
+        Assert.NotEqual(first.Iv, second.Iv);
+        var plaintext = new byte[3];
+        aes.Decrypt(first.Iv, first.CiphertextAndTag.AsSpan(0, 3), first.CiphertextAndTag.AsSpan(3), plaintext, aad);
+        Assert.Equal([9, 8, 7], plaintext);
+
+        var dataKey = await fixture.Hsm.GenerateDataKeyAsync(key, 32, aad, default);
+        var other = await fixture.Hsm.GenerateDataKeyAsync(key, 32, aad, default);
+        Assert.Equal(32, dataKey.DataKey.Length);
+        Assert.Equal(CiphertextBlob.IvLength, dataKey.Iv.Length);
+        Assert.NotEqual(dataKey.DataKey, other.DataKey);
+        Assert.NotEqual(dataKey.Iv, other.Iv);
+        var opened = new byte[32];
+        aes.Decrypt(dataKey.Iv, dataKey.CiphertextAndTag.AsSpan(0, 32), dataKey.CiphertextAndTag.AsSpan(32), opened, aad);
+        Assert.Equal(dataKey.DataKey, opened);
+        Assert.Throws<AuthenticationTagMismatchException>(() => aes.Decrypt(dataKey.Iv, dataKey.CiphertextAndTag.AsSpan(0, 32), dataKey.CiphertextAndTag.AsSpan(32), opened, [4, 3]));
+    }
+
+    /// <summary>
     /// Ciphertexts made by .NET's AesGcm under the imported key, decrypted in one HSM call: the
     /// good ones give their plaintexts, a flipped tag, a wrong AAD and a wrong IV are each null in
     /// their place (the session goes on to the next item), and the plaintexts equal one-by-one calls.

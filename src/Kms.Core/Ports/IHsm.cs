@@ -42,6 +42,43 @@ public interface IHsm
     ValueTask<byte[]> EncryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] plaintext, CancellationToken cancellationToken);
 
     /// <summary>
+    /// AES-256-GCM encryption under a key version with an IV of <see cref="CiphertextBlob.IvLength"/>
+    /// bytes drawn from the HSM's RNG. An HSM adapter draws and encrypts in one go (one session,
+    /// one trip to the HSM's thread) rather than two calls.
+    /// </summary>
+    async ValueTask<SealedWithIv> EncryptAesGcmWithFreshIvAsync(KeyMaterialRef key, byte[] aad, byte[] plaintext, CancellationToken cancellationToken)
+    {
+        var iv = await GenerateRandomAsync(CiphertextBlob.IvLength, cancellationToken).ConfigureAwait(false);
+        return new SealedWithIv(iv, await EncryptAesGcmAsync(key, iv, aad, plaintext, cancellationToken).ConfigureAwait(false));
+    }
+
+    /// <summary>
+    /// A fresh data key of <paramref name="length"/> bytes and an IV, both from the HSM's RNG,
+    /// and the data key encrypted under a key version with them (AES-256-GCM). An HSM adapter
+    /// does the draw and the encryption in one go.
+    /// </summary>
+    /// <returns>The data key (owned by the caller: zero it after use), the IV and the sealed key.</returns>
+    async ValueTask<SealedDataKey> GenerateDataKeyAsync(KeyMaterialRef key, int length, byte[] aad, CancellationToken cancellationToken)
+    {
+        var random = await GenerateRandomAsync(length + CiphertextBlob.IvLength, cancellationToken).ConfigureAwait(false);
+        var dataKey = random[..length];
+        try
+        {
+            var iv = random[length..];
+            return new SealedDataKey(dataKey, iv, await EncryptAesGcmAsync(key, iv, aad, dataKey, cancellationToken).ConfigureAwait(false));
+        }
+        catch
+        {
+            System.Security.Cryptography.CryptographicOperations.ZeroMemory(dataKey);
+            throw;
+        }
+        finally
+        {
+            System.Security.Cryptography.CryptographicOperations.ZeroMemory(random);
+        }
+    }
+
+    /// <summary>
     /// <see cref="EncryptAesGcmAsync"/> for each input under one key version, in order. An HSM
     /// adapter does them in one go (one session, one key handle, one trip to the HSM's thread);
     /// either all are encrypted or the call fails.
@@ -248,6 +285,12 @@ public enum EcCurve
 
 /// <summary>A key pair generated in the HSM: the private key wrapped under the domain key, the public key as DER SubjectPublicKeyInfo.</summary>
 public sealed record GeneratedKeyPair(WrappedKeyMaterial PrivateKey, byte[] SubjectPublicKeyInfo);
+
+/// <summary>What <see cref="IHsm.EncryptAesGcmWithFreshIvAsync"/> returns: the IV it drew and the ciphertext followed by the 16-byte tag.</summary>
+public sealed record SealedWithIv(byte[] Iv, byte[] CiphertextAndTag);
+
+/// <summary>What <see cref="IHsm.GenerateDataKeyAsync"/> returns: the data key (secret), the IV, and the data key's ciphertext followed by the tag.</summary>
+public sealed record SealedDataKey(byte[] DataKey, byte[] Iv, byte[] CiphertextAndTag);
 
 /// <summary>A key version's material by reference: its id (the cache key) and its wrapped bytes.</summary>
 public sealed record KeyMaterialRef(KeyVersionId Id, WrappedKeyMaterial Wrapped);

@@ -27,8 +27,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         ValidatePlaintext(plaintext, "plaintext");
         var primary = await GetPrimaryForEncryptionAsync(caller, key, context, cancellationToken);
         await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
-        var iv = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength, cancellationToken);
-        var blob = await SealAsync(caller, primary, iv, plaintext, context, cancellationToken);
+        var blob = await SealAsync(caller, primary, plaintext, context, cancellationToken);
         return new EncryptResult(blob, primary.Version.Name);
     }
 
@@ -45,23 +44,17 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     }
 
     /// <summary>
-    /// A fresh 256-bit data key from the HSM's RNG, encrypted under the key's primary
-    /// version. Two HSM calls: one random draw (key and IV together) and one encryption.
+    /// A fresh 256-bit data key from the HSM's RNG, encrypted under the key's primary version:
+    /// the draw (key and IV together) and the encryption in one trip to the HSM.
     /// </summary>
     /// <returns>The data key; the caller disposes it (zeroing the plaintext) when done.</returns>
     public async Task<DataKeyResult> GenerateDataKeyAsync(Caller caller, KeyReference key, EncryptionContext context, CancellationToken cancellationToken)
     {
         var primary = await GetPrimaryForEncryptionAsync(caller, key, context, cancellationToken);
         await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
-        var random = await hsm.GenerateRandomAsync(Limits.DataKeyBytes + CiphertextBlob.IvLength, cancellationToken);
-        try
-        {
-            return await SealDataKeyAsync(caller, primary, random, context, cancellationToken);
-        }
-        finally
-        {
-            CryptographicOperations.ZeroMemory(random);
-        }
+        var aad = CiphertextBlob.BuildAad(primary.Version.Id, caller.Tenant, context);
+        var sealedKey = await hsm.For(primary.Key.Residency).GenerateDataKeyAsync(new KeyMaterialRef(primary.Version.Id, MaterialOf(primary)), Limits.DataKeyBytes, aad, cancellationToken);
+        return new DataKeyResult(new SecretBytes(sealedKey.DataKey), CiphertextBlob.Format(primary.Version.Id, sealedKey.Iv, sealedKey.CiphertextAndTag), primary.Version.Name);
     }
 
     /// <summary>
@@ -82,8 +75,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         try
         {
             await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
-            var iv = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength, cancellationToken);
-            var sealedBlob = await SealAsync(caller, primary, iv, plaintext, destinationContext, cancellationToken);
+            var sealedBlob = await SealAsync(caller, primary, plaintext, destinationContext, cancellationToken);
             return new ReEncryptResult(sealedBlob, found.Version.Name, primary.Version.Name);
         }
         finally
@@ -415,22 +407,6 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     // A batch item that passed its checks and took its usage, waiting to be sealed.
     private sealed record AdmittedItem(int Index, KeyVersionMaterial Primary, EncryptionContext Context, byte[] Iv, byte[] Plaintext);
 
-    private async Task<DataKeyResult> SealDataKeyAsync(Caller caller, KeyVersionMaterial primary, byte[] random, EncryptionContext context, CancellationToken cancellationToken)
-    {
-        var dataKey = random[..Limits.DataKeyBytes];
-        var iv = random[Limits.DataKeyBytes..];
-        try
-        {
-            var blob = await SealAsync(caller, primary, iv, dataKey, context, cancellationToken);
-            return new DataKeyResult(new SecretBytes(dataKey), blob, primary.Version.Name);
-        }
-        catch
-        {
-            CryptographicOperations.ZeroMemory(dataKey);
-            throw;
-        }
-    }
-
     private async Task<KeyVersionMaterial> GetPrimaryForEncryptionAsync(Caller caller, KeyReference reference, EncryptionContext context, CancellationToken cancellationToken)
     {
         var primary = await LookUpPrimaryAsync(caller, reference, cancellationToken);
@@ -510,11 +486,12 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         return plaintext;
     }
 
-    private async Task<byte[]> SealAsync(Caller caller, KeyVersionMaterial primary, byte[] iv, byte[] plaintext, EncryptionContext context, CancellationToken cancellationToken)
+    // The IV is drawn in the same trip to the HSM as the encryption.
+    private async Task<byte[]> SealAsync(Caller caller, KeyVersionMaterial primary, byte[] plaintext, EncryptionContext context, CancellationToken cancellationToken)
     {
         var aad = CiphertextBlob.BuildAad(primary.Version.Id, caller.Tenant, context);
-        var sealedBytes = await hsm.For(primary.Key.Residency).EncryptAesGcmAsync(new KeyMaterialRef(primary.Version.Id, MaterialOf(primary)), iv, aad, plaintext, cancellationToken);
-        return CiphertextBlob.Format(primary.Version.Id, iv, sealedBytes);
+        var sealedBytes = await hsm.For(primary.Key.Residency).EncryptAesGcmWithFreshIvAsync(new KeyMaterialRef(primary.Version.Id, MaterialOf(primary)), aad, plaintext, cancellationToken);
+        return CiphertextBlob.Format(primary.Version.Id, sealedBytes.Iv, sealedBytes.CiphertextAndTag);
     }
 
     private static WrappedKeyMaterial MaterialOf(KeyVersionMaterial found) =>
