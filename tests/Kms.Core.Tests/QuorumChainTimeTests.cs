@@ -151,6 +151,33 @@ public sealed class QuorumChainTimeTests : IDisposable
         Assert.Throws<KmsException>(() => OfficerChain.Verify([genesis, Untimed(genesis, _officers.Select("alice"), 1, "alice", "bob")], genesis));
     }
 
+    // Kms:Quorum:MaxSignTimeSkew: a deployment whose officers' machines keep looser time widens the
+    // margin; a signed time 7 minutes off is refused under the default 5 and taken under 10.
+    [Theory]
+    [InlineData(null, false)]
+    [InlineData(10, true)]
+    public async Task Approve_SignedTimeSevenMinutesOff_TakenOnlyUnderAWiderConfiguredSkew(int? skewMinutes, bool taken)
+    {
+        var store = new InMemoryStore();
+        var time = new FakeTimeProvider(T0);
+        var genesis = OfficerSet.CreateDeploymentGenesis(_officers.Select("alice", "bob", "carol"), 2);
+        var options = skewMinutes is { } minutes ? new QuorumOptions { Genesis = genesis, MaxSignTimeSkew = TimeSpan.FromMinutes(minutes) } : new QuorumOptions { Genesis = genesis };
+        var (quorum, change) = await ChangeOfficersAsync(new QuorumService(store, store, _hsm, time, options), 1, "alice", "mallory");
+        time.Advance(TimeSpan.FromMinutes(58));
+        var signed = T0.AddMinutes(51);
+
+        Task<QuorumApprovalResult> ApproveAsync() => quorum.ApproveAsync(change.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", change, signed), signed, default);
+        if (taken)
+        {
+            Assert.Equal(1, (await ApproveAsync()).ValidApprovals);
+        }
+        else
+        {
+            Assert.Contains("more than 5 minutes apart", (await Assert.ThrowsAsync<KmsException>(ApproveAsync)).Message, StringComparison.Ordinal);
+            Assert.Empty((await store.GetQuorumRequestAsync(change.Id, default))!.Approvals);
+        }
+    }
+
     // The server checks the time an approval says it was signed against its trusted time and the
     // expiry, and takes a CHANGE_OFFICERS approval only with one; untimed approvals of the other
     // operations (officers' CLIs from before) are still taken.

@@ -494,6 +494,28 @@ public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
         Assert.Equal((StatusCode.NotFound, "tenants/other/quorumRequests/0123 not found", null), await AnswerAsync(_keyManager, "tenants/other/quorumRequests/0123"));
     }
 
+    // Kms:Quorum:MaxSignTimeSkew reaches the quorum service (QuorumChainTimeTests: what it does);
+    // a margin that says little about when an approval was made, or none, refuses to start.
+    [Theory]
+    [InlineData("00:00:59")]
+    [InlineData("01:00:01")]
+    [InlineData("-00:05:00")]
+    public async Task MaxSignTimeSkew_OutsideOneMinuteToOneHour_RefusedAtStart(string value)
+    {
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => Kms.Server.Hosting.KmsServerApp.BuildAsync(
+            ["--dev", "--urls=https://127.0.0.1:0", $"--Kms:Quorum:MaxSignTimeSkew={value}", $"--Kms:DataDir={Path.GetTempPath()}/kms-never"]));
+        Assert.Contains("Kms:Quorum:MaxSignTimeSkew", e.Message, StringComparison.Ordinal);
+        Assert.Contains("from 00:01:00 to 01:00:00", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task MaxSignTimeSkew_Configured_ReachesTheQuorumService_DefaultFiveMinutes()
+    {
+        Assert.Equal(TimeSpan.FromMinutes(5), _server.Services.GetRequiredService<Kms.Core.Services.QuorumOptions>().MaxSignTimeSkew);
+        await using var wider = await KmsTestServer.StartAsync(null, null, "dev", $"--Kms:Quorum:GenesisFile={_genesisPath}", "--Kms:Quorum:MaxSignTimeSkew=00:10:00");
+        Assert.Equal(TimeSpan.FromMinutes(10), wider.Services.GetRequiredService<Kms.Core.Services.QuorumOptions>().MaxSignTimeSkew);
+    }
+
     [Fact]
     public async Task NoGenesisConfigured_QuorumOperationsRefused_WithAClearMessage()
     {

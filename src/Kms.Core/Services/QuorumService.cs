@@ -24,8 +24,8 @@ public sealed record QuorumOptions
 
     /// <summary>
     /// How far an approval's signed time (the officer's clock) may be from this server's trusted
-    /// time when it arrives (5 minutes): further, and it is refused, so that a signed time says
-    /// when the approval was made to within this margin.
+    /// time when it arrives (5 minutes by default; <c>Kms:Quorum:MaxSignTimeSkew</c>): further, and
+    /// it is refused, so that a signed time says when the approval was made to within this margin.
     /// </summary>
     public TimeSpan MaxSignTimeSkew { get; init; } = TimeSpan.FromMinutes(5);
 
@@ -644,7 +644,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         {
             throw KmsErrors.FailedPrecondition(
                 $"this approval of {request.Name} was signed at {QuorumRendering.Time(signed)} by the officer's clock, but the server's time is {QuorumRendering.Time(now)}: "
-                + $"more than {options.MaxSignTimeSkew.TotalMinutes:0} minutes apart. Set the officer machine's clock right and approve again");
+                + $"more than {options.MaxSignTimeSkew.TotalMinutes:0.##} minutes apart. Set the officer machine's clock right and approve again");
         }
     }
 

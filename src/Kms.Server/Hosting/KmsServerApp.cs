@@ -77,6 +77,14 @@ public static partial class KmsServerApp
             throw new InvalidOperationException($"Kms:CredentialCacheTime ({serverOptions.CredentialCacheTime:c}) must be from 00:00:00 to {KmsServerOptions.MaxCredentialCacheTime:c}: while a node cannot read the change feed, another node's revocation takes effect on it only when the cache time has passed");
         }
 
+        // A wider margin lets an approval's signed time say less about when it was made; a narrower
+        // one refuses officers whose machines keep ordinary time.
+        var skew = serverOptions.Quorum.MaxSignTimeSkew;
+        if (skew < QuorumHostOptions.MinSignTimeSkew || skew > QuorumHostOptions.MaxAllowedSignTimeSkew)
+        {
+            throw new InvalidOperationException($"Kms:Quorum:MaxSignTimeSkew ({skew:c}) must be from {QuorumHostOptions.MinSignTimeSkew:c} to {QuorumHostOptions.MaxAllowedSignTimeSkew:c}");
+        }
+
         // The interval is how late another node's disable, destruction or revocation reaches this
         // one: bounded like the cache time, and positive (0 would stop the host once it serves;
         // -1 ms, an infinite period, would never read the feed again).
@@ -448,7 +456,7 @@ public static partial class KmsServerApp
     {
         if (options.GenesisFile is not { Length: > 0 } path)
         {
-            return new QuorumOptions();
+            return new QuorumOptions { MaxSignTimeSkew = options.MaxSignTimeSkew };
         }
 
         OfficerSet genesis;
@@ -466,7 +474,7 @@ public static partial class KmsServerApp
             throw new InvalidOperationException($"Kms:Quorum:GenesisFile {path} holds the officer set {genesis.Hash}, not the pinned Kms:Quorum:GenesisSha256 {pinned}");
         }
 
-        return new QuorumOptions { Genesis = genesis };
+        return new QuorumOptions { Genesis = genesis, MaxSignTimeSkew = options.MaxSignTimeSkew };
     }
 
     // A stored chain that does not verify does not stop the server (keys keep being served);

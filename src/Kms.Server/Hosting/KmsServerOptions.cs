@@ -99,6 +99,18 @@ public sealed class QuorumHostOptions
 
     /// <summary>Optional: the genesis set's hash (hex SHA-256, from the ceremony transcript); the file must match it.</summary>
     public string? GenesisSha256 { get; set; }
+
+    /// <summary>
+    /// How far an approval's signed time (the officer's clock) may be from this server's trusted
+    /// time: 1 minute to 1 hour, 5 minutes by default (<see cref="Kms.Core.Services.QuorumOptions.MaxSignTimeSkew"/>).
+    /// </summary>
+    public TimeSpan MaxSignTimeSkew { get; set; } = new Kms.Core.Services.QuorumOptions().MaxSignTimeSkew;
+
+    /// <summary>The narrowest <see cref="MaxSignTimeSkew"/> allowed: officers' machines are not expected to keep time closer.</summary>
+    public static readonly TimeSpan MinSignTimeSkew = TimeSpan.FromMinutes(1);
+
+    /// <summary>The widest <see cref="MaxSignTimeSkew"/> allowed: a signed time must still say when the approval was made.</summary>
+    public static readonly TimeSpan MaxAllowedSignTimeSkew = TimeSpan.FromHours(1);
 }
 
 /// <summary>
