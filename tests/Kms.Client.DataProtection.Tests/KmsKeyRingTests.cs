@@ -1,0 +1,232 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Xml.Linq;
+using Kms.Client.DataProtection;
+using Kms.Contracts.V1;
+using Kms.Testing;
+using Microsoft.AspNetCore.DataProtection;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Kms.Client.DataProtection.Tests;
+
+public sealed class DataProtectionServerFixture : IAsyncLifetime
+{
+    public KmsTestServer Server { get; private set; } = null!;
+
+    /// <summary>A key-user principal's token: the application's credential.</summary>
+    public string AppToken { get; private set; } = null!;
+
+    public string AppPrincipal { get; } = $"token:dp-app-{Guid.NewGuid():N}"[..26];
+
+    public async Task InitializeAsync()
+    {
+        Server = await KmsTestServer.StartAsync();
+        AppToken = await Server.CreatePrincipalWithTokenAsync(AppPrincipal["token:".Length..], "dev", "key-user");
+    }
+
+    public async Task DisposeAsync() => await Server.DisposeAsync();
+}
+
+/// <summary>ASP.NET Core Data Protection's key ring, protected at rest by the KMS, against the real server.</summary>
+public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClassFixture<DataProtectionServerFixture>
+{
+    private const string DecryptorTypeName = "Kms.Client.DataProtection.KmsXmlDecryptor";
+
+    private static readonly XNamespace DataProtection = "http://schemas.asp.net/2015/03/dataProtection";
+
+    [Fact]
+    public async Task ProtectKeysWithKms_ANewProviderOverTheSameDirectory_UnprotectsThroughTheKms_Audited()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, key, "app-a", "hello");
+
+        Assert.Equal("hello", Unprotect(directory, key, "app-a", payload));
+
+        using var officer = fixture.Server.CreateClient(await fixture.Server.CreatePrincipalWithTokenAsync($"officer-{Guid.NewGuid():N}"[..16], null, "security-officer"));
+        var events = (await officer.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Principal = fixture.AppPrincipal, Operation = "/kms.v1.KeyManagementService/Decrypt", PageSize = 1000 })).Events;
+        Assert.Contains(events, e => e.Outcome == "OK" && e.Resource.StartsWith(key + "/versions/", StringComparison.Ordinal)
+            && e.ContextHashes.ContainsKey("purpose") && e.ContextHashes.ContainsKey("application"));
+    }
+
+    [Fact]
+    public async Task KeyFiles_HoldNoKeyMaterial_OnlyTheKmsCiphertext_NamingTheDecryptor()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        Protect(directory, key, "app-a", "hello");
+
+        var files = Directory.GetFiles(directory, "key-*.xml");
+        Assert.NotEmpty(files);
+        foreach (var file in files)
+        {
+            var document = XDocument.Load(file);
+            var secret = Assert.Single(document.Descendants(DataProtection + "encryptedSecret"));
+            Assert.StartsWith(DecryptorTypeName + ",", (string?)secret.Attribute("decryptorType"), StringComparison.Ordinal);
+            var encrypted = Assert.Single(secret.Elements("kmsEncryptedKey"));
+            Assert.Equal(key, (string?)encrypted.Attribute("key"));
+            Assert.Empty(document.Descendants("masterKey"));
+
+            // The master key, as only the KMS can give it back.
+            using var client = fixture.Server.CreateClient(fixture.AppToken);
+            using var decrypted = await client.DecryptAsync(
+                Convert.FromBase64String((string)encrypted.Element("ciphertext")!),
+                new Dictionary<string, string> { ["purpose"] = "aspnetcore-dataprotection", ["application"] = "app-a" });
+            var masterKeyElement = XElement.Parse(Encoding.UTF8.GetString(decrypted.Plaintext));
+            Assert.Equal("masterKey", masterKeyElement.Name.LocalName);
+            var masterKeyBase64 = (string)masterKeyElement.Element("value")!;
+            var masterKey = Convert.FromBase64String(masterKeyBase64);
+            Assert.True(masterKey.Length >= 32);
+
+            foreach (var any in Directory.GetFiles(directory))
+            {
+                var onDisk = await File.ReadAllBytesAsync(any);
+                Assert.DoesNotContain(masterKeyBase64, Encoding.UTF8.GetString(onDisk), StringComparison.Ordinal);
+                Assert.Equal(-1, onDisk.AsSpan().IndexOf(masterKey));
+                Assert.Equal(-1, onDisk.AsSpan().IndexOf(Encoding.UTF8.GetBytes(masterKeyBase64)));
+            }
+        }
+    }
+
+    [Fact]
+    public async Task TamperedCiphertextInTheKeyFile_NotUnprotected_TheKmsOpaqueRefusal_NothingOfTheKey()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, key, "app-a", "hello");
+        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
+        var document = XDocument.Load(file);
+        var ciphertext = document.Descendants("ciphertext").Single();
+        var bytes = Convert.FromBase64String(ciphertext.Value);
+        bytes[^1] ^= 0x01;
+        ciphertext.Value = Convert.ToBase64String(bytes);
+        document.Save(file);
+
+        var refusal = KmsRefusal(() => Unprotect(directory, key, "app-a", payload));
+
+        Assert.Contains("InvalidArgument: decryption failed", refusal.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(ciphertext.Value, refusal.ToString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task KeyFileMovedToAnotherApplication_TheKmsRefusesItsContext()
+    {
+        var key = await CreateKeyAsync();
+        var directoryA = NewKeyDirectory();
+        var payload = Protect(directoryA, key, "app-a", "hello");
+        var directoryB = NewKeyDirectory();
+        Directory.CreateDirectory(directoryB);
+        foreach (var file in Directory.GetFiles(directoryA))
+        {
+            File.Copy(file, Path.Combine(directoryB, Path.GetFileName(file)));
+        }
+
+        // Application B holds rights on the same KMS key; only the context tells the entries apart.
+        var refusal = KmsRefusal(() => Unprotect(directoryB, key, "app-b", payload));
+
+        Assert.Contains("InvalidArgument: decryption failed", refusal.Message, StringComparison.Ordinal);
+        Assert.Contains($"encrypted under '{key}'", refusal.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task PrincipalTheKeyPolicyLetsEncryptOnly_NotUnprotected_PermissionDenied()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, key, "app-a", "hello");
+        var encryptOnly = $"dp-encrypt-only-{Guid.NewGuid():N}"[..28];
+        var token = await fixture.Server.CreatePrincipalWithTokenAsync(encryptOnly, "dev", "key-user");
+        using (var developer = fixture.Server.CreateClient())
+        {
+            await developer.Raw.SetKeyPolicyAsync(new SetKeyPolicyRequest
+            {
+                Name = key,
+                Entries =
+                {
+                    new KeyPolicyEntry { Principal = fixture.AppPrincipal, Operations = { "ENCRYPT", "DECRYPT" } },
+                    new KeyPolicyEntry { Principal = "token:" + encryptOnly, Operations = { "ENCRYPT" } },
+                },
+            });
+        }
+
+        var refusal = KmsRefusal(() => Unprotect(directory, key, "app-a", payload, token));
+
+        Assert.Contains("PermissionDenied", refusal.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(token, refusal.ToString(), StringComparison.Ordinal);
+        Assert.Equal("hello", Unprotect(directory, key, "app-a", payload));
+    }
+
+    [Fact]
+    public void Encrypt_AnElementLargerThanKmsEncryptTakes_RefusedBeforeAnyCall()
+    {
+        var services = new ServiceCollection();
+        services.AddDataProtection().ProtectKeysWithKms(new KmsClient(new KmsClientOptions { Endpoint = new Uri("https://127.0.0.1:1") }), "tenants/dev/keys/none");
+        using var provider = services.BuildServiceProvider();
+        var encryptor = new KmsXmlEncryptor(provider);
+
+        var e = Assert.Throws<InvalidOperationException>(() => encryptor.Encrypt(new XElement("descriptor", new string('x', Kms.Core.Limits.MaxEncryptPlaintextBytes))));
+
+        Assert.Contains("KMS Encrypt takes at most 65536", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Decryptor_InAContainerWithoutProtectKeysWithKms_SaysWhatIsMissing()
+    {
+        using var provider = new ServiceCollection().BuildServiceProvider();
+
+        var e = Assert.Throws<InvalidOperationException>(() => new KmsXmlDecryptor(provider));
+
+        Assert.Contains("ProtectKeysWithKms", e.Message, StringComparison.Ordinal);
+    }
+
+    private async Task<string> CreateKeyAsync()
+    {
+        using var client = fixture.Server.CreateClient();
+        return (await client.CreateKeyAsync("tenants/dev", $"dp-{Guid.NewGuid():N}")).Name;
+    }
+
+    private static string NewKeyDirectory() => Scratch.NewPath("dp-keys-");
+
+    private string Protect(string directory, string key, string application, string text)
+    {
+        using var provider = Provider(directory, key, application, fixture.AppToken);
+        return provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Protect(text);
+    }
+
+    private string Unprotect(string directory, string key, string application, string payload, string? token = null)
+    {
+        using var provider = Provider(directory, key, application, token ?? fixture.AppToken);
+        return provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Unprotect(payload);
+    }
+
+    private ServiceProvider Provider(string directory, string key, string application, string token)
+    {
+        var services = new ServiceCollection().AddKmsClient(o =>
+        {
+            o.Endpoint = fixture.Server.Address;
+            o.CaCertificatePath = fixture.Server.CaCertificatePath;
+            o.ApiToken = token;
+        });
+        services.AddDataProtection()
+            .SetApplicationName(application)
+            .PersistKeysToFileSystem(new DirectoryInfo(directory))
+            .ProtectKeysWithKms(key);
+        return services.BuildServiceProvider();
+    }
+
+    /// <summary>Unprotect fails, and the cause is the KMS's refusal to decrypt the key ring entry.</summary>
+    private static CryptographicException KmsRefusal(Action unprotect)
+    {
+        var thrown = Assert.ThrowsAny<CryptographicException>(unprotect);
+        for (Exception? e = thrown; e is not null; e = e.InnerException)
+        {
+            if (e is CryptographicException refusal && refusal.Message.StartsWith("the KMS did not decrypt a Data Protection key ring entry", StringComparison.Ordinal))
+            {
+                return refusal;
+            }
+        }
+
+        Assert.Fail("Unprotect failed, but not because the KMS refused the key ring entry: " + thrown);
+        return null!;
+    }
+}
