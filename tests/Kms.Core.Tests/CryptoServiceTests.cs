@@ -53,6 +53,19 @@ public sealed class CryptoServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task GenerateDataKey_HsmAnswersAMalformedCiphertext_TheDataKeyIsZeroed()
+    {
+        await CreateAsync(Orders);
+        _hsm.EncryptAnswersWithoutTag = true;
+
+        await Assert.ThrowsAsync<ArgumentException>(() => _crypto.GenerateDataKeyAsync(Dev, Orders, EncryptionContext.Empty, default));
+
+        var dataKey = _hsm.LastEncryptPlaintext!;
+        Assert.Equal(32, dataKey.Length);
+        Assert.Equal(new byte[32], dataKey);
+    }
+
+    [Fact]
     public async Task GenerateDataKey_DecryptReturnsSameKey()
     {
         await CreateAsync(Orders);

@@ -54,7 +54,16 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         await usage.TakeEncryptionsAsync(primary.Version, 1, cancellationToken);
         var aad = CiphertextBlob.BuildAad(primary.Version.Id, caller.Tenant, context);
         var sealedKey = await hsm.For(primary.Key.Residency).GenerateDataKeyAsync(new KeyMaterialRef(primary.Version.Id, MaterialOf(primary)), Limits.DataKeyBytes, aad, cancellationToken);
-        return new DataKeyResult(new SecretBytes(sealedKey.DataKey), CiphertextBlob.Format(primary.Version.Id, sealedKey.Iv, sealedKey.CiphertextAndTag), primary.Version.Name);
+        try
+        {
+            return new DataKeyResult(new SecretBytes(sealedKey.DataKey), CiphertextBlob.Format(primary.Version.Id, sealedKey.Iv, sealedKey.CiphertextAndTag), primary.Version.Name);
+        }
+        catch
+        {
+            // An HSM answer that does not make a blob (a short IV or no tag): the key is nobody's.
+            CryptographicOperations.ZeroMemory(sealedKey.DataKey);
+            throw;
+        }
     }
 
     /// <summary>

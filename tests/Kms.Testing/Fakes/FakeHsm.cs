@@ -48,11 +48,23 @@ public sealed class FakeHsm : IHsm, IDisposable
     public ValueTask<byte[]> EncryptAesGcmAsync(KeyMaterialRef key, byte[] iv, byte[] aad, byte[] plaintext, CancellationToken cancellationToken)
     {
         Count("encrypt");
+        LastEncryptPlaintext = plaintext;
+        if (EncryptAnswersWithoutTag)
+        {
+            return ValueTask.FromResult(new byte[8]);
+        }
+
         using var aes = new AesGcm(Unwrap(key), 16);
         var output = new byte[plaintext.Length + 16];
         aes.Encrypt(iv, plaintext, output.AsSpan(0, plaintext.Length), output.AsSpan(plaintext.Length), aad);
         return ValueTask.FromResult(output);
     }
+
+    /// <summary>A test's broken HSM: a single encryption answers 8 bytes (no room for the 16-byte tag).</summary>
+    public bool EncryptAnswersWithoutTag { get; set; }
+
+    /// <summary>The array the last single encryption was given (not a copy): tests check it was zeroed.</summary>
+    public byte[]? LastEncryptPlaintext { get; private set; }
 
     /// <summary>A test's broken HSM: batched encryptions and decryptions answer one result fewer than they were given.</summary>
     public bool ManyAnswersOneShort { get; set; }
