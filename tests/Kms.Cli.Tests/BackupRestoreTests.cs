@@ -560,6 +560,212 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         Assert.Equal(["copy"], Directory.GetDirectories(home).Select(Path.GetFileName));
     }
 
+    [Fact]
+    public async Task Restore_OverTheReplacedDatabase_SchedulingsAndDisablingsMadeAfterTheBackup_AreInForceAgain_Reversible()
+    {
+        // A compromised key version scheduled for destruction after the backup, a key scheduled
+        // for deletion, a key disabled: the restore must not silently undo them.
+        var later = await ScheduleAfterTheBackupAsync(exportPath: null);
+        await _server.DisposeAsync();
+        var database = Path.Combine(_server.DataDir, "kms.db");
+
+        var restoring = DateTimeOffset.UtcNow;
+        await BackupRestore.RunAsync(later.Backup, PublishedAuditKey(), _server.DataDir, [], replace: true, CancellationToken.None);
+        var restored = DateTimeOffset.UtcNow;
+        _server = await _server.RestartAsync();
+
+        // The replaced database holds the destroy times the lost site set: kept, but never sooner
+        // than 7 days after the restore (the lapsed one's had passed, unexecuted).
+        await AssertInForceAgainAsync(later, restoring, exact: restored);
+        Assert.Equal(later.ExpectedEvents, await ReappliedEventsAsync(database));
+    }
+
+    [Fact]
+    public async Task Restore_FromAnAuditExportAlone_SchedulingsAndDisablingsMadeAfterTheBackup_AreInForceAgain_ReapplyDestructionsToo()
+    {
+        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
+        var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        try
+        {
+            var later = await ScheduleAfterTheBackupAsync(exportPath);
+
+            // The site is lost (its token, holding the domain key, is not): only the backup and the export.
+            await _server.DisposeAsync();
+            var database = Path.Combine(_server.DataDir, "kms.db");
+            foreach (var suffix in new[] { "", "-wal", "-shm" })
+            {
+                File.Delete(database + suffix);
+            }
+
+            var restoring = DateTimeOffset.UtcNow;
+            var pem = Path.Combine(_server.DataDir, "audit", "signing-key.pem");
+            var restore = await CliRun.InProcessAsync(new Dictionary<string, string>(), Path.GetTempPath(), null,
+                "backup", "restore", later.Backup, "--public-key", pem, "--data-dir", _server.DataDir, "--audit-log", exportPath, "--output", "json");
+            Assert.True(restore.ExitCode == 0, restore.ToString());
+            _server = await _server.RestartAsync();
+
+            // The events do not record the waiting period asked for: the event's time plus 30 days
+            // (the longest by default) plus a day — never sooner than the lost site's.
+            await AssertInForceAgainAsync(later, restoring, exact: null);
+            Assert.Equal(later.ExpectedEvents, await ReappliedEventsAsync(database));
+
+            // Printed: each re-applied scheduling, its state and where it was found.
+            var printed = System.Text.Json.Nodes.JsonNode.Parse(restore.Out)!["rescheduled"]?.AsArray();
+            Assert.NotNull(printed);
+            Assert.Equal(
+                later.ExpectedEvents.Select(e => (e.Resource, e.Operation == "backup/ReapplyDisable" ? "DISABLED" : "DESTROY_SCHEDULED")).Order(),
+                printed.Select(r => (r!["resource"]!.GetValue<string>(), r["state"]!.GetValue<string>())).Order());
+            Assert.All(printed, r => Assert.StartsWith(Path.GetFileName(exportPath) + " event ", r!["source"]!.GetValue<string>(), StringComparison.Ordinal));
+
+            // reapply-destructions (a database restored by other means, e.g. pg_restore) does the same.
+            await BackupRestore.RunAsync(later.Backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None);
+            await using var dump = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default);
+            await BackupRestore.ReapplyFromLogsAsync(dump, [exportPath], null, PublishedAuditKey(), CancellationToken.None);
+            Assert.Equal(KeyState.DestroyScheduled, (await dump.GetVersionAsync(KeyVersionName.Parse($"{later.Compromised}/versions/1", "v"), default))!.State);
+            Assert.Equal(KeyState.Disabled, (await dump.GetVersionAsync(KeyVersionName.Parse($"{later.Compromised}/versions/2", "v"), default))!.State);
+            Assert.Equal(KeyState.DestroyScheduled, (await dump.GetKeyAsync(KeyName.Parse(later.Retired, "k"), default))!.State);
+            Assert.Equal(KeyState.Disabled, (await dump.GetKeyAsync(KeyName.Parse(later.Suspended, "k"), default))!.State);
+            Assert.Equal(KeyState.Enabled, (await dump.GetKeyAsync(KeyName.Parse(later.Resumed, "k"), default))!.State);
+        }
+        finally
+        {
+            File.Delete(exportPath);
+            SqliteStore.ReleasePooledConnections();
+            if (Directory.Exists(target))
+            {
+                Directory.Delete(target, recursive: true);
+            }
+        }
+    }
+
+    // What happened after the backup, and what a restore must bring back into force.
+    private sealed record LaterSchedulings(
+        string Backup, string Compromised, byte[] UnderVersion1, byte[] UnderVersion2, DateTimeOffset Version1DestroyTime,
+        string Retired, DateTimeOffset RetiredDestroyTime, string Lapsed, string Reprieved, string Suspended, string Resumed)
+    {
+        // The restored chain's record of them: (operation, resource), ordered.
+        public IReadOnlyList<(string Operation, string Resource)> ExpectedEvents =>
+        [
+            .. new[]
+            {
+                ("backup/ReapplyScheduling", $"{Compromised}/versions/1"),
+                ("backup/ReapplyScheduling", Retired),
+                ("backup/ReapplyScheduling", $"{Lapsed}/versions/1"),
+                ("backup/ReapplyDisable", $"{Compromised}/versions/2"),
+                ("backup/ReapplyDisable", Reprieved),
+                ("backup/ReapplyDisable", Suspended),
+            }.Order(),
+        ];
+    }
+
+    // A backup, then: version 1 of "compromised" scheduled for destruction (30 days) and its
+    // version 2 scheduled then restored (DISABLED); "retired" scheduled for deletion; version 1
+    // of "lapsed" scheduled with a 1-second wait (ended, not carried out: the lifecycle job has
+    // not passed); "reprieved" scheduled then cancelled (DISABLED); "suspended" disabled;
+    // "resumed" disabled then enabled. The audit is exported to exportPath when given.
+    private async Task<LaterSchedulings> ScheduleAfterTheBackupAsync(string? exportPath)
+    {
+        using var developer = _server.CreateClient();
+        using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+        var compromised = (await developer.CreateKeyAsync("tenants/dev", "compromised")).Name;
+        var underVersion1 = (await developer.EncryptAsync(compromised, "v1 secret"u8.ToArray())).Ciphertext;
+        await developer.RotateKeyAsync(compromised);
+        var underVersion2 = (await developer.EncryptAsync(compromised, "v2 secret"u8.ToArray())).Ciphertext;
+        await developer.RotateKeyAsync(compromised);
+        var retired = (await developer.CreateKeyAsync("tenants/dev", "retired")).Name;
+        var lapsed = (await developer.CreateKeyAsync("tenants/dev", "lapsed")).Name;
+        await developer.RotateKeyAsync(lapsed);
+        var reprieved = (await developer.CreateKeyAsync("tenants/dev", "reprieved")).Name;
+        var suspended = (await developer.CreateKeyAsync("tenants/dev", "suspended")).Name;
+        var resumed = (await developer.CreateKeyAsync("tenants/dev", "resumed")).Name;
+        var backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+
+        var version1 = await developer.ScheduleKeyVersionDestructionAsync($"{compromised}/versions/1");
+        await developer.ScheduleKeyVersionDestructionAsync($"{compromised}/versions/2");
+        await developer.RestoreKeyVersionAsync($"{compromised}/versions/2");
+        var retiredKey = await developer.ScheduleKeyDeletionAsync(retired);
+        await developer.ScheduleKeyVersionDestructionAsync($"{lapsed}/versions/1", TimeSpan.FromSeconds(1));
+        await developer.ScheduleKeyDeletionAsync(reprieved);
+        await developer.CancelKeyDeletionAsync(reprieved);
+        await developer.DisableKeyAsync(suspended);
+        await developer.DisableKeyAsync(resumed);
+        await developer.EnableKeyAsync(resumed);
+        if (exportPath is not null)
+        {
+            await using var file = File.CreateText(exportPath);
+            await officer.ExportAuditAsync(file);
+        }
+
+        return new LaterSchedulings(backup, compromised, underVersion1, underVersion2, version1.DestroyTime.ToDateTimeOffset(),
+            retired, retiredKey.DestroyTime.ToDateTimeOffset(), lapsed, reprieved, suspended, resumed);
+    }
+
+    // On the restarted server: every scheduling and disabling in force again, as DESTROY_SCHEDULED
+    // (not DESTROYED) or DISABLED; the undone ones not; and RestoreKeyVersion / CancelKeyDeletion
+    // take a re-applied scheduling back. exact: the restore's end, when the destroy times are the
+    // replaced database's (else they are counted from the events).
+    private async Task AssertInForceAgainAsync(LaterSchedulings later, DateTimeOffset restoring, DateTimeOffset? exact)
+    {
+        using var client = _server.CreateClient();
+        var version1 = await client.GetKeyVersionAsync($"{later.Compromised}/versions/1");
+        Assert.Equal(Kms.Contracts.V1.KeyState.DestroyScheduled, version1.State);
+        var retired = await client.GetKeyAsync(later.Retired);
+        Assert.Equal(Kms.Contracts.V1.KeyState.DestroyScheduled, retired.State);
+        var lapsed = await client.GetKeyVersionAsync($"{later.Lapsed}/versions/1");
+        Assert.Equal(Kms.Contracts.V1.KeyState.DestroyScheduled, lapsed.State);
+        if (exact is { } restored)
+        {
+            Assert.Equal(later.Version1DestroyTime, version1.DestroyTime.ToDateTimeOffset());
+            Assert.Equal(later.RetiredDestroyTime, retired.DestroyTime.ToDateTimeOffset());
+            Assert.InRange(lapsed.DestroyTime.ToDateTimeOffset(), restoring.AddDays(7).AddMilliseconds(-1), restored.AddDays(7));
+        }
+        else
+        {
+            Assert.InRange(version1.DestroyTime.ToDateTimeOffset(), later.Version1DestroyTime, later.Version1DestroyTime.AddDays(1));
+            Assert.InRange(retired.DestroyTime.ToDateTimeOffset(), later.RetiredDestroyTime, later.RetiredDestroyTime.AddDays(1));
+            Assert.True(lapsed.DestroyTime.ToDateTimeOffset() >= restoring.AddDays(7), $"{lapsed.DestroyTime} is sooner than 7 days after the restore");
+        }
+
+        Assert.Equal(Kms.Contracts.V1.KeyState.Disabled, (await client.GetKeyVersionAsync($"{later.Compromised}/versions/2")).State);
+        Assert.Equal(Kms.Contracts.V1.KeyState.Disabled, (await client.GetKeyAsync(later.Reprieved)).State);
+        Assert.Equal(Kms.Contracts.V1.KeyState.Disabled, (await client.GetKeyAsync(later.Suspended)).State);
+        Assert.Equal(Kms.Contracts.V1.KeyState.Enabled, (await client.GetKeyAsync(later.Resumed)).State);
+
+        // A DESTROY_SCHEDULED (or DISABLED) version decrypts nothing (docs/lifecycle.md: a version
+        // that is not ENABLED is FAILED_PRECONDITION naming its state).
+        var scheduled = await Assert.ThrowsAsync<RpcException>(() => client.DecryptAsync(later.UnderVersion1));
+        Assert.Equal((StatusCode.FailedPrecondition, true), (scheduled.Status.StatusCode, scheduled.Status.Detail.Contains("DESTROY_SCHEDULED", StringComparison.Ordinal)));
+        var disabled = await Assert.ThrowsAsync<RpcException>(() => client.DecryptAsync(later.UnderVersion2));
+        Assert.Contains("DISABLED", disabled.Status.Detail, StringComparison.Ordinal);
+
+        // Reversible: restored, enabled, it decrypts again; the deletion can be cancelled.
+        Assert.Equal(Kms.Contracts.V1.KeyState.Disabled, (await client.RestoreKeyVersionAsync($"{later.Compromised}/versions/1")).State);
+        await client.EnableKeyVersionAsync($"{later.Compromised}/versions/1");
+        using (var opened = await client.DecryptAsync(later.UnderVersion1))
+        {
+            Assert.Equal("v1 secret"u8.ToArray(), opened.Plaintext.ToArray());
+        }
+
+        Assert.Equal(Kms.Contracts.V1.KeyState.Disabled, (await client.CancelKeyDeletionAsync(later.Retired)).State);
+    }
+
+    // The re-applied schedulings and disablings the database's audit chain records: (operation, resource), ordered.
+    private static async Task<IReadOnlyList<(string Operation, string Resource)>> ReappliedEventsAsync(string database)
+    {
+        await using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={database};Mode=ReadOnly;Pooling=False");
+        await connection.OpenAsync();
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT operation, resource FROM audit_events WHERE operation IN ('backup/ReapplyScheduling', 'backup/ReapplyDisable')";
+        var found = new List<(string, string)>();
+        await using var reader = await command.ExecuteReaderAsync();
+        while (await reader.ReadAsync())
+        {
+            found.Add((reader.GetString(0), reader.GetString(1)));
+        }
+
+        return [.. found.Order()];
+    }
+
     // An EXPORT_BACKUP request approved by alice and carol: the backup's id.
     // A key with two versions, a backup, then the key's version 1 destroyed and the audit exported
     // to a new file (the caller deletes it): the backup's directory, the key and the export's path.

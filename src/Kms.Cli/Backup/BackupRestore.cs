@@ -18,7 +18,21 @@ namespace Kms.Cli.Backup;
 /// <param name="Reapplied">Versions the restore destroyed in the snapshot, each with where the destruction was found.</param>
 /// <param name="Skipped">Recorded destructions of keys or versions the snapshot does not hold (made after the backup), and what the audit logs lack: ranges left out (with --allow-gaps), a torn last line not read.</param>
 /// <param name="ReplacedDatabase">Where the database that was replaced was kept, or null.</param>
-internal sealed record RestoreReport(BackupManifest Manifest, IReadOnlyList<(string Version, string Source)> Reapplied, IReadOnlyList<string> Skipped, string? ReplacedDatabase);
+internal sealed record RestoreReport(BackupManifest Manifest, IReadOnlyList<(string Version, string Source)> Reapplied, IReadOnlyList<string> Skipped, string? ReplacedDatabase)
+{
+    /// <summary>Scheduled destructions and deletions (and disablings) made after the backup, still in force, that the restore made again in the snapshot.</summary>
+    public IReadOnlyList<ReappliedScheduling> Rescheduled { get; init; } = [];
+}
+
+/// <summary>What <c>reapply-destructions</c> did: the destructions and schedulings it re-applied, what it skipped, where in the chain it started.</summary>
+/// <param name="Reapplied">Versions destroyed, each with where the destruction was found.</param>
+/// <param name="Skipped">Recorded destructions of keys or versions the database does not hold, and what the audit logs lack.</param>
+/// <param name="AfterSequence">The audit sequence after which the logs were read.</param>
+internal sealed record ReapplyReport(IReadOnlyList<(string Version, string Source)> Reapplied, IReadOnlyList<string> Skipped, long AfterSequence)
+{
+    /// <summary>Scheduled destructions and deletions (and disablings) still in force that were made again.</summary>
+    public IReadOnlyList<ReappliedScheduling> Rescheduled { get; init; } = [];
+}
 
 /// <summary>
 /// <c>kms backup restore</c>, offline with the server stopped: verifies the backup, re-applies
@@ -46,13 +60,15 @@ internal static class BackupRestore
     /// <summary>Tests only: runs after the old database was moved aside, before the restored one moves in.</summary>
     internal static readonly AsyncLocal<Func<Task>?> Installing = new();
 
-    public static async Task<RestoreReport> RunAsync(string backupDir, byte[] auditPublicKey, string dataDir, IReadOnlyList<string> auditLogs, bool replace, CancellationToken cancellationToken, bool allowGaps = false)
+    public static async Task<RestoreReport> RunAsync(
+        string backupDir, byte[] auditPublicKey, string dataDir, IReadOnlyList<string> auditLogs, bool replace, CancellationToken cancellationToken, bool allowGaps = false, TimeSpan? waitingPeriod = null)
     {
         // 1. Everything is checked and read before anything is written.
         var manifest = BackupManifest.Verify(backupDir, auditPublicKey);
         dataDir = Path.GetFullPath(dataDir);
         var target = Path.Combine(dataDir, "kms.db");
         var recorded = new List<RecordedDestruction>();
+        var schedulings = new List<RecordedScheduling>();
         var exists = File.Exists(target);
         if (exists && !replace)
         {
@@ -73,11 +89,19 @@ internal static class BackupRestore
                 recorded.Add(new RecordedDestruction(version.Key, version.Version, time, "the replaced database"));
             }
 
+            // What it had scheduled (with the destroy time it set) or disabled and not yet undone.
+            foreach (var (key, version, state, destroyTime) in await SqliteStore.ReadRestrictedAsync(target, cancellationToken))
+            {
+                schedulings.Add(new RecordedScheduling(key, version, state == KeyState.Disabled, destroyTime ?? manifest.CreateTime, destroyTime, "the replaced database"));
+            }
+
             observed = await SqliteStore.ReadSettingAsync(target, LifecycleClock.Setting, cancellationToken);
         }
 
         var gaps = new List<string>();
-        recorded.AddRange(Destructions(await ReadLogsAsync(auditLogs, auditPublicKey, gaps, cancellationToken), manifest.AuditHead.Sequence, allowGaps, gaps));
+        var logs = await ReadLogsAsync(auditLogs, auditPublicKey, gaps, cancellationToken);
+        recorded.AddRange(Destructions(logs, manifest.AuditHead.Sequence, allowGaps, gaps));
+        schedulings.AddRange(Schedulings(logs, manifest.AuditHead.Sequence));
 
         // 2. A private copy, checked again (the file could have changed since it was verified).
         DurableFile.CreateDirectory(dataDir);
@@ -95,6 +119,7 @@ internal static class BackupRestore
 
         IReadOnlyList<(string, string)> reapplied;
         IReadOnlyList<string> skipped;
+        IReadOnlyList<ReappliedScheduling> rescheduled;
         try
         {
             if (BackupManifest.HashFile(staging) != (manifest.SnapshotSha256, manifest.SnapshotSize))
@@ -116,7 +141,7 @@ internal static class BackupRestore
                     Outcome = "OK",
                     Client = Environment.MachineName,
                 };
-                (reapplied, skipped) = await ReapplyAsync(store, recorded, restored, staging, cancellationToken);
+                (reapplied, skipped, rescheduled) = await ReapplyAsync(store, recorded, schedulings, waitingPeriod, restored, staging, cancellationToken);
                 skipped = [.. gaps, .. skipped];
 
                 // The time the replaced database had seen pass, if later than the backup's: the
@@ -196,7 +221,7 @@ internal static class BackupRestore
                 throw;
             }
 
-            return new RestoreReport(manifest, reapplied, skipped, replaced);
+            return new RestoreReport(manifest, reapplied, skipped, replaced) { Rescheduled = rescheduled };
         }
         catch
         {
@@ -232,8 +257,9 @@ internal static class BackupRestore
     /// <param name="auditPublicKey">When given, each audit export is verified against it first (<see cref="ReadLogsAsync"/>).</param>
     /// <param name="allowGaps">Re-apply what the logs hold even where they leave out events after the start, listing the missing ranges among the skipped.</param>
     /// <exception cref="KmsException">FailedPrecondition while a server serves the database or a domain-key rotation runs on it (nothing is read or written).</exception>
-    public static async Task<(IReadOnlyList<(string Version, string Source)> Reapplied, IReadOnlyList<string> Skipped, long AfterSequence)> ReapplyFromLogsAsync(
-        SqlStore store, IReadOnlyList<string> auditLogs, long? afterSequence, byte[]? auditPublicKey, CancellationToken cancellationToken, bool allowGaps = false)
+    /// <param name="waitingPeriod">The waiting period a re-applied scheduling counts from its event (default <see cref="SchedulingReplay.DefaultWaitingPeriod"/>).</param>
+    public static async Task<ReapplyReport> ReapplyFromLogsAsync(
+        SqlStore store, IReadOnlyList<string> auditLogs, long? afterSequence, byte[]? auditPublicKey, CancellationToken cancellationToken, bool allowGaps = false, TimeSpan? waitingPeriod = null)
     {
         ArgumentNullException.ThrowIfNull(store);
 
@@ -249,8 +275,9 @@ internal static class BackupRestore
         var gaps = new List<string>();
         var logs = await ReadLogsAsync(auditLogs, auditPublicKey, gaps, cancellationToken);
         var after = afterSequence ?? await LastSharedEventAsync(store, logs, cancellationToken);
-        var (reapplied, skipped) = await ReapplyAsync(store, Destructions(logs, after, allowGaps, gaps), null, store.Location, cancellationToken);
-        return (reapplied, [.. gaps, .. skipped], after);
+        var destructions = Destructions(logs, after, allowGaps, gaps);
+        var (reapplied, skipped, rescheduled) = await ReapplyAsync(store, destructions, Schedulings(logs, after), waitingPeriod, null, store.Location, cancellationToken);
+        return new ReapplyReport(reapplied, [.. gaps, .. skipped], after) { Rescheduled = rescheduled };
     }
 
     /// <summary>
@@ -331,6 +358,18 @@ internal static class BackupRestore
     }
 
     /// <summary>
+    /// The schedulings and disablings the logs record after <paramref name="after"/> that are still
+    /// in force at their end (<see cref="SchedulingReplay.InForce"/>), the events taken in sequence
+    /// order (an event two files hold, once).
+    /// </summary>
+    private static IReadOnlyList<RecordedScheduling> Schedulings(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, long after) =>
+        SchedulingReplay.InForce(logs.SelectMany(l => l.Events)
+            .Where(e => e.Sequence > after && e.Transition is not null)
+            .DistinctBy(e => (e.Sequence, e.Hash))
+            .OrderBy(e => e.Sequence)
+            .Select(e => e.Transition!));
+
+    /// <summary>
     /// The last event the logs share with the database's chain (same sequence, same hash), or
     /// the event the first of them follows; refused when they do not meet the chain at all.
     /// Chains that agree at an event agree at every event before it, so a binary search over the
@@ -370,10 +409,11 @@ internal static class BackupRestore
         : (await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = sequence - 1, Limit = 1 }, cancellationToken)) is [var found] && found.Sequence == sequence ? found.Hash
         : null;
 
-    // Applies each recorded destruction to the store (which erases the material), then audits
-    // what was re-applied (after <paramref name="first"/>, if any) and finishes the erasure.
-    private static async Task<(IReadOnlyList<(string, string)> Reapplied, IReadOnlyList<string> Skipped)> ReapplyAsync(
-        SqlStore store, IReadOnlyList<RecordedDestruction> recorded, AuditEntry? first, string where, CancellationToken cancellationToken)
+    // Applies each recorded destruction to the store (which erases the material), then each
+    // scheduling or disabling still in force, then audits what was re-applied (after
+    // <paramref name="first"/>, if any) and finishes the erasure.
+    private static async Task<(IReadOnlyList<(string, string)> Reapplied, IReadOnlyList<string> Skipped, IReadOnlyList<ReappliedScheduling> Rescheduled)> ReapplyAsync(
+        SqlStore store, IReadOnlyList<RecordedDestruction> recorded, IReadOnlyList<RecordedScheduling> schedulings, TimeSpan? waitingPeriod, AuditEntry? first, string where, CancellationToken cancellationToken)
     {
         var reapplied = new List<(string, string)>();
         var skipped = new List<string>();
@@ -399,7 +439,21 @@ internal static class BackupRestore
             }
         }
 
+        // Schedulings after destructions: a version destroyed is not scheduled again. Of a key or
+        // version the database does not hold (created after it), or destroyed: nothing to do.
         var now = DateTimeOffset.UtcNow;
+        var rescheduled = new List<ReappliedScheduling>();
+        foreach (var group in schedulings.GroupBy(s => s.Key))
+        {
+            IReadOnlyList<ReappliedScheduling> made = [];
+            await store.UpdateKeyAsync(group.Key, current =>
+            {
+                (var change, made) = SchedulingReplay.Apply(current, group, now, waitingPeriod ?? SchedulingReplay.DefaultWaitingPeriod);
+                return change;
+            }, cancellationToken);
+            rescheduled.AddRange(made);
+        }
+
         var requestId = first?.RequestId ?? "reapply-" + now.ToString("yyyyMMdd'T'HHmmss'Z'", System.Globalization.CultureInfo.InvariantCulture);
         List<AuditEntry> events =
         [
@@ -407,6 +461,10 @@ internal static class BackupRestore
             .. reapplied.Select(r => new AuditEntry
             {
                 Time = now, RequestId = requestId, Principal = Principal, Operation = ReapplyOperation, Resource = r.Item1, Outcome = "OK", Client = Environment.MachineName,
+            }),
+            .. rescheduled.Select(r => new AuditEntry
+            {
+                Time = now, RequestId = requestId, Principal = Principal, Operation = SchedulingReplay.OperationOf(r), Resource = r.Resource, Outcome = "OK", Client = Environment.MachineName,
             }),
         ];
         if (events.Count > 0)
@@ -419,6 +477,6 @@ internal static class BackupRestore
             throw KmsErrors.Unavailable($"the re-applied destructions could not be erased from {where}'s write-ahead log; nothing was installed");
         }
 
-        return (reapplied, skipped);
+        return (reapplied, skipped, rescheduled);
     }
 }

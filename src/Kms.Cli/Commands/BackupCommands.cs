@@ -120,10 +120,11 @@ internal static class BackupCommands
         };
         var replace = new Option<bool>("--replace") { Description = "restore over an existing kms.db (kept beside as kms.db.replaced-TIME; its destructions are re-applied)" };
         var allowGaps = AllowGapsOption();
+        var waiting = WaitingPeriodOption();
         var provider = new DeploymentDatabase().Provider;
         var command = new Command("restore", "verify a backup, re-apply every destruction recorded after it, and install it as DATA-DIR/kms.db (offline; SQLite deployments only)")
         {
-            directory, publicKey, dataDir, auditLogs, replace, allowGaps, provider,
+            directory, publicKey, dataDir, auditLogs, replace, allowGaps, waiting, provider,
         };
         runner.SetAction(command, async (ctx, ct) =>
         {
@@ -132,15 +133,17 @@ internal static class BackupCommands
             var key = CeremonyCommands.PublicKeyFromPem(File.ReadAllText(ctx.Environment.FullPath(parse.GetRequiredValue(publicKey))));
             var logs = (parse.GetValue(auditLogs) ?? []).Select(ctx.Environment.FullPath).ToList();
             var report = await CheckedAsync(() => BackupRestore.RunAsync(
-                ctx.Environment.FullPath(parse.GetRequiredValue(directory)), key, ctx.Environment.FullPath(parse.GetRequiredValue(dataDir)), logs, parse.GetValue(replace), ct, parse.GetValue(allowGaps)));
+                ctx.Environment.FullPath(parse.GetRequiredValue(directory)), key, ctx.Environment.FullPath(parse.GetRequiredValue(dataDir)), logs, parse.GetValue(replace), ct, parse.GetValue(allowGaps), parse.GetValue(waiting)));
             var json = ManifestJson(report.Manifest);
             json["reapplied"] = new JsonArray([.. report.Reapplied.Select(r => (JsonNode)new JsonObject { ["version"] = r.Version, ["source"] = r.Source })]);
+            json["rescheduled"] = RescheduledJson(report.Rescheduled);
             json["skipped"] = new JsonArray([.. report.Skipped.Select(s => (JsonNode)s)]);
             json["replaced_database"] = report.ReplacedDatabase;
             ctx.Output.Result(json, () =>
             {
                 var rows = ManifestRows(report.Manifest).ToList();
                 rows.Add(("re-applied", report.Reapplied.Count == 0 ? "none" : string.Join("; ", report.Reapplied.Select(r => $"{r.Version} ({r.Source})"))));
+                rows.Add(("re-scheduled", RescheduledText(report.Rescheduled)));
                 rows.Add(("skipped", report.Skipped.Count == 0 ? "none" : string.Join("; ", report.Skipped)));
                 rows.Add(("replaced database", report.ReplacedDatabase ?? "none"));
                 return CliOutput.Properties(rows);
@@ -173,12 +176,13 @@ internal static class BackupCommands
             HelpName = "PEM",
         };
         var allowGaps = AllowGapsOption();
+        var waiting = WaitingPeriodOption();
         var command = new Command(
             "reapply-destructions",
             "re-apply every key destruction recorded in audit exports or SIEM streams after the point where they leave a restored database's audit chain, erasing the material again "
             + "(for a PostgreSQL dump restored with pg_restore; offline: before any node starts on the database)")
         {
-            dataDir, auditLogs, after, publicKey, allowGaps,
+            dataDir, auditLogs, after, publicKey, allowGaps, waiting,
         };
         database.AddTo(command);
         runner.SetAction(command, async (ctx, ct) =>
@@ -189,12 +193,14 @@ internal static class BackupCommands
                 ?? throw new CliUsageException("no database to re-apply destructions in: give --data-dir (SQLite) or --storage-provider postgres");
             var logs = parse.GetRequiredValue(auditLogs).Select(ctx.Environment.FullPath).ToList();
             var key = parse.GetValue(publicKey) is { } pem ? CeremonyCommands.PublicKeyFromPem(File.ReadAllText(ctx.Environment.FullPath(pem))) : null;
-            var (reapplied, skipped, afterSequence) = await CheckedAsync(() => BackupRestore.ReapplyFromLogsAsync(store, logs, parse.GetValue(after), key, ct, parse.GetValue(allowGaps)));
+            var report = await CheckedAsync(() => BackupRestore.ReapplyFromLogsAsync(store, logs, parse.GetValue(after), key, ct, parse.GetValue(allowGaps), parse.GetValue(waiting)));
+            var (reapplied, skipped, afterSequence) = report;
             var json = new JsonObject
             {
                 ["database"] = target.Describe(),
                 ["after_sequence"] = afterSequence,
                 ["reapplied"] = new JsonArray([.. reapplied.Select(r => (JsonNode)new JsonObject { ["version"] = r.Version, ["source"] = r.Source })]),
+                ["rescheduled"] = RescheduledJson(report.Rescheduled),
                 ["skipped"] = new JsonArray([.. skipped.Select(s => (JsonNode)s)]),
             };
             ctx.Output.Result(json, () => CliOutput.Properties(
@@ -202,6 +208,7 @@ internal static class BackupCommands
                 ("database", target.Describe()),
                 ("after audit sequence", afterSequence.ToString(CultureInfo.InvariantCulture)),
                 ("re-applied", reapplied.Count == 0 ? "none" : string.Join("; ", reapplied.Select(r => $"{r.Version} ({r.Source})"))),
+                ("re-scheduled", RescheduledText(report.Rescheduled)),
                 ("skipped", skipped.Count == 0 ? "none" : string.Join("; ", skipped)),
             ]));
             return ExitCodes.Ok;
@@ -211,6 +218,27 @@ internal static class BackupCommands
 
     private static Option<bool> AllowGapsOption() =>
         new("--allow-gaps") { Description = "re-apply what the audit logs hold even where they leave out events after the backup (a stream that skipped, or began later); the missing ranges are listed among the skipped" };
+
+    private static Option<TimeSpan?> WaitingPeriodOption() => new("--waiting-period")
+    {
+        Description = "the waiting period a scheduled destruction or deletion re-applied from an audit event counts from the event (it does not record the one asked for): "
+            + "default 30d, Lifecycle:MaxWaitingPeriod's default — give yours if you raised it. The destroy time is never sooner than 7 days after the restore",
+        HelpName = "DURATION",
+        CustomParser = DurationText.Parse,
+    };
+
+    private static JsonArray RescheduledJson(IReadOnlyList<ReappliedScheduling> rescheduled) =>
+        new([.. rescheduled.Select(r => (JsonNode)new JsonObject
+        {
+            ["resource"] = r.Resource,
+            ["state"] = Kms.Core.Services.KeyTransitions.StateName(r.State),
+            ["destroy_time"] = r.DestroyTime is { } time ? Kms.Core.Audit.AuditChain.Time(time) : null,
+            ["source"] = r.Source,
+        })]);
+
+    private static string RescheduledText(IReadOnlyList<ReappliedScheduling> rescheduled) =>
+        rescheduled.Count == 0 ? "none" : string.Join("; ", rescheduled.Select(r =>
+            $"{r.Resource} {Kms.Core.Services.KeyTransitions.StateName(r.State)}{(r.DestroyTime is { } time ? " until " + Kms.Core.Audit.AuditChain.Time(time) : "")} ({r.Source})"));
 
     private static Option<string> PublicKeyOption() =>
         new("--public-key") { Description = "the audit signing key (PEM) as published, e.g. {DataDir}/audit/signing-key.pem", HelpName = "PEM", Required = true };

@@ -18,12 +18,13 @@ namespace Kms.Core.Backup;
 /// <param name="WholeKey">The key was destroyed with every version.</param>
 public sealed record RecordedDestruction(KeyName Key, int? Version, DateTimeOffset Time, string Source, bool WholeKey = false);
 
-/// <summary>An event line of an audit export or SIEM stream: its place in the chain and the destruction it records, if any.</summary>
+/// <summary>An event line of an audit export or SIEM stream: its place in the chain and the destruction or lifecycle transition it records, if any.</summary>
 /// <param name="Sequence">The event's <c>seq</c>.</param>
 /// <param name="PreviousHash">Its <c>prev</c>: the hash of the event before it.</param>
 /// <param name="Hash">SHA-256 (hex) of its body's exact bytes, computed here (not the line's <c>hash</c> member).</param>
 /// <param name="Destruction">The destruction it records, or null.</param>
-public sealed record LoggedEvent(long Sequence, string PreviousHash, string Hash, RecordedDestruction? Destruction);
+/// <param name="Transition">The scheduling, cancellation, disabling or enabling it records (<see cref="SchedulingReplay.TransitionOf"/>), or null.</param>
+public sealed record LoggedEvent(long Sequence, string PreviousHash, string Hash, RecordedDestruction? Destruction, RecordedTransition? Transition = null);
 
 /// <summary>
 /// Re-applies destructions to a restored snapshot, so a restore never brings a destroyed key
@@ -143,7 +144,7 @@ public static class DestructionReplay
 
     /// <summary>
     /// Every event of an audit export or SIEM stream, in the file's order, with the destruction
-    /// each records (as <see cref="FromAuditLines"/> reads them). Lines that are not events are skipped.
+    /// each records (as <see cref="FromAuditLines"/> reads them) and the lifecycle transition. Lines that are not events are skipped.
     /// </summary>
     /// <exception cref="FormatException">A line that is not JSON.</exception>
     public static IReadOnlyList<LoggedEvent> EventsOf(IEnumerable<string> lines, string source)
@@ -177,12 +178,20 @@ public static class DestructionReplay
                 }
 
                 var seq = body.GetProperty("seq").GetInt64();
-                found.Add(new LoggedEvent(seq, body.GetProperty("prev").GetString() ?? "", Audit.AuditChain.HashOf(body.GetRawText()), DestructionOf(body, seq, source)));
+                found.Add(new LoggedEvent(seq, body.GetProperty("prev").GetString() ?? "", Audit.AuditChain.HashOf(body.GetRawText()), DestructionOf(body, seq, source), TransitionOf(body, seq, source)));
             }
         }
 
         return found;
     }
+
+    private static RecordedTransition? TransitionOf(JsonElement body, long seq, string source) =>
+        !SchedulingReplay.Records(body.GetProperty("operation").GetString()) ? null : SchedulingReplay.TransitionOf(
+            body.GetProperty("operation").GetString(),
+            body.GetProperty("resource").GetString(),
+            body.GetProperty("outcome").GetString(),
+            DateTimeOffset.Parse(body.GetProperty("time").GetString()!, System.Globalization.CultureInfo.InvariantCulture),
+            $"{source} event {seq}");
 
     private static RecordedDestruction? DestructionOf(JsonElement body, long seq, string source)
     {

@@ -92,6 +92,38 @@ public sealed partial class SqliteStore
             return destroyed;
         });
 
+    /// <summary>
+    /// The keys and versions of a database file that are DESTROY_SCHEDULED (with their destroy
+    /// time) or DISABLED, read-only: what a restore over it schedules or disables again in the
+    /// snapshot (<see cref="Kms.Core.Backup.SchedulingReplay"/>). A null version is the key itself.
+    /// </summary>
+    /// <exception cref="Kms.Core.Errors.KmsException">Unavailable when the file is not a readable database.</exception>
+    public static Task<IReadOnlyList<(KeyName Key, int? Version, KeyState State, DateTimeOffset? DestroyTime)>> ReadRestrictedAsync(string path, CancellationToken cancellationToken) =>
+        GuardAsync<IReadOnlyList<(KeyName, int?, KeyState, DateTimeOffset?)>>(async () =>
+        {
+            var builder = new SqliteConnectionStringBuilder { DataSource = path, Mode = SqliteOpenMode.ReadOnly, Pooling = false };
+            await using var connection = new SqliteConnection(builder.ToString());
+            await connection.OpenAsync(cancellationToken);
+            await using var command = Command(connection, """
+                SELECT tenant, key_id, NULL, state, destroy_time FROM keys WHERE state IN (@scheduled, @disabled)
+                UNION ALL
+                SELECT tenant, key_id, version, state, destroy_time FROM key_versions WHERE state IN (@scheduled, @disabled)
+                ORDER BY 1, 2, 3
+                """, ("@scheduled", (int)KeyState.DestroyScheduled), ("@disabled", (int)KeyState.Disabled));
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            var restricted = new List<(KeyName, int?, KeyState, DateTimeOffset?)>();
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                restricted.Add((
+                    new KeyName(TenantId.Parse(reader.GetString(0)), reader.GetString(1)),
+                    reader.IsDBNull(2) ? null : reader.GetInt32(2),
+                    (KeyState)reader.GetInt32(3),
+                    reader.IsDBNull(4) ? null : DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(4))));
+            }
+
+            return restricted;
+        });
+
     /// <summary>A setting of a database file, read-only (no migration, nothing written); null when unset.</summary>
     /// <exception cref="Kms.Core.Errors.KmsException">Unavailable when the file is not a readable database.</exception>
     public static Task<string?> ReadSettingAsync(string path, string name, CancellationToken cancellationToken) =>

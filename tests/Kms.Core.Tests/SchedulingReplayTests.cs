@@ -1,0 +1,106 @@
+using Kms.Core.Backup;
+using Kms.Core.Keys;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+
+namespace Kms.Core.Tests;
+
+/// <summary>What a restore schedules or disables again: the lifecycle transitions still in force at the end of the audit logs, onto a snapshot's key.</summary>
+public sealed class SchedulingReplayTests
+{
+    private const string Keys = "/kms.v1.KeyManagementService/";
+    private static readonly DateTimeOffset Backup = new(2026, 11, 29, 12, 0, 0, TimeSpan.Zero);
+    private static readonly KeyName Name = KeyName.Parse("tenants/dev/keys/k", "name");
+
+    [Fact]
+    public void InForce_TakenInLogOrder_ARestoreOrCancelUndoesTheSchedulingButLeavesItDisabled_AnEnableUndoesADisable()
+    {
+        string[] lines =
+        [
+            Event(21, Keys + "ScheduleKeyVersionDestruction", "tenants/dev/keys/k/versions/1", "OK"),
+            Event(22, Keys + "RestoreKeyVersion", "tenants/dev/keys/k/versions/1", "OK"),
+            Event(23, Keys + "ScheduleKeyVersionDestruction", "tenants/dev/keys/k/versions/1", "OK"),
+            Event(24, Keys + "ScheduleKeyVersionDestruction", "tenants/dev/keys/k/versions/3", "OK"),
+            Event(25, Keys + "RestoreKeyVersion", "tenants/dev/keys/k/versions/3", "OK"),
+            Event(26, Keys + "ScheduleKeyDeletion", "tenants/dev/keys/cancelled", "OK"),
+            Event(27, Keys + "CancelKeyDeletion", "tenants/dev/keys/cancelled", "OK"),
+            Event(28, Keys + "DisableKey", "tenants/dev/keys/resumed", "OK"),
+            Event(29, Keys + "EnableKey", "tenants/dev/keys/resumed", "OK"),
+            Event(30, Keys + "ScheduleKeyDeletion", "tenants/dev/keys/refused", "FAILED_PRECONDITION"),
+            Event(31, SchedulingReplay.ReapplyOperation, "tenants/dev/keys/deleted", "OK"),
+            Event(32, SchedulingReplay.ReapplyOperation, "tenants/dev/keys/k/versions/4", "OK"),
+            Event(33, SchedulingReplay.ReapplyDisableOperation, "tenants/dev/keys/suspended", "OK"),
+            Event(34, Keys + "Decrypt", "tenants/dev/keys/k/versions/2", "OK"),
+        ];
+
+        var inForce = SchedulingReplay.InForce(DestructionReplay.EventsOf(lines, "export").Select(e => e.Transition).OfType<RecordedTransition>());
+
+        Assert.Equal(
+            [
+                ("tenants/dev/keys/cancelled", true),
+                ("tenants/dev/keys/deleted", false),
+                ("tenants/dev/keys/k/versions/1", false),
+                ("tenants/dev/keys/k/versions/3", true),
+                ("tenants/dev/keys/k/versions/4", false),
+                ("tenants/dev/keys/suspended", true),
+            ],
+            inForce.Select(s => (s.Version is { } v ? $"{s.Key}/versions/{v}" : s.Key.ToString(), s.Disable)).OrderBy(s => s.Item1, StringComparer.Ordinal));
+        Assert.Equal("export event 23 (" + Keys + "ScheduleKeyVersionDestruction)", inForce.Single(s => s.Version == 1).Source);
+    }
+
+    [Fact]
+    public void Apply_FromAnEvent_ScheduledAtItsTimePlusTheWaitingPeriodAndADay_NeverSoonerThanAWeekAfterTheRestore_NeverDestroyed()
+    {
+        var restore = Backup.AddDays(3);
+        var recent = new RecordedScheduling(Name, 1, Disable: false, Backup.AddDays(2), null, "export event 23");
+        var (change, reapplied) = SchedulingReplay.Apply(Snapshot(), [recent], restore, TimeSpan.FromDays(30));
+        var version = Assert.Single(change.UpdatedVersions);
+        Assert.Equal((KeyState.DestroyScheduled, Backup.AddDays(2 + 30 + 1)), (version.State, version.DestroyTime));
+        Assert.Equal(new ReappliedScheduling("tenants/dev/keys/k/versions/1", KeyState.DestroyScheduled, Backup.AddDays(33), "export event 23"), Assert.Single(reapplied));
+
+        // Its waiting period long over (restored two months on): a week from the restore, reversible.
+        var late = SchedulingReplay.Apply(Snapshot(), [recent], Backup.AddDays(60), TimeSpan.FromDays(30)).Change;
+        Assert.Equal(Backup.AddDays(67), Assert.Single(late.UpdatedVersions).DestroyTime);
+
+        // The replaced database's destroy time is the intended one: kept (but floored the same way).
+        var known = recent with { DestroyTime = Backup.AddDays(20) };
+        Assert.Equal(Backup.AddDays(20), Assert.Single(SchedulingReplay.Apply(Snapshot(), [known], restore, TimeSpan.FromDays(30)).Change.UpdatedVersions).DestroyTime);
+        Assert.Equal(Backup.AddDays(10), Assert.Single(SchedulingReplay.Apply(Snapshot(), [known with { DestroyTime = Backup.AddDays(4) }], restore, TimeSpan.FromDays(30)).Change.UpdatedVersions).DestroyTime);
+    }
+
+    [Fact]
+    public void Apply_DestroyedOrAlreadyScheduledOrUnknown_Untouched_ADeletionWinsOverADisable()
+    {
+        var scheduling = new RecordedScheduling(Name, 1, Disable: false, Backup, null, "s");
+        Assert.True(SchedulingReplay.Apply(Snapshot(version1: KeyState.Destroyed), [scheduling], Backup, TimeSpan.FromDays(30)).Change.IsNoOp);
+        Assert.True(SchedulingReplay.Apply(Snapshot(version1: KeyState.DestroyScheduled, version1DestroyTime: Backup.AddDays(2)), [scheduling], Backup, TimeSpan.FromDays(30)).Change.IsNoOp);
+        Assert.True(SchedulingReplay.Apply(Snapshot(), [scheduling with { Version = 9 }], Backup, TimeSpan.FromDays(30)).Change.IsNoOp);
+        var snapshot = Snapshot();
+        var destroyedKey = snapshot with { Key = snapshot.Key with { State = KeyState.Destroyed } };
+        Assert.True(SchedulingReplay.Apply(destroyedKey, [scheduling with { Version = null }], Backup, TimeSpan.FromDays(30)).Change.IsNoOp);
+
+        var (change, reapplied) = SchedulingReplay.Apply(Snapshot(), [scheduling with { Version = null, Disable = true }, scheduling with { Version = null }], Backup, TimeSpan.FromDays(30));
+        Assert.Equal((KeyState.DestroyScheduled, Backup.AddDays(31)), (change.Key.State, change.Key.DestroyTime));
+        Assert.Equal(KeyState.DestroyScheduled, Assert.Single(reapplied).State);
+    }
+
+    [Fact]
+    public void Apply_ThePrimaryOfTheSnapshot_ScheduledAllTheSame_TheKeyRefusesToEncryptUntilRotated()
+    {
+        // Version 2 is the snapshot's primary; the lost site had rotated past it before scheduling it.
+        var (change, _) = SchedulingReplay.Apply(Snapshot(), [new RecordedScheduling(Name, 2, Disable: false, Backup, null, "s")], Backup, TimeSpan.FromDays(30));
+        Assert.Equal((KeyState.Enabled, KeyState.DestroyScheduled), (change.Key.State, change.Key.Primary.State));
+        var disabled = SchedulingReplay.Apply(Snapshot(), [new RecordedScheduling(Name, 2, Disable: true, Backup, null, "s")], Backup, TimeSpan.FromDays(30)).Change;
+        Assert.Equal(KeyState.Disabled, disabled.Key.Primary.State);
+    }
+
+    private static string Event(long seq, string operation, string resource, string outcome) =>
+        $$$"""{"event":{"v":1,"seq":{{{seq}}},"prev":"00","time":"2026-11-29T13:00:00.000Z","request_id":"r","principal":"token:dev","tenant":"dev","operation":"{{{operation}}}","resource":"{{{resource}}}","outcome":"{{{outcome}}}","client":null,"count":1,"last_time":null,"context":{}},"hash":"00"}""";
+
+    private static KeyWithVersions Snapshot(KeyState version1 = KeyState.Enabled, DateTimeOffset? version1DestroyTime = null)
+    {
+        var v1 = new KeyVersion(Name.Version(1), KeyVersionId.NewId(), version1, KeyAlgorithm.Aes256Gcm, Backup) { DestroyTime = version1DestroyTime };
+        var v2 = new KeyVersion(Name.Version(2), KeyVersionId.NewId(), KeyState.Enabled, KeyAlgorithm.Aes256Gcm, Backup);
+        return new KeyWithVersions(new Key(Name, KeyPurpose.EncryptDecrypt, KeyState.Enabled, v2, Backup, KeyLabels.Empty), [v1, v2]);
+    }
+}
