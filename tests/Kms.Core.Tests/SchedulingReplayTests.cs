@@ -69,11 +69,16 @@ public sealed class SchedulingReplayTests
     }
 
     [Fact]
-    public void Apply_DestroyedOrAlreadyScheduledOrUnknown_Untouched_ADeletionWinsOverADisable()
+    public void Apply_DestroyedOrAlreadyScheduledOrUnknown_Untouched_UnlessScheduledAgainLater_ADeletionWinsOverADisable()
     {
         var scheduling = new RecordedScheduling(Name, 1, Disable: false, Backup, null, "s");
         Assert.True(SchedulingReplay.Apply(Snapshot(version1: KeyState.Destroyed), [scheduling], Backup, TimeSpan.FromDays(30)).Change.IsNoOp);
-        Assert.True(SchedulingReplay.Apply(Snapshot(version1: KeyState.DestroyScheduled, version1DestroyTime: Backup.AddDays(2)), [scheduling], Backup, TimeSpan.FromDays(30)).Change.IsNoOp);
+        var scheduledBefore = Snapshot(version1: KeyState.DestroyScheduled, version1DestroyTime: Backup.AddDays(40));
+        Assert.True(SchedulingReplay.Apply(scheduledBefore, [scheduling], Backup, TimeSpan.FromDays(30)).Change.IsNoOp);
+
+        // Scheduled before the backup, restored and scheduled again after it: the later time.
+        var again = SchedulingReplay.Apply(scheduledBefore, [scheduling with { Time = Backup.AddDays(20) }], Backup, TimeSpan.FromDays(30)).Change;
+        Assert.Equal(Backup.AddDays(51), Assert.Single(again.UpdatedVersions).DestroyTime);
         Assert.True(SchedulingReplay.Apply(Snapshot(), [scheduling with { Version = 9 }], Backup, TimeSpan.FromDays(30)).Change.IsNoOp);
         var snapshot = Snapshot();
         var destroyedKey = snapshot with { Key = snapshot.Key with { State = KeyState.Destroyed } };

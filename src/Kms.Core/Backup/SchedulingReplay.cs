@@ -185,8 +185,9 @@ public static class SchedulingReplay
     /// <summary>
     /// The change that re-applies <paramref name="schedulings"/> (all of one key) to
     /// <paramref name="current"/> at <paramref name="now"/> (the restore's time), and what it
-    /// re-applied. Only an ENABLED or DISABLED key or version changes: one DESTROY_SCHEDULED
-    /// already keeps its destroy time, one DESTROYED stays so, and a version the snapshot does
+    /// re-applied. Only an ENABLED or DISABLED key or version changes, or one DESTROY_SCHEDULED
+    /// whose scheduling in force intends a later destroy time (restored and scheduled again
+    /// after the backup; otherwise it keeps the snapshot's): one DESTROYED stays so, and a version the snapshot does
     /// not hold is skipped. A scheduling wins over a disabling of the same target. A version
     /// that is the snapshot's primary (made so again by losing a later rotation) is scheduled
     /// or disabled all the same: the key then refuses to encrypt until it is rotated.
@@ -209,11 +210,11 @@ public static class SchedulingReplay
         var all = schedulings.ToList();
         var keyChanged = false;
         var ofKey = all.Where(s => s.Version is null).ToList();
-        if (key.State is KeyState.Enabled or KeyState.Disabled && ofKey.Where(s => !s.Disable).ToList() is { Count: > 0 } deletions)
+        if (ofKey.Where(s => !s.Disable).ToList() is { Count: > 0 } deletions
+            && DestroyTime(deletions, now, waitingPeriod, key.State == KeyState.DestroyScheduled ? key.DestroyTime : null) is { } deletionTime)
         {
-            var time = DestroyTime(deletions, now, waitingPeriod);
-            key = key with { State = KeyState.DestroyScheduled, DestroyTime = time };
-            reapplied.Add(new ReappliedScheduling(key.Name.ToString(), KeyState.DestroyScheduled, time, deletions[^1].Source));
+            key = key with { State = KeyState.DestroyScheduled, DestroyTime = deletionTime };
+            reapplied.Add(new ReappliedScheduling(key.Name.ToString(), KeyState.DestroyScheduled, deletionTime, deletions[^1].Source));
             keyChanged = true;
         }
         else if (key.State == KeyState.Enabled && ofKey.LastOrDefault(s => s.Disable) is { } disabling)
@@ -226,19 +227,19 @@ public static class SchedulingReplay
         var updated = new List<KeyVersion>();
         foreach (var group in all.Where(s => s.Version is not null).GroupBy(s => s.Version!.Value).OrderBy(g => g.Key))
         {
-            if (current.Version(group.Key) is not { State: KeyState.Enabled or KeyState.Disabled } version)
+            if (current.Version(group.Key) is not { State: KeyState.Enabled or KeyState.Disabled or KeyState.DestroyScheduled } version)
             {
                 continue;
             }
 
             KeyVersion changed;
-            if (group.Where(s => !s.Disable).ToList() is { Count: > 0 } destructions)
+            if (group.Where(s => !s.Disable).ToList() is { Count: > 0 } destructions
+                && DestroyTime(destructions, now, waitingPeriod, version.State == KeyState.DestroyScheduled ? version.DestroyTime : null) is { } time)
             {
-                var time = DestroyTime(destructions, now, waitingPeriod);
                 changed = version with { State = KeyState.DestroyScheduled, DestroyTime = time };
                 reapplied.Add(new ReappliedScheduling(version.Name.ToString(), KeyState.DestroyScheduled, time, destructions[^1].Source));
             }
-            else if (version.State == KeyState.Enabled)
+            else if (version.State == KeyState.Enabled && group.Any(s => s.Disable))
             {
                 changed = version with { State = KeyState.Disabled };
                 reapplied.Add(new ReappliedScheduling(version.Name.ToString(), KeyState.Disabled, null, group.Last().Source));
@@ -266,10 +267,17 @@ public static class SchedulingReplay
     // The recorded destroy time when the replaced database holds it (the latest, if several),
     // else the latest event's time plus the waiting period plus EventMargin; never before now +
     // the minimum.
-    private static DateTimeOffset DestroyTime(List<RecordedScheduling> schedulings, DateTimeOffset now, TimeSpan waitingPeriod)
+    // A target the snapshot holds DESTROY_SCHEDULED already (at scheduledAt) changes only when
+    // the intended time is later (restored and scheduled again after the backup); else null.
+    private static DateTimeOffset? DestroyTime(List<RecordedScheduling> schedulings, DateTimeOffset now, TimeSpan waitingPeriod, DateTimeOffset? scheduledAt)
     {
         var known = schedulings.Where(s => s.DestroyTime is not null).Select(s => s.DestroyTime!.Value).ToList();
         var intended = known.Count > 0 ? known.Max() : schedulings.Max(s => s.Time) + waitingPeriod + EventMargin;
+        if (scheduledAt is { } already && intended <= already)
+        {
+            return null;
+        }
+
         var floor = now + MinimumAfterRestore;
         return intended > floor ? intended : floor;
     }
