@@ -117,6 +117,12 @@ public sealed class KmsXmlDecryptor : IXmlDecryptor
             using var reader = XmlReader.Create(stream, settings);
             return XElement.Load(reader);
         }
+        catch (XmlException e)
+        {
+            // Decrypted under this application's context, yet not a key element: the message
+            // says where the XML broke, never what it held (the line and position only).
+            throw new CryptographicException(string.Create(CultureInfo.InvariantCulture, $"a Data Protection key ring entry decrypted by the KMS is not an XML element (line {e.LineNumber}, position {e.LinePosition})"));
+        }
         finally
         {
             CryptographicOperations.ZeroMemory(copy);

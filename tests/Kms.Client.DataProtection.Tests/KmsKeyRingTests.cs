@@ -169,6 +169,24 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
         Assert.Contains("KMS Encrypt takes at most 65536", e.Message, StringComparison.Ordinal);
     }
 
+    // Someone who may Encrypt under the application's context can put any bytes in a key file; what
+    // does not parse as XML is a CryptographicException (as documented), naming no content.
+    [Fact]
+    public async Task DecryptedEntryThatIsNotXml_CryptographicException_NothingOfTheContent()
+    {
+        var key = await CreateKeyAsync();
+        using var provider = Provider(NewKeyDirectory(), key, "app-a", fixture.AppToken);
+        var client = provider.GetRequiredService<KmsClient>();
+        var context = new Dictionary<string, string>(StringComparer.Ordinal) { ["purpose"] = "aspnetcore-dataprotection", ["application"] = "app-a" };
+        var planted = await client.EncryptAsync(key, Encoding.UTF8.GetBytes("<masterKey>c2VjcmV0IHRleHQ"), context);
+        var element = new XElement("kmsEncryptedKey", new XAttribute("version", "1"), new XElement("ciphertext", Convert.ToBase64String(planted.Ciphertext)));
+
+        var e = Assert.Throws<CryptographicException>(() => new KmsXmlDecryptor(provider).Decrypt(element));
+
+        Assert.StartsWith("a Data Protection key ring entry decrypted by the KMS is not an XML element", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("c2VjcmV0", e.ToString(), StringComparison.Ordinal);
+    }
+
     [Fact]
     public void Decryptor_InAContainerWithoutProtectKeysWithKms_SaysWhatIsMissing()
     {

@@ -644,7 +644,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         {
             throw KmsErrors.FailedPrecondition(
                 $"this approval of {request.Name} was signed at {QuorumRendering.Time(signed)} by the officer's clock, but the server's time is {QuorumRendering.Time(now)}: "
-                + $"more than {options.MaxSignTimeSkew.TotalMinutes:0.##} minutes apart. Set the officer machine's clock right and approve again");
+                + $"more than {options.MaxSignTimeSkew.TotalMinutes.ToString("0.##", System.Globalization.CultureInfo.InvariantCulture)} minutes apart. Set the officer machine's clock right and approve again");
         }
     }
 
