@@ -279,6 +279,27 @@ public sealed class AccessTests : IDisposable
     }
 
     [Fact]
+    public async Task Authenticator_WorkloadIdentityDropsAdministrativeRoles_AsAServiceTokenDoes_UntilTheTokensExpiry()
+    {
+        var name = PrincipalName.Jwt("k8s", "system:serviceaccount:kms:operator");
+        await _harness.Access.CreatePrincipalAsync(name, TenantId.Parse("dev"), null, default);
+        foreach (var role in new[] { Role.Admin, Role.KeyManager })
+        {
+            await _harness.AccessStore.SetRoleBindingAsync(new RoleBinding(name, role, TenantId.Parse("dev"), _harness.Time.GetUtcNow()), default);
+        }
+
+        var authenticator = new Authenticator(_harness.AccessStore, _harness.Trusted);
+        var expires = _harness.Time.GetUtcNow().AddMinutes(10);
+        var caller = await authenticator.AuthenticateWorkloadAsync(name, expires, default);
+        Assert.Equal([Role.KeyManager], caller!.Roles);
+        Assert.Equal(expires, caller.ValidUntil);
+        Assert.Equal("jwt:k8s:system:serviceaccount:kms:operator", caller.Principal);
+
+        // Only a jwt: principal is one: a certificate's name never reaches this path as a workload.
+        Assert.Null(await authenticator.AuthenticateWorkloadAsync(PrincipalName.CommonName("k8s:system:serviceaccount:kms:operator"), expires, default));
+    }
+
+    [Fact]
     public async Task Authenticator_DeploymentRoleBoundInATenant_OrTenantRoleOfAnotherTenant_Ignored()
     {
         var name = PrincipalName.CommonName("mallory");

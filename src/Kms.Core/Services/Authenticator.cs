@@ -5,14 +5,14 @@ namespace Kms.Core.Services;
 
 /// <summary>
 /// Turns a credential into a caller: an API token (looked up by id, secret hash compared in
-/// constant time, expiry and revocation checked) or a certificate principal the transport
-/// has already verified. Every failure is the same null, so a caller learns nothing that
+/// constant time, expiry and revocation checked), a certificate principal the transport
+/// has already verified, or a workload principal whose JWT the server has verified. Every failure is the same null, so a caller learns nothing that
 /// helps guessing.
 /// </summary>
 /// <remarks>
 /// Administrative roles (admin, deployment-admin, security-officer) come only with
-/// short-lived session tokens or certificates: a long-lived service token authenticates
-/// its principal with the other roles only. Expiry is judged by <see cref="TrustedTime"/>: a node
+/// short-lived session tokens or certificates: a long-lived service token, and a workload
+/// identity token, authenticate their principal with the other roles only. Expiry is judged by <see cref="TrustedTime"/>: a node
 /// whose clock was set back does not accept a token that has expired by the time this deployment
 /// has evidence of.
 /// </remarks>
@@ -52,8 +52,29 @@ public sealed class Authenticator(IAccessStore access, TrustedTime time)
             return null;
         }
 
-        var roles = token.Kind == ApiTokenKind.Service ? caller.Roles.Where(r => !Roles.IsAdministrative(r)).ToHashSet() : caller.Roles;
+        var roles = token.Kind == ApiTokenKind.Service ? WithoutAdministrative(caller.Roles) : caller.Roles;
         return caller with { Roles = roles, ValidUntil = token.ExpireTime, TokenId = token.Id };
+    }
+
+    /// <summary>
+    /// The caller a verified workload-identity token (a JWT of a configured issuer) stands for: its
+    /// principal's registered tenant and roles, without the administrative ones, as for a service
+    /// token; <see cref="Caller.ValidUntil"/> is the token's expiry. Null as for <see cref="CallerForAsync"/>.
+    /// </summary>
+    /// <remarks>
+    /// A JWT is a bearer credential that another system mints (a cluster, a cloud tenant, a CI): like a
+    /// long-lived service token it never carries admin, deployment-admin or security-officer, whatever is bound.
+    /// </remarks>
+    public async Task<Caller?> AuthenticateWorkloadAsync(PrincipalName principal, DateTimeOffset expires, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(principal);
+        if (principal.Kind != PrincipalKind.Jwt)
+        {
+            return null;
+        }
+
+        var caller = await CallerForAsync(principal, cancellationToken);
+        return caller is null ? null : caller with { Roles = WithoutAdministrative(caller.Roles), ValidUntil = expires };
     }
 
     /// <summary>
@@ -87,4 +108,7 @@ public sealed class Authenticator(IAccessStore access, TrustedTime time)
                 .ToHashSet();
         return new Caller(name.ToString(), principal?.Tenant, roles) { TenantDeleting = deleting };
     }
+
+    // The roles a service token or a workload identity carries: never an administrative one.
+    private static HashSet<Role> WithoutAdministrative(IReadOnlySet<Role> roles) => roles.Where(r => !Roles.IsAdministrative(r)).ToHashSet();
 }

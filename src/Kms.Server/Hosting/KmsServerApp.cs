@@ -77,6 +77,9 @@ public static partial class KmsServerApp
             throw new InvalidOperationException($"Kms:CredentialCacheTime ({serverOptions.CredentialCacheTime:c}) must be from 00:00:00 to {KmsServerOptions.MaxCredentialCacheTime:c}: while a node cannot read the change feed, another node's revocation takes effect on it only when the cache time has passed");
         }
 
+        // Workload identity: every issuer complete and each key set file usable, or no start.
+        serverOptions.Jwt.Validate();
+
         // A wider margin lets an approval's signed time say less about when it was made; a narrower
         // one refuses officers whose machines keep ordinary time.
         var skew = serverOptions.Quorum.MaxSignTimeSkew;
@@ -373,6 +376,9 @@ public static partial class KmsServerApp
                     services.GetRequiredService<TrustedTime>(),
                     services.GetRequiredService<TimeProvider>(),
                     services.GetRequiredService<ILogger<ClientCertificateValidator>>())
+                : null,
+            serverOptions.Jwt.Issuers.Count > 0
+                ? new JwtValidator(serverOptions.Jwt.Issuers, services.GetRequiredService<TimeProvider>(), services.GetRequiredService<ILogger<JwtValidator>>())
                 : null));
         builder.Services.AddSingleton<TenantQuotas>();
         builder.Services.AddSingleton<Overload.QueueDelayMonitor>();

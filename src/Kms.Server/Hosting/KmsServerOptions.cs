@@ -85,6 +85,104 @@ public sealed class KmsServerOptions
 
     /// <summary>Largest request message in bytes: a batch of 4 MiB of plaintext plus its framing fits.</summary>
     public int MaxRequestBytes { get; set; } = 5 * 1024 * 1024;
+
+    /// <summary>Workload identity: the JWT issuers whose tokens authenticate callers (docs/access-control.md).</summary>
+    public JwtOptions Jwt { get; set; } = new();
+}
+
+/// <summary>
+/// Workload identity (<c>Kms:Jwt</c>): bearer JWTs signed by configured issuers — a Kubernetes
+/// cluster's service-account tokens, an Entra workload identity, a CI's OIDC tokens — authenticate
+/// the principal <c>jwt:&lt;issuer name&gt;:&lt;sub&gt;</c>. No issuer configured: no JWT is accepted.
+/// </summary>
+/// <remarks>
+/// Keys come from a JSON Web Key Set file per issuer, never from a URL: no network at request time,
+/// no request to an address a token names, and an issuer's outage is not the KMS's.
+/// </remarks>
+public sealed class JwtOptions
+{
+    /// <summary>The trusted issuers; names and issuer strings unique.</summary>
+    public List<JwtIssuerOptions> Issuers { get; set; } = [];
+
+    /// <summary>
+    /// Refuses, naming the option, an issuer whose name, issuer, audience, key set file or
+    /// lifetime is missing or invalid, or a name or issuer given twice; reads every key set file
+    /// once, so that a start with one that cannot be used is refused.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The first such option, and what it must be.</exception>
+    public void Validate()
+    {
+        for (var i = 0; i < Issuers.Count; i++)
+        {
+            var issuer = Issuers[i];
+            var option = $"Kms:Jwt:Issuers:{i}";
+            if (!Core.Access.PrincipalName.IsJwtIssuerName(issuer.Name))
+            {
+                throw new InvalidOperationException($"{option}:Name must be 1 to 32 of [a-z0-9-] (it is part of the principal name jwt:<name>:<sub>)");
+            }
+
+            if (Issuers.Take(i).Any(other => other.Name == issuer.Name))
+            {
+                throw new InvalidOperationException($"{option}:Name {issuer.Name} is given twice; issuer names are unique");
+            }
+
+            if (string.IsNullOrEmpty(issuer.Issuer))
+            {
+                throw new InvalidOperationException($"{option}:Issuer must be set: the exact iss claim of the issuer's tokens");
+            }
+
+            if (Issuers.Take(i).Any(other => string.Equals(other.Issuer, issuer.Issuer, StringComparison.Ordinal)))
+            {
+                throw new InvalidOperationException($"{option}:Issuer {issuer.Issuer} is configured twice; one issuer has one name, one audience and one key set");
+            }
+
+            if (string.IsNullOrEmpty(issuer.Audience))
+            {
+                throw new InvalidOperationException($"{option}:Audience must be set: the aud a token must hold to be accepted here (a token minted for another service is refused)");
+            }
+
+            if (issuer.MaxLifetime <= TimeSpan.Zero || issuer.MaxLifetime > JwtIssuerOptions.LongestMaxLifetime)
+            {
+                throw new InvalidOperationException($"{option}:MaxLifetime ({issuer.MaxLifetime:c}) must be more than 00:00:00 and at most {JwtIssuerOptions.LongestMaxLifetime:c}");
+            }
+
+            if (string.IsNullOrEmpty(issuer.JwksPath))
+            {
+                throw new InvalidOperationException($"{option}:JwksPath must be set: the issuer's JSON Web Key Set file (keys are never fetched from a URL)");
+            }
+
+            try
+            {
+                _ = Security.JsonWebKeySet.Load(issuer.JwksPath);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException)
+            {
+                throw new InvalidOperationException($"{option}:JwksPath {issuer.JwksPath} cannot be used: {e.Message}", e);
+            }
+        }
+    }
+}
+
+/// <summary>One trusted JWT issuer (<c>Kms:Jwt:Issuers:N</c>).</summary>
+public sealed class JwtIssuerOptions
+{
+    /// <summary>The longest <see cref="MaxLifetime"/> a server starts with: seven days.</summary>
+    public static readonly TimeSpan LongestMaxLifetime = TimeSpan.FromDays(7);
+
+    /// <summary>Short name, 1 to 32 of <c>[a-z0-9-]</c>, unique: the principal is <c>jwt:&lt;Name&gt;:&lt;sub&gt;</c>.</summary>
+    public string? Name { get; set; }
+
+    /// <summary>The issuer's <c>iss</c>, compared exactly (no normalisation of a trailing slash or case).</summary>
+    public string? Issuer { get; set; }
+
+    /// <summary>The audience a token must hold in its <c>aud</c> (a string, or an array containing it).</summary>
+    public string? Audience { get; set; }
+
+    /// <summary>The issuer's public keys, a JSON Web Key Set file (RFC 7517); read again when it changes.</summary>
+    public string? JwksPath { get; set; }
+
+    /// <summary>The longest <c>exp - iat</c> accepted; default 24 hours.</summary>
+    public TimeSpan MaxLifetime { get; set; } = TimeSpan.FromHours(24);
 }
 
 /// <summary>

@@ -10,7 +10,9 @@ namespace Kms.Server.Security;
 
 /// <summary>
 /// Establishes who is calling, from exactly one credential: a client certificate (mTLS,
-/// verified against the configured CA and CRL) or an API token (<c>Authorization: Bearer</c>).
+/// verified against the configured CA and CRL), an API token (<c>Authorization: Bearer kms_…</c>)
+/// or, where JWT issuers are configured, a workload identity token (<c>Authorization: Bearer</c>
+/// with a compact JWS, verified by <see cref="JwtValidator"/>).
 /// A request with both, or with neither, is unauthenticated. Successful authentications are
 /// remembered for <see cref="KmsServerOptions.CredentialCacheTime"/> (never past the
 /// credential's own expiry), keyed by a hash of the credential; changes made through this
@@ -18,7 +20,8 @@ namespace Kms.Server.Security;
 /// bundle and CRL it was checked against, and never past the CRL's nextUpdate: a call on a
 /// connection whose certificate the reloaded files revoke (or whose CA they drop) is checked again
 /// and refused, although the connection's handshake — the only time the client presents its
-/// certificate — was long ago. Time is <see cref="TrustedTime"/>'s, as for the credentials
+/// certificate — was long ago. A workload identity caller likewise is remembered only under the key
+/// sets it was verified with, and never past its token's <c>exp</c>. Time is <see cref="TrustedTime"/>'s, as for the credentials
 /// themselves: a clock set back neither revives an expired credential nor stretches a cache entry.
 /// An entry's age is counted on the monotonic clock as well: a clock that ran ahead while a caller
 /// was remembered and was then put right would otherwise keep the entry until the wall clock came
@@ -30,10 +33,12 @@ internal sealed class CallerAuthentication(
     IOptions<KmsServerOptions> options,
     TrustedTime time,
     TimeProvider clock,
-    ClientCertificateValidator? certificates = null)
+    ClientCertificateValidator? certificates = null,
+    JwtValidator? workloads = null)
 {
     private const int MaxCachedCallers = 10_000;
-    // TrustVersion: the client trust material a certificate caller was accepted under (0 for a token);
+    // TrustVersion: the client trust material a certificate caller was accepted under, the key sets a workload
+    // identity was verified with (0 for an API token);
     // Since: when its authentication began, a monotonic timestamp (clock.GetTimestamp).
     private readonly ConcurrentDictionary<string, (Caller Caller, DateTimeOffset Until, long Since, long TrustVersion)> _cache = new(StringComparer.Ordinal);
     private readonly TimeSpan _cacheTime = options.Value.CredentialCacheTime;
@@ -63,10 +68,25 @@ internal sealed class CallerAuthentication(
                 return ValueTask.FromResult<Caller?>(null);
             }
 
-            var key = CacheKey('t', authorization.AsSpan(scheme.Length).Trim());
-            return TryCached(key, 0, out var known)
-                ? ValueTask.FromResult<Caller?>(known)
-                : new ValueTask<Caller?>(TokenAsync(key, authorization[scheme.Length..].Trim(), context.CancellationToken));
+            var bearer = authorization.AsSpan(scheme.Length).Trim();
+            if (bearer.StartsWith("kms_", StringComparison.Ordinal))
+            {
+                var key = CacheKey('t', bearer);
+                return TryCached(key, 0, out var known)
+                    ? ValueTask.FromResult<Caller?>(known)
+                    : new ValueTask<Caller?>(TokenAsync(key, bearer.ToString(), context.CancellationToken));
+            }
+
+            // A workload identity token, only where issuers are configured; anything else is no credential.
+            if (workloads is not null && JwtValidator.LooksLikeJwt(bearer))
+            {
+                var key = CacheKey('j', bearer);
+                return TryCached(key, workloads.TrustVersion, out var known)
+                    ? ValueTask.FromResult<Caller?>(known)
+                    : new ValueTask<Caller?>(WorkloadAsync(key, workloads, bearer.ToString(), context.CancellationToken));
+            }
+
+            return ValueTask.FromResult<Caller?>(null);
         }
 
         if (certificate is not null && certificates is not null)
@@ -83,6 +103,19 @@ internal sealed class CallerAuthentication(
     // The cache misses, apart: their closures are allocated only when they run.
     private Task<Caller?> TokenAsync(string key, string token, CancellationToken cancellationToken) =>
         RememberAsync(key, async () => (await authenticator.AuthenticateTokenAsync(token, cancellationToken), null, 0));
+
+    // Remembered under the key sets it was verified with, and never past its exp.
+    private Task<Caller?> WorkloadAsync(string key, JwtValidator validator, string token, CancellationToken cancellationToken) =>
+        RememberAsync(key, async () =>
+        {
+            var trustVersion = validator.TrustVersion;
+            if (validator.Validate(token, time.GetUtcNow(), out _) is not { } identity)
+            {
+                return (null, null, 0);
+            }
+
+            return (await authenticator.AuthenticateWorkloadAsync(identity.Principal, identity.Expires, cancellationToken), identity.Expires, trustVersion);
+        });
 
     private Task<Caller?> CertificateAsync(string key, ClientCertificateValidator validator, System.Security.Cryptography.X509Certificates.X509Certificate2 certificate, CancellationToken cancellationToken) =>
         RememberAsync(key, async () =>
