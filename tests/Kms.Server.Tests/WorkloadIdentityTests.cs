@@ -150,6 +150,30 @@ public sealed class WorkloadIdentityTests : IAsyncLifetime, IDisposable
         Assert.Equal(StatusCode.Unauthenticated, await StatusOfAsync(garbage));
     }
 
+    [Theory]
+    [InlineData("Audience", "", "Kms:Jwt:Issuers:0:Audience must be set")]
+    [InlineData("JwksPath", "weak", "Kms:Jwt:Issuers:0:JwksPath")]
+    [InlineData("Name", "K8S", "Kms:Jwt:Issuers:0:Name must be 1 to 32 of [a-z0-9-]")]
+    public async Task Build_IssuerConfigurationThatCannotBeUsed_RefusedBeforeTouchingTheHsm(string option, string value, string message)
+    {
+        using var weak = RSA.Create(1024);
+        var weakPath = Path.Combine(_dir, "weak.json");
+        File.WriteAllText(weakPath, TestJwt.Jwks(TestJwt.Jwk(weak)));
+        var options = new Dictionary<string, string>
+        {
+            ["Name"] = "k8s",
+            ["Issuer"] = TestJwt.Issuer,
+            ["Audience"] = TestJwt.Audience,
+            ["JwksPath"] = JwksPath,
+        };
+        options[option] = value == "weak" ? weakPath : value;
+        var dataDir = Path.Combine(_dir, "never");
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => Kms.Server.Hosting.KmsServerApp.BuildAsync(
+            ["--dev", "--urls=https://127.0.0.1:0", $"--Kms:DataDir={dataDir}", .. options.Select(o => $"--Kms:Jwt:Issuers:0:{o.Key}={o.Value}")]));
+        Assert.Contains(message, e.Message, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(dataDir));
+    }
+
     private string Token(Action<Dictionary<string, object?>>? change = null) =>
         TestJwt.Sign(TestJwt.Claims(DateTimeOffset.UtcNow, change), _key, "ES256");
 
