@@ -392,6 +392,10 @@ public sealed class AccessControlTests : IAsyncLifetime
         var other = await Assert.ThrowsAsync<RpcException>(async () => await client.Access.ListTenantsAsync(new ListTenantsRequest()));
         Assert.Equal(StatusCode.PermissionDenied, other.StatusCode);
 
+        // A workload identity (which never carries an administrative role) is refused, the credential kept.
+        var workload = await Assert.ThrowsAsync<RpcException>(async () => await client.Access.BootstrapAsync(new BootstrapRequest { Admin = "jwt:k8s:system:serviceaccount:kms:admin" }));
+        Assert.Equal(StatusCode.InvalidArgument, workload.StatusCode);
+
         var first = await client.Access.BootstrapAsync(new BootstrapRequest { Admin = "token:first-admin", DisplayName = "first admin" });
         Assert.Equal("token:first-admin", first.Admin.Name);
         using var firstAdmin = _server.CreateClient(first.SessionToken);

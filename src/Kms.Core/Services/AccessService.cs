@@ -485,6 +485,13 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
             throw KmsErrors.InvalidArgument("admin", $"{admin} is reserved for the bootstrap credential");
         }
 
+        // A workload identity never carries an administrative role: such an admin could administer
+        // nothing, and the one-time credential would be used up on it.
+        if (admin.Kind == PrincipalKind.Jwt)
+        {
+            throw KmsErrors.InvalidArgument("admin", $"{admin} is a workload identity, which never carries deployment-admin; bootstrap a token: or certificate principal");
+        }
+
         var principal = await access.GetPrincipalAsync(admin, cancellationToken);
         if (principal is { Deleted: true })
         {
