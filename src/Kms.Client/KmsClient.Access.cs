@@ -40,7 +40,7 @@ public sealed partial class KmsClient
     }
 
     /// <summary>
-    /// Registers a principal (<c>spiffe:…</c>, <c>cn:…</c> or <c>token:&lt;id&gt;</c>) in
+    /// Registers a principal (<c>spiffe:…</c>, <c>cn:…</c>, <c>token:&lt;id&gt;</c> or <c>jwt:&lt;issuer&gt;:&lt;sub&gt;</c>) in
     /// <paramref name="tenantName"/>, or at deployment level when null. Not idempotent: sent
     /// again only when an attempt never reached a server.
     /// </summary>
