@@ -178,6 +178,7 @@ public sealed class JwtValidatorTests : IDisposable
     [Theory]
     [InlineData("")]
     [InlineData("payments\napi")]
+    [InlineData("repo:acme/app:ref:refs/heads/\u202Eniam")] // a right-to-left override: shown as "...main"
     [InlineData("x")] // made 201 characters long below
     public void SubjectThatIsNoName_Refused(string sub)
     {

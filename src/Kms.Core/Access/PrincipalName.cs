@@ -65,6 +65,8 @@ public sealed partial record PrincipalName
     /// Whether <paramref name="value"/> is a name of that kind: the same rule for a name a request
     /// gives and for one read from a client certificate. Control characters and lone surrogates are
     /// never part of a name — it goes into logs, errors and the audit chain (PostgreSQL refuses a NUL).
+    /// A <c>jwt:</c> subject, which another system's users may partly choose (a CI's branch name),
+    /// holds no character that hides or moves text either (<see cref="DisplayText.HidesOrMovesText(System.Text.Rune)"/>).
     /// </summary>
     public static bool IsValid(PrincipalKind kind, string value)
     {
@@ -74,7 +76,8 @@ public sealed partial record PrincipalName
             PrincipalKind.Spiffe => value.StartsWith("spiffe://", StringComparison.Ordinal) && value.Length <= 2048 && AuditText.IsClean(value),
             PrincipalKind.CommonName => value.Length is > 0 and <= 256 && AuditText.IsClean(value),
             PrincipalKind.Jwt => JwtIssuer().Match(value) is { Success: true } issuer
-                && value.Length - issuer.Length is > 0 and <= MaxJwtSubjectLength && AuditText.IsClean(value),
+                && value.Length - issuer.Length is > 0 and <= MaxJwtSubjectLength && AuditText.IsClean(value)
+                && !value.EnumerateRunes().Any(DisplayText.HidesOrMovesText),
             _ => TokenId().IsMatch(value),
         };
     }
