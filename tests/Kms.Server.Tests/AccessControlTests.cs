@@ -377,6 +377,15 @@ public sealed class AccessControlTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task BearerJwt_NoIssuerConfigured_Unauthenticated()
+    {
+        // A well-formed, validly signed JWT means nothing to a server that trusts no issuer.
+        using var key = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+        using var client = _server.CreateClient(TestJwt.Sign(TestJwt.Claims(DateTimeOffset.UtcNow), key, "ES256"));
+        Assert.Equal(StatusCode.Unauthenticated, (await Assert.ThrowsAsync<RpcException>(() => client.GenerateRandomAsync(8))).StatusCode);
+    }
+
+    [Fact]
     public async Task BootstrapCredential_WorksOnce_ForBootstrapOnly_AndNotWhileAnAdminExists()
     {
         var access = _server.Services.GetRequiredService<AccessService>();
