@@ -638,6 +638,189 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         }
     }
 
+    [Fact]
+    public async Task Restore_ALiftingIsNotReplayed_NorTrustedFromAnUnverifiedLog_NorAnUnverifiedSchedulingPutsADestructionOff_TheOutputSaysWhatStayedRestricted()
+    {
+        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
+        var streamPath = Path.Combine(Path.GetTempPath(), "kms-stream-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
+        var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        try
+        {
+            string backup, guarded, held, reprieved, doomed;
+            DateTimeOffset doomedAt;
+            using (var developer = _server.CreateClient())
+            using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+            {
+                guarded = (await developer.CreateKeyAsync("tenants/dev", "guarded")).Name;
+                held = (await developer.CreateKeyAsync("tenants/dev", "held")).Name;
+                await developer.DisableKeyAsync(held);
+                reprieved = (await developer.CreateKeyAsync("tenants/dev", "reprieved")).Name;
+                await developer.RotateKeyAsync(reprieved);
+                await developer.ScheduleKeyVersionDestructionAsync($"{reprieved}/versions/1", TimeSpan.FromDays(8));
+                doomed = (await developer.CreateKeyAsync("tenants/dev", "doomed")).Name;
+                await developer.RotateKeyAsync(doomed);
+                doomedAt = (await developer.ScheduleKeyVersionDestructionAsync($"{doomed}/versions/1", TimeSpan.FromDays(8))).DestroyTime.ToDateTimeOffset();
+                backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+
+                // After the backup, in the signed export: "guarded" disabled; the restrictions the
+                // backup holds lifted ("held" enabled, "reprieved" version 1 restored).
+                await developer.DisableKeyAsync(guarded);
+                await developer.EnableKeyAsync(held);
+                await developer.RestoreKeyVersionAsync($"{reprieved}/versions/1");
+                await using var file = File.CreateText(exportPath);
+                await officer.ExportAuditAsync(file);
+            }
+
+            // A "SIEM stream" continuing the export's chain that nobody signed: it enables
+            // "guarded" and schedules "doomed" version 1 again (a month on) — anyone can write one.
+            var last = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllLines(exportPath).Last(l => l.StartsWith("{\"event\"", StringComparison.Ordinal)))!["event"]!;
+            var (seq, prev) = (last["seq"]!.GetValue<long>(), Kms.Core.Audit.AuditChain.HashOf(last.ToJsonString()));
+            var forged = new List<string>();
+            foreach (var (operation, resource) in new[] { ("EnableKey", guarded), ("ScheduleKeyVersionDestruction", $"{doomed}/versions/1") })
+            {
+                var body = last.DeepClone();
+                body["seq"] = ++seq;
+                body["prev"] = prev;
+                body["operation"] = "/kms.v1.KeyManagementService/" + operation;
+                body["resource"] = resource;
+                body["outcome"] = "OK";
+                body["time"] = Kms.Core.Audit.AuditChain.Time(DateTimeOffset.UtcNow);
+                prev = Kms.Core.Audit.AuditChain.HashOf(body.ToJsonString());
+                forged.Add(new System.Text.Json.Nodes.JsonObject { ["event"] = body, ["hash"] = prev }.ToJsonString());
+            }
+
+            await File.WriteAllLinesAsync(streamPath, forged);
+            await _server.DisposeAsync();
+            foreach (var suffix in new[] { "", "-wal", "-shm" })
+            {
+                File.Delete(Path.Combine(_server.DataDir, "kms.db") + suffix);
+            }
+
+            var pem = Path.Combine(_server.DataDir, "audit", "signing-key.pem");
+            var restore = await CliRun.InProcessAsync(new Dictionary<string, string>(), Path.GetTempPath(), null,
+                "backup", "restore", backup, "--public-key", pem, "--data-dir", _server.DataDir, "--audit-log", exportPath, "--audit-log", streamPath, "--output", "json");
+            Assert.True(restore.ExitCode == 0, restore.ToString());
+            _server = await _server.RestartAsync();
+            using var client = _server.CreateClient();
+
+            // The unsigned enabling lifted nothing; the unsigned scheduling did not put the
+            // snapshot's destruction off; the signed liftings of what the backup holds are not
+            // replayed either (restrictions only, by design).
+            Assert.Equal(Kms.Contracts.V1.KeyState.Disabled, (await client.GetKeyAsync(guarded)).State);
+            var doomedVersion = await client.GetKeyVersionAsync($"{doomed}/versions/1");
+            Assert.Equal((Kms.Contracts.V1.KeyState.DestroyScheduled, doomedAt), (doomedVersion.State, doomedVersion.DestroyTime.ToDateTimeOffset()));
+            Assert.Equal(Kms.Contracts.V1.KeyState.Disabled, (await client.GetKeyAsync(held)).State);
+            Assert.Equal(Kms.Contracts.V1.KeyState.DestroyScheduled, (await client.GetKeyVersionAsync($"{reprieved}/versions/1")).State);
+
+            // The operator is told which stayed restricted against the logs' last word, and why.
+            var kept = System.Text.Json.Nodes.JsonNode.Parse(restore.Out)!["kept"]?.AsArray();
+            Assert.NotNull(kept);
+            var reasons = kept.ToDictionary(k => k!["resource"]!.GetValue<string>(), k => (k!["state"]!.GetValue<string>(), k["reason"]!.GetValue<string>()));
+            Assert.Equal([guarded, held, $"{reprieved}/versions/1"], reasons.Keys.Order(StringComparer.Ordinal));
+            Assert.Equal("DISABLED", reasons[guarded].Item1);
+            Assert.Contains(Path.GetFileName(streamPath) + " event ", reasons[guarded].Item2, StringComparison.Ordinal);
+            Assert.Contains("not covered by a checkpoint signed with the audit key", reasons[guarded].Item2, StringComparison.Ordinal);
+            Assert.Equal("DISABLED", reasons[held].Item1);
+            Assert.Contains(Path.GetFileName(exportPath) + " event ", reasons[held].Item2, StringComparison.Ordinal);
+            Assert.Contains("never their lifting", reasons[held].Item2, StringComparison.Ordinal);
+            Assert.Equal("DESTROY_SCHEDULED", reasons[$"{reprieved}/versions/1"].Item1);
+
+            // In text, a row of its own.
+            var text = await CliRun.InProcessAsync(new Dictionary<string, string>(), Path.GetTempPath(), null,
+                "backup", "restore", backup, "--public-key", pem, "--data-dir", target, "--audit-log", exportPath, "--audit-log", streamPath);
+            Assert.True(text.ExitCode == 0, text.ToString());
+            // (The table wraps long values: compared without its borders and white space.)
+            var flat = string.Concat(text.Out.Where(c => !char.IsWhiteSpace(c) && c != '│'));
+            var row = flat[flat.IndexOf("stayedrestricted", StringComparison.Ordinal)..];
+            Assert.Contains($"{guarded}DISABLED(", row, StringComparison.Ordinal);
+            Assert.Contains($"{held}DISABLED(", row, StringComparison.Ordinal);
+            Assert.Contains($"{reprieved}/versions/1DESTROY_SCHEDULED(", row, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(exportPath);
+            File.Delete(streamPath);
+            SqliteStore.ReleasePooledConnections();
+            if (Directory.Exists(target))
+            {
+                Directory.Delete(target, recursive: true);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Restore_ATenantDeletedAfterTheBackup_IsDeletingAgain_ItsKeysScheduled_ReapplyingTwiceChangesNothingMore()
+    {
+        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
+        var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        try
+        {
+            string backup, leaving, staying;
+            using (var admin = _server.DeploymentAdmin())
+            using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+            {
+                await admin.Access.CreateTenantAsync(new CreateTenantRequest { TenantId = "leaving" });
+                using (var tenantDeveloper = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("leaver", "leaving", "key-manager")))
+                {
+                    leaving = (await tenantDeveloper.CreateKeyAsync("tenants/leaving", "ledger")).Name;
+                }
+
+                using (var developer = _server.CreateClient())
+                {
+                    staying = (await developer.CreateKeyAsync("tenants/dev", "ledger")).Name;
+                }
+
+                backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+                await admin.Access.DeleteTenantAsync(new DeleteTenantRequest { Name = "tenants/leaving" });
+                await using var file = File.CreateText(exportPath);
+                await officer.ExportAuditAsync(file);
+            }
+
+            // Over the replaced database (which holds the tenant DELETING), without logs.
+            await _server.DisposeAsync();
+            var report = await BackupRestore.RunAsync(backup, PublishedAuditKey(), _server.DataDir, [], replace: true, CancellationToken.None);
+            Assert.Equal(("tenants/leaving", "the replaced database"), Assert.Single(report.TenantsDeleting));
+            await using (var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(_server.DataDir, "kms.db") }, default))
+            {
+                Assert.Equal(Kms.Core.Access.TenantState.Deleting, (await restored.GetTenantAsync(TenantId.Parse("leaving"), default))!.State);
+                Assert.Equal(KeyState.DestroyScheduled, (await restored.GetKeyAsync(KeyName.Parse(leaving, "k"), default))!.State);
+                Assert.Equal(KeyState.Enabled, (await restored.GetKeyAsync(KeyName.Parse(staying, "k"), default))!.State);
+                Assert.Equal(Kms.Core.Access.TenantState.Active, (await restored.GetTenantAsync(TenantId.Parse("dev"), default))!.State);
+            }
+
+            // reapply-destructions (a dump restored by other means) does the same, once: run again,
+            // it finds everything in force and records nothing more.
+            await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None);
+            await using var dump = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default);
+
+            // Without the audit key nothing in the export is verified: the tenant's keys are
+            // scheduled (reversible), the tenant is not made DELETING (nothing undoes that).
+            var unverified = await BackupRestore.ReapplyFromLogsAsync(dump, [exportPath], null, null, CancellationToken.None);
+            Assert.Empty(unverified.TenantsDeleting);
+            Assert.Equal([leaving], unverified.Rescheduled.Select(r => r.Resource));
+            Assert.Contains(unverified.Skipped, s => s.StartsWith("tenants/leaving not made DELETING: ", StringComparison.Ordinal));
+            Assert.Equal(Kms.Core.Access.TenantState.Active, (await dump.GetTenantAsync(TenantId.Parse("leaving"), default))!.State);
+            Assert.Equal(KeyState.DestroyScheduled, (await dump.GetKeyAsync(KeyName.Parse(leaving, "k"), default))!.State);
+
+            var once = await BackupRestore.ReapplyFromLogsAsync(dump, [exportPath], null, PublishedAuditKey(), CancellationToken.None);
+            Assert.Equal(["tenants/leaving"], once.TenantsDeleting.Select(t => t.Tenant));
+            var head = (await dump.ListAuditEventsAsync(new Kms.Core.Audit.AuditQuery { AfterSequence = 0, Limit = 10_000 }, default)).Count;
+            var twice = await BackupRestore.ReapplyFromLogsAsync(dump, [exportPath], null, PublishedAuditKey(), CancellationToken.None);
+            Assert.Equal((0, 0, 0, 0), (twice.Reapplied.Count, twice.Rescheduled.Count, twice.TenantsDeleting.Count, twice.Kept.Count));
+            Assert.Equal(head, (await dump.ListAuditEventsAsync(new Kms.Core.Audit.AuditQuery { AfterSequence = 0, Limit = 10_000 }, default)).Count);
+            Assert.Equal(Kms.Core.Access.TenantState.Deleting, (await dump.GetTenantAsync(TenantId.Parse("leaving"), default))!.State);
+        }
+        finally
+        {
+            File.Delete(exportPath);
+            SqliteStore.ReleasePooledConnections();
+            if (Directory.Exists(target))
+            {
+                Directory.Delete(target, recursive: true);
+            }
+        }
+    }
+
     // What happened after the backup, and what a restore must bring back into force.
     private sealed record LaterSchedulings(
         string Backup, string Compromised, byte[] UnderVersion1, byte[] UnderVersion2, DateTimeOffset Version1DestroyTime,

@@ -33,7 +33,8 @@ public sealed class SchedulingReplayTests
             Event(34, Keys + "Decrypt", "tenants/dev/keys/k/versions/2", "OK"),
         ];
 
-        var inForce = SchedulingReplay.InForce(DestructionReplay.EventsOf(lines, "export").Select(e => e.Transition).OfType<RecordedTransition>());
+        // As a verified export's events are (an unverified restoration or enabling lifts nothing).
+        var inForce = SchedulingReplay.InForce(DestructionReplay.EventsOf(lines, "export").Select(e => e.Transition).OfType<RecordedTransition>().Select(t => t with { Verified = true }));
 
         Assert.Equal(
             [
@@ -77,7 +78,8 @@ public sealed class SchedulingReplayTests
         Assert.True(SchedulingReplay.Apply(scheduledBefore, [scheduling], Backup, TimeSpan.FromDays(30)).Change.IsNoOp);
 
         // Scheduled before the backup, restored and scheduled again after it: the later time.
-        var again = SchedulingReplay.Apply(scheduledBefore, [scheduling with { Time = Backup.AddDays(20) }], Backup, TimeSpan.FromDays(30)).Change;
+        // (restored the day after: an event's time is never taken as later than the restore's).
+        var again = SchedulingReplay.Apply(scheduledBefore, [scheduling with { Time = Backup.AddDays(20) }], Backup.AddDays(21), TimeSpan.FromDays(30)).Change;
         Assert.Equal(Backup.AddDays(51), Assert.Single(again.UpdatedVersions).DestroyTime);
         Assert.True(SchedulingReplay.Apply(Snapshot(), [scheduling with { Version = 9 }], Backup, TimeSpan.FromDays(30)).Change.IsNoOp);
         var snapshot = Snapshot();
@@ -97,6 +99,49 @@ public sealed class SchedulingReplayTests
         Assert.Equal((KeyState.Enabled, KeyState.DestroyScheduled), (change.Key.State, change.Key.Primary.State));
         var disabled = SchedulingReplay.Apply(Snapshot(), [new RecordedScheduling(Name, 2, Disable: true, Backup, null, "s")], Backup, TimeSpan.FromDays(30)).Change;
         Assert.Equal(KeyState.Disabled, disabled.Key.Primary.State);
+    }
+
+    [Fact]
+    public void Apply_AnEventFromTheFuture_CountsFromTheRestore_NotFromItsTime()
+    {
+        // An unverified log can say anything, a time near the end of the calendar too: counted
+        // from then it would put the destruction off for ever, or overflow and fail the restore.
+        var restore = Backup.AddDays(3);
+        foreach (var time in new[] { DateTimeOffset.MaxValue.AddDays(-2), Backup.AddYears(50) })
+        {
+            var (change, _) = SchedulingReplay.Apply(Snapshot(), [new RecordedScheduling(Name, 1, Disable: false, time, null, "stream event 40")], restore, TimeSpan.FromDays(30));
+            Assert.Equal((KeyState.DestroyScheduled, restore.AddDays(31)), (Assert.Single(change.UpdatedVersions).State, Assert.Single(change.UpdatedVersions).DestroyTime));
+        }
+    }
+
+    [Fact]
+    public void InForce_AnUnverifiedRestoreOrEnable_LiftsNothing_AnUnverifiedSchedulingDoesNotPutTheSnapshotsDestructionOff_KeptSaysWhy()
+    {
+        var transitions = new[]
+        {
+            new RecordedTransition(Name, 1, TransitionKind.ScheduleDestruction, Backup.AddDays(1), "export event 21"),
+            new RecordedTransition(Name, 1, TransitionKind.CancelDestruction, Backup.AddDays(2), "stream event 22", Verified: false),
+            new RecordedTransition(Name, null, TransitionKind.Disable, Backup.AddDays(1), "export event 23"),
+            new RecordedTransition(Name, null, TransitionKind.Enable, Backup.AddDays(2), "stream event 24", Verified: false),
+            new RecordedTransition(Name, 2, TransitionKind.Enable, Backup.AddDays(2), "export event 25"),
+        };
+        var inForce = SchedulingReplay.InForce(transitions);
+        Assert.Equal([(1, false), (null, true)], inForce.Select(s => (s.Version, s.Disable)));
+
+        var snapshot = Snapshot();
+        var heldVersion2 = snapshot with { Versions = [snapshot.Versions[0], snapshot.Versions[1] with { State = KeyState.Disabled }] };
+        var (change, _) = SchedulingReplay.Apply(heldVersion2, inForce, Backup.AddDays(3), TimeSpan.FromDays(30));
+        var after = heldVersion2 with { Key = change.Key, Versions = [.. heldVersion2.Versions.Select(v => change.UpdatedVersions.FirstOrDefault(u => u.Name.Version == v.Name.Version) ?? v)] };
+        var kept = SchedulingReplay.Kept(after, SchedulingReplay.LastLiftings(transitions));
+        Assert.Equal(
+            [("tenants/dev/keys/k", KeyState.Disabled, false), ("tenants/dev/keys/k/versions/1", KeyState.DestroyScheduled, false), ("tenants/dev/keys/k/versions/2", KeyState.Disabled, true)],
+            kept.Select(k => (k.Resource, k.State, k.Reason.Contains("never their lifting", StringComparison.Ordinal))).OrderBy(k => k.Resource, StringComparer.Ordinal));
+
+        // Scheduled at 40 days before the backup: an unverified scheduling again does not move it; a verified one does.
+        var scheduledBefore = Snapshot(version1: KeyState.DestroyScheduled, version1DestroyTime: Backup.AddDays(8));
+        var unverified = new RecordedScheduling(Name, 1, Disable: false, Backup.AddDays(2), null, "stream event 30", Verified: false);
+        Assert.True(SchedulingReplay.Apply(scheduledBefore, [unverified], Backup.AddDays(3), TimeSpan.FromDays(30)).Change.IsNoOp);
+        Assert.Equal(Backup.AddDays(33), Assert.Single(SchedulingReplay.Apply(scheduledBefore, [unverified with { Verified = true }], Backup.AddDays(3), TimeSpan.FromDays(30)).Change.UpdatedVersions).DestroyTime);
     }
 
     private static string Event(long seq, string operation, string resource, string outcome) =>

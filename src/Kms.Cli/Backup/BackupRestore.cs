@@ -22,6 +22,12 @@ internal sealed record RestoreReport(BackupManifest Manifest, IReadOnlyList<(str
 {
     /// <summary>Scheduled destructions and deletions (and disablings) made after the backup, still in force, that the restore made again in the snapshot.</summary>
     public IReadOnlyList<ReappliedScheduling> Rescheduled { get; init; } = [];
+
+    /// <summary>Keys and versions left more restricted than the audit logs' last word on them, and why (<see cref="SchedulingReplay.Kept"/>).</summary>
+    public IReadOnlyList<KeptRestriction> Kept { get; init; } = [];
+
+    /// <summary>Tenants deleted after the backup that the restore made DELETING again, each with where the deletion was found.</summary>
+    public IReadOnlyList<(string Tenant, string Source)> TenantsDeleting { get; init; } = [];
 }
 
 /// <summary>What <c>reapply-destructions</c> did: the destructions and schedulings it re-applied, what it skipped, where in the chain it started.</summary>
@@ -32,7 +38,21 @@ internal sealed record ReapplyReport(IReadOnlyList<(string Version, string Sourc
 {
     /// <summary>Scheduled destructions and deletions (and disablings) still in force that were made again.</summary>
     public IReadOnlyList<ReappliedScheduling> Rescheduled { get; init; } = [];
+
+    /// <summary>Keys and versions left more restricted than the audit logs' last word on them, and why (<see cref="SchedulingReplay.Kept"/>).</summary>
+    public IReadOnlyList<KeptRestriction> Kept { get; init; } = [];
+
+    /// <summary>Tenants deleted after the restored database's chain that were made DELETING again, each with where the deletion was found.</summary>
+    public IReadOnlyList<(string Tenant, string Source)> TenantsDeleting { get; init; } = [];
 }
+
+/// <summary>What <c>ReapplyAsync</c> did, for the reports.</summary>
+internal sealed record ReapplyOutcome(
+    IReadOnlyList<(string Version, string Source)> Reapplied,
+    IReadOnlyList<string> Skipped,
+    IReadOnlyList<ReappliedScheduling> Rescheduled,
+    IReadOnlyList<KeptRestriction> Kept,
+    IReadOnlyList<(string Tenant, string Source)> TenantsDeleting);
 
 /// <summary>
 /// <c>kms backup restore</c>, offline with the server stopped: verifies the backup, re-applies
@@ -69,6 +89,7 @@ internal static class BackupRestore
         var target = Path.Combine(dataDir, "kms.db");
         var recorded = new List<RecordedDestruction>();
         var schedulings = new List<RecordedScheduling>();
+        var tenantDeletions = new List<RecordedTenantDeletion>();
         var exists = File.Exists(target);
         if (exists && !replace)
         {
@@ -95,13 +116,20 @@ internal static class BackupRestore
                 schedulings.Add(new RecordedScheduling(key, version, state == KeyState.Disabled, destroyTime ?? manifest.CreateTime, destroyTime, "the replaced database"));
             }
 
+            foreach (var (tenant, deleteTime) in await SqliteStore.ReadDeletingTenantsAsync(target, cancellationToken))
+            {
+                tenantDeletions.Add(new RecordedTenantDeletion(tenant, deleteTime ?? manifest.CreateTime, "the replaced database"));
+            }
+
             observed = await SqliteStore.ReadSettingAsync(target, LifecycleClock.Setting, cancellationToken);
         }
 
         var gaps = new List<string>();
         var logs = await ReadLogsAsync(auditLogs, auditPublicKey, gaps, cancellationToken);
         recorded.AddRange(Destructions(logs, manifest.AuditHead.Sequence, allowGaps, gaps));
-        schedulings.AddRange(Schedulings(logs, manifest.AuditHead.Sequence));
+        var (inForce, liftings) = Schedulings(logs, manifest.AuditHead.Sequence);
+        schedulings.AddRange(inForce);
+        tenantDeletions.AddRange(TenantDeletions(logs, manifest.AuditHead.Sequence));
 
         // 2. A private copy, checked again (the file could have changed since it was verified).
         DurableFile.CreateDirectory(dataDir);
@@ -117,9 +145,7 @@ internal static class BackupRestore
             await copy.CommitAsync(cancellationToken);
         }
 
-        IReadOnlyList<(string, string)> reapplied;
-        IReadOnlyList<string> skipped;
-        IReadOnlyList<ReappliedScheduling> rescheduled;
+        ReapplyOutcome outcome;
         try
         {
             if (BackupManifest.HashFile(staging) != (manifest.SnapshotSha256, manifest.SnapshotSize))
@@ -141,8 +167,7 @@ internal static class BackupRestore
                     Outcome = "OK",
                     Client = Environment.MachineName,
                 };
-                (reapplied, skipped, rescheduled) = await ReapplyAsync(store, recorded, schedulings, waitingPeriod, restored, staging, cancellationToken);
-                skipped = [.. gaps, .. skipped];
+                outcome = await ReapplyAsync(store, new Recorded(recorded, schedulings, liftings, tenantDeletions), waitingPeriod, restored, staging, cancellationToken);
 
                 // The time the replaced database had seen pass, if later than the backup's: the
                 // lifecycle would otherwise take the backup's age for a clock jump and hold
@@ -221,7 +246,12 @@ internal static class BackupRestore
                 throw;
             }
 
-            return new RestoreReport(manifest, reapplied, skipped, replaced) { Rescheduled = rescheduled };
+            return new RestoreReport(manifest, outcome.Reapplied, [.. gaps, .. outcome.Skipped], replaced)
+            {
+                Rescheduled = outcome.Rescheduled,
+                Kept = outcome.Kept,
+                TenantsDeleting = outcome.TenantsDeleting,
+            };
         }
         catch
         {
@@ -276,8 +306,14 @@ internal static class BackupRestore
         var logs = await ReadLogsAsync(auditLogs, auditPublicKey, gaps, cancellationToken);
         var after = afterSequence ?? await LastSharedEventAsync(store, logs, cancellationToken);
         var destructions = Destructions(logs, after, allowGaps, gaps);
-        var (reapplied, skipped, rescheduled) = await ReapplyAsync(store, destructions, Schedulings(logs, after), waitingPeriod, null, store.Location, cancellationToken);
-        return new ReapplyReport(reapplied, [.. gaps, .. skipped], after) { Rescheduled = rescheduled };
+        var (inForce, liftings) = Schedulings(logs, after);
+        var outcome = await ReapplyAsync(store, new Recorded(destructions, inForce, liftings, TenantDeletions(logs, after)), waitingPeriod, null, store.Location, cancellationToken);
+        return new ReapplyReport(outcome.Reapplied, [.. gaps, .. outcome.Skipped], after)
+        {
+            Rescheduled = outcome.Rescheduled,
+            Kept = outcome.Kept,
+            TenantsDeleting = outcome.TenantsDeleting,
+        };
     }
 
     /// <summary>
@@ -292,6 +328,8 @@ internal static class BackupRestore
     /// A last line a crash left torn (<see cref="DestructionReplay.SplitLines"/>) is not read, and
     /// <paramref name="notes"/> says so: the file ends one event earlier, as if copied a moment
     /// sooner; the event on it is re-applied only if another file holds it.
+    /// An event a verified checkpoint covers has its transition marked
+    /// <see cref="RecordedTransition.Verified"/>: only such an event lifts a restriction.
     /// </summary>
     private static async Task<List<(string Log, IReadOnlyList<LoggedEvent> Events)>> ReadLogsAsync(IReadOnlyList<string> auditLogs, byte[]? auditPublicKey, List<string> notes, CancellationToken cancellationToken)
     {
@@ -304,6 +342,7 @@ internal static class BackupRestore
                 notes.Add($"{log}: its last line is incomplete ({torn.Length} characters without a line end: a crash while it was written, or a copy taken meanwhile) and was not read; a destruction recorded on it is re-applied only if another audit log given holds it");
             }
 
+            long signedThrough = 0;
             if (auditPublicKey is not null && lines.FirstOrDefault(l => l.Length > 0) is { } first && first.Contains("\"kms_audit_export\"", StringComparison.Ordinal))
             {
                 var verification = AuditVerifier.Verify(new StringReader(string.Join('\n', lines)), auditPublicKey, partial: true);
@@ -311,12 +350,19 @@ internal static class BackupRestore
                 {
                     throw KmsErrors.PermissionDenied($"{log} does not verify against the audit key (first bad sequence {verification.FirstBadSequence?.ToString(CultureInfo.InvariantCulture) ?? "none"}): {verification.Problem}");
                 }
+
+                signedThrough = verification.LastSignedSequence;
             }
 
             IReadOnlyList<LoggedEvent> events;
             try
             {
-                events = DestructionReplay.EventsOf(lines, Path.GetFileName(log));
+                events = [.. DestructionReplay.EventsOf(lines, Path.GetFileName(log))
+                    .Select(e => e.Sequence > signedThrough ? e : e with
+                    {
+                        Transition = e.Transition is { } t ? t with { Verified = true } : null,
+                        TenantDeletion = e.TenantDeletion is { } d ? d with { Verified = true } : null,
+                    })];
             }
             catch (Exception e) when (e is FormatException or KmsException or KeyNotFoundException or InvalidOperationException)
             {
@@ -360,14 +406,32 @@ internal static class BackupRestore
     /// <summary>
     /// The schedulings and disablings the logs record after <paramref name="after"/> that are still
     /// in force at their end (<see cref="SchedulingReplay.InForce"/>), the events taken in sequence
-    /// order (an event two files hold, once).
+    /// order (an event two files hold, once: verified if either file verifies it), and the
+    /// liftings that are the logs' last word on their target (<see cref="SchedulingReplay.LastLiftings"/>).
     /// </summary>
-    private static IReadOnlyList<RecordedScheduling> Schedulings(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, long after) =>
-        SchedulingReplay.InForce(logs.SelectMany(l => l.Events)
+    private static (IReadOnlyList<RecordedScheduling> InForce, IReadOnlyList<RecordedTransition> Liftings) Schedulings(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, long after)
+    {
+        var transitions = logs.SelectMany(l => l.Events)
             .Where(e => e.Sequence > after && e.Transition is not null)
+            .OrderByDescending(e => e.Transition!.Verified)
             .DistinctBy(e => (e.Sequence, e.Hash))
             .OrderBy(e => e.Sequence)
-            .Select(e => e.Transition!));
+            .Select(e => e.Transition!)
+            .ToList();
+        return (SchedulingReplay.InForce(transitions), SchedulingReplay.LastLiftings(transitions));
+    }
+
+    // The tenants' deletions the logs record after the start.
+    private static IReadOnlyList<RecordedTenantDeletion> TenantDeletions(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, long after) =>
+        [.. logs.SelectMany(l => l.Events).Where(e => e.Sequence > after && e.TenantDeletion is not null).Select(e => e.TenantDeletion!)];
+
+    // What ReapplyAsync re-applies: destructions, the schedulings and disablings in force, the
+    // liftings to report when not followed, the tenants' deletions.
+    private sealed record Recorded(
+        IReadOnlyList<RecordedDestruction> Destructions,
+        IReadOnlyList<RecordedScheduling> Schedulings,
+        IReadOnlyList<RecordedTransition> Liftings,
+        IReadOnlyList<RecordedTenantDeletion> TenantDeletions);
 
     /// <summary>
     /// The last event the logs share with the database's chain (same sequence, same hash), or
@@ -410,14 +474,16 @@ internal static class BackupRestore
         : null;
 
     // Applies each recorded destruction to the store (which erases the material), then each
-    // scheduling or disabling still in force, then audits what was re-applied (after
-    // <paramref name="first"/>, if any) and finishes the erasure.
-    private static async Task<(IReadOnlyList<(string, string)> Reapplied, IReadOnlyList<string> Skipped, IReadOnlyList<ReappliedScheduling> Rescheduled)> ReapplyAsync(
-        SqlStore store, IReadOnlyList<RecordedDestruction> recorded, IReadOnlyList<RecordedScheduling> schedulings, TimeSpan? waitingPeriod, AuditEntry? first, string where, CancellationToken cancellationToken)
+    // tenant's deletion, then each scheduling or disabling still in force, then audits what was
+    // re-applied (after <paramref name="first"/>, if any) and finishes the erasure. Each key is
+    // its own write: a crash part way leaves some re-applied, and running it again re-applies
+    // the rest (what is re-applied already is a no-op) — but audits only the rest.
+    private static async Task<ReapplyOutcome> ReapplyAsync(
+        SqlStore store, Recorded what, TimeSpan? waitingPeriod, AuditEntry? first, string where, CancellationToken cancellationToken)
     {
         var reapplied = new List<(string, string)>();
         var skipped = new List<string>();
-        foreach (var group in recorded.GroupBy(d => d.Key))
+        foreach (var group in what.Destructions.GroupBy(d => d.Key))
         {
             var updated = await store.UpdateKeyAsync(group.Key, current =>
             {
@@ -439,19 +505,77 @@ internal static class BackupRestore
             }
         }
 
+        // A tenant deleted after the backup is DELETING again (nothing lifts that), and its keys
+        // are scheduled for deletion as DeleteTenant scheduled them: its audit event stands for
+        // theirs, so the logs hold no scheduling of each. Such a scheduling never puts off one the
+        // snapshot holds (Verified: false).
+        var now = DateTimeOffset.UtcNow;
+        var waiting = waitingPeriod ?? SchedulingReplay.DefaultWaitingPeriod;
+        var tenantsDeleting = new List<(string, string)>();
+        var schedulings = what.Schedulings.ToList();
+        foreach (var group in what.TenantDeletions.GroupBy(d => d.Tenant))
+        {
+            var asked = group.MinBy(d => d.Time)!;
+            if (await store.GetTenantAsync(group.Key, cancellationToken) is not { } tenant)
+            {
+                skipped.Add($"{group.Key.ResourceName} (not in the restored database: created after it)");
+                continue;
+            }
+
+            if (tenant.State != Kms.Core.Access.TenantState.Deleting && !group.Any(d => d.Verified))
+            {
+                skipped.Add($"{group.Key.ResourceName} not made DELETING: its deletion ({asked.Source}) is not covered by a checkpoint signed with the audit key, and DELETING cannot be undone; its keys are scheduled for deletion (reversible) — run DeleteTenant again if it should go");
+            }
+            else if (tenant.State != Kms.Core.Access.TenantState.Deleting)
+            {
+                await store.UpdateTenantAsync(
+                    tenant with { State = Kms.Core.Access.TenantState.Deleting, DeleteTime = asked.Time < now ? asked.Time : now, DeleteWaitingPeriod = waiting }, cancellationToken);
+                tenantsDeleting.Add((group.Key.ResourceName, asked.Source));
+            }
+
+            for (string? after = null; ;)
+            {
+                var page = await store.ListKeysAsync(group.Key, after, 500, cancellationToken);
+                schedulings.AddRange(page.Select(k => new RecordedScheduling(k.Name, null, Disable: false, asked.Time, null, asked.Source, Verified: false)));
+                if (page.Count < 500)
+                {
+                    break;
+                }
+
+                after = page[^1].Name.KeyId;
+            }
+        }
+
         // Schedulings after destructions: a version destroyed is not scheduled again. Of a key or
         // version the database does not hold (created after it), or destroyed: nothing to do.
-        var now = DateTimeOffset.UtcNow;
+        // A lifting not followed (a restriction the backup holds, or one lifted by an unverified
+        // event) is reported.
         var rescheduled = new List<ReappliedScheduling>();
-        foreach (var group in schedulings.GroupBy(s => s.Key))
+        var kept = new List<KeptRestriction>();
+        var liftings = what.Liftings.ToLookup(l => l.Key);
+        var byKey = schedulings.ToLookup(s => s.Key);
+        foreach (var name in schedulings.Select(s => s.Key).Concat(what.Liftings.Select(l => l.Key)).Distinct())
         {
             IReadOnlyList<ReappliedScheduling> made = [];
-            await store.UpdateKeyAsync(group.Key, current =>
+            IReadOnlyList<KeptRestriction> held = [];
+            var found = await store.UpdateKeyAsync(name, current =>
             {
-                (var change, made) = SchedulingReplay.Apply(current, group, now, waitingPeriod ?? SchedulingReplay.DefaultWaitingPeriod);
+                (var change, made) = SchedulingReplay.Apply(current, byKey[name], now, waiting);
+                var after = change.IsNoOp ? current : current with
+                {
+                    Key = change.Key,
+                    Versions = [.. current.Versions.Select(v => change.UpdatedVersions.FirstOrDefault(u => u.Name.Version == v.Name.Version) ?? v)],
+                };
+                held = SchedulingReplay.Kept(after, liftings[name]);
                 return change;
             }, cancellationToken);
+            if (found is null && byKey[name].Any())
+            {
+                skipped.Add($"{name} (its scheduling, disabling or tenant's deletion not re-applied: not in the restored database, created after it)");
+            }
+
             rescheduled.AddRange(made);
+            kept.AddRange(held);
         }
 
         var requestId = first?.RequestId ?? "reapply-" + now.ToString("yyyyMMdd'T'HHmmss'Z'", System.Globalization.CultureInfo.InvariantCulture);
@@ -461,6 +585,10 @@ internal static class BackupRestore
             .. reapplied.Select(r => new AuditEntry
             {
                 Time = now, RequestId = requestId, Principal = Principal, Operation = ReapplyOperation, Resource = r.Item1, Outcome = "OK", Client = Environment.MachineName,
+            }),
+            .. tenantsDeleting.Select(t => new AuditEntry
+            {
+                Time = now, RequestId = requestId, Principal = Principal, Operation = SchedulingReplay.ReapplyTenantDeletionOperation, Resource = t.Item1, Outcome = "OK", Client = Environment.MachineName,
             }),
             .. rescheduled.Select(r => new AuditEntry
             {
@@ -477,6 +605,6 @@ internal static class BackupRestore
             throw KmsErrors.Unavailable($"the re-applied destructions could not be erased from {where}'s write-ahead log; nothing was installed");
         }
 
-        return (reapplied, skipped, rescheduled);
+        return new ReapplyOutcome(reapplied, skipped, rescheduled, kept, tenantsDeleting);
     }
 }

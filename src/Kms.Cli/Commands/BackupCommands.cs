@@ -137,6 +137,8 @@ internal static class BackupCommands
             var json = ManifestJson(report.Manifest);
             json["reapplied"] = new JsonArray([.. report.Reapplied.Select(r => (JsonNode)new JsonObject { ["version"] = r.Version, ["source"] = r.Source })]);
             json["rescheduled"] = RescheduledJson(report.Rescheduled);
+            json["kept"] = KeptJson(report.Kept);
+            json["tenants_deleting"] = TenantsJson(report.TenantsDeleting);
             json["skipped"] = new JsonArray([.. report.Skipped.Select(s => (JsonNode)s)]);
             json["replaced_database"] = report.ReplacedDatabase;
             ctx.Output.Result(json, () =>
@@ -144,6 +146,8 @@ internal static class BackupCommands
                 var rows = ManifestRows(report.Manifest).ToList();
                 rows.Add(("re-applied", report.Reapplied.Count == 0 ? "none" : string.Join("; ", report.Reapplied.Select(r => $"{r.Version} ({r.Source})"))));
                 rows.Add(("re-scheduled", RescheduledText(report.Rescheduled)));
+                rows.Add(("tenants deleting", TenantsText(report.TenantsDeleting)));
+                rows.Add(("stayed restricted", KeptText(report.Kept)));
                 rows.Add(("skipped", report.Skipped.Count == 0 ? "none" : string.Join("; ", report.Skipped)));
                 rows.Add(("replaced database", report.ReplacedDatabase ?? "none"));
                 return CliOutput.Properties(rows);
@@ -201,6 +205,8 @@ internal static class BackupCommands
                 ["after_sequence"] = afterSequence,
                 ["reapplied"] = new JsonArray([.. reapplied.Select(r => (JsonNode)new JsonObject { ["version"] = r.Version, ["source"] = r.Source })]),
                 ["rescheduled"] = RescheduledJson(report.Rescheduled),
+                ["kept"] = KeptJson(report.Kept),
+                ["tenants_deleting"] = TenantsJson(report.TenantsDeleting),
                 ["skipped"] = new JsonArray([.. skipped.Select(s => (JsonNode)s)]),
             };
             ctx.Output.Result(json, () => CliOutput.Properties(
@@ -209,6 +215,8 @@ internal static class BackupCommands
                 ("after audit sequence", afterSequence.ToString(CultureInfo.InvariantCulture)),
                 ("re-applied", reapplied.Count == 0 ? "none" : string.Join("; ", reapplied.Select(r => $"{r.Version} ({r.Source})"))),
                 ("re-scheduled", RescheduledText(report.Rescheduled)),
+                ("tenants deleting", TenantsText(report.TenantsDeleting)),
+                ("stayed restricted", KeptText(report.Kept)),
                 ("skipped", skipped.Count == 0 ? "none" : string.Join("; ", skipped)),
             ]));
             return ExitCodes.Ok;
@@ -235,6 +243,23 @@ internal static class BackupCommands
             ["destroy_time"] = r.DestroyTime is { } time ? Kms.Core.Audit.AuditChain.Time(time) : null,
             ["source"] = r.Source,
         })]);
+
+    private static JsonArray KeptJson(IReadOnlyList<KeptRestriction> kept) =>
+        new([.. kept.Select(k => (JsonNode)new JsonObject
+        {
+            ["resource"] = k.Resource,
+            ["state"] = Kms.Core.Services.KeyTransitions.StateName(k.State),
+            ["reason"] = k.Reason,
+        })]);
+
+    private static string KeptText(IReadOnlyList<KeptRestriction> kept) =>
+        kept.Count == 0 ? "none" : string.Join("; ", kept.Select(k => $"{k.Resource} {Kms.Core.Services.KeyTransitions.StateName(k.State)} ({k.Reason})"));
+
+    private static JsonArray TenantsJson(IReadOnlyList<(string Tenant, string Source)> tenants) =>
+        new([.. tenants.Select(t => (JsonNode)new JsonObject { ["tenant"] = t.Tenant, ["source"] = t.Source })]);
+
+    private static string TenantsText(IReadOnlyList<(string Tenant, string Source)> tenants) =>
+        tenants.Count == 0 ? "none" : string.Join("; ", tenants.Select(t => $"{t.Tenant} DELETING ({t.Source})"));
 
     private static string RescheduledText(IReadOnlyList<ReappliedScheduling> rescheduled) =>
         rescheduled.Count == 0 ? "none" : string.Join("; ", rescheduled.Select(r =>

@@ -24,7 +24,8 @@ public sealed record RecordedDestruction(KeyName Key, int? Version, DateTimeOffs
 /// <param name="Hash">SHA-256 (hex) of its body's exact bytes, computed here (not the line's <c>hash</c> member).</param>
 /// <param name="Destruction">The destruction it records, or null.</param>
 /// <param name="Transition">The scheduling, cancellation, disabling or enabling it records (<see cref="SchedulingReplay.TransitionOf"/>), or null.</param>
-public sealed record LoggedEvent(long Sequence, string PreviousHash, string Hash, RecordedDestruction? Destruction, RecordedTransition? Transition = null);
+/// <param name="TenantDeletion">The tenant's deletion (DeleteTenant) it records (<see cref="SchedulingReplay.TenantDeletionOf"/>), or null.</param>
+public sealed record LoggedEvent(long Sequence, string PreviousHash, string Hash, RecordedDestruction? Destruction, RecordedTransition? Transition = null, RecordedTenantDeletion? TenantDeletion = null);
 
 /// <summary>
 /// Re-applies destructions to a restored snapshot, so a restore never brings a destroyed key
@@ -178,7 +179,7 @@ public static class DestructionReplay
                 }
 
                 var seq = body.GetProperty("seq").GetInt64();
-                found.Add(new LoggedEvent(seq, body.GetProperty("prev").GetString() ?? "", Audit.AuditChain.HashOf(body.GetRawText()), DestructionOf(body, seq, source), TransitionOf(body, seq, source)));
+                found.Add(new LoggedEvent(seq, body.GetProperty("prev").GetString() ?? "", Audit.AuditChain.HashOf(body.GetRawText()), DestructionOf(body, seq, source), TransitionOf(body, seq, source), TenantDeletionOf(body, seq, source)));
             }
         }
 
@@ -187,6 +188,14 @@ public static class DestructionReplay
 
     private static RecordedTransition? TransitionOf(JsonElement body, long seq, string source) =>
         !SchedulingReplay.Records(body.GetProperty("operation").GetString()) ? null : SchedulingReplay.TransitionOf(
+            body.GetProperty("operation").GetString(),
+            body.GetProperty("resource").GetString(),
+            body.GetProperty("outcome").GetString(),
+            DateTimeOffset.Parse(body.GetProperty("time").GetString()!, System.Globalization.CultureInfo.InvariantCulture),
+            $"{source} event {seq}");
+
+    private static RecordedTenantDeletion? TenantDeletionOf(JsonElement body, long seq, string source) =>
+        SchedulingReplay.TenantDeletionOf(
             body.GetProperty("operation").GetString(),
             body.GetProperty("resource").GetString(),
             body.GetProperty("outcome").GetString(),

@@ -29,7 +29,12 @@ public enum TransitionKind
 /// <param name="Kind">What it did.</param>
 /// <param name="Time">The event's time (when the request arrived).</param>
 /// <param name="Source">Where it was found, for the report.</param>
-public sealed record RecordedTransition(KeyName Key, int? Version, TransitionKind Kind, DateTimeOffset Time, string Source);
+/// <param name="Verified">
+/// Its event is covered by a checkpoint signed with the audit key (an export verified against
+/// it), or comes from the replaced database: trusted to lift a restriction. An event of a SIEM
+/// stream or of an export's unsigned tail is not: anyone can write one.
+/// </param>
+public sealed record RecordedTransition(KeyName Key, int? Version, TransitionKind Kind, DateTimeOffset Time, string Source, bool Verified = true);
 
 /// <summary>
 /// A restriction still in force at the end of what a restore read, to be re-applied to the
@@ -42,7 +47,31 @@ public sealed record RecordedTransition(KeyName Key, int? Version, TransitionKin
 /// <param name="Time">When it was made (the event's time).</param>
 /// <param name="DestroyTime">The destroy time it set, when known (the replaced database holds it; audit events do not).</param>
 /// <param name="Source">Where it was found, for the report.</param>
-public sealed record RecordedScheduling(KeyName Key, int? Version, bool Disable, DateTimeOffset Time, DateTimeOffset? DestroyTime, string Source);
+/// <param name="Verified">Made by a verified event or found in the replaced database (<see cref="RecordedTransition.Verified"/>): trusted to put a destroy time the snapshot holds off.</param>
+public sealed record RecordedScheduling(KeyName Key, int? Version, bool Disable, DateTimeOffset Time, DateTimeOffset? DestroyTime, string Source, bool Verified = true);
+
+/// <summary>
+/// A key or version a restore left more restricted than the audit logs' last word on it, which
+/// lifted a restriction after the backup (an enabling, a RestoreKeyVersion, a CancelKeyDeletion):
+/// a restore re-applies restrictions, never their lifting. The operator checks it and lifts it again.
+/// </summary>
+/// <param name="Resource">The key or version name.</param>
+/// <param name="State">Its state after the restore: DISABLED or DESTROY_SCHEDULED.</param>
+/// <param name="Reason">Which event lifted it and why that was not replayed.</param>
+public sealed record KeptRestriction(string Resource, KeyState State, string Reason);
+
+/// <summary>
+/// A tenant's deletion (DeleteTenant, or a restore's re-applied one): the tenant is DELETING, and
+/// every key of it is scheduled for deletion. DELETING is final: nothing lifts it.
+/// </summary>
+/// <param name="Tenant">The tenant.</param>
+/// <param name="Time">When it was asked for (the event's time).</param>
+/// <param name="Source">Where it was found, for the report.</param>
+/// <param name="Verified">
+/// From the replaced database, or an event a signed checkpoint covers: trusted to make the tenant
+/// DELETING, which nothing undoes. From an unverified event only its keys are scheduled (reversible).
+/// </param>
+public sealed record RecordedTenantDeletion(TenantId Tenant, DateTimeOffset Time, string Source, bool Verified = true);
 
 /// <summary>A restriction a restore re-applied: the key or version, its state now, and where it was found.</summary>
 /// <param name="Resource">The key or version name.</param>
@@ -77,6 +106,15 @@ public static class SchedulingReplay
 
     /// <summary>The audit operation of a disabling a restore re-applied (resource: the key or version).</summary>
     public const string ReapplyDisableOperation = "backup/ReapplyDisable";
+
+    /// <summary>
+    /// The audit operation of a tenant's deletion a restore re-applied (resource: the tenant): the
+    /// tenant is DELETING again, and a later restore from the chain it started re-applies it too.
+    /// </summary>
+    public const string ReapplyTenantDeletionOperation = "backup/ReapplyTenantDeletion";
+
+    /// <summary>The audit operation of DeleteTenant (resource: the tenant).</summary>
+    public const string DeleteTenantOperation = "/kms.v1.AccessManagementService/DeleteTenant";
 
     /// <summary>
     /// The waiting period a re-applied scheduling counts from its event when the event does not
@@ -124,7 +162,8 @@ public static class SchedulingReplay
     /// <param name="outcome">Its outcome.</param>
     /// <param name="time">Its time.</param>
     /// <param name="source">Where it was found.</param>
-    public static RecordedTransition? TransitionOf(string? operation, string? resource, string? outcome, DateTimeOffset time, string source)
+    /// <param name="verified">Whether the event is known genuine (<see cref="RecordedTransition.Verified"/>); not unless said.</param>
+    public static RecordedTransition? TransitionOf(string? operation, string? resource, string? outcome, DateTimeOffset time, string source, bool verified = false)
     {
         if (outcome != "OK" || resource is null || operation is null || !Operations.TryGetValue(operation, out var transition))
         {
@@ -135,17 +174,30 @@ public static class SchedulingReplay
         if (transition.OfVersion ?? ResourceSegments.Is(resource, ResourceSegments.KeyCollection, "versions"))
         {
             var version = KeyVersionName.Parse(resource, "resource");
-            return new RecordedTransition(version.Key, version.Version, transition.Kind, time, where);
+            return new RecordedTransition(version.Key, version.Version, transition.Kind, time, where, verified);
         }
 
-        return new RecordedTransition(KeyName.Parse(resource, "resource"), null, transition.Kind, time, where);
+        return new RecordedTransition(KeyName.Parse(resource, "resource"), null, transition.Kind, time, where, verified);
     }
+
+    /// <summary>The tenant's deletion an audit event records (a successful DeleteTenant, or a re-applied one), or null; not <see cref="RecordedTenantDeletion.Verified"/> until the caller says.</summary>
+    /// <param name="operation">The event's operation.</param>
+    /// <param name="resource">Its resource (tenants/{id}).</param>
+    /// <param name="outcome">Its outcome.</param>
+    /// <param name="time">Its time.</param>
+    /// <param name="source">Where it was found.</param>
+    public static RecordedTenantDeletion? TenantDeletionOf(string? operation, string? resource, string? outcome, DateTimeOffset time, string source) =>
+        outcome == "OK" && resource is not null && operation is DeleteTenantOperation or ReapplyTenantDeletionOperation
+            ? new RecordedTenantDeletion(TenantId.ParseResourceName(resource, "resource"), time, $"{source} ({operation})", Verified: false)
+            : null;
 
     /// <summary>
     /// What <paramref name="transitions"/>, taken in the order given (the logs' order), leave in
     /// force at their end: each key's or version's last scheduling not followed by its restore
     /// or cancellation, and each disabling not followed by an enabling — a restored version or
-    /// cancelled deletion is left DISABLED, as the server leaves it.
+    /// cancelled deletion is left DISABLED, as the server leaves it. A restoration, cancellation
+    /// or enabling that is not <see cref="RecordedTransition.Verified"/> lifts nothing: an
+    /// unverified log may add restrictions, never take one away.
     /// </summary>
     public static IReadOnlyList<RecordedScheduling> InForce(IEnumerable<RecordedTransition> transitions)
     {
@@ -155,6 +207,11 @@ public static class SchedulingReplay
         foreach (var transition in transitions)
         {
             var target = (transition.Key, transition.Version);
+            if (!transition.Verified && transition.Kind is TransitionKind.CancelDestruction or TransitionKind.Enable)
+            {
+                continue;
+            }
+
             switch (transition.Kind)
             {
                 case TransitionKind.ScheduleDestruction:
@@ -177,9 +234,60 @@ public static class SchedulingReplay
 
         return
         [
-            .. scheduled.Values.Select(t => new RecordedScheduling(t.Key, t.Version, Disable: false, t.Time, null, t.Source)),
-            .. disabled.Values.Select(t => new RecordedScheduling(t.Key, t.Version, Disable: true, t.Time, null, t.Source)),
+            .. scheduled.Values.Select(t => new RecordedScheduling(t.Key, t.Version, Disable: false, t.Time, null, t.Source, t.Verified)),
+            .. disabled.Values.Select(t => new RecordedScheduling(t.Key, t.Version, Disable: true, t.Time, null, t.Source, t.Verified)),
         ];
+    }
+
+    /// <summary>
+    /// The liftings that are the logs' last word on their key or version (an enabling, a
+    /// RestoreKeyVersion, a CancelKeyDeletion not followed by a scheduling or disabling of it),
+    /// verified or not: <see cref="Kept"/> reports those a restore did not follow.
+    /// </summary>
+    public static IReadOnlyList<RecordedTransition> LastLiftings(IEnumerable<RecordedTransition> transitions)
+    {
+        ArgumentNullException.ThrowIfNull(transitions);
+        var last = new Dictionary<(KeyName, int?), RecordedTransition>();
+        foreach (var transition in transitions)
+        {
+            last[(transition.Key, transition.Version)] = transition;
+        }
+
+        return [.. last.Values.Where(t => t.Kind is TransitionKind.CancelDestruction or TransitionKind.Enable)];
+    }
+
+    /// <summary>
+    /// Of <paramref name="liftings"/> (<see cref="LastLiftings"/>, all of one key), those that
+    /// <paramref name="restored"/> (the key after the restore re-applied what it re-applies) is
+    /// more restricted than: still DISABLED or DESTROY_SCHEDULED after an enabling, still
+    /// DESTROY_SCHEDULED after a restoration or cancellation — held so by the backup (a lifting
+    /// is never replayed) or by a restriction whose lifting was not verified.
+    /// </summary>
+    public static IReadOnlyList<KeptRestriction> Kept(KeyWithVersions restored, IEnumerable<RecordedTransition> liftings)
+    {
+        ArgumentNullException.ThrowIfNull(restored);
+        ArgumentNullException.ThrowIfNull(liftings);
+        var kept = new List<KeptRestriction>();
+        foreach (var lifting in liftings)
+        {
+            var (resource, state) = lifting.Version is { } number
+                ? (restored.Version(number) is { } version ? (version.Name.ToString(), version.State) : (null, KeyState.Destroyed))
+                : (restored.Key.Name.ToString(), restored.Key.State);
+            var restricted = lifting.Kind == TransitionKind.Enable
+                ? state is KeyState.Disabled or KeyState.DestroyScheduled
+                : state == KeyState.DestroyScheduled;
+            if (resource is null || !restricted)
+            {
+                continue;
+            }
+
+            var lifted = lifting.Kind == TransitionKind.Enable ? "enabled" : "restored from its scheduled destruction";
+            kept.Add(new KeptRestriction(resource, state, lifting.Verified
+                ? $"{lifting.Source} {lifted} it after the backup; a restore re-applies restrictions, never their lifting: lift it again if it still should be"
+                : $"{lifting.Source} {lifted} it after the backup, but that event is not covered by a checkpoint signed with the audit key (a SIEM stream, an export's unsigned tail, or no --public-key): not trusted to lift a restriction"));
+        }
+
+        return kept;
     }
 
     /// <summary>
@@ -265,14 +373,25 @@ public static class SchedulingReplay
     }
 
     // The recorded destroy time when the replaced database holds it (the latest, if several),
-    // else the latest event's time plus the waiting period plus EventMargin; never before now +
-    // the minimum.
+    // else the latest event's time (none later than now: an event cannot come from the future)
+    // plus the waiting period plus EventMargin; never before now + the minimum.
     // A target the snapshot holds DESTROY_SCHEDULED already (at scheduledAt) changes only when
-    // the intended time is later (restored and scheduled again after the backup); else null.
+    // a verified scheduling intends a later time (restored and scheduled again after the
+    // backup); else null: an unverified event does not put a destruction off.
     private static DateTimeOffset? DestroyTime(List<RecordedScheduling> schedulings, DateTimeOffset now, TimeSpan waitingPeriod, DateTimeOffset? scheduledAt)
     {
+        if (scheduledAt is not null)
+        {
+            schedulings = [.. schedulings.Where(s => s.Verified)];
+            if (schedulings.Count == 0)
+            {
+                return null;
+            }
+        }
+
         var known = schedulings.Where(s => s.DestroyTime is not null).Select(s => s.DestroyTime!.Value).ToList();
-        var intended = known.Count > 0 ? known.Max() : schedulings.Max(s => s.Time) + waitingPeriod + EventMargin;
+        var latest = schedulings.Max(s => s.Time);
+        var intended = known.Count > 0 ? known.Max() : (latest < now ? latest : now) + waitingPeriod + EventMargin;
         if (scheduledAt is { } already && intended <= already)
         {
             return null;

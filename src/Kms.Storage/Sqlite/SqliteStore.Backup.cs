@@ -124,6 +124,28 @@ public sealed partial class SqliteStore
             return restricted;
         });
 
+    /// <summary>
+    /// The DELETING tenants of a database file, with when their deletion was asked for, read-only:
+    /// what a restore over it makes DELETING again in the snapshot.
+    /// </summary>
+    /// <exception cref="Kms.Core.Errors.KmsException">Unavailable when the file is not a readable database.</exception>
+    public static Task<IReadOnlyList<(TenantId Tenant, DateTimeOffset? DeleteTime)>> ReadDeletingTenantsAsync(string path, CancellationToken cancellationToken) =>
+        GuardAsync<IReadOnlyList<(TenantId, DateTimeOffset?)>>(async () =>
+        {
+            var builder = new SqliteConnectionStringBuilder { DataSource = path, Mode = SqliteOpenMode.ReadOnly, Pooling = false };
+            await using var connection = new SqliteConnection(builder.ToString());
+            await connection.OpenAsync(cancellationToken);
+            await using var command = Command(connection, "SELECT id, delete_time FROM tenants WHERE state = @deleting ORDER BY id", ("@deleting", (int)Kms.Core.Access.TenantState.Deleting));
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            var deleting = new List<(TenantId, DateTimeOffset?)>();
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                deleting.Add((TenantId.Parse(reader.GetString(0)), reader.IsDBNull(1) ? null : DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(1))));
+            }
+
+            return deleting;
+        });
+
     /// <summary>A setting of a database file, read-only (no migration, nothing written); null when unset.</summary>
     /// <exception cref="Kms.Core.Errors.KmsException">Unavailable when the file is not a readable database.</exception>
     public static Task<string?> ReadSettingAsync(string path, string name, CancellationToken cancellationToken) =>
