@@ -391,10 +391,10 @@ internal static class BackupRestore
                 var missing = $"audit events {expected}–{sequence - 1} (after audit sequence {after}) are in none of the audit logs given";
                 if (!allowGaps)
                 {
-                    throw KmsErrors.InvalidArgument("audit-log", $"{missing}: a destruction among them would not be re-applied; give the logs that hold them, or pass --allow-gaps to re-apply what they hold");
+                    throw KmsErrors.InvalidArgument("audit-log", $"{missing}: a destruction, scheduling, disabling or tenant deletion among them would not be re-applied; give the logs that hold them, or pass --allow-gaps to re-apply what they hold");
                 }
 
-                gaps.Add($"{missing}: any destruction among them was not re-applied");
+                gaps.Add($"{missing}: any destruction, scheduling, disabling or tenant deletion among them was not re-applied");
             }
 
             expected = sequence + 1;
