@@ -16,13 +16,22 @@ public static class DataProtectionBuilderKmsExtensions
     /// registered by <c>services.AddKmsClient(...)</c>, and decrypts entries through KMS Decrypt.
     /// </summary>
     /// <remarks>
+    /// <para>
     /// Protects the key ring where it is stored (the repository: a directory, a database, …):
     /// the files hold ciphertexts the KMS decrypts only for callers the key's policy allows,
     /// under this application's encryption context (<see cref="KmsDataProtectionOptions"/>).
     /// It does not protect the keys once loaded into the application's memory. Entries
     /// written before this call (unencrypted, or by another encryptor) are still read as they are.
+    /// </para>
+    /// <para>
+    /// The application must be named explicitly — <c>SetApplicationName(...)</c>, or
+    /// <see cref="KmsDataProtectionOptions.ApplicationName"/> — or Data Protection is refused
+    /// (an <see cref="OptionsValidationException"/> naming <c>SetApplicationName</c>, at host
+    /// startup or at its first use): the default name, the content root path, is the same for
+    /// every application deployed at the same path, which could decrypt each other's key rings.
+    /// </para>
     /// </remarks>
-    /// <exception cref="ArgumentException"><paramref name="keyName"/> is empty.</exception>
+    /// <exception cref="ArgumentException"><paramref name="keyName"/> is empty, or <see cref="KmsDataProtectionOptions.ApplicationName"/> is set empty.</exception>
     public static IDataProtectionBuilder ProtectKeysWithKms(this IDataProtectionBuilder builder, string keyName, Action<KmsDataProtectionOptions>? configure = null) =>
         Register(builder, keyName, configure, null);
 
@@ -31,7 +40,7 @@ public static class DataProtectionBuilderKmsExtensions
     /// through <paramref name="client"/> rather than the container's client (the caller keeps
     /// it alive as long as the container and disposes it).
     /// </summary>
-    /// <exception cref="ArgumentException"><paramref name="keyName"/> is empty.</exception>
+    /// <exception cref="ArgumentException"><paramref name="keyName"/> is empty, or <see cref="KmsDataProtectionOptions.ApplicationName"/> is set empty.</exception>
     public static IDataProtectionBuilder ProtectKeysWithKms(this IDataProtectionBuilder builder, KmsClient client, string keyName, Action<KmsDataProtectionOptions>? configure = null)
     {
         ArgumentNullException.ThrowIfNull(client);
@@ -44,10 +53,18 @@ public static class DataProtectionBuilderKmsExtensions
         ArgumentException.ThrowIfNullOrWhiteSpace(keyName);
         var options = new KmsDataProtectionOptions();
         configure?.Invoke(options);
+        if (options.ApplicationName is { } name && string.IsNullOrWhiteSpace(name))
+        {
+            throw new ArgumentException("KmsDataProtectionOptions.ApplicationName is empty: name the application, or leave it null and call SetApplicationName(...)", nameof(configure));
+        }
 
         // One registration per container: the decryptor, created by type name, finds it there.
         builder.Services.RemoveAll<KmsKeyRingProtection>();
         builder.Services.AddSingleton(new KmsKeyRingProtection(keyName, options, client));
+
+        // No explicitly named application, no Data Protection: refused at host startup, or at its first use.
+        builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<DataProtectionOptions>, KmsApplicationNameValidation>());
+        builder.Services.AddOptions<DataProtectionOptions>().ValidateOnStart();
 
         // As the framework's ProtectKeysWith* do: the encryptor goes into KeyManagementOptions,
         // the decryptor's type into each EncryptedXmlInfo it returns.

@@ -17,6 +17,12 @@ internal sealed class KmsKeyRingProtection(string keyName, KmsDataProtectionOpti
     /// <summary>The value of the context's <c>purpose</c> entry: this use of a KMS key, and no other.</summary>
     internal const string Purpose = "aspnetcore-dataprotection";
 
+    /// <summary>What a container that never named the application is told, at startup (under a host) or at the first use of Data Protection.</summary>
+    internal const string UnnamedMessage =
+        "ProtectKeysWithKms binds the key ring to this application's name, and none was set: call SetApplicationName(\"...\") on the Data Protection builder, "
+        + "or set KmsDataProtectionOptions.ApplicationName: ProtectKeysWithKms(keyName, o => o.ApplicationName = \"...\"). Data Protection's default name (under a host, the content root path, "
+        + "the same /app in every container) is shared by other applications, which could then decrypt this one's key ring";
+
     public string KeyName { get; } = keyName;
 
     /// <summary>The registration in <paramref name="services"/>.</summary>
@@ -32,24 +38,68 @@ internal sealed class KmsKeyRingProtection(string keyName, KmsDataProtectionOpti
         ?? services.GetService<KmsClient>()
         ?? throw new InvalidOperationException("ProtectKeysWithKms(keyName) uses the container's KmsClient, and none is registered: call services.AddKmsClient(...) or pass a KmsClient to ProtectKeysWithKms");
 
-    /// <summary>The encryption context of every key ring entry of this application.</summary>
-    /// <exception cref="InvalidOperationException">The application name is longer than a context value may be.</exception>
-    public IReadOnlyDictionary<string, string> EncryptionContext(IServiceProvider services)
+    /// <summary>
+    /// The application name bound into the context: <see cref="KmsDataProtectionOptions.ApplicationName"/>,
+    /// else Data Protection's application discriminator if it was set explicitly; null when neither was.
+    /// </summary>
+    /// <remarks>
+    /// Data Protection gives <see cref="DataProtectionOptions.ApplicationDiscriminator"/> its
+    /// default from the container's <c>IApplicationDiscriminator</c> (what
+    /// <see cref="DataProtectionUtilityExtensions.GetApplicationUniqueIdentifier"/> returns: under
+    /// a host, the content root path), and <c>SetApplicationName</c> overwrites it afterwards. A
+    /// discriminator equal to that default (but for a trailing path separator) is taken as not
+    /// set, even when someone set it to that value: it is the name every application at that
+    /// content root gets.
+    /// </remarks>
+    public string? ApplicationName(DataProtectionOptions dataProtection, IServiceProvider services)
     {
-        var application = options.ApplicationName
-            ?? services.GetService<IOptions<DataProtectionOptions>>()?.Value.ApplicationDiscriminator;
-        if (string.IsNullOrEmpty(application))
+        if (options.ApplicationName is { } named)
         {
-            return new Dictionary<string, string>(StringComparer.Ordinal) { ["purpose"] = Purpose };
+            return named;
+        }
+
+        var configured = dataProtection.ApplicationDiscriminator;
+        if (string.IsNullOrWhiteSpace(configured) || string.Equals(AsPath(configured), AsPath(services.GetApplicationUniqueIdentifier()), StringComparison.Ordinal))
+        {
+            return null;
+        }
+
+        return configured;
+    }
+
+    // Data Protection has both trimmed and added the content root's trailing separator across
+    // versions (10 adds it): "/app" and "/app/" are the same default.
+    private static string? AsPath(string? discriminator) =>
+        discriminator?.Trim().TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar);
+
+    /// <summary>Why this container's application name cannot be bound into the context; null: it can.</summary>
+    public string? NameProblem(DataProtectionOptions dataProtection, IServiceProvider services)
+    {
+        var application = ApplicationName(dataProtection, services);
+        if (application is null)
+        {
+            return UnnamedMessage;
         }
 
         var bytes = Encoding.UTF8.GetByteCount(application);
-        if (bytes > Limits.MaxContextValueBytes)
+        return bytes > Limits.MaxContextValueBytes
+            ? string.Create(CultureInfo.InvariantCulture, $"the Data Protection application name is {bytes} UTF-8 bytes; an encryption-context value holds at most {Limits.MaxContextValueBytes}: set a shorter one with SetApplicationName(...) or KmsDataProtectionOptions.ApplicationName")
+            : null;
+    }
+
+    /// <summary>The encryption context of every key ring entry of this application.</summary>
+    /// <exception cref="InvalidOperationException">The application was not named explicitly, or its name is longer than a context value may be.</exception>
+    /// <exception cref="OptionsValidationException">The same, found by the options validation ProtectKeysWithKms registers.</exception>
+    public IReadOnlyDictionary<string, string> EncryptionContext(IServiceProvider services)
+    {
+        var dataProtection = services.GetService<IOptions<DataProtectionOptions>>()?.Value ?? new DataProtectionOptions();
+        var problem = NameProblem(dataProtection, services);
+        if (problem is not null)
         {
-            throw new InvalidOperationException(string.Create(CultureInfo.InvariantCulture, $"the Data Protection application name is {bytes} UTF-8 bytes; an encryption-context value holds at most {Limits.MaxContextValueBytes}: set a shorter one with SetApplicationName(...) or KmsDataProtectionOptions.ApplicationName"));
+            throw new InvalidOperationException(problem);
         }
 
-        return new Dictionary<string, string>(StringComparer.Ordinal) { ["purpose"] = Purpose, ["application"] = application };
+        return new Dictionary<string, string>(StringComparer.Ordinal) { ["purpose"] = Purpose, ["application"] = ApplicationName(dataProtection, services)! };
     }
 
     /// <summary>

@@ -6,6 +6,9 @@ using Kms.Contracts.V1;
 using Kms.Testing;
 using Microsoft.AspNetCore.DataProtection;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.FileProviders;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Options;
 
 namespace Kms.Client.DataProtection.Tests;
 
@@ -160,13 +163,110 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
     public void Encrypt_AnElementLargerThanKmsEncryptTakes_RefusedBeforeAnyCall()
     {
         var services = new ServiceCollection();
-        services.AddDataProtection().ProtectKeysWithKms(new KmsClient(new KmsClientOptions { Endpoint = new Uri("https://127.0.0.1:1") }), "tenants/dev/keys/none");
+        services.AddDataProtection().ProtectKeysWithKms(new KmsClient(new KmsClientOptions { Endpoint = new Uri("https://127.0.0.1:1") }), "tenants/dev/keys/none", o => o.ApplicationName = "app-a");
         using var provider = services.BuildServiceProvider();
         var encryptor = new KmsXmlEncryptor(provider);
 
         var e = Assert.Throws<InvalidOperationException>(() => encryptor.Encrypt(new XElement("descriptor", new string('x', Kms.Core.Limits.MaxEncryptPlaintextBytes))));
 
         Assert.Contains("KMS Encrypt takes at most 65536", e.Message, StringComparison.Ordinal);
+    }
+
+    // Data Protection's default application name is the content root path: every container built
+    // the usual way runs at /app, and applications sharing that name would share one context.
+    [Fact]
+    public async Task ApplicationNeverNamed_DataProtectionRefusedAtFirstUse_NamingSetApplicationName_NoKeyWritten()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        using var provider = Provider(directory, key, application: null, fixture.AppToken, contentRoot: "/app");
+
+        var e = Assert.Throws<OptionsValidationException>(() => provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Protect("hello"));
+
+        Assert.Contains("SetApplicationName", e.Message, StringComparison.Ordinal);
+        Assert.Contains("KmsDataProtectionOptions.ApplicationName", e.Message, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(directory) && Directory.EnumerateFiles(directory).Any());
+    }
+
+    // SetApplicationName to the very default is no name: it is what every application at that path gets.
+    [Fact]
+    public async Task ApplicationNamedItsOwnContentRoot_RefusedAsUnnamed()
+    {
+        var key = await CreateKeyAsync();
+        using var provider = Provider(NewKeyDirectory(), key, application: "/app", fixture.AppToken, contentRoot: "/app/");
+
+        var e = Assert.Throws<OptionsValidationException>(() => provider.GetRequiredService<IDataProtectionProvider>());
+
+        Assert.Contains("SetApplicationName", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ApplicationNeverNamed_UnderAHost_StartupRefused()
+    {
+        var key = await CreateKeyAsync();
+        var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings { ContentRootPath = Path.GetTempPath() });
+        builder.Services.AddKmsClient(o =>
+        {
+            o.Endpoint = fixture.Server.Address;
+            o.CaCertificatePath = fixture.Server.CaCertificatePath;
+            o.ApiToken = fixture.AppToken;
+        });
+        builder.Services.AddDataProtection().PersistKeysToFileSystem(new DirectoryInfo(NewKeyDirectory())).ProtectKeysWithKms(key);
+        using var host = builder.Build();
+
+        var e = await Assert.ThrowsAsync<OptionsValidationException>(() => host.StartAsync());
+
+        Assert.Contains("SetApplicationName", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ApplicationNamedInProtectKeysWithKms_UnderTheDefaultDiscriminator_Works_BoundToThatName()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        string payload;
+        using (var provider = Provider(directory, key, application: null, fixture.AppToken, contentRoot: "/app", kmsApplicationName: "shop"))
+        {
+            payload = provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Protect("hello");
+        }
+
+        using (var provider = Provider(directory, key, application: null, fixture.AppToken, contentRoot: "/app", kmsApplicationName: "shop"))
+        {
+            Assert.Equal("hello", provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Unprotect(payload));
+        }
+
+        var refusal = KmsRefusal(() =>
+        {
+            using var other = Provider(directory, key, application: null, fixture.AppToken, contentRoot: "/app", kmsApplicationName: "billing");
+            other.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Unprotect(payload);
+        });
+        Assert.Contains("InvalidArgument: decryption failed", refusal.Message, StringComparison.Ordinal);
+    }
+
+    // Both at /app, one KMS key both may use: only the names tell their key rings apart.
+    [Fact]
+    public async Task TwoApplicationsNamedDifferently_AtTheSameContentRoot_CannotReadEachOthersRing()
+    {
+        var key = await CreateKeyAsync();
+        var shared = NewKeyDirectory();
+        var payload = Protect(shared, key, "shop", "hello", contentRoot: "/app");
+        var shopEntry = EncryptedEntry(shared);
+
+        // Billing over shop's ring: the KMS refuses shop's entry under billing's context (and
+        // billing, finding no key it can use, writes one of its own next to it).
+        var refusal = KmsRefusal(() => Unprotect(shared, key, "billing", payload, contentRoot: "/app"));
+        Assert.Contains("InvalidArgument: decryption failed", refusal.Message, StringComparison.Ordinal);
+
+        // And each one's entry, handed to the other's decryptor, the other way round as well.
+        var billingDirectory = NewKeyDirectory();
+        Protect(billingDirectory, key, "billing", "bye", contentRoot: "/app");
+        var billingEntry = EncryptedEntry(billingDirectory);
+        using var shop = Provider(shared, key, "shop", fixture.AppToken, contentRoot: "/app");
+        using var billing = Provider(billingDirectory, key, "billing", fixture.AppToken, contentRoot: "/app");
+        Assert.Equal("masterKey", new KmsXmlDecryptor(shop).Decrypt(shopEntry).Name.LocalName);
+        Assert.Equal("masterKey", new KmsXmlDecryptor(billing).Decrypt(billingEntry).Name.LocalName);
+        Assert.StartsWith("the KMS did not decrypt", Assert.Throws<CryptographicException>(() => new KmsXmlDecryptor(shop).Decrypt(billingEntry)).Message, StringComparison.Ordinal);
+        Assert.StartsWith("the KMS did not decrypt", Assert.Throws<CryptographicException>(() => new KmsXmlDecryptor(billing).Decrypt(shopEntry)).Message, StringComparison.Ordinal);
     }
 
     // Someone who may Encrypt under the application's context can put any bytes in a key file; what
@@ -205,19 +305,24 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
 
     private static string NewKeyDirectory() => Scratch.NewPath("dp-keys-");
 
-    private string Protect(string directory, string key, string application, string text)
+    private string Protect(string directory, string key, string application, string text, string? contentRoot = null)
     {
-        using var provider = Provider(directory, key, application, fixture.AppToken);
+        using var provider = Provider(directory, key, application, fixture.AppToken, contentRoot);
         return provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Protect(text);
     }
 
-    private string Unprotect(string directory, string key, string application, string payload, string? token = null)
+    // The one key file's kmsEncryptedKey element.
+    private static XElement EncryptedEntry(string directory) =>
+        XDocument.Load(Assert.Single(Directory.GetFiles(directory, "key-*.xml"))).Descendants("kmsEncryptedKey").Single();
+
+    private string Unprotect(string directory, string key, string application, string payload, string? token = null, string? contentRoot = null)
     {
-        using var provider = Provider(directory, key, application, token ?? fixture.AppToken);
+        using var provider = Provider(directory, key, application, token ?? fixture.AppToken, contentRoot);
         return provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Unprotect(payload);
     }
 
-    private ServiceProvider Provider(string directory, string key, string application, string token)
+    // application: SetApplicationName's argument (null: not called); contentRoot: the host's (null: no host environment).
+    private ServiceProvider Provider(string directory, string key, string? application, string token, string? contentRoot = null, string? kmsApplicationName = null)
     {
         var services = new ServiceCollection().AddKmsClient(o =>
         {
@@ -225,11 +330,32 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
             o.CaCertificatePath = fixture.Server.CaCertificatePath;
             o.ApiToken = token;
         });
-        services.AddDataProtection()
-            .SetApplicationName(application)
+        if (contentRoot is not null)
+        {
+            services.AddSingleton<IHostEnvironment>(new ContentRootOnly(contentRoot));
+        }
+
+        var dataProtection = services.AddDataProtection();
+        if (application is not null)
+        {
+            dataProtection.SetApplicationName(application);
+        }
+
+        dataProtection
             .PersistKeysToFileSystem(new DirectoryInfo(directory))
-            .ProtectKeysWithKms(key);
+            .ProtectKeysWithKms(key, o => o.ApplicationName = kmsApplicationName);
         return services.BuildServiceProvider();
+    }
+
+    private sealed class ContentRootOnly(string contentRoot) : IHostEnvironment
+    {
+        public string EnvironmentName { get; set; } = "Production";
+
+        public string ApplicationName { get; set; } = "app";
+
+        public string ContentRootPath { get; set; } = contentRoot;
+
+        public IFileProvider ContentRootFileProvider { get; set; } = new NullFileProvider();
     }
 
     /// <summary>Unprotect fails, and the cause is the KMS's refusal to decrypt the key ring entry.</summary>
