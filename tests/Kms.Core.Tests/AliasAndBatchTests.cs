@@ -1,5 +1,6 @@
 using Kms.Core.Crypto;
 using Kms.Core.Errors;
+using Kms.Core.Keys;
 using Kms.Core.Names;
 using Kms.Core.Services;
 using Kms.Testing.Fakes;
@@ -298,6 +299,65 @@ public sealed class AliasAndBatchTests : IDisposable
         Assert.Equal(results[42].Value!.Plaintext.Span.ToArray(), decrypted.Plaintext.Span.ToArray());
     }
 
+    // A single GenerateDataKey draws from the HSM of the key's residency region; so does a batch,
+    // one draw per region, never from the home HSM for a key that lives elsewhere.
+    [Fact]
+    public async Task BatchGenerateDataKey_KeyOfRegionB_DrawsFromBsHsm_NotHome()
+    {
+        var b = RegionHsm("b");
+        var key = await CreateResidentKeyAsync("in-b", "b");
+        ClearCalls();
+
+        var results = await _domain.Crypto.BatchGenerateDataKeyAsync(Dev, Enumerable.Range(0, 5).Select(_ => new BatchItem(key.Name.ToString(), null, null)).ToList(), default);
+
+        Assert.Equal((1, 1), (b.Calls.GetValueOrDefault("random"), b.Calls.GetValueOrDefault("encrypt-many")));
+        Assert.Empty(_domain.FakeHsm!.Calls);
+        using var decrypted = await _domain.Crypto.DecryptAsync(Dev, results[3].Value!.Ciphertext, EncryptionContext.Empty, default);
+        Assert.Equal(results[3].Value!.Plaintext.Span.ToArray(), decrypted.Plaintext.Span.ToArray());
+    }
+
+    [Fact]
+    public async Task BatchGenerateDataKey_KeysOfThreeRegions_OneDrawFromEachRegionsHsm_EachItemInItsPlace()
+    {
+        var (b, c) = (RegionHsm("b"), RegionHsm("c"));
+        var (home, inB, inC) = (await _domain.CreateKeyAsync("home"), await CreateResidentKeyAsync("in-b", "b"), await CreateResidentKeyAsync("in-c", "c"));
+        var keys = new[] { inB, home, inC, inB, home, inC, inC };
+        ClearCalls();
+
+        var results = await _domain.Crypto.BatchGenerateDataKeyAsync(Dev, keys.Select(k => new BatchItem(k.Name.ToString(), null, null)).ToList(), default);
+
+        Assert.Equal((1, 1, 1), (_domain.FakeHsm!.Calls.GetValueOrDefault("random"), b.Calls.GetValueOrDefault("random"), c.Calls.GetValueOrDefault("random")));
+        for (var i = 0; i < keys.Length; i++)
+        {
+            Assert.Equal(keys[i].Name, results[i].Value!.KeyVersion.Key);
+            using var decrypted = await _domain.Crypto.DecryptAsync(Dev, results[i].Value!.Ciphertext, EncryptionContext.Empty, default);
+            Assert.Equal(results[i].Value!.Plaintext.Span.ToArray(), decrypted.Plaintext.Span.ToArray());
+        }
+
+        Assert.Equal(keys.Length, results.Select(r => Convert.ToHexString(r.Value!.Plaintext.Span)).Distinct().Count());
+    }
+
+    // The IVs of BatchEncrypt and BatchReEncrypt come from the sealing key's region as well.
+    [Fact]
+    public async Task BatchEncryptAndReEncrypt_IvsDrawnFromTheRegionOfTheKeyTheySealUnder()
+    {
+        var (b, c) = (RegionHsm("b"), RegionHsm("c"));
+        var (home, inB, inC) = (await _domain.CreateKeyAsync("home"), await CreateResidentKeyAsync("in-b", "b"), await CreateResidentKeyAsync("in-c", "c"));
+        ClearCalls();
+
+        var encrypted = await _domain.Crypto.BatchEncryptAsync(Dev, [new BatchItem(inB.Name.ToString(), [1], null), new BatchItem(inC.Name.ToString(), [2], null), new BatchItem(inB.Name.ToString(), [3], null)], default);
+
+        Assert.Equal((0, 1, 1), (_domain.FakeHsm!.Calls.GetValueOrDefault("random"), b.Calls.GetValueOrDefault("random"), c.Calls.GetValueOrDefault("random")));
+        ClearCalls();
+
+        // Opened in B and C, sealed under the home key: the IVs are home's.
+        var reEncrypted = await _domain.Crypto.BatchReEncryptAsync(Dev, encrypted.Select(r => new BatchReEncryptItem(r.Value!.Ciphertext, null, home.Name.ToString(), null)).ToList(), default);
+
+        Assert.Equal((1, 0, 0), (_domain.FakeHsm.Calls.GetValueOrDefault("random"), b.Calls.GetValueOrDefault("random"), c.Calls.GetValueOrDefault("random")));
+        var opened = await _domain.Crypto.BatchDecryptAsync(Dev, reEncrypted.Select(r => new BatchItem(null, r.Value!.Ciphertext, null)).ToList(), default);
+        Assert.Equal(new byte[] { 1, 2, 3 }, opened.Select(r => r.Value!.Plaintext.Span[0]));
+    }
+
     [Fact]
     public async Task BatchGenerateDataKey_EveryItemFailsItsChecks_NoHsmCall()
     {
@@ -429,4 +489,23 @@ public sealed class AliasAndBatchTests : IDisposable
     }
 
     private static EncryptionContext Context(string key, string value) => EncryptionContext.Create(new Dictionary<string, string> { [key] = value });
+
+    private FakeHsm RegionHsm(string region)
+    {
+        var regional = new FakeHsm();
+        _domain.FakeHsm!.RegionHsms.Add(region, regional);
+        return regional;
+    }
+
+    private void ClearCalls()
+    {
+        _domain.FakeHsm!.Calls.Clear();
+        foreach (var regional in _domain.FakeHsm.RegionHsms.Values)
+        {
+            regional.Calls.Clear();
+        }
+    }
+
+    private async Task<Key> CreateResidentKeyAsync(string keyId, string region) =>
+        (await _domain.Keys.CreateKeyAsync(Dev, new CreateKeyCommand(Dev.Tenant, keyId, KeyPurpose.EncryptDecrypt, KeyLabels.Empty, null) { Residency = region }, default)).Key;
 }

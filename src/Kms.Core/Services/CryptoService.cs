@@ -106,8 +106,8 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
 
     /// <summary>
     /// Encrypt for each item; an item's failure is its own. Each item's checks come first; then one
-    /// random draw gives the IVs of those that passed, and the items sealed under one key version
-    /// go to the HSM together.
+    /// random draw per residency region, from that region's HSM, gives the IVs of those that
+    /// passed, and the items sealed under one key version go to the HSM together.
     /// </summary>
     public async Task<IReadOnlyList<ItemResult<EncryptResult>>> BatchEncryptAsync(Caller caller, IReadOnlyList<BatchItem> items, CancellationToken cancellationToken)
     {
@@ -237,7 +237,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     /// ReEncrypt for each item; an item's failure is its own. Each item's checks come first, in
     /// order (both contexts, the destination key, the source blob); then the items are opened per
     /// source key version, take their usage of the destination, get their IVs from one random
-    /// draw, and are sealed per destination key version — one HSM call each, as the other batches.
+    /// draw per destination region, and are sealed per destination key version — one HSM call each, as the other batches.
     /// </summary>
     public async Task<IReadOnlyList<ItemResult<ReEncryptResult>>> BatchReEncryptAsync(Caller caller, IReadOnlyList<BatchReEncryptItem> items, CancellationToken cancellationToken)
     {
@@ -319,8 +319,9 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
 
     /// <summary>
     /// GenerateDataKey for each item; an item's failure is its own. Each item's checks come first
-    /// (each distinct key looked up once); then one random draw gives the data keys and IVs of
-    /// those that passed, and the data keys sealed under one key version go to the HSM together.
+    /// (each distinct key looked up once); then one random draw per residency region, from that
+    /// region's HSM, gives the data keys and IVs of those that passed, and the data keys sealed
+    /// under one key version go to the HSM together.
     /// Dispose the results to zero the keys.
     /// </summary>
     public async Task<IReadOnlyList<ItemResult<DataKeyResult>>> BatchGenerateDataKeyAsync(Caller caller, IReadOnlyList<BatchItem> items, CancellationToken cancellationToken)
@@ -328,7 +329,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         ValidateBatch(items, 0, "requests");
         var keys = new BatchKeys(this, caller);
         const int Stride = Limits.DataKeyBytes + CiphertextBlob.IvLength;
-        byte[] random = [];
+        var draws = new List<byte[]>();
         var results = new ItemResult<DataKeyResult>[items.Count];
         var admitted = new List<AdmittedItem>(items.Count);
         try
@@ -341,16 +342,9 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
                 return new AdmittedItem(index, primary, context, [], []);
             });
 
-            // One random draw for the data keys and IVs of the items that passed (none: no HSM call).
-            if (admitted.Count > 0)
-            {
-                random = await hsm.GenerateRandomAsync(Stride * admitted.Count, cancellationToken);
-                for (var k = 0; k < admitted.Count; k++)
-                {
-                    var offset = k * Stride;
-                    admitted[k] = admitted[k] with { Iv = random[(offset + Limits.DataKeyBytes)..(offset + Stride)], Plaintext = random[offset..(offset + Limits.DataKeyBytes)] };
-                }
-            }
+            // One random draw per residency region for the data keys and IVs of the items that passed (none: no HSM call).
+            await DrawByRegionAsync(admitted, Stride, draws, (k, random, offset) =>
+                admitted[k] = admitted[k] with { Iv = random[(offset + Limits.DataKeyBytes)..(offset + Stride)], Plaintext = random[offset..(offset + Limits.DataKeyBytes)] }, cancellationToken);
 
             await SealByVersionAsync(caller, admitted, (item, blob, error) => results[item.Index] = error is null
                 ? new ItemResult<DataKeyResult>(new DataKeyResult(new SecretBytes(item.Plaintext), blob!, item.Primary.Version.Name), null)
@@ -364,7 +358,10 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         }
         finally
         {
-            CryptographicOperations.ZeroMemory(random);
+            foreach (var random in draws)
+            {
+                CryptographicOperations.ZeroMemory(random);
+            }
 
             // The data keys of the items that did not get a result (a result's own is zeroed when it is disposed).
             foreach (var item in admitted)
@@ -377,16 +374,37 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         }
     }
 
-    // The items that passed their checks, each with its IV from one random draw (none passed: no HSM call).
+    // The items that passed their checks, each with its IV from one random draw per residency region (none passed: no HSM call).
     private async Task<List<AdmittedItem>> WithIvsAsync(List<AdmittedItem> admitted, CancellationToken cancellationToken)
     {
-        if (admitted.Count == 0)
-        {
-            return admitted;
-        }
+        var withIvs = new List<AdmittedItem>(admitted);
+        await DrawByRegionAsync(withIvs, CiphertextBlob.IvLength, [], (k, random, offset) =>
+            withIvs[k] = withIvs[k] with { Iv = random[offset..(offset + CiphertextBlob.IvLength)] }, cancellationToken);
+        return withIvs;
+    }
 
-        var ivs = await hsm.GenerateRandomAsync(CiphertextBlob.IvLength * admitted.Count, cancellationToken);
-        return admitted.Select((item, k) => item with { Iv = ivs[(k * CiphertextBlob.IvLength)..((k + 1) * CiphertextBlob.IvLength)] }).ToList();
+    // Randomness for a batch's items from the HSM of the region each item's key version lives in
+    // (the home HSM for a key without residency), as a single call draws it: one draw per region,
+    // in the order the regions first appear, `stride` bytes an item. `take` gets each item's index,
+    // its region's draw and the offset of its bytes; every draw is added to `draws` before it is
+    // handed out, for the caller to zero.
+    private async Task DrawByRegionAsync(List<AdmittedItem> admitted, int stride, List<byte[]> draws, Action<int, byte[], int> take, CancellationToken cancellationToken)
+    {
+        foreach (var region in Enumerable.Range(0, admitted.Count).GroupBy(k => admitted[k].Primary.Key.Residency, StringComparer.Ordinal))
+        {
+            var items = region.ToList();
+            var random = await hsm.For(region.Key).GenerateRandomAsync(stride * items.Count, cancellationToken);
+            draws.Add(random);
+            if (random.Length != stride * items.Count)
+            {
+                throw KmsErrors.Internal($"the HSM answered {random.Length} random bytes for {stride * items.Count}");
+            }
+
+            for (var j = 0; j < items.Count; j++)
+            {
+                take(items[j], random, j * stride);
+            }
+        }
     }
 
     // The items that passed their checks, sealed with one HSM call per key version (one session,

@@ -20,6 +20,18 @@ public sealed class FakeHsm : IHsm, IDisposable
     /// <summary>Calls made, by operation name (tests assert the hot path's call count).</summary>
     public Dictionary<string, int> Calls { get; } = [];
 
+    /// <summary>
+    /// The residency regions this fake node holds, each with a fake HSM of its own (its own domain
+    /// key and call counts): <see cref="ForRegion"/> answers with it, and refuses any other region
+    /// as a node outside it does.
+    /// </summary>
+    public Dictionary<string, FakeHsm> RegionHsms { get; } = new(StringComparer.Ordinal);
+
+    IReadOnlyCollection<string> IHsm.Regions => RegionHsms.Keys;
+
+    public IHsm ForRegion(string region) =>
+        RegionHsms.TryGetValue(region, out var regional) ? regional : throw KmsErrors.ResidencyElsewhere(region);
+
     public ValueTask<byte[]> GenerateRandomAsync(int length, CancellationToken cancellationToken)
     {
         Count("random");
@@ -499,7 +511,14 @@ public sealed class FakeHsm : IHsm, IDisposable
         }
     }
 
-    public void Dispose() => CryptographicOperations.ZeroMemory(_domainKey);
+    public void Dispose()
+    {
+        CryptographicOperations.ZeroMemory(_domainKey);
+        foreach (var regional in RegionHsms.Values)
+        {
+            regional.Dispose();
+        }
+    }
 
     private byte[] Unwrap(KeyMaterialRef key)
     {
