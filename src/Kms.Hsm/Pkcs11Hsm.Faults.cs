@@ -39,23 +39,24 @@ public sealed partial class Pkcs11Hsm
     private ValueTask<T> RunSlowAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken) =>
         RunAsync(operation, body, _options.CallTimeout > TimeSpan.Zero ? _options.KeyGenerationTimeout : _options.CallTimeout, cancellationToken);
 
-    // The waits (a recovery in progress, then a free session) share one Hsm:CallTimeout, and the
-    // native call has its own `timeout`, so a caller answers within twice Hsm:CallTimeout at worst
-    // (RSA generation: CallTimeout + KeyGenerationTimeout). Only the native call running past its
-    // bound counts as a hung HSM: waiting for a session is load, not a fault. Every deadline here
-    // is kept by the adapter's TimeProvider (HsmFaultTests move a fake one to the bound's edge).
-    private async ValueTask<T> RunBoundedAsync<T>(string operation, Func<ISession, SlotState, T> body, TimeSpan timeout, CancellationToken cancellationToken)
+    // The waits (a recovery in progress, then a free session) share one Hsm:CallTimeout from the
+    // caller's `start` — kept when it starts again on a new generation (RunAsync), neither renewed
+    // nor cut short — and the native call has its own `timeout`, so a caller answers within twice
+    // Hsm:CallTimeout at worst (RSA generation: CallTimeout + KeyGenerationTimeout). Only the
+    // native call running past its bound counts as a hung HSM: waiting for a session is load, not
+    // a fault. Every deadline here is kept by the adapter's TimeProvider (HsmCallBoundTests move a
+    // fake one to the bound's edge).
+    private async ValueTask<T> RunBoundedAsync<T>(string operation, Func<ISession, SlotState, T> body, TimeSpan timeout, long start, CancellationToken cancellationToken)
     {
         if (AbandonedCalls >= MaxAbandonedCalls)
         {
             throw KmsErrors.Unavailable("the HSM is not answering; retry shortly");
         }
 
-        var wait = _options.CallTimeout;
-        var start = _time.GetTimestamp();
+        // Never negative: -1 ms would read as "infinite".
+        var wait = Left(_options.CallTimeout, start);
         var state = await HealthyStateAsync(wait, cancellationToken).ConfigureAwait(false);
-        var left = wait - _time.GetElapsedTime(start);
-        var lease = await state.Pool.AcquireAsync(left > TimeSpan.Zero ? left : TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
+        var lease = await state.Pool.AcquireAsync(Left(_options.CallTimeout, start), cancellationToken).ConfigureAwait(false);
         var call = Task.Run(() => Invoke(operation, state, lease.Session, body), CancellationToken.None);
         await ((Task)call).WaitAsync(timeout, _time, CancellationToken.None).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         if (call.IsCompleted)
@@ -66,6 +67,13 @@ public sealed partial class Pkcs11Hsm
 
         Abandon(operation, timeout, state, lease, call);
         throw KmsErrors.Unavailable("the HSM did not answer in time; retry shortly");
+    }
+
+    // What is left of `bound` since `start`, at least zero.
+    private TimeSpan Left(TimeSpan bound, long start)
+    {
+        var left = bound - _time.GetElapsedTime(start);
+        return left > TimeSpan.Zero ? left : TimeSpan.Zero;
     }
 
     private void Abandon<T>(string operation, TimeSpan timeout, SlotState state, SessionPool.SessionLease lease, Task<T> call)

@@ -592,15 +592,17 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     private async ValueTask<T> RunAsync<T>(string operation, Func<ISession, SlotState, T> body, TimeSpan timeout, CancellationToken cancellationToken)
     {
         ThrowIfDisposed();
-        // A generation retired by a recycle (or a module re-initialised by another of its users)
-        // between taking it and the first native call: the operation has not begun, and starts
-        // again on the current generation.
+        // A generation retired by a recycle, closed by a recovery (or a module re-initialised by
+        // another of its users) between taking it and the first native call: the operation has
+        // not begun, and starts again on the current generation — within the waits' one
+        // Hsm:CallTimeout from this first start, not a new one per start.
+        var start = _time.GetTimestamp();
         for (var attempt = 1; ; attempt++)
         {
             try
             {
                 return timeout > TimeSpan.Zero
-                    ? await RunBoundedAsync(operation, body, timeout, cancellationToken).ConfigureAwait(false)
+                    ? await RunBoundedAsync(operation, body, timeout, start, cancellationToken).ConfigureAwait(false)
                     : await RunUnboundedAsync(operation, body, cancellationToken).ConfigureAwait(false);
             }
             catch (StaleGenerationException) when (attempt < StaleGenerationAttempts)
@@ -631,12 +633,13 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
                 // generation being retired still serves the caller that holds one of its sessions:
                 // the recycle's drain waits for that lease before it closes anything, so the caller
                 // finishes here rather than starting again (once per recycle it met, which under
-                // churn could be every time). A retired generation already closed (a lease taken
-                // after the drain), or one whose module another user re-initialised, is no fault:
-                // the caller starts again on the current one.
+                // churn could be every time). A generation already closed — retired by a recycle
+                // or faulted and closed by a recovery: a lease taken after the drain, by a caller
+                // that was still queued for a session — or one whose module another user
+                // re-initialised, is no fault of the caller's: it starts again on the current one.
                 var sameModule = state.ModuleGeneration == _module.Generation;
                 var retiring = state.Retired && !state.Pool.Disposed && sameModule;
-                if (!retiring && (state.Retired || (!state.Faulted && !sameModule)))
+                if (!retiring && (state.Retired || state.Pool.Disposed || (!state.Faulted && !sameModule)))
                 {
                     Interlocked.Increment(ref _staleRestarts);
                     throw new StaleGenerationException();
@@ -802,7 +805,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
             // The library is gone; so are the sessions.
         }
 
-        // Callers queued on this pool wake up and see the state faulted (UNAVAILABLE) or retired (start again).
+        // Callers queued on this pool wake up, find it closed and start again on the next generation.
         state.Pool.ReleaseDrained();
         return true;
     }

@@ -86,7 +86,8 @@ internal sealed class SessionPool : IDisposable
 
     /// <summary>
     /// After a successful drain and dispose: gives the permits back so that callers still
-    /// waiting on this pool wake up (they find their state faulted and answer UNAVAILABLE).
+    /// waiting on this pool wake up (they find it closed and start again on the next generation,
+    /// within what is left of their wait).
     /// </summary>
     public void ReleaseDrained() => _available.Release(_sessions.Length);
 

@@ -11,6 +11,7 @@ namespace Kms.Hsm.Tests;
 internal sealed class ArmedClock : FakeTimeProvider
 {
     private int _armed;
+    private Hold? _hold;
 
     /// <summary>Timers armed so far, for <see cref="WaitForTimerAsync"/>'s <c>after</c>.</summary>
     public int Armed => Volatile.Read(ref _armed);
@@ -19,7 +20,43 @@ internal sealed class ArmedClock : FakeTimeProvider
     {
         var timer = base.CreateTimer(callback, state, dueTime, period);
         Interlocked.Increment(ref _armed);
+        Interlocked.Exchange(ref _hold, null)?.Keep();
         return timer;
+    }
+
+    /// <summary>
+    /// The next timer armed keeps the thread that arms it, once the timer is set, until
+    /// <see cref="Hold.Release"/>: a caller whose deadline is set but who has not begun to wait yet
+    /// (a semaphore's timed wait arms its timer first, then queues), for as long as the test needs.
+    /// </summary>
+    public Hold HoldNextTimer()
+    {
+        var hold = new Hold();
+        Assert.Null(Interlocked.CompareExchange(ref _hold, hold, null));
+        return hold;
+    }
+
+    internal sealed class Hold
+    {
+        private readonly TaskCompletionSource _released = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly TaskCompletionSource _kept = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        /// <summary>Waits until a thread is kept here (60-s real-time hang guard).</summary>
+        public async Task KeptAsync(string what)
+        {
+            if (await Task.WhenAny(_kept.Task, Task.Delay(TimeSpan.FromSeconds(60))) != _kept.Task)
+            {
+                Assert.Fail($"hang guard: {what} armed no timer in 60 s");
+            }
+        }
+
+        public void Release() => _released.TrySetResult();
+
+        internal void Keep()
+        {
+            _kept.TrySetResult();
+            _released.Task.Wait();
+        }
     }
 
     /// <summary>

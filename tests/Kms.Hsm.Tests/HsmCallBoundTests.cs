@@ -159,6 +159,81 @@ public sealed class HsmCallBoundTests
         }
     }
 
+    // A caller queued for a session of a generation that a recovery then closed (its lease comes
+    // after the drain) has not begun its operation: it starts again on the recovered generation,
+    // within what is left of its own Hsm:CallTimeout — neither answered at once (its wait cut
+    // short while a healthy generation is there), nor given a fresh Hsm:CallTimeout.
+    [Fact]
+    public async Task SessionWait_RecoveryClosesTheGenerationItWaitsOn_StartsAgainOnTheRecovered_StillAnsweredAtItsOwnCallTimeout()
+    {
+        var clock = new ArmedClock();
+        await using var hsm = Open(clock, sessions: 1);
+        hsm.Faults.HangOnly("generate random");
+        try
+        {
+            // t = 0: the only session is held by a hung call.
+            var armed = clock.Armed;
+            var hung = Start(() => hsm.GenerateRandomAsync(4, default));
+            await clock.WaitForTimerAsync(armed, "the hung call");
+            await UntilHungAsync(hsm, 1);
+
+            // t = 6 s: the caller arms its wait for a session (bound: t = 16 s), and is kept there
+            // before it queues, so that it queues only once the recovery has closed the generation.
+            clock.Advance(TimeSpan.FromSeconds(6));
+            var waitStart = clock.GetUtcNow();
+            var hold = clock.HoldNextTimer();
+            var waiter = Start(() => hsm.GenerateRandomAsync(4, default));
+            await hold.KeptAsync("the wait for a session");
+
+            // t = 10 s: the hung call is abandoned (the generation faulted); the device comes back,
+            // the next call recovers (drains and closes the old generation, opens a new one) and is served.
+            clock.Advance(TimeSpan.FromSeconds(4));
+            await UnavailableAsync(hung, "the hung call at Hsm:CallTimeout");
+            var generation = hsm.Generation;
+            hsm.Faults.Clear();
+            var returned = Stopwatch.StartNew();
+            while (hsm.AbandonedCalls != 0)
+            {
+                Assert.True(returned.Elapsed < HangGuard, "hang guard: the abandoned call did not return");
+                await Task.Delay(10);
+            }
+
+            await Start(() => hsm.GenerateRandomAsync(4, default)).WaitAsync(HangGuard);
+            Assert.NotEqual(generation, hsm.Generation);
+
+            // The new generation's only session is held by another hung call (its bound: t = 20 s).
+            hsm.Faults.HangOnly("generate random");
+            armed = clock.Armed;
+            var holder = Start(() => hsm.GenerateRandomAsync(4, default));
+            await clock.WaitForTimerAsync(armed, "the call holding the new generation's session");
+            await UntilHungAsync(hsm, 1);
+
+            // The caller queues on the closed generation, is given a permit and a closed session,
+            // and starts again on the new one.
+            hold.Release();
+            var guard = Stopwatch.StartNew();
+            while (hsm.StaleRestarts == 0 && !waiter.IsCompleted)
+            {
+                Assert.True(guard.Elapsed < HangGuard, "hang guard: the waiter neither started again nor was answered");
+                await Task.Delay(10);
+            }
+
+            Assert.False(waiter.IsCompleted, $"the wait for a session was answered when the recovery closed its generation, {clock.GetUtcNow() - waitStart} after it began: {waiter.Exception?.InnerException?.Message ?? "served"}");
+
+            clock.Advance(waitStart + CallTimeout - Tick - clock.GetUtcNow());
+            await AssertNotAnsweredAsync(waiter, "the wait for a session 1 ms before its own Hsm:CallTimeout");
+
+            clock.Advance(Tick);
+            var e = await UnavailableAsync(waiter, "the wait for a session at its own Hsm:CallTimeout (not one from its start again)");
+            Assert.Equal("no HSM session became free in time; retry shortly", e.Message);
+            Assert.False(holder.IsCompleted);
+        }
+        finally
+        {
+            hsm.Faults.Clear();
+        }
+    }
+
     private static Pkcs11Hsm Open(ArmedClock clock, int sessions = 2)
     {
         var options = SoftHsm.CreateToken().Options(sessions: sessions);
