@@ -40,6 +40,12 @@ switch (args.FirstOrDefault())
             args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 6,
             TimeSpan.FromSeconds(args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 5),
             args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 16);
+    case "sdk-share":
+        // sdk-share [rounds] [seconds] [concurrency]: GenerateDataKey through the SDK vs a bare stub vs the bare RPC
+        return await SdkShareBench.RunAsync(
+            args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 4,
+            TimeSpan.FromSeconds(args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 8),
+            args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 64);
     case "commit":
         return await CommitCost.RunAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 2000);
     case "perf":
