@@ -40,6 +40,15 @@ public sealed partial class KmsClient
     }
 
     /// <summary>
+    /// Stops a tenant's offboarding while its keys' waiting period runs: the tenant is ACTIVE
+    /// again. Its keys stay DESTROY_SCHEDULED (the response counts them and gives the earliest
+    /// destroy time) until a key manager of the tenant cancels each deletion. An ACTIVE tenant is
+    /// answered unchanged, so a repeat is harmless. Deployment-admin.
+    /// </summary>
+    public async Task<CancelTenantDeletionResponse> CancelTenantDeletionAsync(string tenantName, CancellationToken cancellationToken = default) =>
+        await Access.CancelTenantDeletionAsync(new CancelTenantDeletionRequest { Name = tenantName }, Options(cancellationToken)).ConfigureAwait(false);
+
+    /// <summary>
     /// Registers a principal (<c>spiffe:…</c>, <c>cn:…</c>, <c>token:&lt;id&gt;</c> or <c>jwt:&lt;issuer&gt;:&lt;sub&gt;</c>) in
     /// <paramref name="tenantName"/>, or at deployment level when null. Not idempotent: sent
     /// again only when an attempt never reached a server.

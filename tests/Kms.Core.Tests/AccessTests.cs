@@ -455,6 +455,70 @@ public sealed class AccessTests : IDisposable
     }
 
     [Fact]
+    public async Task CancelTenantDeletion_TenantActiveAgain_KeysStayScheduledUntilEachIsCancelled()
+    {
+        var mine = await _harness.CreateKeyAsync("mine", DomainHarness.Acme);
+        var other = await _harness.CreateKeyAsync("other", DomainHarness.Acme);
+        await _harness.Access.DeleteTenantAsync(TenantId.Parse("acme"), TimeSpan.FromDays(10), default);
+        var destroyAt = _harness.Time.GetUtcNow() + TimeSpan.FromDays(10);
+        _harness.Time.Advance(TimeSpan.FromDays(2));
+
+        var cancelled = await _harness.Access.CancelTenantDeletionAsync(TenantId.Parse("acme"), default);
+
+        Assert.Equal((TenantState.Active, null, null), (cancelled.Tenant.State, cancelled.Tenant.DeleteTime, cancelled.Tenant.DeleteWaitingPeriod));
+        Assert.Equal((2, (DateTimeOffset?)destroyAt), (cancelled.ScheduledKeys, cancelled.EarliestDestroyTime));
+        var stored = (await _harness.AccessStore.GetTenantAsync(TenantId.Parse("acme"), default))!;
+        Assert.Equal((TenantState.Active, null), (stored.State, stored.DeleteTime));
+
+        // No key comes back by itself; the tenant's own cancel of a key's deletion is allowed again
+        // (refused while DELETING), and it gives the key back DISABLED, as a key's cancel does.
+        Assert.Equal(KeyState.DestroyScheduled, (await _harness.Keys.GetKeyAsync(DomainHarness.Acme, other.Name, default)).State);
+        await _harness.Keys.CancelKeyDeletionAsync(DomainHarness.Acme, mine.Name, null, default);
+        await _harness.Keys.EnableKeyAsync(DomainHarness.Acme, mine.Name, default);
+        Assert.Equal(KeyState.Enabled, (await _harness.Keys.GetKeyAsync(DomainHarness.Acme, mine.Name, default)).State);
+
+        // New work is accepted again, and the sweep leaves the tenant alone.
+        var fresh = await _harness.CreateKeyAsync("fresh", DomainHarness.Acme);
+        Assert.Equal(0, await _harness.Access.SweepDeletingTenantsAsync(default));
+        Assert.Equal(KeyState.Enabled, (await _harness.Keys.GetKeyAsync(DomainHarness.Acme, fresh.Name, default)).State);
+        Assert.Equal(1, (await _harness.Access.CancelTenantDeletionAsync(TenantId.Parse("acme"), default)).ScheduledKeys);
+    }
+
+    [Fact]
+    public async Task CancelTenantDeletion_OfAnActiveTenant_AnsweredUnchanged_NothingWritten_AndAMissingOneIsNotFound()
+    {
+        var before = await _harness.AccessStore.GetTenantAsync(TenantId.Parse("acme"), default);
+        var store = (InMemoryStore)_harness.Store;
+        store.FailNextWrite = KmsErrors.Unavailable("nothing may be written");
+
+        var answer = await _harness.Access.CancelTenantDeletionAsync(TenantId.Parse("acme"), default);
+
+        Assert.Equal((before, 0, (DateTimeOffset?)null), (answer.Tenant, answer.ScheduledKeys, answer.EarliestDestroyTime));
+        Assert.NotNull(store.FailNextWrite);
+        store.FailNextWrite = null;
+        var missing = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.CancelTenantDeletionAsync(TenantId.Parse("nowhere"), default));
+        Assert.Equal(KmsErrorCode.NotFound, missing.Code);
+    }
+
+    [Fact]
+    public async Task Sweep_ThatReadTheTenantDeletingBeforeACancelCommitted_SchedulesNothingAfterIt()
+    {
+        // The sweep lists DELETING tenants, then writes key by key; a CancelTenantDeletion
+        // commits in between. The key's write checks the tenant under the write lock.
+        var tenant = (await _harness.AccessStore.GetTenantAsync(TenantId.Parse("acme"), default))!;
+        var key = await _harness.CreateKeyAsync("late", DomainHarness.Acme);
+        await _harness.AccessStore.UpdateTenantAsync(tenant with { State = TenantState.Deleting, DeleteTime = _harness.Time.GetUtcNow() }, default);
+        var store = (InMemoryStore)_harness.Store;
+        store.BeforeNextKeyUpdate = () => _harness.Access.CancelTenantDeletionAsync(TenantId.Parse("acme"), default).GetAwaiter().GetResult();
+
+        await _harness.Access.SweepDeletingTenantsAsync(default);
+
+        Assert.Null(store.BeforeNextKeyUpdate);
+        Assert.Equal(TenantState.Active, (await _harness.AccessStore.GetTenantAsync(TenantId.Parse("acme"), default))!.State);
+        Assert.Equal(KeyState.Enabled, (await _harness.Keys.GetKeyAsync(DomainHarness.Acme, key.Name, default)).State);
+    }
+
+    [Fact]
     public async Task DeleteTenant_FailingPartWay_ARetryOrTheSweepFinishesItWithTheWaitingPeriodAsked()
     {
         var keys = new List<Key>();

@@ -558,6 +558,43 @@ public sealed class AccessControlTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task CancelTenantDeletion_ItsPrincipalsServedAgain_KeysStayScheduledUntilTheirManagersCancelEach()
+    {
+        await _server.EnsureTenantAsync("regret");
+        using var manager = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("regret-manager", "regret", "key-manager", "key-user"));
+        var key = await manager.CreateKeyAsync("tenants/regret", "k");
+        var other = await manager.CreateKeyAsync("tenants/regret", "other");
+        var blob = (await manager.EncryptAsync(key.Name, "record"u8.ToArray())).Ciphertext;
+        await _admin.Access.DeleteTenantAsync(new DeleteTenantRequest { Name = "tenants/regret", WaitingPeriod = Duration.FromTimeSpan(TimeSpan.FromDays(7)) });
+        var destroyAt = _time.GetUtcNow() + TimeSpan.FromDays(7);
+        Assert.Equal(StatusCode.FailedPrecondition, (await Assert.ThrowsAsync<RpcException>(() => manager.GetKeyAsync(key.Name))).StatusCode);
+
+        // Only a deployment admin may stop it.
+        var denied = await Assert.ThrowsAsync<RpcException>(async () => await manager.Access.CancelTenantDeletionAsync(new CancelTenantDeletionRequest { Name = "tenants/regret" }));
+        Assert.Equal(StatusCode.FailedPrecondition, denied.StatusCode);
+        var cancelled = await _admin.Access.CancelTenantDeletionAsync(new CancelTenantDeletionRequest { Name = "tenants/regret" });
+
+        Assert.Equal(("ACTIVE", (Timestamp?)null), (cancelled.Tenant.State, cancelled.Tenant.DeleteTime));
+        Assert.Equal((2, destroyAt), (cancelled.ScheduledKeys, cancelled.EarliestDestroyTime.ToDateTimeOffset()));
+
+        // Its principal is served at once on this node (it was remembered while refused); its keys
+        // are still going until the manager cancels each, and the one cancelled decrypts again.
+        Assert.Equal(KeyState.DestroyScheduled, (await manager.GetKeyAsync(other.Name)).State);
+        await manager.Raw.CancelKeyDeletionAsync(new CancelKeyDeletionRequest { Name = key.Name });
+        await manager.Raw.EnableKeyAsync(new EnableKeyRequest { Name = key.Name });
+        using (var plaintext = await manager.DecryptAsync(blob))
+        {
+            Assert.Equal("record"u8.ToArray(), plaintext.Plaintext.ToArray());
+        }
+
+        Assert.Equal(KeyState.DestroyScheduled, (await manager.GetKeyAsync(other.Name)).State);
+        var again = await _admin.Access.CancelTenantDeletionAsync(new CancelTenantDeletionRequest { Name = "tenants/regret" });
+        Assert.Equal(("ACTIVE", 1), (again.Tenant.State, again.ScheduledKeys));
+        Assert.Equal(StatusCode.NotFound, (await Assert.ThrowsAsync<RpcException>(async () =>
+            await _admin.Access.CancelTenantDeletionAsync(new CancelTenantDeletionRequest { Name = "tenants/never-was" }))).StatusCode);
+    }
+
+    [Fact]
     public async Task DevTokens_AreFilesOnlyTheOwnerCanRead()
     {
         foreach (var file in new[] { "developer.token", "key-user.token", "deployment-admin.token" })

@@ -187,6 +187,8 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
             await c.Admin.Access.CreateTenantAsync(new CreateTenantRequest { TenantId = id });
             return new DeleteTenantRequest { Name = $"tenants/{id}" };
         }),
+        // An ACTIVE tenant is answered unchanged: harmless on dev.
+        new(Access + "CancelTenantDeletion", MatrixTarget.Tenant, [DeploymentAdmin], c => Msg(new CancelTenantDeletionRequest { Name = "tenants/dev" })),
         new(Access + "CreatePrincipal", MatrixTarget.Deployment, [DeploymentAdmin], c => Msg(new CreatePrincipalRequest { Name = $"token:{MatrixFixture.NewId()}", Tenant = "tenants/dev" })),
         new(Access + "GetPrincipal", MatrixTarget.Deployment, [DeploymentAdmin], c => Msg(new GetPrincipalRequest { Name = "token:matrix-svc" })),
         new(Access + "ListPrincipals", MatrixTarget.Tenant, [DeploymentAdmin], c => Msg(new ListPrincipalsRequest { Tenant = "tenants/dev" })),

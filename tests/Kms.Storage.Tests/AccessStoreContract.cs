@@ -420,6 +420,29 @@ public abstract class AccessStoreContract : KeyStoreLifecycleContract
     }
 
     [Fact]
+    public async Task KeyChange_OnlyWhileTenantDeleting_AppliedWhileDeleting_ANoOpOnceTheTenantIsActive()
+    {
+        // The offboarding's scheduling of a key (the sweep, DeleteTenant) after a
+        // CancelTenantDeletion committed: checked under the write lock, nothing written.
+        var store = await AccessAsync();
+        var tenant = TenantId.Parse("returning");
+        await store.CreateTenantAsync(new Tenant(tenant, "", TenantState.Active, T0), default);
+        var first = NewKey(tenant, "first");
+        var second = NewKey(tenant, "second");
+        await ((IKeyStore)store).CreateKeyAsync(first, Material(), null, default);
+        await ((IKeyStore)store).CreateKeyAsync(second, Material(), null, default);
+        KeyChange Disable(KeyWithVersions current) => new(current.Key with { State = Kms.Core.Keys.KeyState.Disabled }) { OnlyWhileTenantDeleting = true };
+
+        var whileActive = await ((IKeyStore)store).UpdateKeyAsync(first.Name, Disable, default);
+        Assert.Equal(Kms.Core.Keys.KeyState.Enabled, whileActive!.Key.State);
+        Assert.Equal(Kms.Core.Keys.KeyState.Enabled, (await ((IKeyStore)store).GetKeyAsync(first.Name, default))!.State);
+
+        await store.UpdateTenantAsync(new Tenant(tenant, "", TenantState.Deleting, T0) { DeleteTime = T0 }, default);
+        Assert.Equal(Kms.Core.Keys.KeyState.Disabled, (await ((IKeyStore)store).UpdateKeyAsync(second.Name, Disable, default))!.Key.State);
+        Assert.Equal(Kms.Core.Keys.KeyState.Disabled, (await ((IKeyStore)store).GetKeyAsync(second.Name, default))!.State);
+    }
+
+    [Fact]
     public async Task PrincipalsTokensAndRoleBindings_InATenantBeingDeleted_RefusedUnderTheWriteLock_NothingStored()
     {
         // The services check the tenant before they write; these are the writes of callers that

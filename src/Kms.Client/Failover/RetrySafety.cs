@@ -49,7 +49,7 @@ internal static class RetrySafety
             "SetKeyPolicy", "GetKeyPolicy", "ListGrants", "RevokeGrant", "TestPermissions",
             "Sign", "Verify", "GetPublicKey", "AsymmetricDecrypt", "GenerateMac", "VerifyMac", "GetImportJob", "GetKeyAttestation"),
         .. Methods("kms.v1.AccessManagementService",
-            "GetTenant", "ListTenants", "DeleteTenant", "GetPrincipal", "ListPrincipals", "DeletePrincipal", "ListApiTokens",
+            "GetTenant", "ListTenants", "DeleteTenant", "CancelTenantDeletion", "GetPrincipal", "ListPrincipals", "DeletePrincipal", "ListApiTokens",
             "RevokeApiToken", "SetRoleBinding", "DeleteRoleBinding", "ListRoleBindings"),
         .. Methods("kms.v1.AuditService",
             "ListAuditEvents", "GetAuditCheckpoint", "GetAuditSigningKey", "ExportAudit"),

@@ -61,7 +61,7 @@ public enum Permission
     /// <summary>kms.bindings.read: ListRoleBindings.</summary>
     BindingsRead,
 
-    /// <summary>kms.tenants.manage: CreateTenant, DeleteTenant.</summary>
+    /// <summary>kms.tenants.manage: CreateTenant, DeleteTenant, CancelTenantDeletion.</summary>
     TenantsManage,
 
     /// <summary>kms.tenants.read: GetTenant, ListTenants.</summary>

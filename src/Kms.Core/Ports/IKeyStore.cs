@@ -165,6 +165,14 @@ public sealed record KeyChange(Key Key)
 
     /// <summary>Nothing to write (a background job found nothing to do after all).</summary>
     public bool IsNoOp { get; init; }
+
+    /// <summary>
+    /// Write only while the key's tenant is DELETING, checked under the write lock (a tenant's
+    /// offboarding scheduling its keys): once a <c>CancelTenantDeletion</c> has committed, the
+    /// change is a no-op, so a sweep or a DeleteTenant that read the tenant before the cancel
+    /// schedules no key of the tenant it gave back.
+    /// </summary>
+    public bool OnlyWhileTenantDeleting { get; init; }
 }
 
 /// <summary>A version to add, with its wrapped material.</summary>

@@ -92,6 +92,49 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     }
 
     /// <summary>
+    /// Stops a tenant's offboarding while its keys' waiting period runs: the tenant is ACTIVE
+    /// again, so its principals' calls are served and its keys may have their deletion cancelled.
+    /// Its keys are not touched: each stays DESTROY_SCHEDULED until a key manager of the tenant
+    /// cancels its deletion (a key the tenant had scheduled itself before the offboarding cannot
+    /// be told from one the offboarding scheduled, and none comes back that nobody asked for).
+    /// An ACTIVE tenant is answered as it is, with nothing written.
+    /// </summary>
+    /// <remarks>
+    /// The sweep and DeleteTenant schedule a key only while its tenant is DELETING, checked under
+    /// the write lock (<see cref="KeyChange.OnlyWhileTenantDeleting"/>): one that read the tenant
+    /// before this committed schedules nothing after it.
+    /// </remarks>
+    public async Task<TenantDeletionCancelled> CancelTenantDeletionAsync(TenantId id, CancellationToken cancellationToken)
+    {
+        var tenant = await GetTenantAsync(id, cancellationToken);
+        if (tenant.State == TenantState.Deleting)
+        {
+            tenant = tenant with { State = TenantState.Active, DeleteTime = null, DeleteWaitingPeriod = null };
+            await access.UpdateTenantAsync(tenant, cancellationToken);
+        }
+
+        var scheduled = 0;
+        DateTimeOffset? earliest = null;
+        string? after = null;
+        while (true)
+        {
+            var page = await keys.ListKeysAsync(id, after, 500, cancellationToken);
+            foreach (var key in page.Where(k => k.State == Keys.KeyState.DestroyScheduled))
+            {
+                scheduled++;
+                earliest = key.DestroyTime is { } at && (earliest is null || at < earliest) ? at : earliest;
+            }
+
+            if (page.Count < 500)
+            {
+                return new TenantDeletionCancelled(tenant, scheduled, earliest);
+            }
+
+            after = page[^1].Name.KeyId;
+        }
+    }
+
+    /// <summary>
     /// The lifecycle worker's sweep: keys of DELETING tenants that are not yet going (a key
     /// created while DeleteTenant ran, or one a DeleteTenant that failed part way did not reach)
     /// are scheduled for deletion with the waiting period the tenant's deletion asked for.
@@ -143,7 +186,7 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
                 {
                     await keys.UpdateKeyAsync(key.Name, current =>
                         IsLive(current.Key.State)
-                            ? KeyTransitions.ScheduleKeyDeletion(current, now, waiting)
+                            ? KeyTransitions.ScheduleKeyDeletion(current, now, waiting) with { OnlyWhileTenantDeleting = true }
                             : new KeyChange(current.Key) { IsNoOp = true }, cancellationToken);
                 }
             }
@@ -605,3 +648,9 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
         return text;
     }
 }
+
+/// <summary>
+/// A tenant whose offboarding was stopped, with how many of its keys are still DESTROY_SCHEDULED
+/// and the earliest of their destroy times (null when none is).
+/// </summary>
+public sealed record TenantDeletionCancelled(Tenant Tenant, int ScheduledKeys, DateTimeOffset? EarliestDestroyTime);

@@ -41,6 +41,17 @@ internal sealed class AccessManagementGrpcService(AccessService access, CallerAu
         return new DeleteTenantResponse { Tenant = AccessMapping.ToProto(tenant) };
     }
 
+    public override async Task<CancelTenantDeletionResponse> CancelTenantDeletion(CancelTenantDeletionRequest request, ServerCallContext context)
+    {
+        var cancelled = await ThenForgetAsync(access.CancelTenantDeletionAsync(TenantId.ParseResourceName(request.Name, "name"), context.CancellationToken));
+        return new CancelTenantDeletionResponse
+        {
+            Tenant = AccessMapping.ToProto(cancelled.Tenant),
+            ScheduledKeys = cancelled.ScheduledKeys,
+            EarliestDestroyTime = cancelled.EarliestDestroyTime is { } at ? Google.Protobuf.WellKnownTypes.Timestamp.FromDateTimeOffset(at) : null,
+        };
+    }
+
     public override async Task<CreatePrincipalResponse> CreatePrincipal(CreatePrincipalRequest request, ServerCallContext context)
     {
         var principal = await ThenForgetAsync(access.CreatePrincipalAsync(

@@ -140,6 +140,7 @@ internal static class AccessRules
         [Access + "GetTenant"] = On<GetTenantRequest>(Permission.TenantsRead, r => r.Name),
         [Access + "ListTenants"] = Deployment(Permission.TenantsRead),
         [Access + "DeleteTenant"] = On<DeleteTenantRequest>(Permission.TenantsManage, r => r.Name),
+        [Access + "CancelTenantDeletion"] = On<CancelTenantDeletionRequest>(Permission.TenantsManage, r => r.Name),
         [Access + "CreatePrincipal"] = Deployment(Permission.PrincipalsManage),
         [Access + "GetPrincipal"] = Deployment(Permission.PrincipalsRead),
         [Access + "ListPrincipals"] = OnOrDeployment<ListPrincipalsRequest>(Permission.PrincipalsRead, r => r.Tenant),

@@ -695,7 +695,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         }
 
         var change = decide(current);
-        if (change.IsNoOp)
+        if (change.IsNoOp || (change.OnlyWhileTenantDeleting && !await TenantDeletingAsync(connection, transaction, name.Tenant, cancellationToken)))
         {
             return (current, false, false);
         }
@@ -748,6 +748,15 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         }
 
         return (await ReadKeyWithVersionsAsync(connection, transaction, name, cancellationToken), erased, true);
+    }
+
+    // Whether the tenant is DELETING, read inside the write's transaction (under the write lock).
+    private static async Task<bool> TenantDeletingAsync(DbConnection connection, DbTransaction transaction, TenantId tenant, CancellationToken cancellationToken)
+    {
+        await using var check = Command(connection, "SELECT 1 FROM tenants WHERE id = @id AND state = @deleting",
+            ("@id", tenant.Value), ("@deleting", (int)Kms.Core.Access.TenantState.Deleting));
+        check.Transaction = transaction;
+        return await check.ExecuteScalarAsync(cancellationToken) is not null;
     }
 
     private static async Task<Key?> ReadKeyAsync(DbConnection connection, DbTransaction? transaction, KeyName name, CancellationToken cancellationToken)

@@ -54,6 +54,7 @@ public sealed partial class InMemoryStore
                 return Task.FromResult(false);
             }
 
+            ThrowIfFailing();
             _tenants[tenant.Id.Value] = stored with { State = tenant.State, DeleteTime = tenant.DeleteTime, DeleteWaitingPeriod = tenant.DeleteWaitingPeriod };
             return Task.FromResult(true);
         }

@@ -117,7 +117,7 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
 
         var current = new KeyWithVersions(Fresh(key), _versions[Id(name)].ToList());
         var change = decide(current);
-        if (change.IsNoOp)
+        if (change.IsNoOp || (change.OnlyWhileTenantDeleting && _tenants.GetValueOrDefault(name.Tenant.Value)?.State != Kms.Core.Access.TenantState.Deleting))
         {
             return current;
         }
