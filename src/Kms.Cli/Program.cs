@@ -25,6 +25,7 @@ internal static class Program
         AuditCommands.Create,
         ConfigCommands.Create,
         BootstrapCommand.Create,
+        AccessCommands.Create,
     ];
 
     public static Task<int> Main(string[] args) => KmsCli.RunAsync(args, CliEnvironment.FromProcess());
