@@ -821,6 +821,55 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         }
     }
 
+    [Fact]
+    public async Task Restore_ATenantDeletedAfterTheBackupThenGivenBack_StaysActive_ItsKeysAsTheCancellationsLeftThem()
+    {
+        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
+        var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        try
+        {
+            string backup, kept, left;
+            using (var admin = _server.DeploymentAdmin())
+            using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+            {
+                await admin.Access.CreateTenantAsync(new CreateTenantRequest { TenantId = "regret" });
+                using var manager = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("regretter", "regret", "key-manager"));
+                kept = (await manager.CreateKeyAsync("tenants/regret", "kept")).Name;
+                left = (await manager.CreateKeyAsync("tenants/regret", "left")).Name;
+                backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+
+                // Offboarded, given back, and one key kept by its manager; the other left to go.
+                await admin.Access.DeleteTenantAsync(new DeleteTenantRequest { Name = "tenants/regret" });
+                await admin.Access.CancelTenantDeletionAsync(new CancelTenantDeletionRequest { Name = "tenants/regret" });
+                await manager.Raw.CancelKeyDeletionAsync(new CancelKeyDeletionRequest { Name = kept });
+                await using var file = File.CreateText(exportPath);
+                await officer.ExportAuditAsync(file);
+            }
+
+            await _server.DisposeAsync();
+            await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None);
+            await using var dump = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default);
+
+            var report = await BackupRestore.ReapplyFromLogsAsync(dump, [exportPath], null, PublishedAuditKey(), CancellationToken.None);
+
+            Assert.Empty(report.TenantsDeleting);
+            Assert.Contains(report.Skipped, s => s.StartsWith("tenants/regret not made DELETING: ", StringComparison.Ordinal) && s.Contains("CancelTenantDeletion", StringComparison.Ordinal));
+            Assert.Equal(Kms.Core.Access.TenantState.Active, (await dump.GetTenantAsync(TenantId.Parse("regret"), default))!.State);
+            Assert.Equal(KeyState.DestroyScheduled, (await dump.GetKeyAsync(KeyName.Parse(left, "k"), default))!.State);
+            Assert.NotEqual(KeyState.DestroyScheduled, (await dump.GetKeyAsync(KeyName.Parse(kept, "k"), default))!.State);
+            Assert.Equal([left], report.Rescheduled.Where(r => r.State == KeyState.DestroyScheduled).Select(r => r.Resource));
+        }
+        finally
+        {
+            File.Delete(exportPath);
+            SqliteStore.ReleasePooledConnections();
+            if (Directory.Exists(target))
+            {
+                Directory.Delete(target, recursive: true);
+            }
+        }
+    }
+
     // What happened after the backup, and what a restore must bring back into force.
     private sealed record LaterSchedulings(
         string Backup, string Compromised, byte[] UnderVersion1, byte[] UnderVersion2, DateTimeOffset Version1DestroyTime,

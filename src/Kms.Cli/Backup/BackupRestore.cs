@@ -118,7 +118,7 @@ internal static class BackupRestore
 
             foreach (var (tenant, deleteTime) in await SqliteStore.ReadDeletingTenantsAsync(target, cancellationToken))
             {
-                tenantDeletions.Add(new RecordedTenantDeletion(tenant, deleteTime ?? manifest.CreateTime, "the replaced database"));
+                tenantDeletions.Add(new RecordedTenantDeletion(tenant, deleteTime ?? manifest.CreateTime, ReplacedDatabase));
             }
 
             observed = await SqliteStore.ReadSettingAsync(target, LifecycleClock.Setting, cancellationToken);
@@ -422,6 +422,9 @@ internal static class BackupRestore
     }
 
     // The tenants' deletions the logs record after the start.
+    // Where a restriction read from the database a restore replaces was found (the report's words).
+    private const string ReplacedDatabase = "the replaced database";
+
     private static IReadOnlyList<RecordedTenantDeletion> TenantDeletions(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, long after) =>
         [.. logs.SelectMany(l => l.Events).Where(e => e.Sequence > after && e.TenantDeletion is not null).Select(e => e.TenantDeletion!)];
 
@@ -513,16 +516,43 @@ internal static class BackupRestore
         var waiting = waitingPeriod ?? SchedulingReplay.DefaultWaitingPeriod;
         var tenantsDeleting = new List<(string, string)>();
         var schedulings = what.Schedulings.ToList();
+        // Keys whose deletion was cancelled after the backup by a verified CancelKeyDeletion, the
+        // logs' last word on them: a tenant's deletion replayed does not schedule them again (the
+        // cancellation followed the tenant's, which alone allows it).
+        var keptByTheirManagers = what.Liftings
+            .Where(l => l.Verified && l.Version is null && l.Kind == TransitionKind.CancelDestruction)
+            .ToDictionary(l => l.Key, l => l.Time);
         foreach (var group in what.TenantDeletions.GroupBy(d => d.Tenant))
         {
-            var asked = group.MinBy(d => d.Time)!;
+            if (group.Where(d => !d.Cancelled).MinBy(d => d.Time) is not { } asked)
+            {
+                continue;
+            }
+
             if (await store.GetTenantAsync(group.Key, cancellationToken) is not { } tenant)
             {
                 skipped.Add($"{group.Key.ResourceName} (not in the restored database: created after it)");
                 continue;
             }
 
-            if (tenant.State != Kms.Core.Access.TenantState.Deleting && !group.Any(d => d.Verified))
+            // CancelTenantDeletion after the deletion, in the logs' order, gave the tenant back: it
+            // stays ACTIVE — unless the replaced database (the latest state) holds it DELETING, or
+            // the cancellation is not covered by a signed checkpoint (it lifts nothing then, and is
+            // reported). Its keys are scheduled all the same, as the server leaves them after a
+            // cancellation; one a key manager cancelled after it (a verified CancelKeyDeletion) is
+            // not scheduled again.
+            var last = group.Where(d => d.Verified || !d.Cancelled).LastOrDefault();
+            var cancelled = last is { Cancelled: true } && !group.Any(d => d.Source == ReplacedDatabase);
+            if (group.LastOrDefault() is { Cancelled: true, Verified: false } unverified && !cancelled)
+            {
+                skipped.Add($"{group.Key.ResourceName}: {unverified.Source} cancelled its deletion after the backup, but that event is not covered by a checkpoint signed with the audit key: not trusted to lift a restriction — run CancelTenantDeletion again if the tenant should stay");
+            }
+
+            if (cancelled)
+            {
+                skipped.Add($"{group.Key.ResourceName} not made DELETING: {last!.Source} cancelled its deletion after the backup; its keys are scheduled for deletion as the cancellation left them (a key manager cancels each to keep it)");
+            }
+            else if (tenant.State != Kms.Core.Access.TenantState.Deleting && !group.Any(d => d.Verified && !d.Cancelled))
             {
                 skipped.Add($"{group.Key.ResourceName} not made DELETING: its deletion ({asked.Source}) is not covered by a checkpoint signed with the audit key, and DELETING cannot be undone; its keys are scheduled for deletion (reversible) — run DeleteTenant again if it should go");
             }
@@ -536,7 +566,9 @@ internal static class BackupRestore
             for (string? after = null; ;)
             {
                 var page = await store.ListKeysAsync(group.Key, after, 500, cancellationToken);
-                schedulings.AddRange(page.Select(k => new RecordedScheduling(k.Name, null, Disable: false, asked.Time, null, asked.Source, Verified: false)));
+                schedulings.AddRange(page
+                    .Where(k => !(keptByTheirManagers.TryGetValue(k.Name, out var cancelledAt) && cancelledAt >= asked.Time))
+                    .Select(k => new RecordedScheduling(k.Name, null, Disable: false, asked.Time, null, asked.Source, Verified: false)));
                 if (page.Count < 500)
                 {
                     break;

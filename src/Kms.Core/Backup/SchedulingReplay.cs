@@ -62,16 +62,20 @@ public sealed record KeptRestriction(string Resource, KeyState State, string Rea
 
 /// <summary>
 /// A tenant's deletion (DeleteTenant, or a restore's re-applied one): the tenant is DELETING, and
-/// every key of it is scheduled for deletion. DELETING is final: nothing lifts it.
+/// every key of it is scheduled for deletion — or, <paramref name="Cancelled"/>, its undoing
+/// (CancelTenantDeletion): the tenant is ACTIVE again, its keys stay scheduled (as the server
+/// leaves them) unless each was cancelled after.
 /// </summary>
 /// <param name="Tenant">The tenant.</param>
 /// <param name="Time">When it was asked for (the event's time).</param>
 /// <param name="Source">Where it was found, for the report.</param>
 /// <param name="Verified">
 /// From the replaced database, or an event a signed checkpoint covers: trusted to make the tenant
-/// DELETING, which nothing undoes. From an unverified event only its keys are scheduled (reversible).
+/// DELETING (or, a cancellation, ACTIVE again). From an unverified event only a deletion's keys
+/// are scheduled (reversible), and a cancellation lifts nothing.
 /// </param>
-public sealed record RecordedTenantDeletion(TenantId Tenant, DateTimeOffset Time, string Source, bool Verified = true);
+/// <param name="Cancelled">A CancelTenantDeletion, not a deletion.</param>
+public sealed record RecordedTenantDeletion(TenantId Tenant, DateTimeOffset Time, string Source, bool Verified = true, bool Cancelled = false);
 
 /// <summary>A restriction a restore re-applied: the key or version, its state now, and where it was found.</summary>
 /// <param name="Resource">The key or version name.</param>
@@ -115,6 +119,9 @@ public static class SchedulingReplay
 
     /// <summary>The audit operation of DeleteTenant (resource: the tenant).</summary>
     public const string DeleteTenantOperation = "/kms.v1.AccessManagementService/DeleteTenant";
+
+    /// <summary>The audit operation of CancelTenantDeletion (resource: the tenant).</summary>
+    public const string CancelTenantDeletionOperation = "/kms.v1.AccessManagementService/CancelTenantDeletion";
 
     /// <summary>
     /// The waiting period a re-applied scheduling counts from its event when the event does not
@@ -180,15 +187,15 @@ public static class SchedulingReplay
         return new RecordedTransition(KeyName.Parse(resource, "resource"), null, transition.Kind, time, where, verified);
     }
 
-    /// <summary>The tenant's deletion an audit event records (a successful DeleteTenant, or a re-applied one), or null; not <see cref="RecordedTenantDeletion.Verified"/> until the caller says.</summary>
+    /// <summary>The tenant's deletion an audit event records (a successful DeleteTenant, or a re-applied one) or its cancellation (CancelTenantDeletion), or null; not <see cref="RecordedTenantDeletion.Verified"/> until the caller says.</summary>
     /// <param name="operation">The event's operation.</param>
     /// <param name="resource">Its resource (tenants/{id}).</param>
     /// <param name="outcome">Its outcome.</param>
     /// <param name="time">Its time.</param>
     /// <param name="source">Where it was found.</param>
     public static RecordedTenantDeletion? TenantDeletionOf(string? operation, string? resource, string? outcome, DateTimeOffset time, string source) =>
-        outcome == "OK" && resource is not null && operation is DeleteTenantOperation or ReapplyTenantDeletionOperation
-            ? new RecordedTenantDeletion(TenantId.ParseResourceName(resource, "resource"), time, $"{source} ({operation})", Verified: false)
+        outcome == "OK" && resource is not null && operation is DeleteTenantOperation or ReapplyTenantDeletionOperation or CancelTenantDeletionOperation
+            ? new RecordedTenantDeletion(TenantId.ParseResourceName(resource, "resource"), time, $"{source} ({operation})", Verified: false, Cancelled: operation == CancelTenantDeletionOperation)
             : null;
 
     /// <summary>
