@@ -272,7 +272,7 @@ public sealed partial class KmsClient : IDisposable
                 ca = ownedCas = LoadCaBundle(path, nameof(options));
             }
 
-            var token = options.ApiToken ?? (options.ApiTokenPath is { } tokenPath ? File.ReadAllText(tokenPath).Trim() : null);
+            var token = BearerToken.From(options, time);
             var logger = loggerFactory?.CreateLogger<KmsClient>() ?? (ILogger)NullLogger.Instance;
             var probeTimeout = options.HealthCheckInterval < options.CallTimeout ? options.HealthCheckInterval : options.CallTimeout;
             var pool = new EndpointPool(addresses.Select(a => Open(a, options, ca, token)), time, options.HealthCheckInterval, probeTimeout, logger);
@@ -324,7 +324,7 @@ public sealed partial class KmsClient : IDisposable
         }
     }
 
-    private static KmsEndpoint Open(Uri address, KmsClientOptions options, X509Certificate2Collection? ca, string? token)
+    private static KmsEndpoint Open(Uri address, KmsClientOptions options, X509Certificate2Collection? ca, BearerToken? token)
     {
         var ssl = new SslClientAuthenticationOptions { EnabledSslProtocols = SslProtocols.Tls13 };
         if (options.ClientCertificate is { } clientCertificate)
@@ -361,14 +361,13 @@ public sealed partial class KmsClient : IDisposable
             DisposeHttpClient = true,
         });
         var probes = channel.CreateCallInvoker();
-        var bearer = token is null ? null : new Metadata.Entry("authorization", "Bearer " + token);
-        var calls = bearer is null ? probes : probes.Intercept(metadata => WithBearer(metadata, bearer));
+        var calls = token is null ? probes : probes.Intercept(metadata => WithBearer(metadata, token.Current));
         return new KmsEndpoint(address, calls.Intercept([.. options.Interceptors]), probes, channel);
     }
 
     // A copy: the interceptor is handed the caller's own headers, and every attempt of a
     // retried call passes here again.
-    // The header entry is made once per endpoint (its key normalised, its value built).
+    // The header entry is made once per token (its key normalised, its value built), shared by the endpoints.
     private static Metadata WithBearer(Metadata headers, Metadata.Entry bearer)
     {
         var copy = new Metadata();

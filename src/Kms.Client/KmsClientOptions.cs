@@ -49,7 +49,13 @@ public sealed class KmsClientOptions
     /// </summary>
     public string? ApiToken { get; set; }
 
-    /// <summary>File holding the API token (dev mode: <c>.kms/tokens/developer.token</c>); read once, when the client is created.</summary>
+    /// <summary>
+    /// File holding the API token (dev mode: <c>.kms/tokens/developer.token</c>) or a workload's JWT
+    /// (a projected service-account token): read when the client is created, and again whenever the
+    /// file changes (looked at no more than once a second), so a token the platform rotates is
+    /// picked up without a new client. A file being replaced (unreadable or empty) leaves the
+    /// previous token in use.
+    /// </summary>
     public string? ApiTokenPath { get; set; }
 
     /// <summary>Client certificate with its private key, for mTLS.</summary>

@@ -137,3 +137,43 @@ public sealed class KmsClientTests(ClientServerFixture fixture) : IClassFixture<
         Assert.Equal(StatusCode.DeadlineExceeded, e.StatusCode);
     }
 }
+
+/// <summary>The token file read again when it changes (a rotated projected token, a rotated kms_ token).</summary>
+public sealed class BearerTokenFileTests(ClientServerFixture fixture) : IClassFixture<ClientServerFixture>, IDisposable
+{
+    private readonly string _directory = Directory.CreateTempSubdirectory("kms-token-").FullName;
+
+    public void Dispose() => Directory.Delete(_directory, recursive: true);
+
+    [Fact]
+    public async Task TokenFileReplaced_TheNextCallAfterTheCheckCarriesTheNewToken_AFileBeingReplacedKeepsTheOld()
+    {
+        var path = Path.Combine(_directory, "token");
+        await File.WriteAllTextAsync(path, fixture.Server.DeveloperToken + "\n");
+        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        var options = new KmsClientOptions { Endpoint = fixture.Server.Address, CaCertificatePath = fixture.Server.CaCertificatePath, ApiTokenPath = path };
+        using var client = new KmsClient(KmsClient.Connect(options, null, time, () => 0.5));
+        Assert.Equal(8, (await client.GenerateRandomAsync(8)).Length);
+
+        // Replaced by a token the server does not know: used once the check comes round, not before.
+        await File.WriteAllTextAsync(path, "kms_0000000000000000_" + new string('A', 43) + "\n");
+        File.SetLastWriteTimeUtc(path, DateTime.UtcNow.AddSeconds(5));
+        Assert.Equal(8, (await client.GenerateRandomAsync(8)).Length);
+        time.Advance(TimeSpan.FromSeconds(1));
+        var refused = await Assert.ThrowsAsync<RpcException>(() => client.GenerateRandomAsync(8));
+        Assert.Equal(StatusCode.Unauthenticated, refused.StatusCode);
+
+        // Back to a valid token; then the file is briefly empty (being replaced): the last token read stays in use.
+        await File.WriteAllTextAsync(path, fixture.Server.DeveloperToken);
+        File.SetLastWriteTimeUtc(path, DateTime.UtcNow.AddSeconds(10));
+        time.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal(8, (await client.GenerateRandomAsync(8)).Length);
+        await File.WriteAllTextAsync(path, "");
+        File.SetLastWriteTimeUtc(path, DateTime.UtcNow.AddSeconds(15));
+        time.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal(8, (await client.GenerateRandomAsync(8)).Length);
+        File.Delete(path);
+        time.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal(8, (await client.GenerateRandomAsync(8)).Length);
+    }
+}
