@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using Grpc.Core;
 using Kms.Contracts.V1;
 using Kms.Testing;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Kms.Server.Tests;
 
@@ -127,11 +128,18 @@ public sealed class WorkloadIdentityTests : IAsyncLifetime, IDisposable
         using (var admin = _server.DeploymentAdmin())
         {
             await admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = boss, Tenant = "tenants/dev" });
-            foreach (var role in new[] { "admin", "key-manager" })
-            {
-                await admin.Access.SetRoleBindingAsync(new SetRoleBindingRequest { Principal = boss, Role = role, Tenant = "tenants/dev" });
-            }
+            await admin.Access.SetRoleBindingAsync(new SetRoleBindingRequest { Principal = boss, Role = "key-manager", Tenant = "tenants/dev" });
+
+            // Refused at the binding (it would grant nothing yet count as an admin) ...
+            var refused = await Assert.ThrowsAsync<RpcException>(async () =>
+                await admin.Access.SetRoleBindingAsync(new SetRoleBindingRequest { Principal = boss, Role = "admin", Tenant = "tenants/dev" }));
+            Assert.Equal(StatusCode.InvalidArgument, refused.StatusCode);
+            Assert.Contains("never carries", refused.Status.Detail, StringComparison.Ordinal);
         }
+
+        // ... and not carried if a binding is in the store all the same (written there directly).
+        await _server.Services.GetRequiredService<Kms.Core.Ports.IAccessStore>().SetRoleBindingAsync(
+            new Kms.Core.Access.RoleBinding(Kms.Core.Access.PrincipalName.Parse(boss, "principal"), Kms.Core.Access.Role.Admin, Kms.Core.Names.TenantId.Parse("dev"), DateTimeOffset.UtcNow), default);
 
         using var client = _server.CreateClient(Token(c => c["sub"] = "system:serviceaccount:kms:operator"));
 

@@ -399,6 +399,14 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
             throw KmsErrors.PrincipalDeleted(name.ToString());
         }
 
+        // A workload identity never carries an administrative role (the authenticator drops one):
+        // bound, it would grant nothing yet count as an admin — the last deployment admin's guard
+        // would let the last one who can act be removed.
+        if (name.Kind == PrincipalKind.Jwt && Roles.IsAdministrative(role))
+        {
+            throw KmsErrors.InvalidArgument("role", $"{Roles.NameOf(role)} is an administrative role, which a jwt: principal (workload identity) never carries; bind it to a certificate or token principal");
+        }
+
         if (Roles.IsDeploymentRole(role))
         {
             if (tenant is not null)
