@@ -870,6 +870,64 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         }
     }
 
+    [Fact]
+    public async Task Reapply_ATenantDeletedGivenBackAndDeletedAgain_IsDeleting_EvenFromLogsGivenNewestFirst_TheKeyKeptBetweenScheduledAgain()
+    {
+        var early = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
+        var late = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
+        var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        try
+        {
+            string backup, kept;
+            using (var admin = _server.DeploymentAdmin())
+            using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+            {
+                await admin.Access.CreateTenantAsync(new CreateTenantRequest { TenantId = "twice" });
+                using var manager = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("waverer", "twice", "key-manager"));
+                kept = (await manager.CreateKeyAsync("tenants/twice", "kept")).Name;
+                backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+
+                // Offboarded, given back, its key kept by its manager (an export then), and
+                // offboarded again: the second DeleteTenant scheduled the key kept in between.
+                await admin.Access.DeleteTenantAsync(new DeleteTenantRequest { Name = "tenants/twice" });
+                await admin.Access.CancelTenantDeletionAsync(new CancelTenantDeletionRequest { Name = "tenants/twice" });
+                await manager.Raw.CancelKeyDeletionAsync(new CancelKeyDeletionRequest { Name = kept });
+                await using (var file = File.CreateText(early))
+                {
+                    await officer.ExportAuditAsync(file);
+                }
+
+                await admin.Access.DeleteTenantAsync(new DeleteTenantRequest { Name = "tenants/twice" });
+                await using (var file = File.CreateText(late))
+                {
+                    await officer.ExportAuditAsync(file);
+                }
+            }
+
+            await _server.DisposeAsync();
+            await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None);
+            await using var dump = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default);
+
+            // Both verified; the newest given first: the logs' order is their sequence, not the files'.
+            var report = await BackupRestore.ReapplyFromLogsAsync(dump, [late, early], null, PublishedAuditKey(), CancellationToken.None);
+
+            Assert.Equal(["tenants/twice"], report.TenantsDeleting.Select(t => t.Tenant));
+            Assert.Equal(Kms.Core.Access.TenantState.Deleting, (await dump.GetTenantAsync(TenantId.Parse("twice"), default))!.State);
+            Assert.Equal(KeyState.DestroyScheduled, (await dump.GetKeyAsync(KeyName.Parse(kept, "k"), default))!.State);
+            Assert.DoesNotContain(report.Kept, k => k.Resource == kept);
+        }
+        finally
+        {
+            File.Delete(early);
+            File.Delete(late);
+            SqliteStore.ReleasePooledConnections();
+            if (Directory.Exists(target))
+            {
+                Directory.Delete(target, recursive: true);
+            }
+        }
+    }
+
     // What happened after the backup, and what a restore must bring back into force.
     private sealed record LaterSchedulings(
         string Backup, string Compromised, byte[] UnderVersion1, byte[] UnderVersion2, DateTimeOffset Version1DestroyTime,

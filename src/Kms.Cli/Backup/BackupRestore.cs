@@ -425,8 +425,16 @@ internal static class BackupRestore
     // Where a restriction read from the database a restore replaces was found (the report's words).
     private const string ReplacedDatabase = "the replaced database";
 
+    // In sequence order (an event two files hold, once: verified if either file verifies it),
+    // whatever the order the files were given in: the last word decides whether the tenant is
+    // DELETING or was given back.
     private static IReadOnlyList<RecordedTenantDeletion> TenantDeletions(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, long after) =>
-        [.. logs.SelectMany(l => l.Events).Where(e => e.Sequence > after && e.TenantDeletion is not null).Select(e => e.TenantDeletion!)];
+        [.. logs.SelectMany(l => l.Events)
+            .Where(e => e.Sequence > after && e.TenantDeletion is not null)
+            .OrderByDescending(e => e.TenantDeletion!.Verified)
+            .DistinctBy(e => (e.Sequence, e.Hash))
+            .OrderBy(e => e.Sequence)
+            .Select(e => e.TenantDeletion!)];
 
     // What ReapplyAsync re-applies: destructions, the schedulings and disablings in force, the
     // liftings to report when not followed, the tenants' deletions.
@@ -517,14 +525,20 @@ internal static class BackupRestore
         var tenantsDeleting = new List<(string, string)>();
         var schedulings = what.Schedulings.ToList();
         // Keys whose deletion was cancelled after the backup by a verified CancelKeyDeletion, the
-        // logs' last word on them: a tenant's deletion replayed does not schedule them again (the
-        // cancellation followed the tenant's, which alone allows it).
+        // logs' last word on them: a tenant's deletion replayed does not schedule them again when
+        // the cancellation followed the tenant's last deletion (a DeleteTenant after it scheduled
+        // them again: their lifting is then no longer the last word, nor reported as kept).
         var keptByTheirManagers = what.Liftings
             .Where(l => l.Verified && l.Version is null && l.Kind == TransitionKind.CancelDestruction)
             .ToDictionary(l => l.Key, l => l.Time);
+        var superseded = new HashSet<Kms.Core.Names.KeyName>();
         foreach (var group in what.TenantDeletions.GroupBy(d => d.Tenant))
         {
-            if (group.Where(d => !d.Cancelled).MinBy(d => d.Time) is not { } asked)
+            // In the logs' order (TenantDeletions: by sequence, whatever the order of the files),
+            // the replaced database (the latest state) last.
+            var ordered = group.OrderBy(d => d.Source == ReplacedDatabase).ToList();
+            var deletions = ordered.Where(d => !d.Cancelled).ToList();
+            if (deletions.Count == 0)
             {
                 continue;
             }
@@ -535,40 +549,61 @@ internal static class BackupRestore
                 continue;
             }
 
-            // CancelTenantDeletion after the deletion, in the logs' order, gave the tenant back: it
-            // stays ACTIVE — unless the replaced database (the latest state) holds it DELETING, or
-            // the cancellation is not covered by a signed checkpoint (it lifts nothing then, and is
-            // reported). Its keys are scheduled all the same, as the server leaves them after a
-            // cancellation; one a key manager cancelled after it (a verified CancelKeyDeletion) is
-            // not scheduled again.
-            var last = group.Where(d => d.Verified || !d.Cancelled).LastOrDefault();
-            var cancelled = last is { Cancelled: true } && !group.Any(d => d.Source == ReplacedDatabase);
-            if (group.LastOrDefault() is { Cancelled: true, Verified: false } unverified && !cancelled)
+            // CancelTenantDeletion after the last deletion, in the logs' order, gave the tenant
+            // back: it stays ACTIVE — unless the replaced database (the latest state) holds it
+            // DELETING, or the cancellation is not covered by a signed checkpoint (it lifts nothing
+            // then, and is reported). Made DELETING only by a verified deletion after the last
+            // verified cancellation. Its keys are scheduled all the same, as the server leaves them
+            // after a cancellation; one a key manager cancelled after the last deletion (a verified
+            // CancelKeyDeletion) is not scheduled again.
+            var lifted = ordered.FindLastIndex(d => d.Cancelled && d.Verified);
+            var since = ordered.Skip(lifted + 1).Where(d => !d.Cancelled).ToList();
+            var cancelled = since.Count == 0;
+            if (ordered[^1] is { Cancelled: true, Verified: false } unverified && !cancelled)
             {
                 skipped.Add($"{group.Key.ResourceName}: {unverified.Source} cancelled its deletion after the backup, but that event is not covered by a checkpoint signed with the audit key: not trusted to lift a restriction — run CancelTenantDeletion again if the tenant should stay");
             }
 
             if (cancelled)
             {
-                skipped.Add($"{group.Key.ResourceName} not made DELETING: {last!.Source} cancelled its deletion after the backup; its keys are scheduled for deletion as the cancellation left them (a key manager cancels each to keep it)");
+                skipped.Add($"{group.Key.ResourceName} not made DELETING: {ordered[lifted].Source} cancelled its deletion after the backup; its keys are scheduled for deletion as the cancellation left them (a key manager cancels each to keep it)");
             }
-            else if (tenant.State != Kms.Core.Access.TenantState.Deleting && !group.Any(d => d.Verified && !d.Cancelled))
+            else if (tenant.State != Kms.Core.Access.TenantState.Deleting && !since.Any(d => d.Verified))
             {
-                skipped.Add($"{group.Key.ResourceName} not made DELETING: its deletion ({asked.Source}) is not covered by a checkpoint signed with the audit key, and DELETING cannot be undone; its keys are scheduled for deletion (reversible) — run DeleteTenant again if it should go");
+                skipped.Add($"{group.Key.ResourceName} not made DELETING: its deletion ({since[^1].Source}) is not covered by a checkpoint signed with the audit key; its keys are scheduled for deletion (reversible) — run DeleteTenant again if it should go");
             }
             else if (tenant.State != Kms.Core.Access.TenantState.Deleting)
             {
+                var asked = since.Where(d => d.Verified).MinBy(d => d.Time)!;
                 await store.UpdateTenantAsync(
                     tenant with { State = Kms.Core.Access.TenantState.Deleting, DeleteTime = asked.Time < now ? asked.Time : now, DeleteWaitingPeriod = waiting }, cancellationToken);
-                tenantsDeleting.Add((group.Key.ResourceName, asked.Source));
+                tenantsDeleting.Add((group.Key.ResourceName, since.Last(d => d.Verified).Source));
             }
 
+            // The keys count from the latest deletion (a verified one's, if any: an unverified event
+            // puts no destruction off), never earlier than intended; a key manager's cancellation
+            // keeps its key only if later than every deletion (an unverified one only adds).
+            var counted = deletions.Any(d => d.Verified) ? deletions.Where(d => d.Verified).ToList() : deletions;
+            var latest = counted.MaxBy(d => d.Time)!;
+            var lastDeletion = deletions.Max(d => d.Time);
             for (string? after = null; ;)
             {
                 var page = await store.ListKeysAsync(group.Key, after, 500, cancellationToken);
-                schedulings.AddRange(page
-                    .Where(k => !(keptByTheirManagers.TryGetValue(k.Name, out var cancelledAt) && cancelledAt >= asked.Time))
-                    .Select(k => new RecordedScheduling(k.Name, null, Disable: false, asked.Time, null, asked.Source, Verified: false)));
+                foreach (var key in page)
+                {
+                    if (keptByTheirManagers.TryGetValue(key.Name, out var cancelledAt))
+                    {
+                        if (cancelledAt >= lastDeletion)
+                        {
+                            continue;
+                        }
+
+                        superseded.Add(key.Name);
+                    }
+
+                    schedulings.Add(new RecordedScheduling(key.Name, null, Disable: false, latest.Time, null, latest.Source, Verified: false));
+                }
+
                 if (page.Count < 500)
                 {
                     break;
@@ -584,7 +619,7 @@ internal static class BackupRestore
         // event) is reported.
         var rescheduled = new List<ReappliedScheduling>();
         var kept = new List<KeptRestriction>();
-        var liftings = what.Liftings.ToLookup(l => l.Key);
+        var liftings = what.Liftings.Where(l => !(l.Version is null && superseded.Contains(l.Key))).ToLookup(l => l.Key);
         var byKey = schedulings.ToLookup(s => s.Key);
         foreach (var name in schedulings.Select(s => s.Key).Concat(what.Liftings.Select(l => l.Key)).Distinct())
         {
