@@ -828,7 +828,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
         try
         {
-            string backup, kept, left;
+            string backup, kept, left, resumed;
             using (var admin = _server.DeploymentAdmin())
             using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
             {
@@ -836,12 +836,18 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
                 using var manager = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("regretter", "regret", "key-manager"));
                 kept = (await manager.CreateKeyAsync("tenants/regret", "kept")).Name;
                 left = (await manager.CreateKeyAsync("tenants/regret", "left")).Name;
+                resumed = (await manager.CreateKeyAsync("tenants/regret", "resumed")).Name;
                 backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
 
                 // Offboarded, given back, and one key kept by its manager; the other left to go.
                 await admin.Access.DeleteTenantAsync(new DeleteTenantRequest { Name = "tenants/regret" });
                 await admin.Access.CancelTenantDeletionAsync(new CancelTenantDeletionRequest { Name = "tenants/regret" });
                 await manager.Raw.CancelKeyDeletionAsync(new CancelKeyDeletionRequest { Name = kept });
+
+                // Kept and put back in use (cancel-deletion, then enable, as the CLI says): the
+                // enabling is then the logs' last word on it.
+                await manager.Raw.CancelKeyDeletionAsync(new CancelKeyDeletionRequest { Name = resumed });
+                await manager.Raw.EnableKeyAsync(new EnableKeyRequest { Name = resumed });
                 await using var file = File.CreateText(exportPath);
                 await officer.ExportAuditAsync(file);
             }
@@ -857,7 +863,9 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             Assert.Equal(Kms.Core.Access.TenantState.Active, (await dump.GetTenantAsync(TenantId.Parse("regret"), default))!.State);
             Assert.Equal(KeyState.DestroyScheduled, (await dump.GetKeyAsync(KeyName.Parse(left, "k"), default))!.State);
             Assert.NotEqual(KeyState.DestroyScheduled, (await dump.GetKeyAsync(KeyName.Parse(kept, "k"), default))!.State);
+            Assert.Equal(KeyState.Enabled, (await dump.GetKeyAsync(KeyName.Parse(resumed, "k"), default))!.State);
             Assert.Equal([left], report.Rescheduled.Where(r => r.State == KeyState.DestroyScheduled).Select(r => r.Resource));
+            Assert.Empty(report.Kept);
         }
         finally
         {

@@ -524,12 +524,14 @@ internal static class BackupRestore
         var waiting = waitingPeriod ?? SchedulingReplay.DefaultWaitingPeriod;
         var tenantsDeleting = new List<(string, string)>();
         var schedulings = what.Schedulings.ToList();
-        // Keys whose deletion was cancelled after the backup by a verified CancelKeyDeletion, the
-        // logs' last word on them: a tenant's deletion replayed does not schedule them again when
-        // the cancellation followed the tenant's last deletion (a DeleteTenant after it scheduled
-        // them again: their lifting is then no longer the last word, nor reported as kept).
+        // Keys whose deletion was cancelled after the backup by a verified CancelKeyDeletion — or
+        // then enabled (the server enables no DESTROY_SCHEDULED key, so a verified EnableKey says
+        // the key was kept) — the logs' last word on them: a tenant's deletion replayed does not
+        // schedule them again when that lifting followed the tenant's last deletion (a DeleteTenant
+        // after it scheduled them again: their lifting is then no longer the last word, nor
+        // reported as kept).
         var keptByTheirManagers = what.Liftings
-            .Where(l => l.Verified && l.Version is null && l.Kind == TransitionKind.CancelDestruction)
+            .Where(l => l.Verified && l.Version is null && l.Kind is TransitionKind.CancelDestruction or TransitionKind.Enable)
             .ToDictionary(l => l.Key, l => l.Time);
         var superseded = new HashSet<Kms.Core.Names.KeyName>();
         foreach (var group in what.TenantDeletions.GroupBy(d => d.Tenant))
