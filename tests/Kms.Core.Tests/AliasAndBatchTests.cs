@@ -358,6 +358,26 @@ public sealed class AliasAndBatchTests : IDisposable
         Assert.Equal(new byte[] { 1, 2, 3 }, opened.Select(r => r.Value!.Plaintext.Span[0]));
     }
 
+    // A region whose HSM fails its draw fails its own items only, as a failed sealing call does:
+    // the items of the other regions are served.
+    [Fact]
+    public async Task Batches_ARegionsHsmFailsItsDraw_OnlyThatRegionsItemsFail()
+    {
+        var b = RegionHsm("b");
+        var (home, inB) = (await _domain.CreateKeyAsync("home"), await CreateResidentKeyAsync("in-b", "b"));
+        b.RandomFailure = KmsErrors.Unavailable("region b's HSM is down");
+
+        var keys = await _domain.Crypto.BatchGenerateDataKeyAsync(Dev, [new BatchItem(home.Name.ToString(), null, null), new BatchItem(inB.Name.ToString(), null, null), new BatchItem(home.Name.ToString(), null, null)], default);
+        var encrypted = await _domain.Crypto.BatchEncryptAsync(Dev, [new BatchItem(inB.Name.ToString(), [1], null), new BatchItem(home.Name.ToString(), [2], null)], default);
+
+        Assert.Equal((KmsErrorCode.Unavailable, KmsErrorCode.Unavailable), (keys[1].Error?.Code, encrypted[0].Error?.Code));
+        using var decrypted = await _domain.Crypto.DecryptAsync(Dev, keys[2].Value!.Ciphertext, EncryptionContext.Empty, default);
+        Assert.Equal(keys[2].Value!.Plaintext.Span.ToArray(), decrypted.Plaintext.Span.ToArray());
+        using var opened = await _domain.Crypto.DecryptAsync(Dev, encrypted[1].Value!.Ciphertext, EncryptionContext.Empty, default);
+        Assert.Equal(new byte[] { 2 }, opened.Plaintext.Span.ToArray());
+        Assert.NotNull(keys[0].Value);
+    }
+
     [Fact]
     public async Task BatchGenerateDataKey_EveryItemFailsItsChecks_NoHsmCall()
     {

@@ -125,7 +125,8 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
             return new AdmittedItem(index, primary, context, [], plaintext);
         });
 
-        await SealByVersionAsync(caller, await WithIvsAsync(admitted, cancellationToken), (item, blob, error) => results[item.Index] = error is null
+        var withIvs = await WithIvsAsync(admitted, (item, error) => results[item.Index] = new ItemResult<EncryptResult>(null, error), cancellationToken);
+        await SealByVersionAsync(caller, withIvs, (item, blob, error) => results[item.Index] = error is null
             ? new ItemResult<EncryptResult>(new EncryptResult(blob!, item.Primary.Version.Name), null)
             : new ItemResult<EncryptResult>(null, error), cancellationToken);
         return results;
@@ -298,7 +299,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
                     destinations[item.Source.Index].Primary,
                     destinations[item.Source.Index].Context,
                     [],
-                    item.Plaintext)), cancellationToken);
+                    item.Plaintext)), (item, error) => results[item.Index] = new ItemResult<ReEncryptResult>(null, error), cancellationToken);
                 var sources = admitted.ToDictionary(item => item.Source.Index, item => item.Source.Found.Version.Name);
                 await SealByVersionAsync(caller, toSeal, (item, blob, error) => results[item.Index] = error is null
                     ? new ItemResult<ReEncryptResult>(new ReEncryptResult(blob!, sources[item.Index], item.Primary.Version.Name), null)
@@ -343,10 +344,11 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
             });
 
             // One random draw per residency region for the data keys and IVs of the items that passed (none: no HSM call).
-            await DrawByRegionAsync(admitted, Stride, draws, (k, random, offset) =>
-                admitted[k] = admitted[k] with { Iv = random[(offset + Limits.DataKeyBytes)..(offset + Stride)], Plaintext = random[offset..(offset + Limits.DataKeyBytes)] }, cancellationToken);
+            var drawn = await DrawByRegionAsync(admitted, Stride, draws, (k, random, offset) =>
+                admitted[k] = admitted[k] with { Iv = random[(offset + Limits.DataKeyBytes)..(offset + Stride)], Plaintext = random[offset..(offset + Limits.DataKeyBytes)] },
+                (item, error) => results[item.Index] = new ItemResult<DataKeyResult>(null, error), cancellationToken);
 
-            await SealByVersionAsync(caller, admitted, (item, blob, error) => results[item.Index] = error is null
+            await SealByVersionAsync(caller, [.. drawn.Select(k => admitted[k])], (item, blob, error) => results[item.Index] = error is null
                 ? new ItemResult<DataKeyResult>(new DataKeyResult(new SecretBytes(item.Plaintext), blob!, item.Primary.Version.Name), null)
                 : new ItemResult<DataKeyResult>(null, error), cancellationToken);
             return results;
@@ -374,37 +376,54 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         }
     }
 
-    // The items that passed their checks, each with its IV from one random draw per residency region (none passed: no HSM call).
-    private async Task<List<AdmittedItem>> WithIvsAsync(List<AdmittedItem> admitted, CancellationToken cancellationToken)
+    // The items that passed their checks, each with its IV from one random draw per residency
+    // region (none passed: no HSM call); an item whose region's draw failed goes to `failed` instead.
+    private async Task<List<AdmittedItem>> WithIvsAsync(List<AdmittedItem> admitted, Action<AdmittedItem, KmsException> failed, CancellationToken cancellationToken)
     {
         var withIvs = new List<AdmittedItem>(admitted);
-        await DrawByRegionAsync(withIvs, CiphertextBlob.IvLength, [], (k, random, offset) =>
-            withIvs[k] = withIvs[k] with { Iv = random[offset..(offset + CiphertextBlob.IvLength)] }, cancellationToken);
-        return withIvs;
+        var drawn = await DrawByRegionAsync(withIvs, CiphertextBlob.IvLength, [], (k, random, offset) =>
+            withIvs[k] = withIvs[k] with { Iv = random[offset..(offset + CiphertextBlob.IvLength)] }, failed, cancellationToken);
+        return [.. drawn.Select(k => withIvs[k])];
     }
 
     // Randomness for a batch's items from the HSM of the region each item's key version lives in
     // (the home HSM for a key without residency), as a single call draws it: one draw per region,
     // in the order the regions first appear, `stride` bytes an item. `take` gets each item's index,
     // its region's draw and the offset of its bytes; every draw is added to `draws` before it is
-    // handed out, for the caller to zero.
-    private async Task DrawByRegionAsync(List<AdmittedItem> admitted, int stride, List<byte[]> draws, Action<int, byte[], int> take, CancellationToken cancellationToken)
+    // handed out, for the caller to zero. A region whose draw fails (its HSM down, a short answer)
+    // fails its own items only, each handed to `failed`, as a failed sealing call does; the others
+    // go on. Returns the indexes of the items that got their bytes, in order.
+    private async Task<List<int>> DrawByRegionAsync(
+        List<AdmittedItem> admitted, int stride, List<byte[]> draws, Action<int, byte[], int> take, Action<AdmittedItem, KmsException> failed, CancellationToken cancellationToken)
     {
+        var drawn = new List<int>(admitted.Count);
         foreach (var region in Enumerable.Range(0, admitted.Count).GroupBy(k => admitted[k].Primary.Key.Residency, StringComparer.Ordinal))
         {
             var items = region.ToList();
-            var random = await hsm.For(region.Key).GenerateRandomAsync(stride * items.Count, cancellationToken);
-            draws.Add(random);
-            if (random.Length != stride * items.Count)
+            var draw = await ItemResult.RunAsync(async () =>
             {
-                throw KmsErrors.Internal($"the HSM answered {random.Length} random bytes for {stride * items.Count}");
-            }
-
+                var random = await hsm.For(region.Key).GenerateRandomAsync(stride * items.Count, cancellationToken);
+                draws.Add(random);
+                return random.Length == stride * items.Count
+                    ? random
+                    : throw KmsErrors.Internal($"the HSM answered {random.Length} random bytes for {stride * items.Count}");
+            });
             for (var j = 0; j < items.Count; j++)
             {
-                take(items[j], random, j * stride);
+                if (draw.Error is { } error)
+                {
+                    failed(admitted[items[j]], error);
+                }
+                else
+                {
+                    take(items[j], draw.Value!, j * stride);
+                    drawn.Add(items[j]);
+                }
             }
         }
+
+        drawn.Sort();
+        return drawn;
     }
 
     // The items that passed their checks, sealed with one HSM call per key version (one session,

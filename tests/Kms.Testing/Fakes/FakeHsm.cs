@@ -32,9 +32,17 @@ public sealed class FakeHsm : IHsm, IDisposable
     public IHsm ForRegion(string region) =>
         RegionHsms.TryGetValue(region, out var regional) ? regional : throw KmsErrors.ResidencyElsewhere(region);
 
+    /// <summary>When set, GenerateRandomAsync throws it (an HSM that refuses or is down).</summary>
+    public KmsException? RandomFailure { get; set; }
+
     public ValueTask<byte[]> GenerateRandomAsync(int length, CancellationToken cancellationToken)
     {
         Count("random");
+        if (RandomFailure is { } failure)
+        {
+            throw failure;
+        }
+
         return ValueTask.FromResult(RandomNumberGenerator.GetBytes(length));
     }
 
