@@ -215,6 +215,38 @@ public sealed class JwtValidatorTests : IDisposable
     }
 
     [Theory]
+    [InlineData("{\"alg\":\"\\ud800\",\"kid\":\"k1\"}", "header")] // an unpaired surrogate, escaped: valid JSON, no string
+    [InlineData("{\"alg\":\"ES256\",\"kid\":\"\\udc00\"}", "header")]
+    [InlineData("{\"alg\":\"ES256\",\"kid\":\"k1\"}", "iss")]
+    [InlineData("{\"alg\":\"ES256\",\"kid\":\"k1\"}", "sub")]
+    [InlineData("{\"alg\":\"ES256\",\"kid\":\"k1\"}", "aud")]
+    [InlineData("{\"alg\":\"ES256\",\"kid\":\"k1\"}", "\\ud800")] // a member's name
+    [InlineData("{\"alg\":\"ES256\",\"kid\":\"k1\"}", "extra")] // a claim nothing here reads
+    public void UnpairedSurrogateEscaped_InTheHeaderOrAClaim_Refused_NeverThrown(string header, string claim)
+    {
+        // The header and iss are read before any signature is checked: anyone can send these. A string
+        // that is no text is refused wherever it is, as malformed JSON, not read past by one check and thrown by the next.
+        var claims = TestJwt.Claims(Now);
+        if (claim != "header")
+        {
+            var value = claim == "aud" ? "[\"kms\",\"\\ud800\"]" : claim == "extra" ? "{\"x\":[\"\\udfff\"]}" : "\"\\ud800x\"";
+            claims = TestJwt.Claims(Now, c => c[claim] = null)[..^1] + $",\"{claim}\":{value}}}";
+        }
+
+        Assert.Null(Validate(TestJwt.Sign(header, claims, _ec, "ES256"), out var refusal));
+        Assert.Equal(JwtRefusal.DuplicateOrMalformedJson, refusal);
+    }
+
+    [Fact]
+    public void ExpAtTheLastRepresentableSecond_Refused_NeverThrown()
+    {
+        // 9999-12-31T23:59:59Z, the largest NumericDate read: the skew added to it is past what a date can be.
+        var token = TestJwt.Sign(TestJwt.Claims(Now, c => c["exp"] = 253_402_300_799L), _ec, "ES256");
+        Assert.Null(Validate(token, out var refusal));
+        Assert.Equal(JwtRefusal.Lifetime, refusal);
+    }
+
+    [Theory]
     [InlineData("=")] // padding
     [InlineData("+")] // base64, not base64url
     [InlineData(".x")] // a fourth part
@@ -278,6 +310,8 @@ public sealed class JwtValidatorTests : IDisposable
     [InlineData("{\"kty\":\"RSA\",\"n\":\"NNN\",\"e\":\"AQ\"}", "exponent")]
     [InlineData("{\"kty\":\"EC\",\"crv\":\"P-256\",\"x\":\"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU\",\"y\":\"y_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0\"}", "no EC public key")] // off the curve
     [InlineData("{\"kty\":\"EC\",\"crv\":\"P-256\",\"kty\":\"RSA\"}", "JSON Web Key Set")] // a member twice
+    [InlineData("{\"kty\":\"RSA\",\"kid\":\"\\ud800\"}", "no text")] // an escaped unpaired surrogate: a FormatException, not what GetString throws
+    [InlineData("{\"kty\":\"RSA\",\"\\udc00\":1,\"\\udc01\":2}", "no text")] // and in member names, which the duplicate check reads
     public void KeySetWithAKeyThatCannotBeTrusted_Refused(string jwk, string reason)
     {
         jwk = jwk.Replace("NNN", TestJwt.Base64Url(_rsa.ExportParameters(false).Modulus!), StringComparison.Ordinal);

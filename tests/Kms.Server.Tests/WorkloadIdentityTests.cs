@@ -156,6 +156,10 @@ public sealed class WorkloadIdentityTests : IAsyncLifetime, IDisposable
         Assert.Equal(StatusCode.OK, await StatusOfAsync(keyUser));
         using var garbage = _server.CreateClient("a.b.c");
         Assert.Equal(StatusCode.Unauthenticated, await StatusOfAsync(garbage));
+
+        // Valid JSON whose alg is no string (an escaped unpaired surrogate), unsigned: anyone can send it.
+        using var noText = _server.CreateClient($"{TestJwt.Base64Url("{\"alg\":\"\\ud800\"}")}.{TestJwt.Base64Url(TestJwt.Claims(DateTimeOffset.UtcNow))}.AAAA");
+        Assert.Equal(StatusCode.Unauthenticated, await StatusOfAsync(noText));
     }
 
     [Theory]

@@ -50,7 +50,7 @@ internal sealed class JsonWebKeySet
         JsonDocument document;
         try
         {
-            document = JsonDocument.Parse(json, Strict);
+            document = ParseStrict(json);
         }
         catch (JsonException e)
         {
@@ -86,6 +86,51 @@ internal sealed class JsonWebKeySet
             }
 
             return new JsonWebKeySet(parsed);
+        }
+    }
+
+    /// <summary>
+    /// Parses JSON with <see cref="Strict"/>, every member name and string in it text: an escaped
+    /// unpaired surrogate (<c>"\ud800"</c>) is valid JSON no string can be read from — the duplicate
+    /// check and <see cref="JsonElement.GetString"/> throw <see cref="InvalidOperationException"/> on it.
+    /// </summary>
+    /// <exception cref="JsonException">It is not such JSON.</exception>
+    public static JsonDocument ParseStrict(ReadOnlyMemory<byte> json)
+    {
+        JsonDocument document;
+        try
+        {
+            document = JsonDocument.Parse(json, Strict);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new JsonException("a member name is no text (an unpaired surrogate)", e);
+        }
+
+        if (!IsText(document.RootElement))
+        {
+            document.Dispose();
+            throw new JsonException("a string is no text (an unpaired surrogate)");
+        }
+
+        return document;
+    }
+
+    private static bool IsText(JsonElement element)
+    {
+        try
+        {
+            return element.ValueKind switch
+            {
+                JsonValueKind.Object => element.EnumerateObject().All(member => member.Name is not null && IsText(member.Value)),
+                JsonValueKind.Array => element.EnumerateArray().All(IsText),
+                JsonValueKind.String => element.GetString() is not null,
+                _ => true,
+            };
+        }
+        catch (InvalidOperationException)
+        {
+            return false;
         }
     }
 

@@ -12,10 +12,10 @@ namespace Kms.Server.Security;
 /// </summary>
 /// <remarks>
 /// <para>A token is accepted only if all of this holds: at most <see cref="MaxTokenLength"/>
-/// characters, three base64url parts; a header that is a JSON object with no member twice, an
+/// characters, three base64url parts; a header and claims that are JSON objects with no member twice and no name or string that is no text (an escaped unpaired surrogate); an
 /// <c>alg</c> of ES256, ES384, RS256 or PS256 (never <c>none</c> or an HMAC: a public key is no
 /// secret), no <c>crit</c>, and no <c>jwk</c>, <c>jku</c> or <c>x5u</c> (a token does not say
-/// which key to trust); claims that are a JSON object with no member twice whose <c>iss</c> is
+/// which key to trust); claims whose <c>iss</c> is
 /// exactly a configured issuer's; a key of that issuer chosen by <c>kid</c> (or the set's only key
 /// when the token names none) whose type, curve and own <c>alg</c> fit the header's <c>alg</c>; a
 /// valid signature by it; then <c>aud</c> holding the issuer's audience, <c>exp</c> after now,
@@ -193,8 +193,9 @@ internal sealed partial class JwtValidator
             return null;
         }
 
+        // now - skew, not exp + skew: an exp at the last second a date can hold has no date a minute after it.
         refusal = JwtRefusal.Expired;
-        if (now >= exp + ClockSkew)
+        if (now - ClockSkew >= exp)
         {
             return null;
         }
@@ -243,24 +244,26 @@ internal sealed partial class JwtValidator
     private static string? String(JsonElement element, string name) =>
         element.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.String ? value.GetString() : null;
 
-    // A JSON object parsed strictly (a member given twice is refused), or null.
+    // A JSON object parsed strictly (JsonWebKeySet.ParseStrict), or null.
     private static JsonDocument? ParseObject(byte[] json)
     {
+        JsonDocument document;
         try
         {
-            var document = JsonDocument.Parse(json, JsonWebKeySet.Strict);
-            if (document.RootElement.ValueKind == JsonValueKind.Object)
-            {
-                return document;
-            }
-
-            document.Dispose();
-            return null;
+            document = JsonWebKeySet.ParseStrict(json);
         }
         catch (JsonException)
         {
             return null;
         }
+
+        if (document.RootElement.ValueKind == JsonValueKind.Object)
+        {
+            return document;
+        }
+
+        document.Dispose();
+        return null;
     }
 
     [LoggerMessage(EventId = 1114, Level = LogLevel.Debug, Message = "bearer JWT refused ({Reason})")]
@@ -288,7 +291,7 @@ internal enum JwtRefusal
     /// <summary>Too long, not three base64url parts.</summary>
     Malformed,
 
-    /// <summary>Header or claims are not one JSON object, or a member is given twice.</summary>
+    /// <summary>Header or claims are not one JSON object, a member is given twice, or a name or string is no text (an unpaired surrogate).</summary>
     DuplicateOrMalformedJson,
 
     /// <summary>A header this server never follows or does not understand: <c>crit</c>, <c>jwk</c>, <c>jku</c>, <c>x5u</c>.</summary>
