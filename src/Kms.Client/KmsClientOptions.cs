@@ -51,9 +51,10 @@ public sealed class KmsClientOptions
 
     /// <summary>
     /// File holding the API token (dev mode: <c>.kms/tokens/developer.token</c>) or a workload's JWT
-    /// (a projected service-account token): read when the client is created, and again whenever the
-    /// file changes (looked at no more than once a second), so a token the platform rotates is
-    /// picked up without a new client. A file being replaced (unreadable or empty) leaves the
+    /// (a projected service-account token): read when the client is created, and read again no more
+    /// than once a second, its content compared (through symbolic links: a kubelet's <c>..data</c>
+    /// swap, a copy that keeps the file's time), so a token the platform rotates is picked up without
+    /// a new client. A file being replaced (unreadable, empty, a directory, over 16 KiB) leaves the
     /// previous token in use.
     /// </summary>
     public string? ApiTokenPath { get; set; }

@@ -176,4 +176,60 @@ public sealed class BearerTokenFileTests(ClientServerFixture fixture) : IClassFi
         time.Advance(TimeSpan.FromSeconds(1));
         Assert.Equal(8, (await client.GenerateRandomAsync(8)).Length);
     }
+
+    [Fact]
+    public async Task ProjectedTokenRenewedBySwappingDotDotData_TheNewTokenIsRead()
+    {
+        // The kubelet's layout: token -> ..data/token, ..data -> ..<timestamp>; a renewal writes a new
+        // timestamped directory and swaps ..data. The link "token" itself never changes.
+        await File.WriteAllTextAsync(Path.Combine(Directory.CreateDirectory(Path.Combine(_directory, "..2026_01")).FullName, "token"), fixture.Server.DeveloperToken);
+        var data = Path.Combine(_directory, "..data");
+        Directory.CreateSymbolicLink(data, "..2026_01");
+        var path = Path.Combine(_directory, "token");
+        File.CreateSymbolicLink(path, Path.Combine("..data", "token"));
+        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        var options = new KmsClientOptions { Endpoint = fixture.Server.Address, CaCertificatePath = fixture.Server.CaCertificatePath, ApiTokenPath = path };
+        using var client = new KmsClient(KmsClient.Connect(options, null, time, () => 0.5));
+        Assert.Equal(8, (await client.GenerateRandomAsync(8)).Length);
+
+        // Renewed with a token the server does not know, the old directory removed.
+        await File.WriteAllTextAsync(Path.Combine(Directory.CreateDirectory(Path.Combine(_directory, "..2026_02")).FullName, "token"), "kms_0000000000000000_" + new string('A', 43));
+        File.Delete(data);
+        Directory.CreateSymbolicLink(data, "..2026_02");
+        Directory.Delete(Path.Combine(_directory, "..2026_01"), recursive: true);
+        time.Advance(TimeSpan.FromSeconds(1));
+        var refused = await Assert.ThrowsAsync<RpcException>(() => client.GenerateRandomAsync(8));
+        Assert.Equal(StatusCode.Unauthenticated, refused.StatusCode);
+    }
+
+    [Fact]
+    public async Task TokenFileBrieflyADirectoryOrOversized_ThePreviousTokenServes_AReplacementKeepingItsTimestampIsRead()
+    {
+        var path = Path.Combine(_directory, "token");
+        await File.WriteAllTextAsync(path, fixture.Server.DeveloperToken);
+        var stamp = File.GetLastWriteTimeUtc(path);
+        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        var options = new KmsClientOptions { Endpoint = fixture.Server.Address, CaCertificatePath = fixture.Server.CaCertificatePath, ApiTokenPath = path };
+        using var client = new KmsClient(KmsClient.Connect(options, null, time, () => 0.5));
+        Assert.Equal(8, (await client.GenerateRandomAsync(8)).Length);
+
+        // A directory where the file was: the previous token serves.
+        File.Delete(path);
+        Directory.CreateDirectory(path);
+        time.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal(8, (await client.GenerateRandomAsync(8)).Length);
+
+        // A file far larger than any token (a path pointed at the wrong file): not read, the previous token serves.
+        Directory.Delete(path);
+        await File.WriteAllTextAsync(path, new string('x', BearerToken.MaxFileBytes + 1));
+        time.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal(8, (await client.GenerateRandomAsync(8)).Length);
+
+        // A file again, with the first file's timestamp (a copy that keeps it, a restore): its token is read.
+        await File.WriteAllTextAsync(path, "kms_0000000000000000_" + new string('A', 43));
+        File.SetLastWriteTimeUtc(path, stamp);
+        time.Advance(TimeSpan.FromSeconds(1));
+        var refused = await Assert.ThrowsAsync<RpcException>(() => client.GenerateRandomAsync(8));
+        Assert.Equal(StatusCode.Unauthenticated, refused.StatusCode);
+    }
 }
