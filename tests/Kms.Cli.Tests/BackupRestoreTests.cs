@@ -22,7 +22,7 @@ namespace Kms.Cli.Tests;
 public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
 {
     private readonly TestOfficers _officers = new("alice", "bob", "carol");
-    private readonly string _genesisPath = Path.Combine(Path.GetTempPath(), "kms-genesis-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".json");
+    private readonly string _genesisPath = TempPath("kms-genesis-", ".json");
     private KmsTestServer _server = null!;
 
     public async Task InitializeAsync()
@@ -157,7 +157,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     // backup itself is not touched.
     private static async Task<byte[]> SnapshotMaterialAsync(string backupDir, KeyName key, int version)
     {
-        var copy = Path.Combine(Path.GetTempPath(), "kms-snapshot-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".db");
+        var copy = TempPath("kms-snapshot-", ".db");
         File.Copy(Path.Combine(backupDir, "kms.db"), copy);
         try
         {
@@ -202,7 +202,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         var victim = Array.FindIndex(lines, l => l.StartsWith("{\"event\"", StringComparison.Ordinal) && l.Contains("\"OK\"", StringComparison.Ordinal));
         lines[victim] = lines[victim].Replace("\"OK\"", "\"PERMISSION_DENIED\"", StringComparison.Ordinal);
         await File.WriteAllLinesAsync(tamperedPath, lines);
-        var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        var target = TempPath("kms-restored-");
         try
         {
             var refused = await Assert.ThrowsAsync<KmsException>(() => BackupRestore.RunAsync(backup, auditKey, target, [exportPath, tamperedPath], replace: false, CancellationToken.None));
@@ -240,7 +240,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         // Offline only, as restore and rotate-domain: under a serving node it writes under its
         // feet, and while a domain-key rotation runs an erased blob the rotation had moved leaves
         // it short of the count it must reach to pin the new key (the database then serves nowhere).
-        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
+        var exportPath = TempPath("kms-export-", ".jsonl");
         using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
         {
             await using var file = File.CreateText(exportPath);
@@ -272,8 +272,8 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         var (backup, key, exportPath) = await BackupThenDestroyFirstVersionAsync("twice");
 
         var auditKey = PublishedAuditKey();
-        var first = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
-        var second = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        var first = TempPath("kms-restored-");
+        var second = TempPath("kms-restored-");
         var stream = exportPath + ".stream";
         try
         {
@@ -316,8 +316,8 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         var (backup, key, exportPath) = await BackupThenDestroyFirstVersionAsync("forked");
 
         var auditKey = PublishedAuditKey();
-        var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
-        var late = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        var target = TempPath("kms-restored-");
+        var late = TempPath("kms-restored-");
         var stream = exportPath + ".stream";
         try
         {
@@ -392,7 +392,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
 
             foreach (var log in new[] { stream, exportPath })
             {
-                var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+                var target = TempPath("kms-restored-");
                 targets.Add(target);
                 var report = await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [log], replace: false, CancellationToken.None);
 
@@ -419,7 +419,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         // destroyed) after the backup must not come back with the snapshot's material.
         string backup;
         string versionKey, deletedKey;
-        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
+        var exportPath = TempPath("kms-export-", ".jsonl");
         using (var developer = _server.CreateClient())
         using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
         {
@@ -451,7 +451,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         ];
         var keptMaterial = await SnapshotMaterialAsync(backup, versionKeyName, 3);
 
-        var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        var target = TempPath("kms-restored-");
         try
         {
             var report = await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [exportPath], replace: false, CancellationToken.None);
@@ -583,8 +583,8 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     [Fact]
     public async Task Restore_FromAnAuditExportAlone_SchedulingsAndDisablingsMadeAfterTheBackup_AreInForceAgain_ReapplyDestructionsToo()
     {
-        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
-        var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        var exportPath = TempPath("kms-export-", ".jsonl");
+        var target = TempPath("kms-restored-");
         try
         {
             var later = await ScheduleAfterTheBackupAsync(exportPath);
@@ -629,21 +629,16 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         }
         finally
         {
-            File.Delete(exportPath);
-            SqliteStore.ReleasePooledConnections();
-            if (Directory.Exists(target))
-            {
-                Directory.Delete(target, recursive: true);
-            }
+            RemoveAfterRestore(target, exportPath);
         }
     }
 
     [Fact]
     public async Task Restore_ALiftingIsNotReplayed_NorTrustedFromAnUnverifiedLog_NorAnUnverifiedSchedulingPutsADestructionOff_TheOutputSaysWhatStayedRestricted()
     {
-        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
-        var streamPath = Path.Combine(Path.GetTempPath(), "kms-stream-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
-        var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        var exportPath = TempPath("kms-export-", ".jsonl");
+        var streamPath = TempPath("kms-stream-", ".jsonl");
+        var target = TempPath("kms-restored-");
         try
         {
             string backup, guarded, held, reprieved, doomed;
@@ -738,21 +733,15 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         }
         finally
         {
-            File.Delete(exportPath);
-            File.Delete(streamPath);
-            SqliteStore.ReleasePooledConnections();
-            if (Directory.Exists(target))
-            {
-                Directory.Delete(target, recursive: true);
-            }
+            RemoveAfterRestore(target, exportPath, streamPath);
         }
     }
 
     [Fact]
     public async Task Restore_ATenantDeletedAfterTheBackup_IsDeletingAgain_ItsKeysScheduled_ReapplyingTwiceChangesNothingMore()
     {
-        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
-        var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        var exportPath = TempPath("kms-export-", ".jsonl");
+        var target = TempPath("kms-restored-");
         try
         {
             string backup, leaving, staying;
@@ -812,20 +801,15 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         }
         finally
         {
-            File.Delete(exportPath);
-            SqliteStore.ReleasePooledConnections();
-            if (Directory.Exists(target))
-            {
-                Directory.Delete(target, recursive: true);
-            }
+            RemoveAfterRestore(target, exportPath);
         }
     }
 
     [Fact]
     public async Task Restore_ATenantDeletedAfterTheBackupThenGivenBack_StaysActive_ItsKeysAsTheCancellationsLeftThem()
     {
-        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
-        var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        var exportPath = TempPath("kms-export-", ".jsonl");
+        var target = TempPath("kms-restored-");
         try
         {
             string backup, kept, left, resumed;
@@ -869,21 +853,16 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         }
         finally
         {
-            File.Delete(exportPath);
-            SqliteStore.ReleasePooledConnections();
-            if (Directory.Exists(target))
-            {
-                Directory.Delete(target, recursive: true);
-            }
+            RemoveAfterRestore(target, exportPath);
         }
     }
 
     [Fact]
     public async Task Reapply_ATenantDeletedGivenBackAndDeletedAgain_IsDeleting_EvenFromLogsGivenNewestFirst_TheKeyKeptBetweenScheduledAgain()
     {
-        var early = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
-        var late = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
-        var target = Path.Combine(Path.GetTempPath(), "kms-restored-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+        var early = TempPath("kms-export-", ".jsonl");
+        var late = TempPath("kms-export-", ".jsonl");
+        var target = TempPath("kms-restored-");
         try
         {
             string backup, kept;
@@ -926,13 +905,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         }
         finally
         {
-            File.Delete(early);
-            File.Delete(late);
-            SqliteStore.ReleasePooledConnections();
-            if (Directory.Exists(target))
-            {
-                Directory.Delete(target, recursive: true);
-            }
+            RemoveAfterRestore(target, early, late);
         }
     }
 
@@ -1069,7 +1042,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     // to a new file (the caller deletes it): the backup's directory, the key and the export's path.
     private async Task<(string Backup, string Key, string ExportPath)> BackupThenDestroyFirstVersionAsync(string keyId)
     {
-        var exportPath = Path.Combine(Path.GetTempPath(), "kms-export-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + ".jsonl");
+        var exportPath = TempPath("kms-export-", ".jsonl");
         using var developer = _server.CreateClient();
         using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
         var key = (await developer.CreateKeyAsync("tenants/dev", keyId)).Name;
@@ -1109,5 +1082,24 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     {
         using var approver = QuorumApprover.FromKey(ECDsa.Create(_officers.KeyOf(name).ExportParameters(true)));
         return await approver.ApproveAsync(officer, await approver.PrepareAsync(officer, request));
+    }
+
+    // A fresh path in the temporary directory: PREFIX, 12 random hex digits, EXTENSION.
+    private static string TempPath(string prefix, string extension = "") =>
+        Path.Combine(Path.GetTempPath(), prefix + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)) + extension);
+
+    // After a restore into TARGET: its files, the pooled connections to its database, the directory.
+    private static void RemoveAfterRestore(string target, params string[] files)
+    {
+        foreach (var file in files)
+        {
+            File.Delete(file);
+        }
+
+        SqliteStore.ReleasePooledConnections();
+        if (Directory.Exists(target))
+        {
+            Directory.Delete(target, recursive: true);
+        }
     }
 }
