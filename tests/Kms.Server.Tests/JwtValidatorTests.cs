@@ -3,6 +3,7 @@ using System.Text;
 using Kms.Core.Access;
 using Kms.Server.Hosting;
 using Kms.Server.Security;
+using Kms.Testing;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Time.Testing;
 
@@ -152,6 +153,41 @@ public sealed class JwtValidatorTests : IDisposable
         {
             Assert.Null(Validate(TestJwt.Sign(TestJwt.Claims(Now, c => c["aud"] = aud), _ec, "ES256"), out var refusal));
             Assert.Equal(JwtRefusal.Audience, refusal);
+        }
+    }
+
+    [Fact]
+    public void Refusals_LoggedAtInformation_WithReasonAndIssuer_OncePerSecond_WithTheirCount_NeverTheToken()
+    {
+        // An operator whose workloads are all refused (a wrong Audience, a stale key set) must see
+        // why without turning on Debug; a caller who repeats a bad token cannot fill the log.
+        var capture = new LogCapture();
+        using var factory = new Serilog.Extensions.Logging.SerilogLoggerFactory(
+            new Serilog.LoggerConfiguration().MinimumLevel.Information().WriteTo.Sink(capture).CreateLogger(), dispose: true);
+        File.WriteAllText(JwksPath, TestJwt.Jwks(TestJwt.Jwk(_ec)));
+        var validator = new JwtValidator(Options().Issuers, _time, factory.CreateLogger("jwt"));
+        var wrongAudience = TestJwt.Sign(TestJwt.Claims(Now, c => c["aud"] = "vault"), _ec, "ES256");
+        var unknownIssuer = TestJwt.Sign(TestJwt.Claims(Now, c => c["iss"] = "https://attacker.example"), _ec, "ES256");
+
+        for (var i = 0; i < 5; i++)
+        {
+            Assert.Null(validator.Validate(wrongAudience, Now, out _));
+        }
+
+        Assert.Null(validator.Validate(unknownIssuer, Now, out _));
+        Assert.Equal(
+            ["Information bearer JWT refused (Audience, issuer \"k8s\"); 1 such refusals since the last such message",
+             "Information bearer JWT refused (UnknownIssuer, issuer \"(not known)\"); 1 such refusals since the last such message"],
+            capture.Events.Select(e => e[..e.IndexOf(" Reason=", StringComparison.Ordinal)]));
+
+        _time.Advance(TimeSpan.FromSeconds(1));
+        Assert.Null(validator.Validate(wrongAudience, Now, out _));
+        Assert.Contains("Information bearer JWT refused (Audience, issuer \"k8s\"); 5 such refusals", capture.Events.Last(), StringComparison.Ordinal);
+        Assert.Equal(3, capture.Events.Count);
+
+        foreach (var part in wrongAudience.Split('.').Concat(unknownIssuer.Split('.')).Append("attacker.example").Append(TestJwt.Subject))
+        {
+            Assert.DoesNotContain(part, capture.AllText, StringComparison.Ordinal);
         }
     }
 

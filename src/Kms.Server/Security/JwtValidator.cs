@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using Kms.Core;
 using Kms.Core.Access;
 using Kms.Server.Hosting;
 
@@ -38,11 +39,17 @@ internal sealed partial class JwtValidator
     private static readonly string[] RefusedHeaders = ["crit", "jwk", "jku", "x5u"];
     private readonly Issuer[] _issuers;
     private readonly ILogger _logger;
+
+    // One throttle per refusal and issuer (issuers are few and configured; the index past the last
+    // issuer is "no issuer known yet"): a misconfigured audience or a stale key set shows up at
+    // Information once a second with its count, not as one line per call.
+    private readonly LogThrottle[,] _refusalLogs;
     private long _loads;
 
     /// <summary>Reads every issuer's key set once (a file that cannot be used throws here: the start is refused).</summary>
     public JwtValidator(IEnumerable<JwtIssuerOptions> issuers, TimeProvider time, ILogger logger)
     {
+        ArgumentNullException.ThrowIfNull(time);
         _logger = logger;
         _issuers = issuers.Select(options => new Issuer(
             options.Name!,
@@ -57,6 +64,15 @@ internal sealed partial class JwtValidator
         foreach (var issuer in _issuers)
         {
             _ = issuer.Keys.Value;
+        }
+
+        _refusalLogs = new LogThrottle[Enum.GetValues<JwtRefusal>().Length, _issuers.Length + 1];
+        for (var reason = 0; reason < _refusalLogs.GetLength(0); reason++)
+        {
+            for (var issuer = 0; issuer < _refusalLogs.GetLength(1); issuer++)
+            {
+                _refusalLogs[reason, issuer] = new LogThrottle(time);
+            }
         }
     }
 
@@ -85,18 +101,23 @@ internal sealed partial class JwtValidator
     /// <summary>The identity a token proves now, or null (and why, in <paramref name="refusal"/>: a category, never its content).</summary>
     public JwtIdentity? Validate(string token, DateTimeOffset now, out JwtRefusal refusal)
     {
-        var identity = Check(token, now, out refusal);
+        var identity = Check(token, now, out refusal, out var issuer);
         if (identity is null)
         {
-            LogRefused(_logger, refusal);
+            var index = issuer is null ? _issuers.Length : Array.IndexOf(_issuers, issuer);
+            if (_refusalLogs[(int)refusal, index].Count() is > 0 and var count)
+            {
+                LogRefused(_logger, refusal, issuer?.Name ?? "(not known)", count);
+            }
         }
 
         return identity;
     }
 
-    private JwtIdentity? Check(string token, DateTimeOffset now, out JwtRefusal refusal)
+    private JwtIdentity? Check(string token, DateTimeOffset now, out JwtRefusal refusal, out Issuer? issuer)
     {
         refusal = JwtRefusal.Malformed;
+        issuer = null;
         if (token.Length > MaxTokenLength)
         {
             return null;
@@ -138,7 +159,7 @@ internal sealed partial class JwtValidator
 
         refusal = JwtRefusal.UnknownIssuer;
         var iss = String(claims.RootElement, "iss");
-        var issuer = _issuers.FirstOrDefault(i => string.Equals(i.Iss, iss, StringComparison.Ordinal));
+        issuer = _issuers.FirstOrDefault(i => string.Equals(i.Iss, iss, StringComparison.Ordinal));
         if (issuer is null)
         {
             return null;
@@ -266,8 +287,8 @@ internal sealed partial class JwtValidator
         return null;
     }
 
-    [LoggerMessage(EventId = 1114, Level = LogLevel.Debug, Message = "bearer JWT refused ({Reason})")]
-    private static partial void LogRefused(ILogger logger, JwtRefusal reason);
+    [LoggerMessage(EventId = 1114, Level = LogLevel.Information, Message = "bearer JWT refused ({Reason}, issuer {Issuer}); {Count} such refusals since the last such message")]
+    private static partial void LogRefused(ILogger logger, JwtRefusal reason, string issuer, long count);
 
     [LoggerMessage(EventId = 1115, Level = LogLevel.Warning, Message = "JWT key set of issuer {Issuer} could not be reloaded ({Reason}); still using the previous keys")]
     private static partial void LogKeySetNotReloaded(ILogger logger, string issuer, string reason);
