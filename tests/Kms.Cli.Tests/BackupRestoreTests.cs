@@ -235,6 +235,66 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task ReapplyDestructions_StoppedPartWay_EveryChangeItCommittedHasItsEvent_RunAgainItFinishes()
+    {
+        // A run that dies between two keys (here the second key's write fails, as a full disk
+        // would) must leave no change without its audit event: the events were written after every
+        // change, so the first key's destruction stayed unrecorded for good.
+        var exportPath = TempPath("kms-export-", ".jsonl");
+        var target = TempPath("kms-restored-");
+        using var developer = _server.CreateClient();
+        using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+        var first = (await developer.CreateKeyAsync("tenants/dev", "stop-a")).Name;
+        var second = (await developer.CreateKeyAsync("tenants/dev", "stop-b")).Name;
+        await developer.RotateKeyAsync(first);
+        await developer.RotateKeyAsync(second);
+        var backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+        await DestroyFirstVersionNowAsync(developer, officer, first);
+        await DestroyFirstVersionNowAsync(developer, officer, second);
+        await using (var file = File.CreateText(exportPath))
+        {
+            await officer.ExportAuditAsync(file);
+        }
+
+        try
+        {
+            await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None); // no logs: nothing re-applied
+            var database = Path.Combine(target, "kms.db");
+            await SqlAsync(database, "CREATE TRIGGER stop_part_way BEFORE UPDATE ON key_versions WHEN NEW.key_id = 'stop-b' BEGIN SELECT RAISE(ABORT, 'stopped part way'); END");
+            await using var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = database }, default);
+            async Task<string[]> RecordedAsync() =>
+                [.. (await restored.ListAuditEventsAsync(new Kms.Core.Audit.AuditQuery { AfterSequence = 0, Limit = 10_000 }, default))
+                    .Where(e => e.Entry.Operation == BackupRestore.ReapplyOperation).Select(e => e.Entry.Resource!)];
+            Task<KeyState> StateAsync(string key) =>
+                restored.ListVersionsAsync(KeyName.Parse(key, "key"), 0, 1, default).ContinueWith(t => t.Result[0].State, TaskScheduler.Default);
+
+            await Assert.ThrowsAsync<KmsException>(() => BackupRestore.ReapplyFromLogsAsync(restored, [exportPath], null, PublishedAuditKey(), CancellationToken.None));
+            Assert.Equal(KeyState.Destroyed, await StateAsync(first));
+            Assert.Equal(KeyState.Enabled, await StateAsync(second));
+            Assert.Equal([$"{first}/versions/1"], await RecordedAsync());
+
+            await SqlAsync(database, "DROP TRIGGER stop_part_way");
+            var report = await BackupRestore.ReapplyFromLogsAsync(restored, [exportPath], null, PublishedAuditKey(), CancellationToken.None);
+            Assert.Equal([$"{second}/versions/1"], report.Reapplied.Select(r => r.Version));
+            Assert.Equal(KeyState.Destroyed, await StateAsync(second));
+            Assert.Equal([$"{first}/versions/1", $"{second}/versions/1"], await RecordedAsync());
+        }
+        finally
+        {
+            RemoveAfterRestore(target, exportPath);
+        }
+    }
+
+    private static async Task SqlAsync(string database, string sql)
+    {
+        await using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={database};Pooling=False");
+        await connection.OpenAsync();
+        await using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        await command.ExecuteNonQueryAsync();
+    }
+
+    [Fact]
     public async Task ReapplyDestructions_OnADatabaseAServerServes_RefusedBeforeItReadsTheLogs_NothingWritten()
     {
         // Offline only, as restore and rotate-domain: under a serving node it writes under its

@@ -492,24 +492,56 @@ internal static class BackupRestore
     private static async Task<ReapplyOutcome> ReapplyAsync(
         SqlStore store, Recorded what, TimeSpan? waitingPeriod, AuditEntry? first, string where, CancellationToken cancellationToken)
     {
+        // Each change commits with its own audit events, in one transaction (the store's
+        // UpdateKeyAsync with events; a tenant's through an audit scope): a run that stops part way
+        // (a crash, a full disk) has recorded every change it made, and run again re-applies only
+        // what it had not. The restore's own event (first) goes before them all.
+        var now = DateTimeOffset.UtcNow;
+        var requestId = first?.RequestId ?? "reapply-" + now.ToString("yyyyMMdd'T'HHmmss'Z'", System.Globalization.CultureInfo.InvariantCulture);
+        AuditEntry Event(string operation, string resource) => new()
+        {
+            Time = now,
+            RequestId = requestId,
+            Principal = Principal,
+            Operation = operation,
+            Resource = resource,
+            Outcome = "OK",
+            Client = Environment.MachineName,
+        };
+
+        if (first is not null)
+        {
+            await store.AppendAuditAsync([first], cancellationToken);
+        }
+
         var reapplied = new List<(string, string)>();
         var skipped = new List<string>();
         foreach (var group in what.Destructions.GroupBy(d => d.Key))
         {
-            var updated = await store.UpdateKeyAsync(group.Key, current =>
-            {
-                var change = DestructionReplay.Apply(current, group);
-                skipped.AddRange(group
-                    .Where(d => d.Version is { } number && current.Version(number) is null)
-                    .Select(d => $"{group.Key}/versions/{d.Version} (not in the restored database: created after it)"));
-                foreach (var version in change.UpdatedVersions)
+            List<(string Version, string Source)> mine = [];
+            List<string> notHeld = [];
+            var updated = await store.UpdateKeyAsync(
+                group.Key,
+                current =>
                 {
-                    var source = group.First(d => d.Version == version.Name.Version || d.Version is null).Source;
-                    reapplied.Add((version.Name.ToString(), source));
-                }
+                    mine.Clear();
+                    notHeld.Clear();
+                    var change = DestructionReplay.Apply(current, group);
+                    notHeld.AddRange(group
+                        .Where(d => d.Version is { } number && current.Version(number) is null)
+                        .Select(d => $"{group.Key}/versions/{d.Version} (not in the restored database: created after it)"));
+                    foreach (var version in change.UpdatedVersions)
+                    {
+                        var source = group.First(d => d.Version == version.Name.Version || d.Version is null).Source;
+                        mine.Add((version.Name.ToString(), source));
+                    }
 
-                return change;
-            }, cancellationToken);
+                    return change;
+                },
+                () => [.. mine.Select(r => Event(ReapplyOperation, r.Version))],
+                cancellationToken);
+            reapplied.AddRange(mine);
+            skipped.AddRange(notHeld);
             if (updated is null)
             {
                 skipped.Add($"{group.Key} (not in the restored database: created after it)");
@@ -520,7 +552,6 @@ internal static class BackupRestore
         // are scheduled for deletion as DeleteTenant scheduled them: its audit event stands for
         // theirs, so the logs hold no scheduling of each. Such a scheduling never puts off one the
         // snapshot holds (Verified: false).
-        var now = DateTimeOffset.UtcNow;
         var waiting = waitingPeriod ?? SchedulingReplay.DefaultWaitingPeriod;
         var tenantsDeleting = new List<(string, string)>();
         var schedulings = what.Schedulings.ToList();
@@ -577,8 +608,12 @@ internal static class BackupRestore
             else if (tenant.State != Kms.Core.Access.TenantState.Deleting)
             {
                 var asked = since.Where(d => d.Verified).MinBy(d => d.Time)!;
-                await store.UpdateTenantAsync(
-                    tenant with { State = Kms.Core.Access.TenantState.Deleting, DeleteTime = asked.Time < now ? asked.Time : now, DeleteWaitingPeriod = waiting }, cancellationToken);
+                using (AuditScope.Enter(new AuditScope(Event(SchedulingReplay.ReapplyTenantDeletionOperation, group.Key.ResourceName), mutating: true)))
+                {
+                    await store.UpdateTenantAsync(
+                        tenant with { State = Kms.Core.Access.TenantState.Deleting, DeleteTime = asked.Time < now ? asked.Time : now, DeleteWaitingPeriod = waiting }, cancellationToken);
+                }
+
                 tenantsDeleting.Add((group.Key.ResourceName, since.Last(d => d.Verified).Source));
             }
 
@@ -627,17 +662,21 @@ internal static class BackupRestore
         {
             IReadOnlyList<ReappliedScheduling> made = [];
             IReadOnlyList<KeptRestriction> held = [];
-            var found = await store.UpdateKeyAsync(name, current =>
-            {
-                (var change, made) = SchedulingReplay.Apply(current, byKey[name], now, waiting);
-                var after = change.IsNoOp ? current : current with
+            var found = await store.UpdateKeyAsync(
+                name,
+                current =>
                 {
-                    Key = change.Key,
-                    Versions = [.. current.Versions.Select(v => change.UpdatedVersions.FirstOrDefault(u => u.Name.Version == v.Name.Version) ?? v)],
-                };
-                held = SchedulingReplay.Kept(after, liftings[name]);
-                return change;
-            }, cancellationToken);
+                    (var change, made) = SchedulingReplay.Apply(current, byKey[name], now, waiting);
+                    var after = change.IsNoOp ? current : current with
+                    {
+                        Key = change.Key,
+                        Versions = [.. current.Versions.Select(v => change.UpdatedVersions.FirstOrDefault(u => u.Name.Version == v.Name.Version) ?? v)],
+                    };
+                    held = SchedulingReplay.Kept(after, liftings[name]);
+                    return change;
+                },
+                () => [.. made.Select(r => Event(SchedulingReplay.OperationOf(r), r.Resource))],
+                cancellationToken);
             if (found is null && byKey[name].Any())
             {
                 skipped.Add($"{name} (its scheduling, disabling or tenant's deletion not re-applied: not in the restored database, created after it)");
@@ -645,28 +684,6 @@ internal static class BackupRestore
 
             rescheduled.AddRange(made);
             kept.AddRange(held);
-        }
-
-        var requestId = first?.RequestId ?? "reapply-" + now.ToString("yyyyMMdd'T'HHmmss'Z'", System.Globalization.CultureInfo.InvariantCulture);
-        List<AuditEntry> events =
-        [
-            .. first is null ? [] : new[] { first },
-            .. reapplied.Select(r => new AuditEntry
-            {
-                Time = now, RequestId = requestId, Principal = Principal, Operation = ReapplyOperation, Resource = r.Item1, Outcome = "OK", Client = Environment.MachineName,
-            }),
-            .. tenantsDeleting.Select(t => new AuditEntry
-            {
-                Time = now, RequestId = requestId, Principal = Principal, Operation = SchedulingReplay.ReapplyTenantDeletionOperation, Resource = t.Item1, Outcome = "OK", Client = Environment.MachineName,
-            }),
-            .. rescheduled.Select(r => new AuditEntry
-            {
-                Time = now, RequestId = requestId, Principal = Principal, Operation = SchedulingReplay.OperationOf(r), Resource = r.Resource, Outcome = "OK", Client = Environment.MachineName,
-            }),
-        ];
-        if (events.Count > 0)
-        {
-            await store.AppendAuditAsync(events, cancellationToken);
         }
 
         if (!await store.CompleteErasureAsync(cancellationToken))

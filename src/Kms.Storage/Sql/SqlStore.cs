@@ -248,15 +248,26 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             : null, cancellationToken);
 
     /// <inheritdoc />
-    public async Task<KeyWithVersions?> UpdateKeyAsync(KeyName name, Func<KeyWithVersions, KeyChange> decide, CancellationToken cancellationToken)
+    public Task<KeyWithVersions?> UpdateKeyAsync(KeyName name, Func<KeyWithVersions, KeyChange> decide, CancellationToken cancellationToken) =>
+        UpdateKeyAsync(name, decide, static () => [], cancellationToken);
+
+    /// <summary>
+    /// <see cref="UpdateKeyAsync(KeyName, Func{KeyWithVersions, KeyChange}, CancellationToken)"/>, appending
+    /// <paramref name="events"/> (asked once the decision has run) to the audit chain in the same
+    /// transaction when the change writes something: for offline tools, whose writes carry no request's
+    /// event, so that a change is never committed without its record (nor a record without its change).
+    /// </summary>
+    public async Task<KeyWithVersions?> UpdateKeyAsync(KeyName name, Func<KeyWithVersions, KeyChange> decide, Func<IReadOnlyList<AuditEntry>> events, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(decide);
+        ArgumentNullException.ThrowIfNull(events);
 
         // A no-op decision (the lifecycle worker's sweeps decide one for every key already where it
         // should be, every pass) or a missing key writes nothing, so it tells no node to forget anything.
         var (result, erased, _) = await WriteAsync(
             (connection, transaction) => ApplyKeyChangeAsync(connection, transaction, name, decide, ErasureMarkSql, cancellationToken),
             cancellationToken,
+            trailingEvents: applied => applied.Changed ? events() : [],
             changed: applied => applied.Changed);
         if (erased)
         {
