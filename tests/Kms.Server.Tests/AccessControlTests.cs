@@ -297,6 +297,93 @@ public sealed class AccessControlTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Grants_ContextConstraint_HeldOnEveryPath_SingleBatchAliasAndBothSidesOfReEncrypt()
+    {
+        // A grant's context constraint is checked wherever its key is used, not only on the
+        // single Encrypt and Decrypt: through an alias, in a batch item, as a ReEncrypt
+        // destination (ENCRYPT) and as a ReEncrypt source (DECRYPT), single and batched.
+        var open = await _developer.CreateKeyAsync("tenants/dev", "grant-paths-open");
+        var granted = await _developer.CreateKeyAsync("tenants/dev", "grant-paths");
+        await _developer.Raw.CreateAliasAsync(new CreateAliasRequest { Parent = "tenants/dev", AliasId = "grant-paths-alias", Alias = new Alias { Key = granted.Name } });
+        var matching = new Dictionary<string, string> { ["rec"] = "42", ["extra"] = "1" };
+        var other = new Dictionary<string, string> { ["rec"] = "43" };
+        var grantedBlob = ByteString.CopyFrom((await _developer.EncryptAsync(granted.Name, "42"u8.ToArray(), matching)).Ciphertext);
+        var otherBlob = ByteString.CopyFrom((await _developer.EncryptAsync(granted.Name, "43"u8.ToArray(), other)).Ciphertext);
+        var openBlob = ByteString.CopyFrom((await _developer.EncryptAsync(open.Name, "open"u8.ToArray())).Ciphertext);
+        using var grantee = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("grant-paths-user", "dev", "key-user"));
+        await _developer.Raw.SetKeyPolicyAsync(new SetKeyPolicyRequest
+        {
+            Name = granted.Name,
+            Entries = { new KeyPolicyEntry { Principal = "token:developer", Operations = { "ENCRYPT", "DECRYPT" } } },
+        });
+        await _developer.Raw.CreateGrantAsync(new CreateGrantRequest
+        {
+            Parent = granted.Name,
+            Grant = new KeyGrant { Grantee = "token:grant-paths-user", Operations = { "ENCRYPT", "DECRYPT" }, ContextEquals = { ["rec"] = "42" } },
+        });
+        var keys = grantee.Raw;
+
+        foreach (var name in new[] { granted.Name, "tenants/dev/aliases/grant-paths-alias" })
+        {
+            // Into the key under another context: refused on every encrypting path.
+            var intoOther = new[]
+            {
+                await CodeOf(() => keys.EncryptAsync(new EncryptRequest { Name = name, Plaintext = ByteString.CopyFromUtf8("a"), EncryptionContext = { other } }).ResponseAsync),
+                await CodeOf(() => keys.GenerateDataKeyAsync(new GenerateDataKeyRequest { Name = name, EncryptionContext = { other } }).ResponseAsync),
+                await CodeOf(() => keys.GenerateDataKeyWithoutPlaintextAsync(new GenerateDataKeyWithoutPlaintextRequest { Name = name, EncryptionContext = { other } }).ResponseAsync),
+                await CodeOf(() => keys.ReEncryptAsync(new ReEncryptRequest { Ciphertext = openBlob, DestinationName = name, DestinationEncryptionContext = { other } }).ResponseAsync),
+                (StatusCode)(await keys.BatchEncryptAsync(new BatchEncryptRequest { Requests = { new EncryptRequest { Name = name, Plaintext = ByteString.CopyFromUtf8("a"), EncryptionContext = { other } } } })).Results[0].Status.Code,
+                (StatusCode)(await keys.BatchGenerateDataKeyAsync(new BatchGenerateDataKeyRequest { Requests = { new GenerateDataKeyRequest { Name = name, EncryptionContext = { other } } } })).Results[0].Status.Code,
+                (StatusCode)(await keys.BatchReEncryptAsync(new BatchReEncryptRequest { Requests = { new ReEncryptRequest { Ciphertext = openBlob, DestinationName = name, DestinationEncryptionContext = { other } } } })).Results[0].Status.Code,
+            };
+            Assert.All(intoOther, code => Assert.Equal(StatusCode.PermissionDenied, code));
+
+            // Under a context that holds the granted pair (and more): served on every one of them.
+            var intoMatching = new[]
+            {
+                await CodeOf(() => keys.EncryptAsync(new EncryptRequest { Name = name, Plaintext = ByteString.CopyFromUtf8("a"), EncryptionContext = { matching } }).ResponseAsync),
+                await CodeOf(() => keys.GenerateDataKeyWithoutPlaintextAsync(new GenerateDataKeyWithoutPlaintextRequest { Name = name, EncryptionContext = { matching } }).ResponseAsync),
+                await CodeOf(() => keys.ReEncryptAsync(new ReEncryptRequest { Ciphertext = openBlob, DestinationName = name, DestinationEncryptionContext = { matching } }).ResponseAsync),
+                (StatusCode)(await keys.BatchReEncryptAsync(new BatchReEncryptRequest { Requests = { new ReEncryptRequest { Ciphertext = openBlob, DestinationName = name, DestinationEncryptionContext = { matching } } } })).Results[0].Status.Code,
+            };
+            Assert.All(intoMatching, code => Assert.Equal(StatusCode.OK, code));
+        }
+
+        // Out of the key: a blob made under another context is refused on every decrypting path
+        // (the grant names the caller, so PERMISSION_DENIED), before anything is decrypted.
+        var outOfOther = new[]
+        {
+            await CodeOf(() => keys.DecryptAsync(new DecryptRequest { Ciphertext = otherBlob, EncryptionContext = { other } }).ResponseAsync),
+            await CodeOf(() => keys.ReEncryptAsync(new ReEncryptRequest { Ciphertext = otherBlob, SourceEncryptionContext = { other }, DestinationName = open.Name }).ResponseAsync),
+            (StatusCode)(await keys.BatchDecryptAsync(new BatchDecryptRequest { Requests = { new DecryptRequest { Ciphertext = otherBlob, EncryptionContext = { other } } } })).Results[0].Status.Code,
+            (StatusCode)(await keys.BatchReEncryptAsync(new BatchReEncryptRequest { Requests = { new ReEncryptRequest { Ciphertext = otherBlob, SourceEncryptionContext = { other }, DestinationName = open.Name } } })).Results[0].Status.Code,
+        };
+        Assert.All(outOfOther, code => Assert.Equal(StatusCode.PermissionDenied, code));
+
+        var outOfMatching = new[]
+        {
+            await CodeOf(() => keys.DecryptAsync(new DecryptRequest { Ciphertext = grantedBlob, EncryptionContext = { matching } }).ResponseAsync),
+            await CodeOf(() => keys.ReEncryptAsync(new ReEncryptRequest { Ciphertext = grantedBlob, SourceEncryptionContext = { matching }, DestinationName = open.Name }).ResponseAsync),
+            (StatusCode)(await keys.BatchDecryptAsync(new BatchDecryptRequest { Requests = { new DecryptRequest { Ciphertext = grantedBlob, EncryptionContext = { matching } } } })).Results[0].Status.Code,
+            (StatusCode)(await keys.BatchReEncryptAsync(new BatchReEncryptRequest { Requests = { new ReEncryptRequest { Ciphertext = grantedBlob, SourceEncryptionContext = { matching }, DestinationName = open.Name } } })).Results[0].Status.Code,
+        };
+        Assert.All(outOfMatching, code => Assert.Equal(StatusCode.OK, code));
+
+        static async Task<StatusCode> CodeOf(Func<Task> call)
+        {
+            try
+            {
+                await call();
+                return StatusCode.OK;
+            }
+            catch (RpcException e)
+            {
+                return e.StatusCode;
+            }
+        }
+    }
+
+    [Fact]
     public async Task Quota_ExhaustedWithARetryHint_OtherTenantsUnaffected_RecoversWithTime()
     {
         await _server.EnsureTenantAsync("slow");
