@@ -22,6 +22,24 @@ public sealed class ResourceNamesTests
     public void Key_Unresolvable_IsAUsageError(string input, string? tenant) =>
         Assert.Throws<CliUsageException>(() => ResourceNames.Key(input, tenant));
 
+    [Theory]
+    [InlineData("signer/versions/1", "dev", "tenants/dev/keys/signer/versions/1")]
+    [InlineData("acme/signer/versions/12", "dev", "tenants/acme/keys/signer/versions/12")]
+    [InlineData("tenants/acme/keys/signer/versions/3", null, "tenants/acme/keys/signer/versions/3")]
+    [InlineData("signer", "dev", "tenants/dev/keys/signer")]
+    [InlineData("tenants/acme/aliases/current", null, "tenants/acme/aliases/current")]
+    public void KeyOrVersion_VersionsKeysAndAliases_Resolve(string input, string? tenant, string expected) =>
+        Assert.Equal(expected, ResourceNames.KeyOrVersion(input, tenant));
+
+    [Theory]
+    [InlineData("signer/versions/one", "dev")]
+    [InlineData("signer/versions/", "dev")]
+    [InlineData("signer/versions/1", null)]
+    [InlineData("tenants/acme/aliases/current/versions/1", null)]
+    [InlineData("tenants/acme/keys/signer/versions/1/x", null)]
+    public void KeyOrVersion_Unresolvable_IsAUsageError(string input, string? tenant) =>
+        Assert.Throws<CliUsageException>(() => ResourceNames.KeyOrVersion(input, tenant));
+
     [Fact]
     public void Alias_ShortName_UsesTheTenant() =>
         Assert.Equal("tenants/dev/aliases/current", ResourceNames.Alias("current", "dev"));

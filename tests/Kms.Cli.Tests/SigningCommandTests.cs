@@ -57,6 +57,31 @@ public sealed class SigningCommandTests(CliServerFixture fixture) : IClassFixtur
     }
 
     [Fact]
+    public async Task Verify_AfterRotation_OldSignatureVerifiesUnderTheVersionNamed_NotUnderThePrimary()
+    {
+        // docs/cli.md: "KEY may name a version (…/versions/N) … Name the version when verifying an
+        // old signature after a rotation" — in every form a key is named.
+        var key = $"sign-{Guid.NewGuid():N}";
+        await JsonAsync("keys", "create", key, "--algorithm", "EC_SIGN_P256_SHA256");
+        var document = Path.Combine(_directory, "contract.txt");
+        await File.WriteAllBytesAsync(document, RandomNumberGenerator.GetBytes(10_000));
+        var signature = Path.Combine(_directory, "contract.sig");
+        Assert.Equal(0, (await RunAsync("sign", key, "--in", document, "--out", signature)).ExitCode);
+        await JsonAsync("keys", "rotate", key);
+
+        foreach (var version in new[] { $"{key}/versions/1", $"dev/{key}/versions/1", $"tenants/dev/keys/{key}/versions/1" })
+        {
+            var verified = await RunAsync("verify", version, "--in", document, "--signature", signature);
+            Assert.True(verified.ExitCode == 0, verified.ToString());
+            Assert.Contains($"tenants/dev/keys/{key}/versions/1", verified.Out, StringComparison.Ordinal);
+        }
+
+        Assert.Equal(ExitCodes.DecryptionFailed, (await RunAsync("verify", key, "--in", document, "--signature", signature)).ExitCode);
+        var publicKey = await RunAsync("public-key", $"{key}/versions/2");
+        Assert.True(publicKey.ExitCode == 0, publicKey.ToString());
+    }
+
+    [Fact]
     public async Task KeysImport_HmacKeyFile_MacEqualsDotNet_VerifyMacRefusesAnother()
     {
         var key = $"mac-{Guid.NewGuid():N}";

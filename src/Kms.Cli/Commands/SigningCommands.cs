@@ -42,7 +42,7 @@ internal static class SigningCommands
         runner.SetAction(command, async (ctx, ct) =>
         {
             var parse = ctx.ParseResult;
-            var name = ctx.KeyName(parse.GetRequiredValue(key));
+            var name = ctx.KeyOrVersionName(parse.GetRequiredValue(key));
             KeyAlgorithmSpec? spec;
             try
             {
@@ -95,7 +95,7 @@ internal static class SigningCommands
         runner.SetAction(command, async (ctx, ct) =>
         {
             var parse = ctx.ParseResult;
-            var name = ctx.KeyName(parse.GetRequiredValue(key));
+            var name = ctx.KeyOrVersionName(parse.GetRequiredValue(key));
             var spec = await AlgorithmOfAsync(ctx, name, ct);
             var request = new VerifyRequest
             {
@@ -126,7 +126,7 @@ internal static class SigningCommands
         var command = new Command("public-key", "print the public key (PEM) of a SIGN_VERIFY or ASYMMETRIC_DECRYPT key version") { key, output, force };
         runner.SetAction(command, async (ctx, ct) =>
         {
-            var response = await ctx.Client.GetPublicKeyAsync(ctx.KeyName(ctx.ParseResult.GetRequiredValue(key)), ct);
+            var response = await ctx.Client.GetPublicKeyAsync(ctx.KeyOrVersionName(ctx.ParseResult.GetRequiredValue(key)), ct);
             if (ctx.ParseResult.GetValue(output) is { } path)
             {
                 await using var target = OutputFile.Open(ctx.Environment, path, ctx.ParseResult.GetValue(force));
@@ -154,7 +154,7 @@ internal static class SigningCommands
         var command = new Command("mac", "HMAC of a small file with a MAC key (hex on standard output)") { key, input };
         runner.SetAction(command, async (ctx, ct) =>
         {
-            var name = ctx.KeyName(ctx.ParseResult.GetRequiredValue(key));
+            var name = ctx.KeyOrVersionName(ctx.ParseResult.GetRequiredValue(key));
             var data = await ReadSmallAsync(ctx, ctx.ParseResult.GetRequiredValue(input), MaxMacBytes, ct);
             var response = await ctx.Client.Raw.GenerateMacAsync(new GenerateMacRequest { Name = name, Data = ByteString.CopyFrom(data) }, cancellationToken: ct);
             var hex = Convert.ToHexStringLower(response.Mac.Span);
@@ -172,7 +172,7 @@ internal static class SigningCommands
         var command = new Command("verify-mac", "check an HMAC (exit 7 when it does not match)") { key, input, mac };
         runner.SetAction(command, async (ctx, ct) =>
         {
-            var name = ctx.KeyName(ctx.ParseResult.GetRequiredValue(key));
+            var name = ctx.KeyOrVersionName(ctx.ParseResult.GetRequiredValue(key));
             byte[] expected;
             try
             {
@@ -200,7 +200,7 @@ internal static class SigningCommands
         var get = new Command("get", "fetch a key version's signed provenance statement") { key, output, force };
         runner.SetAction(get, async (ctx, ct) =>
         {
-            var response = await ctx.Client.GetKeyAttestationAsync(ctx.KeyName(ctx.ParseResult.GetRequiredValue(key)), ct);
+            var response = await ctx.Client.GetKeyAttestationAsync(ctx.KeyOrVersionName(ctx.ParseResult.GetRequiredValue(key)), ct);
             var bundle = new JsonObject
             {
                 ["statement"] = Convert.ToBase64String(response.Statement.Span),

@@ -50,6 +50,9 @@ internal sealed class CliContext : IDisposable
     /// <summary>A key name from the command line (see <see cref="ResourceNames"/>).</summary>
     public string KeyName(string input) => ResourceNames.Key(input, Tenant);
 
+    /// <summary>A key version, key or alias name from the command line (see <see cref="ResourceNames.KeyOrVersion"/>).</summary>
+    public string KeyOrVersionName(string input) => ResourceNames.KeyOrVersion(input, Tenant);
+
     /// <summary>An alias name from the command line.</summary>
     public string AliasName(string input) => ResourceNames.Alias(input, Tenant);
 

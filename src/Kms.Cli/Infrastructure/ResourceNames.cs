@@ -10,6 +10,28 @@ internal static class ResourceNames
     /// <summary>A key (or, given in full, an alias: <c>tenants/t/aliases/a</c> is accepted wherever a key is).</summary>
     public static string Key(string input, string? tenant) => Resolve(input, tenant, "keys", acceptAlias: true);
 
+    /// <summary>
+    /// A key version, or what <see cref="Key"/> takes (a key or an alias: its primary version):
+    /// <c>k/versions/n</c>, <c>t/k/versions/n</c> or <c>tenants/t/keys/k/versions/n</c>.
+    /// </summary>
+    public static string KeyOrVersion(string input, string? tenant)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        var at = input.LastIndexOf("/versions/", StringComparison.Ordinal);
+        if (at < 0)
+        {
+            return Key(input, tenant);
+        }
+
+        var number = input[(at + "/versions/".Length)..];
+        if (number.Length is 0 or > 19 || !number.All(char.IsAsciiDigit))
+        {
+            throw new CliUsageException($"'{input}' is not a key version name (KEY/versions/N, TENANT/KEY/versions/N or tenants/TENANT/keys/KEY/versions/N)");
+        }
+
+        return $"{Resolve(input[..at], tenant, "keys", acceptAlias: false)}/versions/{number}";
+    }
+
     /// <summary>An alias: <c>tenants/t/aliases/a</c>, <c>t/a</c> or <c>a</c>.</summary>
     public static string Alias(string input, string? tenant) => Resolve(input, tenant, "aliases", acceptAlias: false);
 
