@@ -52,31 +52,52 @@ internal static class GrpcFramingCheck
     // A message that is not valid protobuf (field 0 is no field): the deserializer's sentinel.
     private static readonly ReadOnlySequence<byte> Malformed = new([0, 0, 0, 0, 1, 0xFF]);
 
+    /// <summary>
+    /// The largest request message read from a caller without a valid credential, and for a method
+    /// anyone may call (<see cref="Security.CallScope.Public"/>, the health service's, whose request
+    /// names a service): enough for the request a probe sends (its names reach the audit's refusal
+    /// summary), too little for the server to hold megabytes for nobody authenticated.
+    /// </summary>
+    public const int MaxUnauthenticatedRequestBytes = 4096;
+
     /// <summary>Adds the middleware; it must run after routing (WebApplication routes first).</summary>
     public static void Use(WebApplication app, int maxMessageBytes)
     {
         var providers = app.Services.GetRequiredService<IOptions<GrpcServiceOptions>>().Value.CompressionProviders
             .ToDictionary(p => p.EncodingName, StringComparer.Ordinal);
+        var authentication = app.Services.GetRequiredService<Security.CallerAuthentication>();
         app.Use((context, next) =>
         {
             if (context.GetEndpoint()?.Metadata.GetMetadata<GrpcMethodMetadata>() is { Method.Type: MethodType.Unary or MethodType.ServerStreaming }
                 && context.Features.Get<IRequestBodyPipeFeature>() is { } body)
             {
-                context.Features.Set<IRequestBodyPipeFeature>(new SingleMessageReader(context, body.Reader, maxMessageBytes, providers));
+                // A method without a rule is refused by the interceptor whatever its body: checked as a public one.
+                var isPublic = !Security.AccessRules.ByMethod.TryGetValue(context.Request.Path.Value ?? "", out var rule) || rule.Scope == Security.CallScope.Public;
+                context.Features.Set<IRequestBodyPipeFeature>(isPublic
+                    ? new SingleMessageReader(context, body.Reader, Math.Min(maxMessageBytes, MaxUnauthenticatedRequestBytes), "a public method's request", providers, null)
+                    : new SingleMessageReader(context, body.Reader, maxMessageBytes, "Kms:MaxRequestBytes", providers, authentication));
             }
 
             return next(context);
         });
     }
 
-    // The reader is its own body feature: one object per call, not two.
-    private sealed class SingleMessageReader(HttpContext context, PipeReader inner, int limit, Dictionary<string, ICompressionProvider> providers) : PipeReader, IRequestBodyPipeFeature
+    // The reader is its own body feature: one object per call, not two. With an authentication, the
+    // caller is authenticated from the headers before the body is read, and the message of a call
+    // without a valid credential is read only up to MaxUnauthenticatedRequestBytes: one announcing
+    // more is handed on without its body, so the server holds no more than that of a message nobody
+    // authenticated is sending (slowly, or never finishing); the interceptor refuses the call.
+    private sealed class SingleMessageReader(HttpContext context, PipeReader inner, int limit, string limitName, Dictionary<string, ICompressionProvider> providers, Security.CallerAuthentication? authentication) : PipeReader, IRequestBodyPipeFeature
     {
+        private int _limit = limit;
+        private string _limitName = limitName;
+
         public PipeReader Reader => this;
 
         // What is served instead of the body once it was read (null: the body itself).
         private ReadOnlySequence<byte>? _replacement;
         private bool _checked;
+        private bool _authenticated;
 
         public override async ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
         {
@@ -88,6 +109,15 @@ internal static class GrpcFramingCheck
             if (_checked)
             {
                 return await inner.ReadAsync(cancellationToken);
+            }
+
+            if (authentication is not null && !_authenticated)
+            {
+                _authenticated = true;
+                if (await AuthenticateBeforeBodyAsync(authentication) is false)
+                {
+                    (_limit, _limitName) = (Math.Min(_limit, MaxUnauthenticatedRequestBytes), "a request without a valid credential");
+                }
             }
 
             while (true)
@@ -119,6 +149,21 @@ internal static class GrpcFramingCheck
                 inner.AdvanceTo(result.Buffer.End);
                 _replacement = decompressed ?? Malformed;
                 return new ReadResult(_replacement.Value, isCanceled: false, isCompleted: true);
+            }
+        }
+
+        // Whether the caller is authenticated (null: the attempt failed — the database unreachable —
+        // and the body is read as before: the interceptor authenticates again and answers the
+        // failure as any other, UNAVAILABLE, where an exception here would reach the caller as UNKNOWN).
+        private async Task<bool?> AuthenticateBeforeBodyAsync(Security.CallerAuthentication authentication)
+        {
+            try
+            {
+                return await authentication.AuthenticateBeforeBodyAsync(context) is not null;
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                return null;
             }
         }
 
@@ -172,9 +217,9 @@ internal static class GrpcFramingCheck
                 return (Invalid($"the request's message header has compressed flag {header[0]}; it must be 0 or 1"), true, null);
             }
 
-            if (length > (uint)limit)
+            if (length > (uint)_limit)
             {
-                return (TooLarge($"the request's message is {length} bytes; this server takes at most {limit} (Kms:MaxRequestBytes)"), true, null);
+                return (TooLarge($"the request's message is {length} bytes; this server takes at most {_limit} ({_limitName})"), true, null);
             }
 
             var encoding = context.Request.Headers["grpc-encoding"].ToString();
@@ -216,9 +261,9 @@ internal static class GrpcFramingCheck
                 int read;
                 while ((read = decompression.Read(chunk)) > 0)
                 {
-                    if (output.Length - HeaderSize + read > limit)
+                    if (output.Length - HeaderSize + read > _limit)
                     {
-                        return (TooLarge($"the request's message decompresses ({provider.EncodingName}) to more than {limit} bytes, the most this server takes (Kms:MaxRequestBytes)"), true, null);
+                        return (TooLarge($"the request's message decompresses ({provider.EncodingName}) to more than {_limit} bytes, the most this server takes ({_limitName})"), true, null);
                     }
 
                     output.Write(chunk, 0, read);

@@ -106,6 +106,8 @@ public static partial class KmsServerApp
         // A quota of 0 once meant none at all, the opposite of what an operator blocking a tenant
         // writes: refused before anything starts, with the way to switch quotas off.
         serverOptions.Quotas.Validate();
+        var transport = serverOptions.Transport;
+        transport.Validate();
         builder.WebHost.UseUrls([.. urls]);
         var (certificatePath, keyPath) = ResolveTls(serverOptions);
         var tlsLogger = new Serilog.Extensions.Logging.SerilogLoggerFactory(logger).CreateLogger("Kms.Server.Tls");
@@ -119,9 +121,25 @@ public static partial class KmsServerApp
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.AddServerHeader = false;
-            kestrel.ConfigureEndpointDefaults(listen => listen.Protocols = HttpProtocols.Http2);
+
+            // Reachable without a credential: each bound explicit, each an operator's setting (Kms:Transport).
+            kestrel.Limits.MaxConcurrentConnections = transport.MaxConnections;
+            kestrel.Limits.KeepAliveTimeout = transport.KeepAliveTimeout;
+            kestrel.Limits.RequestHeadersTimeout = transport.RequestHeadersTimeout;
+            kestrel.Limits.Http2.MaxStreamsPerConnection = transport.MaxStreamsPerConnection;
+            var connectionLimit = new Overload.ClientAddressConnectionLimit(
+                transport.MaxConnectionsPerClientAddress,
+                new Serilog.Extensions.Logging.SerilogLoggerFactory(logger).CreateLogger("Kms.Server.Transport"));
+            kestrel.ConfigureEndpointDefaults(listen =>
+            {
+                listen.Protocols = HttpProtocols.Http2;
+
+                // Added before the endpoint's TLS: a connection over the bound is closed before its handshake.
+                listen.Use(connectionLimit.Middleware);
+            });
             kestrel.ConfigureHttpsDefaults(https =>
             {
+                https.HandshakeTimeout = transport.TlsHandshakeTimeout;
                 // Read per handshake (the files are checked at most once a second): a renewed
                 // certificate and chain are served without a restart. Kestrel's selector hands
                 // SslStream a lone certificate, whose chain SslStream builds from the system

@@ -88,6 +88,62 @@ public sealed class KmsServerOptions
 
     /// <summary>Workload identity: the JWT issuers whose tokens authenticate callers (docs/access-control.md).</summary>
     public JwtOptions Jwt { get; set; } = new();
+
+    /// <summary>Limits below the gRPC call (connections, TLS, HTTP/2), reachable without a credential.</summary>
+    public TransportOptions Transport { get; set; } = new();
+}
+
+/// <summary>
+/// The limits of the layer below the gRPC call (<c>Kms:Transport</c>): TCP connections, the TLS
+/// handshake and HTTP/2. Anyone who can reach the port reaches this layer without a credential
+/// (docs/deployment.md, "Transport limits"; SECURITY.md claim 106).
+/// </summary>
+public sealed class TransportOptions
+{
+    /// <summary>
+    /// Connections open at once from one client IP address, from the TCP accept on (before the TLS
+    /// handshake); more are closed at once. 0 switches the bound off (a load balancer or NAT in front
+    /// makes every client one address: bound there instead). Default 64.
+    /// </summary>
+    public int MaxConnectionsPerClientAddress { get; set; } = 64;
+
+    /// <summary>Connections open at once in all (Kestrel's <c>MaxConcurrentConnections</c>, unbounded by default there); more are closed at once. Default 4096.</summary>
+    public int MaxConnections { get; set; } = 4096;
+
+    /// <summary>How long a client may take to complete the TLS handshake from the TCP accept; default 10 seconds (Kestrel's).</summary>
+    public TimeSpan TlsHandshakeTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>How long a connection may stay open with no request in progress; default 130 seconds (Kestrel's).</summary>
+    public TimeSpan KeepAliveTimeout { get; set; } = TimeSpan.FromSeconds(130);
+
+    /// <summary>How long a request's headers may take to arrive; default 30 seconds (Kestrel's).</summary>
+    public TimeSpan RequestHeadersTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Calls (HTTP/2 streams) open at once on one connection; more are refused with REFUSED_STREAM. Default 100 (Kestrel's).</summary>
+    public int MaxStreamsPerConnection { get; set; } = 100;
+
+    /// <summary>Refuses, naming the option, a count below its least or a time that is not positive.</summary>
+    /// <exception cref="InvalidOperationException">The first such option.</exception>
+    public void Validate()
+    {
+        if (MaxConnectionsPerClientAddress < 0)
+        {
+            throw new InvalidOperationException($"Kms:Transport:MaxConnectionsPerClientAddress ({MaxConnectionsPerClientAddress}) must be 0 (no bound) or more");
+        }
+
+        if (MaxConnections < 1 || MaxStreamsPerConnection < 1)
+        {
+            throw new InvalidOperationException($"Kms:Transport:MaxConnections ({MaxConnections}) and Kms:Transport:MaxStreamsPerConnection ({MaxStreamsPerConnection}) must be at least 1");
+        }
+
+        foreach (var (name, value) in new[] { ("TlsHandshakeTimeout", TlsHandshakeTimeout), ("KeepAliveTimeout", KeepAliveTimeout), ("RequestHeadersTimeout", RequestHeadersTimeout) })
+        {
+            if (value <= TimeSpan.Zero || value > TimeSpan.FromHours(1))
+            {
+                throw new InvalidOperationException($"Kms:Transport:{name} ({value:c}) must be more than 00:00:00 and at most 01:00:00");
+            }
+        }
+    }
 }
 
 /// <summary>

@@ -47,11 +47,42 @@ internal sealed class CallerAuthentication(
     /// <summary>Whether client certificates are accepted (a client CA is configured).</summary>
     public bool MutualTls => certificates is not null;
 
+    // Where GrpcFramingCheck leaves the answer it got before reading the body, for the first check
+    // of the same call (the interceptor's) to take instead of authenticating a second time.
+    private static readonly object EarlyAnswerKey = new();
+
     /// <summary>The caller, or null when the request carries no valid credential (or two).</summary>
+    /// <remarks>
+    /// The first check of a call takes the answer <see cref="AuthenticateBeforeBodyAsync"/> found
+    /// for it, if any; every later one (a stream checked again) authenticates afresh.
+    /// </remarks>
     public ValueTask<Caller?> AuthenticateAsync(ServerCallContext context)
     {
-        // Straight from the request's headers: ServerCallContext.RequestHeaders would copy them all.
         var http = context.GetHttpContext();
+        if (http.Items.TryGetValue(EarlyAnswerKey, out var early))
+        {
+            http.Items.Remove(EarlyAnswerKey);
+            return ValueTask.FromResult(early as Caller);
+        }
+
+        return AuthenticateAsync(http, context.CancellationToken);
+    }
+
+    /// <summary>
+    /// Authenticates a call from its headers before its body is read, and keeps the answer for the
+    /// call's own check (<see cref="AuthenticateAsync(ServerCallContext)"/>): so that a request
+    /// without a valid credential is refused before the server holds any of its message.
+    /// </summary>
+    public async ValueTask<Caller?> AuthenticateBeforeBodyAsync(HttpContext http)
+    {
+        var caller = await AuthenticateAsync(http, http.RequestAborted);
+        http.Items[EarlyAnswerKey] = caller;
+        return caller;
+    }
+
+    private ValueTask<Caller?> AuthenticateAsync(HttpContext http, CancellationToken cancellationToken)
+    {
+        // Straight from the request's headers: ServerCallContext.RequestHeaders would copy them all.
         var authorizations = http.Request.Headers.Authorization;
         var certificate = http.Connection.ClientCertificate;
         if (authorizations.Count > 1 || (authorizations.Count == 1 && certificate is not null))
@@ -74,7 +105,7 @@ internal sealed class CallerAuthentication(
                 var key = CacheKey('t', bearer);
                 return TryCached(key, 0, out var known)
                     ? ValueTask.FromResult<Caller?>(known)
-                    : new ValueTask<Caller?>(TokenAsync(key, bearer.ToString(), context.CancellationToken));
+                    : new ValueTask<Caller?>(TokenAsync(key, bearer.ToString(), cancellationToken));
             }
 
             // A workload identity token, only where issuers are configured; anything else is no credential.
@@ -83,7 +114,7 @@ internal sealed class CallerAuthentication(
                 var key = CacheKey('j', bearer);
                 return TryCached(key, workloads.TrustVersion, out var known)
                     ? ValueTask.FromResult<Caller?>(known)
-                    : new ValueTask<Caller?>(WorkloadAsync(key, workloads, bearer.ToString(), context.CancellationToken));
+                    : new ValueTask<Caller?>(WorkloadAsync(key, workloads, bearer.ToString(), cancellationToken));
             }
 
             return ValueTask.FromResult<Caller?>(null);
@@ -94,7 +125,7 @@ internal sealed class CallerAuthentication(
             var key = CacheKey('c', certificate.RawData);
             return TryCached(key, certificates.TrustVersion, out var known)
                 ? ValueTask.FromResult<Caller?>(known)
-                : new ValueTask<Caller?>(CertificateAsync(key, certificates, certificate, context.CancellationToken));
+                : new ValueTask<Caller?>(CertificateAsync(key, certificates, certificate, cancellationToken));
         }
 
         return ValueTask.FromResult<Caller?>(null);
