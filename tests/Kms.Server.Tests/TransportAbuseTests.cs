@@ -137,6 +137,36 @@ public sealed class TransportAbuseTests(TransportLimitsFixture fixture) : IClass
     }
 
     [Fact]
+    public async Task TokenRevokedWhileTheMessageIsStillArriving_CallRefusedUnauthenticated()
+    {
+        // The caller is authenticated from its headers before its message is read (to bound what
+        // the server holds); the call itself must still be authorized against the credential as it
+        // is once the message has arrived. A revocation made in between — the message sent slowly,
+        // its last byte held back, for as long as Kestrel's data rate allows — refuses the call,
+        // as it did when authentication came after the body.
+        using var admin = Server.DeploymentAdmin();
+        var principal = $"token:slow-{Guid.NewGuid():N}"[..24];
+        await admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = principal, Tenant = "tenants/dev" });
+        await admin.Access.SetRoleBindingAsync(new SetRoleBindingRequest { Principal = principal, Role = "key-user", Tenant = "tenants/dev" });
+        var token = await admin.Access.CreateApiTokenAsync(new CreateApiTokenRequest { Principal = principal, Kind = "SERVICE" });
+
+        await using var caller = await ConnectAsync();
+        _ = caller.StartReading();
+        await caller.WriteFrameAsync(RawHttp2.Headers, RawHttp2.EndHeaders, 1, RawHttp2.GrpcHeaderBlock(GenerateRandom, token.Secret, Server.Address));
+
+        // GenerateRandomRequest { length_bytes: 8 } is 08 08: all but its last byte now.
+        await caller.SendDataAsync(1, RawHttp2.GrpcMessageHeader(2).Concat(new byte[] { 8 }).ToArray(), TimeSpan.FromSeconds(5));
+        await Task.Delay(TimeSpan.FromSeconds(1)); // lets the server read what arrived (the assertion holds either way)
+        await admin.Access.RevokeApiTokenAsync(new RevokeApiTokenRequest { Id = token.Token.Id });
+        await caller.WriteFrameAsync(RawHttp2.Data, RawHttp2.EndStream, 1, new byte[] { 8 });
+
+        var answers = await caller.StreamEndsAsync([1], Generously);
+
+        Assert.True(answers.ContainsKey(1), "the call was not answered");
+        Assert.True(answers[1].Contains("grpc-status16", StringComparison.Ordinal), $"answered: {answers[1]}");
+    }
+
+    [Fact]
     public async Task PublicMethod_MessageOverItsSmallLimit_RefusedOnItsHeader()
     {
         // The health service needs no credential; its request names a service. One announcing

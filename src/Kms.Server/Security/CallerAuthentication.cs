@@ -48,13 +48,17 @@ internal sealed class CallerAuthentication(
     public bool MutualTls => certificates is not null;
 
     // Where GrpcFramingCheck leaves the answer it got before reading the body, for the first check
-    // of the same call (the interceptor's) to take instead of authenticating a second time.
+    // of the same call (the interceptor's): a refusal is taken as it is (no second lookup of a
+    // credential that is not valid); a caller is authenticated again (a cache hit), because the
+    // message may have taken long to arrive and a revocation made meanwhile must refuse the call.
     private static readonly object EarlyAnswerKey = new();
 
     /// <summary>The caller, or null when the request carries no valid credential (or two).</summary>
     /// <remarks>
-    /// The first check of a call takes the answer <see cref="AuthenticateBeforeBodyAsync"/> found
-    /// for it, if any; every later one (a stream checked again) authenticates afresh.
+    /// The first check of a call takes the refusal <see cref="AuthenticateBeforeBodyAsync"/> found
+    /// for it, if it found one; a caller it accepted is authenticated again, as every later check
+    /// (a stream checked again) is: the credential as it is now, not as it was before the message
+    /// arrived (a token revoked while the message was being sent refuses the call).
     /// </remarks>
     public ValueTask<Caller?> AuthenticateAsync(ServerCallContext context)
     {
@@ -62,16 +66,20 @@ internal sealed class CallerAuthentication(
         if (http.Items.TryGetValue(EarlyAnswerKey, out var early))
         {
             http.Items.Remove(EarlyAnswerKey);
-            return ValueTask.FromResult(early as Caller);
+            if (early is null)
+            {
+                return ValueTask.FromResult<Caller?>(null);
+            }
         }
 
         return AuthenticateAsync(http, context.CancellationToken);
     }
 
     /// <summary>
-    /// Authenticates a call from its headers before its body is read, and keeps the answer for the
-    /// call's own check (<see cref="AuthenticateAsync(ServerCallContext)"/>): so that a request
-    /// without a valid credential is refused before the server holds any of its message.
+    /// Authenticates a call from its headers before its body is read, so that a request without a
+    /// valid credential is refused before the server holds any of its message; a refusal is kept for
+    /// the call's own check (<see cref="AuthenticateAsync(ServerCallContext)"/>), which authenticates
+    /// an accepted caller again once the message has arrived.
     /// </summary>
     public async ValueTask<Caller?> AuthenticateBeforeBodyAsync(HttpContext http)
     {
