@@ -167,6 +167,10 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
         var verification = AuditVerifier.Verify(new StringReader(export.ToString()), pinnedAuditKey);
         Assert.True(verification.Valid, verification.Problem);
         Assert.Contains("\"operation\":\"ceremony/create-domain\"", export.ToString(), StringComparison.Ordinal);
+
+        // The re-applied destruction recorded on PostgreSQL too, once, in the chain that verified.
+        var reapplyEvents = await officerB.ListAuditEventsAsync(new ListAuditEventsRequest { Operation = global::Kms.Cli.Backup.BackupRestore.ReapplyOperation }).ToListAsync();
+        Assert.Equal("tenants/dev/keys/orders/versions/1", Assert.Single(reapplyEvents).Resource);
     }
 
     /// <summary>
