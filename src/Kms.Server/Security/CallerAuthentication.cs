@@ -63,13 +63,9 @@ internal sealed class CallerAuthentication(
     public ValueTask<Caller?> AuthenticateAsync(ServerCallContext context)
     {
         var http = context.GetHttpContext();
-        if (http.Items.TryGetValue(EarlyAnswerKey, out var early))
+        if (http.Items.Remove(EarlyAnswerKey))
         {
-            http.Items.Remove(EarlyAnswerKey);
-            if (early is null)
-            {
-                return ValueTask.FromResult<Caller?>(null);
-            }
+            return ValueTask.FromResult<Caller?>(null);
         }
 
         return AuthenticateAsync(http, context.CancellationToken);
@@ -84,7 +80,13 @@ internal sealed class CallerAuthentication(
     public async ValueTask<Caller?> AuthenticateBeforeBodyAsync(HttpContext http)
     {
         var caller = await AuthenticateAsync(http, http.RequestAborted);
-        http.Items[EarlyAnswerKey] = caller;
+        if (caller is null)
+        {
+            // Only a refusal is kept (an accepted caller is checked again anyway): the served path
+            // allocates no items table for it.
+            http.Items[EarlyAnswerKey] = null;
+        }
+
         return caller;
     }
 
