@@ -169,6 +169,28 @@ public sealed class HealthTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task DatabaseUnreachable_ALargeMessageWhoseTokenCannotBeChecked_NotWaitedFor_AnsweredUnavailable()
+    {
+        // While no credential can be checked, a well-formed made-up token is no reason to hold a
+        // large message: one announcing 4 MiB, 64 KiB of it sent and never the rest, is answered
+        // UNAVAILABLE (retryable) on its header. Before, its body was waited for, as from a caller
+        // who had been checked, for as long as Kestrel's data rate let it trickle.
+        await MakeTheDatabaseUnreachableAsync(async () =>
+        {
+            await using var client = await RawHttp2.ConnectAsync(_server.Address, _server.CaCertificatePath);
+            _ = client.StartReading();
+            await client.WriteFrameAsync(RawHttp2.Headers, RawHttp2.EndHeaders, 1, RawHttp2.GrpcHeaderBlock(
+                "/kms.v1.KeyManagementService/GenerateRandom", "kms_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", _server.Address));
+            await client.SendDataAsync(1, RawHttp2.GrpcMessageHeader(4 * 1024 * 1024).Concat(new byte[64 * 1024]).ToArray(), TimeSpan.FromSeconds(5));
+
+            var answers = await client.StreamEndsAsync([1], TimeSpan.FromSeconds(30));
+
+            Assert.True(answers.ContainsKey(1), "the call was still waiting for its message");
+            Assert.Contains("grpc-status14", answers[1], StringComparison.Ordinal);
+        });
+    }
+
+    [Fact]
     public async Task Check_DatabaseUnreachable_NotServingUntilItIsBack()
     {
         Assert.Equal(ServingStatus.Serving, await CheckAsync());

@@ -98,6 +98,7 @@ internal static class GrpcFramingCheck
         private ReadOnlySequence<byte>? _replacement;
         private bool _checked;
         private bool _authenticated;
+        private bool _unverified;
 
         public override async ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
         {
@@ -114,9 +115,18 @@ internal static class GrpcFramingCheck
             if (authentication is not null && !_authenticated)
             {
                 _authenticated = true;
-                if (await AuthenticateBeforeBodyAsync(authentication) is false)
+                switch (await AuthenticateBeforeBodyAsync(authentication))
                 {
-                    (_limit, _limitName) = (Math.Min(_limit, MaxUnauthenticatedRequestBytes), "a request without a valid credential");
+                    case false:
+                        (_limit, _limitName) = (Math.Min(_limit, MaxUnauthenticatedRequestBytes), "a request without a valid credential");
+                        break;
+                    case null:
+                        // The credential could not be checked (the database unreachable): a message
+                        // nobody can be held to is read no further than an unauthenticated one, and one
+                        // announcing more is answered UNAVAILABLE (retryable), not RESOURCE_EXHAUSTED —
+                        // the same call succeeds once the caller can be checked again.
+                        (_limit, _limitName, _unverified) = (Math.Min(_limit, MaxUnauthenticatedRequestBytes), "a request whose credential cannot be checked now", true);
+                        break;
                 }
             }
 
@@ -219,7 +229,7 @@ internal static class GrpcFramingCheck
 
             if (length > (uint)_limit)
             {
-                return (TooLarge($"the request's message is {length} bytes; this server takes at most {_limit} ({_limitName})"), true, null);
+                return (OverLimit($"the request's message is {length} bytes; this server takes at most {_limit} ({_limitName})"), true, null);
             }
 
             var encoding = context.Request.Headers["grpc-encoding"].ToString();
@@ -263,7 +273,7 @@ internal static class GrpcFramingCheck
                 {
                     if (output.Length - HeaderSize + read > _limit)
                     {
-                        return (TooLarge($"the request's message decompresses ({provider.EncodingName}) to more than {_limit} bytes, the most this server takes ({_limitName})"), true, null);
+                        return (OverLimit($"the request's message decompresses ({provider.EncodingName}) to more than {_limit} bytes, the most this server takes ({_limitName})"), true, null);
                     }
 
                     output.Write(chunk, 0, read);
@@ -287,6 +297,10 @@ internal static class GrpcFramingCheck
 
         private static global::Grpc.Core.Status Invalid(string detail) => new(StatusCode.InvalidArgument, detail);
 
-        private static global::Grpc.Core.Status TooLarge(string detail) => new(StatusCode.ResourceExhausted, detail);
+        // Over the limit: RESOURCE_EXHAUSTED, gRPC's convention — or UNAVAILABLE when the limit is
+        // the lower one because the caller's credential could not be checked (try again later).
+        private global::Grpc.Core.Status OverLimit(string detail) => _unverified
+            ? new(StatusCode.Unavailable, detail + "; the server cannot check credentials now: try again")
+            : new(StatusCode.ResourceExhausted, detail);
     }
 }
