@@ -82,11 +82,12 @@ internal static class GrpcFramingCheck
         });
     }
 
-    // The reader is its own body feature: one object per call, not two. With an authentication, the
-    // caller is authenticated from the headers before the body is read, and the message of a call
-    // without a valid credential is read only up to MaxUnauthenticatedRequestBytes: one announcing
-    // more is handed on without its body, so the server holds no more than that of a message nobody
-    // authenticated is sending (slowly, or never finishing); the interceptor refuses the call.
+    // The reader is its own body feature: one object per call, not two. With an authentication, a
+    // caller whose message has not all arrived is authenticated from the headers before the reader
+    // waits for the rest, and the message of a call without a valid credential is read only up to
+    // MaxUnauthenticatedRequestBytes: one announcing more is handed on without its body, so the server
+    // holds no more than that of a message nobody authenticated is sending (slowly, or never
+    // finishing); the interceptor refuses the call.
     private sealed class SingleMessageReader(HttpContext context, PipeReader inner, int limit, string limitName, Dictionary<string, ICompressionProvider> providers, Security.CallerAuthentication? authentication) : PipeReader, IRequestBodyPipeFeature
     {
         private int _limit = limit;
@@ -112,24 +113,6 @@ internal static class GrpcFramingCheck
                 return await inner.ReadAsync(cancellationToken);
             }
 
-            if (authentication is not null && !_authenticated)
-            {
-                _authenticated = true;
-                switch (await AuthenticateBeforeBodyAsync(authentication))
-                {
-                    case false:
-                        (_limit, _limitName) = (Math.Min(_limit, MaxUnauthenticatedRequestBytes), "a request without a valid credential");
-                        break;
-                    case null:
-                        // The credential could not be checked (the database unreachable): a message
-                        // nobody can be held to is read no further than an unauthenticated one, and one
-                        // announcing more is answered UNAVAILABLE (retryable), not RESOURCE_EXHAUSTED —
-                        // the same call succeeds once the caller can be checked again.
-                        (_limit, _limitName, _unverified) = (Math.Min(_limit, MaxUnauthenticatedRequestBytes), "a request whose credential cannot be checked now", true);
-                        break;
-                }
-            }
-
             while (true)
             {
                 var result = await inner.ReadAsync(cancellationToken);
@@ -139,6 +122,17 @@ internal static class GrpcFramingCheck
                 }
 
                 var (problem, done, decompressed) = Check(result.Buffer, result.IsCompleted);
+
+                // The message has not all arrived: before waiting for the rest, who is sending it
+                // (once). A message that arrived whole with its headers — almost every call — is
+                // authenticated once, by the interceptor, as before.
+                if (problem is null && !done && authentication is not null && !_authenticated)
+                {
+                    _authenticated = true;
+                    await LimitByCallerAsync(authentication);
+                    (problem, done, decompressed) = Check(result.Buffer, result.IsCompleted);
+                }
+
                 if (problem is null && !done)
                 {
                     inner.AdvanceTo(result.Buffer.Start, result.Buffer.End);
@@ -162,18 +156,24 @@ internal static class GrpcFramingCheck
             }
         }
 
-        // Whether the caller is authenticated (null: the attempt failed — the database unreachable —
-        // and the body is read as before: the interceptor authenticates again and answers the
-        // failure as any other, UNAVAILABLE, where an exception here would reach the caller as UNKNOWN).
-        private async Task<bool?> AuthenticateBeforeBodyAsync(Security.CallerAuthentication authentication)
+        // Lowers the limit to MaxUnauthenticatedRequestBytes unless the caller has a valid credential.
+        // An attempt that fails (the database unreachable) lowers it too: a message nobody can be held
+        // to is read no further than an unauthenticated one, and one announcing more is answered
+        // UNAVAILABLE (retryable), not RESOURCE_EXHAUSTED — the same call succeeds once callers can be
+        // checked again. The failure itself is the interceptor's to answer (UNAVAILABLE), when it
+        // authenticates again; thrown here it would reach the caller as UNKNOWN.
+        private async Task LimitByCallerAsync(Security.CallerAuthentication authentication)
         {
             try
             {
-                return await authentication.AuthenticateBeforeBodyAsync(context) is not null;
+                if (await authentication.AuthenticateBeforeBodyAsync(context) is null)
+                {
+                    (_limit, _limitName) = (Math.Min(_limit, MaxUnauthenticatedRequestBytes), "a request without a valid credential");
+                }
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {
-                return null;
+                (_limit, _limitName, _unverified) = (Math.Min(_limit, MaxUnauthenticatedRequestBytes), "a request whose credential cannot be checked now", true);
             }
         }
 

@@ -72,8 +72,9 @@ internal sealed class CallerAuthentication(
     }
 
     /// <summary>
-    /// Authenticates a call from its headers before its body is read, so that a request without a
-    /// valid credential is refused before the server holds any of its message; a refusal is kept for
+    /// Authenticates a call from its headers before the rest of its message is waited for (only when
+    /// it did not arrive whole), so that the server holds no more than a small message of a request
+    /// without a valid credential; a refusal is kept for
     /// the call's own check (<see cref="AuthenticateAsync(ServerCallContext)"/>), which authenticates
     /// an accepted caller again once the message has arrived.
     /// </summary>
