@@ -89,6 +89,21 @@ public sealed class TransportTests(ServerFixture fixture) : IClassFixture<Server
         Assert.Contains("--urls", e.Message, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("--Kestrel:Limits:MaxConcurrentConnections=10")]
+    [InlineData("--Kestrel:Limits:Http2:MaxStreamsPerConnection=1000")]
+    [InlineData("--kestrel:limits:MaxRequestHeadersTotalSize=64")]
+    [InlineData("--Kestrel:AddServerHeader=true")]
+    public async Task Build_KestrelLimitsOrOtherKestrelSettings_RefusedNamingKmsTransport(string setting)
+    {
+        // This host never reads Kestrel:Limits (WebApplication binds only Kestrel's endpoints from its
+        // section): such a setting, as Microsoft's docs show it, was silently without effect — a
+        // server started with Kestrel:Limits:MaxConcurrentConnections=1 took three connections.
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(["--dev", "--urls=https://127.0.0.1:0", setting, $"--Kms:DataDir={Path.GetTempPath()}/kms-never"]));
+        Assert.Contains("Kms:Transport:", e.Message, StringComparison.Ordinal);
+        Assert.Contains("no effect", e.Message, StringComparison.Ordinal);
+    }
+
     // grpc-dotnet reports a failed TLS handshake as INTERNAL "Error starting gRPC call".
     private static void AssertHandshakeFailed(RpcException e)
     {

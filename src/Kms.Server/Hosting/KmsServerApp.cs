@@ -62,9 +62,18 @@ public static partial class KmsServerApp
         // --urls unchecked (cleartext HTTP/2, other TLS versions): listeners come from --urls only.
         // Compared without case, as Kestrel reads them (KESTREL__ENDPOINTS__… is the same section).
         string[] refused = ["Endpoints", "EndpointDefaults", "Certificates"];
-        if (builder.Configuration.GetSection("Kestrel").GetChildren().Any(c => refused.Contains(c.Key, StringComparer.OrdinalIgnoreCase)))
+        var kestrelSection = builder.Configuration.GetSection("Kestrel").GetChildren().ToList();
+        if (kestrelSection.Any(c => refused.Contains(c.Key, StringComparer.OrdinalIgnoreCase)))
         {
             throw new InvalidOperationException("Kestrel:Endpoints, Kestrel:EndpointDefaults and Kestrel:Certificates are not supported: listen addresses are set with --urls (https only, TLS 1.3) and the certificate with Kms:TlsCertificatePath");
+        }
+
+        // The rest of Kestrel's section (Kestrel:Limits and the like, as Microsoft's docs show
+        // them) is never read by this host: refused, so that an operator's limit is not silently
+        // without effect. The transport's limits are Kms:Transport:* (docs/deployment.md).
+        if (kestrelSection.FirstOrDefault() is { } ignored)
+        {
+            throw new InvalidOperationException($"Kestrel:{ignored.Key} is not read by the server, so it would have no effect: the transport's limits are set with Kms:Transport:* (MaxConnections, MaxConnectionsPerClientAddress, TlsHandshakeTimeout, KeepAliveTimeout, RequestHeadersTimeout, MaxStreamsPerConnection; docs/deployment.md, \"Transport limits\")");
         }
 
         var urls = ListenAddresses.Validate(builder.Configuration["urls"]);
