@@ -111,6 +111,36 @@ public sealed class CeremonyApprovalTests : IDisposable
     }
 
     [Fact]
+    public async Task RestoreDomain_FreshHostWithACopiedOfficerHead_VouchesForTheBundlesUntimedSets_RefusesAnOlderOrForkedChain()
+    {
+        // Set 1 was installed by approvals made before they carried a signed time. A fresh host has
+        // no database; docs/quorum.md says to copy quorum/officer-head from a node that verified the
+        // chain. Before, the record was checked against the (absent) database chain and every
+        // approval, and the break-glass too, was refused as "rolled back".
+        var time = DateTimeOffset.FromUnixTimeMilliseconds(DateTimeOffset.UtcNow.AddMinutes(-30).ToUnixTimeMilliseconds());
+        var current = UntimedChange(_genesis, _officers.Select("carol", "dave", "erin"), 2, time, "alice", "bob");
+        var fork = UntimedChange(_genesis, _officers.Select("alice", "bob"), 2, time, "alice", "bob");
+        Directory.CreateDirectory(P("fresh/quorum"));
+        await File.WriteAllTextAsync(P("fresh/quorum/officer-head"), new OfficerHead(1, current.Hash).Format());
+        await WriteAsync("current.json", Bundle(QuorumOperation.RestoreDomain, [_genesis, current], ["carol", "dave"]));
+        await WriteAsync("fork.json", Bundle(QuorumOperation.RestoreDomain, [_genesis, fork], ["alice", "bob"]));
+        await WriteAsync("old.json", Bundle(QuorumOperation.RestoreDomain, "alice", "bob"));
+
+        var result = await RestoreAsync("--approval", P("current.json"), "--data-dir", P("fresh"));
+        Assert.True(result.Error.Contains("quorum approval verified", StringComparison.Ordinal), result.ToString());
+        Assert.Contains("missing-share.json", result.Error, StringComparison.Ordinal);
+
+        // The record vouches only for the set it names: not for a fork of it, nor does an approval
+        // made for an older set than it outvote the officers it names.
+        await AssertRefusedAsync(7, $"officer set 1 has hash {fork.Hash}, but the server of", "--approval", P("fork.json"), "--data-dir", P("fresh"));
+        await AssertRefusedAsync(5, "was made for officer set 0, but the server of", "--approval", P("old.json"), "--data-dir", P("fresh"));
+
+        // Without the record, the untimed set is not vouched for.
+        File.Delete(P("fresh/quorum/officer-head"));
+        await AssertRefusedAsync(7, "carry no signed time", "--approval", P("current.json"), "--data-dir", P("fresh"));
+    }
+
+    [Fact]
     public async Task RestoreDomain_NoApproval_NoGenesis_OrBothFlags_Refused()
     {
         await WriteAsync("ok.json", Bundle(QuorumOperation.RestoreDomain, "alice", "bob"));
@@ -164,6 +194,20 @@ public sealed class CeremonyApprovalTests : IDisposable
         }
 
         Assert.Equal([genesis.Hash, next.Hash], (await store.ListOfficerSetsAsync(default)).Select(s => s.Hash));
+    }
+
+    // The successor of set, installed by a CHANGE_OFFICERS whose approvals carry no signed time (made before approvals were timed).
+    private OfficerSet UntimedChange(OfficerSet set, IReadOnlyList<Officer> officers, int threshold, DateTimeOffset time, params string[] approvers)
+    {
+        var next = set.Successor(officers, threshold);
+        var request = TestOfficers.Request(set, QuorumOperation.ChangeOfficers, next.ChangeParameters(), time) with { ProposedOfficers = next };
+        request = request with
+        {
+            Approvals = [.. approvers.Select(a => _officers.ApproveUntimed(a, request, time))],
+            State = QuorumRequestState.Executed,
+            ExecuteTime = time,
+        };
+        return next.WithChange(request);
     }
 
     private Task WriteAsync(string name, ApprovalBundle bundle) => File.WriteAllTextAsync(P(name), bundle.Serialize());

@@ -103,7 +103,11 @@ internal sealed class CeremonyApproval
         }
 
         var stored = await StoredChainAsync(database, ct);
-        var seen = EnsureNotRolledBack(dataDir, stored);
+        var (seen, recordPath) = ReadOfficerHead(dataDir);
+        if (seen is not null && stored.Count > 0)
+        {
+            EnsureNotRolledBack(dataDir!, recordPath!, seen, stored);
+        }
         if (genesis is not null && stored.Count > 0 && stored[0].Hash != genesis.Hash)
         {
             throw new CliFailureException(ExitCodes.DecryptionFailed,
@@ -148,6 +152,14 @@ internal sealed class CeremonyApproval
         catch (KmsException e)
         {
             throw new CliFailureException(ExitCodes.InvalidArgument, $"{bundlePath}: {e.Message}");
+        }
+
+        // A host without the deployment's database (a fresh one, whose record was copied from a node
+        // as docs/quorum.md says) checks the record against the bundle's chain instead: the record
+        // vouches for the untimed approvals of the set it names, so the chain must hold that set.
+        if (seen is not null && stored.Count == 0)
+        {
+            EnsureBundleHoldsRecordedSet(dataDir!, seen, bundle);
         }
 
         VerifiedApproval verified;
@@ -217,26 +229,50 @@ internal sealed class CeremonyApproval
     }
 
     // The server of this data directory records the newest officer set it verified
-    // (quorum/officer-head, "SEQUENCE HASH"): a database chain that no longer reaches it was
-    // rolled back, and an approval made for the older set must not count (docs/quorum.md).
-    private static OfficerHead? EnsureNotRolledBack(string? dataDir, IReadOnlyList<OfficerSet> stored)
+    // (quorum/officer-head, "SEQUENCE HASH"). Null when there is no such file.
+    private static (OfficerHead? Seen, string? Path) ReadOfficerHead(string? dataDir)
     {
         var path = dataDir is null ? null : Path.Combine(Path.GetFullPath(dataDir), "quorum", "officer-head");
         if (path is null || !File.Exists(path))
         {
-            return null;
+            return (null, path);
         }
 
         var seen = OfficerHead.Parse(File.ReadAllText(path))
             ?? throw new CliFailureException(ExitCodes.Conflict, $"{path} is not an officer head record (\"SEQUENCE HASH\")");
+        return (seen, path);
+    }
+
+    // A database chain that no longer reaches the recorded set was rolled back, and an approval
+    // made for the older set must not count (docs/quorum.md).
+    private static void EnsureNotRolledBack(string dataDir, string path, OfficerHead seen, IReadOnlyList<OfficerSet> stored)
+    {
         if (seen.Sequence >= stored.Count || stored[(int)seen.Sequence].Hash != seen.Hash)
         {
             throw new CliFailureException(ExitCodes.Conflict,
                 $"the deployment's officer chain was rolled back: the server of {dataDir} verified officer set {seen.Sequence} ({seen.Hash}), which the database no longer holds; " +
                 $"restore the officer sets, or remove {path} if the rollback is intended (docs/quorum.md)");
         }
+    }
 
-        return seen;
+    // Without a database, the bundle's chain is the one judged against the record: it must hold
+    // the recorded set (not a fork of it), and reach it (an approval made for an older set must
+    // not outvote the officers the record names).
+    private static void EnsureBundleHoldsRecordedSet(string dataDir, OfficerHead seen, ApprovalBundle bundle)
+    {
+        var name = bundle.Request.Name;
+        if (seen.Sequence >= bundle.Chain.Count)
+        {
+            throw new CliFailureException(ExitCodes.Conflict,
+                $"the approval of {name} was made for officer set {bundle.Chain.Count - 1}, but the server of {dataDir} verified officer set {seen.Sequence} ({seen.Hash}, quorum/officer-head); create a new request");
+        }
+
+        if (bundle.Chain[(int)seen.Sequence].Hash != seen.Hash)
+        {
+            throw new CliFailureException(ExitCodes.DecryptionFailed,
+                $"the approval of {name} comes with an officer chain that is not the deployment's: its officer set {seen.Sequence} has hash {bundle.Chain[(int)seen.Sequence].Hash}, "
+                + $"but the server of {dataDir} verified {seen.Hash} (quorum/officer-head); create a new request, approved by the deployment's officers");
+        }
     }
 }
 
