@@ -445,6 +445,33 @@ public sealed class AccessControlTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task ImportKeyVersion_ThroughAnAlias_InvalidArgument_NothingImported_TheKeyBehindItNotNamed()
+    {
+        // A key-importer may not read aliases. Imported through one, the answer (the version
+        // added, tenants/T/keys/K/versions/N) told them which key the alias names: an alias is
+        // refused as the parent, as AWS and Google Cloud import into a key.
+        using var manager = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("acme-byok-manager", "acme", "key-manager"));
+        using var importer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("acme-importer", "acme", "key-importer"));
+        var key = await manager.CreateKeyAsync("tenants/acme", "byok-7f3a", new Key { Purpose = KeyPurpose.EncryptDecrypt, AllowImport = true });
+        var alias = await manager.CreateAliasAsync("tenants/acme", "payments", key.Name);
+        Assert.Equal(StatusCode.PermissionDenied, (await Assert.ThrowsAsync<RpcException>(() => importer.GetAliasAsync(alias.Name))).StatusCode);
+        var job = await importer.CreateImportJobAsync("tenants/acme", "job-alias", ImportMethod.RsaOaep3072Sha1Aes256);
+        var wrapped = Kms.Client.KeyImport.Wrap(job.PublicKeyDer.Span, ImportMethod.RsaOaep3072Sha1Aes256, new byte[32]);
+
+        var refused = await Assert.ThrowsAsync<RpcException>(() => importer.ImportKeyVersionAsync(alias.Name, job.Name, wrapped));
+
+        Assert.Equal(StatusCode.InvalidArgument, refused.StatusCode);
+        Assert.Contains("parent: must be a key", refused.Status.Detail, StringComparison.Ordinal);
+        Assert.Contains("alias", refused.Status.Detail, StringComparison.Ordinal);
+        Assert.DoesNotContain("byok-7f3a", refused.Status.Detail, StringComparison.Ordinal);
+        Assert.EndsWith("/versions/1", (await manager.GetKeyAsync(key.Name)).Primary.Name, StringComparison.Ordinal);
+
+        // Into the key itself, the import is taken.
+        var imported = await importer.ImportKeyVersionAsync(key.Name, job.Name, wrapped);
+        Assert.Equal(key.Name + "/versions/2", imported.Name);
+    }
+
+    [Fact]
     public async Task Quota_ABatchOverTheItemLimit_IsRefusedAndCostsOne_NotItsItems()
     {
         // 10,000 empty items fit in 20 KB; charged per item before the handler refused the

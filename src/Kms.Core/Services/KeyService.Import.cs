@@ -77,7 +77,11 @@ public sealed partial class KeyService
     public async Task<KeyVersion> ImportKeyVersionAsync(Caller caller, ImportKeyVersionCommand command, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(command);
-        var name = await _resolver.ResolveAsync(caller, command.Key, cancellationToken);
+        // A key, never an alias: the answer names the version added (tenants/T/keys/K/versions/N),
+        // and a key-importer may not read aliases, so which key an alias names is not theirs to
+        // learn from it (the gRPC layer refuses an alias as the parent with INVALID_ARGUMENT).
+        var name = command.Key;
+        caller.EnsureSameTenant(name.Tenant, name.ToString());
         Audit.AuditScope.SetResource(name.ToString());
         caller.EnsureSameTenant(command.ImportJob.Tenant, command.ImportJob.ToString());
         if (command.WrappedKey.Length == 0 || command.WrappedKey.Length > MaxWrappedKeyBytes)
@@ -104,9 +108,7 @@ public sealed partial class KeyService
             throw KmsErrors.FailedPrecondition($"import job {found.Job.Name} expired at {found.Job.ExpireTime:O}; create a new one");
         }
 
-        // Refusals name the key as the caller named it: a key-importer may not read aliases, so the
-        // key an alias names is not theirs to learn from an error.
-        var given = command.Key.ToString();
+        var given = name.ToString();
         var key = await store.GetKeyAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(given);
         var algorithm = key.Primary.Algorithm;
         if (command.Algorithm is { } named && named != algorithm)
@@ -183,10 +185,10 @@ public sealed partial class KeyService
 }
 
 /// <summary>What ImportKeyVersion needs.</summary>
-/// <param name="Key">The key (or alias) that gets the new version.</param>
+/// <param name="Key">The key that gets the new version (never an alias: see <see cref="KeyService.ImportKeyVersionAsync"/>).</param>
 /// <param name="ImportJob">The job whose public key wrapped the material.</param>
 /// <param name="Algorithm">The algorithm the caller says the material is (must be the key's); null: the key's.</param>
 /// <param name="WrappedKey">RSA-OAEP(ephemeral AES-256 key) ‖ AES-KWP(ephemeral key, material).</param>
 /// <param name="PublicKey">DER SubjectPublicKeyInfo of an asymmetric key (required for EC).</param>
 /// <param name="RequestId">Optional idempotency key.</param>
-public sealed record ImportKeyVersionCommand(KeyReference Key, ImportJobName ImportJob, KeyAlgorithm? Algorithm, byte[] WrappedKey, byte[]? PublicKey, string? RequestId);
+public sealed record ImportKeyVersionCommand(KeyName Key, ImportJobName ImportJob, KeyAlgorithm? Algorithm, byte[] WrappedKey, byte[]? PublicKey, string? RequestId);

@@ -86,7 +86,7 @@ internal sealed partial class KeyManagementGrpcService
     {
         var caller = CallerResolver.Current(context);
         var command = new ImportKeyVersionCommand(
-            KeyReference.Parse(request.Parent, "parent"),
+            ImportParent(request.Parent),
             ImportJobName.Parse(request.ImportJob, "import_job"),
             ProtoMapping.FromProto(request.Algorithm, "algorithm"),
             request.WrappedKey.ToByteArray(),
@@ -95,6 +95,13 @@ internal sealed partial class KeyManagementGrpcService
         var version = await keys.ImportKeyVersionAsync(caller, command, context.CancellationToken);
         return new ImportKeyVersionResponse { KeyVersion = ProtoMapping.ToProto(version) };
     }
+
+    // A key, not an alias (as AWS and Google Cloud import into a key): the answer names the version
+    // added, and a key-importer may not read aliases, so it would tell them which key the alias names.
+    private static KeyName ImportParent(string parent) =>
+        ResourceSegments.Is(parent, ResourceSegments.Collection, "aliases")
+            ? throw KmsErrors.InvalidArgument("parent", "must be a key (tenants/{tenant}/keys/{key}); an alias is not accepted here: import into the key itself")
+            : KeyName.Parse(parent, "parent");
 
     public override async Task<GetKeyAttestationResponse> GetKeyAttestation(GetKeyAttestationRequest request, ServerCallContext context)
     {
