@@ -460,6 +460,43 @@ public sealed class AuditTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task TenantAuditor_DeploymentPrincipalsEvents_ClientAddressAndHashWithheld_ItsOwnPrincipalsShown_OfficerSeesAll()
+    {
+        // A tenant's auditors see what deployment admins did in the tenant, not where they call
+        // from; nor the event's hash, from which the address could be found by trying addresses
+        // (the body's other members are in the listing), nor that hash as the next event's
+        // previous_hash.
+        await _server.CreatePrincipalWithTokenAsync("dev-visited", "dev");
+        await _developer.CreateKeyAsync("tenants/dev", "redaction");
+        using var auditor = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("dev-auditor-3", "dev", "auditor"));
+
+        var own = (await auditor.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", PageSize = 1000 })).Events;
+        var all = (await _officer.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", PageSize = 1000 })).Events.ToDictionary(e => e.Sequence);
+
+        var admins = own.Where(e => e.Operation.EndsWith("/CreatePrincipal", StringComparison.Ordinal) && e.Resource == "tenants/dev/principals/token:dev-visited").ToList();
+        Assert.NotEmpty(admins);
+        foreach (var e in admins)
+        {
+            Assert.Equal("", e.Tenant);
+            Assert.NotEqual("", all[e.Sequence].Client);
+            Assert.Equal("", e.Client);
+            Assert.Equal("", e.Hash);
+        }
+
+        var withheld = own.Where(e => e.Tenant != "dev").Select(e => all[e.Sequence].Hash).ToHashSet();
+        Assert.DoesNotContain(own, e => withheld.Contains(e.PreviousHash) || withheld.Contains(e.Hash));
+        var created = Assert.Single(own, e => e.Operation.EndsWith("/CreateKey", StringComparison.Ordinal) && e.Resource == "tenants/dev/keys/redaction");
+        Assert.Equal("dev", created.Tenant);
+        Assert.Equal(all[created.Sequence].Client, created.Client);
+        Assert.NotEqual("", created.Client);
+        Assert.Equal(all[created.Sequence].Hash, created.Hash);
+
+        // The officer's listing (and export) is the record as stored: its chain links.
+        var officer = all.Values.OrderBy(e => e.Sequence).ToList();
+        Assert.All(officer.Zip(officer.Skip(1)).Where(p => p.Second.Sequence == p.First.Sequence + 1), p => Assert.Equal(p.First.Hash, p.Second.PreviousHash));
+    }
+
+    [Fact]
     public async Task Export_WhileTheHsmIsDown_GoesOutUnsignedAtItsEnd_NotRefused()
     {
         // Forensics during an outage need the export most: it signs a checkpoint first when it

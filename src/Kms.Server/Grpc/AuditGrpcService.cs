@@ -52,7 +52,41 @@ internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IA
         var events = await store.ListAuditEventsAsync(query, context.CancellationToken);
         var response = new ListAuditEventsResponse { NextPageToken = events.Count == size ? IssuePageToken(events[^1].Sequence, query) : "" };
         response.Events.AddRange(events.Select(ToProto));
+        if (CallerResolver.Current(context).HomeTenant is { } reader)
+        {
+            RedactForTenant(response.Events, reader.Value);
+        }
+
         return response;
+    }
+
+    // A tenant's auditors read the events of deployment principals (deployment admins,
+    // operators, anonymous callers) about the tenant, but not where those call from: their
+    // `client` is withheld. So is the event's `hash`: it is SHA-256 of the body, whose other
+    // members the reader sees, so it would give the address away to whoever tries addresses
+    // (few bits: a network and a port). And `previous_hash` is given only where the event listed
+    // just before is its predecessor in the chain and shown with its hash, so it never carries
+    // a withheld one; elsewhere it named an event this reader does not see anyway. The chain
+    // itself is verified on the export, which only security officers read, and which is not
+    // redacted (a withheld hash does not change the stored event).
+    private static void RedactForTenant(IList<AuditEventInfo> events, string reader)
+    {
+        AuditEventInfo? before = null;
+        foreach (var info in events)
+        {
+            if (info.Tenant != reader)
+            {
+                info.Client = "";
+                info.Hash = "";
+            }
+
+            if (before is null || before.Sequence != info.Sequence - 1 || before.Hash.Length == 0)
+            {
+                info.PreviousHash = "";
+            }
+
+            before = info;
+        }
     }
 
     // A page token is where the page ended and the filter it was listed with, tagged with a key
