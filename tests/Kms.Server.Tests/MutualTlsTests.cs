@@ -119,6 +119,28 @@ public sealed class MutualTlsTests : IAsyncLifetime, IDisposable
         Assert.Contains("spiffe:spiffe://kms.test/payments", denied.Status.Detail, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("spiffe://kms.test/payments", "spiffe://kms.test/other")]
+    [InlineData("spiffe://kms.test/other", "spiffe://kms.test/payments")]
+    [InlineData("spiffe://kms.test/payments", "https://kms.test/payments")]
+    public async Task CertificateWithASpiffeIdAndAnotherUriSan_NoSvid_Unauthenticated_NoIdentityChosen_Logged(string first, string second)
+    {
+        // An X.509-SVID holds exactly one URI SAN. Before, the first SPIFFE ID was the principal
+        // (with spiffe://kms.test/payments first, the certificate was the registered key-user).
+        using var certificate = _pki.Issue("alice", first, moreUris: [second]);
+        Assert.Null(Kms.Server.Security.ClientCertificateValidator.PrincipalOf(certificate));
+
+        Assert.Equal(StatusCode.Unauthenticated, await GenerateRandomAsync(certificate));
+        var logged = Assert.Single(_server.Logs.Events, e => e.Contains("an X.509-SVID holds exactly one URI SAN", StringComparison.Ordinal));
+        Assert.StartsWith("Warning client certificate ", logged, StringComparison.Ordinal);
+        Assert.Contains(certificate.SerialNumber, logged, StringComparison.Ordinal);
+        Assert.Contains("it carries 2 URI SANs", logged, StringComparison.Ordinal);
+
+        // Its CN is not taken instead (cn:alice is a registered key-user too).
+        using var alice = _pki.Issue("alice");
+        Assert.Equal(StatusCode.OK, await GenerateRandomAsync(alice));
+    }
+
     [Fact]
     public async Task CommonNameCertificate_AuthenticatesCnPrincipal_NeverATokenPrincipal()
     {

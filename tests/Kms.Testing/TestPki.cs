@@ -42,7 +42,8 @@ public sealed class TestPki : IDisposable
 
     /// <summary>A client certificate with its key; <paramref name="spiffeId"/> goes into a URI SAN, <paramref name="commonName"/> into the subject.</summary>
     /// <param name="usage">Extended key usage OID (default client authentication); null: no EKU extension.</param>
-    public X509Certificate2 Issue(string commonName, string? spiffeId = null, DateTimeOffset? notBefore = null, DateTimeOffset? notAfter = null, string? usage = ClientAuth)
+    /// <param name="moreUris">More URI SANs, after <paramref name="spiffeId"/>, in the same extension.</param>
+    public X509Certificate2 Issue(string commonName, string? spiffeId = null, DateTimeOffset? notBefore = null, DateTimeOffset? notAfter = null, string? usage = ClientAuth, IReadOnlyList<string>? moreUris = null)
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var request = new CertificateRequest($"CN={commonName}", key, HashAlgorithmName.SHA256);
@@ -53,10 +54,14 @@ public sealed class TestPki : IDisposable
             request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid(usage)], false));
         }
 
-        if (spiffeId is not null)
+        if (spiffeId is not null || moreUris is { Count: > 0 })
         {
             var san = new SubjectAlternativeNameBuilder();
-            san.AddUri(new Uri(spiffeId));
+            foreach (var uri in (spiffeId is null ? [] : new[] { spiffeId }).Concat(moreUris ?? []))
+            {
+                san.AddUri(new Uri(uri));
+            }
+
             request.CertificateExtensions.Add(san.Build());
         }
 

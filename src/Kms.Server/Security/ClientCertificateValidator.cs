@@ -23,8 +23,9 @@ namespace Kms.Server.Security;
 /// </summary>
 /// <remarks>
 /// Principal rule (docs/access-control.md): a URI SAN starting with <c>spiffe://</c> gives
-/// <c>spiffe:&lt;uri&gt;</c>; otherwise the subject's CN gives <c>cn:&lt;cn&gt;</c>; a
-/// certificate with neither is refused.
+/// <c>spiffe:&lt;uri&gt;</c> — the certificate's only URI SAN, as in an X.509-SVID: one with a
+/// SPIFFE ID and any other URI SAN is refused; otherwise the subject's CN gives
+/// <c>cn:&lt;cn&gt;</c>; a certificate with neither is refused.
 /// </remarks>
 internal sealed partial class ClientCertificateValidator
 {
@@ -33,6 +34,7 @@ internal sealed partial class ClientCertificateValidator
     private readonly ReloadingFile<TrustMaterial> _trust;
     private readonly TrustedTime _trusted;
     private readonly ILogger _logger;
+    private readonly Kms.Core.LogThrottle _notAnSvidLog = new();
     private long _loads;
 
     public ClientCertificateValidator(string caPath, string? crlPath, TrustedTime trustedTime, TimeProvider time, ILogger<ClientCertificateValidator> logger)
@@ -137,7 +139,17 @@ internal sealed partial class ClientCertificateValidator
             }
         }
 
-        return PrincipalOf(certificate) is null ? null : new Acceptance(trust.Version, until);
+        if (PrincipalOf(certificate, out var refusal) is null)
+        {
+            if (refusal is not null && _notAnSvidLog.Count() is var count and > 0)
+            {
+                LogNotAnSvid(_logger, certificate.SerialNumber, certificate.Issuer, refusal, count);
+            }
+
+            return null;
+        }
+
+        return new Acceptance(trust.Version, until);
     }
 
     /// <summary>A certificate found acceptable under <paramref name="TrustVersion"/>, an answer good until <paramref name="Until"/>.</summary>
@@ -151,19 +163,26 @@ internal sealed partial class ClientCertificateValidator
         certificate.Extensions.OfType<X509EnhancedKeyUsageExtension>().Any(e => e.EnhancedKeyUsages.Cast<System.Security.Cryptography.Oid>().Any(o => o.Value == ClientAuthOid));
 
     /// <summary>The certificate's principal, by the documented rule; null if it has no usable name.</summary>
-    public static PrincipalName? PrincipalOf(X509Certificate2 certificate)
+    public static PrincipalName? PrincipalOf(X509Certificate2 certificate) => PrincipalOf(certificate, out _);
+
+    // refusal: why a certificate with a SPIFFE ID is no X.509-SVID, for the log; null otherwise.
+    private static PrincipalName? PrincipalOf(X509Certificate2 certificate, out string? refusal)
     {
-        foreach (var extension in certificate.Extensions)
+        refusal = null;
+        var uris = certificate.Extensions.OfType<X509SubjectAlternativeNameExtension>().SelectMany(e => ReadUris(e.RawData)).ToList();
+        var spiffeIds = uris.Count(u => u.StartsWith("spiffe://", StringComparison.Ordinal));
+        if (spiffeIds > 0)
         {
-            if (extension is X509SubjectAlternativeNameExtension)
+            // An X.509-SVID holds exactly one URI SAN (SPIFFE X509-SVID, section 2): with two
+            // SPIFFE IDs the certificate names two workloads, and taking the first would choose
+            // one for it. Refused, as a SPIFFE ID that is no valid name is; no falling back to its CN.
+            if (uris.Count != 1)
             {
-                var spiffe = ReadUris(extension.RawData).FirstOrDefault(u => u.StartsWith("spiffe://", StringComparison.Ordinal));
-                if (spiffe is not null)
-                {
-                    // A SPIFFE ID that is no valid name refuses the certificate; no falling back to its CN.
-                    return PrincipalName.IsValid(PrincipalKind.Spiffe, spiffe) ? PrincipalName.Spiffe(spiffe) : null;
-                }
+                refusal = $"it carries {uris.Count} URI SANs, {spiffeIds} of them SPIFFE IDs; an X.509-SVID holds exactly one URI SAN";
+                return null;
             }
+
+            return PrincipalName.IsValid(PrincipalKind.Spiffe, uris[0]) ? PrincipalName.Spiffe(uris[0]) : null;
         }
 
         // The subject's commonName attribute (2.5.4.3) itself, exactly one: GetNameInfo(SimpleName)
@@ -214,6 +233,9 @@ internal sealed partial class ClientCertificateValidator
 
     [LoggerMessage(EventId = 1112, Level = LogLevel.Warning, Message = "client certificate issued by {Issuer} refused: the CRL file holds no CRL of that CA (during a CA rotation it holds one of each)")]
     private static partial void LogNoCrlOfIssuer(ILogger logger, string issuer);
+
+    [LoggerMessage(EventId = 1116, Level = LogLevel.Warning, Message = "client certificate {Serial} issued by {Issuer} refused: {Reason}; {Count} such refusals since the last message")]
+    private static partial void LogNotAnSvid(ILogger logger, string serial, string issuer, string reason, long count);
 
     private sealed record TrustMaterial(X509Certificate2Collection Roots, IReadOnlyList<(X509Crl Crl, X509Certificate2 Issuer)> Crls, long Version)
     {
