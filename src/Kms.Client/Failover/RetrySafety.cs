@@ -49,7 +49,7 @@ internal static class RetrySafety
             "SetKeyPolicy", "GetKeyPolicy", "ListGrants", "RevokeGrant", "TestPermissions",
             "Sign", "Verify", "GetPublicKey", "AsymmetricDecrypt", "GenerateMac", "VerifyMac", "GetImportJob", "GetKeyAttestation"),
         .. Methods("kms.v1.AccessManagementService",
-            "GetTenant", "ListTenants", "DeleteTenant", "CancelTenantDeletion", "GetPrincipal", "ListPrincipals", "DeletePrincipal", "ListApiTokens",
+            "GetTenant", "ListTenants", "DeleteTenant", "GetPrincipal", "ListPrincipals", "DeletePrincipal", "ListApiTokens",
             "RevokeApiToken", "SetRoleBinding", "DeleteRoleBinding", "ListRoleBindings"),
         .. Methods("kms.v1.AuditService",
             "ListAuditEvents", "GetAuditCheckpoint", "GetAuditSigningKey", "ExportAudit"),
@@ -66,7 +66,11 @@ internal static class RetrySafety
     [
         // A repeated CreateImportJob answers ALREADY_EXISTS for the job the first one made.
         .. Methods("kms.v1.KeyManagementService", "CreateGrant", "CreateImportJob"),
-        .. Methods("kms.v1.AccessManagementService", "CreateTenant", "CreatePrincipal", "CreateApiToken", "Bootstrap"),
+        // A cancel of a tenant's deletion whose answer was lost, sent again after another admin's
+        // DeleteTenant of it, would make the tenant ACTIVE again: it would undo that later
+        // deletion, which it never saw. (A repeated DeleteTenant after a cancel errs the safe way:
+        // the tenant is offboarded again, and a cancel stops it while the waiting period runs.)
+        .. Methods("kms.v1.AccessManagementService", "CreateTenant", "CreatePrincipal", "CreateApiToken", "Bootstrap", "CancelTenantDeletion"),
         .. Methods("kms.v1.QuorumService", "CreateQuorumRequest"),
     ];
 

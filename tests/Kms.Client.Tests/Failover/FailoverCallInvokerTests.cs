@@ -257,6 +257,27 @@ public sealed class FailoverCallInvokerTests
     }
 
     [Fact]
+    public async Task CancelTenantDeletionAsync_AnswerLostAfterSending_NotRetried_ConnectionRefused_RetriedElsewhere()
+    {
+        // The first cancel may have been applied; sent again after another admin's later
+        // DeleteTenant, it would make the tenant ACTIVE again and undo that deletion.
+        var (a, b) = (new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.LostAnswer() }, new ScriptedEndpoint("b"));
+        using (var fake = new FakeClient([a, b]))
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(() => fake.Client.CancelTenantDeletionAsync("tenants/dev"));
+
+            Assert.Equal(StatusCode.Unavailable, e.StatusCode);
+            Assert.Equal((1, 0), (a.Calls, b.Calls));
+        }
+
+        // Never sent: nothing of it ran, so it is sent elsewhere.
+        var (c, d) = (new ScriptedEndpoint("c") { Respond = _ => throw ScriptedEndpoint.ConnectionRefused() }, new ScriptedEndpoint("d"));
+        using var refused = new FakeClient([c, d]);
+        await refused.Client.CancelTenantDeletionAsync("tenants/dev");
+        Assert.Equal((1, 1), (c.Calls, d.Calls));
+    }
+
+    [Fact]
     public async Task CreateGrantAsync_ConnectionRefused_RetriedElsewhere()
     {
         var (a, b) = (new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.ConnectionRefused() }, new ScriptedEndpoint("b"));
