@@ -17,9 +17,9 @@ namespace Kms.Client.Failover;
 /// so a call is sent again after such a failure only if repeating it is harmless:
 /// <list type="bullet">
 /// <item>reads and cryptographic operations (a repeat changes no state);</item>
-/// <item>mutations that set a state (enable, disable, update, replace a policy, revoke,
-/// delete a binding or a principal): a repeat leaves the same state, and a repeated revocation of a
-/// grant or an API token, removal of a role binding, or deletion of a principal, succeeds;</item>
+/// <item>mutations that set a state and cannot give access back (disable, move a primary version or
+/// an alias, revoke, delete a binding or a principal): a repeat leaves the same state, and a repeated
+/// revocation of a grant or an API token, removal of a role binding, or deletion of a principal, succeeds;</item>
 /// <item>an officer's approval: sent again with the same signature it counts once and is
 /// answered with the request as it is now (EXECUTED if it executed it);</item>
 /// <item>mutations whose request carries <c>request_id</c>: the server applies one id once
@@ -28,7 +28,8 @@ namespace Kms.Client.Failover;
 /// </list>
 /// Every other call — creations without a request id (a repeated CreateGrant would leave a
 /// second grant; a repeated CreateApiToken, a live token whose secret nobody has), Bootstrap,
-/// and any method this table does not know — is sent again only when the first attempt
+/// calls that can give access back (enable, bind a role, replace a policy, update a key: a late
+/// repeat could undo another admin's restriction made in between), and any method this table does not know — is sent again only when the first attempt
 /// provably never left the client (the connection or its TLS handshake failed), or when the
 /// server said it did nothing: a node that is full sheds a call with UNAVAILABLE and a
 /// <c>kms-shed</c> trailer before any of it runs.
@@ -43,14 +44,14 @@ internal static class RetrySafety
     [
         .. Methods("kms.v1.KeyManagementService",
             "GetKey", "ListKeys", "Encrypt", "Decrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext",
-            "GenerateRandom", "UpdateKey", "ListKeyVersions", "GetKeyVersion", "UpdatePrimaryVersion",
-            "EnableKey", "DisableKey", "EnableKeyVersion", "DisableKeyVersion", "GetAlias", "UpdateAlias",
+            "GenerateRandom", "ListKeyVersions", "GetKeyVersion", "UpdatePrimaryVersion",
+            "DisableKey", "DisableKeyVersion", "GetAlias", "UpdateAlias",
             "ListAliases", "ReEncrypt", "BatchEncrypt", "BatchDecrypt", "BatchReEncrypt", "BatchGenerateDataKey",
-            "SetKeyPolicy", "GetKeyPolicy", "ListGrants", "RevokeGrant", "TestPermissions",
+            "GetKeyPolicy", "ListGrants", "RevokeGrant", "TestPermissions",
             "Sign", "Verify", "GetPublicKey", "AsymmetricDecrypt", "GenerateMac", "VerifyMac", "GetImportJob", "GetKeyAttestation"),
         .. Methods("kms.v1.AccessManagementService",
             "GetTenant", "ListTenants", "DeleteTenant", "GetPrincipal", "ListPrincipals", "DeletePrincipal", "ListApiTokens",
-            "RevokeApiToken", "SetRoleBinding", "DeleteRoleBinding", "ListRoleBindings"),
+            "RevokeApiToken", "DeleteRoleBinding", "ListRoleBindings"),
         .. Methods("kms.v1.AuditService",
             "ListAuditEvents", "GetAuditCheckpoint", "GetAuditSigningKey", "ExportAudit"),
 
@@ -66,11 +67,17 @@ internal static class RetrySafety
     [
         // A repeated CreateImportJob answers ALREADY_EXISTS for the job the first one made.
         .. Methods("kms.v1.KeyManagementService", "CreateGrant", "CreateImportJob"),
+        // Calls that give access back or widen it: a repeat whose first attempt was applied and its
+        // answer lost, landing after another admin's later restriction (a key disabled in an
+        // incident, a policy narrowed, a lowered min_decryption_version raised again), would undo
+        // that restriction, which it never saw. A repeat of a restriction (disable, revoke, delete)
+        // errs the safe way and stays repeatable.
+        .. Methods("kms.v1.KeyManagementService", "EnableKey", "EnableKeyVersion", "SetKeyPolicy", "UpdateKey"),
         // A cancel of a tenant's deletion whose answer was lost, sent again after another admin's
         // DeleteTenant of it, would make the tenant ACTIVE again: it would undo that later
         // deletion, which it never saw. (A repeated DeleteTenant after a cancel errs the safe way:
         // the tenant is offboarded again, and a cancel stops it while the waiting period runs.)
-        .. Methods("kms.v1.AccessManagementService", "CreateTenant", "CreatePrincipal", "CreateApiToken", "Bootstrap", "CancelTenantDeletion"),
+        .. Methods("kms.v1.AccessManagementService", "CreateTenant", "CreatePrincipal", "CreateApiToken", "Bootstrap", "CancelTenantDeletion", "SetRoleBinding"),
         .. Methods("kms.v1.QuorumService", "CreateQuorumRequest"),
     ];
 

@@ -277,6 +277,40 @@ public sealed class FailoverCallInvokerTests
         Assert.Equal((1, 1), (c.Calls, d.Calls));
     }
 
+    public static TheoryData<string> CallsThatGiveAccessBack() =>
+        ["EnableKey", "EnableKeyVersion", "SetKeyPolicy", "UpdateKey", "SetRoleBinding"];
+
+    [Theory]
+    [MemberData(nameof(CallsThatGiveAccessBack))]
+    public async Task CallThatGivesAccessBack_AnswerLostAfterSending_NotRetried_ConnectionRefused_RetriedElsewhere(string call)
+    {
+        // Applied, its answer lost, then sent again after another admin disabled the key (or
+        // narrowed the policy, removed the binding) in an incident: the repeat would undo that.
+        var (a, b) = (new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.LostAnswer() }, new ScriptedEndpoint("b"));
+        using (var fake = new FakeClient([a, b]))
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(() => Send(fake.Client, call));
+
+            Assert.Equal(StatusCode.Unavailable, e.StatusCode);
+            Assert.Equal((1, 0), (a.Calls, b.Calls));
+        }
+
+        var (c, d) = (new ScriptedEndpoint("c") { Respond = _ => throw ScriptedEndpoint.ConnectionRefused() }, new ScriptedEndpoint("d"));
+        using var refused = new FakeClient([c, d]);
+        await Send(refused.Client, call);
+        Assert.Equal((1, 1), (c.Calls, d.Calls));
+
+        static Task Send(KmsClient client, string call) => call switch
+        {
+            "EnableKey" => client.Raw.EnableKeyAsync(new EnableKeyRequest { Name = "tenants/dev/keys/k" }).ResponseAsync,
+            "EnableKeyVersion" => client.Raw.EnableKeyVersionAsync(new EnableKeyVersionRequest { Name = "tenants/dev/keys/k/versions/1" }).ResponseAsync,
+            "SetKeyPolicy" => client.Raw.SetKeyPolicyAsync(new SetKeyPolicyRequest { Name = "tenants/dev/keys/k" }).ResponseAsync,
+            "UpdateKey" => client.Raw.UpdateKeyAsync(new UpdateKeyRequest { Key = new Key { Name = "tenants/dev/keys/k" } }).ResponseAsync,
+            "SetRoleBinding" => client.Access.SetRoleBindingAsync(new SetRoleBindingRequest()).ResponseAsync,
+            _ => throw new ArgumentOutOfRangeException(nameof(call)),
+        };
+    }
+
     [Fact]
     public async Task CreateGrantAsync_ConnectionRefused_RetriedElsewhere()
     {
