@@ -74,6 +74,7 @@ public sealed partial class KmsClient : IDisposable
     private readonly FailoverCallInvoker _invoker;
     private readonly KeyManagementService.KeyManagementServiceClient _stub;
     private readonly X509Certificate2Collection? _ownedCas;
+    private readonly BearerToken? _token;
 
     /// <summary>Connects to the configured endpoints, trusting the configured CA.</summary>
     /// <exception cref="ArgumentException">An option is invalid; the message says which.</exception>
@@ -93,6 +94,7 @@ public sealed partial class KmsClient : IDisposable
     {
         _invoker = connection.Invoker;
         _ownedCas = connection.OwnedCas;
+        _token = connection.Token;
         LoggerFactory = connection.LoggerFactory;
         _stub = new KeyManagementService.KeyManagementServiceClient(_invoker);
         Access = new AccessManagementService.AccessManagementServiceClient(_invoker);
@@ -247,15 +249,16 @@ public sealed partial class KmsClient : IDisposable
     public async Task<byte[]> GenerateRandomAsync(int length, CancellationToken cancellationToken = default) =>
         (await _stub.GenerateRandomAsync(new GenerateRandomRequest { LengthBytes = length }, Options(cancellationToken)).ConfigureAwait(false)).Data.ToByteArray();
 
-    /// <summary>Closes the connections.</summary>
+    /// <summary>Closes the connections, and stops reading the token file.</summary>
     public void Dispose()
     {
+        _token?.Dispose();
         _invoker.Dispose();
         DisposeAll(_ownedCas);
     }
 
-    /// <summary>The channels and failover machinery behind a client, and the CA certificates it loaded (disposed with it).</summary>
-    internal readonly record struct Connection(FailoverCallInvoker Invoker, X509Certificate2Collection? OwnedCas, ILoggerFactory? LoggerFactory = null);
+    /// <summary>The channels and failover machinery behind a client, the CA certificates it loaded and the token file it reads (disposed with it).</summary>
+    internal readonly record struct Connection(FailoverCallInvoker Invoker, X509Certificate2Collection? OwnedCas, ILoggerFactory? LoggerFactory = null, BearerToken? Token = null);
 
     /// <summary>Validates the options and opens one channel per endpoint.</summary>
     internal static Connection Connect(KmsClientOptions options, ILoggerFactory? loggerFactory, TimeProvider time, Func<double> unitRandom)
@@ -264,6 +267,7 @@ public sealed partial class KmsClient : IDisposable
         var addresses = options.Validate(nameof(options));
 
         X509Certificate2Collection? ownedCas = null;
+        BearerToken? token = null;
         try
         {
             X509Certificate2Collection? ca = options.CaCertificate is { } given ? [given] : null;
@@ -272,7 +276,7 @@ public sealed partial class KmsClient : IDisposable
                 ca = ownedCas = LoadCaBundle(path, nameof(options));
             }
 
-            var token = BearerToken.From(options, time);
+            token = BearerToken.From(options, time);
             var logger = loggerFactory?.CreateLogger<KmsClient>() ?? (ILogger)NullLogger.Instance;
             var probeTimeout = options.HealthCheckInterval < options.CallTimeout ? options.HealthCheckInterval : options.CallTimeout;
             var pool = new EndpointPool(addresses.Select(a => Open(a, options, ca, token)), time, options.HealthCheckInterval, probeTimeout, logger);
@@ -281,10 +285,11 @@ public sealed partial class KmsClient : IDisposable
             {
                 Limit = new ConcurrencyLimit(options.MaxConcurrentCalls, logger),
             };
-            return new Connection(invoker, ownedCas, loggerFactory);
+            return new Connection(invoker, ownedCas, loggerFactory, token);
         }
         catch
         {
+            token?.Dispose();
             DisposeAll(ownedCas);
             throw;
         }

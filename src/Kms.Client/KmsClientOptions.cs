@@ -51,11 +51,11 @@ public sealed class KmsClientOptions
 
     /// <summary>
     /// File holding the API token (dev mode: <c>.kms/tokens/developer.token</c>) or a workload's JWT
-    /// (a projected service-account token): read when the client is created, and read again no more
-    /// than once a second, its content compared (through symbolic links: a kubelet's <c>..data</c>
-    /// swap, a copy that keeps the file's time), so a token the platform rotates is picked up without
-    /// a new client. A file being replaced (unreadable, empty, a directory, over 16 KiB) leaves the
-    /// previous token in use.
+    /// (a projected service-account token): read when the client is created, and read again a second
+    /// after each read ends, on a timer — never by a call, so a read that blocks delays no call — its
+    /// content compared (through symbolic links: a kubelet's <c>..data</c> swap, a copy that keeps the
+    /// file's time), so a token the platform rotates is picked up without a new client. A file being
+    /// replaced (unreadable, empty, a directory, over 16 KiB) leaves the previous token in use.
     /// </summary>
     public string? ApiTokenPath { get; set; }
 

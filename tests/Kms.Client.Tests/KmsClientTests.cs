@@ -178,6 +178,69 @@ public sealed class BearerTokenFileTests(ClientServerFixture fixture) : IClassFi
     }
 
     [Fact]
+    public async Task TokenFileReadBlocks_ACallWithATokenInHandDoesNotWait_WhatTheFileThenGivesIsPickedUp()
+    {
+        var path = Path.Combine(_directory, "token");
+        await File.WriteAllTextAsync(path, fixture.Server.DeveloperToken);
+        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        var options = new KmsClientOptions { Endpoint = fixture.Server.Address, CaCertificatePath = fixture.Server.CaCertificatePath, ApiTokenPath = path };
+        var client = new KmsClient(KmsClient.Connect(options, null, time, () => 0.5));
+        try
+        {
+            Assert.Equal(8, (await client.GenerateRandomAsync(8)).Length);
+
+            // The token path becomes a FIFO nobody writes: opening it blocks, as a read from a
+            // stalled network disk does. The second comes round (on another thread: the look runs
+            // in the clock's callback, and blocks it), then a call is made with the token in hand.
+            var fifo = await MakeFifoAsync("fifo");
+            File.Move(fifo, path, overwrite: true);
+            var due = time.GetUtcNow() + TimeSpan.FromSeconds(1);
+            var look = Task.Run(() => time.Advance(TimeSpan.FromSeconds(1)));
+            SpinWait.SpinUntil(() => time.GetUtcNow() >= due);
+            var call = Task.Run(() => client.GenerateRandomAsync(8));
+            if (await Task.WhenAny(call, Task.Delay(TimeSpan.FromSeconds(30))) != call)
+            {
+                await WriteFifoAsync(path, fixture.Server.DeveloperToken);
+                Assert.Fail("the call waited for the token file's read");
+            }
+
+            Assert.Equal(8, (await call).Length);
+            Assert.False(look.IsCompleted, "the look should still be blocked in the FIFO");
+
+            // The file gives a token at last (one the server does not know): the look ends with it,
+            // and the next call carries it.
+            await WriteFifoAsync(path, "kms_0000000000000000_" + new string('A', 43));
+            await look.WaitAsync(TimeSpan.FromMinutes(1));
+            var refused = await Assert.ThrowsAsync<RpcException>(() => client.GenerateRandomAsync(8));
+            Assert.Equal(StatusCode.Unauthenticated, refused.StatusCode);
+        }
+        finally
+        {
+            client.Dispose();
+        }
+
+        // Disposed, the client looks no more: a FIFO in the path blocks nothing.
+        File.Move(await MakeFifoAsync("fifo2"), path, overwrite: true);
+        await Task.Run(() => time.Advance(TimeSpan.FromSeconds(5))).WaitAsync(TimeSpan.FromMinutes(1));
+    }
+
+    private async Task<string> MakeFifoAsync(string name)
+    {
+        var fifo = Path.Combine(_directory, name);
+        using var mkfifo = System.Diagnostics.Process.Start("mkfifo", [fifo]);
+        await mkfifo.WaitForExitAsync();
+        Assert.Equal(0, mkfifo.ExitCode);
+        return fifo;
+    }
+
+    // Opening a FIFO to write waits for its reader: bounded, so a test that went wrong fails instead of hanging.
+    private static Task WriteFifoAsync(string path, string text) => Task.Run(() =>
+    {
+        using var writer = new FileStream(path, FileMode.Open, FileAccess.Write);
+        writer.Write(System.Text.Encoding.UTF8.GetBytes(text));
+    }).WaitAsync(TimeSpan.FromMinutes(1));
+
+    [Fact]
     public async Task ProjectedTokenRenewedBySwappingDotDotData_TheNewTokenIsRead()
     {
         // The kubelet's layout: token -> ..data/token, ..data -> ..<timestamp>; a renewal writes a new
