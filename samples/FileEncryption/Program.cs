@@ -47,12 +47,20 @@ public static class FileSample
         }
 
         // Write to a temporary name and rename only on success: a streamed decryption's output
-        // is whole and authentic only when the call returns without an exception.
-        var partial = path + ".out.partial";
+        // is whole and authentic only when the call returns without an exception. The plaintext
+        // file is new (never one, or a link, already there under that name: the name is fresh)
+        // and readable by its owner only, as the original's permissions are not known here.
+        var partial = $"{path}.out.{Guid.NewGuid():N}.partial";
         try
         {
             await using var encrypted = File.OpenRead(path + ".kmse");
-            await using var decrypted = File.Create(partial);
+            var create = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
+            if (!OperatingSystem.IsWindows())
+            {
+                create.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+            }
+
+            await using var decrypted = new FileStream(partial, create);
             await encryptor.DecryptAsync(encrypted, decrypted, context);
         }
         catch

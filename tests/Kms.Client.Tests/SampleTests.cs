@@ -40,6 +40,10 @@ public sealed class SampleTests(ClientServerFixture fixture) : IClassFixture<Cli
 
             Assert.Contains("round trip identical", output.ToString(), StringComparison.Ordinal);
             Assert.Equal(content, await File.ReadAllBytesAsync(path + ".out"));
+
+            // The decrypted copy is the owner's alone (the plaintext of a file whose permissions the sample does not know).
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(path + ".out"));
+            Assert.Equal([path, path + ".kmse", path + ".out"], Directory.GetFiles(directory.FullName).Order(StringComparer.Ordinal));
             Assert.Equal(-1, (await File.ReadAllBytesAsync(path + ".kmse")).AsSpan().IndexOf(content.AsSpan(0, 32)));
         }
         finally
