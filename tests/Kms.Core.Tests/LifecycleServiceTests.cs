@@ -78,14 +78,14 @@ public sealed class LifecycleServiceTests : IDisposable
         Assert.Equal(key.CreateTime.AddDays(1), key.NextRotationTime);
 
         _domain.Time.Advance(TimeSpan.FromHours(23));
-        Assert.Equal(0, await _domain.Keys.RotateDueKeysAsync(default));
+        Assert.Equal(0, await _domain.Keys.RotateDueKeysAsync(_domain.Time.GetUtcNow(), default));
 
         _domain.Time.Advance(TimeSpan.FromHours(1));
-        Assert.Equal(1, await _domain.Keys.RotateDueKeysAsync(default));
+        Assert.Equal(1, await _domain.Keys.RotateDueKeysAsync(_domain.Time.GetUtcNow(), default));
         var rotated = await _domain.Keys.GetKeyAsync(Dev, key.Name, default);
         Assert.Equal(2, rotated.Primary.Name.Version);
         Assert.Equal(key.CreateTime.AddDays(2), rotated.NextRotationTime);
-        Assert.Equal(0, await _domain.Keys.RotateDueKeysAsync(default));
+        Assert.Equal(0, await _domain.Keys.RotateDueKeysAsync(_domain.Time.GetUtcNow(), default));
     }
 
     [Fact]
@@ -104,14 +104,14 @@ public sealed class LifecycleServiceTests : IDisposable
         _domain.FakeHsm!.Unsupported[KeyAlgorithm.HmacSha256] = "dropped from the profile";
         _domain.Time.Advance(TimeSpan.FromDays(1));
 
-        await Assert.ThrowsAsync<AggregateException>(() => _domain.Keys.RotateDueKeysAsync(default));
-        Assert.Equal(1, await _domain.Keys.RotateDueKeysAsync(default));
+        await Assert.ThrowsAsync<AggregateException>(() => _domain.Keys.RotateDueKeysAsync(_domain.Time.GetUtcNow(), default));
+        Assert.Equal(1, await _domain.Keys.RotateDueKeysAsync(_domain.Time.GetUtcNow(), default));
 
         Assert.Equal(2, (await _domain.Keys.GetKeyAsync(Dev, aes.Name, default)).Primary.Name.Version);
         _domain.FakeHsm.Unsupported.Remove(KeyAlgorithm.HmacSha256);
-        Assert.Equal(0, await _domain.Keys.RotateDueKeysAsync(default));
+        Assert.Equal(0, await _domain.Keys.RotateDueKeysAsync(_domain.Time.GetUtcNow(), default));
         _domain.Time.Advance(KeyService.FailedRotationRetryDelay);
-        Assert.Equal(100, await _domain.Keys.RotateDueKeysAsync(default));
+        Assert.Equal(100, await _domain.Keys.RotateDueKeysAsync(_domain.Time.GetUtcNow(), default));
     }
 
     [Fact]
@@ -210,7 +210,7 @@ public sealed class LifecycleServiceTests : IDisposable
         var key = await _domain.CreateKeyAsync("k", rotationPeriod: TimeSpan.FromDays(1));
         await _domain.Keys.DisableKeyAsync(Dev, key.Name, default);
         _domain.Time.Advance(TimeSpan.FromDays(3));
-        Assert.Equal(0, await _domain.Keys.RotateDueKeysAsync(default));
+        Assert.Equal(0, await _domain.Keys.RotateDueKeysAsync(_domain.Time.GetUtcNow(), default));
     }
 
     [Theory]
@@ -541,7 +541,7 @@ public sealed class LifecycleServiceTests : IDisposable
         Assert.Equal(_domain.Time.GetUtcNow() + period, both.NextRotationTime);
 
         _domain.Time.Advance(period + TimeSpan.FromDays(1));
-        Assert.Equal(1, await _domain.Keys.RotateDueKeysAsync(default));
+        Assert.Equal(1, await _domain.Keys.RotateDueKeysAsync(_domain.Time.GetUtcNow(), default));
     }
 
     [Fact]
@@ -612,10 +612,10 @@ public sealed class LifecycleServiceTests : IDisposable
         _domain.Time.Advance(TimeSpan.FromDays(1));
         store.FailNextWrite = KmsErrors.Unavailable("injected");
 
-        await Assert.ThrowsAsync<AggregateException>(() => _domain.Keys.RotateDueKeysAsync(default));
+        await Assert.ThrowsAsync<AggregateException>(() => _domain.Keys.RotateDueKeysAsync(_domain.Time.GetUtcNow(), default));
         var primaries = new[] { first, second }.Select(k => _domain.Keys.GetKeyAsync(Dev, k.Name, default).Result.Primary.Name.Version).ToList();
         Assert.Equal([1, 2], primaries.Order());
-        Assert.Equal(1, await _domain.Keys.RotateDueKeysAsync(default));
+        Assert.Equal(1, await _domain.Keys.RotateDueKeysAsync(_domain.Time.GetUtcNow(), default));
     }
 
     [Fact]

@@ -294,6 +294,36 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task NodeBootsWithItsClockAYearAhead_ScheduledRotationWaitsForTheTimeSeen_ItsScheduleIsNotMovedAYearOut()
+    {
+        var created = (await Stub.CreateKeyAsync(new CreateKeyRequest
+        {
+            Parent = "tenants/dev",
+            KeyId = "clock-rotated",
+            Key = new Key { Purpose = KeyPurpose.EncryptDecrypt, RotationPeriod = Duration.FromTimeSpan(TimeSpan.FromDays(30)) },
+        })).Key;
+        await Worker.RunOnceAsync(default); // records the time seen
+
+        // By its clock the rotation is eleven months late; by the time the deployment has seen
+        // pass it is not due. Rotated by the clock, its next rotation would be a year and a period
+        // out: once the clock was put right, no scheduled rotation for a year.
+        await RestartAsync(TimeSpan.FromDays(365));
+        await Worker.RunOnceAsync(default);
+        var held = await _client.GetKeyAsync(created.Name);
+        Assert.EndsWith("/versions/1", held.Primary.Name, StringComparison.Ordinal);
+        Assert.Equal(created.NextRotationTime, held.NextRotationTime);
+
+        // The operator says the clock is right: rotated once, the next one a period from now.
+        await RestartAsync(TimeSpan.Zero, "--Lifecycle:AcceptClock=true");
+        await Worker.RunOnceAsync(default);
+        var rotated = await _client.GetKeyAsync(created.Name);
+        Assert.EndsWith("/versions/2", rotated.Primary.Name, StringComparison.Ordinal);
+        Assert.Equal(_time.GetUtcNow().AddDays(30).ToUnixTimeMilliseconds(), rotated.NextRotationTime.ToDateTimeOffset().ToUnixTimeMilliseconds());
+        await Worker.RunOnceAsync(default);
+        Assert.EndsWith("/versions/2", (await _client.GetKeyAsync(created.Name)).Primary.Name, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task ScheduledRotation_ClockPassesThePeriod_KeyRotated()
     {
         var created = (await Stub.CreateKeyAsync(new CreateKeyRequest

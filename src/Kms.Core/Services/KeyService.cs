@@ -371,9 +371,16 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
     /// <see cref="FailedRotationRetryDelay"/> before it is tried again, so the rest go on).
     /// Returns how many were rotated.
     /// </summary>
-    public async Task<int> RotateDueKeysAsync(CancellationToken cancellationToken)
+    /// <param name="now">
+    /// The lifecycle's trusted time (<see cref="LifecycleClock"/>), not the bare clock: what is due,
+    /// and where each rotated key's next rotation is put (now + its period). By a clock that jumped
+    /// ahead a year every key would be rotated at once and its next rotation put a year and a
+    /// period out — once the clock was put right, none would rotate on schedule for that year.
+    /// </param>
+    /// <param name="cancellationToken">Stops the pass between keys.</param>
+    public async Task<int> RotateDueKeysAsync(DateTimeOffset now, CancellationToken cancellationToken)
     {
-        var now = Clock.Now(time);
+        now = DateTimeOffset.FromUnixTimeMilliseconds(now.ToUnixTimeMilliseconds());
         foreach (var (name, retry) in _rotationRetry)
         {
             if (retry <= now)

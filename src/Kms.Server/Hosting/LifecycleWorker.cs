@@ -70,6 +70,8 @@ internal sealed partial class LifecycleWorker(
         }
 
         // The irreversible jobs run by the trusted time (LifecycleClock); without one, not at all.
+        // So does scheduled rotation: by a clock a year ahead it would put every key's next
+        // rotation a year out.
         var trusted = await TrustedTimeAsync(cancellationToken);
         var destroyed = trusted is { } now ? await RunJobAsync("destruction", () => keys.DestroyDueAsync(now, cancellationToken)) : 0;
         await RunJobAsync("erasure", async () =>
@@ -83,7 +85,7 @@ internal sealed partial class LifecycleWorker(
         }
 
         await RunJobAsync("tenant offboarding", () => access.SweepDeletingTenantsAsync(cancellationToken));
-        var rotated = await RunJobAsync("scheduled rotation", () => keys.RotateDueKeysAsync(cancellationToken));
+        var rotated = trusted is { } rotateBy ? await RunJobAsync("scheduled rotation", () => keys.RotateDueKeysAsync(rotateBy, cancellationToken)) : 0;
         if (trusted is { } retention)
         {
             await RunJobAsync("audit retention", async () => (int)await audit.PruneAsync(retention, cancellationToken));
@@ -224,7 +226,7 @@ internal sealed partial class LifecycleWorker(
     [LoggerMessage(EventId = 1206, Level = LogLevel.Warning, Message = "This node's clock is {SkewMs} ms off the database server's: it does not run scheduled rotation, destruction or retention (Storage:Postgres:MaxClockSkew)")]
     private static partial void LogClockRefused(ILogger logger, double skewMs);
 
-    [LoggerMessage(EventId = 1207, Level = LogLevel.Warning, Message = "This node's clock is {AheadSeconds} s ahead of the time this deployment has seen pass ({Trusted:O}): destructions, import-job erasure and audit retention wait. If the clock is wrong, correct it; if it is right (a downtime longer than Lifecycle:ClockJumpAllowance, a restored backup), start the node once with Lifecycle:AcceptClock=true")]
+    [LoggerMessage(EventId = 1207, Level = LogLevel.Warning, Message = "This node's clock is {AheadSeconds} s ahead of the time this deployment has seen pass ({Trusted:O}): destructions, import-job erasure, audit retention and scheduled rotations wait. If the clock is wrong, correct it; if it is right (a downtime longer than Lifecycle:ClockJumpAllowance, a restored backup), start the node once with Lifecycle:AcceptClock=true")]
     private static partial void LogClockAhead(ILogger logger, long aheadSeconds, DateTimeOffset trusted);
 
     [LoggerMessage(EventId = 1208, Level = LogLevel.Information, Message = "This node's clock agrees again with the time this deployment has seen pass ({Trusted:O})")]
