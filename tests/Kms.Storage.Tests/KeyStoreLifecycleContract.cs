@@ -125,12 +125,22 @@ public abstract class KeyStoreLifecycleContract : KeyStoreContract
         Assert.Null(await store.GetAliasAsync(AliasName.Create(Acme, "a"), default));
         Assert.Equal(KmsErrorCode.AlreadyExists, (await Assert.ThrowsAsync<KmsException>(() => store.CreateAliasAsync(new KeyAlias(name, two.Name, time, time), null, default))).Code);
 
-        var updated = await store.UpdateAliasAsync(name, two.Name, time.AddSeconds(1), default);
+        var updated = await store.UpdateAliasAsync(name, two.Name, time.AddSeconds(1), null, default);
         Assert.Equal(two.Name, updated!.Key);
         Assert.Equal(time, updated.CreateTime);
-        Assert.Null(await store.UpdateAliasAsync(AliasName.Create(Dev, "none"), two.Name, time, default));
-        Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() => store.UpdateAliasAsync(name, KeyName.Create(Dev, "none"), time, default))).Code);
+        Assert.Null(await store.UpdateAliasAsync(AliasName.Create(Dev, "none"), two.Name, time, null, default));
+        Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() => store.UpdateAliasAsync(name, KeyName.Create(Dev, "none"), time, null, default))).Code);
         Assert.Equal(two.Name, (await store.GetAliasAsync(name, default))!.Key);
+
+        // The check is asked inside the write with the key the alias names and the new one; a refusal writes nothing.
+        (Key? Current, Key Target)? asked = null;
+        Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => store.UpdateAliasAsync(name, one.Name, time.AddSeconds(2), (current, target) =>
+        {
+            asked = (current, target);
+            throw KmsErrors.FailedPrecondition("refused");
+        }, default))).Code);
+        Assert.Equal((two.Name, one.Name), (asked!.Value.Current!.Name, asked.Value.Target.Name));
+        Assert.Equal((two.Name, time.AddSeconds(1)), ((await store.GetAliasAsync(name, default))!.Key, (await store.GetAliasAsync(name, default))!.UpdateTime));
 
         Assert.Single(await store.ListAliasesAsync(Dev, null, 10, default));
         Assert.Empty(await store.ListAliasesAsync(Acme, null, 10, default));

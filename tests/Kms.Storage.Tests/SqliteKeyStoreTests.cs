@@ -599,6 +599,36 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
     }
 
     [Fact]
+    public async Task UpdateAlias_MovedOffAnImportKeyThroughAnotherNode_NotMovedOntoOneByTheAliasThisNodeRemembers()
+    {
+        // This node remembers the alias on an allow_import key; through another node it is moved
+        // onto an ordinary key. Within the change feed's interval, a move here onto an
+        // allow_import key is the move claim 95 refuses (an ordinary key's alias onto one that
+        // takes imported material): judged on what this node remembered, it was let through.
+        var node = await OpenAsync();
+        var other = await OpenAsync();
+        node.ConfirmCoherent(TimeSpan.FromMinutes(1));
+        foreach (var key in new[] { NewKey(Dev, "ordinary"), NewKey(Dev, "byok") with { AllowImport = true }, NewKey(Dev, "byok-2") with { AllowImport = true } })
+        {
+            await node.CreateKeyAsync(key, Material(), null, default);
+        }
+
+        var alias = AliasName.Create(Dev, "payments");
+        var now = DateTimeOffset.UtcNow;
+        await node.CreateAliasAsync(new KeyAlias(alias, new KeyName(Dev, "byok"), now, now), null, default);
+        Assert.Equal("byok", (await node.GetAliasAsync(alias, default))!.Key.KeyId);
+        var caller = Kms.Testing.Fakes.DomainHarness.Dev;
+        await new Kms.Core.Services.AliasService(other, other, TimeProvider.System).UpdateAliasAsync(caller, alias, new KeyName(Dev, "ordinary"), default);
+        Assert.Equal("byok", (await node.GetAliasAsync(alias, default))!.Key.KeyId); // the documented window
+
+        var refused = await Assert.ThrowsAsync<Kms.Core.Errors.KmsException>(() =>
+            new Kms.Core.Services.AliasService(node, node, TimeProvider.System).UpdateAliasAsync(caller, alias, new KeyName(Dev, "byok-2"), default));
+        Assert.Equal(Kms.Core.Errors.KmsErrorCode.FailedPrecondition, refused.Code);
+        Assert.Contains("tenants/dev/keys/ordinary was not", refused.Message, StringComparison.Ordinal);
+        Assert.Equal("ordinary", (await other.GetAliasAsync(alias, default))!.Key.KeyId);
+    }
+
+    [Fact]
     public async Task MetadataCache_ConfirmationLapses_ReadsTheDatabaseAgain()
     {
         var node = await OpenAsync();

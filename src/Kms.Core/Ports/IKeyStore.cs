@@ -75,9 +75,14 @@ public interface IKeyStore
     /// <summary>The alias, or null.</summary>
     Task<KeyAlias?> GetAliasAsync(AliasName name, CancellationToken cancellationToken);
 
-    /// <summary>Points an alias at another key of its tenant; null if the alias does not exist.</summary>
-    /// <exception cref="Errors.KmsException">NotFound (the key).</exception>
-    Task<KeyAlias?> UpdateAliasAsync(AliasName name, KeyName key, DateTimeOffset updateTime, CancellationToken cancellationToken);
+    /// <summary>
+    /// Points an alias at another key of its tenant; null if the alias does not exist.
+    /// <paramref name="check"/>, when given, is asked inside the write (under the write lock, on
+    /// fresh state) with the key the alias names now (null if it is gone) and the new key, and
+    /// refuses the move by throwing: nothing is written then.
+    /// </summary>
+    /// <exception cref="Errors.KmsException">NotFound (the key); whatever <paramref name="check"/> throws.</exception>
+    Task<KeyAlias?> UpdateAliasAsync(AliasName name, KeyName key, DateTimeOffset updateTime, Action<Key?, Key>? check, CancellationToken cancellationToken);
 
     /// <summary>Deletes an alias (recording the request id with it); false if it did not exist.</summary>
     /// <exception cref="Errors.KmsException">AlreadyExists if the request id was recorded meanwhile.</exception>

@@ -69,14 +69,16 @@ public sealed class AliasService(IKeyStore store, IAccessStore access, TimeProvi
 
         // An alias's callers do not see which key it names: a key-manager (who may import but
         // not decrypt) must not swap it, in one step, onto a key holding material they imported.
-        if (await store.GetAliasAsync(name, cancellationToken) is { } current
-            && await store.GetKeyAsync(key, cancellationToken) is { AllowImport: true }
-            && await store.GetKeyAsync(current.Key, cancellationToken) is { AllowImport: false })
+        // Decided in the store's write, on fresh state: read before it (and from this node's
+        // remembered aliases), a move made meanwhile — by a concurrent call, or through another
+        // node within its change feed's poll — would let an ordinary key's alias onto such a key.
+        return await store.UpdateAliasAsync(name, key, Clock.Now(time), (current, target) =>
         {
-            throw KmsErrors.FailedPrecondition($"{key} was created with allow_import and {current.Key} was not: an alias is not moved onto a key that takes imported material (create a new alias for it)");
-        }
-
-        return await store.UpdateAliasAsync(name, key, Clock.Now(time), cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
+            if (target.AllowImport && current is { AllowImport: false })
+            {
+                throw KmsErrors.FailedPrecondition($"{key} was created with allow_import and {current.Name} was not: an alias is not moved onto a key that takes imported material (create a new alias for it)");
+            }
+        }, cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
     }
 
     /// <summary>Deletes an alias; the key is unaffected. With a request id, a retry of a delete that succeeded succeeds.</summary>

@@ -401,15 +401,16 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     }
 
     /// <inheritdoc />
-    public Task<KeyAlias?> UpdateAliasAsync(AliasName name, KeyName key, DateTimeOffset updateTime, CancellationToken cancellationToken) =>
+    public Task<KeyAlias?> UpdateAliasAsync(AliasName name, KeyName key, DateTimeOffset updateTime, Action<Key?, Key>? check, CancellationToken cancellationToken) =>
         WriteAsync<KeyAlias?>(async (connection, transaction) =>
         {
-            if (await ReadAliasAsync(connection, transaction, name, cancellationToken) is null)
+            if (await ReadAliasAsync(connection, transaction, name, cancellationToken) is not { } current)
             {
                 return null;
             }
 
-            await EnsureKeyExistsAsync(connection, transaction, key, cancellationToken);
+            var target = await ReadKeyAsync(connection, transaction, key, cancellationToken) ?? throw KmsErrors.NotFound(key.ToString());
+            check?.Invoke(await ReadKeyAsync(connection, transaction, current.Key, cancellationToken), target);
             await using var update = Command(connection,
                 "UPDATE aliases SET key_id = @key_id, update_time = @update_time WHERE tenant = @tenant AND alias_id = @alias_id RETURNING key_id, create_time, update_time",
                 ("@key_id", key.KeyId), ("@update_time", updateTime.ToUnixTimeMilliseconds()), ("@tenant", name.Tenant.Value), ("@alias_id", name.AliasId));

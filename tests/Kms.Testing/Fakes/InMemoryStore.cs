@@ -231,7 +231,7 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
         }
     }
 
-    public Task<KeyAlias?> UpdateAliasAsync(AliasName name, KeyName key, DateTimeOffset updateTime, CancellationToken cancellationToken)
+    public Task<KeyAlias?> UpdateAliasAsync(AliasName name, KeyName key, DateTimeOffset updateTime, Action<Key?, Key>? check, CancellationToken cancellationToken)
     {
         lock (_lock)
         {
@@ -240,10 +240,12 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
                 return Task.FromResult<KeyAlias?>(null);
             }
 
-            if (!_keys.ContainsKey(Id(key)))
+            if (!_keys.TryGetValue(Id(key), out var target))
             {
                 throw KmsErrors.NotFound(key.ToString());
             }
+
+            check?.Invoke(_keys.TryGetValue(Id(alias.Key), out var current) ? Fresh(current) : null, Fresh(target));
 
             var updated = alias with { Key = key, UpdateTime = updateTime };
             _aliases[(name.Tenant.Value, name.AliasId)] = updated;
