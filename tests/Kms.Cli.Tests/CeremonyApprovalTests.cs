@@ -87,6 +87,42 @@ public sealed class CeremonyApprovalTests : IDisposable
     }
 
     [Fact]
+    public async Task RestoreDomain_FreshHost_SwappedGenesisWithAMatchingBundle_RefusedWithoutThePinnedHash()
+    {
+        // Someone who can write the files a fresh ceremony host reads swaps in a genesis of their
+        // own and a bundle its officers signed. Nothing on the host holds the deployment's genesis:
+        // before, the bundle verified and the transcript said "quorum approval verified" by them.
+        var rogue = OfficerSet.CreateGenesis(_officers.Select("dave", "erin"), 1);
+        GenesisFile.Write(P("rogue-genesis.json"), rogue);
+        await WriteAsync("rogue.json", Bundle(QuorumOperation.RestoreDomain, [rogue], ["dave"]));
+        await AssertRefusedAsync(2, "no deployment database holds the genesis, so nothing here vouches for the genesis file", ["--approval", P("rogue.json")], genesis: P("rogue-genesis.json"), pinned: false);
+        await AssertRefusedAsync(2, "give --genesis-sha256 HEX", ["--approval", P("rogue.json")], genesis: P("rogue-genesis.json"), pinned: false);
+
+        // The same from a data directory without a database: its quorum/genesis.json is not vouched for either.
+        Directory.CreateDirectory(P("fresh/quorum"));
+        GenesisFile.Write(P("fresh/quorum/genesis.json"), rogue);
+        await AssertRefusedAsync(2, "give --genesis-sha256 HEX", ["--approval", P("rogue.json"), "--data-dir", P("fresh")], genesis: null);
+        Assert.False(File.Exists(P("fresh/kms.db")));
+
+        // With the deployment's hash the swapped file is refused; the real one verifies.
+        await AssertRefusedAsync(7, $"not the pinned {_genesis.Hash}", ["--approval", P("rogue.json"), "--data-dir", P("fresh"), "--genesis-sha256", _genesis.Hash], genesis: null);
+        await WriteAsync("ok.json", Bundle(QuorumOperation.RestoreDomain, "alice", "bob"));
+        var result = await RestoreAsync("--approval", P("ok.json"));
+        Assert.True(result.Error.Contains("quorum approval verified", StringComparison.Ordinal), result.ToString());
+        Assert.Contains($"genesis {_genesis.Hash} (pinned by --genesis-sha256)", result.Error, StringComparison.Ordinal);
+
+        // Where the deployment's database holds the genesis, it is the pin, as before: no flag needed.
+        var time = DateTimeOffset.FromUnixTimeMilliseconds(DateTimeOffset.UtcNow.AddMinutes(-30).ToUnixTimeMilliseconds());
+        var current = _officers.Change(_genesis, _officers.Select("carol", "dave", "erin"), 2, time, "alice", "bob");
+        await StoreChainAsync(P("data"), _genesis, current);
+        await WriteAsync("current.json", Bundle(QuorumOperation.RestoreDomain, [_genesis, current], ["carol", "dave"]));
+        var withDatabase = await RestoreAsync(["--approval", P("current.json"), "--data-dir", P("data")], P("genesis.json"), Kcv, "kms-prod-b", pinned: false);
+        Assert.True(withDatabase.Error.Contains("quorum approval verified", StringComparison.Ordinal), withDatabase.ToString());
+        Assert.Contains($"genesis {_genesis.Hash} (the deployment database's)", withDatabase.Error, StringComparison.Ordinal);
+        await AssertRefusedAsync(7, "is not the genesis the deployment's database holds", ["--approval", P("rogue.json"), "--data-dir", P("data")], genesis: P("rogue-genesis.json"), pinned: false);
+    }
+
+    [Fact]
     public async Task RestoreDomain_DatabaseHoldsANewerSet_ForkedOrOlderChainRefused_TheDatabasesAccepted()
     {
         // The database holds set 1 = {carol, dave, erin}: alice and bob have left. They still hold
@@ -214,9 +250,9 @@ public sealed class CeremonyApprovalTests : IDisposable
 
     private Task AssertRefusedAsync(int exitCode, string message, params string[] extra) => AssertRefusedAsync(exitCode, message, extra, P("genesis.json"));
 
-    private async Task AssertRefusedAsync(int exitCode, string message, string[] extra, string? genesis = "", string checkValue = Kcv, string token = "kms-prod-b")
+    private async Task AssertRefusedAsync(int exitCode, string message, string[] extra, string? genesis = "", string checkValue = Kcv, string token = "kms-prod-b", bool pinned = true)
     {
-        var result = await RestoreAsync(extra, genesis == "" ? P("genesis.json") : genesis, checkValue, token);
+        var result = await RestoreAsync(extra, genesis == "" ? P("genesis.json") : genesis, checkValue, token, pinned);
         Assert.True(result.ExitCode == exitCode, result.ToString());
         Assert.Contains(message, result.Error, StringComparison.Ordinal);
         Assert.DoesNotContain("missing-share.json", result.Error, StringComparison.Ordinal);
@@ -224,11 +260,15 @@ public sealed class CeremonyApprovalTests : IDisposable
 
     private Task<CliResult> RestoreAsync(params string[] extra) => RestoreAsync(extra, P("genesis.json"), Kcv, "kms-prod-b");
 
-    private Task<CliResult> RestoreAsync(string[] extra, string? genesis, string checkValue, string token) =>
+    // A given genesis file comes with the deployment's pinned hash (the create-domain transcript's)
+    // unless the test gives one of its own or none (pinned: false).
+    private Task<CliResult> RestoreAsync(string[] extra, string? genesis, string checkValue, string token, bool pinned = true) =>
         CliRun.ProcessAsync(new Dictionary<string, string>(), _dir,
         [
             "ceremony", "restore-domain", "--token-label", token, "--share", P("missing-share.json"), "--check-value", checkValue,
-            .. genesis is null ? Array.Empty<string>() : ["--genesis", genesis], .. extra, "--allow-network",
+            .. genesis is null ? Array.Empty<string>() : ["--genesis", genesis],
+            .. genesis is null || !pinned || extra.Contains("--genesis-sha256") ? Array.Empty<string>() : ["--genesis-sha256", _genesis.Hash],
+            .. extra, "--allow-network",
         ]);
 
     private string P(string relative) => Path.Combine(_dir, relative);

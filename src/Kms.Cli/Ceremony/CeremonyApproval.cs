@@ -16,6 +16,9 @@ namespace Kms.Cli.Ceremony;
 /// The approval is mandatory wherever officers are known: a genesis file in the data directory
 /// (or given with <c>--genesis</c>), or an officer chain in its database. Without officers
 /// (a deployment from before quorum existed) <c>--without-approval</c> says so explicitly.
+/// Where no database holds the officer chain (a restore onto a fresh host) the genesis file is
+/// authenticated by nothing on the host, so <c>--approval</c> also needs <c>--genesis-sha256</c>:
+/// the hash the deployment pinned.
 /// <c>restore-domain</c> also accepts <c>--without-approval</c> as a break-glass for disaster
 /// recovery when no server is left to approve on; it is written in capitals in the transcript
 /// and in the audit chain.
@@ -47,7 +50,7 @@ internal sealed class CeremonyApproval
 
     public Option<string?> GenesisSha256 { get; } = new("--genesis-sha256")
     {
-        Description = "the genesis hash from the create-domain transcript (Kms:Quorum:GenesisSha256); the genesis file must have it",
+        Description = "the genesis hash from the create-domain transcript (Kms:Quorum:GenesisSha256); the genesis file must have it. Required with --approval where no deployment database holds the genesis (a fresh host)",
         HelpName = "HEX",
     };
 
@@ -144,6 +147,20 @@ internal sealed class CeremonyApproval
             throw new CliUsageException("--approval needs the genesis officer file to verify it against: give --genesis FILE (or a --data-dir holding quorum/genesis.json)");
         }
 
+        // Without a database holding the deployment's genesis (a restore onto a fresh host), the
+        // genesis file is the only root of the officer chain and nothing here vouches for it:
+        // whoever can write the files this host reads could bring a genesis and a bundle of their
+        // own, and the transcript would name their officers as the approval. The hash the
+        // deployment pinned (the create-domain transcript; the server's Kms:Quorum:GenesisSha256)
+        // is what authenticates it.
+        var pinnedHash = parse.GetValue(GenesisSha256);
+        if (stored.Count == 0 && pinnedHash is null)
+        {
+            throw new CliUsageException(
+                $"no deployment database holds the genesis, so nothing here vouches for the genesis file {genesisPath}: give --genesis-sha256 HEX, "
+                + "the genesis hash from the create-domain transcript (the server's Kms:Quorum:GenesisSha256)");
+        }
+
         ApprovalBundle bundle;
         try
         {
@@ -201,7 +218,8 @@ internal sealed class CeremonyApproval
         }
 
         var description = $"request {verified.Request.Name} ({operationName}), domain key {verified.Request.DomainKcv}, expires {QuorumRendering.Time(verified.Request.ExpireTime)}, "
-            + $"officer set {verified.OfficerSet.Sequence} ({verified.OfficerSet.Hash}), {verified.Approvers.Count} of threshold {verified.OfficerSet.Threshold}, genesis {genesis.Hash}";
+            + $"officer set {verified.OfficerSet.Sequence} ({verified.OfficerSet.Hash}), {verified.Approvers.Count} of threshold {verified.OfficerSet.Threshold}, genesis {genesis.Hash} "
+            + (stored.Count > 0 ? "(the deployment database's)" : "(pinned by --genesis-sha256)");
         ctx.Output.Note($"quorum approval verified: {description}");
         return new CeremonyApprovalOutcome(verified, genesis.Hash, description);
     }
