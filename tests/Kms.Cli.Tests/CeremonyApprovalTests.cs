@@ -15,7 +15,7 @@ public sealed class CeremonyApprovalTests : IDisposable
 {
     private const string Kcv = "a1b2c3";
     private readonly string _dir = Directory.CreateTempSubdirectory("kms-approval-").FullName;
-    private readonly TestOfficers _officers = new("alice", "bob", "carol", "dave", "erin");
+    private readonly TestOfficers _officers = new("alice", "bob", "carol", "dave", "erin", "o  lga ");
     private readonly OfficerSet _genesis;
 
     public CeremonyApprovalTests()
@@ -84,6 +84,20 @@ public sealed class CeremonyApprovalTests : IDisposable
         GenesisFile.Write(P("rogue-genesis.json"), rogue);
         await AssertRefusedAsync(7, $"not the pinned {_genesis.Hash}",
             ["--approval", P("rogue.json"), "--genesis-sha256", _genesis.Hash], genesis: P("rogue-genesis.json"));
+    }
+
+    [Fact]
+    public async Task RestoreDomain_GenesisWrittenBeforeTheNameRule_AnOfficerNameWithSpaces_StillVerifies()
+    {
+        // New officer names may no longer have spaces at an end or two in a row; a deployment whose
+        // genesis already holds one keeps working: its approvals verify on the ceremony host.
+        var spaced = OfficerSet.CreateGenesis(_officers.Select("o  lga ", "bob"), 2);
+        GenesisFile.Write(P("spaced-genesis.json"), spaced);
+        await WriteAsync("spaced.json", Bundle(QuorumOperation.RestoreDomain, [spaced], ["o  lga ", "bob"]));
+        var result = await RestoreAsync(["--approval", P("spaced.json"), "--genesis-sha256", spaced.Hash], P("spaced-genesis.json"), Kcv, "kms-prod-b");
+        Assert.True(result.Error.Contains("quorum approval verified", StringComparison.Ordinal), result.ToString());
+        Assert.Contains("2 of threshold 2", result.Error, StringComparison.Ordinal);
+        Assert.Contains("missing-share.json", result.Error, StringComparison.Ordinal);
     }
 
     [Fact]

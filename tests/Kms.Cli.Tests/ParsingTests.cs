@@ -112,6 +112,35 @@ public sealed class ParsingTests : IDisposable
     }
 
     [Fact]
+    public async Task CreateDomain_OfficerNameWithATrailingSpaceOrTwoInARow_UsageError_NothingGenerated()
+    {
+        // "olga " and "o  lga" read as "olga" and "o lga" in the text officers sign. Refused before
+        // the token or any directory is touched.
+        var shares = Path.Combine(_home, "shares");
+        var data = Path.Combine(_home, "data");
+        using (var key = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256))
+        {
+            await File.WriteAllTextAsync(Path.Combine(_home, "olga.pub"), key.ExportSubjectPublicKeyInfoPem());
+        }
+
+        using (var key = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256))
+        {
+            await File.WriteAllTextAsync(Path.Combine(_home, "bob.pub"), key.ExportSubjectPublicKeyInfoPem());
+        }
+
+        foreach (var (name, reads) in new[] { ("olga ", "olga"), ("o  lga", "o lga") })
+        {
+            var result = await RunAsync("ceremony", "create-domain", "--token-label", "none", "--custodian", "alice", "--custodian", "carol",
+                "--threshold", "2", "--shares-dir", shares, "--data-dir", data,
+                "--officer", $"{name}={Path.Combine(_home, "olga.pub")}", "--officer", $"bob={Path.Combine(_home, "bob.pub")}", "--officer-threshold", "1");
+
+            Assert.True(result.ExitCode == ExitCodes.Usage, result.ToString());
+            Assert.Contains($"the officer name \"{name}\" has a space at its start or end, or two in a row: it would read as \"{reads}\"", result.Error, StringComparison.Ordinal);
+            Assert.False(Directory.Exists(shares) || Directory.Exists(data));
+        }
+    }
+
+    [Fact]
     public void Result_TablesAndLinesOfTextFromOutside_EscapedAsTerminalText()
     {
         // A name from a server or a share file (a principal's common name, a custodian from an

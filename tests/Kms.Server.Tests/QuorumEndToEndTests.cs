@@ -450,6 +450,7 @@ public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
             ("destroy_key_version_now", _officer, new() { Operation = Kms.Contracts.V1.QuorumOperation.ChangeOfficers, ChangeOfficers = new() { Officers = { Officer("dave") }, Threshold = 1 }, DestroyKeyVersionNow = destroy }),
             ("change_officers.officers", _officer, new() { Operation = Kms.Contracts.V1.QuorumOperation.ChangeOfficers, ChangeOfficers = new() { Officers = { Officer("dave"), new OfficerInfo(Officer("dave")) { Name = "dave2" } }, Threshold = 1 } }),
             ("change_officers.threshold", _officer, new() { Operation = Kms.Contracts.V1.QuorumOperation.ChangeOfficers, ChangeOfficers = new() { Officers = { Officer("dave") }, Threshold = 2 } }),
+            ("change_officers.officers[1].name", _officer, new() { Operation = Kms.Contracts.V1.QuorumOperation.ChangeOfficers, ChangeOfficers = new() { Officers = { Officer("dave"), new OfficerInfo(Officer("erin")) { Name = "erin " } }, Threshold = 1 } }),
         };
 
         foreach (var (field, caller, request) in cases)

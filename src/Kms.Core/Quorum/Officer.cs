@@ -66,6 +66,29 @@ public sealed partial class Officer
         return new Officer(name, der);
     }
 
+    /// <summary>
+    /// Refuses a name for a NEW officer that would read like another name: a space at either end,
+    /// or two spaces in a row — "olga", "olga " and "o  lga" look the same in the text officers
+    /// sign. <see cref="Create"/> does not check this, so a genesis file, database or approval
+    /// bundle written before the rule still loads; what makes officers (a ceremony's genesis, an
+    /// officer-change request) checks it, through <see cref="OfficerSet.CheckNewNames"/>.
+    /// </summary>
+    /// <param name="name">The proposed name (already of <see cref="Create"/>'s grammar).</param>
+    /// <param name="field">The request field to name in an error.</param>
+    /// <exception cref="KmsException">InvalidArgument naming the name and how it would read.</exception>
+    public static void CheckNewName(string name, string field = "officers")
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        if (name.StartsWith(' ') || name.EndsWith(' ') || name.Contains("  ", StringComparison.Ordinal))
+        {
+            throw KmsErrors.InvalidArgument(field + ".name",
+                $"the officer name \"{name}\" has a space at its start or end, or two in a row: it would read as \"{Readable(name)}\" in the text officers sign; give it without them");
+        }
+    }
+
+    /// <summary>A name as it reads: no spaces at the ends, a run of spaces as one.</summary>
+    public static string Readable(string name) => string.Join(' ', (name ?? throw new ArgumentNullException(nameof(name))).Split(' ', StringSplitOptions.RemoveEmptyEntries));
+
     /// <summary>An officer from a PEM <c>PUBLIC KEY</c> (as <see cref="OfficerSet"/>'s ceremony tooling writes it).</summary>
     /// <exception cref="KmsException">InvalidArgument: not a P-256 public key.</exception>
     public static Officer FromPem(string name, string publicKeyPem)

@@ -69,8 +69,47 @@ public sealed class OfficerSet
     /// above all a CHANGE_OFFICERS copied into this one's database — verifies in this chain.
     /// </summary>
     /// <exception cref="KmsException">InvalidArgument as for <see cref="CreateGenesis"/>.</exception>
-    public static OfficerSet CreateDeploymentGenesis(IEnumerable<Officer> officers, int threshold) =>
-        Create(0, Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32)), officers, threshold, null);
+    /// <remarks>Its officers' names are new: <see cref="CheckNewNames"/>.</remarks>
+    public static OfficerSet CreateDeploymentGenesis(IEnumerable<Officer> officers, int threshold)
+    {
+        var list = (officers ?? throw new ArgumentNullException(nameof(officers))).ToList();
+        CheckNewNames(list, null);
+        return Create(0, Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32)), list, threshold, null);
+    }
+
+    /// <summary>
+    /// Checks the names of a set being made — a ceremony's genesis (<paramref name="current"/>
+    /// null) or an officer change (the current set): each name that is new, i.e. not the name the
+    /// same officer (same key) already has in <paramref name="current"/>, passes
+    /// <see cref="Officer.CheckNewName"/> and does not read like another officer's name in the set
+    /// (<see cref="Officer.Readable"/>, ignoring case). A name an existing deployment already holds
+    /// is kept as it is: loading a set never checks this.
+    /// </summary>
+    /// <param name="officers">The proposed officers.</param>
+    /// <param name="current">The set they would follow, or null for a genesis.</param>
+    /// <param name="fieldPrefix">Put before the field an InvalidArgument names, e.g. <c>change_officers.</c>.</param>
+    /// <exception cref="KmsException">InvalidArgument naming the name.</exception>
+    public static void CheckNewNames(IEnumerable<Officer> officers, OfficerSet? current, string fieldPrefix = "")
+    {
+        ArgumentNullException.ThrowIfNull(officers);
+        var list = officers.ToList();
+        for (var i = 0; i < list.Count; i++)
+        {
+            var officer = list[i];
+            if (current?.Find(officer.Fingerprint) is { } kept && string.Equals(kept.Name, officer.Name, StringComparison.Ordinal))
+            {
+                continue;
+            }
+
+            var field = string.Create(CultureInfo.InvariantCulture, $"{fieldPrefix}officers[{i}]");
+            Officer.CheckNewName(officer.Name, field);
+            if (list.FirstOrDefault(o => o.Fingerprint != officer.Fingerprint && string.Equals(Officer.Readable(o.Name), officer.Name, StringComparison.OrdinalIgnoreCase)) is { } alike)
+            {
+                throw KmsErrors.InvalidArgument(field + ".name",
+                    $"the officer name \"{officer.Name}\" reads like the name of officer {alike.Fingerprint} (\"{alike.Name}\") in the text officers sign; names must tell officers apart");
+            }
+        }
+    }
 
     /// <summary>The set that would follow this one (not yet approved: <see cref="Change"/> is null).</summary>
     /// <param name="officers">The proposed officers.</param>

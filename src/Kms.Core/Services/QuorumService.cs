@@ -279,6 +279,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         {
             var officers = command.NewOfficers is { Count: > 0 } list ? list : throw KmsErrors.InvalidArgument("change_officers.officers", "is required");
             proposed = head.Successor(officers, command.NewThreshold, "change_officers.");
+            OfficerSet.CheckNewNames(officers, head, "change_officers.");
             parameters = proposed.ChangeParameters();
         }
         else
