@@ -489,12 +489,68 @@ public sealed class AuditTests : IAsyncLifetime
         Assert.Equal("dev", created.Tenant);
         Assert.Equal(all[created.Sequence].Client, created.Client);
         Assert.NotEqual("", created.Client);
-        Assert.Equal(all[created.Sequence].Hash, created.Hash);
 
         // The officer's listing (and export) is the record as stored: its chain links.
         var officer = all.Values.OrderBy(e => e.Sequence).ToList();
         Assert.All(officer.Zip(officer.Skip(1)).Where(p => p.Second.Sequence == p.First.Sequence + 1), p => Assert.Equal(p.First.Hash, p.Second.PreviousHash));
     }
+
+    [Fact]
+    public async Task TenantAuditor_NoHashFromWhichAWithheldClientAddressCouldBeTested_NotEvenALaterEventsOfItsOwn()
+    {
+        // An event's body holds the hash of the one before it. So the hash of the tenant's own
+        // event listed after a deployment admin's (whose client and hash are withheld) is a
+        // function of the listing and of that withheld address alone, when the event before the
+        // admin's is listed with its hash: hashing the listed bodies with a guessed address and
+        // comparing tests the guess (a network and a port: few bits).
+        await _developer.CreateKeyAsync("tenants/dev", "chain-before");
+        await _server.CreatePrincipalWithTokenAsync("dev-chained", "dev");
+        await _developer.CreateKeyAsync("tenants/dev", "chain-after");
+        using var auditor = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("dev-auditor-4", "dev", "auditor"));
+
+        var own = (await auditor.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", PageSize = 1000 })).Events.ToDictionary(e => e.Sequence);
+        var all = (await _officer.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { PageSize = 1000 })).Events.ToDictionary(e => e.Sequence);
+        Assert.Contains(own.Values, e => e.Client.Length == 0 && all[e.Sequence].Client.Length > 0);
+
+        // Every run of listed events from one shown with its hash to a later one shown with its
+        // hash, a withheld address between: the addresses the officer reads are the right guess.
+        var testable = new List<string>();
+        foreach (var from in own.Values.Where(e => e.Hash.Length > 0))
+        {
+            var hash = from.Hash;
+            var guessed = false;
+            for (var sequence = from.Sequence + 1; own.TryGetValue(sequence, out var next); sequence++)
+            {
+                guessed |= next.Client.Length == 0 && all[sequence].Client.Length > 0;
+                hash = AuditChain.HashOf(AuditChain.Body(sequence, hash, EntryOf(next, all[sequence].Client)));
+                if (guessed && next.Hash.Length > 0 && next.Hash == hash)
+                {
+                    testable.Add($"{sequence} (through {from.Sequence})");
+                }
+            }
+        }
+
+        Assert.True(testable.Count == 0, $"a tenant auditor tests a withheld client address against the hash of event {string.Join(", ", testable)}");
+        Assert.All(own.Values, e => Assert.Equal(("", ""), (e.Hash, e.PreviousHash)));
+    }
+
+    // The event as the listing shows it, with the given client address (guessed where withheld).
+    private static AuditEntry EntryOf(AuditEventInfo e, string client) => new()
+    {
+        Time = e.Time.ToDateTimeOffset(),
+        RequestId = e.RequestId,
+        Principal = e.Principal,
+        Tenant = e.Tenant.Length == 0 ? null : e.Tenant,
+        Operation = e.Operation,
+        Resource = e.Resource.Length == 0 ? null : e.Resource,
+        Outcome = e.Outcome,
+        Client = client.Length == 0 ? null : client,
+        Count = e.Count,
+        LastTime = e.LastTime?.ToDateTimeOffset(),
+        Context = [.. e.ContextHashes.OrderBy(p => p.Key, StringComparer.Ordinal)],
+        Resources = e.RequestId == "aggregated" ? [.. e.Resources.OrderBy(p => p.Key, StringComparer.Ordinal)] : null,
+        OtherResources = e.OtherResources,
+    };
 
     [Fact]
     public async Task Export_WhileTheHsmIsDown_GoesOutUnsignedAtItsEnd_NotRefused()

@@ -62,30 +62,25 @@ internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IA
 
     // A tenant's auditors read the events of deployment principals (deployment admins,
     // operators, anonymous callers) about the tenant, but not where those call from: their
-    // `client` is withheld. So is the event's `hash`: it is SHA-256 of the body, whose other
-    // members the reader sees, so it would give the address away to whoever tries addresses
-    // (few bits: a network and a port). And `previous_hash` is given only where the event listed
-    // just before is its predecessor in the chain and shown with its hash, so it never carries
-    // a withheld one; elsewhere it named an event this reader does not see anyway. The chain
-    // itself is verified on the export, which only security officers read, and which is not
-    // redacted (a withheld hash does not change the stored event).
+    // `client` is withheld. No event's `hash` or `previous_hash` is shown to them either. An
+    // event's hash is SHA-256 of its body, whose other members the reader sees, so a withheld
+    // event's own hash would give the address away to whoever tries addresses (few bits: a
+    // network and a port); and a body holds its predecessor's hash, so the hash of the
+    // tenant's own event listed after it would too — hashed forward from the last event listed
+    // with its hash, through the listed bodies and a guessed address — and so on down the run
+    // of events the reader sees. The chain itself is verified on the export, which only
+    // security officers read, and which is not redacted (nothing here changes a stored event).
     private static void RedactForTenant(IList<AuditEventInfo> events, string reader)
     {
-        AuditEventInfo? before = null;
         foreach (var info in events)
         {
             if (info.Tenant != reader)
             {
                 info.Client = "";
-                info.Hash = "";
             }
 
-            if (before is null || before.Sequence != info.Sequence - 1 || before.Hash.Length == 0)
-            {
-                info.PreviousHash = "";
-            }
-
-            before = info;
+            info.Hash = "";
+            info.PreviousHash = "";
         }
     }
 
