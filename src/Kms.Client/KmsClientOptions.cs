@@ -118,6 +118,14 @@ public sealed class KmsClientOptions
     internal IReadOnlyList<Uri> Validate(string paramName)
     {
         var listed = Endpoints ?? [];
+
+        // Checked before any message shows an endpoint: a user name or password in the URI is
+        // never sent (gRPC ignores it), and every later message and log line would show it.
+        if (listed.Append(Endpoint).Any(e => e is { IsAbsoluteUri: true, UserInfo.Length: > 0 }))
+        {
+            throw Invalid("a KMS endpoint carries a user name or password in its URI, which the client never sends: give the credential with ApiToken, ApiTokenPath or ClientCertificate", paramName);
+        }
+
         if (Endpoint is { } single && listed.Count > 0 && !(listed.Count == 1 && listed[0] == single))
         {
             throw Invalid($"set Endpoint or Endpoints, not both (Endpoint {single}; Endpoints {string.Join(", ", listed)})", paramName);

@@ -34,6 +34,30 @@ public sealed class KmsClientOptionsTests
         Assert.Equal("options", e.ParamName);
     }
 
+    [Theory]
+    [InlineData("https://svc:s3cret-pass@kms.example:8443")]
+    [InlineData("http://svc:s3cret-pass@kms.example:8443")]
+    public void Constructor_EndpointWithAPasswordInItsUri_Refused_WithoutShowingIt(string endpoint)
+    {
+        // Before, the URI (and its password) was echoed by the "not https" message, and an accepted
+        // one by every log line naming the endpoint; gRPC never sends it.
+        foreach (var spoil in new Action<KmsClientOptions>[]
+        {
+            o => o.Endpoint = new Uri(endpoint),
+            o => o.Endpoints = [new Uri("https://a:1"), new Uri(endpoint)],
+            o => (o.Endpoint, o.Endpoints) = (new Uri("https://a:1"), [new Uri(endpoint)]),
+        })
+        {
+            var options = new KmsClientOptions();
+            spoil(options);
+
+            var e = Assert.Throws<ArgumentException>(() => new KmsClient(options));
+
+            Assert.Contains("user name or password in its URI", e.Message, StringComparison.Ordinal);
+            Assert.DoesNotContain("s3cret", e.Message, StringComparison.Ordinal);
+        }
+    }
+
     [Fact]
     public void Constructor_NoEndpointConfigured_UsesTheDevEndpoint()
     {
