@@ -47,11 +47,16 @@ internal sealed class CallerAuthentication(
     /// <summary>Whether client certificates are accepted (a client CA is configured).</summary>
     public bool MutualTls => certificates is not null;
 
-    // Where GrpcFramingCheck leaves the answer it got before reading the body, for the first check
-    // of the same call (the interceptor's): a refusal is taken as it is (no second lookup of a
-    // credential that is not valid); a caller is authenticated again (a cache hit), because the
-    // message may have taken long to arrive and a revocation made meanwhile must refuse the call.
-    private static readonly object EarlyAnswerKey = new();
+    // What GrpcFramingCheck leaves on a call it found without a valid credential before reading the
+    // body, for the first check of the same call (the interceptor's): a refusal is taken as it is (no
+    // second lookup of a credential that is not valid). A caller it accepted leaves nothing and is
+    // authenticated again (a cache hit), because the message may have taken long to arrive and a
+    // revocation made meanwhile must refuse the call. A request feature, not HttpContext.Items: looking
+    // for one allocates nothing, where the items table is created on every call that asks it.
+    private sealed class EarlyRefusal
+    {
+        public static readonly EarlyRefusal Instance = new();
+    }
 
     /// <summary>The caller, or null when the request carries no valid credential (or two).</summary>
     /// <remarks>
@@ -63,8 +68,9 @@ internal sealed class CallerAuthentication(
     public ValueTask<Caller?> AuthenticateAsync(ServerCallContext context)
     {
         var http = context.GetHttpContext();
-        if (http.Items.Remove(EarlyAnswerKey))
+        if (http.Features.Get<EarlyRefusal>() is not null)
         {
+            http.Features.Set<EarlyRefusal>(null);
             return ValueTask.FromResult<Caller?>(null);
         }
 
@@ -83,9 +89,8 @@ internal sealed class CallerAuthentication(
         var caller = await AuthenticateAsync(http, http.RequestAborted);
         if (caller is null)
         {
-            // Only a refusal is kept (an accepted caller is checked again anyway): the served path
-            // allocates no items table for it.
-            http.Items[EarlyAnswerKey] = null;
+            // Only a refusal is kept (an accepted caller is checked again anyway).
+            http.Features.Set(EarlyRefusal.Instance);
         }
 
         return caller;
