@@ -108,30 +108,29 @@ public sealed partial class KeyService
             throw KmsErrors.FailedPrecondition($"import job {found.Job.Name} expired at {found.Job.ExpireTime:O}; create a new one");
         }
 
-        var given = name.ToString();
-        var key = await store.GetKeyAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(given);
+        var key = await store.GetKeyAsync(name, cancellationToken) ?? throw KmsErrors.NotFound(name.ToString());
         var algorithm = key.Primary.Algorithm;
         if (command.Algorithm is { } named && named != algorithm)
         {
-            throw KmsErrors.FailedPrecondition($"key {given} holds {KeyAlgorithms.Of(algorithm).Name} versions, not {KeyAlgorithms.Of(named).Name}");
+            throw KmsErrors.FailedPrecondition($"key {name} holds {KeyAlgorithms.Of(algorithm).Name} versions, not {KeyAlgorithms.Of(named).Name}");
         }
 
         // Only a key created to take imports: otherwise a key-manager, who may not decrypt, could
         // make material they know the primary of any key and read what is encrypted under it.
         if (!key.AllowImport)
         {
-            throw KmsErrors.FailedPrecondition($"key {given} was not created with allow_import: only such a key takes imported material (create one for it)");
+            throw KmsErrors.FailedPrecondition($"key {name} was not created with allow_import: only such a key takes imported material (create one for it)");
         }
 
         if (key.State != KeyState.Enabled)
         {
-            throw KmsErrors.FailedPrecondition($"key {given} is {KeyTransitions.StateName(key.State)}; only an ENABLED key takes a new version");
+            throw KmsErrors.FailedPrecondition($"key {name} is {KeyTransitions.StateName(key.State)}; only an ENABLED key takes a new version");
         }
 
         // The job's key is under the deployment's domain key; the unwrap-and-rewrap runs under one domain key.
         if (key.Residency is { } residency)
         {
-            throw KmsErrors.FailedPrecondition($"key {given} has residency {residency}; importing into a key with a residency is not supported");
+            throw KmsErrors.FailedPrecondition($"key {name} has residency {residency}; importing into a key with a residency is not supported");
         }
 
         if (hsm.UnsupportedReason(algorithm) is { } reason)
