@@ -430,6 +430,190 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task VersionDestroyedThroughA_NodeBRefusesItsBlob_AndNodeBsUnwrappedCopyIsGone()
+    {
+        // Node B decrypted under version 1: it remembers the version's metadata (ENABLED) and holds
+        // the version unwrapped in its own HSM. The version is destroyed through node A, at once
+        // (two officers approve DESTROY_KEY_VERSION_NOW). B must stop serving it once the change
+        // feed reaches it — refusing the blob as DESTROYED, not decrypting it from what it
+        // remembers — and its unwrapped copy must go, while its copy of version 2 stays.
+        using var officers = new TestOfficers("alice", "bob");
+        var genesis = Scratch.NewPath("kms-genesis-", ".json");
+        Kms.Core.Quorum.GenesisFile.Write(genesis, Kms.Core.Quorum.OfficerSet.CreateGenesis(officers.Select("alice", "bob"), 2));
+        try
+        {
+            var a = await StartNodeAsync(extraArgs: $"--Kms:Quorum:GenesisFile={genesis}");
+            var b = await StartNodeAsync(shareTlsWith: a, extraArgs: $"--Kms:Quorum:GenesisFile={genesis}");
+            using var onA = a.CreateClient();
+            using var onB = b.CreateClient(a.DeveloperToken);
+            var key = await onA.CreateKeyAsync("tenants/dev", "shredded-now");
+            var underV1 = (await onA.EncryptAsync(key.Name, "under version 1"u8.ToArray())).Ciphertext;
+            await onA.RotateKeyAsync(key.Name);
+            var underV2 = (await onA.EncryptAsync(key.Name, "under version 2"u8.ToArray())).Ciphertext;
+
+            var hsmOfB = b.Services.GetRequiredService<Pkcs11Hsm>();
+            var copiesBefore = hsmOfB.CountSessionKeyObjects();
+            foreach (var (blob, text) in new[] { (underV1, "under version 1"), (underV2, "under version 2") })
+            {
+                using var opened = await onB.DecryptAsync(blob);
+                Assert.Equal(text, Encoding.UTF8.GetString(opened.Plaintext));
+            }
+
+            var (v1, v2) = (await VersionIdAsync(b, key.Name, 1), await VersionIdAsync(b, key.Name, 2));
+            Assert.True(HoldsCopy(hsmOfB, v1) && HoldsCopy(hsmOfB, v2), "node B did not cache the versions it decrypted under");
+            Assert.Equal(copiesBefore + 2, hsmOfB.CountSessionKeyObjects());
+
+            using var officer = a.CreateClient(await a.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+            var request = await onA.RequestDestroyKeyVersionNowAsync($"{key.Name}/versions/1");
+            var executed = false;
+            foreach (var name in new[] { "alice", "bob" })
+            {
+                using var approver = Kms.Client.Quorum.QuorumApprover.FromKey(ECDsa.Create(officers.KeyOf(name).ExportParameters(true)));
+                executed = (await approver.ApproveAsync(officer, await approver.PrepareAsync(officer, request.Name))).Executed;
+            }
+
+            Assert.True(executed);
+            var onAItself = await Assert.ThrowsAsync<RpcException>(() => onA.DecryptAsync(underV1));
+            Assert.Contains("is DESTROYED", onAItself.Status.Detail, StringComparison.Ordinal);
+
+            var refusal = await RefusedOnAsync(onB, underV1, "a version destroyed through node A");
+            Assert.Equal(StatusCode.FailedPrecondition, refusal.StatusCode);
+            Assert.Contains($"key version {key.Name}/versions/1 is DESTROYED", refusal.Status.Detail, StringComparison.Ordinal);
+
+            // B's copy of version 1 is out of its handle cache, and gone from its HSM once B's next
+            // operation that holds a session destroys it; version 2's copy was not touched.
+            await CopiesGoneAsync(hsmOfB, [v1], copiesBefore + 1);
+            Assert.True(HoldsCopy(hsmOfB, v2), "node B's copy of version 2 was evicted with version 1's");
+            using (var stillServed = await onB.DecryptAsync(underV2))
+            {
+                Assert.Equal($"{key.Name}/versions/2", stillServed.KeyVersion);
+            }
+
+            // And it stays refused (not re-unwrapped from a stale read).
+            Assert.Equal(StatusCode.FailedPrecondition, (await Assert.ThrowsAsync<RpcException>(() => onB.DecryptAsync(underV1))).StatusCode);
+            Assert.False(HoldsCopy(hsmOfB, v1), "node B cached version 1 again");
+        }
+        finally
+        {
+            File.Delete(genesis);
+        }
+    }
+
+    [Fact]
+    public async Task KeyDeletedThroughA_TakesEffect_NodeBRefusesEveryVersionsBlob_AndNodeBsUnwrappedCopiesAreGone()
+    {
+        // The deletion is scheduled through node A with a one-second waiting period, and A's
+        // lifecycle pass (A leads, a pass a second) destroys every version. B decrypted under both
+        // versions first: once the feed reaches it, it refuses both blobs as DESTROYED, and its
+        // unwrapped copies of both are gone.
+        string[] shortWait = ["--Lifecycle:MinWaitingPeriod=00:00:01"];
+        var a = await StartNodeAsync(extraArgs: shortWait);
+        var b = await StartNodeAsync(shareTlsWith: a, extraArgs: shortWait);
+        using var onA = a.CreateClient();
+        using var onB = b.CreateClient(a.DeveloperToken);
+        var key = await onA.CreateKeyAsync("tenants/dev", "deleted-soon");
+        var underV1 = (await onA.EncryptAsync(key.Name, new byte[] { 1 })).Ciphertext;
+        await onA.RotateKeyAsync(key.Name);
+        var underV2 = (await onA.EncryptAsync(key.Name, new byte[] { 2 })).Ciphertext;
+
+        var hsmOfB = b.Services.GetRequiredService<Pkcs11Hsm>();
+        var copiesBefore = hsmOfB.CountSessionKeyObjects();
+        foreach (var blob in new[] { underV1, underV2 })
+        {
+            using var _ = await onB.DecryptAsync(blob);
+        }
+
+        var versions = new[] { await VersionIdAsync(b, key.Name, 1), await VersionIdAsync(b, key.Name, 2) };
+        Assert.All(versions, v => Assert.True(HoldsCopy(hsmOfB, v), "node B did not cache a version it decrypted under"));
+        Assert.Equal(copiesBefore + 2, hsmOfB.CountSessionKeyObjects());
+
+        Assert.Equal(KeyState.DestroyScheduled, (await onA.ScheduleKeyDeletionAsync(key.Name, TimeSpan.FromSeconds(1))).State);
+
+        foreach (var blob in new[] { underV1, underV2 })
+        {
+            var refusal = await RefusedOnAsync(onB, blob, "a key whose deletion took effect through node A", detail: $"key {key.Name} is DESTROYED");
+            Assert.Equal(StatusCode.FailedPrecondition, refusal.StatusCode);
+        }
+
+        Assert.Equal(KeyState.Destroyed, (await onA.GetKeyAsync(key.Name)).State);
+        await CopiesGoneAsync(hsmOfB, versions, copiesBefore);
+    }
+
+    // Decrypts the blob on the node until it is refused (with detail containing the text, when
+    // given): the change feed brings another node's change within a poll interval (250 ms); 60 s
+    // is only a hang guard.
+    private async Task<RpcException> RefusedOnAsync(Kms.Client.KmsClient node, byte[] blob, string what, string? detail = null)
+    {
+        var watch = Stopwatch.StartNew();
+        var last = "decrypted";
+        while (watch.Elapsed < TimeSpan.FromSeconds(60))
+        {
+            try
+            {
+                using var _ = await node.DecryptAsync(blob);
+                last = "decrypted";
+            }
+            catch (RpcException e) when (detail is null || e.Status.Detail.Contains(detail, StringComparison.Ordinal))
+            {
+                output.WriteLine($"{what} was refused by node B after {watch.ElapsedMilliseconds} ms (poll interval 250 ms): {e.StatusCode} {e.Status.Detail}");
+                return e;
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.FailedPrecondition)
+            {
+                // Refused for the step before (the key scheduled for deletion): not yet the destruction.
+                last = e.Status.Detail;
+            }
+
+            await Task.Delay(10);
+        }
+
+        Assert.Fail($"hang guard: node B did not refuse {what} within 60 s (its last answer: {last})");
+        throw new InvalidOperationException("unreachable");
+    }
+
+    // Waits (60 s hang guard) until none of the versions is in the node's handle cache and the
+    // node's token holds the given number of unwrapped session keys: an evicted copy is destroyed
+    // by the next operation that holds a session, so one is run each round.
+    private static async Task CopiesGoneAsync(Pkcs11Hsm hsm, Kms.Core.Keys.KeyVersionId[] versions, int expectedCopies)
+    {
+        var watch = Stopwatch.StartNew();
+        while (true)
+        {
+            await hsm.GenerateRandomAsync(1, default);
+            var held = versions.Where(v => HoldsCopy(hsm, v)).ToList();
+            var copies = hsm.CountSessionKeyObjects();
+            if (held.Count == 0 && copies == expectedCopies)
+            {
+                return;
+            }
+
+            Assert.True(watch.Elapsed < TimeSpan.FromSeconds(60),
+                $"hang guard: after 60 s node B still caches {held.Count} of the destroyed versions and holds {copies} unwrapped keys ({expectedCopies} expected)");
+            await Task.Delay(20);
+        }
+    }
+
+    // Whether the HSM's handle cache holds the version's unwrapped copy: a lease whose unwrap
+    // throws (a miss) never creates one.
+    private static bool HoldsCopy(Pkcs11Hsm hsm, Kms.Core.Keys.KeyVersionId version)
+    {
+        try
+        {
+            using var lease = hsm.Cache.Lease(version, KeyHandleKind.Aes256Gcm, () => throw new InvalidOperationException(NotCached));
+            return true;
+        }
+        catch (InvalidOperationException e) when (e.Message == NotCached)
+        {
+            return false;
+        }
+    }
+
+    private const string NotCached = "not cached";
+
+    private static async Task<Kms.Core.Keys.KeyVersionId> VersionIdAsync(KmsTestServer node, string key, int version) =>
+        (await node.Services.GetRequiredService<IKeyStore>().GetVersionAsync(Kms.Core.Names.KeyVersionName.Parse($"{key}/versions/{version}", "name"), default))!.Id;
+
+    [Fact]
     public async Task NodeWithAnotherDomainKey_RefusesToServeTheDeployment()
     {
         await StartNodeAsync();
