@@ -4,7 +4,8 @@
 //   dotnet run --project samples/FileEncryption -- <file> [key name] [second key name]
 //
 // Connects like the README's dev server: https://127.0.0.1:8443, .kms/tls/ca.crt,
-// .kms/tokens/developer.token (override with KMS_ENDPOINT, KMS_CA, KMS_TOKEN_FILE).
+// .kms/tokens/developer.token (override with KMS_ENDPOINT, KMS_CA_FILE, KMS_TOKEN_FILE:
+// the variables of the kms CLI, docs/cli.md).
 using System.Security.Cryptography;
 using Kms.Client;
 using Kms.Client.Envelope;
@@ -25,7 +26,7 @@ public static class FileSample
         using var client = new KmsClient(new KmsClientOptions
         {
             Endpoint = new Uri(Environment.GetEnvironmentVariable("KMS_ENDPOINT") ?? "https://127.0.0.1:8443"),
-            CaCertificatePath = Environment.GetEnvironmentVariable("KMS_CA") ?? ".kms/tls/ca.crt",
+            CaCertificatePath = Environment.GetEnvironmentVariable("KMS_CA_FILE") ?? ".kms/tls/ca.crt",
             ApiTokenPath = Environment.GetEnvironmentVariable("KMS_TOKEN_FILE") ?? ".kms/tokens/developer.token",
         });
         var keys = args.Length > 1
