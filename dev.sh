@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Kms in dev mode in the foreground: installs SoftHSM if missing, creates the token
 # (and, on first start, the domain key) under the data directory, builds, and serves
-# https://127.0.0.1:8443 (TLS 1.3; clients trust .kms/tls/ca.crt).
+# https://127.0.0.1:8443 (TLS 1.3; clients trust DATA-DIR/tls/ca.crt, .kms/tls/ca.crt by default).
 # Extra arguments pass through to the server, e.g. ./dev.sh --urls https://127.0.0.1:9443
 # KMS_DATA_DIR overrides the data directory (default: .kms under the current directory).
 set -euo pipefail
