@@ -222,7 +222,7 @@ public sealed class CeremonyEndToEndTests : IDisposable
                 var name = JsonNode.Parse(asked.Out)!["name"]!.GetValue<string>();
                 var approved = await Kms(outputs, Client(siteA, "officer.token"), "officer", "approve", name, "--key", P("olga.key"), "--key-passphrase-file", P("officer-key"), "--yes", "--output", "json");
                 Assert.True(approved.ExitCode == 0, approved.ToString());
-                Assert.Equal("Approved", JsonNode.Parse(approved.Out)!["state"]!.GetValue<string>());
+                Assert.Equal("QUORUM_REQUEST_STATE_APPROVED", JsonNode.Parse(approved.Out)!["state"]!.GetValue<string>());
                 var exported = await Kms(outputs, Client(siteA, "officer.token"), "quorum", "export", name, "--out", P(file), "--output", "json");
                 Assert.True(exported.ExitCode == 0, exported.ToString());
 

@@ -47,6 +47,35 @@ public sealed class CommandTests(CliServerFixture fixture) : IClassFixture<CliSe
     }
 
     [Fact]
+    public async Task Keys_GetAndVersionsAsTables_NameEnumsAsTheProtoDoes_NotAsCSharp()
+    {
+        var key = $"names-{Guid.NewGuid():N}";
+        Assert.Equal(0, (await RunAsync("keys", "create", key)).ExitCode);
+
+        var got = await RunAsync("keys", "get", key);
+        var versions = await RunAsync("keys", "versions", key);
+
+        Assert.Equal(0, got.ExitCode);
+        Assert.Contains("ENCRYPT_DECRYPT", got.Out, StringComparison.Ordinal);
+        Assert.DoesNotContain("EncryptDecrypt", got.Out, StringComparison.Ordinal);
+        Assert.Equal(0, versions.ExitCode);
+        Assert.Contains("AES_256_GCM", versions.Out, StringComparison.Ordinal);
+        Assert.DoesNotContain("Aes256Gcm", versions.Out, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void EnumName_StripsTheEnumsPrefix_ProtoEnumNameKeepsIt_AnUnknownNumberShownAsTheNumber()
+    {
+        Assert.Equal("ENCRYPT_DECRYPT", CliOutput.EnumName(Kms.Contracts.V1.KeyPurpose.EncryptDecrypt));
+        Assert.Equal("EC_SIGN_P256_SHA256", CliOutput.EnumName(Kms.Contracts.V1.KeyAlgorithm.EcSignP256Sha256));
+        Assert.Equal("DESTROY_SCHEDULED", CliOutput.EnumName(Kms.Contracts.V1.KeyState.DestroyScheduled));
+        Assert.Equal("DESTROY_KEY_VERSION_NOW", CliOutput.EnumName(Kms.Contracts.V1.QuorumOperation.DestroyKeyVersionNow));
+        Assert.Equal("EXECUTED", CliOutput.EnumName(Kms.Contracts.V1.QuorumRequestState.Executed));
+        Assert.Equal("QUORUM_REQUEST_STATE_EXECUTED", CliOutput.ProtoEnumName(Kms.Contracts.V1.QuorumRequestState.Executed));
+        Assert.Equal("99", CliOutput.EnumName((Kms.Contracts.V1.KeyState)99));
+    }
+
+    [Fact]
     public async Task Keys_CreateTwice_Exits5()
     {
         var key = $"twice-{Guid.NewGuid():N}";

@@ -184,7 +184,7 @@ internal static class KeysCommands
                             table,
                             version.Name,
                             State(version.State),
-                            version.Algorithm.ToString(),
+                            CliOutput.EnumName(version.Algorithm),
                             Time(version.CreateTime),
                             (version.Usage?.EncryptCount ?? 0).ToString(CultureInfo.InvariantCulture),
                             (version.Usage?.DecryptCount ?? 0).ToString(CultureInfo.InvariantCulture),
@@ -213,7 +213,7 @@ internal static class KeysCommands
     private static Spectre.Console.Table KeyTable(Key key) => CliOutput.Properties(
     [
         ("name", key.Name),
-        ("purpose", key.Purpose.ToString()),
+        ("purpose", CliOutput.EnumName(key.Purpose)),
         ("state", State(key.State)),
         ("primary", key.Primary?.Name),
         ("created", Time(key.CreateTime)),
@@ -225,14 +225,7 @@ internal static class KeysCommands
         ("labels", string.Join(", ", key.Labels.OrderBy(l => l.Key, StringComparer.Ordinal).Select(l => $"{l.Key}={l.Value}"))),
     ]);
 
-    internal static string State(KeyState state) => state switch
-    {
-        KeyState.Enabled => "ENABLED",
-        KeyState.Disabled => "DISABLED",
-        KeyState.DestroyScheduled => "DESTROY_SCHEDULED",
-        KeyState.Destroyed => "DESTROYED",
-        _ => state.ToString(),
-    };
+    internal static string State(KeyState state) => CliOutput.EnumName(state);
 
     internal static string Time(Timestamp? time) =>
         time is null ? "" : time.ToDateTimeOffset().ToString("yyyy-MM-dd HH:mm:ss'Z'", CultureInfo.InvariantCulture);

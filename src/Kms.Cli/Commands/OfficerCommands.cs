@@ -120,7 +120,7 @@ internal static class OfficerCommands
                     json["sign_time"] = QuorumRendering.Time(signed.ToDateTimeOffset());
                 }
 
-                json["state"] = response.Request.State.ToString();
+                json["state"] = CliOutput.ProtoEnumName(response.Request.State);
                 json["executing_node"] = response.Request.ExecutingNode;
                 json["credential_path"] = response.Request.CredentialPath;
                 ctx.Output.Result(json, response.Executed
@@ -279,7 +279,7 @@ internal static class OfficerCommands
                 var table = CliOutput.Table("request", "operation", "state", "approvals", "expires");
                 foreach (var r in requests)
                 {
-                    CliOutput.AddRow(table, r.Name, r.Operation.ToString(), r.State.ToString(), r.Approvals.Count.ToString(CultureInfo.InvariantCulture), QuorumRendering.Time(r.ExpireTime.ToDateTimeOffset()));
+                    CliOutput.AddRow(table, r.Name, CliOutput.EnumName(r.Operation), CliOutput.EnumName(r.State), r.Approvals.Count.ToString(CultureInfo.InvariantCulture), QuorumRendering.Time(r.ExpireTime.ToDateTimeOffset()));
                 }
 
                 return table;
@@ -368,7 +368,7 @@ internal static class OfficerCommands
         var rendering = QuorumApprover.Render(info);
         var json = CliOutput.Proto(info);
         json["rendering"] = rendering;
-        List<(string Name, string? Value)> properties = [("request", info.Name), ("state", info.State.ToString()), ("approvals", info.Approvals.Count.ToString(CultureInfo.InvariantCulture))];
+        List<(string Name, string? Value)> properties = [("request", info.Name), ("state", CliOutput.EnumName(info.State)), ("approvals", info.Approvals.Count.ToString(CultureInfo.InvariantCulture))];
         if (info.ExecutingNode.Length > 0)
         {
             properties.Add(("executed by node", info.ExecutingNode));

@@ -1,6 +1,10 @@
+using System.Globalization;
+using System.Reflection;
+using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Google.Protobuf;
+using Google.Protobuf.Reflection;
 using Spectre.Console;
 using Spectre.Console.Rendering;
 
@@ -76,6 +80,41 @@ internal sealed class CliOutput
 
     /// <summary>A protobuf message in its canonical JSON form (proto field names in lowerCamelCase, enums by name, every field present).</summary>
     public static JsonNode Proto(IMessage message) => JsonNode.Parse(ProtoFormatter.Format(message))!;
+
+    /// <summary>
+    /// A protobuf enum value as tables show it: its proto name without the enum's prefix
+    /// (<c>ENCRYPT_DECRYPT</c>, <c>AES_256_GCM</c>, <c>EXECUTED</c>), as the JSON output names it
+    /// with the prefix; a number this client does not know is shown as the number.
+    /// </summary>
+    public static string EnumName<T>(T value)
+        where T : struct, Enum
+    {
+        var original = ProtoEnumName(value);
+        if (original.Length == 0 || !char.IsLetter(original[0]))
+        {
+            return original;
+        }
+
+        var prefix = new StringBuilder();
+        foreach (var c in typeof(T).Name)
+        {
+            if (char.IsUpper(c) && prefix.Length > 0)
+            {
+                prefix.Append('_');
+            }
+
+            prefix.Append(char.ToUpperInvariant(c));
+        }
+
+        prefix.Append('_');
+        return original.StartsWith(prefix.ToString(), StringComparison.Ordinal) ? original[prefix.Length..] : original;
+    }
+
+    /// <summary>A protobuf enum value by its proto name (<c>QUORUM_REQUEST_STATE_EXECUTED</c>), as <see cref="Proto"/> writes it; a number this client does not know as the number.</summary>
+    public static string ProtoEnumName<T>(T value)
+        where T : struct, Enum =>
+        typeof(T).GetField(value.ToString())?.GetCustomAttribute<OriginalNameAttribute>()?.Name
+        ?? Convert.ToInt64(value, CultureInfo.InvariantCulture).ToString(CultureInfo.InvariantCulture);
 
     /// <summary>A table with these column headings, ready for rows.</summary>
     public static Table Table(params string[] columns)
