@@ -27,6 +27,8 @@ internal static partial class KernelRandom
 
     private static volatile bool _unavailable = !OperatingSystem.IsLinux();
 
+    private static long _messageIds;
+
     /// <summary>Whether ids come from <c>getrandom(2)</c> (false: from <see cref="RandomNumberGenerator"/>).</summary>
     public static bool FromKernel => !_unavailable;
 
@@ -77,10 +79,14 @@ internal static partial class KernelRandom
         RandomNumberGenerator.Fill(destination);
     }
 
+    /// <summary>Message ids drawn through <see cref="MessageId"/> (for the test that pins every encryption path to it).</summary>
+    internal static long MessageIdsDrawn => Interlocked.Read(ref _messageIds);
+
     public static byte[] MessageId()
     {
         var id = new byte[EnvelopeFormat.MessageIdLength];
         Fill(id);
+        Interlocked.Increment(ref _messageIds);
         return id;
     }
 

@@ -50,3 +50,42 @@ public sealed class KernelRandomTests
         Assert.Equal(1, encryptor.CacheStatistics!.EncryptMisses); // one data key for all 200
     }
 }
+
+/// <summary>Runs alone (after the parallel tests): it counts the message ids the whole process draws.</summary>
+[CollectionDefinition(nameof(EncryptorMessageIdTests), DisableParallelization = true)]
+public sealed class EncryptorMessageIdCollection;
+
+/// <summary>Every way of encrypting takes its message id from <see cref="KernelRandom"/>.</summary>
+[Collection(nameof(EncryptorMessageIdTests))]
+public sealed class EncryptorMessageIdTests
+{
+    [Fact]
+    public async Task EveryEncryptionPath_TakesItsMessageIdFromKernelRandom()
+    {
+        // Distinct ids alone do not show where they came from: .NET's generator gives distinct ids
+        // too, until a VM restored from one snapshot replays its state. So each message must have
+        // drawn its id through KernelRandom.MessageId (before, an encryptor drawing from
+        // RandomNumberGenerator passed every other test).
+        using var encryptor = new EnvelopeEncryptor(new FakeKeyProvider(), new EnvelopeOptions
+        {
+            KeyNames = ["tenants/t/keys/k"],
+            DataKeyCache = new Kms.Client.Caching.DataKeyCacheOptions { MaxAge = TimeSpan.FromHours(1) },
+        });
+        var plaintext = new byte[100];
+        var before = KernelRandom.MessageIdsDrawn;
+
+        await encryptor.EncryptAsync(plaintext);
+        Assert.Equal(before + 1, KernelRandom.MessageIdsDrawn);
+
+        var destination = new byte[encryptor.GetMaxMessageLength(plaintext.Length)];
+        await encryptor.EncryptAsync(plaintext, destination);
+        Assert.Equal(before + 2, KernelRandom.MessageIdsDrawn);
+
+        using (var output = new MemoryStream())
+        {
+            await encryptor.EncryptAsync(new MemoryStream(plaintext), output);
+        }
+
+        Assert.Equal(before + 3, KernelRandom.MessageIdsDrawn);
+    }
+}
