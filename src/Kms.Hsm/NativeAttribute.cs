@@ -11,6 +11,11 @@ namespace Kms.Hsm;
 /// </summary>
 internal static class NativeAttribute
 {
+    private static long _zeroed;
+
+    /// <summary>Native values <see cref="Zero"/> has zeroed (for the test that pins the ceremony's import to it).</summary>
+    internal static long ZeroedValues => Interlocked.Read(ref _zeroed);
+
     /// <summary>Zeroes <paramref name="attribute"/>'s native value; dispose it afterwards.</summary>
     /// <exception cref="HsmConfigurationException">This Pkcs11Interop build stores values differently (a test pins the supported one).</exception>
     public static void Zero(IObjectAttribute attribute)
@@ -23,6 +28,7 @@ internal static class NativeAttribute
         if (pointer != IntPtr.Zero && length > 0)
         {
             Marshal.Copy(new byte[length], 0, pointer, (int)length);
+            Interlocked.Increment(ref _zeroed);
         }
     }
 

@@ -176,3 +176,28 @@ public sealed class NativeAttributeTests
         Assert.Equal(new byte[5], NativeAttribute.Read(attribute));
     }
 }
+
+/// <summary>Runs alone (after the parallel tests): it counts the native values the whole process zeroes.</summary>
+[CollectionDefinition(nameof(CeremonyImportZeroingTests), DisableParallelization = true)]
+public sealed class CeremonyImportZeroingCollection;
+
+/// <summary>The ceremony's import zeroes the native copy of the domain key it hands the HSM.</summary>
+[Collection(nameof(CeremonyImportZeroingTests))]
+public sealed class CeremonyImportZeroingTests
+{
+    [Fact]
+    public void ImportDomainKey_ZeroesTheNativeCopyOfTheValue()
+    {
+        // NativeAttributeTests shows Zero works; this shows the import calls it (before, an import
+        // that skipped it — leaving the plaintext domain key in freed native memory — passed every
+        // test claim 56 named).
+        var token = SoftHsm.CreateToken();
+        var domainKey = RandomNumberGenerator.GetBytes(32);
+        using var ceremony = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin));
+        var before = NativeAttribute.ZeroedValues;
+
+        ceremony.ImportDomainKey(domainKey, "kms-domain-key", "kms-test-domain-key");
+
+        Assert.Equal(before + 1, NativeAttribute.ZeroedValues);
+    }
+}
