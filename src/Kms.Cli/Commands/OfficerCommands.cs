@@ -156,7 +156,7 @@ internal static class OfficerCommands
         var command = new Command("change-officers", "ask the current officers to replace the officer set and its threshold") { officers, threshold, ttl };
         runner.SetAction(command, async (ctx, ct) =>
         {
-            var set = ReadOfficers(ctx.ParseResult.GetValue(officers)!);
+            var set = await NewOfficerSetAsync(ctx, ctx.ParseResult.GetValue(officers)!, ct);
             var info = await ctx.Client.RequestOfficerChangeAsync(set.Select(o => (o.Name, o.PublicKey.ToArray())), ctx.ParseResult.GetValue(threshold), ctx.ParseResult.GetValue(ttl), ct);
             WriteRequest(ctx, info);
             return ExitCodes.Ok;
@@ -321,6 +321,65 @@ internal static class OfficerCommands
             return ExitCodes.Ok;
         });
         return command;
+    }
+
+    /// <summary>
+    /// The officers of a <c>change-officers</c> request, their names checked here as the server
+    /// checks them (<see cref="OfficerSet.CheckNewNames"/>, the rule <c>kms ceremony create-domain</c>
+    /// applies to the genesis): a bad name is a usage error and no request is created. A name the
+    /// same key already has in the current set may be kept (a deployment from before the rule), so
+    /// when a name fails without it the current set is read to tell; in the common case nothing is.
+    /// </summary>
+    private static async Task<List<Officer>> NewOfficerSetAsync(CliContext ctx, Dictionary<string, string> pairs, CancellationToken ct)
+    {
+        var set = ReadOfficersOrUsage(pairs);
+        try
+        {
+            OfficerSet.CheckNewNames(set, null);
+            return set;
+        }
+        catch (Kms.Core.Errors.KmsException)
+        {
+            // Checked as if every name were new: one may be kept, which only the current set tells.
+        }
+
+        var current = CurrentSet(await ctx.Client.GetOfficerSetAsync(ct));
+        try
+        {
+            OfficerSet.CheckNewNames(set, current);
+        }
+        catch (Kms.Core.Errors.KmsException e)
+        {
+            throw new CliUsageException($"officer set: {e.Message}");
+        }
+
+        return set;
+    }
+
+    private static List<Officer> ReadOfficersOrUsage(Dictionary<string, string> pairs)
+    {
+        try
+        {
+            return ReadOfficers(pairs);
+        }
+        catch (Kms.Core.Errors.KmsException e)
+        {
+            // Not of the officer-name grammar, or not a P-256 public key.
+            throw new CliUsageException($"officer set: {e.Message}");
+        }
+    }
+
+    // The server's current set, as far as telling which officer already has which name.
+    private static OfficerSet CurrentSet(GetOfficerSetResponse response)
+    {
+        try
+        {
+            return OfficerSet.Restore(response.Sequence, response.PreviousHash, response.Officers.Select(o => Officer.Create(o.Name, o.PublicKey.Span)), response.Threshold, null);
+        }
+        catch (Kms.Core.Errors.KmsException e)
+        {
+            throw new CliFailureException(ExitCodes.Unexpected, $"the server sent a malformed officer set: {e.Message}");
+        }
     }
 
     /// <summary>Officers from NAME=PEM pairs (the ceremony's genesis and officer changes).</summary>
