@@ -23,7 +23,9 @@ public static class DomainKeyRecovery
     /// threshold; shares of the wrong length. After interpolation the software check value of the
     /// key must equal the recorded one, so a share that decrypted but is wrong (damaged before it
     /// was protected, or made in another split of the same key) is caught before the key is used;
-    /// the key is zeroed before that error is thrown.
+    /// the key is zeroed before that error is thrown. Given more than M shares, the error names the
+    /// shares whose leaving out rebuilds the check value; given exactly M, it says which share is
+    /// wrong cannot be told (any M points lie on some polynomial).
     /// </remarks>
     /// <exception cref="CeremonyException">The shares do not belong together, are too few, or rebuild a key with another check value.</exception>
     public static byte[] Combine(IReadOnlyList<(ShareFile File, Share Share)> shares, string? expectedDomainId = null, string? expectedKcv = null)
@@ -87,10 +89,97 @@ public static class DomainKeyRecovery
         if (rebuilt != kcv)
         {
             CryptographicOperations.ZeroMemory(key);
-            throw new CeremonyException(
-                CeremonyError.CheckValueMismatch,
-                $"the rebuilt key's check value {rebuilt} does not match the domain's {kcv}: a share is damaged or from another split of the key");
+            var mismatch = $"the rebuilt key's check value {rebuilt} does not match the domain's {kcv}";
+            if (shares.Count == first.Threshold)
+            {
+                // Any M points lie on some polynomial: nothing tells the wrong one from the rest.
+                throw new CeremonyException(
+                    CeremonyError.CheckValueMismatch,
+                    $"{mismatch}: a share is damaged or from another split of the key; with exactly {first.Threshold} shares which one cannot be told (give a further custodian's share as well to find it)");
+            }
+
+            throw new CeremonyException(CeremonyError.CheckValueMismatch, $"{mismatch}: {WhichShares(shares, first.Threshold, kcv)}");
         }
         return key;
+    }
+
+    /// <summary>Most leave-out sets <see cref="WhichShares"/> tries.</summary>
+    internal const int MaxTrials = 1024;
+
+    /// <summary>
+    /// Which of more than M shares do not fit: the fewest shares that, left out, let the rest (still
+    /// at least M) rebuild a key of the domain's check value, when exactly one set of that size does.
+    /// Shares of one split lie on one polynomial, so leaving out exactly the wrong ones rebuilds the
+    /// key and leaving any wrong one in does not; only a chance match of the 3-byte check value
+    /// (2^-24 per set tried) could point at another set, and a second match makes it say it cannot tell.
+    /// </summary>
+    private static string WhichShares(IReadOnlyList<(ShareFile File, Share Share)> shares, int threshold, string kcv)
+    {
+        var trials = 0;
+        for (var leftOut = 1; shares.Count - leftOut >= threshold; leftOut++)
+        {
+            List<int[]> matches = [];
+            foreach (var set in Subsets(shares.Count, leftOut))
+            {
+                if (++trials > MaxTrials)
+                {
+                    return $"a share is damaged or from another split of the key; which was not found in the {MaxTrials} combinations of the {shares.Count} shares tried";
+                }
+
+                var rest = shares.Where((_, i) => !set.Contains(i)).Select(s => s.Share).ToList();
+                var key = Shamir.Combine(rest, threshold);
+                try
+                {
+                    if (KeyCheckValue.Aes256(key) == kcv)
+                    {
+                        matches.Add(set);
+                    }
+                }
+                finally
+                {
+                    CryptographicOperations.ZeroMemory(key);
+                }
+            }
+
+            if (matches.Count == 1)
+            {
+                var wrong = matches[0].Select(i => shares[i].File.Describe()).ToList();
+                var them = wrong.Count == 1 ? "it" : "them";
+                return $"{string.Join(" and ", wrong)} {(wrong.Count == 1 ? "does" : "do")} not fit: the other {shares.Count - wrong.Count} shares rebuild the domain's check value without {them}; {(wrong.Count == 1 ? "it is" : "they are")} damaged or from another split of the key (leave {them} out and run again)";
+            }
+
+            if (matches.Count > 1)
+            {
+                return $"a share is damaged or from another split of the key; which cannot be told: leaving out any of {matches.Count} different sets of {leftOut} of the {shares.Count} shares rebuilds the domain's check value";
+            }
+        }
+
+        return $"a share is damaged or from another split of the key; which cannot be told: no {threshold} or more of the {shares.Count} shares given rebuild the domain's check value";
+    }
+
+    // Every set of `size` indices of 0..count-1, in lexicographic order.
+    private static IEnumerable<int[]> Subsets(int count, int size)
+    {
+        var set = Enumerable.Range(0, size).ToArray();
+        while (true)
+        {
+            yield return (int[])set.Clone();
+            var i = size - 1;
+            while (i >= 0 && set[i] == count - size + i)
+            {
+                i--;
+            }
+
+            if (i < 0)
+            {
+                yield break;
+            }
+
+            set[i]++;
+            for (var j = i + 1; j < size; j++)
+            {
+                set[j] = set[j - 1] + 1;
+            }
+        }
     }
 }

@@ -94,6 +94,99 @@ public sealed class DomainKeyRecoveryTests
         Assert.Matches("^the rebuilt key's check value [0-9A-F]{6} does not match the domain's F29000", e.Message);
     }
 
+    [Theory]
+    [InlineData(0, 4)]
+    [InlineData(2, 4)]
+    [InlineData(3, 4)]
+    [InlineData(1, 5)]
+    [InlineData(4, 5)]
+    public void Combine_MoreThanThresholdShares_OneFromAnotherSplit_NamesIt_FileAndCustodian(int bad, int given)
+    {
+        // Same domain, KCV, M and N: only the polynomial differs. With more than M shares, leaving
+        // the wrong one out rebuilds the key, leaving any other out does not: it is named.
+        var resplit = Ceremony.Split();
+        var shares = Enumerable.Range(0, given)
+            .Select(i => Ceremony.Unlock(ShareFile.Parse((i == bad ? resplit : _files)[i].ToBytes(), $"{Ceremony.Custodians[i]}.share", KdfPolicy.AllowWeakParametersForTests)))
+            .ToList();
+
+        var e = Assert.Throws<CeremonyException>(() => DomainKeyRecovery.Combine(shares, Ceremony.DomainId, Ceremony.DomainKcv));
+
+        Assert.Equal(CeremonyError.CheckValueMismatch, e.Error);
+        var name = Ceremony.Custodians[bad];
+        Assert.Matches(
+            $"^the rebuilt key's check value [0-9A-F]{{6}} does not match the domain's F29000: share {bad + 1} \\(custodian '{name}', file {name}\\.share\\) does not fit: the other {given - 1} shares rebuild the domain's check value without it; it is damaged or from another split of the key \\(leave it out and run again\\)$",
+            e.Message);
+    }
+
+    [Fact]
+    public void Combine_MoreThanThresholdShares_TwoDamaged_NamesBoth_TheCustodianEscaped()
+    {
+        // A share damaged before it was protected, and one from another split in an older file whose
+        // custodian name holds a bidi override: both named, the name escaped as every message shows it.
+        var shares = Shamir.Split(Ceremony.DomainKey, 3, 5);
+        var damagedValue = shares[1].Value.ToArray();
+        damagedValue[7] ^= 0x40;
+        using var damaged = new Share(2, damagedValue);
+        var (resplitFile, resplitShare) = Ceremony.Unlock(Ceremony.Split()[3]);
+        var bidi = Ceremony.Reparse(ShareFileSpec.Forge(resplitFile.ToBytes(), json => json["custodian"] = "dave\u202Eevad"));
+        List<(ShareFile, Share)> given =
+        [
+            (_files[0], shares[0]), (_files[1], damaged), (_files[2], shares[2]), (bidi, resplitShare), (_files[4], shares[4]),
+        ];
+
+        var e = Assert.Throws<CeremonyException>(() => DomainKeyRecovery.Combine(given));
+
+        Assert.DoesNotContain('\u202E', e.Message);
+        Assert.EndsWith(
+            ": share 2 (custodian 'bob') and share 4 (custodian 'dave\\u202Eevad', file test.share) do not fit: the other 3 shares rebuild the domain's check value without them; they are damaged or from another split of the key (leave them out and run again)",
+            e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Combine_ExactlyThresholdShares_OneFromAnotherSplit_SaysWhichCannotBeTold()
+    {
+        // Any M points lie on some polynomial: with exactly M nothing tells the wrong share from the rest.
+        var resplit = Ceremony.Split();
+
+        var e = Assert.Throws<CeremonyException>(() => DomainKeyRecovery.Combine(
+            [Ceremony.Unlock(_files[0]), Ceremony.Unlock(resplit[1]), Ceremony.Unlock(_files[2])]));
+
+        Assert.Matches(
+            "^the rebuilt key's check value [0-9A-F]{6} does not match the domain's F29000: a share is damaged or from another split of the key; with exactly 3 shares which one cannot be told \\(give a further custodian's share as well to find it\\)$",
+            e.Message);
+    }
+
+    [Fact]
+    public void Combine_MoreThanThresholdShares_TwoSplitsOfTheKeyHalfAndHalf_SaysWhichCannotBeTold()
+    {
+        // Two shares of each of two splits of the same key (2-of-4): either pair rebuilds the key,
+        // so neither pair is named the wrong one.
+        var a = Ceremony.Split(threshold: 2, count: 4);
+        var b = Ceremony.Split(threshold: 2, count: 4);
+
+        var e = Assert.Throws<CeremonyException>(() => DomainKeyRecovery.Combine(
+            [Ceremony.Unlock(a[0]), Ceremony.Unlock(a[1]), Ceremony.Unlock(b[2]), Ceremony.Unlock(b[3])]));
+
+        Assert.Matches(
+            "^the rebuilt key's check value [0-9A-F]{6} does not match the domain's F29000: a share is damaged or from another split of the key; which cannot be told: leaving out any of 2 different sets of 2 of the 4 shares rebuilds the domain's check value$",
+            e.Message);
+    }
+
+    [Fact]
+    public void Combine_ManySharesNoneOfOneSplit_GivesUpAfterTheTrialBound_SayingSo()
+    {
+        // Twenty shares of twenty splits (2-of-20): no leave-out set works, and the search stops.
+        var given = Enumerable.Range(1, 20).Select(x =>
+        {
+            var share = Shamir.Split(Ceremony.DomainKey, 2, 20)[x - 1];
+            return (Ceremony.Protect(share, Ceremony.Metadata($"c{x}", 2, 20)), share);
+        }).ToList();
+
+        var e = Assert.Throws<CeremonyException>(() => DomainKeyRecovery.Combine(given));
+
+        Assert.EndsWith($": a share is damaged or from another split of the key; which was not found in the {DomainKeyRecovery.MaxTrials} combinations of the 20 shares tried", e.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void Combine_ShareDamagedBeforeItWasProtected_CaughtByTheCheckValue()
     {
