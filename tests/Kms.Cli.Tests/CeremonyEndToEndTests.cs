@@ -201,7 +201,7 @@ public sealed class CeremonyEndToEndTests : IDisposable
         Assert.True(created.ExitCode == 0, created.ToString());
         var ceremony = JsonNode.Parse(created.Out)!;
         var oldKcv = ceremony["check_value"]!.GetValue<string>();
-        string[] quorumConfig = [$"--Kms:Quorum:GenesisFile={ceremony["server_configuration"]!["Kms:Quorum:GenesisFile"]!.GetValue<string>()}"];
+        string[] quorumConfig = [$"--Kms:Quorum:GenesisFile={ceremony["server_configuration"]!["Kms:Quorum:GenesisFile"]!.GetValue<string>()}", $"--Kms:Quorum:GenesisSha256={ceremony["officer_set_hash"]!.GetValue<string>()}"];
 
         byte[] record;
         await using (var siteA = await ServerProcess.StartAsync(P("data"), _conf, "site-a", P("user.pin"), DomainId, quorumConfig))

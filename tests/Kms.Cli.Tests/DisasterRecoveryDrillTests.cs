@@ -68,6 +68,7 @@ public sealed class DisasterRecoveryDrillTests(ITestOutputHelper output) : IDisp
         Assert.Equal(OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2).Officers.Select(o => o.Fingerprint), genesis.Officers.Select(o => o.Fingerprint));
         Assert.Equal(2, genesis.Threshold);
         Assert.Equal(genesis.Hash, JsonNode.Parse(created.Out)!["officer_set_hash"]!.GetValue<string>());
+        serverArgs = [.. serverArgs, $"--Kms:Quorum:GenesisSha256={genesis.Hash}"];
         File.Copy(P("site-a-data/quorum/genesis.json"), P("genesis.json"));
 
         // Site A: keys, ciphertexts, a backup approved by alice and bob, then orders v1 destroyed by quorum.

@@ -47,6 +47,35 @@ public sealed class CeremonyDomainKeyTests
     }
 
     [Fact]
+    public async Task ProductionServer_GenesisFileWithoutItsHash_RefusedBeforeAnythingIsWritten_WithTheTranscriptsHashItServesQuorum()
+    {
+        // The ceremony writes the genesis into the data directory, beside the SQLite database and
+        // the officer-head record: whoever can write there could swap in officers of their own.
+        // Only the hash in the configuration pins it, so production needs it (dev mode does not).
+        using var officers = new TestOfficers("alice", "bob");
+        var token = SoftHsm.CreateToken();
+        Import(token, RandomNumberGenerator.GetBytes(32));
+        var dataDir = Path.Combine(Path.GetTempPath(), "kms-ceremony-" + Guid.NewGuid().ToString("N")[..8]);
+        var genesisPath = Path.Combine(dataDir, "quorum", "genesis.json");
+        Directory.CreateDirectory(Path.GetDirectoryName(genesisPath)!);
+        var genesis = Kms.Core.Quorum.OfficerSet.CreateDeploymentGenesis(officers.Select("alice", "bob"), 2);
+        Kms.Core.Quorum.GenesisFile.Write(genesisPath, genesis);
+
+        var refused = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsTestServer.StartProductionAsync(token, dataDir, DomainKeyId, "dev", $"--Kms:Quorum:GenesisFile={genesisPath}"));
+        Assert.Contains($"Kms:Quorum:GenesisFile is set ({genesisPath}) but Kms:Quorum:GenesisSha256 is not", refused.Message, StringComparison.Ordinal);
+        Assert.False(File.Exists(Path.Combine(dataDir, "kms.db")));
+
+        var other = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsTestServer.StartProductionAsync(token, dataDir, DomainKeyId, "dev",
+            $"--Kms:Quorum:GenesisFile={genesisPath}", $"--Kms:Quorum:GenesisSha256={new string('0', 64)}"));
+        Assert.Contains($"holds the officer set {genesis.Hash}, not the pinned Kms:Quorum:GenesisSha256", other.Message, StringComparison.Ordinal);
+
+        await using var server = await KmsTestServer.StartProductionAsync(token, dataDir, DomainKeyId, "dev",
+            $"--Kms:Quorum:GenesisFile={genesisPath}", $"--Kms:Quorum:GenesisSha256={genesis.Hash}");
+        using var officer = server.CreateClient(await server.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+        Assert.Equal(genesis.Hash, (await officer.GetOfficerSetAsync()).Hash);
+    }
+
+    [Fact]
     public async Task SqliteServer_HoldsTheServingLock_NoRotationWhileItServes_NoStartWhileARotationHoldsIt()
     {
         var domainKey = RandomNumberGenerator.GetBytes(32);

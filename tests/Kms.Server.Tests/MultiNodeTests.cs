@@ -292,10 +292,12 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
     {
         using var officers = new TestOfficers("alice", "bob");
         var genesis = Scratch.NewPath("kms-genesis-", ".json");
-        Kms.Core.Quorum.GenesisFile.Write(genesis, Kms.Core.Quorum.OfficerSet.CreateGenesis(officers.Select("alice", "bob"), 2));
+        var genesisSet = Kms.Core.Quorum.OfficerSet.CreateGenesis(officers.Select("alice", "bob"), 2);
+        Kms.Core.Quorum.GenesisFile.Write(genesis, genesisSet);
+        var pinned = $"--Kms:Quorum:GenesisSha256={genesisSet.Hash}";
         try
         {
-            var node = await StartNodeAsync(extraArgs: $"--Kms:Quorum:GenesisFile={genesis}");
+            var node = await StartNodeAsync(extraArgs: [$"--Kms:Quorum:GenesisFile={genesis}", pinned]);
             using var officer = node.CreateClient(await node.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
             var e = await Assert.ThrowsAsync<RpcException>(() => officer.CreateQuorumRequestAsync(
                 new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup }));
@@ -315,11 +317,13 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         // its text is only in the data directory of the node that executed the request.
         using var officers = new TestOfficers("alice", "bob");
         var genesis = Scratch.NewPath("kms-genesis-", ".json");
-        Kms.Core.Quorum.GenesisFile.Write(genesis, Kms.Core.Quorum.OfficerSet.CreateGenesis(officers.Select("alice", "bob"), 2));
+        var genesisSet = Kms.Core.Quorum.OfficerSet.CreateGenesis(officers.Select("alice", "bob"), 2);
+        Kms.Core.Quorum.GenesisFile.Write(genesis, genesisSet);
+        var pinned = $"--Kms:Quorum:GenesisSha256={genesisSet.Hash}";
         try
         {
-            var a = await StartNodeAsync(extraArgs: [$"--Kms:Quorum:GenesisFile={genesis}", "--Kms:NodeName=node-a"]);
-            var b = await StartNodeAsync(extraArgs: [$"--Kms:Quorum:GenesisFile={genesis}", "--Kms:NodeName=node-b"]);
+            var a = await StartNodeAsync(extraArgs: [$"--Kms:Quorum:GenesisFile={genesis}", pinned, "--Kms:NodeName=node-a"]);
+            var b = await StartNodeAsync(extraArgs: [$"--Kms:Quorum:GenesisFile={genesis}", pinned, "--Kms:NodeName=node-b"]);
             var officerToken = await a.CreatePrincipalWithTokenAsync("officer", null, "security-officer");
             using var officer = a.CreateClient(officerToken);
             var request = await officer.RequestDeploymentAdminRecoveryAsync();

@@ -97,6 +97,17 @@ public static partial class KmsServerApp
             throw new InvalidOperationException($"Kms:Quorum:MaxSignTimeSkew ({skew:c}) must be from {QuorumHostOptions.MinSignTimeSkew:c} to {QuorumHostOptions.MaxAllowedSignTimeSkew:c}");
         }
 
+        // The genesis file lies where the ceremony wrote it, the data directory (beside a SQLite
+        // database, the officer-head record): nothing there can vouch for it, so whoever can write
+        // there could swap in a genesis of their own officers before the first start, or with the
+        // database's chain after it. The hash from the ceremony transcript, in the configuration,
+        // is what pins it; a production server that uses quorum needs it (docs/quorum.md).
+        if (!serverOptions.DevMode && serverOptions.Quorum.GenesisFile is { Length: > 0 } genesisFile && serverOptions.Quorum.GenesisSha256 is not { Length: > 0 })
+        {
+            throw new InvalidOperationException(
+                $"Kms:Quorum:GenesisFile is set ({genesisFile}) but Kms:Quorum:GenesisSha256 is not: set it to the genesis hash in the create-domain transcript (kms ceremony create-domain prints it with the server configuration), so that a genesis file swapped in is refused; only dev mode goes without it");
+        }
+
         // The interval is how late another node's disable, destruction or revocation reaches this
         // one: bounded like the cache time, and positive (0 would stop the host once it serves;
         // -1 ms, an infinite period, would never read the feed again).
@@ -482,9 +493,10 @@ public static partial class KmsServerApp
     public static Uri? BoundMetricsUrl(WebApplication app) =>
         app.Services.GetService<MetricsEndpoint.MetricsServer>()?.Address is { } address ? new Uri(address, MetricsEndpoint.Path) : null;
 
-    // The genesis is pinned outside the database: a file the ceremony wrote, optionally checked
-    // against the hash in the ceremony transcript. A configured file that cannot be read or
-    // does not match refuses to start (a configuration error); no file refuses quorum operations.
+    // The genesis is pinned outside the database: a file the ceremony wrote, checked against the
+    // hash in the ceremony transcript (required outside dev mode, BuildAsync). A configured file
+    // that cannot be read or does not match refuses to start (a configuration error); no file
+    // refuses quorum operations.
     private static QuorumOptions LoadQuorumOptions(QuorumHostOptions options)
     {
         if (options.GenesisFile is not { Length: > 0 } path)
