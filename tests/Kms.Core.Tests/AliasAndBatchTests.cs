@@ -41,6 +41,63 @@ public sealed class AliasAndBatchTests : IDisposable
     }
 
     [Fact]
+    public async Task Alias_OntoAKeyScheduledForDeletionOrDestroyed_FailedPrecondition_NothingWritten()
+    {
+        var live = await _domain.CreateKeyAsync("live");
+        var going = await _domain.CreateKeyAsync("going");
+        var gone = await _domain.CreateKeyAsync("gone");
+        var alias = await _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "payments", live.Name, null, default);
+        await _domain.Keys.ScheduleKeyDeletionAsync(Dev, gone.Name, TimeSpan.FromDays(7), null, default);
+        _domain.Time.Advance(TimeSpan.FromDays(8));
+        Assert.Equal(1, await _domain.Keys.DestroyDueAsync(_domain.Time.GetUtcNow(), default));
+        await _domain.Keys.ScheduleKeyDeletionAsync(Dev, going.Name, TimeSpan.FromDays(7), null, default);
+
+        foreach (var (key, message) in new[]
+        {
+            (going.Name, "key tenants/dev/keys/going is DESTROY_SCHEDULED; an alias is not pointed at a key scheduled for deletion (cancel the deletion first, or name another key)"),
+            (gone.Name, "key tenants/dev/keys/gone is DESTROYED; an alias cannot name a destroyed key"),
+        })
+        {
+            var created = await Assert.ThrowsAsync<KmsException>(() => _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "late", key, "late-1", default));
+            Assert.Equal((KmsErrorCode.FailedPrecondition, message), (created.Code, created.Message));
+            var moved = await Assert.ThrowsAsync<KmsException>(() => _domain.Aliases.UpdateAliasAsync(Dev, alias.Name, key, default));
+            Assert.Equal((KmsErrorCode.FailedPrecondition, message), (moved.Code, moved.Message));
+        }
+
+        Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() => _domain.Aliases.GetAliasAsync(Dev, AliasName.Create(Dev.Tenant, "late"), default))).Code);
+        Assert.Null(await _domain.Store.FindRequestAsync(Dev.Tenant, "late-1", default));
+        Assert.Equal((live.Name, alias.UpdateTime), ((await _domain.Aliases.GetAliasAsync(Dev, alias.Name, default)).Key, (await _domain.Aliases.GetAliasAsync(Dev, alias.Name, default)).UpdateTime));
+
+        // Once the deletion is cancelled the key (DISABLED) takes an alias again.
+        await _domain.Keys.CancelKeyDeletionAsync(Dev, going.Name, null, default);
+        Assert.Equal(going.Name, (await _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "late", going.Name, "late-2", default)).Key);
+    }
+
+    [Fact]
+    public async Task Alias_NamingAKeyThenScheduledForDeletion_RefusesItsCalls_StillMovedAwayOrDeleted()
+    {
+        // An alias created before its key's deletion was scheduled keeps naming it: calls through
+        // it are refused as the key's own are; the way out (move it, delete it) stays open.
+        var going = await _domain.CreateKeyAsync("going");
+        var next = await _domain.CreateKeyAsync("next");
+        var payments = await _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "payments", going.Name, null, default);
+        var old = await _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "old", going.Name, null, default);
+        await _domain.Keys.ScheduleKeyDeletionAsync(Dev, going.Name, TimeSpan.FromDays(7), null, default);
+        var viaAlias = KeyReference.Parse(payments.Name.ToString(), "name");
+
+        var encrypt = await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.EncryptAsync(Dev, viaAlias, [1], EncryptionContext.Empty, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, encrypt.Code);
+        Assert.Contains("DESTROY_SCHEDULED", encrypt.Message, StringComparison.Ordinal);
+        Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.GenerateDataKeyAsync(Dev, viaAlias, EncryptionContext.Empty, default))).Code);
+        Assert.Equal(going.Name, (await _domain.Aliases.GetAliasAsync(Dev, payments.Name, default)).Key);
+
+        Assert.Equal(next.Name, (await _domain.Aliases.UpdateAliasAsync(Dev, payments.Name, next.Name, default)).Key);
+        Assert.Equal(next.Name, (await _domain.Crypto.EncryptAsync(Dev, viaAlias, [1], EncryptionContext.Empty, default)).KeyVersion.Key);
+        await _domain.Aliases.DeleteAliasAsync(Dev, old.Name, null, default);
+        Assert.Equal(KmsErrorCode.NotFound, (await Assert.ThrowsAsync<KmsException>(() => _domain.Aliases.GetAliasAsync(Dev, old.Name, default))).Code);
+    }
+
+    [Fact]
     public async Task Alias_Missing_NotFound_OtherTenant_NotFound_DeletedAlias_NotFound()
     {
         var key = await _domain.CreateKeyAsync("k");

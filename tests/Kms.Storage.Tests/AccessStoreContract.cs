@@ -481,5 +481,38 @@ public abstract class AccessStoreContract : KeyStoreLifecycleContract
         }
     }
 
+    [Fact]
+    public async Task Aliases_InATenantBeingDeleted_RefusedUnderTheWriteLock_NothingStored()
+    {
+        // AliasService checks the tenant before it writes; these are the writes of callers that
+        // checked it before DeleteTenant committed (and before the offboarding scheduled the key).
+        var store = await AccessAsync();
+        var keys = (IKeyStore)store;
+        var tenant = TenantId.Parse("offboarding");
+        await store.CreateTenantAsync(new Tenant(tenant, "", TenantState.Active, T0), default);
+        var first = NewKey(tenant, "first");
+        var second = NewKey(tenant, "second");
+        await keys.CreateKeyAsync(first, Material(), null, default);
+        await keys.CreateKeyAsync(second, Material(), null, default);
+        var alias = AliasName.Create(tenant, "payments");
+        await keys.CreateAliasAsync(new Kms.Core.Keys.KeyAlias(alias, first.Name, T0, T0), null, default);
+        await store.UpdateTenantAsync(new Tenant(tenant, "", TenantState.Deleting, T0) { DeleteTime = T0.AddDays(30) }, default);
+
+        var late = AliasName.Create(tenant, "late");
+        foreach (var write in new Func<Task>[]
+        {
+            () => keys.CreateAliasAsync(new Kms.Core.Keys.KeyAlias(late, second.Name, T0.AddMinutes(1), T0.AddMinutes(1)), null, default),
+            () => keys.UpdateAliasAsync(alias, second.Name, T0.AddMinutes(1), null, default),
+        })
+        {
+            var refused = await Assert.ThrowsAsync<KmsException>(write);
+            Assert.Equal((KmsErrorCode.FailedPrecondition, "tenants/offboarding is being deleted; nothing new can be created in it"), (refused.Code, refused.Message));
+        }
+
+        Assert.Null(await keys.GetAliasAsync(late, default));
+        Assert.Equal((first.Name, T0), ((await keys.GetAliasAsync(alias, default))!.Key, (await keys.GetAliasAsync(alias, default))!.UpdateTime));
+        Assert.True(await keys.DeleteAliasAsync(alias, null, default));
+    }
+
     private async Task<IAccessStore> AccessAsync() => (IAccessStore)await CreateStoreAsync();
 }

@@ -155,6 +155,59 @@ public abstract class KeyStoreLifecycleContract : KeyStoreContract
     }
 
     [Fact]
+    public async Task Aliases_OntoAKeyScheduledForDeletionOrDestroyed_RefusedInTheWrite_NothingWritten_MovingAwayAndDeletingStillWork()
+    {
+        var store = await CreateStoreAsync();
+        var live = NewKey(Dev, "live");
+        var off = NewKey(Dev, "off") with { State = KeyState.Disabled };
+        var going = NewKey(Dev, "going");
+        var gone = NewKey(Dev, "gone");
+        foreach (var key in new[] { live, off, going, gone })
+        {
+            await store.CreateKeyAsync(key, Material(), null, default);
+        }
+
+        var time = live.CreateTime;
+        var payments = AliasName.Create(Dev, "payments");
+        var held = AliasName.Create(Dev, "held");
+        await store.CreateAliasAsync(new KeyAlias(payments, live.Name, time, time), null, default);
+        await store.CreateAliasAsync(new KeyAlias(held, going.Name, time, time), null, default);
+        await store.UpdateKeyAsync(going.Name, current => new KeyChange(current.Key with { State = KeyState.DestroyScheduled, DestroyTime = time.AddDays(30) }), default);
+        await store.UpdateKeyAsync(gone.Name, current => new KeyChange(current.Key with { State = KeyState.Destroyed, DestroyTime = time }), default);
+
+        // Created onto them: refused, no alias and no request id recorded.
+        var late = AliasName.Create(Dev, "late");
+        var request = new RequestRecord(Dev, "create-1", "CreateAlias", [1], late.ToString(), time);
+        await AssertRefusedAsync("key tenants/dev/keys/going is DESTROY_SCHEDULED", () => store.CreateAliasAsync(new KeyAlias(late, going.Name, time, time), request, default));
+        await AssertRefusedAsync("key tenants/dev/keys/gone is DESTROYED", () => store.CreateAliasAsync(new KeyAlias(late, gone.Name, time, time), request, default));
+        Assert.Null(await store.GetAliasAsync(late, default));
+        Assert.Null(await store.FindRequestAsync(Dev, "create-1", default));
+
+        // Moved onto them: refused before the check is asked, the alias stays where it was.
+        var asked = false;
+        await AssertRefusedAsync("key tenants/dev/keys/going is DESTROY_SCHEDULED", () => store.UpdateAliasAsync(payments, going.Name, time.AddSeconds(1), (_, _) => asked = true, default));
+        await AssertRefusedAsync("key tenants/dev/keys/gone is DESTROYED", () => store.UpdateAliasAsync(payments, gone.Name, time.AddSeconds(1), null, default));
+        Assert.False(asked);
+        Assert.Equal((live.Name, time), ((await store.GetAliasAsync(payments, default))!.Key, (await store.GetAliasAsync(payments, default))!.UpdateTime));
+
+        // A DISABLED key still takes an alias (it can be enabled again; AWS KMS allows it too).
+        await store.CreateAliasAsync(new KeyAlias(late, off.Name, time, time), null, default);
+        Assert.Equal(off.Name, (await store.UpdateAliasAsync(payments, off.Name, time.AddSeconds(2), null, default))!.Key);
+
+        // An alias that named the key before its deletion was scheduled: moved away, or deleted.
+        Assert.Equal(live.Name, (await store.UpdateAliasAsync(held, live.Name, time.AddSeconds(3), null, default))!.Key);
+        await store.UpdateAliasAsync(held, off.Name, time.AddSeconds(4), null, default);
+        Assert.True(await store.DeleteAliasAsync(held, null, default));
+
+        static async Task AssertRefusedAsync(string message, Func<Task> write)
+        {
+            var refused = await Assert.ThrowsAsync<KmsException>(write);
+            Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+            Assert.StartsWith(message + ";", refused.Message, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
     public async Task Aliases_ToMissingKey_NotFound()
     {
         var store = await CreateStoreAsync();

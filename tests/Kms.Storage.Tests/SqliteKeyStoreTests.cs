@@ -629,6 +629,43 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
     }
 
     [Fact]
+    public async Task Alias_OntoAKeyScheduledForDeletionThroughAnotherNode_RefusedThoughThisNodeRemembersItEnabled()
+    {
+        // This node remembers the key ENABLED; through another node its deletion is scheduled.
+        // Within the change feed's interval, an alias created or moved onto it here is judged in
+        // the write, on the key as it is then.
+        var node = await OpenAsync();
+        var other = await OpenAsync();
+        node.ConfirmCoherent(TimeSpan.FromMinutes(1));
+        var now = DateTimeOffset.UtcNow;
+        await node.CreateTenantAsync(new Kms.Core.Access.Tenant(Dev, "", Kms.Core.Access.TenantState.Active, now), default);
+        await node.CreateKeyAsync(NewKey(Dev, "live"), Material(), null, default);
+        await node.CreateKeyAsync(NewKey(Dev, "going"), Material(), null, default);
+        var going = new KeyName(Dev, "going");
+        var alias = AliasName.Create(Dev, "payments");
+        await node.CreateAliasAsync(new KeyAlias(alias, new KeyName(Dev, "live"), now, now), null, default);
+        Assert.Equal(KeyState.Enabled, (await node.GetPrimaryMaterialAsync(going, default))!.Key.State);
+        var caller = Kms.Testing.Fakes.DomainHarness.Dev;
+        await other.UpdateKeyAsync(going, current => new KeyChange(current.Key with { State = KeyState.DestroyScheduled, DestroyTime = now.AddDays(7) }), default);
+        Assert.Equal(KeyState.Enabled, (await node.GetPrimaryMaterialAsync(going, default))!.Key.State); // the documented window
+
+        var aliases = new Kms.Core.Services.AliasService(node, node, TimeProvider.System);
+        foreach (var call in new Func<Task>[]
+        {
+            () => aliases.CreateAliasAsync(caller, Dev, "late", going, null, default),
+            () => aliases.UpdateAliasAsync(caller, alias, going, default),
+        })
+        {
+            var refused = await Assert.ThrowsAsync<Kms.Core.Errors.KmsException>(call);
+            Assert.Equal(Kms.Core.Errors.KmsErrorCode.FailedPrecondition, refused.Code);
+            Assert.StartsWith("key tenants/dev/keys/going is DESTROY_SCHEDULED;", refused.Message, StringComparison.Ordinal);
+        }
+
+        Assert.Null(await other.GetAliasAsync(AliasName.Create(Dev, "late"), default));
+        Assert.Equal("live", (await other.GetAliasAsync(alias, default))!.Key.KeyId);
+    }
+
+    [Fact]
     public async Task MetadataCache_ConfirmationLapses_ReadsTheDatabaseAgain()
     {
         var node = await OpenAsync();

@@ -68,20 +68,26 @@ public interface IKeyStore
     /// <summary>A recorded request id, or null.</summary>
     Task<RequestRecord?> FindRequestAsync(TenantId tenant, string requestId, CancellationToken cancellationToken);
 
-    /// <summary>Stores a new alias; its key must exist in the same tenant.</summary>
-    /// <exception cref="Errors.KmsException">AlreadyExists (alias id or request id taken); NotFound (the key).</exception>
+    /// <summary>
+    /// Stores a new alias; its key must exist in the same tenant, be neither DESTROY_SCHEDULED nor
+    /// DESTROYED, and the tenant must not be being deleted — all judged inside the write, under the
+    /// write lock (a ScheduleKeyDeletion or DeleteTenant committed meanwhile is seen): nothing is written otherwise.
+    /// </summary>
+    /// <exception cref="Errors.KmsException">AlreadyExists (alias id or request id taken); NotFound (the key); FailedPrecondition (the key's state, the tenant being deleted).</exception>
     Task CreateAliasAsync(KeyAlias alias, RequestRecord? request, CancellationToken cancellationToken);
 
     /// <summary>The alias, or null.</summary>
     Task<KeyAlias?> GetAliasAsync(AliasName name, CancellationToken cancellationToken);
 
     /// <summary>
-    /// Points an alias at another key of its tenant; null if the alias does not exist.
+    /// Points an alias at another key of its tenant; null if the alias does not exist. The new key,
+    /// as for <see cref="CreateAliasAsync"/>, is refused inside the write when it is DESTROY_SCHEDULED or
+    /// DESTROYED or its tenant is being deleted (moving an alias away from such a key is not refused).
     /// <paramref name="check"/>, when given, is asked inside the write (under the write lock, on
     /// fresh state) with the key the alias names now (null if it is gone) and the new key, and
     /// refuses the move by throwing: nothing is written then.
     /// </summary>
-    /// <exception cref="Errors.KmsException">NotFound (the key); whatever <paramref name="check"/> throws.</exception>
+    /// <exception cref="Errors.KmsException">NotFound (the key); FailedPrecondition (the new key's state, the tenant being deleted); whatever <paramref name="check"/> throws.</exception>
     Task<KeyAlias?> UpdateAliasAsync(AliasName name, KeyName key, DateTimeOffset updateTime, Action<Key?, Key>? check, CancellationToken cancellationToken);
 
     /// <summary>Deletes an alias (recording the request id with it); false if it did not exist.</summary>

@@ -33,6 +33,9 @@ public sealed class AliasService(IKeyStore store, IAccessStore access, TimeProvi
         await TenantGate.EnsureActiveAsync(access, parent, cancellationToken);
         var now = Clock.Now(time);
         var alias = new KeyAlias(name, key, now, now);
+
+        // The key's state (not DESTROY_SCHEDULED nor DESTROYED) and the tenant's are judged again
+        // by the store, in the write: a deletion scheduled after any check here is seen there.
         var request = requestId is null ? null : new RequestRecord(parent, requestId, CreateAliasOperation, fingerprint, name.ToString(), now);
         try
         {
@@ -72,6 +75,8 @@ public sealed class AliasService(IKeyStore store, IAccessStore access, TimeProvi
         // Decided in the store's write, on fresh state: read before it (and from this node's
         // remembered aliases), a move made meanwhile — by a concurrent call, or through another
         // node within its change feed's poll — would let an ordinary key's alias onto such a key.
+        // The store refuses, in the same write and before asking this check, a new key that is
+        // DESTROY_SCHEDULED or DESTROYED or whose tenant is being deleted; moving away from one is not refused.
         return await store.UpdateAliasAsync(name, key, Clock.Now(time), (current, target) =>
         {
             if (target.AllowImport && current is { AllowImport: false })

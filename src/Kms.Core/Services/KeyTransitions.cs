@@ -258,6 +258,22 @@ public static class KeyTransitions
         return WithVersion(current.Key, version with { State = KeyState.Destroyed, DestroyEventTime = now });
     }
 
+    /// <summary>
+    /// Refuses an alias pointed (created or moved) at a key scheduled for deletion or destroyed:
+    /// every call through the alias would fail, and the key is going away (or gone). Asked by the
+    /// store inside the alias's write, under its write lock, so a deletion scheduled meanwhile is seen.
+    /// </summary>
+    public static void EnsureAliasTarget(KeyName key, KeyState state)
+    {
+        switch (state)
+        {
+            case KeyState.DestroyScheduled:
+                throw KmsErrors.FailedPrecondition($"key {key} is DESTROY_SCHEDULED; an alias is not pointed at a key scheduled for deletion (cancel the deletion first, or name another key)");
+            case KeyState.Destroyed:
+                throw KmsErrors.FailedPrecondition($"key {key} is DESTROYED; an alias cannot name a destroyed key");
+        }
+    }
+
     /// <summary>The state's name as the API spells it.</summary>
     public static string StateName(KeyState state) => state switch
     {

@@ -367,7 +367,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     public Task CreateAliasAsync(KeyAlias alias, RequestRecord? request, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
-            await EnsureKeyExistsAsync(connection, transaction, alias.Key, cancellationToken);
+            await EnsureAliasTargetAsync(connection, transaction, alias.Key, cancellationToken);
             await InsertRequestAsync(connection, transaction, request, cancellationToken);
             await InsertAsync(connection, transaction,
                 "INSERT INTO aliases (tenant, alias_id, key_id, create_time, update_time) VALUES (@tenant, @alias_id, @key_id, @create_time, @update_time)",
@@ -409,7 +409,9 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
                 return null;
             }
 
+            await RefuseInDeletingTenantAsync(connection, transaction, "@tenant", ("@tenant", key.Tenant.Value), cancellationToken);
             var target = await ReadKeyAsync(connection, transaction, key, cancellationToken) ?? throw KmsErrors.NotFound(key.ToString());
+            Kms.Core.Services.KeyTransitions.EnsureAliasTarget(target.Name, target.State);
             check?.Invoke(await ReadKeyAsync(connection, transaction, current.Key, cancellationToken), target);
             await using var update = Command(connection,
                 "UPDATE aliases SET key_id = @key_id, update_time = @update_time WHERE tenant = @tenant AND alias_id = @alias_id RETURNING key_id, create_time, update_time",
@@ -813,6 +815,19 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         command.Transaction = transaction;
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         return await reader.ReadAsync(cancellationToken) ? ReadAlias(reader, name) : null;
+    }
+
+    // An alias's key, read under the write lock: it exists, is not scheduled for deletion nor
+    // destroyed, and its tenant is not being deleted (a ScheduleKeyDeletion or DeleteTenant that
+    // committed after the service's own checks is seen here).
+    private static async Task EnsureAliasTargetAsync(DbConnection connection, DbTransaction transaction, KeyName key, CancellationToken cancellationToken)
+    {
+        await RefuseInDeletingTenantAsync(connection, transaction, "@tenant", ("@tenant", key.Tenant.Value), cancellationToken);
+        await using var state = Command(connection, "SELECT state FROM keys WHERE tenant = @tenant AND key_id = @key_id",
+            ("@tenant", key.Tenant.Value), ("@key_id", key.KeyId));
+        state.Transaction = transaction;
+        var value = await state.ExecuteScalarAsync(cancellationToken) ?? throw KmsErrors.NotFound(key.ToString());
+        Kms.Core.Services.KeyTransitions.EnsureAliasTarget(key, (KeyState)Convert.ToInt32(value, CultureInfo.InvariantCulture));
     }
 
     private static async Task EnsureKeyExistsAsync(DbConnection connection, DbTransaction transaction, KeyName key, CancellationToken cancellationToken)

@@ -3,6 +3,7 @@ using Kms.Core.Errors;
 using Kms.Core.Keys;
 using Kms.Core.Names;
 using Kms.Core.Ports;
+using Kms.Core.Services;
 
 namespace Kms.Testing.Fakes;
 
@@ -206,10 +207,13 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
         lock (_lock)
         {
             ThrowIfFailing();
-            if (!_keys.ContainsKey(Id(alias.Key)))
+            RefuseInDeletingTenant(alias.Key.Tenant);
+            if (!_keys.TryGetValue(Id(alias.Key), out var target))
             {
                 throw KmsErrors.NotFound(alias.Key.ToString());
             }
+
+            KeyTransitions.EnsureAliasTarget(target.Name, target.State);
 
             EnsureRequestFree(request);
             if (!_aliases.TryAdd((alias.Name.Tenant.Value, alias.Name.AliasId), alias))
@@ -240,11 +244,13 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
                 return Task.FromResult<KeyAlias?>(null);
             }
 
+            RefuseInDeletingTenant(key.Tenant);
             if (!_keys.TryGetValue(Id(key), out var target))
             {
                 throw KmsErrors.NotFound(key.ToString());
             }
 
+            KeyTransitions.EnsureAliasTarget(target.Name, target.State);
             check?.Invoke(_keys.TryGetValue(Id(alias.Key), out var current) ? Fresh(current) : null, Fresh(target));
 
             var updated = alias with { Key = key, UpdateTime = updateTime };
