@@ -19,7 +19,9 @@ namespace Kms.Server.Tests;
 /// The real server process on a production token and its SQLite file, killed with SIGKILL at a
 /// random moment while creates, rotations, encryptions, aliases and scheduled destructions are in
 /// flight, then restarted on the same data directory and token, many times over. After each kill:
-/// every acknowledged key, version, alias and ciphertext is there and decrypts; nothing is partial
+/// every acknowledged key, version, alias and ciphertext is there and decrypts; no alias the server
+/// refused (onto a key scheduled for deletion) is there, nor one committed after its key's
+/// scheduling; nothing is partial
 /// (<see cref="StoreInvariants"/>: no key without its version, no version without material unless
 /// destroyed, no write without its audit event; no HSM token object left behind); the audit chain
 /// verifies offline.
@@ -101,7 +103,7 @@ public sealed class CrashConsistencyTests(ITestOutputHelper output)
             }
 
             output.WriteLine(string.Join("\n", summary));
-            output.WriteLine($"{model.Keys.Count} keys, {model.Keys.Values.Sum(k => k.Versions.Count)} versions, {model.Aliases.Count} aliases, "
+            output.WriteLine($"{model.Keys.Count} keys, {model.Keys.Values.Sum(k => k.Versions.Count)} versions, {model.Aliases.Count} aliases ({model.RefusedAliases.Count} refused onto keys scheduled for deletion), "
                 + $"{model.Ciphertexts.Count} ciphertexts acknowledged; {rounds} kills in {watch.Elapsed.TotalSeconds:0.0} s");
         }
         catch
@@ -243,9 +245,48 @@ public sealed class CrashConsistencyTests(ITestOutputHelper output)
 
         if (roll < 86)
         {
-            var alias = await client.CreateAliasAsync(Parent, "a-" + id, name);
-            model.Aliases[alias.Name] = name;
-            return true;
+            // Half of them, when the model knows a key scheduled for deletion (acknowledged, or
+            // found committed after a restart), onto that key: refused, nothing written.
+            var aliasName = $"{Parent}/aliases/a-{id}";
+            if (choose.Next(2) == 0 && model.PickScheduledKey(choose) is { } going)
+            {
+                try
+                {
+                    await client.CreateAliasAsync(Parent, "a-" + id, going);
+                }
+                catch (RpcException e) when (e.StatusCode == StatusCode.FailedPrecondition)
+                {
+                    model.RefusedAliases[aliasName] = going;
+                    return false;
+                }
+
+                throw new RpcException(new Status(StatusCode.Internal, $"an alias was created onto {going}, scheduled for deletion (acknowledged)"));
+            }
+
+            try
+            {
+                var alias = await client.CreateAliasAsync(Parent, "a-" + id, name);
+                model.Aliases[alias.Name] = name;
+                return true;
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.FailedPrecondition)
+            {
+                // Refused only if another worker's scheduling of the key committed first: its answer
+                // arrives shortly, or the kill came (waited for, as for a refused decryption above).
+                var waited = Stopwatch.StartNew();
+                while (!model.Keys[name].Scheduled && !killed() && waited.Elapsed < TimeSpan.FromSeconds(30))
+                {
+                    await Task.Delay(20);
+                }
+
+                if (!model.Keys[name].Scheduled)
+                {
+                    throw new RpcException(new Status(StatusCode.Internal, $"an alias onto {name}, not scheduled for deletion, was refused: {e.Status}"));
+                }
+
+                model.RefusedAliases[aliasName] = name;
+                return false;
+            }
         }
 
         if (roll < 95)
@@ -283,14 +324,30 @@ public sealed class CrashConsistencyTests(ITestOutputHelper output)
 
         await StoreInvariants.AssertWholeAsync(connection, Tenant);
 
-        var events = new List<(string Operation, string? Resource)>();
+        var events = new List<(long Seq, string Operation, string? Resource)>();
         using (var command = connection.CreateCommand())
         {
-            command.CommandText = "SELECT operation, resource FROM audit_events WHERE outcome = 'OK'";
+            command.CommandText = "SELECT seq, operation, resource FROM audit_events WHERE outcome = 'OK'";
             using var reader = command.ExecuteReader();
             while (reader.Read())
             {
-                events.Add((reader.GetString(0), reader.IsDBNull(1) ? null : reader.GetString(1)));
+                events.Add((reader.GetInt64(0), reader.GetString(1), reader.IsDBNull(2) ? null : reader.GetString(2)));
+            }
+        }
+
+        // No alias committed onto a key already scheduled for deletion: each alias on a scheduled
+        // key was created (its event, in the same transaction, in commit order) before the scheduling
+        // committed — whatever the kill left, answered or not.
+        using (var command = connection.CreateCommand())
+        {
+            command.CommandText = $"SELECT a.alias_id, a.key_id FROM aliases a JOIN keys k ON k.tenant = a.tenant AND k.key_id = a.key_id WHERE a.tenant = '{Tenant}' AND k.state IN (3, 4)";
+            using var reader = command.ExecuteReader();
+            while (reader.Read())
+            {
+                var (alias, key) = ($"{Parent}/aliases/{reader.GetString(0)}", $"{Parent}/keys/{reader.GetString(1)}");
+                var created = events.Where(e => e.Operation == KeysService + "CreateAlias" && e.Resource == alias).Select(e => e.Seq).DefaultIfEmpty(long.MaxValue).Max();
+                var scheduled = events.Where(e => e.Operation == KeysService + "ScheduleKeyDeletion" && e.Resource == key).Select(e => e.Seq).DefaultIfEmpty(long.MinValue).Min();
+                Assert.True(created < scheduled, $"{alias} (audit event {created}) was created onto {key} after its deletion was scheduled (event {scheduled})");
             }
         }
 
@@ -350,6 +407,12 @@ public sealed class CrashConsistencyTests(ITestOutputHelper output)
             Assert.Equal(key, (await client.GetAliasAsync(alias)).Key);
         }
 
+        // A refused alias was not written.
+        foreach (var (alias, key) in model.RefusedAliases)
+        {
+            Assert.Equal(StatusCode.NotFound, (await Assert.ThrowsAsync<RpcException>(() => client.GetAliasAsync(alias))).StatusCode);
+        }
+
         // Every acknowledged ciphertext decrypts, unless its key or version is (legitimately) on its way out.
         foreach (var sealedData in model.Ciphertexts)
         {
@@ -403,12 +466,19 @@ public sealed class CrashConsistencyTests(ITestOutputHelper output)
 
         public System.Collections.Concurrent.ConcurrentDictionary<string, string> Aliases { get; } = new();
 
+        // Aliases the server refused (onto a key scheduled for deletion), with that key.
+        public System.Collections.Concurrent.ConcurrentDictionary<string, string> RefusedAliases { get; } = new();
+
         public System.Collections.Concurrent.ConcurrentQueue<Sealed> Ciphertexts { get; } = new();
 
-        public string? PickKey(Random choose)
+        public string? PickKey(Random choose) => Pick(choose, scheduled: false);
+
+        public string? PickScheduledKey(Random choose) => Pick(choose, scheduled: true);
+
+        private string? Pick(Random choose, bool scheduled)
         {
-            var usable = Keys.Where(k => !k.Value.Scheduled).Select(k => k.Key).Order(StringComparer.Ordinal).ToList();
-            return usable.Count == 0 ? null : usable[choose.Next(usable.Count)];
+            var keys = Keys.Where(k => k.Value.Scheduled == scheduled).Select(k => k.Key).Order(StringComparer.Ordinal).ToList();
+            return keys.Count == 0 ? null : keys[choose.Next(keys.Count)];
         }
     }
 
