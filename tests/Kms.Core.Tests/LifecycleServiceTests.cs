@@ -2,6 +2,7 @@ using Kms.Core.Crypto;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
 using Kms.Core.Names;
+using Kms.Core.Ports;
 using Kms.Core.Services;
 using Kms.Testing.Fakes;
 
@@ -511,6 +512,53 @@ public sealed class LifecycleServiceTests : IDisposable
         Assert.Equal("key version tenants/dev/keys/k/versions/1 is DISABLED", e.Message);
         await _domain.Keys.EnableKeyVersionAsync(Dev, key.Name.Version(1), default);
         using var decrypted = await _domain.Crypto.DecryptAsync(Dev, blob, EncryptionContext.Empty, default);
+    }
+
+    [Fact]
+    public async Task UpdateKey_OnAKeyScheduledForDeletion_RotationAndMinimumRefused_NothingChanged_LabelsStillChange()
+    {
+        var key = await _domain.CreateKeyAsync("k", rotationPeriod: TimeSpan.FromDays(30));
+        await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+        var scheduled = await _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, TimeSpan.FromDays(7), null, default);
+        const string Refusal = "key tenants/dev/keys/k is DESTROY_SCHEDULED; cancel the deletion before changing its rotation schedule or minimum decryption version (its labels can still be changed)";
+
+        foreach (var update in new[]
+        {
+            new KeyUpdate { RotationPeriod = new(TimeSpan.FromDays(1)) },
+            new KeyUpdate { RotationPeriod = new(null) },
+            new KeyUpdate { NextRotationTime = new(null) },
+            new KeyUpdate { MinDecryptionVersion = 2 },
+            new KeyUpdate { Labels = KeyLabels.Create([new("team", "payments")]), MinDecryptionVersion = 2 },
+        })
+        {
+            var refused = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.UpdateKeyAsync(Dev, key.Name, update, default));
+            Assert.Equal((KmsErrorCode.FailedPrecondition, Refusal), (refused.Code, refused.Message));
+        }
+
+        var unchanged = await _domain.Keys.GetKeyAsync(Dev, key.Name, default);
+        Assert.Equal((scheduled.RotationPeriod, scheduled.NextRotationTime, scheduled.MinDecryptionVersion), (unchanged.RotationPeriod, unchanged.NextRotationTime, unchanged.MinDecryptionVersion));
+        Assert.Empty(unchanged.Labels);
+
+        var labelled = await _domain.Keys.UpdateKeyAsync(Dev, key.Name, new KeyUpdate { Labels = KeyLabels.Create([new("deleted-by", "ticket-42")]) }, default);
+        Assert.Equal(("ticket-42", KeyState.DestroyScheduled), (labelled.Labels["deleted-by"], labelled.State));
+
+        // Cancelled, the key is back DISABLED and takes them before it serves again.
+        await _domain.Keys.CancelKeyDeletionAsync(Dev, key.Name, null, default);
+        Assert.Equal(2, (await _domain.Keys.UpdateKeyAsync(Dev, key.Name, new KeyUpdate { MinDecryptionVersion = 2, RotationPeriod = new(null) }, default)).MinDecryptionVersion);
+    }
+
+    [Fact]
+    public async Task UpdateKey_ScheduledForDeletionWhileItWaitedForTheWriteLock_Refused()
+    {
+        // The key is ENABLED when the call starts; a ScheduleKeyDeletion commits before the
+        // update's write reads it: judged on the key as that write reads it.
+        var key = await _domain.CreateKeyAsync("k");
+        var store = (InMemoryStore)_domain.Store;
+        store.BeforeNextKeyUpdate = () => store.UpdateKeyAsync(key.Name, current => new KeyChange(current.Key with { State = KeyState.DestroyScheduled, DestroyTime = _domain.Time.GetUtcNow().AddDays(7) }), default).GetAwaiter().GetResult();
+
+        var refused = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.UpdateKeyAsync(Dev, key.Name, new KeyUpdate { RotationPeriod = new(TimeSpan.FromDays(1)) }, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+        Assert.Null((await _domain.Keys.GetKeyAsync(Dev, key.Name, default)).RotationPeriod);
     }
 
     [Fact]

@@ -165,6 +165,19 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
                 throw KmsErrors.FailedPrecondition($"key {key.Name} is DESTROYED");
             }
 
+            // A key scheduled for deletion serves nothing and is not rotated: a rotation schedule
+            // or a minimum decryption version set now means nothing, and a cancel brings the key
+            // back DISABLED, when they can be set before it serves again (AWS KMS refuses
+            // UpdateKeyDescription and EnableKeyRotation on a key pending deletion). Labels describe
+            // the key and change nothing it does: an operator may still note why it is going.
+            // Decided here, on the key as the store's write reads it (a scheduling that committed
+            // after the call began is seen).
+            if (key.State == KeyState.DestroyScheduled && (update.RotationPeriod is not null || update.NextRotationTime is not null || update.MinDecryptionVersion is not null))
+            {
+                throw KmsErrors.FailedPrecondition(
+                    $"key {key.Name} is DESTROY_SCHEDULED; cancel the deletion before changing its rotation schedule or minimum decryption version (its labels can still be changed)");
+            }
+
             if (update.Labels is not null)
             {
                 key = key with { Labels = update.Labels };
