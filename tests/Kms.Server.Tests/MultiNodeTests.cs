@@ -443,11 +443,13 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         // remembers — and its unwrapped copy must go, while its copy of version 2 stays.
         using var officers = new TestOfficers("alice", "bob");
         var genesis = Scratch.NewPath("kms-genesis-", ".json");
-        Kms.Core.Quorum.GenesisFile.Write(genesis, Kms.Core.Quorum.OfficerSet.CreateGenesis(officers.Select("alice", "bob"), 2));
+        var genesisSet = Kms.Core.Quorum.OfficerSet.CreateGenesis(officers.Select("alice", "bob"), 2);
+        Kms.Core.Quorum.GenesisFile.Write(genesis, genesisSet);
+        var pinned = $"--Kms:Quorum:GenesisSha256={genesisSet.Hash}";
         try
         {
-            var a = await StartNodeAsync(extraArgs: $"--Kms:Quorum:GenesisFile={genesis}");
-            var b = await StartNodeAsync(shareTlsWith: a, extraArgs: $"--Kms:Quorum:GenesisFile={genesis}");
+            var a = await StartNodeAsync(extraArgs: [$"--Kms:Quorum:GenesisFile={genesis}", pinned]);
+            var b = await StartNodeAsync(shareTlsWith: a, extraArgs: [$"--Kms:Quorum:GenesisFile={genesis}", pinned]);
             using var onA = a.CreateClient();
             using var onB = b.CreateClient(a.DeveloperToken);
             var key = await onA.CreateKeyAsync("tenants/dev", "shredded-now");
