@@ -31,6 +31,7 @@ public sealed class DomainKeyAttributeTests
     [InlineData("CKA_MODIFIABLE", true, "CKA_MODIFIABLE must be False")]
     [InlineData("CKA_WRAP", false, "CKA_WRAP must be True")]
     [InlineData("CKA_UNWRAP", false, "CKA_UNWRAP must be True")]
+    [InlineData("CKA_PRIVATE", false, "CKA_PRIVATE must be True")]
     public void OneFlagDeviating_NamedAlone(string attribute, bool value, string violation)
     {
         Assert.Equal([violation], VerifyPlanted(Enum.Parse<CKA>(attribute), value));
@@ -43,6 +44,13 @@ public sealed class DomainKeyAttributeTests
     }
 
     [Fact]
+    public void Aes128Key_Named()
+    {
+        // A domain key of 16 bytes has every flag right; only its length is wrong.
+        Assert.Equal(["it must be an AES-256 key"], VerifyPlanted(null, null, valueLength: 16));
+    }
+
+    [Fact]
     public void LabelRightButAnotherCkaId_Named()
     {
         // The configuration names the key by label AND CKA_ID: a key with the label alone is not it.
@@ -50,7 +58,7 @@ public sealed class DomainKeyAttributeTests
     }
 
     // Plants the ceremony's key with one attribute changed (null: none), then verifies it.
-    private static List<string> VerifyPlanted(CKA? deviating, bool? value, byte[]? expectedId = null)
+    private static List<string> VerifyPlanted(CKA? deviating, bool? value, byte[]? expectedId = null, ulong valueLength = 32)
     {
         var token = SoftHsm.CreateToken();
         List<string> violations = [];
@@ -63,6 +71,7 @@ public sealed class DomainKeyAttributeTests
             ];
             var flags = new Dictionary<CKA, bool>
             {
+                [CKA.CKA_PRIVATE] = true,
                 [CKA.CKA_SENSITIVE] = true,
                 [CKA.CKA_EXTRACTABLE] = false,
                 [CKA.CKA_WRAP] = true,
@@ -86,8 +95,8 @@ public sealed class DomainKeyAttributeTests
             {
                 using var handle = Native.With(
                 [
-                    a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_VALUE_LEN, 32UL),
-                    a.Create(CKA.CKA_TOKEN, true), a.Create(CKA.CKA_PRIVATE, true), a.Create(CKA.CKA_LABEL, Label), a.Create(CKA.CKA_ID, Id),
+                    a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_VALUE_LEN, valueLength),
+                    a.Create(CKA.CKA_TOKEN, true), a.Create(CKA.CKA_LABEL, Label), a.Create(CKA.CKA_ID, Id),
                     .. flags.Select(f => a.Create(f.Key, f.Value)),
                     a.Create(CKA.CKA_ALLOWED_MECHANISMS, mechanisms), a.Create(CKA.CKA_UNWRAP_TEMPLATE, nested),
                 ], t => new DisposableHandle(session, session.GenerateKey(generate, t)));
