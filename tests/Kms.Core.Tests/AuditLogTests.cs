@@ -506,6 +506,35 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Assert.InRange(pruned, 90, 110);
     }
 
+    [Fact]
+    public async Task Retention_TheFirstCheckpointAfterTheExpiredEventsCoversEventsInsideThePeriod_NothingPruned()
+    {
+        // Events past the period with no checkpoint among them, and the first checkpoint after
+        // them also covering events still inside the period: no pass may cut there (it would
+        // delete events the period keeps), so nothing goes until a checkpoint fits.
+        var store = new InMemoryStore();
+        await using var running = await RunningLogAsync(store, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(365), Retention = TimeSpan.FromDays(30), MaxPrunedPerPass = 60 });
+        var log = running.Log;
+        for (var i = 0; i < 30; i++)
+        {
+            await log.AppendAsync(Entry($"expired-{i}"), default);
+        }
+
+        _time.Advance(TimeSpan.FromDays(10));
+        for (var i = 0; i < 30; i++)
+        {
+            await log.AppendAsync(Entry($"kept-{i}"), default);
+        }
+
+        await log.CheckpointAsync(default);
+        _time.Advance(TimeSpan.FromDays(21));
+
+        Assert.Equal(0, await log.PruneAsync(_time.GetUtcNow(), default));
+        var remaining = await store.ListAuditEventsAsync(new AuditQuery { Limit = 1000 }, default);
+        Assert.Contains(remaining, e => e.Entry.RequestId == "expired-0");
+        Assert.Contains(remaining, e => e.Entry.RequestId == "kept-0");
+    }
+
     private async Task<RunningLog> RunningLogAsync(InMemoryStore store, AuditOptions options)
     {
         var log = new AuditLog(store, store, _hsm, _time, options);
