@@ -391,6 +391,46 @@ public sealed class EnvelopeTamperingTests
         Assert.True(allocated < 64 * 1024, $"allocated {allocated} bytes for a 64-byte hostile header");
     }
 
+    [Theory]
+    [InlineData((uint)EnvelopeFormat.MaxFrameLength + 1)]
+    [InlineData(uint.MaxValue)]
+    public async Task HeaderClaimingAFrameLengthOverTheLimit_RefusedBeforeAnyKmsCall(uint frameLength)
+    {
+        // The frame length is the reader's buffer size: a header claiming more than 4 MiB is
+        // refused by the format check, before the data key is unwrapped or a buffer allocated.
+        using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out var provider);
+        var message = await encryptor.EncryptAsync(EnvelopeRoundTripTests.Data(100), Context);
+        var headerLength = EnvelopeHeader.Measure(message);
+        BinaryPrimitives.WriteUInt32BigEndian(message.AsSpan(headerLength - EnvelopeFormat.TagLength - EnvelopeFormat.CommitmentLength - 4), frameLength);
+
+        var oneShot = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message, Context));
+        var streaming = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.OpenDecryptingStreamAsync(new MemoryStream(message), Context));
+
+        Assert.Contains("frame length", oneShot.Message, StringComparison.Ordinal);
+        Assert.Contains("frame length", streaming.Message, StringComparison.Ordinal);
+        Assert.Equal(0, provider.UnwrapCalls);
+    }
+
+    [Fact]
+    public async Task HeaderClaimingAKeyNameOrWrappedKeyOverItsLimit_RefusedBeforeAnyKmsCall()
+    {
+        // Each length of a wrapped data key is checked against its own limit (which keeps the
+        // header within EnvelopeFormat.MaxHeaderLength), not only against the 16-bit field.
+        using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out var provider);
+        var message = await encryptor.EncryptAsync(EnvelopeRoundTripTests.Data(100), Context);
+        var nameLength = EnvelopeFormat.FixedPrefixLength + EnvelopeContext.Measure(message.AsSpan(EnvelopeFormat.FixedPrefixLength)) + 1;
+        var wrappedLength = nameLength + 2 + BinaryPrimitives.ReadUInt16BigEndian(message.AsSpan(nameLength));
+        foreach (var (offset, claimed) in new[] { (nameLength, EnvelopeFormat.MaxKeyNameBytes + 1), (wrappedLength, EnvelopeFormat.MaxWrappedKeyBytes + 1) })
+        {
+            var altered = (byte[])message.Clone();
+            BinaryPrimitives.WriteUInt16BigEndian(altered.AsSpan(offset), (ushort)claimed);
+            var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(altered, Context));
+            Assert.Contains("length limit", e.Message, StringComparison.Ordinal);
+        }
+
+        Assert.Equal(0, provider.UnwrapCalls);
+    }
+
     // Opaque: the alteration is past the format checks, so the exception must carry exactly the
     // one message that says nothing about what was wrong.
     private static async Task AssertFailsBothWays(EnvelopeEncryptor encryptor, byte[] message, string what, bool opaque = false)
