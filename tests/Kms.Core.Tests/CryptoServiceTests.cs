@@ -187,6 +187,22 @@ public sealed class CryptoServiceTests : IDisposable
         Assert.Equal("***", dataKey.Plaintext.ToString());
     }
 
+    [Fact]
+    public async Task ReEncrypt_ThePlaintextBetweenTheTwoKeys_ZeroedOnceItReturns()
+    {
+        await CreateAsync(Orders);
+        var encrypted = await _crypto.EncryptAsync(Dev, Orders, "secret"u8.ToArray(), EncryptionContext.Empty, default);
+
+        var moved = await _crypto.ReEncryptAsync(Dev, encrypted.Ciphertext, EncryptionContext.Empty, Orders, EncryptionContext.Empty, default);
+
+        // The array the HSM was given to seal under the destination is the decrypted plaintext itself.
+        var between = _hsm.LastEncryptPlaintext!;
+        Assert.Equal(6, between.Length);
+        Assert.All(between, b => Assert.Equal(0, b));
+        using var decrypted = await _crypto.DecryptAsync(Dev, moved.Ciphertext, EncryptionContext.Empty, default);
+        Assert.Equal("secret"u8.ToArray(), decrypted.Plaintext.Span.ToArray());
+    }
+
     private async Task<Key> CreateAsync(KeyName name) =>
         (await _keys.CreateKeyAsync(Dev, new CreateKeyCommand(name.Tenant, name.KeyId, KeyPurpose.EncryptDecrypt, KeyLabels.Empty, null), default)).Key;
 
