@@ -115,6 +115,29 @@ public sealed class AccessTests : IDisposable
     }
 
     [Fact]
+    public async Task CreateGrant_OnAKeyScheduledForDeletion_Refused_NoGrant_AfterTheCancelGrantedAgain_SetKeyPolicyStillWorks()
+    {
+        // AWS KMS refuses CreateGrant on a key pending deletion: the key serves nothing, and a grant
+        // made now would come back with a cancelled deletion unseen. Its policy may still be
+        // narrowed (PutKeyPolicy works in every state there too).
+        var key = await _harness.CreateKeyAsync("going");
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("dev"), DomainHarness.Dev.Tenant, null, default);
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("reader"), DomainHarness.Dev.Tenant, null, default);
+        await _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, key.Name, [new("token:dev", KeyOperations.Encrypt)], default);
+        await _harness.Keys.ScheduleKeyDeletionAsync(DomainHarness.Dev, key.Name, TimeSpan.FromDays(7), null, default);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _harness.KeyAccess.CreateGrantAsync(DomainHarness.Dev, key.Name, PrincipalName.Token("reader"), KeyOperations.Decrypt, null, default));
+
+        Assert.Equal((KmsErrorCode.FailedPrecondition, $"key {key.Name} is DESTROY_SCHEDULED; no grant is made on a key scheduled for deletion (cancel the deletion first)"), (e.Code, e.Message));
+        Assert.Empty(await _harness.AccessStore.ListGrantsAsync(key.Name, includeRevoked: true, default));
+        await _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, key.Name, [new("token:dev", KeyOperations.Encrypt | KeyOperations.Decrypt)], default);
+
+        await _harness.Keys.CancelKeyDeletionAsync(DomainHarness.Dev, key.Name, null, default);
+        await _harness.KeyAccess.CreateGrantAsync(DomainHarness.Dev, key.Name, PrincipalName.Token("reader"), KeyOperations.Decrypt, null, default);
+        Assert.Single(await _harness.AccessStore.ListGrantsAsync(key.Name, includeRevoked: false, default));
+    }
+
+    [Fact]
     public async Task SetKeyPolicy_TwoEntriesForOnePrincipal_RefusedNamingTheSecond_NothingChanged()
     {
         // Merged, the last one won without a word: the caller may have meant either.

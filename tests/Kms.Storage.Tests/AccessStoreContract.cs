@@ -420,6 +420,29 @@ public abstract class AccessStoreContract : KeyStoreLifecycleContract
     }
 
     [Fact]
+    public async Task Grants_OnAKeyScheduledForDeletionOrDestroyed_RefusedUnderTheWriteLock_NothingStored()
+    {
+        // Writes of callers that read the key before its deletion was scheduled (or took effect).
+        var store = await AccessAsync();
+        var keys = (IKeyStore)store;
+        var policy = new Dictionary<string, KeyOperations> { ["token:owner"] = KeyOperations.Encrypt };
+        foreach (var (id, state, said) in new[] { ("going", Kms.Core.Keys.KeyState.DestroyScheduled, "DESTROY_SCHEDULED"), ("gone", Kms.Core.Keys.KeyState.Destroyed, "DESTROYED") })
+        {
+            var key = NewKey(Dev, id);
+            await keys.CreateKeyAsync(key, Material(), null, default);
+            await store.SetKeyPolicyAsync(new KeyPolicy(key.Name, policy), T0, default);
+            await keys.UpdateKeyAsync(key.Name, current => new KeyChange(current.Key with { State = state, DestroyTime = T0.AddDays(30) }), default);
+
+            var late = new Grant("00000000000000b1", key.Name, PrincipalName.Token("reader"), KeyOperations.Decrypt, new Dictionary<string, string>(), T0.AddMinutes(1));
+            var refused = await Assert.ThrowsAsync<KmsException>(() => store.CreateGrantAsync(late, default));
+
+            Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+            Assert.StartsWith($"key {key.Name} is {said};", refused.Message, StringComparison.Ordinal);
+            Assert.Empty(await store.ListGrantsAsync(key.Name, includeRevoked: true, default));
+        }
+    }
+
+    [Fact]
     public async Task KeyChange_OnlyWhileTenantDeleting_AppliedWhileDeleting_ANoOpOnceTheTenantIsActive()
     {
         // The offboarding's scheduling of a key (the sweep, DeleteTenant) after a

@@ -107,8 +107,8 @@ public interface IAccessStore
     /// <summary>A key's policy (<see cref="KeyPolicy.None"/> when it has none).</summary>
     Task<KeyPolicy> GetKeyPolicyAsync(KeyName key, CancellationToken cancellationToken);
 
-    /// <summary>Stores a grant, if its key is restricted by a policy, its tenant not being deleted and its grantee not deleted when the write takes place.</summary>
-    /// <exception cref="Errors.KmsException">FailedPrecondition: the key's policy was lifted, its tenant is being deleted, or the grantee was deleted.</exception>
+    /// <summary>Stores a grant, if its key is restricted by a policy and neither DESTROY_SCHEDULED nor DESTROYED, its tenant not being deleted and its grantee not deleted when the write takes place.</summary>
+    /// <exception cref="Errors.KmsException">FailedPrecondition: the key's policy was lifted, its deletion scheduled or done, its tenant is being deleted, or the grantee was deleted.</exception>
     Task CreateGrantAsync(Grant grant, CancellationToken cancellationToken);
 
     /// <summary>A key's grants (revoked ones too when asked).</summary>

@@ -97,6 +97,9 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
             throw KmsErrors.InvalidArgument("grant.operations", "must allow at least one operation");
         }
 
+        // Judged again by the store, in the grant's write: a deletion scheduled after this read is seen there.
+        KeyTransitions.EnsureGrantable(stored.Name, stored.State);
+
         // An offboarded tenant gets nothing new: no grant a later restore could bring back.
         await TenantGate.EnsureActiveAsync(access, key.Tenant, cancellationToken);
 

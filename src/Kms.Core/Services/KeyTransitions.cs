@@ -274,6 +274,23 @@ public static class KeyTransitions
         }
     }
 
+    /// <summary>
+    /// Refuses a grant on a key scheduled for deletion or destroyed: it would let someone use a key
+    /// that is going away (or gone), and a cancelled deletion brings the key back DISABLED, when a
+    /// grant can be made before it serves again (AWS KMS refuses CreateGrant on a key pending
+    /// deletion). Asked by the store inside the grant's write, so a deletion scheduled meanwhile is seen.
+    /// </summary>
+    public static void EnsureGrantable(KeyName key, KeyState state)
+    {
+        switch (state)
+        {
+            case KeyState.DestroyScheduled:
+                throw KmsErrors.FailedPrecondition($"key {key} is DESTROY_SCHEDULED; no grant is made on a key scheduled for deletion (cancel the deletion first)");
+            case KeyState.Destroyed:
+                throw KmsErrors.FailedPrecondition($"key {key} is DESTROYED; no grant is made on a destroyed key");
+        }
+    }
+
     /// <summary>The state's name as the API spells it.</summary>
     public static string StateName(KeyState state) => state switch
     {

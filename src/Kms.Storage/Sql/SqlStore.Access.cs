@@ -250,16 +250,16 @@ public abstract partial class SqlStore
         {
             // Checked again under the write lock: a policy lifted (which revokes the key's grants)
             // or a tenant offboarded since the caller's checks must not get a grant that lies
-            // dormant until the next policy revives it.
+            // dormant until the next policy revives it; a key whose deletion was scheduled since
+            // gets none either.
             await using (var check = Command(connection,
-                "SELECT count(*) FROM keys WHERE tenant = @tenant AND key_id = @key_id AND restricted = 1 AND NOT EXISTS (SELECT 1 FROM tenants WHERE id = @tenant AND state <> @active)",
+                "SELECT state FROM keys WHERE tenant = @tenant AND key_id = @key_id AND restricted = 1 AND NOT EXISTS (SELECT 1 FROM tenants WHERE id = @tenant AND state <> @active)",
                 ("@tenant", grant.Key.Tenant.Value), ("@key_id", grant.Key.KeyId), ("@active", (int)TenantState.Active)))
             {
                 check.Transaction = transaction;
-                if (Convert.ToInt64(await check.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture) == 0)
-                {
-                    throw KmsErrors.FailedPrecondition($"key {grant.Key} has no policy any more, or its tenant is being deleted; no grant was made");
-                }
+                var state = await check.ExecuteScalarAsync(cancellationToken)
+                    ?? throw KmsErrors.FailedPrecondition($"key {grant.Key} has no policy any more, or its tenant is being deleted; no grant was made");
+                Kms.Core.Services.KeyTransitions.EnsureGrantable(grant.Key, (Kms.Core.Keys.KeyState)Convert.ToInt32(state, CultureInfo.InvariantCulture));
             }
 
             await RefuseDeletedPrincipalAsync(connection, transaction, grant.Grantee, cancellationToken);

@@ -382,6 +382,7 @@ public sealed partial class InMemoryStore
                 throw KmsErrors.FailedPrecondition($"key {grant.Key} has no policy any more, or its tenant is being deleted; no grant was made");
             }
 
+            Kms.Core.Services.KeyTransitions.EnsureGrantable(key.Name, key.State);
             RefuseDeletedPrincipal(grant.Grantee);
             _grants.Add(grant);
         }
