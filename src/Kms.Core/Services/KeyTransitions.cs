@@ -263,16 +263,8 @@ public static class KeyTransitions
     /// every call through the alias would fail, and the key is going away (or gone). Asked by the
     /// store inside the alias's write, under its write lock, so a deletion scheduled meanwhile is seen.
     /// </summary>
-    public static void EnsureAliasTarget(KeyName key, KeyState state)
-    {
-        switch (state)
-        {
-            case KeyState.DestroyScheduled:
-                throw KmsErrors.FailedPrecondition($"key {key} is DESTROY_SCHEDULED; an alias is not pointed at a key scheduled for deletion (cancel the deletion first, or name another key)");
-            case KeyState.Destroyed:
-                throw KmsErrors.FailedPrecondition($"key {key} is DESTROYED; an alias cannot name a destroyed key");
-        }
-    }
+    public static void EnsureAliasTarget(KeyName key, KeyState state) =>
+        RefuseGoing(key, state, "an alias is not pointed at a key scheduled for deletion (cancel the deletion first, or name another key)", "an alias cannot name a destroyed key");
 
     /// <summary>
     /// Refuses a grant on a key scheduled for deletion or destroyed: it would let someone use a key
@@ -280,16 +272,8 @@ public static class KeyTransitions
     /// grant can be made before it serves again (AWS KMS refuses CreateGrant on a key pending
     /// deletion). Asked by the store inside the grant's write, so a deletion scheduled meanwhile is seen.
     /// </summary>
-    public static void EnsureGrantable(KeyName key, KeyState state)
-    {
-        switch (state)
-        {
-            case KeyState.DestroyScheduled:
-                throw KmsErrors.FailedPrecondition($"key {key} is DESTROY_SCHEDULED; no grant is made on a key scheduled for deletion (cancel the deletion first)");
-            case KeyState.Destroyed:
-                throw KmsErrors.FailedPrecondition($"key {key} is DESTROYED; no grant is made on a destroyed key");
-        }
-    }
+    public static void EnsureGrantable(KeyName key, KeyState state) =>
+        RefuseGoing(key, state, "no grant is made on a key scheduled for deletion (cancel the deletion first)", "no grant is made on a destroyed key");
 
     /// <summary>The state's name as the API spells it.</summary>
     public static string StateName(KeyState state) => state switch
@@ -315,6 +299,18 @@ public static class KeyTransitions
                 throw KmsErrors.FailedPrecondition($"key {key.Name} is DESTROY_SCHEDULED; cancel the deletion before {action}");
             case KeyState.Destroyed:
                 throw KmsErrors.FailedPrecondition($"key {key.Name} is DESTROYED");
+        }
+    }
+
+    // A key that is going away (or gone) takes nothing new that names it: refused with its state and why.
+    private static void RefuseGoing(KeyName key, KeyState state, string whenScheduled, string whenDestroyed)
+    {
+        switch (state)
+        {
+            case KeyState.DestroyScheduled:
+                throw KmsErrors.FailedPrecondition($"key {key} is DESTROY_SCHEDULED; {whenScheduled}");
+            case KeyState.Destroyed:
+                throw KmsErrors.FailedPrecondition($"key {key} is DESTROYED; {whenDestroyed}");
         }
     }
 
