@@ -38,14 +38,7 @@ public sealed class ChangeOfficersCommandTests : IAsyncLifetime, IDisposable
     [Fact]
     public async Task ChangeOfficers_NewNameWithSpacesOrReadingLikeAnother_UsageError_NoRequestCreated_AKeptNameAccepted()
     {
-        var officerToken = Path.Combine(_directory, "officer.token");
-        await File.WriteAllTextAsync(officerToken, await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer") + "\n");
-        var variables = new Dictionary<string, string>
-        {
-            ["KMS_ENDPOINT"] = _server.Address.ToString(),
-            ["KMS_CA_FILE"] = _server.CaCertificatePath,
-            ["KMS_TOKEN_FILE"] = officerToken,
-        };
+        var variables = await CliRun.SecurityOfficerAsync(_server, _directory);
         string Pub(string name)
         {
             var path = Path.Combine(_directory, name.Trim() + ".pub");
@@ -71,7 +64,7 @@ public sealed class ChangeOfficersCommandTests : IAsyncLifetime, IDisposable
             Assert.DoesNotContain("INVALID_ARGUMENT", result.Error, StringComparison.Ordinal);
         }
 
-        using (var officer = _server.CreateClient((await File.ReadAllTextAsync(officerToken)).Trim()))
+        using (var officer = _server.CreateClient((await File.ReadAllTextAsync(variables["KMS_TOKEN_FILE"])).Trim()))
         {
             await foreach (var request in officer.ListQuorumRequestsAsync())
             {

@@ -32,6 +32,23 @@ public static class CliRun
     public const string AllowInsecureTestKdf = "KMS_ALLOW_INSECURE_TEST_KDF";
 
     /// <summary>
+    /// The environment of a security officer's <c>kms</c> against <paramref name="server"/>: a new
+    /// deployment principal <c>officer</c> holding <c>security-officer</c>, its token in
+    /// <paramref name="directory"/>/officer.token.
+    /// </summary>
+    internal static async Task<Dictionary<string, string>> SecurityOfficerAsync(KmsTestServer server, string directory)
+    {
+        var officerToken = Path.Combine(directory, "officer.token");
+        await File.WriteAllTextAsync(officerToken, await server.CreatePrincipalWithTokenAsync("officer", null, "security-officer") + "\n");
+        return new Dictionary<string, string>
+        {
+            ["KMS_ENDPOINT"] = server.Address.ToString(),
+            ["KMS_CA_FILE"] = server.CaCertificatePath,
+            ["KMS_TOKEN_FILE"] = officerToken,
+        };
+    }
+
+    /// <summary>
     /// Runs the entry point in-process with only <paramref name="variables"/> as the environment
     /// and <paramref name="home"/> as the home directory.
     /// </summary>

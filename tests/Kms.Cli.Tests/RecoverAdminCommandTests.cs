@@ -43,14 +43,7 @@ public sealed class RecoverAdminCommandTests : IAsyncLifetime, IDisposable
     [Fact]
     public async Task QuorumRecoverAdmin_PrintsTheRequestAndWhatOfficersSign_ApprovedItWritesTheCredential()
     {
-        var officerToken = Path.Combine(_directory, "officer.token");
-        await File.WriteAllTextAsync(officerToken, await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer") + "\n");
-        var variables = new Dictionary<string, string>
-        {
-            ["KMS_ENDPOINT"] = _server.Address.ToString(),
-            ["KMS_CA_FILE"] = _server.CaCertificatePath,
-            ["KMS_TOKEN_FILE"] = officerToken,
-        };
+        var variables = await CliRun.SecurityOfficerAsync(_server, _directory);
 
         var result = await CliRun.InProcessAsync(variables, _directory, null, "quorum", "recover-admin", "--ttl", "1h", "-o", "json");
         Assert.True(result.ExitCode == 0, result.ToString());
@@ -61,7 +54,7 @@ public sealed class RecoverAdminCommandTests : IAsyncLifetime, IDisposable
         Assert.Contains("\noperation: RECOVER_DEPLOYMENT_ADMIN\n", rendering, StringComparison.Ordinal);
         Assert.Contains("\nparam grants: one Bootstrap call, registering one new deployment-admin; the existing deployment admins stay\n", rendering, StringComparison.Ordinal);
 
-        using var officer = _server.CreateClient((await File.ReadAllTextAsync(officerToken)).Trim());
+        using var officer = _server.CreateClient((await File.ReadAllTextAsync(variables["KMS_TOKEN_FILE"])).Trim());
         using (var approver = QuorumApprover.FromKey(ECDsa.Create(_officers.KeyOf("alice").ExportParameters(true))))
         {
             await approver.ApproveAsync(officer, await approver.PrepareAsync(officer, name));
