@@ -86,6 +86,32 @@ public sealed class RetrySafetyTests
         Assert.True(RetrySafety.ShedByServer(ScriptedEndpoint.Shed("queue_delay", null)));
     }
 
+    // Named here, not read from the table: moving one of them to Repeatable (the table is what a
+    // mutation would change) must fail a test. Creations without a request id, the cancel of a
+    // tenant's deletion, and the calls that can give access back.
+    public static TheoryData<string> NeverRepeatedOnceSent() =>
+    [
+        "/kms.v1.KeyManagementService/CreateGrant", "/kms.v1.KeyManagementService/CreateImportJob",
+        "/kms.v1.AccessManagementService/CreateTenant", "/kms.v1.AccessManagementService/CreatePrincipal",
+        "/kms.v1.AccessManagementService/CreateApiToken", "/kms.v1.AccessManagementService/Bootstrap",
+        "/kms.v1.QuorumService/CreateQuorumRequest", "/kms.v1.AccessManagementService/CancelTenantDeletion",
+        "/kms.v1.KeyManagementService/EnableKey", "/kms.v1.KeyManagementService/EnableKeyVersion",
+        "/kms.v1.KeyManagementService/SetKeyPolicy", "/kms.v1.KeyManagementService/UpdateKey",
+        "/kms.v1.AccessManagementService/SetRoleBinding",
+    ];
+
+    [Theory]
+    [MemberData(nameof(NeverRepeatedOnceSent))]
+    public void MayRetry_CreationWithoutRequestIdOrCallThatGivesAccessBack_NotAfterALostAnswer_OnlyNeverSentOrShed(string fullName)
+    {
+        var method = Method(fullName);
+
+        Assert.False(RetrySafety.IsRepeatable(method, new GetKeyRequest()));
+        Assert.False(RetrySafety.MayRetry(method, new GetKeyRequest(), ScriptedEndpoint.LostAnswer()));
+        Assert.True(RetrySafety.MayRetry(method, new GetKeyRequest(), ScriptedEndpoint.ConnectionRefused()));
+        Assert.True(RetrySafety.MayRetry(method, new GetKeyRequest(), ScriptedEndpoint.Shed()));
+    }
+
     [Fact]
     public void AsUnavailable_TlsHandshakeFailed_UnavailableAndNeverSent()
     {
