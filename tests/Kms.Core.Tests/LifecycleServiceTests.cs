@@ -90,6 +90,24 @@ public sealed class LifecycleServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task ScheduledRotation_ClockAYearAheadOfTheLifecyclesTime_DueAndNextRotationByTheLifecyclesTime()
+    {
+        // The worker passes the lifecycle's time (LifecycleClock), which stays behind a clock that
+        // jumped a year ahead: what is due, and the next rotation a rotated key gets, go by it. By
+        // the clock, the next rotation would be a year and a period out.
+        var key = await _domain.CreateKeyAsync("k", rotationPeriod: TimeSpan.FromDays(1));
+        var seen = key.CreateTime.AddDays(1);
+        _domain.Time.Advance(TimeSpan.FromDays(365));
+
+        Assert.Equal(0, await _domain.Keys.RotateDueKeysAsync(seen.AddMinutes(-1), default));
+        Assert.Equal(1, await _domain.Keys.RotateDueKeysAsync(seen, default));
+
+        var rotated = await _domain.Keys.GetKeyAsync(Dev, key.Name, default);
+        Assert.Equal(2, rotated.Primary.Name.Version);
+        Assert.Equal(seen.AddDays(1), rotated.NextRotationTime);
+    }
+
+    [Fact]
     public async Task ScheduledRotation_AHundredKeysThatKeepFailing_DoNotHoldBackTheOthers()
     {
         // Keys the HSM can no longer rotate (their algorithm dropped from its profile) stay due,
