@@ -55,6 +55,15 @@ public sealed class MutualTlsTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public void PrincipalOf_SpiffeIdThatIsNoValidName_NoPrincipal_NotItsCommonName()
+    {
+        // A SPIFFE ID longer than a principal name may be: no spiffe: principal, and its CN is not
+        // taken instead (a certificate meant for a workload never authenticates as cn:alice).
+        using var certificate = _pki.Issue("alice", "spiffe://kms.test/" + new string('a', 2100));
+        Assert.Null(Kms.Server.Security.ClientCertificateValidator.PrincipalOf(certificate));
+    }
+
+    [Fact]
     public void PrincipalOf_OneCommonNameAmongOtherAttributes_ThatName()
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
