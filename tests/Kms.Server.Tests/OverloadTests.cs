@@ -179,6 +179,24 @@ public sealed class OverloadTests
     }
 
     [Fact]
+    public async Task Server_CallsRefusedForQuota_GiveBackTheirInFlightSlot()
+    {
+        // A call refused for its tenant's quota has taken an in-flight slot (quotas are taken after
+        // it, so shed calls spend none): it must give it back, or a tenant at its quota would fill
+        // the server's slots one refusal at a time and every caller would be shed.
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev",
+            "--Kms:MaxConcurrentCalls=2", "--Kms:Quotas:Tenants:dev:OperationsPerSecond=0.001", "--Kms:Quotas:Tenants:dev:Burst=1");
+        using var developer = NonRetryingDeveloper(server);
+        Assert.Equal(8, (await developer.GenerateRandomAsync(8)).Length);
+
+        for (var i = 0; i < 5; i++)
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(() => developer.GenerateRandomAsync(8));
+            Assert.True(e.StatusCode == StatusCode.ResourceExhausted, $"refusal {i}: {e.StatusCode} {e.Status.Detail}");
+        }
+    }
+
+    [Fact]
     public async Task Server_AtMaxConcurrentCalls_ShedsWithUnavailable_HealthServed()
     {
         await using var server = await KmsTestServer.StartAsync(null, null, "dev", "--Kms:MaxConcurrentCalls=0");

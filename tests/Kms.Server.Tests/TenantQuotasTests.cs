@@ -66,6 +66,28 @@ public sealed class TenantQuotasTests
     }
 
     [Fact]
+    public void TenantOverride_OfTheBurstAlone_RefillsAtTheDeploymentsRate()
+    {
+        // At the default 5,000 a second any rate above 1,000 gives the same 1 ms retry hint: with
+        // a deployment rate of 10 a second, a burst-only override refills one token in 100 ms of
+        // the (fake) clock, not sooner.
+        var time = new FakeTimeProvider();
+        var options = new ConfigurationBuilder()
+            .AddInMemoryCollection(new Dictionary<string, string?> { ["Kms:Quotas:OperationsPerSecond"] = "10", ["Kms:Quotas:Tenants:acme:Burst"] = "2" })
+            .Build().GetSection("Kms").Get<KmsServerOptions>()!;
+        var quotas = new TenantQuotas(Options.Create(options), time);
+        var acme = TenantId.Parse("acme");
+
+        Assert.True(quotas.TryTake(acme, 2, out _));
+        Assert.False(quotas.TryTake(acme, 1, out var retryAfter));
+        Assert.Equal(TimeSpan.FromMilliseconds(100), retryAfter);
+        time.Advance(TimeSpan.FromMilliseconds(99));
+        Assert.False(quotas.TryTake(acme, 1, out _));
+        time.Advance(TimeSpan.FromMilliseconds(1));
+        Assert.True(quotas.TryTake(acme, 1, out _));
+    }
+
+    [Fact]
     public void QuotasSwitchedOff_ByEnabledFalse_NoTenantIsHeldBack()
     {
         var quotas = Build(new Dictionary<string, string?> { ["Kms:Quotas:Enabled"] = "false", ["Kms:Quotas:Tenants:acme:OperationsPerSecond"] = "1" });
