@@ -88,6 +88,38 @@ public sealed class HsmFaultTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task DeviceLost_CallsWithinTheBackoff_AttemptNoRecovery_TheFirstCallOnceItPassesRecovers()
+    {
+        // On a fake clock that stands still, every call after the first failed recovery falls within
+        // Hsm:RecoveryBackoff: it is answered UNAVAILABLE without re-initialising the module again.
+        // Without the backoff each call re-ran C_Finalize/C_Initialize against the lost device.
+        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(new DateTimeOffset(2026, 12, 2, 0, 0, 0, TimeSpan.Zero));
+        var options = SoftHsm.CreateToken().Options();
+        options.RecoveryBackoff = TimeSpan.FromSeconds(1);
+        var logger = new ListLogger();
+        await using var hsm = Pkcs11Hsm.Open(options, logger, time);
+        var key = new KeyMaterialRef(KeyVersionId.NewId(), await hsm.GenerateAes256KeyAsync(default));
+        var sealedBytes = await hsm.EncryptAesGcmAsync(key, new byte[12], [], [7], default);
+
+        hsm.Faults.Fail(CKR.CKR_DEVICE_REMOVED);
+        var logged = logger.Messages.Count;
+        for (var i = 0; i < 6; i++)
+        {
+            await UnavailableAsync(() => hsm.DecryptAesGcmAsync(key, new byte[12], [], sealedBytes, default), $"call {i}");
+        }
+
+        var failed = logger.Messages.Skip(logged).Count(m => m.StartsWith("HSM recovery failed", StringComparison.Ordinal));
+        Assert.True(failed == 1, $"{failed} recovery attempts within one backoff:\n{string.Join('\n', logger.Messages.Skip(logged))}");
+
+        hsm.Faults.Clear();
+        await UnavailableAsync(() => hsm.DecryptAesGcmAsync(key, new byte[12], [], sealedBytes, default), "a call within the backoff after the fault cleared");
+        time.Advance(options.RecoveryBackoff);
+        logged = logger.Messages.Count;
+        Assert.Equal([7], await hsm.DecryptAesGcmAsync(key, new byte[12], [], sealedBytes, default));
+        AssertOneRecovery(logger, logged);
+    }
+
+    [Fact]
     public async Task OtherReturnValue_InternalNotUnavailable_NoRecovery()
     {
         await using var hsm = Pkcs11Hsm.Open(SoftHsm.CreateToken().Options(), NullLogger.Instance);
