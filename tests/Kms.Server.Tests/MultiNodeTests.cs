@@ -291,13 +291,10 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
     public async Task ExportBackup_OnPostgres_RefusedWhenRequested_NotAfterTheOfficersSigned()
     {
         using var officers = new TestOfficers("alice", "bob");
-        var genesis = Scratch.NewPath("kms-genesis-", ".json");
-        var genesisSet = Kms.Core.Quorum.OfficerSet.CreateGenesis(officers.Select("alice", "bob"), 2);
-        Kms.Core.Quorum.GenesisFile.Write(genesis, genesisSet);
-        var pinned = $"--Kms:Quorum:GenesisSha256={genesisSet.Hash}";
+        var (genesis, quorum) = WriteGenesis(officers);
         try
         {
-            var node = await StartNodeAsync(extraArgs: [$"--Kms:Quorum:GenesisFile={genesis}", pinned]);
+            var node = await StartNodeAsync(extraArgs: quorum);
             using var officer = node.CreateClient(await node.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
             var e = await Assert.ThrowsAsync<RpcException>(() => officer.CreateQuorumRequestAsync(
                 new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup }));
@@ -316,14 +313,11 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         // The credential is a row of the shared store (its hash), so every node accepts it, once;
         // its text is only in the data directory of the node that executed the request.
         using var officers = new TestOfficers("alice", "bob");
-        var genesis = Scratch.NewPath("kms-genesis-", ".json");
-        var genesisSet = Kms.Core.Quorum.OfficerSet.CreateGenesis(officers.Select("alice", "bob"), 2);
-        Kms.Core.Quorum.GenesisFile.Write(genesis, genesisSet);
-        var pinned = $"--Kms:Quorum:GenesisSha256={genesisSet.Hash}";
+        var (genesis, quorum) = WriteGenesis(officers);
         try
         {
-            var a = await StartNodeAsync(extraArgs: [$"--Kms:Quorum:GenesisFile={genesis}", pinned, "--Kms:NodeName=node-a"]);
-            var b = await StartNodeAsync(extraArgs: [$"--Kms:Quorum:GenesisFile={genesis}", pinned, "--Kms:NodeName=node-b"]);
+            var a = await StartNodeAsync(extraArgs: [.. quorum, "--Kms:NodeName=node-a"]);
+            var b = await StartNodeAsync(extraArgs: [.. quorum, "--Kms:NodeName=node-b"]);
             var officerToken = await a.CreatePrincipalWithTokenAsync("officer", null, "security-officer");
             using var officer = a.CreateClient(officerToken);
             var request = await officer.RequestDeploymentAdminRecoveryAsync();
@@ -442,14 +436,11 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         // feed reaches it — refusing the blob as DESTROYED, not decrypting it from what it
         // remembers — and its unwrapped copy must go, while its copy of version 2 stays.
         using var officers = new TestOfficers("alice", "bob");
-        var genesis = Scratch.NewPath("kms-genesis-", ".json");
-        var genesisSet = Kms.Core.Quorum.OfficerSet.CreateGenesis(officers.Select("alice", "bob"), 2);
-        Kms.Core.Quorum.GenesisFile.Write(genesis, genesisSet);
-        var pinned = $"--Kms:Quorum:GenesisSha256={genesisSet.Hash}";
+        var (genesis, quorum) = WriteGenesis(officers);
         try
         {
-            var a = await StartNodeAsync(extraArgs: [$"--Kms:Quorum:GenesisFile={genesis}", pinned]);
-            var b = await StartNodeAsync(shareTlsWith: a, extraArgs: [$"--Kms:Quorum:GenesisFile={genesis}", pinned]);
+            var a = await StartNodeAsync(extraArgs: quorum);
+            var b = await StartNodeAsync(shareTlsWith: a, extraArgs: quorum);
             using var onA = a.CreateClient();
             using var onB = b.CreateClient(a.DeveloperToken);
             var key = await onA.CreateKeyAsync("tenants/dev", "shredded-now");
@@ -748,6 +739,15 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         var e = await Assert.ThrowsAnyAsync<Exception>(() => StartNodeAsync(regionKeys: new() { ["eu"] = ForgedCheckValue.Forged }));
         Assert.Contains("region eu has the pinned check value but cannot unwrap", e.Message, StringComparison.Ordinal);
         await StartNodeAsync(regionKeys: new() { ["eu"] = ForgedCheckValue.Real });
+    }
+
+    /// <summary>A genesis of alice and bob (2 of 2) written to a scratch file, and the arguments that make a production node serve quorum from it: the file and its pinned hash.</summary>
+    private static (string Path, string[] Args) WriteGenesis(TestOfficers officers)
+    {
+        var path = Scratch.NewPath("kms-genesis-", ".json");
+        var genesis = Kms.Core.Quorum.OfficerSet.CreateGenesis(officers.Select("alice", "bob"), 2);
+        Kms.Core.Quorum.GenesisFile.Write(path, genesis);
+        return (path, [$"--Kms:Quorum:GenesisFile={path}", $"--Kms:Quorum:GenesisSha256={genesis.Hash}"]);
     }
 
     private async Task<KmsTestServer> StartNodeAsync(byte[]? domainKey = null, Dictionary<string, byte[]>? regionKeys = null, KmsTestServer? shareTlsWith = null, params string[] extraArgs)
