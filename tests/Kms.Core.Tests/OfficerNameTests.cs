@@ -16,7 +16,7 @@ namespace Kms.Core.Tests;
 public sealed class OfficerNameTests : IDisposable
 {
     private static readonly DateTimeOffset T0 = new(2026, 11, 29, 12, 0, 0, TimeSpan.Zero);
-    private static readonly Caller SecurityOfficer = new("token:officer", null, new HashSet<Kms.Core.Access.Role> { Kms.Core.Access.Role.SecurityOfficer });
+    private static readonly Caller SecurityOfficer = DomainHarness.SecurityOfficer;
     private readonly TestOfficers _officers = new("olga ", "o  lga", "bob", "carol", "dave", "olga");
     private readonly FakeHsm _hsm = new();
 

@@ -90,7 +90,7 @@ public sealed class QuorumApprovalTimeTests : IDisposable
         var (store, genesis, _) = await PendingRequestAsync();
         store.DatabaseTime = T0 + TimeSpan.FromMinutes(20);
         var quorum = new QuorumService(store, store, _hsm, time, new QuorumOptions { Genesis = genesis });
-        var officer = new Caller("token:officer", null, new HashSet<Kms.Core.Access.Role> { Kms.Core.Access.Role.SecurityOfficer });
+        var officer = DomainHarness.SecurityOfficer;
 
         var request = await quorum.CreateAsync(officer, new CreateQuorumRequestCommand(null, QuorumOperation.ExportBackup) { Ttl = TimeSpan.FromHours(1) }, default);
 
@@ -134,7 +134,7 @@ public sealed class QuorumApprovalTimeTests : IDisposable
         Assert.Equal((seen, seen + TimeSpan.FromHours(1)), (request.CreateTime, request.ExpireTime));
     }
 
-    private static Caller Officer => new("token:officer", null, new HashSet<Kms.Core.Access.Role> { Kms.Core.Access.Role.SecurityOfficer });
+    private static Caller Officer => DomainHarness.SecurityOfficer;
 
     // What a lifecycle pass records: the time this deployment has seen pass.
     private static Task RecordSeenAsync(InMemoryStore store, DateTimeOffset seen) =>

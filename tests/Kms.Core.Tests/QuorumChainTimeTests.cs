@@ -17,7 +17,7 @@ public sealed class QuorumChainTimeTests : IDisposable
 {
     private static readonly DateTimeOffset T0 = new(2026, 11, 29, 12, 0, 0, TimeSpan.Zero);
     private readonly TestOfficers _officers = new("alice", "bob", "carol", "mallory");
-    private static readonly Caller SecurityOfficer = new("token:officer", null, new HashSet<Kms.Core.Access.Role> { Kms.Core.Access.Role.SecurityOfficer });
+    private static readonly Caller SecurityOfficer = DomainHarness.SecurityOfficer;
     private readonly FakeHsm _hsm = new();
 
     public void Dispose()

@@ -17,7 +17,7 @@ namespace Kms.Core.Tests;
 public sealed class QuorumRepeatedApprovalTests : IDisposable
 {
     private static readonly DateTimeOffset T0 = new(2026, 11, 29, 12, 0, 0, TimeSpan.Zero);
-    private static readonly Caller Officer = new("token:officer", null, new HashSet<Role> { Role.SecurityOfficer });
+    private static readonly Caller Officer = DomainHarness.SecurityOfficer;
     private readonly TestOfficers _officers = new("alice", "bob", "carol", "dave");
     private readonly FakeHsm _hsm = new();
     private readonly FakeTimeProvider _time = new(T0);

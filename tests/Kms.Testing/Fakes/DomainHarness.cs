@@ -16,6 +16,9 @@ public sealed class DomainHarness : IDisposable
     /// <summary>Every tenant role in tenant acme.</summary>
     public static readonly Caller Acme = TenantCaller("token:acme", "acme");
 
+    /// <summary>A deployment security officer (<c>token:officer</c>, no tenant), as the quorum services see one.</summary>
+    public static readonly Caller SecurityOfficer = new("token:officer", null, new HashSet<Role> { Role.SecurityOfficer });
+
     /// <summary>The store must implement both ports (InMemoryStore, SqliteStore); tenants dev and acme are created.</summary>
     public DomainHarness(IKeyStore? store = null, UsageLimitOptions? limits = null, IHsm? hsm = null)
     {
