@@ -464,9 +464,16 @@ public sealed partial class Pkcs11Hsm
                         : $"{spec.Name} takes a {spec.SecretLength}-byte key; the AES-KWP block holds {kwpLength - 15} to {kwpLength - 8} bytes");
             case KeyFamily.Rsa:
                 var (bits, spki) = RsaSubjectPublicKeyInfo(session, material);
-                return bits == spec.KeyBits
+                if (bits != spec.KeyBits)
+                {
+                    throw KmsErrors.InvalidArgument("wrapped_key", $"{spec.Name} takes a {spec.KeyBits}-bit RSA key, not {bits} bits");
+                }
+
+                // The exponent the HSM gives the keys it generates. A small one (3) invites the
+                // forgeries of a lax PKCS#1 v1.5 verifier elsewhere; an odd other one gains nothing.
+                return HasExponent65537(spki)
                     ? spki
-                    : throw KmsErrors.InvalidArgument("wrapped_key", $"{spec.Name} takes a {spec.KeyBits}-bit RSA key, not {bits} bits");
+                    : throw KmsErrors.InvalidArgument("wrapped_key", $"{spec.Name} takes an RSA key with public exponent 65537");
             case KeyFamily.Ec:
                 var curve = EcCurveParameters.Of(spec.Curve!.Value);
                 var read = session.GetAttributeValue(material, [CKA.CKA_EC_PARAMS]);
@@ -653,6 +660,13 @@ public sealed partial class Pkcs11Hsm
         {
             read.DisposeAll();
         }
+    }
+
+    private static bool HasExponent65537(byte[] subjectPublicKeyInfo)
+    {
+        using var rsa = RSA.Create();
+        rsa.ImportSubjectPublicKeyInfo(subjectPublicKeyInfo, out _);
+        return rsa.ExportParameters(false).Exponent is [0x01, 0x00, 0x01];
     }
 
     private static byte[] TrimLeadingZeros(byte[] value)

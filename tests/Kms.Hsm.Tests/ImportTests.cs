@@ -232,6 +232,29 @@ public sealed class ImportTests(AlgorithmFixture fixture) : IClassFixture<Algori
         Assert.Equal(before, fixture.Hsm.CountSessionObjects());
     }
 
+    [Fact]
+    public async Task Import_RsaWithPublicExponent3_Refused_NothingLeftOnTheToken()
+    {
+        // .NET cannot generate a key of another exponent; BouncyCastle can.
+        var generator = new Org.BouncyCastle.Crypto.Generators.RsaKeyPairGenerator();
+        generator.Init(new Org.BouncyCastle.Crypto.Parameters.RsaKeyGenerationParameters(
+            Org.BouncyCastle.Math.BigInteger.Three, new Org.BouncyCastle.Security.SecureRandom(), 2048, 80));
+        var pair = generator.GenerateKeyPair();
+        var pkcs8 = Org.BouncyCastle.Pkcs.PrivateKeyInfoFactory.CreatePrivateKeyInfo(pair.Private).GetEncoded();
+        using var rsa = RSA.Create();
+        rsa.ImportPkcs8PrivateKey(pkcs8, out _);
+        Assert.Equal([3], rsa.ExportParameters(false).Exponent);
+        var before = fixture.Hsm.CountSessionObjects();
+
+        var withoutPublicKey = await RefusedAsync(KeyAlgorithm.RsaSignPss2048Sha256, fixture.WrapForImport(pkcs8), null);
+        var withPublicKey = await RefusedAsync(KeyAlgorithm.RsaDecryptOaep2048Sha1, fixture.WrapForImport(pkcs8), rsa.ExportSubjectPublicKeyInfo());
+
+        Assert.Contains("takes an RSA key with public exponent 65537", withoutPublicKey.Message, StringComparison.Ordinal);
+        Assert.Contains("takes an RSA key with public exponent 65537", withPublicKey.Message, StringComparison.Ordinal);
+        Assert.Equal("wrapped_key", withPublicKey.Field);
+        Assert.Equal(before, fixture.Hsm.CountSessionObjects());
+    }
+
     [Theory]
     [InlineData(KeyAlgorithm.Aes256Gcm, 16)]
     [InlineData(KeyAlgorithm.Aes256Gcm, 24)]

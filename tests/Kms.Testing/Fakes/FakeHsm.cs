@@ -384,6 +384,10 @@ public sealed class FakeHsm : IHsm, IDisposable
                     using var rsa = RSA.Create();
                     rsa.ImportPkcs8PrivateKey(material, out _);
                     publicKey = rsa.KeySize == spec.KeyBits ? rsa.ExportSubjectPublicKeyInfo() : throw KmsErrors.InvalidArgument("wrapped_key", $"{spec.Name} takes a {spec.KeyBits}-bit RSA key, not {rsa.KeySize} bits");
+                    if (rsa.ExportParameters(false).Exponent is not [0x01, 0x00, 0x01])
+                    {
+                        throw KmsErrors.InvalidArgument("wrapped_key", $"{spec.Name} takes an RSA key with public exponent 65537");
+                    }
                 }
                 else
                 {
