@@ -2,6 +2,9 @@ using Google.Protobuf;
 using Grpc.Core;
 using Kms.Contracts.V1;
 using Kms.Core;
+using Kms.Core.Crypto;
+using Kms.Core.Errors;
+using Kms.Core.Names;
 
 namespace Kms.Client.Rewrap;
 
@@ -126,7 +129,7 @@ public sealed class BlobRewrapper
             var item = Item(blob, keyName);
             if (batch.Count > 0 && batchBytes + item.CalculateSize() > MaxBatchRequestBytes)
             {
-                await FlushAsync(batch, write, state, cancellationToken).ConfigureAwait(false);
+                await FlushAsync(batch, keyName, write, state, cancellationToken).ConfigureAwait(false);
                 await CompleteAsync(state, checkpoint, progress, cancellationToken).ConfigureAwait(false);
                 batchBytes = 0;
             }
@@ -135,13 +138,13 @@ public sealed class BlobRewrapper
             batchBytes += item.CalculateSize();
             if (batch.Count == _batchSize)
             {
-                await FlushAsync(batch, write, state, cancellationToken).ConfigureAwait(false);
+                await FlushAsync(batch, keyName, write, state, cancellationToken).ConfigureAwait(false);
                 await CompleteAsync(state, checkpoint, progress, cancellationToken).ConfigureAwait(false);
                 batchBytes = 0;
             }
         }
 
-        await FlushAsync(batch, write, state, cancellationToken).ConfigureAwait(false);
+        await FlushAsync(batch, keyName, write, state, cancellationToken).ConfigureAwait(false);
         await CompleteAsync(state, checkpoint, progress, cancellationToken).ConfigureAwait(false);
         return new RewrapReport(state.Progress, state.Failures, resumeAfter, state.SafeThrough);
     }
@@ -158,7 +161,7 @@ public sealed class BlobRewrapper
         return item;
     }
 
-    private async Task FlushAsync(List<(StoredBlob Blob, ReEncryptRequest Item)> pending, Func<StoredBlob, byte[], CancellationToken, Task> write, RunState state, CancellationToken cancellationToken)
+    private async Task FlushAsync(List<(StoredBlob Blob, ReEncryptRequest Item)> pending, string keyName, Func<StoredBlob, byte[], CancellationToken, Task> write, RunState state, CancellationToken cancellationToken)
     {
         if (pending.Count == 0)
         {
@@ -170,6 +173,7 @@ public sealed class BlobRewrapper
         var batch = pending.ConvertAll(p => p.Blob);
 
         var response = await _client.Raw.BatchReEncryptAsync(request, cancellationToken: cancellationToken).ConfigureAwait(false);
+        CheckAnswer(response, batch.Count, keyName);
         for (var i = 0; i < batch.Count; i++)
         {
             var result = response.Results[i];
@@ -189,6 +193,60 @@ public sealed class BlobRewrapper
         state.BatchDone();
         pending.Clear();
     }
+
+    /// <summary>
+    /// One result per blob, each a status, and each success a blob of the KMS's format under
+    /// <paramref name="keyName"/> (when that is a key, not an alias) — checked before any blob is
+    /// written: a new blob replaces the stored one, so a wrong answer written over it (cut short,
+    /// empty, under another key, or another blob's, shifted by a missing result) would lose the data.
+    /// </summary>
+    /// <exception cref="RpcException">INTERNAL: the KMS's answer is not one of these; nothing of the batch was written.</exception>
+    private static void CheckAnswer(BatchReEncryptResponse response, int items, string keyName)
+    {
+        if (response.Results.Count != items)
+        {
+            throw Malformed($"{response.Results.Count} results for {items} blobs");
+        }
+
+        var key = ResourceSegments.Is(keyName, ResourceSegments.Collection, "keys") ? keyName : null;
+        for (var i = 0; i < items; i++)
+        {
+            var result = response.Results[i];
+            if (result.Status is null)
+            {
+                throw Malformed($"result {i} has no status");
+            }
+
+            if (result.Status.Code != 0)
+            {
+                continue;
+            }
+
+            if (result.Response is null)
+            {
+                throw Malformed($"result {i} succeeded without a blob");
+            }
+
+            var length = result.Response.Ciphertext.Length;
+            if (length <= CiphertextBlob.OverheadBytes || length > MaxBlobBytes)
+            {
+                throw Malformed($"result {i} is a blob of {length} bytes");
+            }
+
+            if (key is not null && !IsVersionOf(result.Response.KeyVersion, key))
+            {
+                throw Malformed($"result {i} is under {KmsErrors.Printable(result.Response.KeyVersion)}, not a version of {KmsErrors.Printable(key)}");
+            }
+        }
+    }
+
+    private static bool IsVersionOf(string keyVersion, string key) =>
+        keyVersion.Length > key.Length + "/versions/".Length
+        && keyVersion.StartsWith(key, StringComparison.Ordinal)
+        && keyVersion.AsSpan(key.Length).StartsWith("/versions/", StringComparison.Ordinal);
+
+    private static RpcException Malformed(string what) =>
+        new(new Status(StatusCode.Internal, $"the KMS answered BatchReEncrypt wrongly ({what}); no blob of the batch was written"));
 
     private static async Task CompleteAsync(RunState state, IRewrapCheckpoint? checkpoint, IProgress<RewrapProgress>? progress, CancellationToken cancellationToken)
     {

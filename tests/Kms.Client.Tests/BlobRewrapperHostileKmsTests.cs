@@ -1,0 +1,137 @@
+using System.Security.Cryptography;
+using Google.Protobuf;
+using Grpc.Core;
+using Kms.Client.Rewrap;
+using Kms.Client.Tests.Failover;
+using Kms.Contracts.V1;
+
+namespace Kms.Client.Tests;
+
+/// <summary>
+/// <see cref="BlobRewrapper"/> against a KMS whose BatchReEncrypt answer is wrong: every new blob
+/// replaces a stored one, so a wrong answer must be refused before anything is written — never
+/// written over the data, never an IndexOutOfRange or NullReference.
+/// </summary>
+public sealed class BlobRewrapperHostileKmsTests
+{
+    private const string Key = "tenants/t/keys/k";
+
+    public static TheoryData<string> WrongAnswers() =>
+        new() { "fewer results", "more results", "no status", "success without a blob", "empty blob", "blob cut to its header", "blob under another key" };
+
+    [Theory]
+    [MemberData(nameof(WrongAnswers))]
+    public async Task WrongBatchAnswer_InternalRpcException_NothingWritten_NoCheckpoint(string wrong)
+    {
+        var endpoint = new ScriptedEndpoint("kms") { Respond = call => Answer((BatchReEncryptRequest)call.Request, wrong) };
+        using var fake = new FakeClient([endpoint], maxAttempts: 1);
+        var written = new List<string>();
+        var checkpoint = new MemoryCheckpoint();
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => new BlobRewrapper(fake.Client, batchSize: 3).RunAsync(
+            Blobs(3),
+            Key,
+            (blob, _, _) =>
+            {
+                written.Add(blob.Id);
+                return Task.CompletedTask;
+            },
+            checkpoint));
+
+        Assert.Equal(StatusCode.Internal, e.StatusCode);
+        Assert.Contains("no blob of the batch was written", e.Status.Detail, StringComparison.Ordinal);
+        Assert.Empty(written);
+        Assert.Null(checkpoint.Saved);
+    }
+
+    [Fact]
+    public async Task HonestAnswer_EveryBlobWritten_AnItemFailureReported()
+    {
+        var endpoint = new ScriptedEndpoint("kms") { Respond = call => Answer((BatchReEncryptRequest)call.Request, "second item fails") };
+        using var fake = new FakeClient([endpoint], maxAttempts: 1);
+        var written = new List<string>();
+
+        var report = await new BlobRewrapper(fake.Client, batchSize: 3).RunAsync(Blobs(3), Key, (blob, _, _) =>
+        {
+            written.Add(blob.Id);
+            return Task.CompletedTask;
+        });
+
+        Assert.Equal(["b0", "b2"], written);
+        Assert.Equal("b1", Assert.Single(report.Failures).Id);
+    }
+
+    private static BatchReEncryptResponse Answer(BatchReEncryptRequest request, string wrong)
+    {
+        var response = new BatchReEncryptResponse();
+        foreach (var item in request.Requests)
+        {
+            response.Results.Add(new BatchReEncryptResult
+            {
+                Status = new ItemStatus(),
+                Response = new ReEncryptResponse { Ciphertext = ByteString.CopyFrom(Blob()), SourceKeyVersion = Key + "/versions/1", KeyVersion = Key + "/versions/2" },
+            });
+        }
+
+        var last = response.Results[^1];
+        switch (wrong)
+        {
+            case "fewer results":
+                response.Results.RemoveAt(1);
+                break;
+            case "more results":
+                response.Results.Add(last.Clone());
+                break;
+            case "no status":
+                last.Status = null;
+                break;
+            case "success without a blob":
+                last.Response = null;
+                break;
+            case "empty blob":
+                last.Response.Ciphertext = ByteString.Empty;
+                break;
+            case "blob cut to its header":
+                last.Response.Ciphertext = ByteString.CopyFrom(Blob(), 0, 17);
+                break;
+            case "blob under another key":
+                last.Response.KeyVersion = "tenants/t/keys/other/versions/1";
+                break;
+            case "second item fails":
+                response.Results[1] = new BatchReEncryptResult { Status = new ItemStatus { Code = (int)StatusCode.InvalidArgument, Message = "decryption failed" } };
+                break;
+        }
+
+        return response;
+    }
+
+    private static async IAsyncEnumerable<StoredBlob> Blobs(int count)
+    {
+        for (var i = 0; i < count; i++)
+        {
+            await Task.Yield();
+            yield return new StoredBlob($"b{i}", Blob());
+        }
+    }
+
+    // A data key's blob as the KMS makes it: format 1, 77 bytes.
+    private static byte[] Blob()
+    {
+        var blob = RandomNumberGenerator.GetBytes(77);
+        blob[0] = 1;
+        return blob;
+    }
+
+    private sealed class MemoryCheckpoint : IRewrapCheckpoint
+    {
+        public string? Saved { get; private set; }
+
+        public Task<string?> LoadAsync(CancellationToken cancellationToken) => Task.FromResult<string?>(null);
+
+        public Task SaveAsync(string lastCompletedId, CancellationToken cancellationToken)
+        {
+            Saved = lastCompletedId;
+            return Task.CompletedTask;
+        }
+    }
+}
