@@ -171,6 +171,22 @@ internal sealed class DataKeyCache : IDisposable
         return await AwaitOrZeroAsync(unwrap(CancellationToken.None), static result => CryptographicOperations.ZeroMemory(result), cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// Drops the unwrapped data key cached for <paramref name="cacheKey"/>, if any (zeroed by its
+    /// eviction): it did not decrypt a message it should have. Copies leased already are the callers'.
+    /// </summary>
+    public void ForgetDecryption(string cacheKey)
+    {
+        try
+        {
+            _decryption.Remove(cacheKey);
+        }
+        catch (ObjectDisposedException)
+        {
+            // Disposed meanwhile: every entry is zeroed already.
+        }
+    }
+
     /// <summary>Every entry now cached (for tests of zeroing).</summary>
     internal IEnumerable<CachedDataKey> Entries =>
         _encryption.Keys.Concat(_decryption.Keys)

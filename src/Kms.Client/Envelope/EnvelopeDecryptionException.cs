@@ -35,7 +35,12 @@ public sealed class EnvelopeDecryptionException : CryptographicException
     {
     }
 
+    /// <summary>The data key does not commit to the message (the same opaque message: only the SDK tells them apart).</summary>
+    internal bool WrongDataKey { get; private init; }
+
     internal static EnvelopeDecryptionException Failed() => new(Opaque);
+
+    internal static EnvelopeDecryptionException DataKeyNotCommitted() => new(Opaque) { WrongDataKey = true };
 
     internal static EnvelopeDecryptionException Malformed(string what) => new($"not a valid envelope message: {what}");
 }

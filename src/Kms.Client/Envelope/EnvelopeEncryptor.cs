@@ -4,6 +4,7 @@ using System.Text;
 using Grpc.Core;
 using Kms.Client.Caching;
 using Kms.Core.Errors;
+using Kms.Core.Names;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -193,10 +194,10 @@ public sealed class EnvelopeEncryptor : IDisposable
 
         var header = EnvelopeHeader.Parse(message.Span[..headerLength]);
         CheckContext(header, expectedContext);
-        var dataKey = await UnwrapAsync(header, cancellationToken).ConfigureAwait(false);
+        var (dataKey, cacheKey) = await UnwrapAsync(header, cancellationToken).ConfigureAwait(false);
         try
         {
-            using var cipher = FrameCipher.ForReading(dataKey, header, message.Span[..header.BodyLength], associatedData.Span);
+            using var cipher = OpenCipher(dataKey, cacheKey, header, message.Span[..header.BodyLength], associatedData.Span);
             return EnvelopeMessage.Open(cipher, header.FrameLength, message.Span[headerLength..]);
         }
         finally
@@ -341,10 +342,10 @@ public sealed class EnvelopeEncryptor : IDisposable
         var headerBytes = await ReadHeaderAsync(message, cancellationToken).ConfigureAwait(false);
         var header = EnvelopeHeader.Parse(headerBytes);
         CheckContext(header, expectedContext);
-        var dataKey = await UnwrapAsync(header, cancellationToken).ConfigureAwait(false);
+        var (dataKey, cacheKey) = await UnwrapAsync(header, cancellationToken).ConfigureAwait(false);
         try
         {
-            var cipher = FrameCipher.ForReading(dataKey, header, headerBytes.AsSpan(0, header.BodyLength), associatedData.Span);
+            var cipher = OpenCipher(dataKey, cacheKey, header, headerBytes.AsSpan(0, header.BodyLength), associatedData.Span);
             return new EnvelopeDecryptingStream(message, cipher, header.FrameLength, header.Context);
         }
         finally
@@ -425,7 +426,20 @@ public sealed class EnvelopeEncryptor : IDisposable
             throw new InvalidOperationException($"the key provider returned a {generated.Plaintext.Length}-byte data key; envelopes need {EnvelopeFormat.DataKeyLength}");
         }
 
+        // A KMS (or whatever answers in its place) that zeroed its buffer before sending it: the
+        // data would be encrypted under a key anyone knows, in a message nobody can decrypt.
+        if (!generated.Plaintext.Span.ContainsAnyExcept((byte)0))
+        {
+            throw new InvalidOperationException("the key provider returned a data key of zeros");
+        }
+
+        CheckAnswer(_keyNames[0], generated.Wrapped);
         var others = await Task.WhenAll(_keyNames.Skip(1).Select(name => _provider.WrapDataKeyAsync(name, generated.Plaintext, context, cancellationToken))).ConfigureAwait(false);
+        for (var i = 0; i < others.Length; i++)
+        {
+            CheckAnswer(_keyNames[i + 1], others[i]);
+        }
+
         WrappedDataKey[] wrapped = [generated.Wrapped, .. others];
         EnvelopeHeader.ValidateForWriting(wrapped, _frameLength);
 
@@ -434,9 +448,50 @@ public sealed class EnvelopeEncryptor : IDisposable
         return (dataKey, wrapped);
     }
 
-    /// <summary>The data key from the first trusted wrapped key the KMS unwraps (the caller zeroes it).</summary>
+    /// <summary>
+    /// The KMS's wrapping of the data key under <paramref name="asked"/> names that key (an alias:
+    /// a key, the one it points to) and fits in a header. Otherwise the message would name a key
+    /// nobody asked for — one this encryptor does not trust, so it could not read what it wrote —
+    /// or be refused by every reader.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The answer is for another key, or its wrapped key is empty or over the limit.</exception>
+    private static void CheckAnswer(string asked, WrappedDataKey answer)
+    {
+        if (EnvelopeOptions.IsAlias(asked)
+            ? !ResourceSegments.Is(answer.KeyName, ResourceSegments.Collection, "keys")
+            : !string.Equals(answer.KeyName, asked, StringComparison.Ordinal))
+        {
+            throw new InvalidOperationException($"asked to wrap the data key under {KmsErrors.Printable(asked)}, the key provider answered for {KmsErrors.Printable(answer.KeyName)}");
+        }
+
+        if (answer.Wrapped.Length is 0 or > EnvelopeFormat.MaxWrappedKeyBytes)
+        {
+            throw new InvalidOperationException($"the key provider wrapped the data key under {KmsErrors.Printable(asked)} into {answer.Wrapped.Length} bytes; an envelope carries 1 to {EnvelopeFormat.MaxWrappedKeyBytes}");
+        }
+    }
+
+    /// <summary>
+    /// The message's cipher under <paramref name="dataKey"/>. A data key that does not commit to
+    /// the message is dropped from the decryption cache: the KMS's answer for that wrapped key
+    /// was wrong (or the message forged), and kept, it would fail every message under the same
+    /// wrapped key until it expired — one wrong answer would poison the cache.
+    /// </summary>
+    private FrameCipher OpenCipher(byte[] dataKey, string? cacheKey, EnvelopeHeader header, ReadOnlySpan<byte> headerBody, ReadOnlySpan<byte> associatedData)
+    {
+        try
+        {
+            return FrameCipher.ForReading(dataKey, header, headerBody, associatedData);
+        }
+        catch (EnvelopeDecryptionException e) when (e.WrongDataKey && cacheKey is not null)
+        {
+            _cache?.ForgetDecryption(cacheKey);
+            throw;
+        }
+    }
+
+    /// <summary>The data key from the first trusted wrapped key the KMS unwraps (the caller zeroes it), and its decryption-cache key (null without a cache).</summary>
     /// <exception cref="RpcException">No trusted key's data key was unwrapped and at least one failure was not a verdict about the message or the caller (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN, …): the message is not known to be bad; retry later.</exception>
-    private async Task<byte[]> UnwrapAsync(EnvelopeHeader header, CancellationToken cancellationToken)
+    private async Task<(byte[] DataKey, string? CacheKey)> UnwrapAsync(EnvelopeHeader header, CancellationToken cancellationToken)
     {
         // Each trusted key once, in header order: a hostile header repeating a trusted key
         // name cannot make one read cost many KMS calls.
@@ -460,9 +515,13 @@ public sealed class EnvelopeEncryptor : IDisposable
         {
             try
             {
-                return _cache is null
-                    ? await UnwrapCheckedAsync(wrapped, header.Context, cancellationToken).ConfigureAwait(false)
-                    : await _cache.LeaseForDecryptionAsync(DecryptionCacheKey(wrapped, header.EncodedContext), ct => UnwrapCheckedAsync(wrapped, header.Context, ct), cancellationToken).ConfigureAwait(false);
+                if (_cache is null)
+                {
+                    return (await UnwrapCheckedAsync(wrapped, header.Context, cancellationToken).ConfigureAwait(false), null);
+                }
+
+                var cacheKey = DecryptionCacheKey(wrapped, header.EncodedContext);
+                return (await _cache.LeaseForDecryptionAsync(cacheKey, ct => UnwrapCheckedAsync(wrapped, header.Context, ct), cancellationToken).ConfigureAwait(false), cacheKey);
             }
             catch (Exception exception) when (exception is RpcException or EnvelopeDecryptionException && !cancellationToken.IsCancellationRequested)
             {

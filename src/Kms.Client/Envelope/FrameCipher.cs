@@ -52,7 +52,7 @@ internal sealed class FrameCipher : IDisposable
             EnvelopeFormat.Derive(dataKey, header.MessageId, messageKey, commitment);
             if (!CryptographicOperations.FixedTimeEquals(commitment, header.Commitment))
             {
-                throw EnvelopeDecryptionException.Failed();
+                throw EnvelopeDecryptionException.DataKeyNotCommitted();
             }
 
             cipher = new FrameCipher(new Aes256Gcm(messageKey), header.MessageId);

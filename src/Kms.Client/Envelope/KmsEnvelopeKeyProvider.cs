@@ -22,7 +22,9 @@ public sealed class KmsEnvelopeKeyProvider(KmsClient client) : IEnvelopeKeyProvi
             throw new InvalidOperationException($"the KMS returned a {dataKey.Plaintext.Length}-byte data key; envelopes need {EnvelopeFormat.DataKeyLength}");
         }
 
-        return new GeneratedDataKey(CopySecret(dataKey.Plaintext), new WrappedDataKey(KeyOf(dataKey.KeyVersion), dataKey.Ciphertext));
+        // The key first: a malformed answer must not leave a copy of the secret behind, unzeroed.
+        var wrapped = new WrappedDataKey(KeyOf(dataKey.KeyVersion), dataKey.Ciphertext);
+        return new GeneratedDataKey(CopySecret(dataKey.Plaintext), wrapped);
     }
 
     /// <inheritdoc />
@@ -37,7 +39,8 @@ public sealed class KmsEnvelopeKeyProvider(KmsClient client) : IEnvelopeKeyProvi
     {
         ArgumentNullException.ThrowIfNull(wrappedKey);
         using var decrypted = await _client.DecryptAsync(wrappedKey.Wrapped, context, cancellationToken).ConfigureAwait(false);
-        return new UnwrappedDataKey(CopySecret(decrypted.Plaintext), KeyOf(decrypted.KeyVersion));
+        var keyName = KeyOf(decrypted.KeyVersion);
+        return new UnwrappedDataKey(CopySecret(decrypted.Plaintext), keyName);
     }
 
     /// <summary><c>tenants/t/keys/k</c> of <c>tenants/t/keys/k/versions/n</c>.</summary>

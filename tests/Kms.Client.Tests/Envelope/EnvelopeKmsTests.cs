@@ -162,7 +162,7 @@ public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFix
     {
         var trusted = await NewKeyAsync();
         var attackers = await NewKeyAsync();
-        using var forger = new EnvelopeEncryptor(new RenamingProvider(new KmsEnvelopeKeyProvider(_client), trusted), new EnvelopeOptions { KeyNames = [attackers] });
+        using var forger = new EnvelopeEncryptor(new RenamingProvider(new KmsEnvelopeKeyProvider(_client), attackers), new EnvelopeOptions { KeyNames = [trusted] });
         var forged = await forger.EncryptAsync("pay mallory"u8.ToArray());
         using var reader = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [trusted] });
 
@@ -260,13 +260,13 @@ public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFix
         }
     }
 
-    /// <summary>A malicious writer: records another key's name for the data key it wrapped.</summary>
-    private sealed class RenamingProvider(IEnvelopeKeyProvider inner, string claimedKey) : IEnvelopeKeyProvider
+    /// <summary>A malicious writer: wraps the data key under <paramref name="realKey"/> and records the name of the key asked for.</summary>
+    private sealed class RenamingProvider(IEnvelopeKeyProvider inner, string realKey) : IEnvelopeKeyProvider
     {
         public async Task<GeneratedDataKey> GenerateDataKeyAsync(string keyName, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken)
         {
-            var real = await inner.GenerateDataKeyAsync(keyName, context, cancellationToken);
-            return new GeneratedDataKey(real.Plaintext.ToArray(), real.Wrapped with { KeyName = claimedKey });
+            var real = await inner.GenerateDataKeyAsync(realKey, context, cancellationToken);
+            return new GeneratedDataKey(real.Plaintext.ToArray(), real.Wrapped with { KeyName = keyName });
         }
 
         public Task<WrappedDataKey> WrapDataKeyAsync(string keyName, ReadOnlyMemory<byte> dataKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>

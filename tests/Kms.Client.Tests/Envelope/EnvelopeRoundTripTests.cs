@@ -723,7 +723,7 @@ public sealed class EnvelopeRoundTripTests
         // frames: 1 MiB becomes 1,048,576 + 16 × 20 + 28 + 241 bytes.
         var name = "tenants/" + new string('t', 49) + "/keys/k";
         Assert.Equal(64, name.Length);
-        var provider = new StaticKeyProvider(new byte[32], [new WrappedDataKey(name, new byte[77])]);
+        var provider = new StaticKeyProvider(Enumerable.Repeat((byte)1, 32).ToArray(), [new WrappedDataKey(name, new byte[77])]);
         using var encryptor = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = [name] });
 
         var message = await encryptor.EncryptAsync(new byte[1 << 20]);
