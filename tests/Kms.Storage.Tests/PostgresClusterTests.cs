@@ -1,4 +1,5 @@
 using System.Net;
+using System.Net.Sockets;
 using Kms.Core.Audit;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
@@ -228,11 +229,18 @@ public sealed class PostgresClusterTests : IAsyncLifetime
 
         proxy.Cut();
         var create = await Assert.ThrowsAsync<KmsException>(() => store.CreateKeyAsync(KeyStoreContract.NewKey(Dev, "during"), KeyStoreContract.Material(), null, default));
-        Assert.Equal(KmsErrorCode.Unavailable, create.Code);
-        Assert.DoesNotContain("127.0.0.1", create.Message, StringComparison.Ordinal);
+        AssertCleanUnavailable(create, proxy.Port);
         var append = await Assert.ThrowsAsync<KmsException>(() => store.AppendAuditAsync([AuditStoreContract.Entry(2)], default));
-        Assert.Equal(KmsErrorCode.Unavailable, append.Code);
-        Assert.Equal(KmsErrorCode.Unavailable, (await Assert.ThrowsAsync<KmsException>(() => store.GetKeyAsync(KeyName.Create(Dev, "before"), default))).Code);
+        AssertCleanUnavailable(append, proxy.Port);
+        AssertCleanUnavailable(await Assert.ThrowsAsync<KmsException>(() => store.GetKeyAsync(KeyName.Create(Dev, "before"), default)), proxy.Port);
+
+        // Where nothing listens, the driver's own message names the address it tried ("Failed to connect to 127.0.0.1:…").
+        using var closed = new TcpListener(IPAddress.Loopback, 0);
+        closed.Start();
+        var closedPort = ((IPEndPoint)closed.LocalEndpoint).Port;
+        closed.Stop();
+        AssertCleanUnavailable(await Assert.ThrowsAsync<KmsException>(() => PostgresStore.OpenAsync(
+            Options(new NpgsqlConnectionStringBuilder(_database.ConnectionString) { Port = closedPort }.ConnectionString), default)), closedPort);
 
         proxy.Restore();
 
@@ -248,6 +256,18 @@ public sealed class PostgresClusterTests : IAsyncLifetime
         var events = await ReadAllEventsAsync(store);
         Assert.Equal([1L, 2L], events.Select(e => e.Sequence));
         Assert.Equal(events[0].Hash, events[1].PreviousHash);
+    }
+
+    // UNAVAILABLE, and nothing of the database's own message (an address, a port, the driver's words) in the answer.
+    private static void AssertCleanUnavailable(KmsException e, int port)
+    {
+        Assert.Equal(KmsErrorCode.Unavailable, e.Code);
+        Assert.DoesNotContain("127.0.0.1", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(port.ToString(System.Globalization.CultureInfo.InvariantCulture), e.Message, StringComparison.Ordinal);
+        for (var inner = e.InnerException; inner is { Message.Length: > 0 }; inner = inner.InnerException)
+        {
+            Assert.DoesNotContain(inner.Message, e.Message, StringComparison.Ordinal);
+        }
     }
 
     [Fact]
