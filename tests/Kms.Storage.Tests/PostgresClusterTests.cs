@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using Kms.Core.Access;
 using Kms.Core.Audit;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
@@ -268,6 +269,46 @@ public sealed class PostgresClusterTests : IAsyncLifetime
         {
             Assert.DoesNotContain(inner.Message, e.Message, StringComparison.Ordinal);
         }
+    }
+
+    [Fact]
+    public async Task Grant_WhileAnotherNodeLiftsTheKeysPolicy_CheckedUnderTheWriteLock_Refused()
+    {
+        // Another node lifts the key's policy (revoking its grants) and holds the deployment-wide
+        // write lock until it commits; this node's grant, asked meanwhile, waits for the lock. Its
+        // check must read the key after the lift: read before the lock, it would find the policy
+        // still in place and write the grant after the lift, dormant until a later policy revived it.
+        var store = await OpenAsync();
+        var key = KeyStoreContract.NewKey(Dev, "racing");
+        await store.CreateKeyAsync(key, KeyStoreContract.Material(), null, default);
+        await store.SetKeyPolicyAsync(new KeyPolicy(key.Name, new Dictionary<string, KeyOperations> { ["token:owner"] = KeyOperations.Encrypt }), DateTimeOffset.UtcNow, default);
+
+        await using var otherNode = new NpgsqlConnection(new NpgsqlConnectionStringBuilder(_database.ConnectionString) { Pooling = false }.ConnectionString);
+        await otherNode.OpenAsync();
+        await using var lift = await otherNode.BeginTransactionAsync(System.Data.IsolationLevel.ReadCommitted);
+        await using (var lifting = new NpgsqlCommand($"""
+            SELECT pg_advisory_xact_lock({PostgresStore.WriteLockKey});
+            DELETE FROM key_policies WHERE tenant = 'dev' AND key_id = 'racing';
+            UPDATE keys SET restricted = 0 WHERE tenant = 'dev' AND key_id = 'racing';
+            UPDATE grants SET revoke_time = 0 WHERE tenant = 'dev' AND key_id = 'racing' AND revoke_time IS NULL;
+            """, otherNode, lift))
+        {
+            await lifting.ExecuteNonQueryAsync();
+        }
+
+        var grant = store.CreateGrantAsync(new Grant("00000000000000c1", key.Name, PrincipalName.Token("reader"), KeyOperations.Decrypt, new Dictionary<string, string>(), DateTimeOffset.UtcNow), default);
+        for (var attempt = 0; !grant.IsCompleted && (long)(await _database.ScalarAsync($"""
+            SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = {PostgresStore.WriteLockKey & 0xFFFF_FFFF}
+              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            """))! == 0; attempt++)
+        {
+            Assert.True(attempt < 600, "hang guard: the grant did not wait for the write lock within 30 s");
+            await Task.Delay(50);
+        }
+
+        await lift.CommitAsync();
+        Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => grant)).Code);
+        Assert.Empty(await store.ListGrantsAsync(key.Name, includeRevoked: true, default));
     }
 
     [Fact]
