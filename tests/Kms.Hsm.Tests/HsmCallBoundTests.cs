@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
+using Kms.Core.Ports;
 using Kms.Testing;
 using Net.Pkcs11Interop.Common;
 
@@ -47,6 +48,39 @@ public sealed class HsmCallBoundTests
 
             clock.Advance(Tick);
             var e = await UnavailableAsync(call, "the hung call at Hsm:CallTimeout");
+            Assert.Equal("the HSM did not answer in time; retry shortly", e.Message);
+            Assert.Equal(1, hsm.AbandonedCalls);
+        }
+        finally
+        {
+            hsm.Faults.Clear();
+        }
+    }
+
+    [Theory]
+    [InlineData(KeyAlgorithm.EcSignP256Sha256)]
+    [InlineData(KeyAlgorithm.HmacSha256)]
+    public async Task HungSignOrMac_NotAnsweredAtCallTimeoutLessOneMs_AnsweredUnavailableAtCallTimeout(KeyAlgorithm algorithm)
+    {
+        // Every operation on a key version has the bound, not only the AES ones the tests above use.
+        var clock = new ArmedClock();
+        await using var hsm = Open(clock);
+        var key = new KeyMaterialRef(KeyVersionId.NewId(), (await hsm.GenerateKeyVersionAsync(algorithm, default)).Wrapped);
+        hsm.Faults.Hang();
+        try
+        {
+            var armed = clock.Armed;
+            var call = algorithm == KeyAlgorithm.HmacSha256
+                ? Start(() => hsm.ComputeMacAsync(key, algorithm, [1, 2, 3], default))
+                : Start(() => hsm.SignAsync(key, algorithm, new byte[32], default));
+            await clock.WaitForTimerAsync(armed, $"the native call ({algorithm})");
+            await UntilHungAsync(hsm, 1);
+
+            clock.Advance(CallTimeout - Tick);
+            await AssertNotAnsweredAsync(call, $"the hung {algorithm} call 1 ms before Hsm:CallTimeout");
+
+            clock.Advance(Tick);
+            var e = await UnavailableAsync(call, $"the hung {algorithm} call at Hsm:CallTimeout");
             Assert.Equal("the HSM did not answer in time; retry shortly", e.Message);
             Assert.Equal(1, hsm.AbandonedCalls);
         }

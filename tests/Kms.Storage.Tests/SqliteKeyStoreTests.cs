@@ -122,6 +122,34 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
     }
 
     [Fact]
+    public async Task MutationInAnAuditScope_ItsEventCannotBeWritten_TheMutationIsNotCommittedEither()
+    {
+        var store = await OpenAsync();
+        await using (var connection = new SqliteConnection($"Data Source={DatabasePath};Pooling=False"))
+        {
+            await connection.OpenAsync();
+            await using var refuse = connection.CreateCommand();
+            refuse.CommandText = "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'no audit event'); END";
+            await refuse.ExecuteNonQueryAsync();
+        }
+
+        var scope = new Kms.Core.Audit.AuditScope(Entry(1) with { Operation = "/kms.v1.KeyManagementService/CreateKey", Outcome = "UNKNOWN" }, mutating: true);
+        using (Kms.Core.Audit.AuditScope.Enter(scope))
+        {
+            await Assert.ThrowsAsync<Kms.Core.Errors.KmsException>(() => store.CreateKeyAsync(NewKey(Dev, "unaudited"), Material(), null, default));
+        }
+
+        // One transaction: the key went with its event (a key committed before its event was written would be here).
+        await using (var connection = new SqliteConnection($"Data Source={DatabasePath};Pooling=False"))
+        {
+            await connection.OpenAsync();
+            await using var count = connection.CreateCommand();
+            count.CommandText = "SELECT (SELECT count(*) FROM keys) + (SELECT count(*) FROM key_versions) + (SELECT count(*) FROM audit_events)";
+            Assert.Equal(0L, (long)(await count.ExecuteScalarAsync())!);
+        }
+    }
+
+    [Fact]
     public async Task Reopen_AfterPoolsCleared_KeepsCommittedKeys()
     {
         var store = await OpenAsync();

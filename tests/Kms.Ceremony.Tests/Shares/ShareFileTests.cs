@@ -148,6 +148,24 @@ public sealed class ShareFileTests : IDisposable
         Assert.Contains("or the file was altered", e.Message, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("index", "4294967296")]
+    [InlineData("threshold", "-2147483649")]
+    [InlineData("count", "3.5")]
+    [InlineData("shareLength", "1e3")]
+    [InlineData("kdf.memoryKib", "99999999999999999999")]
+    public void Parse_NumberThatIsNoInt32ChecksumRecomputed_RefusedAsCorrupted(string field, string number)
+    {
+        var bytes = Ceremony.Protect(_share, Ceremony.Metadata("bob")).ToBytes();
+        var parts = field.Split('.');
+
+        var forged = ShareFileSpec.Forge(bytes, json => (parts.Length == 2 ? json[parts[0]]!.AsObject() : json)[parts[^1]] = JsonNode.Parse(number), recomputeFingerprint: false);
+
+        var e = Assert.Throws<CeremonyException>(() => Ceremony.Reparse(forged));
+        Assert.Equal(CeremonyError.Corrupted, e.Error);
+        Assert.Contains($"{parts[^1]} must be an integer", e.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void Parse_AnyByteFlipped_RefusedAsCorrupted()
     {

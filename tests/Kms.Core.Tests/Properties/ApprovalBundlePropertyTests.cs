@@ -80,4 +80,21 @@ public sealed class ApprovalBundlePropertyTests : IDisposable
             Assert.All(renderA, c => Assert.True(c == '\n' || c is >= ' ' and <= '~'));
         }, iter: 1000);
     }
+
+    [Fact]
+    public void Render_AValueSpellingOutAnotherValuesEscape_RendersOtherwise()
+    {
+        // "é" renders as \u{00E9}; the value \u{00E9}, typed out, must not (its backslash is escaped).
+        var genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob"), 1);
+        var request = TestOfficers.Request(genesis, QuorumOperation.RotateDomainKey, [], DateTimeOffset.UnixEpoch);
+        Text.Where(t => t.Any(c => c is < ' ' or > '~')).Sample(value =>
+        {
+            var spelledOut = QuorumRendering.Escape(value);
+
+            Assert.NotEqual(value, spelledOut);
+            Assert.NotEqual(
+                QuorumRendering.Render(request with { RequestedBy = value, Parameters = [KeyValuePair.Create("p", value)] }),
+                QuorumRendering.Render(request with { RequestedBy = spelledOut, Parameters = [KeyValuePair.Create("p", spelledOut)] }));
+        }, iter: 300);
+    }
 }
