@@ -43,7 +43,7 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
         SqliteConnection.ClearAllPools();
         foreach (var mount in Enumerable.Reverse(_mounts))
         {
-            Unmount(mount);
+            Tmpfs.Unmount(mount);
         }
 
         foreach (var directory in _directories)
@@ -101,9 +101,9 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
         // over it; as root, chmod would not stop the server). Pooled connections are closed so the
         // store opens new ones (SQLite opens a file it cannot write read-only); the audit writer
         // keeps the connection it had.
-        Run("mount", "--bind", directory, directory);
+        Tmpfs.Run("mount", "--bind", directory, directory);
         _mounts.Add(directory);
-        Run("mount", "-o", "remount,bind,ro", directory);
+        Tmpfs.Run("mount", "-o", "remount,bind,ro", directory);
         SqliteConnection.ClearAllPools();
 
         await AssertUnavailableAsync(() => client.CreateKeyAsync(Parent, "during"));
@@ -117,7 +117,7 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
 
         // Writable again. The connections opened read-only meanwhile stay read-only (as after a
         // remount rw: a file descriptor keeps its mode), and they are still in the pool.
-        Run("umount", "--lazy", directory);
+        Tmpfs.Run("umount", "--lazy", directory);
         _mounts.RemoveAt(_mounts.Count - 1);
 
         // At most one call meets such a connection: its fault empties the pool, the next call opens a fresh one.
@@ -150,7 +150,7 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
         var sealedData = await client.EncryptAsync(before.Name, "sealed before the disk filled"u8.ToArray());
 
         var filler = Path.Combine(directory, "filler");
-        Fill(filler);
+        Tmpfs.Fill(filler);
 
         // Creates, rotations and encryptions until the database needs a page it cannot get.
         var refused = new List<string>();
@@ -375,73 +375,8 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
     {
         var directory = Directory.CreateDirectory(Path.Combine(Path.GetTempPath(), "kms-dbfault-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4)))).FullName;
         _directories.Add(directory);
-        Run("mount", "-t", "tmpfs", "-o", $"size={size},mode=0700", "tmpfs", directory);
+        Tmpfs.Mount(directory, size);
         _mounts.Add(directory);
         return directory;
-    }
-
-    // Connections the store opened through the mount (read-only ones, while it was) are closed first.
-    private static void Unmount(string directory)
-    {
-        for (var attempt = 1; ; attempt++)
-        {
-            SqliteConnection.ClearAllPools();
-            try
-            {
-                Run("umount", directory);
-                return;
-            }
-            catch (InvalidOperationException) when (attempt < 20)
-            {
-                Thread.Sleep(100);
-            }
-        }
-    }
-
-    // Writes until the file system has no block left.
-    private static void Fill(string path)
-    {
-        var block = new byte[64 * 1024];
-        using var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 0);
-        try
-        {
-            while (true)
-            {
-                stream.Write(block);
-            }
-        }
-        catch (IOException)
-        {
-            // ENOSPC: full. Smaller writes take what is left of the last block.
-            try
-            {
-                while (true)
-                {
-                    stream.Write(block.AsSpan(0, 512));
-                }
-            }
-            catch (IOException)
-            {
-            }
-        }
-    }
-
-    private static void Run(string tool, params string[] arguments)
-    {
-        var start = new ProcessStartInfo(tool) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        using var process = Process.Start(start) ?? throw new InvalidOperationException($"cannot start {tool}");
-        var error = process.StandardError.ReadToEndAsync();
-        process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        if (process.ExitCode != 0)
-        {
-            throw new InvalidOperationException(
-                $"{tool} {string.Join(' ', arguments)} failed ({process.ExitCode}): {error.Result} — these tests mount a tmpfs and need root (CAP_SYS_ADMIN), as ./test.sh runs in CI");
-        }
     }
 }

@@ -204,6 +204,43 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
     }
 
     [Fact]
+    public async Task Store_DiskFull_UnavailableNotCrash_NoPathNorSqliteMessage()
+    {
+        // A real full disk (a tmpfs; root, as in CI). The server's answer cannot show this: the
+        // failed call's own audit event fails too, and its UNAVAILABLE would mask an unmapped error.
+        Directory.CreateDirectory(_directory);
+        Tmpfs.Mount(_directory, "4m");
+        try
+        {
+            var store = await OpenAsync();
+            await store.CreateKeyAsync(NewKey(Dev, "before"), Material(), null, default);
+            Tmpfs.Fill(Path.Combine(_directory, "filler"));
+
+            Kms.Core.Errors.KmsException? refused = null;
+            for (var i = 0; i < 500 && refused is null; i++)
+            {
+                try
+                {
+                    await store.CreateKeyAsync(NewKey(Dev, $"full-{i}"), new WrappedKeyMaterial(RandomNumberGenerator.GetBytes(4000)), null, default);
+                }
+                catch (Kms.Core.Errors.KmsException e)
+                {
+                    refused = e;
+                }
+            }
+
+            Assert.NotNull(refused);
+            Assert.Equal(Kms.Core.Errors.KmsErrorCode.Unavailable, refused.Code);
+            Assert.DoesNotContain("SQLite", refused.Message, StringComparison.OrdinalIgnoreCase);
+            Assert.DoesNotContain(_directory, refused.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Tmpfs.Unmount(_directory);
+        }
+    }
+
+    [Fact]
     public async Task DestroyedMaterial_NotInTheDatabaseFileNorItsWal()
     {
         var store = await OpenAsync();
