@@ -87,6 +87,26 @@ public sealed class RecoveryTests
     }
 
     [Fact]
+    public async Task LoggedOutBehindOurBack_UnavailableThenLogsInAgainAndServes()
+    {
+        // The sessions stay open but the login is gone (another user of the module in this
+        // process called C_Logout; an HSM may log out on its own): CKR_USER_NOT_LOGGED_IN is a
+        // lost device like a closed session, so the adapter recovers and presents the PIN again,
+        // rather than failing every call that needs the login (INTERNAL) until a restart.
+        var token = SoftHsm.CreateToken();
+        await using var hsm = Pkcs11Hsm.Open(token.Options(), NullLogger.Instance);
+        var generation = hsm.Generation;
+
+        RawToken.WithSession(token, (session, _) => session.Logout());
+
+        var e = await Assert.ThrowsAsync<KmsException>(async () => await hsm.GenerateAes256KeyAsync(default));
+        Assert.Equal(KmsErrorCode.Unavailable, e.Code);
+        var key = new KeyMaterialRef(KeyVersionId.NewId(), await hsm.GenerateAes256KeyAsync(default));
+        Assert.Equal([5], await hsm.DecryptAesGcmAsync(key, new byte[12], [], await hsm.EncryptAesGcmAsync(key, new byte[12], [], [5], default), default));
+        Assert.True(hsm.Generation > generation);
+    }
+
+    [Fact]
     public async Task PinChangedWhileDown_RecoveryRefusedOnce_NeverRetriesLogin()
     {
         var token = SoftHsm.CreateToken();
