@@ -835,7 +835,8 @@ public sealed partial class Pkcs11Hsm
         _ => spec.Name,
     };
 
-    private static CKM HmacMechanism(KeyAlgorithmSpec spec) => spec.Digest switch
+    // Internal for KeyWrapAndMacVectorTests, which runs RFC 4231 through the mechanism picked here.
+    internal static CKM HmacMechanism(KeyAlgorithmSpec spec) => spec.Digest switch
     {
         DigestAlgorithm.Sha256 => CKM.CKM_SHA256_HMAC,
         DigestAlgorithm.Sha384 => CKM.CKM_SHA384_HMAC,
