@@ -307,14 +307,19 @@ public sealed class BadInputTests(ServerFixture fixture) : IClassFixture<ServerF
     [Theory]
     [InlineData("ListPrincipals", "tenants/never-was")]
     [InlineData("ListApiTokens", "token:never-was")]
+    [InlineData("ListRoleBindings", "tenants/never-was")]
     public async Task AccessLists_OfATenantOrPrincipalThatDoesNotExist_NotFound_NotAnEmptyList(string call, string name)
     {
-        // Both answered an empty list, as for a tenant with no principal or a principal with no
-        // token, where ListRoleBindings (and every list of a tenant's resources) says NOT_FOUND.
+        // ListPrincipals and ListApiTokens answered an empty list, as for a tenant with no
+        // principal or a principal with no token; ListRoleBindings (and every list of a tenant's
+        // resources) says NOT_FOUND, and is held to it here too.
         using var admin = fixture.Server.DeploymentAdmin();
-        var e = await Assert.ThrowsAsync<RpcException>(async () => _ = call == "ListPrincipals"
-            ? (object)await admin.Access.ListPrincipalsAsync(new ListPrincipalsRequest { Tenant = name })
-            : await admin.Access.ListApiTokensAsync(new ListApiTokensRequest { Principal = name }));
+        var e = await Assert.ThrowsAsync<RpcException>(async () => _ = call switch
+        {
+            "ListPrincipals" => (object)await admin.Access.ListPrincipalsAsync(new ListPrincipalsRequest { Tenant = name }),
+            "ListRoleBindings" => await admin.Access.ListRoleBindingsAsync(new ListRoleBindingsRequest { Tenant = name }),
+            _ => await admin.Access.ListApiTokensAsync(new ListApiTokensRequest { Principal = name }),
+        });
         Assert.Equal((StatusCode.NotFound, $"{name} not found"), (e.StatusCode, e.Status.Detail));
 
         // token:bootstrap is not registered, but holds the bootstrap and recovery credentials.
