@@ -246,6 +246,22 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task ScheduledKeyDeletion_ClockPassesWaitingPeriod_EveryVersionDestroyed_OneEventAsTheLifecycles()
+    {
+        var key = await _client.CreateKeyAsync("tenants/dev", "deleted-whole");
+        await Stub.RotateKeyAsync(new RotateKeyRequest { Name = key.Name });
+        await Stub.ScheduleKeyDeletionAsync(new ScheduleKeyDeletionRequest { Name = key.Name, WaitingPeriod = Duration.FromTimeSpan(TimeSpan.FromDays(7)) });
+
+        _time.Advance(TimeSpan.FromDays(7) + TimeSpan.FromMinutes(1));
+        await WaitUntilAsync(async () => (await Stub.GetKeyAsync(new GetKeyRequest { Name = key.Name })).Key.State == KeyState.Destroyed);
+
+        // The key and both its versions in one event, committed with the destruction as the
+        // lifecycle's own (what DestructionReplay re-applies from an export after a restore).
+        var destruction = Assert.Single(await LifecycleEventsAsync(key.Name));
+        Assert.Equal(("lifecycle/KeyDestruction", key.Name, "OK"), (destruction.Operation, destruction.Resource, destruction.Outcome));
+    }
+
+    [Fact]
     public async Task NodeBootsWithItsClockAYearAhead_ScheduledDeletionWaits_Warned_UntilTheOperatorAcceptsTheClock()
     {
         var key = await _client.CreateKeyAsync("tenants/dev", "clock-victim");
