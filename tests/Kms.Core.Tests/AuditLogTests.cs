@@ -616,6 +616,24 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Assert.NotEqual(_log.HashContextValue("42"), other.HashContextValue("42"));
     }
 
+    [Fact]
+    public async Task ContextHashKey_IsTheHsmsOutputUnderTheStoredContextKey_NotAFunctionOfTheDatabase()
+    {
+        // The database holds the context key only wrapped under the domain key; the HMAC key is
+        // what the HSM computes with it (AES-GCM of 32 zero bytes under a fixed IV and label).
+        // A key derived from the stored blob itself (a hash of it) is just as stable and just as
+        // distinct per deployment, but whoever reads the database could hash context values.
+        var stored = Convert.FromBase64String(await _store.GetSettingAsync("audit.context-key.v1", default) ?? throw new InvalidOperationException("no context key stored"));
+        var prf = await _hsm.EncryptAesGcmAsync(
+            new KeyMaterialRef(Kms.Core.Keys.KeyVersionId.NewId(), new Kms.Core.Crypto.WrappedKeyMaterial(stored)),
+            new byte[12],
+            "kms audit context hmac v1"u8.ToArray(),
+            new byte[32],
+            default);
+
+        Assert.Equal(Convert.ToHexStringLower(HMACSHA256.HashData(prf.AsSpan(0, 32), "42"u8)), _log.HashContextValue("42"));
+    }
+
     private AuditEntry Entry(string requestId) => new()
     {
         Time = _time.GetUtcNow(),
