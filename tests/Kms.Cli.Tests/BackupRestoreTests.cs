@@ -153,6 +153,45 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         _server = await _server.RestartAsync();
     }
 
+    [Fact]
+    public async Task Restore_TheSnapshotChangesAfterItVerified_TheCopyIsHashedAgain_Refused_NothingInstalled()
+    {
+        string backup;
+        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+        {
+            backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+        }
+
+        await _server.DisposeAsync();
+        var database = Path.Combine(_server.DataDir, "kms.db");
+        var before = await AuditHeadAsync(database);
+
+        // The snapshot is changed on its disk (a shared mount, a removable drive) after the manifest
+        // and the snapshot's hash verified, before the restore copies it.
+        var snapshot = Path.Combine(backup, "kms.db");
+        BackupRestore.Copying.Value = async () =>
+        {
+            var bytes = await File.ReadAllBytesAsync(snapshot);
+            bytes[^100] ^= 1;
+            await File.WriteAllBytesAsync(snapshot, bytes);
+        };
+        try
+        {
+            var refused = await Assert.ThrowsAsync<KmsException>(() => BackupRestore.RunAsync(backup, PublishedAuditKey(), _server.DataDir, [], replace: true, CancellationToken.None));
+            Assert.Equal(KmsErrorCode.PermissionDenied, refused.Code);
+            Assert.Contains("changed while it was copied", refused.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            BackupRestore.Copying.Value = null;
+        }
+
+        Assert.Equal(before, await AuditHeadAsync(database));
+        Assert.Empty(Directory.GetFiles(_server.DataDir, "kms.db.replaced-*"));
+        Assert.Empty(Directory.GetFiles(_server.DataDir, "kms.db.restoring-*"));
+        _server = await _server.RestartAsync();
+    }
+
     // A version's wrapped material as the backup's snapshot holds it, read from a copy so the
     // backup itself is not touched.
     private static async Task<byte[]> SnapshotMaterialAsync(string backupDir, KeyName key, int version)

@@ -80,6 +80,9 @@ internal static class BackupRestore
     /// <summary>Tests only: runs after the old database was moved aside, before the restored one moves in.</summary>
     internal static readonly AsyncLocal<Func<Task>?> Installing = new();
 
+    /// <summary>Tests only: runs after the backup verified and the logs were read, before the snapshot is copied.</summary>
+    internal static readonly AsyncLocal<Func<Task>?> Copying = new();
+
     public static async Task<RestoreReport> RunAsync(
         string backupDir, byte[] auditPublicKey, string dataDir, IReadOnlyList<string> auditLogs, bool replace, CancellationToken cancellationToken, bool allowGaps = false, TimeSpan? waitingPeriod = null)
     {
@@ -138,6 +141,11 @@ internal static class BackupRestore
         // Owner-only from its creation, whatever the backup's mode (a trip off-site may have
         // widened it): the database holds wrapped key material, and SQLite gives its WAL the
         // same mode.
+        if (Copying.Value is { } copying)
+        {
+            await copying();
+        }
+
         await using (var snapshot = File.OpenRead(Path.Combine(backupDir, BackupManifest.SnapshotFile)))
         await using (var copy = DurableFile.Create(staging, DurableFile.OwnerOnly, overwrite: false))
         {
