@@ -728,6 +728,9 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         var e = await Assert.ThrowsAnyAsync<Exception>(() => StartNodeAsync(regionKeys: new() { ["eu"] = RandomNumberGenerator.GetBytes(32) }));
         Assert.Contains("region eu", e.Message, StringComparison.Ordinal);
         Assert.Contains("refusing to serve", e.Message, StringComparison.Ordinal);
+
+        // Refused for its check value, before the witness is tried: the answer names both check values.
+        Assert.Contains("this database's keys of that region are under check value", e.Message, StringComparison.Ordinal);
     }
 
     [Fact]
