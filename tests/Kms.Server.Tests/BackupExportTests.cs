@@ -3,10 +3,12 @@ using System.Text;
 using global::Grpc.Core;
 using Kms.Client.Quorum;
 using Kms.Contracts.V1;
+using Kms.Core.Audit;
 using Kms.Core.Backup;
 using Kms.Core.Errors;
 using Kms.Core.Quorum;
 using Kms.Testing;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Kms.Server.Tests;
 
@@ -66,6 +68,11 @@ public sealed class BackupExportTests : IAsyncLifetime, IDisposable
         var manifest = BackupManifest.Verify(directory, PublishedAuditKey());
         Assert.Equal(request.Name, manifest.Request);
         Assert.True(manifest.AuditHead.Sequence > 0);
+
+        // The signed manifest names what the snapshot is: its last audit event (a restore re-applies
+        // what the logs record after it) and the domain key its material is wrapped under.
+        Assert.Equal(await LastAuditEventAsync(Path.Combine(directory, BackupManifest.SnapshotFile)), manifest.AuditHead);
+        Assert.Equal(_server.Services.GetRequiredService<Kms.Core.Ports.IHsm>().DomainKeyCheckValue, manifest.DomainKcv);
         var snapshot = await File.ReadAllBytesAsync(Path.Combine(directory, BackupManifest.SnapshotFile));
         Assert.Equal(-1, snapshot.AsSpan().IndexOf(plaintext));
         Assert.Equal(-1, snapshot.AsSpan().IndexOf(handedOut));
@@ -202,6 +209,20 @@ public sealed class BackupExportTests : IAsyncLifetime, IDisposable
         var refused = Assert.Throws<KmsException>(() => BackupManifest.Verify(directory, key));
         Assert.Equal(KmsErrorCode.PermissionDenied, refused.Code);
         return refused.Message;
+    }
+
+    // The last audit event inside a snapshot, read from a copy so the backup is not touched.
+    private static async Task<AuditHead> LastAuditEventAsync(string snapshot)
+    {
+        var copy = Path.Combine(Directory.CreateTempSubdirectory("kms-snapshot-").FullName, "kms.db");
+        File.Copy(snapshot, copy);
+        await using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={copy};Mode=ReadOnly;Pooling=False");
+        await connection.OpenAsync();
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1";
+        await using var reader = await command.ExecuteReaderAsync();
+        Assert.True(await reader.ReadAsync());
+        return new AuditHead(reader.GetInt64(0), reader.GetString(1));
     }
 
     private static string Copy(string directory)
