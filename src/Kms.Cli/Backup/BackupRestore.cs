@@ -138,14 +138,14 @@ internal static class BackupRestore
         DurableFile.CreateDirectory(dataDir);
         var stamp = DateTimeOffset.UtcNow.ToString("yyyyMMdd'T'HHmmss'Z'", System.Globalization.CultureInfo.InvariantCulture);
         var staging = Path.Combine(dataDir, $"kms.db.restoring-{stamp}");
-        // Owner-only from its creation, whatever the backup's mode (a trip off-site may have
-        // widened it): the database holds wrapped key material, and SQLite gives its WAL the
-        // same mode.
         if (Copying.Value is { } copying)
         {
             await copying();
         }
 
+        // Owner-only from its creation, whatever the backup's mode (a trip off-site may have
+        // widened it): the database holds wrapped key material, and SQLite gives its WAL the
+        // same mode.
         await using (var snapshot = File.OpenRead(Path.Combine(backupDir, BackupManifest.SnapshotFile)))
         await using (var copy = DurableFile.Create(staging, DurableFile.OwnerOnly, overwrite: false))
         {
