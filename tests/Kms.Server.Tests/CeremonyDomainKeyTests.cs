@@ -76,6 +76,29 @@ public sealed class CeremonyDomainKeyTests
     }
 
     [Fact]
+    public async Task GenesisHashWithoutTheFile_RefusedAtStart_InDevModeAndInProduction_BeforeAnythingIsWritten()
+    {
+        // A hash pinned with the file forgotten pins nothing: without the file no genesis is
+        // loaded, and the server would start as if none were configured.
+        const string Refusal = "Kms:Quorum:GenesisSha256 is set but Kms:Quorum:GenesisFile is not";
+        var pinned = $"--Kms:Quorum:GenesisSha256={new string('a', 64)}";
+        var devDir = Path.Combine(Path.GetTempPath(), "kms-ceremony-" + Guid.NewGuid().ToString("N")[..8]);
+        var dev = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsTestServer.StartAsync(null, devDir, "dev", pinned));
+        Assert.Contains(Refusal, dev.Message, StringComparison.Ordinal);
+        Assert.False(File.Exists(Path.Combine(devDir, "kms.db")));
+
+        var token = SoftHsm.CreateToken();
+        Import(token, RandomNumberGenerator.GetBytes(32));
+        var dataDir = Path.Combine(Path.GetTempPath(), "kms-ceremony-" + Guid.NewGuid().ToString("N")[..8]);
+        var production = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsTestServer.StartProductionAsync(token, dataDir, DomainKeyId, "dev", pinned));
+        Assert.Contains(Refusal, production.Message, StringComparison.Ordinal);
+        Assert.False(File.Exists(Path.Combine(dataDir, "kms.db")));
+
+        // An empty value is no hash (deploy/compose.yaml passes one when .env lacks it).
+        await using var server = await KmsTestServer.StartProductionAsync(token, dataDir, DomainKeyId, "dev", "--Kms:Quorum:GenesisSha256=");
+    }
+
+    [Fact]
     public async Task SqliteServer_HoldsTheServingLock_NoRotationWhileItServes_NoStartWhileARotationHoldsIt()
     {
         var domainKey = RandomNumberGenerator.GetBytes(32);

@@ -108,6 +108,17 @@ public static partial class KmsServerApp
                 $"Kms:Quorum:GenesisFile is set ({genesisFile}) but Kms:Quorum:GenesisSha256 is not: set it to the genesis hash in the create-domain transcript (kms ceremony create-domain prints it with the server configuration), so that a genesis file swapped in is refused; only dev mode goes without it");
         }
 
+        // The reverse is a pin that pins nothing: without the file no genesis is loaded (nothing
+        // else holds one: the database's officer chain is verified back to the file's set, and
+        // no file refuses every quorum operation), so the server would start as if no genesis
+        // were configured and the operator's hash would check nothing. Dev mode too: no mode
+        // reads the hash without the file.
+        if (serverOptions.Quorum.GenesisSha256 is { Length: > 0 } && serverOptions.Quorum.GenesisFile is not { Length: > 0 })
+        {
+            throw new InvalidOperationException(
+                "Kms:Quorum:GenesisSha256 is set but Kms:Quorum:GenesisFile is not: the hash pins the genesis file and nothing else, so without the file it would check nothing and every quorum operation would be refused; set Kms:Quorum:GenesisFile to the genesis file the key ceremony wrote (kms ceremony create-domain prints both), or remove the hash");
+        }
+
         // The interval is how late another node's disable, destruction or revocation reaches this
         // one: bounded like the cache time, and positive (0 would stop the host once it serves;
         // -1 ms, an infinite period, would never read the feed again).

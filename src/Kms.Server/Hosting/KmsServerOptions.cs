@@ -251,7 +251,7 @@ public sealed class QuorumHostOptions
     /// <summary>The genesis officer set the key ceremony wrote (JSON); unset: quorum operations are refused.</summary>
     public string? GenesisFile { get; set; }
 
-    /// <summary>The genesis set's hash (hex SHA-256, from the ceremony transcript); the file must match it. Required with <see cref="GenesisFile"/> outside dev mode.</summary>
+    /// <summary>The genesis set's hash (hex SHA-256, from the ceremony transcript); the file must match it. Required with <see cref="GenesisFile"/> outside dev mode; set without it, the server does not start (in any mode).</summary>
     public string? GenesisSha256 { get; set; }
 
     /// <summary>
