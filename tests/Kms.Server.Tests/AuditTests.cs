@@ -575,6 +575,33 @@ public sealed class AuditTests : IAsyncLifetime
         Assert.Contains(_server.Logs.Events, e => e.Contains("audit export: no checkpoint could be signed before it", StringComparison.Ordinal));
     }
 
+    [Fact]
+    public async Task UpdateAlias_RetriedOntoTheKeyItNamesAfterThatKeysDeletionWasScheduled_OkNothingWritten_AuditedAsAnyCallThatWritesNothing()
+    {
+        // UpdateAlias is safe to repeat (RetrySafety): a move whose answer was lost, retried
+        // once the key's deletion is scheduled, is told OK (the alias did move), not refused.
+        var first = await _developer.CreateKeyAsync("tenants/dev", "alias-first");
+        var next = await _developer.CreateKeyAsync("tenants/dev", "alias-next");
+        var alias = await _developer.CreateAliasAsync("tenants/dev", "alias-retried", first.Name);
+        var moved = await _developer.UpdateAliasAsync(alias.Name, next.Name);
+        await _developer.ScheduleKeyDeletionAsync(next.Name);
+
+        var retried = await _developer.UpdateAliasAsync(alias.Name, next.Name);
+        Assert.Equal((next.Name, moved.UpdateTime), (retried.Key, retried.UpdateTime));
+        Assert.Equal(moved.UpdateTime, (await _developer.GetAliasAsync(alias.Name)).UpdateTime);
+
+        // A move onto it from elsewhere is still refused.
+        await _developer.UpdateAliasAsync(alias.Name, first.Name);
+        var refused = await Assert.ThrowsAsync<RpcException>(() => _developer.UpdateAliasAsync(alias.Name, next.Name));
+        Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
+
+        // One event per call, as for any call that writes nothing (appended after it, outcome OK).
+        var events = await EventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", Resource = alias.Name });
+        Assert.Equal(
+            ["CreateAlias OK", "UpdateAlias OK", "UpdateAlias OK", "GetAlias OK", "UpdateAlias OK", "UpdateAlias FAILED_PRECONDITION"],
+            events.Select(e => $"{e.Operation[(e.Operation.LastIndexOf('/') + 1)..]} {e.Outcome}"));
+    }
+
     private async Task<List<AuditEventInfo>> EventsAsync(ListAuditEventsRequest request)
     {
         request.PageSize = 1000;

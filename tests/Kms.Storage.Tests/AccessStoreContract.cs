@@ -534,6 +534,9 @@ public abstract class AccessStoreContract : KeyStoreLifecycleContract
 
         Assert.Null(await keys.GetAliasAsync(late, default));
         Assert.Equal((first.Name, T0), ((await keys.GetAliasAsync(alias, default))!.Key, (await keys.GetAliasAsync(alias, default))!.UpdateTime));
+
+        // Onto the key it names already (a retried move): answered as it is, nothing written.
+        Assert.Equal((first.Name, T0), ((await keys.UpdateAliasAsync(alias, first.Name, T0.AddMinutes(1), null, default))!.Key, (await keys.GetAliasAsync(alias, default))!.UpdateTime));
         Assert.True(await keys.DeleteAliasAsync(alias, null, default));
     }
 

@@ -208,6 +208,45 @@ public abstract class KeyStoreLifecycleContract : KeyStoreContract
     }
 
     [Fact]
+    public async Task Aliases_UpdatedOntoTheKeyTheyNameAlready_AnsweredAsTheyAre_NothingWritten_WhateverTheKeysState()
+    {
+        // UpdateAlias is safe to repeat (RetrySafety): a retry whose first attempt moved the alias,
+        // its answer lost, and the key's deletion scheduled (or the key destroyed) in between.
+        var store = await CreateStoreAsync();
+        var going = NewKey(Dev, "going");
+        var gone = NewKey(Dev, "gone");
+        var live = NewKey(Dev, "live");
+        foreach (var key in new[] { going, gone, live })
+        {
+            await store.CreateKeyAsync(key, Material(), null, default);
+        }
+
+        var time = going.CreateTime;
+        var payments = AliasName.Create(Dev, "payments");
+        var archive = AliasName.Create(Dev, "archive");
+        await store.CreateAliasAsync(new KeyAlias(payments, live.Name, time, time), null, default);
+        await store.CreateAliasAsync(new KeyAlias(archive, live.Name, time, time), null, default);
+        Assert.Equal(going.Name, (await store.UpdateAliasAsync(payments, going.Name, time.AddSeconds(1), null, default))!.Key);
+        Assert.Equal(gone.Name, (await store.UpdateAliasAsync(archive, gone.Name, time.AddSeconds(1), null, default))!.Key);
+        await store.UpdateKeyAsync(going.Name, current => new KeyChange(current.Key with { State = KeyState.DestroyScheduled, DestroyTime = time.AddDays(30) }), default);
+        await store.UpdateKeyAsync(gone.Name, current => new KeyChange(current.Key with { State = KeyState.Destroyed, DestroyTime = time }), default);
+
+        // The retries: the alias as it is (its update time that of the move), the check not asked.
+        var asked = false;
+        var retried = await store.UpdateAliasAsync(payments, going.Name, time.AddSeconds(2), (_, _) => asked = true, default);
+        Assert.Equal((going.Name, time, time.AddSeconds(1)), (retried!.Key, retried.CreateTime, retried.UpdateTime));
+        Assert.Equal((gone.Name, time.AddSeconds(1)), ((await store.UpdateAliasAsync(archive, gone.Name, time.AddSeconds(2), null, default))!.Key, (await store.GetAliasAsync(archive, default))!.UpdateTime));
+        Assert.False(asked);
+        Assert.Equal(time.AddSeconds(1), (await store.GetAliasAsync(payments, default))!.UpdateTime);
+
+        // A move onto the key is still refused from anywhere else, and a missing alias is still none.
+        await store.CreateAliasAsync(new KeyAlias(AliasName.Create(Dev, "other"), live.Name, time, time), null, default);
+        var refused = await Assert.ThrowsAsync<KmsException>(() => store.UpdateAliasAsync(AliasName.Create(Dev, "other"), going.Name, time.AddSeconds(3), null, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+        Assert.Null(await store.UpdateAliasAsync(AliasName.Create(Dev, "none"), going.Name, time.AddSeconds(3), null, default));
+    }
+
+    [Fact]
     public async Task Aliases_ToMissingKey_NotFound()
     {
         var store = await CreateStoreAsync();

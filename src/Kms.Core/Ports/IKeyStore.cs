@@ -83,7 +83,9 @@ public interface IKeyStore
     /// Points an alias at another key of its tenant; null if the alias does not exist. The new key,
     /// as for <see cref="CreateAliasAsync"/>, is refused inside the write when it is DESTROY_SCHEDULED or
     /// DESTROYED or its tenant is being deleted (moving an alias away from such a key is not refused).
-    /// <paramref name="check"/>, when given, is asked inside the write (under the write lock, on
+    /// An alias that names <paramref name="key"/> already is returned as it is, with nothing written
+    /// (nor the check asked), whatever the key's or its tenant's state: a retry of a move whose
+    /// answer was lost. <paramref name="check"/>, when given, is asked inside the write (under the write lock, on
     /// fresh state) with the key the alias names now (null if it is gone) and the new key, and
     /// refuses the move by throwing: nothing is written then.
     /// </summary>

@@ -77,6 +77,9 @@ public sealed class AliasService(IKeyStore store, IAccessStore access, TimeProvi
         // node within its change feed's poll — would let an ordinary key's alias onto such a key.
         // The store refuses, in the same write and before asking this check, a new key that is
         // DESTROY_SCHEDULED or DESTROYED or whose tenant is being deleted; moving away from one is not refused.
+        // An alias that names the key already is answered as it is, with nothing written, whatever
+        // the key's state: UpdateAlias is repeated by the SDK (RetrySafety), and a retry whose first
+        // attempt moved the alias must not be told it did not once the key's deletion is scheduled.
         return await store.UpdateAliasAsync(name, key, Clock.Now(time), (current, target) =>
         {
             if (target.AllowImport && current is { AllowImport: false })

@@ -401,12 +401,19 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     }
 
     /// <inheritdoc />
-    public Task<KeyAlias?> UpdateAliasAsync(AliasName name, KeyName key, DateTimeOffset updateTime, Action<Key?, Key>? check, CancellationToken cancellationToken) =>
-        WriteAsync<KeyAlias?>(async (connection, transaction) =>
+    public async Task<KeyAlias?> UpdateAliasAsync(AliasName name, KeyName key, DateTimeOffset updateTime, Action<Key?, Key>? check, CancellationToken cancellationToken) =>
+        (await WriteAsync<(KeyAlias? Alias, bool Changed)>(async (connection, transaction) =>
         {
             if (await ReadAliasAsync(connection, transaction, name, cancellationToken) is not { } current)
             {
-                return null;
+                return (null, false);
+            }
+
+            // Already there (a retry whose answer was lost): nothing is written, so nothing is
+            // given to the key or its tenant, whatever their state now; neither announced nor forgotten.
+            if (current.Key == key)
+            {
+                return (current, false);
             }
 
             await RefuseInDeletingTenantAsync(connection, transaction, "@tenant", ("@tenant", key.Tenant.Value), cancellationToken);
@@ -420,11 +427,11 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             await using var reader = await update.ExecuteReaderAsync(cancellationToken);
             if (!await reader.ReadAsync(cancellationToken))
             {
-                return null;
+                return (null, false);
             }
 
-            return ReadAlias(reader, name);
-        }, cancellationToken, changed: alias => alias is not null);
+            return (ReadAlias(reader, name), true);
+        }, cancellationToken, changed: result => result.Changed)).Alias;
 
     /// <inheritdoc />
     public Task<bool> DeleteAliasAsync(AliasName name, RequestRecord? request, CancellationToken cancellationToken) =>

@@ -244,6 +244,12 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
                 return Task.FromResult<KeyAlias?>(null);
             }
 
+            // Already there: nothing is written, whatever the key's or the tenant's state now.
+            if (alias.Key == key)
+            {
+                return Task.FromResult<KeyAlias?>(alias);
+            }
+
             RefuseInDeletingTenant(key.Tenant);
             if (!_keys.TryGetValue(Id(key), out var target))
             {
