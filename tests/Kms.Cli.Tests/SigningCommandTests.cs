@@ -48,6 +48,13 @@ public sealed class SigningCommandTests(CliServerFixture fixture) : IClassFixtur
         Assert.True(verified.ExitCode == 0, verified.ToString());
         Assert.Contains("EC_SIGN_P384_SHA384", verified.Out, StringComparison.Ordinal);
 
+        // A properties table as the other commands print (backup verify's "verified" row first):
+        // every row's value starts in the one column, the HSM's attributes too.
+        var rows = verified.Out.Split('\n').Where(line => line.StartsWith('│')).ToList();
+        Assert.StartsWith("│ verified ", rows.FirstOrDefault(), StringComparison.Ordinal);
+        Assert.Contains(rows, row => row.Contains("│ HSM CKA_SENSITIVE ", StringComparison.Ordinal));
+        Assert.Single(rows.Select(row => row.IndexOf('│', 1)).Distinct());
+
         var bundle = System.Text.Json.Nodes.JsonNode.Parse(await File.ReadAllTextAsync(statement))!;
         var forged = Convert.FromBase64String(bundle["signature"]!.GetValue<string>());
         forged[10] ^= 1;

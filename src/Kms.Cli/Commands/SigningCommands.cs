@@ -243,7 +243,12 @@ internal static class SigningCommands
 
             var attestation = KeyAttestation.Verify(key, statement, signature)
                 ?? throw new CliFailureException(ExitCodes.DecryptionFailed, "the statement does not verify with this audit key: do not trust it");
-            ctx.Output.Result(JsonNode.Parse(statement)!, "verified: " + attestation.Describe());
+            ctx.Output.Result(JsonNode.Parse(statement)!, () => CliOutput.Properties(
+            [
+                // The key that verified it (--public-key), as verify-transcript says; "issued" is what the statement names.
+                ("verified", $"signed by audit key {Kms.Core.Audit.AuditChain.Fingerprint(key)}"),
+                .. attestation.Describe().Select(row => (row.Name, (string?)row.Value)),
+            ]));
             return Task.FromResult(ExitCodes.Ok);
         });
         attest.Subcommands.Add(verify);

@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Text;
 using System.Text.Json;
 using Kms.Core.Audit;
 
@@ -177,34 +176,35 @@ public sealed record KeyAttestation
     /// <summary>A time as statements write it.</summary>
     public static string Time(DateTimeOffset time) => time.UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss.fff'Z'", CultureInfo.InvariantCulture);
 
-    /// <summary>A human rendering, one field per line, for <c>kms attest verify</c>.</summary>
-    public string Describe()
+    /// <summary>
+    /// A human rendering for <c>kms attest verify</c>: the fields as names and values, one row
+    /// each (the HSM's attributes one row each, by name), for a two-column table.
+    /// </summary>
+    public IReadOnlyList<(string Name, string Value)> Describe()
     {
-        var text = new StringBuilder();
-        text.AppendLine(CultureInfo.InvariantCulture, $"key version        {KeyVersion}");
-        text.AppendLine(CultureInfo.InvariantCulture, $"purpose/algorithm  {Purpose} {Algorithm}");
-        text.AppendLine(CultureInfo.InvariantCulture, $"state              {State}");
-        text.AppendLine(CultureInfo.InvariantCulture, $"origin             {Origin}{(ImportJob is null ? "" : $" (import job {ImportJob})")}");
-        text.AppendLine(CultureInfo.InvariantCulture, $"created            {CreateTime} by request {CreateRequest ?? "(unknown)"}");
-        text.AppendLine(CultureInfo.InvariantCulture, $"domain key KCV     {DomainKeyCheckValue}");
+        var rows = new List<(string Name, string Value)>
+        {
+            ("key version", KeyVersion),
+            ("purpose/algorithm", $"{Purpose} {Algorithm}"),
+            ("state", State),
+            ("origin", $"{Origin}{(ImportJob is null ? "" : $" (import job {ImportJob})")}"),
+            ("created", $"{CreateTime} by request {CreateRequest ?? "(unknown)"}"),
+            ("domain key KCV", DomainKeyCheckValue),
+        };
         if (PublicKeySha256 is not null)
         {
-            text.AppendLine(CultureInfo.InvariantCulture, $"public key sha256  {PublicKeySha256}");
+            rows.Add(("public key sha256", PublicKeySha256));
         }
 
         if (CheckValue is not null)
         {
-            text.AppendLine(CultureInfo.InvariantCulture, $"check value        {CheckValue}");
+            rows.Add(("check value", CheckValue));
         }
 
-        foreach (var (name, value) in HsmAttributes.OrderBy(a => a.Key, StringComparer.Ordinal))
-        {
-            text.AppendLine(CultureInfo.InvariantCulture, $"  {name,-22} {value}");
-        }
-
-        text.AppendLine(CultureInfo.InvariantCulture, $"issued             {IssueTime} by audit key {SigningKeyFingerprint}");
-        text.Append(Statement);
-        return text.ToString();
+        rows.AddRange(HsmAttributes.OrderBy(a => a.Key, StringComparer.Ordinal).Select(a => ($"HSM {a.Key}", a.Value)));
+        rows.Add(("issued", $"{IssueTime} by audit key {SigningKeyFingerprint}"));
+        rows.Add(("statement", Statement));
+        return rows;
     }
 
     private static void WriteOptional(Utf8JsonWriter json, string name, string? value)
