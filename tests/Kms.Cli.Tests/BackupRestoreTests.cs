@@ -120,15 +120,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     [Fact]
     public async Task Restore_AMoveFailsWhileInstalling_TheOldDatabaseIsBackInPlace_AWideBackupIsInstalledOwnerOnly()
     {
-        string backup;
-        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
-        {
-            backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
-        }
-
-        await _server.DisposeAsync();
-        var database = Path.Combine(_server.DataDir, "kms.db");
-        var before = await AuditHeadAsync(database);
+        var (backup, database, before) = await ExportBackupAndStopAsync();
         File.SetUnixFileMode(Path.Combine(backup, "kms.db"), (UnixFileMode)0b110_100_100);
 
         // A server started too early creates an empty kms.db between the two moves.
@@ -156,15 +148,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     [Fact]
     public async Task Restore_TheSnapshotChangesAfterItVerified_TheCopyIsHashedAgain_Refused_NothingInstalled()
     {
-        string backup;
-        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
-        {
-            backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
-        }
-
-        await _server.DisposeAsync();
-        var database = Path.Combine(_server.DataDir, "kms.db");
-        var before = await AuditHeadAsync(database);
+        var (backup, database, before) = await ExportBackupAndStopAsync();
 
         // The snapshot is changed on its disk (a shared mount, a removable drive) after the manifest
         // and the snapshot's hash verified, before the restore copies it.
@@ -221,6 +205,20 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     }
 
     // The database's last audit sequence number: which database a file is, whatever its WAL holds.
+    // A backup exported by an officer, then the server stopped: the backup, the live database and its audit head.
+    private async Task<(string Backup, string Database, long AuditHead)> ExportBackupAndStopAsync()
+    {
+        string backup;
+        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+        {
+            backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+        }
+
+        await _server.DisposeAsync();
+        var database = Path.Combine(_server.DataDir, "kms.db");
+        return (backup, database, await AuditHeadAsync(database));
+    }
+
     private static async Task<long> AuditHeadAsync(string path)
     {
         await using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path};Mode=ReadOnly;Pooling=False");
