@@ -450,15 +450,15 @@ public sealed class EnvelopeEncryptor : IDisposable
 
     /// <summary>
     /// The KMS's wrapping of the data key under <paramref name="asked"/> names that key (an alias:
-    /// a key, the one it points to) and fits in a header. Otherwise the message would name a key
-    /// nobody asked for — one this encryptor does not trust, so it could not read what it wrote —
-    /// or be refused by every reader.
+    /// a key of the alias's tenant, the one it points to) and fits in a header. Otherwise the
+    /// message would name a key nobody asked for — one this encryptor does not trust, so it could
+    /// not read what it wrote — or be refused by every reader.
     /// </summary>
     /// <exception cref="InvalidOperationException">The answer is for another key, or its wrapped key is empty or over the limit.</exception>
     private static void CheckAnswer(string asked, WrappedDataKey answer)
     {
         if (EnvelopeOptions.IsAlias(asked)
-            ? !ResourceSegments.Is(answer.KeyName, ResourceSegments.Collection, "keys")
+            ? !IsKeyOfTenantOf(answer.KeyName, asked)
             : !string.Equals(answer.KeyName, asked, StringComparison.Ordinal))
         {
             throw new InvalidOperationException($"asked to wrap the data key under {KmsErrors.Printable(asked)}, the key provider answered for {KmsErrors.Printable(answer.KeyName)}");
@@ -467,6 +467,19 @@ public sealed class EnvelopeEncryptor : IDisposable
         if (answer.Wrapped.Length is 0 or > EnvelopeFormat.MaxWrappedKeyBytes)
         {
             throw new InvalidOperationException($"the key provider wrapped the data key under {KmsErrors.Printable(asked)} into {answer.Wrapped.Length} bytes; an envelope carries 1 to {EnvelopeFormat.MaxWrappedKeyBytes}");
+        }
+    }
+
+    /// <summary>Whether <paramref name="keyName"/> is a key's name (<c>tenants/{t}/keys/{k}</c>) in the tenant of the alias <paramref name="alias"/>: the only keys an alias points to.</summary>
+    private static bool IsKeyOfTenantOf(string keyName, string alias)
+    {
+        try
+        {
+            return KeyName.Parse(keyName, "key").Tenant == AliasName.Parse(alias, "alias").Tenant;
+        }
+        catch (KmsException)
+        {
+            return false;
         }
     }
 

@@ -99,8 +99,14 @@ public sealed class HostileKmsAnswerTests
     [Theory]
     [InlineData("tenants/t/aliases/other/versions/1")]
     [InlineData("tenants/t/versions/1")]
-    public async Task GenerateDataKey_UnderAnAlias_AnswerNamingNoKey_Refused(string keyVersion)
+    [InlineData("tenants/other/keys/target/versions/1")]
+    [InlineData("tenants/t/keys/target/versions/1/versions/2")]
+    [InlineData("tenants/t/keys/bad.id/versions/1")]
+    public async Task GenerateDataKey_UnderAnAlias_AnswerNamingNoKeyOfTheAliasesTenant_Refused(string keyVersion)
     {
+        // An alias points at a key of its own tenant: an answer naming one of another tenant, or
+        // a name that is not a key's (its version cut off it once, a key id no key has), would
+        // put a name in the header that no reader trusts.
         using var kms = new ScriptedKms();
         using var encryptor = new EnvelopeEncryptor(kms.Client, new EnvelopeOptions { KeyNames = ["tenants/t/aliases/pii"], TrustedKeyNames = [kms.AliasTarget] });
         var message = await encryptor.EncryptAsync("x"u8.ToArray(), Context);
