@@ -384,25 +384,55 @@ public sealed class AuditTests : IAsyncLifetime
         var key = await _developer.CreateKeyAsync("tenants/dev", "no-audit-no-answer");
         await _developer.EncryptAsync(key.Name, new byte[] { 1 });
 
-        // Another process holds the database's write lock (past the busy timeout).
-        await using (var blocker = new SqliteConnection($"Data Source={_server.DatabasePath}"))
+        await WhileAnotherProcessHoldsTheWriteLockAsync(async () =>
         {
-            await blocker.OpenAsync();
-            await using var begin = blocker.CreateCommand();
-            begin.CommandText = "BEGIN IMMEDIATE";
-            await begin.ExecuteNonQueryAsync();
             var e = await Assert.ThrowsAsync<RpcException>(() => _developer.EncryptAsync(key.Name, new byte[] { 2 }));
             Assert.Equal(StatusCode.Unavailable, e.StatusCode);
-            await using var rollback = blocker.CreateCommand();
-            rollback.CommandText = "ROLLBACK";
-            await rollback.ExecuteNonQueryAsync();
-        }
+        });
 
         await _developer.EncryptAsync(key.Name, new byte[] { 3 });
         var published = await _developer.Audit.GetAuditSigningKeyAsync(new GetAuditSigningKeyRequest());
         var result = AuditVerifier.Verify(new StringReader(await ExportAsync()), published.PublicKeyDer.ToByteArray());
         Assert.True(result.Valid, result.Problem);
         Assert.Equal(2, (await EventsAsync(new ListAuditEventsRequest { Resource = key.Name, Operation = "Encrypt" })).Count);
+    }
+
+    // The calls that hand out a secret: the plaintext or data key goes only with its durable
+    // event, never ahead of it.
+    [Fact]
+    public async Task AuditStoreUnavailable_DecryptAndGenerateDataKey_UnavailableWithoutThePlaintext()
+    {
+        var key = await _developer.CreateKeyAsync("tenants/dev", "no-audit-no-plaintext");
+        var blob = (await _developer.EncryptAsync(key.Name, "released with its event"u8.ToArray())).Ciphertext;
+
+        await WhileAnotherProcessHoldsTheWriteLockAsync(async () =>
+        {
+            var decrypt = await Assert.ThrowsAsync<RpcException>(() => _developer.DecryptAsync(blob));
+            Assert.Equal(StatusCode.Unavailable, decrypt.StatusCode);
+            var dataKey = await Assert.ThrowsAsync<RpcException>(() => _developer.GenerateDataKeyAsync(key.Name));
+            Assert.Equal(StatusCode.Unavailable, dataKey.StatusCode);
+        });
+
+        using (var opened = await _developer.DecryptAsync(blob))
+        {
+            Assert.Equal("released with its event", Encoding.UTF8.GetString(opened.Plaintext));
+        }
+
+        Assert.Equal("OK", Assert.Single(await EventsAsync(new ListAuditEventsRequest { Resource = key.Name, Operation = "Decrypt" })).Outcome);
+    }
+
+    // Another process holds the database's write lock (past the busy timeout) while `calls` run.
+    private async Task WhileAnotherProcessHoldsTheWriteLockAsync(Func<Task> calls)
+    {
+        await using var blocker = new SqliteConnection($"Data Source={_server.DatabasePath}");
+        await blocker.OpenAsync();
+        await using var begin = blocker.CreateCommand();
+        begin.CommandText = "BEGIN IMMEDIATE";
+        await begin.ExecuteNonQueryAsync();
+        await calls();
+        await using var rollback = blocker.CreateCommand();
+        rollback.CommandText = "ROLLBACK";
+        await rollback.ExecuteNonQueryAsync();
     }
 
     [Fact]
