@@ -435,6 +435,33 @@ public sealed class AliasAndBatchTests : IDisposable
         Assert.NotNull(keys[0].Value);
     }
 
+    // A node outside a key's region refuses it before the usage bound is consulted: the version's
+    // GCM encryption count is one budget for every node (reserved in the database in blocks),
+    // and a call the node refuses must not spend it.
+    [Fact]
+    public async Task ResidentKey_NodeOutsideItsRegion_RefusesEveryEncryption_VersionsUsageUntouched()
+    {
+        RegionHsm("b");
+        var (home, inB) = (await _domain.CreateKeyAsync("home"), await CreateResidentKeyAsync("in-b", "b"));
+        var homeBlob = (await _domain.Crypto.EncryptAsync(Dev, home.Name, [1], EncryptionContext.Empty, default)).Ciphertext;
+
+        // The same database, served by a node that holds no domain key of region b.
+        _domain.FakeHsm!.RegionHsms.Remove("b");
+        List<KmsException> refusals =
+        [
+            await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.EncryptAsync(Dev, inB.Name, [1], EncryptionContext.Empty, default)),
+            await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.GenerateDataKeyAsync(Dev, inB.Name, EncryptionContext.Empty, default)),
+            await Assert.ThrowsAsync<KmsException>(() => _domain.Crypto.ReEncryptAsync(Dev, homeBlob, EncryptionContext.Empty, inB.Name, EncryptionContext.Empty, default)),
+            (await _domain.Crypto.BatchEncryptAsync(Dev, [new BatchItem(inB.Name.ToString(), [1], null)], default))[0].Error!,
+            (await _domain.Crypto.BatchGenerateDataKeyAsync(Dev, [new BatchItem(inB.Name.ToString(), null, null)], default))[0].Error!,
+        ];
+
+        Assert.All(refusals, e => Assert.Equal((KmsErrorCode.FailedPrecondition, "b"), (e.Code, e.ResidencyRegion)));
+        var version = (await _domain.Store.GetVersionAsync(inB.Primary.Name, default))!;
+        Assert.Equal(0, version.Usage.EncryptCount); // nothing reserved from the shared count
+        Assert.Equal(0, _domain.Usage.Observe(version).EncryptCount);
+    }
+
     [Fact]
     public async Task BatchGenerateDataKey_EveryItemFailsItsChecks_NoHsmCall()
     {
