@@ -9,7 +9,10 @@ namespace Kms.Client.Envelope;
 /// <see cref="UnwrapDataKeyAsync"/> reports which key the KMS says unwrapped the data key; the
 /// encryptor accepts the data key only if that is the key the message named, so a message
 /// cannot name a trusted key while carrying a data key wrapped under another — whatever the
-/// provider. Returned secrets are in types that zero themselves on dispose.
+/// provider. <see cref="GenerateDataKeyAsync"/> and <see cref="WrapDataKeyAsync"/> must answer with
+/// the key they were asked for (for an alias, a key of its tenant); the encryptor refuses any other
+/// answer with <see cref="InvalidOperationException"/>. Returned secrets are in types that zero
+/// themselves on dispose.
 /// </remarks>
 public interface IEnvelopeKeyProvider
 {
