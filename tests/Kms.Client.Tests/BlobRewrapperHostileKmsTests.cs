@@ -15,6 +15,7 @@ namespace Kms.Client.Tests;
 public sealed class BlobRewrapperHostileKmsTests
 {
     private const string Key = "tenants/t/keys/k";
+    private const string Alias = "tenants/t/aliases/a";
 
     public static TheoryData<string> WrongAnswers() =>
         new() { "fewer results", "more results", "no status", "success without a blob", "empty blob", "blob cut to its header", "blob under another key" };
@@ -42,6 +43,50 @@ public sealed class BlobRewrapperHostileKmsTests
         Assert.Contains("no blob of the batch was written", e.Status.Detail, StringComparison.Ordinal);
         Assert.Empty(written);
         Assert.Null(checkpoint.Saved);
+    }
+
+    [Theory]
+    [InlineData("tenants/other/keys/k/versions/2")]
+    [InlineData("tenants/t/keys/k")]
+    [InlineData("tenants/t/keys/bad.id/versions/2")]
+    [InlineData("")]
+    public async Task ThroughAnAlias_ABlobUnderNoVersionOfAKeyOfItsTenant_InternalRpcException_NothingWritten(string keyVersion)
+    {
+        var endpoint = new ScriptedEndpoint("kms") { Respond = call => WithLastUnder(Answer((BatchReEncryptRequest)call.Request, "none"), keyVersion) };
+        using var fake = new FakeClient([endpoint], maxAttempts: 1);
+        var written = new List<string>();
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => new BlobRewrapper(fake.Client, batchSize: 3).RunAsync(Blobs(3), Alias, (blob, _, _) =>
+        {
+            written.Add(blob.Id);
+            return Task.CompletedTask;
+        }));
+
+        Assert.Equal(StatusCode.Internal, e.StatusCode);
+        Assert.Contains("not a version of a key of the alias's tenant", e.Status.Detail, StringComparison.Ordinal);
+        Assert.Empty(written);
+    }
+
+    [Fact]
+    public async Task ThroughAnAlias_HonestAnswer_EveryBlobWritten()
+    {
+        var endpoint = new ScriptedEndpoint("kms") { Respond = call => Answer((BatchReEncryptRequest)call.Request, "none") };
+        using var fake = new FakeClient([endpoint], maxAttempts: 1);
+        var written = new List<string>();
+
+        await new BlobRewrapper(fake.Client, batchSize: 3).RunAsync(Blobs(3), Alias, (blob, _, _) =>
+        {
+            written.Add(blob.Id);
+            return Task.CompletedTask;
+        });
+
+        Assert.Equal(["b0", "b1", "b2"], written);
+    }
+
+    private static BatchReEncryptResponse WithLastUnder(BatchReEncryptResponse response, string keyVersion)
+    {
+        response.Results[^1].Response.KeyVersion = keyVersion;
+        return response;
     }
 
     [Fact]

@@ -196,7 +196,7 @@ public sealed class BlobRewrapper
 
     /// <summary>
     /// One result per blob, each a status, and each success a blob of the KMS's format under
-    /// <paramref name="keyName"/> (when that is a key, not an alias) — checked before any blob is
+    /// <paramref name="keyName"/> (an alias: under a version of a key of its tenant) — checked before any blob is
     /// written: a new blob replaces the stored one, so a wrong answer written over it (cut short,
     /// empty, under another key, or another blob's, shifted by a missing result) would lose the data.
     /// </summary>
@@ -209,6 +209,7 @@ public sealed class BlobRewrapper
         }
 
         var key = ResourceSegments.Is(keyName, ResourceSegments.Collection, "keys") ? keyName : null;
+        var aliasTenant = key is null ? TenantOfAlias(keyName) : null;
         for (var i = 0; i < items; i++)
         {
             var result = response.Results[i];
@@ -233,9 +234,9 @@ public sealed class BlobRewrapper
                 throw Malformed($"result {i} is a blob of {length} bytes");
             }
 
-            if (key is not null && !IsVersionOf(result.Response.KeyVersion, key))
+            if (key is not null ? !IsVersionOf(result.Response.KeyVersion, key) : !IsVersionInTenant(result.Response.KeyVersion, aliasTenant))
             {
-                throw Malformed($"result {i} is under {KmsErrors.Printable(result.Response.KeyVersion)}, not a version of {KmsErrors.Printable(key)}");
+                throw Malformed($"result {i} is under {KmsErrors.Printable(result.Response.KeyVersion)}, not a version of {(key is not null ? KmsErrors.Printable(key) : "a key of the alias's tenant")}");
             }
         }
     }
@@ -244,6 +245,31 @@ public sealed class BlobRewrapper
         keyVersion.Length > key.Length + "/versions/".Length
         && keyVersion.StartsWith(key, StringComparison.Ordinal)
         && keyVersion.AsSpan(key.Length).StartsWith("/versions/", StringComparison.Ordinal);
+
+    // An alias points only at keys of its own tenant; a name that is no alias has no tenant here (every success is then wrong).
+    private static TenantId? TenantOfAlias(string alias)
+    {
+        try
+        {
+            return AliasName.Parse(alias, "alias").Tenant;
+        }
+        catch (KmsException)
+        {
+            return null;
+        }
+    }
+
+    private static bool IsVersionInTenant(string keyVersion, TenantId? tenant)
+    {
+        try
+        {
+            return tenant is not null && KeyVersionName.Parse(keyVersion, "key_version").Key.Tenant == tenant;
+        }
+        catch (KmsException)
+        {
+            return false;
+        }
+    }
 
     private static RpcException Malformed(string what) =>
         new(new Status(StatusCode.Internal, $"the KMS answered BatchReEncrypt wrongly ({what}); no blob of the batch was written"));
