@@ -18,12 +18,11 @@ public sealed class HostileKmsAnswerTests
 
     private static readonly Dictionary<string, string> Context = new() { ["table"] = "orders" };
 
+    /// <summary>Data key lengths other than 32 bytes, from none to a megabyte.</summary>
+    public static TheoryData<int> WrongKeyLengths => new() { 0, 16, 31, 33, 1 << 20 };
+
     [Theory]
-    [InlineData(0)]
-    [InlineData(16)]
-    [InlineData(31)]
-    [InlineData(33)]
-    [InlineData(1 << 20)]
+    [MemberData(nameof(WrongKeyLengths))]
     public async Task GenerateDataKey_PlaintextOfAnotherLength_Refused_Zeroed_NothingWritten_NothingCached(int length)
     {
         using var kms = new ScriptedKms();
@@ -168,11 +167,7 @@ public sealed class HostileKmsAnswerTests
     }
 
     [Theory]
-    [InlineData(0)]
-    [InlineData(16)]
-    [InlineData(31)]
-    [InlineData(33)]
-    [InlineData(1 << 20)]
+    [MemberData(nameof(WrongKeyLengths))]
     public async Task Decrypt_KeyOfAnotherLength_Refused_Zeroed_NotCached(int length)
     {
         using var kms = new ScriptedKms();
