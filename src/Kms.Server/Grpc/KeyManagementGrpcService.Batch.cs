@@ -5,7 +5,10 @@ using Kms.Core.Services;
 
 namespace Kms.Server.Grpc;
 
-/// <summary>Batch calls: each item succeeds or fails on its own, with the status its single call would have had.</summary>
+/// <summary>
+/// Batch calls: each item succeeds or fails on its own, with the status its single call would have had.
+/// Result i answers request i and says so (its index): the SDK refuses an answer whose results do not.
+/// </summary>
 internal sealed partial class KeyManagementGrpcService
 {
     // An item's INTERNAL error is a server fault like any other: logged with an error id the
@@ -66,8 +69,9 @@ internal sealed partial class KeyManagementGrpcService
         var results = await crypto.BatchEncryptAsync(caller, items, context.CancellationToken);
         CountItemFailures(context, results.Select(r => r.Error));
         var response = new BatchEncryptResponse();
-        response.Results.AddRange(results.Select(r => new BatchEncryptResult
+        response.Results.AddRange(results.Select((r, i) => new BatchEncryptResult
         {
+            Index = (uint)i,
             Status = ItemStatusOf(r.Error, context.Method),
             Response = r.Value is { } value
                 ? new EncryptResponse { Ciphertext = UnsafeByteOperations.UnsafeWrap(value.Ciphertext), KeyVersion = value.KeyVersion.ToString() }
@@ -84,8 +88,9 @@ internal sealed partial class KeyManagementGrpcService
         var results = await crypto.BatchDecryptAsync(caller, items, context.CancellationToken);
         CountItemFailures(context, results.Select(r => r.Error));
         var response = new BatchDecryptResponse();
-        response.Results.AddRange(results.Select(r => new BatchDecryptResult
+        response.Results.AddRange(results.Select((r, i) => new BatchDecryptResult
         {
+            Index = (uint)i,
             Status = ItemStatusOf(r.Error, context.Method),
             Response = r.Value is { } value
                 ? new DecryptResponse { Plaintext = WrapSecret(value.Plaintext, context), KeyVersion = value.KeyVersion.ToString() }
@@ -104,8 +109,9 @@ internal sealed partial class KeyManagementGrpcService
         var results = await crypto.BatchReEncryptAsync(caller, items, context.CancellationToken);
         CountItemFailures(context, results.Select(r => r.Error));
         var response = new BatchReEncryptResponse();
-        response.Results.AddRange(results.Select(r => new BatchReEncryptResult
+        response.Results.AddRange(results.Select((r, i) => new BatchReEncryptResult
         {
+            Index = (uint)i,
             Status = ItemStatusOf(r.Error, context.Method),
             Response = r.Value is { } value
                 ? new ReEncryptResponse
@@ -127,8 +133,9 @@ internal sealed partial class KeyManagementGrpcService
         var results = await crypto.BatchGenerateDataKeyAsync(caller, items, context.CancellationToken);
         CountItemFailures(context, results.Select(r => r.Error));
         var response = new BatchGenerateDataKeyResponse();
-        response.Results.AddRange(results.Select(r => new BatchGenerateDataKeyResult
+        response.Results.AddRange(results.Select((r, i) => new BatchGenerateDataKeyResult
         {
+            Index = (uint)i,
             Status = ItemStatusOf(r.Error, context.Method),
             Response = r.Value is { } value
                 ? new GenerateDataKeyResponse
