@@ -17,8 +17,11 @@ public sealed class BlobRewrapperHostileKmsTests
     private const string Key = "tenants/t/keys/k";
     private const string Alias = "tenants/t/aliases/a";
 
+    // A byte past the header of a new blob the fake KMS marks with the position of the blob it answers.
+    private const int NewBlobMark = 40;
+
     public static TheoryData<string> WrongAnswers() =>
-        new() { "fewer results", "more results", "no status", "success without a blob", "empty blob", "blob cut to its header", "blob under another key" };
+        new() { "fewer results", "more results", "no status", "success without a blob", "empty blob", "blob cut to its header", "blob under another key", "every index 0 (a server from before the index)" };
 
     [Theory]
     [MemberData(nameof(WrongAnswers))]
@@ -83,6 +86,54 @@ public sealed class BlobRewrapperHostileKmsTests
         Assert.Equal(["b0", "b1", "b2"], written);
     }
 
+    [Fact]
+    public async Task ReorderedAnswer_TwoResultsSwapped_InternalRpcException_NoBlobWrittenOverAnother()
+    {
+        // A well-formed answer — every result a whole blob under the key, each carrying the index
+        // of the request it answers — whose first and last results a server or proxy swapped.
+        var endpoint = new ScriptedEndpoint("kms")
+        {
+            Respond = call =>
+            {
+                var request = (BatchReEncryptRequest)call.Request;
+                var response = new BatchReEncryptResponse();
+                for (var i = 0; i < request.Requests.Count; i++)
+                {
+                    var blob = Blob();
+                    blob[NewBlobMark] = (byte)i;
+                    response.Results.Add(new BatchReEncryptResult
+                    {
+                        Index = (uint)i,
+                        Status = new ItemStatus(),
+                        Response = new ReEncryptResponse { Ciphertext = ByteString.CopyFrom(blob), SourceKeyVersion = Key + "/versions/1", KeyVersion = Key + "/versions/2" },
+                    });
+                }
+
+                (response.Results[0], response.Results[^1]) = (response.Results[^1], response.Results[0]);
+                return response;
+            },
+        };
+        using var fake = new FakeClient([endpoint], maxAttempts: 1);
+        var written = new List<string>();
+        var checkpoint = new MemoryCheckpoint();
+
+        var e = await Record.ExceptionAsync(() => new BlobRewrapper(fake.Client, batchSize: 3).RunAsync(
+            Blobs(3),
+            Key,
+            (blob, ciphertext, _) =>
+            {
+                written.Add($"{blob.Id} <- the new blob of b{ciphertext[NewBlobMark]}");
+                return Task.CompletedTask;
+            },
+            checkpoint));
+
+        Assert.Empty(written);
+        var rpc = Assert.IsType<RpcException>(e);
+        Assert.Equal(StatusCode.Internal, rpc.StatusCode);
+        Assert.Equal("the KMS answered BatchReEncrypt wrongly (result 0 answers blob 2); no blob of the batch was written", rpc.Status.Detail);
+        Assert.Null(checkpoint.Saved);
+    }
+
     private static BatchReEncryptResponse WithLastUnder(BatchReEncryptResponse response, string keyVersion)
     {
         response.Results[^1].Response.KeyVersion = keyVersion;
@@ -109,10 +160,11 @@ public sealed class BlobRewrapperHostileKmsTests
     private static BatchReEncryptResponse Answer(BatchReEncryptRequest request, string wrong)
     {
         var response = new BatchReEncryptResponse();
-        foreach (var item in request.Requests)
+        for (var i = 0; i < request.Requests.Count; i++)
         {
             response.Results.Add(new BatchReEncryptResult
             {
+                Index = (uint)i,
                 Status = new ItemStatus(),
                 Response = new ReEncryptResponse { Ciphertext = ByteString.CopyFrom(Blob()), SourceKeyVersion = Key + "/versions/1", KeyVersion = Key + "/versions/2" },
             });
@@ -142,8 +194,15 @@ public sealed class BlobRewrapperHostileKmsTests
             case "blob under another key":
                 last.Response.KeyVersion = "tenants/t/keys/other/versions/1";
                 break;
+            case "every index 0 (a server from before the index)":
+                foreach (var result in response.Results)
+                {
+                    result.Index = 0;
+                }
+
+                break;
             case "second item fails":
-                response.Results[1] = new BatchReEncryptResult { Status = new ItemStatus { Code = (int)StatusCode.InvalidArgument, Message = "decryption failed" } };
+                response.Results[1] = new BatchReEncryptResult { Index = 1, Status = new ItemStatus { Code = (int)StatusCode.InvalidArgument, Message = "decryption failed" } };
                 break;
         }
 

@@ -195,10 +195,10 @@ public sealed class BlobRewrapper
     }
 
     /// <summary>
-    /// One result per blob, each a status, and each success a blob of the KMS's format under
+    /// One result per blob, result i answering blob i (its index), each a status, and each success a blob of the KMS's format under
     /// <paramref name="keyName"/> (an alias: under a version of a key of its tenant) — checked before any blob is
     /// written: a new blob replaces the stored one, so a wrong answer written over it (cut short,
-    /// empty, under another key, or another blob's, shifted by a missing result) would lose the data.
+    /// empty, under another key, or another blob's, shifted by a missing result or reordered) would lose the data.
     /// </summary>
     /// <exception cref="RpcException">INTERNAL: the KMS's answer is not one of these; nothing of the batch was written.</exception>
     private static void CheckAnswer(BatchReEncryptResponse response, int items, string keyName)
@@ -213,6 +213,12 @@ public sealed class BlobRewrapper
         for (var i = 0; i < items; i++)
         {
             var result = response.Results[i];
+            if (result.Index != (uint)i)
+            {
+                // Well-formed but reordered: blob i's new ciphertext would be written over another blob.
+                throw Malformed($"result {i} answers blob {result.Index}");
+            }
+
             if (result.Status is null)
             {
                 throw Malformed($"result {i} has no status");
