@@ -1,4 +1,5 @@
 using System.Security.Cryptography;
+using Kms.Core.Access;
 using Kms.Core.Crypto;
 using Kms.Core.Keys;
 using Kms.Core.Names;
@@ -661,6 +662,49 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         Assert.Contains(changes, c => c.Kind == StoreChangeKind.Metadata);
         node.InvalidateMetadata();
         Assert.Equal(KeyState.Disabled, (await node.GetPrimaryMaterialAsync(name, default))!.Key.State);
+    }
+
+    [Fact]
+    public async Task Grant_WhileAnotherConnectionLiftsTheKeysPolicy_CheckedUnderTheWriteLock_Refused()
+    {
+        // One node, two concurrent calls: another connection lifts the key's policy (revoking its
+        // grants) inside BEGIN IMMEDIATE and holds the write lock until it commits; a grant asked
+        // meanwhile reaches the lock (the store's seam says so) and only then is the lift
+        // committed. Read before the lock, its check would have found the policy still in place
+        // and the grant would be written after the lift, dormant until a later policy revived it.
+        // The busy timeout is long, so the grant waits for the lock, however slow the machine.
+        var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath, BusyTimeout = TimeSpan.FromMinutes(1) }, default);
+        var key = NewKey(Dev, "racing");
+        await store.CreateKeyAsync(key, Material(), null, default);
+        await store.SetKeyPolicyAsync(new KeyPolicy(key.Name, new Dictionary<string, KeyOperations> { ["token:owner"] = KeyOperations.Encrypt }), DateTimeOffset.UtcNow, default);
+
+        await using var otherConnection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = DatabasePath, Pooling = false }.ConnectionString);
+        await otherConnection.OpenAsync();
+        await using (var lifting = otherConnection.CreateCommand())
+        {
+            lifting.CommandText = """
+                BEGIN IMMEDIATE;
+                DELETE FROM key_policies WHERE tenant = 'dev' AND key_id = 'racing';
+                UPDATE keys SET restricted = 0 WHERE tenant = 'dev' AND key_id = 'racing';
+                UPDATE grants SET revoke_time = 0 WHERE tenant = 'dev' AND key_id = 'racing' AND revoke_time IS NULL;
+                """;
+            await lifting.ExecuteNonQueryAsync();
+        }
+
+        var atTheLock = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        store.BeforeWriteLock = () => atTheLock.TrySetResult();
+        var grant = Task.Run(() => store.CreateGrantAsync(new Grant("00000000000000c1", key.Name, PrincipalName.Token("reader"), KeyOperations.Decrypt, new Dictionary<string, string>(), DateTimeOffset.UtcNow), default));
+        await atTheLock.Task.WaitAsync(TimeSpan.FromSeconds(30)); // a hang guard, not a bound
+        store.BeforeWriteLock = null;
+
+        await using (var commit = otherConnection.CreateCommand())
+        {
+            commit.CommandText = "COMMIT";
+            await commit.ExecuteNonQueryAsync();
+        }
+
+        Assert.Equal(Kms.Core.Errors.KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<Kms.Core.Errors.KmsException>(() => grant)).Code);
+        Assert.Empty(await store.ListGrantsAsync(key.Name, includeRevoked: true, default));
     }
 
     [Fact]

@@ -196,9 +196,18 @@ public sealed partial class SqliteStore : SqlStore
         return base.DisposeCoreAsync();
     }
 
+    /// <summary>
+    /// Called by a write just before it takes the write lock (a test seam: a test holding the lock
+    /// from another connection learns that a write got this far, so whatever it read before is read).
+    /// </summary>
+    internal Action? BeforeWriteLock { get; set; }
+
     // Serializable is BEGIN IMMEDIATE: the database's one write lock, taken at the start.
-    private protected override async Task<DbTransaction> BeginWriteAsync(DbConnection connection, CancellationToken cancellationToken) =>
-        await connection.BeginTransactionAsync(IsolationLevel.Serializable, cancellationToken);
+    private protected override async Task<DbTransaction> BeginWriteAsync(DbConnection connection, CancellationToken cancellationToken)
+    {
+        BeforeWriteLock?.Invoke();
+        return await connection.BeginTransactionAsync(IsolationLevel.Serializable, cancellationToken);
+    }
 
     private protected override async Task<long> WriteMarkAsync(DbConnection connection, DbTransaction transaction, CancellationToken cancellationToken)
     {
