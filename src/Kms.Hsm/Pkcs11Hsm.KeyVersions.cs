@@ -174,12 +174,12 @@ public sealed partial class Pkcs11Hsm
         }
 
         using var callerPublicKey = CallerPublicKey(spec, subjectPublicKeyInfo);
-        var (wrapped, derivedPublicKey) = await WithKeyAsync("import", wrappingKey, KeyHandleKind.ImportUnwrap, (session, state, jobKey) =>
+        var (wrapped, derivedPublicKey, secretFingerprint) = await WithKeyAsync("import", wrappingKey, KeyHandleKind.ImportUnwrap, (session, state, jobKey) =>
             UnwrapImported(session, state, jobKey, method, spec, wrappedKey, modulusBytes), cancellationToken).ConfigureAwait(false);
 
         if (!spec.IsAsymmetric)
         {
-            return new GeneratedKeyMaterial(wrapped, null);
+            return new GeneratedKeyMaterial(wrapped, null) { MaterialFingerprint = secretFingerprint };
         }
 
         byte[] publicKey;
@@ -197,7 +197,23 @@ public sealed partial class Pkcs11Hsm
         }
 
         await CheckPairwiseConsistencyAsync(spec, wrapped, publicKey, cancellationToken).ConfigureAwait(false);
-        return new GeneratedKeyMaterial(wrapped, publicKey);
+        return new GeneratedKeyMaterial(wrapped, publicKey) { MaterialFingerprint = GeneratedKeyMaterial.PublicKeyFingerprint(CanonicalPublicKey(spec, publicKey)) };
+    }
+
+    // A key pair's public key as .NET writes it (an EC point uncompressed, its curve named), so
+    // the fingerprint of one pair does not depend on how the caller encoded the key it gave.
+    private static byte[] CanonicalPublicKey(KeyAlgorithmSpec spec, byte[] subjectPublicKeyInfo)
+    {
+        if (spec.Family is KeyFamily.Rsa)
+        {
+            using var rsa = RSA.Create();
+            rsa.ImportSubjectPublicKeyInfo(subjectPublicKeyInfo, out _);
+            return rsa.ExportSubjectPublicKeyInfo();
+        }
+
+        using var ec = ECDsa.Create();
+        ec.ImportSubjectPublicKeyInfo(subjectPublicKeyInfo, out _);
+        return ec.ExportSubjectPublicKeyInfo();
     }
 
     /// <inheritdoc />
@@ -381,7 +397,7 @@ public sealed partial class Pkcs11Hsm
         return tag.Length == 16 ? tag[..8] : throw KmsErrors.Internal($"the HSM returned {tag.Length} bytes for the GCM tag of the empty message");
     }
 
-    private (WrappedKeyMaterial Wrapped, byte[]? PublicKey) UnwrapImported(
+    private (WrappedKeyMaterial Wrapped, byte[]? PublicKey, string? SecretFingerprint) UnwrapImported(
         ISession session, SlotState state, IObjectHandle jobKey, ImportMethod method, KeyAlgorithmSpec spec, byte[] wrappedKey, int modulusBytes)
     {
         var (jobBits, _) = RsaSubjectPublicKeyInfo(session, jobKey);
@@ -428,12 +444,14 @@ public sealed partial class Pkcs11Hsm
             try
             {
                 var publicKey = CheckImportedMaterial(session, material, spec, wrappedKey.Length - modulusBytes);
+                string? fingerprint = null;
                 if (!spec.IsAsymmetric)
                 {
                     TrySecret(session, material, spec);
+                    fingerprint = SecretFingerprint(session, kwp, ephemeral, wrappedKey[modulusBytes..]);
                 }
 
-                return (new WrappedKeyMaterial(session.WrapKey(kwp, state.DomainKey, material)), publicKey);
+                return (new WrappedKeyMaterial(session.WrapKey(kwp, state.DomainKey, material)), publicKey, fingerprint);
             }
             finally
             {
@@ -573,6 +591,25 @@ public sealed partial class Pkcs11Hsm
         catch (Pkcs11Exception e) when (_profile.KeySizeFailures.Contains(e.RV))
         {
             throw KmsErrors.InvalidArgument("wrapped_key", $"{spec.Name} takes a {spec.SecretLength}-byte key; the material is shorter");
+        }
+    }
+
+    // An imported secret's fingerprint, the same whatever algorithm it is imported as: a second
+    // copy, unwrapped as a generic secret that can only HMAC-SHA256 (never extractable), MACs a
+    // fixed text and is destroyed; only the SHA-256 of that MAC leaves (the MAC itself would be a
+    // valid tag under an HMAC-SHA256 key).
+    private string SecretFingerprint(ISession session, IMechanism kwp, IObjectHandle ephemeral, byte[] kwpBlock)
+    {
+        using var template = _templates.ImportFingerprintKey();
+        var copy = session.UnwrapKey(kwp, ephemeral, kwpBlock, template.Attributes);
+        try
+        {
+            var mac = Mac(session, copy, KeyAlgorithms.Of(KeyAlgorithm.HmacSha256), Encoding.ASCII.GetBytes(GeneratedKeyMaterial.ImportFingerprintText));
+            return GeneratedKeyMaterial.SecretFingerprint(mac);
+        }
+        finally
+        {
+            Destroy(session, copy);
         }
     }
 

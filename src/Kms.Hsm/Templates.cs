@@ -254,6 +254,14 @@ internal sealed class Templates(IObjectAttributeFactory attributes, HsmProfile p
     };
 
     /// <summary>
+    /// A second copy of an imported secret, unwrapped under the ephemeral key as a generic secret
+    /// for HMAC-SHA256 alone, whatever the secret is imported as: it computes the material's
+    /// fingerprint (<c>GeneratedKeyMaterial.MaterialFingerprint</c>) and is destroyed.
+    /// A session object, sensitive, never extractable.
+    /// </summary>
+    public Template ImportFingerprintKey() => HmacKey(extractable: false, CKM.CKM_SHA256_HMAC);
+
+    /// <summary>
     /// A new AES-256 key version, generated as a session object that is extractable only so
     /// the domain key can wrap it; it is destroyed right after the wrap.
     /// </summary>

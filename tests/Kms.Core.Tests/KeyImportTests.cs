@@ -109,6 +109,63 @@ public sealed class KeyImportTests : IDisposable
     }
 
     [Fact]
+    public async Task Import_AMaterialItsJobAlreadyImported_IntoAnyKeyAsAnyAlgorithmHoweverWrapped_FailedPrecondition_NothingAdded()
+    {
+        // Before, whoever held a copy of the wrapped key (and kms.keys.import) could import it again
+        // within the job's life, into any key of the tenant: a key policy on the first key did not
+        // follow the material.
+        var aes = await _domain.CreateKeyForImportAsync("byok");
+        var other = await _domain.CreateKeyForImportAsync("byok-2");
+        var mac = await _domain.CreateKeyForImportAsync("byok-mac", KeyAlgorithm.HmacSha256);
+        var job = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
+        var material = RandomNumberGenerator.GetBytes(32);
+        var wrapped = KeyImport.Wrap(job.PublicKey.Der, ProtoImportMethod.RsaOaep3072Sha1Aes256, material);
+        var first = await _domain.Keys.ImportKeyVersionAsync(Dev, new ImportKeyVersionCommand(aes.Name, job.Name, null, wrapped, null, null), default);
+        Assert.NotNull(first.ImportFingerprint);
+
+        // The same blob into the same key, another key, or as HMAC_SHA256; the same material
+        // wrapped again (another OAEP seed and ephemeral key): each refused, nothing added.
+        var rewrapped = KeyImport.Wrap(job.PublicKey.Der, ProtoImportMethod.RsaOaep3072Sha1Aes256, material);
+        Assert.NotEqual(wrapped, rewrapped);
+        foreach (var (key, blob) in new[] { (aes.Name, wrapped), (other.Name, wrapped), (mac.Name, wrapped), (aes.Name, rewrapped), (other.Name, rewrapped), (mac.Name, rewrapped) })
+        {
+            var refused = await Assert.ThrowsAsync<KmsException>(() =>
+                _domain.Keys.ImportKeyVersionAsync(Dev, new ImportKeyVersionCommand(key, job.Name, null, blob, null, $"retry-{Guid.NewGuid():N}"), default));
+            Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+            Assert.Contains("already imported through import job tenants/dev/importJobs/job", refused.Message, StringComparison.Ordinal);
+            Assert.DoesNotContain(Convert.ToHexString(blob)[..16], refused.Message, StringComparison.OrdinalIgnoreCase);
+            Assert.DoesNotContain(Convert.ToBase64String(blob)[..16], refused.Message, StringComparison.Ordinal);
+        }
+
+        Assert.Equal([1, 2], (await _domain.Keys.ListKeyVersionsAsync(Dev, aes.Name, 10, null, default)).Items.Select(v => v.Name.Version));
+        Assert.Equal(first.Name, (await _domain.Keys.GetKeyAsync(Dev, aes.Name, default)).Primary.Name);
+        Assert.Single((await _domain.Keys.ListKeyVersionsAsync(Dev, other.Name, 10, null, default)).Items);
+        Assert.Single((await _domain.Keys.ListKeyVersionsAsync(Dev, mac.Name, 10, null, default)).Items);
+
+        // Other material through the job, and the same material through a new job (the operator's
+        // deliberate choice), are imported.
+        Assert.Equal(2, (await ImportAsync(other.Name, job, RandomNumberGenerator.GetBytes(32))).Name.Version);
+        var second = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job-2", ImportMethod.RsaOaep3072Sha1Aes256, default);
+        Assert.Equal(2, (await ImportAsync(mac.Name, second, material)).Name.Version);
+    }
+
+    [Fact]
+    public async Task Import_TheSameKeyPairTwiceThroughItsJob_AsAnotherRsaAlgorithm_FailedPrecondition_NothingAdded()
+    {
+        var signing = await _domain.CreateKeyForImportAsync("rsa-sign", KeyAlgorithm.RsaSignPss2048Sha256);
+        var pkcs1 = await _domain.CreateKeyForImportAsync("rsa-pkcs1", KeyAlgorithm.RsaSignPkcs2048Sha256);
+        var job = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
+        using var rsa = RSA.Create(2048);
+        var pkcs8 = rsa.ExportPkcs8PrivateKey();
+        await ImportAsync(signing.Name, job, pkcs8);
+
+        var refused = await Assert.ThrowsAsync<KmsException>(() => ImportAsync(pkcs1.Name, job, pkcs8));
+
+        Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+        Assert.Single((await _domain.Keys.ListKeyVersionsAsync(Dev, pkcs1.Name, 10, null, default)).Items);
+    }
+
+    [Fact]
     public async Task Import_ExpiredJob_FailedPrecondition_NothingAdded()
     {
         var key = await _domain.CreateKeyForImportAsync("byok");

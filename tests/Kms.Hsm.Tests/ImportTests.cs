@@ -233,6 +233,34 @@ public sealed class ImportTests(AlgorithmFixture fixture) : IClassFixture<Algori
     }
 
     [Fact]
+    public async Task Import_MaterialFingerprint_SameHoweverWrappedAndWhicheverAlgorithm_OtherMaterialOther()
+    {
+        // What the store refuses a job's second import by (claim 115): the material's, not the blob's.
+        var secret = RandomNumberGenerator.GetBytes(32);
+        var fingerprints = new List<string?>();
+        foreach (var algorithm in new[] { KeyAlgorithm.Aes256Gcm, KeyAlgorithm.HmacSha256, KeyAlgorithm.Aes256Gcm })
+        {
+            var imported = await fixture.Hsm.ImportKeyVersionAsync(fixture.ImportJob, ImportMethod.RsaOaep3072Sha1Aes256, algorithm, fixture.WrapForImport(secret), null, default);
+            fingerprints.Add(imported.MaterialFingerprint);
+        }
+
+        var expected = GeneratedKeyMaterial.SecretFingerprint(HMACSHA256.HashData(secret, Encoding.ASCII.GetBytes(GeneratedKeyMaterial.ImportFingerprintText)));
+        Assert.All(fingerprints, f => Assert.Equal(expected, f));
+        var other = await fixture.Hsm.ImportKeyVersionAsync(fixture.ImportJob, ImportMethod.RsaOaep3072Sha1Aes256, KeyAlgorithm.Aes256Gcm, fixture.WrapForImport(RandomNumberGenerator.GetBytes(32)), null, default);
+        Assert.NotEqual(expected, other.MaterialFingerprint);
+
+        using var rsa = RSA.Create(2048);
+        var asPss = await fixture.Hsm.ImportKeyVersionAsync(fixture.ImportJob, ImportMethod.RsaOaep3072Sha1Aes256, KeyAlgorithm.RsaSignPss2048Sha256, fixture.WrapForImport(rsa.ExportPkcs8PrivateKey()), null, default);
+        var asOaep = await fixture.Hsm.ImportKeyVersionAsync(fixture.ImportJob, ImportMethod.RsaOaep3072Sha1Aes256, KeyAlgorithm.RsaDecryptOaep2048Sha1, fixture.WrapForImport(rsa.ExportPkcs8PrivateKey()), null, default);
+        Assert.Equal(GeneratedKeyMaterial.PublicKeyFingerprint(rsa.ExportSubjectPublicKeyInfo()), asPss.MaterialFingerprint);
+        Assert.Equal(asPss.MaterialFingerprint, asOaep.MaterialFingerprint);
+
+        using var ec = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var asEc = await fixture.Hsm.ImportKeyVersionAsync(fixture.ImportJob, ImportMethod.RsaOaep3072Sha1Aes256, KeyAlgorithm.EcSignP256Sha256, fixture.WrapForImport(ec.ExportPkcs8PrivateKey()), ec.ExportSubjectPublicKeyInfo(), default);
+        Assert.Equal(GeneratedKeyMaterial.PublicKeyFingerprint(ec.ExportSubjectPublicKeyInfo()), asEc.MaterialFingerprint);
+    }
+
+    [Fact]
     public async Task Import_RsaWithPublicExponent3_Refused_NothingLeftOnTheToken()
     {
         // .NET cannot generate a key of another exponent; BouncyCastle can.
@@ -329,6 +357,9 @@ public sealed class ImportTests(AlgorithmFixture fixture) : IClassFixture<Algori
                 var hmacKey = new KeyMaterialRef(KeyVersionId.NewId(), hmac.Wrapped);
                 var mac = await fixture.Hsm.ComputeMacAsync(hmacKey, KeyAlgorithm.HmacSha256, [(byte)'x'], default);
                 Assert.True(HMACSHA256.HashData(message, "x"u8.ToArray()).AsSpan().SequenceEqual(mac), id);
+                // The material's fingerprint, as .NET computes it from the bytes, whichever algorithm.
+                var fingerprint = GeneratedKeyMaterial.SecretFingerprint(HMACSHA256.HashData(message, Encoding.ASCII.GetBytes(GeneratedKeyMaterial.ImportFingerprintText)));
+                Assert.True(aes.MaterialFingerprint == fingerprint && hmac.MaterialFingerprint == fingerprint, id);
                 await fixture.Hsm.EvictAndDrainAsync(aesKey);
                 await fixture.Hsm.EvictAndDrainAsync(hmacKey);
                 imported++;

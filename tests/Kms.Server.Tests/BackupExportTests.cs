@@ -82,6 +82,10 @@ public sealed class BackupExportTests : IAsyncLifetime, IDisposable
         Assert.Equal(-1, snapshot.AsSpan().IndexOf(Encoding.ASCII.GetBytes(Convert.ToBase64String(material))));
         Assert.Equal(-1, snapshot.AsSpan().IndexOf(Encoding.ASCII.GetBytes(Convert.ToHexStringLower(material))));
 
+        // Claim 115: what the job imported is in the snapshot with the version (a restore keeps refusing it).
+        Assert.Matches("^[0-9a-f]{64}$", await ImportFingerprintAsync(Path.Combine(directory, BackupManifest.SnapshotFile)));
+        Assert.Equal(await ImportFingerprintAsync(_server.DatabasePath), await ImportFingerprintAsync(Path.Combine(directory, BackupManifest.SnapshotFile)));
+
         using var auditor = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("auditor", null, "security-officer"));
         var events = await auditor.ListAuditEventsAsync(new ListAuditEventsRequest { Resource = "backups/" + request.Id }).ToListAsync();
         Assert.Contains(events, e => e.Operation == "quorum/EXPORT_BACKUP" && e.Outcome == "OK");
@@ -90,6 +94,15 @@ public sealed class BackupExportTests : IAsyncLifetime, IDisposable
         {
             Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Path.Combine(directory, BackupManifest.SnapshotFile)));
         }
+    }
+
+    private static async Task<string?> ImportFingerprintAsync(string database)
+    {
+        await using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={database};Mode=ReadOnly;Pooling=False");
+        await connection.OpenAsync();
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT import_fingerprint FROM key_versions WHERE tenant = 'dev' AND key_id = 'byok-backed-up' AND version = 2";
+        return await command.ExecuteScalarAsync() as string;
     }
 
     [Fact]

@@ -199,6 +199,55 @@ public sealed class SigningEndToEndTests(ServerFixture fixture) : IClassFixture<
     }
 
     [Fact]
+    public async Task Import_AMaterialItsJobAlreadyImported_AgainOrRewrappedOrAsHmac_FailedPrecondition_NoVersionAdded_AuditedRefused()
+    {
+        // Through SoftHSM: the fingerprint of a secret is computed in the HSM, the same whether it
+        // is unwrapped as AES or as an HMAC key, and whatever OAEP seed or ephemeral key wrapped it.
+        var aes = await CreateAsync(KeyPurpose.EncryptDecrypt, ProtoAlgorithm.Aes256Gcm, allowImport: true);
+        var mac = await CreateAsync(KeyPurpose.Mac, ProtoAlgorithm.HmacSha256, allowImport: true);
+        var job = await Client.CreateImportJobAsync("tenants/dev", ServerFixture.NewKeyId(), ImportMethod.RsaOaep3072Sha1Aes256);
+        var material = RandomNumberGenerator.GetBytes(32);
+        var wrapped = KeyImport.Wrap(job.PublicKeyDer.Span, job.ImportMethod, material);
+        var rewrapped = KeyImport.Wrap(job.PublicKeyDer.Span, job.ImportMethod, material);
+        var imported = await Client.ImportKeyVersionAsync(aes, job.Name, wrapped);
+
+        foreach (var (key, blob) in new[] { (aes, wrapped), (mac, wrapped), (aes, rewrapped), (mac, rewrapped) })
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(() => Client.ImportKeyVersionAsync(key, job.Name, blob));
+            Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
+            Assert.Contains($"already imported through import job {job.Name}", e.Status.Detail, StringComparison.Ordinal);
+            Assert.DoesNotContain(Convert.ToBase64String(blob)[..16], e.Status.Detail, StringComparison.Ordinal);
+            Assert.DoesNotContain(Convert.ToHexString(blob)[..16], e.Status.Detail, StringComparison.OrdinalIgnoreCase);
+        }
+
+        Assert.Equal(imported.Name, (await Client.GetKeyAsync(aes)).Primary.Name);
+        Assert.Equal([1, 2], await VersionNumbersAsync(aes));
+        Assert.Equal([1], await VersionNumbersAsync(mac));
+        var events = (await Client.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", Operation = "ImportKeyVersion", PageSize = 1000 })).Events
+            .Where(e => e.Resource.StartsWith(aes, StringComparison.Ordinal)).ToList();
+        Assert.Equal("OK", events[0].Outcome);
+        Assert.All(events.Skip(1), e => Assert.Equal("FAILED_PRECONDITION", e.Outcome));
+        Assert.Equal(2, events.Skip(1).Sum(e => Math.Max(1, e.Count)));
+
+        // Another material through the job, and this one through a new job, are imported (as HMAC).
+        await Client.ImportKeyVersionAsync(aes, job.Name, KeyImport.Wrap(job.PublicKeyDer.Span, job.ImportMethod, RandomNumberGenerator.GetBytes(32)));
+        var second = await Client.CreateImportJobAsync("tenants/dev", ServerFixture.NewKeyId(), ImportMethod.RsaOaep3072Sha1Aes256);
+        await Client.ImportKeyVersionAsync(mac, second.Name, KeyImport.Wrap(second.PublicKeyDer.Span, second.ImportMethod, material));
+        Assert.Equal([1, 2], await VersionNumbersAsync(mac));
+    }
+
+    private async Task<List<int>> VersionNumbersAsync(string key)
+    {
+        var numbers = new List<int>();
+        await foreach (var version in Client.ListKeyVersionsAsync(key))
+        {
+            numbers.Add(int.Parse(version.Name[(version.Name.LastIndexOf('/') + 1)..], System.Globalization.CultureInfo.InvariantCulture));
+        }
+
+        return numbers;
+    }
+
+    [Fact]
     public async Task Attestation_GeneratedSigningKey_VerifiesOffline_ReportsTheHsmsAttributes_TamperedFails()
     {
         var key = await CreateAsync(KeyPurpose.SignVerify, ProtoAlgorithm.EcSignP256Sha256);

@@ -30,6 +30,73 @@ public abstract class KeyStoreLifecycleContract : KeyStoreContract
     }
 
     [Fact]
+    public async Task UpdateKey_AVersionOfAMaterialItsImportJobAlreadyImported_FailedPrecondition_NothingWritten()
+    {
+        var store = await CreateStoreAsync();
+        var first = NewKey(Dev, "byok") with { AllowImport = true };
+        var second = NewKey(Dev, "byok-2") with { AllowImport = true };
+        await store.CreateKeyAsync(first, Material(), null, default);
+        await store.CreateKeyAsync(second, Material(), null, default);
+        const string job = "tenants/dev/importJobs/job";
+        var fingerprint = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32));
+        var imported = await store.UpdateKeyAsync(first.Name, current => Imported(current, job, fingerprint), default);
+        Assert.Equal(fingerprint, imported!.Key.Primary.ImportFingerprint);
+        Assert.Equal(fingerprint, (await store.GetVersionAsync(first.Name.Version(2), default))!.ImportFingerprint);
+
+        foreach (var key in new[] { first.Name, second.Name })
+        {
+            var before = await store.ListVersionsAsync(key, 0, 10, default);
+            var refused = await Assert.ThrowsAsync<KmsException>(() => store.UpdateKeyAsync(key, current => Imported(current, job, fingerprint), default));
+            Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+            Assert.Contains($"already imported through import job {job}", refused.Message, StringComparison.Ordinal);
+            Assert.Equal(before, await store.ListVersionsAsync(key, 0, 10, default));
+            Assert.Equal(before[^1].Name, (await store.GetKeyAsync(key, default))!.Primary.Name);
+        }
+
+        // Another material through the job, the material through another job: stored.
+        Assert.NotNull(await store.UpdateKeyAsync(second.Name, current => Imported(current, job, Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32))), default));
+        Assert.NotNull(await store.UpdateKeyAsync(second.Name, current => Imported(current, "tenants/dev/importJobs/job-2", fingerprint), default));
+        Assert.Equal(3, (await store.ListVersionsAsync(second.Name, 0, 10, default)).Count);
+    }
+
+    [Fact]
+    public async Task UpdateKey_TwoConcurrentImportsOfOneMaterialThroughOneJob_OnlyOneStored()
+    {
+        var store = await CreateStoreAsync();
+        var keys = new[] { NewKey(Dev, "byok-a") with { AllowImport = true }, NewKey(Dev, "byok-b") with { AllowImport = true } };
+        foreach (var key in keys)
+        {
+            await store.CreateKeyAsync(key, Material(), null, default);
+        }
+
+        var fingerprint = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32));
+        var outcomes = await Task.WhenAll(keys.Select(key => Task.Run(async () =>
+        {
+            try
+            {
+                await store.UpdateKeyAsync(key.Name, current => Imported(current, "tenants/dev/importJobs/job", fingerprint), default);
+                return "stored";
+            }
+            catch (KmsException e)
+            {
+                return e.Code.ToString();
+            }
+        })));
+
+        Assert.Equal(["FailedPrecondition", "stored"], outcomes.Order(StringComparer.Ordinal));
+        var counts = await Task.WhenAll(keys.Select(key => store.ListVersionsAsync(key.Name, 0, 10, default)));
+        Assert.Equal([1, 2], counts.Select(c => c.Count).Order());
+    }
+
+    // A version imported through `job` with material of `fingerprint`, made the primary.
+    public static KeyChange Imported(KeyWithVersions current, string job, string fingerprint)
+    {
+        var rotation = Rotation(current, Material());
+        var version = rotation.AddedVersion!.Version with { Origin = KeyOrigin.Imported, ImportJob = job, ImportFingerprint = fingerprint };
+        return new KeyChange(current.Key with { Primary = version }) { AddedVersion = new NewKeyVersion(version, rotation.AddedVersion.Material) };
+    }
+
+    [Fact]
     public async Task UpdateKey_DecisionThrows_NothingChanges()
     {
         var store = await CreateStoreAsync();

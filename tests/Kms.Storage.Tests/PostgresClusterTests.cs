@@ -113,6 +113,42 @@ public sealed class PostgresClusterTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task TwoNodes_ConcurrentImportsOfOneMaterialThroughOneJob_IntoTwoKeys_OnlyOneStored()
+    {
+        // The record of what a job imported is written with the version, under the write lock:
+        // two nodes importing one material through one job at once cannot both succeed.
+        var nodes = new[] { await OpenAsync(), await OpenAsync() };
+        var keys = new[] { KeyStoreContract.NewKey(Dev, "byok-a") with { AllowImport = true }, KeyStoreContract.NewKey(Dev, "byok-b") with { AllowImport = true } };
+        foreach (var key in keys)
+        {
+            await nodes[0].CreateKeyAsync(key, KeyStoreContract.Material(), null, default);
+        }
+
+        var fingerprint = Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32));
+        for (var round = 0; round < 5; round++)
+        {
+            var job = $"tenants/dev/importJobs/job-{round}";
+            var outcomes = await Task.WhenAll(Enumerable.Range(0, 2).Select(n => Task.Run(async () =>
+            {
+                try
+                {
+                    await nodes[n].UpdateKeyAsync(keys[n].Name, current => KeyStoreLifecycleContract.Imported(current, job, fingerprint), default);
+                    return "stored";
+                }
+                catch (KmsException e)
+                {
+                    return e.Code.ToString();
+                }
+            })));
+
+            Assert.Equal(["FailedPrecondition", "stored"], outcomes.Order(StringComparer.Ordinal));
+        }
+
+        var stored = await Task.WhenAll(keys.Select(key => nodes[1].ListVersionsAsync(key.Name, 0, 10, default)));
+        Assert.Equal(5, stored.Sum(versions => versions.Count(v => v.ImportFingerprint == fingerprint)));
+    }
+
+    [Fact]
     public async Task Migration4_KeysThatAlreadyHoldAnImportedVersion_KeepTakingImports_OthersDoNot()
     {
         // A database as the release before allow_import left it: two keys, one of which took an import.
@@ -125,7 +161,7 @@ public sealed class PostgresClusterTests : IAsyncLifetime
         {
             await connection.OpenAsync();
             await using var undo = connection.CreateCommand();
-            undo.CommandText = "ALTER TABLE quorum_approvals DROP COLUMN sign_time; ALTER TABLE quorum_requests DROP COLUMN executing_node, DROP COLUMN credential_path, DROP COLUMN credential_revoke_time; ALTER TABLE principals DROP COLUMN delete_time; ALTER TABLE tenants DROP COLUMN delete_waiting_ms; ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 4";
+            undo.CommandText = "ALTER TABLE key_versions DROP COLUMN import_fingerprint; ALTER TABLE quorum_approvals DROP COLUMN sign_time; ALTER TABLE quorum_requests DROP COLUMN executing_node, DROP COLUMN credential_path, DROP COLUMN credential_revoke_time; ALTER TABLE principals DROP COLUMN delete_time; ALTER TABLE tenants DROP COLUMN delete_waiting_ms; ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 4";
             await undo.ExecuteNonQueryAsync();
         }
 

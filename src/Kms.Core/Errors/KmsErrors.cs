@@ -84,6 +84,14 @@ public static class KmsErrors
     public static KmsException FailedPrecondition(string message) =>
         new(KmsErrorCode.FailedPrecondition, message);
 
+    /// <summary>
+    /// ImportKeyVersion of material its import job already imported (into this key or another,
+    /// as whatever algorithm): a job imports a material once. FAILED_PRECONDITION, as for an
+    /// expired job — the job's state refuses it; nothing of the material or the wrapped key is named.
+    /// </summary>
+    public static KmsException MaterialAlreadyImported(string importJob) =>
+        new(KmsErrorCode.FailedPrecondition, $"this key material was already imported through import job {importJob}; a job imports a material once (to import it again, wrap it for a new import job)");
+
     /// <summary>A tenant being offboarded: nothing new is created in it (checked by the services, and again by the store under its write lock).</summary>
     public static KmsException TenantDeleting(string tenantResourceName) =>
         new(KmsErrorCode.FailedPrecondition, $"{tenantResourceName} is being deleted; nothing new can be created in it");

@@ -25,6 +25,13 @@ public sealed record KeyVersion(
     /// <summary>For an imported version, the import job whose key carried the material.</summary>
     public string? ImportJob { get; init; }
 
+    /// <summary>
+    /// For an imported version, the fingerprint of its material
+    /// (<see cref="Ports.GeneratedKeyMaterial.MaterialFingerprint"/>): no other version imported
+    /// through the same <see cref="ImportJob"/> has it (the store refuses one, in the write that would add it).
+    /// </summary>
+    public string? ImportFingerprint { get; init; }
+
     /// <summary>The public key of an asymmetric version (null for AES and HMAC).</summary>
     public SubjectPublicKey? PublicKey { get; init; }
 

@@ -256,7 +256,30 @@ public enum ImportMethod
 }
 
 /// <summary>New key material: wrapped under the domain key, with the public key (DER SubjectPublicKeyInfo) of a key pair.</summary>
-public sealed record GeneratedKeyMaterial(WrappedKeyMaterial Wrapped, byte[]? SubjectPublicKeyInfo);
+public sealed record GeneratedKeyMaterial(WrappedKeyMaterial Wrapped, byte[]? SubjectPublicKeyInfo)
+{
+    /// <summary>
+    /// For imported material (<see cref="IHsm.ImportKeyVersionAsync"/>), a fingerprint of the
+    /// material itself, in lowercase hex: the same however it was wrapped (another OAEP seed,
+    /// another ephemeral key) and whichever algorithm it is imported as, and from which the
+    /// material cannot be recovered — a secret's: SHA-256 of its HMAC-SHA256 over
+    /// <see cref="ImportFingerprintText"/>, computed in the HSM; a key pair's: SHA-256 of its
+    /// public key's DER SubjectPublicKeyInfo (uncompressed point, named curve). Null for
+    /// generated material.
+    /// </summary>
+    public string? MaterialFingerprint { get; init; }
+
+    /// <summary>What an imported secret MACs (HMAC-SHA256) for its <see cref="MaterialFingerprint"/>.</summary>
+    public const string ImportFingerprintText = "kms import material fingerprint v1";
+
+    /// <summary>The <see cref="MaterialFingerprint"/> of a key pair: SHA-256 of its public key as given (to be canonical DER).</summary>
+    public static string PublicKeyFingerprint(ReadOnlySpan<byte> subjectPublicKeyInfo) =>
+        Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(subjectPublicKeyInfo));
+
+    /// <summary>The <see cref="MaterialFingerprint"/> of a secret from its HMAC-SHA256 over <see cref="ImportFingerprintText"/> (hashed: the MAC itself is not kept).</summary>
+    public static string SecretFingerprint(ReadOnlySpan<byte> mac) =>
+        Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(mac));
+}
 
 /// <summary>
 /// What the HSM reports for a key version's unwrapped copy.

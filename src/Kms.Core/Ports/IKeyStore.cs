@@ -42,8 +42,17 @@ public interface IKeyStore
     /// on that fresh state, and applies it — all in one transaction, serialised with every
     /// other change of the same key. If <paramref name="decide"/> throws, nothing changes.
     /// </summary>
+    /// <remarks>
+    /// A version added with an <see cref="KeyVersion.ImportFingerprint"/> is refused when a
+    /// version of any key already has that fingerprint from the same <see cref="KeyVersion.ImportJob"/>:
+    /// judged in the same transaction as the insert, serialised with every other write, so of two
+    /// concurrent imports of one material through one job only one is stored.
+    /// </remarks>
     /// <returns>The key and its versions after the change; null if the key does not exist.</returns>
-    /// <exception cref="Errors.KmsException">AlreadyExists if the change's request id was recorded meanwhile.</exception>
+    /// <exception cref="Errors.KmsException">
+    /// AlreadyExists if the change's request id was recorded meanwhile; FailedPrecondition (see
+    /// <see cref="Errors.KmsErrors.MaterialAlreadyImported"/>) for material its import job already imported.
+    /// </exception>
     Task<KeyWithVersions?> UpdateKeyAsync(KeyName name, Func<KeyWithVersions, KeyChange> decide, CancellationToken cancellationToken);
 
     /// <summary>The key with its primary version's wrapped material, or null.</summary>

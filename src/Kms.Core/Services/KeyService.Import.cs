@@ -72,7 +72,8 @@ public sealed partial class KeyService
     /// </remarks>
     /// <exception cref="KmsException">
     /// InvalidArgument (bad wrapping, size or type, public key mismatch), FailedPrecondition
-    /// (expired job, a key not created with allow_import, key not ENABLED, algorithm of another key), NotFound.
+    /// (expired job, a key not created with allow_import, key not ENABLED, algorithm of another key,
+    /// material the job already imported: <see cref="KmsErrors.MaterialAlreadyImported"/>), NotFound.
     /// </exception>
     public async Task<KeyVersion> ImportKeyVersionAsync(Caller caller, ImportKeyVersionCommand command, CancellationToken cancellationToken)
     {
@@ -140,6 +141,13 @@ public sealed partial class KeyService
 
         var material = await hsm.ImportKeyVersionAsync(
             new KeyMaterialRef(found.Job.MaterialId, found.Material), found.Job.Method, algorithm, command.WrappedKey, command.PublicKey, cancellationToken);
+        // Recorded with the version, in its write: the store refuses a material this job already
+        // imported (into any key, as any algorithm), so a copy of the wrapped key imports nothing more.
+        if (material.MaterialFingerprint is null)
+        {
+            throw KmsErrors.Internal("the HSM gave no fingerprint of the imported material");
+        }
+
         var id = KeyVersionId.NewId();
         var result = await MutateAsync(caller, name, requestId, fingerprint,
             current => KeyTransitions.Rotate(current, id, material, now, scheduled: false, importJob: found.Job.Name.ToString()),

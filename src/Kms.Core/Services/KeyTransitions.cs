@@ -186,6 +186,7 @@ public static class KeyTransitions
         {
             Origin = importJob is null ? KeyOrigin.Generated : KeyOrigin.Imported,
             ImportJob = importJob,
+            ImportFingerprint = importJob is null ? null : material.MaterialFingerprint,
             PublicKey = material.SubjectPublicKeyInfo is { } spki ? new SubjectPublicKey(spki) : null,
             CreateRequest = Audit.AuditScope.Current?.Entry.RequestId,
         };

@@ -35,7 +35,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     [
         "version", "version_id", "algorithm", "state", "create_time", "destroy_time", "destroy_event_time",
         "encrypt_count", "decrypt_count", "last_encrypt_time", "last_decrypt_time",
-        "origin", "import_job", "public_key", "create_request",
+        "origin", "import_job", "public_key", "create_request", "import_fingerprint",
     ];
 
     private static readonly int VersionColumnCount = VersionColumnNames.Length;
@@ -724,6 +724,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         await InsertRequestAsync(connection, transaction, change.Request, cancellationToken);
         if (change.AddedVersion is { } added)
         {
+            await RefuseImportedAgainAsync(connection, transaction, added.Version, cancellationToken);
             await InsertVersionAsync(connection, transaction, name, added.Version, added.Material, cancellationToken);
         }
 
@@ -865,10 +866,28 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             ("@fingerprint", request.Fingerprint), ("@resource", request.Resource), ("@create_time", request.CreateTime.ToUnixTimeMilliseconds()));
     }
 
+    // A material its import job already imported, into any key: refused under the write lock, in
+    // the transaction that would add it (the unique index key_versions_import_material backs it).
+    private static async Task RefuseImportedAgainAsync(DbConnection connection, DbTransaction transaction, KeyVersion version, CancellationToken cancellationToken)
+    {
+        if (version.ImportFingerprint is not { } fingerprint || version.ImportJob is not { } job)
+        {
+            return;
+        }
+
+        await using var check = Command(connection, "SELECT 1 FROM key_versions WHERE import_job = @import_job AND import_fingerprint = @import_fingerprint",
+            ("@import_job", job), ("@import_fingerprint", fingerprint));
+        check.Transaction = transaction;
+        if (await check.ExecuteScalarAsync(cancellationToken) is not null)
+        {
+            throw KmsErrors.MaterialAlreadyImported(job);
+        }
+    }
+
     private static Task InsertVersionAsync(DbConnection connection, DbTransaction transaction, KeyName key, KeyVersion version, WrappedKeyMaterial material, CancellationToken cancellationToken) =>
         InsertAsync(connection, transaction, """
-            INSERT INTO key_versions (tenant, key_id, version, version_id, algorithm, state, material, create_time, origin, import_job, public_key, create_request)
-            VALUES (@tenant, @key_id, @version, @version_id, @algorithm, @state, @material, @create_time, @origin, @import_job, @public_key, @create_request)
+            INSERT INTO key_versions (tenant, key_id, version, version_id, algorithm, state, material, create_time, origin, import_job, public_key, create_request, import_fingerprint)
+            VALUES (@tenant, @key_id, @version, @version_id, @algorithm, @state, @material, @create_time, @origin, @import_job, @public_key, @create_request, @import_fingerprint)
             """,
             version.Name.ToString(),
             cancellationToken,
@@ -876,7 +895,8 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             ("@version_id", version.Id.ToBytes()), ("@algorithm", (int)version.Algorithm), ("@state", (int)version.State),
             ("@material", material.UnsafeArray), ("@create_time", version.CreateTime.ToUnixTimeMilliseconds()),
             ("@origin", (int)version.Origin), ("@import_job", (object?)version.ImportJob ?? DBNull.Value),
-            ("@public_key", (object?)version.PublicKey?.ToArray() ?? DBNull.Value), ("@create_request", (object?)version.CreateRequest ?? DBNull.Value));
+            ("@public_key", (object?)version.PublicKey?.ToArray() ?? DBNull.Value), ("@create_request", (object?)version.CreateRequest ?? DBNull.Value),
+            ("@import_fingerprint", (object?)version.ImportFingerprint ?? DBNull.Value));
 
     private static (string, object)[] KeyParameters(Key key) =>
     [
@@ -944,6 +964,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             ImportJob = reader.IsDBNull(offset + 12) ? null : reader.GetString(offset + 12),
             PublicKey = reader.IsDBNull(offset + 13) ? null : new SubjectPublicKey((byte[])reader[offset + 13]),
             CreateRequest = reader.IsDBNull(offset + 14) ? null : reader.GetString(offset + 14),
+            ImportFingerprint = reader.IsDBNull(offset + 15) ? null : reader.GetString(offset + 15),
         };
 
     private static KeyAlias ReadAlias(DbDataReader reader, AliasName name) =>

@@ -290,6 +290,14 @@ internal static class SqliteSchema
             -- approvals were timed. Additive: a schema-10 to -13 server leaves it NULL.
             ALTER TABLE quorum_approvals ADD COLUMN sign_time INTEGER;
             """, CompatibleFrom: 10),
+        new(15, """
+            -- BYOK: an import job imports a material once. Each imported version records its
+            -- material's fingerprint (a hash from which the material cannot be recovered), and no two
+            -- versions of one job share one. Not compatible with older servers: they would record
+            -- nothing, and import a copy of a wrapped key again. Versions imported before have none.
+            ALTER TABLE key_versions ADD COLUMN import_fingerprint TEXT;
+            CREATE UNIQUE INDEX key_versions_import_material ON key_versions (import_job, import_fingerprint);
+            """),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;

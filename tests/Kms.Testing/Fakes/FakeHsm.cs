@@ -372,7 +372,10 @@ public sealed class FakeHsm : IHsm, IDisposable
             if (spec.Family is KeyFamily.Aes or KeyFamily.Hmac)
             {
                 return material.Length == spec.SecretLength
-                    ? ValueTask.FromResult(new GeneratedKeyMaterial(Seal(material), null))
+                    ? ValueTask.FromResult(new GeneratedKeyMaterial(Seal(material), null)
+                    {
+                        MaterialFingerprint = GeneratedKeyMaterial.SecretFingerprint(HMACSHA256.HashData(material, System.Text.Encoding.ASCII.GetBytes(GeneratedKeyMaterial.ImportFingerprintText))),
+                    })
                     : throw KmsErrors.InvalidArgument("wrapped_key", $"{spec.Name} takes a {spec.SecretLength}-byte key, not {material.Length} bytes");
             }
 
@@ -411,7 +414,7 @@ public sealed class FakeHsm : IHsm, IDisposable
                 throw KmsErrors.InvalidArgument("public_key", "an EC import needs the public key");
             }
 
-            return ValueTask.FromResult(SealPair((byte[])material.Clone(), publicKey));
+            return ValueTask.FromResult(SealPair((byte[])material.Clone(), publicKey) with { MaterialFingerprint = GeneratedKeyMaterial.PublicKeyFingerprint(publicKey) });
         }
         finally
         {

@@ -133,6 +133,13 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
                 throw KmsErrors.AlreadyExists(added.Version.Name.ToString());
             }
 
+            // As the SQL stores: a material its import job already imported, into any key.
+            if (added.Version is { ImportFingerprint: { } fingerprint, ImportJob: { } job }
+                && _versions.Values.Any(all => all.Any(v => v.ImportJob == job && v.ImportFingerprint == fingerprint)))
+            {
+                throw KmsErrors.MaterialAlreadyImported(job);
+            }
+
             versions.Add(added.Version);
             _material[added.Version.Id] = added.Material.Bytes.ToArray();
         }
