@@ -248,9 +248,10 @@ internal static class PostgresSchema
             ALTER TABLE quorum_approvals ADD COLUMN sign_time BIGINT;
             """, CompatibleFrom: 4),
         new(9, """
-            -- An import job imports a material once, as SQLite's migration 15 (refusing older servers too).
+            -- An import job imports a material once, as SQLite's migration 15 (additive like it: an
+            -- older server records no fingerprint, which the index lets repeat).
             ALTER TABLE key_versions ADD COLUMN import_fingerprint TEXT;
             CREATE UNIQUE INDEX key_versions_import_material ON key_versions (import_job, import_fingerprint);
-            """),
+            """, CompatibleFrom: 4),
     ];
 }

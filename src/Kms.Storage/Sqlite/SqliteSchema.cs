@@ -293,11 +293,12 @@ internal static class SqliteSchema
         new(15, """
             -- BYOK: an import job imports a material once. Each imported version records its
             -- material's fingerprint (a hash from which the material cannot be recovered), and no two
-            -- versions of one job share one. Not compatible with older servers: they would record
-            -- nothing, and import a copy of a wrapped key again. Versions imported before have none.
+            -- versions of one job share one. Additive: a schema-10 to -14 server, during a rolling
+            -- upgrade, records none (NULL, which the index lets repeat), as for versions imported
+            -- before; it keeps serving rather than refusing the database.
             ALTER TABLE key_versions ADD COLUMN import_fingerprint TEXT;
             CREATE UNIQUE INDEX key_versions_import_material ON key_versions (import_job, import_fingerprint);
-            """),
+            """, CompatibleFrom: 10),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;
