@@ -25,7 +25,7 @@ public sealed class KeyTransitionsTests
     {
         { KeyState.Enabled, KeyState.Disabled },
         { KeyState.Disabled, KeyState.Disabled },
-        { KeyState.DestroyScheduled, null },
+        { KeyState.DestroyScheduled, KeyState.DestroyScheduled }, // answered as it is while the waiting period runs
         { KeyState.Destroyed, null },
     };
 
@@ -51,7 +51,7 @@ public sealed class KeyTransitionsTests
 
     [Theory]
     [MemberData(nameof(KeyDisable))]
-    public void DisableKey_FromEachState(KeyState from, KeyState? to) => AssertKeyTransition(KeyTransitions.DisableKey, from, to);
+    public void DisableKey_FromEachState(KeyState from, KeyState? to) => AssertKeyTransition(k => KeyTransitions.DisableKey(k, Now), from, to);
 
     [Theory]
     [MemberData(nameof(KeySchedule))]
@@ -83,7 +83,6 @@ public sealed class KeyTransitionsTests
         { "enable", KeyState.Destroyed, null },
         { "disable", KeyState.Enabled, KeyState.Disabled },
         { "disable", KeyState.Disabled, KeyState.Disabled },
-        { "disable", KeyState.DestroyScheduled, null },
         { "disable", KeyState.Destroyed, null },
         { "schedule", KeyState.Enabled, KeyState.DestroyScheduled },
         { "schedule", KeyState.Disabled, KeyState.DestroyScheduled },
@@ -113,6 +112,79 @@ public sealed class KeyTransitionsTests
             Assert.Equal(to, Assert.Single(change.UpdatedVersions).State);
             Assert.Equal(2, change.Key.Primary.Name.Version);
         }
+    }
+
+    [Fact]
+    public void DisableKey_DestroyScheduled_AnsweredAsItIsNothingWritten_WhileTheWaitingPeriodRuns_RefusedOnceItEnded()
+    {
+        // DisableKey is repeated by the SDK: a disable whose answer was lost, retried after the
+        // key's deletion was scheduled. The key is at least as disabled (a cancel brings it back DISABLED).
+        var key = KeyIn(KeyState.DestroyScheduled);
+        var end = key.Key.DestroyTime!.Value;
+        foreach (var now in new[] { Now, end.AddMilliseconds(-1) })
+        {
+            var change = KeyTransitions.DisableKey(key, now);
+            Assert.True(change.IsNoOp);
+            Assert.Equal((KeyState.DestroyScheduled, end), (change.Key.State, change.Key.DestroyTime));
+            Assert.Same(key.Key, change.Key);
+            Assert.Empty(change.UpdatedVersions);
+        }
+
+        // Once the period has ended the deletion has taken effect, whether or not the job has run.
+        var e = Assert.Throws<KmsException>(() => KeyTransitions.DisableKey(key, end));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("took effect", e.Message, StringComparison.Ordinal);
+
+        // Enabling such a key is still refused; a DESTROYED key still refuses both.
+        Assert.Equal(KmsErrorCode.FailedPrecondition, Assert.Throws<KmsException>(() => KeyTransitions.EnableKey(key)).Code);
+        Assert.Equal(KmsErrorCode.FailedPrecondition, Assert.Throws<KmsException>(() => KeyTransitions.DisableKey(KeyIn(KeyState.Destroyed), Now)).Code);
+    }
+
+    [Fact]
+    public void DisableVersion_DestroyScheduled_AnsweredAsItIsNothingWritten_WhileTheWaitingPeriodRuns_RefusedOnceItEnded()
+    {
+        // A version scheduled for destruction comes back DISABLED if restored.
+        var key = KeyIn(KeyState.Enabled, version1: KeyState.DestroyScheduled, version1DestroyTime: Now.AddDays(7));
+        var change = KeyTransitions.DisableVersion(key, 1, Now.AddDays(7).AddMilliseconds(-1));
+        Assert.True(change.IsNoOp);
+        Assert.Empty(change.UpdatedVersions);
+        Assert.Equal((KeyState.DestroyScheduled, Now.AddDays(7)), (key.Version(1)!.State, key.Version(1)!.DestroyTime));
+
+        var e = Assert.Throws<KmsException>(() => KeyTransitions.DisableVersion(key, 1, Now.AddDays(7)));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("took effect", e.Message, StringComparison.Ordinal);
+        Assert.Equal(KmsErrorCode.FailedPrecondition, Assert.Throws<KmsException>(() => KeyTransitions.EnableVersion(key, 1)).Code);
+    }
+
+    [Theory]
+    [InlineData(KeyState.Disabled, true)]
+    [InlineData(KeyState.DestroyScheduled, true)]
+    [InlineData(KeyState.Enabled, false)]
+    [InlineData(KeyState.Destroyed, false)]
+    public void DisableVersion_OfAKeyDestroyScheduled_AlreadyAtLeastAsDisabled_AnsweredAsItIs_WhileTheKeysPeriodRuns(KeyState version1, bool noOp)
+    {
+        // A disable of a version retried after its key's deletion was scheduled: the version is
+        // DISABLED already (or DESTROY_SCHEDULED); one still ENABLED is refused as before.
+        var key = KeyIn(KeyState.DestroyScheduled, version1: version1);
+        if (noOp)
+        {
+            Assert.True(KeyTransitions.DisableVersion(key, 1, Now).IsNoOp);
+        }
+        else
+        {
+            Assert.Equal(KmsErrorCode.FailedPrecondition, Assert.Throws<KmsException>(() => KeyTransitions.DisableVersion(key, 1, Now)).Code);
+        }
+
+        // Once the key's deletion has taken effect, refused whatever the version's state.
+        var e = Assert.Throws<KmsException>(() => KeyTransitions.DisableVersion(key, 1, key.Key.DestroyTime!.Value));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+    }
+
+    [Fact]
+    public void DisableVersion_OfADestroyedKey_Refused()
+    {
+        var key = KeyIn(KeyState.Destroyed, version1: KeyState.Disabled);
+        Assert.Equal(KmsErrorCode.FailedPrecondition, Assert.Throws<KmsException>(() => KeyTransitions.DisableVersion(key, 1, Now)).Code);
     }
 
     [Fact]
@@ -257,7 +329,7 @@ public sealed class KeyTransitionsTests
     private static KeyChange Apply(string transition, KeyWithVersions key, int version) => transition switch
     {
         "enable" => KeyTransitions.EnableVersion(key, version),
-        "disable" => KeyTransitions.DisableVersion(key, version),
+        "disable" => KeyTransitions.DisableVersion(key, version, Now),
         "schedule" => KeyTransitions.ScheduleVersionDestruction(key, version, Now, TimeSpan.FromDays(7)),
         "restore" => KeyTransitions.RestoreVersion(key, version, Now),
         _ => throw new ArgumentOutOfRangeException(nameof(transition)),

@@ -411,6 +411,65 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
         Assert.Equal($"key {key.Name} is DISABLED", disabled.Status.Detail);
     }
 
+    [Fact]
+    public async Task DisableRetriedAfterTheDeletionOrDestructionWasScheduled_OkNothingWritten_Audited_RefusedOnceThePeriodEnded()
+    {
+        // DisableKey and DisableKeyVersion are repeated by the SDK (RetrySafety): a disable whose
+        // answer was lost, sent again after the key's deletion (or the version's destruction) was
+        // scheduled. What is scheduled is at least as disabled (a cancel or restore brings it back DISABLED).
+        var key = await _client.CreateKeyAsync("tenants/dev", "disable-retried");
+        await Stub.RotateKeyAsync(new RotateKeyRequest { Name = key.Name });
+        var version = $"{key.Name}/versions/1";
+        await Stub.DisableKeyVersionAsync(new DisableKeyVersionRequest { Name = version });
+        await Stub.DisableKeyAsync(new DisableKeyRequest { Name = key.Name });
+        var scheduledVersion = (await Stub.ScheduleKeyVersionDestructionAsync(new ScheduleKeyVersionDestructionRequest
+        {
+            Name = version,
+            WaitingPeriod = Duration.FromTimeSpan(TimeSpan.FromDays(8)),
+        })).KeyVersion;
+        var scheduled = (await Stub.ScheduleKeyDeletionAsync(new ScheduleKeyDeletionRequest { Name = key.Name, WaitingPeriod = Duration.FromTimeSpan(TimeSpan.FromDays(7)) })).Key;
+        var changes = CountChanges();
+
+        var retried = (await Stub.DisableKeyAsync(new DisableKeyRequest { Name = key.Name })).Key;
+        var retriedVersion = (await Stub.DisableKeyVersionAsync(new DisableKeyVersionRequest { Name = version })).KeyVersion;
+        Assert.Equal((KeyState.DestroyScheduled, scheduled.DestroyTime), (retried.State, retried.DestroyTime));
+        Assert.Equal((KeyState.DestroyScheduled, scheduledVersion.DestroyTime), (retriedVersion.State, retriedVersion.DestroyTime));
+        Assert.Equal(scheduled, (await Stub.GetKeyAsync(new GetKeyRequest { Name = key.Name })).Key);
+        Assert.Equal(changes, CountChanges()); // nothing written: no change announced
+
+        // Enabling is still refused.
+        var enable = await Assert.ThrowsAsync<RpcException>(async () => await Stub.EnableKeyAsync(new EnableKeyRequest { Name = key.Name }));
+        Assert.Equal(StatusCode.FailedPrecondition, enable.StatusCode);
+        var enableVersion = await Assert.ThrowsAsync<RpcException>(async () => await Stub.EnableKeyVersionAsync(new EnableKeyVersionRequest { Name = version }));
+        Assert.Equal(StatusCode.FailedPrecondition, enableVersion.StatusCode);
+
+        // One event per call (the key's and its versions'), the retries OK (appended after the call,
+        // as for any call that writes nothing).
+        var events = (await _client.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", Resource = key.Name, PageSize = 100 })).Events;
+        Assert.Equal(
+            [
+                "CreateKey OK", "RotateKey OK", "DisableKeyVersion OK", "DisableKey OK", "ScheduleKeyVersionDestruction OK", "ScheduleKeyDeletion OK",
+                "DisableKey OK", "DisableKeyVersion OK", "GetKey OK", "EnableKey FAILED_PRECONDITION", "EnableKeyVersion FAILED_PRECONDITION",
+            ],
+            events.Select(e => $"{e.Operation[(e.Operation.LastIndexOf('/') + 1)..]} {e.Outcome}"));
+
+        // Once the waiting period has ended (destroyed by the lifecycle or not yet), refused.
+        _time.Advance(TimeSpan.FromDays(7) + TimeSpan.FromMinutes(1));
+        var late = await Assert.ThrowsAsync<RpcException>(async () => await Stub.DisableKeyAsync(new DisableKeyRequest { Name = key.Name }));
+        Assert.Equal(StatusCode.FailedPrecondition, late.StatusCode);
+        var lateVersion = await Assert.ThrowsAsync<RpcException>(async () => await Stub.DisableKeyVersionAsync(new DisableKeyVersionRequest { Name = version }));
+        Assert.Equal(StatusCode.FailedPrecondition, lateVersion.StatusCode);
+    }
+
+    private long CountChanges()
+    {
+        using var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Mode=ReadOnly;Pooling=False");
+        connection.Open();
+        using var command = connection.CreateCommand();
+        command.CommandText = "SELECT count(*) FROM changes";
+        return (long)command.ExecuteScalar()!;
+    }
+
     [Theory]
     [InlineData("waiting_period")]
     [InlineData("rotation_period")]

@@ -287,9 +287,19 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         return (await MutateAsync(caller, name, null, null, KeyTransitions.EnableKey, cancellationToken)).Key;
     }
 
-    /// <summary>ENABLED → DISABLED.</summary>
-    public async Task<Key> DisableKeyAsync(Caller caller, KeyName name, CancellationToken cancellationToken) =>
-        (await MutateAsync(caller, name, null, null, KeyTransitions.DisableKey, cancellationToken)).Key;
+    /// <summary>
+    /// ENABLED → DISABLED; a key DESTROY_SCHEDULED is answered as it is, nothing written, while its
+    /// waiting period runs (see <see cref="KeyTransitions.DisableKey"/>).
+    /// </summary>
+    public async Task<Key> DisableKeyAsync(Caller caller, KeyName name, CancellationToken cancellationToken)
+    {
+        caller.EnsureSameTenant(name.Tenant, name.ToString());
+
+        // Whether the waiting period has ended: by the clock CancelKeyDeletion judges it by, read
+        // under the write lock, so OK is answered exactly while a cancel would bring the key back DISABLED.
+        var end = await Clock.WaitingEndClockAsync(time, store, lifecycle.ClockJumpAllowance, cancellationToken);
+        return (await MutateAsync(caller, name, null, null, current => KeyTransitions.DisableKey(current, end()), cancellationToken)).Key;
+    }
 
     /// <summary>Schedules the key's deletion after a waiting period (7 to 30 days, default 30).</summary>
     public async Task<Key> ScheduleKeyDeletionAsync(Caller caller, KeyName name, TimeSpan? waitingPeriod, string? requestId, CancellationToken cancellationToken)
@@ -340,9 +350,18 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         return await MutateVersionAsync(caller, name, null, null, current => KeyTransitions.EnableVersion(current, name.Version), cancellationToken);
     }
 
-    /// <summary>ENABLED → DISABLED, for one version (not the primary).</summary>
-    public Task<KeyVersion> DisableKeyVersionAsync(Caller caller, KeyVersionName name, CancellationToken cancellationToken) =>
-        MutateVersionAsync(caller, name, null, null, current => KeyTransitions.DisableVersion(current, name.Version), cancellationToken);
+    /// <summary>
+    /// ENABLED → DISABLED, for one version (not the primary); a version DESTROY_SCHEDULED is answered
+    /// as it is, nothing written, while its waiting period runs (see <see cref="KeyTransitions.DisableVersion"/>).
+    /// </summary>
+    public async Task<KeyVersion> DisableKeyVersionAsync(Caller caller, KeyVersionName name, CancellationToken cancellationToken)
+    {
+        caller.EnsureSameTenant(name.Key.Tenant, name.ToString());
+
+        // By RestoreKeyVersion's clock (and CancelKeyDeletion's), read under the write lock.
+        var end = await Clock.WaitingEndClockAsync(time, store, lifecycle.ClockJumpAllowance, cancellationToken);
+        return await MutateVersionAsync(caller, name, null, null, current => KeyTransitions.DisableVersion(current, name.Version, end()), cancellationToken);
+    }
 
     /// <summary>Schedules one version's destruction after a waiting period (7 to 30 days, default 30).</summary>
     public async Task<KeyVersion> ScheduleKeyVersionDestructionAsync(Caller caller, KeyVersionName name, TimeSpan? waitingPeriod, string? requestId, CancellationToken cancellationToken)

@@ -15,6 +15,8 @@ namespace Kms.Core.Services;
 /// Key:     ENABLED ⇄ DISABLED → DESTROY_SCHEDULED → (waiting period) DESTROYED; cancel → DISABLED.
 /// Version: the same; the primary version can be neither disabled nor scheduled for
 /// destruction (make another version primary first), and a DESTROYED version has no material.
+/// Disabling what is DESTROY_SCHEDULED (a key, a version, a version of such a key) is answered
+/// as it is, nothing written, while the waiting period runs: it is at least as disabled already.
 /// </remarks>
 public static class KeyTransitions
 {
@@ -26,10 +28,24 @@ public static class KeyTransitions
         return new KeyChange(key with { State = KeyState.Enabled });
     }
 
-    /// <summary>ENABLED → DISABLED, DISABLED → DISABLED.</summary>
-    public static KeyChange DisableKey(KeyWithVersions current)
+    /// <summary>
+    /// ENABLED → DISABLED, DISABLED → DISABLED. A key DESTROY_SCHEDULED whose waiting period still
+    /// runs at <paramref name="now"/> is answered as it is, nothing written (<see cref="KeyChange.IsNoOp"/>):
+    /// it serves nothing and comes back DISABLED if its deletion is cancelled, so it is at least as
+    /// disabled already. DisableKey is repeated by the SDK, and a disable whose answer was lost,
+    /// retried after the key's deletion was scheduled, must not be told it did not take effect.
+    /// Once the period has ended (the deletion took effect), and for a DESTROYED key, refused.
+    /// </summary>
+    public static KeyChange DisableKey(KeyWithVersions current, DateTimeOffset now)
     {
         var key = current.Key;
+        if (key.State == KeyState.DestroyScheduled)
+        {
+            return !DestructionDue(key, now)
+                ? new KeyChange(key) { IsNoOp = true }
+                : throw KmsErrors.FailedPrecondition($"key {key.Name} is DESTROY_SCHEDULED and its deletion took effect at {key.DestroyTime:O}; it can no longer be disabled");
+        }
+
         EnsureNotDeleted(key, "disabling it");
         return new KeyChange(key with { State = KeyState.Disabled });
     }
@@ -83,10 +99,38 @@ public static class KeyTransitions
         };
     }
 
-    /// <summary>ENABLED → DISABLED (DISABLED stays); not the primary.</summary>
-    public static KeyChange DisableVersion(KeyWithVersions current, int number)
+    /// <summary>
+    /// ENABLED → DISABLED (DISABLED stays); not the primary. Answered as it is, nothing written
+    /// (<see cref="KeyChange.IsNoOp"/>), while no waiting period involved has ended at <paramref name="now"/>:
+    /// a version DESTROY_SCHEDULED (it comes back DISABLED if restored), and a DISABLED or
+    /// DESTROY_SCHEDULED version of a key DESTROY_SCHEDULED (its versions keep their states if the
+    /// deletion is cancelled) — a disable retried after the destruction or deletion was scheduled,
+    /// its first answer lost. Once a period involved has ended, and for anything DESTROYED, refused.
+    /// </summary>
+    public static KeyChange DisableVersion(KeyWithVersions current, int number, DateTimeOffset now)
     {
         var (key, version) = Find(current, number);
+        var keyGoing = key.State == KeyState.DestroyScheduled;
+        if (key.State == KeyState.Destroyed)
+        {
+            EnsureNotDeleted(key, $"disabling version {number}");
+        }
+
+        if (keyGoing && DestructionDue(key, now))
+        {
+            throw KmsErrors.FailedPrecondition($"key {key.Name} is DESTROY_SCHEDULED and its deletion took effect at {key.DestroyTime:O}; version {number} can no longer be disabled");
+        }
+
+        if (version.State == KeyState.DestroyScheduled && DestructionDue(version, now))
+        {
+            throw KmsErrors.FailedPrecondition($"key version {version.Name} is DESTROY_SCHEDULED and its destruction took effect at {version.DestroyTime:O}; it can no longer be disabled");
+        }
+
+        if (version.State == KeyState.DestroyScheduled || (keyGoing && version.State == KeyState.Disabled))
+        {
+            return new KeyChange(key) { IsNoOp = true };
+        }
+
         EnsureNotDeleted(key, $"disabling version {number}");
         EnsureNotPrimary(key, version, "disabling it");
         return version.State switch
