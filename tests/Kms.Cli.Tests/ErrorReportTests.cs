@@ -76,6 +76,29 @@ public sealed class ErrorReportTests
     }
 
     [Fact]
+    public void From_TransportUnavailableAtTheDefaultEndpoint_NamesTheSettingsToChangeIt()
+    {
+        var settings = new CliSettings
+        {
+            Endpoints = new([CliSettings.DefaultEndpoint], "default"),
+            CaFile = new(null, "default"),
+            TokenFile = new("/t/developer.token", "env KMS_TOKEN_FILE"),
+            ClientCert = new(null, "default"),
+            ClientKey = new(null, "default"),
+            Tenant = new("dev", "env KMS_TENANT"),
+            Timeout = new(CliSettings.DefaultTimeout, "default"),
+        };
+        var refused = new RpcException(new Status(StatusCode.Unavailable, "Error starting gRPC call.", new HttpRequestException("Connection refused (127.0.0.1:8443)")));
+        var hsmDown = new RpcException(new Status(StatusCode.Unavailable, "HSM unavailable"));
+
+        Assert.Equal(
+            "UNAVAILABLE: Error starting gRPC call. (endpoint https://127.0.0.1:8443/ from default: is the server running there? --endpoint or KMS_ENDPOINT names another)",
+            ErrorReport.From(refused, settings).Message);
+        Assert.Equal("UNAVAILABLE: HSM unavailable", ErrorReport.From(hsmDown, settings).Message);   // the server answered: it is running
+        Assert.Equal("UNAVAILABLE: Error starting gRPC call.", ErrorReport.From(refused).Message);  // no configured client made the call
+    }
+
+    [Fact]
     public void ExitCodes_AreDistinct()
     {
         var values = typeof(ExitCodes).GetFields().Select(f => (int)f.GetValue(null)!).ToList();

@@ -47,6 +47,9 @@ internal sealed class CliContext : IDisposable
     /// <exception cref="CliUsageException">A configured file is missing or unusable, or two settings contradict each other.</exception>
     public KmsClient Client => _client ??= CreateClient();
 
+    /// <summary>The settings <see cref="Client"/> was made with, once it was; null while it was not (then no call used them).</summary>
+    public CliSettings? ConfiguredClientSettings => _client is null ? null : _settings;
+
     /// <summary>A key name from the command line (see <see cref="ResourceNames"/>).</summary>
     public string KeyName(string input) => ResourceNames.Key(input, Tenant);
 

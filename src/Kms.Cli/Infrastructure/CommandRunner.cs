@@ -34,15 +34,19 @@ internal sealed class CommandRunner(GlobalOptions globals, CliEnvironment enviro
         }
         catch (Exception exception)
         {
-            return Report(exception, context.Verbose);
+            return Report(exception, context.Verbose, context.ConfiguredClientSettings);
         }
     }
 
-    /// <summary>Prints a failure (one line; the exception too with <paramref name="verbose"/>) and returns its exit code.</summary>
-    public int Report(Exception exception, bool verbose)
+    /// <summary>
+    /// Prints a failure (one line; the exception too with <paramref name="verbose"/>) and returns its exit code.
+    /// <paramref name="connection"/>: the settings of the configured client the failed call was made with, if any
+    /// (<see cref="ErrorReport.From(Exception, CliSettings?)"/>).
+    /// </summary>
+    public int Report(Exception exception, bool verbose, CliSettings? connection = null)
     {
         ArgumentNullException.ThrowIfNull(exception);
-        var report = ErrorReport.From(exception);
+        var report = ErrorReport.From(exception, connection);
         environment.Error.WriteLine($"kms: {TerminalText.Of(report.Message)}");
         if (verbose)
         {

@@ -16,15 +16,20 @@ internal sealed record ErrorReport(int ExitCode, string Message)
 
     private const string OpaqueEnvelopeFailure = "envelope decryption failed";
 
-    /// <summary>The one table from failures to exit codes.</summary>
-    public static ErrorReport From(Exception exception) => exception switch
+    /// <summary>
+    /// The one table from failures to exit codes. <paramref name="connection"/>, the settings of the
+    /// client the failed call was made with, adds what to set when the call failed for want of a
+    /// setting: no credential configured (UNAUTHENTICATED), or no server at the endpoint (UNAVAILABLE
+    /// from the transport), with where the endpoint came from.
+    /// </summary>
+    public static ErrorReport From(Exception exception, CliSettings? connection = null) => exception switch
     {
         CliUsageException usage => new(ExitCodes.Usage, usage.Message),
         CliFailureException failure => new(failure.ExitCode, failure.Message),
         RpcException rpc when Untrusted(rpc) is { } tls => new(
             ExitCodes.Usage,
             $"the server's TLS certificate is not trusted: {OneLine(tls.Message)} (check --ca-file or KMS_CA_FILE, and the endpoint's host name)"),
-        RpcException rpc => FromStatus(rpc.StatusCode, rpc.Status.Detail),
+        RpcException rpc => WithSettingHint(FromStatus(rpc.StatusCode, rpc.Status.Detail), rpc, connection),
         EnvelopeDecryptionException envelope => FromEnvelope(envelope),
         CeremonyException ceremony => FromCeremony(ceremony),
         HsmConfigurationException hsm => new(ExitCodes.Conflict, "HSM: " + hsm.Message),
@@ -108,6 +113,22 @@ internal sealed record ErrorReport(int ExitCode, string Message)
 
         return new(ExitCodes.DecryptionFailed, exception.Message == OpaqueEnvelopeFailure ? DecryptionFailed : $"{DecryptionFailed}: {OneLine(exception.Message)}");
     }
+
+    // A server's own UNAVAILABLE (HSM or database down) carries no DebugException; one the
+    // transport made (connection refused, no route, name not resolved) does.
+    private static ErrorReport WithSettingHint(ErrorReport report, RpcException failure, CliSettings? connection) => (failure.StatusCode, connection) switch
+    {
+        (StatusCode.Unauthenticated, { TokenFile.Value: null, ClientCert.Value: null }) => report with
+        {
+            Message = $"{report.Message} (no credential is configured: --token-file, KMS_TOKEN_FILE or the profile's tokenFile; or --client-cert and --client-key)",
+        },
+        (StatusCode.Unavailable, { } settings) when failure.Status.DebugException is not null => report with
+        {
+            Message = $"{report.Message} (endpoint {string.Join(", ", settings.Endpoints.Value)} from {settings.Endpoints.Source}: is the server running there?"
+                + (settings.Endpoints.Source == "default" ? " --endpoint or KMS_ENDPOINT names another)" : ")"),
+        },
+        _ => report,
+    };
 
     /// <summary>The TLS handshake's refusal of the server's certificate, if that is why the call failed: a configuration to fix, not a server to wait for.</summary>
     private static System.Security.Authentication.AuthenticationException? Untrusted(RpcException failure)
