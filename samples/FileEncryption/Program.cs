@@ -23,6 +23,13 @@ public static class FileSample
             return 2;
         }
 
+        // Before any key is made: a run on a name that is no file would leave two new keys behind.
+        if (!File.Exists(args[0]))
+        {
+            Console.Error.WriteLine($"FileEncryption: there is no file {args[0]}; name any file (e.g. head -c 200000 /dev/urandom > big.bin)");
+            return 2;
+        }
+
         using var client = new KmsClient(new KmsClientOptions
         {
             Endpoint = new Uri(Environment.GetEnvironmentVariable("KMS_ENDPOINT") ?? "https://127.0.0.1:8443"),

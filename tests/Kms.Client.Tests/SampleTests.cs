@@ -63,6 +63,17 @@ public sealed partial class SampleTests(ClientServerFixture fixture) : IClassFix
     }
 
     /// <summary>
+    /// The README's <c>dotnet run --project samples/FileEncryption -- big.bin</c> on a fresh clone, where
+    /// no big.bin exists: exit 2 with a line saying so, before any client or key is made (it threw a
+    /// FileNotFoundException with its stack trace, after creating two keys).
+    /// </summary>
+    [Fact]
+    public async Task FileSample_NoSuchFile_Exits2BeforeMakingAnything()
+    {
+        Assert.Equal(2, await FileSample.Main([Path.Combine(Path.GetTempPath(), $"kms-no-such-{Guid.NewGuid():N}.bin")]));
+    }
+
+    /// <summary>
     /// The samples read the environment variables of the <c>kms</c> CLI (docs/cli.md), so the one
     /// <c>export</c> line the README gives for the CLI points them at the same server. (They read
     /// <c>KMS_CA</c>, not the CLI's <c>KMS_CA_FILE</c>: the README's export left them on <c>.kms/tls/ca.crt</c>.)
