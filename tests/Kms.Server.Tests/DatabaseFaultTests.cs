@@ -245,14 +245,45 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
             }
         })).ToList();
 
-        await Task.Delay(700);
-        cluster.Halt();
+        // The state the claim is about is reached, not raced for: calls inside PostgreSQL when it
+        // dies. Once the load is served, the test takes the deployment-wide write lock, which every
+        // call needs (a key's creation, and every answer's audit event), and halts PostgreSQL as soon
+        // as PostgreSQL shows three writes waiting for it (the three workers' calls, or their audit
+        // events): within the statement timeout, so none of them has ended on its own. (Before, the
+        // stop came 700 ms into the load, and whether a call was inside PostgreSQL then was up to
+        // the timing.) 60 s is a hang guard.
+        var guard = Stopwatch.StartNew();
+        while (acknowledged.Count < 3)
+        {
+            Assert.True(guard.Elapsed < TimeSpan.FromSeconds(60), "hang guard: the load was not served within 60 s");
+            await Task.Delay(20);
+        }
+
+        await using (var holder = new NpgsqlConnection(new NpgsqlConnectionStringBuilder(cluster.ConnectionString) { Pooling = false }.ConnectionString))
+        {
+            await holder.OpenAsync();
+            await using (var take = new NpgsqlCommand($"SELECT pg_advisory_lock({Kms.Storage.Postgres.PostgresStore.WriteLockKey})", holder))
+            {
+                await take.ExecuteNonQueryAsync();
+            }
+
+            await using var waiting = new NpgsqlCommand($"""
+                SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = {Kms.Storage.Postgres.PostgresStore.WriteLockKey & 0xFFFF_FFFF}
+                """, holder);
+            while ((long)(await waiting.ExecuteScalarAsync())! < 3)
+            {
+                Assert.True(guard.Elapsed < TimeSpan.FromSeconds(60), "hang guard: fewer than three writes waited for the write lock within 60 s");
+                await Task.Delay(20);
+            }
+
+            cluster.Halt();
+        }
 
         // Down until every worker has had 5 calls refused since the stop: none waits for the
         // database (a call that did would hold its worker until the restart). 60 s is a hang guard.
         var atHalt = refusedBy.Select((_, w) => Volatile.Read(ref refusedBy[w])).ToArray();
         int[] RefusedSinceHalt() => [.. refusedBy.Select((_, w) => Volatile.Read(ref refusedBy[w]) - atHalt[w])];
-        var guard = Stopwatch.StartNew();
+        guard.Restart();
         while (RefusedSinceHalt().Min() < 5 && guard.Elapsed < TimeSpan.FromSeconds(60))
         {
             await Task.Delay(20);
@@ -266,6 +297,10 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
         output.WriteLine($"{string.Join(", ", statuses.Select(s => $"{s.Key} {s.Value}"))}; {string.Join("/", refusedWhileDown)} UNAVAILABLE per worker while stopped; "
             + $"slowest call {slowest.TotalMilliseconds:0} ms; every worker served again {downFor.ElapsedMilliseconds} ms after the restart");
         Assert.True(bad.IsEmpty, "answers other than a clean UNAVAILABLE: " + string.Join("; ", bad.Distinct()));
+        // What a call cut mid-statement answered itself is read from the server's log: the caller
+        // sees UNAVAILABLE either way, since that call's own audit event cannot be written either
+        // (no audit, no answer), which masks an INTERNAL answer.
+        Assert.DoesNotContain(server.Logs.Events, e => e.Contains("LogInternal", StringComparison.Ordinal));
         // Refused while it was down (counted before the restart), so no call waited for it to come
         // back; none waited past the client's 30-s deadline either, which would have ended it
         // DEADLINE_EXCEEDED, not a clean UNAVAILABLE (in `bad`). The slowest call is reported, not bounded.
