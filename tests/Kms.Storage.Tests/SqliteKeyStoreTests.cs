@@ -194,7 +194,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
     [Fact]
     public async Task Store_DatabaseLockedByAnotherWriter_UnavailableNotCrash()
     {
-        var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath, BusyTimeout = TimeSpan.FromMilliseconds(200) }, default);
+        await using var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath, BusyTimeout = TimeSpan.FromMilliseconds(200) }, default);
         await using var blocker = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
         await blocker.OpenAsync();
         await using var transaction = blocker.BeginTransaction(deferred: false);
@@ -673,7 +673,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         // committed. Read before the lock, its check would have found the policy still in place
         // and the grant would be written after the lift, dormant until a later policy revived it.
         // The busy timeout is long, so the grant waits for the lock, however slow the machine.
-        var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath, BusyTimeout = TimeSpan.FromMinutes(1) }, default);
+        await using var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath, BusyTimeout = TimeSpan.FromMinutes(1) }, default);
         var key = NewKey(Dev, "racing");
         await store.CreateKeyAsync(key, Material(), null, default);
         await store.SetKeyPolicyAsync(new KeyPolicy(key.Name, new Dictionary<string, KeyOperations> { ["token:owner"] = KeyOperations.Encrypt }), DateTimeOffset.UtcNow, default);
