@@ -181,6 +181,17 @@ public sealed class KeyTransitionsTests
     }
 
     [Fact]
+    public void DisableVersion_ADestroyedVersionOfAKeyScheduledForDeletion_RefusedNamingTheVersionDestroyed_NotTheCancel()
+    {
+        // Cancelling the key's deletion would not make a DESTROYED version disableable: the message says what is so.
+        var key = KeyIn(KeyState.DestroyScheduled, version1: KeyState.Destroyed);
+        var e = Assert.Throws<KmsException>(() => KeyTransitions.DisableVersion(key, 1, Now));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains($"key version {key.Key.Name.Version(1)} is DESTROYED", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("cancel", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void DisableVersion_OfADestroyedKey_Refused()
     {
         var key = KeyIn(KeyState.Destroyed, version1: KeyState.Disabled);

@@ -131,6 +131,12 @@ public static class KeyTransitions
             return new KeyChange(key) { IsNoOp = true };
         }
 
+        if (version.State == KeyState.Destroyed)
+        {
+            // Before the key's own state: cancelling its deletion would not make this version disableable.
+            throw KmsErrors.FailedPrecondition($"key version {version.Name} is DESTROYED; only an ENABLED version can be disabled");
+        }
+
         EnsureNotDeleted(key, $"disabling version {number}");
         EnsureNotPrimary(key, version, "disabling it");
         return version.State switch
