@@ -54,37 +54,26 @@ public sealed partial class KmsClient
     }
 
     /// <summary>
-    /// What is wrong with a batch answer of <paramref name="results"/> results to <paramref name="requests"/>
-    /// requests whose result i names request <paramref name="indexAt"/>(i), or null when it is one result per
-    /// request, each naming its own position. Counts and positions only: never anything the results carry.
+    /// Returns when the answer is one result per request, result i naming request i (its index);
+    /// otherwise runs <paramref name="onRefusal"/> on every result and throws, naming counts and
+    /// positions only, never anything the results carry.
     /// </summary>
     /// <remarks>
     /// The index must equal the position, with no exception for an answer whose every index is 0
     /// (what a server from before the field sends): such an answer is refused unless it has a
     /// single result — the SDK and the server ship together.
     /// </remarks>
-    private static string? BatchAnswerProblem(int requests, int results, Func<int, uint> indexAt)
+    private static void ThrowIfMisordered<T>(string rpc, int requests, RepeatedField<T> results, Func<T, uint> index, Action<T>? onRefusal)
     {
-        if (results != requests)
+        var problem = results.Count != requests ? $"{results.Count} results for {requests} requests" : null;
+        for (var i = 0; problem is null && i < results.Count; i++)
         {
-            return $"{results} results for {requests} requests";
-        }
-
-        for (var i = 0; i < results; i++)
-        {
-            var index = indexAt(i);
-            if (index != (uint)i)
+            if (index(results[i]) != (uint)i)
             {
-                return $"result {i} answers request {index}";
+                problem = $"result {i} answers request {index(results[i])}";
             }
         }
 
-        return null;
-    }
-
-    private static void ThrowIfMisordered<T>(string rpc, int requests, RepeatedField<T> results, Func<T, uint> index, Action<T>? onRefusal)
-    {
-        var problem = BatchAnswerProblem(requests, results.Count, i => index(results[i]));
         if (problem is null)
         {
             return;
