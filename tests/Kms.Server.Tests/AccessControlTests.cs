@@ -472,6 +472,35 @@ public sealed class AccessControlTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task GetKeyAttestation_ThroughAnAlias_WithoutAliasRead_PermissionDenied_TheKeyBehindItNotNamed()
+    {
+        // A key-importer reads keys (kms.keys.read), not aliases. The statement names the version
+        // it attests (tenants/T/keys/K/versions/N): taken through an alias, it told them which key
+        // the alias names, as an import through one did (claim 95). An alias is resolved for
+        // GetKeyAttestation only for a caller that may read aliases; decided from the request
+        // alone, so a missing alias gets the same answer.
+        using var manager = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("acme-attest-manager", "acme", "key-manager"));
+        using var importer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("acme-attest-importer", "acme", "key-importer"));
+        var key = await manager.CreateKeyAsync("tenants/acme", "byok-attest-5c1e", new Key { Purpose = KeyPurpose.EncryptDecrypt, AllowImport = true });
+        var alias = await manager.CreateAliasAsync("tenants/acme", "payments-attest", key.Name);
+
+        var existing = await Assert.ThrowsAsync<RpcException>(() => importer.GetKeyAttestationAsync(alias.Name));
+        var missing = await Assert.ThrowsAsync<RpcException>(() => importer.GetKeyAttestationAsync("tenants/acme/aliases/no-such-alias"));
+
+        Assert.Equal(StatusCode.PermissionDenied, existing.StatusCode);
+        Assert.Contains("kms.aliases.read", existing.Status.Detail, StringComparison.Ordinal);
+        Assert.DoesNotContain("byok-attest-5c1e", existing.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal((missing.StatusCode, missing.Status.Detail.Replace("no-such-alias", "payments-attest", StringComparison.Ordinal)), (existing.StatusCode, existing.Status.Detail));
+
+        // The key itself it may attest; a caller that may read aliases, through the alias too.
+        Assert.Equal(key.Name + "/versions/1", AttestedVersion(await importer.GetKeyAttestationAsync(key.Name)));
+        Assert.Equal(key.Name + "/versions/1", AttestedVersion(await manager.GetKeyAttestationAsync(alias.Name)));
+
+        static string AttestedVersion(GetKeyAttestationResponse response) =>
+            System.Text.Json.JsonDocument.Parse(response.Statement.Memory).RootElement.GetProperty("keyVersion").GetString()!;
+    }
+
+    [Fact]
     public async Task Quota_ABatchOverTheItemLimit_IsRefusedAndCostsOne_NotItsItems()
     {
         // 10,000 empty items fit in 20 KB; charged per item before the handler refused the

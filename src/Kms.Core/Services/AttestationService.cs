@@ -1,3 +1,4 @@
+using Kms.Core.Access;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
 using Kms.Core.Names;
@@ -13,10 +14,23 @@ public sealed class AttestationService(IHsm hsm, IKeyStore store, AuditLog audit
     /// <summary>
     /// The statement for a key version (or a key's primary): its stored provenance plus what the
     /// HSM reports for its unwrapped copy, signed. Versions without material (DESTROYED), or whose
-    /// (or whose key's) destruction has taken effect, cannot be attested.
+    /// (or whose key's) destruction has taken effect, cannot be attested. An alias is resolved
+    /// only for a caller that may read aliases (<see cref="Permission.AliasesRead"/>).
     /// </summary>
     public async Task<SignedKeyAttestation> GetKeyAttestationAsync(Caller caller, string name, CancellationToken cancellationToken)
     {
+        ArgumentNullException.ThrowIfNull(caller);
+
+        // The statement names the version it attests (tenants/T/keys/K/versions/N), so through an
+        // alias it says which key the alias names: a key-importer, who reads keys but not aliases,
+        // must not learn that (claim 95). Decided from the name alone, before anything is read: a
+        // missing alias gets the same PERMISSION_DENIED. (Another tenant's alias never gets here.)
+        if (!ResourceSegments.Is(name, ResourceSegments.KeyCollection, "versions") && ResourceSegments.Is(name, ResourceSegments.Collection, "aliases"))
+        {
+            var alias = AliasName.Parse(name, "name");
+            AccessControl.Demand(caller, Permission.AliasesRead, alias.Tenant, alias.ToString());
+        }
+
         var found = await _resolver.ResolveVersionAsync(caller, name, cancellationToken);
         Audit.AuditScope.SetResource(found.Version.Name.ToString());
         if (found.Material is null)
