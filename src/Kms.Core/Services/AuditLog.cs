@@ -126,8 +126,8 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         _pageTokenKey = HMACSHA256.HashData(_contextKey, (byte[])[0xFF, .. "kms audit page token v1"u8]);
 
         var latest = await store.GetLatestAuditCheckpointAsync(cancellationToken);
-        _lastCheckpoint = latest is null ? AuditChain.Empty : new AuditHead(latest.Sequence, latest.HeadHash);
-        _lastCheckpointTime = latest?.Time ?? time.GetUtcNow();
+        _lastCheckpoint = latest is not null && SignedHead(latest) is { } signed ? signed : AuditChain.Empty;
+        _lastCheckpointTime = latest is null ? time.GetUtcNow() : Earlier(latest.Time, time.GetUtcNow());
         _forwarded = (await store.GetAuditHeadAsync(cancellationToken)).Sequence;
     }
 
@@ -349,10 +349,11 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
                 return;
             }
 
-            if (await store.GetLatestAuditCheckpointAsync(cancellationToken) is { } latest && latest.Sequence > _lastCheckpoint.Sequence)
+            if (await store.GetLatestAuditCheckpointAsync(cancellationToken) is { } latest && latest.Sequence > _lastCheckpoint.Sequence
+                && SignedHead(latest) is { } signed)
             {
-                _lastCheckpoint = new AuditHead(latest.Sequence, latest.HeadHash);
-                _lastCheckpointTime = latest.Time;
+                _lastCheckpoint = signed;
+                _lastCheckpointTime = Earlier(latest.Time, time.GetUtcNow());
             }
 
             var head = await store.GetAuditHeadAsync(cancellationToken);
@@ -385,6 +386,7 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
             return null;
         }
 
+        await ThrowUnlessTheChainPassesThroughAsync(_lastCheckpoint, head, cancellationToken);
         var now = Clock.Now(time);
         var body = AuditChain.CheckpointBody(head.Sequence, head.Hash, now, Fingerprint);
         var signature = await hsm.SignEcdsaAsync(_signingKey ?? throw new InvalidOperationException("the audit log is not initialised"), EcCurve.P256, AuditChain.CheckpointDigest(body), cancellationToken);
@@ -395,6 +397,73 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         CheckpointWritten?.Invoke(checkpoint);
         return checkpoint;
     }
+
+    /// <summary>
+    /// Refuses to sign <paramref name="head"/> unless the chain in the database still passes
+    /// through <paramref name="last"/>, the last checkpoint this process signed or read (and
+    /// checked): whoever can write the database could otherwise remove or rewrite signed events,
+    /// delete the checkpoints that signed them, and have this server sign the result — after
+    /// which a verifier without a checkpoint kept off the host finds nothing wrong.
+    /// </summary>
+    /// <remarks>
+    /// The event at <paramref name="last"/>'s sequence is hashed from its body (the hash column
+    /// is the database's word only); after a retention cut through it, the next event's link must
+    /// name it. What lies after it is the unsigned tail (docs/audit-format.md, SECURITY.md).
+    /// </remarks>
+    private async Task ThrowUnlessTheChainPassesThroughAsync(AuditHead last, AuditHead head, CancellationToken cancellationToken)
+    {
+        if (last.Sequence == 0)
+        {
+            return;
+        }
+
+        var found = head.Sequence < last.Sequence
+            ? null
+            : await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = last.Sequence - 1, Limit = 1 }, cancellationToken) switch
+            {
+                [var e] when e.Sequence == last.Sequence => AuditChain.HashOf(e.Body),
+                [var e] when e.Sequence == last.Sequence + 1 => e.PreviousHash,
+                _ => null,
+            };
+        if (found != last.Hash)
+        {
+            throw KmsErrors.FailedPrecondition(
+                $"the audit chain in the database (head {head.Sequence}) no longer passes through checkpoint {last.Sequence} ({last.Hash}), the last this server signed or read: "
+                + "signed events were removed or rewritten, and the checkpoints after them deleted; refusing to sign a checkpoint over it. Compare the database with the checkpoints kept off the host");
+        }
+    }
+
+    // A checkpoint row counts only if the audit key signed its body and the body says what its
+    // columns say: a database writer could otherwise insert one (and delete it again once read)
+    // to move the head this process takes as signed.
+    private AuditHead? SignedHead(AuditCheckpoint checkpoint)
+    {
+        try
+        {
+            using (var document = JsonDocument.Parse(checkpoint.Body))
+            {
+                var body = document.RootElement;
+                if (body.GetProperty("seq").GetInt64() != checkpoint.Sequence || body.GetProperty("head").GetString() != checkpoint.HeadHash)
+                {
+                    return null;
+                }
+            }
+
+            using var verifier = ECDsa.Create();
+            verifier.ImportSubjectPublicKeyInfo(PublicKey, out _);
+            return verifier.VerifyHash(AuditChain.CheckpointDigest(checkpoint.Body), checkpoint.Signature)
+                ? new AuditHead(checkpoint.Sequence, checkpoint.HeadHash)
+                : null;
+        }
+        catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or FormatException)
+        {
+            return null;
+        }
+    }
+
+    // A checkpoint's time column is the database's word: one in the future would hold off the
+    // interval's checkpoints (the unsigned tail growing to CheckpointEveryEvents) until then.
+    private static DateTimeOffset Earlier(DateTimeOffset a, DateTimeOffset b) => a < b ? a : b;
 
     /// <summary>
     /// Signs a document outside the chain with the audit key (<see cref="SignedStatement"/>): a
@@ -444,7 +513,22 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
             anchor = (await store.ListAuditCheckpointsAsync(oldest[0].Sequence - 1, 1, cancellationToken)) is [var first] && first.Sequence <= limit ? first : null;
         }
 
-        return anchor is null || anchor.Sequence < oldest[0].Sequence ? 0 : await PruneThroughAsync(anchor.Sequence, cancellationToken);
+        if (anchor is null || anchor.Sequence < oldest[0].Sequence)
+        {
+            return 0;
+        }
+
+        // Which events are old was asked of the time column, which only indexes the bodies: the
+        // event the cut ends at must be that old by its body too, or a database writer who aged
+        // the column would have this server delete recent events under a signed record of a cut.
+        if (await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = anchor.Sequence - 1, Limit = 1 }, cancellationToken) is not [var last]
+            || last.Sequence != anchor.Sequence || last.Entry.Time >= cutoff)
+        {
+            throw KmsErrors.FailedPrecondition(
+                $"audit retention: event {anchor.Sequence}, where the cut would end, is not older than the retention period by its body ({cutoff:O}), though the database's time column says so: the column was edited; nothing deleted");
+        }
+
+        return await PruneThroughAsync(anchor.Sequence, cancellationToken);
     }
 
     /// <summary>

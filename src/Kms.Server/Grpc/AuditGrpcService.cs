@@ -179,12 +179,14 @@ internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IA
         // Signed up to here before it leaves, so the export is vouched for to its last event
         // rather than to the last interval's checkpoint (or, on a young log, to nothing). Without
         // the HSM it goes out as it is — forensics during an outage need it most — and the
-        // verifier says how far it is signed.
+        // verifier says how far it is signed. Likewise when the server refuses to sign the chain
+        // the database now holds (signed events removed or rewritten under it): that export is
+        // evidence, checked against the checkpoints kept off the host.
         try
         {
             await audit.CheckpointAsync(context.CancellationToken);
         }
-        catch (KmsException e) when (e.Code == KmsErrorCode.Unavailable)
+        catch (KmsException e) when (e.Code is KmsErrorCode.Unavailable or KmsErrorCode.FailedPrecondition)
         {
             LogExportUnsigned(logger, e.Message);
         }

@@ -1,0 +1,381 @@
+using System.Text.RegularExpressions;
+using Kms.Client.Audit;
+using Kms.Core.Audit;
+using Kms.Core.Errors;
+using Kms.Core.Services;
+using Kms.Storage.Sqlite;
+using Kms.Testing.Fakes;
+using Microsoft.Data.Sqlite;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Kms.Client.Tests;
+
+/// <summary>
+/// The audit log attacked by someone who can write the database (a real SQLite file, edited with
+/// SQL) and read the exports, but does not hold the HSM: what the offline verifier catches, and
+/// what the server refuses to sign or delete on the database's word.
+/// </summary>
+public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposable
+{
+    private readonly string _directory = Directory.CreateTempSubdirectory("kms-audit-writer-").FullName;
+    private readonly FakeHsm _hsm = new();
+    private readonly FakeTimeProvider _time = new(new DateTimeOffset(2026, 11, 29, 12, 0, 0, TimeSpan.Zero));
+    private SqliteStore _store = null!;
+    private AuditLog _log = null!;
+
+    private string DatabasePath => Path.Combine(_directory, "kms.db");
+
+    public async Task InitializeAsync()
+    {
+        _store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath }, default);
+        _log = await StartAsync(_store, _hsm);
+    }
+
+    public async Task DisposeAsync() => await _store.DisposeAsync();
+
+    public void Dispose()
+    {
+        _hsm.Dispose();
+        SqliteConnection.ClearAllPools();
+        Directory.Delete(_directory, recursive: true);
+    }
+
+    // The columns beside the body only index it: an edit of them changes no byte of the export.
+    // An edit of the body (the client address, which has no column) is caught, re-hashed or not.
+    [Fact]
+    public async Task IndexColumnsEdited_ExportUnchanged_BodyEdited_Detected()
+    {
+        await BuildAsync();
+        var before = await ExportAsync();
+        Sql("UPDATE audit_events SET principal = 'token:mallory', tenant = 'other', outcome = 'OK', resource = 'tenants/other/keys/x', time = 0, operation = 'x' WHERE seq = 3");
+        Assert.Equal(before, await ExportAsync());
+        Assert.True(Verify(before).Valid);
+
+        Sql("UPDATE audit_events SET body = replace(body, '\"client\":\"ipv4:127.0.0.1:5000\"', '\"client\":\"ipv4:10.9.9.9:1\"') WHERE seq = 3");
+        AssertFails(await ExportAsync(), 3, "event 3 does not match its hash");
+
+        var body = Scalar("SELECT body FROM audit_events WHERE seq = 3");
+        Sql($"UPDATE audit_events SET hash = '{AuditChain.HashOf(body)}' WHERE seq = 3");
+        AssertFails(await ExportAsync(), 3, "the chain is broken between events 3 and 4");
+    }
+
+    [Fact]
+    public async Task SequenceNumbersSwapped_Detected_RepeatedLine_Detected()
+    {
+        await BuildAsync();
+        Sql("UPDATE audit_events SET seq = -3 WHERE seq = 3; UPDATE audit_events SET seq = 3 WHERE seq = 4; UPDATE audit_events SET seq = 4 WHERE seq = -3");
+        AssertFails(await ExportAsync(), 3, "event 3 is missing (the next one is 4)");
+
+        // A sequence number cannot be stored twice (its primary key); in an export, a line given twice:
+        Sql("UPDATE audit_events SET seq = -3 WHERE seq = 3; UPDATE audit_events SET seq = 3 WHERE seq = 4; UPDATE audit_events SET seq = 4 WHERE seq = -3");
+        var lines = await ExportAsync();
+        lines.Insert(IndexOfEvent(lines, 5), lines[IndexOfEvent(lines, 4)]);
+        AssertFails(lines, 5, "event 4 is out of order or repeated (expected 5)");
+    }
+
+    // The documented limitation, and no wider: the last events and the newest checkpoint removed
+    // verify (signed to the checkpoint before), and only a checkpoint known from outside shows it.
+    [Fact]
+    public async Task TailAndNewestCheckpointDeleted_OnlyAKnownCheckpointShowsIt()
+    {
+        await BuildAsync();
+        var known = new KnownCheckpoint(10, Scalar("SELECT head FROM audit_checkpoints WHERE seq = 10"));
+        Sql("DELETE FROM audit_events WHERE seq > 7; DELETE FROM audit_checkpoints WHERE seq = 10");
+        var lines = await ExportAsync();
+
+        var quiet = Verify(lines);
+        Assert.True(quiet.Valid, quiet.Problem);
+        Assert.Equal((7L, 5L), (quiet.Events, quiet.LastSignedSequence));
+        var caught = Verify(lines, known);
+        Assert.False(caught.Valid);
+        Assert.Equal(8, caught.FirstBadSequence);
+        Assert.Contains("the export ends before the known checkpoint at 10", caught.Problem, StringComparison.Ordinal);
+    }
+
+    // Before, the server signed whatever head the database held: signed events removed (or
+    // rewritten and re-chained) with the checkpoints that signed them were signed again by the
+    // next checkpoint, and the export then verified to its end without a known checkpoint.
+    [Fact]
+    public async Task SignedEventsRemovedWithTheirCheckpoint_RunningServerRefusesToSignTheChainThatReplacedThem()
+    {
+        await BuildAsync();
+        Assert.NotNull(await _log.CheckpointAsync(default)); // 12, signed by this process
+        Sql("DELETE FROM audit_events WHERE seq > 7; DELETE FROM audit_checkpoints WHERE seq > 5");
+        await AppendAsync(13, 20); // seq 8..15: other events where 8..12 were
+
+        var refused = await Assert.ThrowsAsync<KmsException>(() => _log.CheckpointAsync(default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+        Assert.Contains("no longer passes through checkpoint 12", refused.Message, StringComparison.Ordinal);
+        Assert.Equal("5", Scalar("SELECT max(seq) FROM audit_checkpoints"));
+
+        // The export still goes out; it verifies only as far as checkpoint 5.
+        var result = Verify(await ExportAsync());
+        Assert.Equal((15L, 5L), (result.Events, result.LastSignedSequence));
+    }
+
+    [Fact]
+    public async Task SignedEventRewrittenAndRechained_CheckpointsDeleted_RunningServerRefusesToSignIt_KnownCheckpointCatchesItAfterARestart()
+    {
+        await BuildAsync();
+        var known = new KnownCheckpoint(10, Scalar("SELECT head FROM audit_checkpoints WHERE seq = 10"));
+        Sql("UPDATE audit_events SET body = replace(body, '\"principal\":\"token:bob\"', '\"principal\":\"token:carol\"') WHERE seq = 7");
+        Rechain(from: 7);
+        Sql("DELETE FROM audit_checkpoints WHERE seq > 5");
+
+        // A forged checkpoint row of the rewritten head, read by a housekeeping pass and then
+        // deleted again, does not become the head this process takes as signed.
+        Sql($"INSERT INTO audit_checkpoints (seq, head, time, key, body, signature) VALUES (12, '{Scalar("SELECT hash FROM audit_events WHERE seq = 12")}', 0, 'k', '{{\"v\":1,\"type\":\"checkpoint\",\"seq\":12}}', x'00')");
+        await _log.RunHousekeepingAsync(default);
+        Sql("DELETE FROM audit_checkpoints WHERE seq = 12");
+        await AppendAsync(13, 13);
+
+        var refused = await Assert.ThrowsAsync<KmsException>(() => _log.CheckpointAsync(default));
+        Assert.Contains("no longer passes through checkpoint 10", refused.Message, StringComparison.Ordinal);
+
+        // A restarted server knows only the database: it signs the rewrite (docs/audit-format.md).
+        // What still shows it is the checkpoint shipped off the host.
+        var restarted = await StartAsync(_store, _hsm);
+        Assert.NotNull(await restarted.CheckpointAsync(default));
+        var lines = await ExportAsync(restarted);
+        Assert.True(Verify(lines).Valid);
+        var caught = Verify(lines, known);
+        Assert.False(caught.Valid);
+        Assert.Contains("event 10 differs from the known checkpoint: the log was rewritten", caught.Problem, StringComparison.Ordinal);
+    }
+
+    // Another deployment's events (the same genesis) spliced in: its checkpoints name its key;
+    // without them, this deployment's checkpoints no longer match, and the server signs nothing.
+    [Fact]
+    public async Task EventsOfAnotherDeploymentSpliced_Detected()
+    {
+        await BuildAsync();
+        using var otherHsm = new FakeHsm();
+        var otherPath = Path.Combine(_directory, "other.db");
+        await using (var other = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = otherPath }, default))
+        {
+            var otherLog = await StartAsync(other, otherHsm);
+            await other.AppendAuditAsync([.. Enumerable.Range(1, 12).Select(i => Entry(i) with { RequestId = $"other-{i}" })], default);
+            Assert.NotNull(await otherLog.CheckpointAsync(default));
+        }
+
+        Sql($"ATTACH '{otherPath}' AS other; DELETE FROM audit_events; INSERT INTO audit_events SELECT * FROM other.audit_events");
+        AssertFails(await ExportAsync(), 1, "differ from what checkpoint 5 signed");
+
+        Sql($"ATTACH '{otherPath}' AS other; DELETE FROM audit_checkpoints; INSERT INTO audit_checkpoints SELECT * FROM other.audit_checkpoints");
+        AssertFails(await ExportAsync(), 12, "names another signing key");
+
+        Sql("DELETE FROM audit_checkpoints");
+        await Assert.ThrowsAsync<KmsException>(() => _log.CheckpointAsync(default));
+        var unsigned = Verify(await ExportAsync());
+        Assert.Equal(0L, unsigned.LastSignedSequence); // kms audit verify: exit 7 unless --allow-unsigned
+    }
+
+    // A checkpoint replayed later in the export vouches for its own event only; one moved before
+    // its event is refused; checkpoints.jsonl's lines are checkpoint lines like these.
+    [Fact]
+    public async Task CheckpointLineReplayedLater_VouchesForItsEventOnly_MovedBeforeItsEvent_Refused()
+    {
+        await BuildAsync();
+        var lines = await ExportAsync();
+        var five = lines.FindIndex(l => l.StartsWith("{\"checkpoint\":{\"v\":1,\"type\":\"checkpoint\",\"seq\":5,", StringComparison.Ordinal));
+        var replayed = new List<string>(lines) { lines[five] };
+        replayed.RemoveRange(IndexOfEvent(replayed, 11), 2); // events 11 and 12 gone: the tail
+        var result = Verify(replayed);
+        Assert.True(result.Valid, result.Problem);
+        Assert.Equal((10L, 10L), (result.LastSignedSequence, result.Events));
+
+        var moved = new List<string>(lines);
+        var ten = moved.FindIndex(l => l.StartsWith("{\"checkpoint\":{\"v\":1,\"type\":\"checkpoint\",\"seq\":10,", StringComparison.Ordinal));
+        var line = moved[ten];
+        moved.RemoveAt(ten);
+        moved.Insert(IndexOfEvent(moved, 10), line);
+        AssertFails(moved, 10, "checkpoint 10 comes before its event");
+    }
+
+    // Before, the newest checkpoint's time column was believed: one set in the future held off
+    // the interval's checkpoints after a restart, so the unsigned tail grew to 10,000 events.
+    [Fact]
+    public async Task CheckpointTimeColumnSetInTheFuture_IntervalCheckpointsStillSigned()
+    {
+        await BuildAsync();
+        Sql("UPDATE audit_checkpoints SET time = 253402300799000 WHERE seq = 10");
+        var restarted = await StartAsync(_store, _hsm);
+        _time.Advance(TimeSpan.FromMinutes(2));
+        await restarted.RunHousekeepingAsync(default);
+        Assert.Equal("12", Scalar("SELECT max(seq) FROM audit_checkpoints"));
+    }
+
+    // Before, retention chose what to delete by the time column: events aged there were deleted,
+    // recent as they were, under a signed record of the cut that the verifier then accepted.
+    [Fact]
+    public async Task Retention_TimeColumnAgedByTheWriter_RecentEventsNotDeleted()
+    {
+        var log = await StartAsync(_store, _hsm, new AuditOptions { Retention = TimeSpan.FromDays(30) });
+        await AppendAsync(1, 1);
+        Assert.NotNull(await log.CheckpointAsync(default));
+        _time.Advance(TimeSpan.FromDays(40)); // event 1 is due for deletion, the rest are recent
+        await AppendAsync(2, 12);
+        Assert.NotNull(await log.CheckpointAsync(default));
+        await AppendAsync(13, 13);
+        Sql("UPDATE audit_events SET time = 0");
+
+        var refused = await Assert.ThrowsAsync<KmsException>(() => log.PruneAsync(_time.GetUtcNow(), default));
+        Assert.Contains("the column was edited; nothing deleted", refused.Message, StringComparison.Ordinal);
+        Assert.Equal("1", Scalar("SELECT min(seq) FROM audit_events"));
+
+        // Columns as the server wrote them (event 1 old, the rest recent): event 1 goes, as retention should.
+        Sql($"UPDATE audit_events SET time = {_time.GetUtcNow().ToUnixTimeMilliseconds()} WHERE seq > 1");
+        Assert.Equal(1, await log.PruneAsync(_time.GetUtcNow(), default));
+        Assert.Equal("2", Scalar("SELECT min(seq) FROM audit_events"));
+    }
+
+    // Respellings of a body that a JSON reader takes as equal are other bytes: never verified.
+    [Theory]
+    [InlineData("\"seq\":3,", "\"\\u0073eq\":3,")]
+    [InlineData("\"outcome\":\"OK\"", "\"outcome\":\"\\u004FK\"")]
+    [InlineData("\"count\":1,", "\"count\":1.0,")]
+    [InlineData("\"count\":1,", "\"count\":1e0,")]
+    [InlineData("\"v\":1,", "\"v\":1,\"outcome\":\"PERMISSION_DENIED\",")]
+    public async Task BodyRespelled_ReadsTheSameOrDifferently_NeverVerifies(string find, string replacement)
+    {
+        await BuildAsync();
+        var lines = await ExportAsync();
+        var i = IndexOfEvent(lines, 3);
+        lines[i] = lines[i].Replace(find, replacement, StringComparison.Ordinal);
+        Assert.False(Verify(lines).Valid, replacement);
+        var body = lines[i]["{\"event\":".Length..lines[i].LastIndexOf(",\"hash\":", StringComparison.Ordinal)];
+        lines[i] = "{\"event\":" + body + ",\"hash\":\"" + AuditChain.HashOf(body) + "\"}";
+        var rehashed = Verify(lines);
+        Assert.False(rehashed.Valid, replacement);
+        Assert.Equal(3, rehashed.FirstBadSequence);
+    }
+
+    [Fact]
+    public async Task HostileInput_ClearRefusal_NeverAnException()
+    {
+        await BuildAsync();
+        var lines = await ExportAsync();
+        foreach (var bad in new[]
+        {
+            new string('[', 100_000) + new string(']', 100_000),
+            "{\"kms_audit_export\":1,\"anchor\":{\"seq\":9223372036854775807,\"hash\":\"x\"}}",
+            "{\"kms_audit_export\":1,\"anchor\":{\"seq\":\"1\",\"hash\":1}}",
+            "{\"event\":{\"seq\":99999999999999999999999},\"hash\":\"x\"}",
+            "{\"event\":[],\"hash\":\"x\"}",
+            "{\"checkpoint\":5,\"signature\":\"x\"}",
+            "{\"checkpoint\":{\"v\":1,\"type\":\"checkpoint\",\"seq\":3,\"key\":\"k\"},\"signature\":\"%%%\"}",
+            "\u0000\u0001\uFFFD",
+        })
+        {
+            var result = Verify([lines[0], bad, .. lines.Skip(1)]);
+            Assert.False(result.Valid, bad[..Math.Min(bad.Length, 60)]);
+            Assert.NotNull(result.Problem);
+        }
+
+        var farAnchor = Verify(["{\"kms_audit_export\":1,\"anchor\":{\"seq\":9223372036854775807,\"hash\":\"x\"}}"]);
+        Assert.False(farAnchor.Valid);
+        Assert.Contains("no signed checkpoint vouches for it", farAnchor.Problem, StringComparison.Ordinal);
+    }
+
+    private async Task<AuditLog> StartAsync(SqliteStore store, FakeHsm hsm, AuditOptions? options = null)
+    {
+        var log = new AuditLog(store, store, hsm, _time, options ?? new AuditOptions());
+        await log.InitializeAsync(default);
+        return log;
+    }
+
+    // Twelve events, checkpoints at 5 and 10.
+    private async Task BuildAsync()
+    {
+        for (var i = 1; i <= 12; i++)
+        {
+            await AppendAsync(i, i);
+            if (i % 5 == 0)
+            {
+                Assert.NotNull(await _log.CheckpointAsync(default));
+            }
+        }
+    }
+
+    private async Task AppendAsync(int from, int to)
+    {
+        for (var i = from; i <= to; i++)
+        {
+            _time.Advance(TimeSpan.FromSeconds(1));
+            await _store.AppendAuditAsync([Entry(i)], default);
+        }
+    }
+
+    private AuditEntry Entry(int i) => new()
+    {
+        Time = _time.GetUtcNow(),
+        RequestId = $"req-{i}",
+        Principal = i % 2 == 0 ? "token:alice" : "token:bob",
+        Tenant = "dev",
+        Operation = "/kms.v1.KeyManagementService/Decrypt",
+        Resource = "tenants/dev/keys/k",
+        Outcome = "OK",
+        Client = "ipv4:127.0.0.1:5000",
+    };
+
+    private Task<List<string>> ExportAsync() => ExportAsync(_log);
+
+    private static async Task<List<string>> ExportAsync(AuditLog log)
+    {
+        var lines = new List<string>();
+        await foreach (var line in log.ExportAsync(0, default))
+        {
+            lines.Add(line);
+        }
+
+        return lines;
+    }
+
+    // As whoever holds the database would: every body from `from` on linked to the one before, re-hashed.
+    private void Rechain(long from)
+    {
+        var previous = Scalar($"SELECT hash FROM audit_events WHERE seq = {from - 1}");
+        var last = long.Parse(Scalar("SELECT max(seq) FROM audit_events"), System.Globalization.CultureInfo.InvariantCulture);
+        for (var seq = from; seq <= last; seq++)
+        {
+            var body = PrevPattern().Replace(Scalar($"SELECT body FROM audit_events WHERE seq = {seq}"), $"\"prev\":\"{previous}\"");
+            previous = AuditChain.HashOf(body);
+            Sql($"UPDATE audit_events SET body = '{body.Replace("'", "''", StringComparison.Ordinal)}', hash = '{previous}' WHERE seq = {seq}");
+        }
+    }
+
+    private AuditVerification Verify(List<string> lines, KnownCheckpoint? known = null) =>
+        AuditVerifier.Verify(new StringReader(string.Join('\n', lines) + "\n"), _log.PublicKey, known);
+
+    private void AssertFails(List<string> lines, long firstBad, string problem)
+    {
+        var result = Verify(lines);
+        Assert.False(result.Valid);
+        Assert.True(firstBad == result.FirstBadSequence, $"first bad {result.FirstBadSequence}, expected {firstBad}: {result.Problem}");
+        Assert.Contains(problem, result.Problem, StringComparison.Ordinal);
+    }
+
+    private static int IndexOfEvent(List<string> lines, long seq) =>
+        lines.FindIndex(l => l.StartsWith($"{{\"event\":{{\"v\":1,\"seq\":{seq},", StringComparison.Ordinal));
+
+    private void Sql(string sql)
+    {
+        using var connection = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
+        connection.Open();
+        using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        command.ExecuteNonQuery();
+    }
+
+    private string Scalar(string sql)
+    {
+        using var connection = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
+        connection.Open();
+        using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        return Convert.ToString(command.ExecuteScalar(), System.Globalization.CultureInfo.InvariantCulture) ?? "";
+    }
+
+    [GeneratedRegex("\"prev\":\"[0-9a-f]{64}\"")]
+    private static partial Regex PrevPattern();
+}
