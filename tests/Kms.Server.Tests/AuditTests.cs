@@ -101,6 +101,12 @@ public sealed class AuditTests : IAsyncLifetime
 
         using var dataKey = await _developer.GenerateDataKeyAsync(key.Name, context);
         var dataKeyBytes = dataKey.Plaintext.ToArray();
+
+        // A blind-index lookup (docs/client.md): the value goes to GenerateMac, inside the MAC input.
+        var indexedValue = "CANARY-INDEXED-VALUE-e71b";
+        var macVersion = (await _developer.CreateKeyAsync("tenants/dev", "canary-index", KeyPurpose.Mac)).Primary.Name;
+        await new Kms.Client.BlindIndex(_developer, macVersion, "patients.email", 32).ComputeAsync(indexedValue);
+
         await Assert.ThrowsAsync<RpcException>(() => _developer.DecryptAsync(blob, new Dictionary<string, string> { ["patient"] = contextValue + "x" }));
         var issued = await _server.CreatePrincipalWithTokenAsync("canary-bot", "dev", "key-user");
         using (var bot = _server.CreateClient(issued))
@@ -126,12 +132,14 @@ public sealed class AuditTests : IAsyncLifetime
             ["plaintext"] = plaintext,
             ["data key"] = dataKeyBytes,
             ["context value"] = Encoding.UTF8.GetBytes(contextValue),
+            ["blind-indexed value"] = Encoding.UTF8.GetBytes(indexedValue),
             ["api token"] = Encoding.UTF8.GetBytes(issued),
             // kms_<16 hex>_<secret>: the secret is base64url and may itself contain '_'.
             ["api token secret"] = Encoding.UTF8.GetBytes(issued[TokenSecretStart..]),
             ["wrong token secret"] = Encoding.UTF8.GetBytes(issued[TokenSecretStart..^4] + "AAAA"),
         };
         Assert.Contains("\"patient\":", export, StringComparison.Ordinal);
+        Assert.Contains(export.Split('\n'), line => line.Contains("GenerateMac", StringComparison.Ordinal) && line.Contains(macVersion, StringComparison.Ordinal));
         foreach (var (place, content) in places)
         {
             Assert.NotEmpty(content);

@@ -1,0 +1,209 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using System.Text;
+using Google.Protobuf;
+using Kms.Contracts.V1;
+using Kms.Core;
+using Kms.Core.Errors;
+
+namespace Kms.Client;
+
+/// <summary>
+/// A blind index: a keyed, truncated MAC ("beacon") of a value stored encrypted, kept beside
+/// its ciphertext so that rows can be found by equality of the value without decrypting them
+/// (docs/client.md, "Looking up encrypted values: blind indexes").
+/// </summary>
+/// <remarks>
+/// <para>
+/// The beacon of a value is the first <see cref="Bits"/>/8 bytes of the KMS's HMAC-SHA256, under
+/// one key <em>version</em>, of
+/// <c>"kms blind index v1"</c> (18 ASCII bytes) ‖ bits (2 bytes, big-endian) ‖ the index name's
+/// UTF-8 length (2 bytes, big-endian) ‖ the index name (UTF-8) ‖ the value, written as lowercase
+/// hex. Two indexes on one key version (other names, or other lengths) never share beacons.
+/// </para>
+/// <para>
+/// The index is tied to one HMAC_SHA256 key version, named as such: a key's primary version
+/// changes when the key rotates (by hand or on its schedule), and every beacon with it, so a key
+/// name or an alias is refused. Another version means computing every stored beacon again.
+/// </para>
+/// <para>
+/// Each <see cref="ComputeAsync(ReadOnlyMemory{byte}, CancellationToken)"/> is one GenerateMac
+/// call (kms.crypto.sign on the key), audited by the server. The value is not normalised: the
+/// caller does that (lowercase an e-mail address, strip a national id's separators), the same way
+/// when storing and when looking up. A beacon reveals which rows hold equal values; with many bits,
+/// how often each value occurs. With few, unequal values share beacons: a lookup returns
+/// candidates, which the caller decrypts and compares.
+/// </para>
+/// </remarks>
+public sealed class BlindIndex
+{
+    /// <summary>The shortest beacon, in bits.</summary>
+    public const int MinBits = 8;
+
+    /// <summary>The longest beacon, in bits: the whole HMAC-SHA256.</summary>
+    public const int MaxBits = 256;
+
+    /// <summary>The longest index name, in UTF-8 bytes.</summary>
+    public const int MaxIndexNameBytes = 255;
+
+    private const int MacBytes = 32;
+
+    private static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+
+    private readonly KmsClient _client;
+    private readonly byte[] _prefix;
+
+    /// <summary>An index named <paramref name="indexName"/> whose beacons are <paramref name="bits"/> long, under an HMAC_SHA256 key version.</summary>
+    /// <param name="client">The client that makes the GenerateMac calls.</param>
+    /// <param name="keyVersionName"><c>tenants/{tenant}/keys/{key}/versions/{n}</c>: a version, not a key or an alias.</param>
+    /// <param name="indexName">What the index is of, e.g. <c>users.email</c>: 1 to 255 UTF-8 bytes, no control characters.</param>
+    /// <param name="bits">The beacon's length: a multiple of 8 from 8 to 256.</param>
+    /// <exception cref="ArgumentException">The key version or index name is not one.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="bits"/> is outside 8 to 256 or not a multiple of 8.</exception>
+    public BlindIndex(KmsClient client, string keyVersionName, string indexName, int bits)
+    {
+        ArgumentNullException.ThrowIfNull(client);
+        ArgumentNullException.ThrowIfNull(keyVersionName);
+        ArgumentNullException.ThrowIfNull(indexName);
+        if (bits is < MinBits or > MaxBits || bits % 8 != 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(bits), bits, $"a beacon is a multiple of 8 bits from {MinBits} to {MaxBits}");
+        }
+
+        Kms.Core.Names.KeyVersionName version;
+        try
+        {
+            version = Kms.Core.Names.KeyVersionName.Parse(keyVersionName, "keyVersionName");
+        }
+        catch (KmsException)
+        {
+            throw new ArgumentException(
+                $"{KmsErrors.Printable(keyVersionName)} is not a key version (tenants/{{tenant}}/keys/{{key}}/versions/{{n}}): a blind index is tied to one version, since a key's or alias's primary version changes when the key rotates, and every beacon with it",
+                nameof(keyVersionName));
+        }
+
+        var nameBytes = ValidIndexName(indexName);
+        _client = client;
+        KeyVersionName = version.ToString();
+        IndexName = indexName;
+        Bits = bits;
+
+        _prefix = new byte[Label.Length + 2 + 2 + nameBytes.Length];
+        Label.CopyTo(_prefix);
+        BinaryPrimitives.WriteUInt16BigEndian(_prefix.AsSpan(Label.Length), (ushort)bits);
+        BinaryPrimitives.WriteUInt16BigEndian(_prefix.AsSpan(Label.Length + 2), (ushort)nameBytes.Length);
+        nameBytes.CopyTo(_prefix.AsSpan(Label.Length + 4));
+    }
+
+    /// <summary>The key version whose MAC the beacons are.</summary>
+    public string KeyVersionName { get; }
+
+    /// <summary>The index's name, bound into every beacon.</summary>
+    public string IndexName { get; }
+
+    /// <summary>The beacons' length in bits (a beacon is <c>Bits / 4</c> hex digits).</summary>
+    public int Bits { get; }
+
+    /// <summary>The longest value, in bytes: the KMS MACs at most 64 KiB, of which the version label and index name take their part.</summary>
+    public int MaxValueBytes => Limits.MaxEncryptPlaintextBytes - _prefix.Length;
+
+    /// <summary>"kms blind index v1": the construction's version; another layout would take another label.</summary>
+    private static ReadOnlySpan<byte> Label => "kms blind index v1"u8;
+
+    /// <summary>The beacon of <paramref name="value"/>: <see cref="Bits"/>/4 lowercase hex digits. One GenerateMac call.</summary>
+    /// <exception cref="ArgumentException">The value is longer than <see cref="MaxValueBytes"/>.</exception>
+    /// <exception cref="InvalidOperationException">The KMS answered with a MAC that is not 32 bytes, or for another key version.</exception>
+    /// <exception cref="Grpc.Core.RpcException">The KMS refused: a key of another purpose (FAILED_PRECONDITION), a caller without kms.crypto.sign (PERMISSION_DENIED), a disabled or destroyed version, …</exception>
+    public async Task<string> ComputeAsync(ReadOnlyMemory<byte> value, CancellationToken cancellationToken = default)
+    {
+        var input = Input(value.Length, nameof(value));
+        value.Span.CopyTo(input.AsSpan(_prefix.Length));
+        return await MacAsync(input, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>The beacon of <paramref name="value"/>'s UTF-8 encoding, as it is (normalise it first).</summary>
+    /// <exception cref="ArgumentException">The value holds a lone surrogate (it has no UTF-8 encoding), or is longer than <see cref="MaxValueBytes"/> encoded.</exception>
+    /// <exception cref="InvalidOperationException">The KMS answered with a MAC that is not 32 bytes, or for another key version.</exception>
+    /// <exception cref="Grpc.Core.RpcException">The KMS refused (see the other overload).</exception>
+    public async Task<string> ComputeAsync(string value, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(value);
+        int length;
+        try
+        {
+            length = StrictUtf8.GetByteCount(value);
+        }
+        catch (EncoderFallbackException)
+        {
+            // The fallback's message quotes the surrogate and its place: part of the value.
+            throw new ArgumentException("the value holds a lone surrogate and has no UTF-8 encoding", nameof(value));
+        }
+
+        var input = Input(length, nameof(value));
+        StrictUtf8.GetBytes(value, input.AsSpan(_prefix.Length));
+        return await MacAsync(input, cancellationToken).ConfigureAwait(false);
+    }
+
+    private static byte[] ValidIndexName(string indexName)
+    {
+        byte[] bytes;
+        try
+        {
+            bytes = StrictUtf8.GetBytes(indexName);
+        }
+        catch (EncoderFallbackException)
+        {
+            throw new ArgumentException("the index name holds a lone surrogate", nameof(indexName));
+        }
+
+        if (bytes.Length is 0 or > MaxIndexNameBytes || indexName.Any(char.IsControl))
+        {
+            throw new ArgumentException($"an index name is 1 to {MaxIndexNameBytes} UTF-8 bytes without control characters, e.g. users.email", nameof(indexName));
+        }
+
+        return bytes;
+    }
+
+    /// <summary>A pinned buffer holding the prefix, with room for a value of <paramref name="valueLength"/> bytes.</summary>
+    private byte[] Input(int valueLength, string parameterName)
+    {
+        if (valueLength > MaxValueBytes)
+        {
+            throw new ArgumentException($"the value is {valueLength} bytes; this index takes at most {MaxValueBytes} (the KMS MACs at most {Limits.MaxEncryptPlaintextBytes} bytes, prefix included)", parameterName);
+        }
+
+        var input = GC.AllocateUninitializedArray<byte>(_prefix.Length + valueLength, pinned: true);
+        _prefix.CopyTo(input, 0);
+        return input;
+    }
+
+    /// <summary>The beacon from the KMS's MAC of <paramref name="input"/>, which holds the value and is zeroed when the call ends.</summary>
+    private async Task<string> MacAsync(byte[] input, CancellationToken cancellationToken)
+    {
+        GenerateMacResponse answer;
+        try
+        {
+            answer = await _client.Raw.GenerateMacAsync(
+                new GenerateMacRequest { Name = KeyVersionName, Data = UnsafeByteOperations.UnsafeWrap(input) },
+                cancellationToken: cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(input);
+        }
+
+        // An answer for another version would put beacons nobody can find again in the index
+        // (or find rows by another key's beacons); one of another length is no HMAC-SHA256.
+        if (!string.Equals(answer.KeyVersion, KeyVersionName, StringComparison.Ordinal))
+        {
+            throw new InvalidOperationException($"asked for a MAC by {KeyVersionName}, the KMS answered for {KmsErrors.Printable(answer.KeyVersion)}");
+        }
+
+        if (answer.Mac.Length != MacBytes)
+        {
+            throw new InvalidOperationException($"the KMS answered a {answer.Mac.Length}-byte MAC by {KeyVersionName}; a blind index takes HMAC-SHA256's {MacBytes} (is it an HMAC_SHA256 version?)");
+        }
+
+        return Convert.ToHexStringLower(answer.Mac.Span[..(Bits / 8)]);
+    }
+}
