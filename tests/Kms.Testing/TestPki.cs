@@ -31,6 +31,24 @@ public sealed class TestPki : IDisposable
         Certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-30), notAfter ?? DateTimeOffset.UtcNow.AddYears(5));
     }
 
+    /// <summary>An intermediate CA: its certificate issued by <paramref name="issuer"/> (which can revoke it with <see cref="Revoke"/>).</summary>
+    /// <param name="name">The intermediate CA's common name.</param>
+    /// <param name="issuer">The CA that issues its certificate.</param>
+    public TestPki(string name, TestPki issuer)
+    {
+        ArgumentNullException.ThrowIfNull(issuer);
+        var request = new CertificateRequest($"CN={name}", _caKey, HashAlgorithmName.SHA256);
+        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(true, true, 0, true));
+        request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.KeyCertSign | X509KeyUsageFlags.CrlSign, true));
+        request.CertificateExtensions.Add(new X509SubjectKeyIdentifierExtension(request.PublicKey, false));
+        request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(issuer.Certificate, true, false));
+        var serial = RandomNumberGenerator.GetBytes(12);
+        serial[0] &= 0x7F;
+        using var issued = request.Create(issuer.Certificate.SubjectName, X509SignatureGenerator.CreateForECDsa(issuer._caKey),
+            DateTimeOffset.UtcNow.AddDays(-20), DateTimeOffset.UtcNow.AddYears(4), serial);
+        Certificate = issued.CopyWithPrivateKey(_caKey);
+    }
+
     public X509Certificate2 Certificate { get; }
 
     /// <summary>Writes the CA certificate as PEM.</summary>

@@ -10,7 +10,7 @@ namespace Kms.Server.Security;
 /// Verifies client certificates for mTLS: chain to the configured CA bundle (and nothing
 /// else: no system roots), within validity, an extended key usage that includes client
 /// authentication (required, not merely allowed by its absence), not on the
-/// configured CRL (signed by the CA). Revocation is never checked online (there is no
+/// configured CRL (signed by the CA), nor any intermediate CA of its chain on its issuer's. Revocation is never checked online (there is no
 /// network to ask). CA bundle and CRL reload when their files change. A CRL past its
 /// nextUpdate fails closed, as OpenSSL does: every certificate is refused until a fresh
 /// CRL is installed (a stale CRL could be hiding a revocation). Validity and the CRL's nextUpdate
@@ -109,25 +109,34 @@ internal sealed partial class ClientCertificateValidator
                 return null;
             }
 
-            // Only the CRL of the CA that issued the certificate can say it is revoked, and
-            // there must be one: a CA without a CRL in the file (the old one during a CA
-            // rotation) would otherwise have its revocations silently ignored.
-            var issuer = chain.ChainElements.Count > 1 ? chain.ChainElements[1].Certificate : null;
-            var ownCrls = trust.Crls.Where(c => issuer is not null && c.Issuer.RawData.AsSpan().SequenceEqual(issuer.RawData)).Select(c => c.Crl).ToList();
-            if (ownCrls.Count == 0)
+            // Every certificate of the chain below its anchor — the client's own and each
+            // intermediate CA's — is checked against the CRL of the CA that issued it, and there
+            // must be one: a CA without a CRL in the file (the old one during a CA rotation, a
+            // root whose CRL revokes an intermediate) would otherwise have its revocations
+            // silently ignored. Before, only the client's own certificate was checked: a
+            // certificate of an intermediate CA the root had revoked was accepted.
+            if (chain.ChainElements.Count < 2)
             {
-                if (Interlocked.Exchange(ref trust.NoCrlReported, 1) == 0)
-                {
-                    LogNoCrlOfIssuer(_logger, issuer?.Subject ?? certificate.Issuer);
-                }
-
+                ReportNoCrl(trust, certificate.Issuer);
                 return null;
             }
 
-            var parsed = new X509CertificateParser().ReadCertificate(certificate.RawData);
-            if (ownCrls.Any(crl => crl.IsRevoked(parsed)))
+            for (var link = 0; link < chain.ChainElements.Count - 1; link++)
             {
-                return null;
+                var issued = chain.ChainElements[link].Certificate;
+                var issuer = chain.ChainElements[link + 1].Certificate;
+                var ownCrls = trust.Crls.Where(c => c.Issuer.RawData.AsSpan().SequenceEqual(issuer.RawData)).Select(c => c.Crl).ToList();
+                if (ownCrls.Count == 0)
+                {
+                    ReportNoCrl(trust, issuer.Subject);
+                    return null;
+                }
+
+                var parsed = new X509CertificateParser().ReadCertificate(issued.RawData);
+                if (ownCrls.Any(crl => crl.IsRevoked(parsed)))
+                {
+                    return null;
+                }
             }
 
             foreach (var crl in trust.Crls)
@@ -150,6 +159,14 @@ internal sealed partial class ClientCertificateValidator
         }
 
         return new Acceptance(trust.Version, until);
+    }
+
+    private void ReportNoCrl(TrustMaterial trust, string issuer)
+    {
+        if (Interlocked.Exchange(ref trust.NoCrlReported, 1) == 0)
+        {
+            LogNoCrlOfIssuer(_logger, issuer);
+        }
     }
 
     /// <summary>A certificate found acceptable under <paramref name="TrustVersion"/>, an answer good until <paramref name="Until"/>.</summary>
@@ -231,7 +248,7 @@ internal sealed partial class ClientCertificateValidator
     [LoggerMessage(EventId = 1111, Level = LogLevel.Warning, Message = "client CA bundle or CRL could not be reloaded ({Reason}); still using the previous ones")]
     private static partial void LogReloadFailed(ILogger logger, string reason);
 
-    [LoggerMessage(EventId = 1112, Level = LogLevel.Warning, Message = "client certificate issued by {Issuer} refused: the CRL file holds no CRL of that CA (during a CA rotation it holds one of each)")]
+    [LoggerMessage(EventId = 1112, Level = LogLevel.Warning, Message = "client certificate refused: {Issuer} issued it or a CA certificate of its chain, and the CRL file holds no CRL of that CA (during a CA rotation it holds one of each; with an intermediate CA, the root's too)")]
     private static partial void LogNoCrlOfIssuer(ILogger logger, string issuer);
 
     [LoggerMessage(EventId = 1116, Level = LogLevel.Warning, Message = "client certificate {Serial} issued by {Issuer} refused: {Reason}; {Count} such refusals since the last message")]
