@@ -27,6 +27,25 @@ public sealed class ReloadingFileTests : IDisposable
     }
 
     [Fact]
+    public void WallClockSetBack_FileStillReadAgainAfterASecond()
+    {
+        // The clock ran an hour ahead and is put right (NTP, a VM restored): the once-a-second
+        // check is counted on the monotonic clock, so a replaced CRL, CA bundle or key set is still
+        // read within a second, not once the wall clock has come back to where it had been.
+        var clock = new Kms.Testing.Fakes.SplitClock(DateTimeOffset.UtcNow);
+        var path = Path.Combine(_directory, "crl.pem");
+        File.WriteAllText(path, "first");
+        var file = new ReloadingFile<string>(() => File.ReadAllText(path), clock, null, path);
+        Assert.Equal("first", file.Value);
+
+        clock.Step(-TimeSpan.FromHours(1));
+        File.WriteAllText(path, "second");
+        File.SetLastWriteTimeUtc(path, DateTime.UtcNow.AddMinutes(1));
+        clock.Pass(TimeSpan.FromSeconds(2));
+        Assert.Equal("second", file.Value);
+    }
+
+    [Fact]
     public void KubernetesSecretLayout_DataLinkSwapped_ReadAgain()
     {
         // A mounted secret: crl.pem -> ..data/crl.pem, ..data -> ..v1; a renewal writes ..v2 and

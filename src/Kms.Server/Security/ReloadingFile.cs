@@ -2,7 +2,8 @@ namespace Kms.Server.Security;
 
 /// <summary>
 /// A value loaded from files and loaded again when any of them changes (checked at most
-/// once a second, through symbolic links), so certificates, CA bundles and CRLs are replaced without a restart.
+/// once a second — a second of the monotonic clock, so a wall clock set back does not stop the
+/// checks — through symbolic links), so certificates, CA bundles and CRLs are replaced without a restart.
 /// A reload that fails keeps the last good value, is retried at the next check and is
 /// reported to <paramref name="failed"/> once per version of the files.
 /// </summary>
@@ -14,7 +15,10 @@ internal sealed class ReloadingFile<T>(Func<T> load, TimeProvider time, Action<E
     private string[] _stamps = [];
     private string[] _failedStamps = [];
 
-    // When the files are next looked at (UTC ticks); read without the lock.
+    // When the files are next looked at (a monotonic timestamp, TimeProvider.GetTimestamp); read
+    // without the lock. Not the wall clock: one set back an hour (it had run ahead, and NTP put it
+    // right) would stop the checks for that hour — a CRL that revokes a certificate, a key set
+    // without a withdrawn key, not read until the clock came back to where it had been.
     private long _nextCheck;
 
     /// <summary>
@@ -25,7 +29,7 @@ internal sealed class ReloadingFile<T>(Func<T> load, TimeProvider time, Action<E
     {
         get
         {
-            var now = time.GetUtcNow().UtcTicks;
+            var now = time.GetTimestamp();
             var value = _value;
             if (value is not null && now < Volatile.Read(ref _nextCheck))
             {
@@ -64,7 +68,7 @@ internal sealed class ReloadingFile<T>(Func<T> load, TimeProvider time, Action<E
                 finally
                 {
                     // After the load: a caller that comes meanwhile waits for it, and gets the new value.
-                    Volatile.Write(ref _nextCheck, now + TimeSpan.TicksPerSecond);
+                    Volatile.Write(ref _nextCheck, now + time.TimestampFrequency);
                 }
 
                 return _value;
