@@ -400,7 +400,7 @@ public sealed partial class Pkcs11Hsm
     private (WrappedKeyMaterial Wrapped, byte[]? PublicKey, string? SecretFingerprint) UnwrapImported(
         ISession session, SlotState state, IObjectHandle jobKey, ImportMethod method, KeyAlgorithmSpec spec, byte[] wrappedKey, int modulusBytes)
     {
-        var (jobBits, _) = RsaSubjectPublicKeyInfo(session, jobKey);
+        var (jobBits, jobPublicKey) = RsaSubjectPublicKeyInfo(session, jobKey);
         if (jobBits != ImportMethods.ModulusBits(method))
         {
             throw KmsErrors.Internal($"the import job's key is {jobBits} bits, not the {ImportMethods.ModulusBits(method)} of {ImportMethods.Name(method)}");
@@ -448,7 +448,7 @@ public sealed partial class Pkcs11Hsm
                 if (!spec.IsAsymmetric)
                 {
                     TrySecret(session, material, spec);
-                    fingerprint = SecretFingerprint(session, kwp, ephemeral, wrappedKey[modulusBytes..]);
+                    fingerprint = SecretFingerprint(session, kwp, ephemeral, wrappedKey[modulusBytes..], GeneratedKeyMaterial.SecretFingerprintInput(spec.SecretLength, jobPublicKey));
                 }
 
                 return (new WrappedKeyMaterial(session.WrapKey(kwp, state.DomainKey, material)), publicKey, fingerprint);
@@ -594,17 +594,18 @@ public sealed partial class Pkcs11Hsm
         }
     }
 
-    // An imported secret's fingerprint, the same whatever algorithm it is imported as: a second
-    // copy, unwrapped as a generic secret that can only HMAC-SHA256 (never extractable), MACs a
-    // fixed text and is destroyed; only the SHA-256 of that MAC leaves (the MAC itself would be a
-    // valid tag under an HMAC-SHA256 key).
-    private string SecretFingerprint(ISession session, IMechanism kwp, IObjectHandle ephemeral, byte[] kwpBlock)
+    // An imported secret's fingerprint, the same whatever algorithm of its length it is imported
+    // as: a second copy, unwrapped as a generic secret that can only HMAC-SHA256 (never
+    // extractable), MACs a text naming the length (checked above: CheckImportedMaterial and
+    // TrySecret) and the job, and is destroyed; only the SHA-256 of that MAC leaves (the MAC
+    // itself would be a valid tag under an HMAC-SHA256 key).
+    private string SecretFingerprint(ISession session, IMechanism kwp, IObjectHandle ephemeral, byte[] kwpBlock, byte[] input)
     {
         using var template = _templates.ImportFingerprintKey();
         var copy = session.UnwrapKey(kwp, ephemeral, kwpBlock, template.Attributes);
         try
         {
-            var mac = Mac(session, copy, KeyAlgorithms.Of(KeyAlgorithm.HmacSha256), Encoding.ASCII.GetBytes(GeneratedKeyMaterial.ImportFingerprintText));
+            var mac = Mac(session, copy, KeyAlgorithms.Of(KeyAlgorithm.HmacSha256), input);
             return GeneratedKeyMaterial.SecretFingerprint(mac);
         }
         finally

@@ -244,10 +244,19 @@ public sealed class ImportTests(AlgorithmFixture fixture) : IClassFixture<Algori
             fingerprints.Add(imported.MaterialFingerprint);
         }
 
-        var expected = GeneratedKeyMaterial.SecretFingerprint(HMACSHA256.HashData(secret, Encoding.ASCII.GetBytes(GeneratedKeyMaterial.ImportFingerprintText)));
+        // As .NET computes it from the bytes, the length and the job's public key (which binds it to the job).
+        var expected = GeneratedKeyMaterial.SecretFingerprint(HMACSHA256.HashData(secret, GeneratedKeyMaterial.SecretFingerprintInput(32, fixture.ImportJobPublicKey)));
         Assert.All(fingerprints, f => Assert.Equal(expected, f));
         var other = await fixture.Hsm.ImportKeyVersionAsync(fixture.ImportJob, ImportMethod.RsaOaep3072Sha1Aes256, KeyAlgorithm.Aes256Gcm, fixture.WrapForImport(RandomNumberGenerator.GetBytes(32)), null, default);
         Assert.NotEqual(expected, other.MaterialFingerprint);
+
+        // The same bytes followed by zeros are another material, though HMAC pads its key with
+        // zeros: HMAC-SHA256 under either is one MAC, so the length is in what is MACed.
+        byte[] padded = [.. secret, .. new byte[16]];
+        Assert.Equal(HMACSHA256.HashData(secret, "x"u8), HMACSHA256.HashData(padded, "x"u8));
+        var asHmacSha384 = await fixture.Hsm.ImportKeyVersionAsync(fixture.ImportJob, ImportMethod.RsaOaep3072Sha1Aes256, KeyAlgorithm.HmacSha384, fixture.WrapForImport(padded), null, default);
+        Assert.NotEqual(expected, asHmacSha384.MaterialFingerprint);
+        Assert.Equal(GeneratedKeyMaterial.SecretFingerprint(HMACSHA256.HashData(padded, GeneratedKeyMaterial.SecretFingerprintInput(48, fixture.ImportJobPublicKey))), asHmacSha384.MaterialFingerprint);
 
         using var rsa = RSA.Create(2048);
         var asPss = await fixture.Hsm.ImportKeyVersionAsync(fixture.ImportJob, ImportMethod.RsaOaep3072Sha1Aes256, KeyAlgorithm.RsaSignPss2048Sha256, fixture.WrapForImport(rsa.ExportPkcs8PrivateKey()), null, default);
@@ -358,7 +367,7 @@ public sealed class ImportTests(AlgorithmFixture fixture) : IClassFixture<Algori
                 var mac = await fixture.Hsm.ComputeMacAsync(hmacKey, KeyAlgorithm.HmacSha256, [(byte)'x'], default);
                 Assert.True(HMACSHA256.HashData(message, "x"u8.ToArray()).AsSpan().SequenceEqual(mac), id);
                 // The material's fingerprint, as .NET computes it from the bytes, whichever algorithm.
-                var fingerprint = GeneratedKeyMaterial.SecretFingerprint(HMACSHA256.HashData(message, Encoding.ASCII.GetBytes(GeneratedKeyMaterial.ImportFingerprintText)));
+                var fingerprint = GeneratedKeyMaterial.SecretFingerprint(HMACSHA256.HashData(message, GeneratedKeyMaterial.SecretFingerprintInput(32, fixture.ImportJobPublicKey)));
                 Assert.True(aes.MaterialFingerprint == fingerprint && hmac.MaterialFingerprint == fingerprint, id);
                 await fixture.Hsm.EvictAndDrainAsync(aesKey);
                 await fixture.Hsm.EvictAndDrainAsync(hmacKey);

@@ -236,6 +236,27 @@ public sealed class SigningEndToEndTests(ServerFixture fixture) : IClassFixture<
         Assert.Equal([1, 2], await VersionNumbersAsync(mac));
     }
 
+    [Fact]
+    public async Task Import_TwoMaterialsThatDifferOnlyByTrailingZeroBytes_ThroughOneJob_BothImported()
+    {
+        // HMAC pads a key shorter than its block with zeros, so HMAC-SHA256 under K and under K
+        // followed by zero bytes is one MAC: a fingerprint that is only that MAC took a 48-byte
+        // HMAC-SHA384 key ending in 16 zero bytes for the AES-256 key before it (claim 115).
+        var aes = await CreateAsync(KeyPurpose.EncryptDecrypt, ProtoAlgorithm.Aes256Gcm, allowImport: true);
+        var mac = await CreateAsync(KeyPurpose.Mac, ProtoAlgorithm.HmacSha384, allowImport: true);
+        var job = await Client.CreateImportJobAsync("tenants/dev", ServerFixture.NewKeyId(), ImportMethod.RsaOaep3072Sha1Aes256);
+        var material = RandomNumberGenerator.GetBytes(32);
+        byte[] padded = [.. material, .. new byte[16]];
+
+        await Client.ImportKeyVersionAsync(aes, job.Name, KeyImport.Wrap(job.PublicKeyDer.Span, job.ImportMethod, material));
+        var version = await Client.ImportKeyVersionAsync(mac, job.Name, KeyImport.Wrap(job.PublicKeyDer.Span, job.ImportMethod, padded));
+
+        Assert.Equal(version.Name, (await Client.GetKeyAsync(mac)).Primary.Name);
+        Assert.Equal(HMACSHA384.HashData(padded, Message), await Client.GenerateMacAsync(mac, Message));
+        var again = await Assert.ThrowsAsync<RpcException>(() => Client.ImportKeyVersionAsync(mac, job.Name, KeyImport.Wrap(job.PublicKeyDer.Span, job.ImportMethod, padded)));
+        Assert.Equal(StatusCode.FailedPrecondition, again.StatusCode);
+    }
+
     private async Task<List<int>> VersionNumbersAsync(string key)
     {
         var numbers = new List<int>();

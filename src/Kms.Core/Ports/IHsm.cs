@@ -263,20 +263,44 @@ public sealed record GeneratedKeyMaterial(WrappedKeyMaterial Wrapped, byte[]? Su
     /// material itself, in lowercase hex: the same however it was wrapped (another OAEP seed,
     /// another ephemeral key) and whichever algorithm it is imported as, and from which the
     /// material cannot be recovered — a secret's: SHA-256 of its HMAC-SHA256 over
-    /// <see cref="ImportFingerprintText"/>, computed in the HSM; a key pair's: SHA-256 of its
-    /// public key's DER SubjectPublicKeyInfo (uncompressed point, named curve). Null for
-    /// generated material.
+    /// <see cref="SecretFingerprintInput"/> (which binds its length and the import job),
+    /// computed in the HSM; a key pair's: SHA-256 of its public key's DER SubjectPublicKeyInfo
+    /// (uncompressed point, named curve). Null for generated material.
     /// </summary>
     public string? MaterialFingerprint { get; init; }
 
-    /// <summary>What an imported secret MACs (HMAC-SHA256) for its <see cref="MaterialFingerprint"/>.</summary>
-    public const string ImportFingerprintText = "kms import material fingerprint v1";
+    /// <summary>The text that starts <see cref="SecretFingerprintInput"/>.</summary>
+    public const string ImportFingerprintText = "kms import material fingerprint v2";
+
+    /// <summary>
+    /// What an imported secret MACs (HMAC-SHA256, the secret as the key) for its
+    /// <see cref="MaterialFingerprint"/>: <see cref="ImportFingerprintText"/>, a zero byte, the
+    /// secret's length in bytes (4 bytes, big-endian) and the SHA-256 of the import job's public
+    /// key (DER SubjectPublicKeyInfo).
+    /// </summary>
+    /// <remarks>
+    /// The length because HMAC pads a key shorter than its block with zero bytes: without it a key
+    /// and the same key followed by zero bytes (a 32-byte AES key, a 48-byte HMAC-SHA384 key ending
+    /// in 16 zeros) had one fingerprint. The job because fingerprints are only ever compared within
+    /// their job: so the stored value says nothing about the material outside it (the same
+    /// material in two jobs, or two deployments, gives two unrelated values).
+    /// </remarks>
+    public static byte[] SecretFingerprintInput(int secretLength, ReadOnlySpan<byte> importJobPublicKey)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(secretLength);
+        var text = System.Text.Encoding.ASCII.GetBytes(ImportFingerprintText);
+        var input = new byte[text.Length + 1 + 4 + 32];
+        text.CopyTo(input, 0);
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(input.AsSpan(text.Length + 1), secretLength);
+        System.Security.Cryptography.SHA256.HashData(importJobPublicKey, input.AsSpan(text.Length + 5));
+        return input;
+    }
 
     /// <summary>The <see cref="MaterialFingerprint"/> of a key pair: SHA-256 of its public key as given (to be canonical DER).</summary>
     public static string PublicKeyFingerprint(ReadOnlySpan<byte> subjectPublicKeyInfo) =>
         Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(subjectPublicKeyInfo));
 
-    /// <summary>The <see cref="MaterialFingerprint"/> of a secret from its HMAC-SHA256 over <see cref="ImportFingerprintText"/> (hashed: the MAC itself is not kept).</summary>
+    /// <summary>The <see cref="MaterialFingerprint"/> of a secret from its HMAC-SHA256 over <see cref="SecretFingerprintInput"/> (hashed: the MAC itself is not kept).</summary>
     public static string SecretFingerprint(ReadOnlySpan<byte> mac) =>
         Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(mac));
 }

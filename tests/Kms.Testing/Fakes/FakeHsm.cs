@@ -335,10 +335,12 @@ public sealed class FakeHsm : IHsm, IDisposable
         var spec = KeyAlgorithms.Of(algorithm);
         var jobKey = Open(wrappingKey);
         byte[] material;
+        byte[] jobPublicKey;
         try
         {
             using var rsa = RSA.Create();
             rsa.ImportPkcs8PrivateKey(jobKey, out _);
+            jobPublicKey = rsa.ExportSubjectPublicKeyInfo();
             var modulusBytes = rsa.KeySize / 8;
             if (wrappedKey.Length <= modulusBytes)
             {
@@ -374,7 +376,7 @@ public sealed class FakeHsm : IHsm, IDisposable
                 return material.Length == spec.SecretLength
                     ? ValueTask.FromResult(new GeneratedKeyMaterial(Seal(material), null)
                     {
-                        MaterialFingerprint = GeneratedKeyMaterial.SecretFingerprint(HMACSHA256.HashData(material, System.Text.Encoding.ASCII.GetBytes(GeneratedKeyMaterial.ImportFingerprintText))),
+                        MaterialFingerprint = GeneratedKeyMaterial.SecretFingerprint(HMACSHA256.HashData(material, GeneratedKeyMaterial.SecretFingerprintInput(material.Length, jobPublicKey))),
                     })
                     : throw KmsErrors.InvalidArgument("wrapped_key", $"{spec.Name} takes a {spec.SecretLength}-byte key, not {material.Length} bytes");
             }
