@@ -128,7 +128,15 @@ public sealed class SigningServiceTests : IDisposable
         var data = (byte[])Message.Clone();
         data[3] ^= 0x80;
         Assert.False((await Signing.VerifyMacAsync(Dev, key.Name.ToString(), data, mac, default)).Valid);
-        Assert.False((await Signing.VerifyMacAsync(Dev, key.Name.ToString(), Message, mac[..16], default)).Valid);
+
+        // Truncated to any length, or extended: never valid (a 1-byte prefix accepted would let a
+        // caller with VERIFY alone find a MAC byte by byte).
+        for (var length = 1; length < mac.Length; length++)
+        {
+            Assert.False((await Signing.VerifyMacAsync(Dev, key.Name.ToString(), Message, mac[..length], default)).Valid);
+        }
+
+        Assert.False((await Signing.VerifyMacAsync(Dev, key.Name.ToString(), Message, [.. mac, 0], default)).Valid);
     }
 
     [Fact]
@@ -149,6 +157,26 @@ public sealed class SigningServiceTests : IDisposable
         Assert.Equal(KmsErrorCode.DecryptionFailed, e.Code);
         var wrongLength = await Assert.ThrowsAsync<KmsException>(() => Signing.AsymmetricDecryptAsync(Dev, key.Name.ToString(), ciphertext[1..], default));
         Assert.Equal(KmsErrorCode.DecryptionFailed, wrongLength.Code);
+    }
+
+    [Fact]
+    public async Task AsymmetricDecrypt_VersionBelowTheMinimumDecryptionVersion_FailedPrecondition_AgainOnceLowered()
+    {
+        var key = await _domain.CreateKeyAsync("rsa", KeyAlgorithm.RsaDecryptOaep2048Sha256);
+        using var rsa = RSA.Create();
+        rsa.ImportSubjectPublicKeyInfo((await Signing.GetPublicKeyAsync(Dev, key.Name.ToString(), default)).PublicKey.Der, out _);
+        var ciphertext = rsa.Encrypt(Message, RSAEncryptionPadding.OaepSHA256);
+        await _domain.Keys.RotateKeyAsync(Dev, key.Name, null, default);
+        await _domain.Keys.UpdateKeyAsync(Dev, key.Name, new KeyUpdate { MinDecryptionVersion = 2 }, default);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => Signing.AsymmetricDecryptAsync(Dev, key.Primary.Name.ToString(), ciphertext, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("below the minimum decryption version 2", e.Message, StringComparison.Ordinal);
+        Assert.False(_domain.FakeHsm!.Calls.ContainsKey("asymmetric-decrypt"));
+
+        await _domain.Keys.UpdateKeyAsync(Dev, key.Name, new KeyUpdate { MinDecryptionVersion = 1 }, default);
+        using var result = await Signing.AsymmetricDecryptAsync(Dev, key.Primary.Name.ToString(), ciphertext, default);
+        Assert.Equal(Message, result.Plaintext.Span.ToArray());
     }
 
     [Fact]

@@ -45,6 +45,40 @@ public sealed class SigningEndToEndTests(ServerFixture fixture) : IClassFixture<
     }
 
     [Fact]
+    public async Task SignEcdsaP384_DerAndP1363_VerifiedByBouncyCastle_HighSTwinVerifies_NonMinimalDerDoesNot()
+    {
+        // The P-384 path through SoftHSM and the gRPC format switch, checked by another ECDSA
+        // implementation; and what docs/signing.md says of encodings: DER is strict, but ECDSA is
+        // malleable — (r, n - s) verifies as (r, s) does, neither is normalised nor refused.
+        var key = await CreateAsync(KeyPurpose.SignVerify, ProtoAlgorithm.EcSignP384Sha384);
+        var der = (await Client.SignAsync(key, Message)).Signature.ToByteArray();
+        var p1363 = (await Client.SignAsync(key, Message, Kms.Contracts.V1.SignatureFormat.P1363)).Signature.ToByteArray();
+        var publicKey = PublicKeyFactory.CreateKey((await Client.GetPublicKeyAsync(key)).Der.ToByteArray());
+
+        Assert.Equal(96, p1363.Length);
+        var derSigner = new DsaDigestSigner(new ECDsaSigner(), new Sha384Digest());
+        derSigner.Init(false, publicKey);
+        derSigner.BlockUpdate(Message, 0, Message.Length);
+        Assert.True(derSigner.VerifySignature(der));
+        var p1363Signer = new DsaDigestSigner(new ECDsaSigner(), new Sha384Digest(), PlainDsaEncoding.Instance);
+        p1363Signer.Init(false, publicKey);
+        p1363Signer.BlockUpdate(Message, 0, Message.Length);
+        Assert.True(p1363Signer.VerifySignature(p1363));
+
+        var n = Org.BouncyCastle.Asn1.Nist.NistNamedCurves.GetByName("P-384").N;
+        byte[] twin = [.. p1363[..48], .. Org.BouncyCastle.Utilities.BigIntegers.AsUnsignedByteArray(48, n.Subtract(new Org.BouncyCastle.Math.BigInteger(1, p1363[48..])))];
+        Assert.True(await Client.VerifyAsync(key, Message, twin, Kms.Contracts.V1.SignatureFormat.P1363));
+        Assert.True(await Client.VerifyAsync(key, Message, Kms.Core.Crypto.EcdsaSignature.P1363ToDer(twin)));
+
+        Assert.True(await Client.VerifyAsync(key, Message, der));
+        Assert.True(await Client.VerifyAsync(key, Message, p1363, Kms.Contracts.V1.SignatureFormat.P1363));
+        Assert.False(await Client.VerifyAsync(key, Message, der.Append((byte)0).ToArray()));
+        byte[] leadingZero = [0x30, (byte)(der[1] + 1), 0x02, (byte)(der[3] + 1), 0x00, .. der[4..]];
+        Assert.False(await Client.VerifyAsync(key, Message, leadingZero));
+        Assert.False(await Client.VerifyAsync(key, Message, p1363));
+    }
+
+    [Fact]
     public async Task SignRsaPss_VerifiedByBouncyCastle_OneBitChangeRejectedByVerify()
     {
         var key = await CreateAsync(KeyPurpose.SignVerify, ProtoAlgorithm.RsaSignPss2048Sha256);
