@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using Grpc.Core;
 using Kms.Client;
 using Kms.Client.Audit;
+using Kms.Contracts.V1;
 using Kms.Testing;
 using Microsoft.Data.Sqlite;
 using Npgsql;
@@ -55,10 +56,17 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
     [Fact]
     public async Task SqliteLockedByAnotherProcess_Unavailable_NothingPartial_ServesOnceReleased()
     {
-        var server = await StartSqliteAsync(null);
+        var busyTimeout = TimeSpan.FromSeconds(2);
+        var server = await StartSqliteAsync(null, busyTimeout);
         using var client = Client(server);
         var before = await client.CreateKeyAsync(Parent, "before");
         var sealedData = await client.EncryptAsync(before.Name, "sealed before the lock"u8.ToArray());
+
+        // Mutations from a client whose deadline is two busy timeouts: one that waited the busy
+        // timeout for its write and then as long again for its failure's audit event could not be
+        // answered before it (DEADLINE_EXCEEDED); one answered after its write's wait has a whole
+        // busy timeout to spare.
+        using var hurried = Client(server, deadline: 2 * busyTimeout);
 
         // Another process's writer (sqlite3, a backup tool) holds the write lock longer than the busy timeout.
         await using (var locker = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = _databasePath, Pooling = false }.ToString()))
@@ -74,12 +82,14 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
             // no call waited for it: each gave up at the busy timeout. One that waited would meet
             // the client's 30-s deadline instead, and DEADLINE_EXCEEDED is not UNAVAILABLE.
             var watch = Stopwatch.StartNew();
-            await AssertUnavailableAsync(() => client.CreateKeyAsync(Parent, "during"));
-            await AssertUnavailableAsync(() => client.RotateKeyAsync(before.Name));
+            await AssertUnavailableAsync(() => hurried.CreateKeyAsync(Parent, "during"));
+            await AssertUnavailableAsync(() => hurried.RotateKeyAsync(before.Name));
 
             // Every answer waits for its audit event, and the event cannot be written either: no audit, no answer.
+            // (Not the hurried client: the event may queue behind a group commit that still waits
+            // for the lock with the refused rotation's event, and wait up to two busy timeouts.)
             await AssertUnavailableAsync(() => client.DecryptAsync(sealedData.Ciphertext));
-            output.WriteLine($"three calls answered UNAVAILABLE in {watch.ElapsedMilliseconds} ms (busy timeout 1 s)");
+            output.WriteLine($"three calls answered UNAVAILABLE in {watch.ElapsedMilliseconds} ms (busy timeout {busyTimeout.TotalSeconds} s)");
         }
 
         await AssertRecoveredAsync(server, client, before.Name, sealedData, "during");
@@ -330,22 +340,77 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
         _server = null;
     }
 
-    private async Task<KmsTestServer> StartSqliteAsync(string? databasePath)
+    [Fact]
+    public async Task PostgresWriteLockHeldByAnotherSession_MutationsAnswerUnavailableAfterOneCommandTimeout_NotTwo_ServeOnceReleased()
     {
-        string[] args = databasePath is null
-            ? ["--Storage:Sqlite:BusyTimeout=00:00:01"]
-            : ["--Storage:Sqlite:BusyTimeout=00:00:01", $"--Storage:Sqlite:DatabasePath={databasePath}"];
+        // A stuck maintenance transaction, a hung node: another session holds the write lock every
+        // write needs, for longer than any call waits.
+        var commandTimeout = TimeSpan.FromSeconds(3);
+        await using var cluster = await ThrowAwayPostgres.StartAsync();
+        var server = _server = await KmsTestServer.StartAsync(null, null, Tenant,
+            "--Storage:Provider=postgres", $"--Storage:Postgres:ConnectionString={cluster.ConnectionString}", $"--Storage:Postgres:CommandTimeout={commandTimeout}");
+        var officer = await server.CreatePrincipalWithTokenAsync("officer", null, "security-officer");
+        using var client = Client(server);
+        var before = await client.CreateKeyAsync(Parent, "before");
+
+        // A client whose deadline is two command timeouts. A call that waits one timeout for the
+        // write lock and then its failure's audit event as long again for the same lock cannot be
+        // answered before its deadline (each wait lasts at least the timeout): DEADLINE_EXCEEDED.
+        // One answered after its write's timeout has a whole timeout to spare.
+        using var hurried = Client(server, deadline: 2 * commandTimeout);
+        await using (var holder = new NpgsqlConnection(new NpgsqlConnectionStringBuilder(cluster.ConnectionString) { Pooling = false }.ConnectionString))
+        {
+            await holder.OpenAsync();
+            await using (var take = new NpgsqlCommand($"SELECT pg_advisory_lock({Kms.Storage.Postgres.PostgresStore.WriteLockKey})", holder))
+            {
+                await take.ExecuteNonQueryAsync();
+            }
+
+            // Held until both have answered: past two timeouts for a call that waits twice.
+            var watch = Stopwatch.StartNew();
+            foreach (var call in new Func<Task>[] { () => hurried.CreateKeyAsync(Parent, "during"), () => hurried.RotateKeyAsync(before.Name) })
+            {
+                var refused = await Assert.ThrowsAsync<RpcException>(call);
+                Assert.True(refused.StatusCode == StatusCode.Unavailable, $"{refused.StatusCode}: {refused.Status.Detail}");
+                Assert.DoesNotContain(cluster.Port, refused.Status.Detail, StringComparison.Ordinal);
+            }
+
+            output.WriteLine($"two mutations answered UNAVAILABLE in {watch.ElapsedMilliseconds} ms while the lock was held (command timeout {commandTimeout.TotalSeconds} s)");
+        }
+
+        // Released: the refused calls, sent again, are served; the chain has no gap.
+        await RetryAsync(() => client.CreateKeyAsync(Parent, "during"));
+        Assert.Equal($"{before.Name}/versions/2", (await RetryAsync(() => client.RotateKeyAsync(before.Name))).Primary.Name);
+        using (var auditor = Client(server, officer))
+        {
+            // The refused rotation's own event, queued when it was answered, was written once the
+            // lock was free: its group commit was still waiting for the lock when the test let it go.
+            // (The refused create's was not: its group commit waited out its timeout while the lock
+            // was held for the rotation; it was answered UNAVAILABLE all the same.)
+            var events = (await auditor.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Resource = before.Name, Operation = "RotateKey", PageSize = 1000 })).Events;
+            Assert.Equal(["OK", "UNAVAILABLE"], events.Select(e => e.Outcome).Order(StringComparer.Ordinal));
+        }
+
+        await AssertAuditVerifiesAsync(server, officer);
+        await server.DisposeAsync();
+        _server = null;
+    }
+
+    private async Task<KmsTestServer> StartSqliteAsync(string? databasePath, TimeSpan? busyTimeout = null)
+    {
+        var busy = $"--Storage:Sqlite:BusyTimeout={busyTimeout ?? TimeSpan.FromSeconds(1)}";
+        string[] args = databasePath is null ? [busy] : [busy, $"--Storage:Sqlite:DatabasePath={databasePath}"];
         _server = await KmsTestServer.StartAsync(null, null, Tenant, args);
         _databasePath = databasePath ?? _server.DatabasePath;
         return _server;
     }
 
-    private static KmsClient Client(KmsTestServer server, string? token = null) => new(new KmsClientOptions
+    private static KmsClient Client(KmsTestServer server, string? token = null, TimeSpan? deadline = null) => new(new KmsClientOptions
     {
         Endpoint = server.Address,
         CaCertificatePath = server.CaCertificatePath,
         ApiToken = token ?? server.DeveloperToken,
-        CallTimeout = TimeSpan.FromSeconds(30),
+        CallTimeout = deadline ?? TimeSpan.FromSeconds(30),
         Retry = new KmsRetryOptions { MaxAttempts = 1 }, // each answer as the server gave it
     });
 

@@ -29,6 +29,14 @@ public sealed class AuditScope
     /// <summary>Whether the event was committed with the request's first write.</summary>
     public bool Written { get; private set; }
 
+    /// <summary>
+    /// Whether the store gave up waiting on this request's behalf — for the write lock (another
+    /// session held it past the store's command or busy timeout) or for the database to answer:
+    /// the request has had its one timeout, and its answer is UNAVAILABLE. Its failure's audit
+    /// event, which would wait as long again for the same lock, is then queued but not waited for.
+    /// </summary>
+    public bool StoreTimedOut { get; private set; }
+
     /// <summary>The event as known so far.</summary>
     public AuditEntry Entry
     {
@@ -108,6 +116,15 @@ public sealed class AuditScope
         lock (_lock)
         {
             Written = true;
+        }
+    }
+
+    /// <summary>For the store: a statement of this request's gave up waiting (<see cref="StoreTimedOut"/>).</summary>
+    public void TimedOut()
+    {
+        lock (_lock)
+        {
+            StoreTimedOut = true;
         }
     }
 

@@ -18,7 +18,9 @@ namespace Kms.Server.Audit;
 /// group-committed by <see cref="AuditLog"/> before the answer is released. Refusals by the
 /// <see cref="AuthorizationInterceptor"/> are aggregated per principal, operation and
 /// outcome. If the event cannot be written the answer is UNAVAILABLE, whatever the handler
-/// did: no audit, no answer.
+/// did: no audit, no answer. One answer does not wait for its event: UNAVAILABLE after the
+/// store gave up waiting for the call (<see cref="AuditScope.StoreTimedOut"/>), whose event is
+/// queued instead — it would wait as long again for the same lock.
 /// </summary>
 internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts alerts, TimeProvider time, ILogger<AuditInterceptor> logger) : Interceptor
 {
@@ -178,6 +180,19 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
             return;
         }
 
+        if (status == StatusCode.Unavailable && scope.StoreTimedOut)
+        {
+            // The store gave up waiting for this call — for the write lock another session holds, or
+            // for the database — after its command (busy) timeout. Its event would wait as long again
+            // for the same lock, and the call would answer after two timeouts (past a client's
+            // deadline of 30 s with PostgreSQL's 15 s: DEADLINE_EXCEEDED, not a retryable UNAVAILABLE).
+            // The answer is already a refusal that released and changed nothing, so the event is
+            // queued, written with the next group commit that gets the lock, and not waited for;
+            // if that commit fails too, the answer was UNAVAILABLE all the same.
+            NotWaitedFor(refused ? audit.RefusedAsync(entry, CancellationToken.None) : audit.AppendAsync(entry, CancellationToken.None));
+            return;
+        }
+
         try
         {
             if (refused)
@@ -195,6 +210,10 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
             throw new RpcException(new global::Grpc.Core.Status(StatusCode.Unavailable, "the audit log cannot be written, so the request is not answered; retry shortly"));
         }
     }
+
+    // The event's commit may still fail (the group commit's own UNAVAILABLE): observed, not thrown.
+    private static void NotWaitedFor(Task append) =>
+        append.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
 
     /// <summary>
     /// Whether a call's event goes through the refusal windows: a refusal, and a call that ended

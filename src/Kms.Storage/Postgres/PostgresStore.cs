@@ -196,6 +196,11 @@ public sealed class PostgresStore : SqlStore
         }
     }
 
+    // Npgsql's command or connection timeout; a lock_timeout or statement_timeout set on the role
+    // or database (55P03, 57014: also a statement an administrator cancelled).
+    private protected override bool GaveUpWaiting(DbException exception) =>
+        exception is NpgsqlException { InnerException: TimeoutException } or PostgresException { SqlState: "55P03" or "57014" };
+
     // A transaction gets an id at its first row change (a no-op UPDATE or a conflicting
     // INSERT ... DO NOTHING assigns none); the lock does not assign one.
     private protected override async Task<long> WriteMarkAsync(DbConnection connection, DbTransaction transaction, CancellationToken cancellationToken)

@@ -1129,9 +1129,21 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         catch (DbException e)
         {
             store?.OnDatabaseFault(e);
+            if (store?.GaveUpWaiting(e) == true)
+            {
+                // The request has had its timeout: its failure's audit event is not waited for as long again.
+                AuditScope.Current?.TimedOut();
+            }
+
             throw KmsErrors.Unavailable("the database is unavailable; retry shortly", e);
         }
     }
+
+    /// <summary>
+    /// Whether a statement failed because it waited out a timeout — for the write lock another
+    /// session held, or for the database to answer — rather than being refused at once.
+    /// </summary>
+    private protected abstract bool GaveUpWaiting(DbException exception);
 
     /// <summary>
     /// Called after a statement failed, once its connection is back in the pool: a backend whose

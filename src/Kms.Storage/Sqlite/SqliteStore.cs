@@ -154,6 +154,9 @@ public sealed partial class SqliteStore : SqlStore
         }
     }
 
+    // SQLITE_BUSY, SQLITE_LOCKED: another connection held the lock past the busy timeout.
+    private protected override bool GaveUpWaiting(DbException exception) => exception is SqliteException { SqliteErrorCode: 5 or 6 };
+
     private protected override Task<T?> HotReadAsync<T>(string sql, Func<DbDataReader, T> map, CancellationToken cancellationToken, params (string Name, object Value)[] parameters)
         where T : class =>
         GuardAsync(() => _readers.ReadFirstAsync(sql, map, () => base.HotReadAsync(sql, map, cancellationToken, parameters), cancellationToken, parameters), this);
