@@ -229,6 +229,38 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         Assert.Equal("2", Scalar("SELECT min(seq) FROM audit_events"));
     }
 
+    // Two nodes on one chain (PostgreSQL): the leader's retention cut the chain past the last
+    // checkpoint the other node knew (the one it read at start). That is no rewrite: the other
+    // node still signs (GetAuditCheckpoint, an export, its final checkpoint), from the leader's
+    // signed checkpoint on. Before, it refused, naming signed events removed.
+    [Fact]
+    public async Task RetentionByAnotherNode_PastTheCheckpointThisNodeKnew_StillSigned_ARewriteAfterItStillRefused()
+    {
+        await AppendAsync(1, 5);
+        Assert.NotNull(await _log.CheckpointAsync(default)); // 5
+        var other = await StartAsync(_store, _hsm); // a node that knows checkpoint 5 and is not the leader
+        await AppendAsync(6, 10);
+        Assert.NotNull(await _log.CheckpointAsync(default)); // 10
+        _time.Advance(TimeSpan.FromDays(40));
+        await AppendAsync(11, 11);
+        var leader = await StartAsync(_store, _hsm, new AuditOptions { Retention = TimeSpan.FromDays(30) });
+        Assert.Equal(10, await leader.PruneAsync(_time.GetUtcNow(), default)); // 1..10 deleted; retention event 12, checkpoint 12
+        Assert.Equal("11", Scalar("SELECT min(seq) FROM audit_events"));
+        await AppendAsync(13, 14);
+
+        var signed = await other.CheckpointAsync(default);
+        Assert.Equal(14, signed?.Sequence);
+        var result = Verify(await ExportAsync(other));
+        Assert.True(result.Valid, result.Problem);
+
+        // Still a database writer's rewrite of what it now knows as signed is refused.
+        await AppendAsync(15, 15);
+        Sql("DELETE FROM audit_events WHERE seq > 12; DELETE FROM audit_checkpoints WHERE seq > 12");
+        await AppendAsync(16, 18);
+        var refused = await Assert.ThrowsAsync<KmsException>(() => other.CheckpointAsync(default));
+        Assert.Contains("no longer passes through checkpoint 14", refused.Message, StringComparison.Ordinal);
+    }
+
     // Respellings of a body that a JSON reader takes as equal are other bytes: never verified.
     [Theory]
     [InlineData("\"seq\":3,", "\"\\u0073eq\":3,")]

@@ -349,13 +349,7 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
                 return;
             }
 
-            if (await store.GetLatestAuditCheckpointAsync(cancellationToken) is { } latest && latest.Sequence > _lastCheckpoint.Sequence
-                && SignedHead(latest) is { } signed)
-            {
-                _lastCheckpoint = signed;
-                _lastCheckpointTime = Earlier(latest.Time, time.GetUtcNow());
-            }
-
+            await AdoptLatestCheckpointAsync(cancellationToken);
             var head = await store.GetAuditHeadAsync(cancellationToken);
             if (head.Sequence > _lastCheckpoint.Sequence
                 && (head.Sequence - _lastCheckpoint.Sequence >= options.CheckpointEveryEvents || time.GetUtcNow() - _lastCheckpointTime >= options.CheckpointInterval))
@@ -380,6 +374,10 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     /// <summary>Signs a checkpoint of the current head (if there is anything new since the last one).</summary>
     public async Task<AuditCheckpoint?> CheckpointAsync(CancellationToken cancellationToken)
     {
+        // Another node's checkpoint first (a signed one only), then the head: that node's retention
+        // may have cut the chain past the last checkpoint this process knew, which would otherwise
+        // look like a rewrite.
+        await AdoptLatestCheckpointAsync(cancellationToken);
         var head = await store.GetAuditHeadAsync(cancellationToken);
         if (head.Sequence == 0 || head.Sequence == _lastCheckpoint.Sequence)
         {
@@ -396,6 +394,19 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         _lastCheckpointTime = now;
         CheckpointWritten?.Invoke(checkpoint);
         return checkpoint;
+    }
+
+    // The database's newest checkpoint, when newer than the last this process signed or read and
+    // signed by the audit key: another node's (several nodes share one chain), whose retention
+    // may since have deleted the events through it.
+    private async Task AdoptLatestCheckpointAsync(CancellationToken cancellationToken)
+    {
+        if (await store.GetLatestAuditCheckpointAsync(cancellationToken) is { } latest && latest.Sequence > _lastCheckpoint.Sequence
+            && SignedHead(latest) is { } signed)
+        {
+            _lastCheckpoint = signed;
+            _lastCheckpointTime = Earlier(latest.Time, time.GetUtcNow());
+        }
     }
 
     /// <summary>
