@@ -189,7 +189,7 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
             // The answer is already a refusal that released and changed nothing, so the event is
             // queued, written with the next group commit that gets the lock, and not waited for;
             // if that commit fails too, the answer was UNAVAILABLE all the same.
-            NotWaitedFor(refused ? audit.RefusedAsync(entry, CancellationToken.None) : audit.AppendAsync(entry, CancellationToken.None));
+            NotWaitedFor(refused ? audit.RefusedAsync(entry, CancellationToken.None) : audit.AppendAsync(entry, CancellationToken.None), entry);
             return;
         }
 
@@ -211,9 +211,14 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
         }
     }
 
-    // The event's commit may still fail (the group commit's own UNAVAILABLE): observed, not thrown.
-    private static void NotWaitedFor(Task append) =>
-        append.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+    // The event's commit may still fail (the group commit's own UNAVAILABLE, the server stopping):
+    // not thrown, but logged, naming the call — the one trace left of a call the chain lacks.
+    private void NotWaitedFor(Task append, AuditEntry entry) =>
+        append.ContinueWith(
+            t => LogQueuedEventLost(logger, entry.Operation, entry.RequestId, entry.Principal, t.Exception?.InnerException?.GetType().Name ?? "unknown"),
+            CancellationToken.None,
+            TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously,
+            TaskScheduler.Default);
 
     /// <summary>
     /// Whether a call's event goes through the refusal windows: a refusal, and a call that ended
@@ -288,6 +293,9 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
 
     [GeneratedRegex("^[A-Za-z0-9._:-]+$")]
     private static partial Regex RequestIdPattern();
+
+    [LoggerMessage(EventId = 1306, Level = LogLevel.Error, Message = "{Method}: the audit event of request {AuditRequestId} by {Principal}, answered UNAVAILABLE after a database timeout without waiting for it, could not be written either ({Reason}); the call is not in the audit log")]
+    private static partial void LogQueuedEventLost(ILogger logger, string method, string auditRequestId, string principal, string reason);
 
     [LoggerMessage(EventId = 1301, Level = LogLevel.Error, Message = "{Method}: the audit event could not be written ({Reason}); answered UNAVAILABLE")]
     private static partial void LogAuditUnavailable(ILogger logger, string method, string reason);
