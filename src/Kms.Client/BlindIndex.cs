@@ -18,8 +18,8 @@ namespace Kms.Client;
 /// The beacon of a value is the first <see cref="Bits"/>/8 bytes of the KMS's HMAC-SHA256, under
 /// one key <em>version</em>, of
 /// <c>"kms blind index v1"</c> (18 ASCII bytes) ‖ bits (2 bytes, big-endian) ‖ the index name's
-/// UTF-8 length (2 bytes, big-endian) ‖ the index name (UTF-8) ‖ the value, written as lowercase
-/// hex. Two indexes on one key version (other names, or other lengths) never share beacons.
+/// UTF-8 length (2 bytes, big-endian) ‖ the index name (UTF-8) ‖ the value's bytes as they are;
+/// the beacon is returned as lowercase hex. Two indexes on one key version (other names, or other lengths) never share beacons.
 /// </para>
 /// <para>
 /// The index is tied to one HMAC_SHA256 key version, named as such: a key's primary version
