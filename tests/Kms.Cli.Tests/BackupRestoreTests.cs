@@ -106,11 +106,22 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         Assert.True(DatabaseFiles.Contain(database, keptMaterial), "the scan does not see stored material");
         Assert.False(DatabaseFiles.Contain(database, doomedMaterial), "the re-applied destruction's material is in the installed kms.db or kms.db-wal");
 
+        // The node's record of the checkpoints it signed over the replaced chain went aside with
+        // it: the restored server signs the restored chain (else it would refuse, as for a rewrite).
+        Assert.NotNull(report.ReplacedCheckpoints);
+        Assert.True(File.Exists(report.ReplacedCheckpoints));
+        Assert.False(File.Exists(Path.Combine(_server.DataDir, "audit", "checkpoints.jsonl")));
+
         _server = await _server.RestartAsync();
         using var after = _server.CreateClient();
         using (var opened = await after.DecryptAsync(kept))
         {
             Assert.Equal("v2 secret"u8.ToArray(), opened.Plaintext.ToArray());
+        }
+
+        using (var auditor = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-after-restore", null, "security-officer")))
+        {
+            Assert.NotNull((await auditor.Audit.GetAuditCheckpointAsync(new GetAuditCheckpointRequest())).Checkpoint);
         }
 
         var destroyed = await Assert.ThrowsAsync<RpcException>(() => after.DecryptAsync(doomed));

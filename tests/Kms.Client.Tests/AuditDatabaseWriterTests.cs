@@ -25,6 +25,8 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
 
     private string DatabasePath => Path.Combine(_directory, "kms.db");
 
+    private string CheckpointsPath => Path.Combine(_directory, "audit", "checkpoints.jsonl");
+
     public async Task InitializeAsync()
     {
         _store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath }, default);
@@ -141,6 +143,98 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         var caught = Verify(lines, known);
         Assert.False(caught.Valid);
         Assert.Contains("event 10 differs from the known checkpoint: the log was rewritten", caught.Problem, StringComparison.Ordinal);
+    }
+
+    // Before, a restarted server knew only the database's checkpoints and signed the rewrite
+    // (the test above). Its own record, checkpoints.jsonl, holds checkpoint 12: the restarted
+    // log refuses as the running one does, names the file and the way out, and the export goes
+    // out signed only as far as checkpoint 5. Moved aside (a rollback on purpose), it signs.
+    [Fact]
+    public async Task SignedEventsRewrittenWhileStopped_RestartedWithItsCheckpointsFile_RefusesToSign_FileMovedAside_Signs()
+    {
+        RecordCheckpoints(_log);
+        await BuildAsync();
+        Assert.NotNull(await _log.CheckpointAsync(default)); // 12, in the database and the file
+        Sql("UPDATE audit_events SET body = replace(body, '\"principal\":\"token:bob\"', '\"principal\":\"token:carol\"') WHERE seq = 7");
+        Rechain(from: 7);
+        Sql("DELETE FROM audit_checkpoints WHERE seq > 5");
+
+        var restarted = await StartAsync(_store, _hsm);
+        var record = await restarted.RequireOwnRecordAsync(CheckpointsPath, default);
+        Assert.Equal((12L, 0, false), (record.Checkpoint?.Sequence, record.Skipped, record.PassesThrough));
+        var refused = await Assert.ThrowsAsync<KmsException>(() => restarted.CheckpointAsync(default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+        Assert.Contains("no longer passes through checkpoint 12", refused.Message, StringComparison.Ordinal);
+        Assert.Contains($"read at start from {CheckpointsPath}", refused.Message, StringComparison.Ordinal);
+        Assert.Contains("move that file aside", refused.Message, StringComparison.Ordinal);
+        await AppendAsync(13, 13);
+        await Assert.ThrowsAsync<KmsException>(() => restarted.CheckpointAsync(default));
+        await restarted.RunHousekeepingAsync(default); // the interval's checkpoint: refused as well
+        Assert.Equal("5", Scalar("SELECT max(seq) FROM audit_checkpoints"));
+        var result = Verify(await ExportAsync(restarted));
+        Assert.Equal((13L, 5L), (result.Events, result.LastSignedSequence));
+
+        File.Move(CheckpointsPath, CheckpointsPath + ".replaced-test");
+        var accepted = await StartAsync(_store, _hsm);
+        Assert.Null((await accepted.RequireOwnRecordAsync(CheckpointsPath, default)).Checkpoint);
+        Assert.NotNull(await accepted.CheckpointAsync(default));
+    }
+
+    // A chain that still passes through the file's checkpoint is signed as before, whether the
+    // database's newest checkpoint is older (its rows deleted) or newer (another node's); a
+    // torn last line (a crash mid-append) or an edited one is skipped for the one before it.
+    [Fact]
+    public async Task CheckpointsFile_TornOrEditedLastLine_TheOneBeforeIsUsed_AnotherNodesLaterCheckpoint_Accepted()
+    {
+        RecordCheckpoints(_log);
+        await BuildAsync(); // the file: 5, 10
+        var lines = await File.ReadAllLinesAsync(CheckpointsPath);
+        await File.AppendAllTextAsync(CheckpointsPath, lines[1][..40]); // torn: no line end
+        var restarted = await StartAsync(_store, _hsm);
+        var record = await restarted.RequireOwnRecordAsync(CheckpointsPath, default);
+        Assert.Equal((10L, 1, true), (record.Checkpoint?.Sequence, record.Skipped, record.PassesThrough));
+
+        // The last line's signature edited: the checkpoint before it, 5, is taken; the chain
+        // passes through it, so the rewrite after it cannot be told from the file (the tail).
+        await File.WriteAllTextAsync(CheckpointsPath, lines[0] + "\n" + lines[1].Replace("\"signature\":\"", "\"signature\":\"AAAA", StringComparison.Ordinal) + "\n");
+        Sql("DELETE FROM audit_checkpoints WHERE seq > 5");
+        restarted = await StartAsync(_store, _hsm);
+        record = await restarted.RequireOwnRecordAsync(CheckpointsPath, default);
+        Assert.Equal((5L, 1, true), (record.Checkpoint?.Sequence, record.Skipped, record.PassesThrough));
+        Assert.NotNull(await restarted.CheckpointAsync(default)); // 12
+
+        // Another node signed later (its checkpoint in the database, not in this file): accepted.
+        await AppendAsync(13, 20);
+        Assert.NotNull(await restarted.CheckpointAsync(default)); // 20, not recorded in this file
+        var afterOther = await StartAsync(_store, _hsm);
+        record = await afterOther.RequireOwnRecordAsync(CheckpointsPath, default);
+        Assert.Equal((5L, true), (record.Checkpoint?.Sequence, record.PassesThrough));
+        await AppendAsync(21, 21);
+        Assert.NotNull(await afterOther.CheckpointAsync(default));
+    }
+
+    // Events between this node's checkpoint and another node's later one rewritten (a node
+    // restarted without its file could have signed the rewrite): refused, whatever the
+    // database's newer checkpoint rows say.
+    [Fact]
+    public async Task CheckpointsFile_ChainRewrittenBeforeItAndSignedByAnotherNode_Refused()
+    {
+        RecordCheckpoints(_log);
+        await BuildAsync(); // the file: 5, 10
+        Sql("UPDATE audit_events SET body = replace(body, '\"principal\":\"token:bob\"', '\"principal\":\"token:carol\"') WHERE seq = 9");
+        Rechain(from: 9);
+        Sql("DELETE FROM audit_checkpoints WHERE seq > 5");
+        var other = await StartAsync(_store, _hsm); // without the file
+        Assert.NotNull(await other.CheckpointAsync(default)); // 12, over the rewrite
+
+        var restarted = await StartAsync(_store, _hsm);
+        var record = await restarted.RequireOwnRecordAsync(CheckpointsPath, default);
+        Assert.Equal((10L, false), (record.Checkpoint?.Sequence, record.PassesThrough));
+        await AppendAsync(13, 13);
+        await restarted.RunHousekeepingAsync(default);
+        var refused = await Assert.ThrowsAsync<KmsException>(() => restarted.CheckpointAsync(default));
+        Assert.Contains("no longer passes through checkpoint 10", refused.Message, StringComparison.Ordinal);
+        Assert.Equal("12", Scalar("SELECT max(seq) FROM audit_checkpoints"));
     }
 
     // Another deployment's events (the same genesis) spliced in: its checkpoints name its key;
@@ -307,6 +401,13 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         var farAnchor = Verify(["{\"kms_audit_export\":1,\"anchor\":{\"seq\":9223372036854775807,\"hash\":\"x\"}}"]);
         Assert.False(farAnchor.Valid);
         Assert.Contains("no signed checkpoint vouches for it", farAnchor.Problem, StringComparison.Ordinal);
+    }
+
+    // As the host does (AuditWorker): each checkpoint appended to {DataDir}/audit/checkpoints.jsonl.
+    private void RecordCheckpoints(AuditLog log)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(CheckpointsPath)!);
+        log.CheckpointWritten += c => Kms.Core.Files.DurableFile.Append(CheckpointsPath, System.Text.Encoding.UTF8.GetBytes(AuditExport.Checkpoint(c) + "\n"), Kms.Core.Files.DurableFile.OwnerOnly);
     }
 
     private async Task<AuditLog> StartAsync(SqliteStore store, FakeHsm hsm, AuditOptions? options = null)

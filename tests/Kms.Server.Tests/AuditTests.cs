@@ -175,6 +175,77 @@ public sealed class AuditTests : IAsyncLifetime
         Assert.DoesNotContain(Directory.GetFiles(Path.GetDirectoryName(pem)!), f => Path.GetFileName(f).StartsWith('.'));
     }
 
+    // Before, a restarted server knew only the database's checkpoints: signed events rewritten
+    // (and re-chained) while it was stopped, with the checkpoint rows after them deleted, were
+    // signed at its next checkpoint. Now it reads its own record, checkpoints.jsonl, at start.
+    [Fact]
+    public async Task Restart_SignedEventsRewrittenWhileStopped_RefusesToSignOverIt_ExportSignedAsBefore_FileMovedAside_Signs()
+    {
+        var key = await _developer.CreateKeyAsync("tenants/dev", "rewritten");
+        var signed = (await _officer.Audit.GetAuditCheckpointAsync(new GetAuditCheckpointRequest())).Checkpoint.Sequence;
+        await _developer.EncryptAsync(key.Name, new byte[] { 1 });
+        _developer.Dispose();
+        _officer.Dispose();
+        await _server.DisposeAsync(); // its final checkpoint goes to the file as well
+
+        // The key's creation rewritten to another principal, every body after it re-chained, and
+        // the checkpoint rows from it on deleted: what a database writer without the HSM can do.
+        await using (var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Pooling=False"))
+        {
+            await connection.OpenAsync();
+            var created = await ScalarAsync<long>(connection, $"SELECT seq FROM audit_events WHERE resource = '{key.Name}' ORDER BY seq LIMIT 1");
+            var previous = await ScalarAsync<string>(connection, $"SELECT hash FROM audit_events WHERE seq = {created - 1}");
+            var head = await ScalarAsync<long>(connection, "SELECT max(seq) FROM audit_events");
+            for (var seq = created; seq <= head; seq++)
+            {
+                var body = System.Text.RegularExpressions.Regex.Replace(await ScalarAsync<string>(connection, $"SELECT body FROM audit_events WHERE seq = {seq}"), "\"prev\":\"[0-9a-f]{64}\"", $"\"prev\":\"{previous}\"");
+                body = seq == created ? body.Replace("\"principal\":\"token:developer\"", "\"principal\":\"token:mallory\"", StringComparison.Ordinal) : body;
+                previous = AuditChain.HashOf(body);
+                await using var update = connection.CreateCommand();
+                update.CommandText = "UPDATE audit_events SET body = @body, hash = @hash WHERE seq = @seq";
+                update.Parameters.AddWithValue("@body", body);
+                update.Parameters.AddWithValue("@hash", previous);
+                update.Parameters.AddWithValue("@seq", seq);
+                await update.ExecuteNonQueryAsync();
+            }
+
+            await using var delete = connection.CreateCommand();
+            delete.CommandText = $"DELETE FROM audit_checkpoints WHERE seq >= {created}";
+            await delete.ExecuteNonQueryAsync();
+        }
+
+        var checkpoints = Path.Combine(_server.DataDir, "audit", "checkpoints.jsonl");
+        _server = await KmsTestServer.StartAsync(_server.Token, _server.DataDir);
+        _developer = _server.CreateClient();
+        _officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-after-rewrite", null, "security-officer"));
+        var refused = await Assert.ThrowsAsync<RpcException>(() => _officer.Audit.GetAuditCheckpointAsync(new GetAuditCheckpointRequest()).ResponseAsync);
+        Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
+        Assert.Contains($"read at start from {checkpoints}", refused.Status.Detail, StringComparison.Ordinal);
+        Assert.Contains("move that file aside", refused.Status.Detail, StringComparison.Ordinal);
+        Assert.Contains("does not pass through checkpoint", _server.Logs.AllText, StringComparison.Ordinal); // event 1309
+
+        var published = (await _developer.Audit.GetAuditSigningKeyAsync(new GetAuditSigningKeyRequest())).PublicKeyDer.ToByteArray();
+        var result = AuditVerifier.Verify(new StringReader(await ExportAsync()), published);
+        Assert.True(result.LastSignedSequence < signed, $"signed to {result.LastSignedSequence}, the rewrite starts after {signed}");
+
+        // A rollback on purpose (documented): the file moved aside, the restarted server signs.
+        _developer.Dispose();
+        _officer.Dispose();
+        await _server.DisposeAsync();
+        File.Move(checkpoints, checkpoints + ".replaced-test");
+        _server = await KmsTestServer.StartAsync(_server.Token, _server.DataDir);
+        _developer = _server.CreateClient();
+        _officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-after-move", null, "security-officer"));
+        Assert.NotNull((await _officer.Audit.GetAuditCheckpointAsync(new GetAuditCheckpointRequest())).Checkpoint);
+    }
+
+    private static async Task<T> ScalarAsync<T>(SqliteConnection connection, string sql)
+    {
+        await using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        return (T)Convert.ChangeType((await command.ExecuteScalarAsync())!, typeof(T), System.Globalization.CultureInfo.InvariantCulture);
+    }
+
     [Fact]
     public async Task Export_VerifiesOffline_AgainstThePublishedKey_AndATamperedCopyDoesNot()
     {

@@ -396,7 +396,7 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
             // The refused rotation's own event, queued when it was answered, was written once the
             // lock was free: its group commit was still waiting for the lock when the test let it go.
             // (The refused create's was not: its group commit waited out its timeout while the lock
-            // was held for the rotation; it was answered UNAVAILABLE all the same, the loss logged: 1306.)
+            // was held for the rotation; it was answered UNAVAILABLE all the same, the loss logged: 1310.)
             var events = (await auditor.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Resource = before.Name, Operation = "RotateKey", PageSize = 1000 })).Events;
             Assert.Equal(["OK", "UNAVAILABLE"], events.Select(e => e.Outcome).Order(StringComparer.Ordinal));
         }

@@ -28,6 +28,9 @@ internal sealed record RestoreReport(BackupManifest Manifest, IReadOnlyList<(str
 
     /// <summary>Tenants deleted after the backup that the restore made DELETING again, each with where the deletion was found.</summary>
     public IReadOnlyList<(string Tenant, string Source)> TenantsDeleting { get; init; } = [];
+
+    /// <summary>Where the node's record of the checkpoints it signed over the replaced chain (<c>audit/checkpoints.jsonl</c>) was moved aside, or null.</summary>
+    public string? ReplacedCheckpoints { get; init; }
 }
 
 /// <summary>What <c>reapply-destructions</c> did: the destructions and schedulings it re-applied, what it skipped, where in the chain it started.</summary>
@@ -192,11 +195,23 @@ internal static class BackupRestore
             // all or nothing: a move that fails puts back what moved (a kms.db that appeared
             // meanwhile, say a server started too early, is not left beside the old files).
             string? replaced = exists ? Path.Combine(dataDir, $"kms.db.replaced-{stamp}") : null;
+
+            // The node's record of the checkpoints it signed goes aside too: the server takes its
+            // newest as a checkpoint the chain must pass through, and the restored chain does not
+            // (a rollback on purpose, not a rewrite: docs/audit-format.md).
+            var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
+            string? checkpointsAside = File.Exists(checkpoints) ? $"{checkpoints}.replaced-{stamp}" : null;
             var aside = new List<string>();
             var absent = new List<string>();
             var installed = new List<string>();
             try
             {
+                if (checkpointsAside is not null)
+                {
+                    File.Move(checkpoints, checkpointsAside);
+                    DirectorySync.Flush(Path.GetDirectoryName(checkpoints)!);
+                }
+
                 foreach (var suffix in replaced is null ? [] : new[] { "", "-wal", "-shm" })
                 {
                     if (File.Exists(target + suffix))
@@ -251,6 +266,11 @@ internal static class BackupRestore
                     File.Move(replaced + suffix, target + suffix, overwrite: true);
                 }
 
+                if (checkpointsAside is not null && File.Exists(checkpointsAside))
+                {
+                    File.Move(checkpointsAside, checkpoints, overwrite: true);
+                }
+
                 throw;
             }
 
@@ -259,6 +279,7 @@ internal static class BackupRestore
                 Rescheduled = outcome.Rescheduled,
                 Kept = outcome.Kept,
                 TenantsDeleting = outcome.TenantsDeleting,
+                ReplacedCheckpoints = checkpointsAside,
             };
         }
         catch

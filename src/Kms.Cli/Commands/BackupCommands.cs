@@ -141,6 +141,7 @@ internal static class BackupCommands
             json["tenants_deleting"] = TenantsJson(report.TenantsDeleting);
             json["skipped"] = new JsonArray([.. report.Skipped.Select(s => (JsonNode)s)]);
             json["replaced_database"] = report.ReplacedDatabase;
+            json["replaced_checkpoints"] = report.ReplacedCheckpoints;
             ctx.Output.Result(json, () =>
             {
                 var rows = ManifestRows(report.Manifest).ToList();
@@ -150,6 +151,7 @@ internal static class BackupCommands
                 rows.Add(("stayed restricted", KeptText(report.Kept)));
                 rows.Add(("skipped", report.Skipped.Count == 0 ? "none" : string.Join("; ", report.Skipped)));
                 rows.Add(("replaced database", report.ReplacedDatabase ?? "none"));
+                rows.Add(("replaced checkpoints", report.ReplacedCheckpoints ?? "none"));
                 return CliOutput.Properties(rows);
             });
             return ExitCodes.Ok;

@@ -24,7 +24,7 @@ namespace Kms.Core.Services;
 /// context value against its hash.
 /// </remarks>
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "The housekeeping gate's wait handle is never asked for: nothing to dispose.")]
-public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, TimeProvider time, AuditOptions options, ILeaderLease? lease = null)
+public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, TimeProvider time, AuditOptions options, ILeaderLease? lease = null)
 {
     private const string SigningKeySetting = "audit.signing-key.v1";
     private const string ContextKeySetting = "audit.context-key.v1";
@@ -379,7 +379,7 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         // look like a rewrite.
         await AdoptLatestCheckpointAsync(cancellationToken);
         var head = await store.GetAuditHeadAsync(cancellationToken);
-        if (head.Sequence == 0 || head.Sequence == _lastCheckpoint.Sequence)
+        if (head.Sequence == 0 || (head.Sequence == _lastCheckpoint.Sequence && !_heldAtOwnRecord))
         {
             return null;
         }
@@ -401,7 +401,9 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
     // may since have deleted the events through it.
     private async Task AdoptLatestCheckpointAsync(CancellationToken cancellationToken)
     {
-        if (await store.GetLatestAuditCheckpointAsync(cancellationToken) is { } latest && latest.Sequence > _lastCheckpoint.Sequence
+        // While the chain is refused for not passing through this node's own record, no later row
+        // is taken instead: a node restarted without its file could have signed the rewrite.
+        if (!_heldAtOwnRecord && await store.GetLatestAuditCheckpointAsync(cancellationToken) is { } latest && latest.Sequence > _lastCheckpoint.Sequence
             && SignedHead(latest) is { } signed)
         {
             _lastCheckpoint = signed;
@@ -440,7 +442,8 @@ public sealed class AuditLog(IAuditStore store, IKeyStore settings, IHsm hsm, Ti
         {
             throw KmsErrors.FailedPrecondition(
                 $"the audit chain in the database (head {head.Sequence}) no longer passes through checkpoint {last.Sequence} ({last.Hash}), the last this server signed or read: "
-                + "signed events were removed or rewritten, and the checkpoints after them deleted; refusing to sign a checkpoint over it. Compare the database with the checkpoints kept off the host");
+                + "signed events were removed or rewritten, and the checkpoints after them deleted; refusing to sign a checkpoint over it. Compare the database with the checkpoints kept off the host"
+                + OwnRecordAdvice(last));
         }
     }
 

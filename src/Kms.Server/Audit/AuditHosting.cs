@@ -48,7 +48,28 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             Observability.KmsMetrics.AuditEventsWritten.Add(size);
         };
 
+        // This node's own record of the checkpoints it signed, outside the database: a chain
+        // rewritten there while the server was stopped is not signed now either.
         var checkpoints = Path.Combine(directory, "checkpoints.jsonl");
+        var own = await audit.RequireOwnRecordAsync(checkpoints, cancellationToken);
+        if (own.Skipped > 0)
+        {
+            LogOwnRecordSkipped(logger, checkpoints, own.Skipped, own.Checkpoint?.Sequence ?? 0);
+        }
+
+        if (own.OtherKey)
+        {
+            LogOwnRecordOtherKey(logger, checkpoints, audit.Fingerprint);
+        }
+        else if (own.Checkpoint is { } read && !own.PassesThrough)
+        {
+            LogOwnRecordNotPassedThrough(logger, read.Sequence, checkpoints);
+        }
+        else if (own.Checkpoint is { } taken)
+        {
+            LogOwnRecordTaken(logger, taken.Sequence, checkpoints);
+        }
+
         audit.CheckpointWritten += checkpoint =>
         {
             var line = AuditExport.Checkpoint(checkpoint);
@@ -199,6 +220,18 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1305, Level = LogLevel.Warning, Message = "the last line of {Path} was torn ({Bytes} bytes without a line end: a crash while it was appended); cut off before appending")]
     private static partial void LogTornLineCut(ILogger logger, string path, long bytes);
+
+    [LoggerMessage(EventId = 1306, Level = LogLevel.Information, Message = "audit checkpoint {Sequence} read from {Path}, this node's record: the chain must pass through it before anything is signed")]
+    private static partial void LogOwnRecordTaken(ILogger logger, long sequence, string path);
+
+    [LoggerMessage(EventId = 1307, Level = LogLevel.Warning, Message = "{Path}: the last {Lines} line(s) are no checkpoint signed by the audit key (torn by a crash, or edited); skipped for the one before them (checkpoint {Sequence}; 0: none)")]
+    private static partial void LogOwnRecordSkipped(ILogger logger, string path, int lines, long sequence);
+
+    [LoggerMessage(EventId = 1308, Level = LogLevel.Warning, Message = "{Path} was written under another audit signing key than this database's ({Fingerprint}): nothing taken from it")]
+    private static partial void LogOwnRecordOtherKey(ILogger logger, string path, string fingerprint);
+
+    [LoggerMessage(EventId = 1309, Level = LogLevel.Critical, Message = "the audit chain in the database does not pass through checkpoint {Sequence} that this node signed ({Path}): signed events were removed or rewritten while the server was stopped, or the database was rolled back; no checkpoint is signed. A rollback on purpose (a pg_restore, a kms.db copied back): move that file aside and restart")]
+    private static partial void LogOwnRecordNotPassedThrough(ILogger logger, long sequence, string path);
 
     [LoggerMessage(EventId = 1303, Level = LogLevel.Warning, Message = "the final audit checkpoint could not be written ({Reason})")]
     private static partial void LogFinalCheckpointFailed(ILogger logger, string reason);

@@ -294,7 +294,7 @@ internal sealed partial class AuditInterceptor(AuditLog audit, SecurityAlerts al
     [GeneratedRegex("^[A-Za-z0-9._:-]+$")]
     private static partial Regex RequestIdPattern();
 
-    [LoggerMessage(EventId = 1306, Level = LogLevel.Error, Message = "{Method}: the audit event of request {AuditRequestId} by {Principal}, answered UNAVAILABLE after a database timeout without waiting for it, could not be written either ({Reason}); the call is not in the audit log")]
+    [LoggerMessage(EventId = 1310, Level = LogLevel.Error, Message = "{Method}: the audit event of request {AuditRequestId} by {Principal}, answered UNAVAILABLE after a database timeout without waiting for it, could not be written either ({Reason}); the call is not in the audit log")]
     private static partial void LogQueuedEventLost(ILogger logger, string method, string auditRequestId, string principal, string reason);
 
     [LoggerMessage(EventId = 1301, Level = LogLevel.Error, Message = "{Method}: the audit event could not be written ({Reason}); answered UNAVAILABLE")]
