@@ -193,15 +193,19 @@ public sealed partial class Pkcs11Hsm
         }
         else
         {
-            publicKey = subjectPublicKeyInfo!;
+            // Stored, answered by GetPublicKey and verified with in one form whatever encoding of
+            // the point the caller sent (CallerPublicKey took it; a BIT STRING declaring padding
+            // bits is one .NET reads): the named-curve, uncompressed SPKI .NET writes.
+            publicKey = CanonicalPublicKey(spec, subjectPublicKeyInfo!);
         }
 
         await CheckPairwiseConsistencyAsync(spec, wrapped, publicKey, cancellationToken).ConfigureAwait(false);
         return new GeneratedKeyMaterial(wrapped, publicKey) { MaterialFingerprint = GeneratedKeyMaterial.PublicKeyFingerprint(CanonicalPublicKey(spec, publicKey)) };
     }
 
-    // A key pair's public key as .NET writes it (an EC point uncompressed, its curve named), so
-    // the fingerprint of one pair does not depend on how the caller encoded the key it gave.
+    // A key pair's public key as .NET writes it (an EC point uncompressed, its curve named): the
+    // form stored, so neither the key served nor the fingerprint of one pair depends on how the
+    // caller encoded the key it gave.
     private static byte[] CanonicalPublicKey(KeyAlgorithmSpec spec, byte[] subjectPublicKeyInfo)
     {
         if (spec.Family is KeyFamily.Rsa)

@@ -178,6 +178,75 @@ public sealed class ImportTests(AlgorithmFixture fixture) : IClassFixture<Algori
         Assert.Equal(before, fixture.Hsm.CountSessionObjects());
     }
 
+    [Fact]
+    public async Task Import_EcPublicKeyEncodedAnotherWay_SamePointStoredAsItsCanonicalSpki_CompressedExplicitOrOtherAlgorithmRefused()
+    {
+        // The stored public key is what GetPublicKey answers and verification uses; before, it was
+        // the caller's bytes. .NET (and OpenSSL, BouncyCastle) take a BIT STRING that declares
+        // padding bits (zero, so valid DER) for the same point: stored so, every reader got bytes
+        // other than the key's usual DER, and another SHA-256 fingerprint (how the key is named in
+        // documents and logs). Now the named-curve, uncompressed SPKI .NET writes is stored.
+        ECDsa ec;
+        do
+        {
+            ec = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        }
+        while ((ec.ExportParameters(false).Q.Y![^1] & 1) != 0);
+
+        using (ec)
+        {
+            var canonical = ec.ExportSubjectPublicKeyInfo();
+            var padded = (byte[])canonical.Clone();
+            Assert.Equal((0x03, 0x42, 0x00, 0x04), (padded[23], padded[24], padded[25], padded[26]));
+            padded[25] = 1; // one padding bit (zero) declared: 519 bits, the same 65 bytes
+            using (var read = ECDsa.Create())
+            {
+                read.ImportSubjectPublicKeyInfo(padded, out var length);
+                Assert.Equal(padded.Length, length);
+            }
+
+            var (key, stored) = await fixture.ImportAsync(KeyAlgorithm.EcSignP256Sha256, ec.ExportPkcs8PrivateKey(), padded);
+            Assert.Equal(canonical, stored);
+            await fixture.Hsm.EvictAndDrainAsync(key);
+
+            var q = ec.ExportParameters(false).Q;
+            byte[] Spki(byte[] point, string algorithm = "1.2.840.10045.2.1")
+            {
+                var writer = new System.Formats.Asn1.AsnWriter(System.Formats.Asn1.AsnEncodingRules.DER);
+                using (writer.PushSequence())
+                {
+                    using (writer.PushSequence())
+                    {
+                        writer.WriteObjectIdentifier(algorithm);
+                        writer.WriteObjectIdentifier("1.2.840.10045.3.1.7");
+                    }
+
+                    writer.WriteBitString(point);
+                }
+
+                return writer.Encode();
+            }
+
+            var refused = new Dictionary<string, byte[]>
+            {
+                ["compressed point"] = Spki([(byte)(2 + (q.Y![^1] & 1)), .. q.X!]),
+                ["hybrid point"] = Spki([(byte)(6 + (q.Y![^1] & 1)), .. q.X!, .. q.Y!]),
+                ["id-ecDH algorithm"] = Spki([0x04, .. q.X!, .. q.Y!], "1.3.132.1.12"),
+                ["BER length"] = [0x30, 0x81, .. canonical[1..]],
+            };
+            using (var explicitCurve = ECDsa.Create(ec.ExportExplicitParameters(false)))
+            {
+                refused["explicit curve parameters"] = explicitCurve.ExportSubjectPublicKeyInfo();
+            }
+
+            foreach (var (name, spki) in refused)
+            {
+                var e = await RefusedAsync(KeyAlgorithm.EcSignP256Sha256, fixture.WrapForImport(ec.ExportPkcs8PrivateKey()), spki);
+                Assert.True(e.Field == "public_key", $"{name}: {e.Field}: {e.Message}");
+            }
+        }
+    }
+
     [Theory]
     [InlineData("1.2.3.4.5")] // no curve at all
     [InlineData("1.3.132.0.10")] // secp256k1: a curve OpenSSL knows
