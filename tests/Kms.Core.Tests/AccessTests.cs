@@ -115,6 +115,80 @@ public sealed class AccessTests : IDisposable
     }
 
     [Fact]
+    public async Task CreateGrant_ForAnOperationTheKeysPurposeHasNoUseFor_OrAContextItsCallsNeverCarry_InvalidArgument_NothingStored()
+    {
+        // Such grants were stored and could never apply: SIGN on an AES key, ENCRYPT on a signing
+        // key, DECRYPT under a context on an RSA decryption key (AsymmetricDecrypt takes none).
+        var aes = await _harness.CreateKeyAsync("grant-aes");
+        var signer = await _harness.CreateKeyAsync("grant-signer", KeyAlgorithm.EcSignP256Sha256);
+        var mac = await _harness.CreateKeyAsync("grant-mac", KeyAlgorithm.HmacSha256);
+        var rsa = await _harness.CreateKeyAsync("grant-rsa", KeyAlgorithm.RsaDecryptOaep2048Sha256);
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("dev"), DomainHarness.Dev.Tenant, null, default);
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("reader"), DomainHarness.Dev.Tenant, null, default);
+        foreach (var key in new[] { aes, signer, mac, rsa })
+        {
+            await _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, key.Name, [new("token:dev", KeyOperations.Encrypt | KeyOperations.Decrypt | KeyOperations.Sign | KeyOperations.Verify)], default);
+        }
+
+        var context = new Dictionary<string, string> { ["record"] = "42" };
+        var refused = new (Key Key, KeyOperations Operations, Dictionary<string, string>? Context, string Message)[]
+        {
+            (aes, KeyOperations.Sign, null, "grant.operations: SIGN does not apply to a key of purpose ENCRYPT_DECRYPT (it takes ENCRYPT and DECRYPT), so a grant of it could never apply"),
+            (aes, KeyOperations.Encrypt | KeyOperations.Verify, null, "grant.operations: VERIFY does not apply to a key of purpose ENCRYPT_DECRYPT (it takes ENCRYPT and DECRYPT), so a grant of it could never apply"),
+            (signer, KeyOperations.Encrypt | KeyOperations.Decrypt | KeyOperations.Verify, null, "grant.operations: ENCRYPT and DECRYPT do not apply to a key of purpose SIGN_VERIFY (it takes SIGN and VERIFY), so a grant of it could never apply"),
+            (mac, KeyOperations.Decrypt, null, "grant.operations: DECRYPT does not apply to a key of purpose MAC (it takes SIGN and VERIFY), so a grant of it could never apply"),
+            (rsa, KeyOperations.Sign, null, "grant.operations: SIGN does not apply to a key of purpose ASYMMETRIC_DECRYPT (it takes ENCRYPT, DECRYPT and VERIFY), so a grant of it could never apply"),
+            (rsa, KeyOperations.Decrypt, context, "grant.context_equals: a key of purpose ASYMMETRIC_DECRYPT is used without an encryption context (only ENCRYPT_DECRYPT keys take one), so a grant constraining it could never apply"),
+            (rsa, KeyOperations.Encrypt, context, "grant.context_equals: a key of purpose ASYMMETRIC_DECRYPT is used without an encryption context (only ENCRYPT_DECRYPT keys take one), so a grant constraining it could never apply"),
+            (mac, KeyOperations.Verify, context, "grant.context_equals: a key of purpose MAC is used without an encryption context (only ENCRYPT_DECRYPT keys take one), so a grant constraining it could never apply"),
+        };
+        foreach (var (key, operations, constraint, message) in refused)
+        {
+            var e = await Assert.ThrowsAsync<KmsException>(() => _harness.KeyAccess.CreateGrantAsync(DomainHarness.Dev, key.Name, PrincipalName.Token("reader"), operations, constraint, default));
+            Assert.Equal(KmsErrorCode.InvalidArgument, e.Code);
+            Assert.Equal(message, e.Message);
+            Assert.Empty(await _harness.AccessStore.ListGrantsAsync(key.Name, includeRevoked: true, default));
+        }
+
+        // What each purpose uses is granted: ENCRYPT and VERIFY on a decryption key read its public key.
+        var accepted = new (Key Key, KeyOperations Operations, Dictionary<string, string>? Context)[]
+        {
+            (aes, KeyOperations.Encrypt | KeyOperations.Decrypt, context),
+            (signer, KeyOperations.Sign | KeyOperations.Verify, null),
+            (mac, KeyOperations.Sign | KeyOperations.Verify, null),
+            (rsa, KeyOperations.Decrypt, null),
+            (rsa, KeyOperations.Encrypt | KeyOperations.Verify, null),
+        };
+        foreach (var (key, operations, constraint) in accepted)
+        {
+            await _harness.KeyAccess.CreateGrantAsync(DomainHarness.Dev, key.Name, PrincipalName.Token("reader"), operations, constraint, default);
+        }
+
+        Assert.Equal(2, (await _harness.AccessStore.ListGrantsAsync(rsa.Name, includeRevoked: false, default)).Count);
+    }
+
+    [Fact]
+    public async Task SetKeyPolicy_AnEntryAllowingNothingTheKeysPurposeUses_InvalidArgument_PolicyUnchanged_OneListingMoreAccepted()
+    {
+        // An entry of SIGN alone on an AES key allowed nothing, as an empty entry (refused) does,
+        // and was stored. One entry listing every operation, for whatever key, still is.
+        var aes = await _harness.CreateKeyAsync("policy-aes");
+        var rsa = await _harness.CreateKeyAsync("policy-rsa", KeyAlgorithm.RsaDecryptOaep2048Sha256);
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("dev"), DomainHarness.Dev.Tenant, null, default);
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("reader"), DomainHarness.Dev.Tenant, null, default);
+        var everything = KeyOperations.Encrypt | KeyOperations.Decrypt | KeyOperations.Sign | KeyOperations.Verify;
+        await _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, aes.Name, [new("token:dev", everything)], default);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, aes.Name, [new("token:dev", everything), new("token:reader", KeyOperations.Sign | KeyOperations.Verify)], default));
+        Assert.Equal((KmsErrorCode.InvalidArgument, "entries[1].operations: entry for token:reader: SIGN and VERIFY do not apply to a key of purpose ENCRYPT_DECRYPT (it takes ENCRYPT and DECRYPT); it would allow nothing"), (e.Code, e.Message));
+        Assert.Equal(["token:dev"], (await _harness.KeyAccess.GetKeyPolicyAsync(DomainHarness.Dev, aes.Name, default)).Entries.Keys);
+
+        var onRsa = await Assert.ThrowsAsync<KmsException>(() => _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, rsa.Name, [new("token:reader", KeyOperations.Sign)], default));
+        Assert.Equal((KmsErrorCode.InvalidArgument, "entries[0].operations: entry for token:reader: SIGN does not apply to a key of purpose ASYMMETRIC_DECRYPT (it takes ENCRYPT, DECRYPT and VERIFY); it would allow nothing"), (onRsa.Code, onRsa.Message));
+        await _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, rsa.Name, [new("token:dev", everything), new("token:reader", KeyOperations.Encrypt)], default);
+    }
+
+    [Fact]
     public async Task CreateGrant_OnAKeyScheduledForDeletion_Refused_NoGrant_AfterTheCancelGrantedAgain_SetKeyPolicyStillWorks()
     {
         // AWS KMS refuses CreateGrant on a key pending deletion: the key serves nothing, and a grant

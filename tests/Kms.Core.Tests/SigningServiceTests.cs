@@ -234,6 +234,54 @@ public sealed class SigningServiceTests : IDisposable
         Assert.True((await Signing.VerifyAsync(Dev, key.Name.ToString(), new SignInput(Message, null), signature, SignatureFormat.Der, default)).Valid);
     }
 
+    [Fact]
+    public async Task GetPublicKey_OfADecryptionKey_AllowedByEncryptDecryptOrVerify_OfASigningKeyByVerifyOnly()
+    {
+        // Before, GetPublicKey asked for VERIFY whatever the key: the party that encrypts to an
+        // RSA decryption key, named for ENCRYPT, was refused its public key.
+        var rsa = await _domain.CreateKeyAsync("rsa", KeyAlgorithm.RsaDecryptOaep2048Sha256);
+        var signer = await _domain.CreateKeyAsync("signer", KeyAlgorithm.EcSignP256Sha256);
+        Caller User(string name) => DomainHarness.TenantCaller("token:" + name, "dev", Role.KeyUser);
+        foreach (var name in new[] { "encryptor", "decryptor", "legacy", "signer" })
+        {
+            await _domain.Access.CreatePrincipalAsync(Kms.Core.Access.PrincipalName.Token(name), Dev.Tenant, null, default);
+        }
+
+        await _domain.KeyAccess.SetKeyPolicyAsync(Dev, rsa.Name, [new("token:encryptor", KeyOperations.Encrypt), new("token:decryptor", KeyOperations.Decrypt), new("token:legacy", KeyOperations.Verify)], default);
+        await _domain.KeyAccess.SetKeyPolicyAsync(Dev, signer.Name, [new("token:signer", KeyOperations.Sign), new("token:legacy", KeyOperations.Verify)], default);
+
+        foreach (var name in new[] { "encryptor", "decryptor", "legacy" })
+        {
+            var result = await Signing.GetPublicKeyAsync(User(name), rsa.Name.ToString(), default);
+            Assert.Equal(rsa.Name.Version(1).ToString(), result.KeyVersion.ToString());
+        }
+
+        await Signing.GetPublicKeyAsync(User("legacy"), signer.Name.ToString(), default);
+
+        // SIGN alone does not read a signing key's public key; the refusal names the operation.
+        var signOnly = await Assert.ThrowsAsync<KmsException>(() => Signing.GetPublicKeyAsync(User("signer"), signer.Name.ToString(), default));
+        Assert.Equal(KmsErrorCode.PermissionDenied, signOnly.Code);
+        Assert.Contains("to verify (", signOnly.Message, StringComparison.Ordinal);
+
+        // A caller the decryption key's policy does not name, but that reads the tenant's keys, is
+        // told which operations would have done.
+        var reader = DomainHarness.TenantCaller("token:outsider", "dev", Role.KeyUser, Role.Auditor);
+        var denied = await Assert.ThrowsAsync<KmsException>(() => Signing.GetPublicKeyAsync(reader, rsa.Name.ToString(), default));
+        Assert.Equal(KmsErrorCode.PermissionDenied, denied.Code);
+        Assert.Contains("to encrypt, decrypt or verify (", denied.Message, StringComparison.Ordinal);
+
+        // AsymmetricDecrypt still takes DECRYPT: ENCRYPT reads the public key, and no more.
+        using var encryptor = RSA.Create();
+        encryptor.ImportSubjectPublicKeyInfo((await Signing.GetPublicKeyAsync(User("encryptor"), rsa.Name.ToString(), default)).PublicKey.Der, out _);
+        var ciphertext = encryptor.Encrypt(Message, RSAEncryptionPadding.OaepSHA256);
+        var noDecrypt = await Assert.ThrowsAsync<KmsException>(() => Signing.AsymmetricDecryptAsync(User("encryptor"), rsa.Name.ToString(), ciphertext, default));
+        Assert.Equal(KmsErrorCode.PermissionDenied, noDecrypt.Code);
+        using (var plaintext = await Signing.AsymmetricDecryptAsync(User("decryptor"), rsa.Name.ToString(), ciphertext, default))
+        {
+            Assert.Equal(Message, plaintext.Plaintext.Span.ToArray());
+        }
+    }
+
     private static bool VerifyWithDotNet(SubjectPublicKey publicKey, KeyAlgorithmSpec spec, byte[] message, byte[] signature)
     {
         var hash = KeyAlgorithms.HashName(spec.Digest!.Value);

@@ -266,7 +266,7 @@ public sealed class KeyExistenceFixture : IAsyncLifetime
     /// <summary>A principal of acme with every tenant role.</summary>
     public const string Prober = "prober";
 
-    /// <summary>A key-user of dev the policies name for ENCRYPT only.</summary>
+    /// <summary>A key-user of dev the policies name for ENCRYPT only (VERIFY only on the MAC key).</summary>
     public const string Encryptor = "encryptor";
 
     private static readonly Dictionary<KeyExistenceTests.Hidden, (string Key, string Alias)> Keys = new()
@@ -383,7 +383,9 @@ public sealed class KeyExistenceFixture : IAsyncLifetime
             var policy = new SetKeyPolicyRequest { Name = created.Name, Entries = { new KeyPolicyEntry { Principal = "token:developer", Operations = { "ENCRYPT", "DECRYPT", "SIGN", "VERIFY" } } } };
             if (hidden is KeyExistenceTests.Hidden.Symmetric or KeyExistenceTests.Hidden.Mac)
             {
-                policy.Entries.Add(new KeyPolicyEntry { Principal = "token:encryptor", Operations = { "ENCRYPT" } });
+                // Another operation the key has a use for: an entry allowing only what the key's
+                // purpose never uses (ENCRYPT on a MAC key) is refused.
+                policy.Entries.Add(new KeyPolicyEntry { Principal = "token:encryptor", Operations = { hidden == KeyExistenceTests.Hidden.Mac ? "VERIFY" : "ENCRYPT" } });
             }
 
             await developer.Raw.SetKeyPolicyAsync(policy);

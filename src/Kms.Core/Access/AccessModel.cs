@@ -98,16 +98,16 @@ public enum KeyOperations
     /// <summary>Nothing.</summary>
     None = 0,
 
-    /// <summary>Encrypt, GenerateDataKey*, ReEncrypt into this key.</summary>
+    /// <summary>Encrypt, GenerateDataKey*, ReEncrypt into this key; GetPublicKey of an ASYMMETRIC_DECRYPT key.</summary>
     Encrypt = 1,
 
-    /// <summary>Decrypt, ReEncrypt out of this key, AsymmetricDecrypt.</summary>
+    /// <summary>Decrypt, ReEncrypt out of this key, AsymmetricDecrypt; GetPublicKey of an ASYMMETRIC_DECRYPT key.</summary>
     Decrypt = 2,
 
     /// <summary>Sign, GenerateMac.</summary>
     Sign = 4,
 
-    /// <summary>Verify, VerifyMac, GetPublicKey.</summary>
+    /// <summary>Verify, VerifyMac, GetPublicKey (of an ASYMMETRIC_DECRYPT key too, as before ENCRYPT and DECRYPT did).</summary>
     Verify = 8,
 }
 

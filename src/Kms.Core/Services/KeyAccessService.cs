@@ -32,7 +32,7 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
     /// </remarks>
     public async Task<KeyPolicy> SetKeyPolicyAsync(Caller caller, KeyName key, IEnumerable<KeyValuePair<string, KeyOperations>> entries, CancellationToken cancellationToken)
     {
-        await GetKeyAsync(caller, key, cancellationToken);
+        var purpose = (await GetKeyAsync(caller, key, cancellationToken)).Purpose;
         var given = entries.ToList();
 
         // Before any lookup: each entry costs a read, and a request may repeat one entry by the
@@ -67,6 +67,13 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
                 throw KmsErrors.InvalidArgument($"entries[{i}].operations", $"entry for {name} allows nothing; leave it out");
             }
 
+            // An entry may list more than the key's purpose uses (one entry for every key of an
+            // application); one that lists nothing it uses allows nothing, as an empty one.
+            if ((operations & ApplicableOperations(purpose)) == KeyOperations.None)
+            {
+                throw KmsErrors.InvalidArgument($"entries[{i}].operations", $"entry for {name}: {NotApplicable(operations, purpose)}; it would allow nothing");
+            }
+
             policy[name.ToString()] = operations;
         }
 
@@ -95,6 +102,18 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
         if (operations == KeyOperations.None)
         {
             throw KmsErrors.InvalidArgument("grant.operations", "must allow at least one operation");
+        }
+
+        // A grant is made for what the key is used for: one for an operation the key's purpose
+        // has no use of, or constraining a context its calls never carry, could never apply.
+        if ((operations & ~ApplicableOperations(stored.Purpose)) is var unused && unused != KeyOperations.None)
+        {
+            throw KmsErrors.InvalidArgument("grant.operations", $"{NotApplicable(unused, stored.Purpose)}, so a grant of it could never apply");
+        }
+
+        if (contextEquals is { Count: > 0 } && stored.Purpose != KeyPurpose.EncryptDecrypt)
+        {
+            throw KmsErrors.InvalidArgument("grant.context_equals", $"a key of purpose {KeyAlgorithms.PurposeName(stored.Purpose)} is used without an encryption context (only ENCRYPT_DECRYPT keys take one), so a grant constraining it could never apply");
         }
 
         // Judged again by the store, in the grant's write: a deletion scheduled after this read is seen there.
@@ -164,7 +183,7 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
     /// </remarks>
     /// <param name="caller">Who asks.</param>
     /// <param name="key">The key, as resolved.</param>
-    /// <param name="operation">The operation asked for.</param>
+    /// <param name="operation">The operation asked for; several flags: any one of them allows (GetPublicKey of a decryption key).</param>
     /// <param name="context">The request's encryption context (grants may constrain it).</param>
     /// <param name="namedByCaller">The key, alias or key version as the caller named it (its name, or the
     /// <see cref="KeyReference"/> parsed from it, which prints the same), formatted only when refused —
@@ -181,7 +200,7 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
         }
 
         var policy = await access.GetKeyPolicyAsync(key.Name, cancellationToken);
-        if (policy.Entries.TryGetValue(caller.Principal, out var allowed) && allowed.HasFlag(operation))
+        if (policy.Entries.TryGetValue(caller.Principal, out var allowed) && (allowed & operation) != KeyOperations.None)
         {
             return;
         }
@@ -196,7 +215,7 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
                 continue;
             }
 
-            if (grant.Operations.HasFlag(operation) && Satisfies(context, grant.ContextEquals))
+            if ((grant.Operations & operation) != KeyOperations.None && Satisfies(context, grant.ContextEquals))
             {
                 return;
             }
@@ -207,7 +226,7 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
         if (holdsAGrant || policy.Entries.ContainsKey(caller.Principal) || AccessControl.Allows(caller, Permission.KeysRead, key.Name.Tenant))
         {
             var what = namedByCaller is null ? "the ciphertext's key" : KmsErrors.Printable(namedByCaller.ToString()!);
-            throw KmsErrors.PermissionDenied($"the policy of {what} does not allow {caller.Principal} to {operation.ToString().ToLowerInvariant()} (no policy entry or matching grant)");
+            throw KmsErrors.PermissionDenied($"the policy of {what} does not allow {caller.Principal} to {AnyOf(operation)} (no policy entry or matching grant)");
         }
 
         throw namedByCaller is null ? KmsErrors.DecryptionFailed() : KmsErrors.NotFoundByKeyPolicy(namedByCaller.ToString()!);
@@ -258,6 +277,40 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
         }
 
         return principal;
+    }
+
+    /// <summary>
+    /// The operations of a key policy or grant that a key of <paramref name="purpose"/> has a use
+    /// for: ENCRYPT and DECRYPT for ENCRYPT_DECRYPT; SIGN and VERIFY for SIGN_VERIFY and MAC;
+    /// for ASYMMETRIC_DECRYPT, DECRYPT (AsymmetricDecrypt) and, as they read its public key,
+    /// ENCRYPT and VERIFY (<see cref="SigningService.PublicKeyOperations"/>).
+    /// </summary>
+    public static KeyOperations ApplicableOperations(KeyPurpose purpose) => purpose switch
+    {
+        KeyPurpose.EncryptDecrypt => KeyOperations.Encrypt | KeyOperations.Decrypt,
+        KeyPurpose.AsymmetricDecrypt => KeyOperations.Decrypt | SigningService.PublicKeyOperations(purpose),
+        _ => KeyOperations.Sign | KeyOperations.Verify,
+    };
+
+    // "SIGN does not apply to a key of purpose ENCRYPT_DECRYPT (it takes ENCRYPT and DECRYPT)".
+    private static string NotApplicable(KeyOperations operations, KeyPurpose purpose)
+    {
+        var verb = (operations & (operations - 1)) == KeyOperations.None ? "does" : "do";
+        return $"{Upper(operations)} {verb} not apply to a key of purpose {KeyAlgorithms.PurposeName(purpose)} (it takes {Upper(ApplicableOperations(purpose))})";
+    }
+
+    private static string Upper(KeyOperations operations) => Names(operations, " and ", upper: true);
+
+    // "verify"; "encrypt, decrypt or verify".
+    private static string AnyOf(KeyOperations operations) => Names(operations, " or ", upper: false);
+
+    private static string Names(KeyOperations operations, string last, bool upper)
+    {
+        var names = Enum.GetValues<KeyOperations>()
+            .Where(o => o != KeyOperations.None && operations.HasFlag(o))
+            .Select(o => upper ? o.ToString().ToUpperInvariant() : o.ToString().ToLowerInvariant())
+            .ToList();
+        return names.Count == 1 ? names[0] : string.Join(", ", names[..^1]) + last + names[^1];
     }
 
     private static bool Satisfies(EncryptionContext context, IReadOnlyDictionary<string, string> required) =>

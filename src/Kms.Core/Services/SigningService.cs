@@ -67,11 +67,28 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
     }
 
     /// <summary>The public key of a SIGN_VERIFY or ASYMMETRIC_DECRYPT version.</summary>
+    /// <remarks>
+    /// Key policies and grants govern it by the key's purpose (<see cref="PublicKeyOperations"/>):
+    /// VERIFY on a signing key; on a decryption key ENCRYPT (whoever encrypts to it), DECRYPT (its
+    /// holder) or VERIFY (what it took before, still accepted).
+    /// </remarks>
     public async Task<PublicKeyResult> GetPublicKeyAsync(Caller caller, string name, CancellationToken cancellationToken)
     {
-        var found = await FindAsync(caller, name, null, KeyOperations.Verify, cancellationToken);
+        var found = await FindAsync(caller, name, null, null, cancellationToken);
         return new PublicKeyResult(PublicKeyOf(found), found.Version.Name, found.Version.Algorithm);
     }
+
+    /// <summary>
+    /// The operations of a key policy entry or grant any one of which lets its principal read the
+    /// public key of a key of <paramref name="purpose"/>: VERIFY for SIGN_VERIFY (the verifier
+    /// needs it); ENCRYPT, DECRYPT or VERIFY for ASYMMETRIC_DECRYPT (the party that encrypts to
+    /// the key needs it, its holder may; VERIFY is what GetPublicKey took before whatever the
+    /// purpose, so a policy written then keeps working). Other purposes have no public key:
+    /// VERIFY, then refused for the purpose.
+    /// </summary>
+    public static KeyOperations PublicKeyOperations(KeyPurpose purpose) => purpose == KeyPurpose.AsymmetricDecrypt
+        ? KeyOperations.Encrypt | KeyOperations.Decrypt | KeyOperations.Verify
+        : KeyOperations.Verify;
 
     /// <summary>RSA-OAEP decryption of a ciphertext made with the version's public key.</summary>
     /// <returns>The plaintext; the caller disposes it (zeroing it).</returns>
@@ -167,11 +184,12 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
     // The key's policy first (a caller it excludes learns nothing about the key; one it names for
     // nothing, not even that it exists: NOT_FOUND of the name it gave), then the purpose, then the
     // states.
-    private async Task<KeyVersionMaterial> FindAsync(Caller caller, string name, KeyPurpose? purpose, KeyOperations operation, CancellationToken cancellationToken)
+    // No operation: GetPublicKey's, which depends on the key's purpose.
+    private async Task<KeyVersionMaterial> FindAsync(Caller caller, string name, KeyPurpose? purpose, KeyOperations? operation, CancellationToken cancellationToken)
     {
         var found = await _resolver.ResolveVersionAsync(caller, name, cancellationToken);
         Audit.AuditScope.SetResource(found.Version.Name.ToString());
-        await keyAccess.EnsureAllowedAsync(caller, found.Key, operation, EncryptionContext.Empty, name, cancellationToken);
+        await keyAccess.EnsureAllowedAsync(caller, found.Key, operation ?? PublicKeyOperations(found.Key.Purpose), EncryptionContext.Empty, name, cancellationToken);
         var key = found.Key;
         if (purpose is { } wanted ? key.Purpose != wanted : key.Purpose is not (KeyPurpose.SignVerify or KeyPurpose.AsymmetricDecrypt))
         {
