@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text;
 using System.Text.Json;
 
@@ -43,5 +44,40 @@ public static class AuditExport
     {
         ArgumentNullException.ThrowIfNull(checkpoint);
         return $"{{\"checkpoint\":{checkpoint.Body},\"signature\":\"{Convert.ToBase64String(checkpoint.Signature)}\"}}";
+    }
+
+    /// <summary>
+    /// A checkpoint line as <see cref="Checkpoint"/> writes it, read back: the body is the bytes
+    /// between the prefix and the signature, as signed. Null for anything else. Its signature is
+    /// not checked here.
+    /// </summary>
+    public static AuditCheckpoint? ParseCheckpoint(string line)
+    {
+        ArgumentNullException.ThrowIfNull(line);
+        const string Prefix = "{\"checkpoint\":";
+        const string Signature = ",\"signature\":\"";
+        var at = line.LastIndexOf(Signature, StringComparison.Ordinal);
+        if (!line.StartsWith(Prefix, StringComparison.Ordinal) || at < Prefix.Length || !line.EndsWith("\"}", StringComparison.Ordinal) || at + Signature.Length > line.Length - 2)
+        {
+            return null;
+        }
+
+        var body = line[Prefix.Length..at];
+        try
+        {
+            using var document = JsonDocument.Parse(body);
+            var root = document.RootElement;
+            return new AuditCheckpoint(
+                root.GetProperty("seq").GetInt64(),
+                root.GetProperty("head").GetString() ?? "",
+                DateTimeOffset.Parse(root.GetProperty("time").GetString() ?? "", CultureInfo.InvariantCulture, DateTimeStyles.RoundtripKind),
+                root.GetProperty("key").GetString() ?? "",
+                body,
+                Convert.FromBase64String(line[(at + Signature.Length)..^2]));
+        }
+        catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or FormatException)
+        {
+            return null;
+        }
     }
 }

@@ -1,6 +1,4 @@
-using System.Globalization;
 using System.Text;
-using System.Text.Json;
 using Kms.Core.Audit;
 using Kms.Core.Errors;
 
@@ -55,7 +53,7 @@ public sealed partial class AuditLog
                 continue; // after the last line feed: nothing torn
             }
 
-            var checkpoint = ParseCheckpointLine(line);
+            var checkpoint = AuditExport.ParseCheckpoint(line);
             if (checkpoint is not null && checkpoint.KeyFingerprint != Fingerprint && SignedHead(checkpoint) is null)
             {
                 return new OwnCheckpointRecord(null, skipped, OtherKey: true, PassesThrough: true);
@@ -107,37 +105,6 @@ public sealed partial class AuditLog
         ? $". Checkpoint {last.Sequence} was read at start from {record}, this node's record of the checkpoints it signed: if the database was rolled back on purpose "
           + $"(a pg_restore of a dump, a kms.db copied back), move that file aside (as kms backup restore does: {Path.GetFileName(record)}.replaced-TIME) and restart"
         : "";
-
-    // A line of checkpoints.jsonl (AuditExport.Checkpoint): the body is the bytes between the
-    // prefix and the signature, as signed; null for anything else.
-    private static AuditCheckpoint? ParseCheckpointLine(string line)
-    {
-        const string Prefix = "{\"checkpoint\":";
-        const string Signature = ",\"signature\":\"";
-        var at = line.LastIndexOf(Signature, StringComparison.Ordinal);
-        if (!line.StartsWith(Prefix, StringComparison.Ordinal) || at < Prefix.Length || !line.EndsWith("\"}", StringComparison.Ordinal) || at + Signature.Length > line.Length - 2)
-        {
-            return null;
-        }
-
-        var body = line[Prefix.Length..at];
-        try
-        {
-            using var document = JsonDocument.Parse(body);
-            var root = document.RootElement;
-            return new AuditCheckpoint(
-                root.GetProperty("seq").GetInt64(),
-                root.GetProperty("head").GetString() ?? "",
-                DateTimeOffset.Parse(root.GetProperty("time").GetString() ?? "", CultureInfo.InvariantCulture, DateTimeStyles.RoundtripKind),
-                root.GetProperty("key").GetString() ?? "",
-                body,
-                Convert.FromBase64String(line[(at + Signature.Length)..^2]));
-        }
-        catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or FormatException)
-        {
-            return null;
-        }
-    }
 
     // The file's lines, the last first (the text after the last line feed first of all: empty,
     // or a line a crash left torn), read backwards in blocks: only as far as the newest good one.
