@@ -10,7 +10,7 @@ public static class KmsTrailers
     /// <summary>On a FAILED_PRECONDITION from a node outside the key's residency region (none of the call ran): the region the key needs.</summary>
     public const string Residency = "kms-residency";
 
-    /// <summary>On an UNAVAILABLE a full server answered before any of the call ran: the reason (<c>capacity</c>, <c>queue_delay</c>).</summary>
+    /// <summary>On an UNAVAILABLE a full server answered before any of the call ran: the reason (<c>capacity</c>, <c>tenant</c>, <c>queue_delay</c>).</summary>
     public const string Shed = "kms-shed";
 
     /// <summary>gRPC's retry pushback (gRFC A6): the server's wait, in milliseconds, before the next attempt.</summary>

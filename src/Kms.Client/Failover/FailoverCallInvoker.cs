@@ -220,6 +220,7 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
             var reason = failure.Trailers.GetValue(KmsTrailers.Shed) switch
             {
                 "capacity" => "capacity",
+                "tenant" => "tenant",
                 "queue_delay" => "queue_delay",
                 _ => "other",
             };

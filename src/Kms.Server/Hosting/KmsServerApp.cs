@@ -137,6 +137,11 @@ public static partial class KmsServerApp
         // A quota of 0 once meant none at all, the opposite of what an operator blocking a tenant
         // writes: refused before anything starts, with the way to switch quotas off.
         serverOptions.Quotas.Validate();
+        if (serverOptions.MaxConcurrentCallsPerTenant is < 1 and var perTenant)
+        {
+            throw new InvalidOperationException($"Kms:MaxConcurrentCallsPerTenant ({perTenant}) must be at least 1 (leave it unset for half of Kms:MaxConcurrentCalls)");
+        }
+
         var transport = serverOptions.Transport;
         transport.Validate();
         builder.WebHost.UseUrls([.. urls]);

@@ -51,6 +51,18 @@ public sealed class KmsServerOptions
     /// <summary>Calls served at once; more are shed with UNAVAILABLE (clients retry).</summary>
     public int MaxConcurrentCalls { get; set; } = 512;
 
+    /// <summary>
+    /// Calls of one tenant served at once (a caller of no tenant — a deployment principal, an
+    /// unregistered certificate or workload — counts as its own); more are shed with UNAVAILABLE
+    /// (<c>kms-shed: tenant</c>), so that one tenant's callers cannot hold every one of
+    /// <see cref="MaxConcurrentCalls"/> and have every other tenant's calls shed. Unset: half of
+    /// <see cref="MaxConcurrentCalls"/>, rounded up. At least 1.
+    /// </summary>
+    public int? MaxConcurrentCallsPerTenant { get; set; }
+
+    /// <summary>The bound on one tenant's calls in flight: <see cref="MaxConcurrentCallsPerTenant"/>, or half of <see cref="MaxConcurrentCalls"/> rounded up.</summary>
+    public int TenantCallBound => MaxConcurrentCallsPerTenant ?? ((MaxConcurrentCalls / 2) + (MaxConcurrentCalls % 2));
+
     /// <summary>Shedding by queue delay when more calls arrive than the server can serve.</summary>
     public OverloadOptions Overload { get; set; } = new();
 

@@ -86,7 +86,7 @@ public static class KmsMetrics
         tags: null,
         advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBuckets });
 
-    /// <summary>Calls shed with UNAVAILABLE, tagged <c>reason</c>: <c>capacity</c> (calls in flight) or <c>queue_delay</c>.</summary>
+    /// <summary>Calls shed with UNAVAILABLE, tagged <c>reason</c>: <c>capacity</c> (calls in flight), <c>tenant</c> (the caller's tenant's calls in flight) or <c>queue_delay</c>.</summary>
     public static readonly Counter<long> CallsShed = Meter.CreateCounter<long>(
         "calls_shed_total",
         unit: "{call}",

@@ -36,8 +36,15 @@ internal sealed partial class AuthorizationInterceptor(
 
     private static readonly KeyValuePair<string, object?> CapacityReason = new("reason", "capacity");
     private static readonly KeyValuePair<string, object?> QueueDelayReason = new("reason", "queue_delay");
+    private static readonly KeyValuePair<string, object?> TenantReason = new("reason", "tenant");
     private readonly int _maxConcurrentCalls = options.Value.MaxConcurrentCalls;
+    private readonly int _maxTenantCalls = options.Value.TenantCallBound;
     private int _inFlight;
+
+    // Calls in flight per tenant (a caller of no tenant: per principal). Only tenants with a call
+    // in flight have an entry, so it holds at most Kms:MaxConcurrentCalls of them.
+    private readonly Dictionary<string, int> _tenantInFlight = new(StringComparer.Ordinal);
+    private readonly LogThrottle _tenantShedLog = new();
     private readonly LogThrottle _shedLog = new();
 
     // Anyone can send unauthenticated calls, and a tenant at its quota keeps calling: one line
@@ -315,7 +322,69 @@ internal sealed partial class AuthorizationInterceptor(
             throw ShedFailure("the server is at capacity; retry with backoff", CapacityReason);
         }
 
-        return new Slot(this);
+        // One tenant's callers (however many principals and tokens) hold at most their share of
+        // the slots: without it one tenant's load — a single SDK client keeps up to 512 calls on
+        // the wire — took every slot, and every other tenant's calls were shed. Shed like the
+        // others: none of the call ran, no quota was taken (that comes after).
+        var caller = context.UserState.TryGetValue(CallerKey, out var value) ? value as Caller : null;
+        var owner = caller is null ? null : caller.HomeTenant is { } tenant ? "t:" + tenant.Value : "p:" + caller.Principal;
+        if (owner is not null && !TryEnterTenant(owner))
+        {
+            Interlocked.Decrement(ref _inFlight);
+            Shed(TenantReason, context.Method);
+            if (_tenantShedLog.Count() is > 0 and var count)
+            {
+                LogTenantShed(logger, context.Method, caller!.HomeTenant?.ResourceName ?? caller.Principal, _maxTenantCalls, count);
+            }
+
+            throw ShedFailure("the calls of your tenant in progress on this server are at its bound; retry with backoff", TenantReason);
+        }
+
+        return new Slot(this, owner);
+    }
+
+    private bool TryEnterTenant(string owner)
+    {
+        lock (_tenantInFlight)
+        {
+            ref var count = ref System.Runtime.InteropServices.CollectionsMarshal.GetValueRefOrAddDefault(_tenantInFlight, owner, out _);
+            if (count >= _maxTenantCalls)
+            {
+                if (count == 0)
+                {
+                    _tenantInFlight.Remove(owner);
+                }
+
+                return false;
+            }
+
+            count++;
+            return true;
+        }
+    }
+
+    private void ExitTenant(string owner)
+    {
+        lock (_tenantInFlight)
+        {
+            ref var count = ref System.Runtime.InteropServices.CollectionsMarshal.GetValueRefOrNullRef(_tenantInFlight, owner);
+            if (!System.Runtime.CompilerServices.Unsafe.IsNullRef(ref count) && --count <= 0)
+            {
+                _tenantInFlight.Remove(owner);
+            }
+        }
+    }
+
+    /// <summary>Calls in flight of each tenant (or tenant-less principal) that has one (tests).</summary>
+    internal int TenantsInFlight
+    {
+        get
+        {
+            lock (_tenantInFlight)
+            {
+                return _tenantInFlight.Count;
+            }
+        }
     }
 
     // A shed call's UNAVAILABLE says so in its trailers: `kms-shed` (the reason) tells a client
@@ -341,16 +410,24 @@ internal sealed partial class AuthorizationInterceptor(
         }
     }
 
-    private readonly struct Slot(AuthorizationInterceptor? owner) : IDisposable
+    private readonly struct Slot(AuthorizationInterceptor? owner, string? tenant) : IDisposable
     {
         public void Dispose()
         {
             if (owner is not null)
             {
+                if (tenant is not null)
+                {
+                    owner.ExitTenant(tenant);
+                }
+
                 Interlocked.Decrement(ref owner._inFlight);
             }
         }
     }
+
+    [LoggerMessage(EventId = 1322, Level = LogLevel.Warning, Message = "{Method} shed: {Tenant} has {Bound} calls in progress on this node (Kms:MaxConcurrentCallsPerTenant); {Count} calls shed so since the last such message")]
+    private static partial void LogTenantShed(ILogger logger, string method, string tenant, int bound, long count);
 
     [LoggerMessage(EventId = 1104, Level = LogLevel.Warning, Message = "{Method}: the stream's caller, checked again before its next message, was refused ({Status}); the stream is ended")]
     private static partial void LogStreamEnded(ILogger logger, string method, StatusCode status);
