@@ -252,7 +252,15 @@ internal sealed class RawHttp2 : IAsyncDisposable
                         {
                             if (BinaryPrimitives.ReadUInt16BigEndian(frame.Payload.AsSpan(i)) == 4)
                             {
-                                _initialStreamWindow = BinaryPrimitives.ReadUInt32BigEndian(frame.Payload.AsSpan(i + 2));
+                                // A change applies to the streams already open too (RFC 9113, 6.9.2):
+                                // one that sent before the server's SETTINGS arrived keeps its place.
+                                var initial = (long)BinaryPrimitives.ReadUInt32BigEndian(frame.Payload.AsSpan(i + 2));
+                                foreach (var open in _streamWindows.Keys.ToList())
+                                {
+                                    _streamWindows[open] += initial - _initialStreamWindow;
+                                }
+
+                                _initialStreamWindow = initial;
                             }
                         }
                     }

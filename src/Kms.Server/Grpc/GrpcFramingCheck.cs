@@ -66,6 +66,7 @@ internal static class GrpcFramingCheck
         var providers = app.Services.GetRequiredService<IOptions<GrpcServiceOptions>>().Value.CompressionProviders
             .ToDictionary(p => p.EncodingName, StringComparer.Ordinal);
         var authentication = app.Services.GetRequiredService<Security.CallerAuthentication>();
+        var inFlight = new Overload.RequestBytesInFlight(app.Services.GetRequiredService<IOptions<Hosting.KmsServerOptions>>().Value.MaxRequestBytesInFlightPerTenant);
         app.Use((context, next) =>
         {
             if (context.GetEndpoint()?.Metadata.GetMetadata<GrpcMethodMetadata>() is { Method.Type: MethodType.Unary or MethodType.ServerStreaming }
@@ -74,8 +75,8 @@ internal static class GrpcFramingCheck
                 // A method without a rule is refused by the interceptor whatever its body: checked as a public one.
                 var isPublic = !Security.AccessRules.ByMethod.TryGetValue(context.Request.Path.Value ?? "", out var rule) || rule.Scope == Security.CallScope.Public;
                 context.Features.Set<IRequestBodyPipeFeature>(isPublic
-                    ? new SingleMessageReader(context, body.Reader, Math.Min(maxMessageBytes, MaxUnauthenticatedRequestBytes), "a public method's request", providers, null)
-                    : new SingleMessageReader(context, body.Reader, maxMessageBytes, "Kms:MaxRequestBytes", providers, authentication));
+                    ? new SingleMessageReader(context, body.Reader, Math.Min(maxMessageBytes, MaxUnauthenticatedRequestBytes), "a public method's request", providers, null, null)
+                    : new SingleMessageReader(context, body.Reader, maxMessageBytes, "Kms:MaxRequestBytes", providers, authentication, inFlight));
             }
 
             return next(context);
@@ -88,10 +89,15 @@ internal static class GrpcFramingCheck
     // MaxUnauthenticatedRequestBytes: one announcing more is handed on without its body, so the server
     // holds no more than that of a message nobody authenticated is sending (slowly, or never
     // finishing); the interceptor refuses the call.
-    private sealed class SingleMessageReader(HttpContext context, PipeReader inner, int limit, string limitName, Dictionary<string, ICompressionProvider> providers, Security.CallerAuthentication? authentication) : PipeReader, IRequestBodyPipeFeature
+    // With an in-flight count, a message of an authenticated caller that has not all arrived is
+    // counted against its tenant's bound by the length it declares, until the call ends; one that
+    // would pass the bound is refused RESOURCE_EXHAUSTED instead of being waited for.
+    private sealed class SingleMessageReader(HttpContext context, PipeReader inner, int limit, string limitName, Dictionary<string, ICompressionProvider> providers, Security.CallerAuthentication? authentication, Overload.RequestBytesInFlight? inFlight) : PipeReader, IRequestBodyPipeFeature
     {
         private int _limit = limit;
         private string _limitName = limitName;
+        private string? _owner;
+        private bool _counted;
 
         public PipeReader Reader => this;
 
@@ -133,6 +139,12 @@ internal static class GrpcFramingCheck
                     (problem, done, decompressed) = Check(result.Buffer, result.IsCompleted);
                 }
 
+                if (problem is null && !done && _owner is not null && !_counted && result.Buffer.Length >= HeaderSize)
+                {
+                    problem = Count(result.Buffer);
+                    done = problem is not null;
+                }
+
                 if (problem is null && !done)
                 {
                     inner.AdvanceTo(result.Buffer.Start, result.Buffer.End);
@@ -166,15 +178,36 @@ internal static class GrpcFramingCheck
         {
             try
             {
-                if (await authentication.AuthenticateBeforeBodyAsync(context) is null)
+                if (await authentication.AuthenticateBeforeBodyAsync(context) is not { } caller)
                 {
                     (_limit, _limitName) = (Math.Min(_limit, MaxUnauthenticatedRequestBytes), "a request without a valid credential");
+                }
+                else if (inFlight is not null)
+                {
+                    _owner = Overload.RequestBytesInFlight.OwnerOf(caller);
                 }
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {
                 (_limit, _limitName, _unverified) = (Math.Min(_limit, MaxUnauthenticatedRequestBytes), "a request whose credential cannot be checked now", true);
             }
+        }
+
+        // Counts the message, by the length its header declares, against its caller's tenant until
+        // the call ends; the refusal when that would pass the tenant's bound.
+        private global::Grpc.Core.Status? Count(ReadOnlySequence<byte> body)
+        {
+            _counted = true;
+            Span<byte> header = stackalloc byte[HeaderSize];
+            body.Slice(0, HeaderSize).CopyTo(header);
+            var length = BinaryPrimitives.ReadUInt32BigEndian(header[1..]);
+            if (inFlight!.TryReserve(_owner!, length) is not { } reservation)
+            {
+                return new(StatusCode.ResourceExhausted, $"the request's message is {length} bytes and has not all arrived; the messages of your tenant still arriving at this server already hold nearly {inFlight.PerTenant} bytes (Kms:MaxRequestBytesInFlightPerTenant): send it again once those calls have ended");
+            }
+
+            context.Response.RegisterForDispose(reservation);
+            return null;
         }
 
         public override bool TryRead(out ReadResult result)

@@ -142,6 +142,11 @@ public static partial class KmsServerApp
             throw new InvalidOperationException($"Kms:MaxConcurrentCallsPerTenant ({perTenant}) must be at least 1 (leave it unset for half of Kms:MaxConcurrentCalls)");
         }
 
+        if (serverOptions.MaxRequestBytesInFlightPerTenant < serverOptions.MaxRequestBytes)
+        {
+            throw new InvalidOperationException($"Kms:MaxRequestBytesInFlightPerTenant ({serverOptions.MaxRequestBytesInFlightPerTenant}) must be at least Kms:MaxRequestBytes ({serverOptions.MaxRequestBytes}): below it, one message of the largest size arriving in parts would always be refused");
+        }
+
         var transport = serverOptions.Transport;
         transport.Validate();
         builder.WebHost.UseUrls([.. urls]);

@@ -98,6 +98,13 @@ public sealed class KmsServerOptions
     /// <summary>Largest request message in bytes: a batch of 4 MiB of plaintext plus its framing fits.</summary>
     public int MaxRequestBytes { get; set; } = 5 * 1024 * 1024;
 
+    /// <summary>
+    /// Request bytes held at once for one tenant's calls whose message is still arriving (a caller
+    /// of no tenant counts alone): each such message counts by its declared length until its call
+    /// ends, and one that would pass this is refused RESOURCE_EXHAUSTED. At least <see cref="MaxRequestBytes"/>. Default 64 MiB.
+    /// </summary>
+    public long MaxRequestBytesInFlightPerTenant { get; set; } = 64 * 1024 * 1024;
+
     /// <summary>Workload identity: the JWT issuers whose tokens authenticate callers (docs/access-control.md).</summary>
     public JwtOptions Jwt { get; set; } = new();
 

@@ -1,0 +1,123 @@
+using System.Buffers.Binary;
+using Kms.Server.Hosting;
+using Kms.Testing;
+
+namespace Kms.Server.Tests;
+
+/// <summary>
+/// What one tenant's calls can make the server hold while their messages are still arriving is
+/// bounded (SECURITY.md claim 133): <c>Kms:MaxRequestBytesInFlightPerTenant</c>, past which a
+/// message that has not all arrived is refused RESOURCE_EXHAUSTED instead of being waited for.
+/// </summary>
+public sealed class RequestBytesInFlightTests
+{
+    private const string GenerateRandom = "/kms.v1.KeyManagementService/GenerateRandom";
+    private const int MessageBytes = 64 * 1024;
+    private const int Sent = 32 * 1024;
+    private static readonly TimeSpan Generously = TimeSpan.FromSeconds(30);
+
+    [Fact]
+    public async Task MessagesStillArriving_OfOneTenant_PastItsBound_Refused_OtherTenantsAndItsLaterCallsServed()
+    {
+        // Before, each stream of an authenticated caller that sent most of its message and then held
+        // back the rest was waited for, its bytes held (Kestrel's minimum data rate is an average
+        // since the body began): one low-privilege token, 64 connections × 100 streams × 5 MiB.
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev",
+            $"--Kms:MaxRequestBytes={MessageBytes}", $"--Kms:MaxRequestBytesInFlightPerTenant={4 * MessageBytes}");
+        await server.EnsureTenantAsync("acme");
+        var acme = await server.CreatePrincipalWithTokenAsync("acme-user", "acme", "key-user");
+        await using var connection = await RawHttp2.ConnectAsync(server.Address, server.CaCertificatePath);
+        _ = connection.StartReading();
+        var message = Message();
+        var dev = RawHttp2.GrpcHeaderBlock(GenerateRandom, server.DeveloperToken, server.Address);
+
+        // Five messages of tenant dev, each half sent: four fit its bound, one does not.
+        int[] streams = [1, 3, 5, 7, 9];
+        foreach (var stream in streams)
+        {
+            await connection.WriteFrameAsync(RawHttp2.Headers, RawHttp2.EndHeaders, stream, dev);
+            Assert.True(await connection.SendDataAsync(stream, message.AsMemory(0, 5 + Sent), Generously), connection.Debug);
+        }
+
+        var refused = await FirstEndedAsync(connection, streams);
+        Assert.True(refused.Count == 1, refused.Count == 0
+            ? "no message was refused: the server waited for five half-sent messages of one tenant, 4 × 64 KiB allowed"
+            : $"{refused.Count} messages refused, one expected");
+        var (refusedStream, answer) = refused.Single();
+        Assert.Contains("grpc-status8", answer, StringComparison.Ordinal);
+        Assert.Contains("Kms:MaxRequestBytesInFlightPerTenant", answer, StringComparison.Ordinal);
+
+        // Another tenant's message is its own tenant's to count: served. (Each check of a status
+        // is the first answer on its connection: later ones name their headers by HPACK index.)
+        await using (var other = await RawHttp2.ConnectAsync(server.Address, server.CaCertificatePath))
+        {
+            _ = other.StartReading();
+            await other.WriteFrameAsync(RawHttp2.Headers, RawHttp2.EndHeaders, 1, RawHttp2.GrpcHeaderBlock(GenerateRandom, acme, server.Address));
+            await SendWholeAsync(other, 1, message);
+            Assert.Contains("grpc-status0", Assert.Single((await other.StreamEndsAsync([1], Generously)).Values), StringComparison.Ordinal);
+        }
+
+        // The four held ones are served once they arrive, and their bytes given back: dev's next is
+        // served too (with the four still counted, it would be past the bound).
+        var held = streams.Where(s => s != refusedStream).ToList();
+        foreach (var stream in held)
+        {
+            await SendWholeAsync(connection, stream, message, 5 + Sent);
+        }
+
+        var answers = await connection.StreamEndsAsync(held, Generously);
+        Assert.Equal(4, answers.Count);
+        Assert.All(answers.Values, a => Assert.DoesNotContain("MaxRequestBytesInFlightPerTenant", a, StringComparison.Ordinal));
+
+        await using var after = await RawHttp2.ConnectAsync(server.Address, server.CaCertificatePath);
+        _ = after.StartReading();
+        await after.WriteFrameAsync(RawHttp2.Headers, RawHttp2.EndHeaders, 1, dev);
+        Assert.True(await after.SendDataAsync(1, message.AsMemory(0, 5 + Sent), Generously), after.Debug);
+        await SendWholeAsync(after, 1, message, 5 + Sent);
+        Assert.Contains("grpc-status0", Assert.Single((await after.StreamEndsAsync([1], Generously)).Values), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Build_ABoundBelowTheLargestMessage_Refused_NamingBothOptions()
+    {
+        var dataDir = Path.Combine(Path.GetTempPath(), $"kms-never-{Guid.NewGuid():N}");
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(
+            ["--dev", "--urls=https://127.0.0.1:0", "--Kms:MaxRequestBytesInFlightPerTenant=1000", $"--Kms:DataDir={dataDir}"]));
+        Assert.StartsWith("Kms:MaxRequestBytesInFlightPerTenant (1000) must be at least Kms:MaxRequestBytes (5242880)", e.Message, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(dataDir));
+    }
+
+    private static async Task SendWholeAsync(RawHttp2 connection, int stream, byte[] message, int from = 0)
+    {
+        Assert.True(await connection.SendDataAsync(stream, message.AsMemory(from), Generously), connection.Debug);
+        await connection.WriteFrameAsync(RawHttp2.Data, RawHttp2.EndStream, stream, []);
+    }
+
+    private static async Task<Dictionary<int, string>> FirstEndedAsync(RawHttp2 connection, int[] streams)
+    {
+        // A hang guard, not a measurement: the refusal is answered at once.
+        for (var waited = TimeSpan.Zero; waited < Generously; waited += TimeSpan.FromMilliseconds(20))
+        {
+            if (await connection.StreamEndsAsync(streams, TimeSpan.Zero) is { Count: > 0 } ended)
+            {
+                return ended;
+            }
+
+            await Task.Delay(20);
+        }
+
+        return [];
+    }
+
+    // GenerateRandomRequest { length_bytes: 8 } padded to MessageBytes with an unknown field
+    // (15, length-delimited), framed: a valid request of the largest size allowed.
+    private static byte[] Message()
+    {
+        const int padding = MessageBytes - 6; // 08 08, the tag 7A, a 3-byte length
+        var framed = new byte[5 + MessageBytes];
+        BinaryPrimitives.WriteUInt32BigEndian(framed.AsSpan(1), MessageBytes);
+        byte[] prefix = [0x08, 0x08, 0x7A, (byte)(0x80 | (padding & 0x7F)), (byte)(0x80 | ((padding >> 7) & 0x7F)), (byte)(padding >> 14)];
+        prefix.CopyTo(framed, 5);
+        return framed;
+    }
+}
