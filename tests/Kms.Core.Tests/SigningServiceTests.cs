@@ -53,6 +53,26 @@ public sealed class SigningServiceTests : IDisposable
         Assert.False((await Signing.VerifyAsync(Dev, key.Name.ToString(), new SignInput(null, digest), signature.Signature, SignatureFormat.Der, default)).Valid);
     }
 
+    [Theory]
+    [InlineData(KeyAlgorithm.RsaSignPss2048Sha256)]
+    [InlineData(KeyAlgorithm.RsaSignPkcs2048Sha256)]
+    public async Task SignOrVerify_P1363OfAnRsaKey_InvalidArgumentNamingSignatureFormat_DerTheDefaultAccepted(KeyAlgorithm algorithm)
+    {
+        // An RSA signature has one encoding: P1363 asked of it was silently ignored (the caller got
+        // the PKCS#1 bytes and no word). DER, the default the SDK and CLI send, still stands for it.
+        var key = await _domain.CreateKeyAsync("rsa-signer", algorithm);
+        var signs = _domain.FakeHsm!.Calls.GetValueOrDefault("sign-" + algorithm);
+        var sign = await Assert.ThrowsAsync<KmsException>(() => Signing.SignAsync(Dev, key.Name.ToString(), new SignInput(Message, null), SignatureFormat.P1363, default));
+        Assert.Equal((KmsErrorCode.InvalidArgument, "signature_format"), (sign.Code, sign.Field));
+        Assert.Contains("ECDSA", sign.Message, StringComparison.Ordinal);
+        Assert.Equal(signs, _domain.FakeHsm.Calls.GetValueOrDefault("sign-" + algorithm));
+
+        var signature = (await Signing.SignAsync(Dev, key.Name.ToString(), new SignInput(Message, null), SignatureFormat.Der, default)).Signature;
+        var verify = await Assert.ThrowsAsync<KmsException>(() => Signing.VerifyAsync(Dev, key.Name.ToString(), new SignInput(Message, null), signature, SignatureFormat.P1363, default));
+        Assert.Equal((KmsErrorCode.InvalidArgument, "signature_format"), (verify.Code, verify.Field));
+        Assert.True((await Signing.VerifyAsync(Dev, key.Name.ToString(), new SignInput(Message, null), signature, SignatureFormat.Der, default)).Valid);
+    }
+
     [Fact]
     public async Task Sign_DigestOfWrongLength_InvalidArgumentBeforeTheHsm()
     {

@@ -93,6 +93,18 @@ public sealed class SigningEndToEndTests(ServerFixture fixture) : IClassFixture<
         var flipped = signed.Signature.ToByteArray();
         flipped[^1] ^= 1;
         Assert.False(await Client.VerifyAsync(key, Message, flipped));
+
+        // P1363 is ECDSA's: asked of an RSA key through the SDK, refused naming the field (it was ignored).
+        foreach (var refused in new Func<Task>[]
+        {
+            () => Client.SignAsync(key, Message, Kms.Contracts.V1.SignatureFormat.P1363),
+            () => Client.VerifyAsync(key, Message, signed.Signature.Memory, Kms.Contracts.V1.SignatureFormat.P1363),
+        })
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(refused);
+            Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+            Assert.StartsWith("signature_format: ", e.Status.Detail, StringComparison.Ordinal);
+        }
     }
 
     [Fact]

@@ -29,7 +29,7 @@ internal static class SigningCommands
 
     private static Option<string> In(string what) => new("--in") { Description = $"the {what} to read (- for standard input)", Required = true, HelpName = "FILE" };
 
-    private static Option<string> Format() => new("--format") { Description = "ECDSA signature encoding: der (default) or p1363", HelpName = "der|p1363", DefaultValueFactory = _ => "der" };
+    private static Option<string> Format() => new("--format") { Description = "ECDSA signature encoding: der (default) or p1363 (refused for RSA and Ed25519 keys, which have one encoding)", HelpName = "der|p1363", DefaultValueFactory = _ => "der" };
 
     private static Command Sign(CommandRunner runner)
     {

@@ -35,6 +35,7 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
     {
         var found = await FindAsync(caller, name, KeyPurpose.SignVerify, KeyOperations.Sign, cancellationToken);
         var spec = KeyAlgorithms.Of(found.Version.Algorithm);
+        EnsureFormatApplies(spec, format);
         var hsmInput = SigningInput(spec, input);
         var signature = await hsm.For(found.Key.Residency).SignAsync(Ref(found), spec.Algorithm, hsmInput, cancellationToken);
         if (spec.Family == KeyFamily.Ec && format != SignatureFormat.P1363)
@@ -51,6 +52,7 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
         ArgumentNullException.ThrowIfNull(signature);
         var found = await FindAsync(caller, name, KeyPurpose.SignVerify, KeyOperations.Verify, cancellationToken);
         var spec = KeyAlgorithms.Of(found.Version.Algorithm);
+        EnsureFormatApplies(spec, format);
         var digest = SigningInput(spec, input);
         if (signature.Length == 0)
         {
@@ -166,6 +168,19 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
             : throw KmsErrors.InvalidArgument("digest", $"{spec.Name} signs a {spec.DigestLength}-byte {spec.Digest.Value.ToString().ToUpperInvariant()} digest, not {given.Length} bytes");
     }
 
+    // P1363 is an encoding of ECDSA's (r, s); an RSA or Ed25519 signature has one encoding, so
+    // asking for it there is refused rather than ignored (before, the caller got the algorithm's
+    // one form and no word). DER is the default (an unset field means it, and the SDK and CLI send
+    // it explicitly), so it stands for "the algorithm's encoding" and is accepted for every key.
+    // Checked after the key's policy: a caller it excludes learns nothing of the algorithm.
+    private static void EnsureFormatApplies(KeyAlgorithmSpec spec, SignatureFormat format)
+    {
+        if (format == SignatureFormat.P1363 && spec.Family != KeyFamily.Ec)
+        {
+            throw KmsErrors.InvalidArgument("signature_format", $"SIGNATURE_FORMAT_P1363 is an ECDSA encoding; a {spec.Name} signature has one encoding: leave signature_format unset (or DER)");
+        }
+    }
+
     private static void ValidateData(byte[] data, string field = "data")
     {
         ArgumentNullException.ThrowIfNull(data);
@@ -211,7 +226,7 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
 /// <summary>What Sign and Verify sign: the message, or its digest (exactly one is set).</summary>
 public sealed record SignInput(byte[]? Message, byte[]? Digest);
 
-/// <summary>How an ECDSA signature is encoded (RSA signatures have one encoding).</summary>
+/// <summary>How an ECDSA signature is encoded. RSA and Ed25519 signatures have one encoding: P1363 asked of them is INVALID_ARGUMENT, DER (the default) stands for it.</summary>
 public enum SignatureFormat
 {
     /// <summary>DER SEQUENCE { r, s } (RFC 3279): the default.</summary>
