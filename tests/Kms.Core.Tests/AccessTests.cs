@@ -189,6 +189,54 @@ public sealed class AccessTests : IDisposable
     }
 
     [Fact]
+    public async Task TestPermissions_ReportsOnlyOperationsTheKeysPurposeUses_NotWhatARoleEntryOrStaleGrantListsBeyondThem()
+    {
+        // The review reported SIGN on an AES key for a key-user (the role allows it), though Sign
+        // of that key is refused for its purpose: it answers what the calls would do.
+        var aes = await _harness.CreateKeyAsync("review-aes");
+        var mac = await _harness.CreateKeyAsync("review-mac", KeyAlgorithm.HmacSha256);
+        var rsa = await _harness.CreateKeyAsync("review-rsa", KeyAlgorithm.RsaDecryptOaep2048Sha256);
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("dev"), DomainHarness.Dev.Tenant, null, default);
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("reader"), DomainHarness.Dev.Tenant, null, default);
+        await _harness.AccessStore.SetRoleBindingAsync(new RoleBinding(PrincipalName.Token("reader"), Role.KeyUser, DomainHarness.Dev.Tenant, _harness.Time.GetUtcNow()), default);
+        async Task<KeyPermissionReport> ReaderOnAsync(Key key) =>
+            (await _harness.KeyAccess.TestPermissionsAsync(DomainHarness.Dev, key.Name, default)).Single(r => r.Principal == "token:reader");
+
+        const KeyOperations Everything = KeyOperations.Encrypt | KeyOperations.Decrypt | KeyOperations.Sign | KeyOperations.Verify;
+        Assert.Equal(KeyOperations.Encrypt | KeyOperations.Decrypt, (await ReaderOnAsync(aes)).Operations);
+        Assert.Equal(KeyOperations.Sign | KeyOperations.Verify, (await ReaderOnAsync(mac)).Operations);
+        Assert.Equal(KeyOperations.Encrypt | KeyOperations.Decrypt | KeyOperations.Verify, (await ReaderOnAsync(rsa)).Operations);
+
+        // A policy entry listing every operation (accepted: it lists what the key uses too).
+        await _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, mac.Name, [new("token:reader", Everything)], default);
+        Assert.Equal(KeyOperations.Sign | KeyOperations.Verify, (await ReaderOnAsync(mac)).Operations);
+
+        // Grants stored before such grants were refused: one of SIGN alone on an AES key, one with a
+        // context constraint on an RSA key (whose calls carry none) apply to nothing and are not
+        // listed; one of SIGN and DECRYPT is listed for DECRYPT, what it can apply to.
+        await _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, aes.Name, [new("token:dev", KeyOperations.Encrypt)], default);
+        await _harness.KeyAccess.SetKeyPolicyAsync(DomainHarness.Dev, rsa.Name, [new("token:dev", KeyOperations.Decrypt)], default);
+        var context = new Dictionary<string, string> { ["rec"] = "1" };
+        var now = _harness.Time.GetUtcNow();
+        await _harness.AccessStore.CreateGrantAsync(new Grant("0000000000000001", aes.Name, PrincipalName.Token("reader"), KeyOperations.Sign, new Dictionary<string, string>(), now), default);
+        await _harness.AccessStore.CreateGrantAsync(new Grant("0000000000000002", aes.Name, PrincipalName.Token("reader"), KeyOperations.Sign | KeyOperations.Decrypt, context, now), default);
+        await _harness.AccessStore.CreateGrantAsync(new Grant("0000000000000003", rsa.Name, PrincipalName.Token("reader"), KeyOperations.Decrypt, context, now), default);
+
+        var onAes = await ReaderOnAsync(aes);
+        Assert.Equal(KeyOperations.None, onAes.Operations);
+        var listed = Assert.Single(onAes.ConditionalGrants);
+        Assert.Equal(("0000000000000002", KeyOperations.Decrypt), (listed.Id, listed.Operations));
+        var onRsa = await ReaderOnAsync(rsa);
+        Assert.Equal(KeyOperations.None, onRsa.Operations);
+        Assert.Empty(onRsa.ConditionalGrants);
+
+        // As the calls answer: Sign of the AES key is refused for its purpose, whatever the grant.
+        var reader = DomainHarness.TenantCaller("token:reader", "dev", Role.KeyUser);
+        var sign = await Assert.ThrowsAsync<KmsException>(() => _harness.Signing.GenerateMacAsync(reader, aes.Name.ToString(), [1], default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, sign.Code);
+    }
+
+    [Fact]
     public async Task CreateGrant_OnAKeyScheduledForDeletion_Refused_NoGrant_AfterTheCancelGrantedAgain_SetKeyPolicyStillWorks()
     {
         // AWS KMS refuses CreateGrant on a key pending deletion: the key serves nothing, and a grant

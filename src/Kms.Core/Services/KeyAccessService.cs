@@ -236,6 +236,13 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
     /// Access review: for every principal bound in the key's tenant, what it may do with the
     /// key — unconditionally, or under a grant's context constraint.
     /// </summary>
+    /// <remarks>
+    /// It answers what the calls would: an operation the key's purpose has no use for
+    /// (<see cref="ApplicableOperations"/>: SIGN of an ENCRYPT_DECRYPT key) is not reported, though
+    /// a role or a policy entry allows it, and a grant is listed only for the operations it can
+    /// apply to (one stored before such grants were refused: with those left out; one that can
+    /// never apply, also for its context constraint on a key whose calls carry none: not listed).
+    /// </remarks>
     public async Task<IReadOnlyList<KeyPermissionReport>> TestPermissionsAsync(Caller caller, KeyName key, CancellationToken cancellationToken)
     {
         var stored = await GetKeyAsync(caller, key, cancellationToken);
@@ -249,9 +256,13 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
                 | (roles.Any(r => Roles.Allows(r, Permission.CryptoDecrypt)) ? KeyOperations.Decrypt : KeyOperations.None)
                 | (roles.Any(r => Roles.Allows(r, Permission.CryptoSign)) ? KeyOperations.Sign : KeyOperations.None)
                 | (roles.Any(r => Roles.Allows(r, Permission.CryptoVerify)) ? KeyOperations.Verify : KeyOperations.None);
+            byRole &= ApplicableOperations(stored.Purpose);
             var unconditional = stored.Restricted ? byRole & policy.Entries.GetValueOrDefault(principal.Key) : byRole;
             var conditional = stored.Restricted
-                ? grants.Where(g => g.Grantee.ToString() == principal.Key && (g.Operations & byRole) != KeyOperations.None).ToList()
+                ? grants
+                    .Where(g => g.Grantee.ToString() == principal.Key && (g.Operations & byRole) != KeyOperations.None && CanApply(g, stored.Purpose))
+                    .Select(g => g with { Operations = g.Operations & ApplicableOperations(stored.Purpose) })
+                    .ToList()
                 : [];
             reports.Add(new KeyPermissionReport(principal.Key, roles, unconditional, conditional));
         }
@@ -291,6 +302,10 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
         KeyPurpose.AsymmetricDecrypt => KeyOperations.Decrypt | SigningService.PublicKeyOperations(purpose),
         _ => KeyOperations.Sign | KeyOperations.Verify,
     };
+
+    // A grant's context constraint is met only by a call that carries a context: ENCRYPT_DECRYPT's.
+    private static bool CanApply(Grant grant, KeyPurpose purpose) =>
+        grant.ContextEquals.Count == 0 || purpose == KeyPurpose.EncryptDecrypt;
 
     // "SIGN does not apply to a key of purpose ENCRYPT_DECRYPT (it takes ENCRYPT and DECRYPT)".
     private static string NotApplicable(KeyOperations operations, KeyPurpose purpose)
