@@ -711,6 +711,74 @@ public sealed class AuditTests : IAsyncLifetime
             events.Select(e => $"{e.Operation[(e.Operation.LastIndexOf('/') + 1)..]} {e.Outcome}"));
     }
 
+    [Fact]
+    public async Task CryptoThroughAnAlias_AllowedOrRefusedByTheKeysPolicy_AuditedUnderTheVersionItResolvedTo()
+    {
+        // One rule for every key-addressed crypto call: the event names the version the key or
+        // alias resolved to, refused by the key's policy as well as allowed, so a resource filter
+        // on the key finds both. Encrypt recorded the alias as named (not found under the key),
+        // a refused Decrypt no resource at all, while Sign, GenerateMac and GetPublicKey recorded
+        // the version.
+        using var prober = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("alias-prober", "dev", "key-user"));
+        var message = "m"u8.ToArray();
+        var keys = new Dictionary<string, Key>
+        {
+            ["aes"] = await _developer.CreateKeyAsync("tenants/dev", "alias-audit-aes"),
+            ["ec"] = await _developer.CreateKeyAsync("tenants/dev", "alias-audit-ec", KeyPurpose.SignVerify),
+            ["mac"] = await _developer.CreateKeyAsync("tenants/dev", "alias-audit-mac", KeyPurpose.Mac),
+        };
+        var aliases = new Dictionary<string, string>();
+        foreach (var (id, key) in keys)
+        {
+            aliases[id] = (await _developer.CreateAliasAsync("tenants/dev", "alias-audit-" + id + "-alias", key.Name)).Name;
+            var operations = id == "aes" ? new[] { "ENCRYPT", "DECRYPT" } : ["SIGN", "VERIFY"];
+            await _developer.SetKeyPolicyAsync(key.Name, [new KeyPolicyEntry { Principal = "token:developer", Operations = { operations } }]);
+        }
+
+        var blob = (await _developer.EncryptAsync(aliases["aes"], message)).Ciphertext;
+        using (await _developer.DecryptAsync(blob))
+        {
+        }
+
+        await _developer.SignAsync(aliases["ec"], message);
+        await _developer.GetPublicKeyAsync(aliases["ec"]);
+        await _developer.GenerateMacAsync(aliases["mac"], message);
+        var refused = new Func<Task>[]
+        {
+            () => prober.EncryptAsync(aliases["aes"], message),
+            async () => (await prober.DecryptAsync(blob)).Dispose(),
+            () => prober.SignAsync(aliases["ec"], message),
+            () => prober.GetPublicKeyAsync(aliases["ec"]),
+            () => prober.GenerateMacAsync(aliases["mac"], message),
+        };
+        foreach (var call in refused)
+        {
+            await Assert.ThrowsAsync<RpcException>(call);
+        }
+
+        var seen = new List<string>();
+        foreach (var (id, key) in keys)
+        {
+            foreach (var e in await EventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", Resource = key.Name }))
+            {
+                var operation = e.Operation[(e.Operation.LastIndexOf('/') + 1)..];
+                if (operation is "Encrypt" or "Decrypt" or "Sign" or "GetPublicKey" or "GenerateMac")
+                {
+                    Assert.True(e.Resource == key.Name + "/versions/1", $"{operation} {e.Principal} {e.Outcome}: {e.Resource}");
+                    seen.Add($"{operation} {e.Principal} {e.Outcome}");
+                }
+            }
+        }
+
+        Assert.Equal(
+            [
+                "Encrypt token:developer OK", "Decrypt token:developer OK", "Encrypt token:alias-prober NOT_FOUND", "Decrypt token:alias-prober INVALID_ARGUMENT",
+                "Sign token:developer OK", "GetPublicKey token:developer OK", "Sign token:alias-prober NOT_FOUND", "GetPublicKey token:alias-prober NOT_FOUND",
+                "GenerateMac token:developer OK", "GenerateMac token:alias-prober NOT_FOUND",
+            ],
+            seen);
+    }
+
     private async Task<List<AuditEventInfo>> EventsAsync(ListAuditEventsRequest request)
     {
         request.PageSize = 1000;

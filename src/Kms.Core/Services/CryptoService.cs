@@ -35,10 +35,9 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     /// <returns>The plaintext; the caller disposes it (zeroing it) when done.</returns>
     public async Task<DecryptResult> DecryptAsync(Caller caller, byte[] ciphertext, EncryptionContext context, CancellationToken cancellationToken)
     {
-        var (blob, found) = await OpenBlobAsync(caller, ciphertext, "ciphertext", context, cancellationToken);
-
-        // The blob names its version (within the caller's tenant): the audit event records which.
-        Audit.AuditScope.SetResource(found.Version.Name.ToString());
+        // The blob names its version (within the caller's tenant): the audit event records which,
+        // refused by the key's policy or state too (OpenBlobAsync names it before those checks).
+        var (blob, found) = await OpenBlobAsync(caller, ciphertext, "ciphertext", context, cancellationToken, auditResource: true);
         var plaintext = await UnsealAsync(caller, blob, found, context, cancellationToken);
         return new DecryptResult(new SecretBytes(plaintext), found.Version.Name);
     }
@@ -456,6 +455,11 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     private async Task<KeyVersionMaterial> GetPrimaryForEncryptionAsync(Caller caller, KeyReference reference, EncryptionContext context, CancellationToken cancellationToken)
     {
         var primary = await LookUpPrimaryAsync(caller, reference, cancellationToken);
+
+        // The audit event names the version the key or alias resolved to, before the key's policy
+        // and state are judged, so a refused call is found under its key as an allowed one is
+        // (as Sign, the MAC calls and GetPublicKey do; docs/audit-format.md). Only the auditor reads it.
+        Audit.AuditScope.SetResource(primary.Version.Name.ToString());
         await EnsureEncryptAllowedAsync(caller, primary, reference, context, cancellationToken);
         return primary;
     }
@@ -483,7 +487,8 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         string field,
         EncryptionContext context,
         CancellationToken cancellationToken,
-        Dictionary<KeyVersionId, KeyVersionMaterial?>? cache = null)
+        Dictionary<KeyVersionId, KeyVersionMaterial?>? cache = null,
+        bool auditResource = false)
     {
         if (ciphertext.Length == 0)
         {
@@ -514,6 +519,11 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         if (found is null || found.Key.Purpose != KeyPurpose.EncryptDecrypt || found.Version.Algorithm != KeyAlgorithm.Aes256Gcm)
         {
             throw KmsErrors.DecryptionFailed();
+        }
+
+        if (auditResource)
+        {
+            Audit.AuditScope.SetResource(found.Version.Name.ToString());
         }
 
         // A caller the key's policy names for nothing gets what a blob of an unknown version gets.
