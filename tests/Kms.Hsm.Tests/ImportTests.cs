@@ -247,6 +247,117 @@ public sealed class ImportTests(AlgorithmFixture fixture) : IClassFixture<Algori
         }
     }
 
+    [Fact]
+    public async Task Import_SameEcMaterialAndPublicKeyEncodings_FakeHsmAndSoftHsm_StoreTheSameSpki_RefuseTheSameNamingPublicKey()
+    {
+        // Domain tests run on FakeHsm: it must store what SoftHSM's path stores (claim 121). It
+        // compared the caller's bytes with its own export, so a padding-bit SPKI SoftHSM stores as
+        // the canonical one was refused there.
+        using var fake = new Kms.Testing.Fakes.FakeHsm();
+        var job = await fake.GenerateImportWrappingKeyAsync(ImportMethod.RsaOaep3072Sha1Aes256, default);
+        var fakeJob = new KeyMaterialRef(KeyVersionId.NewId(), job.Wrapped);
+        byte[] WrapForFake(byte[] material)
+        {
+            var ephemeral = RandomNumberGenerator.GetBytes(32);
+            using var rsa = RSA.Create();
+            rsa.ImportSubjectPublicKeyInfo(job.SubjectPublicKeyInfo!, out _);
+            return [.. rsa.Encrypt(ephemeral, RSAEncryptionPadding.OaepSHA1), .. AlgorithmFixture.Kwp(ephemeral, material)];
+        }
+
+        async Task<(byte[]? Stored, string? RefusedField)> OnBothAsync(KeyAlgorithm algorithm, byte[] pkcs8, byte[]? spki, string label)
+        {
+            (byte[]? Stored, string? Field) soft, faked;
+            try
+            {
+                var (key, stored) = await fixture.ImportAsync(algorithm, pkcs8, spki);
+                await fixture.Hsm.EvictAndDrainAsync(key);
+                soft = (stored, null);
+            }
+            catch (KmsException e) when (e.Code == KmsErrorCode.InvalidArgument)
+            {
+                soft = (null, e.Field);
+            }
+
+            try
+            {
+                faked = ((await fake.ImportKeyVersionAsync(fakeJob, ImportMethod.RsaOaep3072Sha1Aes256, algorithm, WrapForFake(pkcs8), spki, default)).SubjectPublicKeyInfo, null);
+            }
+            catch (KmsException e) when (e.Code == KmsErrorCode.InvalidArgument)
+            {
+                faked = (null, e.Field);
+            }
+
+            Assert.True(soft.Field == faked.Field, $"{label}: SoftHSM refused naming {soft.Field ?? "nothing"}, FakeHsm {faked.Field ?? "nothing"}");
+            Assert.True(soft.Stored.AsSpan().SequenceEqual(faked.Stored), $"{label}: SoftHSM and FakeHsm stored other public keys");
+            return soft;
+        }
+
+        foreach (var curve in new[] { ECCurve.NamedCurves.nistP256, ECCurve.NamedCurves.nistP384 })
+        {
+            var algorithm = curve.Oid.Value == "1.2.840.10045.3.1.7" ? KeyAlgorithm.EcSignP256Sha256 : KeyAlgorithm.EcSignP384Sha384;
+            ECDsa ec;
+            do
+            {
+                ec = ECDsa.Create(curve);
+            }
+            while ((ec.ExportParameters(false).Q.Y![^1] & 1) != 0);
+
+            using (ec)
+            {
+                var canonical = ec.ExportSubjectPublicKeyInfo();
+                var q = ec.ExportParameters(false).Q;
+                var writer = new System.Formats.Asn1.AsnWriter(System.Formats.Asn1.AsnEncodingRules.DER);
+                using (writer.PushSequence())
+                {
+                    using (writer.PushSequence())
+                    {
+                        writer.WriteObjectIdentifier("1.2.840.10045.2.1");
+                        writer.WriteObjectIdentifier(curve.Oid.Value!);
+                    }
+
+                    writer.WriteBitString([0x04, .. q.X!, .. q.Y!], unusedBitCount: 1); // a zero padding bit declared
+                }
+
+                var padded = writer.Encode();
+                Assert.NotEqual(canonical, padded);
+                using var other = ECDsa.Create(curve);
+                using var explicitCurve = ECDsa.Create(ec.ExportExplicitParameters(false));
+                var pkcs8 = ec.ExportPkcs8PrivateKey();
+
+                Assert.Equal(canonical, (await OnBothAsync(algorithm, pkcs8, canonical, $"{algorithm} canonical")).Stored);
+                Assert.Equal(canonical, (await OnBothAsync(algorithm, pkcs8, padded, $"{algorithm} padding bit")).Stored);
+                foreach (var (label, spki) in new (string, byte[]?)[]
+                {
+                    ("no public key", null),
+                    ("another key", other.ExportSubjectPublicKeyInfo()),
+                    ("explicit curve parameters", explicitCurve.ExportSubjectPublicKeyInfo()),
+                    ("trailing byte", [.. canonical, 0]),
+                    ("compressed point", Spki(curve.Oid.Value!, [(byte)(2 + (q.Y![^1] & 1)), .. q.X!])),
+                })
+                {
+                    Assert.Equal("public_key", (await OnBothAsync(algorithm, pkcs8, spki, $"{algorithm} {label}")).RefusedField);
+                }
+            }
+        }
+
+        static byte[] Spki(string curveOid, byte[] point)
+        {
+            var writer = new System.Formats.Asn1.AsnWriter(System.Formats.Asn1.AsnEncodingRules.DER);
+            using (writer.PushSequence())
+            {
+                using (writer.PushSequence())
+                {
+                    writer.WriteObjectIdentifier("1.2.840.10045.2.1");
+                    writer.WriteObjectIdentifier(curveOid);
+                }
+
+                writer.WriteBitString(point);
+            }
+
+            return writer.Encode();
+        }
+    }
+
     [Theory]
     [InlineData("1.2.3.4.5")] // no curve at all
     [InlineData("1.3.132.0.10")] // secp256k1: a curve OpenSSL knows

@@ -333,6 +333,7 @@ public sealed class FakeHsm : IHsm, IDisposable
     {
         Count("import");
         var spec = KeyAlgorithms.Of(algorithm);
+        var callerPublicKey = CallerPublicKey(spec, subjectPublicKeyInfo);
         var jobKey = Open(wrappingKey);
         byte[] material;
         byte[] jobPublicKey;
@@ -406,14 +407,10 @@ public sealed class FakeHsm : IHsm, IDisposable
                 throw KmsErrors.InvalidArgument("wrapped_key", $"the material is not a {spec.Name} private key");
             }
 
-            if (subjectPublicKeyInfo is not null && !subjectPublicKeyInfo.AsSpan().SequenceEqual(publicKey))
+            // Compared, and stored, in the one form .NET writes (as Pkcs11Hsm does: claim 121).
+            if (callerPublicKey is not null && !callerPublicKey.AsSpan().SequenceEqual(publicKey))
             {
                 throw KmsErrors.InvalidArgument("public_key", "does not match the imported private key");
-            }
-
-            if (spec.Family == KeyFamily.Ec && subjectPublicKeyInfo is null)
-            {
-                throw KmsErrors.InvalidArgument("public_key", "an EC import needs the public key");
             }
 
             return ValueTask.FromResult(SealPair((byte[])material.Clone(), publicKey) with { MaterialFingerprint = GeneratedKeyMaterial.PublicKeyFingerprint(publicKey) });
@@ -421,6 +418,55 @@ public sealed class FakeHsm : IHsm, IDisposable
         finally
         {
             CryptographicOperations.ZeroMemory(material);
+        }
+    }
+
+    // What Pkcs11Hsm takes as an imported key pair's public key, in the form it stores: the SPKI as
+    // .NET re-exports it (an EC point uncompressed, its curve named), so a BIT STRING declaring
+    // zero padding bits is the same key; trailing bytes, BER, a compressed or hybrid point, explicit
+    // parameters, another algorithm or curve are INVALID_ARGUMENT naming public_key. An EC import needs it.
+    private static byte[]? CallerPublicKey(KeyAlgorithmSpec spec, byte[]? subjectPublicKeyInfo)
+    {
+        if (spec.Family is KeyFamily.Ec && subjectPublicKeyInfo is null)
+        {
+            throw KmsErrors.InvalidArgument("public_key", $"importing a {spec.Name} key needs its public key (DER SubjectPublicKeyInfo)");
+        }
+
+        if (subjectPublicKeyInfo is null || spec.Family is not (KeyFamily.Ec or KeyFamily.Rsa))
+        {
+            return null;
+        }
+
+        try
+        {
+            int read;
+            byte[] canonical;
+            if (spec.Family is KeyFamily.Rsa)
+            {
+                using var rsa = RSA.Create();
+                rsa.ImportSubjectPublicKeyInfo(subjectPublicKeyInfo, out read);
+                canonical = rsa.ExportSubjectPublicKeyInfo();
+            }
+            else
+            {
+                using var ec = ECDsa.Create();
+                ec.ImportSubjectPublicKeyInfo(subjectPublicKeyInfo, out read);
+                var curve = spec.KeyBits == 384 ? "1.3.132.0.34" : "1.2.840.10045.3.1.7";
+                if (ec.ExportParameters(false).Curve.Oid?.Value != curve)
+                {
+                    throw KmsErrors.InvalidArgument("public_key", $"is not a {spec.Name} public key");
+                }
+
+                canonical = ec.ExportSubjectPublicKeyInfo();
+            }
+
+            return read == subjectPublicKeyInfo.Length
+                ? canonical
+                : throw KmsErrors.InvalidArgument("public_key", $"is not a DER SubjectPublicKeyInfo of a {spec.Name} key");
+        }
+        catch (Exception e) when (e is CryptographicException or PlatformNotSupportedException)
+        {
+            throw KmsErrors.InvalidArgument("public_key", $"is not a DER SubjectPublicKeyInfo of a {spec.Name} key");
         }
     }
 
