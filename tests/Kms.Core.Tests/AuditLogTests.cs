@@ -114,6 +114,41 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task BatchThatGaveUpWaitingForTheLock_FailsTheEventsQueuedBehindIt_WithoutASecondWait_LaterEventsTryAgain()
+    {
+        // The first batch waits at the store (another session holds the write lock) and gives up:
+        // the store's timeout. A call whose event was queued meanwhile has waited part of that
+        // timeout; another batch would wait a whole one again for the same lock.
+        var gated = new GatedAuditStore(_store) { ReleasedWith = KmsErrors.DatabaseGaveUpWaiting() };
+        var log = new AuditLog(gated, _store, _hsm, _time, new AuditOptions());
+        await log.InitializeAsync(default);
+        using var stop = new CancellationTokenSource();
+        var loop = Task.Run(() => log.RunAsync(stop.Token));
+
+        var first = log.AppendAsync(Entry("first"), default);
+        await gated.Entered.Task.GuardAsync("the first batch reaching the store");
+        var behind = log.AppendAsync(Entry("behind"), default);
+        gated.Release.SetResult();
+
+        // Both UNAVAILABLE, and the store was asked once: the event behind did not wait for the
+        // lock itself. (Before: it went to the store in a batch of its own — the lock's second wait.)
+        foreach (var append in new[] { first, behind })
+        {
+            var e = await Assert.ThrowsAsync<KmsException>(() => append.GuardAsync("an append answered after the batch gave up"));
+            Assert.Equal(KmsErrorCode.Unavailable, e.Code);
+        }
+
+        Assert.Equal(1, gated.Appends);
+
+        // An event queued after the failure tries the lock again (here free): written.
+        await log.AppendAsync(Entry("after"), default).GuardAsync("an append after the failure");
+        Assert.Equal(2, gated.Appends);
+        Assert.Equal(["after"], (await _store.ListAuditEventsAsync(new AuditQuery(), default)).Select(e => e.Entry.RequestId));
+        await stop.CancelAsync();
+        await loop.WaitAsync(HangGuard.Time).ContinueWith(_ => { }, TaskScheduler.Default);
+    }
+
+    [Fact]
     public async Task AfterTheLoopStops_AppendsRefusedUnavailable()
     {
         await _stop.CancelAsync();
@@ -650,14 +685,26 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     {
         public TaskCompletionSource Entered { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+        private int _appends;
+
         public TaskCompletionSource Release { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        // What the first append throws once released (null: it is written).
+        public Exception? ReleasedWith { get; init; }
+
+        public int Appends => Volatile.Read(ref _appends);
 
         public async Task<IReadOnlyList<AuditEvent>> AppendAuditAsync(IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
         {
+            var append = Interlocked.Increment(ref _appends);
             if (!gateCheckpoints)
             {
                 Entered.TrySetResult();
                 await Release.Task;
+                if (append == 1 && ReleasedWith is { } failure)
+                {
+                    throw failure;
+                }
             }
 
             return await inner.AppendAuditAsync(entries, cancellationToken);

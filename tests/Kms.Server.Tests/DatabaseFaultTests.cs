@@ -85,20 +85,36 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
             await AssertUnavailableAsync(() => hurried.CreateKeyAsync(Parent, "during"));
             await AssertUnavailableAsync(() => hurried.RotateKeyAsync(before.Name));
 
-            // Every answer waits for its audit event, and the event cannot be written either: no audit, no answer.
-            // (Not the hurried client: the event may queue behind a group commit that still waits
-            // for the lock with the refused rotation's event, and wait up to two busy timeouts.)
-            await AssertUnavailableAsync(() => client.DecryptAsync(sealedData.Ciphertext));
+            // Every answer waits for its audit event, and the event cannot be written either: no
+            // audit, no answer. The decryption's event is queued behind a group commit already
+            // waiting for the lock (the refused rotation's event, queued as it was answered): from
+            // a client whose deadline is one and a half busy timeouts. An event that waited for
+            // that batch to give up and then for a batch of its own (two waits, each at least the
+            // busy timeout) could not be answered before it: DEADLINE_EXCEEDED. It fails with the
+            // batch it was queued behind: UNAVAILABLE within one busy timeout.
+            using (var reader = Client(server, deadline: 1.5 * busyTimeout))
+            {
+                await AssertUnavailableAsync(() => reader.DecryptAsync(sealedData.Ciphertext));
+            }
+
             output.WriteLine($"three calls answered UNAVAILABLE in {watch.ElapsedMilliseconds} ms (busy timeout {busyTimeout.TotalSeconds} s)");
 
             // The refused mutations' events, queued and not waited for, were lost with their group
-            // commits (the lock was held through them: the decryption's, later in the queue, failed
-            // before its answer). Each loss is logged, naming the call: the one trace of it.
+            // commits (the lock was held through them: the decryption's, queued behind the
+            // rotation's, failed with it). Each loss is logged, naming the call: the one trace of
+            // it (the rotation's as the decryption is answered: waited for, 30 s a hang guard).
+            var guard = Stopwatch.StartNew();
             foreach (var method in new[] { "CreateKey", "RotateKey" })
             {
-                Assert.Contains(server.Logs.Events, e => e.StartsWith("Error", StringComparison.Ordinal)
+                bool Logged() => server.Logs.Events.Any(e => e.StartsWith("Error", StringComparison.Ordinal)
                     && e.Contains($"KeyManagementService/{method}\": the audit event of request", StringComparison.Ordinal)
                     && e.Contains("the call is not in the audit log", StringComparison.Ordinal));
+                while (!Logged() && guard.Elapsed < TimeSpan.FromSeconds(30))
+                {
+                    await Task.Delay(20);
+                }
+
+                Assert.True(Logged(), $"hang guard: no log line of {method}'s lost event after 30 s");
             }
         }
 
@@ -351,7 +367,7 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
     }
 
     [Fact]
-    public async Task PostgresWriteLockHeldByAnotherSession_MutationsAnswerUnavailableAfterOneCommandTimeout_NotTwo_ServeOnceReleased()
+    public async Task PostgresWriteLockHeldByAnotherSession_CallsAnswerUnavailableAfterOneCommandTimeout_NotTwo_ServeOnceReleased()
     {
         // A stuck maintenance transaction, a hung node: another session holds the write lock every
         // write needs, for longer than any call waits.
@@ -362,12 +378,20 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
         var officer = await server.CreatePrincipalWithTokenAsync("officer", null, "security-officer");
         using var client = Client(server);
         var before = await client.CreateKeyAsync(Parent, "before");
+        var sealedData = await client.EncryptAsync(before.Name, "sealed before the lock"u8.ToArray());
 
         // A client whose deadline is two command timeouts. A call that waits one timeout for the
         // write lock and then its failure's audit event as long again for the same lock cannot be
         // answered before its deadline (each wait lasts at least the timeout): DEADLINE_EXCEEDED.
         // One answered after its write's timeout has a whole timeout to spare.
         using var hurried = Client(server, deadline: 2 * commandTimeout);
+
+        // A decryption writes only its audit event, through the group commit. Sent right after the
+        // refused creation, its event is queued behind the group commit already waiting for the
+        // lock with the creation's event. Had it waited for that batch to give up and then for one
+        // of its own (two waits, each at least the timeout), a deadline of one and a half command
+        // timeouts would end it DEADLINE_EXCEEDED; it fails with the batch it was queued behind.
+        using var reader = Client(server, deadline: 1.5 * commandTimeout);
         await using (var holder = new NpgsqlConnection(new NpgsqlConnectionStringBuilder(cluster.ConnectionString) { Pooling = false }.ConnectionString))
         {
             await holder.OpenAsync();
@@ -376,16 +400,16 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
                 await take.ExecuteNonQueryAsync();
             }
 
-            // Held until both have answered: past two timeouts for a call that waits twice.
+            // Held until all three have answered: past two timeouts for a call that waits twice.
             var watch = Stopwatch.StartNew();
-            foreach (var call in new Func<Task>[] { () => hurried.CreateKeyAsync(Parent, "during"), () => hurried.RotateKeyAsync(before.Name) })
+            foreach (var call in new Func<Task>[] { () => hurried.CreateKeyAsync(Parent, "during"), () => reader.DecryptAsync(sealedData.Ciphertext), () => hurried.RotateKeyAsync(before.Name) })
             {
                 var refused = await Assert.ThrowsAsync<RpcException>(call);
                 Assert.True(refused.StatusCode == StatusCode.Unavailable, $"{refused.StatusCode}: {refused.Status.Detail}");
                 Assert.DoesNotContain(cluster.Port, refused.Status.Detail, StringComparison.Ordinal);
             }
 
-            output.WriteLine($"two mutations answered UNAVAILABLE in {watch.ElapsedMilliseconds} ms while the lock was held (command timeout {commandTimeout.TotalSeconds} s)");
+            output.WriteLine($"two mutations and a decryption answered UNAVAILABLE in {watch.ElapsedMilliseconds} ms while the lock was held (command timeout {commandTimeout.TotalSeconds} s)");
         }
 
         // Released: the refused calls, sent again, are served; the chain has no gap.

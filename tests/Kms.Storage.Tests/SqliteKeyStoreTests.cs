@@ -409,6 +409,33 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
     }
 
     [Fact]
+    public async Task AppendAudit_WaitingBehindAnAppendThatGaveUpOnTheLock_FailsAtOnce_NoWaitOfItsOwn()
+    {
+        // Two appends at once (a group commit, and a refusal summary written from beside the loop)
+        // while another connection holds the write lock: one waits for it at the writer's gate.
+        // (Both are started long before the first can give up: the busy timeout is 2 s.)
+        await using var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath, BusyTimeout = TimeSpan.FromSeconds(2) }, default);
+        await store.AppendAuditAsync([Entry(1)], default);
+        await using var blocker = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
+        await blocker.OpenAsync();
+        var transaction = blocker.BeginTransaction(deferred: false);
+        Task<IReadOnlyList<Kms.Core.Audit.AuditEvent>>[] appends = [Task.Run(() => store.AppendAuditAsync([Entry(2)], default)), Task.Run(() => store.AppendAuditAsync([Entry(3)], default))];
+
+        // The first to end waited out the busy timeout. The lock is released right then: the
+        // other, had it gone on to wait for the lock itself (a second busy timeout for its
+        // callers), would now get it and be written. It fails as the first did, without trying.
+        var first = await Task.WhenAny(appends).WaitAsync(TimeSpan.FromSeconds(60)); // a hang guard, not a bound
+        var gaveUp = await Assert.ThrowsAsync<Kms.Core.Errors.KmsException>(() => first);
+        await transaction.CommitAsync();
+        var other = await Assert.ThrowsAsync<Kms.Core.Errors.KmsException>(() => appends.Single(a => a != first));
+        Assert.All([gaveUp, other], e => Assert.True(e.Code == Kms.Core.Errors.KmsErrorCode.Unavailable && e.GaveUpWaiting, $"{e.Code}: {e.Message}"));
+
+        // The next append tries the lock again: written, no gap.
+        await store.AppendAuditAsync([Entry(4)], default);
+        Assert.Equal(["req-1", "req-4"], (await store.ListAuditEventsAsync(new Kms.Core.Audit.AuditQuery(), default)).Select(x => x.Entry.RequestId));
+    }
+
+    [Fact]
     public async Task AppendAudit_BatchFailsHalfway_NothingWritten_HeadInMemoryNotAdvanced()
     {
         await using var store = await OpenAsync();

@@ -152,6 +152,13 @@ public static class KmsErrors
         new(KmsErrorCode.Unavailable, message, inner: inner);
 
     /// <summary>
+    /// The database did not answer in time, or another session held its write lock past the
+    /// store's timeout (<see cref="KmsException.GaveUpWaiting"/>); retryable. <paramref name="inner"/> stays server-side.
+    /// </summary>
+    public static KmsException DatabaseGaveUpWaiting(Exception? inner = null) =>
+        new(KmsErrorCode.Unavailable, "the database is unavailable; retry shortly", inner: inner) { GaveUpWaiting = true };
+
+    /// <summary>
     /// A request string the database cannot store (PostgreSQL's SQLSTATE 22021 and 22P05: a NUL,
     /// a character the encoding lacks): the caller's input, not an outage, so not retryable. The
     /// value is not repeated; <paramref name="inner"/> stays server-side.

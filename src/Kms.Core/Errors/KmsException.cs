@@ -32,4 +32,12 @@ public sealed class KmsException : Exception
     /// name the caller for nothing. A refusal for the security alerts (a batch item probing names).
     /// </summary>
     public bool ConcealedRefusal { get; init; }
+
+    /// <summary>
+    /// Set on an Unavailable from the store when it gave up waiting — for the write lock another
+    /// session held past the store's command or busy timeout, or for the database to answer —
+    /// rather than being refused at once. The audit log's group commit fails the events queued
+    /// behind such a write with it, instead of having them wait as long again.
+    /// </summary>
+    public bool GaveUpWaiting { get; init; }
 }

@@ -662,6 +662,20 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             {
                 pending.Done.TrySetException(failure);
             }
+
+            if (failure.GaveUpWaiting)
+            {
+                // The store waited out its timeout for the write lock (or the database): the events
+                // queued meanwhile fail with this batch, at once. Each has waited less than that
+                // timeout; another batch would wait as long again for a lock just found held, and
+                // its callers would answer after up to two timeouts — past a deadline set for one
+                // (DEADLINE_EXCEEDED, where UNAVAILABLE is the answer to retry). Later events try
+                // the lock again, each waiting at most one timeout.
+                for (var queued = _queue.Reader.Count; queued > 0 && _queue.Reader.TryRead(out var behind); queued--)
+                {
+                    behind.Done.TrySetException(failure);
+                }
+            }
         }
     }
 

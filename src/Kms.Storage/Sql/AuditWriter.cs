@@ -1,6 +1,7 @@
 using System.Data.Common;
 using System.Globalization;
 using Kms.Core.Audit;
+using Kms.Core.Errors;
 
 namespace Kms.Storage;
 
@@ -30,6 +31,10 @@ internal sealed class AuditWriter(SqlStore store) : IDisposable, IAsyncDisposabl
     private long? _dataVersion;
     private bool _disposed;
 
+    // Appends that gave up waiting (for the write lock, or for the database): changed under the
+    // gate, read before it.
+    private int _gaveUp;
+
     /// <summary>How many batches found the head in memory.</summary>
     public long HeadsFromMemory { get; private set; }
 
@@ -37,12 +42,25 @@ internal sealed class AuditWriter(SqlStore store) : IDisposable, IAsyncDisposabl
     public long HeadsFromDatabase { get; private set; }
 
     /// <summary>Chains and inserts <paramref name="entries"/> in one durable transaction.</summary>
+    /// <remarks>
+    /// An append that waited at the gate while the one before it gave up waiting for the write
+    /// lock (or for the database) fails the same way at once, without a wait of its own: it would
+    /// wait as long again, for a lock just found held for a whole timeout, and its callers would
+    /// have waited two timeouts (a group commit queued behind a refusal summary or a retention
+    /// record, which are written from beside the commit loop).
+    /// </remarks>
     public async Task<IReadOnlyList<AuditEvent>> AppendAsync(IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
     {
+        var gaveUpBefore = Volatile.Read(ref _gaveUp);
         await _gate.WaitAsync(cancellationToken);
         try
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_gaveUp != gaveUpBefore)
+            {
+                throw KmsErrors.DatabaseGaveUpWaiting();
+            }
+
             var statements = _statements ??= await Statements.PrepareAsync(store, await store.OpenConnectionAsync(cancellationToken, pooled: false), cancellationToken);
             try
             {
@@ -78,6 +96,11 @@ internal sealed class AuditWriter(SqlStore store) : IDisposable, IAsyncDisposabl
                 await statements.DisposeAsync();
                 throw;
             }
+        }
+        catch (DbException e) when (store.GaveUpWaitingOn(e))
+        {
+            Volatile.Write(ref _gaveUp, _gaveUp + 1);
+            throw;
         }
         finally
         {

@@ -1133,6 +1133,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             {
                 // The request has had its timeout: its failure's audit event is not waited for as long again.
                 AuditScope.Current?.TimedOut();
+                throw KmsErrors.DatabaseGaveUpWaiting(e);
             }
 
             throw KmsErrors.Unavailable("the database is unavailable; retry shortly", e);
@@ -1144,6 +1145,9 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     /// session held, or for the database to answer — rather than being refused at once.
     /// </summary>
     private protected abstract bool GaveUpWaiting(DbException exception);
+
+    /// <summary><see cref="GaveUpWaiting"/>, for the audit writer.</summary>
+    internal bool GaveUpWaitingOn(DbException exception) => GaveUpWaiting(exception);
 
     /// <summary>
     /// Called after a statement failed, once its connection is back in the pool: a backend whose
