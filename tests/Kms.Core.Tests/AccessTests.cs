@@ -572,6 +572,28 @@ public sealed class AccessTests : IDisposable
     }
 
     [Fact]
+    public async Task CreateKey_DeleteTenantCommitsWhileTheHsmGenerates_RefusedInTheWrite_NoKeyCreated()
+    {
+        // The tenant check passes; DeleteTenant commits while the HSM generates the material (the
+        // long step: seconds for an RSA pair); the key's write sees the tenant DELETING. Before,
+        // the key was stored ENABLED and the call answered OK, the key left so until the
+        // lifecycle worker's next sweep — for good, had the deletion been cancelled before that.
+        var acme = TenantId.Parse("acme");
+        _harness.FakeHsm!.BeforeGenerate = () =>
+        {
+            _harness.FakeHsm.BeforeGenerate = null;
+            _harness.Access.DeleteTenantAsync(acme, null, default).GetAwaiter().GetResult();
+        };
+
+        var refused = await Assert.ThrowsAsync<KmsException>(() => _harness.CreateKeyAsync("racing", DomainHarness.Acme));
+
+        Assert.Equal((KmsErrorCode.FailedPrecondition, "tenants/acme is being deleted; nothing new can be created in it"), (refused.Code, refused.Message));
+        Assert.Empty(await _harness.Store.ListKeysAsync(acme, null, 10, default));
+        await _harness.Access.CancelTenantDeletionAsync(acme, default);
+        Assert.Empty(await _harness.Store.ListKeysAsync(acme, null, 10, default));
+    }
+
+    [Fact]
     public async Task DeletingTenant_KeysCannotBeRevived_AndTheSweepCatchesAKeyThatEscaped()
     {
         var early = await _harness.CreateKeyAsync("early", DomainHarness.Acme);

@@ -540,5 +540,31 @@ public abstract class AccessStoreContract : KeyStoreLifecycleContract
         Assert.True(await keys.DeleteAliasAsync(alias, null, default));
     }
 
+    [Fact]
+    public async Task Keys_InATenantBeingDeleted_RefusedUnderTheWriteLock_NothingStored()
+    {
+        // KeyService checks the tenant, then the HSM generates the material (seconds for an RSA
+        // pair), then the store writes: this is the write of a CreateKey that passed its check
+        // before DeleteTenant committed. Before, it was stored ENABLED and answered OK, and stayed
+        // so until the lifecycle worker's next sweep (or for good, if the deletion was cancelled first).
+        var store = await AccessAsync();
+        var keys = (IKeyStore)store;
+        var tenant = TenantId.Parse("offboarding");
+        await store.CreateTenantAsync(new Tenant(tenant, "", TenantState.Active, T0), default);
+        await store.UpdateTenantAsync(new Tenant(tenant, "", TenantState.Deleting, T0) { DeleteTime = T0.AddDays(30) }, default);
+        var late = NewKey(tenant, "late");
+
+        var refused = await Assert.ThrowsAsync<KmsException>(() => keys.CreateKeyAsync(late, Material(), null, default));
+
+        Assert.Equal((KmsErrorCode.FailedPrecondition, "tenants/offboarding is being deleted; nothing new can be created in it"), (refused.Code, refused.Message));
+        Assert.Null(await keys.GetKeyAsync(late.Name, default));
+        Assert.Empty(await keys.ListKeysAsync(tenant, null, 10, default));
+
+        // Once the deletion is cancelled (ACTIVE again), keys are created as before.
+        await store.UpdateTenantAsync(new Tenant(tenant, "", TenantState.Active, T0), default);
+        await keys.CreateKeyAsync(late, Material(), null, default);
+        Assert.Equal(Kms.Core.Keys.KeyState.Enabled, (await keys.GetKeyAsync(late.Name, default))!.State);
+    }
+
     private async Task<IAccessStore> AccessAsync() => (IAccessStore)await CreateStoreAsync();
 }

@@ -135,9 +135,9 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     }
 
     /// <summary>
-    /// The lifecycle worker's sweep: keys of DELETING tenants that are not yet going (a key
-    /// created while DeleteTenant ran, or one a DeleteTenant that failed part way did not reach)
-    /// are scheduled for deletion with the waiting period the tenant's deletion asked for.
+    /// The lifecycle worker's sweep: keys of DELETING tenants that are not yet going (one a
+    /// DeleteTenant that failed part way did not reach; a CreateKey racing DeleteTenant is refused
+    /// in its own write) are scheduled for deletion with the waiting period the tenant's deletion asked for.
     /// </summary>
     /// <returns>How many DELETING tenants were swept.</returns>
     public async Task<int> SweepDeletingTenantsAsync(CancellationToken cancellationToken)

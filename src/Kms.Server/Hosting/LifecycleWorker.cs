@@ -6,7 +6,7 @@ namespace Kms.Server.Hosting;
 /// <summary>
 /// The lifecycle's background work, on a timer driven by <see cref="TimeProvider"/> (so tests
 /// control it): scheduled rotations, destructions whose waiting period ended, usage flushes,
-/// keys of offboarded tenants that escaped DeleteTenant (created concurrently); and rotations
+/// keys of offboarded tenants a DeleteTenant that failed part way did not reach; and rotations
 /// of keys whose primary version reached the soft GCM usage bound.
 /// </summary>
 /// <remarks>

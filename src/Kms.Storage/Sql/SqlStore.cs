@@ -204,6 +204,10 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     public Task CreateKeyAsync(Key key, WrappedKeyMaterial primaryMaterial, RequestRecord? request, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
+            // KeyService checks the tenant before the HSM generates the material (seconds for an RSA
+            // pair); a DeleteTenant committing meanwhile is seen here, so no key is created (and
+            // answered OK) in a tenant being offboarded, to be left ENABLED until the sweep.
+            await RefuseInDeletingTenantAsync(connection, transaction, "@tenant", ("@tenant", key.Name.Tenant.Value), cancellationToken);
             await InsertRequestAsync(connection, transaction, request, cancellationToken);
             await InsertAsync(connection, transaction, """
                 INSERT INTO keys (tenant, key_id, purpose, state, primary_version, create_time, labels,

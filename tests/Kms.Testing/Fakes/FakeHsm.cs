@@ -201,9 +201,13 @@ public sealed class FakeHsm : IHsm, IDisposable
 
     public string? UnsupportedReason(ImportMethod method) => UnsupportedImports.GetValueOrDefault(method);
 
+    /// <summary>Runs as each key version's generation starts: a test commits a concurrent write there (the generation is the long step between a call's checks and its write).</summary>
+    public Action? BeforeGenerate { get; set; }
+
     public ValueTask<GeneratedKeyMaterial> GenerateKeyVersionAsync(KeyAlgorithm algorithm, CancellationToken cancellationToken)
     {
         Count("generate");
+        BeforeGenerate?.Invoke();
         if (UnsupportedReason(algorithm) is { } reason)
         {
             throw KmsErrors.FailedPrecondition(reason);

@@ -31,6 +31,7 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
         lock (_lock)
         {
             ThrowIfFailing();
+            RefuseInDeletingTenant(key.Name.Tenant);
             EnsureRequestFree(request);
             if (_keys.ContainsKey(Id(key.Name)))
             {
