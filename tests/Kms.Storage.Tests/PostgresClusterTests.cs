@@ -6,6 +6,7 @@ using Kms.Core.Errors;
 using Kms.Core.Keys;
 using Kms.Core.Names;
 using Kms.Core.Ports;
+using Kms.Core.Services;
 using Kms.Storage.Postgres;
 using Kms.Testing;
 using Microsoft.Extensions.Time.Testing;
@@ -644,6 +645,74 @@ public sealed class PostgresClusterTests : IAsyncLifetime
         var lease = new PostgresLeaderLease(options, time);
         _opened.Add(lease);
         return lease;
+    }
+
+    [Fact]
+    public async Task TwoNodes_KeyLifecycleRaces_NoVersionNumberTwice_OnePrimary_OneScheduledRotationPerPeriod_UsageBoundHeld()
+    {
+        // Two nodes (their own stores, pools, services and clocks) on one database, with no leader
+        // lease: what keeps them right is the store's write lock and the decisions taken under it.
+        var limits = new UsageLimitOptions { SoftBound = 300, HardBound = 500, ReservationBlock = 16 };
+        using var a = new Kms.Testing.Fakes.DomainHarness(await OpenAsync(), limits);
+        using var b = new Kms.Testing.Fakes.DomainHarness(await OpenAsync(), limits);
+        var caller = Kms.Testing.Fakes.DomainHarness.Dev;
+        var nodes = new[] { a, b };
+
+        // RotateKey racing RotateKey on both nodes: consecutive versions, no number twice, the newest primary.
+        var key = await a.CreateKeyAsync("raced");
+        await Task.WhenAll(nodes.SelectMany(node => Enumerable.Range(0, 3).Select(_ => Task.Run(async () =>
+        {
+            for (var i = 0; i < 4; i++)
+            {
+                await node.Keys.RotateKeyAsync(caller, key.Name, null, default);
+            }
+        }))));
+        var versions = (await b.Keys.ListKeyVersionsAsync(caller, key.Name, 100, null, default)).Items;
+        Assert.Equal(Enumerable.Range(1, 25), versions.Select(v => v.Name.Version));
+        Assert.Equal(25, versions.Select(v => v.Id).Distinct().Count());
+        Assert.All(versions, v => Assert.Equal(KeyState.Enabled, v.State));
+        Assert.Equal(25, (await a.Keys.GetKeyAsync(caller, key.Name, default)).Primary.Name.Version);
+
+        // Scheduled rotation due on both nodes at once, each pass run several times: rotated once in the period.
+        var scheduled = await a.CreateKeyAsync("scheduled", rotationPeriod: TimeSpan.FromDays(1));
+        foreach (var node in nodes)
+        {
+            node.Time.Advance(TimeSpan.FromDays(1) + TimeSpan.FromMinutes(1));
+        }
+
+        var passes = await Task.WhenAll(nodes.SelectMany(node => Enumerable.Range(0, 3).Select(_ => Task.Run(() => node.Keys.RotateDueKeysAsync(node.Time.GetUtcNow(), default)))));
+        Assert.Equal(1, passes.Sum());
+        var rotatedOnce = await b.Keys.GetKeyAsync(caller, scheduled.Name, default);
+        Assert.Equal(2, rotatedOnce.Primary.Name.Version);
+        Assert.True(rotatedOnce.NextRotationTime > a.Time.GetUtcNow(), $"next rotation {rotatedOnce.NextRotationTime:O} is due already");
+
+        // Usage: both nodes reserve blocks from one count and encrypt concurrently past the hard
+        // bound: together no more than the bound, and the durable count covers every one.
+        var worn = await a.CreateKeyAsync("worn");
+        var primary = worn.Primary;
+        var taken = 0;
+        await Task.WhenAll(nodes.SelectMany(node => Enumerable.Range(0, 4).Select(_ => Task.Run(async () =>
+        {
+            for (var i = 0; i < 100; i++)
+            {
+                try
+                {
+                    await node.Usage.TakeEncryptionsAsync(primary, 1 + (i % 3), default);
+                    Interlocked.Add(ref taken, 1 + (i % 3));
+                }
+                catch (KmsException e) when (e.Code == KmsErrorCode.FailedPrecondition)
+                {
+                }
+            }
+        }))));
+        var stored = (await a.Store.GetVersionAsync(primary.Name, default))!.Usage.EncryptCount;
+        Assert.InRange(taken, 1, limits.HardBound);
+        Assert.True(stored >= taken, $"durable count {stored} behind the {taken} encryptions taken");
+
+        // Both nodes saw the soft bound and asked for a rotation: one rotation, the second a no-op.
+        var rotations = await Task.WhenAll(nodes.Select(node => Task.Run(() => node.Keys.RotateForUsageAsync(worn.Name, default))));
+        Assert.Equal(1, rotations.Count(done => done));
+        Assert.Equal(2, (await b.Keys.GetKeyAsync(caller, worn.Name, default)).Primary.Name.Version);
     }
 
     private async Task<PostgresStore> OpenAsync(string? connectionString = null, IReadOnlyList<SchemaMigration>? migrations = null)
