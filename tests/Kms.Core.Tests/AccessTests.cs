@@ -594,6 +594,25 @@ public sealed class AccessTests : IDisposable
     }
 
     [Fact]
+    public async Task CancelKeyDeletion_DeleteTenantCommitsBeforeItsWrite_RefusedInTheWrite_KeyStaysScheduled()
+    {
+        // The tenant check passes; DeleteTenant commits while the cancel waits for the write lock.
+        // Before, the cancel brought the key back DISABLED in the tenant being offboarded, until
+        // the next sweep scheduled it again — with a new waiting period, moving its destruction later.
+        var acme = TenantId.Parse("acme");
+        var key = await _harness.CreateKeyAsync("going", DomainHarness.Acme);
+        await _harness.Keys.DisableKeyAsync(DomainHarness.Acme, key.Name, default);
+        var scheduled = await _harness.Keys.ScheduleKeyDeletionAsync(DomainHarness.Acme, key.Name, null, null, default);
+        ((InMemoryStore)_harness.Store).BeforeNextKeyUpdate = () => _harness.Access.DeleteTenantAsync(acme, null, default).GetAwaiter().GetResult();
+
+        var refused = await Assert.ThrowsAsync<KmsException>(() => _harness.Keys.CancelKeyDeletionAsync(DomainHarness.Acme, key.Name, null, default));
+
+        Assert.Equal((KmsErrorCode.FailedPrecondition, "tenants/acme is being deleted; nothing new can be created in it"), (refused.Code, refused.Message));
+        var stored = (await _harness.Store.GetKeyAsync(key.Name, default))!;
+        Assert.Equal((KeyState.DestroyScheduled, scheduled.DestroyTime), (stored.State, stored.DestroyTime));
+    }
+
+    [Fact]
     public async Task DeletingTenant_KeysCannotBeRevived_AndTheSweepCatchesAKeyThatEscaped()
     {
         var early = await _harness.CreateKeyAsync("early", DomainHarness.Acme);

@@ -195,6 +195,13 @@ public sealed record KeyChange(Key Key)
     /// schedules no key of the tenant it gave back.
     /// </summary>
     public bool OnlyWhileTenantDeleting { get; init; }
+
+    /// <summary>
+    /// Refused (FAILED_PRECONDITION, nothing written) while the key's tenant is DELETING, checked
+    /// under the write lock: a <c>CancelKeyDeletion</c> that checked the tenant before a
+    /// <c>DeleteTenant</c> committed does not bring back a key of the tenant being offboarded.
+    /// </summary>
+    public bool RefusedWhileTenantDeleting { get; init; }
 }
 
 /// <summary>A version to add, with its wrapped material.</summary>

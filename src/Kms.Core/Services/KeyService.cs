@@ -339,7 +339,7 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         // held — a call that waited for it past the end is too late.
         var end = await Clock.WaitingEndClockAsync(time, store, lifecycle.ClockJumpAllowance, cancellationToken);
         return (await MutateAsync(caller, name, requestId, fingerprint,
-            current => KeyTransitions.CancelKeyDeletion(current, end()), cancellationToken, CancelKeyDeletionOperation)).Key;
+            current => KeyTransitions.CancelKeyDeletion(current, end()) with { RefusedWhileTenantDeleting = true }, cancellationToken, CancelKeyDeletionOperation)).Key;
     }
 
     /// <summary>DISABLED → ENABLED, for one version.</summary>

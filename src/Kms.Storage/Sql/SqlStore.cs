@@ -725,6 +725,11 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             return (current, false, false);
         }
 
+        if (change.RefusedWhileTenantDeleting && await TenantDeletingAsync(connection, transaction, name.Tenant, cancellationToken))
+        {
+            throw KmsErrors.TenantDeleting(name.Tenant.ResourceName);
+        }
+
         await InsertRequestAsync(connection, transaction, change.Request, cancellationToken);
         if (change.AddedVersion is { } added)
         {

@@ -124,6 +124,11 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
             return current;
         }
 
+        if (change.RefusedWhileTenantDeleting && _tenants.GetValueOrDefault(name.Tenant.Value)?.State == Kms.Core.Access.TenantState.Deleting)
+        {
+            throw KmsErrors.TenantDeleting(name.Tenant.ResourceName);
+        }
+
         ThrowIfFailing();
         EnsureRequestFree(change.Request);
         var versions = _versions[Id(name)];
