@@ -466,6 +466,29 @@ public abstract class AccessStoreContract : KeyStoreLifecycleContract
     }
 
     [Fact]
+    public async Task KeyChange_RefusedWhileTenantDeleting_AppliedWhileActive_RefusedNothingWrittenOnceDeleting()
+    {
+        // A CancelKeyDeletion that checked the tenant before DeleteTenant committed: checked
+        // again under the write lock, refused, the key left as it was.
+        var store = await AccessAsync();
+        var keys = (IKeyStore)store;
+        var tenant = TenantId.Parse("leaving");
+        await store.CreateTenantAsync(new Tenant(tenant, "", TenantState.Active, T0), default);
+        var first = NewKey(tenant, "first");
+        var second = NewKey(tenant, "second");
+        await keys.CreateKeyAsync(first, Material(), null, default);
+        await keys.CreateKeyAsync(second, Material(), null, default);
+        KeyChange Disable(KeyWithVersions current) => new(current.Key with { State = Kms.Core.Keys.KeyState.Disabled }) { RefusedWhileTenantDeleting = true };
+
+        Assert.Equal(Kms.Core.Keys.KeyState.Disabled, (await keys.UpdateKeyAsync(first.Name, Disable, default))!.Key.State);
+
+        await store.UpdateTenantAsync(new Tenant(tenant, "", TenantState.Deleting, T0) { DeleteTime = T0 }, default);
+        var refused = await Assert.ThrowsAsync<KmsException>(() => keys.UpdateKeyAsync(second.Name, Disable, default));
+        Assert.Equal((KmsErrorCode.FailedPrecondition, "tenants/leaving is being deleted; nothing new can be created in it"), (refused.Code, refused.Message));
+        Assert.Equal(Kms.Core.Keys.KeyState.Enabled, (await keys.GetKeyAsync(second.Name, default))!.State);
+    }
+
+    [Fact]
     public async Task PrincipalsTokensAndRoleBindings_InATenantBeingDeleted_RefusedUnderTheWriteLock_NothingStored()
     {
         // The services check the tenant before they write; these are the writes of callers that
