@@ -128,20 +128,126 @@ public sealed class BlindIndex
     public async Task<string> ComputeAsync(string value, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(value);
-        int length;
+        var length = Utf8Length(value, nameof(value));
+        var input = Input(length, nameof(value));
+        StrictUtf8.GetBytes(value, input.AsSpan(_prefix.Length));
+        return await MacAsync(input, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The beacons of <paramref name="values"/>, in order: BatchGenerateMac calls of up to 1,000
+    /// values (and 4 MiB of MAC input) each, made one after the other, instead of a GenerateMac
+    /// call per value. Each value's beacon is the one <see cref="ComputeAsync(ReadOnlyMemory{byte}, CancellationToken)"/> gives.
+    /// </summary>
+    /// <remarks>
+    /// Every value's length is checked before the first call. Each answer is checked as a single
+    /// call's is (each MAC by this index's key version, 32 bytes) and, beyond it, one result per
+    /// value, result i answering value i; an item the KMS refused fails the whole call. Each call's
+    /// buffers, which hold the values, are zeroed when it ends. A failure after the first call
+    /// loses the beacons already computed: for a table, call this per slice of rows.
+    /// </remarks>
+    /// <exception cref="ArgumentException">A value is longer than <see cref="MaxValueBytes"/>.</exception>
+    /// <exception cref="InvalidOperationException">The KMS answered wrongly: not one result per value in order, a MAC that is not 32 bytes, or one by another key version.</exception>
+    /// <exception cref="Grpc.Core.RpcException">The KMS refused the call, or a value (its status, naming the value's position only).</exception>
+    public async Task<IReadOnlyList<string>> ComputeManyAsync(IReadOnlyList<ReadOnlyMemory<byte>> values, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(values);
+        var lengths = new int[values.Count];
+        for (var i = 0; i < values.Count; i++)
+        {
+            lengths[i] = CheckedLength(values[i].Length, nameof(values));
+        }
+
+        return await ManyAsync(lengths, (i, input) => values[i].Span.CopyTo(input.AsSpan(_prefix.Length)), cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>The beacons of <paramref name="values"/>' UTF-8 encodings, as they are (normalise them first), in order: see the other overload.</summary>
+    /// <exception cref="ArgumentException">A value holds a lone surrogate, or is longer than <see cref="MaxValueBytes"/> encoded.</exception>
+    /// <exception cref="InvalidOperationException">The KMS answered wrongly (see the other overload).</exception>
+    /// <exception cref="Grpc.Core.RpcException">The KMS refused the call, or a value.</exception>
+    public async Task<IReadOnlyList<string>> ComputeManyAsync(IReadOnlyList<string> values, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(values);
+        var lengths = new int[values.Count];
+        for (var i = 0; i < values.Count; i++)
+        {
+            ArgumentNullException.ThrowIfNull(values[i], nameof(values));
+            lengths[i] = CheckedLength(Utf8Length(values[i], nameof(values)), nameof(values));
+        }
+
+        return await ManyAsync(lengths, (i, input) => StrictUtf8.GetBytes(values[i], input.AsSpan(_prefix.Length)), cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The beacons of values of <paramref name="lengths"/> (checked), which <paramref name="fill"/>
+    /// writes after the prefix: one BatchGenerateMac per chunk of the server's limits.
+    /// </summary>
+    private async Task<IReadOnlyList<string>> ManyAsync(int[] lengths, Action<int, byte[]> fill, CancellationToken cancellationToken)
+    {
+        var beacons = new List<string>(lengths.Length);
+        var start = 0;
+        while (start < lengths.Length)
+        {
+            var end = start;
+            long bytes = 0;
+            while (end < lengths.Length && end - start < Limits.MaxBatchItems && bytes + _prefix.Length + lengths[end] <= Limits.MaxBatchBytes)
+            {
+                bytes += _prefix.Length + lengths[end];
+                end++;
+            }
+
+            var request = new BatchGenerateMacRequest();
+            var inputs = new List<byte[]>(end - start);
+            BatchGenerateMacResponse answer;
+            try
+            {
+                for (var i = start; i < end; i++)
+                {
+                    var input = Input(lengths[i], "values");
+                    inputs.Add(input);
+                    fill(i, input);
+                    request.Requests.Add(new GenerateMacRequest { Name = KeyVersionName, Data = UnsafeByteOperations.UnsafeWrap(input) });
+                }
+
+                // The typed call refuses an answer that is not one result per request, result i answering request i.
+                answer = await _client.BatchGenerateMacAsync(request, cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                foreach (var input in inputs)
+                {
+                    CryptographicOperations.ZeroMemory(input);
+                }
+            }
+
+            for (var j = 0; j < answer.Results.Count; j++)
+            {
+                var result = answer.Results[j];
+                if (result.Status is { Code: not 0 } status)
+                {
+                    throw new Grpc.Core.RpcException(new Grpc.Core.Status((Grpc.Core.StatusCode)status.Code, $"value {start + j}: {KmsErrors.Printable(status.Message)}"));
+                }
+
+                beacons.Add(Beacon(result.Response ?? throw new InvalidOperationException($"the KMS answered BatchGenerateMac for value {start + j} with neither a MAC nor an error")));
+            }
+
+            start = end;
+        }
+
+        return beacons;
+    }
+
+    private static int Utf8Length(string value, string parameterName)
+    {
         try
         {
-            length = StrictUtf8.GetByteCount(value);
+            return StrictUtf8.GetByteCount(value);
         }
         catch (EncoderFallbackException)
         {
             // The fallback's message quotes the surrogate and its place: part of the value.
-            throw new ArgumentException("the value holds a lone surrogate and has no UTF-8 encoding", nameof(value));
+            throw new ArgumentException("the value holds a lone surrogate and has no UTF-8 encoding", parameterName);
         }
-
-        var input = Input(length, nameof(value));
-        StrictUtf8.GetBytes(value, input.AsSpan(_prefix.Length));
-        return await MacAsync(input, cancellationToken).ConfigureAwait(false);
     }
 
     private static byte[] ValidIndexName(string indexName)
@@ -164,14 +270,14 @@ public sealed class BlindIndex
         return bytes;
     }
 
+    private int CheckedLength(int valueLength, string parameterName) => valueLength <= MaxValueBytes
+        ? valueLength
+        : throw new ArgumentException($"the value is {valueLength} bytes; this index takes at most {MaxValueBytes} (the KMS MACs at most {Limits.MaxEncryptPlaintextBytes} bytes, prefix included)", parameterName);
+
     /// <summary>A pinned buffer holding the prefix, with room for a value of <paramref name="valueLength"/> bytes.</summary>
     private byte[] Input(int valueLength, string parameterName)
     {
-        if (valueLength > MaxValueBytes)
-        {
-            throw new ArgumentException($"the value is {valueLength} bytes; this index takes at most {MaxValueBytes} (the KMS MACs at most {Limits.MaxEncryptPlaintextBytes} bytes, prefix included)", parameterName);
-        }
-
+        CheckedLength(valueLength, parameterName);
         var input = GC.AllocateUninitializedArray<byte>(_prefix.Length + valueLength, pinned: true);
         _prefix.CopyTo(input, 0);
         return input;
@@ -192,6 +298,12 @@ public sealed class BlindIndex
             CryptographicOperations.ZeroMemory(input);
         }
 
+        return Beacon(answer);
+    }
+
+    /// <summary>The beacon from the KMS's answer, checked: by this index's key version, and 32 bytes.</summary>
+    private string Beacon(GenerateMacResponse answer)
+    {
         // An answer for another version would put beacons nobody can find again in the index
         // (or find rows by another key's beacons); one of another length is no HMAC-SHA256.
         if (!string.Equals(answer.KeyVersion, KeyVersionName, StringComparison.Ordinal))

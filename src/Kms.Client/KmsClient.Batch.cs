@@ -53,6 +53,16 @@ public sealed partial class KmsClient
         return response;
     }
 
+    /// <summary>GenerateMac for up to 1,000 items (4 MiB of data in all).</summary>
+    /// <exception cref="InvalidOperationException">The answer is not one result per request, result i answering request i (<c>Index</c>).</exception>
+    public async Task<BatchGenerateMacResponse> BatchGenerateMacAsync(BatchGenerateMacRequest request, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var response = await _stub.BatchGenerateMacAsync(request, Options(cancellationToken)).ConfigureAwait(false);
+        ThrowIfMisordered("BatchGenerateMac", request.Requests.Count, response.Results, static r => r.Index, onRefusal: null);
+        return response;
+    }
+
     /// <summary>
     /// Returns when the answer is one result per request, result i naming request i (its index);
     /// otherwise runs <paramref name="onRefusal"/> on every result and throws, naming counts and

@@ -128,6 +128,24 @@ public sealed partial class Pkcs11Hsm
     }
 
     /// <inheritdoc />
+    public async ValueTask<byte[][]> ComputeMacManyAsync(KeyMaterialRef key, KeyAlgorithm algorithm, IReadOnlyList<byte[]> inputs, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        ArgumentNullException.ThrowIfNull(inputs);
+        var spec = RequirePurpose(algorithm, KeyPurpose.Mac);
+        return await WithKeyAsync("mac", key, HandleKindOf(spec), (session, handle) =>
+        {
+            var results = new byte[inputs.Count][];
+            for (var i = 0; i < inputs.Count; i++)
+            {
+                results[i] = Mac(session, handle, spec, inputs[i]);
+            }
+
+            return results;
+        }, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <inheritdoc />
     /// <remarks>The private key can only unwrap, with CKM_RSA_PKCS_OAEP; it is a key version like any other (wrapped under the domain key).</remarks>
     public ValueTask<GeneratedKeyMaterial> GenerateImportWrappingKeyAsync(ImportMethod method, CancellationToken cancellationToken)
     {

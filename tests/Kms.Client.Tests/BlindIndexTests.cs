@@ -336,6 +336,118 @@ public sealed class BlindIndexTests(ClientServerFixture fixture) : IClassFixture
         Assert.Contains(caught, e => e is RpcException { StatusCode: StatusCode.FailedPrecondition });
     }
 
+    /// <summary>
+    /// ComputeManyAsync: each beacon is the single call's, in order, in BatchGenerateMac calls of
+    /// at most 1,000 values and 4 MiB of MAC input.
+    /// </summary>
+    [Fact]
+    public async Task ComputeMany_EachBeaconTheSingleCalls_InOrder_ChunkedAtTheServersItemLimit()
+    {
+        using var plain = fixture.Server.CreateClient();
+        var version = await MacVersionAsync(plain);
+        var calls = new BatchMacCalls();
+        using var client = Client(calls);
+        var index = new BlindIndex(client, version, "users.email", 64);
+        var values = Enumerable.Range(0, 1205).Select(i => $"user{i}@example.com").ToList();
+
+        var beacons = await index.ComputeManyAsync(values);
+
+        Assert.Equal([1000, 205], calls.Items);
+        Assert.Equal(values.Count, beacons.Count);
+        Assert.Equal(values.Count, beacons.Distinct().Count());
+        foreach (var i in new[] { 0, 1, 999, 1000, 1204 })
+        {
+            Assert.Equal(await new BlindIndex(plain, version, "users.email", 64).ComputeAsync(values[i]), beacons[i]);
+        }
+
+        Assert.Equal(beacons.Take(3), await index.ComputeManyAsync(values.Take(3).Select(v => (ReadOnlyMemory<byte>)Encoding.UTF8.GetBytes(v)).ToList()));
+        Assert.Empty(await index.ComputeManyAsync(Array.Empty<string>()));
+    }
+
+    [Fact]
+    public async Task ComputeMany_LongValues_ChunkedAtTheServersByteLimit()
+    {
+        using var plain = fixture.Server.CreateClient();
+        var version = await MacVersionAsync(plain);
+        var calls = new BatchMacCalls();
+        using var client = Client(calls);
+        var index = new BlindIndex(client, version, "users.photo", 16);
+        var values = Enumerable.Range(0, 70).Select(i => (ReadOnlyMemory<byte>)Enumerable.Repeat((byte)i, index.MaxValueBytes).ToArray()).ToList();
+
+        var beacons = await index.ComputeManyAsync(values);
+
+        // Each MAC input is 64 KiB: 64 of them are the 4 MiB one call takes.
+        Assert.Equal([64, 6], calls.Items);
+        Assert.Equal(await index.ComputeAsync(values[69]), beacons[69]);
+        Assert.Equal(await index.ComputeAsync(values[0]), beacons[0]);
+    }
+
+    /// <summary>Each check on the batch answer, seen to fail: a KMS that answers wrongly is refused, not believed.</summary>
+    [Theory]
+    [InlineData("swapped", "result 0 answers request 1")]
+    [InlineData("one short", "2 results for 3 requests")]
+    [InlineData("short mac", "31-byte MAC")]
+    [InlineData("other version", "the KMS answered for tenants/dev/keys/elsewhere/versions/1")]
+    [InlineData("no response", "neither a MAC nor an error")]
+    public async Task ComputeMany_WrongAnswer_Refused(string mutation, string expected)
+    {
+        using var plain = fixture.Server.CreateClient();
+        var version = await MacVersionAsync(plain);
+        using var client = Client(new BatchMacAnswers(answer =>
+        {
+            switch (mutation)
+            {
+                case "swapped":
+                    (answer.Results[0], answer.Results[1]) = (answer.Results[1], answer.Results[0]);
+                    break;
+                case "one short":
+                    answer.Results.RemoveAt(2);
+                    break;
+                case "short mac":
+                    answer.Results[1].Response.Mac = ByteString.CopyFrom(new byte[31]);
+                    break;
+                case "other version":
+                    answer.Results[1].Response.KeyVersion = "tenants/dev/keys/elsewhere/versions/1";
+                    break;
+                default:
+                    answer.Results[1].Response = null;
+                    break;
+            }
+        }));
+        var index = new BlindIndex(client, version, "users.email", 32);
+
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => index.ComputeManyAsync(["a@example.com", "b@example.com", "c@example.com"]));
+
+        Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+        Assert.Equal(3, (await new BlindIndex(plain, version, "users.email", 32).ComputeManyAsync(["a@example.com", "b@example.com", "c@example.com"])).Count);
+    }
+
+    /// <summary>An item the KMS refuses fails the call with its status; every buffer that held a value is zeroed, answered or refused.</summary>
+    [Fact]
+    public async Task ComputeMany_ItemRefused_ThrowsItsStatus_EveryBufferZeroed_TooLongRefusedBeforeAnyCall()
+    {
+        using var plain = fixture.Server.CreateClient();
+        var version = await MacVersionAsync(plain);
+        var aes = (await plain.CreateKeyAsync("tenants/dev", $"bi-aes-{Guid.NewGuid():N}"[..20])).Primary.Name;
+        var calls = new BatchMacCalls();
+        using var client = Client(calls);
+
+        await new BlindIndex(client, version, "users.email", 16).ComputeManyAsync([Canary, Canary + "2"]);
+        var refused = await Assert.ThrowsAsync<RpcException>(() => new BlindIndex(client, aes, "users.email", 16).ComputeManyAsync([Canary]));
+        Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
+        Assert.StartsWith("value 0: ", refused.Status.Detail, StringComparison.Ordinal);
+        Assert.Contains("not MAC", refused.Status.Detail, StringComparison.Ordinal);
+
+        Assert.Equal(3, calls.Data.Count);
+        Assert.All(calls.Data, data => Assert.False(data.Span.ContainsAnyExcept((byte)0), "a MAC input was not zeroed"));
+
+        var index = new BlindIndex(client, version, "users.email", 16);
+        var tooLong = await Assert.ThrowsAsync<ArgumentException>(() => index.ComputeManyAsync(["ok", new string('x', index.MaxValueBytes + 1)]));
+        Assert.Equal("values", tooLong.ParamName);
+        await Assert.ThrowsAsync<ArgumentException>(() => index.ComputeManyAsync(["ok", "\ud800"]));
+        Assert.Equal(2, calls.Items.Count);
+    }
+
     /// <summary>"kms blind index v1" ‖ bits (u16 BE) ‖ name length (u16 BE) ‖ name ‖ value, as docs/client.md gives it.</summary>
     private static byte[] Layout(string indexName, int bits, ReadOnlySpan<byte> value)
     {
@@ -387,6 +499,52 @@ public sealed class BlindIndexTests(ClientServerFixture fixture) : IClassFixture
             }
 
             return continuation(request, context);
+        }
+    }
+
+    /// <summary>Counts the items of each BatchGenerateMac call and keeps their data (the SDK's own buffers).</summary>
+    private sealed class BatchMacCalls : Interceptor
+    {
+        public List<int> Items { get; } = [];
+
+        public List<ReadOnlyMemory<byte>> Data { get; } = [];
+
+        public override AsyncUnaryCall<TResponse> AsyncUnaryCall<TRequest, TResponse>(
+            TRequest request,
+            ClientInterceptorContext<TRequest, TResponse> context,
+            AsyncUnaryCallContinuation<TRequest, TResponse> continuation)
+        {
+            if (request is BatchGenerateMacRequest batch)
+            {
+                Items.Add(batch.Requests.Count);
+                Data.AddRange(batch.Requests.Select(r => r.Data.Memory));
+            }
+
+            return continuation(request, context);
+        }
+    }
+
+    /// <summary>Changes the real server's BatchGenerateMac answers as <paramref name="change"/> says.</summary>
+    private sealed class BatchMacAnswers(Action<BatchGenerateMacResponse> change) : Interceptor
+    {
+        public override AsyncUnaryCall<TResponse> AsyncUnaryCall<TRequest, TResponse>(
+            TRequest request,
+            ClientInterceptorContext<TRequest, TResponse> context,
+            AsyncUnaryCallContinuation<TRequest, TResponse> continuation)
+        {
+            var call = continuation(request, context);
+            return new AsyncUnaryCall<TResponse>(ChangeAsync(call.ResponseAsync), call.ResponseHeadersAsync, call.GetStatus, call.GetTrailers, call.Dispose);
+        }
+
+        private async Task<TResponse> ChangeAsync<TResponse>(Task<TResponse> answer)
+        {
+            var response = await answer;
+            if (response is BatchGenerateMacResponse batch)
+            {
+                change(batch);
+            }
+
+            return response;
         }
     }
 

@@ -131,6 +131,48 @@ public sealed class SigningServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task BatchGenerateMac_OneHsmCallPerKeyVersionAndHundredItems_EachMacItsSingleCalls()
+    {
+        var first = await _domain.CreateKeyAsync("mac-a", KeyAlgorithm.HmacSha256);
+        var second = await _domain.CreateKeyAsync("mac-b", KeyAlgorithm.HmacSha512);
+        var items = Enumerable.Range(0, 251).Select(i => new BatchMacItem(i == 250 ? second.Primary.Name.ToString() : first.Name.ToString(), [(byte)i, 7])).ToList();
+        _domain.FakeHsm!.Calls.Clear();
+
+        var results = await Signing.BatchGenerateMacAsync(Dev, items, default);
+
+        // 250 items under one version: three calls (100, 100, 50); the other version's one: one call.
+        Assert.Equal((4, 251), (_domain.FakeHsm.Calls["mac-many"], _domain.FakeHsm.Calls["mac"]));
+        for (var i = 0; i < items.Count; i++)
+        {
+            var single = await Signing.GenerateMacAsync(Dev, items[i].Name!, items[i].Data!, default);
+            Assert.Equal((single.KeyVersion, Convert.ToHexString(single.Mac)), (results[i].Value!.KeyVersion, Convert.ToHexString(results[i].Value!.Mac)));
+        }
+    }
+
+    [Fact]
+    public async Task BatchGenerateMac_HsmAnswersOneShort_EveryItemOfThatCallAnInternalError()
+    {
+        var key = await _domain.CreateKeyAsync("mac", KeyAlgorithm.HmacSha256);
+        _domain.FakeHsm!.ManyAnswersOneShort = true;
+
+        var results = await Signing.BatchGenerateMacAsync(Dev, Enumerable.Range(0, 3).Select(i => new BatchMacItem(key.Name.ToString(), [(byte)i])).ToList(), default);
+
+        Assert.All(results, result => Assert.Equal(KmsErrorCode.Internal, result.Error!.Code));
+    }
+
+    [Fact]
+    public async Task BatchGenerateMac_ItemsThatFailTheirChecks_NeverReachTheHsm()
+    {
+        var key = await _domain.CreateKeyAsync("mac", KeyAlgorithm.HmacSha256);
+        _domain.FakeHsm!.Calls.Clear();
+
+        var results = await Signing.BatchGenerateMacAsync(Dev, [new BatchMacItem("tenants/dev/keys/missing", [1]), new BatchMacItem(key.Name.ToString(), new byte[SigningService.MaxMessageBytes + 1])], default);
+
+        Assert.Equal([KmsErrorCode.NotFound, KmsErrorCode.InvalidArgument], results.Select(r => r.Error!.Code));
+        Assert.False(_domain.FakeHsm.Calls.ContainsKey("mac-many"));
+    }
+
+    [Fact]
     public async Task Mac_GenerateThenVerify_OneBitChangeInMacOrDataFails()
     {
         var key = await _domain.CreateKeyAsync("mac", KeyAlgorithm.HmacSha256);

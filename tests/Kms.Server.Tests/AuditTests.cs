@@ -387,6 +387,45 @@ public sealed class AuditTests : IAsyncLifetime
         Assert.All(events, e => Assert.Equal("NOT_FOUND", e.Outcome));
     }
 
+    /// <summary>
+    /// One event for a BatchGenerateMac, as for the other batches (no resource: its items name
+    /// their own; its outcome the call's); its items a key policy refuses count towards the refusals alert as
+    /// single calls would, its items count towards the volume; the data is in none of it.
+    /// </summary>
+    [Fact]
+    public async Task BatchGenerateMac_OneEvent_ItemsAKeyPolicyRefuses_RaiseTheRefusalsAlert_DataNowhere()
+    {
+        var value = "CANARY-BATCH-MAC-VALUE-4d2e";
+        var open = await _developer.CreateKeyAsync("tenants/dev", "batch-mac", KeyPurpose.Mac);
+        var refused = await _developer.CreateKeyAsync("tenants/dev", "batch-mac-refused", KeyPurpose.Mac);
+        await _server.CreatePrincipalWithTokenAsync("someone-else", "dev", "key-user");
+        await _developer.Raw.SetKeyPolicyAsync(new SetKeyPolicyRequest
+        {
+            Name = refused.Name,
+            Entries = { new KeyPolicyEntry { Principal = "token:someone-else", Operations = { "SIGN" } } },
+        });
+        var request = new BatchGenerateMacRequest();
+        request.Requests.Add(new GenerateMacRequest { Name = open.Name, Data = Google.Protobuf.ByteString.CopyFromUtf8(value) });
+        request.Requests.AddRange(Enumerable.Range(0, 20).Select(_ => new GenerateMacRequest { Name = refused.Name, Data = Google.Protobuf.ByteString.CopyFromUtf8(value) }));
+
+        var response = await _developer.BatchGenerateMacAsync(request);
+
+        Assert.Equal(0, response.Results[0].Status.Code);
+        Assert.All(response.Results.Skip(1), r => Assert.Equal((int)StatusCode.PermissionDenied, r.Status.Code));
+        Assert.Contains("security alert refusals: token:developer reached 20", _server.Logs.AllText, StringComparison.Ordinal);
+        var batch = Assert.Single(await EventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", Operation = "BatchGenerateMac" }));
+        Assert.Equal(("OK", "", "token:developer"), (batch.Outcome, batch.Resource, batch.Principal));
+        var export = await ExportAsync();
+        Assert.Contains("BatchGenerateMac", export, StringComparison.Ordinal);
+        foreach (var place in new[] { export, _server.Logs.AllText })
+        {
+            foreach (var form in Forms(Encoding.UTF8.GetBytes(value)))
+            {
+                Assert.False(Encoding.UTF8.GetBytes(place).AsSpan().IndexOf(form) >= 0, "the MAC'd data was found");
+            }
+        }
+    }
+
     [Fact]
     public async Task BatchEncrypt_WhoseItemsNameAnotherTenantsKeys_RaisesTheRefusalsAlert()
     {

@@ -134,6 +134,7 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
         new(Keys + "AsymmetricDecrypt", MatrixTarget.Tenant, [KeyUser], c => Msg(new AsymmetricDecryptRequest { Name = c.Fixture.DecryptKeyName, Ciphertext = c.Fixture.RsaCiphertext })),
         new(Keys + "GenerateMac", MatrixTarget.Tenant, [KeyUser], c => Msg(new GenerateMacRequest { Name = c.Fixture.MacKeyName, Data = ByteString.CopyFromUtf8("matrix") })),
         new(Keys + "VerifyMac", MatrixTarget.Tenant, [KeyUser], c => Msg(new VerifyMacRequest { Name = c.Fixture.MacKeyName, Data = ByteString.CopyFromUtf8("matrix"), Mac = c.Fixture.Mac })),
+        new(Keys + "BatchGenerateMac", MatrixTarget.Own, [KeyUser], c => Msg(new BatchGenerateMacRequest { Requests = { new GenerateMacRequest { Name = c.Fixture.MacKeyName, Data = ByteString.CopyFromUtf8("matrix") } } }), OtherTenantAllowed: StatusCode.OK),
 
         // BYOK and provenance statements.
         new(Keys + "CreateImportJob", MatrixTarget.Tenant, [KeyImporter], c => Msg(new CreateImportJobRequest

@@ -104,7 +104,7 @@ public enum KeyOperations
     /// <summary>Decrypt, ReEncrypt out of this key, AsymmetricDecrypt; GetPublicKey of an ASYMMETRIC_DECRYPT key.</summary>
     Decrypt = 2,
 
-    /// <summary>Sign, GenerateMac.</summary>
+    /// <summary>Sign, GenerateMac, BatchGenerateMac.</summary>
     Sign = 4,
 
     /// <summary>Verify, VerifyMac, GetPublicKey (of an ASYMMETRIC_DECRYPT key too, as before ENCRYPT and DECRYPT did).</summary>

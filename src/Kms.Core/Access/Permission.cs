@@ -37,7 +37,7 @@ public enum Permission
     /// <summary>kms.crypto.decrypt: Decrypt, the decrypting half of ReEncrypt, their batches, AsymmetricDecrypt.</summary>
     CryptoDecrypt,
 
-    /// <summary>kms.crypto.sign: Sign, GenerateMac.</summary>
+    /// <summary>kms.crypto.sign: Sign, GenerateMac, BatchGenerateMac.</summary>
     CryptoSign,
 
     /// <summary>kms.crypto.verify: Verify, VerifyMac, GetPublicKey.</summary>

@@ -205,6 +205,24 @@ public interface IHsm
     ValueTask<byte[]> ComputeMacAsync(KeyMaterialRef key, KeyAlgorithm algorithm, byte[] data, CancellationToken cancellationToken);
 
     /// <summary>
+    /// <see cref="ComputeMacAsync"/> for each input under one MAC key version, in order. An HSM
+    /// adapter does them in one go (one session, one key handle, one trip to the HSM's thread);
+    /// either every MAC is computed or the call fails.
+    /// </summary>
+    /// <returns>For each input, its MAC.</returns>
+    async ValueTask<byte[][]> ComputeMacManyAsync(KeyMaterialRef key, KeyAlgorithm algorithm, IReadOnlyList<byte[]> inputs, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(inputs);
+        var results = new byte[inputs.Count][];
+        for (var i = 0; i < inputs.Count; i++)
+        {
+            results[i] = await ComputeMacAsync(key, algorithm, inputs[i], cancellationToken);
+        }
+
+        return results;
+    }
+
+    /// <summary>
     /// Generates the RSA key pair of a BYOK import job inside the HSM: the private key (unwrap
     /// only, for <paramref name="method"/>) wrapped under the domain key, and the public key
     /// callers wrap their key material for.

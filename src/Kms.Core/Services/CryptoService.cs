@@ -165,7 +165,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
 
     // Each item's checks, in order: an item that fails them gets its error as its result, the
     // others are added to `admitted` (as they pass, so a caller's cleanup sees every one of them).
-    private static async Task AdmitEachAsync<TItem, TAdmitted, TResult>(IReadOnlyList<TItem> items, ItemResult<TResult>[] results, List<TAdmitted> admitted, Func<TItem, int, Task<TAdmitted>> check)
+    internal static async Task AdmitEachAsync<TItem, TAdmitted, TResult>(IReadOnlyList<TItem> items, ItemResult<TResult>[] results, List<TAdmitted> admitted, Func<TItem, int, Task<TAdmitted>> check)
         where TResult : class
     {
         for (var i = 0; i < items.Count; i++)
@@ -447,7 +447,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     }
 
     // At ~10 µs per encryption on SoftHSM a chunk is ~1 ms; at 5–10 ms on a network HSM, under a second.
-    private const int HsmChunk = 100;
+    internal const int HsmChunk = 100;
 
     // A batch item that passed its checks and took its usage, waiting to be sealed.
     private sealed record AdmittedItem(int Index, KeyVersionMaterial Primary, EncryptionContext Context, byte[] Iv, byte[] Plaintext);
@@ -593,7 +593,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         }
     }
 
-    private static void ValidateBatch<T>(IReadOnlyList<T> items, long totalBytes, string what)
+    internal static void ValidateBatch<T>(IReadOnlyList<T> items, long totalBytes, string what)
     {
         if (items.Count is 0 or > Limits.MaxBatchItems)
         {
@@ -606,7 +606,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         }
     }
 
-    private static string Field(int index, string field) => $"requests[{index}].{field}";
+    internal static string Field(int index, string field) => $"requests[{index}].{field}";
 
     // A batch cut short by an unexpected failure zeroes the secrets it had already produced.
     private static void DisposeAll<T>(ItemResult<T>?[] results)

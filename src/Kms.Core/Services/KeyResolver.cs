@@ -25,17 +25,21 @@ public sealed class KeyResolver(IKeyStore store)
     /// version, or a key or alias (meaning its primary version), with its key and material.
     /// </summary>
     /// <exception cref="KmsException">InvalidArgument for a malformed name; NotFound, also outside the caller's tenant.</exception>
-    public async Task<KeyVersionMaterial> ResolveVersionAsync(Caller caller, string? name, CancellationToken cancellationToken)
+    /// <param name="caller">Who asks.</param>
+    /// <param name="name">What the caller named.</param>
+    /// <param name="cancellationToken">Cancels the lookups.</param>
+    /// <param name="field">The request field a malformed name is reported as (a batch item's: <c>requests[i].name</c>).</param>
+    public async Task<KeyVersionMaterial> ResolveVersionAsync(Caller caller, string? name, CancellationToken cancellationToken, string field = "name")
     {
         if (ResourceSegments.Is(name, ResourceSegments.KeyCollection, "versions"))
         {
-            var versionName = KeyVersionName.Parse(name, "name");
+            var versionName = KeyVersionName.Parse(name, field);
             caller.EnsureSameTenant(versionName.Key.Tenant, name);
             var version = await store.GetVersionAsync(versionName, cancellationToken) ?? throw KmsErrors.NotFound(name);
             return await store.FindVersionMaterialAsync(versionName.Key.Tenant, version.Id, cancellationToken) ?? throw KmsErrors.NotFound(name);
         }
 
-        var reference = KeyReference.Parse(name, "name");
+        var reference = KeyReference.Parse(name, field);
         var keyName = await ResolveAsync(caller, reference, cancellationToken);
         return await store.GetPrimaryMaterialAsync(keyName, cancellationToken) ?? throw KmsErrors.NotFound(reference.ToString());
     }

@@ -9,7 +9,7 @@ using Kms.Core.Ports;
 namespace Kms.Core.Services;
 
 /// <summary>
-/// Sign, Verify, GetPublicKey, AsymmetricDecrypt, GenerateMac and VerifyMac: crypto with
+/// Sign, Verify, GetPublicKey, AsymmetricDecrypt, GenerateMac (and its batch) and VerifyMac: crypto with
 /// SIGN_VERIFY, ASYMMETRIC_DECRYPT and MAC keys. Private and secret halves are used only in
 /// the HSM; verification uses the stored public key (.NET crypto), MAC verification recomputes
 /// the MAC in the HSM and compares in constant time.
@@ -127,6 +127,59 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
         return new MacResult(mac, found.Version.Name);
     }
 
+    /// <summary>
+    /// GenerateMac for each item; an item's failure is its own, with the status its single call
+    /// would have had. Each item's checks come first, in order (its data's length; its name,
+    /// each distinct name resolved once; the key's policy, purpose and states); then the items
+    /// under one key version go to the HSM together, one call per <see cref="CryptoService.HsmChunk"/>
+    /// items (one session, one key handle); a call's failure is each of its items' failure.
+    /// </summary>
+    /// <exception cref="KmsException">InvalidArgument: no items, more than <see cref="Limits.MaxBatchItems"/>, or more than <see cref="Limits.MaxBatchBytes"/> of data in all.</exception>
+    public async Task<IReadOnlyList<ItemResult<MacResult>>> BatchGenerateMacAsync(Caller caller, IReadOnlyList<BatchMacItem> items, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(items);
+        CryptoService.ValidateBatch(items, items.Sum(i => (long)(i.Data?.Length ?? 0)), "data");
+        var resolved = new Dictionary<string, KeyVersionMaterial>(StringComparer.Ordinal);
+        var results = new ItemResult<MacResult>[items.Count];
+        var admitted = new List<AdmittedMac>(items.Count);
+        await CryptoService.AdmitEachAsync(items, results, admitted, async (item, index) =>
+        {
+            var data = item.Data ?? [];
+            ValidateData(data, CryptoService.Field(index, "data"));
+            var name = item.Name ?? "";
+            if (!resolved.TryGetValue(name, out var found))
+            {
+                found = await _resolver.ResolveVersionAsync(caller, name, cancellationToken, CryptoService.Field(index, "name"));
+                resolved[name] = found;
+            }
+
+            await CheckAsync(caller, found, name, KeyPurpose.Mac, KeyOperations.Sign, cancellationToken);
+            _ = hsm.For(found.Key.Residency);
+            return new AdmittedMac(index, found, data);
+        });
+
+        foreach (var group in admitted.GroupBy(item => item.Found.Version.Id).SelectMany(group => group.Chunk(CryptoService.HsmChunk)))
+        {
+            var found = group[0].Found;
+            var macs = await ItemResult.RunAsync(async () => await hsm.For(found.Key.Residency).ComputeMacManyAsync(
+                Ref(found), found.Version.Algorithm, [.. group.Select(item => item.Data)], cancellationToken));
+            var error = macs.Error ?? (macs.Value!.Length != group.Length || macs.Value.Any(mac => mac is null)
+                ? KmsErrors.Internal($"the HSM answered {macs.Value.Count(mac => mac is not null)} MACs for {group.Length}")
+                : null);
+            for (var j = 0; j < group.Length; j++)
+            {
+                results[group[j].Index] = error is null
+                    ? new ItemResult<MacResult>(new MacResult(macs.Value![j], found.Version.Name), null)
+                    : new ItemResult<MacResult>(null, error);
+            }
+        }
+
+        return results;
+    }
+
+    // A BatchGenerateMac item that passed its checks, waiting for the HSM.
+    private sealed record AdmittedMac(int Index, KeyVersionMaterial Found, byte[] Data);
+
     /// <summary>Whether <paramref name="mac"/> is the version's MAC of <paramref name="data"/>; compared in constant time.</summary>
     public async Task<VerifyResult> VerifyMacAsync(Caller caller, string name, byte[] data, byte[] mac, CancellationToken cancellationToken)
     {
@@ -204,6 +257,12 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
     {
         var found = await _resolver.ResolveVersionAsync(caller, name, cancellationToken);
         Audit.AuditScope.SetResource(found.Version.Name.ToString());
+        return await CheckAsync(caller, found, name, purpose, operation, cancellationToken);
+    }
+
+    // FindAsync's checks of a resolved name (also a batch item's, whose audit event is the batch's: it names no resource).
+    private async Task<KeyVersionMaterial> CheckAsync(Caller caller, KeyVersionMaterial found, string name, KeyPurpose? purpose, KeyOperations? operation, CancellationToken cancellationToken)
+    {
         await keyAccess.EnsureAllowedAsync(caller, found.Key, operation ?? PublicKeyOperations(found.Key.Purpose), EncryptionContext.Empty, name, cancellationToken);
         var key = found.Key;
         if (purpose is { } wanted ? key.Purpose != wanted : key.Purpose is not (KeyPurpose.SignVerify or KeyPurpose.AsymmetricDecrypt))
@@ -247,3 +306,8 @@ public sealed record PublicKeyResult(SubjectPublicKey PublicKey, KeyVersionName 
 
 /// <summary>A MAC and the version that made it.</summary>
 public sealed record MacResult(byte[] Mac, KeyVersionName KeyVersion);
+
+/// <summary>One item of BatchGenerateMac, as the caller sent it (validated per item).</summary>
+/// <param name="Name">A key version, or a key or alias (its primary version).</param>
+/// <param name="Data">The data to MAC (at most <see cref="SigningService.MaxMessageBytes"/>).</param>
+public sealed record BatchMacItem(string? Name, byte[]? Data);

@@ -148,4 +148,23 @@ internal sealed partial class KeyManagementGrpcService
         }));
         return response;
     }
+
+    public override async Task<BatchGenerateMacResponse> BatchGenerateMac(BatchGenerateMacRequest request, ServerCallContext context)
+    {
+        var caller = CallerResolver.Current(context);
+        var items = request.Requests.Select(r => new BatchMacItem(r.Name, r.Data.ToByteArray())).ToList();
+        CountItems(context, items.Count);
+        var results = await signing.BatchGenerateMacAsync(caller, items, context.CancellationToken);
+        CountItemFailures(context, results.Select(r => r.Error));
+        var response = new BatchGenerateMacResponse();
+        response.Results.AddRange(results.Select((r, i) => new BatchGenerateMacResult
+        {
+            Index = (uint)i,
+            Status = ItemStatusOf(r.Error, context.Method),
+            Response = r.Value is { } value
+                ? new GenerateMacResponse { Mac = UnsafeByteOperations.UnsafeWrap(value.Mac), KeyVersion = value.KeyVersion.ToString() }
+                : null,
+        }));
+        return response;
+    }
 }

@@ -121,6 +121,7 @@ internal static class AccessRules
         [Keys + "BatchDecrypt"] = Metered(Own(Permission.CryptoDecrypt), r => ((BatchDecryptRequest)r).Requests.Count),
         [Keys + "BatchReEncrypt"] = Metered(Own(Permission.CryptoDecrypt, Permission.CryptoEncrypt), r => ((BatchReEncryptRequest)r).Requests.Count),
         [Keys + "BatchGenerateDataKey"] = Metered(Own(Permission.CryptoEncrypt), r => ((BatchGenerateDataKeyRequest)r).Requests.Count),
+        [Keys + "BatchGenerateMac"] = Metered(Own(Permission.CryptoSign), r => ((BatchGenerateMacRequest)r).Requests.Count),
 
         // Key policies and grants.
         [Keys + "SetKeyPolicy"] = On<SetKeyPolicyRequest>(Permission.PoliciesManage, r => r.Name),

@@ -86,7 +86,7 @@ public sealed class FakeHsm : IHsm, IDisposable
     /// <summary>The array the last single encryption was given (not a copy): tests check it was zeroed.</summary>
     public byte[]? LastEncryptPlaintext { get; private set; }
 
-    /// <summary>A test's broken HSM: batched encryptions and decryptions answer one result fewer than they were given.</summary>
+    /// <summary>A test's broken HSM: batched encryptions, decryptions and MACs answer one result fewer than they were given.</summary>
     public bool ManyAnswersOneShort { get; set; }
 
     public async ValueTask<byte[][]> EncryptAesGcmManyAsync(KeyMaterialRef key, IReadOnlyList<AesGcmInput> inputs, CancellationToken cancellationToken)
@@ -294,6 +294,18 @@ public sealed class FakeHsm : IHsm, IDisposable
         {
             CryptographicOperations.ZeroMemory(pkcs8);
         }
+    }
+
+    public async ValueTask<byte[][]> ComputeMacManyAsync(KeyMaterialRef key, KeyAlgorithm algorithm, IReadOnlyList<byte[]> inputs, CancellationToken cancellationToken)
+    {
+        Count("mac-many");
+        var results = new byte[ManyAnswersOneShort ? inputs.Count - 1 : inputs.Count][];
+        for (var i = 0; i < results.Length; i++)
+        {
+            results[i] = await ComputeMacAsync(key, algorithm, inputs[i], cancellationToken);
+        }
+
+        return results;
     }
 
     public ValueTask<byte[]> ComputeMacAsync(KeyMaterialRef key, KeyAlgorithm algorithm, byte[] data, CancellationToken cancellationToken)
