@@ -435,6 +435,18 @@ internal static class PerfSuite
             };
         }
 
+        if (operation is "mac" or "batch-mac")
+        {
+            // Blind-index beacons: "mac" one value per call (BlindIndex.ComputeAsync, a GenerateMac),
+            // "batch-mac" 100 values per call (ComputeManyAsync, a BatchGenerateMac): the figures are calls.
+            var version = (await client.CreateKeyAsync("tenants/dev", "bench-" + operation + "-key", KeyPurpose.Mac)).Primary.Name;
+            var index = new BlindIndex(client, version, "users.email", 64);
+            var values = Enumerable.Range(0, 100).Select(i => $"user{i}@example.com").ToList();
+            return operation == "mac"
+                ? async () => await index.ComputeAsync(values[0])
+                : async () => await index.ComputeManyAsync(values);
+        }
+
         if (operation == "batch-decrypt")
         {
             // BatchDecrypt of 100 ciphertexts under one key version: the figures are batches.
