@@ -679,8 +679,9 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         }
     }
 
-    // Written directly, never through the queue: this runs inside the group-commit loop, which
-    // would otherwise wait for itself. A failed write puts the counts back for the next pass.
+    // Written directly, never through the queue: this runs in the housekeeping loop beside the
+    // group-commit loop, and its append takes the writer's gate as a batch's does. A failed write
+    // puts the counts back for the next pass.
     private async Task FlushRefusalsAsync(bool force, CancellationToken cancellationToken)
     {
         var now = time.GetUtcNow();

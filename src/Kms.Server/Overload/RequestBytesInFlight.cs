@@ -22,7 +22,7 @@ internal sealed class RequestBytesInFlight(long perTenant)
     /// <summary>The bound per tenant, in bytes.</summary>
     public long PerTenant => perTenant;
 
-    /// <summary>Whom a caller's calls are counted against: its tenant, or itself when it has none.</summary>
+    /// <summary>Whom a caller's calls are counted against: its tenant, or itself when it has none (also the per-tenant bound on calls in flight, <c>Kms:MaxConcurrentCallsPerTenant</c>).</summary>
     public static string OwnerOf(Caller caller) =>
         caller.HomeTenant is { } tenant ? "t:" + tenant.Value : "p:" + caller.Principal;
 

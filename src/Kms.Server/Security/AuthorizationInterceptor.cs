@@ -327,7 +327,7 @@ internal sealed partial class AuthorizationInterceptor(
         // the wire — took every slot, and every other tenant's calls were shed. Shed like the
         // others: none of the call ran, no quota was taken (that comes after).
         var caller = context.UserState.TryGetValue(CallerKey, out var value) ? value as Caller : null;
-        var owner = caller is null ? null : caller.HomeTenant is { } tenant ? "t:" + tenant.Value : "p:" + caller.Principal;
+        var owner = caller is null ? null : Overload.RequestBytesInFlight.OwnerOf(caller);
         if (owner is not null && !TryEnterTenant(owner))
         {
             Interlocked.Decrement(ref _inFlight);
