@@ -128,7 +128,7 @@ public sealed class AuditStreamTests : IDisposable
     {
         factory = new Serilog.Extensions.Logging.SerilogLoggerFactory(new Serilog.LoggerConfiguration().WriteTo.Sink(capture).CreateLogger(), dispose: true);
         // Append needs no audit log: the files are all it touches.
-        return new AuditWorker(null!, new AuditHostOptions(), Microsoft.Extensions.Options.Options.Create(new KmsServerOptions()), new Microsoft.Extensions.Logging.Logger<AuditWorker>(factory));
+        return new AuditWorker(null!, new AuditHostOptions(), Microsoft.Extensions.Options.Options.Create(new KmsServerOptions()), new Microsoft.Extensions.Logging.Logger<AuditWorker>(factory), TimeProvider.System);
     }
 
     private static string Line(long sequence) =>

@@ -74,6 +74,11 @@ public sealed partial class AuditLog
             _ownCheckpoint = own;
             _ownRecord = path;
             _heldAtOwnRecord = !passes;
+            if (!passes)
+            {
+                RefuseCheckpoints(); // known now, before a checkpoint is due: the gauge shows it at once
+            }
+
             return new OwnCheckpointRecord(checkpoint, skipped, OtherKey: false, passes);
         }
 

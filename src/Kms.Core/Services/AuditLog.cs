@@ -42,6 +42,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     private long _forwarded = -1;
     private long _lastCommitFailureTicks; // UTC ticks; 0: none since the last success
     private int _failedCommits;
+    private long _checkpointRefusedTicks; // UTC ticks; 0: checkpoints are signed
 
     // One housekeeping pass at a time: the loop's, and a caller's (shutdown, tests).
     private readonly SemaphoreSlim _housekeeping = new(1, 1);
@@ -60,6 +61,13 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
 
     /// <summary>Called when a housekeeping pass (refusal windows, forwarding, checkpoint) failed; it is retried.</summary>
     public event Action<Exception>? HousekeepingFailed;
+
+    /// <summary>
+    /// Called at the end of every housekeeping pass that was not cancelled, after its failures (if
+    /// any) were reported through <see cref="HousekeepingFailed"/>: a kind of failure not reported
+    /// since the previous pass has stopped.
+    /// </summary>
+    public event Action? HousekeepingPassEnded;
 
     /// <summary>Called after each group commit with its size and the oldest event's wait.</summary>
     public event Action<int, TimeSpan>? BatchWritten;
@@ -173,6 +181,13 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
 
     /// <summary>Group commits that failed in a row (0 once one succeeds).</summary>
     public int FailedCommitsInARow => Volatile.Read(ref _failedCommits);
+
+    /// <summary>
+    /// Since when a checkpoint is refused because the database's chain no longer passes through
+    /// the last checkpoint this process signed or read (from the database or, at start, from the
+    /// node's own record); null while checkpoints are signed. Cleared when one is signed again.
+    /// </summary>
+    public DateTimeOffset? CheckpointRefusedSince => Volatile.Read(ref _checkpointRefusedTicks) is var ticks and not 0 ? new DateTimeOffset(ticks, TimeSpan.Zero) : null;
 
     /// <summary>Appends one event; returns once it is durable.</summary>
     /// <exception cref="KmsException">Unavailable when the audit store cannot write it: the request must not be answered.</exception>
@@ -364,7 +379,18 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         }
         finally
         {
-            _housekeeping.Release();
+            try
+            {
+                // Also after a pass that left the checkpoint to the leader: what it did try worked.
+                if (!cancellationToken.IsCancellationRequested)
+                {
+                    HousekeepingPassEnded?.Invoke();
+                }
+            }
+            finally
+            {
+                _housekeeping.Release();
+            }
         }
     }
 
@@ -384,7 +410,16 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             return null;
         }
 
-        await ThrowUnlessTheChainPassesThroughAsync(_lastCheckpoint, head, cancellationToken);
+        try
+        {
+            await ThrowUnlessTheChainPassesThroughAsync(_lastCheckpoint, head, cancellationToken);
+        }
+        catch (KmsException e) when (e.Code == KmsErrorCode.FailedPrecondition)
+        {
+            RefuseCheckpoints();
+            throw;
+        }
+
         var now = Clock.Now(time);
         var body = AuditChain.CheckpointBody(head.Sequence, head.Hash, now, Fingerprint);
         var signature = await hsm.SignEcdsaAsync(_signingKey ?? throw new InvalidOperationException("the audit log is not initialised"), EcCurve.P256, AuditChain.CheckpointDigest(body), cancellationToken);
@@ -392,6 +427,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         await store.AddAuditCheckpointAsync(checkpoint, cancellationToken);
         _lastCheckpoint = head;
         _lastCheckpointTime = now;
+        Volatile.Write(ref _checkpointRefusedTicks, 0);
         CheckpointWritten?.Invoke(checkpoint);
         return checkpoint;
     }
@@ -474,6 +510,9 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             return null;
         }
     }
+
+    // The first refusal's time is kept until a checkpoint is signed again.
+    private void RefuseCheckpoints() => Interlocked.CompareExchange(ref _checkpointRefusedTicks, time.GetUtcNow().UtcTicks, 0);
 
     // A checkpoint's time column is the database's word: one in the future would hold off the
     // interval's checkpoints (the unsigned tail growing to CheckpointEveryEvents) until then.

@@ -23,7 +23,7 @@ public sealed class AuditHostOptions
 /// the signing key's public key to <c>{DataDir}/audit/signing-key.pem</c>, and events to the
 /// SIEM stream when configured.
 /// </summary>
-internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions options, Microsoft.Extensions.Options.IOptions<KmsServerOptions> server, ILogger<AuditWorker> logger) : BackgroundService
+internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions options, Microsoft.Extensions.Options.IOptions<KmsServerOptions> server, ILogger<AuditWorker> logger, TimeProvider time) : BackgroundService
 {
     private readonly Lock _fileLock = new();
 
@@ -40,7 +40,12 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         await DurableFile.WriteAsync(pem, Encoding.ASCII.GetBytes(AuditGrpcService.PublicKeyPem(audit.PublicKey)), DurableFile.Public, overwrite: true, cancellationToken);
         LogSigningKey(logger, audit.Fingerprint, pem);
 
-        audit.HousekeepingFailed += e => LogHousekeepingFailed(logger, e.GetType().Name, e.Message);
+        // Housekeeping retries every second: each kind of failure is logged when it starts, then
+        // at most every few minutes with what was not logged, and once when it ends.
+        var failures = new HousekeepingFailureLog(logger, time);
+        Observability.KmsMetrics.Track(audit, failures);
+        audit.HousekeepingFailed += e => failures.Failed(e, audit.CheckpointRefusedSince is not null);
+        audit.HousekeepingPassEnded += () => failures.PassEnded(audit.CheckpointRefusedSince is not null);
         audit.BatchWritten += (size, waited) =>
         {
             Observability.KmsMetrics.AuditBatchSize.Record(size);
@@ -214,9 +219,6 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1302, Level = LogLevel.Information, Message = "audit checkpoint {Sequence} {HeadHash}: {Checkpoint:l}")]
     private static partial void LogCheckpoint(ILogger logger, long sequence, string headHash, string checkpoint);
-
-    [LoggerMessage(EventId = 1304, Level = LogLevel.Error, Message = "audit housekeeping (refusal counts, SIEM stream, checkpoint) failed ({Type}: {Reason}); retrying in a second")]
-    private static partial void LogHousekeepingFailed(ILogger logger, string type, string reason);
 
     [LoggerMessage(EventId = 1305, Level = LogLevel.Warning, Message = "the last line of {Path} was torn ({Bytes} bytes without a line end: a crash while it was appended); cut off before appending")]
     private static partial void LogTornLineCut(ILogger logger, string path, long bytes);

@@ -1,4 +1,5 @@
 using System.Diagnostics.Metrics;
+using System.Runtime.CompilerServices;
 
 namespace Kms.Server.Observability;
 
@@ -75,6 +76,28 @@ public static class KmsMetrics
         unit: "{event}",
         description: "Audit events made durable");
 
+    // The audit logs of the servers in this process (one in production; held weakly, so a test's
+    // stopped servers drop out), each with its housekeeping's failure log.
+    private static readonly ConditionalWeakTable<Core.Services.AuditLog, Audit.HousekeepingFailureLog> AuditLogs = [];
+
+    /// <summary>
+    /// 1 while the audit log refuses to sign a checkpoint because the database's chain no longer
+    /// passes through the last known one (a rewrite, or a rollback whose record was not moved
+    /// aside): until an operator acts, events after it stay unsigned. No tags.
+    /// </summary>
+    public static readonly ObservableGauge<long> AuditCheckpointSigningRefused = Meter.CreateObservableGauge(
+        "audit_checkpoint_signing_refused",
+        () => SumAudit((log, _) => log.CheckpointRefusedSince is null ? 0 : 1),
+        unit: "{log}",
+        description: "1 while audit checkpoints are refused: the chain no longer passes through the last known checkpoint");
+
+    /// <summary>Kinds of audit housekeeping failure going on right now (the refusal included). No tags.</summary>
+    public static readonly ObservableGauge<long> AuditHousekeepingFailing = Meter.CreateObservableGauge(
+        "audit_housekeeping_failing",
+        () => SumAudit((_, failures) => failures.FailingKinds),
+        unit: "{kind}",
+        description: "Kinds of audit housekeeping failure (refusal counts, SIEM stream, checkpoint) going on right now");
+
     /// <summary>
     /// How long a probe waited in the thread pool's queue (where calls wait before any interceptor
     /// when the server is overloaded). Record without tags.
@@ -97,6 +120,20 @@ public static class KmsMetrics
         "security_alerts_total",
         unit: "{alert}",
         description: "Security alerts raised, by kind");
+
+    /// <summary>Reports <paramref name="audit"/> and its housekeeping's failures in the audit gauges.</summary>
+    internal static void Track(Core.Services.AuditLog audit, Audit.HousekeepingFailureLog failures) => AuditLogs.AddOrUpdate(audit, failures);
+
+    private static long SumAudit(Func<Core.Services.AuditLog, Audit.HousekeepingFailureLog, int> value)
+    {
+        long sum = 0;
+        foreach (var (audit, failures) in AuditLogs)
+        {
+            sum += value(audit, failures);
+        }
+
+        return sum;
+    }
 
     /// <summary>Counts one security alert (<c>kms_security_alerts_total{kind}</c>).</summary>
     /// <remarks>The kind is an enum so the label's values are a fixed set the server defines: a
