@@ -1,11 +1,15 @@
 using System.Security.Cryptography;
+using System.Text.RegularExpressions;
 using Kms.Cli.Ceremony;
+using Kms.Core.Audit;
+using Kms.Core.Errors;
+using Microsoft.Data.Sqlite;
 
 namespace Kms.Cli.Tests;
 
 /// <summary>What opening a deployment (every ceremony step does) writes into the data directory (SoftHSM).</summary>
 [Collection(TokenWipeGroup.Name)]
-public sealed class DeploymentRecordTests
+public sealed partial class DeploymentRecordTests
 {
     [Fact]
     public async Task OpenAsync_PublishedAuditKeyExists_ReplacedWholeNeverRewrittenInPlace()
@@ -39,4 +43,91 @@ public sealed class DeploymentRecordTests
             Directory.Delete(dataDir, recursive: true);
         }
     }
+
+    // The server tests' attack (AuditDatabaseWriterTests): a signed event rewritten, the chain
+    // re-hashed after it, the checkpoint rows deleted. The ceremony's checkpoint (and the log's
+    // interval one) would have signed it; the data directory's checkpoints.jsonl pins the newest
+    // checkpoint signed there, and the ceremony refuses before it records anything. Moved aside
+    // (a rollback on purpose), it goes on.
+    [Fact]
+    public async Task ChainRewrittenAfterACheckpointTheDataDirectoryRecords_CeremonyRefusesToRecordOrSign_FileMovedAside_Signs()
+    {
+        var production = DomainKeyRotationJobTests.TokenWithDomainKey(RandomNumberGenerator.GetBytes(32));
+        var dataDir = Directory.CreateTempSubdirectory("kms-record-").FullName;
+        var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
+        try
+        {
+            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+            {
+                foreach (var step in new[] { "one", "two", "three" })
+                {
+                    await record.AppendAsync("ceremony-1", "test", "step/" + step, default);
+                }
+
+                Assert.Equal(3, (await record.CheckpointAsync(default))?.Sequence);
+            }
+
+            Assert.Contains("\"seq\":3", await File.ReadAllTextAsync(checkpoints), StringComparison.Ordinal);
+            var database = Path.Combine(dataDir, "kms.db");
+            Sql(database, "UPDATE audit_events SET body = replace(body, '\"resource\":\"step/two\"', '\"resource\":\"step/forged\"') WHERE seq = 2");
+            Rechain(database, from: 2);
+            Sql(database, "DELETE FROM audit_checkpoints");
+            SqliteConnection.ClearAllPools();
+
+            var refused = await Assert.ThrowsAsync<KmsException>(() => DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default));
+            Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+            Assert.Contains($"does not pass through checkpoint 3 that {checkpoints} records as signed", refused.Message, StringComparison.Ordinal);
+            Assert.Contains("move that file aside", refused.Message, StringComparison.Ordinal);
+            SqliteConnection.ClearAllPools();
+            Assert.Equal(("3", "0"), (Scalar(database, "SELECT max(seq) FROM audit_events"), Scalar(database, "SELECT count(*) FROM audit_checkpoints")));
+
+            File.Move(checkpoints, checkpoints + ".replaced-test");
+            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+            {
+                await record.AppendAsync("ceremony-2", "test", "step/four", default);
+                Assert.Equal(4, (await record.CheckpointAsync(default))?.Sequence);
+            }
+
+            Assert.Contains("\"seq\":4", await File.ReadAllTextAsync(checkpoints), StringComparison.Ordinal);
+        }
+        finally
+        {
+            SqliteConnection.ClearAllPools();
+            Directory.Delete(dataDir, recursive: true);
+        }
+    }
+
+    // As whoever holds the database would: every body from `from` on linked to the one before, re-hashed.
+    private static void Rechain(string database, long from)
+    {
+        var previous = Scalar(database, $"SELECT hash FROM audit_events WHERE seq = {from - 1}");
+        var last = long.Parse(Scalar(database, "SELECT max(seq) FROM audit_events"), System.Globalization.CultureInfo.InvariantCulture);
+        for (var seq = from; seq <= last; seq++)
+        {
+            var body = PrevPattern().Replace(Scalar(database, $"SELECT body FROM audit_events WHERE seq = {seq}"), $"\"prev\":\"{previous}\"");
+            previous = AuditChain.HashOf(body);
+            Sql(database, $"UPDATE audit_events SET body = '{body.Replace("'", "''", StringComparison.Ordinal)}', hash = '{previous}' WHERE seq = {seq}");
+        }
+    }
+
+    private static void Sql(string database, string sql)
+    {
+        using var connection = new SqliteConnection($"Data Source={database};Pooling=False");
+        connection.Open();
+        using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        command.ExecuteNonQuery();
+    }
+
+    private static string Scalar(string database, string sql)
+    {
+        using var connection = new SqliteConnection($"Data Source={database};Pooling=False");
+        connection.Open();
+        using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        return Convert.ToString(command.ExecuteScalar(), System.Globalization.CultureInfo.InvariantCulture) ?? "";
+    }
+
+    [GeneratedRegex("\"prev\":\"[0-9a-f]{64}\"")]
+    private static partial Regex PrevPattern();
 }

@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using System.Text;
 using Kms.Cli.Infrastructure;
 using Kms.Core.Audit;
+using Kms.Core.Errors;
 using Kms.Core.Files;
 using Kms.Core.Services;
 using Kms.Hsm;
@@ -16,20 +17,19 @@ namespace Kms.Cli.Ceremony;
 /// token's domain key (pinned in the database as the server pins it) and the audit log, whose
 /// HSM-held signing key signs the transcript. The ceremony's steps are appended to the same
 /// audit chain the server writes, and a signed checkpoint is written when it closes — to the
-/// database and to <c>{DataDir}/audit/checkpoints.jsonl</c>, as the server does.
+/// database and to <c>{DataDir}/audit/checkpoints.jsonl</c>, as the server does — only over a
+/// chain that passes through the newest checkpoint that file records, as the server checks.
 /// </summary>
 internal sealed class DeploymentRecord : IAsyncDisposable
 {
-    private readonly string _dataDir;
     private readonly SqlStore _store;
     private readonly Pkcs11Hsm _hsm;
     private readonly AuditLog _audit;
     private readonly CancellationTokenSource _stop = new();
     private readonly Task _loop;
 
-    private DeploymentRecord(string dataDir, SqlStore store, Pkcs11Hsm hsm, AuditLog audit)
+    private DeploymentRecord(SqlStore store, Pkcs11Hsm hsm, AuditLog audit)
     {
-        _dataDir = dataDir;
         _store = store;
         _hsm = hsm;
         _audit = audit;
@@ -78,7 +78,26 @@ internal sealed class DeploymentRecord : IAsyncDisposable
             await audit.InitializeAsync(cancellationToken);
             var directory = DurableFile.CreateDirectory(Path.Combine(dataDir, "audit"));
             await DurableFile.WriteAsync(Path.Combine(directory, "signing-key.pem"), Encoding.ASCII.GetBytes(PublicKeyPem(audit.PublicKey)), DurableFile.Public, overwrite: true, cancellationToken);
-            return new DeploymentRecord(dataDir, store, hsm, audit);
+
+            // As the server does at start: the newest checkpoint this data directory records as
+            // signed is one the chain must pass through, or the ceremony signs nothing over it
+            // (a chain rewritten in the database, its checkpoint rows deleted, would otherwise be
+            // signed by the transcript's checkpoint, or by the log's interval checkpoint).
+            // Refused before any step is appended.
+            var checkpoints = Path.Combine(directory, "checkpoints.jsonl");
+            var own = await audit.RequireOwnRecordAsync(checkpoints, cancellationToken);
+            if (own.Checkpoint is { } pinned && !own.PassesThrough)
+            {
+                throw KmsErrors.FailedPrecondition(
+                    $"the audit chain in the database does not pass through checkpoint {pinned.Sequence} that {checkpoints} records as signed: signed events were removed or rewritten, "
+                    + "or the database was rolled back; nothing recorded, no checkpoint signed. A rollback on purpose (a pg_restore, a kms.db copied back): move that file aside "
+                    + $"({Path.GetFileName(checkpoints)}.replaced-TIME, as kms backup restore does) and run this again");
+            }
+
+            // Every checkpoint the log signs goes to the file, the interval's too.
+            audit.CheckpointWritten += checkpoint =>
+                DurableFile.Append(checkpoints, Encoding.UTF8.GetBytes(AuditExport.Checkpoint(checkpoint) + "\n"), DurableFile.OwnerOnly);
+            return new DeploymentRecord(store, hsm, audit);
         }
         catch
         {
@@ -113,16 +132,8 @@ internal sealed class DeploymentRecord : IAsyncDisposable
         _audit.SignStatementAsync(kind, content, cancellationToken);
 
     /// <summary>Signs a checkpoint of the chain's head and ships it outside the database.</summary>
-    public async Task<AuditCheckpoint?> CheckpointAsync(CancellationToken cancellationToken)
-    {
-        var checkpoint = await _audit.CheckpointAsync(cancellationToken);
-        if (checkpoint is not null)
-        {
-            await DurableFile.AppendAsync(Path.Combine(_dataDir, "audit", "checkpoints.jsonl"), Encoding.UTF8.GetBytes(AuditExport.Checkpoint(checkpoint) + "\n"), DurableFile.OwnerOnly, cancellationToken);
-        }
-
-        return checkpoint;
-    }
+    /// <remarks>Refused (FailedPrecondition) if the chain no longer passes through the last checkpoint known (<see cref="AuditLog.CheckpointAsync"/>).</remarks>
+    public Task<AuditCheckpoint?> CheckpointAsync(CancellationToken cancellationToken) => _audit.CheckpointAsync(cancellationToken);
 
     public async ValueTask DisposeAsync()
     {
