@@ -333,6 +333,50 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         }
     }
 
+    // A kms.db copied back by hand into a data directory whose checkpoints.jsonl holds a
+    // checkpoint signed past it (the server's file here): reapply-destructions moves the file
+    // aside as restore does, or the node would refuse to sign the restored chain (event 1309).
+    [Fact]
+    public async Task ReapplyDestructions_DataDirectoryWhoseCheckpointsFilePinsALaterHead_FileMovedAside_AgainNothingMoved()
+    {
+        var exportPath = TempPath("kms-export-", ".jsonl");
+        var target = TempPath("kms-restored-");
+        using var developer = _server.CreateClient();
+        using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+        var key = (await developer.CreateKeyAsync("tenants/dev", "pinned")).Name;
+        await developer.RotateKeyAsync(key);
+        var backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+        await DestroyFirstVersionNowAsync(developer, officer, key);
+        Assert.NotNull(await officer.GetAuditCheckpointAsync()); // signed past the backup, and in the server's checkpoints.jsonl
+        await using (var file = File.CreateText(exportPath))
+        {
+            await officer.ExportAuditAsync(file);
+        }
+
+        try
+        {
+            await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None);
+            var checkpoints = Path.Combine(target, "audit", "checkpoints.jsonl");
+            Directory.CreateDirectory(Path.GetDirectoryName(checkpoints)!);
+            File.Copy(Path.Combine(_server.DataDir, "audit", "checkpoints.jsonl"), checkpoints);
+            await using var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default);
+
+            var report = await BackupRestore.ReapplyFromLogsAsync(restored, [exportPath], null, PublishedAuditKey(), CancellationToken.None, dataDir: target);
+            Assert.Equal([$"{key}/versions/1"], report.Reapplied.Select(r => r.Version));
+            Assert.NotNull(report.ReplacedCheckpoints);
+            Assert.StartsWith(checkpoints + ".replaced-", report.ReplacedCheckpoints, StringComparison.Ordinal);
+            Assert.True(File.Exists(report.ReplacedCheckpoints));
+            Assert.False(File.Exists(checkpoints));
+
+            var again = await BackupRestore.ReapplyFromLogsAsync(restored, [exportPath], null, PublishedAuditKey(), CancellationToken.None, dataDir: target);
+            Assert.Null(again.ReplacedCheckpoints);
+        }
+        finally
+        {
+            RemoveAfterRestore(target, exportPath);
+        }
+    }
+
     private static async Task SqlAsync(string database, string sql)
     {
         await using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={database};Pooling=False");

@@ -47,6 +47,9 @@ internal sealed record ReapplyReport(IReadOnlyList<(string Version, string Sourc
 
     /// <summary>Tenants deleted after the restored database's chain that were made DELETING again, each with where the deletion was found.</summary>
     public IReadOnlyList<(string Tenant, string Source)> TenantsDeleting { get; init; } = [];
+
+    /// <summary>Where the data directory's <c>audit/checkpoints.jsonl</c> was moved aside (its newest checkpoint not on the restored chain), or null.</summary>
+    public string? ReplacedCheckpoints { get; init; }
 }
 
 /// <summary>What <c>ReapplyAsync</c> did, for the reports.</summary>
@@ -317,8 +320,16 @@ internal static class BackupRestore
     /// <param name="allowGaps">Re-apply what the logs hold even where they leave out events after the start, listing the missing ranges among the skipped.</param>
     /// <exception cref="KmsException">FailedPrecondition while a server serves the database or a domain-key rotation runs on it (nothing is read or written).</exception>
     /// <param name="waitingPeriod">The waiting period a re-applied scheduling counts from its event (default <see cref="SchedulingReplay.DefaultWaitingPeriod"/>).</param>
+    /// <param name="dataDir">
+    /// SQLite: the data directory whose <c>kms.db</c> was restored. Its <c>audit/checkpoints.jsonl</c>
+    /// (the node's record of the checkpoints it signed) is moved aside as <c>kms backup restore</c>
+    /// does, once the destructions are re-applied, if the restored chain does not pass through its
+    /// newest checkpoint: the server would otherwise refuse to sign the restored chain (event 1309).
+    /// A file whose newest checkpoint the chain passes through is left in place.
+    /// </param>
     public static async Task<ReapplyReport> ReapplyFromLogsAsync(
-        SqlStore store, IReadOnlyList<string> auditLogs, long? afterSequence, byte[]? auditPublicKey, CancellationToken cancellationToken, bool allowGaps = false, TimeSpan? waitingPeriod = null)
+        SqlStore store, IReadOnlyList<string> auditLogs, long? afterSequence, byte[]? auditPublicKey, CancellationToken cancellationToken, bool allowGaps = false, TimeSpan? waitingPeriod = null,
+        string? dataDir = null)
     {
         ArgumentNullException.ThrowIfNull(store);
 
@@ -342,7 +353,53 @@ internal static class BackupRestore
             Rescheduled = outcome.Rescheduled,
             Kept = outcome.Kept,
             TenantsDeleting = outcome.TenantsDeleting,
+            ReplacedCheckpoints = dataDir is null ? null : await MoveCheckpointsAsideUnlessPassedThroughAsync(store, dataDir, cancellationToken),
         };
+    }
+
+    // The node's record of the checkpoints it signed, moved aside when the database's chain does
+    // not pass through its newest checkpoint (as the server checks it: the event there hashed from
+    // its body, or the next one's link after a retention cut). A file without a checkpoint line,
+    // or whose newest one the chain passes through, stays.
+    private static async Task<string?> MoveCheckpointsAsideUnlessPassedThroughAsync(SqlStore store, string dataDir, CancellationToken cancellationToken)
+    {
+        var path = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
+        if (NewestCheckpoint(path) is not { } newest)
+        {
+            return null;
+        }
+
+        var found = await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = newest.Sequence - 1, Limit = 1 }, cancellationToken) switch
+        {
+            [var e] when e.Sequence == newest.Sequence => AuditChain.HashOf(e.Body),
+            [var e] when e.Sequence == newest.Sequence + 1 => e.PreviousHash,
+            _ => null,
+        };
+        if (found == newest.HeadHash)
+        {
+            return null;
+        }
+
+        var aside = $"{path}.replaced-{DateTimeOffset.UtcNow.ToString("yyyyMMdd'T'HHmmss'Z'", CultureInfo.InvariantCulture)}";
+        File.Move(path, aside);
+        DirectorySync.Flush(Path.GetDirectoryName(path)!);
+        return aside;
+    }
+
+    // The newest checkpoint line in the file's last 64 KiB (a line is about 350 bytes), or null.
+    private static AuditCheckpoint? NewestCheckpoint(string path)
+    {
+        if (!File.Exists(path))
+        {
+            return null;
+        }
+
+        using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        var size = (int)Math.Min(file.Length, 64 * 1024);
+        var tail = new byte[size];
+        file.Seek(-size, SeekOrigin.End);
+        file.ReadExactly(tail);
+        return System.Text.Encoding.UTF8.GetString(tail).Split('\n').Reverse().Select(AuditExport.ParseCheckpoint).FirstOrDefault(c => c is not null);
     }
 
     /// <summary>

@@ -199,7 +199,9 @@ internal static class BackupCommands
                 ?? throw new CliUsageException("no database to re-apply destructions in: give --data-dir (SQLite) or --storage-provider postgres");
             var logs = parse.GetRequiredValue(auditLogs).Select(ctx.Environment.FullPath).ToList();
             var key = parse.GetValue(publicKey) is { } pem ? CeremonyCommands.PublicKeyFromPem(File.ReadAllText(ctx.Environment.FullPath(pem))) : null;
-            var report = await CheckedAsync(() => BackupRestore.ReapplyFromLogsAsync(store, logs, parse.GetValue(after), key, ct, parse.GetValue(allowGaps), parse.GetValue(waiting)));
+            // SQLite: the data directory's checkpoints file goes aside if it pins a head the restored chain lacks (as restore does).
+            var restoredDir = target.IsPostgres || parse.GetValue(dataDir) is not { } given ? null : ctx.Environment.FullPath(given);
+            var report = await CheckedAsync(() => BackupRestore.ReapplyFromLogsAsync(store, logs, parse.GetValue(after), key, ct, parse.GetValue(allowGaps), parse.GetValue(waiting), restoredDir));
             var (reapplied, skipped, afterSequence) = report;
             var json = new JsonObject
             {
@@ -210,10 +212,12 @@ internal static class BackupCommands
                 ["kept"] = KeptJson(report.Kept),
                 ["tenants_deleting"] = TenantsJson(report.TenantsDeleting),
                 ["skipped"] = new JsonArray([.. skipped.Select(s => (JsonNode)s)]),
+                ["replaced_checkpoints"] = report.ReplacedCheckpoints,
             };
             ctx.Output.Result(json, () => CliOutput.Properties(
             [
                 ("database", target.Describe()),
+                ("replaced checkpoints", report.ReplacedCheckpoints ?? "none"),
                 ("after audit sequence", afterSequence.ToString(CultureInfo.InvariantCulture)),
                 ("re-applied", reapplied.Count == 0 ? "none" : string.Join("; ", reapplied.Select(r => $"{r.Version} ({r.Source})"))),
                 ("re-scheduled", RescheduledText(report.Rescheduled)),
