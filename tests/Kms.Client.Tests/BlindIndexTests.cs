@@ -203,7 +203,7 @@ public sealed class BlindIndexTests(ClientServerFixture fixture) : IClassFixture
     {
         using var plain = fixture.Server.CreateClient();
         var version = await MacVersionAsync(plain);
-        using var client = Client(new MacAnswers(answer => answer.Mac = ByteString.CopyFrom(new byte[length])));
+        using var client = Client(new Answers<GenerateMacResponse>(answer => answer.Mac = ByteString.CopyFrom(new byte[length])));
         var index = new BlindIndex(client, version, "users.email", 8);
 
         var e = await Assert.ThrowsAsync<InvalidOperationException>(() => index.ComputeAsync("erin@example.com"));
@@ -221,7 +221,7 @@ public sealed class BlindIndexTests(ClientServerFixture fixture) : IClassFixture
         var version = await MacVersionAsync(plain);
         var key = version[..version.IndexOf("/versions/", StringComparison.Ordinal)];
         var other = otherSuffix.Length == 0 ? "" : key + otherSuffix;
-        using var client = Client(new MacAnswers(answer => answer.KeyVersion = other));
+        using var client = Client(new Answers<GenerateMacResponse>(answer => answer.KeyVersion = other));
         var index = new BlindIndex(client, version, "users.email", 8);
 
         var e = await Assert.ThrowsAsync<InvalidOperationException>(() => index.ComputeAsync("frank@example.com"));
@@ -301,8 +301,8 @@ public sealed class BlindIndexTests(ClientServerFixture fixture) : IClassFixture
         using var developer = fixture.Server.CreateClient();
         var version = await MacVersionAsync(developer);
         var aes = (await developer.CreateKeyAsync("tenants/dev", $"bi-aes-{Guid.NewGuid():N}"[..20])).Primary.Name;
-        var wrongLength = new MacAnswers(answer => answer.Mac = ByteString.CopyFrom(new byte[16]));
-        var wrongKey = new MacAnswers(answer => answer.KeyVersion = "tenants/dev/keys/elsewhere/versions/1");
+        var wrongLength = new Answers<GenerateMacResponse>(answer => answer.Mac = ByteString.CopyFrom(new byte[16]));
+        var wrongKey = new Answers<GenerateMacResponse>(answer => answer.KeyVersion = "tenants/dev/keys/elsewhere/versions/1");
         var caught = new List<Exception>();
         foreach (var (client, name) in new[] { (Client(null, factory), version), (Client(null, factory), aes), (Client(wrongLength, factory), version), (Client(wrongKey, factory), version) })
         {
@@ -393,7 +393,7 @@ public sealed class BlindIndexTests(ClientServerFixture fixture) : IClassFixture
     {
         using var plain = fixture.Server.CreateClient();
         var version = await MacVersionAsync(plain);
-        using var client = Client(new BatchMacAnswers(answer =>
+        using var client = Client(new Answers<BatchGenerateMacResponse>(answer =>
         {
             switch (mutation)
             {
@@ -524,8 +524,9 @@ public sealed class BlindIndexTests(ClientServerFixture fixture) : IClassFixture
         }
     }
 
-    /// <summary>Changes the real server's BatchGenerateMac answers as <paramref name="change"/> says.</summary>
-    private sealed class BatchMacAnswers(Action<BatchGenerateMacResponse> change) : Interceptor
+    /// <summary>Changes the real server's answers of type <typeparamref name="TAnswer"/> (GenerateMac, BatchGenerateMac) as <paramref name="change"/> says: a KMS that answers wrongly.</summary>
+    private sealed class Answers<TAnswer>(Action<TAnswer> change) : Interceptor
+        where TAnswer : class
     {
         public override AsyncUnaryCall<TResponse> AsyncUnaryCall<TRequest, TResponse>(
             TRequest request,
@@ -539,33 +540,9 @@ public sealed class BlindIndexTests(ClientServerFixture fixture) : IClassFixture
         private async Task<TResponse> ChangeAsync<TResponse>(Task<TResponse> answer)
         {
             var response = await answer;
-            if (response is BatchGenerateMacResponse batch)
+            if (response is TAnswer changed)
             {
-                change(batch);
-            }
-
-            return response;
-        }
-    }
-
-    /// <summary>Changes the real server's GenerateMac answers as <paramref name="change"/> says: a KMS that answers wrongly.</summary>
-    private sealed class MacAnswers(Action<GenerateMacResponse> change) : Interceptor
-    {
-        public override AsyncUnaryCall<TResponse> AsyncUnaryCall<TRequest, TResponse>(
-            TRequest request,
-            ClientInterceptorContext<TRequest, TResponse> context,
-            AsyncUnaryCallContinuation<TRequest, TResponse> continuation)
-        {
-            var call = continuation(request, context);
-            return new AsyncUnaryCall<TResponse>(ChangeAsync(call.ResponseAsync), call.ResponseHeadersAsync, call.GetStatus, call.GetTrailers, call.Dispose);
-        }
-
-        private async Task<TResponse> ChangeAsync<TResponse>(Task<TResponse> answer)
-        {
-            var response = await answer;
-            if (response is GenerateMacResponse mac)
-            {
-                change(mac);
+                change(changed);
             }
 
             return response;
