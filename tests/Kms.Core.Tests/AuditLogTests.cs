@@ -140,9 +140,14 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
 
         Assert.Equal(1, gated.Appends);
 
+        // The events failed behind it count as a failed commit of their own for the health check
+        // (three in a row drain the node): otherwise calls failing this way never reached three.
+        Assert.Equal(2, log.FailedCommitsInARow);
+
         // An event queued after the failure tries the lock again (here free): written.
         await log.AppendAsync(Entry("after"), default).GuardAsync("an append after the failure");
         Assert.Equal(2, gated.Appends);
+        Assert.Equal(0, log.FailedCommitsInARow);
         Assert.Equal(["after"], (await _store.ListAuditEventsAsync(new AuditQuery(), default)).Select(e => e.Entry.RequestId));
         await stop.CancelAsync();
         await loop.WaitAsync(HangGuard.Time).ContinueWith(_ => { }, TaskScheduler.Default);

@@ -709,10 +709,19 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
                 // timeout; another batch would wait as long again for a lock just found held, and
                 // its callers would answer after up to two timeouts — past a deadline set for one
                 // (DEADLINE_EXCEEDED, where UNAVAILABLE is the answer to retry). Later events try
-                // the lock again, each waiting at most one timeout.
+                // the lock again, each waiting at most one timeout. Those events failed as a batch
+                // of their own would have: one more failed commit for the health check, which
+                // drains the node after three in a row (without it, calls failing this way kept the
+                // count below three and the node Serving while every audited call failed).
+                var failedBehind = false;
                 for (var queued = _queue.Reader.Count; queued > 0 && _queue.Reader.TryRead(out var behind); queued--)
                 {
-                    behind.Done.TrySetException(failure);
+                    failedBehind |= behind.Done.TrySetException(failure);
+                }
+
+                if (failedBehind)
+                {
+                    Volatile.Write(ref _failedCommits, _failedCommits + 1);
                 }
             }
         }
