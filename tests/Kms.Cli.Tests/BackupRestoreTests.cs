@@ -3,6 +3,7 @@ using Grpc.Core;
 using Kms.Cli.Backup;
 using Kms.Client.Quorum;
 using Kms.Contracts.V1;
+using Kms.Core.Backup;
 using Kms.Core.Errors;
 using Kms.Core.Names;
 using Kms.Core.Quorum;
@@ -134,8 +135,8 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         var (backup, database, before) = await ExportBackupAndStopAsync();
         File.SetUnixFileMode(Path.Combine(backup, "kms.db"), (UnixFileMode)0b110_100_100);
 
-        // A server started too early creates an empty kms.db between the two moves.
-        BackupRestore.Installing.Value = () => File.WriteAllBytesAsync(database, []);
+        // The install fails after the old database was copied aside (a full disk, a rename refused).
+        BackupRestore.Installing.Value = () => throw new IOException("the rename is refused");
         try
         {
             await Assert.ThrowsAsync<IOException>(() => BackupRestore.RunAsync(backup, PublishedAuditKey(), _server.DataDir, [], replace: true, CancellationToken.None));
@@ -152,8 +153,103 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         var report = await BackupRestore.RunAsync(backup, PublishedAuditKey(), _server.DataDir, [], replace: true, CancellationToken.None);
 
         Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(database));
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(report.ReplacedDatabase!));
         Assert.Equal(before, await AuditHeadAsync(report.ReplacedDatabase!));
+        Assert.False(File.Exists(database + "-wal") && new FileInfo(database + "-wal").Length > 0);
         _server = await _server.RestartAsync();
+    }
+
+    [Fact]
+    public async Task Restore_KilledWhileInstalling_TheDataDirectoryHoldsTheOldDatabaseWhole_ASecondRestoreStillReappliesItsDestruction()
+    {
+        // A kill (or a power loss) is no exception: nothing puts back what had moved. The data
+        // directory as it is at that moment must hold a whole database — the old one — so that a
+        // server started on it serves the deployment, and a second restore re-applies the
+        // destructions the old database records.
+        var (backup, key, exportPath) = await BackupThenDestroyFirstVersionAsync("killed");
+        await _server.DisposeAsync();
+        var database = Path.Combine(_server.DataDir, "kms.db");
+        var before = await AuditHeadAsync(database);
+        var image = TempPath("kms-killed-");
+        BackupRestore.Installing.Value = () =>
+        {
+            // The directory as a kill here leaves it (no connection is open: files are whole).
+            Directory.CreateDirectory(image);
+            foreach (var file in Directory.GetFiles(_server.DataDir, "kms.db*").Where(f => !f.EndsWith(".serving", StringComparison.Ordinal)))
+            {
+                File.Copy(file, Path.Combine(image, Path.GetFileName(file)));
+            }
+
+            throw new OperationCanceledException("killed");
+        };
+        try
+        {
+            await Assert.ThrowsAsync<OperationCanceledException>(() => BackupRestore.RunAsync(backup, PublishedAuditKey(), _server.DataDir, [], replace: true, CancellationToken.None));
+            BackupRestore.Installing.Value = null;
+
+            Assert.True(File.Exists(Path.Combine(image, "kms.db")), "a kill while installing left no kms.db: " + string.Join(", ", Directory.GetFiles(image).Select(Path.GetFileName)));
+            Assert.Equal(before, await AuditHeadAsync(Path.Combine(image, "kms.db")));
+
+            foreach (var stale in Directory.GetFiles(image, "kms.db.restoring-*"))
+            {
+                File.Delete(stale); // what a killed restore leaves beside: not a database to start on
+            }
+
+            var again = await BackupRestore.RunAsync(backup, PublishedAuditKey(), image, [], replace: true, CancellationToken.None);
+            var (version, source) = Assert.Single(again.Reapplied);
+            Assert.Equal(($"{key}/versions/1", "the replaced database"), (version, source));
+            Assert.Contains(await SqliteStore.ReadDestroyedVersionsAsync(Path.Combine(image, "kms.db"), CancellationToken.None), d => d.Version.ToString() == version);
+        }
+        finally
+        {
+            BackupRestore.Installing.Value = null;
+            RemoveAfterRestore(image, exportPath);
+            _server = await _server.RestartAsync();
+        }
+    }
+
+    [Fact]
+    public async Task Restore_OverTheReplacedDatabase_EncryptionsItCountedAfterTheBackup_CarriedOver_NotCountedAgainFromTheBackupsFigure()
+    {
+        // The hard bound (claim 23) holds only while the durable count covers every encryption:
+        // the backup's figure is older than the replaced database's by the encryptions made since.
+        string backup;
+        string name;
+        string idle;
+        using (var developer = _server.CreateClient())
+        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+        {
+            name = (await developer.CreateKeyAsync("tenants/dev", "busy")).Name;
+            idle = (await developer.CreateKeyAsync("tenants/dev", "idle")).Name;
+            backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+            for (var i = 0; i < 3; i++)
+            {
+                await developer.EncryptAsync(name, "sealed after the backup"u8.ToArray());
+            }
+        }
+
+        await _server.DisposeAsync();
+        var database = Path.Combine(_server.DataDir, "kms.db");
+        var counted = await EncryptCountAsync(database, name);
+        Assert.True(counted >= 3, $"the replaced database counted {counted}");
+        Assert.Equal(0, await EncryptCountAsync(Path.Combine(backup, "kms.db"), name));
+
+        var report = await BackupRestore.RunAsync(backup, PublishedAuditKey(), _server.DataDir, [], replace: true, CancellationToken.None);
+
+        Assert.Equal(counted, await EncryptCountAsync(database, name));
+        Assert.Equal(($"{name}/versions/1", 0L, counted), Assert.Single(report.EncryptCountsCarried));
+        Assert.Equal(0, await EncryptCountAsync(database, idle));
+        _server = await _server.RestartAsync();
+    }
+
+    private static async Task<long> EncryptCountAsync(string database, string key)
+    {
+        await using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={database};Mode=ReadOnly;Pooling=False");
+        await connection.OpenAsync();
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT encrypt_count FROM key_versions WHERE tenant = 'dev' AND key_id = @key_id AND version = 1";
+        command.Parameters.AddWithValue("@key_id", KeyName.Parse(key, "key").KeyId);
+        return (long)(await command.ExecuteScalarAsync())!;
     }
 
     [Fact]
@@ -283,6 +379,53 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task Restore_IntoAnEmptyDataDirectory_NoAuditLogReachingPastTheBackup_RefusedUnlessWithoutAuditLogs_NothingInstalled()
+    {
+        // A new machine, the old one lost: the audit logs are the only record of the destruction
+        // made after the backup. An operator who forgets them (or gives an export older than the
+        // backup) must not get the destroyed version back silently.
+        var (backup, key, exportPath) = await BackupThenDestroyFirstVersionAsync("forgotten");
+        var auditKey = PublishedAuditKey();
+        var head = BackupManifest.Verify(backup, auditKey).AuditHead.Sequence;
+        var olderExport = exportPath + ".older";
+        await File.WriteAllLinesAsync(olderExport, (await File.ReadAllLinesAsync(exportPath))
+            .Where(l => l.Length == 0 || !System.Text.Json.JsonDocument.Parse(l).RootElement.TryGetProperty(l.StartsWith("{\"event\"", StringComparison.Ordinal) ? "event" : "checkpoint", out var body)
+                || body.GetProperty("seq").GetInt64() <= head));
+        var target = TempPath("kms-restored-");
+        var pem = TempPath("kms-audit-key-", ".pem");
+        await File.WriteAllTextAsync(pem, File.ReadAllText(Path.Combine(_server.DataDir, "audit", "signing-key.pem")));
+        try
+        {
+            foreach (var logs in new[] { Array.Empty<string>(), [olderExport] })
+            {
+                var refused = await Assert.ThrowsAsync<KmsException>(() => BackupRestore.RunAsync(backup, auditKey, target, logs, replace: false, CancellationToken.None));
+                Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+                Assert.Contains("--without-audit-logs", refused.Message, StringComparison.Ordinal);
+                Assert.Contains($"audit head (sequence {head})", refused.Message, StringComparison.Ordinal);
+                Assert.False(File.Exists(Path.Combine(target, "kms.db")));
+            }
+
+            var cli = await CliRun.InProcessAsync(new Dictionary<string, string>(), Path.GetTempPath(), null,
+                "backup", "restore", backup, "--public-key", pem, "--data-dir", target);
+            Assert.True(cli.ExitCode == 5, cli.ToString());
+            Assert.Contains("--without-audit-logs", cli.Error, StringComparison.Ordinal);
+
+            // The export from after the backup: re-applied. Said explicitly instead: installed, and the report says what it lacks.
+            var report = await BackupRestore.RunAsync(backup, auditKey, target, [exportPath], replace: false, CancellationToken.None);
+            Assert.Equal($"{key}/versions/1", Assert.Single(report.Reapplied).Version);
+            SqliteStore.ReleasePooledConnections();
+            Directory.Delete(target, recursive: true);
+            var blind = await BackupRestore.RunAsync(backup, auditKey, target, [], replace: false, CancellationToken.None, withoutAuditLogs: true);
+            Assert.Empty(blind.Reapplied);
+            Assert.Contains(blind.Skipped, s => s.StartsWith("--without-audit-logs: nothing records what happened after the backup", StringComparison.Ordinal));
+        }
+        finally
+        {
+            RemoveAfterRestore(target, exportPath, olderExport, pem);
+        }
+    }
+
+    [Fact]
     public async Task ReapplyDestructions_StoppedPartWay_EveryChangeItCommittedHasItsEvent_RunAgainItFinishes()
     {
         // A run that dies between two keys (here the second key's write fails, as a full disk
@@ -306,7 +449,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
 
         try
         {
-            await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None); // no logs: nothing re-applied
+            await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None, withoutAuditLogs: true); // no logs: nothing re-applied
             var database = Path.Combine(target, "kms.db");
             await SqlAsync(database, "CREATE TRIGGER stop_part_way BEFORE UPDATE ON key_versions WHEN NEW.key_id = 'stop-b' BEGIN SELECT RAISE(ABORT, 'stopped part way'); END");
             await using var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = database }, default);
@@ -355,7 +498,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
 
         try
         {
-            await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None);
+            await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None, withoutAuditLogs: true);
             var checkpoints = Path.Combine(target, "audit", "checkpoints.jsonl");
             Directory.CreateDirectory(Path.GetDirectoryName(checkpoints)!);
             File.Copy(Path.Combine(_server.DataDir, "audit", "checkpoints.jsonl"), checkpoints);
@@ -473,7 +616,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         var stream = exportPath + ".stream";
         try
         {
-            var head = (await BackupRestore.RunAsync(backup, auditKey, target, [], replace: false, CancellationToken.None)).Manifest.AuditHead.Sequence;
+            var head = (await BackupRestore.RunAsync(backup, auditKey, target, [], replace: false, CancellationToken.None, withoutAuditLogs: true)).Manifest.AuditHead.Sequence;
             await using var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default);
             await restored.AppendAuditAsync(
                 [.. Enumerable.Range(0, 20).Select(i => new Kms.Core.Audit.AuditEntry
@@ -770,7 +913,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             Assert.All(printed, r => Assert.StartsWith(Path.GetFileName(exportPath) + " event ", r!["source"]!.GetValue<string>(), StringComparison.Ordinal));
 
             // reapply-destructions (a database restored by other means, e.g. pg_restore) does the same.
-            await BackupRestore.RunAsync(later.Backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None);
+            await BackupRestore.RunAsync(later.Backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None, withoutAuditLogs: true);
             await using var dump = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default);
             await BackupRestore.ReapplyFromLogsAsync(dump, [exportPath], null, PublishedAuditKey(), CancellationToken.None);
             Assert.Equal(KeyState.DestroyScheduled, (await dump.GetVersionAsync(KeyVersionName.Parse($"{later.Compromised}/versions/1", "v"), default))!.State);
@@ -931,7 +1074,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
 
             // reapply-destructions (a dump restored by other means) does the same, once: run again,
             // it finds everything in force and records nothing more.
-            await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None);
+            await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None, withoutAuditLogs: true);
             await using var dump = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default);
 
             // Without the audit key nothing in the export is verified: the tenant's keys are
@@ -989,7 +1132,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             }
 
             await _server.DisposeAsync();
-            await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None);
+            await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None, withoutAuditLogs: true);
             await using var dump = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default);
 
             var report = await BackupRestore.ReapplyFromLogsAsync(dump, [exportPath], null, PublishedAuditKey(), CancellationToken.None);
@@ -1044,7 +1187,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             }
 
             await _server.DisposeAsync();
-            await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None);
+            await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None, withoutAuditLogs: true);
             await using var dump = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default);
 
             // Both verified; the newest given first: the logs' order is their sequence, not the files'.

@@ -7,6 +7,7 @@ using Kms.Core.Backup;
 using Kms.Core.Errors;
 using Kms.Core.Files;
 using Kms.Core.Keys;
+using Kms.Core.Names;
 using Kms.Core.Services;
 using Kms.Storage;
 using Kms.Storage.Sqlite;
@@ -31,6 +32,9 @@ internal sealed record RestoreReport(BackupManifest Manifest, IReadOnlyList<(str
 
     /// <summary>Where the node's record of the checkpoints it signed over the replaced chain (<c>audit/checkpoints.jsonl</c>) was moved aside, or null.</summary>
     public string? ReplacedCheckpoints { get; init; }
+
+    /// <summary>Versions whose encryption count the replaced database had higher (encryptions made after the backup): raised to it, with the backup's count and the replaced database's.</summary>
+    public IReadOnlyList<(string Version, long Backup, long Replaced)> EncryptCountsCarried { get; init; } = [];
 }
 
 /// <summary>What <c>reapply-destructions</c> did: the destructions and schedulings it re-applied, what it skipped, where in the chain it started.</summary>
@@ -90,7 +94,8 @@ internal static class BackupRestore
     internal static readonly AsyncLocal<Func<Task>?> Copying = new();
 
     public static async Task<RestoreReport> RunAsync(
-        string backupDir, byte[] auditPublicKey, string dataDir, IReadOnlyList<string> auditLogs, bool replace, CancellationToken cancellationToken, bool allowGaps = false, TimeSpan? waitingPeriod = null)
+        string backupDir, byte[] auditPublicKey, string dataDir, IReadOnlyList<string> auditLogs, bool replace, CancellationToken cancellationToken, bool allowGaps = false, TimeSpan? waitingPeriod = null,
+        bool withoutAuditLogs = false)
     {
         // 1. Everything is checked and read before anything is written.
         var manifest = BackupManifest.Verify(backupDir, auditPublicKey);
@@ -112,6 +117,7 @@ internal static class BackupRestore
             ?? throw KmsErrors.FailedPrecondition($"a server is serving {target}; stop it before restoring over it");
 
         string? observed = null;
+        IReadOnlyList<(byte[] VersionId, long Count)> encryptCounts = [];
         if (exists)
         {
             foreach (var (version, time) in await SqliteStore.ReadDestroyedVersionsAsync(target, cancellationToken))
@@ -131,6 +137,10 @@ internal static class BackupRestore
             }
 
             observed = await SqliteStore.ReadSettingAsync(target, LifecycleClock.Setting, cancellationToken);
+
+            // The encryptions it counted after the backup: the snapshot's counts are older, and a
+            // version would count them again up to its hard bound (claim 23).
+            encryptCounts = await SqliteStore.ReadEncryptCountsAsync(target, cancellationToken);
         }
 
         var gaps = new List<string>();
@@ -140,10 +150,27 @@ internal static class BackupRestore
         schedulings.AddRange(inForce);
         tenantDeletions.AddRange(TenantDeletions(logs, manifest.AuditHead.Sequence));
 
+        // Without a database to replace, the audit logs are the only record of what happened
+        // after the backup: a restore given none that reach past its head (the backup's own
+        // backup/Export event is after it) would bring back every key destroyed since, silently.
+        // Refused unless the operator says none survive.
+        if (!exists && !logs.Any(l => l.Events.Any(e => e.Sequence > manifest.AuditHead.Sequence)))
+        {
+            if (!withoutAuditLogs)
+            {
+                throw KmsErrors.FailedPrecondition(
+                    $"{target} does not exist and no audit log given reaches past the backup's audit head (sequence {manifest.AuditHead.Sequence.ToString(CultureInfo.InvariantCulture)}): "
+                    + "every destruction, scheduling, disabling and tenant deletion made after the backup would come back; give --audit-log with the audit exports or SIEM stream from after the backup, "
+                    + "or pass --without-audit-logs if none survive (then run `kms backup reapply-destructions` on the restored database, before a server starts on it, once they are found)");
+            }
+
+            gaps.Add($"--without-audit-logs: nothing records what happened after the backup's audit head (sequence {manifest.AuditHead.Sequence.ToString(CultureInfo.InvariantCulture)}); no destruction, scheduling, disabling or tenant deletion made since was re-applied");
+        }
+
         // 2. A private copy, checked again (the file could have changed since it was verified).
         DurableFile.CreateDirectory(dataDir);
         var stamp = DateTimeOffset.UtcNow.ToString("yyyyMMdd'T'HHmmss'Z'", System.Globalization.CultureInfo.InvariantCulture);
-        var staging = Path.Combine(dataDir, $"kms.db.restoring-{stamp}");
+        var staging = Unused(Path.Combine(dataDir, $"kms.db.restoring-{stamp}"));
         if (Copying.Value is { } copying)
         {
             await copying();
@@ -160,6 +187,7 @@ internal static class BackupRestore
         }
 
         ReapplyOutcome outcome;
+        IReadOnlyList<(KeyVersionName Version, long Before, long After)> carriedCounts;
         try
         {
             if (BackupManifest.HashFile(staging) != (manifest.SnapshotSha256, manifest.SnapshotSize))
@@ -182,6 +210,7 @@ internal static class BackupRestore
                     Client = Environment.MachineName,
                 };
                 outcome = await ReapplyAsync(store, new Recorded(recorded, schedulings, liftings, tenantDeletions), waitingPeriod, restored, staging, cancellationToken);
+                carriedCounts = await store.RaiseEncryptCountsAsync(encryptCounts, cancellationToken);
 
                 // The time the replaced database had seen pass, if later than the backup's: the
                 // lifecycle would otherwise take the backup's age for a clock jump and hold
@@ -194,19 +223,28 @@ internal static class BackupRestore
 
             SqliteStore.ReleasePooledConnections();
 
-            // 4. Install: the old database (and its WAL) aside, the restored one in its place —
-            // all or nothing: a move that fails puts back what moved (a kms.db that appeared
-            // meanwhile, say a server started too early, is not left beside the old files).
-            string? replaced = exists ? Path.Combine(dataDir, $"kms.db.replaced-{stamp}") : null;
+            // 4. Install, so that DATA-DIR/kms.db is at every moment the old database or the
+            // restored one, whole — a crash part way (a kill, a power loss) leaves one of them
+            // for the server to start on and for a second restore to re-apply from. Each file is
+            // made its whole database first (its write-ahead log folded in: a -wal beside the
+            // other file would be replayed into it); the old one is copied aside, and the restored
+            // one renamed over it in one rename. Before, the old files were moved aside first,
+            // and a crash before the restored one moved in left no kms.db: a server started on
+            // an empty database, and a second restore found nothing to re-apply destructions from.
+            string? replaced = exists ? Unused(Path.Combine(dataDir, $"kms.db.replaced-{stamp}")) : null;
+            await SqliteStore.FoldWriteAheadLogAsync(staging, cancellationToken);
+            if (exists)
+            {
+                await SqliteStore.FoldWriteAheadLogAsync(target, cancellationToken);
+            }
 
             // The node's record of the checkpoints it signed goes aside too: the server takes its
             // newest as a checkpoint the chain must pass through, and the restored chain does not
             // (a rollback on purpose, not a rewrite: docs/audit-format.md).
             var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
             string? checkpointsAside = File.Exists(checkpoints) ? $"{checkpoints}.replaced-{stamp}" : null;
-            var aside = new List<string>();
-            var absent = new List<string>();
-            var installed = new List<string>();
+            var copied = false;
+            var installed = false;
             try
             {
                 if (checkpointsAside is not null)
@@ -215,16 +253,14 @@ internal static class BackupRestore
                     DirectorySync.Flush(Path.GetDirectoryName(checkpoints)!);
                 }
 
-                foreach (var suffix in replaced is null ? [] : new[] { "", "-wal", "-shm" })
+                if (replaced is not null)
                 {
-                    if (File.Exists(target + suffix))
+                    await using (var old = new FileStream(target, FileMode.Open, FileAccess.Read, FileShare.Read, 64 * 1024, useAsync: true))
+                    await using (var copy = DurableFile.Create(replaced, DurableFile.OwnerOnly, overwrite: false))
                     {
-                        File.Move(target + suffix, replaced + suffix);
-                        aside.Add(suffix);
-                    }
-                    else
-                    {
-                        absent.Add(suffix);
+                        copied = true;
+                        await old.CopyToAsync(copy.Stream, cancellationToken);
+                        await copy.CommitAsync(cancellationToken);
                     }
                 }
 
@@ -233,40 +269,32 @@ internal static class BackupRestore
                     await installing();
                 }
 
-                foreach (var suffix in new[] { "-wal", "-shm", "" })
-                {
-                    if (File.Exists(staging + suffix))
-                    {
-                        File.Move(staging + suffix, target + suffix);
-                        installed.Add(suffix);
-                    }
-                }
+                // One rename: over the old database, or (none before) never over a kms.db that
+                // appeared meanwhile, say a server started too early.
+                File.Move(staging, target, overwrite: exists);
+                installed = true;
 
-                // The renames are durable only once the directory is: until then a power loss
-                // can bring back the replaced database (or none) after the restore said done.
-                // A directory that cannot be synced fails the restore, and the moves are undone.
+                // The rename is durable only once the directory is: until then a power loss can
+                // bring back the replaced database after the restore said done. A directory that
+                // cannot be synced fails the restore, and the old database is put back.
                 DirectorySync.Flush(dataDir);
             }
             catch
             {
-                foreach (var suffix in Enumerable.Reverse(installed))
+                if (installed)
                 {
-                    File.Move(target + suffix, staging + suffix, overwrite: true);
-                }
-
-                // Only what this restore moved aside, or found missing, can hold someone else's
-                // file now; a suffix it never reached is still the old database's own.
-                if (aside.Count > 0)
-                {
-                    foreach (var suffix in absent)
+                    if (replaced is not null)
                     {
-                        File.Delete(target + suffix);
+                        File.Move(replaced, target, overwrite: true);
+                    }
+                    else
+                    {
+                        File.Move(target, staging, overwrite: true);
                     }
                 }
-
-                foreach (var suffix in aside)
+                else if (copied && replaced is not null)
                 {
-                    File.Move(replaced + suffix, target + suffix, overwrite: true);
+                    File.Delete(replaced);
                 }
 
                 if (checkpointsAside is not null && File.Exists(checkpointsAside))
@@ -283,6 +311,7 @@ internal static class BackupRestore
                 Kept = outcome.Kept,
                 TenantsDeleting = outcome.TenantsDeleting,
                 ReplacedCheckpoints = checkpointsAside,
+                EncryptCountsCarried = [.. carriedCounts.Select(c => (c.Version.ToString(), c.Before, c.After))],
             };
         }
         catch
@@ -295,6 +324,19 @@ internal static class BackupRestore
 
             throw;
         }
+    }
+
+    // The path, or the first of PATH.2, PATH.3, … that does not exist: a restore run again within
+    // the second a killed one started in finds that one's files under its names.
+    private static string Unused(string path)
+    {
+        var candidate = path;
+        for (var n = 2; File.Exists(candidate); n++)
+        {
+            candidate = $"{path}.{n.ToString(CultureInfo.InvariantCulture)}";
+        }
+
+        return candidate;
     }
 
     // The later of two recorded observed times (Unix milliseconds); null when the first is not later.

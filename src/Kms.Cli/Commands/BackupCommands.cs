@@ -121,10 +121,14 @@ internal static class BackupCommands
         var replace = new Option<bool>("--replace") { Description = "restore over an existing kms.db (kept beside as kms.db.replaced-TIME; its destructions are re-applied)" };
         var allowGaps = AllowGapsOption();
         var waiting = WaitingPeriodOption();
+        var withoutAuditLogs = new Option<bool>("--without-audit-logs")
+        {
+            Description = "restore into a data directory without kms.db although no audit log given reaches past the backup (none survive): what was destroyed, scheduled, disabled or deleted after the backup comes back",
+        };
         var provider = new DeploymentDatabase().Provider;
         var command = new Command("restore", "verify a backup, re-apply every destruction recorded after it, and install it as DATA-DIR/kms.db (offline; SQLite deployments only)")
         {
-            directory, publicKey, dataDir, auditLogs, replace, allowGaps, waiting, provider,
+            directory, publicKey, dataDir, auditLogs, replace, allowGaps, waiting, withoutAuditLogs, provider,
         };
         runner.SetAction(command, async (ctx, ct) =>
         {
@@ -133,7 +137,8 @@ internal static class BackupCommands
             var key = CeremonyCommands.PublicKeyFromPem(File.ReadAllText(ctx.Environment.FullPath(parse.GetRequiredValue(publicKey))));
             var logs = (parse.GetValue(auditLogs) ?? []).Select(ctx.Environment.FullPath).ToList();
             var report = await CheckedAsync(() => BackupRestore.RunAsync(
-                ctx.Environment.FullPath(parse.GetRequiredValue(directory)), key, ctx.Environment.FullPath(parse.GetRequiredValue(dataDir)), logs, parse.GetValue(replace), ct, parse.GetValue(allowGaps), parse.GetValue(waiting)));
+                ctx.Environment.FullPath(parse.GetRequiredValue(directory)), key, ctx.Environment.FullPath(parse.GetRequiredValue(dataDir)), logs, parse.GetValue(replace), ct, parse.GetValue(allowGaps), parse.GetValue(waiting),
+                parse.GetValue(withoutAuditLogs)));
             var json = ManifestJson(report.Manifest);
             json["reapplied"] = new JsonArray([.. report.Reapplied.Select(r => (JsonNode)new JsonObject { ["version"] = r.Version, ["source"] = r.Source })]);
             json["rescheduled"] = RescheduledJson(report.Rescheduled);
@@ -142,6 +147,7 @@ internal static class BackupCommands
             json["skipped"] = new JsonArray([.. report.Skipped.Select(s => (JsonNode)s)]);
             json["replaced_database"] = report.ReplacedDatabase;
             json["replaced_checkpoints"] = report.ReplacedCheckpoints;
+            json["encrypt_counts_carried"] = new JsonArray([.. report.EncryptCountsCarried.Select(c => (JsonNode)new JsonObject { ["version"] = c.Version, ["backup"] = c.Backup, ["replaced"] = c.Replaced })]);
             ctx.Output.Result(json, () =>
             {
                 var rows = ManifestRows(report.Manifest).ToList();
@@ -152,6 +158,8 @@ internal static class BackupCommands
                 rows.Add(("skipped", report.Skipped.Count == 0 ? "none" : string.Join("; ", report.Skipped)));
                 rows.Add(("replaced database", report.ReplacedDatabase ?? "none"));
                 rows.Add(("replaced checkpoints", report.ReplacedCheckpoints ?? "none"));
+                rows.Add(("encrypt counts carried", report.EncryptCountsCarried.Count == 0 ? "none"
+                    : string.Join("; ", report.EncryptCountsCarried.Select(c => $"{c.Version} {c.Backup.ToString(CultureInfo.InvariantCulture)} -> {c.Replaced.ToString(CultureInfo.InvariantCulture)}"))));
                 return CliOutput.Properties(rows);
             });
             return ExitCodes.Ok;

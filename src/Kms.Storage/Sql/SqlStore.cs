@@ -520,6 +520,50 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
                 : throw KmsErrors.Internal($"no key version {id} to count encryptions for");
         }, cancellationToken, announce: false);
 
+    /// <summary>
+    /// Raises each version's durable encryption count to the count given for its version id,
+    /// where it is lower; a version id this database does not hold is passed over. A restore
+    /// carries in the counts of the database it replaces, which counted the encryptions made
+    /// after the backup (claim 23's hard bound counts them again). One write.
+    /// </summary>
+    /// <returns>The versions raised, each with its count before and after.</returns>
+    public Task<IReadOnlyList<(KeyVersionName Version, long Before, long After)>> RaiseEncryptCountsAsync(
+        IReadOnlyList<(byte[] VersionId, long Count)> counts, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(counts);
+        return WriteAsync<IReadOnlyList<(KeyVersionName, long, long)>>(async (connection, transaction) =>
+        {
+            var raised = new List<(KeyVersionName, long, long)>();
+            foreach (var (id, count) in counts)
+            {
+                await using var read = Command(connection, "SELECT tenant, key_id, version, encrypt_count FROM key_versions WHERE version_id = @version_id", ("@version_id", id));
+                read.Transaction = transaction;
+                KeyVersionName? name = null;
+                long before = 0;
+                await using (var reader = await read.ExecuteReaderAsync(cancellationToken))
+                {
+                    if (await reader.ReadAsync(cancellationToken))
+                    {
+                        name = new KeyVersionName(new KeyName(TenantId.Parse(reader.GetString(0)), reader.GetString(1)), reader.GetInt32(2));
+                        before = reader.GetInt64(3);
+                    }
+                }
+
+                if (name is null || before >= count)
+                {
+                    continue;
+                }
+
+                await using var update = Command(connection, "UPDATE key_versions SET encrypt_count = @count WHERE version_id = @version_id", ("@count", count), ("@version_id", id));
+                update.Transaction = transaction;
+                await update.ExecuteNonQueryAsync(cancellationToken);
+                raised.Add((name, before, count));
+            }
+
+            return raised;
+        }, cancellationToken, announce: false);
+    }
+
     private const string RecordUsageSql = """
         UPDATE key_versions SET
             decrypt_count = decrypt_count + @decryptions,

@@ -93,6 +93,29 @@ public sealed partial class SqliteStore
         });
 
     /// <summary>
+    /// The durable encryption count of every version of a database file, by version id,
+    /// read-only: what a restore over it carries into the snapshot where it is higher
+    /// (<see cref="SqlStore.RaiseEncryptCountsAsync"/>).
+    /// </summary>
+    /// <exception cref="Kms.Core.Errors.KmsException">Unavailable when the file is not a readable database.</exception>
+    public static Task<IReadOnlyList<(byte[] VersionId, long Count)>> ReadEncryptCountsAsync(string path, CancellationToken cancellationToken) =>
+        GuardAsync<IReadOnlyList<(byte[], long)>>(async () =>
+        {
+            var builder = new SqliteConnectionStringBuilder { DataSource = path, Mode = SqliteOpenMode.ReadOnly, Pooling = false };
+            await using var connection = new SqliteConnection(builder.ToString());
+            await connection.OpenAsync(cancellationToken);
+            await using var command = Command(connection, "SELECT version_id, encrypt_count FROM key_versions WHERE encrypt_count > 0 ORDER BY version_id");
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            var counts = new List<(byte[], long)>();
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                counts.Add(((byte[])reader.GetValue(0), reader.GetInt64(1)));
+            }
+
+            return counts;
+        });
+
+    /// <summary>
     /// The keys and versions of a database file that are DESTROY_SCHEDULED (with their destroy
     /// time) or DISABLED, read-only: what a restore over it schedules or disables again in the
     /// snapshot (<see cref="Kms.Core.Backup.SchedulingReplay"/>). A null version is the key itself.
@@ -156,6 +179,40 @@ public sealed partial class SqliteStore
             await connection.OpenAsync(cancellationToken);
             await using var command = Command(connection, "SELECT value FROM settings WHERE name = @name", ("@name", name));
             return await command.ExecuteScalarAsync(cancellationToken) as string;
+        });
+
+    /// <summary>
+    /// Folds a closed database file's write-ahead log into it (a checkpoint by a connection of its
+    /// own, whose close removes the log and its index), so the file alone is the whole database
+    /// and can be copied or renamed on its own. No other process may have it open.
+    /// </summary>
+    /// <exception cref="Kms.Core.Errors.KmsException">Unavailable when the log cannot be folded in (another connection holds it, or the disk fails).</exception>
+    public static Task FoldWriteAheadLogAsync(string path, CancellationToken cancellationToken) =>
+        GuardAsync(async () =>
+        {
+            var builder = new SqliteConnectionStringBuilder { DataSource = path, Mode = SqliteOpenMode.ReadWrite, Pooling = false };
+            await using (var connection = new SqliteConnection(builder.ToString()))
+            {
+                await connection.OpenAsync(cancellationToken);
+                await using var checkpoint = Command(connection, "PRAGMA wal_checkpoint(TRUNCATE)");
+                await using var reader = await checkpoint.ExecuteReaderAsync(cancellationToken);
+                if (await reader.ReadAsync(cancellationToken) && reader.GetInt64(0) != 0)
+                {
+                    throw Core.Errors.KmsErrors.Unavailable($"the write-ahead log of {path} could not be folded into it: another connection is using it");
+                }
+            }
+
+            // The last connection's close removes both; an empty log or an index left behind
+            // (a build that keeps them) holds nothing of the database.
+            if (File.Exists(path + "-wal") && new FileInfo(path + "-wal").Length > 0)
+            {
+                throw Core.Errors.KmsErrors.Unavailable($"the write-ahead log of {path} could not be folded into it: another connection is using it");
+            }
+
+            File.Delete(path + "-wal");
+            File.Delete(path + "-shm");
+
+            return true;
         });
 
     /// <summary>
