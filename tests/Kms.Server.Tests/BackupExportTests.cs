@@ -59,6 +59,31 @@ public sealed class BackupExportTests : IAsyncLifetime, IDisposable
         var material = RandomNumberGenerator.GetBytes(32);
         await _keyManager.ImportKeyVersionAsync(byok.Name, job.Name, Kms.Client.KeyImport.Wrap(job.PublicKeyDer.Span, job.ImportMethod, material));
 
+        // Nor a credential or a caller's secret: an API token in use (its secret is kept as a
+        // SHA-256 only), a context value, a value MACed for a blind index.
+        var contextValue = "CANARY-BACKUP-CONTEXT-81c2";
+        await _keyManager.EncryptAsync(key.Name, plaintext, new Dictionary<string, string> { ["patient"] = contextValue });
+        var indexedValue = "CANARY-BACKUP-INDEXED-4f0a";
+        var macVersion = (await _keyManager.CreateKeyAsync("tenants/dev", "backed-up-index", KeyPurpose.Mac)).Primary.Name;
+        await new Kms.Client.BlindIndex(_keyManager, macVersion, "patients.email", 32).ComputeAsync(indexedValue);
+        var token = await _server.CreatePrincipalWithTokenAsync("backed-up-bot", "dev", "key-user");
+        using (var bot = _server.CreateClient(token))
+        {
+            await bot.GenerateRandomAsync(8);
+        }
+
+        var tokenSecret = token[(4 + 16 + 1)..];
+        var canaries = new Dictionary<string, byte[]>
+        {
+            ["api token"] = Encoding.ASCII.GetBytes(token),
+            ["api token secret"] = Encoding.ASCII.GetBytes(tokenSecret),
+            ["api token secret, raw"] = System.Buffers.Text.Base64Url.DecodeFromChars(tokenSecret),
+            ["context value"] = Encoding.UTF8.GetBytes(contextValue),
+            ["blind-indexed value"] = Encoding.UTF8.GetBytes(indexedValue),
+            ["data key"] = handedOut,
+            ["imported material"] = material,
+        };
+
         var request = await _officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup });
         Assert.False((await ApproveAsync("alice", request.Name)).Executed);
         var directory = Path.Combine(_server.DataDir, "backups", request.Id);
@@ -81,6 +106,19 @@ public sealed class BackupExportTests : IAsyncLifetime, IDisposable
         Assert.Equal(-1, snapshot.AsSpan().IndexOf(material));
         Assert.Equal(-1, snapshot.AsSpan().IndexOf(Encoding.ASCII.GetBytes(Convert.ToBase64String(material))));
         Assert.Equal(-1, snapshot.AsSpan().IndexOf(Encoding.ASCII.GetBytes(Convert.ToHexStringLower(material))));
+
+        foreach (var file in Directory.GetFiles(directory))
+        {
+            var content = await File.ReadAllBytesAsync(file);
+            foreach (var (name, secret) in canaries)
+            {
+                foreach (var form in new[] { secret, Encoding.ASCII.GetBytes(Convert.ToHexStringLower(secret)), Encoding.ASCII.GetBytes(Convert.ToHexString(secret)),
+                    Encoding.ASCII.GetBytes(Convert.ToBase64String(secret)), Encoding.ASCII.GetBytes(System.Buffers.Text.Base64Url.EncodeToString(secret)) })
+                {
+                    Assert.False(content.AsSpan().IndexOf(form) >= 0, $"{name} found in {Path.GetFileName(file)}");
+                }
+            }
+        }
 
         // Claim 115: what the job imported is in the snapshot with the version (a restore keeps refusing it).
         Assert.Matches("^[0-9a-f]{64}$", await ImportFingerprintAsync(Path.Combine(directory, BackupManifest.SnapshotFile)));
