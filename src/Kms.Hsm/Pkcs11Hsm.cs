@@ -333,8 +333,17 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         }, cancellationToken);
     }
 
+    // Only a 12-byte IV reaches the HSM. SoftHSM takes an IV of any length and gives some distinct
+    // ones a single keystream and tag (measured: the empty IV and 16 zero bytes; 1,024 zero bytes
+    // and 12), so a caller passing another length could repeat a (key, IV) pair without repeating
+    // its IV. Every caller draws 12 bytes: another length is a fault, and nothing is sealed.
     private byte[] EncryptGcm(ISession session, IObjectHandle handle, byte[] iv, byte[] aad, byte[] plaintext)
     {
+        if (iv.Length != CiphertextBlob.IvLength)
+        {
+            throw KmsErrors.Internal($"an AES-GCM IV is {CiphertextBlob.IvLength} bytes, not {iv.Length}; nothing was encrypted");
+        }
+
         var factories = _module.Factories;
         using var parameters = factories.MechanismParamsFactory.CreateCkGcmParams(iv, (ulong)iv.Length * 8, aad, 128);
         using var mechanism = factories.MechanismFactory.Create(CKM.CKM_AES_GCM, parameters);
@@ -369,9 +378,15 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         }, cancellationToken);
     }
 
-    // Null when the tag, AAD or IV is wrong (the operation ends with the error; the session stays usable).
+    // Null when the tag, AAD or IV is wrong (the operation ends with the error; the session stays usable), or the IV is not 12 bytes.
     private byte[]? DecryptGcm(ISession session, IObjectHandle handle, byte[] iv, byte[] aad, byte[] ciphertextAndTag)
     {
+        // Nothing this adapter sealed has another IV length (see EncryptGcm): such an input is a wrong IV.
+        if (iv.Length != CiphertextBlob.IvLength)
+        {
+            return null;
+        }
+
         var factories = _module.Factories;
         using var parameters = factories.MechanismParamsFactory.CreateCkGcmParams(iv, (ulong)iv.Length * 8, aad, 128);
         using var mechanism = factories.MechanismFactory.Create(CKM.CKM_AES_GCM, parameters);
