@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using System.Text;
+using Kms.Core;
 using Kms.Core.Errors;
 using Kms.Core.Keys;
 using Kms.Core.Ports;
@@ -158,6 +159,66 @@ public sealed class AlgorithmTests(AlgorithmFixture fixture) : IClassFixture<Alg
         var bouncy = new byte[hmac.GetMacSize()];
         hmac.DoFinal(bouncy, 0);
         Assert.Equal(bouncy, mac);
+    }
+
+    [Fact]
+    public async Task ComputeMacMany_EachTheSingleCallsMacAndDotNets_EmptyList_AtTheSizeLimit_LostHandle_WrongKeyAndCancellationAsTheSingleCall()
+    {
+        var secret = RandomNumberGenerator.GetBytes(32);
+        var (key, _) = await fixture.ImportAsync(KeyAlgorithm.HmacSha256, secret);
+
+        // A chunk's worth (BatchGenerateMac sends 100 at a time): lengths 1 to 694, a value at the
+        // size limit, and a repeated value.
+        var values = Enumerable.Range(1, 98).Select(i => RandomNumberGenerator.GetBytes(i * 7 + (i % 3))).Append(RandomNumberGenerator.GetBytes(Limits.MaxEncryptPlaintextBytes)).ToList();
+        values.Add(values[3]);
+        var macs = await fixture.Hsm.ComputeMacManyAsync(key, KeyAlgorithm.HmacSha256, values, default);
+        Assert.Equal(values.Count, macs.Length);
+        for (var i = 0; i < values.Count; i++)
+        {
+            Assert.Equal(HMACSHA256.HashData(secret, values[i]), macs[i]);
+            Assert.Equal(await fixture.Hsm.ComputeMacAsync(key, KeyAlgorithm.HmacSha256, values[i], default), macs[i]);
+        }
+
+        var objects = fixture.Hsm.CountSessionObjects();
+        Assert.Empty(await fixture.Hsm.ComputeMacManyAsync(key, KeyAlgorithm.HmacSha256, [], default));
+        Assert.Equal(objects, fixture.Hsm.CountSessionObjects());
+
+        // The cached copy destroyed behind the adapter's back (a device that lost it): unwrapped
+        // again, as the single call does, and the same MACs.
+        foreach (var many in new[] { true, false })
+        {
+            using (var lease = fixture.Hsm.Cache.Lease(key.Id, KeyHandleKind.HmacSha256, () => throw new InvalidOperationException("must be cached")))
+            {
+                using var raw = fixture.Base.OpenRawSession();
+                raw.DestroyObject(lease.Handle);
+            }
+
+            var again = many
+                ? await fixture.Hsm.ComputeMacManyAsync(key, KeyAlgorithm.HmacSha256, [values[0], values[^2]], default)
+                : [await fixture.Hsm.ComputeMacAsync(key, KeyAlgorithm.HmacSha256, values[0], default), await fixture.Hsm.ComputeMacAsync(key, KeyAlgorithm.HmacSha256, values[^2], default)];
+            Assert.Equal([macs[0], macs[^2]], again);
+        }
+
+        // Another key type's material, material that does not unwrap, an algorithm of another
+        // purpose: the single call's error, code and message; nothing left in the HSM.
+        var rsa = new KeyMaterialRef(KeyVersionId.NewId(), (await fixture.Hsm.GenerateKeyVersionAsync(KeyAlgorithm.RsaSignPss2048Sha256, default)).Wrapped);
+        var garbage = new KeyMaterialRef(KeyVersionId.NewId(), new Core.Crypto.WrappedKeyMaterial(RandomNumberGenerator.GetBytes(40)));
+        objects = fixture.Hsm.CountSessionObjects();
+        foreach (var (wrong, algorithm) in new[] { (rsa, KeyAlgorithm.HmacSha256), (garbage, KeyAlgorithm.HmacSha256), (key, KeyAlgorithm.Aes256Gcm) })
+        {
+            var single = await Assert.ThrowsAsync<KmsException>(async () => await fixture.Hsm.ComputeMacAsync(wrong, algorithm, values[0], default));
+            var many = await Assert.ThrowsAsync<KmsException>(async () => await fixture.Hsm.ComputeMacManyAsync(wrong, algorithm, [values[0], values[1]], default));
+            Assert.Equal((single.Code, single.Message), (many.Code, many.Message));
+            Assert.NotEqual(KmsErrorCode.Unavailable, many.Code);
+        }
+
+        Assert.Equal(objects, fixture.Hsm.CountSessionObjects());
+
+        // Cancelled before it starts: cancelled, as the single call.
+        using var cancelled = new CancellationTokenSource();
+        await cancelled.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await fixture.Hsm.ComputeMacAsync(key, KeyAlgorithm.HmacSha256, values[0], cancelled.Token));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await fixture.Hsm.ComputeMacManyAsync(key, KeyAlgorithm.HmacSha256, values, cancelled.Token));
     }
 
     [WycheproofFact]
