@@ -818,6 +818,117 @@ public sealed class AuditTests : IAsyncLifetime
             seen);
     }
 
+    [Fact]
+    public async Task ReEncrypt_EveryBranch_EventNamesTheSourceAndTheDestinationVersionAsFarAsResolved_KeyFilterFindsBoth()
+    {
+        // The destination as its resource, the source among its key versions, whichever side is
+        // refused. Before, a refused source left the destination's alias as given (not the version
+        // it resolves to) and no event named the source at all.
+        using var prober = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("reencrypt-prober", "dev", "key-user"));
+        var source = await _developer.CreateKeyAsync("tenants/dev", "reenc-audit-source");
+        var refusedSource = await _developer.CreateKeyAsync("tenants/dev", "reenc-audit-source-refused");
+        var destination = await _developer.CreateKeyAsync("tenants/dev", "reenc-audit-destination");
+        var refusedDestination = await _developer.CreateKeyAsync("tenants/dev", "reenc-audit-destination-refused");
+        var destinationAlias = (await _developer.CreateAliasAsync("tenants/dev", "reenc-audit-destination-alias", destination.Name)).Name;
+        var refusedAlias = (await _developer.CreateAliasAsync("tenants/dev", "reenc-audit-destination-refused-alias", refusedDestination.Name)).Name;
+        var blob = (await _developer.EncryptAsync(source.Name, "m"u8.ToArray())).Ciphertext;
+        var refusedBlob = (await _developer.EncryptAsync(refusedSource.Name, "m"u8.ToArray())).Ciphertext;
+        foreach (var key in new[] { refusedSource, refusedDestination })
+        {
+            await _developer.SetKeyPolicyAsync(key.Name, [new KeyPolicyEntry { Principal = "token:developer", Operations = { "ENCRYPT", "DECRYPT" } }]);
+        }
+
+        await prober.ReEncryptAsync(blob, destinationAlias);
+        Assert.Equal(StatusCode.InvalidArgument, (await Assert.ThrowsAsync<RpcException>(() => prober.ReEncryptAsync(refusedBlob, destinationAlias))).StatusCode);
+        Assert.Equal(StatusCode.NotFound, (await Assert.ThrowsAsync<RpcException>(() => prober.ReEncryptAsync(blob, refusedAlias))).StatusCode);
+        Assert.Equal(StatusCode.NotFound, (await Assert.ThrowsAsync<RpcException>(() => prober.ReEncryptAsync(blob, "tenants/dev/aliases/reenc-audit-missing"))).StatusCode);
+
+        var events = await EventsAsync(new ListAuditEventsRequest { Principal = "token:reencrypt-prober", Operation = "ReEncrypt" });
+        Assert.Equal(
+            [
+                $"OK {destination.Name}/versions/1 [{source.Name}/versions/1] 0",
+                $"INVALID_ARGUMENT {destination.Name}/versions/1 [{refusedSource.Name}/versions/1] 0",
+                $"NOT_FOUND {refusedDestination.Name}/versions/1 [{source.Name}/versions/1] 0",
+                $"NOT_FOUND tenants/dev/aliases/reenc-audit-missing [{source.Name}/versions/1] 0",
+            ],
+            events.Select(e => $"{e.Outcome} {e.Resource} [{string.Join(", ", e.KeyVersions)}] {e.OtherKeyVersions}"));
+
+        // The key filter finds each event under both of its keys.
+        foreach (var (key, expected) in new[] { (source, new[] { 0, 2, 3 }), (refusedSource, [1]), (destination, [0, 1]), (refusedDestination, [2]) })
+        {
+            var found = await EventsAsync(new ListAuditEventsRequest { Resource = key.Name, Operation = "ReEncrypt" });
+            Assert.Equal(expected.Select(i => events[i].Sequence), found.Select(e => e.Sequence));
+        }
+    }
+
+    [Fact]
+    public async Task BatchCalls_OneEventNamingEveryKeyVersionItsItemsResolved_AllowedOrRefused_FoundByTheKeyFilter()
+    {
+        // Before, a batch's one event named no key: "who used key K" missed every batch.
+        var a = await _developer.CreateKeyAsync("tenants/dev", "batch-audit-a");
+        var b = await _developer.CreateKeyAsync("tenants/dev", "batch-audit-b");
+        var refused = await _developer.CreateKeyAsync("tenants/dev", "batch-audit-refused");
+        var mac = await _developer.CreateKeyAsync("tenants/dev", "batch-audit-mac", KeyPurpose.Mac);
+        var alias = (await _developer.CreateAliasAsync("tenants/dev", "batch-audit-b-alias", b.Name)).Name;
+        await _server.CreatePrincipalWithTokenAsync("batch-audit-other", "dev", "key-user");
+        await _developer.SetKeyPolicyAsync(refused.Name, [new KeyPolicyEntry { Principal = "token:batch-audit-other", Operations = { "ENCRYPT" } }]);
+        var x = Google.Protobuf.ByteString.CopyFromUtf8("x");
+
+        var encrypt = new BatchEncryptRequest();
+        encrypt.Requests.AddRange(new[] { a.Name, b.Name, a.Name, refused.Name, "tenants/dev/keys/batch-audit-missing" }.Select(name => new EncryptRequest { Name = name, Plaintext = x }));
+        var encrypted = await _developer.BatchEncryptAsync(encrypt);
+        Assert.Equal(StatusCode.PermissionDenied, (StatusCode)encrypted.Results[3].Status.Code);
+        var dataKeys = new BatchGenerateDataKeyRequest();
+        dataKeys.Requests.Add(new GenerateDataKeyRequest { Name = alias });
+        await _developer.BatchGenerateDataKeyAsync(dataKeys);
+        var decrypt = new BatchDecryptRequest();
+        decrypt.Requests.AddRange(encrypted.Results.Take(2).Select(r => new DecryptRequest { Ciphertext = r.Response.Ciphertext }));
+        await _developer.BatchDecryptAsync(decrypt);
+        var reEncrypt = new BatchReEncryptRequest();
+        reEncrypt.Requests.Add(new ReEncryptRequest { Ciphertext = encrypted.Results[0].Response.Ciphertext, DestinationName = alias });
+        await _developer.BatchReEncryptAsync(reEncrypt);
+        var macs = new BatchGenerateMacRequest();
+        macs.Requests.Add(new GenerateMacRequest { Name = mac.Name, Data = x });
+        await _developer.BatchGenerateMacAsync(macs);
+
+        string V(Key key) => key.Name + "/versions/1";
+        var expected = new Dictionary<string, string[]>
+        {
+            ["BatchEncrypt"] = [V(a), V(b), V(refused)],
+            ["BatchGenerateDataKey"] = [V(b)],
+            ["BatchDecrypt"] = [V(a), V(b)],
+            ["BatchReEncrypt"] = [V(b), V(a)],
+            ["BatchGenerateMac"] = [V(mac)],
+        };
+        var events = new Dictionary<string, AuditEventInfo>();
+        foreach (var (operation, versions) in expected)
+        {
+            var e = Assert.Single(await EventsAsync(new ListAuditEventsRequest { Principal = "token:developer", Operation = operation }), listed => listed.KeyVersions.Contains(versions[0]));
+            Assert.Equal(("OK", "", 0L), (e.Outcome, e.Resource, e.OtherKeyVersions));
+            Assert.Equal(versions, e.KeyVersions);
+            events[operation] = e;
+        }
+
+        foreach (var (key, operations) in new[]
+        {
+            (a.Name, new[] { "BatchEncrypt", "BatchDecrypt", "BatchReEncrypt" }),
+            (V(b), ["BatchEncrypt", "BatchGenerateDataKey", "BatchDecrypt", "BatchReEncrypt"]),
+            (refused.Name, ["BatchEncrypt"]),
+            (mac.Name, ["BatchGenerateMac"]),
+        })
+        {
+            var found = await EventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", Resource = key });
+            Assert.Equal(operations.Select(o => events[o].Sequence), found.Where(e => e.Operation.Contains("/Batch", StringComparison.Ordinal)).Select(e => e.Sequence));
+        }
+
+        // The offline verifier takes the bodies that carry the list as any other.
+        var export = await ExportAsync();
+        Assert.Contains($"\"key_versions\":[\"{V(a)}\",\"{V(b)}\",\"{V(refused)}\"],\"other_key_versions\":0}}", export, StringComparison.Ordinal);
+        var published = await _developer.Audit.GetAuditSigningKeyAsync(new GetAuditSigningKeyRequest());
+        var verified = AuditVerifier.Verify(new StringReader(export), published.PublicKeyDer.ToByteArray());
+        Assert.True(verified.Valid, verified.Problem);
+    }
+
     private async Task<List<AuditEventInfo>> EventsAsync(ListAuditEventsRequest request)
     {
         request.PageSize = 1000;

@@ -73,6 +73,40 @@ public abstract class AuditStoreContract : AccessStoreContract
     }
 
     [Fact]
+    public async Task List_ResourceFilter_FindsAnEventByAnyKeyVersionItLists_ExactAboutCasePrefixAndUnderscore()
+    {
+        // A batch's one event names no resource, its items' versions in its list; ReEncrypt's
+        // names its source there. Before, the filter read the resource column only.
+        var store = await AuditAsync();
+        await store.AppendAuditAsync(
+        [
+            Entry(1) with { Operation = "/kms.v1.KeyManagementService/BatchEncrypt", Resource = null, KeyVersions = ["tenants/dev/keys/a/versions/1", "tenants/dev/keys/b_c/versions/2"] },
+            Entry(2) with { Operation = "/kms.v1.KeyManagementService/ReEncrypt", Resource = "tenants/dev/keys/d/versions/1", KeyVersions = ["tenants/dev/keys/a/versions/3"] },
+            Entry(3) with { Resource = "tenants/dev/keys/a/versions/1" },
+            Entry(4) with { Resource = null, KeyVersions = ["tenants/dev/keys/ab/versions/1", "tenants/dev/keys/A/versions/1", "tenants/dev/keys/bXc/versions/2"], OtherKeyVersions = 3 },
+        ], default);
+
+        async Task<long[]> Seqs(string resource) => (await store.ListAuditEventsAsync(new AuditQuery { Resource = resource }, default)).Select(e => e.Sequence).ToArray();
+        Assert.Equal(new long[] { 1L, 2L, 3L }, await Seqs("tenants/dev/keys/a"));
+        Assert.Equal(new long[] { 1L, 3L }, await Seqs("tenants/dev/keys/a/versions/1"));
+        Assert.Equal(new long[] { 2L }, await Seqs("tenants/dev/keys/a/versions/3"));
+        Assert.Equal(new long[] { 1L }, await Seqs("tenants/dev/keys/b_c"));
+        Assert.Equal(new long[] { 2L }, await Seqs("tenants/dev/keys/d"));
+        Assert.Equal(new long[] { 4L }, await Seqs("tenants/dev/keys/A"));
+        Assert.Equal(new long[] { 4L }, await Seqs("tenants/dev/keys/ab"));
+        Assert.Equal(new long[] { 1L, 2L, 3L, 4L }, await Seqs("tenants/dev"));
+        Assert.Empty(await Seqs("tenants/dev/keys/a/versions/10"));
+        Assert.Empty(await Seqs("tenants/dev/keys/b"));
+
+        // The list is read back from the body; an event without one has no such member.
+        var listed = await store.ListAuditEventsAsync(new AuditQuery(), default);
+        Assert.Equal(["tenants/dev/keys/a/versions/1", "tenants/dev/keys/b_c/versions/2"], listed[0].Entry.KeyVersions);
+        Assert.Equal((3L, 0L), (listed[3].Entry.OtherKeyVersions, listed[0].Entry.OtherKeyVersions));
+        Assert.Null(listed[2].Entry.KeyVersions);
+        Assert.DoesNotContain("key_versions", listed[2].Body, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Prune_OnlyBackToACheckpoint_WhichThenAnchorsTheHead()
     {
         var store = await AuditAsync();

@@ -162,7 +162,7 @@ public sealed class PostgresClusterTests : IAsyncLifetime
         {
             await connection.OpenAsync();
             await using var undo = connection.CreateCommand();
-            undo.CommandText = "ALTER TABLE key_versions DROP COLUMN import_fingerprint; ALTER TABLE quorum_approvals DROP COLUMN sign_time; ALTER TABLE quorum_requests DROP COLUMN executing_node, DROP COLUMN credential_path, DROP COLUMN credential_revoke_time; ALTER TABLE principals DROP COLUMN delete_time; ALTER TABLE tenants DROP COLUMN delete_waiting_ms; ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 4";
+            undo.CommandText = "ALTER TABLE audit_events DROP COLUMN key_versions; ALTER TABLE key_versions DROP COLUMN import_fingerprint; ALTER TABLE quorum_approvals DROP COLUMN sign_time; ALTER TABLE quorum_requests DROP COLUMN executing_node, DROP COLUMN credential_path, DROP COLUMN credential_revoke_time; ALTER TABLE principals DROP COLUMN delete_time; ALTER TABLE tenants DROP COLUMN delete_waiting_ms; ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 4";
             await undo.ExecuteNonQueryAsync();
         }
 

@@ -510,7 +510,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
     [Fact]
     public async Task Migration10_KeysThatAlreadyHoldAnImportedVersion_KeepTakingImports_OthersDoNot()
     {
-        // A database as release 9 left it (without the columns of migrations 10 to 14): two keys, one of which took an import.
+        // A database as release 9 left it (without the columns of migrations 10 to 16): two keys, one of which took an import.
         await using (var store = await OpenAsync())
         {
             var plain = KeyStoreContract.NewKey(KeyStoreContract.Dev, "plain");
@@ -524,7 +524,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         {
             await old.OpenAsync();
             await using var command = old.CreateCommand();
-            command.CommandText = "DROP INDEX key_versions_import_material; ALTER TABLE key_versions DROP COLUMN import_fingerprint; ALTER TABLE quorum_approvals DROP COLUMN sign_time; ALTER TABLE quorum_requests DROP COLUMN executing_node; ALTER TABLE quorum_requests DROP COLUMN credential_path; ALTER TABLE quorum_requests DROP COLUMN credential_revoke_time; ALTER TABLE principals DROP COLUMN delete_time; ALTER TABLE tenants DROP COLUMN delete_waiting_ms; ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 10;";
+            command.CommandText = "ALTER TABLE audit_events DROP COLUMN key_versions; DROP INDEX key_versions_import_material; ALTER TABLE key_versions DROP COLUMN import_fingerprint; ALTER TABLE quorum_approvals DROP COLUMN sign_time; ALTER TABLE quorum_requests DROP COLUMN executing_node; ALTER TABLE quorum_requests DROP COLUMN credential_path; ALTER TABLE quorum_requests DROP COLUMN credential_revoke_time; ALTER TABLE principals DROP COLUMN delete_time; ALTER TABLE tenants DROP COLUMN delete_waiting_ms; ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 10;";
             await command.ExecuteNonQueryAsync();
         }
 

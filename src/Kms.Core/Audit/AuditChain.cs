@@ -104,6 +104,10 @@ public static class AuditChain
                 ? resources.EnumerateObject().Select(p => KeyValuePair.Create(p.Name, p.Value.GetInt64())).ToList()
                 : null,
             OtherResources = root.TryGetProperty("other_resources", out var others) ? others.GetInt64() : 0,
+            KeyVersions = root.TryGetProperty("key_versions", out var versions)
+                ? versions.EnumerateArray().Select(v => v.GetString()!).ToList()
+                : null,
+            OtherKeyVersions = root.TryGetProperty("other_key_versions", out var otherVersions) ? otherVersions.GetInt64() : 0,
         };
         return new AuditEvent(root.GetProperty("seq").GetInt64(), entry, root.GetProperty("prev").GetString()!, hash, body);
     }
@@ -168,6 +172,20 @@ public static class AuditChain
 
             w.WriteEndObject();
             w.WriteNumber("other_resources", entry.OtherResources);
+        }
+
+        // Calls that used key versions besides their resource (ReEncrypt's source, the batches'
+        // items) only: two more members, so every other body is as it always was.
+        if (entry.KeyVersions is { } versions)
+        {
+            w.WriteStartArray("key_versions");
+            foreach (var version in versions)
+            {
+                w.WriteStringValue(version);
+            }
+
+            w.WriteEndArray();
+            w.WriteNumber("other_key_versions", entry.OtherKeyVersions);
         }
     }
 

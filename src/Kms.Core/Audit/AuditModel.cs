@@ -59,6 +59,23 @@ public sealed record AuditEntry
     /// <summary>Most distinct resources an aggregated refusal lists (memory and event size stay bounded whatever a flood names).</summary>
     public const int MaxListedResources = 8;
 
+    /// <summary>
+    /// For a call that used key versions besides <see cref="Resource"/> — ReEncrypt's source, every
+    /// batch call's items — those versions, distinct, in the order the call first resolved them
+    /// (allowed or refused by the key's policy or state, as <see cref="Resource"/> is): at most
+    /// <see cref="MaxListedKeyVersions"/>; null for every other event.
+    /// </summary>
+    public IReadOnlyList<string>? KeyVersions { get; init; }
+
+    /// <summary>How many distinct key versions the call resolved beyond the <see cref="MaxListedKeyVersions"/> listed in <see cref="KeyVersions"/>.</summary>
+    public long OtherKeyVersions { get; init; }
+
+    /// <summary>
+    /// Most key versions one event lists (a batch of 1,000 ReEncrypt items may name 2,000): about
+    /// 20 KB of names at most, so a batch's event stays far below the verifier's line limit.
+    /// </summary>
+    public const int MaxListedKeyVersions = 128;
+
     /// <summary>The address part of a transport peer (<c>ipv4:10.0.0.7:51234</c> → <c>10.0.0.7</c>): anonymous callers are told apart by it.</summary>
     public static string AddressOf(string? peer)
     {

@@ -13,6 +13,11 @@ public sealed class AuditScope
     private readonly Lock _lock = new();
     private AuditEntry _entry;
 
+    // The key versions the call used besides its resource (AddKeyVersion): the first
+    // AuditEntry.MaxListedKeyVersions listed, every distinct one counted; null until the first.
+    private List<string>? _keyVersions;
+    private HashSet<string>? _keyVersionsSeen;
+
     /// <summary>A scope for a request whose event is <paramref name="entry"/> so far.</summary>
     public AuditScope(AuditEntry entry, bool mutating)
     {
@@ -44,7 +49,7 @@ public sealed class AuditScope
         {
             lock (_lock)
             {
-                return _entry;
+                return WithKeyVersions(_entry);
             }
         }
     }
@@ -99,6 +104,28 @@ public sealed class AuditScope
     }
 
     /// <summary>
+    /// Adds a key version the call used besides its resource (ReEncrypt's source, a batch item's
+    /// key), allowed or refused: listed once, in the order first added, up to
+    /// <see cref="AuditEntry.MaxListedKeyVersions"/>; the distinct ones beyond are counted
+    /// (<see cref="AuditEntry.OtherKeyVersions"/>).
+    /// </summary>
+    public static void AddKeyVersion(string version)
+    {
+        if (Current is { } scope)
+        {
+            lock (scope._lock)
+            {
+                scope._keyVersionsSeen ??= new HashSet<string>(StringComparer.Ordinal);
+                scope._keyVersions ??= [];
+                if (scope._keyVersionsSeen.Add(version) && scope._keyVersions.Count < AuditEntry.MaxListedKeyVersions)
+                {
+                    scope._keyVersions.Add(AuditText.FromRequest(version)!);
+                }
+            }
+        }
+    }
+
+    /// <summary>
     /// For the store, inside a write transaction: the entry to append with this write (the
     /// request's first, if it changes anything), or null. Call <see cref="Committed"/> once the transaction commits.
     /// </summary>
@@ -106,7 +133,7 @@ public sealed class AuditScope
     {
         lock (_lock)
         {
-            return Mutating && !Written ? _entry with { Outcome = "OK" } : null;
+            return Mutating && !Written ? WithKeyVersions(_entry) with { Outcome = "OK" } : null;
         }
     }
 
@@ -127,6 +154,11 @@ public sealed class AuditScope
             StoreTimedOut = true;
         }
     }
+
+    // Under _lock.
+    private AuditEntry WithKeyVersions(AuditEntry entry) => _keyVersions is null
+        ? entry
+        : entry with { KeyVersions = [.. _keyVersions], OtherKeyVersions = _keyVersionsSeen!.Count - _keyVersions.Count };
 
     private sealed class Restore(AuditScope? previous) : IDisposable
     {

@@ -37,7 +37,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
     {
         // The blob names its version (within the caller's tenant): the audit event records which,
         // refused by the key's policy or state too (OpenBlobAsync names it before those checks).
-        var (blob, found) = await OpenBlobAsync(caller, ciphertext, "ciphertext", context, cancellationToken, auditResource: true);
+        var (blob, found) = await OpenBlobAsync(caller, ciphertext, "ciphertext", context, cancellationToken, auditAsResource: true);
         var plaintext = await UnsealAsync(caller, blob, found, context, cancellationToken);
         return new DecryptResult(new SecretBytes(plaintext), found.Version.Name);
     }
@@ -77,8 +77,19 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         EncryptionContext destinationContext,
         CancellationToken cancellationToken)
     {
+        // Both sides are looked up before either is judged, so that the audit event names the
+        // version of each that resolved — the destination's as its resource, the source's in its
+        // key versions — whichever side is refused (docs/audit-format.md). What the caller is
+        // told is as before: the source's failure first, then the destination's.
+        var destinationLookup = await ItemResult.RunAsync(() => LookUpPrimaryAsync(caller, destination, cancellationToken));
+        if (destinationLookup.Value is { } resolved)
+        {
+            Audit.AuditScope.SetResource(resolved.Version.Name.ToString());
+        }
+
         var (blob, found) = await OpenBlobAsync(caller, ciphertext, "ciphertext", sourceContext, cancellationToken);
-        var primary = await GetPrimaryForEncryptionAsync(caller, destination, destinationContext, cancellationToken);
+        var primary = destinationLookup.Value ?? throw destinationLookup.Error!;
+        await EnsureEncryptAllowedAsync(caller, primary, destination, destinationContext, cancellationToken);
         var plaintext = await UnsealAsync(caller, blob, found, sourceContext, cancellationToken);
         try
         {
@@ -254,8 +265,15 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
             {
                 var sourceContext = EncryptionContext.Create(item.SourceContext, Field(index, "source_encryption_context"));
                 var destinationContext = EncryptionContext.Create(item.DestinationContext, Field(index, "destination_encryption_context"));
-                var primary = await keys.PrimaryAsync(KeyReference.Parse(item.DestinationName, Field(index, "destination_name")), destinationContext, cancellationToken);
-                var (blob, found) = await OpenBlobAsync(caller, item.Ciphertext ?? [], Field(index, "ciphertext"), sourceContext, cancellationToken, versions);
+                // Both sides looked up before either is judged (the event names each version that
+                // resolved, as ReEncrypt's does); the item's answer is as before: the destination's
+                // failure first, then the source's.
+                var destination = KeyReference.Parse(item.DestinationName, Field(index, "destination_name"));
+                var destinationLookup = await ItemResult.RunAsync(() => keys.LookUpAsync(destination, cancellationToken));
+                var source = await ItemResult.RunAsync(() => OpenBlobAsync(caller, item.Ciphertext ?? [], Field(index, "ciphertext"), sourceContext, cancellationToken, versions));
+                var primary = destinationLookup.Value ?? throw destinationLookup.Error!;
+                await keys.EnsureAllowedAsync(primary, destination, destinationContext, cancellationToken);
+                var (blob, found) = source.Error is null ? source.Value : throw source.Error;
                 destinations[index] = (primary, destinationContext);
                 return new OpenedItem(index, blob, found, sourceContext);
             });
@@ -488,7 +506,7 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         EncryptionContext context,
         CancellationToken cancellationToken,
         Dictionary<KeyVersionId, KeyVersionMaterial?>? cache = null,
-        bool auditResource = false)
+        bool auditAsResource = false)
     {
         if (ciphertext.Length == 0)
         {
@@ -521,9 +539,15 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
             throw KmsErrors.DecryptionFailed();
         }
 
-        if (auditResource)
+        // The audit event names the version, refused by the key's policy or state too: Decrypt's
+        // as its resource, ReEncrypt's source and a batch item's among its key versions.
+        if (auditAsResource)
         {
             Audit.AuditScope.SetResource(found.Version.Name.ToString());
+        }
+        else
+        {
+            Audit.AuditScope.AddKeyVersion(found.Version.Name.ToString());
         }
 
         // A caller the key's policy names for nothing gets what a blob of an unknown version gets.
@@ -618,12 +642,23 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
         }
     }
 
-    /// <summary>Each distinct key of a batch resolved and looked up once; the key's policy is checked per item (its context may differ).</summary>
+    /// <summary>
+    /// Each distinct key of a batch resolved and looked up once; the key's policy is checked per
+    /// item (its context may differ). Every version an item resolves to is added to the batch's
+    /// audit event (its key versions), allowed or refused.
+    /// </summary>
     private sealed class BatchKeys(CryptoService service, Caller caller)
     {
         private readonly Dictionary<KeyReference, KeyVersionMaterial> _primaries = [];
 
         public async Task<KeyVersionMaterial> PrimaryAsync(KeyReference reference, EncryptionContext context, CancellationToken cancellationToken)
+        {
+            var primary = await LookUpAsync(reference, cancellationToken);
+            await EnsureAllowedAsync(primary, reference, context, cancellationToken);
+            return primary;
+        }
+
+        public async Task<KeyVersionMaterial> LookUpAsync(KeyReference reference, CancellationToken cancellationToken)
         {
             if (!_primaries.TryGetValue(reference, out var primary))
             {
@@ -631,9 +666,12 @@ public sealed class CryptoService(IHsm hsm, IKeyStore store, UsageCounter usage,
                 _primaries[reference] = primary;
             }
 
-            await service.EnsureEncryptAllowedAsync(caller, primary, reference, context, cancellationToken);
+            Audit.AuditScope.AddKeyVersion(primary.Version.Name.ToString());
             return primary;
         }
+
+        public Task EnsureAllowedAsync(KeyVersionMaterial primary, KeyReference reference, EncryptionContext context, CancellationToken cancellationToken) =>
+            service.EnsureEncryptAllowedAsync(caller, primary, reference, context, cancellationToken);
     }
 }
 

@@ -153,6 +153,8 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
                 resolved[name] = found;
             }
 
+            // The batch's one audit event names every version its items resolved to, allowed or refused.
+            Audit.AuditScope.AddKeyVersion(found.Version.Name.ToString());
             await CheckAsync(caller, found, name, KeyPurpose.Mac, KeyOperations.Sign, cancellationToken);
             _ = hsm.For(found.Key.Residency);
             return new AdmittedMac(index, found, data);
@@ -260,7 +262,7 @@ public sealed class SigningService(IHsm hsm, IKeyStore store, KeyAccessService k
         return await CheckAsync(caller, found, name, purpose, operation, cancellationToken);
     }
 
-    // FindAsync's checks of a resolved name (also a batch item's, whose audit event is the batch's: it names no resource).
+    // FindAsync's checks of a resolved name (also a batch item's, whose audit event is the batch's: it names no resource, its items' versions among its key versions).
     private async Task<KeyVersionMaterial> CheckAsync(Caller caller, KeyVersionMaterial found, string name, KeyPurpose? purpose, KeyOperations? operation, CancellationToken cancellationToken)
     {
         await keyAccess.EnsureAllowedAsync(caller, found.Key, operation ?? PublicKeyOperations(found.Key.Purpose), EncryptionContext.Empty, name, cancellationToken);

@@ -255,6 +255,8 @@ internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IA
         }
 
         info.OtherResources = e.Entry.OtherResources;
+        info.KeyVersions.AddRange(e.Entry.KeyVersions ?? []);
+        info.OtherKeyVersions = e.Entry.OtherKeyVersions;
 
         return info;
     }

@@ -253,5 +253,10 @@ internal static class PostgresSchema
             ALTER TABLE key_versions ADD COLUMN import_fingerprint TEXT;
             CREATE UNIQUE INDEX key_versions_import_material ON key_versions (import_job, import_fingerprint);
             """, CompatibleFrom: 4),
+        new(10, """
+            -- The key versions an audit event lists besides its resource, as SQLite's migration 16
+            -- (additive, like it: an older server writes NULL, as for every event before).
+            ALTER TABLE audit_events ADD COLUMN key_versions TEXT;
+            """, CompatibleFrom: 4),
     ];
 }

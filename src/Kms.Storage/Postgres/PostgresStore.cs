@@ -110,6 +110,8 @@ public sealed class PostgresStore : SqlStore
     // No equivalent of SQLite's data_version, and other nodes append too: the head is read every batch.
     internal override string? AuditDataVersionSql => null;
 
+    private protected override string ContainsSql(string haystack, string needle) => $"strpos({haystack}, {needle}) > 0";
+
     internal override bool MultiRowAuditInsert => true;
 
     /// <summary>Connects, applies pending migrations (nodes starting together take turns) and returns the store.</summary>

@@ -17,7 +17,21 @@ public abstract partial class SqlStore
     [
         ("@seq", DbType.Int64), ("@time", DbType.Int64), ("@principal", DbType.String), ("@tenant", DbType.String), ("@operation", DbType.String),
         ("@resource", DbType.String), ("@outcome", DbType.String), ("@body", DbType.String), ("@hash", DbType.String),
+        ("@key_versions", DbType.String),
     ];
+
+    private const string InsertEventColumns = "seq, time, principal, tenant, operation, resource, outcome, body, hash, key_versions";
+
+    /// <summary>
+    /// The index column of an event's key versions (<see cref="AuditEntry.KeyVersions"/>): each
+    /// between spaces (<c> v1 v2 </c>, no name holds one), so the resource filter finds a version,
+    /// or a key by its versions, with one substring match; null when the event lists none.
+    /// </summary>
+    internal static string? KeyVersionsColumn(AuditEntry entry) =>
+        entry.KeyVersions is { Count: > 0 } versions ? " " + string.Join(' ', versions) + " " : null;
+
+    /// <summary>SQL true when <paramref name="needle"/> occurs in <paramref name="haystack"/> (null when the haystack is), case-sensitively.</summary>
+    private protected abstract string ContainsSql(string haystack, string needle);
 
     /// <inheritdoc />
     /// <remarks>Through the store's own audit writer connection (<see cref="AuditWriter"/>), never carrying an <see cref="AuditScope"/>'s entry.</remarks>
@@ -58,7 +72,11 @@ public abstract partial class SqlStore
         // Not another tenant's principals' (a refused probe of a name here): those would show
         // this tenant who they are, where they call from and their context hashes.
         Filter("(tenant = @tenant OR (tenant IS NULL AND (resource = 'tenants/' || @tenant OR substr(resource, 1, length(@tenant) + 9) = 'tenants/' || @tenant || '/')))", "@tenant", query.Tenant);
-        Filter("(resource = @resource OR substr(resource, 1, length(@resource) + 1) = @resource || '/')", "@resource", query.Resource);
+        // The resource, or one of the key versions a batch (or ReEncrypt's source) used.
+        Filter(
+            $"(resource = @resource OR substr(resource, 1, length(@resource) + 1) = @resource || '/' OR {ContainsSql("key_versions", "' ' || @resource || ' '")} OR {ContainsSql("key_versions", "' ' || @resource || '/'")})",
+            "@resource",
+            query.Resource);
         Filter("(operation = @operation OR (length(operation) > length(@operation) AND substr(operation, length(operation) - length(@operation)) = '/' || @operation))",
             "@operation", query.Operation);
         Filter("outcome = @outcome", "@outcome", query.Outcome);
@@ -142,7 +160,7 @@ public abstract partial class SqlStore
     {
         var insert = Command(
             connection,
-            "INSERT INTO audit_events (seq, time, principal, tenant, operation, resource, outcome, body, hash) VALUES (@seq, @time, @principal, @tenant, @operation, @resource, @outcome, @body, @hash)");
+            $"INSERT INTO audit_events ({InsertEventColumns}) VALUES (@seq, @time, @principal, @tenant, @operation, @resource, @outcome, @body, @hash, @key_versions)");
         foreach (var (name, type) in EventParameters)
         {
             var parameter = insert.CreateParameter();
@@ -162,13 +180,13 @@ public abstract partial class SqlStore
         foreach (var chunk in entries.Chunk(500))
         {
             await using var insert = connection.CreateCommand();
-            var sql = new StringBuilder("INSERT INTO audit_events (seq, time, principal, tenant, operation, resource, outcome, body, hash) VALUES ");
+            var sql = new StringBuilder($"INSERT INTO audit_events ({InsertEventColumns}) VALUES ");
             for (var i = 0; i < chunk.Length; i++)
             {
                 var entry = chunk[i];
                 var linked = AuditChain.Link(head, entry);
                 sql.Append(i == 0 ? "(" : ", (");
-                object?[] values = [linked.Sequence, entry.Time.ToUnixTimeMilliseconds(), entry.Principal, entry.Tenant, entry.Operation, entry.Resource, entry.Outcome, linked.Body, linked.Hash];
+                object?[] values = [linked.Sequence, entry.Time.ToUnixTimeMilliseconds(), entry.Principal, entry.Tenant, entry.Operation, entry.Resource, entry.Outcome, linked.Body, linked.Hash, KeyVersionsColumn(entry)];
                 for (var column = 0; column < values.Length; column++)
                 {
                     var parameter = insert.CreateParameter();
@@ -208,6 +226,7 @@ public abstract partial class SqlStore
             p[6].Value = entry.Outcome;
             p[7].Value = linked.Body;
             p[8].Value = linked.Hash;
+            p[9].Value = (object?)KeyVersionsColumn(entry) ?? DBNull.Value;
             await insert.ExecuteNonQueryAsync(cancellationToken);
             written.Add(linked);
             head = new AuditHead(linked.Sequence, linked.Hash);

@@ -299,6 +299,13 @@ internal static class SqliteSchema
             ALTER TABLE key_versions ADD COLUMN import_fingerprint TEXT;
             CREATE UNIQUE INDEX key_versions_import_material ON key_versions (import_job, import_fingerprint);
             """, CompatibleFrom: 10),
+        new(16, """
+            -- The key versions an audit event lists besides its resource (ReEncrypt's source, a batch's
+            -- items: the body's key_versions), each between spaces, for the resource filter. An index
+            -- column like the others, never the record. Additive: a schema-10 to -15 server, during a
+            -- rolling upgrade, writes events without the list (NULL), as every event before.
+            ALTER TABLE audit_events ADD COLUMN key_versions TEXT;
+            """, CompatibleFrom: 10),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;

@@ -74,6 +74,8 @@ public sealed partial class SqliteStore : SqlStore
 
     internal override string AuditBeginSql => "BEGIN IMMEDIATE";
 
+    private protected override string ContainsSql(string haystack, string needle) => $"instr({haystack}, {needle}) > 0";
+
     internal override string? AuditDataVersionSql => "PRAGMA data_version";
 
     /// <summary>Opens (creating if needed) the database and applies pending migrations.</summary>

@@ -73,7 +73,7 @@ public sealed partial class InMemoryStore : IAuditStore
                     && (query.EndTime is not { } end || e.Entry.Time < end)
                     && (query.Principal is null || e.Entry.Principal == query.Principal)
                     && (query.Tenant is null || e.Entry.Tenant == query.Tenant || (e.Entry.Tenant is null && (e.Entry.Resource == "tenants/" + query.Tenant || (e.Entry.Resource?.StartsWith("tenants/" + query.Tenant + "/", StringComparison.Ordinal) ?? false))))
-                    && (query.Resource is null || e.Entry.Resource == query.Resource || (e.Entry.Resource?.StartsWith(query.Resource + "/", StringComparison.Ordinal) ?? false))
+                    && (query.Resource is null || Names(e.Entry.Resource, query.Resource) || (e.Entry.KeyVersions?.Any(version => Names(version, query.Resource)) ?? false))
                     && (query.Operation is null || e.Entry.Operation == query.Operation || e.Entry.Operation.EndsWith("/" + query.Operation, StringComparison.Ordinal))
                     && (query.Outcome is null || e.Entry.Outcome == query.Outcome))
                 .Take(query.Limit)
@@ -81,6 +81,9 @@ public sealed partial class InMemoryStore : IAuditStore
             return Task.FromResult(rows);
         }
     }
+
+    // The resource filter: the name itself or anything under it (a key and its versions).
+    private static bool Names(string? name, string filter) => name == filter || (name?.StartsWith(filter + "/", StringComparison.Ordinal) ?? false);
 
     public Task AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken)
     {
