@@ -79,9 +79,11 @@ internal sealed class AccessManagementGrpcService(AccessService access, CallerAu
 
     public override async Task<CreateApiTokenResponse> CreateApiToken(CreateApiTokenRequest request, ServerCallContext context)
     {
-        var (token, text) = await access.CreateApiTokenAsync(
+        // Forgets too: a credential refused meanwhile is checked again, and the failures counted per
+        // client address are dropped, so the new token is served at once wherever it is used from.
+        var (token, text) = await ThenForgetAsync(access.CreateApiTokenAsync(
             PrincipalName.Parse(request.Principal, "principal"), AccessMapping.TokenKind(request.Kind),
-            ProtoMapping.FromProto(request.Lifetime, "lifetime"), context.CancellationToken);
+            ProtoMapping.FromProto(request.Lifetime, "lifetime"), context.CancellationToken));
         return new CreateApiTokenResponse { Token = AccessMapping.ToProto(token), Secret = text };
     }
 

@@ -137,6 +137,11 @@ public static partial class KmsServerApp
         // A quota of 0 once meant none at all, the opposite of what an operator blocking a tenant
         // writes: refused before anything starts, with the way to switch quotas off.
         serverOptions.Quotas.Validate();
+        if (serverOptions.MaxFailedAuthenticationsPerClientAddress < 0)
+        {
+            throw new InvalidOperationException($"Kms:MaxFailedAuthenticationsPerClientAddress ({serverOptions.MaxFailedAuthenticationsPerClientAddress}) must be 0 (no bound) or more");
+        }
+
         if (serverOptions.MaxConcurrentCallsPerTenant is < 1 and var perTenant)
         {
             throw new InvalidOperationException($"Kms:MaxConcurrentCallsPerTenant ({perTenant}) must be at least 1 (leave it unset for half of Kms:MaxConcurrentCalls)");
@@ -438,7 +443,11 @@ public static partial class KmsServerApp
                 : null,
             serverOptions.Jwt.Issuers.Count > 0
                 ? new JwtValidator(serverOptions.Jwt.Issuers, services.GetRequiredService<TimeProvider>(), services.GetRequiredService<ILogger<JwtValidator>>())
-                : null));
+                : null,
+            serverOptions.MaxFailedAuthenticationsPerClientAddress > 0
+                ? new FailedAuthenticationLimit(serverOptions.MaxFailedAuthenticationsPerClientAddress, services.GetRequiredService<TimeProvider>())
+                : null,
+            services.GetRequiredService<ILogger<CallerAuthentication>>()));
         builder.Services.AddSingleton<TenantQuotas>();
         builder.Services.AddSingleton<Overload.QueueDelayMonitor>();
         builder.Services.AddSingleton<AuthorizationInterceptor>();

@@ -48,6 +48,16 @@ public sealed class KmsServerOptions
     /// <summary>The largest <see cref="CredentialCacheTime"/> a server starts with: five minutes.</summary>
     public static readonly TimeSpan MaxCredentialCacheTime = TimeSpan.FromMinutes(5);
 
+    /// <summary>
+    /// Credential checks that fail, per client IP address per minute (a token bucket of this many,
+    /// refilled at this many a minute): an API token's database lookup, a JWT's or a client
+    /// certificate's verification that ends in a refusal. Once an address has used them up, a
+    /// credential from it that is not already remembered (<see cref="CredentialCacheTime"/>) is
+    /// refused RESOURCE_EXHAUSTED, with a retry delay, before it is looked up. Behind a load balancer
+    /// or NAT the address is the balancer's: its clients share the bound. 0 switches it off. Default 60.
+    /// </summary>
+    public int MaxFailedAuthenticationsPerClientAddress { get; set; } = 60;
+
     /// <summary>Calls served at once; more are shed with UNAVAILABLE (clients retry).</summary>
     public int MaxConcurrentCalls { get; set; } = 512;
 

@@ -6,6 +6,9 @@ internal static partial class ServerLog
     [LoggerMessage(EventId = 1100, Level = LogLevel.Information, Message = "Kms listening on {Address} (gRPC over TLS 1.3)")]
     public static partial void Listening(ILogger logger, Uri address);
 
+    [LoggerMessage(EventId = 1314, Level = LogLevel.Warning, Message = "credentials from {Address} refused unchecked (RESOURCE_EXHAUSTED): that address had {Bound} failed authentications in the last minute (Kms:MaxFailedAuthenticationsPerClientAddress); {Count} such calls since the last such message")]
+    public static partial void FailedAuthenticationsBounded(ILogger logger, string address, int bound, long count);
+
     [LoggerMessage(EventId = 1113, Level = LogLevel.Warning, Message = "TLS certificate {Path} could not be reloaded ({Reason}); still serving the previous one")]
     public static partial void TlsCertificateNotReloaded(ILogger logger, string path, string reason);
 

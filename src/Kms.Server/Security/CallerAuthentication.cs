@@ -1,7 +1,9 @@
 using System.Collections.Concurrent;
+using System.Net;
 using System.Security.Cryptography;
 using System.Text;
 using Grpc.Core;
+using Kms.Core;
 using Kms.Core.Services;
 using Kms.Server.Hosting;
 using Microsoft.Extensions.Options;
@@ -34,9 +36,18 @@ internal sealed class CallerAuthentication(
     TrustedTime time,
     TimeProvider clock,
     ClientCertificateValidator? certificates = null,
-    JwtValidator? workloads = null)
+    JwtValidator? workloads = null,
+    FailedAuthenticationLimit? failures = null,
+    ILogger<CallerAuthentication>? logger = null)
 {
     private const int MaxCachedCallers = 10_000;
+
+    // The credentials found not valid, by the same key (a hash, never the credential), for as long as
+    // accepted ones are remembered and under the same trust material: a client that keeps sending a
+    // revoked or mistyped token costs one lookup per cache time, not one per call. Bounded as the
+    // accepted ones are; forgotten with them (an access write on this node, the change feed on the others).
+    private readonly ConcurrentDictionary<string, (long Since, long TrustVersion)> _failed = new(StringComparer.Ordinal);
+    private readonly LogThrottle _refusedLog = new(clock);
     // TrustVersion: the client trust material a certificate caller was accepted under, the key sets a workload
     // identity was verified with (0 for an API token);
     // Since: when its authentication began, a monotonic timestamp (clock.GetTimestamp).
@@ -120,8 +131,8 @@ internal sealed class CallerAuthentication(
             {
                 var key = CacheKey('t', bearer);
                 return TryCached(key, 0, out var known)
-                    ? ValueTask.FromResult<Caller?>(known)
-                    : new ValueTask<Caller?>(TokenAsync(key, bearer.ToString(), cancellationToken));
+                    ? ValueTask.FromResult(known)
+                    : new ValueTask<Caller?>(TokenAsync(key, bearer.ToString(), Charge(http), cancellationToken));
             }
 
             // A workload identity token, only where issuers are configured; anything else is no credential.
@@ -129,8 +140,8 @@ internal sealed class CallerAuthentication(
             {
                 var key = CacheKey('j', bearer);
                 return TryCached(key, workloads.TrustVersion, out var known)
-                    ? ValueTask.FromResult<Caller?>(known)
-                    : new ValueTask<Caller?>(WorkloadAsync(key, workloads, bearer.ToString(), cancellationToken));
+                    ? ValueTask.FromResult(known)
+                    : new ValueTask<Caller?>(WorkloadAsync(key, workloads, bearer.ToString(), Charge(http), cancellationToken));
             }
 
             return ValueTask.FromResult<Caller?>(null);
@@ -140,20 +151,20 @@ internal sealed class CallerAuthentication(
         {
             var key = CacheKey('c', certificate.RawData);
             return TryCached(key, certificates.TrustVersion, out var known)
-                ? ValueTask.FromResult<Caller?>(known)
-                : new ValueTask<Caller?>(CertificateAsync(key, certificates, certificate, cancellationToken));
+                ? ValueTask.FromResult(known)
+                : new ValueTask<Caller?>(CertificateAsync(key, certificates, certificate, Charge(http), cancellationToken));
         }
 
         return ValueTask.FromResult<Caller?>(null);
     }
 
     // The cache misses, apart: their closures are allocated only when they run.
-    private Task<Caller?> TokenAsync(string key, string token, CancellationToken cancellationToken) =>
-        RememberAsync(key, async () => (await authenticator.AuthenticateTokenAsync(token, cancellationToken), null, 0));
+    private Task<Caller?> TokenAsync(string key, string token, IPAddress? charged, CancellationToken cancellationToken) =>
+        RememberAsync(key, 0, charged, async () => (await authenticator.AuthenticateTokenAsync(token, cancellationToken), null, 0));
 
     // Remembered under the key sets it was verified with, and never past its exp.
-    private Task<Caller?> WorkloadAsync(string key, JwtValidator validator, string token, CancellationToken cancellationToken) =>
-        RememberAsync(key, async () =>
+    private Task<Caller?> WorkloadAsync(string key, JwtValidator validator, string token, IPAddress? charged, CancellationToken cancellationToken) =>
+        RememberAsync(key, validator.TrustVersion, charged, async () =>
         {
             var trustVersion = validator.TrustVersion;
             if (validator.Validate(token, time.GetUtcNow(), out _) is not { } identity)
@@ -164,8 +175,8 @@ internal sealed class CallerAuthentication(
             return (await authenticator.AuthenticateWorkloadAsync(identity.Principal, identity.Expires, cancellationToken), identity.Expires, trustVersion);
         });
 
-    private Task<Caller?> CertificateAsync(string key, ClientCertificateValidator validator, System.Security.Cryptography.X509Certificates.X509Certificate2 certificate, CancellationToken cancellationToken) =>
-        RememberAsync(key, async () =>
+    private Task<Caller?> CertificateAsync(string key, ClientCertificateValidator validator, System.Security.Cryptography.X509Certificates.X509Certificate2 certificate, IPAddress? charged, CancellationToken cancellationToken) =>
+        RememberAsync(key, validator.TrustVersion, charged, async () =>
         {
             if (validator.Accept(certificate) is not { } accepted || ClientCertificateValidator.PrincipalOf(certificate) is not { } principal)
             {
@@ -184,30 +195,101 @@ internal sealed class CallerAuthentication(
         // An authentication already under way read the old state: it must not be remembered.
         Interlocked.Increment(ref _generation);
         _cache.Clear();
+        _failed.Clear();
+        failures?.Reset();
     }
 
+    // Whether the credential is answered from the cache: accepted (caller) or found not valid (null).
     private bool TryCached(string key, long trustVersion, out Caller? caller)
     {
         caller = _cache.TryGetValue(key, out var cached) && cached.TrustVersion == trustVersion && time.GetUtcNow() < cached.Until
             && clock.GetElapsedTime(cached.Since) < _cacheTime
             ? cached.Caller
             : null;
-        return caller is not null;
+        return caller is not null
+            || (_failed.TryGetValue(key, out var failed) && failed.TrustVersion == trustVersion && clock.GetElapsedTime(failed.Since) < _cacheTime);
+    }
+
+    // Before a credential is looked up or verified: one of its client address's failures is taken
+    // (given back if it is accepted); an address that has none left is refused here, before any lookup.
+    // RESOURCE_EXHAUSTED, not UNAUTHENTICATED: the credential was not checked, and a client told its
+    // credential is not valid drops a good one (or pages someone); told to wait, it retries.
+    private IPAddress? Charge(HttpContext http)
+    {
+        if (failures is null || http.Connection.RemoteIpAddress is not { } address)
+        {
+            return null;
+        }
+
+        if (failures.TryTake(address, out var charged, out var retryAfter))
+        {
+            return charged;
+        }
+
+        if (logger is not null && _refusedLog.Count() is > 0 and var count)
+        {
+            ServerLog.FailedAuthenticationsBounded(logger, charged.ToString(), failures.PerMinute, count);
+        }
+
+        var status = new Google.Rpc.Status
+        {
+            Code = (int)Google.Rpc.Code.ResourceExhausted,
+            Message = $"too many credentials from this client address failed authentication (Kms:MaxFailedAuthenticationsPerClientAddress: {failures.PerMinute} a minute); this one was not checked: retry after {retryAfter.TotalMilliseconds:0} ms",
+            Details = { Google.Protobuf.WellKnownTypes.Any.Pack(new Google.Rpc.RetryInfo { RetryDelay = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(retryAfter) }) },
+        };
+        throw status.ToRpcException();
     }
 
     // credentialExpiry: when the credential's acceptance lapses by itself (the earliest notAfter of a certificate's chain,
     // its CRL's nextUpdate); trustVersion: the client trust material it was accepted under.
-    private async Task<Caller?> RememberAsync(string key, Func<Task<(Caller? Caller, DateTimeOffset? CredentialExpiry, long TrustVersion)>> authenticate)
+    // checkedUnder: the trust version the credential is checked under (a refusal is remembered under it);
+    // charged: the client address a failure was taken from (given back unless the credential is refused).
+    private async Task<Caller?> RememberAsync(string key, long checkedUnder, IPAddress? charged, Func<Task<(Caller? Caller, DateTimeOffset? CredentialExpiry, long TrustVersion)>> authenticate)
     {
         var now = time.GetUtcNow();
         var since = clock.GetTimestamp();
         var generation = Interlocked.Read(ref _generation);
-        var (caller, credentialExpiry, trustVersion) = await authenticate();
+        Caller? caller;
+        DateTimeOffset? credentialExpiry;
+        long trustVersion;
+        try
+        {
+            (caller, credentialExpiry, trustVersion) = await authenticate();
+        }
+        catch
+        {
+            // Not judged (the database unreachable): not a failure of the credential.
+            if (charged is not null)
+            {
+                failures!.Accepted(charged);
+            }
+
+            throw;
+        }
+
         if (caller is null)
         {
             _cache.TryRemove(key, out _);
+            if (_failed.Count >= MaxCachedCallers)
+            {
+                _failed.Clear();
+            }
+
+            _failed[key] = (since, checkedUnder);
+            if (Interlocked.Read(ref _generation) != generation)
+            {
+                _failed.TryRemove(key, out _);
+            }
+
             return null;
         }
+
+        if (charged is not null)
+        {
+            failures!.Accepted(charged);
+        }
+
+        _failed.TryRemove(key, out _);
 
         var until = now + _cacheTime;
         foreach (var limit in new[] { caller.ValidUntil, credentialExpiry })
