@@ -41,6 +41,8 @@ public sealed class TenantQuotasTests
     [InlineData("Kms:Quotas:Burst", "0")]
     [InlineData("Kms:Quotas:Tenants:acme:OperationsPerSecond", "0")]
     [InlineData("Kms:Quotas:Tenants:acme:Burst", "0.5")]
+    [InlineData("Kms:Quotas:PrincipalsWithoutTenant:CallsPerSecond", "0")]
+    [InlineData("Kms:Quotas:PrincipalsWithoutTenant:Burst", "0.5")]
     public async Task Build_AQuotaOfZero_RefusedBeforeTouchingTheHsm_NamingTheOptionAndTheWayToSwitchQuotasOff(string option, string value)
     {
         // 0 used to turn the quota off: an operator writing it to block a tenant gave it no limit.
@@ -95,6 +97,22 @@ public sealed class TenantQuotasTests
         for (var i = 0; i < 100; i++)
         {
             Assert.True(quotas.TryTake(TenantId.Parse("acme"), 1_000, out _));
+        }
+    }
+
+    [Fact]
+    public void PrincipalsWithoutTenant_EachOnItsOwnBucket_SwitchedOffWithTheQuotas()
+    {
+        var quotas = Build(new Dictionary<string, string?> { ["Kms:Quotas:PrincipalsWithoutTenant:CallsPerSecond"] = "1", ["Kms:Quotas:PrincipalsWithoutTenant:Burst"] = "2" });
+        Assert.True(quotas.TryTakePrincipal("token:officer", 2, out _));
+        Assert.False(quotas.TryTakePrincipal("token:officer", 1, out var retryAfter));
+        Assert.Equal(TimeSpan.FromSeconds(1), retryAfter);
+        Assert.True(quotas.TryTakePrincipal("token:admin", 2, out _));
+
+        var off = Build(new Dictionary<string, string?> { ["Kms:Quotas:Enabled"] = "false", ["Kms:Quotas:PrincipalsWithoutTenant:CallsPerSecond"] = "1", ["Kms:Quotas:PrincipalsWithoutTenant:Burst"] = "1" });
+        for (var i = 0; i < 100; i++)
+        {
+            Assert.True(off.TryTakePrincipal("token:officer", 1, out _));
         }
     }
 

@@ -333,6 +333,15 @@ public sealed class QuotaOptions
     public Dictionary<string, TenantQuota> Tenants { get; set; } = [];
 
     /// <summary>
+    /// Calls per second of each principal of no tenant — deployment admins, security officers, an
+    /// unregistered certificate or workload — every call counted (a crypto call by its cost), each
+    /// principal on its own bucket: its calls are not a tenant's, so the tenants' quota never
+    /// metered them, and a leaked deployment credential could otherwise page the whole audit
+    /// (<c>ListAuditEvents</c>, <c>ExportAudit</c>) or the access tables as fast as the node answers.
+    /// </summary>
+    public PrincipalQuota PrincipalsWithoutTenant { get; set; } = new();
+
+    /// <summary>
     /// Refuses, naming the option, a rate that is not above 0 or a burst below 1 (and anything
     /// not a finite number), deployment-wide or in a tenant's override, whether or not quotas are
     /// <see cref="Enabled"/>: neither "no calls" nor "no limit" is what a 0 would say to everyone.
@@ -342,6 +351,8 @@ public sealed class QuotaOptions
     {
         Check("Kms:Quotas:OperationsPerSecond", OperationsPerSecond, 0, above: true);
         Check("Kms:Quotas:Burst", Burst, 1, above: false);
+        Check("Kms:Quotas:PrincipalsWithoutTenant:CallsPerSecond", PrincipalsWithoutTenant.CallsPerSecond, 0, above: true);
+        Check("Kms:Quotas:PrincipalsWithoutTenant:Burst", PrincipalsWithoutTenant.Burst, 1, above: false);
         foreach (var (tenant, quota) in Tenants)
         {
             if (quota.OperationsPerSecond is { } rate)
@@ -365,6 +376,16 @@ public sealed class QuotaOptions
             }
         }
     }
+}
+
+/// <summary>The call rate of each principal of no tenant (<see cref="QuotaOptions.PrincipalsWithoutTenant"/>).</summary>
+public sealed class PrincipalQuota
+{
+    /// <summary>Sustained calls per second of one such principal, on one node; above 0. Default 100.</summary>
+    public double CallsPerSecond { get; set; } = 100;
+
+    /// <summary>Largest burst of one such principal (the bucket's size); at least 1. Default 200.</summary>
+    public double Burst { get; set; } = 200;
 }
 
 /// <summary>One tenant's limit; what it leaves unset is the deployment's.</summary>

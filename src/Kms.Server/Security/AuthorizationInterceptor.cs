@@ -51,6 +51,7 @@ internal sealed partial class AuthorizationInterceptor(
     // per call would let them fill the log (the audit aggregates the same refusals).
     private readonly LogThrottle _unauthenticatedLog = new();
     private readonly LogThrottle _quotaLog = new();
+    private readonly LogThrottle _principalQuotaLog = new();
 
     // Only authorized, non-public unary calls take an in-flight slot: an anonymous caller
     // cannot fill the server with calls that never end (health Watch streams), and the
@@ -245,10 +246,32 @@ internal sealed partial class AuthorizationInterceptor(
     }
 
     // After the in-flight slot is taken: a call shed for capacity has spent none of its tenant's quota.
+    // A caller of a tenant spends its tenant's quota on crypto; a caller of no tenant, its own bucket on
+    // every call (a public call has no caller).
     private void TakeQuota(AccessRule rule, IMessage? request, ServerCallContext context)
     {
+        if (!context.UserState.TryGetValue(CallerKey, out var value) || value is not Caller caller)
+        {
+            return;
+        }
+
+        if (caller.HomeTenant is not { } home)
+        {
+            var calls = Math.Max(1, rule.QuotaCost is { } each && request is not null ? each(request) : 1);
+            if (!quotas.TryTakePrincipal(caller.Principal, calls, out var wait))
+            {
+                if (_principalQuotaLog.Count() is > 0 and var refused)
+                {
+                    LogPrincipalQuotaExceeded(logger, context.Method, caller.Principal, refused);
+                }
+
+                throw RateExceeded($"the call rate of {caller.Principal}, a principal of no tenant, is used up (Kms:Quotas:PrincipalsWithoutTenant); retry after {wait.TotalMilliseconds:0} ms", wait);
+            }
+
+            return;
+        }
+
         if (rule.QuotaCost is { } cost && request is not null
-            && context.UserState.TryGetValue(CallerKey, out var value) && value is Caller { HomeTenant: { } home }
             && !quotas.TryTake(home, cost(request), out var retryAfter))
         {
             if (_quotaLog.Count() is > 0 and var exceeded)
@@ -296,12 +319,15 @@ internal sealed partial class AuthorizationInterceptor(
         }
     }
 
-    private static RpcException QuotaExceeded(TenantId tenant, TimeSpan retryAfter)
+    private static RpcException QuotaExceeded(TenantId tenant, TimeSpan retryAfter) =>
+        RateExceeded($"the crypto-operation quota of {tenant.ResourceName} is used up; retry after {retryAfter.TotalMilliseconds:0} ms", retryAfter);
+
+    private static RpcException RateExceeded(string message, TimeSpan retryAfter)
     {
         var status = new Google.Rpc.Status
         {
             Code = (int)Code.ResourceExhausted,
-            Message = $"the crypto-operation quota of {tenant.ResourceName} is used up; retry after {retryAfter.TotalMilliseconds:0} ms",
+            Message = message,
             Details = { Any.Pack(new RetryInfo { RetryDelay = Duration.FromTimeSpan(retryAfter) }) },
         };
         return status.ToRpcException();
@@ -440,6 +466,9 @@ internal sealed partial class AuthorizationInterceptor(
 
     [LoggerMessage(EventId = 1102, Level = LogLevel.Information, Message = "{Method} refused: quota of tenant {Tenant} exceeded; {Count} calls refused for quota since the last such message")]
     private static partial void LogQuotaExceeded(ILogger logger, string method, string tenant, long count);
+
+    [LoggerMessage(EventId = 1315, Level = LogLevel.Information, Message = "{Method} refused: the call rate of {Principal}, a principal of no tenant, exceeded (Kms:Quotas:PrincipalsWithoutTenant); {Count} calls refused for it since the last such message")]
+    private static partial void LogPrincipalQuotaExceeded(ILogger logger, string method, string principal, long count);
 
     [LoggerMessage(EventId = 1103, Level = LogLevel.Warning, Message = "{Method} shed ({Reason}): {Count} calls shed since the last such message; shortest queue delay of the last window {QueueDelayMs} ms")]
     private static partial void LogShed(ILogger logger, string method, string reason, long count, double queueDelayMs);

@@ -16,6 +16,13 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
     private readonly QuotaOptions _options = options.Value.Quotas;
     private readonly ConcurrentDictionary<TenantId, Bucket> _buckets = new();
 
+    // The principals of no tenant, each on its own bucket. Only registered deployment principals
+    // and the certificate or workload principals that authenticate reach here, but an unregistered
+    // one's name is the caller's choice (a certificate subject, a JWT sub): the table is bounded,
+    // and emptied when full (each bucket starts full again, as a restart would leave it).
+    private const int MaxPrincipalBuckets = 10_000;
+    private readonly ConcurrentDictionary<string, Bucket> _principals = new(StringComparer.Ordinal);
+
     // Looked up ignoring case, as configuration keys are: an override written ACME (an environment
     // variable in capitals) is tenant acme's, not a key no tenant id can ever match.
     private readonly Dictionary<string, TenantQuota> _tenants = IgnoringCase(options.Value.Quotas.Tenants);
@@ -30,8 +37,33 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
         }
 
         var (rate, burst) = LimitOf(tenant);
+        return Take(_buckets.GetOrAdd(tenant, _ => new Bucket(burst, time.GetTimestamp())), cost, rate, burst, out retryAfter);
+    }
 
-        var bucket = _buckets.GetOrAdd(tenant, _ => new Bucket(burst, time.GetTimestamp()));
+    /// <summary>
+    /// Takes <paramref name="cost"/> calls from the bucket of a principal of no tenant
+    /// (<see cref="QuotaOptions.PrincipalsWithoutTenant"/>); false (and how long to wait) if it has too few.
+    /// </summary>
+    public bool TryTakePrincipal(string principal, int cost, out TimeSpan retryAfter)
+    {
+        retryAfter = TimeSpan.Zero;
+        if (!_options.Enabled || cost <= 0)
+        {
+            return true;
+        }
+
+        var (rate, burst) = (_options.PrincipalsWithoutTenant.CallsPerSecond, _options.PrincipalsWithoutTenant.Burst);
+        if (_principals.Count >= MaxPrincipalBuckets && !_principals.ContainsKey(principal))
+        {
+            _principals.Clear();
+        }
+
+        return Take(_principals.GetOrAdd(principal, _ => new Bucket(burst, time.GetTimestamp())), cost, rate, burst, out retryAfter);
+    }
+
+    private bool Take(Bucket bucket, int cost, double rate, double burst, out TimeSpan retryAfter)
+    {
+        retryAfter = TimeSpan.Zero;
         lock (bucket)
         {
             var now = time.GetTimestamp();
