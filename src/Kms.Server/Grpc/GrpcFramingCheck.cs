@@ -60,6 +60,41 @@ internal static class GrpcFramingCheck
     /// </summary>
     public const int MaxUnauthenticatedRequestBytes = 4096;
 
+    /// <summary>
+    /// The largest request message of a method whose valid requests are small: names, ids, page
+    /// tokens, a policy, a quorum approval — everything but the calls that carry data.
+    /// </summary>
+    public const int MaxSmallRequestBytes = 64 * 1024;
+
+    /// <summary>
+    /// The largest request message of a call that carries one item of data: 64 KiB of it
+    /// (<see cref="Kms.Core.Limits.MaxEncryptPlaintextBytes"/>, a ciphertext of that, a message to
+    /// sign or MAC) with up to two encryption contexts of 64 entries (80 KiB each) and its names.
+    /// </summary>
+    public const int MaxSingleItemRequestBytes = 256 * 1024;
+
+    // The methods of one item of data; the batches take Kms:MaxRequestBytes; every other method, MaxSmallRequestBytes.
+    private static readonly HashSet<string> SingleItemMethods = new(
+        ["Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "Sign", "Verify", "GenerateMac", "VerifyMac", "AsymmetricDecrypt", "ImportKeyVersion"],
+        StringComparer.Ordinal);
+
+    private const string KeyManagement = "/kms.v1.KeyManagementService/";
+
+    /// <summary>
+    /// The largest request message of a method (its path), before and after decompression: the
+    /// batches <paramref name="maxMessageBytes"/> (<c>Kms:MaxRequestBytes</c>), a call of one item
+    /// of data <see cref="MaxSingleItemRequestBytes"/>, any other <see cref="MaxSmallRequestBytes"/>
+    /// (each at most <paramref name="maxMessageBytes"/>); with the option that names it.
+    /// grpc-dotnet has a receive limit per service, not per method: it is checked here.
+    /// </summary>
+    public static (int Limit, string Name) LimitOf(string path, int maxMessageBytes)
+    {
+        var method = path.StartsWith(KeyManagement, StringComparison.Ordinal) ? path[KeyManagement.Length..] : null;
+        return method is not null && method.StartsWith("Batch", StringComparison.Ordinal) ? (maxMessageBytes, "Kms:MaxRequestBytes")
+            : method is not null && SingleItemMethods.Contains(method) ? (Math.Min(maxMessageBytes, MaxSingleItemRequestBytes), "a request of one item of data")
+            : (Math.Min(maxMessageBytes, MaxSmallRequestBytes), "a request of a method that carries no data");
+    }
+
     /// <summary>Adds the middleware; it must run after routing (WebApplication routes first).</summary>
     public static void Use(WebApplication app, int maxMessageBytes)
     {
@@ -73,10 +108,12 @@ internal static class GrpcFramingCheck
                 && context.Features.Get<IRequestBodyPipeFeature>() is { } body)
             {
                 // A method without a rule is refused by the interceptor whatever its body: checked as a public one.
-                var isPublic = !Security.AccessRules.ByMethod.TryGetValue(context.Request.Path.Value ?? "", out var rule) || rule.Scope == Security.CallScope.Public;
+                var path = context.Request.Path.Value ?? "";
+                var isPublic = !Security.AccessRules.ByMethod.TryGetValue(path, out var rule) || rule.Scope == Security.CallScope.Public;
+                var (limit, limitName) = LimitOf(path, maxMessageBytes);
                 context.Features.Set<IRequestBodyPipeFeature>(isPublic
                     ? new SingleMessageReader(context, body.Reader, Math.Min(maxMessageBytes, MaxUnauthenticatedRequestBytes), "a public method's request", providers, null, null)
-                    : new SingleMessageReader(context, body.Reader, maxMessageBytes, "Kms:MaxRequestBytes", providers, authentication, inFlight));
+                    : new SingleMessageReader(context, body.Reader, limit, limitName, providers, authentication, inFlight));
             }
 
             return next(context);
@@ -125,6 +162,17 @@ internal static class GrpcFramingCheck
                 if (result.IsCanceled)
                 {
                     return result;
+                }
+
+                // A compressed message is inflated only for a caller with a valid credential: who
+                // sends it is checked first, whether or not it has all arrived, so a caller without
+                // one makes the server inflate no more than MaxUnauthenticatedRequestBytes of it
+                // (before, a few kilobytes arriving whole with their headers were inflated up to
+                // Kms:MaxRequestBytes, and only then was the call refused UNAUTHENTICATED).
+                if (authentication is not null && !_authenticated && result.Buffer.Length > 0 && result.Buffer.FirstSpan[0] == 1)
+                {
+                    _authenticated = true;
+                    await LimitByCallerAsync(authentication);
                 }
 
                 var (problem, done, decompressed) = Check(result.Buffer, result.IsCompleted);
