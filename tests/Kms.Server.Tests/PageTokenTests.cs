@@ -6,9 +6,10 @@ namespace Kms.Server.Tests;
 
 /// <summary>
 /// Page tokens are bound to the listing they were issued for: ListAuditEvents' to its whole
-/// filter (and tagged, so a made-up token is refused), ListPrincipals' to its tenant and
-/// <c>show_deleted</c>. A token used with another listing is INVALID_ARGUMENT naming
-/// <c>page_token</c>, not a page from the middle of that listing.
+/// filter, the other List RPCs' to the RPC, the caller and the request's filter (parent,
+/// tenant, show_deleted); all are tagged with the deployment's key, so a made-up or changed
+/// token is refused. A token used with another listing, by another caller, or forged is
+/// INVALID_ARGUMENT naming <c>page_token</c>, not a page from the middle of a listing.
 /// </summary>
 public sealed class PageTokenTests : IAsyncLifetime
 {
@@ -170,5 +171,231 @@ public sealed class PageTokenTests : IAsyncLifetime
         // With the listing it was issued for, it goes on.
         var next = await admin.Access.ListPrincipalsAsync(new ListPrincipalsRequest { Tenant = "tenants/dev", PageSize = 1, ShowDeleted = true, PageToken = withDeleted.NextPageToken });
         Assert.Single(next.Principals);
+    }
+
+    public static TheoryData<string> ListRpcs() => new() { "ListKeys", "ListKeyVersions", "ListAliases", "ListTenants", "ListPrincipals", "ListQuorumRequests" };
+
+    // Before, these tokens were the base64 of "v1|<collection>|<last name listed>": whoever
+    // wrote one chose where a listing started, and a token issued to one caller was taken from
+    // any other caller with the same listing.
+    [Theory]
+    [MemberData(nameof(ListRpcs))]
+    public async Task List_AMadeUpChangedOrGarbledToken_InvalidArgumentNamingPageToken_NothingListed(string rpc)
+    {
+        var listing = await ListingAsync(rpc);
+        string[] bad =
+        [
+            Legacy(listing.Scope, listing.Cursor), // a token in the old layout, the cursor chosen
+            Legacy(listing.Scope, "-5"),
+            Legacy(listing.Scope, "99999999999999999999"),
+            "garbage!",
+            "A",
+            new string('A', 1 << 20),
+            "AQ",
+        ];
+        foreach (var token in bad)
+        {
+            await AssertRefused(() => listing.List(listing.Owner, token, 1));
+        }
+
+        if (listing.Pages)
+        {
+            var first = await listing.List(listing.Owner, "", 1);
+            Assert.NotEmpty(first.Next);
+            var issued = System.Buffers.Text.Base64Url.DecodeFromChars(first.Next);
+            foreach (var at in new[] { 0, 1, issued.Length / 2, issued.Length - 1 })
+            {
+                var changed = (byte[])issued.Clone();
+                changed[at] ^= 1;
+                await AssertRefused(() => listing.List(listing.Owner, System.Buffers.Text.Base64Url.EncodeToString(changed), 1));
+            }
+
+            // As issued, it goes on (with another page size too) and every item is listed once.
+            var rest = await listing.List(listing.Owner, first.Next, 1000);
+            Assert.Equal(listing.Total, first.Count + rest.Count);
+            Assert.Empty(rest.Next);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(ListRpcs))]
+    public async Task List_ATokenIssuedToOneCaller_RefusedFromAnother_ThoughTheListingIsTheSame(string rpc)
+    {
+        var listing = await ListingAsync(rpc);
+        if (!listing.Pages)
+        {
+            return; // ListQuorumRequests: no requests to page through here (QuorumEndToEndTests page them)
+        }
+
+        var first = await listing.List(listing.Owner, "", 1);
+        Assert.NotEmpty(first.Next);
+        await AssertRefused(() => listing.List(listing.Other, first.Next, 1));
+
+        // The other caller's own token works for it.
+        var own = await listing.List(listing.Other, "", 1);
+        Assert.Equal(listing.Total - 1, (await listing.List(listing.Other, own.Next, 1000)).Count);
+    }
+
+    [Fact]
+    public async Task ListKeys_ATokenOfTenantAsListingFromACallerOfTenantB_InvalidArgument_NamingNothingOfTenantA()
+    {
+        await _server.EnsureTenantAsync("acme");
+        using var acme = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("acme-keys", "acme", "key-manager"));
+        for (var i = 0; i < 2; i++)
+        {
+            await _developer.CreateKeyAsync("tenants/dev", "secret-name-" + i);
+            await acme.CreateKeyAsync("tenants/acme", "acme-" + i);
+        }
+
+        var dev = await _developer.Raw.ListKeysAsync(new ListKeysRequest { Parent = "tenants/dev", PageSize = 1 });
+        foreach (var parent in new[] { "tenants/acme", "tenants/dev" })
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(async () => await acme.Raw.ListKeysAsync(new ListKeysRequest { Parent = parent, PageSize = 1, PageToken = dev.NextPageToken }));
+            Assert.Contains(e.StatusCode, new[] { StatusCode.InvalidArgument, StatusCode.NotFound });
+            Assert.DoesNotContain("secret-name", e.Status.Detail, StringComparison.Ordinal);
+        }
+
+        // A token of dev's listing, moved to acme's collection: made up, refused.
+        await AssertRefused(async () => await acme.Raw.ListKeysAsync(new ListKeysRequest { Parent = "tenants/acme", PageSize = 1, PageToken = Legacy("tenants/acme", "acme-0") }));
+    }
+
+    [Fact]
+    public async Task ListPrincipals_ATokenOfOneTenantsListing_RefusedForAnotherTenants_AndForTheDeploymentsOwn()
+    {
+        await _server.EnsureTenantAsync("acme");
+        using var admin = _server.DeploymentAdmin();
+        foreach (var (name, tenant) in new[] { ("token:pa-1", "tenants/dev"), ("token:pa-2", "tenants/dev"), ("token:pb-1", "tenants/acme"), ("token:pb-2", "tenants/acme") })
+        {
+            await admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = name, Tenant = tenant });
+        }
+
+        var dev = await admin.Access.ListPrincipalsAsync(new ListPrincipalsRequest { Tenant = "tenants/dev", PageSize = 1 });
+        foreach (var tenant in new[] { "tenants/acme", "" })
+        {
+            await AssertRefused(async () => await admin.Access.ListPrincipalsAsync(new ListPrincipalsRequest { Tenant = tenant, PageSize = 1, PageToken = dev.NextPageToken }));
+        }
+    }
+
+    [Fact]
+    public async Task ListKeys_ATokenStillWorksAfterARestart()
+    {
+        for (var i = 0; i < 3; i++)
+        {
+            await _developer.CreateKeyAsync("tenants/dev", "restart-" + i);
+        }
+
+        var first = await _developer.Raw.ListKeysAsync(new ListKeysRequest { Parent = "tenants/dev", PageSize = 1 });
+        _officer.Dispose();
+        _developer.Dispose();
+        _server = await _server.RestartAsync();
+        _officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-3", null, "security-officer"));
+        _developer = _server.CreateClient();
+        var rest = await _developer.Raw.ListKeysAsync(new ListKeysRequest { Parent = "tenants/dev", PageToken = first.NextPageToken });
+        Assert.Equal(["restart-1", "restart-2"], rest.Keys.Select(k => k.Name.Split('/')[^1]));
+    }
+
+    private static string Legacy(string scope, string cursor) =>
+        System.Buffers.Text.Base64Url.EncodeToString(System.Text.Encoding.UTF8.GetBytes($"v1|{scope}|{cursor}"));
+
+    private static async Task AssertRefused(Func<Task> list)
+    {
+        var e = await Assert.ThrowsAsync<RpcException>(list);
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.StartsWith("page_token", e.Status.Detail, StringComparison.Ordinal);
+    }
+
+    private sealed record ListPage(int Count, string Next);
+
+    // One listing of an RPC with three items (none for ListQuorumRequests), its owner and another
+    // caller allowed the same listing; Scope and Cursor make a token in the old layout.
+    private sealed record Listing(
+        Kms.Client.KmsClient Owner, Kms.Client.KmsClient Other, Func<Kms.Client.KmsClient, string, int, Task<ListPage>> List,
+        string Scope, string Cursor, int Total, bool Pages = true);
+
+    private async Task<Listing> ListingAsync(string rpc)
+    {
+        var admin = _server.DeploymentAdmin();
+        switch (rpc)
+        {
+            case "ListKeys":
+                {
+                    var other = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("dev-2", "dev", "key-manager"));
+                    for (var i = 0; i < 3; i++)
+                    {
+                        await _developer.CreateKeyAsync("tenants/dev", "listed-" + i);
+                    }
+
+                    return new(_developer, other, async (c, t, n) =>
+                    {
+                        var r = await c.Raw.ListKeysAsync(new ListKeysRequest { Parent = "tenants/dev", PageSize = n, PageToken = t });
+                        return new(r.Keys.Count, r.NextPageToken);
+                    }, "tenants/dev", "listed-0", 3);
+                }
+
+            case "ListKeyVersions":
+                {
+                    var other = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("dev-2", "dev", "key-manager"));
+                    var key = await _developer.CreateKeyAsync("tenants/dev", "versions");
+                    await _developer.RotateKeyAsync(key.Name);
+                    await _developer.RotateKeyAsync(key.Name);
+                    return new(_developer, other, async (c, t, n) =>
+                    {
+                        var r = await c.Raw.ListKeyVersionsAsync(new ListKeyVersionsRequest { Parent = key.Name, PageSize = n, PageToken = t });
+                        return new(r.KeyVersions.Count, r.NextPageToken);
+                    }, key.Name, "1", 3);
+                }
+
+            case "ListAliases":
+                {
+                    var other = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("dev-2", "dev", "key-manager"));
+                    var key = await _developer.CreateKeyAsync("tenants/dev", "aliased");
+                    for (var i = 0; i < 3; i++)
+                    {
+                        await _developer.CreateAliasAsync("tenants/dev", "alias-" + i, key.Name);
+                    }
+
+                    return new(_developer, other, async (c, t, n) =>
+                    {
+                        var r = await c.Raw.ListAliasesAsync(new ListAliasesRequest { Parent = "tenants/dev", PageSize = n, PageToken = t });
+                        return new(r.Aliases.Count, r.NextPageToken);
+                    }, "tenants/dev/aliases", "alias-0", 3);
+                }
+
+            case "ListTenants":
+                {
+                    var other = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("admin-2", null, "deployment-admin"));
+                    await _server.EnsureTenantAsync("t-1");
+                    await _server.EnsureTenantAsync("t-2");
+                    var total = (await admin.Access.ListTenantsAsync(new ListTenantsRequest { PageSize = 1000 })).Tenants.Count;
+                    return new(admin, other, async (c, t, n) =>
+                    {
+                        var r = await c.Access.ListTenantsAsync(new ListTenantsRequest { PageSize = n, PageToken = t });
+                        return new(r.Tenants.Count, r.NextPageToken);
+                    }, "tenants", "dev", total);
+                }
+
+            case "ListPrincipals":
+                {
+                    var other = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("admin-2", null, "deployment-admin"));
+                    await _server.EnsureTenantAsync("listed");
+                    foreach (var name in new[] { "token:l-1", "token:l-2", "token:l-3" })
+                    {
+                        await admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = name, Tenant = "tenants/listed" });
+                    }
+
+                    return new(admin, other, async (c, t, n) =>
+                    {
+                        var r = await c.Access.ListPrincipalsAsync(new ListPrincipalsRequest { Tenant = "tenants/listed", PageSize = n, PageToken = t });
+                        return new(r.Principals.Count, r.NextPageToken);
+                    }, "tenants/listed/principals", "token:l-1", 3);
+                }
+
+            default:
+                return new(_officer, _officer, async (c, t, n) =>
+                {
+                    var r = await c.Quorum.ListQuorumRequestsAsync(new ListQuorumRequestsRequest { Parent = "tenants/dev", PageSize = n, PageToken = t });
+                    return new(r.Requests.Count, r.NextPageToken);
+                }, "tenants/dev/quorumRequests", "00000000", 0, Pages: false);
+        }
     }
 }

@@ -14,7 +14,7 @@ namespace Kms.Server.Grpc;
 /// it had authenticated, so it takes effect at once here (and within the credential cache
 /// time on other nodes).
 /// </summary>
-internal sealed class AccessManagementGrpcService(AccessService access, CallerAuthentication authentication)
+internal sealed class AccessManagementGrpcService(AccessService access, CallerAuthentication authentication, ListPageTokens pageTokens)
     : AccessManagementService.AccessManagementServiceBase
 {
     public override async Task<CreateTenantResponse> CreateTenant(CreateTenantRequest request, ServerCallContext context)
@@ -28,8 +28,10 @@ internal sealed class AccessManagementGrpcService(AccessService access, CallerAu
 
     public override async Task<ListTenantsResponse> ListTenants(ListTenantsRequest request, ServerCallContext context)
     {
-        var page = await access.ListTenantsAsync(request.PageSize, request.PageToken, context.CancellationToken);
-        var response = new ListTenantsResponse { NextPageToken = page.NextPageToken ?? "" };
+        var caller = CallerResolver.Current(context);
+        var page = await access.ListTenantsAsync(request.PageSize,
+            pageTokens.Open("ListTenants", caller, [], request.PageToken, "listing"), context.CancellationToken);
+        var response = new ListTenantsResponse { NextPageToken = pageTokens.Seal("ListTenants", caller, [], page.NextPageToken) };
         response.Tenants.AddRange(page.Items.Select(AccessMapping.ToProto));
         return response;
     }
@@ -64,9 +66,12 @@ internal sealed class AccessManagementGrpcService(AccessService access, CallerAu
 
     public override async Task<ListPrincipalsResponse> ListPrincipals(ListPrincipalsRequest request, ServerCallContext context)
     {
-        var page = await access.ListPrincipalsAsync(
-            AccessMapping.OptionalTenant(request.Tenant, "tenant"), request.PageSize, request.PageToken, request.ShowDeleted, context.CancellationToken);
-        var response = new ListPrincipalsResponse { NextPageToken = page.NextPageToken ?? "" };
+        var caller = CallerResolver.Current(context);
+        var tenant = AccessMapping.OptionalTenant(request.Tenant, "tenant");
+        string?[] filter = [tenant?.ResourceName, request.ShowDeleted ? "show_deleted" : ""];
+        var page = await access.ListPrincipalsAsync(tenant, request.PageSize,
+            pageTokens.Open("ListPrincipals", caller, filter, request.PageToken, "tenant and show_deleted"), request.ShowDeleted, context.CancellationToken);
+        var response = new ListPrincipalsResponse { NextPageToken = pageTokens.Seal("ListPrincipals", caller, filter, page.NextPageToken) };
         response.Principals.AddRange(page.Items.Select(AccessMapping.ToProto));
         return response;
     }

@@ -41,8 +41,11 @@ internal sealed partial class KeyManagementGrpcService
     public override async Task<ListAliasesResponse> ListAliases(ListAliasesRequest request, ServerCallContext context)
     {
         var caller = CallerResolver.Current(context);
-        var page = await aliases.ListAliasesAsync(caller, TenantId.ParseResourceName(request.Parent, "parent"), request.PageSize, request.PageToken, context.CancellationToken);
-        var response = new ListAliasesResponse { NextPageToken = page.NextPageToken ?? "" };
+        var parent = TenantId.ParseResourceName(request.Parent, "parent");
+        string?[] filter = [parent.ResourceName];
+        var page = await aliases.ListAliasesAsync(caller, parent, request.PageSize,
+            pageTokens.Open("ListAliases", caller, filter, request.PageToken, "parent"), context.CancellationToken);
+        var response = new ListAliasesResponse { NextPageToken = pageTokens.Seal("ListAliases", caller, filter, page.NextPageToken) };
         response.Aliases.AddRange(page.Items.Select(ProtoMapping.ToProto));
         return response;
     }

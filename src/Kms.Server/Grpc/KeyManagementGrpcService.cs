@@ -22,6 +22,7 @@ internal sealed partial class KeyManagementGrpcService(
     SigningService signing,
     AttestationService attestation,
     TrustedTime time,
+    ListPageTokens pageTokens,
     ILogger<KeyManagementGrpcService> logger)
     : KeyManagementService.KeyManagementServiceBase
 {
@@ -66,8 +67,10 @@ internal sealed partial class KeyManagementGrpcService(
     {
         var caller = CallerResolver.Current(context);
         var parent = TenantId.ParseResourceName(request.Parent, "parent");
-        var page = await keys.ListKeysAsync(caller, parent, request.PageSize, request.PageToken, context.CancellationToken);
-        var response = new ListKeysResponse { NextPageToken = page.NextPageToken ?? "" };
+        string?[] filter = [parent.ResourceName];
+        var page = await keys.ListKeysAsync(caller, parent, request.PageSize,
+            pageTokens.Open("ListKeys", caller, filter, request.PageToken, "parent"), context.CancellationToken);
+        var response = new ListKeysResponse { NextPageToken = pageTokens.Seal("ListKeys", caller, filter, page.NextPageToken) };
         response.Keys.AddRange(page.Items.Select(ProtoMapping.ToProto));
         return response;
     }
@@ -120,8 +123,11 @@ internal sealed partial class KeyManagementGrpcService(
     public override async Task<ListKeyVersionsResponse> ListKeyVersions(ListKeyVersionsRequest request, ServerCallContext context)
     {
         var caller = CallerResolver.Current(context);
-        var page = await keys.ListKeyVersionsAsync(caller, KeyName.Parse(request.Parent, "parent"), request.PageSize, request.PageToken, context.CancellationToken);
-        var response = new ListKeyVersionsResponse { NextPageToken = page.NextPageToken ?? "" };
+        var key = KeyName.Parse(request.Parent, "parent");
+        string?[] filter = [key.ToString()];
+        var page = await keys.ListKeyVersionsAsync(caller, key, request.PageSize,
+            pageTokens.Open("ListKeyVersions", caller, filter, request.PageToken, "parent"), context.CancellationToken);
+        var response = new ListKeyVersionsResponse { NextPageToken = pageTokens.Seal("ListKeyVersions", caller, filter, page.NextPageToken) };
         response.KeyVersions.AddRange(page.Items.Select(ProtoMapping.ToProto));
         return response;
     }

@@ -20,6 +20,7 @@ internal sealed partial class QuorumGrpcService(
     Kms.Server.Backup.BackupExporter backups,
     Kms.Core.Services.TrustedTime time,
     Microsoft.Extensions.Options.IOptions<Kms.Server.Hosting.KmsServerOptions> options,
+    ListPageTokens pageTokens,
     ILogger<QuorumGrpcService> logger) : Kms.Contracts.V1.QuorumService.QuorumServiceBase
 {
     public override async Task<CreateQuorumRequestResponse> CreateQuorumRequest(CreateQuorumRequestRequest request, ServerCallContext context)
@@ -54,9 +55,12 @@ internal sealed partial class QuorumGrpcService(
 
     public override async Task<ListQuorumRequestsResponse> ListQuorumRequests(ListQuorumRequestsRequest request, ServerCallContext context)
     {
+        var caller = CallerResolver.Current(context);
         var tenant = request.Parent.Length == 0 ? (TenantId?)null : TenantId.ParseResourceName(request.Parent, "parent");
-        var page = await quorum.ListAsync(tenant, request.PageSize, request.PageToken, context.CancellationToken);
-        var response = new ListQuorumRequestsResponse { NextPageToken = page.NextPageToken ?? "" };
+        string?[] filter = [tenant?.ResourceName];
+        var page = await quorum.ListAsync(tenant, request.PageSize,
+            pageTokens.Open("ListQuorumRequests", caller, filter, request.PageToken, "parent"), context.CancellationToken);
+        var response = new ListQuorumRequestsResponse { NextPageToken = pageTokens.Seal("ListQuorumRequests", caller, filter, page.NextPageToken) };
         response.Requests.AddRange(page.Items.Select(ToProto));
         return response;
     }

@@ -407,6 +407,7 @@ public static partial class KmsServerApp
         builder.Services.AddSingleton(builder.Configuration.GetSection("Kms:Audit").Get<AuditOptions>() ?? new AuditOptions());
         builder.Services.AddSingleton(builder.Configuration.GetSection("Kms:Alerts").Get<SecurityAlertOptions>() ?? new SecurityAlertOptions());
         builder.Services.AddSingleton<AuditLog>();
+        builder.Services.AddSingleton<Kms.Server.Grpc.ListPageTokens>();
         builder.Services.AddSingleton<SecurityAlerts>();
         builder.Services.AddSingleton<AuditWorker>();
         builder.Services.AddHostedService(services => services.GetRequiredService<AuditWorker>());
