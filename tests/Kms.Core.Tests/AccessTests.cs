@@ -70,10 +70,30 @@ public sealed class AccessTests : IDisposable
     [InlineData("token:")]
     [InlineData("cn:")]
     [InlineData("cn:a\nb")]
+    [InlineData("cn:Rene\u0301")] // "René" decomposed: looks like cn:Ren\u00e9, another principal
+    [InlineData("cn:al\u200Bice")] // a zero-width space: looks like cn:alice
+    [InlineData("cn:\u212Bngstr\u00f6m")] // U+212B ANGSTROM SIGN, which NFC makes U+00C5
+    [InlineData("spiffe:spiffe://kms.test/caf\u0065\u0301")]
+    [InlineData("spiffe:spiffe://kms.test/pay\u2060ments")]
+    [InlineData("jwt:ci:repo:acme/caf\u0065\u0301")]
     public void PrincipalName_Malformed_InvalidArgument(string text)
     {
         var e = Assert.Throws<KmsException>(() => PrincipalName.Parse(text, "name"));
         Assert.Equal((KmsErrorCode.InvalidArgument, "name"), (e.Code, e.Field));
+    }
+
+    [Fact]
+    public void PrincipalName_NotCanonical_RefusedSayingWhy_ComposedAccepted_ARegisteredOneStillParsedToBeCleanedUp()
+    {
+        var e = Assert.Throws<KmsException>(() => PrincipalName.Parse("cn:Rene\u0301", "name"));
+        Assert.Contains("NFC", e.Message, StringComparison.Ordinal);
+        Assert.Equal("Ren\u00e9", PrincipalName.Parse("cn:Ren\u00e9", "name").Value);
+        Assert.Equal("\u0645\u0647\u0631\u0627\u0646", PrincipalName.Parse("cn:\u0645\u0647\u0631\u0627\u0646", "name").Value); // Arabic, no marks
+        Assert.Equal("\uD55C\uAE00", PrincipalName.Parse("cn:\uD55C\uAE00", "name").Value); // precomposed Hangul syllables
+        Assert.False(PrincipalName.IsValid(PrincipalKind.CommonName, "\u1112\u1161\u11AB")); // the same, conjoining jamo
+        Assert.False(PrincipalName.IsValid(PrincipalKind.CommonName, "Rene\u0301"));
+        Assert.Equal("Rene\u0301", PrincipalName.ParseExisting("cn:Rene\u0301", "name").Value);
+        Assert.Equal("name", Assert.Throws<KmsException>(() => PrincipalName.ParseExisting("cn:a\nb", "name")).Field);
     }
 
     [Fact]

@@ -587,6 +587,44 @@ public sealed class AccessControlTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task PrincipalNamesThatLookLikeAnother_RefusedAtEveryEntry_ARegisteredOneStillListedAndDeleted()
+    {
+        // "Rene" + U+0301 shows as cn:Ren\u00e9; with a zero-width space, cn:alice: before, each was a
+        // principal of its own, with its own roles, grants and audit trail.
+        foreach (var name in new[] { "cn:Rene\u0301", "cn:al\u200Bice", "spiffe:spiffe://kms.test/caf\u0065\u0301" })
+        {
+            await AssertNamed("name", () => _admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = name, Tenant = "tenants/dev" }).ResponseAsync);
+            await AssertNamed("principal", () => _admin.Access.SetRoleBindingAsync(new SetRoleBindingRequest { Principal = name, Role = "key-user", Tenant = "tenants/dev" }).ResponseAsync);
+        }
+
+        var key = await _developer.CreateKeyAsync("tenants/dev", "nfc");
+        await AssertNamed("grant.grantee", () => _developer.Raw.CreateGrantAsync(new CreateGrantRequest
+        {
+            Parent = key.Name,
+            Grant = new KeyGrant { Grantee = "cn:Rene\u0301", Operations = { "DECRYPT" } },
+        }).ResponseAsync);
+        Assert.DoesNotContain((await _admin.Access.ListPrincipalsAsync(new ListPrincipalsRequest { Tenant = "tenants/dev", PageSize = 1000 })).Principals,
+            p => p.Name.StartsWith("cn:Rene", StringComparison.Ordinal) || p.Name.StartsWith("cn:al", StringComparison.Ordinal));
+
+        // The composed name is a name.
+        await _admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = "cn:Ren\u00e9", Tenant = "tenants/dev" });
+
+        // One registered before the rule is still read, found and deleted.
+        await _server.Services.GetRequiredService<Kms.Core.Ports.IAccessStore>().CreatePrincipalAsync(
+            new Kms.Core.Access.Principal(Kms.Core.Access.PrincipalName.CommonName("old\u0301"), Kms.Core.Names.TenantId.Parse("dev"), "", _time.GetUtcNow()), default);
+        Assert.Contains((await _admin.Access.ListPrincipalsAsync(new ListPrincipalsRequest { Tenant = "tenants/dev", PageSize = 1000 })).Principals, p => p.Name == "cn:old\u0301");
+        Assert.Equal("cn:old\u0301", (await _admin.Access.GetPrincipalAsync(new GetPrincipalRequest { Name = "cn:old\u0301" })).Principal.Name);
+        await _admin.Access.DeletePrincipalAsync(new DeletePrincipalRequest { Name = "cn:old\u0301" });
+
+        static async Task AssertNamed(string field, Func<Task> call)
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(call);
+            Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+            Assert.StartsWith(field + ":", e.Status.Detail, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
     public async Task StrayBootstrapCredential_WhileAnAdminExists_GrantsNothing_AndIsRevokedAtTheNextStart()
     {
         // What two nodes starting at once on an empty database leave behind: a second credential,

@@ -76,6 +76,8 @@ public sealed class MutualTlsTests : IAsyncLifetime, IDisposable
     [InlineData(0x0C, "ali\0ce")] // a NUL: PostgreSQL refuses it in the audit chain
     [InlineData(0x1E, "bob\u0007")] // BMPString with a control character (.NET refuses a certificate with a lone surrogate in one)
     [InlineData(0x0C, "")]
+    [InlineData(0x0C, "Rene\u0301")] // decomposed: shown as cn:Ren\u00e9, another principal
+    [InlineData(0x0C, "al\u200Bice")] // shown as cn:alice
     public void PrincipalOf_CommonNameThatIsNoValidName_NoPrincipal(byte stringTag, string commonName)
     {
         // The subject written byte by byte: .NET's builders would refuse or replace these characters.

@@ -39,9 +39,30 @@ public sealed partial record PrincipalName
     /// </summary>
     public static PrincipalName Jwt(string issuer, string subject) => new(PrincipalKind.Jwt, $"{issuer}:{subject}");
 
-    /// <summary>Parses <c>spiffe:…</c>, <c>cn:…</c>, <c>token:…</c> or <c>jwt:…</c>.</summary>
-    /// <exception cref="KmsException">InvalidArgument naming <paramref name="field"/>.</exception>
+    /// <summary>
+    /// Parses <c>spiffe:…</c>, <c>cn:…</c>, <c>token:…</c> or <c>jwt:…</c>: a name a request gives
+    /// a principal (creation, a role binding, a grant, a key policy), under <see cref="IsValid"/>.
+    /// </summary>
+    /// <exception cref="KmsException">InvalidArgument naming <paramref name="field"/>; for a name in another form than Unicode's NFC, or holding a character that hides or moves text, saying so.</exception>
     public static PrincipalName Parse(string? name, string field)
+    {
+        var parsed = ParseExisting(name, field);
+        if (parsed.Kind != PrincipalKind.Token && !IsCanonical(parsed.Value))
+        {
+            throw KmsErrors.InvalidArgument(field, NotCanonical);
+        }
+
+        return parsed;
+    }
+
+    /// <summary>
+    /// Parses the name of a principal that may have been registered before names had to be
+    /// canonical (<see cref="IsCanonical"/>): what the store reads back, and the requests that
+    /// look one up, delete it, or remove its tokens and bindings. No credential authenticates
+    /// such a principal any more; it can still be found and cleaned up.
+    /// </summary>
+    /// <exception cref="KmsException">InvalidArgument naming <paramref name="field"/>.</exception>
+    public static PrincipalName ParseExisting(string? name, string field)
     {
         var colon = name?.IndexOf(':', StringComparison.Ordinal) ?? -1;
         if (string.IsNullOrEmpty(name) || colon <= 0)
@@ -52,10 +73,10 @@ public sealed partial record PrincipalName
         var value = name[(colon + 1)..];
         return name[..colon] switch
         {
-            "spiffe" when IsValid(PrincipalKind.Spiffe, value) => Spiffe(value),
-            "cn" when IsValid(PrincipalKind.CommonName, value) => CommonName(value),
-            "token" when IsValid(PrincipalKind.Token, value) => Token(value),
-            "jwt" when IsValid(PrincipalKind.Jwt, value) => new PrincipalName(PrincipalKind.Jwt, value),
+            "spiffe" when IsWellFormed(PrincipalKind.Spiffe, value) => Spiffe(value),
+            "cn" when IsWellFormed(PrincipalKind.CommonName, value) => CommonName(value),
+            "token" when IsWellFormed(PrincipalKind.Token, value) => Token(value),
+            "jwt" when IsWellFormed(PrincipalKind.Jwt, value) => new PrincipalName(PrincipalKind.Jwt, value),
             _ => throw KmsErrors.InvalidArgument(field, "must be spiffe:spiffe://<…>, cn:<common name> (1 to 256 characters), token:<id> (1 to 63 of [a-z0-9-]) "
                 + "or jwt:<issuer>:<subject> (issuer 1 to 32 of [a-z0-9-], subject 1 to 200 characters)"),
         };
@@ -63,12 +84,68 @@ public sealed partial record PrincipalName
 
     /// <summary>
     /// Whether <paramref name="value"/> is a name of that kind: the same rule for a name a request
-    /// gives and for one read from a client certificate. Control characters and lone surrogates are
-    /// never part of a name — it goes into logs, errors and the audit chain (PostgreSQL refuses a NUL).
-    /// A <c>jwt:</c> subject, which another system's users may partly choose (a CI's branch name),
-    /// holds no character that hides or moves text either (<see cref="DisplayText.HidesOrMovesText(System.Text.Rune)"/>).
+    /// gives (<see cref="Parse"/>) and for one read from a client certificate or a JWT's <c>sub</c>.
+    /// Control characters and lone surrogates are never part of a name — it goes into logs, errors
+    /// and the audit chain (PostgreSQL refuses a NUL). Nor is anything that would let two names
+    /// that look the same be two principals, with their own roles, grants and audit trail
+    /// (<see cref="IsCanonical"/>): a character that hides or moves text, or a name in another
+    /// form than Unicode's NFC.
     /// </summary>
-    public static bool IsValid(PrincipalKind kind, string value)
+    public static bool IsValid(PrincipalKind kind, string value) =>
+        IsWellFormed(kind, value) && (kind == PrincipalKind.Token || IsCanonical(value));
+
+    /// <summary>
+    /// Whether <paramref name="value"/> (clean: no control character, no lone surrogate) is the one
+    /// way to write what it shows: no character that hides or moves text
+    /// (<see cref="DisplayText.HidesOrMovesText(System.Text.Rune)"/>: zero-width characters,
+    /// bidirectional controls), and — Unicode's NFC, checked conservatively — no combining mark
+    /// (a decomposed "e" + U+0301 looks like the composed "é"), no conjoining Hangul vowel or final
+    /// consonant (they compose into syllables), no character that NFC replaces with another
+    /// (U+212B ANGSTROM SIGN is "Å", CJK compatibility ideographs, …). The server runs without
+    /// ICU (invariant globalization: .NET's normalisation would return its input unchanged), so
+    /// the rule is one table of its own, the same on every node; it refuses some names that are
+    /// NFC (any with a combining mark, as some scripts write every word).
+    /// </summary>
+    public static bool IsCanonical(string value)
+    {
+        ArgumentNullException.ThrowIfNull(value);
+        foreach (var rune in value.EnumerateRunes())
+        {
+            if (rune.Value < 0x80)
+            {
+                continue;
+            }
+
+            if (DisplayText.HidesOrMovesText(rune)
+                || System.Text.Rune.GetUnicodeCategory(rune) is System.Globalization.UnicodeCategory.NonSpacingMark
+                    or System.Globalization.UnicodeCategory.SpacingCombiningMark or System.Globalization.UnicodeCategory.EnclosingMark
+                || NfcReplaces(rune.Value))
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    private const string NotCanonical = "a principal name must be the one way to write what it shows: in Unicode's NFC (composed: \"é\" as U+00E9, not \"e\" and U+0301), "
+        + "with no combining mark, no character that NFC replaces (U+212B ANGSTROM SIGN, CJK compatibility ideographs) and no character that hides or moves text (zero-width characters, bidirectional controls)";
+
+    // Characters NFC never leaves as they are, beyond combining marks: conjoining Hangul vowels and
+    // final consonants (composed into syllables after a leading consonant), canonical singletons
+    // and composition exclusions (Unicode's NFC_Quick_Check=No and Maybe, less the marks).
+    private static bool NfcReplaces(int c) =>
+        c is (>= 0x1161 and <= 0x1175) or (>= 0x11A8 and <= 0x11C2)
+            or 0x0374 or 0x037E or 0x0387
+            or (>= 0x0958 and <= 0x095F) or 0x09DC or 0x09DD or 0x09DF or 0x0A33 or 0x0A36 or (>= 0x0A59 and <= 0x0A5B) or 0x0A5E or 0x0B5C or 0x0B5D
+            or 0x0F43 or 0x0F4D or 0x0F52 or 0x0F57 or 0x0F5C or 0x0F69 or 0x0F73 or 0x0F75 or 0x0F76 or 0x0F78 or 0x0F81 or 0x0F93 or 0x0F9D or 0x0FA2 or 0x0FA7 or 0x0FAC or 0x0FB9
+            or 0x1F71 or 0x1F73 or 0x1F75 or 0x1F77 or 0x1F79 or 0x1F7B or 0x1F7D or 0x1FBB or 0x1FBE or 0x1FC9 or 0x1FCB or 0x1FD3 or 0x1FDB or 0x1FE3 or 0x1FEB or 0x1FEE or 0x1FEF or 0x1FF9 or 0x1FFB or 0x1FFD
+            or 0x2000 or 0x2001 or 0x2126 or 0x212A or 0x212B or 0x2329 or 0x232A or 0x2ADC
+            or (>= 0xF900 and <= 0xFAFF) or 0xFB1D or 0xFB1F or (>= 0xFB2A and <= 0xFB4E)
+            or (>= 0x1D15E and <= 0x1D164) or (>= 0x1D1BB and <= 0x1D1C0) or (>= 0x2F800 and <= 0x2FA1F);
+
+    // The shape of each kind, without IsCanonical: what names registered before it still pass.
+    private static bool IsWellFormed(PrincipalKind kind, string value)
     {
         ArgumentNullException.ThrowIfNull(value);
         return kind switch

@@ -62,7 +62,7 @@ internal sealed class AccessManagementGrpcService(AccessService access, CallerAu
     }
 
     public override async Task<GetPrincipalResponse> GetPrincipal(GetPrincipalRequest request, ServerCallContext context) =>
-        new() { Principal = AccessMapping.ToProto(await access.GetPrincipalAsync(PrincipalName.Parse(request.Name, "name"), context.CancellationToken)) };
+        new() { Principal = AccessMapping.ToProto(await access.GetPrincipalAsync(PrincipalName.ParseExisting(request.Name, "name"), context.CancellationToken)) };
 
     public override async Task<ListPrincipalsResponse> ListPrincipals(ListPrincipalsRequest request, ServerCallContext context)
     {
@@ -78,7 +78,7 @@ internal sealed class AccessManagementGrpcService(AccessService access, CallerAu
 
     public override async Task<DeletePrincipalResponse> DeletePrincipal(DeletePrincipalRequest request, ServerCallContext context)
     {
-        var principal = await ThenForgetAsync(access.DeletePrincipalAsync(CallerResolver.Current(context), PrincipalName.Parse(request.Name, "name"), context.CancellationToken));
+        var principal = await ThenForgetAsync(access.DeletePrincipalAsync(CallerResolver.Current(context), PrincipalName.ParseExisting(request.Name, "name"), context.CancellationToken));
         return new DeletePrincipalResponse { Principal = AccessMapping.ToProto(principal) };
     }
 
@@ -94,7 +94,7 @@ internal sealed class AccessManagementGrpcService(AccessService access, CallerAu
 
     public override async Task<ListApiTokensResponse> ListApiTokens(ListApiTokensRequest request, ServerCallContext context)
     {
-        var tokens = await access.ListApiTokensAsync(PrincipalName.Parse(request.Principal, "principal"), context.CancellationToken);
+        var tokens = await access.ListApiTokensAsync(PrincipalName.ParseExisting(request.Principal, "principal"), context.CancellationToken);
         var response = new ListApiTokensResponse();
         response.Tokens.AddRange(tokens.Select(AccessMapping.ToProto));
         return response;
@@ -118,7 +118,7 @@ internal sealed class AccessManagementGrpcService(AccessService access, CallerAu
     public override async Task<DeleteRoleBindingResponse> DeleteRoleBinding(DeleteRoleBindingRequest request, ServerCallContext context)
     {
         await ThenForgetAsync(access.DeleteRoleBindingAsync(
-            PrincipalName.Parse(request.Principal, "principal"), Roles.Parse(request.Role, "role"),
+            PrincipalName.ParseExisting(request.Principal, "principal"), Roles.Parse(request.Role, "role"),
             AccessMapping.OptionalTenant(request.Tenant, "tenant"), context.CancellationToken));
         return new DeleteRoleBindingResponse();
     }

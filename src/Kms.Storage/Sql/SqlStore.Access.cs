@@ -455,7 +455,7 @@ public abstract partial class SqlStore
         };
 
     private static Principal ReadPrincipal(DbDataReader reader) =>
-        new(PrincipalName.Parse(reader.GetString(0), "name"), reader.IsDBNull(1) ? null : TenantId.Parse(reader.GetString(1)), reader.GetString(2),
+        new(PrincipalName.ParseExisting(reader.GetString(0), "name"), reader.IsDBNull(1) ? null : TenantId.Parse(reader.GetString(1)), reader.GetString(2),
             DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(3)))
         {
             Disabled = reader.GetInt64(4) != 0,
@@ -463,18 +463,18 @@ public abstract partial class SqlStore
         };
 
     private static ApiToken ReadToken(DbDataReader reader) =>
-        new(reader.GetString(0), PrincipalName.Parse(reader.GetString(1), "principal"), (ApiTokenKind)reader.GetInt32(2), (byte[])reader[3],
+        new(reader.GetString(0), PrincipalName.ParseExisting(reader.GetString(1), "principal"), (ApiTokenKind)reader.GetInt32(2), (byte[])reader[3],
             DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(4)), DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(5)))
         {
             RevokeTime = ReadTime(reader, 6),
         };
 
     private static RoleBinding ReadBinding(DbDataReader reader) =>
-        new(PrincipalName.Parse(reader.GetString(0), "principal"), (Role)reader.GetInt32(1),
+        new(PrincipalName.ParseExisting(reader.GetString(0), "principal"), (Role)reader.GetInt32(1),
             reader.GetString(2) is { Length: > 0 } tenant ? TenantId.Parse(tenant) : null, DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(3)));
 
     private static Grant ReadGrant(DbDataReader reader, KeyName key) =>
-        new(reader.GetString(0), key, PrincipalName.Parse(reader.GetString(1), "grantee"), (KeyOperations)reader.GetInt32(2),
+        new(reader.GetString(0), key, PrincipalName.ParseExisting(reader.GetString(1), "grantee"), (KeyOperations)reader.GetInt32(2),
             JsonSerializer.Deserialize<Dictionary<string, string>>(reader.GetString(3)) ?? [], DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(4)))
         {
             RevokeTime = ReadTime(reader, 5),
