@@ -3,6 +3,7 @@ using System.Text.RegularExpressions;
 using Kms.Cli.Ceremony;
 using Kms.Core.Audit;
 using Kms.Core.Errors;
+using Kms.Testing;
 using Microsoft.Data.Sqlite;
 
 namespace Kms.Cli.Tests;
@@ -110,23 +111,9 @@ public sealed partial class DeploymentRecordTests
         }
     }
 
-    private static void Sql(string database, string sql)
-    {
-        using var connection = new SqliteConnection($"Data Source={database};Pooling=False");
-        connection.Open();
-        using var command = connection.CreateCommand();
-        command.CommandText = sql;
-        command.ExecuteNonQuery();
-    }
+    private static void Sql(string database, string sql) => RawSqlite.Execute(database, sql);
 
-    private static string Scalar(string database, string sql)
-    {
-        using var connection = new SqliteConnection($"Data Source={database};Pooling=False");
-        connection.Open();
-        using var command = connection.CreateCommand();
-        command.CommandText = sql;
-        return Convert.ToString(command.ExecuteScalar(), System.Globalization.CultureInfo.InvariantCulture) ?? "";
-    }
+    private static string Scalar(string database, string sql) => RawSqlite.Scalar(database, sql);
 
     [GeneratedRegex("\"prev\":\"[0-9a-f]{64}\"")]
     private static partial Regex PrevPattern();

@@ -4,6 +4,7 @@ using Kms.Core.Audit;
 using Kms.Core.Errors;
 using Kms.Core.Services;
 using Kms.Storage.Sqlite;
+using Kms.Testing;
 using Kms.Testing.Fakes;
 using Microsoft.Data.Sqlite;
 using Microsoft.Extensions.Time.Testing;
@@ -491,23 +492,9 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
     private static int IndexOfEvent(List<string> lines, long seq) =>
         lines.FindIndex(l => l.StartsWith($"{{\"event\":{{\"v\":1,\"seq\":{seq},", StringComparison.Ordinal));
 
-    private void Sql(string sql)
-    {
-        using var connection = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
-        connection.Open();
-        using var command = connection.CreateCommand();
-        command.CommandText = sql;
-        command.ExecuteNonQuery();
-    }
+    private void Sql(string sql) => RawSqlite.Execute(DatabasePath, sql);
 
-    private string Scalar(string sql)
-    {
-        using var connection = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
-        connection.Open();
-        using var command = connection.CreateCommand();
-        command.CommandText = sql;
-        return Convert.ToString(command.ExecuteScalar(), System.Globalization.CultureInfo.InvariantCulture) ?? "";
-    }
+    private string Scalar(string sql) => RawSqlite.Scalar(DatabasePath, sql);
 
     [GeneratedRegex("\"prev\":\"[0-9a-f]{64}\"")]
     private static partial Regex PrevPattern();

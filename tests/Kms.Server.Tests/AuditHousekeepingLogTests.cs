@@ -169,21 +169,7 @@ public sealed class AuditHousekeepingLogTests : IAsyncLifetime, IDisposable
         return value;
     }
 
-    private void Sql(string sql)
-    {
-        using var connection = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
-        connection.Open();
-        using var command = connection.CreateCommand();
-        command.CommandText = sql;
-        command.ExecuteNonQuery();
-    }
+    private void Sql(string sql) => RawSqlite.Execute(DatabasePath, sql);
 
-    private string Scalar(string sql)
-    {
-        using var connection = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
-        connection.Open();
-        using var command = connection.CreateCommand();
-        command.CommandText = sql;
-        return Convert.ToString(command.ExecuteScalar(), System.Globalization.CultureInfo.InvariantCulture) ?? "";
-    }
+    private string Scalar(string sql) => RawSqlite.Scalar(DatabasePath, sql);
 }

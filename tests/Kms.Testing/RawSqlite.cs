@@ -1,0 +1,36 @@
+using Microsoft.Data.Sqlite;
+
+namespace Kms.Testing;
+
+/// <summary>
+/// SQL run on a SQLite database file directly, beside whatever has it open (no pooling, so
+/// nothing of the test's stays open after the call): what a test does to the database behind
+/// the server's or the tool's back.
+/// </summary>
+public static class RawSqlite
+{
+    /// <summary>Runs <paramref name="sql"/> (statements, no result).</summary>
+    public static void Execute(string databasePath, string sql)
+    {
+        using var connection = Open(databasePath);
+        using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        command.ExecuteNonQuery();
+    }
+
+    /// <summary>The first column of the first row <paramref name="sql"/> returns, as invariant text ("" for none or NULL).</summary>
+    public static string Scalar(string databasePath, string sql)
+    {
+        using var connection = Open(databasePath);
+        using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        return Convert.ToString(command.ExecuteScalar(), System.Globalization.CultureInfo.InvariantCulture) ?? "";
+    }
+
+    private static SqliteConnection Open(string databasePath)
+    {
+        var connection = new SqliteConnection($"Data Source={databasePath};Pooling=False");
+        connection.Open();
+        return connection;
+    }
+}
