@@ -77,7 +77,7 @@ public sealed class PageTokenTests : IAsyncLifetime
     [InlineData("tag cut")]
     [InlineData("not base64")]
     [InlineData("one character")]
-    [InlineData("megabyte")]
+    [InlineData("sixty thousand characters")]
     [InlineData("version 2")]
     public async Task ListAuditEvents_AGarbledOrMadeUpToken_InvalidArgumentNamingPageToken(string kind)
     {
@@ -93,7 +93,7 @@ public sealed class PageTokenTests : IAsyncLifetime
             "another sequence" => Forged(Issued(), b => b[8] ^= 1),
             "not base64" => "!!!!\u00e9\u0000",
             "one character" => "A",
-            "megabyte" => new string('A', 1 << 20),
+            "sixty thousand characters" => new string('A', 60_000), // a request over 64 KiB is refused before it is read (PerMethodRequestLimitTests)
             "version 2" => Forged(Issued(), b => b[0] = 2),
             _ => System.Buffers.Text.Base64Url.EncodeToString(Issued().AsSpan(0, Issued().Length - 1)),
         };
