@@ -7,6 +7,7 @@ using Grpc.Net.Compression;
 using Kms.Contracts.V1;
 using Kms.Testing;
 using Microsoft.Extensions.DependencyInjection;
+using static Kms.Server.Tests.RawGrpcCall;
 
 namespace Kms.Server.Tests;
 
@@ -103,58 +104,8 @@ public sealed class PerMethodRequestLimitTests : IAsyncLifetime
         }
     }
 
-    private static byte[] Gzip(byte[] data)
-    {
-        using var output = new MemoryStream();
-        using (var gzip = new System.IO.Compression.GZipStream(output, System.IO.Compression.CompressionLevel.Optimal))
-        {
-            gzip.Write(data);
-        }
-
-        return output.ToArray();
-    }
-
-    private static byte[] Frame(byte[] message, bool compressed)
-    {
-        var frame = new byte[5 + message.Length];
-        frame[0] = compressed ? (byte)1 : (byte)0;
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(frame.AsSpan(1), (uint)message.Length);
-        message.CopyTo(frame, 5);
-        return frame;
-    }
-
-    private async Task<(StatusCode Status, string Message)> SendAsync(byte[] body, string? encoding, string token, string path)
-    {
-        using var handler = new SocketsHttpHandler();
-        handler.SslOptions.CertificateChainPolicy = new X509ChainPolicy
-        {
-            TrustMode = X509ChainTrustMode.CustomRootTrust,
-            RevocationMode = X509RevocationMode.NoCheck,
-            CustomTrustStore = { X509Certificate2.CreateFromPem(File.ReadAllText(_server.CaCertificatePath)) },
-        };
-        using var http = new HttpClient(handler);
-        using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(_server.Address, path))
-        {
-            Version = HttpVersion.Version20,
-            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
-            Content = new ByteArrayContent(body),
-        };
-        request.Content.Headers.ContentType = new MediaTypeHeaderValue("application/grpc");
-        request.Headers.TE.Add(new TransferCodingWithQualityHeaderValue("trailers"));
-        if (encoding is not null)
-        {
-            request.Headers.Add("grpc-encoding", encoding);
-        }
-
-        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
-        using var response = await http.SendAsync(request);
-        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-        _ = await response.Content.ReadAsByteArrayAsync();
-        var headers = response.TrailingHeaders.Contains("grpc-status") ? response.TrailingHeaders : response.Headers;
-        var status = (StatusCode)int.Parse(headers.GetValues("grpc-status").Single(), System.Globalization.CultureInfo.InvariantCulture);
-        var message = headers.TryGetValues("grpc-message", out var values) ? Uri.UnescapeDataString(values.Single()) : "";
-        return (status, message);
-    }
+    private Task<(StatusCode Status, string Message)> SendAsync(byte[] body, string? encoding, string? token, string path) =>
+        RawGrpcCall.SendAsync(_server, body, encoding, token, path);
 
     /// <summary>Bytes the server's gzip provider inflated.</summary>
     private sealed class InflatedBytes
