@@ -185,7 +185,7 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
     // database's newest checkpoint is older (its rows deleted) or newer (another node's); a
     // torn last line (a crash mid-append) or an edited one is skipped for the one before it.
     [Fact]
-    public async Task CheckpointsFile_TornOrEditedLastLine_TheOneBeforeIsUsed_AnotherNodesLaterCheckpoint_Accepted()
+    public async Task CheckpointsFile_TornLastLine_TheOneBeforeIsUsed_EditedLineRefusesTheStart_AnotherNodesLaterCheckpoint_Accepted()
     {
         RecordCheckpoints(_log);
         await BuildAsync(); // the file: 5, 10
@@ -195,13 +195,21 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         var record = await restarted.RequireOwnRecordAsync(CheckpointsPath, default);
         Assert.Equal((10L, 1, true), (record.Checkpoint?.Sequence, record.Skipped, record.PassesThrough));
 
-        // The last line's signature edited: the checkpoint before it, 5, is taken; the chain
+        // The last line's signature edited: a line feed follows it, so no crash tore it — the
+        // start is refused naming the file and the line (before, the checkpoint before it was
+        // taken in silence but for a warning). Once that line is gone, 5 is taken; the chain
         // passes through it, so the rewrite after it cannot be told from the file (the tail).
         await File.WriteAllTextAsync(CheckpointsPath, lines[0] + "\n" + lines[1].Replace("\"signature\":\"", "\"signature\":\"AAAA", StringComparison.Ordinal) + "\n");
         Sql("DELETE FROM audit_checkpoints WHERE seq > 5");
         restarted = await StartAsync(_store, _hsm);
+        var edited = await Assert.ThrowsAsync<KmsException>(() => restarted.RequireOwnRecordAsync(CheckpointsPath, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, edited.Code);
+        Assert.Contains($"{CheckpointsPath}, this node's record of the audit checkpoints it signed: line 2 names checkpoint 10 of this deployment's audit key, but the key did not sign what it says", edited.Message, StringComparison.Ordinal);
+        Assert.Contains("move the file aside (checkpoints.jsonl.replaced-TIME)", edited.Message, StringComparison.Ordinal);
+        await File.WriteAllTextAsync(CheckpointsPath, lines[0] + "\n");
+        restarted = await StartAsync(_store, _hsm);
         record = await restarted.RequireOwnRecordAsync(CheckpointsPath, default);
-        Assert.Equal((5L, 1, true), (record.Checkpoint?.Sequence, record.Skipped, record.PassesThrough));
+        Assert.Equal((5L, 0, true), (record.Checkpoint?.Sequence, record.Skipped, record.PassesThrough));
         Assert.NotNull(await restarted.CheckpointAsync(default)); // 12
 
         // Another node signed later (its checkpoint in the database, not in this file): accepted.
@@ -212,6 +220,56 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         Assert.Equal((5L, true), (record.Checkpoint?.Sequence, record.PassesThrough));
         await AppendAsync(21, 21);
         Assert.NotNull(await afterOther.CheckpointAsync(default));
+    }
+
+    // What a crash can do to the file, and what it cannot. Each checkpoint is appended as one
+    // write of its line and line feed, flushed before the append returns (DurableFile.Append):
+    // only the text after the last line feed can be torn. A whole record lacking only its line
+    // feed is taken; a torn one is skipped for the line before. Anything else — a path that is
+    // no readable file, a whole line that is no checkpoint, a line no checkpoint is as long as —
+    // is no crash's doing, and the start is refused naming the file, the line and the way out
+    // (before: a directory or a garbage line left the node without a record, a warning at most).
+    [Fact]
+    public async Task CheckpointsFile_UnreadableOrDamaged_StartRefusedNamingTheFileTheLineAndTheWayOut_TornLastLineIsNot()
+    {
+        RecordCheckpoints(_log);
+        await BuildAsync(); // the file: 5, 10
+        var lines = await File.ReadAllLinesAsync(CheckpointsPath);
+
+        await File.WriteAllTextAsync(CheckpointsPath, lines[0] + "\n" + lines[1]); // lacks only its line feed: whole
+        var record = await (await StartAsync(_store, _hsm)).RequireOwnRecordAsync(CheckpointsPath, default);
+        Assert.Equal((10L, 0), (record.Checkpoint?.Sequence, record.Skipped));
+        await File.WriteAllTextAsync(CheckpointsPath, lines[0] + "\n" + lines[1][..^3]); // torn mid-append
+        record = await (await StartAsync(_store, _hsm)).RequireOwnRecordAsync(CheckpointsPath, default);
+        Assert.Equal((5L, 1), (record.Checkpoint?.Sequence, record.Skipped));
+
+        foreach (var (content, expected) in new[]
+        {
+            (lines[0] + "\n" + lines[1] + "\n{\"not\":\"a checkpoint\"}\n", "line 3 is no checkpoint line (not torn by a crash: a line feed follows it)"),
+            (lines[0] + "\n\0\0\0\n" + lines[1] + "\n", null), // damage before the newest checkpoint is never read
+            (lines[0] + "\n" + lines[1] + "\n" + new string('x', 70 * 1024), "line 3 is longer than 64 KiB"),
+            (lines[0] + "\n" + lines[1][..^3] + "\n", "line 2 is no checkpoint line"),
+        })
+        {
+            await File.WriteAllTextAsync(CheckpointsPath, content);
+            var restarted = await StartAsync(_store, _hsm);
+            if (expected is null)
+            {
+                Assert.Equal(10L, (await restarted.RequireOwnRecordAsync(CheckpointsPath, default)).Checkpoint?.Sequence);
+                continue;
+            }
+
+            var refused = await Assert.ThrowsAsync<KmsException>(() => restarted.RequireOwnRecordAsync(CheckpointsPath, default));
+            Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+            Assert.Contains($"{CheckpointsPath}, this node's record of the audit checkpoints it signed: {expected}", refused.Message, StringComparison.Ordinal);
+            Assert.Contains("Put back the file from a copy kept off the host", refused.Message, StringComparison.Ordinal);
+        }
+
+        File.Delete(CheckpointsPath);
+        Directory.CreateDirectory(CheckpointsPath);
+        var unreadable = await Assert.ThrowsAsync<KmsException>(async () => await (await StartAsync(_store, _hsm)).RequireOwnRecordAsync(CheckpointsPath, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, unreadable.Code);
+        Assert.Contains($"{CheckpointsPath}, this node's record of the audit checkpoints it signed, cannot be read: it is a directory; refusing to start. Make it a file the server's user can read and write", unreadable.Message, StringComparison.Ordinal);
     }
 
     // Events between this node's checkpoint and another node's later one rewritten (a node

@@ -6,7 +6,7 @@ namespace Kms.Core.Services;
 
 /// <summary>What a start read from the node's own record of the checkpoints it signed (<see cref="AuditLog.RequireOwnRecordAsync"/>).</summary>
 /// <param name="Checkpoint">The newest checkpoint in the record that the audit key signed; null: none (no file, an empty one, or one written under another key).</param>
-/// <param name="Skipped">Lines after it that are no such checkpoint: a last line torn by a crash, or lines edited.</param>
+/// <param name="Skipped">1 when the text after the file's last line feed was torn by a crash mid-append (no whole record) and skipped for the line before it; otherwise 0.</param>
 /// <param name="OtherKey">The newest whole checkpoint line names another audit signing key (a database of another deployment, or a fresh one): nothing taken.</param>
 /// <param name="PassesThrough">False when the database's chain does not pass through <paramref name="Checkpoint"/>: the server signs no checkpoint until the file is moved aside and it is restarted.</param>
 public sealed record OwnCheckpointRecord(AuditCheckpoint? Checkpoint, int Skipped, bool OtherKey, bool PassesThrough);
@@ -35,25 +35,42 @@ public sealed partial class AuditLog
     /// before <see cref="RunAsync"/>.
     /// </summary>
     /// <remarks>
-    /// Read from the end: a torn or edited last line is skipped for the one before it. A database
-    /// checkpoint row later than it (another node's) is taken as before, once the chain is seen to
-    /// pass through this one too; one whose events retention has deleted since is covered by the
+    /// Read from the end. Each append is one write of the line with its line feed, flushed
+    /// before it returns (<c>DurableFile.Append</c>), so a crash can leave only the
+    /// text after the last line feed torn: unless it is one whole record lacking only its line
+    /// feed (<see cref="Files.JsonLines.IsWholeRecord(string)"/>), it is skipped for the line
+    /// before it (<see cref="OwnCheckpointRecord.Skipped"/>; the next append cuts it off). A
+    /// whole line that is no checkpoint signed by the audit key — not a crash's doing: an edit, a
+    /// damaged disk — refuses the start (FailedPrecondition naming the file, the line and the way
+    /// out) rather than being passed over for an older checkpoint. A database checkpoint row later
+    /// than the one taken (another node's) is taken as before, once the chain is seen to pass
+    /// through this one too; one whose events retention has deleted since is covered by the
     /// database's later signed checkpoint. A database restored on purpose (<c>kms backup
     /// restore</c> moves the file aside itself; a <c>pg_restore</c> or a copied <c>kms.db</c>:
     /// move it aside by hand) starts from what the database says.
     /// </remarks>
-    /// <exception cref="IOException">The file exists but cannot be read.</exception>
+    /// <exception cref="KmsException">
+    /// FailedPrecondition: the file cannot be read (a directory, no permission, an I/O error), or
+    /// one of its whole lines from the end back to the checkpoint taken is no checkpoint signed by
+    /// the audit key; the message names the file, the line and what to do.
+    /// </exception>
     public async Task<OwnCheckpointRecord> RequireOwnRecordAsync(string path, CancellationToken cancellationToken)
     {
         var skipped = 0;
-        foreach (var line in LinesNewestFirst(path))
+        foreach (var line in ReadNewestFirst(path))
         {
-            if (line.Length == 0)
+            if (line.Text.Length == 0)
             {
-                continue; // after the last line feed: nothing torn
+                continue; // after the last line feed: nothing torn; or a blank line
             }
 
-            var checkpoint = AuditExport.ParseCheckpoint(line);
+            if (!line.Ended && !Files.JsonLines.IsWholeRecord(line.Text))
+            {
+                skipped++; // torn by a crash mid-append: the record before it stands
+                continue;
+            }
+
+            var checkpoint = AuditExport.ParseCheckpoint(line.Text);
             if (checkpoint is not null && checkpoint.KeyFingerprint != Fingerprint && SignedHead(checkpoint) is null)
             {
                 return new OwnCheckpointRecord(null, skipped, OtherKey: true, PassesThrough: true);
@@ -61,8 +78,9 @@ public sealed partial class AuditLog
 
             if (checkpoint is null || SignedHead(checkpoint) is not { } own)
             {
-                skipped++;
-                continue;
+                throw OwnRecordDamaged(path, line.Start, checkpoint is null
+                    ? "is no checkpoint line (not torn by a crash: a line feed follows it)"
+                    : $"names checkpoint {checkpoint.Sequence} of this deployment's audit key, but the key did not sign what it says (edited or damaged)");
             }
 
             var passes = await PassesThroughAsync(own, cancellationToken);
@@ -83,6 +101,73 @@ public sealed partial class AuditLog
         }
 
         return new OwnCheckpointRecord(null, skipped, OtherKey: false, PassesThrough: true);
+    }
+
+    // The start's refusal for a record it cannot trust: the file, the line, what is wrong, the way out.
+    private static KmsException OwnRecordDamaged(string path, long lineStart, string what) =>
+        KmsErrors.FailedPrecondition(
+            $"{path}, this node's record of the audit checkpoints it signed: line {LineNumber(path, lineStart)} {what}; refusing to start, as nothing older in it can be taken for the newest checkpoint this node signed. "
+            + $"Put back the file from a copy kept off the host, or remove that line if you know what wrote it; or move the file aside ({Path.GetFileName(path)}.replaced-TIME): this node then knows only the checkpoints in the database");
+
+    private static KmsException OwnRecordUnreadable(string path, string why) =>
+        KmsErrors.FailedPrecondition(
+            $"{path}, this node's record of the audit checkpoints it signed, cannot be read: {why}; refusing to start. "
+            + $"Make it a file the server's user can read and write (it creates it 0600), or, if it is lost, move it aside ({Path.GetFileName(path)}.replaced-TIME): this node then knows only the checkpoints in the database");
+
+    // The 1-based number of the line that starts at byte offset: the line feeds before it, plus one.
+    private static long LineNumber(string path, long offset)
+    {
+        try
+        {
+            using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, bufferSize: 0);
+            var buffer = new byte[64 * 1024];
+            long lines = 1;
+            for (long read = 0; read < offset;)
+            {
+                var n = file.Read(buffer, 0, (int)Math.Min(buffer.Length, offset - read));
+                if (n == 0)
+                {
+                    break;
+                }
+
+                lines += buffer.AsSpan(0, n).Count((byte)'\n');
+                read += n;
+            }
+
+            return lines;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return 0; // read a moment ago; the message still names the file
+        }
+    }
+
+    // The file's lines, the last first (see LinesNewestFirst), or the start's refusal when it
+    // cannot be read at all.
+    private static IEnumerable<(string Text, long Start, bool Ended)> ReadNewestFirst(string path)
+    {
+        if (Directory.Exists(path))
+        {
+            throw OwnRecordUnreadable(path, "it is a directory");
+        }
+
+        using var lines = LinesNewestFirst(path).GetEnumerator();
+        while (true)
+        {
+            try
+            {
+                if (!lines.MoveNext())
+                {
+                    yield break;
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw OwnRecordUnreadable(path, e.Message);
+            }
+
+            yield return lines.Current;
+        }
     }
 
     // Whether the database's chain passes through the node's own checkpoint: as CheckpointAsync
@@ -112,8 +197,9 @@ public sealed partial class AuditLog
         : "";
 
     // The file's lines, the last first (the text after the last line feed first of all: empty,
-    // or a line a crash left torn), read backwards in blocks: only as far as the newest good one.
-    private static IEnumerable<string> LinesNewestFirst(string path)
+    // or a line a crash left torn; Ended false), each with the byte offset it starts at, read
+    // backwards in blocks: only as far as the newest good one.
+    private static IEnumerable<(string Text, long Start, bool Ended)> LinesNewestFirst(string path)
     {
         if (!File.Exists(path))
         {
@@ -123,6 +209,7 @@ public sealed partial class AuditLog
         using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, bufferSize: 0);
         const int Block = 64 * 1024;
         var carry = Array.Empty<byte>(); // the end of a line whose start is further back
+        var ended = false; // the first line yielded is the text after the last line feed
         for (var position = file.Length; position > 0;)
         {
             var size = (int)Math.Min(Block, position);
@@ -136,7 +223,13 @@ public sealed partial class AuditLog
             {
                 if (block[i] == (byte)'\n')
                 {
-                    yield return Encoding.UTF8.GetString(block, i + 1, stop - i - 1);
+                    if (stop - i - 1 > MaxRecordLine)
+                    {
+                        throw TooLong(position + i + 1);
+                    }
+
+                    yield return (Encoding.UTF8.GetString(block, i + 1, stop - i - 1), position + i + 1, ended);
+                    ended = true;
                     stop = i;
                 }
             }
@@ -144,10 +237,13 @@ public sealed partial class AuditLog
             carry = block[..stop];
             if (carry.Length > MaxRecordLine)
             {
-                yield break; // not a file of checkpoint lines
+                throw TooLong(position);
             }
         }
 
-        yield return Encoding.UTF8.GetString(carry);
+        yield return (Encoding.UTF8.GetString(carry), 0, ended);
+
+        KmsException TooLong(long start) =>
+            OwnRecordDamaged(path, start, $"is longer than {MaxRecordLine / 1024} KiB (a checkpoint line is about 350 bytes, and a crash tears at most one): not a file of checkpoint lines");
     }
 }

@@ -226,7 +226,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     [LoggerMessage(EventId = 1306, Level = LogLevel.Information, Message = "audit checkpoint {Sequence} read from {Path}, this node's record: the chain must pass through it before anything is signed")]
     private static partial void LogOwnRecordTaken(ILogger logger, long sequence, string path);
 
-    [LoggerMessage(EventId = 1307, Level = LogLevel.Warning, Message = "{Path}: the last {Lines} line(s) are no checkpoint signed by the audit key (torn by a crash, or edited); skipped for the one before them (checkpoint {Sequence}; 0: none)")]
+    [LoggerMessage(EventId = 1307, Level = LogLevel.Warning, Message = "{Path}: its last line is torn ({Lines} line without a line feed that is no whole record: a crash while it was appended); skipped for the one before it (checkpoint {Sequence}; 0: none), and cut off at the next append")]
     private static partial void LogOwnRecordSkipped(ILogger logger, string path, int lines, long sequence);
 
     [LoggerMessage(EventId = 1308, Level = LogLevel.Warning, Message = "{Path} was written under another audit signing key than this database's ({Fingerprint}): nothing taken from it")]
