@@ -330,6 +330,63 @@ public sealed class HealthTests : IAsyncLifetime
         Assert.Equal(ServingStatus.Serving, await CheckAsync(server));
     }
 
+    // A node that refuses to sign audit checkpoints (the chain in the database no longer passes
+    // through the last one it signed) still serves — its answers are right and its events durable,
+    // and every node of the database sees the same chain — but its health says so under a service
+    // of its own, kms.audit.checkpoints, beside the gauge (before, nothing in health named it).
+    [Fact]
+    public async Task AuditCheckpointsRefused_NodeStillServing_ItsOwnHealthServiceNotServing_UntilOneIsSignedAgain()
+    {
+        var audit = _server.Services.GetRequiredService<Kms.Core.Services.AuditLog>();
+        await audit.AppendAsync(Entry(), default);
+        var signed = await audit.CheckpointAsync(default) ?? throw new InvalidOperationException("nothing to sign");
+        Assert.Equal((ServingStatus.Serving, ServingStatus.Serving), (await CheckAsync(), await CheckAsync(AuditSigningHealthCheck.Service)));
+
+        var body = Scalar($"SELECT body FROM audit_events WHERE seq = {signed.Sequence}");
+        Sql($"UPDATE audit_events SET body = replace(body, '\"outcome\":\"OK\"', '\"outcome\":\"FORGED\"') WHERE seq = {signed.Sequence}");
+        await audit.AppendAsync(Entry(), default);
+        await Assert.ThrowsAsync<Kms.Core.Errors.KmsException>(() => audit.CheckpointAsync(default));
+        Assert.Equal((ServingStatus.Serving, ServingStatus.NotServing), (await CheckAsync(), await CheckAsync(AuditSigningHealthCheck.Service)));
+
+        Sql($"UPDATE audit_events SET body = '{body.Replace("'", "''", StringComparison.Ordinal)}' WHERE seq = {signed.Sequence}");
+        Assert.NotNull(await audit.CheckpointAsync(default));
+        Assert.Equal((ServingStatus.Serving, ServingStatus.Serving), (await CheckAsync(), await CheckAsync(AuditSigningHealthCheck.Service)));
+
+        static Kms.Core.Audit.AuditEntry Entry() => new()
+        {
+            Time = DateTimeOffset.UtcNow,
+            RequestId = Guid.NewGuid().ToString("N"),
+            Principal = "token:health-test",
+            Operation = "test/Health",
+            Resource = "health",
+            Outcome = "OK",
+        };
+    }
+
+    private void Sql(string sql)
+    {
+        using var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Pooling=False");
+        connection.Open();
+        using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        command.ExecuteNonQuery();
+    }
+
+    private string Scalar(string sql)
+    {
+        using var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Pooling=False");
+        connection.Open();
+        using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        return Convert.ToString(command.ExecuteScalar(), System.Globalization.CultureInfo.InvariantCulture) ?? "";
+    }
+
+    private async Task<ServingStatus> CheckAsync(string service)
+    {
+        using var channel = _server.CreateChannel();
+        return (await new global::Grpc.Health.V1.Health.HealthClient(channel).CheckAsync(new HealthCheckRequest { Service = service })).Status;
+    }
+
     // The status once it is the one expected, or the last seen after 30 s (a bound, not a timing).
     // One channel for every probe: a channel per probe opens a connection each, and dozens of
     // them still closing can meet the server's bound on connections per client address

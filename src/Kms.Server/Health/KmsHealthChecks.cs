@@ -100,6 +100,31 @@ internal sealed class AuditWriteHealthCheck(Core.Services.AuditLog audit, TimePr
             : HealthCheckResult.Healthy());
 }
 
+/// <summary>
+/// The audit log signs checkpoints: Unhealthy while it refuses to, because the database's chain
+/// no longer passes through the last checkpoint this node signed or read (events removed or
+/// rewritten, or a rollback whose <c>checkpoints.jsonl</c> was not moved aside). Registered under
+/// its own gRPC health service name (<see cref="Service"/>), not in the overall one (<c>""</c>):
+/// the node still answers correctly and writes every event durably and chained — only its
+/// vouching for the chain stops, which is the defence — and every node of a shared database sees
+/// the same chain, so draining them for it would turn one database write into the deployment's
+/// outage, until an operator acts (a load balancer cannot route around it). The metric
+/// <c>kms_audit_checkpoint_signing_refused</c> and events 1311–1313 say it too.
+/// </summary>
+internal sealed class AuditSigningHealthCheck(Core.Services.AuditLog audit) : IHealthCheck
+{
+    /// <summary>The check's name, and the gRPC health service that reports it alone.</summary>
+    public const string Service = "kms.audit.checkpoints";
+
+    /// <summary>The tag that keeps a check out of the overall service's status.</summary>
+    public const string NotInOverall = "not-in-overall";
+
+    public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
+        Task.FromResult(audit.CheckpointRefusedSince is { } since
+            ? HealthCheckResult.Unhealthy($"audit checkpoints not signed since {since:O}: the audit chain in the database no longer passes through the last checkpoint this node signed or read (events 1309, 1311; docs/audit-format.md)")
+            : HealthCheckResult.Healthy());
+}
+
 /// <summary>The metadata store answers a trivial query.</summary>
 internal sealed class StoreHealthCheck(IKeyStore store) : SingleFlightHealthCheck
 {
@@ -140,7 +165,10 @@ internal sealed partial class HealthTransitionPublisher(ILogger<HealthTransition
         // cause); each is logged once, with the failing checks' errors.
         // Which checks fail, by name: a description may change from run to run (the audit
         // check's names its latest failure's time) and must not make every run a change.
-        var failing = report.Entries.Where(e => e.Value.Status != HealthStatus.Healthy).OrderBy(e => e.Key, StringComparer.Ordinal).ToList();
+        // Checks of a service of their own (AuditSigningHealthCheck) are not the node's status,
+        // and log their own changes (1311, 1313).
+        var failing = report.Entries.Where(e => e.Value.Status != HealthStatus.Healthy && !e.Value.Tags.Contains(AuditSigningHealthCheck.NotInOverall))
+            .OrderBy(e => e.Key, StringComparer.Ordinal).ToList();
         var state = string.Join(",", failing.Select(e => e.Key));
         if (_last != state)
         {

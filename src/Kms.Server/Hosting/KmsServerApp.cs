@@ -486,10 +486,20 @@ public static partial class KmsServerApp
             o.Delay = TimeSpan.FromSeconds(1);
             o.Period = HealthTransitionPublisher.Period;
         });
-        builder.Services.AddGrpcHealthChecks(o => o.UseHealthChecksCache = false)
+        builder.Services.AddSingleton<AuditSigningHealthCheck>();
+        builder.Services.AddGrpcHealthChecks(o =>
+            {
+                o.UseHealthChecksCache = false;
+
+                // The node's status is every check but those of a service of their own: a node
+                // refusing to sign audit checkpoints still serves (AuditSigningHealthCheck).
+                o.Services.Map("", r => !r.Tags.Contains(AuditSigningHealthCheck.NotInOverall));
+                o.Services.Map(AuditSigningHealthCheck.Service, r => r.Name == AuditSigningHealthCheck.Service);
+            })
             .AddCheck<HsmHealthCheck>("hsm")
             .AddCheck<StoreHealthCheck>("store")
-            .AddCheck<AuditWriteHealthCheck>("audit");
+            .AddCheck<AuditWriteHealthCheck>("audit")
+            .AddCheck<AuditSigningHealthCheck>(AuditSigningHealthCheck.Service, tags: [AuditSigningHealthCheck.NotInOverall]);
 
         // Every service's methods bound by ParseCheckedMethodProvider instead of grpc-dotnet's
         // binder: a malformed request body is the caller's INVALID_ARGUMENT, refused by the
