@@ -520,6 +520,41 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         }
     }
 
+    // Restore moves the node's record aside only when the restored chain does not pass through
+    // its newest checkpoint, as reapply-destructions does (before: always, so a data directory
+    // whose newest checkpoint the backup holds lost its pin and the report said it was replaced).
+    [Fact]
+    public async Task Restore_IntoADataDirectoryWhoseNewestCheckpointTheBackupHolds_FileKept_OneSignedPastIt_MovedAside()
+    {
+        var target = TempPath("kms-restored-");
+        using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+        Assert.NotNull(await officer.GetAuditCheckpointAsync()); // in the server's checkpoints.jsonl, before the backup
+        var early = await File.ReadAllTextAsync(Path.Combine(_server.DataDir, "audit", "checkpoints.jsonl"));
+        var backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+        Assert.NotNull(await officer.GetAuditCheckpointAsync()); // past the backup's head
+        var late = await File.ReadAllTextAsync(Path.Combine(_server.DataDir, "audit", "checkpoints.jsonl"));
+        var checkpoints = Path.Combine(target, "audit", "checkpoints.jsonl");
+        try
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(checkpoints)!);
+            await File.WriteAllTextAsync(checkpoints, early);
+            var report = await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [], replace: false, CancellationToken.None, withoutAuditLogs: true);
+            Assert.Null(report.ReplacedCheckpoints);
+            Assert.Equal(early, await File.ReadAllTextAsync(checkpoints));
+
+            Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+            await File.WriteAllTextAsync(checkpoints, late);
+            report = await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [], replace: true, CancellationToken.None);
+            Assert.StartsWith(checkpoints + ".replaced-", report.ReplacedCheckpoints, StringComparison.Ordinal);
+            Assert.Equal(late, await File.ReadAllTextAsync(report.ReplacedCheckpoints!));
+            Assert.False(File.Exists(checkpoints));
+        }
+        finally
+        {
+            RemoveAfterRestore(target);
+        }
+    }
+
     private static async Task SqlAsync(string database, string sql)
     {
         await using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={database};Pooling=False");

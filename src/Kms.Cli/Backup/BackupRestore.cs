@@ -196,6 +196,8 @@ internal static class BackupRestore
             }
 
             // 3. Re-apply the destructions in the copy; the store erases the material.
+            var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
+            var checkpointsPassedThrough = true;
             var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = staging }, cancellationToken);
             await using (store)
             {
@@ -219,6 +221,10 @@ internal static class BackupRestore
                 {
                     await store.SetSettingAsync(LifecycleClock.Setting, carried, cancellationToken);
                 }
+
+                // Whether the restored chain passes through the newest checkpoint the node's
+                // record holds, as reapply-destructions asks (and the server at start).
+                checkpointsPassedThrough = await PassesThroughNewestCheckpointAsync(store, checkpoints, cancellationToken);
             }
 
             SqliteStore.ReleasePooledConnections();
@@ -238,11 +244,13 @@ internal static class BackupRestore
                 await SqliteStore.FoldWriteAheadLogAsync(target, cancellationToken);
             }
 
-            // The node's record of the checkpoints it signed goes aside too: the server takes its
-            // newest as a checkpoint the chain must pass through, and the restored chain does not
-            // (a rollback on purpose, not a rewrite: docs/audit-format.md).
-            var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
-            string? checkpointsAside = File.Exists(checkpoints) ? $"{checkpoints}.replaced-{stamp}" : null;
+            // The node's record of the checkpoints it signed goes aside too when the restored chain
+            // does not pass through its newest checkpoint: the server takes that as a checkpoint
+            // the chain must pass through (a rollback on purpose, not a rewrite:
+            // docs/audit-format.md). A record the restored chain passes through (a backup taken
+            // after its newest checkpoint, into a data directory that signed nothing since) stays,
+            // and keeps its pin.
+            string? checkpointsAside = File.Exists(checkpoints) && !checkpointsPassedThrough ? $"{checkpoints}.replaced-{stamp}" : null;
             var copied = false;
             var installed = false;
             try
@@ -406,18 +414,7 @@ internal static class BackupRestore
     private static async Task<string?> MoveCheckpointsAsideUnlessPassedThroughAsync(SqlStore store, string dataDir, CancellationToken cancellationToken)
     {
         var path = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
-        if (NewestCheckpoint(path) is not { } newest)
-        {
-            return null;
-        }
-
-        var found = await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = newest.Sequence - 1, Limit = 1 }, cancellationToken) switch
-        {
-            [var e] when e.Sequence == newest.Sequence => AuditChain.HashOf(e.Body),
-            [var e] when e.Sequence == newest.Sequence + 1 => e.PreviousHash,
-            _ => null,
-        };
-        if (found == newest.HeadHash)
+        if (await PassesThroughNewestCheckpointAsync(store, path, cancellationToken))
         {
             return null;
         }
@@ -427,6 +424,15 @@ internal static class BackupRestore
         DirectorySync.Flush(Path.GetDirectoryName(path)!);
         return aside;
     }
+
+    // Whether the database's chain passes through the newest checkpoint line of the node's record
+    // at path (the server's own test, AuditLog.ChainHoldsAsync): true for no file or no checkpoint
+    // line. A checkpoint whose events the database's retention has since deleted counts as not
+    // passed through: the file is moved aside (never a false refusal; the pin restarts from the
+    // database's signed checkpoints).
+    private static async Task<bool> PassesThroughNewestCheckpointAsync(SqlStore store, string path, CancellationToken cancellationToken) =>
+        NewestCheckpoint(path) is not { } newest
+        || await AuditLog.ChainHoldsAsync(store, new AuditHead(newest.Sequence, newest.HeadHash), cancellationToken);
 
     // The newest checkpoint line in the file's last 64 KiB (a line is about 350 bytes), or null.
     private static AuditCheckpoint? NewestCheckpoint(string path)

@@ -466,21 +466,32 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             return;
         }
 
-        var found = head.Sequence < last.Sequence
-            ? null
-            : await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = last.Sequence - 1, Limit = 1 }, cancellationToken) switch
-            {
-                [var e] when e.Sequence == last.Sequence => AuditChain.HashOf(e.Body),
-                [var e] when e.Sequence == last.Sequence + 1 => e.PreviousHash,
-                _ => null,
-            };
-        if (found != last.Hash)
+        if (head.Sequence < last.Sequence || !await ChainHoldsAsync(store, last, cancellationToken))
         {
             throw KmsErrors.FailedPrecondition(
                 $"the audit chain in the database (head {head.Sequence}) no longer passes through checkpoint {last.Sequence} ({last.Hash}), the last this server signed or read: "
                 + "signed events were removed or rewritten, and the checkpoints after them deleted; refusing to sign a checkpoint over it. Compare the database with the checkpoints kept off the host"
                 + OwnRecordAdvice(last));
         }
+    }
+
+    /// <summary>
+    /// Whether the chain in <paramref name="store"/> passes through <paramref name="checkpoint"/>:
+    /// the event at its sequence hashes, from its body, to its head (the hash column is the
+    /// database's word only), or, after a retention cut through it, the next event's link names
+    /// it. The one test of the server's refusal, a ceremony's, and the restore's and
+    /// reapply-destructions' decision to move <c>checkpoints.jsonl</c> aside.
+    /// </summary>
+    public static async Task<bool> ChainHoldsAsync(IAuditStore store, AuditHead checkpoint, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        var found = await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = checkpoint.Sequence - 1, Limit = 1 }, cancellationToken) switch
+        {
+            [var e] when e.Sequence == checkpoint.Sequence => AuditChain.HashOf(e.Body),
+            [var e] when e.Sequence == checkpoint.Sequence + 1 => e.PreviousHash,
+            _ => null,
+        };
+        return found == checkpoint.Hash;
     }
 
     // A checkpoint row counts only if the audit key signed its body and the body says what its
