@@ -98,6 +98,72 @@ public sealed partial class DeploymentRecordTests
         }
     }
 
+    // Retention on the server (another data directory) cut the chain past the newest checkpoint
+    // this data directory records: the ceremony is not refused for it — it asks what the server
+    // asks at start (AuditLog.RequireOwnRecordAsync: a later signed checkpoint in the database,
+    // the oldest event past the recorded one), one code — and a rewrite after the cut still is.
+    [Fact]
+    public async Task RetentionCutPastTheCheckpointTheDataDirectoryRecords_CeremonySigns_ARewriteAfterTheCutStillRefused()
+    {
+        var production = DomainKeyRotationJobTests.TokenWithDomainKey(RandomNumberGenerator.GetBytes(32));
+        var dataDir = Directory.CreateTempSubdirectory("kms-record-").FullName;
+        var database = Path.Combine(dataDir, "kms.db");
+        try
+        {
+            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+            {
+                await record.AppendAsync("ceremony-1", "test", "step/one", default);
+                Assert.Equal(1, (await record.CheckpointAsync(default))?.Sequence); // the file: 1
+            }
+
+            // The server: events 2..6, checkpoint 6, event 7; retention through 6 (its record 8,
+            // checkpoint 8), so events 1..6 and checkpoint 1 are gone.
+            var options = production.Options(devMode: false);
+            options.Pin = production.UserPin;
+            options.PinFile = null;
+            await using (var store = await DeploymentDatabaseTarget.SqliteIn(dataDir).OpenAsync(default))
+            await using (var hsm = Kms.Hsm.Pkcs11Hsm.Open(options, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance))
+            {
+                var server = new Kms.Core.Services.AuditLog(store, store, hsm, TimeProvider.System, new AuditOptions());
+                await server.InitializeAsync(default);
+                await store.AppendAuditAsync([.. Enumerable.Range(2, 5).Select(Entry)], default);
+                Assert.Equal(6, (await server.CheckpointAsync(default))?.Sequence);
+                await store.AppendAuditAsync([Entry(7)], default);
+                Assert.Equal(6, await server.PruneThroughAsync(6, default));
+            }
+
+            SqliteConnection.ClearAllPools();
+            Assert.Equal(("7", "8"), (Scalar(database, "SELECT min(seq) FROM audit_events"), Scalar(database, "SELECT max(seq) FROM audit_checkpoints")));
+            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+            {
+                await record.AppendAsync("ceremony-2", "test", "step/two", default);
+                Assert.Equal(9, (await record.CheckpointAsync(default))?.Sequence); // the file: 1, 9
+            }
+
+            SqliteConnection.ClearAllPools();
+            Sql(database, "UPDATE audit_events SET body = replace(body, '\"resource\":\"step/two\"', '\"resource\":\"step/forged\"') WHERE seq = 9");
+            Rechain(database, from: 9);
+            Sql(database, "DELETE FROM audit_checkpoints WHERE seq > 8");
+            var refused = await Assert.ThrowsAsync<KmsException>(() => DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default));
+            Assert.Contains("does not pass through checkpoint 9 that", refused.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            SqliteConnection.ClearAllPools();
+            Directory.Delete(dataDir, recursive: true);
+        }
+
+        static AuditEntry Entry(int i) => new()
+        {
+            Time = DateTimeOffset.UtcNow,
+            RequestId = $"server-{i}",
+            Principal = "token:app",
+            Operation = "test/Server",
+            Resource = $"event/{i}",
+            Outcome = "OK",
+        };
+    }
+
     // As whoever holds the database would: every body from `from` on linked to the one before, re-hashed.
     private static void Rechain(string database, long from)
     {
