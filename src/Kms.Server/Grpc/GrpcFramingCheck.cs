@@ -73,12 +73,14 @@ internal static class GrpcFramingCheck
     /// </summary>
     public const int MaxSingleItemRequestBytes = 256 * 1024;
 
-    // The methods of one item of data; the batches take Kms:MaxRequestBytes; every other method, MaxSmallRequestBytes.
-    private static readonly HashSet<string> SingleItemMethods = new(
-        ["Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "Sign", "Verify", "GenerateMac", "VerifyMac", "AsymmetricDecrypt", "ImportKeyVersion"],
-        StringComparer.Ordinal);
-
     private const string KeyManagement = "/kms.v1.KeyManagementService/";
+
+    // The methods of one item of data, by path (looked up per call without cutting the path); the
+    // batches take Kms:MaxRequestBytes; every other method, MaxSmallRequestBytes.
+    private static readonly HashSet<string> SingleItemMethods = new(
+        new[] { "Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "Sign", "Verify", "GenerateMac", "VerifyMac", "AsymmetricDecrypt", "ImportKeyVersion" }
+            .Select(method => KeyManagement + method),
+        StringComparer.Ordinal);
 
     /// <summary>
     /// The largest request message of a method (its path), before and after decompression: the
@@ -89,9 +91,8 @@ internal static class GrpcFramingCheck
     /// </summary>
     public static (int Limit, string Name) LimitOf(string path, int maxMessageBytes)
     {
-        var method = path.StartsWith(KeyManagement, StringComparison.Ordinal) ? path[KeyManagement.Length..] : null;
-        return method is not null && method.StartsWith("Batch", StringComparison.Ordinal) ? (maxMessageBytes, "Kms:MaxRequestBytes")
-            : method is not null && SingleItemMethods.Contains(method) ? (Math.Min(maxMessageBytes, MaxSingleItemRequestBytes), "a request of one item of data")
+        return path.StartsWith(KeyManagement + "Batch", StringComparison.Ordinal) ? (maxMessageBytes, "Kms:MaxRequestBytes")
+            : SingleItemMethods.Contains(path) ? (Math.Min(maxMessageBytes, MaxSingleItemRequestBytes), "a request of one item of data")
             : (Math.Min(maxMessageBytes, MaxSmallRequestBytes), "a request of a method that carries no data");
     }
 
