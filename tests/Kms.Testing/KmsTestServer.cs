@@ -144,6 +144,30 @@ public sealed class KmsTestServer : IAsyncDisposable
         return await StartAsync(Token, DataDir, tenant ?? Tenant, _configureServices, _extraArgs);
     }
 
+    /// <summary>
+    /// Waits until this node has read the change feed past every write made before the call: a
+    /// read that began after it is over. Each read that finds an access change forgets every
+    /// remembered caller (and failed credential), so a test that counts lookups waits here after
+    /// its writes, or the node's own writes, read back a moment later, forget at a random point.
+    /// </summary>
+    public async Task WaitForChangeFeedReadAsync()
+    {
+        var worker = _app.Services.GetRequiredService<ClusterCoherenceWorker>();
+
+        // A read under way now may have begun before the last write: the one after it began later.
+        var target = worker.Completed + 2;
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (worker.Completed < target)
+        {
+            if (DateTime.UtcNow > deadline)
+            {
+                throw new TimeoutException($"the change feed was not read within 30 s (reads completed: {worker.Completed}, waiting for {target})");
+            }
+
+            await Task.Delay(20);
+        }
+    }
+
     /// <summary>Dev mode's token with every tenant role in the dev tenant.</summary>
     public string DeveloperToken => ReadToken("developer.token");
 

@@ -252,6 +252,7 @@ internal sealed class DataKeyCache : IDisposable
         _ = Task.Run(async () =>
         {
             CachedDataKey? entry = null;
+            Exception? failure = null;
             try
             {
                 entry = await create().ConfigureAwait(false);
@@ -274,10 +275,6 @@ internal sealed class DataKeyCache : IDisposable
                     cacheEntry.RegisterPostEvictionCallback(static (_, value, _, state) => ((DataKeyCache)state!).Evicted((CachedDataKey)value!), this);
                     StepHook?.Invoke(DataKeyCacheStep.Inserting, entry);
                 }
-
-                // Zeroed by a Dispose since, the entry leases nothing: its waiters go round again
-                // and are refused.
-                mine.SetResult(entry);
             }
             catch (Exception exception)
             {
@@ -286,11 +283,22 @@ internal sealed class DataKeyCache : IDisposable
                     Zero(entry);
                 }
 
-                mine.SetException(exception);
+                failure = exception;
             }
-            finally
+
+            // Out of the in-flight table before its waiters are woken: a waiter that calls again
+            // at once (the KMS answered honestly this time) must start a call of its own, not be
+            // handed this one's failure again.
+            _inFlight.TryRemove(new KeyValuePair<string, Task<CachedDataKey>>(flightKey, mine.Task));
+            if (failure is null)
             {
-                _inFlight.TryRemove(new KeyValuePair<string, Task<CachedDataKey>>(flightKey, mine.Task));
+                // Zeroed by a Dispose since, the entry leases nothing: its waiters go round again
+                // and are refused.
+                mine.SetResult(entry!);
+            }
+            else
+            {
+                mine.SetException(failure);
             }
         }, CancellationToken.None);
         return await mine.Task.WaitAsync(cancellationToken).ConfigureAwait(false);

@@ -446,6 +446,35 @@ public sealed class DataKeyCacheTests
     }
 
     [Fact]
+    public async Task Decrypt_AfterAFailedUnwrap_TheNextCallerCallsTheKmsAgain_NotHandedTheFailure()
+    {
+        // The failed call used to leave the in-flight table only after its waiters were woken:
+        // a waiter that called again at once could join the finished call and get its failure
+        // once more (ci, 2026-12-06: HostileKmsAnswerTests' honest retry was refused). Many rounds,
+        // as the window is a moment; with a 1 ms pause before the old removal, round 0 failed.
+        using var cache = new DataKeyCache(new DataKeyCacheOptions { DecryptionMaxAge = TimeSpan.FromMinutes(1), TimeProvider = _time });
+        var unwraps = 0;
+        for (var round = 0; round < 300; round++)
+        {
+            var key = "k" + round;
+            await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => cache.LeaseForDecryptionAsync(key, _ =>
+            {
+                Interlocked.Increment(ref unwraps);
+                return Task.FromException<byte[]>(EnvelopeDecryptionException.Failed());
+            }, CancellationToken.None));
+
+            var leased = await cache.LeaseForDecryptionAsync(key, _ =>
+            {
+                Interlocked.Increment(ref unwraps);
+                return Task.FromResult(Enumerable.Repeat((byte)7, 32).ToArray());
+            }, CancellationToken.None);
+
+            Assert.Equal(Enumerable.Repeat((byte)7, 32), leased);
+            Assert.Equal(2 * (round + 1), unwraps);
+        }
+    }
+
+    [Fact]
     public void Options_OutOfRange_Refused()
     {
         Assert.Throws<ArgumentOutOfRangeException>(() => NewEncryptor(new DataKeyCacheOptions { MaxAge = TimeSpan.Zero }));
