@@ -12,6 +12,11 @@ internal static class Pkcs11Errors
         CKR.CKR_DEVICE_REMOVED,
         CKR.CKR_DEVICE_ERROR,
         CKR.CKR_DEVICE_MEMORY,
+
+        // The library's own memory (SoftHSM and network HSM clients keep session objects and
+        // buffers there): a resource, not a fault of the request. The recovery closes the
+        // sessions, which frees every unwrapped copy.
+        CKR.CKR_HOST_MEMORY,
         CKR.CKR_TOKEN_NOT_PRESENT,
         CKR.CKR_TOKEN_NOT_RECOGNIZED,
         CKR.CKR_SESSION_HANDLE_INVALID,

@@ -40,6 +40,7 @@ public sealed class HsmFaultTests(ITestOutputHelper output)
     [InlineData(CKR.CKR_TOKEN_NOT_PRESENT)]
     [InlineData(CKR.CKR_DEVICE_ERROR)]
     [InlineData(CKR.CKR_DEVICE_MEMORY)] // the HSM's object memory full: the recovery closes the sessions, which frees every copy
+    [InlineData(CKR.CKR_HOST_MEMORY)] // the library's memory full (SoftHSM's objects live there): likewise; before, INTERNAL
     public async Task DeviceLost_UnavailableWhileDown_ThenReinitialisesModuleAndServesAtTheFirstCallAfterTheBackoff(CKR fault)
     {
         var options = SoftHsm.CreateToken().Options();
