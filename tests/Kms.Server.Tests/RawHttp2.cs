@@ -128,18 +128,32 @@ internal sealed class RawHttp2 : IAsyncDisposable
     public static byte[] GrpcHeaderBlock(string path, string? bearerToken, Uri server)
     {
         var block = new MemoryStream();
-        Literal(block, ":method", "POST");
-        Literal(block, ":scheme", "https");
-        Literal(block, ":path", path);
-        Literal(block, ":authority", $"{server.Host}:{server.Port}");
-        Literal(block, "content-type", "application/grpc");
-        Literal(block, "te", "trailers");
-        if (bearerToken is not null)
+        foreach (var (name, value) in GrpcHeaders(path, bearerToken, server))
         {
-            Literal(block, "authorization", "Bearer " + bearerToken);
+            Literal(block, name, value);
         }
 
         return block.ToArray();
+    }
+
+    /// <summary>The header fields <see cref="GrpcHeaderBlock"/> encodes, in its order.</summary>
+    public static List<(string Name, string Value)> GrpcHeaders(string path, string? bearerToken, Uri server)
+    {
+        List<(string Name, string Value)> headers =
+        [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":path", path),
+            (":authority", $"{server.Host}:{server.Port}"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ];
+        if (bearerToken is not null)
+        {
+            headers.Add(("authorization", "Bearer " + bearerToken));
+        }
+
+        return headers;
     }
 
     /// <summary>A literal header field without indexing, new name (RFC 7541 6.2.2), no Huffman.</summary>
@@ -148,30 +162,55 @@ internal sealed class RawHttp2 : IAsyncDisposable
         block.WriteByte(0);
         String(block, name);
         String(block, value);
+    }
 
-        static void String(Stream block, string text)
+    /// <summary>
+    /// A literal header field with incremental indexing, new name (RFC 7541 6.2.1), no Huffman: the
+    /// decoder adds it to the connection's dynamic table, where <see cref="Indexed"/> names it.
+    /// </summary>
+    public static void LiteralIndexed(Stream block, string name, string value)
+    {
+        block.WriteByte(0x40);
+        String(block, name);
+        String(block, value);
+    }
+
+    /// <summary>An indexed header field (RFC 7541 6.1): one byte for an index below 127 — 62 is the newest dynamic table entry.</summary>
+    public static void Indexed(Stream block, int index)
+    {
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(index, 126);
+        block.WriteByte((byte)(0x80 | index));
+    }
+
+    /// <summary>
+    /// What a decoded field counts towards Kestrel's <c>MaxRequestHeadersTotalSize</c>: its name and
+    /// value (Kestrel leaves out RFC 9113's 32 bytes a field), however it was encoded.
+    /// </summary>
+    public static int DecodedSize(string name, string value) => name.Length + value.Length;
+
+    // A string literal (RFC 7541 5.2), not Huffman-coded: its length as a 7-bit prefix integer, then its bytes.
+    private static void String(Stream block, string text)
+    {
+        var bytes = Encoding.ASCII.GetBytes(text);
+        var length = bytes.Length;
+        if (length < 127)
         {
-            var bytes = Encoding.ASCII.GetBytes(text);
-            var length = bytes.Length;
-            if (length < 127)
-            {
-                block.WriteByte((byte)length);
-            }
-            else
-            {
-                block.WriteByte(127);
-                length -= 127;
-                while (length >= 128)
-                {
-                    block.WriteByte((byte)(length % 128 + 128));
-                    length /= 128;
-                }
-
-                block.WriteByte((byte)length);
-            }
-
-            block.Write(bytes);
+            block.WriteByte((byte)length);
         }
+        else
+        {
+            block.WriteByte(127);
+            length -= 127;
+            while (length >= 128)
+            {
+                block.WriteByte((byte)(length % 128 + 128));
+                length /= 128;
+            }
+
+            block.WriteByte((byte)length);
+        }
+
+        block.Write(bytes);
     }
 
     /// <summary>The 5-byte gRPC message header: not compressed, <paramref name="length"/> bytes follow.</summary>
@@ -207,6 +246,23 @@ internal sealed class RawHttp2 : IAsyncDisposable
             await Task.Delay(20);
         }
     }
+    private uint? _goAwayError;
+
+    /// <summary>
+    /// The error code of the server's GOAWAY (RFC 9113, 7: 1 PROTOCOL_ERROR, 9 COMPRESSION_ERROR …),
+    /// null before one arrived (<see cref="StartReading"/> first).
+    /// </summary>
+    public uint? GoAwayError
+    {
+        get
+        {
+            lock (_windowLock)
+            {
+                return _goAwayError;
+            }
+        }
+    }
+
     private long _connectionWindow = 65535;
     private long _initialStreamWindow = 65535;
     private readonly Lock _windowLock = new();
@@ -232,6 +288,11 @@ internal sealed class RawHttp2 : IAsyncDisposable
                         {
                             _ended.Add(frame.Stream);
                         }
+                    }
+
+                    if (frame.Type == GoAway && frame.Payload.Length >= 8)
+                    {
+                        _goAwayError = BinaryPrimitives.ReadUInt32BigEndian(frame.Payload.AsSpan(4));
                     }
 
                     if (frame.Type == WindowUpdate)

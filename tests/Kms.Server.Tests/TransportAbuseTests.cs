@@ -6,7 +6,7 @@ using Kms.Testing;
 
 namespace Kms.Server.Tests;
 
-/// <summary>One real server with small transport limits: four connections per client address, a one-second TLS handshake.</summary>
+/// <summary>One real server with small transport limits: four connections per client address, a one-second TLS handshake, five seconds for a request's headers.</summary>
 public sealed class TransportLimitsFixture : IAsyncLifetime
 {
     public const int ConnectionsPerAddress = 4;
@@ -18,7 +18,11 @@ public sealed class TransportLimitsFixture : IAsyncLifetime
         null,
         "dev",
         $"--Kms:Transport:MaxConnectionsPerClientAddress={ConnectionsPerAddress}",
-        "--Kms:Transport:TlsHandshakeTimeout=00:00:01");
+        "--Kms:Transport:TlsHandshakeTimeout=00:00:01",
+        $"--Kms:Transport:RequestHeadersTimeout={RequestHeadersTimeout:c}");
+
+    /// <summary>How long a request's headers may take to arrive here.</summary>
+    public static readonly TimeSpan RequestHeadersTimeout = TimeSpan.FromSeconds(5);
 
     public async Task DisposeAsync() => await Server.DisposeAsync();
 }
@@ -30,7 +34,7 @@ public sealed class TransportLimitsFixture : IAsyncLifetime
 /// keeps serving the legitimate client (SECURITY.md claim 106). Waits are generous bounds on what
 /// the server does by itself, never measurements.
 /// </summary>
-public sealed class TransportAbuseTests(TransportLimitsFixture fixture) : IClassFixture<TransportLimitsFixture>
+public sealed partial class TransportAbuseTests(TransportLimitsFixture fixture) : IClassFixture<TransportLimitsFixture>
 {
     private const string GenerateRandom = "/kms.v1.KeyManagementService/GenerateRandom";
     private const string HealthCheck = "/grpc.health.v1.Health/Check";

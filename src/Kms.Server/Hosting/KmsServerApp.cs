@@ -173,6 +173,12 @@ public static partial class KmsServerApp
             kestrel.Limits.KeepAliveTimeout = transport.KeepAliveTimeout;
             kestrel.Limits.RequestHeadersTimeout = transport.RequestHeadersTimeout;
             kestrel.Limits.Http2.MaxStreamsPerConnection = transport.MaxStreamsPerConnection;
+
+            // What a request's headers may make the server decode and hold: a call's metadata is small.
+            kestrel.Limits.MaxRequestHeadersTotalSize = RequestHeaderLimits.TotalBytes;
+            kestrel.Limits.MaxRequestHeaderCount = RequestHeaderLimits.Count;
+            kestrel.Limits.Http2.MaxRequestHeaderFieldSize = RequestHeaderLimits.FieldBytes;
+            kestrel.Limits.Http2.HeaderTableSize = RequestHeaderLimits.HeaderTableBytes;
             var connectionLimit = new Overload.ClientAddressConnectionLimit(
                 transport.MaxConnectionsPerClientAddress,
                 new Serilog.Extensions.Logging.SerilogLoggerFactory(logger).CreateLogger("Kms.Server.Transport"));
