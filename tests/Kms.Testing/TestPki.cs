@@ -99,6 +99,9 @@ public sealed class TestPki : IDisposable
     /// <summary>Adds a certificate to the next CRL.</summary>
     public void Revoke(X509Certificate2 certificate) => _revoked.Add((certificate.SerialNumberBytes.ToArray(), DateTimeOffset.UtcNow.AddMinutes(-1)));
 
+    /// <summary>Leaves a certificate out of the next CRL again (a hold released, a revocation made in error).</summary>
+    public void Reinstate(X509Certificate2 certificate) => _revoked.RemoveAll(r => r.Serial.AsSpan().SequenceEqual(certificate.SerialNumberBytes.Span));
+
     /// <summary>Writes a CRL (PEM) listing every revoked certificate, signed by the CA.</summary>
     /// <summary>Writes a CRL of the revoked certificates (PEM, atomically); by default valid for 7 days.</summary>
     public string WriteCrl(string path, DateTimeOffset? nextUpdate = null)

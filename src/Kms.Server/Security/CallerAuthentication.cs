@@ -186,6 +186,12 @@ internal sealed class CallerAuthentication(
             return (await authenticator.CallerForAsync(principal, cancellationToken), accepted.Until, accepted.TrustVersion);
         });
 
+    /// <summary>The workload identity verifier, if issuers are configured (tests count its verifications).</summary>
+    internal JwtValidator? Workloads => workloads;
+
+    /// <summary>The client certificate verifier, if a client CA is configured (tests count its verifications).</summary>
+    internal ClientCertificateValidator? Certificates => certificates;
+
     /// <summary>How many times remembered callers were forgotten (tests).</summary>
     internal long Generation => Interlocked.Read(ref _generation);
 

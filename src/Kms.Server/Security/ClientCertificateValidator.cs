@@ -36,6 +36,7 @@ internal sealed partial class ClientCertificateValidator
     private readonly ILogger _logger;
     private readonly Kms.Core.LogThrottle _notAnSvidLog = new();
     private long _loads;
+    private long _verifications;
 
     public ClientCertificateValidator(string caPath, string? crlPath, TrustedTime trustedTime, TimeProvider time, ILogger<ClientCertificateValidator> logger)
     {
@@ -56,6 +57,9 @@ internal sealed partial class ClientCertificateValidator
     /// </summary>
     public long TrustVersion => _trust.Value.Version;
 
+    /// <summary>How many certificates were verified (<see cref="Accept"/> calls; tests count the ones the cache spared).</summary>
+    internal long Verifications => Interlocked.Read(ref _verifications);
+
     /// <summary>
     /// Whether the certificate is acceptable now (called per call, for the certificate of the
     /// call's connection); if so, under which <see cref="TrustVersion"/>, and until when that
@@ -64,6 +68,7 @@ internal sealed partial class ClientCertificateValidator
     /// </summary>
     public Acceptance? Accept(X509Certificate2 certificate)
     {
+        Interlocked.Increment(ref _verifications);
         var trust = _trust.Value;
         var now = _trusted.GetUtcNow().UtcDateTime;
         using var chain = new X509Chain();

@@ -45,6 +45,10 @@ internal sealed partial class JwtValidator
     // Information once a second with its count, not as one line per call.
     private readonly LogThrottle[,] _refusalLogs;
     private long _loads;
+    private long _verifications;
+
+    /// <summary>How many tokens were verified (<see cref="Validate"/> calls; tests count the ones the cache spared).</summary>
+    internal long Verifications => Interlocked.Read(ref _verifications);
 
     /// <summary>Reads every issuer's key set once (a file that cannot be used throws here: the start is refused).</summary>
     public JwtValidator(IEnumerable<JwtIssuerOptions> issuers, TimeProvider time, ILogger logger)
@@ -101,6 +105,7 @@ internal sealed partial class JwtValidator
     /// <summary>The identity a token proves now, or null (and why, in <paramref name="refusal"/>: a category, never its content).</summary>
     public JwtIdentity? Validate(string token, DateTimeOffset now, out JwtRefusal refusal)
     {
+        Interlocked.Increment(ref _verifications);
         var identity = Check(token, now, out refusal, out var issuer);
         if (identity is null)
         {

@@ -1,0 +1,163 @@
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using Grpc.Core;
+using Kms.Contracts.V1;
+using Kms.Server.Security;
+using Kms.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Kms.Server.Tests;
+
+/// <summary>
+/// Failed JWTs and client certificates, remembered end to end (SECURITY.md claim 143, with 124):
+/// one that fails is verified once, however often it comes back, and only under the key sets, or
+/// the CA bundle and CRL, it failed under — so that when those are replaced (the file is looked at
+/// once a second) it is verified again at once, and accepted if it now holds; an accepted one is
+/// likewise verified again, and refused if it no longer holds. Verifications are counted at the
+/// verifiers. A fake clock: no entry expires during a test, and a second passes only when told.
+/// </summary>
+public sealed class CredentialFailureCacheTests : IDisposable
+{
+    private readonly FakeTimeProvider _time = new(DateTimeOffset.UtcNow);
+    private readonly string _dir = Directory.CreateTempSubdirectory("kms-failure-cache-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [Fact]
+    public async Task Jwt_BadOneVerifiedOnce_OneSignedByAKeyNotYetPublished_AcceptedAtOnceWhenTheKeySetIsReloaded_RefusedAtOnceWhenWithdrawn()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        using var next = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var jwks = Path.Combine(_dir, "jwks.json");
+        File.WriteAllText(jwks, TestJwt.Jwks(TestJwt.Jwk(key)));
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev", UseFakeClock,
+            "--Kms:Jwt:Issuers:0:Name=k8s", $"--Kms:Jwt:Issuers:0:Issuer={TestJwt.Issuer}", $"--Kms:Jwt:Issuers:0:Audience={TestJwt.Audience}",
+            $"--Kms:Jwt:Issuers:0:JwksPath={jwks}", "--Kms:CredentialCacheTime=00:05:00");
+        await RegisterAsync(server, "jwt:k8s:" + TestJwt.Subject);
+        var verifier = server.Services.GetRequiredService<CallerAuthentication>().Workloads!;
+        using var channel = server.CreateChannel();
+        var kms = new KeyManagementService.KeyManagementServiceClient(channel);
+        Task<StatusCode> CallAsync(string token) => StatusOfAsync(kms, KmsTestServer.Bearer(token));
+
+        // A forged signature, twenty times: verified once.
+        var claims = TestJwt.Claims(DateTimeOffset.UtcNow);
+        var forged = TestJwt.Sign(claims, key, "ES256")[..^4] + "AAAA";
+        Assert.Equal((Times(StatusCode.Unauthenticated, 20), 1L), await CountedAsync(verifier, () => CallAsync(forged), 20));
+
+        // Signed by a key the issuer has not published yet (a rotation, the token ahead of the key set): verified once.
+        var early = TestJwt.Sign(claims, next, "ES256", kid: "k2");
+        Assert.Equal((Times(StatusCode.Unauthenticated, 10), 1L), await CountedAsync(verifier, () => CallAsync(early), 10));
+
+        // The key set now has it: at the next look at the file (a second later), verified again at
+        // once and accepted, then remembered.
+        File.WriteAllText(jwks, TestJwt.Jwks(TestJwt.Jwk(key), TestJwt.Jwk(next, "k2")));
+        _time.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal((Times(StatusCode.OK, 10), 1L), await CountedAsync(verifier, () => CallAsync(early), 10));
+
+        // The forged one too is verified again under the new key sets — once.
+        Assert.Equal((Times(StatusCode.Unauthenticated, 10), 1L), await CountedAsync(verifier, () => CallAsync(forged), 10));
+
+        // The key withdrawn: the accepted token is verified again at once, and refused.
+        File.WriteAllText(jwks, TestJwt.Jwks(TestJwt.Jwk(key)));
+        _time.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal((Times(StatusCode.Unauthenticated, 10), 1L), await CountedAsync(verifier, () => CallAsync(early), 10));
+    }
+
+    [Fact]
+    public async Task ClientCertificate_RevokedOneVerifiedOnce_AcceptedAtOnceWhenTheCrlNoLongerListsIt_RefusedAtOnceWhenItDoesAgain()
+    {
+        using var pki = new TestPki();
+        var caPath = pki.WriteCa(Path.Combine(_dir, "client-ca.crt"));
+        var crlPath = Path.Combine(_dir, "clients.crl");
+        using var alice = pki.Issue("alice");
+        pki.Revoke(alice);
+        pki.WriteCrl(crlPath);
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev", UseFakeClock,
+            $"--Kms:ClientCaPath={caPath}", $"--Kms:ClientCrlPath={crlPath}", "--Kms:CredentialCacheTime=00:05:00");
+        await RegisterAsync(server, "cn:alice");
+        var verifier = server.Services.GetRequiredService<CallerAuthentication>().Certificates!;
+        using var channel = Channel(server, alice);
+        var kms = new KeyManagementService.KeyManagementServiceClient(channel);
+        Task<StatusCode> CallAsync() => StatusOfAsync(kms, null);
+
+        // Listed in the CRL, twenty calls: verified once.
+        Assert.Equal((Times(StatusCode.Unauthenticated, 20), 1L), await CountedAsync(verifier, CallAsync, 20));
+
+        // A CRL without it (a hold released): accepted at the next look at the files, at once, then remembered.
+        pki.Reinstate(alice);
+        pki.WriteCrl(crlPath);
+        _time.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal((Times(StatusCode.OK, 10), 1L), await CountedAsync(verifier, CallAsync, 10));
+
+        // Listed again: the remembered caller is verified again at once, and refused — on the same connection.
+        pki.Revoke(alice);
+        pki.WriteCrl(crlPath);
+        _time.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal((Times(StatusCode.Unauthenticated, 10), 1L), await CountedAsync(verifier, CallAsync, 10));
+    }
+
+    private void UseFakeClock(IServiceCollection services) => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(_time));
+
+    // A key-user of the dev tenant; then the change feed read past these writes, which would forget
+    // what the test counts at a random point.
+    private static async Task RegisterAsync(KmsTestServer server, string principal)
+    {
+        using (var admin = server.DeploymentAdmin())
+        {
+            await admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = principal, Tenant = "tenants/dev" });
+            await admin.Access.SetRoleBindingAsync(new SetRoleBindingRequest { Principal = principal, Role = "key-user", Tenant = "tenants/dev" });
+        }
+
+        await server.WaitForChangeFeedReadAsync();
+    }
+
+    private static async Task<StatusCode> StatusOfAsync(KeyManagementService.KeyManagementServiceClient kms, Metadata? headers)
+    {
+        try
+        {
+            await kms.GenerateRandomAsync(new GenerateRandomRequest { LengthBytes = 8 }, headers);
+            return StatusCode.OK;
+        }
+        catch (RpcException e)
+        {
+            return e.StatusCode;
+        }
+    }
+
+    // The statuses of `times` calls, and how many verifications they cost.
+    private static async Task<(string Statuses, long Verifications)> CountedAsync(JwtValidator verifier, Func<Task<StatusCode>> call, int times) =>
+        await CountedAsync(() => verifier.Verifications, call, times);
+
+    private static async Task<(string Statuses, long Verifications)> CountedAsync(ClientCertificateValidator verifier, Func<Task<StatusCode>> call, int times) =>
+        await CountedAsync(() => verifier.Verifications, call, times);
+
+    private static async Task<(string Statuses, long Verifications)> CountedAsync(Func<long> verifications, Func<Task<StatusCode>> call, int times)
+    {
+        var before = verifications();
+        var statuses = new List<StatusCode>();
+        for (var i = 0; i < times; i++)
+        {
+            statuses.Add(await call());
+        }
+
+        return (string.Join(",", statuses), verifications() - before);
+    }
+
+    private static string Times(StatusCode status, int times) => string.Join(",", Enumerable.Repeat(status, times));
+
+    private static global::Grpc.Net.Client.GrpcChannel Channel(KmsTestServer server, X509Certificate2 certificate)
+    {
+        var ca = X509Certificate2.CreateFromPem(File.ReadAllText(server.CaCertificatePath));
+        var handler = new SocketsHttpHandler();
+        handler.SslOptions.ClientCertificates = [certificate];
+        handler.SslOptions.CertificateChainPolicy = new X509ChainPolicy
+        {
+            TrustMode = X509ChainTrustMode.CustomRootTrust,
+            RevocationMode = X509RevocationMode.NoCheck,
+            CustomTrustStore = { ca },
+        };
+        return global::Grpc.Net.Client.GrpcChannel.ForAddress(server.Address, new global::Grpc.Net.Client.GrpcChannelOptions { HttpHandler = handler });
+    }
+}
