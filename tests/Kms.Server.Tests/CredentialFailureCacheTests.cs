@@ -98,6 +98,59 @@ public sealed class CredentialFailureCacheTests : IDisposable
         Assert.Equal((Times(StatusCode.Unauthenticated, 10), 1L), await CountedAsync(verifier, CallAsync, 10));
     }
 
+    [Fact]
+    public async Task Jwt_NotYetValid_RememberedAsRefusedOnlyUntilItsNbf_ThenAcceptedAtOnce()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var jwks = Path.Combine(_dir, "jwks.json");
+        File.WriteAllText(jwks, TestJwt.Jwks(TestJwt.Jwk(key)));
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev", UseFakeClock,
+            "--Kms:Jwt:Issuers:0:Name=k8s", $"--Kms:Jwt:Issuers:0:Issuer={TestJwt.Issuer}", $"--Kms:Jwt:Issuers:0:Audience={TestJwt.Audience}",
+            $"--Kms:Jwt:Issuers:0:JwksPath={jwks}", "--Kms:CredentialCacheTime=00:05:00");
+        await RegisterAsync(server, "jwt:k8s:" + TestJwt.Subject);
+        var verifier = server.Services.GetRequiredService<CallerAuthentication>().Workloads!;
+        using var channel = server.CreateChannel();
+        var kms = new KeyManagementService.KeyManagementServiceClient(channel);
+        Task<StatusCode> CallAsync(string token) => StatusOfAsync(kms, KmsTestServer.Bearer(token));
+
+        // Valid from two minutes on (its issuer's clock ahead of ours by more than the minute of
+        // skew allowed): refused, and remembered — verified once.
+        var now = _time.GetUtcNow();
+        var early = TestJwt.Sign(TestJwt.Claims(now, c => c["nbf"] = now.AddMinutes(2).ToUnixTimeSeconds()), key, "ES256");
+        Assert.Equal((Times(StatusCode.Unauthenticated, 10), 1L), await CountedAsync(verifier, () => CallAsync(early), 10));
+        _time.Advance(TimeSpan.FromSeconds(30));
+        Assert.Equal((Times(StatusCode.Unauthenticated, 10), 0L), await CountedAsync(verifier, () => CallAsync(early), 10));
+
+        // Once within the skew of its nbf it is verified again and accepted, not a cache time
+        // (five minutes here) later. Before: refused until the remembered refusal ran out.
+        _time.Advance(TimeSpan.FromSeconds(35));
+        Assert.Equal((Times(StatusCode.OK, 10), 1L), await CountedAsync(verifier, () => CallAsync(early), 10));
+    }
+
+    [Fact]
+    public async Task ClientCertificate_NotYetValid_RememberedAsRefusedOnlyUntilItsNotBefore_ThenAcceptedAtOnce()
+    {
+        using var pki = new TestPki();
+        var caPath = pki.WriteCa(Path.Combine(_dir, "client-ca.crt"));
+        var crlPath = pki.WriteCrl(Path.Combine(_dir, "clients.crl"));
+        using var alice = pki.Issue("alice", notBefore: _time.GetUtcNow().AddMinutes(2), notAfter: _time.GetUtcNow().AddDays(1));
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev", UseFakeClock,
+            $"--Kms:ClientCaPath={caPath}", $"--Kms:ClientCrlPath={crlPath}", "--Kms:CredentialCacheTime=00:05:00");
+        await RegisterAsync(server, "cn:alice");
+        var verifier = server.Services.GetRequiredService<CallerAuthentication>().Certificates!;
+        using var channel = Channel(server, alice);
+        var kms = new KeyManagementService.KeyManagementServiceClient(channel);
+        Task<StatusCode> CallAsync() => StatusOfAsync(kms, null);
+
+        Assert.Equal((Times(StatusCode.Unauthenticated, 10), 1L), await CountedAsync(verifier, CallAsync, 10));
+        _time.Advance(TimeSpan.FromMinutes(1));
+        Assert.Equal((Times(StatusCode.Unauthenticated, 10), 0L), await CountedAsync(verifier, CallAsync, 10));
+
+        // Past its notBefore: verified again and accepted at once. Before: refused until the remembered refusal ran out.
+        _time.Advance(TimeSpan.FromSeconds(65));
+        Assert.Equal((Times(StatusCode.OK, 10), 1L), await CountedAsync(verifier, CallAsync, 10));
+    }
+
     private void UseFakeClock(IServiceCollection services) => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(_time));
 
     // A key-user of the dev tenant; then the change feed read past these writes, which would forget

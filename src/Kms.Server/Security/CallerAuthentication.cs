@@ -46,7 +46,9 @@ internal sealed class CallerAuthentication(
     // accepted ones are remembered and under the same trust material: a client that keeps sending a
     // revoked or mistyped token costs one lookup per cache time, not one per call. Bounded as the
     // accepted ones are; forgotten with them (an access write on this node, the change feed on the others).
-    private readonly ConcurrentDictionary<string, (long Since, long TrustVersion)> _failed = new(StringComparer.Ordinal);
+    // Until: when a refusal lapses by itself — a credential refused only as not yet valid (a JWT's nbf, a
+    // certificate's notBefore) is checked again once it may be, as an accepted one is once it may no longer be.
+    private readonly ConcurrentDictionary<string, (long Since, long TrustVersion, DateTimeOffset Until)> _failed = new(StringComparer.Ordinal);
     private readonly LogThrottle _refusedLog = new(clock);
     // TrustVersion: the client trust material a certificate caller was accepted under, the key sets a workload
     // identity was verified with (0 for an API token);
@@ -167,9 +169,9 @@ internal sealed class CallerAuthentication(
         RememberAsync(key, validator.TrustVersion, charged, async () =>
         {
             var trustVersion = validator.TrustVersion;
-            if (validator.Validate(token, time.GetUtcNow(), out _) is not { } identity)
+            if (validator.Validate(token, time.GetUtcNow(), out _, out var validFrom) is not { } identity)
             {
-                return (null, null, 0);
+                return (null, validFrom, 0);
             }
 
             return (await authenticator.AuthenticateWorkloadAsync(identity.Principal, identity.Expires, cancellationToken), identity.Expires, trustVersion);
@@ -178,9 +180,9 @@ internal sealed class CallerAuthentication(
     private Task<Caller?> CertificateAsync(string key, ClientCertificateValidator validator, System.Security.Cryptography.X509Certificates.X509Certificate2 certificate, IPAddress? charged, CancellationToken cancellationToken) =>
         RememberAsync(key, validator.TrustVersion, charged, async () =>
         {
-            if (validator.Accept(certificate) is not { } accepted || ClientCertificateValidator.PrincipalOf(certificate) is not { } principal)
+            if (validator.Accept(certificate, out var validFrom) is not { } accepted || ClientCertificateValidator.PrincipalOf(certificate) is not { } principal)
             {
-                return (null, null, 0);
+                return (null, validFrom, 0);
             }
 
             return (await authenticator.CallerForAsync(principal, cancellationToken), accepted.Until, accepted.TrustVersion);
@@ -213,7 +215,8 @@ internal sealed class CallerAuthentication(
             ? cached.Caller
             : null;
         return caller is not null
-            || (_failed.TryGetValue(key, out var failed) && failed.TrustVersion == trustVersion && clock.GetElapsedTime(failed.Since) < _cacheTime);
+            || (_failed.TryGetValue(key, out var failed) && failed.TrustVersion == trustVersion && clock.GetElapsedTime(failed.Since) < _cacheTime
+                && time.GetUtcNow() < failed.Until);
     }
 
     // Before a credential is looked up or verified: one of its client address's failures is taken
@@ -247,7 +250,8 @@ internal sealed class CallerAuthentication(
     }
 
     // credentialExpiry: when the credential's acceptance lapses by itself (the earliest notAfter of a certificate's chain,
-    // its CRL's nextUpdate); trustVersion: the client trust material it was accepted under.
+    // its CRL's nextUpdate) — or, for one refused, when the refusal does (not yet valid until then); trustVersion: the
+    // client trust material it was accepted under.
     // checkedUnder: the trust version the credential is checked under (a refusal is remembered under it);
     // charged: the client address a failure was taken from (given back unless the credential is refused).
     private async Task<Caller?> RememberAsync(string key, long checkedUnder, IPAddress? charged, Func<Task<(Caller? Caller, DateTimeOffset? CredentialExpiry, long TrustVersion)>> authenticate)
@@ -281,7 +285,7 @@ internal sealed class CallerAuthentication(
                 _failed.Clear();
             }
 
-            _failed[key] = (since, checkedUnder);
+            _failed[key] = (since, checkedUnder, credentialExpiry ?? DateTimeOffset.MaxValue);
             if (Interlocked.Read(ref _generation) != generation)
             {
                 _failed.TryRemove(key, out _);

@@ -57,7 +57,7 @@ internal sealed partial class ClientCertificateValidator
     /// </summary>
     public long TrustVersion => _trust.Value.Version;
 
-    /// <summary>How many certificates were verified (<see cref="Accept"/> calls; tests count the ones the cache spared).</summary>
+    /// <summary>How many certificates were verified (calls of Accept; tests count the ones the cache spared).</summary>
     internal long Verifications => Interlocked.Read(ref _verifications);
 
     /// <summary>
@@ -66,9 +66,15 @@ internal sealed partial class ClientCertificateValidator
     /// answer holds if nothing is read again: the earliest notAfter of its chain (its own, or a
     /// CA's that ends first), or an earlier nextUpdate of a CRL (past it, every certificate is refused).
     /// </summary>
-    public Acceptance? Accept(X509Certificate2 certificate)
+    public Acceptance? Accept(X509Certificate2 certificate) => Accept(certificate, out _);
+
+    /// <summary>As <see cref="Accept(X509Certificate2)"/>; a certificate refused while it is not yet valid gives the time it becomes so.</summary>
+    /// <param name="certificate">The client's certificate.</param>
+    /// <param name="validFrom">For a certificate refused before its notBefore: that time (it may be refused then for another reason); otherwise null.</param>
+    public Acceptance? Accept(X509Certificate2 certificate, out DateTimeOffset? validFrom)
     {
         Interlocked.Increment(ref _verifications);
+        validFrom = null;
         var trust = _trust.Value;
         var now = _trusted.GetUtcNow().UtcDateTime;
         using var chain = new X509Chain();
@@ -86,6 +92,11 @@ internal sealed partial class ClientCertificateValidator
         chain.ChainPolicy.ApplicationPolicy.Add(new System.Security.Cryptography.Oid(ClientAuthOid));
         if (!chain.Build(certificate) || !HasClientAuthUsage(certificate))
         {
+            if (certificate.NotBefore.ToUniversalTime() is var notBefore && notBefore > now)
+            {
+                validFrom = new DateTimeOffset(notBefore, TimeSpan.Zero);
+            }
+
             return null;
         }
 

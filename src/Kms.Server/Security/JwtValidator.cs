@@ -47,7 +47,7 @@ internal sealed partial class JwtValidator
     private long _loads;
     private long _verifications;
 
-    /// <summary>How many tokens were verified (<see cref="Validate"/> calls; tests count the ones the cache spared).</summary>
+    /// <summary>How many tokens were verified (calls of Validate; tests count the ones the cache spared).</summary>
     internal long Verifications => Interlocked.Read(ref _verifications);
 
     /// <summary>Reads every issuer's key set once (a file that cannot be used throws here: the start is refused).</summary>
@@ -103,10 +103,20 @@ internal sealed partial class JwtValidator
     public static bool LooksLikeJwt(ReadOnlySpan<char> bearer) => bearer.Count('.') == 2;
 
     /// <summary>The identity a token proves now, or null (and why, in <paramref name="refusal"/>: a category, never its content).</summary>
-    public JwtIdentity? Validate(string token, DateTimeOffset now, out JwtRefusal refusal)
+    public JwtIdentity? Validate(string token, DateTimeOffset now, out JwtRefusal refusal) => Validate(token, now, out refusal, out _);
+
+    /// <summary>The identity a token proves now, or null (and why, in <paramref name="refusal"/>: a category, never its content).</summary>
+    /// <param name="token">The compact JWS.</param>
+    /// <param name="now">The time it is judged at.</param>
+    /// <param name="refusal">Why it was refused (<see cref="JwtRefusal.None"/> if it was not).</param>
+    /// <param name="validFrom">
+    /// For a token refused only because it is not yet valid (<see cref="JwtRefusal.NotYetValid"/>, its
+    /// signature verified): the first time it would pass that check; otherwise null.
+    /// </param>
+    public JwtIdentity? Validate(string token, DateTimeOffset now, out JwtRefusal refusal, out DateTimeOffset? validFrom)
     {
         Interlocked.Increment(ref _verifications);
-        var identity = Check(token, now, out refusal, out var issuer);
+        var identity = Check(token, now, out refusal, out var issuer, out validFrom);
         if (identity is null)
         {
             var index = issuer is null ? _issuers.Length : Array.IndexOf(_issuers, issuer);
@@ -119,10 +129,11 @@ internal sealed partial class JwtValidator
         return identity;
     }
 
-    private JwtIdentity? Check(string token, DateTimeOffset now, out JwtRefusal refusal, out Issuer? issuer)
+    private JwtIdentity? Check(string token, DateTimeOffset now, out JwtRefusal refusal, out Issuer? issuer, out DateTimeOffset? validFrom)
     {
         refusal = JwtRefusal.Malformed;
         issuer = null;
+        validFrom = null;
         if (token.Length > MaxTokenLength)
         {
             return null;
@@ -201,11 +212,12 @@ internal sealed partial class JwtValidator
             return null;
         }
 
-        return CheckClaims(issuer, claims.RootElement, now, out refusal);
+        return CheckClaims(issuer, claims.RootElement, now, out refusal, out validFrom);
     }
 
-    private static JwtIdentity? CheckClaims(Issuer issuer, JsonElement claims, DateTimeOffset now, out JwtRefusal refusal)
+    private static JwtIdentity? CheckClaims(Issuer issuer, JsonElement claims, DateTimeOffset now, out JwtRefusal refusal, out DateTimeOffset? validFrom)
     {
+        validFrom = null;
         refusal = JwtRefusal.Audience;
         if (!claims.TryGetProperty("aud", out var aud) || !HoldsAudience(aud, issuer.Audience))
         {
@@ -227,8 +239,10 @@ internal sealed partial class JwtValidator
         }
 
         refusal = JwtRefusal.NotYetValid;
-        if (iat > now + ClockSkew || (Time(claims, "nbf") is { } nbf && nbf > now + ClockSkew))
+        var notBefore = Time(claims, "nbf") is { } nbf && nbf > iat ? nbf : iat;
+        if (notBefore > now + ClockSkew)
         {
+            validFrom = notBefore - ClockSkew;
             return null;
         }
 
