@@ -179,6 +179,27 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task HealthState_IsUpToDate_WhenTheAppendReturns()
+    {
+        // The loop used to wake a batch's callers before clearing the failures a successful commit
+        // ended (and before counting the events failed behind a batch that gave up): a caller that
+        // read the health state at once could find the old failures. Many rounds, as the window is
+        // a moment; with a 1 ms pause between the old wake-up and the clearing, round 0 failed.
+        for (var round = 0; round < 100; round++)
+        {
+            _store.AuditUnavailable = true;
+            await Assert.ThrowsAsync<KmsException>(() => _log.AppendAsync(Entry($"down-{round}"), default));
+            Assert.Equal(1, _log.FailedCommitsInARow);
+            Assert.NotNull(_log.LastCommitFailure);
+
+            _store.AuditUnavailable = false;
+            await _log.AppendAsync(Entry($"up-{round}"), default);
+            Assert.Equal(0, _log.FailedCommitsInARow);
+            Assert.Null(_log.LastCommitFailure);
+        }
+    }
+
+    [Fact]
     public async Task RefusalFlood_FirstWrittenAtOnce_RestCountedInOneEventPerWindow()
     {
         for (var i = 0; i < 1000; i++)

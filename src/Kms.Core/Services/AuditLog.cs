@@ -687,16 +687,19 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         {
             await store.AppendAuditAsync(batch.Select(p => p.Entry).ToList(), cancellationToken);
             var waited = time.GetElapsedTime(batch[0].Enqueued);
-            foreach (var pending in batch)
-            {
-                pending.Done.TrySetResult();
-            }
 
+            // Cleared before the callers are woken: one that reads the health state next (or asks
+            // the health check) must not find the failures this commit ended.
             if (_failedCommits != 0)
             {
                 // Written by this loop only; read by the health check.
                 Volatile.Write(ref _failedCommits, 0);
                 Volatile.Write(ref _lastCommitFailureTicks, 0);
+            }
+
+            foreach (var pending in batch)
+            {
+                pending.Done.TrySetResult();
             }
 
             BatchWritten?.Invoke(batch.Count, waited);
@@ -724,15 +727,22 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
                 // of their own would have: one more failed commit for the health check, which
                 // drains the node after three in a row (without it, calls failing this way kept the
                 // count below three and the node Serving while every audited call failed).
-                var failedBehind = false;
-                for (var queued = _queue.Reader.Count; queued > 0 && _queue.Reader.TryRead(out var behind); queued--)
+                // Counted before those callers are woken (as this batch's failure is, above): one
+                // that reads the health state next must find its own failure counted.
+                var behind = new List<Pending>();
+                for (var queued = _queue.Reader.Count; queued > 0 && _queue.Reader.TryRead(out var next); queued--)
                 {
-                    failedBehind |= behind.Done.TrySetException(failure);
+                    behind.Add(next);
                 }
 
-                if (failedBehind)
+                if (behind.Count > 0)
                 {
                     Volatile.Write(ref _failedCommits, _failedCommits + 1);
+                }
+
+                foreach (var pending in behind)
+                {
+                    pending.Done.TrySetException(failure);
                 }
             }
         }
