@@ -94,8 +94,11 @@ public sealed partial class Pkcs11Hsm
                     Interlocked.Increment(ref _zeroedLateResults);
                 }
 
-                lease.Dispose();
+                // Counted back before the session is: its return is what the recovery's drain
+                // waits for, and a caller served once that recovery is done must not find this
+                // call still counted as abandoned.
                 Interlocked.Decrement(ref _abandonedCalls);
+                lease.Dispose();
                 Log.AbandonedCallReturned(_logger, operation, _time.GetElapsedTime(since));
             },
             CancellationToken.None,
