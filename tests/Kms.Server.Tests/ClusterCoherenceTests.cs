@@ -257,7 +257,7 @@ public sealed class ClusterCoherenceTests(ServerFixture fixture) : IClassFixture
         // day; zero stopped the host from a background task after it had started serving, and
         // -1 ms (an infinite period) never read the feed again.
         var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(
-            ["--dev", "--urls=https://127.0.0.1:0", $"--Storage:ChangeFeed:PollInterval={value}", $"--Kms:DataDir={Path.GetTempPath()}/kms-never"]));
+            ["--dev", "--urls=https://127.0.0.1:0", $"--Storage:ChangeFeed:PollInterval={value}", $"--Kms:DataDir={Scratch.NewPath("kms-never-")}"]));
         Assert.Contains("Storage:ChangeFeed:PollInterval", e.Message, StringComparison.Ordinal);
         Assert.Contains("00:05:00", e.Message, StringComparison.Ordinal);
     }

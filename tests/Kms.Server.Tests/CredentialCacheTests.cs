@@ -154,7 +154,7 @@ public sealed class CredentialCacheTests : IAsyncLifetime, IDisposable
     public async Task Build_CredentialCacheTimeOutsideZeroToFiveMinutes_RefusedBeforeTouchingTheHsm(string value)
     {
         var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(
-            ["--dev", "--urls=https://127.0.0.1:0", $"--Kms:CredentialCacheTime={value}", $"--Kms:DataDir={Path.GetTempPath()}/kms-never"]));
+            ["--dev", "--urls=https://127.0.0.1:0", $"--Kms:CredentialCacheTime={value}", $"--Kms:DataDir={Scratch.NewPath("kms-never-")}"]));
         Assert.Contains("Kms:CredentialCacheTime", e.Message, StringComparison.Ordinal);
         Assert.Contains("00:05:00", e.Message, StringComparison.Ordinal);
     }

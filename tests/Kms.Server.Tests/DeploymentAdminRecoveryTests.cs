@@ -207,7 +207,7 @@ public sealed class DeploymentAdminRecoveryTests : IAsyncLifetime, IDisposable
     {
         // Shown to officers as where a credential is: a name, not free text.
         var e = await Assert.ThrowsAsync<InvalidOperationException>(() => Kms.Server.Hosting.KmsServerApp.BuildAsync(
-            ["--dev", "--urls=https://127.0.0.1:0", $"--Kms:NodeName={value}", $"--Kms:DataDir={Path.GetTempPath()}/kms-never"]));
+            ["--dev", "--urls=https://127.0.0.1:0", $"--Kms:NodeName={value}", $"--Kms:DataDir={Scratch.NewPath("kms-never-")}"]));
         Assert.Contains("Kms:NodeName", e.Message, StringComparison.Ordinal);
     }
 

@@ -270,7 +270,7 @@ public sealed partial class MetricsTests : IAsyncLifetime
     public async Task Build_NonLoopbackMetricsUrl_RefusesBeforeTouchingTheHsm()
     {
         var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(
-            ["--dev", "--urls=https://127.0.0.1:0", "--Kms:MetricsUrl=http://192.0.2.1:9464", $"--Kms:DataDir={Path.GetTempPath()}/kms-never"]));
+            ["--dev", "--urls=https://127.0.0.1:0", "--Kms:MetricsUrl=http://192.0.2.1:9464", $"--Kms:DataDir={Scratch.NewPath("kms-never-")}"]));
         Assert.Contains("MetricsAllowNonLoopback", e.Message, StringComparison.Ordinal);
     }
 

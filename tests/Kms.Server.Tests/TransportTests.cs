@@ -7,6 +7,7 @@ using Grpc.Net.Client;
 using Kms.Contracts.V1;
 using Kms.Hsm;
 using Kms.Server.Hosting;
+using Kms.Testing;
 
 namespace Kms.Server.Tests;
 
@@ -72,7 +73,7 @@ public sealed class TransportTests(ServerFixture fixture) : IClassFixture<Server
     [Fact]
     public async Task Build_PlainHttpUrl_RefusesBeforeTouchingTheHsm()
     {
-        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(["--dev", "--urls=http://127.0.0.1:0", $"--Kms:DataDir={Path.GetTempPath()}/kms-never"]));
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(["--dev", "--urls=http://127.0.0.1:0", $"--Kms:DataDir={Scratch.NewPath("kms-never-")}"]));
         Assert.Contains("not https", e.Message, StringComparison.Ordinal);
     }
 
@@ -85,7 +86,7 @@ public sealed class TransportTests(ServerFixture fixture) : IClassFixture<Server
     public async Task Build_KestrelEndpointConfiguration_RefusedBeforeTouchingTheHsm(string setting)
     {
         // Kestrel's own section would bind a cleartext or non-TLS-1.3 listener past --urls' checks.
-        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(["--dev", "--urls=https://127.0.0.1:0", setting, $"--Kms:DataDir={Path.GetTempPath()}/kms-never"]));
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(["--dev", "--urls=https://127.0.0.1:0", setting, $"--Kms:DataDir={Scratch.NewPath("kms-never-")}"]));
         Assert.Contains("--urls", e.Message, StringComparison.Ordinal);
     }
 
@@ -99,7 +100,7 @@ public sealed class TransportTests(ServerFixture fixture) : IClassFixture<Server
         // This host never reads Kestrel:Limits (WebApplication binds only Kestrel's endpoints from its
         // section): such a setting, as Microsoft's docs show it, was silently without effect — a
         // server started with Kestrel:Limits:MaxConcurrentConnections=1 took three connections.
-        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(["--dev", "--urls=https://127.0.0.1:0", setting, $"--Kms:DataDir={Path.GetTempPath()}/kms-never"]));
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(["--dev", "--urls=https://127.0.0.1:0", setting, $"--Kms:DataDir={Scratch.NewPath("kms-never-")}"]));
         Assert.Contains("Kms:Transport:", e.Message, StringComparison.Ordinal);
         Assert.Contains("no effect", e.Message, StringComparison.Ordinal);
     }
