@@ -200,6 +200,36 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task FlushRefusals_WhileAHousekeepingPassWritesAClosedWindow_ReturnsOnlyOnceThatIsWritten()
+    {
+        // The housekeeping pass takes the windows that closed, then writes their summary; a flush
+        // called meanwhile (a test's, before it counts the events) found no window left and
+        // returned at once, before the pass's summary was written: the count came up short.
+        var gated = new GatedAuditStore(_store, gates: entries => entries.Any(e => e.RequestId == "aggregated"));
+        var log = new AuditLog(gated, _store, _hsm, _time, new AuditOptions { RefusalWindow = TimeSpan.FromSeconds(10) });
+        await log.InitializeAsync(default);
+        using var stop = new CancellationTokenSource();
+        var loop = Task.Run(() => log.RunAsync(stop.Token));
+        for (var i = 0; i < 3; i++)
+        {
+            await log.RefusedAsync(Entry($"r{i}") with { Outcome = "PERMISSION_DENIED" }, default).GuardAsync("a refusal written or counted");
+        }
+
+        _time.Advance(TimeSpan.FromSeconds(11));
+        _ = log.RunHousekeepingAsync(default);
+        await gated.Entered.Task.GuardAsync("the closed window's summary reaching the store");
+
+        var flush = log.FlushRefusalsAsync(default);
+        Assert.False(flush.IsCompleted, "the flush returned while the summary of a window it was asked to write was still being written");
+        gated.Release.SetResult();
+        await flush.GuardAsync("the flush, once the summary was written");
+        var summary = (await _store.ListAuditEventsAsync(new AuditQuery(), default)).Single(e => e.Entry.RequestId == "aggregated");
+        Assert.Equal(2, summary.Entry.Count);
+        await stop.CancelAsync();
+        await loop.WaitAsync(HangGuard.Time).ContinueWith(_ => { }, TaskScheduler.Default);
+    }
+
+    [Fact]
     public async Task RefusalFlood_FirstWrittenAtOnce_RestCountedInOneEventPerWindow()
     {
         for (var i = 0; i < 1000; i++)
@@ -706,8 +736,8 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     };
 
     // The audit port of an InMemoryStore whose appends (or, with gateCheckpoints, checkpoint
-    // writes) wait until released.
-    private sealed class GatedAuditStore(InMemoryStore inner, bool gateCheckpoints = false) : IAuditStore
+    // writes; with gates, only the appends it picks) wait until released.
+    private sealed class GatedAuditStore(InMemoryStore inner, bool gateCheckpoints = false, Func<IReadOnlyList<AuditEntry>, bool>? gates = null) : IAuditStore
     {
         public TaskCompletionSource Entered { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -723,7 +753,7 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         public async Task<IReadOnlyList<AuditEvent>> AppendAuditAsync(IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
         {
             var append = Interlocked.Increment(ref _appends);
-            if (!gateCheckpoints)
+            if (!gateCheckpoints && (gates is null || gates(entries)))
             {
                 Entered.TrySetResult();
                 await Release.Task;

@@ -394,8 +394,21 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         }
     }
 
-    /// <summary>Writes every open refusal window's count now (shutdown, tests).</summary>
-    public Task FlushRefusalsAsync(CancellationToken cancellationToken) => FlushRefusalsAsync(force: true, cancellationToken);
+    /// <summary>Writes every open refusal window's count now (shutdown, tests); returns once they are written.</summary>
+    public async Task FlushRefusalsAsync(CancellationToken cancellationToken)
+    {
+        // After a housekeeping pass under way: it may have taken windows that closed and not yet
+        // written them, and a caller that counts the events once this returns must find them.
+        await _housekeeping.WaitAsync(cancellationToken);
+        try
+        {
+            await FlushRefusalsAsync(force: true, cancellationToken);
+        }
+        finally
+        {
+            _housekeeping.Release();
+        }
+    }
 
     /// <summary>Signs a checkpoint of the current head (if there is anything new since the last one).</summary>
     public async Task<AuditCheckpoint?> CheckpointAsync(CancellationToken cancellationToken)
