@@ -24,8 +24,8 @@ namespace Kms.Client;
 /// <para>
 /// Failures surface as <see cref="RpcException"/> with the server's status: INVALID_ARGUMENT
 /// (a field; for ciphertexts the opaque "decryption failed"), NOT_FOUND, FAILED_PRECONDITION,
-/// UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED (a tenant quota: wait for the
-/// RetryInfo delay), UNAVAILABLE (every endpoint tried failed, or had
+/// UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED (a quota or rate, when the client did
+/// not wait out its RetryInfo delay, below), UNAVAILABLE (every endpoint tried failed, or had
 /// <see cref="KmsClientOptions.MaxConcurrentCalls"/> calls on the wire), DEADLINE_EXCEEDED. Secrets
 /// returned (<see cref="DataKey"/>, <see cref="DecryptedData"/>) are zeroed on dispose.
 /// </para>
@@ -33,7 +33,7 @@ namespace Kms.Client;
 /// Every call — the typed methods, <see cref="Raw"/>, <see cref="Access"/> and
 /// <see cref="Audit"/> alike — gets <see cref="KmsClientOptions.CallTimeout"/> as its
 /// deadline unless it brings one (unary calls), and goes to the next endpoint believed
-/// healthy, round-robin. Only UNAVAILABLE is retried, because only UNAVAILABLE says the call
+/// healthy, round-robin. UNAVAILABLE is retried, because it says the call
 /// was not carried out: the server answers it when it did nothing (HSM or database down,
 /// load shed), the transport when no connection could be made (refused, or not made within
 /// the connect timeout: half of CallTimeout, at most 5 s) or it broke. A broken
@@ -45,10 +45,14 @@ namespace Kms.Client;
 /// attempt carries the same one. Other creations (CreateGrant, CreateApiToken, CreateTenant,
 /// CreatePrincipal, Bootstrap) are sent again only when the first attempt never reached a
 /// server, or when the server shed it (UNAVAILABLE with a <c>kms-shed</c> trailer: it was full,
-/// and none of the call ran). Everything else — DEADLINE_EXCEEDED (the server may still be
-/// working on it), RESOURCE_EXHAUSTED (more calls make it worse), CANCELLED, errors about the request — is
+/// and none of the call ran). A RESOURCE_EXHAUSTED with a <c>google.rpc.RetryInfo</c> delay (a used-up
+/// quota or call rate, a client address past its failed authentications: nothing of the call ran)
+/// is retried too, if a repeat is harmless as above and the delay is at most
+/// <see cref="KmsRetryOptions.MaxRetryInfoDelay"/>: after that delay and up to a quarter more, on the
+/// same endpoint, which stays in the rotation. Everything else — DEADLINE_EXCEEDED (the server may still be
+/// working on it), RESOURCE_EXHAUSTED without RetryInfo, CANCELLED, errors about the request — is
 /// returned at once. Retries stop at <see cref="KmsRetryOptions.MaxAttempts"/>, and before
-/// any wait that would outlast the deadline (the last UNAVAILABLE is returned then).
+/// any wait that would outlast the deadline (the last failure is returned then).
 /// A server-streaming call (ExportAudit) is retried only until its first message arrives.
 /// </para>
 /// <para>
@@ -284,6 +288,7 @@ public sealed partial class KmsClient : IDisposable
             var invoker = new FailoverCallInvoker(pool, retry.MaxAttempts, new Backoff(retry.BaseBackoff, retry.MaxBackoff, unitRandom), options.CallTimeout, time, logger)
             {
                 Limit = new ConcurrencyLimit(options.MaxConcurrentCalls, logger),
+                MaxRetryInfoDelay = retry.MaxRetryInfoDelay,
             };
             return new Connection(invoker, ownedCas, loggerFactory, token);
         }

@@ -69,7 +69,7 @@ public sealed class KmsClientOptions
     /// </summary>
     public TimeSpan CallTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
-    /// <summary>How calls that failed UNAVAILABLE are sent again.</summary>
+    /// <summary>How calls that failed UNAVAILABLE, or RESOURCE_EXHAUSTED with a retry delay, are sent again.</summary>
     public KmsRetryOptions Retry { get; set; } = new();
 
     /// <summary>Most <see cref="MaxConcurrentCalls"/> accepted.</summary>

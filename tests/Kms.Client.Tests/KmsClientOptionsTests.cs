@@ -18,6 +18,8 @@ public sealed class KmsClientOptionsTests
         { "Retry.MaxAttempts must be from 1 to 10; it is 11", o => o.Retry.MaxAttempts = 11 },
         { "Retry.BaseBackoff must be positive", o => o.Retry.BaseBackoff = TimeSpan.Zero },
         { "must be at least Retry.BaseBackoff", o => o.Retry.MaxBackoff = TimeSpan.FromMilliseconds(1) },
+        { "Retry.MaxRetryInfoDelay must be from zero to 00:05:00; it is -00:00:00.0010000", o => o.Retry.MaxRetryInfoDelay = TimeSpan.FromMilliseconds(-1) },
+        { "Retry.MaxRetryInfoDelay must be from zero to 00:05:00; it is 00:05:01", o => o.Retry.MaxRetryInfoDelay = TimeSpan.FromSeconds(301) },
         { "use an API token or a client certificate, not both", o => (o.ApiToken, o.ClientCertificate) = ("kms_x_y", CreateCertificate()) },
     };
 

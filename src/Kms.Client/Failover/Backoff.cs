@@ -28,13 +28,7 @@ internal sealed class Backoff(TimeSpan baseDelay, TimeSpan maxDelay, Func<double
     /// <summary>The <paramref name="backoff"/>-th wait (from 1): uniform in [0, <see cref="Ceiling"/>).</summary>
     public TimeSpan Delay(int backoff)
     {
-        var unit = unitRandom();
-        if (unit is < 0 or >= 1 || double.IsNaN(unit))
-        {
-            throw new InvalidOperationException($"the random source returned {unit}, outside [0, 1)");
-        }
-
-        return TimeSpan.FromTicks((long)(Ceiling(backoff).Ticks * unit));
+        return TimeSpan.FromTicks((long)(Ceiling(backoff).Ticks * Unit()));
     }
 
     /// <summary>
@@ -43,4 +37,23 @@ internal sealed class Backoff(TimeSpan baseDelay, TimeSpan maxDelay, Func<double
     /// send, which must never be repeated at once.
     /// </summary>
     public TimeSpan DelayAtLeastHalf(int backoff) => (Ceiling(backoff) / 2) + (Delay(backoff) / 2);
+
+    /// <summary>
+    /// A wait of at least <paramref name="asked"/> (a server's RetryInfo delay), with up to a quarter
+    /// more of jitter, so that clients refused together do not come back together: uniform in
+    /// [asked, 1.25 · asked), never above <paramref name="most"/> (nor below <paramref name="asked"/>).
+    /// </summary>
+    public TimeSpan AtLeast(TimeSpan asked, TimeSpan most)
+    {
+        var wait = asked + TimeSpan.FromTicks((long)(asked.Ticks / 4 * Unit()));
+        return wait <= most ? wait : (most > asked ? most : asked);
+    }
+
+    private double Unit()
+    {
+        var unit = unitRandom();
+        return unit is < 0 or >= 1 || double.IsNaN(unit)
+            ? throw new InvalidOperationException($"the random source returned {unit}, outside [0, 1)")
+            : unit;
+    }
 }

@@ -51,6 +51,12 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
     /// <summary>The bound on unary attempts on the wire to each endpoint; none when null.</summary>
     public ConcurrencyLimit? Limit { get; init; }
 
+    /// <summary>
+    /// The longest RetryInfo delay of a RESOURCE_EXHAUSTED waited out before the call is sent again
+    /// (to the same endpoint); zero: RESOURCE_EXHAUSTED is never retried.
+    /// </summary>
+    public TimeSpan MaxRetryInfoDelay { get; init; }
+
     /// <inheritdoc/>
     public override TResponse BlockingUnaryCall<TRequest, TResponse>(Method<TRequest, TResponse> method, string? host, CallOptions options, TRequest request) =>
         AsyncUnaryCall(method, host, options, request).ResponseAsync.GetAwaiter().GetResult();
@@ -131,14 +137,19 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
         var backoffs = 0;
         var full = false; // the last attempt found its endpoint full: not sent, or shed by the server
         var pushback = TimeSpan.Zero;
+        KmsEndpoint? exhausted = null; // the endpoint whose RESOURCE_EXHAUSTED asked for retryInfoWait
+        var retryInfoWait = TimeSpan.Zero;
         for (var number = 1; ; number++)
         {
-            var (endpoint, fresh) = _pool.Pick(tried);
+            var (endpoint, fresh) = exhausted is { } same ? (same, false) : _pool.Pick(tried);
             if (last is not null)
             {
                 // Another endpoint believed up is tried at once: its health is not in doubt.
-                // Going back to one that failed, or to one believed down, waits first.
-                var delay = fresh ? TimeSpan.Zero : full ? Max(_backoff.DelayAtLeastHalf(++backoffs), pushback) : _backoff.Delay(++backoffs);
+                // Going back to one that failed, or to one believed down, waits first. A call
+                // refused for a quota waits what the server asked, and goes back to that server.
+                var delay = exhausted is not null ? retryInfoWait
+                    : fresh ? TimeSpan.Zero : full ? Max(_backoff.DelayAtLeastHalf(++backoffs), pushback) : _backoff.Delay(++backoffs);
+                exhausted = null;
                 if (deadline is { } end && _time.GetUtcNow().UtcDateTime + delay >= end)
                 {
                     ExceptionDispatchInfo.Throw(last);
@@ -189,6 +200,15 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
                 last = failure;
                 (tried ??= []).Add(endpoint);
             }
+            catch (RpcException e) when (number < _maxAttempts && RetryInfoWait(method, request, e) is { } wait)
+            {
+                // A used-up quota or call rate (or a client address past its failed authentications):
+                // the node is up and ran none of the call. Not another node: its quotas are its own,
+                // but the client's calls are spread over every node alike, so they are as used up
+                // there, and the wait asked is this node's (docs/client.md).
+                (full, pushback) = (false, TimeSpan.Zero);
+                (exhausted, retryInfoWait, last) = (endpoint, wait, e);
+            }
             catch (RpcException e) when (e.StatusCode == StatusCode.FailedPrecondition && e.Trailers.GetValue(KmsTrailers.Residency) is { } region
                 && number < _maxAttempts && (tried?.Count ?? 0) + 1 < _pool.Endpoints.Count)
             {
@@ -208,6 +228,15 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
     }
 
     private static TimeSpan Max(TimeSpan a, TimeSpan b) => a > b ? a : b;
+
+    // How long to wait before sending again a call refused RESOURCE_EXHAUSTED with a RetryInfo delay
+    // of at most MaxRetryInfoDelay, when a repeat is harmless; null: the failure is returned.
+    private TimeSpan? RetryInfoWait(IMethod method, object request, RpcException failure) =>
+        MaxRetryInfoDelay > TimeSpan.Zero
+        && RetrySafety.RetryInfoDelay(failure, MaxRetryInfoDelay) is { } asked && asked <= MaxRetryInfoDelay
+        && RetrySafety.IsRepeatable(method, request)
+            ? _backoff.AtLeast(asked, MaxRetryInfoDelay)
+            : null;
 
     // A shed answer is what a full node gives thousands of times a second: counted every time,
     // logged at most once a second with the count.

@@ -8,7 +8,8 @@ using Kms.Core;
 namespace Kms.Client.Failover;
 
 /// <summary>
-/// Which failed calls may be sent again. Only UNAVAILABLE is ever retried: the server
+/// Which failed calls may be sent again. UNAVAILABLE is retried (and RESOURCE_EXHAUSTED with a
+/// RetryInfo delay, of a call <see cref="IsRepeatable"/>: <see cref="RetryInfoDelay"/>): the server
 /// answers it when it did nothing (HSM or database down, shedding load — "a failed request
 /// changes nothing"), and the transport answers it when a connection could not be made or
 /// broke (a connect timeout, which the HTTP stack reports as a cancellation, and a TLS
@@ -112,6 +113,55 @@ internal static class RetrySafety
         return long.TryParse(value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var ms) && ms < most.TotalMilliseconds
             ? TimeSpan.FromMilliseconds(ms)
             : most;
+    }
+
+    /// <summary>
+    /// The delay a RESOURCE_EXHAUSTED asks for in its <c>google.rpc.RetryInfo</c> detail (the server's
+    /// answer to a used-up quota or call rate, or to a client address past its failed authentications:
+    /// refused before any of the call ran); null for any other failure, and for one without RetryInfo,
+    /// with a rich status of another code, or with a malformed or negative delay. A delay longer than
+    /// <paramref name="most"/> is returned as <see cref="TimeSpan.MaxValue"/>: more than the caller will wait.
+    /// </summary>
+    /// <remarks>
+    /// Without RetryInfo a RESOURCE_EXHAUSTED says nothing of when to come back (a message too large, a
+    /// tenant's requests in flight too many): it is not retried.
+    /// </remarks>
+    public static TimeSpan? RetryInfoDelay(RpcException failure, TimeSpan most)
+    {
+        if (failure.StatusCode != StatusCode.ResourceExhausted)
+        {
+            return null;
+        }
+
+        Google.Rpc.RetryInfo? retry;
+        try
+        {
+            var status = failure.GetRpcStatus();
+            if (status is null || status.Code != (int)StatusCode.ResourceExhausted)
+            {
+                return null;
+            }
+
+            retry = status.GetDetail<Google.Rpc.RetryInfo>();
+        }
+        catch (InvalidProtocolBufferException)
+        {
+            return null;
+        }
+
+        if (retry?.RetryDelay is not { } delay || delay.Seconds < 0 || delay.Nanos is < 0 or >= 1_000_000_000)
+        {
+            return null;
+        }
+
+        // Compared in seconds first: a delay of any size is read without overflow.
+        if (delay.Seconds > (long)most.TotalSeconds)
+        {
+            return TimeSpan.MaxValue;
+        }
+
+        var asked = TimeSpan.FromSeconds(delay.Seconds) + TimeSpan.FromTicks(delay.Nanos / 100);
+        return asked <= most ? asked : TimeSpan.MaxValue;
     }
 
     /// <summary>Whether sending the call twice is harmless (see the class remarks).</summary>

@@ -16,7 +16,8 @@ internal sealed class FakeClient : IDisposable
         TimeSpan? callTimeout = null,
         TimeSpan? healthCheckInterval = null,
         int? maxConcurrentCalls = null,
-        Microsoft.Extensions.Logging.ILogger? logger = null)
+        Microsoft.Extensions.Logging.ILogger? logger = null,
+        TimeSpan? maxRetryInfoDelay = null)
     {
         Endpoints = endpoints;
         var pool = new EndpointPool(
@@ -34,6 +35,7 @@ internal sealed class FakeClient : IDisposable
             logger ?? NullLogger.Instance)
         {
             Limit = maxConcurrentCalls is { } max ? new ConcurrencyLimit(max, NullLogger.Instance) : null,
+            MaxRetryInfoDelay = maxRetryInfoDelay ?? new KmsRetryOptions().MaxRetryInfoDelay,
         };
         Client = new KmsClient(new KmsClient.Connection(Invoker, null));
     }

@@ -90,6 +90,21 @@ internal sealed class ScriptedEndpoint(string name) : CallInvoker
         return new(new Status(StatusCode.Unavailable, "the server is at capacity; retry with backoff"), trailers);
     }
 
+    /// <summary>
+    /// RESOURCE_EXHAUSTED as a KMS node answers a used-up tenant quota: a <c>google.rpc.RetryInfo</c>
+    /// with <paramref name="retryAfter"/> in the rich status (null: no RetryInfo, as a message too large).
+    /// </summary>
+    public static RpcException QuotaUsedUp(TimeSpan? retryAfter, string message = "the crypto-operation quota of tenants/dev is used up")
+    {
+        var status = new Google.Rpc.Status { Code = (int)StatusCode.ResourceExhausted, Message = message };
+        if (retryAfter is { } delay)
+        {
+            status.Details.Add(Google.Protobuf.WellKnownTypes.Any.Pack(new Google.Rpc.RetryInfo { RetryDelay = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(delay) }));
+        }
+
+        return status.ToRpcException();
+    }
+
     public override TResponse BlockingUnaryCall<TRequest, TResponse>(Method<TRequest, TResponse> method, string? host, CallOptions options, TRequest request) =>
         AsyncUnaryCall(method, host, options, request).ResponseAsync.GetAwaiter().GetResult();
 

@@ -1,0 +1,174 @@
+using Grpc.Core;
+using Kms.Client.Failover;
+using Kms.Contracts.V1;
+
+namespace Kms.Client.Tests.Failover;
+
+/// <summary>
+/// RESOURCE_EXHAUSTED with a <c>google.rpc.RetryInfo</c> delay (a used-up tenant quota or call rate, a
+/// client address past its failed authentications): a call whose repeat is harmless waits the delay
+/// (plus up to a quarter of jitter, capped at <see cref="KmsRetryOptions.MaxRetryInfoDelay"/>) and goes
+/// back to the same endpoint, which stays in the rotation; without RetryInfo, for a once-only method,
+/// past the cap, the deadline or the attempts, the RESOURCE_EXHAUSTED is returned. Scripted endpoints
+/// on a fake clock.
+/// </summary>
+public sealed class RetryInfoTests
+{
+    private static readonly GetKeyRequest AnyGet = new() { Name = "tenants/dev/keys/k" };
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(10);
+
+    [Theory]
+    [InlineData(0.0, 300)] // the delay asked, to the tick
+    [InlineData(0.5, 337)] // plus up to a quarter of it: 300 + 0.5 · 75 = 337.5
+    public async Task Quota_WaitsTheDelayAsked_ThenTheSameEndpoint_NotAnother_NoneTakenOut(double unitRandom, int waitMs)
+    {
+        var answers = 0;
+        var a = new ScriptedEndpoint("a") { Respond = _ => Interlocked.Increment(ref answers) == 1 ? throw ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromMilliseconds(300)) : null };
+        var b = new ScriptedEndpoint("b");
+        using var sink = new LogSink();
+        using var fake = new FakeClient([a, b], unitRandom: unitRandom, logger: sink.CreateLogger("test"));
+
+        var call = fake.Client.GetKeyAsync(AnyGet.Name);
+        Assert.Equal((1, 0), (a.Calls, b.Calls));
+        fake.Time.Advance(TimeSpan.FromMilliseconds(waitMs - 1));
+        await Eventually.StillAsync(() => (a.Calls, b.Calls) == (1, 0), "no attempt anywhere before the delay asked");
+        fake.Time.Advance(TimeSpan.FromMilliseconds(1));
+        await call.WaitAsync(Patience);
+
+        Assert.Equal((2, 0), (a.Calls, b.Calls));
+        Assert.True(fake.IsUp(a) && fake.IsUp(b));
+        Assert.DoesNotContain(sink.Events, e => e.EventId == 3001);
+        Assert.Contains(sink.Events, e => e.EventId == 3003);
+    }
+
+    [Fact]
+    public async Task Quota_JitterCappedAtMaxRetryInfoDelay_NeverBelowTheDelayAsked()
+    {
+        var answers = 0;
+        var a = new ScriptedEndpoint("a") { Respond = _ => Interlocked.Increment(ref answers) == 1 ? throw ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromMilliseconds(300)) : null };
+        using var fake = new FakeClient([a], unitRandom: 0.99, maxRetryInfoDelay: TimeSpan.FromMilliseconds(320));
+
+        var call = fake.Client.GetKeyAsync(AnyGet.Name);
+        fake.Time.Advance(TimeSpan.FromMilliseconds(319));
+        await Eventually.StillAsync(() => a.Calls == 1, "not before the cap (300 + 0.99 · 75 is past it)");
+        fake.Time.Advance(TimeSpan.FromMilliseconds(1));
+        await call.WaitAsync(Patience);
+        Assert.Equal(2, a.Calls);
+
+        Assert.Equal(TimeSpan.FromMilliseconds(300), new Backoff(TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1), () => 0.99).AtLeast(TimeSpan.FromMilliseconds(300), TimeSpan.FromMilliseconds(300)));
+    }
+
+    [Fact]
+    public async Task Quota_UsedUpOnEveryAttempt_StopsAtMaxAttempts_TheLastRefusalReturnedWithItsRetryInfo()
+    {
+        var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromMilliseconds(200)) };
+        var b = new ScriptedEndpoint("b");
+        using var fake = new FakeClient([a, b], maxAttempts: 3);
+
+        var call = fake.Client.GetKeyAsync(AnyGet.Name);
+        for (var sent = 1; sent < 3; sent++)
+        {
+            Assert.Equal(sent, a.Calls);
+            fake.Time.Advance(TimeSpan.FromMilliseconds(200));
+            await Eventually.TrueAsync(() => a.Calls == sent + 1, $"attempt {sent + 1}, to a again");
+        }
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => call.WaitAsync(Patience));
+        Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+        Assert.Equal("the crypto-operation quota of tenants/dev is used up", e.Status.Detail);
+        Assert.Equal(TimeSpan.FromMilliseconds(200), RetrySafety.RetryInfoDelay(e, TimeSpan.FromSeconds(1)));
+        Assert.Equal((3, 0), (a.Calls, b.Calls));
+        Assert.True(fake.IsUp(a));
+    }
+
+    public static TheoryData<string, RpcException> ReturnedAtOnce => new()
+    {
+        { "no RetryInfo", ScriptedEndpoint.QuotaUsedUp(null) },
+        { "a delay past MaxRetryInfoDelay (5 s)", ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromSeconds(6)) },
+        { "a negative delay", ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromMilliseconds(-100)) },
+        { "a RESOURCE_EXHAUSTED without a rich status", new RpcException(new Status(StatusCode.ResourceExhausted, "the request's message is too large")) },
+    };
+
+    [Theory]
+    [MemberData(nameof(ReturnedAtOnce))]
+    public async Task ResourceExhausted_WithoutAUsableRetryInfo_ReturnedAtOnce_NoOtherEndpointTried(string what, RpcException refusal)
+    {
+        var (a, b) = (new ScriptedEndpoint("a") { Respond = _ => throw refusal }, new ScriptedEndpoint("b"));
+        using var fake = new FakeClient([a, b]);
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => fake.Client.GetKeyAsync(AnyGet.Name).WaitAsync(Patience));
+
+        Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+        Assert.True((a.Calls, b.Calls) == (1, 0), what);
+        Assert.True(fake.IsUp(a));
+    }
+
+    [Fact]
+    public async Task OnceOnlyMethod_RetryInfo_ReturnedAtOnce()
+    {
+        // CreateGrant without a request id is not repeated after a refusal of any kind but a shed one.
+        var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromMilliseconds(10), "the call rate of token:admin, a principal of no tenant, is used up") };
+        using var fake = new FakeClient([a]);
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => fake.Client.CreateGrantAsync("tenants/dev/keys/k", new KeyGrant { Grantee = "token:x" }).WaitAsync(Patience));
+
+        Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+        Assert.Equal(1, a.Calls);
+    }
+
+    [Fact]
+    public async Task RetryInfoZero_OnMaxRetryInfoDelayZero_NeverRetried()
+    {
+        var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.QuotaUsedUp(TimeSpan.Zero) };
+        using var fake = new FakeClient([a], maxRetryInfoDelay: TimeSpan.Zero);
+
+        await Assert.ThrowsAsync<RpcException>(() => fake.Client.GetKeyAsync(AnyGet.Name).WaitAsync(Patience));
+
+        Assert.Equal(1, a.Calls);
+    }
+
+    [Fact]
+    public async Task Quota_DelayEndsPastTheDeadline_ReturnedWithoutWaiting()
+    {
+        var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromSeconds(2)) };
+        using var fake = new FakeClient([a], callTimeout: TimeSpan.FromSeconds(2));
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => fake.Client.GetKeyAsync(AnyGet.Name).WaitAsync(Patience));
+
+        Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+        Assert.Equal(1, a.Calls);
+    }
+
+    [Fact]
+    public async Task Quota_CallerCancelsDuringTheWait_CancelledAtOnce_NotSentAgain()
+    {
+        var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromSeconds(1)) };
+        using var fake = new FakeClient([a]);
+        using var stop = new CancellationTokenSource();
+
+        var call = fake.Client.GetKeyAsync(AnyGet.Name, stop.Token);
+        Assert.Equal(1, a.Calls);
+        await stop.CancelAsync();
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => call.WaitAsync(Patience));
+        Assert.Equal(StatusCode.Cancelled, e.StatusCode);
+        fake.Time.Advance(TimeSpan.FromSeconds(2));
+        await Eventually.StillAsync(() => a.Calls == 1, "nothing sent after the cancellation");
+    }
+
+    [Fact]
+    public void RetryInfoDelay_ReadOnlyFromAResourceExhaustedRichStatusOfTheSameCode()
+    {
+        var most = TimeSpan.FromSeconds(5);
+        Assert.Equal(TimeSpan.FromMilliseconds(1500), RetrySafety.RetryInfoDelay(ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromMilliseconds(1500)), most));
+        Assert.Equal(TimeSpan.MaxValue, RetrySafety.RetryInfoDelay(ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromDays(3650)), most));
+        Assert.Null(RetrySafety.RetryInfoDelay(ScriptedEndpoint.QuotaUsedUp(null), most));
+
+        // A rich status of another code, a trailer that is no status, another status code: not believed.
+        var otherCode = new Google.Rpc.Status { Code = (int)StatusCode.Unavailable, Message = "x" };
+        otherCode.Details.Add(Google.Protobuf.WellKnownTypes.Any.Pack(new Google.Rpc.RetryInfo { RetryDelay = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(TimeSpan.FromSeconds(1)) }));
+        Assert.Null(RetrySafety.RetryInfoDelay(new RpcException(new Status(StatusCode.ResourceExhausted, "x"), new Metadata { { "grpc-status-details-bin", Google.Protobuf.MessageExtensions.ToByteArray(otherCode) } }), most));
+        Assert.Null(RetrySafety.RetryInfoDelay(new RpcException(new Status(StatusCode.ResourceExhausted, "x"), new Metadata { { "grpc-status-details-bin", new byte[] { 0xff, 0xff, 0xff } } }), most));
+        Assert.Null(RetrySafety.RetryInfoDelay(new RpcException(new Status(StatusCode.Unavailable, "x"), ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromSeconds(1)).Trailers), most));
+    }
+}
