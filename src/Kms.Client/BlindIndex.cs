@@ -142,13 +142,15 @@ public sealed class BlindIndex
     /// <remarks>
     /// Every value's length is checked before the first call. Each answer is checked as a single
     /// call's is (each MAC by this index's key version, 32 bytes) and, beyond it, one result per
-    /// value, result i answering value i; an item the KMS refused fails the whole call. Each call's
-    /// buffers, which hold the values, are zeroed when it ends. A failure after the first call
-    /// loses the beacons already computed: for a table, call this per slice of rows.
+    /// value, result i answering value i; an item the KMS refused stops the call. Each call's
+    /// buffers, which hold the values, are zeroed when it ends, refused or not. A refusal is a
+    /// <see cref="BlindIndexBatchException"/>, naming the values of the refused call (or the refused
+    /// value) and holding the beacons computed before them: resume from its
+    /// <see cref="BlindIndexBatchException.FailedValueIndex"/>.
     /// </remarks>
     /// <exception cref="ArgumentException">A value is longer than <see cref="MaxValueBytes"/>.</exception>
-    /// <exception cref="InvalidOperationException">The KMS answered wrongly: not one result per value in order, a MAC that is not 32 bytes, or one by another key version.</exception>
-    /// <exception cref="Grpc.Core.RpcException">The KMS refused the call, or a value (its status, naming the value's position only).</exception>
+    /// <exception cref="InvalidOperationException">The KMS answered wrongly: not one result per value in order, a MAC that is not 32 bytes, or one by another key version; or a value changed while the beacons were computed.</exception>
+    /// <exception cref="BlindIndexBatchException">The KMS refused a call, or a value (its status and trailers, naming the values' positions only); with the beacons before them.</exception>
     public async Task<IReadOnlyList<string>> ComputeManyAsync(IReadOnlyList<ReadOnlyMemory<byte>> values, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(values);
@@ -158,31 +160,63 @@ public sealed class BlindIndex
             lengths[i] = CheckedLength(values[i].Length, nameof(values));
         }
 
-        return await ManyAsync(lengths, (i, input) => values[i].Span.CopyTo(input.AsSpan(_prefix.Length)), cancellationToken).ConfigureAwait(false);
+        return await ManyAsync(
+            lengths,
+            (i, input) =>
+            {
+                // Read again: a list that answers another value now (shorter, say) must not leave
+                // uninitialised bytes in the MAC input.
+                var value = values[i].Span;
+                if (value.Length != lengths[i])
+                {
+                    return -1;
+                }
+
+                value.CopyTo(input.AsSpan(_prefix.Length));
+                return value.Length;
+            },
+            cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>The beacons of <paramref name="values"/>' UTF-8 encodings, as they are (normalise them first), in order: see the other overload.</summary>
     /// <exception cref="ArgumentException">A value holds a lone surrogate, or is longer than <see cref="MaxValueBytes"/> encoded.</exception>
     /// <exception cref="InvalidOperationException">The KMS answered wrongly (see the other overload).</exception>
-    /// <exception cref="Grpc.Core.RpcException">The KMS refused the call, or a value.</exception>
+    /// <exception cref="BlindIndexBatchException">The KMS refused a call, or a value; with the beacons before it.</exception>
     public async Task<IReadOnlyList<string>> ComputeManyAsync(IReadOnlyList<string> values, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(values);
         var lengths = new int[values.Count];
         for (var i = 0; i < values.Count; i++)
         {
-            ArgumentNullException.ThrowIfNull(values[i], nameof(values));
-            lengths[i] = CheckedLength(Utf8Length(values[i], nameof(values)), nameof(values));
+            var value = values[i];
+            ArgumentNullException.ThrowIfNull(value, nameof(values));
+            lengths[i] = CheckedLength(Utf8Length(value, nameof(values)), nameof(values));
         }
 
-        return await ManyAsync(lengths, (i, input) => StrictUtf8.GetBytes(values[i], input.AsSpan(_prefix.Length)), cancellationToken).ConfigureAwait(false);
+        return await ManyAsync(
+            lengths,
+            (i, input) =>
+            {
+                try
+                {
+                    // Fewer bytes than checked is seen by the caller; more do not fit.
+                    return StrictUtf8.GetBytes(values[i] ?? "", input.AsSpan(_prefix.Length));
+                }
+                catch (ArgumentException)
+                {
+                    return -1;
+                }
+            },
+            cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
     /// The beacons of values of <paramref name="lengths"/> (checked), which <paramref name="fill"/>
-    /// writes after the prefix: one BatchGenerateMac per chunk of the server's limits.
+    /// writes after the prefix (returning the bytes written, -1 when value i is no longer the length
+    /// checked): one BatchGenerateMac per chunk of the server's limits. A refusal is a
+    /// <see cref="BlindIndexBatchException"/> holding the beacons before it.
     /// </summary>
-    private async Task<IReadOnlyList<string>> ManyAsync(int[] lengths, Action<int, byte[]> fill, CancellationToken cancellationToken)
+    private async Task<IReadOnlyList<string>> ManyAsync(int[] lengths, Func<int, byte[], int> fill, CancellationToken cancellationToken)
     {
         var beacons = new List<string>(lengths.Length);
         var start = 0;
@@ -205,12 +239,24 @@ public sealed class BlindIndex
                 {
                     var input = Input(lengths[i], "values");
                     inputs.Add(input);
-                    fill(i, input);
+                    if (fill(i, input) != lengths[i])
+                    {
+                        throw new InvalidOperationException($"value {i} changed while the beacons were computed (its length is not the one checked); nothing of it was sent");
+                    }
+
                     request.Requests.Add(new GenerateMacRequest { Name = KeyVersionName, Data = UnsafeByteOperations.UnsafeWrap(input) });
                 }
 
                 // The typed call refuses an answer that is not one result per request, result i answering request i.
                 answer = await _client.BatchGenerateMacAsync(request, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Grpc.Core.RpcException e)
+            {
+                // Which values the refused call held, and the beacons of those before them, which stay valid.
+                throw new BlindIndexBatchException(
+                    new Grpc.Core.Status(e.StatusCode, $"values {start} to {end - 1}: {e.Status.Detail}", e.Status.DebugException),
+                    e.Trailers,
+                    beacons);
             }
             finally
             {
@@ -225,10 +271,20 @@ public sealed class BlindIndex
                 var result = answer.Results[j];
                 if (result.Status is { Code: not 0 } status)
                 {
-                    throw new Grpc.Core.RpcException(new Grpc.Core.Status((Grpc.Core.StatusCode)status.Code, $"value {start + j}: {KmsErrors.Printable(status.Message)}"));
+                    throw new BlindIndexBatchException(
+                        new Grpc.Core.Status((Grpc.Core.StatusCode)status.Code, $"value {start + j}: {KmsErrors.Printable(status.Message)}"),
+                        [],
+                        beacons);
                 }
 
-                beacons.Add(Beacon(result.Response ?? throw new InvalidOperationException($"the KMS answered BatchGenerateMac for value {start + j} with neither a MAC nor an error")));
+                try
+                {
+                    beacons.Add(Beacon(result.Response ?? throw new InvalidOperationException("the KMS answered BatchGenerateMac with neither a MAC nor an error")));
+                }
+                catch (InvalidOperationException e)
+                {
+                    throw new InvalidOperationException($"value {start + j}: {e.Message}", e);
+                }
             }
 
             start = end;

@@ -433,7 +433,7 @@ public sealed class BlindIndexTests(ClientServerFixture fixture) : IClassFixture
         using var client = Client(calls);
 
         await new BlindIndex(client, version, "users.email", 16).ComputeManyAsync([Canary, Canary + "2"]);
-        var refused = await Assert.ThrowsAsync<RpcException>(() => new BlindIndex(client, aes, "users.email", 16).ComputeManyAsync([Canary]));
+        var refused = await Assert.ThrowsAsync<BlindIndexBatchException>(() => new BlindIndex(client, aes, "users.email", 16).ComputeManyAsync([Canary]));
         Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
         Assert.StartsWith("value 0: ", refused.Status.Detail, StringComparison.Ordinal);
         Assert.Contains("not MAC", refused.Status.Detail, StringComparison.Ordinal);
