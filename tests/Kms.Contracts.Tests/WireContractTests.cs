@@ -11,7 +11,27 @@ namespace Kms.Contracts.Tests;
 /// </summary>
 public sealed class WireContractTests
 {
-    private static readonly FileDescriptor[] Files = [KmsReflection.Descriptor, ResourcesReflection.Descriptor, AccessReflection.Descriptor, QuorumReflection.Descriptor];
+    // Every kms.v1 file the contracts assembly was generated from, found in it rather than named
+    // here: a hand-kept list left audit.proto out (AuditEventInfo's fields 17 and 18 were added
+    // unpinned, and any of its fields could have been renumbered without a test failing).
+    private static readonly FileDescriptor[] Files = typeof(KmsReflection).Assembly.GetTypes()
+        .Where(t => t.Namespace == typeof(KmsReflection).Namespace && t.Name.EndsWith("Reflection", StringComparison.Ordinal))
+        .Select(t => t.GetProperty("Descriptor")?.GetValue(null))
+        .OfType<FileDescriptor>()
+        .Where(f => f.Package == "kms.v1")
+        .OrderBy(f => f.Name, StringComparer.Ordinal)
+        .ToArray();
+
+    /// <summary>Every proto/kms/v1 file is among those described, so none is outside the pin.</summary>
+    [Fact]
+    public void WireContract_CoversEveryProtoFile()
+    {
+        var protos = Directory.GetFiles(RepositoryPaths.Of("proto", "kms", "v1"), "*.proto")
+            .Select(path => "kms/v1/" + Path.GetFileName(path))
+            .Order(StringComparer.Ordinal);
+        Assert.Equal(protos, Files.Select(f => f.Name));
+        Assert.Contains("kms/v1/audit.proto", Files.Select(f => f.Name));
+    }
 
     [Fact]
     public void WireContract_EveryPinnedElementUnchanged()
