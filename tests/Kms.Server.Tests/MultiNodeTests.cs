@@ -202,6 +202,47 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task ListAuditEvents_PagedOnANodeAndTheOther_EveryEventOnce_ATokenRefusedFromAnotherCallerOnEither()
+    {
+        var a = await StartNodeAsync();
+        var b = await StartNodeAsync();
+        using var developer = a.CreateClient();
+        var officerToken = await a.CreatePrincipalWithTokenAsync("officer", null, "security-officer");
+        using var officerOnA = a.CreateClient(officerToken);
+        using var officerOnB = b.CreateClient(officerToken);
+        using var otherOfficerOnB = b.CreateClient(await a.CreatePrincipalWithTokenAsync("officer-b", null, "security-officer"));
+        var key = await developer.CreateKeyAsync("tenants/dev", "paged-on-postgres");
+        for (var i = 0; i < 6; i++)
+        {
+            await developer.EncryptAsync(key.Name, new byte[] { 1 });
+        }
+
+        var whole = (await officerOnA.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Resource = key.Name, PageSize = 1000 })).Events.Select(e => e.Sequence).ToList();
+        Assert.Equal(7, whole.Count);
+
+        // Pages from A and B in turn, one caller: the deployment's page-token key is every node's.
+        var paged = new List<long>();
+        var request = new ListAuditEventsRequest { Resource = key.Name, PageSize = 2 };
+        var turn = 0;
+        do
+        {
+            var reader = turn++ % 2 == 0 ? officerOnA : officerOnB;
+            var page = await reader.Audit.ListAuditEventsAsync(request);
+            paged.AddRange(page.Events.Select(e => e.Sequence));
+            request.PageToken = page.NextPageToken;
+            if (request.PageToken.Length > 0)
+            {
+                var e = await Assert.ThrowsAsync<RpcException>(async () => await otherOfficerOnB.Audit.ListAuditEventsAsync(request));
+                Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+                Assert.StartsWith("page_token", e.Status.Detail, StringComparison.Ordinal);
+            }
+        }
+        while (request.PageToken.Length > 0);
+
+        Assert.Equal(whole, paged);
+    }
+
+    [Fact]
     public async Task LeaderStops_TheOtherNodeTakesOverCheckpoints()
     {
         var a = await StartNodeAsync();

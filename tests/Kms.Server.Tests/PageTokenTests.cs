@@ -1,6 +1,7 @@
 using Grpc.Core;
 using Kms.Contracts.V1;
 using Kms.Testing;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Kms.Server.Tests;
 
@@ -74,6 +75,8 @@ public sealed class PageTokenTests : IAsyncLifetime
     [InlineData("17")]
     [InlineData("bare sequence")]
     [InlineData("another sequence")]
+    [InlineData("a later sequence")]
+    [InlineData("the layout before")]
     [InlineData("tag cut")]
     [InlineData("not base64")]
     [InlineData("one character")]
@@ -90,7 +93,9 @@ public sealed class PageTokenTests : IAsyncLifetime
             "garbled" => first.NextPageToken[..^2] + (first.NextPageToken[^2] == 'A' ? "BA" : "AA"),
             "17" => "17",
             "bare sequence" => first.Events[0].Sequence.ToString(System.Globalization.CultureInfo.InvariantCulture),
-            "another sequence" => Forged(Issued(), b => b[8] ^= 1),
+            "another sequence" => EditedPosition(Issued(), first.Events[0].Sequence - 1),
+            "a later sequence" => EditedPosition(Issued(), first.Events[0].Sequence + 1000),
+            "the layout before" => Before(first.Events[0].Sequence),
             "not base64" => "!!!!\u00e9\u0000",
             "one character" => "A",
             "sixty thousand characters" => new string('A', 60_000), // a request over 64 KiB is refused before it is read (PerMethodRequestLimitTests)
@@ -109,6 +114,67 @@ public sealed class PageTokenTests : IAsyncLifetime
             change(copy);
             return System.Buffers.Text.Base64Url.EncodeToString(copy);
         }
+
+        // The position (the sequence, in ASCII between the version byte and the 16-byte tag) set
+        // to another, the tag kept.
+        static string EditedPosition(byte[] issued, long sequence)
+        {
+            var body = System.Text.Encoding.ASCII.GetBytes(sequence.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            return System.Buffers.Text.Base64Url.EncodeToString([issued[0], .. body, .. issued.AsSpan(issued.Length - 16)]);
+        }
+
+        // A token as the server issued it before it was bound to the caller (version 1, the sequence
+        // in 8 bytes, the tag over the filter and the sequence alone), tagged with the real key.
+        string Before(long sequence)
+        {
+            var input = System.Text.Encoding.UTF8.GetBytes($"ListAuditEvents v1|-|-|-|-|{key.Name.Length}:{key.Name}|-|-|{sequence.ToString(System.Globalization.CultureInfo.InvariantCulture).Length}:{sequence}");
+            var tag = _server.Services.GetRequiredService<Kms.Core.Services.AuditLog>().PageTokenTag(input);
+            var token = new byte[1 + 8 + 16];
+            token[0] = 1;
+            System.Buffers.Binary.BinaryPrimitives.WriteInt64BigEndian(token.AsSpan(1), sequence);
+            tag.AsSpan(0, 16).CopyTo(token.AsSpan(9));
+            return System.Buffers.Text.Base64Url.EncodeToString(token);
+        }
+    }
+
+    [Fact]
+    public async Task ListAuditEvents_ATokenIssuedToOneCaller_RefusedFromAnother_ThoughTheFilterIsTheSame()
+    {
+        var key = await _developer.CreateKeyAsync("tenants/dev", "two-readers");
+        for (var i = 0; i < 3; i++)
+        {
+            await _developer.EncryptAsync(key.Name, new byte[] { 1 });
+        }
+
+        using var otherOfficer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-b", null, "security-officer"));
+        await _server.EnsureTenantAsync("acme");
+        using var auditor = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("dev-auditor", "dev", "auditor"));
+        using var otherAuditor = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("dev-auditor-b", "dev", "auditor"));
+
+        // A security officer's token, from another officer; a tenant auditor's, from another
+        // auditor of the same tenant, and from an officer allowed the same listing: each filter
+        // the same, each caller refused. Before, each went on with the first caller's listing.
+        foreach (var (owner, other, request) in new[]
+        {
+            (_officer, otherOfficer, new ListAuditEventsRequest { Resource = key.Name, PageSize = 1 }),
+            (auditor, otherAuditor, new ListAuditEventsRequest { Tenant = "tenants/dev", Resource = key.Name, PageSize = 1 }),
+            (auditor, _officer, new ListAuditEventsRequest { Tenant = "tenants/dev", Resource = key.Name, PageSize = 1 }),
+        })
+        {
+            var first = await owner.Audit.ListAuditEventsAsync(request);
+            Assert.NotEmpty(first.NextPageToken);
+            var taken = request.Clone();
+            taken.PageToken = first.NextPageToken;
+            var e = await Assert.ThrowsAsync<RpcException>(async () => await other.Audit.ListAuditEventsAsync(taken));
+            Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+            Assert.StartsWith("page_token", e.Status.Detail, StringComparison.Ordinal);
+            Assert.DoesNotContain(first.NextPageToken, e.Status.Detail, StringComparison.Ordinal);
+
+            // The owner goes on with it; the other caller with its own.
+            Assert.Equal(3, (await owner.Audit.ListAuditEventsAsync(new ListAuditEventsRequest(taken) { PageSize = 1000 })).Events.Count);
+            var own = await other.Audit.ListAuditEventsAsync(request);
+            Assert.Equal(3, (await other.Audit.ListAuditEventsAsync(new ListAuditEventsRequest(request) { PageSize = 1000, PageToken = own.NextPageToken })).Events.Count);
+        }
     }
 
     [Fact]
@@ -120,6 +186,10 @@ public sealed class PageTokenTests : IAsyncLifetime
             await _developer.EncryptAsync(key.Name, new byte[] { 1 });
         }
 
+        // Tokens are bound to the caller: the same officer (its token) pages on after the restart.
+        var officerToken = await _server.CreatePrincipalWithTokenAsync("officer-2", null, "security-officer");
+        _officer.Dispose();
+        _officer = _server.CreateClient(officerToken);
         var whole = (await _officer.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Resource = key.Name, Tenant = "tenants/dev", PageSize = 1000 })).Events.Select(e => e.Sequence).ToList();
         Assert.Equal(12, whole.Count);
 
@@ -135,7 +205,6 @@ public sealed class PageTokenTests : IAsyncLifetime
 
         // The token's key is the deployment's, not the process's: it still works after a restart.
         _officer.Dispose();
-        var officerToken = await _server.CreatePrincipalWithTokenAsync("officer-2", null, "security-officer");
         _server = await _server.RestartAsync();
         _officer = _server.CreateClient(officerToken);
         _developer.Dispose();

@@ -161,8 +161,8 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     }
 
     /// <summary>
-    /// The tag (HMAC-SHA256) that binds a page token to the filter and position it was issued for
-    /// (ListAuditEvents', and the other List RPCs' in the server, each with input of its own form). Its key is derived from the context-hash key (so every node of the
+    /// The tag (HMAC-SHA256) that binds a page token to the RPC, caller, filter and position it was
+    /// issued for (the List RPCs', ListAuditEvents' among them: ListPageTokens in the server). Its key is derived from the context-hash key (so every node of the
     /// deployment has the same one, and it survives restarts and domain-key rotations), and is
     /// used for nothing else.
     /// </summary>

@@ -16,12 +16,13 @@ namespace Kms.Server.Grpc;
 /// resources; not other tenants' probes of its names); security
 /// officers list, checkpoint and export the whole chain.
 /// </summary>
-internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IAuditStore store, ILogger<AuditGrpcService> logger) : AuditService.AuditServiceBase
+internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IAuditStore store, ListPageTokens pageTokens, ILogger<AuditGrpcService> logger) : AuditService.AuditServiceBase
 {
     private const int MaxPageSize = 1000;
 
     public override async Task<ListAuditEventsResponse> ListAuditEvents(ListAuditEventsRequest request, ServerCallContext context)
     {
+        var caller = CallerResolver.Current(context);
         var tenant = request.Tenant.Length == 0 ? null : TenantId.ParseResourceName(request.Tenant, "tenant").Value;
         var size = request.PageSize switch
         {
@@ -48,11 +49,15 @@ internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IA
             Operation = Filter(request.Operation, "operation"),
             Outcome = Filter(request.Outcome, "outcome"),
         };
-        query = query with { AfterSequence = request.PageToken.Length == 0 ? 0 : ReadPageToken(request.PageToken, query) };
+        var filter = PageTokenFilter(query);
+        query = query with { AfterSequence = ReadPageToken(caller, filter, request.PageToken) };
         var events = await store.ListAuditEventsAsync(query, context.CancellationToken);
-        var response = new ListAuditEventsResponse { NextPageToken = events.Count == size ? IssuePageToken(events[^1].Sequence, query) : "" };
+        var response = new ListAuditEventsResponse
+        {
+            NextPageToken = pageTokens.Seal(Rpc, caller, filter, events.Count == size ? events[^1].Sequence.ToString(CultureInfo.InvariantCulture) : null),
+        };
         response.Events.AddRange(events.Select(ToProto));
-        if (CallerResolver.Current(context).HomeTenant is { } reader)
+        if (caller.HomeTenant is { } reader)
         {
             RedactForTenant(response.Events, reader.Value);
         }
@@ -84,69 +89,33 @@ internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IA
         }
     }
 
-    // A page token is where the page ended and the filter it was listed with, tagged with a key
-    // of the deployment's (AuditLog.PageTokenTag): version byte, the sequence (8 bytes, big
-    // endian), the first 16 bytes of the tag over both. A token is accepted only with the filter
-    // it was issued for — with another, paging would silently start in the middle of that
-    // filter's events, skipping those before — and only as issued (a garbled or made-up one is
-    // refused). The page size is not bound: a caller may change it between pages.
-    private const byte PageTokenVersion = 1;
-    private const int PageTokenTagLength = 16;
+    // A page token is where the page ended (its last sequence), sealed by ListPageTokens as the
+    // other List RPCs' are: tagged with the deployment's page-token key over the RPC, the caller
+    // (principal and tenant), every filter field and that sequence. It is accepted only from the
+    // caller it was issued to — another caller, even one allowed the same listing, cannot go on
+    // with someone's paging — with the filter it was issued for (with another, paging would
+    // silently start in the middle of that filter's events, skipping those before), and only as
+    // issued: a garbled, edited or made-up one, or one of the layout before (the sequence in 8
+    // bytes, tagged over the filter alone), is refused before the store is read. The page size
+    // is not bound: a caller may change it between pages.
+    private const string Rpc = "ListAuditEvents";
 
-    private string IssuePageToken(long sequence, AuditQuery query)
-    {
-        var token = new byte[1 + sizeof(long) + PageTokenTagLength];
-        token[0] = PageTokenVersion;
-        System.Buffers.Binary.BinaryPrimitives.WriteInt64BigEndian(token.AsSpan(1), sequence);
-        audit.PageTokenTag(PageTokenInput(sequence, query)).AsSpan(0, PageTokenTagLength).CopyTo(token.AsSpan(1 + sizeof(long)));
-        return System.Buffers.Text.Base64Url.EncodeToString(token);
-    }
+    private long ReadPageToken(Caller caller, IReadOnlyList<string?> filter, string token) =>
+        pageTokens.Open(Rpc, caller, filter, token, "filter (tenant, start_time, end_time, principal, resource, operation and outcome)") is not { } text ? 0
+            : long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var sequence) ? sequence
+            : throw KmsErrors.InvalidArgument("page_token", "is not a token that ListAuditEvents returned");
 
-    private long ReadPageToken(string text, AuditQuery query)
-    {
-        byte[] token;
-        try
-        {
-            token = System.Buffers.Text.Base64Url.DecodeFromChars(text);
-        }
-        catch (FormatException)
-        {
-            token = [];
-        }
-
-        var sequence = token.Length == 1 + sizeof(long) + PageTokenTagLength && token[0] == PageTokenVersion
-            ? System.Buffers.Binary.BinaryPrimitives.ReadInt64BigEndian(token.AsSpan(1))
-            : -1;
-        if (sequence < 0 || !System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(
-            token.AsSpan(1 + sizeof(long)), audit.PageTokenTag(PageTokenInput(sequence, query)).AsSpan(0, PageTokenTagLength)))
-        {
-            throw KmsErrors.InvalidArgument("page_token", "is not a token that ListAuditEvents returned for this filter: tenant, start_time, end_time, principal, resource, operation and outcome must be those of the call that returned it (page_size may differ)");
-        }
-
-        return sequence;
-    }
-
-    // Every filter field, length-prefixed (absent and empty apart), then the sequence.
-    private static byte[] PageTokenInput(long sequence, AuditQuery query)
-    {
-        var text = new System.Text.StringBuilder("ListAuditEvents v1");
-        foreach (var field in new[]
-        {
-            query.Tenant,
-            query.StartTime?.UtcTicks.ToString(CultureInfo.InvariantCulture),
-            query.EndTime?.UtcTicks.ToString(CultureInfo.InvariantCulture),
-            query.Principal,
-            query.Resource,
-            query.Operation,
-            query.Outcome,
-            sequence.ToString(CultureInfo.InvariantCulture),
-        })
-        {
-            text.Append('|').Append(field is null ? "-" : field.Length.ToString(CultureInfo.InvariantCulture) + ":" + field);
-        }
-
-        return System.Text.Encoding.UTF8.GetBytes(text.ToString());
-    }
+    // Every filter field (absent and empty apart; the times as UTC ticks).
+    private static string?[] PageTokenFilter(AuditQuery query) =>
+    [
+        query.Tenant,
+        query.StartTime?.UtcTicks.ToString(CultureInfo.InvariantCulture),
+        query.EndTime?.UtcTicks.ToString(CultureInfo.InvariantCulture),
+        query.Principal,
+        query.Resource,
+        query.Operation,
+        query.Outcome,
+    ];
 
     public override async Task<GetAuditCheckpointResponse> GetAuditCheckpoint(GetAuditCheckpointRequest request, ServerCallContext context)
     {

@@ -8,11 +8,11 @@ using Kms.Core.Services;
 namespace Kms.Server.Grpc;
 
 /// <summary>
-/// Seals the page tokens of the List RPCs other than ListAuditEvents (which seals its own): the
-/// token the domain service issues (its cursor and the collection it belongs to) is wrapped
+/// Seals the page tokens of the List RPCs: the token the domain service issues (its cursor and
+/// the collection it belongs to; for ListAuditEvents, the sequence its page ended at) is wrapped
 /// with a tag over the RPC, the caller (principal and tenant), the request's filter and that
-/// token, under the deployment's page-token key (<see cref="AuditLog.PageTokenTag"/>, the key
-/// ListAuditEvents' tokens are tagged with: derived from a setting of the database through the
+/// token, under the deployment's page-token key (<see cref="AuditLog.PageTokenTag"/>: derived
+/// from a setting of the database through the
 /// HSM's domain key, so every node of the deployment, and a restarted one, accepts a token
 /// another issued). A token is accepted only by the RPC that issued it, for the caller it was
 /// issued to, with the same filter; a garbled or made-up one is refused before the store is
@@ -20,8 +20,9 @@ namespace Kms.Server.Grpc;
 /// </summary>
 /// <remarks>
 /// Layout (base64url): version byte, the domain service's token (ASCII), the first 16 bytes of
-/// the tag. The tag's input starts "List page token v1|" and the RPC's name; ListAuditEvents'
-/// starts "ListAuditEvents v1|", so no token of one is a token of the other.
+/// the tag. The tag's input starts "List page token v1|" and the RPC's name. ListAuditEvents'
+/// tokens of before were tagged over input starting "ListAuditEvents v1|" (the filter and the
+/// sequence, not the caller), so none of them is a token of this layout.
 /// </remarks>
 internal sealed class ListPageTokens(AuditLog audit)
 {
