@@ -78,5 +78,47 @@ public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<
         Assert.Equal(ExitCodes.Usage, (await VerifyAsync(export, "--public-key", key, "--known-checkpoint", "12:" + new string('g', 64))).ExitCode);
     }
 
+    [Fact]
+    public async Task List_ShowsTheKeyVersionsOfReEncryptAndBatchEvents_InTheTableAndInJson()
+    {
+        using var developer = fixture.Server.CreateClient();
+        var source = await developer.CreateKeyAsync("tenants/dev", "cli-audit-source");
+        var destination = await developer.CreateKeyAsync("tenants/dev", "cli-audit-destination");
+        var other = await developer.CreateKeyAsync("tenants/dev", "cli-audit-other");
+        var ciphertext = (await developer.EncryptAsync(source.Name, new byte[] { 1 })).Ciphertext;
+        await developer.ReEncryptAsync(ciphertext, destination.Name);
+        var batch = new Kms.Contracts.V1.BatchEncryptRequest();
+        batch.Requests.Add(new Kms.Contracts.V1.EncryptRequest { Name = other.Name, Plaintext = Google.Protobuf.ByteString.CopyFrom(1) });
+        batch.Requests.Add(new Kms.Contracts.V1.EncryptRequest { Name = source.Name, Plaintext = Google.Protobuf.ByteString.CopyFrom(2) });
+        await developer.BatchEncryptAsync(batch);
+
+        var officer = Path.Combine(_directory, "list-officer.token");
+        await File.WriteAllTextAsync(officer, await fixture.Server.CreatePrincipalWithTokenAsync("audit-list-officer", null, "security-officer"));
+        var variables = fixture.Variables;
+        variables["KMS_TOKEN_FILE"] = officer;
+
+        // Under the source key: its creation, the Encrypt, the ReEncrypt (its source) and the batch.
+        var json = await CliRun.InProcessAsync(variables, _directory, null, "audit", "list", "--deployment", "--resource", source.Name, "-o", "json");
+        Assert.True(json.ExitCode == 0, json.ToString());
+        var events = System.Text.Json.JsonDocument.Parse(json.Out).RootElement.GetProperty("events").EnumerateArray().ToList();
+        var reEncrypt = events.Single(e => e.GetProperty("operation").GetString()!.EndsWith("/ReEncrypt", StringComparison.Ordinal));
+        Assert.Equal(destination.Name + "/versions/1", reEncrypt.GetProperty("resource").GetString());
+        Assert.Equal([source.Name + "/versions/1"], reEncrypt.GetProperty("keyVersions").EnumerateArray().Select(v => v.GetString()));
+        Assert.Equal("0", reEncrypt.GetProperty("otherKeyVersions").GetString());
+        var batched = events.Single(e => e.GetProperty("operation").GetString()!.EndsWith("/BatchEncrypt", StringComparison.Ordinal));
+        Assert.Equal([other.Name + "/versions/1", source.Name + "/versions/1"], batched.GetProperty("keyVersions").EnumerateArray().Select(v => v.GetString()));
+
+        var table = await CliRun.InProcessAsync(variables, _directory, null, "audit", "list", "--deployment", "--resource", source.Name, "--operation", "BatchEncrypt");
+        Assert.True(table.ExitCode == 0, table.ToString());
+        Assert.Contains("key versions", table.Out, StringComparison.Ordinal);
+        Assert.Contains("cli-audit-other/versions/1", table.Out, StringComparison.Ordinal);
+        Assert.Contains("cli-audit-source/versions/1", table.Out, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void KeyVersions_ListedOneALine_TheUnlistedCounted() =>
+        Assert.Equal("tenants/t/keys/k/versions/1\ntenants/t/keys/k/versions/2\n(+3 more)", Kms.Cli.Commands.AuditCommands.KeyVersions(
+            new Kms.Contracts.V1.AuditEventInfo { KeyVersions = { "tenants/t/keys/k/versions/1", "tenants/t/keys/k/versions/2" }, OtherKeyVersions = 3 }));
+
     private Task<CliResult> VerifyAsync(params string[] args) => CliRun.InProcessAsync(new Dictionary<string, string>(), _directory, null, ["audit", "verify", .. args]);
 }

@@ -15,11 +15,75 @@ internal static class AuditCommands
 {
     public static IEnumerable<Command> Create(CommandRunner runner)
     {
-        var audit = new Command("audit", "the tamper-evident audit log: export it, verify an export offline");
+        var audit = new Command("audit", "the tamper-evident audit log: list its events, export it, verify an export offline");
+        audit.Subcommands.Add(List(runner));
         audit.Subcommands.Add(Export(runner));
         audit.Subcommands.Add(Verify(runner));
         return [audit];
     }
+
+    private static Command List(CommandRunner runner)
+    {
+        var deployment = new Option<bool>("--deployment") { Description = "every tenant's and the deployment's events (security officers) instead of a tenant's" };
+        var start = new Option<DateTimeOffset?>("--start") { Description = "events at or after this time (ISO 8601, e.g. 2026-12-01T00:00:00Z)", HelpName = "TIME" };
+        var end = new Option<DateTimeOffset?>("--end") { Description = "events before this time (ISO 8601)", HelpName = "TIME" };
+        var principal = new Option<string?>("--principal") { Description = "only this principal's events (token:NAME, cn:..., system:JOB)", HelpName = "PRINCIPAL" };
+        var resource = new Option<string?>("--resource") { Description = "only events about this resource (its full name) or anything under it (a key and its versions, also as a ReEncrypt source or a batch's key version)", HelpName = "NAME" };
+        var operation = new Option<string?>("--operation") { Description = "only this operation: a full method or its last part (Decrypt)", HelpName = "OPERATION" };
+        var outcome = new Option<string?>("--outcome") { Description = "only this outcome (OK, PERMISSION_DENIED, ...)", HelpName = "CODE" };
+        var limit = new Option<int>("--limit") { Description = "at most this many events, oldest first (default 100)", HelpName = "N", DefaultValueFactory = _ => 100 };
+        var command = new Command("list", "list audit events, oldest first: a tenant's (--tenant or the profile's; its auditors) or --deployment (security officers); ReEncrypt and batch events with the key versions they used") { deployment, start, end, principal, resource, operation, outcome, limit };
+        runner.SetAction(command, async (ctx, ct) =>
+        {
+            var max = ctx.ParseResult.GetValue(limit);
+            if (max < 1)
+            {
+                throw new CliUsageException("--limit must be at least 1");
+            }
+
+            var query = new Kms.Contracts.V1.ListAuditEventsRequest
+            {
+                Tenant = ctx.ParseResult.GetValue(deployment) ? "" : ctx.TenantName(null),
+                PageSize = Math.Min(max, 1000),
+                StartTime = ctx.ParseResult.GetValue(start) is { } from ? Google.Protobuf.WellKnownTypes.Timestamp.FromDateTimeOffset(from) : null,
+                EndTime = ctx.ParseResult.GetValue(end) is { } to ? Google.Protobuf.WellKnownTypes.Timestamp.FromDateTimeOffset(to) : null,
+                Principal = ctx.ParseResult.GetValue(principal) ?? "",
+                Resource = ctx.ParseResult.GetValue(resource) ?? "",
+                Operation = ctx.ParseResult.GetValue(operation) ?? "",
+                Outcome = ctx.ParseResult.GetValue(outcome) ?? "",
+            };
+            var events = new List<Kms.Contracts.V1.AuditEventInfo>();
+            await foreach (var info in ctx.Client.ListAuditEventsAsync(query, ct))
+            {
+                events.Add(info);
+                if (events.Count == max)
+                {
+                    break;
+                }
+            }
+
+            ctx.Output.Result(
+                new JsonObject { ["events"] = new JsonArray([.. events.Select(e => CliOutput.Proto(e))]) },
+                () =>
+                {
+                    var table = CliOutput.Table("seq", "time", "principal", "operation", "resource", "key versions", "outcome", "count");
+                    foreach (var e in events)
+                    {
+                        CliOutput.AddRow(table, e.Sequence.ToString(CultureInfo.InvariantCulture), KeysCommands.Time(e.Time), e.Principal, e.Operation[(e.Operation.LastIndexOf('/') + 1)..],
+                            e.Resource, KeyVersions(e), e.Outcome, e.Count.ToString(CultureInfo.InvariantCulture));
+                    }
+
+                    return table;
+                });
+            return ExitCodes.Ok;
+        });
+        return command;
+    }
+
+    // The versions a ReEncrypt (its source) or a batch call used besides `resource`, one a line,
+    // and how many more it resolved than the event lists (past 128).
+    internal static string KeyVersions(Kms.Contracts.V1.AuditEventInfo info) =>
+        string.Join('\n', info.KeyVersions.Concat(info.OtherKeyVersions > 0 ? [$"(+{info.OtherKeyVersions.ToString(CultureInfo.InvariantCulture)} more)"] : []));
 
     private static Command Export(CommandRunner runner)
     {
