@@ -1136,6 +1136,77 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task Restore_AccessRemovedAfterTheBackup_TokenRevocationPrincipalDeletionBindingRemovalGrantRevocation_RemovedAgain_APolicySetIsListedForReview()
+    {
+        var exportPath = TempPath("kms-export-", ".jsonl");
+        var target = TempPath("kms-restored-");
+        try
+        {
+            string backup, key, grant;
+            var revoked = TokenIdOf(await _server.CreatePrincipalWithTokenAsync("ci", "dev", "key-user"));
+            var kept = TokenIdOf(await _server.CreatePrincipalWithTokenAsync("kept", "dev", "key-user"));
+            var goneToken = TokenIdOf(await _server.CreatePrincipalWithTokenAsync("gone", "dev", "key-user"));
+            await _server.CreatePrincipalWithTokenAsync("demoted", "dev", "key-manager", "key-user");
+            using (var admin = _server.DeploymentAdmin())
+            using (var developer = _server.CreateClient())
+            using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+            {
+                key = (await developer.CreateKeyAsync("tenants/dev", "ledger")).Name;
+                await developer.SetKeyPolicyAsync(key, [new KeyPolicyEntry { Principal = "token:kept", Operations = { "ENCRYPT", "DECRYPT" } }, new KeyPolicyEntry { Principal = "token:ci", Operations = { "ENCRYPT" } }]);
+                grant = (await developer.CreateGrantAsync(key, new KeyGrant { Grantee = "token:kept", Operations = { "DECRYPT" } })).Name;
+                backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+
+                // After the backup: the incident response.
+                await admin.RevokeApiTokenAsync(revoked);
+                await admin.DeletePrincipalAsync("token:gone");
+                await admin.DeleteRoleBindingAsync("token:demoted", "key-manager", "tenants/dev");
+                await developer.RevokeGrantAsync(grant);
+                await developer.SetKeyPolicyAsync(key, [new KeyPolicyEntry { Principal = "token:kept", Operations = { "ENCRYPT" } }]);
+                await using var file = File.CreateText(exportPath);
+                await officer.ExportAuditAsync(file);
+            }
+
+            await _server.DisposeAsync();
+            var report = await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [exportPath], replace: false, CancellationToken.None);
+            await using (var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default))
+            {
+                Assert.NotNull((await restored.GetApiTokenAsync(revoked, default))!.RevokeTime);
+                Assert.Null((await restored.GetApiTokenAsync(kept, default))!.RevokeTime);
+                Assert.NotNull((await restored.GetApiTokenAsync(goneToken, default))!.RevokeTime);
+                Assert.True((await restored.GetPrincipalAsync(Kms.Core.Access.PrincipalName.Parse("token:gone", "p"), default))!.Deleted);
+                Assert.Equal(
+                    [Kms.Core.Access.Role.KeyUser],
+                    (await restored.GetRoleBindingsAsync(Kms.Core.Access.PrincipalName.Parse("token:demoted", "p"), default)).Select(b => b.Role));
+                Assert.NotNull(Assert.Single(await restored.ListGrantsAsync(KeyName.Parse(key, "k"), includeRevoked: true, default)).RevokeTime);
+            }
+
+            Assert.Equal(
+                [$"tenants/dev/principals/token:ci/apiTokens/{revoked}", "tenants/dev/principals/token:gone", "tenants/dev/principals/token:demoted/roleBindings/key-manager", grant],
+                report.AccessRemoved.Select(r => r.Resource));
+            Assert.Contains(report.AccessReview, r => r.StartsWith(key + ": ", StringComparison.Ordinal));
+
+            // Restored again from the logs of the chain the restore started, or re-applied once more:
+            // nothing more to remove, nothing more recorded.
+            var head = await AuditHeadAsync(Path.Combine(target, "kms.db"));
+            await using (var dump = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default))
+            {
+                var again = await BackupRestore.ReapplyFromLogsAsync(dump, [exportPath], null, PublishedAuditKey(), CancellationToken.None);
+                Assert.Empty(again.AccessRemoved);
+            }
+
+            Assert.Equal(head, await AuditHeadAsync(Path.Combine(target, "kms.db")));
+        }
+        finally
+        {
+            RemoveAfterRestore(target, exportPath);
+        }
+    }
+
+    // The id of an API token (kms_ID_SECRET).
+    private static string TokenIdOf(string token) =>
+        Kms.Core.Access.ApiTokenSecret.TryParse(token, out var id, out _) ? id : throw new InvalidOperationException("not an API token");
+
+    [Fact]
     public async Task Restore_ATenantDeletedAfterTheBackupThenGivenBack_StaysActive_ItsKeysAsTheCancellationsLeftThem()
     {
         var exportPath = TempPath("kms-export-", ".jsonl");

@@ -33,6 +33,12 @@ internal sealed record RestoreReport(BackupManifest Manifest, IReadOnlyList<(str
     /// <summary>Where the node's record of the checkpoints it signed over the replaced chain (<c>audit/checkpoints.jsonl</c>) was moved aside, or null.</summary>
     public string? ReplacedCheckpoints { get; init; }
 
+    /// <summary>Removals of access made after the backup (a token revoked, a principal deleted, a role binding removed, a grant revoked) that the restore made again: the resource, and where it was found.</summary>
+    public IReadOnlyList<(string Resource, string Source)> AccessRemoved { get; init; } = [];
+
+    /// <summary>Changes of access made after the backup that the logs cannot replay (a key policy set, a binding removed whose event does not name it): for the operator to review.</summary>
+    public IReadOnlyList<string> AccessReview { get; init; } = [];
+
     /// <summary>Versions whose encryption count the replaced database had higher (encryptions made after the backup): raised to it, with the backup's count and the replaced database's.</summary>
     public IReadOnlyList<(string Version, long Backup, long Replaced)> EncryptCountsCarried { get; init; } = [];
 }
@@ -54,6 +60,12 @@ internal sealed record ReapplyReport(IReadOnlyList<(string Version, string Sourc
 
     /// <summary>Where the data directory's <c>audit/checkpoints.jsonl</c> was moved aside (its newest checkpoint not on the restored chain), or null.</summary>
     public string? ReplacedCheckpoints { get; init; }
+
+    /// <summary>Removals of access the logs record that were made again (<see cref="RestoreReport.AccessRemoved"/>).</summary>
+    public IReadOnlyList<(string Resource, string Source)> AccessRemoved { get; init; } = [];
+
+    /// <summary>Changes of access the logs record that cannot be replayed, for review (<see cref="RestoreReport.AccessReview"/>).</summary>
+    public IReadOnlyList<string> AccessReview { get; init; } = [];
 }
 
 /// <summary>What <c>ReapplyAsync</c> did, for the reports.</summary>
@@ -62,7 +74,11 @@ internal sealed record ReapplyOutcome(
     IReadOnlyList<string> Skipped,
     IReadOnlyList<ReappliedScheduling> Rescheduled,
     IReadOnlyList<KeptRestriction> Kept,
-    IReadOnlyList<(string Tenant, string Source)> TenantsDeleting);
+    IReadOnlyList<(string Tenant, string Source)> TenantsDeleting)
+{
+    /// <summary>Removals of access made again.</summary>
+    public IReadOnlyList<(string Resource, string Source)> AccessRemoved { get; init; } = [];
+}
 
 /// <summary>
 /// <c>kms backup restore</c>, offline with the server stopped: verifies the backup, re-applies
@@ -149,6 +165,8 @@ internal static class BackupRestore
         var (inForce, liftings) = Schedulings(logs, manifest.AuditHead.Sequence);
         schedulings.AddRange(inForce);
         tenantDeletions.AddRange(TenantDeletions(logs, manifest.AuditHead.Sequence));
+        var accessRemovals = AccessRemovals(logs, manifest.AuditHead.Sequence);
+        var accessReview = AccessReviews(logs, manifest.AuditHead.Sequence);
 
         // Without a database to replace, the audit logs are the only record of what happened
         // after the backup: a restore given none that reach past its head (the backup's own
@@ -211,7 +229,7 @@ internal static class BackupRestore
                     Outcome = "OK",
                     Client = Environment.MachineName,
                 };
-                outcome = await ReapplyAsync(store, new Recorded(recorded, schedulings, liftings, tenantDeletions), waitingPeriod, restored, staging, cancellationToken);
+                outcome = await ReapplyAsync(store, new Recorded(recorded, schedulings, liftings, tenantDeletions, accessRemovals), waitingPeriod, restored, staging, cancellationToken);
                 carriedCounts = await store.RaiseEncryptCountsAsync(encryptCounts, cancellationToken);
 
                 // The time the replaced database had seen pass, if later than the backup's: the
@@ -320,6 +338,8 @@ internal static class BackupRestore
                 TenantsDeleting = outcome.TenantsDeleting,
                 ReplacedCheckpoints = checkpointsAside,
                 EncryptCountsCarried = [.. carriedCounts.Select(c => (c.Version.ToString(), c.Before, c.After))],
+                AccessRemoved = outcome.AccessRemoved,
+                AccessReview = accessReview,
             };
         }
         catch
@@ -397,13 +417,15 @@ internal static class BackupRestore
         var after = afterSequence ?? await LastSharedEventAsync(store, logs, cancellationToken);
         var destructions = Destructions(logs, after, allowGaps, gaps);
         var (inForce, liftings) = Schedulings(logs, after);
-        var outcome = await ReapplyAsync(store, new Recorded(destructions, inForce, liftings, TenantDeletions(logs, after)), waitingPeriod, null, store.Location, cancellationToken);
+        var outcome = await ReapplyAsync(store, new Recorded(destructions, inForce, liftings, TenantDeletions(logs, after), AccessRemovals(logs, after)), waitingPeriod, null, store.Location, cancellationToken);
         return new ReapplyReport(outcome.Reapplied, [.. gaps, .. outcome.Skipped], after)
         {
             Rescheduled = outcome.Rescheduled,
             Kept = outcome.Kept,
             TenantsDeleting = outcome.TenantsDeleting,
             ReplacedCheckpoints = dataDir is null ? null : await MoveCheckpointsAsideUnlessPassedThroughAsync(store, dataDir, cancellationToken),
+            AccessRemoved = outcome.AccessRemoved,
+            AccessReview = AccessReviews(logs, after),
         };
     }
 
@@ -496,6 +518,7 @@ internal static class BackupRestore
                     {
                         Transition = e.Transition is { } t ? t with { Verified = true } : null,
                         TenantDeletion = e.TenantDeletion is { } d ? d with { Verified = true } : null,
+                        AccessRemoval = e.AccessRemoval is { } a ? a with { Verified = true } : null,
                     })];
             }
             catch (Exception e) when (e is FormatException or KmsException or KeyNotFoundException or InvalidOperationException)
@@ -570,13 +593,32 @@ internal static class BackupRestore
             .OrderBy(e => e.Sequence)
             .Select(e => e.TenantDeletion!)];
 
+    // The removals of access the logs record after the start, in sequence order, each once (an
+    // event two files hold: verified if either file verifies it; the same removal twice, once).
+    private static IReadOnlyList<RecordedAccessRemoval> AccessRemovals(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, long after) =>
+        [.. logs.SelectMany(l => l.Events)
+            .Where(e => e.Sequence > after && e.AccessRemoval is not null)
+            .OrderByDescending(e => e.AccessRemoval!.Verified)
+            .DistinctBy(e => (e.Sequence, e.Hash))
+            .OrderBy(e => e.Sequence)
+            .Select(e => e.AccessRemoval!)];
+
+    // The changes of access the logs record after the start that cannot be replayed, each once.
+    private static IReadOnlyList<string> AccessReviews(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, long after) =>
+        [.. logs.SelectMany(l => l.Events)
+            .Where(e => e.Sequence > after && e.AccessReview is not null)
+            .DistinctBy(e => (e.Sequence, e.Hash))
+            .OrderBy(e => e.Sequence)
+            .Select(e => e.AccessReview!)];
+
     // What ReapplyAsync re-applies: destructions, the schedulings and disablings in force, the
-    // liftings to report when not followed, the tenants' deletions.
+    // liftings to report when not followed, the tenants' deletions, the removals of access.
     private sealed record Recorded(
         IReadOnlyList<RecordedDestruction> Destructions,
         IReadOnlyList<RecordedScheduling> Schedulings,
         IReadOnlyList<RecordedTransition> Liftings,
-        IReadOnlyList<RecordedTenantDeletion> TenantDeletions);
+        IReadOnlyList<RecordedTenantDeletion> TenantDeletions,
+        IReadOnlyList<RecordedAccessRemoval> AccessRemovals);
 
     /// <summary>
     /// The last event the logs share with the database's chain (same sequence, same hash), or
@@ -820,11 +862,165 @@ internal static class BackupRestore
             kept.AddRange(held);
         }
 
+        var accessRemoved = await RemoveAccessAgainAsync(store, what.AccessRemovals, now, Event, skipped, cancellationToken);
+
         if (!await store.CompleteErasureAsync(cancellationToken))
         {
             throw KmsErrors.Unavailable($"the re-applied destructions could not be erased from {where}'s write-ahead log; nothing was installed");
         }
 
-        return new ReapplyOutcome(reapplied, skipped, rescheduled, kept, tenantsDeleting);
+        return new ReapplyOutcome(reapplied, skipped, rescheduled, kept, tenantsDeleting) { AccessRemoved = accessRemoved };
+    }
+
+    // Makes each removal of access again, in the logs' order, each write with its audit event (a
+    // no-op writes none: what the restored database holds removed already is left as it is).
+    // A principal is deleted (a tombstone: never registered again) only from a verified event, and
+    // not when it is the restored database's last deployment admin; otherwise what can be given
+    // back is removed — its tokens revoked, its role bindings removed — and the skipped list says so.
+    private static async Task<IReadOnlyList<(string Resource, string Source)>> RemoveAccessAgainAsync(
+        SqlStore store, IReadOnlyList<RecordedAccessRemoval> removals, DateTimeOffset now, Func<string, string, AuditEntry> audit, List<string> skipped, CancellationToken cancellationToken)
+    {
+        var removed = new List<(string, string)>();
+        foreach (var removal in removals.DistinctBy(r => (r.Kind, r.Resource)))
+        {
+            var time = removal.Time < now ? removal.Time : now;
+            AuditScope Scope(AccessRemovalKind kind, string resource) => new(audit(AccessReplay.ReapplyOperationOf(kind), resource), mutating: true);
+            try
+            {
+                switch (removal.Kind)
+                {
+                    case AccessRemovalKind.TokenRevocation:
+                        {
+                            var id = AccessReplay.TokenIdOf(removal.Resource);
+                            if (await store.GetApiTokenAsync(id, cancellationToken) is not { } token)
+                            {
+                                skipped.Add($"{removal.Resource} (its revocation not re-applied: not in the restored database, created after it)");
+                            }
+                            else if (token.RevokeTime is null)
+                            {
+                                using (AuditScope.Enter(Scope(removal.Kind, removal.Resource)))
+                                {
+                                    await store.RevokeApiTokenAsync(id, time, cancellationToken);
+                                }
+
+                                removed.Add((removal.Resource, removal.Source));
+                            }
+
+                            break;
+                        }
+
+                    case AccessRemovalKind.RoleBindingRemoval:
+                        {
+                            var (principal, role, tenant) = AccessReplay.BindingOf(removal.Resource);
+                            if ((await store.GetRoleBindingsAsync(principal, cancellationToken)).Any(b => b.Role == role && b.Tenant == tenant))
+                            {
+                                using (AuditScope.Enter(Scope(removal.Kind, removal.Resource)))
+                                {
+                                    await store.DeleteRoleBindingAsync(principal, role, tenant, cancellationToken);
+                                }
+
+                                removed.Add((removal.Resource, removal.Source));
+                            }
+
+                            break;
+                        }
+
+                    case AccessRemovalKind.GrantRevocation:
+                        {
+                            var (key, grant) = AccessReplay.GrantOf(removal.Resource);
+                            bool revoked;
+                            using (AuditScope.Enter(Scope(removal.Kind, removal.Resource)))
+                            {
+                                revoked = await store.RevokeGrantAsync(key, grant, time, cancellationToken);
+                            }
+
+                            if (revoked)
+                            {
+                                removed.Add((removal.Resource, removal.Source));
+                            }
+
+                            break;
+                        }
+
+                    default:
+                        {
+                            var name = AccessReplay.PrincipalOf(removal.Resource);
+                            if (await store.GetPrincipalAsync(name, cancellationToken) is not { } principal)
+                            {
+                                skipped.Add($"{removal.Resource} (its deletion not re-applied: not in the restored database, created after it)");
+                                break;
+                            }
+
+                            if (principal.Deleted)
+                            {
+                                break;
+                            }
+
+                            string? why = removal.Verified ? null
+                                : "its event is not covered by a checkpoint signed with the audit key, and a deletion cannot be undone";
+                            if (why is null)
+                            {
+                                try
+                                {
+                                    using (AuditScope.Enter(Scope(removal.Kind, removal.Resource)))
+                                    {
+                                        await store.DeletePrincipalAsync(name, time, cancellationToken);
+                                    }
+
+                                    removed.Add((removal.Resource, removal.Source));
+                                    break;
+                                }
+                                catch (KmsException e) when (e.Code == KmsErrorCode.FailedPrecondition)
+                                {
+                                    why = "it is the last deployment admin the restored database holds (the admin who deleted it came after the backup)";
+                                }
+                            }
+
+                            // What can be given back: its tokens revoked, its role bindings removed (one
+                            // that is the last deployment admin's stays: the store refuses it).
+                            foreach (var token in await store.ListApiTokensAsync(name, cancellationToken))
+                            {
+                                if (token.RevokeTime is null)
+                                {
+                                    var resource = $"{Kms.Core.Services.AccessService.AuditResourceOf(name, principal.Tenant)}/apiTokens/{token.Id}";
+                                    using (AuditScope.Enter(Scope(AccessRemovalKind.TokenRevocation, resource)))
+                                    {
+                                        await store.RevokeApiTokenAsync(token.Id, time, cancellationToken);
+                                    }
+
+                                    removed.Add((resource, removal.Source));
+                                }
+                            }
+
+                            foreach (var binding in await store.GetRoleBindingsAsync(name, cancellationToken))
+                            {
+                                var resource = AccessReplay.BindingResource(name, binding.Role, binding.Tenant);
+                                try
+                                {
+                                    using (AuditScope.Enter(Scope(AccessRemovalKind.RoleBindingRemoval, resource)))
+                                    {
+                                        await store.DeleteRoleBindingAsync(name, binding.Role, binding.Tenant, cancellationToken);
+                                    }
+
+                                    removed.Add((resource, removal.Source));
+                                }
+                                catch (KmsException e) when (e.Code == KmsErrorCode.FailedPrecondition)
+                                {
+                                    skipped.Add($"{resource} kept: the restored database's last deployment admin binding");
+                                }
+                            }
+
+                            skipped.Add($"{removal.Resource} not made DELETED ({removal.Source}): {why}; its tokens were revoked and its role bindings removed — delete it (DeletePrincipal) once that is confirmed");
+                            break;
+                        }
+                }
+            }
+            catch (KmsException e) when (e.Code == KmsErrorCode.InvalidArgument)
+            {
+                skipped.Add($"{removal.Resource} ({removal.Source}): not re-applied, the resource does not name what was removed: {e.Message}");
+            }
+        }
+
+        return removed;
     }
 }

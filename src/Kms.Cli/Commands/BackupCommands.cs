@@ -144,6 +144,8 @@ internal static class BackupCommands
             json["rescheduled"] = RescheduledJson(report.Rescheduled);
             json["kept"] = KeptJson(report.Kept);
             json["tenants_deleting"] = TenantsJson(report.TenantsDeleting);
+            json["access_removed"] = AccessRemovedJson(report.AccessRemoved);
+            json["access_review"] = new JsonArray([.. report.AccessReview.Select(s => (JsonNode)s)]);
             json["skipped"] = new JsonArray([.. report.Skipped.Select(s => (JsonNode)s)]);
             json["replaced_database"] = report.ReplacedDatabase;
             json["replaced_checkpoints"] = report.ReplacedCheckpoints;
@@ -155,6 +157,8 @@ internal static class BackupCommands
                 rows.Add(("re-scheduled", RescheduledText(report.Rescheduled)));
                 rows.Add(("tenants deleting", TenantsText(report.TenantsDeleting)));
                 rows.Add(("stayed restricted", KeptText(report.Kept)));
+                rows.Add(("access removed", AccessRemovedText(report.AccessRemoved)));
+                rows.Add(("access to review", report.AccessReview.Count == 0 ? "none" : string.Join("; ", report.AccessReview)));
                 rows.Add(("skipped", report.Skipped.Count == 0 ? "none" : string.Join("; ", report.Skipped)));
                 rows.Add(("replaced database", report.ReplacedDatabase ?? "none"));
                 rows.Add(("replaced checkpoints", report.ReplacedCheckpoints ?? "none"));
@@ -219,6 +223,8 @@ internal static class BackupCommands
                 ["rescheduled"] = RescheduledJson(report.Rescheduled),
                 ["kept"] = KeptJson(report.Kept),
                 ["tenants_deleting"] = TenantsJson(report.TenantsDeleting),
+                ["access_removed"] = AccessRemovedJson(report.AccessRemoved),
+                ["access_review"] = new JsonArray([.. report.AccessReview.Select(s => (JsonNode)s)]),
                 ["skipped"] = new JsonArray([.. skipped.Select(s => (JsonNode)s)]),
                 ["replaced_checkpoints"] = report.ReplacedCheckpoints,
             };
@@ -231,6 +237,8 @@ internal static class BackupCommands
                 ("re-scheduled", RescheduledText(report.Rescheduled)),
                 ("tenants deleting", TenantsText(report.TenantsDeleting)),
                 ("stayed restricted", KeptText(report.Kept)),
+                ("access removed", AccessRemovedText(report.AccessRemoved)),
+                ("access to review", report.AccessReview.Count == 0 ? "none" : string.Join("; ", report.AccessReview)),
                 ("skipped", skipped.Count == 0 ? "none" : string.Join("; ", skipped)),
             ]));
             return ExitCodes.Ok;
@@ -248,6 +256,12 @@ internal static class BackupCommands
         HelpName = "DURATION",
         CustomParser = DurationText.Parse,
     };
+
+    private static JsonArray AccessRemovedJson(IReadOnlyList<(string Resource, string Source)> removed) =>
+        new([.. removed.Select(r => (JsonNode)new JsonObject { ["resource"] = r.Resource, ["source"] = r.Source })]);
+
+    private static string AccessRemovedText(IReadOnlyList<(string Resource, string Source)> removed) =>
+        removed.Count == 0 ? "none" : string.Join("; ", removed.Select(r => $"{r.Resource} ({r.Source})"));
 
     private static JsonArray RescheduledJson(IReadOnlyList<ReappliedScheduling> rescheduled) =>
         new([.. rescheduled.Select(r => (JsonNode)new JsonObject

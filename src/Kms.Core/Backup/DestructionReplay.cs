@@ -25,7 +25,11 @@ public sealed record RecordedDestruction(KeyName Key, int? Version, DateTimeOffs
 /// <param name="Destruction">The destruction it records, or null.</param>
 /// <param name="Transition">The scheduling, cancellation, disabling or enabling it records (<see cref="SchedulingReplay.TransitionOf"/>), or null.</param>
 /// <param name="TenantDeletion">The tenant's deletion (DeleteTenant) it records (<see cref="SchedulingReplay.TenantDeletionOf"/>), or null.</param>
-public sealed record LoggedEvent(long Sequence, string PreviousHash, string Hash, RecordedDestruction? Destruction, RecordedTransition? Transition = null, RecordedTenantDeletion? TenantDeletion = null);
+/// <param name="AccessRemoval">The removal of access it records (<see cref="AccessReplay.RemovalOf"/>), or null.</param>
+/// <param name="AccessReview">A change of access it records that cannot be replayed, for review (<see cref="AccessReplay.ReviewOf"/>), or null.</param>
+public sealed record LoggedEvent(
+    long Sequence, string PreviousHash, string Hash, RecordedDestruction? Destruction, RecordedTransition? Transition = null, RecordedTenantDeletion? TenantDeletion = null,
+    RecordedAccessRemoval? AccessRemoval = null, string? AccessReview = null);
 
 /// <summary>
 /// Re-applies destructions to a restored snapshot, so a restore never brings a destroyed key
@@ -179,7 +183,14 @@ public static class DestructionReplay
                 }
 
                 var seq = body.GetProperty("seq").GetInt64();
-                found.Add(new LoggedEvent(seq, body.GetProperty("prev").GetString() ?? "", Audit.AuditChain.HashOf(body.GetRawText()), DestructionOf(body, seq, source), TransitionOf(body, seq, source), TenantDeletionOf(body, seq, source)));
+                var operation = body.GetProperty("operation").GetString();
+                var resource = body.GetProperty("resource").GetString();
+                var outcome = body.GetProperty("outcome").GetString();
+                var where = $"{source} event {seq}";
+                found.Add(new LoggedEvent(
+                    seq, body.GetProperty("prev").GetString() ?? "", Audit.AuditChain.HashOf(body.GetRawText()), DestructionOf(body, seq, source), TransitionOf(body, seq, source), TenantDeletionOf(body, seq, source),
+                    AccessReplay.RemovalOf(operation, resource, outcome, DateTimeOffset.Parse(body.GetProperty("time").GetString()!, System.Globalization.CultureInfo.InvariantCulture), where),
+                    AccessReplay.ReviewOf(operation, resource, outcome, where)));
             }
         }
 

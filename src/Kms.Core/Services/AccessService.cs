@@ -442,10 +442,14 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
     /// for, not NOT_FOUND. A principal that is missing, or outside the tenant named, is NOT_FOUND —
     /// the same answer for both, as <see cref="SetRoleBindingAsync"/> gives — and a role that cannot
     /// be bound where it is asked for (a deployment role in a tenant, a tenant role without one) is
-    /// INVALID_ARGUMENT.
+    /// INVALID_ARGUMENT. The audit event's resource is the binding: the principal as
+    /// <see cref="AuditResourceOf"/> names it, then <c>/roleBindings/ROLE</c>.
     /// </remarks>
     public async Task DeleteRoleBindingAsync(PrincipalName name, Role role, TenantId? tenant, CancellationToken cancellationToken)
     {
+        // The event names the binding, not only its tenant: a restore of an older backup re-applies
+        // the removal from it (Backup.AccessReplay), which it could not from the tenant alone.
+        Audit.AuditScope.SetResource(Backup.AccessReplay.BindingResource(name, role, tenant));
         if (await access.DeleteRoleBindingAsync(name, role, tenant, cancellationToken))
         {
             return;
