@@ -1195,6 +1195,44 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             }
 
             Assert.Equal(head, await AuditHeadAsync(Path.Combine(target, "kms.db")));
+
+            // Without the audit key nothing in the export is verified: the principal is not made
+            // DELETED (that cannot be undone), but its token is revoked and its binding removed.
+            var unverifiedTarget = TempPath("kms-restored-");
+            try
+            {
+                await BackupRestore.RunAsync(backup, PublishedAuditKey(), unverifiedTarget, [], replace: false, CancellationToken.None, withoutAuditLogs: true);
+                await using var dump = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(unverifiedTarget, "kms.db") }, default);
+                var unverified = await BackupRestore.ReapplyFromLogsAsync(dump, [exportPath], null, null, CancellationToken.None);
+                var gone = Kms.Core.Access.PrincipalName.Parse("token:gone", "p");
+                Assert.False((await dump.GetPrincipalAsync(gone, default))!.Deleted);
+                Assert.NotNull((await dump.GetApiTokenAsync(goneToken, default))!.RevokeTime);
+                Assert.Empty(await dump.GetRoleBindingsAsync(gone, default));
+                Assert.NotNull((await dump.GetApiTokenAsync(revoked, default))!.RevokeTime);
+                Assert.Contains(unverified.Skipped, s => s.StartsWith("tenants/dev/principals/token:gone not made DELETED ", StringComparison.Ordinal));
+            }
+            finally
+            {
+                RemoveAfterRestore(unverifiedTarget);
+            }
+
+            // Over the database that removed them, without logs: it is the record.
+            var over = await BackupRestore.RunAsync(backup, PublishedAuditKey(), _server.DataDir, [], replace: true, CancellationToken.None);
+            Assert.Equal(
+                [$"tenants/dev/principals/token:ci/apiTokens/{revoked}", "tenants/dev/principals/token:gone", "tenants/dev/principals/token:demoted/roleBindings/key-manager", grant],
+                over.AccessRemoved.Select(r => r.Resource).OrderBy(r => r.Contains("/apiTokens/", StringComparison.Ordinal) ? 0 : r.Contains("/roleBindings/", StringComparison.Ordinal) ? 2 : r.Contains("/grants/", StringComparison.Ordinal) ? 3 : 1));
+            Assert.All(over.AccessRemoved, r => Assert.Equal("the replaced database", r.Source));
+            Assert.Contains(over.AccessReview, r => r.StartsWith(key + ": its key policy in the replaced database (token:kept ENCRYPT) differs from the backup's (token:ci ENCRYPT, token:kept ENCRYPT+DECRYPT)", StringComparison.Ordinal));
+            await using (var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(_server.DataDir, "kms.db") }, default))
+            {
+                Assert.NotNull((await restored.GetApiTokenAsync(revoked, default))!.RevokeTime);
+                Assert.Null((await restored.GetApiTokenAsync(kept, default))!.RevokeTime);
+                Assert.True((await restored.GetPrincipalAsync(Kms.Core.Access.PrincipalName.Parse("token:gone", "p"), default))!.Deleted);
+                Assert.Equal(
+                    [Kms.Core.Access.Role.KeyUser],
+                    (await restored.GetRoleBindingsAsync(Kms.Core.Access.PrincipalName.Parse("token:demoted", "p"), default)).Select(b => b.Role));
+                Assert.NotNull(Assert.Single(await restored.ListGrantsAsync(KeyName.Parse(key, "k"), includeRevoked: true, default)).RevokeTime);
+            }
         }
         finally
         {

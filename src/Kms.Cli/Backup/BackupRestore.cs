@@ -134,8 +134,13 @@ internal static class BackupRestore
 
         string? observed = null;
         IReadOnlyList<(byte[] VersionId, long Count)> encryptCounts = [];
+        SqliteAccessState? replacedAccess = null;
         if (exists)
         {
+            // What it had removed of access (tokens revoked, principals deleted, bindings removed,
+            // grants revoked) and its key policies: compared with the snapshot once it is copied.
+            replacedAccess = await SqliteStore.ReadAccessStateAsync(target, cancellationToken);
+
             foreach (var (version, time) in await SqliteStore.ReadDestroyedVersionsAsync(target, cancellationToken))
             {
                 recorded.Add(new RecordedDestruction(version.Key, version.Version, time, "the replaced database"));
@@ -213,6 +218,8 @@ internal static class BackupRestore
                 throw KmsErrors.PermissionDenied($"the snapshot in {backupDir} changed while it was copied; nothing was restored");
             }
 
+            var snapshotPolicies = replacedAccess is null ? null : (await SqliteStore.ReadAccessStateAsync(staging, cancellationToken)).Policies;
+
             // 3. Re-apply the destructions in the copy; the store erases the material.
             var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
             var checkpointsPassedThrough = true;
@@ -229,6 +236,14 @@ internal static class BackupRestore
                     Outcome = "OK",
                     Client = Environment.MachineName,
                 };
+                if (replacedAccess is not null)
+                {
+                    // The replaced database's removals first: verified, and its times exact.
+                    var (removals, review) = await ReplacedAccessAsync(store, replacedAccess, snapshotPolicies!, cancellationToken);
+                    accessRemovals = [.. removals, .. accessRemovals];
+                    accessReview = [.. review, .. accessReview];
+                }
+
                 outcome = await ReapplyAsync(store, new Recorded(recorded, schedulings, liftings, tenantDeletions, accessRemovals), waitingPeriod, restored, staging, cancellationToken);
                 carriedCounts = await store.RaiseEncryptCountsAsync(encryptCounts, cancellationToken);
 
@@ -1023,4 +1038,63 @@ internal static class BackupRestore
 
         return removed;
     }
+
+    // What the replaced database removed of access that the snapshot still grants: each token it
+    // holds revoked, principal deleted, grant revoked (the snapshot's own are no-ops), and each
+    // role binding the snapshot holds of a principal the replaced database holds without it (its
+    // principals are never removed, only marked deleted: a binding missing there was removed after
+    // the backup). And, for review, each key whose policy there differs from the snapshot's: the
+    // restore installs the snapshot's (a policy replayed could widen as well as narrow).
+    private static async Task<(List<RecordedAccessRemoval> Removals, List<string> Review)> ReplacedAccessAsync(
+        SqlStore store, SqliteAccessState replaced, IReadOnlyDictionary<string, IReadOnlyDictionary<string, Kms.Core.Access.KeyOperations>> snapshotPolicies, CancellationToken cancellationToken)
+    {
+        var removals = new List<RecordedAccessRemoval>();
+        var tenantOf = replaced.Principals.ToDictionary(p => p.Name.ToString(), p => p.Tenant, StringComparer.Ordinal);
+        foreach (var (name, tenant, deleted) in replaced.Principals.Where(p => p.Deleted is not null))
+        {
+            removals.Add(new RecordedAccessRemoval(AccessRemovalKind.PrincipalDeletion, Kms.Core.Services.AccessService.AuditResourceOf(name, tenant), deleted!.Value, ReplacedDatabase, Verified: true));
+        }
+
+        foreach (var (id, principal, time) in replaced.RevokedTokens)
+        {
+            var holder = Kms.Core.Access.PrincipalName.Parse(principal, "principal");
+            removals.Add(new RecordedAccessRemoval(
+                AccessRemovalKind.TokenRevocation, $"{Kms.Core.Services.AccessService.AuditResourceOf(holder, tenantOf.GetValueOrDefault(principal))}/apiTokens/{id}", time, ReplacedDatabase, Verified: true));
+        }
+
+        var bound = replaced.Bindings.ToHashSet();
+        foreach (var (name, _, _) in replaced.Principals.Where(p => p.Deleted is null))
+        {
+            foreach (var binding in await store.GetRoleBindingsAsync(name, cancellationToken))
+            {
+                if (!bound.Contains((name.ToString(), binding.Role, binding.Tenant?.Value ?? "")))
+                {
+                    removals.Add(new RecordedAccessRemoval(AccessRemovalKind.RoleBindingRemoval, AccessReplay.BindingResource(name, binding.Role, binding.Tenant), DateTimeOffset.UtcNow, ReplacedDatabase, Verified: true));
+                }
+            }
+        }
+
+        removals.AddRange(replaced.RevokedGrants.Select(g => new RecordedAccessRemoval(AccessRemovalKind.GrantRevocation, g.Name, g.Time, ReplacedDatabase, Verified: true)));
+
+        var review = new List<string>();
+        foreach (var key in replaced.Policies.Keys.Union(snapshotPolicies.Keys).Order(StringComparer.Ordinal))
+        {
+            var there = replaced.Policies.GetValueOrDefault(key);
+            var here = snapshotPolicies.GetValueOrDefault(key);
+            if (SamePolicy(there, here) || await store.GetKeyAsync(KeyName.Parse(key, "key"), cancellationToken) is null)
+            {
+                continue;
+            }
+
+            review.Add($"{key}: its key policy in the replaced database ({PolicyText(there)}) differs from the backup's ({PolicyText(here)}), which the restore installed — set it again if the replaced one is meant");
+        }
+
+        return (removals, review);
+    }
+
+    private static bool SamePolicy(IReadOnlyDictionary<string, Kms.Core.Access.KeyOperations>? a, IReadOnlyDictionary<string, Kms.Core.Access.KeyOperations>? b) =>
+        (a?.Count ?? 0) == (b?.Count ?? 0) && (a is null || a.All(e => b!.TryGetValue(e.Key, out var operations) && operations == e.Value));
+
+    private static string PolicyText(IReadOnlyDictionary<string, Kms.Core.Access.KeyOperations>? policy) =>
+        policy is null || policy.Count == 0 ? "none" : string.Join(", ", policy.OrderBy(e => e.Key, StringComparer.Ordinal).Select(e => $"{e.Key} {e.Value.ToString().Replace(", ", "+", StringComparison.Ordinal).ToUpperInvariant()}"));
 }

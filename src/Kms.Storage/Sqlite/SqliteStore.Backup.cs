@@ -10,6 +10,19 @@ namespace Kms.Storage.Sqlite;
 /// <param name="AuditHead">The audit chain head inside the snapshot.</param>
 public sealed record SqliteSnapshot(int SchemaVersion, AuditHead AuditHead);
 
+/// <summary>What a database file holds of access (<see cref="SqliteStore.ReadAccessStateAsync"/>).</summary>
+/// <param name="Principals">Every principal, with its tenant and when it was deleted (null: it was not).</param>
+/// <param name="RevokedTokens">Every revoked API token: its id, its principal, when.</param>
+/// <param name="Bindings">Every role binding: principal, role, tenant ('' for a deployment role).</param>
+/// <param name="RevokedGrants">Every revoked grant: its name, when.</param>
+/// <param name="Policies">Each key's policy entries (principal: operations), by key name; a key without a policy is not there.</param>
+public sealed record SqliteAccessState(
+    IReadOnlyList<(Kms.Core.Access.PrincipalName Name, TenantId? Tenant, DateTimeOffset? Deleted)> Principals,
+    IReadOnlyList<(string Id, string Principal, DateTimeOffset Time)> RevokedTokens,
+    IReadOnlyList<(string Principal, Kms.Core.Access.Role Role, string Tenant)> Bindings,
+    IReadOnlyList<(string Name, DateTimeOffset Time)> RevokedGrants,
+    IReadOnlyDictionary<string, IReadOnlyDictionary<string, Kms.Core.Access.KeyOperations>> Policies);
+
 public sealed partial class SqliteStore
 {
     /// <summary>
@@ -167,6 +180,50 @@ public sealed partial class SqliteStore
             }
 
             return deleting;
+        });
+
+    /// <summary>
+    /// What a database file holds of access, read-only (no migration, nothing written): what a
+    /// restore over it compares with the snapshot to remove again what was removed after the backup.
+    /// </summary>
+    /// <exception cref="Kms.Core.Errors.KmsException">Unavailable when the file is not a readable database.</exception>
+    public static Task<SqliteAccessState> ReadAccessStateAsync(string path, CancellationToken cancellationToken) =>
+        GuardAsync(async () =>
+        {
+            var builder = new SqliteConnectionStringBuilder { DataSource = path, Mode = SqliteOpenMode.ReadOnly, Pooling = false };
+            await using var connection = new SqliteConnection(builder.ToString());
+            await connection.OpenAsync(cancellationToken);
+
+            async Task<List<T>> RowsAsync<T>(string sql, Func<System.Data.Common.DbDataReader, T> read)
+            {
+                await using var command = Command(connection, sql);
+                await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+                var rows = new List<T>();
+                while (await reader.ReadAsync(cancellationToken))
+                {
+                    rows.Add(read(reader));
+                }
+
+                return rows;
+            }
+
+            static DateTimeOffset Time(System.Data.Common.DbDataReader reader, int column) => DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(column));
+
+            // A database from before principals had a delete_time: a disabled principal is a deleted one.
+            var deleteTime = (await RowsAsync("SELECT name FROM pragma_table_info('principals')", r => r.GetString(0))).Contains("delete_time")
+                ? "delete_time" : "CASE WHEN disabled = 1 THEN create_time END";
+            var principals = await RowsAsync($"SELECT name, tenant, {deleteTime} FROM principals", r =>
+                (Name: Kms.Core.Access.PrincipalName.Parse(r.GetString(0), "principal"), Tenant: r.IsDBNull(1) ? (TenantId?)null : TenantId.Parse(r.GetString(1)), Deleted: r.IsDBNull(2) ? (DateTimeOffset?)null : Time(r, 2)));
+            var tokens = await RowsAsync("SELECT id, principal, revoke_time FROM api_tokens WHERE revoke_time IS NOT NULL", r => (Id: r.GetString(0), Principal: r.GetString(1), Time: Time(r, 2)));
+            var bindings = await RowsAsync("SELECT principal, role, tenant FROM role_bindings", r => (r.GetString(0), (Kms.Core.Access.Role)r.GetInt32(1), r.GetString(2)));
+            var grants = await RowsAsync("SELECT tenant, key_id, grant_id, revoke_time FROM grants WHERE revoke_time IS NOT NULL", r => (Name: $"tenants/{r.GetString(0)}/keys/{r.GetString(1)}/grants/{r.GetString(2)}", Time: Time(r, 3)));
+            var policies = await RowsAsync("SELECT tenant, key_id, principal, operations FROM key_policies ORDER BY tenant, key_id, principal", r => (Key: $"tenants/{r.GetString(0)}/keys/{r.GetString(1)}", Principal: r.GetString(2), Operations: (Kms.Core.Access.KeyOperations)r.GetInt32(3)));
+            return new SqliteAccessState(
+                [.. principals.Select(p => (p.Name, p.Tenant, p.Deleted))],
+                [.. tokens.Select(t => (t.Id, t.Principal, t.Time))],
+                [.. bindings],
+                [.. grants.Select(g => (g.Name, g.Time))],
+                policies.GroupBy(p => p.Key).ToDictionary(g => g.Key, g => (IReadOnlyDictionary<string, Kms.Core.Access.KeyOperations>)g.ToDictionary(p => p.Principal, p => p.Operations, StringComparer.Ordinal), StringComparer.Ordinal));
         });
 
     /// <summary>A setting of a database file, read-only (no migration, nothing written); null when unset.</summary>
