@@ -32,10 +32,7 @@ public sealed class CredentialFailureCacheTests : IDisposable
         using var next = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var jwks = Path.Combine(_dir, "jwks.json");
         File.WriteAllText(jwks, TestJwt.Jwks(TestJwt.Jwk(key)));
-        await using var server = await KmsTestServer.StartAsync(null, null, "dev", UseFakeClock,
-            "--Kms:Jwt:Issuers:0:Name=k8s", $"--Kms:Jwt:Issuers:0:Issuer={TestJwt.Issuer}", $"--Kms:Jwt:Issuers:0:Audience={TestJwt.Audience}",
-            $"--Kms:Jwt:Issuers:0:JwksPath={jwks}", "--Kms:CredentialCacheTime=00:05:00");
-        await RegisterAsync(server, "jwt:k8s:" + TestJwt.Subject);
+        await using var server = await StartWithJwtIssuerAsync(jwks);
         var verifier = server.Services.GetRequiredService<CallerAuthentication>().Workloads!;
         using var channel = server.CreateChannel();
         var kms = new KeyManagementService.KeyManagementServiceClient(channel);
@@ -74,11 +71,9 @@ public sealed class CredentialFailureCacheTests : IDisposable
         using var alice = pki.Issue("alice");
         pki.Revoke(alice);
         pki.WriteCrl(crlPath);
-        await using var server = await KmsTestServer.StartAsync(null, null, "dev", UseFakeClock,
-            $"--Kms:ClientCaPath={caPath}", $"--Kms:ClientCrlPath={crlPath}", "--Kms:CredentialCacheTime=00:05:00");
-        await RegisterAsync(server, "cn:alice");
+        await using var server = await StartWithClientCaAsync(caPath, crlPath);
         var verifier = server.Services.GetRequiredService<CallerAuthentication>().Certificates!;
-        using var channel = Channel(server, alice);
+        using var channel = server.CreateChannel(alice);
         var kms = new KeyManagementService.KeyManagementServiceClient(channel);
         Task<StatusCode> CallAsync() => StatusOfAsync(kms, null);
 
@@ -104,10 +99,7 @@ public sealed class CredentialFailureCacheTests : IDisposable
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var jwks = Path.Combine(_dir, "jwks.json");
         File.WriteAllText(jwks, TestJwt.Jwks(TestJwt.Jwk(key)));
-        await using var server = await KmsTestServer.StartAsync(null, null, "dev", UseFakeClock,
-            "--Kms:Jwt:Issuers:0:Name=k8s", $"--Kms:Jwt:Issuers:0:Issuer={TestJwt.Issuer}", $"--Kms:Jwt:Issuers:0:Audience={TestJwt.Audience}",
-            $"--Kms:Jwt:Issuers:0:JwksPath={jwks}", "--Kms:CredentialCacheTime=00:05:00");
-        await RegisterAsync(server, "jwt:k8s:" + TestJwt.Subject);
+        await using var server = await StartWithJwtIssuerAsync(jwks);
         var verifier = server.Services.GetRequiredService<CallerAuthentication>().Workloads!;
         using var channel = server.CreateChannel();
         var kms = new KeyManagementService.KeyManagementServiceClient(channel);
@@ -134,11 +126,9 @@ public sealed class CredentialFailureCacheTests : IDisposable
         var caPath = pki.WriteCa(Path.Combine(_dir, "client-ca.crt"));
         var crlPath = pki.WriteCrl(Path.Combine(_dir, "clients.crl"));
         using var alice = pki.Issue("alice", notBefore: _time.GetUtcNow().AddMinutes(2), notAfter: _time.GetUtcNow().AddDays(1));
-        await using var server = await KmsTestServer.StartAsync(null, null, "dev", UseFakeClock,
-            $"--Kms:ClientCaPath={caPath}", $"--Kms:ClientCrlPath={crlPath}", "--Kms:CredentialCacheTime=00:05:00");
-        await RegisterAsync(server, "cn:alice");
+        await using var server = await StartWithClientCaAsync(caPath, crlPath);
         var verifier = server.Services.GetRequiredService<CallerAuthentication>().Certificates!;
-        using var channel = Channel(server, alice);
+        using var channel = server.CreateChannel(alice);
         var kms = new KeyManagementService.KeyManagementServiceClient(channel);
         Task<StatusCode> CallAsync() => StatusOfAsync(kms, null);
 
@@ -149,6 +139,41 @@ public sealed class CredentialFailureCacheTests : IDisposable
         // Past its notBefore: verified again and accepted at once. Before: refused until the remembered refusal ran out.
         _time.Advance(TimeSpan.FromSeconds(65));
         Assert.Equal((Times(StatusCode.OK, 10), 1L), await CountedAsync(verifier, CallAsync, 10));
+    }
+
+    // One JWT issuer (k8s) whose keys are read from jwks; the test token's subject a key-user of dev.
+    private async Task<KmsTestServer> StartWithJwtIssuerAsync(string jwks)
+    {
+        var server = await KmsTestServer.StartAsync(null, null, "dev", UseFakeClock,
+            "--Kms:Jwt:Issuers:0:Name=k8s", $"--Kms:Jwt:Issuers:0:Issuer={TestJwt.Issuer}", $"--Kms:Jwt:Issuers:0:Audience={TestJwt.Audience}",
+            $"--Kms:Jwt:Issuers:0:JwksPath={jwks}", "--Kms:CredentialCacheTime=00:05:00");
+        try
+        {
+            await RegisterAsync(server, "jwt:k8s:" + TestJwt.Subject);
+            return server;
+        }
+        catch
+        {
+            await server.DisposeAsync();
+            throw;
+        }
+    }
+
+    // Client certificates of the CA at caPath, checked against crlPath; cn:alice a key-user of dev.
+    private async Task<KmsTestServer> StartWithClientCaAsync(string caPath, string crlPath)
+    {
+        var server = await KmsTestServer.StartAsync(null, null, "dev", UseFakeClock,
+            $"--Kms:ClientCaPath={caPath}", $"--Kms:ClientCrlPath={crlPath}", "--Kms:CredentialCacheTime=00:05:00");
+        try
+        {
+            await RegisterAsync(server, "cn:alice");
+            return server;
+        }
+        catch
+        {
+            await server.DisposeAsync();
+            throw;
+        }
     }
 
     private void UseFakeClock(IServiceCollection services) => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(_time));
@@ -199,18 +224,4 @@ public sealed class CredentialFailureCacheTests : IDisposable
     }
 
     private static string Times(StatusCode status, int times) => string.Join(",", Enumerable.Repeat(status, times));
-
-    private static global::Grpc.Net.Client.GrpcChannel Channel(KmsTestServer server, X509Certificate2 certificate)
-    {
-        var ca = X509Certificate2.CreateFromPem(File.ReadAllText(server.CaCertificatePath));
-        var handler = new SocketsHttpHandler();
-        handler.SslOptions.ClientCertificates = [certificate];
-        handler.SslOptions.CertificateChainPolicy = new X509ChainPolicy
-        {
-            TrustMode = X509ChainTrustMode.CustomRootTrust,
-            RevocationMode = X509RevocationMode.NoCheck,
-            CustomTrustStore = { ca },
-        };
-        return global::Grpc.Net.Client.GrpcChannel.ForAddress(server.Address, new global::Grpc.Net.Client.GrpcChannelOptions { HttpHandler = handler });
-    }
 }

@@ -294,7 +294,7 @@ public sealed class MutualTlsTests : IAsyncLifetime, IDisposable
     public async Task CertificateAndToken_Together_Unauthenticated()
     {
         using var certificate = _pki.Issue("alice");
-        using var channel = Channel(certificate);
+        using var channel = _server.CreateChannel(certificate);
         var e = await Assert.ThrowsAsync<RpcException>(async () => await new KeyManagementService.KeyManagementServiceClient(channel)
             .GenerateRandomAsync(new GenerateRandomRequest { LengthBytes = 8 }, KmsTestServer.Bearer(_server.KeyUserToken)));
         Assert.Equal(StatusCode.Unauthenticated, e.StatusCode);
@@ -328,20 +328,6 @@ public sealed class MutualTlsTests : IAsyncLifetime, IDisposable
 
     private KmsClient Client(X509Certificate2 certificate) =>
         new(new KmsClientOptions { Endpoint = _server.Address, CaCertificatePath = _server.CaCertificatePath, ClientCertificate = certificate });
-
-    private global::Grpc.Net.Client.GrpcChannel Channel(X509Certificate2 certificate)
-    {
-        var ca = X509Certificate2.CreateFromPem(File.ReadAllText(_server.CaCertificatePath));
-        var handler = new SocketsHttpHandler();
-        handler.SslOptions.ClientCertificates = [certificate];
-        handler.SslOptions.CertificateChainPolicy = new X509ChainPolicy
-        {
-            TrustMode = X509ChainTrustMode.CustomRootTrust,
-            RevocationMode = X509RevocationMode.NoCheck,
-            CustomTrustStore = { ca },
-        };
-        return global::Grpc.Net.Client.GrpcChannel.ForAddress(_server.Address, new global::Grpc.Net.Client.GrpcChannelOptions { HttpHandler = handler });
-    }
 
     // One file with a CRL of each CA.
     private void WriteCrls(params TestPki[] cas)

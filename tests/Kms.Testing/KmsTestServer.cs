@@ -190,10 +190,18 @@ public sealed class KmsTestServer : IAsyncDisposable
     private string ReadToken(string file) => File.ReadAllText(Path.Combine(DataDir, "tokens", file)).Trim();
 
     /// <summary>A channel without credentials, for other services (health, reflection) and raw calls.</summary>
-    public GrpcChannel CreateChannel()
+    public GrpcChannel CreateChannel() => CreateChannel(null);
+
+    /// <summary>A channel that presents <paramref name="clientCertificate"/> in the TLS handshake (null: none).</summary>
+    public GrpcChannel CreateChannel(System.Security.Cryptography.X509Certificates.X509Certificate2? clientCertificate)
     {
         var ca = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(File.ReadAllText(CaCertificatePath));
         var handler = new SocketsHttpHandler();
+        if (clientCertificate is not null)
+        {
+            handler.SslOptions.ClientCertificates = [clientCertificate];
+        }
+
         handler.SslOptions.CertificateChainPolicy = new System.Security.Cryptography.X509Certificates.X509ChainPolicy
         {
             TrustMode = System.Security.Cryptography.X509Certificates.X509ChainTrustMode.CustomRootTrust,
