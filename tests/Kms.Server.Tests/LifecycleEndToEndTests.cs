@@ -207,7 +207,9 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
         var scheduling = Assert.Single(await LifecycleEventsAsync(key.Name, officer));
         Assert.Equal((Kms.Core.Services.AccessService.TenantOffboardingOperation, key.Name, "OK"), (scheduling.Operation, scheduling.Resource, scheduling.Outcome));
         _time.Advance(TimeSpan.FromMinutes(2));
-        await Task.Delay(500);
+
+        // A whole pass after it, awaited (a fixed wait could end before any pass ran, and pass whatever they wrote).
+        await Worker.RunOnceAsync(default);
         Assert.Single(await LifecycleEventsAsync(key.Name, officer));
     }
 
