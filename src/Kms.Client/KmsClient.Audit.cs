@@ -6,8 +6,9 @@ namespace Kms.Client;
 public sealed partial class KmsClient
 {
     /// <summary>
-    /// Audit events, oldest first, matching the filters of <paramref name="query"/> (its page
-    /// token is ignored), fetched page by page as the enumeration proceeds.
+    /// Audit events matching the filters of <paramref name="query"/> (its page token is
+    /// ignored), oldest first or, with its <c>NewestFirst</c>, newest first, fetched page by page
+    /// as the enumeration proceeds.
     /// </summary>
     public IAsyncEnumerable<AuditEventInfo> ListAuditEventsAsync(ListAuditEventsRequest query, CancellationToken cancellationToken = default)
     {

@@ -1,3 +1,4 @@
+using System.Globalization;
 using Kms.Cli.Infrastructure;
 using Kms.Testing;
 
@@ -113,6 +114,42 @@ public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<
         Assert.Contains("key versions", table.Out, StringComparison.Ordinal);
         Assert.Contains("cli-audit-other/versions/1", table.Out, StringComparison.Ordinal);
         Assert.Contains("cli-audit-source/versions/1", table.Out, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task List_Newest_GivesTheLatestEventsNewestFirst_KeyTakesAShortName()
+    {
+        using var developer = fixture.Server.CreateClient();
+        var key = await developer.CreateKeyAsync("tenants/dev", "cli-audit-newest");
+        for (var i = 0; i < 3; i++)
+        {
+            await developer.EncryptAsync(key.Name, new byte[] { 1 });
+        }
+
+        var officer = Path.Combine(_directory, "newest-officer.token");
+        await File.WriteAllTextAsync(officer, await fixture.Server.CreatePrincipalWithTokenAsync("audit-newest-officer", null, "security-officer"));
+        var variables = fixture.Variables;
+        variables["KMS_TOKEN_FILE"] = officer;
+
+        async Task<long[]> SequencesAsync(params string[] args)
+        {
+            var result = await CliRun.InProcessAsync(variables, _directory, null, ["audit", "list", "--deployment", .. args, "-o", "json"]);
+            Assert.True(result.ExitCode == 0, result.ToString());
+            return [.. System.Text.Json.JsonDocument.Parse(result.Out).RootElement.GetProperty("events").EnumerateArray()
+                .Select(e => long.Parse(e.GetProperty("sequence").GetString()!, CultureInfo.InvariantCulture))];
+        }
+
+        // The key's four events (CreateKey, three Encrypts), by its full name and oldest first; then
+        // by its short name (KMS_TENANT's), the newest two, newest first.
+        var all = await SequencesAsync("--resource", key.Name);
+        Assert.Equal(4, all.Length);
+        Assert.Equal(all, await SequencesAsync("--key", "cli-audit-newest"));
+        Assert.Equal(all[..2], await SequencesAsync("--key", "dev/cli-audit-newest", "--limit", "2"));
+        Assert.Equal([all[3], all[2]], await SequencesAsync("--key", "cli-audit-newest", "--newest", "--limit", "2"));
+
+        var both = await CliRun.InProcessAsync(variables, _directory, null, "audit", "list", "--deployment", "--key", "cli-audit-newest", "--resource", key.Name);
+        Assert.Equal(ExitCodes.Usage, both.ExitCode);
+        Assert.Contains("--key or --resource", both.Error, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -70,6 +70,49 @@ public sealed class PageTokenTests : IAsyncLifetime
         Assert.True(next.Events[0].Sequence > first.Events[0].Sequence);
     }
 
+    [Fact]
+    public async Task ListAuditEvents_NewestFirst_PagesBackwardsThroughTheSameEvents_TokensBoundToTheOrder()
+    {
+        var key = await _developer.CreateKeyAsync("tenants/dev", "newest");
+        for (var i = 0; i < 4; i++)
+        {
+            await _developer.EncryptAsync(key.Name, new byte[] { 1 });
+        }
+
+        var oldest = new List<long>();
+        await foreach (var e in _officer.ListAuditEventsAsync(new ListAuditEventsRequest { Resource = key.Name, PageSize = 2 }))
+        {
+            oldest.Add(e.Sequence);
+        }
+
+        // CreateKey and four Encrypts, page by page of two, newest first: the same events reversed.
+        var newest = new List<long>();
+        var request = new ListAuditEventsRequest { Resource = key.Name, PageSize = 2, NewestFirst = true };
+        var first = await _officer.Audit.ListAuditEventsAsync(request);
+        newest.AddRange(first.Events.Select(e => e.Sequence));
+        var token = first.NextPageToken;
+        while (token.Length > 0)
+        {
+            var page = await _officer.Audit.ListAuditEventsAsync(new ListAuditEventsRequest(request) { PageToken = token });
+            newest.AddRange(page.Events.Select(e => e.Sequence));
+            token = page.NextPageToken;
+        }
+
+        Assert.Equal(5, oldest.Count);
+        Assert.Equal(Enumerable.Reverse(oldest), newest);
+
+        // A newest-first token read oldest first would list after its sequence, the events the first
+        // page already gave; an oldest-first one read newest first, before it. Both are refused.
+        var ascending = await _officer.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Resource = key.Name, PageSize = 2 });
+        foreach (var (order, pageToken) in new[] { (false, first.NextPageToken), (true, ascending.NextPageToken) })
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(async () => await _officer.Audit.ListAuditEventsAsync(
+                new ListAuditEventsRequest { Resource = key.Name, PageSize = 2, NewestFirst = order, PageToken = pageToken }));
+            Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+            Assert.StartsWith("page_token", e.Status.Detail, StringComparison.Ordinal);
+        }
+    }
+
     [Theory]
     [InlineData("garbled")]
     [InlineData("17")]

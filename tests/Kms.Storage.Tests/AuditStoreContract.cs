@@ -49,6 +49,15 @@ public abstract class AuditStoreContract : AccessStoreContract
         Assert.Equal(new long[] { 2L, 3L }, await Seqs(new AuditQuery { StartTime = T0.AddSeconds(2), EndTime = T0.AddSeconds(4) }));
         Assert.Equal(new long[] { 3L, 4L }, await Seqs(new AuditQuery { AfterSequence = 2, Limit = 5 }));
         Assert.Equal(new long[] { 1L }, await Seqs(new AuditQuery { Limit = 1 }));
+
+        // Newest first: descending, the cursor an upper bound, the filters as before.
+        Assert.Equal(new long[] { 4L, 3L }, await Seqs(new AuditQuery { NewestFirst = true, Limit = 2 }));
+        Assert.Equal(new long[] { 2L, 1L }, await Seqs(new AuditQuery { NewestFirst = true, BeforeSequence = 3, Limit = 5 }));
+        Assert.Equal(new long[] { 4L, 3L, 1L }, await Seqs(new AuditQuery { NewestFirst = true, Tenant = "dev" }));
+        Assert.Equal(new long[] { 1L }, await Seqs(new AuditQuery { NewestFirst = true, Principal = "token:alice", BeforeSequence = 3 }));
+        Assert.Equal(new long[] { 3L, 2L }, await Seqs(new AuditQuery { NewestFirst = true, StartTime = T0.AddSeconds(2), EndTime = T0.AddSeconds(4) }));
+        // The oldest-first cursor is not read in a newest-first listing.
+        Assert.Equal(new long[] { 4L }, await Seqs(new AuditQuery { NewestFirst = true, AfterSequence = 4, Limit = 1 }));
     }
 
     [Fact]

@@ -29,16 +29,31 @@ internal static class AuditCommands
         var end = new Option<DateTimeOffset?>("--end") { Description = "events before this time (ISO 8601)", HelpName = "TIME" };
         var principal = new Option<string?>("--principal") { Description = "only this principal's events (token:NAME, cn:..., system:JOB)", HelpName = "PRINCIPAL" };
         var resource = new Option<string?>("--resource") { Description = "only events about this resource (its full name) or anything under it (a key and its versions, also as a ReEncrypt source or a batch's key version)", HelpName = "NAME" };
+        var key = new Option<string?>("--key") { Description = "only events about this key, its versions included: KEY (of --tenant or the profile's tenant), TENANT/KEY, a full name, or KEY/versions/N for one version", HelpName = "KEY" };
+        var newest = new Option<bool>("--newest") { Description = "the newest events (at most --limit), newest first, instead of the oldest" };
         var operation = new Option<string?>("--operation") { Description = "only this operation: a full method or its last part (Decrypt)", HelpName = "OPERATION" };
         var outcome = new Option<string?>("--outcome") { Description = "only this outcome (OK, PERMISSION_DENIED, ...)", HelpName = "CODE" };
-        var limit = new Option<int>("--limit") { Description = "at most this many events, oldest first (default 100)", HelpName = "N", DefaultValueFactory = _ => 100 };
-        var command = new Command("list", "list audit events, oldest first: a tenant's (--tenant or the profile's; its auditors) or --deployment (security officers); ReEncrypt and batch events with the key versions they used") { deployment, start, end, principal, resource, operation, outcome, limit };
+        var limit = new Option<int>("--limit") { Description = "at most this many events (default 100): the oldest, or with --newest the newest", HelpName = "N", DefaultValueFactory = _ => 100 };
+        var command = new Command("list", "list audit events, oldest first (--newest: newest first): a tenant's (--tenant or the profile's; its auditors) or --deployment (security officers); ReEncrypt and batch events with the key versions they used") { deployment, start, end, principal, resource, key, operation, outcome, limit, newest };
         runner.SetAction(command, async (ctx, ct) =>
         {
             var max = ctx.ParseResult.GetValue(limit);
             if (max < 1)
             {
                 throw new CliUsageException("--limit must be at least 1");
+            }
+
+            var resourceName = ctx.ParseResult.GetValue(resource) ?? "";
+            if (ctx.ParseResult.GetValue(key) is { } keyName)
+            {
+                if (resourceName.Length > 0)
+                {
+                    throw new CliUsageException("give --key or --resource, not both");
+                }
+
+                // KEY, TENANT/KEY, a full name, or one of its versions; a bare KEY is --tenant's
+                // (or the profile's) even with --deployment, which only widens whose events are listed.
+                resourceName = ResourceNames.KeyOrVersion(keyName, ctx.Tenant);
             }
 
             var query = new Kms.Contracts.V1.ListAuditEventsRequest
@@ -48,9 +63,10 @@ internal static class AuditCommands
                 StartTime = ctx.ParseResult.GetValue(start) is { } from ? Google.Protobuf.WellKnownTypes.Timestamp.FromDateTimeOffset(from) : null,
                 EndTime = ctx.ParseResult.GetValue(end) is { } to ? Google.Protobuf.WellKnownTypes.Timestamp.FromDateTimeOffset(to) : null,
                 Principal = ctx.ParseResult.GetValue(principal) ?? "",
-                Resource = ctx.ParseResult.GetValue(resource) ?? "",
+                Resource = resourceName,
                 Operation = ctx.ParseResult.GetValue(operation) ?? "",
                 Outcome = ctx.ParseResult.GetValue(outcome) ?? "",
+                NewestFirst = ctx.ParseResult.GetValue(newest),
             };
             var events = new List<Kms.Contracts.V1.AuditEventInfo>();
             await foreach (var info in ctx.Client.ListAuditEventsAsync(query, ct))

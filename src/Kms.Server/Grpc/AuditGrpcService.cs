@@ -48,9 +48,13 @@ internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IA
             Resource = Filter(request.Resource, "resource"),
             Operation = Filter(request.Operation, "operation"),
             Outcome = Filter(request.Outcome, "outcome"),
+            NewestFirst = request.NewestFirst,
         };
         var filter = PageTokenFilter(query);
-        query = query with { AfterSequence = ReadPageToken(caller, filter, request.PageToken) };
+        var cursor = ReadPageToken(caller, filter, request.PageToken);
+        query = query.NewestFirst
+            ? query with { BeforeSequence = cursor ?? long.MaxValue }
+            : query with { AfterSequence = cursor ?? 0 };
         var events = await store.ListAuditEventsAsync(query, context.CancellationToken);
         var response = new ListAuditEventsResponse
         {
@@ -97,16 +101,23 @@ internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IA
     // silently start in the middle of that filter's events, skipping those before), and only as
     // issued: a garbled, edited or made-up one, or one of the layout before (the sequence in 8
     // bytes, tagged over the filter alone), is refused before the store is read. The page size
-    // is not bound: a caller may change it between pages.
+    // is not bound: a caller may change it between pages. The order is: a token of an oldest-first
+    // listing names the sequence to go on after, one of a newest-first listing the sequence to go
+    // on before, and one used in the other order is refused, not read the wrong way round.
     private const string Rpc = "ListAuditEvents";
 
-    private long ReadPageToken(Caller caller, IReadOnlyList<string?> filter, string token) =>
-        pageTokens.Open(Rpc, caller, filter, token, "filter (tenant, start_time, end_time, principal, resource, operation and outcome)") is not { } text ? 0
+    private long? ReadPageToken(Caller caller, IReadOnlyList<string?> filter, string token) =>
+        pageTokens.Open(Rpc, caller, filter, token, "filter (tenant, start_time, end_time, principal, resource, operation, outcome and newest_first)") is not { } text ? null
             : long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var sequence) ? sequence
             : throw KmsErrors.InvalidArgument("page_token", "is not a token that ListAuditEvents returned");
 
-    // Every filter field (absent and empty apart; the times as UTC ticks).
+    // Every filter field (absent and empty apart; the times as UTC ticks). The order is bound
+    // only when newest first, so that tokens of oldest-first listings issued before the field
+    // existed stay valid.
     private static string?[] PageTokenFilter(AuditQuery query) =>
+        query.NewestFirst ? [.. Filters(query), "newest_first"] : Filters(query);
+
+    private static string?[] Filters(AuditQuery query) =>
     [
         query.Tenant,
         query.StartTime?.UtcTicks.ToString(CultureInfo.InvariantCulture),

@@ -52,8 +52,8 @@ public abstract partial class SqlStore
     public Task<IReadOnlyList<AuditEvent>> ListAuditEventsAsync(AuditQuery query, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(query);
-        var sql = new StringBuilder($"SELECT {EventColumns} FROM audit_events WHERE seq > @after");
-        var parameters = new List<(string, object)> { ("@after", query.AfterSequence), ("@limit", query.Limit) };
+        var sql = new StringBuilder($"SELECT {EventColumns} FROM audit_events WHERE ").Append(query.NewestFirst ? "seq < @cursor" : "seq > @cursor");
+        var parameters = new List<(string, object)> { ("@cursor", query.NewestFirst ? query.BeforeSequence : query.AfterSequence), ("@limit", query.Limit) };
         void Filter(string condition, string name, object? value)
         {
             if (value is not null)
@@ -80,7 +80,7 @@ public abstract partial class SqlStore
         Filter("(operation = @operation OR (length(operation) > length(@operation) AND substr(operation, length(operation) - length(@operation)) = '/' || @operation))",
             "@operation", query.Operation);
         Filter("outcome = @outcome", "@outcome", query.Outcome);
-        sql.Append(" ORDER BY seq LIMIT @limit");
+        sql.Append(query.NewestFirst ? " ORDER BY seq DESC LIMIT @limit" : " ORDER BY seq LIMIT @limit");
         return ReadListAsync(sql.ToString(), ReadEvent, cancellationToken, [.. parameters]);
     }
 

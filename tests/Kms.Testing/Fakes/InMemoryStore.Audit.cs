@@ -68,7 +68,8 @@ public sealed partial class InMemoryStore : IAuditStore
         ArgumentNullException.ThrowIfNull(query);
         lock (_lock)
         {
-            IReadOnlyList<AuditEvent> rows = _audit.Where(e => e.Sequence > query.AfterSequence
+            var ordered = query.NewestFirst ? _audit.AsEnumerable().Reverse() : _audit;
+            IReadOnlyList<AuditEvent> rows = ordered.Where(e => (query.NewestFirst ? e.Sequence < query.BeforeSequence : e.Sequence > query.AfterSequence)
                     && (query.StartTime is not { } start || e.Entry.Time >= start)
                     && (query.EndTime is not { } end || e.Entry.Time < end)
                     && (query.Principal is null || e.Entry.Principal == query.Principal)
