@@ -229,6 +229,7 @@ internal static class LoadGenerator
             // The tenant quota (default 5,000 ops/s) would cap the sweep; it is still metered.
             "--Kms:Quotas:OperationsPerSecond=10000000", "--Kms:Quotas:Burst=10000000",
             "--Kms:Quotas:PrincipalsWithoutTenant:CallsPerSecond=10000000", "--Kms:Quotas:PrincipalsWithoutTenant:Burst=10000000",
+            "--Kms:Quotas:OtherCallsPerSecond=10000000", "--Kms:Quotas:OtherCallsBurst=10000000",
             $"--Kms:Audit:Enabled={(audit ? "true" : "false")}",
             .. extra,
             .. fromEnvironment,

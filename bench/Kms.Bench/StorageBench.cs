@@ -256,6 +256,7 @@ internal static class StorageBench
             // The tenant quota (default 5,000 ops/s) would cap the loop; it is still metered.
             "--Kms:Quotas:OperationsPerSecond=10000000", "--Kms:Quotas:Burst=10000000",
             "--Kms:Quotas:PrincipalsWithoutTenant:CallsPerSecond=10000000", "--Kms:Quotas:PrincipalsWithoutTenant:Burst=10000000",
+            "--Kms:Quotas:OtherCallsPerSecond=10000000", "--Kms:Quotas:OtherCallsBurst=10000000",
             .. args,
         ], logging => logging.MinimumLevel.Warning(), configureServices);
         await app.StartAsync();

@@ -43,6 +43,10 @@ public sealed class TenantQuotasTests
     [InlineData("Kms:Quotas:Tenants:acme:Burst", "0.5")]
     [InlineData("Kms:Quotas:PrincipalsWithoutTenant:CallsPerSecond", "0")]
     [InlineData("Kms:Quotas:PrincipalsWithoutTenant:Burst", "0.5")]
+    [InlineData("Kms:Quotas:OtherCallsPerSecond", "0")]
+    [InlineData("Kms:Quotas:OtherCallsBurst", "0.5")]
+    [InlineData("Kms:Quotas:Tenants:acme:OtherCallsPerSecond", "0")]
+    [InlineData("Kms:Quotas:Tenants:acme:OtherCallsBurst", "0")]
     public async Task Build_AQuotaOfZero_RefusedBeforeTouchingTheHsm_NamingTheOptionAndTheWayToSwitchQuotasOff(string option, string value)
     {
         // 0 used to turn the quota off: an operator writing it to block a tenant gave it no limit.

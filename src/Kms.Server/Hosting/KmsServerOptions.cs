@@ -329,6 +329,16 @@ public sealed class QuotaOptions
     /// <summary>Largest burst per tenant (the bucket's size); at least 1.</summary>
     public double Burst { get; set; } = 10000;
 
+    /// <summary>
+    /// Sustained calls per second per tenant other than crypto operations — reads and management
+    /// (GetKey, ListKeys, an auditor's ListAuditEvents, CreateKey, SetKeyPolicy, …), a stream once
+    /// when it starts — on a bucket of the tenant's own, apart from its crypto quota; above 0.
+    /// </summary>
+    public double OtherCallsPerSecond { get; set; } = 1000;
+
+    /// <summary>Largest burst of a tenant's calls other than crypto operations; at least 1.</summary>
+    public double OtherCallsBurst { get; set; } = 2000;
+
     /// <summary>Per-tenant overrides by tenant id.</summary>
     public Dictionary<string, TenantQuota> Tenants { get; set; } = [];
 
@@ -351,6 +361,8 @@ public sealed class QuotaOptions
     {
         Check("Kms:Quotas:OperationsPerSecond", OperationsPerSecond, 0, above: true);
         Check("Kms:Quotas:Burst", Burst, 1, above: false);
+        Check("Kms:Quotas:OtherCallsPerSecond", OtherCallsPerSecond, 0, above: true);
+        Check("Kms:Quotas:OtherCallsBurst", OtherCallsBurst, 1, above: false);
         Check("Kms:Quotas:PrincipalsWithoutTenant:CallsPerSecond", PrincipalsWithoutTenant.CallsPerSecond, 0, above: true);
         Check("Kms:Quotas:PrincipalsWithoutTenant:Burst", PrincipalsWithoutTenant.Burst, 1, above: false);
         foreach (var (tenant, quota) in Tenants)
@@ -363,6 +375,16 @@ public sealed class QuotaOptions
             if (quota.Burst is { } burst)
             {
                 Check($"Kms:Quotas:Tenants:{tenant}:Burst", burst, 1, above: false);
+            }
+
+            if (quota.OtherCallsPerSecond is { } otherRate)
+            {
+                Check($"Kms:Quotas:Tenants:{tenant}:OtherCallsPerSecond", otherRate, 0, above: true);
+            }
+
+            if (quota.OtherCallsBurst is { } otherBurst)
+            {
+                Check($"Kms:Quotas:Tenants:{tenant}:OtherCallsBurst", otherBurst, 1, above: false);
             }
         }
 
@@ -396,4 +418,10 @@ public sealed class TenantQuota
 
     /// <summary>Largest burst; default: two seconds' worth.</summary>
     public double? Burst { get; set; }
+
+    /// <summary>Sustained calls per second other than crypto operations, above 0; unset: <see cref="QuotaOptions.OtherCallsPerSecond"/>.</summary>
+    public double? OtherCallsPerSecond { get; set; }
+
+    /// <summary>Largest burst of calls other than crypto operations; default: two seconds' worth.</summary>
+    public double? OtherCallsBurst { get; set; }
 }

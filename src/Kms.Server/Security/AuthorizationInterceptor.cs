@@ -52,6 +52,7 @@ internal sealed partial class AuthorizationInterceptor(
     private readonly LogThrottle _unauthenticatedLog = new();
     private readonly LogThrottle _quotaLog = new();
     private readonly LogThrottle _principalQuotaLog = new();
+    private readonly LogThrottle _otherQuotaLog = new();
 
     // Only authorized, non-public unary calls take an in-flight slot: an anonymous caller
     // cannot fill the server with calls that never end (health Watch streams), and the
@@ -246,8 +247,8 @@ internal sealed partial class AuthorizationInterceptor(
     }
 
     // After the in-flight slot is taken: a call shed for capacity has spent none of its tenant's quota.
-    // A caller of a tenant spends its tenant's quota on crypto; a caller of no tenant, its own bucket on
-    // every call (a public call has no caller).
+    // A caller of a tenant spends its tenant's quota on crypto, and the tenant's bucket of other calls on
+    // every other call; a caller of no tenant, its own bucket on every call (a public call has no caller).
     private void TakeQuota(AccessRule rule, IMessage? request, ServerCallContext context)
     {
         if (!context.UserState.TryGetValue(CallerKey, out var value) || value is not Caller caller)
@@ -271,15 +272,26 @@ internal sealed partial class AuthorizationInterceptor(
             return;
         }
 
-        if (rule.QuotaCost is { } cost && request is not null
-            && !quotas.TryTake(home, cost(request), out var retryAfter))
+        if (rule.QuotaCost is { } cost)
         {
-            if (_quotaLog.Count() is > 0 and var exceeded)
+            if (request is not null && !quotas.TryTake(home, cost(request), out var retryAfter))
             {
-                LogQuotaExceeded(logger, context.Method, home.Value, exceeded);
+                if (_quotaLog.Count() is > 0 and var exceeded)
+                {
+                    LogQuotaExceeded(logger, context.Method, home.Value, exceeded);
+                }
+
+                throw QuotaExceeded(home, retryAfter);
+            }
+        }
+        else if (!quotas.TryTakeOther(home, out var wait))
+        {
+            if (_otherQuotaLog.Count() is > 0 and var refused)
+            {
+                LogOtherQuotaExceeded(logger, context.Method, home.Value, refused);
             }
 
-            throw QuotaExceeded(home, retryAfter);
+            throw RateExceeded($"the quota of {home.ResourceName} for calls other than crypto operations is used up (Kms:Quotas:OtherCallsPerSecond); retry after {wait.TotalMilliseconds:0} ms", wait);
         }
     }
 
@@ -466,6 +478,9 @@ internal sealed partial class AuthorizationInterceptor(
 
     [LoggerMessage(EventId = 1102, Level = LogLevel.Information, Message = "{Method} refused: quota of tenant {Tenant} exceeded; {Count} calls refused for quota since the last such message")]
     private static partial void LogQuotaExceeded(ILogger logger, string method, string tenant, long count);
+
+    [LoggerMessage(EventId = 1316, Level = LogLevel.Information, Message = "{Method} refused: the quota of tenant {Tenant} for calls other than crypto operations exceeded (Kms:Quotas:OtherCallsPerSecond); {Count} calls refused since the last such message")]
+    private static partial void LogOtherQuotaExceeded(ILogger logger, string method, string tenant, long count);
 
     [LoggerMessage(EventId = 1315, Level = LogLevel.Information, Message = "{Method} refused: the call rate of {Principal}, a principal of no tenant, exceeded (Kms:Quotas:PrincipalsWithoutTenant); {Count} calls refused for it since the last such message")]
     private static partial void LogPrincipalQuotaExceeded(ILogger logger, string method, string principal, long count);

@@ -6,7 +6,8 @@ using Microsoft.Extensions.Options;
 namespace Kms.Server.Security;
 
 /// <summary>
-/// A token bucket per tenant for crypto operations, so one tenant cannot starve another.
+/// A token bucket per tenant for crypto operations, so one tenant cannot starve another, and
+/// another per tenant for its other calls (reads and management).
 /// Driven by <see cref="TimeProvider"/> (tests use a fake clock). Per node: a deployment of N
 /// nodes admits up to N times the configured rate. A rate is never 0 (refused at start); metering
 /// is off only with <c>Kms:Quotas:Enabled=false</c>.
@@ -15,6 +16,10 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
 {
     private readonly QuotaOptions _options = options.Value.Quotas;
     private readonly ConcurrentDictionary<TenantId, Bucket> _buckets = new();
+
+    // The tenants' calls other than crypto operations, on buckets apart: a flood of reads
+    // spends none of the tenant's crypto quota, and crypto spends none of its reads.
+    private readonly ConcurrentDictionary<TenantId, Bucket> _otherBuckets = new();
 
     // The principals of no tenant, each on its own bucket. Only registered deployment principals
     // and the certificate or workload principals that authenticate reach here, but an unregistered
@@ -38,6 +43,22 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
 
         var (rate, burst) = LimitOf(tenant);
         return Take(_buckets.GetOrAdd(tenant, _ => new Bucket(burst, time.GetTimestamp())), cost, rate, burst, out retryAfter);
+    }
+
+    /// <summary>
+    /// Takes one call from the tenant's bucket of calls other than crypto operations
+    /// (<see cref="QuotaOptions.OtherCallsPerSecond"/>); false (and how long to wait) if it is empty.
+    /// </summary>
+    public bool TryTakeOther(TenantId tenant, out TimeSpan retryAfter)
+    {
+        retryAfter = TimeSpan.Zero;
+        if (!_options.Enabled)
+        {
+            return true;
+        }
+
+        var (rate, burst) = OtherLimitOf(tenant);
+        return Take(_otherBuckets.GetOrAdd(tenant, _ => new Bucket(burst, time.GetTimestamp())), 1, rate, burst, out retryAfter);
     }
 
     /// <summary>
@@ -91,6 +112,12 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
             ? (own.OperationsPerSecond ?? _options.OperationsPerSecond,
                own.Burst ?? (own.OperationsPerSecond is { } rate ? Math.Max(1, rate * 2) : _options.Burst))
             : (_options.OperationsPerSecond, _options.Burst);
+
+    private (double Rate, double Burst) OtherLimitOf(TenantId tenant) =>
+        _tenants.TryGetValue(tenant.Value, out var own)
+            ? (own.OtherCallsPerSecond ?? _options.OtherCallsPerSecond,
+               own.OtherCallsBurst ?? (own.OtherCallsPerSecond is { } rate ? Math.Max(1, rate * 2) : _options.OtherCallsBurst))
+            : (_options.OtherCallsPerSecond, _options.OtherCallsBurst);
 
     // Configuration merges keys that differ only in case; of options built in code, the last stands.
     private static Dictionary<string, TenantQuota> IgnoringCase(Dictionary<string, TenantQuota> tenants)

@@ -1,0 +1,74 @@
+using Google.Rpc;
+using Grpc.Core;
+using Kms.Contracts.V1;
+using Kms.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Kms.Server.Tests;
+
+/// <summary>
+/// A tenant's calls other than crypto operations — reads and management, an auditor's
+/// ListAuditEvents — have a rate of their own (<c>Kms:Quotas:OtherCallsPerSecond</c>, SECURITY.md
+/// claim 144), on a bucket apart from the tenant's crypto quota. Before, only the tenant's crypto was
+/// metered: its principals could list keys or page its audit as fast as the node answered.
+/// </summary>
+public sealed class TenantCallRateTests
+{
+    [Fact]
+    public async Task TenantPastItsRateOfOtherCalls_ReadsRefusedResourceExhausted_CryptoAndOtherTenantsServed_ServedAgainOnceRefilled()
+    {
+        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev",
+            services => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(time)),
+            "--Kms:Quotas:OtherCallsPerSecond=1", "--Kms:Quotas:OtherCallsBurst=3",
+            "--Kms:Quotas:Tenants:roomy:OtherCallsPerSecond=1000");
+        using (var admin = server.DeploymentAdmin())
+        {
+            await admin.Access.CreateTenantAsync(new CreateTenantRequest { TenantId = "roomy" });
+        }
+
+        var roomyToken = await server.CreatePrincipalWithTokenAsync("roomy-user", "roomy", "key-manager", "key-user", "auditor");
+        var devAuditor = KmsTestServer.Bearer(await server.CreatePrincipalWithTokenAsync("dev-auditor", "dev", "auditor"));
+        using var channel = server.CreateChannel();
+        var keys = new KeyManagementService.KeyManagementServiceClient(channel);
+        var audit = new AuditService.AuditServiceClient(channel);
+        var developer = KmsTestServer.Bearer(server.DeveloperToken);
+        var key = (await keys.CreateKeyAsync(new CreateKeyRequest { Parent = "tenants/dev", KeyId = "rated", Key = new Key { Purpose = KeyPurpose.EncryptDecrypt } }, developer)).Key;
+        time.Advance(TimeSpan.FromSeconds(10)); // the setup's calls spent the bucket: full again
+
+        // Three calls of the burst, whatever they are: a key read, a listing, the audit.
+        await keys.GetKeyAsync(new GetKeyRequest { Name = key.Name }, developer);
+        await keys.ListKeysAsync(new ListKeysRequest { Parent = "tenants/dev" }, developer);
+        await audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", PageSize = 1 }, developer);
+
+        var refused = await Assert.ThrowsAsync<RpcException>(async () => await keys.GetKeyAsync(new GetKeyRequest { Name = key.Name }, developer));
+        Assert.Equal(StatusCode.ResourceExhausted, refused.StatusCode);
+        Assert.Equal("the quota of tenants/dev for calls other than crypto operations is used up (Kms:Quotas:OtherCallsPerSecond); retry after 1000 ms", refused.Status.Detail);
+        Assert.Equal(TimeSpan.FromSeconds(1), refused.GetRpcStatus()!.GetDetail<RetryInfo>().RetryDelay.ToTimeSpan());
+        Assert.Contains(server.Logs.Events, line => line.Contains("Kms:Quotas:OtherCallsPerSecond", StringComparison.Ordinal) && line.Contains("dev", StringComparison.Ordinal));
+
+        // Another principal of the tenant shares its bucket.
+        Assert.Equal(StatusCode.ResourceExhausted, (await Assert.ThrowsAsync<RpcException>(async () =>
+            await audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", PageSize = 1 }, devAuditor))).StatusCode);
+
+        // Crypto spends the crypto quota, not this one; another tenant (with its own override) is served.
+        for (var i = 0; i < 5; i++)
+        {
+            await keys.EncryptAsync(new EncryptRequest { Name = key.Name, Plaintext = Google.Protobuf.ByteString.CopyFrom(1) }, developer);
+        }
+
+        var roomy = KmsTestServer.Bearer(roomyToken);
+        for (var i = 0; i < 10; i++)
+        {
+            await keys.ListKeysAsync(new ListKeysRequest { Parent = "tenants/roomy" }, roomy);
+        }
+
+        // A second later (the fake clock) dev has one call again, and only one.
+        time.Advance(TimeSpan.FromSeconds(1));
+        await audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", PageSize = 1 }, devAuditor);
+        Assert.Equal(StatusCode.ResourceExhausted, (await Assert.ThrowsAsync<RpcException>(async () =>
+            await keys.GetKeyAsync(new GetKeyRequest { Name = key.Name }, developer))).StatusCode);
+    }
+}
