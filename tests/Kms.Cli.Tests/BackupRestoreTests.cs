@@ -1240,6 +1240,88 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         }
     }
 
+    [Fact]
+    public async Task Restore_PrimaryAliasesAndLiftingsChangedAfterTheBackup_NotReplayed_ListedForReview_FromTheLogsAndFromTheReplacedDatabase()
+    {
+        var exportPath = TempPath("kms-export-", ".jsonl");
+        var target = TempPath("kms-restored-");
+        try
+        {
+            string backup, lapsed, steered, other, flicker;
+            using (var admin = _server.DeploymentAdmin())
+            using (var developer = _server.CreateClient())
+            using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+            {
+                await admin.Access.CreateTenantAsync(new CreateTenantRequest { TenantId = "paused" });
+                await admin.Access.DeleteTenantAsync(new DeleteTenantRequest { Name = "tenants/paused" });
+                lapsed = (await developer.CreateKeyAsync("tenants/dev", "lapsed")).Name;
+                await developer.DisableKeyAsync(lapsed);
+                steered = (await developer.CreateKeyAsync("tenants/dev", "steered")).Name;
+                other = (await developer.CreateKeyAsync("tenants/dev", "other")).Name;
+                flicker = (await developer.CreateKeyAsync("tenants/dev", "flicker")).Name;
+                await developer.CreateAliasAsync("tenants/dev", "front", steered);
+                await developer.CreateAliasAsync("tenants/dev", "gone", steered);
+                backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+
+                // After the backup, each a lifting or a change a restore does not replay.
+                await admin.Access.CancelTenantDeletionAsync(new CancelTenantDeletionRequest { Name = "tenants/paused" });
+                await developer.EnableKeyAsync(lapsed);
+                await developer.RotateKeyAsync(steered);
+                await developer.UpdateAliasAsync("tenants/dev/aliases/front", other);
+                await developer.CreateAliasAsync("tenants/dev", "late", other);
+                await developer.DeleteAliasAsync("tenants/dev/aliases/gone");
+                await developer.DisableKeyAsync(flicker);
+                await developer.EnableKeyAsync(flicker);
+                await using var file = File.CreateText(exportPath);
+                await officer.ExportAuditAsync(file);
+            }
+
+            await _server.DisposeAsync();
+
+            // From the verified logs: each listed with the event that made it; nothing replayed, and
+            // a disabling then an enabling after the backup ends as the enabling left it.
+            var report = await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [exportPath], replace: false, CancellationToken.None);
+            string[] fromLogs =
+            [
+                "tenants/paused: its deletion was cancelled after the backup (",
+                $"{steered}: rotated after the backup (",
+                "tenants/dev/aliases/front: the alias was pointed at another key after the backup (",
+                "tenants/dev/aliases/late: an alias created after the backup (",
+                "tenants/dev/aliases/gone: the alias was deleted after the backup (",
+            ];
+            Assert.Equal(fromLogs.Length, report.AccessReview.Count);
+            Assert.All(fromLogs, row => Assert.Contains(report.AccessReview, r => r.StartsWith(row, StringComparison.Ordinal)));
+            Assert.Equal([lapsed], report.Kept.Select(k => k.Resource));
+            Assert.DoesNotContain(report.Rescheduled, r => r.Resource == flicker);
+            await using (var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default))
+            {
+                Assert.Equal(Kms.Core.Access.TenantState.Deleting, (await restored.GetTenantAsync(TenantId.Parse("paused"), default))!.State);
+                Assert.Equal(KeyState.Disabled, (await restored.GetKeyAsync(KeyName.Parse(lapsed, "k"), default))!.State);
+                Assert.Equal(KeyState.Enabled, (await restored.GetKeyAsync(KeyName.Parse(flicker, "k"), default))!.State);
+                Assert.Equal(1, (await restored.GetKeyAsync(KeyName.Parse(steered, "k"), default))!.Primary.Name.Version);
+            }
+
+            // Over the replaced database, without logs: what it holds otherwise, with both sides.
+            var over = await BackupRestore.RunAsync(backup, PublishedAuditKey(), _server.DataDir, [], replace: true, CancellationToken.None);
+            string[] fromDatabase =
+            [
+                $"{lapsed}: ENABLED in the replaced database, DISABLED here",
+                $"{steered}: its primary is version 1 here, 2 in the replaced database, made after the backup and not in it",
+                $"tenants/dev/aliases/front: leads to {steered} here, to {other} in the replaced database",
+                $"tenants/dev/aliases/gone: leads to {steered} here, to nothing (deleted after the backup) in the replaced database",
+                $"tenants/dev/aliases/late: leads to nothing (not in the backup) here, to {other} in the replaced database",
+                "tenants/paused: ACTIVE in the replaced database, DELETING here",
+            ];
+            Assert.Equal(fromDatabase.Length, over.AccessReview.Count);
+            Assert.All(fromDatabase, row => Assert.Contains(over.AccessReview, r => r.StartsWith(row, StringComparison.Ordinal)));
+            Assert.Empty(over.Rescheduled);
+        }
+        finally
+        {
+            RemoveAfterRestore(target, exportPath);
+        }
+    }
+
     // The id of an API token (kms_ID_SECRET).
     private static string TokenIdOf(string token) =>
         Kms.Core.Access.ApiTokenSecret.TryParse(token, out var id, out _) ? id : throw new InvalidOperationException("not an API token");

@@ -36,7 +36,13 @@ internal sealed record RestoreReport(BackupManifest Manifest, IReadOnlyList<(str
     /// <summary>Removals of access made after the backup (a token revoked, a principal deleted, a role binding removed, a grant revoked) that the restore made again: the resource, and where it was found.</summary>
     public IReadOnlyList<(string Resource, string Source)> AccessRemoved { get; init; } = [];
 
-    /// <summary>Changes of access made after the backup that the logs cannot replay (a key policy set, a binding removed whose event does not name it): for the operator to review.</summary>
+    /// <summary>
+    /// Changes made after the backup that the restore does not replay, for the operator to review:
+    /// a key policy set, a binding removed whose event does not name it, a primary version changed,
+    /// an alias created, moved or deleted, a tenant's deletion cancelled that the backup holds
+    /// DELETING; and over a replaced database, each key or version it holds less restricted than
+    /// the restored copy, each primary, alias and tenant state that differs.
+    /// </summary>
     public IReadOnlyList<string> AccessReview { get; init; } = [];
 
     /// <summary>Versions whose encryption count the replaced database had higher (encryptions made after the backup): raised to it, with the backup's count and the replaced database's.</summary>
@@ -78,6 +84,9 @@ internal sealed record ReapplyOutcome(
 {
     /// <summary>Removals of access made again.</summary>
     public IReadOnlyList<(string Resource, string Source)> AccessRemoved { get; init; } = [];
+
+    /// <summary>Liftings of a tenant's deletion not replayed (the restored tenant stays DELETING), for review.</summary>
+    public IReadOnlyList<string> Review { get; init; } = [];
 }
 
 /// <summary>
@@ -135,11 +144,16 @@ internal static class BackupRestore
         string? observed = null;
         IReadOnlyList<(byte[] VersionId, long Count)> encryptCounts = [];
         SqliteAccessState? replacedAccess = null;
+        SqliteKeyUseState? replacedUse = null;
         if (exists)
         {
             // What it had removed of access (tokens revoked, principals deleted, bindings removed,
             // grants revoked) and its key policies: compared with the snapshot once it is copied.
             replacedAccess = await SqliteStore.ReadAccessStateAsync(target, cancellationToken);
+
+            // Its keys' states, primaries, aliases and tenants: what it lifted or changed after the
+            // backup is not replayed, but listed for review once the copy holds what is restored.
+            replacedUse = await SqliteStore.ReadKeyUseStateAsync(target, cancellationToken);
 
             foreach (var (version, time) in await SqliteStore.ReadDestroyedVersionsAsync(target, cancellationToken))
             {
@@ -245,6 +259,12 @@ internal static class BackupRestore
                 }
 
                 outcome = await ReapplyAsync(store, new Recorded(recorded, schedulings, liftings, tenantDeletions, accessRemovals), waitingPeriod, restored, staging, cancellationToken);
+                accessReview = [.. accessReview, .. outcome.Review];
+                if (replacedUse is not null)
+                {
+                    accessReview = [.. accessReview, .. NotReplayed(replacedUse, await SqliteStore.ReadKeyUseStateAsync(staging, cancellationToken), outcome.Kept)];
+                }
+
                 carriedCounts = await store.RaiseEncryptCountsAsync(encryptCounts, cancellationToken);
 
                 // The time the replaced database had seen pass, if later than the backup's: the
@@ -440,7 +460,7 @@ internal static class BackupRestore
             TenantsDeleting = outcome.TenantsDeleting,
             ReplacedCheckpoints = dataDir is null ? null : await MoveCheckpointsAsideUnlessPassedThroughAsync(store, dataDir, cancellationToken),
             AccessRemoved = outcome.AccessRemoved,
-            AccessReview = AccessReviews(logs, after),
+            AccessReview = [.. AccessReviews(logs, after), .. outcome.Review],
         };
     }
 
@@ -745,6 +765,7 @@ internal static class BackupRestore
         // snapshot holds (Verified: false).
         var waiting = waitingPeriod ?? SchedulingReplay.DefaultWaitingPeriod;
         var tenantsDeleting = new List<(string, string)>();
+        var review = new List<string>();
         var schedulings = what.Schedulings.ToList();
         // Keys whose deletion was cancelled after the backup by a verified CancelKeyDeletion — or
         // then enabled (the server enables no DESTROY_SCHEDULED key, so a verified EnableKey says
@@ -764,6 +785,13 @@ internal static class BackupRestore
             var deletions = ordered.Where(d => !d.Cancelled).ToList();
             if (deletions.Count == 0)
             {
+                // Only cancellations after the backup: one of a tenant the backup holds DELETING is
+                // a lifting, not replayed (as an EnableKey is not) — listed for the operator.
+                if (await store.GetTenantAsync(group.Key, cancellationToken) is { State: Kms.Core.Access.TenantState.Deleting })
+                {
+                    review.Add(TenantKeptDeleting(group.Key, ordered[^1]));
+                }
+
                 continue;
             }
 
@@ -788,7 +816,11 @@ internal static class BackupRestore
                 skipped.Add($"{group.Key.ResourceName}: {unverified.Source} cancelled its deletion after the backup, but that event is not covered by a checkpoint signed with the audit key: not trusted to lift a restriction — run CancelTenantDeletion again if the tenant should stay");
             }
 
-            if (cancelled)
+            if (cancelled && tenant.State == Kms.Core.Access.TenantState.Deleting)
+            {
+                review.Add(TenantKeptDeleting(group.Key, ordered[lifted]));
+            }
+            else if (cancelled)
             {
                 skipped.Add($"{group.Key.ResourceName} not made DELETING: {ordered[lifted].Source} cancelled its deletion after the backup; its keys are scheduled for deletion as the cancellation left them (a key manager cancels each to keep it)");
             }
@@ -884,7 +916,65 @@ internal static class BackupRestore
             throw KmsErrors.Unavailable($"the re-applied destructions could not be erased from {where}'s write-ahead log; nothing was installed");
         }
 
-        return new ReapplyOutcome(reapplied, skipped, rescheduled, kept, tenantsDeleting) { AccessRemoved = accessRemoved };
+        return new ReapplyOutcome(reapplied, skipped, rescheduled, kept, tenantsDeleting) { AccessRemoved = accessRemoved, Review = review };
+    }
+
+    // A tenant the restored database holds DELETING (the backup's own deletion) whose deletion was
+    // cancelled after the backup: a restore replays no lifting, so it stays DELETING.
+    private static string TenantKeptDeleting(Kms.Core.Names.TenantId tenant, RecordedTenantDeletion cancellation) =>
+        $"{tenant.ResourceName}: its deletion was cancelled after the backup ({cancellation.Source}"
+        + (cancellation.Verified ? "" : ", an event no checkpoint signed with the audit key covers")
+        + "), but the backup holds it DELETING and a restore replays no lifting: it stays DELETING — run CancelTenantDeletion again if it should stay (then CancelKeyDeletion for each key to keep)";
+
+    // What the replaced database holds that the restore leaves otherwise, and does not replay: a
+    // key or version less restricted there (enabled, restored or cancelled after the backup: a
+    // lifting), a primary, an alias, a tenant's state that differs. Not replayed because each could
+    // widen or steer use; a key or version the logs already report as kept is not listed again.
+    private static IEnumerable<string> NotReplayed(SqliteKeyUseState replaced, SqliteKeyUseState restored, IReadOnlyList<KeptRestriction> kept)
+    {
+        static int Rank(KeyState state) => state switch
+        {
+            KeyState.Enabled => 0,
+            KeyState.Disabled => 1,
+            KeyState.DestroyScheduled => 2,
+            _ => 3,
+        };
+
+        var reported = kept.Select(k => k.Resource).ToHashSet(StringComparer.Ordinal);
+        foreach (var (name, state) in restored.States.OrderBy(s => s.Key, StringComparer.Ordinal))
+        {
+            if (state is KeyState.Disabled or KeyState.DestroyScheduled && replaced.States.TryGetValue(name, out var there) && Rank(there) < Rank(state) && !reported.Contains(name))
+            {
+                yield return $"{name}: {KeyTransitions.StateName(there)} in the replaced database, {KeyTransitions.StateName(state)} here — lifted after the backup, and a restore replays no lifting: lift it again if it should be in use";
+            }
+        }
+
+        foreach (var (key, primary) in restored.Primaries.OrderBy(p => p.Key, StringComparer.Ordinal))
+        {
+            if (replaced.Primaries.TryGetValue(key, out var there) && there != primary)
+            {
+                var held = restored.States.ContainsKey($"{key}/versions/{there.ToString(CultureInfo.InvariantCulture)}") ? "" : ", made after the backup and not in it";
+                yield return $"{key}: its primary is version {primary.ToString(CultureInfo.InvariantCulture)} here, {there.ToString(CultureInfo.InvariantCulture)} in the replaced database{held} — set it again (UpdatePrimaryVersion, or RotateKey) if the replaced one is meant";
+            }
+        }
+
+        foreach (var alias in replaced.Aliases.Keys.Union(restored.Aliases.Keys).Order(StringComparer.Ordinal))
+        {
+            var there = replaced.Aliases.GetValueOrDefault(alias);
+            var here = restored.Aliases.GetValueOrDefault(alias);
+            if (there != here)
+            {
+                yield return $"{alias}: leads to {here ?? "nothing (not in the backup)"} here, to {there ?? "nothing (deleted after the backup)"} in the replaced database — update, create or delete it again if the replaced one is meant";
+            }
+        }
+
+        foreach (var (tenant, state) in restored.Tenants.OrderBy(t => t.Key, StringComparer.Ordinal))
+        {
+            if (state == Kms.Core.Access.TenantState.Deleting && replaced.Tenants.GetValueOrDefault(tenant) == Kms.Core.Access.TenantState.Active)
+            {
+                yield return $"{tenant}: ACTIVE in the replaced database, DELETING here — its deletion was cancelled after the backup, and a restore replays no lifting: run CancelTenantDeletion again if it should stay (then CancelKeyDeletion for each key to keep)";
+            }
+        }
     }
 
     // Makes each removal of access again, in the logs' order, each write with its audit event (a

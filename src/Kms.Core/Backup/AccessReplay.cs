@@ -43,8 +43,9 @@ public sealed record RecordedAccessRemoval(AccessRemovalKind Kind, string Resour
 /// Only removals are replayed, never additions: each is safe to repeat (revoking a revoked token,
 /// deleting a deleted principal changes nothing) and only ever narrows access. A change the logs
 /// cannot replay — a key policy set (events do not hold the policy), a role binding removed by a
-/// server that did not yet name the binding in the event — is listed for the operator to review
-/// (<see cref="ReviewOf"/>).
+/// server that did not yet name the binding in the event — is listed for the operator to review,
+/// as is a change that is not replayed because it could widen or steer use (a primary version
+/// changed, an alias created, moved or deleted: <see cref="ReviewOf"/>).
 /// </remarks>
 public static class AccessReplay
 {
@@ -116,10 +117,13 @@ public static class AccessReplay
     }
 
     /// <summary>
-    /// What a successful audit event changed in access that the logs cannot replay, for the
-    /// operator to review after a restore, or null: a key policy set (SetKeyPolicy: the event
-    /// names the key, not the policy, and the restored one is the backup's), or a role binding
-    /// removed whose event names only its tenant (written before events named the binding).
+    /// What a successful audit event changed that a restore does not replay, for the operator to
+    /// review after it, or null: a key policy set (SetKeyPolicy: the event names the key, not the
+    /// policy, and the restored one is the backup's), a role binding removed whose event names
+    /// only its tenant (written before events named the binding), a key's primary changed
+    /// (UpdatePrimaryVersion, RotateKey: the restored primary is the backup's), an alias created,
+    /// moved or deleted (CreateAlias, UpdateAlias, DeleteAlias: the restored aliases are the
+    /// backup's).
     /// </summary>
     /// <param name="operation">The event's operation.</param>
     /// <param name="resource">Its resource.</param>
@@ -142,7 +146,18 @@ public static class AccessReplay
             return $"{(string.IsNullOrEmpty(resource) ? "deployment" : resource)}: a role binding was removed after the backup ({source}), by a server whose event does not name it — check the bindings (ListRoleBindings) and remove it again";
         }
 
-        return null;
+        // What a key's callers get besides its state: which version encrypts, where an alias
+        // leads. Not replayed (a primary set or an alias moved by a forged event would steer
+        // encryptions), and the events name the key or alias, not the version or target.
+        return string.IsNullOrEmpty(resource) ? null : operation switch
+        {
+            Keys + "UpdatePrimaryVersion" => $"{resource}: its primary version was changed after the backup ({source}); the restored primary is the backup's — check it (GetKey) and set it again (UpdatePrimaryVersion)",
+            Keys + "RotateKey" => $"{resource}: rotated after the backup ({source}); the versions made since are not in the backup and the restored primary is the backup's — rotate it again if the rotation retired a version",
+            Keys + "CreateAlias" => $"{resource}: an alias created after the backup ({source}) is not in the backup — create it again (ListAliases)",
+            Keys + "UpdateAlias" => $"{resource}: the alias was pointed at another key after the backup ({source}); the restored alias leads where the backup's did — check it (GetAlias) and update it again",
+            Keys + "DeleteAlias" => $"{resource}: the alias was deleted after the backup ({source}); the backup's is back and resolves again — delete it again",
+            _ => null,
+        };
     }
 
     /// <summary>The resource a DeleteRoleBinding event names (and a re-applied removal's): the principal's, then <c>/roleBindings/ROLE</c>.</summary>

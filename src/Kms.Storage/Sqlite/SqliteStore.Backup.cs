@@ -23,6 +23,17 @@ public sealed record SqliteAccessState(
     IReadOnlyList<(string Name, DateTimeOffset Time)> RevokedGrants,
     IReadOnlyDictionary<string, IReadOnlyDictionary<string, Kms.Core.Access.KeyOperations>> Policies);
 
+/// <summary>What a database file holds of how its keys are used (<see cref="SqliteStore.ReadKeyUseStateAsync"/>).</summary>
+/// <param name="States">Each key's and version's state, by its name.</param>
+/// <param name="Primaries">Each key's primary version number, by key name.</param>
+/// <param name="Aliases">Each alias's key name, by alias name.</param>
+/// <param name="Tenants">Each tenant's state, by its resource name.</param>
+public sealed record SqliteKeyUseState(
+    IReadOnlyDictionary<string, KeyState> States,
+    IReadOnlyDictionary<string, int> Primaries,
+    IReadOnlyDictionary<string, string> Aliases,
+    IReadOnlyDictionary<string, Kms.Core.Access.TenantState> Tenants);
+
 public sealed partial class SqliteStore
 {
     /// <summary>
@@ -224,6 +235,65 @@ public sealed partial class SqliteStore
                 [.. bindings],
                 [.. grants.Select(g => (g.Name, g.Time))],
                 policies.GroupBy(p => p.Key).ToDictionary(g => g.Key, g => (IReadOnlyDictionary<string, Kms.Core.Access.KeyOperations>)g.ToDictionary(p => p.Principal, p => p.Operations, StringComparer.Ordinal), StringComparer.Ordinal));
+        });
+
+    /// <summary>
+    /// What a database file holds of how its keys are used — states, primaries, aliases, tenants'
+    /// states — read-only (no migration, nothing written): what a restore over it compares with
+    /// the restored copy to list what was lifted or changed after the backup and is not replayed.
+    /// </summary>
+    /// <exception cref="Kms.Core.Errors.KmsException">Unavailable when the file is not a readable database.</exception>
+    public static Task<SqliteKeyUseState> ReadKeyUseStateAsync(string path, CancellationToken cancellationToken) =>
+        GuardAsync(async () =>
+        {
+            var builder = new SqliteConnectionStringBuilder { DataSource = path, Mode = SqliteOpenMode.ReadOnly, Pooling = false };
+            await using var connection = new SqliteConnection(builder.ToString());
+            await connection.OpenAsync(cancellationToken);
+            var states = new Dictionary<string, KeyState>(StringComparer.Ordinal);
+            var primaries = new Dictionary<string, int>(StringComparer.Ordinal);
+            var aliases = new Dictionary<string, string>(StringComparer.Ordinal);
+            var tenants = new Dictionary<string, Kms.Core.Access.TenantState>(StringComparer.Ordinal);
+            await using (var command = Command(connection, """
+                SELECT tenant, key_id, NULL, state, primary_version FROM keys
+                UNION ALL
+                SELECT tenant, key_id, version, state, NULL FROM key_versions
+                """))
+            await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
+            {
+                while (await reader.ReadAsync(cancellationToken))
+                {
+                    var key = $"tenants/{reader.GetString(0)}/keys/{reader.GetString(1)}";
+                    if (reader.IsDBNull(2))
+                    {
+                        states[key] = (KeyState)reader.GetInt32(3);
+                        primaries[key] = reader.GetInt32(4);
+                    }
+                    else
+                    {
+                        states[$"{key}/versions/{reader.GetInt32(2).ToString(System.Globalization.CultureInfo.InvariantCulture)}"] = (KeyState)reader.GetInt32(3);
+                    }
+                }
+            }
+
+            await using (var command = Command(connection, "SELECT tenant, alias_id, key_id FROM aliases"))
+            await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
+            {
+                while (await reader.ReadAsync(cancellationToken))
+                {
+                    aliases[$"tenants/{reader.GetString(0)}/aliases/{reader.GetString(1)}"] = $"tenants/{reader.GetString(0)}/keys/{reader.GetString(2)}";
+                }
+            }
+
+            await using (var command = Command(connection, "SELECT id, state FROM tenants"))
+            await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
+            {
+                while (await reader.ReadAsync(cancellationToken))
+                {
+                    tenants[$"tenants/{reader.GetString(0)}"] = (Kms.Core.Access.TenantState)reader.GetInt32(1);
+                }
+            }
+
+            return new SqliteKeyUseState(states, primaries, aliases, tenants);
         });
 
     /// <summary>A setting of a database file, read-only (no migration, nothing written); null when unset.</summary>
