@@ -154,4 +154,113 @@ public sealed class UsageCounterTests : IDisposable
         await _domain.Usage.FlushAsync(default);
         Assert.Equal(1, (await _store.GetVersionAsync(key.Name.Version(1), default))!.Usage.DecryptCount);
     }
+
+    [Fact]
+    public async Task Flush_ReadWhileItsWriteIsPending_DecryptCountNeverGoesBackwards()
+    {
+        var (key, blob) = await EncryptedAsync();
+        await DecryptAsync(blob, 3);
+        Assert.Equal(3, await LiveDecryptCountAsync(key));
+
+        // The flush has taken the pending 3 and not committed them yet: the store still says 0.
+        var (entered, release) = HoldNextUsageRecord();
+        var flush = _domain.Usage.FlushAsync(default);
+        await entered.Task;
+        Assert.Equal(3, await LiveDecryptCountAsync(key));
+
+        release.SetResult();
+        await flush;
+        Assert.Equal(3, await LiveDecryptCountAsync(key));
+        Assert.Equal(3, (await _store.GetVersionAsync(key.Name.Version(1), default))!.Usage.DecryptCount);
+    }
+
+    [Fact]
+    public async Task Flush_FailsAfterAReaderSawTheCounts_NothingLostNothingCountedTwice()
+    {
+        var (key, blob) = await EncryptedAsync();
+        await DecryptAsync(blob, 3);
+        Assert.Equal(3, await LiveDecryptCountAsync(key));
+
+        var (entered, release) = HoldNextUsageRecord(fail: true);
+        var flush = _domain.Usage.FlushAsync(default);
+        await entered.Task;
+        Assert.Equal(3, await LiveDecryptCountAsync(key));
+        release.SetResult();
+        await Assert.ThrowsAsync<KmsException>(() => flush);
+        Assert.Equal(3, await LiveDecryptCountAsync(key));
+
+        await DecryptAsync(blob, 1);
+        await _domain.Usage.FlushAsync(default);
+        Assert.Equal(4, (await _store.GetVersionAsync(key.Name.Version(1), default))!.Usage.DecryptCount);
+        Assert.Equal(4, await LiveDecryptCountAsync(key));
+    }
+
+    [Fact]
+    public async Task Reservation_ReadBeforeTheNodeLearnsOfItsNewBlock_EncryptCountNeverGoesBackwards()
+    {
+        var (key, _) = await EncryptedAsync(count: 4);
+        Assert.Equal(4, await LiveEncryptCountAsync(key));
+
+        // The fifth encryption reserves the next block (4 + 4 = 8 durable); a read between that
+        // write and the node recording the block sees 8 stored and must not show 8 used.
+        var entered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _store.AfterNextReservation = async () =>
+        {
+            entered.SetResult();
+            await release.Task;
+        };
+        var fifth = _domain.Crypto.EncryptAsync(Dev, key.Name, [1], EncryptionContext.Empty, default);
+        await entered.Task;
+        Assert.Equal(8, (await _store.GetVersionAsync(key.Name.Version(1), default))!.Usage.EncryptCount);
+        var during = await LiveEncryptCountAsync(key);
+        Assert.Equal(4, during);
+
+        release.SetResult();
+        await fifth;
+        Assert.Equal(5, await LiveEncryptCountAsync(key));
+    }
+
+    private async Task<(Kms.Core.Keys.Key Key, byte[] Blob)> EncryptedAsync(int count = 1)
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        byte[] blob = [];
+        for (var i = 0; i < count; i++)
+        {
+            blob = (await _domain.Crypto.EncryptAsync(Dev, key.Name, [1], EncryptionContext.Empty, default)).Ciphertext;
+        }
+
+        return (key, blob);
+    }
+
+    private async Task DecryptAsync(byte[] blob, int times)
+    {
+        for (var i = 0; i < times; i++)
+        {
+            using var _ = await _domain.Crypto.DecryptAsync(Dev, blob, EncryptionContext.Empty, default);
+        }
+    }
+
+    private async Task<long> LiveDecryptCountAsync(Kms.Core.Keys.Key key) =>
+        (await _domain.Keys.GetKeyVersionAsync(Dev, key.Name.Version(1), default)).Usage.DecryptCount;
+
+    private async Task<long> LiveEncryptCountAsync(Kms.Core.Keys.Key key) =>
+        (await _domain.Keys.GetKeyVersionAsync(Dev, key.Name.Version(1), default)).Usage.EncryptCount;
+
+    // Holds the next usage write until release is set (then fails it, with fail); entered: the flush is in it.
+    private (TaskCompletionSource Entered, TaskCompletionSource Release) HoldNextUsageRecord(bool fail = false)
+    {
+        var entered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _store.BeforeNextUsageRecord = async () =>
+        {
+            entered.SetResult();
+            await release.Task;
+            if (fail)
+            {
+                throw KmsErrors.Unavailable("injected");
+            }
+        };
+        return (entered, release);
+    }
 }

@@ -21,7 +21,14 @@ namespace Kms.Core.Services;
 /// past the hard bound the version refuses to encrypt (FAILED_PRECONDITION).</para>
 /// <para>Decrypt counts and last-use times are kept in memory and written by
 /// <see cref="FlushAsync"/> (periodically and at shutdown): they may lag, or lose the last
-/// interval in a crash, and never move backwards.</para>
+/// interval in a crash. A flush that fails gives its counts back for the next one; one whose
+/// commit failed after the database had committed it (a connection lost in PostgreSQL's
+/// COMMIT) counts them twice — decrypt counts are for operators, never a bound.</para>
+/// <para>The counts <see cref="Observe"/> shows on a node never move backwards, though the
+/// stored usage it is given may have been read before or after a flush or a reservation in
+/// flight committed: it never counts the same use twice (a flush's counts are taken out of the
+/// pending ones before it writes; a block being reserved is counted unused), so it may show
+/// less than the truth for a moment, and it shows no less than it showed before.</para>
 /// </remarks>
 public sealed class UsageCounter(IKeyStore store, UsageLimitOptions limits, TimeProvider time)
 {
@@ -55,14 +62,38 @@ public sealed class UsageCounter(IKeyStore store, UsageLimitOptions limits, Time
             while (counter.Next + count - 1 > counter.End)
             {
                 var block = Math.Max(limits.ReservationBlock, count);
-                var total = await store.ReserveEncryptionsAsync(version.Id, block, cancellationToken);
-                if (counter.End < total - block)
+                lock (counter.Sync)
                 {
-                    // Reservations by other nodes (or before a restart) came in between: skip them.
-                    counter.Next = total - block + 1;
+                    counter.Reserving = block;
                 }
 
-                counter.End = total;
+                long total;
+                try
+                {
+                    total = await store.ReserveEncryptionsAsync(version.Id, block, cancellationToken);
+                }
+                catch
+                {
+                    lock (counter.Sync)
+                    {
+                        counter.Reserving = 0;
+                    }
+
+                    throw;
+                }
+
+                lock (counter.Sync)
+                {
+                    if (counter.End < total - block)
+                    {
+                        // Reservations by other nodes (or before a restart) came in between: skip them.
+                        counter.Next = total - block + 1;
+                    }
+
+                    counter.End = total;
+                    counter.Reserving = 0;
+                }
+
                 if (total >= limits.SoftBound)
                 {
                     _rotations.Writer.TryWrite(version.Name.Key);
@@ -75,7 +106,11 @@ public sealed class UsageCounter(IKeyStore store, UsageLimitOptions limits, Time
                 }
             }
 
-            counter.Next += count;
+            lock (counter.Sync)
+            {
+                counter.Next += count;
+            }
+
             counter.MarkEncrypted(time.GetUtcNow());
         }
         finally
@@ -92,7 +127,10 @@ public sealed class UsageCounter(IKeyStore store, UsageLimitOptions limits, Time
         counter.MarkDecrypted(time.GetUtcNow());
     }
 
-    /// <summary>The stored usage plus what this node has not written yet.</summary>
+    /// <summary>
+    /// The stored usage plus what this node has not written yet, less what it reserved and has
+    /// not used; never less than this node showed before.
+    /// </summary>
     public KeyVersionUsage Observe(KeyVersion version)
     {
         var stored = version.Usage;
@@ -101,12 +139,31 @@ public sealed class UsageCounter(IKeyStore store, UsageLimitOptions limits, Time
             return stored;
         }
 
-        // The stored count includes this node's whole current block; take back what it has not used.
-        var unused = counter.End >= counter.Next && counter.End <= stored.EncryptCount ? counter.End - counter.Next + 1 : 0;
+        long next, end, reserving;
+        lock (counter.Sync)
+        {
+            (next, end, reserving) = (counter.Next, counter.End, counter.Reserving);
+        }
+
+        // The stored count includes this node's whole current block once it is written; take back
+        // what the node has not used. A block being reserved may already be in it (written, the
+        // node not told yet): taken back too, unused — if the excess was another node's, this
+        // shows less for a moment, never more than was used.
+        var used = stored.EncryptCount;
+        if (end >= next && end <= stored.EncryptCount)
+        {
+            used -= end - next + 1;
+        }
+
+        if (reserving > 0 && stored.EncryptCount > end)
+        {
+            used -= Math.Min(reserving, stored.EncryptCount - end);
+        }
+
         return stored with
         {
-            EncryptCount = Math.Max(0, stored.EncryptCount - unused),
-            DecryptCount = stored.DecryptCount + Interlocked.Read(ref counter.PendingDecryptions),
+            EncryptCount = VersionCounter.RaiseShown(ref counter.ShownEncryptions, Math.Max(0, used)),
+            DecryptCount = VersionCounter.RaiseShown(ref counter.ShownDecryptions, stored.DecryptCount + Interlocked.Read(ref counter.PendingDecryptions)),
             LastEncryptTime = Later(stored.LastEncryptTime, counter.LastEncrypt),
             LastDecryptTime = Later(stored.LastDecryptTime, counter.LastDecrypt),
         };
@@ -159,11 +216,21 @@ public sealed class UsageCounter(IKeyStore store, UsageLimitOptions limits, Time
     private sealed class VersionCounter
     {
         public readonly SemaphoreSlim Gate = new(1, 1);
+
+        // Guards Next, End and Reserving, written under Gate, so Observe reads them together.
+        public readonly Lock Sync = new();
         public long PendingDecryptions;
 
         // Global ordinals of this node's current reservation: (End - block, End]; Next is the next to use.
         public long Next = 1;
         public long End;
+
+        // The size of a block being reserved (written to the store, or about to be), 0 when none.
+        public long Reserving;
+
+        // The highest counts Observe has shown.
+        public long ShownEncryptions;
+        public long ShownDecryptions;
         public DateTimeOffset? FlushedEncrypt;
         public DateTimeOffset? FlushedDecrypt;
 
@@ -178,6 +245,24 @@ public sealed class UsageCounter(IKeyStore store, UsageLimitOptions limits, Time
         public void MarkEncrypted(DateTimeOffset now) => Interlocked.Exchange(ref _lastEncryptTicks, now.UtcTicks);
 
         public void MarkDecrypted(DateTimeOffset now) => Interlocked.Exchange(ref _lastDecryptTicks, now.UtcTicks);
+
+        // Shows the larger of count and what was shown before, and remembers it.
+        public static long RaiseShown(ref long shown, long count)
+        {
+            var before = Interlocked.Read(ref shown);
+            while (count > before)
+            {
+                var seen = Interlocked.CompareExchange(ref shown, count, before);
+                if (seen == before)
+                {
+                    return count;
+                }
+
+                before = seen;
+            }
+
+            return before;
+        }
 
         private static DateTimeOffset? FromTicks(long ticks) => ticks == 0 ? null : new DateTimeOffset(ticks, TimeSpan.Zero);
     }

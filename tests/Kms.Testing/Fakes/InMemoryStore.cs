@@ -25,6 +25,8 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
     public Exception? FailNextWrite { get; set; }
 
     private Action? _beforeNextKeyUpdate;
+    private Func<Task>? _beforeNextUsageRecord;
+    private Func<Task>? _afterNextReservation;
 
     public Task CreateKeyAsync(Key key, WrappedKeyMaterial primaryMaterial, RequestRecord? request, CancellationToken cancellationToken)
     {
@@ -98,6 +100,26 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
     {
         get => _beforeNextKeyUpdate;
         set => _beforeNextKeyUpdate = value;
+    }
+
+    /// <summary>
+    /// Awaited once by the next <see cref="RecordUsageAsync"/> before it writes (a flush held
+    /// between taking its counts and committing them); throwing fails the write, nothing recorded.
+    /// </summary>
+    public Func<Task>? BeforeNextUsageRecord
+    {
+        get => _beforeNextUsageRecord;
+        set => _beforeNextUsageRecord = value;
+    }
+
+    /// <summary>
+    /// Awaited once by the next <see cref="ReserveEncryptionsAsync"/> after its reservation is
+    /// written and before it returns (the reservation committed, the caller not told yet).
+    /// </summary>
+    public Func<Task>? AfterNextReservation
+    {
+        get => _afterNextReservation;
+        set => _afterNextReservation = value;
     }
 
     public Task<KeyWithVersions?> UpdateKeyAsync(KeyName name, Func<KeyWithVersions, KeyChange> decide, CancellationToken cancellationToken)
@@ -337,20 +359,33 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
         }
     }
 
-    public Task<long> ReserveEncryptionsAsync(KeyVersionId id, long count, CancellationToken cancellationToken)
+    public async Task<long> ReserveEncryptionsAsync(KeyVersionId id, long count, CancellationToken cancellationToken)
     {
+        long total;
         lock (_lock)
         {
             ThrowIfFailing();
             var (versions, index) = Locate(id);
             var version = versions[index];
             versions[index] = version with { Usage = version.Usage with { EncryptCount = version.Usage.EncryptCount + count } };
-            return Task.FromResult(versions[index].Usage.EncryptCount);
+            total = versions[index].Usage.EncryptCount;
         }
+
+        if (Interlocked.Exchange(ref _afterNextReservation, null) is { } hold)
+        {
+            await hold();
+        }
+
+        return total;
     }
 
-    public Task RecordUsageAsync(IReadOnlyCollection<UsageDelta> deltas, CancellationToken cancellationToken)
+    public async Task RecordUsageAsync(IReadOnlyCollection<UsageDelta> deltas, CancellationToken cancellationToken)
     {
+        if (Interlocked.Exchange(ref _beforeNextUsageRecord, null) is { } hold)
+        {
+            await hold();
+        }
+
         lock (_lock)
         {
             ThrowIfFailing();
@@ -369,8 +404,6 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
                 };
             }
         }
-
-        return Task.CompletedTask;
     }
 
     public Task<string?> GetSettingAsync(string name, CancellationToken cancellationToken)
