@@ -120,6 +120,32 @@ public sealed class CredentialFailureCacheTests : IDisposable
     }
 
     [Fact]
+    public async Task Jwt_NotYetValidAndWithoutSubject_RememberedAsRefusedForTheCacheTime_NotOnlyUntilItsNbf()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var jwks = Path.Combine(_dir, "jwks.json");
+        File.WriteAllText(jwks, TestJwt.Jwks(TestJwt.Jwk(key)));
+        await using var server = await StartWithJwtIssuerAsync(jwks);
+        var verifier = server.Services.GetRequiredService<CallerAuthentication>().Workloads!;
+        using var channel = server.CreateChannel();
+        var kms = new KeyManagementService.KeyManagementServiceClient(channel);
+
+        // Valid from two minutes on, and no subject: refused for that too, which does not lapse.
+        var now = _time.GetUtcNow();
+        var early = TestJwt.Sign(TestJwt.Claims(now, c =>
+        {
+            c["nbf"] = now.AddMinutes(2).ToUnixTimeSeconds();
+            c["sub"] = null;
+        }), key, "ES256");
+        Task<StatusCode> CallAsync() => StatusOfAsync(kms, KmsTestServer.Bearer(early));
+        Assert.Equal((Times(StatusCode.Unauthenticated, 10), 1L), await CountedAsync(verifier, CallAsync, 10));
+
+        // Past its nbf, within the cache time: not verified again. Before: verified again (1, not 0).
+        _time.Advance(TimeSpan.FromMinutes(2) + TimeSpan.FromSeconds(5));
+        Assert.Equal((Times(StatusCode.Unauthenticated, 10), 0L), await CountedAsync(verifier, CallAsync, 10));
+    }
+
+    [Fact]
     public async Task ClientCertificate_NotYetValid_RememberedAsRefusedOnlyUntilItsNotBefore_ThenAcceptedAtOnce()
     {
         using var pki = new TestPki();
@@ -139,6 +165,68 @@ public sealed class CredentialFailureCacheTests : IDisposable
         // Past its notBefore: verified again and accepted at once. Before: refused until the remembered refusal ran out.
         _time.Advance(TimeSpan.FromSeconds(65));
         Assert.Equal((Times(StatusCode.OK, 10), 1L), await CountedAsync(verifier, CallAsync, 10));
+    }
+
+    [Fact]
+    public async Task ClientCertificate_IntermediateCaNotYetValid_RememberedAsRefusedOnlyUntilItsNotBefore_ThenAcceptedAtOnce()
+    {
+        using var root = new TestPki("Kms Test Root CA");
+        using var issuing = new TestPki("Kms Test Issuing CA", root, notBefore: _time.GetUtcNow().AddMinutes(2));
+        var caPath = Path.Combine(_dir, "client-ca.crt");
+        File.WriteAllText(caPath, root.Certificate.ExportCertificatePem() + "\n" + issuing.Certificate.ExportCertificatePem() + "\n");
+        var crlPath = Path.Combine(_dir, "clients.crl");
+        File.WriteAllText(crlPath, File.ReadAllText(root.WriteCrl(Path.Combine(_dir, "root.crl"))) + File.ReadAllText(issuing.WriteCrl(Path.Combine(_dir, "issuing.crl"))));
+
+        // alice's own certificate is valid (since yesterday); the CA that issued it is not, for two minutes.
+        using var alice = issuing.Issue("alice", notAfter: _time.GetUtcNow().AddDays(1));
+        await using var server = await StartWithClientCaAsync(caPath, crlPath);
+        var verifier = server.Services.GetRequiredService<CallerAuthentication>().Certificates!;
+        using var channel = server.CreateChannel(alice);
+        var kms = new KeyManagementService.KeyManagementServiceClient(channel);
+        Task<StatusCode> CallAsync() => StatusOfAsync(kms, null);
+
+        Assert.Equal((Times(StatusCode.Unauthenticated, 10), 1L), await CountedAsync(verifier, CallAsync, 10));
+        _time.Advance(TimeSpan.FromMinutes(1));
+        Assert.Equal((Times(StatusCode.Unauthenticated, 10), 0L), await CountedAsync(verifier, CallAsync, 10));
+
+        // Past the CA's notBefore: verified again and accepted at once. Before: refused until the
+        // remembered refusal ran out (the notBefore looked at was the client's own only).
+        _time.Advance(TimeSpan.FromSeconds(65));
+        Assert.Equal((Times(StatusCode.OK, 10), 1L), await CountedAsync(verifier, CallAsync, 10));
+    }
+
+    [Fact]
+    public async Task ClientCertificate_NotYetValidAndRevokedOrUntrusted_RememberedAsRefusedForTheCacheTime_NotOnlyUntilItsNotBefore()
+    {
+        using var pki = new TestPki();
+        using var stranger = new TestPki("Somebody Else's CA");
+        var notBefore = _time.GetUtcNow().AddMinutes(2);
+        using var revoked = pki.Issue("alice", notBefore: notBefore, notAfter: _time.GetUtcNow().AddDays(1));
+        using var untrusted = stranger.Issue("alice", notBefore: notBefore, notAfter: _time.GetUtcNow().AddDays(1));
+        pki.Revoke(revoked);
+        var caPath = pki.WriteCa(Path.Combine(_dir, "client-ca.crt"));
+        var crlPath = pki.WriteCrl(Path.Combine(_dir, "clients.crl"));
+        await using var server = await StartWithClientCaAsync(caPath, crlPath);
+        var verifier = server.Services.GetRequiredService<CallerAuthentication>().Certificates!;
+        using var revokedChannel = server.CreateChannel(revoked);
+        using var untrustedChannel = server.CreateChannel(untrusted);
+        var calls = new[] { revokedChannel, untrustedChannel }
+            .Select(c => new KeyManagementService.KeyManagementServiceClient(c))
+            .Select(kms => (Func<Task<StatusCode>>)(() => StatusOfAsync(kms, null)))
+            .ToList();
+
+        foreach (var call in calls)
+        {
+            Assert.Equal((Times(StatusCode.Unauthenticated, 10), 1L), await CountedAsync(verifier, call, 10));
+        }
+
+        // Past their notBefore, within the cache time: each still refused for a reason that does not
+        // lapse, and not verified again. Before: verified again at its notBefore (1, not 0).
+        _time.Advance(TimeSpan.FromMinutes(2) + TimeSpan.FromSeconds(5));
+        foreach (var call in calls)
+        {
+            Assert.Equal((Times(StatusCode.Unauthenticated, 10), 0L), await CountedAsync(verifier, call, 10));
+        }
     }
 
     // One JWT issuer (k8s) whose keys are read from jwks; the test token's subject a key-user of dev.

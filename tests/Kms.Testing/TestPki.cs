@@ -34,7 +34,8 @@ public sealed class TestPki : IDisposable
     /// <summary>An intermediate CA: its certificate issued by <paramref name="issuer"/> (which can revoke it with <see cref="Revoke"/>).</summary>
     /// <param name="name">The intermediate CA's common name.</param>
     /// <param name="issuer">The CA that issues its certificate.</param>
-    public TestPki(string name, TestPki issuer)
+    /// <param name="notBefore">The start of its certificate's validity (default: twenty days ago).</param>
+    public TestPki(string name, TestPki issuer, DateTimeOffset? notBefore = null)
     {
         ArgumentNullException.ThrowIfNull(issuer);
         var request = new CertificateRequest($"CN={name}", _caKey, HashAlgorithmName.SHA256);
@@ -45,7 +46,7 @@ public sealed class TestPki : IDisposable
         var serial = RandomNumberGenerator.GetBytes(12);
         serial[0] &= 0x7F;
         using var issued = request.Create(issuer.Certificate.SubjectName, X509SignatureGenerator.CreateForECDsa(issuer._caKey),
-            DateTimeOffset.UtcNow.AddDays(-20), DateTimeOffset.UtcNow.AddYears(4), serial);
+            notBefore ?? DateTimeOffset.UtcNow.AddDays(-20), DateTimeOffset.UtcNow.AddYears(4), serial);
         Certificate = issued.CopyWithPrivateKey(_caKey);
     }
 

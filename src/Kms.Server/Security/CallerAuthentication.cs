@@ -46,8 +46,9 @@ internal sealed class CallerAuthentication(
     // accepted ones are remembered and under the same trust material: a client that keeps sending a
     // revoked or mistyped token costs one lookup per cache time, not one per call. Bounded as the
     // accepted ones are; forgotten with them (an access write on this node, the change feed on the others).
-    // Until: when a refusal lapses by itself — a credential refused only as not yet valid (a JWT's nbf, a
-    // certificate's notBefore) is checked again once it may be, as an accepted one is once it may no longer be.
+    // Until: when a refusal lapses by itself — a credential refused only as not yet valid (a JWT's nbf, the
+    // notBefore of a certificate or of a CA of its chain) is checked again once it may be, as an accepted one
+    // is once it may no longer be; one refused for another reason as well is remembered for the cache time.
     private readonly ConcurrentDictionary<string, (long Since, long TrustVersion, DateTimeOffset Until)> _failed = new(StringComparer.Ordinal);
     private readonly LogThrottle _refusedLog = new(clock);
     // TrustVersion: the client trust material a certificate caller was accepted under, the key sets a workload

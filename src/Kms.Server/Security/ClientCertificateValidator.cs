@@ -68,9 +68,17 @@ internal sealed partial class ClientCertificateValidator
     /// </summary>
     public Acceptance? Accept(X509Certificate2 certificate) => Accept(certificate, out _);
 
-    /// <summary>As <see cref="Accept(X509Certificate2)"/>; a certificate refused while it is not yet valid gives the time it becomes so.</summary>
+    /// <summary>
+    /// As <see cref="Accept(X509Certificate2)"/>; a certificate refused only because it or a CA
+    /// certificate of its chain is not yet valid gives the time the first of them becomes so.
+    /// </summary>
     /// <param name="certificate">The client's certificate.</param>
-    /// <param name="validFrom">For a certificate refused before its notBefore: that time (it may be refused then for another reason); otherwise null.</param>
+    /// <param name="validFrom">
+    /// For a certificate refused only because its chain is not yet valid — the chain otherwise
+    /// sound (trusted, signatures, client authentication usage, no revocation, a name): the
+    /// earliest notBefore still ahead among its certificates (the client's own or a CA's). Null when
+    /// it is refused for any other reason as well, or accepted.
+    /// </param>
     public Acceptance? Accept(X509Certificate2 certificate, out DateTimeOffset? validFrom)
     {
         Interlocked.Increment(ref _verifications);
@@ -90,13 +98,20 @@ internal sealed partial class ClientCertificateValidator
         chain.ChainPolicy.VerificationTime = now;
         chain.ChainPolicy.VerificationTimeIgnored = false;
         chain.ChainPolicy.ApplicationPolicy.Add(new System.Security.Cryptography.Oid(ClientAuthOid));
-        if (!chain.Build(certificate) || !HasClientAuthUsage(certificate))
+        // A chain that fails only because certificates of it are not valid yet (the client's own, or
+        // a CA's) is checked on as if it were, and refused at the end, until the first of them
+        // becomes valid: a refusal that lapses by itself. Failing for any other reason as well
+        // (untrusted, a bad signature, expired; below: no client authentication usage, revoked, no
+        // name), it is refused for good: before, the client's own notBefore was given whatever
+        // else failed, and a not-yet-valid CA's was never looked at.
+        DateTimeOffset? notYetValidUntil = null;
+        if (!chain.Build(certificate) && (notYetValidUntil = NotYetValidOnly(chain, now)) is null)
         {
-            if (certificate.NotBefore.ToUniversalTime() is var notBefore && notBefore > now)
-            {
-                validFrom = new DateTimeOffset(notBefore, TimeSpan.Zero);
-            }
+            return null;
+        }
 
+        if (!HasClientAuthUsage(certificate))
+        {
             return null;
         }
 
@@ -174,7 +189,52 @@ internal sealed partial class ClientCertificateValidator
             return null;
         }
 
+        if (notYetValidUntil is not null)
+        {
+            validFrom = notYetValidUntil;
+            return null;
+        }
+
         return new Acceptance(trust.Version, until);
+    }
+
+    // The earliest notBefore ahead of now in a chain that failed to build only because certificates
+    // of it are not yet valid; null when it failed for anything else (or was not built to an anchor).
+    private static DateTimeOffset? NotYetValidOnly(X509Chain chain, DateTime now)
+    {
+        if (chain.ChainElements.Count == 0 || chain.ChainStatus.Any(s => (s.Status & ~X509ChainStatusFlags.NotTimeValid) != 0))
+        {
+            return null;
+        }
+
+        DateTimeOffset? earliest = null;
+        foreach (var element in chain.ChainElements)
+        {
+            if (element.ChainElementStatus.Any(s => (s.Status & ~X509ChainStatusFlags.NotTimeValid) != 0))
+            {
+                return null;
+            }
+
+            if (element.ChainElementStatus.Length == 0)
+            {
+                continue;
+            }
+
+            // Not valid in time: only a certificate whose validity has not begun (and does not end before it does) lapses by itself.
+            var notBefore = element.Certificate.NotBefore.ToUniversalTime();
+            if (notBefore <= now || element.Certificate.NotAfter.ToUniversalTime() < now)
+            {
+                return null;
+            }
+
+            var from = new DateTimeOffset(notBefore, TimeSpan.Zero);
+            if (earliest is null || from < earliest)
+            {
+                earliest = from;
+            }
+        }
+
+        return earliest;
     }
 
     private void ReportNoCrl(TrustMaterial trust, string issuer)

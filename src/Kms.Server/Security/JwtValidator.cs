@@ -238,13 +238,10 @@ internal sealed partial class JwtValidator
             return null;
         }
 
-        refusal = JwtRefusal.NotYetValid;
+        // Not yet valid: refused at the end, and only then with the time the refusal lapses — a token
+        // that fails a check below as well is refused for good (before, its nbf was given all the same).
         var notBefore = Time(claims, "nbf") is { } nbf && nbf > iat ? nbf : iat;
-        if (notBefore > now + ClockSkew)
-        {
-            validFrom = notBefore - ClockSkew;
-            return null;
-        }
+        DateTimeOffset? notYetValidUntil = notBefore > now + ClockSkew ? notBefore - ClockSkew : null;
 
         refusal = JwtRefusal.Lifetime;
         if (exp - iat > issuer.MaxLifetime)
@@ -255,6 +252,13 @@ internal sealed partial class JwtValidator
         refusal = JwtRefusal.Subject;
         if (String(claims, "sub") is not { } sub || !PrincipalName.IsValid(PrincipalKind.Jwt, $"{issuer.Name}:{sub}"))
         {
+            return null;
+        }
+
+        if (notYetValidUntil is not null)
+        {
+            refusal = JwtRefusal.NotYetValid;
+            validFrom = notYetValidUntil;
             return null;
         }
 
