@@ -30,4 +30,15 @@ internal static class ClientMetrics
         "kms.client.calls_shed",
         unit: "{attempt}",
         description: "Unary attempts shed: by the client (MaxConcurrentCalls attempts were on the wire to the endpoint; not sent) or by the server (it was full; none of the call ran)");
+
+    /// <summary>
+    /// Attempts sent again after waiting out the <c>google.rpc.RetryInfo</c> delay of a RESOURCE_EXHAUSTED
+    /// (<see cref="KmsRetryOptions.MaxRetryInfoDelay"/>): one per wait that ended and was followed by an
+    /// attempt; none for a refusal returned to the caller, nor for a wait the caller cancelled. No tags
+    /// (no tenant, key or principal).
+    /// </summary>
+    public static readonly Counter<long> QuotaRetries = Meter.CreateCounter<long>(
+        "kms.client.quota_retries",
+        unit: "{attempt}",
+        description: "Attempts sent again after waiting out the RetryInfo delay of a RESOURCE_EXHAUSTED (a used-up tenant quota or call rate, or a client address past its failed authentications; none of the refused attempt ran)");
 }

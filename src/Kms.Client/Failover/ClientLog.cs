@@ -11,7 +11,7 @@ internal static partial class ClientLog
     [LoggerMessage(EventId = 3002, Level = LogLevel.Information, Message = "KMS endpoint {Endpoint} is back ({Evidence})")]
     public static partial void EndpointUp(ILogger logger, Uri endpoint, string evidence);
 
-    [LoggerMessage(EventId = 3003, Level = LogLevel.Debug, Message = "{Method} attempt {Attempt} on {Endpoint} after {Delay} (previous attempt UNAVAILABLE, or not sent for want of a place)")]
+    [LoggerMessage(EventId = 3003, Level = LogLevel.Debug, Message = "{Method} attempt {Attempt} on {Endpoint} after {Delay} (previous attempt UNAVAILABLE, not sent for want of a place, or refused RESOURCE_EXHAUSTED with a retry delay)")]
     public static partial void Retrying(ILogger logger, string method, int attempt, Uri endpoint, TimeSpan delay);
 
     [LoggerMessage(EventId = 3004, Level = LogLevel.Debug, Message = "{Method} refused by {Endpoint}: the key's residency is {Region}, which that node is not in; trying another node")]

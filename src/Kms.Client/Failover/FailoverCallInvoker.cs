@@ -142,12 +142,13 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
         for (var number = 1; ; number++)
         {
             var (endpoint, fresh) = exhausted is { } same ? (same, false) : _pool.Pick(tried);
+            var quota = exhausted is not null; // this attempt follows a RetryInfo delay waited out
             if (last is not null)
             {
                 // Another endpoint believed up is tried at once: its health is not in doubt.
                 // Going back to one that failed, or to one believed down, waits first. A call
                 // refused for a quota waits what the server asked, and goes back to that server.
-                var delay = exhausted is not null ? retryInfoWait
+                var delay = quota ? retryInfoWait
                     : fresh ? TimeSpan.Zero : full ? Max(_backoff.DelayAtLeastHalf(++backoffs), pushback) : _backoff.Delay(++backoffs);
                 exhausted = null;
                 if (deadline is { } end && _time.GetUtcNow().UtcDateTime + delay >= end)
@@ -173,6 +174,11 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
             }
 
             full = false;
+            if (quota)
+            {
+                ClientMetrics.QuotaRetries.Add(1);
+            }
+
             try
             {
                 var result = await attempt(endpoint).ConfigureAwait(false);

@@ -9,8 +9,8 @@ namespace Kms.Client.Tests.Failover;
 /// client address past its failed authentications): a call whose repeat is harmless waits the delay
 /// (plus up to a quarter of jitter, capped at <see cref="KmsRetryOptions.MaxRetryInfoDelay"/>) and goes
 /// back to the same endpoint, which stays in the rotation; without RetryInfo, for a once-only method,
-/// past the cap, the deadline or the attempts, the RESOURCE_EXHAUSTED is returned. Scripted endpoints
-/// on a fake clock.
+/// past the cap, the deadline or the attempts, the RESOURCE_EXHAUSTED is returned. Each retry is counted
+/// (<c>kms.client.quota_retries</c>). Scripted endpoints on a fake clock.
 /// </summary>
 public sealed class RetryInfoTests
 {
@@ -27,15 +27,18 @@ public sealed class RetryInfoTests
         var b = new ScriptedEndpoint("b");
         using var sink = new LogSink();
         using var fake = new FakeClient([a, b], unitRandom: unitRandom, logger: sink.CreateLogger("test"));
+        using var retries = new QuotaRetryCount();
 
         var call = fake.Client.GetKeyAsync(AnyGet.Name);
         Assert.Equal((1, 0), (a.Calls, b.Calls));
         fake.Time.Advance(TimeSpan.FromMilliseconds(waitMs - 1));
         await Eventually.StillAsync(() => (a.Calls, b.Calls) == (1, 0), "no attempt anywhere before the delay asked");
+        Assert.Equal(0, retries.Value); // counted once the attempt is sent, not when the wait begins
         fake.Time.Advance(TimeSpan.FromMilliseconds(1));
         await call.WaitAsync(Patience);
 
         Assert.Equal((2, 0), (a.Calls, b.Calls));
+        Assert.Equal((1, 0), (retries.Value, retries.Tagged));
         Assert.True(fake.IsUp(a) && fake.IsUp(b));
         Assert.DoesNotContain(sink.Events, e => e.EventId == 3001);
         Assert.Contains(sink.Events, e => e.EventId == 3003);
@@ -64,6 +67,7 @@ public sealed class RetryInfoTests
         var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromMilliseconds(200)) };
         var b = new ScriptedEndpoint("b");
         using var fake = new FakeClient([a, b], maxAttempts: 3);
+        using var retries = new QuotaRetryCount();
 
         var call = fake.Client.GetKeyAsync(AnyGet.Name);
         for (var sent = 1; sent < 3; sent++)
@@ -79,6 +83,7 @@ public sealed class RetryInfoTests
         Assert.Equal(TimeSpan.FromMilliseconds(200), RetrySafety.RetryInfoDelay(e, TimeSpan.FromSeconds(1)));
         Assert.Equal((3, 0), (a.Calls, b.Calls));
         Assert.True(fake.IsUp(a));
+        Assert.Equal(2, retries.Value); // the last refusal is returned, not retried
     }
 
     public static TheoryData<string, RpcException> ReturnedAtOnce => new()
@@ -95,12 +100,14 @@ public sealed class RetryInfoTests
     {
         var (a, b) = (new ScriptedEndpoint("a") { Respond = _ => throw refusal }, new ScriptedEndpoint("b"));
         using var fake = new FakeClient([a, b]);
+        using var retries = new QuotaRetryCount();
 
         var e = await Assert.ThrowsAsync<RpcException>(() => fake.Client.GetKeyAsync(AnyGet.Name).WaitAsync(Patience));
 
         Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
         Assert.True((a.Calls, b.Calls) == (1, 0), what);
         Assert.True(fake.IsUp(a));
+        Assert.Equal(0, retries.Value);
     }
 
     [Fact]
@@ -145,6 +152,7 @@ public sealed class RetryInfoTests
         var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromSeconds(1)) };
         using var fake = new FakeClient([a]);
         using var stop = new CancellationTokenSource();
+        using var retries = new QuotaRetryCount();
 
         var call = fake.Client.GetKeyAsync(AnyGet.Name, stop.Token);
         Assert.Equal(1, a.Calls);
@@ -154,6 +162,7 @@ public sealed class RetryInfoTests
         Assert.Equal(StatusCode.Cancelled, e.StatusCode);
         fake.Time.Advance(TimeSpan.FromSeconds(2));
         await Eventually.StillAsync(() => a.Calls == 1, "nothing sent after the cancellation");
+        Assert.Equal(0, retries.Value);
     }
 
     [Fact]
