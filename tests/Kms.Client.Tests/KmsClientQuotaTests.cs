@@ -1,6 +1,7 @@
 using Grpc.Core;
 using Grpc.Core.Interceptors;
 using Kms.Client.Tests.Failover;
+using Kms.Contracts.V1;
 using Kms.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Time.Testing;
@@ -8,9 +9,10 @@ using Microsoft.Extensions.Time.Testing;
 namespace Kms.Client.Tests;
 
 /// <summary>
-/// A tenant's quota used up, against the real server (its clock and the client's both fake): the SDK
-/// waits the RetryInfo delay the server answers and sends the call again; a delay past
-/// <see cref="KmsRetryOptions.MaxRetryInfoDelay"/> is returned at once, RetryInfo and all.
+/// A tenant's quota or a principal's call rate used up, against the real server (its clock and the
+/// client's both fake): the SDK waits the RetryInfo delay the server answers and sends the call again
+/// (a unary call, or a stream refused before it began), counted in <c>kms.client.quota_retries</c>; a
+/// delay past <see cref="KmsRetryOptions.MaxRetryInfoDelay"/> is returned at once, RetryInfo and all.
 /// </summary>
 public sealed class KmsClientQuotaTests
 {
@@ -28,7 +30,8 @@ public sealed class KmsClientQuotaTests
             "--Kms:Quotas:Tenants:slow:OperationsPerSecond=0.001",
             "--Kms:Quotas:Tenants:slow:Burst=1");
         var clientTime = new FakeTimeProvider(DateTimeOffset.UtcNow);
-        var refusals = new Refusals();
+        var refusals = new Refusals("GenerateRandom");
+        using var retries = new QuotaRetryCount();
         var options = new KmsClientOptions { Endpoint = server.Address, CaCertificatePath = server.CaCertificatePath, ApiToken = server.DeveloperToken };
         options.Interceptors.Add(refusals);
         using var client = new KmsClient(KmsClient.Connect(options, null, clientTime, () => 0));
@@ -49,6 +52,7 @@ public sealed class KmsClientQuotaTests
             "the call is sent again once the client's clock passes the delay");
         Assert.Equal(8, (await call).Length);
         Assert.Equal((3, 1), (refusals.Attempts, refusals.Count));
+        Assert.Equal(1, retries.Value);
 
         // A tenant at 0.001 a second is told to come back in 1,000 s: past MaxRetryInfoDelay (5 s).
         await server.EnsureTenantAsync("slow");
@@ -60,10 +64,66 @@ public sealed class KmsClientQuotaTests
         Assert.Equal(StatusCode.ResourceExhausted, refused.StatusCode);
         Assert.Equal(TimeSpan.MaxValue, Kms.Client.Failover.RetrySafety.RetryInfoDelay(refused, TimeSpan.FromSeconds(5)));
         Assert.Equal((5, 2), (refusals.Attempts, refusals.Count));
+        Assert.Equal(1, retries.Value);
     }
 
-    /// <summary>Counts the attempts that pass it and those answered RESOURCE_EXHAUSTED.</summary>
-    private sealed class Refusals : Interceptor
+    [Fact]
+    public async Task SecurityOfficerPastItsCallRate_ExportAudit_WaitsTheServersRetryInfo_ThenExportsTheWholeLogOnce()
+    {
+        // ExportAudit meters no tenant's quota (it is no crypto), but a principal of no tenant spends
+        // its own call rate on every call, a stream included, and is refused before the stream begins.
+        var serverTime = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var server = await KmsTestServer.StartAsync(
+            null,
+            null,
+            "dev",
+            services => services.AddSingleton<TimeProvider>(serverTime),
+            "--Kms:Quotas:PrincipalsWithoutTenant:CallsPerSecond=2",
+            "--Kms:Quotas:PrincipalsWithoutTenant:Burst=3");
+        var officerToken = await server.CreatePrincipalWithTokenAsync("officer", null, "security-officer"); // the admin's three calls
+        var clientTime = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        var refusals = new Refusals("ExportAudit");
+        using var retries = new QuotaRetryCount();
+        var options = new KmsClientOptions { Endpoint = server.Address, CaCertificatePath = server.CaCertificatePath, ApiToken = officerToken };
+        options.Interceptors.Add(refusals);
+        using var officer = new KmsClient(KmsClient.Connect(options, null, clientTime, () => 0));
+
+        for (var i = 0; i < 3; i++)
+        {
+            await officer.Audit.GetAuditCheckpointAsync(new GetAuditCheckpointRequest()); // the burst
+        }
+
+        using var first = new StringWriter();
+        var export = officer.ExportAuditAsync(first);
+        await Eventually.TrueAsync(() => refusals.Count == 1, "the export is refused for the officer's call rate");
+
+        serverTime.Advance(TimeSpan.FromMilliseconds(500));
+        await Eventually.TrueAsync(
+            () =>
+            {
+                clientTime.Advance(TimeSpan.FromMilliseconds(100));
+                return export.IsCompleted;
+            },
+            "the export is sent again once the client's clock passes the delay");
+        await export;
+        Assert.Equal((2, 1), (refusals.Attempts, refusals.Count));
+        Assert.Equal(1, retries.Value);
+
+        // Whole and each event once: the lines are the start of a later export, which has more (this export's own events).
+        serverTime.Advance(TimeSpan.FromSeconds(10));
+        using var second = new StringWriter();
+        await officer.ExportAuditAsync(second);
+        var lines = Lines(first);
+        Assert.NotEmpty(lines);
+        Assert.Equal(lines.Count, lines.Distinct(StringComparer.Ordinal).Count());
+        Assert.Equal(lines, Lines(second).Take(lines.Count));
+        Assert.True(Lines(second).Count > lines.Count);
+    }
+
+    private static List<string> Lines(StringWriter export) => [.. export.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)];
+
+    /// <summary>Counts the attempts of one method that pass it and those answered RESOURCE_EXHAUSTED.</summary>
+    private sealed class Refusals(string method) : Interceptor
     {
         private int _attempts;
         private int _count;
@@ -74,7 +134,7 @@ public sealed class KmsClientQuotaTests
 
         public override AsyncUnaryCall<TResponse> AsyncUnaryCall<TRequest, TResponse>(TRequest request, ClientInterceptorContext<TRequest, TResponse> context, AsyncUnaryCallContinuation<TRequest, TResponse> continuation)
         {
-            if (context.Method.Name != "GenerateRandom")
+            if (context.Method.Name != method)
             {
                 return continuation(request, context);
             }
@@ -82,6 +142,18 @@ public sealed class KmsClientQuotaTests
             Interlocked.Increment(ref _attempts);
             var call = continuation(request, context);
             return new AsyncUnaryCall<TResponse>(SeenAsync(call.ResponseAsync), call.ResponseHeadersAsync, call.GetStatus, call.GetTrailers, call.Dispose);
+        }
+
+        public override AsyncServerStreamingCall<TResponse> AsyncServerStreamingCall<TRequest, TResponse>(TRequest request, ClientInterceptorContext<TRequest, TResponse> context, AsyncServerStreamingCallContinuation<TRequest, TResponse> continuation)
+        {
+            if (context.Method.Name != method)
+            {
+                return continuation(request, context);
+            }
+
+            Interlocked.Increment(ref _attempts);
+            var call = continuation(request, context);
+            return new AsyncServerStreamingCall<TResponse>(new SeenReader<TResponse>(this, call.ResponseStream), call.ResponseHeadersAsync, call.GetStatus, call.GetTrailers, call.Dispose);
         }
 
         private async Task<TResponse> SeenAsync<TResponse>(Task<TResponse> answer)
@@ -94,6 +166,24 @@ public sealed class KmsClientQuotaTests
             {
                 Interlocked.Increment(ref _count);
                 throw;
+            }
+        }
+
+        private sealed class SeenReader<T>(Refusals owner, IAsyncStreamReader<T> inner) : IAsyncStreamReader<T>
+        {
+            public T Current => inner.Current;
+
+            public async Task<bool> MoveNext(CancellationToken cancellationToken)
+            {
+                try
+                {
+                    return await inner.MoveNext(cancellationToken);
+                }
+                catch (RpcException e) when (e.StatusCode == StatusCode.ResourceExhausted)
+                {
+                    Interlocked.Increment(ref owner._count);
+                    throw;
+                }
             }
         }
     }

@@ -10,7 +10,8 @@ namespace Kms.Client.Tests.Failover;
 /// (plus up to a quarter of jitter, capped at <see cref="KmsRetryOptions.MaxRetryInfoDelay"/>) and goes
 /// back to the same endpoint, which stays in the rotation; without RetryInfo, for a once-only method,
 /// past the cap, the deadline or the attempts, the RESOURCE_EXHAUSTED is returned. Each retry is counted
-/// (<c>kms.client.quota_retries</c>). Scripted endpoints on a fake clock.
+/// (<c>kms.client.quota_retries</c>). A server stream (ExportAudit) is retried so only until its first
+/// message. Scripted endpoints on a fake clock.
 /// </summary>
 public sealed class RetryInfoTests
 {
@@ -163,6 +164,53 @@ public sealed class RetryInfoTests
         fake.Time.Advance(TimeSpan.FromSeconds(2));
         await Eventually.StillAsync(() => a.Calls == 1, "nothing sent after the cancellation");
         Assert.Equal(0, retries.Value);
+    }
+
+    [Fact]
+    public async Task ServerStream_RefusedForAQuotaBeforeItsFirstMessage_WaitsTheDelay_ThenTheSameEndpoint_EachLineOnce()
+    {
+        var a = new ScriptedEndpoint("a") { Stream = ([], ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromMilliseconds(300), "the call rate of token:officer, a principal of no tenant, is used up")) };
+        var b = new ScriptedEndpoint("b") { Stream = ([new ExportAuditResponse { Lines = { "b" } }], null) };
+        using var fake = new FakeClient([a, b]);
+        using var retries = new QuotaRetryCount();
+        using var writer = new StringWriter();
+
+        var export = fake.Client.ExportAuditAsync(writer);
+        await Eventually.TrueAsync(() => a.Calls == 1, "the first attempt, refused");
+        a.Stream = ([new ExportAuditResponse { Lines = { "1" } }, new ExportAuditResponse { Lines = { "2", "3" } }], null);
+        fake.Time.Advance(TimeSpan.FromMilliseconds(299));
+        await Eventually.StillAsync(() => (a.Calls, b.Calls) == (1, 0), "no attempt anywhere before the delay asked");
+        fake.Time.Advance(TimeSpan.FromMilliseconds(1));
+        await export.WaitAsync(Patience);
+
+        Assert.Equal(["1", "2", "3"], writer.ToString().Split(Environment.NewLine, StringSplitOptions.RemoveEmptyEntries));
+        Assert.Equal((2, 0), (a.Calls, b.Calls));
+        Assert.Equal(1, retries.Value);
+        Assert.True(fake.IsUp(a));
+    }
+
+    [Fact]
+    public async Task ServerStream_RefusedForAQuotaAfterAMessage_RefusalReturned_NotRestarted_NoLineTwice()
+    {
+        // A server checks a stream's caller again before every message it sends (a credential no longer
+        // remembered is looked up again, and its client address may be past its failed authentications):
+        // a RESOURCE_EXHAUSTED with RetryInfo can end a stream part way. The caller has the lines so far;
+        // a new stream would give them again.
+        var a = new ScriptedEndpoint("a") { Stream = ([new ExportAuditResponse { Lines = { "1", "2" } }], ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromMilliseconds(300))) };
+        var b = new ScriptedEndpoint("b") { Stream = ([new ExportAuditResponse { Lines = { "1", "2" } }, new ExportAuditResponse { Lines = { "3" } }], null) };
+        using var fake = new FakeClient([a, b]);
+        using var retries = new QuotaRetryCount();
+        using var writer = new StringWriter();
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => fake.Client.ExportAuditAsync(writer).WaitAsync(Patience));
+
+        Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+        Assert.Equal(TimeSpan.FromMilliseconds(300), RetrySafety.RetryInfoDelay(e, TimeSpan.FromSeconds(5)));
+        fake.Time.Advance(TimeSpan.FromSeconds(1));
+        await Eventually.StillAsync(() => (a.Calls, b.Calls) == (1, 0), "the stream is not sent again, here or elsewhere");
+        Assert.Equal(["1", "2"], writer.ToString().Split(Environment.NewLine, StringSplitOptions.RemoveEmptyEntries));
+        Assert.Equal(0, retries.Value);
+        Assert.True(fake.IsUp(a));
     }
 
     [Fact]
