@@ -6,7 +6,7 @@ namespace Kms.Client;
 // Access management: tenants, principals, API tokens, role bindings (docs/access-control.md).
 public sealed partial class KmsClient
 {
-    /// <summary>Creates a tenant (deployment-admin). Not idempotent: sent again only when an attempt never reached a server.</summary>
+    /// <summary>Creates a tenant (deployment-admin). Not idempotent: sent again only when an attempt never reached a server, or the server says none of it ran (shed, or refused for a quota with a retry delay).</summary>
     public async Task<TenantInfo> CreateTenantAsync(string tenantId, string? displayName = null, CancellationToken cancellationToken = default) =>
         (await Access.CreateTenantAsync(new CreateTenantRequest { TenantId = tenantId, DisplayName = displayName ?? "" }, Options(cancellationToken)).ConfigureAwait(false)).Tenant;
 
@@ -51,7 +51,8 @@ public sealed partial class KmsClient
     /// <summary>
     /// Registers a principal (<c>spiffe:…</c>, <c>cn:…</c>, <c>token:&lt;id&gt;</c> or <c>jwt:&lt;issuer&gt;:&lt;sub&gt;</c>) in
     /// <paramref name="tenantName"/>, or at deployment level when null. Not idempotent: sent
-    /// again only when an attempt never reached a server.
+    /// again only when an attempt never reached a server, or the server says none of it ran (shed, or
+    /// refused for a quota with a retry delay).
     /// </summary>
     public async Task<PrincipalInfo> CreatePrincipalAsync(string principal, string? tenantName = null, string? displayName = null, CancellationToken cancellationToken = default) =>
         (await Access.CreatePrincipalAsync(
@@ -95,7 +96,7 @@ public sealed partial class KmsClient
     /// SESSION, living <paramref name="lifetime"/> (the kind's default when null). The secret
     /// is in the response only, never again.
     /// </summary>
-    /// <remarks>Not idempotent (a repeat would leave a second live token nobody holds), so it is sent again only when an attempt never reached a server.</remarks>
+    /// <remarks>Not idempotent (a repeat would leave a second live token nobody holds), so it is sent again only when an attempt never reached a server, or the server says none of it ran (shed, or refused for a quota with a retry delay).</remarks>
     public async Task<CreateApiTokenResponse> CreateApiTokenAsync(string principal, string kind, TimeSpan? lifetime = null, CancellationToken cancellationToken = default)
     {
         var request = new CreateApiTokenRequest { Principal = principal, Kind = kind };
@@ -133,7 +134,7 @@ public sealed partial class KmsClient
 
     /// <summary>
     /// Registers the first deployment admin, with the one-time bootstrap credential as this
-    /// client's token; the call consumes it. Sent again only when an attempt never reached a server.
+    /// client's token; the call consumes it. Sent again only when an attempt never reached a server, or the server says none of it ran (shed, or refused for a quota with a retry delay).
     /// </summary>
     public async Task<BootstrapResponse> BootstrapAsync(string admin, string? displayName = null, CancellationToken cancellationToken = default) =>
         await Access.BootstrapAsync(new BootstrapRequest { Admin = admin, DisplayName = displayName ?? "" }, Options(cancellationToken)).ConfigureAwait(false);

@@ -14,7 +14,7 @@ public sealed partial class KmsClient
         (await _stub.GetKeyPolicyAsync(new GetKeyPolicyRequest { Name = keyName }, Options(cancellationToken)).ConfigureAwait(false)).Entries;
 
     /// <summary>Lets <c>grant.Grantee</c> use a policy-restricted key for <c>grant.Operations</c> when the context contains <c>grant.ContextEquals</c>.</summary>
-    /// <remarks>Not idempotent (a repeat would leave a second grant), so it is sent again only when an attempt never reached a server.</remarks>
+    /// <remarks>Not idempotent (a repeat would leave a second grant), so it is sent again only when an attempt never reached a server, or the server says none of it ran (shed, or refused for a quota with a retry delay).</remarks>
     public async Task<KeyGrant> CreateGrantAsync(string keyName, KeyGrant grant, CancellationToken cancellationToken = default) =>
         (await _stub.CreateGrantAsync(new CreateGrantRequest { Parent = keyName, Grant = grant }, Options(cancellationToken)).ConfigureAwait(false)).Grant;
 

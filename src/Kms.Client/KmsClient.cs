@@ -44,12 +44,12 @@ namespace Kms.Client;
 /// empty id once per call (the typed methods generate it before the first attempt), so every
 /// attempt carries the same one. Other creations (CreateGrant, CreateApiToken, CreateTenant,
 /// CreatePrincipal, Bootstrap) are sent again only when the first attempt never reached a
-/// server, or when the server shed it (UNAVAILABLE with a <c>kms-shed</c> trailer: it was full,
-/// and none of the call ran). A RESOURCE_EXHAUSTED with a <c>google.rpc.RetryInfo</c> delay (a used-up
+/// server, or when the server says none of it ran: it shed it (UNAVAILABLE with a <c>kms-shed</c>
+/// trailer: it was full), or refused it for a quota (below). A RESOURCE_EXHAUSTED with a <c>google.rpc.RetryInfo</c> delay (a used-up
 /// quota or call rate, a client address past its failed authentications: nothing of the call ran)
-/// is retried too, if a repeat is harmless as above and the delay is at most
-/// <see cref="KmsRetryOptions.MaxRetryInfoDelay"/>: after that delay and up to a quarter more, on the
-/// same endpoint, which stays in the rotation. Everything else — DEADLINE_EXCEEDED (the server may still be
+/// is retried too, if the delay is at most <see cref="KmsRetryOptions.MaxRetryInfoDelay"/> — any unary
+/// call, a once-only creation included, and a stream whose repeat is harmless: after that delay and up
+/// to a quarter more, on the same endpoint, which stays in the rotation. Everything else — DEADLINE_EXCEEDED (the server may still be
 /// working on it), RESOURCE_EXHAUSTED without RetryInfo, CANCELLED, errors about the request — is
 /// returned at once. Retries stop at <see cref="KmsRetryOptions.MaxAttempts"/>, and before
 /// any wait that would outlast the deadline (the last failure is returned then).

@@ -27,8 +27,9 @@ public sealed class KmsRetryOptions
     /// The longest delay a RESOURCE_EXHAUSTED's <c>google.rpc.RetryInfo</c> may ask for (a used-up
     /// tenant quota or call rate, a client address past its failed authentications) and still be
     /// waited out: the call is sent again to the same endpoint after that delay plus up to a quarter
-    /// of it (jitter), never past this, the call's deadline or its cancellation, if a repeat is
-    /// harmless and attempts remain (<see cref="MaxAttempts"/>). A longer delay, or a
+    /// of it (jitter), never past this, the call's deadline or its cancellation, while attempts remain
+    /// (<see cref="MaxAttempts"/>) — any unary call, a once-only one included (the server refused it
+    /// before any of it ran), and a server stream whose repeat is harmless. A longer delay, or a
     /// RESOURCE_EXHAUSTED without RetryInfo, is returned at once. Zero: never retried. At most
     /// <see cref="MostRetryInfoDelay"/>.
     /// </summary>

@@ -120,6 +120,53 @@ public sealed class KmsClientQuotaTests
         Assert.True(Lines(second).Count > lines.Count);
     }
 
+    [Fact]
+    public async Task DeploymentAdminPastItsCallRate_OnceOnlyCreateApiToken_RefusedBeforeItRan_WaitedOut_CreatedExactlyOnce()
+    {
+        // CreateApiToken is never repeated after a lost answer (a second live token nobody holds); the
+        // server refuses it for the admin's call rate before any of it runs, so the client waits the
+        // delay and sends it again — and there is one token, which works.
+        var serverTime = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var server = await KmsTestServer.StartAsync(
+            null,
+            null,
+            "dev",
+            services => services.AddSingleton<TimeProvider>(serverTime),
+            "--Kms:Quotas:PrincipalsWithoutTenant:CallsPerSecond=2",
+            "--Kms:Quotas:PrincipalsWithoutTenant:Burst=3");
+        serverTime.Advance(TimeSpan.FromSeconds(10)); // whatever the start spent: the bucket is full
+        var clientTime = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        var refusals = new Refusals("CreateApiToken");
+        using var retries = new QuotaRetryCount();
+        var options = new KmsClientOptions { Endpoint = server.Address, CaCertificatePath = server.CaCertificatePath, ApiToken = server.DeploymentAdminToken };
+        options.Interceptors.Add(refusals);
+        using var admin = new KmsClient(KmsClient.Connect(options, null, clientTime, () => 0));
+
+        await admin.CreatePrincipalAsync("token:quota-svc", "tenants/dev");
+        await admin.SetRoleBindingAsync("token:quota-svc", "key-user", "tenants/dev");
+        await admin.GetPrincipalAsync("token:quota-svc"); // the burst: three calls
+        var create = admin.CreateApiTokenAsync("token:quota-svc", "SESSION");
+        await Eventually.TrueAsync(() => refusals.Count == 1, "CreateApiToken is refused for the admin's call rate");
+
+        serverTime.Advance(TimeSpan.FromMilliseconds(500));
+        await Eventually.TrueAsync(
+            () =>
+            {
+                clientTime.Advance(TimeSpan.FromMilliseconds(100));
+                return create.IsCompleted;
+            },
+            "the creation is sent again once the client's clock passes the delay");
+        var token = await create;
+        Assert.Equal((2, 1), (refusals.Attempts, refusals.Count));
+        Assert.Equal(1, retries.Value);
+
+        serverTime.Advance(TimeSpan.FromSeconds(10));
+        var tokens = await admin.ListApiTokensAsync("token:quota-svc");
+        Assert.Equal(token.Token.Id, Assert.Single(tokens).Id);
+        using var service = server.CreateClient(token.Secret);
+        Assert.Equal(8, (await service.GenerateRandomAsync(8)).Length);
+    }
+
     private static List<string> Lines(StringWriter export) => [.. export.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)];
 
     /// <summary>Counts the attempts of one method that pass it and those answered RESOURCE_EXHAUSTED.</summary>

@@ -209,7 +209,8 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
             catch (RpcException e) when (number < _maxAttempts && RetryInfoWait(method, request, e) is { } wait)
             {
                 // A used-up quota or call rate (or a client address past its failed authentications):
-                // the node is up and ran none of the call. Not another node: its quotas are its own,
+                // the node is up and ran none of the call (of a unary call: a stream's may have begun,
+                // RetrySafety.MayWaitOutRetryInfo). Not another node: its quotas are its own,
                 // but the client's calls are spread over every node alike, so they are as used up
                 // there, and the wait asked is this node's (docs/client.md).
                 (full, pushback) = (false, TimeSpan.Zero);
@@ -236,11 +237,12 @@ internal sealed class FailoverCallInvoker : CallInvoker, IDisposable
     private static TimeSpan Max(TimeSpan a, TimeSpan b) => a > b ? a : b;
 
     // How long to wait before sending again a call refused RESOURCE_EXHAUSTED with a RetryInfo delay
-    // of at most MaxRetryInfoDelay, when a repeat is harmless; null: the failure is returned.
+    // of at most MaxRetryInfoDelay — a unary call whatever it is (none of it ran), a stream if a repeat
+    // is harmless (RetrySafety.MayWaitOutRetryInfo); null: the failure is returned.
     private TimeSpan? RetryInfoWait(IMethod method, object request, RpcException failure) =>
         MaxRetryInfoDelay > TimeSpan.Zero
         && RetrySafety.RetryInfoDelay(failure, MaxRetryInfoDelay) is { } asked && asked <= MaxRetryInfoDelay
-        && RetrySafety.IsRepeatable(method, request)
+        && RetrySafety.MayWaitOutRetryInfo(method, request)
             ? _backoff.AtLeast(asked, MaxRetryInfoDelay)
             : null;
 

@@ -9,7 +9,8 @@ namespace Kms.Client.Failover;
 
 /// <summary>
 /// Which failed calls may be sent again. UNAVAILABLE is retried (and RESOURCE_EXHAUSTED with a
-/// RetryInfo delay, of a call <see cref="IsRepeatable"/>: <see cref="RetryInfoDelay"/>): the server
+/// RetryInfo delay, <see cref="MayWaitOutRetryInfo"/>: any unary call, a stream only if
+/// <see cref="IsRepeatable"/>): the server
 /// answers it when it did nothing (HSM or database down, shedding load — "a failed request
 /// changes nothing"), and the transport answers it when a connection could not be made or
 /// broke (a connect timeout, which the HTTP stack reports as a cancellation, and a TLS
@@ -33,7 +34,8 @@ namespace Kms.Client.Failover;
 /// repeat could undo another admin's restriction made in between), and any method this table does not know — is sent again only when the first attempt
 /// provably never left the client (the connection or its TLS handshake failed), or when the
 /// server said it did nothing: a node that is full sheds a call with UNAVAILABLE and a
-/// <c>kms-shed</c> trailer before any of it runs.
+/// <c>kms-shed</c> trailer before any of it runs, and refuses a unary call RESOURCE_EXHAUSTED with
+/// RetryInfo before any of it runs.
 /// </summary>
 internal static class RetrySafety
 {
@@ -163,6 +165,24 @@ internal static class RetrySafety
         var asked = TimeSpan.FromSeconds(delay.Seconds) + TimeSpan.FromTicks(delay.Nanos / 100);
         return asked <= most ? asked : TimeSpan.MaxValue;
     }
+
+    /// <summary>
+    /// Whether a call refused RESOURCE_EXHAUSTED with a RetryInfo delay may be sent again once the delay
+    /// is over: every unary call, a once-only one (CreateGrant, CreateApiToken, …) and one this table does
+    /// not know included; a streaming call only if <see cref="IsRepeatable"/>.
+    /// </summary>
+    /// <remarks>
+    /// A KMS node attaches RetryInfo to two refusals only, and makes both before a unary call's handler
+    /// runs: the quota or call rate (the authorization interceptor, the innermost, before it hands the
+    /// call on) and a client address past its failed authentications (before the credential is looked
+    /// up) — so nothing of the call happened, and a server-side test fails if RetryInfo is attached
+    /// anywhere else (Kms.Server.Tests RetryInfoSitesTests). A stream's caller, though, is authenticated
+    /// again before every message the stream sends, after its handler began (ExportAudit has recorded
+    /// its start and signed a checkpoint by then): such a refusal, even before the first message, may
+    /// follow work.
+    /// </remarks>
+    public static bool MayWaitOutRetryInfo(IMethod method, object request) =>
+        method.Type == MethodType.Unary || IsRepeatable(method, request);
 
     /// <summary>Whether sending the call twice is harmless (see the class remarks).</summary>
     public static bool IsRepeatable(IMethod method, object request) =>

@@ -6,12 +6,13 @@ namespace Kms.Client.Tests.Failover;
 
 /// <summary>
 /// RESOURCE_EXHAUSTED with a <c>google.rpc.RetryInfo</c> delay (a used-up tenant quota or call rate, a
-/// client address past its failed authentications): a call whose repeat is harmless waits the delay
-/// (plus up to a quarter of jitter, capped at <see cref="KmsRetryOptions.MaxRetryInfoDelay"/>) and goes
-/// back to the same endpoint, which stays in the rotation; without RetryInfo, for a once-only method,
-/// past the cap, the deadline or the attempts, the RESOURCE_EXHAUSTED is returned. Each retry is counted
-/// (<c>kms.client.quota_retries</c>). A server stream (ExportAudit) is retried so only until its first
-/// message. Scripted endpoints on a fake clock.
+/// client address past its failed authentications): a unary call — a once-only one included, as the
+/// server refused it before any of it ran — waits the delay (plus up to a quarter of jitter, capped at
+/// <see cref="KmsRetryOptions.MaxRetryInfoDelay"/>) and goes back to the same endpoint, which stays in
+/// the rotation; without RetryInfo, past the cap, the deadline or the attempts, the RESOURCE_EXHAUSTED
+/// is returned. Each retry is counted (<c>kms.client.quota_retries</c>). A server stream is retried so
+/// only if its repeat is harmless (ExportAudit), and only until its first message. Scripted endpoints
+/// on a fake clock.
 /// </summary>
 public sealed class RetryInfoTests
 {
@@ -112,16 +113,56 @@ public sealed class RetryInfoTests
     }
 
     [Fact]
-    public async Task OnceOnlyMethod_RetryInfo_ReturnedAtOnce()
+    public async Task OnceOnlyUnaryCall_RetryInfo_WaitedOut_SentAgainToTheSameEndpoint()
     {
-        // CreateGrant without a request id is not repeated after a refusal of any kind but a shed one.
-        var a = new ScriptedEndpoint("a") { Respond = _ => throw ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromMilliseconds(10), "the call rate of token:admin, a principal of no tenant, is used up") };
-        using var fake = new FakeClient([a]);
+        // CreateGrant without a request id is not repeated after a lost answer; a refusal with RetryInfo
+        // is made before any of a unary call runs, so it is sent again.
+        var answers = 0;
+        var a = new ScriptedEndpoint("a") { Respond = _ => Interlocked.Increment(ref answers) == 1 ? throw ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromMilliseconds(10), "the call rate of token:admin, a principal of no tenant, is used up") : null };
+        var b = new ScriptedEndpoint("b");
+        using var fake = new FakeClient([a, b]);
+        using var retries = new QuotaRetryCount();
 
-        var e = await Assert.ThrowsAsync<RpcException>(() => fake.Client.CreateGrantAsync("tenants/dev/keys/k", new KeyGrant { Grantee = "token:x" }).WaitAsync(Patience));
-
-        Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+        var call = fake.Client.CreateGrantAsync("tenants/dev/keys/k", new KeyGrant { Grantee = "token:x" });
         Assert.Equal(1, a.Calls);
+        fake.Time.Advance(TimeSpan.FromMilliseconds(10));
+        await call.WaitAsync(Patience);
+
+        Assert.Equal((2, 0), (a.Calls, b.Calls));
+        Assert.Equal(1, retries.Value);
+    }
+
+    [Fact]
+    public async Task UnknownMethod_RetryInfo_UnaryWaitedOut_StreamReturnedAtOnce()
+    {
+        // A method the retry table does not know (a newer server's) is once-only. Unary: refused before
+        // any of it ran, sent again. A stream's caller is checked again before each message, after its
+        // handler began: refused before its first message, it may have done work, and is returned.
+        var marshaller = Marshallers.Create<GetKeyRequest>(Google.Protobuf.MessageExtensions.ToByteArray, GetKeyRequest.Parser.ParseFrom);
+        var keys = Marshallers.Create<Key>(Google.Protobuf.MessageExtensions.ToByteArray, Key.Parser.ParseFrom);
+        var unary = new Method<GetKeyRequest, Key>(MethodType.Unary, "kms.v1.KeyManagementService", "SomeCallOfTomorrow", marshaller, keys);
+        var stream = new Method<GetKeyRequest, Key>(MethodType.ServerStreaming, "kms.v1.KeyManagementService", "SomeStreamOfTomorrow", marshaller, keys);
+        Assert.False(RetrySafety.IsRepeatable(unary, AnyGet) || RetrySafety.IsRepeatable(stream, AnyGet));
+        var answers = 0;
+        var a = new ScriptedEndpoint("a")
+        {
+            Respond = _ => Interlocked.Increment(ref answers) == 1 ? throw ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromMilliseconds(10)) : null,
+            Stream = ([], ScriptedEndpoint.QuotaUsedUp(TimeSpan.FromMilliseconds(10))),
+        };
+        using var fake = new FakeClient([a]);
+        using var retries = new QuotaRetryCount();
+
+        var call = fake.Invoker.AsyncUnaryCall(unary, null, default, AnyGet);
+        fake.Time.Advance(TimeSpan.FromMilliseconds(10));
+        await call.ResponseAsync.WaitAsync(Patience);
+        Assert.Equal((2, 1L), (a.Calls, retries.Value));
+
+        using var streamCall = fake.Invoker.AsyncServerStreamingCall(stream, null, default, AnyGet);
+        var e = await Assert.ThrowsAsync<RpcException>(() => streamCall.ResponseStream.MoveNext(CancellationToken.None).WaitAsync(Patience));
+        Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+        fake.Time.Advance(TimeSpan.FromSeconds(1));
+        await Eventually.StillAsync(() => a.Calls == 3, "the stream is not sent again");
+        Assert.Equal(1, retries.Value);
     }
 
     [Fact]
