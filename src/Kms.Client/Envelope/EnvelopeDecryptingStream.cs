@@ -34,9 +34,14 @@ public sealed class EnvelopeDecryptingStream : Stream
     private volatile bool _disposed;
     private int _released;
 
-    internal EnvelopeDecryptingStream(Stream source, FrameCipher cipher, int frameLength, IReadOnlyDictionary<string, string> context)
+    // Suite 0x0002: every byte read so far, hashed; the footer must be its signature.
+    private readonly EnvelopeSignature? _signature;
+
+    /// <param name="signature">A signed message's verifier, the header already appended to it; disposed with the stream.</param>
+    internal EnvelopeDecryptingStream(Stream source, FrameCipher cipher, int frameLength, IReadOnlyDictionary<string, string> context, EnvelopeSignature? signature = null)
     {
         _source = source;
+        _signature = signature;
         _cipher = cipher;
         _frameLength = frameLength;
         EncryptionContext = context;
@@ -247,6 +252,7 @@ public sealed class EnvelopeDecryptingStream : Stream
         {
             CryptographicOperations.ZeroMemory(_plaintext);
             _cipher.Dispose();
+            _signature?.Dispose();
         }
     }
 
@@ -280,6 +286,7 @@ public sealed class EnvelopeDecryptingStream : Stream
         {
             _offset = _available = 0;
             await ReadFullyAsync(_frame.AsMemory(0, EnvelopeFormat.RegularFramePrefix), useAsync, cancellationToken).ConfigureAwait(false);
+            _signature?.Append(_frame.AsSpan(0, EnvelopeFormat.RegularFramePrefix));
             var marker = BinaryPrimitives.ReadUInt32BigEndian(_frame);
             if (marker != EnvelopeFormat.FinalFrameMarker)
             {
@@ -290,6 +297,7 @@ public sealed class EnvelopeDecryptingStream : Stream
 
                 var frame = _frame.AsMemory(0, _frameLength + EnvelopeFormat.TagLength);
                 await ReadFullyAsync(frame, useAsync, cancellationToken).ConfigureAwait(false);
+                _signature?.Append(frame.Span);
                 _cipher.Open(EnvelopeFormat.RegularFrameType, _sequence, frame.Span[.._frameLength], frame.Span[_frameLength..], _plaintext);
                 _sequence++;
                 _available = _frameLength;
@@ -297,6 +305,7 @@ public sealed class EnvelopeDecryptingStream : Stream
             }
 
             await ReadFullyAsync(_frame.AsMemory(0, 8), useAsync, cancellationToken).ConfigureAwait(false);
+            _signature?.Append(_frame.AsSpan(0, 8));
             var length = BinaryPrimitives.ReadUInt32BigEndian(_frame.AsSpan(4));
             if (BinaryPrimitives.ReadUInt32BigEndian(_frame) != _sequence || length >= (uint)_frameLength)
             {
@@ -305,14 +314,20 @@ public sealed class EnvelopeDecryptingStream : Stream
 
             var final = _frame.AsMemory(0, (int)length + EnvelopeFormat.TagLength);
             await ReadFullyAsync(final, useAsync, cancellationToken).ConfigureAwait(false);
+            _signature?.Append(final.Span);
             _cipher.Open(EnvelopeFormat.FinalFrameType, _sequence, final.Span[..(int)length], final.Span[(int)length..], _plaintext.AsSpan(0, (int)length));
 
-            // Nothing may follow the final frame: check before releasing its plaintext, so a
-            // reader that reaches the end has read a whole, unaltered message.
+            // A signed message's footer; its check waits for the trailing-byte check below, and
+            // the final frame's plaintext for both.
+            var footer = _signature is null ? [] : new byte[EnvelopeFormat.SignatureLength];
+            await ReadFullyAsync(footer, useAsync, cancellationToken).ConfigureAwait(false);
+
+            // Nothing may follow the final frame (or the footer): check before releasing its
+            // plaintext, so a reader that reaches the end has read a whole, unaltered message.
             var trailing = useAsync
                 ? await _source.ReadAsync(_frame.AsMemory(0, 1), cancellationToken).ConfigureAwait(false)
                 : _source.Read(_frame.AsSpan(0, 1));
-            if (trailing != 0)
+            if (trailing != 0 || (_signature is not null && !_signature.Verify(footer)))
             {
                 throw EnvelopeDecryptionException.Failed();
             }

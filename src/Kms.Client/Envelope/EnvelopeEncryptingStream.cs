@@ -44,9 +44,14 @@ public sealed class EnvelopeEncryptingStream : Stream
     private bool _disposed;
     private readonly ILogger _logger;
 
-    internal EnvelopeEncryptingStream(Stream destination, FrameCipher cipher, int frameLength, long declaredLength, ILogger logger)
+    // Suite 0x0002: what was written so far, hashed; the footer signs it at completion.
+    private readonly EnvelopeSignature? _signature;
+
+    /// <param name="signature">A signed message's signer, the header already appended to it; disposed with the stream.</param>
+    internal EnvelopeEncryptingStream(Stream destination, FrameCipher cipher, int frameLength, long declaredLength, ILogger logger, EnvelopeSignature? signature = null)
     {
         _destination = destination;
+        _signature = signature;
         _logger = logger;
         _cipher = cipher;
         _frameLength = frameLength;
@@ -180,8 +185,10 @@ public sealed class EnvelopeEncryptingStream : Stream
         try
         {
             var length = SealFinalFrame();
+            var footer = SignFooter();
             _completed = true;
             await _destination.WriteAsync(_frame.AsMemory(0, length), cancellationToken).ConfigureAwait(false);
+            await _destination.WriteAsync(footer, cancellationToken).ConfigureAwait(false);
             await _destination.FlushAsync(cancellationToken).ConfigureAwait(false);
         }
         catch
@@ -203,8 +210,10 @@ public sealed class EnvelopeEncryptingStream : Stream
         try
         {
             var length = SealFinalFrame();
+            var footer = SignFooter();
             _completed = true;
             _destination.Write(_frame, 0, length);
+            _destination.Write(footer);
             _destination.Flush();
         }
         catch
@@ -264,6 +273,7 @@ public sealed class EnvelopeEncryptingStream : Stream
 
             CryptographicOperations.ZeroMemory(_plaintext);
             _cipher.Dispose();
+            _signature?.Dispose();
         }
 
         base.Dispose(disposing);
@@ -281,6 +291,7 @@ public sealed class EnvelopeEncryptingStream : Stream
         _cipher.Seal(EnvelopeFormat.RegularFrameType, _sequence, _plaintext, frame.Slice(EnvelopeFormat.RegularFramePrefix, _frameLength), frame.Slice(EnvelopeFormat.RegularFramePrefix + _frameLength, EnvelopeFormat.TagLength));
         _sequence++;
         _buffered = 0;
+        _signature?.Append(frame[..(EnvelopeFormat.RegularFramePrefix + _frameLength + EnvelopeFormat.TagLength)]);
         return EnvelopeFormat.RegularFramePrefix + _frameLength + EnvelopeFormat.TagLength;
     }
 
@@ -299,7 +310,21 @@ public sealed class EnvelopeEncryptingStream : Stream
         EnvelopeMessage.WriteFinalPrefix(frame, _sequence, content);
         _cipher.Seal(EnvelopeFormat.FinalFrameType, _sequence, _plaintext.AsSpan(0, content), frame.Slice(EnvelopeFormat.FinalFramePrefix, content), frame.Slice(EnvelopeFormat.FinalFramePrefix + content, EnvelopeFormat.TagLength));
         _buffered = 0;
+        _signature?.Append(frame[..(EnvelopeFormat.FinalFramePrefix + content + EnvelopeFormat.TagLength)]);
         return EnvelopeFormat.FinalFramePrefix + content + EnvelopeFormat.TagLength;
+    }
+
+    /// <summary>A signed message's footer (the signature of every byte written), or nothing.</summary>
+    private byte[] SignFooter()
+    {
+        if (_signature is null)
+        {
+            return [];
+        }
+
+        var footer = new byte[EnvelopeFormat.SignatureLength];
+        _signature.Sign(footer);
+        return footer;
     }
 
     /// <summary>One writer at a time, on a stream that can still be written, within the declared length.</summary>

@@ -49,6 +49,8 @@ public sealed class EnvelopeEncryptor : IDisposable
     private readonly DataKeyCache? _cache;
     private readonly string _cacheKeyPrefix;
     private readonly ILogger _logger;
+    private readonly bool _signed;
+    private readonly bool _requireSigned;
 
     /// <summary>Envelopes whose data keys come from the Kms server behind <paramref name="client"/>.</summary>
     /// <remarks>Logs to <see cref="EnvelopeOptions.LoggerFactory"/>, or else to the client's logger factory.</remarks>
@@ -79,6 +81,8 @@ public sealed class EnvelopeEncryptor : IDisposable
         _trustAnyKey = options.TrustAnyKey;
         _frameLength = options.FrameLength;
         _cache = options.DataKeyCache is { } cacheOptions ? new DataKeyCache(cacheOptions) : null;
+        _signed = options.Suite == EnvelopeSuite.CommittingSigned;
+        _requireSigned = options.RequireSignedMessages;
         _cacheKeyPrefix = $"{EnvelopeFormat.Suite1:X4}|{string.Join('\n', _keyNames)}|";
     }
 
@@ -111,11 +115,12 @@ public sealed class EnvelopeEncryptor : IDisposable
     {
         // The encoding is taken once and the KMS calls, the header and the cache all use it (the
         // KMS calls a snapshot decoded from it): a caller changing its dictionary later changes nothing.
-        var encodedContext = EnvelopeContext.Encode(encryptionContext);
+        using var signature = _signed ? EnvelopeSignature.ForWriting() : null;
+        var encodedContext = EncodeContext(encryptionContext, signature);
         var (dataKey, wrapped) = await GetMaterialsAsync(encodedContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
         try
         {
-            return EnvelopeMessage.Seal(dataKey, KernelRandom.MessageId(), encodedContext, wrapped, _frameLength, plaintext.Span, associatedData.Span);
+            return EnvelopeMessage.Seal(dataKey, KernelRandom.MessageId(), encodedContext, wrapped, _frameLength, plaintext.Span, associatedData.Span, signature);
         }
         finally
         {
@@ -132,7 +137,8 @@ public sealed class EnvelopeEncryptor : IDisposable
     {
         // The encoding is taken once and the KMS calls, the header and the cache all use it (the
         // KMS calls a snapshot decoded from it): a caller changing its dictionary later changes nothing.
-        var encodedContext = EnvelopeContext.Encode(encryptionContext);
+        using var signature = _signed ? EnvelopeSignature.ForWriting() : null;
+        var encodedContext = EncodeContext(encryptionContext, signature);
         var (dataKey, wrapped) = await GetMaterialsAsync(encodedContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
         if (plaintext.Span.Overlaps(destination.Span))
         {
@@ -142,7 +148,7 @@ public sealed class EnvelopeEncryptor : IDisposable
 
         try
         {
-            return EnvelopeMessage.SealInto(dataKey, KernelRandom.MessageId(), encodedContext, wrapped, _frameLength, plaintext.Span, associatedData.Span, destination.Span);
+            return EnvelopeMessage.SealInto(dataKey, KernelRandom.MessageId(), encodedContext, wrapped, _frameLength, plaintext.Span, associatedData.Span, destination.Span, signature);
         }
         finally
         {
@@ -158,10 +164,12 @@ public sealed class EnvelopeEncryptor : IDisposable
     public long GetMaxMessageLength(long plaintextLength, IReadOnlyDictionary<string, string>? encryptionContext = null)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(plaintextLength);
-        var header = EnvelopeFormat.FixedPrefixLength + EnvelopeContext.Encode(encryptionContext).Length + 1
+        // A signed message's context has one more entry (the public key), and a footer follows.
+        var publicKey = _signed ? 8 + EnvelopeFormat.PublicKeyContextKey.Length + EnvelopeSignature.EncodedPublicKeyLength : 0;
+        var header = EnvelopeFormat.FixedPrefixLength + EnvelopeContext.Encode(encryptionContext).Length + publicKey + 1
             + (_keyNames.Length * (2 + EnvelopeFormat.MaxKeyNameBytes + 2 + EnvelopeFormat.MaxWrappedKeyBytes))
             + 4 + EnvelopeFormat.CommitmentLength + EnvelopeFormat.TagLength;
-        return EnvelopeFormat.MessageLength(header, plaintextLength, _frameLength);
+        return EnvelopeFormat.MessageLength(header, plaintextLength, _frameLength) + (_signed ? EnvelopeFormat.SignatureLength : 0);
     }
 
     /// <summary>Encrypts a record into one envelope message.</summary>
@@ -193,12 +201,30 @@ public sealed class EnvelopeEncryptor : IDisposable
         }
 
         var header = EnvelopeHeader.Parse(message.Span[..headerLength]);
+        using var signature = CheckSuite(header);
         CheckContext(header, expectedContext);
         var (dataKey, cacheKey) = await UnwrapAsync(header, cancellationToken).ConfigureAwait(false);
         try
         {
             using var cipher = OpenCipher(dataKey, cacheKey, header, message.Span[..header.BodyLength], associatedData.Span);
-            return EnvelopeMessage.Open(cipher, header.FrameLength, message.Span[headerLength..]);
+            var end = message.Length;
+            if (signature is not null)
+            {
+                // The whole message is here: its signature is checked before any frame is decrypted.
+                end -= EnvelopeFormat.SignatureLength;
+                if (end < headerLength)
+                {
+                    throw EnvelopeDecryptionException.Failed();
+                }
+
+                signature.Append(message.Span[..end]);
+                if (!signature.Verify(message.Span[end..]))
+                {
+                    throw EnvelopeDecryptionException.Failed();
+                }
+            }
+
+            return EnvelopeMessage.Open(cipher, header.FrameLength, message.Span[headerLength..end]);
         }
         finally
         {
@@ -225,7 +251,7 @@ public sealed class EnvelopeEncryptor : IDisposable
             throw EnvelopeDecryptionException.Malformed("the header is cut short");
         }
 
-        return EnvelopeHeader.Parse(message[..headerLength]).Context;
+        return EnvelopeHeader.Parse(message[..headerLength]).CallerContext;
     }
 
     /// <summary>
@@ -294,28 +320,39 @@ public sealed class EnvelopeEncryptor : IDisposable
 
         // The encoding is taken once and the KMS calls, the header and the cache all use it (the
         // KMS calls a snapshot decoded from it): a caller changing its dictionary later changes nothing.
-        var encodedContext = EnvelopeContext.Encode(encryptionContext);
-        var (dataKey, wrapped) = await GetMaterialsAsync(encodedContext, plaintextLength, cancellationToken).ConfigureAwait(false);
+        var signature = _signed ? EnvelopeSignature.ForWriting() : null;
         FrameCipher cipher;
         EnvelopeHeader header;
         try
         {
-            var messageId = KernelRandom.MessageId();
-            cipher = FrameCipher.ForWriting(dataKey, messageId, out var commitment);
-            header = new EnvelopeHeader(messageId, encodedContext, null, wrapped, _frameLength, commitment);
+            var encodedContext = EncodeContext(encryptionContext, signature);
+            var (dataKey, wrapped) = await GetMaterialsAsync(encodedContext, plaintextLength, cancellationToken).ConfigureAwait(false);
+            try
+            {
+                var messageId = KernelRandom.MessageId();
+                var suite = _signed ? EnvelopeFormat.Suite2 : EnvelopeFormat.Suite1;
+                cipher = FrameCipher.ForWriting(suite, dataKey, messageId, out var commitment);
+                header = new EnvelopeHeader(messageId, encodedContext, null, wrapped, _frameLength, commitment, suite);
+            }
+            finally
+            {
+                CryptographicOperations.ZeroMemory(dataKey);
+            }
         }
-        finally
+        catch
         {
-            CryptographicOperations.ZeroMemory(dataKey);
+            signature?.Dispose();
+            throw;
         }
 
         // A declared length reserved bytes in the data-key cache: the stream holds the writer to it.
-        var stream = new EnvelopeEncryptingStream(destination, cipher, _frameLength, plaintextLength, _logger);
+        var stream = new EnvelopeEncryptingStream(destination, cipher, _frameLength, plaintextLength, _logger, signature);
         try
         {
             var bytes = new byte[header.Length];
             header.WriteBody(bytes);
             cipher.SealHeader(bytes.AsSpan(0, header.BodyLength), associatedData.Span, bytes.AsSpan(header.BodyLength));
+            signature?.Append(bytes);
             await destination.WriteAsync(bytes, cancellationToken).ConfigureAwait(false);
             return stream;
         }
@@ -341,16 +378,26 @@ public sealed class EnvelopeEncryptor : IDisposable
         ArgumentNullException.ThrowIfNull(expectedContext);
         var headerBytes = await ReadHeaderAsync(message, cancellationToken).ConfigureAwait(false);
         var header = EnvelopeHeader.Parse(headerBytes);
-        CheckContext(header, expectedContext);
-        var (dataKey, cacheKey) = await UnwrapAsync(header, cancellationToken).ConfigureAwait(false);
+        var signature = CheckSuite(header);
         try
         {
-            var cipher = OpenCipher(dataKey, cacheKey, header, headerBytes.AsSpan(0, header.BodyLength), associatedData.Span);
-            return new EnvelopeDecryptingStream(message, cipher, header.FrameLength, header.Context);
+            CheckContext(header, expectedContext);
+            var (dataKey, cacheKey) = await UnwrapAsync(header, cancellationToken).ConfigureAwait(false);
+            try
+            {
+                var cipher = OpenCipher(dataKey, cacheKey, header, headerBytes.AsSpan(0, header.BodyLength), associatedData.Span);
+                signature?.Append(headerBytes);
+                return new EnvelopeDecryptingStream(message, cipher, header.FrameLength, header.CallerContext, signature);
+            }
+            finally
+            {
+                CryptographicOperations.ZeroMemory(dataKey);
+            }
         }
-        finally
+        catch
         {
-            CryptographicOperations.ZeroMemory(dataKey);
+            signature?.Dispose();
+            throw;
         }
     }
 
@@ -386,7 +433,10 @@ public sealed class EnvelopeEncryptor : IDisposable
         }
     }
 
-    /// <summary>The header's context is exactly <paramref name="expected"/> (an empty map: none), unless that is <see cref="AnyContext"/>.</summary>
+    /// <summary>
+    /// The header's context (a signed message's without its public key) is exactly
+    /// <paramref name="expected"/> (an empty map: none), unless that is <see cref="AnyContext"/>.
+    /// </summary>
     private static void CheckContext(EnvelopeHeader header, IReadOnlyDictionary<string, string> expected)
     {
         if (ReferenceEquals(expected, EnvelopeContext.Any))
@@ -394,11 +444,74 @@ public sealed class EnvelopeEncryptor : IDisposable
             return;
         }
 
-        if (expected.Count != header.Context.Count
-            || expected.Any(entry => !header.Context.TryGetValue(entry.Key, out var value) || value != entry.Value))
+        var context = header.CallerContext;
+        if (expected.Count != context.Count
+            || expected.Any(entry => !context.TryGetValue(entry.Key, out var value) || value != entry.Value))
         {
             throw new EnvelopeDecryptionException("the message's encryption context is not the expected one");
         }
+    }
+
+    /// <summary>
+    /// The suite is one this reader takes; a signed message's verifier (the caller disposes it), or
+    /// null for suite 0x0001. Before any KMS call.
+    /// </summary>
+    /// <exception cref="EnvelopeDecryptionException">Suite 0x0001 and signed messages are required; or the
+    /// context holds no valid public key (0x0002) or holds one (0x0001: made from a signed message's
+    /// data key) — those two with the opaque message, as any alteration.</exception>
+    private EnvelopeSignature? CheckSuite(EnvelopeHeader header)
+    {
+        if (header.Signed)
+        {
+            return EnvelopeSignature.ForReading(header.Context) ?? throw EnvelopeDecryptionException.Failed();
+        }
+
+        if (_requireSigned)
+        {
+            throw new EnvelopeDecryptionException($"the message is not signed (suite 0x{header.Suite:X4}); this reader requires signed messages (suite 0x{EnvelopeFormat.Suite2:X4})");
+        }
+
+        // No writer puts a public key in a 0x0001 message's context; one there was made from a
+        // signed message's data key by someone who could decrypt it but not sign (a downgrade).
+        if (header.Context.Keys.Any(key => key == EnvelopeFormat.PublicKeyContextKey))
+        {
+            throw EnvelopeDecryptionException.Failed();
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// The caller's context, validated and encoded; for a signed message with the public key added
+    /// under its reserved key, which a caller may not use in any suite.
+    /// </summary>
+    /// <exception cref="ArgumentException">The context uses the reserved key, or breaks a limit (a signed message's caller has one entry fewer).</exception>
+    private static byte[] EncodeContext(IReadOnlyDictionary<string, string>? context, EnvelopeSignature? signature)
+    {
+        if (context is not null && !ReferenceEquals(context, EnvelopeContext.Any) && context.Keys.Any(key => key == EnvelopeFormat.PublicKeyContextKey))
+        {
+            throw new ArgumentException($"the encryption-context key {EnvelopeFormat.PublicKeyContextKey} is reserved: a signed envelope message (suite 0x0002) carries its public key there", nameof(context));
+        }
+
+        if (signature is null || ReferenceEquals(context, EnvelopeContext.Any))
+        {
+            return EnvelopeContext.Encode(context);
+        }
+
+        context ??= EnvelopeContext.Empty;
+        if (context.Count >= EnvelopeFormat.MaxContextEntries)
+        {
+            throw new ArgumentException($"a signed envelope message's encryption context has at most {EnvelopeFormat.MaxContextEntries - 1} entries (the public key takes one of {EnvelopeFormat.MaxContextEntries})", nameof(context));
+        }
+
+        var withKey = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (key, value) in context)
+        {
+            withKey[key] = value;
+        }
+
+        withKey[EnvelopeFormat.PublicKeyContextKey] = signature.EncodedPublicKey;
+        return EnvelopeContext.Encode(withKey);
     }
 
     private async Task<(byte[] DataKey, IReadOnlyList<WrappedDataKey> Wrapped)> GetMaterialsAsync(
@@ -406,7 +519,9 @@ public sealed class EnvelopeEncryptor : IDisposable
         long plaintextLength,
         CancellationToken cancellationToken)
     {
-        if (_cache is null || plaintextLength < 0 || !_cache.Accepts(plaintextLength))
+        // A signed message has its own data key: its context names its own key pair, and the
+        // encryption cache keys on the context (docs/envelope-format-signed.md, "Caching").
+        if (_cache is null || _signed || plaintextLength < 0 || !_cache.Accepts(plaintextLength))
         {
             return await GenerateAsync(encodedContext, cancellationToken).ConfigureAwait(false);
         }

@@ -5,14 +5,24 @@ using System.Text;
 namespace Kms.Client.Envelope;
 
 /// <summary>
-/// Constants and key derivation of envelope message v1, suite 0x0001 — byte by byte in
-/// docs/envelope-format.md. Frozen: a change here is a new version or suite.
+/// Constants and key derivation of envelope message v1, suites 0x0001 and 0x0002 — byte by byte
+/// in docs/envelope-format.md and docs/envelope-format-signed.md. Frozen: a change here is a new
+/// version or suite.
 /// </summary>
 internal static class EnvelopeFormat
 {
     public const byte Version1 = 0x01;
 
     public const ushort Suite1 = 0x0001;
+
+    /// <summary>Suite 0x0001 plus an ECDSA P-384 / SHA-384 signature in a footer (docs/envelope-format-signed.md).</summary>
+    public const ushort Suite2 = 0x0002;
+
+    /// <summary>The footer of a suite 0x0002 message: r ‖ s, 48 bytes each (IEEE P1363).</summary>
+    public const int SignatureLength = 96;
+
+    /// <summary>The encryption-context key that carries a suite 0x0002 message's public key; reserved in every suite.</summary>
+    public const string PublicKeyContextKey = "kms-envelope-public-key";
 
     public const int MagicLength = 4;
 
@@ -81,13 +91,21 @@ internal static class EnvelopeFormat
     /// id, one 64-byte expansion split in two. The caller zeroes <paramref name="messageKey"/>.
     /// </summary>
     public static void Derive(ReadOnlySpan<byte> dataKey, ReadOnlySpan<byte> messageId, Span<byte> messageKey, Span<byte> commitment)
+        => Derive(Suite1, dataKey, messageId, messageKey, commitment);
+
+    /// <summary>
+    /// As <see cref="Derive(ReadOnlySpan{byte}, ReadOnlySpan{byte}, Span{byte}, Span{byte})"/> for
+    /// <paramref name="suite"/>, whose id ends the info string: the same data key and message id
+    /// give other keys under another suite.
+    /// </summary>
+    public static void Derive(ushort suite, ReadOnlySpan<byte> dataKey, ReadOnlySpan<byte> messageId, Span<byte> messageKey, Span<byte> commitment)
     {
         Span<byte> okm = stackalloc byte[64];
         Span<byte> info = stackalloc byte[DerivationLabel.Length + 2];
         try
         {
             DerivationLabel.CopyTo(info);
-            BinaryPrimitives.WriteUInt16BigEndian(info[DerivationLabel.Length..], Suite1);
+            BinaryPrimitives.WriteUInt16BigEndian(info[DerivationLabel.Length..], suite);
             HkdfSha512(dataKey, messageId, info, okm);
             okm[..32].CopyTo(messageKey);
             okm[32..].CopyTo(commitment);
@@ -100,7 +118,7 @@ internal static class EnvelopeFormat
 
     /// <summary>
     /// HKDF-SHA512 (RFC 5869) into <paramref name="okm"/>, with the pseudorandom key zeroed;
-    /// what <see cref="Derive"/> uses, run against Wycheproof's vectors and .NET's
+    /// what <see cref="Derive(ushort, ReadOnlySpan{byte}, ReadOnlySpan{byte}, Span{byte}, Span{byte})"/> uses, run against Wycheproof's vectors and .NET's
     /// <see cref="HKDF"/> by the tests.
     /// </summary>
     /// <remarks>

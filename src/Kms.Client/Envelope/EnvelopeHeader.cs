@@ -9,8 +9,10 @@ internal sealed class EnvelopeHeader
     private IReadOnlyDictionary<string, string>? _context;
 
     /// <param name="context"><paramref name="encodedContext"/> decoded, or null to decode it when first asked (a writer needs only the encoding).</param>
-    public EnvelopeHeader(byte[] messageId, byte[] encodedContext, IReadOnlyDictionary<string, string>? context, IReadOnlyList<WrappedDataKey> wrappedKeys, int frameLength, byte[] commitment)
+    /// <param name="suite">0x0001, or 0x0002 (signed: the context then carries the public key).</param>
+    public EnvelopeHeader(byte[] messageId, byte[] encodedContext, IReadOnlyDictionary<string, string>? context, IReadOnlyList<WrappedDataKey> wrappedKeys, int frameLength, byte[] commitment, ushort suite = EnvelopeFormat.Suite1)
     {
+        Suite = suite;
         MessageId = messageId;
         EncodedContext = encodedContext;
         _context = context;
@@ -22,11 +24,24 @@ internal sealed class EnvelopeHeader
             + 4 + EnvelopeFormat.CommitmentLength;
     }
 
+    public ushort Suite { get; }
+
+    /// <summary>Whether the message ends in a signature (suite 0x0002).</summary>
+    public bool Signed => Suite == EnvelopeFormat.Suite2;
+
     public byte[] MessageId { get; }
 
     public byte[] EncodedContext { get; }
 
     public IReadOnlyDictionary<string, string> Context => _context ??= EnvelopeContext.Decode(EncodedContext);
+
+    /// <summary>
+    /// The context the writer's caller gave: <see cref="Context"/> without the public key a signed
+    /// message carries (what a reader expects and is shown).
+    /// </summary>
+    public IReadOnlyDictionary<string, string> CallerContext => Signed
+        ? new System.Collections.ObjectModel.ReadOnlyDictionary<string, string>(Context.Where(e => e.Key != EnvelopeFormat.PublicKeyContextKey).ToDictionary(StringComparer.Ordinal))
+        : Context;
 
     public IReadOnlyList<WrappedDataKey> WrappedKeys { get; }
 
@@ -74,7 +89,7 @@ internal sealed class EnvelopeHeader
     {
         EnvelopeFormat.Magic.CopyTo(destination);
         destination[4] = EnvelopeFormat.Version1;
-        BinaryPrimitives.WriteUInt16BigEndian(destination[5..], EnvelopeFormat.Suite1);
+        BinaryPrimitives.WriteUInt16BigEndian(destination[5..], Suite);
         MessageId.CopyTo(destination[7..]);
         var offset = EnvelopeFormat.FixedPrefixLength;
         EncodedContext.CopyTo(destination[offset..]);
@@ -194,7 +209,7 @@ internal sealed class EnvelopeHeader
         offset += 4;
         var commitment = header.Slice(offset, EnvelopeFormat.CommitmentLength).ToArray();
         offset += EnvelopeFormat.CommitmentLength;
-        return new EnvelopeHeader(messageId, encodedContext, context, keys, frameLength, commitment)
+        return new EnvelopeHeader(messageId, encodedContext, context, keys, frameLength, commitment, BinaryPrimitives.ReadUInt16BigEndian(header[5..]))
         {
             Tag = header.Slice(offset, EnvelopeFormat.TagLength).ToArray(),
         };
@@ -225,7 +240,7 @@ internal sealed class EnvelopeHeader
             throw new EnvelopeDecryptionException($"unsupported envelope version {data[4]}");
         }
 
-        if (data.Length >= 7 && BinaryPrimitives.ReadUInt16BigEndian(data[5..]) is var suite && suite != EnvelopeFormat.Suite1)
+        if (data.Length >= 7 && BinaryPrimitives.ReadUInt16BigEndian(data[5..]) is var suite && suite is not EnvelopeFormat.Suite1 and not EnvelopeFormat.Suite2)
         {
             throw new EnvelopeDecryptionException($"unsupported envelope suite 0x{suite:X4}");
         }

@@ -14,9 +14,10 @@ internal static class EnvelopeMessage
         IReadOnlyList<WrappedDataKey> wrappedKeys,
         int frameLength,
         ReadOnlySpan<byte> plaintext,
-        ReadOnlySpan<byte> associatedData)
+        ReadOnlySpan<byte> associatedData,
+        EnvelopeSignature? signature = null)
     {
-        var (cipher, header, length) = Prepare(dataKey, messageId, encodedContext, wrappedKeys, frameLength, plaintext.Length);
+        var (cipher, header, length) = Prepare(dataKey, messageId, encodedContext, wrappedKeys, frameLength, plaintext.Length, signature is not null);
         using (cipher)
         {
             if (length > Array.MaxLength)
@@ -25,7 +26,7 @@ internal static class EnvelopeMessage
             }
 
             var message = GC.AllocateUninitializedArray<byte>((int)length);
-            Write(cipher, header, plaintext, associatedData, message);
+            Write(cipher, header, plaintext, associatedData, message, signature);
             return message;
         }
     }
@@ -40,9 +41,10 @@ internal static class EnvelopeMessage
         int frameLength,
         ReadOnlySpan<byte> plaintext,
         ReadOnlySpan<byte> associatedData,
-        Span<byte> destination)
+        Span<byte> destination,
+        EnvelopeSignature? signature = null)
     {
-        var (cipher, header, length) = Prepare(dataKey, messageId, encodedContext, wrappedKeys, frameLength, plaintext.Length);
+        var (cipher, header, length) = Prepare(dataKey, messageId, encodedContext, wrappedKeys, frameLength, plaintext.Length, signature is not null);
         using (cipher)
         {
             if (length > destination.Length)
@@ -50,7 +52,7 @@ internal static class EnvelopeMessage
                 throw new ArgumentException($"the destination holds {destination.Length} bytes; this message needs {length}", nameof(destination));
             }
 
-            Write(cipher, header, plaintext, associatedData, destination);
+            Write(cipher, header, plaintext, associatedData, destination[..(int)length], signature);
             return (int)length;
         }
     }
@@ -61,14 +63,17 @@ internal static class EnvelopeMessage
         byte[] encodedContext,
         IReadOnlyList<WrappedDataKey> wrappedKeys,
         int frameLength,
-        int plaintextLength)
+        int plaintextLength,
+        bool signed)
     {
-        var cipher = FrameCipher.ForWriting(dataKey, messageId, out var commitment);
-        var header = new EnvelopeHeader(messageId, encodedContext, null, wrappedKeys, frameLength, commitment);
-        return (cipher, header, EnvelopeFormat.MessageLength(header.Length, plaintextLength, frameLength));
+        var suite = signed ? EnvelopeFormat.Suite2 : EnvelopeFormat.Suite1;
+        var cipher = FrameCipher.ForWriting(suite, dataKey, messageId, out var commitment);
+        var header = new EnvelopeHeader(messageId, encodedContext, null, wrappedKeys, frameLength, commitment, suite);
+        return (cipher, header, EnvelopeFormat.MessageLength(header.Length, plaintextLength, frameLength) + (signed ? EnvelopeFormat.SignatureLength : 0));
     }
 
-    private static void Write(FrameCipher cipher, EnvelopeHeader header, ReadOnlySpan<byte> plaintext, ReadOnlySpan<byte> associatedData, Span<byte> output)
+    /// <summary>The message into <paramref name="output"/> (its exact length); signed last, over every byte before the footer.</summary>
+    private static void Write(FrameCipher cipher, EnvelopeHeader header, ReadOnlySpan<byte> plaintext, ReadOnlySpan<byte> associatedData, Span<byte> output, EnvelopeSignature? signature)
     {
         var frameLength = header.FrameLength;
         header.WriteBody(output);
@@ -88,6 +93,12 @@ internal static class EnvelopeMessage
         WriteFinalPrefix(output[offset..], sequence, plaintext.Length);
         offset += EnvelopeFormat.FinalFramePrefix;
         cipher.Seal(EnvelopeFormat.FinalFrameType, sequence, plaintext, output.Slice(offset, plaintext.Length), output.Slice(offset + plaintext.Length, EnvelopeFormat.TagLength));
+        if (signature is not null)
+        {
+            var signed = offset + plaintext.Length + EnvelopeFormat.TagLength;
+            signature.Append(output[..signed]);
+            signature.Sign(output.Slice(signed, EnvelopeFormat.SignatureLength));
+        }
     }
 
     public static void WriteFinalPrefix(Span<byte> destination, uint sequence, int contentLength)

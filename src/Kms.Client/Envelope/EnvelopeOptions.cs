@@ -37,6 +37,28 @@ public sealed class EnvelopeOptions
     /// </summary>
     public bool TrustAnyKey { get; set; }
 
+    /// <summary>
+    /// The suite this encryptor writes: <see cref="EnvelopeSuite.Committing"/> (0x0001, the default)
+    /// or <see cref="EnvelopeSuite.CommittingSigned"/> (0x0002: each message signed under a key pair
+    /// of its own, so a principal allowed only to decrypt cannot write one that verifies). Reading
+    /// takes either, unless <see cref="RequireSignedMessages"/>.
+    /// </summary>
+    /// <remarks>
+    /// A signed message costs a P-384 key pair and signature to write, a verification to read, 96
+    /// bytes of footer and 163 of context; and every message makes its own KMS call — the
+    /// encryption side of <see cref="DataKeyCache"/> is not used (its decryption side is). Its
+    /// encryption context takes 63 caller entries, not 64. The key
+    /// <c>kms-envelope-public-key</c> is reserved in every suite.
+    /// </remarks>
+    public EnvelopeSuite Suite { get; set; } = EnvelopeSuite.Committing;
+
+    /// <summary>
+    /// Refuse unsigned (suite 0x0001) messages when decrypting, before any KMS call: for readers
+    /// whose writers all sign, so that whoever can only decrypt cannot hand them a message of their
+    /// own under an unsigned suite. Off by default.
+    /// </summary>
+    public bool RequireSignedMessages { get; set; }
+
     /// <summary>Plaintext bytes per frame (64 B to 4 MiB; default 64 KiB): the memory a streaming reader needs.</summary>
     public int FrameLength { get; set; } = EnvelopeFormat.DefaultFrameLength;
 
@@ -68,6 +90,11 @@ public sealed class EnvelopeOptions
         if (TrustedKeyNames.FirstOrDefault(IsAlias) is { } trustedAlias)
         {
             throw new ArgumentException($"TrustedKeyNames names the alias {KmsErrors.Printable(trustedAlias)}: trust keys (tenants/{{t}}/keys/{{k}}), not aliases, which whoever may update them can point elsewhere", nameof(TrustedKeyNames));
+        }
+
+        if (Suite is not EnvelopeSuite.Committing and not EnvelopeSuite.CommittingSigned)
+        {
+            throw new ArgumentException($"unknown envelope suite {(int)Suite}", nameof(Suite));
         }
 
         EnvelopeHeader.ValidateFrameLength(FrameLength);

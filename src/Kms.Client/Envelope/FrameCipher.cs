@@ -22,12 +22,16 @@ internal sealed class FrameCipher : IDisposable
 
     /// <summary>The cipher of a new message, and the commitment its header must carry.</summary>
     public static FrameCipher ForWriting(ReadOnlySpan<byte> dataKey, byte[] messageId, out byte[] commitment)
+        => ForWriting(EnvelopeFormat.Suite1, dataKey, messageId, out commitment);
+
+    /// <summary>The cipher of a new message of <paramref name="suite"/>, and the commitment its header must carry.</summary>
+    public static FrameCipher ForWriting(ushort suite, ReadOnlySpan<byte> dataKey, byte[] messageId, out byte[] commitment)
     {
         Span<byte> messageKey = stackalloc byte[32];
         commitment = new byte[EnvelopeFormat.CommitmentLength];
         try
         {
-            EnvelopeFormat.Derive(dataKey, messageId, messageKey, commitment);
+            EnvelopeFormat.Derive(suite, dataKey, messageId, messageKey, commitment);
             return new FrameCipher(new Aes256Gcm(messageKey), messageId);
         }
         finally
@@ -49,7 +53,7 @@ internal sealed class FrameCipher : IDisposable
         FrameCipher? cipher = null;
         try
         {
-            EnvelopeFormat.Derive(dataKey, header.MessageId, messageKey, commitment);
+            EnvelopeFormat.Derive(header.Suite, dataKey, header.MessageId, messageKey, commitment);
             if (!CryptographicOperations.FixedTimeEquals(commitment, header.Commitment))
             {
                 throw EnvelopeDecryptionException.DataKeyNotCommitted();

@@ -221,7 +221,7 @@ public sealed class EnvelopeTamperingTests
 
     [Theory]
     [InlineData(4, 0x02, "unsupported envelope version 2")]
-    [InlineData(6, 0x02, "unsupported envelope suite 0x0002")]
+    [InlineData(6, 0x03, "unsupported envelope suite 0x0003")]
     [InlineData(0, (byte)'X', "not an envelope message")]
     public async Task UnknownVersionSuiteOrMagic_RejectedByName(int offset, byte value, string expected)
     {

@@ -1,0 +1,97 @@
+using System.Security.Cryptography;
+using Grpc.Core;
+using Kms.Client.Envelope;
+using Kms.Contracts.V1;
+using Kms.Testing;
+
+namespace Kms.Client.Tests.Envelope;
+
+/// <summary>Suite 0x0002 against the real server (SoftHSM): the forgery it exists to stop.</summary>
+public sealed class EnvelopeSignedKmsTests(FakeClockServerFixture fixture) : IClassFixture<FakeClockServerFixture>
+{
+    private static readonly Dictionary<string, string> Context = new() { ["table"] = "payments", ["row"] = "7" };
+
+    private readonly KmsClient _client = fixture.Client;
+
+    [Fact]
+    public async Task RoundTrip_OneShotAndStream_ThroughTheKms()
+    {
+        var key = (await _client.CreateKeyAsync("tenants/dev", $"env-signed-{Guid.NewGuid():N}")).Name;
+        using var encryptor = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key], Suite = EnvelopeSuite.CommittingSigned, RequireSignedMessages = true });
+        var record = "card 4111-1111-1111-1111"u8.ToArray();
+
+        var message = await encryptor.EncryptAsync(record, Context);
+        Assert.Equal(record, await encryptor.DecryptAsync(message, Context));
+
+        var file = EnvelopeRoundTripTests.Data(300_000);
+        var encrypted = new MemoryStream();
+        await encryptor.EncryptAsync(new MemoryStream(file), encrypted, Context);
+        var decrypted = new MemoryStream();
+        await encryptor.DecryptAsync(new MemoryStream(encrypted.ToArray()), decrypted, Context);
+        Assert.Equal(file, decrypted.ToArray());
+    }
+
+    [Fact]
+    public async Task DecryptOnlyPrincipal_WritesANewBodyAndSignsIt_EveryWayRefused()
+    {
+        // The writer may ENCRYPT and DECRYPT; the forger, by the key's policy, only DECRYPT.
+        var key = (await _client.CreateKeyAsync("tenants/dev", $"env-signed-{Guid.NewGuid():N}")).Name;
+        var forgerId = $"forger-{Guid.NewGuid():N}"[..24];
+        var forgerToken = await fixture.Server.CreatePrincipalWithTokenAsync(forgerId, "dev", "key-user");
+        await _client.SetKeyPolicyAsync(key,
+        [
+            new KeyPolicyEntry { Principal = "token:developer", Operations = { "ENCRYPT", "DECRYPT" } },
+            new KeyPolicyEntry { Principal = "token:" + forgerId, Operations = { "DECRYPT" } },
+        ]);
+        using var forgerClient = new KmsClient(new KmsClientOptions { Endpoint = fixture.Server.Address, CaCertificatePath = fixture.Server.CaCertificatePath, ApiToken = forgerToken });
+        using var writer = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key], Suite = EnvelopeSuite.CommittingSigned });
+        using var reader = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key] });
+        using var strictReader = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key], RequireSignedMessages = true });
+        var original = await writer.EncryptAsync("pay alice 10"u8.ToArray(), Context);
+
+        // The forger reads the message and holds its data key: it is a real decryptor.
+        using var forgerEnvelopes = new EnvelopeEncryptor(forgerClient, new EnvelopeOptions { KeyNames = [key], Suite = EnvelopeSuite.CommittingSigned });
+        Assert.Equal("pay alice 10"u8.ToArray(), await forgerEnvelopes.DecryptAsync(original, Context));
+        var header = EnvelopeHeader.Parse(original.AsSpan(0, EnvelopeHeader.Measure(original)));
+        using var stolen = await new KmsEnvelopeKeyProvider(forgerClient).UnwrapDataKeyAsync(header.WrappedKeys[0], header.Context, default);
+
+        // It cannot have a data key bound to a public key of its own: the KMS refuses it a new one.
+        var denied = await Assert.ThrowsAsync<RpcException>(() => forgerEnvelopes.EncryptAsync("pay mallory 1000"u8.ToArray(), Context));
+        Assert.Equal(StatusCode.PermissionDenied, denied.StatusCode);
+
+        // 1. A new body signed with its own key pair, its public key in the context, the stolen
+        //    wrapped data key: the KMS does not unwrap it under the changed context.
+        using var own = EnvelopeSignature.ForWriting();
+        var ownContext = new Dictionary<string, string>(Context) { [EnvelopeFormat.PublicKeyContextKey] = own.EncodedPublicKey };
+        var withOwnKey = Forge(stolen.Plaintext.Span, EnvelopeContext.Encode(ownContext), header.WrappedKeys, own);
+        var refused = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(withOwnKey, Context));
+        Assert.Contains("InvalidArgument", refused.Message, StringComparison.Ordinal);
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(new MemoryStream(withOwnKey), new MemoryStream(), Context));
+
+        // 2. The original context (the writer's public key), a new body signed with its own key:
+        //    the KMS unwraps, the signature does not verify.
+        using var other = EnvelopeSignature.ForWriting();
+        var underWritersKey = Forge(stolen.Plaintext.Span, header.EncodedContext, header.WrappedKeys, other);
+        var opaque = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(underWritersKey, Context));
+        Assert.Equal("envelope decryption failed", opaque.Message);
+        var output = new MemoryStream();
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(new MemoryStream(underWritersKey), output, Context));
+        Assert.Equal(0, output.Length);
+
+        // 3. Unsigned (0x0001) under the original context: refused by any reader (a 0x0001
+        //    message never carries a public key); without the public key, the KMS refuses it.
+        var downgraded = Forge(stolen.Plaintext.Span, header.EncodedContext, header.WrappedKeys, null);
+        Assert.Equal("envelope decryption failed", (await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(downgraded, Context))).Message);
+        var stripped = Forge(stolen.Plaintext.Span, EnvelopeContext.Encode(Context), header.WrappedKeys, null);
+        Assert.Contains("InvalidArgument", (await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(stripped, Context))).Message, StringComparison.Ordinal);
+        Assert.StartsWith("the message is not signed", (await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => strictReader.DecryptAsync(stripped, Context))).Message, StringComparison.Ordinal);
+
+        // The original still reads, by both readers.
+        Assert.Equal("pay alice 10"u8.ToArray(), await reader.DecryptAsync(original, Context));
+        Assert.Equal("pay alice 10"u8.ToArray(), await strictReader.DecryptAsync(original, Context));
+    }
+
+    /// <summary>A whole message over a stolen data key, written with the SDK's own writer (suite 0x0002 if signed).</summary>
+    private static byte[] Forge(ReadOnlySpan<byte> dataKey, byte[] encodedContext, IReadOnlyList<WrappedDataKey> wrapped, EnvelopeSignature? signature) =>
+        EnvelopeMessage.Seal(dataKey, RandomNumberGenerator.GetBytes(32), encodedContext, wrapped, 64, "pay mallory 1000"u8, [], signature);
+}
