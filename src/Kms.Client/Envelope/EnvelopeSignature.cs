@@ -24,6 +24,9 @@ internal sealed class EnvelopeSignature : IDisposable
     /// <summary>A fresh key pair for one message (its private half never leaves this process).</summary>
     public static EnvelopeSignature ForWriting() => new(ECDsa.Create(ECCurve.NamedCurves.nistP384));
 
+    /// <summary>A signer over a given P-384 key, taken over (disposed with this): for the golden vectors, whose key pairs are fixed.</summary>
+    internal static EnvelopeSignature ForWriting(ECDsa key) => new(key);
+
     /// <summary>
     /// The verifier of a message whose context is <paramref name="context"/>: null when the context
     /// has no public key or an encoding that is not exactly one P-384 point (the caller refuses the

@@ -1,23 +1,35 @@
 #!/usr/bin/env python3
-"""Golden vectors for the envelope message v1, suite 0x0001 (docs/envelope-format.md).
+"""Golden vectors for the envelope message v1, suite 0x0001 (docs/envelope-format.md) and,
+with the argument `signed`, suite 0x0002 (docs/envelope-format-signed.md).
 
 An independent implementation of the document (Python + pyca/cryptography), so the C#
 envelope code is checked against the specification, not against itself. Deterministic:
 data keys and message ids are derived from fixed labels below; the wrapped data keys are
 stand-in bytes (the tests map them back to the data key without a KMS).
 
+Suite 0x0002 vectors carry the ECDSA private key (a scalar derived from the vector's label):
+everything is deterministic but the signature (ECDSA's nonce is random), so a writer's output is
+compared up to the footer and its footer checked by verifying it.
+
 Run once, review, commit: python3 generate_envelope.py > envelope-v1.json
+                          python3 generate_envelope.py signed > envelope-signed.json
 The test run only reads the file; it never regenerates it.
 """
 import hashlib
 import json
+import base64
 import struct
-from cryptography.hazmat.primitives import hashes
+import sys
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from cryptography.hazmat.primitives.hmac import HMAC
 
 SUITE = 0x0001
+SIGNED_SUITE = 0x0002
+PUBLIC_KEY = "kms-envelope-public-key"
 FINAL_MARKER = 0xFFFFFFFF
 
 
@@ -37,16 +49,16 @@ def encode_context(context, unsorted=False) -> bytes:
     return out
 
 
-def derive(data_key: bytes, message_id: bytes):
+def derive(data_key: bytes, message_id: bytes, suite=SUITE):
     h = HMAC(message_id, hashes.SHA512())  # HKDF-Extract(salt = message id, IKM = data key)
     h.update(data_key)
     prk = h.finalize()
-    okm = HKDFExpand(hashes.SHA512(), 64, b"KMSE v1 key and commitment" + struct.pack(">H", SUITE)).derive(prk)
+    okm = HKDFExpand(hashes.SHA512(), 64, b"KMSE v1 key and commitment" + struct.pack(">H", suite)).derive(prk)
     return okm[:32], okm[32:]
 
 
-def header_body(message_id, context, wrapped, frame_length, commitment, unsorted=False) -> bytes:
-    out = b"KMSE" + b"\x01" + struct.pack(">H", SUITE) + message_id + encode_context(context, unsorted)
+def header_body(message_id, context, wrapped, frame_length, commitment, unsorted=False, suite=SUITE) -> bytes:
+    out = b"KMSE" + b"\x01" + struct.pack(">H", suite) + message_id + encode_context(context, unsorted)
     out += struct.pack(">B", len(wrapped))
     for name, blob in wrapped:
         n = name.encode("utf-8")
@@ -63,11 +75,11 @@ def frame_aad(message_id: bytes, kind: int, seq: int, length: int) -> bytes:
 
 
 def encrypt(data_key, message_id, context, wrapped, frame_length, plaintext, commitment_key=None, associated_data=b"",
-            unsorted=False, final_full=False) -> bytes:
-    key, commitment = derive(data_key, message_id)
+            unsorted=False, final_full=False, suite=SUITE) -> bytes:
+    key, commitment = derive(data_key, message_id, suite)
     if commitment_key is not None:  # negative vector: commitment of another data key
-        commitment = derive(commitment_key, message_id)[1]
-    body = header_body(message_id, context, wrapped, frame_length, commitment, unsorted)
+        commitment = derive(commitment_key, message_id, suite)[1]
+    body = header_body(message_id, context, wrapped, frame_length, commitment, unsorted, suite)
     gcm = AESGCM(key)
     out = body + gcm.encrypt(iv(0), b"", body + associated_data)  # empty plaintext: the output is the tag
     seq = 1
@@ -133,7 +145,78 @@ VECTORS = [
     case("context key twice", 64, pattern(5), [("a", "1"), ("a", "2")], duplicate=True),
 ]
 
-if __name__ == "__main__":
+def signing_key(label: str) -> ec.EllipticCurvePrivateKey:
+    order = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973
+    return ec.derive_private_key(int.from_bytes(fixed("sk:" + label, 48), "big") % (order - 1) + 1, ec.SECP384R1())
+
+
+def encoded_public_key(key: ec.EllipticCurvePrivateKey) -> str:
+    point = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return base64.b64encode(point).decode("ascii")
+
+
+def sign(key: ec.EllipticCurvePrivateKey, signed: bytes) -> bytes:
+    r, s = decode_dss_signature(key.sign(signed, ec.ECDSA(hashes.SHA384())))
+    return r.to_bytes(48, "big") + s.to_bytes(48, "big")
+
+
+def signed_case(description, frame_length, plaintext, context=None, associated_data=b"", **bad):
+    """Suite 0x0002: the public key in the context, every byte before the footer signed."""
+    label = "signed:" + description
+    data_key = fixed("dk:" + label, 32)
+    message_id = fixed("id:" + label, 32)
+    wrapped = [("tenants/vectors/keys/site-1", fixed("wrapped:0:" + label, 77))]
+    key = signing_key(label)
+    caller_context = dict(context or {})
+    full_context = dict(caller_context)
+    if not bad.get("no_public_key"):
+        full_context[PUBLIC_KEY] = encoded_public_key(key)
+    suite = SUITE if bad.get("unsigned") else SIGNED_SUITE
+    message = encrypt(data_key, message_id, full_context, wrapped, frame_length, plaintext, associated_data=associated_data, suite=suite)
+    if suite == SIGNED_SUITE:
+        # another_body: the signature of this message with one byte of its last tag changed.
+        signed = message[:-1] + bytes([message[-1] ^ 1]) if bad.get("another_body") else message
+        message += sign(key, signed)
+        if "truncate" in bad:
+            message = message[:len(message) - bad["truncate"]]
+    return {
+        "description": description,
+        "valid": not bad,
+        "error": "" if not bad else "opaque",
+        "suite": suite,
+        "data_key": data_key.hex(),
+        "message_id": message_id.hex(),
+        "frame_length": frame_length,
+        "context": caller_context,
+        "public_key": encoded_public_key(key),
+        "private_key": format(key.private_numbers().private_value, "096x"),
+        "wrapped_keys": [{"key_name": n, "wrapped": b.hex()} for n, b in wrapped],
+        "associated_data": associated_data.hex(),
+        "plaintext": plaintext.hex(),
+        "message": message.hex(),
+    }
+
+
+SIGNED_VECTORS = [
+    signed_case("signed: empty plaintext", 64, b""),
+    signed_case("signed: exactly one frame", 64, pattern(64)),
+    signed_case("signed: many frames, a context, associated data", 64, pattern(64 * 3 + 9), {"table": "orders", "é": "x"},
+                associated_data=b"row 17"),
+    signed_case("signed: default frame length", 65536, pattern(1000), {"table": "orders"}),
+    signed_case("signed: signature of another body", 64, pattern(70), another_body=True),
+    signed_case("signed: footer missing", 64, pattern(70), truncate=96),
+    signed_case("signed: footer cut by one byte", 64, pattern(70), truncate=1),
+    signed_case("signed: no public key in the context", 64, pattern(10), no_public_key=True),
+    signed_case("unsigned (0x0001) message whose context holds a public key", 64, pattern(10), unsigned=True),
+]
+
+if __name__ == "__main__" and sys.argv[1:] == ["signed"]:
+    print(json.dumps({
+        "format": "envelope message v1, suite 0x0002 (docs/envelope-format-signed.md)",
+        "generator": "tests/Kms.Client.Tests/vectors/generate_envelope.py signed",
+        "vectors": SIGNED_VECTORS,
+    }, indent=2, ensure_ascii=False))
+elif __name__ == "__main__":
     print(json.dumps({
         "format": "envelope message v1, suite 0x0001 (docs/envelope-format.md)",
         "generator": "tests/Kms.Client.Tests/vectors/generate_envelope.py",
