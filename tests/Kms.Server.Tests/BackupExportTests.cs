@@ -207,8 +207,11 @@ public sealed class BackupExportTests : IAsyncLifetime, IDisposable
                 continue;
             }
 
+            // Written in the background once executed: 60 s is a hang guard (200 rounds of 50 ms,
+            // about 10 s, could end before a loaded machine had written it).
             var directory = Path.Combine(_server.DataDir, "backups", request.Id);
-            for (var wait = 0; wait < 200 && !File.Exists(Path.Combine(directory, BackupManifest.SignatureFile)); wait++)
+            var deadline = DateTime.UtcNow.AddSeconds(60);
+            while (!File.Exists(Path.Combine(directory, BackupManifest.SignatureFile)) && DateTime.UtcNow < deadline)
             {
                 await Task.Delay(50);
             }

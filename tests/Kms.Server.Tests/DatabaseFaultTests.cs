@@ -489,15 +489,18 @@ public sealed class DatabaseFaultTests(ITestOutputHelper output) : IAsyncLifetim
         Assert.True(verification.Valid, verification.Problem);
     }
 
+    // Retried while UNAVAILABLE, for 30 s at most (a hang guard: 20 tries 250 ms apart, about 5 s,
+    // could end before a loaded machine's pooled connections had all met the fault once).
     private static async Task<T> RetryAsync<T>(Func<Task<T>> call)
     {
-        for (var attempt = 1; ; attempt++)
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (true)
         {
             try
             {
                 return await call();
             }
-            catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && attempt < 20)
+            catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && DateTime.UtcNow < deadline)
             {
                 await Task.Delay(250);
             }

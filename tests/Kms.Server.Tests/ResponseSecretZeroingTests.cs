@@ -44,7 +44,10 @@ public sealed class ResponseSecretZeroingTests
     private static async Task<T> NextAsync<T>(ConcurrentQueue<IMessage> sent)
         where T : IMessage
     {
-        for (var i = 0; i < 500; i++)
+        // The callback runs on the server's time after the client has its answer: 30 s is a hang
+        // guard (500 rounds of 10 ms, about 5 s, could end first on a loaded machine).
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (DateTime.UtcNow < deadline)
         {
             if (sent.FirstOrDefault(m => m is T) is T found)
             {
@@ -54,7 +57,7 @@ public sealed class ResponseSecretZeroingTests
             await Task.Delay(10);
         }
 
-        throw new TimeoutException($"no {typeof(T).Name} was handed over after its request ended");
+        throw new TimeoutException($"no {typeof(T).Name} was handed over within 30 s of its request's end");
     }
 
     // Registers its end-of-request callback before the handler runs: callbacks run last-registered

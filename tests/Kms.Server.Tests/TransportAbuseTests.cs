@@ -291,16 +291,19 @@ public sealed partial class TransportAbuseTests(TransportLimitsFixture fixture) 
         return response.Data.Length == 8;
     }
 
-    // The server notices a closed connection on its own time: tried again until it has.
+    // The server notices a closed connection on its own time: tried again until it has (for
+    // Generously at most, a hang guard; 100 tries 100 ms apart, about 10 s, could end first on a
+    // loaded machine).
     private static async Task<T> Eventually<T>(Func<Task<T>> attempt)
     {
-        for (var i = 0; ; i++)
+        var deadline = DateTime.UtcNow.Add(Generously);
+        while (true)
         {
             try
             {
                 return await attempt();
             }
-            catch (Exception e) when (e is IOException or System.Security.Authentication.AuthenticationException && i < 100)
+            catch (Exception e) when (e is IOException or System.Security.Authentication.AuthenticationException && DateTime.UtcNow < deadline)
             {
                 await Task.Delay(100);
             }
