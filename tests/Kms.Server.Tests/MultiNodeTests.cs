@@ -414,11 +414,14 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
 
         var other = await StartNodeAsync(shareTlsWith: a, extraArgs: Named("kms-other"));
 
-        // Stopped: its name is free at once, for the node restarted in its place.
+        // Stopped: its name is free, for the node restarted in its place. Its session's end is
+        // PostgreSQL's to finish after the close (a moment, or longer on a loaded machine): the
+        // node waits for it as a restarted one does (NodeNameWait's 30 s), not the 1 s above, which
+        // only keeps the refusal short.
         var developer = a.DeveloperToken;
         await a.DisposeAsync();
         _nodes.Remove(a);
-        var restarted = await StartNodeAsync(shareTlsWith: other, extraArgs: Named("kms-shared"));
+        var restarted = await StartNodeAsync(shareTlsWith: other, extraArgs: ["--Kms:NodeName=kms-shared"]);
 
         // Killed (SIGKILL: no shutdown, its connections reset by the kernel): free too, within the wait.
         var killed = await StartProcessNodeAsync(other, "--Kms:NodeName=kms-killed");
