@@ -296,7 +296,7 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
 
         long succeeded = 0, failed = 0;
         var failures = new System.Collections.Concurrent.ConcurrentBag<string>();
-        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(6));
+        using var stop = new CancellationTokenSource();
         var load = Enumerable.Range(0, 8).Select(worker => Task.Run(async () =>
         {
             var plaintext = Encoding.UTF8.GetBytes($"worker {worker}");
@@ -317,10 +317,35 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
             }
         })).ToList();
 
-        await Task.Delay(TimeSpan.FromSeconds(2));
-        var before = Interlocked.Read(ref succeeded);
-        b.Kill();
-        await Task.WhenAll(load);
+        // The kill comes once the load is served (each worker some pairs), and the load stops once as
+        // many more have succeeded after it — counted, not timed: before, the kill came 2 s into a 6-s
+        // load, and on a loaded machine the load could still be starting at the kill, or have no time
+        // left after it for the success the test asserts.
+        const long pairs = 5 * 8;
+        async Task UntilSucceededAsync(long count, string what)
+        {
+            var guard = Stopwatch.StartNew();
+            while (Interlocked.Read(ref succeeded) < count && load.All(l => !l.IsCompleted))
+            {
+                Assert.True(guard.Elapsed < TimeSpan.FromSeconds(60), $"hang guard: {Interlocked.Read(ref succeeded)} of {count} pairs succeeded {what} after 60 s ({Interlocked.Read(ref failed)} failed)");
+                await Task.Delay(20);
+            }
+        }
+
+        long before;
+        try
+        {
+            await UntilSucceededAsync(pairs, "before the kill");
+            before = Interlocked.Read(ref succeeded);
+            b.Kill();
+            await UntilSucceededAsync(before + pairs, "after the kill");
+        }
+        finally
+        {
+            await stop.CancelAsync();
+            await Task.WhenAll(load);
+        }
+
         await b.DisposeAsync();
 
         output.WriteLine($"{succeeded} encrypt+decrypt pairs succeeded ({before} before node B was killed), {failed} failed: {string.Join("; ", failures.Distinct())}");
