@@ -18,9 +18,12 @@ namespace Kms.Server.Tests;
 /// </summary>
 public sealed class HealthTests : IAsyncLifetime
 {
+    private readonly CountingPublisher _published = new();
     private KmsTestServer _server = null!;
 
-    public async Task InitializeAsync() => _server = await KmsTestServer.StartAsync();
+    // The counting publisher runs beside the server's own, once per run of the checks.
+    public async Task InitializeAsync() => _server = await KmsTestServer.StartAsync(null, null, "dev",
+        services => services.AddSingleton<Microsoft.Extensions.Diagnostics.HealthChecks.IHealthCheckPublisher>(_published));
 
     public async Task DisposeAsync() => await _server.DisposeAsync();
 
@@ -131,7 +134,19 @@ public sealed class HealthTests : IAsyncLifetime
 
             Assert.True(moved, "hang guard: the Watch stream did not move within 60 s of the database becoming unreachable");
             Assert.Equal(ServingStatus.NotServing, watch.ResponseStream.Current.Status);
-            await Task.Delay(TimeSpan.FromSeconds(3));
+
+            // Three more runs of the checks, all published, while it stays unreachable: each could
+            // have logged it again. Counted, not timed: a 3-s pause could see fewer runs on a loaded
+            // machine and pass a node that logged every run. (HealthTransitionPublisher answers
+            // synchronously, and a run calls its publishers one after the other: once the next run
+            // is published here, its run of the one before is over.)
+            var seen = _published.Runs;
+            var published = System.Diagnostics.Stopwatch.StartNew();
+            while (_published.Runs < seen + 4)
+            {
+                Assert.True(published.Elapsed < TimeSpan.FromSeconds(60), $"hang guard: {_published.Runs - seen} runs of the checks published in 60 s");
+                await Task.Delay(50);
+            }
         });
 
         // Once per change of which checks fail (the audit check may join the store's), with the cause.
@@ -416,5 +431,19 @@ public sealed class HealthTests : IAsyncLifetime
     {
         using var channel = _server.CreateChannel();
         return (await new global::Grpc.Health.V1.Health.HealthClient(channel).CheckAsync(new HealthCheckRequest())).Status;
+    }
+
+    // Counts the runs of the checks published (once a second, HealthTransitionPublisher.Period).
+    private sealed class CountingPublisher : Microsoft.Extensions.Diagnostics.HealthChecks.IHealthCheckPublisher
+    {
+        private long _runs;
+
+        public long Runs => Interlocked.Read(ref _runs);
+
+        public Task PublishAsync(Microsoft.Extensions.Diagnostics.HealthChecks.HealthReport report, CancellationToken cancellationToken)
+        {
+            Interlocked.Increment(ref _runs);
+            return Task.CompletedTask;
+        }
     }
 }
