@@ -20,9 +20,13 @@ internal sealed class EnvelopeTarget : FuzzTarget
     private static readonly int[] SeedSizes = [0, 1, 63, 64, 65, 200];
     private static readonly EnvelopeEncryptor Encryptor = new(new SoftwareKeyProvider(), new EnvelopeOptions { KeyNames = [KeyName], TrustAnyKey = true, FrameLength = 64 });
 
+    // Writes suite 0x0002 seeds (docs/envelope-format-signed.md), so the public key in the context,
+    // the footer and the streaming reader's held-back final frame are reached too; Encryptor reads both.
+    private static readonly EnvelopeEncryptor SignedWriter = new(new SoftwareKeyProvider(), new EnvelopeOptions { KeyNames = [KeyName], TrustAnyKey = true, FrameLength = 64, Suite = EnvelopeSuite.CommittingSigned });
+
     public override string Name => "envelope";
 
-    public override string Description => "envelope message v1: EnvelopeEncryptor.DecryptAsync, one-shot and streaming (refusal: EnvelopeDecryptionException)";
+    public override string Description => "envelope message v1, suites 0x0001 and 0x0002: EnvelopeEncryptor.DecryptAsync, one-shot and streaming (refusal: EnvelopeDecryptionException)";
 
     public override void Run(byte[] input)
     {
@@ -64,6 +68,7 @@ internal sealed class EnvelopeTarget : FuzzTarget
             var context = i % 2 == 0 ? null : new Dictionary<string, string> { ["table"] = "orders", ["id"] = i.ToString(System.Globalization.CultureInfo.InvariantCulture) };
             var plaintext = Enumerable.Range(0, size).Select(b => (byte)b).ToArray();
             yield return ($"fixed-key-{size:D3}", Encryptor.EncryptAsync(plaintext, context).GetAwaiter().GetResult());
+            yield return ($"signed-{size:D3}", SignedWriter.EncryptAsync(plaintext, context).GetAwaiter().GetResult());
         }
 
         foreach (var (vector, i) in Vectors.Select((v, i) => (v, i)).Where(p => p.v.Message.Length <= 4096))
