@@ -153,6 +153,33 @@ public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<
     }
 
     [Fact]
+    public async Task List_KeyGivenAnAlias_UsageError_NotTheAliassOwnEventsAsTheKeys()
+    {
+        // Other commands take an alias's full name for its key; the audit records a crypto call
+        // through an alias under the key version it resolved to, so the alias's name would list
+        // the alias's own events only (here CreateAlias), not the Encrypt made through it.
+        using var developer = fixture.Server.CreateClient();
+        var key = await developer.CreateKeyAsync("tenants/dev", "cli-audit-aliased");
+        await developer.CreateAliasAsync("tenants/dev", "cli-audit-alias", key.Name);
+        await developer.EncryptAsync("tenants/dev/aliases/cli-audit-alias", new byte[] { 1 });
+
+        var officer = Path.Combine(_directory, "alias-officer.token");
+        await File.WriteAllTextAsync(officer, await fixture.Server.CreatePrincipalWithTokenAsync("audit-alias-officer", null, "security-officer"));
+        var variables = fixture.Variables;
+        variables["KMS_TOKEN_FILE"] = officer;
+
+        var aliased = await CliRun.InProcessAsync(variables, _directory, null, "audit", "list", "--deployment", "--key", "tenants/dev/aliases/cli-audit-alias", "-o", "json");
+        Assert.True(aliased.ExitCode == ExitCodes.Usage, aliased.ToString());
+        Assert.Contains("--key takes a key, not an alias", aliased.Error, StringComparison.Ordinal);
+        Assert.Contains("--resource tenants/dev/aliases/cli-audit-alias", aliased.Error, StringComparison.Ordinal);
+
+        // The key's own name finds the Encrypt made through the alias.
+        var byKey = await CliRun.InProcessAsync(variables, _directory, null, "audit", "list", "--deployment", "--key", "dev/cli-audit-aliased", "--operation", "Encrypt", "-o", "json");
+        Assert.True(byKey.ExitCode == 0, byKey.ToString());
+        Assert.Single(System.Text.Json.JsonDocument.Parse(byKey.Out).RootElement.GetProperty("events").EnumerateArray());
+    }
+
+    [Fact]
     public void KeyVersions_ListedOneALine_TheUnlistedCounted() =>
         Assert.Equal("tenants/t/keys/k/versions/1\ntenants/t/keys/k/versions/2\n(+3 more)", Kms.Cli.Commands.AuditCommands.KeyVersions(
             new Kms.Contracts.V1.AuditEventInfo { KeyVersions = { "tenants/t/keys/k/versions/1", "tenants/t/keys/k/versions/2" }, OtherKeyVersions = 3 }));

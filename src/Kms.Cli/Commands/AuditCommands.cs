@@ -29,7 +29,7 @@ internal static class AuditCommands
         var end = new Option<DateTimeOffset?>("--end") { Description = "events before this time (ISO 8601)", HelpName = "TIME" };
         var principal = new Option<string?>("--principal") { Description = "only this principal's events (token:NAME, cn:..., system:JOB)", HelpName = "PRINCIPAL" };
         var resource = new Option<string?>("--resource") { Description = "only events about this resource (its full name) or anything under it (a key and its versions, also as a ReEncrypt source or a batch's key version)", HelpName = "NAME" };
-        var key = new Option<string?>("--key") { Description = "only events about this key, its versions included: KEY (of --tenant or the profile's tenant), TENANT/KEY, a full name, or KEY/versions/N for one version", HelpName = "KEY" };
+        var key = new Option<string?>("--key") { Description = "only events about this key, its versions included: KEY (of --tenant or the profile's tenant), TENANT/KEY, a full name, or KEY/versions/N for one version (not an alias: calls through one are recorded under its key)", HelpName = "KEY" };
         var newest = new Option<bool>("--newest") { Description = "the newest events (at most --limit), newest first, instead of the oldest" };
         var operation = new Option<string?>("--operation") { Description = "only this operation: a full method or its last part (Decrypt)", HelpName = "OPERATION" };
         var outcome = new Option<string?>("--outcome") { Description = "only this outcome (OK, PERMISSION_DENIED, ...)", HelpName = "CODE" };
@@ -54,6 +54,14 @@ internal static class AuditCommands
                 // KEY, TENANT/KEY, a full name, or one of its versions; a bare KEY is --tenant's
                 // (or the profile's) even with --deployment, which only widens whose events are listed.
                 resourceName = ResourceNames.KeyOrVersion(keyName, ctx.Tenant);
+
+                // Not an alias, which other commands take for its key: a crypto call through an alias
+                // is recorded under the key version it resolved to, so the alias's name would list
+                // only the alias's own events and present them as the key's.
+                if (resourceName.Split('/') is [_, _, "aliases", _])
+                {
+                    throw new CliUsageException($"--key takes a key, not an alias: the calls made through {resourceName} are recorded under the key it pointed at then (`kms aliases get` shows which it points at now); for the alias's own events (CreateAlias, UpdateAlias, DeleteAlias) give --resource {resourceName}");
+                }
             }
 
             var query = new Kms.Contracts.V1.ListAuditEventsRequest
