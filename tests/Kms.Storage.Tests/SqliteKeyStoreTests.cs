@@ -548,6 +548,35 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         }
     }
 
+    [Fact]
+    public async Task ListAuditEvents_TheStatementRun_BothOrders_EveryFilter_WalksAnIndexInItsOrder_NeverSorts()
+    {
+        // The statement the store runs, parameters bound: a page oldest or newest first walks the
+        // primary key (or the principal index) in the order asked and stops at the limit, never
+        // reading the whole table into a sort (one page of a large audit would cost its size).
+        await using var store = await OpenAsync();
+        await store.AppendAuditAsync([Entry(1)], default);
+        var filters = new (Kms.Core.Audit.AuditQuery Query, string Index)[]
+        {
+            (new Kms.Core.Audit.AuditQuery(), "PRIMARY KEY"),
+            (new Kms.Core.Audit.AuditQuery { Tenant = "dev" }, "PRIMARY KEY"),
+            (new Kms.Core.Audit.AuditQuery { StartTime = DateTimeOffset.UnixEpoch, EndTime = DateTimeOffset.UnixEpoch.AddDays(1) }, "PRIMARY KEY"),
+            (new Kms.Core.Audit.AuditQuery { Resource = "tenants/dev/keys/k" }, "PRIMARY KEY"),
+            (new Kms.Core.Audit.AuditQuery { Operation = "Decrypt", Outcome = "OK" }, "PRIMARY KEY"),
+            (new Kms.Core.Audit.AuditQuery { Principal = "token:alice" }, "audit_events_by_principal"),
+            (new Kms.Core.Audit.AuditQuery { Principal = "token:alice", Tenant = "dev", Resource = "tenants/dev/keys/k" }, "audit_events_by_principal"),
+        };
+        foreach (var (query, index) in filters)
+        {
+            foreach (var ordered in new[] { query with { AfterSequence = 5 }, query with { NewestFirst = true, BeforeSequence = 5 } })
+            {
+                var (sql, parameters) = store.ListAuditEventsSql(ordered);
+                var plan = await PlanAsync("EXPLAIN QUERY PLAN " + sql, parameters);
+                Assert.True(plan.Contains(index, StringComparison.Ordinal) && !plan.Contains("TEMP B-TREE", StringComparison.Ordinal), $"{ordered}: {plan}");
+            }
+        }
+    }
+
     private async Task<List<string>> AuditIndexesAsync()
     {
         await using var connection = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
@@ -564,12 +593,17 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         return names;
     }
 
-    private async Task<string> PlanAsync(string sql)
+    private async Task<string> PlanAsync(string sql, params (string Name, object Value)[] parameters)
     {
         await using var connection = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
         await connection.OpenAsync();
         await using var command = connection.CreateCommand();
         command.CommandText = sql;
+        foreach (var (name, value) in parameters)
+        {
+            command.Parameters.AddWithValue(name, value);
+        }
+
         await using var reader = await command.ExecuteReaderAsync();
         var plan = new List<string>();
         while (await reader.ReadAsync())

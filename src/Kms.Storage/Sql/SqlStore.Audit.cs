@@ -52,6 +52,13 @@ public abstract partial class SqlStore
     public Task<IReadOnlyList<AuditEvent>> ListAuditEventsAsync(AuditQuery query, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(query);
+        var (sql, parameters) = ListAuditEventsSql(query);
+        return ReadListAsync(sql, ReadEvent, cancellationToken, parameters);
+    }
+
+    /// <summary>The statement <see cref="ListAuditEventsAsync"/> runs and its parameters (tests read its plan).</summary>
+    internal (string Sql, (string Name, object Value)[] Parameters) ListAuditEventsSql(AuditQuery query)
+    {
         var sql = new StringBuilder($"SELECT {EventColumns} FROM audit_events WHERE ").Append(query.NewestFirst ? "seq < @cursor" : "seq > @cursor");
         var parameters = new List<(string, object)> { ("@cursor", query.NewestFirst ? query.BeforeSequence : query.AfterSequence), ("@limit", query.Limit) };
         void Filter(string condition, string name, object? value)
@@ -81,7 +88,7 @@ public abstract partial class SqlStore
             "@operation", query.Operation);
         Filter("outcome = @outcome", "@outcome", query.Outcome);
         sql.Append(query.NewestFirst ? " ORDER BY seq DESC LIMIT @limit" : " ORDER BY seq LIMIT @limit");
-        return ReadListAsync(sql.ToString(), ReadEvent, cancellationToken, [.. parameters]);
+        return (sql.ToString(), [.. parameters]);
     }
 
     /// <inheritdoc />
