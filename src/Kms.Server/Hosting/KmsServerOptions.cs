@@ -331,8 +331,9 @@ public sealed class QuotaOptions
 
     /// <summary>
     /// Sustained calls per second per tenant other than crypto operations — reads and management
-    /// (GetKey, ListKeys, an auditor's ListAuditEvents, CreateKey, SetKeyPolicy, …), a stream once
-    /// when it starts — on a bucket of the tenant's own, apart from its crypto quota; above 0.
+    /// (GetKey, ListKeys, an auditor's ListAuditEvents, SetKeyPolicy, …), a stream once when it
+    /// starts — on a bucket of the tenant's own, apart from its crypto quota (which CreateKey,
+    /// RotateKey, the imports and GetKeyAttestation spend, as HSM work); above 0.
     /// </summary>
     public double OtherCallsPerSecond { get; set; } = 1000;
 
