@@ -32,9 +32,7 @@ public sealed class KmsClientQuotaTests
         var clientTime = new FakeTimeProvider(DateTimeOffset.UtcNow);
         var refusals = new Refusals("GenerateRandom");
         using var retries = new QuotaRetryCount();
-        var options = new KmsClientOptions { Endpoint = server.Address, CaCertificatePath = server.CaCertificatePath, ApiToken = server.DeveloperToken };
-        options.Interceptors.Add(refusals);
-        using var client = new KmsClient(KmsClient.Connect(options, null, clientTime, () => 0));
+        using var client = ClientOf(server, server.DeveloperToken, refusals, clientTime);
 
         Assert.Equal(8, (await client.GenerateRandomAsync(8)).Length); // the burst: one operation
         var call = client.GenerateRandomAsync(8);
@@ -42,23 +40,14 @@ public sealed class KmsClientQuotaTests
 
         // The server's bucket has an operation again after 500 ms (2 a second); the client waits
         // the 500 ms it was told, on its own clock, and sends the call again.
-        serverTime.Advance(TimeSpan.FromMilliseconds(500));
-        await Eventually.TrueAsync(
-            () =>
-            {
-                clientTime.Advance(TimeSpan.FromMilliseconds(100));
-                return call.IsCompleted;
-            },
-            "the call is sent again once the client's clock passes the delay");
+        await RefilledThenWaitedOutAsync(serverTime, clientTime, call, "the call is sent again once the client's clock passes the delay");
         Assert.Equal(8, (await call).Length);
         Assert.Equal((3, 1), (refusals.Attempts, refusals.Count));
         Assert.Equal(1, retries.Value);
 
         // A tenant at 0.001 a second is told to come back in 1,000 s: past MaxRetryInfoDelay (5 s).
         await server.EnsureTenantAsync("slow");
-        var slowOptions = new KmsClientOptions { Endpoint = server.Address, CaCertificatePath = server.CaCertificatePath, ApiToken = await server.CreatePrincipalWithTokenAsync("slow-user", "slow", "key-user") };
-        slowOptions.Interceptors.Add(refusals);
-        using var slow = new KmsClient(KmsClient.Connect(slowOptions, null, clientTime, () => 0));
+        using var slow = ClientOf(server, await server.CreatePrincipalWithTokenAsync("slow-user", "slow", "key-user"), refusals, clientTime);
         await slow.GenerateRandomAsync(8);
         var refused = await Assert.ThrowsAsync<RpcException>(() => slow.GenerateRandomAsync(8));
         Assert.Equal(StatusCode.ResourceExhausted, refused.StatusCode);
@@ -84,9 +73,7 @@ public sealed class KmsClientQuotaTests
         var clientTime = new FakeTimeProvider(DateTimeOffset.UtcNow);
         var refusals = new Refusals("ExportAudit");
         using var retries = new QuotaRetryCount();
-        var options = new KmsClientOptions { Endpoint = server.Address, CaCertificatePath = server.CaCertificatePath, ApiToken = officerToken };
-        options.Interceptors.Add(refusals);
-        using var officer = new KmsClient(KmsClient.Connect(options, null, clientTime, () => 0));
+        using var officer = ClientOf(server, officerToken, refusals, clientTime);
 
         for (var i = 0; i < 3; i++)
         {
@@ -97,14 +84,7 @@ public sealed class KmsClientQuotaTests
         var export = officer.ExportAuditAsync(first);
         await Eventually.TrueAsync(() => refusals.Count == 1, "the export is refused for the officer's call rate");
 
-        serverTime.Advance(TimeSpan.FromMilliseconds(500));
-        await Eventually.TrueAsync(
-            () =>
-            {
-                clientTime.Advance(TimeSpan.FromMilliseconds(100));
-                return export.IsCompleted;
-            },
-            "the export is sent again once the client's clock passes the delay");
+        await RefilledThenWaitedOutAsync(serverTime, clientTime, export, "the export is sent again once the client's clock passes the delay");
         await export;
         Assert.Equal((2, 1), (refusals.Attempts, refusals.Count));
         Assert.Equal(1, retries.Value);
@@ -138,9 +118,7 @@ public sealed class KmsClientQuotaTests
         var clientTime = new FakeTimeProvider(DateTimeOffset.UtcNow);
         var refusals = new Refusals("CreateApiToken");
         using var retries = new QuotaRetryCount();
-        var options = new KmsClientOptions { Endpoint = server.Address, CaCertificatePath = server.CaCertificatePath, ApiToken = server.DeploymentAdminToken };
-        options.Interceptors.Add(refusals);
-        using var admin = new KmsClient(KmsClient.Connect(options, null, clientTime, () => 0));
+        using var admin = ClientOf(server, server.DeploymentAdminToken, refusals, clientTime);
 
         await admin.CreatePrincipalAsync("token:quota-svc", "tenants/dev");
         await admin.SetRoleBindingAsync("token:quota-svc", "key-user", "tenants/dev");
@@ -148,14 +126,7 @@ public sealed class KmsClientQuotaTests
         var create = admin.CreateApiTokenAsync("token:quota-svc", "SESSION");
         await Eventually.TrueAsync(() => refusals.Count == 1, "CreateApiToken is refused for the admin's call rate");
 
-        serverTime.Advance(TimeSpan.FromMilliseconds(500));
-        await Eventually.TrueAsync(
-            () =>
-            {
-                clientTime.Advance(TimeSpan.FromMilliseconds(100));
-                return create.IsCompleted;
-            },
-            "the creation is sent again once the client's clock passes the delay");
+        await RefilledThenWaitedOutAsync(serverTime, clientTime, create, "the creation is sent again once the client's clock passes the delay");
         var token = await create;
         Assert.Equal((2, 1), (refusals.Attempts, refusals.Count));
         Assert.Equal(1, retries.Value);
@@ -165,6 +136,28 @@ public sealed class KmsClientQuotaTests
         Assert.Equal(token.Token.Id, Assert.Single(tokens).Id);
         using var service = server.CreateClient(token.Secret);
         Assert.Equal(8, (await service.GenerateRandomAsync(8)).Length);
+    }
+
+    // A client on the server's address with the test's interceptor, on the fake clock, with no jitter.
+    private static KmsClient ClientOf(KmsTestServer server, string token, Refusals refusals, TimeProvider clientTime)
+    {
+        var options = new KmsClientOptions { Endpoint = server.Address, CaCertificatePath = server.CaCertificatePath, ApiToken = token };
+        options.Interceptors.Add(refusals);
+        return new KmsClient(KmsClient.Connect(options, null, clientTime, () => 0));
+    }
+
+    // The server's bucket has a call again 500 ms on (its fake clock); the client, told to wait that
+    // long, sends the call again once its own clock has passed the delay.
+    private static Task RefilledThenWaitedOutAsync(FakeTimeProvider serverTime, FakeTimeProvider clientTime, Task call, string what)
+    {
+        serverTime.Advance(TimeSpan.FromMilliseconds(500));
+        return Eventually.TrueAsync(
+            () =>
+            {
+                clientTime.Advance(TimeSpan.FromMilliseconds(100));
+                return call.IsCompleted;
+            },
+            what);
     }
 
     private static List<string> Lines(StringWriter export) => [.. export.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)];
