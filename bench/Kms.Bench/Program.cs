@@ -13,6 +13,7 @@ using Kms.Bench;
 // dotnet run -c Release --project bench/Kms.Bench -- envelope [BenchmarkDotNet arguments]
 // dotnet run -c Release --project bench/Kms.Bench -- envelope-stream [MiB]
 // dotnet run -c Release --project bench/Kms.Bench -- envelope-signed [rounds]   (one-shot encrypt+decrypt, suite 0x0001 against 0x0002, Stopwatch)
+// dotnet run -c Release --project bench/Kms.Bench -- envelope-signed-cache [rounds]   (1 KiB signed encrypt, data-key cache off against on, Stopwatch)
 // dotnet run -c Release --project bench/Kms.Bench -- gzip-check [BenchmarkDotNet arguments]   (the gzip body check's CRC-32 against inflation)
 // dotnet run -c Release --project bench/Kms.Bench -- commit [commits]
 // dotnet run -c Release --project bench/Kms.Bench -- hsm-churn [calls] [recycle after]   (native memory an unwrapped-then-destroyed copy leaves behind)
@@ -31,6 +32,8 @@ switch (args.FirstOrDefault())
         return 0;
     case "envelope-signed":
         return await EnvelopeSignedBench.RunAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 5);
+    case "envelope-signed-cache":
+        return await EnvelopeSignedBench.RunCacheAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 5);
     case "envelope-stream":
         return await EnvelopeStreamBench.RunAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1024);
     case "hsm-churn":

@@ -18,6 +18,9 @@ namespace Kms.Client.Caching;
 /// zeroes what it evicts later, on the thread pool. Dispose zeroes every tracked entry before it
 /// returns; an add that comes after Dispose began zeroes its own entry and is refused.
 /// One cache per encryptor: entries were made with that encryptor's credentials.
+/// A signed writer's entry also holds its ECDSA key pair (<see cref="SigningKey"/>): zeroing the
+/// entry releases the entry's reference, and the pair is disposed once no message leased from the
+/// entry still holds one. Entry keys name the suite, so the two suites never share an entry.
 /// </remarks>
 internal sealed class DataKeyCache : IDisposable
 {
@@ -76,13 +79,15 @@ internal sealed class DataKeyCache : IDisposable
     public bool Accepts(long plaintextBytes) => plaintextBytes >= 0 && plaintextBytes <= _options.MaxBytesPerKey;
 
     /// <summary>
-    /// A copy of a cached data key (the caller zeroes it) with its wrapped keys, reserving one
-    /// message of <paramref name="plaintextBytes"/>; on a miss <paramref name="generate"/> makes one.
+    /// Materials for one message of <paramref name="plaintextBytes"/> (the caller disposes them):
+    /// a copy of a cached data key, its wrappings and context, and for a signed writer a handle to
+    /// the entry's key pair; on a miss <paramref name="generate"/> makes them, and the entry takes
+    /// them over.
     /// </summary>
-    public async Task<(byte[] DataKey, IReadOnlyList<WrappedDataKey> Wrapped)> LeaseForEncryptionAsync(
+    public async Task<EncryptionMaterials> LeaseForEncryptionAsync(
         string cacheKey,
         long plaintextBytes,
-        Func<Task<(byte[] DataKey, IReadOnlyList<WrappedDataKey> Wrapped)>> generate,
+        Func<Task<EncryptionMaterials>> generate,
         CancellationToken cancellationToken)
     {
         // A few rounds at most: another round is needed only when callers sharing one KMS call
@@ -92,10 +97,10 @@ internal sealed class DataKeyCache : IDisposable
             ThrowIfDisposed();
             if (_encryption.TryGetValue(cacheKey, out CachedDataKey? cached) && cached is not null)
             {
-                if (cached.TryLease(plaintextBytes, _options.TimeProvider, _options.MaxAge, _options.MaxMessagesPerKey, _options.MaxBytesPerKey) is { } hit)
+                if (cached.TryLeaseForEncryption(plaintextBytes, _options.TimeProvider, _options.MaxAge, _options.MaxMessagesPerKey, _options.MaxBytesPerKey) is { } hit)
                 {
                     Count(ref _encryptHits, "encrypt", "hit");
-                    return (hit, cached.Wrapped);
+                    return hit;
                 }
 
                 // Used up or too old. Not removed here (another caller may have replaced it
@@ -104,20 +109,13 @@ internal sealed class DataKeyCache : IDisposable
 
             var entry = await Coalesce(encryption: true, cacheKey, async () =>
             {
-                var (dataKey, wrapped) = await generate().ConfigureAwait(false);
-                try
-                {
-                    return new CachedDataKey(dataKey, wrapped, _options.TimeProvider);
-                }
-                finally
-                {
-                    CryptographicOperations.ZeroMemory(dataKey);
-                }
+                using var materials = await generate().ConfigureAwait(false);
+                return new CachedDataKey(materials.DataKey, materials.Wrapped, _options.TimeProvider, materials.EncodedContext, materials.TakeSigning());
             }, cancellationToken).ConfigureAwait(false);
 
-            if (entry.TryLease(plaintextBytes, _options.TimeProvider, _options.MaxAge, _options.MaxMessagesPerKey, _options.MaxBytesPerKey) is { } leased)
+            if (entry.TryLeaseForEncryption(plaintextBytes, _options.TimeProvider, _options.MaxAge, _options.MaxMessagesPerKey, _options.MaxBytesPerKey) is { } leased)
             {
-                return (leased, entry.Wrapped);
+                return leased;
             }
 
             // Others who waited on the same KMS call used it up (message limit): go round again.
@@ -125,7 +123,7 @@ internal sealed class DataKeyCache : IDisposable
 
         ThrowIfDisposed();
         Count(ref _encryptMisses, "encrypt", "miss");
-        return await AwaitOrZeroAsync(generate(), static result => CryptographicOperations.ZeroMemory(result.DataKey), cancellationToken).ConfigureAwait(false);
+        return await AwaitOrZeroAsync(generate(), static result => result.Dispose(), cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>A copy of a cached unwrapped data key (the caller zeroes it); on a miss <paramref name="unwrap"/> makes one.</summary>
@@ -395,12 +393,21 @@ internal sealed class DataKeyCache : IDisposable
 
 /// <summary>
 /// One cached data key: a pinned copy zeroed on dispose — or, when an encryptor is dropped
-/// without being disposed, on finalization — with its usage so far.
+/// without being disposed, on finalization — with its usage so far; for a signed writer, with the
+/// key pair whose public key its context holds.
 /// </summary>
+/// <remarks>
+/// The entry holds one handle to its key pair and releases it on dispose (eviction, expiry,
+/// replacement, the cache's dispose); each message leased from it holds another until the message
+/// is signed (a streaming writer: until it completes or is disposed). So the pair is disposed when
+/// the entry is and no message under it is still being written, never before. An entry dropped
+/// undisposed leaves its pair to <see cref="ECDsa"/>'s own finalizer.
+/// </remarks>
 internal sealed class CachedDataKey : IDisposable
 {
     private readonly Lock _lock = new();
     private readonly byte[] _key;
+    private readonly SigningKey.Handle? _signing;
     private readonly DateTimeOffset _created;
     private readonly long _createdTimestamp;
     private long _messages;
@@ -410,11 +417,16 @@ internal sealed class CachedDataKey : IDisposable
     /// <param name="dataKey">The key, copied.</param>
     /// <param name="wrapped">Its wrappings (empty for decryption).</param>
     /// <param name="time">The clocks the entry's age is read on: the wall clock and the monotonic one.</param>
-    public CachedDataKey(ReadOnlySpan<byte> dataKey, IReadOnlyList<WrappedDataKey> wrapped, TimeProvider time)
+    /// <param name="encodedContext">The context the data key was generated under (encryption; null for decryption).</param>
+    /// <param name="signing">A signed writer's key pair, taken over (released on dispose).</param>
+    public CachedDataKey(ReadOnlySpan<byte> dataKey, IReadOnlyList<WrappedDataKey> wrapped, TimeProvider time, byte[]? encodedContext = null, SigningKey.Handle? signing = null)
     {
         _key = GC.AllocateUninitializedArray<byte>(dataKey.Length, pinned: true);
         dataKey.CopyTo(_key);
         Wrapped = wrapped;
+        EncodedContext = encodedContext;
+        _signing = signing;
+        SigningKey = signing?.Key;
         _created = time.GetUtcNow();
         _createdTimestamp = time.GetTimestamp();
     }
@@ -424,6 +436,12 @@ internal sealed class CachedDataKey : IDisposable
     ~CachedDataKey() => CryptographicOperations.ZeroMemory(_key);
 
     public IReadOnlyList<WrappedDataKey> Wrapped { get; }
+
+    /// <summary>The context the data key was generated under, as a header carries it (null for decryption).</summary>
+    public byte[]? EncodedContext { get; }
+
+    /// <summary>For tests: the signed writer's key pair (null for suite 0x0001 and decryption).</summary>
+    internal SigningKey? SigningKey { get; }
 
     /// <summary>For tests: the key array itself (to observe its zeroing after this entry is collected).</summary>
     internal byte[] KeyArray => _key;
@@ -447,8 +465,22 @@ internal sealed class CachedDataKey : IDisposable
     /// was away, which the monotonic one may not); a wall clock now before the entry's creation
     /// means it was set back, and the entry is too old — a new data key costs one KMS call.
     /// </remarks>
-    public byte[]? TryLease(long bytes, TimeProvider time, TimeSpan maxAge, long maxMessages, long maxBytes)
+    public byte[]? TryLease(long bytes, TimeProvider time, TimeSpan maxAge, long maxMessages, long maxBytes) =>
+        TryLeaseCore(bytes, time, maxAge, maxMessages, maxBytes, out _);
+
+    /// <summary>
+    /// Materials for one message of <paramref name="bytes"/> if the entry is alive, young enough and
+    /// has room (as <see cref="TryLease"/>): a copy of the
+    /// key and, for a signed writer, a new handle to the entry's key pair.
+    /// </summary>
+    public EncryptionMaterials? TryLeaseForEncryption(long bytes, TimeProvider time, TimeSpan maxAge, long maxMessages, long maxBytes) =>
+        TryLeaseCore(bytes, time, maxAge, maxMessages, maxBytes, out var signing) is { } key
+            ? new EncryptionMaterials(key, Wrapped, EncodedContext!, signing)
+            : null;
+
+    private byte[]? TryLeaseCore(long bytes, TimeProvider time, TimeSpan maxAge, long maxMessages, long maxBytes, out SigningKey.Handle? signing)
     {
+        signing = null;
         var wallAge = time.GetUtcNow() - _created;
         var monotonicAge = time.GetElapsedTime(_createdTimestamp);
         lock (_lock)
@@ -463,6 +495,9 @@ internal sealed class CachedDataKey : IDisposable
             _bytes += bytes;
             var copy = GC.AllocateUninitializedArray<byte>(_key.Length, pinned: true);
             _key.CopyTo(copy, 0);
+
+            // Under the lock that Dispose takes: the entry's own handle is alive here.
+            signing = _signing?.Share();
             return copy;
         }
     }
@@ -473,6 +508,10 @@ internal sealed class CachedDataKey : IDisposable
         {
             _disposed = true;
             CryptographicOperations.ZeroMemory(_key);
+
+            // The key pair goes now unless a message leased from this entry still holds it; then
+            // when that message has signed (its handle is the last).
+            _signing?.Dispose();
         }
 
         GC.SuppressFinalize(this);

@@ -47,6 +47,7 @@ public sealed class EnvelopeEncryptor : IDisposable
     private readonly bool _trustAnyKey;
     private readonly int _frameLength;
     private readonly DataKeyCache? _cache;
+    private readonly bool _ownsCache = true;
     private readonly string _cacheKeyPrefix;
     private readonly ILogger _logger;
     private readonly bool _signed;
@@ -61,7 +62,7 @@ public sealed class EnvelopeEncryptor : IDisposable
 
     /// <summary>Envelopes whose data keys come from <paramref name="provider"/>.</summary>
     public EnvelopeEncryptor(IEnvelopeKeyProvider provider, EnvelopeOptions options)
-        : this(provider, options, null)
+        : this(provider, options, (ILoggerFactory?)null)
     {
     }
 
@@ -83,7 +84,21 @@ public sealed class EnvelopeEncryptor : IDisposable
         _cache = options.DataKeyCache is { } cacheOptions ? new DataKeyCache(cacheOptions) : null;
         _signed = options.Suite == EnvelopeSuite.CommittingSigned;
         _requireSigned = options.RequireSignedMessages;
-        _cacheKeyPrefix = $"{EnvelopeFormat.Suite1:X4}|{string.Join('\n', _keyNames)}|";
+        // The suite is part of every entry's key: a 0x0001 writer must never get a data key bound
+        // to a context holding a public key (its readers refuse it), nor a 0x0002 writer one without.
+        _cacheKeyPrefix = $"{(_signed ? EnvelopeFormat.Suite2 : EnvelopeFormat.Suite1):X4}|{string.Join('\n', _keyNames)}|";
+    }
+
+    /// <summary>
+    /// For tests: an encryptor that uses <paramref name="sharedCache"/> (another encryptor's, not
+    /// disposed with this one), to show that entries of one suite never serve the other.
+    /// </summary>
+    internal EnvelopeEncryptor(IEnvelopeKeyProvider provider, EnvelopeOptions options, DataKeyCache sharedCache)
+        : this(provider, options, (ILoggerFactory?)null)
+    {
+        _cache?.Dispose();
+        _cache = sharedCache;
+        _ownsCache = false;
     }
 
     /// <summary>
@@ -115,17 +130,10 @@ public sealed class EnvelopeEncryptor : IDisposable
     {
         // The encoding is taken once and the KMS calls, the header and the cache all use it (the
         // KMS calls a snapshot decoded from it): a caller changing its dictionary later changes nothing.
-        using var signature = _signed ? EnvelopeSignature.ForWriting() : null;
-        var encodedContext = EncodeContext(encryptionContext, signature);
-        var (dataKey, wrapped) = await GetMaterialsAsync(encodedContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
-        try
-        {
-            return EnvelopeMessage.Seal(dataKey, KernelRandom.MessageId(), encodedContext, wrapped, _frameLength, plaintext.Span, associatedData.Span, signature);
-        }
-        finally
-        {
-            CryptographicOperations.ZeroMemory(dataKey);
-        }
+        var callerContext = EncodeCallerContext(encryptionContext);
+        using var materials = await GetMaterialsAsync(callerContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
+        using var signature = materials.TakeSigning() is { } signing ? EnvelopeSignature.ForWriting(signing) : null;
+        return EnvelopeMessage.Seal(materials.DataKey, KernelRandom.MessageId(), materials.EncodedContext, materials.Wrapped, _frameLength, plaintext.Span, associatedData.Span, signature);
     }
 
     /// <summary>
@@ -137,23 +145,15 @@ public sealed class EnvelopeEncryptor : IDisposable
     {
         // The encoding is taken once and the KMS calls, the header and the cache all use it (the
         // KMS calls a snapshot decoded from it): a caller changing its dictionary later changes nothing.
-        using var signature = _signed ? EnvelopeSignature.ForWriting() : null;
-        var encodedContext = EncodeContext(encryptionContext, signature);
-        var (dataKey, wrapped) = await GetMaterialsAsync(encodedContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
+        var callerContext = EncodeCallerContext(encryptionContext);
+        using var materials = await GetMaterialsAsync(callerContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
+        using var signature = materials.TakeSigning() is { } signing ? EnvelopeSignature.ForWriting(signing) : null;
         if (plaintext.Span.Overlaps(destination.Span))
         {
-            CryptographicOperations.ZeroMemory(dataKey);
             throw new ArgumentException("the destination must not overlap the plaintext", nameof(destination));
         }
 
-        try
-        {
-            return EnvelopeMessage.SealInto(dataKey, KernelRandom.MessageId(), encodedContext, wrapped, _frameLength, plaintext.Span, associatedData.Span, destination.Span, signature);
-        }
-        finally
-        {
-            CryptographicOperations.ZeroMemory(dataKey);
-        }
+        return EnvelopeMessage.SealInto(materials.DataKey, KernelRandom.MessageId(), materials.EncodedContext, materials.Wrapped, _frameLength, plaintext.Span, associatedData.Span, destination.Span, signature);
     }
 
     /// <summary>
@@ -320,29 +320,27 @@ public sealed class EnvelopeEncryptor : IDisposable
 
         // The encoding is taken once and the KMS calls, the header and the cache all use it (the
         // KMS calls a snapshot decoded from it): a caller changing its dictionary later changes nothing.
-        var signature = _signed ? EnvelopeSignature.ForWriting() : null;
+        var callerContext = EncodeCallerContext(encryptionContext);
+        EnvelopeSignature? signature;
         FrameCipher cipher;
         EnvelopeHeader header;
-        try
+        using (var materials = await GetMaterialsAsync(callerContext, plaintextLength, cancellationToken).ConfigureAwait(false))
         {
-            var encodedContext = EncodeContext(encryptionContext, signature);
-            var (dataKey, wrapped) = await GetMaterialsAsync(encodedContext, plaintextLength, cancellationToken).ConfigureAwait(false);
+            // The stream holds the signing key pair until it is disposed: a cached pair evicted
+            // meanwhile is disposed only then.
+            signature = materials.TakeSigning() is { } signing ? EnvelopeSignature.ForWriting(signing) : null;
             try
             {
                 var messageId = KernelRandom.MessageId();
                 var suite = _signed ? EnvelopeFormat.Suite2 : EnvelopeFormat.Suite1;
-                cipher = FrameCipher.ForWriting(suite, dataKey, messageId, out var commitment);
-                header = new EnvelopeHeader(messageId, encodedContext, null, wrapped, _frameLength, commitment, suite);
+                cipher = FrameCipher.ForWriting(suite, materials.DataKey, messageId, out var commitment);
+                header = new EnvelopeHeader(messageId, materials.EncodedContext, null, materials.Wrapped, _frameLength, commitment, suite);
             }
-            finally
+            catch
             {
-                CryptographicOperations.ZeroMemory(dataKey);
+                signature?.Dispose();
+                throw;
             }
-        }
-        catch
-        {
-            signature?.Dispose();
-            throw;
         }
 
         // A declared length reserved bytes in the data-key cache: the stream holds the writer to it.
@@ -401,8 +399,14 @@ public sealed class EnvelopeEncryptor : IDisposable
         }
     }
 
-    /// <summary>Zeroes and drops the cached data keys.</summary>
-    public void Dispose() => _cache?.Dispose();
+    /// <summary>Zeroes and drops the cached data keys, and releases their signing key pairs (each disposed once no stream still holds it).</summary>
+    public void Dispose()
+    {
+        if (_ownsCache)
+        {
+            _cache?.Dispose();
+        }
+    }
 
     /// <summary>The header, read exactly (never past it), every length checked before it is read.</summary>
     private static async Task<byte[]> ReadHeaderAsync(Stream message, CancellationToken cancellationToken)
@@ -482,57 +486,81 @@ public sealed class EnvelopeEncryptor : IDisposable
     }
 
     /// <summary>
-    /// The caller's context, validated and encoded; for a signed message with the public key added
-    /// under its reserved key, which a caller may not use in any suite.
+    /// The caller's context, validated and encoded once (a caller changing its dictionary later
+    /// changes nothing): what a data key is cached under. A signed writer adds its public key to it
+    /// (<see cref="WithPublicKey"/>) before asking the KMS.
     /// </summary>
     /// <exception cref="ArgumentException">The context uses the reserved key, or breaks a limit (a signed message's caller has one entry fewer).</exception>
-    private static byte[] EncodeContext(IReadOnlyDictionary<string, string>? context, EnvelopeSignature? signature)
+    private byte[] EncodeCallerContext(IReadOnlyDictionary<string, string>? context)
     {
         if (context is not null && !ReferenceEquals(context, EnvelopeContext.Any) && context.Keys.Any(key => key == EnvelopeFormat.PublicKeyContextKey))
         {
             throw new ArgumentException($"the encryption-context key {EnvelopeFormat.PublicKeyContextKey} is reserved: a signed envelope message (suite 0x0002) carries its public key there", nameof(context));
         }
 
-        if (signature is null || ReferenceEquals(context, EnvelopeContext.Any))
-        {
-            return EnvelopeContext.Encode(context);
-        }
-
-        context ??= EnvelopeContext.Empty;
-        if (context.Count >= EnvelopeFormat.MaxContextEntries)
+        var encoded = EnvelopeContext.Encode(context);
+        if (_signed && EnvelopeContext.Decode(encoded).Count >= EnvelopeFormat.MaxContextEntries)
         {
             throw new ArgumentException($"a signed envelope message's encryption context has at most {EnvelopeFormat.MaxContextEntries - 1} entries (the public key takes one of {EnvelopeFormat.MaxContextEntries})", nameof(context));
         }
 
+        return encoded;
+    }
+
+    /// <summary>The caller's encoded context with <paramref name="publicKey"/> under its reserved key.</summary>
+    private static byte[] WithPublicKey(byte[] callerContext, string publicKey)
+    {
         var withKey = new Dictionary<string, string>(StringComparer.Ordinal);
-        foreach (var (key, value) in context)
+        foreach (var (key, value) in EnvelopeContext.Decode(callerContext))
         {
             withKey[key] = value;
         }
 
-        withKey[EnvelopeFormat.PublicKeyContextKey] = signature.EncodedPublicKey;
+        withKey[EnvelopeFormat.PublicKeyContextKey] = publicKey;
         return EnvelopeContext.Encode(withKey);
     }
 
-    private async Task<(byte[] DataKey, IReadOnlyList<WrappedDataKey> Wrapped)> GetMaterialsAsync(
-        byte[] encodedContext,
+    /// <summary>
+    /// The materials of one message (the caller disposes them): from the cache when there is one
+    /// and the message's length is known and within its bounds, else a data key of its own.
+    /// </summary>
+    private async Task<EncryptionMaterials> GetMaterialsAsync(
+        byte[] callerContext,
         long plaintextLength,
         CancellationToken cancellationToken)
     {
-        // A signed message has its own data key: its context names its own key pair, and the
-        // encryption cache keys on the context (docs/envelope-format-signed.md, "Caching").
-        if (_cache is null || _signed || plaintextLength < 0 || !_cache.Accepts(plaintextLength))
+        if (_cache is null || plaintextLength < 0 || !_cache.Accepts(plaintextLength))
         {
-            return await GenerateAsync(encodedContext, cancellationToken).ConfigureAwait(false);
+            return await GenerateAsync(callerContext, cancellationToken).ConfigureAwait(false);
         }
 
-        // One cache entry per (keys, context, suite); the KMS call it makes is shared by every
-        // caller waiting on it, so it does not take any one caller's cancellation.
-        var cacheKey = _cacheKeyPrefix + Convert.ToBase64String(encodedContext);
-        return await _cache.LeaseForEncryptionAsync(cacheKey, plaintextLength, () => GenerateAsync(encodedContext, CancellationToken.None), cancellationToken).ConfigureAwait(false);
+        // One cache entry per (suite, keys, caller's context); a signed entry holds its key pair
+        // and the context with its public key (docs/envelope-format-signed.md, "Caching"). The
+        // KMS call it makes is shared by every caller waiting on it, so it does not take any one
+        // caller's cancellation.
+        var cacheKey = _cacheKeyPrefix + Convert.ToBase64String(callerContext);
+        return await _cache.LeaseForEncryptionAsync(cacheKey, plaintextLength, () => GenerateAsync(callerContext, CancellationToken.None), cancellationToken).ConfigureAwait(false);
     }
 
-    private async Task<(byte[] DataKey, IReadOnlyList<WrappedDataKey> Wrapped)> GenerateAsync(byte[] encodedContext, CancellationToken cancellationToken)
+    /// <summary>A new data key under the caller's context; a signed writer's under that context plus a new key pair's public key.</summary>
+    private async Task<EncryptionMaterials> GenerateAsync(byte[] callerContext, CancellationToken cancellationToken)
+    {
+        var signing = _signed ? SigningKey.Create() : null;
+        try
+        {
+            var encodedContext = signing is null ? callerContext : WithPublicKey(callerContext, signing.Key.EncodedPublicKey);
+            var (dataKey, wrapped) = await GenerateDataKeyAsync(encodedContext, cancellationToken).ConfigureAwait(false);
+            return new EncryptionMaterials(dataKey, wrapped, encodedContext, signing);
+        }
+        catch
+        {
+            signing?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>GenerateDataKey under the first key, Encrypt under the others, all under <paramref name="encodedContext"/>; the data key is the caller's to zero.</summary>
+    private async Task<(byte[] DataKey, IReadOnlyList<WrappedDataKey> Wrapped)> GenerateDataKeyAsync(byte[] encodedContext, CancellationToken cancellationToken)
     {
         var context = EnvelopeContext.Decode(encodedContext);
         using var generated = await _provider.GenerateDataKeyAsync(_keyNames[0], context, cancellationToken).ConfigureAwait(false);

@@ -39,15 +39,17 @@ public sealed class EnvelopeOptions
 
     /// <summary>
     /// The suite this encryptor writes: <see cref="EnvelopeSuite.Committing"/> (0x0001, the default)
-    /// or <see cref="EnvelopeSuite.CommittingSigned"/> (0x0002: each message signed under a key pair
-    /// of its own, so a principal allowed only to decrypt cannot write one that verifies). Reading
-    /// takes either, unless <see cref="RequireSignedMessages"/>.
+    /// or <see cref="EnvelopeSuite.CommittingSigned"/> (0x0002: each message signed under the key
+    /// pair made with its data key, so a principal allowed only to decrypt cannot write one that
+    /// verifies). Reading takes either, unless <see cref="RequireSignedMessages"/>.
     /// </summary>
     /// <remarks>
-    /// A signed message costs a P-384 key pair and signature to write, a verification to read, 96
-    /// bytes of footer and 163 of context; and every message makes its own KMS call — the
-    /// encryption side of <see cref="DataKeyCache"/> is not used (its decryption side is). Its
-    /// encryption context takes 63 caller entries, not 64. The key
+    /// A signed message costs a signature to write, a verification to read, 96 bytes of footer and
+    /// 163 of context, and a P-384 key pair with each data key: without <see cref="DataKeyCache"/>
+    /// a key pair and a KMS call per message; with it, the key pair is cached with the data key and
+    /// signs every message under it, and is disposed when its entry goes and no stream still holds
+    /// it (docs/envelope-format-signed.md, "Caching": the private key then lives as long as the
+    /// entry). Its encryption context takes 63 caller entries, not 64. The key
     /// <c>kms-envelope-public-key</c> is reserved in every suite.
     /// </remarks>
     public EnvelopeSuite Suite { get; set; } = EnvelopeSuite.Committing;

@@ -5,7 +5,9 @@ namespace Kms.Client.Envelope;
 /// <summary>
 /// The signature of a suite 0x0002 message (docs/envelope-format-signed.md): ECDSA P-384 over the
 /// SHA-384 of every byte before the footer, taken as the bytes go by, so a stream signs and
-/// verifies in constant memory. One per message; the key is disposed with it.
+/// verifies in constant memory. One per message. A writer's key pair is a <see cref="SigningKey"/>
+/// handle, released with this (the pair is disposed with its last handle: a cached one outlives the
+/// message); a reader's public key is disposed with this.
 /// </summary>
 internal sealed class EnvelopeSignature : IDisposable
 {
@@ -16,16 +18,23 @@ internal sealed class EnvelopeSignature : IDisposable
 
     private const int PointLength = 1 + (2 * CoordinateLength);
 
-    private readonly ECDsa _key;
+    // Exactly one of the two: a writer signs through its handle, a reader verifies with the public key.
+    private readonly SigningKey.Handle? _signer;
+    private readonly ECDsa? _verifier;
     private readonly IncrementalHash _hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA384);
 
-    private EnvelopeSignature(ECDsa key) => _key = key;
+    private EnvelopeSignature(SigningKey.Handle signer) => _signer = signer;
+
+    private EnvelopeSignature(ECDsa verifier) => _verifier = verifier;
 
     /// <summary>A fresh key pair for one message (its private half never leaves this process).</summary>
-    public static EnvelopeSignature ForWriting() => new(ECDsa.Create(ECCurve.NamedCurves.nistP384));
+    public static EnvelopeSignature ForWriting() => new(SigningKey.Create());
 
     /// <summary>A signer over a given P-384 key, taken over (disposed with this): for the golden vectors, whose key pairs are fixed.</summary>
-    internal static EnvelopeSignature ForWriting(ECDsa key) => new(key);
+    internal static EnvelopeSignature ForWriting(ECDsa key) => new(SigningKey.Create(key));
+
+    /// <summary>A signer through <paramref name="signer"/>, taken over (released with this): a key pair the data-key cache shares.</summary>
+    internal static EnvelopeSignature ForWriting(SigningKey.Handle signer) => new(signer);
 
     /// <summary>
     /// The verifier of a message whose context is <paramref name="context"/>: null when the context
@@ -57,7 +66,7 @@ internal sealed class EnvelopeSignature : IDisposable
         {
             // OpenSSL refuses a point that is not on the curve.
             key.ImportParameters(parameters);
-            return new EnvelopeSignature(key);
+            return new EnvelopeSignature(verifier: key);
         }
         catch (CryptographicException)
         {
@@ -71,7 +80,12 @@ internal sealed class EnvelopeSignature : IDisposable
     {
         get
         {
-            var q = _key.ExportParameters(includePrivateParameters: false).Q;
+            if (_signer is not null)
+            {
+                return _signer.Key.EncodedPublicKey;
+            }
+
+            var q = _verifier!.ExportParameters(includePrivateParameters: false).Q;
             return Convert.ToBase64String([0x04, .. q.X!, .. q.Y!]);
         }
     }
@@ -84,10 +98,7 @@ internal sealed class EnvelopeSignature : IDisposable
     {
         Span<byte> digest = stackalloc byte[48];
         _hash.GetHashAndReset(digest);
-        if (!_key.TrySignHash(digest, signature, DSASignatureFormat.IeeeP1363FixedFieldConcatenation, out var written) || written != EnvelopeFormat.SignatureLength)
-        {
-            throw new CryptographicException("the P-384 signature did not fit its footer");
-        }
+        (_signer ?? throw new InvalidOperationException("a reader's signature verifies; it does not sign")).Sign(digest, signature);
     }
 
     /// <summary>Whether <paramref name="signature"/> is this key's signature of what was appended.</summary>
@@ -96,13 +107,14 @@ internal sealed class EnvelopeSignature : IDisposable
         Span<byte> digest = stackalloc byte[48];
         _hash.GetHashAndReset(digest);
         return signature.Length == EnvelopeFormat.SignatureLength
-            && _key.VerifyHash(digest, signature, DSASignatureFormat.IeeeP1363FixedFieldConcatenation);
+            && (_verifier ?? throw new InvalidOperationException("a writer's signature signs; it does not verify")).VerifyHash(digest, signature, DSASignatureFormat.IeeeP1363FixedFieldConcatenation);
     }
 
-    /// <summary>Frees the key (OpenSSL clears the private scalar).</summary>
+    /// <summary>Releases the writer's key pair (OpenSSL clears the private scalar when its last holder lets go), or frees the reader's public key.</summary>
     public void Dispose()
     {
-        _key.Dispose();
+        _signer?.Dispose();
+        _verifier?.Dispose();
         _hash.Dispose();
     }
 }

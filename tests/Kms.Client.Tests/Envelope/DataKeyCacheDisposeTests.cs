@@ -106,11 +106,12 @@ public sealed class DataKeyCacheDisposeTests
     {
         var key = RandomNumberGenerator.GetBytes(32);
         var cache = new DataKeyCache(new DataKeyCacheOptions());
-        var (leased, _) = await cache.LeaseForEncryptionAsync(
+        using var materials = await cache.LeaseForEncryptionAsync(
             "k",
             10,
-            () => Task.FromResult((key.ToArray(), (IReadOnlyList<WrappedDataKey>)[])),
+            () => Task.FromResult(new EncryptionMaterials(key.ToArray(), [], [], null)),
             CancellationToken.None);
+        var leased = materials.DataKey;
         var entry = Assert.Single(cache.Entries);
 
         cache.Dispose();

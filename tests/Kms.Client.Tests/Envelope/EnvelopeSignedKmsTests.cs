@@ -31,8 +31,12 @@ public sealed class EnvelopeSignedKmsTests(FakeClockServerFixture fixture) : ICl
         Assert.Equal(file, decrypted.ToArray());
     }
 
-    [Fact]
-    public async Task DecryptOnlyPrincipal_WritesANewBodyAndSignsIt_EveryWayRefused()
+    // With the cache on, the writer's messages share one data key and one key pair: what the
+    // forger holds after reading one is then good for all of them, and must still forge none.
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task DecryptOnlyPrincipal_WritesANewBodyAndSignsIt_EveryWayRefused(bool cached)
     {
         // The writer may ENCRYPT and DECRYPT; the forger, by the key's policy, only DECRYPT.
         var key = (await _client.CreateKeyAsync("tenants/dev", $"env-signed-{Guid.NewGuid():N}")).Name;
@@ -44,10 +48,13 @@ public sealed class EnvelopeSignedKmsTests(FakeClockServerFixture fixture) : ICl
             new KeyPolicyEntry { Principal = "token:" + forgerId, Operations = { "DECRYPT" } },
         ]);
         using var forgerClient = new KmsClient(new KmsClientOptions { Endpoint = fixture.Server.Address, CaCertificatePath = fixture.Server.CaCertificatePath, ApiToken = forgerToken });
-        using var writer = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key], Suite = EnvelopeSuite.CommittingSigned });
+        using var writer = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key], Suite = EnvelopeSuite.CommittingSigned, DataKeyCache = cached ? new Kms.Client.Caching.DataKeyCacheOptions() : null });
         using var reader = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key] });
         using var strictReader = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key], RequireSignedMessages = true });
         var original = await writer.EncryptAsync("pay alice 10"u8.ToArray(), Context);
+        var next = await writer.EncryptAsync("pay bob 20"u8.ToArray(), Context);
+        Assert.Equal(cached, EnvelopeHeader.Parse(next.AsSpan(0, EnvelopeHeader.Measure(next))).EncodedContext.AsSpan()
+            .SequenceEqual(EnvelopeHeader.Parse(original.AsSpan(0, EnvelopeHeader.Measure(original))).EncodedContext));
 
         // The forger reads the message and holds its data key: it is a real decryptor.
         using var forgerEnvelopes = new EnvelopeEncryptor(forgerClient, new EnvelopeOptions { KeyNames = [key], Suite = EnvelopeSuite.CommittingSigned });
@@ -86,9 +93,10 @@ public sealed class EnvelopeSignedKmsTests(FakeClockServerFixture fixture) : ICl
         Assert.Contains("InvalidArgument", (await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(stripped, Context))).Message, StringComparison.Ordinal);
         Assert.StartsWith("the message is not signed", (await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => strictReader.DecryptAsync(stripped, Context))).Message, StringComparison.Ordinal);
 
-        // The original still reads, by both readers.
+        // The originals still read, by both readers.
         Assert.Equal("pay alice 10"u8.ToArray(), await reader.DecryptAsync(original, Context));
         Assert.Equal("pay alice 10"u8.ToArray(), await strictReader.DecryptAsync(original, Context));
+        Assert.Equal("pay bob 20"u8.ToArray(), await strictReader.DecryptAsync(next, Context));
     }
 
     /// <summary>A whole message over a stolen data key, written with the SDK's own writer (suite 0x0002 if signed).</summary>

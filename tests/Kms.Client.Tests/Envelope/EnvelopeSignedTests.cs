@@ -228,24 +228,6 @@ public sealed class EnvelopeSignedTests
         Assert.Contains("at most 63 entries", e.Message, StringComparison.Ordinal);
     }
 
-    [Fact]
-    public async Task SignedWriter_DoesNotUseTheEncryptionCache_EachMessageItsOwnDataKey()
-    {
-        var provider = new FakeKeyProvider();
-        using var encryptor = new EnvelopeEncryptor(provider, new EnvelopeOptions
-        {
-            KeyNames = ["tenants/t/keys/a"],
-            Suite = EnvelopeSuite.CommittingSigned,
-            DataKeyCache = new Kms.Client.Caching.DataKeyCacheOptions(),
-        });
-
-        var first = await encryptor.EncryptAsync(new byte[10], Context);
-        var second = await encryptor.EncryptAsync(new byte[10], Context);
-
-        Assert.Equal(2, provider.GenerateCalls);
-        Assert.NotEqual(PublicKeyOf(first), PublicKeyOf(second));
-    }
-
     [Theory]
     [InlineData(100, false)]
     [InlineData(200, true)]

@@ -1,0 +1,191 @@
+using System.Buffers.Binary;
+using Kms.Client.Caching;
+using Kms.Client.Envelope;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Kms.Client.Tests.Envelope;
+
+/// <summary>
+/// Suite 0x0002 with the encryption cache (docs/envelope-format-signed.md, "Caching"): one data key
+/// and one key pair per entry, entries never shared across suites, the key pair disposed with its
+/// entry but never under a message still being written.
+/// </summary>
+public sealed class EnvelopeSignedCacheTests
+{
+    private const string KeyName = "tenants/t/keys/a";
+
+    private static readonly Dictionary<string, string> Context = new() { ["table"] = "orders", ["column"] = "card" };
+
+    private readonly FakeTimeProvider _time = new(new DateTimeOffset(2026, 12, 6, 0, 0, 0, TimeSpan.Zero));
+    private readonly FakeKeyProvider _provider = new();
+
+    [Fact]
+    public async Task SignedWriter_WithCache_ManyMessagesOneGenerateDataKey_AllVerifyAndDecrypt_OneKeyPair()
+    {
+        using var writer = Signed(new DataKeyCacheOptions());
+        using var reader = new EnvelopeEncryptor(_provider, new EnvelopeOptions { KeyNames = [KeyName], RequireSignedMessages = true });
+        var messages = new List<(byte[] Plaintext, byte[] Message)>();
+        for (var i = 0; i < 20; i++)
+        {
+            var plaintext = EnvelopeRoundTripTests.Data(1024 + i);
+            messages.Add((plaintext, await writer.EncryptAsync(plaintext, Context)));
+        }
+
+        var into = new byte[writer.GetMaxMessageLength(100, Context)];
+        var length = await writer.EncryptAsync(new byte[100].AsMemory(), into.AsMemory(), Context);
+        messages.Add((new byte[100], into[..length]));
+        for (var i = 0; i < 3; i++)
+        {
+            var plaintext = EnvelopeRoundTripTests.Data(5000 + i);
+            var output = new MemoryStream();
+            await writer.EncryptAsync(new MemoryStream(plaintext), output, Context);
+            messages.Add((plaintext, output.ToArray()));
+        }
+
+        Assert.Equal(1, _provider.GenerateCalls);
+        Assert.Single(messages.Select(m => PublicKeyOf(m.Message)).Distinct());
+        foreach (var (plaintext, message) in messages)
+        {
+            Assert.Equal(EnvelopeFormat.Suite2, BinaryPrimitives.ReadUInt16BigEndian(message.AsSpan(5)));
+            Assert.Equal(plaintext, await reader.DecryptAsync(message, Context));
+            var output = new MemoryStream();
+            await reader.DecryptAsync(new MemoryStream(message), output, Context);
+            Assert.Equal(plaintext, output.ToArray());
+        }
+    }
+
+    [Fact]
+    public async Task SignedWriter_MessageLimit_NewDataKeyAndKeyPairAfterN()
+    {
+        using var writer = Signed(new DataKeyCacheOptions { MaxMessagesPerKey = 3 });
+        var messages = new List<byte[]>();
+        for (var i = 0; i < 7; i++)
+        {
+            messages.Add(await writer.EncryptAsync(new byte[10], Context));
+        }
+
+        Assert.Equal(3, _provider.GenerateCalls);
+        Assert.Equal(3, messages.Select(PublicKeyOf).Distinct().Count());
+        Assert.Equal(messages.Select(PublicKeyOf).Distinct(), messages.Chunk(3).Select(chunk => PublicKeyOf(chunk[0])));
+    }
+
+    [Fact]
+    public async Task SignedWriter_OlderThanMaxAge_NewDataKeyAndKeyPair_TheOldPairDisposedWithItsEntry()
+    {
+        using var writer = Signed(new DataKeyCacheOptions { MaxAge = TimeSpan.FromMinutes(5) });
+        var first = await writer.EncryptAsync(new byte[10], Context);
+        var entry = Assert.Single(writer.Cache!.Entries);
+        var pair = entry.SigningKey!;
+        Assert.False(pair.IsDisposed);
+
+        _time.Advance(TimeSpan.FromMinutes(5));
+        var second = await writer.EncryptAsync(new byte[10], Context);
+
+        Assert.Equal(2, _provider.GenerateCalls);
+        Assert.NotEqual(PublicKeyOf(first), PublicKeyOf(second));
+        await WaitUntil(() => entry.IsZeroed);
+        Assert.True(pair.IsDisposed, "an expired entry's signing key pair outlived it");
+        Assert.Equal(new byte[10], await writer.DecryptAsync(first, Context));
+    }
+
+    [Fact]
+    public async Task EncryptorDisposed_EveryCachedKeyPairDisposed()
+    {
+        var writer = Signed(new DataKeyCacheOptions());
+        await writer.EncryptAsync(new byte[10], Context);
+        await writer.EncryptAsync(new byte[10], new Dictionary<string, string> { ["table"] = "other" });
+        var pairs = writer.Cache!.Entries.Select(e => e.SigningKey!).ToList();
+        Assert.Equal(2, pairs.Count);
+        Assert.All(pairs, pair => Assert.False(pair.IsDisposed));
+
+        writer.Dispose();
+
+        Assert.All(pairs, pair => Assert.True(pair.IsDisposed));
+    }
+
+    // A streaming writer signs in CompleteAsync: the pair it started with must outlive its entry
+    // until then, and go when the stream does.
+    [Fact]
+    public async Task StreamingWriter_EntryEvictedAndCacheDisposedMidMessage_KeyPairLivesUntilTheStreamIsDone()
+    {
+        var writer = Signed(new DataKeyCacheOptions { MaxAge = TimeSpan.FromMinutes(5) });
+        var plaintext = EnvelopeRoundTripTests.Data(1000);
+        var output = new MemoryStream();
+        var stream = await writer.OpenEncryptingStreamAsync(output, Context, plaintext.Length);
+        var entry = Assert.Single(writer.Cache!.Entries);
+        var pair = entry.SigningKey!;
+        await stream.WriteAsync(plaintext.AsMemory(0, 500));
+
+        _time.Advance(TimeSpan.FromMinutes(5));
+        await writer.EncryptAsync(new byte[10], Context);
+        await WaitUntil(() => entry.IsZeroed);
+        writer.Dispose();
+        Assert.False(pair.IsDisposed, "the key pair was disposed under a message still being written");
+
+        await stream.WriteAsync(plaintext.AsMemory(500));
+        await stream.CompleteAsync();
+        await stream.DisposeAsync();
+        Assert.True(pair.IsDisposed, "the key pair outlived its entry and its last message");
+
+        using var reader = new EnvelopeEncryptor(_provider, new EnvelopeOptions { KeyNames = [KeyName], RequireSignedMessages = true });
+        Assert.Equal(plaintext, await reader.DecryptAsync(output.ToArray(), Context));
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task SignedAndUnsignedWriters_OnOneCache_NeverGetEachOthersEntry(bool signedFirst)
+    {
+        using var signed = Signed(new DataKeyCacheOptions());
+        using var unsigned = new EnvelopeEncryptor(_provider, new EnvelopeOptions { KeyNames = [KeyName] }, signed.Cache!);
+        var (first, second) = signedFirst ? (signed, unsigned) : (unsigned, signed);
+
+        var a = await first.EncryptAsync(new byte[10], Context);
+        var b = await second.EncryptAsync(new byte[10], Context);
+        var c = await first.EncryptAsync(new byte[10], Context);
+        var d = await second.EncryptAsync(new byte[10], Context);
+
+        // One data key per suite, each reused by its own suite's writer only.
+        Assert.Equal(2, _provider.GenerateCalls);
+        Assert.Equal(2, signed.Cache!.Entries.Count());
+        var (signedMessages, unsignedMessages) = signedFirst ? ([a, c], [b, d]) : (new[] { b, d }, new[] { a, c });
+        Assert.All(signedMessages, m => Assert.Equal(EnvelopeFormat.Suite2, Suite(m)));
+        Assert.All(unsignedMessages, m => Assert.Equal(EnvelopeFormat.Suite1, Suite(m)));
+        Assert.All(unsignedMessages, m => Assert.DoesNotContain(EnvelopeFormat.PublicKeyContextKey, Header(m).Context.Keys));
+        Assert.Equal(PublicKeyOf(signedMessages[0]), PublicKeyOf(signedMessages[1]));
+
+        using var strict = new EnvelopeEncryptor(_provider, new EnvelopeOptions { KeyNames = [KeyName], RequireSignedMessages = true });
+        using var lenient = new EnvelopeEncryptor(_provider, new EnvelopeOptions { KeyNames = [KeyName] });
+        foreach (var message in signedMessages)
+        {
+            Assert.Equal(new byte[10], await strict.DecryptAsync(message, Context));
+        }
+
+        foreach (var message in unsignedMessages)
+        {
+            Assert.Equal(new byte[10], await lenient.DecryptAsync(message, Context));
+        }
+    }
+
+    private EnvelopeEncryptor Signed(DataKeyCacheOptions cache)
+    {
+        cache.TimeProvider = _time;
+        return new EnvelopeEncryptor(_provider, new EnvelopeOptions { KeyNames = [KeyName], Suite = EnvelopeSuite.CommittingSigned, DataKeyCache = cache });
+    }
+
+    private static EnvelopeHeader Header(byte[] message) => EnvelopeHeader.Parse(message.AsSpan(0, EnvelopeHeader.Measure(message)));
+
+    private static ushort Suite(byte[] message) => BinaryPrimitives.ReadUInt16BigEndian(message.AsSpan(5));
+
+    private static string PublicKeyOf(byte[] message) => Header(message).Context[EnvelopeFormat.PublicKeyContextKey];
+
+    private static async Task WaitUntil(Func<bool> condition)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "condition not met within 30 s");
+            await Task.Delay(10);
+        }
+    }
+}
