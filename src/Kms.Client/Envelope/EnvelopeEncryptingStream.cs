@@ -10,7 +10,8 @@ namespace Kms.Client.Envelope;
 /// destination, one frame at a time, in constant memory (two frame-sized buffers).
 /// </summary>
 /// <remarks>
-/// <para>Call <see cref="CompleteAsync"/> when the plaintext is all written: it writes the final frame.
+/// <para>Call <see cref="CompleteAsync"/> when the plaintext is all written: it writes the final frame
+/// and, for a signed message (suite 0x0002), the footer — the signature of every byte before it.
 /// Disposing without completing writes nothing more, so a producer that fails half-way leaves
 /// a message that every reader rejects as truncated — never one that looks whole.</para>
 /// <para>So a wrapper that disposes the stream it wraps — <see cref="StreamWriter"/>,
@@ -20,7 +21,9 @@ namespace Kms.Client.Envelope;
 /// completing is logged at Warning (event 3007) to the encryptor's logger; it never throws. Not
 /// logged: a stream whose own write or completion failed, and one the caller gave up on with
 /// <see cref="Abandon"/> (cancelled, or failed elsewhere — e.g. reading its source).</para>
-/// <para>The destination is not disposed. Buffers holding plaintext are zeroed on dispose. Not for
+/// <para>The destination is not disposed. Buffers holding plaintext are zeroed on dispose; a signed
+/// message's key pair is released then (a pair shared through the data-key cache is disposed once
+/// its entry is gone and no stream holds it). Not for
 /// concurrent writers: overlapping writes throw (they would otherwise seal two frames with one
 /// sequence number). A failed write to the destination leaves the stream faulted. A stream opened
 /// with a plaintext length takes exactly that many bytes: more are refused as they are written,
@@ -47,7 +50,7 @@ public sealed class EnvelopeEncryptingStream : Stream
     // Suite 0x0002: what was written so far, hashed; the footer signs it at completion.
     private readonly EnvelopeSignature? _signature;
 
-    /// <param name="signature">A signed message's signer, the header already appended to it; disposed with the stream.</param>
+    /// <param name="signature">A signed message's signer, the header already appended to it; disposed with the stream (which releases its key pair).</param>
     internal EnvelopeEncryptingStream(Stream destination, FrameCipher cipher, int frameLength, long declaredLength, ILogger logger, EnvelopeSignature? signature = null)
     {
         _destination = destination;
@@ -177,7 +180,7 @@ public sealed class EnvelopeEncryptingStream : Stream
         }
     }
 
-    /// <summary>Writes the final frame and flushes the destination: the message is complete.</summary>
+    /// <summary>Writes the final frame, and a signed message's footer (its signature), and flushes the destination: the message is complete.</summary>
     /// <exception cref="InvalidOperationException">A plaintext length was declared when the stream was opened and fewer bytes were written: nothing is written, and the stream is faulted (the message stays incomplete).</exception>
     public async Task CompleteAsync(CancellationToken cancellationToken = default)
     {
@@ -202,7 +205,7 @@ public sealed class EnvelopeEncryptingStream : Stream
         }
     }
 
-    /// <summary>Writes the final frame and flushes the destination: the message is complete.</summary>
+    /// <summary>Writes the final frame, and a signed message's footer (its signature), and flushes the destination: the message is complete.</summary>
     /// <exception cref="InvalidOperationException">A plaintext length was declared when the stream was opened and fewer bytes were written: nothing is written, and the stream is faulted (the message stays incomplete).</exception>
     public void Complete()
     {
