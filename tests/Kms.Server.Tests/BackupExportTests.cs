@@ -172,53 +172,70 @@ public sealed class BackupExportTests : IAsyncLifetime, IDisposable
     [Fact]
     public async Task ExportBackup_LastApproverCancels_ExecutedRequestStillGetsItsBackup()
     {
-        // The last approval is cancelled after 1, 2, 4 … ms, until one lands: once the request is
-        // EXECUTED its backup must be written, though the call that executed it went away (the
-        // export used to run under that call's cancellation and stop half-way).
-        for (var afterMs = 1; ; afterMs *= 2)
+        // The last approval (carol's) is cancelled after a while, until one lands and executes the
+        // request though its call went away: its backup must still be written (the export used to
+        // run under that call's cancellation and stop half-way). The wait is doubled from 1 ms while
+        // the approval comes too early to land, then bisected between the longest that was too early
+        // and the shortest that answered before its cancel, whose export ran with the call open.
+        var (tooEarly, tooLate) = (0.0, double.PositiveInfinity);
+        var tries = new List<string>();
+        for (var afterMs = 1.0; tries.Count < 40; afterMs = double.IsPositiveInfinity(tooLate) ? afterMs * 2 : (tooEarly + tooLate) / 2)
         {
-            Assert.True(afterMs <= 16_384, "no approval landed, even with a 16-s deadline");
             var request = await _officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup });
             await ApproveAsync("alice", request.Name);
-            using var approver = QuorumApprover.FromKey(ECDsa.Create(_officers.KeyOf("carol").ExportParameters(true)));
-            var pending = await approver.PrepareAsync(_officer, request.Name);
+            using var carol = QuorumApprover.FromKey(ECDsa.Create(_officers.KeyOf("carol").ExportParameters(true)));
+            using var bob = QuorumApprover.FromKey(ECDsa.Create(_officers.KeyOf("bob").ExportParameters(true)));
+            var carols = await carol.PrepareAsync(_officer, request.Name);
+            var bobs = await bob.PrepareAsync(_officer, request.Name);
             using (var cancel = new CancellationTokenSource(TimeSpan.FromMilliseconds(afterMs)))
             {
                 try
                 {
-                    await approver.ApproveAsync(_officer, pending, cancel.Token);
+                    await carol.ApproveAsync(_officer, carols, cancel.Token);
+                    tooLate = Math.Min(tooLate, afterMs);
+                    tries.Add($"{afterMs:0.##} ms: answered");
+                    continue;
                 }
                 catch (Exception e) when (e is OperationCanceledException or RpcException { StatusCode: StatusCode.Cancelled or StatusCode.DeadlineExceeded })
                 {
-                    // Gone before the answer: the approval may or may not have landed.
+                    // Gone before the answer: the approval may have landed, may be landing, or may never land.
                 }
             }
 
-            // A cancelled approval may still be committing: give the server a moment to settle.
-            var executed = false;
-            for (var wait = 0; wait < 20 && !executed; wait++)
+            // Bob's approval settles which, without a wait: the store takes the two one at a time,
+            // and the later one is refused once the request has executed. Bob's executing it means
+            // carol's had not landed (nor will, now).
+            try
             {
-                executed = (await _officer.GetQuorumRequestAsync(request.Name)).State == Kms.Contracts.V1.QuorumRequestState.Executed;
-                await Task.Delay(executed ? 0 : 50);
-            }
-
-            if (!executed)
-            {
+                await bob.ApproveAsync(_officer, bobs);
+                tooEarly = Math.Max(tooEarly, afterMs);
+                tries.Add($"{afterMs:0.##} ms: cancelled before it landed");
                 continue;
             }
-
-            // Written in the background once executed: 60 s is a hang guard (200 rounds of 50 ms,
-            // about 10 s, could end before a loaded machine had written it).
-            var directory = Path.Combine(_server.DataDir, "backups", request.Id);
-            var deadline = DateTime.UtcNow.AddSeconds(60);
-            while (!File.Exists(Path.Combine(directory, BackupManifest.SignatureFile)) && DateTime.UtcNow < deadline)
+            catch (RpcException e) when (e.StatusCode == StatusCode.FailedPrecondition && e.Status.Detail.Contains("was executed", StringComparison.Ordinal))
             {
-                await Task.Delay(50);
             }
 
-            Assert.Equal(request.Name, BackupManifest.Verify(directory, PublishedAuditKey()).Request);
+            var executed = await _officer.GetQuorumRequestAsync(request.Name);
+            Assert.Equal(carol.Fingerprint, executed.Approvals[^1].OfficerFingerprint);
+
+            // Written in the background once executed, and audited either way (backup/Export, after
+            // the files): its event is the end of the export. 60 s is a hang guard.
+            var events = new List<AuditEventInfo>();
+            var deadline = DateTime.UtcNow.AddSeconds(60);
+            while (events.Count == 0 && DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(50);
+                events = await _officer.ListAuditEventsAsync(new ListAuditEventsRequest { Resource = "backups/" + request.Id })
+                    .Where(e => e.Operation == Kms.Server.Backup.BackupExporter.Operation).ToListAsync();
+            }
+
+            Assert.Equal("OK", Assert.Single(events).Outcome);
+            Assert.Equal(request.Name, BackupManifest.Verify(Path.Combine(_server.DataDir, "backups", request.Id), PublishedAuditKey()).Request);
             return;
         }
+
+        Assert.Fail("no cancelled approval executed its request, so the case was never exercised: " + string.Join("; ", tries));
     }
 
     [Theory]
