@@ -62,13 +62,7 @@ public sealed class KmsClientQuotaTests
         // ExportAudit meters no tenant's quota (it is no crypto), but a principal of no tenant spends
         // its own call rate on every call, a stream included, and is refused before the stream begins.
         var serverTime = new FakeTimeProvider(DateTimeOffset.UtcNow);
-        await using var server = await KmsTestServer.StartAsync(
-            null,
-            null,
-            "dev",
-            services => services.AddSingleton<TimeProvider>(serverTime),
-            "--Kms:Quotas:PrincipalsWithoutTenant:CallsPerSecond=2",
-            "--Kms:Quotas:PrincipalsWithoutTenant:Burst=3");
+        await using var server = await StartWithPrincipalRateAsync(serverTime);
         var officerToken = await server.CreatePrincipalWithTokenAsync("officer", null, "security-officer"); // the admin's three calls
         var clientTime = new FakeTimeProvider(DateTimeOffset.UtcNow);
         var refusals = new Refusals("ExportAudit");
@@ -107,13 +101,7 @@ public sealed class KmsClientQuotaTests
         // server refuses it for the admin's call rate before any of it runs, so the client waits the
         // delay and sends it again — and there is one token, which works.
         var serverTime = new FakeTimeProvider(DateTimeOffset.UtcNow);
-        await using var server = await KmsTestServer.StartAsync(
-            null,
-            null,
-            "dev",
-            services => services.AddSingleton<TimeProvider>(serverTime),
-            "--Kms:Quotas:PrincipalsWithoutTenant:CallsPerSecond=2",
-            "--Kms:Quotas:PrincipalsWithoutTenant:Burst=3");
+        await using var server = await StartWithPrincipalRateAsync(serverTime);
         serverTime.Advance(TimeSpan.FromSeconds(10)); // whatever the start spent: the bucket is full
         var clientTime = new FakeTimeProvider(DateTimeOffset.UtcNow);
         var refusals = new Refusals("CreateApiToken");
@@ -137,6 +125,16 @@ public sealed class KmsClientQuotaTests
         using var service = server.CreateClient(token.Secret);
         Assert.Equal(8, (await service.GenerateRandomAsync(8)).Length);
     }
+
+    // A principal of no tenant may make 2 calls a second, 3 at once (the server's clock fake).
+    private static Task<KmsTestServer> StartWithPrincipalRateAsync(FakeTimeProvider serverTime) =>
+        KmsTestServer.StartAsync(
+            null,
+            null,
+            "dev",
+            services => services.AddSingleton<TimeProvider>(serverTime),
+            "--Kms:Quotas:PrincipalsWithoutTenant:CallsPerSecond=2",
+            "--Kms:Quotas:PrincipalsWithoutTenant:Burst=3");
 
     // A client on the server's address with the test's interceptor, on the fake clock, with no jitter.
     private static KmsClient ClientOf(KmsTestServer server, string token, Refusals refusals, TimeProvider clientTime)
