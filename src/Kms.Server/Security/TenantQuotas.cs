@@ -107,17 +107,22 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
 
     // The numbers were checked at start (QuotaOptions.Validate): a rate above 0, a burst of at
     // least 1. What an override leaves unset is the deployment's; its burst, two seconds of its own rate.
-    private (double Rate, double Burst) LimitOf(TenantId tenant) =>
-        _tenants.TryGetValue(tenant.Value, out var own)
-            ? (own.OperationsPerSecond ?? _options.OperationsPerSecond,
-               own.Burst ?? (own.OperationsPerSecond is { } rate ? Math.Max(1, rate * 2) : _options.Burst))
-            : (_options.OperationsPerSecond, _options.Burst);
+    private (double Rate, double Burst) LimitOf(TenantId tenant)
+    {
+        var own = _tenants.GetValueOrDefault(tenant.Value);
+        return Limit(own?.OperationsPerSecond, own?.Burst, _options.OperationsPerSecond, _options.Burst);
+    }
 
-    private (double Rate, double Burst) OtherLimitOf(TenantId tenant) =>
-        _tenants.TryGetValue(tenant.Value, out var own)
-            ? (own.OtherCallsPerSecond ?? _options.OtherCallsPerSecond,
-               own.OtherCallsBurst ?? (own.OtherCallsPerSecond is { } rate ? Math.Max(1, rate * 2) : _options.OtherCallsBurst))
-            : (_options.OtherCallsPerSecond, _options.OtherCallsBurst);
+    private (double Rate, double Burst) OtherLimitOf(TenantId tenant)
+    {
+        var own = _tenants.GetValueOrDefault(tenant.Value);
+        return Limit(own?.OtherCallsPerSecond, own?.OtherCallsBurst, _options.OtherCallsPerSecond, _options.OtherCallsBurst);
+    }
+
+    // One rule for both buckets: what an override leaves unset is the deployment's, except that a
+    // rate given alone brings a burst of two seconds of it.
+    private static (double Rate, double Burst) Limit(double? ownRate, double? ownBurst, double rate, double burst) =>
+        (ownRate ?? rate, ownBurst ?? (ownRate is { } own ? Math.Max(1, own * 2) : burst));
 
     // Configuration merges keys that differ only in case; of options built in code, the last stands.
     private static Dictionary<string, TenantQuota> IgnoringCase(Dictionary<string, TenantQuota> tenants)
