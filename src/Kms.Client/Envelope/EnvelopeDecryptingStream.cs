@@ -8,12 +8,20 @@ namespace Kms.Client.Envelope;
 /// source in constant memory. The header was checked (commitment and tag) when it was opened.
 /// </summary>
 /// <remarks>
-/// A frame's plaintext is readable only after its tag verified. Reaching the end (a read
+/// <para>A frame's plaintext is readable only after its tag verified. Reaching the end (a read
 /// returning 0) means the whole message verified, final frame included, with nothing after
 /// it; an <see cref="EnvelopeDecryptionException"/> on any read means the message was altered
-/// or cut, and what was read before is not a complete plaintext — discard it. The source is not
-/// disposed. The plaintext buffer is zeroed on dispose — by a read in progress when it ends, if the
-/// stream is disposed from another thread during it (that read returns the frame it verified).
+/// or cut, and what was read before is not a complete plaintext — discard it.</para>
+/// <para>A signed message (suite 0x0002) is verified only at its footer, after its final frame: the
+/// final frame and the end wait for the signature, earlier frames do not. A frame's tag shows only
+/// that whoever wrote it held the message's data key — as a principal allowed only to decrypt does —
+/// so until a read returns 0, what was read may be a body that principal wrote under the writer's
+/// header, never signed by the writer. Act on a signed message's plaintext only once the end is
+/// reached, or decrypt it in one shot (<see cref="EnvelopeEncryptor.DecryptAsync(ReadOnlyMemory{byte}, IReadOnlyDictionary{string, string}, ReadOnlyMemory{byte}, CancellationToken)"/>
+/// verifies the signature before it decrypts a frame).</para>
+/// <para>The source is not disposed. The plaintext buffer is zeroed on dispose — by a read in
+/// progress when it ends, if the stream is disposed from another thread during it (that read
+/// returns the frame it verified).</para>
 /// </remarks>
 public sealed class EnvelopeDecryptingStream : Stream
 {

@@ -276,7 +276,10 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// <summary>
     /// Decrypts a message from <paramref name="message"/> into <paramref name="destination"/>, in
     /// constant memory. Frames are written as they verify: if this throws, what was written is
-    /// not a whole plaintext — discard it. Neither stream is disposed.
+    /// not a whole plaintext — discard it. For a signed message (suite 0x0002) it may not even be
+    /// the writer's: every frame but the last is written before the signature is checked, and
+    /// whoever holds the data key (a principal allowed only to decrypt) can write frames that
+    /// verify (<see cref="EnvelopeDecryptingStream"/>). Neither stream is disposed.
     /// </summary>
     /// <param name="message">The envelope message, read from its position.</param>
     /// <param name="destination">Where the plaintext goes.</param>

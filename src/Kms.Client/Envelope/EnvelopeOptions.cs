@@ -59,6 +59,11 @@ public sealed class EnvelopeOptions
     /// whose writers all sign, so that whoever can only decrypt cannot hand them a message of their
     /// own under an unsigned suite. Off by default.
     /// </summary>
+    /// <remarks>
+    /// A signed message's signature is verified at its end: one-shot decryption before it decrypts
+    /// anything, a streaming reader after it has released every frame but the last — frames whoever
+    /// may decrypt the message can have written (<see cref="EnvelopeDecryptingStream"/>).
+    /// </remarks>
     public bool RequireSignedMessages { get; set; }
 
     /// <summary>Plaintext bytes per frame (64 B to 4 MiB; default 64 KiB): the memory a streaming reader needs.</summary>

@@ -13,6 +13,8 @@ public enum EnvelopeSuite
     /// 0x0002: 0x0001 plus an ECDSA P-384 / SHA-384 signature over the whole message, under a key
     /// pair made for the message whose public key the KMS binds to the data key (through the
     /// encryption context). A principal that may only decrypt cannot write a message that verifies.
+    /// The signature is checked at the end: a streaming reader releases every frame but the last
+    /// before it (<see cref="EnvelopeDecryptingStream"/>).
     /// </summary>
     CommittingSigned = 0x0002,
 }

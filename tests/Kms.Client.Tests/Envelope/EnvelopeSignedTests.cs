@@ -125,6 +125,31 @@ public sealed class EnvelopeSignedTests
         await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(new MemoryStream(spliced), new MemoryStream(), Context));
     }
 
+    // What the signature does not do for a streaming reader (docs/envelope-format-signed.md,
+    // "Reading, in order" 4): whoever holds a message's data key — a principal that may only
+    // decrypt — writes a body of its own under the writer's header context and public key, with
+    // frames whose tags verify. A streaming reader releases every regular frame of it before the
+    // footer fails: plaintext the writer never wrote. Only the final frame and the end wait.
+    [Fact]
+    public async Task BodyForgedUnderTheWritersPublicKey_StreamingReleasesItsRegularFrames_OneShotNothing()
+    {
+        using var encryptor = NewSigned(out var provider);
+        var original = await encryptor.EncryptAsync(new byte[10], Context);
+        var header = EnvelopeHeader.Parse(original.AsSpan(0, EnvelopeHeader.Measure(original)));
+        using var dataKey = await provider.UnwrapDataKeyAsync(header.WrappedKeys[0], header.Context, default);
+        var forged = Encoding.ASCII.GetBytes(string.Concat(Enumerable.Repeat("pay mallory 1000; ", 10)));
+        using var forgersKey = EnvelopeSignature.ForWriting();
+        var message = EnvelopeMessage.Seal(dataKey.Plaintext.Span, RandomNumberGenerator.GetBytes(32), header.EncodedContext, header.WrappedKeys, Frame, forged, [], forgersKey);
+
+        var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message, Context));
+        var output = new MemoryStream();
+        var streamed = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(new MemoryStream(message), output, Context));
+
+        Assert.Equal("envelope decryption failed", e.Message);
+        Assert.Equal("envelope decryption failed", streamed.Message);
+        Assert.Equal(forged[..(Frame * 2)], output.ToArray());
+    }
+
     [Fact]
     public async Task RequireSignedMessages_UnsignedMessage_RefusedByName_BeforeAnyKmsCall()
     {
