@@ -167,10 +167,123 @@ public sealed class EnvelopeSignedCacheTests
         }
     }
 
-    private EnvelopeEncryptor Signed(DataKeyCacheOptions cache)
+    // The public key is bound into the context the KMS generated the data key under: an entry
+    // serves one caller context only, and each context gets its own data key and key pair.
+    [Fact]
+    public async Task SignedWriter_TwoContexts_TwoEntriesAndKeyPairs_EachMessageReadOnlyUnderItsOwn()
+    {
+        using var writer = Signed(new DataKeyCacheOptions());
+        var other = new Dictionary<string, string> { ["table"] = "orders", ["column"] = "name" };
+        using var reader = new EnvelopeEncryptor(_provider, new EnvelopeOptions { KeyNames = [KeyName], RequireSignedMessages = true });
+
+        var a = new[] { await writer.EncryptAsync(new byte[10], Context), await writer.EncryptAsync(new byte[11], Context) };
+        var b = new[] { await writer.EncryptAsync(new byte[12], other), await writer.EncryptAsync(new byte[13], other) };
+
+        Assert.Equal(2, _provider.GenerateCalls);
+        Assert.Equal(2, writer.Cache!.Entries.Count());
+        Assert.Equal(PublicKeyOf(a[0]), PublicKeyOf(a[1]));
+        Assert.Equal(PublicKeyOf(b[0]), PublicKeyOf(b[1]));
+        Assert.NotEqual(PublicKeyOf(a[0]), PublicKeyOf(b[0]));
+        Assert.Equal(Context.OrderBy(e => e.Key), Header(a[1]).CallerContext.OrderBy(e => e.Key));
+        Assert.Equal(other.OrderBy(e => e.Key), Header(b[1]).CallerContext.OrderBy(e => e.Key));
+        Assert.Equal(new byte[11], await reader.DecryptAsync(a[1], Context));
+        Assert.Equal(new byte[13], await reader.DecryptAsync(b[1], other));
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(b[1], Context));
+    }
+
+    // One key pair, many writers at once: signing takes the pair's lock, so every footer is a
+    // signature of its own message.
+    [Fact]
+    public async Task SignedWriter_ConcurrentMessagesUnderOneEntry_EverySignatureVerifies()
+    {
+        using var writer = Signed(new DataKeyCacheOptions());
+        using var reader = new EnvelopeEncryptor(_provider, new EnvelopeOptions { KeyNames = [KeyName], RequireSignedMessages = true });
+        await writer.EncryptAsync(new byte[1], Context);
+
+        var messages = await Task.WhenAll(Enumerable.Range(0, 64).Select(i => Task.Run(async () =>
+        {
+            var plaintext = EnvelopeRoundTripTests.Data(100 + i);
+            if (i % 2 == 0)
+            {
+                return (plaintext, await writer.EncryptAsync(plaintext, Context));
+            }
+
+            var output = new MemoryStream();
+            await writer.EncryptAsync(new MemoryStream(plaintext), output, Context);
+            return (plaintext, output.ToArray());
+        })));
+
+        Assert.Equal(1, _provider.GenerateCalls);
+        Assert.Single(messages.Select(m => PublicKeyOf(m.Item2)).Distinct());
+        foreach (var (plaintext, message) in messages)
+        {
+            Assert.Equal(plaintext, await reader.DecryptAsync(message, Context));
+        }
+    }
+
+    // A streaming writer whose destination fails — at the header, mid-message, or at the footer —
+    // or whose declared length falls short: its handle goes with the stream, never before (the
+    // pair outlives the encryptor while the stream holds it) and never leaked (the pair goes
+    // once the stream and the entry are gone).
+    [Theory]
+    [InlineData("header")]
+    [InlineData("frame")]
+    [InlineData("footer")]
+    [InlineData("short")]
+    public async Task StreamingWriter_FailsMidMessage_KeyPairReleasedWithTheStream_NeitherLeakedNorEarly(string failure)
+    {
+        var writer = Signed(new DataKeyCacheOptions(), frameLength: 64);
+        await writer.EncryptAsync(new byte[1], Context);
+        var pair = Assert.Single(writer.Cache!.Entries).SigningKey!;
+        var destination = new FailingDestination(failure switch { "header" => 1, "frame" => 2, "footer" => 4, _ => int.MaxValue });
+        var plaintext = EnvelopeRoundTripTests.Data(100);
+
+        EnvelopeEncryptingStream? stream = null;
+        var e = await Record.ExceptionAsync(async () =>
+        {
+            stream = await writer.OpenEncryptingStreamAsync(destination, Context, plaintext.Length);
+            await stream.WriteAsync(plaintext.AsMemory(0, failure == "short" ? 99 : 100));
+            await stream.CompleteAsync();
+        });
+
+        Assert.IsType(failure == "short" ? typeof(InvalidOperationException) : typeof(IOException), e);
+        Assert.Equal(failure == "header", stream is null);
+        writer.Dispose();
+        Assert.Equal(failure == "header", pair.IsDisposed);
+        if (stream is not null)
+        {
+            await stream.DisposeAsync();
+        }
+
+        Assert.True(pair.IsDisposed, "the key pair outlived its entry and every stream under it");
+    }
+
+    // A caller that stops waiting for the KMS call its entry is made by holds no handle: the
+    // entry's pair goes with the entry.
+    [Fact]
+    public async Task Waiter_CancelledWhileTheEntryIsMade_NoHandleLeaked()
+    {
+        var writer = Signed(new DataKeyCacheOptions());
+        _provider.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var cancellation = new CancellationTokenSource();
+        var cancelled = writer.EncryptAsync(new byte[10], Context, cancellationToken: cancellation.Token);
+        await WaitUntil(() => _provider.GenerateCalls == 1);
+
+        await cancellation.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => cancelled);
+        _provider.Gate.SetResult();
+        await writer.EncryptAsync(new byte[10], Context);
+
+        Assert.Equal(1, _provider.GenerateCalls);
+        var pair = Assert.Single(writer.Cache!.Entries).SigningKey!;
+        writer.Dispose();
+        Assert.True(pair.IsDisposed, "a cancelled waiter's handle kept the key pair alive");
+    }
+
+    private EnvelopeEncryptor Signed(DataKeyCacheOptions cache, int frameLength = EnvelopeFormat.DefaultFrameLength)
     {
         cache.TimeProvider = _time;
-        return new EnvelopeEncryptor(_provider, new EnvelopeOptions { KeyNames = [KeyName], Suite = EnvelopeSuite.CommittingSigned, DataKeyCache = cache });
+        return new EnvelopeEncryptor(_provider, new EnvelopeOptions { KeyNames = [KeyName], Suite = EnvelopeSuite.CommittingSigned, DataKeyCache = cache, FrameLength = frameLength });
     }
 
     private static EnvelopeHeader Header(byte[] message) => EnvelopeHeader.Parse(message.AsSpan(0, EnvelopeHeader.Measure(message)));
@@ -187,5 +300,43 @@ public sealed class EnvelopeSignedCacheTests
             Assert.True(DateTime.UtcNow < deadline, "condition not met within 30 s");
             await Task.Delay(10);
         }
+    }
+
+    /// <summary>A destination whose <c>n</c>-th write fails (1: the header; 2: the first frame; a 100-byte message at 64-byte frames writes header, frame, final frame, footer).</summary>
+    private sealed class FailingDestination(int failingWrite) : Stream
+    {
+        private int _writes;
+
+        public override bool CanRead => false;
+
+        public override bool CanSeek => false;
+
+        public override bool CanWrite => true;
+
+        public override long Length => throw new NotSupportedException();
+
+        public override long Position
+        {
+            get => throw new NotSupportedException();
+            set => throw new NotSupportedException();
+        }
+
+        public override void Write(byte[] buffer, int offset, int count)
+        {
+            if (++_writes == failingWrite)
+            {
+                throw new IOException("the disk is full");
+            }
+        }
+
+        public override void Flush()
+        {
+        }
+
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+        public override void SetLength(long value) => throw new NotSupportedException();
     }
 }
