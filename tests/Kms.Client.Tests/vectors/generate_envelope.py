@@ -7,9 +7,10 @@ envelope code is checked against the specification, not against itself. Determin
 data keys and message ids are derived from fixed labels below; the wrapped data keys are
 stand-in bytes (the tests map them back to the data key without a KMS).
 
-Suite 0x0002 vectors carry the ECDSA private key (a scalar derived from the vector's label):
-everything is deterministic but the signature (ECDSA's nonce is random), so a writer's output is
-compared up to the footer and its footer checked by verifying it.
+Suite 0x0002 vectors carry the ECDSA private key (a scalar derived from the vector's label). The
+generator signs deterministically (RFC 6979), so the file regenerates byte for byte; the SDK's
+signatures are randomized, so a writer's output is compared up to the footer and its footer
+checked by verifying it.
 
 Run once, review, commit: python3 generate_envelope.py > envelope-v1.json
                           python3 generate_envelope.py signed > envelope-signed.json
@@ -145,9 +146,13 @@ VECTORS = [
     case("context key twice", 64, pattern(5), [("a", "1"), ("a", "2")], duplicate=True),
 ]
 
+P384_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973
+P384_PRIME = 2**384 - 2**128 - 2**96 + 2**32 - 1
+P384_B = 0xB3312FA7E23EE7E4988E056BE3F82D19181D9C6EFE8141120314088F5013875AC656398D8A2ED19D2A85C8EDD3EC2AEF
+
+
 def signing_key(label: str) -> ec.EllipticCurvePrivateKey:
-    order = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973
-    return ec.derive_private_key(int.from_bytes(fixed("sk:" + label, 48), "big") % (order - 1) + 1, ec.SECP384R1())
+    return ec.derive_private_key(int.from_bytes(fixed("sk:" + label, 48), "big") % (P384_ORDER - 1) + 1, ec.SECP384R1())
 
 
 def encoded_public_key(key: ec.EllipticCurvePrivateKey) -> str:
@@ -155,12 +160,27 @@ def encoded_public_key(key: ec.EllipticCurvePrivateKey) -> str:
     return base64.b64encode(point).decode("ascii")
 
 
-def sign(key: ec.EllipticCurvePrivateKey, signed: bytes) -> bytes:
-    r, s = decode_dss_signature(key.sign(signed, ec.ECDSA(hashes.SHA384())))
+def sign(key: ec.EllipticCurvePrivateKey, signed: bytes, high_s=False) -> bytes:
+    r, s = decode_dss_signature(key.sign(signed, ec.ECDSA(hashes.SHA384(), deterministic_signing=True)))
+    # high_s: the other valid signature of the same bytes (ECDSA is malleable; the spec says both verify).
+    if high_s == (s <= P384_ORDER // 2):
+        s = P384_ORDER - s
     return r.to_bytes(48, "big") + s.to_bytes(48, "big")
 
 
-def signed_case(description, frame_length, plaintext, context=None, associated_data=b"", **bad):
+def point_with_x_above_the_prime() -> str:
+    """A point on P-384 whose x is small, written with x + p: the same point, not its one encoding."""
+    x = next(x for x in range(1, 100) if pow((x ** 3 - 3 * x + P384_B) % P384_PRIME, (P384_PRIME - 1) // 2, P384_PRIME) == 1)
+    y = pow((x ** 3 - 3 * x + P384_B) % P384_PRIME, (P384_PRIME + 1) // 4, P384_PRIME)
+    return base64.b64encode(b"\x04" + (x + P384_PRIME).to_bytes(48, "big") + y.to_bytes(48, "big")).decode("ascii")
+
+
+def compressed(key: ec.EllipticCurvePrivateKey) -> str:
+    point = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
+    return base64.b64encode(point).decode("ascii")
+
+
+def signed_case(description, frame_length, plaintext, context=None, associated_data=b"", high_s=False, **bad):
     """Suite 0x0002: the public key in the context, every byte before the footer signed."""
     label = "signed:" + description
     data_key = fixed("dk:" + label, 32)
@@ -170,15 +190,18 @@ def signed_case(description, frame_length, plaintext, context=None, associated_d
     caller_context = dict(context or {})
     full_context = dict(caller_context)
     if not bad.get("no_public_key"):
-        full_context[PUBLIC_KEY] = encoded_public_key(key)
+        full_context[PUBLIC_KEY] = {"compressed": compressed(key), "x_above_prime": point_with_x_above_the_prime()}.get(
+            bad.get("public_key"), encoded_public_key(key))
     suite = SUITE if bad.get("unsigned") else SIGNED_SUITE
-    message = encrypt(data_key, message_id, full_context, wrapped, frame_length, plaintext, associated_data=associated_data, suite=suite)
+    message = encrypt(data_key, message_id, full_context, wrapped, frame_length, plaintext, associated_data=associated_data, suite=suite,
+                      final_full=bad.get("final_full", False))
     if suite == SIGNED_SUITE:
         # another_body: the signature of this message with one byte of its last tag changed.
         signed = message[:-1] + bytes([message[-1] ^ 1]) if bad.get("another_body") else message
-        message += sign(key, signed)
+        message += sign(key, signed, high_s)
         if "truncate" in bad:
             message = message[:len(message) - bad["truncate"]]
+        message += bad.get("trailing", b"")
     return {
         "description": description,
         "valid": not bad,
@@ -203,6 +226,14 @@ SIGNED_VECTORS = [
     signed_case("signed: many frames, a context, associated data", 64, pattern(64 * 3 + 9), {"table": "orders", "é": "x"},
                 associated_data=b"row 17"),
     signed_case("signed: default frame length", 65536, pattern(1000), {"table": "orders"}),
+    signed_case("signed: frame length minus one (a final frame only)", 64, pattern(63)),
+    signed_case("signed: frame length plus one", 64, pattern(65)),
+    signed_case("signed: two full frames and an empty final frame", 64, pattern(128)),
+    signed_case("signed: footer with s replaced by n - s (ECDSA is malleable: it verifies too)", 64, pattern(70), high_s=True),
+    signed_case("signed: a byte after the footer", 64, pattern(70), trailing=b"\x00"),
+    signed_case("signed: final frame as long as the frame length, signed", 64, pattern(128), final_full=True),
+    signed_case("signed: public key compressed", 64, pattern(10), public_key="compressed"),
+    signed_case("signed: public key's x written as x + p (on the curve, not its one encoding)", 64, pattern(10), public_key="x_above_prime"),
     signed_case("signed: signature of another body", 64, pattern(70), another_body=True),
     signed_case("signed: footer missing", 64, pattern(70), truncate=96),
     signed_case("signed: footer cut by one byte", 64, pattern(70), truncate=1),
