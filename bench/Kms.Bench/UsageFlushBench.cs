@@ -56,12 +56,13 @@ internal static class UsageFlushBench
     private static async Task FlushAsync(SqlStore store, int versions, int rounds)
     {
         var now = DateTimeOffset.UtcNow;
+        var node = Guid.NewGuid();
         for (var round = 1; round <= rounds; round++)
         {
             var deltas = Enumerable.Range(0, versions).Select(_ => new UsageDelta(KeyVersionId.NewId(), 3, null, now)).ToList();
             var cpu = Process.GetCurrentProcess().TotalProcessorTime;
             var clock = Stopwatch.StartNew();
-            await store.RecordUsageAsync(deltas, default);
+            await store.RecordUsageAsync(new UsageFlush(node, round, now, deltas), default);
             var elapsed = clock.Elapsed;
             var used = Process.GetCurrentProcess().TotalProcessorTime - cpu;
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,

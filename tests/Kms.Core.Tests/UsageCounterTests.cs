@@ -156,6 +156,23 @@ public sealed class UsageCounterTests : IDisposable
     }
 
     [Fact]
+    public async Task Flush_CommittedButReportedFailed_SentAgain_CountedOnce_LaterCountsToo()
+    {
+        // The store applied the flush and the node was told it failed (PostgreSQL's COMMIT answer
+        // lost): the same flush is sent again and changes nothing; counts made since come after it.
+        var (key, blob) = await EncryptedAsync();
+        await DecryptAsync(blob, 3);
+        _store.FailAfterNextUsageRecord = KmsErrors.Unavailable("injected after the commit");
+        await Assert.ThrowsAsync<KmsException>(() => _domain.Usage.FlushAsync(default));
+        Assert.Equal(3, (await _store.GetVersionAsync(key.Name.Version(1), default))!.Usage.DecryptCount);
+
+        await DecryptAsync(blob, 2);
+        await _domain.Usage.FlushAsync(default);
+        Assert.Equal(5, (await _store.GetVersionAsync(key.Name.Version(1), default))!.Usage.DecryptCount);
+        Assert.Equal(5, await LiveDecryptCountAsync(key));
+    }
+
+    [Fact]
     public async Task Flush_ReadWhileItsWriteIsPending_DecryptCountNeverGoesBackwards()
     {
         var (key, blob) = await EncryptedAsync();

@@ -386,8 +386,9 @@ public abstract class KeyStoreLifecycleContract : KeyStoreContract
         await store.CreateKeyAsync(key, Material(), null, default);
         var t = key.CreateTime;
 
-        await store.RecordUsageAsync([new UsageDelta(key.Primary.Id, 3, t.AddMinutes(2), t.AddMinutes(2))], default);
-        await store.RecordUsageAsync([new UsageDelta(key.Primary.Id, 2, t.AddMinutes(1), null)], default);
+        var node = Guid.NewGuid();
+        await store.RecordUsageAsync(new UsageFlush(node, 1, t, [new UsageDelta(key.Primary.Id, 3, t.AddMinutes(2), t.AddMinutes(2))]), default);
+        await store.RecordUsageAsync(new UsageFlush(node, 2, t, [new UsageDelta(key.Primary.Id, 2, t.AddMinutes(1), null)]), default);
 
         var usage = (await store.GetVersionAsync(key.Primary.Name, default))!.Usage;
         Assert.Equal(5, usage.DecryptCount);
@@ -409,17 +410,57 @@ public abstract class KeyStoreLifecycleContract : KeyStoreContract
 
         var t = keys[0].CreateTime;
         await store.RecordUsageAsync(
+            new UsageFlush(Guid.NewGuid(), 1, t,
             [
                 new UsageDelta(keys[0].Primary.Id, 5, t.AddMinutes(1), null),
                 new UsageDelta(keys[1].Primary.Id, 0, null, t.AddMinutes(2)),
                 new UsageDelta(keys[2].Primary.Id, 7, t.AddMinutes(3), t.AddMinutes(4)),
-            ],
+            ]),
             default);
 
         var usage = await Task.WhenAll(keys.Select(async k => (await store.GetVersionAsync(k.Primary.Name, default))!.Usage));
         Assert.Equal((5L, (DateTimeOffset?)t.AddMinutes(1), (DateTimeOffset?)null), (usage[0].DecryptCount, usage[0].LastEncryptTime, usage[0].LastDecryptTime));
         Assert.Equal((0L, (DateTimeOffset?)null, (DateTimeOffset?)t.AddMinutes(2)), (usage[1].DecryptCount, usage[1].LastEncryptTime, usage[1].LastDecryptTime));
         Assert.Equal((7L, (DateTimeOffset?)t.AddMinutes(3), (DateTimeOffset?)t.AddMinutes(4)), (usage[2].DecryptCount, usage[2].LastEncryptTime, usage[2].LastDecryptTime));
+    }
+
+    [Fact]
+    public async Task RecordUsage_TheSameFlushAgain_AppliedOnce_ALaterOneAndAnotherNodesApplied()
+    {
+        // A flush sent again because its write's outcome was unknown (PostgreSQL's COMMIT answer
+        // lost) must add nothing if the first write committed.
+        var store = await CreateStoreAsync();
+        var key = NewKey(Dev, "k");
+        await store.CreateKeyAsync(key, Material(), null, default);
+        var t = key.CreateTime;
+        var (a, b) = (Guid.NewGuid(), Guid.NewGuid());
+        var first = new UsageFlush(a, 1, t, [new UsageDelta(key.Primary.Id, 3, null, t.AddMinutes(1))]);
+
+        Assert.True(await store.RecordUsageAsync(first, default));
+        Assert.False(await store.RecordUsageAsync(first, default));
+        Assert.True(await store.RecordUsageAsync(new UsageFlush(b, 1, t, [new UsageDelta(key.Primary.Id, 5, null, null)]), default));
+        Assert.True(await store.RecordUsageAsync(new UsageFlush(a, 2, t, [new UsageDelta(key.Primary.Id, 7, null, null)]), default));
+        Assert.False(await store.RecordUsageAsync(first, default));
+
+        Assert.Equal(15, (await store.GetVersionAsync(key.Primary.Name, default))!.Usage.DecryptCount);
+    }
+
+    [Fact]
+    public async Task RecordUsage_ANodeSilentLongerThanTheRetention_Forgotten_ItsFlushAppliedAgain()
+    {
+        // One row per process that ever flushed would grow for ever: a node not heard of for
+        // UsageFlush.Retention is forgotten by the next flush of any node.
+        var store = await CreateStoreAsync();
+        var key = NewKey(Dev, "k");
+        await store.CreateKeyAsync(key, Material(), null, default);
+        var t = key.CreateTime;
+        var old = new UsageFlush(Guid.NewGuid(), 1, t, [new UsageDelta(key.Primary.Id, 1, null, null)]);
+        await store.RecordUsageAsync(old, default);
+
+        await store.RecordUsageAsync(new UsageFlush(Guid.NewGuid(), 1, t + UsageFlush.Retention - TimeSpan.FromMinutes(1), [new UsageDelta(key.Primary.Id, 1, null, null)]), default);
+        Assert.False(await store.RecordUsageAsync(old, default));
+        await store.RecordUsageAsync(new UsageFlush(Guid.NewGuid(), 1, t + UsageFlush.Retention + TimeSpan.FromMinutes(1), [new UsageDelta(key.Primary.Id, 1, null, null)]), default);
+        Assert.True(await store.RecordUsageAsync(old, default));
     }
 
     [Fact]

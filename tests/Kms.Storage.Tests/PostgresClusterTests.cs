@@ -162,7 +162,7 @@ public sealed class PostgresClusterTests : IAsyncLifetime
         {
             await connection.OpenAsync();
             await using var undo = connection.CreateCommand();
-            undo.CommandText = "ALTER TABLE audit_events DROP COLUMN key_versions; ALTER TABLE key_versions DROP COLUMN import_fingerprint; ALTER TABLE quorum_approvals DROP COLUMN sign_time; ALTER TABLE quorum_requests DROP COLUMN executing_node, DROP COLUMN credential_path, DROP COLUMN credential_revoke_time; ALTER TABLE principals DROP COLUMN delete_time; ALTER TABLE tenants DROP COLUMN delete_waiting_ms; ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 4";
+            undo.CommandText = "DROP TABLE usage_flushes; ALTER TABLE audit_events DROP COLUMN key_versions; ALTER TABLE key_versions DROP COLUMN import_fingerprint; ALTER TABLE quorum_approvals DROP COLUMN sign_time; ALTER TABLE quorum_requests DROP COLUMN executing_node, DROP COLUMN credential_path, DROP COLUMN credential_revoke_time; ALTER TABLE principals DROP COLUMN delete_time; ALTER TABLE tenants DROP COLUMN delete_waiting_ms; ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 4";
             await undo.ExecuteNonQueryAsync();
         }
 
@@ -170,6 +170,31 @@ public sealed class PostgresClusterTests : IAsyncLifetime
 
         Assert.False((await migrated.GetKeyAsync(plain.Name, default))!.AllowImport);
         Assert.True((await migrated.GetKeyAsync(byok.Name, default))!.AllowImport);
+    }
+
+    [Fact]
+    public async Task Migration11_FromAVersion10Database_KeepsTheCounts_FlushesAppliedOnceAfter()
+    {
+        // A database as release 10 left it: a version that counted decryptions, no usage_flushes.
+        var store = await OpenAsync();
+        var key = KeyStoreContract.NewKey(Dev, "used");
+        await store.CreateKeyAsync(key, KeyStoreContract.Material(), null, default);
+        await store.RecordUsageAsync(new UsageFlush(Guid.NewGuid(), 1, key.CreateTime, [new UsageDelta(key.Primary.Id, 5, null, null)]), default);
+        await using (var connection = new NpgsqlConnection(_database.ConnectionString))
+        {
+            await connection.OpenAsync();
+            await using var undo = connection.CreateCommand();
+            undo.CommandText = "DROP TABLE usage_flushes; DELETE FROM schema_migrations WHERE version >= 11";
+            await undo.ExecuteNonQueryAsync();
+        }
+
+        var migrated = await OpenAsync();
+        Assert.Equal(PostgresSchema.Migrations[^1].Version, migrated.SchemaVersion);
+        Assert.Equal(0L, await _database.ScalarAsync("SELECT count(*) FROM usage_flushes"));
+        var flush = new UsageFlush(Guid.NewGuid(), 1, key.CreateTime, [new UsageDelta(key.Primary.Id, 2, null, null)]);
+        Assert.True(await migrated.RecordUsageAsync(flush, default));
+        Assert.False(await migrated.RecordUsageAsync(flush, default));
+        Assert.Equal(7, (await migrated.GetVersionAsync(key.Primary.Name, default))!.Usage.DecryptCount);
     }
 
     [Fact]
@@ -294,6 +319,106 @@ public sealed class PostgresClusterTests : IAsyncLifetime
         var events = await ReadAllEventsAsync(store);
         Assert.Equal([1L, 2L], events.Select(e => e.Sequence));
         Assert.Equal(events[0].Hash, events[1].PreviousHash);
+    }
+
+    [Fact]
+    public async Task UsageFlush_CommitsButItsAnswerIsLost_SentAgain_CountedOnce()
+    {
+        // PostgreSQL commits the flush; the connection breaks before the store reads the COMMIT's
+        // answer, so the flush fails and is sent again. Before, its counts were given back and
+        // added a second time.
+        var (store, proxy, key, usage) = await UsageBehindAProxyAsync();
+        store.BeforeNextCommit = proxy.HoldReplies;
+        var flush = usage.FlushAsync(default);
+        await WaitForStoredDecryptCountAsync(key, 3);
+        proxy.Cut();
+        Assert.Equal(KmsErrorCode.Unavailable, (await Assert.ThrowsAsync<KmsException>(() => flush)).Code);
+
+        proxy.Restore();
+        usage.CountDecryption(key.Primary.Id);
+        await RetryAsync(async () =>
+        {
+            await usage.FlushAsync(default);
+            return 0;
+        });
+        Assert.Equal(4, (await store.GetVersionAsync(key.Primary.Name, default))!.Usage.DecryptCount);
+    }
+
+    [Fact]
+    public async Task UsageFlush_ConnectionCutBeforeItsCommit_RolledBack_SentAgain_CountedOnce()
+    {
+        var (store, proxy, key, usage) = await UsageBehindAProxyAsync();
+        store.BeforeNextCommit = proxy.Cut;
+        Assert.Equal(KmsErrorCode.Unavailable, (await Assert.ThrowsAsync<KmsException>(() => usage.FlushAsync(default))).Code);
+        Assert.Equal(0L, await _database.ScalarAsync("SELECT decrypt_count FROM key_versions WHERE tenant = 'dev' AND key_id = 'used'"));
+
+        proxy.Restore();
+        usage.CountDecryption(key.Primary.Id);
+        await RetryAsync(async () =>
+        {
+            await usage.FlushAsync(default);
+            return 0;
+        });
+        Assert.Equal(4, (await store.GetVersionAsync(key.Primary.Name, default))!.Usage.DecryptCount);
+    }
+
+    [Fact]
+    public async Task Reservation_CommitsButItsAnswerIsLost_TheBlockCountsAsUsed_NeverANumberTwice()
+    {
+        // Claim 23 under the same fault: a block whose COMMIT answer is lost is in the durable
+        // count, unknown to the node; the next reservation skips it, so the count runs ahead of
+        // the encryptions (the bound stricter), never behind.
+        var (store, proxy, key, _) = await UsageBehindAProxyAsync();
+        var usage = new UsageCounter(store, new UsageLimitOptions { SoftBound = 1000, HardBound = 2000, ReservationBlock = 4 }, TimeProvider.System);
+        store.BeforeNextCommit = proxy.HoldReplies;
+        var take = usage.TakeEncryptionsAsync(key.Primary, 1, default).AsTask();
+        var sql = "SELECT encrypt_count FROM key_versions WHERE tenant = 'dev' AND key_id = 'used'";
+        for (var attempt = 0; (long)(await _database.ScalarAsync(sql))! != 4; attempt++)
+        {
+            Assert.True(attempt < 600, "hang guard: the reservation did not commit within 30 s");
+            await Task.Delay(50);
+        }
+
+        proxy.Cut();
+        Assert.Equal(KmsErrorCode.Unavailable, (await Assert.ThrowsAsync<KmsException>(() => take)).Code);
+        proxy.Restore();
+        await RetryAsync(async () =>
+        {
+            await usage.TakeEncryptionsAsync(key.Primary, 1, default);
+            return 0;
+        });
+
+        var stored = (await store.GetVersionAsync(key.Primary.Name, default))!;
+        Assert.Equal(8, stored.Usage.EncryptCount);
+        Assert.Equal(5, usage.Observe(stored).EncryptCount);
+    }
+
+    // A store reached through a proxy, a key, and a usage counter holding 3 decryptions of its primary version.
+    private async Task<(PostgresStore Store, TcpProxy Proxy, Key Key, UsageCounter Usage)> UsageBehindAProxyAsync()
+    {
+        var proxy = new TcpProxy(new IPEndPoint(IPAddress.Loopback, new NpgsqlConnectionStringBuilder(_database.ConnectionString).Port));
+        _opened.Add(proxy);
+        var store = await OpenAsync(new NpgsqlConnectionStringBuilder(_database.ConnectionString) { Port = proxy.Port }.ConnectionString);
+        var key = KeyStoreContract.NewKey(Dev, "used");
+        await store.CreateKeyAsync(key, KeyStoreContract.Material(), null, default);
+        var usage = new UsageCounter(store, new UsageLimitOptions(), TimeProvider.System);
+        for (var i = 0; i < 3; i++)
+        {
+            usage.CountDecryption(key.Primary.Id);
+        }
+
+        return (store, proxy, key, usage);
+    }
+
+    // Waits until the database (read directly, not through the proxy) holds the count: the write committed.
+    private async Task WaitForStoredDecryptCountAsync(Key key, long count)
+    {
+        var sql = $"SELECT decrypt_count FROM key_versions WHERE tenant = '{key.Name.Tenant.Value}' AND key_id = '{key.Name.KeyId}'";
+        for (var attempt = 0; (long)(await _database.ScalarAsync(sql))! != count; attempt++)
+        {
+            Assert.True(attempt < 600, $"hang guard: the decrypt count did not reach {count} within 30 s");
+            await Task.Delay(50);
+        }
     }
 
     // UNAVAILABLE, and nothing of the database's own message (an address, a port, the driver's words) in the answer.

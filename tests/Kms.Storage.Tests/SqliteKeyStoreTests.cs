@@ -524,13 +524,42 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         {
             await old.OpenAsync();
             await using var command = old.CreateCommand();
-            command.CommandText = "ALTER TABLE audit_events DROP COLUMN key_versions; DROP INDEX key_versions_import_material; ALTER TABLE key_versions DROP COLUMN import_fingerprint; ALTER TABLE quorum_approvals DROP COLUMN sign_time; ALTER TABLE quorum_requests DROP COLUMN executing_node; ALTER TABLE quorum_requests DROP COLUMN credential_path; ALTER TABLE quorum_requests DROP COLUMN credential_revoke_time; ALTER TABLE principals DROP COLUMN delete_time; ALTER TABLE tenants DROP COLUMN delete_waiting_ms; ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 10;";
+            command.CommandText = "DROP TABLE usage_flushes; ALTER TABLE audit_events DROP COLUMN key_versions; DROP INDEX key_versions_import_material; ALTER TABLE key_versions DROP COLUMN import_fingerprint; ALTER TABLE quorum_approvals DROP COLUMN sign_time; ALTER TABLE quorum_requests DROP COLUMN executing_node; ALTER TABLE quorum_requests DROP COLUMN credential_path; ALTER TABLE quorum_requests DROP COLUMN credential_revoke_time; ALTER TABLE principals DROP COLUMN delete_time; ALTER TABLE tenants DROP COLUMN delete_waiting_ms; ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 10;";
             await command.ExecuteNonQueryAsync();
         }
 
         await using var migrated = await OpenAsync();
         Assert.False((await migrated.GetKeyAsync(KeyName.Create(KeyStoreContract.Dev, "plain"), default))!.AllowImport);
         Assert.True((await migrated.GetKeyAsync(KeyName.Create(KeyStoreContract.Dev, "byok"), default))!.AllowImport);
+    }
+
+    [Fact]
+    public async Task Migration17_FromAVersion16Database_KeepsTheCounts_FlushesAppliedOnceAfter()
+    {
+        // A database as release 16 left it: a version that counted decryptions, no usage_flushes.
+        var key = KeyStoreContract.NewKey(KeyStoreContract.Dev, "used");
+        await using (var store = await OpenAsync())
+        {
+            await store.CreateKeyAsync(key, new WrappedKeyMaterial(new byte[40]), null, default);
+            await store.RecordUsageAsync(new UsageFlush(Guid.NewGuid(), 1, key.CreateTime, [new UsageDelta(key.Primary.Id, 5, null, null)]), default);
+        }
+
+        SqliteConnection.ClearAllPools();
+        await using (var old = new SqliteConnection($"Data Source={DatabasePath};Pooling=False"))
+        {
+            await old.OpenAsync();
+            await using var command = old.CreateCommand();
+            command.CommandText = "DROP TABLE usage_flushes; DELETE FROM schema_migrations WHERE version >= 17;";
+            await command.ExecuteNonQueryAsync();
+        }
+
+        await using var migrated = await OpenAsync();
+        Assert.Equal((long)SqliteSchema.LatestVersion, await ScalarAsync("SELECT max(version) FROM schema_migrations"));
+        Assert.Equal(0L, await ScalarAsync("SELECT count(*) FROM usage_flushes"));
+        var flush = new UsageFlush(Guid.NewGuid(), 1, key.CreateTime, [new UsageDelta(key.Primary.Id, 2, null, null)]);
+        Assert.True(await migrated.RecordUsageAsync(flush, default));
+        Assert.False(await migrated.RecordUsageAsync(flush, default));
+        Assert.Equal(7, (await migrated.GetVersionAsync(key.Primary.Name, default))!.Usage.DecryptCount);
     }
 
     [Fact]
@@ -675,7 +704,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         Assert.Empty(await node.EraseExpiredImportJobsAsync(DateTimeOffset.UtcNow, default));
         Assert.True(await node.CompleteErasureAsync(default));
         await node.PruneChangesAsync(DateTimeOffset.UtcNow.AddHours(-1), default);
-        await node.RecordUsageAsync([new UsageDelta(first!.Version.Id, 1, null, DateTimeOffset.UtcNow)], default);
+        await node.RecordUsageAsync(new UsageFlush(Guid.NewGuid(), 1, DateTimeOffset.UtcNow, [new UsageDelta(first!.Version.Id, 1, null, DateTimeOffset.UtcNow)]), default);
 
         Assert.Equal(invalidations, node.MetadataCacheStatistics.Invalidations);
         Assert.Same(first, await node.GetPrimaryMaterialAsync(name, default));

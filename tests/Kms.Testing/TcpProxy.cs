@@ -17,6 +17,7 @@ public sealed class TcpProxy : IAsyncDisposable
     private readonly Lock _lock = new();
     private readonly Task _accepting;
     private volatile bool _cut;
+    private volatile bool _holdReplies;
 
     /// <summary>Listens on a free loopback port and forwards to <paramref name="target"/>.</summary>
     public TcpProxy(IPEndPoint target)
@@ -44,8 +45,18 @@ public sealed class TcpProxy : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// From now on drops what the server sends on the open connections (what clients send still
+    /// reaches it): a statement sent now is run, and its answer is lost, until <see cref="Cut"/>.
+    /// </summary>
+    public void HoldReplies() => _holdReplies = true;
+
     /// <summary>Forwards again.</summary>
-    public void Restore() => _cut = false;
+    public void Restore()
+    {
+        _holdReplies = false;
+        _cut = false;
+    }
 
     public async ValueTask DisposeAsync()
     {
@@ -78,6 +89,20 @@ public sealed class TcpProxy : IAsyncDisposable
         }
     }
 
+    // The server's bytes to the client, dropped while replies are held.
+    private async Task RepliesAsync(Stream server, Stream client, CancellationToken cancellationToken)
+    {
+        var buffer = new byte[81920];
+        int read;
+        while ((read = await server.ReadAsync(buffer, cancellationToken)) > 0)
+        {
+            if (!_holdReplies)
+            {
+                await client.WriteAsync(buffer.AsMemory(0, read), cancellationToken);
+            }
+        }
+    }
+
     private async Task ForwardAsync(TcpClient client)
     {
         var upstream = new TcpClient();
@@ -92,7 +117,7 @@ public sealed class TcpProxy : IAsyncDisposable
 
             using var done = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
             var a = client.GetStream().CopyToAsync(upstream.GetStream(), done.Token);
-            var b = upstream.GetStream().CopyToAsync(client.GetStream(), done.Token);
+            var b = RepliesAsync(upstream.GetStream(), client.GetStream(), done.Token);
             await Task.WhenAny(a, b);
             await done.CancelAsync();
         }

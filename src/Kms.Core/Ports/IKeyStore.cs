@@ -131,8 +131,15 @@ public interface IKeyStore
     /// </summary>
     Task<long> ReserveEncryptionsAsync(KeyVersionId id, long count, CancellationToken cancellationToken);
 
-    /// <summary>Adds decryption counts and moves last-use times forward (never backward).</summary>
-    Task RecordUsageAsync(IReadOnlyCollection<UsageDelta> deltas, CancellationToken cancellationToken);
+    /// <summary>
+    /// Applies a node's usage flush once: adds its decryption counts and moves last-use times
+    /// forward (never backward), and records the flush's sequence number for its node in the same
+    /// write. A flush of that node with this sequence number or a later one already applied: nothing
+    /// is changed, so a flush sent again after a write whose outcome is unknown (a COMMIT whose
+    /// answer was lost) is counted once.
+    /// </summary>
+    /// <returns>True when applied by this call; false when it had been applied before.</returns>
+    Task<bool> RecordUsageAsync(UsageFlush flush, CancellationToken cancellationToken);
 
     /// <summary>A deployment-wide setting (e.g. the domain key's check value), or null.</summary>
     Task<string?> GetSettingAsync(string name, CancellationToken cancellationToken);
@@ -209,6 +216,22 @@ public sealed record NewKeyVersion(KeyVersion Version, WrappedKeyMaterial Materi
 
 /// <summary>Usage to add to a version: counts, and last-use times to move forward.</summary>
 public sealed record UsageDelta(KeyVersionId Id, long Decryptions, DateTimeOffset? LastEncryptTime, DateTimeOffset? LastDecryptTime);
+
+/// <summary>
+/// One usage flush of a node: the deltas, under the node's id (random, for the process's life) and
+/// a number that grows with each flush of that node, and the node's time when it was made.
+/// </summary>
+/// <remarks>
+/// A node sends its flushes in sequence order and sends a flush whose write failed again, the same
+/// one, before any later one: the store then applies each once, whether the failed write had
+/// committed or not. Stores forget a node's last sequence number <see cref="Retention"/> after its
+/// last applied flush, so only a flush sent again after so long could be counted twice.
+/// </remarks>
+public sealed record UsageFlush(Guid Node, long Sequence, DateTimeOffset Time, IReadOnlyCollection<UsageDelta> Deltas)
+{
+    /// <summary>How long a store remembers a node's last applied flush after it was made.</summary>
+    public static readonly TimeSpan Retention = TimeSpan.FromDays(7);
+}
 
 /// <summary>
 /// A client request id (idempotency key) as recorded with the mutation it applied.

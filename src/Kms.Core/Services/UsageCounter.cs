@@ -21,18 +21,29 @@ namespace Kms.Core.Services;
 /// past the hard bound the version refuses to encrypt (FAILED_PRECONDITION).</para>
 /// <para>Decrypt counts and last-use times are kept in memory and written by
 /// <see cref="FlushAsync"/> (periodically and at shutdown): they may lag, or lose the last
-/// interval in a crash. A flush that fails gives its counts back for the next one; one whose
-/// commit failed after the database had committed it (a connection lost in PostgreSQL's
-/// COMMIT) counts them twice — decrypt counts are for operators, never a bound.</para>
+/// interval in a crash. Each flush carries this node's id and a growing number, and the store
+/// applies it once (<see cref="UsageFlush"/>): a flush whose write failed is sent again, the same
+/// flush, before any later one, so counts whose write committed though it failed (a connection
+/// lost in PostgreSQL's COMMIT, its answer never read) are not counted twice, and those of a write
+/// that rolled back are not lost.</para>
 /// <para>The counts <see cref="Observe"/> shows on a node never move backwards, though the
 /// stored usage it is given may have been read before or after a flush or a reservation in
 /// flight committed: it never counts the same use twice (a flush's counts are taken out of the
 /// pending ones before it writes; a block being reserved is counted unused), so it may show
-/// less than the truth for a moment, and it shows no less than it showed before.</para>
+/// less than the truth for a moment, and it shows no less than it showed before. A flush whose
+/// write failed is not shown until it is sent again and settled, as the store may or may not hold
+/// it.</para>
 /// </remarks>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "The flush gate lives as long as the process; it never allocates a wait handle.")]
 public sealed class UsageCounter(IKeyStore store, UsageLimitOptions limits, TimeProvider time)
 {
     private readonly ConcurrentDictionary<KeyVersionId, VersionCounter> _counters = new();
+
+    // Flushes one at a time, in sequence order, a failed one sent again before the next.
+    private readonly SemaphoreSlim _flushGate = new(1, 1);
+    private readonly Guid _node = Guid.NewGuid();
+    private long _sequence;
+    private PendingFlush? _unsettled;
     private readonly Channel<KeyName> _rotations = Channel.CreateBounded<KeyName>(new BoundedChannelOptions(1024)
     {
         FullMode = BoundedChannelFullMode.DropOldest,
@@ -169,48 +180,63 @@ public sealed class UsageCounter(IKeyStore store, UsageLimitOptions limits, Time
         };
     }
 
-    /// <summary>Writes pending decrypt counts and last-use times.</summary>
+    /// <summary>
+    /// Writes pending decrypt counts and last-use times; first, a flush whose write failed before,
+    /// sent again as it was.
+    /// </summary>
     public async Task FlushAsync(CancellationToken cancellationToken)
     {
-        var deltas = new List<(VersionCounter Counter, UsageDelta Delta)>();
-        foreach (var (id, counter) in _counters)
-        {
-            var decryptions = Interlocked.Exchange(ref counter.PendingDecryptions, 0);
-            var lastEncrypt = counter.LastEncrypt;
-            var lastDecrypt = counter.LastDecrypt;
-            if (decryptions > 0 || lastEncrypt != counter.FlushedEncrypt || lastDecrypt != counter.FlushedDecrypt)
-            {
-                deltas.Add((counter, new UsageDelta(id, decryptions, lastEncrypt, lastDecrypt)));
-            }
-        }
-
-        if (deltas.Count == 0)
-        {
-            return;
-        }
-
+        await _flushGate.WaitAsync(cancellationToken);
         try
         {
-            await store.RecordUsageAsync(deltas.Select(d => d.Delta).ToList(), cancellationToken);
-            foreach (var (counter, delta) in deltas)
+            if (_unsettled is { } unsettled)
             {
-                counter.FlushedEncrypt = delta.LastEncryptTime;
-                counter.FlushedDecrypt = delta.LastDecryptTime;
-            }
-        }
-        catch
-        {
-            // Not written: give the counts back for the next flush.
-            foreach (var (counter, delta) in deltas)
-            {
-                Interlocked.Add(ref counter.PendingDecryptions, delta.Decryptions);
+                await SendAsync(unsettled, cancellationToken);
             }
 
-            throw;
+            var counters = new List<VersionCounter>();
+            var deltas = new List<UsageDelta>();
+            foreach (var (id, counter) in _counters)
+            {
+                var decryptions = Interlocked.Exchange(ref counter.PendingDecryptions, 0);
+                var lastEncrypt = counter.LastEncrypt;
+                var lastDecrypt = counter.LastDecrypt;
+                if (decryptions > 0 || lastEncrypt != counter.FlushedEncrypt || lastDecrypt != counter.FlushedDecrypt)
+                {
+                    counters.Add(counter);
+                    deltas.Add(new UsageDelta(id, decryptions, lastEncrypt, lastDecrypt));
+                }
+            }
+
+            if (deltas.Count > 0)
+            {
+                await SendAsync(new PendingFlush(new UsageFlush(_node, ++_sequence, time.GetUtcNow(), deltas), counters), cancellationToken);
+            }
+        }
+        finally
+        {
+            _flushGate.Release();
+        }
+    }
+
+    // Writes a flush; one that fails stays unsettled, to be sent again as it is: the store may have
+    // committed it (then the same flush again changes nothing) or not (then it is applied).
+    private async Task SendAsync(PendingFlush pending, CancellationToken cancellationToken)
+    {
+        _unsettled = pending;
+        await store.RecordUsageAsync(pending.Flush, cancellationToken);
+        _unsettled = null;
+        foreach (var (counter, delta) in pending.Counters.Zip(pending.Flush.Deltas))
+        {
+            counter.FlushedEncrypt = delta.LastEncryptTime;
+            counter.FlushedDecrypt = delta.LastDecryptTime;
         }
     }
 
     private static DateTimeOffset? Later(DateTimeOffset? a, DateTimeOffset? b) => a is null ? b : b is null ? a : a > b ? a : b;
+
+    // A flush sent, or to be sent again, with the counters its deltas were taken from (in the same order).
+    private sealed record PendingFlush(UsageFlush Flush, IReadOnlyList<VersionCounter> Counters);
 
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "Counters live as long as the process.")]
     private sealed class VersionCounter

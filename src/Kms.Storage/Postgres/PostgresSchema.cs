@@ -258,5 +258,14 @@ internal static class PostgresSchema
             -- (additive, like it: an older server writes NULL, as for every event before).
             ALTER TABLE audit_events ADD COLUMN key_versions TEXT;
             """, CompatibleFrom: 4),
+        new(11, """
+            -- Usage flushes applied once, as SQLite's migration 17 (additive, like it): here a COMMIT
+            -- whose answer is lost may have committed, and its flush is sent again.
+            CREATE TABLE usage_flushes (
+                node     BYTEA  PRIMARY KEY,
+                sequence BIGINT NOT NULL,
+                time     BIGINT NOT NULL
+            );
+            """, CompatibleFrom: 4),
     ];
 }

@@ -573,57 +573,92 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         """;
 
     /// <inheritdoc />
-    public Task RecordUsageAsync(IReadOnlyCollection<UsageDelta> deltas, CancellationToken cancellationToken) =>
-        WriteAsync(async (connection, transaction) =>
+    public Task<bool> RecordUsageAsync(UsageFlush flush, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(flush);
+        var node = flush.Node.ToByteArray();
+        return WriteAsync(async (connection, transaction) =>
         {
-            // A server (PostgreSQL) gets the rows a thousand to a round trip: one trip per row, tens
-            // of thousands a flush under traffic spread over many keys, would hold the
-            // deployment-wide write lock for seconds per node and pass.
-            if (connection.CanCreateBatch)
+            // Under the write lock: no other write of this node's flushes can come between the
+            // check and the record (the node sends one at a time anyway).
+            await using (var applied = Command(connection, "SELECT sequence FROM usage_flushes WHERE node = @node", ("@node", node)))
             {
-                foreach (var chunk in deltas.Chunk(1000))
+                applied.Transaction = transaction;
+                if (await applied.ExecuteScalarAsync(cancellationToken) is long sequence && sequence >= flush.Sequence)
                 {
-                    await using var batch = connection.CreateBatch();
-                    batch.Transaction = transaction;
-                    foreach (var delta in chunk)
-                    {
-                        var row = batch.CreateBatchCommand();
-                        row.CommandText = RecordUsageSql;
-                        foreach (var (name, value) in new[] { ("@decryptions", (object)delta.Decryptions), ("@last_encrypt", Millis(delta.LastEncryptTime)), ("@last_decrypt", Millis(delta.LastDecryptTime)), ("@version_id", delta.Id.ToBytes()) })
-                        {
-                            var parameter = row.CreateParameter();
-                            parameter.ParameterName = name;
-                            Bind(parameter, value);
-                            row.Parameters.Add(parameter);
-                        }
+                    return false;
+                }
+            }
 
-                        batch.BatchCommands.Add(row);
+            await WriteUsageDeltasAsync(connection, transaction, flush.Deltas, cancellationToken);
+
+            // The node's last applied flush, and the nodes not heard of for a week forgotten (one
+            // row per process that flushed: a restarted node is a new one).
+            await using (var record = Command(connection, """
+                INSERT INTO usage_flushes (node, sequence, time) VALUES (@node, @sequence, @time)
+                ON CONFLICT (node) DO UPDATE SET sequence = excluded.sequence, time = excluded.time
+                """, ("@node", node), ("@sequence", flush.Sequence), ("@time", flush.Time.ToUnixTimeMilliseconds())))
+            {
+                record.Transaction = transaction;
+                await record.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            await using var forget = Command(connection, "DELETE FROM usage_flushes WHERE time < @before",
+                ("@before", (flush.Time - UsageFlush.Retention).ToUnixTimeMilliseconds()));
+            forget.Transaction = transaction;
+            await forget.ExecuteNonQueryAsync(cancellationToken);
+            return true;
+        }, cancellationToken, announce: false);
+    }
+
+    private static async Task WriteUsageDeltasAsync(DbConnection connection, DbTransaction transaction, IReadOnlyCollection<UsageDelta> deltas, CancellationToken cancellationToken)
+    {
+        // A server (PostgreSQL) gets the rows a thousand to a round trip: one trip per row, tens
+        // of thousands a flush under traffic spread over many keys, would hold the
+        // deployment-wide write lock for seconds per node and pass.
+        if (connection.CanCreateBatch)
+        {
+            foreach (var chunk in deltas.Chunk(1000))
+            {
+                await using var batch = connection.CreateBatch();
+                batch.Transaction = transaction;
+                foreach (var delta in chunk)
+                {
+                    var row = batch.CreateBatchCommand();
+                    row.CommandText = RecordUsageSql;
+                    foreach (var (name, value) in new[] { ("@decryptions", (object)delta.Decryptions), ("@last_encrypt", Millis(delta.LastEncryptTime)), ("@last_decrypt", Millis(delta.LastDecryptTime)), ("@version_id", delta.Id.ToBytes()) })
+                    {
+                        var parameter = row.CreateParameter();
+                        parameter.ParameterName = name;
+                        Bind(parameter, value);
+                        row.Parameters.Add(parameter);
                     }
 
-                    await batch.ExecuteNonQueryAsync(cancellationToken);
+                    batch.BatchCommands.Add(row);
                 }
 
-                return 0;
+                await batch.ExecuteNonQueryAsync(cancellationToken);
             }
 
-            // SQLite (in-process): one command for every row, prepared once and bound again per
-            // row, so it compiles its SQL once, not once per version.
-            await using var update = Command(connection, RecordUsageSql,
-                ("@decryptions", 0L), ("@last_encrypt", NullInt64), ("@last_decrypt", NullInt64), ("@version_id", Array.Empty<byte>()));
-            update.Transaction = transaction;
-            await update.PrepareAsync(cancellationToken);
-            var (decryptions, lastEncrypt, lastDecrypt, versionId) = (update.Parameters["@decryptions"], update.Parameters["@last_encrypt"], update.Parameters["@last_decrypt"], update.Parameters["@version_id"]);
-            foreach (var delta in deltas)
-            {
-                Bind(decryptions, delta.Decryptions);
-                Bind(lastEncrypt, Millis(delta.LastEncryptTime));
-                Bind(lastDecrypt, Millis(delta.LastDecryptTime));
-                Bind(versionId, delta.Id.ToBytes());
-                await update.ExecuteNonQueryAsync(cancellationToken);
-            }
+            return;
+        }
 
-            return 0;
-        }, cancellationToken, announce: false);
+        // SQLite (in-process): one command for every row, prepared once and bound again per
+        // row, so it compiles its SQL once, not once per version.
+        await using var update = Command(connection, RecordUsageSql,
+            ("@decryptions", 0L), ("@last_encrypt", NullInt64), ("@last_decrypt", NullInt64), ("@version_id", Array.Empty<byte>()));
+        update.Transaction = transaction;
+        await update.PrepareAsync(cancellationToken);
+        var (decryptions, lastEncrypt, lastDecrypt, versionId) = (update.Parameters["@decryptions"], update.Parameters["@last_encrypt"], update.Parameters["@last_decrypt"], update.Parameters["@version_id"]);
+        foreach (var delta in deltas)
+        {
+            Bind(decryptions, delta.Decryptions);
+            Bind(lastEncrypt, Millis(delta.LastEncryptTime));
+            Bind(lastDecrypt, Millis(delta.LastDecryptTime));
+            Bind(versionId, delta.Id.ToBytes());
+            await update.ExecuteNonQueryAsync(cancellationToken);
+        }
+    }
 
     /// <inheritdoc />
     public Task<string?> GetSettingAsync(string name, CancellationToken cancellationToken) =>
@@ -1105,6 +1140,18 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             return await read(connection);
         }, this);
 
+    /// <summary>
+    /// Called once, by the next write, just before it sends its COMMIT (a test seam: a test cuts the
+    /// connection there, or lets the COMMIT through and loses its answer).
+    /// </summary>
+    internal Action? BeforeNextCommit
+    {
+        get => _beforeNextCommit;
+        set => _beforeNextCommit = value;
+    }
+
+    private Action? _beforeNextCommit;
+
     // One BEGIN IMMEDIATE transaction: committed when the work returns, rolled back when it throws.
     // Events the work itself adds (a quorum execution's) follow the request's own, in the same transaction.
     // Every write that may change what the hot path remembers is announced in the change feed
@@ -1155,6 +1202,7 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             await AppendAuditInAsync(connection, transaction, audited ? [entry!, .. trailing] : trailing, cancellationToken);
         }
 
+        Interlocked.Exchange(ref _beforeNextCommit, null)?.Invoke();
         await CommitWriteAsync(connection, transaction);
         if (audited)
         {

@@ -306,6 +306,18 @@ internal static class SqliteSchema
             -- rolling upgrade, writes events without the list (NULL), as every event before.
             ALTER TABLE audit_events ADD COLUMN key_versions TEXT;
             """, CompatibleFrom: 10),
+        new(17, """
+            -- Usage flushes applied once: per node (a process, by a random id), the number of its last
+            -- flush applied, recorded in the flush's own write, so the same flush sent again after a
+            -- write whose outcome is unknown adds nothing. Rows unused for a week are deleted.
+            -- Additive: a schema-10 to -16 server, during a rolling upgrade, flushes as before
+            -- (adding its counts once per write, never touching this table).
+            CREATE TABLE usage_flushes (
+                node     BLOB    PRIMARY KEY,  -- 16 random bytes, new each time a server starts
+                sequence INTEGER NOT NULL,     -- the node's last flush applied
+                time     INTEGER NOT NULL      -- when that flush was made (the node's clock, ms)
+            ) STRICT;
+            """, CompatibleFrom: 10),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;

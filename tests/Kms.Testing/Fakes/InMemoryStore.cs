@@ -20,12 +20,14 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
     private readonly Dictionary<(string Tenant, string RequestId), RequestRecord> _requests = [];
     private readonly SortedDictionary<(string Tenant, string AliasId), KeyAlias> _aliases = new();
     private readonly Dictionary<string, string> _settings = [];
+    private readonly Dictionary<Guid, (long Sequence, DateTimeOffset Time)> _usageFlushes = [];
 
     /// <summary>Test hook: thrown by the next write (a store failing after the HSM did its part).</summary>
     public Exception? FailNextWrite { get; set; }
 
     private Action? _beforeNextKeyUpdate;
     private Func<Task>? _beforeNextUsageRecord;
+    private Exception? _afterNextUsageRecord;
     private Func<Task>? _afterNextReservation;
 
     public Task CreateKeyAsync(Key key, WrappedKeyMaterial primaryMaterial, RequestRecord? request, CancellationToken cancellationToken)
@@ -110,6 +112,16 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
     {
         get => _beforeNextUsageRecord;
         set => _beforeNextUsageRecord = value;
+    }
+
+    /// <summary>
+    /// Thrown once by the next <see cref="RecordUsageAsync"/> after it applied its flush: a write
+    /// that committed though the writer was told it failed (a COMMIT whose answer was lost).
+    /// </summary>
+    public Exception? FailAfterNextUsageRecord
+    {
+        get => _afterNextUsageRecord;
+        set => _afterNextUsageRecord = value;
     }
 
     /// <summary>
@@ -379,7 +391,7 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
         return total;
     }
 
-    public async Task RecordUsageAsync(IReadOnlyCollection<UsageDelta> deltas, CancellationToken cancellationToken)
+    public async Task<bool> RecordUsageAsync(UsageFlush flush, CancellationToken cancellationToken)
     {
         if (Interlocked.Exchange(ref _beforeNextUsageRecord, null) is { } hold)
         {
@@ -389,7 +401,12 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
         lock (_lock)
         {
             ThrowIfFailing();
-            foreach (var delta in deltas)
+            if (_usageFlushes.TryGetValue(flush.Node, out var applied) && applied.Sequence >= flush.Sequence)
+            {
+                return false;
+            }
+
+            foreach (var delta in flush.Deltas)
             {
                 var (versions, index) = Locate(delta.Id);
                 var usage = versions[index].Usage;
@@ -403,6 +420,19 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
                     },
                 };
             }
+
+            _usageFlushes[flush.Node] = (flush.Sequence, flush.Time);
+            foreach (var (node, _) in _usageFlushes.Where(n => n.Value.Time < flush.Time - UsageFlush.Retention).ToList())
+            {
+                _usageFlushes.Remove(node);
+            }
+
+            if (Interlocked.Exchange(ref _afterNextUsageRecord, null) is { } fail)
+            {
+                throw fail;
+            }
+
+            return true;
         }
     }
 
