@@ -71,4 +71,42 @@ public sealed class TenantCallRateTests
         Assert.Equal(StatusCode.ResourceExhausted, (await Assert.ThrowsAsync<RpcException>(async () =>
             await keys.GetKeyAsync(new GetKeyRequest { Name = key.Name }, developer))).StatusCode);
     }
+
+    [Fact]
+    public async Task TenantWithAnOverride_Refusals_NameTheOverride_CryptoAndOtherCalls()
+    {
+        // The refusals named the deployment's option even when the tenant's override had limited it.
+        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev",
+            services => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(time)),
+            "--Kms:Quotas:Tenants:tight:OperationsPerSecond=1", "--Kms:Quotas:Tenants:tight:Burst=1",
+            "--Kms:Quotas:Tenants:tight:OtherCallsPerSecond=1");
+        using (var deploymentAdmin = server.DeploymentAdmin())
+        {
+            await deploymentAdmin.Access.CreateTenantAsync(new CreateTenantRequest { TenantId = "tight" });
+        }
+
+        var tight = KmsTestServer.Bearer(await server.CreatePrincipalWithTokenAsync("tight-user", "tight", "key-manager", "key-user"));
+        using var channel = server.CreateChannel();
+        var keys = new KeyManagementService.KeyManagementServiceClient(channel);
+        var key = (await keys.CreateKeyAsync(new CreateKeyRequest { Parent = "tenants/tight", KeyId = "k", Key = new Key { Purpose = KeyPurpose.EncryptDecrypt } }, tight)).Key;
+        time.Advance(TimeSpan.FromSeconds(10));
+
+        // Crypto: one at once, its override's rate and burst.
+        await keys.EncryptAsync(new EncryptRequest { Name = key.Name, Plaintext = Google.Protobuf.ByteString.CopyFrom(1) }, tight);
+        var crypto = await Assert.ThrowsAsync<RpcException>(async () =>
+            await keys.EncryptAsync(new EncryptRequest { Name = key.Name, Plaintext = Google.Protobuf.ByteString.CopyFrom(1) }, tight));
+        Assert.Equal(StatusCode.ResourceExhausted, crypto.StatusCode);
+        Assert.Equal("the crypto-operation quota of tenants/tight is used up (Kms:Quotas:Tenants:tight:OperationsPerSecond, Kms:Quotas:Tenants:tight:Burst); retry after 1000 ms", crypto.Status.Detail);
+
+        // Other calls: 1 a second, 2 at once (the override's rate alone brings two seconds of burst).
+        await keys.GetKeyAsync(new GetKeyRequest { Name = key.Name }, tight);
+        await keys.GetKeyAsync(new GetKeyRequest { Name = key.Name }, tight);
+        var other = await Assert.ThrowsAsync<RpcException>(async () => await keys.GetKeyAsync(new GetKeyRequest { Name = key.Name }, tight));
+        Assert.Equal(StatusCode.ResourceExhausted, other.StatusCode);
+        Assert.Equal("the quota of tenants/tight for calls other than crypto operations is used up (Kms:Quotas:Tenants:tight:OtherCallsPerSecond); retry after 1000 ms", other.Status.Detail);
+
+        Assert.Contains(server.Logs.Events, line => line.Contains("quota of tenant \"tight\" exceeded (Kms:Quotas:Tenants:tight:OperationsPerSecond, Kms:Quotas:Tenants:tight:Burst)", StringComparison.Ordinal));
+        Assert.Contains(server.Logs.Events, line => line.Contains("quota of tenant \"tight\" for calls other than crypto operations exceeded (Kms:Quotas:Tenants:tight:OtherCallsPerSecond)", StringComparison.Ordinal));
+    }
 }

@@ -120,6 +120,28 @@ public sealed class TenantQuotasTests
         }
     }
 
+    [Theory]
+    [InlineData(null, null, "Kms:Quotas:OtherCallsPerSecond")]
+    [InlineData("5", null, "Kms:Quotas:Tenants:acme:OtherCallsPerSecond")]
+    [InlineData(null, "5", "Kms:Quotas:OtherCallsPerSecond, Kms:Quotas:Tenants:acme:OtherCallsBurst")]
+    [InlineData("5", "10", "Kms:Quotas:Tenants:acme:OtherCallsPerSecond, Kms:Quotas:Tenants:acme:OtherCallsBurst")]
+    public void RefusalOptions_NameTheTenantsOverrideWhereOneIsSet(string? rate, string? burst, string expected)
+    {
+        // A refusal once named Kms:Quotas:OtherCallsPerSecond even when the tenant's override was what limited it.
+        var quotas = Build(new Dictionary<string, string?>
+        {
+            ["Kms:Quotas:Tenants:acme:OtherCallsPerSecond"] = rate,
+            ["Kms:Quotas:Tenants:acme:OtherCallsBurst"] = burst,
+            ["Kms:Quotas:Tenants:acme:OperationsPerSecond"] = rate,
+            ["Kms:Quotas:Tenants:acme:Burst"] = burst,
+        });
+        var acme = TenantId.Parse("acme");
+
+        Assert.Equal(expected, quotas.OtherOptionOf(acme));
+        Assert.Equal(expected.Replace("OtherCallsPerSecond", "OperationsPerSecond", StringComparison.Ordinal).Replace("OtherCallsBurst", "Burst", StringComparison.Ordinal), quotas.CryptoOptionOf(acme));
+        Assert.Equal("Kms:Quotas:OtherCallsPerSecond", quotas.OtherOptionOf(TenantId.Parse("other")));
+    }
+
     private static TenantQuotas Build(Dictionary<string, string?> settings)
     {
         var options = new ConfigurationBuilder().AddInMemoryCollection(settings).Build().GetSection("Kms").Get<KmsServerOptions>()!;

@@ -276,22 +276,25 @@ internal sealed partial class AuthorizationInterceptor(
         {
             if (request is not null && !quotas.TryTake(home, cost(request), out var retryAfter))
             {
+                // A refusal names the options in force for this tenant: its override's where it has one.
+                var option = quotas.CryptoOptionOf(home);
                 if (_quotaLog.Count() is > 0 and var exceeded)
                 {
-                    LogQuotaExceeded(logger, context.Method, home.Value, exceeded);
+                    LogQuotaExceeded(logger, context.Method, home.Value, option, exceeded);
                 }
 
-                throw QuotaExceeded(home, retryAfter);
+                throw RateExceeded($"the crypto-operation quota of {home.ResourceName} is used up ({option}); retry after {retryAfter.TotalMilliseconds:0} ms", retryAfter);
             }
         }
         else if (!quotas.TryTakeOther(home, out var wait))
         {
+            var tenantOption = quotas.OtherOptionOf(home);
             if (_otherQuotaLog.Count() is > 0 and var refused)
             {
-                LogOtherQuotaExceeded(logger, context.Method, home.Value, refused);
+                LogOtherQuotaExceeded(logger, context.Method, home.Value, tenantOption, refused);
             }
 
-            throw RateExceeded($"the quota of {home.ResourceName} for calls other than crypto operations is used up (Kms:Quotas:OtherCallsPerSecond); retry after {wait.TotalMilliseconds:0} ms", wait);
+            throw RateExceeded($"the quota of {home.ResourceName} for calls other than crypto operations is used up ({tenantOption}); retry after {wait.TotalMilliseconds:0} ms", wait);
         }
     }
 
@@ -330,9 +333,6 @@ internal sealed partial class AuthorizationInterceptor(
                 return TenantId.OfResourceName(field) is { } tenant ? (tenant, field) : (caller.HomeTenant, field);
         }
     }
-
-    private static RpcException QuotaExceeded(TenantId tenant, TimeSpan retryAfter) =>
-        RateExceeded($"the crypto-operation quota of {tenant.ResourceName} is used up; retry after {retryAfter.TotalMilliseconds:0} ms", retryAfter);
 
     private static RpcException RateExceeded(string message, TimeSpan retryAfter)
     {
@@ -476,11 +476,11 @@ internal sealed partial class AuthorizationInterceptor(
     [LoggerMessage(EventId = 1101, Level = LogLevel.Information, Message = "{Method} unauthenticated call from {Peer}: {Count} unauthenticated calls since the last such message")]
     private static partial void LogUnauthenticated(ILogger logger, string method, string peer, long count);
 
-    [LoggerMessage(EventId = 1102, Level = LogLevel.Information, Message = "{Method} refused: quota of tenant {Tenant} exceeded; {Count} calls refused for quota since the last such message")]
-    private static partial void LogQuotaExceeded(ILogger logger, string method, string tenant, long count);
+    [LoggerMessage(EventId = 1102, Level = LogLevel.Information, Message = "{Method} refused: quota of tenant {Tenant} exceeded ({Option:l}); {Count} calls refused for quota since the last such message")]
+    private static partial void LogQuotaExceeded(ILogger logger, string method, string tenant, string option, long count);
 
-    [LoggerMessage(EventId = 1316, Level = LogLevel.Information, Message = "{Method} refused: the quota of tenant {Tenant} for calls other than crypto operations exceeded (Kms:Quotas:OtherCallsPerSecond); {Count} calls refused since the last such message")]
-    private static partial void LogOtherQuotaExceeded(ILogger logger, string method, string tenant, long count);
+    [LoggerMessage(EventId = 1316, Level = LogLevel.Information, Message = "{Method} refused: the quota of tenant {Tenant} for calls other than crypto operations exceeded ({Option:l}); {Count} calls refused since the last such message")]
+    private static partial void LogOtherQuotaExceeded(ILogger logger, string method, string tenant, string option, long count);
 
     [LoggerMessage(EventId = 1315, Level = LogLevel.Information, Message = "{Method} refused: the call rate of {Principal}, a principal of no tenant, exceeded (Kms:Quotas:PrincipalsWithoutTenant); {Count} calls refused for it since the last such message")]
     private static partial void LogPrincipalQuotaExceeded(ILogger logger, string method, string principal, long count);

@@ -62,6 +62,23 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
     }
 
     /// <summary>
+    /// The options that set the tenant's crypto quota, as a refusal names them: the tenant's
+    /// override (<c>Kms:Quotas:Tenants:{id}:…</c>) where one is set, else the deployment's.
+    /// </summary>
+    public string CryptoOptionOf(TenantId tenant)
+    {
+        var own = _tenants.GetValueOrDefault(tenant.Value);
+        return OptionOf(tenant, own?.OperationsPerSecond is not null, own?.Burst is not null, nameof(QuotaOptions.OperationsPerSecond), nameof(QuotaOptions.Burst));
+    }
+
+    /// <summary>The options that set the tenant's bucket of other calls, as <see cref="CryptoOptionOf"/>.</summary>
+    public string OtherOptionOf(TenantId tenant)
+    {
+        var own = _tenants.GetValueOrDefault(tenant.Value);
+        return OptionOf(tenant, own?.OtherCallsPerSecond is not null, own?.OtherCallsBurst is not null, nameof(QuotaOptions.OtherCallsPerSecond), nameof(QuotaOptions.OtherCallsBurst));
+    }
+
+    /// <summary>
     /// Takes <paramref name="cost"/> calls from the bucket of a principal of no tenant
     /// (<see cref="QuotaOptions.PrincipalsWithoutTenant"/>); false (and how long to wait) if it has too few.
     /// </summary>
@@ -123,6 +140,14 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
     // rate given alone brings a burst of two seconds of it.
     private static (double Rate, double Burst) Limit(double? ownRate, double? ownBurst, double rate, double burst) =>
         (ownRate ?? rate, ownBurst ?? (ownRate is { } own ? Math.Max(1, own * 2) : burst));
+
+    // The rate's option where it is set (the override's, else the deployment's), and the override's
+    // burst when it sets one: the options an operator changes to change what refused the call.
+    private static string OptionOf(TenantId tenant, bool ownRate, bool ownBurst, string rate, string burst)
+    {
+        var rateOption = ownRate ? $"Kms:Quotas:Tenants:{tenant.Value}:{rate}" : $"Kms:Quotas:{rate}";
+        return ownBurst ? $"{rateOption}, Kms:Quotas:Tenants:{tenant.Value}:{burst}" : rateOption;
+    }
 
     // Configuration merges keys that differ only in case; of options built in code, the last stands.
     private static Dictionary<string, TenantQuota> IgnoringCase(Dictionary<string, TenantQuota> tenants)
