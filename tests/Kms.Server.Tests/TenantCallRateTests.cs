@@ -12,7 +12,9 @@ namespace Kms.Server.Tests;
 /// A tenant's calls other than crypto operations — reads and management, an auditor's
 /// ListAuditEvents — have a rate of their own (<c>Kms:Quotas:OtherCallsPerSecond</c>, SECURITY.md
 /// claim 144), on a bucket apart from the tenant's crypto quota. Before, only the tenant's crypto was
-/// metered: its principals could list keys or page its audit as fast as the node answered.
+/// metered: its principals could list keys or page its audit as fast as the node answered. Each
+/// principal may spend only a share of that bucket (<c>Kms:Quotas:OtherCallsPrincipalShare</c>), so a
+/// runaway token leaves the tenant's other principals the rest.
 /// </summary>
 public sealed class TenantCallRateTests
 {
@@ -23,7 +25,8 @@ public sealed class TenantCallRateTests
         await using var server = await KmsTestServer.StartAsync(null, null, "dev",
             services => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(time)),
             "--Kms:Quotas:OtherCallsPerSecond=1", "--Kms:Quotas:OtherCallsBurst=3",
-            "--Kms:Quotas:Tenants:roomy:OtherCallsPerSecond=1000");
+            "--Kms:Quotas:Tenants:roomy:OtherCallsPerSecond=1000",
+            "--Kms:Quotas:OtherCallsPrincipalShare=1"); // the tenant's bucket alone, as if one principal made every call
         using (var admin = server.DeploymentAdmin())
         {
             await admin.Access.CreateTenantAsync(new CreateTenantRequest { TenantId = "roomy" });
@@ -73,6 +76,79 @@ public sealed class TenantCallRateTests
     }
 
     [Fact]
+    public async Task RunawayPrincipal_PastItsShare_RefusedAlone_TheTenantsAdminStillServed_RemovesItsBindings()
+    {
+        // The tenant's bucket: 1 call a second, 4 at once; each principal half of it (the default).
+        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev",
+            services => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(time)),
+            "--Kms:Quotas:OtherCallsPerSecond=1", "--Kms:Quotas:OtherCallsBurst=4");
+        var runaway = KmsTestServer.Bearer(await server.CreatePrincipalWithTokenAsync("runaway", "dev", "key-manager"));
+        using var channel = server.CreateChannel();
+        var keys = new KeyManagementService.KeyManagementServiceClient(channel);
+        var access = new AccessManagementService.AccessManagementServiceClient(channel);
+        var admin = KmsTestServer.Bearer(server.DeveloperToken); // the tenant's admin and key manager
+        time.Advance(TimeSpan.FromSeconds(10)); // every bucket full
+
+        // A runaway client (or a leaked token) lists keys as fast as it can: two calls, then refused
+        // for its share, however long it goes on.
+        var served = 0;
+        RpcException? refused = null;
+        for (var i = 0; i < 20; i++)
+        {
+            try
+            {
+                await keys.ListKeysAsync(new ListKeysRequest { Parent = "tenants/dev" }, runaway);
+                served++;
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.ResourceExhausted)
+            {
+                refused ??= e;
+            }
+        }
+
+        // The tenant's admin is still served — a listing, and the call that stops the runaway
+        // token: its role bindings removed (a deployment admin may revoke the token itself, on a rate
+        // of its own). With the tenant's bucket alone the runaway had taken all four calls.
+        await keys.ListKeysAsync(new ListKeysRequest { Parent = "tenants/dev" }, admin);
+        await access.DeleteRoleBindingAsync(new DeleteRoleBindingRequest { Principal = "token:runaway", Role = "key-manager", Tenant = "tenants/dev" }, admin);
+        Assert.Equal(StatusCode.PermissionDenied, (await Assert.ThrowsAsync<RpcException>(async () =>
+            await keys.ListKeysAsync(new ListKeysRequest { Parent = "tenants/dev" }, runaway))).StatusCode);
+
+        Assert.Equal(2, served);
+        Assert.NotNull(refused);
+        Assert.Equal("token:runaway has used up its share of the quota of tenants/dev for calls other than crypto operations (Kms:Quotas:OtherCallsPrincipalShare of Kms:Quotas:OtherCallsPerSecond); retry after 2000 ms", refused.Status.Detail);
+        Assert.Equal(TimeSpan.FromSeconds(2), refused.GetRpcStatus()!.GetDetail<RetryInfo>().RetryDelay.ToTimeSpan());
+        Assert.Contains(server.Logs.Events, line => line.Contains("\"token:runaway\" used up its share", StringComparison.Ordinal)
+            && line.Contains("(Kms:Quotas:OtherCallsPrincipalShare of Kms:Quotas:OtherCallsPerSecond)", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task ShareOfOne_TheBehaviourBefore_RunawaySpendsTheWholeBucket_TheTenantsAdminRefused()
+    {
+        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev",
+            services => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(time)),
+            "--Kms:Quotas:OtherCallsPerSecond=1", "--Kms:Quotas:OtherCallsBurst=4", "--Kms:Quotas:OtherCallsPrincipalShare=1");
+        var runaway = KmsTestServer.Bearer(await server.CreatePrincipalWithTokenAsync("runaway", "dev", "key-manager"));
+        using var channel = server.CreateChannel();
+        var keys = new KeyManagementService.KeyManagementServiceClient(channel);
+        var access = new AccessManagementService.AccessManagementServiceClient(channel);
+        var admin = KmsTestServer.Bearer(server.DeveloperToken);
+        time.Advance(TimeSpan.FromSeconds(10));
+
+        for (var i = 0; i < 4; i++)
+        {
+            await keys.ListKeysAsync(new ListKeysRequest { Parent = "tenants/dev" }, runaway);
+        }
+
+        var refused = await Assert.ThrowsAsync<RpcException>(async () =>
+            await access.DeleteRoleBindingAsync(new DeleteRoleBindingRequest { Principal = "token:runaway", Role = "key-manager", Tenant = "tenants/dev" }, admin));
+        Assert.Equal(StatusCode.ResourceExhausted, refused.StatusCode);
+        Assert.Equal("the quota of tenants/dev for calls other than crypto operations is used up (Kms:Quotas:OtherCallsPerSecond); retry after 1000 ms", refused.Status.Detail);
+    }
+
+    [Fact]
     public async Task TenantWithAnOverride_Refusals_NameTheOverride_CryptoAndOtherCalls()
     {
         // The refusals named the deployment's option even when the tenant's override had limited it.
@@ -80,7 +156,7 @@ public sealed class TenantCallRateTests
         await using var server = await KmsTestServer.StartAsync(null, null, "dev",
             services => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(time)),
             "--Kms:Quotas:Tenants:tight:OperationsPerSecond=1", "--Kms:Quotas:Tenants:tight:Burst=1",
-            "--Kms:Quotas:Tenants:tight:OtherCallsPerSecond=1");
+            "--Kms:Quotas:Tenants:tight:OtherCallsPerSecond=1", "--Kms:Quotas:Tenants:tight:OtherCallsPrincipalShare=1");
         using (var deploymentAdmin = server.DeploymentAdmin())
         {
             await deploymentAdmin.Access.CreateTenantAsync(new CreateTenantRequest { TenantId = "tight" });

@@ -47,6 +47,10 @@ public sealed class TenantQuotasTests
     [InlineData("Kms:Quotas:OtherCallsBurst", "0.5")]
     [InlineData("Kms:Quotas:Tenants:acme:OtherCallsPerSecond", "0")]
     [InlineData("Kms:Quotas:Tenants:acme:OtherCallsBurst", "0")]
+    [InlineData("Kms:Quotas:OtherCallsPrincipalShare", "0")]
+    [InlineData("Kms:Quotas:OtherCallsPrincipalShare", "1.5")]
+    [InlineData("Kms:Quotas:Tenants:acme:OtherCallsPrincipalShare", "-0.5")]
+    [InlineData("Kms:Quotas:Tenants:acme:OtherCallsPrincipalShare", "2")]
     public async Task Build_AQuotaOfZero_RefusedBeforeTouchingTheHsm_NamingTheOptionAndTheWayToSwitchQuotasOff(string option, string value)
     {
         // 0 used to turn the quota off: an operator writing it to block a tenant gave it no limit.
@@ -120,6 +124,101 @@ public sealed class TenantQuotasTests
         }
     }
 
+    [Fact]
+    public void OtherCalls_EachPrincipalSpendsAtMostItsShare_ARefusalSpendsNoneOfTheTenants()
+    {
+        // A tenant of 1 call a second, 4 at once; each principal half of it (the default share).
+        var quotas = Build(new Dictionary<string, string?> { ["Kms:Quotas:OtherCallsPerSecond"] = "1", ["Kms:Quotas:OtherCallsBurst"] = "4" });
+        var acme = TenantId.Parse("acme");
+
+        Assert.True(quotas.TryTakeOther(acme, "token:runaway", out _, out _));
+        Assert.True(quotas.TryTakeOther(acme, "token:runaway", out _, out _));
+        for (var i = 0; i < 100; i++)
+        {
+            Assert.False(quotas.TryTakeOther(acme, "token:runaway", out var wait, out var byShare));
+            Assert.True(byShare);
+            Assert.Equal(TimeSpan.FromSeconds(2), wait); // its half: one call every two seconds
+        }
+
+        // The runaway's hundred refusals spent none of the tenant's calls: two are left, for the others.
+        Assert.True(quotas.TryTakeOther(acme, "token:admin", out _, out _));
+        Assert.True(quotas.TryTakeOther(acme, "token:auditor", out _, out _));
+
+        // Now the tenant's bucket is empty: a principal with its share intact is refused by the tenant's.
+        Assert.False(quotas.TryTakeOther(acme, "token:other", out var tenantWait, out var bySharePastTenant));
+        Assert.False(bySharePastTenant);
+        Assert.Equal(TimeSpan.FromSeconds(1), tenantWait);
+
+        Assert.Equal("Kms:Quotas:OtherCallsPrincipalShare of Kms:Quotas:OtherCallsPerSecond", quotas.ShareOptionOf(acme));
+    }
+
+    [Fact]
+    public void OtherCalls_ShareOfOne_EveryPrincipalOnTheTenantsBucketAlone()
+    {
+        // 1 is the behaviour before the share: one principal may spend the tenant's whole bucket.
+        var quotas = Build(new Dictionary<string, string?> { ["Kms:Quotas:OtherCallsPerSecond"] = "1", ["Kms:Quotas:OtherCallsBurst"] = "4", ["Kms:Quotas:OtherCallsPrincipalShare"] = "1" });
+        var acme = TenantId.Parse("acme");
+        for (var i = 0; i < 4; i++)
+        {
+            Assert.True(quotas.TryTakeOther(acme, "token:runaway", out _, out _));
+        }
+
+        Assert.False(quotas.TryTakeOther(acme, "token:admin", out _, out var byShare));
+        Assert.False(byShare);
+        Assert.Equal(0, quotas.ShareBuckets);
+    }
+
+    [Fact]
+    public void ShareBuckets_Bounded_FullOnesDropped_NewPrincipalsPastTheBoundShareOneOverflowBucket()
+    {
+        // Tenant acme: 100 calls a second, 100 at once; each principal 0.02 of it, 2 a second and 2
+        // at once. A table of 3 principals.
+        var time = new FakeTimeProvider();
+        var options = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Kms:Quotas:OtherCallsPerSecond"] = "100",
+            ["Kms:Quotas:OtherCallsBurst"] = "100",
+            ["Kms:Quotas:OtherCallsPrincipalShare"] = "0.02",
+        }).Build().GetSection("Kms").Get<KmsServerOptions>()!;
+        var quotas = new TenantQuotas(Options.Create(options), time) { MaxShareBuckets = 3 };
+        var acme = TenantId.Parse("acme");
+
+        foreach (var principal in new[] { "token:a", "token:b", "token:c" })
+        {
+            SpendsItsShare(principal);
+        }
+
+        Assert.Equal(3, quotas.ShareBuckets);
+
+        // The table is full of buckets being spent: a new principal spends the tenant's overflow
+        // bucket (a share too), and so does the next — new names get no calls of their own.
+        SpendsItsShare("token:d");
+        Assert.False(quotas.TryTakeOther(acme, "token:e", out _, out var byShare));
+        Assert.True(byShare);
+        Assert.Equal(3, quotas.ShareBuckets);
+
+        // Another tenant's principals past the bound have an overflow bucket of their own.
+        Assert.True(quotas.TryTakeOther(TenantId.Parse("other"), "token:f", out _, out _));
+
+        // A second later every bucket is full again: the first new principal drops them all.
+        time.Advance(TimeSpan.FromSeconds(1));
+        SpendsItsShare("token:g");
+        Assert.Equal(1, quotas.ShareBuckets);
+
+        // A principal whose bucket was dropped starts on a full one, as it would have had anyway.
+        SpendsItsShare("token:a");
+        Assert.Equal(2, quotas.ShareBuckets);
+
+        void SpendsItsShare(string principal)
+        {
+            Assert.True(quotas.TryTakeOther(acme, principal, out _, out _));
+            Assert.True(quotas.TryTakeOther(acme, principal, out _, out _));
+            Assert.False(quotas.TryTakeOther(acme, principal, out var wait, out var refusedByShare));
+            Assert.True(refusedByShare);
+            Assert.Equal(TimeSpan.FromMilliseconds(500), wait);
+        }
+    }
+
     [Theory]
     [InlineData(null, null, "Kms:Quotas:OtherCallsPerSecond")]
     [InlineData("5", null, "Kms:Quotas:Tenants:acme:OtherCallsPerSecond")]
@@ -139,7 +238,11 @@ public sealed class TenantQuotasTests
 
         Assert.Equal(expected, quotas.OtherOptionOf(acme));
         Assert.Equal(expected.Replace("OtherCallsPerSecond", "OperationsPerSecond", StringComparison.Ordinal).Replace("OtherCallsBurst", "Burst", StringComparison.Ordinal), quotas.CryptoOptionOf(acme));
+        Assert.Equal($"Kms:Quotas:OtherCallsPrincipalShare of {expected}", quotas.ShareOptionOf(acme));
         Assert.Equal("Kms:Quotas:OtherCallsPerSecond", quotas.OtherOptionOf(TenantId.Parse("other")));
+
+        var shared = Build(new Dictionary<string, string?> { ["Kms:Quotas:Tenants:ACME:OtherCallsPrincipalShare"] = "0.25" });
+        Assert.Equal("Kms:Quotas:Tenants:acme:OtherCallsPrincipalShare of Kms:Quotas:OtherCallsPerSecond", shared.ShareOptionOf(acme));
     }
 
     private static TenantQuotas Build(Dictionary<string, string?> settings)

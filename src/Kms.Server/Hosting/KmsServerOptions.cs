@@ -340,6 +340,21 @@ public sealed class QuotaOptions
     /// <summary>Largest burst of a tenant's calls other than crypto operations; at least 1.</summary>
     public double OtherCallsBurst { get; set; } = 2000;
 
+    /// <summary>
+    /// The share of its tenant's <see cref="OtherCallsPerSecond"/> and <see cref="OtherCallsBurst"/>
+    /// that each principal of the tenant may spend (a burst of at least 1); above 0, at most 1.
+    /// Default 0.5.
+    /// </summary>
+    /// <remarks>
+    /// A call spends from the principal's share and from the tenant's bucket, and is refused
+    /// RESOURCE_EXHAUSTED if either is empty — a call refused for its share spends none of the
+    /// tenant's. So one runaway or leaked token of a tenant cannot spend the whole bucket: the
+    /// tenant's other principals keep the rest, enough for its admin to remove the token's role
+    /// bindings and its key managers to disable keys. 1 puts every principal on the tenant's bucket
+    /// alone. The crypto quota has no such share: a tenant's crypto is often one service's.
+    /// </remarks>
+    public double OtherCallsPrincipalShare { get; set; } = 0.5;
+
     /// <summary>Per-tenant overrides by tenant id.</summary>
     public Dictionary<string, TenantQuota> Tenants { get; set; } = [];
 
@@ -353,17 +368,19 @@ public sealed class QuotaOptions
     public PrincipalQuota PrincipalsWithoutTenant { get; set; } = new();
 
     /// <summary>
-    /// Refuses, naming the option, a rate that is not above 0 or a burst below 1 (and anything
-    /// not a finite number), deployment-wide or in a tenant's override, whether or not quotas are
+    /// Refuses, naming the option, a rate that is not above 0, a burst below 1 or a principal's share
+    /// not above 0 or above 1 (and anything not a finite number), deployment-wide or in a tenant's override, whether or not quotas are
     /// <see cref="Enabled"/>: neither "no calls" nor "no limit" is what a 0 would say to everyone.
     /// </summary>
     /// <exception cref="InvalidOperationException">The first such option, with how to get what 0 may have meant.</exception>
     public void Validate()
     {
+        const string SwitchOff = "A quota is never 0: to switch quotas off, set Kms:Quotas:Enabled=false; to stop a tenant's calls, remove its principals' role bindings or delete the tenant";
         Check("Kms:Quotas:OperationsPerSecond", OperationsPerSecond, 0, above: true);
         Check("Kms:Quotas:Burst", Burst, 1, above: false);
         Check("Kms:Quotas:OtherCallsPerSecond", OtherCallsPerSecond, 0, above: true);
         Check("Kms:Quotas:OtherCallsBurst", OtherCallsBurst, 1, above: false);
+        CheckShare("Kms:Quotas:OtherCallsPrincipalShare", OtherCallsPrincipalShare);
         Check("Kms:Quotas:PrincipalsWithoutTenant:CallsPerSecond", PrincipalsWithoutTenant.CallsPerSecond, 0, above: true);
         Check("Kms:Quotas:PrincipalsWithoutTenant:Burst", PrincipalsWithoutTenant.Burst, 1, above: false);
         foreach (var (tenant, quota) in Tenants)
@@ -387,6 +404,11 @@ public sealed class QuotaOptions
             {
                 Check($"Kms:Quotas:Tenants:{tenant}:OtherCallsBurst", otherBurst, 1, above: false);
             }
+
+            if (quota.OtherCallsPrincipalShare is { } share)
+            {
+                CheckShare($"Kms:Quotas:Tenants:{tenant}:OtherCallsPrincipalShare", share);
+            }
         }
 
         static void Check(string option, double value, double least, bool above)
@@ -395,7 +417,17 @@ public sealed class QuotaOptions
             {
                 throw new InvalidOperationException(
                     $"{option} is {value.ToString(System.Globalization.CultureInfo.InvariantCulture)}; it must be {(above ? "above" : "at least")} {least}. "
-                    + "A quota is never 0: to switch quotas off, set Kms:Quotas:Enabled=false; to stop a tenant's calls, remove its principals' role bindings or delete the tenant");
+                    + SwitchOff);
+            }
+        }
+
+        static void CheckShare(string option, double value)
+        {
+            if (!double.IsFinite(value) || value <= 0 || value > 1)
+            {
+                throw new InvalidOperationException(
+                    $"{option} is {value.ToString(System.Globalization.CultureInfo.InvariantCulture)}; it must be above 0 and at most 1 (1: each principal may spend the whole of its tenant's quota). "
+                    + SwitchOff);
             }
         }
     }
@@ -425,4 +457,10 @@ public sealed class TenantQuota
 
     /// <summary>Largest burst of calls other than crypto operations; default: two seconds' worth.</summary>
     public double? OtherCallsBurst { get; set; }
+
+    /// <summary>
+    /// The share of this tenant's calls other than crypto operations that each of its principals may
+    /// spend, above 0 and at most 1; unset: <see cref="QuotaOptions.OtherCallsPrincipalShare"/>.
+    /// </summary>
+    public double? OtherCallsPrincipalShare { get; set; }
 }

@@ -53,6 +53,7 @@ internal sealed partial class AuthorizationInterceptor(
     private readonly LogThrottle _quotaLog = new();
     private readonly LogThrottle _principalQuotaLog = new();
     private readonly LogThrottle _otherQuotaLog = new();
+    private readonly LogThrottle _shareQuotaLog = new();
 
     // Only authorized, non-public unary calls take an in-flight slot: an anonymous caller
     // cannot fill the server with calls that never end (health Watch streams), and the
@@ -247,8 +248,9 @@ internal sealed partial class AuthorizationInterceptor(
     }
 
     // After the in-flight slot is taken: a call shed for capacity has spent none of its tenant's quota.
-    // A caller of a tenant spends its tenant's quota on crypto, and the tenant's bucket of other calls on
-    // every other call; a caller of no tenant, its own bucket on every call (a public call has no caller).
+    // A caller of a tenant spends its tenant's quota on crypto, and the tenant's bucket of other calls —
+    // and its own share of it — on every other call; a caller of no tenant, its own bucket on every
+    // call (a public call has no caller).
     private void TakeQuota(AccessRule rule, IMessage? request, ServerCallContext context)
     {
         if (!context.UserState.TryGetValue(CallerKey, out var value) || value is not Caller caller)
@@ -276,7 +278,6 @@ internal sealed partial class AuthorizationInterceptor(
         {
             if (request is not null && !quotas.TryTake(home, cost(request), out var retryAfter))
             {
-                // A refusal names the options in force for this tenant: its override's where it has one.
                 var option = quotas.CryptoOptionOf(home);
                 if (_quotaLog.Count() is > 0 and var exceeded)
                 {
@@ -286,8 +287,22 @@ internal sealed partial class AuthorizationInterceptor(
                 throw RateExceeded($"the crypto-operation quota of {home.ResourceName} is used up ({option}); retry after {retryAfter.TotalMilliseconds:0} ms", retryAfter);
             }
         }
-        else if (!quotas.TryTakeOther(home, out var wait))
+        else if (!quotas.TryTakeOther(home, caller.Principal, out var wait, out var byShare))
         {
+            // The refusal names what refused it: the principal's share (1317, naming the principal,
+            // whose token is the one to look at) or the tenant's whole bucket (1316), with the
+            // options in force for this tenant — its override's where it has one.
+            if (byShare)
+            {
+                var shareOption = quotas.ShareOptionOf(home);
+                if (_shareQuotaLog.Count() is > 0 and var refusedShare)
+                {
+                    LogShareQuotaExceeded(logger, context.Method, caller.Principal, home.Value, shareOption, refusedShare);
+                }
+
+                throw RateExceeded($"{caller.Principal} has used up its share of the quota of {home.ResourceName} for calls other than crypto operations ({shareOption}); retry after {wait.TotalMilliseconds:0} ms", wait);
+            }
+
             var tenantOption = quotas.OtherOptionOf(home);
             if (_otherQuotaLog.Count() is > 0 and var refused)
             {
@@ -481,6 +496,9 @@ internal sealed partial class AuthorizationInterceptor(
 
     [LoggerMessage(EventId = 1316, Level = LogLevel.Information, Message = "{Method} refused: the quota of tenant {Tenant} for calls other than crypto operations exceeded ({Option:l}); {Count} calls refused since the last such message")]
     private static partial void LogOtherQuotaExceeded(ILogger logger, string method, string tenant, string option, long count);
+
+    [LoggerMessage(EventId = 1317, Level = LogLevel.Information, Message = "{Method} refused: {Principal} used up its share of the quota of tenant {Tenant} for calls other than crypto operations ({Option:l}); {Count} calls refused for a principal's share since the last such message")]
+    private static partial void LogShareQuotaExceeded(ILogger logger, string method, string principal, string tenant, string option, long count);
 
     [LoggerMessage(EventId = 1315, Level = LogLevel.Information, Message = "{Method} refused: the call rate of {Principal}, a principal of no tenant, exceeded (Kms:Quotas:PrincipalsWithoutTenant); {Count} calls refused for it since the last such message")]
     private static partial void LogPrincipalQuotaExceeded(ILogger logger, string method, string principal, long count);
