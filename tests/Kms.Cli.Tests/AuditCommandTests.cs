@@ -153,6 +153,44 @@ public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<
     }
 
     [Fact]
+    public async Task List_ASparseFilter_PagesOnThroughEmptyPages_UntilLimitEvents()
+    {
+        // A server whose pages examine 10 sequence numbers each: the two events of the rare
+        // operation are windows apart, so pages in between come back empty with a token. --limit 2
+        // means two events, not one page: the command pages on until it has them.
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev", KmsTestServer.AuditScanWindow(10));
+        var store = (Kms.Core.Ports.IAuditStore)server.Services.GetService(typeof(Kms.Core.Ports.IAuditStore))!;
+        var written = await store.AppendAuditAsync(
+            [.. Enumerable.Range(0, 60).Select(i => new Kms.Core.Audit.AuditEntry
+            {
+                Time = DateTimeOffset.UnixEpoch.AddSeconds(i),
+                RequestId = $"filler-{i}",
+                Principal = "token:busy",
+                Tenant = "dev",
+                Operation = i is 5 or 45 ? "/kms.v1.KeyManagementService/RareOperation" : "/kms.v1.KeyManagementService/GetKey",
+                Outcome = "OK",
+            })],
+            default);
+        var variables = new Dictionary<string, string>
+        {
+            ["KMS_ENDPOINT"] = server.Address.ToString(),
+            ["KMS_CA_FILE"] = server.CaCertificatePath,
+            ["KMS_TOKEN_FILE"] = Path.Combine(server.DataDir, "tokens", "developer.token"),
+            ["KMS_TENANT"] = "dev",
+        };
+
+        var result = await CliRun.InProcessAsync(variables, _directory, null, "audit", "list", "--operation", "RareOperation", "--limit", "2", "-o", "json");
+        Assert.True(result.ExitCode == 0, result.ToString());
+        var listed = System.Text.Json.JsonDocument.Parse(result.Out).RootElement.GetProperty("events").EnumerateArray()
+            .Select(e => long.Parse(e.GetProperty("sequence").GetString()!, CultureInfo.InvariantCulture));
+        Assert.Equal([written[5].Sequence, written[45].Sequence], listed);
+
+        var newest = await CliRun.InProcessAsync(variables, _directory, null, "audit", "list", "--operation", "RareOperation", "--limit", "1", "--newest", "-o", "json");
+        Assert.True(newest.ExitCode == 0, newest.ToString());
+        Assert.Equal(written[45].Sequence, long.Parse(System.Text.Json.JsonDocument.Parse(newest.Out).RootElement.GetProperty("events")[0].GetProperty("sequence").GetString()!, CultureInfo.InvariantCulture));
+    }
+
+    [Fact]
     public async Task List_KeyGivenAnAlias_UsageError_NotTheAliassOwnEventsAsTheKeys()
     {
         // Other commands take an alias's full name for its key; the audit records a crypto call

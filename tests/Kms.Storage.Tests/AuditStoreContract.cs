@@ -56,8 +56,70 @@ public abstract class AuditStoreContract : AccessStoreContract
         Assert.Equal(new long[] { 4L, 3L, 1L }, await Seqs(new AuditQuery { NewestFirst = true, Tenant = "dev" }));
         Assert.Equal(new long[] { 1L }, await Seqs(new AuditQuery { NewestFirst = true, Principal = "token:alice", BeforeSequence = 3 }));
         Assert.Equal(new long[] { 3L, 2L }, await Seqs(new AuditQuery { NewestFirst = true, StartTime = T0.AddSeconds(2), EndTime = T0.AddSeconds(4) }));
-        // The oldest-first cursor is not read in a newest-first listing.
-        Assert.Equal(new long[] { 4L }, await Seqs(new AuditQuery { NewestFirst = true, AfterSequence = 4, Limit = 1 }));
+        // Both bounds hold in either order (a page's window is the range between them).
+        Assert.Equal(new long[] { 4L }, await Seqs(new AuditQuery { NewestFirst = true, AfterSequence = 3, Limit = 5 }));
+        Assert.Equal(new long[] { 3L, 2L }, await Seqs(new AuditQuery { NewestFirst = true, AfterSequence = 1, BeforeSequence = 4 }));
+        Assert.Equal(new long[] { 2L, 3L }, await Seqs(new AuditQuery { AfterSequence = 1, BeforeSequence = 4 }));
+    }
+
+    [Fact]
+    public async Task Pages_ASparseFilter_EachPageOneWindow_ShortOrEmptyWithACursor_UntilNoneCanMatch()
+    {
+        // 30 events, windows of 10: the rare operation at 28, the rare outcome at 3, a principal's one event at 25.
+        var store = await AuditAsync();
+        await store.AppendAuditAsync(
+            [.. Enumerable.Range(1, 30).Select(i => Entry(i) with
+            {
+                Operation = i == 28 ? "/kms.v1.KeyManagementService/DestroyKeyVersion" : "/kms.v1.KeyManagementService/Encrypt",
+                Outcome = i == 3 ? "PERMISSION_DENIED" : "OK",
+                Principal = i == 25 ? "token:rare" : "token:alice",
+            })],
+            default);
+
+        // The page's sequences ("28", "" for none) and its cursor.
+        async Task<(string Events, long? Next)> PageAsync(AuditQuery query)
+        {
+            var page = await AuditPages.ListAsync(store, query, 10, default);
+            return (string.Join(',', page.Events.Select(e => e.Sequence)), page.Next);
+        }
+
+        // Oldest first: two empty windows, each ending where it stopped, then the event; nothing can follow.
+        var rare = new AuditQuery { Operation = "DestroyKeyVersion", Limit = 5 };
+        Assert.Equal(("", (long?)10), await PageAsync(rare));
+        Assert.Equal(("", (long?)20), await PageAsync(rare with { AfterSequence = 10 }));
+        Assert.Equal(("28", (long?)null), await PageAsync(rare with { AfterSequence = 20 }));
+
+        // Newest first, the mirror: the cursor names the sequence to go on before.
+        var denied = new AuditQuery { Outcome = "PERMISSION_DENIED", NewestFirst = true, Limit = 5 };
+        Assert.Equal(("", (long?)21), await PageAsync(denied));
+        Assert.Equal(("", (long?)11), await PageAsync(denied with { BeforeSequence = 21 }));
+        Assert.Equal(("3", (long?)null), await PageAsync(denied with { BeforeSequence = 11 }));
+
+        // A page that fills ends at its last event, inside its window.
+        Assert.Equal(("1,2", (long?)2), await PageAsync(new AuditQuery { Limit = 2 }));
+        Assert.Equal(("30,29", (long?)29), await PageAsync(new AuditQuery { NewestFirst = true, Limit = 2 }));
+
+        // A principal's walk starts at its first event (the principal index) and ends after its last.
+        Assert.Equal(("25", (long?)null), await PageAsync(new AuditQuery { Principal = "token:rare" }));
+        Assert.Equal(("25", (long?)null), await PageAsync(new AuditQuery { Principal = "token:rare", NewestFirst = true }));
+        Assert.Equal(("", (long?)null), await PageAsync(new AuditQuery { Principal = "token:rare", AfterSequence = 25 }));
+
+        // The whole listing, page by page, in either order: every event once.
+        foreach (var newest in new[] { false, true })
+        {
+            var listed = new List<long>();
+            var query = new AuditQuery { NewestFirst = newest, Limit = 4, StartTime = T0.AddSeconds(6) };
+            for (var page = await AuditPages.ListAsync(store, query, 10, default); ; page = await AuditPages.ListAsync(store, newest ? query with { BeforeSequence = page.Next!.Value } : query with { AfterSequence = page.Next!.Value }, 10, default))
+            {
+                listed.AddRange(page.Events.Select(e => e.Sequence));
+                if (page.Next is null)
+                {
+                    break;
+                }
+            }
+
+            Assert.Equal(newest ? Enumerable.Range(6, 25).Reverse().Select(i => (long)i) : Enumerable.Range(6, 25).Select(i => (long)i), listed);
+        }
     }
 
     [Fact]

@@ -603,6 +603,15 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
                 var plan = await PlanAsync("EXPLAIN QUERY PLAN " + sql, parameters);
                 Assert.True(plan.Contains(index, StringComparison.Ordinal) && !plan.Contains("TEMP B-TREE", StringComparison.Ordinal), $"{ordered}: {plan}");
             }
+
+            // A page's window (AuditPages): both ends are bounds of the search, in either order, so
+            // the rows read are at most the window's, whatever the filters leave.
+            foreach (var window in new[] { query with { AfterSequence = 5, BeforeSequence = 100_006 }, query with { NewestFirst = true, AfterSequence = 5, BeforeSequence = 100_006 } })
+            {
+                var (sql, parameters) = store.ListAuditEventsSql(window);
+                var plan = await PlanAsync("EXPLAIN QUERY PLAN " + sql, parameters);
+                Assert.True(plan.Contains(index, StringComparison.Ordinal) && System.Text.RegularExpressions.Regex.IsMatch(plan, @"(rowid|seq)>\? AND (rowid|seq)<\?") && !plan.Contains("TEMP B-TREE", StringComparison.Ordinal), $"{window}: {plan}");
+            }
         }
     }
 

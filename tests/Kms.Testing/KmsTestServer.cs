@@ -54,6 +54,14 @@ public sealed class KmsTestServer : IAsyncDisposable
     public static Task<KmsTestServer> StartAsync(TestToken? token = null, string? dataDir = null, string tenant = "dev", params string[] extraArgs) =>
         StartAsync(token, dataDir, tenant, null, extraArgs);
 
+    /// <summary>
+    /// Services for <see cref="StartAsync(TestToken?, string?, string, Action{IServiceCollection}?, string[])"/>
+    /// that make each ListAuditEvents page examine at most <paramref name="window"/> sequence
+    /// numbers (the server's own is 100,000): a small log then pages through empty windows.
+    /// </summary>
+    public static Action<IServiceCollection> AuditScanWindow(long window) =>
+        services => services.PostConfigure<KmsServerOptions>(options => options.AuditScanWindow = window);
+
     /// <summary>Starts a server with replaced services (e.g. a fake <see cref="TimeProvider"/>).</summary>
     public static async Task<KmsTestServer> StartAsync(TestToken? token, string? dataDir, string tenant, Action<IServiceCollection>? configureServices, params string[] extraArgs)
     {

@@ -108,16 +108,13 @@ public sealed record AuditCheckpoint(long Sequence, string HeadHash, DateTimeOff
 /// <summary>Which events to list; every filter is optional, and all given filters must match.</summary>
 public sealed record AuditQuery
 {
-    /// <summary>Only events after this sequence number (paging, oldest first).</summary>
+    /// <summary>Only events after this sequence number (in either order: oldest first, the paging cursor).</summary>
     public long AfterSequence { get; init; }
 
-    /// <summary>
-    /// Newest first: the events in descending sequence, only those before
-    /// <see cref="BeforeSequence"/> (paging); <see cref="AfterSequence"/> is then ignored.
-    /// </summary>
+    /// <summary>Newest first: the events in descending sequence.</summary>
     public bool NewestFirst { get; init; }
 
-    /// <summary>With <see cref="NewestFirst"/>: only events before this sequence number (paging); none given, from the newest.</summary>
+    /// <summary>Only events before this sequence number (in either order: newest first, the paging cursor); none given, up to the newest.</summary>
     public long BeforeSequence { get; init; } = long.MaxValue;
 
     /// <summary>At most this many events.</summary>

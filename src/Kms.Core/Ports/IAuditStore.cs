@@ -17,7 +17,12 @@ public interface IAuditStore
     /// <summary>The last event's sequence number and hash (the anchor's after a prune; <see cref="AuditChain.Empty"/> for a new log).</summary>
     Task<AuditHead> GetAuditHeadAsync(CancellationToken cancellationToken);
 
-    /// <summary>Events matching the query, in sequence order.</summary>
+    /// <summary>Events matching the query, in sequence order (descending when newest first), at most its limit.</summary>
+    /// <remarks>
+    /// The store reads every event between the query's sequence bounds that its principal filter
+    /// (the one indexed) leaves until the limit matched: a sparse filter over unbounded bounds reads
+    /// the whole log. A caller's listing goes through <see cref="AuditPages"/>, which bounds them.
+    /// </remarks>
     Task<IReadOnlyList<AuditEvent>> ListAuditEventsAsync(AuditQuery query, CancellationToken cancellationToken);
 
     /// <summary>Stores a signed checkpoint.</summary>

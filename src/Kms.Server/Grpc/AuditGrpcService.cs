@@ -16,7 +16,12 @@ namespace Kms.Server.Grpc;
 /// resources; not other tenants' probes of its names); security
 /// officers list, checkpoint and export the whole chain.
 /// </summary>
-internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IAuditStore store, ListPageTokens pageTokens, ILogger<AuditGrpcService> logger) : AuditService.AuditServiceBase
+internal sealed partial class AuditGrpcService(
+    AuditLog audit,
+    Kms.Core.Ports.IAuditStore store,
+    ListPageTokens pageTokens,
+    Microsoft.Extensions.Options.IOptions<Hosting.KmsServerOptions> options,
+    ILogger<AuditGrpcService> logger) : AuditService.AuditServiceBase
 {
     private const int MaxPageSize = 1000;
 
@@ -55,12 +60,14 @@ internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IA
         query = query.NewestFirst
             ? query with { BeforeSequence = cursor ?? long.MaxValue }
             : query with { AfterSequence = cursor ?? 0 };
-        var events = await store.ListAuditEventsAsync(query, context.CancellationToken);
+        // A page examines a bounded window of the log: a sparse filter gets short or empty pages
+        // with a token to go on, rather than one page reading the log from the cursor to its end.
+        var page = await AuditPages.ListAsync(store, query, options.Value.AuditScanWindow, context.CancellationToken);
         var response = new ListAuditEventsResponse
         {
-            NextPageToken = pageTokens.Seal(Rpc, caller, filter, events.Count == size ? events[^1].Sequence.ToString(CultureInfo.InvariantCulture) : null),
+            NextPageToken = pageTokens.Seal(Rpc, caller, filter, page.Next?.ToString(CultureInfo.InvariantCulture)),
         };
-        response.Events.AddRange(events.Select(ToProto));
+        response.Events.AddRange(page.Events.Select(ToProto));
         if (caller.HomeTenant is { } reader)
         {
             RedactForTenant(response.Events, reader.Value);
@@ -93,7 +100,8 @@ internal sealed partial class AuditGrpcService(AuditLog audit, Kms.Core.Ports.IA
         }
     }
 
-    // A page token is where the page ended (its last sequence), sealed by ListPageTokens as the
+    // A page token is where the page ended (its last sequence, or the end of the window it
+    // examined when that ran out first: not necessarily an event listed), sealed by ListPageTokens as the
     // other List RPCs' are: tagged with the deployment's page-token key over the RPC, the caller
     // (principal and tenant), every filter field and that sequence. It is accepted only from the
     // caller it was issued to — another caller, even one allowed the same listing, cannot go on

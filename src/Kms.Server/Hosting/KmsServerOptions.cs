@@ -120,6 +120,10 @@ public sealed class KmsServerOptions
 
     /// <summary>Limits below the gRPC call (connections, TLS, HTTP/2), reachable without a credential.</summary>
     public TransportOptions Transport { get; set; } = new();
+
+    // The sequence numbers one ListAuditEvents page examines at most (Kms.Core.Audit.AuditPages).
+    // Not configurable: tests lower it to page through empty windows on a small log.
+    internal long AuditScanWindow { get; set; } = Kms.Core.Audit.AuditPages.DefaultScanWindow;
 }
 
 /// <summary>

@@ -59,8 +59,9 @@ public abstract partial class SqlStore
     /// <summary>The statement <see cref="ListAuditEventsAsync"/> runs and its parameters (tests read its plan).</summary>
     internal (string Sql, (string Name, object Value)[] Parameters) ListAuditEventsSql(AuditQuery query)
     {
-        var sql = new StringBuilder($"SELECT {EventColumns} FROM audit_events WHERE ").Append(query.NewestFirst ? "seq < @cursor" : "seq > @cursor");
-        var parameters = new List<(string, object)> { ("@cursor", query.NewestFirst ? query.BeforeSequence : query.AfterSequence), ("@limit", query.Limit) };
+        // Both bounds in either order: a page's window (AuditPages) is a range of the primary key.
+        var sql = new StringBuilder($"SELECT {EventColumns} FROM audit_events WHERE seq > @after AND seq < @before");
+        var parameters = new List<(string, object)> { ("@after", query.AfterSequence), ("@before", query.BeforeSequence), ("@limit", query.Limit) };
         void Filter(string condition, string name, object? value)
         {
             if (value is not null)

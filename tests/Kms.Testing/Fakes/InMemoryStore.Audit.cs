@@ -69,7 +69,7 @@ public sealed partial class InMemoryStore : IAuditStore
         lock (_lock)
         {
             var ordered = query.NewestFirst ? _audit.AsEnumerable().Reverse() : _audit;
-            IReadOnlyList<AuditEvent> rows = ordered.Where(e => (query.NewestFirst ? e.Sequence < query.BeforeSequence : e.Sequence > query.AfterSequence)
+            IReadOnlyList<AuditEvent> rows = ordered.Where(e => e.Sequence > query.AfterSequence && e.Sequence < query.BeforeSequence
                     && (query.StartTime is not { } start || e.Entry.Time >= start)
                     && (query.EndTime is not { } end || e.Entry.Time < end)
                     && (query.Principal is null || e.Entry.Principal == query.Principal)

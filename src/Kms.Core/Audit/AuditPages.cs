@@ -1,0 +1,103 @@
+using Kms.Core.Ports;
+
+namespace Kms.Core.Audit;
+
+/// <summary>One page of a listing of audit events.</summary>
+/// <param name="Events">The events that matched, at most the query's limit; fewer, even none, when the page's window ran out first.</param>
+/// <param name="Next">
+/// Where the next page starts: the sequence to go on after (oldest first) or before (newest
+/// first). It is the last event's when the page filled, and otherwise the end of the window the
+/// page examined, which need not be an event that matched; null when no event past it can match.
+/// </param>
+public sealed record AuditPage(IReadOnlyList<AuditEvent> Events, long? Next);
+
+/// <summary>
+/// Pages of a filtered listing that each read a bounded part of the log, as DynamoDB's filtered
+/// Scan and AIP-158 allow: a page examines at most a window of sequence numbers past its cursor,
+/// and when the window runs out before the page fills, the page ends there, short or empty, with
+/// a cursor to go on from. Only an absent <see cref="AuditPage.Next"/> ends the listing.
+/// </summary>
+/// <remarks>
+/// Without it a filter that matches few events (a rare operation or outcome, a small tenant, a
+/// time range far from the cursor) read every event from the cursor to the end of the log for one
+/// page. Sequence numbers are gap-free (apart from the pruned prefix), so a window of
+/// <c>n</c> sequence numbers is at most <c>n</c> rows, read along the primary key. The walk starts
+/// at the first event after the cursor that the principal filter allows, found in the
+/// (principal, seq) index (with no principal, the first event: past a pruned prefix), so a
+/// principal's listing skips the events of others between its own. Time, tenant, resource,
+/// operation and outcome have no index (each is another insert in the commit every audited call
+/// waits for), so they filter inside the window.
+/// </remarks>
+public static class AuditPages
+{
+    /// <summary>The sequence numbers one page examines at most: tens of milliseconds of reading.</summary>
+    public const long DefaultScanWindow = 100_000;
+
+    /// <summary>One page of the events matching <paramref name="query"/>, from its cursor (<see cref="AuditQuery.AfterSequence"/> oldest first, <see cref="AuditQuery.BeforeSequence"/> newest first).</summary>
+    /// <param name="store">The log.</param>
+    /// <param name="query">The filters, the order, the cursor and the page size (<see cref="AuditQuery.Limit"/>, at least 1).</param>
+    /// <param name="scanWindow">How many sequence numbers the page examines at most (at least 1).</param>
+    /// <param name="cancellationToken">Cancels the reads.</param>
+    public static async Task<AuditPage> ListAsync(IAuditStore store, AuditQuery query, long scanWindow, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        ArgumentNullException.ThrowIfNull(query);
+        ArgumentOutOfRangeException.ThrowIfLessThan(scanWindow, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(query.Limit, 1);
+        return query.NewestFirst
+            ? await NewestFirstAsync(store, query, scanWindow, cancellationToken)
+            : await OldestFirstAsync(store, query, scanWindow, cancellationToken);
+    }
+
+    private static async Task<AuditPage> OldestFirstAsync(IAuditStore store, AuditQuery query, long window, CancellationToken cancellationToken)
+    {
+        if (await FirstCandidateAfterAsync(store, query, query.AfterSequence, cancellationToken) is not { } first)
+        {
+            return new([], null);
+        }
+
+        // The window: sequences first .. through, `window` of them.
+        var through = first > long.MaxValue - window ? long.MaxValue - 1 : first - 1 + window;
+        var before = Math.Min(query.BeforeSequence, through + 1);
+        var events = await store.ListAuditEventsAsync(query with { AfterSequence = first - 1, BeforeSequence = before }, cancellationToken);
+        if (events.Count == query.Limit)
+        {
+            return new(events, events[^1].Sequence);
+        }
+
+        return new(events, before < query.BeforeSequence && await FirstCandidateAfterAsync(store, query, through, cancellationToken) is not null ? through : null);
+    }
+
+    private static async Task<AuditPage> NewestFirstAsync(IAuditStore store, AuditQuery query, long window, CancellationToken cancellationToken)
+    {
+        if (await LastCandidateBeforeAsync(store, query, query.BeforeSequence, cancellationToken) is not { } last)
+        {
+            return new([], null);
+        }
+
+        // The window: sequences last down to from, `window` of them (sequences start at 1: no overflow).
+        var from = last + 1 - window;
+        var after = Math.Max(query.AfterSequence, from - 1);
+        var events = await store.ListAuditEventsAsync(query with { BeforeSequence = last + 1, AfterSequence = after }, cancellationToken);
+        if (events.Count == query.Limit)
+        {
+            return new(events, events[^1].Sequence);
+        }
+
+        return new(events, after > query.AfterSequence && await LastCandidateBeforeAsync(store, query, from, cancellationToken) is not null ? from : null);
+    }
+
+    // The first event after `after` that the query's indexed filter (its principal) allows, and
+    // its bounds: one index lookup.
+    private static async Task<long?> FirstCandidateAfterAsync(IAuditStore store, AuditQuery query, long after, CancellationToken cancellationToken) =>
+        after + 1 >= query.BeforeSequence ? null
+            : await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = after, BeforeSequence = query.BeforeSequence, Principal = query.Principal, Limit = 1 }, cancellationToken) is [var found]
+                ? found.Sequence
+                : null;
+
+    private static async Task<long?> LastCandidateBeforeAsync(IAuditStore store, AuditQuery query, long before, CancellationToken cancellationToken) =>
+        before - 1 <= query.AfterSequence ? null
+            : await store.ListAuditEventsAsync(new AuditQuery { NewestFirst = true, BeforeSequence = before, AfterSequence = query.AfterSequence, Principal = query.Principal, Limit = 1 }, cancellationToken) is [var found]
+                ? found.Sequence
+                : null;
+}
