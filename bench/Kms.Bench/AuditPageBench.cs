@@ -1,0 +1,112 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
+using Kms.Core.Audit;
+using Kms.Storage;
+using Kms.Storage.Sqlite;
+using Microsoft.Data.Sqlite;
+
+namespace Kms.Bench;
+
+/// <summary>
+/// One ListAuditEvents page of a sparse filter on a large SQLite log, without a server: the
+/// store's statement unbounded (as every page ran before <see cref="AuditPages"/>: from the
+/// cursor to the end of the log) against one bounded page, and the whole bounded listing.
+/// The log is <c>events</c> GenerateDataKey-shaped events of tenant <c>dev</c>, one of them (near
+/// the end) of operation <c>DestroyKeyVersion</c>; one of tenant <c>small</c> there too.
+/// </summary>
+internal static class AuditPageBench
+{
+    public static async Task<int> RunAsync(int events)
+    {
+        var root = Path.Combine(Path.GetTempPath(), "kms-audit-page-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4)));
+        try
+        {
+            var path = Path.Combine(root, "kms.db");
+            await (await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = path }, default)).DisposeAsync();
+            var filling = Stopwatch.StartNew();
+            await using (var connection = new SqliteConnection($"Data Source={path};Pooling=False"))
+            {
+                await connection.OpenAsync();
+                await using var transaction = await connection.BeginTransactionAsync();
+                var head = AuditChain.Empty;
+                var t0 = DateTimeOffset.UtcNow.AddDays(-1);
+                foreach (var chunk in Enumerable.Range(0, events).Chunk(10_000))
+                {
+                    var written = await SqlStore.InsertEventRowsAsync(connection, head, [.. chunk.Select(i => Entry(i, events, t0))], default);
+                    head = new AuditHead(written[^1].Sequence, written[^1].Hash);
+                }
+
+                await transaction.CommitAsync();
+            }
+
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{events:N0} events written in {filling.Elapsed.TotalSeconds:F1} s"));
+            await using var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = path }, default);
+            Console.WriteLine("| filter | unbounded page (before) ms | bounded page (after) ms | events / token of the first bounded page | whole bounded listing: pages, ms |");
+            Console.WriteLine("|---|---:|---:|---|---:|");
+            foreach (var (label, query) in new (string, AuditQuery)[]
+            {
+                ("operation DestroyKeyVersion (1 event, near the end)", new AuditQuery { Operation = "DestroyKeyVersion" }),
+                ("tenant small (1 event, near the end)", new AuditQuery { Tenant = "small" }),
+                ("outcome PERMISSION_DENIED (none)", new AuditQuery { Outcome = "PERMISSION_DENIED" }),
+                ("operation DestroyKeyVersion, newest first", new AuditQuery { Operation = "DestroyKeyVersion", NewestFirst = true }),
+            })
+            {
+                await store.ListAuditEventsAsync(query, default); // warm: the page cache holds the table for both
+                var unbounded = await MedianAsync(() => store.ListAuditEventsAsync(query, default));
+                AuditPage? first = null;
+                var bounded = await MedianAsync(async () => first = await AuditPages.ListAsync(store, query, AuditPages.DefaultScanWindow, default));
+                var whole = Stopwatch.StartNew();
+                var pages = 0;
+                for (var page = first!; ; pages++)
+                {
+                    if (page.Next is not { } next)
+                    {
+                        break;
+                    }
+
+                    page = await AuditPages.ListAsync(store, query.NewestFirst ? query with { BeforeSequence = next } : query with { AfterSequence = next }, AuditPages.DefaultScanWindow, default);
+                }
+
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {label} | {unbounded:F1} | {bounded:F1} | {first!.Events.Count} / {first.Next?.ToString(CultureInfo.InvariantCulture) ?? "none"} | {pages + 1}, {whole.Elapsed.TotalMilliseconds + bounded:F0} |"));
+            }
+        }
+        finally
+        {
+            SqliteConnection.ClearAllPools();
+            Directory.Delete(root, recursive: true);
+        }
+
+        return 0;
+    }
+
+    private static async Task<double> MedianAsync(Func<Task> run)
+    {
+        var times = new double[5];
+        for (var i = 0; i < times.Length; i++)
+        {
+            var started = Stopwatch.GetTimestamp();
+            await run();
+            times[i] = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
+        }
+
+        Array.Sort(times);
+        return times[times.Length / 2];
+    }
+
+    // Shaped like a GenerateDataKey call's event (one context key); one DestroyKeyVersion and one
+    // event of another tenant near the end.
+    private static AuditEntry Entry(int i, int events, DateTimeOffset t0) => new()
+    {
+        Time = t0.AddMilliseconds(i),
+        RequestId = i.ToString("x32", CultureInfo.InvariantCulture),
+        Principal = i == events - 1000 ? "token:small" : "token:developer",
+        Tenant = i == events - 1000 ? "small" : "dev",
+        Operation = i == events - 100 ? "/kms.v1.KeyManagementService/DestroyKeyVersion" : "/kms.v1.KeyManagementService/GenerateDataKey",
+        Resource = i == events - 1000 ? "tenants/small/keys/k" : "tenants/dev/keys/load-audited",
+        Outcome = "OK",
+        Client = "ipv4:127.0.0.1:45678",
+        Context = [KeyValuePair.Create("bench", new string('c', 64))],
+    };
+}
