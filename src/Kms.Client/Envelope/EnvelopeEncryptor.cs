@@ -145,14 +145,16 @@ public sealed class EnvelopeEncryptor : IDisposable
     {
         // The encoding is taken once and the KMS calls, the header and the cache all use it (the
         // KMS calls a snapshot decoded from it): a caller changing its dictionary later changes nothing.
-        var callerContext = EncodeCallerContext(encryptionContext);
-        using var materials = await GetMaterialsAsync(callerContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
-        using var signature = materials.TakeSigning() is { } signing ? EnvelopeSignature.ForWriting(signing) : null;
+        // Checked before the KMS call or cache lease: a refused call must not use up one of a
+        // cached data key's messages.
         if (plaintext.Span.Overlaps(destination.Span))
         {
             throw new ArgumentException("the destination must not overlap the plaintext", nameof(destination));
         }
 
+        var callerContext = EncodeCallerContext(encryptionContext);
+        using var materials = await GetMaterialsAsync(callerContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
+        using var signature = materials.TakeSigning() is { } signing ? EnvelopeSignature.ForWriting(signing) : null;
         return EnvelopeMessage.SealInto(materials.DataKey, KernelRandom.MessageId(), materials.EncodedContext, materials.Wrapped, _frameLength, plaintext.Span, associatedData.Span, destination.Span, signature);
     }
 

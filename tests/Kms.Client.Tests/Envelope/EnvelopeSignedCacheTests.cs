@@ -280,6 +280,23 @@ public sealed class EnvelopeSignedCacheTests
         Assert.True(pair.IsDisposed, "a cancelled waiter's handle kept the key pair alive");
     }
 
+    // The destination overload refused an overlapping destination only after it had leased a
+    // cached message (or called the KMS): a refused call used one of the entry's messages.
+    [Fact]
+    public async Task EncryptIntoDestination_OverlapsThePlaintext_RefusedBeforeAnyKmsCallOrLease()
+    {
+        using var writer = Signed(new DataKeyCacheOptions { MaxMessagesPerKey = 2 });
+        var buffer = new byte[4096];
+
+        await Assert.ThrowsAsync<ArgumentException>(() => writer.EncryptAsync(buffer.AsMemory(0, 100), buffer.AsMemory(50), Context));
+        Assert.Equal(0, _provider.GenerateCalls);
+
+        // The entry made next still has both its messages.
+        await writer.EncryptAsync(new byte[10], Context);
+        await writer.EncryptAsync(new byte[10], Context);
+        Assert.Equal(1, _provider.GenerateCalls);
+    }
+
     private EnvelopeEncryptor Signed(DataKeyCacheOptions cache, int frameLength = EnvelopeFormat.DefaultFrameLength)
     {
         cache.TimeProvider = _time;
