@@ -132,7 +132,7 @@ public sealed class EnvelopeEncryptor : IDisposable
         // KMS calls a snapshot decoded from it): a caller changing its dictionary later changes nothing.
         var callerContext = EncodeCallerContext(encryptionContext);
         using var materials = await GetMaterialsAsync(callerContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
-        using var signature = materials.TakeSigning() is { } signing ? EnvelopeSignature.ForWriting(signing) : null;
+        using var signature = TakeSignature(materials);
         return EnvelopeMessage.Seal(materials.DataKey, KernelRandom.MessageId(), materials.EncodedContext, materials.Wrapped, _frameLength, plaintext.Span, associatedData.Span, signature);
     }
 
@@ -154,7 +154,7 @@ public sealed class EnvelopeEncryptor : IDisposable
 
         var callerContext = EncodeCallerContext(encryptionContext);
         using var materials = await GetMaterialsAsync(callerContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
-        using var signature = materials.TakeSigning() is { } signing ? EnvelopeSignature.ForWriting(signing) : null;
+        using var signature = TakeSignature(materials);
         return EnvelopeMessage.SealInto(materials.DataKey, KernelRandom.MessageId(), materials.EncodedContext, materials.Wrapped, _frameLength, plaintext.Span, associatedData.Span, destination.Span, signature);
     }
 
@@ -327,29 +327,34 @@ public sealed class EnvelopeEncryptor : IDisposable
         // KMS calls a snapshot decoded from it): a caller changing its dictionary later changes nothing.
         var callerContext = EncodeCallerContext(encryptionContext);
         EnvelopeSignature? signature;
-        FrameCipher cipher;
+        FrameCipher? cipher = null;
         EnvelopeHeader header;
+        EnvelopeEncryptingStream stream;
         using (var materials = await GetMaterialsAsync(callerContext, plaintextLength, cancellationToken).ConfigureAwait(false))
         {
             // The stream holds the signing key pair until it is disposed: a cached pair evicted
-            // meanwhile is disposed only then.
-            signature = materials.TakeSigning() is { } signing ? EnvelopeSignature.ForWriting(signing) : null;
+            // meanwhile is disposed only then. Until the stream exists, the pair and the cipher are
+            // this method's to release.
+            signature = TakeSignature(materials);
             try
             {
                 var messageId = KernelRandom.MessageId();
                 var suite = _signed ? EnvelopeFormat.Suite2 : EnvelopeFormat.Suite1;
                 cipher = FrameCipher.ForWriting(suite, materials.DataKey, messageId, out var commitment);
                 header = new EnvelopeHeader(messageId, materials.EncodedContext, null, materials.Wrapped, _frameLength, commitment, suite);
+
+                // A declared length reserved bytes in the data-key cache: the stream holds the writer to it.
+                FaultForTests?.Invoke("stream");
+                stream = new EnvelopeEncryptingStream(destination, cipher, _frameLength, plaintextLength, _logger, signature);
             }
             catch
             {
+                cipher?.Dispose();
                 signature?.Dispose();
                 throw;
             }
         }
 
-        // A declared length reserved bytes in the data-key cache: the stream holds the writer to it.
-        var stream = new EnvelopeEncryptingStream(destination, cipher, _frameLength, plaintextLength, _logger, signature);
         try
         {
             var bytes = new byte[header.Length];
@@ -410,6 +415,35 @@ public sealed class EnvelopeEncryptor : IDisposable
         if (_ownsCache)
         {
             _cache?.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// For tests: called where writing makes a signed message's signer (<c>"signature"</c>) and an
+    /// encrypting stream (<c>"stream"</c>); a throw there stands for that constructor failing.
+    /// </summary>
+    internal Action<string>? FaultForTests { get; set; }
+
+    /// <summary>
+    /// A signed message's signer over the materials' key-pair handle, which it then owns (null for
+    /// suite 0x0001). If the signer cannot be made the handle is released here, never left counted.
+    /// </summary>
+    private EnvelopeSignature? TakeSignature(EncryptionMaterials materials)
+    {
+        if (materials.TakeSigning() is not { } signing)
+        {
+            return null;
+        }
+
+        try
+        {
+            FaultForTests?.Invoke("signature");
+            return EnvelopeSignature.ForWriting(signing);
+        }
+        catch
+        {
+            signing.Dispose();
+            throw;
         }
     }
 

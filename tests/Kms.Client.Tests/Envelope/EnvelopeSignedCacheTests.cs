@@ -297,6 +297,41 @@ public sealed class EnvelopeSignedCacheTests
         Assert.Equal(1, _provider.GenerateCalls);
     }
 
+    // If the signer or the encrypting stream cannot be made, the message's handle on the cached
+    // key pair (and the cipher) must still be released: a leaked handle keeps the pair alive past
+    // its entry and the encryptor.
+    [Theory]
+    [InlineData("signature", "one-shot")]
+    [InlineData("signature", "into")]
+    [InlineData("signature", "stream")]
+    [InlineData("stream", "stream")]
+    public async Task SignerOrStreamConstructorThrows_TheMessagesKeyPairHandleIsReleased(string failing, string api)
+    {
+        var writer = Signed(new DataKeyCacheOptions());
+        await writer.EncryptAsync(new byte[10], Context);
+        var pair = Assert.Single(writer.Cache!.Entries).SigningKey!;
+        writer.FaultForTests = point =>
+        {
+            if (point == failing)
+            {
+                throw new InvalidOperationException("injected");
+            }
+        };
+
+        var output = new MemoryStream();
+        Func<Task> write = api switch
+        {
+            "one-shot" => () => writer.EncryptAsync(new byte[10], Context),
+            "into" => () => writer.EncryptAsync(new byte[10].AsMemory(), new byte[4096].AsMemory(), Context),
+            _ => () => writer.OpenEncryptingStreamAsync(output, Context, 10),
+        };
+        await Assert.ThrowsAsync<InvalidOperationException>(write);
+        Assert.Equal(0, output.Length);
+        writer.Dispose();
+
+        Assert.True(pair.IsDisposed, "a failed message's handle kept the key pair alive past its entry and the encryptor");
+    }
+
     private EnvelopeEncryptor Signed(DataKeyCacheOptions cache, int frameLength = EnvelopeFormat.DefaultFrameLength)
     {
         cache.TimeProvider = _time;
