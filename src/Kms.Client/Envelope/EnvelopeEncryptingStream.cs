@@ -25,7 +25,10 @@ namespace Kms.Client.Envelope;
 /// message's key pair is released then (a pair shared through the data-key cache is disposed once
 /// its entry is gone and no stream holds it). Not for
 /// concurrent writers: overlapping writes throw (they would otherwise seal two frames with one
-/// sequence number). A failed write to the destination leaves the stream faulted. A stream opened
+/// sequence number). Disposed from another thread during a write or a completion, the stream lets
+/// that call finish (a completion completes the message) and zeroes its buffers and releases its
+/// key pair when it ends; later calls throw <see cref="ObjectDisposedException"/>.
+/// A failed write to the destination leaves the stream faulted. A stream opened
 /// with a plaintext length takes exactly that many bytes: more are refused as they are written,
 /// fewer at completion — either leaves the message incomplete.</para>
 /// </remarks>
@@ -44,7 +47,8 @@ public sealed class EnvelopeEncryptingStream : Stream
     private bool _completed;
     private bool _faulted;
     private volatile bool _abandoned;
-    private bool _disposed;
+    private volatile bool _disposed;
+    private int _released;
     private readonly ILogger _logger;
 
     // Suite 0x0002: what was written so far, hashed; the footer signs it at completion.
@@ -265,25 +269,43 @@ public sealed class EnvelopeEncryptingStream : Stream
         if (disposing && !_disposed)
         {
             _disposed = true;
+            Interlocked.MemoryBarrier();
 
-            // Not completed, not failed, not abandoned, and plaintext written: most likely a wrapper
-            // that disposed the stream it wraps. Said, not thrown: Dispose runs in finally blocks
-            // and unwinding.
-            if (!_completed && !_faulted && !_abandoned && _written > 0)
+            // A write or completion in progress (a dispose from another thread) still seals with the
+            // buffer, the cipher and the key pair: releasing them under it would seal zeros or throw
+            // from inside the cipher. That call releases them when it ends (as the decrypting stream does).
+            if (Interlocked.CompareExchange(ref _busy, 1, 0) == 0)
             {
-                ClientLog.EncryptingStreamNotCompleted(_logger, _written);
+                Release();
             }
-
-            CryptographicOperations.ZeroMemory(_plaintext);
-            _cipher.Dispose();
-            _signature?.Dispose();
         }
 
         base.Dispose(disposing);
     }
 
+    private void Release()
+    {
+        if (Interlocked.Exchange(ref _released, 1) != 0)
+        {
+            return;
+        }
+
+        // Not completed, not failed, not abandoned, and plaintext written: most likely a wrapper
+        // that disposed the stream it wraps. Said, not thrown: Dispose runs in finally blocks
+        // and unwinding. Decided here, after a completion in progress ended.
+        if (!_completed && !_faulted && !_abandoned && _written > 0)
+        {
+            ClientLog.EncryptingStreamNotCompleted(_logger, _written);
+        }
+
+        CryptographicOperations.ZeroMemory(_plaintext);
+        _cipher.Dispose();
+        _signature?.Dispose();
+    }
+
     private int SealRegularFrame()
     {
+        SealingForTests?.Invoke();
         if (_sequence > EnvelopeFormat.MaxRegularSequenceNumber)
         {
             throw new InvalidOperationException("an envelope message holds at most 2^32 - 2 frames; start another message");
@@ -308,6 +330,7 @@ public sealed class EnvelopeEncryptingStream : Stream
             throw new InvalidOperationException($"{_written} plaintext bytes were written of the {_declaredLength} declared when the stream was opened (by EncryptAsync: the source's length when it started); the message is left incomplete, never completed short");
         }
 
+        SealingForTests?.Invoke();
         var content = _buffered;
         var frame = _frame.AsSpan();
         EnvelopeMessage.WriteFinalPrefix(frame, _sequence, content);
@@ -336,11 +359,14 @@ public sealed class EnvelopeEncryptingStream : Stream
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (Interlocked.CompareExchange(ref _busy, 1, 0) != 0)
         {
+            // A dispose that came meanwhile holds the stream for good: say so, not "one at a time".
+            ObjectDisposedException.ThrowIf(_disposed, this);
             throw new InvalidOperationException("an envelope stream takes one write at a time");
         }
 
         try
         {
+            ObjectDisposedException.ThrowIf(_disposed, this);
             if (_completed)
             {
                 throw new InvalidOperationException("the envelope message is complete; nothing more can be written");
@@ -365,7 +391,19 @@ public sealed class EnvelopeEncryptingStream : Stream
         }
     }
 
-    private void Exit() => Volatile.Write(ref _busy, 0);
+    // A dispose that came while this call held the stream left the buffer, the cipher and the key
+    // pair to it (the exchange is a full fence: either this sees the dispose, or the dispose sees the stream free).
+    private void Exit()
+    {
+        Interlocked.Exchange(ref _busy, 0);
+        if (_disposed && Interlocked.CompareExchange(ref _busy, 1, 0) == 0)
+        {
+            Release();
+        }
+    }
+
+    /// <summary>For tests: runs as each frame is about to be sealed, inside the write or completion that seals it.</summary>
+    internal Action? SealingForTests { get; set; }
 
     /// <summary>
     /// The data-key cache reserved the declared length for this message: writing more would

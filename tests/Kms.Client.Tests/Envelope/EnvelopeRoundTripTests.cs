@@ -235,6 +235,41 @@ public sealed class EnvelopeRoundTripTests
         Assert.Throws<ObjectDisposedException>(() => reading.Read(buffer));
     }
 
+    // The encrypting stream's side of the test above: disposed from another thread while a
+    // completion seals its final frame. Made deterministic by the stream's test hook, which
+    // disposes it right as the final frame is about to be sealed. The completion must neither
+    // fail from inside the disposed cipher nor seal a zeroed buffer; it completes the message,
+    // and the buffer and key pair are released when it ends.
+    [Theory]
+    [InlineData(false, false)]
+    [InlineData(false, true)]
+    [InlineData(true, false)]
+    [InlineData(true, true)]
+    public async Task EncryptingStream_DisposedWhileCompleting_TheCompletionFinishes_ThenReleases(bool signedMessage, bool useAsync)
+    {
+        var provider = new FakeKeyProvider();
+        using var encryptor = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"], FrameLength = Frame, Suite = signedMessage ? EnvelopeSuite.CommittingSigned : EnvelopeSuite.Committing });
+        var plaintext = Data(Frame + 10);
+        var output = new MemoryStream();
+        var writing = await encryptor.OpenEncryptingStreamAsync(output, Context);
+        await writing.WriteAsync(plaintext);
+        writing.SealingForTests = writing.Dispose;
+
+        if (useAsync)
+        {
+            await writing.CompleteAsync();
+        }
+        else
+        {
+            writing.Complete();
+        }
+
+        Assert.Equal(plaintext, await encryptor.DecryptAsync(output.ToArray(), Context));
+        var frameBuffer = (byte[])typeof(EnvelopeEncryptingStream).GetField("_plaintext", System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)!.GetValue(writing)!;
+        Assert.DoesNotContain(frameBuffer, b => b != 0);
+        Assert.Throws<ObjectDisposedException>(() => writing.Write(plaintext));
+    }
+
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
