@@ -9,7 +9,7 @@ if [ $# -ne 1 ] || ! [[ "$1" =~ ^[0-9]+$ ]]; then
   exit 2
 fi
 
-targets=(blob context envelope share approval genesis signature audit)
+targets=(blob context envelope envelope-signed share approval genesis signature audit)
 # The first target builds and instruments; the others reuse that output.
 failed=()
 for i in "${!targets[@]}"; do

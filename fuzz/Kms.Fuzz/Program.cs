@@ -15,6 +15,7 @@ internal static class Program
         new BlobTarget(),
         new ContextTarget(),
         new EnvelopeTarget(),
+        new EnvelopeSignedTarget(),
         new ShareTarget(),
         new ApprovalTarget(),
         new GenesisTarget(),

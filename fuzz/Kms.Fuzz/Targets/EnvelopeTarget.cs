@@ -8,15 +8,21 @@ namespace Kms.Fuzz;
 /// Envelope messages (docs/envelope-format.md): header, context, wrapped keys and frames, through
 /// the public API (one-shot and streaming decryption), with a software key provider that hands
 /// out a fixed data key — or the golden vector's, for the vector's wrapped key — so frames past a
-/// valid header are reached without a KMS. Contract: refusal is an
+/// valid header are reached without a KMS. Seeds include both files of golden vectors (suites 0x0001
+/// and 0x0002). Nothing is re-signed here: a mutated signed message meets the real signature check;
+/// <see cref="EnvelopeSignedTarget"/> re-signs to reach what follows. Contract: refusal is an
 /// <see cref="EnvelopeDecryptionException"/>; the one-shot and streaming paths agree.
 /// </summary>
 internal sealed class EnvelopeTarget : FuzzTarget
 {
-    private const string KeyName = "tenants/fuzz/keys/k";
-    private static readonly byte[] FixedDataKey = Convert.FromHexString("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff");
-    private static readonly byte[] FixedWrapped = Convert.FromHexString("0102030405060708");
-    private static readonly List<(string Description, byte[] DataKey, WrappedDataKey[] Wrapped, byte[] Message)> Vectors = LoadVectors();
+    internal const string KeyName = "tenants/fuzz/keys/k";
+    internal static readonly byte[] FixedDataKey = Convert.FromHexString("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff");
+    internal static readonly byte[] FixedWrapped = Convert.FromHexString("0102030405060708");
+
+    // Both files of golden vectors, read where the tests read them (linked into the output by the
+    // project): suite 0x0001's and suite 0x0002's, whose data keys the key provider hands out.
+    internal static readonly List<(string Description, byte[] DataKey, WrappedDataKey[] Wrapped, byte[] Message)> Vectors =
+        [.. LoadVectors("envelope-v1.json"), .. LoadVectors("envelope-signed.json")];
     private static readonly int[] SeedSizes = [0, 1, 63, 64, 65, 200];
     private static readonly EnvelopeEncryptor Encryptor = new(new SoftwareKeyProvider(), new EnvelopeOptions { KeyNames = [KeyName], TrustAnyKey = true, FrameLength = 64 });
 
@@ -28,13 +34,19 @@ internal sealed class EnvelopeTarget : FuzzTarget
 
     public override string Description => "envelope message v1, suites 0x0001 and 0x0002: EnvelopeEncryptor.DecryptAsync, one-shot and streaming (refusal: EnvelopeDecryptionException)";
 
-    public override void Run(byte[] input)
+    public override void Run(byte[] input) => DecryptBothWays(Encryptor, input);
+
+    /// <summary>
+    /// The plaintext of <paramref name="input"/> decrypted by <paramref name="reader"/> in one shot
+    /// and streaming, or null when both refused it; a crash when only one accepted it or they differ.
+    /// </summary>
+    internal static byte[]? DecryptBothWays(EnvelopeEncryptor reader, byte[] input)
     {
         byte[]? oneShot = null;
         try
         {
             _ = EnvelopeEncryptor.ReadEncryptionContext(input);
-            oneShot = Encryptor.DecryptAsync(input, EnvelopeEncryptor.AnyContext).GetAwaiter().GetResult();
+            oneShot = reader.DecryptAsync(input, EnvelopeEncryptor.AnyContext).GetAwaiter().GetResult();
         }
         catch (EnvelopeDecryptionException)
         {
@@ -43,7 +55,7 @@ internal sealed class EnvelopeTarget : FuzzTarget
         var output = new MemoryStream();
         try
         {
-            Encryptor.DecryptAsync(new MemoryStream(input), output, EnvelopeEncryptor.AnyContext).GetAwaiter().GetResult();
+            reader.DecryptAsync(new MemoryStream(input), output, EnvelopeEncryptor.AnyContext).GetAwaiter().GetResult();
         }
         catch (EnvelopeDecryptionException)
         {
@@ -52,13 +64,15 @@ internal sealed class EnvelopeTarget : FuzzTarget
                 throw new FuzzContractException("a message decrypted in one shot but not streaming");
             }
 
-            return;
+            return null;
         }
 
         if (oneShot is null || !oneShot.AsSpan().SequenceEqual(output.ToArray()))
         {
             throw new FuzzContractException("a message decrypted streaming but not in one shot, or to other bytes");
         }
+
+        return oneShot;
     }
 
     public override IEnumerable<(string Name, byte[] Bytes)> Seeds()
@@ -77,9 +91,9 @@ internal sealed class EnvelopeTarget : FuzzTarget
         }
     }
 
-    private static List<(string, byte[], WrappedDataKey[], byte[])> LoadVectors()
+    private static List<(string, byte[], WrappedDataKey[], byte[])> LoadVectors(string file)
     {
-        using var document = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(AppContext.BaseDirectory, "vectors", "envelope-v1.json")));
+        using var document = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(AppContext.BaseDirectory, "vectors", file)));
         return [.. document.RootElement.GetProperty("vectors").EnumerateArray().Select(v => (
             v.GetProperty("description").GetString()!,
             Convert.FromHexString(v.GetProperty("data_key").GetString()!),
@@ -88,7 +102,7 @@ internal sealed class EnvelopeTarget : FuzzTarget
     }
 
     /// <summary>The fixed data key for any wrapped key, except a golden vector's, which gets the vector's data key.</summary>
-    private sealed class SoftwareKeyProvider : IEnvelopeKeyProvider
+    internal sealed class SoftwareKeyProvider : IEnvelopeKeyProvider
     {
         public Task<GeneratedDataKey> GenerateDataKeyAsync(string keyName, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken) =>
             Task.FromResult(new GeneratedDataKey(FixedDataKey.ToArray(), new WrappedDataKey(keyName, FixedWrapped)));
