@@ -181,29 +181,40 @@ public sealed class CredentialFailureCacheTests : IDisposable
         using var revoked = pki.Issue("alice", notBefore: notBefore, notAfter: _time.GetUtcNow().AddDays(1));
         using var untrusted = stranger.Issue("alice", notBefore: notBefore, notAfter: _time.GetUtcNow().AddDays(1));
         pki.Revoke(revoked);
-        var caPath = pki.WriteCa(Path.Combine(_dir, "client-ca.crt"));
-        var crlPath = pki.WriteCrl(Path.Combine(_dir, "clients.crl"));
-        await using var server = await StartWithClientCaAsync(caPath, crlPath);
-        var verifier = server.Services.GetRequiredService<CallerAuthentication>().Certificates!;
-        using var revokedChannel = server.CreateChannel(revoked);
-        using var untrustedChannel = server.CreateChannel(untrusted);
-        var calls = new[] { revokedChannel, untrustedChannel }
-            .Select(c => new KeyManagementService.KeyManagementServiceClient(c))
-            .Select(kms => (Func<Task<StatusCode>>)(() => StatusOfAsync(kms, null)))
-            .ToList();
+        await RefusedForTheCacheTime_NotVerifiedAgainAtTheirNotBeforeAsync(pki, revoked, untrusted);
+    }
 
-        foreach (var call in calls)
-        {
-            Assert.Equal((Times(StatusCode.Unauthenticated, 10), 1L), await CountedAsync(verifier, call, 10));
-        }
+    [Fact]
+    public async Task ClientCertificate_NotYetValidAndBadlySigned_RememberedAsRefusedForTheCacheTime_NotOnlyUntilItsNotBefore()
+    {
+        using var pki = new TestPki();
+        using var issued = pki.Issue("alice", notBefore: _time.GetUtcNow().AddMinutes(2), notAfter: _time.GetUtcNow().AddDays(1));
+        using var badlySigned = WithBadSignature(issued);
+        await RefusedForTheCacheTime_NotVerifiedAgainAtTheirNotBeforeAsync(pki, badlySigned);
+    }
 
-        // Past their notBefore, within the cache time: each still refused for a reason that does not
-        // lapse, and not verified again. Before: verified again at its notBefore (1, not 0).
-        _time.Advance(TimeSpan.FromMinutes(2) + TimeSpan.FromSeconds(5));
-        foreach (var call in calls)
-        {
-            Assert.Equal((Times(StatusCode.Unauthenticated, 10), 0L), await CountedAsync(verifier, call, 10));
-        }
+    [Fact]
+    public async Task ClientCertificate_NotYetValidAndWithoutClientAuthenticationUsage_RememberedAsRefusedForTheCacheTime_NotOnlyUntilItsNotBefore()
+    {
+        // Without the extension (the chain builds; the validator's own rule refuses it) and with
+        // server authentication only (the chain does not build for client authentication).
+        using var pki = new TestPki();
+        var notBefore = _time.GetUtcNow().AddMinutes(2);
+        using var noUsage = pki.Issue("alice", notBefore: notBefore, notAfter: _time.GetUtcNow().AddDays(1), usage: null);
+        using var serverOnly = pki.Issue("alice", notBefore: notBefore, notAfter: _time.GetUtcNow().AddDays(1), usage: TestPki.ServerAuth);
+        await RefusedForTheCacheTime_NotVerifiedAgainAtTheirNotBeforeAsync(pki, noUsage, serverOnly);
+    }
+
+    [Fact]
+    public async Task ClientCertificate_NotYetValidAndNameless_RememberedAsRefusedForTheCacheTime_NotOnlyUntilItsNotBefore()
+    {
+        // A SPIFFE ID beside another URI SAN (no X.509-SVID), and one longer than a principal name
+        // may be: no name either, and no falling back to their CN (alice, a key-user).
+        using var pki = new TestPki();
+        var notBefore = _time.GetUtcNow().AddMinutes(2);
+        using var twoUris = pki.Issue("alice", "spiffe://kms.test/alice", notBefore, _time.GetUtcNow().AddDays(1), moreUris: ["https://kms.test/alice"]);
+        using var tooLong = pki.Issue("alice", "spiffe://kms.test/" + new string('a', 2100), notBefore, _time.GetUtcNow().AddDays(1));
+        await RefusedForTheCacheTime_NotVerifiedAgainAtTheirNotBeforeAsync(pki, twoUris, tooLong);
     }
 
     // One JWT issuer (k8s) whose keys are read from jwks; the test token's subject a key-user of dev.
@@ -286,6 +297,56 @@ public sealed class CredentialFailureCacheTests : IDisposable
         Assert.Equal((Times(StatusCode.Unauthenticated, 10), 0L), await CountedAsync(verifier, CallAsync, 10));
         _time.Advance(TimeSpan.FromSeconds(65));
         Assert.Equal((Times(StatusCode.OK, 10), 1L), await CountedAsync(verifier, CallAsync, 10));
+    }
+
+    // Certificates valid two minutes from now and refused for another reason as well (the CA and CRL
+    // pki's): refused and verified once each; past their notBefore, within the cache time, each still
+    // refused, and not verified again. Before: verified again at its notBefore (1, not 0).
+    private async Task RefusedForTheCacheTime_NotVerifiedAgainAtTheirNotBeforeAsync(TestPki pki, params X509Certificate2[] certificates)
+    {
+        var caPath = pki.WriteCa(Path.Combine(_dir, "client-ca.crt"));
+        var crlPath = pki.WriteCrl(Path.Combine(_dir, "clients.crl"));
+        await using var server = await StartWithClientCaAsync(caPath, crlPath);
+        var verifier = server.Services.GetRequiredService<CallerAuthentication>().Certificates!;
+        var channels = certificates.Select(server.CreateChannel).ToList();
+        try
+        {
+            var calls = channels
+                .Select(c => new KeyManagementService.KeyManagementServiceClient(c))
+                .Select(kms => (Func<Task<StatusCode>>)(() => StatusOfAsync(kms, null)))
+                .ToList();
+            // Each certificate's statuses and verifications, in the order given.
+            async Task<List<(string Statuses, long Verifications)>> EachAsync()
+            {
+                var each = new List<(string, long)>();
+                foreach (var call in calls)
+                {
+                    each.Add(await CountedAsync(verifier, call, 10));
+                }
+
+                return each;
+            }
+
+            Assert.Equal([.. calls.Select(_ => (Times(StatusCode.Unauthenticated, 10), 1L))], await EachAsync());
+            _time.Advance(TimeSpan.FromMinutes(2) + TimeSpan.FromSeconds(5));
+            Assert.Equal([.. calls.Select(_ => (Times(StatusCode.Unauthenticated, 10), 0L))], await EachAsync());
+        }
+        finally
+        {
+            channels.ForEach(c => c.Dispose());
+        }
+    }
+
+    // The certificate (and its key) with the last byte of its signature changed: the CA's name, a
+    // well-formed ECDSA signature, and not the CA's.
+    private static X509Certificate2 WithBadSignature(X509Certificate2 certificate)
+    {
+        var der = certificate.RawDataMemory.ToArray();
+        der[^1] ^= 1;
+        using var key = certificate.GetECDsaPrivateKey()!;
+        using var tampered = X509CertificateLoader.LoadCertificate(der);
+        using var withKey = tampered.CopyWithPrivateKey(key);
+        return X509CertificateLoader.LoadPkcs12(withKey.Export(X509ContentType.Pkcs12, ""), "");
     }
 
     private static async Task<(string Statuses, long Verifications)> CountedAsync(JwtValidator verifier, Func<Task<StatusCode>> call, int times) =>
