@@ -1,8 +1,5 @@
-using System.Collections;
 using System.Net;
 using System.Net.Sockets;
-using System.Reflection;
-using System.Runtime.CompilerServices;
 using System.Text;
 using Kms.Contracts.V1;
 using Kms.Testing;
@@ -174,21 +171,36 @@ public sealed partial class TransportAbuseTests(TransportLimitsFixture fixture) 
         await Server.WaitForChangeFeedReadAsync();
         await using var caller = await ConnectAsync();
         _ = caller.StartReading();
-        await caller.WriteFrameAsync(RawHttp2.Headers, RawHttp2.EndHeaders, 1, RawHttp2.GrpcHeaderBlock(GenerateRandom, token.Secret, Server.Address));
 
-        // GenerateRandomRequest { length_bytes: 8 } is 08 08: all but its last byte now.
-        await caller.SendDataAsync(1, RawHttp2.GrpcMessageHeader(2).Concat(new byte[] { 8 }).ToArray(), TimeSpan.FromSeconds(5));
         // The revocation must come after the server authenticated the headers (before, a second
         // was let pass, and a server slower than that refused the token as already revoked, which
-        // proved nothing): the token's caller in its cache of callers says it did (the token is
-        // used by this call alone). 30 s is a hang guard.
-        var deadline = DateTime.UtcNow.Add(Generously);
-        while (!Remembered(principal) && DateTime.UtcNow < deadline)
+        // proved nothing): the server says when it accepted this caller from the headers alone
+        // (the token is used by this call alone). 30 s is a hang guard.
+        var authentication = Server.Services.GetRequiredService<Kms.Server.Security.CallerAuthentication>();
+        var accepted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        void OnAccepted(Kms.Core.Services.Caller early)
         {
-            await Task.Delay(20);
+            if (early.Principal == principal)
+            {
+                accepted.TrySetResult();
+            }
         }
 
-        Assert.True(Remembered(principal), "the server did not authenticate the headers of a call whose message had not all arrived");
+        authentication.AcceptedBeforeBody += OnAccepted;
+        try
+        {
+            await caller.WriteFrameAsync(RawHttp2.Headers, RawHttp2.EndHeaders, 1, RawHttp2.GrpcHeaderBlock(GenerateRandom, token.Secret, Server.Address));
+
+            // GenerateRandomRequest { length_bytes: 8 } is 08 08: all but its last byte now.
+            await caller.SendDataAsync(1, RawHttp2.GrpcMessageHeader(2).Concat(new byte[] { 8 }).ToArray(), TimeSpan.FromSeconds(5));
+            await Task.WhenAny(accepted.Task, Task.Delay(Generously));
+            Assert.True(accepted.Task.IsCompleted, "the server did not authenticate the headers of a call whose message had not all arrived");
+        }
+        finally
+        {
+            authentication.AcceptedBeforeBody -= OnAccepted;
+        }
+
         await admin.Access.RevokeApiTokenAsync(new RevokeApiTokenRequest { Id = token.Token.Id });
         await caller.WriteFrameAsync(RawHttp2.Data, RawHttp2.EndStream, 1, new byte[] { 8 });
 
@@ -303,16 +315,6 @@ public sealed partial class TransportAbuseTests(TransportLimitsFixture fixture) 
             Assert.True(answers.ContainsKey(1), $"a call announcing {declared} bytes was still waiting for them");
             Assert.Contains("grpc-status8", answers[1], StringComparison.Ordinal);
         }
-    }
-
-    // Whether the server's cache of authenticated callers (CallerAuthentication, private: no
-    // accessor shows it) holds one of this principal.
-    private bool Remembered(string principal)
-    {
-        var authentication = Server.Services.GetRequiredService<Kms.Server.Security.CallerAuthentication>();
-        var cache = typeof(Kms.Server.Security.CallerAuthentication).GetField("_cache", BindingFlags.NonPublic | BindingFlags.Instance)?.GetValue(authentication) as IDictionary
-            ?? throw new InvalidOperationException("CallerAuthentication keeps its callers elsewhere now: this test reads its _cache");
-        return cache.Values.Cast<ITuple>().Any(entry => entry[0] is Kms.Core.Services.Caller { } remembered && remembered.Principal == principal);
     }
 
     private Task<RawHttp2> ConnectAsync() => ConnectAsync(Attacker);

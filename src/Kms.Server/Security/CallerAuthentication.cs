@@ -106,9 +106,20 @@ internal sealed class CallerAuthentication(
             // Only a refusal is kept (an accepted caller is checked again anyway).
             http.Features.Set(EarlyRefusal.Instance);
         }
+        else
+        {
+            AcceptedBeforeBody?.Invoke(caller);
+        }
 
         return caller;
     }
+
+    /// <summary>
+    /// Raised with each caller <see cref="AuthenticateBeforeBodyAsync"/> accepts, before the rest of
+    /// its call's message is waited for (tests: a credential revoked after it and before the message
+    /// has arrived must refuse the call).
+    /// </summary>
+    internal event Action<Caller>? AcceptedBeforeBody;
 
     private ValueTask<Caller?> AuthenticateAsync(HttpContext http, CancellationToken cancellationToken)
     {
