@@ -166,10 +166,6 @@ public static class KmsErrors
     public static KmsException RefusedByDatabase(Exception inner) =>
         new(KmsErrorCode.InvalidArgument, "the request holds a value the database cannot take (such as a NUL character)", inner: inner);
 
-    /// <summary>A limit was reached; retryable later.</summary>
-    public static KmsException ResourceExhausted(string message) =>
-        new(KmsErrorCode.ResourceExhausted, message);
-
     /// <summary>A server-side fault. The message is for operators' logs; callers see a generic text.</summary>
     public static KmsException Internal(string message, Exception? inner = null) =>
         new(KmsErrorCode.Internal, message, inner: inner);
