@@ -1,5 +1,4 @@
 using System.Security.Cryptography;
-using System.Text.Json;
 using Kms.Client.Envelope;
 
 namespace Kms.Client.Tests.Envelope;
@@ -13,6 +12,8 @@ namespace Kms.Client.Tests.Envelope;
 /// </summary>
 public sealed class EnvelopeSignedGoldenVectorTests
 {
+    private const string VectorFile = "envelope-signed.json";
+
     public static TheoryData<string> Valid() => new(Descriptions(valid: true));
 
     public static TheoryData<string> Invalid() => new(Descriptions(valid: false));
@@ -36,9 +37,9 @@ public sealed class EnvelopeSignedGoldenVectorTests
     public async Task Seal_VectorsDataKeyMessageIdAndKeyPair_TheVectorUpToTheFooter_AndAFooterThatVerifies(string description)
     {
         var vector = Load(description);
-        using var signature = EnvelopeSignature.ForWriting(vector.PrivateKey());
-        Assert.Equal(vector.PublicKey, signature.EncodedPublicKey);
-        var context = new Dictionary<string, string>(vector.Context) { [EnvelopeFormat.PublicKeyContextKey] = vector.PublicKey };
+        using var signature = EnvelopeSignature.ForWriting(PrivateKey(vector));
+        Assert.Equal(vector.Text("public_key"), signature.EncodedPublicKey);
+        var context = new Dictionary<string, string>(vector.Context) { [EnvelopeFormat.PublicKeyContextKey] = vector.Text("public_key") };
 
         var message = EnvelopeMessage.Seal(vector.DataKey, vector.MessageId, EnvelopeContext.Encode(context), vector.Wrapped, vector.FrameLength, vector.Plaintext, vector.AssociatedData, signature);
 
@@ -79,61 +80,19 @@ public sealed class EnvelopeSignedGoldenVectorTests
         Assert.Contains("unsigned (0x0001) message whose context holds a public key", invalid);
     }
 
-    private static List<string> Descriptions(bool valid) =>
-        [.. Document().RootElement.GetProperty("vectors").EnumerateArray()
-            .Where(vector => vector.GetProperty("valid").GetBoolean() == valid)
-            .Select(vector => vector.GetProperty("description").GetString()!)];
+    private static List<string> Descriptions(bool valid) => EnvelopeVector.Descriptions(VectorFile, valid);
 
-    private static JsonDocument Document() =>
-        JsonDocument.Parse(File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "vectors", "envelope-signed.json")));
+    private static EnvelopeVector Load(string description) => EnvelopeVector.Load(VectorFile, description);
 
-    private static Vector Load(string description)
+    // The vector's key pair: its scalar, and the public point from the vector (checked against it by the import).
+    private static ECDsa PrivateKey(EnvelopeVector vector)
     {
-        var json = Document().RootElement.GetProperty("vectors").EnumerateArray().Single(v => v.GetProperty("description").GetString() == description);
-        var dataKey = Convert.FromHexString(json.GetProperty("data_key").GetString()!);
-        var wrapped = json.GetProperty("wrapped_keys").EnumerateArray()
-            .Select(k => new WrappedDataKey(k.GetProperty("key_name").GetString()!, Convert.FromHexString(k.GetProperty("wrapped").GetString()!)))
-            .ToList();
-        var frameLength = json.GetProperty("frame_length").GetInt32();
-        return new Vector(
-            dataKey,
-            Convert.FromHexString(json.GetProperty("message_id").GetString()!),
-            json.GetProperty("context").EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetString()!, StringComparer.Ordinal),
-            wrapped,
-            frameLength,
-            Convert.FromHexString(json.GetProperty("plaintext").GetString()!),
-            Convert.FromHexString(json.GetProperty("message").GetString()!),
-            Convert.FromHexString(json.GetProperty("associated_data").GetString()!),
-            json.GetProperty("public_key").GetString()!,
-            Convert.FromHexString(json.GetProperty("private_key").GetString()!),
-            new StaticKeyProvider(dataKey, wrapped),
-            new EnvelopeOptions { KeyNames = [.. wrapped.Select(k => k.KeyName)], FrameLength = frameLength });
-    }
-
-    private sealed record Vector(
-        byte[] DataKey,
-        byte[] MessageId,
-        Dictionary<string, string> Context,
-        List<WrappedDataKey> Wrapped,
-        int FrameLength,
-        byte[] Plaintext,
-        byte[] Message,
-        byte[] AssociatedData,
-        string PublicKey,
-        byte[] Scalar,
-        StaticKeyProvider Provider,
-        EnvelopeOptions Options)
-    {
-        /// <summary>The vector's key pair: its scalar, and the public point from the vector (checked against it by the import).</summary>
-        public ECDsa PrivateKey()
+        var point = Convert.FromBase64String(vector.Text("public_key"));
+        return ECDsa.Create(new ECParameters
         {
-            var point = Convert.FromBase64String(PublicKey);
-            return ECDsa.Create(new ECParameters
-            {
-                Curve = ECCurve.NamedCurves.nistP384,
-                D = Scalar,
-                Q = new ECPoint { X = point[1..49], Y = point[49..] },
-            });
-        }
+            Curve = ECCurve.NamedCurves.nistP384,
+            D = vector.Hex("private_key"),
+            Q = new ECPoint { X = point[1..49], Y = point[49..] },
+        });
     }
 }
