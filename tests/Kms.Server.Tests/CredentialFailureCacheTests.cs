@@ -25,14 +25,14 @@ public sealed class CredentialFailureCacheTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
+    private string JwksPath => Path.Combine(_dir, "jwks.json");
+
     [Fact]
     public async Task Jwt_BadOneVerifiedOnce_OneSignedByAKeyNotYetPublished_AcceptedAtOnceWhenTheKeySetIsReloaded_RefusedAtOnceWhenWithdrawn()
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         using var next = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var jwks = Path.Combine(_dir, "jwks.json");
-        File.WriteAllText(jwks, TestJwt.Jwks(TestJwt.Jwk(key)));
-        await using var server = await StartWithJwtIssuerAsync(jwks);
+        await using var server = await StartWithJwtIssuerAsync(key);
         var verifier = server.Services.GetRequiredService<CallerAuthentication>().Workloads!;
         using var channel = server.CreateChannel();
         var kms = new KeyManagementService.KeyManagementServiceClient(channel);
@@ -49,7 +49,7 @@ public sealed class CredentialFailureCacheTests : IDisposable
 
         // The key set now has it: at the next look at the file (a second later), verified again at
         // once and accepted, then remembered.
-        File.WriteAllText(jwks, TestJwt.Jwks(TestJwt.Jwk(key), TestJwt.Jwk(next, "k2")));
+        File.WriteAllText(JwksPath, TestJwt.Jwks(TestJwt.Jwk(key), TestJwt.Jwk(next, "k2")));
         _time.Advance(TimeSpan.FromSeconds(1));
         Assert.Equal((Times(StatusCode.OK, 10), 1L), await CountedAsync(verifier, () => CallAsync(early), 10));
 
@@ -57,7 +57,7 @@ public sealed class CredentialFailureCacheTests : IDisposable
         Assert.Equal((Times(StatusCode.Unauthenticated, 10), 1L), await CountedAsync(verifier, () => CallAsync(forged), 10));
 
         // The key withdrawn: the accepted token is verified again at once, and refused.
-        File.WriteAllText(jwks, TestJwt.Jwks(TestJwt.Jwk(key)));
+        File.WriteAllText(JwksPath, TestJwt.Jwks(TestJwt.Jwk(key)));
         _time.Advance(TimeSpan.FromSeconds(1));
         Assert.Equal((Times(StatusCode.Unauthenticated, 10), 1L), await CountedAsync(verifier, () => CallAsync(early), 10));
     }
@@ -97,9 +97,7 @@ public sealed class CredentialFailureCacheTests : IDisposable
     public async Task Jwt_NotYetValid_RememberedAsRefusedOnlyUntilItsNbf_ThenAcceptedAtOnce()
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var jwks = Path.Combine(_dir, "jwks.json");
-        File.WriteAllText(jwks, TestJwt.Jwks(TestJwt.Jwk(key)));
-        await using var server = await StartWithJwtIssuerAsync(jwks);
+        await using var server = await StartWithJwtIssuerAsync(key);
         var verifier = server.Services.GetRequiredService<CallerAuthentication>().Workloads!;
         using var channel = server.CreateChannel();
         var kms = new KeyManagementService.KeyManagementServiceClient(channel);
@@ -123,9 +121,7 @@ public sealed class CredentialFailureCacheTests : IDisposable
     public async Task Jwt_NotYetValidAndWithoutSubject_RememberedAsRefusedForTheCacheTime_NotOnlyUntilItsNbf()
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var jwks = Path.Combine(_dir, "jwks.json");
-        File.WriteAllText(jwks, TestJwt.Jwks(TestJwt.Jwk(key)));
-        await using var server = await StartWithJwtIssuerAsync(jwks);
+        await using var server = await StartWithJwtIssuerAsync(key);
         var verifier = server.Services.GetRequiredService<CallerAuthentication>().Workloads!;
         using var channel = server.CreateChannel();
         var kms = new KeyManagementService.KeyManagementServiceClient(channel);
@@ -217,12 +213,11 @@ public sealed class CredentialFailureCacheTests : IDisposable
         await RefusedForTheCacheTime_NotVerifiedAgainAtTheirNotBeforeAsync(pki, twoUris, tooLong);
     }
 
-    // One JWT issuer (k8s) whose keys are read from jwks; the test token's subject a key-user of dev.
-    private async Task<KmsTestServer> StartWithJwtIssuerAsync(string jwks)
+    // One JWT issuer (k8s) whose key set, read from JwksPath, holds key (as k1); the test token's subject a key-user of dev.
+    private async Task<KmsTestServer> StartWithJwtIssuerAsync(ECDsa key)
     {
-        var server = await KmsTestServer.StartAsync(null, null, "dev", UseFakeClock,
-            "--Kms:Jwt:Issuers:0:Name=k8s", $"--Kms:Jwt:Issuers:0:Issuer={TestJwt.Issuer}", $"--Kms:Jwt:Issuers:0:Audience={TestJwt.Audience}",
-            $"--Kms:Jwt:Issuers:0:JwksPath={jwks}", "--Kms:CredentialCacheTime=00:05:00");
+        File.WriteAllText(JwksPath, TestJwt.Jwks(TestJwt.Jwk(key)));
+        var server = await KmsTestServer.StartAsync(null, null, "dev", UseFakeClock, [.. TestJwt.ServerArguments(JwksPath), "--Kms:CredentialCacheTime=00:05:00"]);
         try
         {
             await RegisterAsync(server, "jwt:k8s:" + TestJwt.Subject);

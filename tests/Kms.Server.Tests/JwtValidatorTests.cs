@@ -474,8 +474,5 @@ public sealed class JwtValidatorTests : IDisposable
         return new JwtValidator(Options().Issuers, _time, NullLogger.Instance);
     }
 
-    private JwtOptions Options() => new()
-    {
-        Issuers = [new JwtIssuerOptions { Name = "k8s", Issuer = TestJwt.Issuer, Audience = TestJwt.Audience, JwksPath = JwksPath }],
-    };
+    private JwtOptions Options() => new() { Issuers = [TestJwt.IssuerOptions(JwksPath)] };
 }

@@ -89,4 +89,12 @@ internal static class TestJwt
     }
 
     public static string Jwks(params Dictionary<string, object>[] keys) => JsonSerializer.Serialize(new { keys });
+
+    /// <summary>The one issuer of these tests, named k8s, whose key set is read from <paramref name="jwksPath"/>.</summary>
+    public static Kms.Server.Hosting.JwtIssuerOptions IssuerOptions(string jwksPath) =>
+        new() { Name = "k8s", Issuer = Issuer, Audience = Audience, JwksPath = jwksPath };
+
+    /// <summary><see cref="IssuerOptions"/> as the server's command-line options.</summary>
+    public static string[] ServerArguments(string jwksPath) =>
+        ["--Kms:Jwt:Issuers:0:Name=k8s", $"--Kms:Jwt:Issuers:0:Issuer={Issuer}", $"--Kms:Jwt:Issuers:0:Audience={Audience}", $"--Kms:Jwt:Issuers:0:JwksPath={jwksPath}"];
 }

@@ -29,8 +29,7 @@ public sealed class WorkloadIdentityTests : IAsyncLifetime, IDisposable
         // The longest credential cache: a remembered caller is forgotten on a key set change by the
         // trust version, not by the cache time running out.
         _server = await KmsTestServer.StartAsync(null, null, "dev", (Action<Microsoft.Extensions.DependencyInjection.IServiceCollection>?)null,
-            "--Kms:Jwt:Issuers:0:Name=k8s", $"--Kms:Jwt:Issuers:0:Issuer={TestJwt.Issuer}", $"--Kms:Jwt:Issuers:0:Audience={TestJwt.Audience}",
-            $"--Kms:Jwt:Issuers:0:JwksPath={JwksPath}", "--Kms:CredentialCacheTime=00:05:00");
+            [.. TestJwt.ServerArguments(JwksPath), "--Kms:CredentialCacheTime=00:05:00"]);
         using var admin = _server.DeploymentAdmin();
         await admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = Principal, Tenant = "tenants/dev" });
         await admin.Access.SetRoleBindingAsync(new SetRoleBindingRequest { Principal = Principal, Role = "key-user", Tenant = "tenants/dev" });
