@@ -77,12 +77,7 @@ public sealed class AuditTests : IAsyncLifetime
 
         // One CreateKey event in the table (the one its transaction carried), not a second one
         // from the group commit. Atomicity itself: SqliteKeyStoreTests.MutationInAnAuditScope_….
-        await using var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Mode=ReadOnly");
-        await connection.OpenAsync();
-        await using var command = connection.CreateCommand();
-        command.CommandText = "SELECT count(*) FROM audit_events WHERE resource = $r AND operation LIKE '%/CreateKey'";
-        command.Parameters.AddWithValue("$r", key.Name);
-        Assert.Equal(1L, await command.ExecuteScalarAsync());
+        Assert.Equal("1", RawSqlite.Scalar(_server.DatabasePath, "SELECT count(*) FROM audit_events WHERE resource = $r AND operation LIKE '%/CreateKey'", ("$r", key.Name)));
     }
 
     private const int TokenSecretStart = 4 + 16 + 1;
@@ -268,14 +263,7 @@ public sealed class AuditTests : IAsyncLifetime
         Assert.True(result.Events >= 7 && result.Checkpoints >= 1, $"{result.Events} events, {result.Checkpoints} checkpoints");
 
         // Someone with the database deletes the key's creation from the chain.
-        await using (var connection = new SqliteConnection($"Data Source={_server.DatabasePath}"))
-        {
-            await connection.OpenAsync();
-            await using var delete = connection.CreateCommand();
-            delete.CommandText = "DELETE FROM audit_events WHERE resource = $r AND operation LIKE '%/CreateKey'";
-            delete.Parameters.AddWithValue("$r", key.Name);
-            Assert.Equal(1, await delete.ExecuteNonQueryAsync());
-        }
+        Assert.Equal(1, RawSqlite.Execute(_server.DatabasePath, "DELETE FROM audit_events WHERE resource = $r AND operation LIKE '%/CreateKey'", ("$r", key.Name)));
 
         var tampered = AuditVerifier.Verify(new StringReader(await ExportAsync()), published.PublicKeyDer.ToByteArray(), known);
         Assert.False(tampered.Valid);

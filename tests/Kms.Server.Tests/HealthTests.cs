@@ -378,23 +378,9 @@ public sealed class HealthTests : IAsyncLifetime
         };
     }
 
-    private void Sql(string sql)
-    {
-        using var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Pooling=False");
-        connection.Open();
-        using var command = connection.CreateCommand();
-        command.CommandText = sql;
-        command.ExecuteNonQuery();
-    }
+    private void Sql(string sql) => RawSqlite.Execute(_server.DatabasePath, sql);
 
-    private string Scalar(string sql)
-    {
-        using var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Pooling=False");
-        connection.Open();
-        using var command = connection.CreateCommand();
-        command.CommandText = sql;
-        return Convert.ToString(command.ExecuteScalar(), System.Globalization.CultureInfo.InvariantCulture) ?? "";
-    }
+    private string Scalar(string sql) => RawSqlite.Scalar(_server.DatabasePath, sql);
 
     private async Task<ServingStatus> CheckAsync(string service)
     {

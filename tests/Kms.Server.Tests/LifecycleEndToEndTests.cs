@@ -191,13 +191,7 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
         using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("offboarding-officer", null, "security-officer"));
         var keys = _server.Services.GetRequiredService<Kms.Core.Ports.IKeyStore>();
         var name = Kms.Core.Names.KeyName.Parse(key.Name, "name");
-        using (var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Pooling=False"))
-        {
-            connection.Open();
-            using var command = connection.CreateCommand();
-            command.CommandText = $"UPDATE tenants SET state = 2, delete_time = {_time.GetUtcNow().ToUnixTimeMilliseconds()}, delete_waiting_ms = {(long)TimeSpan.FromDays(10).TotalMilliseconds} WHERE id = 'dev'";
-            Assert.Equal(1, command.ExecuteNonQuery());
-        }
+        Assert.Equal(1, RawSqlite.Execute(_server.DatabasePath, $"UPDATE tenants SET state = 2, delete_time = {_time.GetUtcNow().ToUnixTimeMilliseconds()}, delete_waiting_ms = {(long)TimeSpan.FromDays(10).TotalMilliseconds} WHERE id = 'dev'"));
 
         _time.Advance(TimeSpan.FromMinutes(2));
         await WaitUntilAsync(async () => (await keys.GetKeyAsync(name, default))!.State == Kms.Core.Keys.KeyState.DestroyScheduled);
@@ -463,14 +457,7 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
         Assert.Equal(StatusCode.FailedPrecondition, lateVersion.StatusCode);
     }
 
-    private long CountChanges()
-    {
-        using var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Mode=ReadOnly;Pooling=False");
-        connection.Open();
-        using var command = connection.CreateCommand();
-        command.CommandText = "SELECT count(*) FROM changes";
-        return (long)command.ExecuteScalar()!;
-    }
+    private long CountChanges() => long.Parse(RawSqlite.Scalar(_server.DatabasePath, "SELECT count(*) FROM changes"), System.Globalization.CultureInfo.InvariantCulture);
 
     [Theory]
     [InlineData("waiting_period")]

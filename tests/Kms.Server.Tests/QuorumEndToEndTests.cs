@@ -5,7 +5,6 @@ using Kms.Client.Quorum;
 using Kms.Contracts.V1;
 using Kms.Core.Quorum;
 using Kms.Testing;
-using Microsoft.Data.Sqlite;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Time.Testing;
@@ -305,18 +304,7 @@ public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
     private async Task<string> QuorumRefusedAfterWritingTheStoppedDatabaseAsync(string sql, params (string Name, object Value)[] parameters)
     {
         await _server.DisposeAsync();
-        await using (var connection = new SqliteConnection($"Data Source={_server.DatabasePath};Pooling=False"))
-        {
-            await connection.OpenAsync();
-            await using var command = connection.CreateCommand();
-            command.CommandText = sql;
-            foreach (var (name, value) in parameters)
-            {
-                command.Parameters.AddWithValue(name, value);
-            }
-
-            await command.ExecuteNonQueryAsync();
-        }
+        RawSqlite.Execute(_server.DatabasePath, sql, parameters);
 
         _server = await _server.RestartAsync();
         using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-after-write", null, "security-officer"));

@@ -21,17 +21,8 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
     // A trigger, as a disk or constraint fault would: the store's own statement fails inside its transaction.
     protected override async Task<IAsyncDisposable> FailRoleBindingWritesAsync(IKeyStore store)
     {
-        await ExecuteOnTheFileAsync("CREATE TRIGGER fail_role_bindings BEFORE INSERT ON role_bindings BEGIN SELECT RAISE(ABORT, 'injected: role binding write refused'); END");
-        return new Undo(() => ExecuteOnTheFileAsync("DROP TRIGGER fail_role_bindings"));
-    }
-
-    private async Task ExecuteOnTheFileAsync(string sql)
-    {
-        await using var connection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = DatabasePath, Pooling = false }.ConnectionString);
-        await connection.OpenAsync();
-        await using var command = connection.CreateCommand();
-        command.CommandText = sql;
-        await command.ExecuteNonQueryAsync();
+        await ExecuteAsync("CREATE TRIGGER fail_role_bindings BEFORE INSERT ON role_bindings BEGIN SELECT RAISE(ABORT, 'injected: role binding write refused'); END");
+        return new Undo(() => ExecuteAsync("DROP TRIGGER fail_role_bindings"));
     }
 
     public void Dispose()

@@ -9,21 +9,19 @@ namespace Kms.Testing;
 /// </summary>
 public static class RawSqlite
 {
-    /// <summary>Runs <paramref name="sql"/> (statements, no result).</summary>
-    public static void Execute(string databasePath, string sql)
+    /// <summary>Runs <paramref name="sql"/> (statements, no result) with these parameters; the number of rows it changed.</summary>
+    public static int Execute(string databasePath, string sql, params (string Name, object Value)[] parameters)
     {
         using var connection = Open(databasePath);
-        using var command = connection.CreateCommand();
-        command.CommandText = sql;
-        command.ExecuteNonQuery();
+        using var command = Command(connection, sql, parameters);
+        return command.ExecuteNonQuery();
     }
 
     /// <summary>The first column of the first row <paramref name="sql"/> returns, as invariant text ("" for none or NULL).</summary>
-    public static string Scalar(string databasePath, string sql)
+    public static string Scalar(string databasePath, string sql, params (string Name, object Value)[] parameters)
     {
         using var connection = Open(databasePath);
-        using var command = connection.CreateCommand();
-        command.CommandText = sql;
+        using var command = Command(connection, sql, parameters);
         return Convert.ToString(command.ExecuteScalar(), System.Globalization.CultureInfo.InvariantCulture) ?? "";
     }
 
@@ -32,5 +30,17 @@ public static class RawSqlite
         var connection = new SqliteConnection($"Data Source={databasePath};Pooling=False");
         connection.Open();
         return connection;
+    }
+
+    private static SqliteCommand Command(SqliteConnection connection, string sql, (string Name, object Value)[] parameters)
+    {
+        var command = connection.CreateCommand();
+        command.CommandText = sql;
+        foreach (var (name, value) in parameters)
+        {
+            command.Parameters.AddWithValue(name, value);
+        }
+
+        return command;
     }
 }
