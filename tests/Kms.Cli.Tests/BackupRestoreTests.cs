@@ -520,6 +520,135 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         }
     }
 
+    // A kms.db copied back by hand models a pg_restore of a dump (the same rollback, without the
+    // PostgreSQL cluster): the node's checkpoints.jsonl holds a checkpoint signed after the copy.
+    // Before, the node started on it and served the version destroyed after the copy again (its
+    // ciphertexts decrypted); only signing was refused. Now the start is refused (event 1318)
+    // until a reapply-destructions whose logs reach that checkpoint is recorded in the database,
+    // or the operator accepts the rollback.
+    [Fact]
+    public async Task Start_OnADatabaseRolledBackBehindItsCheckpoint_RefusedUntilReapplyDestructionsReachesIt_OrTheRollbackIsAccepted()
+    {
+        var stream = TempPath("kms-stream-", ".jsonl");
+        var exportPath = TempPath("kms-export-", ".jsonl");
+        var copy = TempPath("kms-copy-", ".db");
+        string[] args = [$"--Kms:Quorum:GenesisFile={_genesisPath}", "--Lifecycle:MinWaitingPeriod=00:00:01", "--Lifecycle:JobInterval=01:00:00", $"--Kms:Audit:StreamPath={stream}"];
+        var (token, dataDir) = (_server.Token, _server.DataDir);
+        var database = Path.Combine(dataDir, "kms.db");
+        var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
+        void PutTheCopyBack()
+        {
+            SqliteStore.ReleasePooledConnections();
+            foreach (var suffix in new[] { "-wal", "-shm" })
+            {
+                File.Delete(database + suffix);
+            }
+
+            File.Copy(copy, database, overwrite: true);
+        }
+
+        try
+        {
+            await _server.DisposeAsync();
+            _server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
+            string key;
+            byte[] doomed;
+            using (var developer = _server.CreateClient())
+            {
+                key = (await developer.CreateKeyAsync("tenants/dev", "rolled-back")).Name;
+                doomed = (await developer.EncryptAsync(key, "v1 secret"u8.ToArray())).Ciphertext;
+                await developer.RotateKeyAsync(key);
+            }
+
+            // The "dump": the database as it stood, whole.
+            await _server.DisposeAsync();
+            SqliteStore.ReleasePooledConnections();
+            await SqliteStore.FoldWriteAheadLogAsync(database, CancellationToken.None);
+            File.Copy(database, copy);
+            var dumpHead = await AuditHeadAsync(copy);
+
+            // After it: version 1 destroyed, the audit exported, a checkpoint signed at the stop.
+            _server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
+            using (var developer = _server.CreateClient())
+            using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+            {
+                await DestroyFirstVersionNowAsync(developer, officer, key);
+                await using var file = File.CreateText(exportPath);
+                await officer.ExportAuditAsync(file);
+            }
+
+            await _server.DisposeAsync();
+            var signed = Kms.Core.Audit.AuditExport.ParseCheckpoint((await File.ReadAllLinesAsync(checkpoints))[^1])!.Sequence;
+            Assert.True(signed > dumpHead, $"checkpoint {signed} after the dump's head {dumpHead}");
+
+            // The dump put back, nothing re-applied: refused, naming both sequence numbers and the ways out.
+            PutTheCopyBack();
+            var (refusal, logs) = await KmsTestServer.StartRefusedAsync(token, dataDir, args);
+            var refused = Assert.IsType<KmsException>(refusal);
+            Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+            Assert.Contains($"the audit chain in the database (head {dumpHead}) does not pass through checkpoint {signed} that this node signed ({checkpoints})", refused.Message, StringComparison.Ordinal);
+            Assert.Contains("kms backup reapply-destructions", refused.Message, StringComparison.Ordinal);
+            Assert.Contains("--Kms:Audit:AcceptRollback=true", refused.Message, StringComparison.Ordinal);
+            Assert.Contains("move the file aside (checkpoints.jsonl.replaced-TIME)", refused.Message, StringComparison.Ordinal);
+            Assert.Contains("Id: 1318", logs.AllText, StringComparison.Ordinal);
+
+            // Re-applied from the export alone: it ends before the checkpoint signed at the stop,
+            // so what came between is in no log given. Still refused, saying how far the logs went.
+            SqliteStore.ReleasePooledConnections();
+            await using (var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = database }, default))
+            {
+                var fromExport = await BackupRestore.ReapplyFromLogsAsync(restored, [exportPath], null, PublishedAuditKey(), CancellationToken.None);
+                Assert.Equal([$"{key}/versions/1"], fromExport.Reapplied.Select(r => r.Version));
+            }
+
+            SqliteStore.ReleasePooledConnections();
+            refused = Assert.IsType<KmsException>((await KmsTestServer.StartRefusedAsync(token, dataDir, args)).Refusal);
+            Assert.Contains($"the last one recorded since read the audit logs after sequence {dumpHead} through ", refused.Message, StringComparison.Ordinal);
+
+            // With the SIEM stream, which reaches it (nothing more to re-apply; the summary is
+            // recorded all the same): the node starts, and the version stays destroyed.
+            SqliteStore.ReleasePooledConnections();
+            await using (var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = database }, default))
+            {
+                var fromStream = await BackupRestore.ReapplyFromLogsAsync(restored, [stream], null, null, CancellationToken.None);
+                Assert.Empty(fromStream.Reapplied);
+            }
+
+            SqliteStore.ReleasePooledConnections();
+            _server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
+            using (var developer = _server.CreateClient())
+            {
+                var destroyed = await Assert.ThrowsAsync<RpcException>(() => developer.DecryptAsync(doomed));
+                Assert.Contains("DESTROYED", destroyed.Status.Detail, StringComparison.Ordinal);
+            }
+
+            Assert.Contains("does not pass through checkpoint", _server.Logs.AllText, StringComparison.Ordinal); // 1309: signing still waits for the file to go aside
+
+            // The dump put back again (its chain holds no re-application): refused again, until
+            // the operator accepts the rollback as it is — then the destroyed version is back.
+            await _server.DisposeAsync();
+            PutTheCopyBack();
+            Assert.IsType<KmsException>((await KmsTestServer.StartRefusedAsync(token, dataDir, args)).Refusal);
+            _server = await KmsTestServer.StartAsync(token, dataDir, "dev", [.. args, "--Kms:Audit:AcceptRollback=true"]);
+            using (var developer = _server.CreateClient())
+            using (var opened = await developer.DecryptAsync(doomed))
+            {
+                Assert.Equal("v1 secret"u8.ToArray(), opened.Plaintext.ToArray());
+            }
+
+            // Moving the file aside accepts it too (as for signing, docs/audit-format.md).
+            await _server.DisposeAsync();
+            File.Move(checkpoints, checkpoints + ".replaced-test");
+            _server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
+        }
+        finally
+        {
+            File.Delete(stream);
+            File.Delete(exportPath);
+            File.Delete(copy);
+        }
+    }
+
     // Restore moves the node's record aside only when the restored chain does not pass through
     // its newest checkpoint, as reapply-destructions does (before: always, so a data directory
     // whose newest checkpoint the backup holds lost its pin and the report said it was replaced).
@@ -1126,7 +1255,9 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             var head = (await dump.ListAuditEventsAsync(new Kms.Core.Audit.AuditQuery { AfterSequence = 0, Limit = 10_000 }, default)).Count;
             var twice = await BackupRestore.ReapplyFromLogsAsync(dump, [exportPath], null, PublishedAuditKey(), CancellationToken.None);
             Assert.Equal((0, 0, 0, 0), (twice.Reapplied.Count, twice.Rescheduled.Count, twice.TenantsDeleting.Count, twice.Kept.Count));
-            Assert.Equal(head, (await dump.ListAuditEventsAsync(new Kms.Core.Audit.AuditQuery { AfterSequence = 0, Limit = 10_000 }, default)).Count);
+            var recorded = await dump.ListAuditEventsAsync(new Kms.Core.Audit.AuditQuery { AfterSequence = 0, Limit = 10_000 }, default);
+            Assert.Equal(head + 1, recorded.Count); // only the run's summary (ReapplySummary)
+            Assert.Equal(ReapplySummary.Operation, recorded[^1].Entry.Operation);
             Assert.Equal(Kms.Core.Access.TenantState.Deleting, (await dump.GetTenantAsync(TenantId.Parse("leaving"), default))!.State);
         }
         finally
@@ -1186,7 +1317,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             Assert.Contains(report.AccessReview, r => r.StartsWith(key + ": ", StringComparison.Ordinal));
 
             // Restored again from the logs of the chain the restore started, or re-applied once more:
-            // nothing more to remove, nothing more recorded.
+            // nothing more to remove, nothing more recorded than the run's summary (ReapplySummary).
             var head = await AuditHeadAsync(Path.Combine(target, "kms.db"));
             await using (var dump = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default))
             {
@@ -1194,7 +1325,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
                 Assert.Empty(again.AccessRemoved);
             }
 
-            Assert.Equal(head, await AuditHeadAsync(Path.Combine(target, "kms.db")));
+            Assert.Equal(head + 1, await AuditHeadAsync(Path.Combine(target, "kms.db")));
 
             // Without the audit key nothing in the export is verified: the principal is not made
             // DELETED (that cannot be undone), but its token is revoked and its binding removed.

@@ -209,8 +209,13 @@ public sealed class AuditTests : IAsyncLifetime
             await delete.ExecuteNonQueryAsync();
         }
 
+        // The node cannot tell the rewrite from a rollback, which would serve destroyed versions
+        // again: it refuses to start (event 1318) unless the operator accepts it as it is; then,
+        // as before, it serves and signs nothing over it.
         var checkpoints = Path.Combine(_server.DataDir, "audit", "checkpoints.jsonl");
-        _server = await KmsTestServer.StartAsync(_server.Token, _server.DataDir);
+        var notStarted = Assert.IsType<Kms.Core.Errors.KmsException>((await KmsTestServer.StartRefusedAsync(_server.Token, _server.DataDir)).Refusal);
+        Assert.Contains($"does not pass through checkpoint {Kms.Core.Audit.AuditExport.ParseCheckpoint(File.ReadAllLines(checkpoints)[^1])!.Sequence} that this node signed", notStarted.Message, StringComparison.Ordinal);
+        _server = await KmsTestServer.StartAsync(_server.Token, _server.DataDir, "dev", "--Kms:Audit:AcceptRollback=true");
         _developer = _server.CreateClient();
         _officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-after-rewrite", null, "security-officer"));
         var refused = await Assert.ThrowsAsync<RpcException>(() => _officer.Audit.GetAuditCheckpointAsync(new GetAuditCheckpointRequest()).ResponseAsync);

@@ -68,7 +68,33 @@ public sealed class KmsTestServer : IAsyncDisposable
         token ??= SoftHsm.CreateToken();
         dataDir ??= Scratch.NewPath("kms-server-");
         var logs = new LogCapture();
-        string[] args =
+        var app = await KmsServerApp.BuildAsync(DevArgs(token, dataDir, tenant, extraArgs), logging => logging.WriteTo.Sink(logs), configureServices);
+        await app.StartAsync();
+        return new KmsTestServer(app, token, dataDir, tenant, logs, configureServices, extraArgs);
+    }
+
+    /// <summary>
+    /// Starts a dev-mode server as <see cref="StartAsync(TestToken?, string?, string, string[])"/>
+    /// does, where the start is expected to be refused: the refusal (what <c>kms: cannot start:</c>
+    /// prints), and what was logged until then. Fails the test if the server starts.
+    /// </summary>
+    public static async Task<(Exception Refusal, LogCapture Logs)> StartRefusedAsync(TestToken token, string dataDir, params string[] extraArgs)
+    {
+        var logs = new LogCapture();
+        try
+        {
+            var app = await KmsServerApp.BuildAsync(DevArgs(token, dataDir, "dev", extraArgs), logging => logging.WriteTo.Sink(logs), null);
+            await app.DisposeAsync();
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            return (e, logs);
+        }
+
+        throw new InvalidOperationException($"the server started on {dataDir}; a refusal was expected");
+    }
+
+    private static string[] DevArgs(TestToken token, string dataDir, string tenant, string[] extraArgs) =>
         [
             "--dev",
             "--urls=https://127.0.0.1:0",
@@ -84,10 +110,6 @@ public sealed class KmsTestServer : IAsyncDisposable
             $"--Kms:NodeName={Path.GetFileName(Path.TrimEndingDirectorySeparator(dataDir))}",
             .. extraArgs,
         ];
-        var app = await KmsServerApp.BuildAsync(args, logging => logging.WriteTo.Sink(logs), configureServices);
-        await app.StartAsync();
-        return new KmsTestServer(app, token, dataDir, tenant, logs, configureServices, extraArgs);
-    }
 
     /// <summary>
     /// Starts a production-mode server (no <c>--dev</c>) on a token whose domain key a key

@@ -110,7 +110,7 @@ internal static class BackupRestore
     /// <summary>The audit operation recorded for each re-applied destruction.</summary>
     public const string ReapplyOperation = DestructionReplay.ReapplyOperation;
 
-    private const string Principal = "system:restore";
+    private const string Principal = ReapplySummary.Principal;
 
     /// <summary>Tests only: runs after the old database was moved aside, before the restored one moves in.</summary>
     internal static readonly AsyncLocal<Func<Task>?> Installing = new();
@@ -266,6 +266,7 @@ internal static class BackupRestore
                 }
 
                 carriedCounts = await store.RaiseEncryptCountsAsync(encryptCounts, cancellationToken);
+                await RecordSummaryAsync(store, manifest.AuditHead.Sequence, logs, restored.RequestId, cancellationToken);
 
                 // The time the replaced database had seen pass, if later than the backup's: the
                 // lifecycle would otherwise take the backup's age for a clock jump and hold
@@ -453,6 +454,7 @@ internal static class BackupRestore
         var destructions = Destructions(logs, after, allowGaps, gaps);
         var (inForce, liftings) = Schedulings(logs, after);
         var outcome = await ReapplyAsync(store, new Recorded(destructions, inForce, liftings, TenantDeletions(logs, after), AccessRemovals(logs, after)), waitingPeriod, null, store.Location, cancellationToken);
+        await RecordSummaryAsync(store, after, logs, null, cancellationToken);
         return new ReapplyReport(outcome.Reapplied, [.. gaps, .. outcome.Skipped], after)
         {
             Rescheduled = outcome.Rescheduled,
@@ -462,6 +464,28 @@ internal static class BackupRestore
             AccessRemoved = outcome.AccessRemoved,
             AccessReview = [.. AccessReviews(logs, after), .. outcome.Review],
         };
+    }
+
+    // The one event a finished re-application records, last, even when nothing needed
+    // re-applying: the audit range its logs covered (ReapplySummary). A node whose own checkpoint
+    // the chain does not pass through starts only if one recorded since reaches it; a run that
+    // stops part way records none, and run again records it once finished.
+    private static async Task RecordSummaryAsync(SqlStore store, long after, List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, string? requestId, CancellationToken cancellationToken)
+    {
+        var through = logs.SelectMany(l => l.Events).Select(e => e.Sequence).Where(s => s > after).DefaultIfEmpty(after).Max();
+        var now = DateTimeOffset.UtcNow;
+        await store.AppendAuditAsync(
+            [new AuditEntry
+            {
+                Time = now,
+                RequestId = requestId ?? "reapply-" + now.ToString("yyyyMMdd'T'HHmmss'Z'", CultureInfo.InvariantCulture),
+                Principal = Principal,
+                Operation = ReapplySummary.Operation,
+                Resource = new ReapplySummary(after, through).Resource,
+                Outcome = "OK",
+                Client = Environment.MachineName,
+            }],
+            cancellationToken);
     }
 
     // The node's record of the checkpoints it signed, moved aside when the database's chain does

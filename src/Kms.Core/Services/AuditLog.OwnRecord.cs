@@ -1,5 +1,6 @@
 using System.Text;
 using Kms.Core.Audit;
+using Kms.Core.Backup;
 using Kms.Core.Errors;
 
 namespace Kms.Core.Services;
@@ -10,6 +11,12 @@ namespace Kms.Core.Services;
 /// <param name="OtherKey">The newest whole checkpoint line names another audit signing key (a database of another deployment, or a fresh one): nothing taken.</param>
 /// <param name="PassesThrough">False when the database's chain does not pass through <paramref name="Checkpoint"/>: the server signs no checkpoint until the file is moved aside and it is restarted.</param>
 public sealed record OwnCheckpointRecord(AuditCheckpoint? Checkpoint, int Skipped, bool OtherKey, bool PassesThrough);
+
+/// <summary>What the database records of re-applied destructions since a node's own checkpoint (<see cref="AuditLog.FindReapplicationAsync"/>).</summary>
+/// <param name="DatabaseHead">The database's audit head.</param>
+/// <param name="Covering">A re-application recorded since the checkpoint was signed whose logs reached it; null: none.</param>
+/// <param name="Newest">The newest re-application recorded since the checkpoint was signed, covering it or not; null: none.</param>
+public sealed record ReapplicationSince(AuditHead DatabaseHead, ReapplySummary? Covering, ReapplySummary? Newest);
 
 /// <summary>The node's own record of the checkpoints it signed, read at start.</summary>
 public sealed partial class AuditLog
@@ -101,6 +108,44 @@ public sealed partial class AuditLog
         }
 
         return new OwnCheckpointRecord(null, skipped, OtherKey: false, PassesThrough: true);
+    }
+
+    /// <summary>
+    /// Whether destructions were re-applied on the database's chain since <paramref name="own"/>,
+    /// the node's own checkpoint that the chain does not pass through: a
+    /// <see cref="ReapplySummary.Operation"/> event timed at or after the checkpoint (the rollback
+    /// came after it was signed; one recorded before it, in a dump restored again, is older) whose
+    /// logs began before its sequence and reached it (<see cref="ReapplySummary.Covers"/>). One
+    /// query over the (principal, seq) index, newest first: the restores' own events only.
+    /// </summary>
+    /// <remarks>
+    /// The times are two hosts' clocks (the node's that signed, the re-application's): a clock more
+    /// than the time between the node's stop and the re-application behind refuses a start that
+    /// should not be (the operator accepts the rollback instead). The event is the database's word.
+    /// </remarks>
+    public async Task<ReapplicationSince> FindReapplicationAsync(AuditCheckpoint own, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(own);
+        var head = await store.GetAuditHeadAsync(cancellationToken);
+        var recorded = await store.ListAuditEventsAsync(
+            new AuditQuery { NewestFirst = true, Principal = ReapplySummary.Principal, Operation = ReapplySummary.Operation, StartTime = own.Time, Limit = 100 },
+            cancellationToken);
+        ReapplySummary? newest = null;
+        foreach (var e in recorded)
+        {
+            if (e.Entry.Operation != ReapplySummary.Operation || ReapplySummary.Parse(e.Entry.Resource) is not { } summary)
+            {
+                continue;
+            }
+
+            newest ??= summary;
+            if (summary.Covers(own.Sequence))
+            {
+                return new ReapplicationSince(head, summary, newest);
+            }
+        }
+
+        return new ReapplicationSince(head, null, newest);
     }
 
     // The start's refusal for a record it cannot trust: the file, the line, what is wrong, the way out.

@@ -15,6 +15,15 @@ public sealed class AuditHostOptions
 
     /// <summary>Where written events are streamed as JSON lines for a SIEM (the export format), or <c>-</c> for stdout; unset: no stream.</summary>
     public string? StreamPath { get; set; }
+
+    /// <summary>
+    /// Start on a database whose audit chain went back behind the newest checkpoint this node
+    /// signed (its <c>checkpoints.jsonl</c>) although no re-application of destructions since is
+    /// recorded in it: the rollback is accepted as it is, and a version destroyed after it is
+    /// served again. Off by default (the start is refused, event 1318). The node still signs no
+    /// checkpoint past its own until the file is moved aside (event 1309).
+    /// </summary>
+    public bool AcceptRollback { get; set; }
 }
 
 /// <summary>
@@ -68,6 +77,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         }
         else if (own.Checkpoint is { } read && !own.PassesThrough)
         {
+            await RequireRollbackReappliedAsync(read, checkpoints, cancellationToken);
             LogOwnRecordNotPassedThrough(logger, read.Sequence, checkpoints);
         }
         else if (own.Checkpoint is { } taken)
@@ -107,6 +117,34 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
                 }
             };
         }
+    }
+
+    // The chain does not pass through the newest checkpoint this node signed: the database went
+    // back behind it (a pg_restore of an older dump, a kms.db copied back) or its events were
+    // rewritten — the node cannot tell which. Served as it is, a rollback serves every version
+    // destroyed since the dump again, so the start is refused unless destructions were re-applied
+    // on this chain since the checkpoint (kms backup reapply-destructions, restore: their summary
+    // event) or the operator accepts the rollback (Kms:Audit:AcceptRollback, or the file moved
+    // aside, which was already the way to accept it for signing).
+    private async Task RequireRollbackReappliedAsync(Kms.Core.Audit.AuditCheckpoint own, string path, CancellationToken cancellationToken)
+    {
+        var since = await audit.FindReapplicationAsync(own, cancellationToken);
+        if (since.Covering is not null || options.AcceptRollback)
+        {
+            return;
+        }
+
+        var head = since.DatabaseHead.Sequence;
+        LogRollbackRefused(logger, head, own.Sequence, path);
+        var last = since.Newest is { } newest
+            ? $" (the last one recorded since read the audit logs after sequence {newest.After} through {newest.Through}: they do not reach it)"
+            : "";
+        throw Kms.Core.Errors.KmsErrors.FailedPrecondition(
+            $"the audit chain in the database (head {head}) does not pass through checkpoint {own.Sequence} that this node signed ({path}): the database was rolled back behind it "
+            + $"(a pg_restore of an older dump, a kms.db copied back) or its events rewritten, and no re-application of destructions recorded since re-applied what the audit logs hold through {own.Sequence}{last}; "
+            + "a key version destroyed after the dump would be served again, so the node refuses to start. Run `kms backup reapply-destructions --audit-log FILE` on the database with the audit exports or SIEM stream "
+            + $"that reach sequence {own.Sequence}, then start; or accept the rollback as it is: start with --Kms:Audit:AcceptRollback=true (no checkpoint is signed until the file is moved aside), "
+            + $"or move the file aside ({Path.GetFileName(path)}.replaced-TIME)");
     }
 
     protected override Task ExecuteAsync(CancellationToken stoppingToken) => audit.RunAsync(stoppingToken);
@@ -234,6 +272,9 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1309, Level = LogLevel.Critical, Message = "the audit chain in the database does not pass through checkpoint {Sequence} that this node signed ({Path}): signed events were removed or rewritten while the server was stopped, or the database was rolled back; no checkpoint is signed. A rollback on purpose (a pg_restore, a kms.db copied back): move that file aside and restart")]
     private static partial void LogOwnRecordNotPassedThrough(ILogger logger, long sequence, string path);
+
+    [LoggerMessage(EventId = 1318, Level = LogLevel.Critical, Message = "start refused: the audit chain in the database (head {Head}) does not pass through checkpoint {Sequence} that this node signed ({Path}), and no re-application of destructions that reaches it is recorded since: a rollback would serve destroyed key versions again. Run kms backup reapply-destructions with the audit logs through it, or accept the rollback (Kms:Audit:AcceptRollback=true, or move that file aside)")]
+    private static partial void LogRollbackRefused(ILogger logger, long head, long sequence, string path);
 
     [LoggerMessage(EventId = 1303, Level = LogLevel.Warning, Message = "the final audit checkpoint could not be written ({Reason})")]
     private static partial void LogFinalCheckpointFailed(ILogger logger, string reason);
