@@ -18,7 +18,8 @@ namespace Kms.Client.Envelope;
 /// so until a read returns 0, what was read may be a body that principal wrote under the writer's
 /// header, never signed by the writer. Act on a signed message's plaintext only once the end is
 /// reached, or decrypt it in one shot (<see cref="EnvelopeEncryptor.DecryptAsync(ReadOnlyMemory{byte}, IReadOnlyDictionary{string, string}, ReadOnlyMemory{byte}, CancellationToken)"/>
-/// verifies the signature before it decrypts a frame).</para>
+/// verifies the signature before it decrypts a frame). A reader that cannot wait turns
+/// <see cref="EnvelopeOptions.StreamSignedMessages"/> off: no signed message is then opened as a stream.</para>
 /// <para>The source is not disposed. The plaintext buffer is zeroed on dispose — by a read in
 /// progress when it ends, if the stream is disposed from another thread during it (that read
 /// returns the frame it verified).</para>

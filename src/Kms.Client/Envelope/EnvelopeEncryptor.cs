@@ -52,6 +52,7 @@ public sealed class EnvelopeEncryptor : IDisposable
     private readonly ILogger _logger;
     private readonly bool _signed;
     private readonly bool _requireSigned;
+    private readonly bool _streamSigned;
 
     /// <summary>Envelopes whose data keys come from the Kms server behind <paramref name="client"/>.</summary>
     /// <remarks>Logs to <see cref="EnvelopeOptions.LoggerFactory"/>, or else to the client's logger factory.</remarks>
@@ -84,6 +85,7 @@ public sealed class EnvelopeEncryptor : IDisposable
         _cache = options.DataKeyCache is { } cacheOptions ? new DataKeyCache(cacheOptions) : null;
         _signed = options.Suite == EnvelopeSuite.CommittingSigned;
         _requireSigned = options.RequireSignedMessages;
+        _streamSigned = options.StreamSignedMessages;
         // The suite is part of every entry's key: a 0x0001 writer must never get a data key bound
         // to a context holding a public key (its readers refuse it), nor a 0x0002 writer one without.
         _cacheKeyPrefix = $"{(_signed ? EnvelopeFormat.Suite2 : EnvelopeFormat.Suite1):X4}|{string.Join('\n', _keyNames)}|";
@@ -203,7 +205,7 @@ public sealed class EnvelopeEncryptor : IDisposable
         }
 
         var header = EnvelopeHeader.Parse(message.Span[..headerLength]);
-        using var signature = CheckSuite(header);
+        using var signature = CheckSuite(header, streaming: false);
         CheckContext(header, expectedContext);
         var (dataKey, cacheKey) = await UnwrapAsync(header, cancellationToken).ConfigureAwait(false);
         try
@@ -281,7 +283,8 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// not a whole plaintext — discard it. For a signed message (suite 0x0002) it may not even be
     /// the writer's: every frame but the last is written before the signature is checked, and
     /// whoever holds the data key (a principal allowed only to decrypt) can write frames that
-    /// verify (<see cref="EnvelopeDecryptingStream"/>). Neither stream is disposed.
+    /// verify (<see cref="EnvelopeDecryptingStream"/>); with <see cref="EnvelopeOptions.StreamSignedMessages"/>
+    /// off, a signed message is refused before any KMS call and nothing is written. Neither stream is disposed.
     /// </summary>
     /// <param name="message">The envelope message, read from its position.</param>
     /// <param name="destination">Where the plaintext goes.</param>
@@ -379,14 +382,14 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// <param name="expectedContext">The context the message must have (<see cref="NoContext"/> or an empty map: none), or <see cref="AnyContext"/> — then read it from <see cref="EnvelopeDecryptingStream.EncryptionContext"/>.</param>
     /// <param name="associatedData">The bytes given at encryption.</param>
     /// <param name="cancellationToken">Cancels the header read and the KMS call.</param>
-    /// <exception cref="EnvelopeDecryptionException">The header is not a valid, unaltered envelope header with the expected context for a trusted key.</exception>
+    /// <exception cref="EnvelopeDecryptionException">The header is not a valid, unaltered envelope header with the expected context for a trusted key; or the message is signed and <see cref="EnvelopeOptions.StreamSignedMessages"/> is off (before any KMS call).</exception>
     public async Task<EnvelopeDecryptingStream> OpenDecryptingStreamAsync(Stream message, IReadOnlyDictionary<string, string> expectedContext, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(message);
         ArgumentNullException.ThrowIfNull(expectedContext);
         var headerBytes = await ReadHeaderAsync(message, cancellationToken).ConfigureAwait(false);
         var header = EnvelopeHeader.Parse(headerBytes);
-        var signature = CheckSuite(header);
+        var signature = CheckSuite(header, streaming: true);
         try
         {
             CheckContext(header, expectedContext);
@@ -496,16 +499,24 @@ public sealed class EnvelopeEncryptor : IDisposable
     }
 
     /// <summary>
-    /// The suite is one this reader takes; a signed message's verifier (the caller disposes it), or
-    /// null for suite 0x0001. Before any KMS call.
+    /// The suite is one this reader takes, <paramref name="streaming"/> or not; a signed message's
+    /// verifier (the caller disposes it), or null for suite 0x0001. Before any KMS call.
     /// </summary>
-    /// <exception cref="EnvelopeDecryptionException">Suite 0x0001 and signed messages are required; or the
-    /// context holds no valid public key (0x0002) or holds one (0x0001: made from a signed message's
-    /// data key) — those two with the opaque message, as any alteration.</exception>
-    private EnvelopeSignature? CheckSuite(EnvelopeHeader header)
+    /// <exception cref="EnvelopeDecryptionException">Suite 0x0001 and signed messages are required; suite
+    /// 0x0002 streamed and signed messages are not streamed; or the context holds no valid public
+    /// key (0x0002) or holds one (0x0001: made from a signed message's data key) — those two with
+    /// the opaque message, as any alteration.</exception>
+    private EnvelopeSignature? CheckSuite(EnvelopeHeader header, bool streaming)
     {
         if (header.Signed)
         {
+            // The reader's choice, not the message's fault: said plainly, with what to do instead.
+            if (streaming && !_streamSigned)
+            {
+                throw new EnvelopeDecryptionException(
+                    $"the message is signed (suite 0x{EnvelopeFormat.Suite2:X4}) and this reader does not stream signed messages: a stream would release its frames before the signature at its end is verified. Decrypt it in one shot (DecryptAsync of the whole message verifies the signature first), or set EnvelopeOptions.StreamSignedMessages");
+            }
+
             return EnvelopeSignature.ForReading(header.Context) ?? throw EnvelopeDecryptionException.Failed();
         }
 

@@ -62,9 +62,30 @@ public sealed class EnvelopeOptions
     /// <remarks>
     /// A signed message's signature is verified at its end: one-shot decryption before it decrypts
     /// anything, a streaming reader after it has released every frame but the last — frames whoever
-    /// may decrypt the message can have written (<see cref="EnvelopeDecryptingStream"/>).
+    /// may decrypt the message can have written (<see cref="EnvelopeDecryptingStream"/>); a reader
+    /// that acts on what it streams turns <see cref="StreamSignedMessages"/> off.
     /// </remarks>
     public bool RequireSignedMessages { get; set; }
+
+    /// <summary>
+    /// Decrypt signed (suite 0x0002) messages as streams too: <see cref="EnvelopeEncryptor.OpenDecryptingStreamAsync"/>
+    /// and <see cref="EnvelopeEncryptor.DecryptAsync(Stream, Stream, IReadOnlyDictionary{string, string}, ReadOnlyMemory{byte}, CancellationToken)"/>.
+    /// On by default. Off, each of them refuses a signed message at its header, before any KMS call
+    /// and before a byte is released (<see cref="EnvelopeDecryptionException"/> saying so), and the
+    /// caller decrypts it in one shot; unsigned messages and one-shot decryption are unaffected.
+    /// </summary>
+    /// <remarks>
+    /// <para>A streaming reader releases every frame of a signed message but the last before it
+    /// verifies the signature at the end, and a principal allowed only to decrypt holds the data key,
+    /// so it can write frames that verify under the writer's header: what a stream hands out is the
+    /// writer's only once it has reached its end. Turn this off where streamed plaintext is acted on
+    /// as it arrives (parsed, forwarded, stored in place); one-shot decryption verifies the signature
+    /// before it decrypts a frame (docs/envelope-format-signed.md, "Reading, in order"). As AWS
+    /// Encryption SDK's streaming "decrypt-unsigned" mode.</para>
+    /// <para>With <see cref="RequireSignedMessages"/> also set, no message streams (unsigned ones are
+    /// refused as unsigned, signed ones by this): a reader that decrypts in one shot only.</para>
+    /// </remarks>
+    public bool StreamSignedMessages { get; set; } = true;
 
     /// <summary>Plaintext bytes per frame (64 B to 4 MiB; default 64 KiB): the memory a streaming reader needs.</summary>
     public int FrameLength { get; set; } = EnvelopeFormat.DefaultFrameLength;

@@ -38,16 +38,8 @@ public sealed class EnvelopeSignedKmsTests(FakeClockServerFixture fixture) : ICl
     [InlineData(true)]
     public async Task DecryptOnlyPrincipal_WritesANewBodyAndSignsIt_EveryWayRefused(bool cached)
     {
-        // The writer may ENCRYPT and DECRYPT; the forger, by the key's policy, only DECRYPT.
-        var key = (await _client.CreateKeyAsync("tenants/dev", $"env-signed-{Guid.NewGuid():N}")).Name;
-        var forgerId = $"forger-{Guid.NewGuid():N}"[..24];
-        var forgerToken = await fixture.Server.CreatePrincipalWithTokenAsync(forgerId, "dev", "key-user");
-        await _client.SetKeyPolicyAsync(key,
-        [
-            new KeyPolicyEntry { Principal = "token:developer", Operations = { "ENCRYPT", "DECRYPT" } },
-            new KeyPolicyEntry { Principal = "token:" + forgerId, Operations = { "DECRYPT" } },
-        ]);
-        using var forgerClient = new KmsClient(new KmsClientOptions { Endpoint = fixture.Server.Address, CaCertificatePath = fixture.Server.CaCertificatePath, ApiToken = forgerToken });
+        var (key, forgerClient) = await KeyWithDecryptOnlyForgerAsync();
+        using var forgerOwned = forgerClient;
         using var writer = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key], Suite = EnvelopeSuite.CommittingSigned, DataKeyCache = cached ? new Kms.Client.Caching.DataKeyCacheOptions() : null });
         using var reader = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key] });
         using var strictReader = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key], RequireSignedMessages = true });
@@ -99,7 +91,53 @@ public sealed class EnvelopeSignedKmsTests(FakeClockServerFixture fixture) : ICl
         Assert.Equal("pay bob 20"u8.ToArray(), await strictReader.DecryptAsync(next, Context));
     }
 
+    // A reader that acts on streamed plaintext (StreamSignedMessages off) is handed none of a body
+    // the decrypt-only principal wrote under the writer's header, where a default reader is handed
+    // every frame but the last; it still reads the writer's message, in one shot.
+    [Fact]
+    public async Task DecryptOnlyPrincipal_ForgedBody_ReaderNotStreamingSignedMessages_ReleasesNothing()
+    {
+        var (key, forgerClient) = await KeyWithDecryptOnlyForgerAsync();
+        using var forgerOwned = forgerClient;
+        using var writer = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key], Suite = EnvelopeSuite.CommittingSigned });
+        using var reader = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key] });
+        using var carefulReader = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key], StreamSignedMessages = false });
+        var original = await writer.EncryptAsync("pay alice 10"u8.ToArray(), Context);
+        var header = EnvelopeHeader.Parse(original.AsSpan(0, EnvelopeHeader.Measure(original)));
+        using var stolen = await new KmsEnvelopeKeyProvider(forgerClient).UnwrapDataKeyAsync(header.WrappedKeys[0], header.Context, default);
+        using var forgersKey = EnvelopeSignature.ForWriting();
+        var body = System.Text.Encoding.ASCII.GetBytes(string.Concat(Enumerable.Repeat("pay mallory 1000; ", 10)));
+        var forged = Forge(stolen.Plaintext.Span, header.EncodedContext, header.WrappedKeys, forgersKey, body);
+
+        var released = new MemoryStream();
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(new MemoryStream(forged), released, Context));
+        var withheld = new MemoryStream();
+        var refused = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => carefulReader.DecryptAsync(new MemoryStream(forged), withheld, Context));
+
+        Assert.Equal(body[..128], released.ToArray());
+        Assert.Equal(0, withheld.Length);
+        Assert.StartsWith("the message is signed (suite 0x0002) and this reader does not stream signed messages", refused.Message, StringComparison.Ordinal);
+        Assert.Null(refused.InnerException);
+        await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => carefulReader.OpenDecryptingStreamAsync(new MemoryStream(original), Context));
+        Assert.Equal("envelope decryption failed", (await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => carefulReader.DecryptAsync(forged, Context))).Message);
+        Assert.Equal("pay alice 10"u8.ToArray(), await carefulReader.DecryptAsync(original, Context));
+    }
+
+    /// <summary>A new key the fixture's principal may ENCRYPT and DECRYPT under, and a client of a principal that, by the key's policy, may only DECRYPT (the caller disposes it).</summary>
+    private async Task<(string Key, KmsClient Forger)> KeyWithDecryptOnlyForgerAsync()
+    {
+        var key = (await _client.CreateKeyAsync("tenants/dev", $"env-signed-{Guid.NewGuid():N}")).Name;
+        var forgerId = $"forger-{Guid.NewGuid():N}"[..24];
+        var forgerToken = await fixture.Server.CreatePrincipalWithTokenAsync(forgerId, "dev", "key-user");
+        await _client.SetKeyPolicyAsync(key,
+        [
+            new KeyPolicyEntry { Principal = "token:developer", Operations = { "ENCRYPT", "DECRYPT" } },
+            new KeyPolicyEntry { Principal = "token:" + forgerId, Operations = { "DECRYPT" } },
+        ]);
+        return (key, new KmsClient(new KmsClientOptions { Endpoint = fixture.Server.Address, CaCertificatePath = fixture.Server.CaCertificatePath, ApiToken = forgerToken }));
+    }
+
     /// <summary>A whole message over a stolen data key, written with the SDK's own writer (suite 0x0002 if signed).</summary>
-    private static byte[] Forge(ReadOnlySpan<byte> dataKey, byte[] encodedContext, IReadOnlyList<WrappedDataKey> wrapped, EnvelopeSignature? signature) =>
-        EnvelopeMessage.Seal(dataKey, RandomNumberGenerator.GetBytes(32), encodedContext, wrapped, 64, "pay mallory 1000"u8, [], signature);
+    private static byte[] Forge(ReadOnlySpan<byte> dataKey, byte[] encodedContext, IReadOnlyList<WrappedDataKey> wrapped, EnvelopeSignature? signature, byte[]? body = null) =>
+        EnvelopeMessage.Seal(dataKey, RandomNumberGenerator.GetBytes(32), encodedContext, wrapped, 64, body ?? "pay mallory 1000"u8.ToArray(), [], signature);
 }

@@ -150,6 +150,57 @@ public sealed class EnvelopeSignedTests
         Assert.Equal(forged[..(Frame * 2)], output.ToArray());
     }
 
+    // The way out of the test above: a reader that acts on what it streams refuses to stream a
+    // signed message at all, before the KMS call and before a byte — and reads it in one shot.
+    [Fact]
+    public async Task StreamSignedMessagesOff_SignedMessage_StreamRefusedByName_BeforeAnyKmsCall_OneShotReadsIt()
+    {
+        using var writer = NewSigned(out var provider);
+        using var unsignedWriter = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"], FrameLength = Frame });
+        using var reader = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"], StreamSignedMessages = false });
+        var plaintext = EnvelopeRoundTripTests.Data((Frame * 3) + 5);
+        var message = await writer.EncryptAsync(plaintext, Context);
+        var unwrapsBefore = provider.UnwrapCalls;
+
+        var output = new MemoryStream();
+        var streamed = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(new MemoryStream(message), output, Context));
+        var opened = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.OpenDecryptingStreamAsync(new MemoryStream(message), Context));
+
+        Assert.StartsWith("the message is signed (suite 0x0002) and this reader does not stream signed messages", streamed.Message, StringComparison.Ordinal);
+        Assert.Contains("one shot", streamed.Message, StringComparison.Ordinal);
+        Assert.Contains("StreamSignedMessages", streamed.Message, StringComparison.Ordinal);
+        Assert.Equal(streamed.Message, opened.Message);
+        Assert.Equal(0, output.Length);
+        Assert.Equal(unwrapsBefore, provider.UnwrapCalls);
+
+        // One-shot decryption is unaffected; so is streaming an unsigned message.
+        Assert.Equal(plaintext, await reader.DecryptAsync(message, Context));
+        var unsignedOutput = new MemoryStream();
+        await reader.DecryptAsync(new MemoryStream(await unsignedWriter.EncryptAsync(plaintext, Context)), unsignedOutput, Context);
+        Assert.Equal(plaintext, unsignedOutput.ToArray());
+    }
+
+    // Both on is allowed: a reader that requires signatures and decrypts in one shot only. No
+    // message streams, each refused for its own reason, before any KMS call.
+    [Fact]
+    public async Task StreamSignedMessagesOff_WithRequireSignedMessages_NoMessageStreams_OneShotReadsSigned()
+    {
+        using var writer = NewSigned(out var provider);
+        using var unsignedWriter = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"] });
+        using var reader = new EnvelopeEncryptor(provider, new EnvelopeOptions { KeyNames = ["tenants/t/keys/a"], RequireSignedMessages = true, StreamSignedMessages = false });
+        var signed = await writer.EncryptAsync(new byte[10], Context);
+        var unsigned = await unsignedWriter.EncryptAsync(new byte[10], Context);
+        var unwrapsBefore = provider.UnwrapCalls;
+
+        var signedStreamed = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(new MemoryStream(signed), new MemoryStream(), Context));
+        var unsignedStreamed = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => reader.DecryptAsync(new MemoryStream(unsigned), new MemoryStream(), Context));
+
+        Assert.StartsWith("the message is signed (suite 0x0002) and this reader does not stream signed messages", signedStreamed.Message, StringComparison.Ordinal);
+        Assert.StartsWith("the message is not signed (suite 0x0001)", unsignedStreamed.Message, StringComparison.Ordinal);
+        Assert.Equal(unwrapsBefore, provider.UnwrapCalls);
+        Assert.Equal(new byte[10], await reader.DecryptAsync(signed, Context));
+    }
+
     [Fact]
     public async Task RequireSignedMessages_UnsignedMessage_RefusedByName_BeforeAnyKmsCall()
     {
