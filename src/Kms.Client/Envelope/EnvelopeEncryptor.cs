@@ -54,6 +54,11 @@ public sealed class EnvelopeEncryptor : IDisposable
     private readonly bool _requireSigned;
     private readonly bool _streamSigned;
 
+    // The least the header's wrapped-key entries take: each key's name as given (the KMS must
+    // answer for it; an alias's key is named only in the answer: one byte) and one byte of
+    // wrapped key, the rest of each wrapped key being known only from the KMS.
+    private readonly int _minWrappedKeysLength;
+
     /// <summary>Envelopes whose data keys come from the Kms server behind <paramref name="client"/>.</summary>
     /// <remarks>Logs to <see cref="EnvelopeOptions.LoggerFactory"/>, or else to the client's logger factory.</remarks>
     public EnvelopeEncryptor(KmsClient client, EnvelopeOptions options)
@@ -86,6 +91,7 @@ public sealed class EnvelopeEncryptor : IDisposable
         _signed = options.Suite == EnvelopeSuite.CommittingSigned;
         _requireSigned = options.RequireSignedMessages;
         _streamSigned = options.StreamSignedMessages;
+        _minWrappedKeysLength = _keyNames.Sum(name => 2 + (EnvelopeOptions.IsAlias(name) ? 1 : Encoding.UTF8.GetByteCount(name)) + 2 + 1);
         // The suite is part of every entry's key: a 0x0001 writer must never get a data key bound
         // to a context holding a public key (its readers refuse it), nor a 0x0002 writer one without.
         _cacheKeyPrefix = $"{(_signed ? EnvelopeFormat.Suite2 : EnvelopeFormat.Suite1):X4}|{string.Join('\n', _keyNames)}|";
@@ -142,7 +148,9 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// Encrypts a record into <paramref name="destination"/> (no allocation for the message);
     /// returns the message's length. Size the destination with <see cref="GetMaxMessageLength"/>.
     /// </summary>
-    /// <exception cref="ArgumentException">The destination is too small (nothing is written).</exception>
+    /// <exception cref="ArgumentException">The destination is too small (nothing is written): before any KMS
+    /// call or cache lease when it could not hold the message even with the shortest wrapped keys,
+    /// else once the data key is wrapped.</exception>
     public async Task<int> EncryptAsync(ReadOnlyMemory<byte> plaintext, Memory<byte> destination, IReadOnlyDictionary<string, string>? encryptionContext = null, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
     {
         // The encoding is taken once and the KMS calls, the header and the cache all use it (the
@@ -155,6 +163,16 @@ public sealed class EnvelopeEncryptor : IDisposable
         }
 
         var callerContext = EncodeCallerContext(encryptionContext);
+
+        // The message's exact length is known only once its data key is wrapped; a destination
+        // short of everything else it holds is refused now, before the KMS call or cache lease.
+        // SealInto checks the exact length.
+        var atLeast = MessageLength(callerContext.Length, _minWrappedKeysLength, plaintext.Length);
+        if (destination.Length < atLeast)
+        {
+            throw new ArgumentException($"the destination holds {destination.Length} bytes; this message needs at least {atLeast}", nameof(destination));
+        }
+
         using var materials = await GetMaterialsAsync(callerContext, plaintext.Length, cancellationToken).ConfigureAwait(false);
         using var signature = TakeSignature(materials);
         return EnvelopeMessage.SealInto(materials.DataKey, KernelRandom.MessageId(), materials.EncodedContext, materials.Wrapped, _frameLength, plaintext.Span, associatedData.Span, destination.Span, signature);
@@ -168,10 +186,21 @@ public sealed class EnvelopeEncryptor : IDisposable
     public long GetMaxMessageLength(long plaintextLength, IReadOnlyDictionary<string, string>? encryptionContext = null)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(plaintextLength);
-        // A signed message's context has one more entry (the public key), and a footer follows.
+        return MessageLength(
+            EnvelopeContext.Encode(encryptionContext).Length,
+            _keyNames.Length * (2 + EnvelopeFormat.MaxKeyNameBytes + 2 + EnvelopeFormat.MaxWrappedKeyBytes),
+            plaintextLength);
+    }
+
+    /// <summary>
+    /// A message's length from its caller's encoded context, the length of its header's wrapped-key
+    /// entries and its plaintext's. A signed message's context has one more entry (the public key,
+    /// of fixed length), and a footer follows.
+    /// </summary>
+    private long MessageLength(int callerContextLength, int wrappedKeysLength, long plaintextLength)
+    {
         var publicKey = _signed ? 8 + EnvelopeFormat.PublicKeyContextKey.Length + EnvelopeSignature.EncodedPublicKeyLength : 0;
-        var header = EnvelopeFormat.FixedPrefixLength + EnvelopeContext.Encode(encryptionContext).Length + publicKey + 1
-            + (_keyNames.Length * (2 + EnvelopeFormat.MaxKeyNameBytes + 2 + EnvelopeFormat.MaxWrappedKeyBytes))
+        var header = EnvelopeFormat.FixedPrefixLength + callerContextLength + publicKey + 1 + wrappedKeysLength
             + 4 + EnvelopeFormat.CommitmentLength + EnvelopeFormat.TagLength;
         return EnvelopeFormat.MessageLength(header, plaintextLength, _frameLength) + (_signed ? EnvelopeFormat.SignatureLength : 0);
     }

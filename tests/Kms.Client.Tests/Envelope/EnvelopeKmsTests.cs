@@ -120,6 +120,35 @@ public sealed class EnvelopeKmsTests(FakeClockServerFixture fixture) : IClassFix
         Assert.True(message.AsSpan().IndexOf(Encoding.UTF8.GetBytes(alias)) < 0, "the header does not record the alias");
     }
 
+    // Through the KMS, with an alias (whose key is named only in the KMS's answer), both suites: a
+    // destination short of the message without its wrapped keys is refused before the cache lease
+    // (and the KMS call); one byte short of the exact length passes that check and is refused by the
+    // exact one, after the lease; the exact length is written and decrypts.
+    [Theory]
+    [InlineData(EnvelopeSuite.Committing)]
+    [InlineData(EnvelopeSuite.CommittingSigned)]
+    public async Task EncryptIntoDestination_TooSmall_RefusedBeforeTheLease_OneByteShortByTheExactCheck(EnvelopeSuite suite)
+    {
+        var key = await NewKeyAsync();
+        var second = await NewKeyAsync();
+        var aliasId = $"env-{Guid.NewGuid():N}";
+        await _client.Raw.CreateAliasAsync(new CreateAliasRequest { Parent = "tenants/dev", AliasId = aliasId, Alias = new Alias { Key = second } });
+        using var writer = new EnvelopeEncryptor(_client, new EnvelopeOptions { KeyNames = [key, "tenants/dev/aliases/" + aliasId], Suite = suite, DataKeyCache = new DataKeyCacheOptions() });
+        var context = new Dictionary<string, string> { ["table"] = "orders" };
+        var plaintext = Encoding.UTF8.GetBytes(new string('x', 1000));
+
+        var tooSmall = await Assert.ThrowsAsync<ArgumentException>(() => writer.EncryptAsync(plaintext.AsMemory(), new byte[1000].AsMemory(), context));
+        Assert.Equal(new DataKeyCacheStatistics(0, 0, 0, 0, 0), writer.CacheStatistics);
+        Assert.StartsWith("the destination holds 1000 bytes; this message needs at least ", tooSmall.Message, StringComparison.Ordinal);
+
+        var exact = (await writer.EncryptAsync(plaintext, context)).Length;
+        var oneShort = await Assert.ThrowsAsync<ArgumentException>(() => writer.EncryptAsync(plaintext.AsMemory(), new byte[exact - 1].AsMemory(), context));
+        Assert.StartsWith($"the destination holds {exact - 1} bytes; this message needs {exact} ", oneShort.Message, StringComparison.Ordinal);
+        var destination = new byte[exact];
+        Assert.Equal(exact, await writer.EncryptAsync(plaintext.AsMemory(), destination.AsMemory(), context));
+        Assert.Equal(plaintext, await writer.DecryptAsync(destination, context));
+    }
+
     [Fact]
     public async Task MultiKey_FirstKeyDisabled_SecondKeyDecrypts()
     {

@@ -297,6 +297,44 @@ public sealed class EnvelopeSignedCacheTests
         Assert.Equal(1, _provider.GenerateCalls);
     }
 
+    // A destination too small was found only in SealInto, after the cache lease (or the KMS call):
+    // a refused call used one of the entry's messages. Short of everything but the wrapped keys'
+    // variable part, it is refused first; the exact check stays after the lease.
+    [Fact]
+    public async Task EncryptIntoDestination_TooSmall_RefusedBeforeAnyKmsCallOrLease()
+    {
+        using var writer = Signed(new DataKeyCacheOptions { MaxMessagesPerKey = 2 });
+
+        var e = await Assert.ThrowsAsync<ArgumentException>(() => writer.EncryptAsync(new byte[1000].AsMemory(), new byte[1000].AsMemory(), Context));
+        Assert.Equal(0, _provider.GenerateCalls);
+        Assert.StartsWith("the destination holds 1000 bytes; this message needs at least ", e.Message, StringComparison.Ordinal);
+
+        // The entry made next still has both its messages.
+        await writer.EncryptAsync(new byte[10], Context);
+        await writer.EncryptAsync(new byte[10], Context);
+        Assert.Equal(1, _provider.GenerateCalls);
+    }
+
+    // The early check is a lower bound, never more than the message: one byte short of the exact
+    // length passes it and is refused by the exact check naming the length; the exact length is
+    // written. Both suites, several keys, a context (an alias: EnvelopeKmsTests).
+    [Theory]
+    [InlineData(EnvelopeSuite.Committing)]
+    [InlineData(EnvelopeSuite.CommittingSigned)]
+    public async Task EncryptIntoDestination_OneByteShort_RefusedByTheExactCheck_ExactLengthWritten(EnvelopeSuite suite)
+    {
+        using var writer = new EnvelopeEncryptor(_provider, new EnvelopeOptions { KeyNames = [KeyName, "tenants/t/keys/b"], Suite = suite, FrameLength = 64 });
+        var plaintext = EnvelopeRoundTripTests.Data(200);
+        var exact = (await writer.EncryptAsync(plaintext, Context)).Length;
+
+        var e = await Assert.ThrowsAsync<ArgumentException>(() => writer.EncryptAsync(plaintext.AsMemory(), new byte[exact - 1].AsMemory(), Context));
+        var destination = new byte[exact];
+        var written = await writer.EncryptAsync(plaintext.AsMemory(), destination.AsMemory(), Context);
+
+        Assert.Equal($"the destination holds {exact - 1} bytes; this message needs {exact} (Parameter 'destination')", e.Message);
+        Assert.Equal(exact, written);
+    }
+
     // If the signer or the encrypting stream cannot be made, the message's handle on the cached
     // key pair (and the cipher) must still be released: a leaked handle keeps the pair alive past
     // its entry and the encryptor.
