@@ -338,6 +338,144 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
         Assert.Contains(approvals, e => e.Resource == rotationRequest);
     }
 
+    /// <summary>
+    /// Two nodes on one PostgreSQL database, each with a checkpoint in its <c>checkpoints.jsonl</c>
+    /// past a <c>pg_dump</c>; a version destroyed after the dump; the dump restored with
+    /// <c>pg_restore</c> into a new database the nodes are pointed at (the rollback). Each node
+    /// refuses to start (event 1318) until <c>kms backup reapply-destructions</c> runs with the
+    /// nodes' SIEM streams; then both start, and the version stays destroyed on both.
+    /// </summary>
+    [Fact]
+    public async Task Rollback_TwoNodesSignedPastThePgDump_EachRefusesToStart_UntilReapplyDestructions_ThenBothStart_TheDestroyedVersionStaysDestroyed()
+    {
+        Assert.True(File.Exists(SoftHsm.ModulePath), $"SoftHSM is not installed ({SoftHsm.ModulePath}); ./test.sh installs it");
+        Assert.True(File.Exists(Path.Combine(PgBin, "pg_dump")), $"PostgreSQL client tools are not installed in {PgBin}");
+        const string ClusterKeyId = "dk-pg-rollback";
+        var domainKey = System.Security.Cryptography.RandomNumberGenerator.GetBytes(32);
+        var genesis = OfficerSet.CreateGenesis(_officers.Select("olga", "oscar"), 2);
+        GenesisFile.Write(P("genesis.json"), genesis);
+        var tokens = new TestToken[2];
+        for (var i = 0; i < tokens.Length; i++)
+        {
+            tokens[i] = SoftHsm.CreateToken();
+            using var session = global::Kms.Hsm.HsmCeremonySession.Open(tokens[i].Options(devMode: false), Encoding.UTF8.GetBytes(tokens[i].UserPin));
+            session.ImportDomainKey(domainKey, "kms-domain-key", ClusterKeyId);
+        }
+
+        System.Security.Cryptography.CryptographicOperations.ZeroMemory(domainKey);
+        string[] nodeDirs = [P("node-1"), P("node-2")];
+        string[] streams = [P("siem-1.jsonl"), P("siem-2.jsonl")];
+        string[] Args(int node, PostgresTestDatabase database) =>
+        [
+            "--Storage:Provider=postgres", $"--Storage:Postgres:ConnectionString={database.ConnectionString}",
+            $"--Kms:Quorum:GenesisFile={P("genesis.json")}", $"--Kms:Quorum:GenesisSha256={genesis.Hash}", $"--Kms:Audit:StreamPath={streams[node]}",
+        ];
+        Task<KmsTestServer> StartAsync(int node, PostgresTestDatabase database) => KmsTestServer.StartProductionAsync(tokens[node], nodeDirs[node], ClusterKeyId, "dev", Args(node, database));
+        var nodes = new List<KmsTestServer>();
+        async Task StopAsync()
+        {
+            foreach (var node in Enumerable.Reverse(nodes))
+            {
+                await node.DisposeAsync();
+            }
+
+            nodes.Clear();
+        }
+
+        try
+        {
+            // Both nodes serve site A's database: a key with a second version, a ciphertext under the first.
+            nodes.Add(await StartAsync(0, _siteA));
+            nodes.Add(await StartAsync(1, _siteA));
+            var developerToken = nodes[0].DeveloperToken;
+            var officerToken = await nodes[0].CreatePrincipalWithTokenAsync("officer", null, "security-officer");
+            string key;
+            byte[] doomed;
+            using (var onFirst = nodes[0].CreateClient(developerToken))
+            {
+                key = (await onFirst.CreateKeyAsync("tenants/dev", "rolled-back")).Name;
+                doomed = (await onFirst.EncryptAsync(key, "under version 1"u8.ToArray())).Ciphertext;
+                await onFirst.RotateKeyAsync(key);
+            }
+
+            using (var onSecond = nodes[1].CreateClient(developerToken))
+            using (var opened = await onSecond.DecryptAsync(doomed))
+            {
+                Assert.Equal("under version 1"u8.ToArray(), opened.Plaintext.ToArray());
+            }
+
+            // The dump, with the nodes stopped.
+            await StopAsync();
+            var dumpHead = (long)(await _siteA.ScalarAsync("SELECT max(seq) FROM audit_events"))!;
+            var port = new NpgsqlConnectionStringBuilder(_siteA.ConnectionString).Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            await RunAsync("pg_dump", "-Fc", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-f", P("rollback.dump"), _siteA.Name);
+
+            // After it: version 1 destroyed at once through node 1; each node then signs a checkpoint of its own.
+            nodes.Add(await StartAsync(0, _siteA));
+            nodes.Add(await StartAsync(1, _siteA));
+            using (var developer = nodes[0].CreateClient(developerToken))
+            using (var officer = nodes[0].CreateClient(officerToken))
+            {
+                var destroy = await developer.RequestDestroyKeyVersionNowAsync($"{key}/versions/1");
+                await ApproveAsync(officer, "olga", destroy.Name);
+                Assert.True((await ApproveAsync(officer, "oscar", destroy.Name)).Executed);
+            }
+
+            foreach (var node in nodes)
+            {
+                using var developer = node.CreateClient(developerToken);
+                using var officer = node.CreateClient(officerToken);
+                await developer.GetKeyAsync(key); // an event of this node's, so the head is past every checkpoint signed so far
+                Assert.NotNull(await officer.GetAuditCheckpointAsync());
+            }
+
+            await StopAsync();
+            var signed = new long[2];
+            for (var i = 0; i < signed.Length; i++)
+            {
+                signed[i] = global::Kms.Core.Audit.AuditExport.ParseCheckpoint((await File.ReadAllLinesAsync(Path.Combine(nodeDirs[i], "audit", "checkpoints.jsonl")))[^1])!.Sequence;
+                Assert.True(signed[i] > dumpHead, $"node {i + 1}'s newest checkpoint {signed[i]} is not past the dump's head {dumpHead}");
+            }
+
+            // The rollback: the dump restored into a new database, the nodes pointed at it.
+            _restored = await PostgresTestDatabase.CreateAsync();
+            await RunAsync("pg_restore", "--exit-on-error", "--no-owner", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", _restored.Name, P("rollback.dump"));
+            Assert.Equal(dumpHead, (long)(await _restored.ScalarAsync("SELECT max(seq) FROM audit_events"))!);
+            for (var i = 0; i < nodeDirs.Length; i++)
+            {
+                var (refusal, logs) = await KmsTestServer.StartProductionRefusedAsync(tokens[i], nodeDirs[i], ClusterKeyId, Args(i, _restored));
+                var refused = Assert.IsType<global::Kms.Core.Errors.KmsException>(refusal);
+                Assert.Equal(global::Kms.Core.Errors.KmsErrorCode.FailedPrecondition, refused.Code);
+                Assert.Contains($"the audit chain in the database (head {dumpHead}) does not pass through checkpoint {signed[i]} that this node signed", refused.Message, StringComparison.Ordinal);
+                Assert.Contains("Id: 1318", logs.AllText, StringComparison.Ordinal);
+            }
+
+            // Re-applied from the nodes' SIEM streams, which reach both checkpoints.
+            await WriteSecretAsync("restored.conn", _restored.ConnectionString);
+            var reapplied = JsonNode.Parse((await Ok(["backup", "reapply-destructions", "--storage-provider", "postgres", "--postgres-connection-file", P("restored.conn"),
+                "--audit-log", streams[0], "--audit-log", streams[1], "--output", "json"])).Out)!;
+            Assert.Equal($"{key}/versions/1", Assert.Single(reapplied["reapplied"]!.AsArray())!["version"]!.GetValue<string>());
+            Assert.Equal(DBNull.Value, await _restored.ScalarAsync("SELECT material FROM key_versions WHERE key_id = 'rolled-back' AND version = 1"));
+
+            // Both nodes start; neither serves the destroyed version, and neither signs the restored chain yet (1309).
+            nodes.Add(await StartAsync(0, _restored));
+            nodes.Add(await StartAsync(1, _restored));
+            foreach (var node in nodes)
+            {
+                using var developer = node.CreateClient(developerToken);
+                var destroyed = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => developer.DecryptAsync(doomed));
+                Assert.Equal(Grpc.Core.StatusCode.FailedPrecondition, destroyed.StatusCode);
+                Assert.Contains($"key version {key}/versions/1 is DESTROYED", destroyed.Status.Detail, StringComparison.Ordinal);
+                Assert.Contains("Id: 1309", node.Logs.AllText, StringComparison.Ordinal);
+                Assert.DoesNotContain("Id: 1318", node.Logs.AllText, StringComparison.Ordinal);
+            }
+        }
+        finally
+        {
+            await StopAsync();
+        }
+    }
+
     [Fact]
     public async Task Refusals_BackupRestoreOnPostgres_ConnectionInArgvOrMissing_ExitUsage_UnreachableDatabase_ExitUnavailable()
     {

@@ -121,9 +121,45 @@ public sealed class KmsTestServer : IAsyncDisposable
     /// </summary>
     public static async Task<KmsTestServer> StartProductionAsync(TestToken token, string dataDir, string domainKeyId, string tenant = "dev", params string[] extraArgs)
     {
-        var (certificate, key) = Kms.Server.Tls.DevCertificates.Ensure(Path.Combine(dataDir, "tls"), TimeProvider.System);
         var logs = new LogCapture();
-        string[] args =
+        var app = await KmsServerApp.BuildAsync(ProductionArgs(token, dataDir, domainKeyId, extraArgs), logging => logging.WriteTo.Sink(logs), null);
+        await app.StartAsync();
+        var server = new KmsTestServer(app, token, dataDir, tenant, logs, null, extraArgs);
+        var bootstrap = Path.Combine(dataDir, "bootstrap.token");
+        if (File.Exists(bootstrap))
+        {
+            await server.BootstrapAsync((await File.ReadAllTextAsync(bootstrap)).Trim());
+            File.Delete(bootstrap); // used up, as an operator would do
+        }
+
+        return server;
+    }
+
+    /// <summary>
+    /// Starts a production-mode server as <see cref="StartProductionAsync"/> does, where the start
+    /// is expected to be refused: the refusal (what <c>kms: cannot start:</c> prints), and what was
+    /// logged until then. Fails the test if the server starts.
+    /// </summary>
+    public static async Task<(Exception Refusal, LogCapture Logs)> StartProductionRefusedAsync(TestToken token, string dataDir, string domainKeyId, params string[] extraArgs)
+    {
+        var logs = new LogCapture();
+        try
+        {
+            var app = await KmsServerApp.BuildAsync(ProductionArgs(token, dataDir, domainKeyId, extraArgs), logging => logging.WriteTo.Sink(logs), null);
+            await app.DisposeAsync();
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            return (e, logs);
+        }
+
+        throw new InvalidOperationException($"the server started on {dataDir}; a refusal was expected");
+    }
+
+    private static string[] ProductionArgs(TestToken token, string dataDir, string domainKeyId, string[] extraArgs)
+    {
+        var (certificate, key) = Kms.Server.Tls.DevCertificates.Ensure(Path.Combine(dataDir, "tls"), TimeProvider.System);
+        return
         [
             "--urls=https://127.0.0.1:0",
             $"--Kms:DataDir={dataDir}",
@@ -140,17 +176,6 @@ public sealed class KmsTestServer : IAsyncDisposable
             $"--Kms:NodeName={Path.GetFileName(Path.TrimEndingDirectorySeparator(dataDir))}",
             .. extraArgs,
         ];
-        var app = await KmsServerApp.BuildAsync(args, logging => logging.WriteTo.Sink(logs), null);
-        await app.StartAsync();
-        var server = new KmsTestServer(app, token, dataDir, tenant, logs, null, extraArgs);
-        var bootstrap = Path.Combine(dataDir, "bootstrap.token");
-        if (File.Exists(bootstrap))
-        {
-            await server.BootstrapAsync((await File.ReadAllTextAsync(bootstrap)).Trim());
-            File.Delete(bootstrap); // used up, as an operator would do
-        }
-
-        return server;
     }
 
     private async Task BootstrapAsync(string bootstrapToken)
