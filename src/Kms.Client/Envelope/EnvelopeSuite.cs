@@ -14,7 +14,9 @@ public enum EnvelopeSuite
     /// pair made for the message whose public key the KMS binds to the data key (through the
     /// encryption context). A principal that may only decrypt cannot write a message that verifies.
     /// The signature is checked at the end: a streaming reader releases every frame but the last
-    /// before it (<see cref="EnvelopeDecryptingStream"/>).
+    /// before it (<see cref="EnvelopeDecryptingStream"/>); a reader that must not act on such frames
+    /// decrypts in one shot, or sets <see cref="EnvelopeOptions.StreamSignedMessages"/> off to have
+    /// every streamed signed message refused at its header.
     /// </summary>
     CommittingSigned = 0x0002,
 }
