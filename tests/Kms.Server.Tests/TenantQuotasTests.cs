@@ -125,6 +125,48 @@ public sealed class TenantQuotasTests
     }
 
     [Fact]
+    public void PrincipalsWithoutTenant_TableFull_APrincipalBeingRefusedKeepsItsBucket_NewNamesShareOneOverflowBucket()
+    {
+        // An unregistered certificate of the client CA or a workload token of a configured issuer is
+        // a principal of no tenant, named as its holder chose. The table was emptied when full: as
+        // many names as it holds, each calling once, gave every principal a full bucket again — one
+        // being refused right now too. 1 call a second, 2 at once; a table of 3 principals.
+        var time = new FakeTimeProvider();
+        var options = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Kms:Quotas:PrincipalsWithoutTenant:CallsPerSecond"] = "1",
+            ["Kms:Quotas:PrincipalsWithoutTenant:Burst"] = "2",
+        }).Build().GetSection("Kms").Get<KmsServerOptions>()!;
+        var quotas = new TenantQuotas(Options.Create(options), time) { MaxPrincipalBuckets = 3 };
+
+        Assert.True(quotas.TryTakePrincipal("cert:runaway", 2, out _));
+        Assert.False(quotas.TryTakePrincipal("cert:runaway", 1, out _));
+        foreach (var name in new[] { "cert:a", "cert:b", "cert:c" })
+        {
+            Assert.True(quotas.TryTakePrincipal(name, 1, out _));
+        }
+
+        // The runaway is still refused, for as long as before.
+        Assert.False(quotas.TryTakePrincipal("cert:runaway", 1, out var wait));
+        Assert.Equal(TimeSpan.FromSeconds(1), wait);
+        Assert.Equal(3, quotas.PrincipalBucketCount);
+
+        // cert:c, past the bound, spent the one overflow bucket (2 at once), and every new name
+        // spends the same one: one call more between them, then refused.
+        Assert.True(quotas.TryTakePrincipal("cert:d", 1, out _));
+        Assert.False(quotas.TryTakePrincipal("cert:e", 1, out _));
+        Assert.Equal(3, quotas.PrincipalBucketCount);
+
+        // A second later cert:a and cert:b have filled up again and are dropped for the next new
+        // name; the runaway, one call back of two, keeps its bucket: one call, not a full burst.
+        time.Advance(TimeSpan.FromSeconds(1));
+        Assert.True(quotas.TryTakePrincipal("cert:f", 1, out _));
+        Assert.Equal(2, quotas.PrincipalBucketCount);
+        Assert.True(quotas.TryTakePrincipal("cert:runaway", 1, out _));
+        Assert.False(quotas.TryTakePrincipal("cert:runaway", 1, out _));
+    }
+
+    [Fact]
     public void OtherCalls_EachPrincipalSpendsAtMostItsShare_ARefusalSpendsNoneOfTheTenants()
     {
         // A tenant of 1 call a second, 4 at once; each principal half of it (the default share).

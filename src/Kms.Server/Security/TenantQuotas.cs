@@ -13,9 +13,10 @@ namespace Kms.Server.Security;
 /// nodes admits up to N times the configured rate. A rate is never 0 (refused at start); metering
 /// is off only with <c>Kms:Quotas:Enabled=false</c>.
 /// </summary>
-internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvider time)
+internal sealed class TenantQuotas
 {
-    private readonly QuotaOptions _options = options.Value.Quotas;
+    private readonly TimeProvider _time;
+    private readonly QuotaOptions _options;
     private readonly ConcurrentDictionary<TenantId, Bucket> _buckets = new();
 
     // The tenants' calls other than crypto operations, on buckets apart: a flood of reads
@@ -25,33 +26,47 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
     // Each principal's share of its tenant's other calls, so that one runaway or leaked token
     // cannot spend the whole bucket and hold up the tenant's key managers and auditors. The
     // principals are the tenant's registered ones, but a tenant admin may have many, and a large
-    // deployment many tenants: the table is bounded as the failed authentications per address are
-    // (FailedAuthenticationLimit). When it is full, the buckets that have filled up again are
-    // dropped (at most once a second) — a full bucket is what a new one would be, so dropping it
-    // gives nobody a call more — and while it is still full a new principal spends its tenant's
-    // one overflow bucket, of the same share: new names get no bucket of their own, and every
-    // call also spends the tenant's bucket, so nothing gets past the tenant's quota.
-    private readonly ConcurrentDictionary<(TenantId Tenant, string Principal), Bucket> _shares = new();
-    private readonly ConcurrentDictionary<TenantId, Bucket> _shareOverflow = new();
-    private readonly Lock _sharesGate = new();
-    private long _sharesPruned;
+    // deployment many tenants: the table is bounded (PrincipalBuckets), and past its bound a new
+    // principal spends its tenant's one overflow bucket, of the same share — every call also spends
+    // the tenant's bucket, so nothing gets past the tenant's quota.
+    private readonly PrincipalBuckets _shares;
 
-    // The principals of no tenant, each on its own bucket. Only registered deployment principals
-    // and the certificate or workload principals that authenticate reach here, but an unregistered
-    // one's name is the caller's choice (a certificate subject, a JWT sub): the table is bounded,
-    // and emptied when full (each bucket starts full again, as a restart would leave it).
-    private const int MaxPrincipalBuckets = 10_000;
-    private readonly ConcurrentDictionary<string, Bucket> _principals = new(StringComparer.Ordinal);
+    // The principals of no tenant, each on its own bucket. Registered deployment principals land
+    // here, and so does every certificate from the client CA and every workload token of a
+    // configured issuer whose principal is not registered (it may call what needs no permission):
+    // such a name is the caller's choice (a certificate subject, a JWT sub), so the table is bounded
+    // as the shares are, with one overflow bucket for the new names past the bound. It was emptied
+    // when full: 10,000 names called once gave every principal, one being refused too, a full bucket.
+    private readonly PrincipalBuckets _principals;
+
+    // The group of the principals of no tenant in their table: one overflow bucket for them all.
+    private const string NoTenant = "";
 
     // Looked up ignoring case, as configuration keys are: an override written ACME (an environment
     // variable in capitals) is tenant acme's, not a key no tenant id can ever match.
-    private readonly Dictionary<string, TenantQuota> _tenants = IgnoringCase(options.Value.Quotas.Tenants);
+    private readonly Dictionary<string, TenantQuota> _tenants;
+
+    /// <summary>Meters with the options' quotas on the given clock.</summary>
+    public TenantQuotas(IOptions<KmsServerOptions> options, TimeProvider time)
+    {
+        _options = options.Value.Quotas;
+        _tenants = IgnoringCase(_options.Tenants);
+        _time = time;
+        _shares = new PrincipalBuckets(time, OtherShareLimitOf);
+        _principals = new PrincipalBuckets(time, _ => (_options.PrincipalsWithoutTenant.CallsPerSecond, _options.PrincipalsWithoutTenant.Burst));
+    }
 
     /// <summary>The most principals of tenants with a share bucket of their own (tests lower it).</summary>
-    internal int MaxShareBuckets { get; init; } = 10_000;
+    internal int MaxShareBuckets { get => _shares.Max; init => _shares.Max = value; }
 
     /// <summary>Principals of tenants with a share bucket of their own (tests).</summary>
     internal int ShareBuckets => _shares.Count;
+
+    /// <summary>The most principals of no tenant with a bucket of their own (tests lower it).</summary>
+    internal int MaxPrincipalBuckets { get => _principals.Max; init => _principals.Max = value; }
+
+    /// <summary>Principals of no tenant with a bucket of their own (tests).</summary>
+    internal int PrincipalBucketCount => _principals.Count;
 
     /// <summary>Takes <paramref name="cost"/> operations from the tenant's bucket; false (and how long to wait) if it has too few.</summary>
     public bool TryTake(TenantId tenant, int cost, out TimeSpan retryAfter)
@@ -63,7 +78,7 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
         }
 
         var (rate, burst) = LimitOf(tenant);
-        return Take(_buckets.GetOrAdd(tenant, _ => new Bucket(burst, time.GetTimestamp())), cost, rate, burst, out retryAfter);
+        return Take(_buckets.GetOrAdd(tenant, _ => new Bucket(burst, _time.GetTimestamp())), cost, rate, burst, out retryAfter);
     }
 
     /// <summary>
@@ -85,7 +100,7 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
 
         var own = _tenants.GetValueOrDefault(tenant.Value);
         var (rate, burst) = Limit(own?.OtherCallsPerSecond, own?.OtherCallsBurst, _options.OtherCallsPerSecond, _options.OtherCallsBurst);
-        var tenantBucket = _otherBuckets.GetOrAdd(tenant, _ => new Bucket(burst, time.GetTimestamp()));
+        var tenantBucket = _otherBuckets.GetOrAdd(tenant, _ => new Bucket(burst, _time.GetTimestamp()));
         var share = own?.OtherCallsPrincipalShare ?? _options.OtherCallsPrincipalShare;
         if (share >= 1)
         {
@@ -95,7 +110,7 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
         var (shareRate, shareBurst) = (rate * share, Math.Max(1, burst * share));
         while (true)
         {
-            var shareBucket = ShareOf(tenant, principal, shareBurst);
+            var shareBucket = _shares.Of(tenant.Value, principal, shareBurst);
 
             // Always the principal's bucket, then the tenant's: the one order, so no deadlock.
             lock (shareBucket)
@@ -108,9 +123,9 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
 
                 lock (tenantBucket)
                 {
-                    var now = time.GetTimestamp();
-                    Refill(shareBucket, now, shareRate, shareBurst);
-                    Refill(tenantBucket, now, rate, burst);
+                    var now = _time.GetTimestamp();
+                    shareBucket.Refill(_time, now, shareRate, shareBurst);
+                    tenantBucket.Refill(_time, now, rate, burst);
                     if (shareBucket.Tokens >= 1 && tenantBucket.Tokens >= 1)
                     {
                         shareBucket.Tokens--;
@@ -169,12 +184,20 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
         }
 
         var (rate, burst) = (_options.PrincipalsWithoutTenant.CallsPerSecond, _options.PrincipalsWithoutTenant.Burst);
-        if (_principals.Count >= MaxPrincipalBuckets && !_principals.ContainsKey(principal))
+        while (true)
         {
-            _principals.Clear();
-        }
+            var bucket = _principals.Of(NoTenant, principal, burst);
+            lock (bucket)
+            {
+                // Dropped from the table between the look-up and this lock (it was full): its calls go to the new one.
+                if (bucket.Dropped)
+                {
+                    continue;
+                }
 
-        return Take(_principals.GetOrAdd(principal, _ => new Bucket(burst, time.GetTimestamp())), cost, rate, burst, out retryAfter);
+                return Take(bucket, cost, rate, burst, out retryAfter);
+            }
+        }
     }
 
     private bool Take(Bucket bucket, int cost, double rate, double burst, out TimeSpan retryAfter)
@@ -182,7 +205,7 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
         retryAfter = TimeSpan.Zero;
         lock (bucket)
         {
-            Refill(bucket, time.GetTimestamp(), rate, burst);
+            bucket.Refill(_time, _time.GetTimestamp(), rate, burst);
 
             // A request larger than the whole bucket may still pass when the bucket is full,
             // otherwise a big batch could never be served.
@@ -198,70 +221,16 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
         }
     }
 
-    private void Refill(Bucket bucket, long now, double rate, double burst)
-    {
-        bucket.Tokens = Math.Min(burst, bucket.Tokens + (time.GetElapsedTime(bucket.Stamp, now).TotalSeconds * rate));
-        bucket.Stamp = now;
-    }
-
     private static TimeSpan WaitFor(Bucket bucket, double needed, double rate) =>
         TimeSpan.FromSeconds(Math.Ceiling((needed - bucket.Tokens) / rate * 1000) / 1000);
 
-    // The principal's own bucket; when the table is full even of buckets still being spent, the
-    // tenant's overflow bucket. A new bucket starts full.
-    private Bucket ShareOf(TenantId tenant, string principal, double burst)
+    // A principal's share of its tenant's other calls (the table's group is the tenant's id).
+    private (double Rate, double Burst) OtherShareLimitOf(string tenant)
     {
-        if (_shares.TryGetValue((tenant, principal), out var bucket))
-        {
-            return bucket;
-        }
-
-        lock (_sharesGate)
-        {
-            if (_shares.TryGetValue((tenant, principal), out bucket))
-            {
-                return bucket;
-            }
-
-            var now = time.GetTimestamp();
-
-            // At most once a second: a full table of active principals is not scanned for every new one.
-            if (_shares.Count >= MaxShareBuckets && (_sharesPruned == 0 || time.GetElapsedTime(_sharesPruned, now) >= TimeSpan.FromSeconds(1)))
-            {
-                _sharesPruned = now;
-                PruneShares(now);
-            }
-
-            if (_shares.Count >= MaxShareBuckets)
-            {
-                return _shareOverflow.GetOrAdd(tenant, _ => new Bucket(burst, now));
-            }
-
-            bucket = new Bucket(burst, now);
-            _shares[(tenant, principal)] = bucket;
-            return bucket;
-        }
-    }
-
-    // Drops the share buckets that have filled up again: principals that called no more than
-    // their share's rate since they were last full.
-    private void PruneShares(long now)
-    {
-        foreach (var (key, bucket) in _shares)
-        {
-            var own = _tenants.GetValueOrDefault(key.Tenant.Value);
-            var (rate, burst) = Limit(own?.OtherCallsPerSecond, own?.OtherCallsBurst, _options.OtherCallsPerSecond, _options.OtherCallsBurst);
-            var share = own?.OtherCallsPrincipalShare ?? _options.OtherCallsPrincipalShare;
-            lock (bucket)
-            {
-                Refill(bucket, now, rate * share, Math.Max(1, burst * share));
-                if (bucket.Tokens >= Math.Max(1, burst * share))
-                {
-                    bucket.Dropped = true;
-                    _shares.TryRemove(key, out _);
-                }
-            }
-        }
+        var own = _tenants.GetValueOrDefault(tenant);
+        var (rate, burst) = Limit(own?.OtherCallsPerSecond, own?.OtherCallsBurst, _options.OtherCallsPerSecond, _options.OtherCallsBurst);
+        var share = own?.OtherCallsPrincipalShare ?? _options.OtherCallsPrincipalShare;
+        return (rate * share, Math.Max(1, burst * share));
     }
 
     // The numbers were checked at start (QuotaOptions.Validate): a rate above 0, a burst of at
@@ -303,7 +272,91 @@ internal sealed class TenantQuotas(IOptions<KmsServerOptions> options, TimeProvi
 
         public long Stamp { get; set; } = stamp;
 
-        // Set (under its lock) when a full share bucket is dropped from the table.
+        // Set (under its lock) when a full bucket is dropped from its table.
         public bool Dropped { get; set; }
+
+        // Under its lock.
+        public void Refill(TimeProvider time, long now, double rate, double burst)
+        {
+            Tokens = Math.Min(burst, Tokens + (time.GetElapsedTime(Stamp, now).TotalSeconds * rate));
+            Stamp = now;
+        }
+    }
+
+    // A bucket per principal, in groups (a tenant's principals; the principals of no tenant), the
+    // table bounded because a principal's name may be the caller's choice. When it is full, the
+    // buckets that have filled up again are dropped (at most once a second, so a full table of
+    // principals still spending is not scanned for every new one) — a full bucket is what a new one
+    // would be, so dropping it gives nobody a call more, and a principal being refused, whose bucket
+    // is not full, keeps it. While the table is still full, a new principal spends its group's one
+    // overflow bucket: new names get no calls of their own. A new bucket starts full.
+    private sealed class PrincipalBuckets(TimeProvider time, Func<string, (double Rate, double Burst)> limitOf)
+    {
+        private readonly ConcurrentDictionary<(string Group, string Principal), Bucket> _buckets = new();
+        private readonly ConcurrentDictionary<string, Bucket> _overflow = new(StringComparer.Ordinal);
+        private readonly Lock _gate = new();
+
+        // Both written under the gate only.
+        private int _count;
+        private long _pruned;
+
+        public int Max { get; set; } = 10_000;
+
+        public int Count => Volatile.Read(ref _count);
+
+        // The principal's bucket, or its group's overflow bucket; a caller locks it and checks
+        // Dropped (a bucket dropped after this look-up sends the caller back here).
+        public Bucket Of(string group, string principal, double burst)
+        {
+            if (_buckets.TryGetValue((group, principal), out var bucket))
+            {
+                return bucket;
+            }
+
+            lock (_gate)
+            {
+                if (_buckets.TryGetValue((group, principal), out bucket))
+                {
+                    return bucket;
+                }
+
+                var now = time.GetTimestamp();
+                if (_count >= Max && (_pruned == 0 || time.GetElapsedTime(_pruned, now) >= TimeSpan.FromSeconds(1)))
+                {
+                    _pruned = now;
+                    Prune(now);
+                }
+
+                if (_count >= Max)
+                {
+                    return _overflow.GetOrAdd(group, _ => new Bucket(burst, now));
+                }
+
+                bucket = new Bucket(burst, now);
+                _buckets[(group, principal)] = bucket;
+                Volatile.Write(ref _count, _count + 1);
+                return bucket;
+            }
+        }
+
+        // Under the gate: drops the buckets that have filled up again — principals that called no
+        // more than their rate since they were last full.
+        private void Prune(long now)
+        {
+            foreach (var (key, bucket) in _buckets)
+            {
+                var (rate, burst) = limitOf(key.Group);
+                lock (bucket)
+                {
+                    bucket.Refill(time, now, rate, burst);
+                    if (bucket.Tokens >= burst)
+                    {
+                        bucket.Dropped = true;
+                        _buckets.TryRemove(key, out _);
+                        Volatile.Write(ref _count, _count - 1);
+                    }
+                }
+            }
+        }
     }
 }
