@@ -261,6 +261,48 @@ public sealed class TenantQuotasTests
         }
     }
 
+    [Fact]
+    public void ShareBuckets_TableFull_NewPrincipalsReachTheOverflowBucketWithoutTheTablesLock_UntilThePruneIsDue()
+    {
+        // Once the table was full, every call of a principal without a bucket took the table's one
+        // lock (process-wide, every tenant's) to reach its tenant's overflow bucket, though nothing
+        // under it could change until the next prune, a second later.
+        var time = new FakeTimeProvider();
+        var options = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Kms:Quotas:OtherCallsPerSecond"] = "100",
+            ["Kms:Quotas:OtherCallsBurst"] = "100",
+            ["Kms:Quotas:OtherCallsPrincipalShare"] = "0.02",
+        }).Build().GetSection("Kms").Get<KmsServerOptions>()!;
+        var quotas = new TenantQuotas(Options.Create(options), time) { MaxShareBuckets = 3 };
+        var acme = TenantId.Parse("acme");
+        foreach (var principal in new[] { "token:a", "token:b", "token:c" })
+        {
+            Assert.True(quotas.TryTakeOther(acme, principal, out _, out _));
+            Assert.True(quotas.TryTakeOther(acme, principal, out _, out _));
+        }
+
+        // The first new name past the bound prunes under the lock (nothing to drop: every bucket
+        // is being spent); the next hundred, in the same second, reach the overflow bucket without it.
+        var locks = quotas.ShareTableLocks;
+        Assert.True(quotas.TryTakeOther(acme, "token:new", out _, out _));
+        Assert.Equal(locks + 1, quotas.ShareTableLocks);
+        for (var i = 0; i < 100; i++)
+        {
+            quotas.TryTakeOther(acme, $"token:new{i}", out _, out _);
+        }
+
+        Assert.Equal(locks + 1, quotas.ShareTableLocks);
+        Assert.Equal(3, quotas.ShareBuckets);
+
+        // A second later the prune is due: the next new name takes the lock, drops the buckets that
+        // have filled up again, and gets one of its own.
+        time.Advance(TimeSpan.FromSeconds(1));
+        Assert.True(quotas.TryTakeOther(acme, "token:late", out _, out _));
+        Assert.Equal(locks + 2, quotas.ShareTableLocks);
+        Assert.Equal(1, quotas.ShareBuckets);
+    }
+
     [Theory]
     [InlineData(null, null, "Kms:Quotas:OtherCallsPerSecond")]
     [InlineData("5", null, "Kms:Quotas:Tenants:acme:OtherCallsPerSecond")]

@@ -62,6 +62,9 @@ internal sealed class TenantQuotas
     /// <summary>Principals of tenants with a share bucket of their own (tests).</summary>
     internal int ShareBuckets => _shares.Count;
 
+    /// <summary>Times the share table's one lock was taken, by principals without a bucket of their own (tests).</summary>
+    internal long ShareTableLocks => _shares.GateEntries;
+
     /// <summary>The most principals of no tenant with a bucket of their own (tests lower it).</summary>
     internal int MaxPrincipalBuckets { get => _principals.Max; init => _principals.Max = value; }
 
@@ -296,13 +299,18 @@ internal sealed class TenantQuotas
         private readonly ConcurrentDictionary<string, Bucket> _overflow = new(StringComparer.Ordinal);
         private readonly Lock _gate = new();
 
-        // Both written under the gate only.
+        // Both written under the gate only, read without it too.
         private int _count;
         private long _pruned;
+
+        private long _gateEntries;
 
         public int Max { get; set; } = 10_000;
 
         public int Count => Volatile.Read(ref _count);
+
+        // Times the gate was taken (tests).
+        public long GateEntries => Interlocked.Read(ref _gateEntries);
 
         // The principal's bucket, or its group's overflow bucket; a caller locks it and checks
         // Dropped (a bucket dropped after this look-up sends the caller back here).
@@ -313,17 +321,29 @@ internal sealed class TenantQuotas
                 return bucket;
             }
 
+            // Full, and pruned less than a second ago: the gate would change nothing (no prune, no
+            // room), so the overflow bucket without it — every call of every principal past the
+            // bound, of every tenant, once queued on that one lock. A prune running now may be making
+            // room: this call spends the overflow bucket, as one a moment earlier would have.
+            var now = time.GetTimestamp();
+            if (Volatile.Read(ref _count) >= Max && !PruneDue(Volatile.Read(ref _pruned), now))
+            {
+                // Added by another call since the look-up above, while there was room.
+                return _buckets.TryGetValue((group, principal), out bucket) ? bucket : _overflow.GetOrAdd(group, _ => new Bucket(burst, now));
+            }
+
             lock (_gate)
             {
+                Interlocked.Increment(ref _gateEntries);
                 if (_buckets.TryGetValue((group, principal), out bucket))
                 {
                     return bucket;
                 }
 
-                var now = time.GetTimestamp();
-                if (_count >= Max && (_pruned == 0 || time.GetElapsedTime(_pruned, now) >= TimeSpan.FromSeconds(1)))
+                now = time.GetTimestamp();
+                if (_count >= Max && PruneDue(_pruned, now))
                 {
-                    _pruned = now;
+                    Volatile.Write(ref _pruned, now);
                     Prune(now);
                 }
 
@@ -338,6 +358,9 @@ internal sealed class TenantQuotas
                 return bucket;
             }
         }
+
+        // At most once a second: a full table of principals still spending is not scanned for every new one.
+        private bool PruneDue(long pruned, long now) => pruned == 0 || time.GetElapsedTime(pruned, now) >= TimeSpan.FromSeconds(1);
 
         // Under the gate: drops the buckets that have filled up again — principals that called no
         // more than their rate since they were last full.
