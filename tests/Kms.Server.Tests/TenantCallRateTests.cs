@@ -149,6 +149,50 @@ public sealed class TenantCallRateTests
     }
 
     [Fact]
+    public async Task CryptoPrincipalShare_RunawayTokenPastItsShare_RefusedAlone_TheTenantsKeyManagerStillCreatesAndRotatesKeys()
+    {
+        // The crypto quota had no per-principal share: one token could spend all of it, CreateKey's
+        // and RotateKey's too. Kms:Quotas:CryptoPrincipalShare (opt-in; 1 by default) gives each
+        // principal half of the tenant's 1 operation a second, 4 at once.
+        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev",
+            services => services.Replace(ServiceDescriptor.Singleton<TimeProvider>(time)),
+            "--Kms:Quotas:OperationsPerSecond=1", "--Kms:Quotas:Burst=4", "--Kms:Quotas:CryptoPrincipalShare=0.5");
+        var runaway = KmsTestServer.Bearer(await server.CreatePrincipalWithTokenAsync("runaway", "dev", "key-user"));
+        using var channel = server.CreateChannel();
+        var keys = new KeyManagementService.KeyManagementServiceClient(channel);
+        var admin = KmsTestServer.Bearer(server.DeveloperToken); // the tenant's admin and key manager
+        var key = (await keys.CreateKeyAsync(new CreateKeyRequest { Parent = "tenants/dev", KeyId = "shared", Key = new Key { Purpose = KeyPurpose.EncryptDecrypt } }, admin)).Key;
+        time.Advance(TimeSpan.FromSeconds(10)); // every bucket full
+
+        var served = 0;
+        RpcException? refused = null;
+        for (var i = 0; i < 20; i++)
+        {
+            try
+            {
+                await keys.EncryptAsync(new EncryptRequest { Name = key.Name, Plaintext = Google.Protobuf.ByteString.CopyFrom(1) }, runaway);
+                served++;
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.ResourceExhausted)
+            {
+                refused ??= e;
+            }
+        }
+
+        // The runaway's refusals spent none of the tenant's quota: its key manager creates a key and rotates it.
+        await keys.CreateKeyAsync(new CreateKeyRequest { Parent = "tenants/dev", KeyId = "after", Key = new Key { Purpose = KeyPurpose.EncryptDecrypt } }, admin);
+        await keys.RotateKeyAsync(new RotateKeyRequest { Name = key.Name }, admin);
+
+        Assert.Equal(2, served);
+        Assert.NotNull(refused);
+        Assert.Equal("token:runaway has used up its share of the crypto-operation quota of tenants/dev (Kms:Quotas:CryptoPrincipalShare of Kms:Quotas:OperationsPerSecond); retry after 2000 ms", refused.Status.Detail);
+        Assert.Equal(TimeSpan.FromSeconds(2), refused.GetRpcStatus()!.GetDetail<RetryInfo>().RetryDelay.ToTimeSpan());
+        Assert.Contains(server.Logs.Events, line => line.Contains("\"token:runaway\" used up its share", StringComparison.Ordinal)
+            && line.Contains("(Kms:Quotas:CryptoPrincipalShare of Kms:Quotas:OperationsPerSecond)", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task TenantWithAnOverride_Refusals_NameTheOverride_CryptoAndOtherCalls()
     {
         // The refusals named the deployment's option even when the tenant's override had limited it.

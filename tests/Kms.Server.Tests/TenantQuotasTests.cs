@@ -27,12 +27,12 @@ public sealed class TenantQuotasTests
         var quotas = new TenantQuotas(Options.Create(options), new FakeTimeProvider());
         var acme = TenantId.Parse("acme");
 
-        Assert.True(quotas.TryTake(acme, 2, out _));
-        Assert.False(quotas.TryTake(acme, 1, out var retryAfter));
+        Assert.True(quotas.TryTake(acme, "token:app", 2, out _, out _));
+        Assert.False(quotas.TryTake(acme, "token:app", 1, out var retryAfter, out _));
         Assert.True(retryAfter > TimeSpan.Zero);
 
         // Other tenants keep the default.
-        Assert.True(quotas.TryTake(TenantId.Parse("other"), 100, out _));
+        Assert.True(quotas.TryTake(TenantId.Parse("other"), "token:app", 100, out _, out _));
     }
 
     [Theory]
@@ -51,6 +51,10 @@ public sealed class TenantQuotasTests
     [InlineData("Kms:Quotas:OtherCallsPrincipalShare", "1.5")]
     [InlineData("Kms:Quotas:Tenants:acme:OtherCallsPrincipalShare", "-0.5")]
     [InlineData("Kms:Quotas:Tenants:acme:OtherCallsPrincipalShare", "2")]
+    [InlineData("Kms:Quotas:CryptoPrincipalShare", "0")]
+    [InlineData("Kms:Quotas:CryptoPrincipalShare", "1.5")]
+    [InlineData("Kms:Quotas:Tenants:acme:CryptoPrincipalShare", "-0.5")]
+    [InlineData("Kms:Quotas:Tenants:acme:CryptoPrincipalShare", "2")]
     public async Task Build_AQuotaOfZero_RefusedBeforeTouchingTheHsm_NamingTheOptionAndTheWayToSwitchQuotasOff(string option, string value)
     {
         // 0 used to turn the quota off: an operator writing it to block a tenant gave it no limit.
@@ -70,8 +74,8 @@ public sealed class TenantQuotasTests
         var quotas = Build(new Dictionary<string, string?> { ["Kms:Quotas:Tenants:acme:Burst"] = "2" });
         var acme = TenantId.Parse("acme");
 
-        Assert.True(quotas.TryTake(acme, 2, out _));
-        Assert.False(quotas.TryTake(acme, 1, out var retryAfter));
+        Assert.True(quotas.TryTake(acme, "token:app", 2, out _, out _));
+        Assert.False(quotas.TryTake(acme, "token:app", 1, out var retryAfter, out _));
         Assert.Equal(TimeSpan.FromMilliseconds(1), retryAfter); // the deployment's 5,000 a second
     }
 
@@ -88,13 +92,13 @@ public sealed class TenantQuotasTests
         var quotas = new TenantQuotas(Options.Create(options), time);
         var acme = TenantId.Parse("acme");
 
-        Assert.True(quotas.TryTake(acme, 2, out _));
-        Assert.False(quotas.TryTake(acme, 1, out var retryAfter));
+        Assert.True(quotas.TryTake(acme, "token:app", 2, out _, out _));
+        Assert.False(quotas.TryTake(acme, "token:app", 1, out var retryAfter, out _));
         Assert.Equal(TimeSpan.FromMilliseconds(100), retryAfter);
         time.Advance(TimeSpan.FromMilliseconds(99));
-        Assert.False(quotas.TryTake(acme, 1, out _));
+        Assert.False(quotas.TryTake(acme, "token:app", 1, out _, out _));
         time.Advance(TimeSpan.FromMilliseconds(1));
-        Assert.True(quotas.TryTake(acme, 1, out _));
+        Assert.True(quotas.TryTake(acme, "token:app", 1, out _, out _));
     }
 
     [Fact]
@@ -104,7 +108,7 @@ public sealed class TenantQuotasTests
 
         for (var i = 0; i < 100; i++)
         {
-            Assert.True(quotas.TryTake(TenantId.Parse("acme"), 1_000, out _));
+            Assert.True(quotas.TryTake(TenantId.Parse("acme"), "token:app", 1_000, out _, out _));
         }
     }
 
@@ -301,6 +305,82 @@ public sealed class TenantQuotasTests
         Assert.True(quotas.TryTakeOther(acme, "token:late", out _, out _));
         Assert.Equal(locks + 2, quotas.ShareTableLocks);
         Assert.Equal(1, quotas.ShareBuckets);
+    }
+
+    [Fact]
+    public void Crypto_ByDefault_NoPrincipalsShare_OnePrincipalSpendsTheTenantsWholeQuota()
+    {
+        // The default (Kms:Quotas:CryptoPrincipalShare 1) is the behaviour before the option: a
+        // tenant's crypto is often one service principal's.
+        var quotas = Build(new Dictionary<string, string?> { ["Kms:Quotas:OperationsPerSecond"] = "1", ["Kms:Quotas:Burst"] = "4" });
+        var acme = TenantId.Parse("acme");
+        for (var i = 0; i < 4; i++)
+        {
+            Assert.True(quotas.TryTake(acme, "token:service", 1, out _, out _));
+        }
+
+        Assert.False(quotas.TryTake(acme, "token:admin", 1, out var wait, out var byShare));
+        Assert.False(byShare);
+        Assert.Equal(TimeSpan.FromSeconds(1), wait);
+        Assert.Equal(0, quotas.CryptoShareBuckets);
+    }
+
+    [Fact]
+    public void Crypto_PrincipalShareSet_EachPrincipalSpendsAtMostItsShare_ARefusalSpendsNoneOfTheTenants()
+    {
+        // 1 crypto operation a second, 4 at once; each principal half of it. One token could spend it all.
+        var quotas = Build(new Dictionary<string, string?> { ["Kms:Quotas:OperationsPerSecond"] = "1", ["Kms:Quotas:Burst"] = "4", ["Kms:Quotas:CryptoPrincipalShare"] = "0.5" });
+        var acme = TenantId.Parse("acme");
+
+        Assert.True(quotas.TryTake(acme, "token:runaway", 1, out _, out _));
+        Assert.True(quotas.TryTake(acme, "token:runaway", 1, out _, out _));
+        for (var i = 0; i < 100; i++)
+        {
+            Assert.False(quotas.TryTake(acme, "token:runaway", 1, out var wait, out var byShare));
+            Assert.True(byShare);
+            Assert.Equal(TimeSpan.FromSeconds(2), wait);
+        }
+
+        // Its refusals spent none of the tenant's quota: the key manager still creates and rotates keys.
+        Assert.True(quotas.TryTake(acme, "token:admin", 1, out _, out _));
+        Assert.True(quotas.TryTake(acme, "token:admin", 1, out _, out _));
+        Assert.False(quotas.TryTake(acme, "token:other", 1, out var tenantWait, out var bySharePastTenant));
+        Assert.False(bySharePastTenant);
+        Assert.Equal(TimeSpan.FromSeconds(1), tenantWait);
+        Assert.Equal(3, quotas.CryptoShareBuckets);
+
+        // The calls other than crypto are a table apart: the runaway's share of them is whole.
+        Assert.True(quotas.TryTakeOther(acme, "token:runaway", out _, out _));
+        Assert.Equal("Kms:Quotas:CryptoPrincipalShare of Kms:Quotas:OperationsPerSecond", quotas.CryptoShareOptionOf(acme));
+    }
+
+    [Fact]
+    public void Crypto_PrincipalShareOfOneTenant_TheOthersKeepTheDeploymentsNone_TheRefusalNamesTheOverride()
+    {
+        var quotas = Build(new Dictionary<string, string?>
+        {
+            ["Kms:Quotas:OperationsPerSecond"] = "1",
+            ["Kms:Quotas:Burst"] = "4",
+            ["Kms:Quotas:Tenants:ACME:CryptoPrincipalShare"] = "0.25",
+        });
+        var acme = TenantId.Parse("acme");
+        var other = TenantId.Parse("other");
+
+        // A quarter of acme's 1 a second and burst of 4: one operation at once. A batch larger than
+        // that passes while the share is full (as a batch larger than the tenant's burst does),
+        // and leaves the principal in debt: 3 operations at a quarter a second.
+        Assert.True(quotas.TryTake(acme, "token:service", 3, out _, out _));
+        Assert.False(quotas.TryTake(acme, "token:service", 1, out var wait, out var byShare));
+        Assert.True(byShare);
+        Assert.Equal(TimeSpan.FromSeconds(12), wait);
+        Assert.True(quotas.TryTake(acme, "token:admin", 1, out _, out _));
+        for (var i = 0; i < 4; i++)
+        {
+            Assert.True(quotas.TryTake(other, "token:service", 1, out _, out _));
+        }
+
+        Assert.Equal("Kms:Quotas:Tenants:acme:CryptoPrincipalShare of Kms:Quotas:OperationsPerSecond", quotas.CryptoShareOptionOf(acme));
+        Assert.Equal("Kms:Quotas:CryptoPrincipalShare of Kms:Quotas:OperationsPerSecond", quotas.CryptoShareOptionOf(other));
     }
 
     [Theory]

@@ -355,9 +355,24 @@ public sealed class QuotaOptions
     /// tenant's. So one runaway or leaked token of a tenant cannot spend the whole bucket: the
     /// tenant's other principals keep the rest, enough for its admin to remove the token's role
     /// bindings and its key managers to disable keys. 1 puts every principal on the tenant's bucket
-    /// alone. The crypto quota has no such share: a tenant's crypto is often one service's.
+    /// alone. The crypto quota has a share only where <see cref="CryptoPrincipalShare"/> sets one.
     /// </remarks>
     public double OtherCallsPrincipalShare { get; set; } = 0.5;
+
+    /// <summary>
+    /// The share of its tenant's <see cref="OperationsPerSecond"/> and <see cref="Burst"/> that each
+    /// principal of the tenant may spend (a burst of at least 1); above 0, at most 1. Default 1: each
+    /// principal may spend the whole crypto quota.
+    /// </summary>
+    /// <remarks>
+    /// Opt-in, because a tenant's crypto is often one service principal's, which a share would hold
+    /// to part of its tenant's quota. Below 1, a crypto call (CreateKey and RotateKey among them)
+    /// spends from the principal's share and from the tenant's bucket, and is refused
+    /// RESOURCE_EXHAUSTED if either has too few — a call refused for its share spends none of the
+    /// tenant's — so one runaway or leaked token cannot spend the whole crypto quota and hold up the
+    /// tenant's other services and its key managers' CreateKey and RotateKey.
+    /// </remarks>
+    public double CryptoPrincipalShare { get; set; } = 1;
 
     /// <summary>Per-tenant overrides by tenant id.</summary>
     public Dictionary<string, TenantQuota> Tenants { get; set; } = [];
@@ -373,7 +388,7 @@ public sealed class QuotaOptions
 
     /// <summary>
     /// Refuses, naming the option, a rate that is not above 0, a burst below 1 or a principal's share
-    /// not above 0 or above 1 (and anything not a finite number), deployment-wide or in a tenant's override, whether or not quotas are
+    /// (of other calls or of crypto) not above 0 or above 1 (and anything not a finite number), deployment-wide or in a tenant's override, whether or not quotas are
     /// <see cref="Enabled"/>: neither "no calls" nor "no limit" is what a 0 would say to everyone.
     /// </summary>
     /// <exception cref="InvalidOperationException">The first such option, with how to get what 0 may have meant.</exception>
@@ -385,6 +400,7 @@ public sealed class QuotaOptions
         Check("Kms:Quotas:OtherCallsPerSecond", OtherCallsPerSecond, 0, above: true);
         Check("Kms:Quotas:OtherCallsBurst", OtherCallsBurst, 1, above: false);
         CheckShare("Kms:Quotas:OtherCallsPrincipalShare", OtherCallsPrincipalShare);
+        CheckShare("Kms:Quotas:CryptoPrincipalShare", CryptoPrincipalShare);
         Check("Kms:Quotas:PrincipalsWithoutTenant:CallsPerSecond", PrincipalsWithoutTenant.CallsPerSecond, 0, above: true);
         Check("Kms:Quotas:PrincipalsWithoutTenant:Burst", PrincipalsWithoutTenant.Burst, 1, above: false);
         foreach (var (tenant, quota) in Tenants)
@@ -412,6 +428,11 @@ public sealed class QuotaOptions
             if (quota.OtherCallsPrincipalShare is { } share)
             {
                 CheckShare($"Kms:Quotas:Tenants:{tenant}:OtherCallsPrincipalShare", share);
+            }
+
+            if (quota.CryptoPrincipalShare is { } cryptoShare)
+            {
+                CheckShare($"Kms:Quotas:Tenants:{tenant}:CryptoPrincipalShare", cryptoShare);
             }
         }
 
@@ -467,4 +488,10 @@ public sealed class TenantQuota
     /// spend, above 0 and at most 1; unset: <see cref="QuotaOptions.OtherCallsPrincipalShare"/>.
     /// </summary>
     public double? OtherCallsPrincipalShare { get; set; }
+
+    /// <summary>
+    /// The share of this tenant's crypto quota that each of its principals may spend, above 0 and at
+    /// most 1; unset: <see cref="QuotaOptions.CryptoPrincipalShare"/>.
+    /// </summary>
+    public double? CryptoPrincipalShare { get; set; }
 }

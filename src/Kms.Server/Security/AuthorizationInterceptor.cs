@@ -54,6 +54,7 @@ internal sealed partial class AuthorizationInterceptor(
     private readonly LogThrottle _principalQuotaLog = new();
     private readonly LogThrottle _otherQuotaLog = new();
     private readonly LogThrottle _shareQuotaLog = new();
+    private readonly LogThrottle _cryptoShareQuotaLog = new();
 
     // Only authorized, non-public unary calls take an in-flight slot: an anonymous caller
     // cannot fill the server with calls that never end (health Watch streams), and the
@@ -248,8 +249,9 @@ internal sealed partial class AuthorizationInterceptor(
     }
 
     // After the in-flight slot is taken: a call shed for capacity has spent none of its tenant's quota.
-    // A caller of a tenant spends its tenant's quota on crypto, and the tenant's bucket of other calls —
-    // and its own share of it — on every other call; a caller of no tenant, its own bucket on every
+    // A caller of a tenant spends its tenant's quota on crypto (and its own share of it, where
+    // Kms:Quotas:CryptoPrincipalShare sets one), and the tenant's bucket of other calls — and its own
+    // share of it — on every other call; a caller of no tenant, its own bucket on every
     // call (a public call has no caller).
     private void TakeQuota(AccessRule rule, IMessage? request, ServerCallContext context)
     {
@@ -276,8 +278,20 @@ internal sealed partial class AuthorizationInterceptor(
 
         if (rule.QuotaCost is { } cost)
         {
-            if (request is not null && !quotas.TryTake(home, cost(request), out var retryAfter))
+            if (request is not null && !quotas.TryTake(home, caller.Principal, cost(request), out var retryAfter, out var cryptoByShare))
             {
+                // A principal's share of the crypto quota, where one is set: refused as for its share of other calls.
+                if (cryptoByShare)
+                {
+                    var cryptoShareOption = quotas.CryptoShareOptionOf(home);
+                    if (_cryptoShareQuotaLog.Count() is > 0 and var refusedCrypto)
+                    {
+                        LogShareQuotaExceeded(logger, context.Method, caller.Principal, home.Value, cryptoShareOption, refusedCrypto);
+                    }
+
+                    throw RateExceeded($"{caller.Principal} has used up its share of the crypto-operation quota of {home.ResourceName} ({cryptoShareOption}); retry after {retryAfter.TotalMilliseconds:0} ms", retryAfter);
+                }
+
                 var option = quotas.CryptoOptionOf(home);
                 if (_quotaLog.Count() is > 0 and var exceeded)
                 {
@@ -497,7 +511,7 @@ internal sealed partial class AuthorizationInterceptor(
     [LoggerMessage(EventId = 1316, Level = LogLevel.Information, Message = "{Method} refused: the quota of tenant {Tenant} for calls other than crypto operations exceeded ({Option:l}); {Count} calls refused since the last such message")]
     private static partial void LogOtherQuotaExceeded(ILogger logger, string method, string tenant, string option, long count);
 
-    [LoggerMessage(EventId = 1317, Level = LogLevel.Information, Message = "{Method} refused: {Principal} used up its share of the quota of tenant {Tenant} for calls other than crypto operations ({Option:l}); {Count} calls refused for a principal's share since the last such message")]
+    [LoggerMessage(EventId = 1317, Level = LogLevel.Information, Message = "{Method} refused: {Principal} used up its share of a quota of tenant {Tenant} ({Option:l}); {Count} calls refused for a principal's share of that quota since the last such message")]
     private static partial void LogShareQuotaExceeded(ILogger logger, string method, string principal, string tenant, string option, long count);
 
     [LoggerMessage(EventId = 1315, Level = LogLevel.Information, Message = "{Method} refused: the call rate of {Principal}, a principal of no tenant, exceeded (Kms:Quotas:PrincipalsWithoutTenant); {Count} calls refused for it since the last such message")]

@@ -8,7 +8,8 @@ namespace Kms.Server.Security;
 /// <summary>
 /// A token bucket per tenant for crypto operations, so one tenant cannot starve another, and
 /// another per tenant for its other calls (reads and management), of which each principal of the
-/// tenant may spend only a share (<see cref="QuotaOptions.OtherCallsPrincipalShare"/>).
+/// tenant may spend only a share (<see cref="QuotaOptions.OtherCallsPrincipalShare"/>; of the
+/// crypto bucket too where <see cref="QuotaOptions.CryptoPrincipalShare"/> says so).
 /// Driven by <see cref="TimeProvider"/> (tests use a fake clock). Per node: a deployment of N
 /// nodes admits up to N times the configured rate. A rate is never 0 (refused at start); metering
 /// is off only with <c>Kms:Quotas:Enabled=false</c>.
@@ -30,6 +31,11 @@ internal sealed class TenantQuotas
     // principal spends its tenant's one overflow bucket, of the same share — every call also spends
     // the tenant's bucket, so nothing gets past the tenant's quota.
     private readonly PrincipalBuckets _shares;
+
+    // Each principal's share of its tenant's crypto quota, where one is set (CryptoPrincipalShare
+    // below 1; by default none: a tenant's crypto is often one service principal's). The same
+    // bounded table, apart: a principal's crypto and its other calls are different buckets.
+    private readonly PrincipalBuckets _cryptoShares;
 
     // The principals of no tenant, each on its own bucket. Registered deployment principals land
     // here, and so does every certificate from the client CA and every workload token of a
@@ -53,14 +59,22 @@ internal sealed class TenantQuotas
         _tenants = IgnoringCase(_options.Tenants);
         _time = time;
         _shares = new PrincipalBuckets(time, OtherShareLimitOf);
+        _cryptoShares = new PrincipalBuckets(time, CryptoShareLimitOf);
         _principals = new PrincipalBuckets(time, _ => (_options.PrincipalsWithoutTenant.CallsPerSecond, _options.PrincipalsWithoutTenant.Burst));
     }
 
-    /// <summary>The most principals of tenants with a share bucket of their own (tests lower it).</summary>
-    internal int MaxShareBuckets { get => _shares.Max; init => _shares.Max = value; }
+    /// <summary>The most principals of tenants with a share bucket of their own, in each of the two tables (tests lower it).</summary>
+    internal int MaxShareBuckets
+    {
+        get => _shares.Max;
+        init => (_shares.Max, _cryptoShares.Max) = (value, value);
+    }
 
     /// <summary>Principals of tenants with a share bucket of their own (tests).</summary>
     internal int ShareBuckets => _shares.Count;
+
+    /// <summary>Principals of tenants with a bucket of their own for their share of its crypto quota (tests).</summary>
+    internal int CryptoShareBuckets => _cryptoShares.Count;
 
     /// <summary>Times the share table's one lock was taken, by principals without a bucket of their own (tests).</summary>
     internal long ShareTableLocks => _shares.GateEntries;
@@ -71,17 +85,29 @@ internal sealed class TenantQuotas
     /// <summary>Principals of no tenant with a bucket of their own (tests).</summary>
     internal int PrincipalBucketCount => _principals.Count;
 
-    /// <summary>Takes <paramref name="cost"/> operations from the tenant's bucket; false (and how long to wait) if it has too few.</summary>
-    public bool TryTake(TenantId tenant, int cost, out TimeSpan retryAfter)
+    /// <summary>
+    /// Takes <paramref name="cost"/> operations from the tenant's crypto bucket and, where the
+    /// principal may spend only a share of it (<see cref="QuotaOptions.CryptoPrincipalShare"/> below
+    /// 1), from the principal's share; false (and how long to wait) if either has too few, and then
+    /// neither is spent. <paramref name="byShare"/> says which held the call back, as for
+    /// <see cref="TryTakeOther"/>.
+    /// </summary>
+    public bool TryTake(TenantId tenant, string principal, int cost, out TimeSpan retryAfter, out bool byShare)
     {
         retryAfter = TimeSpan.Zero;
+        byShare = false;
         if (!_options.Enabled || cost <= 0)
         {
             return true;
         }
 
-        var (rate, burst) = LimitOf(tenant);
-        return Take(_buckets.GetOrAdd(tenant, _ => new Bucket(burst, _time.GetTimestamp())), cost, rate, burst, out retryAfter);
+        var own = _tenants.GetValueOrDefault(tenant.Value);
+        var limit = CryptoLimitOf(own);
+        var tenantBucket = _buckets.GetOrAdd(tenant, _ => new Bucket(limit.Burst, _time.GetTimestamp()));
+        var share = own?.CryptoPrincipalShare ?? _options.CryptoPrincipalShare;
+        return share >= 1
+            ? Take(tenantBucket, cost, limit.Rate, limit.Burst, out retryAfter)
+            : TakeShared(_cryptoShares, tenant, principal, ShareOf(limit, share), tenantBucket, limit, cost, out retryAfter, out byShare);
     }
 
     /// <summary>
@@ -102,49 +128,12 @@ internal sealed class TenantQuotas
         }
 
         var own = _tenants.GetValueOrDefault(tenant.Value);
-        var (rate, burst) = Limit(own?.OtherCallsPerSecond, own?.OtherCallsBurst, _options.OtherCallsPerSecond, _options.OtherCallsBurst);
-        var tenantBucket = _otherBuckets.GetOrAdd(tenant, _ => new Bucket(burst, _time.GetTimestamp()));
+        var limit = OtherLimitOf(own);
+        var tenantBucket = _otherBuckets.GetOrAdd(tenant, _ => new Bucket(limit.Burst, _time.GetTimestamp()));
         var share = own?.OtherCallsPrincipalShare ?? _options.OtherCallsPrincipalShare;
-        if (share >= 1)
-        {
-            return Take(tenantBucket, 1, rate, burst, out retryAfter);
-        }
-
-        var (shareRate, shareBurst) = (rate * share, Math.Max(1, burst * share));
-        while (true)
-        {
-            var shareBucket = _shares.Of(tenant.Value, principal, shareBurst);
-
-            // Always the principal's bucket, then the tenant's: the one order, so no deadlock.
-            lock (shareBucket)
-            {
-                // Dropped from the table between the look-up and this lock: its calls go to the new one.
-                if (shareBucket.Dropped)
-                {
-                    continue;
-                }
-
-                lock (tenantBucket)
-                {
-                    var now = _time.GetTimestamp();
-                    shareBucket.Refill(_time, now, shareRate, shareBurst);
-                    tenantBucket.Refill(_time, now, rate, burst);
-                    if (shareBucket.Tokens >= 1 && tenantBucket.Tokens >= 1)
-                    {
-                        shareBucket.Tokens--;
-                        tenantBucket.Tokens--;
-                        return true;
-                    }
-
-                    // Neither is spent: a principal refused for its share spends none of its tenant's calls.
-                    var shareWait = shareBucket.Tokens >= 1 ? TimeSpan.Zero : WaitFor(shareBucket, 1, shareRate);
-                    var tenantWait = tenantBucket.Tokens >= 1 ? TimeSpan.Zero : WaitFor(tenantBucket, 1, rate);
-                    byShare = shareWait > tenantWait;
-                    retryAfter = byShare ? shareWait : tenantWait;
-                    return false;
-                }
-            }
-        }
+        return share >= 1
+            ? Take(tenantBucket, 1, limit.Rate, limit.Burst, out retryAfter)
+            : TakeShared(_shares, tenant, principal, ShareOf(limit, share), tenantBucket, limit, 1, out retryAfter, out byShare);
     }
 
     /// <summary>
@@ -172,6 +161,16 @@ internal sealed class TenantQuotas
             ? $"Kms:Quotas:{nameof(QuotaOptions.OtherCallsPrincipalShare)}"
             : $"Kms:Quotas:Tenants:{tenant.Value}:{nameof(TenantQuota.OtherCallsPrincipalShare)}";
         return $"{share} of {OtherOptionOf(tenant)}";
+    }
+
+    /// <summary>The option that sets a principal's share of the tenant's crypto quota, and of what.</summary>
+    public string CryptoShareOptionOf(TenantId tenant)
+    {
+        var own = _tenants.GetValueOrDefault(tenant.Value);
+        var share = own?.CryptoPrincipalShare is null
+            ? $"Kms:Quotas:{nameof(QuotaOptions.CryptoPrincipalShare)}"
+            : $"Kms:Quotas:Tenants:{tenant.Value}:{nameof(TenantQuota.CryptoPrincipalShare)}";
+        return $"{share} of {CryptoOptionOf(tenant)}";
     }
 
     /// <summary>
@@ -224,24 +223,77 @@ internal sealed class TenantQuotas
         }
     }
 
+    // Takes cost from the principal's share and from the tenant's bucket, or from neither.
+    private bool TakeShared(PrincipalBuckets shares, TenantId tenant, string principal, (double Rate, double Burst) shareLimit, Bucket tenantBucket, (double Rate, double Burst) tenantLimit, int cost, out TimeSpan retryAfter, out bool byShare)
+    {
+        retryAfter = TimeSpan.Zero;
+        byShare = false;
+
+        // As in Take: a request larger than a whole bucket passes when that bucket is full.
+        var (shareNeeded, tenantNeeded) = (Math.Min(cost, shareLimit.Burst), Math.Min(cost, tenantLimit.Burst));
+        while (true)
+        {
+            var shareBucket = shares.Of(tenant.Value, principal, shareLimit.Burst);
+
+            // Always the principal's bucket, then the tenant's: the one order, so no deadlock.
+            lock (shareBucket)
+            {
+                // Dropped from the table between the look-up and this lock: its calls go to the new one.
+                if (shareBucket.Dropped)
+                {
+                    continue;
+                }
+
+                lock (tenantBucket)
+                {
+                    var now = _time.GetTimestamp();
+                    shareBucket.Refill(_time, now, shareLimit.Rate, shareLimit.Burst);
+                    tenantBucket.Refill(_time, now, tenantLimit.Rate, tenantLimit.Burst);
+                    if (shareBucket.Tokens >= shareNeeded && tenantBucket.Tokens >= tenantNeeded)
+                    {
+                        shareBucket.Tokens -= cost;
+                        tenantBucket.Tokens -= cost;
+                        return true;
+                    }
+
+                    // Neither is spent: a principal refused for its share spends none of its tenant's quota.
+                    var shareWait = shareBucket.Tokens >= shareNeeded ? TimeSpan.Zero : WaitFor(shareBucket, shareNeeded, shareLimit.Rate);
+                    var tenantWait = tenantBucket.Tokens >= tenantNeeded ? TimeSpan.Zero : WaitFor(tenantBucket, tenantNeeded, tenantLimit.Rate);
+                    byShare = shareWait > tenantWait;
+                    retryAfter = byShare ? shareWait : tenantWait;
+                    return false;
+                }
+            }
+        }
+    }
+
     private static TimeSpan WaitFor(Bucket bucket, double needed, double rate) =>
         TimeSpan.FromSeconds(Math.Ceiling((needed - bucket.Tokens) / rate * 1000) / 1000);
 
-    // A principal's share of its tenant's other calls (the table's group is the tenant's id).
+    // The numbers were checked at start (QuotaOptions.Validate): a rate above 0, a burst of at
+    // least 1. What an override leaves unset is the deployment's; its burst, two seconds of its own rate.
+    private (double Rate, double Burst) CryptoLimitOf(TenantQuota? own) =>
+        Limit(own?.OperationsPerSecond, own?.Burst, _options.OperationsPerSecond, _options.Burst);
+
+    // The bucket of a tenant's other calls, by the same rule.
+    private (double Rate, double Burst) OtherLimitOf(TenantQuota? own) =>
+        Limit(own?.OtherCallsPerSecond, own?.OtherCallsBurst, _options.OtherCallsPerSecond, _options.OtherCallsBurst);
+
+    // A principal's share of a tenant's bucket: of its rate, and of its burst (at least 1).
+    private static (double Rate, double Burst) ShareOf((double Rate, double Burst) limit, double share) =>
+        (limit.Rate * share, Math.Max(1, limit.Burst * share));
+
+    // The limits of the share tables' buckets, by group: the tenant's id.
     private (double Rate, double Burst) OtherShareLimitOf(string tenant)
     {
         var own = _tenants.GetValueOrDefault(tenant);
-        var (rate, burst) = Limit(own?.OtherCallsPerSecond, own?.OtherCallsBurst, _options.OtherCallsPerSecond, _options.OtherCallsBurst);
-        var share = own?.OtherCallsPrincipalShare ?? _options.OtherCallsPrincipalShare;
-        return (rate * share, Math.Max(1, burst * share));
+        return ShareOf(OtherLimitOf(own), own?.OtherCallsPrincipalShare ?? _options.OtherCallsPrincipalShare);
     }
 
-    // The numbers were checked at start (QuotaOptions.Validate): a rate above 0, a burst of at
-    // least 1. What an override leaves unset is the deployment's; its burst, two seconds of its own rate.
-    private (double Rate, double Burst) LimitOf(TenantId tenant)
+    private (double Rate, double Burst) CryptoShareLimitOf(string tenant)
     {
-        var own = _tenants.GetValueOrDefault(tenant.Value);
-        return Limit(own?.OperationsPerSecond, own?.Burst, _options.OperationsPerSecond, _options.Burst);
+        var own = _tenants.GetValueOrDefault(tenant);
+        return ShareOf(CryptoLimitOf(own), own?.CryptoPrincipalShare ?? _options.CryptoPrincipalShare);
     }
 
     // One rule for both buckets: what an override leaves unset is the deployment's, except that a
