@@ -191,6 +191,24 @@ public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<
     }
 
     [Fact]
+    public async Task List_OperationInAnotherCase_UsageErrorNamingTheMethod_NotAnEmptyListing()
+    {
+        // The server matches an operation exactly, case included: `--operation createkey` listed
+        // nothing, exit 0, as if no key had been created.
+        using var developer = fixture.Server.CreateClient();
+        await developer.CreateKeyAsync("tenants/dev", "cli-audit-operation-case");
+
+        var exact = await CliRun.InProcessAsync(fixture.Variables, _directory, null, "audit", "list", "--operation", "CreateKey", "--newest", "--limit", "1", "-o", "json");
+        Assert.True(exact.ExitCode == 0, exact.ToString());
+        Assert.Single(System.Text.Json.JsonDocument.Parse(exact.Out).RootElement.GetProperty("events").EnumerateArray());
+
+        var lower = await CliRun.InProcessAsync(fixture.Variables, _directory, null, "audit", "list", "--operation", "createkey", "--newest", "--limit", "1", "-o", "json");
+        Assert.True(lower.ExitCode == ExitCodes.Usage, lower.ToString());
+        Assert.Contains("did you mean CreateKey?", lower.Error, StringComparison.Ordinal);
+        Assert.Equal("", lower.Out);
+    }
+
+    [Fact]
     public async Task List_KeyGivenAnAlias_UsageError_NotTheAliassOwnEventsAsTheKeys()
     {
         // Other commands take an alias's full name for its key; the audit records a crypto call

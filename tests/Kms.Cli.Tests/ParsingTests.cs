@@ -63,6 +63,22 @@ public sealed class ParsingTests : IDisposable
     }
 
     [Theory]
+    [InlineData("reencrypt", "ReEncrypt")]
+    [InlineData("BATCHREENCRYPT", "BatchReEncrypt")]
+    [InlineData("/kms.v1.keymanagementservice/decrypt", "/kms.v1.KeyManagementService/Decrypt")]
+    [InlineData("createapitoken", "CreateApiToken")]
+    public void AuditList_OperationInAnotherCase_NamesTheMethod(string operation, string meant) =>
+        Assert.Equal(meant, Kms.Cli.Commands.AuditCommands.MethodInAnotherCase(operation));
+
+    [Theory]
+    [InlineData("ReEncrypt")]
+    [InlineData("/kms.v1.KeyManagementService/Decrypt")]
+    [InlineData("RareOperation")]
+    [InlineData("lifecycle/Destruction")]
+    public void AuditList_OperationExactOrNoMethod_IsPassedOn(string operation) =>
+        Assert.Null(Kms.Cli.Commands.AuditCommands.MethodInAnotherCase(operation));
+
+    [Theory]
     [InlineData("keys", "list", "--token", "kms_tok_s3cretvalue")]
     [InlineData("keys", "list", "--token=kms_tok_s3cretvalue")]
     [InlineData("keys", "create", "x", "--pin", "kms_tok_s3cretvalue")]
