@@ -1,17 +1,27 @@
 using System.Buffers.Binary;
+using Grpc.AspNetCore.Server;
+using Grpc.Core;
+using Grpc.Core.Interceptors;
+using Kms.Contracts.V1;
 using Kms.Server.Hosting;
+using Kms.Server.Overload;
 using Kms.Testing;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Kms.Server.Tests;
 
 /// <summary>
 /// What one tenant's calls can make the server hold while their messages are still arriving is
 /// bounded (SECURITY.md claim 133): <c>Kms:MaxRequestBytesInFlightPerTenant</c>, past which a
-/// message that has not all arrived is refused RESOURCE_EXHAUSTED instead of being waited for.
+/// message that has not all arrived is refused RESOURCE_EXHAUSTED instead of being waited for, and
+/// a compressed message whose inflation would pass it is refused while it is inflated.
 /// </summary>
 public sealed class RequestBytesInFlightTests
 {
     private const string GenerateRandom = "/kms.v1.KeyManagementService/GenerateRandom";
+    private const string BatchEncrypt = "/kms.v1.KeyManagementService/BatchEncrypt";
+    private const string BatchDecrypt = "/kms.v1.KeyManagementService/BatchDecrypt";
+    private const int InflatedBytes = (5 * 1024 * 1024) - (64 * 1024);
     private const int MessageBytes = 64 * 1024;
     private const int Sent = 32 * 1024;
     private static readonly TimeSpan Generously = TimeSpan.FromSeconds(30);
@@ -78,6 +88,74 @@ public sealed class RequestBytesInFlightTests
     }
 
     [Fact]
+    public async Task GzipMessages_OfOneTenant_InflatedPastItsBound_Refused_OtherTenantsAndItsLaterCallsServed()
+    {
+        // 5 MiB less 64 KiB of zeros, about 5 KiB gzipped, arrives whole with its headers: before, it
+        // was not counted, and each such call of one low-privilege token had the server hold its
+        // inflated 5 MiB until the call ended, whatever its tenant's bound (64 MiB: 12 such messages).
+        // Kms:MaxConcurrentCallsPerTenant (256 by default) does not bound it: its slot is taken after
+        // the message is inflated, and 256 calls hold 1.25 GiB.
+        var gate = new HandlerGate();
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev", services =>
+        {
+            services.AddSingleton(gate);
+            services.Configure<GrpcServiceOptions>(o => o.Interceptors.Add<HandlerGate>());
+        });
+        await server.EnsureTenantAsync("acme");
+        var acme = await server.CreatePrincipalWithTokenAsync("acme-user", "acme", "key-user");
+        var inFlight = server.Services.GetRequiredService<RequestBytesInFlight>();
+        var bound = inFlight.PerTenant;
+        const int Calls = 16;
+        var bomb = RawGrpcCall.Frame(RawGrpcCall.Gzip(Padded(new BatchEncryptRequest { Requests = { new EncryptRequest { Name = "tenants/dev/keys/k" } } }, InflatedBytes)), compressed: true);
+        Assert.True(bomb.Length < 16 * 1024);
+        Assert.True(Calls * (long)InflatedBytes > bound);
+
+        // Each on a connection of its own; the calls that reach a handler wait there, their messages held.
+        var answered = new System.Collections.Concurrent.ConcurrentQueue<(StatusCode Status, string Message)>();
+        var calls = Enumerable.Range(0, Calls).Select(async _ =>
+        {
+            var answer = await RawGrpcCall.SendAsync(server, bomb, "gzip", server.DeveloperToken, BatchEncrypt);
+            answered.Enqueue(answer);
+            gate.Settled.Release();
+            return answer;
+        }).ToList();
+        try
+        {
+            for (var settled = 0; settled < Calls; settled++)
+            {
+                Assert.True(await gate.Settled.WaitAsync(Generously), $"{settled} of {Calls} calls settled (answered, or held in a handler)");
+            }
+
+            Assert.True(gate.HeldBytes <= bound, $"{gate.HeldCalls} gzip messages of one tenant held at once, inflated to {gate.HeldBytes} bytes; its bound (Kms:MaxRequestBytesInFlightPerTenant) is {bound}");
+            Assert.True(gate.HeldCalls > 0, "no call was served");
+            Assert.Equal(gate.HeldBytes, inFlight.Held("t:dev"));
+            var refused = answered.ToList();
+            Assert.Equal(Calls - gate.HeldCalls, refused.Count);
+            Assert.All(refused, r =>
+            {
+                Assert.True(r.Status == StatusCode.ResourceExhausted, $"{r.Status} \"{r.Message}\"");
+                Assert.Contains("(Kms:MaxRequestBytesInFlightPerTenant)", r.Message, StringComparison.Ordinal);
+            });
+
+            // Another tenant's are its own to count: served while dev's are held (BatchDecrypt is not held).
+            var (otherStatus, otherDetail) = await RawGrpcCall.SendAsync(server, RawGrpcCall.Frame(RawGrpcCall.Gzip(Padded(new BatchDecryptRequest(), InflatedBytes)), compressed: true), "gzip", acme, BatchDecrypt);
+            Assert.True(otherStatus != StatusCode.ResourceExhausted, $"{otherStatus} \"{otherDetail}\"");
+        }
+        finally
+        {
+            // Held calls end before the server stops, whatever failed above.
+            gate.Open();
+        }
+
+        // Once the held calls end, their bytes are given back, and dev's next is served.
+        var answers = await Task.WhenAll(calls);
+        Assert.Equal(Calls - gate.HeldCalls, answers.Count(a => a.Status == StatusCode.ResourceExhausted));
+        Assert.True(await UntilAsync(() => inFlight.Held("t:dev") == 0), $"{inFlight.Held("t:dev")} bytes still counted against dev after its calls ended");
+        var (status, detail) = await RawGrpcCall.SendAsync(server, bomb, "gzip", server.DeveloperToken, BatchEncrypt);
+        Assert.True(status != StatusCode.ResourceExhausted, $"{status} \"{detail}\"");
+    }
+
+    [Fact]
     public async Task Build_ABoundBelowTheLargestMessage_Refused_NamingBothOptions()
     {
         var dataDir = Path.Combine(Path.GetTempPath(), $"kms-never-{Guid.NewGuid():N}");
@@ -107,6 +185,72 @@ public sealed class RequestBytesInFlightTests
         }
 
         return [];
+    }
+
+    // A hang guard, not a measurement: the call's bytes are given back as it ends.
+    private static async Task<bool> UntilAsync(Func<bool> condition)
+    {
+        for (var waited = TimeSpan.Zero; waited < Generously; waited += TimeSpan.FromMilliseconds(20))
+        {
+            if (condition())
+            {
+                return true;
+            }
+
+            await Task.Delay(20);
+        }
+
+        return condition();
+    }
+
+    // The request with an unknown bytes field (number 1000) that makes it `total` bytes.
+    private static byte[] Padded(Google.Protobuf.IMessage request, int total)
+    {
+        var head = Google.Protobuf.MessageExtensions.ToByteArray(request);
+        for (var padding = total - head.Length - 8; ; padding++)
+        {
+            using var stream = new MemoryStream();
+            stream.Write(head);
+            var output = new Google.Protobuf.CodedOutputStream(stream, leaveOpen: true);
+            output.WriteTag(1000, Google.Protobuf.WireFormat.WireType.LengthDelimited);
+            output.WriteBytes(Google.Protobuf.ByteString.CopyFrom(new byte[padding]));
+            output.Flush();
+            if (stream.Length >= total)
+            {
+                Assert.Equal(total, stream.Length);
+                return stream.ToArray();
+            }
+        }
+    }
+
+    /// <summary>Holds the BatchEncrypt calls that reach a handler until opened, counting them and their messages' bytes.</summary>
+    private sealed class HandlerGate : Interceptor
+    {
+        private readonly TaskCompletionSource _open = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private long _heldBytes;
+        private int _heldCalls;
+
+        /// <summary>Released once per call held, and by the test once per call answered.</summary>
+        public SemaphoreSlim Settled { get; } = new(0);
+
+        public long HeldBytes => Interlocked.Read(ref _heldBytes);
+
+        public int HeldCalls => Volatile.Read(ref _heldCalls);
+
+        public void Open() => _open.TrySetResult();
+
+        public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
+        {
+            if (request is BatchEncryptRequest batch && !_open.Task.IsCompleted)
+            {
+                Interlocked.Add(ref _heldBytes, batch.CalculateSize());
+                Interlocked.Increment(ref _heldCalls);
+                Settled.Release();
+                await _open.Task;
+            }
+
+            return await continuation(request, context);
+        }
     }
 
     // GenerateRandomRequest { length_bytes: 8 } padded to MessageBytes with an unknown field

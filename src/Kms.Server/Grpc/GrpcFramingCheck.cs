@@ -102,7 +102,7 @@ internal static class GrpcFramingCheck
         var providers = app.Services.GetRequiredService<IOptions<GrpcServiceOptions>>().Value.CompressionProviders
             .ToDictionary(p => p.EncodingName, StringComparer.Ordinal);
         var authentication = app.Services.GetRequiredService<Security.CallerAuthentication>();
-        var inFlight = new Overload.RequestBytesInFlight(app.Services.GetRequiredService<IOptions<Hosting.KmsServerOptions>>().Value.MaxRequestBytesInFlightPerTenant);
+        var inFlight = app.Services.GetRequiredService<Overload.RequestBytesInFlight>();
         app.Use((context, next) =>
         {
             if (context.GetEndpoint()?.Metadata.GetMetadata<GrpcMethodMetadata>() is { Method.Type: MethodType.Unary or MethodType.ServerStreaming }
@@ -129,7 +129,8 @@ internal static class GrpcFramingCheck
     // finishing); the interceptor refuses the call.
     // With an in-flight count, a message of an authenticated caller that has not all arrived is
     // counted against its tenant's bound by the length it declares, until the call ends; one that
-    // would pass the bound is refused RESOURCE_EXHAUSTED instead of being waited for.
+    // would pass the bound is refused RESOURCE_EXHAUSTED instead of being waited for; a compressed
+    // one's inflated bytes count against the same bound as they are produced (Decompress).
     private sealed class SingleMessageReader(HttpContext context, PipeReader inner, int limit, string limitName, Dictionary<string, ICompressionProvider> providers, Security.CallerAuthentication? authentication, Overload.RequestBytesInFlight? inFlight) : PipeReader, IRequestBodyPipeFeature
     {
         private int _limit = limit;
@@ -252,7 +253,7 @@ internal static class GrpcFramingCheck
             var length = BinaryPrimitives.ReadUInt32BigEndian(header[1..]);
             if (inFlight!.TryReserve(_owner!, length) is not { } reservation)
             {
-                return new(StatusCode.ResourceExhausted, $"the request's message is {length} bytes and has not all arrived; the messages of your tenant still arriving at this server already hold nearly {inFlight.PerTenant} bytes (Kms:MaxRequestBytesInFlightPerTenant): send it again once those calls have ended");
+                return new(StatusCode.ResourceExhausted, $"the request's message is {length} bytes and has not all arrived; the messages of your tenant still arriving or inflated at this server already hold nearly {inFlight.PerTenant} bytes (Kms:MaxRequestBytesInFlightPerTenant): send it again once those calls have ended");
             }
 
             context.Response.RegisterForDispose(reservation);
@@ -340,8 +341,35 @@ internal static class GrpcFramingCheck
                 : (null, true, null);
         }
 
-        // At most the limit, checked while inflating (a gzip bomb of the 5 MiB allowed is gigabytes).
+        // An authenticated caller's inflated bytes count against its tenant's
+        // Kms:MaxRequestBytesInFlightPerTenant as they are produced, until the call ends; a message
+        // whose inflation would pass the bound is refused RESOURCE_EXHAUSTED, what it inflated given
+        // back at once. Before, a few kilobytes of gzip arriving whole were not counted, and one
+        // token's calls had the server hold up to 5 MiB each, past its tenant's bound.
         private (global::Grpc.Core.Status? Problem, bool Done, ReadOnlySequence<byte>? Decompressed) Decompress(ICompressionProvider provider, ReadOnlySequence<byte> compressed)
+        {
+            if (_owner is null)
+            {
+                return Inflate(provider, compressed, null);
+            }
+
+            var reservation = inFlight!.Start(_owner);
+            var inflated = Inflate(provider, compressed, reservation);
+            if (inflated.Decompressed is null)
+            {
+                reservation.Dispose();
+            }
+            else
+            {
+                context.Response.RegisterForDispose(reservation);
+            }
+
+            return inflated;
+        }
+
+        // At most the limit, checked while inflating (a gzip bomb of the 5 MiB allowed is gigabytes),
+        // each chunk counted against the reservation before it is kept.
+        private (global::Grpc.Core.Status? Problem, bool Done, ReadOnlySequence<byte>? Decompressed) Inflate(ICompressionProvider provider, ReadOnlySequence<byte> compressed, Overload.RequestBytesInFlight.Reservation? reservation)
         {
             var output = new MemoryStream();
             output.Write([0, 0, 0, 0, 0]);
@@ -356,6 +384,11 @@ internal static class GrpcFramingCheck
                     if (output.Length - HeaderSize + read > _limit)
                     {
                         return (OverLimit($"the request's message decompresses ({provider.EncodingName}) to more than {_limit} bytes, the most this server takes ({_limitName})"), true, null);
+                    }
+
+                    if (reservation is not null && !reservation.TryAdd(read))
+                    {
+                        return (new(StatusCode.ResourceExhausted, $"the request's message decompresses ({provider.EncodingName}) to more than {output.Length - HeaderSize} bytes; with the messages of your tenant this server holds (still arriving, or inflated) that would pass {inFlight!.PerTenant} bytes (Kms:MaxRequestBytesInFlightPerTenant): send it again once those calls have ended"), true, null);
                     }
 
                     output.Write(chunk, 0, read);

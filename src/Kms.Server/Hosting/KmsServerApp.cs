@@ -457,6 +457,7 @@ public static partial class KmsServerApp
             services.GetRequiredService<ILogger<CallerAuthentication>>()));
         builder.Services.AddSingleton<TenantQuotas>();
         builder.Services.AddSingleton<Overload.QueueDelayMonitor>();
+        builder.Services.AddSingleton(new Overload.RequestBytesInFlight(serverOptions.MaxRequestBytesInFlightPerTenant));
         builder.Services.AddSingleton<AuthorizationInterceptor>();
         builder.Services.AddSingleton<MetricsInterceptor>();
         builder.Services.AddSingleton<ErrorInterceptor>(); // one refusal-log throttle per server
