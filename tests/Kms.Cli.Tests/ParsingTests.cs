@@ -53,6 +53,10 @@ public sealed class ParsingTests : IDisposable
     [InlineData("encrypt", "--key", "dev/k", "--in", "a", "--out", "b", "--context")]
     [InlineData("keys", "create", "dev/k", "--label")]
     [InlineData("keys", "create", "dev/k", "--rotation-period", "soon")]
+    [InlineData("encrypt", "--key", "dev/k", "--in", "a", "--out", "b", "--signed=maybe")]
+    [InlineData("encrypt", "--key", "dev/k", "--in", "a", "--out", "b", "--require-signed")]
+    [InlineData("decrypt", "--any-key", "--in", "a", "--out", "b", "--signed")]
+    [InlineData("decrypt", "--any-key", "--in", "a", "--out", "b", "--require-signed=sometimes")]
     public async Task Run_BadCommandLine_IsUsageError(params string[] args)
     {
         var result = await RunAsync(args);
@@ -210,6 +214,51 @@ public sealed class ParsingTests : IDisposable
         Assert.Equal(ExitCodes.Usage, result.ExitCode);
         Assert.Contains(KmsCli.OptionName(args.Last(a => a.StartsWith("--", StringComparison.Ordinal))), result.Error, StringComparison.Ordinal);
         Assert.DoesNotContain("s3cretvalue", result.Error + result.Out, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("encrypt", "--signed", "--key", "dev/k", "--in", "a", "--out", "b", "--signed", "--force")]
+    [InlineData("encrypt", "--signed=false", "--key", "dev/k", "--in", "a", "--out", "b")]
+    [InlineData("decrypt", "--require-signed", "--key", "dev/k", "--in", "a", "--out", "b")]
+    [InlineData("decrypt", "--any-key", "--require-signed", "--in", "a", "--out", "b", "--context", "a=1")]
+    public void SignedFlags_ParseOnTheirVerbs(params string[] args)
+    {
+        var root = KmsCli.Build(new CliEnvironment
+        {
+            Out = TextWriter.Null,
+            Error = TextWriter.Null,
+            OpenStandardInput = () => Stream.Null,
+            OpenStandardOutput = () => Stream.Null,
+            GetVariable = _ => null,
+            HomeDirectory = _home,
+        });
+
+        var parsed = root.Parse(args);
+
+        Assert.Empty(parsed.Errors.Select(e => e.Message));
+    }
+
+    [Fact]
+    public async Task Decrypt_RequireSignedWithoutTrustedKeys_IsStillUsageError()
+    {
+        var result = await RunAsync("decrypt", "--require-signed", "--in", "a", "--out", "b");
+
+        Assert.Equal(ExitCodes.Usage, result.ExitCode);
+        Assert.Contains("--any-key", result.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task EncryptAndDecryptHelp_NameTheSignedFlags()
+    {
+        var encrypt = await RunAsync("encrypt", "--help");
+        var decrypt = await RunAsync("decrypt", "--help");
+
+        Assert.Equal(ExitCodes.Ok, encrypt.ExitCode);
+        Assert.Contains("--signed", encrypt.Out, StringComparison.Ordinal);
+        Assert.Contains("suite 0x0002", encrypt.Out, StringComparison.Ordinal);
+        Assert.DoesNotContain("--require-signed", encrypt.Out, StringComparison.Ordinal);
+        Assert.Equal(ExitCodes.Ok, decrypt.ExitCode);
+        Assert.Contains("--require-signed", decrypt.Out, StringComparison.Ordinal);
     }
 
     [Fact]
