@@ -511,6 +511,29 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task Housekeeping_SummarisesTheCompleteBlocks_PassByPass_SoATimeRangedListingStartsAtItsBlock()
+    {
+        // 45 events a minute apart: four complete blocks of 10 and a tail; three blocks a pass.
+        var store = new InMemoryStore();
+        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 1000, SummaryBlockEvents = 10, SummaryBlocksPerPass = 3 });
+        await log.InitializeAsync(default);
+        var written = await store.AppendAuditAsync([.. Enumerable.Range(0, 45).Select(i => Entry($"e-{i}") with { Time = _time.GetUtcNow().AddMinutes(i) })], default);
+        var target = written[25];
+        var query = new AuditQuery { StartTime = target.Entry.Time, EndTime = target.Entry.Time.AddMinutes(1) };
+
+        // Unsummarised, the walk starts at the log's first event: windows of 10 reach the event on the third page.
+        Assert.Empty((await AuditPages.ListAsync(store, query, 10, default)).Events);
+
+        await log.RunHousekeepingAsync(default);
+        Assert.Equal([target.Sequence], (await AuditPages.ListAsync(store, query, 10, default)).Events.Select(e => e.Sequence));
+
+        // The fourth block on the next pass; the tail waits until it is complete.
+        await log.RunHousekeepingAsync(default);
+        Assert.Equal(0, await store.SummariseAuditBlocksAsync(10, 100, default));
+        Assert.Equal([written[44].Sequence], (await AuditPages.ListAsync(store, query with { StartTime = written[44].Entry.Time, EndTime = null, NewestFirst = true }, 10, default)).Events.Select(e => e.Sequence));
+    }
+
+    [Fact]
     public async Task Retention_PrunesBackToTheNewestCheckpointOlderThanThePeriod()
     {
         for (var i = 0; i < 120; i++)
@@ -788,5 +811,9 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         public Task<AuditCheckpoint?> FindAuditCheckpointAtOrBeforeAsync(long sequence, CancellationToken cancellationToken) => inner.FindAuditCheckpointAtOrBeforeAsync(sequence, cancellationToken);
 
         public Task<long> PruneAuditAsync(long throughSequence, CancellationToken cancellationToken) => inner.PruneAuditAsync(throughSequence, cancellationToken);
+
+        public Task<long?> FindAuditWalkStartAsync(AuditQuery query, CancellationToken cancellationToken) => inner.FindAuditWalkStartAsync(query, cancellationToken);
+
+        public Task<int> SummariseAuditBlocksAsync(int blockEvents, int maxBlocks, CancellationToken cancellationToken) => inner.SummariseAuditBlocksAsync(blockEvents, maxBlocks, cancellationToken);
     }
 }

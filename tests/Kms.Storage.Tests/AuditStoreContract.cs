@@ -123,6 +123,119 @@ public abstract class AuditStoreContract : AccessStoreContract
     }
 
     [Fact]
+    public async Task Pages_ATimeRange_OverSummarisedBlocks_ExactlyWhatAFullScanReturns_BothOrders_TimesGoingBackwards_AndAfterAPrune()
+    {
+        // 200 events whose times wander back and forth across blocks of 10 (several nodes' clocks,
+        // a time taken before the batch is ordered): block 5's events are hours older than block 4's.
+        var store = await AuditAsync();
+        var events = await store.AppendAuditAsync(
+            [.. Enumerable.Range(1, 200).Select(i => Entry(i) with { Time = T0.AddSeconds((i * 37 % 101) + ((i - 1) / 10 % 3 == 1 ? -3600 : 0)), Principal = i % 7 == 0 ? "token:bob" : "token:alice" })],
+            default);
+        Assert.Equal(20, await store.SummariseAuditBlocksAsync(10, 100, default));
+        Assert.Equal(0, await store.SummariseAuditBlocksAsync(10, 100, default));
+        // An unsummarised tail: a block not yet complete.
+        await store.AppendAuditAsync([.. Enumerable.Range(201, 6).Select(i => Entry(i) with { Time = T0.AddSeconds(i % 50) })], default);
+        Assert.Equal(0, await store.SummariseAuditBlocksAsync(10, 100, default));
+
+        await AssertListingsAsync();
+
+        // A pruned prefix that ends inside a block (95 of 91..100): the blocks it cuts go, that one stays.
+        await store.AddAuditCheckpointAsync(Checkpoint(events[94]), default);
+        Assert.Equal(95, await store.PruneAuditAsync(95, default));
+        await AssertListingsAsync();
+
+        // The tail completes, and the summary goes on from the last block.
+        await store.AppendAuditAsync([.. Enumerable.Range(207, 20).Select(i => Entry(i) with { Time = T0.AddSeconds(-7200 + i) })], default);
+        Assert.Equal(2, await store.SummariseAuditBlocksAsync(10, 100, default));
+        await AssertListingsAsync();
+
+        async Task AssertListingsAsync()
+        {
+            foreach (var (start, end) in new (int?, int?)[] { (-3600, -3550), (0, 10), (50, 60), (100, 101), (-7200, -7000), (null, -3590), (95, null), (200, 300), (-7100, 100) })
+            {
+                foreach (var principal in new[] { null, "token:bob" })
+                {
+                    var query = new AuditQuery { StartTime = start is { } s ? T0.AddSeconds(s) : null, EndTime = end is { } e ? T0.AddSeconds(e) : null, Principal = principal };
+                    foreach (var newest in new[] { false, true })
+                    {
+                        var all = (await store.ListAuditEventsAsync(query with { NewestFirst = newest, Limit = 10_000 }, default)).Select(e => e.Sequence).ToList();
+                        foreach (var window in new long[] { 1, 7, 25, 1000 })
+                        {
+                            var (listed, _) = await ListAllAsync(store, query with { NewestFirst = newest, Limit = 3 }, window);
+                            Assert.True(all.SequenceEqual(listed), $"{start}..{end} {principal} newest first {newest}, window {window}: [{string.Join(',', listed)}], a full scan [{string.Join(',', all)}]");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Pages_ATimeRange_StartAtTheFirstBlockThatCanHoldIt_OnePage_WhereTheWindowsBeforeItTookMany()
+    {
+        // 300 events a second apart, summarised in blocks of 10; pages of windows of 10.
+        var store = await AuditAsync();
+        await store.AppendAuditAsync([.. Enumerable.Range(1, 300).Select(Entry)], default);
+        Assert.Equal(30, await store.SummariseAuditBlocksAsync(10, 100, default));
+
+        // Oldest first, "the last minute" of the log: its events in the first page, and the
+        // listing ends there (before, 24 empty pages came first).
+        var lastMinute = new AuditQuery { StartTime = T0.AddSeconds(241), Limit = 100 };
+        var page = await AuditPages.ListAsync(store, lastMinute, 10, default);
+        Assert.Equal(Enumerable.Range(241, 10).Select(i => (long)i), page.Events.Select(e => e.Sequence));
+        var (events, pages) = await ListAllAsync(store, lastMinute, 10);
+        Assert.Equal(Enumerable.Range(241, 60).Select(i => (long)i), events);
+        Assert.Equal(6, pages);
+
+        // Newest first with an old end: the first page holds the range's events, and nothing follows.
+        var early = new AuditQuery { NewestFirst = true, StartTime = T0.AddSeconds(12), EndTime = T0.AddSeconds(17), Limit = 100 };
+        page = await AuditPages.ListAsync(store, early, 10, default);
+        Assert.Equal(new long[] { 16, 15, 14, 13, 12 }, page.Events.Select(e => e.Sequence));
+        Assert.Null(page.Next);
+
+        // A range no event is in: one empty page ends the listing, in either order.
+        var none = new AuditQuery { StartTime = T0.AddSeconds(1000), Limit = 100 };
+        Assert.Equal((0, 1), await CountAsync(none));
+        Assert.Equal((0, 1), await CountAsync(none with { NewestFirst = true }));
+
+        async Task<(int Events, int Pages)> CountAsync(AuditQuery query) => await ListAllAsync(store, query, 10) is var (listed, count) ? (listed.Count, count) : default;
+    }
+
+    [Fact]
+    public async Task SummariseAuditBlocks_TwiceAtOnce_EachBlockOnce_ListingsExact()
+    {
+        var store = await AuditAsync();
+        await store.AppendAuditAsync([.. Enumerable.Range(1, 100).Select(i => Entry(i) with { Time = T0.AddSeconds(100 - i) })], default);
+
+        // Two nodes (here, two calls with another block size) summarising the same stretch at once.
+        var both = await Task.WhenAll(store.SummariseAuditBlocksAsync(10, 100, default), store.SummariseAuditBlocksAsync(20, 100, default));
+        Assert.InRange(both.Sum(), 5, 10);
+        Assert.Equal(0, await store.SummariseAuditBlocksAsync(10, 100, default));
+
+        var query = new AuditQuery { StartTime = T0.AddSeconds(30), EndTime = T0.AddSeconds(41), Limit = 4 };
+        Assert.Equal(Enumerable.Range(60, 11).Select(i => (long)i), (await ListAllAsync(store, query, 5)).Events);
+        Assert.Equal(Enumerable.Range(60, 11).Reverse().Select(i => (long)i), (await ListAllAsync(store, query with { NewestFirst = true }, 5)).Events);
+    }
+
+    // Pages the listing to its end: its events, and how many pages it took.
+    private static async Task<(List<long> Events, int Pages)> ListAllAsync(IAuditStore store, AuditQuery query, long window)
+    {
+        var events = new List<long>();
+        var pages = 0;
+        for (var page = await AuditPages.ListAsync(store, query, window, default); ; page = await AuditPages.ListAsync(store, query.NewestFirst ? query with { BeforeSequence = page.Next!.Value } : query with { AfterSequence = page.Next!.Value }, window, default))
+        {
+            pages++;
+            events.AddRange(page.Events.Select(e => e.Sequence));
+            if (page.Next is null)
+            {
+                return (events, pages);
+            }
+
+            Assert.True(pages < 10_000, "hang guard: the listing never ended");
+        }
+    }
+
+    [Fact]
     public async Task List_PrefixAndSuffixFilters_ExactAboutCaseAndUnderscore()
     {
         var store = await AuditAsync();

@@ -37,6 +37,45 @@ public sealed class PostgresClusterTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task TwoNodes_SummarisingTheAuditLogWhileBothAppend_TimeRangedListingsExactOnEither()
+    {
+        // Both nodes append events whose times go back and forth, and summarise (blocks of 10 and
+        // of 7: two releases' settings) at the same time.
+        var nodes = new[] { await OpenAsync(), await OpenAsync() };
+        var appending = nodes.Select((node, n) => Task.Run(async () =>
+        {
+            for (var i = 0; i < 30; i++)
+            {
+                await node.AppendAuditAsync([.. Enumerable.Range(0, 3).Select(k => AuditStoreContract.Entry((i * 53 + k * 17 + n * 29) % 97))], default);
+                await node.SummariseAuditBlocksAsync(n == 0 ? 10 : 7, 3, default);
+            }
+        }));
+        await Task.WhenAll(appending);
+        await Task.WhenAll(nodes[0].SummariseAuditBlocksAsync(10, 100, default), nodes[1].SummariseAuditBlocksAsync(7, 100, default));
+
+        foreach (var node in nodes)
+        {
+            foreach (var newest in new[] { false, true })
+            {
+                var query = new AuditQuery { StartTime = new DateTimeOffset(2026, 11, 29, 12, 0, 40, TimeSpan.Zero), EndTime = new DateTimeOffset(2026, 11, 29, 12, 0, 50, TimeSpan.Zero), NewestFirst = newest, Limit = 4 };
+                var all = (await node.ListAuditEventsAsync(query with { Limit = 1000 }, default)).Select(e => e.Sequence).ToList();
+                Assert.NotEmpty(all);
+                var listed = new List<long>();
+                for (var page = await AuditPages.ListAsync(node, query, 9, default); ; page = await AuditPages.ListAsync(node, newest ? query with { BeforeSequence = page.Next!.Value } : query with { AfterSequence = page.Next!.Value }, 9, default))
+                {
+                    listed.AddRange(page.Events.Select(e => e.Sequence));
+                    if (page.Next is null)
+                    {
+                        break;
+                    }
+                }
+
+                Assert.Equal(all, listed);
+            }
+        }
+    }
+
+    [Fact]
     public async Task TwoNodes_ConcurrentGroupCommitsAndAuditedMutations_OneGapFreeChain()
     {
         var nodes = new[] { await OpenAsync(), await OpenAsync() };
@@ -162,7 +201,7 @@ public sealed class PostgresClusterTests : IAsyncLifetime
         {
             await connection.OpenAsync();
             await using var undo = connection.CreateCommand();
-            undo.CommandText = "DROP TABLE usage_flushes; ALTER TABLE audit_events DROP COLUMN key_versions; ALTER TABLE key_versions DROP COLUMN import_fingerprint; ALTER TABLE quorum_approvals DROP COLUMN sign_time; ALTER TABLE quorum_requests DROP COLUMN executing_node, DROP COLUMN credential_path, DROP COLUMN credential_revoke_time; ALTER TABLE principals DROP COLUMN delete_time; ALTER TABLE tenants DROP COLUMN delete_waiting_ms; ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 4";
+            undo.CommandText = "DROP TABLE audit_blocks; DROP TABLE usage_flushes; ALTER TABLE audit_events DROP COLUMN key_versions; ALTER TABLE key_versions DROP COLUMN import_fingerprint; ALTER TABLE quorum_approvals DROP COLUMN sign_time; ALTER TABLE quorum_requests DROP COLUMN executing_node, DROP COLUMN credential_path, DROP COLUMN credential_revoke_time; ALTER TABLE principals DROP COLUMN delete_time; ALTER TABLE tenants DROP COLUMN delete_waiting_ms; ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 4";
             await undo.ExecuteNonQueryAsync();
         }
 
@@ -184,7 +223,7 @@ public sealed class PostgresClusterTests : IAsyncLifetime
         {
             await connection.OpenAsync();
             await using var undo = connection.CreateCommand();
-            undo.CommandText = "DROP TABLE usage_flushes; DELETE FROM schema_migrations WHERE version >= 11";
+            undo.CommandText = "DROP TABLE audit_blocks; DROP TABLE usage_flushes; DELETE FROM schema_migrations WHERE version >= 11";
             await undo.ExecuteNonQueryAsync();
         }
 

@@ -515,7 +515,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         {
             await old.OpenAsync();
             await using var command = old.CreateCommand();
-            command.CommandText = "DROP TABLE usage_flushes; ALTER TABLE audit_events DROP COLUMN key_versions; DROP INDEX key_versions_import_material; ALTER TABLE key_versions DROP COLUMN import_fingerprint; ALTER TABLE quorum_approvals DROP COLUMN sign_time; ALTER TABLE quorum_requests DROP COLUMN executing_node; ALTER TABLE quorum_requests DROP COLUMN credential_path; ALTER TABLE quorum_requests DROP COLUMN credential_revoke_time; ALTER TABLE principals DROP COLUMN delete_time; ALTER TABLE tenants DROP COLUMN delete_waiting_ms; ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 10;";
+            command.CommandText = "DROP TABLE audit_blocks; DROP TABLE usage_flushes; ALTER TABLE audit_events DROP COLUMN key_versions; DROP INDEX key_versions_import_material; ALTER TABLE key_versions DROP COLUMN import_fingerprint; ALTER TABLE quorum_approvals DROP COLUMN sign_time; ALTER TABLE quorum_requests DROP COLUMN executing_node; ALTER TABLE quorum_requests DROP COLUMN credential_path; ALTER TABLE quorum_requests DROP COLUMN credential_revoke_time; ALTER TABLE principals DROP COLUMN delete_time; ALTER TABLE tenants DROP COLUMN delete_waiting_ms; ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 10;";
             await command.ExecuteNonQueryAsync();
         }
 
@@ -540,7 +540,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         {
             await old.OpenAsync();
             await using var command = old.CreateCommand();
-            command.CommandText = "DROP TABLE usage_flushes; DELETE FROM schema_migrations WHERE version >= 17;";
+            command.CommandText = "DROP TABLE audit_blocks; DROP TABLE usage_flushes; DELETE FROM schema_migrations WHERE version >= 17;";
             await command.ExecuteNonQueryAsync();
         }
 

@@ -28,4 +28,14 @@ public sealed record AuditOptions
     /// statement timeout, rolls back, and holds every writer meanwhile, pass after pass.
     /// </summary>
     public int MaxPrunedPerPass { get; init; } = 50_000;
+
+    /// <summary>
+    /// The events in one block of the log's time summary, which lets a listing with a time range
+    /// skip the blocks outside it (<see cref="AuditPages"/>): the audit housekeeping summarises
+    /// each block once it is written, at most <see cref="SummaryBlocksPerPass"/> a pass.
+    /// </summary>
+    public int SummaryBlockEvents { get; init; } = 10_000;
+
+    /// <summary>Most blocks one housekeeping pass summarises (each a read of a block's events along the primary key and one insert): a log written before it existed is caught up over passes.</summary>
+    public int SummaryBlocksPerPass { get; init; } = 20;
 }

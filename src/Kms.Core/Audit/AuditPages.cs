@@ -26,7 +26,13 @@ public sealed record AuditPage(IReadOnlyList<AuditEvent> Events, long? Next);
 /// (principal, seq) index (with no principal, the first event: past a pruned prefix), so a
 /// principal's listing skips the events of others between its own. Time, tenant, resource,
 /// operation and outcome have no index (each is another insert in the commit every audited call
-/// waits for), so they filter inside the window.
+/// waits for), so they filter inside the window. With a time range, the walk also starts past the
+/// blocks of the log whose time summary (a zone map, like PostgreSQL's BRIN, written by the audit
+/// housekeeping: <see cref="IAuditStore.SummariseAuditBlocksAsync"/>) rules the range out: at the
+/// first block that can hold a match (newest first, the last), or the unsummarised tail. Event
+/// times are not monotonic in sequence (nodes' clocks differ; a time is taken before the group
+/// commit orders the batch), so a block is skipped only when none of its events' times is in the
+/// range, never by a search on the time column, which could step over one.
 /// </remarks>
 public static class AuditPages
 {
@@ -87,17 +93,49 @@ public static class AuditPages
         return new(events, after > query.AfterSequence && await LastCandidateBeforeAsync(store, query, from, cancellationToken) is not null ? from : null);
     }
 
-    // The first event after `after` that the query's indexed filter (its principal) allows, and
-    // its bounds: one index lookup.
-    private static async Task<long?> FirstCandidateAfterAsync(IAuditStore store, AuditQuery query, long after, CancellationToken cancellationToken) =>
-        after + 1 >= query.BeforeSequence ? null
-            : await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = after, BeforeSequence = query.BeforeSequence, Principal = query.Principal, Limit = 1 }, cancellationToken) is [var found]
-                ? found.Sequence
-                : null;
+    // The first event after `after` that the query's indexed filter (its principal) allows, past
+    // the blocks whose time summary rules the query's time range out: an index lookup or two.
+    private static async Task<long?> FirstCandidateAfterAsync(IAuditStore store, AuditQuery query, long after, CancellationToken cancellationToken)
+    {
+        if (after + 1 >= query.BeforeSequence)
+        {
+            return null;
+        }
 
-    private static async Task<long?> LastCandidateBeforeAsync(IAuditStore store, AuditQuery query, long before, CancellationToken cancellationToken) =>
-        before - 1 <= query.AfterSequence ? null
-            : await store.ListAuditEventsAsync(new AuditQuery { NewestFirst = true, BeforeSequence = before, AfterSequence = query.AfterSequence, Principal = query.Principal, Limit = 1 }, cancellationToken) is [var found]
-                ? found.Sequence
-                : null;
+        if (query.StartTime is not null || query.EndTime is not null)
+        {
+            if (await store.FindAuditWalkStartAsync(query with { AfterSequence = after, NewestFirst = false }, cancellationToken) is not { } start)
+            {
+                return null;
+            }
+
+            after = Math.Max(after, start - 1);
+        }
+
+        return await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = after, BeforeSequence = query.BeforeSequence, Principal = query.Principal, Limit = 1 }, cancellationToken) is [var found]
+            ? found.Sequence
+            : null;
+    }
+
+    private static async Task<long?> LastCandidateBeforeAsync(IAuditStore store, AuditQuery query, long before, CancellationToken cancellationToken)
+    {
+        if (before - 1 <= query.AfterSequence)
+        {
+            return null;
+        }
+
+        if (query.StartTime is not null || query.EndTime is not null)
+        {
+            if (await store.FindAuditWalkStartAsync(query with { BeforeSequence = before, NewestFirst = true }, cancellationToken) is not { } start)
+            {
+                return null;
+            }
+
+            before = Math.Min(before, start + 1);
+        }
+
+        return await store.ListAuditEventsAsync(new AuditQuery { NewestFirst = true, BeforeSequence = before, AfterSequence = query.AfterSequence, Principal = query.Principal, Limit = 1 }, cancellationToken) is [var found]
+            ? found.Sequence
+            : null;
+    }
 }

@@ -25,6 +25,33 @@ public interface IAuditStore
     /// </remarks>
     Task<IReadOnlyList<AuditEvent>> ListAuditEventsAsync(AuditQuery query, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Where a walk of the log for the query's time range (<see cref="AuditQuery.StartTime"/>,
+    /// <see cref="AuditQuery.EndTime"/>) can start, by the time summary of the log's blocks
+    /// (<see cref="SummariseAuditBlocksAsync"/>): oldest first, the lowest sequence number between
+    /// the query's bounds (<see cref="AuditQuery.AfterSequence"/>, <see cref="AuditQuery.BeforeSequence"/>)
+    /// that no summarised block rules out; newest first, the highest. It need not be an event's.
+    /// Null when the summaries rule out every sequence number between the bounds.
+    /// </summary>
+    /// <remarks>
+    /// A block is ruled out when the time column of none of its events (its least and greatest
+    /// time) is in the range; sequence numbers no block covers (the unsummarised tail) never are.
+    /// So no event whose time column is in the range lies between the bound and the answer, and a
+    /// walk that starts there misses none that the time filter would return.
+    /// </remarks>
+    Task<long?> FindAuditWalkStartAsync(AuditQuery query, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Summarises the log's next complete blocks, each of <paramref name="blockEvents"/>
+    /// sequence numbers from the one after the last block summarised (or the oldest event), with
+    /// the least and greatest time column of its events, at most <paramref name="maxBlocks"/> of
+    /// them. A block is complete when its last sequence number is written: sequence numbers are
+    /// gap-free and committed in order, so every event of it is. A block already summarised (by
+    /// another node, with another block size) is left as it is.
+    /// </summary>
+    /// <returns>How many blocks this call summarised (one another call stored first is not counted).</returns>
+    Task<int> SummariseAuditBlocksAsync(int blockEvents, int maxBlocks, CancellationToken cancellationToken);
+
     /// <summary>Stores a signed checkpoint.</summary>
     Task AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken);
 
@@ -40,7 +67,7 @@ public interface IAuditStore
     /// <summary>
     /// Deletes the events up to and including <paramref name="throughSequence"/>, which must
     /// be a checkpoint's sequence (that checkpoint stays, anchoring what remains), and the
-    /// checkpoints before it.
+    /// checkpoints before it, and the time summaries of blocks that end there or before.
     /// </summary>
     /// <returns>How many events were deleted.</returns>
     Task<long> PruneAuditAsync(long throughSequence, CancellationToken cancellationToken);

@@ -323,7 +323,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         }
     }
 
-    /// <summary>Closes due refusal windows, forwards new events, signs a checkpoint if due. Failures wait for the next tick.</summary>
+    /// <summary>Closes due refusal windows, forwards new events, summarises the blocks written (on the leader), signs a checkpoint if due. Failures wait for the next tick.</summary>
     public async Task RunHousekeepingAsync(CancellationToken cancellationToken)
     {
         try
@@ -362,6 +362,18 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             if (lease is not null && !await lease.HoldAsync(cancellationToken))
             {
                 return;
+            }
+
+            try
+            {
+                // The time summary of the blocks written since the last pass (AuditPages): the
+                // leader's too, though a block two nodes summarise is stored once either way.
+                await store.SummariseAuditBlocksAsync(Math.Max(1, options.SummaryBlockEvents), Math.Max(1, options.SummaryBlocksPerPass), cancellationToken);
+            }
+            catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+            {
+                // Listings with a time range walk the unsummarised blocks meanwhile; the checkpoint is signed all the same.
+                HousekeepingFailed?.Invoke(e);
             }
 
             await AdoptLatestCheckpointAsync(cancellationToken);

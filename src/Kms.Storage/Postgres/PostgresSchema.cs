@@ -267,5 +267,14 @@ internal static class PostgresSchema
                 time     BIGINT NOT NULL
             );
             """, CompatibleFrom: 4),
+        new(12, """
+            -- The time summary of the audit log, as SQLite's migration 18 (additive, like it).
+            CREATE TABLE audit_blocks (
+                first_seq BIGINT PRIMARY KEY,
+                last_seq  BIGINT NOT NULL,
+                min_time  BIGINT NOT NULL,
+                max_time  BIGINT NOT NULL
+            );
+            """, CompatibleFrom: 4),
     ];
 }

@@ -93,6 +93,106 @@ public abstract partial class SqlStore
     }
 
     /// <inheritdoc />
+    /// <remarks>
+    /// One statement: the first (last) block past the bound whose time range meets the query's,
+    /// the tail past the last block (newest first, its newest event before the bound), and the
+    /// stretch before the first block (a block pruned by a
+    /// server that predates the summary leaves it behind, harmlessly). Every event between the
+    /// first block and the last lies in a block (each is summarised from the one after the
+    /// greatest block summarised, or the oldest event), and a block's row is the least and greatest
+    /// time column of the events in it, which are immutable once it is complete.
+    /// </remarks>
+    public Task<long?> FindAuditWalkStartAsync(AuditQuery query, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(query);
+        (string, object)[] parameters =
+        [
+            ("@after", query.AfterSequence), ("@before", query.BeforeSequence),
+            ("@start", query.StartTime?.ToUnixTimeMilliseconds() ?? long.MinValue), ("@end", query.EndTime?.ToUnixTimeMilliseconds() ?? long.MaxValue),
+        ];
+        return ReadAsync<long?>(async connection =>
+        {
+            if (!query.NewestFirst)
+            {
+                await using var oldest = Command(connection, """
+                    SELECT min(s) FROM (
+                        SELECT min(first_seq) AS s FROM audit_blocks WHERE last_seq > @after AND max_time >= @start AND min_time < @end
+                        UNION ALL SELECT coalesce(max(last_seq), 0) + 1 FROM audit_blocks
+                        UNION ALL SELECT @after + 1 WHERE @after + 1 < (SELECT min(first_seq) FROM audit_blocks)) c
+                    """, parameters);
+                var first = Math.Max(Convert.ToInt64(await oldest.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture), query.AfterSequence + 1);
+                return first < query.BeforeSequence ? first : null;
+            }
+
+            await using var newest = Command(connection, """
+                SELECT max(s) FROM (
+                    SELECT max(last_seq) AS s FROM audit_blocks WHERE first_seq < @before AND max_time >= @start AND min_time < @end
+                    UNION ALL SELECT max(seq) FROM audit_events WHERE seq < @before AND seq > (SELECT coalesce(max(last_seq), 0) FROM audit_blocks)
+                    UNION ALL SELECT min(first_seq) - 1 FROM audit_blocks) c
+                """, parameters);
+            var last = await newest.ExecuteScalarAsync(cancellationToken) is { } found and not DBNull
+                ? Math.Min(Convert.ToInt64(found, CultureInfo.InvariantCulture), query.BeforeSequence - 1)
+                : query.AfterSequence;
+            return last > query.AfterSequence ? last : null;
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// The block's events are read outside the write lock (they are immutable once its last is
+    /// committed); only the insert takes it, and inserts nothing where a block already starts.
+    /// </remarks>
+    public async Task<int> SummariseAuditBlocksAsync(int blockEvents, int maxBlocks, CancellationToken cancellationToken)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(blockEvents, 1);
+        var summarised = 0;
+        for (var step = 0; step < maxBlocks; step++)
+        {
+            var block = await ReadAsync(async connection =>
+            {
+                long first;
+                await using (var next = Command(connection, "SELECT (SELECT max(last_seq) FROM audit_blocks), (SELECT min(seq) FROM audit_events)"))
+                await using (var reader = await next.ExecuteReaderAsync(cancellationToken))
+                {
+                    if (!await reader.ReadAsync(cancellationToken) || reader.IsDBNull(1))
+                    {
+                        return ((long First, long Last, long MinTime, long MaxTime)?)null;
+                    }
+
+                    // After the last block; after a prune past it, from the oldest event.
+                    first = Math.Max(reader.IsDBNull(0) ? 0 : reader.GetInt64(0) + 1, reader.GetInt64(1));
+                }
+
+                var last = first + blockEvents - 1;
+                await using var summary = Command(connection, "SELECT max(seq), min(time), max(time) FROM audit_events WHERE seq >= @first AND seq <= @last", ("@first", first), ("@last", last));
+                await using var rows = await summary.ExecuteReaderAsync(cancellationToken);
+                await rows.ReadAsync(cancellationToken);
+                return !rows.IsDBNull(0) && rows.GetInt64(0) == last ? (first, last, rows.GetInt64(1), rows.GetInt64(2)) : null;
+            }, cancellationToken);
+            if (block is not { } complete)
+            {
+                break;
+            }
+
+            var inserted = await WriteAsync(
+                (connection, transaction) => ExecuteInAsync(
+                    connection,
+                    transaction,
+                    "INSERT INTO audit_blocks (first_seq, last_seq, min_time, max_time) VALUES (@first, @last, @min, @max) ON CONFLICT (first_seq) DO NOTHING",
+                    cancellationToken,
+                    ("@first", complete.First),
+                    ("@last", complete.Last),
+                    ("@min", complete.MinTime),
+                    ("@max", complete.MaxTime)),
+                cancellationToken,
+                announce: false);
+            summarised += inserted ? 1 : 0;
+        }
+
+        return summarised;
+    }
+
+    /// <inheritdoc />
     public Task AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(checkpoint);
@@ -147,6 +247,13 @@ public abstract partial class SqlStore
             {
                 checkpoints.Transaction = transaction;
                 await checkpoints.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            // A block the cut ends inside stays: its times still bound those of its remaining events.
+            await using (var blocks = Command(connection, "DELETE FROM audit_blocks WHERE last_seq <= @seq", ("@seq", throughSequence)))
+            {
+                blocks.Transaction = transaction;
+                await blocks.ExecuteNonQueryAsync(cancellationToken);
             }
 
             await using var events = Command(connection, "DELETE FROM audit_events WHERE seq <= @seq", ("@seq", throughSequence));

@@ -318,6 +318,20 @@ internal static class SqliteSchema
                 time     INTEGER NOT NULL      -- when that flush was made (the node's clock, ms)
             ) STRICT;
             """, CompatibleFrom: 10),
+        new(18, """
+            -- The time summary of the audit log (a zone map, like PostgreSQL's BRIN): per block of
+            -- events, its sequence range and the least and greatest time column of its events, written
+            -- by the audit housekeeping once the block is complete, off the commit every audited call
+            -- waits for. A listing with a time range skips the blocks outside it (AuditPages); the
+            -- unsummarised tail is read as before. Additive: a schema-10 to -17 server never reads it,
+            -- and its prunes leave the blocks they cut behind, which only cost a listing a step.
+            CREATE TABLE audit_blocks (
+                first_seq INTEGER PRIMARY KEY,
+                last_seq  INTEGER NOT NULL,
+                min_time  INTEGER NOT NULL,  -- Unix milliseconds, as audit_events.time
+                max_time  INTEGER NOT NULL
+            ) STRICT;
+            """, CompatibleFrom: 10),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;

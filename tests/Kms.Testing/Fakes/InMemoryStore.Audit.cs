@@ -12,6 +12,9 @@ public sealed partial class InMemoryStore : IAuditStore
 {
     private readonly List<AuditEvent> _audit = [];
     private readonly List<AuditCheckpoint> _checkpoints = [];
+
+    // The time summary (first sequence, last, least and greatest time), by first sequence, as the SQL stores keep it.
+    private readonly SortedList<long, (long Last, DateTimeOffset MinTime, DateTimeOffset MaxTime)> _blocks = [];
     private AuditHead _anchor = AuditChain.Empty;
 
     /// <summary>When set, audit appends fail as an unreachable database does.</summary>
@@ -131,8 +134,77 @@ public sealed partial class InMemoryStore : IAuditStore
             var anchor = _checkpoints.Single(c => c.Sequence == throughSequence);
             _checkpoints.RemoveAll(c => c.Sequence < throughSequence);
             var removed = _audit.RemoveAll(e => e.Sequence <= throughSequence);
+            foreach (var cut in _blocks.Where(b => b.Value.Last <= throughSequence).Select(b => b.Key).ToList())
+            {
+                _blocks.Remove(cut);
+            }
+
             _anchor = new AuditHead(anchor.Sequence, anchor.HeadHash);
             return Task.FromResult((long)removed);
+        }
+    }
+
+    /// <summary>How often <see cref="FindAuditWalkStartAsync"/> was asked (tests).</summary>
+    public int AuditWalkStarts { get; private set; }
+
+    public Task<long?> FindAuditWalkStartAsync(AuditQuery query, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(query);
+        lock (_lock)
+        {
+            AuditWalkStarts++;
+            var start = query.StartTime ?? DateTimeOffset.MinValue;
+            var end = query.EndTime ?? DateTimeOffset.MaxValue;
+            bool Meets((long Last, DateTimeOffset MinTime, DateTimeOffset MaxTime) b) => b.MaxTime >= start && b.MinTime < end;
+            var firstBlock = _blocks.Count > 0 ? _blocks.Keys[0] : (long?)null;
+            var lastBlock = _blocks.Count > 0 ? _blocks.Values.Max(b => b.Last) : 0;
+            if (!query.NewestFirst)
+            {
+                // The first block past the bound that meets the range, the tail, or before the first block.
+                List<long> firsts = [.. _blocks.Where(b => b.Value.Last > query.AfterSequence && Meets(b.Value)).Select(b => b.Key), lastBlock + 1];
+                if (firstBlock is { } f && query.AfterSequence + 1 < f)
+                {
+                    firsts.Add(query.AfterSequence + 1);
+                }
+
+                var first = Math.Max(firsts.Min(), query.AfterSequence + 1);
+                return Task.FromResult(first < query.BeforeSequence ? first : (long?)null);
+            }
+
+            // The last block before the bound that meets the range, the tail's newest event before it, or before the first block.
+            List<long> lasts = [.. _blocks.Where(b => b.Key < query.BeforeSequence && Meets(b.Value)).Select(b => b.Value.Last), query.AfterSequence];
+            lasts.AddRange(_audit.Where(e => e.Sequence > lastBlock && e.Sequence < query.BeforeSequence).Select(e => e.Sequence).TakeLast(1));
+            if (firstBlock is { } g)
+            {
+                lasts.Add(g - 1);
+            }
+
+            var last = Math.Min(lasts.Max(), query.BeforeSequence - 1);
+            return Task.FromResult(last > query.AfterSequence ? last : (long?)null);
+        }
+    }
+
+    public Task<int> SummariseAuditBlocksAsync(int blockEvents, int maxBlocks, CancellationToken cancellationToken)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(blockEvents, 1);
+        lock (_lock)
+        {
+            var summarised = 0;
+            while (summarised < maxBlocks && _audit.Count > 0)
+            {
+                var first = Math.Max(_blocks.Count > 0 ? _blocks.Values.Max(b => b.Last) + 1 : 0, _audit[0].Sequence);
+                var last = first + blockEvents - 1;
+                if (_audit[^1].Sequence < last)
+                {
+                    break;
+                }
+
+                var block = _audit.Where(e => e.Sequence >= first && e.Sequence <= last).ToList();
+                _blocks.TryAdd(first, (last, block.Min(e => e.Entry.Time), block.Max(e => e.Entry.Time)));
+                summarised++;
+            }
+
+            return Task.FromResult(summarised);
         }
     }
 
