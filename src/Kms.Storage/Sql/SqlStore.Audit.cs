@@ -139,57 +139,76 @@ public abstract partial class SqlStore
 
     /// <inheritdoc />
     /// <remarks>
-    /// The block's events are read outside the write lock (they are immutable once its last is
-    /// committed); only the insert takes it, and inserts nothing where a block already starts.
+    /// The blocks' events are read outside the write lock (they are immutable once the block's
+    /// last is committed), each block a statement along the primary key; the blocks read are
+    /// inserted in one write transaction (one commit a pass, whatever the backlog), which inserts
+    /// nothing where a block already starts. Another node's blocks, written meanwhile from the same
+    /// point with another size, overlap these without a hole: each still bounds the times of the
+    /// events in it.
     /// </remarks>
     public async Task<int> SummariseAuditBlocksAsync(int blockEvents, int maxBlocks, CancellationToken cancellationToken)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(blockEvents, 1);
-        var summarised = 0;
-        for (var step = 0; step < maxBlocks; step++)
+        var blocks = await ReadAsync(async connection =>
         {
-            var block = await ReadAsync(async connection =>
+            var read = new List<(long First, long Last, long MinTime, long MaxTime)>();
+            long first;
+            await using (var next = Command(connection, "SELECT (SELECT max(last_seq) FROM audit_blocks), (SELECT min(seq) FROM audit_events)"))
+            await using (var reader = await next.ExecuteReaderAsync(cancellationToken))
             {
-                long first;
-                await using (var next = Command(connection, "SELECT (SELECT max(last_seq) FROM audit_blocks), (SELECT min(seq) FROM audit_events)"))
-                await using (var reader = await next.ExecuteReaderAsync(cancellationToken))
+                if (!await reader.ReadAsync(cancellationToken) || reader.IsDBNull(1))
                 {
-                    if (!await reader.ReadAsync(cancellationToken) || reader.IsDBNull(1))
-                    {
-                        return ((long First, long Last, long MinTime, long MaxTime)?)null;
-                    }
-
-                    // After the last block; after a prune past it, from the oldest event.
-                    first = Math.Max(reader.IsDBNull(0) ? 0 : reader.GetInt64(0) + 1, reader.GetInt64(1));
+                    return read;
                 }
 
-                var last = first + blockEvents - 1;
-                await using var summary = Command(connection, "SELECT max(seq), min(time), max(time) FROM audit_events WHERE seq >= @first AND seq <= @last", ("@first", first), ("@last", last));
-                await using var rows = await summary.ExecuteReaderAsync(cancellationToken);
-                await rows.ReadAsync(cancellationToken);
-                return !rows.IsDBNull(0) && rows.GetInt64(0) == last ? (first, last, rows.GetInt64(1), rows.GetInt64(2)) : null;
-            }, cancellationToken);
-            if (block is not { } complete)
-            {
-                break;
+                // After the last block; after a prune past it, from the oldest event.
+                first = Math.Max(reader.IsDBNull(0) ? 0 : reader.GetInt64(0) + 1, reader.GetInt64(1));
             }
 
-            var inserted = await WriteAsync(
-                (connection, transaction) => ExecuteInAsync(
-                    connection,
-                    transaction,
-                    "INSERT INTO audit_blocks (first_seq, last_seq, min_time, max_time) VALUES (@first, @last, @min, @max) ON CONFLICT (first_seq) DO NOTHING",
-                    cancellationToken,
-                    ("@first", complete.First),
-                    ("@last", complete.Last),
-                    ("@min", complete.MinTime),
-                    ("@max", complete.MaxTime)),
-                cancellationToken,
-                announce: false);
-            summarised += inserted ? 1 : 0;
+            await using var summary = Command(connection, "SELECT max(seq), min(time), max(time) FROM audit_events WHERE seq >= @first AND seq <= @last", ("@first", 0L), ("@last", 0L));
+            while (read.Count < maxBlocks)
+            {
+                var last = first + blockEvents - 1;
+                summary.Parameters[0].Value = first;
+                summary.Parameters[1].Value = last;
+                await using var rows = await summary.ExecuteReaderAsync(cancellationToken);
+                if (!await rows.ReadAsync(cancellationToken) || rows.IsDBNull(0) || rows.GetInt64(0) != last)
+                {
+                    break; // not complete yet
+                }
+
+                read.Add((first, last, rows.GetInt64(1), rows.GetInt64(2)));
+                first = last + 1;
+            }
+
+            return read;
+        }, cancellationToken);
+        if (blocks.Count == 0)
+        {
+            return 0;
         }
 
-        return summarised;
+        return await WriteAsync(
+            async (connection, transaction) =>
+            {
+                var inserted = 0;
+                foreach (var block in blocks)
+                {
+                    inserted += await ExecuteInAsync(
+                        connection,
+                        transaction,
+                        "INSERT INTO audit_blocks (first_seq, last_seq, min_time, max_time) VALUES (@first, @last, @min, @max) ON CONFLICT (first_seq) DO NOTHING",
+                        cancellationToken,
+                        ("@first", block.First),
+                        ("@last", block.Last),
+                        ("@min", block.MinTime),
+                        ("@max", block.MaxTime)) ? 1 : 0;
+                }
+
+                return inserted;
+            },
+            cancellationToken,
+            announce: false);
     }
 
     /// <inheritdoc />
