@@ -13,7 +13,8 @@ namespace Kms.Bench;
 /// store's statement unbounded (as every page ran before <see cref="AuditPages"/>: from the
 /// cursor to the end of the log) against one bounded page, and the whole bounded listing.
 /// The log is <c>events</c> GenerateDataKey-shaped events of tenant <c>dev</c>, one of them (near
-/// the end) of operation <c>DestroyKeyVersion</c>; one of tenant <c>small</c> there too.
+/// the end) of operation <c>DestroyKeyVersion</c>; one of tenant <c>small</c> there too. Then
+/// time ranges (events a millisecond apart), before and after the log's time summary is written.
 /// </summary>
 internal static class AuditPageBench
 {
@@ -25,12 +26,13 @@ internal static class AuditPageBench
             var path = Path.Combine(root, "kms.db");
             await (await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = path }, default)).DisposeAsync();
             var filling = Stopwatch.StartNew();
+            var t0 = DateTimeOffset.UtcNow.AddDays(-1);
+            DateTimeOffset Time(int i) => t0.AddMilliseconds(i); // the i-th event's (from 0)
             await using (var connection = new SqliteConnection($"Data Source={path};Pooling=False"))
             {
                 await connection.OpenAsync();
                 await using var transaction = await connection.BeginTransactionAsync();
                 var head = AuditChain.Empty;
-                var t0 = DateTimeOffset.UtcNow.AddDays(-1);
                 foreach (var chunk in Enumerable.Range(0, events).Chunk(10_000))
                 {
                     var written = await SqlStore.InsertEventRowsAsync(connection, head, [.. chunk.Select(i => Entry(i, events, t0))], default);
@@ -42,35 +44,35 @@ internal static class AuditPageBench
 
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{events:N0} events written in {filling.Elapsed.TotalSeconds:F1} s"));
             await using var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = path }, default);
+
+            // The sparse filters, then the time ranges twice: before the log is summarised (the walk
+            // as it was: no block to skip) and after (blocks of 10,000, as the audit housekeeping writes them).
             Console.WriteLine("| filter | unbounded page (before) ms | bounded page (after) ms | events / token of the first bounded page | whole bounded listing: pages, ms |");
             Console.WriteLine("|---|---:|---:|---|---:|");
-            foreach (var (label, query) in new (string, AuditQuery)[]
-            {
+            (string, AuditQuery)[] sparse =
+            [
                 ("operation DestroyKeyVersion (1 event, near the end)", new AuditQuery { Operation = "DestroyKeyVersion" }),
                 ("tenant small (1 event, near the end)", new AuditQuery { Tenant = "small" }),
                 ("outcome PERMISSION_DENIED (none)", new AuditQuery { Outcome = "PERMISSION_DENIED" }),
                 ("operation DestroyKeyVersion, newest first", new AuditQuery { Operation = "DestroyKeyVersion", NewestFirst = true }),
-            })
+            ];
+            (string, AuditQuery)[] ranges =
+            [
+                ("the last 1,000 ms of the log (1,000 events), oldest first", new AuditQuery { StartTime = Time(events - 1000) }),
+                ("1,000 ms in the middle, oldest first", new AuditQuery { StartTime = Time(events / 2), EndTime = Time((events / 2) + 1000) }),
+                ("the first 1,000 ms of the log, newest first", new AuditQuery { EndTime = Time(1000), NewestFirst = true }),
+            ];
+            await MeasureAsync(store, sparse, "");
+            await MeasureAsync(store, ranges, ", not summarised");
+            var summarising = Stopwatch.StartNew();
+            var blocks = 0;
+            for (int written; (written = await store.SummariseAuditBlocksAsync(new AuditOptions().SummaryBlockEvents, 100, default)) > 0;)
             {
-                await store.ListAuditEventsAsync(query, default); // warm: the page cache holds the table for both
-                var unbounded = await MedianAsync(() => store.ListAuditEventsAsync(query, default));
-                AuditPage? first = null;
-                var bounded = await MedianAsync(async () => first = await AuditPages.ListAsync(store, query, AuditPages.DefaultScanWindow, default));
-                var whole = Stopwatch.StartNew();
-                var pages = 0;
-                for (var page = first!; ; pages++)
-                {
-                    if (page.Next is not { } next)
-                    {
-                        break;
-                    }
-
-                    page = await AuditPages.ListAsync(store, query.NewestFirst ? query with { BeforeSequence = next } : query with { AfterSequence = next }, AuditPages.DefaultScanWindow, default);
-                }
-
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {label} | {unbounded:F1} | {bounded:F1} | {first!.Events.Count} / {first.Next?.ToString(CultureInfo.InvariantCulture) ?? "none"} | {pages + 1}, {whole.Elapsed.TotalMilliseconds + bounded:F0} |"));
+                blocks += written;
             }
+
+            await MeasureAsync(store, ranges, ", summarised");
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{blocks:N0} blocks summarised in {summarising.Elapsed.TotalSeconds:F1} s"));
         }
         finally
         {
@@ -79,6 +81,31 @@ internal static class AuditPageBench
         }
 
         return 0;
+    }
+
+    private static async Task MeasureAsync(SqliteStore store, (string Label, AuditQuery Query)[] filters, string suffix)
+    {
+        foreach (var (label, query) in filters)
+        {
+            await store.ListAuditEventsAsync(query, default); // warm: the page cache holds the table for both
+            var unbounded = await MedianAsync(() => store.ListAuditEventsAsync(query, default));
+            AuditPage? first = null;
+            var bounded = await MedianAsync(async () => first = await AuditPages.ListAsync(store, query, AuditPages.DefaultScanWindow, default));
+            var whole = Stopwatch.StartNew();
+            var pages = 0;
+            for (var page = first!; ; pages++)
+            {
+                if (page.Next is not { } next)
+                {
+                    break;
+                }
+
+                page = await AuditPages.ListAsync(store, query.NewestFirst ? query with { BeforeSequence = next } : query with { AfterSequence = next }, AuditPages.DefaultScanWindow, default);
+            }
+
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {label}{suffix} | {unbounded:F1} | {bounded:F1} | {first!.Events.Count} / {first.Next?.ToString(CultureInfo.InvariantCulture) ?? "none"} | {pages + 1}, {whole.Elapsed.TotalMilliseconds + bounded:F0} |"));
+        }
     }
 
     private static async Task<double> MedianAsync(Func<Task> run)
