@@ -589,7 +589,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             Assert.Contains($"the audit chain in the database (head {dumpHead}) does not pass through checkpoint {signed} that this node signed ({checkpoints})", refused.Message, StringComparison.Ordinal);
             Assert.Contains("kms backup reapply-destructions", refused.Message, StringComparison.Ordinal);
             Assert.Contains("--Kms:Audit:AcceptRollback=true", refused.Message, StringComparison.Ordinal);
-            Assert.Contains("move the file aside (checkpoints.jsonl.replaced-TIME)", refused.Message, StringComparison.Ordinal);
+            Assert.Contains("checkpoints.jsonl.replaced-TIME and head.json.replaced-TIME", refused.Message, StringComparison.Ordinal);
             Assert.Contains("Id: 1318", logs.AllText, StringComparison.Ordinal);
 
             // Re-applied from the export alone: it ends before the checkpoint signed at the stop,
@@ -646,6 +646,124 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             File.Delete(stream);
             File.Delete(exportPath);
             File.Delete(copy);
+        }
+    }
+
+    // A node started on a re-application alone signs nothing (1309), so its checkpoints.jsonl keeps
+    // the checkpoint from before the first rollback, and every later dump of the restored database
+    // holds that re-application's event, which still covers the checkpoint and is later than it.
+    // Before, such a dump copied back with nothing re-applied let the node start and serve a
+    // version destroyed after that dump. Its record of the head it last saw (head.json, written as
+    // the head moves and at the stop) is past the dump: refused until a re-application recorded
+    // since reaches it.
+    [Fact]
+    public async Task Start_HeldOnAReapplication_ALaterDumpOfTheRestoredDatabaseCopiedBack_NothingReapplied_Refused_UntilReapplied()
+    {
+        var stream = TempPath("kms-stream-", ".jsonl");
+        var first = TempPath("kms-copy-", ".db");
+        var second = TempPath("kms-copy-", ".db");
+        string[] args = [$"--Kms:Quorum:GenesisFile={_genesisPath}", "--Lifecycle:MinWaitingPeriod=00:00:01", "--Lifecycle:JobInterval=01:00:00", $"--Kms:Audit:StreamPath={stream}"];
+        var (token, dataDir) = (_server.Token, _server.DataDir);
+        var database = Path.Combine(dataDir, "kms.db");
+        var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
+        var seenHead = Path.Combine(dataDir, "audit", "head.json");
+        async Task<long> DumpAsync(string copy)
+        {
+            await _server.DisposeAsync();
+            SqliteStore.ReleasePooledConnections();
+            await SqliteStore.FoldWriteAheadLogAsync(database, CancellationToken.None);
+            File.Copy(database, copy);
+            return await AuditHeadAsync(copy);
+        }
+
+        void PutBack(string copy)
+        {
+            SqliteStore.ReleasePooledConnections();
+            foreach (var suffix in new[] { "-wal", "-shm" })
+            {
+                File.Delete(database + suffix);
+            }
+
+            File.Copy(copy, database, overwrite: true);
+        }
+
+        async Task ReapplyFromTheStreamAsync()
+        {
+            SqliteStore.ReleasePooledConnections();
+            await using (var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = database }, default))
+            {
+                await BackupRestore.ReapplyFromLogsAsync(restored, [stream], null, null, CancellationToken.None);
+            }
+
+            SqliteStore.ReleasePooledConnections();
+        }
+
+        async Task<(string Key, byte[] Doomed)> KeyWithTwoVersionsAsync(string name)
+        {
+            using var developer = _server.CreateClient();
+            var key = (await developer.CreateKeyAsync("tenants/dev", name)).Name;
+            var doomed = (await developer.EncryptAsync(key, "v1 secret"u8.ToArray())).Ciphertext;
+            await developer.RotateKeyAsync(key);
+            return (key, doomed);
+        }
+
+        async Task DestroyAsync(string key)
+        {
+            using var developer = _server.CreateClient();
+            using var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-" + Guid.NewGuid().ToString("N")[..8], null, "security-officer"));
+            await DestroyFirstVersionNowAsync(developer, officer, key);
+        }
+
+        try
+        {
+            // The first rollback: a dump, a destruction and a checkpoint after it, the dump put
+            // back and re-applied from the stream: the node starts, held at its checkpoint.
+            await _server.DisposeAsync();
+            _server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
+            var (key, _) = await KeyWithTwoVersionsAsync("first");
+            await DumpAsync(first);
+            _server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
+            await DestroyAsync(key);
+            await _server.DisposeAsync();
+            var signed = Kms.Core.Audit.AuditExport.ParseCheckpoint((await File.ReadAllLinesAsync(checkpoints))[^1])!.Sequence;
+            PutBack(first);
+            await ReapplyFromTheStreamAsync();
+            _server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
+            Assert.Contains($"does not pass through checkpoint {signed}", _server.Logs.AllText, StringComparison.Ordinal); // 1309: held
+
+            // Served on so: a second dump (it holds the re-application's event), a version
+            // destroyed after it, the node stopped (it signs nothing: its checkpoint stays).
+            var (later, doomed) = await KeyWithTwoVersionsAsync("second");
+            var dumpHead = await DumpAsync(second);
+            _server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
+            await DestroyAsync(later);
+            await _server.DisposeAsync();
+            Assert.Equal(signed, Kms.Core.Audit.AuditExport.ParseCheckpoint((await File.ReadAllLinesAsync(checkpoints))[^1])!.Sequence);
+            var seen = Kms.Core.Services.SeenHead.Parse(await File.ReadAllBytesAsync(seenHead))!.Head.Sequence;
+            Assert.True(seen > dumpHead, $"head {seen} recorded past the second dump's head {dumpHead}");
+
+            // The second dump put back, nothing re-applied: refused, naming the head it saw.
+            PutBack(second);
+            var (refusal, logs) = await KmsTestServer.StartRefusedAsync(token, dataDir, args);
+            var refused = Assert.IsType<KmsException>(refusal);
+            Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+            Assert.Contains($"the audit chain in the database (head {dumpHead}) does not pass through the head this node last saw, event {seen} ({seenHead})", refused.Message, StringComparison.Ordinal);
+            Assert.Contains("--Kms:Audit:AcceptRollback=true", refused.Message, StringComparison.Ordinal);
+            Assert.Contains("checkpoints.jsonl.replaced-TIME and head.json.replaced-TIME", refused.Message, StringComparison.Ordinal);
+            Assert.Contains("Id: 1318", logs.AllText, StringComparison.Ordinal);
+
+            // Re-applied from the stream, which reaches it: the node starts, the version stays destroyed.
+            await ReapplyFromTheStreamAsync();
+            _server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
+            using var client = _server.CreateClient();
+            var destroyed = await Assert.ThrowsAsync<RpcException>(() => client.DecryptAsync(doomed));
+            Assert.Contains("DESTROYED", destroyed.Status.Detail, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(stream);
+            File.Delete(first);
+            File.Delete(second);
         }
     }
 

@@ -28,6 +28,8 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
 
     private string CheckpointsPath => Path.Combine(_directory, "audit", "checkpoints.jsonl");
 
+    private string HeadPath => Path.Combine(_directory, "audit", "head.json");
+
     public async Task InitializeAsync()
     {
         _store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath }, default);
@@ -270,6 +272,46 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         var unreadable = await Assert.ThrowsAsync<KmsException>(async () => await (await StartAsync(_store, _hsm)).RequireOwnRecordAsync(CheckpointsPath, default));
         Assert.Equal(KmsErrorCode.FailedPrecondition, unreadable.Code);
         Assert.Contains($"{CheckpointsPath}, this node's record of the audit checkpoints it signed, cannot be read: it is a directory; refusing to start. Make it a file the server's user can read and write", unreadable.Message, StringComparison.Ordinal);
+    }
+
+    // A node's record of the head it last saw (head.json), written by the housekeeping pass as the
+    // head moves whether a checkpoint is due or not: the events after its last checkpoint removed
+    // while it was stopped (a rollback to a dump taken after that checkpoint) — the chain no longer
+    // passes through the record, which the checkpoint alone could not tell (it still passes
+    // through 10) — until a re-application recorded since reaches it. A record that is no record
+    // (written whole by a rename: not a crash's doing) refuses the start, naming the way out.
+    [Fact]
+    public async Task HeadFile_EventsAfterTheLastCheckpointRolledBackWhileStopped_NotPassedThrough_UntilAReapplicationSinceReachesIt()
+    {
+        await BuildAsync(); // checkpoints 5, 10; head 12
+        Directory.CreateDirectory(Path.GetDirectoryName(HeadPath)!);
+        var options = new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(1) };
+        var node = await StartAsync(_store, _hsm, options);
+        var record = await node.ReadOwnHeadAsync(HeadPath, default);
+        Assert.Equal((null, true), (record.Head, record.PassesThrough)); // no file yet
+        await AppendAsync(13, 15);
+        await node.RunHousekeepingAsync(default);
+        Assert.Equal("10", Scalar("SELECT max(seq) FROM audit_checkpoints"));
+        Assert.Equal(15L, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence);
+        Assert.True((await (await StartAsync(_store, _hsm, options)).ReadOwnHeadAsync(HeadPath, default)).PassesThrough);
+
+        Sql("DELETE FROM audit_events WHERE seq > 12");
+        var restarted = await StartAsync(_store, _hsm, options);
+        record = await restarted.ReadOwnHeadAsync(HeadPath, default);
+        Assert.Equal((15L, false), (record.Head?.Sequence, record.PassesThrough));
+        Assert.Null((await restarted.FindReapplicationAsync(15, record.Written, default)).Covering);
+
+        _time.Advance(TimeSpan.FromSeconds(1));
+        await _store.AppendAuditAsync(
+            [new AuditEntry { Time = _time.GetUtcNow(), RequestId = "reapply-1", Principal = Kms.Core.Backup.ReapplySummary.Principal, Operation = Kms.Core.Backup.ReapplySummary.Operation, Resource = new Kms.Core.Backup.ReapplySummary(12, 15).Resource, Outcome = "OK" }],
+            default);
+        Assert.Equal(new Kms.Core.Backup.ReapplySummary(12, 15), (await restarted.FindReapplicationAsync(15, record.Written, default)).Covering);
+
+        await File.WriteAllTextAsync(HeadPath, "{\"seq\":");
+        var damaged = await Assert.ThrowsAsync<KmsException>(async () => await (await StartAsync(_store, _hsm, options)).ReadOwnHeadAsync(HeadPath, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, damaged.Code);
+        Assert.Contains($"{HeadPath}, this node's record of the audit head it last saw, holds no such record", damaged.Message, StringComparison.Ordinal);
+        Assert.Contains("move it aside (head.json.replaced-TIME)", damaged.Message, StringComparison.Ordinal);
     }
 
     // Events between this node's checkpoint and another node's later one rewritten (a node

@@ -237,6 +237,8 @@ internal static class BackupRestore
             // 3. Re-apply the destructions in the copy; the store erases the material.
             var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
             var checkpointsPassedThrough = true;
+            var seenHead = Path.Combine(dataDir, "audit", SeenHead.FileName);
+            var seenHeadPassedThrough = true;
             var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = staging }, cancellationToken);
             await using (store)
             {
@@ -279,6 +281,7 @@ internal static class BackupRestore
                 // Whether the restored chain passes through the newest checkpoint the node's
                 // record holds, as reapply-destructions asks (and the server at start).
                 checkpointsPassedThrough = await PassesThroughNewestCheckpointAsync(store, checkpoints, cancellationToken);
+                seenHeadPassedThrough = await PassesThroughSeenHeadAsync(store, seenHead, cancellationToken);
             }
 
             SqliteStore.ReleasePooledConnections();
@@ -305,6 +308,10 @@ internal static class BackupRestore
             // after its newest checkpoint, into a data directory that signed nothing since) stays,
             // and keeps its pin.
             string? checkpointsAside = File.Exists(checkpoints) && !checkpointsPassedThrough ? $"{checkpoints}.replaced-{stamp}" : null;
+
+            // So does its record of the head it last saw (the server refuses to start on a chain
+            // that does not pass through it, as through its checkpoint), alike.
+            string? seenHeadAside = File.Exists(seenHead) && !seenHeadPassedThrough ? $"{seenHead}.replaced-{stamp}" : null;
             var copied = false;
             var installed = false;
             try
@@ -312,6 +319,15 @@ internal static class BackupRestore
                 if (checkpointsAside is not null)
                 {
                     File.Move(checkpoints, checkpointsAside);
+                }
+
+                if (seenHeadAside is not null)
+                {
+                    File.Move(seenHead, seenHeadAside);
+                }
+
+                if (checkpointsAside is not null || seenHeadAside is not null)
+                {
                     DirectorySync.Flush(Path.GetDirectoryName(checkpoints)!);
                 }
 
@@ -362,6 +378,11 @@ internal static class BackupRestore
                 if (checkpointsAside is not null && File.Exists(checkpointsAside))
                 {
                     File.Move(checkpointsAside, checkpoints, overwrite: true);
+                }
+
+                if (seenHeadAside is not null && File.Exists(seenHeadAside))
+                {
+                    File.Move(seenHeadAside, seenHead, overwrite: true);
                 }
 
                 throw;
@@ -514,6 +535,21 @@ internal static class BackupRestore
     private static async Task<bool> PassesThroughNewestCheckpointAsync(SqlStore store, string path, CancellationToken cancellationToken) =>
         NewestCheckpoint(path) is not { } newest
         || await AuditLog.ChainHoldsAsync(store, new AuditHead(newest.Sequence, newest.HeadHash), cancellationToken);
+
+    // Whether the database's chain passes through the head the node's record at path says it last
+    // saw (the event there hashed from its body, or the next one's link after a retention cut):
+    // true for no file. One that holds no record of this shape counts as not passed through (the
+    // restore moves it aside; the server would refuse to start on it).
+    private static async Task<bool> PassesThroughSeenHeadAsync(SqlStore store, string path, CancellationToken cancellationToken)
+    {
+        if (!File.Exists(path))
+        {
+            return true;
+        }
+
+        return SeenHead.Parse(await File.ReadAllBytesAsync(path, cancellationToken)) is { } seen
+            && await AuditLog.ChainHoldsAsync(store, seen.Head, cancellationToken);
+    }
 
     // The newest checkpoint line in the file's last 64 KiB (a line is about 350 bytes), or null.
     private static AuditCheckpoint? NewestCheckpoint(string path)

@@ -12,10 +12,10 @@ namespace Kms.Core.Services;
 /// <param name="PassesThrough">False when the database's chain does not pass through <paramref name="Checkpoint"/>: the server signs no checkpoint until the file is moved aside and it is restarted.</param>
 public sealed record OwnCheckpointRecord(AuditCheckpoint? Checkpoint, int Skipped, bool OtherKey, bool PassesThrough);
 
-/// <summary>What the database records of re-applied destructions since a node's own checkpoint (<see cref="AuditLog.FindReapplicationAsync"/>).</summary>
+/// <summary>What the database records of re-applied destructions since a point of a node's own: its checkpoint, or the head it last saw (<see cref="AuditLog.FindReapplicationAsync"/>).</summary>
 /// <param name="DatabaseHead">The database's audit head.</param>
-/// <param name="Covering">A re-application recorded since the checkpoint was signed whose logs reached it; null: none.</param>
-/// <param name="Newest">The newest re-application recorded since the checkpoint was signed, covering it or not; null: none.</param>
+/// <param name="Covering">A re-application recorded since whose logs reached it; null: none.</param>
+/// <param name="Newest">The newest re-application recorded since, covering it or not; null: none.</param>
 public sealed record ReapplicationSince(AuditHead DatabaseHead, ReapplySummary? Covering, ReapplySummary? Newest);
 
 /// <summary>The node's own record of the checkpoints it signed, read at start.</summary>
@@ -111,24 +111,26 @@ public sealed partial class AuditLog
     }
 
     /// <summary>
-    /// Whether destructions were re-applied on the database's chain since <paramref name="own"/>,
-    /// the node's own checkpoint that the chain does not pass through: a
-    /// <see cref="ReapplySummary.Operation"/> event timed at or after the checkpoint (the rollback
-    /// came after it was signed; one recorded before it, in a dump restored again, is older) whose
-    /// logs began before its sequence and reached it (<see cref="ReapplySummary.Covers"/>). One
-    /// query over the (principal, seq) index, newest first: the restores' own events only.
+    /// Whether destructions were re-applied on the database's chain through
+    /// <paramref name="sequence"/> since <paramref name="since"/>: a point of the node's own the
+    /// chain does not pass through (the newest checkpoint it signed, timed when it signed it; the
+    /// audit head it last saw, timed when it recorded it). Such is a
+    /// <see cref="ReapplySummary.Operation"/> event timed at or after <paramref name="since"/> (the
+    /// rollback came after the node was there; one recorded before, in a dump restored again, is
+    /// older) whose logs began before <paramref name="sequence"/> and reached it
+    /// (<see cref="ReapplySummary.Covers"/>). One query over the (principal, seq) index, newest
+    /// first: the restores' own events only.
     /// </summary>
     /// <remarks>
-    /// The times are two hosts' clocks (the node's that signed, the re-application's): a clock more
-    /// than the time between the node's stop and the re-application behind refuses a start that
-    /// should not be (the operator accepts the rollback instead). The event is the database's word.
+    /// The times are two hosts' clocks (the node's, the re-application's): a clock more than the
+    /// time between the node's stop and the re-application behind refuses a start that should not
+    /// be (the operator accepts the rollback instead). The event is the database's word.
     /// </remarks>
-    public async Task<ReapplicationSince> FindReapplicationAsync(AuditCheckpoint own, CancellationToken cancellationToken)
+    public async Task<ReapplicationSince> FindReapplicationAsync(long sequence, DateTimeOffset since, CancellationToken cancellationToken)
     {
-        ArgumentNullException.ThrowIfNull(own);
         var head = await store.GetAuditHeadAsync(cancellationToken);
         var recorded = await store.ListAuditEventsAsync(
-            new AuditQuery { NewestFirst = true, Principal = ReapplySummary.Principal, Operation = ReapplySummary.Operation, StartTime = own.Time, Limit = 100 },
+            new AuditQuery { NewestFirst = true, Principal = ReapplySummary.Principal, Operation = ReapplySummary.Operation, StartTime = since, Limit = 100 },
             cancellationToken);
         ReapplySummary? newest = null;
         foreach (var e in recorded)
@@ -139,7 +141,7 @@ public sealed partial class AuditLog
             }
 
             newest ??= summary;
-            if (summary.Covers(own.Sequence))
+            if (summary.Covers(sequence))
             {
                 return new ReapplicationSince(head, summary, newest);
             }

@@ -347,6 +347,21 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
                 HousekeepingFailed?.Invoke(e);
             }
 
+            // The head this node sees, read before forwarding (which then reaches it) and recorded
+            // once forwarded, on every node, leader or not (ReadOwnHeadAsync).
+            AuditHead? seen = null;
+            if (_headRecord is not null)
+            {
+                try
+                {
+                    seen = await store.GetAuditHeadAsync(cancellationToken);
+                }
+                catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+                {
+                    HousekeepingFailed?.Invoke(e);
+                }
+            }
+
             try
             {
                 await ForwardAsync(cancellationToken);
@@ -355,6 +370,16 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             {
                 // Nor may a stream that cannot be written (a full disk under the SIEM file): the
                 // checkpoints are what keeps the unsigned tail short. It is forwarded again next time.
+                HousekeepingFailed?.Invoke(e);
+            }
+
+            try
+            {
+                await RecordHeadAsync(seen, force: false, cancellationToken);
+            }
+            catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+            {
+                // Nor a record that cannot be written: the one before it stands (older: never a false refusal).
                 HousekeepingFailed?.Invoke(e);
             }
 

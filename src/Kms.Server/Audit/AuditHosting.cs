@@ -77,12 +77,26 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         }
         else if (own.Checkpoint is { } read && !own.PassesThrough)
         {
-            await RequireRollbackReappliedAsync(read, checkpoints, cancellationToken);
+            await RequireRollbackReappliedAsync(read.Sequence, read.Time, "checkpoint", checkpoints, cancellationToken);
             LogOwnRecordNotPassedThrough(logger, read.Sequence, checkpoints);
         }
         else if (own.Checkpoint is { } taken)
         {
             LogOwnRecordTaken(logger, taken.Sequence, checkpoints);
+        }
+
+        // And of the head it last saw, written as it moves and at the stop: a node that signs
+        // nothing (held above, or stopped before a checkpoint was due) served events past its
+        // checkpoint, destructions among them, which a rollback behind them would bring back.
+        var seenPath = Path.Combine(directory, SeenHead.FileName);
+        var seen = await audit.ReadOwnHeadAsync(seenPath, cancellationToken);
+        if (seen.OtherKey)
+        {
+            LogOwnRecordOtherKey(logger, seenPath, audit.Fingerprint);
+        }
+        else if (seen.Head is { } last && !seen.PassesThrough)
+        {
+            await RequireRollbackReappliedAsync(last.Sequence, seen.Written, "the head this node last saw, event", seenPath, cancellationToken);
         }
 
         audit.CheckpointWritten += checkpoint =>
@@ -119,32 +133,34 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         }
     }
 
-    // The chain does not pass through the newest checkpoint this node signed: the database went
-    // back behind it (a pg_restore of an older dump, a kms.db copied back) or its events were
-    // rewritten — the node cannot tell which. Served as it is, a rollback serves every version
-    // destroyed since the dump again, so the start is refused unless destructions were re-applied
-    // on this chain since the checkpoint (kms backup reapply-destructions, restore: their summary
-    // event) or the operator accepts the rollback (Kms:Audit:AcceptRollback, or the file moved
-    // aside, which was already the way to accept it for signing).
-    private async Task RequireRollbackReappliedAsync(Kms.Core.Audit.AuditCheckpoint own, string path, CancellationToken cancellationToken)
+    // The chain does not pass through the newest checkpoint this node signed, or the head it last
+    // saw: the database went back behind it (a pg_restore of an older dump, a kms.db copied back)
+    // or its events were rewritten — the node cannot tell which. Served as it is, a rollback serves
+    // every version destroyed since the dump again, so the start is refused unless destructions
+    // were re-applied on this chain through it since the node was there (kms backup
+    // reapply-destructions, restore: their summary event) or the operator accepts the rollback
+    // (Kms:Audit:AcceptRollback, or the files moved aside, which was already the way to accept it
+    // for signing).
+    private async Task RequireRollbackReappliedAsync(long sequence, DateTimeOffset since, string record, string path, CancellationToken cancellationToken)
     {
-        var since = await audit.FindReapplicationAsync(own, cancellationToken);
-        if (since.Covering is not null || options.AcceptRollback)
+        var reapplied = await audit.FindReapplicationAsync(sequence, since, cancellationToken);
+        if (reapplied.Covering is not null || options.AcceptRollback)
         {
             return;
         }
 
-        var head = since.DatabaseHead.Sequence;
-        LogRollbackRefused(logger, head, own.Sequence, path);
-        var last = since.Newest is { } newest
+        var head = reapplied.DatabaseHead.Sequence;
+        LogRollbackRefused(logger, head, record, sequence, path);
+        var last = reapplied.Newest is { } newest
             ? $" (the last one recorded since read the audit logs after sequence {newest.After} through {newest.Through}: they do not reach it)"
             : "";
+        var whose = record == "checkpoint" ? $"checkpoint {sequence} that this node signed" : $"{record} {sequence}";
         throw Kms.Core.Errors.KmsErrors.FailedPrecondition(
-            $"the audit chain in the database (head {head}) does not pass through checkpoint {own.Sequence} that this node signed ({path}): the database was rolled back behind it "
-            + $"(a pg_restore of an older dump, a kms.db copied back) or its events rewritten, and no re-application of destructions recorded since re-applied what the audit logs hold through {own.Sequence}{last}; "
+            $"the audit chain in the database (head {head}) does not pass through {whose} ({path}): the database was rolled back behind it "
+            + $"(a pg_restore of an older dump, a kms.db copied back) or its events rewritten, and no re-application of destructions recorded since re-applied what the audit logs hold through {sequence}{last}; "
             + "a key version destroyed after the dump would be served again, so the node refuses to start. Run `kms backup reapply-destructions --audit-log FILE` on the database with the audit exports or SIEM stream "
-            + $"that reach sequence {own.Sequence}, then start; or accept the rollback as it is: start with --Kms:Audit:AcceptRollback=true (no checkpoint is signed until the file is moved aside), "
-            + $"or move the file aside ({Path.GetFileName(path)}.replaced-TIME)");
+            + $"that reach sequence {sequence}, then start; or accept the rollback as it is: start with --Kms:Audit:AcceptRollback=true (no checkpoint is signed until the file is moved aside), "
+            + $"or move this node's records aside ({Path.GetDirectoryName(path)}: checkpoints.jsonl.replaced-TIME and {SeenHead.FileName}.replaced-TIME)");
     }
 
     protected override Task ExecuteAsync(CancellationToken stoppingToken) => audit.RunAsync(stoppingToken);
@@ -164,6 +180,17 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         catch (Exception e) when (e is Kms.Core.Errors.KmsException or OperationCanceledException)
         {
             LogFinalCheckpointFailed(logger, e.GetType().Name);
+        }
+
+        // The head the node leaves the database at: also when no checkpoint could be signed (a
+        // held node signs none), it is how far this node served.
+        try
+        {
+            await audit.RecordHeadAtStopAsync(cancellationToken);
+        }
+        catch (Exception e) when (e is Kms.Core.Errors.KmsException or OperationCanceledException or IOException or UnauthorizedAccessException)
+        {
+            LogFinalCheckpointFailed(logger, "head record: " + e.GetType().Name);
         }
     }
 
@@ -273,8 +300,8 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     [LoggerMessage(EventId = 1309, Level = LogLevel.Critical, Message = "the audit chain in the database does not pass through checkpoint {Sequence} that this node signed ({Path}): signed events were removed or rewritten while the server was stopped, or the database was rolled back; no checkpoint is signed. A rollback on purpose (a pg_restore, a kms.db copied back): move that file aside and restart")]
     private static partial void LogOwnRecordNotPassedThrough(ILogger logger, long sequence, string path);
 
-    [LoggerMessage(EventId = 1318, Level = LogLevel.Critical, Message = "start refused: the audit chain in the database (head {Head}) does not pass through checkpoint {Sequence} that this node signed ({Path}), and no re-application of destructions that reaches it is recorded since: a rollback would serve destroyed key versions again. Run kms backup reapply-destructions with the audit logs through it, or accept the rollback (Kms:Audit:AcceptRollback=true, or move that file aside)")]
-    private static partial void LogRollbackRefused(ILogger logger, long head, long sequence, string path);
+    [LoggerMessage(EventId = 1318, Level = LogLevel.Critical, Message = "start refused: the audit chain in the database (head {Head}) does not pass through {Record:l} {Sequence} of this node's ({Path}), and no re-application of destructions that reaches it is recorded since: a rollback would serve destroyed key versions again. Run kms backup reapply-destructions with the audit logs through it, or accept the rollback (Kms:Audit:AcceptRollback=true, or move checkpoints.jsonl and head.json aside)")]
+    private static partial void LogRollbackRefused(ILogger logger, long head, string record, long sequence, string path);
 
     [LoggerMessage(EventId = 1303, Level = LogLevel.Warning, Message = "the final audit checkpoint could not be written ({Reason})")]
     private static partial void LogFinalCheckpointFailed(ILogger logger, string reason);

@@ -1,0 +1,176 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using Kms.Core.Audit;
+using Kms.Core.Errors;
+using Kms.Core.Files;
+
+namespace Kms.Core.Services;
+
+/// <summary>What a node's record of the audit head it last saw says of the database's chain (<see cref="AuditLog.ReadOwnHeadAsync"/>).</summary>
+/// <param name="Head">The head recorded; null: none (no file, or one written under another audit key).</param>
+/// <param name="Written">When the node wrote the record, by its clock (default when <paramref name="Head"/> is null).</param>
+/// <param name="OtherKey">The record names another audit signing key (a database of another deployment, or a fresh one): nothing taken.</param>
+/// <param name="PassesThrough">False when the database's chain does not pass through <paramref name="Head"/>: it went back behind what this node saw, or was rewritten there.</param>
+public sealed record OwnHeadRecord(AuditHead? Head, DateTimeOffset Written, bool OtherKey, bool PassesThrough);
+
+/// <summary>A node's record of the audit head it last saw, as written in its file.</summary>
+/// <param name="Head">The event's sequence and hash.</param>
+/// <param name="Written">When the node wrote it, by its clock.</param>
+/// <param name="KeyFingerprint">The audit signing key of the database it was read from.</param>
+public sealed record SeenHead(AuditHead Head, DateTimeOffset Written, string KeyFingerprint)
+{
+    /// <summary>The file's name in <c>{DataDir}/audit</c>, beside <c>checkpoints.jsonl</c>.</summary>
+    public const string FileName = "head.json";
+
+    /// <summary>The file's content: one JSON object and a line feed.</summary>
+    public byte[] ToBytes() => Encoding.UTF8.GetBytes(JsonSerializer.Serialize(new Dictionary<string, object>
+    {
+        ["seq"] = Head.Sequence,
+        ["head"] = Head.Hash,
+        ["time"] = Written.UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss.fffffff'Z'", CultureInfo.InvariantCulture),
+        ["key"] = KeyFingerprint,
+    }) + "\n");
+
+    /// <summary>The record a file's content holds, or null when it holds none (not one JSON object with a positive <c>seq</c>, a <c>head</c>, a <c>time</c> and a <c>key</c>).</summary>
+    public static SeenHead? Parse(ReadOnlySpan<byte> content)
+    {
+        try
+        {
+            using var document = JsonDocument.Parse(content.ToArray());
+            var root = document.RootElement;
+            var sequence = root.GetProperty("seq").GetInt64();
+            var hash = root.GetProperty("head").GetString();
+            var written = DateTimeOffset.Parse(root.GetProperty("time").GetString() ?? "", CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal);
+            var key = root.GetProperty("key").GetString();
+            return sequence > 0 && hash is { Length: > 0 } && key is { Length: > 0 } ? new SeenHead(new AuditHead(sequence, hash), written, key) : null;
+        }
+        catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or FormatException or ArgumentException)
+        {
+            return null;
+        }
+    }
+}
+
+/// <summary>The node's record of the audit head it last saw: read at start, written by every housekeeping pass that finds the head moved, and at stop.</summary>
+public sealed partial class AuditLog
+{
+    // Where the housekeeping writes the head it sees (set at start by ReadOwnHeadAsync; null: nowhere),
+    // and the head written there last (null: none yet, or one the chain did not pass through at start).
+    private string? _headRecord;
+    private AuditHead? _recordedHead;
+
+    /// <summary>
+    /// Reads the node's record of the audit head it last saw (the host's
+    /// <c>{DataDir}/audit/head.json</c>: <see cref="SeenHead"/>), says whether the database's chain
+    /// passes through it, and from now on writes the head each housekeeping pass sees there (when
+    /// it moved) and at <see cref="RecordHeadAtStopAsync"/>. Call after
+    /// <see cref="InitializeAsync"/>, before <see cref="RunAsync"/>.
+    /// </summary>
+    /// <remarks>
+    /// The checkpoints in <c>checkpoints.jsonl</c> are as far as this node signed; the head is as
+    /// far as it served. A node that signs nothing (held at its own checkpoint, event 1309, or one
+    /// whose checkpoint was due after it stopped or crashed) saw events past its last checkpoint —
+    /// destructions among them — and a database rolled back behind them would serve those versions
+    /// again. The chain passes through the record as through a checkpoint: the event at its
+    /// sequence hashes, from its body, to the recorded hash (or the next one's link names it after
+    /// a retention cut through it), or it lies in a prefix retention deleted under a later
+    /// checkpoint the audit key signed. The record is the node's own memory: a database writer
+    /// cannot forge it, and it is no proof for anyone else. Written whole (a temporary file synced,
+    /// then renamed over it: a crash leaves the old record or the new one), so content that is no
+    /// record is damage or an edit, never a crash's doing, and refuses the start.
+    /// </remarks>
+    /// <exception cref="KmsException">FailedPrecondition: the file cannot be read, or holds no record; the message names the file and the way out.</exception>
+    public async Task<OwnHeadRecord> ReadOwnHeadAsync(string path, CancellationToken cancellationToken)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        if (Directory.Exists(path))
+        {
+            throw HeadRecordUnreadable(path, "it is a directory");
+        }
+
+        byte[]? content;
+        try
+        {
+            content = File.Exists(path) ? await File.ReadAllBytesAsync(path, cancellationToken) : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw HeadRecordUnreadable(path, e.Message);
+        }
+
+        _headRecord = path;
+        if (content is null)
+        {
+            return new OwnHeadRecord(null, default, OtherKey: false, PassesThrough: true); // a new data directory, or the file moved aside
+        }
+
+        if (content.Length > MaxRecordLine || SeenHead.Parse(content) is not { } seen)
+        {
+            throw KmsErrors.FailedPrecondition(
+                $"{path}, this node's record of the audit head it last saw, holds no such record (it is written whole, so not a crash's doing: an edit or a damaged disk); refusing to start, as the node cannot tell how far it served. "
+                + $"Put back the file from a copy kept off the host; or move it aside ({SeenHead.FileName}.replaced-TIME): this node then knows only its checkpoints and the database's");
+        }
+
+        if (seen.KeyFingerprint != Fingerprint)
+        {
+            return new OwnHeadRecord(null, default, OtherKey: true, PassesThrough: true);
+        }
+
+        var passes = await ChainHoldsAsync(store, seen.Head, cancellationToken) || await PrunedUnderASignedCheckpointAsync(seen.Head.Sequence, cancellationToken);
+        _recordedHead = passes ? seen.Head : null;
+        return new OwnHeadRecord(seen.Head, seen.Written, OtherKey: false, passes);
+    }
+
+    /// <summary>
+    /// At stop, once the last events were forwarded: writes the head the node leaves the database
+    /// at (and the time), if it has a record (<see cref="ReadOwnHeadAsync"/>).
+    /// </summary>
+    public async Task RecordHeadAtStopAsync(CancellationToken cancellationToken)
+    {
+        if (_headRecord is null)
+        {
+            return;
+        }
+
+        await _housekeeping.WaitAsync(cancellationToken);
+        try
+        {
+            await RecordHeadAsync(await store.GetAuditHeadAsync(cancellationToken), force: true, cancellationToken);
+        }
+        finally
+        {
+            _housekeeping.Release();
+        }
+    }
+
+    // Writes the head seen, unless the record holds it already (at stop, always: its time is the
+    // stop's). Only once forwarding has reached it: a re-application from this node's SIEM stream
+    // must reach the head it records. A failure waits for the next pass, with the old record in place.
+    private async Task RecordHeadAsync(AuditHead? seen, bool force, CancellationToken cancellationToken)
+    {
+        if (_headRecord is not { } path || seen is not { Sequence: > 0 } head
+            || (!force && head == _recordedHead)
+            || (EventsWritten is not null && _forwarded >= 0 && _forwarded < head.Sequence))
+        {
+            return;
+        }
+
+        await DurableFile.WriteAsync(path, new SeenHead(head, time.GetUtcNow(), Fingerprint).ToBytes(), DurableFile.OwnerOnly, overwrite: true, cancellationToken);
+        _recordedHead = head;
+    }
+
+    // A sequence retention deleted, under a later checkpoint the audit key signed (a cut is made
+    // only at one): the chain is taken to pass through it, as through a checkpoint of the node's own.
+    private async Task<bool> PrunedUnderASignedCheckpointAsync(long sequence, CancellationToken cancellationToken) =>
+        await store.GetLatestAuditCheckpointAsync(cancellationToken) is { } latest
+        && latest.Sequence > sequence
+        && SignedHead(latest) is not null
+        && await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, cancellationToken) is [var oldest]
+        && oldest.Sequence > sequence + 1;
+
+    private static KmsException HeadRecordUnreadable(string path, string why) =>
+        KmsErrors.FailedPrecondition(
+            $"{path}, this node's record of the audit head it last saw, cannot be read: {why}; refusing to start. "
+            + $"Make it a file the server's user can read and write (it writes it 0600), or, if it is lost, move it aside ({SeenHead.FileName}.replaced-TIME): this node then knows only its checkpoints and the database's");
+}
