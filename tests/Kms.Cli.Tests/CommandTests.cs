@@ -64,6 +64,23 @@ public sealed class CommandTests(CliServerFixture fixture) : IClassFixture<CliSe
     }
 
     [Fact]
+    public async Task Keys_VersionsAsTable_SaysTheEncryptionsCountReservedBlocks_JsonDoesNot()
+    {
+        var key = $"blocks-{Guid.NewGuid():N}";
+        Assert.Equal(0, (await RunAsync("keys", "create", key)).ExitCode);
+
+        var table = await RunAsync("keys", "versions", key);
+        var json = await RunAsync("keys", "versions", key, "-o", "json");
+
+        // After a restart each version used before shows a whole reserved block: the table says why.
+        Assert.True(table.ExitCode == 0, table.ToString());
+        Assert.Contains(Commands.KeysCommands.EncryptionsFootnote, string.Join(' ', table.Out.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries)), StringComparison.Ordinal);
+        Assert.True(json.ExitCode == 0, json.ToString());
+        Assert.Equal(["versions"], JsonDocument.Parse(json.Out).RootElement.EnumerateObject().Select(p => p.Name));
+        Assert.DoesNotContain("ReservationBlock", json.Out + json.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void EnumName_StripsTheEnumsPrefix_ProtoEnumNameKeepsIt_AnUnknownNumberShownAsTheNumber()
     {
         Assert.Equal("ENCRYPT_DECRYPT", CliOutput.EnumName(Kms.Contracts.V1.KeyPurpose.EncryptDecrypt));

@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using Google.Protobuf.WellKnownTypes;
 using Kms.Cli.Infrastructure;
 using Kms.Contracts.V1;
+using Spectre.Console;
 
 namespace Kms.Cli.Commands;
 
@@ -161,6 +162,10 @@ internal static class KeysCommands
         return command;
     }
 
+    /// <summary>Under the versions table: what its encryptions column counts (docs/lifecycle.md, "GCM usage bounds").</summary>
+    internal const string EncryptionsFootnote =
+        "encryptions: counted toward the GCM bounds in reserved blocks (UsageLimits:ReservationBlock); after a restart they may run ahead, never behind";
+
     private static Command Versions(CommandRunner runner)
     {
         var name = KeyArgument();
@@ -191,6 +196,9 @@ internal static class KeysCommands
                             Time(version.DestroyTime));
                     }
 
+                    // After a restart every version used before shows a whole block (4,096 by
+                    // default) more than was called: a reader would take that for use nobody made.
+                    table.Caption(EncryptionsFootnote);
                     return table;
                 });
             return ExitCodes.Ok;
