@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Text.Json;
 using Kms.Cli.Infrastructure;
 
@@ -26,15 +27,7 @@ public sealed class ParsingTests : IDisposable
     [Fact]
     public void Build_EveryCommandHasADescription()
     {
-        var root = KmsCli.Build(new CliEnvironment
-        {
-            Out = TextWriter.Null,
-            Error = TextWriter.Null,
-            OpenStandardInput = () => Stream.Null,
-            OpenStandardOutput = () => Stream.Null,
-            GetVariable = _ => null,
-            HomeDirectory = _home,
-        });
+        var root = Root();
 
         var all = root.Subcommands.SelectMany(c => c.Subcommands.Prepend(c)).ToList();
         Assert.All(all, c => Assert.False(string.IsNullOrWhiteSpace(c.Description), c.Name));
@@ -223,15 +216,7 @@ public sealed class ParsingTests : IDisposable
     [InlineData("decrypt", "--any-key", "--require-signed", "--in", "a", "--out", "b", "--context", "a=1")]
     public void SignedFlags_ParseOnTheirVerbs(params string[] args)
     {
-        var root = KmsCli.Build(new CliEnvironment
-        {
-            Out = TextWriter.Null,
-            Error = TextWriter.Null,
-            OpenStandardInput = () => Stream.Null,
-            OpenStandardOutput = () => Stream.Null,
-            GetVariable = _ => null,
-            HomeDirectory = _home,
-        });
+        var root = Root();
 
         var parsed = root.Parse(args);
 
@@ -337,4 +322,15 @@ public sealed class ParsingTests : IDisposable
         Assert.Null(KmsCli.InlineSecretFlag(["encrypt", "--", "--token"]));
 
     private Task<CliResult> RunAsync(params string[] args) => CliRun.InProcessAsync(_variables, _home, null, args);
+
+    // The command tree, parsed only: nothing is read or written.
+    private RootCommand Root() => KmsCli.Build(new CliEnvironment
+    {
+        Out = TextWriter.Null,
+        Error = TextWriter.Null,
+        OpenStandardInput = () => Stream.Null,
+        OpenStandardOutput = () => Stream.Null,
+        GetVariable = _ => null,
+        HomeDirectory = _home,
+    });
 }
