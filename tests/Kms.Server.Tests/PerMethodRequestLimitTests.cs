@@ -86,23 +86,7 @@ public sealed class PerMethodRequestLimitTests : IAsyncLifetime
     private static string ApiTokenOfNobody() => Kms.Core.Access.ApiTokenSecret.Create().Text;
 
     // GenerateRandomRequest { length_bytes: 8 } and an unknown bytes field (number 1000) that makes it `total` bytes.
-    private static byte[] Padded(int total)
-    {
-        var head = Google.Protobuf.MessageExtensions.ToByteArray(new GenerateRandomRequest { LengthBytes = 8 });
-        for (var padding = total - head.Length - 8; ; padding++)
-        {
-            using var stream = new MemoryStream();
-            stream.Write(head);
-            var output = new Google.Protobuf.CodedOutputStream(stream, leaveOpen: true);
-            output.WriteTag(1000, Google.Protobuf.WireFormat.WireType.LengthDelimited);
-            output.WriteBytes(Google.Protobuf.ByteString.CopyFrom(new byte[padding]));
-            output.Flush();
-            if (stream.Length >= total)
-            {
-                return stream.ToArray();
-            }
-        }
-    }
+    private static byte[] Padded(int total) => RawGrpcCall.Padded(new GenerateRandomRequest { LengthBytes = 8 }, total);
 
     private Task<(StatusCode Status, string Message)> SendAsync(byte[] body, string? encoding, string? token, string path) =>
         RawGrpcCall.SendAsync(_server, body, encoding, token, path);

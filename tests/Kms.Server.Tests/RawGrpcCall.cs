@@ -50,6 +50,26 @@ internal static class RawGrpcCall
         return (status, message);
     }
 
+    /// <summary><paramref name="request"/> and an unknown bytes field (number 1000) that makes it exactly <paramref name="total"/> bytes.</summary>
+    public static byte[] Padded(Google.Protobuf.IMessage request, int total)
+    {
+        var head = Google.Protobuf.MessageExtensions.ToByteArray(request);
+        for (var padding = total - head.Length - 8; ; padding++)
+        {
+            using var stream = new MemoryStream();
+            stream.Write(head);
+            var output = new Google.Protobuf.CodedOutputStream(stream, leaveOpen: true);
+            output.WriteTag(1000, Google.Protobuf.WireFormat.WireType.LengthDelimited);
+            output.WriteBytes(Google.Protobuf.ByteString.CopyFrom(new byte[padding]));
+            output.Flush();
+            if (stream.Length >= total)
+            {
+                Assert.Equal(total, stream.Length);
+                return stream.ToArray();
+            }
+        }
+    }
+
     /// <summary>One gzip member of <paramref name="data"/>.</summary>
     public static byte[] Gzip(byte[] data)
     {

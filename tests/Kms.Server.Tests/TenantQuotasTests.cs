@@ -217,16 +217,8 @@ public sealed class TenantQuotasTests
     [Fact]
     public void ShareBuckets_Bounded_FullOnesDropped_NewPrincipalsPastTheBoundShareOneOverflowBucket()
     {
-        // Tenant acme: 100 calls a second, 100 at once; each principal 0.02 of it, 2 a second and 2
-        // at once. A table of 3 principals.
         var time = new FakeTimeProvider();
-        var options = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
-        {
-            ["Kms:Quotas:OtherCallsPerSecond"] = "100",
-            ["Kms:Quotas:OtherCallsBurst"] = "100",
-            ["Kms:Quotas:OtherCallsPrincipalShare"] = "0.02",
-        }).Build().GetSection("Kms").Get<KmsServerOptions>()!;
-        var quotas = new TenantQuotas(Options.Create(options), time) { MaxShareBuckets = 3 };
+        var quotas = ShareTableOfThree(time);
         var acme = TenantId.Parse("acme");
 
         foreach (var principal in new[] { "token:a", "token:b", "token:c" })
@@ -272,13 +264,7 @@ public sealed class TenantQuotasTests
         // lock (process-wide, every tenant's) to reach its tenant's overflow bucket, though nothing
         // under it could change until the next prune, a second later.
         var time = new FakeTimeProvider();
-        var options = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
-        {
-            ["Kms:Quotas:OtherCallsPerSecond"] = "100",
-            ["Kms:Quotas:OtherCallsBurst"] = "100",
-            ["Kms:Quotas:OtherCallsPrincipalShare"] = "0.02",
-        }).Build().GetSection("Kms").Get<KmsServerOptions>()!;
-        var quotas = new TenantQuotas(Options.Create(options), time) { MaxShareBuckets = 3 };
+        var quotas = ShareTableOfThree(time);
         var acme = TenantId.Parse("acme");
         foreach (var principal in new[] { "token:a", "token:b", "token:c" })
         {
@@ -413,5 +399,18 @@ public sealed class TenantQuotasTests
     {
         var options = new ConfigurationBuilder().AddInMemoryCollection(settings).Build().GetSection("Kms").Get<KmsServerOptions>()!;
         return new TenantQuotas(Options.Create(options), new FakeTimeProvider());
+    }
+
+    // Tenant acme: 100 calls a second, 100 at once; each principal 0.02 of it, 2 a second and 2
+    // at once. A table of 3 principals.
+    private static TenantQuotas ShareTableOfThree(FakeTimeProvider time)
+    {
+        var options = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Kms:Quotas:OtherCallsPerSecond"] = "100",
+            ["Kms:Quotas:OtherCallsBurst"] = "100",
+            ["Kms:Quotas:OtherCallsPrincipalShare"] = "0.02",
+        }).Build().GetSection("Kms").Get<KmsServerOptions>()!;
+        return new TenantQuotas(Options.Create(options), time) { MaxShareBuckets = 3 };
     }
 }
