@@ -154,24 +154,12 @@ internal sealed class TenantQuotas
     }
 
     /// <summary>The option that sets a principal's share of the tenant's other calls, and of what.</summary>
-    public string ShareOptionOf(TenantId tenant)
-    {
-        var own = _tenants.GetValueOrDefault(tenant.Value);
-        var share = own?.OtherCallsPrincipalShare is null
-            ? $"Kms:Quotas:{nameof(QuotaOptions.OtherCallsPrincipalShare)}"
-            : $"Kms:Quotas:Tenants:{tenant.Value}:{nameof(TenantQuota.OtherCallsPrincipalShare)}";
-        return $"{share} of {OtherOptionOf(tenant)}";
-    }
+    public string ShareOptionOf(TenantId tenant) =>
+        ShareOption(tenant, _tenants.GetValueOrDefault(tenant.Value)?.OtherCallsPrincipalShare is not null, nameof(QuotaOptions.OtherCallsPrincipalShare), OtherOptionOf(tenant));
 
     /// <summary>The option that sets a principal's share of the tenant's crypto quota, and of what.</summary>
-    public string CryptoShareOptionOf(TenantId tenant)
-    {
-        var own = _tenants.GetValueOrDefault(tenant.Value);
-        var share = own?.CryptoPrincipalShare is null
-            ? $"Kms:Quotas:{nameof(QuotaOptions.CryptoPrincipalShare)}"
-            : $"Kms:Quotas:Tenants:{tenant.Value}:{nameof(TenantQuota.CryptoPrincipalShare)}";
-        return $"{share} of {CryptoOptionOf(tenant)}";
-    }
+    public string CryptoShareOptionOf(TenantId tenant) =>
+        ShareOption(tenant, _tenants.GetValueOrDefault(tenant.Value)?.CryptoPrincipalShare is not null, nameof(QuotaOptions.CryptoPrincipalShare), CryptoOptionOf(tenant));
 
     /// <summary>
     /// Takes <paramref name="cost"/> calls from the bucket of a principal of no tenant
@@ -307,6 +295,13 @@ internal sealed class TenantQuotas
     {
         var rateOption = ownRate ? $"Kms:Quotas:Tenants:{tenant.Value}:{rate}" : $"Kms:Quotas:{rate}";
         return ownBurst ? $"{rateOption}, Kms:Quotas:Tenants:{tenant.Value}:{burst}" : rateOption;
+    }
+
+    // A share's option (the tenant's override where it sets one, else the deployment's), and of what.
+    private static string ShareOption(TenantId tenant, bool ownShare, string share, string ofOption)
+    {
+        var shareOption = ownShare ? $"Kms:Quotas:Tenants:{tenant.Value}:{share}" : $"Kms:Quotas:{share}";
+        return $"{shareOption} of {ofOption}";
     }
 
     // Configuration merges keys that differ only in case; of options built in code, the last stands.
