@@ -87,11 +87,11 @@ internal sealed class RawHttp2 : IAsyncDisposable
         }
     }
 
-    /// <summary>The connection preface and an empty SETTINGS frame.</summary>
-    public async Task SendPrefaceAsync()
+    /// <summary>The connection preface and a SETTINGS frame: empty, or these settings (6 bytes each: id, value).</summary>
+    public async Task SendPrefaceAsync(byte[]? settings = null)
     {
         await WriteRawAsync(Preface);
-        await WriteFrameAsync(Settings, 0, 0, []);
+        await WriteFrameAsync(Settings, 0, 0, settings ?? []);
     }
 
     public async Task WriteRawAsync(ReadOnlyMemory<byte> bytes)

@@ -164,6 +164,7 @@ public static partial class KmsServerApp
             certificatePath,
             keyPath);
         _ = serverCertificate.Value;
+        BoundedDrainServer.Register(builder.Services, transport.ShutdownDrainTimeout);
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.AddServerHeader = false;

@@ -155,6 +155,12 @@ public sealed class TransportOptions
     /// <summary>Calls (HTTP/2 streams) open at once on one connection; more are refused with REFUSED_STREAM. Default 100 (Kestrel's).</summary>
     public int MaxStreamsPerConnection { get; set; } = 100;
 
+    /// <summary>
+    /// How long a stop waits for open connections to end (calls in progress to be answered) before
+    /// it aborts them and goes on to its last steps, which get 10 seconds more; default 20 seconds.
+    /// </summary>
+    public TimeSpan ShutdownDrainTimeout { get; set; } = TimeSpan.FromSeconds(20);
+
     /// <summary>Refuses, naming the option, a count below its least or a time that is not positive.</summary>
     /// <exception cref="InvalidOperationException">The first such option.</exception>
     public void Validate()
@@ -169,7 +175,7 @@ public sealed class TransportOptions
             throw new InvalidOperationException($"Kms:Transport:MaxConnections ({MaxConnections}) and Kms:Transport:MaxStreamsPerConnection ({MaxStreamsPerConnection}) must be at least 1");
         }
 
-        foreach (var (name, value) in new[] { ("TlsHandshakeTimeout", TlsHandshakeTimeout), ("KeepAliveTimeout", KeepAliveTimeout), ("RequestHeadersTimeout", RequestHeadersTimeout) })
+        foreach (var (name, value) in new[] { ("TlsHandshakeTimeout", TlsHandshakeTimeout), ("KeepAliveTimeout", KeepAliveTimeout), ("RequestHeadersTimeout", RequestHeadersTimeout), ("ShutdownDrainTimeout", ShutdownDrainTimeout) })
         {
             if (value <= TimeSpan.Zero || value > TimeSpan.FromHours(1))
             {

@@ -159,13 +159,21 @@ internal sealed partial class LifecycleWorker(
     public override async Task StopAsync(CancellationToken cancellationToken)
     {
         await base.StopAsync(cancellationToken);
+
+        // The stop's last steps have the host's stop time left after the connection drain
+        // (BoundedDrainServer); a database that does not answer within it is logged, not thrown:
+        // the host's stop would throw, and the steps after this one not run.
         try
         {
             await usage.FlushAsync(cancellationToken);
         }
+        catch (OperationCanceledException e)
+        {
+            LogUsageNotFlushedAtStop(logger, e.GetType().Name);
+        }
         catch (Exception e) when (e is not OperationCanceledException)
         {
-            LogPassFailed(logger, e);
+            LogUsageNotFlushedAtStop(logger, e.GetType().Name);
         }
     }
 
@@ -240,6 +248,9 @@ internal sealed partial class LifecycleWorker(
 
     [LoggerMessage(EventId = 1213, Level = LogLevel.Warning, Message = "This node's Kms:NodeName is held by another node now ({Holder}): this node's session that held it ended (PostgreSQL restarted, a partition) and a node with the same name started meanwhile; the quorum requests either executes name the same node. Give one of them another Kms:NodeName and restart it")]
     private static partial void LogNodeNameTaken(ILogger logger, string holder);
+
+    [LoggerMessage(EventId = 1214, Level = LogLevel.Warning, Message = "stopping: the key-usage counts since the last lifecycle pass could not be written ({Reason}); the decryptions and last-use times this node served since are not counted")]
+    private static partial void LogUsageNotFlushedAtStop(ILogger logger, string reason);
 
     [LoggerMessage(EventId = 1204, Level = LogLevel.Error, Message = "Lifecycle job {Job} failed; retrying at the next pass")]
     private static partial void LogJobFailed(ILogger logger, string job, Exception exception);
