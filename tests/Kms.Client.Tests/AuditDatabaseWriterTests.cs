@@ -314,6 +314,34 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         Assert.Contains("move it aside (head.json.replaced-TIME)", damaged.Message, StringComparison.Ordinal);
     }
 
+    // A node whose SIEM stream is behind the head it sees at a pass — more events since the last
+    // pass than a pass forwards (ten pages of 1,000: a load past 10,000 audited calls a second) —
+    // records the head as far as the stream reached, so a re-application from its stream still
+    // reaches the record and the record keeps moving. Before, it recorded nothing while the stream
+    // was behind: under such a load, never, and a rollback behind the events served meanwhile
+    // went unnoticed at the next start.
+    [Fact]
+    public async Task HeadFile_StreamBehindTheHeadAtAPass_RecordedAsFarAsForwarded_ThenTheHead()
+    {
+        await BuildAsync(); // head 12
+        Directory.CreateDirectory(Path.GetDirectoryName(HeadPath)!);
+        var options = new AuditOptions { CheckpointEveryEvents = 1_000_000, CheckpointInterval = TimeSpan.FromDays(1) };
+        var node = await StartAsync(_store, _hsm, options);
+        long streamed = 0;
+        node.EventsWritten += events => streamed = events[^1].Sequence;
+        await node.ReadOwnHeadAsync(HeadPath, default);
+        await _store.AppendAuditAsync([.. Enumerable.Range(13, 10_005).Select(Entry)], default); // head 10,017
+
+        await node.RunHousekeepingAsync(default);
+        Assert.Equal(10_012L, streamed); // ten pages
+        Assert.True(File.Exists(HeadPath), "no head record written while the stream was behind the head");
+        Assert.Equal(10_012L, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence);
+        Assert.True((await (await StartAsync(_store, _hsm, options)).ReadOwnHeadAsync(HeadPath, default)).PassesThrough);
+
+        await node.RunHousekeepingAsync(default);
+        Assert.Equal((10_017L, 10_017L), (streamed, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence));
+    }
+
     // Events between this node's checkpoint and another node's later one rewritten (a node
     // restarted without its file could have signed the rewrite): refused, whatever the
     // database's newer checkpoint rows say.

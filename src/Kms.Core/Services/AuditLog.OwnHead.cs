@@ -145,13 +145,29 @@ public sealed partial class AuditLog
     }
 
     // Writes the head seen, unless the record holds it already (at stop, always: its time is the
-    // stop's). Only once forwarding has reached it: a re-application from this node's SIEM stream
-    // must reach the head it records. A failure waits for the next pass, with the old record in place.
+    // stop's). Only as far as forwarding has reached: a re-application from this node's SIEM stream
+    // must reach the head it records. A stream behind the head (more events since the last pass
+    // than a pass forwards, under a sustained load) records the last event forwarded, never one
+    // before the record: before, nothing was recorded while it was behind, so under such a load the
+    // record stood still. A failure waits for the next pass, with the old record in place.
     private async Task RecordHeadAsync(AuditHead? seen, bool force, CancellationToken cancellationToken)
     {
-        if (_headRecord is not { } path || seen is not { Sequence: > 0 } head
-            || (!force && head == _recordedHead)
-            || (EventsWritten is not null && _forwarded >= 0 && _forwarded < head.Sequence))
+        if (_headRecord is not { } path || seen is not { Sequence: > 0 } head)
+        {
+            return;
+        }
+
+        if (EventsWritten is not null && _forwarded >= 0 && _forwarded < head.Sequence)
+        {
+            if (_forwardedHead is not { } reached || reached.Sequence <= (_recordedHead?.Sequence ?? 0))
+            {
+                return;
+            }
+
+            head = reached;
+        }
+
+        if (!force && head == _recordedHead)
         {
             return;
         }

@@ -40,6 +40,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     private AuditHead _lastCheckpoint = AuditChain.Empty;
     private DateTimeOffset _lastCheckpointTime;
     private long _forwarded = -1;
+    private AuditHead? _forwardedHead; // the last event forwarded (null: none yet since the start)
     private long _lastCommitFailureTicks; // UTC ticks; 0: none since the last success
     private int _failedCommits;
     private long _checkpointRefusedTicks; // UTC ticks; 0: checkpoints are signed
@@ -866,6 +867,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
 
             EventsWritten?.Invoke(page);
             _forwarded = page[^1].Sequence;
+            _forwardedHead = new AuditHead(page[^1].Sequence, page[^1].Hash);
             if (page.Count < 1000)
             {
                 return;
