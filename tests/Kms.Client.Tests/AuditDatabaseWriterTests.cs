@@ -342,6 +342,33 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         Assert.Equal((10_017L, 10_017L), (streamed, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence));
     }
 
+    // The database goes back behind the head a running node recorded — a failover to a replica
+    // that lost the last commits, a restore under running nodes — and on past it on another chain.
+    // The node keeps its record (the chain no longer passes through it), so its next start is
+    // refused until a re-application reaches it. Before, the next pass overwrote the record with
+    // the new chain's head: the node forgot how far it served, and started.
+    [Fact]
+    public async Task HeadFile_RolledBackUnderARunningNode_RecordKept_NextStartNotPassedThrough()
+    {
+        await BuildAsync(); // checkpoints 5, 10; head 12
+        Directory.CreateDirectory(Path.GetDirectoryName(HeadPath)!);
+        var options = new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(1) };
+        var node = await StartAsync(_store, _hsm, options);
+        await node.ReadOwnHeadAsync(HeadPath, default);
+        await AppendAsync(13, 15);
+        await node.RunHousekeepingAsync(default);
+        Assert.Equal(15L, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence);
+
+        Sql("DELETE FROM audit_events WHERE seq > 12");
+        await node.RunHousekeepingAsync(default);
+        await AppendAsync(13, 17); // another chain, past the record
+        await node.RunHousekeepingAsync(default);
+
+        Assert.Equal(15L, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence);
+        var record = await (await StartAsync(_store, _hsm, options)).ReadOwnHeadAsync(HeadPath, default);
+        Assert.Equal((15L, false), (record.Head?.Sequence, record.PassesThrough));
+    }
+
     // Events between this node's checkpoint and another node's later one rewritten (a node
     // restarted without its file could have signed the rewrite): refused, whatever the
     // database's newer checkpoint rows say.

@@ -172,6 +172,21 @@ public sealed partial class AuditLog
             return;
         }
 
+        // The chain must still pass through what the node recorded, as at start: a database that went
+        // back behind it under the running node (a failover to a replica that lost the last commits,
+        // a restore under running nodes), or was rewritten, keeps the record, so the next start is
+        // refused until a re-application reaches it. Before, the record was overwritten with the new
+        // chain's head and the node forgot how far it had served.
+        if (_recordedHead is { } recorded
+            && !await ChainHoldsAsync(store, recorded, cancellationToken)
+            && !await PrunedUnderASignedCheckpointAsync(recorded.Sequence, cancellationToken))
+        {
+            throw KmsErrors.FailedPrecondition(
+                $"the audit chain in the database (head {head.Sequence}) no longer passes through event {recorded.Sequence}, the audit head this node recorded ({path}): "
+                + "the database went back behind it (a failover that lost commits, a restore under running nodes) or its events were rewritten; the record is kept, "
+                + "so the next start of this node is refused until a re-application of destructions reaches it");
+        }
+
         await DurableFile.WriteAsync(path, new SeenHead(head, time.GetUtcNow(), Fingerprint).ToBytes(), DurableFile.OwnerOnly, overwrite: true, cancellationToken);
         _recordedHead = head;
     }
