@@ -35,8 +35,10 @@ public sealed class ConcurrencyLimitTests
         Assert.Equal(2, a.Calls);
 
         // Places free; the second backoff (2 s / 2 + 0.5 · 2 s / 2 = 1.5 s), then it is sent.
+        // The refusal is counted before the client sets its second wait: the clock moves once it is set.
         a.Hold!.SetResult();
         await Task.WhenAll(held).WaitAsync(Patience);
+        await Eventually.TrueAsync(() => fake.Time.Timers == 2, "the second wait is set");
         fake.Time.Advance(TimeSpan.FromMilliseconds(1_499));
         await Eventually.StillAsync(() => a.Calls == 2, "the third call waits out its backoff");
         fake.Time.Advance(TimeSpan.FromMilliseconds(1));
@@ -62,6 +64,7 @@ public sealed class ConcurrencyLimitTests
         await Eventually.TrueAsync(() => limit.Refused == 2, "tried again after half the ceiling");
         a.Hold!.SetResult();
         await held.WaitAsync(Patience);
+        await Eventually.TrueAsync(() => fake.Time.Timers == 2, "the second wait is set (after the refusal was counted)");
         fake.Time.Advance(TimeSpan.FromSeconds(1));
         await second.WaitAsync(Patience);
         Assert.Equal(2, a.Calls);

@@ -161,6 +161,10 @@ public sealed class FailoverCallInvokerTests
         await Eventually.StillAsync(() => a.Calls == 1, "a is not tried again before its backoff");
         fake.Time.Advance(TimeSpan.FromMilliseconds(1));
         await Eventually.TrueAsync(() => a.Calls == 2, "a is tried again after 500 ms");
+
+        // a's second attempt is counted as it reaches a, before the client sets its wait for b:
+        // the clock moves once that wait is set, or it could pass a wait that did not exist yet.
+        await Eventually.TrueAsync(() => fake.Time.Timers == 2, "the wait before going back to b is set");
         fake.Time.Advance(TimeSpan.FromMilliseconds(999));
         await Eventually.StillAsync(() => b.Calls == 1, "b is not tried again before its backoff");
         fake.Time.Advance(TimeSpan.FromMilliseconds(1));

@@ -40,7 +40,7 @@ internal sealed class FakeClient : IDisposable
         Client = new KmsClient(new KmsClient.Connection(Invoker, null));
     }
 
-    public FakeTimeProvider Time { get; } = new(new DateTimeOffset(2030, 1, 1, 0, 0, 0, TimeSpan.Zero));
+    public CountingClock Time { get; } = new(new DateTimeOffset(2030, 1, 1, 0, 0, 0, TimeSpan.Zero));
 
     public ScriptedEndpoint[] Endpoints { get; }
 
@@ -51,4 +51,26 @@ internal sealed class FakeClient : IDisposable
     public bool IsUp(ScriptedEndpoint endpoint) => Invoker.Pool.IsUp(Invoker.Pool.Endpoints.Single(e => e.Address == endpoint.Address));
 
     public void Dispose() => Client.Dispose();
+}
+
+/// <summary>
+/// A fake clock that counts the timers set on it. Here only the client's waits before a retry
+/// set one (<see cref="FailoverCallInvoker"/>), and a wait is set after the attempt before it
+/// reached its endpoint: a test that moves the clock once it has seen an attempt may move it
+/// before the wait exists, which then starts later and is never over (a hang). It waits for the
+/// wait's timer instead (<see cref="Timers"/>).
+/// </summary>
+internal sealed class CountingClock(DateTimeOffset start) : FakeTimeProvider(start)
+{
+    private int _timers;
+
+    /// <summary>Timers set so far.</summary>
+    public int Timers => Volatile.Read(ref _timers);
+
+    public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
+    {
+        var timer = base.CreateTimer(callback, state, dueTime, period);
+        Interlocked.Increment(ref _timers);
+        return timer;
+    }
 }

@@ -160,7 +160,11 @@ public sealed class ServerShedTests
         var call = fake.Client.GetKeyAsync(AnyGet.Name);
         for (var sent = 1; sent < 3; sent++)
         {
-            await Eventually.TrueAsync(() => a.Calls == sent, $"attempt {sent} is sent");
+            // An attempt is counted as it reaches a, before the client sets its timer for the next
+            // (the second on another thread, once the first wait ended): the clock moves once that
+            // timer is set, or it could pass a wait that did not exist yet and leave it unfired.
+            await Eventually.TrueAsync(() => fake.Time.Timers == sent, $"the wait after attempt {sent} is set");
+            Assert.Equal(sent, a.Calls);
             fake.Time.Advance(TimeSpan.FromMilliseconds(299));
             await Eventually.StillAsync(() => a.Calls == sent, "no attempt before the pushback (300 ms; half the ceiling is 50 or 100)");
             fake.Time.Advance(TimeSpan.FromMilliseconds(1));
