@@ -155,8 +155,8 @@ public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<
     [Fact]
     public async Task List_ASparseFilter_PagesOnThroughEmptyPages_UntilLimitEvents()
     {
-        // A server whose pages examine 10 sequence numbers each: the two events of the rare
-        // operation are windows apart, so pages in between come back empty with a token. --limit 2
+        // A server whose pages examine 10 sequence numbers each: the two events of a rare
+        // operation (GetKeyAttestation among GetKeys) are windows apart, so pages in between come back empty with a token. --limit 2
         // means two events, not one page: the command pages on until it has them.
         await using var server = await KmsTestServer.StartAsync(null, null, "dev", KmsTestServer.AuditScanWindow(10));
         var store = (Kms.Core.Ports.IAuditStore)server.Services.GetService(typeof(Kms.Core.Ports.IAuditStore))!;
@@ -167,7 +167,7 @@ public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<
                 RequestId = $"filler-{i}",
                 Principal = "token:busy",
                 Tenant = "dev",
-                Operation = i is 5 or 45 ? "/kms.v1.KeyManagementService/RareOperation" : "/kms.v1.KeyManagementService/GetKey",
+                Operation = i is 5 or 45 ? "/kms.v1.KeyManagementService/GetKeyAttestation" : "/kms.v1.KeyManagementService/GetKey",
                 Outcome = "OK",
             })],
             default);
@@ -179,13 +179,13 @@ public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<
             ["KMS_TENANT"] = "dev",
         };
 
-        var result = await CliRun.InProcessAsync(variables, _directory, null, "audit", "list", "--operation", "RareOperation", "--limit", "2", "-o", "json");
+        var result = await CliRun.InProcessAsync(variables, _directory, null, "audit", "list", "--operation", "GetKeyAttestation", "--limit", "2", "-o", "json");
         Assert.True(result.ExitCode == 0, result.ToString());
         var listed = System.Text.Json.JsonDocument.Parse(result.Out).RootElement.GetProperty("events").EnumerateArray()
             .Select(e => long.Parse(e.GetProperty("sequence").GetString()!, CultureInfo.InvariantCulture));
         Assert.Equal([written[5].Sequence, written[45].Sequence], listed);
 
-        var newest = await CliRun.InProcessAsync(variables, _directory, null, "audit", "list", "--operation", "RareOperation", "--limit", "1", "--newest", "-o", "json");
+        var newest = await CliRun.InProcessAsync(variables, _directory, null, "audit", "list", "--operation", "GetKeyAttestation", "--limit", "1", "--newest", "-o", "json");
         Assert.True(newest.ExitCode == 0, newest.ToString());
         Assert.Equal(written[45].Sequence, long.Parse(System.Text.Json.JsonDocument.Parse(newest.Out).RootElement.GetProperty("events")[0].GetProperty("sequence").GetString()!, CultureInfo.InvariantCulture));
     }
@@ -206,6 +206,32 @@ public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<
         Assert.True(lower.ExitCode == ExitCodes.Usage, lower.ToString());
         Assert.Contains("did you mean CreateKey?", lower.Error, StringComparison.Ordinal);
         Assert.Equal("", lower.Out);
+    }
+
+    [Fact]
+    public async Task List_OperationOrOutcomeNoEventCanHave_UsageErrorNamingCloseMatches_NotAnEmptyListing()
+    {
+        // A typo in --operation or --outcome listed nothing, exit 0: to an auditor, nobody had
+        // made the call, or none had been refused.
+        using var developer = fixture.Server.CreateClient();
+        await developer.CreateKeyAsync("tenants/dev", "cli-audit-operation-typo");
+
+        var typo = await CliRun.InProcessAsync(fixture.Variables, _directory, null, "audit", "list", "--operation", "CreateKye", "--newest", "--limit", "1", "-o", "json");
+        Assert.True(typo.ExitCode == ExitCodes.Usage, typo.ToString());
+        Assert.Contains("did you mean CreateKey?", typo.Error, StringComparison.Ordinal);
+        Assert.Equal("", typo.Out);
+
+        var none = await CliRun.InProcessAsync(fixture.Variables, _directory, null, "audit", "list", "--operation", "NoSuchOp", "-o", "json");
+        Assert.True(none.ExitCode == ExitCodes.Usage, none.ToString());
+        Assert.Contains("--operation NoSuchOp would match no event: no operation is called that", none.Error, StringComparison.Ordinal);
+
+        var outcome = await CliRun.InProcessAsync(fixture.Variables, _directory, null, "audit", "list", "--operation", "CreateKey", "--outcome", "ok", "-o", "json");
+        Assert.True(outcome.ExitCode == ExitCodes.Usage, outcome.ToString());
+        Assert.Contains("did you mean OK?", outcome.Error, StringComparison.Ordinal);
+
+        var exact = await CliRun.InProcessAsync(fixture.Variables, _directory, null, "audit", "list", "--operation", "CreateKey", "--outcome", "OK", "--newest", "--limit", "1", "-o", "json");
+        Assert.True(exact.ExitCode == 0, exact.ToString());
+        Assert.Single(System.Text.Json.JsonDocument.Parse(exact.Out).RootElement.GetProperty("events").EnumerateArray());
     }
 
     [Fact]

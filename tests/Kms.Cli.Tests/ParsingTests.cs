@@ -60,20 +60,51 @@ public sealed class ParsingTests : IDisposable
     }
 
     [Theory]
-    [InlineData("reencrypt", "ReEncrypt")]
-    [InlineData("BATCHREENCRYPT", "BatchReEncrypt")]
-    [InlineData("/kms.v1.keymanagementservice/decrypt", "/kms.v1.KeyManagementService/Decrypt")]
-    [InlineData("createapitoken", "CreateApiToken")]
-    public void AuditList_OperationInAnotherCase_NamesTheMethod(string operation, string meant) =>
-        Assert.Equal(meant, Kms.Cli.Commands.AuditCommands.MethodInAnotherCase(operation));
+    [InlineData("reencrypt", "did you mean ReEncrypt?")]
+    [InlineData("BATCHREENCRYPT", "did you mean BatchReEncrypt?")]
+    [InlineData("/kms.v1.keymanagementservice/decrypt", "did you mean /kms.v1.KeyManagementService/Decrypt?")]
+    [InlineData("createapitoken", "did you mean CreateApiToken?")]
+    [InlineData("Decrpyt", "did you mean Decrypt?")]
+    [InlineData("GenerateDataKy", "did you mean GenerateDataKey?")]
+    [InlineData("lifecycle/Destructoin", "did you mean lifecycle/Destruction?")]
+    [InlineData("export_backup", "did you mean EXPORT_BACKUP?")]
+    [InlineData("NoSuchOp", "no operation is called that (an operation is a kms.v1 method")]
+    [InlineData("KeyManagementService/Decrypt", "no operation is called that")] // the server matches after a '/' only
+    public void AuditList_OperationNoEventCanHave_NamesTheCloseMatches(string operation, string told) =>
+        Assert.Contains(told, Kms.Cli.Commands.AuditFilterValues.OperationProblem(operation), StringComparison.Ordinal);
 
     [Theory]
+    [InlineData("")]
     [InlineData("ReEncrypt")]
     [InlineData("/kms.v1.KeyManagementService/Decrypt")]
-    [InlineData("RareOperation")]
+    [InlineData("kms.v1.KeyManagementService/Decrypt")]
     [InlineData("lifecycle/Destruction")]
-    public void AuditList_OperationExactOrNoMethod_IsPassedOn(string operation) =>
-        Assert.Null(Kms.Cli.Commands.AuditCommands.MethodInAnotherCase(operation));
+    [InlineData("Destruction")]
+    [InlineData("DESTROY_KEY_VERSION_NOW")]
+    [InlineData("quorum/EXPORT_BACKUP")]
+    [InlineData("ceremony/rotate-domain/share")]
+    [InlineData("backup/Restore")]
+    [InlineData("Retention")]
+    [InlineData("*")]
+    public void AuditList_OperationAnEventCanHave_IsPassedOn(string operation) =>
+        Assert.Null(Kms.Cli.Commands.AuditFilterValues.OperationProblem(operation));
+
+    [Theory]
+    [InlineData("permission_denied", "case included; did you mean PERMISSION_DENIED?")]
+    [InlineData("PermissionDenied", "case included; did you mean PERMISSION_DENIED?")]
+    [InlineData("ok", "case included; did you mean OK?")]
+    [InlineData("UNAVAILABE", "did you mean UNAVAILABLE?")]
+    [InlineData("DENIED", "no outcome is called that (an outcome is the gRPC status name the caller got: OK, CANCELLED")]
+    public void AuditList_OutcomeNoEventCanHave_NamesTheCloseMatches(string outcome, string told) =>
+        Assert.Contains(told, Kms.Cli.Commands.AuditFilterValues.OutcomeProblem(outcome), StringComparison.Ordinal);
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("OK")]
+    [InlineData("PERMISSION_DENIED")]
+    [InlineData("STARTED")]
+    public void AuditList_OutcomeAnEventCanHave_IsPassedOn(string outcome) =>
+        Assert.Null(Kms.Cli.Commands.AuditFilterValues.OutcomeProblem(outcome));
 
     [Theory]
     [InlineData("keys", "list", "--token", "kms_tok_s3cretvalue")]

@@ -43,13 +43,14 @@ internal static class AuditCommands
                 throw new CliUsageException("--limit must be at least 1");
             }
 
-            // The server matches an operation exactly, case included: `--operation reencrypt`
-            // would list nothing, as if no one had called ReEncrypt. A kms.v1 method spelled in
-            // another case is a mistake, not a filter; other names (lifecycle/…, RareOperation) pass.
+            // The server matches an operation and an outcome exactly, case included: `--operation
+            // reencrypt` (or NoSuchOp, or --outcome permission_denied) would list nothing, as if no
+            // one had called ReEncrypt. A value no event can have is a mistake, not a filter.
             var operationName = ctx.ParseResult.GetValue(operation) ?? "";
-            if (MethodInAnotherCase(operationName) is { } meant)
+            var outcomeName = ctx.ParseResult.GetValue(outcome) ?? "";
+            if ((AuditFilterValues.OperationProblem(operationName) ?? AuditFilterValues.OutcomeProblem(outcomeName)) is { } problem)
             {
-                throw new CliUsageException($"--operation {operationName} would match no event: an operation is matched exactly, case included; did you mean {meant}?");
+                throw new CliUsageException(problem);
             }
 
             var resourceName = ctx.ParseResult.GetValue(resource) ?? "";
@@ -82,7 +83,7 @@ internal static class AuditCommands
                 Principal = ctx.ParseResult.GetValue(principal) ?? "",
                 Resource = resourceName,
                 Operation = operationName,
-                Outcome = ctx.ParseResult.GetValue(outcome) ?? "",
+                Outcome = outcomeName,
                 NewestFirst = ctx.ParseResult.GetValue(newest),
             };
             var events = new List<Kms.Contracts.V1.AuditEventInfo>();
@@ -111,21 +112,6 @@ internal static class AuditCommands
             return ExitCodes.Ok;
         });
         return command;
-    }
-
-    // The kms.v1 method (its last part, or its full name) that operation names in another case
-    // only; null when it names one exactly, or none.
-    internal static string? MethodInAnotherCase(string operation)
-    {
-        var services = new[]
-        {
-            Kms.Contracts.V1.KeyManagementService.Descriptor, Kms.Contracts.V1.AccessManagementService.Descriptor,
-            Kms.Contracts.V1.AuditService.Descriptor, Kms.Contracts.V1.QuorumService.Descriptor,
-        };
-        var names = services.SelectMany(s => s.Methods.SelectMany(m => new[] { m.Name, $"/{s.FullName}/{m.Name}" })).ToList();
-        return names.Contains(operation, StringComparer.Ordinal)
-            ? null
-            : names.FirstOrDefault(n => string.Equals(n, operation, StringComparison.OrdinalIgnoreCase));
     }
 
     // The versions a ReEncrypt (its source) or a batch call used besides `resource`, one a line,
