@@ -137,6 +137,30 @@ public sealed class CommandTests(CliServerFixture fixture) : IClassFixture<CliSe
     }
 
     [Fact]
+    public async Task Encrypt_ThroughAnAlias_ReportsTheKeyAndVersionItResolvedTo_AndTheAliasGiven()
+    {
+        // `encrypt --key tenants/dev/aliases/A` said "under tenants/dev/aliases/A": not which key
+        // wrapped the data key (the one decrypt must trust), nor which version.
+        var name = $"behind-{Guid.NewGuid():N}";
+        var alias = $"tenants/dev/aliases/front-{Guid.NewGuid():N}";
+        using var developer = fixture.Server.CreateClient();
+        var key = await developer.CreateKeyAsync("tenants/dev", name);
+        await developer.RotateKeyAsync(key.Name);
+        await developer.CreateAliasAsync("tenants/dev", alias[(alias.LastIndexOf('/') + 1)..], key.Name);
+        await File.WriteAllTextAsync(Path.Combine(_directory, "p"), "x");
+
+        var text = await RunAsync("encrypt", "--key", alias, "--in", "p", "--out", "p.kmse");
+        Assert.True(text.ExitCode == 0, text.ToString());
+        Assert.Contains($"under {key.Name}/versions/2 (through {alias})", text.Out, StringComparison.Ordinal);
+
+        var json = (await JsonAsync("encrypt", "--key", alias, "--in", "p", "--out", "p.kmse", "--force")).GetProperty("wrappedKeys").EnumerateArray().Single();
+        Assert.Equal((alias, key.Name, $"{key.Name}/versions/2"), (json.GetProperty("given").GetString(), json.GetProperty("key").GetString(), json.GetProperty("keyVersion").GetString()));
+
+        // Decrypt trusts the key it reported.
+        Assert.Equal(0, (await RunAsync("decrypt", "--key", key.Name, "--in", "p.kmse", "--out", "p.out")).ExitCode);
+    }
+
+    [Fact]
     public async Task Decrypt_UntrustedKey_Exits7()
     {
         var key = (await JsonAsync("keys", "create", $"mine-{Guid.NewGuid():N}")).GetProperty("name").GetString()!;

@@ -58,14 +58,21 @@ internal static class CryptoCommands
             });
             await using var source = InputFile.Open(ctx.Environment, inPath, out var length);
             await using var target = OutputFile.Open(ctx.Environment, outPath, parse.GetValue(force));
+            IReadOnlyList<WrappedDataKey> wrapped = [];
             var plaintextBytes = await ProgressDisplay.RunAsync(ctx, "encrypting", length, async progress =>
             {
                 await using var counted = new CountingStream(source, progress);
-                await encryptor.EncryptAsync(counted, target.Stream, encryptionContext, cancellationToken: ct);
+                await using var encrypting = await encryptor.OpenEncryptingStreamAsync(target.Stream, encryptionContext, cancellationToken: ct);
+                wrapped = encrypting.WrappedKeys;
+                await counted.CopyToAsync(encrypting, ct);
+                await encrypting.CompleteAsync(ct);
                 return counted.BytesRead;
             });
             await target.CommitAsync(ct);
 
+            // What wrapped the data key: the key an alias pointed at, and its version (the header
+            // records the key, never the alias). Reported, so "under orders" is not taken for a key.
+            var used = keyNames.Select((given, i) => (Given: given, Key: i < wrapped.Count ? wrapped[i].KeyName : given, KeyVersion: i < wrapped.Count ? wrapped[i].KeyVersion : null)).ToList();
             if (target.Path is not null)
             {
                 var written = new FileInfo(target.Path).Length;
@@ -75,12 +82,13 @@ internal static class CryptoCommands
                         ["in"] = inPath,
                         ["out"] = target.Path,
                         ["keys"] = new JsonArray([.. keyNames.Select(k => (JsonNode)k)]),
+                        ["wrappedKeys"] = new JsonArray([.. used.Select(u => (JsonNode)new JsonObject { ["given"] = u.Given, ["key"] = u.Key, ["keyVersion"] = u.KeyVersion })]),
                         ["encryptionContext"] = ContextJson(encryptionContext),
                         ["plaintextBytes"] = plaintextBytes,
                         ["ciphertextBytes"] = written,
                         ["signed"] = sign,
                     },
-                    $"encrypted {inPath} ({plaintextBytes} bytes) to {target.Path} ({written} bytes) under {string.Join(", ", keyNames)}{(sign ? ", signed" : "")}");
+                    $"encrypted {inPath} ({plaintextBytes} bytes) to {target.Path} ({written} bytes) under {string.Join(", ", used.Select(u => (u.KeyVersion ?? u.Key) + (u.Key == u.Given ? "" : $" (through {u.Given})")))}{(sign ? ", signed" : "")}");
             }
 
             return ExitCodes.Ok;

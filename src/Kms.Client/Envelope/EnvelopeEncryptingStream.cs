@@ -55,8 +55,10 @@ public sealed class EnvelopeEncryptingStream : Stream
     private readonly EnvelopeSignature? _signature;
 
     /// <param name="signature">A signed message's signer, the header already appended to it; disposed with the stream (which releases its key pair).</param>
-    internal EnvelopeEncryptingStream(Stream destination, FrameCipher cipher, int frameLength, long declaredLength, ILogger logger, EnvelopeSignature? signature = null)
+    /// <param name="wrappedKeys">What the header carries (copied here: the data-key cache reuses the originals).</param>
+    internal EnvelopeEncryptingStream(Stream destination, FrameCipher cipher, int frameLength, long declaredLength, ILogger logger, EnvelopeSignature? signature = null, IReadOnlyList<WrappedDataKey>? wrappedKeys = null)
     {
+        WrappedKeys = [.. (wrappedKeys ?? []).Select(k => k with { Wrapped = k.Wrapped.ToArray() })];
         _destination = destination;
         _signature = signature;
         _logger = logger;
@@ -66,6 +68,13 @@ public sealed class EnvelopeEncryptingStream : Stream
         _plaintext = GC.AllocateUninitializedArray<byte>(frameLength, pinned: true);
         _frame = GC.AllocateUninitializedArray<byte>(EnvelopeFormat.FinalFramePrefix + frameLength + EnvelopeFormat.TagLength);
     }
+
+    /// <summary>
+    /// The keys that wrapped this message's data key, in the header's order — through an alias,
+    /// the key it pointed at — each with the key version the KMS reported
+    /// (<see cref="WrappedDataKey.KeyVersion"/>). Copies: changing them changes nothing.
+    /// </summary>
+    public IReadOnlyList<WrappedDataKey> WrappedKeys { get; }
 
     /// <inheritdoc />
     public override bool CanRead => false;

@@ -377,7 +377,7 @@ public sealed class EnvelopeEncryptor : IDisposable
 
                 // A declared length reserved bytes in the data-key cache: the stream holds the writer to it.
                 FaultForTests?.Invoke("stream");
-                stream = new EnvelopeEncryptingStream(destination, cipher, _frameLength, plaintextLength, _logger, signature);
+                stream = new EnvelopeEncryptingStream(destination, cipher, _frameLength, plaintextLength, _logger, signature, materials.Wrapped);
             }
             catch
             {

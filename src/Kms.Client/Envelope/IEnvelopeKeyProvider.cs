@@ -29,7 +29,15 @@ public interface IEnvelopeKeyProvider
 /// <summary>A data key wrapped under a KMS key: what an envelope header carries per key.</summary>
 /// <param name="KeyName">The key that wrapped it: <c>tenants/{t}/keys/{k}</c> (never an alias).</param>
 /// <param name="Wrapped">The KMS's ciphertext blob of the data key.</param>
-public sealed record WrappedDataKey(string KeyName, byte[] Wrapped);
+public sealed record WrappedDataKey(string KeyName, byte[] Wrapped)
+{
+    /// <summary>
+    /// The key version that wrapped it, as the KMS reported (<c>tenants/{t}/keys/{k}/versions/{n}</c>),
+    /// when it was wrapped here; null for one read from a header, which records the key only, or
+    /// from a provider that does not say.
+    /// </summary>
+    public string? KeyVersion { get; init; }
+}
 
 /// <summary>A data key from the KMS, with its wrapping; dispose to zero the plaintext.</summary>
 public sealed class GeneratedDataKey : IDisposable

@@ -23,7 +23,7 @@ public sealed class KmsEnvelopeKeyProvider(KmsClient client) : IEnvelopeKeyProvi
         }
 
         // The key first: a malformed answer must not leave a copy of the secret behind, unzeroed.
-        var wrapped = new WrappedDataKey(KeyOf(dataKey.KeyVersion), dataKey.Ciphertext);
+        var wrapped = new WrappedDataKey(KeyOf(dataKey.KeyVersion), dataKey.Ciphertext) { KeyVersion = dataKey.KeyVersion };
         return new GeneratedDataKey(CopySecret(dataKey.Plaintext), wrapped);
     }
 
@@ -31,7 +31,7 @@ public sealed class KmsEnvelopeKeyProvider(KmsClient client) : IEnvelopeKeyProvi
     public async Task<WrappedDataKey> WrapDataKeyAsync(string keyName, ReadOnlyMemory<byte> dataKey, IReadOnlyDictionary<string, string> context, CancellationToken cancellationToken)
     {
         var encrypted = await _client.EncryptAsync(keyName, dataKey, context, cancellationToken).ConfigureAwait(false);
-        return new WrappedDataKey(KeyOf(encrypted.KeyVersion), encrypted.Ciphertext);
+        return new WrappedDataKey(KeyOf(encrypted.KeyVersion), encrypted.Ciphertext) { KeyVersion = encrypted.KeyVersion };
     }
 
     /// <inheritdoc />
