@@ -561,6 +561,34 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task Retention_OverASummarisedLog_TheCutsWalkStartsAtTheFirstBlockThatCanHoldIt_NotAtTheOldestEvent_SameCut()
+    {
+        // 300 events a minute apart, every third block of 10 three hours behind the one before it
+        // (times are not monotonic in sequence); checkpoints after the 200th and the 300th; the
+        // log summarised.
+        var store = new InMemoryStore();
+        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(365), Retention = TimeSpan.FromDays(30), SummaryBlockEvents = 10 });
+        await log.InitializeAsync(default);
+        var t0 = _time.GetUtcNow();
+        foreach (var part in new[] { Enumerable.Range(0, 200), Enumerable.Range(200, 100) })
+        {
+            await store.AppendAuditAsync([.. part.Select(i => Entry($"e-{i}") with { Time = t0.AddMinutes(i - (i / 10 % 3 == 1 ? 180 : 0)) })], default);
+            await log.CheckpointAsync(default);
+        }
+
+        Assert.Equal(30, await store.SummariseAuditBlocksAsync(10, 100, default));
+
+        // The cutoff is event 246's time: every event before it is older, and so are blocks
+        // 251..260 and 281..290 after it. The cut goes back to the checkpoint at 200, as a walk
+        // from the oldest event finds; that walk read 246 events, this one starts at block 241..250.
+        _time.Advance(TimeSpan.FromDays(30) + TimeSpan.FromMinutes(245));
+        var read = store.AuditEventsRead;
+        Assert.Equal(200, await log.PruneAsync(_time.GetUtcNow(), default));
+        Assert.InRange(store.AuditEventsRead - read, 1, 20);
+        Assert.Equal(201, (await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, default))[0].Sequence);
+    }
+
+    [Fact]
     public async Task Retention_ABacklog_IsWorkedOffPassByPass_EachCutAtACheckpoint_TheChainVerifiesInBetween()
     {
         // A retention period shortened, or a leader away for long: deleting the whole backlog in

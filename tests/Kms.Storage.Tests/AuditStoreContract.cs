@@ -202,6 +202,61 @@ public abstract class AuditStoreContract : AccessStoreContract
     }
 
     [Fact]
+    public async Task RetentionCut_FromTheBlocks_TheFirstEventAtOrAfterTheCutoff_AsAFullScan_TimesGoingBackwards_NoBlocks_ATail_AfterPrunes()
+    {
+        // Retention's cut (AuditLog.PruneAsync): the first event in sequence order whose time is at
+        // or after the cutoff. 200 events ten seconds apart, jittered, and every third block of 10
+        // ten minutes behind the one before (several nodes' clocks, a time taken before the batch
+        // is ordered): no search on the time column could find it.
+        var store = await AuditAsync();
+        var events = await store.AppendAuditAsync([.. Enumerable.Range(1, 200).Select(i => Entry(i) with { Time = Time(i) })], default);
+
+        // No blocks at all (a new database, or the summary not yet written).
+        await AssertCutsAsync("no blocks");
+
+        // Summarised, then an unsummarised tail (a block not yet complete).
+        Assert.Equal(20, await store.SummariseAuditBlocksAsync(10, 100, default));
+        await store.AppendAuditAsync([.. Enumerable.Range(201, 6).Select(i => Entry(i) with { Time = Time(i) })], default);
+        await AssertCutsAsync("summarised, a tail");
+
+        // A prune ending inside a block (95 of 91..100): that block stays, the ones before go.
+        await store.AddAuditCheckpointAsync(Checkpoint(events[94]), default);
+        Assert.Equal(95, await store.PruneAuditAsync(95, default));
+        await AssertCutsAsync("pruned inside a block");
+
+        // A prune ending on a block's last event: the oldest event starts the next block.
+        await store.AddAuditCheckpointAsync(Checkpoint(events[119]), default);
+        Assert.Equal(25, await store.PruneAuditAsync(120, default));
+        await AssertCutsAsync("pruned to a block's end");
+
+        // The tail completes and the summary goes on: times going back further still.
+        await store.AppendAuditAsync([.. Enumerable.Range(207, 20).Select(i => Entry(i) with { Time = Time(i).AddSeconds(-1200) })], default);
+        Assert.Equal(2, await store.SummariseAuditBlocksAsync(10, 100, default));
+        await AssertCutsAsync("summary resumed");
+
+        static DateTimeOffset Time(int i) => T0.AddSeconds((i * 10) + (i * 37 % 23) - ((i - 1) / 10 % 3 == 2 ? 600 : 0));
+
+        async Task AssertCutsAsync(string state)
+        {
+            var all = await store.ListAuditEventsAsync(new AuditQuery { Limit = 10_000 }, default);
+            var oldest = all[0].Sequence;
+            // Every event's time, a millisecond either side of it, and times before and after them all.
+            var cutoffs = all.SelectMany(e => new[] { e.Entry.Time, e.Entry.Time.AddMilliseconds(-1), e.Entry.Time.AddMilliseconds(1) })
+                .Concat([T0.AddHours(-1), T0, T0.AddHours(2)])
+                .Distinct()
+                .Order();
+            foreach (var cutoff in cutoffs)
+            {
+                var expected = all.FirstOrDefault(e => e.Entry.Time >= cutoff)?.Sequence;
+                var fullScan = (await store.ListAuditEventsAsync(new AuditQuery { StartTime = cutoff, Limit = 1 }, default)).SingleOrDefault()?.Sequence;
+                var fromTheBlocks = (await AuditPages.FirstAtOrAfterAsync(store, cutoff, oldest - 1, default))?.Sequence;
+                var fromZero = (await AuditPages.FirstAtOrAfterAsync(store, cutoff, 0, default))?.Sequence;
+                Assert.True(fullScan == expected && fromTheBlocks == expected && fromZero == expected, $"{state}, cutoff {cutoff:O}: expected {expected}, the full scan {fullScan}, from the blocks {fromTheBlocks}, from 0 {fromZero}");
+            }
+        }
+    }
+
+    [Fact]
     public async Task SummariseAuditBlocks_TwiceAtOnce_EachBlockOnce_ListingsExact()
     {
         var store = await AuditAsync();

@@ -93,6 +93,37 @@ public static class AuditPages
         return new(events, after > query.AfterSequence && await LastCandidateBeforeAsync(store, query, from, cancellationToken) is not null ? from : null);
     }
 
+    /// <summary>
+    /// The first event after <paramref name="afterSequence"/> (in sequence order) whose time column
+    /// is at or after <paramref name="time"/>, or null: what a walk of the log from the bound with
+    /// that filter finds first — retention's cut (<see cref="Services.AuditLog.PruneAsync"/>), every
+    /// event before it older. Event times are not monotonic in sequence, so it is no search on the
+    /// time column: the walk starts at the first block whose time summary can hold such an event
+    /// (its greatest time at or after <paramref name="time"/>; <see cref="IAuditStore.FindAuditWalkStartAsync"/>),
+    /// past the blocks all of whose events are older, or at the unsummarised tail, and reads along
+    /// the primary key from there: the answer of the walk from the bound, reading at most a block
+    /// and the tail where that walk read every older event.
+    /// </summary>
+    /// <remarks>
+    /// Pass the oldest event's predecessor, not 0: a bound below the first block (whose blocks a
+    /// prune deleted) may lie before events no block covers, and the walk would start there.
+    /// </remarks>
+    /// <param name="store">The log.</param>
+    /// <param name="time">The least time column the event may have.</param>
+    /// <param name="afterSequence">The walk's exclusive lower bound.</param>
+    /// <param name="cancellationToken">Cancels the reads.</param>
+    public static async Task<AuditEvent?> FirstAtOrAfterAsync(IAuditStore store, DateTimeOffset time, long afterSequence, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        var query = new AuditQuery { StartTime = time, AfterSequence = afterSequence, Limit = 1 };
+        if (await store.FindAuditWalkStartAsync(query, cancellationToken) is not { } start)
+        {
+            return null;
+        }
+
+        return await store.ListAuditEventsAsync(query with { AfterSequence = Math.Max(afterSequence, start - 1) }, cancellationToken) is [var found] ? found : null;
+    }
+
     // The first event after `after` that the query's indexed filter (its principal) allows, past
     // the blocks whose time summary rules the query's time range out: an index lookup or two.
     private static async Task<long?> FirstCandidateAfterAsync(IAuditStore store, AuditQuery query, long after, CancellationToken cancellationToken)

@@ -613,9 +613,11 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             return 0;
         }
 
-        // The first event at or after the cutoff; everything before it may go, but only up to a checkpoint.
-        var kept = await store.ListAuditEventsAsync(new AuditQuery { StartTime = cutoff, Limit = 1 }, cancellationToken);
-        var limit = kept.Count == 0 ? long.MaxValue : kept[0].Sequence - 1;
+        // The first event at or after the cutoff (in sequence order: times are not monotonic in
+        // it); everything before it may go, but only up to a checkpoint. Its walk starts at the
+        // first block of the time summary that can hold it, not at the oldest event.
+        var kept = await AuditPages.FirstAtOrAfterAsync(store, cutoff, oldest[0].Sequence - 1, cancellationToken);
+        var limit = kept is null ? long.MaxValue : kept.Sequence - 1;
 
         // At most MaxPrunedPerPass events a pass, cut at a checkpoint (one every
         // CheckpointEveryEvents at most); the next pass goes on from there.
@@ -633,14 +635,14 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             return 0;
         }
 
-        // Which events are old was asked of the time column, which only indexes the bodies: the
-        // event the cut ends at must be that old by its body too, or a database writer who aged
-        // the column would have this server delete recent events under a signed record of a cut.
+        // Which events are old was asked of the time column and its summary, which only index the
+        // bodies: the event the cut ends at must be that old by its body too, or a database writer
+        // who aged either would have this server delete recent events under a signed record of a cut.
         if (await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = anchor.Sequence - 1, Limit = 1 }, cancellationToken) is not [var last]
             || last.Sequence != anchor.Sequence || last.Entry.Time >= cutoff)
         {
             throw KmsErrors.FailedPrecondition(
-                $"audit retention: event {anchor.Sequence}, where the cut would end, is not older than the retention period by its body ({cutoff:O}), though the database's time column says so: the column was edited; nothing deleted");
+                $"audit retention: event {anchor.Sequence}, where the cut would end, is not older than the retention period by its body ({cutoff:O}), though the database's time column or its summary (audit_blocks) says so: one was edited; nothing deleted");
         }
 
         return await PruneThroughAsync(anchor.Sequence, cancellationToken);

@@ -72,19 +72,29 @@ public sealed partial class InMemoryStore : IAuditStore
         lock (_lock)
         {
             var ordered = query.NewestFirst ? _audit.AsEnumerable().Reverse() : _audit;
-            IReadOnlyList<AuditEvent> rows = ordered.Where(e => e.Sequence > query.AfterSequence && e.Sequence < query.BeforeSequence
-                    && (query.StartTime is not { } start || e.Entry.Time >= start)
-                    && (query.EndTime is not { } end || e.Entry.Time < end)
-                    && (query.Principal is null || e.Entry.Principal == query.Principal)
-                    && (query.Tenant is null || e.Entry.Tenant == query.Tenant || (e.Entry.Tenant is null && (e.Entry.Resource == "tenants/" + query.Tenant || (e.Entry.Resource?.StartsWith("tenants/" + query.Tenant + "/", StringComparison.Ordinal) ?? false))))
-                    && (query.Resource is null || Names(e.Entry.Resource, query.Resource) || (e.Entry.KeyVersions?.Any(version => Names(version, query.Resource)) ?? false))
-                    && (query.Operation is null || e.Entry.Operation == query.Operation || e.Entry.Operation.EndsWith("/" + query.Operation, StringComparison.Ordinal))
-                    && (query.Outcome is null || e.Entry.Outcome == query.Outcome))
+            IReadOnlyList<AuditEvent> rows = ordered.Where(e => e.Sequence > query.AfterSequence && e.Sequence < query.BeforeSequence)
+                .Where(e =>
+                {
+                    AuditEventsRead++;
+                    return (query.StartTime is not { } start || e.Entry.Time >= start)
+                        && (query.EndTime is not { } end || e.Entry.Time < end)
+                        && (query.Principal is null || e.Entry.Principal == query.Principal)
+                        && (query.Tenant is null || e.Entry.Tenant == query.Tenant || (e.Entry.Tenant is null && (e.Entry.Resource == "tenants/" + query.Tenant || (e.Entry.Resource?.StartsWith("tenants/" + query.Tenant + "/", StringComparison.Ordinal) ?? false))))
+                        && (query.Resource is null || Names(e.Entry.Resource, query.Resource) || (e.Entry.KeyVersions?.Any(version => Names(version, query.Resource)) ?? false))
+                        && (query.Operation is null || e.Entry.Operation == query.Operation || e.Entry.Operation.EndsWith("/" + query.Operation, StringComparison.Ordinal))
+                        && (query.Outcome is null || e.Entry.Outcome == query.Outcome);
+                })
                 .Take(query.Limit)
                 .ToList();
             return Task.FromResult(rows);
         }
     }
+
+    /// <summary>
+    /// How many events the listings read (tests): each between a query's sequence bounds until its
+    /// limit matched, as the SQL stores' walk along the primary key from a bound (with no principal filter).
+    /// </summary>
+    public long AuditEventsRead { get; private set; }
 
     // The resource filter: the name itself or anything under it (a key and its versions).
     private static bool Names(string? name, string filter) => name == filter || (name?.StartsWith(filter + "/", StringComparison.Ordinal) ?? false);
