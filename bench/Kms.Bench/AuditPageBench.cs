@@ -14,7 +14,8 @@ namespace Kms.Bench;
 /// cursor to the end of the log) against one bounded page, and the whole bounded listing.
 /// The log is <c>events</c> GenerateDataKey-shaped events of tenant <c>dev</c>, one of them (near
 /// the end) of operation <c>DestroyKeyVersion</c>; one of tenant <c>small</c> there too. Then
-/// time ranges (events a millisecond apart), before and after the log's time summary is written.
+/// time ranges (events a millisecond apart), and retention's cut at four cutoffs, before and after
+/// the log's time summary is written.
 /// </summary>
 internal static class AuditPageBench
 {
@@ -64,6 +65,14 @@ internal static class AuditPageBench
             ];
             await MeasureAsync(store, sparse, "");
             await MeasureAsync(store, ranges, ", not summarised");
+            (string, DateTimeOffset)[] cutoffs =
+            [
+                ("10% of the log older", Time(events / 10)),
+                ("50% older", Time(events / 2)),
+                ("90% older", Time(events / 10 * 9)),
+                ("all but the last 1,000 older", Time(events - 1000)),
+            ];
+            await MeasureCutsAsync(store, cutoffs, ", not summarised");
             var summarising = Stopwatch.StartNew();
             var blocks = 0;
             for (int written; (written = await store.SummariseAuditBlocksAsync(new AuditOptions().SummaryBlockEvents, 100, default)) > 0;)
@@ -72,6 +81,7 @@ internal static class AuditPageBench
             }
 
             await MeasureAsync(store, ranges, ", summarised");
+            await MeasureCutsAsync(store, cutoffs, ", summarised");
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{blocks:N0} blocks summarised in {summarising.Elapsed.TotalSeconds:F1} s"));
         }
         finally
@@ -105,6 +115,26 @@ internal static class AuditPageBench
 
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"| {label}{suffix} | {unbounded:F1} | {bounded:F1} | {first!.Events.Count} / {first.Next?.ToString(CultureInfo.InvariantCulture) ?? "none"} | {pages + 1}, {whole.Elapsed.TotalMilliseconds + bounded:F0} |"));
+        }
+    }
+
+    // Retention's cut (AuditLog.PruneAsync): the first event at or after the cutoff, by the query
+    // it ran before (a walk from the oldest event) and from the time summary's first block that
+    // can hold it (the same walk where nothing is summarised).
+    private static async Task MeasureCutsAsync(SqliteStore store, (string Label, DateTimeOffset Cutoff)[] cutoffs, string suffix)
+    {
+        Console.WriteLine("| retention cutoff | full-scan query (before) ms | from the blocks (after) ms | cut at |");
+        Console.WriteLine("|---|---:|---:|---|");
+        foreach (var (label, cutoff) in cutoffs)
+        {
+            IReadOnlyList<AuditEvent> scanned = [];
+            AuditEvent? found = null;
+            var before = await MedianAsync(async () => scanned = await store.ListAuditEventsAsync(new AuditQuery { StartTime = cutoff, Limit = 1 }, default));
+            var after = await MedianAsync(async () => found = await AuditPages.FirstAtOrAfterAsync(store, cutoff, 0, default));
+            var cut = scanned.Count == 1 && found?.Sequence == scanned[0].Sequence
+                ? found.Sequence.ToString(CultureInfo.InvariantCulture)
+                : throw new InvalidOperationException($"{label}: the cuts differ ({(scanned.Count == 1 ? scanned[0].Sequence : null)}, {found?.Sequence})");
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {label}{suffix} | {before:F1} | {after:F1} | {cut} |"));
         }
     }
 

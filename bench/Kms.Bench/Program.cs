@@ -16,7 +16,7 @@ using Kms.Bench;
 // dotnet run -c Release --project bench/Kms.Bench -- envelope-signed-cache [rounds]   (1 KiB signed encrypt, data-key cache off against on, Stopwatch)
 // dotnet run -c Release --project bench/Kms.Bench -- gzip-check [BenchmarkDotNet arguments]   (the gzip body check's CRC-32 against inflation)
 // dotnet run -c Release --project bench/Kms.Bench -- commit [commits]
-// dotnet run -c Release --project bench/Kms.Bench -- audit-page [events]   (one ListAuditEvents page of a sparse filter, unbounded against windowed, SQLite)
+// dotnet run -c Release --project bench/Kms.Bench -- audit-page [events]   (one ListAuditEvents page of a sparse filter, unbounded against windowed; time ranges and retention's cut before and after the time summary; SQLite)
 // dotnet run -c Release --project bench/Kms.Bench -- hsm-churn [calls] [recycle after]   (native memory an unwrapped-then-destroyed copy leaves behind)
 // dotnet run -c Release --project bench/Kms.Bench -- sign [seconds per step] [concurrencies, comma-separated]
 // DOTNET_TieredCompilation=0 dotnet run -c Release --project bench/Kms.Bench -- storage [seconds per setup] [concurrency] [rounds]
