@@ -89,6 +89,23 @@ public sealed class ParsingTests : IDisposable
     public void AuditList_OperationAnEventCanHave_IsPassedOn(string operation) =>
         Assert.Null(Kms.Cli.Commands.AuditFilterValues.OperationProblem(operation));
 
+    [Fact]
+    public void AuditList_EveryOperationTheSourcesWrite_IsOneTheCliPassesOn()
+    {
+        // The CLI refuses an operation it does not know: one the server or a ceremony starts to
+        // write without its name added to AuditFilterValues could never be listed by name. The
+        // server's own operations are string literals "family/Name" in src/.
+        var own = new System.Text.RegularExpressions.Regex("\"((?:lifecycle|backup|ceremony|audit|quorum)/[A-Za-z][A-Za-z-]*(?:/[a-z]+)?)\"");
+        var written = Directory.EnumerateFiles(Kms.Testing.RepositoryPaths.Of("src"), "*.cs", SearchOption.AllDirectories)
+            .Where(f => !f.Contains($"{Path.DirectorySeparatorChar}obj{Path.DirectorySeparatorChar}", StringComparison.Ordinal) && Path.GetFileName(f) != "AuditFilterValues.cs")
+            .SelectMany(f => own.Matches(File.ReadAllText(f)).Select(m => m.Groups[1].Value))
+            .Distinct(StringComparer.Ordinal)
+            .ToList();
+        Assert.True(written.Count >= 15, $"only {written.Count} operations found in src/: {string.Join(", ", written)}");
+        var refused = written.Where(o => Kms.Cli.Commands.AuditFilterValues.OperationProblem(o) is not null).ToList();
+        Assert.True(refused.Count == 0, "written by the sources, refused by kms audit list --operation: " + string.Join(", ", refused));
+    }
+
     [Theory]
     [InlineData("permission_denied", "case included; did you mean PERMISSION_DENIED?")]
     [InlineData("PermissionDenied", "case included; did you mean PERMISSION_DENIED?")]
