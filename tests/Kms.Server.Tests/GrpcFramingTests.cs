@@ -102,6 +102,35 @@ public sealed class GrpcFramingTests(ServerFixture fixture) : IClassFixture<Serv
         Assert.True(status == StatusCode.OK, $"{status} \"{detail}\"");
     }
 
+    [Theory]
+    [InlineData((2 * MessageInflater.SegmentBytes) - 5)] // the inflated frame ends exactly on its second segment's end
+    [InlineData((3 * MessageInflater.SegmentBytes) + 4097)] // odd, a fourth segment begun
+    [InlineData((5 * 1024 * 1024) - 3)] // odd, nearly Kms:MaxRequestBytes: some 320 segments
+    public async Task Gzip_AMessageInflatedIntoSeveralSegments_ServedWithItsPlaintexts(int length)
+    {
+        // The message is inflated into a chain of segments (MessageInflater), a plaintext cut across
+        // them wherever it falls; what grpc-dotnet parses from them must be what was sent.
+        var key = await fixture.Client.CreateKeyAsync("tenants/dev", ServerFixture.NewKeyId("gz"));
+        var random = new Random(length);
+        var batch = new BatchEncryptRequest();
+        var plaintextBytes = 0;
+        while (batch.CalculateSize() + 10_000 + 64 < length && plaintextBytes + 10_000 <= 3 * 1024 * 1024) // their ciphertexts within a batch to decrypt
+        {
+            var plaintext = new byte[random.Next(5_000, 10_000)];
+            random.NextBytes(plaintext);
+            plaintextBytes += plaintext.Length;
+            batch.Requests.Add(new EncryptRequest { Name = key.Name, Plaintext = Google.Protobuf.ByteString.CopyFrom(plaintext) });
+        }
+
+        var (status, detail, response) = await SendForResponseAsync(fixture.Server, Frame(Gzip(Padded(batch, length)), compressed: true), "gzip", fixture.Server.DeveloperToken, "/kms.v1.KeyManagementService/BatchEncrypt");
+
+        Assert.True(status == StatusCode.OK, $"{status} \"{detail}\"");
+        var encrypted = BatchEncryptResponse.Parser.ParseFrom(response);
+        Assert.Equal(batch.Requests.Count, encrypted.Results.Count);
+        var decrypted = await fixture.Client.BatchDecryptAsync(new BatchDecryptRequest { Requests = { encrypted.Results.OrderBy(r => r.Index).Select(r => new DecryptRequest { Ciphertext = r.Response.Ciphertext }) } });
+        Assert.Equal(batch.Requests.Select(r => r.Plaintext), decrypted.Results.OrderBy(r => r.Index).Select(r => r.Response.Plaintext));
+    }
+
     [Fact]
     public async Task Gzip_AMessageThatInflatesPastTheLimit_ResourceExhausted_NoErrorLogged()
     {

@@ -7,7 +7,9 @@ namespace Kms.Server.Tests;
 /// <see cref="GzipBody"/> against what .NET's GZipStream writes and reads: every whole body is
 /// whole; every strict prefix that GZipStream inflates without an error (it does so for a body cut
 /// short) is not; bytes after the member, or a second member, are not — over stored, fixed and
-/// dynamic blocks and headers with every optional field. (The CRC-32 itself: GzipCrc32Tests.)
+/// dynamic blocks and headers with every optional field; of a body in one span and in pieces, by
+/// the inflated bytes and by their length and CRC-32 (as the server checks it while inflating).
+/// (The CRC-32 itself: GzipCrc32Tests.)
 /// </summary>
 public sealed class GzipBodyTests
 {
@@ -33,7 +35,7 @@ public sealed class GzipBodyTests
         var body = Gzip(content, level);
         Assert.Equal(content, Inflate(body)!); // the oracle reads it as we think
 
-        Assert.True(GzipBody.IsWhole(body, content), $"{kind} at {level}: the whole body");
+        Assert.True(Whole(body, content), $"{kind} at {level}: the whole body");
         var accepted = 0;
         foreach (var cut in CutPoints(body.Length))
         {
@@ -44,7 +46,7 @@ public sealed class GzipBodyTests
             }
 
             accepted++;
-            Assert.False(GzipBody.IsWhole(body.AsSpan(0, cut), partial), $"{kind} at {level}, cut to {cut} of {body.Length} bytes");
+            Assert.False(Whole(body.AsSpan(0, cut), partial), $"{kind} at {level}, cut to {cut} of {body.Length} bytes");
         }
 
         // The cuts zlib lets through are the ones this is for: at least every cut inside the trailer.
@@ -54,7 +56,7 @@ public sealed class GzipBodyTests
             byte[] padded = [.. body, .. after];
             if (Inflate(padded) is { } inflated)
             {
-                Assert.False(GzipBody.IsWhole(padded, inflated), $"{kind} at {level}, {after.Length} bytes after");
+                Assert.False(Whole(padded, inflated), $"{kind} at {level}, {after.Length} bytes after");
             }
         }
     }
@@ -70,7 +72,7 @@ public sealed class GzipBodyTests
         Assert.Equal(content, Inflate(both)!); // GZipStream reads both members
 
         // Unless the first member holds nothing, the last trailer is not the whole message's.
-        Assert.Equal(kind == "nothing", GzipBody.IsWhole(both, content));
+        Assert.Equal(kind == "nothing", Whole(both, content));
     }
 
     [Fact]
@@ -83,12 +85,12 @@ public sealed class GzipBodyTests
         byte[] body = [.. header, .. plain.AsSpan(10)];
         Assert.Equal(content, Inflate(body)!);
 
-        Assert.True(GzipBody.IsWhole(body, content));
+        Assert.True(Whole(body, content));
         for (var cut = 1; cut < header.Length + 4; cut++)
         {
             if (Inflate(body[..cut]) is { } partial)
             {
-                Assert.False(GzipBody.IsWhole(body.AsSpan(0, cut), partial), $"cut to {cut}");
+                Assert.False(Whole(body.AsSpan(0, cut), partial), $"cut to {cut}");
             }
         }
     }
@@ -96,8 +98,18 @@ public sealed class GzipBodyTests
     [Fact]
     public void IsWhole_Empty_OnlyForTheEmptyMessage()
     {
-        Assert.True(GzipBody.IsWhole([], []));
-        Assert.False(GzipBody.IsWhole([], [1]));
+        Assert.True(Whole([], []));
+        Assert.False(Whole([], [1]));
+    }
+
+    // Whether the body is whole, asked both ways: of spans, and of the body in pieces (its trailer
+    // split) by the inflated length and CRC-32; the two must agree.
+    private static bool Whole(ReadOnlySpan<byte> body, ReadOnlySpan<byte> inflated)
+    {
+        var whole = GzipBody.IsWhole(body, inflated);
+        var bytes = body.ToArray();
+        Assert.Equal(whole, GzipBody.IsWhole(MessageInflaterTests.Pieces(bytes, bytes.Length / 2, bytes.Length - 5), inflated.Length, GzipCrc32.Compute(inflated)));
+        return whole;
     }
 
     // Every cut of a small body; of a large one, each of the first and last 32 and a spread between.

@@ -15,6 +15,13 @@ internal static class RawGrpcCall
     /// <summary>Sends <paramref name="body"/> as the request of <paramref name="path"/>; returns the call's status and message.</summary>
     public static async Task<(StatusCode Status, string Message)> SendAsync(KmsTestServer server, byte[] body, string? encoding, string? token, string path)
     {
+        var (status, message, _) = await SendForResponseAsync(server, body, encoding, token, path);
+        return (status, message);
+    }
+
+    /// <summary>Sends <paramref name="body"/> as the request of <paramref name="path"/>; returns the call's status and message, and its response message (uncompressed; empty when there is none).</summary>
+    public static async Task<(StatusCode Status, string Message, byte[] Response)> SendForResponseAsync(KmsTestServer server, byte[] body, string? encoding, string? token, string path)
+    {
         using var handler = new SocketsHttpHandler();
         handler.SslOptions.CertificateChainPolicy = new X509ChainPolicy
         {
@@ -43,11 +50,18 @@ internal static class RawGrpcCall
 
         using var response = await http.SendAsync(request);
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-        _ = await response.Content.ReadAsByteArrayAsync();
+        var answer = await response.Content.ReadAsByteArrayAsync();
         var headers = response.TrailingHeaders.Contains("grpc-status") ? response.TrailingHeaders : response.Headers;
         var status = (StatusCode)int.Parse(headers.GetValues("grpc-status").Single(), System.Globalization.CultureInfo.InvariantCulture);
         var message = headers.TryGetValues("grpc-message", out var values) ? Uri.UnescapeDataString(values.Single()) : "";
-        return (status, message);
+        if (answer.Length == 0)
+        {
+            return (status, message, []);
+        }
+
+        Assert.Equal(0, answer[0]); // not compressed
+        Assert.Equal(answer.Length - 5, (int)System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(answer.AsSpan(1)));
+        return (status, message, answer[5..]);
     }
 
     /// <summary><paramref name="request"/> and an unknown bytes field (number 1000) that makes it exactly <paramref name="total"/> bytes.</summary>

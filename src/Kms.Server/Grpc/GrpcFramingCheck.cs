@@ -368,46 +368,20 @@ internal static class GrpcFramingCheck
         }
 
         // At most the limit, checked while inflating (a gzip bomb of the 5 MiB allowed is gigabytes),
-        // each chunk counted against the reservation before it is kept.
+        // each read counted against the reservation before it is kept; held in fixed-size segments,
+        // so the server holds what it counts and at most one segment more (MessageInflater).
         private (global::Grpc.Core.Status? Problem, bool Done, ReadOnlySequence<byte>? Decompressed) Inflate(ICompressionProvider provider, ReadOnlySequence<byte> compressed, Overload.RequestBytesInFlight.Reservation? reservation)
         {
-            var output = new MemoryStream();
-            output.Write([0, 0, 0, 0, 0]);
-            var chunk = new byte[16 * 1024];
-            var bytes = compressed.ToArray();
-            try
+            var inflated = MessageInflater.Inflate(provider, compressed, _limit, reservation);
+            return inflated.Outcome switch
             {
-                using var decompression = provider.CreateDecompressionStream(new MemoryStream(bytes, writable: false));
-                int read;
-                while ((read = decompression.Read(chunk)) > 0)
-                {
-                    if (output.Length - HeaderSize + read > _limit)
-                    {
-                        return (OverLimit($"the request's message decompresses ({provider.EncodingName}) to more than {_limit} bytes, the most this server takes ({_limitName})"), true, null);
-                    }
-
-                    if (reservation is not null && !reservation.TryAdd(read))
-                    {
-                        return (new(StatusCode.ResourceExhausted, $"the request's message decompresses ({provider.EncodingName}) to more than {output.Length - HeaderSize} bytes; with the messages of your tenant this server holds (still arriving, or inflated) that would pass {inFlight!.PerTenant} bytes (Kms:MaxRequestBytesInFlightPerTenant): send it again once those calls have ended"), true, null);
-                    }
-
-                    output.Write(chunk, 0, read);
-                }
-            }
-            catch (InvalidDataException)
-            {
-                return (Invalid($"the request's message does not decompress as {provider.EncodingName}"), true, null);
-            }
-
-            // GZipStream inflates a body cut short to what arrived, without an error, and skips bytes after a member.
-            if (provider.EncodingName == "gzip" && !GzipBody.IsWhole(bytes, output.GetBuffer().AsSpan(HeaderSize, (int)output.Length - HeaderSize)))
-            {
-                return (Invalid($"the request's message (gzip, {bytes.Length} bytes) is not one whole gzip member: it is cut short before its trailer, or has bytes after it (its last 8 bytes are not the CRC-32 and length of what it inflates to)"), true, null);
-            }
-
-            var frame = output.GetBuffer().AsMemory(0, (int)output.Length);
-            BinaryPrimitives.WriteUInt32BigEndian(frame.Span[1..], (uint)(output.Length - HeaderSize));
-            return (null, true, new ReadOnlySequence<byte>(frame));
+                MessageInflater.Outcome.Inflated => (null, true, inflated.Frame),
+                MessageInflater.Outcome.OverLimit => (OverLimit($"the request's message decompresses ({provider.EncodingName}) to more than {_limit} bytes, the most this server takes ({_limitName})"), true, null),
+                MessageInflater.Outcome.OverBound => (new(StatusCode.ResourceExhausted, $"the request's message decompresses ({provider.EncodingName}) to more than {inflated.InflatedBytes} bytes; with the messages of your tenant this server holds (still arriving, or inflated) that would pass {inFlight!.PerTenant} bytes (Kms:MaxRequestBytesInFlightPerTenant): send it again once those calls have ended"), true, null),
+                MessageInflater.Outcome.NotDecompressible => (Invalid($"the request's message does not decompress as {provider.EncodingName}"), true, null),
+                MessageInflater.Outcome.NotWholeGzip => (Invalid($"the request's message (gzip, {compressed.Length} bytes) is not one whole gzip member: it is cut short before its trailer, or has bytes after it (its last 8 bytes are not the CRC-32 and length of what it inflates to)"), true, null),
+                _ => throw new System.Diagnostics.UnreachableException(),
+            };
         }
 
         private static global::Grpc.Core.Status Invalid(string detail) => new(StatusCode.InvalidArgument, detail);

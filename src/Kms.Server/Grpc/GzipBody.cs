@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Buffers.Binary;
 
 namespace Kms.Server.Grpc;
@@ -45,5 +46,31 @@ internal static class GzipBody
         return body.Length >= HeaderAndTrailer
             && BinaryPrimitives.ReadUInt32LittleEndian(body[^4..]) == unchecked((uint)inflated.Length)
             && BinaryPrimitives.ReadUInt32LittleEndian(body[^8..]) == GzipCrc32.Compute(inflated);
+    }
+
+    /// <summary>
+    /// <see cref="IsWhole(ReadOnlySpan{byte}, ReadOnlySpan{byte})"/> of a body held in segments, by
+    /// the length and CRC-32 of what it inflated to (computed as it was inflated, with
+    /// <see cref="GzipCrc32.Update"/>), so the inflated message need not be one span.
+    /// </summary>
+    /// <param name="body">The compressed message, which <c>GZipStream</c> inflated without an error.</param>
+    /// <param name="inflatedLength">The length of what it inflated to.</param>
+    /// <param name="inflatedCrc">The CRC-32 of what it inflated to.</param>
+    public static bool IsWhole(ReadOnlySequence<byte> body, long inflatedLength, uint inflatedCrc)
+    {
+        if (body.IsEmpty)
+        {
+            return inflatedLength == 0;
+        }
+
+        if (body.Length < HeaderAndTrailer)
+        {
+            return false;
+        }
+
+        Span<byte> trailer = stackalloc byte[8];
+        body.Slice(body.Length - 8).CopyTo(trailer);
+        return BinaryPrimitives.ReadUInt32LittleEndian(trailer[4..]) == unchecked((uint)inflatedLength)
+            && BinaryPrimitives.ReadUInt32LittleEndian(trailer) == inflatedCrc;
     }
 }
