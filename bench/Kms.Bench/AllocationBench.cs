@@ -71,6 +71,70 @@ internal static class AllocationBench
         }
     }
 
+    /// <summary>
+    /// <c>alloc-gzip [calls]</c>: bytes allocated per call (client and server in this process) for a
+    /// BatchEncrypt of 5 MiB less 64 KiB — one item of 64 KiB of text, the rest an unknown field of
+    /// zeros — sent uncompressed and gzipped, one call at a time: the difference is what the gzip
+    /// path costs both ends (the client's compression, the server's inflation into its frame).
+    /// </summary>
+    public static async Task<int> RunGzipBatchAsync(int calls)
+    {
+        var (options, root) = BenchEnvironment.CreateToken();
+        var app = await LoadGenerator.StartServerAsync(options, root, audit: false);
+        try
+        {
+            using var client = LoadGenerator.Connect(app, root);
+            var key = await client.CreateKeyAsync("tenants/dev", "alloc-gzip");
+            var (invoker, channel) = BareRpc.Connect(Kms.Server.Hosting.KmsServerApp.BoundAddresses(app).Single(), root, File.ReadAllText(Path.Combine(root, "tokens", "developer.token")).Trim());
+            using var _ = channel;
+            var stub = new Kms.Contracts.V1.KeyManagementService.KeyManagementServiceClient(invoker);
+            var request = PaddedBatch(key.Name, (5 * 1024 * 1024) - (64 * 1024));
+            var gzip = new Grpc.Core.Metadata { { "grpc-internal-encoding-request", "gzip" } };
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{calls} calls each at c=1, after {calls / 4} warm-up calls; a BatchEncrypt of {request.CalculateSize():N0} bytes; client and server in this process; durable audit off (dev mode)"));
+            foreach (var (name, headers) in new[] { ("uncompressed", (Grpc.Core.Metadata?)null), ("gzip", gzip) })
+            {
+                await RunCallsAsync(calls / 4, 1, async () => await stub.BatchEncryptAsync(request, headers));
+                using var listener = new AllocationListener();
+                var before = GC.GetTotalAllocatedBytes(precise: true);
+                await RunCallsAsync(calls, 1, async () => await stub.BatchEncryptAsync(request, headers));
+                var perCall = (GC.GetTotalAllocatedBytes(precise: true) - before) / (double)calls;
+                Console.WriteLine();
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"BatchEncrypt {name}: {perCall:N0} B/call"));
+                foreach (var (type, bytes) in listener.Top(10))
+                {
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {bytes / (double)calls,12:N0} B/call  {type}"));
+                }
+            }
+
+            return 0;
+        }
+        finally
+        {
+            await app.StopAsync();
+            await app.DisposeAsync();
+            Directory.Delete(root, recursive: true);
+        }
+    }
+
+    // One item of 64 KiB of text, and an unknown bytes field (number 1000) of zeros that makes the request `total` bytes.
+    private static Kms.Contracts.V1.BatchEncryptRequest PaddedBatch(string keyName, int total)
+    {
+        var plaintext = new byte[64 * 1024];
+        for (var i = 0; i < plaintext.Length; i++)
+        {
+            plaintext[i] = (byte)"tenants/dev/keys/k "[i % 19];
+        }
+
+        var head = Google.Protobuf.MessageExtensions.ToByteArray(new Kms.Contracts.V1.BatchEncryptRequest { Requests = { new Kms.Contracts.V1.EncryptRequest { Name = keyName, Plaintext = Google.Protobuf.ByteString.CopyFrom(plaintext) } } });
+        using var stream = new MemoryStream();
+        stream.Write(head);
+        var output = new Google.Protobuf.CodedOutputStream(stream, leaveOpen: true);
+        output.WriteTag(1000, Google.Protobuf.WireFormat.WireType.LengthDelimited);
+        output.WriteBytes(Google.Protobuf.ByteString.CopyFrom(new byte[total - head.Length - 6])); // the tag (2 bytes) and a 4-byte length
+        output.Flush();
+        return Kms.Contracts.V1.BatchEncryptRequest.Parser.ParseFrom(stream.ToArray());
+    }
+
     private static async Task RunCallsAsync(int calls, int concurrency, Func<Task> call)
     {
         var remaining = calls;

@@ -109,6 +109,9 @@ switch (args.FirstOrDefault())
             args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 20_000,
             args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 16,
             audit: args.Length <= 3 ? true : args[3] == "unaudited" ? false : throw new ArgumentException($"alloc: the fourth argument is 'unaudited' or nothing, not '{args[3]}'"));
+    case "alloc-gzip":
+        // alloc-gzip [calls]: a 5 MiB BatchEncrypt, uncompressed and gzipped
+        return await AllocationBench.RunGzipBatchAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 40);
     case "hold":
         return await PerfSuite.HoldAsync(args[1], int.Parse(args[2], CultureInfo.InvariantCulture), TimeSpan.FromSeconds(int.Parse(args[3], CultureInfo.InvariantCulture)));
     case "load":
