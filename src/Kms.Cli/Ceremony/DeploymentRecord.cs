@@ -18,7 +18,9 @@ namespace Kms.Cli.Ceremony;
 /// HSM-held signing key signs the transcript. The ceremony's steps are appended to the same
 /// audit chain the server writes, and a signed checkpoint is written when it closes — to the
 /// database and to <c>{DataDir}/audit/checkpoints.jsonl</c>, as the server does — only over a
-/// chain that passes through the newest checkpoint that file records, as the server checks.
+/// chain that passes through the newest checkpoint that file records and the audit head the data
+/// directory last saw (<c>audit/head.json</c>), as the server checks at start; the head the
+/// ceremony leaves is recorded there when it closes, as a server's stop records it.
 /// </summary>
 internal sealed class DeploymentRecord : IAsyncDisposable
 {
@@ -27,12 +29,14 @@ internal sealed class DeploymentRecord : IAsyncDisposable
     private readonly AuditLog _audit;
     private readonly CancellationTokenSource _stop = new();
     private readonly Task _loop;
+    private readonly Action<string>? _note;
 
-    private DeploymentRecord(SqlStore store, Pkcs11Hsm hsm, AuditLog audit)
+    private DeploymentRecord(SqlStore store, Pkcs11Hsm hsm, AuditLog audit, Action<string>? note)
     {
         _store = store;
         _hsm = hsm;
         _audit = audit;
+        _note = note;
         _loop = Task.Run(() => audit.RunAsync(_stop.Token));
     }
 
@@ -47,14 +51,17 @@ internal sealed class DeploymentRecord : IAsyncDisposable
 
     /// <summary>Opens the deployment whose database is <c>{dataDir}/kms.db</c> (SQLite).</summary>
     public static Task<DeploymentRecord> OpenAsync(string dataDir, HsmOptions hsmOptions, string pin, CancellationToken cancellationToken) =>
-        OpenAsync(dataDir, DeploymentDatabaseTarget.SqliteIn(dataDir), hsmOptions, pin, cancellationToken);
+        OpenAsync(dataDir, DeploymentDatabaseTarget.SqliteIn(dataDir), hsmOptions, pin, note: null, cancellationToken);
 
     /// <summary>
     /// Opens (creating on first use) <paramref name="database"/>, the token's domain key (refused
     /// if the database was made under another one), and the audit keys; <paramref name="dataDir"/>
-    /// receives the published audit key and the shipped checkpoints.
+    /// receives the published audit key and the shipped checkpoints, and the head the ceremony
+    /// leaves the chain at when it closes (<c>audit/head.json</c>, as a server's stop writes it).
+    /// <paramref name="note"/> is told what could not be done at the close and is not the
+    /// ceremony's failure (the head not recorded: the record before it stands).
     /// </summary>
-    public static async Task<DeploymentRecord> OpenAsync(string dataDir, DeploymentDatabaseTarget database, HsmOptions hsmOptions, string pin, CancellationToken cancellationToken)
+    public static async Task<DeploymentRecord> OpenAsync(string dataDir, DeploymentDatabaseTarget database, HsmOptions hsmOptions, string pin, Action<string>? note, CancellationToken cancellationToken)
     {
         dataDir = DurableFile.CreateDirectory(dataDir);
         var options = new HsmOptions
@@ -86,18 +93,39 @@ internal sealed class DeploymentRecord : IAsyncDisposable
             // Refused before any step is appended.
             var checkpoints = Path.Combine(directory, "checkpoints.jsonl");
             var own = await audit.RequireOwnRecordAsync(checkpoints, cancellationToken);
+
+            // And, as the server does at start, the head this data directory last saw (head.json:
+            // written by the server as the head moves and at its stop, and by the ceremony when it
+            // closes). A database rolled back behind it with no checkpoint after it to catch the
+            // rollback would otherwise get the ceremony's steps appended and signed by the
+            // transcript's checkpoint. Passed through, or reached by a re-application of
+            // destructions recorded since; else refused before any step is appended. The
+            // server's AcceptRollback has no ceremony counterpart: moving the file aside is the
+            // way to accept the rollback here (and for a server on this data directory).
+            var seenPath = Path.Combine(directory, SeenHead.FileName);
+            var seen = await audit.ReadOwnHeadAsync(seenPath, cancellationToken);
+            var headBehind = !seen.OtherKey && seen.Head is not null && !seen.PassesThrough;
             if (own.Checkpoint is { } pinned && !own.PassesThrough)
             {
+                var both = headBehind ? $", with {SeenHead.FileName} beside it ({SeenHead.FileName}.replaced-TIME: the head it records is not passed through either)" : "";
                 throw KmsErrors.FailedPrecondition(
                     $"the audit chain in the database does not pass through checkpoint {pinned.Sequence} that {checkpoints} records as signed: signed events were removed or rewritten, "
                     + "or the database was rolled back; nothing recorded, no checkpoint signed. A rollback on purpose (a pg_restore, a kms.db copied back): move that file aside "
-                    + $"({Path.GetFileName(checkpoints)}.replaced-TIME, as kms backup restore does) and run this again");
+                    + $"({Path.GetFileName(checkpoints)}.replaced-TIME, as kms backup restore does){both} and run this again");
+            }
+
+            if (headBehind && seen.Head is { } last
+                && await audit.FindReapplicationAsync(last.Sequence, seen.Written, cancellationToken) is { Covering: null } reapplied)
+            {
+                throw AuditLog.RollbackNotReapplied(
+                    reapplied, last.Sequence, "the head this node last saw, event", seenPath, "the ceremony records nothing and signs no checkpoint", "then run this again",
+                    $"move that file aside ({SeenHead.FileName}.replaced-TIME; a server on this data directory then takes the rollback as accepted too) and run this again");
             }
 
             // Every checkpoint the log signs goes to the file, the interval's too.
             audit.CheckpointWritten += checkpoint =>
                 DurableFile.Append(checkpoints, Encoding.UTF8.GetBytes(AuditExport.Checkpoint(checkpoint) + "\n"), DurableFile.OwnerOnly);
-            return new DeploymentRecord(store, hsm, audit);
+            return new DeploymentRecord(store, hsm, audit, note);
         }
         catch
         {
@@ -145,6 +173,18 @@ internal sealed class DeploymentRecord : IAsyncDisposable
         catch (OperationCanceledException)
         {
             // Stopped.
+        }
+
+        // The head the ceremony leaves the chain at, as a server's stop records it: its steps are
+        // events this data directory saw, also when it failed before its checkpoint. A record
+        // that cannot be written leaves the one before it (older: it refuses nothing it should not).
+        try
+        {
+            await _audit.RecordHeadAtStopAsync(CancellationToken.None);
+        }
+        catch (Exception e) when (e is KmsException or IOException or UnauthorizedAccessException)
+        {
+            _note?.Invoke($"the audit head the ceremony leaves was not recorded in the data directory ({SeenHead.FileName}: {e.GetType().Name}); the record before it stands");
         }
 
         _stop.Dispose();

@@ -602,7 +602,7 @@ internal static partial class CeremonyCommands
         CliContext ctx, string dataDir, DeploymentDatabaseTarget database, HsmOptions hsmOptions, Secret pin, string ceremonyId, string operation, Transcript transcript,
         IReadOnlyList<(string Resource, string Fingerprint)> shares, string domainResource, CancellationToken ct, CeremonyApprovalOutcome? approval = null)
     {
-        await using var record = await DeploymentRecord.OpenAsync(dataDir, database, hsmOptions, pin.Reveal(), ct);
+        await using var record = await DeploymentRecord.OpenAsync(dataDir, database, hsmOptions, pin.Reveal(), ctx.Output.Note, ct);
         await record.AppendAsync(ceremonyId, operation, domainResource, ct);
         foreach (var resource in approval?.AuditResources() ?? [])
         {

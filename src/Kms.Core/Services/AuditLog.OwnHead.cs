@@ -191,6 +191,35 @@ public sealed partial class AuditLog
         _recordedHead = head;
     }
 
+    /// <summary>
+    /// The refusal of a start (the server's) or of a ceremony's record (the CLI's) on a chain that
+    /// does not pass through a point of the node's own — <paramref name="record"/>
+    /// <paramref name="sequence"/> (<c>checkpoint</c>, or <c>the head this node last saw, event</c>),
+    /// read from <paramref name="path"/> — when no re-application recorded since reaches it
+    /// (<paramref name="reapplied"/>, <see cref="FindReapplicationAsync"/>): what happened, what a
+    /// rollback would serve, and the ways out, in one set of words for both.
+    /// </summary>
+    /// <param name="reapplied">What the database records of re-applications since the point.</param>
+    /// <param name="sequence">The point's sequence.</param>
+    /// <param name="record">What the point is, as the message names it before its sequence.</param>
+    /// <param name="path">The file it was read from.</param>
+    /// <param name="refuses">Who refuses what (<c>the node refuses to start</c>).</param>
+    /// <param name="then">What to do once re-applied (<c>then start</c>).</param>
+    /// <param name="accept">How to accept the rollback as it is, for whoever refuses.</param>
+    public static KmsException RollbackNotReapplied(ReapplicationSince reapplied, long sequence, string record, string path, string refuses, string then, string accept)
+    {
+        ArgumentNullException.ThrowIfNull(reapplied);
+        var last = reapplied.Newest is { } newest
+            ? $" (the last one recorded since read the audit logs after sequence {newest.After} through {newest.Through}: they do not reach it)"
+            : "";
+        var whose = record == "checkpoint" ? $"checkpoint {sequence} that this node signed" : $"{record} {sequence}";
+        return KmsErrors.FailedPrecondition(
+            $"the audit chain in the database (head {reapplied.DatabaseHead.Sequence}) does not pass through {whose} ({path}): the database was rolled back behind it "
+            + $"(a pg_restore of an older dump, a kms.db copied back) or its events rewritten, and no re-application of destructions recorded since re-applied what the audit logs hold through {sequence}{last}; "
+            + $"a key version destroyed after the dump would be served again, so {refuses}. Run `kms backup reapply-destructions --audit-log FILE` on the database with the audit exports or SIEM stream "
+            + $"that reach sequence {sequence}, {then}; or accept the rollback as it is: {accept}");
+    }
+
     // A sequence retention deleted, under a later checkpoint the audit key signed (a cut is made
     // only at one): the chain is taken to pass through it, as through a checkpoint of the node's own.
     private async Task<bool> PrunedUnderASignedCheckpointAsync(long sequence, CancellationToken cancellationToken) =>

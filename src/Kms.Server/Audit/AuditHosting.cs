@@ -149,17 +149,10 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             return;
         }
 
-        var head = reapplied.DatabaseHead.Sequence;
-        LogRollbackRefused(logger, head, record, sequence, path);
-        var last = reapplied.Newest is { } newest
-            ? $" (the last one recorded since read the audit logs after sequence {newest.After} through {newest.Through}: they do not reach it)"
-            : "";
-        var whose = record == "checkpoint" ? $"checkpoint {sequence} that this node signed" : $"{record} {sequence}";
-        throw Kms.Core.Errors.KmsErrors.FailedPrecondition(
-            $"the audit chain in the database (head {head}) does not pass through {whose} ({path}): the database was rolled back behind it "
-            + $"(a pg_restore of an older dump, a kms.db copied back) or its events rewritten, and no re-application of destructions recorded since re-applied what the audit logs hold through {sequence}{last}; "
-            + "a key version destroyed after the dump would be served again, so the node refuses to start. Run `kms backup reapply-destructions --audit-log FILE` on the database with the audit exports or SIEM stream "
-            + $"that reach sequence {sequence}, then start; or accept the rollback as it is: start with --Kms:Audit:AcceptRollback=true (no checkpoint is signed until the file is moved aside), "
+        LogRollbackRefused(logger, reapplied.DatabaseHead.Sequence, record, sequence, path);
+        throw AuditLog.RollbackNotReapplied(
+            reapplied, sequence, record, path, "the node refuses to start", "then start",
+            "start with --Kms:Audit:AcceptRollback=true (no checkpoint is signed until the file is moved aside), "
             + $"or move this node's records aside ({Path.GetDirectoryName(path)}: checkpoints.jsonl.replaced-TIME and {SeenHead.FileName}.replaced-TIME)");
     }
 
