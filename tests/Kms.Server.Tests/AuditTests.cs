@@ -239,6 +239,57 @@ public sealed class AuditTests : IAsyncLifetime
         Assert.NotNull((await _officer.Audit.GetAuditCheckpointAsync(new GetAuditCheckpointRequest())).Checkpoint);
     }
 
+    // At the stop the node records the head it leaves ({DataDir}/audit/head.json), after the final
+    // checkpoint. Before, a record that could not be written was logged as 1303, "the final audit
+    // checkpoint could not be written" (reason "head record: IOException"), although that
+    // checkpoint was signed. Now it is its own warning, 1319, naming the exception's type only.
+    [Fact]
+    public async Task Stop_TheHeadRecordCannotBeWritten_Logged1319WithTheExceptionsType_Not1303()
+    {
+        var server = await KmsTestServer.StartAsync();
+        var stopped = false;
+        try
+        {
+            using (var developer = server.CreateClient())
+            {
+                await developer.CreateKeyAsync("tenants/dev", "head-at-stop");
+            }
+
+            // A directory where the record is renamed into place (the housekeeping may rename a
+            // record there meanwhile: taken out again until the directory stands).
+            var seenHead = Path.Combine(server.DataDir, "audit", SeenHead.FileName);
+            while (!Directory.Exists(seenHead))
+            {
+                File.Delete(seenHead);
+                try
+                {
+                    Directory.CreateDirectory(seenHead);
+                }
+                catch (IOException)
+                {
+                    // A record renamed into place between the two: again.
+                }
+            }
+
+            await File.WriteAllTextAsync(Path.Combine(seenHead, "in-the-way"), "not a record\n");
+            stopped = true;
+            await server.DisposeAsync();
+
+            var logged = server.Logs.Events.Where(e => e.Contains("Id: 1319", StringComparison.Ordinal)).ToList();
+            var line = Assert.Single(logged);
+            Assert.Matches(@"^Warning this node's record of the audit head it last saw could not be written at stop \(""?\w+Exception""?\); ", line);
+            Assert.DoesNotContain(seenHead, line, StringComparison.Ordinal);
+            Assert.DoesNotContain("Id: 1303", server.Logs.AllText, StringComparison.Ordinal);
+        }
+        finally
+        {
+            if (!stopped)
+            {
+                await server.DisposeAsync();
+            }
+        }
+    }
+
     private static async Task<T> ScalarAsync<T>(SqliteConnection connection, string sql)
     {
         await using var command = connection.CreateCommand();

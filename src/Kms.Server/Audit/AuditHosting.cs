@@ -183,7 +183,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         }
         catch (Exception e) when (e is Kms.Core.Errors.KmsException or OperationCanceledException or IOException or UnauthorizedAccessException)
         {
-            LogFinalCheckpointFailed(logger, "head record: " + e.GetType().Name);
+            LogHeadRecordFailed(logger, e.GetType().Name);
         }
     }
 
@@ -298,4 +298,8 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1303, Level = LogLevel.Warning, Message = "the final audit checkpoint could not be written ({Reason})")]
     private static partial void LogFinalCheckpointFailed(ILogger logger, string reason);
+
+    // The exception's type only: its message would name the path (and whatever it holds).
+    [LoggerMessage(EventId = 1319, Level = LogLevel.Warning, Message = "this node's record of the audit head it last saw could not be written at stop ({Reason}); the one written before it stands")]
+    private static partial void LogHeadRecordFailed(ILogger logger, string reason);
 }
