@@ -290,6 +290,79 @@ public sealed class AuditTests : IAsyncLifetime
         }
     }
 
+    // A node stopped with the head it left recorded (head.json; its final checkpoint is there too).
+    // Retention run by another node on the chain then deleted events through that head — a cut at
+    // the stop's own checkpoint — and, the second time, past it under a later checkpoint the
+    // audit key signed. Neither is a rollback (a pruned prefix under a later signed checkpoint):
+    // the node starts each time.
+    [Fact]
+    public async Task Start_RetentionByAnotherNodeCutThroughOrPastTheHeadThisNodeRecordedAtItsStop_Starts()
+    {
+        var token = SoftHsm.CreateToken();
+        var dataDir = Scratch.NewPath("kms-server-");
+        var database = Path.Combine(dataDir, "kms.db");
+        var seenHead = Path.Combine(dataDir, "audit", SeenHead.FileName);
+        async Task<AuditHead> ServeAndStopAsync(string key)
+        {
+            var server = await KmsTestServer.StartAsync(token, dataDir);
+            try
+            {
+                using var developer = server.CreateClient();
+                await developer.CreateKeyAsync("tenants/dev", key);
+            }
+            finally
+            {
+                await server.DisposeAsync();
+            }
+
+            return SeenHead.Parse(await File.ReadAllBytesAsync(seenHead))!.Head;
+        }
+
+        // Another node on the same chain and audit key (the same token), the server stopped.
+        async Task OtherNodeAsync(Func<AuditLog, Kms.Storage.Sqlite.SqliteStore, Task> act)
+        {
+            await using var store = await Kms.Storage.Sqlite.SqliteStore.OpenAsync(new() { DatabasePath = database }, default);
+            await using var hsm = Kms.Hsm.Pkcs11Hsm.Open(token.Options(), Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+            var other = new AuditLog(store, store, hsm, TimeProvider.System, new AuditOptions());
+            await other.InitializeAsync(default);
+            await act(other, store);
+        }
+
+        var head = await ServeAndStopAsync("first");
+        var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
+        Assert.Equal(head.Sequence, AuditExport.ParseCheckpoint(File.ReadAllLines(checkpoints)[^1])!.Sequence); // the stop signed its head
+
+        // Cut through the head recorded, at the stop's checkpoint.
+        await OtherNodeAsync(async (other, _) => Assert.True(await other.PruneThroughAsync(head.Sequence, default) > 0));
+        Kms.Storage.Sqlite.SqliteStore.ReleasePooledConnections();
+        Assert.Equal(head.Sequence + 1, long.Parse(RawSqlite.Scalar(database, "SELECT min(seq) FROM audit_events"), System.Globalization.CultureInfo.InvariantCulture));
+        head = await ServeAndStopAsync("second");
+
+        // Cut past it, at a later checkpoint of the other node's.
+        await OtherNodeAsync(async (other, store) =>
+        {
+            await store.AppendAuditAsync([OtherNodesEvent()], default);
+            var later = await other.CheckpointAsync(default);
+            Assert.True(later?.Sequence > head.Sequence, $"checkpoint {later?.Sequence} past the head {head.Sequence}");
+            await store.AppendAuditAsync([OtherNodesEvent()], default);
+            Assert.True(await other.PruneThroughAsync(later!.Sequence, default) > 0);
+        });
+        Kms.Storage.Sqlite.SqliteStore.ReleasePooledConnections();
+        Assert.True(long.Parse(RawSqlite.Scalar(database, "SELECT min(seq) FROM audit_events"), System.Globalization.CultureInfo.InvariantCulture) > head.Sequence + 1);
+        var third = await ServeAndStopAsync("third");
+        Assert.True(third.Sequence > head.Sequence);
+
+        static AuditEntry OtherNodesEvent() => new()
+        {
+            Time = DateTimeOffset.UtcNow,
+            RequestId = Guid.NewGuid().ToString("N"),
+            Principal = "token:other-node",
+            Operation = "test/OtherNode",
+            Resource = "event",
+            Outcome = "OK",
+        };
+    }
+
     private static async Task<T> ScalarAsync<T>(SqliteConnection connection, string sql)
     {
         await using var command = connection.CreateCommand();
