@@ -25,6 +25,7 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
     private readonly TestOfficers _officers = new("olga", "oscar");
     private PostgresTestDatabase _siteA = null!;
     private PostgresTestDatabase? _restored;
+    private PostgresTestDatabase? _restoredAgain;
 
     public async Task InitializeAsync() => _siteA = await PostgresTestDatabase.CreateAsync();
 
@@ -34,6 +35,11 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
         if (_restored is not null)
         {
             await _restored.DisposeAsync();
+        }
+
+        if (_restoredAgain is not null)
+        {
+            await _restoredAgain.DisposeAsync();
         }
 
         Directory.Delete(_dir, recursive: true);
@@ -343,7 +349,10 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
     /// past a <c>pg_dump</c>; a version destroyed after the dump; the dump restored with
     /// <c>pg_restore</c> into a new database the nodes are pointed at (the rollback). Each node
     /// refuses to start (event 1318) until <c>kms backup reapply-destructions</c> runs with the
-    /// nodes' SIEM streams; then both start, and the version stays destroyed on both.
+    /// nodes' SIEM streams; then both start, and the version stays destroyed on both. Then a later
+    /// dump of the restored database (holding the re-application's summary), a version destroyed
+    /// after it, that dump restored with nothing re-applied: each node refuses to start again, on
+    /// the head it last saw (<c>head.json</c>), until the streams are re-applied.
     /// </summary>
     [Fact]
     public async Task Rollback_TwoNodesSignedPastThePgDump_EachRefusesToStart_UntilReapplyDestructions_ThenBothStart_TheDestroyedVersionStaysDestroyed()
@@ -468,6 +477,67 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
                 Assert.Contains($"key version {key}/versions/1 is DESTROYED", destroyed.Status.Detail, StringComparison.Ordinal);
                 Assert.Contains("Id: 1309", node.Logs.AllText, StringComparison.Ordinal);
                 Assert.DoesNotContain("Id: 1318", node.Logs.AllText, StringComparison.Ordinal);
+            }
+
+            // A later dump D2 of the restored database: it holds the re-application's summary,
+            // which covers both nodes' checkpoints and is later than them (held, 1309, they sign
+            // nothing more, so those stay their newest). A version destroyed after D2, the nodes
+            // stopped (each records the head it leaves, past D2), D2 restored into a new database
+            // and nothing re-applied: each node refuses to start, naming the head it last saw.
+            string later;
+            byte[] doomedLater;
+            using (var developer = nodes[0].CreateClient(developerToken))
+            {
+                later = (await developer.CreateKeyAsync("tenants/dev", "rolled-back-again")).Name;
+                doomedLater = (await developer.EncryptAsync(later, "under version 1, again"u8.ToArray())).Ciphertext;
+                await developer.RotateKeyAsync(later);
+            }
+
+            await StopAsync();
+            var secondDumpHead = (long)(await _restored.ScalarAsync("SELECT max(seq) FROM audit_events"))!;
+            await RunAsync("pg_dump", "-Fc", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-f", P("rollback-2.dump"), _restored.Name);
+            nodes.Add(await StartAsync(0, _restored));
+            nodes.Add(await StartAsync(1, _restored));
+            using (var developer = nodes[1].CreateClient(developerToken))
+            using (var officer = nodes[1].CreateClient(officerToken))
+            {
+                var destroy = await developer.RequestDestroyKeyVersionNowAsync($"{later}/versions/1");
+                await ApproveAsync(officer, "olga", destroy.Name);
+                Assert.True((await ApproveAsync(officer, "oscar", destroy.Name)).Executed);
+            }
+
+            await StopAsync();
+            var seen = new long[2];
+            for (var i = 0; i < seen.Length; i++)
+            {
+                Assert.Equal(signed[i], global::Kms.Core.Audit.AuditExport.ParseCheckpoint((await File.ReadAllLinesAsync(Path.Combine(nodeDirs[i], "audit", "checkpoints.jsonl")))[^1])!.Sequence);
+                seen[i] = global::Kms.Core.Services.SeenHead.Parse(await File.ReadAllBytesAsync(Path.Combine(nodeDirs[i], "audit", "head.json")))!.Head.Sequence;
+                Assert.True(seen[i] > secondDumpHead, $"node {i + 1} recorded head {seen[i]}, not past the second dump's head {secondDumpHead}");
+            }
+
+            _restoredAgain = await PostgresTestDatabase.CreateAsync();
+            await RunAsync("pg_restore", "--exit-on-error", "--no-owner", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", _restoredAgain.Name, P("rollback-2.dump"));
+            for (var i = 0; i < nodeDirs.Length; i++)
+            {
+                var (refusal, logs) = await KmsTestServer.StartProductionRefusedAsync(tokens[i], nodeDirs[i], ClusterKeyId, Args(i, _restoredAgain));
+                var refused = Assert.IsType<global::Kms.Core.Errors.KmsException>(refusal);
+                Assert.Equal(global::Kms.Core.Errors.KmsErrorCode.FailedPrecondition, refused.Code);
+                Assert.Contains($"the audit chain in the database (head {secondDumpHead}) does not pass through the head this node last saw, event {seen[i]}", refused.Message, StringComparison.Ordinal);
+                Assert.Contains("Id: 1318", logs.AllText, StringComparison.Ordinal);
+            }
+
+            // Re-applied from the streams, which reach both heads: both start, the version stays destroyed.
+            await WriteSecretAsync("restored-again.conn", _restoredAgain.ConnectionString);
+            var again = JsonNode.Parse((await Ok(["backup", "reapply-destructions", "--storage-provider", "postgres", "--postgres-connection-file", P("restored-again.conn"),
+                "--audit-log", streams[0], "--audit-log", streams[1], "--output", "json"])).Out)!;
+            Assert.Contains($"{later}/versions/1", again["reapplied"]!.AsArray().Select(r => r!["version"]!.GetValue<string>()));
+            nodes.Add(await StartAsync(0, _restoredAgain));
+            nodes.Add(await StartAsync(1, _restoredAgain));
+            foreach (var node in nodes)
+            {
+                using var developer = node.CreateClient(developerToken);
+                var destroyed = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => developer.DecryptAsync(doomedLater));
+                Assert.Contains($"key version {later}/versions/1 is DESTROYED", destroyed.Status.Detail, StringComparison.Ordinal);
             }
         }
         finally
