@@ -315,8 +315,8 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
     }
 
     // A node whose SIEM stream is behind the head it sees at a pass — more events since the last
-    // pass than a pass forwards (ten pages of 1,000: a load past 10,000 audited calls a second) —
-    // records the head as far as the stream reached, so a re-application from its stream still
+    // pass than a pass forwards within its budget (here each page of 1,000 takes a tenth of it by
+    // the clock: ten pages a pass) — records the head as far as the stream reached, so a re-application from its stream still
     // reaches the record and the record keeps moving. Before, it recorded nothing while the stream
     // was behind: under such a load, never, and a rollback behind the events served meanwhile
     // went unnoticed at the next start.
@@ -328,7 +328,11 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         var options = new AuditOptions { CheckpointEveryEvents = 1_000_000, CheckpointInterval = TimeSpan.FromDays(1) };
         var node = await StartAsync(_store, _hsm, options);
         long streamed = 0;
-        node.EventsWritten += events => streamed = events[^1].Sequence;
+        node.EventsWritten += events =>
+        {
+            streamed = events[^1].Sequence;
+            _time.Advance(AuditLog.ForwardBudget / 10);
+        };
         await node.ReadOwnHeadAsync(HeadPath, default);
         await _store.AppendAuditAsync([.. Enumerable.Range(13, 10_005).Select(Entry)], default); // head 10,017
 

@@ -455,6 +455,104 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Assert.Equal(Enumerable.Range(1, 50).Select(i => (long)i), forwarded);
     }
 
+    // A load past ~10,000 audited calls a second: more events between two passes than ten pages.
+    // Before, a pass forwarded at most ten pages of 1,000, and the stream fell behind for as long as
+    // such a load lasted; now a pass forwards until the stream has the head (or its budget, by
+    // the clock, is spent: this clock does not move).
+    [Fact]
+    public async Task Stream_MoreThanTenThousandEventsBetweenTwoPasses_AllForwardedByTheNextPass()
+    {
+        var store = new InMemoryStore();
+        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions());
+        await log.InitializeAsync(default);
+        var forwarded = new List<long>();
+        log.EventsWritten += events => forwarded.AddRange(events.Select(e => e.Sequence));
+        await store.AppendAuditAsync([.. Enumerable.Range(0, 25_005).Select(i => Entry($"e-{i}"))], default);
+
+        await log.RunHousekeepingAsync(default);
+
+        Assert.Equal(25_005, forwarded.Count);
+        Assert.Equal(Enumerable.Range(1, 25_005).Select(i => (long)i), forwarded);
+    }
+
+    // A stream 100,000 events behind (resumed after an outage), under a load that goes on, through
+    // the housekeeping loop itself. Each page forwarded takes 100 ms by this clock, which moves only
+    // so: a pass stops forwarding at its budget, and the next follows at once (before, the loop
+    // waited a second between passes, which this clock never ends: the hang guard fails) — while
+    // refusal windows close and checkpoints are signed on schedule on the way, not held up.
+    [Fact]
+    public async Task Stream_OneHundredThousandBehind_CatchesUpPassAfterPass_RefusalSummariesAndCheckpointsOnSchedule()
+    {
+        const long Backlog = 100_000;
+        var time = new FakeTimeProvider(_time.GetUtcNow());
+        var store = new InMemoryStore();
+        var interval = TimeSpan.FromSeconds(1);
+        var page = TimeSpan.FromMilliseconds(100);
+        var log = new AuditLog(store, store, _hsm, time, new AuditOptions { CheckpointEveryEvents = 1_000_000, CheckpointInterval = interval, RefusalWindow = TimeSpan.FromSeconds(2) });
+        await log.InitializeAsync(default);
+        await store.AppendAuditAsync([.. Enumerable.Range(0, (int)Backlog).Select(i => Entry($"e-{i}"))], default);
+
+        long reached = 0;
+        var caughtUp = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var checkpointsWhileBehind = new List<DateTimeOffset>();
+        var summaryWhileBehind = false;
+        log.EventsWritten += events =>
+        {
+            Volatile.Write(ref reached, events[^1].Sequence);
+            if (events[^1].Sequence >= Backlog)
+            {
+                caughtUp.TrySetResult();
+                return;
+            }
+
+            // Forwarding takes time, and the load goes on meanwhile (so a checkpoint is due again).
+            time.Advance(page);
+            store.AppendAuditAsync([Entry("during")], default).GetAwaiter().GetResult();
+        };
+        log.CheckpointWritten += checkpoint =>
+        {
+            if (Volatile.Read(ref reached) < Backlog)
+            {
+                checkpointsWhileBehind.Add(checkpoint.Time);
+            }
+        };
+        log.HousekeepingPassEnded += () =>
+        {
+            if (Volatile.Read(ref reached) < Backlog && !summaryWhileBehind)
+            {
+                summaryWhileBehind = store.ListAuditEventsAsync(new AuditQuery { AfterSequence = Backlog }, default).GetAwaiter().GetResult().Any(e => e.Entry.RequestId == "aggregated");
+            }
+        };
+
+        // A refusal window: its first refusal is written (by the commit loop), the second counted.
+        var refused = Entry("refused") with { Outcome = "PERMISSION_DENIED" };
+        var first = log.RefusedAsync(refused, default);
+        await log.RefusedAsync(refused, default);
+        var started = time.GetUtcNow();
+
+        using var stop = new CancellationTokenSource();
+        var loop = Task.Run(() => log.RunAsync(stop.Token));
+        try
+        {
+            await caughtUp.Task.GuardAsync("the stream catching up with 100,000 events, the clock moved only by forwarding");
+            await first.GuardAsync("the first refusal written");
+        }
+        finally
+        {
+            await stop.CancelAsync();
+            await loop.WaitAsync(HangGuard.Time).ContinueWith(_ => { }, TaskScheduler.Default);
+        }
+
+        Assert.True(summaryWhileBehind, "the refusal window that closed while the stream was behind was not written until it caught up");
+
+        // 100 pages of 100 ms: ten seconds behind. A checkpoint is due a second after the last; a
+        // pass reaches it after at most its forwarding budget and the page that passed it.
+        Assert.True(checkpointsWhileBehind.Count >= 5, $"{checkpointsWhileBehind.Count} checkpoints signed in the 10 s the stream was behind");
+        var bound = interval + AuditLog.ForwardBudget + page;
+        var gaps = checkpointsWhileBehind.Prepend(started).Zip(checkpointsWhileBehind, (a, b) => b - a).ToList();
+        Assert.All(gaps, gap => Assert.True(gap <= bound, $"a checkpoint {gap.TotalSeconds} s after the one before, while the stream was behind (bound {bound.TotalSeconds} s)"));
+    }
+
     [Fact]
     public async Task AfterARestart_EventsTheStreamDidNotHave_AreForwarded_NotSkipped()
     {

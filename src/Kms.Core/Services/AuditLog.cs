@@ -28,6 +28,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
 {
     private const string SigningKeySetting = "audit.signing-key.v1";
     private const string ContextKeySetting = "audit.context-key.v1";
+    private const int ForwardPage = 1000;
     private static readonly KeyVersionId SigningKeyId = FixedId("kms audit signing key");
     private static readonly KeyVersionId ContextKeyId = FixedId("kms audit context key");
 
@@ -44,9 +45,17 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     private long _lastCommitFailureTicks; // UTC ticks; 0: none since the last success
     private int _failedCommits;
     private long _checkpointRefusedTicks; // UTC ticks; 0: checkpoints are signed
+    private bool _streamBehind; // the last pass's forwarding ended at ForwardBudget, with events left
 
     // One housekeeping pass at a time: the loop's, and a caller's (shutdown, tests).
     private readonly SemaphoreSlim _housekeeping = new(1, 1);
+
+    /// <summary>
+    /// How long one housekeeping pass forwards events to the SIEM stream (<see cref="EventsWritten"/>)
+    /// at most: half the one-second pass interval. A stream still behind then is forwarded on by
+    /// the next pass, which follows at once.
+    /// </summary>
+    public static readonly TimeSpan ForwardBudget = TimeSpan.FromMilliseconds(500);
 
     /// <summary>The audit signing key's public key (DER SubjectPublicKeyInfo).</summary>
     public byte[] PublicKey { get; private set; } = [];
@@ -306,7 +315,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     // writes (the audit writer's transaction reads the chain head itself), so passes and batches
     // can interleave.
     // The first pass at once (as the loop did): a node takes the checkpoint lease and forwards its
-    // backlog when it starts, then once a second.
+    // backlog when it starts, then once a second (at once while the stream is still behind).
     private async Task HousekeepingLoopAsync(CancellationToken cancellationToken)
     {
         await Task.Yield(); // the commit loop starts without waiting for the first pass
@@ -315,7 +324,18 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             try
             {
                 await RunHousekeepingAsync(cancellationToken);
-                await Task.Delay(TimeSpan.FromSeconds(1), time, cancellationToken);
+
+                // A stream still behind (its pass spent ForwardBudget) goes on at once, the pass's
+                // other work done on the way: waiting a second between such passes capped the
+                // stream at what a pass forwards, below a sustained load.
+                if (Volatile.Read(ref _streamBehind))
+                {
+                    await Task.Yield();
+                }
+                else
+                {
+                    await Task.Delay(TimeSpan.FromSeconds(1), time, cancellationToken);
+                }
             }
             catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
             {
@@ -850,18 +870,24 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         }
     }
 
+    // Forwards pages of events until the stream has the head, or until the pass has spent
+    // ForwardBudget on it: a stream far behind (resumed after a long outage) then catches up over
+    // passes that follow one another at once (HousekeepingLoopAsync), each closing the refusal
+    // windows and signing a due checkpoint on its way, rather than holding them up. Before, a pass
+    // forwarded at most ten pages, once a second: the stream could not keep up with more than
+    // ~10,000 events a second, and fell behind for as long as such a load lasted.
     private async Task ForwardAsync(CancellationToken cancellationToken)
     {
+        Volatile.Write(ref _streamBehind, false); // a failing stream is retried a second later, not at once
         if (EventsWritten is null || _forwarded < 0)
         {
             return;
         }
 
-        // At most ten pages a pass: a stream far behind (resumed after a long outage) catches up
-        // over several passes, so refusal summaries and checkpoints are not held up meanwhile.
-        for (var pages = 0; pages < 10; pages++)
+        var started = time.GetTimestamp();
+        while (true)
         {
-            var page = await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = _forwarded, Limit = 1000 }, cancellationToken);
+            var page = await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = _forwarded, Limit = ForwardPage }, cancellationToken);
             if (page.Count == 0)
             {
                 return;
@@ -870,8 +896,14 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             EventsWritten?.Invoke(page);
             _forwarded = page[^1].Sequence;
             _forwardedHead = new AuditHead(page[^1].Sequence, page[^1].Hash);
-            if (page.Count < 1000)
+            if (page.Count < ForwardPage)
             {
+                return;
+            }
+
+            if (time.GetElapsedTime(started) >= ForwardBudget)
+            {
+                Volatile.Write(ref _streamBehind, true);
                 return;
             }
         }
