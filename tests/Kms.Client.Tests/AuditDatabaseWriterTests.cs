@@ -373,6 +373,44 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         Assert.Equal((15L, false), (record.Head?.Sequence, record.PassesThrough));
     }
 
+    // The database goes back behind the head a running node recorded, and behind nothing it
+    // signed (its last checkpoint is older): the node signs no checkpoint over the rolled-back chain
+    // and says so as for a chain that does not pass through its checkpoint — CheckpointRefusedSince,
+    // which the gauge kms_audit_checkpoint_signing_refused, the health service kms.audit.checkpoints
+    // and events 1311-1313 read — until the chain passes through its record again. Before, the
+    // pass reported a generic housekeeping failure (1304), the gauge and health said nothing, and
+    // the node signed a checkpoint over the other chain.
+    [Fact]
+    public async Task HeadFile_RolledBackUnderARunningNode_CheckpointsRefused_UntilTheChainPassesThroughTheRecordAgain()
+    {
+        await BuildAsync(); // checkpoints 5, 10; head 12
+        Directory.CreateDirectory(Path.GetDirectoryName(HeadPath)!);
+        var node = await StartAsync(_store, _hsm, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(1) });
+        await node.ReadOwnHeadAsync(HeadPath, default);
+        var failures = new List<Exception>();
+        node.HousekeepingFailed += failures.Add;
+        await AppendAsync(13, 15);
+        await node.RunHousekeepingAsync(default);
+        Assert.Equal((15L, null), (SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence, node.CheckpointRefusedSince));
+
+        Sql("CREATE TABLE lost AS SELECT * FROM audit_events WHERE seq > 12; DELETE FROM audit_events WHERE seq > 12");
+        await node.RunHousekeepingAsync(default);
+        Assert.NotNull(node.CheckpointRefusedSince);
+        Assert.Equal(KmsErrorCode.FailedPrecondition, Assert.IsType<KmsException>(Assert.Single(failures)).Code);
+
+        await AppendAsync(13, 14); // another chain, not yet past the record
+        var refused = await Assert.ThrowsAsync<KmsException>(() => node.CheckpointAsync(default));
+        Assert.Contains("no longer passes through event 15", refused.Message, StringComparison.Ordinal);
+        Assert.Equal(10L, (await _store.GetLatestAuditCheckpointAsync(default))!.Sequence);
+        Assert.NotNull(node.CheckpointRefusedSince);
+
+        // The failover undone: the chain passes through the record again.
+        Sql("DELETE FROM audit_events WHERE seq > 12; INSERT INTO audit_events SELECT * FROM lost");
+        await node.RunHousekeepingAsync(default);
+        Assert.Null(node.CheckpointRefusedSince);
+        Assert.Equal(15L, (await node.CheckpointAsync(default))?.Sequence);
+    }
+
     // Events between this node's checkpoint and another node's later one rewritten (a node
     // restarted without its file could have signed the rewrite): refused, whatever the
     // database's newer checkpoint rows say.

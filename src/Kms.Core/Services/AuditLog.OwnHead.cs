@@ -60,6 +60,10 @@ public sealed partial class AuditLog
     private string? _headRecord;
     private AuditHead? _recordedHead;
 
+    // Since when (UTC ticks; 0: not) the chain has not passed through the recorded head under the
+    // running node: no checkpoint is signed meanwhile, and CheckpointRefusedSince says so.
+    private long _headRecordRefusedTicks;
+
     /// <summary>
     /// Reads the node's record of the audit head it last saw (the host's
     /// <c>{DataDir}/audit/head.json</c>: <see cref="SeenHead"/>), says whether the database's chain
@@ -147,14 +151,22 @@ public sealed partial class AuditLog
     // Writes the head seen, unless the record holds it already (at stop, always: its time is the
     // stop's). Only as far as forwarding has reached: a re-application from this node's SIEM stream
     // must reach the head it records. A stream behind the head (more events since the last pass
-    // than a pass forwards, under a sustained load) records the last event forwarded, never one
+    // than a pass forwards within its ForwardBudget) records the last event forwarded, never one
     // before the record: before, nothing was recorded while it was behind, so under such a load the
     // record stood still. A failure waits for the next pass, with the old record in place.
     private async Task RecordHeadAsync(AuditHead? seen, bool force, CancellationToken cancellationToken)
     {
-        if (_headRecord is not { } path || seen is not { Sequence: > 0 } head)
+        if (_headRecord is null || seen is not { Sequence: > 0 } head)
         {
             return;
+        }
+
+        // Whenever the head is not the record, or while refused for it, before anything else (a
+        // stream that made no headway this pass included): the chain must still pass through it,
+        // as at start.
+        if (force || head != _recordedHead || Volatile.Read(ref _headRecordRefusedTicks) != 0)
+        {
+            await ThrowUnlessTheChainPassesThroughTheRecordAsync(head, cancellationToken);
         }
 
         if (EventsWritten is not null && _forwarded >= 0 && _forwarded < head.Sequence)
@@ -172,23 +184,34 @@ public sealed partial class AuditLog
             return;
         }
 
-        // The chain must still pass through what the node recorded, as at start: a database that went
-        // back behind it under the running node (a failover to a replica that lost the last commits,
-        // a restore under running nodes), or was rewritten, keeps the record, so the next start is
-        // refused until a re-application reaches it. Before, the record was overwritten with the new
-        // chain's head and the node forgot how far it had served.
-        if (_recordedHead is { } recorded
-            && !await ChainHoldsAsync(store, recorded, cancellationToken)
-            && !await PrunedUnderASignedCheckpointAsync(recorded.Sequence, cancellationToken))
+        await DurableFile.WriteAsync(_headRecord, new SeenHead(head, time.GetUtcNow(), Fingerprint).ToBytes(), DurableFile.OwnerOnly, overwrite: true, cancellationToken);
+        _recordedHead = head;
+    }
+
+    // A database that went back behind the recorded head under the running node (a failover to a
+    // replica that lost the last commits, a restore under running nodes), or was rewritten there,
+    // keeps the record, so the next start is refused until a re-application reaches it (before,
+    // the record was overwritten with the new chain's head and the node forgot how far it had
+    // served); and meanwhile no checkpoint is signed, as over a chain that does not pass through
+    // the last checkpoint (CheckpointRefusedSince: the gauge, the health service, events
+    // 1311–1313). Before, the node went on signing checkpoints over the rolled-back chain, its
+    // health and gauge said nothing, and only the housekeeping's generic failure (1304) was
+    // logged. The refusal ends when the chain passes through the record again.
+    private async Task ThrowUnlessTheChainPassesThroughTheRecordAsync(AuditHead head, CancellationToken cancellationToken)
+    {
+        if (_recordedHead is not { } recorded
+            || await ChainHoldsAsync(store, recorded, cancellationToken)
+            || await PrunedUnderASignedCheckpointAsync(recorded.Sequence, cancellationToken))
         {
-            throw KmsErrors.FailedPrecondition(
-                $"the audit chain in the database (head {head.Sequence}) no longer passes through event {recorded.Sequence}, the audit head this node recorded ({path}): "
-                + "the database went back behind it (a failover that lost commits, a restore under running nodes) or its events were rewritten; the record is kept, "
-                + "so the next start of this node is refused until a re-application of destructions reaches it");
+            Volatile.Write(ref _headRecordRefusedTicks, 0);
+            return;
         }
 
-        await DurableFile.WriteAsync(path, new SeenHead(head, time.GetUtcNow(), Fingerprint).ToBytes(), DurableFile.OwnerOnly, overwrite: true, cancellationToken);
-        _recordedHead = head;
+        Interlocked.CompareExchange(ref _headRecordRefusedTicks, time.GetUtcNow().UtcTicks, 0);
+        throw KmsErrors.FailedPrecondition(
+            $"the audit chain in the database (head {head.Sequence}) no longer passes through event {recorded.Sequence}, the audit head this node recorded ({_headRecord}): "
+            + "the database went back behind it (a failover that lost commits, a restore under running nodes) or its events were rewritten; the record is kept, "
+            + "so the next start of this node is refused until a re-application of destructions reaches it, and no checkpoint is signed meanwhile");
     }
 
     /// <summary>

@@ -195,9 +195,19 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     /// <summary>
     /// Since when a checkpoint is refused because the database's chain no longer passes through
     /// the last checkpoint this process signed or read (from the database or, at start, from the
-    /// node's own record); null while checkpoints are signed. Cleared when one is signed again.
+    /// node's own record), or through the audit head this node recorded (<c>head.json</c>,
+    /// <see cref="ReadOwnHeadAsync"/>) while it runs; null while checkpoints are signed. Cleared
+    /// when one is signed again, and the latter also when the chain passes through the record again.
     /// </summary>
-    public DateTimeOffset? CheckpointRefusedSince => Volatile.Read(ref _checkpointRefusedTicks) is var ticks and not 0 ? new DateTimeOffset(ticks, TimeSpan.Zero) : null;
+    public DateTimeOffset? CheckpointRefusedSince
+    {
+        get
+        {
+            var (chain, record) = (Volatile.Read(ref _checkpointRefusedTicks), Volatile.Read(ref _headRecordRefusedTicks));
+            var ticks = chain == 0 ? record : record == 0 ? chain : Math.Min(chain, record);
+            return ticks == 0 ? null : new DateTimeOffset(ticks, TimeSpan.Zero);
+        }
+    }
 
     /// <summary>Appends one event; returns once it is durable.</summary>
     /// <exception cref="KmsException">Unavailable when the audit store cannot write it: the request must not be answered.</exception>
@@ -490,6 +500,11 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             RefuseCheckpoints();
             throw;
         }
+
+        // Nor over a chain that went back behind the head this node recorded (head.json) since
+        // its last checkpoint: that refusal counts on its own, and ends when the chain passes
+        // through the record again.
+        await ThrowUnlessTheChainPassesThroughTheRecordAsync(head, cancellationToken);
 
         var now = Clock.Now(time);
         var body = AuditChain.CheckpointBody(head.Sequence, head.Hash, now, Fingerprint);

@@ -11,7 +11,8 @@ namespace Kms.Server.Audit;
 /// </summary>
 /// <remarks>
 /// A kind is the refusal to sign a checkpoint over a chain that no longer passes through the
-/// last known one (it ends when a checkpoint is signed again), or else the exception's type and
+/// last known one, or through the audit head the node recorded (it ends when a checkpoint is
+/// signed again, or the chain passes through the record again), or else the exception's type and
 /// error code (it ends with the first pass that does not report it again).
 /// </remarks>
 internal sealed partial class HousekeepingFailureLog(ILogger logger, TimeProvider time)

@@ -103,7 +103,9 @@ internal sealed class AuditWriteHealthCheck(Core.Services.AuditLog audit, TimePr
 /// <summary>
 /// The audit log signs checkpoints: Unhealthy while it refuses to, because the database's chain
 /// no longer passes through the last checkpoint this node signed or read (events removed or
-/// rewritten, or a rollback whose <c>checkpoints.jsonl</c> was not moved aside). Registered under
+/// rewritten, or a rollback whose <c>checkpoints.jsonl</c> was not moved aside), or through the
+/// audit head this node recorded in <c>head.json</c> (the database went back behind it under the
+/// running node: a failover that lost commits, a restore under running nodes). Registered under
 /// its own gRPC health service name (<see cref="Service"/>), not in the overall one (<c>""</c>):
 /// the node still answers correctly and writes every event durably and chained — only its
 /// vouching for the chain stops, which is the defence — and every node of a shared database sees
@@ -121,7 +123,7 @@ internal sealed class AuditSigningHealthCheck(Core.Services.AuditLog audit) : IH
 
     public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
         Task.FromResult(audit.CheckpointRefusedSince is { } since
-            ? HealthCheckResult.Unhealthy($"audit checkpoints not signed since {since:O}: the audit chain in the database no longer passes through the last checkpoint this node signed or read (events 1309, 1311; docs/audit-format.md)")
+            ? HealthCheckResult.Unhealthy($"audit checkpoints not signed since {since:O}: the audit chain in the database no longer passes through the last checkpoint this node signed or read, or the audit head it recorded (head.json) (events 1309, 1311; docs/audit-format.md)")
             : HealthCheckResult.Healthy());
 }
 
