@@ -210,6 +210,14 @@ internal static class LoadGenerator
     /// </summary>
     internal static async Task<WebApplication> StartServerAsync(HsmOptions options, string root, bool audit, params string[] extra)
     {
+        var app = await BuildServerAsync(options, root, audit, extra);
+        await app.StartAsync();
+        return app;
+    }
+
+    /// <summary>As <see cref="StartServerAsync"/>, not yet started (to subscribe to its services first).</summary>
+    internal static async Task<WebApplication> BuildServerAsync(HsmOptions options, string root, bool audit, params string[] extra)
+    {
         // KMS_BENCH_SERVER_ARGS: extra server arguments for experiments (e.g. --Kms:Audit:Enabled=false), printed so a result says what it measured.
         var fromEnvironment = (Environment.GetEnvironmentVariable("KMS_BENCH_SERVER_ARGS") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries);
         if (fromEnvironment.Length > 0)
@@ -234,7 +242,6 @@ internal static class LoadGenerator
             .. extra,
             .. fromEnvironment,
         ], logging => logging.MinimumLevel.Warning());
-        await app.StartAsync();
         return app;
     }
 

@@ -396,7 +396,7 @@ internal static class PerfSuite
         return 0;
     }
 
-    private static async Task<Func<Task>> OperationAsync(KmsClient client, string operation)
+    internal static async Task<Func<Task>> OperationAsync(KmsClient client, string operation)
     {
         var key = await client.CreateKeyAsync("tenants/dev", "bench-" + operation);
         var context = new Dictionary<string, string> { ["bench"] = "perf", ["table"] = "orders" };
