@@ -202,6 +202,39 @@ public abstract class AuditStoreContract : AccessStoreContract
     }
 
     [Fact]
+    public async Task Pages_ATimeRange_AfterAPruneThatDeletedWholeBlocks_TheFirstPageStartsAtTheFirstBlockThatCanHoldIt_NotAtTheOldestEvent()
+    {
+        // 300 events a second apart, summarised in blocks of 10; pages of windows of 10. Retention
+        // then deletes whole blocks (through 100, a block's end), and cuts into one (through 125):
+        // every log with retention has no block below its oldest event.
+        var store = await AuditAsync();
+        var events = await store.AppendAuditAsync([.. Enumerable.Range(1, 300).Select(Entry)], default);
+        Assert.Equal(30, await store.SummariseAuditBlocksAsync(10, 100, default));
+        var lastMinute = new AuditQuery { StartTime = T0.AddSeconds(241), Limit = 100 };
+        foreach (var through in new[] { 100, 125 })
+        {
+            await store.AddAuditCheckpointAsync(Checkpoint(events[through - 1]), default);
+            Assert.InRange(await store.PruneAuditAsync(through, default), 1, 100);
+
+            // Oldest first, "the last minute": its events in the first page (not an empty page of
+            // the window from the oldest event, 101..110 or 126..135), and six pages in all.
+            var page = await AuditPages.ListAsync(store, lastMinute, 10, default);
+            Assert.True(Enumerable.Range(241, 10).Select(i => (long)i).SequenceEqual(page.Events.Select(e => e.Sequence)), $"pruned through {through}: the first page [{string.Join(',', page.Events.Select(e => e.Sequence))}], next {page.Next}");
+            var (listed, pages) = await ListAllAsync(store, lastMinute, 10);
+            Assert.Equal(Enumerable.Range(241, 60).Select(i => (long)i), listed);
+            Assert.Equal(6, pages);
+
+            // A range older than every event left: one empty page, in either order.
+            var pruned = new AuditQuery { EndTime = T0.AddSeconds(50), Limit = 100 };
+            foreach (var newest in new[] { false, true })
+            {
+                var (none, count) = await ListAllAsync(store, pruned with { NewestFirst = newest }, 10);
+                Assert.Equal((0, 1), (none.Count, count));
+            }
+        }
+    }
+
+    [Fact]
     public async Task RetentionCut_FromTheBlocks_TheFirstEventAtOrAfterTheCutoff_AsAFullScan_TimesGoingBackwards_NoBlocks_ATail_AfterPrunes()
     {
         // Retention's cut (AuditLog.PruneAsync): the first event in sequence order whose time is at

@@ -105,8 +105,9 @@ public static class AuditPages
     /// and the tail where that walk read every older event.
     /// </summary>
     /// <remarks>
-    /// Pass the oldest event's predecessor, not 0: a bound below the first block (whose blocks a
-    /// prune deleted) may lie before events no block covers, and the walk would start there.
+    /// Below the first block (whose predecessors a prune deleted) the walk starts at the first
+    /// event past the bound that no block covers, if any (an index lookup): a bound of 0 and the
+    /// oldest event's predecessor start it at the same place.
     /// </remarks>
     /// <param name="store">The log.</param>
     /// <param name="time">The least time column the event may have.</param>

@@ -96,8 +96,9 @@ public abstract partial class SqlStore
     /// <remarks>
     /// One statement: the first (last) block past the bound whose time range meets the query's,
     /// the tail past the last block (newest first, its newest event before the bound), and the
-    /// stretch before the first block (a block pruned by a
-    /// server that predates the summary leaves it behind, harmlessly). Every event between the
+    /// stretch before the first block: oldest first, its first event past the bound, if any (an
+    /// index lookup; after a prune that deleted whole blocks there is none, and a page starts at
+    /// the first block that can hold the range, not at the oldest event). Every event between the
     /// first block and the last lies in a block (each is summarised from the one after the
     /// greatest block summarised, or the oldest event), and a block's row is the least and greatest
     /// time column of the events in it, which are immutable once it is complete.
@@ -118,7 +119,7 @@ public abstract partial class SqlStore
                     SELECT min(s) FROM (
                         SELECT min(first_seq) AS s FROM audit_blocks WHERE last_seq > @after AND max_time >= @start AND min_time < @end
                         UNION ALL SELECT coalesce(max(last_seq), 0) + 1 FROM audit_blocks
-                        UNION ALL SELECT @after + 1 WHERE @after + 1 < (SELECT min(first_seq) FROM audit_blocks)) c
+                        UNION ALL SELECT (SELECT seq FROM audit_events WHERE seq > @after AND seq < (SELECT min(first_seq) FROM audit_blocks) ORDER BY seq LIMIT 1)) c
                     """, parameters);
                 var first = Math.Max(Convert.ToInt64(await oldest.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture), query.AfterSequence + 1);
                 return first < query.BeforeSequence ? first : null;

@@ -170,11 +170,11 @@ public sealed partial class InMemoryStore : IAuditStore
             var lastBlock = _blocks.Count > 0 ? _blocks.Values.Max(b => b.Last) : 0;
             if (!query.NewestFirst)
             {
-                // The first block past the bound that meets the range, the tail, or before the first block.
+                // The first block past the bound that meets the range, the tail, or the first event past the bound before the first block.
                 List<long> firsts = [.. _blocks.Where(b => b.Value.Last > query.AfterSequence && Meets(b.Value)).Select(b => b.Key), lastBlock + 1];
-                if (firstBlock is { } f && query.AfterSequence + 1 < f)
+                if (firstBlock is { } f)
                 {
-                    firsts.Add(query.AfterSequence + 1);
+                    firsts.AddRange(_audit.Where(e => e.Sequence > query.AfterSequence && e.Sequence < f).Select(e => e.Sequence).Take(1));
                 }
 
                 var first = Math.Max(firsts.Min(), query.AfterSequence + 1);
