@@ -235,6 +235,37 @@ public abstract class AuditStoreContract : AccessStoreContract
     }
 
     [Fact]
+    public async Task SummariseAuditBlocks_TheIncompleteTailBlock_NotReadPassAfterPass_OnlyOnceComplete()
+    {
+        // 25 events, blocks of 10: two complete, the third (21..30) not yet.
+        var store = await AuditAsync();
+        await store.AppendAuditAsync([.. Enumerable.Range(1, 25).Select(Entry)], default);
+        Assert.Equal(2, await store.SummariseAuditBlocksAsync(10, 100, default));
+        Assert.Equal(2, BlocksRead(store));
+
+        // The housekeeping's passes meanwhile (every second on the leader) read no block.
+        for (var pass = 0; pass < 3; pass++)
+        {
+            Assert.Equal(0, await store.SummariseAuditBlocksAsync(10, 100, default));
+        }
+
+        Assert.Equal(2, BlocksRead(store));
+
+        // Complete, it is read once and summarised.
+        await store.AppendAuditAsync([.. Enumerable.Range(26, 5).Select(Entry)], default);
+        Assert.Equal(1, await store.SummariseAuditBlocksAsync(10, 100, default));
+        Assert.Equal(3, BlocksRead(store));
+        Assert.Equal(Enumerable.Range(21, 5).Select(i => (long)i), (await ListAllAsync(store, new AuditQuery { StartTime = T0.AddSeconds(21), EndTime = T0.AddSeconds(26), Limit = 100 }, 10)).Events);
+
+        static long BlocksRead(IAuditStore store) => store switch
+        {
+            SqlStore sql => sql.AuditBlocksRead,
+            Kms.Testing.Fakes.InMemoryStore fake => fake.AuditBlocksRead,
+            _ => throw new InvalidOperationException($"{store.GetType()} does not count the blocks it reads"),
+        };
+    }
+
+    [Fact]
     public async Task RetentionCut_FromTheBlocks_TheFirstEventAtOrAfterTheCutoff_AsAFullScan_TimesGoingBackwards_NoBlocks_ATail_AfterPrunes()
     {
         // Retention's cut (AuditLog.PruneAsync): the first event in sequence order whose time is at

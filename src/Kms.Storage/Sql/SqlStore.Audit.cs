@@ -138,6 +138,11 @@ public abstract partial class SqlStore
         }, cancellationToken);
     }
 
+    /// <summary>How many blocks' events <see cref="SummariseAuditBlocksAsync"/> has read (tests).</summary>
+    internal long AuditBlocksRead => Interlocked.Read(ref _auditBlocksRead);
+
+    private long _auditBlocksRead;
+
     /// <inheritdoc />
     /// <remarks>
     /// The blocks' events are read outside the write lock (they are immutable once the block's
@@ -154,7 +159,8 @@ public abstract partial class SqlStore
         {
             var read = new List<(long First, long Last, long MinTime, long MaxTime)>();
             long first;
-            await using (var next = Command(connection, "SELECT (SELECT max(last_seq) FROM audit_blocks), (SELECT min(seq) FROM audit_events)"))
+            long newest;
+            await using (var next = Command(connection, "SELECT (SELECT max(last_seq) FROM audit_blocks), (SELECT min(seq) FROM audit_events), (SELECT max(seq) FROM audit_events)"))
             await using (var reader = await next.ExecuteReaderAsync(cancellationToken))
             {
                 if (!await reader.ReadAsync(cancellationToken) || reader.IsDBNull(1))
@@ -164,18 +170,23 @@ public abstract partial class SqlStore
 
                 // After the last block; after a prune past it, from the oldest event.
                 first = Math.Max(reader.IsDBNull(0) ? 0 : reader.GetInt64(0) + 1, reader.GetInt64(1));
+                newest = reader.GetInt64(2);
             }
 
             await using var summary = Command(connection, "SELECT max(seq), min(time), max(time) FROM audit_events WHERE seq >= @first AND seq <= @last", ("@first", 0L), ("@last", 0L));
-            while (read.Count < maxBlocks)
+            // Only a block whose last sequence number is written (every one before it is: they are
+            // gap-free and committed in order) is read: the tail block is incomplete on almost
+            // every pass, and reading it found that out after up to a block of rows.
+            while (read.Count < maxBlocks && first - 1 + blockEvents <= newest)
             {
-                var last = first + blockEvents - 1;
+                var last = first - 1 + blockEvents;
                 summary.Parameters[0].Value = first;
                 summary.Parameters[1].Value = last;
+                Interlocked.Increment(ref _auditBlocksRead);
                 await using var rows = await summary.ExecuteReaderAsync(cancellationToken);
                 if (!await rows.ReadAsync(cancellationToken) || rows.IsDBNull(0) || rows.GetInt64(0) != last)
                 {
-                    break; // not complete yet
+                    break; // gone meanwhile (a prune)
                 }
 
                 read.Add((first, last, rows.GetInt64(1), rows.GetInt64(2)));

@@ -194,6 +194,9 @@ public sealed partial class InMemoryStore : IAuditStore
         }
     }
 
+    /// <summary>How many blocks' events <see cref="SummariseAuditBlocksAsync"/> has read (tests).</summary>
+    public long AuditBlocksRead { get; private set; }
+
     public Task<int> SummariseAuditBlocksAsync(int blockEvents, int maxBlocks, CancellationToken cancellationToken)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(blockEvents, 1);
@@ -209,6 +212,7 @@ public sealed partial class InMemoryStore : IAuditStore
                     break;
                 }
 
+                AuditBlocksRead++;
                 var block = _audit.Where(e => e.Sequence >= first && e.Sequence <= last).ToList();
                 _blocks.TryAdd(first, (last, block.Min(e => e.Entry.Time), block.Max(e => e.Entry.Time)));
                 summarised++;
