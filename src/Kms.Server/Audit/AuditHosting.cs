@@ -24,6 +24,16 @@ public sealed class AuditHostOptions
     /// checkpoint past its own until the file is moved aside (event 1309).
     /// </summary>
     public bool AcceptRollback { get; set; }
+
+    /// <summary>
+    /// The least <see cref="AuditOptions.SummaryBlockEvents"/> a server starts with: below it the
+    /// time summary (one row a block) grows toward the log's length, and a time-ranged listing
+    /// reads it on every page. Store-level tests use smaller blocks.
+    /// </summary>
+    public const int MinSummaryBlockEvents = 1_000;
+
+    /// <summary>The greatest <see cref="AuditOptions.SummaryBlockEvents"/> a server starts with: a page's window (<see cref="AuditPages.DefaultScanWindow"/>).</summary>
+    public const int MaxSummaryBlockEvents = (int)AuditPages.DefaultScanWindow;
 }
 
 /// <summary>

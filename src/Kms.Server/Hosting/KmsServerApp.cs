@@ -154,6 +154,17 @@ public static partial class KmsServerApp
 
         var transport = serverOptions.Transport;
         transport.Validate();
+
+        // The audit log's time summary: a block of a few events makes audit_blocks as long as the
+        // log, and every time-ranged page reads it (its time columns have no index); a block
+        // larger than a page's window starts pages a window or more before their events.
+        var auditOptions = builder.Configuration.GetSection("Kms:Audit").Get<AuditOptions>() ?? new AuditOptions();
+        if (auditOptions.SummaryBlockEvents is < AuditHostOptions.MinSummaryBlockEvents or > AuditHostOptions.MaxSummaryBlockEvents)
+        {
+            throw new InvalidOperationException(
+                $"Kms:Audit:SummaryBlockEvents ({auditOptions.SummaryBlockEvents}) must be from {AuditHostOptions.MinSummaryBlockEvents} to {AuditHostOptions.MaxSummaryBlockEvents} (default {new AuditOptions().SummaryBlockEvents}): fewer makes the audit log's time summary, which every time-ranged listing reads, as long as the log; more starts those listings' pages a window or more before their events");
+        }
+
         builder.WebHost.UseUrls([.. urls]);
         var (certificatePath, keyPath) = ResolveTls(serverOptions);
         var tlsLogger = new Serilog.Extensions.Logging.SerilogLoggerFactory(logger).CreateLogger("Kms.Server.Tls");
