@@ -25,25 +25,9 @@ internal static class AuditPageBench
         try
         {
             var path = Path.Combine(root, "kms.db");
-            await (await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = path }, default)).DisposeAsync();
-            var filling = Stopwatch.StartNew();
             var t0 = DateTimeOffset.UtcNow.AddDays(-1);
+            await FillAsync(path, events, t0);
             DateTimeOffset Time(int i) => t0.AddMilliseconds(i); // the i-th event's (from 0)
-            await using (var connection = new SqliteConnection($"Data Source={path};Pooling=False"))
-            {
-                await connection.OpenAsync();
-                await using var transaction = await connection.BeginTransactionAsync();
-                var head = AuditChain.Empty;
-                foreach (var chunk in Enumerable.Range(0, events).Chunk(10_000))
-                {
-                    var written = await SqlStore.InsertEventRowsAsync(connection, head, [.. chunk.Select(i => Entry(i, events, t0))], default);
-                    head = new AuditHead(written[^1].Sequence, written[^1].Hash);
-                }
-
-                await transaction.CommitAsync();
-            }
-
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{events:N0} events written in {filling.Elapsed.TotalSeconds:F1} s"));
             await using var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = path }, default);
 
             // The sparse filters, then the time ranges twice: before the log is summarised (the walk
@@ -91,6 +75,119 @@ internal static class AuditPageBench
         }
 
         return 0;
+    }
+
+    /// <summary>
+    /// How long the audit housekeeping's summary takes a block of 10,000 events on a log of
+    /// <paramref name="events"/> (as <see cref="RunAsync"/> fills it): each call of
+    /// <see cref="SqlStore.SummariseAuditBlocksAsync"/> for one block timed, then the block's
+    /// statement alone on a connection of its own, with its plan, at the start, middle and end.
+    /// </summary>
+    public static async Task<int> RunSummaryAsync(int events)
+    {
+        var root = Path.Combine(Path.GetTempPath(), "kms-audit-summary-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4)));
+        try
+        {
+            var path = Path.Combine(root, "kms.db");
+            await FillAsync(path, events, DateTimeOffset.UtcNow.AddDays(-1));
+            var blockEvents = new AuditOptions().SummaryBlockEvents;
+            await using (var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = path }, default))
+            {
+                var times = new List<double>();
+                var whole = Stopwatch.StartNew();
+                while (true)
+                {
+                    var started = Stopwatch.GetTimestamp();
+                    if (await store.SummariseAuditBlocksAsync(blockEvents, 1, default) == 0)
+                    {
+                        break;
+                    }
+
+                    times.Add(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+                }
+
+                var sorted = times.Order().ToArray();
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"{times.Count:N0} blocks of {blockEvents:N0} summarised through the store in {whole.Elapsed.TotalSeconds:F2} s: a block (a call) median {sorted[sorted.Length / 2]:F1} ms, min {sorted[0]:F1}, max {sorted[^1]:F1}; the first five {string.Join(", ", times.Take(5).Select(t => t.ToString("F1", CultureInfo.InvariantCulture)))}"));
+                var idle = Stopwatch.GetTimestamp();
+                await store.SummariseAuditBlocksAsync(blockEvents, 20, default);
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"a pass with nothing complete to summarise: {Stopwatch.GetElapsedTime(idle).TotalMilliseconds:F1} ms"));
+
+                // Again, the whole log in one call, as audit-page summarises it (up to 100 blocks a call).
+                await using (var clear = new SqliteConnection($"Data Source={path};Pooling=False"))
+                {
+                    await clear.OpenAsync();
+                    await using var delete = clear.CreateCommand();
+                    delete.CommandText = "DELETE FROM audit_blocks";
+                    await delete.ExecuteNonQueryAsync();
+                }
+
+                var oneCall = Stopwatch.StartNew();
+                var all = await store.SummariseAuditBlocksAsync(blockEvents, 100, default);
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{all:N0} blocks in one call of up to 100: {oneCall.Elapsed.TotalSeconds:F2} s"));
+            }
+
+            await using var connection = new SqliteConnection($"Data Source={path};Pooling=False;Mode=ReadOnly");
+            await connection.OpenAsync();
+            const string Block = "SELECT max(seq), min(time), max(time) FROM audit_events WHERE seq >= @first AND seq <= @last";
+            await using (var plan = connection.CreateCommand())
+            {
+                plan.CommandText = "EXPLAIN QUERY PLAN " + Block;
+                plan.Parameters.AddWithValue("@first", 1L);
+                plan.Parameters.AddWithValue("@last", (long)blockEvents);
+                await using var reader = await plan.ExecuteReaderAsync();
+                while (await reader.ReadAsync())
+                {
+                    Console.WriteLine("plan: " + reader.GetString(3));
+                }
+            }
+
+            await using (var size = connection.CreateCommand())
+            {
+                size.CommandText = "SELECT avg(length(body)) FROM audit_events WHERE seq <= 1000";
+                var body = Convert.ToDouble(await size.ExecuteScalarAsync(), CultureInfo.InvariantCulture);
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"average body: {body:F0} bytes"));
+            }
+
+            foreach (var first in new long[] { 1, (events / 2 / blockEvents * blockEvents) + 1, ((events / blockEvents) - 1) * blockEvents + 1 })
+            {
+                await using var command = connection.CreateCommand();
+                command.CommandText = Block;
+                command.Parameters.AddWithValue("@first", first);
+                command.Parameters.AddWithValue("@last", first + blockEvents - 1);
+                var statement = await MedianAsync(() => command.ExecuteScalarAsync());
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"the statement alone, block from {first:N0}: median of 5 {statement:F1} ms"));
+            }
+        }
+        finally
+        {
+            SqliteConnection.ClearAllPools();
+            Directory.Delete(root, recursive: true);
+        }
+
+        return 0;
+    }
+
+    // A new database at `path` whose log is `events` events a millisecond apart from t0, written in one transaction.
+    private static async Task FillAsync(string path, int events, DateTimeOffset t0)
+    {
+        await (await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = path }, default)).DisposeAsync();
+        var filling = Stopwatch.StartNew();
+        await using (var connection = new SqliteConnection($"Data Source={path};Pooling=False"))
+        {
+            await connection.OpenAsync();
+            await using var transaction = await connection.BeginTransactionAsync();
+            var head = AuditChain.Empty;
+            foreach (var chunk in Enumerable.Range(0, events).Chunk(10_000))
+            {
+                var written = await SqlStore.InsertEventRowsAsync(connection, head, [.. chunk.Select(i => Entry(i, events, t0))], default);
+                head = new AuditHead(written[^1].Sequence, written[^1].Hash);
+            }
+
+            await transaction.CommitAsync();
+        }
+
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{events:N0} events written in {filling.Elapsed.TotalSeconds:F1} s"));
     }
 
     private static async Task MeasureAsync(SqliteStore store, (string Label, AuditQuery Query)[] filters, string suffix)

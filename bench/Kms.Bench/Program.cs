@@ -18,6 +18,7 @@ using Kms.Bench;
 // dotnet run -c Release --project bench/Kms.Bench -- commit [commits]
 // dotnet run -c Release --project bench/Kms.Bench -- stream [seconds] [concurrency] [backlog events]   (the SIEM stream file: its lag under load, and how fast it forwards a backlog, SQLite)
 // dotnet run -c Release --project bench/Kms.Bench -- audit-page [events]   (one ListAuditEvents page of a sparse filter, unbounded against windowed; time ranges and retention's cut before and after the time summary; SQLite)
+// dotnet run -c Release --project bench/Kms.Bench -- audit-summary [events]   (the audit time summary's cost a block of 10,000 events: through the store, and its statement alone with its plan; SQLite)
 // dotnet run -c Release --project bench/Kms.Bench -- hsm-churn [calls] [recycle after]   (native memory an unwrapped-then-destroyed copy leaves behind)
 // dotnet run -c Release --project bench/Kms.Bench -- sign [seconds per step] [concurrencies, comma-separated]
 // DOTNET_TieredCompilation=0 dotnet run -c Release --project bench/Kms.Bench -- storage [seconds per setup] [concurrency] [rounds]
@@ -63,6 +64,9 @@ switch (args.FirstOrDefault())
             TimeSpan.FromSeconds(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 15),
             args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 64,
             args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 200_000);
+    case "audit-summary":
+        // audit-summary [events]: the audit time summary's cost a block, through the store and the statement alone, with its plan
+        return await AuditPageBench.RunSummaryAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1_000_000);
     case "commit":
         return await CommitCost.RunAsync(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 2000);
     case "perf":
@@ -145,7 +149,7 @@ switch (args.FirstOrDefault())
             args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 32,
             args.Length > 4 ? int.Parse(args[4], CultureInfo.InvariantCulture) : 3);
     default:
-        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | cache-policy [keys] [capacity] [lookups] [recycle after] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency|-rate rounds generate|decrypt|batch|batch-decrypt|batch-reencrypt|overload [A args] -- [B args] (--client:MaxConcurrentCalls=N sets that side's client) | hold generate|decrypt|batch|batch-decrypt|batch-reencrypt|mac|batch-mac|bare|generate-unaudited concurrency|-rate seconds | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] [rounds] | envelope [BenchmarkDotNet args] | gzip-check [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | stream [seconds] [concurrency] [backlog events] | audit-page [events] | hsm-churn [calls] [recycle after] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2] | overload-pair [seconds] [128] [32] [3] | usage-flush [versions] [rounds] [postgres connection string]");
+        Console.Error.WriteLine("usage: Kms.Bench perf [seconds] [1,4,16,64] [result.json] | soak [seconds] | cache-policy [keys] [capacity] [lookups] [recycle after] | zipf [keys] [seconds] [concurrency] [soak minutes] | ab seconds concurrency|-rate rounds generate|decrypt|batch|batch-decrypt|batch-reencrypt|overload [A args] -- [B args] (--client:MaxConcurrentCalls=N sets that side's client) | hold generate|decrypt|batch|batch-decrypt|batch-reencrypt|mac|batch-mac|bare|generate-unaudited concurrency|-rate seconds | micro [BenchmarkDotNet args] | load [seconds] [1,4,16,64] [rounds] | envelope [BenchmarkDotNet args] | gzip-check [BenchmarkDotNet args] | envelope-stream [MiB] | commit [commits] | stream [seconds] [concurrency] [backlog events] | audit-page [events] | audit-summary [events] | hsm-churn [calls] [recycle after] | sign [seconds] [1,4,16,64] | storage [seconds] [16] [2] | overload-pair [seconds] [128] [32] [3] | usage-flush [versions] [rounds] [postgres connection string]");
         return 2;
 }
 
