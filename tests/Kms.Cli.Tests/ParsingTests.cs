@@ -106,6 +106,21 @@ public sealed class ParsingTests : IDisposable
         Assert.True(refused.Count == 0, "written by the sources, refused by kms audit list --operation: " + string.Join(", ", refused));
     }
 
+    [Fact]
+    public void AuditList_EveryAuditedMethodOfTheServer_IsOneTheCliPassesOn()
+    {
+        // Every gRPC method the server maps with a rule that is not public is audited under its
+        // full name (AuditInterceptor), the reflection service's too: each, whole and by its last
+        // part, must be a value kms audit list --operation passes on.
+        var rules = File.ReadAllText(Path.Combine(Kms.Testing.RepositoryPaths.Of("src"), "Kms.Server", "Security", "AccessRules.cs"));
+        var audited = new System.Text.RegularExpressions.Regex("\\[\"(/[A-Za-z0-9_.]+/[A-Za-z0-9_]+)\"\\] = new AccessRule\\(CallScope\\.(?!Public)")
+            .Matches(rules).Select(m => m.Groups[1].Value).ToList();
+        Assert.Contains("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", audited);
+        var refused = audited.SelectMany(m => new[] { m, m[(m.LastIndexOf('/') + 1)..] })
+            .Where(o => Kms.Cli.Commands.AuditFilterValues.OperationProblem(o) is not null).ToList();
+        Assert.True(refused.Count == 0, "audited by the server, refused by kms audit list --operation: " + string.Join(", ", refused));
+    }
+
     [Theory]
     [InlineData("permission_denied", "case included; did you mean PERMISSION_DENIED?")]
     [InlineData("PermissionDenied", "case included; did you mean PERMISSION_DENIED?")]

@@ -22,9 +22,12 @@ internal static class AuditFilterValues
         "audit/Retention",
         .. new[] { "create-domain", "restore-domain", "rotate-domain" }.SelectMany(c => new[] { "", "/approval", "/share", "/transcript" }.Select(step => $"ceremony/{c}{step}")),
         "*", // the refusals past the per-window bound, aggregated as one overflow event
+
+        // The reflection service is served to any authenticated caller and audited like a kms.v1 method.
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
     ];
 
-    /// <summary>Every operation an event can have: the kms.v1 methods by full name, then the server's own.</summary>
+    /// <summary>Every operation an event can have: the kms.v1 methods by full name, then the server's own and the reflection service's.</summary>
     internal static IReadOnlyList<string> Operations { get; } =
     [
         .. new[]
