@@ -156,6 +156,21 @@ public sealed class RequestBytesInFlightTests
     }
 
     [Fact]
+    public async Task CompressedMessage_WhoseInflationThrows_WhatItCountedGivenBack()
+    {
+        // A decompression that fails with anything but InvalidDataException (zlib's own
+        // ZLibException, an IOException; a provider's): the bytes it had counted against the
+        // tenant were never given back, and each such call took that much of its bound for good.
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev", services =>
+            services.Configure<GrpcServiceOptions>(o => o.CompressionProviders.Add(new FailingCompression())));
+        var inFlight = server.Services.GetRequiredService<RequestBytesInFlight>();
+
+        var (status, detail) = await RawGrpcCall.SendAsync(server, RawGrpcCall.Frame(new byte[16], compressed: true), FailingCompression.Name, server.DeveloperToken, BatchEncrypt);
+        Assert.True(status != StatusCode.OK, $"{status} \"{detail}\"");
+        Assert.True(await UntilAsync(() => inFlight.Held("t:dev") == 0), $"{inFlight.Held("t:dev")} bytes still counted against dev after its call ended");
+    }
+
+    [Fact]
     public async Task Build_ABoundBelowTheLargestMessage_Refused_NamingBothOptions()
     {
         var dataDir = Path.Combine(Path.GetTempPath(), $"kms-never-{Guid.NewGuid():N}");
@@ -243,5 +258,54 @@ public sealed class RequestBytesInFlightTests
         byte[] prefix = [0x08, 0x08, 0x7A, (byte)(0x80 | (padding & 0x7F)), (byte)(0x80 | ((padding >> 7) & 0x7F)), (byte)(padding >> 14)];
         prefix.CopyTo(framed, 5);
         return framed;
+    }
+
+    /// <summary>A compression whose decompression inflates <see cref="Produced"/> bytes, then fails with an IOException.</summary>
+    private sealed class FailingCompression : global::Grpc.Net.Compression.ICompressionProvider
+    {
+        public const string Name = "fails-midway";
+        public const int Produced = 1000;
+
+        public string EncodingName => Name;
+
+        public Stream CreateCompressionStream(Stream stream, System.IO.Compression.CompressionLevel? compressionLevel) => throw new NotSupportedException();
+
+        public Stream CreateDecompressionStream(Stream stream) => new Failing();
+
+        private sealed class Failing : Stream
+        {
+            private bool _produced;
+
+            public override bool CanRead => true;
+
+            public override bool CanSeek => false;
+
+            public override bool CanWrite => false;
+
+            public override long Length => throw new NotSupportedException();
+
+            public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+
+            public override int Read(byte[] buffer, int offset, int count)
+            {
+                if (_produced)
+                {
+                    throw new IOException("the decompression failed");
+                }
+
+                _produced = true;
+                return Math.Min(count, Produced);
+            }
+
+            public override void Flush()
+            {
+            }
+
+            public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+            public override void SetLength(long value) => throw new NotSupportedException();
+
+            public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+        }
     }
 }

@@ -354,7 +354,19 @@ internal static class GrpcFramingCheck
             }
 
             var reservation = inFlight!.Start(_owner);
-            var inflated = Inflate(provider, compressed, reservation);
+            (global::Grpc.Core.Status? Problem, bool Done, ReadOnlySequence<byte>? Decompressed) inflated;
+            try
+            {
+                inflated = Inflate(provider, compressed, reservation);
+            }
+            catch
+            {
+                // A decompression that fails otherwise than on bad data (zlib's ZLibException, a
+                // provider's own error): what it counted is given back, not held for good.
+                reservation.Dispose();
+                throw;
+            }
+
             if (inflated.Decompressed is null)
             {
                 reservation.Dispose();
