@@ -80,7 +80,10 @@ internal static class MessageInflater
                     (previous, last) = (last, last.Append());
                 }
 
-                var read = decompression.Read(last.Buffer.AsSpan(last.Filled));
+                // No further than the limit and the one byte that shows the message is longer: a
+                // segment's room (16 KiB) would inflate past a small limit (4 KiB) before it is checked.
+                var room = (int)Math.Min(SegmentBytes - last.Filled, limit - inflated + 1);
+                var read = decompression.Read(last.Buffer.AsSpan(last.Filled, room));
                 if (read == 0)
                 {
                     break;
