@@ -432,6 +432,14 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
                 HousekeepingFailed?.Invoke(e);
             }
 
+            // While the chain does not pass through the head this node recorded (the record check
+            // above refused, and reported it), CheckpointAsync would refuse for the same reason:
+            // one report a pass, so the reminders' counts are passes.
+            if (Volatile.Read(ref _headRecordRefusedTicks) != 0)
+            {
+                return;
+            }
+
             await AdoptLatestCheckpointAsync(cancellationToken);
             var head = await store.GetAuditHeadAsync(cancellationToken);
             if (head.Sequence > _lastCheckpoint.Sequence
