@@ -131,9 +131,9 @@ public sealed partial class DeploymentRecordTests
             {
                 var server = new Kms.Core.Services.AuditLog(store, store, hsm, TimeProvider.System, new AuditOptions());
                 await server.InitializeAsync(default);
-                await store.AppendAuditAsync([.. Enumerable.Range(2, 5).Select(Entry)], default);
+                await store.AppendAuditAsync([.. Enumerable.Range(2, 5).Select(ServerEvent)], default);
                 Assert.Equal(6, (await server.CheckpointAsync(default))?.Sequence);
-                await store.AppendAuditAsync([Entry(7)], default);
+                await store.AppendAuditAsync([ServerEvent(7)], default);
                 Assert.Equal(6, await server.PruneThroughAsync(6, default));
             }
 
@@ -157,16 +157,6 @@ public sealed partial class DeploymentRecordTests
             SqliteConnection.ClearAllPools();
             Directory.Delete(dataDir, recursive: true);
         }
-
-        static AuditEntry Entry(int i) => new()
-        {
-            Time = DateTimeOffset.UtcNow,
-            RequestId = $"server-{i}",
-            Principal = "token:app",
-            Operation = "test/Server",
-            Resource = $"event/{i}",
-            Outcome = "OK",
-        };
     }
 
     // A server on this data directory served events past the ceremony's checkpoint and stopped
@@ -252,16 +242,6 @@ public sealed partial class DeploymentRecordTests
             SqliteConnection.ClearAllPools();
             Directory.Delete(dataDir, recursive: true);
         }
-
-        static AuditEntry ServerEvent(int i) => new()
-        {
-            Time = DateTimeOffset.UtcNow,
-            RequestId = $"server-{i}",
-            Principal = "token:app",
-            Operation = "test/Server",
-            Resource = $"event/{i}",
-            Outcome = "OK",
-        };
     }
 
     // The ceremony's steps are events this data directory saw: it records the head it leaves in
@@ -379,4 +359,15 @@ public sealed partial class DeploymentRecordTests
 
     [GeneratedRegex("\"prev\":\"[0-9a-f]{64}\"")]
     private static partial Regex PrevPattern();
+
+    // An event a server on the data directory appended (not a ceremony step).
+    private static AuditEntry ServerEvent(int i) => new()
+    {
+        Time = DateTimeOffset.UtcNow,
+        RequestId = $"server-{i}",
+        Principal = "token:app",
+        Operation = "test/Server",
+        Resource = $"event/{i}",
+        Outcome = "OK",
+    };
 }
