@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Diagnostics;
 using System.Text;
 using Kms.Cli.Infrastructure;
@@ -52,7 +53,15 @@ public static class CliRun
     /// Runs the entry point in-process with only <paramref name="variables"/> as the environment
     /// and <paramref name="home"/> as the home directory.
     /// </summary>
-    internal static async Task<CliResult> InProcessAsync(IReadOnlyDictionary<string, string> variables, string home, byte[]? stdin, params string[] args)
+    internal static Task<CliResult> InProcessAsync(IReadOnlyDictionary<string, string> variables, string home, byte[]? stdin, params string[] args) =>
+        InProcessWithAsync(variables, home, () => new MemoryStream(stdin ?? []), ArrayPool<byte>.Shared, args);
+
+    /// <summary>
+    /// As <see cref="InProcessAsync(IReadOnlyDictionary{string, string}, string, byte[], string[])"/>,
+    /// standard input opened by <paramref name="openStandardInput"/> and plaintext copies'
+    /// buffers rented from <paramref name="copyBuffers"/>.
+    /// </summary>
+    internal static async Task<CliResult> InProcessWithAsync(IReadOnlyDictionary<string, string> variables, string home, Func<Stream> openStandardInput, ArrayPool<byte> copyBuffers, params string[] args)
     {
         var output = new StringWriter();
         var error = new StringWriter();
@@ -61,11 +70,12 @@ public static class CliRun
         {
             Out = output,
             Error = error,
-            OpenStandardInput = () => new MemoryStream(stdin ?? []),
+            OpenStandardInput = openStandardInput,
             OpenStandardOutput = () => binaryOut,
             GetVariable = name => variables.GetValueOrDefault(name),
             HomeDirectory = home,
             WorkingDirectory = home,
+            CopyBuffers = copyBuffers,
         };
         var code = await KmsCli.RunAsync(args, environment);
         var text = output.ToString();

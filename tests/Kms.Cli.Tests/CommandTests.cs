@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Text.Json;
 using Kms.Cli.Infrastructure;
 
@@ -198,6 +199,50 @@ public sealed class CommandTests(CliServerFixture fixture) : IClassFixture<CliSe
 
         Assert.Equal(ExitCodes.Conflict, result.ExitCode);
         Assert.Equal(["p"], Directory.GetFiles(_directory).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public async Task Encrypt_CopiesThePlaintextThroughABuffer_ClearedBeforeItGoesBackToThePool()
+    {
+        // Stream.CopyToAsync rents from the shared pool and gives the array back as it is: the
+        // last 80 KiB of the plaintext stayed there for the next renter. The copy's pool here is
+        // one the test watches.
+        var key = (await JsonAsync("keys", "create", $"pool-{Guid.NewGuid():N}")).GetProperty("name").GetString()!;
+        await File.WriteAllBytesAsync(Path.Combine(_directory, "p"), Marked(200_000));
+        var pool = new WatchedPool();
+
+        var result = await CliRun.InProcessWithAsync(fixture.Variables, _directory, () => Stream.Null, pool, "encrypt", "--key", key, "--in", "p", "--out", "p.kmse");
+
+        Assert.True(result.ExitCode == 0, result.ToString());
+        Assert.True(pool.Rented > 0, "the plaintext was not copied through the command's pool");
+        Assert.Equal(pool.Rented, pool.Returned);
+        Assert.Equal(0, pool.ReturnedHoldingData);
+    }
+
+    [Fact]
+    public async Task Encrypt_SourceFailsMidway_NoFileAtOut_StandardOutputsMessageRefused_ErrorWithoutPlaintext()
+    {
+        // The source throws after three frames' worth of plaintext: to a file, nothing is left at
+        // --out (nor a temporary file); to standard output, what was written has no final frame
+        // and decrypt refuses it. The error is the source's, exit 9, and carries no plaintext.
+        var key = (await JsonAsync("keys", "create", $"midway-{Guid.NewGuid():N}")).GetProperty("name").GetString()!;
+
+        var toFile = await CliRun.InProcessWithAsync(fixture.Variables, _directory, () => new FailingSource(3 * 64 * 1024 + 100), ArrayPool<byte>.Shared, "encrypt", "--key", key, "--in", "-", "--out", "p.kmse");
+
+        Assert.Equal(ExitCodes.LocalIo, toFile.ExitCode);
+        Assert.Equal($"kms: {FailingSource.Failure}", toFile.Error.Trim());
+        Assert.Empty(Directory.GetFileSystemEntries(_directory));
+
+        var toStandardOutput = await CliRun.InProcessWithAsync(fixture.Variables, _directory, () => new FailingSource(3 * 64 * 1024 + 100), ArrayPool<byte>.Shared, "encrypt", "--key", key, "--in", "-", "--out", "-");
+
+        Assert.Equal(ExitCodes.LocalIo, toStandardOutput.ExitCode);
+        Assert.DoesNotContain(FailingSource.Marker, toStandardOutput.Error, StringComparison.Ordinal);
+        var partial = Convert.FromBase64String(toStandardOutput.Out);
+        Assert.True(partial.Length > 3 * 64 * 1024, $"{partial.Length} bytes: the three frames were not written before the failure");
+        await File.WriteAllBytesAsync(Path.Combine(_directory, "partial.kmse"), partial);
+        var decrypted = await RunAsync("decrypt", "--any-key", "--in", "partial.kmse", "--out", "partial.out");
+        Assert.True(decrypted.ExitCode == ExitCodes.DecryptionFailed, decrypted.ToString());
+        Assert.False(File.Exists(Path.Combine(_directory, "partial.out")));
     }
 
     [Fact]
@@ -531,6 +576,93 @@ public sealed class CommandTests(CliServerFixture fixture) : IClassFixture<CliSe
     }
 
     private Task<CliResult> RunAsync(params string[] args) => CliRun.InProcessAsync(fixture.Variables, _directory, null, args);
+
+    // Text a leak would show: the marker, repeated.
+    private static byte[] Marked(int length) => [.. Enumerable.Range(0, length).Select(i => (byte)FailingSource.Marker[i % FailingSource.Marker.Length])];
+
+    /// <summary>Hands out new arrays and counts those given back that still hold a non-zero byte.</summary>
+    private sealed class WatchedPool : ArrayPool<byte>
+    {
+        public int Rented { get; private set; }
+
+        public int Returned { get; private set; }
+
+        public int ReturnedHoldingData { get; private set; }
+
+        public override byte[] Rent(int minimumLength)
+        {
+            Rented++;
+            return new byte[minimumLength];
+        }
+
+        public override void Return(byte[] array, bool clearArray = false)
+        {
+            if (clearArray)
+            {
+                Array.Clear(array);
+            }
+
+            Returned++;
+            if (array.AsSpan().IndexOfAnyExcept((byte)0) >= 0)
+            {
+                ReturnedHoldingData++;
+            }
+        }
+    }
+
+    /// <summary>Standard input that gives <c>length</c> bytes of marked plaintext, then fails.</summary>
+    private sealed class FailingSource(int length) : Stream
+    {
+        public const string Marker = "PLAINTEXT-MARKER-";
+
+        public const string Failure = "the source failed mid-way";
+
+        private readonly byte[] _data = Marked(length);
+        private int _position;
+
+        public override bool CanRead => true;
+
+        public override bool CanSeek => false;
+
+        public override bool CanWrite => false;
+
+        public override long Length => throw new NotSupportedException();
+
+        public override long Position
+        {
+            get => _position;
+            set => throw new NotSupportedException();
+        }
+
+        public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+        public override int Read(Span<byte> buffer)
+        {
+            if (_position == _data.Length)
+            {
+                throw new IOException(Failure);
+            }
+
+            var count = Math.Min(buffer.Length, _data.Length - _position);
+            _data.AsSpan(_position, count).CopyTo(buffer);
+            _position += count;
+            return count;
+        }
+
+        public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) => ValueTask.FromResult(Read(buffer.Span));
+
+        public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) => Task.FromResult(Read(buffer.AsSpan(offset, count)));
+
+        public override void Flush()
+        {
+        }
+
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+        public override void SetLength(long value) => throw new NotSupportedException();
+
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    }
 
     private async Task<JsonElement> JsonAsync(params string[] args)
     {

@@ -64,7 +64,18 @@ internal static class CryptoCommands
                 await using var counted = new CountingStream(source, progress);
                 await using var encrypting = await encryptor.OpenEncryptingStreamAsync(target.Stream, encryptionContext, cancellationToken: ct);
                 wrapped = encrypting.WrappedKeys;
-                await counted.CopyToAsync(encrypting, ct);
+                try
+                {
+                    await PlaintextCopy.CopyAsync(counted, encrypting, ctx.Environment.CopyBuffers, ct);
+                }
+                catch
+                {
+                    // Given up on purpose (a source that failed, or cancelled): the message stays
+                    // without its final frame, and the stream does not take this for a caller's slip.
+                    encrypting.Abandon();
+                    throw;
+                }
+
                 await encrypting.CompleteAsync(ct);
                 return counted.BytesRead;
             });
@@ -158,6 +169,8 @@ internal static class CryptoCommands
                 await using var counted = new CountingStream(source, progress);
                 await using var plaintext = await encryptor.OpenDecryptingStreamAsync(counted, expectedContext, cancellationToken: ct);
                 var before = target.Stream.CanSeek ? target.Stream.Position : 0;
+                // The decrypting stream's CopyToAsync writes from its own buffer (zeroed on
+                // dispose), not through a pooled one as Stream's does: no PlaintextCopy here.
                 await plaintext.CopyToAsync(target.Stream, ct);
                 return target.Stream.CanSeek ? target.Stream.Position - before : -1;
             });

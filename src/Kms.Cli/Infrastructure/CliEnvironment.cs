@@ -1,3 +1,4 @@
+using System.Buffers;
 using Spectre.Console;
 
 namespace Kms.Cli.Infrastructure;
@@ -50,6 +51,12 @@ internal sealed class CliEnvironment
 
     /// <summary>Where prompts are asked, when <see cref="Interactive"/>; null: a console on standard error.</summary>
     public IAnsiConsole? PromptConsole { get; init; }
+
+    /// <summary>
+    /// Where a command's plaintext copies (<c>kms encrypt</c>'s from its source) rent their buffer,
+    /// each cleared before it goes back (<see cref="PlaintextCopy"/>); a test gives one it can watch.
+    /// </summary>
+    public ArrayPool<byte> CopyBuffers { get; init; } = ArrayPool<byte>.Shared;
 
     /// <summary>The real process.</summary>
     public static CliEnvironment FromProcess() => new()
