@@ -235,6 +235,68 @@ public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<
     }
 
     [Fact]
+    public async Task List_OperationThisKmsDoesNotKnow_RefusedNamingAnyOperation_ANearMissAlsoWithItsCloseMatch()
+    {
+        // An older kms against a newer server (a new or renamed method) could not list that
+        // operation at all: the refusal had no way through. It names --any-operation now.
+        var nearMiss = await CliRun.InProcessAsync(fixture.Variables, _directory, null, "audit", "list", "--operation", "CreateKye", "-o", "json");
+        Assert.True(nearMiss.ExitCode == ExitCodes.Usage, nearMiss.ToString());
+        Assert.Contains("did you mean CreateKey?", nearMiss.Error, StringComparison.Ordinal);
+        Assert.Contains("--any-operation sends it unchecked", nearMiss.Error, StringComparison.Ordinal);
+        Assert.Equal("", nearMiss.Out);
+
+        var unknown = await CliRun.InProcessAsync(fixture.Variables, _directory, null, "audit", "list", "--operation", "RotateEverything", "-o", "json");
+        Assert.True(unknown.ExitCode == ExitCodes.Usage, unknown.ToString());
+        Assert.Contains("--operation RotateEverything would match no event: no operation is called that", unknown.Error, StringComparison.Ordinal);
+        Assert.Contains("for an operation of a server newer than this kms, --any-operation sends it unchecked", unknown.Error, StringComparison.Ordinal);
+        Assert.Equal("", unknown.Out);
+
+        var alone = await CliRun.InProcessAsync(fixture.Variables, _directory, null, "audit", "list", "--any-operation", "-o", "json");
+        Assert.True(alone.ExitCode == ExitCodes.Usage, alone.ToString());
+        Assert.Contains("give --operation too", alone.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task List_AnyOperation_SendsTheNameUnchecked_TheServersFilterMatchesIt()
+    {
+        // Events of a method this kms does not know, as a newer server would write them, among
+        // known ones: --any-operation lists them by last part or full name; a name in another
+        // case goes through unchecked too, and the server, matching exactly, lists nothing.
+        await using var server = await KmsTestServer.StartAsync(null, null, "dev");
+        var store = (Kms.Core.Ports.IAuditStore)server.Services.GetService(typeof(Kms.Core.Ports.IAuditStore))!;
+        var written = await store.AppendAuditAsync(
+            [.. Enumerable.Range(0, 6).Select(i => new Kms.Core.Audit.AuditEntry
+            {
+                Time = DateTimeOffset.UnixEpoch.AddSeconds(i),
+                RequestId = $"newer-{i}",
+                Principal = "token:newer",
+                Tenant = "dev",
+                Operation = i is 1 or 4 ? "/kms.v1.KeyManagementService/RotateEverything" : "/kms.v1.KeyManagementService/GetKey",
+                Outcome = "OK",
+            })],
+            default);
+        var variables = new Dictionary<string, string>
+        {
+            ["KMS_ENDPOINT"] = server.Address.ToString(),
+            ["KMS_CA_FILE"] = server.CaCertificatePath,
+            ["KMS_TOKEN_FILE"] = Path.Combine(server.DataDir, "tokens", "developer.token"),
+            ["KMS_TENANT"] = "dev",
+        };
+
+        async Task<long[]> ListedAsync(string operation)
+        {
+            var result = await CliRun.InProcessAsync(variables, _directory, null, "audit", "list", "--operation", operation, "--any-operation", "-o", "json");
+            Assert.True(result.ExitCode == 0, result.ToString());
+            return [.. System.Text.Json.JsonDocument.Parse(result.Out).RootElement.GetProperty("events").EnumerateArray()
+                .Select(e => long.Parse(e.GetProperty("sequence").GetString()!, CultureInfo.InvariantCulture))];
+        }
+
+        Assert.Equal([written[1].Sequence, written[4].Sequence], await ListedAsync("RotateEverything"));
+        Assert.Equal([written[1].Sequence, written[4].Sequence], await ListedAsync("/kms.v1.KeyManagementService/RotateEverything"));
+        Assert.Empty(await ListedAsync("rotateeverything"));
+    }
+
+    [Fact]
     public async Task List_KeyGivenAnAlias_UsageError_NotTheAliassOwnEventsAsTheKeys()
     {
         // Other commands take an alias's full name for its key; the audit records a crypto call

@@ -31,10 +31,14 @@ internal static class AuditCommands
         var resource = new Option<string?>("--resource") { Description = "only events about this resource (its full name) or anything under it (a key and its versions, also as a ReEncrypt source or a batch's key version)", HelpName = "NAME" };
         var key = new Option<string?>("--key") { Description = "only events about this key, its versions included: KEY (of --tenant or the profile's tenant), TENANT/KEY, a full name, or KEY/versions/N for one version (not an alias: calls through one are recorded under its key)", HelpName = "KEY" };
         var newest = new Option<bool>("--newest") { Description = "the newest events (at most --limit), newest first, instead of the oldest" };
-        var operation = new Option<string?>("--operation") { Description = "only this operation: a full method or its last part (Decrypt)", HelpName = "OPERATION" };
+        var operation = new Option<string?>("--operation") { Description = "only this operation: a full method or its last part (Decrypt); one this kms does not know is refused (see --any-operation)", HelpName = "OPERATION" };
+        var anyOperation = new Option<bool>("--any-operation")
+        {
+            Description = "send --operation as given, unchecked: an operation this kms does not know (a newer server's method), matched by the server exactly, case included",
+        };
         var outcome = new Option<string?>("--outcome") { Description = "only this outcome (OK, PERMISSION_DENIED, ...)", HelpName = "CODE" };
         var limit = new Option<int>("--limit") { Description = "at most this many events (default 100): the oldest, or with --newest the newest", HelpName = "N", DefaultValueFactory = _ => 100 };
-        var command = new Command("list", "list audit events, oldest first (--newest: newest first): a tenant's (--tenant or the profile's; its auditors) or --deployment (security officers); ReEncrypt and batch events with the key versions they used") { deployment, start, end, principal, resource, key, operation, outcome, limit, newest };
+        var command = new Command("list", "list audit events, oldest first (--newest: newest first): a tenant's (--tenant or the profile's; its auditors) or --deployment (security officers); ReEncrypt and batch events with the key versions they used") { deployment, start, end, principal, resource, key, operation, anyOperation, outcome, limit, newest };
         runner.SetAction(command, async (ctx, ct) =>
         {
             var max = ctx.ParseResult.GetValue(limit);
@@ -45,10 +49,17 @@ internal static class AuditCommands
 
             // The server matches an operation and an outcome exactly, case included: `--operation
             // reencrypt` (or NoSuchOp, or --outcome permission_denied) would list nothing, as if no
-            // one had called ReEncrypt. A value no event can have is a mistake, not a filter.
+            // one had called ReEncrypt. A value no event can have is a mistake, not a filter —
+            // unless the server is newer than this kms: --any-operation sends the name unchecked.
             var operationName = ctx.ParseResult.GetValue(operation) ?? "";
             var outcomeName = ctx.ParseResult.GetValue(outcome) ?? "";
-            if ((AuditFilterValues.OperationProblem(operationName) ?? AuditFilterValues.OutcomeProblem(outcomeName)) is { } problem)
+            var passThrough = ctx.ParseResult.GetValue(anyOperation);
+            if (passThrough && operationName.Length == 0)
+            {
+                throw new CliUsageException("--any-operation sends --operation unchecked: give --operation too (without either, every operation is listed)");
+            }
+
+            if (((passThrough ? null : AuditFilterValues.OperationProblem(operationName)) ?? AuditFilterValues.OutcomeProblem(outcomeName)) is { } problem)
             {
                 throw new CliUsageException(problem);
             }

@@ -50,10 +50,17 @@ internal static class AuditFilterValues
     // What the server matches an operation filter with: the whole operation, or a part of it after a '/'.
     private static readonly string[] OperationFilters = [.. Operations.SelectMany(Suffixes).Distinct(StringComparer.Ordinal)];
 
-    /// <summary>Why <c>--operation</c> <paramref name="operation"/> would match no event, or null when it can match one.</summary>
+    /// <summary>
+    /// Why <c>--operation</c> <paramref name="operation"/> would match no event this kms knows of,
+    /// or null when it can match one. The message names <c>--any-operation</c>: a server newer than
+    /// this kms may write an operation it does not know (a new or renamed method).
+    /// </summary>
     internal static string? OperationProblem(string operation) =>
         Problem("--operation", "operation", operation, OperationFilters,
-            "an operation is a kms.v1 method, by its full name (/kms.v1.KeyManagementService/Decrypt) or its last part (Decrypt), or one of the server's own (lifecycle/Destruction, backup/Restore, quorum/EXPORT_BACKUP, …: docs/audit-format.md)");
+            "an operation is a kms.v1 method, by its full name (/kms.v1.KeyManagementService/Decrypt) or its last part (Decrypt), or one of the server's own (lifecycle/Destruction, backup/Restore, quorum/EXPORT_BACKUP, …: docs/audit-format.md)")
+        is { } problem
+            ? $"{problem}; for an operation of a server newer than this kms, --any-operation sends it unchecked"
+            : null;
 
     /// <summary>Why <c>--outcome</c> <paramref name="outcome"/> would match no event, or null when it can match one.</summary>
     internal static string? OutcomeProblem(string outcome) =>
