@@ -636,9 +636,13 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
                 Assert.Equal("v1 secret"u8.ToArray(), opened.Plaintext.ToArray());
             }
 
-            // Moving the file aside accepts it too (as for signing, docs/audit-format.md).
+            // Moving the files aside accepts it too (as for signing, docs/audit-format.md): both,
+            // as the run on AcceptRollback kept head.json (past the dump) as well as checkpoints.jsonl.
             await _server.DisposeAsync();
             File.Move(checkpoints, checkpoints + ".replaced-test");
+            var seenHead = Path.Combine(dataDir, "audit", "head.json");
+            Assert.Contains("does not pass through the head this node last saw", Assert.IsType<KmsException>((await KmsTestServer.StartRefusedAsync(token, dataDir, args)).Refusal).Message, StringComparison.Ordinal);
+            File.Move(seenHead, seenHead + ".replaced-test");
             _server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
         }
         finally

@@ -307,6 +307,15 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
             default);
         Assert.Equal(new Kms.Core.Backup.ReapplySummary(12, 15), (await restarted.FindReapplicationAsync(15, record.Written, default)).Covering);
 
+        // Started on it, the node lets the record go (docs/deployment.md): its first pass records
+        // the restored chain's head, and it signs.
+        var reapplied = await StartAsync(_store, _hsm, options);
+        Assert.False((await reapplied.ReadOwnHeadAsync(HeadPath, default)).PassesThrough);
+        Assert.Null(reapplied.CheckpointRefusedSince);
+        await reapplied.RunHousekeepingAsync(default);
+        Assert.Equal(13L, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence);
+        Assert.Equal(13L, (await reapplied.CheckpointAsync(default))?.Sequence);
+
         await File.WriteAllTextAsync(HeadPath, "{\"seq\":");
         var damaged = await Assert.ThrowsAsync<KmsException>(async () => await (await StartAsync(_store, _hsm, options)).ReadOwnHeadAsync(HeadPath, default));
         Assert.Equal(KmsErrorCode.FailedPrecondition, damaged.Code);
@@ -409,6 +418,61 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         await node.RunHousekeepingAsync(default);
         Assert.Null(node.CheckpointRefusedSince);
         Assert.Equal(15L, (await node.CheckpointAsync(default))?.Sequence);
+    }
+
+    // A node whose head record (head.json) the chain does not pass through at start — the events
+    // after its last checkpoint rolled back while it was stopped, nothing re-applied since — is
+    // refused its start by the host unless the operator accepts the rollback as it is
+    // (Kms:Audit:AcceptRollback). Started so, it keeps the record and signs no checkpoint over the
+    // chain that replaced what it served, CheckpointRefusedSince set at once (the gauge, 1311), as
+    // for checkpoints.jsonl (1309): not on a restart either, only once the file is moved aside.
+    // Before, the record was dropped at start and overwritten with the rolled-back chain's head at
+    // the first pass, and the node signed that chain, although the 1318 refusal's way out said it
+    // would sign nothing until the file was moved aside. A re-application that reaches the record
+    // lets it go (HeadFile_EventsAfterTheLastCheckpointRolledBackWhileStopped_…).
+    [Fact]
+    public async Task HeadFile_RolledBackWhileStopped_StartAcceptedAsItIs_RecordKept_NoCheckpointSigned_UntilTheFileIsMovedAside()
+    {
+        await BuildAsync(); // checkpoints 5, 10; head 12
+        Directory.CreateDirectory(Path.GetDirectoryName(HeadPath)!);
+        var options = new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(1) };
+        var node = await StartAsync(_store, _hsm, options);
+        await node.ReadOwnHeadAsync(HeadPath, default);
+        await AppendAsync(13, 15);
+        await node.RunHousekeepingAsync(default);
+        Assert.Equal(15L, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence);
+
+        // Rolled back to 12 while stopped; started on it as it is, and served on past the record.
+        Sql("DELETE FROM audit_events WHERE seq > 12");
+        var accepted = await StartAsync(_store, _hsm, options);
+        var record = await accepted.ReadOwnHeadAsync(HeadPath, default);
+        Assert.Equal((15L, false), (record.Head?.Sequence, record.PassesThrough));
+        Assert.NotNull(accepted.CheckpointRefusedSince);
+        await AppendAsync(13, 17);
+        await accepted.RunHousekeepingAsync(default);
+        var refused = await Assert.ThrowsAsync<KmsException>(() => accepted.CheckpointAsync(default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+        Assert.Contains("no longer passes through event 15", refused.Message, StringComparison.Ordinal);
+        Assert.Contains("move the file aside, head.json.replaced-TIME, and restart", refused.Message, StringComparison.Ordinal);
+        Assert.Equal(KmsErrorCode.FailedPrecondition, (await Assert.ThrowsAsync<KmsException>(() => accepted.RecordHeadAtStopAsync(default))).Code);
+        Assert.Equal(15L, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence);
+        Assert.Equal(10L, (await _store.GetLatestAuditCheckpointAsync(default))!.Sequence);
+
+        // Restarted on the same terms: held alike.
+        var restarted = await StartAsync(_store, _hsm, options);
+        Assert.False((await restarted.ReadOwnHeadAsync(HeadPath, default)).PassesThrough);
+        Assert.NotNull(restarted.CheckpointRefusedSince);
+        await Assert.ThrowsAsync<KmsException>(() => restarted.CheckpointAsync(default));
+
+        // The file moved aside, restarted: the node knows only its checkpoints, and signs.
+        File.Move(HeadPath, HeadPath + ".replaced-test");
+        var moved = await StartAsync(_store, _hsm, options);
+        record = await moved.ReadOwnHeadAsync(HeadPath, default);
+        Assert.Equal((null, true), (record.Head, record.PassesThrough));
+        Assert.Null(moved.CheckpointRefusedSince);
+        Assert.Equal(17L, (await moved.CheckpointAsync(default))?.Sequence);
+        await moved.RunHousekeepingAsync(default);
+        Assert.Equal(17L, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence);
     }
 
     // Events between this node's checkpoint and another node's later one rewritten (a node

@@ -228,11 +228,19 @@ public sealed class AuditTests : IAsyncLifetime
         var result = AuditVerifier.Verify(new StringReader(await ExportAsync()), published);
         Assert.True(result.LastSignedSequence < signed, $"signed to {result.LastSignedSequence}, the rewrite starts after {signed}");
 
-        // A rollback on purpose (documented): the file moved aside, the restarted server signs.
+        // A rollback on purpose (documented): the files moved aside, the restarted server signs.
+        // The run on AcceptRollback kept head.json too (the head the node saw before the rewrite,
+        // which the chain does not pass through either): checkpoints.jsonl alone moved aside, the
+        // start is refused on it. Before, that run overwrote head.json with the rewritten chain's
+        // head, and signed it if its checkpoint file had allowed.
         _developer.Dispose();
         _officer.Dispose();
         await _server.DisposeAsync();
         File.Move(checkpoints, checkpoints + ".replaced-test");
+        var seenHead = Path.Combine(_server.DataDir, "audit", SeenHead.FileName);
+        notStarted = Assert.IsType<Kms.Core.Errors.KmsException>((await KmsTestServer.StartRefusedAsync(_server.Token, _server.DataDir)).Refusal);
+        Assert.Contains($"does not pass through the head this node last saw, event {SeenHead.Parse(await File.ReadAllBytesAsync(seenHead))!.Head.Sequence} ({seenHead})", notStarted.Message, StringComparison.Ordinal);
+        File.Move(seenHead, seenHead + ".replaced-test");
         _server = await KmsTestServer.StartAsync(_server.Token, _server.DataDir);
         _developer = _server.CreateClient();
         _officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-after-move", null, "security-officer"));

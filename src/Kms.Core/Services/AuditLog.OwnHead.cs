@@ -11,7 +11,7 @@ namespace Kms.Core.Services;
 /// <param name="Head">The head recorded; null: none (no file, or one written under another audit key).</param>
 /// <param name="Written">When the node wrote the record, by its clock (default when <paramref name="Head"/> is null).</param>
 /// <param name="OtherKey">The record names another audit signing key (a database of another deployment, or a fresh one): nothing taken.</param>
-/// <param name="PassesThrough">False when the database's chain does not pass through <paramref name="Head"/>: it went back behind what this node saw, or was rewritten there.</param>
+/// <param name="PassesThrough">False when the database's chain does not pass through <paramref name="Head"/>: it went back behind what this node saw, or was rewritten there. Unless a re-application of destructions recorded since reaches it, the node then signs no checkpoint until the file is moved aside and the node restarted, or the chain passes through it again.</param>
 public sealed record OwnHeadRecord(AuditHead? Head, DateTimeOffset Written, bool OtherKey, bool PassesThrough);
 
 /// <summary>A node's record of the audit head it last saw, as written in its file.</summary>
@@ -60,8 +60,9 @@ public sealed partial class AuditLog
     private string? _headRecord;
     private AuditHead? _recordedHead;
 
-    // Since when (UTC ticks; 0: not) the chain has not passed through the recorded head under the
-    // running node: no checkpoint is signed meanwhile, and CheckpointRefusedSince says so.
+    // Since when (UTC ticks; 0: not) the chain has not passed through the recorded head (from the
+    // start, on a rollback accepted as it is, or under the running node): no checkpoint is signed
+    // meanwhile, and CheckpointRefusedSince says so.
     private long _headRecordRefusedTicks;
 
     /// <summary>
@@ -79,7 +80,13 @@ public sealed partial class AuditLog
     /// again. The chain passes through the record as through a checkpoint: the event at its
     /// sequence hashes, from its body, to the recorded hash (or the next one's link names it after
     /// a retention cut through it), or it lies in a prefix retention deleted under a later
-    /// checkpoint the audit key signed. The record is the node's own memory: a database writer
+    /// checkpoint the audit key signed. A record the chain does not pass through is kept, and no
+    /// checkpoint is signed (<see cref="CheckpointRefusedSince"/> set at once), until the file is
+    /// moved aside and the node restarted or the chain passes through it again — as for
+    /// <c>checkpoints.jsonl</c>, whether the start goes on because the operator accepts the
+    /// rollback as it is or not at all — unless a re-application of destructions recorded since
+    /// reaches it (<see cref="FindReapplicationAsync"/>): then the next pass records the restored
+    /// chain's head. The record is the node's own memory: a database writer
     /// cannot forge it, and it is no proof for anyone else. Written whole (a temporary file synced,
     /// then renamed over it: a crash leaves the old record or the new one), so content that is no
     /// record is damage or an edit, never a crash's doing, and refuses the start.
@@ -122,7 +129,27 @@ public sealed partial class AuditLog
         }
 
         var passes = await ChainHoldsAsync(store, seen.Head, cancellationToken) || await PrunedUnderASignedCheckpointAsync(seen.Head.Sequence, cancellationToken);
-        _recordedHead = passes ? seen.Head : null;
+        if (!passes && (await FindReapplicationAsync(seen.Head.Sequence, seen.Written, cancellationToken)).Covering is not null)
+        {
+            // Reached by a re-application of destructions recorded since: the rollback was dealt
+            // with, and the next pass records the restored chain's head (docs/deployment.md).
+            _recordedHead = null;
+        }
+        else
+        {
+            // Not passed through and not reached: the start is refused unless the rollback is
+            // accepted as it is (the server's AcceptRollback). Then the record is kept and no
+            // checkpoint is signed, as for checkpoints.jsonl, until the file is moved aside and
+            // the node restarted, or the chain passes through it again. Before, the record was
+            // dropped here and overwritten with the rolled-back chain's head at the first pass,
+            // and the node signed checkpoints over that chain as if it had served it.
+            _recordedHead = seen.Head;
+            if (!passes)
+            {
+                Interlocked.CompareExchange(ref _headRecordRefusedTicks, time.GetUtcNow().UtcTicks, 0); // the gauge shows it at once
+            }
+        }
+
         return new OwnHeadRecord(seen.Head, seen.Written, OtherKey: false, passes);
     }
 
@@ -211,7 +238,8 @@ public sealed partial class AuditLog
         throw KmsErrors.FailedPrecondition(
             $"the audit chain in the database (head {head.Sequence}) no longer passes through event {recorded.Sequence}, the audit head this node recorded ({_headRecord}): "
             + "the database went back behind it (a failover that lost commits, a restore under running nodes) or its events were rewritten; the record is kept, "
-            + "so the next start of this node is refused until a re-application of destructions reaches it, and no checkpoint is signed meanwhile");
+            + "so the next start of this node is refused until a re-application of destructions reaches it, and no checkpoint is signed meanwhile "
+            + $"(a rollback accepted as it is: move the file aside, {SeenHead.FileName}.replaced-TIME, and restart)");
     }
 
     /// <summary>

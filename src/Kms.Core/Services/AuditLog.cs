@@ -196,7 +196,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     /// Since when a checkpoint is refused because the database's chain no longer passes through
     /// the last checkpoint this process signed or read (from the database or, at start, from the
     /// node's own record), or through the audit head this node recorded (<c>head.json</c>,
-    /// <see cref="ReadOwnHeadAsync"/>) while it runs; null while checkpoints are signed. Cleared
+    /// <see cref="ReadOwnHeadAsync"/>), at start or while it runs; null while checkpoints are signed. Cleared
     /// when one is signed again, and the latter also when the chain passes through the record again.
     /// </summary>
     public DateTimeOffset? CheckpointRefusedSince

@@ -18,10 +18,14 @@ public sealed class AuditHostOptions
 
     /// <summary>
     /// Start on a database whose audit chain went back behind the newest checkpoint this node
-    /// signed (its <c>checkpoints.jsonl</c>) although no re-application of destructions since is
-    /// recorded in it: the rollback is accepted as it is, and a version destroyed after it is
-    /// served again. Off by default (the start is refused, event 1318). The node still signs no
-    /// checkpoint past its own until the file is moved aside (event 1309).
+    /// signed (its <c>checkpoints.jsonl</c>) or the audit head it last saw (<c>head.json</c>)
+    /// although no re-application of destructions since that reaches it is recorded in it: the
+    /// rollback is accepted as it is, and a version destroyed after it is served again. Off by
+    /// default (the start is refused, event 1318). The node still signs no checkpoint until that
+    /// file is moved aside and the node restarted (<c>checkpoints.jsonl</c>: event 1309;
+    /// <c>head.json</c>, kept as it is, also until the chain passes through it again: event 1311),
+    /// with the gauge <c>kms_audit_checkpoint_signing_refused</c> at 1 meanwhile: accepting to
+    /// serve a rollback is not vouching for the chain that replaced what the node saw.
     /// </summary>
     public bool AcceptRollback { get; set; }
 
@@ -150,7 +154,8 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     // were re-applied on this chain through it since the node was there (kms backup
     // reapply-destructions, restore: their summary event) or the operator accepts the rollback
     // (Kms:Audit:AcceptRollback, or the files moved aside, which was already the way to accept it
-    // for signing).
+    // for signing). Started on AcceptRollback, the node signs nothing until the file is moved
+    // aside (AuditLog.RequireOwnRecordAsync, AuditLog.ReadOwnHeadAsync keep their record).
     private async Task RequireRollbackReappliedAsync(long sequence, DateTimeOffset since, string record, string path, CancellationToken cancellationToken)
     {
         var reapplied = await audit.FindReapplicationAsync(sequence, since, cancellationToken);
@@ -162,7 +167,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         LogRollbackRefused(logger, reapplied.DatabaseHead.Sequence, record, sequence, path);
         throw AuditLog.RollbackNotReapplied(
             reapplied, sequence, record, path, "the node refuses to start", "then start",
-            "start with --Kms:Audit:AcceptRollback=true (no checkpoint is signed until the file is moved aside), "
+            "start with --Kms:Audit:AcceptRollback=true (it then signs no checkpoint until the file is moved aside and it is restarted), "
             + $"or move this node's records aside ({Path.GetDirectoryName(path)}: checkpoints.jsonl.replaced-TIME and {SeenHead.FileName}.replaced-TIME)");
     }
 
@@ -303,7 +308,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     [LoggerMessage(EventId = 1309, Level = LogLevel.Critical, Message = "the audit chain in the database does not pass through checkpoint {Sequence} that this node signed ({Path}): signed events were removed or rewritten while the server was stopped, or the database was rolled back; no checkpoint is signed. A rollback on purpose (a pg_restore, a kms.db copied back): move that file aside and restart")]
     private static partial void LogOwnRecordNotPassedThrough(ILogger logger, long sequence, string path);
 
-    [LoggerMessage(EventId = 1318, Level = LogLevel.Critical, Message = "start refused: the audit chain in the database (head {Head}) does not pass through {Record:l} {Sequence} of this node's ({Path}), and no re-application of destructions that reaches it is recorded since: a rollback would serve destroyed key versions again. Run kms backup reapply-destructions with the audit logs through it, or accept the rollback (Kms:Audit:AcceptRollback=true, or move checkpoints.jsonl and head.json aside)")]
+    [LoggerMessage(EventId = 1318, Level = LogLevel.Critical, Message = "start refused: the audit chain in the database (head {Head}) does not pass through {Record:l} {Sequence} of this node's ({Path}), and no re-application of destructions that reaches it is recorded since: a rollback would serve destroyed key versions again. Run kms backup reapply-destructions with the audit logs through it, or accept the rollback (Kms:Audit:AcceptRollback=true, which signs no checkpoint until the file is moved aside, or move checkpoints.jsonl and head.json aside)")]
     private static partial void LogRollbackRefused(ILogger logger, long head, string record, long sequence, string path);
 
     [LoggerMessage(EventId = 1303, Level = LogLevel.Warning, Message = "the final audit checkpoint could not be written ({Reason})")]
