@@ -183,9 +183,13 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// and <paramref name="encryptionContext"/> can take (wrapped keys and key names counted at
     /// their limits, so a little more than the message will need).
     /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The plaintext length is negative, or longer than one message holds (2³² − 2 frames).</exception>
     public long GetMaxMessageLength(long plaintextLength, IReadOnlyDictionary<string, string>? encryptionContext = null)
     {
+        // Past a message's capacity the frame count times the frame's size overflowed: a negative
+        // or small "maximum" for a plaintext no message can hold.
         ArgumentOutOfRangeException.ThrowIfNegative(plaintextLength);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(plaintextLength, EnvelopeFormat.MaxPlaintextLength(_frameLength));
         return MessageLength(
             EnvelopeContext.Encode(encryptionContext).Length,
             _keyNames.Length * (2 + EnvelopeFormat.MaxKeyNameBytes + 2 + EnvelopeFormat.MaxWrappedKeyBytes),
@@ -344,7 +348,7 @@ public sealed class EnvelopeEncryptor : IDisposable
     /// </remarks>
     /// <param name="destination">Where the message goes; not disposed.</param>
     /// <param name="encryptionContext">The context bound to the message.</param>
-    /// <param name="plaintextLength">The plaintext's exact length if known (lets the data-key cache count bytes): the stream refuses a byte more, and completing with fewer throws, leaving the message incomplete. -1 if not known, and the message gets its own data key.</param>
+    /// <param name="plaintextLength">The plaintext's exact length if known (lets the data-key cache count bytes): the stream refuses a byte more, and completing with fewer throws, leaving the message incomplete. -1 if not known, and the message gets its own data key. More than a message holds (2³² − 2 frames) is refused, <see cref="ArgumentOutOfRangeException"/>, before any KMS call.</param>
     /// <param name="associatedData">Bound to the message, not stored in it; the reader supplies the same bytes.</param>
     /// <param name="cancellationToken">Cancels the KMS call and the header write.</param>
     public async Task<EnvelopeEncryptingStream> OpenEncryptingStreamAsync(Stream destination, IReadOnlyDictionary<string, string>? encryptionContext = null, long plaintextLength = -1, ReadOnlyMemory<byte> associatedData = default, CancellationToken cancellationToken = default)
@@ -354,6 +358,10 @@ public sealed class EnvelopeEncryptor : IDisposable
         {
             throw new ArgumentException("the destination must be writable", nameof(destination));
         }
+
+        // A declared length is exact: one no message can hold would fail only after 2³² − 2 frames,
+        // and take that many bytes from a cached data key's budget first.
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(plaintextLength, EnvelopeFormat.MaxPlaintextLength(_frameLength));
 
         // The encoding is taken once and the KMS calls, the header and the cache all use it (the
         // KMS calls a snapshot decoded from it): a caller changing its dictionary later changes nothing.

@@ -247,6 +247,12 @@ internal static class EnvelopeFormat
     }
 
     /// <summary>Bytes of a whole message for a plaintext of known length.</summary>
+    /// <summary>
+    /// The longest plaintext one message holds: <see cref="MaxRegularSequenceNumber"/> full regular
+    /// frames and a final frame one byte short of full (its sequence number is the last there is).
+    /// </summary>
+    public static long MaxPlaintextLength(int frameLength) => ((long)MaxRegularSequenceNumber * frameLength) + frameLength - 1;
+
     public static long MessageLength(int headerLength, long plaintextLength, int frameLength)
     {
         var regular = plaintextLength / frameLength;

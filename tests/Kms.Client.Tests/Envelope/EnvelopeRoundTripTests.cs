@@ -766,6 +766,20 @@ public sealed class EnvelopeRoundTripTests
         Assert.Equal(1_048_576 + (16 * 20) + 28 + 241, message.Length);
     }
 
+    [Fact]
+    public async Task PlaintextLongerThanAMessageHolds_RefusedUpFront_NoOverflowedSizeNoKmsCall()
+    {
+        using var encryptor = NewEncryptor(out var provider);
+
+        // 2^32 - 3 regular frames and a final frame one byte short of full: the most a message holds.
+        var most = (0xFFFFFFFDL * Frame) + Frame - 1;
+        Assert.InRange(encryptor.GetMaxMessageLength(most), most, long.MaxValue);
+        Assert.Throws<ArgumentOutOfRangeException>(() => encryptor.GetMaxMessageLength(most + 1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => encryptor.GetMaxMessageLength(long.MaxValue));
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => encryptor.OpenEncryptingStreamAsync(new MemoryStream(), Context, most + 1));
+        Assert.Equal(0, provider.GenerateCalls);
+    }
+
     internal static readonly Dictionary<string, string> Context = new() { ["table"] = "orders", ["row"] = "42" };
 
     internal static byte[] Data(int size) => Enumerable.Range(0, size).Select(i => (byte)((i * 13) + 1)).ToArray();
