@@ -226,6 +226,60 @@ public sealed class DataKeyCacheTests
     }
 
     [Fact]
+    public async Task Encrypt_ParallelFor_OneShotsAndStreamsUnderFourContexts_NoDataKeyPastItsLimits_NoneServedForAnotherContext()
+    {
+        const long maxMessages = 25;
+        const long maxBytes = 5200;
+        using var encryptor = NewEncryptor(new DataKeyCacheOptions { MaxMessagesPerKey = maxMessages, MaxBytesPerKey = maxBytes });
+        var written = new System.Collections.Concurrent.ConcurrentBag<(byte[] Message, string Context, int Bytes)>();
+
+        // Hits, misses and replacements of used-up entries all at once, from many threads: a
+        // lease counted outside the entry's lock would put a data key past its limits.
+        Parallel.For(0, 3000, new ParallelOptions { MaxDegreeOfParallelism = 16 }, i =>
+        {
+            var size = (i * 37) % 400;
+            var context = (i % 4).ToString(System.Globalization.CultureInfo.InvariantCulture);
+            byte[] message;
+            if (i % 3 == 0)
+            {
+                using var destination = new MemoryStream();
+                using (var stream = encryptor.OpenEncryptingStreamAsync(destination, Context(context), size).GetAwaiter().GetResult())
+                {
+                    stream.Write(new byte[size]);
+                    stream.Complete();
+                }
+
+                message = destination.ToArray();
+            }
+            else
+            {
+                message = encryptor.EncryptAsync(new byte[size], Context(context)).GetAwaiter().GetResult();
+            }
+
+            written.Add((message, context, size));
+        });
+
+        var byDataKey = written.GroupBy(m => Convert.ToHexString(Header(m.Message).WrappedKeys[0].Wrapped)).ToList();
+        Assert.All(byDataKey, key =>
+        {
+            Assert.InRange(key.LongCount(), 1, maxMessages);
+            Assert.InRange(key.Sum(m => (long)m.Bytes), 0, maxBytes);
+            Assert.Single(key.Select(m => m.Context).Distinct());
+        });
+        Assert.All(written, m => Assert.Equal(m.Context, Header(m.Message).Context["purpose"]));
+        Assert.InRange(encryptor.CacheStatistics!.EncryptHits, 1, written.Count);
+        Assert.InRange(byDataKey.Count, 3000 / maxMessages, 3000);
+
+        // Each message decrypts under the context it was written with: the KMS bound its data key to that one.
+        foreach (var (message, context, bytes) in written.Take(200))
+        {
+            Assert.Equal(bytes, (await encryptor.DecryptAsync(message, Context(context))).Length);
+        }
+    }
+
+    private static EnvelopeHeader Header(byte[] message) => EnvelopeHeader.Parse(message.AsSpan(0, EnvelopeHeader.Measure(message)));
+
+    [Fact]
     public async Task Encrypt_KmsCallFails_EveryWaiterGetsTheErrorAndTheNextCallRetries()
     {
         var failing = new FailingProvider();

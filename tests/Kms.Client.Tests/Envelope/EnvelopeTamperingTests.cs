@@ -38,11 +38,14 @@ public sealed class EnvelopeTamperingTests
         }
     }
 
-    [Fact]
-    public async Task Truncation_AtEveryLength_Fails()
+    [Theory]
+    [InlineData((64 * 4) + 3)]
+    [InlineData(64 * 2)] // two full frames, then an empty final frame
+    [InlineData(0)] // a header and an empty final frame
+    public async Task Truncation_AtEveryLength_Fails(int size)
     {
         using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out _);
-        var message = await encryptor.EncryptAsync(EnvelopeRoundTripTests.Data((64 * 4) + 3), Context);
+        var message = await encryptor.EncryptAsync(EnvelopeRoundTripTests.Data(size), Context);
 
         var header = HeaderLength(message);
         for (var length = 0; length < message.Length; length++)
