@@ -1,5 +1,6 @@
 using Kms.Contracts.V1;
 using Kms.Testing;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Kms.Server.Tests;
 
@@ -15,16 +16,8 @@ public sealed class ShutdownTests
     [Fact]
     public async Task AStreamWhoseAnswerCannotBeWritten_StopAbortsItAfterTheDrain_UsageCountsAndAuditWrittenLast()
     {
-        // No lifecycle pass after the first (at start): the decryption below is written by the stop alone.
         var server = await KmsTestServer.StartAsync(null, null, "dev", "--Kms:Transport:ShutdownDrainTimeout=00:00:02", "--Lifecycle:JobInterval=01:00:00");
-        string version;
-        using (var client = server.CreateClient())
-        {
-            var key = await client.CreateKeyAsync("tenants/dev", "counted");
-            var sealedBlob = await client.EncryptAsync(key.Name, new byte[] { 1, 2, 3 });
-            using var opened = await client.DecryptAsync(sealedBlob.Ciphertext);
-            version = opened.KeyVersion;
-        }
+        var version = await DecryptOnceAsync(server);
 
         // Anyone who can reach the port: a connection that lets no answer be written (its
         // initial stream window 0) and a call on it, which the server has begun once it answers
@@ -47,8 +40,100 @@ public sealed class ShutdownTests
         // signed — and the host's stop threw TaskCanceledException.
         await server.DisposeAsync();
 
+        Assert.Contains("LogDrainCut", server.Logs.AllText, StringComparison.Ordinal);
+        Assert.Contains("Listener=\"gRPC\"", server.Logs.AllText, StringComparison.Ordinal);
+        await AssertLastStepsRanAsync(server, version);
+    }
+
+    [Fact]
+    public async Task AScrapeWhoseHeadersNeverEnd_StopAbortsItWithinTheDrain_UsageCountsAndAuditWrittenLast()
+    {
+        var server = await KmsTestServer.StartAsync(null, null, "dev", "--Kms:Transport:ShutdownDrainTimeout=00:00:02", "--Lifecycle:JobInterval=01:00:00", "--Kms:MetricsUrl=http://127.0.0.1:0");
+        var version = await DecryptOnceAsync(server);
+
+        // Anyone who can reach the metrics port (plain HTTP/1.1, no credential): a request, and in
+        // the same write the beginning of a second one whose headers never end. Once the first is
+        // answered, the server has read the second's beginning: Kestrel waits its 30 s headers
+        // timeout for the rest, also when it stops (an idle connection it closes at once).
+        var metrics = server.MetricsUrl!;
+        using var holder = new System.Net.Sockets.TcpClient();
+        await holder.ConnectAsync(metrics.Host, metrics.Port);
+        var stream = holder.GetStream();
+        await stream.WriteAsync(System.Text.Encoding.ASCII.GetBytes($"GET /none HTTP/1.1\r\nHost: {metrics.Authority}\r\n\r\nGET /metrics HTTP/1.1\r\nHost: {metrics.Authority}\r\nAccept: "));
+        var answer = new System.Text.StringBuilder();
+        var buffer = new byte[1024];
+        while (!answer.ToString().Contains("\r\n\r\n", StringComparison.Ordinal))
+        {
+            var read = await stream.ReadAsync(buffer);
+            Assert.NotEqual(0, read);
+            answer.Append(System.Text.Encoding.ASCII.GetString(buffer, 0, read));
+        }
+
+        Assert.StartsWith("HTTP/1.1 404", answer.ToString(), StringComparison.Ordinal);
+
+        // Before: the gRPC listener drained at once, the metrics listener (its own Kestrel, stopped
+        // after it) waited for that request until the host's stop time ran out, and every step
+        // after it ran on a cancelled token.
+        await server.DisposeAsync();
+
+        await AssertLastStepsRanAsync(server, version);
+        Assert.Contains("LogDrainCut", server.Logs.AllText, StringComparison.Ordinal);
+        Assert.Contains("Listener=\"metrics\"", server.Logs.AllText, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task HostStopTime_UnsetOrSetLarger_TheDrainPlus10sOrTheOperators()
+    {
+        // Unset: the drain and the 10 s of last steps (the default whole stop, 30 s).
+        await using (var unset = await KmsTestServer.StartAsync())
+        {
+            Assert.Equal(TimeSpan.FromSeconds(30), StopTime(unset));
+        }
+
+        // Set (the host setting, on the command line or as DOTNET_SHUTDOWNTIMEOUTSECONDS) to more:
+        // the operator's, the last steps getting the rest. Before, the drain's 30 s replaced it.
+        await using var larger = await KmsTestServer.StartAsync(null, null, "dev", "--shutdownTimeoutSeconds=45");
+        Assert.Equal(TimeSpan.FromSeconds(45), StopTime(larger));
+    }
+
+    [Fact]
+    public async Task HostStopTime_SetShorterThanTheDrainPlus10s_OrNotWholeSeconds_StartRefusedNamingBoth()
+    {
+        // Before, the server started with the drain's 30 s in place of the operator's 25.
+        var (shorter, _) = await KmsTestServer.StartRefusedAsync(SoftHsm.CreateToken(), Scratch.NewPath("kms-server-"), "--shutdownTimeoutSeconds=25");
+        Assert.IsType<InvalidOperationException>(shorter);
+        Assert.Contains("shutdownTimeoutSeconds, 25 s", shorter.Message, StringComparison.Ordinal);
+        Assert.Contains("Kms:Transport:ShutdownDrainTimeout (20 s)", shorter.Message, StringComparison.Ordinal);
+
+        // .NET ignores a value that is not a whole number of seconds; so would the server have.
+        var (notSeconds, _) = await KmsTestServer.StartRefusedAsync(SoftHsm.CreateToken(), Scratch.NewPath("kms-server-"), "--shutdownTimeoutSeconds=45s");
+        Assert.Contains("shutdownTimeoutSeconds (45s) must be a whole number of seconds", notSeconds.Message, StringComparison.Ordinal);
+
+        // Set in code after the server's own (HostOptions configured later wins): checked all the same.
+        var inCode = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsTestServer.StartAsync(
+            null, null, "dev", services => services.Configure<Microsoft.Extensions.Hosting.HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(5)), "--Kms:Transport:ShutdownDrainTimeout=00:00:02"));
+        Assert.Contains("(shutdownTimeoutSeconds, 5 s) is less than Kms:Transport:ShutdownDrainTimeout (2 s)", inCode.Message, StringComparison.Ordinal);
+    }
+
+    private static TimeSpan StopTime(KmsTestServer server) =>
+        server.Services.GetRequiredService<Microsoft.Extensions.Options.IOptions<Microsoft.Extensions.Hosting.HostOptions>>().Value.ShutdownTimeout;
+
+    // No lifecycle pass after the first (at start: --Lifecycle:JobInterval=01:00:00): the
+    // decryption is written by the stop alone. The name of the key version it used.
+    private static async Task<string> DecryptOnceAsync(KmsTestServer server)
+    {
+        using var client = server.CreateClient();
+        var key = await client.CreateKeyAsync("tenants/dev", "counted");
+        var sealedBlob = await client.EncryptAsync(key.Name, new byte[] { 1, 2, 3 });
+        using var opened = await client.DecryptAsync(sealedBlob.Ciphertext);
+        return opened.KeyVersion;
+    }
+
+    // The stop's last steps ran: the final checkpoint signed, the usage counts written (the one
+    // decryption counted after a restart).
+    private static async Task AssertLastStepsRanAsync(KmsTestServer server, string version)
+    {
         var logs = server.Logs.AllText;
-        Assert.Contains("LogDrainCut", logs, StringComparison.Ordinal);
         Assert.DoesNotContain("LogFinalCheckpointFailed", logs, StringComparison.Ordinal);
         Assert.DoesNotContain("LogUsageNotFlushedAtStop", logs, StringComparison.Ordinal);
 

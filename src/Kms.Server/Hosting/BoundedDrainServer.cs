@@ -1,3 +1,4 @@
+using System.Globalization;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.DependencyInjection;
@@ -13,24 +14,78 @@ namespace Kms.Server.Hosting;
 /// record (<see cref="FinalStepsTime"/>, the rest of the host's stop time).
 /// </summary>
 /// <remarks>
-/// Kestrel's stop closes connections gracefully and waits, up to the host's whole stop time, for
+/// <para>Kestrel's stop closes connections gracefully and waits, up to the host's whole stop time, for
 /// each to end; an HTTP/2 stream whose client never lets its answer be written (a flow-control
-/// window of 0, a socket never read) never ends. So one connection of anyone who can reach the port
-/// made every stop take the whole 30 s, and the steps after it ran on a cancelled token: none of
-/// them done, and the host's stop threw.
+/// window of 0, a socket never read) never ends, nor does an HTTP/1.1 request whose headers were
+/// begun and never finished (until Kestrel's 30 s headers timeout). So one connection of anyone who
+/// can reach a port made every stop take the whole 30 s, and the steps after it ran on a cancelled
+/// token: none of them done, and the host's stop threw.</para>
+/// <para>Every listener of the process (the gRPC one and the metrics one, which stop one after the
+/// other) drains within the same <see cref="ShutdownDrain"/>: the first stop starts its clock, so
+/// the drains together take no more than the one timeout.</para>
 /// </remarks>
-internal sealed partial class BoundedDrainServer(IServer inner, TimeSpan drain, ILogger<BoundedDrainServer> logger) : IServer
+internal sealed partial class BoundedDrainServer(IServer inner, ShutdownDrain drain, string listener, ILogger<BoundedDrainServer> logger) : IServer
 {
     /// <summary>What the host's stop gives the steps after the drain.</summary>
     public static readonly TimeSpan FinalStepsTime = TimeSpan.FromSeconds(10);
 
+    /// <summary>The host setting an operator sets the host's stop time with (.NET's <c>HostOptions</c>).</summary>
+    public const string StopTimeSetting = "shutdownTimeoutSeconds";
+
     public IFeatureCollection Features => inner.Features;
 
     /// <summary>
-    /// Replaces the <see cref="IServer"/> registered (Kestrel) with itself around it, and sets the
-    /// host's stop time to the drain plus <see cref="FinalStepsTime"/>.
+    /// Replaces the <see cref="IServer"/> registered (Kestrel) with itself around it, adds the
+    /// process's <see cref="ShutdownDrain"/>, and sets the host's stop time: the drain plus
+    /// <see cref="FinalStepsTime"/>, unless the operator set one (<see cref="StopTimeSetting"/>),
+    /// which is kept if the drain and the final steps fit in it and refuses the start if not.
     /// </summary>
-    public static void Register(IServiceCollection services, TimeSpan drain)
+    /// <exception cref="InvalidOperationException"><see cref="StopTimeSetting"/> is not a whole number of seconds.</exception>
+    public static void Register(IServiceCollection services, TimeSpan drain, IConfiguration configuration)
+    {
+        // .NET reads the setting as a whole number of seconds and ignores anything else: refused
+        // instead, so that an operator's stop time is not silently the default.
+        var configured = configuration[StopTimeSetting];
+        if (configured is not null && !int.TryParse(configured, NumberStyles.None, CultureInfo.InvariantCulture, out _))
+        {
+            throw new InvalidOperationException($"{StopTimeSetting} ({configured}) must be a whole number of seconds: the host's stop time, at least Kms:Transport:ShutdownDrainTimeout + {FinalStepsTime.TotalSeconds:0} s");
+        }
+
+        services.AddSingleton(_ => new ShutdownDrain(drain));
+        Wrap(services, "gRPC");
+
+        // After .NET's own reading of the setting (registered when the builder was made), before
+        // any later code's (a test's): what is set last is checked below, whoever set it.
+        services.Configure<HostOptions>(host =>
+        {
+            if (configured is null)
+            {
+                host.ShutdownTimeout = drain + FinalStepsTime;
+            }
+        });
+        services.PostConfigure<HostOptions>(host =>
+        {
+            if (host.ShutdownTimeout < drain + FinalStepsTime)
+            {
+                throw new InvalidOperationException(
+                    $"the host's stop time ({StopTimeSetting}, {host.ShutdownTimeout.TotalSeconds:0.###} s) is less than Kms:Transport:ShutdownDrainTimeout ({drain.TotalSeconds:0.###} s) + the {FinalStepsTime.TotalSeconds:0} s a stop's last steps take (the usage counts, the final audit checkpoint, the node's head record): "
+                    + $"set {StopTimeSetting} to at least {Math.Ceiling((drain + FinalStepsTime).TotalSeconds):0}, or the drain to at most {StopTimeSetting} - {FinalStepsTime.TotalSeconds:0} s, or leave {StopTimeSetting} unset (the drain + {FinalStepsTime.TotalSeconds:0} s)");
+            }
+        });
+    }
+
+    /// <summary>
+    /// Replaces the <see cref="IServer"/> registered in <paramref name="services"/> with itself around
+    /// it, draining within the <see cref="ShutdownDrain"/> resolved from <paramref name="services"/>.
+    /// </summary>
+    public static void Wrap(IServiceCollection services, string listener) =>
+        Wrap(services, listener, provider => provider.GetRequiredService<ShutdownDrain>());
+
+    /// <summary>As <see cref="Wrap(IServiceCollection, string)"/>, with the drain of another container (the gRPC host's).</summary>
+    public static void Wrap(IServiceCollection services, string listener, ShutdownDrain drain) =>
+        Wrap(services, listener, _ => drain);
+
+    private static void Wrap(IServiceCollection services, string listener, Func<IServiceProvider, ShutdownDrain> drain)
     {
         var kestrel = services.Last(s => s.ServiceType == typeof(IServer));
         services.Remove(kestrel);
@@ -38,9 +93,9 @@ internal sealed partial class BoundedDrainServer(IServer inner, TimeSpan drain, 
             kestrel.ImplementationFactory?.Invoke(provider) as IServer
                 ?? kestrel.ImplementationInstance as IServer
                 ?? (IServer)ActivatorUtilities.CreateInstance(provider, kestrel.ImplementationType!),
-            drain,
+            drain(provider),
+            listener,
             provider.GetRequiredService<ILogger<BoundedDrainServer>>()));
-        services.Configure<HostOptions>(host => host.ShutdownTimeout = drain + FinalStepsTime);
     }
 
     public Task StartAsync<TContext>(IHttpApplication<TContext> application, CancellationToken cancellationToken)
@@ -48,18 +103,45 @@ internal sealed partial class BoundedDrainServer(IServer inner, TimeSpan drain, 
 
     public async Task StopAsync(CancellationToken cancellationToken)
     {
-        // The wall clock's, also where tests give the server a clock of their own to move.
-        using var bound = new CancellationTokenSource(drain);
-        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, bound.Token);
+        var bound = drain.Begin();
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, bound);
         await inner.StopAsync(linked.Token);
         if (bound.IsCancellationRequested)
         {
-            LogDrainCut(logger, drain);
+            LogDrainCut(logger, listener, drain.Timeout);
         }
     }
 
     public void Dispose() => inner.Dispose();
 
-    [LoggerMessage(EventId = 1171, Level = LogLevel.Warning, Message = "stopping: connections still open after {Drain} (Kms:Transport:ShutdownDrainTimeout) were aborted, their calls unanswered")]
-    private static partial void LogDrainCut(ILogger logger, TimeSpan drain);
+    [LoggerMessage(EventId = 1171, Level = LogLevel.Warning, Message = "stopping: {Listener} connections still open {Drain} after the stop began (Kms:Transport:ShutdownDrainTimeout) were aborted, their calls unanswered")]
+    private static partial void LogDrainCut(ILogger logger, string listener, TimeSpan drain);
+}
+
+/// <summary>
+/// The end of the connection drain at stop, one for the process (<c>Kms:Transport:ShutdownDrainTimeout</c>
+/// after the first listener's stop began), so that listeners stopped one after the other do not
+/// each take the whole timeout.
+/// </summary>
+internal sealed class ShutdownDrain(TimeSpan timeout) : IDisposable
+{
+    // The wall clock's, also where tests give the server a clock of their own to move.
+    private readonly CancellationTokenSource _end = new();
+    private int _begun;
+
+    /// <summary>How long the drain lasts from its beginning.</summary>
+    public TimeSpan Timeout => timeout;
+
+    /// <summary>Starts the drain's clock on the first call; the token is cancelled when the drain ends.</summary>
+    public CancellationToken Begin()
+    {
+        if (Interlocked.Exchange(ref _begun, 1) == 0)
+        {
+            _end.CancelAfter(timeout);
+        }
+
+        return _end.Token;
+    }
+
+    public void Dispose() => _end.Dispose();
 }

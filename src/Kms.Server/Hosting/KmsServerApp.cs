@@ -175,7 +175,7 @@ public static partial class KmsServerApp
             certificatePath,
             keyPath);
         _ = serverCertificate.Value;
-        BoundedDrainServer.Register(builder.Services, transport.ShutdownDrainTimeout);
+        BoundedDrainServer.Register(builder.Services, transport.ShutdownDrainTimeout, builder.Configuration);
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.AddServerHeader = false;

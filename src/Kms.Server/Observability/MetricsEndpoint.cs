@@ -33,10 +33,10 @@ internal static class MetricsEndpoint
     // exporter accepts (one day) keeps an idle method's counter.
     private static readonly TimeSpan SeriesLifetime = TimeSpan.FromDays(1);
 
-    /// <summary>Adds the metrics server, started and stopped with the gRPC server.</summary>
+    /// <summary>Adds the metrics server, started and stopped with the gRPC server (its drain at stop within the gRPC server's, <see cref="ShutdownDrain"/>).</summary>
     public static void AddServices(IServiceCollection services, string url, Serilog.ILogger logger)
     {
-        services.AddSingleton(_ => new MetricsServer(url, logger));
+        services.AddSingleton(provider => new MetricsServer(url, logger, provider.GetRequiredService<ShutdownDrain>()));
         services.AddHostedService(provider => provider.GetRequiredService<MetricsServer>());
     }
 
@@ -47,7 +47,7 @@ internal static class MetricsEndpoint
         private readonly IDisposable _adapter;
         private readonly WebApplication _app;
 
-        public MetricsServer(string url, Serilog.ILogger logger)
+        public MetricsServer(string url, Serilog.ILogger logger, ShutdownDrain drain)
         {
             DotNetStats.Register(_registry);
             _adapter = MeterAdapter.StartListening(new MeterAdapterOptions
@@ -70,6 +70,12 @@ internal static class MetricsEndpoint
                 kestrel.AddServerHeader = false;
                 ListenAddresses.ListenMetrics(kestrel, url, listen => listen.Protocols = HttpProtocols.Http1);
             });
+
+            // Stopped after the gRPC listener and before the audit and the lifecycle's last steps:
+            // unbounded, one scraper's request never finished (its headers begun: Kestrel waits
+            // 30 s for the rest) held the stop until the host's stop time ran out, and those steps
+            // ran on a cancelled token. It drains within the gRPC listener's drain instead.
+            BoundedDrainServer.Wrap(builder.Services, "metrics", drain);
             _app = builder.Build();
             _app.UseMetricServer(settings => settings.Registry = _registry, Path);
             _app.Run(context =>
