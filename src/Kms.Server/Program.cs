@@ -11,7 +11,11 @@ try
     var app = await KmsServerApp.BuildAsync(args);
     await using (app)
     {
-        await app.StartAsync();
+        if (!await KmsServerApp.StartUnlessStoppedAsync(app))
+        {
+            return 0; // stopped as asked, before serving (event 1320)
+        }
+
         foreach (var address in KmsServerApp.BoundAddresses(app))
         {
             ServerLog.Listening(app.Logger, address);

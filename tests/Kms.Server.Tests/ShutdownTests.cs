@@ -1,4 +1,5 @@
 using Kms.Contracts.V1;
+using Kms.Server.Hosting;
 using Kms.Testing;
 using Microsoft.Extensions.DependencyInjection;
 
@@ -115,6 +116,31 @@ public sealed class ShutdownTests
         Assert.Contains("(shutdownTimeoutSeconds, 5 s) is less than Kms:Transport:ShutdownDrainTimeout (2 s)", inCode.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task AStopAskedForWhileTheServerStarts_StartEndsFalse_Logged1320_NoException()
+    {
+        // A hosted service whose start takes as long as it likes (the listeners bound, a worker's
+        // first pass against a slow HSM or database), registered with the server's own.
+        var logs = new LogCapture();
+        var slow = new SlowStart();
+        var app = await KmsServerApp.BuildAsync(
+            KmsTestServer.DevArgs(SoftHsm.CreateToken(), Scratch.NewPath("kms-server-"), "dev"),
+            logging => logging.WriteTo.Sink(logs),
+            services => services.AddHostedService(_ => slow));
+        await using (app)
+        {
+            var start = KmsServerApp.StartUnlessStoppedAsync(app);
+            await slow.Entered.Task.WaitAsync(TimeSpan.FromSeconds(60));
+
+            // What the SIGTERM handler (ConsoleLifetime) does. Before, the start threw
+            // OperationCanceledException, which Program let escape unhandled.
+            app.Lifetime.StopApplication();
+            Assert.False(await start.WaitAsync(TimeSpan.FromSeconds(60)));
+        }
+
+        Assert.Contains("StoppedWhileStarting", logs.AllText, StringComparison.Ordinal);
+    }
+
     private static TimeSpan StopTime(KmsTestServer server) =>
         server.Services.GetRequiredService<Microsoft.Extensions.Options.IOptions<Microsoft.Extensions.Hosting.HostOptions>>().Value.ShutdownTimeout;
 
@@ -141,5 +167,18 @@ public sealed class ShutdownTests
         using var again = restarted.CreateClient();
         var counted = (await again.Raw.GetKeyVersionAsync(new GetKeyVersionRequest { Name = version })).KeyVersion;
         Assert.Equal(1, counted.Usage.DecryptCount);
+    }
+
+    private sealed class SlowStart : Microsoft.Extensions.Hosting.IHostedService
+    {
+        public TaskCompletionSource Entered { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public async Task StartAsync(CancellationToken cancellationToken)
+        {
+            Entered.SetResult();
+            await Task.Delay(Timeout.Infinite, cancellationToken);
+        }
+
+        public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
     }
 }

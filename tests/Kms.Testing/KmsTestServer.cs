@@ -94,7 +94,8 @@ public sealed class KmsTestServer : IAsyncDisposable
         throw new InvalidOperationException($"the server started on {dataDir}; a refusal was expected");
     }
 
-    private static string[] DevArgs(TestToken token, string dataDir, string tenant, string[] extraArgs) =>
+    /// <summary>The arguments <see cref="StartAsync(TestToken?, string?, string, string[])"/> builds a dev-mode server with, for a test that builds and starts one itself.</summary>
+    public static string[] DevArgs(TestToken token, string dataDir, string tenant, params string[] extraArgs) =>
         [
             "--dev",
             "--urls=https://127.0.0.1:0",

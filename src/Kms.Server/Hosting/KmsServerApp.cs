@@ -545,6 +545,34 @@ public static partial class KmsServerApp
         return app;
     }
 
+    /// <summary>
+    /// Starts the server built by <see cref="BuildAsync"/>; false when a stop was asked for (SIGTERM,
+    /// <see cref="IHostApplicationLifetime.StopApplication"/>) before it was serving — logged (event
+    /// 1320), and what had started stopped again — instead of the host's
+    /// <see cref="OperationCanceledException"/>.
+    /// </summary>
+    /// <remarks>
+    /// The host's start runs on a token that a stop cancels (the process's SIGTERM handler is set
+    /// when the start begins): a stop while a hosted service starts (the listeners bound, the
+    /// workers' first passes) ends the start with <see cref="OperationCanceledException"/>, which
+    /// Program let escape as an unhandled exception, with a stack trace and an abort's exit code.
+    /// </remarks>
+    public static async Task<bool> StartUnlessStoppedAsync(WebApplication app)
+    {
+        ArgumentNullException.ThrowIfNull(app);
+        try
+        {
+            await app.StartAsync();
+            return true;
+        }
+        catch (OperationCanceledException) when (app.Lifetime.ApplicationStopping.IsCancellationRequested)
+        {
+            ServerLog.StoppedWhileStarting(app.Logger);
+            await app.StopAsync();
+            return false;
+        }
+    }
+
     /// <summary>The gRPC addresses the started server listens on (the real port when 0 was asked for).</summary>
     public static IReadOnlyList<Uri> BoundAddresses(WebApplication app) =>
         app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.Select(a => new Uri(a)).ToList();
