@@ -336,6 +336,117 @@ public abstract class AuditStoreContract : AccessStoreContract
         Assert.Equal(Enumerable.Range(60, 11).Reverse().Select(i => (long)i), (await ListAllAsync(store, query with { NewestFirst = true }, 5)).Events);
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(4)]
+    public async Task Pages_RandomLogsAndQueries_ExactlyWhatAPlainScanFinds_PrunesAndAppendsBetweenPages(int seed)
+    {
+        // Property: a time-ranged listing, page by page, lists every event a plain scan of the
+        // events finds (by time and principal), once, in order: times that repeat, go back, jump;
+        // blocks of several sizes summarised a few at a time, a tail; bounds between milliseconds;
+        // between two pages, a prune (cutting into a block, or through whole ones; the page token
+        // from before it) and appends. An event pruned before a page reached it may be missing, an
+        // event appended meanwhile may be listed; nothing else may differ.
+        var random = new Random(seed);
+        var store = await AuditAsync();
+        var written = new SortedDictionary<long, AuditEvent>();
+        var time = T0;
+        async Task AppendAsync(int count)
+        {
+            var entries = new List<AuditEntry>();
+            for (var i = 0; i < count; i++)
+            {
+                // Mostly forward; repeats, steps back, an hour back or forward now and then.
+                time = time.AddMilliseconds(random.Next(6) switch { 0 or 1 => 0, 2 => random.Next(1, 3), 3 => -random.Next(1, 4), 4 => random.Next(1000), _ => random.Next(2) == 0 ? -3_600_000 : 3_600_000 });
+                entries.Add(Entry(written.Count + i + 1) with { Time = time, Principal = random.Next(3) == 0 ? "token:bob" : "token:alice" });
+            }
+
+            foreach (var e in await store.AppendAuditAsync(entries, default))
+            {
+                written[e.Sequence] = e;
+            }
+        }
+
+        async Task SummariseAsync() => await store.SummariseAuditBlocksAsync(random.Next(2, 12), random.Next(1, 6), default);
+
+        async Task PruneAsync()
+        {
+            var left = await store.ListAuditEventsAsync(new AuditQuery { Limit = 10_000 }, default);
+            if (left.Count > 20)
+            {
+                var through = left[random.Next(left.Count / 4)];
+                await store.AddAuditCheckpointAsync(Checkpoint(through), default);
+                await store.PruneAuditAsync(through.Sequence, default);
+            }
+        }
+
+        for (var round = 0; round < 6; round++)
+        {
+            await AppendAsync(random.Next(10, 60));
+            await SummariseAsync();
+            if (random.Next(3) == 0)
+            {
+                await PruneAsync();
+            }
+
+            for (var q = 0; q < 12; q++)
+            {
+                var present = await store.ListAuditEventsAsync(new AuditQuery { Limit = 100_000 }, default);
+                DateTimeOffset? Bound() => random.Next(4) == 0 || present.Count == 0 ? null
+                    : present[random.Next(present.Count)].Entry.Time.AddTicks(random.Next(5) switch { 0 => -10_000, 1 => -5_000, 2 => 0, 3 => 5_000, _ => 10_000 });
+                var (start, end) = (Bound(), Bound());
+                if (start > end)
+                {
+                    (start, end) = (end, start);
+                }
+
+                var query = new AuditQuery { StartTime = start, EndTime = end, Principal = random.Next(3) == 0 ? "token:bob" : null, NewestFirst = random.Next(2) == 0, Limit = random.Next(1, 6) };
+                bool Matches(AuditEvent e) => (start is null || e.Entry.Time >= start) && (end is null || e.Entry.Time < end) && (query.Principal is null || e.Entry.Principal == query.Principal);
+                var window = new long[] { 1, 3, 10, 50, 100_000 }[random.Next(5)];
+
+                var before = present.Where(Matches).Select(e => e.Sequence).ToList();
+                var listed = new List<long>();
+                var pruned = new HashSet<long>();
+                for (var page = await AuditPages.ListAsync(store, query, window, default); ;)
+                {
+                    listed.AddRange(page.Events.Select(e => e.Sequence));
+                    if (page.Next is not { } next)
+                    {
+                        break;
+                    }
+
+                    Assert.True(listed.Count < 100_000, "hang guard: the listing never ended");
+                    switch (random.Next(8))
+                    {
+                        case 0:
+                            var old = (await store.ListAuditEventsAsync(new AuditQuery { Limit = 100_000 }, default)).Select(e => e.Sequence).ToHashSet();
+                            await PruneAsync();
+                            old.ExceptWith((await store.ListAuditEventsAsync(new AuditQuery { Limit = 100_000 }, default)).Select(e => e.Sequence));
+                            pruned.UnionWith(old);
+                            break;
+                        case 1:
+                            await AppendAsync(random.Next(1, 15));
+                            break;
+                        case 2:
+                            await SummariseAsync();
+                            break;
+                        default:
+                            break;
+                    }
+
+                    page = await AuditPages.ListAsync(store, query.NewestFirst ? query with { BeforeSequence = next } : query with { AfterSequence = next }, window, default);
+                }
+
+                var what = $"seed {seed}, round {round}, query {q}: {start:O}..{end:O} {query.Principal} newest first {query.NewestFirst} limit {query.Limit} window {window}: listed [{string.Join(',', listed)}], a plain scan before [{string.Join(',', before)}]";
+                Assert.True(listed.Distinct().Count() == listed.Count && listed.SequenceEqual(query.NewestFirst ? listed.OrderDescending() : listed.Order()), what);
+                Assert.True(listed.All(s => written.TryGetValue(s, out var e) && Matches(e)), what);
+                Assert.True(before.All(s => pruned.Contains(s) || listed.Contains(s)), what);
+            }
+        }
+    }
+
     // Pages the listing to its end: its events, and how many pages it took.
     private static async Task<(List<long> Events, int Pages)> ListAllAsync(IAuditStore store, AuditQuery query, long window)
     {

@@ -71,8 +71,8 @@ public abstract partial class SqlStore
             }
         }
 
-        Filter("time >= @start", "@start", query.StartTime?.ToUnixTimeMilliseconds());
-        Filter("time < @end", "@end", query.EndTime?.ToUnixTimeMilliseconds());
+        Filter("time >= @start", "@start", CeilingMilliseconds(query.StartTime));
+        Filter("time < @end", "@end", CeilingMilliseconds(query.EndTime));
         Filter("principal = @principal", "@principal", query.Principal);
         // Prefix and suffix matches by substr, not LIKE: LIKE ignores case on SQLite and not on
         // PostgreSQL, and '_' (allowed in ids) is one of its wildcards on both.
@@ -92,6 +92,15 @@ public abstract partial class SqlStore
         return (sql.ToString(), [.. parameters]);
     }
 
+    // A bound of the time column (whole milliseconds, as every event's time is) that compares as
+    // the bound itself: rounded up, so time >= it and time < it hold exactly when the event's time
+    // is at or after, or before, the bound. Rounded down (ToUnixTimeMilliseconds), a bound between
+    // milliseconds (a client's timestamp with its nanos, retention's cutoff) listed the events of
+    // the millisecond before the start, and left out those of the millisecond before the end.
+    private static long? CeilingMilliseconds(DateTimeOffset? time) =>
+        time is not { } bound ? null
+        : bound.ToUnixTimeMilliseconds() is var floor && DateTimeOffset.FromUnixTimeMilliseconds(floor) < bound ? floor + 1 : floor;
+
     /// <inheritdoc />
     /// <remarks>
     /// One statement: the first (last) block past the bound whose time range meets the query's,
@@ -109,7 +118,7 @@ public abstract partial class SqlStore
         (string, object)[] parameters =
         [
             ("@after", query.AfterSequence), ("@before", query.BeforeSequence),
-            ("@start", query.StartTime?.ToUnixTimeMilliseconds() ?? long.MinValue), ("@end", query.EndTime?.ToUnixTimeMilliseconds() ?? long.MaxValue),
+            ("@start", CeilingMilliseconds(query.StartTime) ?? long.MinValue), ("@end", CeilingMilliseconds(query.EndTime) ?? long.MaxValue),
         ];
         return ReadAsync<long?>(async connection =>
         {
