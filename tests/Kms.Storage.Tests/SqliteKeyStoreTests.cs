@@ -798,6 +798,37 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
     }
 
     [Fact]
+    public async Task SummariseAuditBlocks_TwoNodesWithOtherBlockSizes_TheLaterWriteIsClipped_NoEventOutsideEveryBlock()
+    {
+        // 30 events: 11..15 of this minute, the rest an hour old. Node B (blocks of 15) reads the
+        // log, and before it writes, node A (blocks of 10, one a pass: the lease moving between
+        // them) summarises 1..10. B's 1..15 then starts where A's block does: before, it was
+        // dropped whole (ON CONFLICT) and 16..30 written, so 11..15 lay in no block, and the walk of
+        // every time-ranged listing and of retention's cut stepped over them, for good.
+        var t0 = DateTimeOffset.UtcNow;
+        await using var store = await OpenAsync();
+        await store.AppendAuditAsync([.. Enumerable.Range(1, 30).Select(i => Entry(i) with { Time = t0.AddSeconds(i is >= 11 and <= 15 ? 0 : -3600) })], default);
+        store.BeforeWriteLock = () =>
+        {
+            store.BeforeWriteLock = null;
+            store.SummariseAuditBlocksAsync(10, 1, default).GetAwaiter().GetResult();
+        };
+        var written = await Task.Run(() => store.SummariseAuditBlocksAsync(15, 2, default));
+
+        var recent = new Kms.Core.Audit.AuditQuery { StartTime = t0.AddMinutes(-1), Limit = 100 };
+        var scan = (await store.ListAuditEventsAsync(recent, default)).Select(e => e.Sequence).ToList();
+        Assert.Equal([11L, 12L, 13L, 14L, 15L], scan);
+        foreach (var newest in new[] { false, true })
+        {
+            var page = await Kms.Core.Audit.AuditPages.ListAsync(store, recent with { NewestFirst = newest }, 1000, default);
+            Assert.True(page.Events.Count == 5, $"newest first {newest}: [{string.Join(',', page.Events.Select(e => e.Sequence))}], a full scan [11..15]");
+        }
+
+        Assert.Equal(11L, (await Kms.Core.Audit.AuditPages.FirstAtOrAfterAsync(store, t0.AddMinutes(-1), 0, default))?.Sequence);
+        Assert.Equal(2, written); // 11..15 (B's block, from where A's ends) and 16..30
+    }
+
+    [Fact]
     public async Task UpdateAlias_MovedOffAnImportKeyThroughAnotherNode_NotMovedOntoOneByTheAliasThisNodeRemembers()
     {
         // This node remembers the alias on an allow_import key; through another node it is moved

@@ -156,10 +156,11 @@ public abstract partial class SqlStore
     /// <remarks>
     /// The blocks' events are read outside the write lock (they are immutable once the block's
     /// last is committed), each block a statement along the primary key; the blocks read are
-    /// inserted in one write transaction (one commit a pass, whatever the backlog), which inserts
-    /// nothing where a block already starts. Another node's blocks, written meanwhile from the same
-    /// point with another size, overlap these without a hole: each still bounds the times of the
-    /// events in it.
+    /// inserted in one write transaction (one commit a pass, whatever the backlog), each from just
+    /// after the last block written by then. Another node's blocks, written meanwhile from the
+    /// same point with another size, end inside these or after them: those are written from
+    /// their end, or not at all, so every event from the first block to the last lies in one, and
+    /// each block still bounds the times of the events in it.
     /// </remarks>
     public async Task<int> SummariseAuditBlocksAsync(int blockEvents, int maxBlocks, CancellationToken cancellationToken)
     {
@@ -212,9 +213,30 @@ public abstract partial class SqlStore
         return await WriteAsync(
             async (connection, transaction) =>
             {
-                var inserted = 0;
-                foreach (var block in blocks)
+                // Where the blocks end now, under the write lock: another node's pass (another
+                // block size, the lease moving) may have written blocks since these were read. A
+                // block that ends there or before is covered already; one that starts at or before
+                // it is written from just after it (its times still bound those of its events
+                // there). Before, a block that met one already written at its first sequence was
+                // dropped whole and the next written: when the other's ended inside it (10 of 15),
+                // the rest of it lay in no block, and every time-ranged walk stepped over it.
+                long? covered;
+                await using (var end = Command(connection, "SELECT max(last_seq) FROM audit_blocks"))
                 {
+                    end.Transaction = transaction;
+                    covered = await end.ExecuteScalarAsync(cancellationToken) is { } value and not DBNull ? Convert.ToInt64(value, CultureInfo.InvariantCulture) : null;
+                }
+
+                var inserted = 0;
+                foreach (var read in blocks)
+                {
+                    if (read.Last <= covered)
+                    {
+                        continue;
+                    }
+
+                    var block = covered is { } through && read.First <= through ? read with { First = through + 1 } : read;
+                    covered = block.Last;
                     inserted += await ExecuteInAsync(
                         connection,
                         transaction,
