@@ -475,6 +475,44 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         Assert.Equal(17L, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence);
     }
 
+    // While the node refuses to sign checkpoints (here: the database went back behind the head it
+    // recorded), retention records no cut: a cut is made only under a checkpoint signed after its
+    // record, which the refusal stops. Before, every retention pass (the lifecycle's, each
+    // interval) chained an audit/Retention event naming a cut it then did not make, and failed.
+    [Fact]
+    public async Task Retention_WhileCheckpointsAreRefused_RecordsNoCutItCannotSign()
+    {
+        var options = new AuditOptions { Retention = TimeSpan.FromDays(30), CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(1000) };
+        var node = await StartAsync(_store, _hsm, options);
+        await AppendAsync(1, 1);
+        Assert.NotNull(await node.CheckpointAsync(default));
+        _time.Advance(TimeSpan.FromDays(40)); // event 1 is due for deletion, the rest are recent
+        Directory.CreateDirectory(Path.GetDirectoryName(HeadPath)!);
+        await node.ReadOwnHeadAsync(HeadPath, default);
+        await AppendAsync(2, 12);
+        await node.RunHousekeepingAsync(default);
+        Assert.Equal(12L, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence);
+
+        Sql("DELETE FROM audit_events WHERE seq > 8"); // a failover that lost the last commits
+        await node.RunHousekeepingAsync(default);
+        Assert.NotNull(node.CheckpointRefusedSince);
+
+        for (var pass = 0; pass < 3; pass++)
+        {
+            try
+            {
+                await node.PruneAsync(_time.GetUtcNow(), default);
+            }
+            catch (KmsException e) when (e.Code == KmsErrorCode.FailedPrecondition)
+            {
+                // The old source's refusal, after the record was chained.
+            }
+        }
+
+        Assert.Equal("0", Scalar($"SELECT count(*) FROM audit_events WHERE operation = '{AuditChain.RetentionOperation}'"));
+        Assert.Equal("1", Scalar("SELECT min(seq) FROM audit_events"));
+    }
+
     // Events between this node's checkpoint and another node's later one rewritten (a node
     // restarted without its file could have signed the rewrite): refused, whatever the
     // database's newer checkpoint rows say.

@@ -649,6 +649,15 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             return 0;
         }
 
+        // Nor while checkpoints are refused (the chain does not pass through this node's last
+        // checkpoint or its head record; reported as such, CheckpointRefusedSince): a cut is made
+        // only under a checkpoint signed after its record. Before, every pass chained an
+        // audit/Retention event naming a cut it then did not make, and failed.
+        if (CheckpointRefusedSince is not null)
+        {
+            return 0;
+        }
+
         var cutoff = now - retention;
         var oldest = await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, cancellationToken);
         if (oldest.Count == 0 || oldest[0].Entry.Time >= cutoff)
