@@ -21,4 +21,17 @@ public sealed class AuditOptionsStartTests
         Assert.StartsWith($"Kms:Audit:SummaryBlockEvents ({value}) must be from 1000 to 100000", e.Message, StringComparison.Ordinal);
         Assert.False(Directory.Exists(dataDir));
     }
+
+    [Theory]
+    [InlineData("0")]
+    [InlineData("-1")]
+    public async Task Build_SummaryBlocksPerPassBelowOne_Refused_NamingTheOption(string value)
+    {
+        // 0 or less was taken as 1, silently.
+        var dataDir = Scratch.NewPath("kms-never-");
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(
+            ["--dev", "--urls=https://127.0.0.1:0", $"--Kms:Audit:SummaryBlocksPerPass={value}", $"--Kms:DataDir={dataDir}"]));
+        Assert.StartsWith($"Kms:Audit:SummaryBlocksPerPass ({value}) must be 1 or more", e.Message, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(dataDir));
+    }
 }

@@ -165,6 +165,14 @@ public static partial class KmsServerApp
                 $"Kms:Audit:SummaryBlockEvents ({auditOptions.SummaryBlockEvents}) must be from {AuditHostOptions.MinSummaryBlockEvents} to {AuditHostOptions.MaxSummaryBlockEvents} (default {new AuditOptions().SummaryBlockEvents}): fewer makes the audit log's time summary, which every time-ranged listing reads, as long as the log; more starts those listings' pages a window or more before their events");
         }
 
+        // 0 or less was taken as 1: a pass summarised one block, and a log written before the
+        // summary existed (or a leader away for long) was caught up at a block a second, unsaid.
+        if (auditOptions.SummaryBlocksPerPass < 1)
+        {
+            throw new InvalidOperationException(
+                $"Kms:Audit:SummaryBlocksPerPass ({auditOptions.SummaryBlocksPerPass}) must be 1 or more (default {new AuditOptions().SummaryBlocksPerPass}): the blocks of the audit log's time summary one housekeeping pass writes");
+        }
+
         builder.WebHost.UseUrls([.. urls]);
         var (certificatePath, keyPath) = ResolveTls(serverOptions);
         var tlsLogger = new Serilog.Extensions.Logging.SerilogLoggerFactory(logger).CreateLogger("Kms.Server.Tls");
