@@ -563,13 +563,16 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
             await _log.AppendAsync(Entry($"req-{i}"), default);
         }
 
-        Assert.Equal([4L, 5L], await ForwardedAfterARestartAsync(streamHolds: 3));
+        var chain = await _store.ListAuditEventsAsync(new AuditQuery(), default);
+        Assert.Equal([4L, 5L], await ForwardedAfterARestartAsync(new AuditHead(3, chain[2].Hash)));
 
-        // A stream ahead of the chain (a database restored from an older backup) forwards from the head.
-        Assert.Empty(await ForwardedAfterARestartAsync(streamHolds: 900));
+        // A stream ahead of the chain, whose last event the chain does not hold (a database restored
+        // from an older backup), and nothing else known of it: it restarts at the chain's start.
+        // Before, it went on from the head, and skipped what the restored chain wrote after it.
+        Assert.Equal([1L, 2L, 3L, 4L, 5L], await ForwardedAfterARestartAsync(new AuditHead(900, "ab")));
 
         // A new process on the same store, told what its stream holds: what its first pass forwards.
-        async Task<List<long>> ForwardedAfterARestartAsync(long streamHolds)
+        async Task<List<long>> ForwardedAfterARestartAsync(AuditHead streamHolds)
         {
             var restarted = new AuditLog(_store, _store, _hsm, _time, new AuditOptions());
             await restarted.InitializeAsync(default);
@@ -579,6 +582,133 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
             await restarted.RunHousekeepingAsync(default);
             return forwarded;
         }
+    }
+
+    // A database rolled back under the running node (a failover to a standby that lacked the last
+    // commits): the new chain's events 7-12 take numbers the stream holds for the old chain's 7-10.
+    // Before, the stream's position was the bare number 10: it went on after it, and the SIEM never
+    // received the new 7-10. Now the page starts at the stream's last event, whose hash the chain
+    // no longer has: the stream restarts after event 6, the newest it holds that the chain holds
+    // (its history: a file read back, here the list), with a restart mark first.
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Stream_DatabaseRolledBackUnderTheRunningNode_EveryEventOfTheNewChainForwarded_AfterARestartMark(bool history)
+    {
+        var store = new InMemoryStore();
+        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions());
+        await log.InitializeAsync(default);
+        var stream = new List<object>();
+        log.EventsWritten += events => stream.AddRange(events.Select(e => (object)new AuditHead(e.Sequence, e.Hash)));
+        log.StreamRestarted += restart => stream.Add(restart);
+        if (history)
+        {
+            log.StreamHistory = () => stream.OfType<AuditHead>().Reverse().ToList();
+        }
+
+        await store.AppendAuditAsync([.. Enumerable.Range(0, 4).Select(i => Entry($"old-{i}"))], default);
+        await log.RunHousekeepingAsync(default);
+        await store.AppendAuditAsync([.. Enumerable.Range(4, 6).Select(i => Entry($"old-{i}"))], default);
+        await log.RunHousekeepingAsync(default);
+        var old = (await store.ListAuditEventsAsync(new AuditQuery(), default)).Select(e => new AuditHead(e.Sequence, e.Hash)).ToList();
+        Assert.Equal(old.Cast<object>(), stream);
+
+        store.RollBackAudit(6);
+        await store.AppendAuditAsync([.. Enumerable.Range(0, 6).Select(i => Entry($"new-{i}"))], default);
+        await log.RunHousekeepingAsync(default);
+
+        var chain = (await store.ListAuditEventsAsync(new AuditQuery(), default)).Select(e => new AuditHead(e.Sequence, e.Hash)).ToList();
+        var restart = Assert.IsType<StreamRestart>(stream[10]);
+        Assert.Equal(old[9], restart.Replaced);
+
+        // With the stream's history, exactly at the fork; without (stdout), at the last event of a
+        // page it was sent that the chain holds (here the first page's, event 4): some again.
+        var after = history ? 6 : 4;
+        Assert.Equal(chain[after - 1], restart.After);
+        Assert.Equal(chain.Skip(after).Cast<object>(), stream.Skip(11));
+
+        // And the stream goes on from the new chain's head.
+        await store.AppendAuditAsync([Entry("later")], default);
+        await log.RunHousekeepingAsync(default);
+        Assert.Equal(13, Assert.IsType<AuditHead>(stream[^1]).Sequence);
+        Assert.Single(stream.OfType<StreamRestart>());
+    }
+
+    // Rolled back while the node was stopped, and the re-application of destructions (or another
+    // node) wrote past the stream's last event before this start: before, the stream went on after
+    // its bare sequence number (10, below the head), and never sent the new chain's 7-10.
+    [Fact]
+    public async Task Stream_RolledBackWhileStopped_TheNewChainPassedTheStreamsNumber_ItsEventsForwardedFromTheFork()
+    {
+        var store = new InMemoryStore();
+        await store.AppendAuditAsync([.. Enumerable.Range(0, 10).Select(i => Entry($"old-{i}"))], default);
+        var streamed = (await store.ListAuditEventsAsync(new AuditQuery(), default)).Select(e => new AuditHead(e.Sequence, e.Hash)).ToList();
+        store.RollBackAudit(6);
+        await store.AppendAuditAsync([.. Enumerable.Range(0, 6).Select(i => Entry($"new-{i}"))], default);
+
+        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions());
+        await log.InitializeAsync(default);
+        var forwarded = new List<AuditHead>();
+        var restarts = new List<StreamRestart>();
+        log.EventsWritten += events => forwarded.AddRange(events.Select(e => new AuditHead(e.Sequence, e.Hash)));
+        log.StreamRestarted += restarts.Add;
+        log.StreamHistory = () => Enumerable.Reverse(streamed);
+        log.ForwardAfter(streamed[^1]);
+        await log.RunHousekeepingAsync(default);
+
+        var chain = (await store.ListAuditEventsAsync(new AuditQuery(), default)).Select(e => new AuditHead(e.Sequence, e.Hash)).ToList();
+        Assert.Equal(chain.Skip(6), forwarded);
+        Assert.Equal(new StreamRestart(streamed[5], streamed[9]), Assert.Single(restarts));
+    }
+
+    // The final pass at stop: a stream far behind is forwarded until it has the head, not for one
+    // ForwardBudget (each page here takes 100 ms by the clock, so a budget is five pages); and
+    // it stops between pages once told to (the stop's time running out), the rest left to the next
+    // start, which forwards it from the database.
+    [Fact]
+    public async Task Stream_FinalPass_ForwardsUntilTheStreamHasTheHead_NotOneBudget_OrUntilToldToStop()
+    {
+        var time = new FakeTimeProvider(_time.GetUtcNow());
+        var store = new InMemoryStore();
+        await store.AppendAuditAsync([.. Enumerable.Range(0, 20_000).Select(i => Entry($"e-{i}"))], default);
+        var log = new AuditLog(store, store, _hsm, time, new AuditOptions());
+        await log.InitializeAsync(default);
+        log.ForwardAfter(AuditChain.Empty);
+        long reached = 0;
+        using var stopForwarding = new CancellationTokenSource();
+        log.EventsWritten += events =>
+        {
+            reached = events[^1].Sequence;
+            time.Advance(TimeSpan.FromMilliseconds(100));
+            if (reached == 35_000)
+            {
+                stopForwarding.Cancel();
+            }
+        };
+
+        await log.RunHousekeepingAsync(default);
+        Assert.Equal(5_000, reached); // an ordinary pass: its budget
+
+        using (var never = new CancellationTokenSource())
+        {
+            await log.RunFinalHousekeepingAsync(never.Token, default);
+        }
+
+        Assert.Equal(20_000, reached);
+
+        await store.AppendAuditAsync([.. Enumerable.Range(0, 20_000).Select(i => Entry($"more-{i}"))], default);
+        await log.RunFinalHousekeepingAsync(stopForwarding.Token, default);
+        Assert.Equal(35_000, reached);
+
+        // The next start forwards the rest, after the stream's last event.
+        var next = new AuditLog(store, store, _hsm, time, new AuditOptions());
+        await next.InitializeAsync(default);
+        var rest = new List<long>();
+        next.EventsWritten += events => rest.AddRange(events.Select(e => e.Sequence));
+        var last = Assert.Single(await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = 34_999, Limit = 1 }, default));
+        next.ForwardAfter(new AuditHead(last.Sequence, last.Hash));
+        await next.RunHousekeepingAsync(default);
+        Assert.Equal(Enumerable.Range(35_001, 5_000).Select(i => (long)i), rest);
     }
 
     [Fact]

@@ -16,16 +16,16 @@ public sealed class AuditStreamTests : IDisposable
     [Fact]
     public void LastStreamedSequence_MissingOrEmptyFile_Null()
     {
-        Assert.Null(AuditWorker.LastStreamedSequence(_path));
+        Assert.Null(AuditWorker.LastStreamed(_path)?.Sequence);
         File.WriteAllText(_path, "");
-        Assert.Null(AuditWorker.LastStreamedSequence(_path));
+        Assert.Null(AuditWorker.LastStreamed(_path)?.Sequence);
     }
 
     [Fact]
     public void LastStreamedSequence_TheLastEventLine_ACheckpointLineAfterItIgnored()
     {
         File.WriteAllText(_path, Line(1) + "\n" + Line(2) + "\n" + "{\"checkpoint\":{\"seq\":2},\"signature\":\"AA==\"}\n");
-        Assert.Equal(2, AuditWorker.LastStreamedSequence(_path));
+        Assert.Equal(2, AuditWorker.LastStreamed(_path)?.Sequence);
     }
 
     [Fact]
@@ -34,7 +34,7 @@ public sealed class AuditStreamTests : IDisposable
         var whole = Line(1) + "\n" + Line(2) + "\n";
         File.WriteAllText(_path, whole + Line(3)[..40]);
 
-        Assert.Equal(2, AuditWorker.LastStreamedSequence(_path));
+        Assert.Equal(2, AuditWorker.LastStreamed(_path)?.Sequence);
         Assert.Equal(whole, File.ReadAllText(_path));
     }
 
@@ -46,7 +46,7 @@ public sealed class AuditStreamTests : IDisposable
         var whole = Line(1) + "\n" + Line(2) + "\n";
         File.WriteAllText(_path, whole + Line(3));
 
-        Assert.Equal(3, AuditWorker.LastStreamedSequence(_path));
+        Assert.Equal(3, AuditWorker.LastStreamed(_path)?.Sequence);
         Assert.Equal(whole + Line(3) + "\n", File.ReadAllText(_path));
     }
 
@@ -60,14 +60,42 @@ public sealed class AuditStreamTests : IDisposable
             Assert.Equal(0, mkfifo.ExitCode);
         }
 
-        Assert.Null(AuditWorker.LastStreamedSequence(_path));
+        Assert.Null(AuditWorker.LastStreamed(_path)?.Sequence);
     }
 
     [Fact]
     public void LastStreamedSequence_ForeignJsonLines_SkippedForTheLastEventLine()
     {
         File.WriteAllText(_path, Line(7) + "\n[1,2]\n{\"event\":\"not an object\"}\n");
-        Assert.Equal(7, AuditWorker.LastStreamedSequence(_path));
+        Assert.Equal(7, AuditWorker.LastStreamed(_path)?.Sequence);
+    }
+
+    [Fact]
+    public void LastStreamed_ARestartLineLast_ItsEventCounts_WithItsHash()
+    {
+        // The stream restarted after event 6 (the chain no longer held event 10), and no event
+        // has followed yet: the next start goes on after 6, not after the old chain's 10.
+        File.WriteAllText(_path, Line(9) + "\n" + Line(10) + "\n" + Kms.Core.Audit.AuditExport.Restart(new(new(6, "c6"), new(10, "ab"))) + "\n");
+        Assert.Equal(new Kms.Core.Audit.AuditHead(6, "c6"), AuditWorker.LastStreamed(_path));
+    }
+
+    [Fact]
+    public void StreamedBackwards_EveryEventAndRestartLine_NewestFirst_AcrossBlocks()
+    {
+        // Over 64 KiB (the block it reads back at a time), so lines straddle blocks.
+        var lines = Enumerable.Range(1, 3000).Select(i => Line(i)).ToList();
+        lines.Insert(1000, Kms.Core.Audit.AuditExport.Restart(new(new(400, "c400"), new(999, "ab"))));
+        lines.Insert(10, "{\"checkpoint\":{\"seq\":10},\"signature\":\"AA==\"}");
+        File.WriteAllText(_path, string.Join('\n', lines) + "\n");
+        Assert.True(new FileInfo(_path).Length > 3 * 65536);
+
+        var read = AuditWorker.StreamedBackwards(_path).ToList();
+
+        var expected = Enumerable.Range(1, 3000).Select(i => new Kms.Core.Audit.AuditHead(i, "ab")).ToList();
+        expected.Insert(1000, new Kms.Core.Audit.AuditHead(400, "c400"));
+        expected.Reverse();
+        Assert.Equal(expected, read);
+        Assert.Empty(AuditWorker.StreamedBackwards(_path + ".missing"));
     }
 
     [Fact]
@@ -120,7 +148,7 @@ public sealed class AuditStreamTests : IDisposable
         }
 
         Assert.Equal(whole + Line(2) + "\n" + Line(3) + "\n", File.ReadAllText(_path));
-        Assert.Equal(3, AuditWorker.LastStreamedSequence(_path));
+        Assert.Equal(3, AuditWorker.LastStreamed(_path)?.Sequence);
         Assert.Contains(capture.Events, e => e.StartsWith("Warning the last line of ", StringComparison.Ordinal) && e.Contains("(40 bytes without a line end", StringComparison.Ordinal));
     }
 

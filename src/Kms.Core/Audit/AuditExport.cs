@@ -39,6 +39,34 @@ public static class AuditExport
         return $"{{\"event\":{e.Body},\"hash\":\"{e.Hash}\"}}";
     }
 
+    /// <summary>
+    /// A SIEM stream's restart line (<see cref="StreamRestart"/>), before the events that follow
+    /// <c>after</c>: <c>{"stream_restart":{"after":{"seq":…,"hash":…},"replaced":{"seq":…,"hash":…}}}</c>.
+    /// Not in an export; readers of audit logs skip it as a line that is not an event.
+    /// </summary>
+    public static string Restart(StreamRestart restart)
+    {
+        ArgumentNullException.ThrowIfNull(restart);
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>();
+        using (var writer = new Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartObject();
+            writer.WriteStartObject("stream_restart");
+            foreach (var (name, point) in new[] { ("after", restart.After), ("replaced", restart.Replaced) })
+            {
+                writer.WriteStartObject(name);
+                writer.WriteNumber("seq", point.Sequence);
+                writer.WriteString("hash", point.Hash);
+                writer.WriteEndObject();
+            }
+
+            writer.WriteEndObject();
+            writer.WriteEndObject();
+        }
+
+        return Encoding.UTF8.GetString(buffer.WrittenSpan);
+    }
+
     /// <summary>A checkpoint line.</summary>
     public static string Checkpoint(AuditCheckpoint checkpoint)
     {

@@ -98,6 +98,16 @@ public sealed record AuditEvent(long Sequence, AuditEntry Entry, string Previous
 public readonly record struct AuditHead(long Sequence, string Hash);
 
 /// <summary>
+/// The SIEM stream restarted (<see cref="Services.AuditLog.StreamRestarted"/>): the database's chain
+/// no longer holds the last event the stream was sent (the database went back behind it, or was
+/// rewritten there), so the events after <paramref name="After"/> are sent next, the new chain's
+/// among them, whose sequence numbers the stream already holds for other events.
+/// </summary>
+/// <param name="After">The event the stream goes on after: the newest it holds that the chain still holds (sequence 0: the chain's start; or the event before the oldest one retained).</param>
+/// <param name="Replaced">The last event the stream was sent, which the chain no longer holds.</param>
+public sealed record StreamRestart(AuditHead After, AuditHead Replaced);
+
+/// <summary>
 /// A signed statement "the chain's event <paramref name="Sequence"/> has hash
 /// <paramref name="HeadHash"/>", made with the HSM-held audit signing key.
 /// </summary>

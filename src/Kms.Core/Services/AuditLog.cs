@@ -29,6 +29,9 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     private const string SigningKeySetting = "audit.signing-key.v1";
     private const string ContextKeySetting = "audit.context-key.v1";
     private const int ForwardPage = 1000;
+
+    // The SIEM stream's restart points kept in memory (see ForwardedPoint), for a stream the host cannot read back.
+    private const int MaxForwardedPoints = 1024;
     private static readonly KeyVersionId SigningKeyId = FixedId("kms audit signing key");
     private static readonly KeyVersionId ContextKeyId = FixedId("kms audit context key");
 
@@ -41,7 +44,9 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     private AuditHead _lastCheckpoint = AuditChain.Empty;
     private DateTimeOffset _lastCheckpointTime;
     private long _forwarded = -1;
+    private string _forwardedHash = AuditChain.Genesis; // the hash of event _forwarded, as the stream was sent it
     private AuditHead? _forwardedHead; // the last event forwarded (null: none yet since the start)
+    private List<AuditHead> _forwardedPoints = []; // where the stream's content goes on after, oldest first (ForwardedPoint)
     private long _lastCommitFailureTicks; // UTC ticks; 0: none since the last success
     private int _failedCommits;
     private long _checkpointRefusedTicks; // UTC ticks; 0: checkpoints are signed
@@ -68,6 +73,20 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
 
     /// <summary>Called with events after they are durable, in sequence order, whichever path wrote them.</summary>
     public event Action<IReadOnlyList<AuditEvent>>? EventsWritten;
+
+    /// <summary>
+    /// Called before the events of a restarted stream (<see cref="StreamRestart"/>): the database's
+    /// chain no longer holds the last event <see cref="EventsWritten"/> was given. The host marks
+    /// it in the stream; a handler that throws leaves the stream where it was, for the next pass.
+    /// </summary>
+    public event Action<StreamRestart>? StreamRestarted;
+
+    /// <summary>
+    /// What the SIEM stream holds, newest first (the host reads its file back; null: a stream
+    /// that cannot be read back, stdout): where a stream whose last event the chain no longer holds
+    /// restarts — after the first of these the chain still holds.
+    /// </summary>
+    public Func<IEnumerable<AuditHead>>? StreamHistory { get; set; }
 
     /// <summary>Called when a housekeeping pass (refusal windows, forwarding, checkpoint) failed; it is retried.</summary>
     public event Action<Exception>? HousekeepingFailed;
@@ -146,20 +165,23 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         var latest = await store.GetLatestAuditCheckpointAsync(cancellationToken);
         _lastCheckpoint = latest is not null && SignedHead(latest) is { } signed ? signed : AuditChain.Empty;
         _lastCheckpointTime = latest is null ? time.GetUtcNow() : Earlier(latest.Time, time.GetUtcNow());
-        _forwarded = (await store.GetAuditHeadAsync(cancellationToken)).Sequence;
+        var head = await store.GetAuditHeadAsync(cancellationToken);
+        (_forwarded, _forwardedHash, _forwardedPoints) = (head.Sequence, head.Hash, [head]);
     }
 
     /// <summary>
-    /// Forwards the events after <paramref name="sequence"/> (what a SIEM stream already holds,
-    /// read back by the host) instead of only those written from now on: events committed
-    /// before a crash, or while the stream could not be written, are not skipped. Never later
-    /// than the chain head (a database restored to an older head forwards from its head).
+    /// Forwards the events after <paramref name="streamed"/> (the last event a SIEM stream already
+    /// holds, its sequence and hash, read back by the host) instead of only those written from now
+    /// on: events committed before a crash, or while the stream could not be written, are not
+    /// skipped. Where the chain no longer holds that event (a database rolled back behind it, or
+    /// rewritten there), the stream restarts (<see cref="StreamRestarted"/>): after the newest event
+    /// of <see cref="StreamHistory"/> the chain holds. Sequence 0 is the chain's start, whatever its hash.
     /// </summary>
-    public void ForwardAfter(long sequence)
+    public void ForwardAfter(AuditHead streamed)
     {
-        if (_forwarded >= 0 && sequence >= 0)
+        if (_forwarded >= 0 && streamed.Sequence >= 0)
         {
-            _forwarded = Math.Min(_forwarded, sequence);
+            (_forwarded, _forwardedHash, _forwardedPoints) = (streamed.Sequence, streamed.Hash, [streamed]);
         }
     }
 
@@ -355,7 +377,19 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     }
 
     /// <summary>Closes due refusal windows, forwards new events, summarises the blocks written (on the leader), signs a checkpoint if due. Failures wait for the next tick.</summary>
-    public async Task RunHousekeepingAsync(CancellationToken cancellationToken)
+    public Task RunHousekeepingAsync(CancellationToken cancellationToken) => RunHousekeepingAsync(forwardUntil: null, cancellationToken);
+
+    /// <summary>
+    /// The last housekeeping pass, at stop: as <see cref="RunHousekeepingAsync(CancellationToken)"/>,
+    /// but it forwards until the SIEM stream has the head or <paramref name="forwardUntil"/> is
+    /// cancelled (checked between pages), not for <see cref="ForwardBudget"/> only: a stream far
+    /// behind at the stop is not left so until the next start (which forwards the rest, from the
+    /// database). The rest of the pass then runs on <paramref name="cancellationToken"/>.
+    /// </summary>
+    public Task RunFinalHousekeepingAsync(CancellationToken forwardUntil, CancellationToken cancellationToken) =>
+        RunHousekeepingAsync((CancellationToken?)forwardUntil, cancellationToken);
+
+    private async Task RunHousekeepingAsync(CancellationToken? forwardUntil, CancellationToken cancellationToken)
     {
         try
         {
@@ -395,7 +429,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
 
             try
             {
-                await ForwardAsync(cancellationToken);
+                await ForwardAsync(forwardUntil, cancellationToken);
             }
             catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
             {
@@ -903,12 +937,17 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     }
 
     // Forwards pages of events until the stream has the head, or until the pass has spent
-    // ForwardBudget on it: a stream far behind (resumed after a long outage) then catches up over
-    // passes that follow one another at once (HousekeepingLoopAsync), each closing the refusal
-    // windows and signing a due checkpoint on its way, rather than holding them up. Before, a pass
-    // forwarded at most ten pages, once a second: the stream could not keep up with more than
-    // ~10,000 events a second, and fell behind for as long as such a load lasted.
-    private async Task ForwardAsync(CancellationToken cancellationToken)
+    // ForwardBudget on it (the final pass: until forwardUntil is cancelled): a stream far behind
+    // (resumed after a long outage) then catches up over passes that follow one another at once
+    // (HousekeepingLoopAsync), each closing the refusal windows and signing a due checkpoint on its
+    // way, rather than holding them up. Before, a pass forwarded at most ten pages, once a second:
+    // the stream could not keep up with more than ~10,000 events a second, and fell behind for as
+    // long as such a load lasted.
+    // Each page starts at the last event the stream was sent, which the chain must still hold with
+    // the hash the stream has (or, after a retention cut through it, the next event must link to
+    // it): a bare sequence number skipped, after a rollback, the new chain's events up to it —
+    // numbers the stream held for the old chain's — and the SIEM never received them.
+    private async Task ForwardAsync(CancellationToken? forwardUntil, CancellationToken cancellationToken)
     {
         Volatile.Write(ref _streamBehind, false); // a failing stream is retried a second later, not at once
         if (EventsWritten is null || _forwarded < 0)
@@ -917,28 +956,130 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         }
 
         var started = time.GetTimestamp();
+        var restarted = false;
         while (true)
         {
-            var page = await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = _forwarded, Limit = ForwardPage }, cancellationToken);
-            if (page.Count == 0)
+            var checkedEvent = _forwarded > 0 ? 1 : 0;
+            var page = await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = _forwarded - checkedEvent, Limit = ForwardPage + checkedEvent }, cancellationToken);
+            if (checkedEvent == 1 && !StreamContinues(page))
+            {
+                if (restarted)
+                {
+                    return; // the chain moved again meanwhile: the next pass looks again
+                }
+
+                await RestartStreamAsync(cancellationToken);
+                restarted = true;
+                continue;
+            }
+
+            IReadOnlyList<AuditEvent> events = page.Count > 0 && page[0].Sequence == _forwarded ? page.Skip(1).ToList() : page;
+            if (events.Count == 0)
             {
                 return;
             }
 
-            EventsWritten?.Invoke(page);
-            _forwarded = page[^1].Sequence;
-            _forwardedHead = new AuditHead(page[^1].Sequence, page[^1].Hash);
-            if (page.Count < ForwardPage)
+            EventsWritten?.Invoke(events);
+            _forwarded = events[^1].Sequence;
+            _forwardedHash = events[^1].Hash;
+            var reached = new AuditHead(_forwarded, _forwardedHash);
+            _forwardedHead = reached;
+            ForwardedPoint(reached);
+            if (events.Count < ForwardPage)
             {
                 return;
             }
 
-            if (time.GetElapsedTime(started) >= ForwardBudget)
+            if (forwardUntil is { } until ? until.IsCancellationRequested : time.GetElapsedTime(started) >= ForwardBudget)
             {
                 Volatile.Write(ref _streamBehind, true);
                 return;
             }
         }
+    }
+
+    // Whether the chain still holds the last event the stream was sent, page[0] being the first
+    // event at or after it. A gap after it (retention cut past it: the events the stream lacks are
+    // gone) cannot be checked, and the stream goes on from the oldest event retained, as before.
+    private bool StreamContinues(IReadOnlyList<AuditEvent> page) => page switch
+    {
+        [] => false, // the chain ends before it
+        [var e, ..] when e.Sequence == _forwarded => e.Hash == _forwardedHash,
+        [var e, ..] when e.Sequence == _forwarded + 1 => e.PreviousHash == _forwardedHash,
+        _ => true,
+    };
+
+    // The stream's last event is not the chain's: the stream goes on after the newest event it
+    // holds that the chain holds (the chains agree up to there, hash for hash), so every event of
+    // the chain after it reaches the stream, marked as a restart; some the stream has already,
+    // again. The mark is given before the position moves: a handler that throws leaves it.
+    private async Task RestartStreamAsync(CancellationToken cancellationToken)
+    {
+        var replaced = new AuditHead(_forwarded, _forwardedHash);
+        var after = await SharedPointAsync(replaced, cancellationToken);
+        StreamRestarted?.Invoke(new StreamRestart(after, replaced));
+        (_forwarded, _forwardedHash, _forwardedHead, _forwardedPoints) = (after.Sequence, after.Hash, after.Sequence > 0 ? after : (AuditHead?)null, [after]);
+    }
+
+    // The newest event of what the stream holds (its history, newest first, then the points kept in
+    // memory) that the chain holds, checked a window of events at a time; else the event before the
+    // oldest one retained (the chain's start when none is).
+    private async Task<AuditHead> SharedPointAsync(AuditHead replaced, CancellationToken cancellationToken)
+    {
+        var oldest = await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, cancellationToken) is [var first]
+            ? new AuditHead(first.Sequence - 1, first.PreviousHash)
+            : await store.GetAuditHeadAsync(cancellationToken);
+        var head = await store.GetAuditHeadAsync(cancellationToken);
+        IReadOnlyList<AuditEvent> window = [];
+        var held = (StreamHistory?.Invoke() ?? []).Concat(Enumerable.Reverse(_forwardedPoints));
+        foreach (var point in held)
+        {
+            if (point.Sequence <= 0 || point.Sequence < oldest.Sequence)
+            {
+                break; // before what the chain retains: nothing older can be checked either
+            }
+
+            if (point.Sequence > head.Sequence || point == replaced)
+            {
+                continue;
+            }
+
+            if (point.Sequence == oldest.Sequence)
+            {
+                if (point.Hash == oldest.Hash)
+                {
+                    return point;
+                }
+
+                continue;
+            }
+
+            if (window.Count == 0 || point.Sequence < window[0].Sequence || point.Sequence > window[^1].Sequence)
+            {
+                window = await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = Math.Max(oldest.Sequence, point.Sequence - ForwardPage), Limit = ForwardPage }, cancellationToken);
+            }
+
+            var index = window.Count > 0 ? point.Sequence - window[0].Sequence : -1;
+            if (index >= 0 && index < window.Count && window[(int)index].Sequence == point.Sequence && window[(int)index].Hash == point.Hash)
+            {
+                return point;
+            }
+        }
+
+        return oldest;
+    }
+
+    // The last event of each page forwarded: where the stream's content goes on after, for a
+    // restart when the host cannot read the stream back. At most MaxForwardedPoints: when full,
+    // every other one goes, oldest first, so they reach back further the longer the node runs.
+    private void ForwardedPoint(AuditHead point)
+    {
+        if (_forwardedPoints.Count >= MaxForwardedPoints)
+        {
+            _forwardedPoints = [.. _forwardedPoints.Where((_, i) => i % 2 == 1)];
+        }
+
+        _forwardedPoints.Add(point);
     }
 
     private static KeyVersionId FixedId(string label) => KeyVersionId.FromBytes(SHA256.HashData(Encoding.UTF8.GetBytes(label)).AsSpan(0, KeyVersionId.Length));

@@ -122,10 +122,32 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
         if (options.StreamPath is { Length: > 0 } stream)
         {
-            if (stream != "-" && LastStreamedSequence(stream) is { } streamed)
+            if (stream != "-" && LastStreamed(stream) is { } streamed)
             {
                 audit.ForwardAfter(streamed);
             }
+
+            // Where a stream whose last event the chain no longer holds restarts: read back from
+            // the file's end (stdout cannot be: the audit log keeps a few points in memory).
+            if (stream != "-")
+            {
+                audit.StreamHistory = () => StreamedBackwards(stream);
+            }
+
+            audit.StreamRestarted += restart =>
+            {
+                var line = AuditExport.Restart(restart);
+                if (stream == "-")
+                {
+                    Console.Out.Write(line + "\n");
+                }
+                else
+                {
+                    Append(stream, line);
+                }
+
+                LogStreamRestarted(logger, restart.After.Sequence, restart.Replaced.Sequence, restart.Replaced.Hash);
+            };
 
             audit.EventsWritten += events =>
             {
@@ -179,10 +201,19 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
         // Requests have drained by now: write what the refusal windows counted, forward the last
         // events to the SIEM stream (it is otherwise forwarded once a second), and sign the head.
+        // The stream is forwarded until it has the head, or for half the time the host gives the
+        // steps after the drain (BoundedDrainServer.FinalStepsTime), whichever first: the checkpoint
+        // and the head record need the rest. Before, for one ForwardBudget only: a stream far behind
+        // was left so until the next start (which forwards the rest from the database).
         try
         {
             await audit.FlushRefusalsAsync(cancellationToken);
-            await audit.RunHousekeepingAsync(cancellationToken);
+            using (var forwardUntil = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
+            {
+                forwardUntil.CancelAfter(FinalForwardTime);
+                await audit.RunFinalHousekeepingAsync(forwardUntil.Token, cancellationToken);
+            }
+
             await audit.CheckpointAsync(cancellationToken);
         }
         catch (Exception e) when (e is Kms.Core.Errors.KmsException or OperationCanceledException)
@@ -202,14 +233,18 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         }
     }
 
+    /// <summary>How long the final housekeeping pass at stop forwards the SIEM stream at most: half the time the host gives the steps after the drain.</summary>
+    internal static readonly TimeSpan FinalForwardTime = BoundedDrainServer.FinalStepsTime / 2;
+
     /// <summary>
-    /// The sequence number of the last event in a stream file, after ending it with a whole line
-    /// as every append does (<see cref="DurableFile.EndWithWholeLine"/>: a line a crash left
-    /// half-written cut off, a whole event that lacks only its line feed kept), so the events
-    /// forwarded again follow a whole line and none is forwarded twice; null for a missing or empty
-    /// file (a new stream starts at the head).
+    /// The last event in a stream file (its sequence number and hash; or the event a restart line
+    /// after it goes on after), after ending it with a whole line as every append does
+    /// (<see cref="DurableFile.EndWithWholeLine"/>: a line a crash left half-written cut off, a
+    /// whole event that lacks only its line feed kept), so the events forwarded again follow a
+    /// whole line and none is forwarded twice; null for a missing or empty file (a new stream
+    /// starts at the head).
     /// </summary>
-    internal static long? LastStreamedSequence(string path)
+    internal static AuditHead? LastStreamed(string path)
     {
         if (!File.Exists(path))
         {
@@ -226,7 +261,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         }
     }
 
-    private static long? ReadBack(string path)
+    private static AuditHead? ReadBack(string path)
     {
         using var file = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.Read, bufferSize: 0);
 
@@ -240,32 +275,114 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         // The appenders' lock, held until the file is closed; more than a MiB without a line feed
         // is not a stream this server wrote: IOException, nothing cut, and the stream starts at the head.
         DurableFile.EndWithWholeLine(file);
-        var length = file.Length;
-        var tailLength = (int)Math.Min(length, DurableFile.MaxTornLine);
-        var tail = new byte[tailLength];
-        file.Seek(length - tailLength, SeekOrigin.Begin);
-        file.ReadExactly(tail);
-        var end = tailLength - 1; // a line feed, or nothing (all was cut)
-        for (var stop = end; stop > 0;)
+        foreach (var point in Backwards(file))
         {
-            var start = Array.LastIndexOf(tail, (byte)'\n', stop - 1) + 1;
-            try
-            {
-                using var line = System.Text.Json.JsonDocument.Parse(tail.AsMemory(start, stop - start));
-                if (line.RootElement.TryGetProperty("event", out var e) && e.TryGetProperty("seq", out var seq))
-                {
-                    return seq.GetInt64();
-                }
-            }
-            catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or FormatException)
-            {
-                // Not an event line of this format: look at the one before.
-            }
-
-            stop = start - 1;
+            return point;
         }
 
         return null;
+    }
+
+    /// <summary>
+    /// What a stream file holds, newest first: each event line's sequence and hash, and each
+    /// restart line's event it goes on after; other lines skipped. Read from the end a block at a
+    /// time, as far as it is enumerated; a line longer than <see cref="DurableFile.MaxTornLine"/>
+    /// ends it (no line this server writes comes near). Empty for a file that is missing or cannot
+    /// be read back.
+    /// </summary>
+    internal static IEnumerable<AuditHead> StreamedBackwards(string path)
+    {
+        FileStream file;
+        try
+        {
+            file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, bufferSize: 0);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            yield break;
+        }
+
+        using (file)
+        {
+            if (!file.CanSeek)
+            {
+                yield break;
+            }
+
+            foreach (var point in Backwards(file))
+            {
+                yield return point;
+            }
+        }
+    }
+
+    private static IEnumerable<AuditHead> Backwards(FileStream file)
+    {
+        const int Block = 64 * 1024;
+        var end = file.Length;
+        var carry = Array.Empty<byte>(); // the start of the line that ends where the last block began
+        while (end > 0)
+        {
+            var size = (int)Math.Min(Block, end);
+            var block = new byte[size + carry.Length];
+            file.Seek(end - size, SeekOrigin.Begin);
+            file.ReadExactly(block, 0, size);
+            carry.CopyTo(block, size);
+            end -= size;
+            var stop = block.Length;
+            for (var at = Array.LastIndexOf(block, (byte)'\n', stop - 1); at >= 0; at = stop > 0 ? Array.LastIndexOf(block, (byte)'\n', stop - 1) : -1)
+            {
+                if (PointOf(block.AsMemory(at + 1, stop - at - 1)) is { } point)
+                {
+                    yield return point;
+                }
+
+                stop = at;
+            }
+
+            carry = block[..stop];
+            if (carry.Length > DurableFile.MaxTornLine)
+            {
+                yield break;
+            }
+        }
+
+        if (PointOf(carry) is { } first)
+        {
+            yield return first;
+        }
+    }
+
+    // An event line's sequence and hash, or a restart line's event it goes on after; null for anything else.
+    private static AuditHead? PointOf(ReadOnlyMemory<byte> line)
+    {
+        if (line.IsEmpty)
+        {
+            return null;
+        }
+
+        try
+        {
+            using var document = System.Text.Json.JsonDocument.Parse(line);
+            var root = document.RootElement;
+            if (root.ValueKind != System.Text.Json.JsonValueKind.Object)
+            {
+                return null;
+            }
+
+            var (point, hash) = root.TryGetProperty("event", out var e) && e.ValueKind == System.Text.Json.JsonValueKind.Object
+                ? (e, root.TryGetProperty("hash", out var h) && h.ValueKind == System.Text.Json.JsonValueKind.String ? h.GetString() : null)
+                : root.TryGetProperty("stream_restart", out var r) && r.ValueKind == System.Text.Json.JsonValueKind.Object && r.TryGetProperty("after", out var a) && a.ValueKind == System.Text.Json.JsonValueKind.Object
+                    ? (a, a.TryGetProperty("hash", out var ah) && ah.ValueKind == System.Text.Json.JsonValueKind.String ? ah.GetString() : null)
+                    : (default(System.Text.Json.JsonElement), null);
+            return point.ValueKind == System.Text.Json.JsonValueKind.Object && point.TryGetProperty("seq", out var seq) && seq.ValueKind == System.Text.Json.JsonValueKind.Number
+                ? new AuditHead(seq.GetInt64(), hash ?? "")
+                : null;
+        }
+        catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or FormatException)
+        {
+            return null; // not a line of this format: the one before counts
+        }
     }
 
     /// <summary>
@@ -310,6 +427,9 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1318, Level = LogLevel.Critical, Message = "start refused: the audit chain in the database (head {Head}) does not pass through {Record:l} {Sequence} of this node's ({Path}), and no re-application of destructions that reaches it is recorded since: a rollback would serve destroyed key versions again. Run kms backup reapply-destructions with the audit logs through it, or accept the rollback (Kms:Audit:AcceptRollback=true, which signs no checkpoint until the file is moved aside, or move checkpoints.jsonl and head.json aside)")]
     private static partial void LogRollbackRefused(ILogger logger, long head, string record, long sequence, string path);
+
+    [LoggerMessage(EventId = 1323, Level = LogLevel.Warning, Message = "the SIEM stream restarts after event {After}: the database's audit chain no longer holds event {Replaced} ({Hash}), the last the stream was sent (the database went back behind it, or was rewritten there); a stream_restart line, then every event after {After}")]
+    private static partial void LogStreamRestarted(ILogger logger, long after, long replaced, string hash);
 
     [LoggerMessage(EventId = 1303, Level = LogLevel.Warning, Message = "the final audit checkpoint could not be written ({Reason})")]
     private static partial void LogFinalCheckpointFailed(ILogger logger, string reason);

@@ -154,6 +154,19 @@ public sealed partial class InMemoryStore : IAuditStore
         }
     }
 
+    /// <summary>
+    /// Rolls the audit chain back to <paramref name="sequence"/> (tests): the events and checkpoints
+    /// after it are gone, as after a restore of an older dump or a failover that lost commits.
+    /// </summary>
+    public void RollBackAudit(long sequence)
+    {
+        lock (_lock)
+        {
+            _audit.RemoveAll(e => e.Sequence > sequence);
+            _checkpoints.RemoveAll(c => c.Sequence > sequence);
+        }
+    }
+
     /// <summary>How often <see cref="FindAuditWalkStartAsync"/> was asked (tests).</summary>
     public int AuditWalkStarts { get; private set; }
 
