@@ -132,15 +132,26 @@ internal sealed class ShutdownDrain(TimeSpan timeout) : IDisposable
     /// <summary>How long the drain lasts from its beginning.</summary>
     public TimeSpan Timeout => timeout;
 
-    /// <summary>Starts the drain's clock on the first call; the token is cancelled when the drain ends.</summary>
+    /// <summary>
+    /// Starts the drain's clock on the first call; the token is cancelled when the drain ends. Once
+    /// the process's services are disposed (a host stopped again after its disposal), the drain is
+    /// over: a token already cancelled, not an <see cref="ObjectDisposedException"/> out of the stop.
+    /// </summary>
     public CancellationToken Begin()
     {
-        if (Interlocked.Exchange(ref _begun, 1) == 0)
+        try
         {
-            _end.CancelAfter(timeout);
-        }
+            if (Interlocked.Exchange(ref _begun, 1) == 0)
+            {
+                _end.CancelAfter(timeout);
+            }
 
-        return _end.Token;
+            return _end.Token;
+        }
+        catch (ObjectDisposedException)
+        {
+            return new CancellationToken(canceled: true);
+        }
     }
 
     public void Dispose() => _end.Dispose();
