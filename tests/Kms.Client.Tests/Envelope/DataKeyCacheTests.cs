@@ -215,7 +215,11 @@ public sealed class DataKeyCacheTests
         _provider.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
 
         var encryptions = Enumerable.Range(0, 100).Select(_ => Task.Run(() => encryptor.EncryptAsync(new byte[1]))).ToList();
-        await Task.Delay(100);
+
+        // Every caller waits on the one KMS call before it answers: 100 callers for a data key
+        // that may serve 10 messages.
+        await WaitUntil(() => encryptor.CacheStatistics!.Coalesced + encryptor.CacheStatistics.EncryptMisses == 100);
+        Assert.Equal(1, _provider.GenerateCalls);
         _provider.Gate.SetResult();
         var messages = await Task.WhenAll(encryptions);
 
