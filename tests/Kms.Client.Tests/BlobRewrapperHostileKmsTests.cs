@@ -157,6 +157,21 @@ public sealed class BlobRewrapperHostileKmsTests
         Assert.Equal("b1", Assert.Single(report.Failures).Id);
     }
 
+    [Fact]
+    public async Task ItemFailure_ItsStatusTextHidingOrMovingText_ReportedEscaped()
+    {
+        // The message reaches the CLI's table, its JSON and whatever logs the report: a control
+        // character there forges a line, U+202E shows an operator other text.
+        var endpoint = new ScriptedEndpoint("kms") { Respond = call => Answer((BatchReEncryptRequest)call.Request, "second item fails, its text hostile") };
+        using var fake = new FakeClient([endpoint], maxAttempts: 1);
+
+        var report = await new BlobRewrapper(fake.Client, batchSize: 3).RunAsync(Blobs(3), Key, (_, _, _) => Task.CompletedTask);
+
+        var failure = Assert.Single(report.Failures);
+        Assert.Equal(StatusCode.InvalidArgument, failure.Code);
+        Assert.Equal(@"decryption failed?forged line \u202Edeliated", failure.Message);
+    }
+
     private static BatchReEncryptResponse Answer(BatchReEncryptRequest request, string wrong)
     {
         var response = new BatchReEncryptResponse();
@@ -203,6 +218,9 @@ public sealed class BlobRewrapperHostileKmsTests
                 break;
             case "second item fails":
                 response.Results[1] = new BatchReEncryptResult { Index = 1, Status = new ItemStatus { Code = (int)StatusCode.InvalidArgument, Message = "decryption failed" } };
+                break;
+            case "second item fails, its text hostile":
+                response.Results[1] = new BatchReEncryptResult { Index = 1, Status = new ItemStatus { Code = (int)StatusCode.InvalidArgument, Message = "decryption failed\nforged line \u202Edeliated" } };
                 break;
         }
 

@@ -18,6 +18,11 @@ public sealed record StoredBlob(string Id, byte[] Ciphertext, IReadOnlyDictionar
 public sealed record RewrapProgress(long Seen, long Rewrapped, long AlreadyCurrent, long Failed, string? LastId);
 
 /// <summary>A blob that could not be re-encrypted, with the status its ReEncrypt item got.</summary>
+/// <remarks>
+/// <see cref="Message"/> is the server's status text made safe to print (<see cref="KmsErrors.Printable"/>,
+/// as <see cref="BlindIndex"/> does): control characters as <c>?</c>, the characters that hide or
+/// move text as <c>\uXXXX</c>, at most 256 characters.
+/// </remarks>
 public sealed record RewrapFailure(string Id, StatusCode Code, string Message);
 
 /// <summary>The outcome of a run.</summary>
@@ -179,7 +184,7 @@ public sealed class BlobRewrapper
             var result = response.Results[i];
             if (result.Status.Code != 0)
             {
-                state.Fail(new RewrapFailure(batch[i].Id, (StatusCode)result.Status.Code, result.Status.Message));
+                state.Fail(new RewrapFailure(batch[i].Id, (StatusCode)result.Status.Code, KmsErrors.Printable(result.Status.Message)));
                 continue;
             }
 
