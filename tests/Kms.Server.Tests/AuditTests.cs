@@ -298,6 +298,52 @@ public sealed class AuditTests : IAsyncLifetime
         }
     }
 
+    // A node held on its head record (head.json: the database rolled back behind it while the
+    // node was stopped, the start accepted as it is) keeps the record on purpose, and its stop
+    // says nothing of it: the hold is reported while it runs (1311–1313, the gauge). Before, its
+    // every stop logged 1319, "could not be written at stop (KmsException)", as if it had failed.
+    [Fact]
+    public async Task Stop_HeldOnItsHeadRecord_RecordKept_No1319()
+    {
+        var token = SoftHsm.CreateToken();
+        var dataDir = Scratch.NewPath("kms-server-");
+        var seenHead = Path.Combine(dataDir, "audit", SeenHead.FileName);
+        var first = await KmsTestServer.StartAsync(token, dataDir);
+        try
+        {
+            using var developer = first.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "before-the-rollback-1");
+            await developer.CreateKeyAsync("tenants/dev", "before-the-rollback-2");
+        }
+        finally
+        {
+            await first.DisposeAsync();
+        }
+
+        // Rolled back behind the record while stopped, events and checkpoints alike; the node's
+        // checkpoints.jsonl moved aside, so that head.json alone holds it.
+        var recorded = SeenHead.Parse(await File.ReadAllBytesAsync(seenHead))!.Head;
+        RawSqlite.Execute(first.DatabasePath, "DELETE FROM audit_events WHERE seq > $s", ("$s", recorded.Sequence - 2));
+        RawSqlite.Execute(first.DatabasePath, "DELETE FROM audit_checkpoints WHERE seq > $s", ("$s", recorded.Sequence - 2));
+        var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
+        File.Move(checkpoints, checkpoints + ".replaced-test");
+
+        var held = await KmsTestServer.StartAsync(token, dataDir, "dev", "--Kms:Audit:AcceptRollback=true");
+        try
+        {
+            Assert.NotNull(held.Services.GetRequiredService<AuditLog>().CheckpointRefusedSince);
+            using var developer = held.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "after-the-rollback");
+        }
+        finally
+        {
+            await held.DisposeAsync();
+        }
+
+        Assert.Equal(recorded, SeenHead.Parse(await File.ReadAllBytesAsync(seenHead))!.Head);
+        Assert.DoesNotContain("Id: 1319", held.Logs.AllText, StringComparison.Ordinal);
+    }
+
     // A node stopped with the head it left recorded (head.json; its final checkpoint is there too).
     // Retention run by another node on the chain then deleted events through that head — a cut at
     // the stop's own checkpoint — and, the second time, past it under a later checkpoint the

@@ -157,6 +157,13 @@ public sealed partial class AuditLog
     /// At stop, once the last events were forwarded: writes the head the node leaves the database
     /// at (and the time), if it has a record (<see cref="ReadOwnHeadAsync"/>).
     /// </summary>
+    /// <remarks>
+    /// A record the chain does not pass through (a node held on it: <see cref="CheckpointRefusedSince"/>)
+    /// is kept as it is, on purpose, and the stop completes without writing: that is the hold, not
+    /// a failure (it is reported while the node runs, and refuses its next start).
+    /// </remarks>
+    /// <exception cref="KmsException">The database cannot be read.</exception>
+    /// <exception cref="IOException">The record cannot be written.</exception>
     public async Task RecordHeadAtStopAsync(CancellationToken cancellationToken)
     {
         if (_headRecord is null)
@@ -167,7 +174,7 @@ public sealed partial class AuditLog
         await _housekeeping.WaitAsync(cancellationToken);
         try
         {
-            await RecordHeadAsync(await store.GetAuditHeadAsync(cancellationToken), force: true, cancellationToken);
+            await RecordHeadAsync(await store.GetAuditHeadAsync(cancellationToken), atStop: true, cancellationToken);
         }
         finally
         {
@@ -181,7 +188,7 @@ public sealed partial class AuditLog
     // than a pass forwards within its ForwardBudget) records the last event forwarded, never one
     // before the record: before, nothing was recorded while it was behind, so under such a load the
     // record stood still. A failure waits for the next pass, with the old record in place.
-    private async Task RecordHeadAsync(AuditHead? seen, bool force, CancellationToken cancellationToken)
+    private async Task RecordHeadAsync(AuditHead? seen, bool atStop, CancellationToken cancellationToken)
     {
         if (_headRecord is null || seen is not { Sequence: > 0 } head)
         {
@@ -190,10 +197,18 @@ public sealed partial class AuditLog
 
         // Whenever the head is not the record, or while refused for it, before anything else (a
         // stream that made no headway this pass included): the chain must still pass through it,
-        // as at start.
-        if (force || head != _recordedHead || Volatile.Read(ref _headRecordRefusedTicks) != 0)
+        // as at start. At stop a record it does not pass through is kept without a word: the
+        // node is held on it, which its housekeeping reported (1311–1313, the gauge). Before, a
+        // held node's every stop logged 1319, "could not be written at stop", as if it had failed.
+        if ((atStop || head != _recordedHead || Volatile.Read(ref _headRecordRefusedTicks) != 0)
+            && !await ChainPassesThroughTheRecordAsync(cancellationToken))
         {
-            await ThrowUnlessTheChainPassesThroughTheRecordAsync(head, cancellationToken);
+            if (atStop)
+            {
+                return;
+            }
+
+            throw HeldOnTheRecord(head);
         }
 
         if (EventsWritten is not null && _forwarded >= 0 && _forwarded < head.Sequence)
@@ -206,7 +221,7 @@ public sealed partial class AuditLog
             head = reached;
         }
 
-        if (!force && head == _recordedHead)
+        if (!atStop && head == _recordedHead)
         {
             return;
         }
@@ -226,21 +241,35 @@ public sealed partial class AuditLog
     // logged. The refusal ends when the chain passes through the record again.
     private async Task ThrowUnlessTheChainPassesThroughTheRecordAsync(AuditHead head, CancellationToken cancellationToken)
     {
+        if (!await ChainPassesThroughTheRecordAsync(cancellationToken))
+        {
+            throw HeldOnTheRecord(head);
+        }
+    }
+
+    // Whether the chain passes through the recorded head (none recorded: it does); sets or ends
+    // the refusal it makes.
+    private async Task<bool> ChainPassesThroughTheRecordAsync(CancellationToken cancellationToken)
+    {
         if (_recordedHead is not { } recorded
             || await ChainHoldsAsync(store, recorded, cancellationToken)
             || await PrunedUnderASignedCheckpointAsync(recorded.Sequence, cancellationToken))
         {
             Volatile.Write(ref _headRecordRefusedTicks, 0);
-            return;
+            return true;
         }
 
         Interlocked.CompareExchange(ref _headRecordRefusedTicks, time.GetUtcNow().UtcTicks, 0);
-        throw KmsErrors.FailedPrecondition(
-            $"the audit chain in the database (head {head.Sequence}) no longer passes through event {recorded.Sequence}, the audit head this node recorded ({_headRecord}): "
+        return false;
+    }
+
+    // Called once the chain was found not to pass through the recorded head (so there is one).
+    private KmsException HeldOnTheRecord(AuditHead head) =>
+        KmsErrors.FailedPrecondition(
+            $"the audit chain in the database (head {head.Sequence}) no longer passes through event {_recordedHead?.Sequence}, the audit head this node recorded ({_headRecord}): "
             + "the database went back behind it (a failover that lost commits, a restore under running nodes) or its events were rewritten; the record is kept, "
             + "so the next start of this node is refused until a re-application of destructions reaches it, and no checkpoint is signed meanwhile "
             + $"(a rollback accepted as it is: move the file aside, {SeenHead.FileName}.replaced-TIME, and restart)");
-    }
 
     /// <summary>
     /// The refusal of a start (the server's) or of a ceremony's record (the CLI's) on a chain that

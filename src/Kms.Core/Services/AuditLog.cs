@@ -440,7 +440,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
 
             try
             {
-                await RecordHeadAsync(seen, force: false, cancellationToken);
+                await RecordHeadAsync(seen, atStop: false, cancellationToken);
             }
             catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
             {
