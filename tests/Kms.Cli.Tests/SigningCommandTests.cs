@@ -205,6 +205,24 @@ public sealed class SigningCommandTests(CliServerFixture fixture) : IClassFixtur
         Assert.Equal(2, (await JsonAsync("keys", "versions", key)).GetProperty("versions").GetArrayLength());
     }
 
+    // The file is read into one buffer a byte past the limit (cleared after use): 64 KiB exactly
+    // is read whole, one byte more is refused before anything is sent.
+    [Fact]
+    public async Task Mac_FileOfExactlyTheLimit_Read_OneByteMore_Exits2()
+    {
+        var key = $"mac-limit-{Guid.NewGuid():N}";
+        await JsonAsync("keys", "create", key, "--purpose", "mac");
+        var data = Path.Combine(_directory, "limit.bin");
+        await File.WriteAllBytesAsync(data, RandomNumberGenerator.GetBytes(64 * 1024));
+        var mac = (await JsonAsync("mac", key, "--in", data)).GetProperty("mac").GetString()!;
+        Assert.Equal(0, (await RunAsync("verify-mac", key, "--in", data, "--mac", mac)).ExitCode);
+
+        await File.WriteAllBytesAsync(data, new byte[(64 * 1024) + 1]);
+        var refused = await RunAsync("mac", key, "--in", data);
+        Assert.Equal(ExitCodes.Usage, refused.ExitCode);
+        Assert.Contains($"{data} is larger than 65536 bytes", refused.Error, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task KeysCreate_AlgorithmOfAnotherPurpose_Exits2()
     {

@@ -56,16 +56,27 @@ internal static class SigningCommands
             }
 
             var request = new SignRequest { Name = name, SignatureFormat = ParseFormat(parse.GetValue(format)) };
-            if (spec?.Digest is { } digest)
+            byte[]? message = null;
+            SignResponse response;
+            try
             {
-                request.Digest = ByteString.CopyFrom(await HashAsync(ctx, parse.GetRequiredValue(input), digest, ct));
+                if (spec?.Digest is { } digest)
+                {
+                    request.Digest = ByteString.CopyFrom(await HashAsync(ctx, parse.GetRequiredValue(input), digest, ct));
+                }
+                else
+                {
+                    message = await ReadSmallAsync(ctx, parse.GetRequiredValue(input), MaxMacBytes, ct);
+                    request.Message = UnsafeByteOperations.UnsafeWrap(message);
+                }
+
+                response = await ctx.Client.Raw.SignAsync(request, cancellationToken: ct);
             }
-            else
+            finally
             {
-                request.Message = ByteString.CopyFrom(await ReadSmallAsync(ctx, parse.GetRequiredValue(input), MaxMacBytes, ct));
+                Clear(message);
             }
 
-            var response = await ctx.Client.Raw.SignAsync(request, cancellationToken: ct);
             await using (var target = OutputFile.Open(ctx.Environment, parse.GetRequiredValue(output), parse.GetValue(force)))
             {
                 await target.Stream.WriteAsync(response.Signature.Memory, ct);
@@ -103,17 +114,26 @@ internal static class SigningCommands
                 SignatureFormat = ParseFormat(parse.GetValue(format)),
                 Signature = ByteString.CopyFrom(await ReadSmallAsync(ctx, parse.GetRequiredValue(signature), 4096, ct)),
             };
-            if (spec.Digest is { } digest)
+            byte[]? message = null;
+            try
             {
-                request.Digest = ByteString.CopyFrom(await HashAsync(ctx, parse.GetRequiredValue(input), digest, ct));
-            }
-            else
-            {
-                request.Message = ByteString.CopyFrom(await ReadSmallAsync(ctx, parse.GetRequiredValue(input), MaxMacBytes, ct));
-            }
+                if (spec.Digest is { } digest)
+                {
+                    request.Digest = ByteString.CopyFrom(await HashAsync(ctx, parse.GetRequiredValue(input), digest, ct));
+                }
+                else
+                {
+                    message = await ReadSmallAsync(ctx, parse.GetRequiredValue(input), MaxMacBytes, ct);
+                    request.Message = UnsafeByteOperations.UnsafeWrap(message);
+                }
 
-            var response = await ctx.Client.Raw.VerifyAsync(request, cancellationToken: ct);
-            return Report(ctx, response.Valid, response.KeyVersion, "signature");
+                var response = await ctx.Client.Raw.VerifyAsync(request, cancellationToken: ct);
+                return Report(ctx, response.Valid, response.KeyVersion, "signature");
+            }
+            finally
+            {
+                Clear(message);
+            }
         });
         return command;
     }
@@ -156,7 +176,16 @@ internal static class SigningCommands
         {
             var name = ctx.KeyOrVersionName(ctx.ParseResult.GetRequiredValue(key));
             var data = await ReadSmallAsync(ctx, ctx.ParseResult.GetRequiredValue(input), MaxMacBytes, ct);
-            var response = await ctx.Client.Raw.GenerateMacAsync(new GenerateMacRequest { Name = name, Data = ByteString.CopyFrom(data) }, cancellationToken: ct);
+            GenerateMacResponse response;
+            try
+            {
+                response = await ctx.Client.Raw.GenerateMacAsync(new GenerateMacRequest { Name = name, Data = UnsafeByteOperations.UnsafeWrap(data) }, cancellationToken: ct);
+            }
+            finally
+            {
+                Clear(data);
+            }
+
             var hex = Convert.ToHexStringLower(response.Mac.Span);
             ctx.Output.Result(new JsonObject { ["key_version"] = response.KeyVersion, ["mac"] = hex }, hex);
             return ExitCodes.Ok;
@@ -184,8 +213,15 @@ internal static class SigningCommands
             }
 
             var data = await ReadSmallAsync(ctx, ctx.ParseResult.GetRequiredValue(input), MaxMacBytes, ct);
-            var response = await ctx.Client.Raw.VerifyMacAsync(new VerifyMacRequest { Name = name, Data = ByteString.CopyFrom(data), Mac = ByteString.CopyFrom(expected) }, cancellationToken: ct);
-            return Report(ctx, response.Valid, response.KeyVersion, "MAC");
+            try
+            {
+                var response = await ctx.Client.Raw.VerifyMacAsync(new VerifyMacRequest { Name = name, Data = UnsafeByteOperations.UnsafeWrap(data), Mac = ByteString.CopyFrom(expected) }, cancellationToken: ct);
+                return Report(ctx, response.Valid, response.KeyVersion, "MAC");
+            }
+            finally
+            {
+                Clear(data);
+            }
         });
         return command;
     }
@@ -275,35 +311,63 @@ internal static class SigningCommands
         return KeyAlgorithms.Of((CoreAlgorithm)(int)algorithm);
     }
 
+    // The files hashed and read here may be plaintext (a message to sign, data to MAC): the
+    // buffers they pass through are cleared once used, and the bytes read are the caller's to
+    // clear (Clear) once the request that carries them (wrapped, not copied) was sent.
     private static async Task<byte[]> HashAsync(CliContext ctx, string path, DigestAlgorithm digest, CancellationToken ct)
     {
         await using var source = InputFile.Open(ctx.Environment, path, out _);
         using var hash = IncrementalHash.CreateHash(KeyAlgorithms.HashName(digest));
         var buffer = new byte[81920];
-        int read;
-        while ((read = await source.ReadAsync(buffer, ct)) > 0)
+        try
         {
-            hash.AppendData(buffer, 0, read);
-        }
+            int read;
+            while ((read = await source.ReadAsync(buffer, ct)) > 0)
+            {
+                hash.AppendData(buffer, 0, read);
+            }
 
-        return hash.GetHashAndReset();
+            return hash.GetHashAndReset();
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(buffer);
+        }
     }
 
     private static async Task<byte[]> ReadSmallAsync(CliContext ctx, string path, int limit, CancellationToken ct)
     {
         await using var source = InputFile.Open(ctx.Environment, path, out _);
-        using var buffer = new MemoryStream();
-        var chunk = new byte[8192];
-        int read;
-        while ((read = await source.ReadAsync(chunk, ct)) > 0)
-        {
-            buffer.Write(chunk, 0, read);
-            if (buffer.Length > limit)
-            {
-                throw new CliUsageException($"{path} is larger than {limit} bytes");
-            }
-        }
 
-        return buffer.ToArray();
+        // One buffer a byte past the limit, read into in place: a MemoryStream growing would
+        // leave each smaller copy behind, uncleared.
+        var buffer = new byte[limit + 1];
+        try
+        {
+            var total = 0;
+            int read;
+            while ((read = await source.ReadAsync(buffer.AsMemory(total), ct)) > 0)
+            {
+                total += read;
+                if (total > limit)
+                {
+                    throw new CliUsageException($"{path} is larger than {limit} bytes");
+                }
+            }
+
+            return buffer[..total];
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(buffer);
+        }
+    }
+
+    private static void Clear(byte[]? read)
+    {
+        if (read is not null)
+        {
+            CryptographicOperations.ZeroMemory(read);
+        }
     }
 }
