@@ -117,6 +117,29 @@ public sealed class EnvelopeTamperingTests
         Assert.Equal(0, provider.UnwrapCalls);
     }
 
+    // The context is compared as exact UTF-8 bytes, not Unicode-normalised (docs/client.md): an
+    // "é" composed (U+00E9) and decomposed (e, U+0301) are two contexts, in a key as in a value;
+    // a reader that normalises differently from the writer is refused, never handed the data.
+    [Fact]
+    public async Task ExpectedContext_TheSameTextNormalisedOtherwise_Refused()
+    {
+        using var encryptor = EnvelopeRoundTripTests.NewEncryptor(out var provider);
+        var message = await encryptor.EncryptAsync(new byte[10], new Dictionary<string, string> { ["caf\u00E9"] = "r\u00E9sum\u00E9" });
+
+        foreach (var expected in new[]
+        {
+            new Dictionary<string, string> { ["cafe\u0301"] = "r\u00E9sum\u00E9" },
+            new Dictionary<string, string> { ["caf\u00E9"] = "re\u0301sume\u0301" },
+        })
+        {
+            var e = await Assert.ThrowsAsync<EnvelopeDecryptionException>(() => encryptor.DecryptAsync(message, expected));
+            Assert.Contains("encryption context", e.Message, StringComparison.Ordinal);
+        }
+
+        Assert.Equal(0, provider.UnwrapCalls);
+        Assert.Equal(10, (await encryptor.DecryptAsync(message, new Dictionary<string, string> { ["caf\u00E9"] = "r\u00E9sum\u00E9" })).Length);
+    }
+
     // A database writer without KMS access copies the ssn column's ciphertext into the nickname
     // column. The ciphertext's context is valid — its own — so only a reader that says which
     // context it expects can tell. Every decrypt entry point requires it: null is no longer
