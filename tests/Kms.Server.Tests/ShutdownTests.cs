@@ -1,3 +1,5 @@
+using System.Net;
+using System.Net.Sockets;
 using Kms.Contracts.V1;
 using Kms.Server.Hosting;
 using Kms.Testing;
@@ -139,6 +141,36 @@ public sealed class ShutdownTests
         }
 
         Assert.Contains("StoppedWhileStarting", logs.AllText, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ASigtermWhileTheServerOpensItsStore_BuildCancelled_Logged1320_ExitsZero()
+    {
+        // A PostgreSQL address that accepts connections and never answers: the real server process
+        // hangs in the store's open (Npgsql's connect, its timeout set far past the test's length).
+        using var silentDatabase = new TcpListener(IPAddress.Loopback, 0);
+        silentDatabase.Start();
+        var port = ((IPEndPoint)silentDatabase.LocalEndpoint).Port;
+        var token = SoftHsm.CreateToken();
+        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-node-")).FullName;
+        await using var server = ServerProcess.Launch(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, "dk-never-reached",
+            "--Storage:Provider=postgres",
+            $"--Storage:Postgres:ConnectionString=Host=127.0.0.1;Port={port};Database=kms;Username=kms",
+            "--Storage:Postgres:CommandTimeout=00:10:00");
+
+        // The event waited for: the server's connection to the database, made as its build opens the
+        // store, and its first message (8 bytes, the SSL request), whose answer Npgsql then waits
+        // for without observing a cancellation token.
+        using var connection = await silentDatabase.AcceptTcpClientAsync().WaitAsync(TimeSpan.FromSeconds(120));
+        await connection.GetStream().ReadExactlyAsync(new byte[8]).AsTask().WaitAsync(TimeSpan.FromSeconds(120));
+
+        // Before: no handler was set until the host's start, and the runtime's default ended the
+        // process at once (exit 143), with no line written and nothing closed. With the handler but
+        // the token only passed down, Npgsql went on waiting (for CommandTimeout, 10 minutes here).
+        var exitCode = await server.TerminateAsync(TimeSpan.FromSeconds(60));
+        Assert.True(exitCode == 0, $"exit code {exitCode}, 0 expected:\n{server.Output}");
+        Assert.Contains("StoppedWhileStarting", server.Output, StringComparison.Ordinal);
+        Assert.DoesNotContain("cannot start", server.Output, StringComparison.Ordinal);
     }
 
     private static TimeSpan StopTime(KmsTestServer server) =>

@@ -52,6 +52,33 @@ public sealed class ServerProcess : IAsyncDisposable
     /// </summary>
     public static async Task<ServerProcess> StartAsync(string dataDir, string softHsmConf, string tokenLabel, string pinFile, string domainKeyId, params string[] extraArgs)
     {
+        var server = Launch(dataDir, softHsmConf, tokenLabel, pinFile, domainKeyId, extraArgs);
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        while (DateTime.UtcNow < deadline)
+        {
+            if (server._process.HasExited)
+            {
+                throw new InvalidOperationException($"the server exited with {server._process.ExitCode}:\n{server.Output}");
+            }
+
+            if (File.Exists(Path.Combine(dataDir, "tls", "ca.crt")) && await server.HealthyAsync())
+            {
+                return server;
+            }
+
+            await Task.Delay(200);
+        }
+
+        await server.DisposeAsync();
+        throw new TimeoutException($"the server did not become healthy within 60 s:\n{server.Output}");
+    }
+
+    /// <summary>
+    /// Starts the server process as <see cref="StartAsync"/> does, without waiting for anything: for
+    /// tests of what it does while it starts.
+    /// </summary>
+    public static ServerProcess Launch(string dataDir, string softHsmConf, string tokenLabel, string pinFile, string domainKeyId, params string[] extraArgs)
+    {
         var (certificate, key) = Kms.Server.Tls.DevCertificates.Ensure(Path.Combine(dataDir, "tls"), TimeProvider.System);
         var port = FreePort();
         var start = new ProcessStartInfo("dotnet")
@@ -89,25 +116,7 @@ public sealed class ServerProcess : IAsyncDisposable
         }
 
         var process = Process.Start(start) ?? throw new InvalidOperationException("dotnet did not start");
-        var server = new ServerProcess(process, new Uri($"https://127.0.0.1:{port}"), dataDir);
-        var deadline = DateTime.UtcNow.AddSeconds(60);
-        while (DateTime.UtcNow < deadline)
-        {
-            if (process.HasExited)
-            {
-                throw new InvalidOperationException($"the server exited with {process.ExitCode}:\n{server.Output}");
-            }
-
-            if (File.Exists(Path.Combine(dataDir, "tls", "ca.crt")) && await server.HealthyAsync())
-            {
-                return server;
-            }
-
-            await Task.Delay(200);
-        }
-
-        await server.DisposeAsync();
-        throw new TimeoutException($"the server did not become healthy within 60 s:\n{server.Output}");
+        return new ServerProcess(process, new Uri($"https://127.0.0.1:{port}"), dataDir);
     }
 
     /// <summary>A client of this server with <paramref name="apiToken"/>.</summary>
@@ -144,6 +153,30 @@ public sealed class ServerProcess : IAsyncDisposable
 
     private int _disposed;
 
+    /// <summary>
+    /// Sends SIGTERM, as an operator's stop does, and waits for the process to end (at most
+    /// <paramref name="within"/>, then it is killed and this throws); returns its exit code, once
+    /// everything it wrote is in <see cref="Output"/>.
+    /// </summary>
+    public async Task<int> TerminateAsync(TimeSpan within)
+    {
+        await SignalTermAsync();
+        using var timeout = new CancellationTokenSource(within);
+        try
+        {
+            await _process.WaitForExitAsync(timeout.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            _process.Kill(entireProcessTree: true);
+            await _process.WaitForExitAsync();
+            throw new TimeoutException($"the server did not end within {within.TotalSeconds:0} s of SIGTERM:\n{Output}");
+        }
+
+        // WaitForExitAsync waits for the end of the redirected output too.
+        return _process.ExitCode;
+    }
+
     /// <summary>Kills the process at once (SIGKILL): no drain, no shutdown, open connections reset — a node lost mid-request.</summary>
     public void Kill()
     {
@@ -165,11 +198,7 @@ public sealed class ServerProcess : IAsyncDisposable
 
         if (!_process.HasExited)
         {
-            using (var kill = Process.Start("kill", ["-TERM", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
-            {
-                await kill!.WaitForExitAsync();
-            }
-
+            await SignalTermAsync();
             using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(20));
             try
             {
@@ -183,6 +212,13 @@ public sealed class ServerProcess : IAsyncDisposable
         }
 
         _process.Dispose();
+    }
+
+    private async Task SignalTermAsync()
+    {
+        using var kill = Process.Start("kill", ["-TERM", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])
+            ?? throw new InvalidOperationException("kill did not start");
+        await kill.WaitForExitAsync();
     }
 
     private static string ServerDll

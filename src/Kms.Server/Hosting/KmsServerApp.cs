@@ -35,11 +35,37 @@ public static partial class KmsServerApp
     /// <param name="args">Command-line arguments; <c>--dev</c> turns on dev mode, <c>--urls</c> sets the listen addresses.</param>
     /// <param name="configureLogging">Extra Serilog configuration (tests add a capturing sink).</param>
     /// <param name="configureServices">Last word on services (tests replace the <see cref="TimeProvider"/>).</param>
+    /// <param name="cancellationToken">
+    /// A stop asked for while the server is built (<see cref="StartupStopSignals.Token"/>): the build
+    /// ends with <see cref="OperationCanceledException"/>, logged (event 1320), what it had opened closed.
+    /// </param>
     public static async Task<WebApplication> BuildAsync(
         string[] args,
         Action<LoggerConfiguration>? configureLogging = null,
         Action<IServiceCollection>? configureServices = null,
         CancellationToken cancellationToken = default)
+    {
+        var logger = CreateLogger(configureLogging);
+        try
+        {
+            return await BuildWithLoggerAsync(args, logger, configureServices, cancellationToken);
+        }
+        catch (Exception e) when (cancellationToken.IsCancellationRequested)
+        {
+            // Whatever the stop interrupted (a connect to the database ended with an exception of
+            // its own, the audit checks), the build has closed what it had opened: a stop, not a
+            // refusal to start. The container that would dispose the logger does not exist.
+            ServerLog.StoppedWhileStarting(new Serilog.Extensions.Logging.SerilogLoggerFactory(logger).CreateLogger(typeof(KmsServerApp).Assembly.GetName().Name!));
+            await logger.DisposeAsync();
+            throw new OperationCanceledException("a stop was asked for while the server was built", e, cancellationToken);
+        }
+    }
+
+    private static async Task<WebApplication> BuildWithLoggerAsync(
+        string[] args,
+        Serilog.Core.Logger logger,
+        Action<IServiceCollection>? configureServices,
+        CancellationToken cancellationToken)
     {
         var devSwitch = args.Contains("--dev");
         var builder = WebApplication.CreateBuilder(args.Where(a => a != "--dev").ToArray());
@@ -55,7 +81,6 @@ public static partial class KmsServerApp
             builder.Services.PostConfigure<KmsServerOptions>(o => o.DevMode = true);
         }
 
-        var logger = CreateLogger(configureLogging);
         builder.Services.AddSerilog(logger, dispose: true);
 
         // Kestrel binds its own configuration section too, and an endpoint there would override
@@ -274,6 +299,8 @@ public static partial class KmsServerApp
 
         try
         {
+            // The HSM's open takes no token: a stop asked for while it ran is seen here.
+            cancellationToken.ThrowIfCancellationRequested();
             await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
             builder.Services.AddSingleton(LoadQuorumOptions(serverOptions.Quorum) with
             {
@@ -326,6 +353,12 @@ public static partial class KmsServerApp
                     await embedded.DisposeAsync();
                     throw new InvalidOperationException($"the serving lock beside the SQLite database cannot be taken: {e.Message}", e);
                 }
+                catch
+                {
+                    // A stop asked for meanwhile (OperationCanceledException): the database closed all the same.
+                    await embedded.DisposeAsync();
+                    throw;
+                }
 
                 if (!held)
                 {
@@ -351,19 +384,20 @@ public static partial class KmsServerApp
                 }
 
                 var store = await PostgresStore.OpenAsync(options, cancellationToken);
-                if (!await store.TryHoldServingLockAsync(cancellationToken))
-                {
-                    await store.DisposeAsync();
-                    throw new InvalidOperationException(
-                        "an offline maintenance (kms ceremony rotate-domain) holds this PostgreSQL database; start the node when it has finished");
-                }
-
                 try
                 {
-                    await HoldNodeNameAsync(store, nodeName, options.NodeNameWait, cancellationToken);
+                    // WaitAsync: a connect that Npgsql does not cancel is abandoned (PostgresStore.OpenAsync says why).
+                    if (!await store.TryHoldServingLockAsync(cancellationToken).WaitAsync(cancellationToken))
+                    {
+                        throw new InvalidOperationException(
+                            "an offline maintenance (kms ceremony rotate-domain) holds this PostgreSQL database; start the node when it has finished");
+                    }
+
+                    await HoldNodeNameAsync(store, nodeName, options.NodeNameWait, cancellationToken).WaitAsync(cancellationToken);
                 }
                 catch
                 {
+                    // A refusal, or a stop asked for meanwhile (OperationCanceledException): the store closed all the same.
                     await store.DisposeAsync();
                     throw;
                 }

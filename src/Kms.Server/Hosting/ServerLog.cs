@@ -30,6 +30,6 @@ internal static partial class ServerLog
     [LoggerMessage(EventId = 1133, Level = LogLevel.Error, Message = "quorum: the officer head record {Path} {What} ({Error}); quorum operations are refused")]
     public static partial void OfficerHeadRecordFailed(ILogger logger, string path, string what, string error);
 
-    [LoggerMessage(EventId = 1320, Level = LogLevel.Warning, Message = "stopping: a stop was asked for (SIGTERM) while the server was starting; it stops without having served")]
+    [LoggerMessage(EventId = 1320, Level = LogLevel.Warning, Message = "stopping: a stop was asked for (SIGTERM, SIGINT or SIGQUIT) while the server was starting; it stops without having served")]
     public static partial void StoppedWhileStarting(ILogger logger);
 }

@@ -130,11 +130,16 @@ public sealed class PostgresStore : SqlStore
         var store = new PostgresStore(options);
         try
         {
+            // Npgsql does not observe the token while it waits for the server's answer to its first
+            // message (NpgsqlConnector.SetupEncryption, Npgsql 10): a database that accepts
+            // connections and never answers would hold a stop for the whole connect timeout
+            // (CommandTimeout). The open is abandoned instead; the store is disposed below, and the
+            // abandoned connect ends with its timeout or with the process.
             await GuardAsync(async () =>
             {
                 await store.MigrateAsync(cancellationToken, migrations);
                 return 0;
-            });
+            }).WaitAsync(cancellationToken);
             return store;
         }
         catch
