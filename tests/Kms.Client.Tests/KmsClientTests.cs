@@ -196,7 +196,7 @@ public sealed class BearerTokenFileTests(ClientServerFixture fixture) : IClassFi
             File.Move(fifo, path, overwrite: true);
             var due = time.GetUtcNow() + TimeSpan.FromSeconds(1);
             var look = Task.Run(() => time.Advance(TimeSpan.FromSeconds(1)));
-            SpinWait.SpinUntil(() => time.GetUtcNow() >= due);
+            Assert.True(SpinWait.SpinUntil(() => time.GetUtcNow() >= due, TimeSpan.FromMinutes(1)), "the clock's callback did not begin within a minute");
             var call = Task.Run(() => client.GenerateRandomAsync(8));
             if (await Task.WhenAny(call, Task.Delay(TimeSpan.FromSeconds(30))) != call)
             {
@@ -228,7 +228,7 @@ public sealed class BearerTokenFileTests(ClientServerFixture fixture) : IClassFi
     {
         var fifo = Path.Combine(_directory, name);
         using var mkfifo = System.Diagnostics.Process.Start("mkfifo", [fifo]);
-        await mkfifo.WaitForExitAsync();
+        await mkfifo.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(1));
         Assert.Equal(0, mkfifo.ExitCode);
         return fifo;
     }

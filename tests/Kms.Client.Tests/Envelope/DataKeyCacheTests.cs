@@ -238,8 +238,10 @@ public sealed class DataKeyCacheTests
         var written = new System.Collections.Concurrent.ConcurrentBag<(byte[] Message, string Context, int Bytes)>();
 
         // Hits, misses and replacements of used-up entries all at once, from many threads: a
-        // lease counted outside the entry's lock would put a data key past its limits.
-        Parallel.For(0, 3000, new ParallelOptions { MaxDegreeOfParallelism = 16 }, i =>
+        // lease counted outside the entry's lock would put a data key past its limits. Run off
+        // xunit's synchronisation context (two threads on this machine), so that its blocking
+        // calls do not hold one of them.
+        await Task.Run(() => Parallel.For(0, 3000, new ParallelOptions { MaxDegreeOfParallelism = 16 }, i =>
         {
             var size = (i * 37) % 400;
             var context = (i % 4).ToString(System.Globalization.CultureInfo.InvariantCulture);
@@ -261,7 +263,7 @@ public sealed class DataKeyCacheTests
             }
 
             written.Add((message, context, size));
-        });
+        }));
 
         var byDataKey = written.GroupBy(m => Convert.ToHexString(Header(m.Message).WrappedKeys[0].Wrapped)).ToList();
         Assert.All(byDataKey, key =>
