@@ -159,25 +159,8 @@ public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<
         // operation (GetKeyAttestation among GetKeys) are windows apart, so pages in between come back empty with a token. --limit 2
         // means two events, not one page: the command pages on until it has them.
         await using var server = await KmsTestServer.StartAsync(null, null, "dev", KmsTestServer.AuditScanWindow(10));
-        var store = (Kms.Core.Ports.IAuditStore)server.Services.GetService(typeof(Kms.Core.Ports.IAuditStore))!;
-        var written = await store.AppendAuditAsync(
-            [.. Enumerable.Range(0, 60).Select(i => new Kms.Core.Audit.AuditEntry
-            {
-                Time = DateTimeOffset.UnixEpoch.AddSeconds(i),
-                RequestId = $"filler-{i}",
-                Principal = "token:busy",
-                Tenant = "dev",
-                Operation = i is 5 or 45 ? "/kms.v1.KeyManagementService/GetKeyAttestation" : "/kms.v1.KeyManagementService/GetKey",
-                Outcome = "OK",
-            })],
-            default);
-        var variables = new Dictionary<string, string>
-        {
-            ["KMS_ENDPOINT"] = server.Address.ToString(),
-            ["KMS_CA_FILE"] = server.CaCertificatePath,
-            ["KMS_TOKEN_FILE"] = Path.Combine(server.DataDir, "tokens", "developer.token"),
-            ["KMS_TENANT"] = "dev",
-        };
+        var written = await AppendAsync(server, 60, "filler", "token:busy", "GetKeyAttestation", 5, 45);
+        var variables = DeveloperVariables(server);
 
         var result = await CliRun.InProcessAsync(variables, _directory, null, "audit", "list", "--operation", "GetKeyAttestation", "--limit", "2", "-o", "json");
         Assert.True(result.ExitCode == 0, result.ToString());
@@ -263,25 +246,8 @@ public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<
         // known ones: --any-operation lists them by last part or full name; a name in another
         // case goes through unchecked too, and the server, matching exactly, lists nothing.
         await using var server = await KmsTestServer.StartAsync(null, null, "dev");
-        var store = (Kms.Core.Ports.IAuditStore)server.Services.GetService(typeof(Kms.Core.Ports.IAuditStore))!;
-        var written = await store.AppendAuditAsync(
-            [.. Enumerable.Range(0, 6).Select(i => new Kms.Core.Audit.AuditEntry
-            {
-                Time = DateTimeOffset.UnixEpoch.AddSeconds(i),
-                RequestId = $"newer-{i}",
-                Principal = "token:newer",
-                Tenant = "dev",
-                Operation = i is 1 or 4 ? "/kms.v1.KeyManagementService/RotateEverything" : "/kms.v1.KeyManagementService/GetKey",
-                Outcome = "OK",
-            })],
-            default);
-        var variables = new Dictionary<string, string>
-        {
-            ["KMS_ENDPOINT"] = server.Address.ToString(),
-            ["KMS_CA_FILE"] = server.CaCertificatePath,
-            ["KMS_TOKEN_FILE"] = Path.Combine(server.DataDir, "tokens", "developer.token"),
-            ["KMS_TENANT"] = "dev",
-        };
+        var written = await AppendAsync(server, 6, "newer", "token:newer", "RotateEverything", 1, 4);
+        var variables = DeveloperVariables(server);
 
         async Task<long[]> ListedAsync(string operation)
         {
@@ -327,6 +293,30 @@ public sealed class AuditCommandTests(CliServerFixture fixture) : IClassFixture<
     public void KeyVersions_ListedOneALine_TheUnlistedCounted() =>
         Assert.Equal("tenants/t/keys/k/versions/1\ntenants/t/keys/k/versions/2\n(+3 more)", Kms.Cli.Commands.AuditCommands.KeyVersions(
             new Kms.Contracts.V1.AuditEventInfo { KeyVersions = { "tenants/t/keys/k/versions/1", "tenants/t/keys/k/versions/2" }, OtherKeyVersions = 3 }));
+
+    // Appends count GetKey events of the dev tenant, one a second from the epoch, but for those at
+    // the positions given, which are of the KeyManagementService method named rare.
+    private static Task<IReadOnlyList<Kms.Core.Audit.AuditEvent>> AppendAsync(KmsTestServer server, int count, string requestIdPrefix, string principal, string rare, params int[] rareAt) =>
+        ((Kms.Core.Ports.IAuditStore)server.Services.GetService(typeof(Kms.Core.Ports.IAuditStore))!).AppendAuditAsync(
+            [.. Enumerable.Range(0, count).Select(i => new Kms.Core.Audit.AuditEntry
+            {
+                Time = DateTimeOffset.UnixEpoch.AddSeconds(i),
+                RequestId = $"{requestIdPrefix}-{i}",
+                Principal = principal,
+                Tenant = "dev",
+                Operation = "/kms.v1.KeyManagementService/" + (rareAt.Contains(i) ? rare : "GetKey"),
+                Outcome = "OK",
+            })],
+            default);
+
+    // The CLI's environment for the server's developer token in the dev tenant.
+    private static Dictionary<string, string> DeveloperVariables(KmsTestServer server) => new()
+    {
+        ["KMS_ENDPOINT"] = server.Address.ToString(),
+        ["KMS_CA_FILE"] = server.CaCertificatePath,
+        ["KMS_TOKEN_FILE"] = Path.Combine(server.DataDir, "tokens", "developer.token"),
+        ["KMS_TENANT"] = "dev",
+    };
 
     private Task<CliResult> VerifyAsync(params string[] args) => CliRun.InProcessAsync(new Dictionary<string, string>(), _directory, null, ["audit", "verify", .. args]);
 }
