@@ -64,6 +64,36 @@ public sealed class AuditStreamTests : IDisposable
     }
 
     [Fact]
+    public async Task StreamedBackwards_AFifo_EmptyWithoutBlocking()
+    {
+        // Read back when the database's chain no longer holds the stream's last event (a rollback
+        // under the running node). A FIFO's reader is the SIEM agent; opened for reading only, the
+        // server waited in open(2) for a writer, which only its own next append would have been:
+        // the housekeeping pass (and the stop's final one) hung for good.
+        using (var mkfifo = System.Diagnostics.Process.Start("mkfifo", _path))
+        {
+            mkfifo.WaitForExit();
+            Assert.Equal(0, mkfifo.ExitCode);
+        }
+
+        var read = Task.Run(() => AuditWorker.StreamedBackwards(_path).ToList());
+        try
+        {
+            // Only a guard against the hang, which would otherwise outlast the test run.
+            Assert.Empty(await read.WaitAsync(TimeSpan.FromSeconds(60)));
+        }
+        catch (TimeoutException)
+        {
+            // Let the reader stuck in open(2) go: a writer's open ends its wait.
+            using (new FileStream(_path, FileMode.Open, FileAccess.Write))
+            {
+            }
+
+            Assert.Fail("reading a FIFO back blocked in open(2), waiting for a writer");
+        }
+    }
+
+    [Fact]
     public void LastStreamedSequence_ForeignJsonLines_SkippedForTheLastEventLine()
     {
         File.WriteAllText(_path, Line(7) + "\n[1,2]\n{\"event\":\"not an object\"}\n");

@@ -295,7 +295,10 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         FileStream file;
         try
         {
-            file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, bufferSize: 0);
+            // Opened for writing too, as the read-back at start is (nothing is written): open(2) for
+            // reading only waits, on a FIFO a SIEM agent reads, for a writer, which only this
+            // server's own next append would have been — the housekeeping pass, the stop's, hung.
+            file = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite, bufferSize: 0);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
