@@ -711,6 +711,51 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Assert.Equal(Enumerable.Range(35_001, 5_000).Select(i => (long)i), rest);
     }
 
+    // A stream file far longer than the chain rolled back under it (a restore of an old dump): the
+    // search for where it restarts reads it back line by line from its end, each line above the
+    // chain's head passed over without a look at the database. Before, nothing stopped that read
+    // (a stream of GBs: minutes, past the host's stop time) — not the stop's forwarding time, not
+    // the host's token; the final checkpoint and the head record were then never written.
+    [Fact]
+    public async Task Stream_FinalPass_TheRestartsSearchOfALongStream_EndsWhenToldToStop_NoRestartMarked()
+    {
+        var store = new InMemoryStore();
+        await store.AppendAuditAsync([.. Enumerable.Range(0, 10).Select(i => Entry($"old-{i}"))], default);
+        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions());
+        await log.InitializeAsync(default);
+        var restarts = new List<StreamRestart>();
+        log.StreamRestarted += restarts.Add;
+        log.EventsWritten += _ => { };
+        store.RollBackAudit(3);
+
+        const int Held = 1_000_000;
+        var read = 0;
+        using var stopForwarding = new CancellationTokenSource();
+        IEnumerable<AuditHead> History()
+        {
+            for (var sequence = 10L + Held; sequence > 10; sequence--)
+            {
+                if (++read == 100)
+                {
+                    stopForwarding.Cancel();
+                }
+
+                yield return new AuditHead(sequence, "old");
+            }
+        }
+
+        log.StreamHistory = History;
+        await log.RunFinalHousekeepingAsync(stopForwarding.Token, default);
+
+        Assert.InRange(read, 100, 101);
+        Assert.Empty(restarts);
+
+        // The next pass restarts the stream (here, holding none of the chain's events: at its start).
+        log.StreamHistory = () => [];
+        await log.RunHousekeepingAsync(default);
+        Assert.Equal(AuditChain.Empty, Assert.Single(restarts).After);
+    }
+
     [Fact]
     public async Task Checkpoints_AfterNEvents_OrAfterTheInterval_SignedByTheAuditKey()
     {

@@ -968,7 +968,18 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
                     return; // the chain moved again meanwhile: the next pass looks again
                 }
 
-                await RestartStreamAsync(cancellationToken);
+                try
+                {
+                    await RestartStreamAsync(forwardUntil, cancellationToken);
+                }
+                catch (OperationCanceledException) when (forwardUntil is { IsCancellationRequested: true } && !cancellationToken.IsCancellationRequested)
+                {
+                    // The stop's time for the stream ran out in the search: nothing marked, the
+                    // position unmoved; the next start restarts the stream.
+                    Volatile.Write(ref _streamBehind, true);
+                    return;
+                }
+
                 restarted = true;
                 continue;
             }
@@ -1013,10 +1024,10 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     // holds that the chain holds (the chains agree up to there, hash for hash), so every event of
     // the chain after it reaches the stream, marked as a restart; some the stream has already,
     // again. The mark is given before the position moves: a handler that throws leaves it.
-    private async Task RestartStreamAsync(CancellationToken cancellationToken)
+    private async Task RestartStreamAsync(CancellationToken? forwardUntil, CancellationToken cancellationToken)
     {
         var replaced = new AuditHead(_forwarded, _forwardedHash);
-        var after = await SharedPointAsync(replaced, cancellationToken);
+        var after = await SharedPointAsync(replaced, forwardUntil, cancellationToken);
         StreamRestarted?.Invoke(new StreamRestart(after, replaced));
         (_forwarded, _forwardedHash, _forwardedHead, _forwardedPoints) = (after.Sequence, after.Hash, after.Sequence > 0 ? after : (AuditHead?)null, [after]);
     }
@@ -1024,7 +1035,10 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     // The newest event of what the stream holds (its history, newest first, then the points kept in
     // memory) that the chain holds, checked a window of events at a time; else the event before the
     // oldest one retained (the chain's start when none is).
-    private async Task<AuditHead> SharedPointAsync(AuditHead replaced, CancellationToken cancellationToken)
+    // The stream's history is read back a line at a time from a file that may hold GBs, lines above
+    // the chain's head passed over without a look at the database: the search stops when told to
+    // (the host's stop; at stop, the stream's share of it), checked at every line.
+    private async Task<AuditHead> SharedPointAsync(AuditHead replaced, CancellationToken? forwardUntil, CancellationToken cancellationToken)
     {
         var oldest = await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, cancellationToken) is [var first]
             ? new AuditHead(first.Sequence - 1, first.PreviousHash)
@@ -1034,6 +1048,8 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         var held = (StreamHistory?.Invoke() ?? []).Concat(Enumerable.Reverse(_forwardedPoints));
         foreach (var point in held)
         {
+            cancellationToken.ThrowIfCancellationRequested();
+            forwardUntil?.ThrowIfCancellationRequested();
             if (point.Sequence <= 0 || point.Sequence < oldest.Sequence)
             {
                 break; // before what the chain retains: nothing older can be checked either
