@@ -756,6 +756,117 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Assert.Equal(AuditChain.Empty, Assert.Single(restarts).After);
     }
 
+    // The stream's promise, over random runs: appends (some past a page), rollbacks under the
+    // running node or while it is stopped, restarts of the node, a stream that cannot be written
+    // for a while. The stream, read as its restart lines say (after a restart line, the events go
+    // on after its event, which the stream must hold with that hash), must hold the database's
+    // chain, every event of it, once caught up; and an event comes again only after a restart line.
+    // With history false, a stream that cannot be read back (stdout): no restarts of the node, as
+    // a new process starts that stream at the head.
+    [Theory]
+    [InlineData(true, 1)]
+    [InlineData(true, 2)]
+    [InlineData(true, 3)]
+    [InlineData(false, 4)]
+    [InlineData(false, 5)]
+    public async Task Stream_AnyRunOfRollbacksAndRestarts_TheStreamReadByItsRestartLines_HoldsTheChain(bool history, int seed)
+    {
+        var random = new Random(seed);
+        var store = new InMemoryStore();
+        var stream = new List<object>(); // AuditHead (an event line) or StreamRestart (a restart line)
+        var failing = false;
+        var log = await StartAsync();
+        for (var step = 0; step < 60; step++)
+        {
+            var head = (await store.GetAuditHeadAsync(default)).Sequence;
+            switch (random.Next(6))
+            {
+                case 0 or 1:
+                    await store.AppendAuditAsync([.. Enumerable.Range(0, random.Next(1, random.Next(2) == 0 ? 30 : 1500)).Select(i => Entry($"{step}-{i}"))], default);
+                    break;
+                case 2:
+                    store.RollBackAudit(random.NextInt64(0, head + 1));
+                    break;
+                case 3 when history:
+                    log = await StartAsync();
+                    break;
+                case 4:
+                    failing = random.Next(3) == 0;
+                    break;
+                default:
+                    break;
+            }
+
+            await log.RunHousekeepingAsync(default);
+            if (!failing)
+            {
+                var chain = (await store.ListAuditEventsAsync(new AuditQuery { Limit = int.MaxValue }, default)).Select(e => new AuditHead(e.Sequence, e.Hash)).ToList();
+                Assert.Equal(chain, Replay(stream));
+            }
+        }
+
+        Assert.Contains(stream, line => line is StreamRestart); // the runs do roll back under the stream
+
+        async Task<AuditLog> StartAsync()
+        {
+            var started = new AuditLog(store, store, _hsm, _time, new AuditOptions());
+            await started.InitializeAsync(default);
+            started.EventsWritten += events =>
+            {
+                if (failing)
+                {
+                    throw new IOException("the stream cannot be written");
+                }
+
+                stream.AddRange(events.Select(e => (object)new AuditHead(e.Sequence, e.Hash)));
+            };
+            started.StreamRestarted += restart =>
+            {
+                if (failing)
+                {
+                    throw new IOException("the stream cannot be written");
+                }
+
+                stream.Add(restart);
+            };
+            if (history)
+            {
+                started.StreamHistory = () => Enumerable.Reverse(stream).Select(Point).ToList();
+                if (stream.Count > 0)
+                {
+                    started.ForwardAfter(Point(stream[^1]));
+                }
+            }
+
+            return started;
+        }
+
+        static AuditHead Point(object line) => line is StreamRestart restart ? restart.After : (AuditHead)line;
+
+        // The chain the stream says the database holds: each event the next after the one before;
+        // a restart line goes back to its event, which the stream holds with its hash.
+        static List<AuditHead> Replay(List<object> lines)
+        {
+            var view = new List<AuditHead>();
+            foreach (var line in lines)
+            {
+                if (line is StreamRestart restart)
+                {
+                    Assert.True(restart.After.Sequence == 0 || view.Contains(restart.After), $"a restart after {restart.After}, which the stream does not hold");
+                    view.RemoveRange((int)restart.After.Sequence, view.Count - (int)restart.After.Sequence);
+                }
+                else
+                {
+                    var e = (AuditHead)line;
+                    Assert.Equal(view.Count + 1, e.Sequence); // none skipped, none again without a restart line
+                    view.Add(e);
+                }
+            }
+
+            return view;
+        }
+    }
+
     [Fact]
     public async Task Checkpoints_AfterNEvents_OrAfterTheInterval_SignedByTheAuditKey()
     {
