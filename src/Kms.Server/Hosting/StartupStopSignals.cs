@@ -24,7 +24,7 @@ public sealed class StartupStopSignals : IDisposable
     private bool _requested;
     private bool _disposed;
 
-    private StartupStopSignals()
+    internal StartupStopSignals()
     {
     }
 
@@ -105,10 +105,9 @@ public sealed class StartupStopSignals : IDisposable
         _stop.Dispose();
     }
 
-    private void OnSignal(PosixSignalContext context)
+    // Internal for tests.
+    internal void OnSignal(PosixSignalContext context)
     {
-        // As ConsoleLifetime: the process is not ended by the signal but by the stop it asks for.
-        context.Cancel = true;
         WebApplication? app;
         lock (_gate)
         {
@@ -117,6 +116,16 @@ public sealed class StartupStopSignals : IDisposable
                 return;
             }
 
+            // A second signal while the build has not yet ended for the first: the runtime's default
+            // (the process ends at once). Something the build waits for may not heed the token (a
+            // PKCS#11 module's C_Initialize, say), and an operator's second Ctrl+C must still end it.
+            if (_requested && _app is null)
+            {
+                return;
+            }
+
+            // As ConsoleLifetime: the process is not ended by the signal but by the stop it asks for.
+            context.Cancel = true;
             _requested = true;
             app = _app;
 
