@@ -355,6 +355,21 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         Assert.Equal((10_017L, 10_017L), (streamed, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence));
     }
 
+    // A node started on the built log (checkpoints 5, 10; head 12) that served events 13 to 15 and
+    // recorded head 15 in its head.json; with the options it was started with (no checkpoint due).
+    private async Task<(AuditLog Node, AuditOptions Options)> NodeThatRecordedHead15Async()
+    {
+        await BuildAsync();
+        Directory.CreateDirectory(Path.GetDirectoryName(HeadPath)!);
+        var options = new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(1) };
+        var node = await StartAsync(_store, _hsm, options);
+        await node.ReadOwnHeadAsync(HeadPath, default);
+        await AppendAsync(13, 15);
+        await node.RunHousekeepingAsync(default);
+        Assert.Equal(15L, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence);
+        return (node, options);
+    }
+
     // The database goes back behind the head a running node recorded — a failover to a replica
     // that lost the last commits, a restore under running nodes — and on past it on another chain.
     // The node keeps its record (the chain no longer passes through it), so its next start is
@@ -363,14 +378,7 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
     [Fact]
     public async Task HeadFile_RolledBackUnderARunningNode_RecordKept_NextStartNotPassedThrough()
     {
-        await BuildAsync(); // checkpoints 5, 10; head 12
-        Directory.CreateDirectory(Path.GetDirectoryName(HeadPath)!);
-        var options = new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(1) };
-        var node = await StartAsync(_store, _hsm, options);
-        await node.ReadOwnHeadAsync(HeadPath, default);
-        await AppendAsync(13, 15);
-        await node.RunHousekeepingAsync(default);
-        Assert.Equal(15L, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence);
+        var (node, options) = await NodeThatRecordedHead15Async();
 
         Sql("DELETE FROM audit_events WHERE seq > 12");
         await node.RunHousekeepingAsync(default);
@@ -392,15 +400,10 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
     [Fact]
     public async Task HeadFile_RolledBackUnderARunningNode_CheckpointsRefused_UntilTheChainPassesThroughTheRecordAgain()
     {
-        await BuildAsync(); // checkpoints 5, 10; head 12
-        Directory.CreateDirectory(Path.GetDirectoryName(HeadPath)!);
-        var node = await StartAsync(_store, _hsm, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(1) });
-        await node.ReadOwnHeadAsync(HeadPath, default);
+        var (node, _) = await NodeThatRecordedHead15Async();
+        Assert.Null(node.CheckpointRefusedSince);
         var failures = new List<Exception>();
         node.HousekeepingFailed += failures.Add;
-        await AppendAsync(13, 15);
-        await node.RunHousekeepingAsync(default);
-        Assert.Equal((15L, null), (SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence, node.CheckpointRefusedSince));
 
         Sql("CREATE TABLE lost AS SELECT * FROM audit_events WHERE seq > 12; DELETE FROM audit_events WHERE seq > 12");
         await node.RunHousekeepingAsync(default);
@@ -433,14 +436,7 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
     [Fact]
     public async Task HeadFile_RolledBackWhileStopped_StartAcceptedAsItIs_RecordKept_NoCheckpointSigned_UntilTheFileIsMovedAside()
     {
-        await BuildAsync(); // checkpoints 5, 10; head 12
-        Directory.CreateDirectory(Path.GetDirectoryName(HeadPath)!);
-        var options = new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(1) };
-        var node = await StartAsync(_store, _hsm, options);
-        await node.ReadOwnHeadAsync(HeadPath, default);
-        await AppendAsync(13, 15);
-        await node.RunHousekeepingAsync(default);
-        Assert.Equal(15L, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence);
+        var (node, options) = await NodeThatRecordedHead15Async();
 
         // Rolled back to 12 while stopped; started on it as it is, and served on past the record.
         Sql("DELETE FROM audit_events WHERE seq > 12");
