@@ -33,12 +33,12 @@ internal sealed record RestoreReport(BackupManifest Manifest, IReadOnlyList<(str
     /// <summary>Where the node's record of the checkpoints it signed over the replaced chain (<c>audit/checkpoints.jsonl</c>) was moved aside, or null.</summary>
     public string? ReplacedCheckpoints { get; init; }
 
-    /// <summary>Removals of access made after the backup (a token revoked, a principal deleted, a role binding removed, a grant revoked) that the restore made again: the resource, and where it was found.</summary>
+    /// <summary>Removals of access made after the backup (a token revoked, a principal deleted, a role binding removed, a grant revoked; over a replaced database, a key policy narrowed) that the restore made again: the resource, and where it was found.</summary>
     public IReadOnlyList<(string Resource, string Source)> AccessRemoved { get; init; } = [];
 
     /// <summary>
     /// Changes made after the backup that the restore does not replay, for the operator to review:
-    /// a key policy set, a binding removed whose event does not name it, a primary version changed,
+    /// a key policy set (over a replaced database: one its policy there does not narrow), a binding removed whose event does not name it, a primary version changed,
     /// an alias created, moved or deleted, a tenant's deletion cancelled that the backup holds
     /// DELETING; and over a replaced database, each key or version it holds less restricted than
     /// the restored copy, each primary, alias and tenant state that differs.
@@ -1111,6 +1111,35 @@ internal static class BackupRestore
                             break;
                         }
 
+                    case AccessRemovalKind.KeyPolicyNarrowing when removal.Policy is { } policy:
+                        {
+                            // Only ever narrower than what the restored database holds: set, it
+                            // takes away and gives nothing (the same policy again writes nothing).
+                            var key = KeyName.Parse(removal.Resource, "resource");
+                            var current = (await store.GetKeyPolicyAsync(key, cancellationToken)).Entries;
+                            if (SamePolicy(policy, current))
+                            {
+                                break;
+                            }
+
+                            if (!RecordedAccessRemoval.Narrows(policy, current))
+                            {
+                                skipped.Add($"{removal.Resource} ({removal.Source}): its key policy not re-applied, as it is not narrower than the restored one");
+                                break;
+                            }
+
+                            using (AuditScope.Enter(Scope(removal.Kind, removal.Resource)))
+                            {
+                                await store.SetKeyPolicyAsync(new Kms.Core.Access.KeyPolicy(key, policy), time, cancellationToken);
+                            }
+
+                            removed.Add((removal.Resource, removal.Source));
+                            break;
+                        }
+
+                    case AccessRemovalKind.KeyPolicyNarrowing:
+                        break;
+
                     default:
                         {
                             var name = AccessReplay.PrincipalOf(removal.Resource);
@@ -1197,8 +1226,10 @@ internal static class BackupRestore
     // holds revoked, principal deleted, grant revoked (the snapshot's own are no-ops), and each
     // role binding the snapshot holds of a principal the replaced database holds without it (its
     // principals are never removed, only marked deleted: a binding missing there was removed after
-    // the backup). And, for review, each key whose policy there differs from the snapshot's: the
-    // restore installs the snapshot's (a policy replayed could widen as well as narrow).
+    // the backup). And each key whose policy there is narrower than the snapshot's (it restricts the
+    // key, and allows each principal no more than the snapshot's does): the incident response that
+    // took a principal off a key, or locked an open key down, is made again. A policy there that
+    // differs otherwise is listed for review and the snapshot's stays: replayed, it would widen.
     private static async Task<(List<RecordedAccessRemoval> Removals, List<string> Review)> ReplacedAccessAsync(
         SqlStore store, SqliteAccessState replaced, IReadOnlyDictionary<string, IReadOnlyDictionary<string, Kms.Core.Access.KeyOperations>> snapshotPolicies, CancellationToken cancellationToken)
     {
@@ -1237,6 +1268,12 @@ internal static class BackupRestore
             var here = snapshotPolicies.GetValueOrDefault(key);
             if (SamePolicy(there, here) || await store.GetKeyAsync(KeyName.Parse(key, "key"), cancellationToken) is null)
             {
+                continue;
+            }
+
+            if (RecordedAccessRemoval.Narrows(there, here))
+            {
+                removals.Add(new RecordedAccessRemoval(AccessRemovalKind.KeyPolicyNarrowing, key, DateTimeOffset.UtcNow, ReplacedDatabase, Verified: true) { Policy = there });
                 continue;
             }
 

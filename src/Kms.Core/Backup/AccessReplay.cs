@@ -17,6 +17,12 @@ public enum AccessRemovalKind
 
     /// <summary>RevokeGrant (resource: <c>tenants/T/keys/K/grants/ID</c>).</summary>
     GrantRevocation,
+
+    /// <summary>
+    /// A key policy narrowed (resource: the key; <see cref="RecordedAccessRemoval.Policy"/>: the
+    /// narrower policy). Read only from a replaced database: the events do not hold policies.
+    /// </summary>
+    KeyPolicyNarrowing,
 }
 
 /// <summary>
@@ -33,7 +39,23 @@ public enum AccessRemovalKind
 /// which cannot be undone. From an unverified event only what can be given back is removed (its
 /// tokens revoked, its role bindings removed: a new token, a new binding give them back).
 /// </param>
-public sealed record RecordedAccessRemoval(AccessRemovalKind Kind, string Resource, DateTimeOffset Time, string Source, bool Verified = false);
+public sealed record RecordedAccessRemoval(AccessRemovalKind Kind, string Resource, DateTimeOffset Time, string Source, bool Verified = false)
+{
+    /// <summary>
+    /// <see cref="AccessRemovalKind.KeyPolicyNarrowing"/>: the policy to install (principal: operations),
+    /// narrower than the restored one; null for the other kinds.
+    /// </summary>
+    public IReadOnlyDictionary<string, KeyOperations>? Policy { get; init; }
+
+    /// <summary>
+    /// Whether <paramref name="narrower"/> allows nothing that <paramref name="wider"/> does not: it
+    /// restricts the key (a key without a policy is open to every principal its roles allow), and
+    /// each of its principals is allowed there at least its operations (no policy there allows all).
+    /// </summary>
+    public static bool Narrows(IReadOnlyDictionary<string, KeyOperations>? narrower, IReadOnlyDictionary<string, KeyOperations>? wider) =>
+        narrower is { Count: > 0 }
+        && (wider is null || wider.Count == 0 || narrower.All(e => wider.TryGetValue(e.Key, out var allowed) && (e.Value & ~allowed) == 0));
+}
 
 /// <summary>
 /// Re-applies, to a restored snapshot, the removals of access made after the backup: a restore
@@ -61,6 +83,9 @@ public static class AccessReplay
     /// <summary>The audit operation of a grant revocation a restore re-applied (resource: the grant).</summary>
     public const string ReapplyGrantRevocationOperation = "backup/ReapplyGrantRevocation";
 
+    /// <summary>The audit operation of a key policy a restore narrowed again, from the replaced database (resource: the key).</summary>
+    public const string ReapplyKeyPolicyOperation = "backup/ReapplyKeyPolicy";
+
     private const string Access = "/kms.v1.AccessManagementService/";
     private const string Keys = "/kms.v1.KeyManagementService/";
     private const string TokenSegment = "/apiTokens/";
@@ -86,6 +111,7 @@ public static class AccessReplay
         AccessRemovalKind.TokenRevocation => ReapplyTokenRevocationOperation,
         AccessRemovalKind.PrincipalDeletion => ReapplyPrincipalDeletionOperation,
         AccessRemovalKind.RoleBindingRemoval => ReapplyRoleBindingRemovalOperation,
+        AccessRemovalKind.KeyPolicyNarrowing => ReapplyKeyPolicyOperation,
         _ => ReapplyGrantRevocationOperation,
     };
 
@@ -136,7 +162,7 @@ public static class AccessReplay
             return null;
         }
 
-        if (operation == Keys + "SetKeyPolicy" && !string.IsNullOrEmpty(resource))
+        if (operation is Keys + "SetKeyPolicy" or ReapplyKeyPolicyOperation && !string.IsNullOrEmpty(resource))
         {
             return $"{resource}: its key policy was set after the backup ({source}); the events do not hold policies, so the restored one is the backup's — check it (GetKeyPolicy) and set it again";
         }
