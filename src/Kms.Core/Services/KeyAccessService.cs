@@ -199,7 +199,17 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
             return;
         }
 
+        // No entries: the policy was lifted after the key was read (SetKeyPolicy writes an empty
+        // policy and an unrestricted key in one write, and no key is stored restricted without
+        // entries). Judged as the key is now, by roles alone: judged on the restricted key read
+        // before and the lifted policy read after, which allow nobody, a caller allowed by either
+        // state was refused NOT_FOUND or "decryption failed" for a key it may use.
         var policy = await access.GetKeyPolicyAsync(key.Name, cancellationToken);
+        if (!policy.Restricts)
+        {
+            return;
+        }
+
         if (policy.Entries.TryGetValue(caller.Principal, out var allowed) && (allowed & operation) != KeyOperations.None)
         {
             return;
