@@ -88,6 +88,48 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task RotateKey_RacingDisableKey_EachVersionAddedByOneAcknowledgedRotation_OneOkEventEach_NoneForARefusedOne()
+    {
+        // Ten rotations and a DisableKey at once: the rotations decided after the disable commit
+        // are refused (FAILED_PRECONDITION), the others add consecutive versions. What happened and
+        // what the audit says agree: one OK event per version added, none for a refused rotation.
+        var key = await _client.CreateKeyAsync("tenants/dev", "busy-then-disabled");
+        var rotations = Enumerable.Range(0, 10).Select(_ => Stub.RotateKeyAsync(new RotateKeyRequest { Name = key.Name }).ResponseAsync).ToList();
+        var disable = Stub.DisableKeyAsync(new DisableKeyRequest { Name = key.Name }).ResponseAsync;
+        var outcomes = new List<StatusCode>();
+        foreach (var rotation in rotations)
+        {
+            try
+            {
+                await rotation;
+                outcomes.Add(StatusCode.OK);
+            }
+            catch (RpcException e)
+            {
+                outcomes.Add(e.StatusCode);
+            }
+        }
+
+        await disable;
+
+        // And one after the disable was acknowledged: refused, whatever the race above gave.
+        var late = await Assert.ThrowsAsync<RpcException>(() => Stub.RotateKeyAsync(new RotateKeyRequest { Name = key.Name }).ResponseAsync);
+        Assert.Equal(StatusCode.FailedPrecondition, late.StatusCode);
+        Assert.All(outcomes, code => Assert.True(code is StatusCode.OK or StatusCode.FailedPrecondition, code.ToString()));
+        var acknowledged = outcomes.Count(code => code == StatusCode.OK);
+        var versions = await Stub.ListKeyVersionsAsync(new ListKeyVersionsRequest { Parent = key.Name });
+        Assert.Equal(Enumerable.Range(1, acknowledged + 1).Select(n => $"{key.Name}/versions/{n}"), versions.KeyVersions.Select(v => v.Name));
+        var primary = (await _client.GetKeyAsync(key.Name)).Primary.Name;
+        Assert.Equal($"{key.Name}/versions/{acknowledged + 1}", primary);
+
+        using var auditor = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("rotation-auditor", null, "security-officer"));
+        var events = (await auditor.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", Resource = key.Name, Operation = "RotateKey", Outcome = "OK", PageSize = 100 })).Events;
+        Assert.Equal(acknowledged, events.Count);
+        Assert.Equal(acknowledged, events.Select(e => e.RequestId).Distinct().Count());
+        Assert.All(events, e => Assert.Equal(1L, e.Count));
+    }
+
+    [Fact]
     public async Task Alias_AcceptedByEveryCryptoRpc()
     {
         var key = await _client.CreateKeyAsync("tenants/dev", "aliased");
