@@ -343,6 +343,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         var auditKey = PublishedAuditKey();
         var lines = await File.ReadAllLinesAsync(exportPath);
         var tamperedPath = exportPath + ".tampered";
+        var restartedPath = exportPath + ".restarted";
         var victim = Array.FindIndex(lines, l => l.StartsWith("{\"event\"", StringComparison.Ordinal) && l.Contains("\"OK\"", StringComparison.Ordinal));
         lines[victim] = lines[victim].Replace("\"OK\"", "\"PERMISSION_DENIED\"", StringComparison.Ordinal);
         await File.WriteAllLinesAsync(tamperedPath, lines);
@@ -353,6 +354,23 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             Assert.Equal(KmsErrorCode.PermissionDenied, refused.Code);
             Assert.Contains(Path.GetFileName(tamperedPath), refused.Message, StringComparison.Ordinal);
             Assert.Contains("does not verify against the audit key", refused.Message, StringComparison.Ordinal);
+            Assert.False(File.Exists(Path.Combine(target, "kms.db")));
+
+            // A SIEM stream's restart line in it (here, its last event again after it): the copy
+            // verifies, but its events are taken as signed by number, and a replaced chain's share
+            // numbers with the signed one's. Refused too.
+            var original = await File.ReadAllLinesAsync(exportPath);
+            var events = original.Where(l => l.StartsWith("{\"event\"", StringComparison.Ordinal)).ToList();
+            Kms.Core.Audit.AuditHead PointOf(string line)
+            {
+                using var document = System.Text.Json.JsonDocument.Parse(line);
+                return new(document.RootElement.GetProperty("event").GetProperty("seq").GetInt64(), document.RootElement.GetProperty("hash").GetString()!);
+            }
+
+            await File.WriteAllLinesAsync(restartedPath, [.. original, Kms.Core.Audit.AuditExport.Restart(new(PointOf(events[^2]), PointOf(events[^1]))), events[^1]]);
+            var restartRefused = await Assert.ThrowsAsync<KmsException>(() => BackupRestore.RunAsync(backup, auditKey, target, [restartedPath], replace: false, CancellationToken.None));
+            Assert.Equal(KmsErrorCode.PermissionDenied, restartRefused.Code);
+            Assert.Contains($"{restartedPath} holds 1 SIEM stream restart line(s)", restartRefused.Message, StringComparison.Ordinal);
             Assert.False(File.Exists(Path.Combine(target, "kms.db")));
 
             var report = await BackupRestore.RunAsync(backup, auditKey, target, [exportPath], replace: false, CancellationToken.None);
@@ -371,6 +389,7 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         {
             File.Delete(exportPath);
             File.Delete(tamperedPath);
+            File.Delete(restartedPath);
             if (Directory.Exists(target))
             {
                 Directory.Delete(target, recursive: true);

@@ -8,9 +8,14 @@ namespace Kms.Client.Tests;
 /// genesis, then <c>events</c> chained events with a checkpoint signed by <c>key</c> after every
 /// <c>checkpointEvery</c>-th — written <c>checkpointDelay</c> events late (0: right after its
 /// event, as the server writes it). Can sample the managed heap as given events are reached.
+/// With <c>restart</c>, a SIEM stream's restart line after event <c>At</c> that goes on after
+/// event <c>After</c>, then the same events after it again (checkpoints delayed 0 only).
 /// </summary>
-internal sealed class SyntheticAuditExport(ECDsa key, long events, long checkpointEvery, long checkpointDelay = 0, params long[] sampleHeapAt) : TextReader
+internal sealed class SyntheticAuditExport(ECDsa key, long events, long checkpointEvery, long checkpointDelay = 0, (long At, long After)? restart = null, params long[] sampleHeapAt) : TextReader
 {
+    private string? _afterHash;
+    private bool _restarted;
+
     private readonly string _fingerprint = "sha256:" + Convert.ToHexStringLower(SHA256.HashData(key.ExportSubjectPublicKeyInfo()));
     private readonly Queue<string> _pending = new();
     private readonly Queue<(long Sequence, string Line)> _checkpoints = new();
@@ -98,6 +103,16 @@ internal sealed class SyntheticAuditExport(ECDsa key, long events, long checkpoi
         while (_checkpoints.Count > 0 && _checkpoints.Peek().Sequence + checkpointDelay <= sequence)
         {
             _pending.Enqueue(_checkpoints.Dequeue().Line);
+        }
+
+        if (restart is { } r && !_restarted)
+        {
+            _afterHash = sequence == r.After ? _previous : _afterHash;
+            if (sequence == r.At && _afterHash is { } after)
+            {
+                _pending.Enqueue($"{{\"stream_restart\":{{\"after\":{{\"seq\":{r.After},\"hash\":\"{after}\"}},\"replaced\":{{\"seq\":{sequence},\"hash\":\"{_previous}\"}}}}}}");
+                (_next, _previous, _restarted) = (r.After + 1, after, true);
+            }
         }
 
         return true;

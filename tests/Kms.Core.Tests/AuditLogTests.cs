@@ -589,7 +589,8 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     // Before, the stream's position was the bare number 10: it went on after it, and the SIEM never
     // received the new 7-10. Now the page starts at the stream's last event, whose hash the chain
     // no longer has: the stream restarts after event 6, the newest it holds that the chain holds
-    // (its history: a file read back, here the list), with a restart mark first.
+    // (its history: a file read back, here the list), with a restart mark first. The stream's
+    // lines, as the host writes them, verify offline: the restart reported, not a clean copy.
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
@@ -599,8 +600,11 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         var log = new AuditLog(store, store, _hsm, _time, new AuditOptions());
         await log.InitializeAsync(default);
         var stream = new List<object>();
+        var lines = new List<string>();
         log.EventsWritten += events => stream.AddRange(events.Select(e => (object)new AuditHead(e.Sequence, e.Hash)));
+        log.EventsWritten += events => lines.AddRange(events.Select(AuditExport.Event));
         log.StreamRestarted += restart => stream.Add(restart);
+        log.StreamRestarted += restart => lines.Add(AuditExport.Restart(restart));
         if (history)
         {
             log.StreamHistory = () => stream.OfType<AuditHead>().Reverse().ToList();
@@ -632,6 +636,20 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         await log.RunHousekeepingAsync(default);
         Assert.Equal(13, Assert.IsType<AuditHead>(stream[^1]).Sequence);
         Assert.Single(stream.OfType<StreamRestart>());
+
+        // The SIEM's copy, with the checkpoint over the new chain known from outside (here the
+        // store's: the node does not sign a chain that does not pass through its last checkpoint,
+        // and it signed none; a fresh checkpoint stands in for the next node's).
+        var next = new AuditLog(store, store, _hsm, _time, new AuditOptions());
+        await next.InitializeAsync(default);
+        var signed = Assert.IsType<AuditCheckpoint>(await next.CheckpointAsync(default));
+        var copy = new StringReader(string.Join('\n', lines) + "\n");
+        var verified = Kms.Client.Audit.AuditVerifier.Verify(copy, log.PublicKey, new Kms.Client.Audit.KnownCheckpoint(signed.Sequence, signed.HeadHash));
+        Assert.True(verified.Valid, verified.Problem);
+        Assert.Equal((13L, 13L, 0L), (verified.Events, verified.LastSignedSequence, verified.UnsignedTail));
+        var restarts = Assert.IsType<Kms.Client.Audit.AuditStreamRestarts>(verified.StreamRestarts);
+        Assert.Equal((1L, 10L - after), (restarts.Count, restarts.ReplacedEvents));
+        Assert.Equal(new Kms.Client.Audit.AuditStreamRestart(11, after, chain[after - 1].Hash, 10, old[9].Hash), Assert.Single(restarts.Listed));
     }
 
     // Rolled back while the node was stopped, and the re-application of destructions (or another

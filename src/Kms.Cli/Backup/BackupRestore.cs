@@ -606,6 +606,13 @@ internal static class BackupRestore
                     throw KmsErrors.PermissionDenied($"{log} does not verify against the audit key (first bad sequence {verification.FirstBadSequence?.ToString(CultureInfo.InvariantCulture) ?? "none"}): {verification.Problem}");
                 }
 
+                // Its events are taken as signed by sequence number: a stream's restart lines would
+                // pass off the replaced chains' events, which share numbers with the signed chain's.
+                if (verification.StreamRestarts is { } restarts)
+                {
+                    throw KmsErrors.PermissionDenied($"{log} holds {restarts.Count} SIEM stream restart line(s): events of chains the database no longer holds are among its lines; give an export (kms audit export), or the part after the last restart line");
+                }
+
                 signedThrough = verification.LastSignedSequence;
             }
 

@@ -161,7 +161,7 @@ internal static class AuditCommands
 
     private static Command Verify(CommandRunner runner)
     {
-        var file = NameArgument.Create<string>("FILE", "an audit export (kms audit export, ExportAudit)");
+        var file = NameArgument.Create<string>("FILE", "an audit export (kms audit export, ExportAudit), or a copy of the SIEM stream");
         var publicKey = new Option<string>("--public-key") { Description = "the audit signing key (PEM) as published or pinned by the ceremony transcript, e.g. {DataDir}/audit/signing-key.pem", HelpName = "PEM", Required = true };
         var known = new Option<string?>("--known-checkpoint")
         {
@@ -170,7 +170,7 @@ internal static class AuditCommands
         };
         var partial = new Option<bool>("--partial") { Description = "the export was asked to start later (--from-sequence): no retention record is needed for its start" };
         var allowUnsigned = new Option<bool>("--allow-unsigned") { Description = "accept an export no checkpoint vouches for (consistent, but anyone could have written it): refused otherwise" };
-        var command = new Command("verify", "check an audit export offline: hashes, the chain, checkpoint signatures by the pinned key (exit 7 naming the first bad sequence; exit 10 when only a torn last line was left unread)") { file, publicKey, known, partial, allowUnsigned };
+        var command = new Command("verify", "check an audit export offline: hashes, the chain, checkpoint signatures by the pinned key (exit 7 naming the first bad sequence; exit 10 when only a torn last line was left unread; exit 11 when a SIEM stream copy verified with restart lines: the database was rolled back under the stream)") { file, publicKey, known, partial, allowUnsigned };
         runner.SetAction(command, async (ctx, ct) =>
         {
             var key = CeremonyCommands.PublicKeyFromPem(await File.ReadAllTextAsync(ctx.Environment.FullPath(ctx.ParseResult.GetRequiredValue(publicKey)), ct));
@@ -205,6 +205,31 @@ internal static class AuditCommands
                 ? $"signed up to event {result.LastSignedSequence}"
                 : "NOTHING SIGNED (--allow-unsigned): no checkpoint vouches for any event";
             var counts = $"{result.Events} events after {result.AnchorSequence}, {result.Checkpoints} checkpoints, {vouched}, {result.UnsignedTail} unsigned at the tail";
+
+            // A rollback under the stream is itself what an auditor must see: never a plain "verified".
+            var restarts = "";
+            if (result.StreamRestarts is { } r)
+            {
+                summary["stream_restarts"] = new JsonObject
+                {
+                    ["count"] = r.Count,
+                    ["replaced_events"] = r.ReplacedEvents,
+                    ["replaced_checkpoints"] = r.ReplacedCheckpoints,
+                    ["restarts"] = new JsonArray([.. r.Listed.Select(x => (JsonNode)new JsonObject
+                    {
+                        ["line"] = x.Line,
+                        ["after_sequence"] = x.AfterSequence,
+                        ["after_hash"] = x.AfterHash,
+                        ["replaced_sequence"] = x.ReplacedSequence,
+                        ["replaced_hash"] = x.ReplacedHash,
+                    })]),
+                };
+                var listed = string.Join("; ", r.Listed.Select(x => string.Create(CultureInfo.InvariantCulture, $"line {x.Line}: after event {x.AfterSequence} ({x.AfterHash}), replacing events {x.AfterSequence + 1}..{x.ReplacedSequence} (event {x.ReplacedSequence}: {x.ReplacedHash})")));
+                var more = r.Count > r.Listed.Count ? $"; and {r.Count - r.Listed.Count} more" : "";
+                restarts = $"; THE STREAM RESTARTED {r.Count} TIME(S): the database's audit chain was rolled back under it ({listed}{more}); "
+                    + $"{r.ReplacedEvents} events and {r.ReplacedCheckpoints} checkpoints of the chains replaced were verified and no longer count; the counts are of the chain the copy ends with";
+            }
+
             if (torn)
             {
                 // A copy of a SIEM stream taken mid-append, or a crash: what is there is checked,
@@ -212,8 +237,14 @@ internal static class AuditCommands
                 var last = result.AnchorSequence + result.Events;
                 summary["last_verified_sequence"] = last;
                 summary["torn_tail_characters"] = result.TornTail;
-                ctx.Output.Result(summary, $"NOT VERIFIED TO ITS END: its last line is torn ({result.TornTail} characters without a line end) and was not read; everything before it verified, up to event {last}: {counts}");
+                ctx.Output.Result(summary, $"NOT VERIFIED TO ITS END: its last line is torn ({result.TornTail} characters without a line end) and was not read; everything before it verified, up to event {last}: {counts}{restarts}");
                 return ExitCodes.TornTail;
+            }
+
+            if (result.StreamRestarts is not null)
+            {
+                ctx.Output.Result(summary, $"VERIFIED WITH STREAM RESTARTS: {counts}{restarts}");
+                return ExitCodes.StreamRestarts;
             }
 
             ctx.Output.Result(summary, $"verified: {counts}");

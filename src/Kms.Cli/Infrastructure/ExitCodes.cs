@@ -39,6 +39,13 @@ internal static class ExitCodes
     /// <summary><c>kms audit verify</c>: everything before a torn last line verified, that line not read (a copy taken mid-append, a crash): not verified to its end.</summary>
     public const int TornTail = 10;
 
+    /// <summary>
+    /// <c>kms audit verify</c>: a SIEM stream copy verified, every chain in it, but it holds restart
+    /// lines: the database's audit chain was rolled back under the stream (listed). Not 0: a
+    /// rollback is itself an event an auditor must see, and a script that checks for 0 must not pass it.
+    /// </summary>
+    public const int StreamRestarts = 11;
+
     /// <summary>Interrupted (Ctrl-C) or cancelled; partial output was removed.</summary>
     public const int Cancelled = 130;
 }

@@ -23,7 +23,38 @@ public sealed record KnownCheckpoint(long Sequence, string HeadHash);
 /// <see cref="AnchorSequence"/> + <see cref="Events"/>, and the other counts are of that part; yet
 /// <see cref="Valid"/> is false, because the export was not verified to its end.
 /// </param>
-public sealed record AuditVerification(bool Valid, long Events, long Checkpoints, long LastSignedSequence, long UnsignedTail, long? FirstBadSequence, string? Problem, long AnchorSequence = 0, long TornTail = 0);
+/// <param name="StreamRestarts">
+/// The restart lines of a SIEM stream copy (docs/audit-format.md "Export"): the database's chain was
+/// rolled back under the stream, which then went on after an earlier event. Null when there are
+/// none. With restarts, the other counts are of the chain the copy ends with; the events and
+/// checkpoints of the chains it replaced were verified too, and are counted here. A rollback is
+/// itself something an auditor must see: a copy with restarts is <see cref="Valid"/> when every
+/// chain in it verifies, but it is not a clean copy.
+/// </param>
+public sealed record AuditVerification(bool Valid, long Events, long Checkpoints, long LastSignedSequence, long UnsignedTail, long? FirstBadSequence, string? Problem, long AnchorSequence = 0, long TornTail = 0, AuditStreamRestarts? StreamRestarts = null);
+
+/// <summary>
+/// A SIEM stream's restart line, verified: the stream went on after event <paramref name="AfterSequence"/>
+/// (which the copy holds with that hash), and its events after it through <paramref name="ReplacedSequence"/>,
+/// the last it had been sent, are not in the database's chain any more.
+/// </summary>
+/// <param name="Line">The line of the copy it is on (1: the first).</param>
+/// <param name="AfterSequence">The event the stream went on after (0: the chain's start).</param>
+/// <param name="AfterHash">That event's hash.</param>
+/// <param name="ReplacedSequence">The last event the stream had been sent, which the chain no longer held.</param>
+/// <param name="ReplacedHash">That event's hash.</param>
+public sealed record AuditStreamRestart(long Line, long AfterSequence, string AfterHash, long ReplacedSequence, string ReplacedHash);
+
+/// <summary>The restarts of a SIEM stream copy (<see cref="AuditVerification.StreamRestarts"/>).</summary>
+/// <param name="Count">How many restart lines were verified.</param>
+/// <param name="ReplacedEvents">
+/// The events verified before a restart and replaced by it (for each restart, its replaced event's
+/// sequence minus its after event's): some may come again unchanged after it (a stream on stdout
+/// restarts at or before the fork).
+/// </param>
+/// <param name="ReplacedCheckpoints">Checkpoints verified over replaced events: they signed a chain the copy does not end with, and no longer count.</param>
+/// <param name="Listed">The first <see cref="AuditVerifier.MaxListedRestarts"/> restarts, in the copy's order.</param>
+public sealed record AuditStreamRestarts(long Count, long ReplacedEvents, long ReplacedCheckpoints, IReadOnlyList<AuditStreamRestart> Listed);
 
 /// <summary>
 /// Verifies an audit export (JSON lines, docs/audit-format.md) offline: every event's hash
@@ -48,6 +79,16 @@ public sealed record AuditVerification(bool Valid, long Events, long Checkpoints
 /// end), as the server writes lines and its restore reads them (<c>DestructionReplay.SplitLines</c>).
 /// A carriage return anywhere else is one the server never writes — JSON escapes it in a string —
 /// so its line is malformed: two records joined by a lone carriage return are not read as two.</para>
+/// <para>A copy of the SIEM stream may hold restart lines (<c>{"stream_restart":{"after":…,"replaced":…}}</c>):
+/// the database's chain was rolled back under the stream, and the events after the line go on
+/// after its <c>after</c> event. The line must replace the last event verified before it (as the
+/// server writes it: the last event the stream was sent), and go on after an event verified in
+/// this copy, by sequence and hash: the export's anchor, or one of the last
+/// <see cref="RecentEvents"/> events (else the copy fails at the line). The chain then goes back to
+/// that event; checkpoints verified over the events after it no longer count, and a known
+/// checkpoint is checked against the chain the copy ends with. Every restart is reported
+/// (<see cref="AuditVerification.StreamRestarts"/>): anyone holding the copy can write one, and a
+/// rewritten tail after it verifies — as a restart, never as a clean copy.</para>
 /// </remarks>
 public static class AuditVerifier
 {
@@ -65,6 +106,9 @@ public static class AuditVerifier
     /// as out of place rather than kept in memory for.
     /// </summary>
     internal const int RecentEvents = 1 << 16;
+
+    /// <summary>How many restart lines a result lists (<see cref="AuditStreamRestarts.Listed"/>); all are counted.</summary>
+    public const int MaxListedRestarts = 1000;
 
     private const string Genesis = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -136,6 +180,7 @@ public static class AuditVerifier
                 var members = root.ValueKind == JsonValueKind.Object ? root.EnumerateObject().Select(p => p.Name).ToList() : [];
                 var problem = Is(members, "event", "hash") ? state.Event(root.GetProperty("event"), root)
                     : Is(members, "checkpoint", "signature") ? state.Checkpoint(root.GetProperty("checkpoint"), root, key, fingerprint)
+                    : members is ["stream_restart"] ? state.Restart(root.GetProperty("stream_restart"), lineNumber)
                     : members.FirstOrDefault() == "kms_audit_export" ? state.Header(root)
                     : (state.NextSequence, $"line {lineNumber} is neither an event nor a checkpoint");
                 if (problem is { } p)
@@ -167,7 +212,9 @@ public static class AuditVerifier
 
             if (state.KnownHash is not { } hash)
             {
-                return Fail(Math.Min(lastKnown.Sequence, state.NextSequence), $"the export ends before the known checkpoint at {lastKnown.Sequence}: events were removed from the tail");
+                return Fail(Math.Min(lastKnown.Sequence, state.NextSequence), state.RestartCount > 0
+                    ? $"the chain the stream copy ends with (after its restarts) ends before the known checkpoint at {lastKnown.Sequence}: events were removed from the tail, or the database went back behind it"
+                    : $"the export ends before the known checkpoint at {lastKnown.Sequence}: events were removed from the tail");
             }
 
             if (hash != lastKnown.HeadHash)
@@ -189,8 +236,8 @@ public static class AuditVerifier
 
         // Torn: not valid, since not verified to its end, but no bad sequence either.
         return torn > 0
-            ? new AuditVerification(false, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, $"{tornLine}; everything before it verified, up to event {state.NextSequence - 1}", state.Anchor, torn)
-            : new AuditVerification(true, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, null, state.Anchor);
+            ? new AuditVerification(false, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, $"{tornLine}; everything before it verified, up to event {state.NextSequence - 1}", state.Anchor, torn, state.Restarts)
+            : new AuditVerification(true, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, null, state.Anchor, StreamRestarts: state.Restarts);
     }
 
     private static bool Is(List<string> members, string first, string second) => members.Count == 2 && members[0] == first && members[1] == second;
@@ -199,7 +246,22 @@ public static class AuditVerifier
     {
         private readonly RecentHashes _recent = new(RecentEvents);
 
+        private readonly List<AuditStreamRestart> _restarts = [];
+
         private string? _anchorHash;
+
+        // The checkpoints verified over the anchor: what stays signed when a restart goes back to it.
+        private long _anchorCheckpoints;
+
+        private long _replacedEvents;
+
+        private long _replacedCheckpoints;
+
+        /// <summary>How many stream restart lines were verified.</summary>
+        public long RestartCount { get; private set; }
+
+        /// <summary>The restarts verified (null: none).</summary>
+        public AuditStreamRestarts? Restarts => RestartCount == 0 ? null : new(RestartCount, _replacedEvents, _replacedCheckpoints, [.. _restarts]);
 
         /// <summary>The hash at the known checkpoint's sequence, once the export reached it.</summary>
         public string? KnownHash { get; private set; }
@@ -291,7 +353,7 @@ public static class AuditVerifier
                 RetentionSequence = sequence;
             }
 
-            _recent.Add(sequence, digest);
+            _recent.Add(sequence, digest, LastSigned);
             KnownHash = sequence == knownSequence ? hash : KnownHash;
             _previous = hash;
             NextSequence = sequence + 1;
@@ -348,54 +410,175 @@ public static class AuditVerifier
                 AnchorSigned = true;
             }
 
+            if (sequence == Anchor)
+            {
+                _anchorCheckpoints++;
+            }
+            else
+            {
+                _recent.Signed(sequence);
+            }
+
             LastSigned = Math.Max(LastSigned, sequence);
             Checkpoints++;
             return null;
         }
 
+        // A SIEM stream's restart line: the stream goes on after an earlier event, the database's
+        // chain having been rolled back under it. It must replace the last event verified (the
+        // last the stream was sent) and go on after one verified here, hash for hash; the chain
+        // then goes back to that event, and what was signed after it no longer counts.
+        public (long Sequence, string Message)? Restart(JsonElement restart, int lineNumber)
+        {
+            _started = true;
+            if (Point(restart, "after") is not { } after || Point(restart, "replaced") is not { } replaced
+                || restart.EnumerateObject().Select(p => p.Name).ToList() is not ["after", "replaced"])
+            {
+                return (NextSequence, $"line {lineNumber} is a malformed stream restart");
+            }
+
+            var position = NextSequence - 1;
+            if (replaced.Sequence != position || replaced.Hash != _previous)
+            {
+                return (NextSequence, $"line {lineNumber} restarts the stream replacing event {replaced.Sequence} ({replaced.Hash}), but the last event before it is {position} ({_previous}): a restart replaces the last event the stream was sent");
+            }
+
+            if (after.Sequence >= replaced.Sequence || after.Sequence < 0)
+            {
+                return (NextSequence, $"line {lineNumber} restarts the stream after event {after.Sequence}, which is not before the event it replaces ({replaced.Sequence})");
+            }
+
+            if (after.Sequence < Anchor)
+            {
+                return (NextSequence, $"line {lineNumber} restarts the stream after event {after.Sequence}, before this copy's start (it follows event {Anchor}): the event it goes on after is not in it to check (verify the part after the restart line as an export of its own)");
+            }
+
+            // The chain's start is every chain's, with or without a header.
+            var known = after.Sequence == 0 ? Genesis : after.Sequence == Anchor ? _anchorHash : _recent.Find(after.Sequence);
+            if (known is null)
+            {
+                return (NextSequence, $"line {lineNumber} restarts the stream after event {after.Sequence}, {position - after.Sequence} events back: this verifier keeps the hashes of the last {RecentEvents} events only, and cannot check it (verify the part after the restart line as an export of its own)");
+            }
+
+            if (known != after.Hash)
+            {
+                return (NextSequence, $"line {lineNumber} restarts the stream after event {after.Sequence} with hash {after.Hash}, but event {after.Sequence} verified here has hash {known}: the line was edited, or is not this stream's");
+            }
+
+            // Back to the event it goes on after: the events after it, and the checkpoints over them,
+            // are replaced (back to the anchor: every checkpoint but the anchor's, those over events
+            // the ring no longer holds among them).
+            var held = _recent.TruncateAfter(after.Sequence);
+            var replacedCheckpoints = after.Sequence == Anchor ? Checkpoints - _anchorCheckpoints : held;
+            _replacedEvents += position - after.Sequence;
+            _replacedCheckpoints += replacedCheckpoints;
+            Events -= position - after.Sequence;
+            Checkpoints -= replacedCheckpoints;
+            LastSigned = after.Sequence != Anchor ? _recent.SignedThrough(after.Sequence) : _anchorCheckpoints > 0 ? Anchor : 0;
+            RetentionSequence = RetentionSequence > after.Sequence ? null : RetentionSequence;
+            KnownHash = knownSequence > after.Sequence ? null : KnownHash;
+            _previous = after.Hash;
+            NextSequence = after.Sequence + 1;
+            RestartCount++;
+            if (_restarts.Count < MaxListedRestarts)
+            {
+                _restarts.Add(new AuditStreamRestart(lineNumber, after.Sequence, after.Hash, replaced.Sequence, replaced.Hash));
+            }
+
+            return null;
+        }
+
+        // {"seq":N,"hash":"…"}, nothing else.
+        private static (long Sequence, string Hash)? Point(JsonElement restart, string name) =>
+            restart.TryGetProperty(name, out var point) && point.ValueKind == JsonValueKind.Object
+            && point.EnumerateObject().Select(p => p.Name).ToList() is ["seq", "hash"]
+            && point.GetProperty("seq") is { ValueKind: JsonValueKind.Number } seq && seq.TryGetInt64(out var sequence)
+            && point.GetProperty("hash") is { ValueKind: JsonValueKind.String } hash
+                ? (sequence, hash.GetString()!)
+                : null;
+
         public AuditVerification Fail(long sequence, string problem) =>
-            new(false, Events, Checkpoints, LastSigned, 0, sequence, problem);
+            new(false, Events, Checkpoints, LastSigned, 0, sequence, problem, StreamRestarts: Restarts);
     }
 
     /// <summary>
     /// The hashes of the last events, by sequence number, in a ring that grows to at most
-    /// <c>capacity</c> entries of 32 bytes: what a checkpoint later in the export may refer to.
+    /// <c>capacity</c> entries of 44 bytes: what a checkpoint or a stream restart later in the
+    /// copy may refer to. With each, how many checkpoints were verified over it, and the newest
+    /// checkpoint verified at or before it: what a restart that goes back to it replaces, and
+    /// what is still signed after it.
     /// </summary>
     private sealed class RecentHashes(int capacity)
     {
         private byte[] _ring = new byte[32 * 64];
+        private long[] _signedThrough = new long[64];
+        private int[] _checkpoints = new int[64];
         private long _last;
 
         public int Count { get; private set; }
 
-        private int Slots => _ring.Length / 32;
+        private int Slots => _signedThrough.Length;
 
-        /// <summary>Remembers the hash of event <paramref name="sequence"/>, the one after the last remembered.</summary>
-        public void Add(long sequence, byte[] hash)
+        /// <summary>Remembers the hash of event <paramref name="sequence"/>, the one after the last remembered, signed through <paramref name="signedThrough"/>.</summary>
+        public void Add(long sequence, byte[] hash, long signedThrough)
         {
             if (Count == Slots && Slots < capacity)
             {
-                var grown = new byte[Math.Min(_ring.Length * 2, 32 * capacity)];
+                var slots = Math.Min(Slots * 2, capacity);
+                var (ring, signed, checkpoints) = (new byte[32 * slots], new long[slots], new int[slots]);
                 for (var s = _last - Count + 1; s <= _last; s++)
                 {
-                    _ring.AsSpan(Slot(s, Slots), 32).CopyTo(grown.AsSpan(Slot(s, grown.Length / 32)));
+                    _ring.AsSpan(Slot(s, Slots) * 32, 32).CopyTo(ring.AsSpan(Slot(s, slots) * 32));
+                    signed[Slot(s, slots)] = _signedThrough[Slot(s, Slots)];
+                    checkpoints[Slot(s, slots)] = _checkpoints[Slot(s, Slots)];
                 }
 
-                _ring = grown;
+                (_ring, _signedThrough, _checkpoints) = (ring, signed, checkpoints);
             }
 
-            hash.CopyTo(_ring, Slot(sequence, Slots));
+            var slot = Slot(sequence, Slots);
+            hash.CopyTo(_ring, slot * 32);
+            (_signedThrough[slot], _checkpoints[slot]) = (signedThrough, 0);
             _last = sequence;
             Count = Math.Min(Count + 1, Slots);
         }
 
         /// <summary>The hash of event <paramref name="sequence"/>; null when it is not among the last held.</summary>
         public string? Find(long sequence) =>
-            Count > 0 && sequence <= _last && sequence > _last - Count
-                ? Convert.ToHexStringLower(_ring.AsSpan(Slot(sequence, Slots), 32))
-                : null;
+            Holds(sequence) ? Convert.ToHexStringLower(_ring.AsSpan(Slot(sequence, Slots) * 32, 32)) : null;
 
-        private static int Slot(long sequence, int slots) => (int)(sequence % slots) * 32;
+        /// <summary>A checkpoint over event <paramref name="sequence"/> (held) was verified: it and the events after it are signed through it.</summary>
+        public void Signed(long sequence)
+        {
+            _checkpoints[Slot(sequence, Slots)]++;
+
+            // Signed-through never falls along the ring: stop at the first event already signed this far.
+            for (var s = sequence; s <= _last && _signedThrough[Slot(s, Slots)] < sequence; s++)
+            {
+                _signedThrough[Slot(s, Slots)] = sequence;
+            }
+        }
+
+        /// <summary>The newest checkpoint verified at or before event <paramref name="sequence"/> (held); 0: none.</summary>
+        public long SignedThrough(long sequence) => _signedThrough[Slot(sequence, Slots)];
+
+        /// <summary>Forgets the events after <paramref name="sequence"/> (held, or the one before the oldest held); the checkpoints verified over them.</summary>
+        public long TruncateAfter(long sequence)
+        {
+            long checkpoints = 0;
+            for (var s = Math.Max(sequence + 1, _last - Count + 1); s <= _last; s++)
+            {
+                checkpoints += _checkpoints[Slot(s, Slots)];
+            }
+
+            Count = (int)Math.Max(0, Count - (_last - sequence));
+            _last = sequence;
+            return checkpoints;
+        }
+
+        private bool Holds(long sequence) => Count > 0 && sequence <= _last && sequence > _last - Count;
+
+        private static int Slot(long sequence, int slots) => (int)(sequence % slots);
     }
 
     /// <summary>
