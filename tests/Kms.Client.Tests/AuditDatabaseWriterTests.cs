@@ -475,6 +475,62 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         Assert.Equal(17L, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence);
     }
 
+    // A head.json that is no file of a record's size is refused before it is read: a large file
+    // by its size, a FIFO (or a device) without being opened — a FIFO's writer here would wait
+    // for ever for a reader, and writes 1 MiB once one comes. Before, the whole file was read
+    // before its size was looked at: the FIFO was opened and read until its writer stopped (a
+    // device such as /dev/zero: until the read failed at 2 GiB), and the start waited for it.
+    [Fact]
+    public async Task HeadFile_LargeFileOrFifo_StartRefusedByItsSize_WithoutReadingIt()
+    {
+        await BuildAsync();
+        Directory.CreateDirectory(Path.GetDirectoryName(HeadPath)!);
+        var record = new SeenHead(new AuditHead(12, Scalar("SELECT hash FROM audit_events WHERE seq = 12")), _time.GetUtcNow(), _log.Fingerprint).ToBytes();
+        using (var mkfifo = System.Diagnostics.Process.Start("mkfifo", HeadPath))
+        {
+            await mkfifo.WaitForExitAsync();
+            Assert.Equal(0, mkfifo.ExitCode);
+        }
+
+        var opened = false;
+        var writer = Task.Run(() =>
+        {
+            using var fifo = new FileStream(HeadPath, FileMode.Open, FileAccess.Write); // returns once a reader opened it
+            Volatile.Write(ref opened, true);
+            var spaces = Enumerable.Repeat((byte)' ', 64 * 1024).ToArray();
+            try
+            {
+                for (var i = 0; i < 16; i++)
+                {
+                    fifo.Write(spaces);
+                }
+
+                fifo.Write(record);
+            }
+            catch (IOException)
+            {
+                // the reader closed it first
+            }
+        });
+        var fifoRefused = await Assert.ThrowsAsync<KmsException>(async () => await (await StartAsync(_store, _hsm)).ReadOwnHeadAsync(HeadPath, default));
+        Assert.False(Volatile.Read(ref opened), "the start opened the FIFO");
+        Assert.Contains("is empty, or no regular file (a FIFO or a device: not opened)", fifoRefused.Message, StringComparison.Ordinal);
+
+        // Let the writer go: open it for reading, and close it.
+        await using (new FileStream(HeadPath, FileMode.Open, FileAccess.Read))
+        {
+        }
+
+        await writer;
+
+        File.Delete(HeadPath);
+        await File.WriteAllBytesAsync(HeadPath, [.. Enumerable.Repeat((byte)' ', 100_000), .. record]);
+        var large = await Assert.ThrowsAsync<KmsException>(async () => await (await StartAsync(_store, _hsm)).ReadOwnHeadAsync(HeadPath, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, large.Code);
+        Assert.Contains($"{HeadPath}, this node's record of the audit head it last saw, is {100_000 + record.Length} bytes long, more than the 64 KiB read of it", large.Message, StringComparison.Ordinal);
+        Assert.Contains("move it aside (head.json.replaced-TIME)", large.Message, StringComparison.Ordinal);
+    }
+
     // While the node refuses to sign checkpoints (here: the database went back behind the head it
     // recorded), retention records no cut: a cut is made only under a checkpoint signed after its
     // record, which the refusal stops. Before, every retention pass (the lifecycle's, each

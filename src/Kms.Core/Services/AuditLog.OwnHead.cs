@@ -103,7 +103,7 @@ public sealed partial class AuditLog
         byte[]? content;
         try
         {
-            content = File.Exists(path) ? await File.ReadAllBytesAsync(path, cancellationToken) : null;
+            content = File.Exists(path) ? await ReadBoundedAsync(path, cancellationToken) : null;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -116,11 +116,9 @@ public sealed partial class AuditLog
             return new OwnHeadRecord(null, default, OtherKey: false, PassesThrough: true); // a new data directory, or the file moved aside
         }
 
-        if (content.Length > MaxRecordLine || SeenHead.Parse(content) is not { } seen)
+        if (SeenHead.Parse(content) is not { } seen)
         {
-            throw KmsErrors.FailedPrecondition(
-                $"{path}, this node's record of the audit head it last saw, holds no such record (it is written whole, so not a crash's doing: an edit or a damaged disk); refusing to start, as the node cannot tell how far it served. "
-                + $"Put back the file from a copy kept off the host; or move it aside ({SeenHead.FileName}.replaced-TIME): this node then knows only its checkpoints and the database's");
+            throw HeadRecordDamaged(path, "holds no such record (it is written whole, so not a crash's doing: an edit or a damaged disk)");
         }
 
         if (seen.KeyFingerprint != Fingerprint)
@@ -308,6 +306,40 @@ public sealed partial class AuditLog
         && SignedHead(latest) is not null
         && await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, cancellationToken) is [var oldest]
         && oldest.Sequence > sequence + 1;
+
+    // The file's content, read only when it is a file of one to MaxRecordLine bytes (a record is
+    // about 200), and then at most MaxRecordLine + 1 bytes of it. Before, the whole file was read
+    // before its size was looked at: a huge file took the start as long and as much memory as it
+    // was big, and a FIFO (or a device, a size of 0) put there held the start in its open or read
+    // for as long as something wrote to it. One that is not, or grows past the bound while read,
+    // refuses the start, naming the size.
+    private static async Task<byte[]> ReadBoundedAsync(string path, CancellationToken cancellationToken)
+    {
+        var length = new FileInfo(path).Length;
+        if (length is 0 or > MaxRecordLine)
+        {
+            throw HeadRecordDamaged(path, length == 0
+                ? "is empty, or no regular file (a FIFO or a device: not opened)"
+                : $"is {length} bytes long, more than the {MaxRecordLine / 1024} KiB read of it (a record is about 200 bytes): not one record (not read)");
+        }
+
+        using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, bufferSize: 0, FileOptions.Asynchronous);
+        var buffer = new byte[MaxRecordLine + 1];
+        var read = 0;
+        for (int n; read < buffer.Length && (n = await file.ReadAsync(buffer.AsMemory(read), cancellationToken)) > 0;)
+        {
+            read += n;
+        }
+
+        return read > MaxRecordLine
+            ? throw HeadRecordDamaged(path, $"grew past {MaxRecordLine / 1024} KiB while it was read (a record is about 200 bytes): not one record")
+            : buffer[..read];
+    }
+
+    private static KmsException HeadRecordDamaged(string path, string what) =>
+        KmsErrors.FailedPrecondition(
+            $"{path}, this node's record of the audit head it last saw, {what}; refusing to start, as the node cannot tell how far it served. "
+            + $"Put back the file from a copy kept off the host; or move it aside ({SeenHead.FileName}.replaced-TIME): this node then knows only its checkpoints and the database's");
 
     private static KmsException HeadRecordUnreadable(string path, string why) =>
         KmsErrors.FailedPrecondition(
