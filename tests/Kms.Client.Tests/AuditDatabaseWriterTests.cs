@@ -475,6 +475,43 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         Assert.Equal(17L, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence);
     }
 
+    // A node started on a chain rolled back behind the checkpoint in its checkpoints.jsonl (the
+    // rollback accepted as it is) is held on it; the rollback undone under it (a failover back),
+    // the chain passes through the checkpoint again and the node signs, as a node held on its
+    // head record does (HeadFile_RolledBackUnderARunningNode_CheckpointsRefused_…). The hold then
+    // ends for good. Before, it stayed set for the rest of the run: each later call signed the
+    // same head again, appending a line to checkpoints.jsonl every time (every GetAuditCheckpoint,
+    // every export), and another node's later checkpoint was never adopted.
+    [Fact]
+    public async Task CheckpointsFile_RolledBackWhileStopped_ChainPassesThroughItAgain_HoldEnds_SignedOnceNotAtEveryCall()
+    {
+        RecordCheckpoints(_log);
+        await BuildAsync(); // the file: 5, 10
+        Assert.Equal(12L, (await _log.CheckpointAsync(default))?.Sequence);
+        Sql("CREATE TABLE lost AS SELECT * FROM audit_events WHERE seq > 10; DELETE FROM audit_events WHERE seq > 10; DELETE FROM audit_checkpoints WHERE seq > 10");
+
+        var restarted = await StartAsync(_store, _hsm);
+        RecordCheckpoints(restarted);
+        var record = await restarted.RequireOwnRecordAsync(CheckpointsPath, default);
+        Assert.Equal((12L, false), (record.Checkpoint?.Sequence, record.PassesThrough));
+        Assert.NotNull(restarted.CheckpointRefusedSince);
+        await Assert.ThrowsAsync<KmsException>(() => restarted.CheckpointAsync(default));
+
+        Sql("DELETE FROM audit_events WHERE seq > 10; INSERT INTO audit_events SELECT * FROM lost");
+        Assert.Equal(12L, (await restarted.CheckpointAsync(default))?.Sequence);
+        Assert.Null(restarted.CheckpointRefusedSince);
+        var lines = (await File.ReadAllLinesAsync(CheckpointsPath)).Length;
+
+        Assert.Null(await restarted.CheckpointAsync(default));
+        Assert.Null(await restarted.CheckpointAsync(default));
+        Assert.Equal(lines, (await File.ReadAllLinesAsync(CheckpointsPath)).Length);
+        await AppendAsync(13, 14);
+        Assert.Equal(14L, (await (await StartAsync(_store, _hsm)).CheckpointAsync(default))?.Sequence); // another node's
+        await AppendAsync(15, 15);
+        await restarted.RunHousekeepingAsync(default); // adopts 14: nothing due (one event since)
+        Assert.Equal(lines, (await File.ReadAllLinesAsync(CheckpointsPath)).Length);
+    }
+
     // A head.json that is no file of a record's size is refused before it is read: a large file
     // by its size, a FIFO (or a device) without being opened — a FIFO's writer here would wait
     // for ever for a reader, and writes 1 MiB once one comes. Before, the whole file was read

@@ -556,6 +556,13 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         _lastCheckpoint = head;
         _lastCheckpointTime = now;
         Volatile.Write(ref _checkpointRefusedTicks, 0);
+
+        // A hold on the node's own checkpoint (checkpoints.jsonl) ends as the head record's does
+        // when the chain passes through it again: signed over it just now. Before, the hold stayed
+        // set for the rest of the run: every later call signed the same head again (each
+        // GetAuditCheckpoint or export another checkpoints.jsonl line and 1302), and another
+        // node's later checkpoint was never adopted.
+        _heldAtOwnRecord = false;
         CheckpointWritten?.Invoke(checkpoint);
         return checkpoint;
     }
