@@ -177,6 +177,28 @@ public sealed class ServerProcess : IAsyncDisposable
         return _process.ExitCode;
     }
 
+    /// <summary>
+    /// Waits for the process to end by itself (a refused start), at most <paramref name="within"/>
+    /// (then it is killed and this throws); returns its exit code, once everything it wrote is in
+    /// <see cref="Output"/>.
+    /// </summary>
+    public async Task<int> ExitedAsync(TimeSpan within)
+    {
+        using var timeout = new CancellationTokenSource(within);
+        try
+        {
+            await _process.WaitForExitAsync(timeout.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            _process.Kill(entireProcessTree: true);
+            await _process.WaitForExitAsync();
+            throw new TimeoutException($"the server did not end by itself within {within.TotalSeconds:0} s:\n{Output}");
+        }
+
+        return _process.ExitCode;
+    }
+
     /// <summary>Kills the process at once (SIGKILL): no drain, no shutdown, open connections reset — a node lost mid-request.</summary>
     public void Kill()
     {

@@ -46,24 +46,91 @@ public static partial class KmsServerApp
         CancellationToken cancellationToken = default)
     {
         var logger = CreateLogger(configureLogging);
+        var opened = new OpenedWhileBuilt();
         try
         {
-            return await BuildWithLoggerAsync(args, logger, configureServices, cancellationToken);
+            return await BuildWithLoggerAsync(args, logger, opened, configureServices, cancellationToken);
         }
         catch (Exception e) when (cancellationToken.IsCancellationRequested)
         {
             // Whatever the stop interrupted (a connect to the database ended with an exception of
-            // its own, the audit checks), the build has closed what it had opened: a stop, not a
-            // refusal to start. The container that would dispose the logger does not exist.
+            // its own, the audit checks), it is a stop, not a refusal to start: said, then what the
+            // build had opened closed (the logger last).
             ServerLog.StoppedWhileStarting(new Serilog.Extensions.Logging.SerilogLoggerFactory(logger).CreateLogger(typeof(KmsServerApp).Assembly.GetName().Name!));
+            var unclosed = await opened.CloseAsync();
             await logger.DisposeAsync();
-            throw new OperationCanceledException("a stop was asked for while the server was built", e, cancellationToken);
+            throw new OperationCanceledException($"a stop was asked for while the server was built{Unclosed(unclosed)}", e, cancellationToken);
+        }
+        catch (Exception e)
+        {
+            // A refusal (Program prints its message): what the build had opened closed, the logger
+            // last. Before, a check that refused once the application was built (the audit start
+            // checks, the access provisioning, the quorum's) closed the HSM, the store and the lease
+            // but not the application, whose container and the logger it owns stayed undisposed.
+            var unclosed = await opened.CloseAsync();
+            await logger.DisposeAsync();
+            if (unclosed.Count == 0)
+            {
+                throw;
+            }
+
+            throw new InvalidOperationException(e.Message + Unclosed(unclosed), e);
+        }
+    }
+
+    // A close that failed after a refusal or a stop: said after the refusal's own words, which stay
+    // what the operator reads first (the exception's type and message: disposal's, not a secret's).
+    private static string Unclosed(IReadOnlyList<Exception> unclosed) =>
+        unclosed.Count == 0 ? "" : $"; closing what the start had opened failed too ({string.Join("; ", unclosed.Select(u => $"{u.GetType().Name}: {u.Message}"))})";
+
+    // What the build has opened so far, closed in the reverse order when the build does not end in
+    // a server (a refusal, a stop asked for): the application built (its container: the audit log,
+    // the services resolved by the start checks), then the HSM (its sessions closed, then the
+    // module released: C_Finalize with the last user), the store (the audit writer's connection,
+    // the serving lock), the lease. The container disposes the HSM, store and lease it resolved
+    // itself (once per registration): disposing them again does nothing more. One step that throws
+    // does not keep the next open.
+    private sealed class OpenedWhileBuilt
+    {
+        public SqlStore? Store { get; set; }
+
+        public ILeaderLease? Lease { get; set; }
+
+        public Pkcs11Hsm? Hsm { get; set; }
+
+        public WebApplication? App { get; set; }
+
+        // Every step runs, whatever one before it threw; what each threw is returned.
+        public async Task<IReadOnlyList<Exception>> CloseAsync()
+        {
+            var failures = new List<Exception>();
+            foreach (var close in (Func<ValueTask>[])
+            [
+                () => App?.DisposeAsync() ?? ValueTask.CompletedTask,
+                () => Hsm?.DisposeAsync() ?? ValueTask.CompletedTask,
+                () => Store?.DisposeAsync() ?? ValueTask.CompletedTask,
+                () => Lease is IAsyncDisposable lease ? lease.DisposeAsync() : ValueTask.CompletedTask,
+            ])
+            {
+                try
+                {
+                    await close();
+                }
+                catch (Exception e) when (e is not OutOfMemoryException)
+                {
+                    failures.Add(e);
+                }
+            }
+
+            (App, Hsm, Store, Lease) = (null, null, null, null);
+            return failures;
         }
     }
 
     private static async Task<WebApplication> BuildWithLoggerAsync(
         string[] args,
         Serilog.Core.Logger logger,
+        OpenedWhileBuilt opened,
         Action<IServiceCollection>? configureServices,
         CancellationToken cancellationToken)
     {
@@ -279,60 +346,35 @@ public static partial class KmsServerApp
         }
 
         var (store, lease) = await OpenStoreAsync(builder.Configuration, sqliteOptions, serverOptions.NodeName, cancellationToken);
+        (opened.Store, opened.Lease) = (store, lease);
         store.MetadataCacheCapacity = builder.Configuration.GetValue("Storage:MetadataCacheCapacity", SqlStore.DefaultMetadataCacheCapacity);
         var loggerFactory = new Serilog.Extensions.Logging.SerilogLoggerFactory(logger);
-        Pkcs11Hsm hsm;
-        try
-        {
-            hsm = Pkcs11Hsm.Open(hsmOptions, loggerFactory.CreateLogger("Kms.Hsm"));
-        }
-        catch
-        {
-            await store.DisposeAsync();
-            if (lease is IAsyncDisposable openLease)
-            {
-                await openLease.DisposeAsync();
-            }
+        var hsm = Pkcs11Hsm.Open(hsmOptions, loggerFactory.CreateLogger("Kms.Hsm"));
+        opened.Hsm = hsm;
 
-            throw;
-        }
-
-        try
+        // The HSM's open takes no token: a stop asked for while it ran is seen here.
+        cancellationToken.ThrowIfCancellationRequested();
+        await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
+        builder.Services.AddSingleton(LoadQuorumOptions(serverOptions.Quorum) with
         {
-            // The HSM's open takes no token: a stop asked for while it ran is seen here.
-            cancellationToken.ThrowIfCancellationRequested();
-            await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
-            builder.Services.AddSingleton(LoadQuorumOptions(serverOptions.Quorum) with
-            {
-                HeadRecord = new OfficerHeadFile(Path.Combine(serverOptions.DataDir, "quorum", "officer-head"), loggerFactory.CreateLogger("Kms.Quorum")),
-                NodeName = serverOptions.NodeName,
-                CredentialPath = AccessProvisioning.BootstrapCredentialPath(serverOptions),
-                BackupExportUnsupported = store is SqliteStore
-                    ? null
-                    : $"backups through the API are SQLite snapshots; a {store.Provider} database is backed up with its own tools (docs/deployment.md)",
-            });
-            builder.Services.AddSingleton(_ => lease); // a factory: the container disposes it (closing the lease's session) at shutdown
-            var app = Build(builder, hsm, store, serverOptions, feedOptions, metricsUrl, logger, configureServices);
+            HeadRecord = new OfficerHeadFile(Path.Combine(serverOptions.DataDir, "quorum", "officer-head"), loggerFactory.CreateLogger("Kms.Quorum")),
+            NodeName = serverOptions.NodeName,
+            CredentialPath = AccessProvisioning.BootstrapCredentialPath(serverOptions),
+            BackupExportUnsupported = store is SqliteStore
+                ? null
+                : $"backups through the API are SQLite snapshots; a {store.Provider} database is backed up with its own tools (docs/deployment.md)",
+        });
+        builder.Services.AddSingleton(_ => lease); // a factory: the container disposes it (closing the lease's session) at shutdown
+        var app = Build(builder, hsm, store, serverOptions, feedOptions, metricsUrl, logger, configureServices);
+        opened.App = app;
 
-            // Before the first call: a node whose clock was set back (or a VM restored) accepts no
-            // credential that expired by the time this deployment recorded as seen.
-            await app.Services.GetRequiredService<TrustedTime>().RefreshAsync(cancellationToken);
-            await app.Services.GetRequiredService<AuditWorker>().InitializeAsync(cancellationToken);
-            await AccessProvisioning.RunAsync(app.Services, serverOptions, loggerFactory.CreateLogger("Kms.Access"), cancellationToken);
-            await InitializeQuorumAsync(app.Services, serverOptions.Quorum, loggerFactory.CreateLogger("Kms.Quorum"), cancellationToken);
-            return app;
-        }
-        catch
-        {
-            await hsm.DisposeAsync();
-            await store.DisposeAsync();
-            if (lease is IAsyncDisposable disposable)
-            {
-                await disposable.DisposeAsync();
-            }
-
-            throw;
-        }
+        // Before the first call: a node whose clock was set back (or a VM restored) accepts no
+        // credential that expired by the time this deployment recorded as seen.
+        await app.Services.GetRequiredService<TrustedTime>().RefreshAsync(cancellationToken);
+        await app.Services.GetRequiredService<AuditWorker>().InitializeAsync(cancellationToken);
+        await AccessProvisioning.RunAsync(app.Services, serverOptions, loggerFactory.CreateLogger("Kms.Access"), cancellationToken);
+        await InitializeQuorumAsync(app.Services, serverOptions.Quorum, loggerFactory.CreateLogger("Kms.Quorum"), cancellationToken);
+        return app;
     }
 
     // Storage:Provider chooses the backend: sqlite (one node, the default) or postgres (any

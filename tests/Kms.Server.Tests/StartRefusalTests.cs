@@ -1,0 +1,93 @@
+using System.Security.Cryptography;
+using System.Text;
+using Kms.Core.Services;
+using Kms.Hsm;
+using Kms.Server.Hosting;
+using Kms.Testing;
+using Serilog.Core;
+using Serilog.Events;
+
+namespace Kms.Server.Tests;
+
+/// <summary>
+/// A start refused by a check that runs once the application is built (the audit start checks):
+/// what the build opened is closed, the logger last, and the next start on the same HSM token and
+/// data directory serves.
+/// </summary>
+public sealed class StartRefusalTests
+{
+    private const string DomainKeyId = "dk-start-refusal";
+
+    [Fact]
+    public async Task AnAuditStartCheckRefuses_AfterTheApplicationIsBuilt_EverythingClosedTheLoggerLast_TheNextStartServes()
+    {
+        var token = SoftHsm.CreateToken();
+        var dataDir = Scratch.NewPath("kms-server-");
+
+        // This node's head record cannot be read (a directory in its place): the audit start check
+        // that reads it refuses, after the application (its container, the logger's owner) is built.
+        var headRecord = Directory.CreateDirectory(Path.Combine(dataDir, "audit", SeenHead.FileName)).FullName;
+        var sink = new DisposableSink();
+        var refusal = await Assert.ThrowsAnyAsync<Exception>(() => KmsServerApp.BuildAsync(KmsTestServer.DevArgs(token, dataDir, "dev"), logging => logging.WriteTo.Sink(sink)));
+        Assert.IsNotType<OperationCanceledException>(refusal, exactMatch: false);
+        Assert.Contains("it is a directory", refusal.Message, StringComparison.Ordinal);
+
+        // Before: the HSM, the store and the lease were closed, the application was not: its
+        // container (and the logger it owns, with its sinks) was left undisposed.
+        Assert.True(sink.Disposed, "the logger (and its sinks) should be disposed when the start is refused");
+        Assert.Equal(0, sink.EmittedAfterDisposal);
+
+        Directory.Delete(headRecord);
+        await using var next = await KmsTestServer.StartAsync(token, dataDir);
+        using var client = next.CreateClient();
+        await client.CreateKeyAsync("tenants/dev", "after-a-refused-start");
+    }
+
+    [Fact]
+    public async Task TheProcess_AnAuditStartCheckRefuses_ExitsWithTheRefusal_TheNextStartOnTheSameTokenServes()
+    {
+        var token = SoftHsm.CreateToken();
+        using (var session = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin)))
+        {
+            session.ImportDomainKey(RandomNumberGenerator.GetBytes(32), "kms-domain-key", DomainKeyId);
+        }
+
+        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-node-")).FullName;
+        var headRecord = Directory.CreateDirectory(Path.Combine(dataDir, "audit", SeenHead.FileName)).FullName;
+        await using (var refused = ServerProcess.Launch(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId))
+        {
+            var exitCode = await refused.ExitedAsync(TimeSpan.FromSeconds(120));
+            Assert.True(exitCode == 2, $"exit code {exitCode}, 2 expected:\n{refused.Output}");
+            Assert.Contains("kms: cannot start:", refused.Output, StringComparison.Ordinal);
+            Assert.Contains("it is a directory", refused.Output, StringComparison.Ordinal);
+            Assert.DoesNotContain("Unhandled exception", refused.Output, StringComparison.Ordinal);
+        }
+
+        // The same token (its sessions closed, the module finalised by the refused process) and data
+        // directory (the SQLite serving lock let go): served by the next start.
+        Directory.Delete(headRecord);
+        await using var next = await ServerProcess.StartAsync(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId);
+        Assert.Equal(0, await next.TerminateAsync(TimeSpan.FromSeconds(60)));
+    }
+
+    // A sink that says whether the logger disposed it, and whether anything was written to it after.
+    private sealed class DisposableSink : ILogEventSink, IDisposable
+    {
+        private int _disposed;
+        private int _emittedAfterDisposal;
+
+        public bool Disposed => Volatile.Read(ref _disposed) != 0;
+
+        public int EmittedAfterDisposal => Volatile.Read(ref _emittedAfterDisposal);
+
+        public void Emit(LogEvent logEvent)
+        {
+            if (Disposed)
+            {
+                Interlocked.Increment(ref _emittedAfterDisposal);
+            }
+        }
+
+        public void Dispose() => Interlocked.Exchange(ref _disposed, 1);
+    }
+}
