@@ -173,6 +173,76 @@ public sealed class ShutdownTests
         Assert.DoesNotContain("cannot start", server.Output, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task ASigtermWhileTheHsmModuleIsLoaded_BuildCancelled_Logged1320_ExitsZero()
+    {
+        // The PKCS#11 module is a FIFO: the server's load of it (dlopen) opens it, which returns only
+        // once a writer opens it too, and then reads it, which waits for bytes that never come — as
+        // a module on a mount that does not answer, or a network HSM's C_Initialize that waits for
+        // its server, would hold the open (native code, which no cancellation token reaches).
+        var token = SoftHsm.CreateToken();
+        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-node-")).FullName;
+        var module = Path.Combine(dataDir, "hanging-module.so");
+        MakeFifo(module);
+        await using var server = ServerProcess.Launch(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, "dk-never-reached", $"--Hsm:ModulePath={module}");
+
+        // The event waited for: this open for writing returns when the server has opened the module.
+        await using var writer = await Task.Run(() => new FileStream(module, FileMode.Open, FileAccess.Write, FileShare.ReadWrite)).WaitAsync(TimeSpan.FromSeconds(120));
+
+        // Before: the build waited for the open, which never ended; one SIGTERM did nothing (only a
+        // second one, the runtime's default, ended the process, with nothing logged). Now the build
+        // ends at the first, the open left to its thread.
+        await server.SignalAsync();
+        await server.WaitForOutputAsync("StoppedWhileStarting", TimeSpan.FromSeconds(60));
+
+        // The writer stays open until the process has ended (its load of the module still waiting
+        // in read): closed before, the failed load was followed by another open of the FIFO, which
+        // waited for a writer, and the process's exit waited for that.
+        var exitCode = await server.ExitedAsync(TimeSpan.FromSeconds(60));
+        Assert.True(exitCode == 0, $"exit code {exitCode}, 0 expected:\n{server.Output}");
+        Assert.DoesNotContain("cannot start", server.Output, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task AStopWhileTheAuditStartChecksReadTheHeadRecord_BuildCancelled_Logged1320_AllClosed_TheNextStartServes()
+    {
+        // This node's head record is a FIFO: the audit start check's read of it opens it, which
+        // returns only once a writer opens it too, then waits for its bytes (a file on a mount that
+        // does not answer holds the check alike).
+        var token = SoftHsm.CreateToken();
+        var dataDir = Scratch.NewPath("kms-server-");
+        var headRecord = Path.Combine(Directory.CreateDirectory(Path.Combine(dataDir, "audit")).FullName, Kms.Core.Services.SeenHead.FileName);
+        MakeFifo(headRecord);
+        var logs = new LogCapture();
+        using var stop = new CancellationTokenSource();
+        var build = KmsServerApp.BuildAsync(KmsTestServer.DevArgs(token, dataDir, "dev"), logging => logging.WriteTo.Sink(logs), cancellationToken: stop.Token);
+
+        // The event waited for: this open for writing returns when the audit start check has opened
+        // the record. Then the stop (what the SIGTERM handler does while the server is built), then
+        // the record's end, so that the read returns and the build goes on to see the stop.
+        await using (var writer = await Task.Run(() => new FileStream(headRecord, FileMode.Open, FileAccess.Write, FileShare.ReadWrite)).WaitAsync(TimeSpan.FromSeconds(120)))
+        {
+            await stop.CancelAsync();
+        }
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => build.WaitAsync(TimeSpan.FromSeconds(60)));
+        Assert.Contains("StoppedWhileStarting", logs.AllText, StringComparison.Ordinal);
+        Assert.DoesNotContain("Id: 1318", logs.AllText, StringComparison.Ordinal);
+
+        // What the build opened is closed: the same token and data directory serve the next start.
+        File.Delete(headRecord);
+        await using var next = await KmsTestServer.StartAsync(token, dataDir);
+        using var client = next.CreateClient();
+        await client.CreateKeyAsync("tenants/dev", "after-a-stopped-start");
+    }
+
+    private static void MakeFifo(string path)
+    {
+        using var mkfifo = System.Diagnostics.Process.Start("mkfifo", ["-m", "600", path]) ?? throw new InvalidOperationException("mkfifo did not start");
+        mkfifo.WaitForExit();
+        Assert.Equal(0, mkfifo.ExitCode);
+    }
+
     private static TimeSpan StopTime(KmsTestServer server) =>
         server.Services.GetRequiredService<Microsoft.Extensions.Options.IOptions<Microsoft.Extensions.Hosting.HostOptions>>().Value.ShutdownTimeout;
 

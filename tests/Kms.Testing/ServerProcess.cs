@@ -16,6 +16,7 @@ public sealed class ServerProcess : IAsyncDisposable
 {
     private readonly Process _process;
     private readonly StringBuilder _output = new();
+    private readonly List<(string Text, TaskCompletionSource Written)> _awaited = [];
 
     private ServerProcess(Process process, Uri address, string dataDir)
     {
@@ -199,6 +200,33 @@ public sealed class ServerProcess : IAsyncDisposable
         return _process.ExitCode;
     }
 
+    /// <summary>
+    /// Waits until the process writes a line that contains <paramref name="text"/> (at once if it
+    /// already has), at most <paramref name="within"/>, then throws with what it wrote.
+    /// </summary>
+    public async Task WaitForOutputAsync(string text, TimeSpan within)
+    {
+        var written = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_output)
+        {
+            if (_output.ToString().Contains(text, StringComparison.Ordinal))
+            {
+                return;
+            }
+
+            _awaited.Add((text, written));
+        }
+
+        try
+        {
+            await written.Task.WaitAsync(within);
+        }
+        catch (TimeoutException)
+        {
+            throw new TimeoutException($"the server wrote no line with \"{text}\" within {within.TotalSeconds:0} s:\n{Output}");
+        }
+    }
+
     /// <summary>Kills the process at once (SIGKILL): no drain, no shutdown, open connections reset — a node lost mid-request.</summary>
     public void Kill()
     {
@@ -235,6 +263,9 @@ public sealed class ServerProcess : IAsyncDisposable
 
         _process.Dispose();
     }
+
+    /// <summary>Sends SIGTERM and returns, without waiting for anything.</summary>
+    public Task SignalAsync() => SignalTermAsync();
 
     private async Task SignalTermAsync()
     {
@@ -292,6 +323,11 @@ public sealed class ServerProcess : IAsyncDisposable
         lock (_output)
         {
             _output.Append(line).Append('\n');
+            foreach (var awaited in _awaited.Where(a => line.Contains(a.Text, StringComparison.Ordinal)).ToList())
+            {
+                _awaited.Remove(awaited);
+                awaited.Written.TrySetResult();
+            }
         }
     }
 }

@@ -349,10 +349,8 @@ public static partial class KmsServerApp
         (opened.Store, opened.Lease) = (store, lease);
         store.MetadataCacheCapacity = builder.Configuration.GetValue("Storage:MetadataCacheCapacity", SqlStore.DefaultMetadataCacheCapacity);
         var loggerFactory = new Serilog.Extensions.Logging.SerilogLoggerFactory(logger);
-        var hsm = Pkcs11Hsm.Open(hsmOptions, loggerFactory.CreateLogger("Kms.Hsm"));
+        var hsm = await OpenHsmAsync(hsmOptions, loggerFactory.CreateLogger("Kms.Hsm"), cancellationToken);
         opened.Hsm = hsm;
-
-        // The HSM's open takes no token: a stop asked for while it ran is seen here.
         cancellationToken.ThrowIfCancellationRequested();
         await DomainKeyGuard.VerifyAsync(hsm, store, serverOptions.DevMode, cancellationToken);
         builder.Services.AddSingleton(LoadQuorumOptions(serverOptions.Quorum) with
@@ -375,6 +373,41 @@ public static partial class KmsServerApp
         await AccessProvisioning.RunAsync(app.Services, serverOptions, loggerFactory.CreateLogger("Kms.Access"), cancellationToken);
         await InitializeQuorumAsync(app.Services, serverOptions.Quorum, loggerFactory.CreateLogger("Kms.Quorum"), cancellationToken);
         return app;
+    }
+
+    // The HSM's open (the module's load, C_Initialize, the logins) takes no token and may hang in
+    // native code: a network HSM's library that waits for its server, a module file on a mount that
+    // does not answer. A stop asked for meanwhile ends the build all the same (event 1320): the
+    // open is left to its thread, and what it opens if it ever ends is closed then. Before, the
+    // first SIGTERM did nothing until the open ended, and only a second one (the runtime's
+    // default) ended the process, with nothing logged.
+    private static async Task<Pkcs11Hsm> OpenHsmAsync(HsmOptions options, Microsoft.Extensions.Logging.ILogger logger, CancellationToken cancellationToken)
+    {
+        var opening = Task.Run(() => Pkcs11Hsm.Open(options, logger), CancellationToken.None);
+        try
+        {
+            return await opening.WaitAsync(cancellationToken);
+        }
+        catch (OperationCanceledException)
+        {
+            // Also an open that ended as the stop came: closed here, as the build no longer takes it.
+            _ = opening.ContinueWith(
+                static async abandoned =>
+                {
+                    if (abandoned.IsCompletedSuccessfully)
+                    {
+                        await abandoned.Result.DisposeAsync();
+                    }
+                    else
+                    {
+                        _ = abandoned.Exception; // observed: the build has ended with the stop
+                    }
+                },
+                CancellationToken.None,
+                TaskContinuationOptions.None,
+                TaskScheduler.Default).Unwrap();
+            throw;
+        }
     }
 
     // Storage:Provider chooses the backend: sqlite (one node, the default) or postgres (any
