@@ -174,6 +174,58 @@ public sealed class ShutdownTests
     }
 
     [Fact]
+    public async Task TheFinalCheckpointCannotBeAppendedToTheNodesRecord_Logged1303_TheHeadRecordStillWritten_TheStopCompletes()
+    {
+        var server = await KmsTestServer.StartAsync(null, null, "dev", "--Lifecycle:JobInterval=01:00:00");
+        var audit = server.Services.GetRequiredService<Kms.Core.Services.AuditLog>();
+        var checkpoints = Path.Combine(server.DataDir, "audit", "checkpoints.jsonl");
+        var headRecord = Path.Combine(server.DataDir, "audit", Kms.Core.Services.SeenHead.FileName);
+        DateTimeOffset beforeTheStop;
+        try
+        {
+            // The head signed now (the housekeeping then signs no checkpoint for a minute), this node's
+            // record of its checkpoints made unwritable (a directory in its place, as a full disk would
+            // make the append fail), and events after it, which only the stop's checkpoint signs.
+            using (var first = server.CreateClient())
+            {
+                await first.CreateKeyAsync("tenants/dev", "before-the-last-checkpoint");
+            }
+
+            await audit.CheckpointAsync(default);
+            File.Delete(checkpoints);
+            Directory.CreateDirectory(checkpoints);
+            using var client = server.CreateClient();
+            await client.CreateKeyAsync("tenants/dev", "after-the-last-checkpoint");
+
+            // Once a housekeeping pass has recorded that head: only the stop writes head.json again.
+            using var wait = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            while (!File.Exists(headRecord) || Kms.Core.Services.SeenHead.Parse(await File.ReadAllBytesAsync(headRecord, wait.Token))?.Head.Sequence != AuditHead(server))
+            {
+                await Task.Delay(50, wait.Token);
+            }
+
+            beforeTheStop = DateTimeOffset.UtcNow;
+        }
+        catch
+        {
+            await server.DisposeAsync();
+            throw;
+        }
+
+        // Before: the append's exception was not among those the stop caught (a KmsException or a
+        // cancellation): it skipped the head record, and the host's stop threw it.
+        await server.DisposeAsync();
+
+        Assert.Contains("Id: 1303", server.Logs.AllText, StringComparison.Ordinal);
+        var recorded = Kms.Core.Services.SeenHead.Parse(await File.ReadAllBytesAsync(headRecord))!;
+        Assert.True(recorded.Written >= beforeTheStop, $"head.json was last written at {recorded.Written:o}, before the stop ({beforeTheStop:o})");
+        Assert.Equal(AuditHead(server), recorded.Head.Sequence);
+    }
+
+    private static long AuditHead(KmsTestServer server) =>
+        long.Parse(RawSqlite.Scalar(server.DatabasePath, "SELECT MAX(seq) FROM audit_events"), System.Globalization.CultureInfo.InvariantCulture);
+
+    [Fact]
     public async Task ASigtermWhileTheHsmModuleIsLoaded_BuildCancelled_Logged1320_ExitsZero()
     {
         // The PKCS#11 module is a FIFO: the server's load of it (dlopen) opens it, which returns only

@@ -216,8 +216,20 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
             await audit.CheckpointAsync(cancellationToken);
         }
-        catch (Exception e) when (e is Kms.Core.Errors.KmsException or OperationCanceledException)
+        catch (Kms.Core.Errors.KmsException e) when (e.Code == Kms.Core.Errors.KmsErrorCode.FailedPrecondition && audit.CheckpointRefusedSince is { } since)
         {
+            // A node held (on head.json or checkpoints.jsonl: a rollback accepted as it is, or a chain
+            // that stopped passing through its record while it ran) signs no checkpoint, the final one
+            // neither: the hold, reported since it began (1309/1311–1313, the gauge), not a failure
+            // of the stop. Before, its every stop logged 1303 as if the checkpoint had failed.
+            LogFinalCheckpointHeld(logger, since);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // Whatever failed (the database, the HSM, or this node's checkpoints.jsonl that the
+            // signed checkpoint is appended to: a full disk), the head record below is still
+            // written. Before, only a KmsException or a cancellation was caught here: an IOException
+            // from that append skipped the head record and made the host's stop throw.
             LogFinalCheckpointFailed(logger, e.GetType().Name);
         }
 
@@ -436,6 +448,9 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1303, Level = LogLevel.Warning, Message = "the final audit checkpoint could not be written ({Reason})")]
     private static partial void LogFinalCheckpointFailed(ILogger logger, string reason);
+
+    [LoggerMessage(EventId = 1321, Level = LogLevel.Information, Message = "no final audit checkpoint at stop: this node signs none while it is held, since {Since:o} (the audit chain in the database does not pass through its own record; 1309 or 1311 said which and what to do)")]
+    private static partial void LogFinalCheckpointHeld(ILogger logger, DateTimeOffset since);
 
     // The exception's type only: its message would name the path (and whatever it holds).
     [LoggerMessage(EventId = 1319, Level = LogLevel.Warning, Message = "this node's record of the audit head it last saw could not be written at stop ({Reason}); the one written before it stands")]
