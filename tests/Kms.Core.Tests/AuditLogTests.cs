@@ -885,6 +885,62 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         }
     }
 
+    // The same long search in an ordinary pass: before, nothing but the host's stop bounded it, and
+    // the pass's checkpoint, head record, summaries and refusal windows waited behind it — minutes
+    // over a stream of GBs, no checkpoint signed meanwhile. Each line read here costs a millisecond
+    // of the fake clock: a pass searches for what is left of ForwardBudget, signs its due
+    // checkpoint, and the next pass goes on where it stopped (the history enumerated once).
+    [Fact]
+    public async Task Stream_TheRestartsSearchOfALongStream_ResumedPassByPass_CheckpointsSignedMeanwhile()
+    {
+        var store = new InMemoryStore();
+        var old = await store.AppendAuditAsync([.. Enumerable.Range(0, 10).Select(i => Entry($"old-{i}"))], default);
+        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 5 });
+        await log.InitializeAsync(default);
+        var restarts = new List<StreamRestart>();
+        log.StreamRestarted += restarts.Add;
+        log.EventsWritten += _ => { };
+        var signed = new List<long>();
+        log.CheckpointWritten += c => signed.Add(c.Sequence);
+        store.RollBackAudit(3);
+        await store.AppendAuditAsync([.. Enumerable.Range(0, 5).Select(i => Entry($"new-{i}"))], default);
+
+        const int Held = 20_000;
+        var (read, histories, signedAtTheEnd) = (0, 0, -1);
+        IEnumerable<AuditHead> History()
+        {
+            histories++;
+            for (var sequence = 10L + Held; sequence > 10; sequence--)
+            {
+                read++;
+                _time.Advance(TimeSpan.FromMilliseconds(1));
+                yield return new AuditHead(sequence, "old");
+            }
+
+            signedAtTheEnd = signed.Count;
+            yield return new AuditHead(3, old[2].Hash);
+        }
+
+        log.StreamHistory = History;
+        var passes = 0;
+        while (restarts.Count == 0 && passes++ < Held)
+        {
+            await log.RunHousekeepingAsync(default);
+            if (passes == 1)
+            {
+                Assert.Equal([8L], signed); // the first pass signed the new chain's head, the search under way
+            }
+
+            await store.AppendAuditAsync([.. Enumerable.Range(0, 5).Select(i => Entry($"more-{passes}-{i}"))], default);
+        }
+
+        var restart = Assert.Single(restarts);
+        Assert.Equal(new AuditHead(3, old[2].Hash), restart.After);
+        Assert.Equal(1, histories);
+        Assert.Equal(Held, read);
+        Assert.True(signedAtTheEnd > 1, $"checkpoints signed while the search ran: {signedAtTheEnd}");
+    }
+
     [Fact]
     public async Task Checkpoints_AfterNEvents_OrAfterTheInterval_SignedByTheAuditKey()
     {

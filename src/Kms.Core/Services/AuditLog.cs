@@ -51,6 +51,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     private int _failedCommits;
     private long _checkpointRefusedTicks; // UTC ticks; 0: checkpoints are signed
     private bool _streamBehind; // the last pass's forwarding ended at ForwardBudget, with events left
+    private StreamSearch? _search; // a restart's search for where the stream goes on, under way across passes (SharedPointAsync)
 
     // One housekeeping pass at a time: the loop's, and a caller's (shutdown, tests).
     private readonly SemaphoreSlim _housekeeping = new(1, 1);
@@ -977,20 +978,34 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
 
                 try
                 {
-                    await RestartStreamAsync(forwardUntil, cancellationToken);
+                    if (!await RestartStreamAsync(started, forwardUntil, cancellationToken))
+                    {
+                        // The pass's time for the stream ran out in the search: nothing marked, the
+                        // position unmoved; the next pass, which follows at once, goes on with the
+                        // search where it stopped.
+                        Volatile.Write(ref _streamBehind, true);
+                        return;
+                    }
                 }
                 catch (OperationCanceledException) when (forwardUntil is { IsCancellationRequested: true } && !cancellationToken.IsCancellationRequested)
                 {
                     // The stop's time for the stream ran out in the search: nothing marked, the
                     // position unmoved; the next start restarts the stream.
+                    EndSearch();
                     Volatile.Write(ref _streamBehind, true);
                     return;
+                }
+                catch
+                {
+                    EndSearch(); // cancelled, or the store failed: the next pass searches afresh
+                    throw;
                 }
 
                 restarted = true;
                 continue;
             }
 
+            EndSearch(); // the chain holds the stream's last event (again): no search goes on
             IReadOnlyList<AuditEvent> events = page.Count > 0 && page[0].Sequence == _forwarded ? page.Skip(1).ToList() : page;
             if (events.Count == 0)
             {
@@ -1030,13 +1045,19 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     // The stream's last event is not the chain's: the stream goes on after the newest event it
     // holds that the chain holds (the chains agree up to there, hash for hash), so every event of
     // the chain after it reaches the stream, marked as a restart; some the stream has already,
-    // again. The mark is given before the position moves: a handler that throws leaves it.
-    private async Task RestartStreamAsync(CancellationToken? forwardUntil, CancellationToken cancellationToken)
+    // again. The mark is given before the position moves: a handler that throws leaves it. False:
+    // the pass's time for the stream ran out in the search, which the next pass resumes.
+    private async Task<bool> RestartStreamAsync(long started, CancellationToken? forwardUntil, CancellationToken cancellationToken)
     {
         var replaced = new AuditHead(_forwarded, _forwardedHash);
-        var after = await SharedPointAsync(replaced, forwardUntil, cancellationToken);
+        if (await SharedPointAsync(replaced, started, forwardUntil, cancellationToken) is not { } after)
+        {
+            return false;
+        }
+
         StreamRestarted?.Invoke(new StreamRestart(after, replaced));
         (_forwarded, _forwardedHash, _forwardedHead, _forwardedPoints) = (after.Sequence, after.Hash, after.Sequence > 0 ? after : (AuditHead?)null, [after]);
+        return true;
     }
 
     // The newest event of what the stream holds (its history, newest first, then the points kept in
@@ -1044,19 +1065,42 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     // oldest one retained (the chain's start when none is).
     // The stream's history is read back a line at a time from a file that may hold GBs, lines above
     // the chain's head passed over without a look at the database: the search stops when told to
-    // (the host's stop; at stop, the stream's share of it), checked at every line.
-    private async Task<AuditHead> SharedPointAsync(AuditHead replaced, CancellationToken? forwardUntil, CancellationToken cancellationToken)
+    // (the host's stop; at stop, the stream's share of it), checked at every line. An ordinary pass
+    // searches for what is left of its ForwardBudget, then returns null, the search kept where it
+    // stopped (_search): the next pass goes on from there, not from the file's end again, and a pass
+    // still closes refusal windows, records the head, summarises and signs a due checkpoint (before,
+    // a long search held all of that up for as long as it took: minutes over a stream of GBs).
+    private async Task<AuditHead?> SharedPointAsync(AuditHead replaced, long started, CancellationToken? forwardUntil, CancellationToken cancellationToken)
     {
+        // Read again each pass: a retention cut or new events meanwhile. Points already passed over
+        // stay passed: a point the chain did not hold then is one of a chain the database left, and
+        // a chain restored again under the search makes it restart earlier (more events again), never later.
         var oldest = await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, cancellationToken) is [var first]
             ? new AuditHead(first.Sequence - 1, first.PreviousHash)
             : await store.GetAuditHeadAsync(cancellationToken);
         var head = await store.GetAuditHeadAsync(cancellationToken);
+        if (_search is not { } search || search.Replaced != replaced)
+        {
+            EndSearch();
+            search = _search = new StreamSearch(replaced, (StreamHistory?.Invoke() ?? []).Concat(Enumerable.Reverse(_forwardedPoints)).GetEnumerator());
+        }
+
         IReadOnlyList<AuditEvent> window = [];
-        var held = (StreamHistory?.Invoke() ?? []).Concat(Enumerable.Reverse(_forwardedPoints));
-        foreach (var point in held)
+        while (true)
         {
             cancellationToken.ThrowIfCancellationRequested();
             forwardUntil?.ThrowIfCancellationRequested();
+            if (forwardUntil is null && time.GetElapsedTime(started) >= ForwardBudget)
+            {
+                return null;
+            }
+
+            if (!search.Points.MoveNext())
+            {
+                break;
+            }
+
+            var point = search.Points.Current;
             if (point.Sequence <= 0 || point.Sequence < oldest.Sequence)
             {
                 break; // before what the chain retains: nothing older can be checked either
@@ -1071,6 +1115,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             {
                 if (point.Hash == oldest.Hash)
                 {
+                    EndSearch();
                     return point;
                 }
 
@@ -1085,11 +1130,20 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             var index = window.Count > 0 ? point.Sequence - window[0].Sequence : -1;
             if (index >= 0 && index < window.Count && window[(int)index].Sequence == point.Sequence && window[(int)index].Hash == point.Hash)
             {
+                EndSearch();
                 return point;
             }
         }
 
+        EndSearch();
         return oldest;
+    }
+
+    // Ends a restart's search under way, if any (its history closed: the stream file's handle).
+    private void EndSearch()
+    {
+        _search?.Points.Dispose();
+        _search = null;
     }
 
     // The last event of each page forwarded: where the stream's content goes on after, for a
@@ -1108,6 +1162,9 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     private static KeyVersionId FixedId(string label) => KeyVersionId.FromBytes(SHA256.HashData(Encoding.UTF8.GetBytes(label)).AsSpan(0, KeyVersionId.Length));
 
     private sealed record StoredKeyPair(string Wrapped, string PublicKey);
+
+    // A restart's search under way: the stream position it is for, and the points not yet looked at.
+    private sealed record StreamSearch(AuditHead Replaced, IEnumerator<AuditHead> Points);
 
     private sealed class Pending(AuditEntry entry, long enqueued)
     {
