@@ -672,6 +672,100 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         }
     }
 
+    // A real rollback under a node streaming to a SIEM file: a dump copied back, the node started
+    // on it (AcceptRollback) and going on, its stream restarted at the dump's head. The chain it
+    // went on with destroys a version at a sequence number that a backup taken before the rollback
+    // holds for the chain it left. Restored from that backup with the stream, the destruction must
+    // be re-applied: before, the logs' events were compared by number only (the backup's head),
+    // the new chain's events up to it taken for the backup's, and the destroyed version came back.
+    [Fact]
+    public async Task Restore_ABackupFromBeforeARollback_TheStreamsLaterChainAtTheBackupsNumbers_ItsDestructionIsReapplied()
+    {
+        var stream = TempPath("kms-stream-", ".jsonl");
+        var dump = TempPath("kms-copy-", ".db");
+        var target = TempPath("kms-restored-");
+        string[] args = [$"--Kms:Quorum:GenesisFile={_genesisPath}", "--Lifecycle:MinWaitingPeriod=00:00:01", "--Lifecycle:JobInterval=01:00:00", $"--Kms:Audit:StreamPath={stream}", "--Kms:Audit:AcceptRollback=true"];
+        var (token, dataDir) = (_server.Token, _server.DataDir);
+        var database = Path.Combine(dataDir, "kms.db");
+        async Task StopAsync()
+        {
+            await _server.DisposeAsync();
+            SqliteStore.ReleasePooledConnections();
+            await SqliteStore.FoldWriteAheadLogAsync(database, CancellationToken.None);
+        }
+
+        try
+        {
+            await _server.DisposeAsync();
+            _server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
+            string key;
+            string officerToken;
+            using (var developer = _server.CreateClient())
+            {
+                officerToken = await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer");
+                key = (await developer.CreateKeyAsync("tenants/dev", "forked")).Name;
+                await developer.RotateKeyAsync(key);
+            }
+
+            // The dump.
+            await StopAsync();
+            File.Copy(database, dump);
+            var dumpHead = await AuditHeadAsync(dump);
+
+            // The chain goes on past the dump (requests, each audited), then the backup.
+            _server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
+            string backup;
+            using (var developer = _server.CreateClient())
+            using (var officer = _server.CreateClient(officerToken))
+            {
+                for (var i = 0; i < 30; i++)
+                {
+                    await developer.EncryptAsync(key, "filler"u8.ToArray());
+                }
+
+                backup = Path.Combine(dataDir, "backups", await ExportBackupAsync(officer));
+            }
+
+            await StopAsync();
+
+            // The rollback: the dump put back, the node started on it as it is; version 1 destroyed on the chain it goes on with.
+            foreach (var suffix in new[] { "-wal", "-shm" })
+            {
+                File.Delete(database + suffix);
+            }
+
+            File.Copy(dump, database, overwrite: true);
+            _server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
+            using (var developer = _server.CreateClient())
+            using (var officer = _server.CreateClient(officerToken))
+            {
+                await DestroyFirstVersionNowAsync(developer, officer, key);
+            }
+
+            await StopAsync();
+
+            // The stream: the first chain past the dump, a restart line, the second chain from the dump's head on.
+            var lines = await File.ReadAllLinesAsync(stream);
+            var restart = Array.FindIndex(lines, l => l.StartsWith("{\"stream_restart\"", StringComparison.Ordinal));
+            Assert.True(restart > 0, "the stream restarted");
+            var destruction = lines.Skip(restart).Select(l => Kms.Core.Backup.DestructionReplay.EventsOf([l], "line")).Single(e => e.Count == 1 && e[0].Destruction is not null)[0];
+            var backupHead = BackupManifest.Verify(backup, PublishedAuditKey()).AuditHead.Sequence;
+            Assert.InRange(destruction.Sequence, dumpHead + 1, backupHead); // a number the backup holds for the first chain
+
+            var report = await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [stream], replace: false, CancellationToken.None);
+
+            Assert.Equal([$"{key}/versions/1"], report.Reapplied.Select(r => r.Version));
+            await using var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default);
+            Assert.Equal(KeyState.Destroyed, (await restored.ListVersionsAsync(KeyName.Parse(key, "key"), 0, 10, default))[0].State);
+        }
+        finally
+        {
+            File.Delete(stream);
+            File.Delete(dump);
+            RemoveAfterRestore(target);
+        }
+    }
+
     // A node started on a re-application alone signs nothing (1309), so its checkpoints.jsonl keeps
     // the checkpoint from before the first rollback, and every later dump of the restored database
     // holds that re-application's event, which still covers the checkpoint and is later than it.

@@ -180,12 +180,7 @@ internal static class BackupRestore
 
         var gaps = new List<string>();
         var logs = await ReadLogsAsync(auditLogs, auditPublicKey, gaps, cancellationToken);
-        recorded.AddRange(Destructions(logs, manifest.AuditHead.Sequence, allowGaps, gaps));
-        var (inForce, liftings) = Schedulings(logs, manifest.AuditHead.Sequence);
-        schedulings.AddRange(inForce);
-        tenantDeletions.AddRange(TenantDeletions(logs, manifest.AuditHead.Sequence));
-        var accessRemovals = AccessRemovals(logs, manifest.AuditHead.Sequence);
-        var accessReview = AccessReviews(logs, manifest.AuditHead.Sequence);
+        RequireCovered(logs, manifest.AuditHead.Sequence, allowGaps, gaps);
 
         // Without a database to replace, the audit logs are the only record of what happened
         // after the backup: a restore given none that reach past its head (the backup's own
@@ -225,6 +220,7 @@ internal static class BackupRestore
 
         ReapplyOutcome outcome;
         IReadOnlyList<(KeyVersionName Version, long Before, long After)> carriedCounts;
+        IReadOnlyList<string> accessReview;
         try
         {
             if (BackupManifest.HashFile(staging) != (manifest.SnapshotSha256, manifest.SnapshotSize))
@@ -252,6 +248,19 @@ internal static class BackupRestore
                     Outcome = "OK",
                     Client = Environment.MachineName,
                 };
+
+                // What the logs hold that the snapshot's chain does not, compared hash for hash:
+                // every event after its head, and, before it, the events of another chain that
+                // used the same numbers (a stream that restarted after a rollback: the chain the
+                // lost site went on with). By number alone, those were taken for the snapshot's.
+                var lost = (await NotHeldAsync(store, logs, cancellationToken)).Lost;
+                bool Reapplied(LoggedEvent e) => lost.Contains((e.Sequence, e.Hash));
+                recorded.AddRange(Destructions(logs, Reapplied));
+                var (inForce, liftings) = Schedulings(logs, Reapplied);
+                schedulings.AddRange(inForce);
+                tenantDeletions.AddRange(TenantDeletions(logs, Reapplied));
+                var accessRemovals = AccessRemovals(logs, Reapplied);
+                accessReview = AccessReviews(logs, Reapplied);
                 if (replacedAccess is not null)
                 {
                     // The replaced database's removals first: verified, and its times exact.
@@ -471,10 +480,26 @@ internal static class BackupRestore
 
         var gaps = new List<string>();
         var logs = await ReadLogsAsync(auditLogs, auditPublicKey, gaps, cancellationToken);
-        var after = afterSequence ?? await LastSharedEventAsync(store, logs, cancellationToken);
-        var destructions = Destructions(logs, after, allowGaps, gaps);
-        var (inForce, liftings) = Schedulings(logs, after);
-        var outcome = await ReapplyAsync(store, new Recorded(destructions, inForce, liftings, TenantDeletions(logs, after), AccessRemovals(logs, after)), waitingPeriod, null, store.Location, cancellationToken);
+        Func<LoggedEvent, bool> reapplied;
+        long after;
+        if (afterSequence is { } given)
+        {
+            after = given;
+            reapplied = e => e.Sequence > given;
+        }
+        else
+        {
+            var (lost, shared) = await NotHeldAsync(store, logs, cancellationToken);
+            after = shared ?? throw KmsErrors.FailedPrecondition(
+                "the audit logs do not meet this database's audit chain (no event of theirs is the database's, and the first does not follow one of its events): "
+                + "give --after-sequence, the audit head of the dump that was restored");
+            reapplied = e => lost.Contains((e.Sequence, e.Hash));
+        }
+
+        RequireCovered(logs, after, allowGaps, gaps);
+        var destructions = Destructions(logs, reapplied);
+        var (inForce, liftings) = Schedulings(logs, reapplied);
+        var outcome = await ReapplyAsync(store, new Recorded(destructions, inForce, liftings, TenantDeletions(logs, reapplied), AccessRemovals(logs, reapplied)), waitingPeriod, null, store.Location, cancellationToken);
         await RecordSummaryAsync(store, after, logs, null, cancellationToken);
         return new ReapplyReport(outcome.Reapplied, [.. gaps, .. outcome.Skipped], after)
         {
@@ -483,7 +508,7 @@ internal static class BackupRestore
             TenantsDeleting = outcome.TenantsDeleting,
             ReplacedCheckpoints = dataDir is null ? null : await MoveCheckpointsAsideUnlessPassedThroughAsync(store, dataDir, cancellationToken),
             AccessRemoved = outcome.AccessRemoved,
-            AccessReview = [.. AccessReviews(logs, after), .. outcome.Review],
+            AccessReview = [.. AccessReviews(logs, reapplied), .. outcome.Review],
         };
     }
 
@@ -578,7 +603,7 @@ internal static class BackupRestore
     /// verified; neither can the unsigned tail of an export. Both are still read — a forged
     /// destruction can only destroy more, while a real one left out would bring a destroyed key
     /// back. Where the files leave events out is judged over all of them, after the start
-    /// (<see cref="Destructions"/>): a stream may restart (after a restore it goes back to the
+    /// (<see cref="RequireCovered"/>): a stream may restart (after a restore it goes back to the
     /// restored head) or skip a second (on stdout), and another file may hold what it lacks.
     /// A last line a crash left torn (<see cref="DestructionReplay.SplitLines"/>) is not read, and
     /// <paramref name="notes"/> says so: the file ends one event earlier, as if copied a moment
@@ -639,12 +664,11 @@ internal static class BackupRestore
     }
 
     /// <summary>
-    /// The destructions the logs record after <paramref name="after"/>, which together they must
-    /// cover without a gap from <paramref name="after"/> + 1 to their last event — a missing line
-    /// could be a destruction — unless <paramref name="allowGaps"/>, which lists each missing
-    /// range in <paramref name="gaps"/> instead.
+    /// Refused unless the logs together cover without a gap from <paramref name="after"/> + 1 to
+    /// their last event — a missing line could be a destruction — unless <paramref name="allowGaps"/>,
+    /// which lists each missing range in <paramref name="gaps"/> instead.
     /// </summary>
-    private static List<RecordedDestruction> Destructions(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, long after, bool allowGaps, List<string> gaps)
+    private static void RequireCovered(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, long after, bool allowGaps, List<string> gaps)
     {
         var expected = after + 1;
         foreach (var sequence in logs.SelectMany(l => l.Events).Select(e => e.Sequence).Where(s => s > after).Distinct().Order())
@@ -662,20 +686,22 @@ internal static class BackupRestore
 
             expected = sequence + 1;
         }
-
-        return [.. logs.SelectMany(l => l.Events).Where(e => e.Sequence > after && e.Destruction is not null).Select(e => e.Destruction!)];
     }
 
+    // The destructions among the events re-applied.
+    private static List<RecordedDestruction> Destructions(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, Func<LoggedEvent, bool> reapplied) =>
+        [.. logs.SelectMany(l => l.Events).Where(e => reapplied(e) && e.Destruction is not null).Select(e => e.Destruction!)];
+
     /// <summary>
-    /// The schedulings and disablings the logs record after <paramref name="after"/> that are still
+    /// The schedulings and disablings among the events re-applied that are still
     /// in force at their end (<see cref="SchedulingReplay.InForce"/>), the events taken in sequence
     /// order (an event two files hold, once: verified if either file verifies it), and the
     /// liftings that are the logs' last word on their target (<see cref="SchedulingReplay.LastLiftings"/>).
     /// </summary>
-    private static (IReadOnlyList<RecordedScheduling> InForce, IReadOnlyList<RecordedTransition> Liftings) Schedulings(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, long after)
+    private static (IReadOnlyList<RecordedScheduling> InForce, IReadOnlyList<RecordedTransition> Liftings) Schedulings(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, Func<LoggedEvent, bool> reapplied)
     {
         var transitions = logs.SelectMany(l => l.Events)
-            .Where(e => e.Sequence > after && e.Transition is not null)
+            .Where(e => reapplied(e) && e.Transition is not null)
             .OrderByDescending(e => e.Transition!.Verified)
             .DistinctBy(e => (e.Sequence, e.Hash))
             .OrderBy(e => e.Sequence)
@@ -684,35 +710,35 @@ internal static class BackupRestore
         return (SchedulingReplay.InForce(transitions), SchedulingReplay.LastLiftings(transitions));
     }
 
-    // The tenants' deletions the logs record after the start.
+    // The tenants' deletions the logs record among the events re-applied.
     // Where a restriction read from the database a restore replaces was found (the report's words).
     private const string ReplacedDatabase = "the replaced database";
 
     // In sequence order (an event two files hold, once: verified if either file verifies it),
     // whatever the order the files were given in: the last word decides whether the tenant is
     // DELETING or was given back.
-    private static IReadOnlyList<RecordedTenantDeletion> TenantDeletions(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, long after) =>
+    private static IReadOnlyList<RecordedTenantDeletion> TenantDeletions(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, Func<LoggedEvent, bool> reapplied) =>
         [.. logs.SelectMany(l => l.Events)
-            .Where(e => e.Sequence > after && e.TenantDeletion is not null)
+            .Where(e => reapplied(e) && e.TenantDeletion is not null)
             .OrderByDescending(e => e.TenantDeletion!.Verified)
             .DistinctBy(e => (e.Sequence, e.Hash))
             .OrderBy(e => e.Sequence)
             .Select(e => e.TenantDeletion!)];
 
-    // The removals of access the logs record after the start, in sequence order, each once (an
+    // The removals of access the logs record among the events re-applied, in sequence order, each once (an
     // event two files hold: verified if either file verifies it; the same removal twice, once).
-    private static IReadOnlyList<RecordedAccessRemoval> AccessRemovals(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, long after) =>
+    private static IReadOnlyList<RecordedAccessRemoval> AccessRemovals(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, Func<LoggedEvent, bool> reapplied) =>
         [.. logs.SelectMany(l => l.Events)
-            .Where(e => e.Sequence > after && e.AccessRemoval is not null)
+            .Where(e => reapplied(e) && e.AccessRemoval is not null)
             .OrderByDescending(e => e.AccessRemoval!.Verified)
             .DistinctBy(e => (e.Sequence, e.Hash))
             .OrderBy(e => e.Sequence)
             .Select(e => e.AccessRemoval!)];
 
-    // The changes of access the logs record after the start that cannot be replayed, each once.
-    private static IReadOnlyList<string> AccessReviews(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, long after) =>
+    // The changes of access the logs record among the events re-applied that cannot be replayed, each once.
+    private static IReadOnlyList<string> AccessReviews(List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, Func<LoggedEvent, bool> reapplied) =>
         [.. logs.SelectMany(l => l.Events)
-            .Where(e => e.Sequence > after && e.AccessReview is not null)
+            .Where(e => reapplied(e) && e.AccessReview is not null)
             .DistinctBy(e => (e.Sequence, e.Hash))
             .OrderBy(e => e.Sequence)
             .Select(e => e.AccessReview!)];
@@ -727,37 +753,95 @@ internal static class BackupRestore
         IReadOnlyList<RecordedAccessRemoval> AccessRemovals);
 
     /// <summary>
-    /// The last event the logs share with the database's chain (same sequence, same hash), or
-    /// the event the first of them follows; refused when they do not meet the chain at all.
-    /// Chains that agree at an event agree at every event before it, so a binary search over the
-    /// logs' events finds it with a few reads.
+    /// The logs' events the database's chain does not hold (same sequence, same hash), and where
+    /// the logs leave the chain: the event before the first of them there, the earliest such
+    /// (the last event they share with it when it holds them all); null when they do not meet the
+    /// chain at all. Events before the oldest one it retains count as held: they cannot be checked.
     /// </summary>
-    private static async Task<long> LastSharedEventAsync(SqlStore store, List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, CancellationToken cancellationToken)
+    /// <remarks>
+    /// Taken run by run — the events of one log in the order written, a new run wherever the
+    /// sequence goes back (a SIEM stream's restart after a rollback: the chain the site went on
+    /// with, which reuses numbers of the chain it left). Within a run, one chain: chains that agree
+    /// at an event agree at every event before it, so a binary search finds the last the database
+    /// holds with a few reads. Before, the logs' events were taken one per sequence number, the
+    /// first file's line at a number standing for all: after a rollback, the events of the chain
+    /// the site went on with at numbers the database held for the other were taken as held, and
+    /// their destructions never re-applied.
+    /// </remarks>
+    private static async Task<(HashSet<(long Sequence, string Hash)> Lost, long? After)> NotHeldAsync(SqlStore store, List<(string Log, IReadOnlyList<LoggedEvent> Events)> logs, CancellationToken cancellationToken)
     {
-        var events = logs.SelectMany(l => l.Events).DistinctBy(e => e.Sequence).OrderBy(e => e.Sequence).ToList();
-        long? shared = null;
-        for (int low = 0, high = events.Count - 1; low <= high;)
+        var oldest = await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, cancellationToken) is [var first] ? first.Sequence : long.MaxValue;
+        var lost = new HashSet<(long, string)>();
+        long? forkedAt = null;
+        long? sharedThrough = null;
+        foreach (var run in logs.SelectMany(l => Runs(l.Events)))
         {
-            var middle = low + ((high - low) / 2);
-            if (await HashAtAsync(store, events[middle].Sequence, cancellationToken) == events[middle].Hash)
+            var events = run.Where(e => e.Sequence >= oldest || oldest == long.MaxValue).ToList();
+            if (events.Count == 0)
             {
-                shared = events[middle].Sequence;
-                low = middle + 1;
+                continue;
             }
-            else
+
+            var shared = -1;
+            for (int low = 0, high = events.Count - 1; low <= high;)
             {
-                high = middle - 1;
+                var middle = low + ((high - low) / 2);
+                if (await HashAtAsync(store, events[middle].Sequence, cancellationToken) == events[middle].Hash)
+                {
+                    shared = middle;
+                    low = middle + 1;
+                }
+                else
+                {
+                    high = middle - 1;
+                }
             }
+
+            long? fork = shared >= 0 ? events[shared].Sequence
+                : await HashAtAsync(store, events[0].Sequence - 1, cancellationToken) == events[0].PreviousHash ? events[0].Sequence - 1
+                : null;
+            if (fork is { } met)
+            {
+                sharedThrough = Math.Max(sharedThrough ?? met, met);
+            }
+
+            if (shared == events.Count - 1)
+            {
+                continue;
+            }
+
+            foreach (var e in events.Skip(shared + 1))
+            {
+                lost.Add((e.Sequence, e.Hash));
+            }
+
+            // A run that meets the chain nowhere went on from an event the logs hold on another run.
+            var from = fork ?? (events[0].Sequence - 1);
+            forkedAt = Math.Min(forkedAt ?? from, from);
         }
 
-        if (shared is null && events.Count > 0 && await HashAtAsync(store, events[0].Sequence - 1, cancellationToken) == events[0].PreviousHash)
+        return (lost, sharedThrough is null ? null : forkedAt ?? sharedThrough);
+    }
+
+    // The events of one log cut where the sequence goes back (a stream's restart line between them).
+    private static IEnumerable<List<LoggedEvent>> Runs(IReadOnlyList<LoggedEvent> events)
+    {
+        var run = new List<LoggedEvent>();
+        foreach (var e in events)
         {
-            shared = events[0].Sequence - 1;
+            if (run.Count > 0 && e.Sequence <= run[^1].Sequence)
+            {
+                yield return run;
+                run = [];
+            }
+
+            run.Add(e);
         }
 
-        return shared ?? throw KmsErrors.FailedPrecondition(
-            "the audit logs do not meet this database's audit chain (no event of theirs is the database's, and the first does not follow one of its events): "
-            + "give --after-sequence, the audit head of the dump that was restored");
+        if (run.Count > 0)
+        {
+            yield return run;
+        }
     }
 
     // The hash of the database's event at a sequence (1 or more; 0: the chain's start), or null.
