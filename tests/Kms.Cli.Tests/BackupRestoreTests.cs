@@ -678,12 +678,14 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     // holds for the chain it left. Restored from that backup with the stream, the destruction must
     // be re-applied: before, the logs' events were compared by number only (the backup's head),
     // the new chain's events up to it taken for the backup's, and the destroyed version came back.
+    // reapply-destructions alike (one event kept per number, the first file line's).
     [Fact]
     public async Task Restore_ABackupFromBeforeARollback_TheStreamsLaterChainAtTheBackupsNumbers_ItsDestructionIsReapplied()
     {
         var stream = TempPath("kms-stream-", ".jsonl");
         var dump = TempPath("kms-copy-", ".db");
         var target = TempPath("kms-restored-");
+        var bare = TempPath("kms-restored-");
         string[] args = [$"--Kms:Quorum:GenesisFile={_genesisPath}", "--Lifecycle:MinWaitingPeriod=00:00:01", "--Lifecycle:JobInterval=01:00:00", $"--Kms:Audit:StreamPath={stream}", "--Kms:Audit:AcceptRollback=true"];
         var (token, dataDir) = (_server.Token, _server.DataDir);
         var database = Path.Combine(dataDir, "kms.db");
@@ -752,17 +754,32 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             var backupHead = BackupManifest.Verify(backup, PublishedAuditKey()).AuditHead.Sequence;
             Assert.InRange(destruction.Sequence, dumpHead + 1, backupHead); // a number the backup holds for the first chain
 
+            // The backup restored by other means (its snapshot alone), then reapply-destructions with
+            // the stream: it leaves the restored chain at the dump's head (where the chain the site
+            // went on with forked), not at the backup's, and re-applies the destruction.
+            await BackupRestore.RunAsync(backup, PublishedAuditKey(), bare, [], replace: false, CancellationToken.None, withoutAuditLogs: true);
+            await using (var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(bare, "kms.db") }, default))
+            {
+                var reapplied = await BackupRestore.ReapplyFromLogsAsync(restored, [stream], null, null, CancellationToken.None);
+                Assert.Equal([$"{key}/versions/1"], reapplied.Reapplied.Select(r => r.Version));
+                Assert.Equal(dumpHead, reapplied.AfterSequence);
+            }
+
+            // Restored from the backup with the stream: the same.
             var report = await BackupRestore.RunAsync(backup, PublishedAuditKey(), target, [stream], replace: false, CancellationToken.None);
 
             Assert.Equal([$"{key}/versions/1"], report.Reapplied.Select(r => r.Version));
-            await using var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default);
-            Assert.Equal(KeyState.Destroyed, (await restored.ListVersionsAsync(KeyName.Parse(key, "key"), 0, 10, default))[0].State);
+            await using (var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(target, "kms.db") }, default))
+            {
+                Assert.Equal(KeyState.Destroyed, (await restored.ListVersionsAsync(KeyName.Parse(key, "key"), 0, 10, default))[0].State);
+            }
         }
         finally
         {
             File.Delete(stream);
             File.Delete(dump);
             RemoveAfterRestore(target);
+            RemoveAfterRestore(bare);
         }
     }
 
