@@ -1675,6 +1675,103 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task Restore_QuorumRequestsPendingInTheBackupAndExecutedAfterIt_AreVoid_TheirSavedApprovalsReplayed_Refused_NoSecondCredentialNorExport()
+    {
+        string backup, recovery, export;
+        var saved = new List<(string Request, string Officer, byte[] Signature, DateTimeOffset? SignTime)>();
+        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+        {
+            // Pending when the backup is taken: a recovery alice approved, an export nobody had yet.
+            recovery = (await officer.RequestDeploymentAdminRecoveryAsync()).Name;
+            export = (await officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = Kms.Contracts.V1.QuorumOperation.ExportBackup })).Name;
+            await ApproveAsync(officer, "alice", recovery);
+            backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
+
+            // After it, both execute: the recovery by bob's approval without a signed time (an older
+            // CLI's: no skew check), the export by two timed approvals (replayed within the
+            // 5 minutes MaxSignTimeSkew allows). Each approval is kept as sent.
+            using (var bob = QuorumApprover.FromKey(ECDsa.Create(_officers.KeyOf("bob").ExportParameters(true))))
+            {
+                var signature = bob.Sign(QuorumApprover.Render(await officer.GetQuorumRequestAsync(recovery)));
+                Assert.True((await officer.ApproveQuorumRequestAsync(recovery, bob.Fingerprint, signature)).Executed);
+                saved.Add((recovery, bob.Fingerprint, signature, null));
+            }
+
+            foreach (var name in new[] { "alice", "carol" })
+            {
+                using var approver = QuorumApprover.FromKey(ECDsa.Create(_officers.KeyOf(name).ExportParameters(true)));
+                var info = await officer.GetQuorumRequestAsync(export);
+                var signed = QuorumRendering.ToMilliseconds(DateTimeOffset.UtcNow);
+                var signature = approver.Sign(QuorumRendering.Statement(QuorumApprover.ToQuorumRequest(info), signed));
+                await officer.ApproveQuorumRequestAsync(export, approver.Fingerprint, signature, signed);
+                saved.Add((export, approver.Fingerprint, signature, signed));
+            }
+
+            Assert.Equal(Kms.Contracts.V1.QuorumRequestState.Executed, (await officer.GetQuorumRequestAsync(export)).State);
+        }
+
+        await _server.DisposeAsync();
+        var report = await BackupRestore.RunAsync(backup, PublishedAuditKey(), _server.DataDir, [], replace: true, CancellationToken.None);
+        var backupsBefore = Directory.GetDirectories(Path.Combine(_server.DataDir, "backups")).Length;
+
+        // Both were PENDING in the backup: VOID now, listed, each with its event in the same write.
+        Assert.Equal(
+            [(export, "EXPORT_BACKUP", 0), (recovery, "RECOVER_DEPLOYMENT_ADMIN", 1)],
+            report.QuorumRequestsVoided.Select(v => (v.Name, v.Operation, v.Approvals)).OrderBy(v => v.Operation, StringComparer.Ordinal));
+        await using (var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(_server.DataDir, "kms.db") }, default))
+        {
+            var events = await restored.ListAuditEventsAsync(new Kms.Core.Audit.AuditQuery { AfterSequence = report.Manifest.AuditHead.Sequence, Limit = 1000 }, default);
+            Assert.Equal(
+                new[] { export, recovery }.Order(StringComparer.Ordinal).Select(r => ("system:restore", r)),
+                events.Where(e => e.Entry.Operation == BackupRestore.VoidQuorumRequestOperation).Select(e => (e.Entry.Principal, e.Entry.Resource!)).OrderBy(e => e.Item2, StringComparer.Ordinal));
+            Assert.Equal(
+                [Kms.Core.Quorum.QuorumRequestState.Void, Kms.Core.Quorum.QuorumRequestState.Void],
+                [.. (await restored.ListQuorumRequestsAsync(null, null, 100, default)).Where(r => r.Name == export || r.Name == recovery).Select(r => r.State)]);
+        }
+
+        SqliteStore.ReleasePooledConnections();
+        _server = await _server.RestartAsync();
+
+        // The officers' saved approvals, sent again to the restored server: none counts.
+        var answers = new List<string>();
+        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-after-restore", null, "security-officer")))
+        {
+            foreach (var (request, fingerprint, signature, signTime) in saved)
+            {
+                try
+                {
+                    var answer = await officer.ApproveQuorumRequestAsync(request, fingerprint, signature, signTime);
+                    answers.Add($"{request}: {(answer.Executed ? "executed" : "accepted")}");
+                }
+                catch (RpcException e)
+                {
+                    answers.Add($"{request}: {e.StatusCode}");
+                }
+            }
+        }
+
+        var recoveryTokens = (await _server.Services.GetRequiredService<Kms.Core.Ports.IAccessStore>().ListApiTokensAsync(Authenticator.BootstrapPrincipal, default))
+            .Where(t => t.Kind == Kms.Core.Access.ApiTokenKind.Recovery);
+        Assert.Empty(recoveryTokens);
+        Assert.Equal(backupsBefore, Directory.GetDirectories(Path.Combine(_server.DataDir, "backups")).Length);
+        Assert.Equal([$"{recovery}: FailedPrecondition", $"{export}: FailedPrecondition", $"{export}: FailedPrecondition"], answers);
+
+        // Officers see it VOID; made again, a request executes as any.
+        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer-again", null, "security-officer")))
+        {
+            Assert.Equal(Kms.Contracts.V1.QuorumRequestState.Void, (await officer.GetQuorumRequestAsync(recovery)).State);
+            using (var carol = QuorumApprover.FromKey(ECDsa.Create(_officers.KeyOf("carol").ExportParameters(true))))
+            {
+                await Assert.ThrowsAsync<InvalidOperationException>(() => carol.PrepareAsync(officer, recovery));
+            }
+
+            var again = (await officer.RequestDeploymentAdminRecoveryAsync()).Name;
+            await ApproveAsync(officer, "alice", again);
+            Assert.True((await ApproveAsync(officer, "bob", again)).Executed);
+        }
+    }
+
+    [Fact]
     public async Task Restore_PrimaryAliasesAndLiftingsChangedAfterTheBackup_NotReplayed_ListedForReview_FromTheLogsAndFromTheReplacedDatabase()
     {
         var exportPath = TempPath("kms-export-", ".jsonl");

@@ -8,6 +8,8 @@ using Kms.Core.Errors;
 using Kms.Core.Files;
 using Kms.Core.Keys;
 using Kms.Core.Names;
+using Kms.Core.Ports;
+using Kms.Core.Quorum;
 using Kms.Core.Services;
 using Kms.Storage;
 using Kms.Storage.Sqlite;
@@ -47,7 +49,13 @@ internal sealed record RestoreReport(BackupManifest Manifest, IReadOnlyList<(str
 
     /// <summary>Versions whose encryption count the replaced database had higher (encryptions made after the backup): raised to it, with the backup's count and the replaced database's.</summary>
     public IReadOnlyList<(string Version, long Backup, long Replaced)> EncryptCountsCarried { get; init; } = [];
+
+    /// <summary>Quorum requests the backup held PENDING, made VOID (<see cref="QuorumRequestState.Void"/>): each request's name, operation and the approvals it held.</summary>
+    public IReadOnlyList<VoidedQuorumRequest> QuorumRequestsVoided { get; init; } = [];
 }
+
+/// <summary>A quorum request a restore voided: its name, its operation, how many approvals the restored database held of it.</summary>
+internal sealed record VoidedQuorumRequest(string Name, string Operation, int Approvals);
 
 /// <summary>What <c>reapply-destructions</c> did: the destructions and schedulings it re-applied, what it skipped, where in the chain it started.</summary>
 /// <param name="Reapplied">Versions destroyed, each with where the destruction was found.</param>
@@ -72,6 +80,9 @@ internal sealed record ReapplyReport(IReadOnlyList<(string Version, string Sourc
 
     /// <summary>Changes of access the logs record that cannot be replayed, for review (<see cref="RestoreReport.AccessReview"/>).</summary>
     public IReadOnlyList<string> AccessReview { get; init; } = [];
+
+    /// <summary>Quorum requests the restored database held PENDING, made VOID (<see cref="RestoreReport.QuorumRequestsVoided"/>).</summary>
+    public IReadOnlyList<VoidedQuorumRequest> QuorumRequestsVoided { get; init; } = [];
 }
 
 /// <summary>What <c>ReapplyAsync</c> did, for the reports.</summary>
@@ -87,6 +98,9 @@ internal sealed record ReapplyOutcome(
 
     /// <summary>Liftings of a tenant's deletion not replayed (the restored tenant stays DELETING), for review.</summary>
     public IReadOnlyList<string> Review { get; init; } = [];
+
+    /// <summary>Quorum requests made VOID.</summary>
+    public IReadOnlyList<VoidedQuorumRequest> QuorumRequestsVoided { get; init; } = [];
 }
 
 /// <summary>
@@ -109,6 +123,9 @@ internal static class BackupRestore
 
     /// <summary>The audit operation recorded for each re-applied destruction.</summary>
     public const string ReapplyOperation = DestructionReplay.ReapplyOperation;
+
+    /// <summary>The audit operation recorded for each quorum request a restore voided (resource: the request).</summary>
+    public const string VoidQuorumRequestOperation = "backup/VoidQuorumRequest";
 
     private const string Principal = ReapplySummary.Principal;
 
@@ -406,6 +423,7 @@ internal static class BackupRestore
                 EncryptCountsCarried = [.. carriedCounts.Select(c => (c.Version.ToString(), c.Before, c.After))],
                 AccessRemoved = outcome.AccessRemoved,
                 AccessReview = accessReview,
+                QuorumRequestsVoided = outcome.QuorumRequestsVoided,
             };
         }
         catch
@@ -509,6 +527,7 @@ internal static class BackupRestore
             ReplacedCheckpoints = dataDir is null ? null : await MoveCheckpointsAsideUnlessPassedThroughAsync(store, dataDir, cancellationToken),
             AccessRemoved = outcome.AccessRemoved,
             AccessReview = [.. AccessReviews(logs, reapplied), .. outcome.Review],
+            QuorumRequestsVoided = outcome.QuorumRequestsVoided,
         };
     }
 
@@ -1065,13 +1084,53 @@ internal static class BackupRestore
         }
 
         var accessRemoved = await RemoveAccessAgainAsync(store, what.AccessRemovals, now, Event, skipped, cancellationToken);
+        var voided = await VoidPendingQuorumRequestsAsync(store, Event, cancellationToken);
 
         if (!await store.CompleteErasureAsync(cancellationToken))
         {
             throw KmsErrors.Unavailable($"the re-applied destructions could not be erased from {where}'s write-ahead log; nothing was installed");
         }
 
-        return new ReapplyOutcome(reapplied, skipped, rescheduled, kept, tenantsDeleting) { AccessRemoved = accessRemoved, Review = review };
+        return new ReapplyOutcome(reapplied, skipped, rescheduled, kept, tenantsDeleting) { AccessRemoved = accessRemoved, Review = review, QuorumRequestsVoided = voided };
+    }
+
+    // Every request the restored database holds PENDING is made VOID, each in its own write with its
+    // backup/VoidQuorumRequest event. Approvals collected after the backup may have executed it
+    // where the backup was restored over (or at the site lost), and sent again to the restored
+    // database they would execute it a second time: a second recovery credential, a second export.
+    // Whether it executed cannot be told for sure (the replaced database or the logs may be gone,
+    // and the logs may stop short), and an approval's signed time only bounds a replay to minutes,
+    // so none stays pending: officers make the request again. Run again, it finds none to void.
+    private static async Task<IReadOnlyList<VoidedQuorumRequest>> VoidPendingQuorumRequestsAsync(SqlStore store, Func<string, string, AuditEntry> audit, CancellationToken cancellationToken)
+    {
+        const int PageSize = 500;
+        var voided = new List<VoidedQuorumRequest>();
+        for (string? after = null; ;)
+        {
+            var page = await store.ListQuorumRequestsAsync(null, after, PageSize, cancellationToken);
+            foreach (var request in page.Where(r => r.State == QuorumRequestState.Pending))
+            {
+                var made = false;
+                await store.UpdateQuorumRequestAsync(request.Id, (current, _) =>
+                {
+                    made = current.State == QuorumRequestState.Pending;
+                    return made
+                        ? new QuorumChange(current with { State = QuorumRequestState.Void }) { ExecutionEvent = audit(VoidQuorumRequestOperation, current.Name) }
+                        : new QuorumChange(current) { IsNoOp = true };
+                }, cancellationToken);
+                if (made)
+                {
+                    voided.Add(new VoidedQuorumRequest(request.Name, QuorumOperations.NameOf(request.Operation), request.Approvals.Count));
+                }
+            }
+
+            if (page.Count < PageSize)
+            {
+                return voided;
+            }
+
+            after = page[^1].Id.Value;
+        }
     }
 
     // A tenant the restored database holds DELETING (the backup's own deletion) whose deletion was

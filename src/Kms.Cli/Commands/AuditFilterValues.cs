@@ -17,7 +17,7 @@ internal static class AuditFilterValues
         "lifecycle/ImportJobExpiry", "lifecycle/TenantOffboarding",
         "backup/Export", "backup/Restore", "backup/ReapplyDestruction", "backup/ReapplyDestructions", "backup/ReapplyScheduling",
         "backup/ReapplyDisable", "backup/ReapplyTenantDeletion", "backup/ReapplyTokenRevocation", "backup/ReapplyPrincipalDeletion",
-        "backup/ReapplyRoleBindingRemoval", "backup/ReapplyGrantRevocation", "backup/ReapplyKeyPolicy",
+        "backup/ReapplyRoleBindingRemoval", "backup/ReapplyGrantRevocation", "backup/ReapplyKeyPolicy", "backup/VoidQuorumRequest",
         "quorum/RevokeRecoveryCredential",
         "audit/Retention",
         .. new[] { "create-domain", "restore-domain", "rotate-domain" }.SelectMany(c => new[] { "", "/approval", "/share", "/transcript" }.Select(step => $"ceremony/{c}{step}")),

@@ -146,6 +146,7 @@ internal static class BackupCommands
             json["tenants_deleting"] = TenantsJson(report.TenantsDeleting);
             json["access_removed"] = AccessRemovedJson(report.AccessRemoved);
             json["access_review"] = new JsonArray([.. report.AccessReview.Select(s => (JsonNode)s)]);
+            json["quorum_requests_voided"] = VoidedJson(report.QuorumRequestsVoided);
             json["skipped"] = new JsonArray([.. report.Skipped.Select(s => (JsonNode)s)]);
             json["replaced_database"] = report.ReplacedDatabase;
             json["replaced_checkpoints"] = report.ReplacedCheckpoints;
@@ -159,6 +160,7 @@ internal static class BackupCommands
                 rows.Add(("stayed restricted", KeptText(report.Kept)));
                 rows.Add(("access removed", AccessRemovedText(report.AccessRemoved)));
                 rows.Add(("access to review", report.AccessReview.Count == 0 ? "none" : string.Join("; ", report.AccessReview)));
+                rows.Add(("quorum requests voided", VoidedText(report.QuorumRequestsVoided)));
                 rows.Add(("skipped", report.Skipped.Count == 0 ? "none" : string.Join("; ", report.Skipped)));
                 rows.Add(("replaced database", report.ReplacedDatabase ?? "none"));
                 rows.Add(("replaced checkpoints", report.ReplacedCheckpoints ?? "none"));
@@ -225,6 +227,7 @@ internal static class BackupCommands
                 ["tenants_deleting"] = TenantsJson(report.TenantsDeleting),
                 ["access_removed"] = AccessRemovedJson(report.AccessRemoved),
                 ["access_review"] = new JsonArray([.. report.AccessReview.Select(s => (JsonNode)s)]),
+                ["quorum_requests_voided"] = VoidedJson(report.QuorumRequestsVoided),
                 ["skipped"] = new JsonArray([.. skipped.Select(s => (JsonNode)s)]),
                 ["replaced_checkpoints"] = report.ReplacedCheckpoints,
             };
@@ -239,6 +242,7 @@ internal static class BackupCommands
                 ("stayed restricted", KeptText(report.Kept)),
                 ("access removed", AccessRemovedText(report.AccessRemoved)),
                 ("access to review", report.AccessReview.Count == 0 ? "none" : string.Join("; ", report.AccessReview)),
+                ("quorum requests voided", VoidedText(report.QuorumRequestsVoided)),
                 ("skipped", skipped.Count == 0 ? "none" : string.Join("; ", skipped)),
             ]));
             return ExitCodes.Ok;
@@ -256,6 +260,13 @@ internal static class BackupCommands
         HelpName = "DURATION",
         CustomParser = DurationText.Parse,
     };
+
+    private static JsonArray VoidedJson(IReadOnlyList<VoidedQuorumRequest> voided) =>
+        new([.. voided.Select(v => (JsonNode)new JsonObject { ["name"] = v.Name, ["operation"] = v.Operation, ["approvals"] = v.Approvals })]);
+
+    // Each with its operation and approvals: officers make each again that is still wanted.
+    private static string VoidedText(IReadOnlyList<VoidedQuorumRequest> voided) =>
+        voided.Count == 0 ? "none" : string.Join("; ", voided.Select(v => $"{v.Name} ({v.Operation}, {v.Approvals.ToString(CultureInfo.InvariantCulture)} approvals): create it again if it is still wanted"));
 
     private static JsonArray AccessRemovedJson(IReadOnlyList<(string Resource, string Source)> removed) =>
         new([.. removed.Select(r => (JsonNode)new JsonObject { ["resource"] = r.Resource, ["source"] = r.Source })]);

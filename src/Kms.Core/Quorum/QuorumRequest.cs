@@ -41,6 +41,15 @@ public enum QuorumRequestState
     /// ceremony verifies the exported approvals and acts. Approvals of it are refused.
     /// </summary>
     Approved,
+
+    /// <summary>
+    /// PENDING in a backup and voided when that backup was restored (<c>kms backup restore</c>,
+    /// <c>kms backup reapply-destructions</c>): the approvals it collected after the backup may have
+    /// executed it on the replaced database, and sent again they would execute it a second time
+    /// (a second recovery credential, a second export). Terminal: approvals of it are refused; the
+    /// request is made again. The restore records a <c>backup/VoidQuorumRequest</c> event with it.
+    /// </summary>
+    Void,
 }
 
 /// <summary>One officer's approval: the officer's key fingerprint and its signature over the request's approval statement.</summary>
@@ -113,7 +122,7 @@ public sealed record QuorumRequest
     /// <summary>After this instant it can no longer be approved or executed.</summary>
     public required DateTimeOffset ExpireTime { get; init; }
 
-    /// <summary>PENDING, EXECUTED or APPROVED.</summary>
+    /// <summary>PENDING, EXECUTED, APPROVED or VOID.</summary>
     public QuorumRequestState State { get; init; }
 
     /// <summary>When it was executed (or, for an approval-only operation, when it reached the threshold).</summary>

@@ -595,6 +595,12 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
                 $"quorum request {request.Name} was executed at {QuorumRendering.Time(request.ExecuteTime ?? now)}; a request executes once, so approvals of it are refused (create a new request)");
         }
 
+        if (request.State == QuorumRequestState.Void)
+        {
+            throw KmsErrors.FailedPrecondition(
+                $"quorum request {request.Name} was pending in a backup and voided when that backup was restored: approvals made after the backup may have executed it already, so approvals of it are refused (create a new request)");
+        }
+
         if (request.IsExpiredAt(now))
         {
             throw KmsErrors.FailedPrecondition(

@@ -244,6 +244,7 @@ internal sealed partial class QuorumGrpcService(
             // EXPIRED by the trusted time, as an approval is refused: a clock set back shows no expired request PENDING.
             State = request.State == Kms.Core.Quorum.QuorumRequestState.Executed ? Kms.Contracts.V1.QuorumRequestState.Executed
                 : request.State == Kms.Core.Quorum.QuorumRequestState.Approved ? Kms.Contracts.V1.QuorumRequestState.Approved
+                : request.State == Kms.Core.Quorum.QuorumRequestState.Void ? Kms.Contracts.V1.QuorumRequestState.Void
                 : request.IsExpiredAt(time.GetUtcNow()) ? Kms.Contracts.V1.QuorumRequestState.Expired
                 : Kms.Contracts.V1.QuorumRequestState.Pending,
             ExecuteTime = ProtoMapping.ToTimestamp(request.ExecuteTime),
