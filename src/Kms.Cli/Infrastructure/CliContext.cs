@@ -126,11 +126,12 @@ internal sealed class CliContext : IDisposable
 
     private KmsClient CreateClient() => Connect(ClientOptions(Settings, out _clientCertificate));
 
-    private static KmsClient Connect(KmsClientOptions options)
+    private KmsClient Connect(KmsClientOptions options)
     {
         try
         {
-            return new KmsClient(options);
+            // The SDK's warnings (a failover, an incomplete envelope stream) on standard error.
+            return new KmsClient(options, new StandardErrorLog(Environment.Error, Verbose, failover: options.Endpoints.Count > 1));
         }
         catch (ArgumentException exception)
         {
