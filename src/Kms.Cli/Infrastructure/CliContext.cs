@@ -136,12 +136,14 @@ internal sealed class CliContext : IDisposable
         catch (ArgumentException exception)
         {
             // A CA file that holds no readable certificate is one too (KmsClient.LoadCaBundle).
-            throw new CliUsageException($"the configuration does not work: {exception.Message}", exception);
+            throw new CliUsageException($"the configuration does not work: {ErrorReport.WithoutParameterName(exception)}", exception);
         }
     }
 
     private static string? RequireFile(Setting<string?> setting, string what) =>
         setting.Value is null || File.Exists(setting.Value)
             ? setting.Value
-            : throw new CliUsageException($"{what} {setting.Value} ({setting.Source}) does not exist");
+            : throw new CliUsageException(Directory.Exists(setting.Value)
+                ? $"{what} {setting.Value} ({setting.Source}) is a directory: give a file's path"
+                : $"{what} {setting.Value} ({setting.Source}) does not exist");
 }

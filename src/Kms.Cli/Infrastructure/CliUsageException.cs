@@ -46,5 +46,11 @@ internal sealed class CliFailureException : Exception
         ExitCode = ExitCodes.Unexpected;
     }
 
+    public CliFailureException(int exitCode, string message, Exception innerException)
+        : base(message, innerException)
+    {
+        ExitCode = exitCode;
+    }
+
     public int ExitCode { get; }
 }

@@ -36,7 +36,7 @@ internal sealed record ErrorReport(int ExitCode, string Message)
         OperationCanceledException => new(ExitCodes.Cancelled, "cancelled"),
         FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException or IOException =>
             new(ExitCodes.LocalIo, exception.Message),
-        ArgumentException argument => new(ExitCodes.Usage, argument.Message),
+        ArgumentException argument => new(ExitCodes.Usage, WithoutParameterName(argument)),
         CryptographicException crypto => new(ExitCodes.Unexpected, $"cryptographic error: {crypto.Message}"),
         _ => new(ExitCodes.Unexpected, $"unexpected error: {exception.GetType().Name}: {exception.Message}"),
     };
@@ -142,6 +142,16 @@ internal sealed record ErrorReport(int ExitCode, string Message)
         }
 
         return null;
+    }
+
+    /// <summary>An <see cref="ArgumentException"/>'s message without the " (Parameter 'options')" .NET appends: the user gave no parameter of that name.</summary>
+    public static string WithoutParameterName(ArgumentException exception)
+    {
+        ArgumentNullException.ThrowIfNull(exception);
+        var suffix = $" (Parameter '{exception.ParamName}')";
+        return exception.ParamName is not null && exception.Message.EndsWith(suffix, StringComparison.Ordinal)
+            ? exception.Message[..^suffix.Length]
+            : exception.Message;
     }
 
     private static string OneLine(string text) => text.ReplaceLineEndings(" ").Trim();

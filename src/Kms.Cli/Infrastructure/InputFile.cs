@@ -4,6 +4,7 @@ namespace Kms.Cli.Infrastructure;
 internal static class InputFile
 {
     /// <summary>Opens <paramref name="pathOrDash"/> for reading; <paramref name="length"/> is its size, or -1 for standard input.</summary>
+    /// <exception cref="CliUsageException">A directory is there.</exception>
     public static Stream Open(CliEnvironment environment, string pathOrDash, out long length)
     {
         ArgumentNullException.ThrowIfNull(environment);
@@ -13,7 +14,14 @@ internal static class InputFile
             return environment.OpenStandardInput();
         }
 
-        var stream = new FileStream(environment.FullPath(pathOrDash), FileMode.Open, FileAccess.Read, FileShare.Read, 81920, FileOptions.Asynchronous | FileOptions.SequentialScan);
+        var path = environment.FullPath(pathOrDash);
+        if (Directory.Exists(path))
+        {
+            // Opened, it failed as "Access to the path is denied", which sent the user to its permissions.
+            throw new CliUsageException($"{path} is a directory: give a file's path");
+        }
+
+        var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 81920, FileOptions.Asynchronous | FileOptions.SequentialScan);
         length = stream.CanSeek ? stream.Length : -1;
         return stream;
     }

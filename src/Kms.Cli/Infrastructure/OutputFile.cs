@@ -36,6 +36,7 @@ internal sealed class OutputFile : IAsyncDisposable
 
     /// <summary>Opens <paramref name="pathOrDash"/> for writing.</summary>
     /// <exception cref="CliUsageException">The file exists and <paramref name="overwrite"/> is false, or a directory is there (which <c>--force</c> does not replace).</exception>
+    /// <exception cref="CliFailureException">Its directory does not exist or may not be written (exit <see cref="ExitCodes.LocalIo"/>).</exception>
     public static OutputFile Open(CliEnvironment environment, string pathOrDash, bool overwrite)
     {
         ArgumentNullException.ThrowIfNull(environment);
@@ -57,9 +58,23 @@ internal sealed class OutputFile : IAsyncDisposable
             throw new CliUsageException($"{path} is a directory: give a file's path");
         }
 
-        // Without --force, a file that appeared since the check is not replaced either.
-        var file = DurableFile.Create(path, DurableFile.OwnerOnly, overwrite);
-        return new OutputFile(file.Stream, path, file);
+        // Without --force, a file that appeared since the check is not replaced either. The file
+        // is created under a temporary name: a failure here names that, so it is said again with
+        // the path the user gave.
+        var directory = System.IO.Path.GetDirectoryName(path)!;
+        try
+        {
+            var file = DurableFile.Create(path, DurableFile.OwnerOnly, overwrite);
+            return new OutputFile(file.Stream, path, file);
+        }
+        catch (DirectoryNotFoundException exception)
+        {
+            throw new CliFailureException(ExitCodes.LocalIo, $"cannot write {path}: the directory {directory} does not exist", exception);
+        }
+        catch (UnauthorizedAccessException exception)
+        {
+            throw new CliFailureException(ExitCodes.LocalIo, $"cannot write {path}: permission denied in {directory}", exception);
+        }
     }
 
     /// <summary>
