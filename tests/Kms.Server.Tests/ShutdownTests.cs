@@ -255,39 +255,6 @@ public sealed class ShutdownTests
         Assert.DoesNotContain("cannot start", server.Output, StringComparison.Ordinal);
     }
 
-    [Fact]
-    public async Task AStopWhileTheAuditStartChecksReadTheHeadRecord_BuildCancelled_Logged1320_AllClosed_TheNextStartServes()
-    {
-        // This node's head record is a FIFO: the audit start check's read of it opens it, which
-        // returns only once a writer opens it too, then waits for its bytes (a file on a mount that
-        // does not answer holds the check alike).
-        var token = SoftHsm.CreateToken();
-        var dataDir = Scratch.NewPath("kms-server-");
-        var headRecord = Path.Combine(Directory.CreateDirectory(Path.Combine(dataDir, "audit")).FullName, Kms.Core.Services.SeenHead.FileName);
-        MakeFifo(headRecord);
-        var logs = new LogCapture();
-        using var stop = new CancellationTokenSource();
-        var build = KmsServerApp.BuildAsync(KmsTestServer.DevArgs(token, dataDir, "dev"), logging => logging.WriteTo.Sink(logs), cancellationToken: stop.Token);
-
-        // The event waited for: this open for writing returns when the audit start check has opened
-        // the record. Then the stop (what the SIGTERM handler does while the server is built), then
-        // the record's end, so that the read returns and the build goes on to see the stop.
-        await using (var writer = await Task.Run(() => new FileStream(headRecord, FileMode.Open, FileAccess.Write, FileShare.ReadWrite)).WaitAsync(TimeSpan.FromSeconds(120)))
-        {
-            await stop.CancelAsync();
-        }
-
-        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => build.WaitAsync(TimeSpan.FromSeconds(60)));
-        Assert.Contains("StoppedWhileStarting", logs.AllText, StringComparison.Ordinal);
-        Assert.DoesNotContain("Id: 1318", logs.AllText, StringComparison.Ordinal);
-
-        // What the build opened is closed: the same token and data directory serve the next start.
-        File.Delete(headRecord);
-        await using var next = await KmsTestServer.StartAsync(token, dataDir);
-        using var client = next.CreateClient();
-        await client.CreateKeyAsync("tenants/dev", "after-a-stopped-start");
-    }
-
     private static void MakeFifo(string path)
     {
         using var mkfifo = System.Diagnostics.Process.Start("mkfifo", ["-m", "600", path]) ?? throw new InvalidOperationException("mkfifo did not start");
