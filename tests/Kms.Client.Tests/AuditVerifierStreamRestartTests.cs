@@ -38,11 +38,7 @@ public sealed partial class AuditVerifierStreamRestartTests : IDisposable
     public async Task RolledBackUnderTheRunningNode_Verifies_TheRestartReported_TheCheckpointOverTheReplacedEventsNoLongerCounts()
     {
         var node = await StartNodeAsync();
-        await AppendAsync(node, 5);
-        await CheckpointAsync(node);
-        await AppendAsync(node, 3);
-        await CheckpointAsync(node);
-        await AppendAsync(node, 2);
+        await AppendCheckpointedAsync(node, 5, 3, 2);
         var old = Events();
 
         _store.RollBackAudit(6);
@@ -172,11 +168,7 @@ public sealed partial class AuditVerifierStreamRestartTests : IDisposable
     public async Task RestartInsertedIntoACleanCopy_ToHideARewrite_ReportedAsARestart_NotAsCleanCopy_AndTheKnownCheckpointCatchesIt()
     {
         var node = await StartNodeAsync();
-        await AppendAsync(node, 5);
-        await CheckpointAsync(node);
-        await AppendAsync(node, 5);
-        await CheckpointAsync(node);
-        await AppendAsync(node, 2);
+        await AppendCheckpointedAsync(node, 5, 5, 2);
         var clean = Verify();
         Assert.True(clean.Valid, clean.Problem);
         Assert.Null(clean.StreamRestarts);
@@ -287,11 +279,7 @@ public sealed partial class AuditVerifierStreamRestartTests : IDisposable
     private async Task RolledBackCopyAsync()
     {
         var node = await StartNodeAsync();
-        await AppendAsync(node, 5);
-        await CheckpointAsync(node);
-        await AppendAsync(node, 3);
-        await CheckpointAsync(node);
-        await AppendAsync(node, 2);
+        await AppendCheckpointedAsync(node, 5, 3, 2);
         _store.RollBackAudit(6);
         await AppendAsync(node, 6);
         Assert.True(Verify().Valid);
@@ -322,6 +310,19 @@ public sealed partial class AuditVerifierStreamRestartTests : IDisposable
     {
         await _store.AppendAuditAsync([.. Enumerable.Range(0, count).Select(i => Entry($"req-{_copy.Count}-{i}"))], default);
         await node.RunHousekeepingAsync(default);
+    }
+
+    // Runs of events with a checkpoint after each run but the last.
+    private async Task AppendCheckpointedAsync(AuditLog node, params int[] runs)
+    {
+        for (var i = 0; i < runs.Length; i++)
+        {
+            await AppendAsync(node, runs[i]);
+            if (i < runs.Length - 1)
+            {
+                await CheckpointAsync(node);
+            }
+        }
     }
 
     private async Task CheckpointAsync(AuditLog node) =>
