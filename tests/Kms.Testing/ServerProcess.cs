@@ -162,20 +162,7 @@ public sealed class ServerProcess : IAsyncDisposable
     public async Task<int> TerminateAsync(TimeSpan within)
     {
         await SignalTermAsync();
-        using var timeout = new CancellationTokenSource(within);
-        try
-        {
-            await _process.WaitForExitAsync(timeout.Token);
-        }
-        catch (OperationCanceledException)
-        {
-            _process.Kill(entireProcessTree: true);
-            await _process.WaitForExitAsync();
-            throw new TimeoutException($"the server did not end within {within.TotalSeconds:0} s of SIGTERM:\n{Output}");
-        }
-
-        // WaitForExitAsync waits for the end of the redirected output too.
-        return _process.ExitCode;
+        return await ExitedWithinAsync(within, "within {0} s of SIGTERM");
     }
 
     /// <summary>
@@ -183,7 +170,12 @@ public sealed class ServerProcess : IAsyncDisposable
     /// (then it is killed and this throws); returns its exit code, once everything it wrote is in
     /// <see cref="Output"/>.
     /// </summary>
-    public async Task<int> ExitedAsync(TimeSpan within)
+    public Task<int> ExitedAsync(TimeSpan within) => ExitedWithinAsync(within, "by itself within {0} s");
+
+    // The exit code once the process has ended (WaitForExitAsync waits for the end of the
+    // redirected output too); killed, and a TimeoutException naming how it was waited for, if it
+    // has not within the time.
+    private async Task<int> ExitedWithinAsync(TimeSpan within, string how)
     {
         using var timeout = new CancellationTokenSource(within);
         try
@@ -194,7 +186,8 @@ public sealed class ServerProcess : IAsyncDisposable
         {
             _process.Kill(entireProcessTree: true);
             await _process.WaitForExitAsync();
-            throw new TimeoutException($"the server did not end by itself within {within.TotalSeconds:0} s:\n{Output}");
+            var waited = string.Format(System.Globalization.CultureInfo.InvariantCulture, how, within.TotalSeconds.ToString("0", System.Globalization.CultureInfo.InvariantCulture));
+            throw new TimeoutException($"the server did not end {waited}:\n{Output}");
         }
 
         return _process.ExitCode;
