@@ -239,6 +239,7 @@ public sealed record ApprovalBundle(QuorumRequest Request, IReadOnlyList<Officer
         {
             QuorumRequestState.Approved => "APPROVED",
             QuorumRequestState.Executed => "EXECUTED",
+            QuorumRequestState.Void => "VOID",
             _ => "PENDING",
         });
         if (request.ExecuteTime is { } executed)
@@ -294,6 +295,7 @@ public sealed record ApprovalBundle(QuorumRequest Request, IReadOnlyList<Officer
             "APPROVED" => QuorumRequestState.Approved,
             "EXECUTED" => QuorumRequestState.Executed,
             "PENDING" => QuorumRequestState.Pending,
+            "VOID" => QuorumRequestState.Void,
             var other => throw Malformed($"unknown request state '{other}'"),
         };
         var tenant = e.GetProperty("tenant");
