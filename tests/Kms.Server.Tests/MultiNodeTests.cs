@@ -254,8 +254,8 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         // A started first and leads: only its housekeeping signs checkpoints and runs the lifecycle jobs.
         var leaseOfA = (PostgresLeaderLease)a.Services.GetRequiredService<ILeaderLease>();
         var leaseOfB = (PostgresLeaderLease)b.Services.GetRequiredService<ILeaderLease>();
-        Assert.True(await leaseOfA.HoldAsync(default));
-        Assert.False(await leaseOfB.HoldAsync(default));
+        Assert.True(await leaseOfA.HoldAsync(standAside: false, default));
+        Assert.False(await leaseOfB.HoldAsync(standAside: false, default));
         await a.DisposeAsync();
         _nodes.Remove(a);
         await onB.EncryptAsync(key.Name, new byte[] { 1 });
@@ -273,6 +273,111 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         output.WriteLine($"after the leader stopped, the other node signed a checkpoint at {signed} (head {head}) in {watch.ElapsedMilliseconds} ms");
         Assert.True(signed >= head, $"hang guard: after 60 s no checkpoint covers {head} (latest {signed})");
         Assert.True(leaseOfB.Held, "hang guard: node B did not take the lease within 60 s");
+    }
+
+    // A node refused to sign checkpoints by its own state (head.json: the database went back
+    // behind the head it saw, a rollback it was started to accept as it is) led, as the first to
+    // start. Before, it kept the lease: the healthy node that joined never signed a checkpoint in
+    // its housekeeping, and the whole deployment's chain went unsigned for one node's record.
+    // Now it leaves the lease to a node ready to lead, does not take it back while that node
+    // lives, and leads again (lifecycle work) once it is the only node left.
+    [Fact]
+    public async Task LeaderRefusingCheckpoints_AHealthyNodeJoins_TakesTheLeaseAndSigns_TheRefusingNodeLeadsAgainOnlyWhenAlone()
+    {
+        var first = await StartNodeAsync();
+        using (var developer = first.CreateClient())
+        {
+            await developer.CreateKeyAsync("tenants/dev", "before-the-rollback-1");
+            await developer.CreateKeyAsync("tenants/dev", "before-the-rollback-2");
+        }
+
+        await first.DisposeAsync();
+        _nodes.Remove(first);
+
+        // Rolled back behind the head A recorded at its stop, events and checkpoints alike; its
+        // checkpoints.jsonl moved aside, so that head.json alone holds it.
+        var recorded = Kms.Core.Services.SeenHead.Parse(await File.ReadAllBytesAsync(Path.Combine(first.DataDir, "audit", Kms.Core.Services.SeenHead.FileName)))!.Head;
+        await PostgresTestDatabase.ExecuteAsync(_database.ConnectionString, $"""
+            DELETE FROM audit_events WHERE seq > {recorded.Sequence - 2};
+            DELETE FROM audit_checkpoints WHERE seq > {recorded.Sequence - 2};
+            """);
+        var checkpoints = Path.Combine(first.DataDir, "audit", "checkpoints.jsonl");
+        File.Move(checkpoints, checkpoints + ".replaced-test");
+
+        // A, held on its record, is alone: it leads (the lifecycle work must go on somewhere).
+        var a = await RestartNodeAsync(first, "--Kms:Audit:AcceptRollback=true");
+        var auditOfA = a.Services.GetRequiredService<Kms.Core.Services.AuditLog>();
+        Assert.NotNull(auditOfA.CheckpointRefusedSince);
+        var leaseOfA = (PostgresLeaderLease)a.Services.GetRequiredService<ILeaderLease>();
+        await PassesUntilAsync(auditOfA, () => leaseOfA.Held, "node A, refusing checkpoints and alone, did not take the lease");
+
+        // B joins, healthy: A leaves it the lease, and B's housekeeping signs the chain's head.
+        var b = await StartNodeAsync();
+        var auditOfB = b.Services.GetRequiredService<Kms.Core.Services.AuditLog>();
+        var leaseOfB = (PostgresLeaderLease)b.Services.GetRequiredService<ILeaderLease>();
+        long signedByB = 0;
+        auditOfB.CheckpointWritten += checkpoint => Interlocked.Exchange(ref signedByB, checkpoint.Sequence);
+        using (var onB = b.CreateClient(a.DeveloperToken))
+        {
+            await onB.CreateKeyAsync("tenants/dev", "after-the-rollback");
+        }
+
+        using var officerOnB = b.CreateClient(await a.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+        var head = (await officerOnB.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { PageSize = 1000 })).Events.Max(e => e.Sequence);
+        await PassesUntilAsync(auditOfA, auditOfB, () => leaseOfB.Held && Interlocked.Read(ref signedByB) >= head,
+            $"node B did not take the lease from node A, which refuses checkpoints, or signed no checkpoint through {head} in its housekeeping");
+        Assert.False(leaseOfA.Held);
+        Assert.NotNull(auditOfA.CheckpointRefusedSince);
+
+        // No flapping: over further passes of both, B keeps the lease and A does not take it back.
+        for (var pass = 0; pass < 3; pass++)
+        {
+            await PassesUntilAsync(auditOfA, auditOfB, () => true, "no pass");
+            Assert.True(leaseOfB.Held, $"node B lost the lease after {pass + 1} passes");
+            Assert.False(leaseOfA.Held, $"node A took the lease back after {pass + 1} passes");
+        }
+
+        // B stops: A, still refusing, is alone again and leads.
+        await b.DisposeAsync();
+        _nodes.Remove(b);
+        await PassesUntilAsync(auditOfA, () => leaseOfA.Held, "node A, refusing checkpoints and alone again, did not take the lease");
+        Assert.NotNull(auditOfA.CheckpointRefusedSince);
+    }
+
+    // Waits for housekeeping passes (of each of the logs, in turn: one of every node after the
+    // other) until the condition holds; fails after five rounds, or when no pass ends in 60 s.
+    private static async Task PassesUntilAsync(Kms.Core.Services.AuditLog log, Func<bool> condition, string failure) =>
+        await PassesUntilAsync([log], condition, failure);
+
+    private static async Task PassesUntilAsync(Kms.Core.Services.AuditLog first, Kms.Core.Services.AuditLog second, Func<bool> condition, string failure) =>
+        await PassesUntilAsync([first, second], condition, failure);
+
+    private static async Task PassesUntilAsync(Kms.Core.Services.AuditLog[] logs, Func<bool> condition, string failure)
+    {
+        for (var round = 0; round < 5; round++)
+        {
+            foreach (var log in logs)
+            {
+                var ended = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                void Ended() => ended.TrySetResult();
+                log.HousekeepingPassEnded += Ended;
+                try
+                {
+                    await ended.Task.WaitAsync(TimeSpan.FromSeconds(60));
+                }
+                finally
+                {
+                    log.HousekeepingPassEnded -= Ended;
+                }
+            }
+
+            if (condition())
+            {
+                return;
+            }
+        }
+
+        Assert.Fail($"{failure} (after five housekeeping passes of each node)");
     }
 
     [Fact]
@@ -823,6 +928,23 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         return (path, [$"--Kms:Quorum:GenesisFile={path}", $"--Kms:Quorum:GenesisSha256={genesis.Hash}"]);
     }
 
+    // A node stopped earlier, started again on its token and data directory.
+    private async Task<KmsTestServer> RestartNodeAsync(KmsTestServer stopped, params string[] extraArgs)
+    {
+        var node = await KmsTestServer.StartProductionAsync(stopped.Token, stopped.DataDir, DomainKeyId, "dev", [.. NodeArgs, .. extraArgs]);
+        _nodes.Add(node);
+        return node;
+    }
+
+    private string[] NodeArgs =>
+    [
+        "--Storage:Provider=postgres",
+        $"--Storage:Postgres:ConnectionString={_database.ConnectionString}",
+        "--Kms:CredentialCacheTime=00:05:00",
+        "--Kms:Audit:CheckpointInterval=00:00:01",
+        "--Lifecycle:JobInterval=00:00:01",
+    ];
+
     private async Task<KmsTestServer> StartNodeAsync(byte[]? domainKey = null, Dictionary<string, byte[]>? regionKeys = null, KmsTestServer? shareTlsWith = null, params string[] extraArgs)
     {
         var token = SoftHsm.CreateToken();
@@ -845,11 +967,7 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
 
         var node = await KmsTestServer.StartProductionAsync(token, dataDir, DomainKeyId, "dev",
         [
-            "--Storage:Provider=postgres",
-            $"--Storage:Postgres:ConnectionString={_database.ConnectionString}",
-            "--Kms:CredentialCacheTime=00:05:00",
-            "--Kms:Audit:CheckpointInterval=00:00:01",
-            "--Lifecycle:JobInterval=00:00:01",
+            .. NodeArgs,
             .. regionArgs,
             .. extraArgs,
         ]);

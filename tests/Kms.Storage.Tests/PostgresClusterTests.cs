@@ -280,9 +280,9 @@ public sealed class PostgresClusterTests : IAsyncLifetime
         var options = Options();
         var first = Lease(options, TimeProvider.System);
         var second = Lease(options, TimeProvider.System);
-        Assert.True(await first.HoldAsync(default));
-        Assert.False(await second.HoldAsync(default));
-        Assert.True(await first.HoldAsync(default));
+        Assert.True(await first.HoldAsync(standAside: false, default));
+        Assert.False(await second.HoldAsync(standAside: false, default));
+        Assert.True(await first.HoldAsync(standAside: false, default));
 
         // The leader's node dies: PostgreSQL ends its session, and with it the lock.
         await PostgresTestDatabase.ExecuteAsync(_database.ConnectionString, $"""
@@ -290,14 +290,54 @@ public sealed class PostgresClusterTests : IAsyncLifetime
             WHERE locktype = 'advisory' AND granted AND objid = {PostgresLeaderLease.LockKey & 0xFFFF_FFFF}
               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
             """);
-        Assert.True(await second.HoldAsync(default));
+        Assert.True(await second.HoldAsync(standAside: false, default));
 
         // The old leader notices at its next check and does not lead beside the new one.
-        Assert.False(await first.HoldAsync(default));
+        Assert.False(await first.HoldAsync(standAside: false, default));
         Assert.False(first.Held);
 
         await second.DisposeAsync();
-        Assert.True(await first.HoldAsync(default));
+        Assert.True(await first.HoldAsync(standAside: false, default));
+    }
+
+    // A node standing aside (it refuses audit checkpoints) leaves the lease to a node ready to
+    // lead, and does not take it back while that node lives: no flapping. Alone, it leads. Before,
+    // the lease knew nothing of it: a refusing leader kept it, and no node signed checkpoints.
+    [Fact]
+    public async Task Lease_HolderStandsAside_LeftToANodeReadyToLead_NotTakenBack_TakenWhenAlone()
+    {
+        var options = Options();
+        var refusing = Lease(options, TimeProvider.System);
+        var healthy = Lease(options, TimeProvider.System);
+
+        // Alone, a node standing aside leads (and keeps the lease at its next check).
+        Assert.True(await refusing.HoldAsync(standAside: true, default));
+        Assert.True(await refusing.HoldAsync(standAside: true, default));
+
+        // A node ready to lead asks: not yet free. The holder, standing aside, gives it up once.
+        Assert.False(await healthy.HoldAsync(standAside: false, default));
+        Assert.False(await refusing.HoldAsync(standAside: true, default));
+        Assert.True(refusing.LeftToAnotherNode);
+        Assert.True(await healthy.HoldAsync(standAside: false, default));
+
+        // Not taken back, check after check, while the ready node lives (it is the leader now).
+        for (var check = 0; check < 3; check++)
+        {
+            Assert.False(await refusing.HoldAsync(standAside: true, default));
+            Assert.True(await healthy.HoldAsync(standAside: false, default));
+        }
+
+        // The refusal ends: the node is ready again, but the lease stays with its holder — which,
+        // refusing in turn, leaves it to the node ready again.
+        Assert.False(await refusing.HoldAsync(standAside: false, default));
+        Assert.False(refusing.LeftToAnotherNode);
+        Assert.False(await healthy.HoldAsync(standAside: true, default));
+        Assert.True(await refusing.HoldAsync(standAside: false, default));
+
+        // The ready node goes: the one standing aside is alone, and leads.
+        await refusing.DisposeAsync();
+        Assert.True(await healthy.HoldAsync(standAside: true, default));
+        Assert.False(healthy.LeftToAnotherNode);
     }
 
     [Fact]
@@ -306,18 +346,18 @@ public sealed class PostgresClusterTests : IAsyncLifetime
         var options = Options();
         var ahead = new FakeTimeProvider(DateTimeOffset.UtcNow + TimeSpan.FromMinutes(5));
         var skewed = Lease(options, ahead);
-        Assert.False(await skewed.HoldAsync(default));
+        Assert.False(await skewed.HoldAsync(standAside: false, default));
         Assert.True(skewed.ClockRefused);
         Assert.InRange(skewed.LastClockSkew!.Value, TimeSpan.FromMinutes(4), TimeSpan.FromMinutes(6));
 
         // The lease stayed free: a node with a good clock takes it.
         var drifting = new FakeTimeProvider(DateTimeOffset.UtcNow);
         var leader = Lease(options, drifting);
-        Assert.True(await leader.HoldAsync(default));
+        Assert.True(await leader.HoldAsync(standAside: false, default));
 
         drifting.Advance(TimeSpan.FromMinutes(3));
-        Assert.False(await leader.HoldAsync(default));
-        Assert.True(await Lease(options, TimeProvider.System).HoldAsync(default));
+        Assert.False(await leader.HoldAsync(standAside: false, default));
+        Assert.True(await Lease(options, TimeProvider.System).HoldAsync(standAside: false, default));
     }
 
     [Fact]

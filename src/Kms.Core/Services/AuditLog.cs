@@ -450,7 +450,10 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             }
 
             // Checkpoints are the leader's (several nodes share one chain); the latest may be another node's.
-            if (lease is not null && !await lease.HoldAsync(cancellationToken))
+            // A node that refuses to sign them (by its own record: the checks above, or its last
+            // attempt) leaves the lease to a node that does not. Before, a refusing leader kept it,
+            // and no node of the deployment signed a checkpoint for one node's record.
+            if (lease is not null && !await lease.HoldAsync(standAside: CheckpointRefusedSince is not null, cancellationToken))
             {
                 return;
             }

@@ -12,7 +12,8 @@ namespace Kms.Server.Hosting;
 /// <remarks>
 /// With several nodes (PostgreSQL) the deployment-wide jobs run on the node holding the
 /// <see cref="ILeaderLease"/>; every node flushes its own usage counts and rotates keys its own
-/// encryptions wore out.
+/// encryptions wore out. A node that refuses audit checkpoints stands aside for the jobs as well
+/// (one lease; a node with another that signs leaves it everything), and runs them when alone.
 /// </remarks>
 internal sealed partial class LifecycleWorker(
     KeyService keys,
@@ -29,6 +30,7 @@ internal sealed partial class LifecycleWorker(
     ILogger<LifecycleWorker> logger) : BackgroundService
 {
     private long? _clockReported;
+    private bool _leaseLeftReported;
 
     /// <summary>
     /// One pass: usage flush and the floor of <see cref="TrustedTime"/> (on every node: the time
@@ -59,7 +61,19 @@ internal sealed partial class LifecycleWorker(
 
             return 0;
         });
-        if (!await lease.HoldAsync(cancellationToken))
+        // One lease for all the deployment-wide work: a node that refuses audit checkpoints (its
+        // own record) leaves the lifecycle jobs too to a node ready to lead, and retention, which
+        // it would not run (AuditLog.PruneAsync); alone, it runs them.
+        var refusedSince = audit.CheckpointRefusedSince;
+        var held = await lease.HoldAsync(standAside: refusedSince is not null, cancellationToken);
+        var left = lease is Kms.Storage.Postgres.PostgresLeaderLease { LeftToAnotherNode: true };
+        if (left && !_leaseLeftReported && refusedSince is { } since)
+        {
+            LogLeaseLeft(logger, since);
+        }
+
+        _leaseLeftReported = left;
+        if (!held)
         {
             if (lease is Kms.Storage.Postgres.PostgresLeaderLease { ClockRefused: true, LastClockSkew: { } skew })
             {
@@ -251,6 +265,9 @@ internal sealed partial class LifecycleWorker(
 
     [LoggerMessage(EventId = 1214, Level = LogLevel.Warning, Message = "stopping: the key-usage counts since the last lifecycle pass could not be written ({Reason}); the decryptions and last-use times this node served since are not counted")]
     private static partial void LogUsageNotFlushedAtStop(ILogger logger, string reason);
+
+    [LoggerMessage(EventId = 1324, Level = LogLevel.Information, Message = "This node refuses to sign audit checkpoints (since {Since:O}): it leaves the leader lease, and with it checkpoints, audit retention and the lifecycle jobs, to a node that signs them; it leads again once its refusal ends and the lease is free, or when no such node is left")]
+    private static partial void LogLeaseLeft(ILogger logger, DateTimeOffset since);
 
     [LoggerMessage(EventId = 1204, Level = LogLevel.Error, Message = "Lifecycle job {Job} failed; retrying at the next pass")]
     private static partial void LogJobFailed(ILogger logger, string job, Exception exception);
