@@ -256,20 +256,52 @@ public sealed class ShareFile
     }
 
     /// <summary>Reads and validates a share file (size, checksum, structure, bounds, fingerprint); does not decrypt it.</summary>
-    /// <exception cref="CeremonyException">Unreadable, corrupted, of another version, or with refused KDF parameters.</exception>
+    /// <remarks>
+    /// Looked at before it is opened: a directory, and an empty file or no regular file at all
+    /// (a FIFO or a device, whose size is 0; also behind a symbolic link) are refused without
+    /// being opened — open(2) of a FIFO waits for a writer, and a device reads without end. At
+    /// most <see cref="MaxFileSize"/> + 1 bytes are read, so a file that grew meanwhile is
+    /// refused by its size too.
+    /// </remarks>
+    /// <exception cref="CeremonyException">Unreadable, no regular file, corrupted, of another version, or with refused KDF parameters.</exception>
     public static ShareFile Read(string path, KdfPolicy policy = KdfPolicy.Production)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         byte[] content;
         try
         {
-            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
-            if (stream.Length > MaxFileSize)
+            if (Directory.Exists(path))
             {
-                throw new CeremonyException(CeremonyError.Corrupted, $"share file {path} is corrupted ({stream.Length} bytes; a share file has at most {MaxFileSize})");
+                throw new CeremonyException(CeremonyError.Io, $"cannot read share file {path}: it is a directory");
             }
-            content = new byte[stream.Length];
-            stream.ReadExactly(content);
+
+            var link = new FileInfo(path);
+            if ((link.ResolveLinkTarget(returnFinalTarget: true) ?? link) is FileInfo { Exists: true } file)
+            {
+                if (file.Length == 0)
+                {
+                    throw new CeremonyException(CeremonyError.Io, $"cannot read share file {path}: it is empty, or no regular file (a FIFO or a device: not opened)");
+                }
+                if (file.Length > MaxFileSize)
+                {
+                    throw new CeremonyException(CeremonyError.Corrupted, $"share file {path} is corrupted ({file.Length} bytes; a share file has at most {MaxFileSize})");
+                }
+            }
+
+            // A missing file (or link target) fails here, as FileNotFoundException.
+            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0);
+            var buffer = new byte[MaxFileSize + 1];
+            var length = 0;
+            int read;
+            while (length < buffer.Length && (read = stream.Read(buffer, length, buffer.Length - length)) > 0)
+            {
+                length += read;
+            }
+            if (length > MaxFileSize)
+            {
+                throw new CeremonyException(CeremonyError.Corrupted, $"share file {path} is corrupted (more than {MaxFileSize} bytes; a share file has at most {MaxFileSize})");
+            }
+            content = buffer[..length];
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

@@ -253,6 +253,73 @@ public sealed class ShareFileTests : IDisposable
         Assert.Equal(CeremonyError.Corrupted, e.Error);
     }
 
+    // In place of a share file, a FIFO (open(2) of one waits for a writer: the restore hung) or a
+    // device, also behind a symbolic link: refused by its size, without being opened.
+    [Theory]
+    [InlineData("fifo")]
+    [InlineData("link to a fifo")]
+    [InlineData("link to /dev/zero")]
+    public async Task Read_FifoOrDevice_RefusedWithoutOpeningIt(string kind)
+    {
+        var fifo = Path.Combine(_directory, "fifo");
+        using (var mkfifo = System.Diagnostics.Process.Start("mkfifo", [fifo]))
+        {
+            await mkfifo.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(1));
+            Assert.Equal(0, mkfifo.ExitCode);
+        }
+        var path = Path.Combine(_directory, "bob.share.json");
+        if (kind == "fifo")
+        {
+            File.Move(fifo, path);
+            fifo = path;
+        }
+        else
+        {
+            File.CreateSymbolicLink(path, kind == "link to a fifo" ? fifo : "/dev/zero");
+        }
+
+        try
+        {
+            // Bounded, so that a read which opened the FIFO fails the test instead of hanging it.
+            var e = await Assert.ThrowsAsync<CeremonyException>(() => Task.Run(() => ShareFile.Read(path, KdfPolicy.AllowWeakParametersForTests)).WaitAsync(TimeSpan.FromMinutes(1)));
+
+            Assert.Equal(CeremonyError.Io, e.Error);
+            Assert.Equal($"cannot read share file {path}: it is empty, or no regular file (a FIFO or a device: not opened)", e.Message);
+        }
+        finally
+        {
+            // Opening a FIFO for reading and writing never waits, and lets go a read that waits for a writer.
+            using (new FileStream(fifo, FileMode.Open, FileAccess.ReadWrite))
+            {
+            }
+        }
+    }
+
+    [Fact]
+    public void Read_Directory_RefusedSayingSo()
+    {
+        var path = Directory.CreateDirectory(Path.Combine(_directory, "bob.share.json")).FullName;
+
+        var e = Assert.Throws<CeremonyException>(() => ShareFile.Read(path));
+
+        Assert.Equal(CeremonyError.Io, e.Error);
+        Assert.Equal($"cannot read share file {path}: it is a directory", e.Message);
+    }
+
+    [Fact]
+    public void Read_ThroughASymbolicLink_ReadsTheFile()
+    {
+        var target = Path.Combine(_directory, "bob.share.json");
+        File.WriteAllBytes(target, Ceremony.Protect(_share, Ceremony.Metadata("bob")).ToBytes());
+        var path = Path.Combine(_directory, "link.share.json");
+        File.CreateSymbolicLink(path, target);
+
+        var read = ShareFile.Read(path, KdfPolicy.AllowWeakParametersForTests);
+        using var share = read.Unprotect(Ceremony.PassphraseOf("bob"));
+
+        Assert.Equal(_share.Value.ToArray(), share.Value.ToArray());
+    }
+
     [Fact]
     public void Read_Missing_IoError()
     {
