@@ -287,6 +287,39 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
         Assert.DoesNotContain("c2VjcmV0", e.ToString(), StringComparison.Ordinal);
     }
 
+    // The KMS down (nothing listens at its address): Data Protection fails, with the KMS's status in
+    // the exception, and never writes a key it could not have the KMS encrypt — at a first start
+    // (no key ring: nothing written), and over an existing ring it then cannot read (nothing added
+    // or changed). Once the KMS is back, the ring reads as before.
+    [Fact]
+    public async Task KmsDown_ProtectAndUnprotectFail_WithTheKmsStatus_NoKeyWrittenInClear()
+    {
+        var key = await CreateKeyAsync();
+        var empty = NewKeyDirectory();
+        using (var down = DownProvider(empty, key))
+        {
+            var e = Assert.ThrowsAny<Exception>(() => down.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Protect("hello"));
+            Assert.True(KmsUnavailable(e), e.ToString());
+        }
+
+        Assert.False(Directory.Exists(empty) && Directory.EnumerateFileSystemEntries(empty).Any());
+
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, key, "app-a", "hello");
+        var before = Directory.GetFiles(directory).Order(StringComparer.Ordinal).Select(f => (f, File.ReadAllText(f))).ToList();
+        using (var down = DownProvider(directory, key))
+        {
+            var protector = down.GetRequiredService<IDataProtectionProvider>().CreateProtector("test");
+            var unprotect = Assert.ThrowsAny<Exception>(() => protector.Unprotect(payload));
+            Assert.True(KmsUnavailable(unprotect), unprotect.ToString());
+            var protect = Assert.ThrowsAny<Exception>(() => protector.Protect("again"));
+            Assert.True(KmsUnavailable(protect), protect.ToString());
+        }
+
+        Assert.Equal(before, Directory.GetFiles(directory).Order(StringComparer.Ordinal).Select(f => (f, File.ReadAllText(f))).ToList());
+        Assert.Equal("hello", Unprotect(directory, key, "app-a", payload));
+    }
+
     [Fact]
     public void Decryptor_InAContainerWithoutProtectKeysWithKms_SaysWhatIsMissing()
     {
@@ -345,6 +378,40 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
             .PersistKeysToFileSystem(new DirectoryInfo(directory))
             .ProtectKeysWithKms(key, o => o.ApplicationName = kmsApplicationName);
         return services.BuildServiceProvider();
+    }
+
+    // Application "app-a" with a client whose KMS address has nothing listening; one attempt per call.
+    private ServiceProvider DownProvider(string directory, string key)
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        listener.Stop();
+        var services = new ServiceCollection().AddKmsClient(o =>
+        {
+            o.Endpoint = new Uri($"https://127.0.0.1:{port}");
+            o.CaCertificatePath = fixture.Server.CaCertificatePath;
+            o.ApiToken = fixture.AppToken;
+            o.Retry.MaxAttempts = 1;
+        });
+        services.AddDataProtection().SetApplicationName("app-a").PersistKeysToFileSystem(new DirectoryInfo(directory)).ProtectKeysWithKms(key);
+        return services.BuildServiceProvider();
+    }
+
+    // Somewhere in the chain, the encryptor's or decryptor's CryptographicException with the KMS's Unavailable.
+    private static bool KmsUnavailable(Exception thrown)
+    {
+        for (Exception? e = thrown; e is not null; e = e.InnerException)
+        {
+            if (e is CryptographicException && e.Message.Contains(": Unavailable: ", StringComparison.Ordinal)
+                && (e.Message.StartsWith("the KMS did not decrypt a Data Protection key ring entry", StringComparison.Ordinal)
+                    || e.Message.StartsWith("KMS Encrypt of a new Data Protection key under", StringComparison.Ordinal)))
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 
     private sealed class ContentRootOnly(string contentRoot) : IHostEnvironment
