@@ -106,17 +106,43 @@ public sealed class CeremonySessionTests
     public void ImportedDomainKey_AttacksOfHsmNotes_Refused()
     {
         var token = SoftHsm.CreateToken();
+        var domainKey = RandomNumberGenerator.GetBytes(32);
         using (var ceremony = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin)))
         {
-            ceremony.ImportDomainKey(RandomNumberGenerator.GetBytes(32), Label, Id);
+            ceremony.ImportDomainKey(domainKey, Label, Id);
         }
+
+        // A stored blob: a key version wrapped under the domain key (RFC 5649), as the server stores it.
+        var version = RandomNumberGenerator.GetBytes(32);
+        var kwp = new AesWrapPadEngine();
+        kwp.Init(true, new KeyParameter(domainKey));
+        var blob = kwp.Wrap(version, 0, version.Length);
 
         RawToken.WithSession(token, (session, factories) =>
         {
             var a = factories.ObjectAttributeFactory;
             var dk = session.FindAllObjects([a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_LABEL, Label)]).Single();
+
+            // Attack 1: the blob unwrapped as a readable key. The unwrap template forbids it.
+            using (var unwrap = factories.MechanismFactory.Create(CKM.CKM_AES_KEY_WRAP_PAD))
+            {
+                var unwrapped = Assert.Throws<Pkcs11Exception>(() => Native.With(
+                [
+                    a.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY), a.Create(CKA.CKA_KEY_TYPE, CKK.CKK_AES), a.Create(CKA.CKA_TOKEN, false),
+                    a.Create(CKA.CKA_PRIVATE, true), a.Create(CKA.CKA_SENSITIVE, false), a.Create(CKA.CKA_EXTRACTABLE, true),
+                ], t => session.UnwrapKey(unwrap, dk, blob, t)));
+                Assert.Equal(CKR.CKR_TEMPLATE_INCONSISTENT, unwrapped.RV);
+            }
+
+            // Attack 2: the domain key made a decryption key, or used as one with AES-ECB to unwrap
+            // the blob by hand. It is unmodifiable, and KWP is its only mechanism.
             var refused = Assert.Throws<Pkcs11Exception>(() => session.SetAttributeValue(dk, [a.Create(CKA.CKA_DECRYPT, true)]));
             Assert.Equal(CKR.CKR_ACTION_PROHIBITED, refused.RV);
+            using (var ecb = factories.MechanismFactory.Create(CKM.CKM_AES_ECB))
+            {
+                var decrypted = Assert.Throws<Pkcs11Exception>(() => session.Decrypt(ecb, dk, blob[..32]));
+                Assert.Contains(decrypted.RV, new[] { CKR.CKR_KEY_FUNCTION_NOT_PERMITTED, CKR.CKR_MECHANISM_INVALID });
+            }
             var read = session.GetAttributeValue(dk, [CKA.CKA_VALUE, CKA.CKA_SENSITIVE, CKA.CKA_EXTRACTABLE]);
             Assert.True(read[0].CannotBeRead);
             Assert.True(read[1].GetValueAsBool());
