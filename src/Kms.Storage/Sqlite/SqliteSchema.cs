@@ -203,7 +203,7 @@ internal static class SqliteSchema
                 requested_by         TEXT    NOT NULL,
                 create_time          INTEGER NOT NULL,
                 expire_time          INTEGER NOT NULL,
-                state                INTEGER NOT NULL,    -- 0 PENDING, 1 EXECUTED
+                state                INTEGER NOT NULL,    -- QuorumRequestState: 0 PENDING, 1 EXECUTED, 2 APPROVED, 3 VOID (expiry is not stored; not the proto's numbers)
                 execute_time         INTEGER,
                 proposed_officers    TEXT                 -- CHANGE_OFFICERS: JSON {threshold, officers}
             ) STRICT;
