@@ -1772,6 +1772,53 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task Restore_ABackupOfAnotherDeployment_ItsDomainKeyIsNotTheOneTheDatabasePins_Refused_NothingChanged_BothCheckValuesNamed()
+    {
+        // Two deployments, each its own SoftHSM token (its own domain key) and data directory. A
+        // backup of B restored into A's data directory: installed, A's database would be replaced
+        // by one whose material A's domain key cannot unwrap.
+        string backupOfB, kcvOfB;
+        byte[] auditKeyOfB, kept;
+        await using (var other = await KmsTestServer.StartAsync(null, null, "dev", $"--Kms:Quorum:GenesisFile={_genesisPath}"))
+        {
+            using var officer = other.CreateClient(await other.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
+            backupOfB = Path.Combine(other.DataDir, "backups", await ExportBackupAsync(officer));
+            auditKeyOfB = PublicKeyOf(other.DataDir);
+            kcvOfB = BackupManifest.Verify(backupOfB, auditKeyOfB).DomainKcv;
+        }
+
+        using (var developer = _server.CreateClient())
+        {
+            kept = (await developer.EncryptAsync((await developer.CreateKeyAsync("tenants/dev", "stays")).Name, "still here"u8.ToArray())).Ciphertext;
+        }
+
+        await _server.DisposeAsync();
+        var kcvOfA = await SqliteStore.ReadSettingAsync(_server.DatabasePath, DomainKeyGuard.CheckValueSetting, CancellationToken.None);
+        Assert.NotNull(kcvOfA);
+        Assert.NotEqual(kcvOfA, kcvOfB, StringComparer.OrdinalIgnoreCase);
+        var checkpoints = Path.Combine(_server.DataDir, "audit", "checkpoints.jsonl");
+        Assert.True(File.Exists(checkpoints));
+        var before = await File.ReadAllBytesAsync(_server.DatabasePath);
+
+        var refused = await Assert.ThrowsAsync<KmsException>(() => BackupRestore.RunAsync(backupOfB, auditKeyOfB, _server.DataDir, [], replace: true, CancellationToken.None));
+
+        Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+        Assert.Contains($"check value {kcvOfB}", refused.Message, StringComparison.Ordinal);
+        Assert.Contains($"check value {kcvOfA}", refused.Message, StringComparison.Ordinal);
+        Assert.Contains("nothing was restored", refused.Message, StringComparison.Ordinal);
+        Assert.Equal(before, await File.ReadAllBytesAsync(_server.DatabasePath));
+        Assert.Empty(Directory.GetFiles(_server.DataDir, "kms.db.re*"));
+        Assert.Empty(Directory.GetFiles(Path.GetDirectoryName(checkpoints)!, "*.replaced-*"));
+        Assert.True(File.Exists(checkpoints));
+
+        // A's server starts on its own database and serves what it held.
+        _server = await _server.RestartAsync();
+        using var after = _server.CreateClient();
+        using var opened = await after.DecryptAsync(kept);
+        Assert.Equal("still here"u8.ToArray(), opened.Plaintext.ToArray());
+    }
+
+    [Fact]
     public async Task Restore_PrimaryAliasesAndLiftingsChangedAfterTheBackup_NotReplayed_ListedForReview_FromTheLogsAndFromTheReplacedDatabase()
     {
         var exportPath = TempPath("kms-export-", ".jsonl");
@@ -2123,10 +2170,13 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
         return destroy.Name;
     }
 
-    private byte[] PublishedAuditKey()
+    private byte[] PublishedAuditKey() => PublicKeyOf(_server.DataDir);
+
+    // The audit key a data directory's server published (audit/signing-key.pem), DER.
+    private static byte[] PublicKeyOf(string dataDir)
     {
         using var key = ECDsa.Create();
-        key.ImportFromPem(File.ReadAllText(Path.Combine(_server.DataDir, "audit", "signing-key.pem")));
+        key.ImportFromPem(File.ReadAllText(Path.Combine(dataDir, "audit", "signing-key.pem")));
         return key.ExportSubjectPublicKeyInfo();
     }
 

@@ -164,6 +164,18 @@ internal static class BackupRestore
         SqliteKeyUseState? replacedUse = null;
         if (exists)
         {
+            // A backup of another deployment (or from before a domain-key rotation) holds material
+            // wrapped under another domain key than the one the database pins, which every server
+            // start checks the HSM's against (DomainKeyGuard): installed, no server would start on
+            // it, and the database it replaced would have to be put back by hand. Refused first.
+            var pinned = await SqliteStore.ReadSettingAsync(target, DomainKeyGuard.CheckValueSetting, cancellationToken);
+            if (pinned is not null && !string.Equals(pinned, manifest.DomainKcv, StringComparison.OrdinalIgnoreCase))
+            {
+                throw KmsErrors.FailedPrecondition(
+                    $"the backup in {backupDir} was taken under the domain key with check value {manifest.DomainKcv}, but {target} is pinned to the domain key with check value {pinned} (the HSM's, as this deployment's servers verify it at start): "
+                    + "a backup of another deployment, or from before a domain-key rotation, whose keys this HSM's domain key cannot unwrap; nothing was restored");
+            }
+
             // What it had removed of access (tokens revoked, principals deleted, bindings removed,
             // grants revoked) and its key policies: compared with the snapshot once it is copied.
             replacedAccess = await SqliteStore.ReadAccessStateAsync(target, cancellationToken);
