@@ -1772,6 +1772,55 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task ReapplyDestructions_QuorumRequestsPendingInTheRestoredDatabase_AreVoid_EachWithItsEvent_AnExecutedOneStays_AgainNoneVoided()
+    {
+        // reapply-destructions voids as restore does (the same ReapplyAsync), on a database restored
+        // by other means: deployment-wide and tenant requests alike, an executed one left as it is.
+        var exportPath = TempPath("kms-export-", ".jsonl");
+        string recovery, destroy, export;
+        using (var developer = _server.CreateClient())
+        using (var officer = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("officer", null, "security-officer")))
+        {
+            var key = (await developer.CreateKeyAsync("tenants/dev", "void-on-reapply")).Name;
+            await developer.RotateKeyAsync(key);
+            recovery = (await officer.RequestDeploymentAdminRecoveryAsync()).Name;
+            await ApproveAsync(officer, "alice", recovery);
+            destroy = (await developer.RequestDestroyKeyVersionNowAsync($"{key}/versions/1")).Name;
+            export = "quorumRequests/" + await ExportBackupAsync(officer);
+            await using var file = File.CreateText(exportPath);
+            await officer.ExportAuditAsync(file);
+        }
+
+        await _server.DisposeAsync();
+        try
+        {
+            await using var restored = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = _server.DatabasePath }, default);
+            var head = await AuditHeadAsync(_server.DatabasePath);
+            var report = await BackupRestore.ReapplyFromLogsAsync(restored, [exportPath], null, PublishedAuditKey(), CancellationToken.None);
+
+            Assert.Equal(
+                [(destroy, "DESTROY_KEY_VERSION_NOW", 0), (recovery, "RECOVER_DEPLOYMENT_ADMIN", 1)],
+                report.QuorumRequestsVoided.Select(v => (v.Name, v.Operation, v.Approvals)).OrderBy(v => v.Operation, StringComparer.Ordinal));
+            var states = (await restored.ListQuorumRequestsAsync(null, null, 100, default)).ToDictionary(r => r.Name, r => r.State);
+            Assert.Equal(
+                [Kms.Core.Quorum.QuorumRequestState.Void, Kms.Core.Quorum.QuorumRequestState.Void, Kms.Core.Quorum.QuorumRequestState.Executed],
+                [states[recovery], states[destroy], states[export]]);
+            var events = await restored.ListAuditEventsAsync(new Kms.Core.Audit.AuditQuery { AfterSequence = head, Limit = 1000 }, default);
+            Assert.Equal(
+                new[] { recovery, destroy }.Order(StringComparer.Ordinal).Select(r => ("system:restore", r)),
+                events.Where(e => e.Entry.Operation == BackupRestore.VoidQuorumRequestOperation).Select(e => (e.Entry.Principal, e.Entry.Resource!)).OrderBy(e => e.Item2, StringComparer.Ordinal));
+
+            var again = await BackupRestore.ReapplyFromLogsAsync(restored, [exportPath], null, PublishedAuditKey(), CancellationToken.None);
+            Assert.Empty(again.QuorumRequestsVoided);
+        }
+        finally
+        {
+            File.Delete(exportPath);
+            SqliteStore.ReleasePooledConnections();
+        }
+    }
+
+    [Fact]
     public async Task Restore_ABackupOfAnotherDeployment_ItsDomainKeyIsNotTheOneTheDatabasePins_Refused_NothingChanged_BothCheckValuesNamed()
     {
         // Two deployments, each its own SoftHSM token (its own domain key) and data directory. A
