@@ -68,9 +68,9 @@ public sealed class FileErrorTests(CliServerFixture fixture) : IClassFixture<Cli
         Assert.Empty(Directory.GetFileSystemEntries(readOnly));
     }
 
-    /// <summary>An input the user may not read (as above, without root's override): exit 9, the path, no stack trace, nothing written. Held already.</summary>
+    /// <summary>An input the user may not read (as above, without root's override): exit 9, the path and what was refused, no stack trace, nothing written. Was .NET's bare "Access to the path '…' is denied.".</summary>
     [Fact]
-    public async Task Encrypt_InNotReadable_AsAProcessWithoutRootsOverride_Exits9()
+    public async Task Encrypt_InNotReadable_AsAProcessWithoutRootsOverride_Exits9_SaysItCannotBeRead()
     {
         var input = Path.Combine(_directory, "secret.txt");
         await File.WriteAllTextAsync(input, "hello\n");
@@ -79,9 +79,115 @@ public sealed class FileErrorTests(CliServerFixture fixture) : IClassFixture<Cli
         var result = await WithoutFileOverrideAsync("encrypt", "--key", "k", "--in", "secret.txt", "--out", "o.kmse");
 
         Assert.Equal(ExitCodes.LocalIo, result.ExitCode);
-        Assert.Equal($"kms: Access to the path '{input}' is denied.\n", result.Error);
+        Assert.Equal($"kms: cannot read {input}: permission denied\n", result.Error);
         AssertNothingWritten(result, "secret.txt");
     }
+
+    /// <summary>
+    /// Commands given a directory where they read a file ({dir}; {file} is a readable file, {pem}
+    /// an audit public key). Each said "Access to the path '{dir}' is denied." (exit 9), sending
+    /// the user to the permissions of a path that has none wrong.
+    /// </summary>
+    [Theory]
+    [InlineData("audit", "verify", "{file}", "--public-key", "{dir}")]
+    [InlineData("audit", "verify", "{dir}", "--public-key", "{pem}")]
+    [InlineData("ceremony", "verify-transcript", "{file}", "--public-key", "{dir}")]
+    [InlineData("ceremony", "verify-transcript", "{dir}", "--public-key", "{pem}")]
+    [InlineData("backup", "verify", "{file}", "--public-key", "{dir}")]
+    [InlineData("attest", "verify", "{dir}", "--public-key", "{pem}")]
+    [InlineData("rewrap", "--key", "k", "--in-list", "{dir}")]
+    [InlineData("keys", "import", "k", "--material", "{dir}")]
+    [InlineData("officer", "approve", "tenants/dev/quorumRequests/r", "--key", "{dir}", "--key-passphrase-file", "{file}", "--yes")]
+    [InlineData("officer", "approve", "tenants/dev/quorumRequests/r", "--key", "{file}", "--key-passphrase-file", "{dir}", "--yes")]
+    [InlineData("keys", "list", "--config", "{dir}")]
+    public async Task FileExpected_DirectoryGiven_Exits2_SaysItIsADirectory(params string[] args)
+    {
+        var (dir, _, _) = await PathsAsync();
+
+        var result = await RunAsync(Fill(args));
+
+        Assert.True(result.ExitCode == ExitCodes.Usage, result.ToString());
+        Assert.Equal(args.Contains("--config") ? $"kms: profile file {dir} is a directory: give a file's path\n" : $"kms: {dir} is a directory: give a file's path\n", result.Error);
+        Assert.Equal("", result.Out);
+    }
+
+    /// <summary>Commands given a file where they read a directory: was "Could not find a part of the path" (rewrap) or a missing manifest (backup verify) for a path that is there.</summary>
+    [Theory]
+    [InlineData("rewrap", "--key", "k", "--dir", "{file}")]
+    [InlineData("backup", "verify", "{file}", "--public-key", "{pem}")]
+    [InlineData("backup", "restore", "{file}", "--public-key", "{pem}", "--data-dir", "{dir}", "--without-audit-logs")]
+    public async Task DirectoryExpected_FileGiven_Exits2_SaysItIsAFile(params string[] args)
+    {
+        var (_, file, _) = await PathsAsync();
+
+        var result = await RunAsync(Fill(args));
+
+        Assert.True(result.ExitCode == ExitCodes.Usage, result.ToString());
+        Assert.Equal($"kms: {file} is a file: give a directory's path\n", result.Error);
+        Assert.Equal("", result.Out);
+    }
+
+    /// <summary>
+    /// Commands given a path they may not read ({secret}: a file of mode 000; {closed}: a
+    /// directory of mode 000), as a process without root's override (capsh). Each said "Access to
+    /// the path '…' is denied.", the words it also used for a directory given as a file.
+    /// </summary>
+    [Theory]
+    [InlineData("{secret}", "audit", "verify", "{file}", "--public-key", "{secret}")]
+    [InlineData("{secret}", "attest", "verify", "{secret}", "--public-key", "{pem}")]
+    [InlineData("{secret}", "rewrap", "--key", "k", "--in-list", "{secret}")]
+    [InlineData("{closed}", "rewrap", "--key", "k", "--dir", "{closed}")]
+    [InlineData("{secret}", "officer", "approve", "tenants/dev/quorumRequests/r", "--key", "{file}", "--key-passphrase-file", "{secret}", "--yes")]
+    public async Task NotReadable_AsAProcessWithoutRootsOverride_Exits9_NamesThePath(string named, params string[] args)
+    {
+        await PathsAsync();
+        var secret = Path.Combine(_directory, "secret");
+        await File.WriteAllTextAsync(secret, "s\n");
+        File.SetUnixFileMode(secret, UnixFileMode.None);
+        var closed = Directory.CreateDirectory(Path.Combine(_directory, "closed")).FullName;
+        File.SetUnixFileMode(closed, UnixFileMode.None);
+
+        var result = await WithoutFileOverrideAsync(Fill(args));
+
+        Assert.True(result.ExitCode == ExitCodes.LocalIo, result.ToString());
+        Assert.Equal($"kms: cannot read {Fill([named])[0]}: permission denied\n", result.Error);
+        Assert.Equal("", result.Out);
+    }
+
+    /// <summary>A directory the ceremony must create its share files in, under one the user may not write (capsh): was "Access to the path '…' is denied.".</summary>
+    [Fact]
+    public async Task CreateDomain_DataDirNotWritable_AsAProcessWithoutRootsOverride_Exits9_NamesTheDirectory()
+    {
+        await PathsAsync();
+        var readOnly = Directory.CreateDirectory(Path.Combine(_directory, "ro")).FullName;
+        File.SetUnixFileMode(readOnly, UnixFileMode.UserRead | UnixFileMode.UserExecute);
+
+        var result = await WithoutFileOverrideAsync(Fill([
+            "ceremony", "create-domain", "--token-label", "none", "--custodian", "a", "--custodian", "b", "--threshold", "2",
+            "--officer", "o={pem}", "--officer-threshold", "1", "--allow-network", "--shares-dir", "shares", "--data-dir", "ro"]));
+
+        Assert.True(result.ExitCode == ExitCodes.LocalIo, result.ToString());
+        // --allow-network's warning may come first.
+        Assert.EndsWith($"\nkms: cannot create the directory {readOnly}/quorum: permission denied\n", "\n" + result.Error, StringComparison.Ordinal);
+    }
+
+    // {dir} a directory, {file} a file, {pem} an audit public key's PEM, {secret} and {closed} (made by the test).
+    private async Task<(string Dir, string File, string Pem)> PathsAsync()
+    {
+        var dir = Directory.CreateDirectory(Path.Combine(_directory, "adir")).FullName;
+        var file = Path.Combine(_directory, "afile");
+        await File.WriteAllTextAsync(file, "not much\n");
+        using var key = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+        await File.WriteAllTextAsync(Path.Combine(_directory, "audit.pem"), key.ExportSubjectPublicKeyInfoPem());
+        return (dir, file, Path.Combine(_directory, "audit.pem"));
+    }
+
+    private string[] Fill(string[] args) => [.. args.Select(a => a
+        .Replace("{dir}", Path.Combine(_directory, "adir"), StringComparison.Ordinal)
+        .Replace("{file}", Path.Combine(_directory, "afile"), StringComparison.Ordinal)
+        .Replace("{pem}", Path.Combine(_directory, "audit.pem"), StringComparison.Ordinal)
+        .Replace("{secret}", Path.Combine(_directory, "secret"), StringComparison.Ordinal)
+        .Replace("{closed}", Path.Combine(_directory, "closed"), StringComparison.Ordinal))];
 
     /// <summary>Was "token file … does not exist" for a directory that does.</summary>
     [Fact]

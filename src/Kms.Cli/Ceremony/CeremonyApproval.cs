@@ -92,7 +92,7 @@ internal sealed class CeremonyApproval
         }
 
         var genesisPath = parse.GetValue(Genesis) is { } given
-            ? ctx.Environment.FullPath(given)
+            ? LocalPath.File(ctx.Environment, given)
             : dataDir is null ? null : Path.Combine(Path.GetFullPath(dataDir), "quorum", "genesis.json");
         var genesis = genesisPath is not null && (parse.GetValue(Genesis) is not null || File.Exists(genesisPath)) ? ReadGenesis(genesisPath) : null;
         if (genesis is null && parse.GetValue(GenesisSha256) is not null)
@@ -164,7 +164,7 @@ internal sealed class CeremonyApproval
         ApprovalBundle bundle;
         try
         {
-            bundle = ApprovalBundle.Parse(await File.ReadAllTextAsync(ctx.Environment.FullPath(bundlePath), ct));
+            bundle = ApprovalBundle.Parse(await LocalPath.ReadAllTextAsync(ctx.Environment, bundlePath, ct));
         }
         catch (KmsException e)
         {
@@ -228,7 +228,7 @@ internal sealed class CeremonyApproval
     {
         try
         {
-            return GenesisFile.Read(path);
+            return LocalPath.Read(path, GenesisFile.Read);
         }
         catch (IOException e)
         {

@@ -98,7 +98,7 @@ internal static partial class CeremonyCommands
                     $"the approval of {signed.Name} approves new shares {signed.Parameter("new-threshold")} of {signed.Parameter("new-custodians")}, but the new share files are {resumeFiles[0].Threshold} of {resumeFiles[0].Count}");
             }
 
-            var oldFiles = parse.GetValue(oldShares)!.Select(p => ShareFile.Read(p, host.Kdf.Policy)).ToList();
+            var oldFiles = parse.GetValue(oldShares)!.Select(p => ShareFile.Read(LocalPath.File(ctx.Environment, p), host.Kdf.Policy)).ToList();
             var oldSecrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, [.. oldFiles.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)], confirm: false);
             var newSecrets = CollectPassphrases(ctx, parse.GetValue(newPassphrases)!,
                 resumeFiles.Count > 0 ? [.. resumeFiles.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)] : names, confirm: resumeFiles.Count == 0);
@@ -197,7 +197,7 @@ internal static partial class CeremonyCommands
                     await store.BeginDomainKeyRotationAsync(pinned, kcv, DateTimeOffset.UtcNow, ct, replaceUnstarted: true,
                         newKeyMac: Convert.ToHexStringLower(RotationKeyMac(oldKey, newKey)));
                     recorded = kcv;
-                    var outDir = DurableFile.CreateDirectory(parse.GetValue(newSharesDir)!);
+                    var outDir = LocalPath.CreateDirectory(ctx.Environment, parse.GetValue(newSharesDir)!);
                     var shares = Shamir.Split(newKey, m, names.Count);
                     try
                     {

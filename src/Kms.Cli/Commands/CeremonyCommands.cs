@@ -144,7 +144,7 @@ internal static partial class CeremonyCommands
             }
 
             // A new domain starts a new deployment: refuse before anything is generated.
-            var deploymentDir = Path.GetFullPath(parse.GetRequiredValue(dataDir));
+            var deploymentDir = LocalPath.Directory(ctx.Environment, parse.GetRequiredValue(dataDir));
             var genesisPath = Path.Combine(deploymentDir, "quorum", "genesis.json");
             if (File.Exists(Path.Combine(deploymentDir, "kms.db")) || File.Exists(genesisPath))
             {
@@ -163,8 +163,8 @@ internal static partial class CeremonyCommands
 
             // Where the genesis goes must take it before a key exists that would need undoing.
             var filesBefore = FilesIn(deploymentDir);
-            DurableFile.CreateDirectory(Path.GetDirectoryName(genesisPath)!);
-            var outDir = DurableFile.CreateDirectory(parse.GetRequiredValue(sharesDir));
+            LocalPath.CreateDirectory(ctx.Environment, Path.GetDirectoryName(genesisPath)!);
+            var outDir = LocalPath.CreateDirectory(ctx.Environment, parse.GetRequiredValue(sharesDir));
             if (Directory.EnumerateFiles(outDir, "share-*.json").Any())
             {
                 throw new CliFailureException(ExitCodes.Conflict, $"{outDir} holds share files already; share files are never overwritten");
@@ -344,7 +344,7 @@ internal static partial class CeremonyCommands
             }
 
             var requiredKcv = pinnedKcv ?? approved.Approval?.Request.DomainKcv;
-            var files = parse.GetValue(shareFiles)!.Select(path => ShareFile.Read(path, host.Kdf.Policy)).ToList();
+            var files = parse.GetValue(shareFiles)!.Select(path => ShareFile.Read(LocalPath.File(ctx.Environment, path), host.Kdf.Policy)).ToList();
             var id = parse.GetValue(domainId) ?? files[0].DomainId;
             await RefuseOtherDomainAsync(target, files[0].DomainKcv, ct);
 
@@ -461,8 +461,8 @@ internal static partial class CeremonyCommands
         var command = new Command("verify-transcript", "check a ceremony transcript's signature with the audit key") { file, publicKey };
         runner.SetAction(command, (ctx, _) =>
         {
-            var key = PublicKeyFromPem(File.ReadAllText(ctx.ParseResult.GetRequiredValue(publicKey)));
-            var problem = Transcript.Verify(ctx.ParseResult.GetRequiredValue(file), key);
+            var key = PublicKeyFromPem(LocalPath.ReadAllText(ctx.Environment, ctx.ParseResult.GetRequiredValue(publicKey)));
+            var problem = LocalPath.Read(LocalPath.File(ctx.Environment, ctx.ParseResult.GetRequiredValue(file)), path => Transcript.Verify(path, key));
             if (problem is not null)
             {
                 throw new CliFailureException(ExitCodes.DecryptionFailed, problem);

@@ -39,6 +39,9 @@ internal static class KeyImportCommand
         {
             var parse = ctx.ParseResult;
             var keyName = ctx.KeyName(parse.GetRequiredValue(key));
+
+            // Checked before an import job is created for material that is not there.
+            var materialPath = LocalPath.File(ctx.Environment, parse.GetRequiredValue(material));
             var spec = KeyAlgorithms.Of((CoreAlgorithm)(int)(await ctx.Client.GetKeyAsync(keyName, ct)).Algorithm);
             var importJob = parse.GetValue(job) is { } existing
                 ? await ctx.Client.GetImportJobAsync(existing, ct)
@@ -48,7 +51,7 @@ internal static class KeyImportCommand
                 throw new CliFailureException(ExitCodes.Conflict, $"import job {importJob.Name} has expired; create a new one");
             }
 
-            var bytes = ReadMaterial(ctx.Environment.FullPath(parse.GetRequiredValue(material)), spec);
+            var bytes = ReadMaterial(materialPath, spec);
             byte[] wrapped;
             byte[] publicKey;
             try
@@ -84,7 +87,11 @@ internal static class KeyImportCommand
                 ? File.ReadAllBytes(path)
                 : throw new CliUsageException($"--material {path} must hold 1 to {MaxMaterialBytes} bytes");
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        catch (UnauthorizedAccessException e)
+        {
+            throw LocalPath.NotReadable(path, e);
+        }
+        catch (IOException e)
         {
             throw new CliFailureException(ExitCodes.LocalIo, $"cannot read --material {path}: {e.Message}");
         }

@@ -62,10 +62,12 @@ internal static class OfficerCommands
         passphrase.AddTo(command);
         runner.SetAction(command, async (ctx, ct) =>
         {
+            // Checked before the passphrase is asked for.
+            var keyPath = LocalPath.File(ctx.Environment, ctx.ParseResult.GetRequiredValue(key));
             QuorumApprover approver;
             using (var secret = SecretInput.Read(ctx, passphrase, "officer key passphrase"))
             {
-                approver = QuorumApprover.Load(ctx.ParseResult.GetRequiredValue(key), secret.Reveal());
+                approver = LocalPath.Read(keyPath, path => QuorumApprover.Load(path, secret.Reveal()));
             }
 
             using (approver)

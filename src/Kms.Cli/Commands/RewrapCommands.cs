@@ -76,8 +76,8 @@ internal static class RewrapCommands
         }
 
         IEnumerable<string> files = directory is not null
-            ? Directory.EnumerateFiles(environment.FullPath(directory)).Where(f => !Path.GetFileName(f).StartsWith('.'))
-            : File.ReadAllLines(environment.FullPath(list!)).Select(l => l.Trim()).Where(l => l.Length > 0).Select(environment.FullPath);
+            ? LocalPath.Read(LocalPath.Directory(environment, directory), d => Directory.GetFiles(d)).Where(f => !Path.GetFileName(f).StartsWith('.'))
+            : LocalPath.Read(LocalPath.File(environment, list!), File.ReadAllLines).Select(l => l.Trim()).Where(l => l.Length > 0).Select(environment.FullPath);
         return [.. files.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal)];
     }
 

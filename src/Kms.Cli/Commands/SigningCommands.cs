@@ -263,12 +263,12 @@ internal static class SigningCommands
         var verify = new Command("verify", "check a provenance statement offline with the published audit key (exit 7 when it does not verify)") { file, publicKey };
         runner.SetAction(verify, (ctx, _) =>
         {
-            var key = CeremonyCommands.PublicKeyFromPem(File.ReadAllText(ctx.Environment.FullPath(ctx.ParseResult.GetRequiredValue(publicKey))));
+            var key = CeremonyCommands.PublicKeyFromPem(LocalPath.ReadAllText(ctx.Environment, ctx.ParseResult.GetRequiredValue(publicKey)));
             byte[] statement;
             byte[] signature;
             try
             {
-                var bundle = JsonNode.Parse(File.ReadAllText(ctx.Environment.FullPath(ctx.ParseResult.GetRequiredValue(file))))!;
+                var bundle = JsonNode.Parse(LocalPath.ReadAllText(ctx.Environment, ctx.ParseResult.GetRequiredValue(file)))!;
                 statement = Convert.FromBase64String(bundle["statement"]!.GetValue<string>());
                 signature = Convert.FromBase64String(bundle["signature"]!.GetValue<string>());
             }

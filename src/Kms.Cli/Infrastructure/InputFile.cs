@@ -5,6 +5,7 @@ internal static class InputFile
 {
     /// <summary>Opens <paramref name="pathOrDash"/> for reading; <paramref name="length"/> is its size, or -1 for standard input.</summary>
     /// <exception cref="CliUsageException">A directory is there.</exception>
+    /// <exception cref="CliFailureException">The file may not be read (exit <see cref="ExitCodes.LocalIo"/>).</exception>
     public static Stream Open(CliEnvironment environment, string pathOrDash, out long length)
     {
         ArgumentNullException.ThrowIfNull(environment);
@@ -14,14 +15,9 @@ internal static class InputFile
             return environment.OpenStandardInput();
         }
 
-        var path = environment.FullPath(pathOrDash);
-        if (Directory.Exists(path))
-        {
-            // Opened, it failed as "Access to the path is denied", which sent the user to its permissions.
-            throw new CliUsageException($"{path} is a directory: give a file's path");
-        }
-
-        var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 81920, FileOptions.Asynchronous | FileOptions.SequentialScan);
+        // Opened, a directory failed as "Access to the path is denied", which sent the user to its permissions.
+        var path = LocalPath.File(environment, pathOrDash);
+        var stream = LocalPath.Read(path, p => new FileStream(p, FileMode.Open, FileAccess.Read, FileShare.Read, 81920, FileOptions.Asynchronous | FileOptions.SequentialScan));
         length = stream.CanSeek ? stream.Length : -1;
         return stream;
     }

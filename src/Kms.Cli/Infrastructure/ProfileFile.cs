@@ -33,7 +33,7 @@ internal sealed class ProfileFile
     {
         try
         {
-            return JsonSerializer.Deserialize<ProfileFile>(File.ReadAllText(path), Json) ?? new ProfileFile();
+            return JsonSerializer.Deserialize<ProfileFile>(LocalPath.Read(path, File.ReadAllText), Json) ?? new ProfileFile();
         }
         catch (JsonException exception)
         {

@@ -122,12 +122,21 @@ internal static class SecretInput
     /// <summary>The first line of a file (without its line ending).</summary>
     public static Secret ReadFile(string path, string name)
     {
+        if (Directory.Exists(path))
+        {
+            throw new CliUsageException($"{path} is a directory: give a file's path");
+        }
+
         try
         {
             using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1);
             return ReadFirstLine(stream, name);
         }
-        catch (Exception exception) when (exception is IOException or UnauthorizedAccessException)
+        catch (UnauthorizedAccessException exception)
+        {
+            throw LocalPath.NotReadable(path, exception);
+        }
+        catch (IOException exception)
         {
             throw new CliUsageException($"cannot read --{name}-file {path}: {exception.Message}", exception);
         }

@@ -45,7 +45,9 @@ internal static class SettingsResolver
         }
         else if (explicitConfig)
         {
-            throw new CliUsageException($"profile file {configFile} does not exist");
+            throw new CliUsageException(Directory.Exists(configFile)
+                ? $"profile file {configFile} is a directory: give a file's path"
+                : $"profile file {configFile} does not exist");
         }
         else
         {
