@@ -12,6 +12,46 @@ public sealed class ProcessEndToEndTests(CliServerFixture fixture) : IClassFixtu
 
     public void Dispose() => Directory.Delete(_directory, recursive: true);
 
+    /// <summary>
+    /// The real server's certificate, which the CLI has no CA for (none given: the system trust
+    /// store; or another CA's file): one line saying the certificate is not trusted and how to give
+    /// a CA, exit 2, no stack trace and no RpcException dump, and nothing sent (the key is not created).
+    /// </summary>
+    [Theory]
+    [InlineData("no CA file")]
+    [InlineData("another CA's file")]
+    public async Task ServerCertificateNotTrusted_OneLineNamingTheCaSetting_Exits2_NothingSent(string ca)
+    {
+        var variables = fixture.Variables;
+        if (ca == "no CA file")
+        {
+            variables.Remove("KMS_CA_FILE");
+        }
+        else
+        {
+            using var otherCa = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+            var request = new System.Security.Cryptography.X509Certificates.CertificateRequest("CN=not the KMS's CA", otherCa, System.Security.Cryptography.HashAlgorithmName.SHA256);
+            request.CertificateExtensions.Add(new System.Security.Cryptography.X509Certificates.X509BasicConstraintsExtension(true, false, 0, true));
+            using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
+            variables["KMS_CA_FILE"] = Path.Combine(_directory, "other-ca.pem");
+            await File.WriteAllTextAsync(variables["KMS_CA_FILE"], certificate.ExportCertificatePem());
+        }
+
+        var keyId = $"untrusted-{Guid.NewGuid():N}";
+
+        var result = await CliRun.ProcessAsync(variables, _directory, "keys", "create", keyId);
+
+        Assert.True(result.ExitCode == ExitCodes.Usage, result.ToString());
+        Assert.StartsWith("kms: the server's TLS certificate is not trusted: ", result.Error, StringComparison.Ordinal);
+        Assert.EndsWith(" (check --ca-file or KMS_CA_FILE, and the endpoint's host name)\n", result.Error, StringComparison.Ordinal);
+        Assert.Single(result.Error.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.DoesNotContain("RpcException", result.Error, StringComparison.Ordinal);
+        Assert.DoesNotContain("Status(", result.Error, StringComparison.Ordinal);
+        Assert.Equal("", result.Out);
+        var got = await RunAsync("keys", "get", keyId);
+        Assert.True(got.ExitCode == ExitCodes.NotFound, got.ToString());
+    }
+
     [Fact]
     public async Task CreateListEncryptDecrypt_FileOfSeveralMegabytes_RoundTrips()
     {
