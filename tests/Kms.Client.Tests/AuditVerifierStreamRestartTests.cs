@@ -287,6 +287,42 @@ public sealed partial class AuditVerifierStreamRestartTests : IDisposable
 
     // A node streaming into the copy: a file stream, read back from its end (where it left off, and
     // where a restart goes on after), or stdout, which cannot be.
+    // Events 1-10 streamed (stdout or a FIFO: not read back), the node killed with its stream's
+    // position record at 6 (written once a pass, behind what was sent); the next start goes on
+    // after 6: a resend line, 7-10 again, then 11-12. Each event sent again is the one verified
+    // before: valid, nothing counted twice. Before, the line was "neither an event nor a
+    // checkpoint", and without it the events were "out of order or repeated".
+    [Fact]
+    public async Task ResentAfterACrash_Verifies_EachEventSentAgainCompared_NotCountedTwice_NoRestart()
+    {
+        var node = await StartNodeAsync(file: false);
+        await AppendAsync(node, 10);
+        var events = Events();
+        var again = await StartNodeAsync(file: false);
+        Assert.True(await again.ForwardAfterIfHeldAsync(events[5], default));
+        _copy.Add(AuditExport.Resend(events[5])); // as the host writes it, before the node's first events
+        await AppendAsync(again, 2);
+
+        var result = Verify();
+        Assert.True(result.Valid, result.Problem);
+        Assert.Equal(12L, result.Events);
+        Assert.Null(result.StreamRestarts);
+        Assert.Equal(new AuditStreamResends(1, 4), result.StreamResends);
+        var head = Events()[^1];
+        Assert.True(Verify(new KnownCheckpoint(head.Sequence, head.Hash)).Valid);
+
+        // An event sent again that is not the one verified before is an edit, not a resend.
+        var edited = new List<string>(_copy);
+        var eighth = edited.FindLastIndex(l => l.StartsWith("{\"event\":{\"v\":1,\"seq\":8,", StringComparison.Ordinal));
+        edited[eighth] = edited[eighth].Replace("token:alice", "token:mallo", StringComparison.Ordinal);
+        Assert.Contains("event 8, sent again after the resend line on line 11, is not the event 8 verified before it", AuditVerifier.Verify(new StringReader(string.Join('\n', edited) + "\n"), _publicKey).Problem, StringComparison.Ordinal);
+
+        // A resend after an event the copy never got is a gap, not a resend.
+        var gap = _copy.GetRange(0, IndexOfEvent(5));
+        gap.Add(AuditExport.Resend(events[5]));
+        Assert.Contains("line 5 resends the stream after event 6, but the copy holds events through 4 only", Verify(gap).Problem, StringComparison.Ordinal);
+    }
+
     private async Task<AuditLog> StartNodeAsync(bool file = true)
     {
         var node = new AuditLog(_store, _store, _hsm, _time, new AuditOptions());

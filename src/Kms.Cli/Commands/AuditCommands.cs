@@ -230,6 +230,13 @@ internal static class AuditCommands
                     + $"{r.ReplacedEvents} events and {r.ReplacedCheckpoints} checkpoints of the chains replaced were verified and no longer count; the counts are of the chain the copy ends with";
             }
 
+            // A crash's resend is at least once, not a gap: each event sent again was compared.
+            if (result.StreamResends is { } sent)
+            {
+                summary["stream_resends"] = new JsonObject { ["count"] = sent.Count, ["resent_events"] = sent.ResentEvents };
+                restarts += $"; the stream went on after a crash {sent.Count} time(s) (resend lines): {sent.ResentEvents} events came again, each the event verified before at its sequence, not counted twice";
+            }
+
             if (torn)
             {
                 // A copy of a SIEM stream taken mid-append, or a crash: what is there is checked,

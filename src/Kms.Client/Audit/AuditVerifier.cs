@@ -31,7 +31,19 @@ public sealed record KnownCheckpoint(long Sequence, string HeadHash);
 /// itself something an auditor must see: a copy with restarts is <see cref="Valid"/> when every
 /// chain in it verifies, but it is not a clean copy.
 /// </param>
-public sealed record AuditVerification(bool Valid, long Events, long Checkpoints, long LastSignedSequence, long UnsignedTail, long? FirstBadSequence, string? Problem, long AnchorSequence = 0, long TornTail = 0, AuditStreamRestarts? StreamRestarts = null);
+/// <param name="StreamResends">
+/// The resend lines of a SIEM stream copy (docs/audit-format.md "Export"): the server went on after
+/// a crash from its stream's position record, which lags what it sent, and sent some events again.
+/// Each event sent again was checked to be the one verified before at its sequence, hash for hash,
+/// and is not counted in <see cref="Events"/> again. Null when there are none; a copy with resends
+/// alone is <see cref="Valid"/> and complete (at least once: nothing is missing or changed).
+/// </param>
+public sealed record AuditVerification(bool Valid, long Events, long Checkpoints, long LastSignedSequence, long UnsignedTail, long? FirstBadSequence, string? Problem, long AnchorSequence = 0, long TornTail = 0, AuditStreamRestarts? StreamRestarts = null, AuditStreamResends? StreamResends = null);
+
+/// <summary>The resends of a SIEM stream copy (<see cref="AuditVerification.StreamResends"/>).</summary>
+/// <param name="Count">How many resend lines were verified.</param>
+/// <param name="ResentEvents">The events that came again after them, each identical to the one verified before.</param>
+public sealed record AuditStreamResends(long Count, long ResentEvents);
 
 /// <summary>
 /// A SIEM stream's restart line, verified: the stream went on after event <paramref name="AfterSequence"/>
@@ -181,6 +193,7 @@ public static class AuditVerifier
                 var problem = Is(members, "event", "hash") ? state.Event(root.GetProperty("event"), root)
                     : Is(members, "checkpoint", "signature") ? state.Checkpoint(root.GetProperty("checkpoint"), root, key, fingerprint)
                     : members is ["stream_restart"] ? state.Restart(root.GetProperty("stream_restart"), lineNumber)
+                    : members is ["stream_resend"] ? state.Resend(root.GetProperty("stream_resend"), lineNumber)
                     : members.FirstOrDefault() == "kms_audit_export" ? state.Header(root)
                     : (state.NextSequence, $"line {lineNumber} is neither an event nor a checkpoint");
                 if (problem is { } p)
@@ -236,8 +249,8 @@ public static class AuditVerifier
 
         // Torn: not valid, since not verified to its end, but no bad sequence either.
         return torn > 0
-            ? new AuditVerification(false, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, $"{tornLine}; everything before it verified, up to event {state.NextSequence - 1}", state.Anchor, torn, state.Restarts)
-            : new AuditVerification(true, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, null, state.Anchor, StreamRestarts: state.Restarts);
+            ? new AuditVerification(false, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, $"{tornLine}; everything before it verified, up to event {state.NextSequence - 1}", state.Anchor, torn, state.Restarts, state.Resends)
+            : new AuditVerification(true, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, null, state.Anchor, StreamRestarts: state.Restarts, StreamResends: state.Resends);
     }
 
     private static bool Is(List<string> members, string first, string second) => members.Count == 2 && members[0] == first && members[1] == second;
@@ -256,6 +269,18 @@ public static class AuditVerifier
         private long _replacedEvents;
 
         private long _replacedCheckpoints;
+
+        private long _resendCount;
+
+        private long _resentEvents;
+
+        // While events come again after a resend line: the next one expected, and the line's number.
+        private long? _resendNext;
+
+        private int _resendLine;
+
+        /// <summary>The resends verified (null: none).</summary>
+        public AuditStreamResends? Resends => _resendCount == 0 ? null : new(_resendCount, _resentEvents);
 
         /// <summary>How many stream restart lines were verified.</summary>
         public long RestartCount { get; private set; }
@@ -322,6 +347,11 @@ public static class AuditVerifier
                 return (NextSequence, "an event without a sequence number");
             }
 
+            if (_resendNext is { } again && sequence <= NextSequence - 1)
+            {
+                return Again(sequence, again, hash, root);
+            }
+
             if (sequence != NextSequence)
             {
                 return (NextSequence, sequence > NextSequence
@@ -353,6 +383,7 @@ public static class AuditVerifier
                 RetentionSequence = sequence;
             }
 
+            _resendNext = null; // past the events a resend line sent again (all of them, or it went on after fewer)
             _recent.Add(sequence, digest, LastSigned);
             KnownHash = sequence == knownSequence ? hash : KnownHash;
             _previous = hash;
@@ -438,10 +469,13 @@ public static class AuditVerifier
             }
 
             var position = NextSequence - 1;
-            if (replaced.Sequence != position || replaced.Hash != _previous)
+            var (sent, sentHash) = _resendNext is { } next ? (next - 1, HashAt(next - 1)) : (position, _previous);
+            if (replaced.Sequence != sent || replaced.Hash != sentHash)
             {
-                return (NextSequence, $"line {lineNumber} restarts the stream replacing event {replaced.Sequence} ({replaced.Hash}), but the last event before it is {position} ({_previous}): a restart replaces the last event the stream was sent");
+                return (NextSequence, $"line {lineNumber} restarts the stream replacing event {replaced.Sequence} ({replaced.Hash}), but the last event before it is {sent} ({sentHash}): a restart replaces the last event the stream was sent");
             }
+
+            _resendNext = null;
 
             if (after.Sequence >= replaced.Sequence || after.Sequence < 0)
             {
@@ -488,6 +522,72 @@ public static class AuditVerifier
             return null;
         }
 
+        // A SIEM stream's resend line: the server went on after a crash from its position record,
+        // which lags what it sent; the events after its event come again. Its event must be one
+        // verified here, hash for hash, at or before the last one (after a later one, events between
+        // were never sent: a gap); the events that come again must each be the one verified before
+        // at its sequence, until the copy is past its last event (then it goes on as before). The
+        // chain is not changed: nothing is replaced, and nothing counted twice.
+        public (long Sequence, string Message)? Resend(JsonElement resend, int lineNumber)
+        {
+            _started = true;
+            if (Point(resend, "after") is not { } after || resend.EnumerateObject().Select(p => p.Name).ToList() is not ["after"])
+            {
+                return (NextSequence, $"line {lineNumber} is a malformed stream resend");
+            }
+
+            var position = NextSequence - 1;
+            if (after.Sequence > position || after.Sequence < 0)
+            {
+                return (NextSequence, after.Sequence > position
+                    ? $"line {lineNumber} resends the stream after event {after.Sequence}, but the copy holds events through {position} only: events {NextSequence}..{after.Sequence} were never sent to it"
+                    : $"line {lineNumber} is a malformed stream resend");
+            }
+
+            if (after.Sequence < Anchor)
+            {
+                return (NextSequence, $"line {lineNumber} resends the stream after event {after.Sequence}, before this copy's start (it follows event {Anchor}): the events sent again are not in it to compare");
+            }
+
+            var known = HashAt(after.Sequence);
+            if (known is null)
+            {
+                return (NextSequence, $"line {lineNumber} resends the stream after event {after.Sequence}, {position - after.Sequence} events back: this verifier keeps the hashes of the last {RecentEvents} events only, and cannot check it");
+            }
+
+            if (known != after.Hash)
+            {
+                return (NextSequence, $"line {lineNumber} resends the stream after event {after.Sequence} with hash {after.Hash}, but event {after.Sequence} verified here has hash {known}: the line was edited, or is not this stream's");
+            }
+
+            _resendNext = after.Sequence < position ? after.Sequence + 1 : null;
+            _resendLine = lineNumber;
+            _resendCount++;
+            return null;
+        }
+
+        // An event sent again after a resend line: the next one expected, the one verified before.
+        private (long Sequence, string Message)? Again(long sequence, long expected, string hash, JsonElement root)
+        {
+            if (sequence != expected)
+            {
+                return (expected, $"event {sequence} is out of order or repeated after the resend line on line {_resendLine} (expected event {expected} again)");
+            }
+
+            if (!root.TryGetProperty("hash", out var stated) || stated.GetString() != hash || HashAt(sequence) != hash)
+            {
+                return (sequence, $"event {sequence}, sent again after the resend line on line {_resendLine}, is not the event {sequence} verified before it: it was edited");
+            }
+
+            _resentEvents++;
+            _resendNext = sequence + 1 < NextSequence ? sequence + 1 : null;
+            return null;
+        }
+
+        // The hash verified here at a sequence: the chain's start, the anchor, or a recent event; null: not kept.
+        private string? HashAt(long sequence) =>
+            sequence == 0 ? Genesis : sequence == Anchor ? _anchorHash : _recent.Find(sequence);
+
         // {"seq":N,"hash":"…"}, nothing else.
         private static (long Sequence, string Hash)? Point(JsonElement restart, string name) =>
             restart.TryGetProperty(name, out var point) && point.ValueKind == JsonValueKind.Object
@@ -498,7 +598,7 @@ public static class AuditVerifier
                 : null;
 
         public AuditVerification Fail(long sequence, string problem) =>
-            new(false, Events, Checkpoints, LastSigned, 0, sequence, problem, StreamRestarts: Restarts);
+            new(false, Events, Checkpoints, LastSigned, 0, sequence, problem, StreamRestarts: Restarts, StreamResends: Resends);
     }
 
     /// <summary>

@@ -67,6 +67,32 @@ public static class AuditExport
         return Encoding.UTF8.GetString(buffer.WrittenSpan);
     }
 
+    /// <summary>
+    /// A SIEM stream's resend line, before the events that follow <paramref name="after"/> when the
+    /// stream goes on after a crash from its position record (the server's
+    /// <c>{DataDir}/audit/stream-position.json</c>), on a stream it cannot read back (stdout, a
+    /// FIFO): <c>{"stream_resend":{"after":{"seq":…,"hash":…}}}</c>. The record is written behind
+    /// what was sent, so some events after it may come again, each the same event (at least once,
+    /// never a gap). Not in an export; readers of audit logs skip it as a line that is not an event.
+    /// </summary>
+    public static string Resend(AuditHead after)
+    {
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>();
+        using (var writer = new Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartObject();
+            writer.WriteStartObject("stream_resend");
+            writer.WriteStartObject("after");
+            writer.WriteNumber("seq", after.Sequence);
+            writer.WriteString("hash", after.Hash);
+            writer.WriteEndObject();
+            writer.WriteEndObject();
+            writer.WriteEndObject();
+        }
+
+        return Encoding.UTF8.GetString(buffer.WrittenSpan);
+    }
+
     /// <summary>A checkpoint line.</summary>
     public static string Checkpoint(AuditCheckpoint checkpoint)
     {

@@ -186,6 +186,36 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         }
     }
 
+    /// <summary>
+    /// The SIEM stream's position: the last event it was sent, or, before any was since the start,
+    /// the event it goes on after (the chain's head at the start, or <see cref="ForwardAfter"/>'s).
+    /// Read by the host at start and in its handlers (which run in the housekeeping pass).
+    /// </summary>
+    public AuditHead StreamPosition => new(_forwarded, _forwardedHash);
+
+    /// <summary>
+    /// <see cref="ForwardAfter"/> <paramref name="streamed"/> if the database's chain passes through
+    /// it (the event at its sequence has that hash, the next one links to it, or retention cut past
+    /// it under a signed checkpoint; sequence 0 with the chain's genesis hash: the start); else
+    /// nothing changes (the stream goes on from the head) and this returns false. For a position
+    /// kept outside the stream (a stream the host cannot read back, <c>stream-position.json</c>): one
+    /// the chain does not hold (a rollback, another database) is not a place to go on from, and
+    /// restarting from it would send the whole chain again after a restart line naming an event the
+    /// stream may not end with.
+    /// </summary>
+    public async Task<bool> ForwardAfterIfHeldAsync(AuditHead streamed, CancellationToken cancellationToken)
+    {
+        var held = streamed.Sequence == 0
+            ? streamed.Hash == AuditChain.Genesis
+            : streamed.Sequence > 0 && (await ChainHoldsAsync(store, streamed, cancellationToken) || await PrunedUnderASignedCheckpointAsync(streamed.Sequence, cancellationToken));
+        if (held)
+        {
+            ForwardAfter(streamed);
+        }
+
+        return held;
+    }
+
     /// <summary>The keyed hash of an encryption-context value (HMAC-SHA256, hex), so equal values can be correlated without being revealed.</summary>
     public string HashContextValue(string value)
     {
