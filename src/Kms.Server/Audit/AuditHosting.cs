@@ -65,7 +65,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
         // Housekeeping retries every second: each kind of failure is logged when it starts, then
         // at most every few minutes with what was not logged, and once when it ends.
-        var failures = new HousekeepingFailureLog(logger, time);
+        var failures = _failures = new HousekeepingFailureLog(logger, time);
         Observability.KmsMetrics.Track(audit, failures);
         audit.HousekeepingFailed += e => failures.Failed(e, audit.CheckpointRefusedSince is not null);
         audit.HousekeepingPassEnded += () => failures.PassEnded(audit.CheckpointRefusedSince is not null);
@@ -122,9 +122,16 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
         if (options.StreamPath is { Length: > 0 } stream)
         {
-            if (stream != "-" && LastStreamed(stream) is { } streamed)
+            // A regular file is read back (its own last line says how far it got); stdout, a FIFO
+            // or a device cannot be, and goes on from its position record in the data directory.
+            var readBack = stream != "-" && CanReadBack(stream);
+            if (readBack && LastStreamed(stream) is { } streamed)
             {
                 audit.ForwardAfter(streamed);
+            }
+            else if (!readBack)
+            {
+                await ResumeFromPositionAsync(stream, Path.Combine(directory, AuditStreamPosition.FileName), cancellationToken);
             }
 
             // Where a stream whose last event the chain no longer holds restarts: read back from
@@ -136,16 +143,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
             audit.StreamRestarted += restart =>
             {
-                var line = AuditExport.Restart(restart);
-                if (stream == "-")
-                {
-                    Console.Out.Write(line + "\n");
-                }
-                else
-                {
-                    Append(stream, line);
-                }
-
+                WriteStream(stream, AuditExport.Restart(restart) + "\n", restart.After);
                 LogStreamRestarted(logger, restart.After.Sequence, restart.Replaced.Sequence, restart.Replaced.Hash);
             };
 
@@ -157,15 +155,206 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
                     text.Append(AuditExport.Event(e)).Append('\n');
                 }
 
-                if (stream == "-")
-                {
-                    Console.Out.Write(text.ToString());
-                }
-                else
-                {
-                    Append(stream, text.ToString().TrimEnd('\n'));
-                }
+                WriteStream(stream, text.ToString(), new AuditHead(events[^1].Sequence, events[^1].Hash));
             };
+
+            if (_position is not null)
+            {
+                // Once a pass, when the stream moved (not after every write: a record costs a
+                // synced write and a rename); a failure is the housekeeping's, and the record
+                // before it stands (behind the stream: a crash then sends more again, nothing less).
+                audit.HousekeepingPassEnded += () =>
+                {
+                    try
+                    {
+                        RecordPosition(clean: false, force: false);
+                    }
+                    catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                    {
+                        failures.Failed(e, checkpointRefused: false);
+                    }
+                };
+            }
+        }
+    }
+
+    private HousekeepingFailureLog? _failures;
+
+    // Where a SIEM stream's position record is kept, and how far the stream was sent (null: the
+    // stream is read back from its file, or there is none).
+    private StreamPositionState? _position;
+
+    // Lines to the SIEM stream: a line a resumed stream still owes goes first (its resend line), in
+    // the same write; the position moves only once the write returned (flushed to the pipe or, for
+    // a file, to disk).
+    private void WriteStream(string stream, string lines, AuditHead reached)
+    {
+        var position = _position;
+        var owed = position?.Owed;
+        try
+        {
+            var text = owed is null ? lines : owed + "\n" + lines;
+            if (stream == "-")
+            {
+                Console.Out.Write(text);
+                Console.Out.Flush();
+            }
+            else
+            {
+                Append(stream, text.TrimEnd('\n'));
+            }
+        }
+        catch
+        {
+            // Part of it may have been written: not a clean stop's position until a write succeeds.
+            position?.WriteFailed();
+            throw;
+        }
+
+        position?.Written(reached);
+    }
+
+    // A stream that cannot be read back (stdout, a FIFO) goes on after the position recorded at the
+    // last run's stop (or as that run went: a crash), if the record is this stream's, of this
+    // database's audit key, and the chain passes through it; else from the chain's head, as
+    // without one (event 1327). The record is then written at once, not clean: a crash from here on
+    // may have sent the stream more than the record says.
+    private async Task ResumeFromPositionAsync(string stream, string path, CancellationToken cancellationToken)
+    {
+        var identity = stream == "-" ? "-" : Path.GetFullPath(stream);
+        var (record, damaged) = AuditStreamPosition.Read(path);
+        string? owed = null;
+        string? refused = damaged;
+        if (record is not null)
+        {
+            if (record.Stream != identity)
+            {
+                refused = $"it is the position of another stream ({record.Stream})";
+            }
+            else if (record.KeyFingerprint != audit.Fingerprint)
+            {
+                refused = $"it was written under another audit signing key ({record.KeyFingerprint}): another database";
+            }
+            else if (!await audit.ForwardAfterIfHeldAsync(record.Last, cancellationToken))
+            {
+                refused = $"the database's audit chain does not hold event {record.Last.Sequence} ({record.Last.Hash}) that it names: the database went back behind it, or was rewritten there";
+            }
+            else
+            {
+                // After a crash the stream may hold events past the record: they come again, after a line that says so.
+                owed = record.Clean ? null : AuditExport.Resend(record.Last);
+                LogStreamResumed(logger, identity, record.Last.Sequence, path, record.Clean ? "it was written at a clean stop" : "not written at a stop (a crash): the events after it that the stream already holds come again, after a stream_resend line");
+            }
+        }
+
+        if (refused is not null)
+        {
+            LogStreamPositionNotTaken(logger, path, refused, audit.StreamPosition.Sequence);
+        }
+
+        _position = new StreamPositionState(path, identity, audit.Fingerprint, audit.StreamPosition, owed, time);
+        RecordPosition(clean: false, force: true);
+    }
+
+    // Writes the stream's position record, if the stream has one and it moved (or force).
+    private void RecordPosition(bool clean, bool force)
+    {
+        if (_position is { } position && position.Next(clean, force) is { } content)
+        {
+            DurableFile.Write(position.Path, content, DurableFile.OwnerOnly, overwrite: true);
+            position.Recorded();
+        }
+    }
+
+    /// <summary>
+    /// Whether <paramref name="path"/> is a stream file that can be read back: a regular file, or
+    /// none yet (one is created). A FIFO, a pipe or a terminal cannot (nor one that cannot be
+    /// opened, whose writes fail too).
+    /// </summary>
+    internal static bool CanReadBack(string path)
+    {
+        if (!File.Exists(path))
+        {
+            return !Directory.Exists(path);
+        }
+
+        try
+        {
+            // Opened for writing too: open(2) for reading only waits, on a FIFO, for a writer.
+            using var file = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite, bufferSize: 0);
+            return file.CanSeek;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException)
+        {
+            return false;
+        }
+    }
+
+    // The position of a stream that cannot be read back: how far it was sent, and what the record holds.
+    private sealed class StreamPositionState(string path, string stream, string key, AuditHead start, string? owed, TimeProvider time)
+    {
+        private readonly Lock _lock = new();
+        private AuditHead _sent = start;
+        private AuditHead? _recorded;
+        private bool _recordedClean;
+        private bool _writeFailed;
+        private AuditHead? _pending; // written by Next, not yet Recorded
+        private bool _pendingClean;
+
+        public string Path => path;
+
+        /// <summary>The resend line the stream is owed before anything else (null: none).</summary>
+        public string? Owed
+        {
+            get
+            {
+                lock (_lock)
+                {
+                    return owed;
+                }
+            }
+        }
+
+        public void Written(AuditHead reached)
+        {
+            lock (_lock)
+            {
+                (_sent, owed, _writeFailed) = (reached, null, false);
+            }
+        }
+
+        public void WriteFailed()
+        {
+            lock (_lock)
+            {
+                _writeFailed = true;
+            }
+        }
+
+        // The record to write, or null when it would say what the last one did. Clean only when
+        // nothing is owed (a resend line not yet sent: the stream may still hold events past the
+        // position) and the last write did not fail part-way.
+        public byte[]? Next(bool clean, bool force)
+        {
+            lock (_lock)
+            {
+                clean = clean && owed is null && !_writeFailed;
+                if (!force && _recorded == _sent && _recordedClean == clean)
+                {
+                    return null;
+                }
+
+                (_pending, _pendingClean) = (_sent, clean);
+                return new AuditStreamPosition(stream, key, _sent, clean).ToBytes(time.GetUtcNow());
+            }
+        }
+
+        public void Recorded()
+        {
+            lock (_lock)
+            {
+                (_recorded, _recordedClean) = (_pending, _pendingClean);
+            }
         }
     }
 
@@ -231,6 +420,19 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             // written. Before, only a KmsException or a cancellation was caught here: an IOException
             // from that append skipped the head record and made the host's stop throw.
             LogFinalCheckpointFailed(logger, e.GetType().Name);
+        }
+
+        // The SIEM stream's position at the stop, after its last forwarding: clean, so the next
+        // start goes on after it with nothing sent twice.
+        try
+        {
+            RecordPosition(clean: true, force: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // The record before it stands (not clean): the next start sends again what the stream
+            // may hold past it, after a resend line; never less.
+            _failures?.Failed(e, checkpointRefused: false);
         }
 
         // The head the node leaves the database at: also when no checkpoint could be signed (a
@@ -445,6 +647,12 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1323, Level = LogLevel.Warning, Message = "the SIEM stream restarts after event {After}: the database's audit chain no longer holds event {Replaced} ({Hash}), the last the stream was sent (the database went back behind it, or was rewritten there); a stream_restart line, then every event after {After}")]
     private static partial void LogStreamRestarted(ILogger logger, long after, long replaced, string hash);
+
+    [LoggerMessage(EventId = 1326, Level = LogLevel.Information, Message = "the SIEM stream {Stream} resumes after event {Sequence}, from its position record {Path}: {How:l}")]
+    private static partial void LogStreamResumed(ILogger logger, string stream, long sequence, string path, string how);
+
+    [LoggerMessage(EventId = 1327, Level = LogLevel.Warning, Message = "the SIEM stream's position record {Path} is not taken: {Reason:l}; the stream begins at the audit chain's head (event {Head}), as without one, so events the last run did not forward are not sent to it")]
+    private static partial void LogStreamPositionNotTaken(ILogger logger, string path, string reason, long head);
 
     [LoggerMessage(EventId = 1303, Level = LogLevel.Warning, Message = "the final audit checkpoint could not be written ({Reason})")]
     private static partial void LogFinalCheckpointFailed(ILogger logger, string reason);

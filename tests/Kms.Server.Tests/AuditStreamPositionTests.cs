@@ -1,0 +1,266 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using Kms.Client.Audit;
+using Kms.Core.Audit;
+using Kms.Hsm;
+using Kms.Server.Audit;
+using Kms.Storage.Sqlite;
+using Kms.Testing;
+
+namespace Kms.Server.Tests;
+
+/// <summary>
+/// A SIEM stream that cannot be read back (a FIFO a SIEM agent reads, stdout) goes on at a start
+/// from its position record (<c>{DataDir}/audit/stream-position.json</c>), not from the chain's
+/// head: events committed while the node was stopped, or that a crash kept it from forwarding,
+/// reach the reader — after a clean stop each once, after a kill some again, after a resend line.
+/// </summary>
+public sealed class AuditStreamPositionTests
+{
+    private const string DomainKeyId = "dk-stream-position";
+
+    // A clean stop, then three events committed by another writer of the database while the node
+    // is stopped (nothing forwards them), then a start. Before, the start began the FIFO at the
+    // chain's head and the reader never got them: "event 9 is missing (the next one is 12)".
+    [Fact]
+    public async Task Fifo_EventsCommittedWhileTheNodeWasStopped_ReachTheReaderAfterTheStart_EachOnce()
+    {
+        var dataDir = Scratch.NewPath("kms-server-");
+        var fifo = Scratch.NewPath("kms-siem-", ".fifo");
+        MakeFifo(fifo);
+        using var reader = FifoReader.Start(fifo);
+        string[] args = [$"--Kms:Audit:StreamPath={fifo}"];
+        var server = await KmsTestServer.StartAsync(null, dataDir, "dev", args);
+        var token = server.Token;
+        try
+        {
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "before-the-stop");
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+
+        var database = Path.Combine(dataDir, "kms.db");
+        var stopped = Head(database);
+        await reader.WaitForEventAsync(stopped);
+        var position = AuditStreamPosition.Read(Path.Combine(dataDir, "audit", AuditStreamPosition.FileName)).Position;
+        Assert.Equal((Path.GetFullPath(fifo), stopped, true), (position?.Stream, position?.Last.Sequence, position?.Clean));
+
+        await AppendWhileStoppedAsync(database, 3);
+        server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
+        try
+        {
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "after-the-start");
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+
+        var head = Head(database);
+        await reader.WaitForEventAsync(head);
+        var copy = reader.Lines;
+        Assert.DoesNotContain(copy, l => l.StartsWith("{\"stream_", StringComparison.Ordinal)); // a clean stop: no resend, no restart
+        var sequences = copy.Select(Sequence).ToList();
+        Assert.Equal(Enumerable.Range((int)sequences[0], (int)(head - sequences[0] + 1)).Select(i => (long)i), sequences);
+        Assert.Contains(stopped + 3, sequences);
+        var result = AuditVerifier.Verify(new StringReader(string.Join('\n', copy) + "\n"), PublicKey(dataDir));
+        Assert.True(sequences[0] != 1 || result.Valid, result.Problem);
+    }
+
+    // The real binary on stdout, killed (SIGKILL) idle, three events committed while it is down,
+    // started again: its stdout carries every event, those the record lagged behind again after a
+    // resend line, and the two runs' stdout together verify. Before, the second run began at the
+    // chain's head: "event 9 is missing (the next one is 12)".
+    [Fact]
+    public async Task Stdout_KilledThenEventsCommittedWhileDown_TheNextRunSendsThem_AfterAResendLine_TheCopyVerifies()
+    {
+        var token = SoftHsm.CreateToken();
+        var domainKey = RandomNumberGenerator.GetBytes(32);
+        using (var session = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin)))
+        {
+            session.ImportDomainKey(domainKey, "kms-domain-key", DomainKeyId);
+        }
+
+        CryptographicOperations.ZeroMemory(domainKey);
+        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-stdout-")).FullName;
+        var database = Path.Combine(dataDir, "kms.db");
+        string[] args = ["--Kms:Audit:StreamPath=-"];
+        var server = await ServerProcess.StartAsync(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId, args);
+        string first;
+        try
+        {
+            var (developer, _) = await server.BootstrapAsync("dev");
+            using (var client = server.CreateClient(developer))
+            {
+                await client.CreateKeyAsync("tenants/dev", "before-the-kill");
+            }
+
+            // Idle, every event on stdout: the kill tears no line.
+            await server.WaitForOutputAsync(EventPrefix(Head(database)), TimeSpan.FromSeconds(60));
+            server.Kill();
+            first = server.Output;
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+
+        var killed = Head(database);
+        await AppendWhileStoppedAsync(database, 3);
+        var head = killed + 3;
+        server = await ServerProcess.StartAsync(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId, args);
+        string second;
+        try
+        {
+            await server.WaitForOutputAsync(EventPrefix(head), TimeSpan.FromSeconds(60));
+            Assert.Equal(0, await server.TerminateAsync(TimeSpan.FromSeconds(30)));
+            second = server.Output;
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+
+        var copy = StreamLines(first).Concat(StreamLines(second)).ToList();
+        Assert.Single(copy, l => l.StartsWith("{\"stream_resend\":", StringComparison.Ordinal));
+        var result = AuditVerifier.Verify(new StringReader(string.Join('\n', copy) + "\n"), PublicKey(dataDir));
+        Assert.True(result.Valid, result.Problem);
+        Assert.Equal(Head(database), result.Events);
+        Assert.Null(result.StreamRestarts);
+        Assert.Equal(1, result.StreamResends?.Count);
+        Directory.Delete(dataDir, recursive: true);
+    }
+
+    [Fact]
+    public void Parse_WhatToBytesWrote_AndNothingElse()
+    {
+        var position = new AuditStreamPosition("-", "sha256:ab", new AuditHead(7, new string('c', 64)), Clean: true);
+        Assert.Equal(position, AuditStreamPosition.Parse(position.ToBytes(DateTimeOffset.UnixEpoch)));
+        Assert.Null(AuditStreamPosition.Parse("{\"v\":1}"u8));
+        Assert.Null(AuditStreamPosition.Parse("not json"u8));
+    }
+
+    private static string EventPrefix(long sequence) => string.Create(CultureInfo.InvariantCulture, $"{{\"event\":{{\"v\":1,\"seq\":{sequence},");
+
+    // The stream's lines among the process's output (its logs are JSON lines too, on the same stdout).
+    private static IEnumerable<string> StreamLines(string output) =>
+        output.Split('\n').Where(l => l.StartsWith("{\"event\":", StringComparison.Ordinal) || l.StartsWith("{\"stream_", StringComparison.Ordinal));
+
+    private static long Sequence(string line)
+    {
+        using var document = JsonDocument.Parse(line);
+        return document.RootElement.GetProperty("event").GetProperty("seq").GetInt64();
+    }
+
+    private static long Head(string database) =>
+        long.Parse(RawSqlite.Scalar(database, "SELECT coalesce(max(seq), 0) FROM audit_events"), CultureInfo.InvariantCulture);
+
+    private static byte[] PublicKey(string dataDir)
+    {
+        using var key = ECDsa.Create();
+        key.ImportFromPem(File.ReadAllText(Path.Combine(dataDir, "audit", "signing-key.pem")));
+        return key.ExportSubjectPublicKeyInfo();
+    }
+
+    // Another writer of the database (a node that forwards to no stream), the server stopped.
+    private static async Task AppendWhileStoppedAsync(string database, int count)
+    {
+        await using (var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = database }, default))
+        {
+            await store.AppendAuditAsync([.. Enumerable.Range(0, count).Select(i => new AuditEntry
+            {
+                Time = DateTimeOffset.UtcNow,
+                RequestId = Guid.NewGuid().ToString("N"),
+                Principal = "token:other-node",
+                Operation = "test/OtherNode",
+                Resource = "event",
+                Outcome = "OK",
+            })], default);
+        }
+
+        SqliteStore.ReleasePooledConnections();
+    }
+
+    private static void MakeFifo(string path)
+    {
+        using var mkfifo = Process.Start("mkfifo", ["-m", "600", path]) ?? throw new InvalidOperationException("mkfifo did not start");
+        mkfifo.WaitForExit();
+        Assert.Equal(0, mkfifo.ExitCode);
+    }
+
+    // A SIEM agent: a process that reads the FIFO for as long as the test runs. It holds the FIFO
+    // open for writing too (cat's stdin opened read-write), so the server's closing it between
+    // appends is no end of file; what it reads arrives here a line at a time.
+    private sealed class FifoReader : IDisposable
+    {
+        private readonly Process _process;
+        private readonly List<string> _lines = [];
+        private readonly SemaphoreSlim _arrived = new(0);
+
+        private FifoReader(Process process)
+        {
+            _process = process;
+            process.OutputDataReceived += (_, e) =>
+            {
+                if (e.Data is { } line)
+                {
+                    lock (_lines)
+                    {
+                        _lines.Add(line);
+                    }
+
+                    _arrived.Release();
+                }
+            };
+            process.BeginOutputReadLine();
+        }
+
+        public List<string> Lines
+        {
+            get
+            {
+                lock (_lines)
+                {
+                    return [.. _lines];
+                }
+            }
+        }
+
+        public static FifoReader Start(string fifo) =>
+            new(Process.Start(new ProcessStartInfo("sh", ["-c", "exec cat 0<>\"$1\"", "sh", fifo]) { RedirectStandardOutput = true })
+                ?? throw new InvalidOperationException("sh did not start"));
+
+        // Until the event with this sequence was read (a line at a time, each waking this up).
+        public async Task WaitForEventAsync(long sequence)
+        {
+            var prefix = EventPrefix(sequence);
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            while (!Lines.Any(l => l.StartsWith(prefix, StringComparison.Ordinal)))
+            {
+                try
+                {
+                    await _arrived.WaitAsync(timeout.Token);
+                }
+                catch (OperationCanceledException)
+                {
+                    Assert.Fail($"the FIFO's reader did not get event {sequence} within 60 s; it read:\n{string.Join('\n', Lines)}");
+                }
+            }
+        }
+
+        public void Dispose()
+        {
+            _process.Kill();
+            _process.WaitForExit();
+            _process.Dispose();
+            _arrived.Dispose();
+        }
+    }
+}
