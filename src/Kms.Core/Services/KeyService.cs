@@ -30,6 +30,12 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
     /// <summary>How long a key whose scheduled rotation failed is left out of the next passes.</summary>
     public static readonly TimeSpan FailedRotationRetryDelay = TimeSpan.FromMinutes(15);
 
+    /// <summary>How long a due destruction that failed once is left out of the next passes (doubled at each further failure).</summary>
+    public static readonly TimeSpan DestructionRetryFirstDelay = TimeSpan.FromMinutes(1);
+
+    /// <summary>The longest a due destruction that keeps failing waits between two attempts.</summary>
+    public static readonly TimeSpan DestructionRetryMaxDelay = TimeSpan.FromHours(1);
+
     private readonly RequestIds _requests = new(store);
     private readonly KeyResolver _resolver = new(store);
 
@@ -37,6 +43,11 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
     // (an algorithm the HSM profile no longer allows) would otherwise fill every pass's batch
     // from the head of the due list, and no other key's schedule would ever run.
     private readonly System.Collections.Concurrent.ConcurrentDictionary<KeyName, DateTimeOffset> _rotationRetry = new();
+
+    // Due destructions that failed, by what they destroy (a key's name for its deletion, a
+    // version's for its own): without a back-off one that keeps failing (a store that refuses the
+    // write) was tried, and logged, at every pass, and a hundred such keys filled every pass.
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, FailedDestruction> _destructionRetry = new(StringComparer.Ordinal);
 
     /// <summary>
     /// Creates a key and its version 1 (primary). With a request id, a retry of the same
@@ -467,42 +478,169 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
     /// Returns how many versions were destroyed.
     /// </summary>
     /// <remarks>
-    /// Each destruction is its own transaction with its own audit event naming what it
+    /// <para>Each destruction is its own transaction with its own audit event naming what it
     /// destroyed: <c>lifecycle/KeyDestruction</c> with the key (every version), or
     /// <c>lifecycle/Destruction</c> with the version — so a restore from a backup and an audit
-    /// export alone can re-apply it (<see cref="Backup.DestructionReplay"/>).
+    /// export alone can re-apply it (<see cref="Backup.DestructionReplay"/>).</para>
+    /// <para>A destruction that fails (a key's deletion, or one version's) is left out of the
+    /// following passes for <see cref="DestructionRetryDelay"/> of its failures in a row, and the
+    /// others go on: another version of the same key, and keys after it. The failures are
+    /// thrown together after the pass, each naming what failed, how often and when it is tried
+    /// again; <see cref="FailingDestructions"/> counts them. Kept in this object's memory: a
+    /// restart, or another node taking over the lifecycle, tries each once more at its first pass.
+    /// Held back, a destruction due still refuses every use (its state is DESTROY_SCHEDULED and its
+    /// period ended); only the erasure of its material waits.</para>
     /// </remarks>
     /// <param name="now">The lifecycle's trusted time (<see cref="LifecycleClock"/>), not the bare clock.</param>
     /// <param name="cancellationToken">Stops the pass between keys.</param>
     public async Task<int> DestroyDueAsync(DateTimeOffset now, CancellationToken cancellationToken)
     {
-        var destroyed = 0;
-        await ForEachDueKeyAsync(null, await store.ListKeysDueForDestructionAsync(now, DueBatch, cancellationToken), async name =>
+        var pass = time.GetTimestamp();
+        var waitingKeys = _destructionRetry.Values.Where(f => !f.RetryDue(time, pass)).Select(f => f.Key).ToHashSet();
+        var limit = DueBatch + waitingKeys.Count;
+        var due = await store.ListKeysDueForDestructionAsync(now, limit, cancellationToken);
+        if (due.Count < limit)
         {
-            if (await store.GetKeyAsync(name, cancellationToken) is not { } key)
+            // The list is whole: a failure recorded for a key no longer in it is no longer due
+            // (cancelled, restored, or destroyed by another node).
+            var listed = due.ToHashSet();
+            foreach (var (resource, failed) in _destructionRetry)
             {
-                return;
-            }
-
-            if (KeyTransitions.DestructionDue(key, now))
-            {
-                using (SystemScope(Backup.DestructionReplay.KeyDestructionOperation, name.ToString()))
+                if (!listed.Contains(failed.Key))
                 {
-                    destroyed += await DestroyAsync(name, current => KeyTransitions.DestroyDue(current, now), cancellationToken);
-                }
-
-                return;
-            }
-
-            foreach (var number in await DueVersionsAsync(name, now, cancellationToken))
-            {
-                using (SystemScope(Backup.DestructionReplay.LifecycleOperation, name.Version(number).ToString()))
-                {
-                    destroyed += await DestroyAsync(name, current => KeyTransitions.DestroyDueVersion(current, number, now), cancellationToken);
+                    _destructionRetry.TryRemove(resource, out _);
                 }
             }
-        });
+        }
+
+        var destroyed = 0;
+        List<Exception>? failures = null;
+        foreach (var name in due)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            var keyResource = name.ToString();
+            if (IsWaiting(keyResource, pass))
+            {
+                continue;
+            }
+
+            List<(int Number, string Resource)> versions = [];
+            var keyDue = false;
+            var read = await AttemptDestructionAsync(keyResource, name, async () =>
+            {
+                if (await store.GetKeyAsync(name, cancellationToken) is not { } key)
+                {
+                    return 0;
+                }
+
+                keyDue = KeyTransitions.DestructionDue(key, now);
+                if (!keyDue)
+                {
+                    versions = [.. (await DueVersionsAsync(name, now, cancellationToken)).Select(n => (n, name.Version(n).ToString()))];
+                    return 0;
+                }
+
+                using (SystemScope(Backup.DestructionReplay.KeyDestructionOperation, keyResource))
+                {
+                    return await DestroyAsync(name, current => KeyTransitions.DestroyDue(current, now), cancellationToken);
+                }
+            });
+            destroyed += read.Destroyed;
+            if (read.Failure is not null)
+            {
+                (failures ??= []).Add(read.Failure);
+                continue;
+            }
+
+            if (keyDue)
+            {
+                continue;
+            }
+
+            // A version's failure recorded earlier and no longer due (restored) is forgotten.
+            foreach (var (resource, failed) in _destructionRetry)
+            {
+                if (failed.Key == name && resource != keyResource && !versions.Exists(v => v.Resource == resource))
+                {
+                    _destructionRetry.TryRemove(resource, out _);
+                }
+            }
+
+            foreach (var (number, resource) in versions)
+            {
+                if (IsWaiting(resource, pass))
+                {
+                    continue;
+                }
+
+                var attempt = await AttemptDestructionAsync(resource, name, async () =>
+                {
+                    using (SystemScope(Backup.DestructionReplay.LifecycleOperation, resource))
+                    {
+                        return await DestroyAsync(name, current => KeyTransitions.DestroyDueVersion(current, number, now), cancellationToken);
+                    }
+                });
+                destroyed += attempt.Destroyed;
+                if (attempt.Failure is not null)
+                {
+                    (failures ??= []).Add(attempt.Failure);
+                }
+            }
+        }
+
+        if (failures is not null)
+        {
+            throw new AggregateException($"{failures.Count} due destructions failed; each is tried again after a back-off (the others went on)", failures);
+        }
+
         return destroyed;
+    }
+
+    /// <summary>
+    /// Due destructions (a key's deletion, or one version's) whose last attempt failed on this
+    /// node since it started; each waits out <see cref="DestructionRetryDelay"/> before the next.
+    /// </summary>
+    public int FailingDestructions => _destructionRetry.Count;
+
+    /// <summary>
+    /// How long a destruction that failed <paramref name="failures"/> times in a row is left out
+    /// of the lifecycle's passes: <see cref="DestructionRetryFirstDelay"/>, doubled at each further
+    /// failure, at most <see cref="DestructionRetryMaxDelay"/>.
+    /// </summary>
+    public static TimeSpan DestructionRetryDelay(int failures) =>
+        failures <= 1 ? DestructionRetryFirstDelay
+        : failures > 12 ? DestructionRetryMaxDelay
+        : TimeSpan.FromTicks(Math.Min(DestructionRetryMaxDelay.Ticks, DestructionRetryFirstDelay.Ticks << (failures - 1)));
+
+    private bool IsWaiting(string resource, long pass) =>
+        _destructionRetry.TryGetValue(resource, out var failed) && !failed.RetryDue(time, pass);
+
+    // One destruction (or the reads that find what of a key is due), its failure recorded with the
+    // back-off it earns and returned, named, for the pass to report; a success forgets earlier ones.
+    private async Task<(int Destroyed, Exception? Failure)> AttemptDestructionAsync(string resource, KeyName key, Func<Task<int>> destroy)
+    {
+        try
+        {
+            var destroyed = await destroy();
+            _destructionRetry.TryRemove(resource, out _);
+            return (destroyed, null);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            var at = time.GetTimestamp();
+            var failed = _destructionRetry.AddOrUpdate(resource,
+                _ => new FailedDestruction(key, 1, at, Clock.Now(time)),
+                (_, earlier) => earlier with { Failures = earlier.Failures + 1, FailedAt = at });
+            var message = $"destroying {resource} failed ({failed.Failures} in a row since {failed.Since:O}); tried again in {DestructionRetryDelay(failed.Failures)} at the earliest: {e.Message}";
+            return (0, new InvalidOperationException(message, e));
+        }
+    }
+
+    // A due destruction that failed: of which key, how often in a row, when last (a timestamp of
+    // the time provider, so a wall clock set back or forward does not stretch or skip the wait).
+    private sealed record FailedDestruction(KeyName Key, int Failures, long FailedAt, DateTimeOffset Since)
+    {
+        public bool RetryDue(TimeProvider time, long now) => time.GetElapsedTime(FailedAt, now) >= DestructionRetryDelay(Failures);
     }
 
     // One destruction: the store change (a no-op when it is no longer due), then the HSM's copies.
@@ -553,7 +691,7 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
     // One key's failure does not stop the others; the failures are reported together after.
     // Each key's change is audited as the lifecycle's own (system:lifecycle), committed with it:
     // under OPERATION naming the key, or (null) under the scopes the work enters itself.
-    private async Task ForEachDueKeyAsync(string? operation, IReadOnlyList<KeyName> names, Func<KeyName, Task> work)
+    private async Task ForEachDueKeyAsync(string? operation, List<KeyName> names, Func<KeyName, Task> work)
     {
         List<Exception>? failures = null;
         foreach (var name in names)

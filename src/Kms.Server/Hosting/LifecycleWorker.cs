@@ -193,6 +193,7 @@ internal sealed partial class LifecycleWorker(
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
+        Observability.KmsMetrics.Track(keys);
         var rotations = ConsumeUsageRotationsAsync(stoppingToken);
         using var timer = new PeriodicTimer(options.Interval, time);
         try

@@ -98,6 +98,28 @@ public static class KmsMetrics
         unit: "{kind}",
         description: "Kinds of audit housekeeping failure (refusal counts, SIEM stream, checkpoint) going on right now");
 
+    // The key services whose lifecycle runs in this process (one in production; held weakly).
+    private static readonly ConditionalWeakTable<Core.Services.KeyService, object> Lifecycles = [];
+
+    /// <summary>
+    /// Due destructions (a key's deletion, or one version's) whose last attempt on this node
+    /// failed, each waiting out its back-off before the next (<see cref="Core.Services.KeyService.DestroyDueAsync"/>). No tags.
+    /// </summary>
+    public static readonly ObservableGauge<long> LifecycleDestructionsFailing = Meter.CreateObservableGauge(
+        "lifecycle_destructions_failing",
+        () =>
+        {
+            long sum = 0;
+            foreach (var (keys, _) in Lifecycles)
+            {
+                sum += keys.FailingDestructions;
+            }
+
+            return sum;
+        },
+        unit: "{destruction}",
+        description: "Due key and key-version destructions whose last attempt failed, waiting to be tried again");
+
     /// <summary>
     /// How long a probe waited in the thread pool's queue (where calls wait before any interceptor
     /// when the server is overloaded). Record without tags.
@@ -123,6 +145,9 @@ public static class KmsMetrics
 
     /// <summary>Reports <paramref name="audit"/> and its housekeeping's failures in the audit gauges.</summary>
     internal static void Track(Core.Services.AuditLog audit, Audit.HousekeepingFailureLog failures) => AuditLogs.AddOrUpdate(audit, failures);
+
+    /// <summary>Reports <paramref name="keys"/>' failing destructions in <see cref="LifecycleDestructionsFailing"/>.</summary>
+    internal static void Track(Core.Services.KeyService keys) => Lifecycles.AddOrUpdate(keys, Lifecycles);
 
     private static long SumAudit(Func<Core.Services.AuditLog, Audit.HousekeepingFailureLog, int> value)
     {

@@ -134,6 +134,13 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
         set => _afterNextReservation = value;
     }
 
+    /// <summary>
+    /// Asked with every key change about to be written (after it was decided, before anything is
+    /// applied): an exception returned is thrown and nothing is written — a store that keeps
+    /// refusing one key's or one version's write, as long as it is set.
+    /// </summary>
+    public Func<KeyChange, Exception?>? RefuseChange { get; set; }
+
     public Task<KeyWithVersions?> UpdateKeyAsync(KeyName name, Func<KeyWithVersions, KeyChange> decide, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(decide);
@@ -164,6 +171,11 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
         }
 
         ThrowIfFailing();
+        if (RefuseChange?.Invoke(change) is { } refused)
+        {
+            throw refused;
+        }
+
         EnsureRequestFree(change.Request);
         var versions = _versions[Id(name)];
         if (change.AddedVersion is { } added)
