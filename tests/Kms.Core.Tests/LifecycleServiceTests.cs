@@ -43,6 +43,58 @@ public sealed class LifecycleServiceTests : IDisposable
         Assert.Equal(2, (await _domain.Keys.ListKeyVersionsAsync(Dev, key.Name, 0, null, default)).Items.Count);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task RotateKey_RetriedByAliasAfterTheAliasMovedToAnotherKey_FailedPrecondition_TheOtherKeyNotRotated(bool retryLookedBeforeTheFirstCommitted)
+    {
+        // A client rotates "current" (naming a), the answer is lost, an admin moves "current" to b,
+        // the client retries with the same request id. With the retry's lookup missing the record
+        // (it ran while the first attempt waited for the write lock), the store's write refuses the
+        // duplicate id instead.
+        var a = await _domain.CreateKeyAsync("a");
+        var b = await _domain.CreateKeyAsync("b");
+        var alias = await _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "current", a.Name, null, default);
+        var viaAlias = KeyReference.Parse(alias.Name.ToString(), "name");
+        Assert.Equal(2, (await _domain.Keys.RotateKeyAsync(Dev, viaAlias, "rotate-1", default)).Primary.Name.Version);
+        Assert.Equal(2, (await _domain.Keys.RotateKeyAsync(Dev, viaAlias, "rotate-1", default)).Primary.Name.Version);
+        await _domain.Aliases.UpdateAliasAsync(Dev, alias.Name, b.Name, default);
+        ((InMemoryStore)_domain.Store).MissNextRequestLookups = retryLookedBeforeTheFirstCommitted ? 1 : 0;
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.RotateKeyAsync(Dev, viaAlias, "rotate-1", default));
+
+        Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
+        Assert.Contains("request_id rotate-1 was used for a RotateKey that rotated another key", e.Message, StringComparison.Ordinal);
+        Assert.Contains("tenants/dev/aliases/current", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("keys/a", e.Message, StringComparison.Ordinal);
+        Assert.Equal(1, (await _domain.Keys.GetKeyAsync(Dev, b.Name, default)).Primary.Name.Version);
+        Assert.Single((await _domain.Keys.ListKeyVersionsAsync(Dev, b.Name, 0, null, default)).Items);
+        Assert.Equal(2, (await _domain.Keys.GetKeyAsync(Dev, a.Name, default)).Primary.Name.Version);
+
+        // Moved back, the retry is the first attempt's again: replayed, nothing rotated.
+        await _domain.Aliases.UpdateAliasAsync(Dev, alias.Name, a.Name, default);
+        Assert.Equal(2, (await _domain.Keys.RotateKeyAsync(Dev, viaAlias, "rotate-1", default)).Primary.Name.Version);
+        Assert.Equal(2, (await _domain.Keys.ListKeyVersionsAsync(Dev, a.Name, 0, null, default)).Items.Count);
+    }
+
+    [Fact]
+    public async Task RotateKey_RequestIdReusedForAnotherRequest_StillInvalidArgument()
+    {
+        // Used for a CreateKey, or for a RotateKey through an alias that never named the key it
+        // rotated: a request id reused for another request, as before.
+        var a = await _domain.CreateKeyAsync("a");
+        var b = await _domain.CreateKeyAsync("b");
+        var alias = await _domain.Aliases.CreateAliasAsync(Dev, Dev.Tenant, "current", b.Name, null, default);
+        await _domain.Keys.CreateKeyAsync(Dev, new CreateKeyCommand(Dev.Tenant, "c", KeyPurpose.EncryptDecrypt, KeyLabels.Empty, "create-1"), default);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.RotateKeyAsync(Dev, KeyReference.Parse(alias.Name.ToString(), "name"), "create-1", default));
+        Assert.Equal((KmsErrorCode.InvalidArgument, "request_id"), (e.Code, e.Field));
+        await _domain.Keys.RotateKeyAsync(Dev, a.Name, "rotate-a", default);
+        e = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.RotateKeyAsync(Dev, b.Name, "rotate-a", default));
+        Assert.Equal((KmsErrorCode.InvalidArgument, "request_id"), (e.Code, e.Field));
+        Assert.Equal(1, (await _domain.Keys.GetKeyAsync(Dev, b.Name, default)).Primary.Name.Version);
+    }
+
     [Fact]
     public async Task RotateKey_Concurrent_ConsecutiveVersionsAndOnePrimary()
     {

@@ -88,6 +88,28 @@ public sealed class LifecycleEndToEndTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task RotateKey_RetriedByAliasAfterTheAliasMovedToAnotherKey_FailedPrecondition_TheOtherKeyNotRotated()
+    {
+        // The SDK sends a RotateKey again, with the request id it filled in, after an UNAVAILABLE
+        // whose first attempt may have been applied (RetrySafety); an admin moved the alias between.
+        var first = await _client.CreateKeyAsync("tenants/dev", "moved-from");
+        var second = await _client.CreateKeyAsync("tenants/dev", "moved-to");
+        var alias = await _client.CreateAliasAsync("tenants/dev", "moving", first.Name);
+        var request = new RotateKeyRequest { Name = alias.Name, RequestId = "rotate-through-moving-alias" };
+        Assert.Equal($"{first.Name}/versions/2", (await Stub.RotateKeyAsync(request)).Key.Primary.Name);
+        await _client.UpdateAliasAsync(alias.Name, second.Name);
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => Stub.RotateKeyAsync(request).ResponseAsync);
+
+        Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
+        Assert.Contains("was used for a RotateKey that rotated another key", e.Status.Detail, StringComparison.Ordinal);
+        Assert.DoesNotContain(first.Name, e.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal($"{second.Name}/versions/1", (await _client.GetKeyAsync(second.Name)).Primary.Name);
+        Assert.Single((await Stub.ListKeyVersionsAsync(new ListKeyVersionsRequest { Parent = second.Name })).KeyVersions);
+        Assert.Equal($"{first.Name}/versions/2", (await _client.GetKeyAsync(first.Name)).Primary.Name);
+    }
+
+    [Fact]
     public async Task RotateKey_RacingDisableKey_EachVersionAddedByOneAcknowledgedRotation_OneOkEventEach_NoneForARefusedOne()
     {
         // Ten rotations and a DisableKey at once: the rotations decided after the disable commit

@@ -233,7 +233,7 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         var name = await _resolver.ResolveAsync(caller, reference, cancellationToken);
         requestId = RequestIds.Validate(requestId);
         var fingerprint = RequestIds.Fingerprint(RotateKeyOperation, name);
-        if (await _requests.FindReplayAsync(name.Tenant, requestId, RotateKeyOperation, fingerprint, cancellationToken) is not null)
+        if (await FindRotationReplayAsync(reference, name, requestId, fingerprint, cancellationToken) is not null)
         {
             return await GetKeyAsync(caller, name, cancellationToken);
         }
@@ -246,10 +246,51 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         var material = await GenerateAsync(current.Primary.Algorithm, current.Residency, cancellationToken);
         var id = KeyVersionId.NewId();
         var now = Clock.Now(time);
-        var result = await MutateAsync(caller, name, requestId, fingerprint,
-            current => KeyTransitions.Rotate(current, id, material, now, scheduled: false),
-            cancellationToken, RotateKeyOperation);
+        KeyWithVersions result;
+        try
+        {
+            result = await MutateAsync(caller, name, requestId, fingerprint,
+                current => KeyTransitions.Rotate(current, id, material, now, scheduled: false),
+                cancellationToken, RotateKeyOperation);
+        }
+        catch (KmsException e) when (e is { Code: KmsErrorCode.InvalidArgument, Field: "request_id" })
+        {
+            // The first attempt committed while this retry rotated: on the key the alias named then?
+            await FindRotationReplayAsync(reference, name, requestId, fingerprint, cancellationToken);
+            throw;
+        }
+
         return result.Key;
+    }
+
+    /// <summary>
+    /// <see cref="RequestIds.FindReplayAsync"/> for a RotateKey. A retry by alias whose first
+    /// attempt rotated the key the alias named then, the alias moved to another key since, is
+    /// FAILED_PRECONDITION: it resolves to the other key, so its fingerprint is not the first
+    /// attempt's, yet its request is the same — not a request id reused for another request
+    /// (INVALID_ARGUMENT says the request is malformed). The other key is not rotated, and the
+    /// answer does not name the first key: which key an alias named is not the caller's to learn
+    /// from an error. The retry is not repeated by the SDK (only UNAVAILABLE is).
+    /// </summary>
+    private async Task<RequestRecord?> FindRotationReplayAsync(KeyReference reference, KeyName name, string? requestId, byte[] fingerprint, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await _requests.FindReplayAsync(name.Tenant, requestId, RotateKeyOperation, fingerprint, cancellationToken);
+        }
+        catch (KmsException e) when (e.Code == KmsErrorCode.InvalidArgument && reference is KeyReference.ToAlias alias)
+        {
+            if (await store.FindRequestAsync(name.Tenant, requestId!, cancellationToken) is { Operation: RotateKeyOperation } recorded
+                && KeyVersionName.Parse(recorded.Resource, "request_id").Key is var rotated && rotated != name
+                && System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(recorded.Fingerprint, RequestIds.Fingerprint(RotateKeyOperation, rotated)))
+            {
+                throw KmsErrors.FailedPrecondition(
+                    $"request_id {requestId} was used for a RotateKey that rotated another key: the one {alias.Name} named then, if the alias has been moved since " +
+                    "(or a call that named that key). That rotation stands; this retry is not applied, and the key the alias names now is not rotated");
+            }
+
+            throw;
+        }
     }
 
     /// <summary>One page of a key's versions, in version order.</summary>
