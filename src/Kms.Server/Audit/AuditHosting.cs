@@ -394,15 +394,31 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         // steps after the drain (BoundedDrainServer.FinalStepsTime), whichever first: the checkpoint
         // and the head record need the rest. Before, for one ForwardBudget only: a stream far behind
         // was left so until the next start (which forwards the rest from the database).
+        // Each step runs whatever the one before it threw (said, 1325). Before, the refusal counts
+        // that could not be written (a database that refuses writes, a full disk) skipped the
+        // stream's last pass and the final checkpoint, and were logged as 1303, the checkpoint's.
         try
         {
             await audit.FlushRefusalsAsync(cancellationToken);
-            using (var forwardUntil = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
-            {
-                forwardUntil.CancelAfter(FinalForwardTime);
-                await audit.RunFinalHousekeepingAsync(forwardUntil.Token, cancellationToken);
-            }
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            LogStopStepFailed(logger, "refusal counts", e.GetType().Name);
+        }
 
+        try
+        {
+            using var forwardUntil = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            forwardUntil.CancelAfter(FinalForwardTime);
+            await audit.RunFinalHousekeepingAsync(forwardUntil.Token, cancellationToken);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            LogStopStepFailed(logger, "final housekeeping pass", e.GetType().Name);
+        }
+
+        try
+        {
             await audit.CheckpointAsync(cancellationToken);
         }
         catch (Kms.Core.Errors.KmsException e) when (e.Code == Kms.Core.Errors.KmsErrorCode.FailedPrecondition && audit.CheckpointRefusedSince is { } since)
@@ -656,6 +672,10 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1303, Level = LogLevel.Warning, Message = "the final audit checkpoint could not be written ({Reason})")]
     private static partial void LogFinalCheckpointFailed(ILogger logger, string reason);
+
+    // The exception's type only, as 1303: its message may name a path.
+    [LoggerMessage(EventId = 1325, Level = LogLevel.Warning, Message = "the audit's stop step {Step} failed ({Reason}); the steps after it still run")]
+    private static partial void LogStopStepFailed(ILogger logger, string step, string reason);
 
     [LoggerMessage(EventId = 1321, Level = LogLevel.Information, Message = "no final audit checkpoint at stop: this node signs none while it is held, since {Since:o} (the audit chain in the database does not pass through its own record; 1309 or 1311 said which and what to do)")]
     private static partial void LogFinalCheckpointHeld(ILogger logger, DateTimeOffset since);
