@@ -70,6 +70,54 @@ public sealed class StartRefusalTests
         Assert.Equal(0, await next.TerminateAsync(TimeSpan.FromSeconds(60)));
     }
 
+    // A FIFO where the node's record of its checkpoints lies: refused, naming it, without being
+    // opened (a writer that waits for a reader is still waiting when the process has ended). Before,
+    // the start opened it — an open(2) for reading that waits for a writer; with one, it read what
+    // it wrote and failed with an unexplained NotSupportedException (a FIFO's length).
+    [Fact]
+    public async Task TheProcess_CheckpointsJsonlIsAFifo_RefusedNamingIt_NeverOpened()
+    {
+        var token = TokenWithDomainKey();
+        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-node-")).FullName;
+        var fifo = Path.Combine(Directory.CreateDirectory(Path.Combine(dataDir, "audit")).FullName, "checkpoints.jsonl");
+        using (var mkfifo = System.Diagnostics.Process.Start("mkfifo", ["-m", "600", fifo]) ?? throw new InvalidOperationException("mkfifo did not start"))
+        {
+            await mkfifo.WaitForExitAsync();
+            Assert.Equal(0, mkfifo.ExitCode);
+        }
+
+        var opened = false;
+        var writer = Task.Run(() =>
+        {
+            using var stream = new FileStream(fifo, FileMode.Open, FileAccess.Write, FileShare.ReadWrite, bufferSize: 0); // returns once a reader opened it
+            Volatile.Write(ref opened, true);
+        });
+
+        await using (var refused = ServerProcess.Launch(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId))
+        {
+            var exitCode = await refused.ExitedAsync(TimeSpan.FromSeconds(120));
+            Assert.False(Volatile.Read(ref opened), $"the start opened the FIFO:\n{refused.Output}");
+            Assert.True(exitCode == 2, $"exit code {exitCode}, 2 expected:\n{refused.Output}");
+            Assert.Contains($"kms: cannot start: {fifo}, this node's record of the audit checkpoints it signed, cannot be read: it is no regular file (a FIFO, a device or a socket: not opened)", refused.Output, StringComparison.Ordinal);
+            Assert.DoesNotContain("Unhandled exception", refused.Output, StringComparison.Ordinal);
+        }
+
+        // The writer let go: opened for reading here, and closed.
+        await using (new FileStream(fifo, FileMode.Open, FileAccess.Read))
+        {
+        }
+
+        await writer;
+    }
+
+    private static TestToken TokenWithDomainKey()
+    {
+        var token = SoftHsm.CreateToken();
+        using var session = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin));
+        session.ImportDomainKey(RandomNumberGenerator.GetBytes(32), "kms-domain-key", DomainKeyId);
+        return token;
+    }
+
     // A sink that says whether the logger disposed it, and whether anything was written to it after.
     private sealed class DisposableSink : ILogEventSink, IDisposable
     {

@@ -57,7 +57,7 @@ public sealed partial class AuditLog
     /// move it aside by hand) starts from what the database says.
     /// </remarks>
     /// <exception cref="KmsException">
-    /// FailedPrecondition: the file cannot be read (a directory, no permission, an I/O error), or
+    /// FailedPrecondition: the file cannot be read (a directory, a FIFO or a device, no permission, an I/O error), or
     /// one of its whole lines from the end back to the checkpoint taken is no checkpoint signed by
     /// the audit key; the message names the file, the line and what to do.
     /// </exception>
@@ -196,6 +196,14 @@ public sealed partial class AuditLog
         if (Directory.Exists(path))
         {
             throw OwnRecordUnreadable(path, "it is a directory");
+        }
+
+        // Looked at before it is opened: open(2) for reading waits, on a FIFO, until something
+        // writes to it, and a device reads without end. Before, a FIFO there held the start in that
+        // open, or (a writer there) failed it with an unexplained NotSupportedException.
+        if (Files.FileKind.IsSpecial(path))
+        {
+            throw OwnRecordUnreadable(path, "it is no regular file (a FIFO, a device or a socket: not opened)");
         }
 
         using var lines = LinesNewestFirst(path).GetEnumerator();
