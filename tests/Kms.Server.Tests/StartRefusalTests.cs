@@ -110,6 +110,40 @@ public sealed class StartRefusalTests
         await writer;
     }
 
+    // A port another process holds: the start is refused with one line that names the setting and
+    // the port (stderr, exit code 2), logged by nobody with a stack trace, and what the build had
+    // opened is closed, so the next start on the same token and data directory serves. Before, the
+    // metrics listener's own host logged "Hosting failed to start" with the stack trace, and the
+    // server's host logged it again.
+    [Theory]
+    [InlineData("--Kms:MetricsUrl=http://127.0.0.1:{0}", "Kms:MetricsUrl")]
+    [InlineData("--urls=https://127.0.0.1:{0}", "--urls")]
+    public async Task TheProcess_APortIsInUse_RefusedInOneLineNamingTheSettingAndThePort_NoStackTrace_TheNextStartServes(string listen, string setting)
+    {
+        var token = TokenWithDomainKey();
+        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-node-")).FullName;
+        using (var holder = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0))
+        {
+            holder.Start();
+            var port = ((System.Net.IPEndPoint)holder.LocalEndpoint).Port;
+            var args = string.Format(System.Globalization.CultureInfo.InvariantCulture, listen, port);
+            await using var refused = ServerProcess.Launch(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId, args);
+            var exitCode = await refused.ExitedAsync(TimeSpan.FromSeconds(120));
+            var output = refused.Output;
+            Assert.True(exitCode == 2, $"exit code {exitCode}, 2 expected:\n{output}");
+            var lines = output.Split('\n').Where(l => l.Contains($":{port}", StringComparison.Ordinal)).ToList();
+            Assert.True(lines.Count == 1, $"{lines.Count} lines name the port {port}, one expected:\n{output}");
+            Assert.StartsWith("kms: cannot start: ", lines[0], StringComparison.Ordinal);
+            Assert.Contains(setting, lines[0], StringComparison.Ordinal);
+            Assert.Contains("in use", lines[0], StringComparison.Ordinal);
+            Assert.DoesNotContain("Hosting failed to start", output, StringComparison.Ordinal);
+            Assert.DoesNotContain(" at ", output.Replace(lines[0], "", StringComparison.Ordinal), StringComparison.Ordinal);
+        }
+
+        await using var next = await ServerProcess.StartAsync(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId, "--Kms:MetricsUrl=http://127.0.0.1:0");
+        Assert.Equal(0, await next.TerminateAsync(TimeSpan.FromSeconds(60)));
+    }
+
     private static TestToken TokenWithDomainKey()
     {
         var token = SoftHsm.CreateToken();

@@ -24,7 +24,7 @@ namespace Kms.Server.Hosting;
 /// other) drains within the same <see cref="ShutdownDrain"/>: the first stop starts its clock, so
 /// the drains together take no more than the one timeout.</para>
 /// </remarks>
-internal sealed partial class BoundedDrainServer(IServer inner, ShutdownDrain drain, string listener, ILogger<BoundedDrainServer> logger) : IServer
+internal sealed partial class BoundedDrainServer(IServer inner, ShutdownDrain drain, string listener, string setting, ILogger<BoundedDrainServer> logger) : IServer
 {
     /// <summary>What the host's stop gives the steps after the drain.</summary>
     public static readonly TimeSpan FinalStepsTime = TimeSpan.FromSeconds(10);
@@ -52,7 +52,7 @@ internal sealed partial class BoundedDrainServer(IServer inner, ShutdownDrain dr
         }
 
         services.AddSingleton(_ => new ShutdownDrain(drain));
-        Wrap(services, "gRPC");
+        Wrap(services, "gRPC", "--urls");
 
         // After .NET's own reading of the setting (registered when the builder was made), before
         // any later code's (a test's): what is set last is checked below, whoever set it.
@@ -76,16 +76,17 @@ internal sealed partial class BoundedDrainServer(IServer inner, ShutdownDrain dr
 
     /// <summary>
     /// Replaces the <see cref="IServer"/> registered in <paramref name="services"/> with itself around
-    /// it, draining within the <see cref="ShutdownDrain"/> resolved from <paramref name="services"/>.
+    /// it, draining within the <see cref="ShutdownDrain"/> resolved from <paramref name="services"/>;
+    /// a port in use at its start is refused naming <paramref name="setting"/> (<see cref="PortInUseException"/>).
     /// </summary>
-    public static void Wrap(IServiceCollection services, string listener) =>
-        Wrap(services, listener, provider => provider.GetRequiredService<ShutdownDrain>());
+    public static void Wrap(IServiceCollection services, string listener, string setting) =>
+        Wrap(services, listener, setting, provider => provider.GetRequiredService<ShutdownDrain>());
 
-    /// <summary>As <see cref="Wrap(IServiceCollection, string)"/>, with the drain of another container (the gRPC host's).</summary>
-    public static void Wrap(IServiceCollection services, string listener, ShutdownDrain drain) =>
-        Wrap(services, listener, _ => drain);
+    /// <summary>As <see cref="Wrap(IServiceCollection, string, string)"/>, with the drain of another container (the gRPC host's).</summary>
+    public static void Wrap(IServiceCollection services, string listener, string setting, ShutdownDrain drain) =>
+        Wrap(services, listener, setting, _ => drain);
 
-    private static void Wrap(IServiceCollection services, string listener, Func<IServiceProvider, ShutdownDrain> drain)
+    private static void Wrap(IServiceCollection services, string listener, string setting, Func<IServiceProvider, ShutdownDrain> drain)
     {
         var kestrel = services.Last(s => s.ServiceType == typeof(IServer));
         services.Remove(kestrel);
@@ -95,11 +96,23 @@ internal sealed partial class BoundedDrainServer(IServer inner, ShutdownDrain dr
                 ?? (IServer)ActivatorUtilities.CreateInstance(provider, kestrel.ImplementationType!),
             drain(provider),
             listener,
+            setting,
             provider.GetRequiredService<ILogger<BoundedDrainServer>>()));
     }
 
-    public Task StartAsync<TContext>(IHttpApplication<TContext> application, CancellationToken cancellationToken)
-        where TContext : notnull => inner.StartAsync(application, cancellationToken);
+    public async Task StartAsync<TContext>(IHttpApplication<TContext> application, CancellationToken cancellationToken)
+        where TContext : notnull
+    {
+        try
+        {
+            await inner.StartAsync(application, cancellationToken);
+        }
+        catch (IOException e) when (PortInUseException.From(e, listener, setting) is { } inUse)
+        {
+            // Said by Program in one line; the hosts do not log it (PortInUseException).
+            throw inUse;
+        }
+    }
 
     public async Task StopAsync(CancellationToken cancellationToken)
     {

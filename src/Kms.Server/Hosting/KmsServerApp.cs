@@ -802,7 +802,12 @@ public static partial class KmsServerApp
             .MinimumLevel.Override("Microsoft.Hosting.Lifetime", LogEventLevel.Information)
             .MinimumLevel.Override("Grpc", LogEventLevel.Warning)
             .MinimumLevel.Override("Microsoft.Extensions.Diagnostics.HealthChecks", LogEventLevel.Fatal) // 1140/1141 instead
-            .Enrich.FromLogContext();
+            .Enrich.FromLogContext()
+
+            // A port in use fails the start of the host that binds it, and of the server's host when
+            // that is the metrics listener's: each logged "Hosting failed to start" with the stack
+            // trace, before Program's one line said the same.
+            .Filter.ByExcluding(PortInUseException.IsRefusalLoggedByProgram);
         if (Console.IsOutputRedirected)
         {
             configuration.WriteTo.Console(new CompactJsonFormatter());
