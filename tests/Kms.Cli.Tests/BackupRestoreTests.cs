@@ -1687,25 +1687,21 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             await ApproveAsync(officer, "alice", recovery);
             backup = Path.Combine(_server.DataDir, "backups", await ExportBackupAsync(officer));
 
-            // After it, both execute: the recovery by bob's approval without a signed time (an older
-            // CLI's: no skew check), the export by two timed approvals (replayed within the
-            // 5 minutes MaxSignTimeSkew allows). Each approval is kept as sent.
-            using (var bob = QuorumApprover.FromKey(ECDsa.Create(_officers.KeyOf("bob").ExportParameters(true))))
-            {
-                var signature = bob.Sign(QuorumApprover.Render(await officer.GetQuorumRequestAsync(recovery)));
-                Assert.True((await officer.ApproveQuorumRequestAsync(recovery, bob.Fingerprint, signature)).Executed);
-                saved.Add((recovery, bob.Fingerprint, signature, null));
-            }
-
-            foreach (var name in new[] { "alice", "carol" })
+            // After it, both execute: the recovery by bob's approval, the export by alice's and
+            // carol's, all timed (replayed within the 5 minutes MaxSignTimeSkew allows; an untimed
+            // one, which had no skew check, is refused for both operations now). Each approval is
+            // kept as sent.
+            foreach (var (request, name) in new[] { (recovery, "bob"), (export, "alice"), (export, "carol") })
             {
                 using var approver = QuorumApprover.FromKey(ECDsa.Create(_officers.KeyOf(name).ExportParameters(true)));
-                var info = await officer.GetQuorumRequestAsync(export);
+                var info = await officer.GetQuorumRequestAsync(request);
                 var signed = QuorumRendering.ToMilliseconds(DateTimeOffset.UtcNow);
                 var signature = approver.Sign(QuorumRendering.Statement(QuorumApprover.ToQuorumRequest(info), signed));
-                await officer.ApproveQuorumRequestAsync(export, approver.Fingerprint, signature, signed);
-                saved.Add((export, approver.Fingerprint, signature, signed));
+                await officer.ApproveQuorumRequestAsync(request, approver.Fingerprint, signature, signed);
+                saved.Add((request, approver.Fingerprint, signature, signed));
             }
+
+            Assert.Equal(Kms.Contracts.V1.QuorumRequestState.Executed, (await officer.GetQuorumRequestAsync(recovery)).State);
 
             Assert.Equal(Kms.Contracts.V1.QuorumRequestState.Executed, (await officer.GetQuorumRequestAsync(export)).State);
         }

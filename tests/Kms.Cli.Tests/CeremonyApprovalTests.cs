@@ -46,7 +46,7 @@ public sealed class CeremonyApprovalTests : IDisposable
         var bundle = Bundle(QuorumOperation.RestoreDomain, "alice");
         var forged = bundle with
         {
-            Request = bundle.Request with { Approvals = [.. bundle.Request.Approvals, new QuorumApproval(_officers["bob"].Fingerprint, _officers.Sign("dave", bundle.Request), DateTimeOffset.UtcNow)] },
+            Request = bundle.Request with { Approvals = [.. bundle.Request.Approvals, _officers.Approve("dave", bundle.Request, bundle.Request.Approvals[0].ApproveTime) with { OfficerFingerprint = _officers["bob"].Fingerprint }] },
         };
         await WriteAsync("forged.json", forged);
         await WriteAsync("few.json", bundle);

@@ -33,7 +33,7 @@ public sealed class QuorumApprovalTimeTests : IDisposable
 
         // The store holds the call at its lock for two hours of the clock before applying it.
         var quorum = new QuorumService(new LockWaitingStore(store, () => time.Advance(TimeSpan.FromHours(2))), store, _hsm, time, new QuorumOptions { Genesis = genesis });
-        var e = await Assert.ThrowsAsync<KmsException>(() => quorum.ApproveAsync(request.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", request), default));
+        var e = await Assert.ThrowsAsync<KmsException>(() => _officers.ApproveAsync(quorum, "alice", request, T0));
 
         Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
         Assert.Contains("expired at", e.Message, StringComparison.Ordinal);
@@ -51,7 +51,7 @@ public sealed class QuorumApprovalTimeTests : IDisposable
         time.Advance(TimeSpan.FromMinutes(10));
         store.DatabaseTime = T0 + TimeSpan.FromHours(2);
 
-        var e = await Assert.ThrowsAsync<KmsException>(() => quorum.ApproveAsync(request.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", request), default));
+        var e = await Assert.ThrowsAsync<KmsException>(() => _officers.ApproveAsync(quorum, "alice", request, T0 + TimeSpan.FromHours(2)));
 
         Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
         Assert.Contains("expired at", e.Message, StringComparison.Ordinal);
@@ -70,10 +70,10 @@ public sealed class QuorumApprovalTimeTests : IDisposable
 
         // While the record is within the request's life, an approval counts.
         await RecordSeenAsync(store, T0 + TimeSpan.FromMinutes(30));
-        Assert.Equal(1, (await quorum.ApproveAsync(request.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", request), default)).ValidApprovals);
+        Assert.Equal(1, (await _officers.ApproveAsync(quorum, "alice", request, T0 + TimeSpan.FromMinutes(30))).ValidApprovals);
 
         await RecordSeenAsync(store, T0 + TimeSpan.FromHours(2));
-        var e = await Assert.ThrowsAsync<KmsException>(() => quorum.ApproveAsync(request.Name, _officers["bob"].Fingerprint, _officers.Sign("bob", request), default));
+        var e = await Assert.ThrowsAsync<KmsException>(() => _officers.ApproveAsync(quorum, "bob", request, T0 + TimeSpan.FromHours(2)));
 
         Assert.Equal(KmsErrorCode.FailedPrecondition, e.Code);
         Assert.Contains("expired at 2026-11-29T13:00:00.000Z (now 2026-11-29T14:00:00.000Z", e.Message, StringComparison.Ordinal);
@@ -115,7 +115,7 @@ public sealed class QuorumApprovalTimeTests : IDisposable
 
         Assert.Equal((seen, seen + TimeSpan.FromHours(1)), (request.CreateTime, request.ExpireTime));
         clock.Pass(TimeSpan.FromMinutes(10));
-        Assert.Equal(1, (await quorum.ApproveAsync(request.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", request), default)).ValidApprovals);
+        Assert.Equal(1, (await _officers.ApproveAsync(quorum, "alice", request, seen)).ValidApprovals);
     }
 
     [Fact]

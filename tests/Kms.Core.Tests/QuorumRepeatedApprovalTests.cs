@@ -34,7 +34,7 @@ public sealed class QuorumRepeatedApprovalTests : IDisposable
     public async Task Approve_SameApprovalAgain_AnsweredWithTheRequestAsItIs_CountedOnce()
     {
         var request = await PendingAsync(QuorumOperation.ExportBackup);
-        var signature = _officers.Sign("alice", request);
+        var signature = Sign("alice", request);
 
         var first = await ApproveAsync("alice", request, signature);
         var again = await ApproveAsync("alice", request, signature);
@@ -50,9 +50,9 @@ public sealed class QuorumRepeatedApprovalTests : IDisposable
     {
         // ECDSA signs anew each time: a second signature is a second approval, not a retry.
         var request = await PendingAsync(QuorumOperation.ExportBackup);
-        await ApproveAsync("alice", request, _officers.Sign("alice", request));
+        await ApproveAsync("alice", request, Sign("alice", request));
 
-        var e = await Assert.ThrowsAsync<KmsException>(() => ApproveAsync("alice", request, _officers.Sign("alice", request)));
+        var e = await Assert.ThrowsAsync<KmsException>(() => ApproveAsync("alice", request, Sign("alice", request)));
 
         Assert.Equal(KmsErrorCode.AlreadyExists, e.Code);
         var stored = (await _store.GetQuorumRequestAsync(request.Id, default))!;
@@ -63,8 +63,8 @@ public sealed class QuorumRepeatedApprovalTests : IDisposable
     public async Task Approve_TheApprovalThatExecutedSentAgain_AnsweredExecuted_NothingRunsTwice()
     {
         var request = await PendingAsync(QuorumOperation.ExportBackup);
-        var alice = _officers.Sign("alice", request);
-        var bob = _officers.Sign("bob", request);
+        var alice = Sign("alice", request);
+        var bob = Sign("bob", request);
         await ApproveAsync("alice", request, alice);
         Assert.True((await ApproveAsync("bob", request, bob)).Executed);
 
@@ -78,7 +78,7 @@ public sealed class QuorumRepeatedApprovalTests : IDisposable
         Assert.Single(events, e => e.Entry.Operation == "quorum/EXPORT_BACKUP");
 
         // A third officer, who did not approve, is still refused: the request executes once.
-        var carol = await Assert.ThrowsAsync<KmsException>(() => ApproveAsync("carol", request, _officers.Sign("carol", request)));
+        var carol = await Assert.ThrowsAsync<KmsException>(() => ApproveAsync("carol", request, Sign("carol", request)));
         Assert.Equal(KmsErrorCode.FailedPrecondition, carol.Code);
     }
 
@@ -111,7 +111,7 @@ public sealed class QuorumRepeatedApprovalTests : IDisposable
     public async Task Approve_SameApprovalAgainAfterTheRequestExpired_RefusedAsExpired()
     {
         var request = await PendingAsync(QuorumOperation.ExportBackup);
-        var signature = _officers.Sign("alice", request);
+        var signature = Sign("alice", request);
         await ApproveAsync("alice", request, signature);
         _time.Advance(TimeSpan.FromHours(1));
 
@@ -126,17 +126,20 @@ public sealed class QuorumRepeatedApprovalTests : IDisposable
     {
         // A repeat is matched by officer key and signature together.
         var request = await PendingAsync(QuorumOperation.ExportBackup);
-        var alice = _officers.Sign("alice", request);
+        var alice = Sign("alice", request);
         await ApproveAsync("alice", request, alice);
 
-        var e = await Assert.ThrowsAsync<KmsException>(() => _quorum.ApproveAsync(request.Name, _officers["bob"].Fingerprint, alice, default));
+        var e = await Assert.ThrowsAsync<KmsException>(() => ApproveAsync("bob", request, alice));
 
         Assert.Equal(KmsErrorCode.PermissionDenied, e.Code);
         Assert.Single((await _store.GetQuorumRequestAsync(request.Id, default))!.Approvals);
     }
 
+    // As kms approves today: over the approval statement, signed now by the (fake) clock, and sent with that time.
+    private byte[] Sign(string officer, QuorumRequest request) => _officers.Sign(officer, request, _time.GetUtcNow());
+
     private Task<QuorumApprovalResult> ApproveAsync(string officer, QuorumRequest request, byte[] signature) =>
-        _quorum.ApproveAsync(request.Name, _officers[officer].Fingerprint, signature, default);
+        _quorum.ApproveAsync(request.Name, _officers[officer].Fingerprint, signature, _time.GetUtcNow(), default);
 
     // alice, bob and carol, 2 of 3; a request made now, living one hour.
     private async Task<QuorumRequest> PendingAsync(QuorumOperation operation)

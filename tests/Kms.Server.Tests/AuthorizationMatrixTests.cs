@@ -388,10 +388,9 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
     {
         using var officer = c.Fixture.Server.CreateClient(c.Fixture.TokenOf("deployment/security-officer"));
         var request = await officer.RequestDomainKeyRotationAsync(3, 2);
-        var rendering = System.Text.Encoding.UTF8.GetBytes(Kms.Client.Quorum.QuorumApprover.Render(request));
         foreach (var name in new[] { "alice", "bob" })
         {
-            await officer.ApproveQuorumRequestAsync(request.Name, c.Fixture.Officers[name].Fingerprint, c.Fixture.Officers.Sign(name, rendering));
+            await c.Fixture.Officers.ApproveAsync(officer, name, request, DateTimeOffset.UtcNow);
         }
 
         return request.Name;
@@ -401,10 +400,9 @@ public sealed class AuthorizationMatrixTests(MatrixFixture fixture) : IClassFixt
     {
         using var officer = c.Fixture.Server.CreateClient(c.Fixture.TokenOf("deployment/security-officer"));
         var request = await officer.CreateQuorumRequestAsync(new CreateQuorumRequestRequest { Operation = QuorumOperation.ExportBackup });
-        var rendering = System.Text.Encoding.UTF8.GetBytes(Kms.Client.Quorum.QuorumApprover.Render(request));
         foreach (var name in new[] { "alice", "bob" })
         {
-            await officer.ApproveQuorumRequestAsync(request.Name, c.Fixture.Officers[name].Fingerprint, c.Fixture.Officers.Sign(name, rendering));
+            await c.Fixture.Officers.ApproveAsync(officer, name, request, DateTimeOffset.UtcNow);
         }
 
         return request.Name;

@@ -1,5 +1,4 @@
 using System.Security.Cryptography;
-using System.Text;
 using global::Grpc.Core;
 using Kms.Client.Audit;
 using Kms.Client.Quorum;
@@ -153,8 +152,15 @@ public sealed class DeploymentAdminRecoveryTests : IAsyncLifetime, IDisposable
         var request = await _officer.RequestDeploymentAdminRecoveryAsync();
         await ApproveAsync("alice", request.Name);
         var bob = _officers["bob"];
-        var signature = _officers.KeyOf("bob").SignData(Encoding.UTF8.GetBytes(QuorumApprover.Render(request)), HashAlgorithmName.SHA256, DSASignatureFormat.Rfc3279DerSequence);
-        var approval = new ApproveQuorumRequestRequest { Name = request.Name, OfficerFingerprint = bob.Fingerprint, Signature = Google.Protobuf.ByteString.CopyFrom(signature) };
+        var signed = _time.GetUtcNow();
+        var signature = _officers.Sign("bob", QuorumApprover.ToQuorumRequest(request), signed);
+        var approval = new ApproveQuorumRequestRequest
+        {
+            Name = request.Name,
+            OfficerFingerprint = bob.Fingerprint,
+            Signature = Google.Protobuf.ByteString.CopyFrom(signature),
+            SignTime = Google.Protobuf.WellKnownTypes.Timestamp.FromDateTimeOffset(signed),
+        };
         Assert.True((await _officer.Quorum.ApproveQuorumRequestAsync(approval)).Executed);
         var credential = await File.ReadAllTextAsync(CredentialPath);
 

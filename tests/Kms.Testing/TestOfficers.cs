@@ -1,6 +1,9 @@
 using System.Security.Cryptography;
+using Kms.Client;
+using Kms.Client.Quorum;
 using Kms.Core.Names;
 using Kms.Core.Quorum;
+using Kms.Core.Services;
 
 namespace Kms.Testing;
 
@@ -52,6 +55,31 @@ public sealed class TestOfficers : IDisposable
     /// <summary>An approval of the request by the officer, signed (and recorded) at <paramref name="time"/>, as kms approves today.</summary>
     public QuorumApproval Approve(string name, QuorumRequest request, DateTimeOffset time) =>
         new(Officers[name].Fingerprint, Sign(name, request, QuorumRendering.ToMilliseconds(time)), time) { SignTime = QuorumRendering.ToMilliseconds(time) };
+
+    /// <summary>
+    /// Approves at <paramref name="quorum"/> as kms approves today: the officer (or, for a forgery,
+    /// <paramref name="signedBy"/>'s key) signs the request's approval statement at
+    /// <paramref name="signTime"/> (milliseconds) and submits it with that time.
+    /// </summary>
+    public Task<QuorumApprovalResult> ApproveAsync(QuorumService quorum, string name, QuorumRequest request, DateTimeOffset signTime, string? signedBy = null)
+    {
+        ArgumentNullException.ThrowIfNull(quorum);
+        var signed = QuorumRendering.ToMilliseconds(signTime);
+        return quorum.ApproveAsync(request.Name, Officers[name].Fingerprint, Sign(signedBy ?? name, request, signed), signed, default);
+    }
+
+    /// <summary>
+    /// Approves through the API as kms approves today: the officer (or, for a forgery,
+    /// <paramref name="signedBy"/>'s key) signs the approval statement of the request as the server
+    /// shows it, at <paramref name="signTime"/> (milliseconds), and submits it with that time.
+    /// </summary>
+    public Task<Kms.Contracts.V1.ApproveQuorumRequestResponse> ApproveAsync(KmsClient client, string name, Kms.Contracts.V1.QuorumRequestInfo request, DateTimeOffset signTime, string? signedBy = null)
+    {
+        ArgumentNullException.ThrowIfNull(client);
+        ArgumentNullException.ThrowIfNull(request);
+        var signed = QuorumRendering.ToMilliseconds(signTime);
+        return client.ApproveQuorumRequestAsync(request.Name, Officers[name].Fingerprint, Sign(signedBy ?? name, QuorumApprover.ToQuorumRequest(request), signed), signed);
+    }
 
     /// <summary>An approval without a signed time (over the rendering), as kms made them before approvals were timed.</summary>
     public QuorumApproval ApproveUntimed(string name, QuorumRequest request, DateTimeOffset time) => new(Officers[name].Fingerprint, Sign(name, request), time);
