@@ -167,7 +167,8 @@ public sealed partial class KmsClient
 
     /// <summary>
     /// Submits an officer's signature over the request's canonical rendering, without a signed time
-    /// (refused for CHANGE_OFFICERS); the approval that reaches the threshold executes it.
+    /// (accepted only for DESTROY_KEY_VERSION_NOW: the server refuses it for every other operation
+    /// with FailedPrecondition); the approval that reaches the threshold executes it.
     /// </summary>
     public Task<ApproveQuorumRequestResponse> ApproveQuorumRequestAsync(string name, string officerFingerprint, byte[] signature, CancellationToken cancellationToken = default) =>
         ApproveQuorumRequestAsync(name, officerFingerprint, signature, null, cancellationToken);

@@ -50,12 +50,40 @@ public sealed class ApprovalBundleTests : IDisposable
     {
         var bundle = Approved(QuorumOperation.RotateDomainKey, [_genesis], "alice");
         // bob's fingerprint, dave's signature; and bob's signature over another text.
-        var forged = bundle.Request.Approvals.Append(new QuorumApproval(_officers["bob"].Fingerprint, _officers.Sign("dave", bundle.Request), T0)).ToList();
+        var forged = bundle.Request.Approvals.Append(new QuorumApproval(_officers["bob"].Fingerprint, _officers.Sign("dave", bundle.Request, T0), T0) { SignTime = T0 }).ToList();
         AssertRefused(KmsErrorCode.PermissionDenied, "1 distinct officers of set 0", () =>
             (bundle with { Request = bundle.Request with { Approvals = forged } }).Verify(_genesis, QuorumOperation.RotateDomainKey, Kcv, T0));
-        var otherText = bundle.Request.Approvals.Append(new QuorumApproval(_officers["bob"].Fingerprint, _officers.Sign("bob", bundle.Request with { DomainKcv = "ffffff" }), T0)).ToList();
+        var otherText = bundle.Request.Approvals.Append(new QuorumApproval(_officers["bob"].Fingerprint, _officers.Sign("bob", bundle.Request with { DomainKcv = "ffffff" }, T0), T0) { SignTime = T0 }).ToList();
         AssertRefused(KmsErrorCode.PermissionDenied, "1 distinct officers", () =>
             (bundle with { Request = bundle.Request with { Approvals = otherText } }).Verify(_genesis, QuorumOperation.RotateDomainKey, Kcv, T0));
+    }
+
+    // An approval without a signed time counts for no operation a ceremony runs, as the server
+    // refuses it for them: its only time is the server's unsigned record, which whoever carries or
+    // edits the bundle can write. The same signatures timed verify.
+    [Theory]
+    [InlineData(QuorumOperation.RestoreDomain)]
+    [InlineData(QuorumOperation.RotateDomainKey)]
+    public void Verify_ApprovalsWithoutASignedTime_FailedPrecondition_TimedOnesVerify(QuorumOperation operation)
+    {
+        var timed = Approved(operation, [_genesis], "alice", "bob");
+        var untimed = timed with
+        {
+            Request = timed.Request with { Approvals = [timed.Request.Approvals[0], _officers.ApproveUntimed("bob", timed.Request, T0)] },
+        };
+
+        var refused = Assert.Throws<KmsException>(() => ApprovalBundle.Parse(untimed.Serialize()).Verify(_genesis, operation, Kcv, T0));
+
+        Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+        Assert.Contains("1 distinct officers of set 0 signed its canonical rendering in time, and it needs 2; 1 more signed it without a signed time", refused.Message, StringComparison.Ordinal);
+        Assert.Contains($"({QuorumOperations.NameOf(operation)}) must carry the time it was signed", refused.Message, StringComparison.Ordinal);
+        Assert.Equal(2, ApprovalBundle.Parse(timed.Serialize()).Verify(_genesis, operation, Kcv, T0).Approvers.Count);
+
+        // A bundle written before approvals were timed (format v1) is still read, and refused so.
+        var v1 = timed with { Request = timed.Request with { Approvals = [.. new[] { "alice", "bob" }.Select(a => _officers.ApproveUntimed(a, timed.Request, T0))] } };
+        var old = ApprovalBundle.Parse(v1.Serialize().Replace(ApprovalBundle.Format, ApprovalBundle.UntimedFormat, StringComparison.Ordinal));
+        AssertRefused(KmsErrorCode.FailedPrecondition, "0 distinct officers of set 0 signed its canonical rendering in time, and it needs 2; 2 more",
+            () => old.Verify(_genesis, operation, Kcv, T0));
     }
 
     [Fact]

@@ -179,8 +179,8 @@ public sealed class QuorumChainTimeTests : IDisposable
     }
 
     // The server checks the time an approval says it was signed against its trusted time and the
-    // expiry, and takes a CHANGE_OFFICERS approval only with one; untimed approvals of the other
-    // operations (officers' CLIs from before) are still taken.
+    // expiry, and takes a CHANGE_OFFICERS approval only with one (as every other operation's but
+    // DESTROY_KEY_VERSION_NOW's).
     [Fact]
     public async Task Approve_SignedTime_NearTheTrustedTimeAndBeforeTheExpiry_RequiredForAnOfficerChange()
     {
@@ -211,8 +211,10 @@ public sealed class QuorumChainTimeTests : IDisposable
         // A node without a record (a fresh data directory) verifies the timed change.
         Assert.Equal(1, (await Quorum(store, genesis, new MemoryHeadRecord()).GetOfficerSetAsync(default)).Set.Sequence);
 
+        // Nor is an untimed approval of any other operation but DESTROY_KEY_VERSION_NOW (QuorumUntimedApprovalTests).
         var backup = await quorum.CreateAsync(SecurityOfficer, new CreateQuorumRequestCommand(null, QuorumOperation.ExportBackup), default);
-        Assert.Equal(1, (await quorum.ApproveAsync(backup.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", backup), default)).ValidApprovals);
+        var untimed = await Assert.ThrowsAsync<KmsException>(() => quorum.ApproveAsync(backup.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", backup), default));
+        Assert.Contains("(EXPORT_BACKUP) must carry the time it was signed", untimed.Message, StringComparison.Ordinal);
     }
 
     // The node's record vouches for the untimed approvals of the sets up to it, so it must name
@@ -322,7 +324,16 @@ public sealed class QuorumChainTimeTests : IDisposable
         };
         var old = ApprovalBundle.Parse(new ApprovalBundle(onLegacy, [genesis, legacy]).Serialize().Replace(ApprovalBundle.Format, ApprovalBundle.UntimedFormat, StringComparison.Ordinal));
         Assert.Throws<KmsException>(() => old.Verify(genesis, QuorumOperation.RestoreDomain, onLegacy.DomainKcv, T0.AddDays(1)));
-        Assert.Equal(2, old.Verify(genesis, QuorumOperation.RestoreDomain, onLegacy.DomainKcv, T0.AddDays(1), untimedApprovalsThrough: 1).Approvers.Count);
+
+        // The chain's untimed change is vouched for; the restore's own untimed approval (bob's) is
+        // not: an approval of RESTORE_DOMAIN must carry its signed time, vouched-for chain or not.
+        var untimed = Assert.Throws<KmsException>(() => old.Verify(genesis, QuorumOperation.RestoreDomain, onLegacy.DomainKcv, T0.AddDays(1), untimedApprovalsThrough: 1));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, untimed.Code);
+        Assert.Contains("1 more signed it without a signed time", untimed.Message, StringComparison.Ordinal);
+        var timed = onLegacy with { Approvals = [_officers.Approve("bob", onLegacy, T0.AddDays(1)), onLegacy.Approvals[1]] };
+        var read = ApprovalBundle.Parse(new ApprovalBundle(timed, [genesis, legacy]).Serialize());
+        Assert.Throws<KmsException>(() => read.Verify(genesis, QuorumOperation.RestoreDomain, timed.DomainKcv, T0.AddDays(1)));
+        Assert.Equal(2, read.Verify(genesis, QuorumOperation.RestoreDomain, timed.DomainKcv, T0.AddDays(1), untimedApprovalsThrough: 1).Approvers.Count);
     }
 
     // A deployment's quorum service, started, and a CHANGE_OFFICERS request of it (one hour to live).

@@ -366,17 +366,24 @@ public sealed class QuorumEndToEndTests : IAsyncLifetime, IDisposable
         Assert.EndsWith("param token-label: kms-prod-b\n", QuorumApprover.Render(request), StringComparison.Ordinal);
         await ApproveAsync("alice", request.Name);
 
-        var duplicate = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["alice"].Fingerprint, _officers.Sign("alice", Rendering(request))));
+        var duplicate = await Assert.ThrowsAsync<RpcException>(() => _officers.ApproveAsync(_officer, "alice", request, _time.GetUtcNow()));
         Assert.Equal(StatusCode.AlreadyExists, duplicate.StatusCode);
-        var forged = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["bob"].Fingerprint, _officers.Sign("dave", Rendering(request))));
+        var forged = await Assert.ThrowsAsync<RpcException>(() => _officers.ApproveAsync(_officer, "bob", request, _time.GetUtcNow(), signedBy: "dave"));
         Assert.Equal(StatusCode.PermissionDenied, forged.StatusCode);
-        var otherText = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["bob"].Fingerprint,
-            _officers.Sign("bob", System.Text.Encoding.UTF8.GetBytes(QuorumApprover.Render(request).Replace("kms-prod-b", "kms-evil", StringComparison.Ordinal)))));
+        var signed = _time.GetUtcNow();
+        var evil = QuorumApprover.ToQuorumRequest(request) with { Parameters = [KeyValuePair.Create("token-label", "kms-evil")] };
+        var otherText = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["bob"].Fingerprint, _officers.Sign("bob", evil, signed), signed));
         Assert.Equal(StatusCode.PermissionDenied, otherText.StatusCode);
+
+        // Without a signed time (an older CLI's approval, over the plain rendering): refused, as for
+        // every operation but DESTROY_KEY_VERSION_NOW, however valid its signature.
+        var untimed = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["bob"].Fingerprint, _officers.Sign("bob", Rendering(request))));
+        Assert.Equal(StatusCode.FailedPrecondition, untimed.StatusCode);
+        Assert.Contains("(RESTORE_DOMAIN) must carry the time it was signed", untimed.Status.Detail, StringComparison.Ordinal);
         Assert.Single((await _officer.GetQuorumRequestAsync(request.Name)).Approvals);
 
         _time.Advance(TimeSpan.FromHours(1));
-        var expired = await Assert.ThrowsAsync<RpcException>(() => _officer.ApproveQuorumRequestAsync(request.Name, _officers["bob"].Fingerprint, _officers.Sign("bob", Rendering(request))));
+        var expired = await Assert.ThrowsAsync<RpcException>(() => _officers.ApproveAsync(_officer, "bob", request, _time.GetUtcNow()));
         Assert.Equal(StatusCode.FailedPrecondition, expired.StatusCode);
         var info = await _officer.GetQuorumRequestAsync(request.Name);
         Assert.Equal(Kms.Contracts.V1.QuorumRequestState.Expired, info.State);

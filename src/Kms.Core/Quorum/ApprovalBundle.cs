@@ -138,7 +138,9 @@ public sealed record ApprovalBundle(QuorumRequest Request, IReadOnlyList<Officer
     /// PermissionDenied: the chain does not verify back to the pinned genesis, or fewer than M
     /// distinct officers of the current set signed the locally computed rendering before the
     /// expiry. FailedPrecondition: the request is for another operation, another domain key,
-    /// another officer set than the chain's head, a tenant, was not approved, or has expired.
+    /// another officer set than the chain's head, a tenant, was not approved, or has expired; or
+    /// fewer than M counted and others signed it without a signed time (which counts only for
+    /// DESTROY_KEY_VERSION_NOW, <see cref="QuorumOperations.AcceptsUntimedApprovals"/>).
     /// </exception>
     public VerifiedApproval Verify(OfficerSet pinnedGenesis, QuorumOperation operation, string domainKcv, DateTimeOffset now, long untimedApprovalsThrough = 0)
     {
@@ -179,15 +181,21 @@ public sealed record ApprovalBundle(QuorumRequest Request, IReadOnlyList<Officer
         }
 
         // Counted over the statement computed here from the fields, by key, only approvals signed
-        // before the expiry (as the server refuses later ones). An untimed approval's time is the
-        // server's unsigned record; the request must not have expired by this host's clock either
-        // (below), so no approval of it can have been made after the expiry.
-        var inTime = Request.WithApprovalsSignedInTime(a => a.ApproveTime < Request.ExpireTime);
-        var approvers = OfficerChain.ValidApprovers(inTime, head);
+        // before the expiry (as the server refuses later ones), by the rule the server counts by:
+        // an untimed approval (its only time the server's unsigned record, which whoever carried or
+        // edited the bundle could set) counts for no operation a ceremony runs.
+        var approvers = OfficerChain.ValidApprovers(Request.WithCountedApprovals(), head);
         if (approvers.Count < head.Threshold)
         {
-            throw KmsErrors.PermissionDenied(
-                $"the approval of {name} is refused: {approvers.Count} distinct officers of set {head.Sequence} signed its canonical rendering in time, and it needs {head.Threshold}");
+            var refused = $"the approval of {name} is refused: {approvers.Count} distinct officers of set {head.Sequence} signed its canonical rendering in time, and it needs {head.Threshold}";
+            var untimed = OfficerChain.ValidApprovers(Request with { Approvals = [.. Request.Approvals.Where(a => a.SignTime is null)] }, head)
+                .Count(o => !approvers.Any(a => a.Fingerprint == o.Fingerprint));
+            if (untimed > 0 && !QuorumOperations.AcceptsUntimedApprovals(Request.Operation))
+            {
+                throw QuorumOperations.UntimedApprovalRefused(name, Request.Operation, $"{refused}; {untimed} more signed it without a signed time and do not count (create a new request)");
+            }
+
+            throw KmsErrors.PermissionDenied(refused);
         }
 
         if (Request.State != QuorumRequestState.Approved)

@@ -67,4 +67,32 @@ public static class QuorumOperations
     /// (<see cref="ApprovalBundle"/>). Such a request ends APPROVED, not EXECUTED.
     /// </summary>
     public static bool IsApprovalOnly(QuorumOperation operation) => operation is QuorumOperation.RotateDomainKey or QuorumOperation.RestoreDomain;
+
+    /// <summary>
+    /// Whether an approval without a signed time (format <see cref="QuorumRendering.FormatTag"/>,
+    /// made by a kms CLI from before approvals were timed) is accepted and counted for the
+    /// operation: only for DESTROY_KEY_VERSION_NOW. The one rule the server's approval, its
+    /// execution and the ceremony's bundle check apply (<see cref="QuorumRequest.WithCountedApprovals"/>).
+    /// </summary>
+    /// <remarks>
+    /// An untimed approval's only time is the server's unsigned record, so it can be kept and sent
+    /// again at any time in the request's life (up to 7 days), or counted where a database writer
+    /// says it was made in time. A late destruction is what the officers approved anyway; a late
+    /// backup export, recovery credential, officer change, domain-key rotation or restore is not.
+    /// </remarks>
+    public static bool AcceptsUntimedApprovals(QuorumOperation operation) => operation == QuorumOperation.DestroyKeyVersionNow;
+
+    /// <summary>
+    /// The refusal of an approval of <paramref name="requestName"/> that carries no signed time, for an
+    /// operation that does not accept one (<see cref="AcceptsUntimedApprovals"/>): FailedPrecondition.
+    /// </summary>
+    /// <param name="requestName">The request's resource name.</param>
+    /// <param name="operation">Its operation.</param>
+    /// <param name="context">What was refused, said first (e.g. "1 distinct officers … signed it in time"), or null.</param>
+    public static KmsException UntimedApprovalRefused(string requestName, QuorumOperation operation, string? context = null) =>
+        KmsErrors.FailedPrecondition(
+            (context is null ? "" : context + ": ")
+            + $"an approval of {requestName} ({NameOf(operation)}) must carry the time it was signed (sign_time, format {QuorumRendering.TimedFormatTag}): "
+            + $"one without (format {QuorumRendering.FormatTag}, an older kms CLI's) can be kept and sent again at any time in the request's life, so it is accepted only for {NameOf(QuorumOperation.DestroyKeyVersionNow)}; "
+            + "approve with a kms CLI or SDK that signs it");
 }

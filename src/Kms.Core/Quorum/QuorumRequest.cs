@@ -142,6 +142,15 @@ public sealed record QuorumRequest
         Approvals = [.. Approvals.Where(a => a.SignedBefore(ExpireTime) || (a.SignTime is null && untimedCounts?.Invoke(a) == true))],
     };
 
+    /// <summary>
+    /// This request with only the approvals that count towards its threshold, by the rule the
+    /// server's execution and the ceremony's bundle check share: signed before the expiry by their
+    /// signed time; one without a signed time only for an operation that accepts it
+    /// (<see cref="QuorumOperations.AcceptsUntimedApprovals"/>). An untimed approval recorded before
+    /// that rule (on a request pending at the upgrade) stays recorded and shown, and counts for nothing.
+    /// </summary>
+    public QuorumRequest WithCountedApprovals() => WithApprovalsSignedInTime(_ => QuorumOperations.AcceptsUntimedApprovals(Operation));
+
     /// <summary>For <see cref="QuorumOperation.ChangeOfficers"/>: the proposed set (its hash is a parameter, so it is signed).</summary>
     public OfficerSet? ProposedOfficers { get; init; }
 

@@ -355,8 +355,10 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
     }
 
     /// <summary>
-    /// Records an officer's approval and, when it brings the distinct valid approvals to the
-    /// threshold, executes the request in the same transaction.
+    /// Records an officer's approval without a signed time (over <see cref="QuorumRendering.Render"/>,
+    /// as before approvals were timed; accepted only for DESTROY_KEY_VERSION_NOW,
+    /// <see cref="QuorumOperations.AcceptsUntimedApprovals"/>) and, when it brings the distinct valid
+    /// approvals to the threshold, executes the request in the same transaction.
     /// </summary>
     /// <exception cref="KmsException">
     /// InvalidArgument (name, fingerprint, signature), NotFound, FailedPrecondition (expired,
@@ -371,7 +373,9 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
     /// did, with the request as it is now: still PENDING, or EXECUTED or APPROVED by it or a later
     /// approval. It is checked as a new approval would be: while the request is pending it is
     /// refused when expired or made for another officer set or domain key, and the signature must
-    /// verify under the officer's key in the set the request was made for.
+    /// verify under the officer's key in the set the request was made for. A repeat of an approval a
+    /// pending request holds without a signed time, of an operation that does not accept one
+    /// (recorded before such approvals were refused), is refused as a new one is: it does not count.
     /// </remarks>
     public Task<QuorumApprovalResult> ApproveAsync(string name, string officerFingerprint, byte[] signature, CancellationToken cancellationToken) =>
         ApproveAsync(name, officerFingerprint, signature, null, cancellationToken);
@@ -379,13 +383,14 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
     /// <summary>
     /// Records an officer's approval signed at <paramref name="signTime"/> (the officer's clock, which
     /// the signature covers: <see cref="QuorumRendering.Statement"/>), or without a signed time (null:
-    /// the signature covers <see cref="QuorumRendering.Render"/>, as before approvals were timed; not
-    /// accepted for CHANGE_OFFICERS, whose approvals the officer chain judges by their signed time).
+    /// the signature covers <see cref="QuorumRendering.Render"/>, as before approvals were timed;
+    /// accepted only for DESTROY_KEY_VERSION_NOW, <see cref="QuorumOperations.AcceptsUntimedApprovals"/>).
     /// </summary>
     /// <exception cref="KmsException">
     /// As the overload without a time; also FailedPrecondition when the signed time is at or after
     /// the request's expiry, or further than <see cref="QuorumOptions.MaxSignTimeSkew"/> from the
-    /// trusted time, or a CHANGE_OFFICERS approval carries none.
+    /// trusted time, or an approval of another operation than DESTROY_KEY_VERSION_NOW carries none
+    /// (nothing is recorded).
     /// </exception>
     public async Task<QuorumApprovalResult> ApproveAsync(string name, string officerFingerprint, byte[] signature, DateTimeOffset? signTime, CancellationToken cancellationToken)
     {
@@ -425,10 +430,19 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
                 throw KmsErrors.NotFound(name);
             }
 
-            if (request.Approvals.Any(a => a.OfficerFingerprint == officerFingerprint && a.Signature.AsSpan().SequenceEqual(signature)))
+            if (request.Approvals.FirstOrDefault(a => a.OfficerFingerprint == officerFingerprint && a.Signature.AsSpan().SequenceEqual(signature)) is { } recorded)
             {
                 var set = SetOfRepeat(request, head, storedHead, chain, now);
-                var approvers = OfficerChain.ValidApprovers(request, set);
+                var pending = request.State == QuorumRequestState.Pending;
+                if (pending && recorded.SignTime is null && !QuorumOperations.AcceptsUntimedApprovals(request.Operation))
+                {
+                    // Recorded without a signed time before such approvals were refused: it counts for nothing.
+                    throw QuorumOperations.UntimedApprovalRefused(request.Name, request.Operation, $"the approval of officer {officerFingerprint} was recorded without a signed time and does not count");
+                }
+
+                // A pending request's approvals count as a new approval's would; an executed or
+                // approved one's as they did when it executed (its history).
+                var approvers = OfficerChain.ValidApprovers(pending ? request.WithCountedApprovals() : request, set);
                 if (!approvers.Any(o => o.Fingerprint == officerFingerprint))
                 {
                     throw KmsErrors.PermissionDenied($"the approval of officer {officerFingerprint} does not verify over the canonical rendering of quorum request {name} in officer set {set.Sequence}");
@@ -450,17 +464,19 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
                 throw KmsErrors.PermissionDenied($"the signature of officer {officer.Name} does not verify over the canonical rendering of quorum request {name}");
             }
 
-            if (request.Approvals.Any(a => a.OfficerFingerprint == officerFingerprint))
+            if (request.Approvals.FirstOrDefault(a => a.OfficerFingerprint == officerFingerprint) is { } earlier)
             {
-                throw KmsErrors.AlreadyExists($"an approval of {name} by officer {officer.Name} ({officerFingerprint}): an officer's approval counts once");
+                throw KmsErrors.AlreadyExists(earlier.SignTime is null && !QuorumOperations.AcceptsUntimedApprovals(request.Operation)
+                    ? $"an approval of {name} by officer {officer.Name} ({officerFingerprint}), recorded without a signed time before {QuorumOperations.NameOf(request.Operation)} required one: it does not count, and an officer approves a request once; create a new request"
+                    : $"an approval of {name} by officer {officer.Name} ({officerFingerprint}): an officer's approval counts once");
             }
 
             var approved = request with { Approvals = [.. request.Approvals, approval] };
-            // An officer change counts what the chain will count once it is appended: approvals
-            // signed before the request's expiry. A late or untimed approval a database writer put
-            // beside honest ones would otherwise execute a set every node then refuses.
-            var counted = approved.Operation == QuorumOperation.ChangeOfficers ? approved.WithApprovalsSignedInTime() : approved;
-            valid = OfficerChain.ValidApprovers(counted, head).Count;
+            // Counted as the ceremony's bundle check and (for an officer change) the chain will count
+            // them: approvals signed before the request's expiry, untimed ones only for an operation
+            // that accepts them. A late or untimed approval a database writer put beside honest ones,
+            // or one recorded untimed before the upgrade, does not make up the threshold.
+            valid = OfficerChain.ValidApprovers(approved.WithCountedApprovals(), head).Count;
             if (valid < head.Threshold)
             {
                 return new QuorumChange(approved) { AddedApproval = approval };
@@ -626,16 +642,15 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
     }
 
     // The signed time must say when the approval was made: near the trusted time, and before the
-    // expiry. The officer chain counts a set change's approvals by it, so a CHANGE_OFFICERS
-    // approval must carry one.
+    // expiry. Every operation but DESTROY_KEY_VERSION_NOW requires one (QuorumOperations.AcceptsUntimedApprovals):
+    // an untimed approval can be kept and sent again at any time in the request's life.
     private void EnsureSignTime(QuorumRequest request, DateTimeOffset? signTime, DateTimeOffset now)
     {
         if (signTime is not { } signed)
         {
-            if (request.Operation == QuorumOperation.ChangeOfficers)
+            if (!QuorumOperations.AcceptsUntimedApprovals(request.Operation))
             {
-                throw KmsErrors.FailedPrecondition(
-                    $"an approval of {request.Name} (CHANGE_OFFICERS) must carry the time it was signed (sign_time, format {QuorumRendering.TimedFormatTag}): the officer chain counts only approvals signed before the request expired; approve with a kms CLI or SDK that signs it");
+                throw QuorumOperations.UntimedApprovalRefused(request.Name, request.Operation);
             }
 
             return;
