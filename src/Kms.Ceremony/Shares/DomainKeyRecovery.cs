@@ -85,7 +85,17 @@ public static class DomainKeyRecovery
         }
 
         var key = Shamir.Combine(shares.Select(s => s.Share).ToList(), first.Threshold);
-        var rebuilt = KeyCheckValue.Aes256(key);
+        string rebuilt;
+        try
+        {
+            rebuilt = KeyCheckValue.Aes256(key);
+        }
+        catch
+        {
+            CryptographicOperations.ZeroMemory(key);
+            throw;
+        }
+
         if (rebuilt != kcv)
         {
             CryptographicOperations.ZeroMemory(key);

@@ -139,26 +139,37 @@ public static class Shamir
         }
 
         var secret = new byte[length];
-        for (var i = 0; i < shares.Count; i++)
+        try
         {
-            // Lagrange basis at 0: l_i(0) = Π_{j≠i} x_j / (x_j − x_i); minus is XOR in GF(2^8).
-            var xi = (byte)shares[i].Index;
-            byte basis = 1;
-            for (var j = 0; j < shares.Count; j++)
+            for (var i = 0; i < shares.Count; i++)
             {
-                if (j != i)
+                // Lagrange basis at 0: l_i(0) = Π_{j≠i} x_j / (x_j − x_i); minus is XOR in GF(2^8).
+                var xi = (byte)shares[i].Index;
+                byte basis = 1;
+                for (var j = 0; j < shares.Count; j++)
                 {
-                    var xj = (byte)shares[j].Index;
-                    basis = GaloisField.Multiply(basis, GaloisField.Multiply(xj, GaloisField.Inverse((byte)(xj ^ xi))));
+                    if (j != i)
+                    {
+                        var xj = (byte)shares[j].Index;
+                        basis = GaloisField.Multiply(basis, GaloisField.Multiply(xj, GaloisField.Inverse((byte)(xj ^ xi))));
+                    }
+                }
+
+                var value = shares[i].Value;
+                for (var k = 0; k < length; k++)
+                {
+                    secret[k] ^= GaloisField.Multiply(value[k], basis);
                 }
             }
-
-            var value = shares[i].Value;
-            for (var k = 0; k < length; k++)
-            {
-                secret[k] ^= GaloisField.Multiply(value[k], basis);
-            }
         }
+        catch
+        {
+            // The sum so far is part of the secret (all of it, but for the shares still to come):
+            // a share disposed mid-way must not leave it behind.
+            CryptographicOperations.ZeroMemory(secret);
+            throw;
+        }
+
         return secret;
     }
 }
