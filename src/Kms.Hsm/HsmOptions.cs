@@ -110,7 +110,44 @@ public sealed class HsmOptions
 }
 
 /// <summary>The HSM configuration or token is not usable; the message says what to fix.</summary>
-public sealed class HsmConfigurationException(string message, Exception? inner = null) : Exception(message, inner);
+/// <remarks>
+/// <see cref="ReturnValue"/> and <see cref="Failure"/> say what an operator needs to decide the
+/// next step (the CLI's ceremony commands print them); neither ever holds a PIN, key material or
+/// a handle's contents.
+/// </remarks>
+public sealed class HsmConfigurationException(string message, Exception? inner = null) : Exception(message, inner)
+{
+    /// <summary>The PKCS#11 return value behind the failure (<c>CKR_PIN_INCORRECT</c>), if the HSM gave one.</summary>
+    public string? ReturnValue { get; } = Pkcs11Errors.ReturnValueOf(inner);
+
+    /// <summary>What kind of failure this is, as far as it tells what to do next.</summary>
+    public HsmFailure Failure { get; init; } = Pkcs11Errors.FailureOf(inner);
+}
+
+/// <summary>The kinds of <see cref="HsmConfigurationException"/> an operator acts on differently.</summary>
+public enum HsmFailure
+{
+    /// <summary>Anything else: the message says what.</summary>
+    Other = 0,
+
+    /// <summary>The PKCS#11 module could not be loaded (not a PKCS#11 library, missing, or its initialisation failed).</summary>
+    ModuleNotLoaded,
+
+    /// <summary>No token (or more than one) carries the label.</summary>
+    TokenNotFound,
+
+    /// <summary>The HSM refused the PIN (wrong, expired or locked): never retried, a real HSM locks it.</summary>
+    PinRefused,
+
+    /// <summary>The device, its connection or the library's session state failed (<c>CKR_DEVICE_ERROR</c> and the like).</summary>
+    DeviceError,
+
+    /// <summary>The token lacks a mechanism the ceremony or the HSM profile needs.</summary>
+    MechanismMissing,
+
+    /// <summary>The HSM refused a key template or an attribute (the HSM profile does not fit this HSM).</summary>
+    TemplateRefused,
+}
 
 /// <summary>A residency region's domain key on the node's token (configuration <c>Hsm:Regions:{region}</c>).</summary>
 public sealed class HsmRegionOptions

@@ -50,6 +50,48 @@ internal static class Pkcs11Errors
         CKR.CKR_PIN_LOCKED,
     ];
 
+    // The token lacks a mechanism the call needs.
+    private static readonly HashSet<CKR> MechanismMissing = [CKR.CKR_MECHANISM_INVALID, CKR.CKR_MECHANISM_PARAM_INVALID];
+
+    // The HSM refused a template or an attribute in it.
+    private static readonly HashSet<CKR> TemplateRefused =
+    [
+        CKR.CKR_TEMPLATE_INCONSISTENT,
+        CKR.CKR_TEMPLATE_INCOMPLETE,
+        CKR.CKR_ATTRIBUTE_VALUE_INVALID,
+        CKR.CKR_ATTRIBUTE_TYPE_INVALID,
+        CKR.CKR_ATTRIBUTE_READ_ONLY,
+        CKR.CKR_ATTRIBUTE_SENSITIVE,
+        CKR.CKR_ACTION_PROHIBITED,
+    ];
+
+    /// <summary>The CKR_ name of the first PKCS#11 failure in <paramref name="exception"/>'s chain, if any.</summary>
+    public static string? ReturnValueOf(Exception? exception) => Find(exception)?.RV.ToString();
+
+    /// <summary>The kind of the first PKCS#11 failure in <paramref name="exception"/>'s chain (<see cref="HsmFailure.Other"/> without one).</summary>
+    public static HsmFailure FailureOf(Exception? exception) => Find(exception) switch
+    {
+        null => HsmFailure.Other,
+        { } e when IsPinRefused(e) => HsmFailure.PinRefused,
+        { } e when IsDeviceLost(e) || e.RV == CKR.CKR_GENERAL_ERROR => HsmFailure.DeviceError,
+        { } e when MechanismMissing.Contains(e.RV) => HsmFailure.MechanismMissing,
+        { } e when TemplateRefused.Contains(e.RV) => HsmFailure.TemplateRefused,
+        _ => HsmFailure.Other,
+    };
+
+    private static Pkcs11Exception? Find(Exception? exception)
+    {
+        for (var e = exception; e is not null; e = e.InnerException)
+        {
+            if (e is Pkcs11Exception pkcs11)
+            {
+                return pkcs11;
+            }
+        }
+
+        return null;
+    }
+
     public static bool IsDeviceLost(Pkcs11Exception e) => DeviceLost.Contains(e.RV);
 
     public static bool IsHandleLost(Pkcs11Exception e) => HandleLost.Contains(e.RV);

@@ -195,7 +195,7 @@ internal sealed class Pkcs11Module
         }
         catch (Exception e) when (e is UnmanagedException or DllNotFoundException or Pkcs11Exception)
         {
-            throw new HsmConfigurationException($"cannot load the PKCS#11 module {_path}: {e.Message}", e);
+            throw new HsmConfigurationException($"cannot load the PKCS#11 module {_path}: {e.Message}", e) { Failure = HsmFailure.ModuleNotLoaded };
         }
     }
 

@@ -90,7 +90,7 @@ internal static class SlotList
 
             if (matches.Count > 1)
             {
-                throw new HsmConfigurationException($"{matches.Count} tokens are labelled '{label}'; labels must be unique");
+                throw new HsmConfigurationException($"{matches.Count} tokens are labelled '{label}'; labels must be unique") { Failure = HsmFailure.TokenNotFound };
             }
 
             var unreadable = tokens.Where(t => t.Info is null).ToList();
@@ -99,7 +99,7 @@ internal static class SlotList
                 var why = unreadable.Count == 0
                     ? ""
                     : "; slots that could not be read: " + string.Join(", ", unreadable.Select(t => $"{t.Slot.SlotId} ({t.Error})"));
-                throw new HsmConfigurationException($"no token labelled '{label}' in {modulePath}{why}");
+                throw new HsmConfigurationException($"no token labelled '{label}' in {modulePath}{why}") { Failure = HsmFailure.TokenNotFound };
             }
 
             // The token may be the one being written at this moment: read the list again.

@@ -59,9 +59,11 @@ internal sealed class DeploymentRecord : IAsyncDisposable
     /// receives the published audit key and the shipped checkpoints, and the head the ceremony
     /// leaves the chain at when it closes (<c>audit/head.json</c>, as a server's stop writes it).
     /// <paramref name="note"/> is told what could not be done at the close and is not the
-    /// ceremony's failure (the head not recorded: the record before it stands).
+    /// ceremony's failure (the head not recorded: the record before it stands). The HSM adapter
+    /// logs to <paramref name="logger"/> (the CLI's standard error: a refused PIN, a lost HSM).
     /// </summary>
-    public static async Task<DeploymentRecord> OpenAsync(string dataDir, DeploymentDatabaseTarget database, HsmOptions hsmOptions, string pin, Action<string>? note, CancellationToken cancellationToken)
+    public static async Task<DeploymentRecord> OpenAsync(
+        string dataDir, DeploymentDatabaseTarget database, HsmOptions hsmOptions, string pin, Action<string>? note, CancellationToken cancellationToken, Microsoft.Extensions.Logging.ILogger? logger = null)
     {
         dataDir = DurableFile.CreateDirectory(dataDir);
         var options = new HsmOptions
@@ -79,7 +81,7 @@ internal sealed class DeploymentRecord : IAsyncDisposable
         Pkcs11Hsm? hsm = null;
         try
         {
-            hsm = Pkcs11Hsm.Open(options, NullLogger.Instance);
+            hsm = Pkcs11Hsm.Open(options, logger ?? NullLogger.Instance);
             await DomainKeyGuard.VerifyAsync(hsm, store, devMode: false, cancellationToken);
             var audit = new AuditLog(store, store, hsm, TimeProvider.System, new AuditOptions());
             await audit.InitializeAsync(cancellationToken);

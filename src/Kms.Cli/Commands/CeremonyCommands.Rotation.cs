@@ -99,8 +99,10 @@ internal static partial class CeremonyCommands
             }
 
             var oldFiles = parse.GetValue(oldShares)!.Select(p => ShareFile.Read(LocalPath.File(ctx.Environment, p), host.Kdf.Policy)).ToList();
-            var oldSecrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, [.. oldFiles.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)], confirm: false);
-            var newSecrets = CollectPassphrases(ctx, parse.GetValue(newPassphrases)!,
+            // Disposed on every path from here (a refused new passphrase, a wrong PIN for either
+            // token), and at the latest when the keys are imported (the finally below).
+            using var oldSecrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, [.. oldFiles.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)], confirm: false);
+            using var newSecrets = CollectPassphrases(ctx, parse.GetValue(newPassphrases)!,
                 resumeFiles.Count > 0 ? [.. resumeFiles.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)] : names, confirm: resumeFiles.Count == 0);
             var rotationOptions = rotationToken.Options(parse, "kms-rotation");
             var restoreOptions = rotationToken.Options(parse, "pending");
@@ -121,6 +123,7 @@ internal static partial class CeremonyCommands
             // moved, the rotation token wiped): its PIN and its room for the key are checked now,
             // while a mistake still leaves everything as it was.
             restoreOptions.DomainKeyId = plannedId;
+            ctx.Step("open the new domain key's token", restoreOptions.TokenLabel);
             using (var production = HsmCeremonySession.Open(restoreOptions, productionPin.ToUtf8()))
             {
                 if (production.HasDomainKey(restoreOptions.DomainKeyLabel, plannedId))
@@ -140,16 +143,20 @@ internal static partial class CeremonyCommands
             DomainKeyRotationOutcome outcome;
             try
             {
+                ctx.Step("open the old share files");
                 foreach (var file in oldFiles)
                 {
                     opened.Add((file, file.Unprotect(oldSecrets[file.Custodian].Chars)));
                 }
 
                 // The old shares must rebuild the key this database is pinned to.
+                ctx.Step("rebuild the old domain key");
                 oldKey = DomainKeyRecovery.Combine(opened, oldFiles[0].DomainId, pinned);
+                ctx.Step("open the rotation token", rotationOptions.TokenLabel);
                 using var session = HsmCeremonySession.Open(rotationOptions, pin.ToUtf8());
                 if (resumeFiles.Count > 0)
                 {
+                    ctx.Step("rebuild the new domain key");
                     var openedNew = resumeFiles.Select(f => (f, f.Unprotect(newSecrets[f.Custodian].Chars))).ToList();
                     try
                     {
@@ -184,6 +191,7 @@ internal static partial class CeremonyCommands
                 {
                     // As create-domain: HSM RNG XOR OS RNG. The new shares are written before any blob
                     // depends on the new key, so no crash can leave data under a key nobody holds.
+                    ctx.Step("generate the new domain key", rotationOptions.TokenLabel);
                     FillFromTwoSources(session, newKey);
                     newId = plannedId;
                     var kcv = HsmCeremonySession.AesCheckValue(newKey);
@@ -197,6 +205,7 @@ internal static partial class CeremonyCommands
                     await store.BeginDomainKeyRotationAsync(pinned, kcv, DateTimeOffset.UtcNow, ct, replaceUnstarted: true,
                         newKeyMac: Convert.ToHexStringLower(RotationKeyMac(oldKey, newKey)));
                     recorded = kcv;
+                    ctx.Step("write the new share files");
                     var outDir = LocalPath.CreateDirectory(ctx.Environment, parse.GetValue(newSharesDir)!);
                     var shares = Shamir.Split(newKey, m, names.Count);
                     try
@@ -212,18 +221,22 @@ internal static partial class CeremonyCommands
                     }
                 }
 
+                ctx.Step("load both keys into the rotation token", rotationOptions.TokenLabel);
                 using (var rewrapper = session.LoadRotationKeys(oldKey, newKey))
                 {
+                    ctx.Step("re-wrap the stored keys", rotationOptions.TokenLabel);
                     newKcv = rewrapper.NewCheckValue;
                     ctx.Output.Note($"rotating from domain key {rewrapper.OldCheckValue} to {newKcv}{(inProgress is null ? "" : $", resuming after {inProgress.Rewrapped} blobs")}");
                     outcome = await DomainKeyRotationJob.RunAsync(store, rewrapper, TimeProvider.System, stopAfter: null, ct);
                 }
 
                 session.Dispose();
+                ctx.Step("wipe the rotation token", rotationOptions.TokenLabel);
                 HsmTokenSetup.WipeToken(rotationOptions.ModulePath, rotationOptions.TokenLabel, so.Reveal(), rotationOptions.ModuleEnvironment);
                 ctx.Output.Note($"rotation token '{rotationOptions.TokenLabel}' wiped (C_InitToken)");
 
                 restoreOptions.DomainKeyId = newId;
+                ctx.Step("import the new domain key", restoreOptions.TokenLabel);
                 using var production = HsmCeremonySession.Open(restoreOptions, productionPin.ToUtf8());
                 production.ImportDomainKey(newKey, restoreOptions.DomainKeyLabel, newId);
             }
@@ -243,10 +256,8 @@ internal static partial class CeremonyCommands
                     share.Dispose();
                 }
 
-                foreach (var secret in oldSecrets.Values.Concat(newSecrets.Values))
-                {
-                    secret.Dispose();
-                }
+                oldSecrets.Dispose();
+                newSecrets.Dispose();
             }
 
             await store.DisposeAsync();
@@ -268,6 +279,7 @@ internal static partial class CeremonyCommands
                 transcript.Add($"new share {index}", $"custodian {custodian}, file {Path.GetFileName(file)}, fingerprint {fingerprint}");
             }
 
+            ctx.Step("record the rotation", restoreOptions.TokenLabel);
             var result = await RecordAsync(ctx, dir, target, restoreOptions, productionPin, ceremonyId, "rotate-domain", transcript,
                 [.. written.Select(w => ($"share/{w.Index}/{w.Custodian}", w.Fingerprint))], $"domain/{newId}/kcv/{newKcv}/previous/{pinned}", ct, approved);
             var json = new JsonObject

@@ -47,10 +47,12 @@ internal static partial class CeremonyCommands
             using (var so = SecretInput.Read(ctx, soPin, "new security officer PIN"))
             using (var user = SecretInput.Read(ctx, hsm.Pin, "new user PIN"))
             {
+                ctx.Step("initialise the token", options.TokenLabel);
                 HsmTokenSetup.InitializeToken(options.ModulePath, options.TokenLabel, so.Reveal(), user.Reveal(), options.ModuleEnvironment);
             }
 
             ctx.Output.Note($"initialised token '{options.TokenLabel}'");
+            ctx.Step("inspect the token", options.TokenLabel);
             return Task.FromResult(Report(ctx, TokenInspection.Inspect(options)));
         });
         return command;
@@ -170,31 +172,34 @@ internal static partial class CeremonyCommands
                 throw new CliFailureException(ExitCodes.Conflict, $"{outDir} holds share files already; share files are never overwritten");
             }
 
-            var secrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, names, confirm: true);
+            // Disposed on every path from here: a wrong PIN, a missing token or a refused open
+            // throws before the ceremony's own try/finally below is reached.
+            using var secrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, names, confirm: true);
             var hsmOptions = hsm.Options(parse, id);
             using var pin = SecretInput.Read(ctx, hsm.Pin, $"user PIN of token '{hsmOptions.TokenLabel}'");
             var ceremonyId = Guid.NewGuid().ToString();
             var started = DateTimeOffset.UtcNow;
-            var report = TokenInspection.Inspect(hsmOptions);
-            if (!report.Usable)
-            {
-                throw new CliFailureException(ExitCodes.Conflict, $"token '{report.Label}' lacks {string.Join(", ", report.MissingMechanisms)}");
-            }
+            ctx.Step("inspect the token", hsmOptions.TokenLabel);
+            var report = RequireUsable(TokenInspection.Inspect(hsmOptions));
 
             string kcv;
             var written = new List<(string Custodian, int Index, string File, string Fingerprint)>();
             var domainKey = GC.AllocateArray<byte>(32, pinned: true);
             Share[] shares = [];
             var imported = false;
+            ctx.Step("open the token", hsmOptions.TokenLabel);
             using (var session = HsmCeremonySession.Open(hsmOptions, pin.ToUtf8()))
             {
                 try
                 {
+                    ctx.Step("import the domain key", hsmOptions.TokenLabel);
                     FillFromTwoSources(session, domainKey);
                     kcv = session.ImportDomainKey(domainKey, hsmOptions.DomainKeyLabel, id);
                     imported = true;
                     ctx.Output.Note($"domain key {id} imported into token '{hsmOptions.TokenLabel}', check value {kcv}");
+                    ctx.Step("split the domain key into shares");
                     shares = Shamir.Split(domainKey, m, names.Count);
+                    ctx.Step("write the share files");
                     WriteShareFiles(ctx, shares, id, kcv, m, names, secrets, host.Kdf, outDir, written, "share");
                 }
                 catch
@@ -221,10 +226,8 @@ internal static partial class CeremonyCommands
                         share.Dispose();
                     }
 
-                    foreach (var secret in secrets.Values)
-                    {
-                        secret.Dispose();
-                    }
+                    // Not needed past the share files: not kept for the record.
+                    secrets.Dispose();
                 }
             }
 
@@ -244,6 +247,7 @@ internal static partial class CeremonyCommands
             }
 
             Recorded result;
+            ctx.Step("record the ceremony", hsmOptions.TokenLabel);
             try
             {
                 // The genesis officer set: pinned by the server (Kms:Quorum:GenesisFile and its hash),
@@ -348,24 +352,30 @@ internal static partial class CeremonyCommands
             var id = parse.GetValue(domainId) ?? files[0].DomainId;
             await RefuseOtherDomainAsync(target, files[0].DomainKcv, ct);
 
-            var secrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, [.. files.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)], confirm: false);
+            // Disposed on every path from here (a wrong PIN, no such token), and at the latest once the key is imported.
+            using var secrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, [.. files.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)], confirm: false);
             var hsmOptions = hsm.Options(parse, id);
             using var pin = SecretInput.Read(ctx, hsm.Pin, $"user PIN of token '{hsmOptions.TokenLabel}'");
             var ceremonyId = Guid.NewGuid().ToString();
             var started = DateTimeOffset.UtcNow;
+            ctx.Step("inspect the token", hsmOptions.TokenLabel);
             var report = TokenInspection.Inspect(hsmOptions);
             var opened = new List<(ShareFile File, Share Share)>();
             string kcv;
             byte[] domainKey = [];
             try
             {
+                ctx.Step("open the share files");
                 foreach (var file in files)
                 {
                     opened.Add((file, file.Unprotect(secrets[file.Custodian].Chars)));
                 }
 
+                ctx.Step("rebuild the domain key");
                 domainKey = DomainKeyRecovery.Combine(opened, id, requiredKcv);
+                ctx.Step("open the token", hsmOptions.TokenLabel);
                 using var session = HsmCeremonySession.Open(hsmOptions, pin.ToUtf8());
+                ctx.Step("import the domain key", hsmOptions.TokenLabel);
                 kcv = session.ImportDomainKey(domainKey, hsmOptions.DomainKeyLabel, id);
             }
             finally
@@ -376,10 +386,7 @@ internal static partial class CeremonyCommands
                     share.Dispose();
                 }
 
-                foreach (var secret in secrets.Values)
-                {
-                    secret.Dispose();
-                }
+                secrets.Dispose();
             }
 
             ctx.Output.Note($"domain key {id} restored into token '{hsmOptions.TokenLabel}' from {files.Count} shares, check value {kcv}");
@@ -406,6 +413,7 @@ internal static partial class CeremonyCommands
             if (parse.GetValue(dataDir) is { } dir)
             {
                 Recorded result;
+                ctx.Step("record the restore", hsmOptions.TokenLabel);
                 try
                 {
                     result = await RecordAsync(ctx, dir, target, hsmOptions, pin, ceremonyId, "restore-domain", transcript,
@@ -445,7 +453,9 @@ internal static partial class CeremonyCommands
         {
             var options = hsm.Options(ctx.ParseResult, ctx.ParseResult.GetRequiredValue(domainId));
             using var pin = SecretInput.Read(ctx, hsm.Pin, $"user PIN of token '{options.TokenLabel}'");
+            ctx.Step("open the token", options.TokenLabel);
             using var session = HsmCeremonySession.Open(options, pin.ToUtf8());
+            ctx.Step("read the domain key", options.TokenLabel);
             var kcv = session.ReadDomainKeyCheckValue(options.DomainKeyLabel, options.DomainKeyId!)
                 ?? throw new CliFailureException(ExitCodes.NotFound, $"token '{options.TokenLabel}' holds no domain key labelled '{options.DomainKeyLabel}' or with CKA_ID '{options.DomainKeyId}'");
             ctx.Output.Result(new JsonObject { ["domain_id"] = options.DomainKeyId, ["check_value"] = kcv, ["token"] = options.TokenLabel }, kcv);
@@ -493,7 +503,7 @@ internal static partial class CeremonyCommands
 
     /// <summary>One share file per custodian (share i for names[i]), each recorded in <paramref name="written"/> as soon as it is on disk.</summary>
     private static void WriteShareFiles(
-        CliContext ctx, Share[] shares, string domainId, string kcv, int threshold, List<string> names, Dictionary<string, Secret> secrets,
+        CliContext ctx, Share[] shares, string domainId, string kcv, int threshold, List<string> names, CustodianSecrets secrets,
         KdfChoice kdf, string outDir, List<(string Custodian, int Index, string File, string Fingerprint)> written, string what)
     {
         for (var i = 0; i < shares.Length; i++)
@@ -513,6 +523,11 @@ internal static partial class CeremonyCommands
             ctx.Output.Note($"{what} {shares[i].Index} of {names.Count} for {names[i]}: {path}");
         }
     }
+
+    // A token that lacks what the profile and the ceremony need is refused before anything is generated.
+    private static TokenReport RequireUsable(TokenReport report) => report.Usable
+        ? report
+        : throw new HsmConfigurationException($"token '{report.Label}' lacks {string.Join(", ", report.MissingMechanisms)}") { Failure = HsmFailure.MechanismMissing };
 
     private static string Describe(TokenReport report) =>
         $"token '{report.Label}', {report.Manufacturer} {report.Model}, serial {report.SerialNumber}, firmware {report.FirmwareVersion}, profile {report.Profile}";
@@ -549,6 +564,20 @@ internal static partial class CeremonyCommands
         : new JsonObject { ["request"] = null, ["without_approval"] = outcome.Description };
 
     private sealed record Recorded(string TranscriptPath, string AuditKeyFingerprint);
+
+    /// <summary>The custodians' passphrases of one ceremony, by custodian: disposing this zeroes every one.</summary>
+    private sealed class CustodianSecrets(Dictionary<string, Secret> secrets) : IDisposable
+    {
+        public Secret this[string custodian] => secrets[custodian];
+
+        public void Dispose()
+        {
+            foreach (var secret in secrets.Values)
+            {
+                secret.Dispose();
+            }
+        }
+    }
 
     // The files under the data directory now: what a failed create-domain may delete is only
     // what was not there before it.
@@ -602,7 +631,7 @@ internal static partial class CeremonyCommands
         CliContext ctx, string dataDir, DeploymentDatabaseTarget database, HsmOptions hsmOptions, Secret pin, string ceremonyId, string operation, Transcript transcript,
         IReadOnlyList<(string Resource, string Fingerprint)> shares, string domainResource, CancellationToken ct, CeremonyApprovalOutcome? approval = null)
     {
-        await using var record = await DeploymentRecord.OpenAsync(dataDir, database, hsmOptions, pin.Reveal(), ctx.Output.Note, ct);
+        await using var record = await DeploymentRecord.OpenAsync(dataDir, database, hsmOptions, pin.Reveal(), ctx.Output.Note, ct, ctx.Log);
         await record.AppendAsync(ceremonyId, operation, domainResource, ct);
         foreach (var resource in approval?.AuditResources() ?? [])
         {
@@ -630,7 +659,7 @@ internal static partial class CeremonyCommands
     private static Option<Dictionary<string, string>> PassphraseFiles() =>
         ContextOption.Create("--passphrase-file", "CUSTODIAN=PATH: read that custodian's passphrase from the file's first line (repeatable; else each custodian is prompted)");
 
-    private static Dictionary<string, Secret> CollectPassphrases(CliContext ctx, Dictionary<string, string> files, IReadOnlyList<string> custodians, bool confirm)
+    private static CustodianSecrets CollectPassphrases(CliContext ctx, Dictionary<string, string> files, IReadOnlyList<string> custodians, bool confirm)
     {
         var unknown = files.Keys.Except(custodians, StringComparer.Ordinal).ToList();
         if (unknown.Count > 0)
@@ -654,7 +683,7 @@ internal static partial class CeremonyCommands
                 }
             }
 
-            return secrets;
+            return new CustodianSecrets(secrets);
         }
         catch
         {

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Parsing;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Kms.Client;
@@ -15,6 +16,8 @@ internal sealed class CliContext : IDisposable
     private CliSettings? _settings;
     private KmsClient? _client;
     private X509Certificate2? _clientCertificate;
+    private StandardErrorLog? _log;
+    private (string Name, string? TokenLabel)? _step;
 
     public CliContext(ParseResult parse, CliEnvironment environment, GlobalOptions globals)
     {
@@ -35,6 +38,56 @@ internal sealed class CliContext : IDisposable
 
     /// <summary><c>--verbose</c>: failures print the exception with its stack trace.</summary>
     public bool Verbose { get; }
+
+    /// <summary>
+    /// The command's own log on standard error (<see cref="StandardErrorLog"/>): the ceremony's HSM
+    /// adapter writes its warnings there, and a failed step is named there.
+    /// </summary>
+    public StandardErrorLog Log => _log ??= new StandardErrorLog(Environment.Error, Verbose, failover: false);
+
+    /// <summary>
+    /// Says which step of a ceremony command runs from now on (<c>"open the token"</c>, <c>"import
+    /// the domain key"</c>), on which token: if the command fails before the next step begins, the
+    /// failure is preceded by one line that names the step, the token and the PKCS#11 return value
+    /// (<see cref="ReportFailedStep"/>). Names and labels only: never a PIN or key material.
+    /// </summary>
+    public void Step(string name, string? tokenLabel = null) => _step = (name, tokenLabel);
+
+    /// <summary>
+    /// Writes the step <paramref name="failure"/> ended, if a ceremony command named one:
+    /// <c>kms: error: ceremony create-domain failed at step "open the token" (token 'a'): CKR_PIN_INCORRECT</c>.
+    /// What to do next is in the failure's own line (<see cref="ErrorReport"/>).
+    /// </summary>
+    public void ReportFailedStep(Exception failure)
+    {
+        ArgumentNullException.ThrowIfNull(failure);
+        if (_step is not { } step)
+        {
+            return;
+        }
+
+        var cause = failure switch
+        {
+            Kms.Hsm.HsmConfigurationException { ReturnValue: { } returnValue } => ": " + returnValue,
+            Kms.Hsm.HsmConfigurationException { Failure: Kms.Hsm.HsmFailure.TokenNotFound } => ": no such token",
+            Kms.Hsm.HsmConfigurationException { Failure: Kms.Hsm.HsmFailure.ModuleNotLoaded } => ": the PKCS#11 module did not load",
+            _ => "",
+        };
+        var token = step.TokenLabel is null ? "" : $" (token '{step.TokenLabel}')";
+        Log.Write(Microsoft.Extensions.Logging.LogLevel.Error, $"{CommandPath()} failed at step \"{step.Name}\"{token}{cause}");
+    }
+
+    // "ceremony create-domain": the command as typed, without the root's name.
+    private string CommandPath()
+    {
+        var names = new List<string>();
+        for (var result = ParseResult.CommandResult; result.Parent is CommandResult parent; result = parent)
+        {
+            names.Insert(0, result.Command.Name);
+        }
+
+        return string.Join(' ', names);
+    }
 
     /// <summary>The effective configuration (flags &gt; environment &gt; profile &gt; defaults), resolved on first use.</summary>
     /// <exception cref="CliUsageException">The configuration is inconsistent (no such profile, malformed endpoint).</exception>

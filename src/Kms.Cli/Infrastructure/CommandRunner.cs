@@ -34,6 +34,7 @@ internal sealed class CommandRunner(GlobalOptions globals, CliEnvironment enviro
         }
         catch (Exception exception)
         {
+            context.ReportFailedStep(exception);
             return Report(exception, context.Verbose, context.ConfiguredClientSettings);
         }
     }

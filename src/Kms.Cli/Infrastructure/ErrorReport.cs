@@ -32,13 +32,28 @@ internal sealed record ErrorReport(int ExitCode, string Message)
         RpcException rpc => WithSettingHint(FromStatus(rpc.StatusCode, rpc.Status.Detail), rpc, connection),
         EnvelopeDecryptionException envelope => FromEnvelope(envelope),
         CeremonyException ceremony => FromCeremony(ceremony),
-        HsmConfigurationException hsm => new(ExitCodes.Conflict, "HSM: " + hsm.Message),
+        HsmConfigurationException hsm => new(ExitCodes.Conflict, $"HSM: {OneLine(hsm.Message)}{NextStep(hsm.Failure)}"),
         OperationCanceledException => new(ExitCodes.Cancelled, "cancelled"),
         FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException or IOException =>
             new(ExitCodes.LocalIo, exception.Message),
         ArgumentException argument => new(ExitCodes.Usage, WithoutParameterName(argument)),
         CryptographicException crypto => new(ExitCodes.Unexpected, $"cryptographic error: {crypto.Message}"),
         _ => new(ExitCodes.Unexpected, $"unexpected error: {exception.GetType().Name}: {exception.Message}"),
+    };
+
+    /// <summary>
+    /// What an operator does next about an HSM failure, mid-ceremony or not: the message names the
+    /// token and the PKCS#11 return value; this says where to look. Never the PIN.
+    /// </summary>
+    public static string NextStep(HsmFailure failure) => failure switch
+    {
+        HsmFailure.PinRefused => " — check the PIN given for that token before trying again: a real HSM locks it after a few wrong tries (kms ceremony inspect-token shows its PIN flags)",
+        HsmFailure.TokenNotFound => " — check --token-label, and the module's token directory (--softhsm-conf or --module-env); kms ceremony init-token creates a token",
+        HsmFailure.ModuleNotLoaded => " — --module must name the HSM's PKCS#11 library (a .so file), and --module-env or --softhsm-conf what it reads at load",
+        HsmFailure.DeviceError => " — check the HSM's power, cable or network and its own log, then run the command again",
+        HsmFailure.MechanismMissing => " — kms ceremony inspect-token lists the token's mechanisms: choose the HSM profile that fits this HSM (--hsm-profile), or another HSM",
+        HsmFailure.TemplateRefused => " — the HSM refused the key's template: the HSM profile (--hsm-profile) does not fit this HSM's firmware or policy",
+        _ => "",
     };
 
     /// <summary>A ceremony failure (share files, passphrases, recovery): its message names the file, custodian or numbers.</summary>

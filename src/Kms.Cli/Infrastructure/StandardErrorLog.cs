@@ -3,7 +3,8 @@ using Microsoft.Extensions.Logging;
 namespace Kms.Cli.Infrastructure;
 
 /// <summary>
-/// Where the SDK's log goes in <c>kms</c>: each entry of level Warning or worse (an endpoint
+/// Where the SDK's log goes in <c>kms</c> (and the ceremony's: its HSM adapter's warnings, and the
+/// step a ceremony command failed at, <see cref="CliContext.Step"/>): each entry of level Warning or worse (an endpoint
 /// marked down and failed over, calls shed by full nodes, an envelope stream left without its
 /// final frame: docs/observability.md) as one line on standard error, <c>kms: warning: …</c> as
 /// <see cref="CliOutput.Warn"/> writes it; Information and Debug are dropped. Never standard
@@ -50,9 +51,17 @@ internal sealed class StandardErrorLog(TextWriter error, bool verbose, bool fail
             return;
         }
 
+        Write(logLevel, formatter(state, null), exception);
+    }
+
+    /// <summary>
+    /// One entry of the CLI's own (the ceremony's failed step, <see cref="CliContext.Step"/>), written
+    /// as the SDK's are; it has no event id, as the CLI's lines are not in the server's catalogue.
+    /// </summary>
+    public void Write(LogLevel logLevel, string message, Exception? exception = null)
+    {
         // One line: a status detail from a server may hold line breaks.
-        var message = formatter(state, null).ReplaceLineEndings(" ").Trim();
-        var line = TerminalText.Of($"kms: {(logLevel == LogLevel.Warning ? "warning" : "error")}: {message}");
+        var line = TerminalText.Of($"kms: {(logLevel == LogLevel.Warning ? "warning" : "error")}: {message.ReplaceLineEndings(" ").Trim()}");
         lock (_lock)
         {
             error.WriteLine(line);

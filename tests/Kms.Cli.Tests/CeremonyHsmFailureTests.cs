@@ -1,0 +1,105 @@
+using System.Text;
+using Kms.Testing;
+
+namespace Kms.Cli.Tests;
+
+/// <summary>
+/// A ceremony step that the HSM refuses, run as the operator runs it (the built <c>kms</c> as a
+/// process, a SoftHSM token of its own): standard error names the step, the token and the PKCS#11
+/// return value or the cause, and says what to do next; the PIN given, the token's real PIN and
+/// the custodians' passphrases appear nowhere on standard output or error, raw, hex or base64.
+/// </summary>
+public sealed class CeremonyHsmFailureTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("kms-ceremony-hsm-").FullName;
+    private readonly string _conf;
+    private readonly Dictionary<string, string> _secrets = [];
+
+    public CeremonyHsmFailureTests()
+    {
+        Assert.True(File.Exists(SoftHsm.ModulePath), $"SoftHSM is not installed ({SoftHsm.ModulePath}); ./test.sh installs it");
+        Directory.CreateDirectory(Path.Combine(_dir, "tokens"));
+        _conf = Path.Combine(_dir, "softhsm2.conf");
+        File.WriteAllText(_conf, $"directories.tokendir = {Path.Combine(_dir, "tokens")}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n");
+        foreach (var (name, value) in new[]
+        {
+            ("so.pin", "so-" + Guid.NewGuid().ToString("N")), ("user.pin", "user-" + Guid.NewGuid().ToString("N")),
+            ("wrong.pin", "wrong-" + Guid.NewGuid().ToString("N")),
+            ("alice", "alice passphrase " + Guid.NewGuid().ToString("N")[..8]), ("bob", "bob passphrase " + Guid.NewGuid().ToString("N")[..8]),
+            ("officer-key", "officer key passphrase " + Guid.NewGuid().ToString("N")[..8]),
+        })
+        {
+            _secrets[name] = value;
+            File.WriteAllText(P(name), value + "\n");
+            File.SetUnixFileMode(P(name), UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        }
+    }
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [Theory]
+    [InlineData("wrong PIN")]
+    [InlineData("no such token")]
+    [InlineData("not a PKCS#11 module")]
+    public async Task CreateDomain_HsmRefuses_StderrNamesStepTokenAndCause_WhatToDoNext_NoSecret(string fault)
+    {
+        var outputs = new List<CliResult>();
+        var init = await Kms(outputs, "ceremony", "init-token", "--token-label", "site-a", "--softhsm-conf", _conf, "--pin-file", P("user.pin"), "--so-pin-file", P("so.pin"));
+        Assert.True(init.ExitCode == 0, init.ToString());
+        var keygen = await Kms(outputs, "officer", "keygen", "--out", P("olga.key"), "--key-passphrase-file", P("officer-key"));
+        Assert.True(keygen.ExitCode == 0, keygen.ToString());
+
+        // A file that is not a PKCS#11 library: the module path an operator mistypes.
+        await File.WriteAllTextAsync(P("not-a-module.so"), "not a shared library\n");
+        var (label, pinFile, module) = fault switch
+        {
+            "wrong PIN" => ("site-a", P("wrong.pin"), SoftHsm.ModulePath),
+            "no such token" => ("site-x", P("user.pin"), SoftHsm.ModulePath),
+            _ => ("site-a", P("wrong.pin"), P("not-a-module.so")),
+        };
+        var failed = await Kms(outputs, "ceremony", "create-domain", "--token-label", label, "--softhsm-conf", _conf, "--pin-file", pinFile, "--module", module,
+            "--custodian", "alice", "--custodian", "bob", "--threshold", "2", "--shares-dir", P("shares"), "--data-dir", P("data"),
+            "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"bob={P("bob")}",
+            "--officer", $"olga={P("olga.key.pub")}", "--officer-threshold", "1", "--allow-network", "--insecure-test-kdf");
+
+        Assert.True(failed.ExitCode == 5, failed.ToString());
+        Assert.Equal("", failed.Out);
+        var lines = failed.Error.Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => !l.StartsWith("kms: warning: running with network interfaces up", StringComparison.Ordinal)).ToList();
+        switch (fault)
+        {
+            case "wrong PIN":
+                Assert.Equal("kms: error: ceremony create-domain failed at step \"open the token\" (token 'site-a'): CKR_PIN_INCORRECT", lines[^2]);
+                Assert.StartsWith("kms: HSM: the HSM refused the user PIN of token 'site-a' (CKR_PIN_INCORRECT) — check the PIN given for that token before trying again", lines[^1], StringComparison.Ordinal);
+                break;
+            case "no such token":
+                Assert.Equal("kms: error: ceremony create-domain failed at step \"inspect the token\" (token 'site-x'): no such token", lines[^2]);
+                Assert.StartsWith($"kms: HSM: no token labelled 'site-x' in {SoftHsm.ModulePath} — check --token-label", lines[^1], StringComparison.Ordinal);
+                break;
+            default:
+                Assert.Equal("kms: error: ceremony create-domain failed at step \"inspect the token\" (token 'site-a'): the PKCS#11 module did not load", lines[^2]);
+                Assert.StartsWith($"kms: HSM: cannot load the PKCS#11 module {P("not-a-module.so")}: ", lines[^1], StringComparison.Ordinal);
+                Assert.Contains(" — --module must name the HSM's PKCS#11 library", lines[^1], StringComparison.Ordinal);
+                break;
+        }
+
+        Assert.False(Directory.Exists(P("shares")) && Directory.EnumerateFiles(P("shares")).Any(), "share files were written");
+        var everything = string.Join("\n", outputs.Select(o => o.Out + o.Error));
+        foreach (var (name, secret) in _secrets)
+        {
+            var bytes = Encoding.UTF8.GetBytes(secret);
+            foreach (var form in new[] { secret, Convert.ToHexString(bytes), Convert.ToHexStringLower(bytes), Convert.ToBase64String(bytes) })
+            {
+                Assert.False(everything.Contains(form, StringComparison.Ordinal), $"the {name} secret leaked ({form})");
+            }
+        }
+    }
+
+    private string P(string relative) => Path.Combine(_dir, relative);
+
+    private async Task<CliResult> Kms(List<CliResult> outputs, params string[] args)
+    {
+        var result = await CliRun.ProcessAsync(new Dictionary<string, string>(), _dir, args);
+        outputs.Add(result);
+        return result;
+    }
+}
