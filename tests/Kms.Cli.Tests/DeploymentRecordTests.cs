@@ -105,8 +105,9 @@ public sealed partial class DeploymentRecordTests
 
     // Retention on the server (another data directory) cut the chain past the newest checkpoint
     // this data directory records: the ceremony is not refused for it — it asks what the server
-    // asks at start (AuditLog.RequireOwnRecordAsync: a later signed checkpoint in the database,
-    // the oldest event past the recorded one), one code — and a rewrite after the cut still is.
+    // asks at start (AuditLog.RequireOwnRecordAsync: the oldest event past the recorded one,
+    // retention's record of the cut under a later signed checkpoint), one code — and a rewrite
+    // after the cut still is.
     [Fact]
     public async Task RetentionCutPastTheCheckpointTheDataDirectoryRecords_CeremonySigns_ARewriteAfterTheCutStillRefused()
     {

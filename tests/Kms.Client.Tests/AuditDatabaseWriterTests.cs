@@ -475,6 +475,100 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         Assert.Equal(17L, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence);
     }
 
+    // A node held on its head record (the chain went back behind event 15 under it); a node
+    // without the record signs checkpoints on the new chain past it (20, 22), as it may; then a
+    // database writer deletes the events through 20 without retention's record of a cut. That is
+    // no retention, and the node stays held, per pass and at a start, as the offline verifier
+    // fails the export; nor does a record of the cut forged into an event under checkpoint 22
+    // count (the chain from it to the checkpoint is broken). Retention's own cut there
+    // (PruneThroughAsync: its record, signed) lets the record go, as the verifier passes it.
+    // Before, a signed checkpoint past the record and an oldest event past the one after it were
+    // taken for a cut: the refusal lifted at the next pass, a start passed through the record, and
+    // the node signed checkpoints over a chain that never passed through what it served.
+    [Fact]
+    public async Task HeadFile_Held_PrefixDeletedWithoutRetentionsRecord_StillHeldPerPassAndAtStart_RetentionsOwnCutLetsItGo()
+    {
+        var (node, options) = await NodeThatRecordedHead15Async();
+        Sql("DELETE FROM audit_events WHERE seq > 12");
+        await node.RunHousekeepingAsync(default);
+        Assert.NotNull(node.CheckpointRefusedSince);
+
+        var other = await StartAsync(_store, _hsm); // no head record: it signs the new chain
+        await AppendAsync(13, 20);
+        Assert.Equal(20L, (await other.CheckpointAsync(default))?.Sequence);
+        await AppendAsync(21, 22);
+        Assert.Equal(22L, (await other.CheckpointAsync(default))?.Sequence);
+
+        Sql("DELETE FROM audit_events WHERE seq <= 20");
+        await node.RunHousekeepingAsync(default);
+        Assert.NotNull(node.CheckpointRefusedSince);
+        await AppendAsync(23, 23);
+        var refused = await Assert.ThrowsAsync<KmsException>(() => node.CheckpointAsync(default));
+        Assert.Contains("no longer passes through event 15", refused.Message, StringComparison.Ordinal);
+        Assert.False((await (await StartAsync(_store, _hsm, options)).ReadOwnHeadAsync(HeadPath, default)).PassesThrough);
+        AssertFails(await ExportAsync(other), 21, "no retention event in the chain records a cut there");
+
+        // Event 21 made a record of the cut through 20 (body, hash and columns): checkpoint 22 does not cover it.
+        Sql("CREATE TABLE genuine AS SELECT * FROM audit_events WHERE seq = 21");
+        var forged = Scalar("SELECT body FROM audit_events WHERE seq = 21")
+            .Replace("\"principal\":\"token:bob\"", "\"principal\":\"system:retention\"", StringComparison.Ordinal)
+            .Replace("\"tenant\":\"dev\"", "\"tenant\":null", StringComparison.Ordinal)
+            .Replace("\"operation\":\"/kms.v1.KeyManagementService/Decrypt\"", "\"operation\":\"audit/Retention\"", StringComparison.Ordinal)
+            .Replace("\"resource\":\"tenants/dev/keys/k\"", "\"resource\":\"through:20\"", StringComparison.Ordinal);
+        Sql($"UPDATE audit_events SET body = '{forged.Replace("'", "''", StringComparison.Ordinal)}', hash = '{AuditChain.HashOf(forged)}', "
+            + "principal = 'system:retention', tenant = NULL, operation = 'audit/Retention', resource = 'through:20' WHERE seq = 21");
+        await node.RunHousekeepingAsync(default);
+        Assert.NotNull(node.CheckpointRefusedSince);
+        Assert.False((await (await StartAsync(_store, _hsm, options)).ReadOwnHeadAsync(HeadPath, default)).PassesThrough);
+        AssertFails(await ExportAsync(other), 21, "the chain is broken between events 21 and 22");
+        Sql("DELETE FROM audit_events WHERE seq = 21; INSERT INTO audit_events SELECT * FROM genuine");
+
+        // Retention's cut through 20: its record (24), signed (checkpoint 24); nothing left to delete.
+        Assert.Equal(0, await other.PruneThroughAsync(20, default));
+        await node.RunHousekeepingAsync(default);
+        Assert.Null(node.CheckpointRefusedSince);
+        Assert.Equal(24L, SeenHead.Parse(await File.ReadAllBytesAsync(HeadPath))!.Head.Sequence);
+        var result = Verify(await ExportAsync(other));
+        Assert.True(result.Valid, result.Problem);
+    }
+
+    // The same for the checkpoint a start reads from its checkpoints.jsonl (a ceremony's from its
+    // data directory's: the same code, RequireOwnRecordAsync). Rolled back behind it while the node
+    // was stopped; a node without the file signs the new chain (20); a database writer deletes the
+    // events through 20 without retention's record: the restarted node's checkpoint is not passed
+    // through, and it signs nothing. Retention's own cut there passes it. Before, a signed
+    // checkpoint past it and an oldest event past the one after it passed it: the start took the
+    // chain as passing through what the node had signed, and signed it.
+    [Fact]
+    public async Task CheckpointsFile_RolledBackBehindIt_PrefixDeletedWithoutRetentionsRecord_NotPassedThrough_RetentionsOwnCutPassesIt()
+    {
+        RecordCheckpoints(_log);
+        await BuildAsync(); // the file: 5, 10
+        Assert.Equal(12L, (await _log.CheckpointAsync(default))?.Sequence);
+        Sql("DELETE FROM audit_events WHERE seq > 10; DELETE FROM audit_checkpoints WHERE seq > 10");
+
+        var other = await StartAsync(_store, _hsm); // no file: it signs the new chain
+        await AppendAsync(11, 20);
+        Assert.Equal(20L, (await other.CheckpointAsync(default))?.Sequence);
+        await AppendAsync(21, 22);
+        Sql("DELETE FROM audit_events WHERE seq <= 20");
+
+        var restarted = await StartAsync(_store, _hsm);
+        var record = await restarted.RequireOwnRecordAsync(CheckpointsPath, default);
+        Assert.Equal((12L, false), (record.Checkpoint?.Sequence, record.PassesThrough));
+        Assert.NotNull(restarted.CheckpointRefusedSince);
+        await Assert.ThrowsAsync<KmsException>(() => restarted.CheckpointAsync(default));
+
+        // Retention's cut through 20: its record (23), signed (checkpoint 23); nothing left to delete.
+        Assert.Equal(0, await other.PruneThroughAsync(20, default));
+        var started = await StartAsync(_store, _hsm);
+        record = await started.RequireOwnRecordAsync(CheckpointsPath, default);
+        Assert.Equal((12L, true), (record.Checkpoint?.Sequence, record.PassesThrough));
+        Assert.Null(started.CheckpointRefusedSince);
+        await AppendAsync(24, 24);
+        Assert.Equal(24L, (await started.CheckpointAsync(default))?.Sequence);
+    }
+
     // A node started on a chain rolled back behind the checkpoint in its checkpoints.jsonl (the
     // rollback accepted as it is) is held on it; the rollback undone under it (a failover back),
     // the chain passes through the checkpoint again and the node signs, as a node held on its

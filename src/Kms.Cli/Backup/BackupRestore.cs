@@ -596,8 +596,8 @@ internal static class BackupRestore
     // saw (the event there hashed from its body, or the next one's link after a retention cut):
     // true for no file. One that holds no record of this shape counts as not passed through (the
     // restore moves it aside; the server would refuse to start on it). So does a head in a prefix
-    // the restored database's retention deleted, which the server passes through (under a later
-    // signed checkpoint) - as for checkpoints.jsonl, stricter than the server and harmless: such a
+    // the restored database's retention deleted, which the server passes through (by retention's
+    // signed record of the cut) - as for checkpoints.jsonl, stricter than the server and harmless: such a
     // record refuses nothing on that chain, and the server overwrites it at its first pass, so
     // moving it aside loses nothing (RestoreHeadRecordTests). Whatever it keeps, the server passes.
     internal static async Task<bool> PassesThroughSeenHeadAsync(SqlStore store, string path, CancellationToken cancellationToken)

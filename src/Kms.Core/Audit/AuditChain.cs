@@ -29,6 +29,21 @@ public static class AuditChain
     /// <summary>The resource of the event that records a cut through <paramref name="sequence"/>.</summary>
     public static string RetentionResource(long sequence) => $"through:{sequence}";
 
+    /// <summary>The principal of the event that records a retention cut.</summary>
+    public const string RetentionPrincipal = "system:retention";
+
+    /// <summary>
+    /// Whether <paramref name="entry"/> is retention's record of a cut through
+    /// <paramref name="sequence"/>: <see cref="RetentionPrincipal"/>, <see cref="RetentionOperation"/>,
+    /// <see cref="RetentionResource"/> of it, outcome <c>OK</c> (as the offline verifier reads it).
+    /// </summary>
+    public static bool RecordsRetentionCut(AuditEntry entry, long sequence)
+    {
+        ArgumentNullException.ThrowIfNull(entry);
+        return entry.Principal == RetentionPrincipal && entry.Operation == RetentionOperation
+            && entry.Resource == RetentionResource(sequence) && entry.Outcome == "OK";
+    }
+
     /// <summary>The head of an empty log.</summary>
     public static readonly AuditHead Empty = new(0, Genesis);
 

@@ -79,9 +79,11 @@ public sealed partial class AuditLog
     /// destructions among them — and a database rolled back behind them would serve those versions
     /// again. The chain passes through the record as through a checkpoint: the event at its
     /// sequence hashes, from its body, to the recorded hash (or the next one's link names it after
-    /// a retention cut through it), or it lies in a prefix retention deleted under a later
-    /// checkpoint the audit key signed. A record the chain does not pass through is kept, and no
-    /// checkpoint is signed (<see cref="CheckpointRefusedSince"/> set at once), until the file is
+    /// a retention cut through it), or it lies in a prefix retention deleted: the chain holds
+    /// retention's record of that cut at or before a checkpoint the audit key signed, unbroken to
+    /// it (the offline verifier's rule; a prefix deleted without it is no retention's). A record
+    /// the chain does not pass through is kept, and no checkpoint is signed
+    /// (<see cref="CheckpointRefusedSince"/> set at once), until the file is
     /// moved aside and the node restarted or the chain passes through it again — as for
     /// <c>checkpoints.jsonl</c>, whether the start goes on because the operator accepts the
     /// rollback as it is or not at all — unless a re-application of destructions recorded since
@@ -126,7 +128,7 @@ public sealed partial class AuditLog
             return new OwnHeadRecord(null, default, OtherKey: true, PassesThrough: true);
         }
 
-        var passes = await ChainHoldsAsync(store, seen.Head, cancellationToken) || await PrunedUnderASignedCheckpointAsync(seen.Head.Sequence, cancellationToken);
+        var passes = await ChainHoldsAsync(store, seen.Head, cancellationToken) || await PrunedByRetentionAsync(seen.Head.Sequence, cancellationToken);
         if (!passes && (await FindReapplicationAsync(seen.Head.Sequence, seen.Written, cancellationToken)).Covering is not null)
         {
             // Reached by a re-application of destructions recorded since: the rollback was dealt
@@ -251,7 +253,7 @@ public sealed partial class AuditLog
     {
         if (_recordedHead is not { } recorded
             || await ChainHoldsAsync(store, recorded, cancellationToken)
-            || await PrunedUnderASignedCheckpointAsync(recorded.Sequence, cancellationToken))
+            || await PrunedByRetentionAsync(recorded.Sequence, cancellationToken))
         {
             Volatile.Write(ref _headRecordRefusedTicks, 0);
             return true;
@@ -298,14 +300,101 @@ public sealed partial class AuditLog
             + $"that reach sequence {sequence}, {then}; or accept the rollback as it is: {accept}");
     }
 
-    // A sequence retention deleted, under a later checkpoint the audit key signed (a cut is made
-    // only at one): the chain is taken to pass through it, as through a checkpoint of the node's own.
-    private async Task<bool> PrunedUnderASignedCheckpointAsync(long sequence, CancellationToken cancellationToken) =>
-        await store.GetLatestAuditCheckpointAsync(cancellationToken) is { } latest
-        && latest.Sequence > sequence
-        && SignedHead(latest) is not null
-        && await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, cancellationToken) is [var oldest]
-        && oldest.Sequence > sequence + 1;
+    // Whether retention deleted the event at `sequence` (the chain is then taken to pass through
+    // it, as through a checkpoint of the node's own): it lies before the oldest event kept and
+    // the one after it (whose link would name it: ChainHoldsAsync), and the chain holds
+    // retention's record of that cut, covered by a signature — the offline verifier's rule
+    // (AuditVerifier: a cut at the export's start counts only so). The record is the first event
+    // after the cut that says it cut through the event before the oldest (AuditChain.RecordsRetentionCut,
+    // read from its body); covered, it lies at or before a checkpoint the audit key signed, each
+    // event from it to that checkpoint hashing, from its body, to the next one's link and the last
+    // to the checkpoint's head (a record forged into a signed event breaks that). The checkpoints
+    // read at start (checkpoints.jsonl) and the head recorded (head.json) ask this alike. Before,
+    // a signed checkpoint past the sequence and an oldest event past the one after it were taken
+    // for a cut: a database writer who deleted the prefix without the record (or copied signed
+    // checkpoint rows and tail events onto an old dump) had a node held on its record sign a chain
+    // that never passed through it. A record a writer chains onto the unsigned tail passes once a
+    // node signs past it, here as in the verifier: the tail is the database's word until signed.
+    private async Task<bool> PrunedByRetentionAsync(long sequence, CancellationToken cancellationToken)
+    {
+        if (await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, cancellationToken) is not [var oldest] || oldest.Sequence <= sequence + 1)
+        {
+            return false;
+        }
+
+        var cut = oldest.Sequence - 1;
+        for (var after = cut; ;)
+        {
+            // The principal is the store's indexed filter: only retention's events are read.
+            var records = await store.ListAuditEventsAsync(
+                new AuditQuery { AfterSequence = after, Principal = AuditChain.RetentionPrincipal, Operation = AuditChain.RetentionOperation, Limit = 100 },
+                cancellationToken);
+            if (records.Count == 0)
+            {
+                return false;
+            }
+
+            if (records.FirstOrDefault(e => AuditChain.RecordsRetentionCut(e.Entry, cut)) is { } record)
+            {
+                return await SignedCheckpointAtOrAfterAsync(record.Sequence, cancellationToken) is { } signed
+                    && await ChainRunsAsync(record, signed, cancellationToken);
+            }
+
+            after = records[^1].Sequence;
+        }
+    }
+
+    // The first checkpoint at or after `sequence` that the audit key signed (rows it did not are passed over).
+    private async Task<AuditHead?> SignedCheckpointAtOrAfterAsync(long sequence, CancellationToken cancellationToken)
+    {
+        for (var after = sequence - 1; ;)
+        {
+            var checkpoints = await store.ListAuditCheckpointsAsync(after, 100, cancellationToken);
+            if (checkpoints.Count == 0)
+            {
+                return null;
+            }
+
+            foreach (var checkpoint in checkpoints)
+            {
+                if (SignedHead(checkpoint) is { } signed)
+                {
+                    return signed;
+                }
+            }
+
+            after = checkpoints[^1].Sequence;
+        }
+    }
+
+    // Whether the chain runs unbroken from `from` to `to` (at or after it): each event hashes, from
+    // its body, to the next one's link, and the last to `to`'s hash. Read in pages, the events
+    // between them only (a cut is signed right after its record: a few, under load more).
+    private async Task<bool> ChainRunsAsync(AuditEvent from, AuditHead to, CancellationToken cancellationToken)
+    {
+        var hash = AuditChain.HashOf(from.Body);
+        for (var at = from.Sequence; at < to.Sequence;)
+        {
+            var page = await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = at, BeforeSequence = to.Sequence + 1, Limit = 1000 }, cancellationToken);
+            if (page.Count == 0)
+            {
+                return false;
+            }
+
+            foreach (var e in page)
+            {
+                if (e.Sequence != at + 1 || e.PreviousHash != hash)
+                {
+                    return false;
+                }
+
+                hash = AuditChain.HashOf(e.Body);
+                at = e.Sequence;
+            }
+        }
+
+        return hash == to.Hash;
+    }
 
     // The file's content, read only when it is a file of one to MaxRecordLine bytes (a record is
     // about 200), and then at most MaxRecordLine + 1 bytes of it. Before, the whole file was read

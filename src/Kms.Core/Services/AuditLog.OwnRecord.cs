@@ -51,8 +51,9 @@ public sealed partial class AuditLog
     /// damaged disk — refuses the start (FailedPrecondition naming the file, the line and the way
     /// out) rather than being passed over for an older checkpoint. A database checkpoint row later
     /// than the one taken (another node's) is taken as before, once the chain is seen to pass
-    /// through this one too; one whose events retention has deleted since is covered by the
-    /// database's later signed checkpoint. A database restored on purpose (<c>kms backup
+    /// through this one too; one whose events retention has deleted since is covered by
+    /// retention's record of the cut under a later signed checkpoint (the offline verifier's
+    /// rule; a prefix deleted without it is no retention's). A database restored on purpose (<c>kms backup
     /// restore</c> moves the file aside itself; a <c>pg_restore</c> or a copied <c>kms.db</c>:
     /// move it aside by hand) starts from what the database says.
     /// </remarks>
@@ -226,8 +227,8 @@ public sealed partial class AuditLog
     }
 
     // Whether the database's chain passes through the node's own checkpoint: as CheckpointAsync
-    // checks it, or, when retention has deleted its events since, under a later checkpoint the
-    // database holds (signed: a cut is made only at one).
+    // checks it, or, when retention has deleted its events since, by retention's signed record
+    // of the cut (PrunedByRetentionAsync, the head record's test too).
     private async Task<bool> PassesThroughAsync(AuditHead own, CancellationToken cancellationToken)
     {
         var head = await store.GetAuditHeadAsync(cancellationToken);
@@ -238,9 +239,9 @@ public sealed partial class AuditLog
         }
         catch (KmsException e) when (e.Code == KmsErrorCode.FailedPrecondition)
         {
-            return own.Sequence < _lastCheckpoint.Sequence
-                && await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, cancellationToken) is [var oldest]
-                && oldest.Sequence > own.Sequence + 1;
+            // Retention's record of the cut is signed past it, so the database's latest signed
+            // checkpoint (adopted at InitializeAsync) lies past it too; kept as the last one.
+            return own.Sequence < _lastCheckpoint.Sequence && await PrunedByRetentionAsync(own.Sequence, cancellationToken);
         }
     }
 

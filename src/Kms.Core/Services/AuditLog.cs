@@ -196,7 +196,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     /// <summary>
     /// <see cref="ForwardAfter"/> <paramref name="streamed"/> if the database's chain passes through
     /// it (the event at its sequence has that hash, the next one links to it, or retention cut past
-    /// it under a signed checkpoint; sequence 0 with the chain's genesis hash: the start); else
+    /// it, its record of the cut signed; sequence 0 with the chain's genesis hash: the start); else
     /// nothing changes (the stream goes on from the head) and this returns false. For a position
     /// kept outside the stream (a stream the host cannot read back, <c>stream-position.json</c>): one
     /// the chain does not hold (a rollback, another database) is not a place to go on from, and
@@ -207,7 +207,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     {
         var held = streamed.Sequence == 0
             ? streamed.Hash == AuditChain.Genesis
-            : streamed.Sequence > 0 && (await ChainHoldsAsync(store, streamed, cancellationToken) || await PrunedUnderASignedCheckpointAsync(streamed.Sequence, cancellationToken));
+            : streamed.Sequence > 0 && (await ChainHoldsAsync(store, streamed, cancellationToken) || await PrunedByRetentionAsync(streamed.Sequence, cancellationToken));
         if (held)
         {
             ForwardAfter(streamed);
@@ -788,7 +788,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             {
                 Time = Clock.Now(time),
                 RequestId = CallIds.New(),
-                Principal = "system:retention",
+                Principal = AuditChain.RetentionPrincipal,
                 Operation = AuditChain.RetentionOperation,
                 Resource = AuditChain.RetentionResource(sequence),
                 Outcome = "OK",
