@@ -323,6 +323,40 @@ public sealed partial class AuditVerifierStreamRestartTests : IDisposable
         Assert.Contains("line 5 resends the stream after event 6, but the copy holds events through 4 only", Verify(gap).Problem, StringComparison.Ordinal);
     }
 
+    // A run killed in the middle of a line on stdout or a FIFO leaves it cut short; the next run
+    // starts on a new line (an empty line when nothing was cut) with its resend line. Before, the
+    // cut line failed the copy: "line 8 is malformed (JsonReaderException)".
+    [Fact]
+    public async Task ALineCutShortByAKill_ThenTheNextRunsResendLine_Verifies_ElseMalformed()
+    {
+        var node = await StartNodeAsync(file: false);
+        await AppendAsync(node, 10);
+        var events = Events();
+        var eighth = IndexOfEvent(8);
+        _copy[eighth] = _copy[eighth][..40]; // killed while event 8's line was written: 9 and 10 never sent
+        _copy.RemoveRange(eighth + 1, _copy.Count - eighth - 1);
+        var again = await StartNodeAsync(file: false);
+        Assert.True(await again.ForwardAfterIfHeldAsync(events[5], default));
+        _copy.Add(AuditExport.Resend(events[5])); // as the host writes it, on a new line, before the node's first events
+        await AppendAsync(again, 2);
+
+        var result = Verify();
+        Assert.True(result.Valid, result.Problem);
+        Assert.Equal(12L, result.Events);
+        Assert.Equal(new AuditStreamResends(1, 1), result.StreamResends);
+
+        // Anything but a resend or restart line after it: the cut line is malformed, as before.
+        var noResend = new List<string>(_copy);
+        noResend.RemoveAt(eighth + 1);
+        Assert.StartsWith($"line {eighth + 1} is malformed (not one whole JSON object", Verify(noResend).Problem, StringComparison.Ordinal);
+
+        // And an empty line alone (a start after a clean stop) is skipped, as always.
+        var clean = _copy.GetRange(0, eighth);
+        clean.Add("");
+        clean.AddRange(_copy.Skip(eighth + 2).SkipWhile(l => !l.StartsWith("{\"event\":{\"v\":1,\"seq\":8,", StringComparison.Ordinal)));
+        Assert.True(Verify(clean).Valid, Verify(clean).Problem);
+    }
+
     private async Task<AuditLog> StartNodeAsync(bool file = true)
     {
         var node = new AuditLog(_store, _store, _hsm, _time, new AuditOptions());

@@ -159,6 +159,7 @@ public static class AuditVerifier
         string? line;
         var lineNumber = 0;
         long torn = 0;
+        int? cutShort = null; // a line that is no whole record, which only a resend or restart line may follow
         while ((line = lines.ReadLine()) is not null)
         {
             lineNumber++;
@@ -185,11 +186,31 @@ public static class AuditVerifier
                 return state.Fail(state.NextSequence, $"line {lineNumber} is malformed (a carriage return inside it, which the server never writes)");
             }
 
+            if (!lines.Unterminated && cutShort is null && !Kms.Core.Files.JsonLines.IsWholeRecord(line))
+            {
+                // A run of the server killed in the middle of a line on a stream that cannot be read
+                // back (stdout, a FIFO): the next run starts on a new line with a resend line (or a
+                // restart line), and the events the cut line held come again after it. Anything
+                // else after such a line is no such restart: the line is malformed.
+                cutShort = lineNumber;
+                continue;
+            }
+
             try
             {
                 using var document = JsonDocument.Parse(line, Strict);
                 var root = document.RootElement;
                 var members = root.ValueKind == JsonValueKind.Object ? root.EnumerateObject().Select(p => p.Name).ToList() : [];
+                if (cutShort is { } cut)
+                {
+                    if (members is not (["stream_resend"] or ["stream_restart"]))
+                    {
+                        return state.Fail(state.NextSequence, CutShort(cut));
+                    }
+
+                    cutShort = null;
+                }
+
                 var problem = Is(members, "event", "hash") ? state.Event(root.GetProperty("event"), root)
                     : Is(members, "checkpoint", "signature") ? state.Checkpoint(root.GetProperty("checkpoint"), root, key, fingerprint)
                     : members is ["stream_restart"] ? state.Restart(root.GetProperty("stream_restart"), lineNumber)
@@ -206,6 +227,11 @@ public static class AuditVerifier
                 // Malformed is a failure to verify, never an exception for the caller.
                 return state.Fail(state.NextSequence, $"line {lineNumber} is malformed ({e.GetType().Name})");
             }
+        }
+
+        if (cutShort is { } unfollowed)
+        {
+            return state.Fail(state.NextSequence, CutShort(unfollowed));
         }
 
         var tornLine = $"its last line is torn ({torn} characters without a line end: a copy taken while it was written, or a crash) and was not read";
@@ -252,6 +278,9 @@ public static class AuditVerifier
             ? new AuditVerification(false, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, $"{tornLine}; everything before it verified, up to event {state.NextSequence - 1}", state.Anchor, torn, state.Restarts, state.Resends)
             : new AuditVerification(true, state.Events, state.Checkpoints, state.LastSigned, state.NextSequence - 1 - state.LastSigned, null, null, state.Anchor, StreamRestarts: state.Restarts, StreamResends: state.Resends);
     }
+
+    private static string CutShort(int lineNumber) =>
+        $"line {lineNumber} is malformed (not one whole JSON object, and the next line is no stream_resend or stream_restart line, which a run that starts after one killed mid-line writes first)";
 
     private static bool Is(List<string> members, string first, string second) => members.Count == 2 && members[0] == first && members[1] == second;
 

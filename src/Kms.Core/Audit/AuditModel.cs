@@ -151,3 +151,19 @@ public sealed record AuditQuery
     /// <summary>Events with this outcome (status code name).</summary>
     public string? Outcome { get; init; }
 }
+
+/// <summary>
+/// Thrown by a SIEM stream handler (<see cref="Services.AuditLog.EventsWritten"/>,
+/// <see cref="Services.AuditLog.StreamRestarted"/>) whose stream took only part of what it was
+/// given, or nothing: a FIFO that no process holds open for reading, or a pipe whose reader does
+/// not keep up. The stream's position moves to <see cref="Reached"/>, the last event whose line
+/// the stream holds whole (null: it stays where it was), and the rest is given again at the next
+/// housekeeping pass; the pass reports the failure like any other.
+/// </summary>
+/// <param name="reached">The last event the stream took whole, or null.</param>
+/// <param name="message">Why the rest was not taken; no event content.</param>
+public sealed class AuditStreamNotTakenException(AuditHead? reached, string message) : IOException(message)
+{
+    /// <summary>The last event the stream took whole (its line and line feed), or null when the position stays.</summary>
+    public AuditHead? Reached { get; } = reached;
+}

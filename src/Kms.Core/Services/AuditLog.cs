@@ -1045,12 +1045,18 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
                 return;
             }
 
-            EventsWritten?.Invoke(events);
-            _forwarded = events[^1].Sequence;
-            _forwardedHash = events[^1].Hash;
-            var reached = new AuditHead(_forwarded, _forwardedHash);
-            _forwardedHead = reached;
-            ForwardedPoint(reached);
+            try
+            {
+                EventsWritten?.Invoke(events);
+            }
+            catch (AuditStreamNotTakenException e) when (e.Reached is { } part)
+            {
+                // The stream took the events through this one, not the rest: they come again from there.
+                Forwarded(part);
+                throw;
+            }
+
+            Forwarded(new AuditHead(events[^1].Sequence, events[^1].Hash));
             if (events.Count < ForwardPage)
             {
                 return;
@@ -1088,7 +1094,18 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             return false;
         }
 
-        StreamRestarted?.Invoke(new StreamRestart(after, replaced));
+        try
+        {
+            StreamRestarted?.Invoke(new StreamRestart(after, replaced));
+        }
+        catch (AuditStreamNotTakenException e) when (e.Reached is { } part)
+        {
+            // The stream's last line, cut short by a full pipe before, was completed: it ends with
+            // that event, and the next pass looks again from there.
+            Forwarded(part);
+            throw;
+        }
+
         (_forwarded, _forwardedHash, _forwardedHead, _forwardedPoints) = (after.Sequence, after.Hash, after.Sequence > 0 ? after : (AuditHead?)null, [after]);
         return true;
     }
@@ -1177,6 +1194,13 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     {
         _search?.Points.Dispose();
         _search = null;
+    }
+
+    // The stream was sent the events through this one.
+    private void Forwarded(AuditHead reached)
+    {
+        (_forwarded, _forwardedHash, _forwardedHead) = (reached.Sequence, reached.Hash, reached);
+        ForwardedPoint(reached);
     }
 
     // The last event of each page forwarded: where the stream's content goes on after, for a

@@ -132,6 +132,10 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             else if (!readBack)
             {
                 await ResumeFromPositionAsync(stream, Path.Combine(directory, AuditStreamPosition.FileName), cancellationToken);
+                if (stream != "-")
+                {
+                    _fifo = new AuditStreamFifo(stream);
+                }
             }
 
             // Where a stream whose last event the chain no longer holds restarts: read back from
@@ -143,19 +147,13 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
             audit.StreamRestarted += restart =>
             {
-                WriteStream(stream, AuditExport.Restart(restart) + "\n", restart.After);
+                WriteStream(stream, [(AuditExport.Restart(restart), restart.After)]);
                 LogStreamRestarted(logger, restart.After.Sequence, restart.Replaced.Sequence, restart.Replaced.Hash);
             };
 
             audit.EventsWritten += events =>
             {
-                var text = new StringBuilder();
-                foreach (var e in events)
-                {
-                    text.Append(AuditExport.Event(e)).Append('\n');
-                }
-
-                WriteStream(stream, text.ToString(), new AuditHead(events[^1].Sequence, events[^1].Hash));
+                WriteStream(stream, [.. events.Select(e => (AuditExport.Event(e), (AuditHead?)new AuditHead(e.Sequence, e.Hash)))]);
             };
 
             if (_position is not null)
@@ -184,24 +182,81 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     // stream is read back from its file, or there is none).
     private StreamPositionState? _position;
 
-    // Lines to the SIEM stream: a line a resumed stream still owes goes first (its resend line), in
-    // the same write; the position moves only once the write returned (flushed to the pipe or, for
-    // a file, to disk).
-    private void WriteStream(string stream, string lines, AuditHead reached)
+    // The SIEM stream's FIFO writer (null: the stream is stdout or a file).
+    private AuditStreamFifo? _fifo;
+
+    // Whether the stream's next write begins with a line feed: a stream that cannot be read back,
+    // at the first write of a run that did not go on from a clean stop's record. The last run may
+    // have been killed in the middle of a line, which no read-back cut off; without it the first
+    // line of this run (its resend line) ran on from the torn one, and both were lost to a reader
+    // and to kms audit verify. An empty line is skipped by the verifier; a torn line followed by a
+    // resend or restart line is too.
+    private bool _newLineFirst;
+
+    // Lines to the SIEM stream, each an event's line with its event (a restart line with the event
+    // it goes on after): a line a resumed stream still owes goes first (its resend line), in the
+    // same write. The position moves only once a line was written: for stdout and a file, when the
+    // write returned (flushed to the pipe or, for a file, to disk); for a FIFO, by the lines a
+    // reader's pipe took whole (AuditStreamFifo).
+    private void WriteStream(string stream, IReadOnlyList<(string Line, AuditHead? Event)> lines)
     {
         var position = _position;
         var owed = position?.Owed;
+        var all = new List<(string Line, AuditHead? Event)>(lines.Count + 2);
+        if (_newLineFirst)
+        {
+            all.Add(("", null));
+        }
+
+        if (owed is not null)
+        {
+            all.Add((owed, null));
+        }
+
+        all.AddRange(lines);
+        if (_fifo is { } fifo)
+        {
+            try
+            {
+                fifo.Write(all, line =>
+                {
+                    if (line.Event is { } reached)
+                    {
+                        position?.Written(reached);
+                    }
+                    else if (line.Line.Length == 0)
+                    {
+                        _newLineFirst = false;
+                    }
+                    else if (line.Line == owed)
+                    {
+                        position?.OwedSent();
+                    }
+                });
+            }
+            finally
+            {
+                if (fifo.LineCut)
+                {
+                    // A line is in the pipe in part: not a clean stop's position until it is whole.
+                    position?.WriteFailed();
+                }
+            }
+
+            return;
+        }
+
         try
         {
-            var text = owed is null ? lines : owed + "\n" + lines;
+            var text = string.Join('\n', all.Select(l => l.Line));
             if (stream == "-")
             {
-                Console.Out.Write(text);
+                Console.Out.Write(text + "\n");
                 Console.Out.Flush();
             }
             else
             {
-                Append(stream, text.TrimEnd('\n'));
+                Append(stream, text);
             }
         }
         catch
@@ -211,7 +266,11 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             throw;
         }
 
-        position?.Written(reached);
+        _newLineFirst = false;
+        if (all[^1].Event is { } last)
+        {
+            position?.Written(last);
+        }
     }
 
     // A stream that cannot be read back (stdout, a FIFO) goes on after the position recorded at the
@@ -253,6 +312,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         }
 
         _position = new StreamPositionState(path, identity, audit.Fingerprint, audit.StreamPosition, owed, time);
+        _newLineFirst = !(record is { Clean: true } && refused is null);
         RecordPosition(clean: false, force: true);
     }
 
@@ -320,6 +380,14 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             lock (_lock)
             {
                 (_sent, owed, _writeFailed) = (reached, null, false);
+            }
+        }
+
+        public void OwedSent()
+        {
+            lock (_lock)
+            {
+                owed = null;
             }
         }
 
