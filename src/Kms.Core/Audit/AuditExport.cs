@@ -47,24 +47,7 @@ public static class AuditExport
     public static string Restart(StreamRestart restart)
     {
         ArgumentNullException.ThrowIfNull(restart);
-        var buffer = new System.Buffers.ArrayBufferWriter<byte>();
-        using (var writer = new Utf8JsonWriter(buffer))
-        {
-            writer.WriteStartObject();
-            writer.WriteStartObject("stream_restart");
-            foreach (var (name, point) in new[] { ("after", restart.After), ("replaced", restart.Replaced) })
-            {
-                writer.WriteStartObject(name);
-                writer.WriteNumber("seq", point.Sequence);
-                writer.WriteString("hash", point.Hash);
-                writer.WriteEndObject();
-            }
-
-            writer.WriteEndObject();
-            writer.WriteEndObject();
-        }
-
-        return Encoding.UTF8.GetString(buffer.WrittenSpan);
+        return Marker("stream_restart", ("after", restart.After), ("replaced", restart.Replaced));
     }
 
     /// <summary>
@@ -75,17 +58,24 @@ public static class AuditExport
     /// what was sent, so some events after it may come again, each the same event (at least once,
     /// never a gap). Not in an export; readers of audit logs skip it as a line that is not an event.
     /// </summary>
-    public static string Resend(AuditHead after)
+    public static string Resend(AuditHead after) => Marker("stream_resend", ("after", after));
+
+    /// <summary>A stream marker line: <c>{"kind":{"name":{"seq":…,"hash":…},…}}</c>.</summary>
+    private static string Marker(string kind, params ReadOnlySpan<(string Name, AuditHead Point)> points)
     {
         var buffer = new System.Buffers.ArrayBufferWriter<byte>();
         using (var writer = new Utf8JsonWriter(buffer))
         {
             writer.WriteStartObject();
-            writer.WriteStartObject("stream_resend");
-            writer.WriteStartObject("after");
-            writer.WriteNumber("seq", after.Sequence);
-            writer.WriteString("hash", after.Hash);
-            writer.WriteEndObject();
+            writer.WriteStartObject(kind);
+            foreach (var (name, point) in points)
+            {
+                writer.WriteStartObject(name);
+                writer.WriteNumber("seq", point.Sequence);
+                writer.WriteString("hash", point.Hash);
+                writer.WriteEndObject();
+            }
+
             writer.WriteEndObject();
             writer.WriteEndObject();
         }
