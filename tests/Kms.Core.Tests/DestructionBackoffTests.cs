@@ -118,12 +118,85 @@ public sealed class DestructionBackoffTests : IDisposable
         await Assert.ThrowsAsync<AggregateException>(() => _domain.Keys.DestroyDueAsync(_domain.Time.GetUtcNow(), default));
         Assert.Equal(1, _domain.Keys.FailingDestructions);
 
-        // Another node (its own service over the same store) takes over and succeeds.
+        // Another node (its own service over the same store) takes over once the back-off, which
+        // it reads from the store, has passed, and succeeds.
         Store.RefuseChange = null;
+        _domain.Time.Advance(KeyService.DestructionRetryFirstDelay);
         var otherNode = new KeyService(_domain.Hsm, _domain.Store, _domain.AccessStore, _domain.Time, _domain.Lifecycle, _domain.Limits, _domain.Usage);
         Assert.Equal(1, await otherNode.DestroyDueAsync(_domain.Time.GetUtcNow(), default));
 
         Assert.Equal(0, await _domain.Keys.DestroyDueAsync(_domain.Time.GetUtcNow(), default));
+        Assert.Equal(0, _domain.Keys.FailingDestructions);
+    }
+
+    [Fact]
+    public async Task DestroyDue_ARestartOrAnotherNodeTakingOver_GoesOnWithTheBackoffRecordedInTheStore()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        await _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, TimeSpan.FromDays(7), null, default);
+        var attempts = 0;
+        Store.RefuseChange = _ =>
+        {
+            attempts++;
+            return new IOException("disk I/O error (injected)");
+        };
+        _domain.Time.Advance(TimeSpan.FromDays(7));
+        await Assert.ThrowsAsync<AggregateException>(() => _domain.Keys.DestroyDueAsync(_domain.Time.GetUtcNow(), default));
+        _domain.Time.Advance(KeyService.DestructionRetryFirstDelay);
+        await Assert.ThrowsAsync<AggregateException>(() => _domain.Keys.DestroyDueAsync(_domain.Time.GetUtcNow(), default));
+        Assert.Equal(2, attempts);
+
+        // The next leader (a new service over the same store: a restart, or another node) within
+        // the second back-off (2 min) leaves it alone, and counts it.
+        KeyService NextLeader() => new(_domain.Hsm, _domain.Store, _domain.AccessStore, _domain.Time, _domain.Lifecycle, _domain.Limits, _domain.Usage);
+        var next = NextLeader();
+        Assert.Equal(0, await next.DestroyDueAsync(_domain.Time.GetUtcNow(), default));
+        Assert.Equal(1, next.FailingDestructions);
+        _domain.Time.Advance(KeyService.DestructionRetryDelay(2) - TimeSpan.FromSeconds(1));
+        Assert.Equal(0, await NextLeader().DestroyDueAsync(_domain.Time.GetUtcNow(), default));
+        Assert.Equal(2, attempts);
+
+        // Then it tries, and its failure is the third in a row (4 min), since the first.
+        _domain.Time.Advance(TimeSpan.FromSeconds(1));
+        var failed = await Assert.ThrowsAsync<AggregateException>(() => NextLeader().DestroyDueAsync(_domain.Time.GetUtcNow(), default));
+        Assert.Contains("3 in a row", Assert.Single(failed.InnerExceptions).Message, StringComparison.Ordinal);
+        Assert.Equal(3, attempts);
+        _domain.Time.Advance(KeyService.DestructionRetryDelay(3) - TimeSpan.FromSeconds(1));
+        Assert.Equal(0, await NextLeader().DestroyDueAsync(_domain.Time.GetUtcNow(), default));
+        Assert.Equal(3, attempts);
+
+        // A destruction that succeeds clears it: nothing failing for any node after.
+        Store.RefuseChange = null;
+        _domain.Time.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal(1, await NextLeader().DestroyDueAsync(_domain.Time.GetUtcNow(), default));
+        Assert.Empty(await _domain.Store.ListDestructionFailuresAsync(default));
+        var after = NextLeader();
+        Assert.Equal(0, await after.DestroyDueAsync(_domain.Time.GetUtcNow(), default));
+        Assert.Equal(0, after.FailingDestructions);
+    }
+
+    [Fact]
+    public async Task DestroyDue_TheStoreRefusesTheFailuresRecordToo_BackedOffOnThisNode_StopReporting_Zero()
+    {
+        var key = await _domain.CreateKeyAsync("k");
+        await _domain.Keys.ScheduleKeyDeletionAsync(Dev, key.Name, TimeSpan.FromDays(7), null, default);
+        var attempts = 0;
+        Store.RefuseChange = _ =>
+        {
+            attempts++;
+            Store.FailNextWrite = new IOException("disk full (injected)"); // the record's write, next
+            return new IOException("disk I/O error (injected)");
+        };
+        _domain.Time.Advance(TimeSpan.FromDays(7));
+        var failed = await Assert.ThrowsAsync<AggregateException>(() => _domain.Keys.DestroyDueAsync(_domain.Time.GetUtcNow(), default));
+        Assert.Contains("on this node only", Assert.Single(failed.InnerExceptions).Message, StringComparison.Ordinal);
+        Assert.Empty(await _domain.Store.ListDestructionFailuresAsync(default));
+        Assert.Equal(0, await _domain.Keys.DestroyDueAsync(_domain.Time.GetUtcNow(), default));
+        Assert.Equal(1, attempts);
+        Assert.Equal(1, _domain.Keys.FailingDestructions);
+
+        // Another node took the lease: this one reports nothing.
+        _domain.Keys.StopReportingDestructions();
         Assert.Equal(0, _domain.Keys.FailingDestructions);
     }
 

@@ -367,6 +367,56 @@ public abstract class KeyStoreLifecycleContract : KeyStoreContract
     }
 
     [Fact]
+    public async Task DestructionFailure_Recorded_ListedAndLeftOutOfTheDueListUntilItsRetryTime_ClearedByTheNextChange_CarriesNoAuditEvent()
+    {
+        var store = await CreateStoreAsync();
+        var now = DateTimeOffset.FromUnixTimeMilliseconds(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+        var deleted = NewKey(Dev, "deleted") with { State = KeyState.DestroyScheduled, DestroyTime = now };
+        var versioned = NewKey(Dev, "versioned");
+        await store.CreateKeyAsync(deleted, Material(), null, default);
+        await store.CreateKeyAsync(versioned, Material(), null, default);
+        await store.UpdateKeyAsync(versioned.Name, current => Rotation(current, Material()), default);
+        await store.UpdateKeyAsync(versioned.Name, current => new KeyChange(current.Key)
+        {
+            UpdatedVersions = [current.Versions[0] with { State = KeyState.DestroyScheduled, DestroyTime = now }],
+        }, default);
+        var head = store is IAuditStore audit ? (await audit.GetAuditHeadAsync(default)).Sequence : 0;
+
+        // Recorded under a destruction's audit scope, as a careless caller would: the record is no
+        // destruction, and no "destroyed" event may commit with it.
+        var keyFailure = new DestructionFailure(deleted.Name, null, 3, now.AddMinutes(-7), now.AddMinutes(4));
+        var versionFailure = new DestructionFailure(versioned.Name, 1, 1, now, now.AddMinutes(1));
+        using (Kms.Core.Audit.AuditScope.EnterSystem("lifecycle/KeyDestruction", deleted.Name.ToString(), TimeProvider.System))
+        {
+            await store.RecordDestructionFailureAsync(keyFailure, default);
+            await store.RecordDestructionFailureAsync(versionFailure, default);
+        }
+
+        // A record for what is not DESTROY_SCHEDULED (version 2) is not kept.
+        await store.RecordDestructionFailureAsync(new DestructionFailure(versioned.Name, 2, 1, now, now.AddMinutes(1)), default);
+        if (store is IAuditStore written)
+        {
+            Assert.Equal(head, (await written.GetAuditHeadAsync(default)).Sequence);
+        }
+
+        Assert.Equal([keyFailure, versionFailure], (await store.ListDestructionFailuresAsync(default)).OrderBy(f => f.Resource, StringComparer.Ordinal));
+        Assert.Empty(await store.ListKeysDueForDestructionAsync(now, 10, default));
+        Assert.Equal(["versioned"], (await store.ListKeysDueForDestructionAsync(now.AddMinutes(1), 10, default)).Select(n => n.KeyId));
+        Assert.Equal(["deleted", "versioned"], (await store.ListKeysDueForDestructionAsync(now.AddMinutes(4), 10, default)).Select(n => n.KeyId).Order(StringComparer.Ordinal));
+
+        // The destruction's own write (or any change of the key or version) clears its record.
+        await store.UpdateKeyAsync(versioned.Name, current => new KeyChange(current.Key)
+        {
+            UpdatedVersions = [current.Versions[0] with { State = KeyState.Destroyed, DestroyEventTime = now }],
+        }, default);
+        await store.UpdateKeyAsync(deleted.Name, current => new KeyChange(current.Key with { State = KeyState.Enabled, DestroyTime = null }), default);
+        Assert.Empty(await store.ListDestructionFailuresAsync(default));
+        await store.UpdateKeyAsync(deleted.Name, current => new KeyChange(current.Key with { State = KeyState.DestroyScheduled, DestroyTime = now }), default);
+        Assert.Empty(await store.ListDestructionFailuresAsync(default));
+        Assert.Equal(["deleted"], (await store.ListKeysDueForDestructionAsync(now, 10, default)).Select(n => n.KeyId));
+    }
+
+    [Fact]
     public async Task ReserveEncryptions_ConcurrentReservations_AddUpExactly()
     {
         var store = await CreateStoreAsync();

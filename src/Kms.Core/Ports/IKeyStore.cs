@@ -114,8 +114,30 @@ public interface IKeyStore
     /// </summary>
     Task<IReadOnlyList<KeyName>> ListKeysDueForRotationAsync(DateTimeOffset now, int limit, IReadOnlyCollection<string> regions, CancellationToken cancellationToken);
 
-    /// <summary>Keys with a scheduled deletion or version destruction due at <paramref name="now"/> (background job).</summary>
+    /// <summary>
+    /// Keys with a scheduled deletion or version destruction due at <paramref name="now"/> (background job),
+    /// leaving out a destruction whose last attempt failed and whose <see cref="DestructionFailure.RetryTime"/>
+    /// is after <paramref name="now"/>: a key is listed for its deletion, or, while its deletion is not due,
+    /// for a due version of its own that is not waiting.
+    /// </summary>
     Task<IReadOnlyList<KeyName>> ListKeysDueForDestructionAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// The recorded failures (<see cref="RecordDestructionFailureAsync"/>) of destructions still pending:
+    /// keys DESTROY_SCHEDULED, versions DESTROY_SCHEDULED whose material is not erased. The deployment's,
+    /// whichever node recorded them.
+    /// </summary>
+    Task<IReadOnlyList<DestructionFailure>> ListDestructionFailuresAsync(CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Records, with the key (its deletion) or the version, that its due destruction failed: how many
+    /// times in a row, since when, and when it may be tried again; nothing when it is no longer
+    /// DESTROY_SCHEDULED. Its own write, which carries no request's audit event (it changes no key).
+    /// Any later change of that key (<see cref="UpdateKeyAsync"/>) clears the key's record, and of
+    /// that version its own, in the change's transaction: a destruction that succeeds, a cancelled
+    /// or rescheduled one, starts afresh.
+    /// </summary>
+    Task RecordDestructionFailureAsync(DestructionFailure failure, CancellationToken cancellationToken);
 
     /// <summary>
     /// Finishes erasing destroyed material from the store's files when an earlier erasure
@@ -209,6 +231,17 @@ public sealed record KeyChange(Key Key)
     /// <c>DeleteTenant</c> committed does not bring back a key of the tenant being offboarded.
     /// </summary>
     public bool RefusedWhileTenantDeleting { get; init; }
+}
+
+/// <summary>
+/// A due destruction whose last attempt failed: a key's deletion (<paramref name="Version"/> null) or
+/// one version's, <paramref name="Failures"/> times in a row since <paramref name="Since"/>; the
+/// lifecycle leaves it alone until <paramref name="RetryTime"/> (times of the lifecycle's trusted clock).
+/// </summary>
+public sealed record DestructionFailure(KeyName Key, int? Version, int Failures, DateTimeOffset Since, DateTimeOffset RetryTime)
+{
+    /// <summary>What the destruction destroys: the key's name, or the version's.</summary>
+    public string Resource => Version is { } number ? Key.Version(number).ToString() : Key.ToString();
 }
 
 /// <summary>A version to add, with its wrapped material.</summary>

@@ -44,10 +44,13 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
     // from the head of the due list, and no other key's schedule would ever run.
     private readonly System.Collections.Concurrent.ConcurrentDictionary<KeyName, DateTimeOffset> _rotationRetry = new();
 
-    // Due destructions that failed, by what they destroy (a key's name for its deletion, a
-    // version's for its own): without a back-off one that keeps failing (a store that refuses the
-    // write) was tried, and logged, at every pass, and a hundred such keys filled every pass.
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, FailedDestruction> _destructionRetry = new(StringComparer.Ordinal);
+    // Due destructions that failed and whose back-off the store could not record (or whose reads
+    // failed), by what they destroy (a key's name for its deletion, a version's for its own): the
+    // back-off holds on this node meanwhile. The others are recorded in the store (DestroyDueAsync).
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, DestructionFailure> _unrecorded = new(StringComparer.Ordinal);
+
+    // FailingDestructions, as of the last pass.
+    private int _failingDestructions;
 
     /// <summary>
     /// Creates a key and its version 1 (primary). With a request id, a retry of the same
@@ -527,106 +530,139 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
     /// following passes for <see cref="DestructionRetryDelay"/> of its failures in a row, and the
     /// others go on: another version of the same key, and keys after it. The failures are
     /// thrown together after the pass, each naming what failed, how often and when it is tried
-    /// again; <see cref="FailingDestructions"/> counts them. Kept in this object's memory: a
-    /// restart, or another node taking over the lifecycle, tries each once more at its first pass.
-    /// Held back, a destruction due still refuses every use (its state is DESTROY_SCHEDULED and its
-    /// period ended); only the erasure of its material waits.</para>
+    /// again; <see cref="FailingDestructions"/> counts them. The back-off is recorded in the store
+    /// with the key or version (<see cref="IKeyStore.RecordDestructionFailureAsync"/>, a write of
+    /// its own that carries no audit event), so a restart or another node taking over the
+    /// lifecycle goes on with it; the destruction's own write clears it. Times are
+    /// <paramref name="now"/>'s, the lifecycle's trusted time. A failure the store cannot record
+    /// either (its writes failing too), or of reading what of a key is due, is backed off in this
+    /// object's memory only. Held back, a destruction due still refuses every use (its state is
+    /// DESTROY_SCHEDULED and its period ended); only the erasure of its material waits.</para>
     /// </remarks>
     /// <param name="now">The lifecycle's trusted time (<see cref="LifecycleClock"/>), not the bare clock.</param>
     /// <param name="cancellationToken">Stops the pass between keys.</param>
     public async Task<int> DestroyDueAsync(DateTimeOffset now, CancellationToken cancellationToken)
     {
-        var pass = time.GetTimestamp();
-        var waitingKeys = _destructionRetry.Values.Where(f => !f.RetryDue(time, pass)).Select(f => f.Key).ToHashSet();
-        var limit = DueBatch + waitingKeys.Count;
+        // The deployment's recorded failures, and those only this node holds (more recent, or the
+        // store refused to record them): the store leaves out of the due list the ones it recorded
+        // as waiting, this node those it holds alone, for which the list is widened.
+        var failing = new Dictionary<string, DestructionFailure>(StringComparer.Ordinal);
+        foreach (var recorded in await store.ListDestructionFailuresAsync(cancellationToken))
+        {
+            failing[recorded.Resource] = recorded;
+        }
+
+        foreach (var (resource, held) in _unrecorded)
+        {
+            if (failing.TryGetValue(resource, out var recorded) && recorded.Failures >= held.Failures)
+            {
+                _unrecorded.TryRemove(resource, out _); // recorded since (by another node, or a later write)
+            }
+            else
+            {
+                failing[resource] = held;
+            }
+        }
+
+        var waitingHere = _unrecorded.Values.Where(f => f.RetryTime > now).Select(f => f.Key).ToHashSet();
+        var limit = DueBatch + waitingHere.Count;
         var due = await store.ListKeysDueForDestructionAsync(now, limit, cancellationToken);
         if (due.Count < limit)
         {
-            // The list is whole: a failure recorded for a key no longer in it is no longer due
-            // (cancelled, restored, or destroyed by another node).
+            // The list is whole: a failure held here for a key no longer in it, and not recorded in
+            // the store, is no longer due (cancelled, restored, or destroyed by another node).
             var listed = due.ToHashSet();
-            foreach (var (resource, failed) in _destructionRetry)
+            foreach (var (resource, held) in _unrecorded)
             {
-                if (!listed.Contains(failed.Key))
+                if (!listed.Contains(held.Key))
                 {
-                    _destructionRetry.TryRemove(resource, out _);
+                    _unrecorded.TryRemove(resource, out _);
+                    failing.Remove(resource);
                 }
             }
         }
 
         var destroyed = 0;
         List<Exception>? failures = null;
-        foreach (var name in due)
+        try
         {
-            cancellationToken.ThrowIfCancellationRequested();
-            var keyResource = name.ToString();
-            if (IsWaiting(keyResource, pass))
+            foreach (var name in due)
             {
-                continue;
-            }
-
-            List<(int Number, string Resource)> versions = [];
-            var keyDue = false;
-            var read = await AttemptDestructionAsync(keyResource, name, async () =>
-            {
-                if (await store.GetKeyAsync(name, cancellationToken) is not { } key)
-                {
-                    return 0;
-                }
-
-                keyDue = KeyTransitions.DestructionDue(key, now);
-                if (!keyDue)
-                {
-                    versions = [.. (await DueVersionsAsync(name, now, cancellationToken)).Select(n => (n, name.Version(n).ToString()))];
-                    return 0;
-                }
-
-                using (SystemScope(Backup.DestructionReplay.KeyDestructionOperation, keyResource))
-                {
-                    return await DestroyAsync(name, current => KeyTransitions.DestroyDue(current, now), cancellationToken);
-                }
-            });
-            destroyed += read.Destroyed;
-            if (read.Failure is not null)
-            {
-                (failures ??= []).Add(read.Failure);
-                continue;
-            }
-
-            if (keyDue)
-            {
-                continue;
-            }
-
-            // A version's failure recorded earlier and no longer due (restored) is forgotten.
-            foreach (var (resource, failed) in _destructionRetry)
-            {
-                if (failed.Key == name && resource != keyResource && !versions.Exists(v => v.Resource == resource))
-                {
-                    _destructionRetry.TryRemove(resource, out _);
-                }
-            }
-
-            foreach (var (number, resource) in versions)
-            {
-                if (IsWaiting(resource, pass))
+                cancellationToken.ThrowIfCancellationRequested();
+                var keyResource = name.ToString();
+                if (IsWaiting(failing, keyResource, now))
                 {
                     continue;
                 }
 
-                var attempt = await AttemptDestructionAsync(resource, name, async () =>
+                List<(int Number, string Resource)> versions = [];
+                var keyDue = false;
+                var read = await AttemptDestructionAsync(failing, name, null, now, () => keyDue, async () =>
                 {
-                    using (SystemScope(Backup.DestructionReplay.LifecycleOperation, resource))
+                    if (await store.GetKeyAsync(name, cancellationToken) is not { } key)
                     {
-                        return await DestroyAsync(name, current => KeyTransitions.DestroyDueVersion(current, number, now), cancellationToken);
+                        return 0;
                     }
-                });
-                destroyed += attempt.Destroyed;
-                if (attempt.Failure is not null)
+
+                    keyDue = KeyTransitions.DestructionDue(key, now);
+                    if (!keyDue)
+                    {
+                        versions = [.. (await DueVersionsAsync(name, now, cancellationToken)).Select(n => (n, name.Version(n).ToString()))];
+                        return 0;
+                    }
+
+                    using (SystemScope(Backup.DestructionReplay.KeyDestructionOperation, keyResource))
+                    {
+                        return await DestroyAsync(name, current => KeyTransitions.DestroyDue(current, now), cancellationToken);
+                    }
+                }, cancellationToken);
+                destroyed += read.Destroyed;
+                if (read.Failure is not null)
                 {
-                    (failures ??= []).Add(attempt.Failure);
+                    (failures ??= []).Add(read.Failure);
+                    continue;
+                }
+
+                if (keyDue)
+                {
+                    continue;
+                }
+
+                // A version's failure held here and no longer due (restored) is forgotten.
+                foreach (var (resource, held) in _unrecorded)
+                {
+                    if (held.Key == name && resource != keyResource && !versions.Exists(v => v.Resource == resource))
+                    {
+                        _unrecorded.TryRemove(resource, out _);
+                        failing.Remove(resource);
+                    }
+                }
+
+                foreach (var (number, resource) in versions)
+                {
+                    if (IsWaiting(failing, resource, now))
+                    {
+                        continue;
+                    }
+
+                    var attempt = await AttemptDestructionAsync(failing, name, number, now, () => true, async () =>
+                    {
+                        using (SystemScope(Backup.DestructionReplay.LifecycleOperation, resource))
+                        {
+                            return await DestroyAsync(name, current => KeyTransitions.DestroyDueVersion(current, number, now), cancellationToken);
+                        }
+                    }, cancellationToken);
+                    destroyed += attempt.Destroyed;
+                    if (attempt.Failure is not null)
+                    {
+                        (failures ??= []).Add(attempt.Failure);
+                    }
                 }
             }
+        }
+        finally
+        {
+            Volatile.Write(ref _failingDestructions, failing.Count);
         }
 
         if (failures is not null)
@@ -638,10 +674,23 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
     }
 
     /// <summary>
-    /// Due destructions (a key's deletion, or one version's) whose last attempt failed on this
-    /// node since it started; each waits out <see cref="DestructionRetryDelay"/> before the next.
+    /// Due destructions (a key's deletion, or one version's) whose last attempt failed, as this
+    /// node's last lifecycle pass saw them: the deployment's recorded ones, and those only this
+    /// node holds; each waits out <see cref="DestructionRetryDelay"/> before the next. 0 before the
+    /// first pass and after <see cref="StopReportingDestructions"/>.
     /// </summary>
-    public int FailingDestructions => _destructionRetry.Count;
+    public int FailingDestructions => Volatile.Read(ref _failingDestructions);
+
+    /// <summary>
+    /// This node no longer runs the lifecycle (another node holds the leader lease): it reports no
+    /// failing destruction — the leader reports the deployment's, recorded in the store — and
+    /// forgets those only it held, until its next <see cref="DestroyDueAsync"/>.
+    /// </summary>
+    public void StopReportingDestructions()
+    {
+        _unrecorded.Clear();
+        Volatile.Write(ref _failingDestructions, 0);
+    }
 
     /// <summary>
     /// How long a destruction that failed <paramref name="failures"/> times in a row is left out
@@ -653,35 +702,53 @@ public sealed partial class KeyService(IHsm hsm, IKeyStore store, IAccessStore a
         : failures > 12 ? DestructionRetryMaxDelay
         : TimeSpan.FromTicks(Math.Min(DestructionRetryMaxDelay.Ticks, DestructionRetryFirstDelay.Ticks << (failures - 1)));
 
-    private bool IsWaiting(string resource, long pass) =>
-        _destructionRetry.TryGetValue(resource, out var failed) && !failed.RetryDue(time, pass);
+    private static bool IsWaiting(Dictionary<string, DestructionFailure> failing, string resource, DateTimeOffset now) =>
+        failing.TryGetValue(resource, out var failed) && failed.RetryTime > now;
 
-    // One destruction (or the reads that find what of a key is due), its failure recorded with the
-    // back-off it earns and returned, named, for the pass to report; a success forgets earlier ones.
-    private async Task<(int Destroyed, Exception? Failure)> AttemptDestructionAsync(string resource, KeyName key, Func<Task<int>> destroy)
+    // One destruction (or the reads that find what of a key is due), its failure returned, named,
+    // for the pass to report, with the back-off it earns recorded in the store when RECORDABLE says
+    // the failure is the destruction's (not of the reads before it), else held here. A success
+    // forgets earlier ones (the store's record went with the destruction's write).
+    private async Task<(int Destroyed, Exception? Failure)> AttemptDestructionAsync(
+        Dictionary<string, DestructionFailure> failing, KeyName key, int? version, DateTimeOffset now, Func<bool> recordable, Func<Task<int>> destroy, CancellationToken cancellationToken)
     {
+        var resource = version is { } number ? key.Version(number).ToString() : key.ToString();
         try
         {
             var destroyed = await destroy();
-            _destructionRetry.TryRemove(resource, out _);
+            failing.Remove(resource);
+            _unrecorded.TryRemove(resource, out _);
             return (destroyed, null);
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {
-            var at = time.GetTimestamp();
-            var failed = _destructionRetry.AddOrUpdate(resource,
-                _ => new FailedDestruction(key, 1, at, Clock.Now(time)),
-                (_, earlier) => earlier with { Failures = earlier.Failures + 1, FailedAt = at });
-            var message = $"destroying {resource} failed ({failed.Failures} in a row since {failed.Since:O}); tried again in {DestructionRetryDelay(failed.Failures)} at the earliest: {e.Message}";
+            var failed = failing.TryGetValue(resource, out var earlier)
+                ? earlier with { Failures = earlier.Failures + 1, RetryTime = now + DestructionRetryDelay(earlier.Failures + 1) }
+                : new DestructionFailure(key, version, 1, now, now + DestructionRetryDelay(1));
+            failing[resource] = failed;
+            var where = "";
+            if (recordable())
+            {
+                try
+                {
+                    // Outside the destruction's audit scope, and a write that carries none anyway.
+                    await store.RecordDestructionFailureAsync(failed, cancellationToken);
+                    _unrecorded.TryRemove(resource, out _);
+                }
+                catch (Exception r) when (r is not OperationCanceledException)
+                {
+                    _unrecorded[resource] = failed;
+                    where = $" (backed off on this node only: the store did not record it either: {r.Message})";
+                }
+            }
+            else
+            {
+                _unrecorded[resource] = failed;
+            }
+
+            var message = $"destroying {resource} failed ({failed.Failures} in a row since {failed.Since:O}); tried again at {failed.RetryTime:O} at the earliest{where}: {e.Message}";
             return (0, new InvalidOperationException(message, e));
         }
-    }
-
-    // A due destruction that failed: of which key, how often in a row, when last (a timestamp of
-    // the time provider, so a wall clock set back or forward does not stretch or skip the wait).
-    private sealed record FailedDestruction(KeyName Key, int Failures, long FailedAt, DateTimeOffset Since)
-    {
-        public bool RetryDue(TimeProvider time, long now) => time.GetElapsedTime(FailedAt, now) >= DestructionRetryDelay(Failures);
     }
 
     // One destruction: the store change (a no-op when it is no longer due), then the HSM's copies.

@@ -75,6 +75,10 @@ internal sealed partial class LifecycleWorker(
         _leaseLeftReported = left;
         if (!held)
         {
+            // The leader reports the deployment's failing destructions (recorded in the store): a
+            // node that lost the lease, or never held it, reports 0, so that a sum over the nodes
+            // counts each once.
+            keys.StopReportingDestructions();
             if (lease is Kms.Storage.Postgres.PostgresLeaderLease { ClockRefused: true, LastClockSkew: { } skew })
             {
                 LogClockRefused(logger, skew.TotalMilliseconds);

@@ -276,5 +276,16 @@ internal static class PostgresSchema
                 max_time  BIGINT NOT NULL
             );
             """, CompatibleFrom: 4),
+        new(13, """
+            -- The back-off of a due destruction that failed, as SQLite's migration 19 (additive, like it).
+            ALTER TABLE keys ADD COLUMN destroy_failures        BIGINT;
+            ALTER TABLE keys ADD COLUMN destroy_failing_since   BIGINT;
+            ALTER TABLE keys ADD COLUMN destroy_retry_time      BIGINT;
+            ALTER TABLE key_versions ADD COLUMN destroy_failures      BIGINT;
+            ALTER TABLE key_versions ADD COLUMN destroy_failing_since BIGINT;
+            ALTER TABLE key_versions ADD COLUMN destroy_retry_time    BIGINT;
+            CREATE INDEX keys_destroy_failing ON keys (tenant, key_id) WHERE destroy_failures IS NOT NULL;
+            CREATE INDEX key_versions_destroy_failing ON key_versions (tenant, key_id, version) WHERE destroy_failures IS NOT NULL;
+            """, CompatibleFrom: 4),
     ];
 }

@@ -499,13 +499,64 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     }
 
     /// <inheritdoc />
+    /// <remarks>
+    /// A destruction waiting out its back-off is left out here, in the query, so a hundred of them
+    /// do not fill the batch; nor is a key listed for its versions while its own deletion is due.
+    /// </remarks>
     public Task<IReadOnlyList<KeyName>> ListKeysDueForDestructionAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken) =>
         ReadKeyNamesAsync("""
-            SELECT tenant, key_id FROM keys WHERE state = 3 AND destroy_time <= @now
+            SELECT tenant, key_id FROM keys
+            WHERE state = 3 AND destroy_time <= @now AND (destroy_retry_time IS NULL OR destroy_retry_time <= @now)
             UNION
-            SELECT tenant, key_id FROM key_versions WHERE state = 3 AND destroy_time <= @now AND material IS NOT NULL
+            SELECT v.tenant, v.key_id FROM key_versions v
+            WHERE v.state = 3 AND v.destroy_time <= @now AND v.material IS NOT NULL AND (v.destroy_retry_time IS NULL OR v.destroy_retry_time <= @now)
+              AND NOT EXISTS (SELECT 1 FROM keys k WHERE k.tenant = v.tenant AND k.key_id = v.key_id AND k.state = 3 AND k.destroy_time <= @now)
             LIMIT @limit
             """, now, limit, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<DestructionFailure>> ListDestructionFailuresAsync(CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<DestructionFailure>>(async connection =>
+        {
+            await using var command = Command(connection, """
+                SELECT tenant, key_id, 0, destroy_failures, destroy_failing_since, destroy_retry_time FROM keys
+                WHERE destroy_failures IS NOT NULL AND state = 3
+                UNION ALL
+                SELECT tenant, key_id, version, destroy_failures, destroy_failing_since, destroy_retry_time FROM key_versions
+                WHERE destroy_failures IS NOT NULL AND state = 3 AND material IS NOT NULL
+                """);
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            var failures = new List<DestructionFailure>();
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                var version = reader.GetInt32(2);
+                failures.Add(new DestructionFailure(
+                    new KeyName(TenantId.Parse(reader.GetString(0)), reader.GetString(1)), version == 0 ? null : version, reader.GetInt32(3),
+                    DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(4)), DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(5))));
+            }
+
+            return failures;
+        }, cancellationToken);
+
+    /// <inheritdoc />
+    public Task RecordDestructionFailureAsync(DestructionFailure failure, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(failure);
+        var (table, version) = failure.Version is { } number
+            ? ("key_versions", " AND version = @version AND material IS NOT NULL")
+            : ("keys", "");
+        return WriteAsync(async (connection, transaction) =>
+        {
+            await using var update = Command(connection, $"""
+                UPDATE {table} SET destroy_failures = @failures, destroy_failing_since = @since, destroy_retry_time = @retry
+                WHERE tenant = @tenant AND key_id = @key_id AND state = 3{version}
+                """,
+                ("@failures", failure.Failures), ("@since", failure.Since.ToUnixTimeMilliseconds()), ("@retry", failure.RetryTime.ToUnixTimeMilliseconds()),
+                ("@tenant", failure.Key.Tenant.Value), ("@key_id", failure.Key.KeyId), ("@version", failure.Version ?? 0));
+            update.Transaction = transaction;
+            return await update.ExecuteNonQueryAsync(cancellationToken);
+        }, cancellationToken, announce: false, bookkeeping: true);
+    }
 
     /// <inheritdoc />
     public Task<long> ReserveEncryptionsAsync(KeyVersionId id, long count, CancellationToken cancellationToken) =>
@@ -837,7 +888,8 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
             await using var update = Command(connection, """
                 UPDATE key_versions
                 SET state = @state, destroy_time = @destroy_time, destroy_event_time = @destroy_event_time,
-                    material = CASE WHEN @state = 4 THEN NULL ELSE material END
+                    material = CASE WHEN @state = 4 THEN NULL ELSE material END,
+                    destroy_failures = NULL, destroy_failing_since = NULL, destroy_retry_time = NULL
                 WHERE tenant = @tenant AND key_id = @key_id AND version = @version
                 """,
                 ("@state", (int)version.State), ("@destroy_time", Millis(version.DestroyTime)), ("@destroy_event_time", Millis(version.DestroyEventTime)),
@@ -849,7 +901,8 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         await using (var updateKey = Command(connection, """
             UPDATE keys
             SET state = @state, primary_version = @primary_version, labels = @labels, rotation_period_ms = @rotation_period_ms,
-                next_rotation_time = @next_rotation_time, min_decryption_version = @min_decryption_version, destroy_time = @destroy_time
+                next_rotation_time = @next_rotation_time, min_decryption_version = @min_decryption_version, destroy_time = @destroy_time,
+                destroy_failures = NULL, destroy_failing_since = NULL, destroy_retry_time = NULL
             WHERE tenant = @tenant AND key_id = @key_id
             """, KeyParameters(change.Key)))
         {
@@ -1159,13 +1212,15 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     // committed — or failed, which may mean committed. Usage counters and the audit's own
     // bookkeeping change nothing remembered and are not announced. With changed, a write that
     // returns having changed nothing (a no-op decision) is neither announced nor forgotten.
-    private Task<T> WriteAsync<T>(Func<DbConnection, DbTransaction, Task<T>> work, CancellationToken cancellationToken, Func<T, IReadOnlyList<AuditEntry>>? trailingEvents = null, bool announce = true, Func<T, bool>? changed = null) =>
+    // Bookkeeping (the lifecycle's record of a failed destruction) never carries the event of the
+    // scope it runs in: made under a destruction's scope, it would commit "destroyed" for a failure.
+    private Task<T> WriteAsync<T>(Func<DbConnection, DbTransaction, Task<T>> work, CancellationToken cancellationToken, Func<T, IReadOnlyList<AuditEntry>>? trailingEvents = null, bool announce = true, Func<T, bool>? changed = null, bool bookkeeping = false) =>
         GuardAsync(async () =>
         {
             var forget = announce; // a write that failed may have committed
             try
             {
-                var (result, announced) = await WriteCoreAsync(work, trailingEvents, announce, changed, cancellationToken);
+                var (result, announced) = await WriteCoreAsync(work, trailingEvents, announce, changed, bookkeeping, cancellationToken);
                 forget = announced;
                 return result;
             }
@@ -1179,13 +1234,13 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
         }, this);
 
     // Returns the work's result and whether the write was announced (and so must be forgotten here too).
-    private async Task<(T Result, bool Announced)> WriteCoreAsync<T>(Func<DbConnection, DbTransaction, Task<T>> work, Func<T, IReadOnlyList<AuditEntry>>? trailingEvents, bool announce, Func<T, bool>? changed, CancellationToken cancellationToken)
+    private async Task<(T Result, bool Announced)> WriteCoreAsync<T>(Func<DbConnection, DbTransaction, Task<T>> work, Func<T, IReadOnlyList<AuditEntry>>? trailingEvents, bool announce, Func<T, bool>? changed, bool bookkeeping, CancellationToken cancellationToken)
     {
         await using var connection = await OpenConnectionAsync(cancellationToken);
         await using var transaction = await BeginWriteAsync(connection, cancellationToken);
 
         // A request's first write that changes something carries its audit event (one transaction).
-        var scope = AuditScope.Current;
+        var scope = bookkeeping ? null : AuditScope.Current;
         var entry = scope?.TakeForWrite();
         var before = entry is null ? 0 : await WriteMarkAsync(connection, transaction, cancellationToken);
         var result = await work(connection, transaction);

@@ -332,6 +332,24 @@ internal static class SqliteSchema
                 max_time  INTEGER NOT NULL
             ) STRICT;
             """, CompatibleFrom: 10),
+        new(19, """
+            -- A due destruction that failed (the key's deletion on keys, one version's on key_versions):
+            -- its failures in a row, since when, and when it may be tried again (ms, the lifecycle's
+            -- trusted clock), so that a restart or another node taking the lease goes on with its
+            -- back-off instead of trying every failing destruction again at once. Written by the
+            -- lifecycle in a write of its own; cleared by any later change of the key or the version.
+            -- Additive: a schema-10 to -18 server, during a rolling upgrade, neither reads nor clears
+            -- them (it retries without a back-off, as before; a record it leaves on a version or key it
+            -- changed is read only while that is DESTROY_SCHEDULED again).
+            ALTER TABLE keys ADD COLUMN destroy_failures        INTEGER;
+            ALTER TABLE keys ADD COLUMN destroy_failing_since   INTEGER;
+            ALTER TABLE keys ADD COLUMN destroy_retry_time      INTEGER;
+            ALTER TABLE key_versions ADD COLUMN destroy_failures      INTEGER;
+            ALTER TABLE key_versions ADD COLUMN destroy_failing_since INTEGER;
+            ALTER TABLE key_versions ADD COLUMN destroy_retry_time    INTEGER;
+            CREATE INDEX keys_destroy_failing ON keys (tenant, key_id) WHERE destroy_failures IS NOT NULL;
+            CREATE INDEX key_versions_destroy_failing ON key_versions (tenant, key_id, version) WHERE destroy_failures IS NOT NULL;
+            """, CompatibleFrom: 10),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;

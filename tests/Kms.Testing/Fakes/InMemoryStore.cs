@@ -22,6 +22,9 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
     private readonly Dictionary<string, string> _settings = [];
     private readonly Dictionary<Guid, (long Sequence, DateTimeOffset Time)> _usageFlushes = [];
 
+    // Failed destructions' back-off, by key and version (0: the key's deletion), as the SQL stores keep it with the row.
+    private readonly Dictionary<(string Tenant, string KeyId, int Version), DestructionFailure> _destructionFailures = [];
+
     /// <summary>Test hook: thrown by the next write (a store failing after the HSM did its part).</summary>
     public Exception? FailNextWrite { get; set; }
 
@@ -196,8 +199,11 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
             _material[added.Version.Id] = added.Material.Bytes.ToArray();
         }
 
+        // As the SQL stores: a change of the key clears its deletion's failure record, of a version its own.
+        _destructionFailures.Remove((name.Tenant.Value, name.KeyId, 0));
         foreach (var updated in change.UpdatedVersions)
         {
+            _destructionFailures.Remove((name.Tenant.Value, name.KeyId, updated.Name.Version));
             var index = versions.FindIndex(v => v.Name.Version == updated.Name.Version);
             versions[index] = versions[index] with { State = updated.State, DestroyTime = updated.DestroyTime, DestroyEventTime = updated.DestroyEventTime };
             if (updated.State == KeyState.Destroyed)
@@ -373,14 +379,59 @@ public sealed partial class InMemoryStore : IKeyStore, IAccessStore
     {
         lock (_lock)
         {
+            // As the SQL stores: a destruction waiting out its back-off is left out, and a key whose
+            // deletion is due is listed for it alone.
+            bool Waiting(KeyName key, int version) =>
+                _destructionFailures.TryGetValue((key.Tenant.Value, key.KeyId, version), out var failed) && failed.RetryTime > now;
             IReadOnlyList<KeyName> due = _keys.Values
-                .Where(k => (k.State == KeyState.DestroyScheduled && k.DestroyTime <= now)
-                    || _versions[Id(k.Name)].Any(v => v.State == KeyState.DestroyScheduled && v.DestroyTime <= now))
+                .Where(k => k.State == KeyState.DestroyScheduled && k.DestroyTime <= now
+                    ? !Waiting(k.Name, 0)
+                    : _versions[Id(k.Name)].Any(v => v.State == KeyState.DestroyScheduled && v.DestroyTime <= now && Material(v.Id) is not null && !Waiting(k.Name, v.Name.Version)))
                 .Take(limit)
                 .Select(k => k.Name)
                 .ToList();
             return Task.FromResult(due);
         }
+    }
+
+    public Task<IReadOnlyList<DestructionFailure>> ListDestructionFailuresAsync(CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            IReadOnlyList<DestructionFailure> failures = _destructionFailures.Values.Where(Pending).ToList();
+            return Task.FromResult(failures);
+        }
+    }
+
+    public Task RecordDestructionFailureAsync(DestructionFailure failure, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(failure);
+        lock (_lock)
+        {
+            ThrowIfFailing();
+            if (Pending(failure))
+            {
+                _destructionFailures[(failure.Key.Tenant.Value, failure.Key.KeyId, failure.Version ?? 0)] = failure;
+            }
+
+            return Task.CompletedTask;
+        }
+    }
+
+    // Under _lock: whether a failed destruction is still to be done (DESTROY_SCHEDULED, material not erased).
+    private bool Pending(DestructionFailure failure)
+    {
+        if (!_keys.TryGetValue(Id(failure.Key), out var key))
+        {
+            return false;
+        }
+
+        if (failure.Version is not { } number)
+        {
+            return key.State == KeyState.DestroyScheduled;
+        }
+
+        return _versions[Id(failure.Key)].Find(v => v.Name.Version == number) is { State: KeyState.DestroyScheduled } version && Material(version.Id) is not null;
     }
 
     public async Task<long> ReserveEncryptionsAsync(KeyVersionId id, long count, CancellationToken cancellationToken)
