@@ -569,6 +569,130 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         Assert.Equal(24L, (await started.CheckpointAsync(default))?.Sequence);
     }
 
+    // Claim 148. A node that signed 12 (its checkpoints.jsonl) stops; another signs 20; a database
+    // writer deletes the signed events through 20 and chains retention's record of that cut onto
+    // the unsigned tail (23), which the other, healthy node signs past (24) at its housekeeping. The
+    // record carries no signature of the audit key for the cut (or a tampered one, one of another
+    // cut, one of another deployment's key): no cut. The restarted node is not passed through its
+    // checkpoint and signs nothing; the verifier refuses the export. Before, a record a writer
+    // chained passed once a node signed past it: the start passed, and the export verified.
+    [Theory]
+    [InlineData("unsigned")]
+    [InlineData("tampered")]
+    [InlineData("another cut")]
+    [InlineData("another deployment")]
+    public async Task CheckpointsFile_SignedPrefixDeleted_RetentionRecordForgedOntoTheUnsignedTail_SignedPastByAHealthyNode_NoCut(string forgery)
+    {
+        RecordCheckpoints(_log);
+        await BuildAsync(); // the file: 5, 10
+        Assert.Equal(12L, (await _log.CheckpointAsync(default))?.Sequence);
+
+        var other = await StartAsync(_store, _hsm); // another node, without the file
+        await AppendAsync(13, 20);
+        Assert.Equal(20L, (await other.CheckpointAsync(default))?.Sequence);
+        await AppendAsync(21, 22);
+        var head10 = AuditChain.HashOf(Scalar("SELECT body FROM audit_events WHERE seq = 10"));
+        var head20 = AuditChain.HashOf(Scalar("SELECT body FROM audit_events WHERE seq = 20"));
+        var genuine = await other.SignStatementAsync(AuditChain.RetentionCutKind, AuditChain.RetentionCutStatement(20, head20, other.Fingerprint), default);
+        var cut = forgery switch
+        {
+            "unsigned" => null,
+            "tampered" => new AuditRetentionCut(20, head20, [.. genuine.Take(63), (byte)(genuine[63] ^ 1)]),
+            "another cut" => new AuditRetentionCut(20, head20, await other.SignStatementAsync(AuditChain.RetentionCutKind, AuditChain.RetentionCutStatement(10, head10, other.Fingerprint), default)),
+            _ => new AuditRetentionCut(20, head20, await AnotherDeploymentsCutAsync(20, head20)),
+        };
+
+        Sql("DELETE FROM audit_events WHERE seq <= 20");
+        await _store.AppendAuditAsync(
+        [
+            new AuditEntry
+            {
+                Time = _time.GetUtcNow(),
+                RequestId = "forged",
+                Principal = AuditChain.RetentionPrincipal,
+                Operation = AuditChain.RetentionOperation,
+                Resource = AuditChain.RetentionResource(20),
+                Outcome = "OK",
+                RetentionCut = cut,
+            },
+        ], default); // 23
+        await AppendAsync(24, 24);
+        _time.Advance(TimeSpan.FromMinutes(2));
+        await other.RunHousekeepingAsync(default);
+        Assert.Equal("24", Scalar("SELECT max(seq) FROM audit_checkpoints"));
+
+        var restarted = await StartAsync(_store, _hsm);
+        var record = await restarted.RequireOwnRecordAsync(CheckpointsPath, default);
+        Assert.Equal((12L, false), (record.Checkpoint?.Sequence, record.PassesThrough));
+        Assert.NotNull(restarted.CheckpointRefusedSince);
+        await AppendAsync(25, 25);
+        await Assert.ThrowsAsync<KmsException>(() => restarted.CheckpointAsync(default));
+        AssertFails(await ExportAsync(other), 21, cut is null
+            ? "the retention event 23 that records a cut there carries no signature of the cut, while checkpoint 24, the first over it, was signed since records are signed"
+            : "the retention event 23 that records a cut there carries no signature of the audit key for that cut");
+    }
+
+    // Claim 148, the upgrade. A record written by a release before retention signed its records
+    // (no "cut"), whose first checkpoint over it is of that time too (no "cuts":"signed"): still a
+    // cut, to a restarted node and to the verifier, so no deployment is locked out by its history.
+    // The same record under a checkpoint signed since is none (above).
+    [Fact]
+    public async Task CheckpointsFile_PrefixCutByARetentionOfTheReleaseBefore_ItsUnsignedRecordUnderACheckpointOfThatTime_StillACut()
+    {
+        RecordCheckpoints(_log);
+        await BuildAsync(); // the file: 5, 10
+        Assert.Equal(12L, (await _log.CheckpointAsync(default))?.Sequence);
+        var other = await StartAsync(_store, _hsm);
+        await AppendAsync(13, 20);
+        Assert.Equal(20L, (await other.CheckpointAsync(default))?.Sequence);
+
+        // The older release's retention: its record (21), its checkpoint (21) in the older form, the cut.
+        await _store.AppendAuditAsync(
+        [
+            new AuditEntry
+            {
+                Time = _time.GetUtcNow(),
+                RequestId = "older-release",
+                Principal = AuditChain.RetentionPrincipal,
+                Operation = AuditChain.RetentionOperation,
+                Resource = AuditChain.RetentionResource(20),
+                Outcome = "OK",
+            },
+        ], default);
+        var head21 = AuditChain.HashOf(Scalar("SELECT body FROM audit_events WHERE seq = 21"));
+        var body = $"{{\"v\":1,\"type\":\"checkpoint\",\"seq\":21,\"head\":\"{head21}\",\"time\":\"{AuditChain.Time(_time.GetUtcNow())}\",\"key\":\"{other.Fingerprint}\"}}";
+        Assert.True(AuditChain.SignedBeforeRetentionCutsWere(body));
+        var signature = await _hsm.SignEcdsaAsync(await HsmSigningKeyAsync(), Kms.Core.Ports.EcCurve.P256, AuditChain.CheckpointDigest(body), default);
+        await _store.AddAuditCheckpointAsync(new AuditCheckpoint(21, head21, _time.GetUtcNow(), other.Fingerprint, body, signature), default);
+        Assert.Equal(20, await _store.PruneAuditAsync(20, default));
+        await AppendAsync(22, 22);
+        Assert.Equal(22L, (await other.CheckpointAsync(default))?.Sequence);
+
+        var restarted = await StartAsync(_store, _hsm);
+        var record = await restarted.RequireOwnRecordAsync(CheckpointsPath, default);
+        Assert.Equal((12L, true), (record.Checkpoint?.Sequence, record.PassesThrough));
+        Assert.Null(restarted.CheckpointRefusedSince);
+        var result = Verify(await ExportAsync(other));
+        Assert.True(result.Valid, result.Problem);
+        Assert.Equal(20, result.AnchorSequence);
+    }
+
+    // Another deployment's audit key's signature of a cut through `sequence` with hash `head`.
+    private async Task<byte[]> AnotherDeploymentsCutAsync(long sequence, string head)
+    {
+        using var hsm = new FakeHsm();
+        await using var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = Path.Combine(_directory, "another.db") }, default);
+        var log = await StartAsync(store, hsm);
+        return await log.SignStatementAsync(AuditChain.RetentionCutKind, AuditChain.RetentionCutStatement(sequence, head, log.Fingerprint), default);
+    }
+
+    private async Task<Kms.Core.Ports.KeyMaterialRef> HsmSigningKeyAsync()
+    {
+        using var stored = System.Text.Json.JsonDocument.Parse((await _store.GetSettingAsync("audit.signing-key.v1", default))!);
+        var wrapped = Convert.FromBase64String(stored.RootElement.GetProperty("Wrapped").GetString()!);
+        return new Kms.Core.Ports.KeyMaterialRef(Kms.Core.Keys.KeyVersionId.NewId(), new Kms.Core.Crypto.WrappedKeyMaterial(wrapped));
+    }
+
     // A node started on a chain rolled back behind the checkpoint in its checkpoints.jsonl (the
     // rollback accepted as it is) is held on it; the rollback undone under it (a failover back),
     // the chain passes through the checkpoint again and the node signs, as a node held on its

@@ -348,6 +348,72 @@ public sealed class AuditTests : IAsyncLifetime
         Assert.Single(held.Logs.Events, e => e.Contains("Id: 1321", StringComparison.Ordinal) && e.StartsWith("Information ", StringComparison.Ordinal));
     }
 
+    // Claim 148, on SoftHSM. A node stopped with its head recorded (head.json, checkpoints.jsonl);
+    // another node on the chain signs past it; a database writer deletes the signed events through
+    // that checkpoint and chains retention's record of the cut onto the unsigned tail, without the
+    // audit key's signature of it; the healthy node signs a checkpoint past the record. No cut:
+    // the stopped node's records are not passed through (it would be refused its start and held),
+    // and the verifier refuses the export. Before, both passed: the record was taken for retention's
+    // once a checkpoint covered it.
+    [Fact]
+    public async Task RetentionRecordForgedOntoTheUnsignedTail_SignedPastByAHealthyNode_NoCut_OnSoftHsm()
+    {
+        var token = SoftHsm.CreateToken();
+        var dataDir = Scratch.NewPath("kms-server-");
+        var database = Path.Combine(dataDir, "kms.db");
+        var server = await KmsTestServer.StartAsync(token, dataDir);
+        try
+        {
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "before-the-forgery");
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+
+        Kms.Storage.Sqlite.SqliteStore.ReleasePooledConnections();
+        await using var store = await Kms.Storage.Sqlite.SqliteStore.OpenAsync(new() { DatabasePath = database }, default);
+        await using var hsm = Kms.Hsm.Pkcs11Hsm.Open(token.Options(), Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        var other = new AuditLog(store, store, hsm, TimeProvider.System, new AuditOptions());
+        await other.InitializeAsync(default);
+        await store.AppendAuditAsync([Event("other-node")], default);
+        var signed = await other.CheckpointAsync(default);
+        Assert.NotNull(signed);
+
+        // The writer: the signed prefix through that checkpoint deleted, a record of the cut forged onto the tail.
+        Assert.True(await store.PruneAuditAsync(signed.Sequence, default) > 0);
+        await store.AppendAuditAsync([Event("other-node"), Event(AuditChain.RetentionPrincipal) with { Operation = AuditChain.RetentionOperation, Resource = AuditChain.RetentionResource(signed.Sequence) }], default);
+        await store.AppendAuditAsync([Event("other-node")], default);
+        Assert.NotNull(await other.CheckpointAsync(default)); // the healthy node signs past it
+
+        var restarted = new AuditLog(store, store, hsm, TimeProvider.System, new AuditOptions());
+        await restarted.InitializeAsync(default);
+        Assert.False((await restarted.RequireOwnRecordAsync(Path.Combine(dataDir, "audit", "checkpoints.jsonl"), default)).PassesThrough);
+        Assert.False((await restarted.ReadOwnHeadAsync(Path.Combine(dataDir, "audit", SeenHead.FileName), default)).PassesThrough);
+
+        var export = new StringBuilder();
+        await foreach (var line in other.ExportAsync(0, default))
+        {
+            export.Append(line).Append('\n');
+        }
+
+        var verified = AuditVerifier.Verify(new StringReader(export.ToString()), other.PublicKey);
+        Assert.False(verified.Valid);
+        Assert.Equal(signed.Sequence + 1, verified.FirstBadSequence);
+        Assert.Contains("carries no signature of the cut, while checkpoint", verified.Problem, StringComparison.Ordinal);
+
+        static AuditEntry Event(string principal) => new()
+        {
+            Time = DateTimeOffset.UtcNow,
+            RequestId = Guid.NewGuid().ToString("N"),
+            Principal = principal,
+            Operation = "test/OtherNode",
+            Resource = "event",
+            Outcome = "OK",
+        };
+    }
+
     // A node stopped with the head it left recorded (head.json; its final checkpoint is there too).
     // Retention run by another node on the chain then deleted events through that head — a cut at
     // the stop's own checkpoint — and, the second time, past it under a later checkpoint the

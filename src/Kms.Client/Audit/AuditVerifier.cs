@@ -211,7 +211,7 @@ public static class AuditVerifier
                     cutShort = null;
                 }
 
-                var problem = Is(members, "event", "hash") ? state.Event(root.GetProperty("event"), root)
+                var problem = Is(members, "event", "hash") ? state.Event(root.GetProperty("event"), root, key, fingerprint)
                     : Is(members, "checkpoint", "signature") ? state.Checkpoint(root.GetProperty("checkpoint"), root, key, fingerprint)
                     : members is ["stream_restart"] ? state.Restart(root.GetProperty("stream_restart"), lineNumber)
                     : members is ["stream_resend"] ? state.Resend(root.GetProperty("stream_resend"), lineNumber)
@@ -265,12 +265,22 @@ public static class AuditVerifier
         }
 
         // The record of a cut counts only under a signature: anyone holding the file can chain an
-        // event onto its unsigned tail, and one saying "retention" would hide a deleted start.
+        // event onto its unsigned tail, and one saying "retention" would hide a deleted start. It
+        // carries the audit key's signature of the cut (checked as it was read), or, written
+        // before records were signed, the first checkpoint over it must be as old: a checkpoint a
+        // node signed past a record a database writer chained would otherwise vouch for it.
         if (state.Anchor > 0 && !partial && (state.RetentionSequence is not { } retention || retention > state.LastSigned))
         {
-            return Fail(state.Anchor + 1, state.RetentionSequence is { } unsigned
-                ? $"the export starts after event {state.Anchor}, and the retention event {unsigned} that records a cut there is not covered by a signed checkpoint: events may have been removed from the start"
+            return Fail(state.Anchor + 1, state.RetentionSequence is { } uncovered
+                ? $"the export starts after event {state.Anchor}, and the retention event {uncovered} that records a cut there is not covered by a signed checkpoint: events may have been removed from the start"
                 : $"the export starts after event {state.Anchor}, but no retention event in the chain records a cut there: events were removed from the start");
+        }
+
+        if (state.Anchor > 0 && !partial && !state.RetentionSigned && !state.RetentionFirstCheckpointOlder)
+        {
+            return Fail(state.Anchor + 1, state.RetentionFirstCheckpoint is { } first
+                ? $"the export starts after event {state.Anchor}, and the retention event {state.RetentionSequence} that records a cut there carries no signature of the cut, while checkpoint {first}, the first over it, was signed since records are signed (\"cuts\":\"signed\"): a database writer chained it; events may have been removed from the start"
+                : $"the export starts after event {state.Anchor}, and the retention event {state.RetentionSequence} that records a cut there carries no signature of the cut, and no checkpoint in the export signed over it: events may have been removed from the start");
         }
 
         // Torn: not valid, since not verified to its end, but no bad sequence either.
@@ -281,6 +291,30 @@ public static class AuditVerifier
 
     private static string CutShort(int lineNumber) =>
         $"line {lineNumber} is malformed (not one whole JSON object, and the next line is no stream_resend or stream_restart line, which a run that starts after one killed mid-line writes first)";
+
+    // Whether `cut` ({"seq":N,"head":"…","signature":"…"}) is the audit key's signature of the cut
+    // through `sequence` with hash `head`: ECDSA P-256 over SHA-256 of
+    // "kms signed statement v1" 0x00 "audit retention cut" 0x00 and the statement
+    // {"v":1,"type":"retention-cut","key":"sha256:…","seq":N,"head":"…"} (docs/audit-format.md).
+    private static bool CutSigned(JsonElement cut, long sequence, string head, ECDsa key, string fingerprint)
+    {
+        if (cut.ValueKind != JsonValueKind.Object || !cut.TryGetProperty("seq", out var seq) || !seq.TryGetInt64(out var n) || n != sequence
+            || !cut.TryGetProperty("head", out var h) || h.ValueKind != JsonValueKind.String || h.GetString() != head
+            || !cut.TryGetProperty("signature", out var s) || s.ValueKind != JsonValueKind.String)
+        {
+            return false;
+        }
+
+        var signature = new byte[64];
+        if (!Convert.TryFromBase64String(s.GetString()!, signature, out var length) || length != 64)
+        {
+            return false;
+        }
+
+        var statement = $"{{\"v\":1,\"type\":\"retention-cut\",\"key\":\"{fingerprint}\",\"seq\":{sequence},\"head\":\"{head}\"}}";
+        var digest = SHA256.HashData(Encoding.UTF8.GetBytes("kms signed statement v1\0audit retention cut\0" + statement));
+        return key.VerifyHash(digest, signature);
+    }
 
     private static bool Is(List<string> members, string first, string second) => members.Count == 2 && members[0] == first && members[1] == second;
 
@@ -338,6 +372,15 @@ public static class AuditVerifier
 
         public long? RetentionSequence { get; private set; }
 
+        /// <summary>Whether the retention record at <see cref="RetentionSequence"/> carries a valid signature of its cut.</summary>
+        public bool RetentionSigned { get; private set; }
+
+        /// <summary>The first checkpoint verified at or after an unsigned retention record (null: none yet).</summary>
+        public long? RetentionFirstCheckpoint { get; private set; }
+
+        /// <summary>Whether that checkpoint was signed before records were signed (its body has no <c>"cuts":"signed"</c>).</summary>
+        public bool RetentionFirstCheckpointOlder { get; private set; }
+
         public (long Sequence, string Message)? Header(JsonElement root)
         {
             if (_started)
@@ -366,7 +409,7 @@ public static class AuditVerifier
             return null;
         }
 
-        public (long Sequence, string Message)? Event(JsonElement body, JsonElement root)
+        public (long Sequence, string Message)? Event(JsonElement body, JsonElement root, ECDsa key, string fingerprint)
         {
             _started = true;
             var digest = SHA256.HashData(Encoding.UTF8.GetBytes(body.GetRawText()));
@@ -409,6 +452,19 @@ public static class AuditVerifier
                 && body.GetProperty("resource").GetString() == $"through:{Anchor}" && body.GetProperty("principal").GetString() == "system:retention"
                 && body.GetProperty("outcome").GetString() == "OK")
             {
+                // Retention's own record carries the audit key's signature of this very cut: the
+                // export's anchor, by sequence and hash. One without "cut" is of the form written
+                // before records were signed, judged at the first checkpoint over it.
+                if (body.TryGetProperty("cut", out var cut))
+                {
+                    if (!CutSigned(cut, Anchor, _anchorHash ?? "", key, fingerprint))
+                    {
+                        return (Anchor + 1, $"the export starts after event {Anchor}, and the retention event {sequence} that records a cut there carries no signature of the audit key for that cut (forged, or copied from another cut or another deployment): events may have been removed from the start");
+                    }
+
+                    RetentionSigned = true;
+                }
+
                 RetentionSequence = sequence;
             }
 
@@ -479,6 +535,12 @@ public static class AuditVerifier
                 _recent.Signed(sequence);
             }
 
+            if (RetentionSequence is { } record && !RetentionSigned && RetentionFirstCheckpoint is null && sequence >= record)
+            {
+                RetentionFirstCheckpoint = sequence;
+                RetentionFirstCheckpointOlder = !(body.TryGetProperty("cuts", out var cuts) && cuts.ValueKind == JsonValueKind.String && cuts.GetString() == "signed");
+            }
+
             LastSigned = Math.Max(LastSigned, sequence);
             Checkpoints++;
             return null;
@@ -538,7 +600,9 @@ public static class AuditVerifier
             Events -= position - after.Sequence;
             Checkpoints -= replacedCheckpoints;
             LastSigned = after.Sequence != Anchor ? _recent.SignedThrough(after.Sequence) : _anchorCheckpoints > 0 ? Anchor : 0;
+            RetentionSigned = RetentionSequence <= after.Sequence && RetentionSigned;
             RetentionSequence = RetentionSequence > after.Sequence ? null : RetentionSequence;
+            (RetentionFirstCheckpoint, RetentionFirstCheckpointOlder) = RetentionFirstCheckpoint > after.Sequence ? (null, false) : (RetentionFirstCheckpoint, RetentionFirstCheckpointOlder);
             KnownHash = knownSequence > after.Sequence ? null : KnownHash;
             _previous = after.Hash;
             NextSequence = after.Sequence + 1;

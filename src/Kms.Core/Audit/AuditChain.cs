@@ -36,12 +36,69 @@ public static class AuditChain
     /// Whether <paramref name="entry"/> is retention's record of a cut through
     /// <paramref name="sequence"/>: <see cref="RetentionPrincipal"/>, <see cref="RetentionOperation"/>,
     /// <see cref="RetentionResource"/> of it, outcome <c>OK</c> (as the offline verifier reads it).
+    /// Its form only: whether it is retention's is <see cref="RetentionCutSigned"/>.
     /// </summary>
     public static bool RecordsRetentionCut(AuditEntry entry, long sequence)
     {
         ArgumentNullException.ThrowIfNull(entry);
         return entry.Principal == RetentionPrincipal && entry.Operation == RetentionOperation
             && entry.Resource == RetentionResource(sequence) && entry.Outcome == "OK";
+    }
+
+    /// <summary>The <see cref="SignedStatement"/> kind of retention's statement of a cut.</summary>
+    public const string RetentionCutKind = "audit retention cut";
+
+    /// <summary>
+    /// What the audit key signs (as a <see cref="SignedStatement"/> of <see cref="RetentionCutKind"/>)
+    /// for a cut that deletes the events through <paramref name="sequence"/>, whose hash is
+    /// <paramref name="head"/>, in the chain of the audit key <paramref name="keyFingerprint"/>:
+    /// the UTF-8 bytes of <c>{"v":1,"type":"retention-cut","key":"sha256:…","seq":N,"head":"…"}</c>.
+    /// </summary>
+    /// <remarks>
+    /// The hash of the last event deleted names the whole prefix (each event links the one before),
+    /// so a signature of one cut is no signature of another cut, of this chain or another's.
+    /// </remarks>
+    public static byte[] RetentionCutStatement(long sequence, string head, string keyFingerprint) => Write(w =>
+    {
+        w.WriteNumber("v", FormatVersion);
+        w.WriteString("type", "retention-cut");
+        w.WriteString("key", keyFingerprint);
+        w.WriteNumber("seq", sequence);
+        w.WriteString("head", head);
+    }).ToArray();
+
+    /// <summary>
+    /// Whether <paramref name="entry"/> carries the audit key's signature of a cut through
+    /// <paramref name="cut"/> (the last event deleted, by sequence and the hash the first event
+    /// kept links to): a record only the HSM can have made, for that cut only.
+    /// </summary>
+    public static bool RetentionCutSigned(AuditEntry entry, AuditHead cut, ReadOnlySpan<byte> subjectPublicKeyInfo)
+    {
+        ArgumentNullException.ThrowIfNull(entry);
+        return entry.RetentionCut is { } signed && signed.Sequence == cut.Sequence && signed.Head == cut.Hash
+            && SignedStatement.Verify(subjectPublicKeyInfo, RetentionCutKind, RetentionCutStatement(cut.Sequence, cut.Hash, Fingerprint(subjectPublicKeyInfo)), signed.Signature);
+    }
+
+    /// <summary>
+    /// The member every checkpoint body signed since retention signs its records ends with
+    /// (<c>"cuts":"signed"</c>): a checkpoint without it was signed before, and only such a
+    /// checkpoint, the first over it, lets an unsigned record of a cut count.
+    /// </summary>
+    public const string SignedCutsMember = "cuts";
+
+    /// <summary>Whether <paramref name="checkpointBody"/> was signed before retention signed its records (it lacks <see cref="SignedCutsMember"/>).</summary>
+    public static bool SignedBeforeRetentionCutsWere(string checkpointBody)
+    {
+        ArgumentNullException.ThrowIfNull(checkpointBody);
+        try
+        {
+            using var document = JsonDocument.Parse(checkpointBody);
+            return !(document.RootElement.TryGetProperty(SignedCutsMember, out var cuts) && cuts.ValueKind == JsonValueKind.String && cuts.GetString() == "signed");
+        }
+        catch (JsonException)
+        {
+            return false;
+        }
     }
 
     /// <summary>The head of an empty log.</summary>
@@ -88,6 +145,7 @@ public static class AuditChain
         w.WriteString("head", headHash);
         w.WriteString("time", Time(time));
         w.WriteString("key", keyFingerprint);
+        w.WriteString(SignedCutsMember, "signed");
     }));
 
     /// <summary>What the audit key signs for a checkpoint: SHA-256 of its body.</summary>
@@ -123,8 +181,23 @@ public static class AuditChain
                 ? versions.EnumerateArray().Select(v => v.GetString()!).ToList()
                 : null,
             OtherKeyVersions = root.TryGetProperty("other_key_versions", out var otherVersions) ? otherVersions.GetInt64() : 0,
+            RetentionCut = root.TryGetProperty("cut", out var cut) ? ParseCut(cut) : null,
         };
         return new AuditEvent(root.GetProperty("seq").GetInt64(), entry, root.GetProperty("prev").GetString()!, hash, body);
+    }
+
+    // A malformed signature of a cut is read as one that verifies for no cut (not as none: an
+    // unsigned record is the older form, judged otherwise).
+    private static AuditRetentionCut ParseCut(JsonElement cut)
+    {
+        try
+        {
+            return new AuditRetentionCut(cut.GetProperty("seq").GetInt64(), cut.GetProperty("head").GetString() ?? "", Convert.FromBase64String(cut.GetProperty("signature").GetString() ?? ""));
+        }
+        catch (Exception e) when (e is KeyNotFoundException or InvalidOperationException or FormatException)
+        {
+            return new AuditRetentionCut(-1, "", []);
+        }
     }
 
     /// <summary>Times are UTC with milliseconds: <c>2026-11-29T12:00:00.123Z</c>.</summary>
@@ -201,6 +274,17 @@ public static class AuditChain
 
             w.WriteEndArray();
             w.WriteNumber("other_key_versions", entry.OtherKeyVersions);
+        }
+
+        // Retention's record of a cut only: the audit key's signature of it, so every other body
+        // (and every record written before) is as it always was.
+        if (entry.RetentionCut is { } cut)
+        {
+            w.WriteStartObject("cut");
+            w.WriteNumber("seq", cut.Sequence);
+            w.WriteString("head", cut.Head);
+            w.WriteString("signature", Convert.ToBase64String(cut.Signature));
+            w.WriteEndObject();
         }
     }
 

@@ -76,6 +76,13 @@ public sealed record AuditEntry
     /// </summary>
     public const int MaxListedKeyVersions = 128;
 
+    /// <summary>
+    /// For retention's record of a cut (<see cref="AuditChain.RetentionOperation"/>) only: the audit
+    /// key's signature of the cut (<see cref="AuditChain.RetentionCutStatement"/>); null for every
+    /// other event, and for records written before retention signed them.
+    /// </summary>
+    public AuditRetentionCut? RetentionCut { get; init; }
+
     /// <summary>The address part of a transport peer (<c>ipv4:10.0.0.7:51234</c> → <c>10.0.0.7</c>): anonymous callers are told apart by it.</summary>
     public static string AddressOf(string? peer)
     {
@@ -167,3 +174,13 @@ public sealed class AuditStreamNotTakenException(AuditHead? reached, string mess
     /// <summary>The last event the stream took whole (its line and line feed), or null when the position stays.</summary>
     public AuditHead? Reached { get; } = reached;
 }
+
+/// <summary>
+/// The cut retention's record vouches for: the last event it deleted, by sequence and hash (the hash
+/// the first event kept links to), and the audit key's signature of that statement
+/// (<see cref="AuditChain.RetentionCutStatement"/>), which only the HSM can make.
+/// </summary>
+/// <param name="Sequence">The last event the cut deleted.</param>
+/// <param name="Head">That event's hash (hex SHA-256 of its body).</param>
+/// <param name="Signature">The audit key's signature (IEEE P1363 r‖s) of the statement of the cut.</param>
+public sealed record AuditRetentionCut(long Sequence, string Head, byte[] Signature);

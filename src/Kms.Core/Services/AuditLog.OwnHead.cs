@@ -313,8 +313,9 @@ public sealed partial class AuditLog
     // a signed checkpoint past the sequence and an oldest event past the one after it were taken
     // for a cut: a database writer who deleted the prefix without the record (or copied signed
     // checkpoint rows and tail events onto an old dump) had a node held on its record sign a chain
-    // that never passed through it. A record a writer chains onto the unsigned tail passes once a
-    // node signs past it, here as in the verifier: the tail is the database's word until signed.
+    // that never passed through it. The record carries the audit key's signature of the cut
+    // (AuditChain.RetentionCutSigned), here as in the verifier: before, a record a writer chained
+    // onto the unsigned tail passed once a node signed past it.
     private async Task<bool> PrunedByRetentionAsync(long sequence, CancellationToken cancellationToken)
     {
         if (await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, cancellationToken) is not [var oldest] || oldest.Sequence <= sequence + 1)
@@ -336,8 +337,19 @@ public sealed partial class AuditLog
 
             if (records.FirstOrDefault(e => AuditChain.RecordsRetentionCut(e.Entry, cut)) is { } record)
             {
+                // Retention's own: the audit key's signature of this cut (the last event deleted and
+                // the hash the oldest kept links to). A record without one is of the form written
+                // before retention signed them: it counts only if the first checkpoint signed over it
+                // is of that time too (no "cuts":"signed"), which no upgraded node signs.
+                var signedCut = record.Entry.RetentionCut is not null;
+                if (signedCut && !AuditChain.RetentionCutSigned(record.Entry, new AuditHead(cut, oldest.PreviousHash), PublicKey))
+                {
+                    return false;
+                }
+
                 return await SignedCheckpointAtOrAfterAsync(record.Sequence, cancellationToken) is { } signed
-                    && await ChainRunsAsync(record, signed, cancellationToken);
+                    && (signedCut || AuditChain.SignedBeforeRetentionCutsWere(signed.Body))
+                    && await ChainRunsAsync(record, new AuditHead(signed.Sequence, signed.HeadHash), cancellationToken);
             }
 
             after = records[^1].Sequence;
@@ -345,7 +357,7 @@ public sealed partial class AuditLog
     }
 
     // The first checkpoint at or after `sequence` that the audit key signed (rows it did not are passed over).
-    private async Task<AuditHead?> SignedCheckpointAtOrAfterAsync(long sequence, CancellationToken cancellationToken)
+    private async Task<AuditCheckpoint?> SignedCheckpointAtOrAfterAsync(long sequence, CancellationToken cancellationToken)
     {
         for (var after = sequence - 1; ;)
         {
@@ -357,9 +369,9 @@ public sealed partial class AuditLog
 
             foreach (var checkpoint in checkpoints)
             {
-                if (SignedHead(checkpoint) is { } signed)
+                if (SignedHead(checkpoint) is not null)
                 {
-                    return signed;
+                    return checkpoint;
                 }
             }
 

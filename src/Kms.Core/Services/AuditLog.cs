@@ -777,11 +777,25 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
 
     /// <summary>
     /// Deletes the events through <paramref name="sequence"/> (a checkpoint's), after chaining an
-    /// event that records the cut — so a verifier can tell retention from someone deleting the
-    /// start of the log.
+    /// event that records the cut, signed by the audit key — so a verifier can tell retention from
+    /// someone deleting the start of the log.
     /// </summary>
+    /// <remarks>
+    /// The record carries the HSM's signature of the cut (<see cref="AuditChain.RetentionCutStatement"/>:
+    /// the audit key, the last event deleted and its hash, read from its body): a database writer
+    /// who deletes a prefix cannot make one, and a copy of an older record names another cut.
+    /// </remarks>
     public async Task<long> PruneThroughAsync(long sequence, CancellationToken cancellationToken)
     {
+        // The hash the first event kept links to: event `sequence`'s, from its body, or (already
+        // deleted) the next one's link.
+        var head = await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = sequence - 1, Limit = 1 }, cancellationToken) switch
+        {
+            [var e] when e.Sequence == sequence => AuditChain.HashOf(e.Body),
+            [var e] when e.Sequence == sequence + 1 => e.PreviousHash,
+            _ => throw KmsErrors.FailedPrecondition($"audit retention: the chain holds neither event {sequence} nor the one after it; no cut recorded, nothing deleted"),
+        };
+        var signature = await SignStatementAsync(AuditChain.RetentionCutKind, AuditChain.RetentionCutStatement(sequence, head, Fingerprint), cancellationToken);
         await store.AppendAuditAsync(
         [
             new AuditEntry
@@ -792,6 +806,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
                 Operation = AuditChain.RetentionOperation,
                 Resource = AuditChain.RetentionResource(sequence),
                 Outcome = "OK",
+                RetentionCut = new AuditRetentionCut(sequence, head, signature),
             },
         ], cancellationToken);
 
