@@ -4,6 +4,7 @@ using Kms.Core.Services;
 using Kms.Hsm;
 using Kms.Server.Hosting;
 using Kms.Testing;
+using Microsoft.Extensions.DependencyInjection;
 using Serilog.Core;
 using Serilog.Events;
 
@@ -144,12 +145,138 @@ public sealed class StartRefusalTests
         Assert.Equal(0, await next.TerminateAsync(TimeSpan.FromSeconds(60)));
     }
 
+    // A newcomer's start mistakes: each refused in one line (stderr, exit code 2) that names the
+    // setting to change, with no stack trace. Before: .NET's words without the setting ("Could not
+    // find file '…'", "The file '…' already exists.", "cannot load the PKCS#11 module …: Unable to
+    // load library"), a binder's message that did not say what the setting takes, and a negative
+    // Lifecycle:JobInterval that started, then stopped with exit code 0 and "BackgroundService
+    // failed" with a stack trace.
+    [Theory]
+    [InlineData("certificate missing", "Kms:TlsCertificatePath", "does not exist")]
+    [InlineData("certificate unreadable", "Kms:TlsCertificatePath", "cannot be read")]
+    [InlineData("key missing", "Kms:TlsKeyPath", "does not exist")]
+    [InlineData("key encrypted", "Kms:TlsKeyPath", "is an encrypted private key")]
+    [InlineData("data directory a file", "Kms:DataDir", "is a file, not a directory")]
+    [InlineData("data directory not writable", "Kms:DataDir", "cannot be written")]
+    [InlineData("module missing", "Hsm:ModulePath", "names no file")]
+    [InlineData("module no PKCS#11 library", "Hsm:ModulePath", "must name the HSM's PKCS#11 library")]
+    [InlineData("wrong PIN", "Hsm:PinFile", "must hold the token's user PIN")]
+    [InlineData("token not found", "Hsm:TokenLabel", "no token labelled 'no-such-token'")]
+    [InlineData("non-numeric number", "Kms:Transport:MaxConnections", "is 'many', which is not a whole number")]
+    [InlineData("non-boolean switch", "Kms:MetricsAllowNonLoopback", "is 'maybe', which is not true or false")]
+    [InlineData("negative interval", "Lifecycle:JobInterval", "(-00:00:05) must be more than 00:00:00")]
+    public async Task TheProcess_AStartMistake_RefusedInOneLineNamingTheSetting_NoStackTrace(string mistake, string setting, string says)
+    {
+        var token = TokenWithDomainKey();
+        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-node-")).FullName;
+        var scratch = Directory.CreateDirectory(Scratch.NewPath("kms-mistake-")).FullName;
+        var wrongPin = "9" + token.UserPin;
+        string[] args = mistake switch
+        {
+            "certificate missing" => [$"--Kms:TlsCertificatePath={Path.Combine(scratch, "missing.crt")}"],
+            "certificate unreadable" => [$"--Kms:TlsCertificatePath={scratch}"], // a directory: read as root or not
+            "key missing" => [$"--Kms:TlsKeyPath={Path.Combine(scratch, "missing.key")}"],
+            "key encrypted" => EncryptedKeyArgs(scratch),
+            "data directory a file" => [$"--Kms:DataDir={Write(scratch, "a-file", "")}"],
+            "data directory not writable" => ["--Kms:DataDir=/proc/1"], // nobody writes there, root neither
+            "module missing" => [$"--Hsm:ModulePath={Path.Combine(scratch, "missing.so")}"],
+            "module no PKCS#11 library" => [$"--Hsm:ModulePath={Write(scratch, "not-a-module.so", "text")}"],
+            "wrong PIN" => [$"--Hsm:PinFile={Write(scratch, "pin", wrongPin)}"],
+            "token not found" => ["--Hsm:TokenLabel=no-such-token"],
+            "non-numeric number" => ["--Kms:Transport:MaxConnections=many"],
+            "non-boolean switch" => ["--Kms:MetricsAllowNonLoopback=maybe"],
+            "negative interval" => ["--Lifecycle:JobInterval=-00:00:05"],
+            _ => throw new ArgumentOutOfRangeException(nameof(mistake)),
+        };
+
+        await using var refused = ServerProcess.Launch(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId, args);
+        var exitCode = await refused.ExitedAsync(TimeSpan.FromSeconds(120));
+        var output = refused.Output;
+        Assert.True(exitCode == 2, $"exit code {exitCode}, 2 expected:\n{output}");
+        var lines = output.Split('\n').Where(l => l.Contains(setting, StringComparison.Ordinal)).ToList();
+        Assert.True(lines.Count == 1, $"{lines.Count} lines name {setting}, one expected:\n{output}");
+        Assert.StartsWith("kms: cannot start: ", lines[0], StringComparison.Ordinal);
+        Assert.Contains(says, lines[0], StringComparison.Ordinal);
+        Assert.DoesNotMatch(@"(?m)^\s+at ", output);
+        Assert.DoesNotContain("Hosting failed to start", output, StringComparison.Ordinal);
+        Assert.DoesNotContain("Unhandled exception", output, StringComparison.Ordinal);
+        Assert.DoesNotContain(wrongPin, output, StringComparison.Ordinal);
+        Assert.DoesNotContain(token.UserPin, output, StringComparison.Ordinal);
+    }
+
+    // A close that fails after a refusal (a fault injected into the application's disposal): logged
+    // as 1329 by its type alone, and the refusal (its type and message) is what the build throws.
+    // Before, the refusal came back as an InvalidOperationException whose message ended with the
+    // close failure's type and message.
+    [Fact]
+    public async Task AStartRefusal_ClosingFailsToo_TheRefusalSurvives_TheCloseFailureLogged1329ByTypeOnly()
+    {
+        var token = SoftHsm.CreateToken();
+        var dataDir = Scratch.NewPath("kms-server-");
+        var headRecord = Directory.CreateDirectory(Path.Combine(dataDir, "audit", SeenHead.FileName)).FullName;
+        var events = new List<LogEvent>();
+        var refusal = await Assert.ThrowsAnyAsync<Exception>(() => KmsServerApp.BuildAsync(
+            KmsTestServer.DevArgs(token, dataDir, "dev"),
+            logging => logging.WriteTo.Sink(new CollectingSink(events)),
+            services => services.AddSingleton<TimeProvider>(_ => new TimeFailingToClose())));
+
+        Assert.IsType<Kms.Core.Errors.KmsException>(refusal);
+        Assert.Contains("it is a directory", refusal.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(TimeFailingToClose.Detail, refusal.Message, StringComparison.Ordinal);
+        lock (events)
+        {
+            var closeFailed = Assert.Single(events, e => e.Properties.TryGetValue("EventId", out var id) && id.ToString().Contains("1329", StringComparison.Ordinal));
+            Assert.Equal(LogEventLevel.Error, closeFailed.Level);
+            Assert.Equal(typeof(IOException).FullName, Assert.IsType<ScalarValue>(closeFailed.Properties["ExceptionType"]).Value);
+            Assert.DoesNotContain(events, e => e.RenderMessage(System.Globalization.CultureInfo.InvariantCulture).Contains(TimeFailingToClose.Detail, StringComparison.Ordinal));
+        }
+
+        Directory.Delete(headRecord);
+    }
+
+    private static string Write(string directory, string name, string content)
+    {
+        var path = Path.Combine(directory, name);
+        File.WriteAllText(path, content);
+        return path;
+    }
+
+    // A certificate whose key file is encrypted (PKCS#8 with a password): a key nobody gave the server the password of.
+    private static string[] EncryptedKeyArgs(string directory)
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var request = new System.Security.Cryptography.X509Certificates.CertificateRequest("CN=kms-encrypted-key", key, HashAlgorithmName.SHA256);
+        using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(30));
+        var certificatePath = Write(directory, "server.crt", certificate.ExportCertificatePem());
+        var keyPath = Write(directory, "server.key", key.ExportEncryptedPkcs8PrivateKeyPem("a password".AsSpan(), new PbeParameters(PbeEncryptionAlgorithm.Aes256Cbc, HashAlgorithmName.SHA256, 100_000)));
+        return [$"--Kms:TlsCertificatePath={certificatePath}", $"--Kms:TlsKeyPath={keyPath}"];
+    }
+
     private static TestToken TokenWithDomainKey()
     {
         var token = SoftHsm.CreateToken();
         using var session = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin));
         session.ImportDomainKey(RandomNumberGenerator.GetBytes(32), "kms-domain-key", DomainKeyId);
         return token;
+    }
+
+    private sealed class CollectingSink(List<LogEvent> events) : ILogEventSink
+    {
+        public void Emit(LogEvent logEvent)
+        {
+            lock (events)
+            {
+                events.Add(logEvent);
+            }
+        }
+    }
+
+    // The application's container disposes it (it made it, from the factory), and that fails.
+    private sealed class TimeFailingToClose : TimeProvider, IAsyncDisposable
+    {
+        public const string Detail = "injected-close-failure-7f3c";
+
+        public ValueTask DisposeAsync() => throw new IOException($"the close failed ({Detail})");
     }
 
     // A sink that says whether the logger disposed it, and whether anything was written to it after.

@@ -56,10 +56,9 @@ public static partial class KmsServerApp
             // Whatever the stop interrupted (a connect to the database ended with an exception of
             // its own, the audit checks), it is a stop, not a refusal to start: said, then what the
             // build had opened closed (the logger last).
-            ServerLog.StoppedWhileStarting(new Serilog.Extensions.Logging.SerilogLoggerFactory(logger).CreateLogger(typeof(KmsServerApp).Assembly.GetName().Name!));
-            var unclosed = await opened.CloseAsync();
-            await logger.DisposeAsync();
-            throw new OperationCanceledException($"a stop was asked for while the server was built{Unclosed(unclosed)}", e, cancellationToken);
+            ServerLog.StoppedWhileStarting(ServerLogger(logger));
+            await CloseAsync(opened, logger);
+            throw new OperationCanceledException("a stop was asked for while the server was built", e, cancellationToken);
         }
         catch (Exception e)
         {
@@ -67,21 +66,36 @@ public static partial class KmsServerApp
             // last. Before, a check that refused once the application was built (the audit start
             // checks, the access provisioning, the quorum's) closed the HSM, the store and the lease
             // but not the application, whose container and the logger it owns stayed undisposed.
-            var unclosed = await opened.CloseAsync();
-            await logger.DisposeAsync();
-            if (unclosed.Count == 0)
+            // A close that fails too is logged (1329), and the refusal stays what the process
+            // reports: before, the refusal was wrapped in an InvalidOperationException whose type
+            // hid the refusal's, and whose message carried the close failure's.
+            await CloseAsync(opened, logger);
+            if (ConfigurationValues.Explain(e) is { } explained)
             {
-                throw;
+                throw explained;
             }
 
-            throw new InvalidOperationException(e.Message + Unclosed(unclosed), e);
+            throw;
         }
     }
 
-    // A close that failed after a refusal or a stop: said after the refusal's own words, which stay
-    // what the operator reads first (the exception's type and message: disposal's, not a secret's).
-    private static string Unclosed(IReadOnlyList<Exception> unclosed) =>
-        unclosed.Count == 0 ? "" : $"; closing what the start had opened failed too ({string.Join("; ", unclosed.Select(u => $"{u.GetType().Name}: {u.Message}"))})";
+    // What the build had opened closed, then the logger; each close that failed logged (1329) by
+    // its exception's type alone: its message may carry what the closed resource held (a
+    // connection string, the module's words about a session).
+    private static async Task CloseAsync(OpenedWhileBuilt opened, Serilog.Core.Logger logger)
+    {
+        var unclosed = await opened.CloseAsync();
+        var log = ServerLogger(logger);
+        foreach (var failure in unclosed)
+        {
+            ServerLog.StartCloseFailed(log, failure.GetType().FullName!);
+        }
+
+        await logger.DisposeAsync();
+    }
+
+    private static Microsoft.Extensions.Logging.ILogger ServerLogger(Serilog.Core.Logger logger) =>
+        new Serilog.Extensions.Logging.SerilogLoggerFactory(logger).CreateLogger(typeof(KmsServerApp).Assembly.GetName().Name!);
 
     // What the build has opened so far, closed in the reverse order when the build does not end in
     // a server (a refusal, a stop asked for): the application built (its container: the audit log,
@@ -265,7 +279,16 @@ public static partial class KmsServerApp
                 $"Kms:Audit:SummaryBlocksPerPass ({auditOptions.SummaryBlocksPerPass}) must be 1 or more (default {new AuditOptions().SummaryBlocksPerPass}): the blocks of the audit log's time summary one housekeeping pass writes");
         }
 
+        var interval = builder.Configuration.GetValue("Lifecycle:JobInterval", LifecycleWorkerOptions.DefaultInterval);
+        if (interval <= TimeSpan.Zero || interval > LifecycleWorkerOptions.MaxInterval)
+        {
+            // Refused by the worker's timer once the host had started: "BackgroundService failed"
+            // with a stack trace, the host stopped, exit code 0.
+            throw new InvalidOperationException($"Lifecycle:JobInterval ({interval:c}) must be more than 00:00:00 and at most {LifecycleWorkerOptions.MaxInterval:c}: it is how often this node runs scheduled rotation, destruction, usage flushes and audit retention (default {LifecycleWorkerOptions.DefaultInterval:c})");
+        }
+
         builder.WebHost.UseUrls([.. urls]);
+        CheckDataDirectory(serverOptions.DataDir);
         var (certificatePath, keyPath) = ResolveTls(serverOptions);
         var tlsLogger = new Serilog.Extensions.Logging.SerilogLoggerFactory(logger).CreateLogger("Kms.Server.Tls");
         var serverCertificate = new ReloadingFile<SslStreamCertificateContext>(
@@ -388,6 +411,10 @@ public static partial class KmsServerApp
         {
             return await opening.WaitAsync(cancellationToken);
         }
+        catch (HsmConfigurationException e) when (HsmNextStep(e.Failure, options) is { Length: > 0 } step)
+        {
+            throw new HsmConfigurationException(e.Message + step, e) { Failure = e.Failure };
+        }
         catch (OperationCanceledException)
         {
             // Also an open that ended as the stop came: closed here, as the build no longer takes it.
@@ -407,6 +434,45 @@ public static partial class KmsServerApp
                 TaskContinuationOptions.None,
                 TaskScheduler.Default).Unwrap();
             throw;
+        }
+    }
+
+    // What the operator does about an HSM that cannot be opened, with the settings that say which
+    // (Kms.Hsm's messages name the module, the token and the return value; the CLI adds its own
+    // flags in the same way). Never the PIN.
+    private static string HsmNextStep(HsmFailure failure, HsmOptions options) => failure switch
+    {
+        HsmFailure.ModuleNotLoaded when !File.Exists(options.ModulePath) =>
+            " — Hsm:ModulePath names no file: set it to the HSM's PKCS#11 library (a .so file, e.g. /usr/lib/softhsm/libsofthsm2.so)",
+        HsmFailure.ModuleNotLoaded =>
+            " — Hsm:ModulePath must name the HSM's PKCS#11 library (a .so file exporting C_GetFunctionList), and Hsm:ModuleEnvironment what it reads at load",
+        HsmFailure.TokenNotFound =>
+            " — check Hsm:TokenLabel, and the token directory the module reads (Hsm:ModuleEnvironment, e.g. SOFTHSM2_CONF)",
+        HsmFailure.PinRefused =>
+            $" — {(string.IsNullOrEmpty(options.PinFile) ? "Hsm:Pin" : $"Hsm:PinFile {options.PinFile}")} must hold the token's user PIN; correct it before starting again: a real HSM locks the token after a few wrong tries",
+        _ => "",
+    };
+
+    // The data directory holds the database (SQLite), the audit records, the quorum's head record and
+    // dev mode's TLS files: a file there, or a directory the process cannot write, was refused by
+    // whichever step first wrote in it, with .NET's words ("The file '…' already exists.", "Access
+    // to the path '…/kms.db' is denied.") and no setting's name.
+    private static void CheckDataDirectory(string dataDir)
+    {
+        var path = Path.GetFullPath(dataDir);
+        if (File.Exists(path))
+        {
+            throw new InvalidOperationException($"Kms:DataDir {path} is a file, not a directory: set Kms:DataDir to a directory the server's user can write (it holds the database, the audit records and the quorum's head record)");
+        }
+
+        try
+        {
+            Directory.CreateDirectory(path);
+            using var probe = new FileStream(Path.Combine(path, $".write-check-{Environment.ProcessId}"), FileMode.CreateNew, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new InvalidOperationException($"Kms:DataDir {path} cannot be written ({e.Message}): give the server's user write access to it, or set Kms:DataDir to a directory it can write (it holds the database, the audit records and the quorum's head record)", e);
         }
     }
 
@@ -517,7 +583,7 @@ public static partial class KmsServerApp
         builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddSingleton(builder.Configuration.GetSection("Lifecycle").Get<LifecycleOptions>() ?? new LifecycleOptions());
         builder.Services.AddSingleton(builder.Configuration.GetSection("UsageLimits").Get<UsageLimitOptions>() ?? new UsageLimitOptions());
-        builder.Services.AddSingleton(new LifecycleWorkerOptions(builder.Configuration.GetValue("Lifecycle:JobInterval", TimeSpan.FromSeconds(30))));
+        builder.Services.AddSingleton(new LifecycleWorkerOptions(builder.Configuration.GetValue("Lifecycle:JobInterval", LifecycleWorkerOptions.DefaultInterval)));
 
         // Registered through factories so the container owns them: the HSM is drained and
         // finalised when the application is disposed.

@@ -279,4 +279,11 @@ internal sealed partial class LifecycleWorker(
 }
 
 /// <summary>How often the lifecycle worker runs (<c>Lifecycle:JobInterval</c>).</summary>
-internal sealed record LifecycleWorkerOptions(TimeSpan Interval);
+internal sealed record LifecycleWorkerOptions(TimeSpan Interval)
+{
+    /// <summary>The interval without the setting.</summary>
+    public static readonly TimeSpan DefaultInterval = TimeSpan.FromSeconds(30);
+
+    /// <summary>The longest interval taken: a day (the timer's own bound is some 49 days).</summary>
+    public static readonly TimeSpan MaxInterval = TimeSpan.FromDays(1);
+}

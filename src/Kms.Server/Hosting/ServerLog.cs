@@ -32,4 +32,7 @@ internal static partial class ServerLog
 
     [LoggerMessage(EventId = 1320, Level = LogLevel.Warning, Message = "stopping: a stop was asked for (SIGTERM, SIGINT or SIGQUIT) while the server was starting; it stops without having served")]
     public static partial void StoppedWhileStarting(ILogger logger);
+
+    [LoggerMessage(EventId = 1329, Level = LogLevel.Error, Message = "start refused or stopped: closing what the start had opened failed too ({ExceptionType}); the refusal stands as the process's error")]
+    public static partial void StartCloseFailed(ILogger logger, string exceptionType);
 }

@@ -30,7 +30,7 @@ internal static class ServerCertificateChain
         var file = new X509Certificate2Collection();
         try
         {
-            file.ImportFromPem(File.ReadAllText(certificatePath));
+            file.ImportFromPem(Read(certificatePath, "Kms:TlsCertificatePath", "the server's certificate chain (PEM, its own certificate first)"));
         }
         catch (CryptographicException e)
         {
@@ -42,7 +42,16 @@ internal static class ServerCertificateChain
             throw new InvalidOperationException($"Kms:TlsCertificatePath {certificatePath} holds no PEM certificate (-----BEGIN CERTIFICATE-----)");
         }
 
-        var leaf = WithKey(file, File.ReadAllText(keyPath), certificatePath, keyPath);
+        var key = Read(keyPath, "Kms:TlsKeyPath", "the private key of the server's certificate (PEM, unencrypted)");
+        if (key.Contains("-----BEGIN ENCRYPTED PRIVATE KEY-----", StringComparison.Ordinal) || key.Contains("Proc-Type: 4,ENCRYPTED", StringComparison.Ordinal))
+        {
+            // No setting holds a password for it (one would sit in the configuration beside the
+            // file it protects): the key is read as the file's mode allows, as the PIN file is.
+            throw new InvalidOperationException(
+                $"Kms:TlsKeyPath {keyPath} is an encrypted private key, which the server does not read (there is no password setting): write it unencrypted to a file only the server's user can read (openssl pkey -in {keyPath} -out <file>; chmod 600) and set Kms:TlsKeyPath to that file");
+        }
+
+        var leaf = WithKey(file, key, certificatePath, keyPath);
         if (leaf.Extensions.OfType<X509EnhancedKeyUsageExtension>().FirstOrDefault() is { } usage
             && !usage.EnhancedKeyUsages.Cast<Oid>().Any(o => o.Value == ServerAuth))
         {
@@ -83,6 +92,24 @@ internal static class ServerCertificateChain
 
         // A self-signed root at the end is left out by SslStream (trimmed from what it sends).
         return SslStreamCertificateContext.Create(leaf, authorities, offline: true);
+    }
+
+    // The file's text; a file that is missing or cannot be read is named with its setting (.NET's
+    // own message named only the path: "Could not find file '…'").
+    private static string Read(string path, string setting, string what)
+    {
+        try
+        {
+            return File.ReadAllText(path);
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            throw new InvalidOperationException($"{setting} {path} does not exist: set {setting} to {what}", e);
+        }
+        catch (Exception e) when (e is UnauthorizedAccessException or IOException)
+        {
+            throw new InvalidOperationException($"{setting} {path} cannot be read ({e.Message}): it must be a file the server's user can read, holding {what}", e);
+        }
     }
 
     // The key must be that of the first certificate: say which one it is of when it is another's,
