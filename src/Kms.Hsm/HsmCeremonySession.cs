@@ -27,14 +27,16 @@ public sealed class HsmCeremonySession : IDisposable
     private readonly Pkcs11Module _module;
     private readonly HsmProfile _profile;
     private readonly Templates _templates;
+    private readonly ISlot _slot;
     private readonly ISession _session;
     private readonly string _tokenLabel;
     private int _disposed;
 
-    private HsmCeremonySession(Pkcs11Module module, HsmProfile profile, ISession session, string tokenLabel)
+    private HsmCeremonySession(Pkcs11Module module, HsmProfile profile, ISlot slot, ISession session, string tokenLabel)
     {
         _module = module;
         _profile = profile;
+        _slot = slot;
         _session = session;
         _tokenLabel = tokenLabel;
         _templates = new Templates(module.Factories.ObjectAttributeFactory, profile);
@@ -53,7 +55,7 @@ public sealed class HsmCeremonySession : IDisposable
         var pin = userPin.ToArray();
         try
         {
-            var session = module.Call(library =>
+            var (slot, session) = module.Call(library =>
             {
                 var slot = FindSlot(library, options);
                 var opened = slot.OpenSession(SessionType.ReadWrite);
@@ -76,9 +78,9 @@ public sealed class HsmCeremonySession : IDisposable
                     throw;
                 }
 
-                return opened;
+                return (slot, opened);
             });
-            return new HsmCeremonySession(module, profile, session, options.TokenLabel);
+            return new HsmCeremonySession(module, profile, slot, session, options.TokenLabel);
         }
         catch (Pkcs11Exception e)
         {
@@ -101,6 +103,81 @@ public sealed class HsmCeremonySession : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(length, 1);
         return Call("generate random", () => _session.GenerateRandom(length));
+    }
+
+    /// <summary>
+    /// Checks that this token can take a domain key (label and CKA_ID given), before a ceremony
+    /// asks anyone for a passphrase or a share: it is not write-protected, does not report that it
+    /// has no free private memory (where it reports its memory at all), and holds no secret key
+    /// with that label or CKA_ID. The login was checked when the session opened.
+    /// </summary>
+    /// <param name="label">The domain key's CKA_LABEL.</param>
+    /// <param name="id">The domain key's CKA_ID.</param>
+    /// <param name="checkValue">The check value of the key to import, when it is known before it is
+    /// rebuilt (a restore's share files carry it): a key already there with it is named as this one.</param>
+    /// <exception cref="HsmConfigurationException">
+    /// <see cref="HsmFailure.TokenNotWritable"/> or <see cref="HsmFailure.DomainKeyPresent"/>, naming the token;
+    /// or the HSM refused a query.
+    /// </exception>
+    public void RequireRoomForDomainKey(string label, string id, string? checkValue)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(label);
+        ArgumentException.ThrowIfNullOrEmpty(id);
+        Call("check the token", () =>
+        {
+            RequireWritable();
+            var present = FindCandidates(label, id);
+            if (present.Count > 0)
+            {
+                var held = CheckValueOrNull(present[0]);
+                throw new HsmConfigurationException(held is not null && string.Equals(held, checkValue, StringComparison.OrdinalIgnoreCase)
+                    ? $"token '{_tokenLabel}' already holds this domain key (label '{label}' or CKA_ID '{id}', check value {held}): nothing to import"
+                    : $"token '{_tokenLabel}' already holds a domain key (label '{label}' or CKA_ID '{id}'{(held is null ? "" : $", check value {held}")}){(checkValue is null ? "" : $", not the one with check value {checkValue}")}")
+                {
+                    Failure = HsmFailure.DomainKeyPresent,
+                };
+            }
+
+            return 0;
+        });
+    }
+
+    /// <summary>
+    /// Checks, before a rotation asks anyone for a passphrase or a share, that this token can be
+    /// the rotation token: writable, with room, and holding no object at all
+    /// (<see cref="LoadRotationKeys"/> refuses a token that holds any).
+    /// </summary>
+    /// <exception cref="HsmConfigurationException">The token is write-protected, full, or not empty; or the HSM refused a query.</exception>
+    public void RequireEmptyForRotation() => Call("check the token", () =>
+    {
+        RequireWritable();
+        RequireNoObjects();
+        return 0;
+    });
+
+    private void RequireWritable()
+    {
+        var info = _slot.GetTokenInfo();
+        if (info.TokenFlags.WriteProtected)
+        {
+            throw new HsmConfigurationException($"token '{_tokenLabel}' is write-protected: it cannot take a key") { Failure = HsmFailure.TokenNotWritable };
+        }
+
+        // CK_UNAVAILABLE_INFORMATION (all bits set) where the token does not say; 0 is "none left".
+        if (info.FreePrivateMemory == 0)
+        {
+            throw new HsmConfigurationException($"token '{_tokenLabel}' reports no free private memory: it has no room for a key") { Failure = HsmFailure.TokenNotWritable };
+        }
+    }
+
+    private void RequireNoObjects()
+    {
+        var present = _session.FindAllObjects([]);
+        if (present.Count > 0)
+        {
+            throw new HsmConfigurationException(
+                $"token '{_tokenLabel}' holds {present.Count} object(s); a rotation runs on a dedicated, freshly initialised token, never on a production one");
+        }
     }
 
     /// <summary>Whether the token holds a secret key with the domain key's label or CKA_ID.</summary>
@@ -143,7 +220,10 @@ public sealed class HsmCeremonySession : IDisposable
         if (FindCandidates(label, id).Count > 0)
         {
             throw new HsmConfigurationException(
-                $"token '{_tokenLabel}' already holds a secret key labelled '{label}' or with CKA_ID '{id}'; a token holds one domain key");
+                $"token '{_tokenLabel}' already holds a secret key labelled '{label}' or with CKA_ID '{id}'; a token holds one domain key")
+            {
+                Failure = HsmFailure.DomainKeyPresent,
+            };
         }
 
         var imported = Create(domainKey, expectedCheckValue, label, id);
@@ -255,13 +335,7 @@ public sealed class HsmCeremonySession : IDisposable
         {
             return Call("load rotation keys", () =>
             {
-                var present = _session.FindAllObjects([]);
-                if (present.Count > 0)
-                {
-                    throw new HsmConfigurationException(
-                        $"token '{_tokenLabel}' holds {present.Count} object(s); a rotation runs on a dedicated, freshly initialised token, never on a production one");
-                }
-
+                RequireNoObjects();
                 var oldKey = CreateRotationKey(_templates.RotationOldDomainKey(Convert.FromHexString(oldCheckValue)), oldValue);
                 IObjectHandle newKey;
                 try
@@ -365,6 +439,20 @@ public sealed class HsmCeremonySession : IDisposable
         catch (Pkcs11Exception e)
         {
             throw new HsmConfigurationException($"{operation} on token '{_tokenLabel}' failed: {e.Method} returned {e.RV}", e);
+        }
+    }
+
+    // A key that is there but whose check value cannot be read is still there.
+    private string? CheckValueOrNull(IObjectHandle handle)
+    {
+        var read = _session.GetAttributeValue(handle, [CKA.CKA_CHECK_VALUE]);
+        try
+        {
+            return !read[0].CannotBeRead && read[0].GetValueAsByteArray() is { Length: > 0 } kcv ? Convert.ToHexString(kcv) : null;
+        }
+        finally
+        {
+            read.DisposeAll();
         }
     }
 

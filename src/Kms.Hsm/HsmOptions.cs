@@ -147,6 +147,12 @@ public enum HsmFailure
 
     /// <summary>The HSM refused a key template or an attribute (the HSM profile does not fit this HSM).</summary>
     TemplateRefused,
+
+    /// <summary>The token cannot take a new key: write-protected, or no room left on it.</summary>
+    TokenNotWritable,
+
+    /// <summary>The token holds a domain key already (a token holds one).</summary>
+    DomainKeyPresent,
 }
 
 /// <summary>A residency region's domain key on the node's token (configuration <c>Hsm:Regions:{region}</c>).</summary>

@@ -73,6 +73,7 @@ internal static class Pkcs11Errors
     {
         null => HsmFailure.Other,
         { } e when IsPinRefused(e) => HsmFailure.PinRefused,
+        { RV: CKR.CKR_TOKEN_WRITE_PROTECTED } => HsmFailure.TokenNotWritable,
         { } e when IsDeviceLost(e) || e.RV == CKR.CKR_GENERAL_ERROR => HsmFailure.DeviceError,
         { } e when MechanismMissing.Contains(e.RV) => HsmFailure.MechanismMissing,
         { } e when TemplateRefused.Contains(e.RV) => HsmFailure.TemplateRefused,

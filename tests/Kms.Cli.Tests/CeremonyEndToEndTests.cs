@@ -258,6 +258,14 @@ public sealed class CeremonyEndToEndTests : IDisposable
         Assert.Contains("approves new shares 2 of 3, not 3 of 3", otherShape.Error, StringComparison.Ordinal);
         Assert.False(Directory.Exists(P("new-shares")));
 
+        // A rotation token that is not empty (here the production token, which holds the domain key)
+        // is refused before any passphrase is read, any new key is made or any new share is written.
+        var occupied = await Kms(outputs, [.. Rotate("2", "--approval", P("rotation.approval.json")).Select(a => a == "rotation" ? "site-a" : a)]);
+        Assert.True(occupied.ExitCode == 5, occupied.ToString());
+        Assert.Contains("kms: error: ceremony rotate-domain failed at step \"check the rotation token\" (token 'site-a')", occupied.Error, StringComparison.Ordinal);
+        Assert.Contains("object(s); a rotation runs on a dedicated, freshly initialised token", occupied.Error, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(P("new-shares")));
+
         // The server recorded the newest officer set it verified; a database whose chain no longer
         // reaches it was rolled back, and the ceremony refuses its approvals too.
         var head = P("data/quorum/officer-head");

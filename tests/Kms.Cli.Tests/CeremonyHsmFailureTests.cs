@@ -94,6 +94,77 @@ public sealed class CeremonyHsmFailureTests : IDisposable
         }
     }
 
+    // The token a domain key goes into is checked before any custodian is asked for a passphrase:
+    // here no passphrase file is given and there is no terminal, so a command that asked first
+    // would fail with "no passphrase for alice" (exit 2) and never reach the token.
+    [Fact]
+    public async Task RestoreAndCreateDomain_TokenCannotTakeTheKey_RefusedNamingTheToken_BeforeAnyPassphraseIsAsked()
+    {
+        var outputs = new List<CliResult>();
+        foreach (var site in new[] { "site-a", "site-b" })
+        {
+            var init = await Kms(outputs, "ceremony", "init-token", "--token-label", site, "--softhsm-conf", _conf, "--pin-file", P("user.pin"), "--so-pin-file", P("so.pin"));
+            Assert.True(init.ExitCode == 0, init.ToString());
+        }
+
+        Assert.Equal(0, (await Kms(outputs, "officer", "keygen", "--out", P("olga.key"), "--key-passphrase-file", P("officer-key"))).ExitCode);
+        string[] Create(string site, string id, bool passphrases = true) =>
+        [
+            "ceremony", "create-domain", "--token-label", site, "--softhsm-conf", _conf, "--pin-file", P("user.pin"),
+            "--custodian", "alice", "--custodian", "bob", "--threshold", "2", "--domain-id", id, "--shares-dir", P($"shares-{id}"), "--data-dir", P($"data-{id}"),
+            .. passphrases ? (string[])["--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"bob={P("bob")}"] : [],
+            "--officer", $"olga={P("olga.key.pub")}", "--officer-threshold", "1", "--allow-network", "--insecure-test-kdf", "--output", "json",
+        ];
+        var kcv = new Dictionary<string, string>();
+        foreach (var (site, id) in new[] { ("site-a", "dk-a"), ("site-b", "dk-b") })
+        {
+            var created = await Kms(outputs, Create(site, id));
+            Assert.True(created.ExitCode == 0, created.ToString());
+            kcv[site] = System.Text.Json.Nodes.JsonNode.Parse(created.Out)!["check_value"]!.GetValue<string>();
+        }
+
+        // site-a's shares, restored (break-glass, onto a new node's data directory) into: site-b with a
+        // wrong PIN; site-b, which holds another domain key; site-a, which holds this one already.
+        string[] Restore(string site, string pinFile) =>
+        [
+            "ceremony", "restore-domain", "--token-label", site, "--softhsm-conf", _conf, "--pin-file", pinFile,
+            .. Directory.GetFiles(P("shares-dk-a"), "share-*.json").Order(StringComparer.Ordinal).SelectMany(f => new[] { "--share", f }),
+            "--data-dir", P("new-node"), "--without-approval", "--allow-network", "--insecure-test-kdf",
+        ];
+        var refusals = new[]
+        {
+            (await Kms(outputs, Restore("site-b", P("wrong.pin"))), "restore-domain", "open the token", "site-b", "CKR_PIN_INCORRECT",
+                "kms: HSM: the HSM refused the user PIN of token 'site-b' (CKR_PIN_INCORRECT) — check the PIN given for that token before trying again"),
+            (await Kms(outputs, Restore("site-b", P("user.pin"))), "restore-domain", "check the token", "site-b", "the token holds a domain key already",
+                $"kms: HSM: token 'site-b' already holds a domain key (label 'kms-domain-key' or CKA_ID 'dk-a', check value {kcv["site-b"]}), not the one with check value {kcv["site-a"]} — a token holds one domain key: kms ceremony verify-domain shows the one it holds"),
+            (await Kms(outputs, Restore("site-a", P("user.pin"))), "restore-domain", "check the token", "site-a", "the token holds a domain key already",
+                $"kms: HSM: token 'site-a' already holds this domain key (label 'kms-domain-key' or CKA_ID 'dk-a', check value {kcv["site-a"]}): nothing to import — a token holds one domain key"),
+            (await Kms(outputs, Create("site-a", "dk-c", passphrases: false)), "create-domain", "check the token", "site-a", "the token holds a domain key already",
+                $"kms: HSM: token 'site-a' already holds a domain key (label 'kms-domain-key' or CKA_ID 'dk-c', check value {kcv["site-a"]}) — a token holds one domain key"),
+        };
+        foreach (var (result, command, step, token, cause, line) in refusals)
+        {
+            Assert.True(result.ExitCode == 5, result.ToString());
+            Assert.Equal("", result.Out);
+            var lines = result.Error.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+                .Where(l => !l.StartsWith("kms: warning: running with network interfaces up", StringComparison.Ordinal) && !l.StartsWith("kms: warning: --insecure-test-kdf", StringComparison.Ordinal)).ToList();
+            Assert.Equal($"kms: error: ceremony {command} failed at step \"{step}\" (token '{token}'): {cause}", lines[^2]);
+            Assert.StartsWith(line, lines[^1], StringComparison.Ordinal);
+            Assert.DoesNotContain("passphrase", result.Error, StringComparison.Ordinal);
+        }
+
+        // Nothing imported, nothing written: each token holds the key it held.
+        foreach (var (site, id) in new[] { ("site-a", "dk-a"), ("site-b", "dk-b") })
+        {
+            var verified = await Kms(outputs, "ceremony", "verify-domain", "--token-label", site, "--softhsm-conf", _conf, "--pin-file", P("user.pin"), "--domain-id", id);
+            Assert.True(verified.ExitCode == 0, verified.ToString());
+            Assert.Equal(kcv[site], verified.Out.Trim());
+        }
+
+        Assert.False(Directory.Exists(P("new-node")) && Directory.EnumerateFileSystemEntries(P("new-node")).Any(), "the new node's data directory was written");
+        Assert.False(Directory.Exists(P("shares-dk-c")) && Directory.EnumerateFiles(P("shares-dk-c")).Any(), "share files were written");
+    }
+
     private string P(string relative) => Path.Combine(_dir, relative);
 
     private async Task<CliResult> Kms(List<CliResult> outputs, params string[] args)

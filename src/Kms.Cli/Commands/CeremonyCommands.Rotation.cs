@@ -99,11 +99,6 @@ internal static partial class CeremonyCommands
             }
 
             var oldFiles = parse.GetValue(oldShares)!.Select(p => ShareFile.Read(LocalPath.File(ctx.Environment, p), host.Kdf.Policy)).ToList();
-            // Disposed on every path from here (a refused new passphrase, a wrong PIN for either
-            // token), and at the latest when the keys are imported (the finally below).
-            using var oldSecrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, [.. oldFiles.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)], confirm: false);
-            using var newSecrets = CollectPassphrases(ctx, parse.GetValue(newPassphrases)!,
-                resumeFiles.Count > 0 ? [.. resumeFiles.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)] : names, confirm: resumeFiles.Count == 0);
             var rotationOptions = rotationToken.Options(parse, "kms-rotation");
             var restoreOptions = rotationToken.Options(parse, "pending");
             restoreOptions.TokenLabel = parse.GetRequiredValue(restoreToken);
@@ -124,14 +119,25 @@ internal static partial class CeremonyCommands
             // while a mistake still leaves everything as it was.
             restoreOptions.DomainKeyId = plannedId;
             ctx.Step("open the new domain key's token", restoreOptions.TokenLabel);
-            using (var production = HsmCeremonySession.Open(restoreOptions, productionPin.ToUtf8()))
+            using (OpenForDomainKey(ctx, restoreOptions, productionPin, checkValue: null))
             {
-                if (production.HasDomainKey(restoreOptions.DomainKeyLabel, plannedId))
-                {
-                    throw new CliFailureException(ExitCodes.Conflict,
-                        $"token '{restoreOptions.TokenLabel}' already holds a key labelled '{restoreOptions.DomainKeyLabel}': the new domain key goes to an empty token; nothing was moved");
-                }
             }
+
+            // And the rotation token, before any custodian types a passphrase: its user PIN, and
+            // that it is empty (LoadRotationKeys refuses one that is not, after the old key is rebuilt).
+            // Its security-officer PIN is not checked here: it is first presented at the wipe.
+            ctx.Step("check the rotation token", rotationOptions.TokenLabel);
+            using (var rotation = HsmCeremonySession.Open(rotationOptions, pin.ToUtf8()))
+            {
+                rotation.RequireEmptyForRotation();
+            }
+
+            // Disposed on every path from here (a refused new passphrase), and at the latest when the
+            // keys are imported (the finally below).
+            ctx.Step("read the custodians' passphrases");
+            using var oldSecrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, [.. oldFiles.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)], confirm: false);
+            using var newSecrets = CollectPassphrases(ctx, parse.GetValue(newPassphrases)!,
+                resumeFiles.Count > 0 ? [.. resumeFiles.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)] : names, confirm: resumeFiles.Count == 0);
 
             var oldKey = Array.Empty<byte>();
             var newKey = GC.AllocateArray<byte>(32, pinned: true);

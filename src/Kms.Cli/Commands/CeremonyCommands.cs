@@ -172,9 +172,8 @@ internal static partial class CeremonyCommands
                 throw new CliFailureException(ExitCodes.Conflict, $"{outDir} holds share files already; share files are never overwritten");
             }
 
-            // Disposed on every path from here: a wrong PIN, a missing token or a refused open
-            // throws before the ceremony's own try/finally below is reached.
-            using var secrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, names, confirm: true);
+            // The token is checked before any custodian types a passphrase: the PIN, its
+            // mechanisms, and its room for the key.
             var hsmOptions = hsm.Options(parse, id);
             using var pin = SecretInput.Read(ctx, hsm.Pin, $"user PIN of token '{hsmOptions.TokenLabel}'");
             var ceremonyId = Guid.NewGuid().ToString();
@@ -188,8 +187,11 @@ internal static partial class CeremonyCommands
             Share[] shares = [];
             var imported = false;
             ctx.Step("open the token", hsmOptions.TokenLabel);
-            using (var session = HsmCeremonySession.Open(hsmOptions, pin.ToUtf8()))
+            using (var session = OpenForDomainKey(ctx, hsmOptions, pin, checkValue: null))
             {
+                // Disposed on every path from here (the finally below, and the using if collecting fails).
+                ctx.Step("read the custodians' passphrases");
+                using var secrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, names, confirm: true);
                 try
                 {
                     ctx.Step("import the domain key", hsmOptions.TokenLabel);
@@ -352,41 +354,46 @@ internal static partial class CeremonyCommands
             var id = parse.GetValue(domainId) ?? files[0].DomainId;
             await RefuseOtherDomainAsync(target, files[0].DomainKcv, ct);
 
-            // Disposed on every path from here (a wrong PIN, no such token), and at the latest once the key is imported.
-            using var secrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, [.. files.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)], confirm: false);
+            // The token is checked before any custodian types a passphrase: the PIN, its mechanisms,
+            // and its room for the key (writable, no domain key there yet).
             var hsmOptions = hsm.Options(parse, id);
             using var pin = SecretInput.Read(ctx, hsm.Pin, $"user PIN of token '{hsmOptions.TokenLabel}'");
             var ceremonyId = Guid.NewGuid().ToString();
             var started = DateTimeOffset.UtcNow;
             ctx.Step("inspect the token", hsmOptions.TokenLabel);
-            var report = TokenInspection.Inspect(hsmOptions);
-            var opened = new List<(ShareFile File, Share Share)>();
+            var report = RequireUsable(TokenInspection.Inspect(hsmOptions));
+            ctx.Step("open the token", hsmOptions.TokenLabel);
             string kcv;
-            byte[] domainKey = [];
-            try
+            using (var session = OpenForDomainKey(ctx, hsmOptions, pin, requiredKcv ?? files[0].DomainKcv))
             {
-                ctx.Step("open the share files");
-                foreach (var file in files)
+                // Disposed on every path from here, and at the latest once the key is imported.
+                ctx.Step("read the custodians' passphrases");
+                using var secrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, [.. files.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)], confirm: false);
+                var opened = new List<(ShareFile File, Share Share)>();
+                byte[] domainKey = [];
+                try
                 {
-                    opened.Add((file, file.Unprotect(secrets[file.Custodian].Chars)));
-                }
+                    ctx.Step("open the share files");
+                    foreach (var file in files)
+                    {
+                        opened.Add((file, file.Unprotect(secrets[file.Custodian].Chars)));
+                    }
 
-                ctx.Step("rebuild the domain key");
-                domainKey = DomainKeyRecovery.Combine(opened, id, requiredKcv);
-                ctx.Step("open the token", hsmOptions.TokenLabel);
-                using var session = HsmCeremonySession.Open(hsmOptions, pin.ToUtf8());
-                ctx.Step("import the domain key", hsmOptions.TokenLabel);
-                kcv = session.ImportDomainKey(domainKey, hsmOptions.DomainKeyLabel, id);
-            }
-            finally
-            {
-                CryptographicOperations.ZeroMemory(domainKey);
-                foreach (var (_, share) in opened)
+                    ctx.Step("rebuild the domain key");
+                    domainKey = DomainKeyRecovery.Combine(opened, id, requiredKcv);
+                    ctx.Step("import the domain key", hsmOptions.TokenLabel);
+                    kcv = session.ImportDomainKey(domainKey, hsmOptions.DomainKeyLabel, id);
+                }
+                finally
                 {
-                    share.Dispose();
-                }
+                    CryptographicOperations.ZeroMemory(domainKey);
+                    foreach (var (_, share) in opened)
+                    {
+                        share.Dispose();
+                    }
 
-                secrets.Dispose();
+                    secrets.Dispose();
+                }
             }
 
             ctx.Output.Note($"domain key {id} restored into token '{hsmOptions.TokenLabel}' from {files.Count} shares, check value {kcv}");
@@ -528,6 +535,27 @@ internal static partial class CeremonyCommands
     private static TokenReport RequireUsable(TokenReport report) => report.Usable
         ? report
         : throw new HsmConfigurationException($"token '{report.Label}' lacks {string.Join(", ", report.MissingMechanisms)}") { Failure = HsmFailure.MechanismMissing };
+
+    /// <summary>
+    /// Opens the token a domain key goes into (a refused PIN fails here) and checks that it can
+    /// take the key: writable, room left, no domain key there yet. Run before anyone is asked for
+    /// a passphrase or a share, so a token that cannot take the key costs no custodian's time.
+    /// </summary>
+    private static HsmCeremonySession OpenForDomainKey(CliContext ctx, HsmOptions hsmOptions, Secret pin, string? checkValue)
+    {
+        var session = HsmCeremonySession.Open(hsmOptions, pin.ToUtf8());
+        try
+        {
+            ctx.Step("check the token", hsmOptions.TokenLabel);
+            session.RequireRoomForDomainKey(hsmOptions.DomainKeyLabel, hsmOptions.DomainKeyId!, checkValue);
+            return session;
+        }
+        catch
+        {
+            session.Dispose();
+            throw;
+        }
+    }
 
     private static string Describe(TokenReport report) =>
         $"token '{report.Label}', {report.Manufacturer} {report.Model}, serial {report.SerialNumber}, firmware {report.FirmwareVersion}, profile {report.Profile}";

@@ -71,6 +71,8 @@ internal sealed class CliContext : IDisposable
             Kms.Hsm.HsmConfigurationException { ReturnValue: { } returnValue } => ": " + returnValue,
             Kms.Hsm.HsmConfigurationException { Failure: Kms.Hsm.HsmFailure.TokenNotFound } => ": no such token",
             Kms.Hsm.HsmConfigurationException { Failure: Kms.Hsm.HsmFailure.ModuleNotLoaded } => ": the PKCS#11 module did not load",
+            Kms.Hsm.HsmConfigurationException { Failure: Kms.Hsm.HsmFailure.TokenNotWritable } => ": the token cannot take the key",
+            Kms.Hsm.HsmConfigurationException { Failure: Kms.Hsm.HsmFailure.DomainKeyPresent } => ": the token holds a domain key already",
             _ => "",
         };
         var token = step.TokenLabel is null ? "" : $" (token '{step.TokenLabel}')";

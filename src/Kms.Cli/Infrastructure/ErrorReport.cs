@@ -53,6 +53,8 @@ internal sealed record ErrorReport(int ExitCode, string Message)
         HsmFailure.DeviceError => " — check the HSM's power, cable or network and its own log, then run the command again",
         HsmFailure.MechanismMissing => " — kms ceremony inspect-token lists the token's mechanisms: choose the HSM profile that fits this HSM (--hsm-profile), or another HSM",
         HsmFailure.TemplateRefused => " — the HSM refused the key's template: the HSM profile (--hsm-profile) does not fit this HSM's firmware or policy",
+        HsmFailure.TokenNotWritable => " — the domain key goes into a writable token with room for it: lift the HSM's write protection or free room with the HSM's own tools, or use another token (kms ceremony init-token)",
+        HsmFailure.DomainKeyPresent => " — a token holds one domain key: kms ceremony verify-domain shows the one it holds; use a freshly initialised token (kms ceremony init-token)",
         _ => "",
     };
 
