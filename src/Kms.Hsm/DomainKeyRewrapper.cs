@@ -40,7 +40,7 @@ public enum WrappedKeyKind
 /// own: that is why both keys are session objects of this process only (no other process, and
 /// no file of the token, ever holds them), why the token must be a dedicated one on the offline
 /// ceremony host, and why it is re-initialised when the rotation ends
-/// (<see cref="HsmTokenSetup.WipeToken"/>).</para>
+/// (<see cref="HsmTokenSetup.WipeToken(string, string, ReadOnlySpan{byte}, IReadOnlyDictionary{string, string}?)"/>).</para>
 /// <para>Each unwrapped copy is destroyed in the same call that wraps it, whatever happens.</para>
 /// </remarks>
 public sealed class DomainKeyRewrapper : IDisposable

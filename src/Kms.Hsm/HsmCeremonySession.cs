@@ -310,7 +310,7 @@ public sealed class HsmCeremonySession : IDisposable
     /// The token must be a dedicated, freshly initialised rotation token: one that holds any
     /// object (a production token holds its domain key) is refused, so the old key's
     /// extractable-unwrap template never lands next to production material. Both keys die with
-    /// this session; the caller wipes the token at the end (<see cref="HsmTokenSetup.WipeToken"/>).
+    /// this session; the caller wipes the token at the end (<see cref="HsmTokenSetup.WipeToken(string, string, ReadOnlySpan{byte}, IReadOnlyDictionary{string, string}?)"/>).
     /// </remarks>
     /// <exception cref="HsmConfigurationException">The token is not empty, the keys are equal, or the HSM refused.</exception>
     public DomainKeyRewrapper LoadRotationKeys(ReadOnlySpan<byte> oldDomainKey, ReadOnlySpan<byte> newDomainKey)

@@ -1,3 +1,4 @@
+using System.Security.Cryptography;
 using System.Text;
 using Net.Pkcs11Interop.Common;
 
@@ -18,9 +19,38 @@ public static class HsmTokenSetup
     /// <exception cref="HsmConfigurationException">The label is taken, no slot is free, or the HSM refused.</exception>
     public static void InitializeToken(string modulePath, string label, string securityOfficerPin, string userPin, IReadOnlyDictionary<string, string>? moduleEnvironment = null)
     {
-        ArgumentException.ThrowIfNullOrEmpty(label);
         ArgumentException.ThrowIfNullOrEmpty(securityOfficerPin);
         ArgumentException.ThrowIfNullOrEmpty(userPin);
+        var so = Encoding.UTF8.GetBytes(securityOfficerPin);
+        var user = Encoding.UTF8.GetBytes(userPin);
+        try
+        {
+            InitializeToken(modulePath, label, so, user, moduleEnvironment);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(so);
+            CryptographicOperations.ZeroMemory(user);
+        }
+    }
+
+    /// <summary>
+    /// Initialises a new token labelled <paramref name="label"/> on the first free slot, with the
+    /// PINs as UTF-8 bytes (the caller's to zero; no copy of them is left behind).
+    /// </summary>
+    /// <exception cref="HsmConfigurationException">The label is taken, no slot is free, or the HSM refused.</exception>
+    public static void InitializeToken(string modulePath, string label, ReadOnlySpan<byte> securityOfficerPin, ReadOnlySpan<byte> userPin, IReadOnlyDictionary<string, string>? moduleEnvironment = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(label);
+        if (securityOfficerPin.IsEmpty || userPin.IsEmpty)
+        {
+            throw new ArgumentException("a PIN is empty");
+        }
+
+        var paddedLabel = PaddedLabel(label);
+        // Pkcs11Interop takes byte[]: pinned copies, zeroed below.
+        var so = PinnedCopy(securityOfficerPin);
+        var user = PinnedCopy(userPin);
         var module = Pkcs11Module.Acquire(modulePath, moduleEnvironment);
         try
         {
@@ -37,14 +67,14 @@ public static class HsmTokenSetup
 
                     var free = tokens.FirstOrDefault(t => t.Info is { TokenFlags.TokenInitialized: false }).Slot
                         ?? throw new HsmConfigurationException($"no free slot in {modulePath} to initialise token '{label}'");
-                    // The string overload pads the label with blanks as PKCS#11 requires; other
-                    // tools (pkcs11-tool) compare the blank-padded label.
-                    free.InitToken(securityOfficerPin, label);
+                    // The label padded with blanks as PKCS#11 requires; other tools (pkcs11-tool)
+                    // compare the blank-padded label.
+                    free.InitToken(so, paddedLabel);
 
                     var slot = SlotList.FindToken(library, label, modulePath).Slot;
                     using var session = slot.OpenSession(SessionType.ReadWrite);
-                    session.Login(CKU.CKU_SO, Encoding.UTF8.GetBytes(securityOfficerPin));
-                    session.InitPin(Encoding.UTF8.GetBytes(userPin));
+                    session.Login(CKU.CKU_SO, so);
+                    session.InitPin(user);
                     session.Logout();
                     return 0;
                 });
@@ -56,6 +86,8 @@ public static class HsmTokenSetup
         }
         finally
         {
+            CryptographicOperations.ZeroMemory(so);
+            CryptographicOperations.ZeroMemory(user);
             module.Release();
         }
     }
@@ -70,8 +102,33 @@ public static class HsmTokenSetup
     /// <exception cref="HsmConfigurationException">No such token, a wrong SO PIN, open sessions, or the HSM refused.</exception>
     public static void WipeToken(string modulePath, string label, string securityOfficerPin, IReadOnlyDictionary<string, string>? moduleEnvironment = null)
     {
-        ArgumentException.ThrowIfNullOrEmpty(label);
         ArgumentException.ThrowIfNullOrEmpty(securityOfficerPin);
+        var so = Encoding.UTF8.GetBytes(securityOfficerPin);
+        try
+        {
+            WipeToken(modulePath, label, so, moduleEnvironment);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(so);
+        }
+    }
+
+    /// <summary>
+    /// Wipes the token labelled <paramref name="label"/> as <see cref="WipeToken(string, string, string, IReadOnlyDictionary{string, string}?)"/>
+    /// does, with the security-officer PIN as UTF-8 bytes (the caller's to zero; no copy of it is left behind).
+    /// </summary>
+    /// <exception cref="HsmConfigurationException">No such token, a wrong SO PIN, open sessions, or the HSM refused.</exception>
+    public static void WipeToken(string modulePath, string label, ReadOnlySpan<byte> securityOfficerPin, IReadOnlyDictionary<string, string>? moduleEnvironment = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(label);
+        if (securityOfficerPin.IsEmpty)
+        {
+            throw new ArgumentException("the security officer PIN is empty", nameof(securityOfficerPin));
+        }
+
+        var paddedLabel = PaddedLabel(label);
+        var so = PinnedCopy(securityOfficerPin);
         var module = Pkcs11Module.Acquire(modulePath, moduleEnvironment);
         try
         {
@@ -79,7 +136,7 @@ public static class HsmTokenSetup
             {
                 module.Call(library =>
                 {
-                    SlotList.FindToken(library, label, modulePath).Slot.InitToken(securityOfficerPin, label);
+                    SlotList.FindToken(library, label, modulePath).Slot.InitToken(so, paddedLabel);
                     return 0;
                 });
             }
@@ -90,7 +147,29 @@ public static class HsmTokenSetup
         }
         finally
         {
+            CryptographicOperations.ZeroMemory(so);
             module.Release();
         }
+    }
+
+    // CKA_LABEL of a token: 32 bytes of UTF-8, padded with blanks.
+    private static byte[] PaddedLabel(string label)
+    {
+        var padded = new byte[32];
+        padded.AsSpan().Fill((byte)' ');
+        if (Encoding.UTF8.GetByteCount(label) > padded.Length)
+        {
+            throw new HsmConfigurationException($"a token label is at most {padded.Length} bytes of UTF-8; '{label}' is longer");
+        }
+
+        Encoding.UTF8.GetBytes(label, padded);
+        return padded;
+    }
+
+    private static byte[] PinnedCopy(ReadOnlySpan<byte> pin)
+    {
+        var copy = GC.AllocateUninitializedArray<byte>(pin.Length, pinned: true);
+        pin.CopyTo(copy);
+        return copy;
     }
 }

@@ -94,10 +94,45 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(logger);
-        time ??= TimeProvider.System;
-        var profile = HsmProfile.Load(options.Profile);
-        var pin = ReadPin(options);
-        var module = Pkcs11Module.Acquire(options.ModulePath, options.ModuleEnvironment);
+        return OpenOwningPin(options, ReadPin(options), logger, time ?? TimeProvider.System);
+    }
+
+    /// <summary>
+    /// As <see cref="Open(HsmOptions, ILogger, TimeProvider?)"/>, logging in with
+    /// <paramref name="userPin"/> (UTF-8) instead of <see cref="HsmOptions.Pin"/> or
+    /// <see cref="HsmOptions.PinFile"/>, which are not read: for a caller that holds the PIN as
+    /// bytes (the ceremony). The adapter keeps its own pinned copy for the logins of its
+    /// recoveries and zeroes it when it is disposed; <paramref name="userPin"/> stays the caller's to zero.
+    /// </summary>
+    /// <exception cref="HsmConfigurationException">Anything that an operator must fix.</exception>
+    public static Pkcs11Hsm Open(HsmOptions options, ReadOnlySpan<byte> userPin, ILogger logger, TimeProvider? time = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(logger);
+        if (userPin.IsEmpty)
+        {
+            throw new HsmConfigurationException("the token's user PIN is empty");
+        }
+
+        return OpenOwningPin(options, PinnedCopy(userPin), logger, time ?? TimeProvider.System);
+    }
+
+    // Takes pin: zeroed when the adapter is disposed, or here when the open fails.
+    private static Pkcs11Hsm OpenOwningPin(HsmOptions options, byte[] pin, ILogger logger, TimeProvider time)
+    {
+        HsmProfile profile;
+        Pkcs11Module module;
+        try
+        {
+            profile = HsmProfile.Load(options.Profile);
+            module = Pkcs11Module.Acquire(options.ModulePath, options.ModuleEnvironment);
+        }
+        catch
+        {
+            CryptographicOperations.ZeroMemory(pin);
+            throw;
+        }
+
         var hsm = new Pkcs11Hsm(options, profile, logger, time, module, pin);
         try
         {
@@ -118,7 +153,8 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
                     throw new HsmConfigurationException($"Hsm:Regions:{region}: a region name is 1 to 32 lowercase letters, digits and '-', starting with a letter");
                 }
 
-                var regional = Open(options.ForRegion(region, regionOptions), logger, time);
+                // Each region's adapter logs in to the same token with the same PIN (its own copy).
+                var regional = OpenOwningPin(options.ForRegion(region, regionOptions), PinnedCopy(pin), logger, time);
                 regional._pinRefused = hsm._pinRefused;
                 regional._login = hsm._login;
                 hsm._regions[region] = regional;
@@ -993,6 +1029,9 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         }
     }
 
+    // The PIN as pinned UTF-8 bytes: a PIN file's first line is read as bytes and never becomes
+    // a string. Hsm:Pin is a string already (.NET configuration holds every value as one, and
+    // keeps it for the process's life); it is encoded once and not copied further.
     private static byte[] ReadPin(HsmOptions options)
     {
         if (!string.IsNullOrEmpty(options.PinFile))
@@ -1002,15 +1041,47 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
                 throw new HsmConfigurationException($"Hsm:PinFile {options.PinFile} does not exist");
             }
 
-            var line = File.ReadLines(options.PinFile).FirstOrDefault()?.TrimEnd('\r', '\n');
-            return !string.IsNullOrEmpty(line)
-                ? Encoding.UTF8.GetBytes(line)
-                : throw new HsmConfigurationException($"Hsm:PinFile {options.PinFile} is empty");
+            var content = File.ReadAllBytes(options.PinFile);
+            try
+            {
+                // As a text reader takes it: without a UTF-8 byte order mark, up to the first line end.
+                var line = content.AsSpan();
+                if (line.StartsWith((ReadOnlySpan<byte>)[0xEF, 0xBB, 0xBF]))
+                {
+                    line = line[3..];
+                }
+
+                if (line.IndexOf((byte)'\n') is var newline and >= 0)
+                {
+                    line = line[..newline];
+                }
+
+                line = line.TrimEnd((byte)'\r');
+                return !line.IsEmpty
+                    ? PinnedCopy(line)
+                    : throw new HsmConfigurationException($"Hsm:PinFile {options.PinFile} is empty");
+            }
+            finally
+            {
+                CryptographicOperations.ZeroMemory(content);
+            }
         }
 
-        return !string.IsNullOrEmpty(options.Pin)
-            ? Encoding.UTF8.GetBytes(options.Pin)
-            : throw new HsmConfigurationException("set Hsm:PinFile (or Hsm:Pin) to the token's user PIN");
+        if (string.IsNullOrEmpty(options.Pin))
+        {
+            throw new HsmConfigurationException("set Hsm:PinFile (or Hsm:Pin) to the token's user PIN");
+        }
+
+        var pin = GC.AllocateUninitializedArray<byte>(Encoding.UTF8.GetByteCount(options.Pin), pinned: true);
+        Encoding.UTF8.GetBytes(options.Pin, pin);
+        return pin;
+    }
+
+    private static byte[] PinnedCopy(ReadOnlySpan<byte> pin)
+    {
+        var copy = GC.AllocateUninitializedArray<byte>(pin.Length, pinned: true);
+        pin.CopyTo(copy);
+        return copy;
     }
 
     /// <summary>Everything that belongs to one generation of sessions: dies together.</summary>

@@ -1,4 +1,5 @@
 using System.Security.Cryptography;
+using System.Text;
 using System.Text.RegularExpressions;
 using Kms.Cli.Ceremony;
 using Kms.Core.Audit;
@@ -15,6 +16,34 @@ namespace Kms.Cli.Tests;
 [Collection(TokenWipeGroup.Name)]
 public sealed partial class DeploymentRecordTests
 {
+    // The PIN reaches the HSM adapter as bytes, and the bytes the ceremony handed over are zero
+    // once the open returns — whether the token took the PIN or refused it. (The adapter logs in
+    // with its own pinned copy, zeroed when the record closes.)
+    [Fact]
+    public async Task OpenAsync_PinBytes_ZeroWhenItReturns_OpenedOrRefused()
+    {
+        var production = DomainKeyRotationJobTests.TokenWithDomainKey(RandomNumberGenerator.GetBytes(32));
+        var dataDir = Directory.CreateTempSubdirectory("kms-record-").FullName;
+        try
+        {
+            var pin = Encoding.UTF8.GetBytes(production.UserPin);
+            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), pin, default))
+            {
+                Assert.True(pin.All(b => b == 0), "the PIN bytes are not zero after the record opened");
+                await record.AppendAsync("ceremony-pin", "test", "domain/pin", default); // and it logged in with them
+            }
+
+            var wrong = Encoding.UTF8.GetBytes(production.UserPin + "-wrong");
+            await Assert.ThrowsAsync<Kms.Hsm.HsmConfigurationException>(() => DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), wrong, default));
+            Assert.True(wrong.All(b => b == 0), "the PIN bytes are not zero after the HSM refused them");
+        }
+        finally
+        {
+            SqliteStore.ReleasePooledConnections();
+            Directory.Delete(dataDir, recursive: true);
+        }
+    }
+
     [Fact]
     public async Task OpenAsync_PublishedAuditKeyExists_ReplacedWholeNeverRewrittenInPlace()
     {
@@ -22,7 +51,7 @@ public sealed partial class DeploymentRecordTests
         var dataDir = Directory.CreateTempSubdirectory("kms-record-").FullName;
         try
         {
-            await using (await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+            await using (await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), Encoding.UTF8.GetBytes(production.UserPin), default))
             {
             }
 
@@ -34,7 +63,7 @@ public sealed partial class DeploymentRecordTests
             // and rewritten, which a crash in the middle would leave torn or empty.
             await File.WriteAllTextAsync(pem, "the previous file\n");
             await using var held = new FileStream(pem, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
-            await using (await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+            await using (await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), Encoding.UTF8.GetBytes(production.UserPin), default))
             {
             }
 
@@ -61,7 +90,7 @@ public sealed partial class DeploymentRecordTests
         var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
         try
         {
-            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), Encoding.UTF8.GetBytes(production.UserPin), default))
             {
                 foreach (var step in new[] { "one", "two", "three" })
                 {
@@ -78,7 +107,7 @@ public sealed partial class DeploymentRecordTests
             Sql(database, "DELETE FROM audit_checkpoints");
             SqliteConnection.ClearAllPools();
 
-            var refused = await Assert.ThrowsAsync<KmsException>(() => DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default));
+            var refused = await Assert.ThrowsAsync<KmsException>(() => DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), Encoding.UTF8.GetBytes(production.UserPin), default));
             Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
             Assert.Contains($"does not pass through checkpoint 3 that {checkpoints} records as signed", refused.Message, StringComparison.Ordinal);
             Assert.Contains("move that file aside", refused.Message, StringComparison.Ordinal);
@@ -88,7 +117,7 @@ public sealed partial class DeploymentRecordTests
 
             File.Move(checkpoints, checkpoints + ".replaced-test");
             File.Move(Path.Combine(dataDir, "audit", SeenHead.FileName), Path.Combine(dataDir, "audit", SeenHead.FileName + ".replaced-test"));
-            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), Encoding.UTF8.GetBytes(production.UserPin), default))
             {
                 await record.AppendAsync("ceremony-2", "test", "step/four", default);
                 Assert.Equal(4, (await record.CheckpointAsync(default))?.Sequence);
@@ -116,7 +145,7 @@ public sealed partial class DeploymentRecordTests
         var database = Path.Combine(dataDir, "kms.db");
         try
         {
-            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), Encoding.UTF8.GetBytes(production.UserPin), default))
             {
                 await record.AppendAsync("ceremony-1", "test", "step/one", default);
                 Assert.Equal(1, (await record.CheckpointAsync(default))?.Sequence); // the file: 1
@@ -140,7 +169,7 @@ public sealed partial class DeploymentRecordTests
 
             SqliteConnection.ClearAllPools();
             Assert.Equal(("7", "8"), (Scalar(database, "SELECT min(seq) FROM audit_events"), Scalar(database, "SELECT max(seq) FROM audit_checkpoints")));
-            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), Encoding.UTF8.GetBytes(production.UserPin), default))
             {
                 await record.AppendAsync("ceremony-2", "test", "step/two", default);
                 Assert.Equal(9, (await record.CheckpointAsync(default))?.Sequence); // the file: 1, 9
@@ -150,7 +179,7 @@ public sealed partial class DeploymentRecordTests
             Sql(database, "UPDATE audit_events SET body = replace(body, '\"resource\":\"step/two\"', '\"resource\":\"step/forged\"') WHERE seq = 9");
             Rechain(database, from: 9);
             Sql(database, "DELETE FROM audit_checkpoints WHERE seq > 8");
-            var refused = await Assert.ThrowsAsync<KmsException>(() => DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default));
+            var refused = await Assert.ThrowsAsync<KmsException>(() => DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), Encoding.UTF8.GetBytes(production.UserPin), default));
             Assert.Contains("does not pass through checkpoint 9 that", refused.Message, StringComparison.Ordinal);
         }
         finally
@@ -176,7 +205,7 @@ public sealed partial class DeploymentRecordTests
         var seenHead = Path.Combine(dataDir, "audit", SeenHead.FileName);
         try
         {
-            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), Encoding.UTF8.GetBytes(production.UserPin), default))
             {
                 await record.AppendAsync("ceremony-1", "test", "step/one", default);
                 Assert.Equal(1, (await record.CheckpointAsync(default))?.Sequence); // checkpoints.jsonl: 1
@@ -228,7 +257,7 @@ public sealed partial class DeploymentRecordTests
             // One that reaches it (event 3 on this chain): the ceremony records, and the head it
             // leaves is recorded at its close.
             await RecordReapplicationAsync(dataDir, new ReapplySummary(1, 4));
-            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), Encoding.UTF8.GetBytes(production.UserPin), default))
             {
                 await record.AppendAsync("ceremony-2", "test", "step/two", default);
                 Assert.Equal(4, (await record.CheckpointAsync(default))?.Sequence);
@@ -259,7 +288,7 @@ public sealed partial class DeploymentRecordTests
         var seenHead = Path.Combine(dataDir, "audit", SeenHead.FileName);
         async Task CeremonyAsync(string id)
         {
-            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+            await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), Encoding.UTF8.GetBytes(production.UserPin), default))
             {
                 await record.AppendAsync(id, "test", "step/one", default);
                 await record.AppendAsync(id, "test", "step/two", default);
@@ -300,7 +329,7 @@ public sealed partial class DeploymentRecordTests
     {
         try
         {
-            await using (await DeploymentRecord.OpenAsync(dataDir, token.Options(devMode: false), token.UserPin, default))
+            await using (await DeploymentRecord.OpenAsync(dataDir, token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin), default))
             {
             }
         }

@@ -39,7 +39,7 @@ public sealed class DomainKeyRotationJobTests
         var production = TokenWithDomainKey(oldKey);
         var dataDir = Directory.CreateTempSubdirectory("kms-rotation-").FullName;
         byte[] auditPublicKey;
-        await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+        await using (var record = await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), Encoding.UTF8.GetBytes(production.UserPin), default))
         {
             auditPublicKey = record.AuditPublicKey;
             await record.AppendAsync("before", "test", "before rotation", default);
@@ -71,7 +71,7 @@ public sealed class DomainKeyRotationJobTests
             }
 
             // Half-rotated: nothing serves it, not even the old key's token.
-            var refused = await Assert.ThrowsAsync<KmsException>(() => DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default));
+            var refused = await Assert.ThrowsAsync<KmsException>(() => DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), Encoding.UTF8.GetBytes(production.UserPin), default));
             Assert.Contains("rotation is in progress", refused.Message, StringComparison.Ordinal);
 
             await using (var store = await OpenStoreAsync(dataDir))
@@ -90,12 +90,12 @@ public sealed class DomainKeyRotationJobTests
         HsmTokenSetup.WipeToken(SoftHsm.ModulePath, rotation.Label, rotation.SoPin, SoftHsm.ModuleEnvironment);
 
         // The old domain key (what the old shares rebuild) is refused by the database's pin.
-        var old = await Assert.ThrowsAsync<KmsException>(() => DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default));
+        var old = await Assert.ThrowsAsync<KmsException>(() => DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), Encoding.UTF8.GetBytes(production.UserPin), default));
         Assert.Contains("check value " + HsmCeremonySession.AesCheckValue(newKey), old.Message, StringComparison.Ordinal);
 
         // A token holding only the new key: the audit keys still work (same published public key) …
         var restored = TokenWithDomainKey(newKey);
-        await using (var record = await DeploymentRecord.OpenAsync(dataDir, restored.Options(devMode: false), restored.UserPin, default))
+        await using (var record = await DeploymentRecord.OpenAsync(dataDir, restored.Options(devMode: false), Encoding.UTF8.GetBytes(restored.UserPin), default))
         {
             Assert.Equal(auditPublicKey, record.AuditPublicKey);
             await record.AppendAsync("after", "test", "after rotation", default);
@@ -244,7 +244,7 @@ public sealed class DomainKeyRotationJobTests
         var oldKey = RandomNumberGenerator.GetBytes(32);
         var production = TokenWithDomainKey(oldKey);
         var dataDir = Directory.CreateTempSubdirectory("kms-rotation-").FullName;
-        await using (await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), production.UserPin, default))
+        await using (await DeploymentRecord.OpenAsync(dataDir, production.Options(devMode: false), Encoding.UTF8.GetBytes(production.UserPin), default))
         {
         }
 

@@ -49,8 +49,8 @@ internal sealed class DeploymentRecord : IAsyncDisposable
     /// <summary>The domain key's check value as the HSM reports it.</summary>
     public string DomainKeyCheckValue => _hsm.DomainKeyCheckValue;
 
-    /// <summary>Opens the deployment whose database is <c>{dataDir}/kms.db</c> (SQLite).</summary>
-    public static Task<DeploymentRecord> OpenAsync(string dataDir, HsmOptions hsmOptions, string pin, CancellationToken cancellationToken) =>
+    /// <summary>Opens the deployment whose database is <c>{dataDir}/kms.db</c> (SQLite); <paramref name="pin"/> as in the other overload.</summary>
+    public static Task<DeploymentRecord> OpenAsync(string dataDir, HsmOptions hsmOptions, byte[] pin, CancellationToken cancellationToken) =>
         OpenAsync(dataDir, DeploymentDatabaseTarget.SqliteIn(dataDir), hsmOptions, pin, note: null, cancellationToken);
 
     /// <summary>
@@ -62,26 +62,47 @@ internal sealed class DeploymentRecord : IAsyncDisposable
     /// ceremony's failure (the head not recorded: the record before it stands). The HSM adapter
     /// logs to <paramref name="logger"/> (the CLI's standard error: a refused PIN, a lost HSM).
     /// </summary>
+    /// <param name="pin">
+    /// The token's user PIN as UTF-8. Zeroed before this returns, whether the record opens or
+    /// not: the HSM adapter logs in with its own pinned copy, which it zeroes when the record closes.
+    /// </param>
     public static async Task<DeploymentRecord> OpenAsync(
-        string dataDir, DeploymentDatabaseTarget database, HsmOptions hsmOptions, string pin, Action<string>? note, CancellationToken cancellationToken, Microsoft.Extensions.Logging.ILogger? logger = null)
+        string dataDir, DeploymentDatabaseTarget database, HsmOptions hsmOptions, byte[] pin, Action<string>? note, CancellationToken cancellationToken, Microsoft.Extensions.Logging.ILogger? logger = null)
     {
-        dataDir = DurableFile.CreateDirectory(dataDir);
-        var options = new HsmOptions
-        {
-            ModulePath = hsmOptions.ModulePath,
-            ModuleEnvironment = hsmOptions.ModuleEnvironment,
-            TokenLabel = hsmOptions.TokenLabel,
-            Profile = hsmOptions.Profile,
-            DomainKeyLabel = hsmOptions.DomainKeyLabel,
-            DomainKeyId = hsmOptions.DomainKeyId,
-            SessionPoolSize = 1,
-            Pin = pin,
-        };
-        var store = await database.OpenAsync(cancellationToken);
-        Pkcs11Hsm? hsm = null;
+        ArgumentNullException.ThrowIfNull(pin);
+        SqlStore store;
+        Pkcs11Hsm hsm;
         try
         {
-            hsm = Pkcs11Hsm.Open(options, logger ?? NullLogger.Instance);
+            dataDir = DurableFile.CreateDirectory(dataDir);
+            var options = new HsmOptions
+            {
+                ModulePath = hsmOptions.ModulePath,
+                ModuleEnvironment = hsmOptions.ModuleEnvironment,
+                TokenLabel = hsmOptions.TokenLabel,
+                Profile = hsmOptions.Profile,
+                DomainKeyLabel = hsmOptions.DomainKeyLabel,
+                DomainKeyId = hsmOptions.DomainKeyId,
+                SessionPoolSize = 1,
+            };
+            store = await database.OpenAsync(cancellationToken);
+            try
+            {
+                hsm = Pkcs11Hsm.Open(options, pin, logger ?? NullLogger.Instance);
+            }
+            catch
+            {
+                await store.DisposeAsync();
+                throw;
+            }
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(pin);
+        }
+
+        try
+        {
             await DomainKeyGuard.VerifyAsync(hsm, store, devMode: false, cancellationToken);
             var audit = new AuditLog(store, store, hsm, TimeProvider.System, new AuditOptions());
             await audit.InitializeAsync(cancellationToken);
@@ -131,11 +152,7 @@ internal sealed class DeploymentRecord : IAsyncDisposable
         }
         catch
         {
-            if (hsm is not null)
-            {
-                await hsm.DisposeAsync();
-            }
-
+            await hsm.DisposeAsync();
             await store.DisposeAsync();
             throw;
         }

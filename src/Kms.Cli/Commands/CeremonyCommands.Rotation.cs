@@ -238,7 +238,7 @@ internal static partial class CeremonyCommands
 
                 session.Dispose();
                 ctx.Step("wipe the rotation token", rotationOptions.TokenLabel);
-                HsmTokenSetup.WipeToken(rotationOptions.ModulePath, rotationOptions.TokenLabel, so.Reveal(), rotationOptions.ModuleEnvironment);
+                HsmTokenSetup.WipeToken(rotationOptions.ModulePath, rotationOptions.TokenLabel, so.ToUtf8(), rotationOptions.ModuleEnvironment);
                 ctx.Output.Note($"rotation token '{rotationOptions.TokenLabel}' wiped (C_InitToken)");
 
                 restoreOptions.DomainKeyId = newId;

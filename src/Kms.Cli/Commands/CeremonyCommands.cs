@@ -48,7 +48,7 @@ internal static partial class CeremonyCommands
             using (var user = SecretInput.Read(ctx, hsm.Pin, "new user PIN"))
             {
                 ctx.Step("initialise the token", options.TokenLabel);
-                HsmTokenSetup.InitializeToken(options.ModulePath, options.TokenLabel, so.Reveal(), user.Reveal(), options.ModuleEnvironment);
+                HsmTokenSetup.InitializeToken(options.ModulePath, options.TokenLabel, so.ToUtf8(), user.ToUtf8(), options.ModuleEnvironment);
             }
 
             ctx.Output.Note($"initialised token '{options.TokenLabel}'");
@@ -659,7 +659,7 @@ internal static partial class CeremonyCommands
         CliContext ctx, string dataDir, DeploymentDatabaseTarget database, HsmOptions hsmOptions, Secret pin, string ceremonyId, string operation, Transcript transcript,
         IReadOnlyList<(string Resource, string Fingerprint)> shares, string domainResource, CancellationToken ct, CeremonyApprovalOutcome? approval = null)
     {
-        await using var record = await DeploymentRecord.OpenAsync(dataDir, database, hsmOptions, pin.Reveal(), ctx.Output.Note, ct, ctx.Log);
+        await using var record = await DeploymentRecord.OpenAsync(dataDir, database, hsmOptions, pin.ToUtf8(), ctx.Output.Note, ct, ctx.Log);
         await record.AppendAsync(ceremonyId, operation, domainResource, ct);
         foreach (var resource in approval?.AuditResources() ?? [])
         {
