@@ -6,7 +6,7 @@ namespace Kms.Cli.Tests;
 /// What a user meets with a wrong path: one line on stderr naming the path they gave, a non-zero
 /// exit, nothing on stdout and no file left behind.
 /// </summary>
-public sealed class FileErrorTests(CliServerFixture fixture) : IClassFixture<CliServerFixture>, IDisposable
+public sealed partial class FileErrorTests(CliServerFixture fixture) : IClassFixture<CliServerFixture>, IDisposable
 {
     private readonly string _directory = CliServerFixture.NewDirectory();
 
@@ -29,7 +29,7 @@ public sealed class FileErrorTests(CliServerFixture fixture) : IClassFixture<Cli
         var result = await RunAsync("encrypt", "--key", "k", "--in", "adir", "--out", "o.kmse");
 
         Assert.Equal(ExitCodes.Usage, result.ExitCode);
-        Assert.Equal($"kms: {input} is a directory: give a file's path\n", result.Error);
+        Assert.Equal($"kms: --in {input} is a directory: give a file's path\n", result.Error);
         AssertNothingWritten(result, "adir");
     }
 
@@ -79,79 +79,248 @@ public sealed class FileErrorTests(CliServerFixture fixture) : IClassFixture<Cli
         var result = await WithoutFileOverrideAsync("encrypt", "--key", "k", "--in", "secret.txt", "--out", "o.kmse");
 
         Assert.Equal(ExitCodes.LocalIo, result.ExitCode);
-        Assert.Equal($"kms: cannot read {input}: permission denied\n", result.Error);
+        Assert.Equal($"kms: cannot read --in {input}: permission denied\n", result.Error);
         AssertNothingWritten(result, "secret.txt");
     }
 
     /// <summary>
-    /// Commands given a directory where they read a file ({dir}; {file} is a readable file, {pem}
-    /// an audit public key). Each said "Access to the path '{dir}' is denied." (exit 9), sending
-    /// the user to the permissions of a path that has none wrong.
+    /// Every path flag (and path argument) of every command, given a wrong path: one line on
+    /// stderr naming the flag and the path, the exit code the conventions give (2: a directory
+    /// where a file is read or the reverse, an output that exists, a missing setting file — token,
+    /// CA, client certificate or key, secret file; 9: an input not there or not readable, an
+    /// output's directory not there or not writable), nothing on stdout, no stack trace, and
+    /// nothing written or removed. {dir} is a directory, {file} a file, {pem} an audit public key
+    /// (P-256, so an officer's key too), {missing} and {nodir} are not there; {secret} (mode 000),
+    /// {closed} (a directory of mode 000) and {ro} (a directory of mode 0555) are refused to a
+    /// process without root's override (capsh), which the rows naming them run as.
+    /// <see cref="EveryPathFlagOfEveryCommand_HasARowInTheTable"/> keeps the table complete.
     /// </summary>
     [Theory]
-    [InlineData("audit", "verify", "{file}", "--public-key", "{dir}")]
-    [InlineData("audit", "verify", "{dir}", "--public-key", "{pem}")]
-    [InlineData("ceremony", "verify-transcript", "{file}", "--public-key", "{dir}")]
-    [InlineData("ceremony", "verify-transcript", "{dir}", "--public-key", "{pem}")]
-    [InlineData("backup", "verify", "{file}", "--public-key", "{dir}")]
-    [InlineData("attest", "verify", "{dir}", "--public-key", "{pem}")]
-    [InlineData("rewrap", "--key", "k", "--in-list", "{dir}")]
-    [InlineData("keys", "import", "k", "--material", "{dir}")]
-    [InlineData("officer", "approve", "tenants/dev/quorumRequests/r", "--key", "{dir}", "--key-passphrase-file", "{file}", "--yes")]
-    [InlineData("officer", "approve", "tenants/dev/quorumRequests/r", "--key", "{file}", "--key-passphrase-file", "{dir}", "--yes")]
-    [InlineData("keys", "list", "--config", "{dir}")]
-    public async Task FileExpected_DirectoryGiven_Exits2_SaysItIsADirectory(params string[] args)
-    {
-        var (dir, _, _) = await PathsAsync();
-
-        var result = await RunAsync(Fill(args));
-
-        Assert.True(result.ExitCode == ExitCodes.Usage, result.ToString());
-        Assert.Equal(args.Contains("--config") ? $"kms: profile file {dir} is a directory: give a file's path\n" : $"kms: {dir} is a directory: give a file's path\n", result.Error);
-        Assert.Equal("", result.Out);
-    }
-
-    /// <summary>Commands given a file where they read a directory: was "Could not find a part of the path" (rewrap) or a missing manifest (backup verify) for a path that is there.</summary>
-    [Theory]
-    [InlineData("rewrap", "--key", "k", "--dir", "{file}")]
-    [InlineData("backup", "verify", "{file}", "--public-key", "{pem}")]
-    [InlineData("backup", "restore", "{file}", "--public-key", "{pem}", "--data-dir", "{dir}", "--without-audit-logs")]
-    public async Task DirectoryExpected_FileGiven_Exits2_SaysItIsAFile(params string[] args)
-    {
-        var (_, file, _) = await PathsAsync();
-
-        var result = await RunAsync(Fill(args));
-
-        Assert.True(result.ExitCode == ExitCodes.Usage, result.ToString());
-        Assert.Equal($"kms: {file} is a file: give a directory's path\n", result.Error);
-        Assert.Equal("", result.Out);
-    }
-
-    /// <summary>
-    /// Commands given a path they may not read ({secret}: a file of mode 000; {closed}: a
-    /// directory of mode 000), as a process without root's override (capsh). Each said "Access to
-    /// the path '…' is denied.", the words it also used for a directory given as a file.
-    /// </summary>
-    [Theory]
-    [InlineData("{secret}", "audit", "verify", "{file}", "--public-key", "{secret}")]
-    [InlineData("{secret}", "attest", "verify", "{secret}", "--public-key", "{pem}")]
-    [InlineData("{secret}", "rewrap", "--key", "k", "--in-list", "{secret}")]
-    [InlineData("{closed}", "rewrap", "--key", "k", "--dir", "{closed}")]
-    [InlineData("{secret}", "officer", "approve", "tenants/dev/quorumRequests/r", "--key", "{file}", "--key-passphrase-file", "{secret}", "--yes")]
-    public async Task NotReadable_AsAProcessWithoutRootsOverride_Exits9_NamesThePath(string named, params string[] args)
+    // A directory where a file is read.
+    [InlineData(2, "--in {dir} is a directory: give a file's path", "encrypt", "--key", "k", "--in", "{dir}", "--out", "o.kmse")]
+    [InlineData(2, "--in {dir} is a directory: give a file's path", "decrypt", "--any-key", "--in", "{dir}", "--out", "o.txt")]
+    [InlineData(2, "--public-key {dir} is a directory: give a file's path", "audit", "verify", "{file}", "--public-key", "{dir}")]
+    [InlineData(2, "{dir} is a directory: give a file's path", "audit", "verify", "{dir}", "--public-key", "{pem}")]
+    [InlineData(2, "--public-key {dir} is a directory: give a file's path", "ceremony", "verify-transcript", "{file}", "--public-key", "{dir}")]
+    [InlineData(2, "{dir} is a directory: give a file's path", "ceremony", "verify-transcript", "{dir}", "--public-key", "{pem}")]
+    [InlineData(2, "--public-key {dir} is a directory: give a file's path", "backup", "verify", "{file}", "--public-key", "{dir}")]
+    [InlineData(2, "--public-key {dir} is a directory: give a file's path", "backup", "fetch", "r", "--out", "b", "--public-key", "{dir}")]
+    [InlineData(2, "--public-key {dir} is a directory: give a file's path", "backup", "reapply-destructions", "--data-dir", "{dir}", "--audit-log", "{file}", "--public-key", "{dir}")]
+    [InlineData(2, "{dir} is a directory: give a file's path", "attest", "verify", "{dir}", "--public-key", "{pem}")]
+    [InlineData(2, "--public-key {dir} is a directory: give a file's path", "attest", "verify", "{file}", "--public-key", "{dir}")]
+    [InlineData(2, "--in-list {dir} is a directory: give a file's path", "rewrap", "--key", "k", "--in-list", "{dir}")]
+    [InlineData(2, "--checkpoint {dir} is a directory: give a file's path", "rewrap", "--key", "k", "--dir", "{dir}", "--checkpoint", "{dir}")]
+    [InlineData(2, "--material {dir} is a directory: give a file's path", "keys", "import", "k", "--material", "{dir}")]
+    [InlineData(2, "--key {dir} is a directory: give a file's path", "officer", "approve", "tenants/dev/quorumRequests/r", "--key", "{dir}", "--key-passphrase-file", "{file}", "--yes")]
+    [InlineData(2, "--key-passphrase-file {dir} is a directory: give a file's path", "officer", "approve", "tenants/dev/quorumRequests/r", "--key", "{file}", "--key-passphrase-file", "{dir}", "--yes")]
+    [InlineData(2, "--officer {dir} is a directory: give a file's path", "ceremony", "create-domain", "--token-label", "none", "--custodian", "a", "--custodian", "b", "--threshold", "2", "--officer", "o={dir}", "--officer-threshold", "1", "--shares-dir", "shares", "--data-dir", "data")]
+    [InlineData(2, "--officer {dir} is a directory: give a file's path", "quorum", "change-officers", "--officer", "o={dir}", "--threshold", "1")]
+    [InlineData(2, "--module {dir} is a directory: give a file's path", "ceremony", "inspect-token", "--token-label", "none", "--module", "{dir}")]
+    [InlineData(2, "--softhsm-conf {dir} is a directory: give a file's path", "ceremony", "inspect-token", "--token-label", "none", "--softhsm-conf", "{dir}")]
+    [InlineData(2, "--hsm-profile {dir} is a directory: give a file's path", "ceremony", "inspect-token", "--token-label", "none", "--hsm-profile", "{dir}")]
+    [InlineData(2, "--public-key {dir} is a directory: give a file's path", "backup", "restore", "{dir}", "--public-key", "{dir}", "--data-dir", "{dir}", "--without-audit-logs")]
+    [InlineData(2, "--audit-log {dir} is a directory: give a file's path", "backup", "restore", "{dir}", "--public-key", "{pem}", "--data-dir", "{dir}", "--audit-log", "{dir}")]
+    [InlineData(2, "profile file {dir} is a directory: give a file's path", "keys", "list", "--config", "{dir}")]
+    [InlineData(2, "client certificate {dir} (flag --client-cert) is a directory: give a file's path", "keys", "list", "--client-cert", "{dir}", "--client-key", "{pem}")]
+    [InlineData(2, "client key {dir} (flag --client-key) is a directory: give a file's path", "keys", "list", "--client-cert", "{pem}", "--client-key", "{dir}")]
+    // A file where a directory is read or made.
+    [InlineData(2, "--dir {file} is a file: give a directory's path", "rewrap", "--key", "k", "--dir", "{file}")]
+    [InlineData(2, "{file} is a file: give a directory's path", "backup", "verify", "{file}", "--public-key", "{pem}")]
+    [InlineData(2, "{file} is a file: give a directory's path", "backup", "restore", "{file}", "--public-key", "{pem}", "--data-dir", "{dir}", "--without-audit-logs")]
+    [InlineData(2, "--data-dir {file} is a file: give a directory's path", "backup", "restore", "{dir}", "--public-key", "{pem}", "--data-dir", "{file}", "--without-audit-logs")]
+    [InlineData(2, "--data-dir {file} is a file: give a directory's path", "ceremony", "create-domain", "--token-label", "none", "--custodian", "a", "--custodian", "b", "--threshold", "2", "--officer", "o={pem}", "--officer-threshold", "1", "--shares-dir", "shares", "--data-dir", "{file}")]
+    // An output that exists: a backup is downloaded into a new directory.
+    [InlineData(2, "--out {dir} exists: a backup is downloaded into a new directory", "backup", "fetch", "r", "--out", "{dir}", "--public-key", "{pem}")]
+    [InlineData(2, "--out {file} exists: a backup is downloaded into a new directory", "backup", "fetch", "r", "--out", "{file}", "--public-key", "{pem}")]
+    // Not there.
+    [InlineData(9, "--in {missing} does not exist", "encrypt", "--key", "k", "--in", "{missing}", "--out", "o.kmse")]
+    [InlineData(9, "--public-key {missing} does not exist", "audit", "verify", "{file}", "--public-key", "{missing}")]
+    [InlineData(9, "{missing} does not exist", "audit", "verify", "{missing}", "--public-key", "{pem}")]
+    [InlineData(9, "{missing} does not exist", "attest", "verify", "{missing}", "--public-key", "{pem}")]
+    [InlineData(9, "{missing} does not exist", "ceremony", "verify-transcript", "{missing}", "--public-key", "{pem}")]
+    [InlineData(9, "{missing} does not exist", "backup", "verify", "{missing}", "--public-key", "{pem}")]
+    [InlineData(9, "--in-list {missing} does not exist", "rewrap", "--key", "k", "--in-list", "{missing}")]
+    [InlineData(9, "--dir {missing} does not exist", "rewrap", "--key", "k", "--dir", "{missing}")]
+    [InlineData(9, "--material {missing} does not exist", "keys", "import", "k", "--material", "{missing}")]
+    [InlineData(9, "--key {missing} does not exist", "officer", "approve", "tenants/dev/quorumRequests/r", "--key", "{missing}", "--key-passphrase-file", "{file}", "--yes")]
+    [InlineData(2, "--key-passphrase-file {missing} does not exist", "officer", "approve", "tenants/dev/quorumRequests/r", "--key", "{file}", "--key-passphrase-file", "{missing}", "--yes")]
+    [InlineData(9, "--officer {missing} does not exist", "ceremony", "create-domain", "--token-label", "none", "--custodian", "a", "--custodian", "b", "--threshold", "2", "--officer", "o={missing}", "--officer-threshold", "1", "--shares-dir", "shares", "--data-dir", "data")]
+    [InlineData(9, "--officer {missing} does not exist", "quorum", "change-officers", "--officer", "o={missing}", "--threshold", "1")]
+    [InlineData(9, "--module {missing} does not exist", "ceremony", "inspect-token", "--token-label", "none", "--module", "{missing}")]
+    [InlineData(9, "--softhsm-conf {missing} does not exist", "ceremony", "inspect-token", "--token-label", "none", "--softhsm-conf", "{missing}")]
+    [InlineData(9, "--hsm-profile {missing} does not exist", "ceremony", "inspect-token", "--token-label", "none", "--hsm-profile", "{missing}")]
+    [InlineData(9, "--audit-log {missing} does not exist", "backup", "restore", "{dir}", "--public-key", "{pem}", "--data-dir", "{dir}", "--audit-log", "{missing}")]
+    [InlineData(9, "--audit-log {missing} does not exist", "backup", "reapply-destructions", "--data-dir", "{dir}", "--audit-log", "{missing}")]
+    [InlineData(2, "client certificate {missing} (flag --client-cert) does not exist", "keys", "list", "--client-cert", "{missing}", "--client-key", "{pem}")]
+    [InlineData(2, "client key {missing} (flag --client-key) does not exist", "keys", "list", "--client-cert", "{pem}", "--client-key", "{missing}")]
+    // An output whose directory is not there.
+    [InlineData(9, "cannot write --checkpoint {nodir}/cp: the directory {nodir} does not exist", "rewrap", "--key", "k", "--dir", "{dir}", "--checkpoint", "{nodir}/cp")]
+    [InlineData(9, "cannot write --out {nodir}/b: the directory {nodir} does not exist", "backup", "fetch", "r", "--out", "{nodir}/b", "--public-key", "{pem}")]
+    // Not readable, or not writable (capsh).
+    [InlineData(9, "cannot read --in {secret}: permission denied", "encrypt", "--key", "k", "--in", "{secret}", "--out", "o.kmse")]
+    [InlineData(9, "cannot read --public-key {secret}: permission denied", "audit", "verify", "{file}", "--public-key", "{secret}")]
+    [InlineData(9, "cannot read {secret}: permission denied", "attest", "verify", "{secret}", "--public-key", "{pem}")]
+    [InlineData(9, "cannot read --in-list {secret}: permission denied", "rewrap", "--key", "k", "--in-list", "{secret}")]
+    [InlineData(9, "cannot read --dir {closed}: permission denied", "rewrap", "--key", "k", "--dir", "{closed}")]
+    [InlineData(9, "cannot read --checkpoint {secret}: permission denied", "rewrap", "--key", "k", "--dir", "{dir}", "--checkpoint", "{secret}")]
+    [InlineData(9, "cannot write --checkpoint {ro}/cp: permission denied in {ro}", "rewrap", "--key", "k", "--dir", "{dir}", "--checkpoint", "{ro}/cp")]
+    [InlineData(9, "cannot write --out {ro}/b: permission denied in {ro}", "backup", "fetch", "r", "--out", "{ro}/b", "--public-key", "{pem}")]
+    [InlineData(9, "cannot read --material {secret}: permission denied", "keys", "import", "k", "--material", "{secret}")]
+    [InlineData(9, "cannot read --key-passphrase-file {secret}: permission denied", "officer", "approve", "tenants/dev/quorumRequests/r", "--key", "{file}", "--key-passphrase-file", "{secret}", "--yes")]
+    [InlineData(9, "cannot read --officer {secret}: permission denied", "ceremony", "create-domain", "--token-label", "none", "--custodian", "a", "--custodian", "b", "--threshold", "2", "--officer", "o={secret}", "--officer-threshold", "1", "--shares-dir", "shares", "--data-dir", "data")]
+    [InlineData(9, "cannot read --officer {secret}: permission denied", "quorum", "change-officers", "--officer", "o={secret}", "--threshold", "1")]
+    [InlineData(9, "cannot read --module {secret}: permission denied", "ceremony", "inspect-token", "--token-label", "none", "--module", "{secret}")]
+    [InlineData(9, "cannot read --softhsm-conf {secret}: permission denied", "ceremony", "inspect-token", "--token-label", "none", "--softhsm-conf", "{secret}")]
+    [InlineData(9, "cannot read --hsm-profile {secret}: permission denied", "ceremony", "inspect-token", "--token-label", "none", "--hsm-profile", "{secret}")]
+    [InlineData(9, "cannot read client certificate {secret} (flag --client-cert): permission denied", "keys", "list", "--client-cert", "{secret}", "--client-key", "{pem}")]
+    [InlineData(9, "cannot read client key {secret} (flag --client-key): permission denied", "keys", "list", "--client-cert", "{pem}", "--client-key", "{secret}")]
+    // Checked before anything is made: the data directory, the share directory.
+    [InlineData(9, "--module {missing} does not exist", "ceremony", "create-domain", "--token-label", "none", "--custodian", "a", "--custodian", "b", "--threshold", "2", "--officer", "o={pem}", "--officer-threshold", "1", "--shares-dir", "shares", "--data-dir", "data", "--allow-network", "--module", "{missing}")]
+    [InlineData(2, "--passphrase-file {missing} does not exist", "ceremony", "create-domain", "--token-label", "none", "--custodian", "a", "--custodian", "b", "--threshold", "2", "--officer", "o={pem}", "--officer-threshold", "1", "--shares-dir", "shares", "--data-dir", "data", "--allow-network", "--passphrase-file", "a={missing}")]
+    [InlineData(2, "--passphrase-file {dir} is a directory: give a file's path", "ceremony", "create-domain", "--token-label", "none", "--custodian", "a", "--custodian", "b", "--threshold", "2", "--officer", "o={pem}", "--officer-threshold", "1", "--shares-dir", "shares", "--data-dir", "data", "--allow-network", "--passphrase-file", "a={dir}")]
+    [InlineData(9, "--share {missing} does not exist", "ceremony", "restore-domain", "--token-label", "none", "--without-approval", "--data-dir", "{dir}", "--allow-network", "--share", "{missing}")]
+    [InlineData(2, "--share {dir} is a directory: give a file's path", "ceremony", "restore-domain", "--token-label", "none", "--without-approval", "--data-dir", "{dir}", "--allow-network", "--share", "{dir}")]
+    [InlineData(9, "cannot read share file {secret}: permission denied (the user running this needs read permission on the file and search permission on its directories)", "ceremony", "restore-domain", "--token-label", "none", "--without-approval", "--data-dir", "{dir}", "--allow-network", "--share", "{secret}")]
+    [InlineData(9, "--genesis {missing} does not exist", "ceremony", "restore-domain", "--token-label", "none", "--share", "{file}", "--genesis", "{missing}", "--approval", "{file}", "--allow-network")]
+    [InlineData(2, "--genesis {dir} is a directory: give a file's path", "ceremony", "restore-domain", "--token-label", "none", "--share", "{file}", "--genesis", "{dir}", "--approval", "{file}", "--allow-network")]
+    [InlineData(9, "cannot read --genesis {secret}: permission denied", "ceremony", "restore-domain", "--token-label", "none", "--share", "{file}", "--genesis", "{secret}", "--approval", "{file}", "--allow-network")]
+    [InlineData(9, "cannot write --out {nodir}/k: the directory {nodir} does not exist", "officer", "keygen", "--out", "{nodir}/k", "--key-passphrase-file", "{file}")]
+    [InlineData(9, "cannot write --out {ro}/k: permission denied in {ro}", "officer", "keygen", "--out", "{ro}/k", "--key-passphrase-file", "{file}")]
+    [InlineData(2, "token file {dir} (flag --token-file) is a directory: give a file's path", "keys", "list", "--token-file", "{dir}")]
+    [InlineData(2, "token file {missing} (flag --token-file) does not exist", "keys", "list", "--token-file", "{missing}")]
+    [InlineData(9, "cannot read token file {secret} (flag --token-file): permission denied", "keys", "list", "--token-file", "{secret}")]
+    [InlineData(2, "CA file {dir} (flag --ca-file) is a directory: give a file's path", "keys", "list", "--ca-file", "{dir}")]
+    [InlineData(2, "CA file {missing} (flag --ca-file) does not exist", "keys", "list", "--ca-file", "{missing}")]
+    [InlineData(9, "cannot read CA file {secret} (flag --ca-file): permission denied", "keys", "list", "--ca-file", "{secret}")]
+    public async Task WrongPath_ExitsAsTheConventionsSay_OneLineNamingTheFlagAndThePath(int exitCode, string message, params string[] args)
     {
         await PathsAsync();
         var secret = Path.Combine(_directory, "secret");
         await File.WriteAllTextAsync(secret, "s\n");
         File.SetUnixFileMode(secret, UnixFileMode.None);
-        var closed = Directory.CreateDirectory(Path.Combine(_directory, "closed")).FullName;
-        File.SetUnixFileMode(closed, UnixFileMode.None);
+        File.SetUnixFileMode(Directory.CreateDirectory(Path.Combine(_directory, "closed")).FullName, UnixFileMode.None);
+        File.SetUnixFileMode(Directory.CreateDirectory(Path.Combine(_directory, "ro")).FullName, UnixFileMode.UserRead | UnixFileMode.UserExecute);
+        var before = Entries();
 
-        var result = await WithoutFileOverrideAsync(Fill(args));
+        var result = await RunAnyAsync(args);
 
-        Assert.True(result.ExitCode == ExitCodes.LocalIo, result.ToString());
-        Assert.Equal($"kms: cannot read {Fill([named])[0]}: permission denied\n", result.Error);
+        Assert.True(result.ExitCode == exitCode, result.ToString());
+        // --allow-network and --without-approval warn first.
+        Assert.Equal($"kms: {Fill([message])[0]}\n", string.Concat(result.Error.Split('\n').Where(l => l.Length > 0 && !l.StartsWith("kms: warning: ", StringComparison.Ordinal)).Select(l => l + "\n")));
         Assert.Equal("", result.Out);
+        Assert.Equal(before, Entries());
+    }
+
+    /// <summary>
+    /// Each option of each command that takes a path (FILE, DIR, PEM or PATH in its help, or
+    /// NAME=PATH pairs) has a row in <see cref="WrongPath_ExitsAsTheConventionsSay_OneLineNamingTheFlagAndThePath"/>,
+    /// unless it is one of those below: a flag added without a row fails here.
+    /// </summary>
+    [Fact]
+    public void EveryPathFlagOfEveryCommand_HasARowInTheTable()
+    {
+        var method = typeof(FileErrorTests).GetMethod(nameof(WrongPath_ExitsAsTheConventionsSay_OneLineNamingTheFlagAndThePath))!;
+        var rows = method.GetCustomAttributes(typeof(InlineDataAttribute), false).Cast<InlineDataAttribute>()
+            .SelectMany(a => a.GetData(method)).Select(row => ((string)row[1], row.Skip(2).Cast<string>().ToArray())).ToList();
+        var root = KmsCli.Build(new CliEnvironment
+        {
+            Out = TextWriter.Null,
+            Error = TextWriter.Null,
+            OpenStandardInput = () => Stream.Null,
+            OpenStandardOutput = () => Stream.Null,
+            GetVariable = _ => null,
+            HomeDirectory = Path.GetTempPath(),
+        });
+        var covered = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (message, args) in rows)
+        {
+            System.CommandLine.Command command = root;
+            var path = "kms";
+            foreach (var arg in args)
+            {
+                if (command.Subcommands.FirstOrDefault(c => c.Name == arg) is not { } sub)
+                {
+                    break;
+                }
+
+                command = sub;
+                path += " " + arg;
+            }
+
+            // The flag given the path the row's message names (the others are given good paths).
+            var named = Placeholder().Matches(message).Select(m => m.Value).ToList();
+            var flags = args.SkipLast(1).Where((a, i) => a.StartsWith("--", StringComparison.Ordinal) && named.Any(args[i + 1].Contains)).ToList();
+            covered.UnionWith(flags.Select(flag => $"{path} {flag}"));
+            // The global options are the root's (recursive): any command's row covers them.
+            covered.UnionWith(flags.Select(flag => $"kms {flag}"));
+        }
+
+        var missing = new List<string>();
+        var pending = new Stack<(System.CommandLine.Command Command, string Path)>([(root, "kms")]);
+        while (pending.TryPop(out var entry))
+        {
+            foreach (var option in entry.Command.Options.Where(TakesAPath))
+            {
+                var name = $"{entry.Path} {option.Name}";
+                if (!covered.Contains(name) && !Exempt.Any(e => name.EndsWith(e, StringComparison.Ordinal)))
+                {
+                    missing.Add(name);
+                }
+            }
+
+            foreach (var sub in entry.Command.Subcommands)
+            {
+                pending.Push((sub, $"{entry.Path} {sub.Name}"));
+            }
+        }
+
+        Assert.True(missing.Count == 0, "path flags without a row in the table:\n" + string.Join("\n", missing.Order(StringComparer.Ordinal)));
+    }
+
+    // Path options the table does not repeat for every command, each for a reason.
+    private static readonly string[] Exempt =
+    [
+        // SecretInput.ReadFile, as --key-passphrase-file's and --passphrase-file's rows show.
+        " --pin-file", " --so-pin-file", " --restore-pin-file", " --credential-file", " --postgres-connection-file", " --key-passphrase-file", " --passphrase-file", " --new-passphrase-file",
+        // HsmSelection.Options, as inspect-token's and create-domain's rows show.
+        " --module", " --softhsm-conf", " --hsm-profile",
+        // OutputFile.Open, as the Encrypt_Out… tests show (they name the path, not the flag).
+        "encrypt --out", "decrypt --out", "attest get --out", "audit export --out", "public-key --out", "quorum export --out", "tokens create --out", "sign --out",
+        "datakey --plaintext-out", "datakey --ciphertext-out", "bootstrap --session-token-out",
+        // InputFile.Open, as encrypt's --in rows show; read once the key's algorithm is fetched (a key the table does not make).
+        "sign --in", "verify --in", "verify --signature", "mac --in", "verify-mac --in",
+        // Read once the genesis file verifies (LocalPath.ReadAllTextAsync, as --public-key's rows show).
+        "restore-domain --approval", "rotate-domain --approval",
+        // Read once the deployment database is open (a rotation needs one), by the code of restore-domain's and create-domain's rows.
+        "rotate-domain --share", "rotate-domain --new-share", "rotate-domain --new-shares-dir", "rotate-domain --genesis", "rotate-domain --data-dir",
+        // Not checked as a directory yet: a file given is not said so (the database or transcript under it fails later).
+        "restore-domain --data-dir",
+        // Made when missing, in the rows' own directory: create-domain --shares-dir and --data-dir (a file given: "--data-dir {file}" row).
+        "create-domain --shares-dir",
+    ];
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"\{\w+\}")]
+    private static partial System.Text.RegularExpressions.Regex Placeholder();
+
+    private static bool TakesAPath(System.CommandLine.Option option) =>
+        !option.Hidden && (option.HelpName is "FILE" or "DIR" or "PEM" or "PATH" or "NAME|PATH"
+            || (option.HelpName == "KEY=VALUE" && option.Description is { } d && (d.Contains("=PATH", StringComparison.Ordinal) || d.Contains(".pem:", StringComparison.Ordinal))));
+
+    // Every file and directory under the test's directory, with its size: what a failed command must leave as it was.
+    private List<string> Entries() =>
+        [.. Directory.EnumerateFileSystemEntries(_directory, "*", new EnumerationOptions { RecurseSubdirectories = true, IgnoreInaccessible = true, AttributesToSkip = 0 })
+            .Select(e => File.Exists(e) ? $"{e} {new FileInfo(e).Length}" : e)
+            .Order(StringComparer.Ordinal)];
+
+    // Rows naming {secret}, {closed} or {ro} run without root's override; a client certificate is given without the fixture's token (the CLI refuses both).
+    private async Task<CliResult> RunAnyAsync(string[] args)
+    {
+        var variables = args.Contains("--client-cert")
+            ? fixture.Variables.Where(v => v.Key != "KMS_TOKEN_FILE").ToDictionary()
+            : new Dictionary<string, string>(fixture.Variables);
+        return args.Any(a => a.Contains("{secret}", StringComparison.Ordinal) || a.Contains("{closed}", StringComparison.Ordinal) || a.Contains("{ro}", StringComparison.Ordinal))
+            ? await CliRun.ProcessInShellAsync(variables, _directory, "exec capsh --drop=cap_dac_override,cap_dac_read_search -- -c 'exec dotnet \"$@\"' bash \"$@\"", Fill(args))
+            : await CliRun.InProcessAsync(variables, _directory, null, Fill(args));
     }
 
     /// <summary>A directory the ceremony must create its share files in, under one the user may not write (capsh): was "Access to the path '…' is denied.".</summary>
@@ -171,7 +340,7 @@ public sealed class FileErrorTests(CliServerFixture fixture) : IClassFixture<Cli
         Assert.EndsWith($"\nkms: cannot create the directory {readOnly}/quorum: permission denied\n", "\n" + result.Error, StringComparison.Ordinal);
     }
 
-    // {dir} a directory, {file} a file, {pem} an audit public key's PEM, {secret} and {closed} (made by the test).
+    // {dir} a directory, {file} a file, {pem} an audit public key's PEM; {secret}, {closed} and {ro} (made by the table's test), {missing} and {nodir} never made.
     private async Task<(string Dir, string File, string Pem)> PathsAsync()
     {
         var dir = Directory.CreateDirectory(Path.Combine(_directory, "adir")).FullName;
@@ -184,6 +353,9 @@ public sealed class FileErrorTests(CliServerFixture fixture) : IClassFixture<Cli
 
     private string[] Fill(string[] args) => [.. args.Select(a => a
         .Replace("{dir}", Path.Combine(_directory, "adir"), StringComparison.Ordinal)
+        .Replace("{missing}", Path.Combine(_directory, "missing"), StringComparison.Ordinal)
+        .Replace("{nodir}", Path.Combine(_directory, "nodir"), StringComparison.Ordinal)
+        .Replace("{ro}", Path.Combine(_directory, "ro"), StringComparison.Ordinal)
         .Replace("{file}", Path.Combine(_directory, "afile"), StringComparison.Ordinal)
         .Replace("{pem}", Path.Combine(_directory, "audit.pem"), StringComparison.Ordinal)
         .Replace("{secret}", Path.Combine(_directory, "secret"), StringComparison.Ordinal)

@@ -303,7 +303,16 @@ public sealed class ShareFile
             }
             content = buffer[..length];
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        catch (UnauthorizedAccessException e)
+        {
+            // .NET's "Access to the path … is denied." said neither what the file is nor what is missing.
+            throw new CeremonyException(CeremonyError.Io, $"cannot read share file {path}: permission denied (the user running this needs read permission on the file and search permission on its directories)", e);
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            throw new CeremonyException(CeremonyError.Io, $"cannot read share file {path}: it does not exist", e);
+        }
+        catch (IOException e)
         {
             throw new CeremonyException(CeremonyError.Io, $"cannot read share file {path}: {e.Message}", e);
         }

@@ -92,9 +92,9 @@ internal sealed class CeremonyApproval
         }
 
         var genesisPath = parse.GetValue(Genesis) is { } given
-            ? LocalPath.File(ctx.Environment, given)
+            ? LocalPath.File(ctx.Environment, given, "--genesis")
             : dataDir is null ? null : Path.Combine(Path.GetFullPath(dataDir), "quorum", "genesis.json");
-        var genesis = genesisPath is not null && (parse.GetValue(Genesis) is not null || File.Exists(genesisPath)) ? ReadGenesis(genesisPath) : null;
+        var genesis = genesisPath is not null && (parse.GetValue(Genesis) is not null || File.Exists(genesisPath)) ? ReadGenesis(genesisPath, parse.GetValue(Genesis) is null ? null : "--genesis") : null;
         if (genesis is null && parse.GetValue(GenesisSha256) is not null)
         {
             throw new CliUsageException("--genesis-sha256 needs the genesis officer file it pins: give --genesis FILE (or a --data-dir holding quorum/genesis.json)");
@@ -164,7 +164,7 @@ internal sealed class CeremonyApproval
         ApprovalBundle bundle;
         try
         {
-            bundle = ApprovalBundle.Parse(await LocalPath.ReadAllTextAsync(ctx.Environment, bundlePath, ct));
+            bundle = ApprovalBundle.Parse(await LocalPath.ReadAllTextAsync(ctx.Environment, bundlePath, "--approval", ct));
         }
         catch (KmsException e)
         {
@@ -224,11 +224,11 @@ internal sealed class CeremonyApproval
         return new CeremonyApprovalOutcome(verified, genesis.Hash, description);
     }
 
-    private static OfficerSet ReadGenesis(string path)
+    private static OfficerSet ReadGenesis(string path, string? flag)
     {
         try
         {
-            return LocalPath.Read(path, GenesisFile.Read);
+            return LocalPath.Read(path, GenesisFile.Read, flag);
         }
         catch (IOException e)
         {

@@ -35,7 +35,7 @@ internal sealed class HsmSelection
 
     public Option<string> Profile { get; } = new("--hsm-profile")
     {
-        Description = "HSM profile: a name under hsm-config/profiles or a path to one",
+        Description = "HSM profile: a name under hsm-config/profiles, or a path to one (with a / or ending .json)",
         HelpName = "NAME|PATH",
         DefaultValueFactory = _ => "softhsm2",
     };
@@ -64,21 +64,33 @@ internal sealed class HsmSelection
         }
     }
 
-    /// <summary>The adapter options these flags select; <paramref name="domainKeyId"/> outside dev mode.</summary>
-    public HsmOptions Options(ParseResult parse, string? domainKeyId = null)
+    /// <summary>
+    /// The adapter options these flags select; <paramref name="domainKeyId"/> outside dev mode. The
+    /// files named (the module, SoftHSM's configuration, an HSM profile given by path) are checked
+    /// here, before a ceremony writes or asks for anything: the module loader and SoftHSM would
+    /// say only that the module did not load, or nothing at all.
+    /// </summary>
+    /// <exception cref="CliUsageException">A directory is given for one of the files.</exception>
+    /// <exception cref="CliFailureException">One of the files is not there or may not be read (exit <see cref="ExitCodes.LocalIo"/>).</exception>
+    public HsmOptions Options(CliContext ctx, string? domainKeyId = null)
     {
+        var parse = ctx.ParseResult;
         var environment = new Dictionary<string, string>(parse.GetValue(ModuleEnvironment)!, StringComparer.Ordinal);
         if (parse.GetValue(SoftHsmConf) is { Length: > 0 } conf)
         {
-            environment["SOFTHSM2_CONF"] = Path.GetFullPath(conf);
+            environment["SOFTHSM2_CONF"] = LocalPath.Readable(ctx.Environment, conf, "--softhsm-conf");
         }
 
+        // A bare name (libsofthsm2.so) is the loader's to find on its search path; a profile's
+        // name is one of the embedded profiles. With a slash (or .json) they are files.
+        var module = parse.GetValue(Module)!;
+        var profile = parse.GetValue(Profile)!;
         return new HsmOptions
         {
-            ModulePath = parse.GetValue(Module)!,
+            ModulePath = module.Contains('/', StringComparison.Ordinal) ? LocalPath.Readable(ctx.Environment, module, "--module") : module,
             ModuleEnvironment = environment,
             TokenLabel = parse.GetValue(TokenLabel)!,
-            Profile = parse.GetValue(Profile)!,
+            Profile = profile.Contains('/', StringComparison.Ordinal) || profile.EndsWith(".json", StringComparison.OrdinalIgnoreCase) ? LocalPath.Readable(ctx.Environment, profile, "--hsm-profile") : profile,
             DomainKeyLabel = parse.GetValue(DomainKeyLabel)!,
             DomainKeyId = domainKeyId,
             SessionPoolSize = 2,

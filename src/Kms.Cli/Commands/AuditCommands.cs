@@ -173,7 +173,7 @@ internal static class AuditCommands
         var command = new Command("verify", "check an audit export offline: hashes, the chain, checkpoint signatures by the pinned key (exit 7 naming the first bad sequence; exit 10 when only a torn last line was left unread; exit 11 when a SIEM stream copy verified with restart lines: the database was rolled back under the stream)") { file, publicKey, known, partial, allowUnsigned };
         runner.SetAction(command, async (ctx, ct) =>
         {
-            var key = CeremonyCommands.PublicKeyFromPem(await LocalPath.ReadAllTextAsync(ctx.Environment, ctx.ParseResult.GetRequiredValue(publicKey), ct));
+            var key = CeremonyCommands.PublicKeyFromPem(await LocalPath.ReadAllTextAsync(ctx.Environment, ctx.ParseResult.GetRequiredValue(publicKey), "--public-key", ct));
             var lastKnown = ctx.ParseResult.GetValue(known) is { } text ? ParseKnown(text) : null;
             using var export = LocalPath.Read(LocalPath.File(ctx.Environment, ctx.ParseResult.GetRequiredValue(file)), path => new StreamReader(path, Encoding.UTF8));
             var result = AuditVerifier.Verify(export, key, lastKnown, ctx.ParseResult.GetValue(partial));

@@ -62,9 +62,15 @@ internal static class BackupCommands
         runner.SetAction(command, async (ctx, ct) =>
         {
             var parse = ctx.ParseResult;
-            var key = CeremonyCommands.PublicKeyFromPem(LocalPath.ReadAllText(ctx.Environment, parse.GetRequiredValue(publicKey)));
+            var key = CeremonyCommands.PublicKeyFromPem(LocalPath.ReadAllText(ctx.Environment, parse.GetRequiredValue(publicKey), "--public-key"));
             var name = OfficerCommands.RequestName(parse.GetRequiredValue(request));
-            var directory = ctx.Environment.FullPath(parse.GetRequiredValue(output));
+            // Checked before the download: it failed on the staging directory beside it, by a name the user never gave.
+            var directory = LocalPath.Writable(ctx.Environment, parse.GetRequiredValue(output), "--out");
+            if (File.Exists(directory) || Directory.Exists(directory))
+            {
+                throw new CliUsageException($"--out {directory} exists: a backup is downloaded into a new directory");
+            }
+
             await ctx.Client.DownloadBackupAsync(name, directory, ct);
             BackupManifest manifest;
             try
@@ -99,8 +105,8 @@ internal static class BackupCommands
         var command = new Command("verify", "check a backup's manifest signature (audit key) and its snapshot's SHA-256 and size; reads only") { directory, publicKey };
         runner.SetAction(command, (ctx, _) =>
         {
-            var key = CeremonyCommands.PublicKeyFromPem(LocalPath.ReadAllText(ctx.Environment, ctx.ParseResult.GetRequiredValue(publicKey)));
-            var backup = LocalPath.Directory(ctx.Environment, ctx.ParseResult.GetRequiredValue(directory));
+            var key = CeremonyCommands.PublicKeyFromPem(LocalPath.ReadAllText(ctx.Environment, ctx.ParseResult.GetRequiredValue(publicKey), "--public-key"));
+            var backup = LocalPath.Directory(ctx.Environment, ctx.ParseResult.GetRequiredValue(directory), existing: true);
             var manifest = Checked(() => LocalPath.Read(backup, path => BackupManifest.Verify(path, key)));
             ctx.Output.Result(ManifestJson(manifest), () => CliOutput.Properties(ManifestRows(manifest)));
             return Task.FromResult(ExitCodes.Ok);
@@ -135,10 +141,10 @@ internal static class BackupCommands
         {
             var parse = ctx.ParseResult;
             DeploymentDatabase.RefusePostgres(ctx, provider, "kms backup restore");
-            var key = CeremonyCommands.PublicKeyFromPem(LocalPath.ReadAllText(ctx.Environment, parse.GetRequiredValue(publicKey)));
-            var logs = (parse.GetValue(auditLogs) ?? []).Select(log => LocalPath.File(ctx.Environment, log)).ToList();
+            var key = CeremonyCommands.PublicKeyFromPem(LocalPath.ReadAllText(ctx.Environment, parse.GetRequiredValue(publicKey), "--public-key"));
+            var logs = (parse.GetValue(auditLogs) ?? []).Select(log => LocalPath.File(ctx.Environment, log, "--audit-log")).ToList();
             var report = await CheckedAsync(() => BackupRestore.RunAsync(
-                LocalPath.Directory(ctx.Environment, parse.GetRequiredValue(directory)), key, LocalPath.Directory(ctx.Environment, parse.GetRequiredValue(dataDir)), logs, parse.GetValue(replace), ct, parse.GetValue(allowGaps), parse.GetValue(waiting),
+                LocalPath.Directory(ctx.Environment, parse.GetRequiredValue(directory), existing: true), key, LocalPath.Directory(ctx.Environment, parse.GetRequiredValue(dataDir), "--data-dir"), logs, parse.GetValue(replace), ct, parse.GetValue(allowGaps), parse.GetValue(waiting),
                 parse.GetValue(withoutAuditLogs)));
             var json = ManifestJson(report.Manifest);
             json["reapplied"] = new JsonArray([.. report.Reapplied.Select(r => (JsonNode)new JsonObject { ["version"] = r.Version, ["source"] = r.Source })]);
@@ -209,11 +215,11 @@ internal static class BackupCommands
         runner.SetAction(command, async (ctx, ct) =>
         {
             var parse = ctx.ParseResult;
+            var logs = parse.GetRequiredValue(auditLogs).Select(log => LocalPath.File(ctx.Environment, log, "--audit-log")).ToList();
+            var key = parse.GetValue(publicKey) is { } pem ? CeremonyCommands.PublicKeyFromPem(LocalPath.ReadAllText(ctx.Environment, pem, "--public-key")) : null;
             var target = database.Resolve(ctx, parse.GetValue(dataDir) is { } dir ? ctx.Environment.FullPath(dir) : null);
             await using var store = await target.OpenExistingAsync(ct)
                 ?? throw new CliUsageException("no database to re-apply destructions in: give --data-dir (SQLite) or --storage-provider postgres");
-            var logs = parse.GetRequiredValue(auditLogs).Select(log => LocalPath.File(ctx.Environment, log)).ToList();
-            var key = parse.GetValue(publicKey) is { } pem ? CeremonyCommands.PublicKeyFromPem(LocalPath.ReadAllText(ctx.Environment, pem)) : null;
             // SQLite: the data directory's checkpoints file goes aside if it pins a head the restored chain lacks (as restore does).
             var restoredDir = target.IsPostgres || parse.GetValue(dataDir) is not { } given ? null : ctx.Environment.FullPath(given);
             var report = await CheckedAsync(() => BackupRestore.ReapplyFromLogsAsync(store, logs, parse.GetValue(after), key, ct, parse.GetValue(allowGaps), parse.GetValue(waiting), restoredDir));

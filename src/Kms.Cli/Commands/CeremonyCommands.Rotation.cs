@@ -47,7 +47,11 @@ internal static partial class CeremonyCommands
         {
             var parse = ctx.ParseResult;
             var host = options.Prepare(ctx);
-            var dir = Path.GetFullPath(parse.GetRequiredValue(dataDir));
+
+            // The HSM's files (module, configuration, profile) are checked before anything is read or locked.
+            var rotationOptions = rotationToken.Options(ctx, "kms-rotation");
+            var restoreOptions = rotationToken.Options(ctx, "pending");
+            var dir = LocalPath.Directory(ctx.Environment, parse.GetRequiredValue(dataDir), "--data-dir");
             var target = database.Resolve(ctx, dir);
             await using var store = await target.OpenExistingAsync(ct)
                 ?? throw new CliFailureException(ExitCodes.LocalIo, $"no database at {target.Describe()}");
@@ -89,7 +93,7 @@ internal static partial class CeremonyCommands
                     && request.Parameter("new-threshold") == m.ToString(CultureInfo.InvariantCulture))
                     ? null
                     : $"it approves new shares {request.Parameter("new-threshold")} of {request.Parameter("new-custodians")}, not {m} of {names.Count}", ct);
-            var resumeFiles = resumePaths.Select(p => ShareFile.Read(p, host.Kdf.Policy)).ToList();
+            var resumeFiles = resumePaths.Select(p => ShareFile.Read(LocalPath.File(ctx.Environment, p, "--new-share"), host.Kdf.Policy)).ToList();
             if (resumeFiles.Count > 0 && approved.Approval?.Request is { } signed
                 && (signed.Parameter("new-custodians") != resumeFiles[0].Count.ToString(CultureInfo.InvariantCulture)
                     || signed.Parameter("new-threshold") != resumeFiles[0].Threshold.ToString(CultureInfo.InvariantCulture)))
@@ -98,9 +102,7 @@ internal static partial class CeremonyCommands
                     $"the approval of {signed.Name} approves new shares {signed.Parameter("new-threshold")} of {signed.Parameter("new-custodians")}, but the new share files are {resumeFiles[0].Threshold} of {resumeFiles[0].Count}");
             }
 
-            var oldFiles = parse.GetValue(oldShares)!.Select(p => ShareFile.Read(LocalPath.File(ctx.Environment, p), host.Kdf.Policy)).ToList();
-            var rotationOptions = rotationToken.Options(parse, "kms-rotation");
-            var restoreOptions = rotationToken.Options(parse, "pending");
+            var oldFiles = parse.GetValue(oldShares)!.Select(p => ShareFile.Read(LocalPath.File(ctx.Environment, p, "--share"), host.Kdf.Policy)).ToList();
             restoreOptions.TokenLabel = parse.GetRequiredValue(restoreToken);
             if (restoreOptions.TokenLabel == rotationOptions.TokenLabel)
             {
@@ -137,7 +139,7 @@ internal static partial class CeremonyCommands
             ctx.Step("read the custodians' passphrases");
             using var oldSecrets = CollectPassphrases(ctx, parse.GetValue(passphrases)!, [.. oldFiles.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)], confirm: false);
             using var newSecrets = CollectPassphrases(ctx, parse.GetValue(newPassphrases)!,
-                resumeFiles.Count > 0 ? [.. resumeFiles.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)] : names, confirm: resumeFiles.Count == 0);
+                resumeFiles.Count > 0 ? [.. resumeFiles.Select(f => f.Custodian).Distinct(StringComparer.Ordinal)] : names, confirm: resumeFiles.Count == 0, "--new-passphrase-file");
 
             var oldKey = Array.Empty<byte>();
             var newKey = GC.AllocateArray<byte>(32, pinned: true);
@@ -212,7 +214,7 @@ internal static partial class CeremonyCommands
                         newKeyMac: Convert.ToHexStringLower(RotationKeyMac(oldKey, newKey)));
                     recorded = kcv;
                     ctx.Step("write the new share files");
-                    var outDir = LocalPath.CreateDirectory(ctx.Environment, parse.GetValue(newSharesDir)!);
+                    var outDir = LocalPath.CreateDirectory(ctx.Environment, parse.GetValue(newSharesDir)!, "--new-shares-dir");
                     var shares = Shamir.Split(newKey, m, names.Count);
                     try
                     {

@@ -43,7 +43,7 @@ internal static partial class CeremonyCommands
         soPin.AddTo(command);
         runner.SetAction(command, (ctx, _) =>
         {
-            var options = hsm.Options(ctx.ParseResult);
+            var options = hsm.Options(ctx);
             using (var so = SecretInput.Read(ctx, soPin, "new security officer PIN"))
             using (var user = SecretInput.Read(ctx, hsm.Pin, "new user PIN"))
             {
@@ -63,7 +63,7 @@ internal static partial class CeremonyCommands
         var hsm = new HsmSelection();
         var command = new Command("inspect-token", "show a token's identity, mechanisms and PIN flags, checked against the HSM profile (no login)");
         hsm.AddTo(command, withPin: false);
-        runner.SetAction(command, (ctx, _) => Task.FromResult(Report(ctx, TokenInspection.Inspect(hsm.Options(ctx.ParseResult)))));
+        runner.SetAction(command, (ctx, _) => Task.FromResult(Report(ctx, TokenInspection.Inspect(hsm.Options(ctx)))));
         return command;
     }
 
@@ -138,7 +138,7 @@ internal static partial class CeremonyCommands
             OfficerSet genesis;
             try
             {
-                genesis = OfficerSet.CreateDeploymentGenesis(OfficerCommands.ReadOfficers(parse.GetValue(officers)!), parse.GetValue(officerThreshold));
+                genesis = OfficerSet.CreateDeploymentGenesis(OfficerCommands.ReadOfficers(ctx.Environment, parse.GetValue(officers)!), parse.GetValue(officerThreshold));
             }
             catch (Kms.Core.Errors.KmsException e)
             {
@@ -146,7 +146,7 @@ internal static partial class CeremonyCommands
             }
 
             // A new domain starts a new deployment: refuse before anything is generated.
-            var deploymentDir = LocalPath.Directory(ctx.Environment, parse.GetRequiredValue(dataDir));
+            var deploymentDir = LocalPath.Directory(ctx.Environment, parse.GetRequiredValue(dataDir), "--data-dir");
             var genesisPath = Path.Combine(deploymentDir, "quorum", "genesis.json");
             if (File.Exists(Path.Combine(deploymentDir, "kms.db")) || File.Exists(genesisPath))
             {
@@ -162,11 +162,18 @@ internal static partial class CeremonyCommands
 
             var host = options.Prepare(ctx);
             var id = parse.GetValue(domainId) ?? $"dk-{DateTime.UtcNow:yyyyMMdd}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4))}";
+            var hsmOptions = hsm.Options(ctx, id);
+
+            // Passphrase files that are not there are said so before any directory is made (they are read later, after the refusals below).
+            foreach (var file in parse.GetValue(passphrases)!.Values)
+            {
+                SecretInput.RequireFile(ctx.Environment.FullPath(file), "--passphrase-file");
+            }
 
             // Where the genesis goes must take it before a key exists that would need undoing.
             var filesBefore = FilesIn(deploymentDir);
             LocalPath.CreateDirectory(ctx.Environment, Path.GetDirectoryName(genesisPath)!);
-            var outDir = LocalPath.CreateDirectory(ctx.Environment, parse.GetRequiredValue(sharesDir));
+            var outDir = LocalPath.CreateDirectory(ctx.Environment, parse.GetRequiredValue(sharesDir), "--shares-dir");
             if (Directory.EnumerateFiles(outDir, "share-*.json").Any())
             {
                 throw new CliFailureException(ExitCodes.Conflict, $"{outDir} holds share files already; share files are never overwritten");
@@ -174,7 +181,6 @@ internal static partial class CeremonyCommands
 
             // The token is checked before any custodian types a passphrase: the PIN, its
             // mechanisms, and its room for the key.
-            var hsmOptions = hsm.Options(parse, id);
             using var pin = SecretInput.Read(ctx, hsm.Pin, $"user PIN of token '{hsmOptions.TokenLabel}'");
             var ceremonyId = Guid.NewGuid().ToString();
             var started = DateTimeOffset.UtcNow;
@@ -339,7 +345,7 @@ internal static partial class CeremonyCommands
 
             // The officers' approval is verified before any share is read. The domain key it names is
             // the transcript's (--check-value) or the database's; else its own, which the rebuilt key must have.
-            var tokenLabel = hsm.Options(parse).TokenLabel;
+            var tokenLabel = parse.GetRequiredValue(hsm.TokenLabel);
             var pinnedKcv = parse.GetValue(expectedKcv) ?? await PinnedCheckValueAsync(target, ct);
             var approved = await approval.CheckAsync(ctx, QuorumOperation.RestoreDomain, parse.GetValue(dataDir), target, pinnedKcv,
                 request => request.Parameter("token-label") == tokenLabel ? null : $"it restores into token '{request.Parameter("token-label")}', not '{tokenLabel}'", ct);
@@ -350,13 +356,13 @@ internal static partial class CeremonyCommands
             }
 
             var requiredKcv = pinnedKcv ?? approved.Approval?.Request.DomainKcv;
-            var files = parse.GetValue(shareFiles)!.Select(path => ShareFile.Read(LocalPath.File(ctx.Environment, path), host.Kdf.Policy)).ToList();
+            var files = parse.GetValue(shareFiles)!.Select(path => ShareFile.Read(LocalPath.File(ctx.Environment, path, "--share"), host.Kdf.Policy)).ToList();
             var id = parse.GetValue(domainId) ?? files[0].DomainId;
             await RefuseOtherDomainAsync(target, files[0].DomainKcv, ct);
 
             // The token is checked before any custodian types a passphrase: the PIN, its mechanisms,
             // and its room for the key (writable, no domain key there yet).
-            var hsmOptions = hsm.Options(parse, id);
+            var hsmOptions = hsm.Options(ctx, id);
             using var pin = SecretInput.Read(ctx, hsm.Pin, $"user PIN of token '{hsmOptions.TokenLabel}'");
             var ceremonyId = Guid.NewGuid().ToString();
             var started = DateTimeOffset.UtcNow;
@@ -458,7 +464,7 @@ internal static partial class CeremonyCommands
         hsm.AddTo(command);
         runner.SetAction(command, (ctx, _) =>
         {
-            var options = hsm.Options(ctx.ParseResult, ctx.ParseResult.GetRequiredValue(domainId));
+            var options = hsm.Options(ctx, ctx.ParseResult.GetRequiredValue(domainId));
             using var pin = SecretInput.Read(ctx, hsm.Pin, $"user PIN of token '{options.TokenLabel}'");
             ctx.Step("open the token", options.TokenLabel);
             using var session = HsmCeremonySession.Open(options, pin.ToUtf8());
@@ -478,7 +484,7 @@ internal static partial class CeremonyCommands
         var command = new Command("verify-transcript", "check a ceremony transcript's signature with the audit key") { file, publicKey };
         runner.SetAction(command, (ctx, _) =>
         {
-            var key = PublicKeyFromPem(LocalPath.ReadAllText(ctx.Environment, ctx.ParseResult.GetRequiredValue(publicKey)));
+            var key = PublicKeyFromPem(LocalPath.ReadAllText(ctx.Environment, ctx.ParseResult.GetRequiredValue(publicKey), "--public-key"));
             var problem = LocalPath.Read(LocalPath.File(ctx.Environment, ctx.ParseResult.GetRequiredValue(file)), path => Transcript.Verify(path, key));
             if (problem is not null)
             {
@@ -687,12 +693,12 @@ internal static partial class CeremonyCommands
     private static Option<Dictionary<string, string>> PassphraseFiles() =>
         ContextOption.Create("--passphrase-file", "CUSTODIAN=PATH: read that custodian's passphrase from the file's first line (repeatable; else each custodian is prompted)");
 
-    private static CustodianSecrets CollectPassphrases(CliContext ctx, Dictionary<string, string> files, IReadOnlyList<string> custodians, bool confirm)
+    private static CustodianSecrets CollectPassphrases(CliContext ctx, Dictionary<string, string> files, IReadOnlyList<string> custodians, bool confirm, string flag = "--passphrase-file")
     {
         var unknown = files.Keys.Except(custodians, StringComparer.Ordinal).ToList();
         if (unknown.Count > 0)
         {
-            throw new CliUsageException($"--passphrase-file names no custodian of this ceremony: {string.Join(", ", unknown)}");
+            throw new CliUsageException($"{flag} names no custodian of this ceremony: {string.Join(", ", unknown)}");
         }
 
         var secrets = new Dictionary<string, Secret>(StringComparer.Ordinal);
@@ -701,7 +707,7 @@ internal static partial class CeremonyCommands
             foreach (var custodian in custodians)
             {
                 var secret = files.TryGetValue(custodian, out var path)
-                    ? SecretInput.ReadFile(path, $"passphrase of {custodian}")
+                    ? SecretInput.ReadFile(ctx.Environment.FullPath(path), $"passphrase of {custodian}", flag)
                     : Prompt(ctx, custodian, confirm);
                 secrets[custodian] = secret;
                 // Checked before anything is generated (share files enforce the same policy, test KDF or not).

@@ -56,7 +56,7 @@ internal static class CryptoCommands
                 KeyNames = keyNames,
                 Suite = sign ? EnvelopeSuite.CommittingSigned : EnvelopeSuite.Committing,
             });
-            await using var source = InputFile.Open(ctx.Environment, inPath, out var length);
+            await using var source = InputFile.Open(ctx.Environment, inPath, "--in", out var length);
             await using var target = OutputFile.Open(ctx.Environment, outPath, parse.GetValue(force));
             IReadOnlyList<WrappedDataKey> wrapped = [];
             var plaintextBytes = await ProgressDisplay.RunAsync(ctx, "encrypting", length, async progress =>
@@ -162,7 +162,7 @@ internal static class CryptoCommands
                 : new EnvelopeOptions { KeyNames = keyNames };
             options.RequireSignedMessages = parse.GetValue(requireSigned);
             using var encryptor = new EnvelopeEncryptor(ctx.Client, options);
-            await using var source = InputFile.Open(ctx.Environment, inPath, out var length);
+            await using var source = InputFile.Open(ctx.Environment, inPath, "--in", out var length);
             await using var target = OutputFile.Open(ctx.Environment, outPath, parse.GetValue(force));
             var plaintextBytes = await ProgressDisplay.RunAsync(ctx, "decrypting", length, async progress =>
             {

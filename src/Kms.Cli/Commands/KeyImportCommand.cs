@@ -40,8 +40,8 @@ internal static class KeyImportCommand
             var parse = ctx.ParseResult;
             var keyName = ctx.KeyName(parse.GetRequiredValue(key));
 
-            // Checked before an import job is created for material that is not there.
-            var materialPath = LocalPath.File(ctx.Environment, parse.GetRequiredValue(material));
+            // Checked before an import job is created for material that is not there, or may not be read.
+            var materialPath = LocalPath.Readable(ctx.Environment, parse.GetRequiredValue(material), "--material");
             var spec = KeyAlgorithms.Of((CoreAlgorithm)(int)(await ctx.Client.GetKeyAsync(keyName, ct)).Algorithm);
             var importJob = parse.GetValue(job) is { } existing
                 ? await ctx.Client.GetImportJobAsync(existing, ct)
@@ -89,7 +89,7 @@ internal static class KeyImportCommand
         }
         catch (UnauthorizedAccessException e)
         {
-            throw LocalPath.NotReadable(path, e);
+            throw LocalPath.NotReadable($"--material {path}", e);
         }
         catch (IOException e)
         {

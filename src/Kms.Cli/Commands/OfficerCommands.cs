@@ -42,8 +42,10 @@ internal static class OfficerCommands
         passphrase.AddTo(command);
         runner.SetAction(command, (ctx, _) =>
         {
+            // Before the passphrase is asked for: the key was written under a temporary name, which a failure named.
+            var privateKeyPath = LocalPath.Writable(ctx.Environment, ctx.ParseResult.GetRequiredValue(output), "--out");
             using var secret = SecretInput.Read(ctx, passphrase, "passphrase for the new officer key");
-            var files = OfficerKeys.Generate(Path.GetFullPath(ctx.ParseResult.GetRequiredValue(output)), secret.Reveal());
+            var files = OfficerKeys.Generate(privateKeyPath, secret.Reveal());
             ctx.Output.Result(
                 new JsonObject { ["private_key"] = files.PrivateKeyPath, ["public_key"] = files.PublicKeyPath, ["fingerprint"] = files.Fingerprint },
                 () => CliOutput.Properties([("private key", files.PrivateKeyPath), ("public key", files.PublicKeyPath), ("fingerprint", files.Fingerprint)]));
@@ -63,11 +65,11 @@ internal static class OfficerCommands
         runner.SetAction(command, async (ctx, ct) =>
         {
             // Checked before the passphrase is asked for.
-            var keyPath = LocalPath.File(ctx.Environment, ctx.ParseResult.GetRequiredValue(key));
+            var keyPath = LocalPath.File(ctx.Environment, ctx.ParseResult.GetRequiredValue(key), "--key");
             QuorumApprover approver;
             using (var secret = SecretInput.Read(ctx, passphrase, "officer key passphrase"))
             {
-                approver = LocalPath.Read(keyPath, path => QuorumApprover.Load(path, secret.Reveal()));
+                approver = LocalPath.Read(keyPath, path => QuorumApprover.Load(path, secret.Reveal()), "--key");
             }
 
             using (approver)
@@ -334,7 +336,7 @@ internal static class OfficerCommands
     /// </summary>
     private static async Task<List<Officer>> NewOfficerSetAsync(CliContext ctx, Dictionary<string, string> pairs, CancellationToken ct)
     {
-        var set = ReadOfficersOrUsage(pairs);
+        var set = ReadOfficersOrUsage(ctx.Environment, pairs);
         try
         {
             OfficerSet.CheckNewNames(set, null);
@@ -358,11 +360,11 @@ internal static class OfficerCommands
         return set;
     }
 
-    private static List<Officer> ReadOfficersOrUsage(Dictionary<string, string> pairs)
+    private static List<Officer> ReadOfficersOrUsage(CliEnvironment environment, Dictionary<string, string> pairs)
     {
         try
         {
-            return ReadOfficers(pairs);
+            return ReadOfficers(environment, pairs);
         }
         catch (Kms.Core.Errors.KmsException e)
         {
@@ -384,8 +386,8 @@ internal static class OfficerCommands
         }
     }
 
-    /// <summary>Officers from NAME=PEM pairs (the ceremony's genesis and officer changes).</summary>
-    public static List<Officer> ReadOfficers(Dictionary<string, string> pairs)
+    /// <summary>Officers from NAME=PEM pairs (the ceremony's genesis and officer changes), each PEM file read as <c>--officer</c>'s.</summary>
+    public static List<Officer> ReadOfficers(CliEnvironment environment, Dictionary<string, string> pairs)
     {
         if (pairs.Count == 0)
         {
@@ -396,7 +398,7 @@ internal static class OfficerCommands
         {
             try
             {
-                return OfficerKeys.ReadOfficer(p.Key, p.Value);
+                return LocalPath.Read(LocalPath.File(environment, p.Value, "--officer"), path => OfficerKeys.ReadOfficer(p.Key, path), "--officer");
             }
             catch (ArgumentException e)
             {

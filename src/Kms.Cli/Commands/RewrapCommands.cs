@@ -41,11 +41,19 @@ internal static class RewrapCommands
             string? resumeAfter = null;
             if (parse.GetValue(checkpoint) is { } checkpointPath)
             {
-                saved = new FileRewrapCheckpoint(ctx.Environment.FullPath(checkpointPath));
-                resumeAfter = await saved.LoadAsync(ct);
+                // Read, and its directory checked to take the next one, before any blob is
+                // rewrapped: a checkpoint that cannot be saved failed only after the first batch.
+                var checkpointFile = LocalPath.Writable(ctx.Environment, checkpointPath, "--checkpoint");
+                if (Directory.Exists(checkpointFile))
+                {
+                    LocalPath.File(ctx.Environment, checkpointFile, "--checkpoint");
+                }
+
+                saved = new FileRewrapCheckpoint(checkpointFile);
+                resumeAfter = await LocalPath.ReadAsync(checkpointFile, _ => saved.LoadAsync(ct), "--checkpoint");
                 if (resumeAfter is not null)
                 {
-                    ctx.Output.Note($"resuming after {resumeAfter} (from {ctx.Environment.FullPath(checkpointPath)})");
+                    ctx.Output.Note($"resuming after {resumeAfter} (from {checkpointFile})");
                 }
             }
 
@@ -76,8 +84,8 @@ internal static class RewrapCommands
         }
 
         IEnumerable<string> files = directory is not null
-            ? LocalPath.Read(LocalPath.Directory(environment, directory), d => Directory.GetFiles(d)).Where(f => !Path.GetFileName(f).StartsWith('.'))
-            : LocalPath.Read(LocalPath.File(environment, list!), File.ReadAllLines).Select(l => l.Trim()).Where(l => l.Length > 0).Select(environment.FullPath);
+            ? LocalPath.Read(LocalPath.Directory(environment, directory, "--dir"), d => Directory.GetFiles(d), "--dir").Where(f => !Path.GetFileName(f).StartsWith('.'))
+            : LocalPath.Read(LocalPath.File(environment, list!, "--in-list"), File.ReadAllLines, "--in-list").Select(l => l.Trim()).Where(l => l.Length > 0).Select(environment.FullPath);
         return [.. files.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal)];
     }
 

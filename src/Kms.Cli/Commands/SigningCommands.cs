@@ -62,11 +62,11 @@ internal static class SigningCommands
             {
                 if (spec?.Digest is { } digest)
                 {
-                    request.Digest = ByteString.CopyFrom(await HashAsync(ctx, parse.GetRequiredValue(input), digest, ct));
+                    request.Digest = ByteString.CopyFrom(await HashAsync(ctx, parse.GetRequiredValue(input), "--in", digest, ct));
                 }
                 else
                 {
-                    message = await ReadSmallAsync(ctx, parse.GetRequiredValue(input), MaxMacBytes, ct);
+                    message = await ReadSmallAsync(ctx, parse.GetRequiredValue(input), "--in", MaxMacBytes, ct);
                     request.Message = UnsafeByteOperations.UnsafeWrap(message);
                 }
 
@@ -112,18 +112,18 @@ internal static class SigningCommands
             {
                 Name = name,
                 SignatureFormat = ParseFormat(parse.GetValue(format)),
-                Signature = ByteString.CopyFrom(await ReadSmallAsync(ctx, parse.GetRequiredValue(signature), 4096, ct)),
+                Signature = ByteString.CopyFrom(await ReadSmallAsync(ctx, parse.GetRequiredValue(signature), "--signature", 4096, ct)),
             };
             byte[]? message = null;
             try
             {
                 if (spec.Digest is { } digest)
                 {
-                    request.Digest = ByteString.CopyFrom(await HashAsync(ctx, parse.GetRequiredValue(input), digest, ct));
+                    request.Digest = ByteString.CopyFrom(await HashAsync(ctx, parse.GetRequiredValue(input), "--in", digest, ct));
                 }
                 else
                 {
-                    message = await ReadSmallAsync(ctx, parse.GetRequiredValue(input), MaxMacBytes, ct);
+                    message = await ReadSmallAsync(ctx, parse.GetRequiredValue(input), "--in", MaxMacBytes, ct);
                     request.Message = UnsafeByteOperations.UnsafeWrap(message);
                 }
 
@@ -175,7 +175,7 @@ internal static class SigningCommands
         runner.SetAction(command, async (ctx, ct) =>
         {
             var name = ctx.KeyOrVersionName(ctx.ParseResult.GetRequiredValue(key));
-            var data = await ReadSmallAsync(ctx, ctx.ParseResult.GetRequiredValue(input), MaxMacBytes, ct);
+            var data = await ReadSmallAsync(ctx, ctx.ParseResult.GetRequiredValue(input), "--in", MaxMacBytes, ct);
             GenerateMacResponse response;
             try
             {
@@ -212,7 +212,7 @@ internal static class SigningCommands
                 throw new CliUsageException("--mac is not hex");
             }
 
-            var data = await ReadSmallAsync(ctx, ctx.ParseResult.GetRequiredValue(input), MaxMacBytes, ct);
+            var data = await ReadSmallAsync(ctx, ctx.ParseResult.GetRequiredValue(input), "--in", MaxMacBytes, ct);
             try
             {
                 var response = await ctx.Client.Raw.VerifyMacAsync(new VerifyMacRequest { Name = name, Data = UnsafeByteOperations.UnsafeWrap(data), Mac = ByteString.CopyFrom(expected) }, cancellationToken: ct);
@@ -263,7 +263,7 @@ internal static class SigningCommands
         var verify = new Command("verify", "check a provenance statement offline with the published audit key (exit 7 when it does not verify)") { file, publicKey };
         runner.SetAction(verify, (ctx, _) =>
         {
-            var key = CeremonyCommands.PublicKeyFromPem(LocalPath.ReadAllText(ctx.Environment, ctx.ParseResult.GetRequiredValue(publicKey)));
+            var key = CeremonyCommands.PublicKeyFromPem(LocalPath.ReadAllText(ctx.Environment, ctx.ParseResult.GetRequiredValue(publicKey), "--public-key"));
             byte[] statement;
             byte[] signature;
             try
@@ -314,9 +314,9 @@ internal static class SigningCommands
     // The files hashed and read here may be plaintext (a message to sign, data to MAC): the
     // buffers they pass through are cleared once used, and the bytes read are the caller's to
     // clear (Clear) once the request that carries them (wrapped, not copied) was sent.
-    private static async Task<byte[]> HashAsync(CliContext ctx, string path, DigestAlgorithm digest, CancellationToken ct)
+    private static async Task<byte[]> HashAsync(CliContext ctx, string path, string flag, DigestAlgorithm digest, CancellationToken ct)
     {
-        await using var source = InputFile.Open(ctx.Environment, path, out _);
+        await using var source = InputFile.Open(ctx.Environment, path, flag, out _);
         using var hash = IncrementalHash.CreateHash(KeyAlgorithms.HashName(digest));
         var buffer = new byte[81920];
         try
@@ -335,9 +335,9 @@ internal static class SigningCommands
         }
     }
 
-    private static async Task<byte[]> ReadSmallAsync(CliContext ctx, string path, int limit, CancellationToken ct)
+    private static async Task<byte[]> ReadSmallAsync(CliContext ctx, string path, string flag, int limit, CancellationToken ct)
     {
-        await using var source = InputFile.Open(ctx.Environment, path, out _);
+        await using var source = InputFile.Open(ctx.Environment, path, flag, out _);
 
         // One buffer a byte past the limit, read into in place: a MemoryStream growing would
         // leave each smaller copy behind, uncleared.

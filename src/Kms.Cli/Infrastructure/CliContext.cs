@@ -146,7 +146,8 @@ internal sealed class CliContext : IDisposable
         {
             try
             {
-                clientCertificate = X509Certificate2.CreateFromPemFile(certificate, key);
+                // Read here, not by the certificate loader: its "Access to the path … is denied." named neither the setting nor which of the two files.
+                clientCertificate = X509Certificate2.CreateFromPem(ReadSetting(settings.ClientCert, "client certificate"), ReadSetting(settings.ClientKey, "client key"));
             }
             catch (CryptographicException exception)
             {
@@ -192,6 +193,44 @@ internal sealed class CliContext : IDisposable
         {
             // A CA file that holds no readable certificate is one too (KmsClient.LoadCaBundle).
             throw new CliUsageException($"the configuration does not work: {ErrorReport.WithoutParameterName(exception)}", exception);
+        }
+        catch (UnauthorizedAccessException exception)
+        {
+            // The client reads the CA file, then the token file; .NET's "Access to the path … is
+            // denied." named neither setting. The CA file (a certificate) is opened again to tell
+            // which; the token file is not (it may be a pipe).
+            var (what, setting) = CanOpen(options.CaCertificatePath) ? ("token file", Settings.TokenFile) : ("CA file", Settings.CaFile);
+            throw LocalPath.NotReadable($"{what} {setting.Value} ({setting.Source})", exception);
+        }
+    }
+
+    private static bool CanOpen(string? path)
+    {
+        try
+        {
+            if (path is not null)
+            {
+                File.OpenHandle(path).Dispose();
+            }
+
+            return true;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
+
+    // The text of a setting's file (RequireFile checked that it is one), named by the setting as RequireFile names it.
+    private static string ReadSetting(Setting<string?> setting, string what)
+    {
+        try
+        {
+            return File.ReadAllText(setting.Value!);
+        }
+        catch (UnauthorizedAccessException exception)
+        {
+            throw LocalPath.NotReadable($"{what} {setting.Value} ({setting.Source})", exception);
         }
     }
 

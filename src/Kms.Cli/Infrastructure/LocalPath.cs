@@ -6,52 +6,132 @@ namespace Kms.Cli.Infrastructure;
 /// directory where a file is read and for a file the user may not read, which sends the user to
 /// the permissions of a path that has none wrong; here a directory where a file is wanted (or a
 /// file where a directory is) is a usage error (exit <see cref="ExitCodes.Usage"/>), and a path
-/// the user may not read is <see cref="ExitCodes.LocalIo"/>, each naming the path and what was
-/// expected. Missing paths keep .NET's message, which names them.
+/// the user may not read, or that is not there, is <see cref="ExitCodes.LocalIo"/>, each naming the
+/// path and what was expected. Given the flag (<c>--officer</c>), the message names it before the
+/// path: a command taking several paths says which one is wrong.
 /// </summary>
 internal static class LocalPath
 {
-    /// <summary>The full path of <paramref name="given"/>, a file to read.</summary>
+    /// <summary>The full path of <paramref name="given"/>, a file to read, given by <paramref name="flag"/> (null: an argument, or a flag the caller names otherwise).</summary>
     /// <exception cref="CliUsageException">A directory is there.</exception>
-    public static string File(CliEnvironment environment, string given)
+    /// <exception cref="CliFailureException">Nothing is there, or the path cannot be looked up (exit <see cref="ExitCodes.LocalIo"/>).</exception>
+    public static string File(CliEnvironment environment, string given, string? flag = null)
     {
         ArgumentNullException.ThrowIfNull(environment);
         var path = environment.FullPath(given);
-        return System.IO.Directory.Exists(path)
-            ? throw new CliUsageException($"{path} is a directory: give a file's path")
-            : path;
+        if (System.IO.Directory.Exists(path))
+        {
+            throw new CliUsageException($"{Named(path, flag)} is a directory: give a file's path");
+        }
+
+        if (!System.IO.File.Exists(path))
+        {
+            // Not there, or a directory on the way may not be searched: opening it tells which
+            // (nothing is there to open, so nothing is read).
+            Read(path, p => System.IO.File.OpenHandle(p), flag).Dispose();
+        }
+
+        return path;
     }
 
-    /// <summary>The full path of <paramref name="given"/>, a directory to read.</summary>
+    /// <summary>
+    /// The full path of <paramref name="given"/>, a file that is read later, by another library
+    /// (a PKCS#11 module, its configuration) or after a step that must not be taken for nothing
+    /// (an import job): opened and closed here, so that one the user may not read is said so now.
+    /// Not for a file that may be a pipe: opening a FIFO waits for its writer.
+    /// </summary>
+    /// <exception cref="CliUsageException">A directory is there.</exception>
+    /// <exception cref="CliFailureException">Nothing is there, or the user may not read it (exit <see cref="ExitCodes.LocalIo"/>).</exception>
+    public static string Readable(CliEnvironment environment, string given, string? flag = null)
+    {
+        var path = File(environment, given, flag);
+        Read(path, p => System.IO.File.OpenHandle(p), flag).Dispose();
+        return path;
+    }
+
+    /// <summary>
+    /// The full path of <paramref name="given"/>, a directory to read (<paramref name="existing"/>:
+    /// that must be there) or to create, given by <paramref name="flag"/> (null: an argument).
+    /// </summary>
     /// <exception cref="CliUsageException">A file is there.</exception>
-    public static string Directory(CliEnvironment environment, string given)
+    /// <exception cref="CliFailureException"><paramref name="existing"/>, and nothing is there (exit <see cref="ExitCodes.LocalIo"/>).</exception>
+    public static string Directory(CliEnvironment environment, string given, string? flag = null, bool existing = false)
     {
         ArgumentNullException.ThrowIfNull(environment);
         var path = environment.FullPath(given);
-        return System.IO.File.Exists(path)
-            ? throw new CliUsageException($"{path} is a file: give a directory's path")
-            : path;
+        if (System.IO.File.Exists(path))
+        {
+            throw new CliUsageException($"{Named(path, flag)} is a file: give a directory's path");
+        }
+
+        if (existing && !System.IO.Directory.Exists(path))
+        {
+            // Not there, or a directory on the way may not be searched: opening it tells which.
+            _ = Read(path, p => System.IO.Directory.EnumerateFileSystemEntries(p).Any(), flag);
+        }
+
+        return path;
     }
 
-    /// <summary>Creates the directory <paramref name="given"/> (and its parents) durably, if it is not there; its full path.</summary>
+    /// <summary>
+    /// The full path of <paramref name="given"/>, which this command will create or replace (a
+    /// checkpoint, a downloaded directory): checked before any work is done that a failed write
+    /// would waste or leave half-recorded. Its directory must be there, and take a new entry from
+    /// this process (a file is created there and deleted again to see). What is at the path itself
+    /// is the caller's to check.
+    /// </summary>
+    /// <exception cref="CliUsageException">A file is where the directory should be.</exception>
+    /// <exception cref="CliFailureException">The directory does not exist, or this process may not create entries in it (exit <see cref="ExitCodes.LocalIo"/>).</exception>
+    public static string Writable(CliEnvironment environment, string given, string? flag = null)
+    {
+        ArgumentNullException.ThrowIfNull(environment);
+        var path = environment.FullPath(given);
+        var directory = Path.GetDirectoryName(path) ?? throw new CliUsageException($"{Named(path, flag)} is the root directory");
+        if (System.IO.File.Exists(directory))
+        {
+            throw new CliUsageException($"cannot write {Named(path, flag)}: {directory} is a file, not a directory");
+        }
+
+        try
+        {
+            System.IO.File.OpenHandle(
+                Path.Combine(directory, $".kms-write-check-{Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8))}"),
+                FileMode.CreateNew, FileAccess.Write, FileShare.None, FileOptions.DeleteOnClose).Dispose();
+        }
+        catch (DirectoryNotFoundException exception)
+        {
+            throw new CliFailureException(ExitCodes.LocalIo, $"cannot write {Named(path, flag)}: the directory {directory} does not exist", exception);
+        }
+        catch (UnauthorizedAccessException exception)
+        {
+            throw new CliFailureException(ExitCodes.LocalIo, $"cannot write {Named(path, flag)}: permission denied in {directory}", exception);
+        }
+
+        return path;
+    }
+
+    /// <summary>Creates the directory <paramref name="given"/> (by <paramref name="flag"/>) and its parents durably, if it is not there; its full path.</summary>
     /// <exception cref="CliUsageException">A file is there.</exception>
     /// <exception cref="CliFailureException">The user may not create it (exit <see cref="ExitCodes.LocalIo"/>).</exception>
-    public static string CreateDirectory(CliEnvironment environment, string given)
+    public static string CreateDirectory(CliEnvironment environment, string given, string? flag = null)
     {
-        var path = Directory(environment, given);
+        var path = Directory(environment, given, flag);
         try
         {
             return Kms.Core.Files.DurableFile.CreateDirectory(path);
         }
         catch (UnauthorizedAccessException exception)
         {
-            throw new CliFailureException(ExitCodes.LocalIo, $"cannot create the directory {path}: permission denied", exception);
+            throw new CliFailureException(ExitCodes.LocalIo, $"cannot create the directory {Named(path, flag)}: permission denied", exception);
         }
     }
 
-    /// <summary>Runs <paramref name="read"/> on <paramref name="path"/> (a full path), saying a refusal to read it as such.</summary>
-    /// <exception cref="CliFailureException">The user may not read the path (exit <see cref="ExitCodes.LocalIo"/>).</exception>
-    public static T Read<T>(string path, Func<string, T> read)
+    /// <summary>
+    /// Runs <paramref name="read"/> on <paramref name="path"/> (a full path, given by
+    /// <paramref name="flag"/>), saying a refusal to read it, or its absence, as such.
+    /// </summary>
+    /// <exception cref="CliFailureException">The user may not read the path, or it is not there (exit <see cref="ExitCodes.LocalIo"/>).</exception>
+    public static T Read<T>(string path, Func<string, T> read, string? flag = null)
     {
         ArgumentNullException.ThrowIfNull(read);
         try
@@ -60,12 +140,16 @@ internal static class LocalPath
         }
         catch (UnauthorizedAccessException exception)
         {
-            throw NotReadable(path, exception);
+            throw NotReadable(Named(path, flag), exception);
+        }
+        catch (IOException exception) when (Missing(path, exception))
+        {
+            throw DoesNotExist(path, flag, exception);
         }
     }
 
-    /// <summary>As <see cref="Read{T}(string, Func{string, T})"/>, asynchronously.</summary>
-    public static async Task<T> ReadAsync<T>(string path, Func<string, Task<T>> read)
+    /// <summary>As <see cref="Read{T}(string, Func{string, T}, string)"/>, asynchronously.</summary>
+    public static async Task<T> ReadAsync<T>(string path, Func<string, Task<T>> read, string? flag = null)
     {
         ArgumentNullException.ThrowIfNull(read);
         try
@@ -74,19 +158,32 @@ internal static class LocalPath
         }
         catch (UnauthorizedAccessException exception)
         {
-            throw NotReadable(path, exception);
+            throw NotReadable(Named(path, flag), exception);
+        }
+        catch (IOException exception) when (Missing(path, exception))
+        {
+            throw DoesNotExist(path, flag, exception);
         }
     }
 
-    /// <summary>The text of the file <paramref name="given"/>.</summary>
-    public static string ReadAllText(CliEnvironment environment, string given) =>
-        Read(File(environment, given), System.IO.File.ReadAllText);
+    /// <summary>The text of the file <paramref name="given"/> (by <paramref name="flag"/>).</summary>
+    public static string ReadAllText(CliEnvironment environment, string given, string? flag = null) =>
+        Read(File(environment, given, flag), System.IO.File.ReadAllText, flag);
 
-    /// <summary>The text of the file <paramref name="given"/>.</summary>
-    public static Task<string> ReadAllTextAsync(CliEnvironment environment, string given, CancellationToken cancellationToken) =>
-        ReadAsync(File(environment, given), path => System.IO.File.ReadAllTextAsync(path, cancellationToken));
+    /// <summary>The text of the file <paramref name="given"/> (by <paramref name="flag"/>).</summary>
+    public static Task<string> ReadAllTextAsync(CliEnvironment environment, string given, string? flag, CancellationToken cancellationToken) =>
+        ReadAsync(File(environment, given, flag), path => System.IO.File.ReadAllTextAsync(path, cancellationToken), flag);
 
-    /// <summary>The failure of a path the process may not read: a file, or a directory to list.</summary>
+    /// <summary>The failure of a path the process may not read: a file, or a directory to list; <paramref name="path"/> as the message names it (with its flag or setting).</summary>
     public static CliFailureException NotReadable(string path, Exception inner) =>
         new(ExitCodes.LocalIo, $"cannot read {path}: permission denied", inner);
+
+    // A failure of the path itself (not of a file the reader looks for inside a directory given).
+    private static bool Missing(string path, IOException exception) =>
+        exception is FileNotFoundException or DirectoryNotFoundException && !System.IO.File.Exists(path) && !System.IO.Directory.Exists(path);
+
+    private static CliFailureException DoesNotExist(string path, string? flag, Exception inner) =>
+        new(ExitCodes.LocalIo, $"{Named(path, flag)} does not exist", inner);
+
+    private static string Named(string path, string? flag) => flag is null ? path : $"{flag} {path}";
 }

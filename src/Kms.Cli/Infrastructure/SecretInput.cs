@@ -120,13 +120,13 @@ internal static class SecretInput
     }
 
     /// <summary>The first line of a file (without its line ending).</summary>
-    public static Secret ReadFile(string path, string name)
+    /// <param name="path">The file's full path.</param>
+    /// <param name="name">The secret's name in messages (<c>pin</c>, <c>passphrase of alice</c>).</param>
+    /// <param name="flag">The flag that gave the file; <c>--{name}-file</c> if null.</param>
+    public static Secret ReadFile(string path, string name, string? flag = null)
     {
-        if (Directory.Exists(path))
-        {
-            throw new CliUsageException($"{path} is a directory: give a file's path");
-        }
-
+        flag ??= $"--{name}-file";
+        RequireFile(path, flag);
         try
         {
             using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1);
@@ -134,11 +134,41 @@ internal static class SecretInput
         }
         catch (UnauthorizedAccessException exception)
         {
-            throw LocalPath.NotReadable(path, exception);
+            throw LocalPath.NotReadable($"{flag} {path}", exception);
         }
         catch (IOException exception)
         {
-            throw new CliUsageException($"cannot read --{name}-file {path}: {exception.Message}", exception);
+            throw new CliUsageException($"cannot read {flag} {path}: {exception.Message}", exception);
+        }
+    }
+
+    /// <summary>Refuses, as <see cref="ReadFile"/> would, a secret file given by <paramref name="flag"/> that is a directory or not there; nothing is read.</summary>
+    /// <exception cref="CliUsageException">A directory, or nothing, is at <paramref name="path"/> (a full path).</exception>
+    public static void RequireFile(string path, string flag)
+    {
+        if (Directory.Exists(path))
+        {
+            throw new CliUsageException($"{flag} {path} is a directory: give a file's path");
+        }
+
+        if (File.Exists(path))
+        {
+            return;
+        }
+
+        // Not there, or a directory on the way may not be searched: opening it tells which (nothing is there to read).
+        try
+        {
+            File.OpenHandle(path).Dispose();
+        }
+        catch (UnauthorizedAccessException exception)
+        {
+            throw LocalPath.NotReadable($"{flag} {path}", exception);
+        }
+        catch (Exception exception) when (exception is FileNotFoundException or DirectoryNotFoundException)
+        {
+            // A setting, as a missing token file is: a usage error.
+            throw new CliUsageException($"{flag} {path} does not exist", exception);
         }
     }
 

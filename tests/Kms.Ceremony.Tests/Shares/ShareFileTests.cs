@@ -321,11 +321,15 @@ public sealed class ShareFileTests : IDisposable
     }
 
     [Fact]
-    public void Read_Missing_IoError()
+    public void Read_Missing_IoError_SaysSo()
     {
-        var e = Assert.Throws<CeremonyException>(() => ShareFile.Read(Path.Combine(_directory, "none.json")));
+        var path = Path.Combine(_directory, "none.json");
+
+        var e = Assert.Throws<CeremonyException>(() => ShareFile.Read(path));
 
         Assert.Equal(CeremonyError.Io, e.Error);
+        // Was .NET's "Could not find file '…'." after the path.
+        Assert.Equal($"cannot read share file {path}: it does not exist", e.Message);
     }
 
     [Theory]
