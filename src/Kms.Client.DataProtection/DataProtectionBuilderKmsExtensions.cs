@@ -59,8 +59,9 @@ public static class DataProtectionBuilderKmsExtensions
         }
 
         // One registration per container: the decryptor, created by type name, finds it there.
+        var protection = new KmsKeyRingProtection(keyName, options, client);
         builder.Services.RemoveAll<KmsKeyRingProtection>();
-        builder.Services.AddSingleton(new KmsKeyRingProtection(keyName, options, client));
+        builder.Services.AddSingleton(protection);
 
         // No explicitly named application, no Data Protection: refused at host startup, or at its first use.
         builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<DataProtectionOptions>, KmsApplicationNameValidation>());
@@ -70,6 +71,18 @@ public static class DataProtectionBuilderKmsExtensions
         // the decryptor's type into each EncryptedXmlInfo it returns.
         builder.Services.AddSingleton<IConfigureOptions<KeyManagementOptions>>(services =>
             new ConfigureOptions<KeyManagementOptions>(o => o.XmlEncryptor = new KmsXmlEncryptor(services)));
+
+        // Each entry is bound to its key's id and dates: the encryptor learns them from the key
+        // manager's escrow call just before it (it is given only the secret), the decryptor from
+        // the repository's <key> the entry stands under (it is given only the entry).
+        builder.Services.Configure<KeyManagementOptions>(o =>
+        {
+            if (!o.KeyEscrowSinks.OfType<KmsKeyCreation>().Any())
+            {
+                o.KeyEscrowSinks.Add(new KmsKeyCreation());
+            }
+        });
+        builder.Services.AddSingleton<IPostConfigureOptions<KeyManagementOptions>>(services => new KmsKeyRingRepositorySetup(KmsKeyRingProtection.From(services)));
         return builder;
     }
 }

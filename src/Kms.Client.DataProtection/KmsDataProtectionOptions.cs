@@ -3,7 +3,9 @@ namespace Kms.Client.DataProtection;
 /// <summary>How <c>ProtectKeysWithKms</c> binds the key ring's ciphertexts to this application.</summary>
 /// <remarks>
 /// Every key ring entry is encrypted with the encryption context
-/// <c>{ "purpose": "aspnetcore-dataprotection", "application": name }</c>, where the name is
+/// <c>{ "purpose": "aspnetcore-dataprotection", "application": name }</c> plus the Data Protection
+/// key's id and creation, activation and expiration dates (<c>dataprotection-key-id</c>,
+/// <c>-created</c>, <c>-activated</c>, <c>-expires</c>), where the name is
 /// <see cref="ApplicationName"/>, or else Data Protection's own application discriminator as
 /// set by <c>SetApplicationName(...)</c>. One of the two must be set: Data Protection's default
 /// discriminator (under a host, the content root path — <c>/app</c> in every container built the
@@ -21,4 +23,18 @@ public sealed class KmsDataProtectionOptions
     /// with <c>SetApplicationName(...)</c> (its default, the content root path, is refused).
     /// </summary>
     public string? ApplicationName { get; set; }
+
+    /// <summary>
+    /// Whether entries of format version 1 — written before entries were bound to their Data
+    /// Protection key's id and dates — are still read (default true). Set it false once every
+    /// key written before has expired (Data Protection's keys live 90 days unless configured
+    /// otherwise): a version 1 entry is then refused.
+    /// </summary>
+    /// <remarks>
+    /// A repository writer cannot turn an entry of version 2 into version 1 (its ciphertext was
+    /// encrypted under the context with the id and dates, and the KMS refuses it under any other),
+    /// but a version 1 entry binds no id or dates: a writer can copy it under another key id, or
+    /// change its key's dates, and it still decrypts. That is what this setting ends.
+    /// </remarks>
+    public bool ReadUnboundEntries { get; set; } = true;
 }

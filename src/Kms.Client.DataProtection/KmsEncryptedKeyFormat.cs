@@ -4,13 +4,24 @@ namespace Kms.Client.DataProtection;
 
 /// <summary>
 /// The element that stands in a key file for an encrypted key ring entry:
-/// <c>&lt;kmsEncryptedKey version="1" key="…" keyVersion="…"&gt;&lt;ciphertext&gt;base64&lt;/ciphertext&gt;&lt;/kmsEncryptedKey&gt;</c>.
-/// The key names are for people reading the file; decryption reads only the ciphertext, whose
-/// blob names the key version that encrypted it.
+/// <c>&lt;kmsEncryptedKey version="2" key="…" keyVersion="…" keyId="…" creationDate="…" activationDate="…" expirationDate="…"&gt;&lt;ciphertext&gt;base64&lt;/ciphertext&gt;&lt;/kmsEncryptedKey&gt;</c>.
+/// The KMS key names are for people reading the file; decryption sends only the ciphertext, whose
+/// blob names the key version that encrypted it. The Data Protection key's id and dates
+/// (<see cref="KeyRingEntryBinding"/>) are in the encryption context of version 2; version 1
+/// (written before) has none of them.
 /// </summary>
+/// <remarks>
+/// <see cref="ReadUnder"/> is never written: the repository <see cref="KmsKeyRingRepository"/>
+/// wraps adds it as it reads, stating the id and dates of the <c>&lt;key&gt;</c> the entry
+/// stands under in the repository, and removes any the repository held.
+/// </remarks>
 internal static class KmsEncryptedKeyFormat
 {
-    public const string Version = "1";
+    /// <summary>The version written: bound to the Data Protection key's id and dates.</summary>
+    public const string Version = "2";
+
+    /// <summary>The version written before: bound to the application only.</summary>
+    public const string UnboundVersion = "1";
 
     public static readonly XName Element = "kmsEncryptedKey";
 
@@ -20,5 +31,15 @@ internal static class KmsEncryptedKeyFormat
 
     public static readonly XName KeyVersionAttribute = "keyVersion";
 
+    public static readonly XName KeyIdAttribute = "keyId";
+
+    public static readonly XName CreationDateAttribute = "creationDate";
+
+    public static readonly XName ActivationDateAttribute = "activationDate";
+
+    public static readonly XName ExpirationDateAttribute = "expirationDate";
+
     public static readonly XName Ciphertext = "ciphertext";
+
+    public static readonly XName ReadUnder = "readUnder";
 }

@@ -1,5 +1,7 @@
 using System.Globalization;
+using System.Security.Cryptography;
 using System.Text;
+using Grpc.Core;
 using Kms.Core;
 using Microsoft.AspNetCore.DataProtection;
 using Microsoft.Extensions.DependencyInjection;
@@ -14,6 +16,8 @@ namespace Kms.Client.DataProtection;
 /// </summary>
 internal sealed class KmsKeyRingProtection(string keyName, KmsDataProtectionOptions options, KmsClient? client)
 {
+    private readonly List<CryptographicException> _unanswered = [];
+
     /// <summary>The value of the context's <c>purpose</c> entry: this use of a KMS key, and no other.</summary>
     internal const string Purpose = "aspnetcore-dataprotection";
 
@@ -87,10 +91,14 @@ internal sealed class KmsKeyRingProtection(string keyName, KmsDataProtectionOpti
             : null;
     }
 
-    /// <summary>The encryption context of every key ring entry of this application.</summary>
+    /// <summary>
+    /// The encryption context of a key ring entry of this application: bound to the Data
+    /// Protection key <paramref name="binding"/> (format version 2), or, null, to the application
+    /// only (version 1, as entries were written before).
+    /// </summary>
     /// <exception cref="InvalidOperationException">The application was not named explicitly, or its name is longer than a context value may be.</exception>
     /// <exception cref="OptionsValidationException">The same, found by the options validation ProtectKeysWithKms registers.</exception>
-    public IReadOnlyDictionary<string, string> EncryptionContext(IServiceProvider services)
+    public IReadOnlyDictionary<string, string> EncryptionContext(IServiceProvider services, KeyRingEntryBinding? binding)
     {
         var dataProtection = services.GetService<IOptions<DataProtectionOptions>>()?.Value ?? new DataProtectionOptions();
         var problem = NameProblem(dataProtection, services);
@@ -99,8 +107,58 @@ internal sealed class KmsKeyRingProtection(string keyName, KmsDataProtectionOpti
             throw new InvalidOperationException(problem);
         }
 
-        return new Dictionary<string, string>(StringComparer.Ordinal) { ["purpose"] = Purpose, ["application"] = ApplicationName(dataProtection, services)! };
+        var context = new Dictionary<string, string>(StringComparer.Ordinal) { ["purpose"] = Purpose, ["application"] = ApplicationName(dataProtection, services)! };
+        binding?.AddTo(context);
+        return context;
     }
+
+    /// <summary>Whether existing entries are read in format version 1 (<see cref="KmsDataProtectionOptions.ReadUnboundEntries"/>).</summary>
+    public bool ReadUnboundEntries => options.ReadUnboundEntries;
+
+    /// <summary>
+    /// A key ring refresh begins (the key manager reads the repository): forget the entries the
+    /// KMS could not answer for during the previous one.
+    /// </summary>
+    public void StartRefresh()
+    {
+        lock (_unanswered)
+        {
+            _unanswered.Clear();
+        }
+    }
+
+    /// <summary>
+    /// The KMS did not answer for an existing entry (unavailable, out of time, overloaded —
+    /// anything but a refusal of the entry or of the caller): until the next refresh,
+    /// <see cref="KmsXmlEncryptor"/> writes no new key, which would stand in for one that is
+    /// only unreachable.
+    /// </summary>
+    public void RecordUnanswered(CryptographicException failure)
+    {
+        lock (_unanswered)
+        {
+            _unanswered.Add(failure);
+        }
+    }
+
+    /// <summary>What <see cref="RecordUnanswered"/> recorded since the refresh began (the decryptor's exceptions, naming the key and the status); empty: nothing.</summary>
+    public IReadOnlyList<CryptographicException> Unanswered()
+    {
+        lock (_unanswered)
+        {
+            return [.. _unanswered];
+        }
+    }
+
+    /// <summary>
+    /// A status that says the KMS did not answer, rather than refused: the entry may well be
+    /// readable a moment later. Refusals (<c>InvalidArgument</c> for the ciphertext,
+    /// <c>FailedPrecondition</c> for a disabled key, <c>PermissionDenied</c>, …) are final for
+    /// that entry, and Data Protection replaces such a key as it always did.
+    /// </summary>
+    public static bool IsUnanswered(StatusCode status) =>
+        status is StatusCode.Unavailable or StatusCode.DeadlineExceeded or StatusCode.ResourceExhausted or StatusCode.Aborted
+            or StatusCode.Cancelled or StatusCode.Internal or StatusCode.Unknown;
 
     /// <summary>
     /// Runs <paramref name="call"/> on the thread pool and waits for it: Data Protection's XML

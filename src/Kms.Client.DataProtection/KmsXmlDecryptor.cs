@@ -25,6 +25,15 @@ namespace Kms.Client.DataProtection;
 /// opaque "decryption failed") and nothing of the ciphertext or the key.
 /// </para>
 /// <para>
+/// An entry of format 2 is decrypted under the context of the Data Protection key it stands
+/// under in the repository (its <c>readUnder</c>, added by <see cref="KmsKeyRingRepository"/>),
+/// which must be the key it was written for: an entry copied under another key id, or whose key's
+/// dates were changed, is refused. An entry of format 1 (written before) is decrypted under the
+/// application's context alone, unless <see cref="KmsDataProtectionOptions.ReadUnboundEntries"/> is false.
+/// Where the KMS did not answer (unavailable, out of time), the failure is recorded so that
+/// <see cref="KmsXmlEncryptor"/> writes no key in its place during this key ring refresh.
+/// </para>
+/// <para>
 /// Synchronous, as <see cref="IXmlDecryptor"/> is: the KMS call runs on the thread pool
 /// (<c>Task.Run(...).GetAwaiter().GetResult()</c>) and the calling thread waits, so a caller
 /// under a SynchronizationContext does not deadlock. The plaintext is parsed from a pinned copy
@@ -46,15 +55,21 @@ public sealed class KmsXmlDecryptor : IXmlDecryptor
         _protection = KmsKeyRingProtection.From(services);
     }
 
-    /// <summary>Decrypts a <c>kmsEncryptedKey</c> element through KMS Decrypt.</summary>
-    /// <exception cref="CryptographicException">The element is not one this version writes, or the KMS did not decrypt it.</exception>
+    /// <summary>Decrypts a <c>kmsEncryptedKey</c> element through KMS Decrypt, under the context of the key it was read under.</summary>
+    /// <exception cref="CryptographicException">
+    /// The element is not one this version reads; it was written for another Data Protection key
+    /// than the one it stands under in the repository, or for other dates; it was read outside
+    /// the key ring's repository (no <c>readUnder</c>); it is of version 1 and
+    /// <see cref="KmsDataProtectionOptions.ReadUnboundEntries"/> is false; or the KMS did not
+    /// decrypt it.
+    /// </exception>
     /// <exception cref="InvalidOperationException">No KmsClient is available.</exception>
     public XElement Decrypt(XElement encryptedElement)
     {
         ArgumentNullException.ThrowIfNull(encryptedElement);
-        var ciphertext = ReadCiphertext(encryptedElement);
+        var (ciphertext, binding) = Read(encryptedElement);
         var client = _protection.Client(_services);
-        var context = _protection.EncryptionContext(_services);
+        var context = _protection.EncryptionContext(_services, binding);
         DecryptedData decrypted;
         try
         {
@@ -64,7 +79,14 @@ public sealed class KmsXmlDecryptor : IXmlDecryptor
         {
             // The key name is the file's word, untrusted: escaped, and only to help a person.
             var named = KmsErrors.Printable((string?)encryptedElement.Attribute(KmsEncryptedKeyFormat.KeyAttribute));
-            throw new CryptographicException($"the KMS did not decrypt a Data Protection key ring entry (the file says it was encrypted under '{named}'): {e.StatusCode}: {e.Status.Detail}", e);
+            var of = binding is null ? "format 1, bound to no key" : $"of key {binding.KeyId}";
+            var failure = new CryptographicException($"the KMS did not decrypt a Data Protection key ring entry ({of}; the file says it was encrypted under '{named}'): {e.StatusCode}: {e.Status.Detail}", e);
+            if (KmsKeyRingProtection.IsUnanswered(e.StatusCode))
+            {
+                _protection.RecordUnanswered(failure);
+            }
+
+            throw failure;
         }
 
         using (decrypted)
@@ -73,7 +95,8 @@ public sealed class KmsXmlDecryptor : IXmlDecryptor
         }
     }
 
-    private static byte[] ReadCiphertext(XElement element)
+    // The ciphertext, and the key it is bound to (null: version 1, bound to the application only).
+    private (byte[] Ciphertext, KeyRingEntryBinding? Binding) Read(XElement element)
     {
         if (element.Name != KmsEncryptedKeyFormat.Element)
         {
@@ -81,11 +104,43 @@ public sealed class KmsXmlDecryptor : IXmlDecryptor
         }
 
         var version = (string?)element.Attribute(KmsEncryptedKeyFormat.VersionAttribute);
-        if (version != KmsEncryptedKeyFormat.Version)
+        if (version == KmsEncryptedKeyFormat.UnboundVersion)
         {
-            throw new CryptographicException($"a KMS-encrypted Data Protection key of format version '{KmsErrors.Printable(version)}', which this version does not read (it reads {KmsEncryptedKeyFormat.Version})");
+            if (!_protection.ReadUnboundEntries)
+            {
+                throw new CryptographicException($"a KMS-encrypted Data Protection key of format {KmsEncryptedKeyFormat.UnboundVersion}, bound to no key id or dates, and KmsDataProtectionOptions.ReadUnboundEntries is false");
+            }
+
+            return (ReadCiphertext(element), null);
         }
 
+        if (version != KmsEncryptedKeyFormat.Version)
+        {
+            throw new CryptographicException($"a KMS-encrypted Data Protection key of format version '{KmsErrors.Printable(version)}', which this version does not read (it reads {KmsEncryptedKeyFormat.UnboundVersion} and {KmsEncryptedKeyFormat.Version})");
+        }
+
+        // Where the entry stands (the repository's <key>, told by KmsKeyRingRepository) must be
+        // where it was written for (its own attributes); the KMS then checks the latter were the
+        // encryptor's, as they are in the ciphertext's context.
+        var readUnder = element.Elements(KmsEncryptedKeyFormat.ReadUnder).ToList();
+        if (readUnder.Count != 1 || KeyRingEntryBinding.OfAttributes(readUnder[0]) is not { } standsUnder)
+        {
+            throw new CryptographicException("a KMS-encrypted Data Protection key read outside the key ring's repository, or under a <key> without a valid id and dates: "
+                + "it is bound to the key it stands under, which only the repository that ProtectKeysWithKms wraps can tell");
+        }
+
+        var writtenFor = KeyRingEntryBinding.OfAttributes(element);
+        if (writtenFor != standsUnder)
+        {
+            var written = writtenFor?.ToString() ?? "a key it does not state in full";
+            throw new CryptographicException($"a KMS-encrypted Data Protection key ring entry written for key {written} stands under key {standsUnder}: moved or re-dated in the repository, not decrypted");
+        }
+
+        return (ReadCiphertext(element), standsUnder);
+    }
+
+    private static byte[] ReadCiphertext(XElement element)
+    {
         var text = (string?)element.Element(KmsEncryptedKeyFormat.Ciphertext)
             ?? throw new CryptographicException($"a KMS-encrypted Data Protection key without its <{KmsEncryptedKeyFormat.Ciphertext}>");
         byte[] ciphertext;

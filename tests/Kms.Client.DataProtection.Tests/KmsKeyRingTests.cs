@@ -1,13 +1,17 @@
 using System.Security.Cryptography;
 using System.Text;
 using System.Xml.Linq;
+using Grpc.Core;
+using Grpc.Core.Interceptors;
 using Kms.Client.DataProtection;
 using Kms.Contracts.V1;
 using Kms.Testing;
 using Microsoft.AspNetCore.DataProtection;
+using Microsoft.AspNetCore.DataProtection.KeyManagement;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.FileProviders;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 
 namespace Kms.Client.DataProtection.Tests;
@@ -72,9 +76,7 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
 
             // The master key, as only the KMS can give it back.
             using var client = fixture.Server.CreateClient(fixture.AppToken);
-            using var decrypted = await client.DecryptAsync(
-                Convert.FromBase64String((string)encrypted.Element("ciphertext")!),
-                new Dictionary<string, string> { ["purpose"] = "aspnetcore-dataprotection", ["application"] = "app-a" });
+            using var decrypted = await client.DecryptAsync(Convert.FromBase64String((string)encrypted.Element("ciphertext")!), BoundContext(document.Root!, "app-a"));
             var masterKeyElement = XElement.Parse(Encoding.UTF8.GetString(decrypted.Plaintext));
             Assert.Equal("masterKey", masterKeyElement.Name.LocalName);
             var masterKeyBase64 = (string)masterKeyElement.Element("value")!;
@@ -152,10 +154,12 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
             });
         }
 
-        var refusal = KmsRefusal(() => Unprotect(directory, key, "app-a", payload, token));
+        // Refused at the key ring's load now: Data Protection, unable to read the ring, asks for a new
+        // key, which is refused too (its read-back gets PermissionDenied as well).
+        var thrown = Assert.ThrowsAny<CryptographicException>(() => Unprotect(directory, key, "app-a", payload, token));
 
-        Assert.Contains("PermissionDenied", refusal.Message, StringComparison.Ordinal);
-        Assert.DoesNotContain(token, refusal.ToString(), StringComparison.Ordinal);
+        Assert.Contains(Chain(thrown), e => e is CryptographicException && e.Message.Contains(": PermissionDenied: ", StringComparison.Ordinal));
+        Assert.DoesNotContain(token, thrown.ToString(), StringComparison.Ordinal);
         Assert.Equal("hello", Unprotect(directory, key, "app-a", payload));
     }
 
@@ -250,7 +254,11 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
         var key = await CreateKeyAsync();
         var shared = NewKeyDirectory();
         var payload = Protect(shared, key, "shop", "hello", contentRoot: "/app");
-        var shopEntry = EncryptedEntry(shared);
+        XElement shopEntry;
+        using (var shopAlone = Provider(shared, key, "shop", fixture.AppToken, contentRoot: "/app"))
+        {
+            shopEntry = EncryptedEntry(shopAlone);
+        }
 
         // Billing over shop's ring: the KMS refuses shop's entry under billing's context (and
         // billing, finding no key it can use, writes one of its own next to it).
@@ -260,9 +268,9 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
         // And each one's entry, handed to the other's decryptor, the other way round as well.
         var billingDirectory = NewKeyDirectory();
         Protect(billingDirectory, key, "billing", "bye", contentRoot: "/app");
-        var billingEntry = EncryptedEntry(billingDirectory);
         using var shop = Provider(shared, key, "shop", fixture.AppToken, contentRoot: "/app");
         using var billing = Provider(billingDirectory, key, "billing", fixture.AppToken, contentRoot: "/app");
+        var billingEntry = EncryptedEntry(billing);
         Assert.Equal("masterKey", new KmsXmlDecryptor(shop).Decrypt(shopEntry).Name.LocalName);
         Assert.Equal("masterKey", new KmsXmlDecryptor(billing).Decrypt(billingEntry).Name.LocalName);
         Assert.StartsWith("the KMS did not decrypt", Assert.Throws<CryptographicException>(() => new KmsXmlDecryptor(shop).Decrypt(billingEntry)).Message, StringComparison.Ordinal);
@@ -330,6 +338,220 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
         Assert.Contains("ProtectKeysWithKms", e.Message, StringComparison.Ordinal);
     }
 
+    // A repository writer without KMS rights copies a key's element under another key id (with the
+    // readUnder the repository is meant to add, naming the original, for good measure): the copy
+    // is not decrypted, the original still is.
+    [Fact]
+    public async Task EntryCopiedUnderAnotherKeyId_NotDecrypted_NamingBothKeys_TheOriginalStillIs()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, key, "app-a", "hello");
+        var original = XDocument.Load(Assert.Single(Directory.GetFiles(directory, "key-*.xml")));
+        var originalId = (string)original.Root!.Attribute("id")!;
+        var copy = new XDocument(original);
+        var copyId = Guid.NewGuid().ToString("D");
+        copy.Root!.SetAttributeValue("id", copyId);
+        var entry = copy.Descendants("kmsEncryptedKey").Single();
+        entry.Add(new XElement("readUnder", entry.Attributes().Where(a => a.Name.LocalName is "keyId" or "creationDate" or "activationDate" or "expirationDate").ToArray()));
+        copy.Save(Path.Combine(directory, $"key-{copyId}.xml"));
+
+        using var provider = Provider(directory, key, "app-a", fixture.AppToken);
+        var keys = provider.GetRequiredService<IKeyManager>().GetAllKeys();
+        var refused = Assert.ThrowsAny<Exception>(() => keys.Single(k => k.KeyId == Guid.Parse(copyId)).CreateEncryptor());
+
+        var binding = Chain(refused).OfType<CryptographicException>().Single(e => e.Message.Contains("stands under key", StringComparison.Ordinal));
+        Assert.Contains($"written for key {originalId} (created ", binding.Message, StringComparison.Ordinal);
+        Assert.Contains($"stands under key {copyId} (created ", binding.Message, StringComparison.Ordinal);
+        Assert.NotNull(keys.Single(k => k.KeyId == Guid.Parse(originalId)).CreateEncryptor());
+        Assert.Equal("hello", provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Unprotect(payload));
+    }
+
+    // Its dates changed, the expiration put off by ten years: the key is not decrypted, so neither is
+    // what it protected — a writer cannot keep a key in use past its expiration, or bring it forward.
+    [Theory]
+    [InlineData("expirationDate")]
+    [InlineData("activationDate")]
+    [InlineData("creationDate")]
+    public async Task KeyDateChangedInTheRepository_KeyNotDecrypted_NorWhatItProtected(string date)
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, key, "app-a", "hello");
+        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
+        var document = XDocument.Load(file);
+        var element = document.Root!.Element(date)!;
+        element.Value = System.Xml.XmlConvert.ToString(((DateTimeOffset)element).AddDays(-3650 * (date == "expirationDate" ? -1 : 1)));
+        document.Save(file);
+
+        var thrown = Assert.ThrowsAny<CryptographicException>(() => Unprotect(directory, key, "app-a", payload));
+
+        Assert.Contains(Chain(thrown), e => e.Message.Contains("moved or re-dated in the repository, not decrypted", StringComparison.Ordinal));
+    }
+
+    // A format 2 entry rewritten as format 1 (no id or dates): its ciphertext was encrypted under the
+    // bound context, and the KMS refuses it under the application's alone.
+    [Fact]
+    public async Task BoundEntryRewrittenAsFormat1_TheKmsRefusesIt()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, key, "app-a", "hello");
+        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
+        var document = XDocument.Load(file);
+        var entry = document.Descendants("kmsEncryptedKey").Single();
+        Assert.Equal("2", (string?)entry.Attribute("version"));
+        entry.SetAttributeValue("version", "1");
+        foreach (var name in new[] { "keyId", "creationDate", "activationDate", "expirationDate" })
+        {
+            entry.SetAttributeValue(name, null);
+        }
+
+        document.Save(file);
+
+        var refusal = KmsRefusal(() => Unprotect(directory, key, "app-a", payload));
+
+        Assert.Contains("(format 1, bound to no key;", refusal.Message, StringComparison.Ordinal);
+        Assert.Contains("InvalidArgument: decryption failed", refusal.Message, StringComparison.Ordinal);
+    }
+
+    // An entry as this library wrote them before (format 1: the application's context only) still
+    // decrypts; with ReadUnboundEntries = false it is refused, saying so.
+    [Fact]
+    public async Task EntryOfFormat1_StillDecrypts_RefusedOnceReadUnboundEntriesIsFalse()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, key, "app-a", "hello");
+        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
+        var document = XDocument.Load(file);
+        var entry = document.Descendants("kmsEncryptedKey").Single();
+        using (var client = fixture.Server.CreateClient(fixture.AppToken))
+        {
+            using var masterKey = await client.DecryptAsync(Convert.FromBase64String((string)entry.Element("ciphertext")!), BoundContext(document.Root!, "app-a"));
+            var unbound = await client.EncryptAsync(key, masterKey.Plaintext.ToArray(), new Dictionary<string, string>(StringComparer.Ordinal) { ["purpose"] = "aspnetcore-dataprotection", ["application"] = "app-a" });
+            entry.ReplaceWith(new XElement(
+                "kmsEncryptedKey",
+                new XAttribute("version", "1"),
+                new XAttribute("key", key),
+                new XAttribute("keyVersion", unbound.KeyVersion),
+                new XElement("ciphertext", Convert.ToBase64String(unbound.Ciphertext))));
+        }
+
+        document.Save(file);
+
+        Assert.Equal("hello", Unprotect(directory, key, "app-a", payload));
+        using var strict = Provider(directory, key, "app-a", fixture.AppToken, kms: o => o.ReadUnboundEntries = false);
+        var thrown = Assert.ThrowsAny<CryptographicException>(() => strict.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Unprotect(payload));
+        Assert.Contains(Chain(thrown), e => e.Message.Contains("KmsDataProtectionOptions.ReadUnboundEntries is false", StringComparison.Ordinal));
+    }
+
+    // The decryptor is given the entry alone: taken out of the key file, it cannot tell which key it
+    // stands under, and decrypts nothing.
+    [Fact]
+    public async Task EntryDecryptedOutsideTheRepository_Refused()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        Protect(directory, key, "app-a", "hello");
+        using var provider = Provider(directory, key, "app-a", fixture.AppToken);
+        var entry = XDocument.Load(Assert.Single(Directory.GetFiles(directory, "key-*.xml"))).Descendants("kmsEncryptedKey").Single();
+
+        var e = Assert.Throws<CryptographicException>(() => new KmsXmlDecryptor(provider).Decrypt(entry));
+
+        Assert.StartsWith("a KMS-encrypted Data Protection key read outside the key ring's repository", e.Message, StringComparison.Ordinal);
+        Assert.Equal("masterKey", new KmsXmlDecryptor(provider).Decrypt(EncryptedEntry(provider)).Name.LocalName);
+    }
+
+    // A principal the key's policy lets encrypt but not decrypt: Data Protection cannot read the ring,
+    // finds no usable key and asks for a new one at every refresh (every start). Before, each was
+    // written — the ring grew by one key per start, none readable by the next. Now none is: the new
+    // key is read back before it is stored, and the failure, logged as an error by Data Protection,
+    // names the key, the KMS key and the status. Over an empty ring, nothing is written at all.
+    [Fact]
+    public async Task PrincipalThatMayEncryptButNotDecrypt_NoKeyWrittenAtAnyRefresh_ErrorNamesTheKeyAndTheStatus()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        Protect(directory, key, "app-a", "hello");
+        var token = await EncryptOnlyPrincipalAsync(key);
+        var before = Directory.GetFiles(directory).Order(StringComparer.Ordinal).Select(f => (f, File.ReadAllText(f))).ToList();
+
+        for (var start = 0; start < 3; start++)
+        {
+            var logs = new CapturedLogs();
+            using var provider = Provider(directory, key, "app-a", token, services: s => s.AddLogging(b => b.AddProvider(logs)));
+            var thrown = Assert.ThrowsAny<Exception>(() => provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Protect("again"));
+
+            var refusal = Chain(thrown).OfType<CryptographicException>().Single(e => e.Message.StartsWith("not writing the new Data Protection key ", StringComparison.Ordinal));
+            Assert.Contains($"KMS Encrypt under {key} succeeded, but KMS Decrypt of the result failed: PermissionDenied", refusal.Message, StringComparison.Ordinal);
+            Assert.Contains(logs.Entries, e => e.Level == LogLevel.Error && e.Text.Contains(refusal.Message, StringComparison.Ordinal));
+            Assert.DoesNotContain(token, logs.AllText, StringComparison.Ordinal);
+        }
+
+        Assert.Equal(before, Directory.GetFiles(directory).Order(StringComparer.Ordinal).Select(f => (f, File.ReadAllText(f))).ToList());
+
+        var empty = NewKeyDirectory();
+        using (var first = Provider(empty, key, "app-a", token))
+        {
+            Assert.ThrowsAny<Exception>(() => first.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Protect("hello"));
+        }
+
+        Assert.False(Directory.Exists(empty) && Directory.EnumerateFileSystemEntries(empty).Any());
+    }
+
+    // The KMS does not answer for the existing key (here: DeadlineExceeded on its Decrypt, while
+    // Encrypt and other Decrypts go through): no new key stands in for it; once the KMS answers, the
+    // same provider uses the existing key. Before, a new key was written at that refresh.
+    [Fact]
+    public async Task KmsNotAnsweringForTheExistingKey_NoNewKeyWritten_TheExistingOneUsedOnceItAnswers()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, key, "app-a", "hello");
+        var before = Directory.GetFiles(directory).Order(StringComparer.Ordinal).Select(f => (f, File.ReadAllText(f))).ToList();
+        var existing = Convert.FromBase64String((string)XDocument.Load(before[0].f).Descendants("ciphertext").Single());
+        var unanswered = new NoAnswerForDecryptOf(existing);
+        using var provider = Provider(directory, key, "app-a", fixture.AppToken, client: o =>
+        {
+            o.Interceptors.Add(unanswered);
+            o.Retry.MaxAttempts = 1;
+        });
+        var protector = provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test");
+
+        var thrown = Assert.ThrowsAny<Exception>(() => protector.Protect("again"));
+
+        var refusal = Chain(thrown).OfType<CryptographicException>().Single(e => e.Message.StartsWith("not writing the new Data Protection key ", StringComparison.Ordinal));
+        Assert.Contains($"the KMS did not decrypt a Data Protection key ring entry (of key {(string)XDocument.Load(before[0].f).Root!.Attribute("id")!}", refusal.Message, StringComparison.Ordinal);
+        Assert.Contains(": DeadlineExceeded: ", refusal.Message, StringComparison.Ordinal);
+        Assert.Equal(before, Directory.GetFiles(directory).Order(StringComparer.Ordinal).Select(f => (f, File.ReadAllText(f))).ToList());
+
+        unanswered.Answer = true;
+        Assert.Equal("again", protector.Unprotect(protector.Protect("again")));
+        Assert.Equal("hello", protector.Unprotect(payload));
+        Assert.Equal(before, Directory.GetFiles(directory).Order(StringComparer.Ordinal).Select(f => (f, File.ReadAllText(f))).ToList());
+    }
+
+    // Without PersistKeysTo... Data Protection picks a fallback repository inside its key manager, which
+    // ProtectKeysWithKms cannot wrap to tell each entry which key it stands under: no key is written.
+    [Fact]
+    public async Task NoRepositoryConfigured_NoKeyWritten_NamingPersistKeysTo()
+    {
+        var key = await CreateKeyAsync();
+        var services = new ServiceCollection().AddKmsClient(o =>
+        {
+            o.Endpoint = fixture.Server.Address;
+            o.CaCertificatePath = fixture.Server.CaCertificatePath;
+            o.ApiToken = fixture.AppToken;
+        });
+        services.AddDataProtection().SetApplicationName("app-a").ProtectKeysWithKms(key);
+        using var provider = services.BuildServiceProvider();
+
+        var thrown = Assert.ThrowsAny<Exception>(() => provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Protect("hello"));
+
+        Assert.Contains(Chain(thrown), e => e is InvalidOperationException && e.Message.Contains("call PersistKeysToFileSystem(...)", StringComparison.Ordinal));
+    }
+
     private async Task<string> CreateKeyAsync()
     {
         using var client = fixture.Server.CreateClient();
@@ -344,9 +566,23 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
         return provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Protect(text);
     }
 
-    // The one key file's kmsEncryptedKey element.
-    private static XElement EncryptedEntry(string directory) =>
-        XDocument.Load(Assert.Single(Directory.GetFiles(directory, "key-*.xml"))).Descendants("kmsEncryptedKey").Single();
+    // The first key's kmsEncryptedKey element, as the key manager reads it (through the repository ProtectKeysWithKms wraps).
+    private static XElement EncryptedEntry(ServiceProvider provider) =>
+        provider.GetRequiredService<IOptions<KeyManagementOptions>>().Value.XmlRepository!.GetAllElements().Descendants("kmsEncryptedKey").First();
+
+    // The context a format 2 entry of this <key> is encrypted under, built by hand from the key element.
+    private static Dictionary<string, string> BoundContext(XElement key, string application) => new(StringComparer.Ordinal)
+    {
+        ["purpose"] = "aspnetcore-dataprotection",
+        ["application"] = application,
+        ["dataprotection-key-id"] = ((Guid)key.Attribute("id")!).ToString("D"),
+        ["dataprotection-key-created"] = Instant(key, "creationDate"),
+        ["dataprotection-key-activated"] = Instant(key, "activationDate"),
+        ["dataprotection-key-expires"] = Instant(key, "expirationDate"),
+    };
+
+    private static string Instant(XElement key, string date) =>
+        ((DateTimeOffset)key.Element(date)!).UtcDateTime.ToString("O", System.Globalization.CultureInfo.InvariantCulture);
 
     private string Unprotect(string directory, string key, string application, string payload, string? token = null, string? contentRoot = null)
     {
@@ -355,20 +591,25 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
     }
 
     // application: SetApplicationName's argument (null: not called); contentRoot: the host's (null: no host environment).
-    private ServiceProvider Provider(string directory, string key, string? application, string token, string? contentRoot = null, string? kmsApplicationName = null)
+    // client: more client options; services: more registrations (loggers); kms: more ProtectKeysWithKms options.
+    private ServiceProvider Provider(
+        string directory, string key, string? application, string token, string? contentRoot = null, string? kmsApplicationName = null,
+        Action<KmsClientOptions>? client = null, Action<IServiceCollection>? services = null, Action<KmsDataProtectionOptions>? kms = null)
     {
-        var services = new ServiceCollection().AddKmsClient(o =>
+        var collection = new ServiceCollection().AddKmsClient(o =>
         {
             o.Endpoint = fixture.Server.Address;
             o.CaCertificatePath = fixture.Server.CaCertificatePath;
             o.ApiToken = token;
+            client?.Invoke(o);
         });
+        services?.Invoke(collection);
         if (contentRoot is not null)
         {
-            services.AddSingleton<IHostEnvironment>(new ContentRootOnly(contentRoot));
+            collection.AddSingleton<IHostEnvironment>(new ContentRootOnly(contentRoot));
         }
 
-        var dataProtection = services.AddDataProtection();
+        var dataProtection = collection.AddDataProtection();
         if (application is not null)
         {
             dataProtection.SetApplicationName(application);
@@ -376,8 +617,12 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
 
         dataProtection
             .PersistKeysToFileSystem(new DirectoryInfo(directory))
-            .ProtectKeysWithKms(key, o => o.ApplicationName = kmsApplicationName);
-        return services.BuildServiceProvider();
+            .ProtectKeysWithKms(key, o =>
+            {
+                o.ApplicationName = kmsApplicationName;
+                kms?.Invoke(o);
+            });
+        return collection.BuildServiceProvider();
     }
 
     // Application "app-a" with a client whose KMS address has nothing listening; one attempt per call.
@@ -412,6 +657,81 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
         }
 
         return false;
+    }
+
+    // A key-user the key's policy lets encrypt only (the application's principal keeps both).
+    private async Task<string> EncryptOnlyPrincipalAsync(string key)
+    {
+        var encryptOnly = $"dp-encrypt-only-{Guid.NewGuid():N}"[..28];
+        var token = await fixture.Server.CreatePrincipalWithTokenAsync(encryptOnly, "dev", "key-user");
+        using var developer = fixture.Server.CreateClient();
+        await developer.Raw.SetKeyPolicyAsync(new SetKeyPolicyRequest
+        {
+            Name = key,
+            Entries =
+            {
+                new KeyPolicyEntry { Principal = fixture.AppPrincipal, Operations = { "ENCRYPT", "DECRYPT" } },
+                new KeyPolicyEntry { Principal = "token:" + encryptOnly, Operations = { "ENCRYPT" } },
+            },
+        });
+        return token;
+    }
+
+    private static IEnumerable<Exception> Chain(Exception thrown)
+    {
+        for (Exception? e = thrown; e is not null; e = e.InnerException)
+        {
+            yield return e;
+            if (e is AggregateException aggregate)
+            {
+                foreach (var inner in aggregate.InnerExceptions.SelectMany(Chain))
+                {
+                    yield return inner;
+                }
+            }
+        }
+    }
+
+    // Decrypt of one ciphertext gets DeadlineExceeded, as if the KMS never answered, until Answer is set.
+    private sealed class NoAnswerForDecryptOf(byte[] ciphertext) : Interceptor
+    {
+        public volatile bool Answer;
+
+        public override AsyncUnaryCall<TResponse> AsyncUnaryCall<TRequest, TResponse>(TRequest request, ClientInterceptorContext<TRequest, TResponse> context, AsyncUnaryCallContinuation<TRequest, TResponse> continuation)
+        {
+            if (!Answer && request is DecryptRequest decrypt && decrypt.Ciphertext.Span.SequenceEqual(ciphertext))
+            {
+                throw new RpcException(new Status(StatusCode.DeadlineExceeded, "no answer (test)"));
+            }
+
+            return continuation(request, context);
+        }
+    }
+
+    private sealed class CapturedLogs : ILoggerProvider
+    {
+        private readonly System.Collections.Concurrent.ConcurrentQueue<(LogLevel Level, string Text)> _entries = new();
+
+        public IReadOnlyCollection<(LogLevel Level, string Text)> Entries => _entries;
+
+        public string AllText => string.Join('\n', _entries.Select(e => e.Text));
+
+        public ILogger CreateLogger(string categoryName) => new Logger(_entries);
+
+        public void Dispose()
+        {
+        }
+
+        private sealed class Logger(System.Collections.Concurrent.ConcurrentQueue<(LogLevel Level, string Text)> entries) : ILogger
+        {
+            public IDisposable? BeginScope<TState>(TState state)
+                where TState : notnull => null;
+
+            public bool IsEnabled(LogLevel logLevel) => true;
+
+            public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+                entries.Enqueue((logLevel, formatter(state, exception) + "\n" + exception));
+        }
     }
 
     private sealed class ContentRootOnly(string contentRoot) : IHostEnvironment
