@@ -186,6 +186,88 @@ public sealed class AuditStreamPositionTests
         Directory.Delete(dataDir, recursive: true);
     }
 
+    // The real binary, its stdout a pipe nobody reads (a SIEM agent that stopped): the stream's
+    // lines fill it (64 KiB). The housekeeping pass goes on (a checkpoint over the events written
+    // after the pipe filled is signed), requests are answered, and once the pipe is read again
+    // every event reaches it once, the copy verifying; the stop ends. Before, the pass hung in
+    // write(2) on the full pipe, and the server's own log lines (on the same stdout) with it:
+    // no checkpoint was signed again, and the stop never ended.
+    [Fact]
+    public async Task Stdout_APipeNobodyReads_TheHousekeepingGoesOn_RequestsAnswered_AndOnceReadEveryEventArrivesOnce()
+    {
+        var token = SoftHsm.CreateToken();
+        var domainKey = RandomNumberGenerator.GetBytes(32);
+        using (var session = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin)))
+        {
+            session.ImportDomainKey(domainKey, "kms-domain-key", DomainKeyId);
+        }
+
+        CryptographicOperations.ZeroMemory(domainKey);
+        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-stdout-full-")).FullName;
+        var database = Path.Combine(dataDir, "kms.db");
+        var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
+        string[] args = ["--Kms:Audit:StreamPath=-", "--Kms:Audit:CheckpointInterval=00:00:01"];
+        var server = await ServerProcess.StartWithStandardOutputUnreadAsync(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId, args);
+        try
+        {
+            var (developer, _) = await server.BootstrapAsync("dev");
+            using (var client = server.CreateClient(developer))
+            {
+                await client.CreateKeyAsync("tenants/dev", "filled");
+
+                // 600 events of some 500 bytes each: several times what the pipe holds.
+                for (var i = 0; i < 600; i++)
+                {
+                    await AnsweredAsync(client, i);
+                }
+
+                var filled = Head(database);
+                await WaitForCheckpointAsync(checkpoints, filled, TimeSpan.FromSeconds(60), () => server.Output);
+
+                // A request after it is answered (and its event durable) as any other.
+                await AnsweredAsync(client, 600);
+            }
+
+            server.ReadStandardOutput();
+            await server.WaitForOutputAsync(EventPrefix(Head(database)), TimeSpan.FromSeconds(60));
+            Assert.Equal(0, await server.TerminateAsync(TimeSpan.FromSeconds(30)));
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+
+        var copy = StreamLines(server.Output).ToList();
+        Assert.Equal(Enumerable.Range(1, (int)Head(database)).Select(i => (long)i), copy.Select(Sequence));
+        var result = AuditVerifier.Verify(new StringReader(string.Join('\n', copy) + "\n"), PublicKey(dataDir));
+        Assert.True(result.Valid, result.Problem);
+        Directory.Delete(dataDir, recursive: true);
+    }
+
+    private static async Task AnsweredAsync(Kms.Client.KmsClient client, int request)
+    {
+        using var within = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        try
+        {
+            await client.GetKeyAsync("tenants/dev/keys/filled", within.Token);
+        }
+        catch (Exception e) when (within.IsCancellationRequested)
+        {
+            Assert.Fail($"request {request} was not answered within 60 s with stdout full ({e.GetType().Name})");
+        }
+    }
+
+    // Waits until checkpoints.jsonl holds a checkpoint at or after event sequence; names what did not happen.
+    private static async Task WaitForCheckpointAsync(string path, long sequence, TimeSpan within, Func<string> stderr)
+    {
+        var deadline = DateTime.UtcNow + within;
+        while (!(File.Exists(path) && File.ReadLines(path).Any(l => AuditExport.ParseCheckpoint(l) is { } c && c.Sequence >= sequence)))
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"no audit checkpoint at or after event {sequence} was signed within {within.TotalSeconds:0} s of the last of the requests that filled stdout: the housekeeping pass is held; its stderr:\n{stderr()}");
+            await Task.Delay(100);
+        }
+    }
+
     [Fact]
     public void Parse_WhatToBytesWrote_AndNothingElse()
     {

@@ -18,16 +18,33 @@ public sealed class ServerProcess : IAsyncDisposable
     private readonly StringBuilder _output = new();
     private readonly List<(string Text, TaskCompletionSource Written)> _awaited = [];
 
-    private ServerProcess(Process process, Uri address, string dataDir)
+    private ServerProcess(Process process, Uri address, string dataDir, bool readStandardOutput = true)
     {
         _process = process;
         Address = address;
         DataDir = dataDir;
         process.OutputDataReceived += (_, e) => Append(e.Data);
         process.ErrorDataReceived += (_, e) => Append(e.Data);
-        process.BeginOutputReadLine();
+        if (readStandardOutput)
+        {
+            process.BeginOutputReadLine();
+        }
+
         process.BeginErrorReadLine();
     }
+
+    /// <summary>
+    /// Starts the server as <see cref="StartAsync"/> does, but nothing reads its stdout (a pipe of
+    /// 64 KiB, which fills) until <see cref="ReadStandardOutput"/>; its stderr is read.
+    /// </summary>
+    public static async Task<ServerProcess> StartWithStandardOutputUnreadAsync(string dataDir, string softHsmConf, string tokenLabel, string pinFile, string domainKeyId, params string[] extraArgs)
+    {
+        var server = Launch(dataDir, softHsmConf, tokenLabel, pinFile, domainKeyId, readStandardOutput: false, extraArgs);
+        return await server.HealthyWithinAsync(dataDir);
+    }
+
+    /// <summary>From now on, the process's stdout is read (all it wrote meanwhile first) into <see cref="Output"/>.</summary>
+    public void ReadStandardOutput() => _process.BeginOutputReadLine();
 
     public Uri Address { get; }
 
@@ -54,31 +71,39 @@ public sealed class ServerProcess : IAsyncDisposable
     public static async Task<ServerProcess> StartAsync(string dataDir, string softHsmConf, string tokenLabel, string pinFile, string domainKeyId, params string[] extraArgs)
     {
         var server = Launch(dataDir, softHsmConf, tokenLabel, pinFile, domainKeyId, extraArgs);
+        return await server.HealthyWithinAsync(dataDir);
+    }
+
+    private async Task<ServerProcess> HealthyWithinAsync(string dataDir)
+    {
         var deadline = DateTime.UtcNow.AddSeconds(60);
         while (DateTime.UtcNow < deadline)
         {
-            if (server._process.HasExited)
+            if (_process.HasExited)
             {
-                throw new InvalidOperationException($"the server exited with {server._process.ExitCode}:\n{server.Output}");
+                throw new InvalidOperationException($"the server exited with {_process.ExitCode}:\n{Output}");
             }
 
-            if (File.Exists(Path.Combine(dataDir, "tls", "ca.crt")) && await server.HealthyAsync())
+            if (File.Exists(Path.Combine(dataDir, "tls", "ca.crt")) && await HealthyAsync())
             {
-                return server;
+                return this;
             }
 
             await Task.Delay(200);
         }
 
-        await server.DisposeAsync();
-        throw new TimeoutException($"the server did not become healthy within 60 s:\n{server.Output}");
+        await DisposeAsync();
+        throw new TimeoutException($"the server did not become healthy within 60 s:\n{Output}");
     }
 
     /// <summary>
     /// Starts the server process as <see cref="StartAsync"/> does, without waiting for anything: for
     /// tests of what it does while it starts.
     /// </summary>
-    public static ServerProcess Launch(string dataDir, string softHsmConf, string tokenLabel, string pinFile, string domainKeyId, params string[] extraArgs)
+    public static ServerProcess Launch(string dataDir, string softHsmConf, string tokenLabel, string pinFile, string domainKeyId, params string[] extraArgs) =>
+        Launch(dataDir, softHsmConf, tokenLabel, pinFile, domainKeyId, readStandardOutput: true, extraArgs);
+
+    private static ServerProcess Launch(string dataDir, string softHsmConf, string tokenLabel, string pinFile, string domainKeyId, bool readStandardOutput, string[] extraArgs)
     {
         var (certificate, key) = Kms.Server.Tls.DevCertificates.Ensure(Path.Combine(dataDir, "tls"), TimeProvider.System);
         var port = FreePort();
@@ -117,7 +142,7 @@ public sealed class ServerProcess : IAsyncDisposable
         }
 
         var process = Process.Start(start) ?? throw new InvalidOperationException("dotnet did not start");
-        return new ServerProcess(process, new Uri($"https://127.0.0.1:{port}"), dataDir);
+        return new ServerProcess(process, new Uri($"https://127.0.0.1:{port}"), dataDir, readStandardOutput);
     }
 
     /// <summary>A client of this server with <paramref name="apiToken"/>.</summary>

@@ -132,10 +132,12 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             else if (!readBack)
             {
                 await ResumeFromPositionAsync(stream, Path.Combine(directory, AuditStreamPosition.FileName), cancellationToken);
-                if (stream != "-")
-                {
-                    _fifo = new AuditStreamFifo(stream);
-                }
+
+                // Stdout as a FIFO is: a pipe whose reader stopped (64 KiB fill it) held the
+                // housekeeping pass in write(2) for good — no checkpoint signed, no retention, no
+                // lifecycle, and a stop that never ended. The server's own logs leave stdout for
+                // stderr then (KmsServerApp), so that they neither wait on that pipe nor run into a line.
+                _fifo = stream == "-" ? AuditStreamFifo.ForStandardOutput() : new AuditStreamFifo(stream);
             }
 
             // Where a stream whose last event the chain no longer holds restarts: read back from
@@ -182,7 +184,8 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     // stream is read back from its file, or there is none).
     private StreamPositionState? _position;
 
-    // The SIEM stream's FIFO writer (null: the stream is stdout or a file).
+    // The SIEM stream's FIFO writer, also for stdout when it is a pipe, a FIFO or a terminal (null:
+    // the stream is a file, or stdout that is a file or a socket).
     private AuditStreamFifo? _fifo;
 
     // Whether the stream's next write begins with a line feed: a stream that cannot be read back,

@@ -21,7 +21,6 @@ using Microsoft.AspNetCore.Server.Kestrel.Https;
 using Microsoft.Extensions.Options;
 using Serilog;
 using Serilog.Events;
-using Serilog.Formatting.Compact;
 
 namespace Kms.Server.Hosting;
 
@@ -45,11 +44,12 @@ public static partial class KmsServerApp
         Action<IServiceCollection>? configureServices = null,
         CancellationToken cancellationToken = default)
     {
-        var logger = CreateLogger(configureLogging);
+        var console = new ConsoleLogOutput();
+        var logger = CreateLogger(console, configureLogging);
         var opened = new OpenedWhileBuilt();
         try
         {
-            return await BuildWithLoggerAsync(args, logger, opened, configureServices, cancellationToken);
+            return await BuildWithLoggerAsync(args, logger, console, opened, configureServices, cancellationToken);
         }
         catch (Exception e) when (cancellationToken.IsCancellationRequested)
         {
@@ -144,6 +144,7 @@ public static partial class KmsServerApp
     private static async Task<WebApplication> BuildWithLoggerAsync(
         string[] args,
         Serilog.Core.Logger logger,
+        ConsoleLogOutput console,
         OpenedWhileBuilt opened,
         Action<IServiceCollection>? configureServices,
         CancellationToken cancellationToken)
@@ -163,6 +164,12 @@ public static partial class KmsServerApp
         }
 
         builder.Services.AddSerilog(logger, dispose: true);
+
+        // The SIEM stream on stdout: the logs go to stderr (ConsoleLogOutput says why).
+        if (builder.Configuration["Kms:Audit:StreamPath"] == "-")
+        {
+            console.MoveToStandardError();
+        }
 
         // Kestrel binds its own configuration section too, and an endpoint there would override
         // --urls unchecked (cleartext HTTP/2, other TLS versions): listeners come from --urls only.
@@ -860,7 +867,7 @@ public static partial class KmsServerApp
 
     // One logger per server instance (not Serilog's static one), so that in-process test
     // servers each capture their own events.
-    private static Serilog.Core.Logger CreateLogger(Action<LoggerConfiguration>? configureLogging)
+    private static Serilog.Core.Logger CreateLogger(ConsoleLogOutput console, Action<LoggerConfiguration>? configureLogging)
     {
         var configuration = new LoggerConfiguration()
             .MinimumLevel.Information()
@@ -874,14 +881,7 @@ public static partial class KmsServerApp
             // that is the metrics listener's: each logged "Hosting failed to start" with the stack
             // trace, before Program's one line said the same.
             .Filter.ByExcluding(PortInUseException.IsRefusalLoggedByProgram);
-        if (Console.IsOutputRedirected)
-        {
-            configuration.WriteTo.Console(new CompactJsonFormatter());
-        }
-        else
-        {
-            configuration.WriteTo.Console(outputTemplate: "[{Timestamp:HH:mm:ss} {Level:u3}] {SourceContext}: {Message:lj}{NewLine}{Exception}");
-        }
+        configuration.WriteTo.Sink(console);
 
         configureLogging?.Invoke(configuration);
         return configuration.CreateLogger();
