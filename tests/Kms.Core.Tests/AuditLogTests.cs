@@ -1279,6 +1279,8 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
 
         public Task<IReadOnlyList<AuditEvent>> ListAuditEventsAsync(AuditQuery query, CancellationToken cancellationToken) => inner.ListAuditEventsAsync(query, cancellationToken);
 
+        public Task<AuditPage> ListAuditPageAsync(AuditQuery query, long scanWindow, CancellationToken cancellationToken) => inner.ListAuditPageAsync(query, scanWindow, cancellationToken);
+
         public async Task AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken)
         {
             if (gateCheckpoints)

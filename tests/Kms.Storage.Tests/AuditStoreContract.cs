@@ -447,6 +447,58 @@ public abstract class AuditStoreContract : AccessStoreContract
         }
     }
 
+    [Fact]
+    public async Task Pages_OneStatementEach_FullShortEmptyAndLast_BothOrders_WithATimeRangeAndAPrincipal()
+    {
+        // A page was up to three statements (the candidate the window starts at, the window, the
+        // candidate past it), and two more each with a time range (the time summary's walk start).
+        // 40 events, windows of 10, blocks of 10 summarised and a tail: full pages, short and empty
+        // ones, and the last, every filter the walk treats apart.
+        var store = await AuditAsync();
+        await store.AppendAuditAsync(
+            [.. Enumerable.Range(1, 36).Select(i => Entry(i) with
+            {
+                Operation = i is 8 or 27 ? "/kms.v1.KeyManagementService/DestroyKeyVersion" : "/kms.v1.KeyManagementService/Encrypt",
+                Principal = i % 3 == 0 ? "token:bob" : "token:alice",
+            })],
+            default);
+        Assert.Equal(3, await store.SummariseAuditBlocksAsync(10, 100, default));
+        var queries = new AuditQuery[]
+        {
+            new() { Limit = 4 },
+            new() { Operation = "DestroyKeyVersion", Limit = 5 },
+            new() { Principal = "token:bob", Limit = 3 },
+            new() { StartTime = T0.AddSeconds(12), EndTime = T0.AddSeconds(33), Limit = 4 },
+            new() { StartTime = T0.AddSeconds(5), Principal = "token:bob", Operation = "DestroyKeyVersion", Limit = 2 },
+        };
+        foreach (var query in queries.SelectMany(q => new[] { q, q with { NewestFirst = true } }))
+        {
+            var pages = 0;
+            for (var cursor = query; ; pages++)
+            {
+                var before = Statements(store);
+                var page = await AuditPages.ListAsync(store, cursor, 10, default);
+                var run = Statements(store) - before;
+                Assert.True(run == 1, $"{query}, page {pages + 1} ({page.Events.Count} events, next {page.Next}): {run} statements");
+                if (page.Next is not { } next)
+                {
+                    break;
+                }
+
+                cursor = query.NewestFirst ? query with { BeforeSequence = next } : query with { AfterSequence = next };
+            }
+
+            Assert.InRange(pages, 1, 20);
+        }
+
+        static long Statements(IAuditStore store) => store switch
+        {
+            SqlStore sql => sql.AuditReadStatements,
+            Kms.Testing.Fakes.InMemoryStore fake => fake.AuditReadStatements,
+            _ => throw new InvalidOperationException($"{store.GetType()} does not count the statements it runs"),
+        };
+    }
+
     // Pages the listing to its end: its events, and how many pages it took.
     private static async Task<(List<long> Events, int Pages)> ListAllAsync(IAuditStore store, AuditQuery query, long window)
     {

@@ -606,6 +606,34 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         }
     }
 
+    [Fact]
+    public async Task ListAuditPage_TheStatementRun_BothOrders_EveryFilter_WalksTheWindowInItsOrder_NeverSorts()
+    {
+        // The page's one statement, parameters bound: its events walk the primary key (or the
+        // principal index) between the window's two ends and stop at the limit; no sort reads the
+        // window (or the log) first, with or without a time range.
+        await using var store = await OpenAsync();
+        await store.AppendAuditAsync([Entry(1)], default);
+        var filters = new (Kms.Core.Audit.AuditQuery Query, string Index)[]
+        {
+            (new Kms.Core.Audit.AuditQuery(), "PRIMARY KEY"),
+            (new Kms.Core.Audit.AuditQuery { Tenant = "dev" }, "PRIMARY KEY"),
+            (new Kms.Core.Audit.AuditQuery { StartTime = DateTimeOffset.UnixEpoch, EndTime = DateTimeOffset.UnixEpoch.AddDays(1) }, "PRIMARY KEY"),
+            (new Kms.Core.Audit.AuditQuery { Operation = "Decrypt", Outcome = "OK", Resource = "tenants/dev/keys/k" }, "PRIMARY KEY"),
+            (new Kms.Core.Audit.AuditQuery { Principal = "token:alice" }, "audit_events_by_principal"),
+            (new Kms.Core.Audit.AuditQuery { Principal = "token:alice", StartTime = DateTimeOffset.UnixEpoch }, "audit_events_by_principal"),
+        };
+        foreach (var (query, index) in filters)
+        {
+            foreach (var ordered in new[] { query with { AfterSequence = 5 }, query with { NewestFirst = true, BeforeSequence = 5 } })
+            {
+                var (sql, parameters) = store.ListAuditPageSql(ordered, 100_000);
+                var plan = await PlanAsync("EXPLAIN QUERY PLAN " + sql, parameters);
+                Assert.True(plan.Contains(index, StringComparison.Ordinal) && !plan.Contains("TEMP B-TREE", StringComparison.Ordinal) && !plan.Contains("SCAN audit_events", StringComparison.Ordinal), $"{ordered}: {plan}");
+            }
+        }
+    }
+
     private async Task<List<string>> AuditIndexesAsync()
     {
         await using var connection = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");

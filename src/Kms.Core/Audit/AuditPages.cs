@@ -32,7 +32,9 @@ public sealed record AuditPage(IReadOnlyList<AuditEvent> Events, long? Next);
 /// first block that can hold a match (newest first, the last), or the unsummarised tail. Event
 /// times are not monotonic in sequence (nodes' clocks differ; a time is taken before the group
 /// commit orders the batch), so a block is skipped only when none of its events' times is in the
-/// range, never by a search on the time column, which could step over one.
+/// range, never by a search on the time column, which could step over one. The store answers a
+/// page in one statement (<see cref="IAuditStore.ListAuditPageAsync"/>): the candidate the window
+/// starts at, the window's events, and whether an event past it can match.
 /// </remarks>
 public static class AuditPages
 {
@@ -44,53 +46,13 @@ public static class AuditPages
     /// <param name="query">The filters, the order, the cursor and the page size (<see cref="AuditQuery.Limit"/>, at least 1).</param>
     /// <param name="scanWindow">How many sequence numbers the page examines at most (at least 1).</param>
     /// <param name="cancellationToken">Cancels the reads.</param>
-    public static async Task<AuditPage> ListAsync(IAuditStore store, AuditQuery query, long scanWindow, CancellationToken cancellationToken)
+    public static Task<AuditPage> ListAsync(IAuditStore store, AuditQuery query, long scanWindow, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(store);
         ArgumentNullException.ThrowIfNull(query);
         ArgumentOutOfRangeException.ThrowIfLessThan(scanWindow, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(query.Limit, 1);
-        return query.NewestFirst
-            ? await NewestFirstAsync(store, query, scanWindow, cancellationToken)
-            : await OldestFirstAsync(store, query, scanWindow, cancellationToken);
-    }
-
-    private static async Task<AuditPage> OldestFirstAsync(IAuditStore store, AuditQuery query, long window, CancellationToken cancellationToken)
-    {
-        if (await FirstCandidateAfterAsync(store, query, query.AfterSequence, cancellationToken) is not { } first)
-        {
-            return new([], null);
-        }
-
-        // The window: sequences first .. through, `window` of them.
-        var through = first > long.MaxValue - window ? long.MaxValue - 1 : first - 1 + window;
-        var before = Math.Min(query.BeforeSequence, through + 1);
-        var events = await store.ListAuditEventsAsync(query with { AfterSequence = first - 1, BeforeSequence = before }, cancellationToken);
-        if (events.Count == query.Limit)
-        {
-            return new(events, events[^1].Sequence);
-        }
-
-        return new(events, before < query.BeforeSequence && await FirstCandidateAfterAsync(store, query, through, cancellationToken) is not null ? through : null);
-    }
-
-    private static async Task<AuditPage> NewestFirstAsync(IAuditStore store, AuditQuery query, long window, CancellationToken cancellationToken)
-    {
-        if (await LastCandidateBeforeAsync(store, query, query.BeforeSequence, cancellationToken) is not { } last)
-        {
-            return new([], null);
-        }
-
-        // The window: sequences last down to from, `window` of them (sequences start at 1: no overflow).
-        var from = last + 1 - window;
-        var after = Math.Max(query.AfterSequence, from - 1);
-        var events = await store.ListAuditEventsAsync(query with { BeforeSequence = last + 1, AfterSequence = after }, cancellationToken);
-        if (events.Count == query.Limit)
-        {
-            return new(events, events[^1].Sequence);
-        }
-
-        return new(events, after > query.AfterSequence && await LastCandidateBeforeAsync(store, query, from, cancellationToken) is not null ? from : null);
+        return store.ListAuditPageAsync(query, scanWindow, cancellationToken);
     }
 
     /// <summary>
@@ -123,51 +85,5 @@ public static class AuditPages
         }
 
         return await store.ListAuditEventsAsync(query with { AfterSequence = Math.Max(afterSequence, start - 1) }, cancellationToken) is [var found] ? found : null;
-    }
-
-    // The first event after `after` that the query's indexed filter (its principal) allows, past
-    // the blocks whose time summary rules the query's time range out: an index lookup or two.
-    private static async Task<long?> FirstCandidateAfterAsync(IAuditStore store, AuditQuery query, long after, CancellationToken cancellationToken)
-    {
-        if (after + 1 >= query.BeforeSequence)
-        {
-            return null;
-        }
-
-        if (query.StartTime is not null || query.EndTime is not null)
-        {
-            if (await store.FindAuditWalkStartAsync(query with { AfterSequence = after, NewestFirst = false }, cancellationToken) is not { } start)
-            {
-                return null;
-            }
-
-            after = Math.Max(after, start - 1);
-        }
-
-        return await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = after, BeforeSequence = query.BeforeSequence, Principal = query.Principal, Limit = 1 }, cancellationToken) is [var found]
-            ? found.Sequence
-            : null;
-    }
-
-    private static async Task<long?> LastCandidateBeforeAsync(IAuditStore store, AuditQuery query, long before, CancellationToken cancellationToken)
-    {
-        if (before - 1 <= query.AfterSequence)
-        {
-            return null;
-        }
-
-        if (query.StartTime is not null || query.EndTime is not null)
-        {
-            if (await store.FindAuditWalkStartAsync(query with { BeforeSequence = before, NewestFirst = true }, cancellationToken) is not { } start)
-            {
-                return null;
-            }
-
-            before = Math.Min(before, start + 1);
-        }
-
-        return await store.ListAuditEventsAsync(new AuditQuery { NewestFirst = true, BeforeSequence = before, AfterSequence = query.AfterSequence, Principal = query.Principal, Limit = 1 }, cancellationToken) is [var found]
-            ? found.Sequence
-            : null;
     }
 }

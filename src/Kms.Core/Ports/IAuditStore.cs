@@ -26,6 +26,23 @@ public interface IAuditStore
     Task<IReadOnlyList<AuditEvent>> ListAuditEventsAsync(AuditQuery query, CancellationToken cancellationToken);
 
     /// <summary>
+    /// One page of a listing that reads a bounded part of the log (<see cref="AuditPages"/>, which
+    /// states what the page holds): from the query's cursor (<see cref="AuditQuery.AfterSequence"/>
+    /// oldest first, <see cref="AuditQuery.BeforeSequence"/> newest first), the window of
+    /// <paramref name="scanWindow"/> sequence numbers from the first event past the cursor that the
+    /// principal filter allows, past the blocks whose time summary rules the query's time range out
+    /// (<see cref="FindAuditWalkStartAsync"/>); at most the query's limit of the events in it that match.
+    /// </summary>
+    /// <remarks>
+    /// <see cref="AuditPage.Next"/>: the last event's sequence when the page filled; else the
+    /// window's end (oldest first its last sequence, newest first its first) when an event past
+    /// it can match by the principal and the time summary; else null. A database answers it in one
+    /// statement: each page of a listing is a call, and a call that took three reads took three
+    /// round trips and three connections from the pool.
+    /// </remarks>
+    Task<AuditPage> ListAuditPageAsync(AuditQuery query, long scanWindow, CancellationToken cancellationToken);
+
+    /// <summary>
     /// Where a walk of the log for the query's time range (<see cref="AuditQuery.StartTime"/>,
     /// <see cref="AuditQuery.EndTime"/>) can start, by the time summary of the log's blocks
     /// (<see cref="SummariseAuditBlocksAsync"/>): oldest first, the lowest sequence number between

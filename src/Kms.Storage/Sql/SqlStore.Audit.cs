@@ -53,8 +53,14 @@ public abstract partial class SqlStore
     {
         ArgumentNullException.ThrowIfNull(query);
         var (sql, parameters) = ListAuditEventsSql(query);
+        Interlocked.Increment(ref _auditReadStatements);
         return ReadListAsync(sql, ReadEvent, cancellationToken, parameters);
     }
+
+    /// <summary>How many statements the audit listings (<see cref="ListAuditEventsAsync"/>, <see cref="FindAuditWalkStartAsync"/>, <see cref="ListAuditPageAsync"/>) have run (tests).</summary>
+    internal long AuditReadStatements => Interlocked.Read(ref _auditReadStatements);
+
+    private long _auditReadStatements;
 
     /// <summary>The statement <see cref="ListAuditEventsAsync"/> runs and its parameters (tests read its plan).</summary>
     internal (string Sql, (string Name, object Value)[] Parameters) ListAuditEventsSql(AuditQuery query)
@@ -62,6 +68,14 @@ public abstract partial class SqlStore
         // Both bounds in either order: a page's window (AuditPages) is a range of the primary key.
         var sql = new StringBuilder($"SELECT {EventColumns} FROM audit_events WHERE seq > @after AND seq < @before");
         var parameters = new List<(string, object)> { ("@after", query.AfterSequence), ("@before", query.BeforeSequence), ("@limit", query.Limit) };
+        AppendFilters(sql, parameters, query);
+        sql.Append(query.NewestFirst ? " ORDER BY seq DESC LIMIT @limit" : " ORDER BY seq LIMIT @limit");
+        return (sql.ToString(), [.. parameters]);
+    }
+
+    // The query's filters but its sequence bounds, each " AND" a condition, its parameter added.
+    private void AppendFilters(StringBuilder sql, List<(string, object)> parameters, AuditQuery query)
+    {
         void Filter(string condition, string name, object? value)
         {
             if (value is not null)
@@ -88,9 +102,124 @@ public abstract partial class SqlStore
         Filter("(operation = @operation OR (length(operation) > length(@operation) AND substr(operation, length(operation) - length(@operation)) = '/' || @operation))",
             "@operation", query.Operation);
         Filter("outcome = @outcome", "@outcome", query.Outcome);
-        sql.Append(query.NewestFirst ? " ORDER BY seq DESC LIMIT @limit" : " ORDER BY seq LIMIT @limit");
-        return (sql.ToString(), [.. parameters]);
     }
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// One statement, where the page was three reads (and two more with a time range): the first
+    /// (last) candidate past the cursor, the page of its window, and the candidate past the window
+    /// that tells whether a short page ends the listing. Each is a scalar subquery of a row that
+    /// comes back with the page's events (<see cref="ListAuditPageSql"/>).
+    /// </remarks>
+    public Task<AuditPage> ListAuditPageAsync(AuditQuery query, long scanWindow, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(query);
+        ArgumentOutOfRangeException.ThrowIfLessThan(scanWindow, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(query.Limit, 1);
+        var (sql, parameters) = ListAuditPageSql(query, scanWindow);
+        Interlocked.Increment(ref _auditReadStatements);
+        return ReadAsync(async connection =>
+        {
+            await using var command = Command(connection, sql, parameters);
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            var events = new List<AuditEvent>();
+            (long? Candidate, long? End, bool More) window = (null, null, false);
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                if (reader.IsDBNull(0))
+                {
+                    window = (reader.IsDBNull(3) ? null : reader.GetInt64(3), reader.IsDBNull(4) ? null : reader.GetInt64(4), !reader.IsDBNull(5));
+                }
+                else
+                {
+                    events.Add(ReadEvent(reader));
+                }
+            }
+
+            // The union's branches come back in no promised order: the page's own, by sequence.
+            events.Sort((a, b) => query.NewestFirst ? b.Sequence.CompareTo(a.Sequence) : a.Sequence.CompareTo(b.Sequence));
+            if (window.Candidate is null)
+            {
+                return new AuditPage([], null);
+            }
+
+            return events.Count == query.Limit
+                ? new AuditPage(events, events[^1].Sequence)
+                : new AuditPage(events, window.More ? window.End : null);
+        }, cancellationToken);
+    }
+
+    /// <summary>
+    /// The statement <see cref="ListAuditPageAsync"/> runs and its parameters (tests read its plan).
+    /// Its rows: one whose first column is null, with the candidate the window starts at (null: no
+    /// event past the cursor can match), where the window ends (oldest first its last sequence,
+    /// newest first its first: the next page's cursor when this one is short), and a candidate past
+    /// the window (null: none, the listing ends); then the page's events (seq, body, hash).
+    /// </summary>
+    internal (string Sql, (string Name, object Value)[] Parameters) ListAuditPageSql(AuditQuery query, long scanWindow)
+    {
+        var parameters = new List<(string, object)>
+        {
+            ("@after", query.AfterSequence), ("@before", query.BeforeSequence), ("@limit", query.Limit), ("@window", scanWindow),
+            ("@last_first", long.MaxValue - scanWindow), ("@block_start", CeilingMilliseconds(query.StartTime) ?? long.MinValue), ("@block_end", CeilingMilliseconds(query.EndTime) ?? long.MaxValue),
+        };
+        var filters = new StringBuilder();
+        AppendFilters(filters, parameters, query);
+        var timed = query.StartTime is not null || query.EndTime is not null;
+        var principal = query.Principal is null ? "" : " AND principal = @principal";
+        string sql;
+        if (!query.NewestFirst)
+        {
+            // The first candidate past a bound: the first event past it that the principal index
+            // allows, from the first sequence the time summary leaves (FindAuditWalkStartAsync).
+            string First(string after) =>
+                $"(SELECT seq FROM audit_events WHERE seq >= {(timed ? OldestWalkStartSql(after) : after + " + 1")} AND seq < @before{principal} ORDER BY seq LIMIT 1)";
+            // The window: from the candidate, @window sequences (through the greatest a long holds).
+            sql = $"""
+                WITH f AS (SELECT {First("@after")} AS s),
+                w AS (SELECT s AS candidate, CASE WHEN s > @last_first THEN {long.MaxValue - 1} ELSE s - 1 + @window END AS through FROM f)
+                SELECT CAST(NULL AS BIGINT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), candidate, through, {First("(SELECT through FROM w)")} FROM w
+                UNION ALL SELECT * FROM (
+                    SELECT {EventColumns}, CAST(NULL AS BIGINT) AS c, CAST(NULL AS BIGINT) AS e, CAST(NULL AS BIGINT) AS m FROM audit_events
+                    WHERE seq >= (SELECT candidate FROM w) AND seq <= (SELECT CASE WHEN through < @before - 1 THEN through ELSE @before - 1 END FROM w){filters}
+                    ORDER BY seq LIMIT @limit) p
+                """;
+        }
+        else
+        {
+            string Last(string before) =>
+                $"(SELECT seq FROM audit_events WHERE seq <= {(timed ? NewestWalkStartSql(before) : before + " - 1")} AND seq > @after{principal} ORDER BY seq DESC LIMIT 1)";
+            // The window: down from the candidate, @window sequences (sequences start at 1: no overflow).
+            sql = $"""
+                WITH f AS (SELECT {Last("@before")} AS s),
+                w AS (SELECT s AS candidate, s + 1 - @window AS low FROM f)
+                SELECT CAST(NULL AS BIGINT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), candidate, low, {Last("(SELECT low FROM w)")} FROM w
+                UNION ALL SELECT * FROM (
+                    SELECT {EventColumns}, CAST(NULL AS BIGINT) AS c, CAST(NULL AS BIGINT) AS e, CAST(NULL AS BIGINT) AS m FROM audit_events
+                    WHERE seq >= (SELECT CASE WHEN low > @after THEN low ELSE @after + 1 END FROM w) AND seq <= (SELECT candidate FROM w){filters}
+                    ORDER BY seq DESC LIMIT @limit) p
+                """;
+        }
+
+        return (sql, [.. parameters]);
+    }
+
+    // The first sequence past the exclusive bound `after` that the time summary leaves for the
+    // range of @block_start and @block_end: FindAuditWalkStartAsync's statement, as an expression.
+    private static string OldestWalkStartSql(string after) => $"""
+        (SELECT max(s) FROM (SELECT {after} + 1 AS s UNION ALL SELECT min(s) FROM (
+            SELECT min(first_seq) AS s FROM audit_blocks WHERE last_seq > {after} AND max_time >= @block_start AND min_time < @block_end
+            UNION ALL SELECT coalesce(max(last_seq), 0) + 1 FROM audit_blocks
+            UNION ALL SELECT (SELECT seq FROM audit_events WHERE seq > {after} AND seq < (SELECT min(first_seq) FROM audit_blocks) ORDER BY seq LIMIT 1)) c) m)
+        """;
+
+    // The mirror: the last sequence before the exclusive bound `before` that the summary leaves.
+    private static string NewestWalkStartSql(string before) => $"""
+        (SELECT min(s) FROM (SELECT {before} - 1 AS s UNION ALL SELECT max(s) FROM (
+            SELECT max(last_seq) AS s FROM audit_blocks WHERE first_seq < {before} AND max_time >= @block_start AND min_time < @block_end
+            UNION ALL SELECT max(seq) FROM audit_events WHERE seq < {before} AND seq > (SELECT coalesce(max(last_seq), 0) FROM audit_blocks)
+            UNION ALL SELECT min(first_seq) - 1 FROM audit_blocks) c) m)
+        """;
 
     // A bound of the time column (whole milliseconds, as every event's time is) that compares as
     // the bound itself: rounded up, so time >= it and time < it hold exactly when the event's time
@@ -115,6 +244,7 @@ public abstract partial class SqlStore
     public Task<long?> FindAuditWalkStartAsync(AuditQuery query, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(query);
+        Interlocked.Increment(ref _auditReadStatements);
         (string, object)[] parameters =
         [
             ("@after", query.AfterSequence), ("@before", query.BeforeSequence),

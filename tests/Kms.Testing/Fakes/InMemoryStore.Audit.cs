@@ -69,6 +69,112 @@ public sealed partial class InMemoryStore : IAuditStore
     public Task<IReadOnlyList<AuditEvent>> ListAuditEventsAsync(AuditQuery query, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(query);
+        Interlocked.Increment(ref _auditReadStatements);
+        return Task.FromResult(ListAuditEventsNow(query));
+    }
+
+    /// <summary>
+    /// How many reads the audit listings (<see cref="ListAuditEventsAsync"/>, <see cref="FindAuditWalkStartAsync"/>,
+    /// <see cref="ListAuditPageAsync"/>) were asked for, as a database would run statements (tests).
+    /// </summary>
+    public long AuditReadStatements => Interlocked.Read(ref _auditReadStatements);
+
+    private long _auditReadStatements;
+
+    /// <summary>
+    /// One page: the window from the first candidate past the cursor, its events, and a look past
+    /// it, each from the finer reads (as AuditPages pages before the SQL stores did it in one statement).
+    /// </summary>
+    public Task<AuditPage> ListAuditPageAsync(AuditQuery query, long scanWindow, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(query);
+        ArgumentOutOfRangeException.ThrowIfLessThan(scanWindow, 1);
+        Interlocked.Increment(ref _auditReadStatements);
+        lock (_lock)
+        {
+            return Task.FromResult(query.NewestFirst ? NewestFirstPage(query, scanWindow) : OldestFirstPage(query, scanWindow));
+        }
+    }
+
+    private AuditPage OldestFirstPage(AuditQuery query, long window)
+    {
+        if (FirstCandidateAfter(query, query.AfterSequence) is not { } first)
+        {
+            return new([], null);
+        }
+
+        var through = first > long.MaxValue - window ? long.MaxValue - 1 : first - 1 + window;
+        var before = Math.Min(query.BeforeSequence, through + 1);
+        var events = ListAuditEventsNow(query with { AfterSequence = first - 1, BeforeSequence = before });
+        if (events.Count == query.Limit)
+        {
+            return new(events, events[^1].Sequence);
+        }
+
+        return new(events, before < query.BeforeSequence && FirstCandidateAfter(query, through) is not null ? through : null);
+    }
+
+    private AuditPage NewestFirstPage(AuditQuery query, long window)
+    {
+        if (LastCandidateBefore(query, query.BeforeSequence) is not { } last)
+        {
+            return new([], null);
+        }
+
+        var from = last + 1 - window;
+        var after = Math.Max(query.AfterSequence, from - 1);
+        var events = ListAuditEventsNow(query with { BeforeSequence = last + 1, AfterSequence = after });
+        if (events.Count == query.Limit)
+        {
+            return new(events, events[^1].Sequence);
+        }
+
+        return new(events, after > query.AfterSequence && LastCandidateBefore(query, from) is not null ? from : null);
+    }
+
+    // The first event after `after` that the principal filter allows, past the blocks whose time summary rules the range out.
+    private long? FirstCandidateAfter(AuditQuery query, long after)
+    {
+        if (after + 1 >= query.BeforeSequence)
+        {
+            return null;
+        }
+
+        if (query.StartTime is not null || query.EndTime is not null)
+        {
+            if (FindAuditWalkStartNow(query with { AfterSequence = after, NewestFirst = false }) is not { } start)
+            {
+                return null;
+            }
+
+            after = Math.Max(after, start - 1);
+        }
+
+        return ListAuditEventsNow(new AuditQuery { AfterSequence = after, BeforeSequence = query.BeforeSequence, Principal = query.Principal, Limit = 1 }) is [var found] ? found.Sequence : null;
+    }
+
+    private long? LastCandidateBefore(AuditQuery query, long before)
+    {
+        if (before - 1 <= query.AfterSequence)
+        {
+            return null;
+        }
+
+        if (query.StartTime is not null || query.EndTime is not null)
+        {
+            if (FindAuditWalkStartNow(query with { BeforeSequence = before, NewestFirst = true }) is not { } start)
+            {
+                return null;
+            }
+
+            before = Math.Min(before, start + 1);
+        }
+
+        return ListAuditEventsNow(new AuditQuery { NewestFirst = true, BeforeSequence = before, AfterSequence = query.AfterSequence, Principal = query.Principal, Limit = 1 }) is [var found] ? found.Sequence : null;
+    }
+
+    private IReadOnlyList<AuditEvent> ListAuditEventsNow(AuditQuery query)
+    {
         lock (_lock)
         {
             var ordered = query.NewestFirst ? _audit.AsEnumerable().Reverse() : _audit;
@@ -86,7 +192,7 @@ public sealed partial class InMemoryStore : IAuditStore
                 })
                 .Take(query.Limit)
                 .ToList();
-            return Task.FromResult(rows);
+            return rows;
         }
     }
 
@@ -173,6 +279,12 @@ public sealed partial class InMemoryStore : IAuditStore
     public Task<long?> FindAuditWalkStartAsync(AuditQuery query, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(query);
+        Interlocked.Increment(ref _auditReadStatements);
+        return Task.FromResult(FindAuditWalkStartNow(query));
+    }
+
+    private long? FindAuditWalkStartNow(AuditQuery query)
+    {
         lock (_lock)
         {
             AuditWalkStarts++;
@@ -191,7 +303,7 @@ public sealed partial class InMemoryStore : IAuditStore
                 }
 
                 var first = Math.Max(firsts.Min(), query.AfterSequence + 1);
-                return Task.FromResult(first < query.BeforeSequence ? first : (long?)null);
+                return first < query.BeforeSequence ? first : null;
             }
 
             // The last block before the bound that meets the range, the tail's newest event before it, or before the first block.
@@ -203,7 +315,7 @@ public sealed partial class InMemoryStore : IAuditStore
             }
 
             var last = Math.Min(lasts.Max(), query.BeforeSequence - 1);
-            return Task.FromResult(last > query.AfterSequence ? last : (long?)null);
+            return last > query.AfterSequence ? last : null;
         }
     }
 
