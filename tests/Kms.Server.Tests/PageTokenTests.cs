@@ -124,7 +124,7 @@ public sealed class PageTokenTests : IAsyncLifetime
     [InlineData("not base64")]
     [InlineData("one character")]
     [InlineData("sixty thousand characters")]
-    [InlineData("version 2")]
+    [InlineData("version 3")]
     public async Task ListAuditEvents_AGarbledOrMadeUpToken_InvalidArgumentNamingPageToken(string kind)
     {
         var key = await _developer.CreateKeyAsync("tenants/dev", "forged-" + kind.Replace(' ', '-'));
@@ -142,7 +142,7 @@ public sealed class PageTokenTests : IAsyncLifetime
             "not base64" => "!!!!\u00e9\u0000",
             "one character" => "A",
             "sixty thousand characters" => new string('A', 60_000), // a request over 64 KiB is refused before it is read (PerMethodRequestLimitTests)
-            "version 2" => Forged(Issued(), b => b[0] = 2),
+            "version 3" => Forged(Issued(), b => b[0] = 3),
             _ => System.Buffers.Text.Base64Url.EncodeToString(Issued().AsSpan(0, Issued().Length - 1)),
         };
 
@@ -158,12 +158,12 @@ public sealed class PageTokenTests : IAsyncLifetime
             return System.Buffers.Text.Base64Url.EncodeToString(copy);
         }
 
-        // The position (the sequence, in ASCII between the version byte and the 16-byte tag) set
-        // to another, the tag kept.
+        // The position (the sequence, in ASCII between the version byte and issue time and the
+        // 16-byte tag) set to another, the tag kept.
         static string EditedPosition(byte[] issued, long sequence)
         {
             var body = System.Text.Encoding.ASCII.GetBytes(sequence.ToString(System.Globalization.CultureInfo.InvariantCulture));
-            return System.Buffers.Text.Base64Url.EncodeToString([issued[0], .. body, .. issued.AsSpan(issued.Length - 16)]);
+            return System.Buffers.Text.Base64Url.EncodeToString([.. issued.AsSpan(0, 1 + 8), .. body, .. issued.AsSpan(issued.Length - 16)]);
         }
 
         // A token as the server issued it before it was bound to the caller (version 1, the sequence

@@ -265,6 +265,11 @@ public static partial class KmsServerApp
             throw new InvalidOperationException($"Kms:MaxRequestBytesInFlightPerTenant ({serverOptions.MaxRequestBytesInFlightPerTenant}) must be at least Kms:MaxRequestBytes ({serverOptions.MaxRequestBytes}): below it, one message of the largest size arriving in parts would always be refused");
         }
 
+        if (serverOptions.PageTokenLifetime < TimeSpan.FromSeconds(1))
+        {
+            throw new InvalidOperationException($"Kms:PageTokenLifetime ({serverOptions.PageTokenLifetime}) must be at least a second (00:00:01): a List RPC's next page would find its token expired");
+        }
+
         var transport = serverOptions.Transport;
         transport.Validate();
 

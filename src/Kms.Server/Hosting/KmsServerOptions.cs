@@ -121,6 +121,14 @@ public sealed class KmsServerOptions
     /// <summary>Limits below the gRPC call (connections, TLS, HTTP/2), reachable without a credential.</summary>
     public TransportOptions Transport { get; set; } = new();
 
+    /// <summary>
+    /// How long a List RPC's page token is good for after the page that returned it (AIP-158 lets
+    /// tokens expire): an older one is refused INVALID_ARGUMENT, and the listing starts again from
+    /// the first page. A token leaked (in a log, a URL) lets its holder page on as its caller only
+    /// this long. Default 24 hours; at least a second.
+    /// </summary>
+    public TimeSpan PageTokenLifetime { get; set; } = TimeSpan.FromHours(24);
+
     // The sequence numbers one ListAuditEvents page examines at most (Kms.Core.Audit.AuditPages).
     // Not configurable: tests lower it to page through empty windows on a small log.
     internal long AuditScanWindow { get; set; } = Kms.Core.Audit.AuditPages.DefaultScanWindow;
