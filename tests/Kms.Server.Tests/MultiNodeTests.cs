@@ -282,7 +282,22 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
     // Now it leaves the lease to a node ready to lead, does not take it back while that node
     // lives, and leads again (lifecycle work) once it is the only node left.
     [Fact]
-    public async Task LeaderRefusingCheckpoints_AHealthyNodeJoins_TakesTheLeaseAndSigns_TheRefusingNodeLeadsAgainOnlyWhenAlone()
+    public Task LeaderRefusingCheckpoints_AHealthyNodeJoins_TakesTheLeaseAndSigns_TheRefusingNodeLeadsAgainOnlyWhenAlone() =>
+        RefusingLeaderStandsAsideAsync(heldBy: Kms.Core.Services.SeenHead.FileName);
+
+    // The same with A held on its other record, checkpoints.jsonl (the chain rolled back behind
+    // the newest checkpoint A signed; head.json moved aside, so that the file alone holds it):
+    // that refusal is the chain's (CheckpointAsync, known at start from the file), not the head
+    // record's, and A, leading alone, tries and is refused at every pass, where the head.json
+    // case returns before trying. The stand-aside, and its event 1324, must not depend on which.
+    [Fact]
+    public Task LeaderRefusingCheckpointsByItsCheckpointsFile_AHealthyNodeJoins_TakesTheLeaseAndSigns_TheRefusingNodeLeadsAgainOnlyWhenAlone() =>
+        RefusingLeaderStandsAsideAsync(heldBy: "checkpoints.jsonl");
+
+    // A, held on its record HELDBY (head.json or checkpoints.jsonl; the other moved aside), leads
+    // alone; B joins healthy, takes the lease and signs; A stands aside (1324, once), does not take
+    // the lease back while B lives, and leads again once alone.
+    private async Task RefusingLeaderStandsAsideAsync(string heldBy)
     {
         var first = await StartNodeAsync();
         using (var developer = first.CreateClient())
@@ -294,15 +309,20 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         await first.DisposeAsync();
         _nodes.Remove(first);
 
-        // Rolled back behind the head A recorded at its stop, events and checkpoints alike; its
-        // checkpoints.jsonl moved aside, so that head.json alone holds it.
-        var recorded = Kms.Core.Services.SeenHead.Parse(await File.ReadAllBytesAsync(Path.Combine(first.DataDir, "audit", Kms.Core.Services.SeenHead.FileName)))!.Head;
-        await PostgresTestDatabase.ExecuteAsync(_database.ConnectionString, $"""
-            DELETE FROM audit_events WHERE seq > {recorded.Sequence - 2};
-            DELETE FROM audit_checkpoints WHERE seq > {recorded.Sequence - 2};
-            """);
+        // Rolled back behind the point A recorded at its stop (the head it saw; the newest
+        // checkpoint it signed), events and checkpoints alike; its other record moved aside, so
+        // that HELDBY alone holds it.
+        var seenHead = Path.Combine(first.DataDir, "audit", Kms.Core.Services.SeenHead.FileName);
         var checkpoints = Path.Combine(first.DataDir, "audit", "checkpoints.jsonl");
-        File.Move(checkpoints, checkpoints + ".replaced-test");
+        var (holding, movedAside) = heldBy == "checkpoints.jsonl" ? (checkpoints, seenHead) : (seenHead, checkpoints);
+        var recorded = holding == seenHead
+            ? Kms.Core.Services.SeenHead.Parse(await File.ReadAllBytesAsync(seenHead))!.Head.Sequence
+            : Kms.Core.Audit.AuditExport.ParseCheckpoint((await File.ReadAllLinesAsync(checkpoints))[^1])!.Sequence;
+        await PostgresTestDatabase.ExecuteAsync(_database.ConnectionString, $"""
+            DELETE FROM audit_events WHERE seq > {recorded - 2};
+            DELETE FROM audit_checkpoints WHERE seq > {recorded - 2};
+            """);
+        File.Move(movedAside, movedAside + ".replaced-test");
 
         // A, held on its record, is alone: it leads (the lifecycle work must go on somewhere).
         var a = await RestartNodeAsync(first, "--Kms:Audit:AcceptRollback=true");
@@ -325,9 +345,12 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
         using var officerOnB = b.CreateClient(await a.CreatePrincipalWithTokenAsync("officer", null, "security-officer"));
         var head = (await officerOnB.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { PageSize = 1000 })).Events.Max(e => e.Sequence);
         await PassesUntilAsync(auditOfA, auditOfB, () => leaseOfB.Held && Interlocked.Read(ref signedByB) >= head,
-            $"node B did not take the lease from node A, which refuses checkpoints, or signed no checkpoint through {head} in its housekeeping");
+            $"node B did not take the lease from node A, which refuses checkpoints (held on its {heldBy}), or signed no checkpoint through {head} in its housekeeping");
         Assert.False(leaseOfA.Held);
         Assert.NotNull(auditOfA.CheckpointRefusedSince);
+
+        // A's lifecycle says it left the lease (1324, Information), once for the stretch.
+        await LoggedAsync(a, "Id: 1324", $"node A, standing aside (held on its {heldBy}), did not log 1324");
 
         // No flapping: over further passes of both, B keeps the lease and A does not take it back.
         for (var pass = 0; pass < 3; pass++)
@@ -337,11 +360,24 @@ public sealed class MultiNodeTests(ITestOutputHelper output) : IAsyncLifetime
             Assert.False(leaseOfA.Held, $"node A took the lease back after {pass + 1} passes");
         }
 
+        Assert.Single(a.Logs.Events, e => e.Contains("Id: 1324", StringComparison.Ordinal) && e.StartsWith("Information ", StringComparison.Ordinal));
+
         // B stops: A, still refusing, is alone again and leads.
         await b.DisposeAsync();
         _nodes.Remove(b);
         await PassesUntilAsync(auditOfA, () => leaseOfA.Held, "node A, refusing checkpoints and alone again, did not take the lease");
         Assert.NotNull(auditOfA.CheckpointRefusedSince);
+    }
+
+    // Waits for NODE to log an event containing TEXT; fails when none comes in 60 s (a hang guard).
+    private static async Task LoggedAsync(KmsTestServer node, string text, string failure)
+    {
+        var waited = Stopwatch.StartNew();
+        while (!node.Logs.Events.Any(e => e.Contains(text, StringComparison.Ordinal)))
+        {
+            Assert.True(waited.Elapsed < TimeSpan.FromSeconds(60), $"{failure} (hang guard: 60 s)");
+            await Task.Delay(50);
+        }
     }
 
     // Waits for housekeeping passes (of each of the logs, in turn: one of every node after the
