@@ -145,6 +145,28 @@ public sealed class StartRefusalTests
         Assert.Equal(0, await next.TerminateAsync(TimeSpan.FromSeconds(60)));
     }
 
+    // An address this host does not have (192.0.2.1, TEST-NET-1, is no host's): refused in one line
+    // naming the setting and the address (stderr, exit code 2), logged by nobody with a stack trace.
+    // Before, Kestrel's SocketException ("Cannot assign requested address", no address) was logged
+    // as "Hosting failed to start" with its stack trace, twice for the metrics listener.
+    [Theory]
+    [InlineData("--urls=https://192.0.2.1:8443", "--urls", "https://192.0.2.1:8443")]
+    [InlineData("--Kms:MetricsUrl=http://192.0.2.1:9464 --Kms:MetricsAllowNonLoopback=true", "Kms:MetricsUrl", "http://192.0.2.1:9464")]
+    public async Task TheProcess_AnAddressNotOfThisHost_RefusedInOneLineNamingTheSettingAndTheAddress_NoStackTrace(string listen, string setting, string address)
+    {
+        var token = TokenWithDomainKey();
+        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-node-")).FullName;
+        await using var refused = ServerProcess.Launch(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId, listen.Split(' '));
+        var exitCode = await refused.ExitedAsync(TimeSpan.FromSeconds(120));
+        var output = refused.Output;
+        Assert.True(exitCode == 2, $"exit code {exitCode}, 2 expected:\n{output}");
+        var lines = output.Split('\n').Where(l => l.Contains("192.0.2.1", StringComparison.Ordinal) || l.Contains("Hosting failed", StringComparison.Ordinal)).ToList();
+        Assert.True(lines.Count == 1, $"{lines.Count} lines name the address or a failed start, one expected:\n{output}");
+        Assert.StartsWith("kms: cannot start: ", lines[0], StringComparison.Ordinal);
+        Assert.Contains($"({setting}) cannot listen: address not available on this host: {address}", lines[0], StringComparison.Ordinal);
+        Assert.DoesNotMatch(@"(?m)^\s+at ", output);
+    }
+
     // A newcomer's start mistakes: each refused in one line (stderr, exit code 2) that names the
     // setting to change, with no stack trace. Before: .NET's words without the setting ("Could not
     // find file '…'", "The file '…' already exists.", "cannot load the PKCS#11 module …: Unable to

@@ -1,5 +1,6 @@
 using System.Globalization;
 using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
@@ -24,7 +25,7 @@ namespace Kms.Server.Hosting;
 /// other) drains within the same <see cref="ShutdownDrain"/>: the first stop starts its clock, so
 /// the drains together take no more than the one timeout.</para>
 /// </remarks>
-internal sealed partial class BoundedDrainServer(IServer inner, ShutdownDrain drain, string listener, string setting, ILogger<BoundedDrainServer> logger) : IServer
+internal sealed partial class BoundedDrainServer(IServer inner, ShutdownDrain drain, string listener, string setting, IReadOnlyList<string> addresses, ILogger<BoundedDrainServer> logger) : IServer
 {
     /// <summary>What the host's stop gives the steps after the drain.</summary>
     public static readonly TimeSpan FinalStepsTime = TimeSpan.FromSeconds(10);
@@ -77,16 +78,21 @@ internal sealed partial class BoundedDrainServer(IServer inner, ShutdownDrain dr
     /// <summary>
     /// Replaces the <see cref="IServer"/> registered in <paramref name="services"/> with itself around
     /// it, draining within the <see cref="ShutdownDrain"/> resolved from <paramref name="services"/>;
-    /// a port in use at its start is refused naming <paramref name="setting"/> (<see cref="PortInUseException"/>).
+    /// a port in use or an address not of this host at its start is refused naming <paramref name="setting"/>
+    /// (<see cref="CannotListenException"/>) and the address (its listen URLs, the host's <c>urls</c>).
     /// </summary>
     public static void Wrap(IServiceCollection services, string listener, string setting) =>
-        Wrap(services, listener, setting, provider => provider.GetRequiredService<ShutdownDrain>());
+        Wrap(services, listener, setting, [], provider => provider.GetRequiredService<ShutdownDrain>());
 
-    /// <summary>As <see cref="Wrap(IServiceCollection, string, string)"/>, with the drain of another container (the gRPC host's).</summary>
-    public static void Wrap(IServiceCollection services, string listener, string setting, ShutdownDrain drain) =>
-        Wrap(services, listener, setting, _ => drain);
+    /// <summary>
+    /// As <see cref="Wrap(IServiceCollection, string, string)"/>, with the drain of another container
+    /// (the gRPC host's), for a listener bound to <paramref name="url"/> by Kestrel's <c>Listen</c>
+    /// (which its addresses do not hold until it is bound).
+    /// </summary>
+    public static void Wrap(IServiceCollection services, string listener, string setting, string url, ShutdownDrain drain) =>
+        Wrap(services, listener, setting, [url], _ => drain);
 
-    private static void Wrap(IServiceCollection services, string listener, string setting, Func<IServiceProvider, ShutdownDrain> drain)
+    private static void Wrap(IServiceCollection services, string listener, string setting, IReadOnlyList<string> addresses, Func<IServiceProvider, ShutdownDrain> drain)
     {
         var kestrel = services.Last(s => s.ServiceType == typeof(IServer));
         services.Remove(kestrel);
@@ -97,22 +103,30 @@ internal sealed partial class BoundedDrainServer(IServer inner, ShutdownDrain dr
             drain(provider),
             listener,
             setting,
+            addresses,
             provider.GetRequiredService<ILogger<BoundedDrainServer>>()));
     }
 
     public async Task StartAsync<TContext>(IHttpApplication<TContext> application, CancellationToken cancellationToken)
         where TContext : notnull
     {
+        // Taken before the start: Kestrel empties the server's addresses as it binds them.
+        var given = Addresses();
         try
         {
             await inner.StartAsync(application, cancellationToken);
         }
-        catch (IOException e) when (PortInUseException.From(e, listener, setting) is { } inUse)
+        catch (Exception e) when (CannotListenException.From(e, listener, setting, given) is { } refused)
         {
-            // Said by Program in one line; the hosts do not log it (PortInUseException).
-            throw inUse;
+            // Said by Program in one line; the hosts do not log it (CannotListenException).
+            throw refused;
         }
     }
+
+    // The addresses the listener was given: its URL (Kms:MetricsUrl, bound by Kestrel's Listen), or
+    // the host's urls, which the host has put in the server's addresses before its start.
+    private IReadOnlyCollection<string> Addresses() =>
+        addresses.Count > 0 ? addresses : Features.Get<IServerAddressesFeature>()?.Addresses.ToList() ?? [];
 
     public async Task StopAsync(CancellationToken cancellationToken)
     {

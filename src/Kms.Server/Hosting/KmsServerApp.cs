@@ -882,10 +882,11 @@ public static partial class KmsServerApp
             .MinimumLevel.Override("Microsoft.Extensions.Diagnostics.HealthChecks", LogEventLevel.Fatal) // 1140/1141 instead
             .Enrich.FromLogContext()
 
-            // A port in use fails the start of the host that binds it, and of the server's host when
-            // that is the metrics listener's: each logged "Hosting failed to start" with the stack
+            // A listener that cannot bind (a port in use, an address not of this host) fails the
+            // start of the host that binds it, and of the server's host when that is the metrics
+            // listener's: each logged "Hosting failed to start" with the stack
             // trace, before Program's one line said the same.
-            .Filter.ByExcluding(PortInUseException.IsRefusalLoggedByProgram);
+            .Filter.ByExcluding(CannotListenException.IsRefusalLoggedByProgram);
         configuration.WriteTo.Sink(console);
 
         configureLogging?.Invoke(configuration);

@@ -75,7 +75,7 @@ internal static class MetricsEndpoint
             // unbounded, one scraper's request never finished (its headers begun: Kestrel waits
             // 30 s for the rest) held the stop until the host's stop time ran out, and those steps
             // ran on a cancelled token. It drains within the gRPC listener's drain instead.
-            BoundedDrainServer.Wrap(builder.Services, "metrics", "Kms:MetricsUrl", drain);
+            BoundedDrainServer.Wrap(builder.Services, "metrics", "Kms:MetricsUrl", url, drain);
             _app = builder.Build();
             _app.UseMetricServer(settings => settings.Registry = _registry, Path);
             _app.Run(context =>
