@@ -4,6 +4,7 @@ using Kms.Core.Services;
 using Kms.Hsm;
 using Kms.Server.Hosting;
 using Kms.Testing;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Serilog.Core;
 using Serilog.Events;
@@ -165,6 +166,87 @@ public sealed class StartRefusalTests
         Assert.StartsWith("kms: cannot start: ", lines[0], StringComparison.Ordinal);
         Assert.Contains($"({setting}) cannot listen: address not available on this host: {address}", lines[0], StringComparison.Ordinal);
         Assert.DoesNotMatch(@"(?m)^\s+at ", output);
+    }
+
+    // A time span or count out of its range: refused at build, one line naming the setting, its
+    // value and its range (SettingRanges). Before, each started and served, doing something
+    // other than it said: a negative Hsm:CallTimeout or a zero Hsm:KeyGenerationTimeout waited for
+    // the HSM without bound, a negative Hsm:RecoveryBackoff re-initialised a lost HSM on every call,
+    // a zero Storage:Postgres:IdleInTransactionTimeout lets a frozen node hold the write lock, a
+    // negative Kms:Audit:Retention pruned the audit log up to the future.
+    [Theory]
+    [InlineData("Hsm:CallTimeout", "-00:00:05", "(-00:00:05) must be at least 00:00:00 and at most 01:00:00")]
+    [InlineData("Hsm:KeyGenerationTimeout", "00:00:00", "(00:00:00) must be more than 00:00:00")]
+    [InlineData("Hsm:RecoveryBackoff", "-00:00:05", "(-00:00:05) must be more than 00:00:00")]
+    [InlineData("Hsm:SessionPoolSize", "0", "(0) must be at least 1")]
+    [InlineData("Kms:Overload:Window", "-00:00:05", "(-00:00:05) must be more than 00:00:00")]
+    [InlineData("Kms:Overload:Window", "00:00:00", "(00:00:00) must be more than 00:00:00")]
+    [InlineData("Kms:Alerts:Window", "00:00:00", "(00:00:00) must be more than 00:00:00")]
+    [InlineData("Kms:Audit:Retention", "-1.00:00:00", "(-1.00:00:00) must be more than 00:00:00")]
+    [InlineData("Storage:Sqlite:BusyTimeout", "-00:00:01", "(-00:00:01) must be more than 00:00:00")]
+    [InlineData("Storage:Postgres:IdleInTransactionTimeout", "00:00:00", "(00:00:00) must be more than 00:00:00")]
+    [InlineData("UsageLimits:HardBound", "8589934592", "(8589934592) must be at least 1 and at most 4294967296")]
+    [InlineData("UsageLimits:FlushInterval", "-00:00:30", "(-00:00:30) must be more than 00:00:00")]
+    [InlineData("Lifecycle:JobInterval", "1.00:00:01", "(1.00:00:01) must be more than 00:00:00 and at most 1.00:00:00")]
+    public async Task TheProcess_ASettingOutOfItsRange_RefusedInOneLineNamingTheSettingAndTheRange(string setting, string value, string says)
+    {
+        var token = TokenWithDomainKey();
+        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-node-")).FullName;
+        await using var refused = ServerProcess.Launch(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId, $"--{setting}={value}");
+        var exitCode = await refused.ExitedAsync(TimeSpan.FromSeconds(120));
+        var output = refused.Output;
+        Assert.True(exitCode == 2, $"exit code {exitCode}, 2 expected:\n{output}");
+        var lines = output.Split('\n').Where(l => l.Contains(setting, StringComparison.Ordinal)).ToList();
+        Assert.True(lines.Count == 1, $"{lines.Count} lines name {setting}, one expected:\n{output}");
+        Assert.StartsWith($"kms: cannot start: {setting} {says}", lines[0], StringComparison.Ordinal);
+        Assert.DoesNotMatch(@"(?m)^\s+at ", output);
+    }
+
+    // Each range holds its setting's default: a start without the setting is never refused by it.
+    [Fact]
+    public void SettingRanges_EachSettingAtItsDefault_NotRefused()
+    {
+        foreach (var setting in SettingRanges.Settings)
+        {
+            var value = DefaultOf(setting);
+            if (value is null)
+            {
+                continue; // unset by default (Hsm:RecycleAfterDestroyedObjects: the profile's)
+            }
+
+            var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { [setting] = value }).Build();
+            SettingRanges.Check(configuration);
+        }
+    }
+
+    // The default of a setting: its property on a new options object of its section.
+    private static string? DefaultOf(string setting)
+    {
+        var section = setting[..setting.LastIndexOf(':')];
+        var name = setting[(setting.LastIndexOf(':') + 1)..];
+        object options = section switch
+        {
+            "Hsm" => new HsmOptions(),
+            "Storage:Sqlite" => new Kms.Storage.Sqlite.SqliteOptions(),
+            "Storage:Postgres" => new Kms.Storage.Postgres.PostgresOptions(),
+            "Storage" when name == "MetadataCacheCapacity" => new { MetadataCacheCapacity = Kms.Storage.SqlStore.DefaultMetadataCacheCapacity },
+            "Kms" => new KmsServerOptions(),
+            "Kms:Overload" => new OverloadOptions(),
+            "Kms:Alerts" => new Kms.Server.Audit.SecurityAlertOptions(),
+            "Kms:Audit" => new Kms.Core.Audit.AuditOptions(),
+            "Lifecycle" when name == "JobInterval" => new { JobInterval = LifecycleWorkerOptions.DefaultInterval },
+            "Lifecycle" => new LifecycleOptions(),
+            "UsageLimits" => new UsageLimitOptions(),
+            _ => throw new ArgumentOutOfRangeException(nameof(setting), setting, "a section this test does not know: add its options class"),
+        };
+        var property = options.GetType().GetProperty(name) ?? throw new ArgumentOutOfRangeException(nameof(setting), setting, "no such property on its options class");
+        return property.GetValue(options) switch
+        {
+            null => null,
+            TimeSpan time => time.ToString("c", System.Globalization.CultureInfo.InvariantCulture),
+            IFormattable number => number.ToString(null, System.Globalization.CultureInfo.InvariantCulture),
+            var other => other.ToString(),
+        };
     }
 
     // A newcomer's start mistakes: each refused in one line (stderr, exit code 2) that names the

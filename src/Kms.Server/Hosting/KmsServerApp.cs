@@ -291,13 +291,10 @@ public static partial class KmsServerApp
                 $"Kms:Audit:SummaryBlocksPerPass ({auditOptions.SummaryBlocksPerPass}) must be 1 or more (default {new AuditOptions().SummaryBlocksPerPass}): the blocks of the audit log's time summary one housekeeping pass writes");
         }
 
-        var interval = builder.Configuration.GetValue("Lifecycle:JobInterval", LifecycleWorkerOptions.DefaultInterval);
-        if (interval <= TimeSpan.Zero || interval > LifecycleWorkerOptions.MaxInterval)
-        {
-            // Refused by the worker's timer once the host had started: "BackgroundService failed"
-            // with a stack trace, the host stopped, exit code 0.
-            throw new InvalidOperationException($"Lifecycle:JobInterval ({interval:c}) must be more than 00:00:00 and at most {LifecycleWorkerOptions.MaxInterval:c}: it is how often this node runs scheduled rotation, destruction, usage flushes and audit retention (default {LifecycleWorkerOptions.DefaultInterval:c})");
-        }
+        // Every other time span and count, each by its range (Lifecycle:JobInterval among them: -5 s
+        // was refused by the worker's timer once the host had started, "BackgroundService failed"
+        // with a stack trace, exit code 0).
+        SettingRanges.Check(builder.Configuration);
 
         builder.WebHost.UseUrls([.. urls]);
         CheckDataDirectory(serverOptions.DataDir);
