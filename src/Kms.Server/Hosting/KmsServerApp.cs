@@ -476,7 +476,7 @@ public static partial class KmsServerApp
 
         try
         {
-            Directory.CreateDirectory(path);
+            Kms.Core.Files.DurableFile.CreateDirectory(path);
             using var probe = new FileStream(Path.Combine(path, $".write-check-{Environment.ProcessId}"), FileMode.CreateNew, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
