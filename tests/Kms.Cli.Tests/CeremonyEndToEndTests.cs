@@ -592,6 +592,7 @@ public sealed class CeremonyEndToEndTests : IDisposable
         while (DateTime.UtcNow < deadline && dumpable)
         {
             // Non-dumpable processes' /proc files belong to root; the limits file shows the core limit.
+            Assert.False(process.HasExited, $"the ceremony ended before it opened the PIN's FIFO: exit {(process.HasExited ? process.ExitCode : 0)}\n{(process.HasExited ? await stderr : "")}");
             var limits = await File.ReadAllTextAsync($"/proc/{process.Id}/limits");
             dumpable = !limits.Split('\n').Any(l => l.StartsWith("Max core file size", StringComparison.Ordinal) && l.Contains(" 0 ", StringComparison.Ordinal));
             if (dumpable)
