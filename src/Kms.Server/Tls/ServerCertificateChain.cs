@@ -43,7 +43,7 @@ internal static class ServerCertificateChain
         }
 
         var key = Read(keyPath, "Kms:TlsKeyPath", "the private key of the server's certificate (PEM, unencrypted)");
-        if (key.Contains("-----BEGIN ENCRYPTED PRIVATE KEY-----", StringComparison.Ordinal) || key.Contains("Proc-Type: 4,ENCRYPTED", StringComparison.Ordinal))
+        if ((PemEncoding.TryFind(key, out var pem) && key.AsSpan()[pem.Label].SequenceEqual("ENCRYPTED PRIVATE KEY")) || key.Contains("Proc-Type: 4,ENCRYPTED", StringComparison.Ordinal))
         {
             // No setting holds a password for it (one would sit in the configuration beside the
             // file it protects): the key is read as the file's mode allows, as the PIN file is.
