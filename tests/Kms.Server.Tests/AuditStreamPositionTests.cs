@@ -244,6 +244,123 @@ public sealed class AuditStreamPositionTests
         Directory.Delete(dataDir, recursive: true);
     }
 
+    // The real binary, its stdout a Unix stream socket nobody reads: systemd's StandardOutput=journal
+    // (a journal that stopped reading), a container runtime's log socket. The stream's lines fill
+    // its buffer; the housekeeping pass goes on (a checkpoint over the events after that is signed,
+    // its log line written on stderr), requests are answered, and SIGTERM ends the server while the
+    // socket is still full. What the socket took is read then, and a second run (stdout read) sends
+    // the rest from the position record: every event once, the copy verifying. Before, stdout that
+    // is a socket was written blocking (it cannot be opened again through /proc/self/fd/1): the
+    // pass hung in write(2), no checkpoint was signed again, and the stop never ended.
+    [Fact]
+    public async Task Stdout_ASocketNobodyReads_TheHousekeepingGoesOn_TheStopEnds_AndEveryEventReachesTheStreamOnce()
+    {
+        var token = SoftHsm.CreateToken();
+        var domainKey = RandomNumberGenerator.GetBytes(32);
+        using (var session = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin)))
+        {
+            session.ImportDomainKey(domainKey, "kms-domain-key", DomainKeyId);
+        }
+
+        CryptographicOperations.ZeroMemory(domainKey);
+        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-stdout-socket-")).FullName;
+        var database = Path.Combine(dataDir, "kms.db");
+        var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
+        string[] args = ["--Kms:Audit:StreamPath=-", "--Kms:Audit:CheckpointInterval=00:00:01"];
+        var (server, reader) = await ServerProcess.StartWithStandardOutputOnSocketAsync(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId, args);
+        string socketCopy;
+        using (reader)
+        {
+            try
+            {
+                var (developer, _) = await server.BootstrapAsync("dev");
+                using (var client = server.CreateClient(developer))
+                {
+                    await client.CreateKeyAsync("tenants/dev", "filled");
+
+                    // 600 events of some 500 bytes each: several times what the socket's buffer holds.
+                    for (var i = 0; i < 600; i++)
+                    {
+                        await AnsweredAsync(client, i);
+                    }
+
+                    var filled = Head(database);
+                    var logged = server.Output.Length;
+                    await WaitForCheckpointAsync(checkpoints, filled, TimeSpan.FromSeconds(60), () => server.Output);
+
+                    // Its log line (1302) is written: the logs are on stderr, not on the full socket.
+                    await WaitForAsync(() => server.Output[logged..].Contains("\"Id\":1302", StringComparison.Ordinal), TimeSpan.FromSeconds(60), () => $"no checkpoint was logged (1302) after the socket filled; stderr:\n{server.Output}");
+                    await AnsweredAsync(client, 600);
+                }
+
+                // The socket is still full: the stop's last forwarding does not wait on it.
+                Assert.Equal(0, await server.TerminateAsync(TimeSpan.FromSeconds(60)));
+                Assert.Contains("the SIEM stream's stdout (a socket) is full", server.Output, StringComparison.Ordinal);
+            }
+            finally
+            {
+                await server.DisposeAsync();
+            }
+
+            socketCopy = await ReadToEndAsync(reader, TimeSpan.FromSeconds(60));
+        }
+
+        server = await ServerProcess.StartAsync(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId, args);
+        string second;
+        try
+        {
+            await server.WaitForOutputAsync(EventPrefix(Head(database)), TimeSpan.FromSeconds(60));
+            Assert.Equal(0, await server.TerminateAsync(TimeSpan.FromSeconds(30)));
+            second = server.Output;
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+
+        // A line of some 500 bytes is one send(2), which a Unix stream socket takes whole or not at
+        // all: the first run ends on a whole line, its stop's record is clean, and nothing comes twice.
+        var first = StreamLines(socketCopy).ToList();
+        Assert.NotEmpty(first);
+        var copy = first.Concat(StreamLines(second)).ToList();
+        Assert.DoesNotContain(copy, l => l.StartsWith("{\"stream_", StringComparison.Ordinal));
+        Assert.Equal(Enumerable.Range(1, (int)Head(database)).Select(i => (long)i), copy.Select(Sequence));
+        var result = AuditVerifier.Verify(new StringReader(string.Join('\n', copy) + "\n"), PublicKey(dataDir));
+        Assert.True(result.Valid, result.Problem);
+        Directory.Delete(dataDir, recursive: true);
+    }
+
+    // All the socket holds until its writers have closed it (the server ended), at most within.
+    private static async Task<string> ReadToEndAsync(System.Net.Sockets.Socket reader, TimeSpan within)
+    {
+        using var timeout = new CancellationTokenSource(within);
+        var received = new MemoryStream();
+        var buffer = new byte[1 << 16];
+        try
+        {
+            for (int n; (n = await reader.ReceiveAsync(buffer, System.Net.Sockets.SocketFlags.None, timeout.Token)) > 0;)
+            {
+                received.Write(buffer, 0, n);
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            Assert.Fail($"the server's stdout socket did not end within {within.TotalSeconds:0} s of its exit ({received.Length} bytes read)");
+        }
+
+        return Encoding.UTF8.GetString(received.ToArray());
+    }
+
+    private static async Task WaitForAsync(Func<bool> condition, TimeSpan within, Func<string> failure)
+    {
+        var deadline = DateTime.UtcNow + within;
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, failure());
+            await Task.Delay(100);
+        }
+    }
+
     private static async Task AnsweredAsync(Kms.Client.KmsClient client, int request)
     {
         using var within = new CancellationTokenSource(TimeSpan.FromSeconds(60));

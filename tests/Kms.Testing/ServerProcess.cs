@@ -43,6 +43,50 @@ public sealed class ServerProcess : IAsyncDisposable
         return await server.HealthyWithinAsync(dataDir);
     }
 
+    /// <summary>
+    /// Starts the server as <see cref="StartAsync"/> does with its stdout a Unix stream socket (as
+    /// systemd's <c>StandardOutput=journal</c> gives it) whose other end, returned, nobody reads
+    /// until the test does; its stderr is read. The socket is blocking, as the journal's is.
+    /// </summary>
+    public static async Task<(ServerProcess Server, Socket Reader)> StartWithStandardOutputOnSocketAsync(string dataDir, string softHsmConf, string tokenLabel, string pinFile, string domainKeyId, params string[] extraArgs)
+    {
+        var (reader, writer) = UnixSocketPair.Create();
+        ServerProcess server;
+        try
+        {
+            // Inheritable only while the child starts: a shell gives it to the server as its stdout.
+            var inherited = UnixSocketPair.Inheritable(writer);
+            try
+            {
+                server = Launch(dataDir, softHsmConf, tokenLabel, pinFile, domainKeyId, readStandardOutput: false, extraArgs, standardOutput: inherited);
+            }
+            finally
+            {
+                UnixSocketPair.Close(inherited);
+            }
+        }
+        catch
+        {
+            reader.Dispose();
+            throw;
+        }
+        finally
+        {
+            UnixSocketPair.Close(writer);
+        }
+
+        var socket = new Socket(reader);
+        try
+        {
+            return (await server.HealthyWithinAsync(dataDir), socket);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>From now on, the process's stdout is read (all it wrote meanwhile first) into <see cref="Output"/>.</summary>
     public void ReadStandardOutput() => _process.BeginOutputReadLine();
 
@@ -103,17 +147,27 @@ public sealed class ServerProcess : IAsyncDisposable
     public static ServerProcess Launch(string dataDir, string softHsmConf, string tokenLabel, string pinFile, string domainKeyId, params string[] extraArgs) =>
         Launch(dataDir, softHsmConf, tokenLabel, pinFile, domainKeyId, readStandardOutput: true, extraArgs);
 
-    private static ServerProcess Launch(string dataDir, string softHsmConf, string tokenLabel, string pinFile, string domainKeyId, bool readStandardOutput, string[] extraArgs)
+    // standardOutput: a descriptor of this process, not close-on-exec, that the server gets as its
+    // stdout (through bash, which execs it: the same process id) instead of a redirected pipe.
+    private static ServerProcess Launch(string dataDir, string softHsmConf, string tokenLabel, string pinFile, string domainKeyId, bool readStandardOutput, string[] extraArgs, int? standardOutput = null)
     {
         var (certificate, key) = Kms.Server.Tls.DevCertificates.Ensure(Path.Combine(dataDir, "tls"), TimeProvider.System);
         var port = FreePort();
-        var start = new ProcessStartInfo("dotnet")
+        var start = new ProcessStartInfo(standardOutput is null ? "dotnet" : "/bin/bash")
         {
-            RedirectStandardOutput = true,
+            RedirectStandardOutput = standardOutput is null,
             RedirectStandardError = true,
             RedirectStandardInput = true,
             WorkingDirectory = dataDir,
         };
+        if (standardOutput is { } descriptor)
+        {
+            foreach (var arg in (string[])["-c", $"exec \"$0\" \"$@\" >&{descriptor} {descriptor}>&-", "dotnet"])
+            {
+                start.ArgumentList.Add(arg);
+            }
+        }
+
         foreach (var arg in (string[])
         [
             ServerDll,
@@ -142,7 +196,7 @@ public sealed class ServerProcess : IAsyncDisposable
         }
 
         var process = Process.Start(start) ?? throw new InvalidOperationException("dotnet did not start");
-        return new ServerProcess(process, new Uri($"https://127.0.0.1:{port}"), dataDir, readStandardOutput);
+        return new ServerProcess(process, new Uri($"https://127.0.0.1:{port}"), dataDir, readStandardOutput && standardOutput is null);
     }
 
     /// <summary>A client of this server with <paramref name="apiToken"/>.</summary>

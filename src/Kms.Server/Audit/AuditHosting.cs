@@ -138,6 +138,10 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
                 // lifecycle, and a stop that never ended. The server's own logs leave stdout for
                 // stderr then (KmsServerApp), so that they neither wait on that pipe nor run into a line.
                 _fifo = stream == "-" ? AuditStreamFifo.ForStandardOutput() : new AuditStreamFifo(stream);
+                if (stream == "-" && AuditStreamFifo.StandardErrorSharesStandardOutput() is { } shared)
+                {
+                    LogStreamSharesStandardError(logger, shared);
+                }
             }
 
             // Where a stream whose last event the chain no longer holds restarts: read back from
@@ -184,8 +188,8 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     // stream is read back from its file, or there is none).
     private StreamPositionState? _position;
 
-    // The SIEM stream's FIFO writer, also for stdout when it is a pipe, a FIFO or a terminal (null:
-    // the stream is a file, or stdout that is a file or a socket).
+    // The SIEM stream's FIFO writer, also for stdout when it is a pipe, a FIFO, a terminal or a
+    // socket (null: the stream is a file, or stdout that is a file).
     private AuditStreamFifo? _fifo;
 
     // Whether the stream's next write begins with a line feed: a stream that cannot be read back,
@@ -740,6 +744,9 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1327, Level = LogLevel.Warning, Message = "the SIEM stream's position record {Path} is not taken: {Reason:l}; the stream begins at the audit chain's head (event {Head}), as without one, so events the last run did not forward are not sent to it")]
     private static partial void LogStreamPositionNotTaken(ILogger logger, string path, string reason, long head);
+
+    [LoggerMessage(EventId = 1336, Level = LogLevel.Warning, Message = "the SIEM stream is on stdout, and stderr, where the server's log lines go, is the same {What:l}: a log line waits there while its reader does not read (the housekeeping pass and requests that log with it), and runs into a stream line the reader took only part of. Give stderr somewhere else (systemd: StandardError= other than StandardOutput=, which it otherwise shares), or stream to a FIFO or a file")]
+    private static partial void LogStreamSharesStandardError(ILogger logger, string what);
 
     [LoggerMessage(EventId = 1303, Level = LogLevel.Warning, Message = "the final audit checkpoint could not be written ({Reason})")]
     private static partial void LogFinalCheckpointFailed(ILogger logger, string reason);

@@ -28,18 +28,39 @@ namespace Kms.Server.Audit;
 /// itself would change the description it shares with every other writer of that pipe (the
 /// process that started the server, and this process's own console output), whose writes would
 /// then fail instead of waiting.</para>
+/// <para>Stdout that is a socket (systemd's <c>StandardOutput=journal</c>, a container runtime's
+/// log socket) cannot be opened again (<c>open(2)</c> of <c>/proc/self/fd/1</c> fails, <c>ENXIO</c>):
+/// it is written on descriptor 1 itself with <c>send(2)</c> and <c>MSG_DONTWAIT|MSG_NOSIGNAL</c>, the
+/// flags of that one call, so the description shared with other writers stays blocking. A full
+/// socket buffer (<c>EAGAIN</c>) is a full pipe's case; a peer that closed it (<c>EPIPE</c>,
+/// <c>ECONNRESET</c>) sends nothing more, the position staying.</para>
 /// <para>Not thread-safe: the housekeeping pass (one at a time) is its only writer.</para>
 /// </remarks>
-/// <param name="path">The FIFO, or <c>/proc/self/fd/1</c> for stdout.</param>
-/// <param name="name">What messages call it: the FIFO's path, or stdout.</param>
-internal sealed partial class AuditStreamFifo(string path, string name)
+internal sealed partial class AuditStreamFifo
 {
+    private readonly string? _path; // opened for each write; null for a socket
+    private readonly SafeHandle? _socket; // written with send(2), never opened again; null for a FIFO or a pipe
+    private readonly string _name;
+
     /// <summary>The stream's FIFO at <paramref name="path"/>.</summary>
     /// <param name="path">The FIFO.</param>
     public AuditStreamFifo(string path)
         : this(path, $"FIFO {path}")
     {
     }
+
+    /// <param name="path">The FIFO, or <c>/proc/self/fd/1</c> for stdout.</param>
+    /// <param name="name">What messages call it: the FIFO's path, or stdout.</param>
+    private AuditStreamFifo(string path, string name) => (_path, _name) = (path, name);
+
+    /// <param name="socket">A connected stream or datagram socket (stdout's, descriptor 1), not owned.</param>
+    /// <param name="name">What messages call it.</param>
+    private AuditStreamFifo(SafeHandle socket, string name) => (_socket, _name) = (socket, name);
+
+    /// <summary>A writer to the connected socket <paramref name="socket"/> (not owned: the caller closes it), as for stdout that is a socket.</summary>
+    /// <param name="socket">The socket.</param>
+    /// <param name="name">What messages call it.</param>
+    internal static AuditStreamFifo ForSocket(SafeHandle socket, string name) => new(socket, name);
 
     // Linux's values, the same on x86-64 and arm64. O_NOCTTY: stdout may be a terminal, never to
     // become the process's controlling one by this open.
@@ -50,21 +71,41 @@ internal sealed partial class AuditStreamFifo(string path, string name)
     private const int WouldBlock = 11; // EAGAIN
     private const int NoReader = 6; // ENXIO
     private const int BrokenPipe = 32; // EPIPE
+    private const int ConnectionReset = 104; // ECONNRESET
+    private const int NotConnected = 107; // ENOTCONN
+    private const int DontWaitNoSignal = 0x40 | 0x4000; // MSG_DONTWAIT | MSG_NOSIGNAL
+    private const int SocketLevel = 1; // SOL_SOCKET
+    private const int SocketType = 3; // SO_TYPE
 
     private byte[]? _rest; // what a full pipe left unwritten of the line _cut
     private string? _cut;
     private AuditHead? _cutEvent;
 
     /// <summary>
-    /// A writer for the stream on stdout when stdout can fill up and be opened again (a pipe, a
-    /// FIFO, a terminal: not seekable, no socket); null when it is written as a file is (a regular
-    /// file or a device that can be sought, which a stopped reader cannot hold up) or cannot be
-    /// opened again (a socket: <c>open(2)</c> of <c>/proc/self/fd/1</c> fails, <c>ENXIO</c>, as
-    /// for a FIFO without a reader; written as before, blocking).
+    /// A writer for the stream on stdout when stdout can fill up: a socket (written with
+    /// <c>send(2)</c>, <c>MSG_DONTWAIT</c>), or a pipe, a FIFO or a terminal (not seekable: opened
+    /// again through <c>/proc/self/fd/1</c>); null when it is written as a file is (a regular file
+    /// or a device that can be sought, which a stopped reader cannot hold up).
     /// </summary>
+    /// <remarks>
+    /// Before, a socket was written as a file is, blocking: <c>open(2)</c> of <c>/proc/self/fd/1</c>
+    /// fails for it (<c>ENXIO</c>), and a journal or a log collector that stopped reading held the
+    /// housekeeping pass and the stop.
+    /// </remarks>
     public static AuditStreamFifo? ForStandardOutput()
     {
-        if (!OperatingSystem.IsLinux() || Seek(1, 0, SeekCurrent) >= 0)
+        if (!OperatingSystem.IsLinux())
+        {
+            return null;
+        }
+
+        var length = sizeof(int);
+        if (GetSocketOption(1, SocketLevel, SocketType, out _, ref length) == 0)
+        {
+            return new AuditStreamFifo(new SafeFileHandle(1, ownsHandle: false), "stdout (a socket)");
+        }
+
+        if (Seek(1, 0, SeekCurrent) >= 0)
         {
             return null;
         }
@@ -79,7 +120,32 @@ internal sealed partial class AuditStreamFifo(string path, string name)
             return null;
         }
 
-        return target is null || target.StartsWith("socket:", StringComparison.Ordinal) ? null : new AuditStreamFifo(StandardOutput, "stdout");
+        return target is null ? null : new AuditStreamFifo(StandardOutput, "stdout");
+    }
+
+    /// <summary>
+    /// What stdout and stderr both are when they are one pipe or one socket (<c>2&gt;&amp;1</c>;
+    /// systemd's default <c>StandardError=inherit</c>): "socket" or "pipe"; else null.
+    /// </summary>
+    public static string? StandardErrorSharesStandardOutput()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return null;
+        }
+
+        try
+        {
+            var (output, error) = (new FileInfo(StandardOutput).LinkTarget, new FileInfo("/proc/self/fd/2").LinkTarget);
+            return output is null || output != error ? null
+                : output.StartsWith("socket:", StringComparison.Ordinal) ? "socket"
+                : output.StartsWith("pipe:", StringComparison.Ordinal) ? "pipe"
+                : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
     }
 
     /// <summary>Whether a line was cut short by a full pipe and its rest is still to be written.</summary>
@@ -95,16 +161,8 @@ internal sealed partial class AuditStreamFifo(string path, string name)
     /// <exception cref="IOException">The FIFO cannot be opened or written (it is gone, not writable).</exception>
     public void Write(IReadOnlyList<(string Line, AuditHead? Event)> lines, Action<(string Line, AuditHead? Event)> taken)
     {
-        var descriptor = Open(path, OpenWriteOnlyNonBlockingCloseOnExec, 0);
-        if (descriptor < 0)
-        {
-            var error = Marshal.GetLastPInvokeError();
-            throw error == NoReader
-                ? new AuditStreamNotTakenException(null, $"no process holds the SIEM stream's {name} open for reading: nothing is sent to it until one does, and the stream's position stays")
-                : new IOException($"cannot open the SIEM stream's {name} for writing (errno {error})");
-        }
-
-        using var file = new SafeFileHandle(descriptor, ownsHandle: true);
+        using var opened = _socket is null ? OpenForWriting() : null;
+        var file = _socket ?? opened!;
         var skip = 0;
         if (_rest is { } rest)
         {
@@ -127,7 +185,7 @@ internal sealed partial class AuditStreamFifo(string path, string name)
             {
                 // The stream now ends with that event, not with the one these lines go on after
                 // (the chain moved under it): the position goes there, and the next pass looks again.
-                throw new AuditStreamNotTakenException(other, $"the SIEM stream's {name}: a line cut short by a full pipe was completed, and the stream goes on after it at the next pass");
+                throw new AuditStreamNotTakenException(other, $"the SIEM stream's {_name}: a line cut short by a full pipe was completed, and the stream goes on after it at the next pass");
             }
         }
 
@@ -152,16 +210,32 @@ internal sealed partial class AuditStreamFifo(string path, string name)
         }
     }
 
+    private SafeFileHandle OpenForWriting()
+    {
+        var descriptor = Open(_path!, OpenWriteOnlyNonBlockingCloseOnExec, 0);
+        if (descriptor < 0)
+        {
+            var error = Marshal.GetLastPInvokeError();
+            throw error == NoReader
+                ? new AuditStreamNotTakenException(null, $"no process holds the SIEM stream's {_name} open for reading: nothing is sent to it until one does, and the stream's position stays")
+                : new IOException($"cannot open the SIEM stream's {_name} for writing (errno {error})");
+        }
+
+        return new SafeFileHandle(descriptor, ownsHandle: true);
+    }
+
     private string Full(string what) =>
-        $"the SIEM stream's {name} is full (its reader does not keep up): it took {what}; the rest is sent at the next pass";
+        $"the SIEM stream's {_name} is full (its reader does not keep up): it took {what}; the rest is sent at the next pass";
 
     // Writes as much of content as the pipe takes now: all of it, or less when it is full.
-    private int WriteSome(SafeFileHandle file, byte[] content, AuditHead? whole)
+    private int WriteSome(SafeHandle file, byte[] content, AuditHead? whole)
     {
         var done = 0;
         while (done < content.Length)
         {
-            var n = (long)Write(file, content.AsSpan(done), content.Length - done);
+            var n = _socket is null
+                ? (long)Write(file, content.AsSpan(done), content.Length - done)
+                : (long)Send(file, content.AsSpan(done), content.Length - done, DontWaitNoSignal);
             if (n >= 0)
             {
                 done += (int)n;
@@ -179,9 +253,17 @@ internal sealed partial class AuditStreamFifo(string path, string name)
                 return done;
             }
 
+            if (_socket is not null && error is BrokenPipe or ConnectionReset or NotConnected)
+            {
+                // A socket's peer that closed it does not come back (a restarted journal connects
+                // to a new process, not to this socket): the position stays, and a restart of the
+                // server with a stdout that is read goes on from it.
+                throw new AuditStreamNotTakenException(whole, $"the reader of the SIEM stream's {_name} closed it: nothing more reaches it in this run, and the stream's position stays (the next start goes on from it)");
+            }
+
             throw error == BrokenPipe
-                ? new AuditStreamNotTakenException(whole, $"the reader of the SIEM stream's {name} closed it while it was written: the rest is sent at the next pass")
-                : new IOException($"cannot write the SIEM stream's {name} (errno {error})");
+                ? new AuditStreamNotTakenException(whole, $"the reader of the SIEM stream's {_name} closed it while it was written: the rest is sent at the next pass")
+                : new IOException($"cannot write the SIEM stream's {_name} (errno {error})");
         }
 
         return done;
@@ -194,5 +276,11 @@ internal sealed partial class AuditStreamFifo(string path, string name)
     private static partial long Seek(int descriptor, long offset, int whence);
 
     [LibraryImport("libc", EntryPoint = "write", SetLastError = true)]
-    private static partial nint Write(SafeFileHandle descriptor, ReadOnlySpan<byte> buffer, nint count);
+    private static partial nint Write(SafeHandle descriptor, ReadOnlySpan<byte> buffer, nint count);
+
+    [LibraryImport("libc", EntryPoint = "send", SetLastError = true)]
+    private static partial nint Send(SafeHandle socket, ReadOnlySpan<byte> buffer, nint count, int flags);
+
+    [LibraryImport("libc", EntryPoint = "getsockopt", SetLastError = true)]
+    private static partial int GetSocketOption(int socket, int level, int name, out int value, ref int length);
 }
