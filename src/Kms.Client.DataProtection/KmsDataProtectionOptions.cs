@@ -5,7 +5,8 @@ namespace Kms.Client.DataProtection;
 /// Every key ring entry is encrypted with the encryption context
 /// <c>{ "purpose": "aspnetcore-dataprotection", "application": name }</c> plus the Data Protection
 /// key's id and creation, activation and expiration dates (<c>dataprotection-key-id</c>,
-/// <c>-created</c>, <c>-activated</c>, <c>-expires</c>), where the name is
+/// <c>-created</c>, <c>-activated</c>, <c>-expires</c>) and its descriptor's deserializer type and
+/// settings digest (<c>dataprotection-key-deserializer</c>, <c>-descriptor</c>), where the name is
 /// <see cref="ApplicationName"/>, or else Data Protection's own application discriminator as
 /// set by <c>SetApplicationName(...)</c>. One of the two must be set: Data Protection's default
 /// discriminator (under a host, the content root path — <c>/app</c> in every container built the
@@ -37,4 +38,18 @@ public sealed class KmsDataProtectionOptions
     /// change its key's dates, and it still decrypts. That is what this setting ends.
     /// </remarks>
     public bool ReadUnboundEntries { get; set; } = true;
+
+    /// <summary>
+    /// Whether entries of format version 2 (and 1) — written before entries were bound to their
+    /// Data Protection key's descriptor — are still read (default true). Set it false once every
+    /// key written before has expired: such an entry is then refused.
+    /// </summary>
+    /// <remarks>
+    /// A repository writer cannot turn an entry of version 3 into version 2 (the KMS refuses its
+    /// ciphertext under a context without the descriptor), but a version 2 entry binds no
+    /// descriptor: a writer can change its key's <c>deserializerType</c> (the type Data Protection
+    /// instantiates to read the key) or its algorithm settings (a weaker validation algorithm)
+    /// and it still decrypts. That is what this setting ends.
+    /// </remarks>
+    public bool ReadEntriesWithUnboundDescriptor { get; set; } = true;
 }

@@ -4,11 +4,12 @@ namespace Kms.Client.DataProtection;
 
 /// <summary>
 /// The element that stands in a key file for an encrypted key ring entry:
-/// <c>&lt;kmsEncryptedKey version="2" key="…" keyVersion="…" keyId="…" creationDate="…" activationDate="…" expirationDate="…"&gt;&lt;ciphertext&gt;base64&lt;/ciphertext&gt;&lt;/kmsEncryptedKey&gt;</c>.
+/// <c>&lt;kmsEncryptedKey version="3" key="…" keyVersion="…" keyId="…" creationDate="…" activationDate="…" expirationDate="…" deserializerType="…" descriptor="sha256:…"&gt;&lt;ciphertext&gt;base64&lt;/ciphertext&gt;&lt;/kmsEncryptedKey&gt;</c>.
 /// The KMS key names are for people reading the file; decryption sends only the ciphertext, whose
 /// blob names the key version that encrypted it. The Data Protection key's id and dates
-/// (<see cref="KeyRingEntryBinding"/>) are in the encryption context of version 2; version 1
-/// (written before) has none of them.
+/// (<see cref="KeyRingEntryBinding"/>) and its descriptor's deserializer type and settings digest
+/// (<see cref="KeyDescriptorBinding"/>) are in the encryption context of version 3; version 2
+/// (written before) has the id and dates only, version 1 none of them.
 /// </summary>
 /// <remarks>
 /// <see cref="ReadUnder"/> is never written: the repository <see cref="KmsKeyRingRepository"/>
@@ -17,10 +18,13 @@ namespace Kms.Client.DataProtection;
 /// </remarks>
 internal static class KmsEncryptedKeyFormat
 {
-    /// <summary>The version written: bound to the Data Protection key's id and dates.</summary>
-    public const string Version = "2";
+    /// <summary>The version written: bound to the Data Protection key's id and dates and to its descriptor (<see cref="KeyDescriptorBinding"/>).</summary>
+    public const string Version = "3";
 
-    /// <summary>The version written before: bound to the application only.</summary>
+    /// <summary>The version written before: bound to the key's id and dates, not to its descriptor.</summary>
+    public const string DescriptorUnboundVersion = "2";
+
+    /// <summary>The version written before that: bound to the application only.</summary>
     public const string UnboundVersion = "1";
 
     public static readonly XName Element = "kmsEncryptedKey";
@@ -38,6 +42,10 @@ internal static class KmsEncryptedKeyFormat
     public static readonly XName ActivationDateAttribute = "activationDate";
 
     public static readonly XName ExpirationDateAttribute = "expirationDate";
+
+    public static readonly XName DeserializerTypeAttribute = "deserializerType";
+
+    public static readonly XName DescriptorAttribute = "descriptor";
 
     public static readonly XName Ciphertext = "ciphertext";
 

@@ -93,8 +93,8 @@ internal sealed class KmsKeyRingProtection(string keyName, KmsDataProtectionOpti
 
     /// <summary>
     /// The encryption context of a key ring entry of this application: bound to the Data
-    /// Protection key <paramref name="binding"/> (format version 2), or, null, to the application
-    /// only (version 1, as entries were written before).
+    /// Protection key <paramref name="binding"/> (format version 3 when it states the descriptor,
+    /// 2 when not), or, null, to the application only (version 1, as entries were written before).
     /// </summary>
     /// <exception cref="InvalidOperationException">The application was not named explicitly, or its name is longer than a context value may be.</exception>
     /// <exception cref="OptionsValidationException">The same, found by the options validation ProtectKeysWithKms registers.</exception>
@@ -114,6 +114,9 @@ internal sealed class KmsKeyRingProtection(string keyName, KmsDataProtectionOpti
 
     /// <summary>Whether existing entries are read in format version 1 (<see cref="KmsDataProtectionOptions.ReadUnboundEntries"/>).</summary>
     public bool ReadUnboundEntries => options.ReadUnboundEntries;
+
+    /// <summary>Whether existing entries are read in format version 2 (and 1) (<see cref="KmsDataProtectionOptions.ReadEntriesWithUnboundDescriptor"/>).</summary>
+    public bool ReadEntriesWithUnboundDescriptor => options.ReadEntriesWithUnboundDescriptor;
 
     /// <summary>
     /// A key ring refresh begins (the key manager reads the repository): forget the entries the

@@ -25,11 +25,14 @@ namespace Kms.Client.DataProtection;
 /// opaque "decryption failed") and nothing of the ciphertext or the key.
 /// </para>
 /// <para>
-/// An entry of format 2 is decrypted under the context of the Data Protection key it stands
+/// An entry of format 3 is decrypted under the context of the Data Protection key it stands
 /// under in the repository (its <c>readUnder</c>, added by <see cref="KmsKeyRingRepository"/>),
-/// which must be the key it was written for: an entry copied under another key id, or whose key's
-/// dates were changed, is refused. An entry of format 1 (written before) is decrypted under the
-/// application's context alone, unless <see cref="KmsDataProtectionOptions.ReadUnboundEntries"/> is false.
+/// which must be the key it was written for: an entry copied under another key id, whose key's
+/// dates were changed, or whose key's descriptor got another deserializer type or other algorithm
+/// settings, is refused. An entry of format 2 (written before) is bound likewise but for the
+/// descriptor, unless <see cref="KmsDataProtectionOptions.ReadEntriesWithUnboundDescriptor"/> is
+/// false; one of format 1 is decrypted under the application's context alone, unless
+/// <see cref="KmsDataProtectionOptions.ReadUnboundEntries"/> (or the former) is false.
 /// Where the KMS did not answer (unavailable, out of time), the failure is recorded so that
 /// <see cref="KmsXmlEncryptor"/> writes no key in its place during this key ring refresh.
 /// </para>
@@ -79,7 +82,7 @@ public sealed class KmsXmlDecryptor : IXmlDecryptor
         {
             // The key name is the file's word, untrusted: escaped, and only to help a person.
             var named = KmsErrors.Printable((string?)encryptedElement.Attribute(KmsEncryptedKeyFormat.KeyAttribute));
-            var of = binding is null ? "format 1, bound to no key" : $"of key {binding.KeyId}";
+            var of = binding is null ? "format 1, bound to no key" : binding.Descriptor is null ? $"format 2, of key {binding.KeyId}" : $"of key {binding.KeyId}";
             var failure = new CryptographicException($"the KMS did not decrypt a Data Protection key ring entry ({of}; the file says it was encrypted under '{named}'): {e.StatusCode}: {e.Status.Detail}", e);
             if (KmsKeyRingProtection.IsUnanswered(e.StatusCode))
             {
@@ -111,29 +114,66 @@ public sealed class KmsXmlDecryptor : IXmlDecryptor
                 throw new CryptographicException($"a KMS-encrypted Data Protection key of format {KmsEncryptedKeyFormat.UnboundVersion}, bound to no key id or dates, and KmsDataProtectionOptions.ReadUnboundEntries is false");
             }
 
+            if (!_protection.ReadEntriesWithUnboundDescriptor)
+            {
+                throw new CryptographicException($"a KMS-encrypted Data Protection key of format {KmsEncryptedKeyFormat.UnboundVersion}, bound to no key id, dates or descriptor, and KmsDataProtectionOptions.ReadEntriesWithUnboundDescriptor is false");
+            }
+
             return (ReadCiphertext(element), null);
         }
 
-        if (version != KmsEncryptedKeyFormat.Version)
+        var descriptorBound = version == KmsEncryptedKeyFormat.Version;
+        if (!descriptorBound && version != KmsEncryptedKeyFormat.DescriptorUnboundVersion)
         {
-            throw new CryptographicException($"a KMS-encrypted Data Protection key of format version '{KmsErrors.Printable(version)}', which this version does not read (it reads {KmsEncryptedKeyFormat.UnboundVersion} and {KmsEncryptedKeyFormat.Version})");
+            throw new CryptographicException($"a KMS-encrypted Data Protection key of format version '{KmsErrors.Printable(version)}', which this version does not read "
+                + $"(it reads {KmsEncryptedKeyFormat.UnboundVersion}, {KmsEncryptedKeyFormat.DescriptorUnboundVersion} and {KmsEncryptedKeyFormat.Version})");
+        }
+
+        if (!descriptorBound && !_protection.ReadEntriesWithUnboundDescriptor)
+        {
+            throw new CryptographicException($"a KMS-encrypted Data Protection key of format {KmsEncryptedKeyFormat.DescriptorUnboundVersion}, bound to its key's id and dates but not to its descriptor, and KmsDataProtectionOptions.ReadEntriesWithUnboundDescriptor is false");
         }
 
         // Where the entry stands (the repository's <key>, told by KmsKeyRingRepository) must be
         // where it was written for (its own attributes); the KMS then checks the latter were the
         // encryptor's, as they are in the ciphertext's context.
         var readUnder = element.Elements(KmsEncryptedKeyFormat.ReadUnder).ToList();
-        if (readUnder.Count != 1 || KeyRingEntryBinding.OfAttributes(readUnder[0]) is not { } standsUnder)
+        if (readUnder.Count != 1 || KeyRingEntryBinding.OfAttributes(readUnder[0]) is not { Descriptor: not null } standsUnder)
         {
-            throw new CryptographicException("a KMS-encrypted Data Protection key read outside the key ring's repository, or under a <key> without a valid id and dates: "
+            throw new CryptographicException("a KMS-encrypted Data Protection key read outside the key ring's repository, or under a <key> without a valid id, dates and descriptor: "
                 + "it is bound to the key it stands under, which only the repository that ProtectKeysWithKms wraps can tell");
         }
 
         var writtenFor = KeyRingEntryBinding.OfAttributes(element);
-        if (writtenFor != standsUnder)
+        if (writtenFor?.WithoutDescriptor() != standsUnder.WithoutDescriptor())
         {
             var written = writtenFor?.ToString() ?? "a key it does not state in full";
             throw new CryptographicException($"a KMS-encrypted Data Protection key ring entry written for key {written} stands under key {standsUnder}: moved or re-dated in the repository, not decrypted");
+        }
+
+        if (!descriptorBound)
+        {
+            return (ReadCiphertext(element), writtenFor);
+        }
+
+        // Format 3: the descriptor next to the secret — the type Data Protection instantiates to
+        // read the key, and the algorithms it uses the key with — is the one it was written with.
+        var standsUnderDescriptor = standsUnder.Descriptor!;
+        if (writtenFor!.Descriptor is not { } writtenForDescriptor)
+        {
+            throw new CryptographicException($"a KMS-encrypted Data Protection key ring entry of format {KmsEncryptedKeyFormat.Version} of key {standsUnder.KeyId} does not state the descriptor it was written for: changed in the repository, not decrypted");
+        }
+
+        if (writtenForDescriptor.DeserializerType != standsUnderDescriptor.DeserializerType)
+        {
+            throw new CryptographicException($"a KMS-encrypted Data Protection key ring entry of key {standsUnder.KeyId} was written for a descriptor read by '{KmsErrors.Printable(writtenForDescriptor.DeserializerType)}' "
+                + $"and stands under one read by '{KmsErrors.Printable(standsUnderDescriptor.DeserializerType)}': the descriptor's deserializer type was changed in the repository, not decrypted");
+        }
+
+        if (writtenForDescriptor.SettingsDigest != standsUnderDescriptor.SettingsDigest)
+        {
+            throw new CryptographicException($"a KMS-encrypted Data Protection key ring entry of key {standsUnder.KeyId} was written for descriptor settings {writtenForDescriptor.SettingsDigest} "
+                + $"and stands under settings {standsUnderDescriptor.SettingsDigest}: the descriptor's algorithm settings were changed in the repository, not decrypted");
         }
 
         return (ReadCiphertext(element), standsUnder);

@@ -17,7 +17,7 @@ namespace Kms.Client.DataProtection;
 /// Encrypts Data Protection key ring entries through the KMS: the serialized key element is
 /// sent to KMS Encrypt under the configured key, bound by an encryption context to this use
 /// and this application (<see cref="KmsDataProtectionOptions"/>) and to the Data Protection key's
-/// id and dates (learnt from <see cref="KmsKeyCreation"/>), read back through KMS Decrypt (a key
+/// id, dates and descriptor (learnt from <see cref="KmsKeyCreation"/>), read back through KMS Decrypt (a key
 /// this principal could not decrypt is never written), and stored as the ciphertext
 /// (base64) with the key's name for people reading the file. Registered by
 /// <c>ProtectKeysWithKms</c>; <see cref="KmsXmlDecryptor"/> reads what it writes.
@@ -85,6 +85,11 @@ public sealed class KmsXmlEncryptor : IXmlEncryptor
                 + "this element is not one");
         }
 
+        if (Encoding.UTF8.GetByteCount(binding.Descriptor!.DeserializerType) is var typeBytes && typeBytes > Limits.MaxContextValueBytes)
+        {
+            throw new InvalidOperationException(string.Create(CultureInfo.InvariantCulture, $"the Data Protection key {binding.KeyId}'s descriptor deserializer type is {typeBytes} UTF-8 bytes; an encryption-context value holds at most {Limits.MaxContextValueBytes}"));
+        }
+
         var unanswered = _protection.Unanswered();
         if (unanswered.Count > 0)
         {
@@ -112,7 +117,7 @@ public sealed class KmsXmlEncryptor : IXmlEncryptor
             new XAttribute(KmsEncryptedKeyFormat.KeyAttribute, _protection.KeyName),
             new XAttribute(KmsEncryptedKeyFormat.KeyVersionAttribute, encrypted.KeyVersion),
             binding.AsAttributes(),
-            new XComment(" Encrypted through the KMS, bound to this key's id and dates; the KMS key names above are for reading only: the ciphertext names its key version. "),
+            new XComment(" Encrypted through the KMS, bound to this key's id, dates and descriptor; the KMS key names above are for reading only: the ciphertext names its key version. "),
             new XElement(KmsEncryptedKeyFormat.Ciphertext, Convert.ToBase64String(encrypted.Ciphertext)));
         return new EncryptedXmlInfo(element, typeof(KmsXmlDecryptor));
     }

@@ -389,7 +389,141 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
         Assert.Contains(Chain(thrown), e => e.Message.Contains("moved or re-dated in the repository, not decrypted", StringComparison.Ordinal));
     }
 
-    // A format 2 entry rewritten as format 1 (no id or dates): its ciphertext was encrypted under the
+    // The descriptor next to the encrypted secret changed in the repository: the encryption algorithm
+    // weakened (AES-256 to AES-128), the validation algorithm swapped, or the deserializer type — the
+    // type Data Protection instantiates to read the key — pointed at another loadable type. The key is
+    // refused before Data Protection instantiates anything, and so is what it protected. Before (format
+    // 2), the first two decrypted and Data Protection used the key with the writer's algorithms.
+    [Theory]
+    [InlineData("encryption")]
+    [InlineData("validation")]
+    [InlineData("deserializerType")]
+    public async Task KeyDescriptorChangedInTheRepository_KeyRefused_NorWhatItProtected(string tampered)
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, key, "app-a", "hello");
+        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
+        var document = XDocument.Load(file);
+        var descriptor = document.Root!.Element("descriptor")!;
+        switch (tampered)
+        {
+            case "encryption":
+                Assert.Equal("AES_256_CBC", (string?)descriptor.Descendants("encryption").Single().Attribute("algorithm"));
+                descriptor.Descendants("encryption").Single().SetAttributeValue("algorithm", "AES_128_CBC");
+                break;
+            case "validation":
+                Assert.Equal("HMACSHA256", (string?)descriptor.Descendants("validation").Single().Attribute("algorithm"));
+                descriptor.Descendants("validation").Single().SetAttributeValue("algorithm", "HMACSHA512");
+                break;
+            default:
+                descriptor.SetAttributeValue("deserializerType", typeof(Microsoft.AspNetCore.DataProtection.AuthenticatedEncryption.ConfigurationModel.ManagedAuthenticatedEncryptorDescriptorDeserializer).AssemblyQualifiedName);
+                break;
+        }
+
+        document.Save(file);
+        var keyId = Guid.Parse((string)document.Root!.Attribute("id")!);
+
+        using var provider = Provider(directory, key, "app-a", fixture.AppToken);
+        var stored = provider.GetRequiredService<IKeyManager>().GetAllKeys().Single(k => k.KeyId == keyId);
+        var refused = Assert.ThrowsAny<Exception>(() => stored.CreateEncryptor());
+
+        var binding = Chain(refused).OfType<CryptographicException>().Single(e => e.Message.Contains("was changed in the repository, not decrypted", StringComparison.Ordinal)
+            || e.Message.Contains("were changed in the repository, not decrypted", StringComparison.Ordinal));
+        Assert.Contains($"entry of key {keyId:D} ", binding.Message, StringComparison.Ordinal);
+        Assert.Contains(tampered == "deserializerType" ? "the descriptor's deserializer type was changed" : "the descriptor's algorithm settings were changed", binding.Message, StringComparison.Ordinal);
+        Assert.ThrowsAny<CryptographicException>(() => provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Unprotect(payload));
+    }
+
+    // What the repository may change without changing the descriptor — indentation, comments,
+    // namespace prefixes, the order of attributes — leaves the key readable: the digest is over a
+    // canonical form of the settings.
+    [Fact]
+    public async Task KeyFileReformatted_DescriptorTheSame_StillUnprotects()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, key, "app-a", "hello");
+        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
+        var document = XDocument.Load(file);
+        var inner = document.Root!.Element("descriptor")!.Element("descriptor")!;
+        inner.AddFirst(new XComment(" reformatted by a backup tool "));
+        var encryption = inner.Element("encryption")!;
+        encryption.ReplaceWith(new XElement("encryption", new XAttribute("extra", "kept"), new XAttribute("algorithm", "AES_256_CBC")));
+        var reformatted = XElement.Parse(XElement.Parse(document.Root!.ToString()).ToString(SaveOptions.DisableFormatting)
+            .Replace("xmlns=\"http://schemas.asp.net/2015/03/dataProtection\"", "xmlns:dp=\"http://schemas.asp.net/2015/03/dataProtection\"", StringComparison.Ordinal)
+            .Replace("<encryptedSecret ", "<dp:encryptedSecret ", StringComparison.Ordinal)
+            .Replace("</encryptedSecret>", "</dp:encryptedSecret>", StringComparison.Ordinal));
+        File.WriteAllText(file, reformatted.ToString(SaveOptions.DisableFormatting));
+
+        // The attribute added above is a change: refused. Without it, the same descriptor: read.
+        Assert.ThrowsAny<CryptographicException>(() => Unprotect(directory, key, "app-a", payload));
+        var withoutExtra = XDocument.Load(file);
+        withoutExtra.Descendants("encryption").Single().SetAttributeValue("extra", null);
+        File.WriteAllText(file, withoutExtra.Root!.ToString(SaveOptions.DisableFormatting));
+        Assert.Contains("dp:encryptedSecret", File.ReadAllText(file), StringComparison.Ordinal);
+        Assert.Equal("hello", Unprotect(directory, key, "app-a", payload));
+    }
+
+    // A format 3 entry rewritten as format 2 (no descriptor binding): its ciphertext was encrypted
+    // under the context with the descriptor, and the KMS refuses it without.
+    [Fact]
+    public async Task DescriptorBoundEntryRewrittenAsFormat2_TheKmsRefusesIt()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, key, "app-a", "hello");
+        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
+        var document = XDocument.Load(file);
+        var entry = document.Descendants("kmsEncryptedKey").Single();
+        Assert.Equal("3", (string?)entry.Attribute("version"));
+        entry.SetAttributeValue("version", "2");
+        entry.SetAttributeValue("deserializerType", null);
+        entry.SetAttributeValue("descriptor", null);
+        document.Save(file);
+
+        var refusal = KmsRefusal(() => Unprotect(directory, key, "app-a", payload));
+
+        Assert.Contains("(format 2, of key ", refusal.Message, StringComparison.Ordinal);
+        Assert.Contains("InvalidArgument: decryption failed", refusal.Message, StringComparison.Ordinal);
+    }
+
+    // An entry as this library wrote them before (format 2: id and dates, no descriptor) still
+    // decrypts, and is not bound to its descriptor; with ReadEntriesWithUnboundDescriptor = false it is refused, saying so.
+    [Fact]
+    public async Task EntryOfFormat2_StillDecrypts_RefusedOnceReadEntriesWithUnboundDescriptorIsFalse()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, key, "app-a", "hello");
+        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
+        var document = XDocument.Load(file);
+        var entry = document.Descendants("kmsEncryptedKey").Single();
+        using (var client = fixture.Server.CreateClient(fixture.AppToken))
+        {
+            using var masterKey = await client.DecryptAsync(Convert.FromBase64String((string)entry.Element("ciphertext")!), BoundContext(document.Root!, "app-a"));
+            var format2 = BoundContext(document.Root!, "app-a");
+            format2.Remove("dataprotection-key-deserializer");
+            format2.Remove("dataprotection-key-descriptor");
+            var unbound = await client.EncryptAsync(key, masterKey.Plaintext.ToArray(), format2);
+            entry.ReplaceWith(new XElement(
+                "kmsEncryptedKey",
+                new XAttribute("version", "2"),
+                new XAttribute("key", key),
+                new XAttribute("keyVersion", unbound.KeyVersion),
+                entry.Attributes().Where(a => a.Name.LocalName is "keyId" or "creationDate" or "activationDate" or "expirationDate"),
+                new XElement("ciphertext", Convert.ToBase64String(unbound.Ciphertext))));
+        }
+
+        document.Save(file);
+
+        Assert.Equal("hello", Unprotect(directory, key, "app-a", payload));
+        using var strict = Provider(directory, key, "app-a", fixture.AppToken, kms: o => o.ReadEntriesWithUnboundDescriptor = false);
+        var thrown = Assert.ThrowsAny<CryptographicException>(() => strict.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Unprotect(payload));
+        Assert.Contains(Chain(thrown), e => e.Message.Contains("of format 2, bound to its key's id and dates but not to its descriptor, and KmsDataProtectionOptions.ReadEntriesWithUnboundDescriptor is false", StringComparison.Ordinal));
+    }
+
+    // A format 3 entry rewritten as format 1 (no id, dates or descriptor): its ciphertext was encrypted under the
     // bound context, and the KMS refuses it under the application's alone.
     [Fact]
     public async Task BoundEntryRewrittenAsFormat1_TheKmsRefusesIt()
@@ -400,9 +534,9 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
         var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
         var document = XDocument.Load(file);
         var entry = document.Descendants("kmsEncryptedKey").Single();
-        Assert.Equal("2", (string?)entry.Attribute("version"));
+        Assert.Equal("3", (string?)entry.Attribute("version"));
         entry.SetAttributeValue("version", "1");
-        foreach (var name in new[] { "keyId", "creationDate", "activationDate", "expirationDate" })
+        foreach (var name in new[] { "keyId", "creationDate", "activationDate", "expirationDate", "deserializerType", "descriptor" })
         {
             entry.SetAttributeValue(name, null);
         }
@@ -570,7 +704,8 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
     private static XElement EncryptedEntry(ServiceProvider provider) =>
         provider.GetRequiredService<IOptions<KeyManagementOptions>>().Value.XmlRepository!.GetAllElements().Descendants("kmsEncryptedKey").First();
 
-    // The context a format 2 entry of this <key> is encrypted under, built by hand from the key element.
+    // The context a format 3 entry of this <key> is encrypted under, built by hand from the key element
+    // (the descriptor's settings digest as the entry states it; the KMS checks it).
     private static Dictionary<string, string> BoundContext(XElement key, string application) => new(StringComparer.Ordinal)
     {
         ["purpose"] = "aspnetcore-dataprotection",
@@ -579,6 +714,8 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
         ["dataprotection-key-created"] = Instant(key, "creationDate"),
         ["dataprotection-key-activated"] = Instant(key, "activationDate"),
         ["dataprotection-key-expires"] = Instant(key, "expirationDate"),
+        ["dataprotection-key-deserializer"] = (string)key.Element("descriptor")!.Attribute("deserializerType")!,
+        ["dataprotection-key-descriptor"] = (string)key.Descendants("kmsEncryptedKey").Single().Attribute("descriptor")!,
     };
 
     private static string Instant(XElement key, string date) =>
