@@ -41,8 +41,9 @@ public sealed partial class Pkcs11Hsm
 
     // The waits (a recovery in progress, then a free session) share one Hsm:CallTimeout from the
     // caller's `start` — kept when it starts again on a new generation (RunAsync), neither renewed
-    // nor cut short — and the native call has its own `timeout`, so a caller answers within twice
-    // Hsm:CallTimeout at worst (RSA generation: CallTimeout + KeyGenerationTimeout). Only the
+    // nor cut short, and a start again past it refused — and the native call has its own `timeout`,
+    // so a caller answers within twice Hsm:CallTimeout at worst, whatever re-initialisations it
+    // meets (RSA generation: CallTimeout + KeyGenerationTimeout). Only the
     // native call running past its bound counts as a hung HSM: waiting for a session is load, not
     // a fault. Every deadline here is kept by the adapter's TimeProvider (HsmCallBoundTests move a
     // fake one to the bound's edge).

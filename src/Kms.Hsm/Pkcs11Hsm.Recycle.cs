@@ -15,7 +15,8 @@ namespace Kms.Hsm;
 /// their native call has begun or not (the drain waits for their leases); a caller that was still
 /// queued for a session when the drain finished finds the generation retired and closed under the
 /// module gate and starts again on the next generation, its operation not having begun, within
-/// what is left of its own <see cref="HsmOptions.CallTimeout"/> (as after a recovery). Then <c>C_Finalize</c>, <c>C_Initialize</c>, a fresh session pool, the domain key
+/// what is left of its own <see cref="HsmOptions.CallTimeout"/> (as after a recovery; with none
+/// left — held at the module gate behind a re-initialisation — it is answered UNAVAILABLE). Then <c>C_Finalize</c>, <c>C_Initialize</c>, a fresh session pool, the domain key
 /// found and its check value compared, an empty handle cache. Other adapters on the module (the
 /// regions) see a new module generation and reopen on their next call, also without failing it.
 /// </remarks>

@@ -646,7 +646,12 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         // A generation retired by a recycle, closed by a recovery (or a module re-initialised by
         // another of its users) between taking it and the first native call: the operation has
         // not begun, and starts again on the current generation — within the waits' one
-        // Hsm:CallTimeout from this first start, not a new one per start.
+        // Hsm:CallTimeout from this first start, not a new one per start. The time an attempt spent
+        // at the module gate behind a re-initialisation before it found its generation closed was a
+        // wait too: past that Hsm:CallTimeout the caller is answered rather than started again, as
+        // a new attempt's native bound would run past twice it (before, each start again after a
+        // long hold at the gate could add one: nearly three Hsm:CallTimeouts after two
+        // re-initialisations in a row).
         var start = _time.GetTimestamp();
         for (var attempt = 1; ; attempt++)
         {
@@ -656,7 +661,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
                     ? await RunBoundedAsync(operation, body, timeout, start, cancellationToken).ConfigureAwait(false)
                     : await RunUnboundedAsync(operation, body, cancellationToken).ConfigureAwait(false);
             }
-            catch (StaleGenerationException) when (attempt < StaleGenerationAttempts)
+            catch (StaleGenerationException) when (attempt < StaleGenerationAttempts && (timeout <= TimeSpan.Zero || _time.GetElapsedTime(start) <= _options.CallTimeout))
             {
             }
             catch (StaleGenerationException)

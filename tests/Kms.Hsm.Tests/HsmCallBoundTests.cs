@@ -13,7 +13,8 @@ namespace Kms.Hsm.Tests;
 /// its bound and is answered, with the documented UNAVAILABLE, once the clock reaches it — for the
 /// native call (<c>Hsm:CallTimeout</c>; RSA generation: <c>Hsm:KeyGenerationTimeout</c>), the wait for
 /// a free session, the wait for a recovery in progress, and the worst case of both (twice
-/// <c>Hsm:CallTimeout</c>: a recovery that ends just inside the first, then a hung call).
+/// <c>Hsm:CallTimeout</c>: a recovery that ends just inside the first, then a hung call), also
+/// when a call meets two re-initialisations in a row.
 /// </summary>
 /// <remarks>
 /// No assertion reads a real clock. Before moving the fake one, each test waits until the caller
@@ -266,6 +267,139 @@ public sealed class HsmCallBoundTests
         {
             hsm.Faults.Clear();
         }
+    }
+
+    // Two re-initialisations in a row. A recycle closes the generation a caller is queued on (the
+    // caller held back by the test clock after arming its deadline, as in the test above); the
+    // caller's lease is then of a closed session, and its native phase waits at the module gate
+    // behind a second re-initialisation: one that observed the generation before the recycle (a
+    // region recovering from the same device), which waits for the gate behind another user's long
+    // native call and then finds the module re-initialised already. Time held at the gate counts
+    // against the waits' one Hsm:CallTimeout like any other wait: let through at exactly that
+    // Hsm:CallTimeout, the caller starts again on the recycled generation and its hung call is
+    // answered at twice Hsm:CallTimeout, not 1 ms before.
+    [Fact]
+    public async Task WorstCase_TwoReinitialisations_HeldAtTheGateUntilCallTimeout_ThenTheCallHangs_AnsweredAtTwiceCallTimeout()
+    {
+        var clock = new ArmedClock();
+        await using var hsm = Open(clock, sessions: 1);
+        try
+        {
+            var (call, start, armed) = await HeldAtTheGateAfterARecycleAsync(hsm, clock, CallTimeout);
+            await clock.WaitForTimerAsync(armed, "the native call started again");
+            await UntilHungAsync(hsm, 1); // started again on the recycled generation: its call hangs
+            Assert.Equal(1, hsm.StaleRestarts);
+
+            clock.Advance(start + (2 * CallTimeout) - Tick - clock.GetUtcNow());
+            await AssertNotAnsweredAsync(call, "the hung call after two re-initialisations 1 ms before twice Hsm:CallTimeout");
+
+            clock.Advance(Tick);
+            var e = await UnavailableAsync(call, "the hung call after two re-initialisations at twice Hsm:CallTimeout");
+            Assert.Equal("the HSM did not answer in time; retry shortly", e.Message);
+        }
+        finally
+        {
+            hsm.Faults.Clear();
+        }
+    }
+
+    // As above, let through 1 ms later: its waits' Hsm:CallTimeout is spent, and starting again
+    // would give it a native bound of its own past twice Hsm:CallTimeout (before: answered at twice
+    // Hsm:CallTimeout + 1 ms, and with a longer hold at the gate up to about three times it). It is
+    // answered UNAVAILABLE as it is let through, its operation not begun.
+    [Fact]
+    public async Task WorstCase_TwoReinitialisations_HeldAtTheGatePastCallTimeout_AnsweredAsItIsLetThrough_NotStartedAgain()
+    {
+        var clock = new ArmedClock();
+        await using var hsm = Open(clock, sessions: 1);
+        try
+        {
+            var (call, start, _) = await HeldAtTheGateAfterARecycleAsync(hsm, clock, CallTimeout + Tick);
+            var guard = Stopwatch.StartNew();
+            while (!call.IsCompleted && hsm.Faults.HungCalls == 0)
+            {
+                Assert.True(guard.Elapsed < HangGuard, "hang guard: the caller let through the gate neither answered nor started again");
+                await Task.Delay(10);
+            }
+
+            clock.Advance(start + (2 * CallTimeout) - clock.GetUtcNow());
+            var e = await UnavailableAsync(call, "the caller let through the gate past its waits' Hsm:CallTimeout, at twice Hsm:CallTimeout");
+            Assert.Equal("the HSM is being re-initialised; retry shortly", e.Message);
+            Assert.Equal(0, hsm.Faults.HungCalls);
+        }
+        finally
+        {
+            hsm.Faults.Clear();
+        }
+    }
+
+    // Sets up the two re-initialisations and lets the caller through the module gate `held` after
+    // it began (its native phase began 6 s after it, so its own native bound is not reached); the
+    // device hangs every "generate random" from then on. Returns the caller, when it began, and the
+    // timers armed before it was let through.
+    private static async Task<(Task<byte[]> Call, DateTimeOffset Start, int Armed)> HeldAtTheGateAfterARecycleAsync(Pkcs11Hsm hsm, ArmedClock clock, TimeSpan held)
+    {
+        // t = 0: the only session is held by a hung call (its bound: t = 10 s).
+        hsm.Faults.HangOnly("generate random");
+        var armed = clock.Armed;
+        var holder = Start(() => hsm.GenerateRandomAsync(4, default));
+        await clock.WaitForTimerAsync(armed, "the call holding the session");
+        await UntilHungAsync(hsm, 1);
+
+        // t = 0: the caller arms its wait for a session and is kept there before it queues.
+        var start = clock.GetUtcNow();
+        var hold = clock.HoldNextTimer();
+        var call = Start(() => hsm.GenerateRandomAsync(4, default));
+        await hold.KeptAsync("the wait for a session");
+
+        // t = 6 s: the first re-initialisation, a recycle: it retires the generation, drains it (the
+        // held call comes back and is served), closes it and opens the next on a new module generation.
+        clock.Advance(TimeSpan.FromSeconds(6));
+        var moduleBefore = hsm.Module.Generation;
+        Assert.True(hsm.TryStartRecycle());
+        hsm.Faults.Clear();
+        await holder.WaitAsync(HangGuard);
+        var guard = Stopwatch.StartNew();
+        while (hsm.Recycles == 0 || hsm.Recycling)
+        {
+            Assert.True(guard.Elapsed < HangGuard, "hang guard: the recycle did not finish");
+            await Task.Delay(10);
+        }
+
+        // The second: another user of the module in a long native call, and a re-initialisation
+        // (of the generation before the recycle) waiting for the gate behind it — as every native
+        // call that comes now does.
+        using var inside = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        var longCall = Task.Run(() => hsm.Module.Call(_ =>
+        {
+            inside.Set();
+            release.Wait();
+            return 0;
+        }));
+        Assert.True(inside.Wait(HangGuard), "hang guard: the long native call did not start");
+        var second = Task.Run(() => hsm.Module.Reinitialize(moduleBefore));
+        while (hsm.Module.WaitingExclusive == 0)
+        {
+            Assert.True(guard.Elapsed < HangGuard, "hang guard: the second re-initialisation did not wait for the gate");
+            await Task.Delay(10);
+        }
+
+        // The caller queues on the closed generation, is given a permit and a closed session, and
+        // its native phase (bound: t = 16 s) waits at the gate.
+        hsm.Faults.HangOnly("generate random");
+        armed = clock.Armed;
+        hold.Release();
+        await clock.WaitForTimerAsync(armed, "the caller's native call");
+        clock.Advance(start + held - clock.GetUtcNow());
+        await AssertNotAnsweredAsync(call, $"the caller held at the module gate {held} after it began");
+        Assert.Equal(0, hsm.StaleRestarts);
+
+        armed = clock.Armed;
+        release.Set();
+        await Task.WhenAll(longCall, second).WaitAsync(HangGuard);
+        Assert.Equal(moduleBefore + 1, hsm.Module.Generation); // the second found it done
+        return (call, start, armed);
     }
 
     private static Pkcs11Hsm Open(ArmedClock clock, int sessions = 2)
