@@ -152,6 +152,65 @@ public static class HsmTokenSetup
         }
     }
 
+    /// <summary>
+    /// Checks the security-officer PIN of the token labelled <paramref name="label"/> without
+    /// changing anything: a session of its own, <c>C_Login</c> as the SO, <c>C_Logout</c>, closed.
+    /// A ceremony that presents the SO PIN late (the wipe at the end of a domain-key rotation) runs
+    /// this first, so a mistyped PIN is refused while nothing has moved.
+    /// </summary>
+    /// <param name="modulePath">The PKCS#11 module.</param>
+    /// <param name="label">The token's label.</param>
+    /// <param name="securityOfficerPin">The SO PIN as UTF-8 bytes (the caller's to zero; no copy of it is left behind).</param>
+    /// <param name="moduleEnvironment">What the module reads at load (SoftHSM's <c>SOFTHSM2_CONF</c>).</param>
+    /// <remarks>
+    /// PKCS#11 keeps one login state per application and token: the SO cannot log in while a
+    /// session of this process is logged in to the token as its user
+    /// (<c>CKR_USER_ANOTHER_ALREADY_LOGGED_IN</c>). Call it with no session of this process open on
+    /// the token. A refused PIN is never retried (a real HSM counts it towards its lock-out).
+    /// </remarks>
+    /// <exception cref="HsmConfigurationException">
+    /// No such token; the PIN refused (<see cref="HsmFailure.PinRefused"/>); a user session of this
+    /// process logged in to the token; or the HSM refused.
+    /// </exception>
+    public static void CheckSecurityOfficerPin(string modulePath, string label, ReadOnlySpan<byte> securityOfficerPin, IReadOnlyDictionary<string, string>? moduleEnvironment = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(label);
+        if (securityOfficerPin.IsEmpty)
+        {
+            throw new ArgumentException("the security officer PIN is empty", nameof(securityOfficerPin));
+        }
+
+        var so = PinnedCopy(securityOfficerPin);
+        var module = Pkcs11Module.Acquire(modulePath, moduleEnvironment);
+        try
+        {
+            module.Call(library =>
+            {
+                using var session = SlotList.FindToken(library, label, modulePath).Slot.OpenSession(SessionType.ReadWrite);
+                try
+                {
+                    session.Login(CKU.CKU_SO, so);
+                }
+                catch (Pkcs11Exception e) when (Pkcs11Errors.IsPinRefused(e))
+                {
+                    throw new HsmConfigurationException($"the HSM refused the security-officer PIN of token '{label}' ({e.RV})", e);
+                }
+
+                session.Logout();
+                return 0;
+            });
+        }
+        catch (Pkcs11Exception e)
+        {
+            throw new HsmConfigurationException($"checking the security-officer PIN of token '{label}' failed: {e.Method} returned {e.RV}", e);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(so);
+            module.Release();
+        }
+    }
+
     // CKA_LABEL of a token: 32 bytes of UTF-8, padded with blanks.
     private static byte[] PaddedLabel(string label)
     {

@@ -1,4 +1,6 @@
 using System.Text;
+using Kms.Core.Quorum;
+using Kms.Storage.Sqlite;
 using Kms.Testing;
 
 namespace Kms.Cli.Tests;
@@ -163,6 +165,92 @@ public sealed class CeremonyHsmFailureTests : IDisposable
 
         Assert.False(Directory.Exists(P("new-node")) && Directory.EnumerateFileSystemEntries(P("new-node")).Any(), "the new node's data directory was written");
         Assert.False(Directory.Exists(P("shares-dk-c")) && Directory.EnumerateFiles(P("shares-dk-c")).Any(), "share files were written");
+    }
+
+    // The rotation token's security-officer PIN is presented at the wipe, after every blob has
+    // moved. It is checked with the other token checks, before any custodian is asked for a
+    // passphrase: before, a mistyped one failed the rotation at the wipe, with the new share files
+    // written, the database rotated onto the new key and that key in no token.
+    [Fact]
+    public async Task RotateDomain_WrongSecurityOfficerPin_RefusedBeforeAnyPassphrase_NoShareWritten_DatabaseUnchanged()
+    {
+        var outputs = new List<CliResult>();
+        foreach (var site in new[] { "site-a", "rotation", "site-b" })
+        {
+            var init = await Kms(outputs, "ceremony", "init-token", "--token-label", site, "--softhsm-conf", _conf, "--pin-file", P("user.pin"), "--so-pin-file", P("so.pin"));
+            Assert.True(init.ExitCode == 0, init.ToString());
+        }
+
+        using var officers = new TestOfficers("olga");
+        await File.WriteAllTextAsync(P("olga.pub"), officers.KeyOf("olga").ExportSubjectPublicKeyInfoPem());
+        var created = await Kms(outputs, "ceremony", "create-domain", "--token-label", "site-a", "--softhsm-conf", _conf, "--pin-file", P("user.pin"),
+            "--custodian", "alice", "--custodian", "bob", "--threshold", "2", "--domain-id", "dk-a", "--shares-dir", P("shares"), "--data-dir", P("data"),
+            "--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"bob={P("bob")}",
+            "--officer", $"olga={P("olga.pub")}", "--officer-threshold", "1", "--allow-network", "--insecure-test-kdf", "--output", "json");
+        Assert.True(created.ExitCode == 0, created.ToString());
+        var kcv = System.Text.Json.Nodes.JsonNode.Parse(created.Out)!["check_value"]!.GetValue<string>();
+
+        // olga approves the rotation to a new 2-of-2 share set, as kms officer approve would.
+        var genesis = GenesisFile.Read(P("data/quorum/genesis.json"));
+        var time = DateTimeOffset.FromUnixTimeMilliseconds(DateTimeOffset.UtcNow.AddMinutes(-5).ToUnixTimeMilliseconds());
+        var request = TestOfficers.Request(genesis, QuorumOperation.RotateDomainKey, [KeyValuePair.Create("new-custodians", "2"), KeyValuePair.Create("new-threshold", "2")], time) with { DomainKcv = kcv };
+        request = request with { Approvals = [officers.Approve("olga", request, time.AddMinutes(1))], State = QuorumRequestState.Approved, ExecuteTime = time.AddMinutes(1) };
+        await File.WriteAllTextAsync(P("rotation.json"), new ApprovalBundle(request, [genesis]).Serialize());
+
+        string[] Rotate(string soPinFile, bool passphrases = true) =>
+        [
+            "ceremony", "rotate-domain", "--token-label", "rotation", "--softhsm-conf", _conf, "--pin-file", P("user.pin"), "--so-pin-file", soPinFile,
+            .. Directory.GetFiles(P("shares"), "share-*.json").Order(StringComparer.Ordinal).SelectMany(f => new[] { "--share", f }),
+            "--new-custodian", "alice", "--new-custodian", "bob", "--new-threshold", "2", "--new-shares-dir", P("new-shares"),
+            .. passphrases
+                ? (string[])["--passphrase-file", $"alice={P("alice")}", "--passphrase-file", $"bob={P("bob")}", "--new-passphrase-file", $"alice={P("alice")}", "--new-passphrase-file", $"bob={P("bob")}"]
+                : [],
+            "--restore-token-label", "site-b", "--restore-pin-file", P("user.pin"), "--data-dir", P("data"), "--approval", P("rotation.json"),
+            "--genesis-sha256", genesis.Hash, "--allow-network", "--insecure-test-kdf", "--output", "json",
+        ];
+        var before = await DatabaseStateAsync();
+        Assert.Equal(kcv, before.Pinned);
+        Assert.NotEmpty(before.Blobs); // the audit keys, wrapped under the domain key
+
+        // With every passphrase file given (a run that read them would go on to rotate), and with
+        // none and no terminal (a run that asked first would stop at "no passphrase for alice", exit 2).
+        foreach (var passphrases in new[] { true, false })
+        {
+            var refused = await Kms(outputs, Rotate(P("wrong.pin"), passphrases));
+            Assert.True(refused.ExitCode == 5, refused.ToString());
+            Assert.False(Directory.Exists(P("new-shares")) && Directory.EnumerateFiles(P("new-shares")).Any(), $"new share files were written before the security-officer PIN was refused:\n{refused}");
+            var after = await DatabaseStateAsync();
+            Assert.True(after.Pinned == kcv && !after.RotationRecorded, $"the database was changed (pinned {after.Pinned}, rotation recorded: {after.RotationRecorded}):\n{refused}");
+            Assert.Equal(before.Blobs, after.Blobs);
+            Assert.Equal("", refused.Out);
+            var lines = refused.Error.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+                .Where(l => !l.StartsWith("kms: warning: ", StringComparison.Ordinal) && !l.StartsWith("kms: quorum approval verified", StringComparison.Ordinal)).ToList();
+            Assert.Equal("kms: error: ceremony rotate-domain failed at step \"check the rotation token's security-officer PIN\" (token 'rotation'): CKR_PIN_INCORRECT", lines[^2]);
+            Assert.StartsWith("kms: HSM: the HSM refused the security-officer PIN of token 'rotation' (CKR_PIN_INCORRECT) — check the PIN given for that token before trying again", lines[^1], StringComparison.Ordinal);
+            Assert.DoesNotContain("passphrase", refused.Error, StringComparison.Ordinal);
+        }
+
+        // The same run with the right PIN rotates: the check logs the officer out again, so the
+        // rotation token's user session and, at the end, the wipe (as the officer) still work.
+        var rotated = await Kms(outputs, Rotate(P("so.pin")));
+        Assert.True(rotated.ExitCode == 0, rotated.ToString());
+        var newKcv = System.Text.Json.Nodes.JsonNode.Parse(rotated.Out)!["check_value"]!.GetValue<string>();
+        Assert.Equal(newKcv, (await DatabaseStateAsync()).Pinned);
+        Assert.Equal(2, Directory.GetFiles(P("new-shares"), "share-*.json").Length);
+        Assert.Contains("wiped (C_InitToken)", rotated.Error, StringComparison.Ordinal);
+
+        var everything = string.Join("\n", outputs.Select(o => o.Out + o.Error));
+        foreach (var (name, secret) in _secrets)
+        {
+            Assert.False(everything.Contains(secret, StringComparison.Ordinal), $"the {name} secret leaked");
+        }
+    }
+
+    private async Task<(string? Pinned, bool RotationRecorded, List<string> Blobs)> DatabaseStateAsync()
+    {
+        await using var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = P("data/kms.db") }, default);
+        var blobs = (await store.ListWrappedItemsAfterAsync(null, default)).Select(i => $"{i.Name} {i.Kind} {Convert.ToHexString(i.Blob)}").ToList();
+        return (await store.GetSettingAsync(global::Kms.Core.Services.DomainKeyGuard.CheckValueSetting, default), await store.GetDomainKeyRotationAsync(default) is not null, blobs);
     }
 
     private string P(string relative) => Path.Combine(_dir, relative);

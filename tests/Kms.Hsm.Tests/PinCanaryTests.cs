@@ -9,7 +9,7 @@ namespace Kms.Hsm.Tests;
 /// <summary>
 /// The PINs never reach an exception or a log line: a token made with canary PINs goes through
 /// every path that presents one — a start, a refused PIN at a start and in a recovery, the
-/// ceremony's session, a wipe with the wrong security-officer PIN — and no message, exception
+/// ceremony's session, a wipe and the rotation's up-front check with the wrong security-officer PIN — and no message, exception
 /// chain (<c>ToString</c>, inner exceptions and stack traces included) or log line holds either.
 /// </summary>
 public sealed class PinCanaryTests
@@ -59,9 +59,10 @@ public sealed class PinCanaryTests
             RawToken.WithSession(new TestToken(label, changed, soPin, ""), (session, _) => session.SetPin(changed, userPin));
         }
 
-        // The ceremony's session, with a wrong user PIN; a wipe with a wrong SO PIN.
+        // The ceremony's session, with a wrong user PIN; a wipe and the rotation's check with a wrong SO PIN.
         seen.Add(Assert.Throws<HsmConfigurationException>(() => HsmCeremonySession.Open(Options(userPin), Encoding.UTF8.GetBytes(userPin + "y"))).ToString());
         seen.Add(Assert.Throws<HsmConfigurationException>(() => HsmTokenSetup.WipeToken(SoftHsm.ModulePath, label, soPin + "z", SoftHsm.ModuleEnvironment)).ToString());
+        seen.Add(Assert.Throws<HsmConfigurationException>(() => HsmTokenSetup.CheckSecurityOfficerPin(SoftHsm.ModulePath, label, Encoding.UTF8.GetBytes(soPin + "w"), SoftHsm.ModuleEnvironment)).ToString());
         seen.Add(Assert.Throws<HsmConfigurationException>(() => HsmTokenSetup.InitializeToken(SoftHsm.ModulePath, label, soPin, userPin, SoftHsm.ModuleEnvironment)).ToString());
 
         seen.AddRange(logger.Lines);

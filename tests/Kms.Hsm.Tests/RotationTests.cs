@@ -235,6 +235,36 @@ public sealed class RotationTests
         Assert.Contains("CKR_USER_PIN_NOT_INITIALIZED", e.ToString(), StringComparison.Ordinal);
     }
 
+    // rotate-domain checks the rotation token's security-officer PIN before anything moves (the
+    // wipe presents it after the point of no return). The check changes nothing (the user still
+    // logs in, the token is not wiped), a wrong PIN is refused as a PIN, and while a session of
+    // this process is logged in as the user PKCS#11 refuses the officer: the ceremony checks it
+    // with none open.
+    [Fact]
+    public void CheckSecurityOfficerPin_RightPinChangesNothing_WrongPinRefusedAsAPin_NotWhileTheUserIsLoggedIn()
+    {
+        var token = SoftHsm.CreateToken();
+        void Check(string pin) => HsmTokenSetup.CheckSecurityOfficerPin(SoftHsm.ModulePath, token.Label, Encoding.UTF8.GetBytes(pin), SoftHsm.ModuleEnvironment);
+
+        Check(token.SoPin);
+        var wrong = Assert.Throws<HsmConfigurationException>(() => Check(token.SoPin + "x"));
+        Assert.Equal(HsmFailure.PinRefused, wrong.Failure);
+        Assert.Equal("CKR_PIN_INCORRECT", wrong.ReturnValue);
+        Assert.Equal($"the HSM refused the security-officer PIN of token '{token.Label}' (CKR_PIN_INCORRECT)", wrong.Message);
+
+        using (var session = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin)))
+        {
+            session.RequireEmptyForRotation();
+            var busy = Assert.Throws<HsmConfigurationException>(() => Check(token.SoPin));
+            Assert.Equal("CKR_USER_ANOTHER_ALREADY_LOGGED_IN", busy.ReturnValue);
+        }
+
+        // The user's session closed, the officer logs in again, and the wipe (as the officer) works.
+        Check(token.SoPin);
+        HsmTokenSetup.WipeToken(SoftHsm.ModulePath, token.Label, token.SoPin, SoftHsm.ModuleEnvironment);
+        Assert.Throws<HsmConfigurationException>(() => HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin)));
+    }
+
     [Fact]
     public async Task Rewrap_RsaAndHmacVersions_ServeUnderTheNewKey_SameKeyInside()
     {

@@ -125,9 +125,14 @@ internal static partial class CeremonyCommands
             {
             }
 
-            // And the rotation token, before any custodian types a passphrase: its user PIN, and
-            // that it is empty (LoadRotationKeys refuses one that is not, after the old key is rebuilt).
-            // Its security-officer PIN is not checked here: it is first presented at the wipe.
+            // And the rotation token, before any custodian types a passphrase: its security-officer
+            // PIN, which the wipe presents after the point of no return (every blob moved: a refused
+            // PIN there leaves the database rotated and the new key in no token), checked first while
+            // no session of ours is logged in to it (PKCS#11 refuses the SO while the user is); then
+            // its user PIN, and that it is empty (LoadRotationKeys refuses one that is not, after the
+            // old key is rebuilt).
+            ctx.Step("check the rotation token's security-officer PIN", rotationOptions.TokenLabel);
+            HsmTokenSetup.CheckSecurityOfficerPin(rotationOptions.ModulePath, rotationOptions.TokenLabel, so.ToUtf8(), rotationOptions.ModuleEnvironment);
             ctx.Step("check the rotation token", rotationOptions.TokenLabel);
             using (var rotation = HsmCeremonySession.Open(rotationOptions, pin.ToUtf8()))
             {
