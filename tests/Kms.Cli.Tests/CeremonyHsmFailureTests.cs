@@ -131,7 +131,7 @@ public sealed class CeremonyHsmFailureTests : IDisposable
         [
             "ceremony", "restore-domain", "--token-label", site, "--softhsm-conf", _conf, "--pin-file", pinFile,
             .. Directory.GetFiles(P("shares-dk-a"), "share-*.json").Order(StringComparer.Ordinal).SelectMany(f => new[] { "--share", f }),
-            "--data-dir", P("new-node"), "--without-approval", "--allow-network", "--insecure-test-kdf",
+            "--check-value", kcv["site-a"], "--data-dir", P("new-node"), "--without-approval", "--allow-network", "--insecure-test-kdf",
         ];
         var refusals = new[]
         {

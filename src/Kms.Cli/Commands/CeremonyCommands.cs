@@ -346,7 +346,14 @@ internal static partial class CeremonyCommands
             // The officers' approval is verified before any share is read. The domain key it names is
             // the transcript's (--check-value) or the database's; else its own, which the rebuilt key must have.
             var tokenLabel = parse.GetRequiredValue(hsm.TokenLabel);
-            var pinnedKcv = parse.GetValue(expectedKcv) ?? await PinnedCheckValueAsync(target, ct);
+            var givenKcv = parse.GetValue(expectedKcv);
+            if (givenKcv is not null && KeyCheckValue.Normalize(givenKcv) is null)
+            {
+                throw new CliUsageException($"--check-value {givenKcv} is not a check value: 6 hex digits, as the transcript prints it");
+            }
+
+            var databaseKcv = await PinnedCheckValueAsync(target, ct);
+            var pinnedKcv = givenKcv ?? databaseKcv;
             var approved = await approval.CheckAsync(ctx, QuorumOperation.RestoreDomain, parse.GetValue(dataDir), target, pinnedKcv,
                 request => request.Parameter("token-label") == tokenLabel ? null : $"it restores into token '{request.Parameter("token-label")}', not '{tokenLabel}'", ct);
             if (approved.Approval is null && parse.GetValue(dataDir) is null)
@@ -358,7 +365,28 @@ internal static partial class CeremonyCommands
             var requiredKcv = pinnedKcv ?? approved.Approval?.Request.DomainKcv;
             var files = parse.GetValue(shareFiles)!.Select(path => ShareFile.Read(LocalPath.File(ctx.Environment, path, "--share"), host.Kdf.Policy)).ToList();
             var id = parse.GetValue(domainId) ?? files[0].DomainId;
-            await RefuseOtherDomainAsync(target, files[0].DomainKcv, ct);
+            RefuseOtherDomain(target, databaseKcv, files[0].DomainKcv);
+
+            // The rebuilt key must be the key the deployment's data is sealed under, and the share
+            // files cannot say which that is: they name the key they rebuild, whichever deployment
+            // they come from. So its check value comes from a record of the deployment — its
+            // database's pin, the officers' approval (its signed domain key), or the transcript's
+            // value typed as --check-value — and a restore with none of them (the break-glass onto a
+            // new node) is refused before the token is opened or any passphrase is read.
+            var anchors = CheckValueAnchors(target, databaseKcv, approved, givenKcv);
+            if (requiredKcv is null)
+            {
+                throw new CliUsageException(
+                    $"nothing here names the domain key this deployment's data is sealed under: no deployment database ({target.Describe()}) pins one, and --without-approval brings no officers' approval naming one. "
+                    + "Give --check-value HEX, the domain key's check value as the create-domain transcript (after a rotation, the rotate-domain transcript) or the ceremony checklist records it — "
+                    + "not as a share file says it: a share file names only the key its own shares rebuild; nothing was imported");
+            }
+
+            if (!string.Equals(KeyCheckValue.Normalize(requiredKcv), files[0].DomainKcv, StringComparison.OrdinalIgnoreCase))
+            {
+                throw new CliFailureException(ExitCodes.Conflict,
+                    $"the share files are of the domain key with check value {files[0].DomainKcv}, but {anchors[0]} names {requiredKcv}: shares of another deployment, or of a domain key rotated away; nothing was imported");
+            }
 
             // The token is checked before any custodian types a passphrase: the PIN, its mechanisms,
             // and its room for the key (writable, no domain key there yet).
@@ -407,6 +435,7 @@ internal static partial class CeremonyCommands
                 .Add("hsm", Describe(report))
                 .Add("domain key id (CKA_ID)", id)
                 .Add("domain key check value", kcv)
+                .Add("check value required by", string.Join("; ", anchors))
                 .Add("shares used", $"{files.Count} (threshold {files[0].Threshold} of {files[0].Count})");
             foreach (var file in files)
             {
@@ -571,13 +600,40 @@ internal static partial class CeremonyCommands
     /// directory's database pins (e.g. old shares after a rotation): the server would refuse the
     /// token anyway, and the token would be left holding a key nobody can use.
     /// </summary>
-    private static async Task RefuseOtherDomainAsync(DeploymentDatabaseTarget database, string sharesCheckValue, CancellationToken ct)
+    private static void RefuseOtherDomain(DeploymentDatabaseTarget database, string? pinned, string sharesCheckValue)
     {
-        if (await PinnedCheckValueAsync(database, ct) is { } pinned && !string.Equals(pinned, sharesCheckValue, StringComparison.OrdinalIgnoreCase))
+        if (pinned is not null && !string.Equals(pinned, sharesCheckValue, StringComparison.OrdinalIgnoreCase))
         {
             throw new CliFailureException(ExitCodes.Conflict,
                 $"the deployment database ({database.Describe()}) was made under the domain key with check value {pinned}, but these shares rebuild {sharesCheckValue}; nothing was imported");
         }
+    }
+
+    /// <summary>
+    /// The records that name the domain key a restore must rebuild, in the order the required
+    /// check value is taken from them (each one present agrees with it, or the restore was refused
+    /// already: the approval is verified against the first, the database's pin against the shares).
+    /// Empty when none does.
+    /// </summary>
+    private static List<string> CheckValueAnchors(DeploymentDatabaseTarget database, string? databaseKcv, CeremonyApprovalOutcome approved, string? givenKcv)
+    {
+        List<string> anchors = [];
+        if (givenKcv is not null)
+        {
+            anchors.Add("--check-value");
+        }
+
+        if (databaseKcv is not null)
+        {
+            anchors.Add($"the deployment database ({database.Describe()})");
+        }
+
+        if (approved.Approval is { } verified)
+        {
+            anchors.Add($"the approval of {verified.Request.Name}");
+        }
+
+        return anchors;
     }
 
     /// <summary>The domain key check value the deployment's database pins, if it exists and has one.</summary>
