@@ -323,6 +323,61 @@ public sealed partial class AuditVerifierStreamRestartTests : IDisposable
         Assert.Contains("line 5 resends the stream after event 6, but the copy holds events through 4 only", Verify(gap).Problem, StringComparison.Ordinal);
     }
 
+    // Events 1-10 streamed on stdout or a FIFO (not read back), the node stopped with its position
+    // record at 10 and earlier events it lists; the database rolled back to 6 while it was stopped
+    // and six other events written. The next start restarts the stream after 6, the newest listed
+    // event the chain holds (RestartAfterHeldAsync): a restart line replacing 10, then the new
+    // 7-12. After a crash the record lags (at 8, the stream holding 9 and 10): a resend line after
+    // 8 goes first, and the restart replaces 8. Both copies verify as a restart. Before, the start
+    // began at the chain's head: the new 7-12 never reached the stream, and nothing said so.
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task RolledBackWhileStopped_StreamNotReadBack_RestartsAfterTheRecordsNewestHeldEvent_Verifies(bool clean)
+    {
+        var node = await StartNodeAsync(file: false);
+        await AppendAsync(node, 10);
+        var old = Events();
+        var recorded = clean ? old[9] : old[7];
+        AuditHead[] earlier = clean ? [old[8], old[7], old[5], old[3], old[0]] : [old[6], old[5], old[3], old[0]];
+
+        _store.RollBackAudit(6);
+        await _store.AppendAuditAsync([.. Enumerable.Range(0, 6).Select(i => Entry($"new-{i}"))], default);
+        var again = await StartNodeAsync(file: false);
+        Assert.False(await again.ForwardAfterIfHeldAsync(recorded, default));
+        Assert.Equal(old[5], await again.RestartAfterHeldAsync(recorded, earlier, default));
+        if (!clean)
+        {
+            _copy.Add(AuditExport.Resend(recorded)); // as the host writes it, before the restart line
+        }
+
+        await again.RunHousekeepingAsync(default);
+        Assert.Equal(AuditExport.Restart(new StreamRestart(old[5], recorded)), _copy[RestartLineIndex()]);
+        Assert.Equal(Enumerable.Range(7, 6).Select(i => (long)i), _copy.Skip(RestartLineIndex() + 1).Select(l => PointOf(l)!.Value.Sequence));
+
+        var result = Verify();
+        Assert.True(result.Valid, result.Problem);
+        var restart = Assert.Single(Assert.IsType<AuditStreamRestarts>(result.StreamRestarts).Listed);
+        Assert.Equal((6L, recorded.Sequence), (restart.AfterSequence, restart.ReplacedSequence));
+        var head = Events()[^1];
+        Assert.True(Verify(new KnownCheckpoint(head.Sequence, head.Hash)).Valid);
+    }
+
+    // None of the record's events held (the chain rewritten from its start): nothing changes, and
+    // the stream goes on from the chain's head, as before (the host logs 1327).
+    [Fact]
+    public async Task RestartAfterHeldAsync_NoneOfTheEarlierEventsHeld_NullAndTheStreamGoesOnFromTheHead()
+    {
+        var node = await StartNodeAsync(file: false);
+        await AppendAsync(node, 4);
+        var old = Events();
+        _store.RollBackAudit(0);
+        await _store.AppendAuditAsync([.. Enumerable.Range(0, 3).Select(i => Entry($"new-{i}"))], default);
+        var again = await StartNodeAsync(file: false);
+        Assert.Null(await again.RestartAfterHeldAsync(old[3], [old[2], old[1], old[0]], default));
+        Assert.Equal(Events()[^1], again.StreamPosition);
+    }
+
     // A run killed in the middle of a line on stdout or a FIFO leaves it cut short; the next run
     // starts on a new line (an empty line when nothing was cut) with its resend line. Before, the
     // cut line failed the copy: "line 8 is malformed (JsonReaderException)".

@@ -388,10 +388,195 @@ public sealed class AuditStreamPositionTests
     [Fact]
     public void Parse_WhatToBytesWrote_AndNothingElse()
     {
-        var position = new AuditStreamPosition("-", "sha256:ab", new AuditHead(7, new string('c', 64)), Clean: true);
-        Assert.Equal(position, AuditStreamPosition.Parse(position.ToBytes(DateTimeOffset.UnixEpoch)));
+        var position = new AuditStreamPosition("-", "sha256:ab", new AuditHead(7, new string('c', 64)), Clean: true, [new AuditHead(6, new string('d', 64)), new AuditHead(4, new string('e', 64))]);
+        var read = AuditStreamPosition.Parse(position.ToBytes(DateTimeOffset.UnixEpoch));
+        Assert.Equal((position.Stream, position.KeyFingerprint, position.Last, position.Clean), (read?.Stream, read?.KeyFingerprint, read?.Last, read?.Clean));
+        Assert.Equal(position.Earlier, read?.Earlier);
         Assert.Null(AuditStreamPosition.Parse("{\"v\":1}"u8));
         Assert.Null(AuditStreamPosition.Parse("not json"u8));
+
+        // A record written before the earlier events were kept is taken, with none.
+        var older = AuditStreamPosition.Parse(Encoding.UTF8.GetBytes($"{{\"v\":1,\"stream\":\"-\",\"key\":\"sha256:ab\",\"seq\":7,\"hash\":\"{new string('c', 64)}\",\"clean\":true,\"time\":\"2026-01-01T00:00:00Z\"}}"));
+        Assert.Equal((7L, true, 0), (older?.Last.Sequence, older?.Clean, older?.Earlier.Count));
+
+        // Earlier events that ToBytes does not write (not newest first below the record's event,
+        // too many, a hash that is no hex) are an edit: no record.
+        AuditHead[][] edited =
+        [
+            [new AuditHead(4, new string('e', 64)), new AuditHead(6, new string('d', 64))],
+            [new AuditHead(7, new string('d', 64))],
+            [new AuditHead(6, new string('x', 64))],
+            [.. Enumerable.Range(0, StreamAncestors.MaxPoints + 1).Select(i => new AuditHead(1000 - i, new string('d', 64)))],
+        ];
+        foreach (var earlier in edited)
+        {
+            var last = new AuditHead(earlier.Length > 2 ? 1001 : 7, new string('c', 64));
+            Assert.Null(AuditStreamPosition.Parse((position with { Last = last, Earlier = earlier }).ToBytes(DateTimeOffset.UnixEpoch)));
+        }
+    }
+
+    // The events a stream was sent, thinned as they are sent: the one before the newest, then ones
+    // about 2, 4, 8, … back, and the oldest sent, at most 63 whatever the stream's length; past a restart (an event sent
+    // that is not after the newest kept), none of the chain the database left.
+    [Fact]
+    public void StreamAncestors_DenseNearTheNewest_ExponentiallySparserBack_Bounded_NoneOfAReplacedChain()
+    {
+        var ancestors = new StreamAncestors();
+        const long Sent = 100_000;
+        for (long seq = 1; seq <= Sent; seq++)
+        {
+            ancestors.Sent(Point(seq, 'a'));
+        }
+
+        var kept = ancestors.Before(Point(Sent, 'a'));
+        Assert.InRange(kept.Count, 16, StreamAncestors.MaxPoints);
+        Assert.Equal(Sent - 1, kept[0].Sequence);
+        Assert.Equal(1, kept[^1].Sequence); // the oldest sent
+        for (var i = 1; i < kept.Count - 1; i++)
+        {
+            // Newest first, and each gap about the distance back to the newest at most.
+            Assert.True(kept[i].Sequence < kept[i - 1].Sequence);
+            Assert.True(kept[i - 1].Sequence - kept[i].Sequence <= (2 * (Sent - kept[i - 1].Sequence)) + 2, $"{kept[i].Sequence} after {kept[i - 1].Sequence}");
+        }
+
+        // Restarted after 60,000 (a rollback): the old chain's points past it go; the new chain's come.
+        ancestors.Sent(Point(60_000, 'a'));
+        for (long seq = 60_001; seq <= 60_010; seq++)
+        {
+            ancestors.Sent(Point(seq, 'b'));
+        }
+
+        var after = ancestors.Before(Point(60_010, 'b'));
+        Assert.DoesNotContain(after, p => p.Sequence > 60_000 && p.Hash[0] == 'a');
+        Assert.Equal([60_009, 60_008], after.Take(2).Select(p => p.Sequence));
+        Assert.Contains(after, p => p.Sequence <= 60_000);
+        Assert.InRange(after.Count, 1, StreamAncestors.MaxPoints);
+
+        static AuditHead Point(long seq, char chain) => new(seq, chain + seq.ToString("x63", CultureInfo.InvariantCulture)[^63..]);
+    }
+
+    // A FIFO stream over a rollback while the node was stopped: events through M streamed, the database put back to a copy taken at F < M, the chain going on from F
+    // with other events; the next start restarts the stream after the newest event of its record
+    // the chain holds (at or before F): a stream_restart line replacing M (event 1330, 1323), then
+    // every event of the new chain after it, each once, and the copy verifies as a restart. Before,
+    // the record was refused (1327) and the stream began at the chain's head with no restart line:
+    // the new chain's events F+1.. never reached the reader, and nothing in the stream said so.
+    [Fact]
+    public async Task Fifo_DatabaseRolledBackWhileTheNodeWasStopped_TheStreamRestartsAtTheFork_EveryNewEventOnce_TheCopyVerifiesAsARestart()
+    {
+        var dataDir = Scratch.NewPath("kms-server-");
+        var fifo = Scratch.NewPath("kms-siem-", ".fifo");
+        MakeFifo(fifo);
+        using var reader = FifoReader.Start(fifo);
+        string[] args = [$"--Kms:Audit:StreamPath={fifo}"];
+        var database = Path.Combine(dataDir, "kms.db");
+        var server = await KmsTestServer.StartAsync(null, dataDir, "dev", args);
+        var token = server.Token;
+        try
+        {
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "before-the-fork");
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+
+        SqliteStore.ReleasePooledConnections();
+        var fork = Head(database);
+        var saved = Scratch.NewPath("kms-db-copy-");
+        CopyDatabase(dataDir, saved);
+
+        server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
+        try
+        {
+            using var developer = server.CreateClient();
+            for (var i = 0; i < 4; i++)
+            {
+                await developer.CreateKeyAsync("tenants/dev", $"replaced-{i}");
+            }
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+
+        SqliteStore.ReleasePooledConnections();
+        var replaced = Head(database);
+        var replacedHash = RawSqlite.Scalar(database, $"SELECT hash FROM audit_events WHERE seq = {replaced}");
+        await reader.WaitForEventAsync(replaced);
+        var recorded = AuditStreamPosition.Read(Path.Combine(dataDir, "audit", AuditStreamPosition.FileName)).Position;
+        Assert.True(recorded?.Earlier.Count > 2, $"record: {File.ReadAllText(Path.Combine(dataDir, "audit", AuditStreamPosition.FileName))}");
+
+        // The database put back to the copy (a kms.db copied back); another writer goes on from F.
+        CopyDatabase(saved, dataDir);
+        Assert.Equal(fork, Head(database));
+        await AppendWhileStoppedAsync(database, 2);
+        server = await KmsTestServer.StartAsync(token, dataDir, "dev", [.. args, "--Kms:Audit:AcceptRollback=true"]);
+        string logs;
+        try
+        {
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "after-the-rollback");
+        }
+        finally
+        {
+            await server.DisposeAsync();
+            logs = server.Logs.AllText;
+        }
+
+        var head = Head(database);
+        var headHash = RawSqlite.Scalar(database, $"SELECT hash FROM audit_events WHERE seq = {head}");
+        await reader.WaitUntilAsync(lines => lines.Any(l => l.StartsWith(EventPrefix(head), StringComparison.Ordinal) && l.Contains(headHash, StringComparison.Ordinal)), $"event {head} of the new chain");
+        var copy = reader.Lines;
+        var restartLine = Assert.Single(copy, l => l.StartsWith("{\"stream_", StringComparison.Ordinal));
+        var restart = AuditStreamRestartOf(restartLine);
+        Assert.Equal((replaced, replacedHash), (restart.Replaced.Sequence, restart.Replaced.Hash));
+        Assert.InRange(restart.After.Sequence, 1, fork);
+        Assert.Contains($"restarts after event {restart.After.Sequence}: its position record", logs, StringComparison.Ordinal); // 1330, at start
+        Assert.Contains($"names event {replaced} (\"{replacedHash}\"), which the database's audit chain does not hold", logs, StringComparison.Ordinal);
+        Assert.Contains($"the SIEM stream restarts after event {restart.After.Sequence}: the database's audit chain no longer holds event {replaced}", logs, StringComparison.Ordinal); // 1323, at the line
+        Assert.DoesNotContain("is not taken", logs, StringComparison.Ordinal); // no 1327
+
+        // Before the line, the first chain through M; after it, every event after F' once, in order.
+        var at = copy.IndexOf(restartLine);
+        var before = copy.Take(at).Where(l => l.Length > 0).Select(Sequence).ToList();
+        var afterLine = copy.Skip(at + 1).Where(l => l.Length > 0).Select(Sequence).ToList();
+        Assert.Equal(Enumerable.Range(1, (int)replaced).Select(i => (long)i), before);
+        Assert.Equal(Enumerable.Range((int)restart.After.Sequence + 1, (int)(head - restart.After.Sequence)).Select(i => (long)i), afterLine);
+
+        var result = AuditVerifier.Verify(new StringReader(string.Join('\n', copy) + "\n"), PublicKey(dataDir));
+        Assert.True(result.Valid, result.Problem);
+        Assert.Equal(head, result.Events);
+        var restarts = Assert.IsType<AuditStreamRestarts>(result.StreamRestarts);
+        Assert.Equal((restart.After.Sequence, replaced), (Assert.Single(restarts.Listed).AfterSequence, restarts.Listed[0].ReplacedSequence));
+    }
+
+    private static StreamRestart AuditStreamRestartOf(string line)
+    {
+        using var document = JsonDocument.Parse(line);
+        var restart = document.RootElement.GetProperty("stream_restart");
+        return new StreamRestart(PointOf(restart.GetProperty("after")), PointOf(restart.GetProperty("replaced")));
+
+        static AuditHead PointOf(JsonElement point) => new(point.GetProperty("seq").GetInt64(), point.GetProperty("hash").GetString()!);
+    }
+
+    // The database's files (kms.db and its WAL, if any), the server stopped: copied whole, those of the target not in the source removed.
+    private static void CopyDatabase(string fromDirectory, string toDirectory)
+    {
+        Directory.CreateDirectory(toDirectory);
+        foreach (var name in new[] { "kms.db", "kms.db-wal", "kms.db-shm" })
+        {
+            var (from, to) = (Path.Combine(fromDirectory, name), Path.Combine(toDirectory, name));
+            if (File.Exists(from))
+            {
+                File.Copy(from, to, overwrite: true);
+            }
+            else
+            {
+                File.Delete(to);
+            }
+        }
     }
 
     private static string EventPrefix(long sequence) => string.Create(CultureInfo.InvariantCulture, $"{{\"event\":{{\"v\":1,\"seq\":{sequence},");
@@ -485,11 +670,17 @@ public sealed class AuditStreamPositionTests
                 ?? throw new InvalidOperationException("sh did not start"));
 
         // Until the event with this sequence was read (a line at a time, each waking this up).
-        public async Task WaitForEventAsync(long sequence)
+        public Task WaitForEventAsync(long sequence)
         {
             var prefix = EventPrefix(sequence);
+            return WaitUntilAsync(lines => lines.Any(l => l.StartsWith(prefix, StringComparison.Ordinal)), $"event {sequence}");
+        }
+
+        // Until what was read satisfies the condition (a line at a time, each waking this up).
+        public async Task WaitUntilAsync(Func<List<string>, bool> read, string what)
+        {
             using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-            while (!Lines.Any(l => l.StartsWith(prefix, StringComparison.Ordinal)))
+            while (!read(Lines))
             {
                 try
                 {
@@ -497,7 +688,7 @@ public sealed class AuditStreamPositionTests
                 }
                 catch (OperationCanceledException)
                 {
-                    Assert.Fail($"the FIFO's reader did not get event {sequence} within 60 s; it read:\n{string.Join('\n', Lines)}");
+                    Assert.Fail($"the FIFO's reader did not get {what} within 60 s; it read:\n{string.Join('\n', Lines)}");
                 }
             }
         }

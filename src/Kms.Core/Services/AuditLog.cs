@@ -216,6 +216,40 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         return held;
     }
 
+    /// <summary>
+    /// For a position kept outside the stream whose last event the database's chain does not hold
+    /// (<see cref="ForwardAfterIfHeldAsync"/> returned false: the database went back behind
+    /// <paramref name="streamed"/> while the node was stopped, or was rewritten there): the newest of
+    /// <paramref name="earlier"/> (events the stream holds before <paramref name="streamed"/>, in any
+    /// order) that the chain holds, hash for hash, as <see cref="ChainHoldsAsync"/> checks it. When one
+    /// is, the stream restarts after it at the next forwarding, as it does under a running node
+    /// (<see cref="StreamRestarted"/>, replacing <paramref name="streamed"/>: chains that agree at an
+    /// event agree before it), and it is returned; else nothing changes (the stream goes on from the
+    /// head) and this returns null. Sequence 0 is not taken (a stream that started on a written
+    /// chain does not hold the chain's start).
+    /// </summary>
+    public async Task<AuditHead?> RestartAfterHeldAsync(AuditHead streamed, IEnumerable<AuditHead> earlier, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(earlier);
+        if (_forwarded < 0)
+        {
+            return null;
+        }
+
+        foreach (var point in earlier.Where(p => p.Sequence > 0 && p.Sequence < streamed.Sequence).OrderByDescending(p => p.Sequence))
+        {
+            if (await ChainHoldsAsync(store, point, cancellationToken))
+            {
+                // The position stays the replaced event: the first pass finds the chain does not
+                // hold it and restarts after the one point it has, marked (the host's restart line).
+                (_forwarded, _forwardedHash, _forwardedPoints) = (streamed.Sequence, streamed.Hash, [point]);
+                return point;
+            }
+        }
+
+        return null;
+    }
+
     /// <summary>The keyed hash of an encryption-context value (HMAC-SHA256, hex), so equal values can be correlated without being revealed.</summary>
     public string HashContextValue(string value)
     {

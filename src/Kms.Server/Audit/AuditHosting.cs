@@ -155,6 +155,19 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             {
                 WriteStream(stream, [(AuditExport.Restart(restart), restart.After)]);
                 LogStreamRestarted(logger, restart.After.Sequence, restart.Replaced.Sequence, restart.Replaced.Hash);
+
+                // Recorded at once, not at the pass's end: a crash before it left a record naming the
+                // replaced event, and the next start wrote a resend line after it into a stream that
+                // had gone on from the restart (a line the verifier cannot place). A failure is the
+                // housekeeping's; the pass's end writes it again.
+                try
+                {
+                    RecordPosition(clean: false, force: true);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    failures.Failed(e, checkpointRefused: false);
+                }
             };
 
             audit.EventsWritten += events =>
@@ -274,23 +287,31 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         }
 
         _newLineFirst = false;
-        if (all[^1].Event is { } last)
+        foreach (var line in all)
         {
-            position?.Written(last);
+            if (line.Event is { } reached)
+            {
+                position?.Written(reached);
+            }
         }
     }
 
     // A stream that cannot be read back (stdout, a FIFO) goes on after the position recorded at the
     // last run's stop (or as that run went: a crash), if the record is this stream's, of this
-    // database's audit key, and the chain passes through it; else from the chain's head, as
-    // without one (event 1327). The record is then written at once, not clean: a crash from here on
-    // may have sent the stream more than the record says.
+    // database's audit key, and the chain passes through it. When the chain does not (the database
+    // went back behind it while the node was stopped, or was rewritten there), the stream restarts
+    // after the newest of the record's earlier events the chain holds, as under a running node: a
+    // stream_restart line at the first pass (1323), then every event after it (event 1330). Else
+    // (none held, an older record without them, another stream, another key, a damaged record)
+    // from the chain's head, as without one (event 1327). The record is then written at once, not
+    // clean: a crash from here on may have sent the stream more than the record says.
     private async Task ResumeFromPositionAsync(string stream, string path, CancellationToken cancellationToken)
     {
         var identity = stream == "-" ? "-" : Path.GetFullPath(stream);
         var (record, damaged) = AuditStreamPosition.Read(path);
         string? owed = null;
         string? refused = damaged;
+        IReadOnlyList<AuditHead> earlier = [];
         if (record is not null)
         {
             if (record.Stream != identity)
@@ -301,15 +322,29 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             {
                 refused = $"it was written under another audit signing key ({record.KeyFingerprint}): another database";
             }
-            else if (!await audit.ForwardAfterIfHeldAsync(record.Last, cancellationToken))
-            {
-                refused = $"the database's audit chain does not hold event {record.Last.Sequence} ({record.Last.Hash}) that it names: the database went back behind it, or was rewritten there";
-            }
-            else
+            else if (await audit.ForwardAfterIfHeldAsync(record.Last, cancellationToken))
             {
                 // After a crash the stream may hold events past the record: they come again, after a line that says so.
                 owed = record.Clean ? null : AuditExport.Resend(record.Last);
+                earlier = record.Earlier;
                 LogStreamResumed(logger, identity, record.Last.Sequence, path, record.Clean ? "it was written at a clean stop" : "not written at a stop (a crash): the events after it that the stream already holds come again, after a stream_resend line");
+            }
+            else if (await audit.RestartAfterHeldAsync(record.Last, record.Earlier, cancellationToken) is { } after)
+            {
+                // The restart line replaces the record's event, which must be the last the stream
+                // holds before it: after a crash the stream may hold more, so a resend line after
+                // that event goes first (the verifier then takes it as the last one sent).
+                owed = record.Clean ? null : AuditExport.Resend(record.Last);
+                earlier = [.. record.Earlier.Where(p => p.Sequence <= after.Sequence)];
+                LogStreamRestartsAtStart(logger, identity, path, record.Last.Sequence, record.Last.Hash, after.Sequence, record.Clean ? "" : " (after a stream_resend line: the record was not written at a stop)");
+            }
+            else
+            {
+                refused = $"the database's audit chain does not hold event {record.Last.Sequence} ({record.Last.Hash}) that it names, "
+                    + (record.Earlier.Count == 0
+                        ? "and it lists no earlier event the stream was sent (a record written before they were kept)"
+                        : $"nor any of the {record.Earlier.Count} earlier events the stream was sent that it lists (back to event {record.Earlier[^1].Sequence})")
+                    + ": the database went back behind them, or was rewritten there; no stream_restart line is written";
             }
         }
 
@@ -318,7 +353,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             LogStreamPositionNotTaken(logger, path, refused, audit.StreamPosition.Sequence);
         }
 
-        _position = new StreamPositionState(path, identity, audit.Fingerprint, audit.StreamPosition, owed, time);
+        _position = new StreamPositionState(path, identity, audit.Fingerprint, audit.StreamPosition, earlier, owed, time);
         _newLineFirst = !(record is { Clean: true } && refused is null);
         RecordPosition(clean: false, force: true);
     }
@@ -358,17 +393,35 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     }
 
     // The position of a stream that cannot be read back: how far it was sent, and what the record holds.
-    private sealed class StreamPositionState(string path, string stream, string key, AuditHead start, string? owed, TimeProvider time)
+    private sealed class StreamPositionState
     {
         private readonly Lock _lock = new();
-        private AuditHead _sent = start;
+        private readonly string _path;
+        private readonly string _stream;
+        private readonly string _key;
+        private readonly TimeProvider _time;
+        private readonly StreamAncestors _ancestors = new(); // events sent, thinned: the record's earlier ones
+        private string? _owed;
+        private AuditHead _sent;
         private AuditHead? _recorded;
         private bool _recordedClean;
         private bool _writeFailed;
         private AuditHead? _pending; // written by Next, not yet Recorded
         private bool _pendingClean;
 
-        public string Path => path;
+        // Starts at the event the stream goes on after, with the events before it the record kept (any order).
+        public StreamPositionState(string path, string stream, string key, AuditHead start, IEnumerable<AuditHead> earlier, string? owed, TimeProvider time)
+        {
+            (_path, _stream, _key, _sent, _owed, _time) = (path, stream, key, start, owed, time);
+            foreach (var point in earlier.OrderBy(p => p.Sequence))
+            {
+                _ancestors.Sent(point);
+            }
+
+            _ancestors.Sent(start);
+        }
+
+        public string Path => _path;
 
         /// <summary>The resend line the stream is owed before anything else (null: none).</summary>
         public string? Owed
@@ -377,7 +430,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             {
                 lock (_lock)
                 {
-                    return owed;
+                    return _owed;
                 }
             }
         }
@@ -386,7 +439,8 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         {
             lock (_lock)
             {
-                (_sent, owed, _writeFailed) = (reached, null, false);
+                (_sent, _owed, _writeFailed) = (reached, null, false);
+                _ancestors.Sent(reached);
             }
         }
 
@@ -394,7 +448,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         {
             lock (_lock)
             {
-                owed = null;
+                _owed = null;
             }
         }
 
@@ -413,14 +467,14 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         {
             lock (_lock)
             {
-                clean = clean && owed is null && !_writeFailed;
+                clean = clean && _owed is null && !_writeFailed;
                 if (!force && _recorded == _sent && _recordedClean == clean)
                 {
                     return null;
                 }
 
                 (_pending, _pendingClean) = (_sent, clean);
-                return new AuditStreamPosition(stream, key, _sent, clean).ToBytes(time.GetUtcNow());
+                return new AuditStreamPosition(_stream, _key, _sent, clean, _ancestors.Before(_sent)).ToBytes(_time.GetUtcNow());
             }
         }
 
@@ -741,6 +795,9 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1326, Level = LogLevel.Information, Message = "the SIEM stream {Stream} resumes after event {Sequence}, from its position record {Path}: {How:l}")]
     private static partial void LogStreamResumed(ILogger logger, string stream, long sequence, string path, string how);
+
+    [LoggerMessage(EventId = 1330, Level = LogLevel.Warning, Message = "the SIEM stream {Stream} restarts after event {After}: its position record {Path} names event {Replaced} ({Hash}), which the database's audit chain does not hold (the database went back behind it while the node was stopped, or was rewritten there), and event {After} is the newest of the earlier events it lists that the chain holds; a stream_restart line at the first pass{Resend:l}, then every event after {After}")]
+    private static partial void LogStreamRestartsAtStart(ILogger logger, string stream, string path, long replaced, string hash, long after, string resend);
 
     [LoggerMessage(EventId = 1327, Level = LogLevel.Warning, Message = "the SIEM stream's position record {Path} is not taken: {Reason:l}; the stream begins at the audit chain's head (event {Head}), as without one, so events the last run did not forward are not sent to it")]
     private static partial void LogStreamPositionNotTaken(ILogger logger, string path, string reason, long head);
