@@ -50,6 +50,21 @@ public sealed class AuditStreamTests : IDisposable
         Assert.Equal(whole + Line(3) + "\n", File.ReadAllText(_path));
     }
 
+    // Blank lines (or any lines that are no event) past a MiB end the read-back: a file of them
+    // is no stream this server wrote, read as one without an event (the stream starts at the
+    // head) rather than to its start. Before, the event before them was found after reading
+    // every one of them (a file of GBs of blank lines held the start as long).
+    [Fact]
+    public void LastStreamedSequence_AnEventBeforeMoreThanAMiBOfBlankLines_NotReadThatFar_AFewBlankLinesPassed()
+    {
+        File.WriteAllText(_path, Line(1) + "\n" + new string('\n', 1000));
+        Assert.Equal(1, AuditWorker.LastStreamed(_path)?.Sequence);
+
+        File.WriteAllText(_path, Line(1) + "\n" + new string('\n', DurableFile.MaxTornLine + 2));
+        Assert.Null(AuditWorker.LastStreamed(_path)?.Sequence);
+        Assert.Empty(AuditWorker.StreamedBackwards(_path));
+    }
+
     [Fact]
     public void LastStreamedSequence_APipeOrAFifo_NullWithoutBlockingOrThrowing()
     {

@@ -646,8 +646,9 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     /// What a stream file holds, newest first: each event line's sequence and hash, and each
     /// restart line's event it goes on after; other lines skipped. Read from the end a block at a
     /// time, as far as it is enumerated; a line longer than <see cref="DurableFile.MaxTornLine"/>
-    /// ends it (no line this server writes comes near). Empty for a file that is missing or cannot
-    /// be read back.
+    /// ends it (no line this server writes comes near), and so do more bytes than that of lines
+    /// that are none (blank lines, say: a file of nothing else is read as far as that, not to its
+    /// start). Empty for a file that is missing or cannot be read back.
     /// </summary>
     internal static IEnumerable<AuditHead> StreamedBackwards(string path)
     {
@@ -683,6 +684,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         const int Block = 64 * 1024;
         var end = file.Length;
         var carry = Array.Empty<byte>(); // the start of the line that ends where the last block began
+        long passed = 0; // bytes of whole lines read back since the last point (or the file's end) that are none
         while (end > 0)
         {
             var size = (int)Math.Min(Block, end);
@@ -697,6 +699,15 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
                 if (PointOf(block.AsMemory(at + 1, stop - at - 1)) is { } point)
                 {
                     yield return point;
+                    passed = 0;
+                }
+                else if ((passed += stop - at) > DurableFile.MaxTornLine)
+                {
+                    // More than a MiB of lines that are no event (blank lines, other text): no
+                    // stream this server wrote, which has one on nearly every line. Before, a file of
+                    // blank lines was read to its start — at the start, which waited on it, and in a
+                    // restart's search, which checks its time only at each point found.
+                    yield break;
                 }
 
                 stop = at;
