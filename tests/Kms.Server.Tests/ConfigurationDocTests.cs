@@ -22,7 +22,7 @@ namespace Kms.Server.Tests;
 public sealed partial class ConfigurationDocTests
 {
     /// <summary>Configuration sections and the options classes the server binds them to (KmsServerApp).</summary>
-    private static readonly (string Section, Type[] Types)[] Sections =
+    internal static readonly (string Section, Type[] Types)[] Sections =
     [
         ("Kms:Audit", [typeof(AuditHostOptions), typeof(AuditOptions)]),
         ("Kms:Alerts", [typeof(SecurityAlertOptions)]),

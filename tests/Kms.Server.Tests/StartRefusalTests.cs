@@ -202,51 +202,27 @@ public sealed class StartRefusalTests
         Assert.DoesNotMatch(@"(?m)^\s+at ", output);
     }
 
-    // Each range holds its setting's default: a start without the setting is never refused by it.
-    [Fact]
-    public void SettingRanges_EachSettingAtItsDefault_NotRefused()
+    // Two settings each in range that break a rule between them: refused at build in one line
+    // naming both and their values (SettingRanges' rules; SettingRangesTests has every rule). Before,
+    // each started: a queue delay target past its window failed the calls once it served, a soft
+    // usage bound past the hard one let keys stop encrypting instead of rotating, a default waiting
+    // period below the minimum scheduled a deleted tenant's keys' destruction sooner than allowed.
+    [Theory]
+    [InlineData("Kms:Overload:QueueDelayTarget", "00:00:01", "Kms:Overload:Window (00:00:00.5000000) must be longer than Kms:Overload:QueueDelayTarget (00:00:01): ")]
+    [InlineData("UsageLimits:SoftBound", "4294967296", "UsageLimits:SoftBound (4294967296) must be less than UsageLimits:HardBound (2147483648): ")]
+    [InlineData("Lifecycle:DefaultWaitingPeriod", "1.00:00:00", "Lifecycle:DefaultWaitingPeriod (1.00:00:00) must be at least Lifecycle:MinWaitingPeriod (7.00:00:00): ")]
+    public async Task TheProcess_TwoSettingsThatBreakARule_RefusedInOneLineNamingBoth(string setting, string value, string says)
     {
-        foreach (var setting in SettingRanges.Settings)
-        {
-            var value = DefaultOf(setting);
-            if (value is null)
-            {
-                continue; // unset by default (Hsm:RecycleAfterDestroyedObjects: the profile's)
-            }
-
-            var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { [setting] = value }).Build();
-            SettingRanges.Check(configuration);
-        }
-    }
-
-    // The default of a setting: its property on a new options object of its section.
-    private static string? DefaultOf(string setting)
-    {
-        var section = setting[..setting.LastIndexOf(':')];
-        var name = setting[(setting.LastIndexOf(':') + 1)..];
-        object options = section switch
-        {
-            "Hsm" => new HsmOptions(),
-            "Storage:Sqlite" => new Kms.Storage.Sqlite.SqliteOptions(),
-            "Storage:Postgres" => new Kms.Storage.Postgres.PostgresOptions(),
-            "Storage" when name == "MetadataCacheCapacity" => new { MetadataCacheCapacity = Kms.Storage.SqlStore.DefaultMetadataCacheCapacity },
-            "Kms" => new KmsServerOptions(),
-            "Kms:Overload" => new OverloadOptions(),
-            "Kms:Alerts" => new Kms.Server.Audit.SecurityAlertOptions(),
-            "Kms:Audit" => new Kms.Core.Audit.AuditOptions(),
-            "Lifecycle" when name == "JobInterval" => new { JobInterval = LifecycleWorkerOptions.DefaultInterval },
-            "Lifecycle" => new LifecycleOptions(),
-            "UsageLimits" => new UsageLimitOptions(),
-            _ => throw new ArgumentOutOfRangeException(nameof(setting), setting, "a section this test does not know: add its options class"),
-        };
-        var property = options.GetType().GetProperty(name) ?? throw new ArgumentOutOfRangeException(nameof(setting), setting, "no such property on its options class");
-        return property.GetValue(options) switch
-        {
-            null => null,
-            TimeSpan time => time.ToString("c", System.Globalization.CultureInfo.InvariantCulture),
-            IFormattable number => number.ToString(null, System.Globalization.CultureInfo.InvariantCulture),
-            var other => other.ToString(),
-        };
+        var token = TokenWithDomainKey();
+        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-node-")).FullName;
+        await using var refused = ServerProcess.Launch(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId, $"--{setting}={value}");
+        var exitCode = await refused.ExitedAsync(TimeSpan.FromSeconds(120));
+        var output = refused.Output;
+        Assert.True(exitCode == 2, $"exit code {exitCode}, 2 expected:\n{output}");
+        var lines = output.Split('\n').Where(l => l.Contains(setting, StringComparison.Ordinal)).ToList();
+        Assert.True(lines.Count == 1, $"{lines.Count} lines name {setting}, one expected:\n{output}");
+        Assert.StartsWith($"kms: cannot start: {says}", lines[0], StringComparison.Ordinal);
+        Assert.DoesNotMatch(@"(?m)^\s+at ", output);
     }
 
     // A newcomer's start mistakes: each refused in one line (stderr, exit code 2) that names the

@@ -61,7 +61,7 @@ public sealed class TenantQuotasTests
         var dataDir = Path.Combine(Path.GetTempPath(), $"kms-never-{Guid.NewGuid():N}");
         var e = await Assert.ThrowsAsync<InvalidOperationException>(() => KmsServerApp.BuildAsync(
             ["--dev", "--urls=https://127.0.0.1:0", $"--{option}={value}", $"--Kms:DataDir={dataDir}"]));
-        Assert.StartsWith($"{option} is {value}; it must be ", e.Message, StringComparison.Ordinal);
+        Assert.StartsWith($"{option} ({value}) must be ", e.Message, StringComparison.Ordinal);
         Assert.Contains("to switch quotas off, set Kms:Quotas:Enabled=false", e.Message, StringComparison.Ordinal);
         Assert.False(Directory.Exists(dataDir));
     }

@@ -192,23 +192,14 @@ public static partial class KmsServerApp
         var urls = ListenAddresses.Validate(builder.Configuration["urls"]);
         var metricsUrl = ListenAddresses.ValidateMetrics(serverOptions.MetricsUrl, serverOptions.MetricsAllowNonLoopback);
 
-        // Past the change feed, the cache time is how long a revocation made on another node can
-        // go unseen here: bounded, so that a typo (5 hours for 5 minutes) cannot stretch it.
-        if (serverOptions.CredentialCacheTime < TimeSpan.Zero || serverOptions.CredentialCacheTime > KmsServerOptions.MaxCredentialCacheTime)
-        {
-            throw new InvalidOperationException($"Kms:CredentialCacheTime ({serverOptions.CredentialCacheTime:c}) must be from 00:00:00 to {KmsServerOptions.MaxCredentialCacheTime:c}: while a node cannot read the change feed, another node's revocation takes effect on it only when the cache time has passed");
-        }
+        // Every time span and number, each by its range, then the rules between two settings
+        // (SettingRanges; docs/deployment.md, "Setting ranges"). Lifecycle:JobInterval among them:
+        // -5 s was refused by the worker's timer once the host had started, "BackgroundService
+        // failed" with a stack trace, exit code 0.
+        SettingRanges.Check(builder.Configuration);
 
         // Workload identity: every issuer complete and each key set file usable, or no start.
         serverOptions.Jwt.Validate();
-
-        // A wider margin lets an approval's signed time say less about when it was made; a narrower
-        // one refuses officers whose machines keep ordinary time.
-        var skew = serverOptions.Quorum.MaxSignTimeSkew;
-        if (skew < QuorumHostOptions.MinSignTimeSkew || skew > QuorumHostOptions.MaxAllowedSignTimeSkew)
-        {
-            throw new InvalidOperationException($"Kms:Quorum:MaxSignTimeSkew ({skew:c}) must be from {QuorumHostOptions.MinSignTimeSkew:c} to {QuorumHostOptions.MaxAllowedSignTimeSkew:c}");
-        }
 
         // The genesis file lies where the ceremony wrote it, the data directory (beside a SQLite
         // database, the officer-head record): nothing there can vouch for it, so whoever can write
@@ -232,14 +223,7 @@ public static partial class KmsServerApp
                 "Kms:Quorum:GenesisSha256 is set but Kms:Quorum:GenesisFile is not: the hash pins the genesis file and nothing else, so without the file it would check nothing and every quorum operation would be refused; set Kms:Quorum:GenesisFile to the genesis file the key ceremony wrote (kms ceremony create-domain prints both), or remove the hash");
         }
 
-        // The interval is how late another node's disable, destruction or revocation reaches this
-        // one: bounded like the cache time, and positive (0 would stop the host once it serves;
-        // -1 ms, an infinite period, would never read the feed again).
         var feedOptions = builder.Configuration.GetSection("Storage:ChangeFeed").Get<ChangeFeedOptions>() ?? new ChangeFeedOptions();
-        if (feedOptions.PollInterval <= TimeSpan.Zero || feedOptions.PollInterval > ChangeFeedOptions.MaxPollInterval)
-        {
-            throw new InvalidOperationException($"Storage:ChangeFeed:PollInterval ({feedOptions.PollInterval:c}) must be more than 00:00:00 and at most {ChangeFeedOptions.MaxPollInterval:c}: it is how late another node's revocation, disable or destruction reaches this one");
-        }
 
         // Recorded in the quorum requests this node executes, and shown to the officers: a name, not free text.
         if (serverOptions.NodeName is null || !NodeNamePattern().IsMatch(serverOptions.NodeName))
@@ -247,55 +231,7 @@ public static partial class KmsServerApp
             throw new InvalidOperationException($"Kms:NodeName must be 1 to 64 of [A-Za-z0-9._-] (it names this node in the quorum requests it executes); set it explicitly if the host name is not");
         }
 
-        // A quota of 0 once meant none at all, the opposite of what an operator blocking a tenant
-        // writes: refused before anything starts, with the way to switch quotas off.
-        serverOptions.Quotas.Validate();
-        if (serverOptions.MaxFailedAuthenticationsPerClientAddress < 0)
-        {
-            throw new InvalidOperationException($"Kms:MaxFailedAuthenticationsPerClientAddress ({serverOptions.MaxFailedAuthenticationsPerClientAddress}) must be 0 (no bound) or more");
-        }
-
-        if (serverOptions.MaxConcurrentCallsPerTenant is < 1 and var perTenant)
-        {
-            throw new InvalidOperationException($"Kms:MaxConcurrentCallsPerTenant ({perTenant}) must be at least 1 (leave it unset for half of Kms:MaxConcurrentCalls)");
-        }
-
-        if (serverOptions.MaxRequestBytesInFlightPerTenant < serverOptions.MaxRequestBytes)
-        {
-            throw new InvalidOperationException($"Kms:MaxRequestBytesInFlightPerTenant ({serverOptions.MaxRequestBytesInFlightPerTenant}) must be at least Kms:MaxRequestBytes ({serverOptions.MaxRequestBytes}): below it, one message of the largest size arriving in parts would always be refused");
-        }
-
-        if (serverOptions.PageTokenLifetime < TimeSpan.FromSeconds(1))
-        {
-            throw new InvalidOperationException($"Kms:PageTokenLifetime ({serverOptions.PageTokenLifetime}) must be at least a second (00:00:01): a List RPC's next page would find its token expired");
-        }
-
         var transport = serverOptions.Transport;
-        transport.Validate();
-
-        // The audit log's time summary: a block of a few events makes audit_blocks as long as the
-        // log, and every time-ranged page reads it (its time columns have no index); a block
-        // larger than a page's window starts pages a window or more before their events.
-        var auditOptions = builder.Configuration.GetSection("Kms:Audit").Get<AuditOptions>() ?? new AuditOptions();
-        if (auditOptions.SummaryBlockEvents is < AuditHostOptions.MinSummaryBlockEvents or > AuditHostOptions.MaxSummaryBlockEvents)
-        {
-            throw new InvalidOperationException(
-                $"Kms:Audit:SummaryBlockEvents ({auditOptions.SummaryBlockEvents}) must be from {AuditHostOptions.MinSummaryBlockEvents} to {AuditHostOptions.MaxSummaryBlockEvents} (default {new AuditOptions().SummaryBlockEvents}): fewer makes the audit log's time summary, which every time-ranged listing reads, as long as the log; more starts those listings' pages a window or more before their events");
-        }
-
-        // 0 or less was taken as 1: a pass summarised one block, and a log written before the
-        // summary existed (or a leader away for long) was caught up at a block a second, unsaid.
-        if (auditOptions.SummaryBlocksPerPass < 1)
-        {
-            throw new InvalidOperationException(
-                $"Kms:Audit:SummaryBlocksPerPass ({auditOptions.SummaryBlocksPerPass}) must be 1 or more (default {new AuditOptions().SummaryBlocksPerPass}): the blocks of the audit log's time summary one housekeeping pass writes");
-        }
-
-        // Every other time span and count, each by its range (Lifecycle:JobInterval among them: -5 s
-        // was refused by the worker's timer once the host had started, "BackgroundService failed"
-        // with a stack trace, exit code 0).
-        SettingRanges.Check(builder.Configuration);
-
         builder.WebHost.UseUrls([.. urls]);
         CheckDataDirectory(serverOptions.DataDir);
         var (certificatePath, keyPath) = ResolveTls(serverOptions);
@@ -526,11 +462,6 @@ public static partial class KmsServerApp
                     options.ConnectionString = File.Exists(file)
                         ? File.ReadAllText(file).Trim()
                         : throw new InvalidOperationException($"Storage:Postgres:ConnectionStringFile {file} does not exist");
-                }
-
-                if (options.NodeNameWait < TimeSpan.Zero || options.NodeNameWait > PostgresOptions.MaxNodeNameWait)
-                {
-                    throw new InvalidOperationException($"Storage:Postgres:NodeNameWait ({options.NodeNameWait:c}) must be 00:00:00 to {PostgresOptions.MaxNodeNameWait:c}");
                 }
 
                 var store = await PostgresStore.OpenAsync(options, cancellationToken);

@@ -168,29 +168,6 @@ public sealed class TransportOptions
     /// it aborts them and goes on to its last steps, which get 10 seconds more; default 20 seconds.
     /// </summary>
     public TimeSpan ShutdownDrainTimeout { get; set; } = TimeSpan.FromSeconds(20);
-
-    /// <summary>Refuses, naming the option, a count below its least or a time that is not positive.</summary>
-    /// <exception cref="InvalidOperationException">The first such option.</exception>
-    public void Validate()
-    {
-        if (MaxConnectionsPerClientAddress < 0)
-        {
-            throw new InvalidOperationException($"Kms:Transport:MaxConnectionsPerClientAddress ({MaxConnectionsPerClientAddress}) must be 0 (no bound) or more");
-        }
-
-        if (MaxConnections < 1 || MaxStreamsPerConnection < 1)
-        {
-            throw new InvalidOperationException($"Kms:Transport:MaxConnections ({MaxConnections}) and Kms:Transport:MaxStreamsPerConnection ({MaxStreamsPerConnection}) must be at least 1");
-        }
-
-        foreach (var (name, value) in new[] { ("TlsHandshakeTimeout", TlsHandshakeTimeout), ("KeepAliveTimeout", KeepAliveTimeout), ("RequestHeadersTimeout", RequestHeadersTimeout), ("ShutdownDrainTimeout", ShutdownDrainTimeout) })
-        {
-            if (value <= TimeSpan.Zero || value > TimeSpan.FromHours(1))
-            {
-                throw new InvalidOperationException($"Kms:Transport:{name} ({value:c}) must be more than 00:00:00 and at most 01:00:00");
-            }
-        }
-    }
 }
 
 /// <summary>
@@ -208,9 +185,10 @@ public sealed class JwtOptions
     public List<JwtIssuerOptions> Issuers { get; set; } = [];
 
     /// <summary>
-    /// Refuses, naming the option, an issuer whose name, issuer, audience, key set file or
-    /// lifetime is missing or invalid, or a name or issuer given twice; reads every key set file
-    /// once, so that a start with one that cannot be used is refused.
+    /// Refuses, naming the option, an issuer whose name, issuer, audience or key set file is
+    /// missing or invalid, or a name or issuer given twice; reads every key set file once, so that
+    /// a start with one that cannot be used is refused. <see cref="JwtIssuerOptions.MaxLifetime"/>
+    /// is checked with every other time span (SettingRanges).
     /// </summary>
     /// <exception cref="InvalidOperationException">The first such option, and what it must be.</exception>
     public void Validate()
@@ -242,11 +220,6 @@ public sealed class JwtOptions
             if (string.IsNullOrEmpty(issuer.Audience))
             {
                 throw new InvalidOperationException($"{option}:Audience must be set: the aud a token must hold to be accepted here (a token minted for another service is refused)");
-            }
-
-            if (issuer.MaxLifetime <= TimeSpan.Zero || issuer.MaxLifetime > JwtIssuerOptions.LongestMaxLifetime)
-            {
-                throw new InvalidOperationException($"{option}:MaxLifetime ({issuer.MaxLifetime:c}) must be more than 00:00:00 and at most {JwtIssuerOptions.LongestMaxLifetime:c}");
             }
 
             if (string.IsNullOrEmpty(issuer.JwksPath))
@@ -333,7 +306,7 @@ public sealed class OverloadOptions
 /// <summary>Per-tenant quotas.</summary>
 /// <remarks>
 /// Every number must be above 0 (a burst at least 1), or the server refuses to start
-/// (<see cref="Validate"/>): a 0 written to block a tenant once gave it no limit at all. Quotas
+/// (SettingRanges, with every other number): a 0 written to block a tenant once gave it no limit at all. Quotas
 /// are switched off only by saying so, with <see cref="Enabled"/> = false.
 /// </remarks>
 public sealed class QuotaOptions
@@ -399,77 +372,6 @@ public sealed class QuotaOptions
     /// (<c>ListAuditEvents</c>, <c>ExportAudit</c>) or the access tables as fast as the node answers.
     /// </summary>
     public PrincipalQuota PrincipalsWithoutTenant { get; set; } = new();
-
-    /// <summary>
-    /// Refuses, naming the option, a rate that is not above 0, a burst below 1 or a principal's share
-    /// (of other calls or of crypto) not above 0 or above 1 (and anything not a finite number), deployment-wide or in a tenant's override, whether or not quotas are
-    /// <see cref="Enabled"/>: neither "no calls" nor "no limit" is what a 0 would say to everyone.
-    /// </summary>
-    /// <exception cref="InvalidOperationException">The first such option, with how to get what 0 may have meant.</exception>
-    public void Validate()
-    {
-        const string SwitchOff = "A quota is never 0: to switch quotas off, set Kms:Quotas:Enabled=false; to stop a tenant's calls, remove its principals' role bindings or delete the tenant";
-        Check("Kms:Quotas:OperationsPerSecond", OperationsPerSecond, 0, above: true);
-        Check("Kms:Quotas:Burst", Burst, 1, above: false);
-        Check("Kms:Quotas:OtherCallsPerSecond", OtherCallsPerSecond, 0, above: true);
-        Check("Kms:Quotas:OtherCallsBurst", OtherCallsBurst, 1, above: false);
-        CheckShare("Kms:Quotas:OtherCallsPrincipalShare", OtherCallsPrincipalShare);
-        CheckShare("Kms:Quotas:CryptoPrincipalShare", CryptoPrincipalShare);
-        Check("Kms:Quotas:PrincipalsWithoutTenant:CallsPerSecond", PrincipalsWithoutTenant.CallsPerSecond, 0, above: true);
-        Check("Kms:Quotas:PrincipalsWithoutTenant:Burst", PrincipalsWithoutTenant.Burst, 1, above: false);
-        foreach (var (tenant, quota) in Tenants)
-        {
-            if (quota.OperationsPerSecond is { } rate)
-            {
-                Check($"Kms:Quotas:Tenants:{tenant}:OperationsPerSecond", rate, 0, above: true);
-            }
-
-            if (quota.Burst is { } burst)
-            {
-                Check($"Kms:Quotas:Tenants:{tenant}:Burst", burst, 1, above: false);
-            }
-
-            if (quota.OtherCallsPerSecond is { } otherRate)
-            {
-                Check($"Kms:Quotas:Tenants:{tenant}:OtherCallsPerSecond", otherRate, 0, above: true);
-            }
-
-            if (quota.OtherCallsBurst is { } otherBurst)
-            {
-                Check($"Kms:Quotas:Tenants:{tenant}:OtherCallsBurst", otherBurst, 1, above: false);
-            }
-
-            if (quota.OtherCallsPrincipalShare is { } share)
-            {
-                CheckShare($"Kms:Quotas:Tenants:{tenant}:OtherCallsPrincipalShare", share);
-            }
-
-            if (quota.CryptoPrincipalShare is { } cryptoShare)
-            {
-                CheckShare($"Kms:Quotas:Tenants:{tenant}:CryptoPrincipalShare", cryptoShare);
-            }
-        }
-
-        static void Check(string option, double value, double least, bool above)
-        {
-            if (!double.IsFinite(value) || value < least || (above && value == least))
-            {
-                throw new InvalidOperationException(
-                    $"{option} is {value.ToString(System.Globalization.CultureInfo.InvariantCulture)}; it must be {(above ? "above" : "at least")} {least}. "
-                    + SwitchOff);
-            }
-        }
-
-        static void CheckShare(string option, double value)
-        {
-            if (!double.IsFinite(value) || value <= 0 || value > 1)
-            {
-                throw new InvalidOperationException(
-                    $"{option} is {value.ToString(System.Globalization.CultureInfo.InvariantCulture)}; it must be above 0 and at most 1 (1: each principal may spend the whole of its tenant's quota). "
-                    + SwitchOff);
-            }
-        }
-    }
 }
 
 /// <summary>The call rate of each principal of no tenant (<see cref="QuotaOptions.PrincipalsWithoutTenant"/>).</summary>

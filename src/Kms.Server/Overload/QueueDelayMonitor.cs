@@ -34,11 +34,7 @@ internal sealed class QueueDelayMonitor : IDisposable
             return;
         }
 
-        if (overload.Window <= overload.QueueDelayTarget)
-        {
-            throw new ArgumentException($"Kms:Overload:Window ({overload.Window}) must be longer than Kms:Overload:QueueDelayTarget ({overload.QueueDelayTarget})", nameof(options));
-        }
-
+        // A window longer than the target: refused at start otherwise (SettingRanges).
         _detector = new StandingQueueDetector(overload.QueueDelayTarget, overload.Window);
 
         // About 20 probes a window: enough for its minimum to mean something, few enough to cost nothing.
