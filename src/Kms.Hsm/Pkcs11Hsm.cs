@@ -38,6 +38,9 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     private readonly SemaphoreSlim _recovery = new(1, 1);
     private readonly byte[] _pin;
     private SlotState? _state;
+
+    // Set once the open has ended: a login after it is a recovery's (the PIN refusal is logged then).
+    private volatile bool _opened;
     private long _generation;
     private DateTimeOffset _nextRecoveryUtc;
     // Shared with the regions' adapters, which log in to the same token with the same PIN: a
@@ -138,6 +141,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         {
             var state = hsm.OpenSlot();
             hsm._state = state;
+            hsm._opened = true;
             hsm.DomainKeyCheckValue = state.CheckValue;
             hsm.DomainKeyCreated = state.DomainKeyCreated;
             if (state.DomainKeyCreated)
@@ -1028,7 +1032,15 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
             catch (Pkcs11Exception e) when (Pkcs11Errors.IsPinRefused(e))
             {
                 _pinRefused.Value = true;
-                Log.PinRefused(_logger, e.RV);
+
+                // While serving (a recovery's login), nothing else says it: logged (2006). At the
+                // open, the exception is the refusal, and whoever opened says it (the server's
+                // start refusal line, the CLI's error): logged too, it came before that line.
+                if (_opened)
+                {
+                    Log.PinRefused(_logger, e.RV);
+                }
+
                 throw new HsmConfigurationException($"the HSM refused the PIN ({e.RV}); not retrying", e);
             }
         }

@@ -284,6 +284,25 @@ public sealed class StartRefusalTests
         Assert.DoesNotContain(token.UserPin, output, StringComparison.Ordinal);
     }
 
+    // A PIN the HSM refuses at start: the refusal line is the first the operator reads of it. Before,
+    // Kms.Hsm logged event 2006 (Critical, "The HSM refused the PIN") as the open failed, and the
+    // refusal line that says which setting to correct came after it; 2006 is for a login while
+    // serving (a recovery's), which no refusal line follows.
+    [Fact]
+    public async Task TheProcess_APinTheHsmRefuses_TheRefusalLineIsTheFirstToSayIt_No2006()
+    {
+        var token = TokenWithDomainKey();
+        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-node-")).FullName;
+        var scratch = Directory.CreateDirectory(Scratch.NewPath("kms-mistake-")).FullName;
+        await using var refused = ServerProcess.Launch(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId, $"--Hsm:PinFile={Write(scratch, "pin", "9" + token.UserPin)}");
+        var exitCode = await refused.ExitedAsync(TimeSpan.FromSeconds(120));
+        var output = refused.Output;
+        Assert.True(exitCode == 2, $"exit code {exitCode}, 2 expected:\n{output}");
+        var first = output.Split('\n').FirstOrDefault(l => l.Contains("PIN", StringComparison.Ordinal));
+        Assert.True(first is not null && first.StartsWith("kms: cannot start: ", StringComparison.Ordinal), $"the first line about the PIN is not the refusal:\n{output}");
+        Assert.DoesNotContain("The HSM refused the PIN", output, StringComparison.Ordinal); // event 2006's words
+    }
+
     // A close that fails after a refusal (a fault injected into the application's disposal): logged
     // as 1329 by its type alone, and the refusal (its type and message) is what the build throws.
     // Before, the refusal came back as an InvalidOperationException whose message ended with the
