@@ -43,7 +43,7 @@ public sealed partial class FileErrorTests(CliServerFixture fixture) : IClassFix
         var result = await RunAsync("encrypt", "--key", key, "--in", "plain.txt", "--out", "nodir/o.kmse");
 
         Assert.Equal(ExitCodes.LocalIo, result.ExitCode);
-        Assert.Equal($"kms: cannot write {_directory}/nodir/o.kmse: the directory {_directory}/nodir does not exist\n", result.Error);
+        Assert.Equal($"kms: cannot write --out {_directory}/nodir/o.kmse: the directory {_directory}/nodir does not exist\n", result.Error);
         AssertNothingWritten(result, "plain.txt");
     }
 
@@ -63,7 +63,7 @@ public sealed partial class FileErrorTests(CliServerFixture fixture) : IClassFix
         var result = await WithoutFileOverrideAsync("encrypt", "--key", key, "--in", "plain.txt", "--out", "ro/o.kmse");
 
         Assert.Equal(ExitCodes.LocalIo, result.ExitCode);
-        Assert.Equal($"kms: cannot write {readOnly}/o.kmse: permission denied in {readOnly}\n", result.Error);
+        Assert.Equal($"kms: cannot write --out {readOnly}/o.kmse: permission denied in {readOnly}\n", result.Error);
         Assert.Equal("", result.Out);
         Assert.Empty(Directory.GetFileSystemEntries(readOnly));
     }
@@ -192,6 +192,91 @@ public sealed partial class FileErrorTests(CliServerFixture fixture) : IClassFix
     [InlineData(2, "CA file {dir} (flag --ca-file) is a directory: give a file's path", "keys", "list", "--ca-file", "{dir}")]
     [InlineData(2, "CA file {missing} (flag --ca-file) does not exist", "keys", "list", "--ca-file", "{missing}")]
     [InlineData(9, "cannot read CA file {secret} (flag --ca-file): permission denied", "keys", "list", "--ca-file", "{secret}")]
+    // An output file (OutputFile.Open), checked before the server is called: a directory, a file there without --force, its directory not there or not writable.
+    [InlineData(2, "--out {dir} is a directory: give a file's path", "encrypt", "--key", "k", "--in", "{pem}", "--out", "{dir}")]
+    [InlineData(2, "--out {file} exists (pass --force to replace it)", "encrypt", "--key", "k", "--in", "{pem}", "--out", "{file}")]
+    [InlineData(9, "cannot write --out {nodir}/o: the directory {nodir} does not exist", "encrypt", "--key", "k", "--in", "{pem}", "--out", "{nodir}/o")]
+    [InlineData(9, "cannot write --out {ro}/o: permission denied in {ro}", "encrypt", "--key", "k", "--in", "{pem}", "--out", "{ro}/o")]
+    [InlineData(2, "--out {dir} is a directory: give a file's path", "decrypt", "--any-key", "--in", "{pem}", "--out", "{dir}")]
+    [InlineData(2, "--out {file} exists (pass --force to replace it)", "decrypt", "--any-key", "--in", "{pem}", "--out", "{file}")]
+    [InlineData(9, "cannot write --out {nodir}/o: the directory {nodir} does not exist", "decrypt", "--any-key", "--in", "{pem}", "--out", "{nodir}/o")]
+    [InlineData(9, "cannot write --out {ro}/o: permission denied in {ro}", "decrypt", "--any-key", "--in", "{pem}", "--out", "{ro}/o")]
+    [InlineData(2, "--out {dir} is a directory: give a file's path", "sign", "k", "--in", "{pem}", "--out", "{dir}")]
+    [InlineData(2, "--out {file} exists (pass --force to replace it)", "sign", "k", "--in", "{pem}", "--out", "{file}")]
+    [InlineData(9, "cannot write --out {nodir}/o: the directory {nodir} does not exist", "sign", "k", "--in", "{pem}", "--out", "{nodir}/o")]
+    [InlineData(9, "cannot write --out {ro}/o: permission denied in {ro}", "sign", "k", "--in", "{pem}", "--out", "{ro}/o")]
+    [InlineData(2, "--out {dir} is a directory: give a file's path", "public-key", "k", "--out", "{dir}")]
+    [InlineData(2, "--out {file} exists (pass --force to replace it)", "public-key", "k", "--out", "{file}")]
+    [InlineData(9, "cannot write --out {nodir}/o: the directory {nodir} does not exist", "public-key", "k", "--out", "{nodir}/o")]
+    [InlineData(9, "cannot write --out {ro}/o: permission denied in {ro}", "public-key", "k", "--out", "{ro}/o")]
+    [InlineData(2, "--out {dir} is a directory: give a file's path", "attest", "get", "k", "--out", "{dir}")]
+    [InlineData(2, "--out {file} exists (pass --force to replace it)", "attest", "get", "k", "--out", "{file}")]
+    [InlineData(9, "cannot write --out {nodir}/o: the directory {nodir} does not exist", "attest", "get", "k", "--out", "{nodir}/o")]
+    [InlineData(9, "cannot write --out {ro}/o: permission denied in {ro}", "attest", "get", "k", "--out", "{ro}/o")]
+    [InlineData(2, "--out {dir} is a directory: give a file's path", "audit", "export", "--out", "{dir}")]
+    [InlineData(2, "--out {file} exists (pass --force to replace it)", "audit", "export", "--out", "{file}")]
+    [InlineData(9, "cannot write --out {nodir}/o: the directory {nodir} does not exist", "audit", "export", "--out", "{nodir}/o")]
+    [InlineData(9, "cannot write --out {ro}/o: permission denied in {ro}", "audit", "export", "--out", "{ro}/o")]
+    [InlineData(2, "--out {dir} is a directory: give a file's path", "quorum", "export", "r", "--out", "{dir}")]
+    [InlineData(2, "--out {file} exists (pass --force to replace it)", "quorum", "export", "r", "--out", "{file}")]
+    [InlineData(9, "cannot write --out {nodir}/o: the directory {nodir} does not exist", "quorum", "export", "r", "--out", "{nodir}/o")]
+    [InlineData(9, "cannot write --out {ro}/o: permission denied in {ro}", "quorum", "export", "r", "--out", "{ro}/o")]
+    [InlineData(2, "--out {dir} is a directory: give a file's path", "tokens", "create", "token:t", "--kind", "SERVICE", "--out", "{dir}")]
+    [InlineData(2, "--out {file} exists (pass --force to replace it)", "tokens", "create", "token:t", "--kind", "SERVICE", "--out", "{file}")]
+    [InlineData(9, "cannot write --out {nodir}/o: the directory {nodir} does not exist", "tokens", "create", "token:t", "--kind", "SERVICE", "--out", "{nodir}/o")]
+    [InlineData(9, "cannot write --out {ro}/o: permission denied in {ro}", "tokens", "create", "token:t", "--kind", "SERVICE", "--out", "{ro}/o")]
+    [InlineData(2, "--plaintext-out {dir} is a directory: give a file's path", "datakey", "--key", "k", "--plaintext-out", "{dir}")]
+    [InlineData(2, "--plaintext-out {file} exists (pass --force to replace it)", "datakey", "--key", "k", "--plaintext-out", "{file}")]
+    [InlineData(9, "cannot write --plaintext-out {nodir}/o: the directory {nodir} does not exist", "datakey", "--key", "k", "--plaintext-out", "{nodir}/o")]
+    [InlineData(9, "cannot write --plaintext-out {ro}/o: permission denied in {ro}", "datakey", "--key", "k", "--plaintext-out", "{ro}/o")]
+    [InlineData(2, "--ciphertext-out {dir} is a directory: give a file's path", "datakey", "--key", "k", "--ciphertext-out", "{dir}")]
+    [InlineData(2, "--ciphertext-out {file} exists (pass --force to replace it)", "datakey", "--key", "k", "--ciphertext-out", "{file}")]
+    [InlineData(9, "cannot write --ciphertext-out {nodir}/o: the directory {nodir} does not exist", "datakey", "--key", "k", "--ciphertext-out", "{nodir}/o")]
+    [InlineData(9, "cannot write --ciphertext-out {ro}/o: permission denied in {ro}", "datakey", "--key", "k", "--ciphertext-out", "{ro}/o")]
+    [InlineData(2, "--session-token-out {dir} is a directory: give a file's path", "bootstrap", "token:admin", "--credential-file", "{file}", "--session-token-out", "{dir}")]
+    [InlineData(2, "--session-token-out {file} exists (pass --force to replace it)", "bootstrap", "token:admin", "--credential-file", "{file}", "--session-token-out", "{file}")]
+    [InlineData(9, "cannot write --session-token-out {nodir}/o: the directory {nodir} does not exist", "bootstrap", "token:admin", "--credential-file", "{file}", "--session-token-out", "{nodir}/o")]
+    [InlineData(9, "cannot write --session-token-out {ro}/o: permission denied in {ro}", "bootstrap", "token:admin", "--credential-file", "{file}", "--session-token-out", "{ro}/o")]
+    [InlineData(2, "--out {file} exists: officer keys are never overwritten", "officer", "keygen", "--out", "{file}", "--key-passphrase-file", "{pem}")]
+    [InlineData(2, "--out {dir} is a directory: give a file's path", "officer", "keygen", "--out", "{dir}", "--key-passphrase-file", "{pem}")]
+    // An input of sign, verify, mac and verify-mac, opened before the key's algorithm is asked for.
+    [InlineData(9, "--in {missing} does not exist", "sign", "k", "--out", "o.sig", "--in", "{missing}")]
+    [InlineData(2, "--in {dir} is a directory: give a file's path", "sign", "k", "--out", "o.sig", "--in", "{dir}")]
+    [InlineData(9, "cannot read --in {secret}: permission denied", "sign", "k", "--out", "o.sig", "--in", "{secret}")]
+    [InlineData(9, "--in {missing} does not exist", "verify", "k", "--signature", "{pem}", "--in", "{missing}")]
+    [InlineData(2, "--in {dir} is a directory: give a file's path", "verify", "k", "--signature", "{pem}", "--in", "{dir}")]
+    [InlineData(9, "cannot read --in {secret}: permission denied", "verify", "k", "--signature", "{pem}", "--in", "{secret}")]
+    [InlineData(9, "--signature {missing} does not exist", "verify", "k", "--in", "{pem}", "--signature", "{missing}")]
+    [InlineData(2, "--signature {dir} is a directory: give a file's path", "verify", "k", "--in", "{pem}", "--signature", "{dir}")]
+    [InlineData(9, "cannot read --signature {secret}: permission denied", "verify", "k", "--in", "{pem}", "--signature", "{secret}")]
+    [InlineData(9, "--in {missing} does not exist", "mac", "k", "--in", "{missing}")]
+    [InlineData(2, "--in {dir} is a directory: give a file's path", "mac", "k", "--in", "{dir}")]
+    [InlineData(9, "cannot read --in {secret}: permission denied", "mac", "k", "--in", "{secret}")]
+    [InlineData(9, "--in {missing} does not exist", "verify-mac", "k", "--mac", "00", "--in", "{missing}")]
+    [InlineData(2, "--in {dir} is a directory: give a file's path", "verify-mac", "k", "--mac", "00", "--in", "{dir}")]
+    [InlineData(9, "cannot read --in {secret}: permission denied", "verify-mac", "k", "--mac", "00", "--in", "{secret}")]
+    // A ceremony's paths, checked before its database, approval or HSM steps.
+    [InlineData(9, "--approval {missing} does not exist", "ceremony", "restore-domain", "--token-label", "none", "--share", "{file}", "--allow-network", "--approval", "{missing}")]
+    [InlineData(2, "--approval {dir} is a directory: give a file's path", "ceremony", "restore-domain", "--token-label", "none", "--share", "{file}", "--allow-network", "--approval", "{dir}")]
+    [InlineData(9, "cannot read --approval {secret}: permission denied", "ceremony", "restore-domain", "--token-label", "none", "--share", "{file}", "--allow-network", "--approval", "{secret}")]
+    [InlineData(2, "--data-dir {file} is a file: give a directory's path", "ceremony", "restore-domain", "--token-label", "none", "--share", "{file}", "--allow-network", "--without-approval", "--data-dir", "{file}")]
+    [InlineData(9, "--data-dir {missing} does not exist", "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--allow-network", "--share", "{file}", "--data-dir", "{missing}")]
+    [InlineData(2, "--data-dir {file} is a file: give a directory's path", "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--allow-network", "--share", "{pem}", "--data-dir", "{file}")]
+    [InlineData(9, "--share {missing} does not exist", "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--allow-network", "--data-dir", "{dir}", "--share", "{missing}")]
+    [InlineData(2, "--share {dir} is a directory: give a file's path", "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--allow-network", "--data-dir", "{dir}", "--share", "{dir}")]
+    [InlineData(9, "cannot read --share {secret}: permission denied", "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--allow-network", "--data-dir", "{dir}", "--share", "{secret}")]
+    [InlineData(9, "--new-share {missing} does not exist", "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--allow-network", "--data-dir", "{dir}", "--share", "{file}", "--new-share", "{missing}")]
+    [InlineData(2, "--new-share {dir} is a directory: give a file's path", "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--allow-network", "--data-dir", "{dir}", "--share", "{file}", "--new-share", "{dir}")]
+    [InlineData(9, "cannot read --new-share {secret}: permission denied", "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--allow-network", "--data-dir", "{dir}", "--share", "{file}", "--new-share", "{secret}")]
+    [InlineData(9, "--genesis {missing} does not exist", "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--allow-network", "--data-dir", "{dir}", "--share", "{file}", "--genesis", "{missing}")]
+    [InlineData(2, "--genesis {dir} is a directory: give a file's path", "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--allow-network", "--data-dir", "{dir}", "--share", "{file}", "--genesis", "{dir}")]
+    [InlineData(9, "cannot read --genesis {secret}: permission denied", "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--allow-network", "--data-dir", "{dir}", "--share", "{file}", "--genesis", "{secret}")]
+    [InlineData(9, "--approval {missing} does not exist", "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--allow-network", "--data-dir", "{dir}", "--share", "{file}", "--approval", "{missing}")]
+    [InlineData(2, "--approval {dir} is a directory: give a file's path", "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--allow-network", "--data-dir", "{dir}", "--share", "{file}", "--approval", "{dir}")]
+    [InlineData(9, "cannot read --approval {secret}: permission denied", "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--allow-network", "--data-dir", "{dir}", "--share", "{file}", "--approval", "{secret}")]
+    [InlineData(2, "--new-shares-dir {file} is a file: give a directory's path", "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--allow-network", "--data-dir", "{dir}", "--share", "{pem}", "--new-shares-dir", "{file}")]
+    [InlineData(2, "--shares-dir {file} is a file: give a directory's path", "ceremony", "create-domain", "--token-label", "none", "--custodian", "a", "--custodian", "b", "--threshold", "2", "--officer", "o={pem}", "--officer-threshold", "1", "--shares-dir", "{file}", "--data-dir", "data", "--allow-network")]
+    [InlineData(9, "cannot read --passphrase-file {secret}: permission denied", "ceremony", "create-domain", "--token-label", "none", "--custodian", "a", "--custodian", "b", "--threshold", "2", "--officer", "o={pem}", "--officer-threshold", "1", "--shares-dir", "shares", "--data-dir", "data", "--allow-network", "--passphrase-file", "a={secret}")]
     public async Task WrongPath_ExitsAsTheConventionsSay_OneLineNamingTheFlagAndThePath(int exitCode, string message, params string[] args)
     {
         await PathsAsync();
@@ -284,19 +369,6 @@ public sealed partial class FileErrorTests(CliServerFixture fixture) : IClassFix
         " --pin-file", " --so-pin-file", " --restore-pin-file", " --credential-file", " --postgres-connection-file", " --key-passphrase-file", " --passphrase-file", " --new-passphrase-file",
         // HsmSelection.Options, as inspect-token's and create-domain's rows show.
         " --module", " --softhsm-conf", " --hsm-profile",
-        // OutputFile.Open, as the Encrypt_Out… tests show (they name the path, not the flag).
-        "encrypt --out", "decrypt --out", "attest get --out", "audit export --out", "public-key --out", "quorum export --out", "tokens create --out", "sign --out",
-        "datakey --plaintext-out", "datakey --ciphertext-out", "bootstrap --session-token-out",
-        // InputFile.Open, as encrypt's --in rows show; read once the key's algorithm is fetched (a key the table does not make).
-        "sign --in", "verify --in", "verify --signature", "mac --in", "verify-mac --in",
-        // Read once the genesis file verifies (LocalPath.ReadAllTextAsync, as --public-key's rows show).
-        "restore-domain --approval", "rotate-domain --approval",
-        // Read once the deployment database is open (a rotation needs one), by the code of restore-domain's and create-domain's rows.
-        "rotate-domain --share", "rotate-domain --new-share", "rotate-domain --new-shares-dir", "rotate-domain --genesis", "rotate-domain --data-dir",
-        // Not checked as a directory yet: a file given is not said so (the database or transcript under it fails later).
-        "restore-domain --data-dir",
-        // Made when missing, in the rows' own directory: create-domain --shares-dir and --data-dir (a file given: "--data-dir {file}" row).
-        "create-domain --shares-dir",
     ];
 
     [System.Text.RegularExpressions.GeneratedRegex(@"\{\w+\}")]
@@ -326,6 +398,67 @@ public sealed partial class FileErrorTests(CliServerFixture fixture) : IClassFix
                 // would take from CeremonyEndToEndTests' ceremony process the limit it shows it set.
                 ? await CliRun.ProcessAsync(variables, _directory, Fill(args))
                 : await CliRun.InProcessAsync(variables, _directory, null, Fill(args));
+    }
+
+    /// <summary>Was exit 9 ("… exists already"), where every other output that exists is a usage error (exit 2); asked before the passphrase, nothing written.</summary>
+    [Fact]
+    public async Task OfficerKeygen_PublicKeyFileExists_Exits2_NamesIt()
+    {
+        var (_, _, pem) = await PathsAsync();
+        var key = Path.Combine(_directory, "olga.key");
+        await File.WriteAllTextAsync(key + ".pub", "an earlier key\n");
+        var before = Entries();
+
+        var result = await RunAsync("officer", "keygen", "--out", key, "--key-passphrase-file", pem);
+
+        Assert.True(result.ExitCode == ExitCodes.Usage, result.ToString());
+        Assert.Equal($"kms: --out {key}: its public key file {key}.pub exists: officer keys are never overwritten\n", result.Error);
+        Assert.Equal(before, Entries());
+    }
+
+    /// <summary>
+    /// An output on a read-only filesystem (a read-only bind mount: the tests run as root, which
+    /// may mount; unmounted in the finally): one line naming the flag, the path and why. Was .NET's
+    /// "Read-only file system : '…/.e.&lt;hex&gt;.partial'" (exit 9), naming a temporary file.
+    /// </summary>
+    [Theory]
+    [InlineData("cannot write --out {rofs}/e: {rofs} is on a read-only filesystem", "audit", "export", "--out", "{rofs}/e")]
+    [InlineData("cannot write --out {rofs}/k: {rofs} is on a read-only filesystem", "officer", "keygen", "--out", "{rofs}/k", "--key-passphrase-file", "{pem}")]
+    [InlineData("cannot write --out {rofs}/b: {rofs} is on a read-only filesystem", "backup", "fetch", "r", "--out", "{rofs}/b", "--public-key", "{pem}")]
+    [InlineData("cannot create the directory --shares-dir {rofs}/s: it is on a read-only filesystem", "ceremony", "create-domain", "--token-label", "none", "--custodian", "a", "--custodian", "b", "--threshold", "2",
+        "--officer", "o={pem}", "--officer-threshold", "1", "--shares-dir", "{rofs}/s", "--data-dir", "data", "--allow-network")]
+    public async Task OutputOnAReadOnlyFilesystem_Exits9_SaysSo(string message, params string[] args)
+    {
+        await PathsAsync();
+        var rofs = Directory.CreateDirectory(Path.Combine(_directory, "rofs")).FullName;
+        await ToolAsync("mount", "--bind", "-o", "ro", rofs, rofs);
+        try
+        {
+            var filled = Fill([.. args.Select(a => a.Replace("{rofs}", rofs, StringComparison.Ordinal))]);
+            var result = args[0] == "ceremony"
+                ? await CliRun.ProcessAsync(fixture.Variables, _directory, filled)
+                : await CliRun.InProcessAsync(fixture.Variables, _directory, null, filled);
+
+            Assert.True(result.ExitCode == ExitCodes.LocalIo, result.ToString());
+            // --allow-network warns first.
+            Assert.EndsWith($"\nkms: {message.Replace("{rofs}", rofs, StringComparison.Ordinal)}\n", "\n" + result.Error, StringComparison.Ordinal);
+            Assert.Equal("", result.Out);
+            Assert.Empty(Directory.GetFileSystemEntries(rofs));
+        }
+        finally
+        {
+            await ToolAsync("umount", rofs);
+        }
+    }
+
+    // mount(8), umount(8): the test fails, never skips, where they cannot run.
+    private static async Task ToolAsync(string tool, params string[] args)
+    {
+        var start = new System.Diagnostics.ProcessStartInfo(tool, args) { RedirectStandardError = true };
+        using var process = System.Diagnostics.Process.Start(start)!;
+        var error = await process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        Assert.True(process.ExitCode == 0, $"{tool} {string.Join(' ', args)}: {error}");
     }
 
     /// <summary>A directory the ceremony must create its share files in, under one the user may not write (capsh): was "Access to the path '…' is denied.".</summary>

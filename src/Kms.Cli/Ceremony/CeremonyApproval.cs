@@ -73,6 +73,25 @@ internal sealed class CeremonyApproval
     }
 
     /// <summary>
+    /// Checks the files <c>--approval</c> and <c>--genesis</c> name (there, files, readable) without
+    /// reading them: the ceremony calls this before any HSM or database step, so a wrong path
+    /// stops it before it begins; <see cref="CheckAsync"/> reads them.
+    /// </summary>
+    public void CheckPaths(CliContext ctx)
+    {
+        ArgumentNullException.ThrowIfNull(ctx);
+        if (ctx.ParseResult.GetValue(Approval) is { } bundle)
+        {
+            LocalPath.CheckReadable(ctx.Environment, bundle, "--approval");
+        }
+
+        if (ctx.ParseResult.GetValue(Genesis) is { } genesis)
+        {
+            LocalPath.CheckReadable(ctx.Environment, genesis, "--genesis");
+        }
+    }
+
+    /// <summary>
     /// Verifies the approval for <paramref name="operation"/> on the domain key with check value
     /// <paramref name="domainKcv"/> (null: the bundle's own, which the caller then enforces on
     /// the rebuilt key); or checks that going without one is allowed.

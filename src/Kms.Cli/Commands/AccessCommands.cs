@@ -259,7 +259,7 @@ internal static class AccessCommands
             }
 
             // Opened before the call: an existing file (without --force) is refused before a token exists that nobody has.
-            await using var target = OutputFile.Open(ctx.Environment, path, ctx.ParseResult.GetValue(force));
+            await using var target = OutputFile.Open(ctx.Environment, path, ctx.ParseResult.GetValue(force), "--out");
             var response = await ctx.Client.CreateApiTokenAsync(
                 ctx.ParseResult.GetRequiredValue(principal), ctx.ParseResult.GetRequiredValue(kind).ToUpperInvariant(), ctx.ParseResult.GetValue(lifetime), ct);
             await WriteTokenAsync(target, response, ct);

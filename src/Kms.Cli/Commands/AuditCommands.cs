@@ -138,7 +138,7 @@ internal static class AuditCommands
         var command = new Command("export", "write the audit export: every retained event from a signed checkpoint on, with the checkpoints (security officers)") { output, from, force };
         runner.SetAction(command, async (ctx, ct) =>
         {
-            await using (var target = OutputFile.Open(ctx.Environment, ctx.ParseResult.GetRequiredValue(output), ctx.ParseResult.GetValue(force)))
+            await using (var target = OutputFile.Open(ctx.Environment, ctx.ParseResult.GetRequiredValue(output), ctx.ParseResult.GetValue(force), "--out"))
             {
                 await using (var writer = new StreamWriter(target.Stream, new UTF8Encoding(false), bufferSize: 64 * 1024, leaveOpen: true))
                 {

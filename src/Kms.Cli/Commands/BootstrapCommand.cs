@@ -50,7 +50,7 @@ internal static class BootstrapCommand
             }
 
             // Opened before the call too: an existing file (without --force) is refused while the credential still works.
-            await using var target = outPath is null ? null : OutputFile.Open(ctx.Environment, outPath, parse.GetValue(force));
+            await using var target = outPath is null ? null : OutputFile.Open(ctx.Environment, outPath, parse.GetValue(force), "--session-token-out");
             Kms.Contracts.V1.BootstrapResponse response;
             using (var secret = SecretInput.Read(ctx, credential, "bootstrap or recovery credential"))
             {

@@ -48,6 +48,28 @@ internal static partial class CeremonyCommands
             var parse = ctx.ParseResult;
             var host = options.Prepare(ctx);
 
+            // Every path, before the HSM, the database or the approval: a wrong one stops the
+            // rotation before it begins, not half way.
+            LocalPath.Directory(ctx.Environment, parse.GetRequiredValue(dataDir), "--data-dir", existing: true);
+            foreach (var share in parse.GetValue(oldShares)!)
+            {
+                LocalPath.CheckReadable(ctx.Environment, share, "--share");
+            }
+
+            foreach (var share in parse.GetValue(newShares) ?? [])
+            {
+                LocalPath.CheckReadable(ctx.Environment, share, "--new-share");
+            }
+
+            if (parse.GetValue(newSharesDir) is { } givenSharesDir)
+            {
+                LocalPath.Directory(ctx.Environment, givenSharesDir, "--new-shares-dir");
+            }
+
+            approval.CheckPaths(ctx);
+            CheckPassphraseFiles(ctx, parse.GetValue(passphrases)!, "--passphrase-file");
+            CheckPassphraseFiles(ctx, parse.GetValue(newPassphrases)!, "--new-passphrase-file");
+
             // The HSM's files (module, configuration, profile) are checked before anything is read or locked.
             var rotationOptions = rotationToken.Options(ctx, "kms-rotation");
             var restoreOptions = rotationToken.Options(ctx, "pending");

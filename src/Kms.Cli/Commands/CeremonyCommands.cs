@@ -128,6 +128,10 @@ internal static partial class CeremonyCommands
         runner.SetAction(command, async (ctx, ct) =>
         {
             var parse = ctx.ParseResult;
+
+            // Passphrase files are read last, once the token is open: one not there, or not
+            // readable, is said before anything else is checked, made or asked.
+            CheckPassphraseFiles(ctx, parse.GetValue(passphrases)!, "--passphrase-file");
             var names = CustodianNames(parse.GetValue(custodians) ?? [], parse.GetValue(count));
             var m = parse.GetValue(threshold);
             if (m < Shamir.MinThreshold || m > names.Count)
@@ -147,6 +151,7 @@ internal static partial class CeremonyCommands
 
             // A new domain starts a new deployment: refuse before anything is generated.
             var deploymentDir = LocalPath.Directory(ctx.Environment, parse.GetRequiredValue(dataDir), "--data-dir");
+            LocalPath.Directory(ctx.Environment, parse.GetRequiredValue(sharesDir), "--shares-dir");
             var genesisPath = Path.Combine(deploymentDir, "quorum", "genesis.json");
             if (File.Exists(Path.Combine(deploymentDir, "kms.db")) || File.Exists(genesisPath))
             {
@@ -163,12 +168,6 @@ internal static partial class CeremonyCommands
             var host = options.Prepare(ctx);
             var id = parse.GetValue(domainId) ?? $"dk-{DateTime.UtcNow:yyyyMMdd}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4))}";
             var hsmOptions = hsm.Options(ctx, id);
-
-            // Passphrase files that are not there are said so before any directory is made (they are read later, after the refusals below).
-            foreach (var file in parse.GetValue(passphrases)!.Values)
-            {
-                SecretInput.RequireFile(ctx.Environment.FullPath(file), "--passphrase-file");
-            }
 
             // Where the genesis goes must take it before a key exists that would need undoing.
             var filesBefore = FilesIn(deploymentDir);
@@ -337,6 +336,17 @@ internal static partial class CeremonyCommands
         {
             var parse = ctx.ParseResult;
             var host = options.Prepare(ctx);
+
+            // The paths, before the database, the approval or the HSM: a wrong one stops the
+            // ceremony before it begins, not half way. (The share files are looked at once the
+            // approval verified, as before: nothing of a share is touched before then.)
+            if (parse.GetValue(dataDir) is { } givenDataDir)
+            {
+                LocalPath.Directory(ctx.Environment, givenDataDir, "--data-dir");
+            }
+
+            approval.CheckPaths(ctx);
+            CheckPassphraseFiles(ctx, parse.GetValue(passphrases)!, "--passphrase-file");
             var target = database.Resolve(ctx, parse.GetValue(dataDir));
             if (target.IsPostgres && parse.GetValue(dataDir) is null)
             {
@@ -748,6 +758,18 @@ internal static partial class CeremonyCommands
 
     private static Option<Dictionary<string, string>> PassphraseFiles() =>
         ContextOption.Create("--passphrase-file", "CUSTODIAN=PATH: read that custodian's passphrase from the file's first line (repeatable; else each custodian is prompted)");
+
+    // Each passphrase file (CUSTODIAN=PATH) there, a file, and readable, without reading it (the
+    // secret is read when it is needed, once the token is open).
+    private static void CheckPassphraseFiles(CliContext ctx, Dictionary<string, string> files, string flag)
+    {
+        foreach (var file in files.Values)
+        {
+            var path = ctx.Environment.FullPath(file);
+            SecretInput.RequireFile(path, flag);
+            LocalPath.RequireReadable(path, $"{flag} {path}");
+        }
+    }
 
     private static CustodianSecrets CollectPassphrases(CliContext ctx, Dictionary<string, string> files, IReadOnlyList<string> custodians, bool confirm, string flag = "--passphrase-file")
     {

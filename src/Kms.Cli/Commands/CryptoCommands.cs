@@ -57,7 +57,7 @@ internal static class CryptoCommands
                 Suite = sign ? EnvelopeSuite.CommittingSigned : EnvelopeSuite.Committing,
             });
             await using var source = InputFile.Open(ctx.Environment, inPath, "--in", out var length);
-            await using var target = OutputFile.Open(ctx.Environment, outPath, parse.GetValue(force));
+            await using var target = OutputFile.Open(ctx.Environment, outPath, parse.GetValue(force), "--out");
             IReadOnlyList<WrappedDataKey> wrapped = [];
             var plaintextBytes = await ProgressDisplay.RunAsync(ctx, "encrypting", length, async progress =>
             {
@@ -163,7 +163,7 @@ internal static class CryptoCommands
             options.RequireSignedMessages = parse.GetValue(requireSigned);
             using var encryptor = new EnvelopeEncryptor(ctx.Client, options);
             await using var source = InputFile.Open(ctx.Environment, inPath, "--in", out var length);
-            await using var target = OutputFile.Open(ctx.Environment, outPath, parse.GetValue(force));
+            await using var target = OutputFile.Open(ctx.Environment, outPath, parse.GetValue(force), "--out");
             var plaintextBytes = await ProgressDisplay.RunAsync(ctx, "decrypting", length, async progress =>
             {
                 await using var counted = new CountingStream(source, progress);
@@ -217,8 +217,8 @@ internal static class CryptoCommands
 
             // Both files are opened before the call (an existing one refused): a failure then
             // cannot leave a plaintext data key written without its ciphertext.
-            await using var plaintextFile = plaintextPath is null ? null : OutputFile.Open(ctx.Environment, plaintextPath, overwrite);
-            await using var ciphertextFile = parse.GetValue(ciphertextOut) is { } ciphertextPath ? OutputFile.Open(ctx.Environment, ciphertextPath, overwrite) : null;
+            await using var plaintextFile = plaintextPath is null ? null : OutputFile.Open(ctx.Environment, plaintextPath, overwrite, "--plaintext-out");
+            await using var ciphertextFile = parse.GetValue(ciphertextOut) is { } ciphertextPath ? OutputFile.Open(ctx.Environment, ciphertextPath, overwrite, "--ciphertext-out") : null;
             byte[] ciphertext;
             string keyVersion;
             string? plaintextBase64 = null;

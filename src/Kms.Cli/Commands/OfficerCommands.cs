@@ -44,6 +44,22 @@ internal static class OfficerCommands
         {
             // Before the passphrase is asked for: the key was written under a temporary name, which a failure named.
             var privateKeyPath = LocalPath.Writable(ctx.Environment, ctx.ParseResult.GetRequiredValue(output), "--out");
+            if (Directory.Exists(privateKeyPath))
+            {
+                throw new CliUsageException($"--out {privateKeyPath} is a directory: give a file's path");
+            }
+
+            // An output that exists is a usage error (exit 2), as for any other output; officer keys are never overwritten.
+            foreach (var path in new[] { privateKeyPath, privateKeyPath + ".pub" })
+            {
+                if (File.Exists(path) || Directory.Exists(path))
+                {
+                    throw new CliUsageException(path == privateKeyPath
+                        ? $"--out {path} exists: officer keys are never overwritten"
+                        : $"--out {privateKeyPath}: its public key file {path} exists: officer keys are never overwritten");
+                }
+            }
+
             using var secret = SecretInput.Read(ctx, passphrase, "passphrase for the new officer key");
             var files = OfficerKeys.Generate(privateKeyPath, secret.Reveal());
             ctx.Output.Result(
@@ -218,6 +234,9 @@ internal static class OfficerCommands
         runner.SetAction(command, async (ctx, ct) =>
         {
             var name = RequestName(ctx.ParseResult.GetRequiredValue(request));
+
+            // Opened before the call: a path that cannot take the bundle is said so before the server is asked.
+            await using var file = OutputFile.Open(ctx.Environment, ctx.ParseResult.GetRequiredValue(output), ctx.ParseResult.GetValue(force), "--out");
             var response = await ctx.Client.ExportQuorumApprovalAsync(name, ct);
             ApprovalBundle bundle;
             try
@@ -235,15 +254,12 @@ internal static class OfficerCommands
                 throw new CliFailureException(ExitCodes.Unexpected, $"the server sent the approval of {bundle.Request.Name}, not of {name}");
             }
 
-            await using (var file = OutputFile.Open(ctx.Environment, ctx.ParseResult.GetRequiredValue(output), ctx.ParseResult.GetValue(force)))
+            await file.Stream.WriteAsync(System.Text.Encoding.UTF8.GetBytes(response.Bundle), ct);
+            await file.CommitAsync(ct);
+            if (file.Path is null)
             {
-                await file.Stream.WriteAsync(System.Text.Encoding.UTF8.GetBytes(response.Bundle), ct);
-                await file.CommitAsync(ct);
-                if (file.Path is null)
-                {
-                    // Standard output holds the bundle: nothing after it.
-                    return ExitCodes.Ok;
-                }
+                // Standard output holds the bundle: nothing after it.
+                return ExitCodes.Ok;
             }
 
             var rendering = QuorumRendering.Render(bundle.Request);

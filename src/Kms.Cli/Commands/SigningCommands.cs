@@ -43,6 +43,11 @@ internal static class SigningCommands
         {
             var parse = ctx.ParseResult;
             var name = ctx.KeyOrVersionName(parse.GetRequiredValue(key));
+
+            // The files are opened before the key's algorithm is asked for: a wrong path fails
+            // without a call to the server (and --in stays open, a pipe included, until it is read).
+            await using var source = InputFile.Open(ctx.Environment, parse.GetRequiredValue(input), "--in", out _);
+            await using var target = OutputFile.Open(ctx.Environment, parse.GetRequiredValue(output), parse.GetValue(force), "--out");
             KeyAlgorithmSpec? spec;
             try
             {
@@ -62,11 +67,11 @@ internal static class SigningCommands
             {
                 if (spec?.Digest is { } digest)
                 {
-                    request.Digest = ByteString.CopyFrom(await HashAsync(ctx, parse.GetRequiredValue(input), "--in", digest, ct));
+                    request.Digest = ByteString.CopyFrom(await HashAsync(source, digest, ct));
                 }
                 else
                 {
-                    message = await ReadSmallAsync(ctx, parse.GetRequiredValue(input), "--in", MaxMacBytes, ct);
+                    message = await ReadSmallAsync(source, parse.GetRequiredValue(input), MaxMacBytes, ct);
                     request.Message = UnsafeByteOperations.UnsafeWrap(message);
                 }
 
@@ -77,15 +82,12 @@ internal static class SigningCommands
                 Clear(message);
             }
 
-            await using (var target = OutputFile.Open(ctx.Environment, parse.GetRequiredValue(output), parse.GetValue(force)))
+            await target.Stream.WriteAsync(response.Signature.Memory, ct);
+            await target.CommitAsync(ct);
+            if (target.Path is null)
             {
-                await target.Stream.WriteAsync(response.Signature.Memory, ct);
-                await target.CommitAsync(ct);
-                if (target.Path is null)
-                {
-                    // Standard output holds the signature's bytes: no text after them.
-                    return ExitCodes.Ok;
-                }
+                // Standard output holds the signature's bytes: no text after them.
+                return ExitCodes.Ok;
             }
 
             ctx.Output.Result(
@@ -107,23 +109,32 @@ internal static class SigningCommands
         {
             var parse = ctx.ParseResult;
             var name = ctx.KeyOrVersionName(parse.GetRequiredValue(key));
+
+            // Both files are opened before the key's algorithm is asked for: a wrong path fails without a call to the server.
+            await using var source = InputFile.Open(ctx.Environment, parse.GetRequiredValue(input), "--in", out _);
+            byte[] signatureBytes;
+            await using (var signatureFile = InputFile.Open(ctx.Environment, parse.GetRequiredValue(signature), "--signature", out _))
+            {
+                signatureBytes = await ReadSmallAsync(signatureFile, parse.GetRequiredValue(signature), 4096, ct);
+            }
+
             var spec = await AlgorithmOfAsync(ctx, name, ct);
             var request = new VerifyRequest
             {
                 Name = name,
                 SignatureFormat = ParseFormat(parse.GetValue(format)),
-                Signature = ByteString.CopyFrom(await ReadSmallAsync(ctx, parse.GetRequiredValue(signature), "--signature", 4096, ct)),
+                Signature = ByteString.CopyFrom(signatureBytes),
             };
             byte[]? message = null;
             try
             {
                 if (spec.Digest is { } digest)
                 {
-                    request.Digest = ByteString.CopyFrom(await HashAsync(ctx, parse.GetRequiredValue(input), "--in", digest, ct));
+                    request.Digest = ByteString.CopyFrom(await HashAsync(source, digest, ct));
                 }
                 else
                 {
-                    message = await ReadSmallAsync(ctx, parse.GetRequiredValue(input), "--in", MaxMacBytes, ct);
+                    message = await ReadSmallAsync(source, parse.GetRequiredValue(input), MaxMacBytes, ct);
                     request.Message = UnsafeByteOperations.UnsafeWrap(message);
                 }
 
@@ -146,10 +157,13 @@ internal static class SigningCommands
         var command = new Command("public-key", "print the public key (PEM) of a SIGN_VERIFY or ASYMMETRIC_DECRYPT key version") { key, output, force };
         runner.SetAction(command, async (ctx, ct) =>
         {
-            var response = await ctx.Client.GetPublicKeyAsync(ctx.KeyOrVersionName(ctx.ParseResult.GetRequiredValue(key)), ct);
-            if (ctx.ParseResult.GetValue(output) is { } path)
+            var name = ctx.KeyOrVersionName(ctx.ParseResult.GetRequiredValue(key));
+
+            // Opened before the call: a path that cannot take the key is said so without asking the server.
+            await using var target = ctx.ParseResult.GetValue(output) is { } path ? OutputFile.Open(ctx.Environment, path, ctx.ParseResult.GetValue(force), "--out") : null;
+            var response = await ctx.Client.GetPublicKeyAsync(name, ct);
+            if (target is not null)
             {
-                await using var target = OutputFile.Open(ctx.Environment, path, ctx.ParseResult.GetValue(force));
                 await target.Stream.WriteAsync(Encoding.ASCII.GetBytes(response.Pem), ct);
                 await target.CommitAsync(ct);
                 if (target.Path is null)
@@ -175,7 +189,7 @@ internal static class SigningCommands
         runner.SetAction(command, async (ctx, ct) =>
         {
             var name = ctx.KeyOrVersionName(ctx.ParseResult.GetRequiredValue(key));
-            var data = await ReadSmallAsync(ctx, ctx.ParseResult.GetRequiredValue(input), "--in", MaxMacBytes, ct);
+            var data = await ReadSmallAsync(ctx, ctx.ParseResult.GetRequiredValue(input), MaxMacBytes, ct);
             GenerateMacResponse response;
             try
             {
@@ -212,7 +226,7 @@ internal static class SigningCommands
                 throw new CliUsageException("--mac is not hex");
             }
 
-            var data = await ReadSmallAsync(ctx, ctx.ParseResult.GetRequiredValue(input), "--in", MaxMacBytes, ct);
+            var data = await ReadSmallAsync(ctx, ctx.ParseResult.GetRequiredValue(input), MaxMacBytes, ct);
             try
             {
                 var response = await ctx.Client.Raw.VerifyMacAsync(new VerifyMacRequest { Name = name, Data = UnsafeByteOperations.UnsafeWrap(data), Mac = ByteString.CopyFrom(expected) }, cancellationToken: ct);
@@ -236,21 +250,22 @@ internal static class SigningCommands
         var get = new Command("get", "fetch a key version's signed provenance statement") { key, output, force };
         runner.SetAction(get, async (ctx, ct) =>
         {
-            var response = await ctx.Client.GetKeyAttestationAsync(ctx.KeyOrVersionName(ctx.ParseResult.GetRequiredValue(key)), ct);
+            var name = ctx.KeyOrVersionName(ctx.ParseResult.GetRequiredValue(key));
+
+            // Opened before the call: a path that cannot take the statement is said so without asking the server.
+            await using var target = OutputFile.Open(ctx.Environment, ctx.ParseResult.GetRequiredValue(output), ctx.ParseResult.GetValue(force), "--out");
+            var response = await ctx.Client.GetKeyAttestationAsync(name, ct);
             var bundle = new JsonObject
             {
                 ["statement"] = Convert.ToBase64String(response.Statement.Span),
                 ["signature"] = Convert.ToBase64String(response.Signature.Span),
                 ["signing_key_fingerprint"] = response.SigningKeyFingerprint,
             };
-            await using (var target = OutputFile.Open(ctx.Environment, ctx.ParseResult.GetRequiredValue(output), ctx.ParseResult.GetValue(force)))
+            await target.Stream.WriteAsync(Encoding.UTF8.GetBytes(bundle.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n"), ct);
+            await target.CommitAsync(ct);
+            if (target.Path is null)
             {
-                await target.Stream.WriteAsync(Encoding.UTF8.GetBytes(bundle.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n"), ct);
-                await target.CommitAsync(ct);
-                if (target.Path is null)
-                {
-                    return ExitCodes.Ok;
-                }
+                return ExitCodes.Ok;
             }
 
             ctx.Output.Result(bundle, $"statement signed by audit key {response.SigningKeyFingerprint}; check it offline with 'kms attest verify'");
@@ -314,9 +329,8 @@ internal static class SigningCommands
     // The files hashed and read here may be plaintext (a message to sign, data to MAC): the
     // buffers they pass through are cleared once used, and the bytes read are the caller's to
     // clear (Clear) once the request that carries them (wrapped, not copied) was sent.
-    private static async Task<byte[]> HashAsync(CliContext ctx, string path, string flag, DigestAlgorithm digest, CancellationToken ct)
+    private static async Task<byte[]> HashAsync(Stream source, DigestAlgorithm digest, CancellationToken ct)
     {
-        await using var source = InputFile.Open(ctx.Environment, path, flag, out _);
         using var hash = IncrementalHash.CreateHash(KeyAlgorithms.HashName(digest));
         var buffer = new byte[81920];
         try
@@ -335,10 +349,14 @@ internal static class SigningCommands
         }
     }
 
-    private static async Task<byte[]> ReadSmallAsync(CliContext ctx, string path, string flag, int limit, CancellationToken ct)
+    private static async Task<byte[]> ReadSmallAsync(CliContext ctx, string path, int limit, CancellationToken ct)
     {
-        await using var source = InputFile.Open(ctx.Environment, path, flag, out _);
+        await using var source = InputFile.Open(ctx.Environment, path, "--in", out _);
+        return await ReadSmallAsync(source, path, limit, ct);
+    }
 
+    private static async Task<byte[]> ReadSmallAsync(Stream source, string path, int limit, CancellationToken ct)
+    {
         // One buffer a byte past the limit, read into in place: a MemoryStream growing would
         // leave each smaller copy behind, uncleared.
         var buffer = new byte[limit + 1];

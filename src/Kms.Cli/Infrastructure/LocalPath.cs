@@ -10,7 +10,7 @@ namespace Kms.Cli.Infrastructure;
 /// path and what was expected. Given the flag (<c>--officer</c>), the message names it before the
 /// path: a command taking several paths says which one is wrong.
 /// </summary>
-internal static class LocalPath
+internal static partial class LocalPath
 {
     /// <summary>The full path of <paramref name="given"/>, a file to read, given by <paramref name="flag"/> (null: an argument, or a flag the caller names otherwise).</summary>
     /// <exception cref="CliUsageException">A directory is there.</exception>
@@ -47,6 +47,33 @@ internal static class LocalPath
         var path = File(environment, given, flag);
         Read(path, p => System.IO.File.OpenHandle(p), flag).Dispose();
         return path;
+    }
+
+    /// <summary>
+    /// The full path of <paramref name="given"/>, a file read later (a share, an approval, a
+    /// passphrase file), checked now without opening it: what the caller checks before work that
+    /// must not be done for nothing (a ceremony's HSM or database steps). access(2) asks the kernel
+    /// the question open(2) would (mode bits, ACLs, the process's capabilities) without opening,
+    /// so a FIFO given for it is not opened early, which would wait for its writer or lose what
+    /// the writer put in it.
+    /// </summary>
+    /// <exception cref="CliUsageException">A directory is there.</exception>
+    /// <exception cref="CliFailureException">Nothing is there, or the user may not read it (exit <see cref="ExitCodes.LocalIo"/>).</exception>
+    public static string CheckReadable(CliEnvironment environment, string given, string? flag = null)
+    {
+        var path = File(environment, given, flag);
+        RequireReadable(path, flag is null ? path : $"{flag} {path}");
+        return path;
+    }
+
+    /// <summary>Refuses a file (<paramref name="path"/>, a full path that exists) the process may not read, without opening it; <paramref name="named"/> as the message names it.</summary>
+    /// <exception cref="CliFailureException">The user may not read it (exit <see cref="ExitCodes.LocalIo"/>).</exception>
+    public static void RequireReadable(string path, string named)
+    {
+        if (!OperatingSystem.IsWindows() && Access(path, ReadOk) != 0 && System.Runtime.InteropServices.Marshal.GetLastPInvokeError() is PermissionDenied or NotPermitted)
+        {
+            throw NotReadable(named, new UnauthorizedAccessException($"access({path}, R_OK) was refused"));
+        }
     }
 
     /// <summary>
@@ -106,6 +133,10 @@ internal static class LocalPath
         {
             throw new CliFailureException(ExitCodes.LocalIo, $"cannot write {Named(path, flag)}: permission denied in {directory}", exception);
         }
+        catch (IOException exception) when (IsReadOnlyFileSystem(exception))
+        {
+            throw ReadOnlyFileSystem(Named(path, flag), directory, exception);
+        }
 
         return path;
     }
@@ -123,6 +154,10 @@ internal static class LocalPath
         catch (UnauthorizedAccessException exception)
         {
             throw new CliFailureException(ExitCodes.LocalIo, $"cannot create the directory {Named(path, flag)}: permission denied", exception);
+        }
+        catch (IOException exception) when (IsReadOnlyFileSystem(exception))
+        {
+            throw new CliFailureException(ExitCodes.LocalIo, $"cannot create the directory {Named(path, flag)}: it is on a read-only filesystem", exception);
         }
     }
 
@@ -178,6 +213,24 @@ internal static class LocalPath
     public static CliFailureException NotReadable(string path, Exception inner) =>
         new(ExitCodes.LocalIo, $"cannot read {path}: permission denied", inner);
 
+    /// <summary>
+    /// Whether <paramref name="exception"/> is EROFS: a write refused because the filesystem is
+    /// mounted read-only. .NET has no type for it (it says "Read-only file system : '…'", naming a
+    /// temporary file where one was being created); its <see cref="Exception.HResult"/> is the errno.
+    /// </summary>
+    public static bool IsReadOnlyFileSystem(IOException exception) =>
+        !OperatingSystem.IsWindows() && exception?.HResult == ReadOnlyFileSystemErrno;
+
+    /// <summary>The failure of a write into <paramref name="directory"/>, on a read-only filesystem; <paramref name="named"/> as the message names it (with its flag).</summary>
+    public static CliFailureException ReadOnlyFileSystem(string named, string directory, Exception inner) =>
+        new(ExitCodes.LocalIo, $"cannot write {named}: {directory} is on a read-only filesystem", inner);
+
+    // EROFS: 30 on Linux, macOS and the BSDs; EACCES 13 and EPERM 1 likewise; R_OK 4.
+    private const int ReadOnlyFileSystemErrno = 30;
+    private const int PermissionDenied = 13;
+    private const int NotPermitted = 1;
+    private const int ReadOk = 4;
+
     // A failure of the path itself (not of a file the reader looks for inside a directory given).
     private static bool Missing(string path, IOException exception) =>
         exception is FileNotFoundException or DirectoryNotFoundException && !System.IO.File.Exists(path) && !System.IO.Directory.Exists(path);
@@ -186,4 +239,7 @@ internal static class LocalPath
         new(ExitCodes.LocalIo, $"{Named(path, flag)} does not exist", inner);
 
     private static string Named(string path, string? flag) => flag is null ? path : $"{flag} {path}";
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "access", SetLastError = true, StringMarshalling = System.Runtime.InteropServices.StringMarshalling.Utf8)]
+    private static partial int Access(string path, int mode);
 }

@@ -34,10 +34,11 @@ internal sealed class OutputFile : IAsyncDisposable
     /// <summary>The <c>--force</c> option of a command that writes an output file.</summary>
     public static System.CommandLine.Option<bool> ForceOption() => new("--force") { Description = "replace the output file if it exists" };
 
-    /// <summary>Opens <paramref name="pathOrDash"/> for writing.</summary>
-    /// <exception cref="CliUsageException">The file exists and <paramref name="overwrite"/> is false, or a directory is there (which <c>--force</c> does not replace).</exception>
-    /// <exception cref="CliFailureException">Its directory does not exist or may not be written (exit <see cref="ExitCodes.LocalIo"/>).</exception>
-    public static OutputFile Open(CliEnvironment environment, string pathOrDash, bool overwrite)
+    /// <summary>Opens <paramref name="pathOrDash"/>, given by <paramref name="flag"/> (<c>--out</c>), for writing.</summary>
+    /// <remarks>Every refusal names the flag and the path given (not the temporary file's), as <see cref="LocalPath"/>'s do.</remarks>
+    /// <exception cref="CliUsageException">A directory is there (which <c>--force</c> does not replace), or a file and <paramref name="overwrite"/> is false.</exception>
+    /// <exception cref="CliFailureException">Its directory does not exist, may not be written, or is on a read-only filesystem (exit <see cref="ExitCodes.LocalIo"/>).</exception>
+    public static OutputFile Open(CliEnvironment environment, string pathOrDash, bool overwrite, string flag)
     {
         ArgumentNullException.ThrowIfNull(environment);
         if (pathOrDash == "-")
@@ -46,16 +47,18 @@ internal sealed class OutputFile : IAsyncDisposable
         }
 
         var path = environment.FullPath(pathOrDash);
-        if (!overwrite && (File.Exists(path) || Directory.Exists(path)))
-        {
-            throw new CliUsageException($"{path} exists (pass --force to replace it)");
-        }
 
         // --force replaces a file (or a link), never a directory: the rename would fail only at the
-        // commit, after the work (a Bootstrap call that used its credential up) was done.
+        // commit, after the work (a Bootstrap call that used its credential up) was done. Said
+        // before "exists", which would send the user to --force.
         if (new DirectoryInfo(path) is { Exists: true, LinkTarget: null })
         {
-            throw new CliUsageException($"{path} is a directory: give a file's path");
+            throw new CliUsageException($"{flag} {path} is a directory: give a file's path");
+        }
+
+        if (!overwrite && (File.Exists(path) || Directory.Exists(path)))
+        {
+            throw new CliUsageException($"{flag} {path} exists (pass --force to replace it)");
         }
 
         // Without --force, a file that appeared since the check is not replaced either. The file
@@ -69,11 +72,15 @@ internal sealed class OutputFile : IAsyncDisposable
         }
         catch (DirectoryNotFoundException exception)
         {
-            throw new CliFailureException(ExitCodes.LocalIo, $"cannot write {path}: the directory {directory} does not exist", exception);
+            throw new CliFailureException(ExitCodes.LocalIo, $"cannot write {flag} {path}: the directory {directory} does not exist", exception);
         }
         catch (UnauthorizedAccessException exception)
         {
-            throw new CliFailureException(ExitCodes.LocalIo, $"cannot write {path}: permission denied in {directory}", exception);
+            throw new CliFailureException(ExitCodes.LocalIo, $"cannot write {flag} {path}: permission denied in {directory}", exception);
+        }
+        catch (IOException exception) when (LocalPath.IsReadOnlyFileSystem(exception))
+        {
+            throw LocalPath.ReadOnlyFileSystem($"{flag} {path}", directory, exception);
         }
     }
 
