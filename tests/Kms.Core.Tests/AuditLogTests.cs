@@ -1135,6 +1135,106 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Assert.Contains(remaining, e => e.Entry.RequestId == "kept-0");
     }
 
+    // Defect: retention cut at the newest checkpoint row within its bound, whatever it was. A
+    // database writer without the HSM inserts rows: one with a bogus signature (70), one the audit
+    // key signed over another head than the chain's event there (60), one a statement of another
+    // type the key signed over its bare SHA-256 (50). Each is passed over and reported; the cut is
+    // at 40, the newest checkpoint of the chain among the expired events. A cut asked at one of
+    // them records nothing and deletes nothing. Before, the pass cut at 70: the events through it
+    // deleted although no checkpoint of the chain is there.
+    [Fact]
+    public async Task Retention_CheckpointRowsTheAuditKeyDidNotSignAsCheckpointsOfTheChain_PassedOverAndReported_TheCutAtTheNewestThatIs()
+    {
+        var (store, log) = await ExpiredEventsWithCheckpointsAt40And100Async();
+        var events = await store.ListAuditEventsAsync(new AuditQuery { Limit = 1000 }, default);
+        string HashOf(long sequence) => AuditChain.HashOf(events.Single(e => e.Sequence == sequence).Body);
+        var bogus = RandomNumberGenerator.GetBytes(64);
+        await store.AddAuditCheckpointAsync(Row(70, HashOf(70), log.Fingerprint, bogus), default);
+        await store.AddAuditCheckpointAsync(await SignedRawAsync(store, Row(60, new string('a', 64), log.Fingerprint, [])), default);
+        await store.AddAuditCheckpointAsync(await SignedRawAsync(store, Row(50, HashOf(50), log.Fingerprint, [], type: "retention-cut")), default);
+        var passedOver = new List<(long Sequence, string Reason)>();
+        log.RetentionPassedOver += (sequence, reason) => passedOver.Add((sequence, reason));
+
+        var refused = await Assert.ThrowsAsync<KmsException>(() => log.PruneThroughAsync(70, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, refused.Code);
+        Assert.Contains("no checkpoint the audit key signed over event 70", refused.Message, StringComparison.Ordinal);
+        Assert.Equal(100, (await store.GetAuditHeadAsync(default)).Sequence); // no record of a cut chained
+        Assert.Equal(1, (await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, default))[0].Sequence);
+
+        Assert.Equal(40, await log.PruneAsync(_time.GetUtcNow(), default));
+        Assert.Equal(41, (await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, default))[0].Sequence);
+        Assert.Equal([70L, 60L, 50L], passedOver.Select(p => p.Sequence));
+        Assert.Contains("did not sign it as a checkpoint", passedOver[0].Reason, StringComparison.Ordinal);
+        Assert.Contains("over another head than the hash of the chain's event 60", passedOver[1].Reason, StringComparison.Ordinal);
+        Assert.Contains("did not sign it as a checkpoint", passedOver[2].Reason, StringComparison.Ordinal);
+    }
+
+    // Defect: SignedHead (every reader of a checkpoint: the start, another node's adopted, the
+    // checkpoints.jsonl record, retention's cut, GetAuditCheckpoint) did not check the body's
+    // "type". A statement of another type that the audit key signed over the bare SHA-256 of its
+    // body (none is today: other statements are domain-separated) is no checkpoint: not as a row
+    // (the newest signed checkpoint is 40's; retention does not cut at it), not as a line of
+    // checkpoints.jsonl (the start is refused, naming the line). Before, it counted as checkpoint 50.
+    [Fact]
+    public async Task SignedHead_AStatementOfAnotherTypeSignedByTheAuditKey_IsRefusedAsACheckpoint()
+    {
+        var (store, log) = await ExpiredEventsWithCheckpointsAt40And100Async();
+        var at50 = (await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = 49, Limit = 1 }, default))[0];
+        var statement = await SignedRawAsync(store, Row(50, AuditChain.HashOf(at50.Body), log.Fingerprint, [], type: "retention-cut"));
+        using (var key = ECDsa.Create())
+        {
+            key.ImportSubjectPublicKeyInfo(log.PublicKey, out _);
+            Assert.True(key.VerifyHash(AuditChain.CheckpointDigest(statement.Body), statement.Signature)); // the audit key's signature, valid
+        }
+
+        var file = Kms.Testing.Scratch.NewPath("kms-audit-", ".jsonl");
+        await File.WriteAllTextAsync(file, Kms.Core.Audit.AuditExport.Checkpoint(statement) + "\n");
+        var damaged = await Assert.ThrowsAsync<KmsException>(() => log.RequireOwnRecordAsync(file, default));
+        Assert.Equal(KmsErrorCode.FailedPrecondition, damaged.Code);
+        Assert.Contains("did not sign what it says", damaged.Message, StringComparison.Ordinal);
+
+        await store.AddAuditCheckpointAsync(statement, default);
+        Assert.Equal(40, await log.PruneAsync(_time.GetUtcNow(), default));
+
+        // As the newest row (GetAuditCheckpoint's answer when nothing is new to sign, the start's
+        // and another node's checkpoint): passed over for the newest checkpoint below it.
+        await store.AddAuditCheckpointAsync(await SignedRawAsync(store, Row(500, AuditChain.HashOf(at50.Body), log.Fingerprint, [], type: "retention-cut")), default);
+        Assert.Equal(101L, (await log.LatestSignedCheckpointAsync(default))?.Sequence); // the one retention signed over its record
+    }
+
+    // A log whose events 1..80 are past the retention period and 81..100 are not, checkpoints
+    // signed at 40 and 100: the cut's limit is 80, the per-pass bound far above it.
+    private async Task<(InMemoryStore Store, AuditLog Log)> ExpiredEventsWithCheckpointsAt40And100Async()
+    {
+        var store = new InMemoryStore();
+        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(365), Retention = TimeSpan.FromDays(30) });
+        await log.InitializeAsync(default);
+        var t0 = _time.GetUtcNow();
+        await store.AppendAuditAsync([.. Enumerable.Range(1, 40).Select(i => Entry($"e-{i}") with { Time = t0 })], default);
+        Assert.Equal(40, (await log.CheckpointAsync(default))?.Sequence);
+        await store.AppendAuditAsync([.. Enumerable.Range(41, 40).Select(i => Entry($"e-{i}") with { Time = t0 })], default);
+        await store.AppendAuditAsync([.. Enumerable.Range(81, 20).Select(i => Entry($"e-{i}") with { Time = t0.AddDays(20) })], default);
+        Assert.Equal(100, (await log.CheckpointAsync(default))?.Sequence);
+        _time.Advance(TimeSpan.FromDays(31));
+        return (store, log);
+    }
+
+    private static AuditCheckpoint Row(long sequence, string head, string fingerprint, byte[] signature, string type = "checkpoint")
+    {
+        var time = new DateTimeOffset(2026, 11, 29, 12, 0, 0, TimeSpan.Zero);
+        var body = AuditChain.CheckpointBody(sequence, head, time, fingerprint).Replace("\"type\":\"checkpoint\"", $"\"type\":\"{type}\"", StringComparison.Ordinal);
+        return new AuditCheckpoint(sequence, head, time, fingerprint, body, signature);
+    }
+
+    // The row with the audit key's signature of the bare SHA-256 of its body (what a checkpoint's is).
+    private async Task<AuditCheckpoint> SignedRawAsync(InMemoryStore store, AuditCheckpoint row)
+    {
+        using var stored = System.Text.Json.JsonDocument.Parse((await store.GetSettingAsync("audit.signing-key.v1", default))!);
+        var wrapped = Convert.FromBase64String(stored.RootElement.GetProperty("Wrapped").GetString()!);
+        var key = new KeyMaterialRef(Kms.Core.Keys.KeyVersionId.NewId(), new Kms.Core.Crypto.WrappedKeyMaterial(wrapped));
+        return row with { Signature = await _hsm.SignEcdsaAsync(key, EcCurve.P256, AuditChain.CheckpointDigest(row.Body), default) };
+    }
+
     private async Task<RunningLog> RunningLogAsync(InMemoryStore store, AuditOptions options)
     {
         var log = new AuditLog(store, store, _hsm, _time, options);

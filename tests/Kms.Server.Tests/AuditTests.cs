@@ -414,6 +414,59 @@ public sealed class AuditTests : IAsyncLifetime
         };
     }
 
+    // Retention's cut, on SoftHSM through the hosted server. A database writer without the HSM
+    // inserts a checkpoint row past the newest one the audit key signed, over an event of the
+    // chain, its signature bogus. Retention passes over it (event 1332, naming it) and cuts at the
+    // signed checkpoint before it, which anchors what remains. Before, the row was the cut: the
+    // events through it deleted, under a signed record of that cut.
+    [Fact]
+    public async Task Retention_ACheckpointRowWithABogusSignature_PassedOver_Logged1332_TheCutAtTheSignedOneBefore_OnSoftHsm()
+    {
+        var server = await KmsTestServer.StartAsync(null, null, "dev", (Action<IServiceCollection>?)null, "--Kms:Audit:CheckpointInterval=12:00:00");
+        try
+        {
+            var audit = server.Services.GetRequiredService<AuditLog>();
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "before-the-row");
+            var signed = await audit.CheckpointAsync(default);
+            Assert.NotNull(signed);
+            await developer.CreateKeyAsync("tenants/dev", "after-the-checkpoint");
+
+            long row;
+            await using (var connection = new SqliteConnection($"Data Source={server.DatabasePath};Pooling=False"))
+            {
+                await connection.OpenAsync();
+                row = await ScalarAsync<long>(connection, "SELECT max(seq) FROM audit_events");
+                Assert.True(row > signed.Sequence, $"no event after checkpoint {signed.Sequence}");
+                var head = AuditChain.HashOf(await ScalarAsync<string>(connection, $"SELECT body FROM audit_events WHERE seq = {row}"));
+                await using var insert = connection.CreateCommand();
+                insert.CommandText = "INSERT INTO audit_checkpoints (seq, head, time, key, body, signature) VALUES (@seq, @head, @time, @key, @body, @signature)";
+                insert.Parameters.AddWithValue("@seq", row);
+                insert.Parameters.AddWithValue("@head", head);
+                insert.Parameters.AddWithValue("@time", DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+                insert.Parameters.AddWithValue("@key", audit.Fingerprint);
+                insert.Parameters.AddWithValue("@body", AuditChain.CheckpointBody(row, head, DateTimeOffset.UtcNow, audit.Fingerprint));
+                insert.Parameters.AddWithValue("@signature", System.Security.Cryptography.RandomNumberGenerator.GetBytes(64));
+                Assert.Equal(1, await insert.ExecuteNonQueryAsync());
+            }
+
+            await developer.CreateKeyAsync("tenants/dev", "after-the-row");
+            Assert.Equal(signed.Sequence, await audit.PruneAsync(DateTimeOffset.UtcNow + TimeSpan.FromDays(401), default));
+            await using (var connection = new SqliteConnection($"Data Source={server.DatabasePath};Pooling=False"))
+            {
+                await connection.OpenAsync();
+                Assert.Equal(signed.Sequence + 1, await ScalarAsync<long>(connection, "SELECT min(seq) FROM audit_events"));
+            }
+
+            Assert.Single(server.Logs.Events, e => e.Contains("Id: 1332", StringComparison.Ordinal) && e.Contains($"checkpoint row {row} ", StringComparison.Ordinal)
+                && e.Contains("did not sign it as a checkpoint", StringComparison.Ordinal) && e.StartsWith("Warning ", StringComparison.Ordinal));
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+    }
+
     // A node stopped with the head it left recorded (head.json; its final checkpoint is there too).
     // Retention run by another node on the chain then deleted events through that head — a cut at
     // the stop's own checkpoint — and, the second time, past it under a later checkpoint the

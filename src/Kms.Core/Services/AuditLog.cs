@@ -99,6 +99,18 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     /// </summary>
     public event Action? HousekeepingPassEnded;
 
+    /// <summary>
+    /// Called for each checkpoint row a retention pass passed over as no place to cut: its sequence
+    /// and why (the audit key did not sign it as a checkpoint, or signed another head than the
+    /// chain's event there). A row a database writer inserted; the pass cuts at the newest row that
+    /// is one of the chain's checkpoints instead, and after <see cref="MaxCheckpointRowsPassedOver"/>
+    /// of them, nowhere.
+    /// </summary>
+    public event Action<long, string>? RetentionPassedOver;
+
+    /// <summary>How many checkpoint rows one retention pass passes over (<see cref="RetentionPassedOver"/>) before it gives up, cutting nothing: each costs a signature check and a log line.</summary>
+    public const int MaxCheckpointRowsPassedOver = 100;
+
     /// <summary>Called after each group commit with its size and the oldest event's wait.</summary>
     public event Action<int, TimeSpan>? BatchWritten;
 
@@ -163,8 +175,8 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         // leading 0xFF is never in UTF-8, so no context value's hash is this key.
         _pageTokenKey = HMACSHA256.HashData(_contextKey, (byte[])[0xFF, .. "kms audit page token v1"u8]);
 
-        var latest = await store.GetLatestAuditCheckpointAsync(cancellationToken);
-        _lastCheckpoint = latest is not null && SignedHead(latest) is { } signed ? signed : AuditChain.Empty;
+        var latest = await NewestSignedCheckpointAsync(0, cancellationToken);
+        _lastCheckpoint = latest is null ? AuditChain.Empty : new AuditHead(latest.Sequence, latest.HeadHash);
         _lastCheckpointTime = latest is null ? time.GetUtcNow() : Earlier(latest.Time, time.GetUtcNow());
         var head = await store.GetAuditHeadAsync(cancellationToken);
         (_forwarded, _forwardedHash, _forwardedPoints) = (head.Sequence, head.Hash, [head]);
@@ -642,12 +654,43 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     {
         // While the chain is refused for not passing through this node's own record, no later row
         // is taken instead: a node restarted without its file could have signed the rewrite.
-        if (!_heldAtOwnRecord && await store.GetLatestAuditCheckpointAsync(cancellationToken) is { } latest && latest.Sequence > _lastCheckpoint.Sequence
-            && SignedHead(latest) is { } signed)
+        if (!_heldAtOwnRecord && await NewestSignedCheckpointAsync(_lastCheckpoint.Sequence, cancellationToken) is { } latest)
         {
-            _lastCheckpoint = signed;
+            _lastCheckpoint = new AuditHead(latest.Sequence, latest.HeadHash);
             _lastCheckpointTime = Earlier(latest.Time, time.GetUtcNow());
         }
+    }
+
+    /// <summary>
+    /// The newest stored checkpoint the audit key signed (<c>GetAuditCheckpoint</c>'s answer when
+    /// there is nothing new to sign), or null: rows it did not sign — a database writer's — are
+    /// passed over, at most <see cref="MaxCheckpointRowsPassedOver"/> of them.
+    /// </summary>
+    public Task<AuditCheckpoint?> LatestSignedCheckpointAsync(CancellationToken cancellationToken) => NewestSignedCheckpointAsync(0, cancellationToken);
+
+    // The newest checkpoint row above `above` the audit key signed (SignedHead), rows it did not
+    // passed over: before, only the newest row was looked at, so a row a database writer inserted
+    // above the others hid every checkpoint below it (the start took none, another node's later
+    // checkpoint was not adopted, GetAuditCheckpoint answered the writer's row).
+    private async Task<AuditCheckpoint?> NewestSignedCheckpointAsync(long above, CancellationToken cancellationToken)
+    {
+        var row = await store.GetLatestAuditCheckpointAsync(cancellationToken);
+        for (var passedOver = 0; row is not null && row.Sequence > above; passedOver++)
+        {
+            if (SignedHead(row) is not null)
+            {
+                return row;
+            }
+
+            if (passedOver == MaxCheckpointRowsPassedOver)
+            {
+                return null;
+            }
+
+            row = await store.FindAuditCheckpointAtOrBeforeAsync(row.Sequence - 1, cancellationToken);
+        }
+
+        return null;
     }
 
     /// <summary>
@@ -697,9 +740,12 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         return found == checkpoint.Hash;
     }
 
-    // A checkpoint row counts only if the audit key signed its body and the body says what its
-    // columns say: a database writer could otherwise insert one (and delete it again once read)
-    // to move the head this process takes as signed.
+    // A checkpoint row counts only if the audit key signed its body, the body is a version-1
+    // checkpoint of this key (the offline verifier's rule: whatever else the audit key might ever
+    // sign over a bare SHA-256 of a body is not read as a checkpoint; today's other statements are
+    // domain-separated, SignedStatement) and it says what its columns say: a database writer could
+    // otherwise insert one (and delete it again once read) to move the head this process takes as
+    // signed.
     private AuditHead? SignedHead(AuditCheckpoint checkpoint)
     {
         try
@@ -707,7 +753,11 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             using (var document = JsonDocument.Parse(checkpoint.Body))
             {
                 var body = document.RootElement;
-                if (body.GetProperty("seq").GetInt64() != checkpoint.Sequence || body.GetProperty("head").GetString() != checkpoint.HeadHash)
+                if (body.ValueKind != JsonValueKind.Object
+                    || !body.TryGetProperty("v", out var version) || version.ValueKind != JsonValueKind.Number || !version.TryGetInt32(out var v) || v != AuditChain.FormatVersion
+                    || !body.TryGetProperty("type", out var type) || type.ValueKind != JsonValueKind.String || type.GetString() != "checkpoint"
+                    || body.GetProperty("key").GetString() != Fingerprint
+                    || body.GetProperty("seq").GetInt64() != checkpoint.Sequence || body.GetProperty("head").GetString() != checkpoint.HeadHash)
                 {
                     return null;
                 }
@@ -783,15 +833,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         // At most MaxPrunedPerPass events a pass, cut at a checkpoint (one every
         // CheckpointEveryEvents at most); the next pass goes on from there.
         var bounded = Math.Min(limit, oldest[0].Sequence - 1 + Math.Max(1, options.MaxPrunedPerPass));
-        var anchor = await store.FindAuditCheckpointAtOrBeforeAsync(bounded, cancellationToken);
-        if (anchor is null || anchor.Sequence < oldest[0].Sequence)
-        {
-            // No checkpoint within the bound (checkpoints further apart than it, or none signed
-            // while the HSM was away): the first one after the oldest event, if it may go.
-            anchor = (await store.ListAuditCheckpointsAsync(oldest[0].Sequence - 1, 1, cancellationToken)) is [var first] && first.Sequence <= limit ? first : null;
-        }
-
-        if (anchor is null || anchor.Sequence < oldest[0].Sequence)
+        if (await CutAnchorAsync(oldest[0].Sequence, bounded, limit, cancellationToken) is not { } anchor)
         {
             return 0;
         }
@@ -807,6 +849,83 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         }
 
         return await PruneThroughAsync(anchor.Sequence, cancellationToken);
+    }
+
+    // Where a retention pass may cut: the newest checkpoint row from `oldest` through `bounded` (the
+    // per-pass bound) that is one of this chain's, else, none among them (checkpoints further apart
+    // than the bound, or none signed while the HSM was away), the first after `bounded` through
+    // `limit`, if it may go. One of this chain's: the audit key signed it as a checkpoint
+    // (SignedHead) over the hash of the event the chain holds at its sequence, from its body. Any
+    // other row — one a database writer inserted, with a bogus signature, another statement, or a
+    // checkpoint of another chain — is passed over and reported (RetentionPassedOver, event 1332):
+    // before, the newest row was the cut whatever it was, so a writer without the HSM had this
+    // server delete events up to a point no checkpoint of the chain covers. At most
+    // MaxCheckpointRowsPassedOver a pass; past them the pass cuts nothing.
+    private async Task<AuditCheckpoint?> CutAnchorAsync(long oldest, long bounded, long limit, CancellationToken cancellationToken)
+    {
+        var passedOver = 0;
+        for (var row = await store.FindAuditCheckpointAtOrBeforeAsync(bounded, cancellationToken); row is not null && row.Sequence >= oldest;
+            row = await store.FindAuditCheckpointAtOrBeforeAsync(row.Sequence - 1, cancellationToken))
+        {
+            if (await NoCutAtAsync(row, cancellationToken) is not { } reason)
+            {
+                return row;
+            }
+
+            RetentionPassedOver?.Invoke(row.Sequence, reason);
+            if (++passedOver == MaxCheckpointRowsPassedOver)
+            {
+                return null;
+            }
+        }
+
+        const int Page = 100;
+        for (var after = bounded; after < limit;)
+        {
+            var rows = await store.ListAuditCheckpointsAsync(after, Page, cancellationToken);
+            foreach (var row in rows)
+            {
+                if (row.Sequence > limit)
+                {
+                    return null;
+                }
+
+                if (await NoCutAtAsync(row, cancellationToken) is not { } reason)
+                {
+                    return row;
+                }
+
+                RetentionPassedOver?.Invoke(row.Sequence, reason);
+                if (++passedOver == MaxCheckpointRowsPassedOver)
+                {
+                    return null;
+                }
+            }
+
+            if (rows.Count < Page)
+            {
+                return null;
+            }
+
+            after = rows[^1].Sequence;
+        }
+
+        return null;
+    }
+
+    // Why retention may not cut at a checkpoint row (null: it may): the audit key did not sign it
+    // as a checkpoint, or what it signed is not the hash of the chain's event there.
+    private async Task<string?> NoCutAtAsync(AuditCheckpoint row, CancellationToken cancellationToken)
+    {
+        if (SignedHead(row) is not { } signed)
+        {
+            return "the audit key did not sign it as a checkpoint (its signature does not verify, or its body is no version-1 checkpoint of this key naming the row's sequence and head)";
+        }
+
+        return await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = row.Sequence - 1, Limit = 1 }, cancellationToken) is [var e]
+            && e.Sequence == row.Sequence && AuditChain.HashOf(e.Body) == signed.Hash
+            ? null
+            : $"it is signed, but over another head than the hash of the chain's event {row.Sequence} (a checkpoint of another chain, or the event was edited)";
     }
 
     /// <summary>
@@ -829,6 +948,16 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             [var e] when e.Sequence == sequence + 1 => e.PreviousHash,
             _ => throw KmsErrors.FailedPrecondition($"audit retention: the chain holds neither event {sequence} nor the one after it; no cut recorded, nothing deleted"),
         };
+
+        // Only at a checkpoint of this chain: the audit key's, over that hash. The row a cut keeps
+        // anchors what remains (the export's start), and one a database writer inserted must not
+        // have events deleted up to a point no checkpoint of the chain covers.
+        if (await store.FindAuditCheckpointAtOrBeforeAsync(sequence, cancellationToken) is not { } row || row.Sequence != sequence
+            || SignedHead(row) is not { } signed || signed.Hash != head)
+        {
+            throw KmsErrors.FailedPrecondition(
+                $"audit retention: no checkpoint the audit key signed over event {sequence} of this chain is stored (none at {sequence}, or a row it did not sign as such, or signed over another head); no cut recorded, nothing deleted");
+        }
         var signature = await SignStatementAsync(AuditChain.RetentionCutKind, AuditChain.RetentionCutStatement(sequence, head, Fingerprint), cancellationToken);
         await store.AppendAuditAsync(
         [

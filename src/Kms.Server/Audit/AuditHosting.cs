@@ -69,6 +69,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         Observability.KmsMetrics.Track(audit, failures);
         audit.HousekeepingFailed += e => failures.Failed(e, audit.CheckpointRefusedSince is not null);
         audit.HousekeepingPassEnded += () => failures.PassEnded(audit.CheckpointRefusedSince is not null);
+        audit.RetentionPassedOver += (sequence, reason) => LogRetentionPassedOver(logger, sequence, reason, AuditLog.MaxCheckpointRowsPassedOver);
         audit.BatchWritten += (size, waited) =>
         {
             Observability.KmsMetrics.AuditBatchSize.Record(size);
@@ -800,6 +801,9 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1318, Level = LogLevel.Critical, Message = "start refused: the audit chain in the database (head {Head}) does not pass through {Record:l} {Sequence} of this node's ({Path}), and no re-application of destructions that reaches it is recorded since: a rollback would serve destroyed key versions again. Run kms backup reapply-destructions with the audit logs through it (the node then starts, but while the chain does not pass through the newest checkpoint in checkpoints.jsonl it signs none until that file is moved aside and it is restarted: 1309), or accept the rollback (Kms:Audit:AcceptRollback=true, which signs no checkpoint until the file is moved aside, or move checkpoints.jsonl and head.json aside)")]
     private static partial void LogRollbackRefused(ILogger logger, long head, string record, long sequence, string path);
+
+    [LoggerMessage(EventId = 1332, Level = LogLevel.Warning, Message = "audit retention passed over checkpoint row {Sequence} as no place to cut: {Reason:l}; the database was written by someone without the HSM (a row inserted or edited, or the event there edited). The cut is made at the newest checkpoint of the chain instead (after {Max} such rows a pass, nowhere); compare the database with the checkpoints kept off the host")]
+    private static partial void LogRetentionPassedOver(ILogger logger, long sequence, string reason, int max);
 
     [LoggerMessage(EventId = 1323, Level = LogLevel.Warning, Message = "the SIEM stream restarts after event {After}: the database's audit chain no longer holds event {Replaced} ({Hash}), the last the stream was sent (the database went back behind it, or was rewritten there); a stream_restart line, then every event after {After}")]
     private static partial void LogStreamRestarted(ILogger logger, long after, long replaced, string hash);

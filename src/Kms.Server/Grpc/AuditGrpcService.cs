@@ -138,7 +138,7 @@ internal sealed partial class AuditGrpcService(
 
     public override async Task<GetAuditCheckpointResponse> GetAuditCheckpoint(GetAuditCheckpointRequest request, ServerCallContext context)
     {
-        var checkpoint = await audit.CheckpointAsync(context.CancellationToken) ?? await store.GetLatestAuditCheckpointAsync(context.CancellationToken);
+        var checkpoint = await audit.CheckpointAsync(context.CancellationToken) ?? await audit.LatestSignedCheckpointAsync(context.CancellationToken);
         return new GetAuditCheckpointResponse { Checkpoint = checkpoint is null ? null : ToProto(checkpoint) };
     }
 
