@@ -3,6 +3,8 @@ using Kms.Client.DataProtection;
 using Microsoft.AspNetCore.DataProtection.KeyManagement;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 
 namespace Microsoft.AspNetCore.DataProtection;
@@ -21,7 +23,11 @@ public static class DataProtectionBuilderKmsExtensions
     /// the files hold ciphertexts the KMS decrypts only for callers the key's policy allows,
     /// under this application's encryption context (<see cref="KmsDataProtectionOptions"/>).
     /// It does not protect the keys once loaded into the application's memory. Entries
-    /// written before this call (unencrypted, or by another encryptor) are still read as they are.
+    /// written before this call (unencrypted, or by another encryptor) are left as they are in
+    /// the repository, and not read — a key whose secret is not KMS-encrypted could have been
+    /// planted by anyone who may write the repository — unless
+    /// <see cref="KmsDataProtectionOptions.ReadUnencryptedKeys"/> is set (while moving an existing
+    /// key ring to the KMS, until its old keys expire).
     /// </para>
     /// <para>
     /// The application must be named explicitly — <c>SetApplicationName(...)</c>, or
@@ -82,7 +88,9 @@ public static class DataProtectionBuilderKmsExtensions
                 o.KeyEscrowSinks.Add(new KmsKeyCreation());
             }
         });
-        builder.Services.AddSingleton<IPostConfigureOptions<KeyManagementOptions>>(services => new KmsKeyRingRepositorySetup(KmsKeyRingProtection.From(services)));
+        builder.Services.AddSingleton<IPostConfigureOptions<KeyManagementOptions>>(services => new KmsKeyRingRepositorySetup(
+            KmsKeyRingProtection.From(services),
+            services.GetService<ILoggerFactory>()?.CreateLogger("Kms.Client.DataProtection") ?? NullLogger.Instance));
         return builder;
     }
 }

@@ -52,4 +52,22 @@ public sealed class KmsDataProtectionOptions
     /// and it still decrypts. That is what this setting ends.
     /// </remarks>
     public bool ReadEntriesWithUnboundDescriptor { get; set; } = true;
+
+    /// <summary>
+    /// Whether keys whose secret is not KMS-encrypted — in plain text, as Data Protection writes
+    /// keys without <c>ProtectKeysWithKms</c>, or read by another decryptor — are still read from
+    /// the repository (default false: each is dropped from the key ring as it is read, with a
+    /// warning naming its id and why, event 3008). Set it true while an application that kept its
+    /// key ring unencrypted moves to <c>ProtectKeysWithKms</c>, so that what its old keys protected
+    /// (cookies, tokens) still unprotects; set it false again once they have expired (90 days after
+    /// their creation unless configured otherwise), or revoke them.
+    /// </summary>
+    /// <remarks>
+    /// Someone who may write the repository (a file share, a database table, a blob container) but
+    /// holds no KMS rights can add a key of its own in plain text, whose secret it then knows: read,
+    /// it unprotects whatever the writer forges (auth cookies, antiforgery tokens), names any
+    /// <c>deserializerType</c>, and, once it is the newest active key, protects the application's
+    /// new data. That is what leaving this setting false ends.
+    /// </remarks>
+    public bool ReadUnencryptedKeys { get; set; }
 }

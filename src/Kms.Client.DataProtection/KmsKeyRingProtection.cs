@@ -118,6 +118,9 @@ internal sealed class KmsKeyRingProtection(string keyName, KmsDataProtectionOpti
     /// <summary>Whether existing entries are read in format version 2 (and 1) (<see cref="KmsDataProtectionOptions.ReadEntriesWithUnboundDescriptor"/>).</summary>
     public bool ReadEntriesWithUnboundDescriptor => options.ReadEntriesWithUnboundDescriptor;
 
+    /// <summary>Whether keys whose secret is not KMS-encrypted are read (<see cref="KmsDataProtectionOptions.ReadUnencryptedKeys"/>).</summary>
+    public bool ReadUnencryptedKeys => options.ReadUnencryptedKeys;
+
     /// <summary>
     /// A key ring refresh begins (the key manager reads the repository): forget the entries the
     /// KMS could not answer for during the previous one.

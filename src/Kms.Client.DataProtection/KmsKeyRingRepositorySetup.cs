@@ -1,4 +1,5 @@
 using Microsoft.AspNetCore.DataProtection.KeyManagement;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 
 namespace Kms.Client.DataProtection;
@@ -9,13 +10,13 @@ namespace Kms.Client.DataProtection;
 /// Without a configured repository (Data Protection's fallback, chosen inside its key manager)
 /// there is nothing to wrap, and <see cref="KmsXmlEncryptor"/> refuses to write.
 /// </summary>
-internal sealed class KmsKeyRingRepositorySetup(KmsKeyRingProtection protection) : IPostConfigureOptions<KeyManagementOptions>
+internal sealed class KmsKeyRingRepositorySetup(KmsKeyRingProtection protection, ILogger logger) : IPostConfigureOptions<KeyManagementOptions>
 {
     public void PostConfigure(string? name, KeyManagementOptions options)
     {
         if (options.XmlEncryptor is KmsXmlEncryptor && options.XmlRepository is { } repository and not KmsKeyRingRepository)
         {
-            options.XmlRepository = KmsKeyRingRepository.Wrap(repository, protection);
+            options.XmlRepository = KmsKeyRingRepository.Wrap(repository, protection, logger);
         }
     }
 }

@@ -8,6 +8,7 @@ using Kms.Contracts.V1;
 using Kms.Testing;
 using Microsoft.AspNetCore.DataProtection;
 using Microsoft.AspNetCore.DataProtection.KeyManagement;
+using Microsoft.AspNetCore.DataProtection.XmlEncryption;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.FileProviders;
 using Microsoft.Extensions.Hosting;
@@ -666,6 +667,128 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
         Assert.Equal(before, Directory.GetFiles(directory).Order(StringComparer.Ordinal).Select(f => (f, File.ReadAllText(f))).ToList());
     }
 
+    // Someone who may write the repository but holds no KMS rights adds a key of its own, as Data
+    // Protection writes a key without an encryptor (its <masterKey> in plain text), or through the
+    // NullXmlEncryptor (the same secret, inside an <encryptedSecret> that NullXmlDecryptor reads),
+    // activated a second after the genuine key so that it would be the default. It is dropped as
+    // the ring is read, with a warning naming it and why (never its secret): Protect still uses the
+    // genuine key, nothing new is written, and what the writer protected under its key is refused.
+    // Before, the planted key became the default key, and the writer's payload unprotected.
+    [Theory]
+    [InlineData("plain")]
+    [InlineData("null-decryptor")]
+    public async Task KeyPlantedUnencryptedInTheRepository_NotRead_ProtectUsesTheGenuineKey_WhatItProtectedRefused_Warned(string variant)
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, key, "app-a", "hello");
+        var genuineId = Guid.Parse((string)XDocument.Load(Assert.Single(Directory.GetFiles(directory, "key-*.xml"))).Root!.Attribute("id")!);
+        var planted = PlantKey(directory, variant == "null-decryptor" ? new NullXmlEncryptor() : null);
+        var before = Directory.GetFiles(directory).Order(StringComparer.Ordinal).Select(f => (f, File.ReadAllText(f))).ToList();
+        Assert.Equal(2, before.Count);
+
+        var logs = new CapturedLogs();
+        using var provider = Provider(directory, key, "app-a", fixture.AppToken, services: s => s.AddLogging(b => b.AddProvider(logs)));
+        var protector = provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test");
+
+        Assert.Equal(genuineId, KeyIdOf(protector.Protect(Encoding.UTF8.GetBytes("new"))));
+        Assert.Equal("hello", protector.Unprotect(payload));
+        var refused = Assert.ThrowsAny<CryptographicException>(() => protector.Unprotect(planted.Forged));
+        Assert.Contains($"{planted.KeyId:B} was not found in the key ring", refused.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(provider.GetRequiredService<IKeyManager>().GetAllKeys(), k => k.KeyId == planted.KeyId);
+        Assert.Equal(before, Directory.GetFiles(directory).Order(StringComparer.Ordinal).Select(f => (f, File.ReadAllText(f))).ToList());
+
+        var warning = logs.Entries.First(e => e.EventId == 3008);
+        Assert.Equal(LogLevel.Warning, warning.Level);
+        Assert.Contains($"Data Protection key {planted.KeyId:D} dropped from the key ring as it was read: ", warning.Text, StringComparison.Ordinal);
+        Assert.Contains(
+            variant == "plain" ? "its secret is in plain text (no <encryptedSecret>)" : "its secret is read by the decryptor 'Microsoft.AspNetCore.DataProtection.XmlEncryption.NullXmlDecryptor, ",
+            warning.Text,
+            StringComparison.Ordinal);
+        Assert.Contains("KmsDataProtectionOptions.ReadUnencryptedKeys", warning.Text, StringComparison.Ordinal);
+        Assert.DoesNotContain(logs.Entries, e => e.EventId == 3008 && e.Text.Contains(genuineId.ToString("D"), StringComparison.Ordinal));
+        Assert.DoesNotContain(planted.Secret, logs.AllText, StringComparison.Ordinal);
+    }
+
+    // A genuine key's descriptor with a <masterKey> of the writer's put next to (before) its encrypted
+    // secret: Data Protection's deserializer reads the first <masterKey>, so that would be the writer's
+    // secret under the genuine key's id. Dropped, whatever the entry's format.
+    [Fact]
+    public async Task PlainMasterKeyAddedNextToTheEncryptedSecret_KeyDropped_Warned()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, key, "app-a", "hello");
+        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
+        var document = XDocument.Load(file);
+        var keyId = Guid.Parse((string)document.Root!.Attribute("id")!);
+        var secret = document.Descendants(DataProtection + "encryptedSecret").Single();
+        secret.AddBeforeSelf(new XElement("masterKey", new XElement("value", Convert.ToBase64String(RandomNumberGenerator.GetBytes(64)))));
+        document.Save(file);
+
+        var logs = new CapturedLogs();
+        using var provider = Provider(directory, key, "app-a", fixture.AppToken, services: s => s.AddLogging(b => b.AddProvider(logs)));
+
+        Assert.DoesNotContain(provider.GetRequiredService<IKeyManager>().GetAllKeys(), k => k.KeyId == keyId);
+        Assert.Contains(logs.Entries, e => e.EventId == 3008 && e.Text.Contains($"key {keyId:D} dropped from the key ring as it was read: it holds a <masterKey> in plain text next to its encrypted secret", StringComparison.Ordinal));
+        Assert.ThrowsAny<CryptographicException>(() => provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Unprotect(payload));
+    }
+
+    // The documented trade-off: with ReadUnencryptedKeys, a key in plain text is read as Data
+    // Protection always read one — the planted key is the default key, and what its writer
+    // protected unprotects. Nothing is logged about it.
+    [Fact]
+    public async Task KeyPlantedInPlainText_ReadUnencryptedKeys_IsRead_AndBecomesTheDefaultKey()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        Protect(directory, key, "app-a", "hello");
+        var planted = PlantKey(directory, encryptor: null);
+
+        var logs = new CapturedLogs();
+        using var provider = Provider(directory, key, "app-a", fixture.AppToken, services: s => s.AddLogging(b => b.AddProvider(logs)), kms: o => o.ReadUnencryptedKeys = true);
+        var protector = provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test");
+
+        Assert.Equal("forged", Encoding.UTF8.GetString(protector.Unprotect(planted.Forged)));
+        Assert.Equal(planted.KeyId, KeyIdOf(protector.Protect(Encoding.UTF8.GetBytes("new"))));
+        Assert.DoesNotContain(logs.Entries, e => e.EventId == 3008);
+    }
+
+    // An application that kept its key ring unencrypted turns ProtectKeysWithKms on. By default its old
+    // key is dropped: what it protected no longer unprotects, and a new, KMS-encrypted key is written
+    // (the old file left as it was). With ReadUnencryptedKeys (the migration), the old payload still
+    // unprotects. Before, the old key was read whatever the settings.
+    [Fact]
+    public async Task RingWrittenBeforeProtectKeysWithKms_OldKeyDroppedByDefault_ReadWithReadUnencryptedKeys()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        byte[] old;
+        using (var before = PlainProvider(directory, encryptor: null))
+        {
+            old = before.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Protect(Encoding.UTF8.GetBytes("before"));
+        }
+
+        var oldFile = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
+        var oldText = File.ReadAllText(oldFile);
+
+        using (var migrating = Provider(directory, key, "app-a", fixture.AppToken, kms: o => o.ReadUnencryptedKeys = true))
+        {
+            Assert.Equal("before", Encoding.UTF8.GetString(migrating.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Unprotect(old)));
+        }
+
+        using (var strict = Provider(directory, key, "app-a", fixture.AppToken))
+        {
+            var protector = strict.GetRequiredService<IDataProtectionProvider>().CreateProtector("test");
+            Assert.ThrowsAny<CryptographicException>(() => protector.Unprotect(old));
+            Assert.Equal("after", Encoding.UTF8.GetString(protector.Unprotect(protector.Protect(Encoding.UTF8.GetBytes("after")))));
+        }
+
+        var newFile = Assert.Single(Directory.GetFiles(directory, "key-*.xml"), f => f != oldFile);
+        Assert.Single(XDocument.Load(newFile).Descendants("kmsEncryptedKey"));
+        Assert.Equal(oldText, File.ReadAllText(oldFile));
+    }
+
     // Without PersistKeysTo... Data Protection picks a fallback repository inside its key manager, which
     // ProtectKeysWithKms cannot wrap to tell each entry which key it stands under: no key is written.
     [Fact]
@@ -720,6 +843,41 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
 
     private static string Instant(XElement key, string date) =>
         ((DateTimeOffset)key.Element(date)!).UtcDateTime.ToString("O", System.Globalization.CultureInfo.InvariantCulture);
+
+    // The key id in a protected payload's header (after the 4-byte magic header), the key it was protected under.
+    private static Guid KeyIdOf(byte[] payload) => new(payload.AsSpan(4, 16));
+
+    // A Data Protection of its own over directory, without ProtectKeysWithKms (as an application before it,
+    // or a repository writer making a key): its keys are written unencrypted, or through encryptor.
+    private static ServiceProvider PlainProvider(string directory, IXmlEncryptor? encryptor)
+    {
+        var services = new ServiceCollection();
+        services.AddDataProtection().SetApplicationName("app-a").PersistKeysToFileSystem(new DirectoryInfo(directory));
+        if (encryptor is not null)
+        {
+            services.Configure<KeyManagementOptions>(o => o.XmlEncryptor = encryptor);
+        }
+
+        return services.BuildServiceProvider();
+    }
+
+    // A repository writer's key, made by a Data Protection of its own (the XML shape it writes), activated a
+    // second after the one genuine key in directory so that it would be the default, and its file copied
+    // there. Returns its id, a payload the writer protected under it, and its secret (the base64 master key).
+    private static (Guid KeyId, byte[] Forged, string Secret) PlantKey(string directory, IXmlEncryptor? encryptor)
+    {
+        var genuine = XDocument.Load(Assert.Single(Directory.GetFiles(directory, "key-*.xml")));
+        var activation = (DateTimeOffset)genuine.Root!.Element("activationDate")!;
+        var writerDirectory = NewKeyDirectory();
+        using var writer = PlainProvider(writerDirectory, encryptor);
+        var plantedKey = writer.GetRequiredService<IKeyManager>().CreateNewKey(activation.AddSeconds(1), activation.AddDays(90));
+        var forged = writer.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Protect(Encoding.UTF8.GetBytes("forged"));
+        Assert.Equal(plantedKey.KeyId, KeyIdOf(forged));
+        var file = Assert.Single(Directory.GetFiles(writerDirectory, "key-*.xml"));
+        var secret = (string)XDocument.Load(file).Descendants("masterKey").Single().Element("value")!;
+        File.Copy(file, Path.Combine(directory, Path.GetFileName(file)));
+        return (plantedKey.KeyId, forged, secret);
+    }
 
     private string Unprotect(string directory, string key, string application, string payload, string? token = null, string? contentRoot = null)
     {
@@ -847,9 +1005,9 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
 
     private sealed class CapturedLogs : ILoggerProvider
     {
-        private readonly System.Collections.Concurrent.ConcurrentQueue<(LogLevel Level, string Text)> _entries = new();
+        private readonly System.Collections.Concurrent.ConcurrentQueue<(LogLevel Level, int EventId, string Text)> _entries = new();
 
-        public IReadOnlyCollection<(LogLevel Level, string Text)> Entries => _entries;
+        public IReadOnlyCollection<(LogLevel Level, int EventId, string Text)> Entries => _entries;
 
         public string AllText => string.Join('\n', _entries.Select(e => e.Text));
 
@@ -859,7 +1017,7 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
         {
         }
 
-        private sealed class Logger(System.Collections.Concurrent.ConcurrentQueue<(LogLevel Level, string Text)> entries) : ILogger
+        private sealed class Logger(System.Collections.Concurrent.ConcurrentQueue<(LogLevel Level, int EventId, string Text)> entries) : ILogger
         {
             public IDisposable? BeginScope<TState>(TState state)
                 where TState : notnull => null;
@@ -867,7 +1025,7 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
             public bool IsEnabled(LogLevel logLevel) => true;
 
             public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
-                entries.Enqueue((logLevel, formatter(state, exception) + "\n" + exception));
+                entries.Enqueue((logLevel, eventId.Id, formatter(state, exception) + "\n" + exception));
         }
     }
 
