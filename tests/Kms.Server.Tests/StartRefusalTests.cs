@@ -186,7 +186,6 @@ public sealed class StartRefusalTests
     [InlineData("Storage:Sqlite:BusyTimeout", "-00:00:01", "(-00:00:01) must be more than 00:00:00")]
     [InlineData("Storage:Postgres:IdleInTransactionTimeout", "00:00:00", "(00:00:00) must be more than 00:00:00")]
     [InlineData("UsageLimits:HardBound", "8589934592", "(8589934592) must be at least 1 and at most 4294967296")]
-    [InlineData("UsageLimits:FlushInterval", "-00:00:30", "(-00:00:30) must be more than 00:00:00")]
     [InlineData("Lifecycle:JobInterval", "1.00:00:01", "(1.00:00:01) must be more than 00:00:00 and at most 1.00:00:00")]
     public async Task TheProcess_ASettingOutOfItsRange_RefusedInOneLineNamingTheSettingAndTheRange(string setting, string value, string says)
     {

@@ -48,7 +48,4 @@ public sealed class UsageLimitOptions
 
     /// <summary>Encryptions reserved per durable write: one database write per this many encryptions.</summary>
     public int ReservationBlock { get; set; } = 4096;
-
-    /// <summary>How often decrypt counts and last-use times are written.</summary>
-    public TimeSpan FlushInterval { get; set; } = TimeSpan.FromSeconds(30);
 }

@@ -121,7 +121,6 @@ internal static class SettingRanges
         new CountRange("UsageLimits:SoftBound", 1, GcmInvocationLimit, "the encryptions under a key version at which the key is rotated (NIST SP 800-38D: at most 2^32)"),
         new CountRange("UsageLimits:HardBound", 1, GcmInvocationLimit, "the encryptions under a key version past which it refuses to encrypt (NIST SP 800-38D: at most 2^32)"),
         new CountRange("UsageLimits:ReservationBlock", 1, int.MaxValue, "encryptions reserved per durable write"),
-        new TimeRange("UsageLimits:FlushInterval", TimeSpan.Zero, true, Hour, "how often decrypt counts and last-use times are written"),
     ];
 
     private static readonly LifecycleOptions Lifecycle = new();
