@@ -49,9 +49,11 @@ public static class HsmTokenSetup
 
         var paddedLabel = PaddedLabel(label);
         // Pkcs11Interop takes byte[]: pinned copies, zeroed below.
+        // The module first: a module that cannot be loaded throws before any copy of a PIN exists
+        // (a copy made before it was left unzeroed by that throw).
+        var module = Pkcs11Module.Acquire(modulePath, moduleEnvironment);
         var so = PinnedCopy(securityOfficerPin);
         var user = PinnedCopy(userPin);
-        var module = Pkcs11Module.Acquire(modulePath, moduleEnvironment);
         try
         {
             // Two initialisations racing for the same free slot would collide: one at a time.
@@ -128,8 +130,8 @@ public static class HsmTokenSetup
         }
 
         var paddedLabel = PaddedLabel(label);
+        var module = Pkcs11Module.Acquire(modulePath, moduleEnvironment); // before the PIN's copy, as above
         var so = PinnedCopy(securityOfficerPin);
-        var module = Pkcs11Module.Acquire(modulePath, moduleEnvironment);
         try
         {
             lock (InitLock)
@@ -180,8 +182,8 @@ public static class HsmTokenSetup
             throw new ArgumentException("the security officer PIN is empty", nameof(securityOfficerPin));
         }
 
+        var module = Pkcs11Module.Acquire(modulePath, moduleEnvironment); // before the PIN's copy, as above
         var so = PinnedCopy(securityOfficerPin);
-        var module = Pkcs11Module.Acquire(modulePath, moduleEnvironment);
         try
         {
             module.Call(library =>

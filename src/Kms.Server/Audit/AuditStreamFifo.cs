@@ -53,7 +53,8 @@ internal sealed partial class AuditStreamFifo
     /// <param name="name">What messages call it: the FIFO's path, or stdout.</param>
     private AuditStreamFifo(string path, string name) => (_path, _name) = (path, name);
 
-    /// <param name="socket">A connected stream or datagram socket (stdout's, descriptor 1), not owned.</param>
+    /// <param name="socket">A connected stream socket (stdout's, descriptor 1; journald's is one), not owned. A datagram
+    /// socket is written too, but each send is one datagram: a line longer than the socket takes fails (EMSGSIZE) at every pass.</param>
     /// <param name="name">What messages call it.</param>
     private AuditStreamFifo(SafeHandle socket, string name) => (_socket, _name) = (socket, name);
 
