@@ -112,7 +112,7 @@ internal static class SettingRanges
 
         // Kms.Core: the lifecycle and the GCM usage bounds.
         new TimeRange("Lifecycle:JobInterval", TimeSpan.Zero, true, LifecycleWorkerOptions.MaxInterval, $"how often this node runs scheduled rotation, destruction, usage flushes and audit retention (default {LifecycleWorkerOptions.DefaultInterval:c})"),
-        new TimeRange("Lifecycle:ClockJumpAllowance", TimeSpan.Zero, false, Day, "how far ahead of the last observed time this node's clock is believed at start"),
+        new TimeRange("Lifecycle:ClockJumpAllowance", TimeSpan.Zero, false, Day, "how far ahead of the last observed time this node's clock is believed at start; keep it longer than Lifecycle:JobInterval (the time is recorded once a pass, so a restart finds it up to an interval old, and a shorter allowance takes an ordinary restart for a clock jump: the lifecycle's destructions and audit retention run behind by the gap) — not refused, since a longer interval with the default allowance was valid before"),
         new TimeRange("Lifecycle:DefaultWaitingPeriod", TimeSpan.Zero, true, Century, "the waiting period of a scheduled destruction when none is given"),
         new TimeRange("Lifecycle:MinWaitingPeriod", TimeSpan.Zero, true, Century, "the shortest waiting period a caller may ask for"),
         new TimeRange("Lifecycle:MaxWaitingPeriod", TimeSpan.Zero, true, Century, "the longest waiting period a caller may ask for"),
@@ -168,16 +168,6 @@ internal static class SettingRanges
         new Rule("Lifecycle:MinRotationPeriod", "at most", "Lifecycle:MaxRotationPeriod",
             c => Compare(Time(c, "Lifecycle:MinRotationPeriod", Lifecycle.MinRotationPeriod), Time(c, "Lifecycle:MaxRotationPeriod", Lifecycle.MaxRotationPeriod), (a, b) => a <= b),
             "no rotation period would be in range, and every rotation schedule would be refused"),
-
-        // The observed time is recorded once a pass: a restart finds it up to a job interval old
-        // before its downtime even counts. With the allowance no longer than the interval, an
-        // ordinary restart was taken for a clock jump, and the lifecycle's destructions and the audit
-        // retention ran behind by the gap until an operator accepted the clock (LifecycleClock).
-        new Rule("Lifecycle:ClockJumpAllowance", "longer than", "Lifecycle:JobInterval",
-            c => Time(c, "Lifecycle:ClockJumpAllowance", Lifecycle.ClockJumpAllowance) is var allowance && allowance == TimeSpan.Zero
-                ? null
-                : Compare(allowance, Time(c, "Lifecycle:JobInterval", LifecycleWorkerOptions.DefaultInterval), (a, b) => a > b),
-            "the last observed time is recorded once a job interval, so a restart finds it up to an interval old; a shorter allowance takes ordinary restarts for clock jumps and holds the lifecycle's destructions behind (00:00:00: no restart's gap is believed)"),
     ];
 
     /// <summary>The settings this checks (a <c>{…}</c> segment stands for any name), for the tests.</summary>
