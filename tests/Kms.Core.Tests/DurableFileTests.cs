@@ -317,7 +317,8 @@ public sealed class DurableFileTests : IDisposable
         {
             DurableFile.EndWithWholeLine(holder); // takes the appenders' lock until it is closed
 
-            var e = Assert.Throws<IOException>(() => DurableFile.Append(path, "{\"two\":2}\n"u8, DurableFile.OwnerOnly, TimeSpan.FromMilliseconds(50)));
+            // Its own type (an IOException): the SIEM stream's read-back at start tells it from a file that is no log.
+            var e = Assert.Throws<FileLockedException>(() => DurableFile.Append(path, "{\"two\":2}\n"u8, DurableFile.OwnerOnly, TimeSpan.FromMilliseconds(50)));
 
             Assert.Contains("stayed locked by another writer for 0.05 s", e.Message, StringComparison.Ordinal);
             Assert.Contains("nothing was appended", e.Message, StringComparison.Ordinal);
@@ -327,6 +328,28 @@ public sealed class DurableFileTests : IDisposable
         // Once the holder closed the file, the append goes ahead.
         DurableFile.Append(path, "{\"two\":2}\n"u8, DurableFile.OwnerOnly, TimeSpan.FromMilliseconds(50));
         Assert.Equal("{\"one\":1}\n{\"two\":2}\n", File.ReadAllText(path));
+    }
+
+    [Fact]
+    public async Task EndWithWholeLine_AnotherWriterHoldsTheLock_ACancellationEndsTheWait_NothingCut()
+    {
+        // The SIEM stream's read-back at start waits for the lock on the stop's token: a stop asked
+        // for meanwhile ends the wait (before, it was waited out first). The wait here is 10 minutes;
+        // the hang guard 60 s.
+        var path = Path.Combine(_directory, "siem.jsonl");
+        File.WriteAllText(path, "{\"one\":1}\n{\"torn\":");
+        using var holder = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
+        DurableFile.EndWithWholeLine(holder);
+        using var stop = new CancellationTokenSource();
+        var waiting = Task.Run(() =>
+        {
+            using var reader = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.Read, bufferSize: 0);
+            return DurableFile.EndWithWholeLine(reader, TimeSpan.FromMinutes(10), stop.Token);
+        });
+
+        await stop.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => waiting.WaitAsync(TimeSpan.FromSeconds(60)));
+        Assert.Equal("{\"one\":1}\n", File.ReadAllText(path)); // the holder's cut, none of the waiter's
     }
 
     [Fact]

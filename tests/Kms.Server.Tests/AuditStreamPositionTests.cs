@@ -5,6 +5,7 @@ using System.Text;
 using System.Text.Json;
 using Kms.Client.Audit;
 using Kms.Core.Audit;
+using Kms.Core.Files;
 using Kms.Hsm;
 using Kms.Server.Audit;
 using Kms.Storage.Sqlite;
@@ -396,6 +397,78 @@ public sealed class AuditStreamPositionTests
             Assert.True(DateTime.UtcNow < deadline, $"no audit checkpoint at or after event {sequence} was signed within {within.TotalSeconds:0} s of the last of the requests that filled stdout: the housekeeping pass is held; its stderr:\n{stderr()}");
             await Task.Delay(100);
         }
+    }
+
+    // A stream file whose append lock another writer (another server or kms command on the path, a
+    // SIEM agent's fcntl lock) holds across a start, with events committed while the node was
+    // stopped: the start cannot read the file back. Before, it waited 10 s, then began the stream at
+    // the chain's head, and the events between the file's last and that head never reached it.
+    // Now nothing is forwarded while the lock is held (1337), and once it is released a
+    // housekeeping pass reads the file back and goes on after its last event (1338): each event
+    // once, the copy verifies.
+    [Fact]
+    public async Task File_LockedByAnotherWriterAcrossTheStart_EventsCommittedWhileStopped_ReachItOnceReleased_EachOnce()
+    {
+        var dataDir = Scratch.NewPath("kms-server-");
+        var stream = Scratch.NewPath("kms-siem-", ".jsonl");
+        string[] args = [$"--Kms:Audit:StreamPath={stream}"];
+        var server = await KmsTestServer.StartAsync(null, dataDir, "dev", args);
+        var token = server.Token;
+        try
+        {
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "before-the-stop");
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+
+        var database = Path.Combine(dataDir, "kms.db");
+        var stopped = Head(database);
+        Assert.StartsWith(EventPrefix(stopped), File.ReadLines(stream).Last(), StringComparison.Ordinal);
+        await AppendWhileStoppedAsync(database, 3);
+
+        string whileHeld;
+        using (var holder = new FileStream(stream, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite))
+        {
+            DurableFile.EndWithWholeLine(holder); // the appenders' lock, held until it is closed
+            server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "while-the-file-is-locked");
+            whileHeld = File.ReadAllText(stream);
+        }
+
+        string logs;
+        try
+        {
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "after-the-lock-was-released");
+            var head = Head(database);
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+            while (!File.ReadLines(stream).Any(l => l.StartsWith(EventPrefix(head), StringComparison.Ordinal)))
+            {
+                Assert.True(DateTime.UtcNow < deadline, $"event {head} did not reach the stream file within 60 s of the lock's release; it holds:\n{File.ReadAllText(stream)}");
+                await Task.Delay(100);
+            }
+        }
+        finally
+        {
+            await server.DisposeAsync();
+            logs = server.Logs.AllText;
+        }
+
+        var copy = File.ReadAllLines(stream);
+        var sequences = copy.Where(l => l.StartsWith("{\"event\":", StringComparison.Ordinal)).Select(Sequence).ToList();
+        Assert.Equal(Enumerable.Range(1, (int)Head(database)).Select(i => (long)i), sequences);
+        Assert.DoesNotContain(copy, l => l.StartsWith("{\"stream_", StringComparison.Ordinal));
+        var result = AuditVerifier.Verify(new StringReader(string.Join('\n', copy) + "\n"), PublicKey(dataDir));
+        Assert.True(result.Valid, result.Problem);
+
+        // Nothing was forwarded while the lock was held; the start said why, and the pass that read it back said so.
+        Assert.DoesNotContain(EventPrefix(stopped + 1), whileHeld, StringComparison.Ordinal);
+        Assert.Contains("Id: 1337", logs, StringComparison.Ordinal);
+        Assert.Contains("Id: 1338", logs, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -20,7 +20,7 @@ namespace Kms.Core.Files;
 /// an append is under way, and a reader keeping the file open would hold off the appends.</para>
 /// <para>Advisory: only writers that lock are held off (a reader never is). The lock is waited for
 /// (an append holds it for one write and one fsync) up to <see cref="Wait"/> (a test's shorter
-/// wait is passed in), then the append is refused. Where there are no such locks (Linux before 3.15, a file system without locks) the
+/// wait is passed in), then the append is refused (<see cref="FileLockedException"/>); a cancellation ends the wait. Where there are no such locks (Linux before 3.15, a file system without locks) the
 /// append goes ahead unlocked, as .NET does with its own; elsewhere than Linux there is none.</para>
 /// </remarks>
 internal static partial class AppendLock
@@ -41,8 +41,11 @@ internal static partial class AppendLock
     /// <param name="file">The log, open for writing.</param>
     /// <param name="path">Its path, for the message.</param>
     /// <param name="wait">How long another writer's lock is waited for: <see cref="Wait"/>, or a test's.</param>
-    /// <exception cref="IOException">Another writer held the lock for longer than <paramref name="wait"/>, or the lock failed otherwise.</exception>
-    public static void Acquire(FileStream file, string path, TimeSpan wait)
+    /// <param name="cancellationToken">Ends the wait (the server's stop during its start's read-back of the SIEM stream).</param>
+    /// <exception cref="FileLockedException">Another writer held the lock for longer than <paramref name="wait"/>.</exception>
+    /// <exception cref="IOException">The lock failed otherwise.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled while the lock was waited for.</exception>
+    public static void Acquire(FileStream file, string path, TimeSpan wait, CancellationToken cancellationToken = default)
     {
         if (!OperatingSystem.IsLinux() || !file.CanSeek)
         {
@@ -58,11 +61,17 @@ internal static partial class AppendLock
                 case 0 or Invalid or NoLocks or NotSupported:
                     return;
                 case TryAgain or AccessDenied when waited.Elapsed < wait:
-                    Thread.Sleep(pause);
+                    // Before, the wait heeded nothing: a stop asked for while a start read the SIEM
+                    // stream back waited out the 10 s first.
+                    if (cancellationToken.WaitHandle.WaitOne(pause))
+                    {
+                        cancellationToken.ThrowIfCancellationRequested();
+                    }
+
                     pause = Math.Min(pause * 2, 50);
                     continue;
                 case TryAgain or AccessDenied:
-                    throw new IOException($"{path} stayed locked by another writer for {wait.TotalSeconds:0.###} s (another server or kms command appending to the same file?); nothing was appended");
+                    throw new FileLockedException($"{path} stayed locked by another writer for {wait.TotalSeconds:0.###} s (another server or kms command appending to the same file?); nothing was appended");
                 case var error:
                     throw new IOException($"cannot lock {path} to append to it: {Marshal.GetPInvokeErrorMessage(error)} (errno {error})");
             }
@@ -97,3 +106,10 @@ internal static partial class AppendLock
     [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
     private static partial int Fcntl(int descriptor, int command, ref Flock flock);
 }
+
+/// <summary>
+/// Another writer held a log's append lock (<see cref="AppendLock"/>) for longer than the wait:
+/// nothing was written or cut. The file is as it was; trying again later may succeed.
+/// </summary>
+/// <param name="message">What held it up (the path and the wait).</param>
+public sealed class FileLockedException(string message) : IOException(message);

@@ -179,11 +179,21 @@ public static class DurableFile
     /// <exception cref="IOException">More than <see cref="MaxTornLine"/> bytes follow the last line feed: not a log of records; nothing is cut. Or another writer held the lock for longer than a few seconds.</exception>
     public static long EndWithWholeLine(FileStream file) => EndWithWholeLine(file, AppendLock.Wait);
 
-    /// <summary><see cref="EndWithWholeLine(FileStream)"/>, waiting <paramref name="lockWait"/> for another writer's lock.</summary>
-    internal static long EndWithWholeLine(FileStream file, TimeSpan lockWait)
+    /// <summary>
+    /// <see cref="EndWithWholeLine(FileStream)"/>, waiting <paramref name="lockWait"/> for another
+    /// writer's lock, or until <paramref name="cancellationToken"/> is cancelled.
+    /// </summary>
+    /// <param name="file">The log, open for reading and writing; a pipe or FIFO is left as it is.</param>
+    /// <param name="lockWait">How long another writer's lock is waited for.</param>
+    /// <param name="cancellationToken">Ends the wait for the lock.</param>
+    /// <returns>The number of bytes cut off.</returns>
+    /// <exception cref="FileLockedException">Another writer held the lock for longer than <paramref name="lockWait"/>: nothing was cut.</exception>
+    /// <exception cref="IOException">More than <see cref="MaxTornLine"/> bytes follow the last line feed; nothing is cut.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled while the lock was waited for.</exception>
+    public static long EndWithWholeLine(FileStream file, TimeSpan lockWait, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(file);
-        AppendLock.Acquire(file, file.Name, lockWait);
+        AppendLock.Acquire(file, file.Name, lockWait, cancellationToken);
         if (!file.CanSeek || file.Length == 0)
         {
             return 0;

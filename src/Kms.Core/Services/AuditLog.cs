@@ -89,6 +89,17 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     /// </summary>
     public Func<IEnumerable<AuditHead>>? StreamHistory { get; set; }
 
+    /// <summary>
+    /// Set by the host when it could not tell at start where the SIEM stream goes on (its file's
+    /// read-back waited in vain for another writer's lock): each housekeeping pass calls it before
+    /// forwarding, and forwards nothing until it returns true. It reads the stream back again and
+    /// calls <see cref="ForwardAfter"/> with the last event it holds (none for an empty stream: it
+    /// goes on after the head at start), or returns false while the stream still cannot be read back.
+    /// Before, the stream went on from the head at start, and the events between the stream's last
+    /// and that head were never forwarded.
+    /// </summary>
+    public Func<CancellationToken, bool>? StreamReadBack { get; set; }
+
     /// <summary>Called when a housekeeping pass (refusal windows, forwarding, checkpoint) failed; it is retried.</summary>
     public event Action<Exception>? HousekeepingFailed;
 
@@ -1172,6 +1183,16 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         if (EventsWritten is null || _forwarded < 0)
         {
             return;
+        }
+
+        if (StreamReadBack is { } readBack)
+        {
+            if (!readBack(cancellationToken))
+            {
+                return; // where the stream goes on is not known yet: nothing is sent until it is
+            }
+
+            StreamReadBack = null;
         }
 
         var started = time.GetTimestamp();

@@ -126,11 +126,28 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             // A regular file is read back (its own last line says how far it got); stdout, a FIFO
             // or a device cannot be, and goes on from its position record in the data directory.
             var readBack = stream != "-" && CanReadBack(stream);
-            if (readBack && LastStreamed(stream) is { } streamed)
+            if (readBack)
             {
-                audit.ForwardAfter(streamed);
+                try
+                {
+                    if (LastStreamed(stream, StartReadBackWait, cancellationToken) is { } streamed)
+                    {
+                        audit.ForwardAfter(streamed);
+                    }
+                }
+                catch (FileLockedException)
+                {
+                    // Another writer holds the file's lock (another server or kms command on this
+                    // path, a SIEM agent's fcntl lock): how far it got is not known. Before, the
+                    // stream went on from the chain's head, and the events between the file's last
+                    // and the head never reached it. Now nothing is forwarded until the read-back
+                    // succeeds, tried again at every housekeeping pass.
+                    LogStreamReadBackHeld(logger, stream, StartReadBackWait.TotalSeconds);
+                    var held = time.GetTimestamp();
+                    audit.StreamReadBack = token => RetryReadBack(stream, held, token);
+                }
             }
-            else if (!readBack)
+            else
             {
                 await ResumeFromPositionAsync(stream, Path.Combine(directory, AuditStreamPosition.FileName), cancellationToken);
 
@@ -593,18 +610,60 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         }
     }
 
+    /// <summary>
+    /// How long the start's read-back of a SIEM stream file waits for another writer's lock on it: an
+    /// appender holds it for one write and one fsync. A holder that keeps it longer is not waited
+    /// out (the start would wait with it): the read-back is tried again at every housekeeping pass,
+    /// nothing forwarded meanwhile.
+    /// </summary>
+    internal static readonly TimeSpan StartReadBackWait = TimeSpan.FromSeconds(2);
+
+    // How long a housekeeping pass's read-back waits for the lock: short, the pass has other work.
+    private static readonly TimeSpan RetryReadBackWait = TimeSpan.FromMilliseconds(100);
+
+    // The housekeeping pass's read-back of a stream file the start could not read back: false while
+    // another writer still holds its lock (nothing is forwarded). Once read, the stream goes on after
+    // the last event the file holds, or, a file emptied or removed meanwhile, after the head at start
+    // (whose events since then are forwarded, as after any start).
+    private bool RetryReadBack(string stream, long held, CancellationToken cancellationToken)
+    {
+        AuditHead? streamed;
+        try
+        {
+            streamed = LastStreamed(stream, RetryReadBackWait, cancellationToken);
+        }
+        catch (FileLockedException)
+        {
+            return false;
+        }
+
+        if (streamed is { } last)
+        {
+            audit.ForwardAfter(last);
+        }
+
+        var (waited, after) = (time.GetElapsedTime(held).TotalSeconds, audit.StreamPosition.Sequence);
+        LogStreamReadBackTaken(logger, stream, waited, after);
+        return true;
+    }
+
     /// <summary>How long the final housekeeping pass at stop forwards the SIEM stream at most: half the time the host gives the steps after the drain.</summary>
     internal static readonly TimeSpan FinalForwardTime = BoundedDrainServer.FinalStepsTime / 2;
 
     /// <summary>
     /// The last event in a stream file (its sequence number and hash; or the event a restart line
     /// after it goes on after), after ending it with a whole line as every append does
-    /// (<see cref="DurableFile.EndWithWholeLine"/>: a line a crash left half-written cut off, a
+    /// (<see cref="DurableFile.EndWithWholeLine(FileStream)"/>: a line a crash left half-written cut off, a
     /// whole event that lacks only its line feed kept), so the events forwarded again follow a
     /// whole line and none is forwarded twice; null for a missing or empty file (a new stream
     /// starts at the head).
     /// </summary>
-    internal static AuditHead? LastStreamed(string path)
+    internal static AuditHead? LastStreamed(string path) => LastStreamed(path, StartReadBackWait, CancellationToken.None);
+
+    /// <summary><see cref="LastStreamed(string)"/>, waiting <paramref name="lockWait"/> for another writer's lock on the file.</summary>
+    /// <exception cref="FileLockedException">Another writer held the file's lock for longer than <paramref name="lockWait"/>: how far the stream got is not known.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled while the lock was waited for.</exception>
+    internal static AuditHead? LastStreamed(string path, TimeSpan lockWait, CancellationToken cancellationToken)
     {
         if (!File.Exists(path))
         {
@@ -613,15 +672,15 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
         try
         {
-            return ReadBack(path);
+            return ReadBack(path, lockWait, cancellationToken);
         }
-        catch (Exception e) when (e is IOException or NotSupportedException or UnauthorizedAccessException)
+        catch (Exception e) when (e is (IOException and not FileLockedException) or NotSupportedException or UnauthorizedAccessException)
         {
             return null; // not readable as a file: start at the head, as before
         }
     }
 
-    private static AuditHead? ReadBack(string path)
+    private static AuditHead? ReadBack(string path, TimeSpan lockWait, CancellationToken cancellationToken)
     {
         using var file = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.Read, bufferSize: 0);
 
@@ -634,7 +693,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
         // The appenders' lock, held until the file is closed; more than a MiB without a line feed
         // is not a stream this server wrote: IOException, nothing cut, and the stream starts at the head.
-        DurableFile.EndWithWholeLine(file);
+        DurableFile.EndWithWholeLine(file, lockWait, cancellationToken);
         foreach (var point in Backwards(file))
         {
             return point;
@@ -819,6 +878,12 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1336, Level = LogLevel.Warning, Message = "the SIEM stream is on stdout, and stderr, where the server's log lines go, is the same {What:l}: a log line waits there while its reader does not read (the housekeeping pass and requests that log with it), and runs into a stream line the reader took only part of. Give stderr somewhere else (systemd: StandardError= other than StandardOutput=, which it otherwise shares), or stream to a FIFO or a file")]
     private static partial void LogStreamSharesStandardError(ILogger logger, string what);
+
+    [LoggerMessage(EventId = 1337, Level = LogLevel.Warning, Message = "the SIEM stream file {Stream} stayed locked by another writer for {Seconds} s (another server or kms command appending to it, or another process's fcntl lock): how far it got cannot be read back, so nothing is forwarded to it until it can; tried again at every housekeeping pass (1338 when it was read), no event skipped")]
+    private static partial void LogStreamReadBackHeld(ILogger logger, string stream, double seconds);
+
+    [LoggerMessage(EventId = 1338, Level = LogLevel.Information, Message = "the SIEM stream file {Stream} was read back, {Seconds:0.#} s after its lock held the start's read-back (1337): it goes on after event {Sequence}")]
+    private static partial void LogStreamReadBackTaken(ILogger logger, string stream, double seconds, long sequence);
 
     [LoggerMessage(EventId = 1303, Level = LogLevel.Warning, Message = "the final audit checkpoint could not be written ({Reason})")]
     private static partial void LogFinalCheckpointFailed(ILogger logger, string reason);
