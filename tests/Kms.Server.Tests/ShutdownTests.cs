@@ -174,6 +174,61 @@ public sealed class ShutdownTests
     }
 
     [Fact]
+    public async Task ASigtermWhileTheStartWaitsForSqlitesWriteLock_BuildCancelled_Logged1320_ExitsZero()
+    {
+        // A SQLite database another process holds the write lock of (a kms command, sqlite3 at a
+        // prompt), the server's busy timeout 10 minutes: its start waits for the lock in its first write.
+        var token = SoftHsm.CreateToken();
+        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-node-")).FullName;
+        var database = Path.Combine(dataDir, "kms.db");
+        await (await Kms.Storage.Sqlite.SqliteStore.OpenAsync(new Kms.Storage.Sqlite.SqliteOptions { DatabasePath = database }, default)).DisposeAsync();
+        Kms.Storage.Sqlite.SqliteStore.ReleasePooledConnections();
+        await using var holder = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={database};Pooling=False");
+        await holder.OpenAsync();
+        await using (var begin = holder.CreateCommand())
+        {
+            begin.CommandText = "BEGIN EXCLUSIVE";
+            await begin.ExecuteNonQueryAsync();
+        }
+
+        await using var server = ServerProcess.Launch(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, "dk-never-reached",
+            "--Storage:Sqlite:BusyTimeout=00:10:00");
+
+        // Once the server has the database open (its store's first connection), and a moment for it
+        // to reach the write (its schema check, a BEGIN IMMEDIATE), where it waits for the lock.
+        using (var wait = new CancellationTokenSource(TimeSpan.FromSeconds(120)))
+        {
+            while (!HasOpen(server.ProcessId, database))
+            {
+                await Task.Delay(50, wait.Token);
+            }
+        }
+
+        await Task.Delay(TimeSpan.FromSeconds(2));
+
+        // Before: SQLite's busy handler waited out the 10 minutes (no cancellation ends it), and the
+        // stop with it: the process had not exited 60 s after the SIGTERM.
+        var exitCode = await server.TerminateAsync(TimeSpan.FromSeconds(60));
+        Assert.True(exitCode == 0, $"exit code {exitCode}, 0 expected:\n{server.Output}");
+        Assert.Contains("StoppedWhileStarting", server.Output, StringComparison.Ordinal);
+        Assert.DoesNotContain("cannot start", server.Output, StringComparison.Ordinal);
+    }
+
+    // Whether the process holds the file open (a descriptor of it in /proc/PID/fd).
+    private static bool HasOpen(int processId, string path)
+    {
+        try
+        {
+            return Directory.EnumerateFileSystemEntries($"/proc/{processId}/fd")
+                .Any(fd => new FileInfo(fd).LinkTarget == path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false; // a descriptor closed while it was looked at: look again
+        }
+    }
+
+    [Fact]
     public async Task TheFinalCheckpointCannotBeAppendedToTheNodesRecord_Logged1303_TheHeadRecordStillWritten_TheStopCompletes()
     {
         var server = await KmsTestServer.StartAsync(null, null, "dev", "--Lifecycle:JobInterval=01:00:00");

@@ -92,6 +92,9 @@ public sealed class ServerProcess : IAsyncDisposable
 
     public Uri Address { get; }
 
+    /// <summary>The server process's id (its descriptors are under <c>/proc/ID/fd</c>).</summary>
+    public int ProcessId => _process.Id;
+
     public string DataDir { get; }
 
     public string CaCertificatePath => Path.Combine(DataDir, "tls", "ca.crt");

@@ -207,11 +207,43 @@ public sealed partial class SqliteStore : SqlStore
     /// </summary>
     internal Action? BeforeWriteLock { get; set; }
 
+    /// <summary>The longest one wait for the write lock lasts in SQLite before the caller's token is looked at again.</summary>
+    internal const int WriteLockSliceMilliseconds = 1000;
+
     // Serializable is BEGIN IMMEDIATE: the database's one write lock, taken at the start.
+    // The lock another connection holds (another process: a kms command, sqlite3 at a prompt, a
+    // backup tool) is waited for up to the busy timeout in slices of at most a second, the caller's
+    // token looked at between them. Before, it was one wait in SQLite's busy handler, which no
+    // cancellation ends (Microsoft.Data.Sqlite's async calls run synchronously, and
+    // sqlite3_interrupt does not end a busy wait): a stop asked for while the start waited for the
+    // lock (Storage:Sqlite:BusyTimeout, up to 10 min) waited it out first.
     private protected override async Task<DbTransaction> BeginWriteAsync(DbConnection connection, CancellationToken cancellationToken)
     {
         BeforeWriteLock?.Invoke();
-        return await connection.BeginTransactionAsync(IsolationLevel.Serializable, cancellationToken);
+        var sqlite = (SqliteConnection)connection;
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        var commandTimeout = sqlite.DefaultTimeout;
+        while (true)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            var left = _busyTimeoutMilliseconds - waited.ElapsedMilliseconds;
+            try
+            {
+                // SQLite's own wait, then Microsoft.Data.Sqlite's retries, for one slice each.
+                SQLitePCL.raw.sqlite3_busy_timeout(sqlite.Handle, (int)Math.Clamp(left, 0, WriteLockSliceMilliseconds));
+                sqlite.DefaultTimeout = 1;
+                return await connection.BeginTransactionAsync(IsolationLevel.Serializable, cancellationToken);
+            }
+            catch (SqliteException e) when (e.SqliteErrorCode is 5 or 6 && waited.ElapsedMilliseconds < _busyTimeoutMilliseconds)
+            {
+                // Held still: the next slice, unless the caller has stopped waiting meanwhile.
+            }
+            finally
+            {
+                SQLitePCL.raw.sqlite3_busy_timeout(sqlite.Handle, _busyTimeoutMilliseconds);
+                sqlite.DefaultTimeout = commandTimeout;
+            }
+        }
     }
 
     private protected override async Task<long> WriteMarkAsync(DbConnection connection, DbTransaction transaction, CancellationToken cancellationToken)
