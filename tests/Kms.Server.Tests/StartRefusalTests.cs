@@ -112,6 +112,45 @@ public sealed class StartRefusalTests
         await writer;
     }
 
+    // A FIFO where a dev-mode token file lies ({DataDir}/tokens): refused, naming it, without being
+    // opened. Before, the start read it with File.ReadAllTextAsync, whose open(2) waits for a writer:
+    // the start hung there, and a stop with it.
+    [Fact]
+    public async Task DevMode_ATokenFileIsAFifo_RefusedNamingIt_NeverOpened()
+    {
+        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-server-")).FullName;
+        var fifo = Path.Combine(Directory.CreateDirectory(Path.Combine(dataDir, "tokens")).FullName, "developer.token");
+        using (var mkfifo = System.Diagnostics.Process.Start("mkfifo", ["-m", "600", fifo]) ?? throw new InvalidOperationException("mkfifo did not start"))
+        {
+            await mkfifo.WaitForExitAsync();
+            Assert.Equal(0, mkfifo.ExitCode);
+        }
+
+        var opened = false;
+        var writer = Task.Run(() =>
+        {
+            using var stream = new FileStream(fifo, FileMode.Open, FileAccess.Write, FileShare.ReadWrite, bufferSize: 0); // returns once a reader opened it
+            Volatile.Write(ref opened, true);
+        });
+
+        try
+        {
+            // On a thread of its own, the hang guard's: the open(2) the old start made blocks the thread that makes it.
+            var (refusal, _) = await Task.Run(() => KmsTestServer.StartRefusedAsync(SoftHsm.CreateToken(), dataDir)).WaitAsync(TimeSpan.FromSeconds(60));
+            Assert.False(Volatile.Read(ref opened), "the start opened the FIFO");
+            Assert.Equal($"{fifo}, the dev-mode token file of token:developer, is no regular file (a FIFO, a device or a socket: not opened); move it aside, and the start issues a new token there", refusal.Message);
+        }
+        finally
+        {
+            // The writer let go: opened for reading here, and closed.
+            await using (new FileStream(fifo, FileMode.Open, FileAccess.Read))
+            {
+            }
+
+            await writer;
+        }
+    }
+
     // A port another process holds: the start is refused with one line that names the setting and
     // the port (stderr, exit code 2), logged by nobody with a stack trace, and what the build had
     // opened is closed, so the next start on the same token and data directory serves. Before, the

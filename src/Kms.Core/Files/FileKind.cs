@@ -11,7 +11,7 @@ namespace Kms.Core.Files;
 /// symbolic links, as an open would) gives the type; elsewhere, or where the C library lacks it,
 /// nothing is known and the caller goes on as before.
 /// </remarks>
-internal static partial class FileKind
+public static partial class FileKind
 {
     private const int CurrentDirectory = -100; // AT_FDCWD
     private const uint TypeMask = 0x1; // STATX_TYPE

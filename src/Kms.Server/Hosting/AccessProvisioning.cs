@@ -1,4 +1,5 @@
 using Kms.Core.Access;
+using Kms.Core.Files;
 using Kms.Core.Names;
 using Kms.Core.Ports;
 using Kms.Core.Services;
@@ -96,6 +97,15 @@ internal static partial class AccessProvisioning
         foreach (var (principal, file, roles, kind) in DevPrincipals)
         {
             var path = Path.Combine(tokens, file);
+
+            // Looked at before it is opened: open(2) for reading waits, on a FIFO, until something
+            // opens it for writing, and a device reads without end. Before, a FIFO there held the
+            // start in File.ReadAllTextAsync for good (a stop too: the wait is in native code).
+            if (FileKind.IsSpecial(path))
+            {
+                throw new InvalidOperationException($"{path}, the dev-mode token file of {principal}, is no regular file (a FIFO, a device or a socket: not opened); move it aside, and the start issues a new token there");
+            }
+
             var current = File.Exists(path) ? await authenticator.AuthenticateTokenAsync((await File.ReadAllTextAsync(path, cancellationToken)).Trim(), cancellationToken) : null;
             if (current?.ValidUntil is { } until && until > time.GetUtcNow().AddDays(1))
             {
