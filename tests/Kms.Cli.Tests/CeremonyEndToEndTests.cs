@@ -445,6 +445,34 @@ public sealed class CeremonyEndToEndTests : IDisposable
         Assert.Contains("kms: warning: --insecure-test-kdf", allowed.Error, StringComparison.Ordinal);
     }
 
+    // "\u041Elga" with a Cyrillic capital O prints as "Olga": a second Olga in the transcript, one
+    // share file each. So does an all-Cyrillic "\u0430\u0455\u0440" beside "asp". Refused (usage, exit
+    // 2) before the token, a passphrase or any directory is touched, naming the letter or the name.
+    [Fact]
+    public async Task CreateDomain_CustodianNamesThatPrintLikeAnother_UsageError_TheTokenUntouched_NothingWritten()
+    {
+        var outputs = new List<CliResult>();
+        Assert.Equal(0, (await Kms(outputs, ["ceremony", "init-token", .. Hsm("site-a"), "--so-pin-file", P("so.pin")])).ExitCode);
+        Assert.Equal(0, (await Kms(outputs, "officer", "keygen", "--out", P("olga.key"), "--key-passphrase-file", P("officer-key"))).ExitCode);
+        foreach (var (names, said) in new[]
+        {
+            (new[] { "Olga", "\u041Elga" }, "--custodian: the custodian name must not mix scripts whose letters look alike (Latin, Greek, Cyrillic, Armenian and Cherokee): U+041E (Cyrillic) stands among Latin letters"),
+            (new[] { "asp", "bob", "\u0430\u0455\u0440" }, "--custodian: the custodian name '\u0430\u0455\u0440' prints like 'asp', another custodian of this ceremony"),
+        })
+        {
+            var refused = await Kms(outputs, ["ceremony", "create-domain", .. Hsm("site-a"), .. names.SelectMany(n => new[] { "--custodian", n }), "--threshold", "2",
+                "--domain-id", DomainId, "--shares-dir", P("shares"), "--data-dir", P("data"), "--passphrase-file", $"{names[0]}={P("alice")}",
+                "--officer", $"olga={P("olga.key.pub")}", "--officer-threshold", "1", "--allow-network", "--insecure-test-kdf"]);
+
+            Assert.True(refused.ExitCode == 2, refused.ToString());
+            Assert.Contains(said, refused.Error, StringComparison.Ordinal);
+            Assert.False(Directory.Exists(P("shares")) || Directory.Exists(P("data")));
+        }
+
+        // The token holds no domain key: nothing was imported.
+        Assert.Equal(3, (await Kms(outputs, ["ceremony", "verify-domain", .. Hsm("site-a"), "--domain-id", DomainId])).ExitCode);
+    }
+
     // Two deployments whose ceremonies named the same officers and threshold used to pin the same
     // genesis hash (the genesis set's text held only those and 64 zeros), so a CHANGE_OFFICERS
     // that deployment A's officers approved for A verified in B's chain too: whoever could write

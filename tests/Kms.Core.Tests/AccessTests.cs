@@ -97,6 +97,62 @@ public sealed class AccessTests : IDisposable
     }
 
     [Fact]
+    public void PrincipalName_LettersOfTwoScriptsThatLookAlike_RefusedNamingTheLetter_OneScriptAccepted_ARegisteredOneStillParsed()
+    {
+        // cn:p\u0430yments with a Cyrillic "\u0430" prints as cn:payments: another principal, with its own roles.
+        var e = Assert.Throws<KmsException>(() => PrincipalName.Parse("cn:p\u0430yments", "name"));
+        Assert.Equal((KmsErrorCode.InvalidArgument, "name"), (e.Code, e.Field));
+        Assert.Contains("U+0430 (Cyrillic) stands among Latin letters", e.Message, StringComparison.Ordinal);
+        // The minority script is named, whichever comes first: here the Latin "p" among Cyrillic letters.
+        Assert.Contains("U+0070 (Latin) stands among Cyrillic letters", Assert.Throws<KmsException>(() => PrincipalName.Parse("cn:\u0430p\u0430\u0441\u0435", "name")).Message, StringComparison.Ordinal);
+        Assert.Contains("U+03BF (Greek) stands among Latin letters", Assert.Throws<KmsException>(() => PrincipalName.Parse("spiffe:spiffe://example.org/pay\u03BFuts", "name")).Message, StringComparison.Ordinal);
+        Assert.Contains("U+13A0 (Cherokee)", Assert.Throws<KmsException>(() => PrincipalName.Parse("jwt:k8s:system:serviceaccount:\u13A0ev:api", "name")).Message, StringComparison.Ordinal);
+        Assert.Contains("U+0585 (Armenian)", Assert.Throws<KmsException>(() => PrincipalName.Parse("cn:r\u0585ot", "name")).Message, StringComparison.Ordinal);
+        Assert.False(PrincipalName.IsValid(PrincipalKind.CommonName, "p\u0430yments"));
+        Assert.False(PrincipalName.IsValid(PrincipalKind.Spiffe, "spiffe://\u0435xample.org/payments"));
+        Assert.False(PrincipalName.IsValid(PrincipalKind.Jwt, "k8s:p\u0430yments"));
+
+        // One script, any of them; digits, punctuation and other scripts count as none; a jwt:
+        // subject is judged without its issuer's (Latin) name.
+        foreach (var name in new[] { "cn:\u041E\u043B\u044C\u0433\u0430", "cn:\u0395\u03BB\u03AD\u03BD\u03B7-2", "cn:payments-01.example", "cn:\u6771\u4EAC-tokyo", "jwt:k8s:\u041E\u043B\u044C\u0433\u0430", "cn:Ren\u00e9 Mu\u00F1oz" })
+        {
+            Assert.Equal(name, PrincipalName.Parse(name, "name").ToString());
+        }
+
+        // A name registered before the rule is still read, to be found and cleaned up.
+        Assert.Equal("p\u0430yments", PrincipalName.ParseExisting("cn:p\u0430yments", "name").Value);
+        Assert.Equal("cn:p\u0430yments", Kms.Core.Backup.AccessReplay.PrincipalOf("tenants/dev/principals/cn:p\u0430yments").ToString());
+    }
+
+    [Fact]
+    public async Task CreatePrincipal_NamePrintingLikeAnotherOfTheTenant_RefusedNamingIt_NothingCreated_OtherTenantsAndKindsApart()
+    {
+        // cn:\u0455\u0440\u0430\u0441\u0435 is all Cyrillic, so of one script, and prints as cn:space.
+        var cyrillic = PrincipalName.CommonName("\u0455\u0440\u0430\u0441\u0435");
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.CommonName("space"), DomainHarness.Dev.Tenant, null, default);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.CreatePrincipalAsync(cyrillic, DomainHarness.Dev.Tenant, null, default));
+        Assert.Equal((KmsErrorCode.InvalidArgument, "name"), (e.Code, e.Field));
+        Assert.Contains("prints like the principal cn:space of the same tenant", e.Message, StringComparison.Ordinal);
+        Assert.Null(await _harness.AccessStore.GetPrincipalAsync(cyrillic, default));
+
+        // The other way round, and a Greek name printing like a Cyrillic one; a deleted principal's name counts too.
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.CommonName("\u0441\u043E\u0440\u0435"), DomainHarness.Dev.Tenant, null, default);
+        await _harness.Access.DeletePrincipalAsync(new Caller("token:admin", null, new HashSet<Role> { Role.DeploymentAdmin }), PrincipalName.CommonName("\u0441\u043E\u0440\u0435"), default);
+        Assert.Contains("prints like the principal cn:\u0441\u043E\u0440\u0435 (deleted)",
+            (await Assert.ThrowsAsync<KmsException>(() => _harness.Access.CreatePrincipalAsync(PrincipalName.CommonName("cope"), DomainHarness.Dev.Tenant, null, default))).Message, StringComparison.Ordinal);
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.CommonName("\u043E\u0440\u0430"), DomainHarness.Dev.Tenant, null, default);
+        Assert.Contains("prints like the principal cn:\u043E\u0440\u0430 of",
+            (await Assert.ThrowsAsync<KmsException>(() => _harness.Access.CreatePrincipalAsync(PrincipalName.CommonName("\u03BF\u03C1\u03B1"), DomainHarness.Dev.Tenant, null, default))).Message, StringComparison.Ordinal);
+
+        // Another tenant's principals, deployment principals and another kind of name are apart.
+        await _harness.Access.CreateTenantAsync(TenantId.Parse("other"), null, default);
+        await _harness.Access.CreatePrincipalAsync(cyrillic, TenantId.Parse("other"), null, default);
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Spiffe("spiffe://\u0455\u0440\u0430\u0441\u0435"), null, null, default);
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("space"), DomainHarness.Dev.Tenant, null, default);
+    }
+
+    [Fact]
     public async Task SetKeyPolicy_OneEntryRepeatedPastTheLimit_RefusedBeforeAnyLookup()
     {
         var key = await _harness.CreateKeyAsync("repeated");

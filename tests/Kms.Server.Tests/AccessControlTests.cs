@@ -625,6 +625,49 @@ public sealed class AccessControlTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task PrincipalNamesOfLettersThatLookLikeOtherScripts_RefusedAtEveryEntry_ARegisteredOneStillListedAndDeleted()
+    {
+        // cn:p\u0430yments with a Cyrillic "\u0430" prints as cn:payments: before, another principal
+        // with its own roles, grants and audit trail.
+        const string mixed = "cn:p\u0430yments";
+        await AssertNamed("name", () => _admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = mixed, Tenant = "tenants/dev" }).ResponseAsync);
+        await AssertNamed("principal", () => _admin.Access.SetRoleBindingAsync(new SetRoleBindingRequest { Principal = mixed, Role = "key-user", Tenant = "tenants/dev" }).ResponseAsync);
+        var key = await _developer.CreateKeyAsync("tenants/dev", "scripts");
+        await AssertNamed("grant.grantee", () => _developer.Raw.CreateGrantAsync(new CreateGrantRequest
+        {
+            Parent = key.Name,
+            Grant = new KeyGrant { Grantee = mixed, Operations = { "DECRYPT" } },
+        }).ResponseAsync);
+
+        // All-Cyrillic cn:\u0455\u0440\u0430\u0441\u0435 is of one script, but prints as cn:space, registered before it.
+        await _admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = "cn:space", Tenant = "tenants/dev" });
+        var alike = await Assert.ThrowsAsync<RpcException>(async () => await _admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = "cn:\u0455\u0440\u0430\u0441\u0435", Tenant = "tenants/dev" }));
+        Assert.Equal(StatusCode.InvalidArgument, alike.StatusCode);
+        Assert.StartsWith("name: cn:\u0455\u0440\u0430\u0441\u0435 prints like the principal cn:space of the same tenant", alike.Status.Detail, StringComparison.Ordinal);
+        Assert.DoesNotContain((await _admin.Access.ListPrincipalsAsync(new ListPrincipalsRequest { Tenant = "tenants/dev", PageSize = 1000 })).Principals,
+            p => p.Name is mixed or "cn:\u0455\u0440\u0430\u0441\u0435");
+
+        // A name of one script is a name: Cyrillic, or Latin with digits and punctuation.
+        await _admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = "cn:\u041E\u043B\u044C\u0433\u0430", Tenant = "tenants/dev" });
+        await _admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = "cn:payments-01.example", Tenant = "tenants/dev" });
+
+        // One registered before the rule is still read, found and deleted.
+        await _server.Services.GetRequiredService<Kms.Core.Ports.IAccessStore>().CreatePrincipalAsync(
+            new Kms.Core.Access.Principal(Kms.Core.Access.PrincipalName.CommonName("p\u0430yments"), Kms.Core.Names.TenantId.Parse("dev"), "", _time.GetUtcNow()), default);
+        Assert.Contains((await _admin.Access.ListPrincipalsAsync(new ListPrincipalsRequest { Tenant = "tenants/dev", PageSize = 1000 })).Principals, p => p.Name == mixed);
+        Assert.Equal(mixed, (await _admin.Access.GetPrincipalAsync(new GetPrincipalRequest { Name = mixed })).Principal.Name);
+        await _admin.Access.DeletePrincipalAsync(new DeletePrincipalRequest { Name = mixed });
+
+        static async Task AssertNamed(string field, Func<Task> call)
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(call);
+            Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+            Assert.StartsWith(field + ": a principal name's letters must not mix scripts whose letters look alike", e.Status.Detail, StringComparison.Ordinal);
+            Assert.Contains("U+0430 (Cyrillic) stands among Latin letters", e.Status.Detail, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
     public async Task StrayBootstrapCredential_WhileAnAdminExists_GrantsNothing_AndIsRevokedAtTheNextStart()
     {
         // What two nodes starting at once on an empty database leave behind: a second credential,

@@ -216,6 +216,7 @@ public sealed class JwtValidatorTests : IDisposable
     [InlineData("payments\napi")]
     [InlineData("repo:acme/app:ref:refs/heads/\u202Eniam")] // a right-to-left override: shown as "...main"
     [InlineData("repo:acme/caf\u0065\u0301:ref:refs/heads/main")] // decomposed: shown as the repository caf\u00e9, another principal
+    [InlineData("system:serviceaccount:p\u0430yments:api")] // a Cyrillic "\u0430" among Latin letters: shown as ...:payments:api
     [InlineData("x")] // made 201 characters long below
     public void SubjectThatIsNoName_Refused(string sub)
     {

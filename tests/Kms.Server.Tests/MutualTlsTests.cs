@@ -78,6 +78,8 @@ public sealed class MutualTlsTests : IAsyncLifetime, IDisposable
     [InlineData(0x0C, "")]
     [InlineData(0x0C, "Rene\u0301")] // decomposed: shown as cn:Ren\u00e9, another principal
     [InlineData(0x0C, "al\u200Bice")] // shown as cn:alice
+    [InlineData(0x0C, "p\u0430yments")] // a Cyrillic "\u0430" among Latin letters: shown as cn:payments
+    [InlineData(0x0C, "\u03A1ayments")] // a Greek capital rho: shown as cn:Payments
     public void PrincipalOf_CommonNameThatIsNoValidName_NoPrincipal(byte stringTag, string commonName)
     {
         // The subject written byte by byte: .NET's builders would refuse or replace these characters.

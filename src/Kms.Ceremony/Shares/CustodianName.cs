@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Globalization;
 using System.Text;
+using Kms.Shared;
 
 namespace Kms.Ceremony.Shares;
 
@@ -20,6 +21,10 @@ namespace Kms.Ceremony.Shares;
 /// takes every string as normalised. An "é" typed decomposed is a different name from "é"
 /// composed that looks the same; a share is told apart by its index and fingerprint, which the
 /// transcript records with the name.</para>
+/// <para>A new name's letters come from one of the scripts whose letters look alike — Latin, Greek,
+/// Cyrillic, Armenian, Cherokee — not from two ("Оlga" with a Cyrillic "О" prints as "Olga"); and
+/// the custodians of one ceremony have names that do not print alike (<see cref="CheckSet"/>).
+/// Letters that look alike within one script ("rn" and "m") are not judged.</para>
 /// <para>Names in share files written before this rule are still read (their shares are needed
 /// to rebuild the key); every message of this library shows a name through
 /// <see cref="Printable"/>.</para>
@@ -45,7 +50,38 @@ public static class CustodianName
             i += length;
         }
 
+        if (LookAlikeScripts.MixedScriptLetter(name) is { } mixed)
+        {
+            return $"the custodian name must not mix scripts whose letters look alike ({LookAlikeScripts.ScriptList}): "
+                + $"{LookAlikeScripts.CodePoint(mixed.CodePoint)} ({mixed.Script}) stands among {mixed.Among} letters, so '{Printable(name!)}' prints like another name";
+        }
+
         return ShareMetadata.CheckSpaces(name!);
+    }
+
+    /// <summary>
+    /// Why the custodians of one ceremony cannot have these names, each already passing
+    /// <see cref="Check"/>: two of them print alike, differing only in letters of Greek, Cyrillic,
+    /// Armenian or Cherokee drawn like Latin ones ("Оlga" with a Cyrillic "О" beside "Olga";
+    /// UTS #39's skeleton, for those letters only). Null when they can.
+    /// </summary>
+    public static string? CheckSet(IReadOnlyList<string> names)
+    {
+        ArgumentNullException.ThrowIfNull(names);
+        var skeletons = names.Select(LookAlikeScripts.Skeleton).ToList();
+        for (var i = 1; i < names.Count; i++)
+        {
+            for (var j = 0; j < i; j++)
+            {
+                if (skeletons[i] == skeletons[j] && names[i] != names[j])
+                {
+                    return $"the custodian name '{Printable(names[i])}' prints like '{Printable(names[j])}', another custodian of this ceremony: "
+                        + "they differ only in letters of Greek, Cyrillic, Armenian or Cherokee drawn like Latin ones; names must tell custodians apart";
+                }
+            }
+        }
+
+        return null;
     }
 
     /// <summary>

@@ -3,7 +3,7 @@ namespace Kms.Ceremony.Shares;
 /// <summary>What the ceremony says about a share before it is protected: whose it is and which split it belongs to.</summary>
 /// <param name="DomainId">The domain key's identifier as the ceremony records it (e.g. its CKA_ID in hex): 1..128 printable ASCII characters, no spaces.</param>
 /// <param name="DomainKcv">The domain key's check value as the HSM reported it (CKA_CHECK_VALUE): 6 hex digits.</param>
-/// <param name="Custodian">The custodian's name: 1..64 characters, no leading or trailing spaces, none of the characters <see cref="CustodianName.Check"/> refuses (control, format — bidirectional and zero-width —, separators, private-use, unassigned, lone surrogates); NFC-normalised when written (where the process has ICU).</param>
+/// <param name="Custodian">The custodian's name: 1..64 characters, no leading or trailing spaces, none of the characters <see cref="CustodianName.Check"/> refuses (control, format — bidirectional and zero-width —, separators, private-use, unassigned, lone surrogates) and no letters of two scripts that look alike; NFC-normalised when written (where the process has ICU).</param>
 /// <param name="Threshold">M, the number of shares that rebuild the key.</param>
 /// <param name="Count">N, the number of shares made.</param>
 public sealed record ShareMetadata(string DomainId, string DomainKcv, string Custodian, int Threshold, int Count)

@@ -1404,7 +1404,7 @@ internal static class BackupRestore
 
         foreach (var (id, principal, time) in replaced.RevokedTokens)
         {
-            var holder = Kms.Core.Access.PrincipalName.Parse(principal, "principal");
+            var holder = Kms.Core.Access.PrincipalName.ParseExisting(principal, "principal");
             removals.Add(new RecordedAccessRemoval(
                 AccessRemovalKind.TokenRevocation, $"{Kms.Core.Services.AccessService.AuditResourceOf(holder, tenantOf.GetValueOrDefault(principal))}/apiTokens/{id}", time, ReplacedDatabase, Verified: true));
         }

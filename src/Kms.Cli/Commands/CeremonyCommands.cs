@@ -849,7 +849,7 @@ internal static partial class CeremonyCommands
         }
 
         // Refused here, before the token or a directory is touched, not when the first share file is written.
-        if (list.Select(CustodianName.Check).FirstOrDefault(p => p is not null) is { } problem)
+        if ((list.Select(CustodianName.Check).FirstOrDefault(p => p is not null) ?? CustodianName.CheckSet(list)) is { } problem)
         {
             throw new CliUsageException($"--custodian: {problem}");
         }

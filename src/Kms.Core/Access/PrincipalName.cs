@@ -1,6 +1,7 @@
 using System.Text.RegularExpressions;
 using Kms.Core.Audit;
 using Kms.Core.Errors;
+using Kms.Shared;
 
 namespace Kms.Core.Access;
 
@@ -43,7 +44,7 @@ public sealed partial record PrincipalName
     /// Parses <c>spiffe:…</c>, <c>cn:…</c>, <c>token:…</c> or <c>jwt:…</c>: a name a request gives
     /// a principal (creation, a role binding, a grant, a key policy), under <see cref="IsValid"/>.
     /// </summary>
-    /// <exception cref="KmsException">InvalidArgument naming <paramref name="field"/>; for a name in another form than Unicode's NFC, or holding a character that hides or moves text, saying so.</exception>
+    /// <exception cref="KmsException">InvalidArgument naming <paramref name="field"/>; for a name in another form than Unicode's NFC, holding a character that hides or moves text, or mixing letters of scripts that look alike, saying so.</exception>
     public static PrincipalName Parse(string? name, string field)
     {
         var parsed = ParseExisting(name, field);
@@ -52,8 +53,41 @@ public sealed partial record PrincipalName
             throw KmsErrors.InvalidArgument(field, NotCanonical);
         }
 
+        if (MixedScript(parsed.Kind, parsed.Value) is { } mixed)
+        {
+            throw KmsErrors.InvalidArgument(field,
+                $"a principal name's letters must not mix scripts whose letters look alike ({LookAlikeScripts.ScriptList}): "
+                + $"{LookAlikeScripts.CodePoint(mixed.CodePoint)} ({mixed.Script}) stands among {mixed.Among} letters, so the name prints like another");
+        }
+
         return parsed;
     }
+
+    /// <summary>
+    /// When the letters of <paramref name="value"/> come from more than one of the scripts that
+    /// look alike (Latin, Greek, Cyrillic, Armenian, Cherokee: <c>cn:pаyments</c> with a Cyrillic
+    /// "а" prints as <c>cn:payments</c>), the first letter of the minority script; null otherwise.
+    /// A <c>jwt:</c> name is judged by its subject (the issuer's name is always Latin), any other by
+    /// its whole value: a SPIFFE ID's trust domain and path are ASCII by the SPIFFE standard, a
+    /// common name is one name. Digits, punctuation and letters of other scripts count as none.
+    /// </summary>
+    public static (int CodePoint, string Script, string Among)? MixedScript(PrincipalKind kind, string value)
+    {
+        ArgumentNullException.ThrowIfNull(value);
+        return kind switch
+        {
+            PrincipalKind.Token => null,
+            PrincipalKind.Jwt => LookAlikeScripts.MixedScriptLetter(value.AsSpan(value.IndexOf(':', StringComparison.Ordinal) + 1)),
+            _ => LookAlikeScripts.MixedScriptLetter(value),
+        };
+    }
+
+    /// <summary>
+    /// This name with every letter of Greek, Cyrillic, Armenian or Cherokee that is drawn like a
+    /// Latin letter replaced by it (UTS #39's skeleton, for those letters only): two principals whose
+    /// names have the same skeleton print alike (<c>cn:ѕрасе</c> in Cyrillic and <c>cn:space</c>).
+    /// </summary>
+    public string Skeleton() => LookAlikeScripts.Skeleton(ToString());
 
     /// <summary>
     /// Parses the name of a principal that may have been registered before names had to be
@@ -89,10 +123,10 @@ public sealed partial record PrincipalName
     /// and the audit chain (PostgreSQL refuses a NUL). Nor is anything that would let two names
     /// that look the same be two principals, with their own roles, grants and audit trail
     /// (<see cref="IsCanonical"/>): a character that hides or moves text, or a name in another
-    /// form than Unicode's NFC.
+    /// form than Unicode's NFC; nor letters of scripts that look alike, mixed (<see cref="MixedScript"/>).
     /// </summary>
     public static bool IsValid(PrincipalKind kind, string value) =>
-        IsWellFormed(kind, value) && (kind == PrincipalKind.Token || IsCanonical(value));
+        IsWellFormed(kind, value) && (kind == PrincipalKind.Token || (IsCanonical(value) && MixedScript(kind, value) is null));
 
     /// <summary>
     /// Whether <paramref name="value"/> (clean: no control character, no lone surrogate) is the one

@@ -200,10 +200,10 @@ public static class AccessReplay
         ArgumentNullException.ThrowIfNull(resource);
         if (resource.StartsWith("tenants/", StringComparison.Ordinal) && resource.IndexOf(PrincipalsOfTenant, StringComparison.Ordinal) is var at and > 0)
         {
-            return PrincipalName.Parse(resource[(at + PrincipalsOfTenant.Length)..], "resource");
+            return PrincipalName.ParseExisting(resource[(at + PrincipalsOfTenant.Length)..], "resource");
         }
 
-        return PrincipalName.Parse(resource, "resource");
+        return PrincipalName.ParseExisting(resource, "resource");
     }
 
     /// <summary>The token id a token revocation's resource names.</summary>

@@ -217,6 +217,7 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
         }
 
         var principal = new Principal(name, tenant, ValidateDisplayName(displayName, "display_name"), Clock.Now(time));
+        await EnsureLooksLikeNoOtherAsync(name, tenant, "name", cancellationToken);
         try
         {
             await access.CreatePrincipalAsync(principal, cancellationToken);
@@ -569,6 +570,11 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
             throw KmsErrors.Unauthenticated();
         }
 
+        if (principal is null)
+        {
+            await EnsureLooksLikeNoOtherAsync(admin, null, "admin", cancellationToken);
+        }
+
         // One write: the credential's use, the principal, its binding, the session token and the
         // audit event commit together or not at all. As separate writes, a failure after the
         // credential's use left it used with no admin registered (only a new quorum request
@@ -623,6 +629,47 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
         var now = await Clock.LatestAsync(Clock.Now(time), keys, cancellationToken);
         return (new ApiToken(id, principal, kind, hash, now, now + lifetime), text);
     }
+
+    /// <summary>
+    /// Refuses a new principal whose name prints like the name of a principal already registered
+    /// in the same tenant (for a deployment principal: among the deployment's), deleted ones
+    /// included: the same <see cref="PrincipalName.Skeleton"/>, i.e. the names differ only in
+    /// letters of Greek, Cyrillic, Armenian or Cherokee drawn like Latin ones (<c>cn:ѕрасе</c> in
+    /// Cyrillic and <c>cn:space</c>), or in which of two such scripts a letter is from. A name
+    /// with a mixed-script letter never gets here (<see cref="PrincipalName.Parse"/>). It reads the
+    /// tenant's principal names once, a page at a time: a creation is an administrator's call,
+    /// rare beside crypto calls, and the store keeps no skeleton to look up.
+    /// </summary>
+    private async Task EnsureLooksLikeNoOtherAsync(PrincipalName name, TenantId? tenant, string field, CancellationToken cancellationToken)
+    {
+        if (name.Kind == PrincipalKind.Token)
+        {
+            // token: names are [a-z0-9-]: a prefix no other kind has, and no letter to mistake.
+            return;
+        }
+
+        var skeleton = name.Skeleton();
+        string? after = null;
+        while (true)
+        {
+            var page = await access.ListPrincipalsAsync(tenant, after, SkeletonPageSize, true, cancellationToken);
+            if (page.FirstOrDefault(p => p.Name != name && p.Name.Skeleton() == skeleton) is { } alike)
+            {
+                throw KmsErrors.InvalidArgument(field,
+                    $"{name} prints like the principal {KmsErrors.Printable(alike.Name.ToString())}{(alike.Deleted ? " (deleted)" : "")} of the same {(tenant is null ? "deployment" : "tenant")}: "
+                    + "they differ only in letters of Greek, Cyrillic, Armenian or Cherokee drawn like Latin ones; names must tell principals apart");
+            }
+
+            if (page.Count < SkeletonPageSize)
+            {
+                return;
+            }
+
+            after = page[^1].Name.ToString();
+        }
+    }
+
+    private const int SkeletonPageSize = 500;
 
     /// <summary>
     /// A principal as its audit events name it: under its tenant (<c>tenants/acme/principals/token:ci</c>),

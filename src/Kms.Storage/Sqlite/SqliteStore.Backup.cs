@@ -224,7 +224,7 @@ public sealed partial class SqliteStore
             var deleteTime = (await RowsAsync("SELECT name FROM pragma_table_info('principals')", r => r.GetString(0))).Contains("delete_time")
                 ? "delete_time" : "CASE WHEN disabled = 1 THEN create_time END";
             var principals = await RowsAsync($"SELECT name, tenant, {deleteTime} FROM principals", r =>
-                (Name: Kms.Core.Access.PrincipalName.Parse(r.GetString(0), "principal"), Tenant: r.IsDBNull(1) ? (TenantId?)null : TenantId.Parse(r.GetString(1)), Deleted: r.IsDBNull(2) ? (DateTimeOffset?)null : Time(r, 2)));
+                (Name: Kms.Core.Access.PrincipalName.ParseExisting(r.GetString(0), "principal"), Tenant: r.IsDBNull(1) ? (TenantId?)null : TenantId.Parse(r.GetString(1)), Deleted: r.IsDBNull(2) ? (DateTimeOffset?)null : Time(r, 2)));
             var tokens = await RowsAsync("SELECT id, principal, revoke_time FROM api_tokens WHERE revoke_time IS NOT NULL", r => (Id: r.GetString(0), Principal: r.GetString(1), Time: Time(r, 2)));
             var bindings = await RowsAsync("SELECT principal, role, tenant FROM role_bindings", r => (r.GetString(0), (Kms.Core.Access.Role)r.GetInt32(1), r.GetString(2)));
             var grants = await RowsAsync("SELECT tenant, key_id, grant_id, revoke_time FROM grants WHERE revoke_time IS NOT NULL", r => (Name: $"tenants/{r.GetString(0)}/keys/{r.GetString(1)}/grants/{r.GetString(2)}", Time: Time(r, 3)));

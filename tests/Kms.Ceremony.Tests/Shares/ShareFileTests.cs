@@ -468,6 +468,32 @@ public sealed class ShareFileTests : IDisposable
     }
 
     [Theory]
+    [InlineData("\u041Elga", "U+041E (Cyrillic) stands among Latin letters")] // a Cyrillic capital O: prints as "Olga"
+    [InlineData("\u0410\u043B\u0456ce", "U+0063 (Latin) stands among Cyrillic letters")] // the minority is named, not the first letter
+    [InlineData("\u03A1aul", "U+03A1 (Greek) stands among Latin letters")]
+    [InlineData("\u13A0avid", "U+13A0 (Cherokee) stands among Latin letters")]
+    [InlineData("J\u0585hn", "U+0585 (Armenian) stands among Latin letters")]
+    public void Protect_CustodianNameMixingScriptsWhoseLettersLookAlike_RefusedNamingTheLetter(string custodian, string what)
+    {
+        var e = Assert.Throws<CeremonyException>(() => Ceremony.Protect(_share, Ceremony.Metadata(custodian), "a long enough passphrase"));
+
+        Assert.Equal(CeremonyError.InvalidArgument, e.Error);
+        Assert.Equal($"the custodian name must not mix scripts whose letters look alike (Latin, Greek, Cyrillic, Armenian and Cherokee): {what}, so '{custodian}' prints like another name", e.Message);
+        Assert.Equal(e.Message, CustodianName.Check(custodian));
+    }
+
+    [Fact]
+    public void CheckSet_TwoCustodiansWhoseNamesPrintAlike_RefusedNamingBoth_OtherwiseNull()
+    {
+        // Each name is of one script, so CustodianName.Check passes it; beside each other in one
+        // ceremony they print alike.
+        Assert.Equal("the custodian name '\u0430\u0455\u0440' prints like 'asp', another custodian of this ceremony: they differ only in letters of Greek, Cyrillic, Armenian or Cherokee drawn like Latin ones; names must tell custodians apart",
+            CustodianName.CheckSet(["asp", "olga", "\u0430\u0455\u0440"]));
+        Assert.NotNull(CustodianName.CheckSet(["\u0395\u039A\u039F", "\u0415\u041A\u041E"])); // Greek and Cyrillic capitals: both "EKO"
+        Assert.Null(CustodianName.CheckSet(["asp", "\u041E\u043B\u044C\u0433\u0430", "Olga", "\u0395\u03BB\u03AD\u03BD\u03B7"]));
+    }
+
+    [Theory]
     [InlineData("Zo\u00EB")]
     [InlineData("\u0645\u06CC\u0631\u0632\u0627")]
     [InlineData("\u674E\u5A1C")]
