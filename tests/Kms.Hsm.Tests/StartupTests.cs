@@ -156,8 +156,10 @@ public sealed class StartupTests
         Assert.Contains("refused the PIN", e.Message, StringComparison.Ordinal);
         Assert.DoesNotContain("not-the-pin", e.ToString(), StringComparison.Ordinal);
 
-        // Every refusal is logged: one line, one presentation of the PIN.
-        Assert.Single(logger.Messages, m => m.Contains("refused the PIN", StringComparison.Ordinal));
+        // At the open the exception is the refusal, and whoever opened says it (the server's start
+        // refusal line, the CLI's error): not logged as well, which put event 2006 before that line
+        // (4d1efbd). A recovery's login while serving is logged (2006): nothing else says it.
+        Assert.DoesNotContain(logger.Messages, m => m.Contains("refused the PIN", StringComparison.Ordinal));
         Assert.DoesNotContain(logger.Messages, m => m.Contains("not-the-pin", StringComparison.Ordinal));
     }
 
