@@ -1381,7 +1381,7 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
 
         public Task<AuditPage> ListAuditPageAsync(AuditQuery query, long scanWindow, CancellationToken cancellationToken) => inner.ListAuditPageAsync(query, scanWindow, cancellationToken);
 
-        public async Task AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken)
+        public async Task<AuditCheckpoint?> AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken)
         {
             if (gateCheckpoints)
             {
@@ -1389,7 +1389,7 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
                 await Release.Task;
             }
 
-            await inner.AddAuditCheckpointAsync(checkpoint, cancellationToken);
+            return await inner.AddAuditCheckpointAsync(checkpoint, cancellationToken);
         }
 
         public Task<IReadOnlyList<AuditCheckpoint>> ListAuditCheckpointsAsync(long afterSequence, int limit, CancellationToken cancellationToken) => inner.ListAuditCheckpointsAsync(afterSequence, limit, cancellationToken);

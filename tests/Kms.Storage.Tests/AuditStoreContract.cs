@@ -605,6 +605,43 @@ public abstract class AuditStoreContract : AccessStoreContract
         Assert.Equal([1, 2, 3], latest.Signature);
     }
 
+    [Fact]
+    public async Task Head_ComesFromTheEvents_NotFromACheckpointRowInsertedAboveThem()
+    {
+        // A database writer without the HSM inserts a checkpoint row above the last event. Before,
+        // it was the head: the next events chained from it (4 followed "10"), and a checkpoint was
+        // signed over a head no event has.
+        var store = await AuditAsync();
+        var events = await store.AppendAuditAsync([Entry(1), Entry(2), Entry(3)], default);
+        var forged = new string('f', 64);
+        await store.AddAuditCheckpointAsync(new AuditCheckpoint(10, forged, T0, "sha256:00", AuditChain.CheckpointBody(10, forged, T0, "sha256:00"), [9]), default);
+
+        Assert.Equal(new AuditHead(3, events[2].Hash), await store.GetAuditHeadAsync(default));
+        var next = await store.AppendAuditAsync([Entry(4)], default);
+        Assert.Equal((4L, events[2].Hash), (next[0].Sequence, next[0].PreviousHash));
+        Assert.Equal(new AuditHead(4, next[0].Hash), await store.GetAuditHeadAsync(default));
+    }
+
+    [Fact]
+    public async Task Checkpoint_ARowStoredAheadAtItsSequence_IsReplacedAndReturned_TheSameRowAgainIsNot()
+    {
+        // A row inserted at a future sequence kept the genuine checkpoint out (ON CONFLICT DO NOTHING).
+        var store = await AuditAsync();
+        var first = await store.AppendAuditAsync([Entry(1)], default);
+        var forged = new string('f', 64);
+        var planted = new AuditCheckpoint(3, forged, T0, "sha256:00", AuditChain.CheckpointBody(3, forged, T0, "sha256:00"), [9]);
+        Assert.Null(await store.AddAuditCheckpointAsync(planted, default));
+        IReadOnlyList<AuditEvent> events = [.. first, .. await store.AppendAuditAsync([Entry(2), Entry(3)], default)];
+        Assert.Equal(3, events[2].Sequence);
+
+        var replaced = await store.AddAuditCheckpointAsync(Checkpoint(events[2]), default);
+        Assert.Equal((3L, forged, "09"), (replaced?.Sequence, replaced?.HeadHash, Convert.ToHexString(replaced?.Signature ?? [])));
+        var stored = await store.GetLatestAuditCheckpointAsync(default);
+        Assert.Equal((3L, events[2].Hash, Checkpoint(events[2]).Body, "010203"), (stored!.Sequence, stored.HeadHash, stored.Body, Convert.ToHexString(stored.Signature)));
+        Assert.Null(await store.AddAuditCheckpointAsync(Checkpoint(events[2]), default));
+        Assert.Equal([3L], (await store.ListAuditCheckpointsAsync(0, 10, default)).Select(c => c.Sequence));
+    }
+
     protected async Task<IAuditStore> AuditAsync() => (IAuditStore)await CreateStoreAsync();
 
     public static AuditEntry Entry(int i) => new()

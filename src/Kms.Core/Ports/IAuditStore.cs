@@ -14,7 +14,11 @@ public interface IAuditStore
     /// <exception cref="Errors.KmsException">Unavailable when the store cannot write.</exception>
     Task<IReadOnlyList<AuditEvent>> AppendAuditAsync(IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken);
 
-    /// <summary>The last event's sequence number and hash (the anchor's after a prune; <see cref="AuditChain.Empty"/> for a new log).</summary>
+    /// <summary>
+    /// The last event's sequence number and hash, whatever checkpoint rows there are; only when no
+    /// event is stored (retention cut the whole log), the newest checkpoint row's, unverified (the
+    /// caller checks the audit key signed it); <see cref="AuditChain.Empty"/> for a new log.
+    /// </summary>
     Task<AuditHead> GetAuditHeadAsync(CancellationToken cancellationToken);
 
     /// <summary>Events matching the query, in sequence order (descending when newest first), at most its limit.</summary>
@@ -69,8 +73,12 @@ public interface IAuditStore
     /// <returns>How many blocks this call summarised (one another call stored first is not counted).</returns>
     Task<int> SummariseAuditBlocksAsync(int blockEvents, int maxBlocks, CancellationToken cancellationToken);
 
-    /// <summary>Stores a signed checkpoint.</summary>
-    Task AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken);
+    /// <summary>
+    /// Stores a signed checkpoint. A row already stored at its sequence that differs from it (a
+    /// database writer's, inserted ahead of the chain; or another node's of the same head) is
+    /// replaced by it, and returned; null when there was none, or the same.
+    /// </summary>
+    Task<AuditCheckpoint?> AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken);
 
     /// <summary>Checkpoints with a sequence number above <paramref name="afterSequence"/>, in order.</summary>
     Task<IReadOnlyList<AuditCheckpoint>> ListAuditCheckpointsAsync(long afterSequence, int limit, CancellationToken cancellationToken);

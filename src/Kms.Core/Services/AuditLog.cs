@@ -119,6 +119,16 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     /// </summary>
     public event Action<long, string>? RetentionPassedOver;
 
+    /// <summary>
+    /// Called for a checkpoint row a database writer put where this node's checkpoints go: its
+    /// sequence and what was done. Either the head where no event is stored (retention cut the
+    /// whole log) came from a row the audit key did not sign as this chain's, and no checkpoint is
+    /// signed over it (the call fails UNAVAILABLE); or the row stored at the sequence of a
+    /// checkpoint this node signed was another, and was replaced with the signed one. Logged by the
+    /// server as event 1331.
+    /// </summary>
+    public event Action<long, string>? CheckpointRowRefused;
+
     /// <summary>How many checkpoint rows one retention pass passes over (<see cref="RetentionPassedOver"/>) before it gives up, cutting nothing: each costs a signature check and a log line.</summary>
     public const int MaxCheckpointRowsPassedOver = 100;
 
@@ -624,6 +634,8 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             return null;
         }
 
+        await ThrowUnlessTheHeadIsAnEventOrSignedAsync(head, cancellationToken);
+
         try
         {
             await ThrowUnlessTheChainPassesThroughAsync(_lastCheckpoint, head, cancellationToken);
@@ -643,7 +655,14 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         var body = AuditChain.CheckpointBody(head.Sequence, head.Hash, now, Fingerprint);
         var signature = await hsm.SignEcdsaAsync(_signingKey ?? throw new InvalidOperationException("the audit log is not initialised"), EcCurve.P256, AuditChain.CheckpointDigest(body), cancellationToken);
         var checkpoint = new AuditCheckpoint(head.Sequence, head.Hash, now, Fingerprint, body, signature);
-        await store.AddAuditCheckpointAsync(checkpoint, cancellationToken);
+        if (await store.AddAuditCheckpointAsync(checkpoint, cancellationToken) is { } replaced
+            && !(SignedHead(replaced) is { } other && other == head))
+        {
+            // Not another node's checkpoint of the same head: a row a database writer inserted
+            // ahead of the chain, which (before) kept this one out of the database for good.
+            CheckpointRowRefused?.Invoke(head.Sequence, "the row stored at the sequence of the checkpoint this node signed was not it (one the audit key did not sign as a checkpoint of this head, inserted ahead of the chain); it was replaced with the signed checkpoint");
+        }
+
         _lastCheckpoint = head;
         _lastCheckpointTime = now;
         Volatile.Write(ref _checkpointRefusedTicks, 0);
@@ -656,6 +675,28 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         _heldAtOwnRecord = false;
         CheckpointWritten?.Invoke(checkpoint);
         return checkpoint;
+    }
+
+    // The store takes the head from the last event; only where none is stored (retention cut the
+    // whole log) from the newest checkpoint row, which a database writer without the HSM could
+    // have inserted. Such a head is signed over only if that row is a checkpoint the audit key
+    // signed, of that head: else UNAVAILABLE and CheckpointRowRefused (event 1331).
+    private async Task ThrowUnlessTheHeadIsAnEventOrSignedAsync(AuditHead head, CancellationToken cancellationToken)
+    {
+        if (await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = head.Sequence - 1, Limit = 1 }, cancellationToken) is [var e] && e.Sequence == head.Sequence)
+        {
+            return;
+        }
+
+        if (await store.FindAuditCheckpointAtOrBeforeAsync(head.Sequence, cancellationToken) is { } row && row.Sequence == head.Sequence
+            && SignedHead(row) is { } signed && signed == head)
+        {
+            return;
+        }
+
+        CheckpointRowRefused?.Invoke(head.Sequence, "no event is stored and the newest checkpoint row, the chain's head, is not one the audit key signed as a checkpoint of that head; no checkpoint is signed over it");
+        throw KmsErrors.Unavailable(
+            $"audit: the chain's head {head.Sequence} is no event's and the checkpoint row there is not one the audit key signed; no checkpoint signed (a database writer's row: compare the database with the checkpoints kept off the host)");
     }
 
     // The database's newest checkpoint, when newer than the last this process signed or read and

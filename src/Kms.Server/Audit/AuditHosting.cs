@@ -69,7 +69,24 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         Observability.KmsMetrics.Track(audit, failures);
         audit.HousekeepingFailed += e => failures.Failed(e, audit.CheckpointRefusedSince is not null);
         audit.HousekeepingPassEnded += () => failures.PassEnded(audit.CheckpointRefusedSince is not null);
-        audit.RetentionPassedOver += (sequence, reason) => LogRetentionPassedOver(logger, sequence, reason, AuditLog.MaxCheckpointRowsPassedOver);
+        // Once a row a run each: a retention pass meets the same rows every pass (1332), an
+        // append or checkpoint the same head (1331), until someone deletes them.
+        var passedOver = new OncePerRow();
+        var refused = new OncePerRow();
+        audit.RetentionPassedOver += (sequence, reason) =>
+        {
+            if (passedOver.First(sequence, reason))
+            {
+                LogRetentionPassedOver(logger, sequence, reason, AuditLog.MaxCheckpointRowsPassedOver);
+            }
+        };
+        audit.CheckpointRowRefused += (sequence, what) =>
+        {
+            if (refused.First(sequence, what))
+            {
+                LogCheckpointRowRefused(logger, sequence, what);
+            }
+        };
         audit.BatchWritten += (size, waited) =>
         {
             Observability.KmsMetrics.AuditBatchSize.Record(size);
@@ -861,6 +878,9 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     [LoggerMessage(EventId = 1318, Level = LogLevel.Critical, Message = "start refused: the audit chain in the database (head {Head}) does not pass through {Record:l} {Sequence} of this node's ({Path}), and no re-application of destructions that reaches it is recorded since: a rollback would serve destroyed key versions again. Run kms backup reapply-destructions with the audit logs through it (the node then starts, but while the chain does not pass through the newest checkpoint in checkpoints.jsonl it signs none until that file is moved aside and it is restarted: 1309), or accept the rollback (Kms:Audit:AcceptRollback=true, which signs no checkpoint until the file is moved aside, or move checkpoints.jsonl and head.json aside)")]
     private static partial void LogRollbackRefused(ILogger logger, long head, string record, long sequence, string path);
 
+    [LoggerMessage(EventId = 1331, Level = LogLevel.Warning, Message = "audit checkpoint row {Sequence}: {What:l}; the database was written by someone without the HSM. Compare the database with the checkpoints kept off the host")]
+    private static partial void LogCheckpointRowRefused(ILogger logger, long sequence, string what);
+
     [LoggerMessage(EventId = 1332, Level = LogLevel.Warning, Message = "audit retention passed over checkpoint row {Sequence} as no place to cut: {Reason:l}; the database was written by someone without the HSM (a row inserted or edited, or the event there edited). The cut is made at the newest checkpoint of the chain instead (after {Max} such rows a pass, nowhere); compare the database with the checkpoints kept off the host")]
     private static partial void LogRetentionPassedOver(ILogger logger, long sequence, string reason, int max);
 
@@ -898,4 +918,27 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     // The exception's type only: its message would name the path (and whatever it holds).
     [LoggerMessage(EventId = 1319, Level = LogLevel.Warning, Message = "this node's record of the audit head it last saw could not be written at stop ({Reason}); the one written before it stands")]
     private static partial void LogHeadRecordFailed(ILogger logger, string reason);
+}
+
+// Which (row, reason) a warning was logged for this run: the first time true, after that false.
+// At most MaxRows remembered: past them (a writer inserting rows without end) it starts over,
+// and a row is logged again, rather than the memory growing with the writer's rows.
+internal sealed class OncePerRow
+{
+    internal const int MaxRows = 10_000;
+
+    private readonly HashSet<(long, string)> _seen = [];
+
+    public bool First(long sequence, string reason)
+    {
+        lock (_seen)
+        {
+            if (_seen.Count >= MaxRows)
+            {
+                _seen.Clear();
+            }
+
+            return _seen.Add((sequence, reason));
+        }
+    }
 }

@@ -385,24 +385,60 @@ public abstract partial class SqlStore
     }
 
     /// <inheritdoc />
-    public Task AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken)
+    /// <remarks>
+    /// In one write transaction: the row stored at the checkpoint's sequence is read, and replaced
+    /// when any column differs. Before, <c>ON CONFLICT (seq) DO NOTHING</c> kept whatever was there:
+    /// a row a database writer inserted at a future sequence kept the genuine checkpoint out of the
+    /// database for good.
+    /// </remarks>
+    public Task<AuditCheckpoint?> AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(checkpoint);
+        (string, object)[] values =
+        [
+            ("@seq", checkpoint.Sequence),
+            ("@head", checkpoint.HeadHash),
+            ("@time", checkpoint.Time.ToUnixTimeMilliseconds()),
+            ("@key", checkpoint.KeyFingerprint),
+            ("@body", checkpoint.Body),
+            ("@signature", checkpoint.Signature),
+        ];
         return WriteAsync(
-            (connection, transaction) => ExecuteInAsync(
-                connection,
-                transaction,
-                "INSERT INTO audit_checkpoints (seq, head, time, key, body, signature) VALUES (@seq, @head, @time, @key, @body, @signature) ON CONFLICT (seq) DO NOTHING",
-                cancellationToken,
-                ("@seq", checkpoint.Sequence),
-                ("@head", checkpoint.HeadHash),
-                ("@time", checkpoint.Time.ToUnixTimeMilliseconds()),
-                ("@key", checkpoint.KeyFingerprint),
-                ("@body", checkpoint.Body),
-                ("@signature", checkpoint.Signature)),
+            async (connection, transaction) =>
+            {
+                AuditCheckpoint? stored = null;
+                await using (var read = Command(connection, "SELECT seq, head, time, key, body, signature FROM audit_checkpoints WHERE seq = @seq", ("@seq", checkpoint.Sequence)))
+                {
+                    read.Transaction = transaction;
+                    await using var reader = await read.ExecuteReaderAsync(cancellationToken);
+                    if (await reader.ReadAsync(cancellationToken))
+                    {
+                        stored = ReadCheckpoint(reader);
+                    }
+                }
+
+                if (stored is null)
+                {
+                    await ExecuteInAsync(connection, transaction, "INSERT INTO audit_checkpoints (seq, head, time, key, body, signature) VALUES (@seq, @head, @time, @key, @body, @signature)", cancellationToken, values);
+                    return null;
+                }
+
+                if (SameCheckpoint(stored, checkpoint))
+                {
+                    return null;
+                }
+
+                await ExecuteInAsync(connection, transaction, "UPDATE audit_checkpoints SET head = @head, time = @time, key = @key, body = @body, signature = @signature WHERE seq = @seq", cancellationToken, values);
+                return stored;
+            },
             cancellationToken,
             announce: false);
     }
+
+    // Column for column (the time as stored: whole milliseconds).
+    internal static bool SameCheckpoint(AuditCheckpoint a, AuditCheckpoint b) =>
+        a.Sequence == b.Sequence && a.HeadHash == b.HeadHash && a.Time.ToUnixTimeMilliseconds() == b.Time.ToUnixTimeMilliseconds()
+        && a.KeyFingerprint == b.KeyFingerprint && a.Body == b.Body && a.Signature.AsSpan().SequenceEqual(b.Signature);
 
     /// <inheritdoc />
     public Task<IReadOnlyList<AuditCheckpoint>> ListAuditCheckpointsAsync(long afterSequence, int limit, CancellationToken cancellationToken) =>
@@ -542,15 +578,20 @@ public abstract partial class SqlStore
         return written;
     }
 
-    // The last event; after a prune that left none, the anchoring checkpoint.
+    // The last event's sequence and hash: the head comes from the events. Only where no event is
+    // stored (a new log, or one retention cut whole) from the newest checkpoint row, a candidate
+    // the store cannot verify (AuditLog does, with the audit key, before it signs over it). Before,
+    // a checkpoint row above the last event was the head: a database writer without the HSM
+    // inserted one, new events chained from it and the server signed a checkpoint over a head no
+    // event has.
     internal static async Task<AuditHead> ReadHeadAsync(DbConnection connection, DbTransaction? transaction, CancellationToken cancellationToken)
     {
         await using var command = Command(connection, """
             SELECT seq, hash FROM (
-                SELECT seq, hash FROM (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) e
+                SELECT seq, hash, 0 AS k FROM (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) e
                 UNION ALL
-                SELECT seq, head FROM (SELECT seq, head FROM audit_checkpoints ORDER BY seq DESC LIMIT 1) c) h
-            ORDER BY seq DESC LIMIT 1
+                SELECT seq, head, 1 AS k FROM (SELECT seq, head FROM audit_checkpoints ORDER BY seq DESC LIMIT 1) c) h
+            ORDER BY k LIMIT 1
             """);
         command.Transaction = transaction;
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);

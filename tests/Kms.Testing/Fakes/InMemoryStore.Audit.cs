@@ -205,17 +205,28 @@ public sealed partial class InMemoryStore : IAuditStore
     // The resource filter: the name itself or anything under it (a key and its versions).
     private static bool Names(string? name, string filter) => name == filter || (name?.StartsWith(filter + "/", StringComparison.Ordinal) ?? false);
 
-    public Task AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken)
+    public Task<AuditCheckpoint?> AddAuditCheckpointAsync(AuditCheckpoint checkpoint, CancellationToken cancellationToken)
     {
         lock (_lock)
         {
-            if (!_checkpoints.Any(c => c.Sequence == checkpoint.Sequence))
+            // As the SQL stores: a differing row at the sequence is replaced, and returned.
+            var stored = _checkpoints.FindIndex(c => c.Sequence == checkpoint.Sequence);
+            if (stored < 0)
             {
                 _checkpoints.Add(checkpoint);
                 _checkpoints.Sort((a, b) => a.Sequence.CompareTo(b.Sequence));
+                return Task.FromResult<AuditCheckpoint?>(null);
             }
 
-            return Task.CompletedTask;
+            var old = _checkpoints[stored];
+            if (old.HeadHash == checkpoint.HeadHash && old.Time.ToUnixTimeMilliseconds() == checkpoint.Time.ToUnixTimeMilliseconds() && old.KeyFingerprint == checkpoint.KeyFingerprint
+                && old.Body == checkpoint.Body && old.Signature.AsSpan().SequenceEqual(checkpoint.Signature))
+            {
+                return Task.FromResult<AuditCheckpoint?>(null);
+            }
+
+            _checkpoints[stored] = checkpoint;
+            return Task.FromResult<AuditCheckpoint?>(old);
         }
     }
 
