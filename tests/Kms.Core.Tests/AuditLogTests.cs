@@ -1202,6 +1202,59 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Assert.Equal(101L, (await log.LatestSignedCheckpointAsync(default))?.Sequence); // the one retention signed over its record
     }
 
+    // Defect: the store kept a row already stored at a checkpoint's sequence (ON CONFLICT DO
+    // NOTHING). A database writer without the HSM inserts one at a future sequence (50, bogus
+    // signature); once the chain reaches it, the checkpoint this node signs there replaces it and
+    // the row is reported (event 1331). Before, the writer's row stayed: the newest signed checkpoint
+    // stayed 40, this node's signed checkpoint 50 was in no database.
+    [Fact]
+    public async Task Checkpoint_ARowInsertedAheadAtItsSequence_ReplacedWithTheSignedCheckpoint_Reported()
+    {
+        var store = new InMemoryStore();
+        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(365) });
+        await log.InitializeAsync(default);
+        var refused = new List<(long Sequence, string What)>();
+        log.CheckpointRowRefused += (sequence, what) => refused.Add((sequence, what));
+        await store.AppendAuditAsync([.. Enumerable.Range(1, 40).Select(i => Entry($"e-{i}"))], default);
+        Assert.Equal(40, (await log.CheckpointAsync(default))?.Sequence);
+        await store.AddAuditCheckpointAsync(Row(50, new string('f', 64), log.Fingerprint, RandomNumberGenerator.GetBytes(64)), default);
+        Assert.Equal(40, (await store.GetAuditHeadAsync(default)).Sequence); // the events' head, not the row's
+
+        await store.AppendAuditAsync([.. Enumerable.Range(41, 10).Select(i => Entry($"e-{i}"))], default);
+        var signed = await log.CheckpointAsync(default);
+        Assert.Equal(50, signed?.Sequence);
+        var stored = await log.LatestSignedCheckpointAsync(default);
+        Assert.Equal((50L, signed!.HeadHash, signed.Body), (stored?.Sequence, stored?.HeadHash, stored?.Body));
+        Assert.Equal([50L], refused.Select(r => r.Sequence));
+        Assert.Contains("it was replaced with the signed checkpoint", refused[0].What, StringComparison.Ordinal);
+    }
+
+    // Defect: where no event is stored (retention cut the whole log), the head is the newest
+    // checkpoint row's. A database writer without the HSM inserts one above the genuine anchor
+    // (60, bogus signature): no checkpoint is signed over it (UNAVAILABLE, reported: 1331).
+    // Before, the node signed checkpoint 60 over a head no event has.
+    [Fact]
+    public async Task Checkpoint_OverAHeadThatIsAnUnsignedCheckpointRow_NoEventStored_Refused_Reported()
+    {
+        var store = new InMemoryStore();
+        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(365) });
+        await log.InitializeAsync(default);
+        var refused = new List<(long Sequence, string What)>();
+        log.CheckpointRowRefused += (sequence, what) => refused.Add((sequence, what));
+        await store.AppendAuditAsync([.. Enumerable.Range(1, 40).Select(i => Entry($"e-{i}"))], default);
+        Assert.Equal(40, (await log.CheckpointAsync(default))?.Sequence);
+        Assert.Equal(40, await store.PruneAuditAsync(40, default)); // the whole log (as an older release's retention left it)
+        Assert.Null(await log.CheckpointAsync(default)); // the signed anchor: nothing new
+
+        await store.AddAuditCheckpointAsync(Row(60, new string('f', 64), log.Fingerprint, RandomNumberGenerator.GetBytes(64)), default);
+        Assert.Equal(60, (await store.GetAuditHeadAsync(default)).Sequence);
+        var e = await Assert.ThrowsAsync<KmsException>(() => log.CheckpointAsync(default));
+        Assert.Equal(KmsErrorCode.Unavailable, e.Code);
+        Assert.Contains("the chain's head 60 is no event's", e.Message, StringComparison.Ordinal);
+        Assert.Equal([60L], refused.Select(r => r.Sequence));
+        Assert.Equal(40L, (await log.LatestSignedCheckpointAsync(default))?.Sequence);
+    }
+
     // A log whose events 1..80 are past the retention period and 81..100 are not, checkpoints
     // signed at 40 and 100: the cut's limit is 80, the per-pass bound far above it.
     private async Task<(InMemoryStore Store, AuditLog Log)> ExpiredEventsWithCheckpointsAt40And100Async()

@@ -467,6 +467,90 @@ public sealed class AuditTests : IAsyncLifetime
         }
     }
 
+    // On SoftHSM through the hosted server, rows inserted with SQL by a database writer without the
+    // HSM. A row retention passes over (1332, bogus signature) is logged once a run, though two
+    // passes meet it (before, once each pass). A row one past the last event, bogus signature: the
+    // next event chains from the last event, not from it (before, the row was the head: the event
+    // took the sequence after it and a checkpoint was signed over a head no event has); the
+    // checkpoint this node signs at its sequence replaces it (before, ON CONFLICT DO NOTHING kept
+    // the row, the signed checkpoint in no database), logged as 1331.
+    [Fact]
+    public async Task CheckpointRows_InsertedAheadOfTheChain_NotTheHead_ReplacedBySignedCheckpoint_Logged1331_1332OnceARun_OnSoftHsm()
+    {
+        var server = await KmsTestServer.StartAsync(null, null, "dev", (Action<IServiceCollection>?)null, "--Kms:Audit:CheckpointInterval=12:00:00");
+        try
+        {
+            var audit = server.Services.GetRequiredService<AuditLog>();
+            var store = server.Services.GetRequiredService<Kms.Core.Ports.IAuditStore>();
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "first");
+            var signed = await audit.CheckpointAsync(default);
+            Assert.NotNull(signed);
+            await developer.CreateKeyAsync("tenants/dev", "second");
+
+            long passedOverRow;
+            await using (var connection = new SqliteConnection($"Data Source={server.DatabasePath};Pooling=False"))
+            {
+                await connection.OpenAsync();
+                passedOverRow = await ScalarAsync<long>(connection, "SELECT max(seq) FROM audit_events");
+                var atRow = AuditChain.HashOf(await ScalarAsync<string>(connection, $"SELECT body FROM audit_events WHERE seq = {passedOverRow}"));
+                await InsertRowAsync(connection, passedOverRow, atRow, AuditChain.CheckpointBody(passedOverRow, atRow, DateTimeOffset.UtcNow, audit.Fingerprint));
+            }
+
+            // Both passes expire the events through the row, not the record of the first cut (and
+            // the checkpoint signed over it) chained after `expired`: the second meets the row again.
+            var expired = DateTimeOffset.UtcNow + TimeSpan.FromDays(400); // Kms:Audit:Retention, 400 days: the cutoff is now
+            await Task.Delay(TimeSpan.FromMilliseconds(20));
+            Assert.Equal(signed.Sequence, await audit.PruneAsync(expired, default));
+            Assert.Equal(0, await audit.PruneAsync(expired, default));
+            Assert.Single(server.Logs.Events, e => e.Contains("Id: 1332", StringComparison.Ordinal) && e.Contains($"checkpoint row {passedOverRow} ", StringComparison.Ordinal));
+
+            long last;
+            string lastHash;
+            await using (var connection = new SqliteConnection($"Data Source={server.DatabasePath};Pooling=False"))
+            {
+                await connection.OpenAsync();
+                last = await ScalarAsync<long>(connection, "SELECT max(seq) FROM audit_events");
+                lastHash = await ScalarAsync<string>(connection, $"SELECT hash FROM audit_events WHERE seq = {last}");
+                var forged = new string('f', 64);
+                await InsertRowAsync(connection, last + 1, forged, AuditChain.CheckpointBody(last + 1, forged, DateTimeOffset.UtcNow, audit.Fingerprint));
+            }
+
+            Assert.Equal(new AuditHead(last, lastHash), await store.GetAuditHeadAsync(default));
+            var next = await store.AppendAuditAsync(
+                [new AuditEntry { Time = DateTimeOffset.UtcNow, RequestId = "after-the-row", Principal = "token:writer-test", Operation = "test/Writer", Resource = "event", Outcome = "OK" }],
+                default);
+            Assert.Equal((last + 1, lastHash), (next[0].Sequence, next[0].PreviousHash));
+            var checkpoint = await audit.CheckpointAsync(default);
+            Assert.Equal(last + 1, checkpoint?.Sequence);
+            await using (var connection = new SqliteConnection($"Data Source={server.DatabasePath};Pooling=False"))
+            {
+                await connection.OpenAsync();
+                Assert.Equal(checkpoint!.Body, await ScalarAsync<string>(connection, $"SELECT body FROM audit_checkpoints WHERE seq = {last + 1}"));
+            }
+
+            Assert.Single(server.Logs.Events, e => e.Contains("Id: 1331", StringComparison.Ordinal) && e.Contains($"checkpoint row {last + 1}:", StringComparison.Ordinal)
+                && e.Contains("replaced with the signed checkpoint", StringComparison.Ordinal) && e.StartsWith("Warning ", StringComparison.Ordinal));
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+
+        static async Task InsertRowAsync(SqliteConnection connection, long sequence, string head, string body)
+        {
+            await using var insert = connection.CreateCommand();
+            insert.CommandText = "INSERT INTO audit_checkpoints (seq, head, time, key, body, signature) VALUES (@seq, @head, @time, @key, @body, @signature)";
+            insert.Parameters.AddWithValue("@seq", sequence);
+            insert.Parameters.AddWithValue("@head", head);
+            insert.Parameters.AddWithValue("@time", DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+            insert.Parameters.AddWithValue("@key", body.Split("\"key\":\"")[1].Split('"')[0]);
+            insert.Parameters.AddWithValue("@body", body);
+            insert.Parameters.AddWithValue("@signature", System.Security.Cryptography.RandomNumberGenerator.GetBytes(64));
+            Assert.Equal(1, await insert.ExecuteNonQueryAsync());
+        }
+    }
+
     // A node stopped with the head it left recorded (head.json; its final checkpoint is there too).
     // Retention run by another node on the chain then deleted events through that head — a cut at
     // the stop's own checkpoint — and, the second time, past it under a later checkpoint the
