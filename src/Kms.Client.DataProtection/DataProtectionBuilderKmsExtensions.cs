@@ -21,7 +21,9 @@ public static class DataProtectionBuilderKmsExtensions
     /// <para>
     /// Protects the key ring where it is stored (the repository: a directory, a database, …):
     /// the files hold ciphertexts the KMS decrypts only for callers the key's policy allows,
-    /// under this application's encryption context (<see cref="KmsDataProtectionOptions"/>).
+    /// under this application's encryption context (<see cref="KmsDataProtectionOptions"/>), and
+    /// an entry is read only if the key that decrypted it is <paramref name="keyName"/> (the key
+    /// it names, for an alias) or one of <see cref="KmsDataProtectionOptions.AdditionalDecryptionKeys"/>.
     /// It does not protect the keys once loaded into the application's memory. Entries
     /// written before this call (unencrypted, or by another encryptor) are left as they are in
     /// the repository, and not read — a key whose secret is not KMS-encrypted could have been
@@ -37,7 +39,10 @@ public static class DataProtectionBuilderKmsExtensions
     /// every application deployed at the same path, which could decrypt each other's key rings.
     /// </para>
     /// </remarks>
-    /// <exception cref="ArgumentException"><paramref name="keyName"/> is empty, or <see cref="KmsDataProtectionOptions.ApplicationName"/> is set empty.</exception>
+    /// <exception cref="ArgumentException">
+    /// <paramref name="keyName"/> is empty or neither a key's nor an alias's name; <see cref="KmsDataProtectionOptions.ApplicationName"/>
+    /// is set empty; or <see cref="KmsDataProtectionOptions.AdditionalDecryptionKeys"/> lists a name that is not a key's.
+    /// </exception>
     public static IDataProtectionBuilder ProtectKeysWithKms(this IDataProtectionBuilder builder, string keyName, Action<KmsDataProtectionOptions>? configure = null) =>
         Register(builder, keyName, configure, null);
 
@@ -46,7 +51,10 @@ public static class DataProtectionBuilderKmsExtensions
     /// through <paramref name="client"/> rather than the container's client (the caller keeps
     /// it alive as long as the container and disposes it).
     /// </summary>
-    /// <exception cref="ArgumentException"><paramref name="keyName"/> is empty, or <see cref="KmsDataProtectionOptions.ApplicationName"/> is set empty.</exception>
+    /// <exception cref="ArgumentException">
+    /// <paramref name="keyName"/> is empty or neither a key's nor an alias's name; <see cref="KmsDataProtectionOptions.ApplicationName"/>
+    /// is set empty; or <see cref="KmsDataProtectionOptions.AdditionalDecryptionKeys"/> lists a name that is not a key's.
+    /// </exception>
     public static IDataProtectionBuilder ProtectKeysWithKms(this IDataProtectionBuilder builder, KmsClient client, string keyName, Action<KmsDataProtectionOptions>? configure = null)
     {
         ArgumentNullException.ThrowIfNull(client);

@@ -70,4 +70,23 @@ public sealed class KmsDataProtectionOptions
     /// new data. That is what leaving this setting false ends.
     /// </remarks>
     public bool ReadUnencryptedKeys { get; set; }
+
+    /// <summary>
+    /// KMS keys (<c>tenants/{t}/keys/{k}</c>, not aliases) whose entries are read besides those of
+    /// the configured key — or, when it is an alias, of the key the alias names now (default: none).
+    /// List the key the application used before a key switch: before moving the alias to another key
+    /// (or changing the key name given to <c>ProtectKeysWithKms</c>), add the key it names now, and
+    /// keep it listed until the keys written under it have expired (90 days after their creation
+    /// unless configured otherwise) and what they protected is no longer needed, or revoke them.
+    /// </summary>
+    /// <remarks>
+    /// KMS Decrypt finds the key version from the ciphertext, and an entry another KMS key of the
+    /// deployment encrypted under this application's context decrypts whenever the application's
+    /// principal may decrypt with that key (a tenant-wide <c>key-user</c> may, with every key of
+    /// the tenant): someone with ENCRYPT on such a key who may write the repository could add a key
+    /// whose secret they know. So an entry decrypted by another key than these is refused (event
+    /// 3009), naming both keys. Read once, by <c>ProtectKeysWithKms</c>; a name that is not a key's
+    /// is refused there with an <see cref="ArgumentException"/>.
+    /// </remarks>
+    public IList<string> AdditionalDecryptionKeys { get; } = [];
 }

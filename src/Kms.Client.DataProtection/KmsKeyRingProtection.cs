@@ -29,6 +29,10 @@ internal sealed class KmsKeyRingProtection(string keyName, KmsDataProtectionOpti
 
     public string KeyName { get; } = keyName;
 
+    /// <summary>The KMS keys whose entries are read: the configured key (what its alias names) and <see cref="KmsDataProtectionOptions.AdditionalDecryptionKeys"/>.</summary>
+    /// <exception cref="ArgumentException">(At construction.) A name is not a key's, or the configured one not an alias's either.</exception>
+    public KmsDecryptionKeys DecryptionKeys { get; } = KmsDecryptionKeys.Of(keyName, options.AdditionalDecryptionKeys);
+
     /// <summary>The registration in <paramref name="services"/>.</summary>
     /// <exception cref="InvalidOperationException">ProtectKeysWithKms was not called on this container.</exception>
     public static KmsKeyRingProtection From(IServiceProvider services) =>

@@ -5,7 +5,11 @@ using System.Xml.Linq;
 using Grpc.Core;
 using Kms.Core;
 using Kms.Core.Errors;
+using Kms.Core.Names;
 using Microsoft.AspNetCore.DataProtection.XmlEncryption;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Kms.Client.DataProtection;
 
@@ -19,7 +23,11 @@ namespace Kms.Client.DataProtection;
 /// <para>
 /// The key names in the element are never used but in error messages (escaped): the KMS finds
 /// the key version from the ciphertext itself, and decrypts it only for a caller the key's
-/// policy allows, under the same encryption context it was encrypted with. Any refusal —
+/// policy allows, under the same encryption context it was encrypted with. The key version its
+/// answer names must then belong to the configured key (what its alias names now) or to
+/// <see cref="KmsDataProtectionOptions.AdditionalDecryptionKeys"/> (<see cref="KmsDecryptionKeys"/>):
+/// an entry another KMS key encrypted under this application's context, which the principal may
+/// decrypt with, is refused naming both keys (event 3009). Any KMS refusal —
 /// a changed ciphertext, another application's entry, a caller without decrypt rights — is a
 /// <see cref="CryptographicException"/> carrying the KMS status (for a ciphertext, the one
 /// opaque "decryption failed") and nothing of the ciphertext or the key.
@@ -63,8 +71,9 @@ public sealed class KmsXmlDecryptor : IXmlDecryptor
     /// The element is not one this version reads; it was written for another Data Protection key
     /// than the one it stands under in the repository, or for other dates; it was read outside
     /// the key ring's repository (no <c>readUnder</c>); it is of version 1 and
-    /// <see cref="KmsDataProtectionOptions.ReadUnboundEntries"/> is false; or the KMS did not
-    /// decrypt it.
+    /// <see cref="KmsDataProtectionOptions.ReadUnboundEntries"/> is false; the KMS did not
+    /// decrypt it; another KMS key than the configured one (or an additional one) decrypted it;
+    /// or the configured alias could not be resolved.
     /// </exception>
     /// <exception cref="InvalidOperationException">No KmsClient is available.</exception>
     public XElement Decrypt(XElement encryptedElement)
@@ -82,7 +91,7 @@ public sealed class KmsXmlDecryptor : IXmlDecryptor
         {
             // The key name is the file's word, untrusted: escaped, and only to help a person.
             var named = KmsErrors.Printable((string?)encryptedElement.Attribute(KmsEncryptedKeyFormat.KeyAttribute));
-            var of = binding is null ? "format 1, bound to no key" : binding.Descriptor is null ? $"format 2, of key {binding.KeyId}" : $"of key {binding.KeyId}";
+            var of = Of(binding);
             var failure = new CryptographicException($"the KMS did not decrypt a Data Protection key ring entry ({of}; the file says it was encrypted under '{named}'): {e.StatusCode}: {e.Status.Detail}", e);
             if (KmsKeyRingProtection.IsUnanswered(e.StatusCode))
             {
@@ -94,9 +103,82 @@ public sealed class KmsXmlDecryptor : IXmlDecryptor
 
         using (decrypted)
         {
+            DemandTakenKey(client, context["application"], decrypted.KeyVersion, binding);
             return Parse(decrypted.Plaintext);
         }
     }
+
+    private static string Of(KeyRingEntryBinding? binding) =>
+        binding is null ? "format 1, bound to no key" : binding.Descriptor is null ? $"format 2, of key {binding.KeyId}" : $"of key {binding.KeyId}";
+
+    // The KMS decrypts with whichever key version the ciphertext names: an entry another KMS key
+    // encrypted under this application's context decrypts as well when the principal may decrypt with
+    // that key. Only the configured key's entries (what its alias names) and the additional keys' are read.
+    private void DemandTakenKey(KmsClient client, string application, string keyVersion, KeyRingEntryBinding? binding)
+    {
+        var keys = _protection.DecryptionKeys;
+        KeyName decryptedBy;
+        try
+        {
+            decryptedBy = KmsDecryptionKeys.ParseVersion(keyVersion).Key;
+        }
+        catch (KmsException e)
+        {
+            throw new CryptographicException($"the KMS decrypted a Data Protection key ring entry ({Of(binding)}) naming '{KmsErrors.Printable(keyVersion)}' as the key version, not a key version name: not read", e);
+        }
+
+        if (keys.TakenAsConfigured(decryptedBy))
+        {
+            return;
+        }
+
+        KeyName? target = null;
+        if (keys.Configured is KeyReference.ToAlias)
+        {
+            // A kept resolution may predate a move of the alias: asked again before refusing.
+            (target, var kept) = ResolveAlias(client, application, binding, fresh: false);
+            if (target == decryptedBy)
+            {
+                return;
+            }
+
+            if (kept)
+            {
+                (target, _) = ResolveAlias(client, application, binding, fresh: true);
+                if (target == decryptedBy)
+                {
+                    return;
+                }
+            }
+        }
+
+        var taken = keys.Describe(target);
+        DataProtectionLog.EntryOfAnotherKmsKeyRefused(Logger(), binding?.KeyId ?? "(format 1, bound to no key)", decryptedBy.ToString(), taken);
+        throw new CryptographicException($"a Data Protection key ring entry ({Of(binding)}) was decrypted by KMS key {decryptedBy} (version {keyVersion}), not by {taken}: encrypted under another KMS key, not read. "
+            + "Someone with ENCRYPT on that key who may write the repository could have planted it; if the application used that key before (a key switch, an alias moved), list it in KmsDataProtectionOptions.AdditionalDecryptionKeys");
+    }
+
+    private (KeyName Key, bool Kept) ResolveAlias(KmsClient client, string application, KeyRingEntryBinding? binding, bool fresh)
+    {
+        var time = _services.GetService<TimeProvider>() ?? TimeProvider.System;
+        try
+        {
+            return KmsKeyRingProtection.RunSynchronously(() => _protection.DecryptionKeys.AliasTargetAsync(client, time, application, fresh));
+        }
+        catch (RpcException e)
+        {
+            var failure = new CryptographicException($"the KMS did not resolve alias {_protection.DecryptionKeys.Configured}, the configured key, to tell whether a Data Protection key ring entry ({Of(binding)}) is of its key: {e.StatusCode}: {e.Status.Detail}", e);
+            if (KmsKeyRingProtection.IsUnanswered(e.StatusCode))
+            {
+                _protection.RecordUnanswered(failure);
+            }
+
+            throw failure;
+        }
+    }
+
+    private ILogger Logger() =>
+        _services.GetService<ILoggerFactory>()?.CreateLogger("Kms.Client.DataProtection") ?? NullLogger.Instance;
 
     // The ciphertext, and the key it is bound to (null: version 1, bound to the application only).
     private (byte[] Ciphertext, KeyRingEntryBinding? Binding) Read(XElement element)

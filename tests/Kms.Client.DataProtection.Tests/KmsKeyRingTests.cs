@@ -789,6 +789,144 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
         Assert.Equal(oldText, File.ReadAllText(oldFile));
     }
 
+    // A repository writer with ENCRYPT on another key of the tenant — one the application's key-user
+    // principal may decrypt with as well — encrypts a key's secret under that key, with the application's
+    // full context (here the genuine secret, re-encrypted; a secret of its own would do the same). The KMS
+    // decrypts it, naming the other key's version: refused, naming both keys, logged (3009), nothing of
+    // the secret. Before, the entry was read as the application's own.
+    [Fact]
+    public async Task EntryReEncryptedUnderAnotherKeyThePrincipalMayUse_Refused_NamingBothKeys_Logged()
+    {
+        var key = await CreateKeyAsync();
+        var other = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, key, "app-a", "hello");
+        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
+        var keyId = (string)XDocument.Load(file).Root!.Attribute("id")!;
+        var secret = await ReEncryptUnderAsync(file, other, "app-a");
+
+        var logs = new CapturedLogs();
+        using var provider = Provider(directory, key, "app-a", fixture.AppToken, services: s => s.AddLogging(b => b.AddProvider(logs)));
+        var thrown = Assert.ThrowsAny<CryptographicException>(() => provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Unprotect(payload));
+
+        var refusal = OtherKeyRefusal(thrown);
+        Assert.Contains($"(of key {keyId}) was decrypted by KMS key {other} (version {other}/versions/1), not by the configured key {key}: encrypted under another KMS key, not read", refusal.Message, StringComparison.Ordinal);
+        var warning = logs.Entries.First(e => e.EventId == 3009);
+        Assert.Equal(LogLevel.Warning, warning.Level);
+        Assert.Contains($"Data Protection key {keyId} refused as it was read: its entry was decrypted by KMS key {other}, not by the configured key {key}", warning.Text, StringComparison.Ordinal);
+        Assert.DoesNotContain(secret, logs.AllText, StringComparison.Ordinal);
+        Assert.DoesNotContain(secret, thrown.ToString(), StringComparison.Ordinal);
+    }
+
+    // Configured through an alias: entries of the key the alias names are read (the application's
+    // key-user principal may not read aliases: resolved by a one-byte Encrypt under the alias), one of
+    // another key is refused naming the alias and its key. Moved to another key, the alias is followed at
+    // once, though its resolution is kept a while (a new key, encrypted under the new one, is read by the
+    // same container); entries of the key it named before are read only once that key is listed.
+    [Fact]
+    public async Task ConfiguredAlias_ItsKeysEntriesRead_AnotherKeysRefused_AMovedAliasFollowed()
+    {
+        var keyA = await CreateKeyAsync();
+        var keyB = await CreateKeyAsync();
+        var alias = await CreateAliasAsync(keyA);
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, alias, "app-a", "hello");
+        Assert.Equal("hello", Unprotect(directory, alias, "app-a", payload));
+
+        var planted = NewKeyDirectory();
+        Directory.CreateDirectory(planted);
+        var plantedFile = Path.Combine(planted, Path.GetFileName(Assert.Single(Directory.GetFiles(directory, "key-*.xml"))));
+        File.Copy(Assert.Single(Directory.GetFiles(directory, "key-*.xml")), plantedFile);
+        await ReEncryptUnderAsync(plantedFile, keyB, "app-a");
+        var refusal = OtherKeyRefusal(Assert.ThrowsAny<CryptographicException>(() => Unprotect(planted, alias, "app-a", payload)));
+        Assert.Contains($"was decrypted by KMS key {keyB} (version {keyB}/versions/1), not by the configured key {alias} (which names {keyA})", refusal.Message, StringComparison.Ordinal);
+
+        using (var provider = Provider(directory, alias, "app-a", fixture.AppToken))
+        {
+            Assert.Equal("hello", provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Unprotect(payload));
+            using (var developer = fixture.Server.CreateClient())
+            {
+                await developer.UpdateAliasAsync(alias, keyB);
+            }
+
+            var now = DateTimeOffset.UtcNow;
+            var created = provider.GetRequiredService<IKeyManager>().CreateNewKey(now, now.AddDays(90));
+            var entry = provider.GetRequiredService<IOptions<KeyManagementOptions>>().Value.XmlRepository!.GetAllElements()
+                .Single(k => (string?)k.Attribute("id") == created.KeyId.ToString("D")).Descendants("kmsEncryptedKey").Single();
+            Assert.StartsWith(keyB + "/versions/", (string?)entry.Attribute("keyVersion"), StringComparison.Ordinal);
+            Assert.Equal("masterKey", new KmsXmlDecryptor(provider).Decrypt(entry).Name.LocalName);
+        }
+
+        var moved = OtherKeyRefusal(Assert.ThrowsAny<CryptographicException>(() => Unprotect(directory, alias, "app-a", payload)));
+        Assert.Contains($"was decrypted by KMS key {keyA} (version {keyA}/versions/1), not by the configured key {alias} (which names {keyB})", moved.Message, StringComparison.Ordinal);
+        Assert.Contains("list it in KmsDataProtectionOptions.AdditionalDecryptionKeys", moved.Message, StringComparison.Ordinal);
+        using var listed = Provider(directory, alias, "app-a", fixture.AppToken, kms: o => o.AdditionalDecryptionKeys.Add(keyA));
+        Assert.Equal("hello", listed.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Unprotect(payload));
+    }
+
+    // A principal that may read aliases resolves the alias through GetAlias (audited as its own), and
+    // the check is the same.
+    [Fact]
+    public async Task ConfiguredAlias_PrincipalThatMayReadAliases_ResolvedByGetAlias_AnotherKeysEntryRefused()
+    {
+        var keyA = await CreateKeyAsync();
+        var keyB = await CreateKeyAsync();
+        var alias = await CreateAliasAsync(keyA);
+        var reader = $"dp-alias-reader-{Guid.NewGuid():N}"[..28];
+        var token = await fixture.Server.CreatePrincipalWithTokenAsync(reader, "dev", "key-user", "auditor");
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, alias, "app-a", "hello");
+        Assert.Equal("hello", Unprotect(directory, alias, "app-a", payload, token));
+        await ReEncryptUnderAsync(Assert.Single(Directory.GetFiles(directory, "key-*.xml")), keyB, "app-a");
+
+        var refusal = OtherKeyRefusal(Assert.ThrowsAny<CryptographicException>(() => Unprotect(directory, alias, "app-a", payload, token)));
+
+        Assert.Contains($"not by the configured key {alias} (which names {keyA})", refusal.Message, StringComparison.Ordinal);
+        using var officer = fixture.Server.CreateClient(await fixture.Server.CreatePrincipalWithTokenAsync($"officer-{Guid.NewGuid():N}"[..16], null, "security-officer"));
+        var events = (await officer.Audit.ListAuditEventsAsync(new ListAuditEventsRequest { Principal = "token:" + reader, Operation = "/kms.v1.KeyManagementService/GetAlias", PageSize = 1000 })).Events;
+        Assert.Contains(events, e => e.Outcome == "OK" && e.Resource == alias);
+    }
+
+    // A key switch (ProtectKeysWithKms given another key): the former key's entries are refused, read
+    // again once it is listed in AdditionalDecryptionKeys.
+    [Fact]
+    public async Task KeySwitch_TheFormerKeysEntries_RefusedUnlessListedInAdditionalDecryptionKeys()
+    {
+        var keyA = await CreateKeyAsync();
+        var keyB = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, keyA, "app-a", "hello");
+
+        var refusal = OtherKeyRefusal(Assert.ThrowsAny<CryptographicException>(() => Unprotect(directory, keyB, "app-a", payload)));
+        Assert.Contains($"was decrypted by KMS key {keyA} (version {keyA}/versions/1), not by the configured key {keyB}:", refusal.Message, StringComparison.Ordinal);
+
+        using var listed = Provider(directory, keyB, "app-a", fixture.AppToken, kms: o => o.AdditionalDecryptionKeys.Add(keyA));
+        var protector = listed.GetRequiredService<IDataProtectionProvider>().CreateProtector("test");
+        Assert.Equal("hello", protector.Unprotect(payload));
+        Assert.Equal("again", protector.Unprotect(protector.Protect("again")));
+    }
+
+    [Theory]
+    [InlineData("tenants/dev/aliases/former", "an alias is not taken there")]
+    [InlineData("dataprotection", "is not a KMS key name")]
+    public void AdditionalDecryptionKeys_NotAKeyName_RefusedAtProtectKeysWithKms(string name, string expected)
+    {
+        var services = new ServiceCollection();
+
+        var e = Assert.Throws<ArgumentException>(() => services.AddDataProtection().ProtectKeysWithKms("tenants/dev/keys/dp", o => o.AdditionalDecryptionKeys.Add(name)));
+
+        Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+        Assert.Contains("KmsDataProtectionOptions.AdditionalDecryptionKeys", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ProtectKeysWithKms_KeyNameNeitherKeyNorAlias_Refused()
+    {
+        var e = Assert.Throws<ArgumentException>(() => new ServiceCollection().AddDataProtection().ProtectKeysWithKms("tenants/dev/keyring/dp"));
+
+        Assert.Contains("is not a KMS key or alias name", e.Message, StringComparison.Ordinal);
+    }
+
     // Without PersistKeysTo... Data Protection picks a fallback repository inside its key manager, which
     // ProtectKeysWithKms cannot wrap to tell each entry which key it stands under: no key is written.
     [Fact]
@@ -814,6 +952,33 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
         using var client = fixture.Server.CreateClient();
         return (await client.CreateKeyAsync("tenants/dev", $"dp-{Guid.NewGuid():N}")).Name;
     }
+
+    private async Task<string> CreateAliasAsync(string key)
+    {
+        using var client = fixture.Server.CreateClient();
+        return (await client.CreateAliasAsync("tenants/dev", $"dp-{Guid.NewGuid():N}", key)).Name;
+    }
+
+    // What a writer with ENCRYPT on another key does: the entry of file's key, encrypted under that key
+    // with the application's full context (the writer here learns the genuine secret from the KMS; its
+    // own would do). Returns the secret (the base64 master key), to look for where it must not be.
+    private async Task<string> ReEncryptUnderAsync(string file, string otherKey, string application)
+    {
+        var document = XDocument.Load(file);
+        var entry = document.Descendants("kmsEncryptedKey").Single();
+        var context = BoundContext(document.Root!, application);
+        using var client = fixture.Server.CreateClient(fixture.AppToken);
+        using var decrypted = await client.DecryptAsync(Convert.FromBase64String((string)entry.Element("ciphertext")!), context);
+        var reEncrypted = await client.EncryptAsync(otherKey, decrypted.Plaintext.ToArray(), context);
+        entry.Element("ciphertext")!.Value = Convert.ToBase64String(reEncrypted.Ciphertext);
+        document.Save(file);
+        return (string)XElement.Parse(Encoding.UTF8.GetString(decrypted.Plaintext)).Element("value")!;
+    }
+
+    // The decryptor's refusal of an entry another KMS key decrypted, somewhere in the chain.
+    private static CryptographicException OtherKeyRefusal(Exception thrown) =>
+        Chain(thrown).OfType<CryptographicException>().FirstOrDefault(e => e.Message.Contains(") was decrypted by KMS key ", StringComparison.Ordinal))
+        ?? throw new Xunit.Sdk.XunitException("not refused as an entry of another KMS key: " + thrown);
 
     private static string NewKeyDirectory() => Scratch.NewPath("dp-keys-");
 
