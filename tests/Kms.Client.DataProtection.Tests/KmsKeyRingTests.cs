@@ -97,11 +97,7 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
     [Fact]
     public async Task TamperedCiphertextInTheKeyFile_NotUnprotected_TheKmsOpaqueRefusal_NothingOfTheKey()
     {
-        var key = await CreateKeyAsync();
-        var directory = NewKeyDirectory();
-        var payload = Protect(directory, key, "app-a", "hello");
-        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
-        var document = XDocument.Load(file);
+        var (key, directory, payload, file, document) = await ProtectedKeyFileAsync();
         var ciphertext = document.Descendants("ciphertext").Single();
         var bytes = Convert.FromBase64String(ciphertext.Value);
         bytes[^1] ^= 0x01;
@@ -376,11 +372,7 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
     [InlineData("creationDate")]
     public async Task KeyDateChangedInTheRepository_KeyNotDecrypted_NorWhatItProtected(string date)
     {
-        var key = await CreateKeyAsync();
-        var directory = NewKeyDirectory();
-        var payload = Protect(directory, key, "app-a", "hello");
-        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
-        var document = XDocument.Load(file);
+        var (key, directory, payload, file, document) = await ProtectedKeyFileAsync();
         var element = document.Root!.Element(date)!;
         element.Value = System.Xml.XmlConvert.ToString(((DateTimeOffset)element).AddDays(-3650 * (date == "expirationDate" ? -1 : 1)));
         document.Save(file);
@@ -401,11 +393,7 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
     [InlineData("deserializerType")]
     public async Task KeyDescriptorChangedInTheRepository_KeyRefused_NorWhatItProtected(string tampered)
     {
-        var key = await CreateKeyAsync();
-        var directory = NewKeyDirectory();
-        var payload = Protect(directory, key, "app-a", "hello");
-        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
-        var document = XDocument.Load(file);
+        var (key, directory, payload, file, document) = await ProtectedKeyFileAsync();
         var descriptor = document.Root!.Element("descriptor")!;
         switch (tampered)
         {
@@ -442,11 +430,7 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
     [Fact]
     public async Task KeyFileReformatted_DescriptorTheSame_StillUnprotects()
     {
-        var key = await CreateKeyAsync();
-        var directory = NewKeyDirectory();
-        var payload = Protect(directory, key, "app-a", "hello");
-        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
-        var document = XDocument.Load(file);
+        var (key, directory, payload, file, document) = await ProtectedKeyFileAsync();
         var inner = document.Root!.Element("descriptor")!.Element("descriptor")!;
         inner.AddFirst(new XComment(" reformatted by a backup tool "));
         var encryption = inner.Element("encryption")!;
@@ -471,11 +455,7 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
     [Fact]
     public async Task DescriptorBoundEntryRewrittenAsFormat2_TheKmsRefusesIt()
     {
-        var key = await CreateKeyAsync();
-        var directory = NewKeyDirectory();
-        var payload = Protect(directory, key, "app-a", "hello");
-        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
-        var document = XDocument.Load(file);
+        var (key, directory, payload, file, document) = await ProtectedKeyFileAsync();
         var entry = document.Descendants("kmsEncryptedKey").Single();
         Assert.Equal("3", (string?)entry.Attribute("version"));
         entry.SetAttributeValue("version", "2");
@@ -494,11 +474,7 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
     [Fact]
     public async Task EntryOfFormat2_StillDecrypts_RefusedOnceReadEntriesWithUnboundDescriptorIsFalse()
     {
-        var key = await CreateKeyAsync();
-        var directory = NewKeyDirectory();
-        var payload = Protect(directory, key, "app-a", "hello");
-        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
-        var document = XDocument.Load(file);
+        var (key, directory, payload, file, document) = await ProtectedKeyFileAsync();
         var entry = document.Descendants("kmsEncryptedKey").Single();
         using (var client = fixture.Server.CreateClient(fixture.AppToken))
         {
@@ -529,11 +505,7 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
     [Fact]
     public async Task BoundEntryRewrittenAsFormat1_TheKmsRefusesIt()
     {
-        var key = await CreateKeyAsync();
-        var directory = NewKeyDirectory();
-        var payload = Protect(directory, key, "app-a", "hello");
-        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
-        var document = XDocument.Load(file);
+        var (key, directory, payload, file, document) = await ProtectedKeyFileAsync();
         var entry = document.Descendants("kmsEncryptedKey").Single();
         Assert.Equal("3", (string?)entry.Attribute("version"));
         entry.SetAttributeValue("version", "1");
@@ -555,11 +527,7 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
     [Fact]
     public async Task EntryOfFormat1_StillDecrypts_RefusedOnceReadUnboundEntriesIsFalse()
     {
-        var key = await CreateKeyAsync();
-        var directory = NewKeyDirectory();
-        var payload = Protect(directory, key, "app-a", "hello");
-        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
-        var document = XDocument.Load(file);
+        var (key, directory, payload, file, document) = await ProtectedKeyFileAsync();
         var entry = document.Descendants("kmsEncryptedKey").Single();
         using (var client = fixture.Server.CreateClient(fixture.AppToken))
         {
@@ -716,11 +684,7 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
     [Fact]
     public async Task PlainMasterKeyAddedNextToTheEncryptedSecret_KeyDropped_Warned()
     {
-        var key = await CreateKeyAsync();
-        var directory = NewKeyDirectory();
-        var payload = Protect(directory, key, "app-a", "hello");
-        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
-        var document = XDocument.Load(file);
+        var (key, directory, payload, file, document) = await ProtectedKeyFileAsync();
         var keyId = Guid.Parse((string)document.Root!.Attribute("id")!);
         var secret = document.Descendants(DataProtection + "encryptedSecret").Single();
         secret.AddBeforeSelf(new XElement("masterKey", new XElement("value", Convert.ToBase64String(RandomNumberGenerator.GetBytes(64)))));
@@ -979,6 +943,17 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
     private static CryptographicException OtherKeyRefusal(Exception thrown) =>
         Chain(thrown).OfType<CryptographicException>().FirstOrDefault(e => e.Message.Contains(") was decrypted by KMS key ", StringComparison.Ordinal))
         ?? throw new Xunit.Sdk.XunitException("not refused as an entry of another KMS key: " + thrown);
+
+    // A new key, a ring directory whose one key an application "app-a" protected "hello" under, and
+    // that key's file loaded: what each test that tampers with the stored entry starts from.
+    private async Task<(string Key, string Directory, string Payload, string File, XDocument Document)> ProtectedKeyFileAsync()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        var payload = Protect(directory, key, "app-a", "hello");
+        var file = Assert.Single(Directory.GetFiles(directory, "key-*.xml"));
+        return (key, directory, payload, file, XDocument.Load(file));
+    }
 
     private static string NewKeyDirectory() => Scratch.NewPath("dp-keys-");
 
