@@ -679,6 +679,105 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Assert.Equal(new StreamRestart(streamed[5], streamed[9]), Assert.Single(restarts));
     }
 
+    // A stream that cannot be read back (stdout, a FIFO) resumed at start from its position record
+    // (at 10, listing 9, 8, 6, 4 and 1), then sent 11 and 12; the database goes back to 7 under the
+    // running node and the chain goes on with other events. The restart goes after 6, the newest
+    // listed event the chain holds: the record's events are the running node's restart points.
+    // Before, they began with 10 alone: none held, and the stream restarted after 0 — the whole
+    // chain again.
+    [Fact]
+    public async Task Stream_ResumedFromItsPositionRecord_RolledBackUnderTheRunningNodeBehindIt_RestartsAtTheRecordsNewestHeldEvent()
+    {
+        var store = new InMemoryStore();
+        await store.AppendAuditAsync([.. Enumerable.Range(0, 10).Select(i => Entry($"old-{i}"))], default);
+        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions());
+        await log.InitializeAsync(default);
+        var forwarded = new List<AuditHead>();
+        var restarts = new List<StreamRestart>();
+        log.EventsWritten += events => forwarded.AddRange(events.Select(e => new AuditHead(e.Sequence, e.Hash)));
+        log.StreamRestarted += restarts.Add;
+        var streamed = await ChainAsync(store);
+        Assert.True(await log.ForwardAfterIfHeldAsync(streamed[9], [streamed[8], streamed[7], streamed[5], streamed[3], streamed[0]], default));
+        await store.AppendAuditAsync([Entry("old-10"), Entry("old-11")], default);
+        await log.RunHousekeepingAsync(default);
+        var sent = await ChainAsync(store);
+        Assert.Equal(sent.Skip(10), forwarded);
+
+        store.RollBackAudit(7);
+        await store.AppendAuditAsync([.. Enumerable.Range(0, 3).Select(i => Entry($"new-{i}"))], default);
+        forwarded.Clear();
+        await log.RunHousekeepingAsync(default);
+
+        Assert.Equal(new StreamRestart(streamed[5], sent[11]), Assert.Single(restarts));
+        Assert.Equal((await ChainAsync(store)).Skip(6), forwarded);
+    }
+
+    // Retention cut past the events a position record lists that the chain could still hold: the
+    // record at 10 (listing 9, 8, 6, 4 and 1), the database rolled back to 6 while the node was
+    // stopped, the chain gone on with other events, and retention cut through 7. None listed is
+    // held (8 and 9 are other events now; 6 and older are cut): the start restarts the stream as
+    // a running node does over the same chain, after the last event cut (7), a restart line then
+    // every event retained. Before, RestartAfterHeldAsync returned null and the stream began at the
+    // head (1327): the new chain's 8-11 never reached it.
+    [Fact]
+    public async Task Stream_RestartAtStart_RetentionCutPastEveryListedEventNotHeld_RestartsAfterTheLastEventCut_AsARunningNode()
+    {
+        // A running node over the same stream and chain: it sent 1-4 and 5-10 (pages: its points 4 and 10).
+        var running = new InMemoryStore();
+        var node = new AuditLog(running, running, _hsm, _time, new AuditOptions());
+        await node.InitializeAsync(default);
+        var runningRestarts = new List<StreamRestart>();
+        node.EventsWritten += _ => { };
+        node.StreamRestarted += runningRestarts.Add;
+        await running.AppendAuditAsync([.. Enumerable.Range(0, 4).Select(i => Entry($"old-{i}"))], default);
+        await node.RunHousekeepingAsync(default);
+        await running.AppendAuditAsync([.. Enumerable.Range(4, 6).Select(i => Entry($"old-{i}"))], default);
+        await node.RunHousekeepingAsync(default);
+
+        var stopped = new InMemoryStore();
+        await stopped.AppendAuditAsync([.. Enumerable.Range(0, 10).Select(i => Entry($"old-{i}"))], default);
+        var streamed = await ChainAsync(stopped);
+        foreach (var store in new[] { running, stopped })
+        {
+            store.RollBackAudit(6);
+            await store.AppendAuditAsync([Entry("new-0")], default);
+            var cutter = new AuditLog(store, store, _hsm, _time, new AuditOptions { Retention = TimeSpan.FromDays(30) });
+            await cutter.InitializeAsync(default);
+            Assert.Equal(7, (await cutter.CheckpointAsync(default))?.Sequence);
+            _time.Advance(TimeSpan.FromDays(31));
+            await store.AppendAuditAsync([.. Enumerable.Range(1, 4).Select(i => Entry($"new-{i}"))], default);
+            Assert.Equal(7, await cutter.PruneAsync(_time.GetUtcNow(), default));
+        }
+
+        // The two chains' new events differ (their times): each restart is after its own chain's 7.
+        await node.RunHousekeepingAsync(default);
+        Assert.Equal(new StreamRestart(await CutAsync(running), streamed[9]), Assert.Single(runningRestarts));
+        var cut = await CutAsync(stopped);
+
+        var log = new AuditLog(stopped, stopped, _hsm, _time, new AuditOptions());
+        await log.InitializeAsync(default);
+        var forwarded = new List<AuditHead>();
+        var restarts = new List<StreamRestart>();
+        log.EventsWritten += events => forwarded.AddRange(events.Select(e => new AuditHead(e.Sequence, e.Hash)));
+        log.StreamRestarted += restarts.Add;
+        Assert.False(await log.ForwardAfterIfHeldAsync(streamed[9], default));
+        Assert.Equal(cut, await log.RestartAfterHeldAsync(streamed[9], [streamed[8], streamed[7], streamed[5], streamed[3], streamed[0]], default));
+        await log.RunHousekeepingAsync(default);
+
+        Assert.Equal(new StreamRestart(cut, streamed[9]), Assert.Single(restarts));
+        Assert.Equal(await ChainAsync(stopped), forwarded);
+        Assert.Equal(Enumerable.Range(8, 5).Select(i => (long)i), forwarded.Select(p => p.Sequence)); // 8-11, and retention's record of the cut
+
+        // The last event cut: the one the oldest retained (8) links to.
+        static async Task<AuditHead> CutAsync(InMemoryStore store) =>
+            (await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, default)) is [{ Sequence: 8 } oldest]
+                ? new AuditHead(7, oldest.PreviousHash)
+                : throw new InvalidOperationException("retention did not cut through 7");
+    }
+
+    private static async Task<List<AuditHead>> ChainAsync(InMemoryStore store) =>
+        [.. (await store.ListAuditEventsAsync(new AuditQuery(), default)).Select(e => new AuditHead(e.Sequence, e.Hash))];
+
     // The final pass at stop: a stream far behind is forwarded until it has the head, not for one
     // ForwardBudget (each page here takes 100 ms by the clock, so a budget is five pages); and
     // it stops between pages once told to (the stop's time running out), the rest left to the next

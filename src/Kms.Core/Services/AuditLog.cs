@@ -236,14 +236,33 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     /// restarting from it would send the whole chain again after a restart line naming an event the
     /// stream may not end with.
     /// </summary>
-    public async Task<bool> ForwardAfterIfHeldAsync(AuditHead streamed, CancellationToken cancellationToken)
+    public Task<bool> ForwardAfterIfHeldAsync(AuditHead streamed, CancellationToken cancellationToken) =>
+        ForwardAfterIfHeldAsync(streamed, [], cancellationToken);
+
+    /// <summary>
+    /// <see cref="ForwardAfterIfHeldAsync(AuditHead, CancellationToken)"/>, and when it is held, the
+    /// stream's restart points (where a rollback under the running node restarts it, for a stream
+    /// the host cannot read back) begin with <paramref name="earlier"/> — the events the stream holds
+    /// before <paramref name="streamed"/>, in any order, as its position record lists them — not with
+    /// <paramref name="streamed"/> alone. Before, a rollback behind <paramref name="streamed"/> under
+    /// the running node found no point older than what this run sent, and the stream was sent again
+    /// from the chain's start.
+    /// </summary>
+    public async Task<bool> ForwardAfterIfHeldAsync(AuditHead streamed, IEnumerable<AuditHead> earlier, CancellationToken cancellationToken)
     {
+        ArgumentNullException.ThrowIfNull(earlier);
         var held = streamed.Sequence == 0
             ? streamed.Hash == AuditChain.Genesis
             : streamed.Sequence > 0 && (await ChainHoldsAsync(store, streamed, cancellationToken) || await PrunedByRetentionAsync(streamed.Sequence, cancellationToken));
         if (held)
         {
             ForwardAfter(streamed);
+            if (_forwarded >= 0)
+            {
+                // Oldest first, as ForwardedPoint keeps them; the stream's lineage, so a chain that
+                // holds one holds those before it (or retention cut them: the search stops there).
+                _forwardedPoints = [.. earlier.Where(p => p.Sequence > 0 && p.Sequence < streamed.Sequence).DistinctBy(p => p.Sequence).OrderBy(p => p.Sequence).TakeLast(MaxForwardedPoints - 1), streamed];
+            }
         }
 
         return held;
@@ -251,15 +270,24 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
 
     /// <summary>
     /// For a position kept outside the stream whose last event the database's chain does not hold
-    /// (<see cref="ForwardAfterIfHeldAsync"/> returned false: the database went back behind
+    /// (<see cref="ForwardAfterIfHeldAsync(AuditHead, CancellationToken)"/> returned false: the database went back behind
     /// <paramref name="streamed"/> while the node was stopped, or was rewritten there): the newest of
     /// <paramref name="earlier"/> (events the stream holds before <paramref name="streamed"/>, in any
     /// order) that the chain holds, hash for hash, as <see cref="ChainHoldsAsync"/> checks it. When one
     /// is, the stream restarts after it at the next forwarding, as it does under a running node
     /// (<see cref="StreamRestarted"/>, replacing <paramref name="streamed"/>: chains that agree at an
-    /// event agree before it), and it is returned; else nothing changes (the stream goes on from the
-    /// head) and this returns null. Sequence 0 is not taken (a stream that started on a written
-    /// chain does not hold the chain's start).
+    /// event agree before it), and it is returned. When retention cut past the next older one
+    /// before one held is found (those newer not held: the chain went back behind them; the rest
+    /// deleted, so nothing older can be checked), the stream restarts as a running node's does when
+    /// its search reaches the cut (<see cref="SharedPointAsync"/>): after the last event cut (the one
+    /// before the oldest the chain retains), which is returned — an event not among
+    /// <paramref name="earlier"/> — and every event the chain retains follows the restart line.
+    /// Before, the stream then began at the chain's head, and the new chain's events were never
+    /// sent. Else (none held and none cut: the chain rewritten from before the oldest listed, or none
+    /// listed; or retention cut past <paramref name="streamed"/> itself, without the record of that
+    /// cut <see cref="ForwardAfterIfHeldAsync(AuditHead, CancellationToken)"/> takes) nothing changes
+    /// (the stream goes on from the head) and this returns null. Sequence 0 is not taken (a stream
+    /// that started on a written chain does not hold the chain's start).
     /// </summary>
     public async Task<AuditHead?> RestartAfterHeldAsync(AuditHead streamed, IEnumerable<AuditHead> earlier, CancellationToken cancellationToken)
     {
@@ -269,19 +297,42 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
             return null;
         }
 
+        var oldest = await OldestRetainedAsync(cancellationToken);
         foreach (var point in earlier.Where(p => p.Sequence > 0 && p.Sequence < streamed.Sequence).OrderByDescending(p => p.Sequence))
         {
+            if (point.Sequence < oldest.Sequence)
+            {
+                // Retention cut past it, and past every older one: nothing older can be checked, and
+                // a running node's search restarts after the last event cut (SharedPointAsync). Not
+                // when the cut passed the replaced event too: the first pass could not tell the
+                // chain does not hold it, and would go on from the oldest retained with no restart line.
+                return streamed.Sequence >= oldest.Sequence ? RestartAfter(oldest) : null;
+            }
+
             if (await ChainHoldsAsync(store, point, cancellationToken))
             {
-                // The position stays the replaced event: the first pass finds the chain does not
-                // hold it and restarts after the one point it has, marked (the host's restart line).
-                (_forwarded, _forwardedHash, _forwardedPoints) = (streamed.Sequence, streamed.Hash, [point]);
-                return point;
+                return RestartAfter(point);
             }
         }
 
         return null;
+
+        AuditHead RestartAfter(AuditHead point)
+        {
+            // The position stays the replaced event: the first pass finds the chain does not hold
+            // it and restarts after the one point it has, marked (the host's restart line).
+            (_forwarded, _forwardedHash, _forwardedPoints) = (streamed.Sequence, streamed.Hash, [point]);
+            return point;
+        }
     }
+
+    // The event before the oldest the chain retains (after a retention cut: the last event cut,
+    // its hash as the oldest retained links to it; else the chain's start), or the head of a chain
+    // that holds none: where a stream restarts when no event it holds is held.
+    private async Task<AuditHead> OldestRetainedAsync(CancellationToken cancellationToken) =>
+        await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, cancellationToken) is [var first]
+            ? new AuditHead(first.Sequence - 1, first.PreviousHash)
+            : await store.GetAuditHeadAsync(cancellationToken);
 
     /// <summary>The keyed hash of an encryption-context value (HMAC-SHA256, hex), so equal values can be correlated without being revealed.</summary>
     public string HashContextValue(string value)
@@ -1365,9 +1416,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         // Read again each pass: a retention cut or new events meanwhile. Points already passed over
         // stay passed: a point the chain did not hold then is one of a chain the database left, and
         // a chain restored again under the search makes it restart earlier (more events again), never later.
-        var oldest = await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, cancellationToken) is [var first]
-            ? new AuditHead(first.Sequence - 1, first.PreviousHash)
-            : await store.GetAuditHeadAsync(cancellationToken);
+        var oldest = await OldestRetainedAsync(cancellationToken);
         var head = await store.GetAuditHeadAsync(cancellationToken);
         if (_search is not { } search || search.Replaced != replaced)
         {

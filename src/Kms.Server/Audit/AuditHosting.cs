@@ -336,8 +336,9 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     // database's audit key, and the chain passes through it. When the chain does not (the database
     // went back behind it while the node was stopped, or was rewritten there), the stream restarts
     // after the newest of the record's earlier events the chain holds, as under a running node: a
-    // stream_restart line at the first pass (1323), then every event after it (event 1330). Else
-    // (none held, an older record without them, another stream, another key, a damaged record)
+    // stream_restart line at the first pass (1323), then every event after it (event 1330); when
+    // retention cut past those not held, after the last event cut, as a running node's (1339). Else
+    // (none held or cut, an older record without them, another stream, another key, a damaged record)
     // from the chain's head, as without one (event 1327). The record is then written at once, not
     // clean: a crash from here on may have sent the stream more than the record says.
     private async Task ResumeFromPositionAsync(string stream, string path, CancellationToken cancellationToken)
@@ -357,8 +358,10 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             {
                 refused = $"it was written under another audit signing key ({record.KeyFingerprint}): another database";
             }
-            else if (await audit.ForwardAfterIfHeldAsync(record.Last, cancellationToken))
+            else if (await audit.ForwardAfterIfHeldAsync(record.Last, record.Earlier, cancellationToken))
             {
+                // The record's earlier events are the running node's restart points too: a rollback
+                // under it behind the record's event restarts the stream at one of them, not at the chain's start.
                 // After a crash the stream may hold events past the record: they come again, after a line that says so.
                 owed = record.Clean ? null : AuditExport.Resend(record.Last);
                 earlier = record.Earlier;
@@ -371,7 +374,17 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
                 // that event goes first (the verifier then takes it as the last one sent).
                 owed = record.Clean ? null : AuditExport.Resend(record.Last);
                 earlier = [.. record.Earlier.Where(p => p.Sequence <= after.Sequence)];
-                LogStreamRestartsAtStart(logger, identity, path, record.Last.Sequence, record.Last.Hash, after.Sequence, record.Clean ? "" : " (after a stream_resend line: the record was not written at a stop)");
+                var resend = record.Clean ? "" : " (after a stream_resend line: the record was not written at a stop)";
+                if (record.Earlier.Contains(after))
+                {
+                    LogStreamRestartsAtStart(logger, identity, path, record.Last.Sequence, record.Last.Hash, after.Sequence, resend);
+                }
+                else
+                {
+                    // Not one it lists: retention cut past those not held, and the stream restarts
+                    // after the last event cut, as a running node's does.
+                    LogStreamRestartsAtRetentionCut(logger, identity, path, record.Last.Sequence, record.Last.Hash, after.Sequence, record.Earlier.Count, resend);
+                }
             }
             else
             {
@@ -892,6 +905,9 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1330, Level = LogLevel.Warning, Message = "the SIEM stream {Stream} restarts after event {After}: its position record {Path} names event {Replaced} ({Hash}), which the database's audit chain does not hold (the database went back behind it while the node was stopped, or was rewritten there), and event {After} is the newest of the earlier events it lists that the chain holds; a stream_restart line at the first pass{Resend:l}, then every event after {After}")]
     private static partial void LogStreamRestartsAtStart(ILogger logger, string stream, string path, long replaced, string hash, long after, string resend);
+
+    [LoggerMessage(EventId = 1339, Level = LogLevel.Warning, Message = "the SIEM stream {Stream} restarts after event {After}, the last event audit retention cut: its position record {Path} names event {Replaced} ({Hash}), which the database's audit chain does not hold (the database went back behind it while the node was stopped, or was rewritten there), and of the {Listed} earlier events it lists, those after the cut are not held either and retention cut past the rest; as a running node's stream restarts when none of its events is held, a stream_restart line at the first pass{Resend:l}, then every event the chain retains")]
+    private static partial void LogStreamRestartsAtRetentionCut(ILogger logger, string stream, string path, long replaced, string hash, long after, int listed, string resend);
 
     [LoggerMessage(EventId = 1327, Level = LogLevel.Warning, Message = "the SIEM stream's position record {Path} is not taken: {Reason:l}; the stream begins at the audit chain's head (event {Head}), as without one, so events the last run did not forward are not sent to it")]
     private static partial void LogStreamPositionNotTaken(ILogger logger, string path, string reason, long head);
