@@ -638,6 +638,162 @@ public sealed class AuditStreamPositionTests
         Assert.Equal((restart.After.Sequence, replaced), (Assert.Single(restarts.Listed).AfterSequence, restarts.Listed[0].ReplacedSequence));
     }
 
+    // A FIFO stream resumed at start from its position record (at R, listing earlier events), the
+    // database then put back behind R under the running node (events after F = R - 2 deleted) and
+    // going on with other events: the stream restarts after the newest event the record lists at
+    // or before F, the record's events being the running node's restart points. Before, they began
+    // with R alone: none held, and the stream restarted after 0, sent the whole chain again
+    // ("Expected: AuditHead { Sequence = R - 2 or R - 3, … } Actual: AuditHead { Sequence = 0, … }").
+    [Fact]
+    public async Task Fifo_ResumedFromItsRecord_RolledBackUnderTheRunningNodeBehindTheRecord_RestartsAtTheRecordsNewestHeldEvent_NotTheChainsStart()
+    {
+        var dataDir = Scratch.NewPath("kms-server-");
+        var fifo = Scratch.NewPath("kms-siem-", ".fifo");
+        MakeFifo(fifo);
+        using var reader = FifoReader.Start(fifo);
+        string[] args = [$"--Kms:Audit:StreamPath={fifo}"];
+        var database = Path.Combine(dataDir, "kms.db");
+        var server = await KmsTestServer.StartAsync(null, dataDir, "dev", args);
+        var token = server.Token;
+        try
+        {
+            using var developer = server.CreateClient();
+            for (var i = 0; i < 6; i++)
+            {
+                await developer.CreateKeyAsync("tenants/dev", $"first-run-{i}");
+            }
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+
+        var record = AuditStreamPosition.Read(Path.Combine(dataDir, "audit", AuditStreamPosition.FileName)).Position;
+        Assert.True(record is { Clean: true, Last.Sequence: >= 5 } && record.Earlier.Count > 2, $"record: {File.ReadAllText(Path.Combine(dataDir, "audit", AuditStreamPosition.FileName))}");
+        var fork = record.Last.Sequence - 2;
+        var expected = record.Earlier.First(p => p.Sequence <= fork);
+
+        server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
+        string logs;
+        try
+        {
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "second-run");
+            var sent = Head(database);
+            await reader.WaitForEventAsync(sent);
+
+            // Put back behind the record under the running node (a restore while it runs), then other events.
+            RawSqlite.Execute(database, "DELETE FROM audit_events WHERE seq > $s", ("$s", fork));
+            RawSqlite.Execute(database, "DELETE FROM audit_checkpoints WHERE seq > $s", ("$s", fork));
+            await developer.CreateKeyAsync("tenants/dev", "after-the-rollback");
+            await reader.WaitUntilAsync(lines => lines.Any(l => l.StartsWith("{\"stream_restart\"", StringComparison.Ordinal)), "a stream_restart line");
+        }
+        finally
+        {
+            await server.DisposeAsync();
+            logs = server.Logs.AllText;
+        }
+
+        var copy = reader.Lines;
+        var restart = AuditStreamRestartOf(Assert.Single(copy, l => l.StartsWith("{\"stream_", StringComparison.Ordinal)));
+        Assert.Equal(expected, restart.After);
+        Assert.Contains($"the SIEM stream \"{Path.GetFullPath(fifo)}\" resumes after event {record.Last.Sequence}", logs, StringComparison.Ordinal); // 1326: taken
+        Assert.Contains($"the SIEM stream restarts after event {expected.Sequence}: the database's audit chain no longer holds event {restart.Replaced.Sequence}", logs, StringComparison.Ordinal); // 1323
+
+        // After the line, every event of the new chain after it, once, in order.
+        var head = Head(database);
+        await reader.WaitForEventAsync(head);
+        copy = reader.Lines;
+        var afterLine = copy.Skip(copy.FindIndex(l => l.StartsWith("{\"stream_", StringComparison.Ordinal)) + 1).Where(l => l.Length > 0).Select(Sequence).ToList();
+        Assert.Equal(Enumerable.Range((int)expected.Sequence + 1, (int)(head - expected.Sequence)).Select(i => (long)i), afterLine);
+    }
+
+    // As the rollback-at-start test above, and retention (here a database writer deleting the
+    // events through F + 1, while the node is stopped) cut past every event the record lists that
+    // the new chain could hold: the start restarts the stream as a running node's restart does when
+    // its search reaches the cut, after the last event cut (F + 1, 1339), a stream_restart line
+    // replacing M, then every event retained. Before, the record was not taken (1327) and the
+    // stream began at the head, with no restart line: the new chain's events never reached it
+    // ("Assert.Single() Failure: The collection did not contain any matching items").
+    [Fact]
+    public async Task Fifo_RolledBackWhileStopped_RetentionCutPastTheRecordsEventsTheChainHolds_RestartsAfterTheLastEventCut_AsARunningNode()
+    {
+        var dataDir = Scratch.NewPath("kms-server-");
+        var fifo = Scratch.NewPath("kms-siem-", ".fifo");
+        MakeFifo(fifo);
+        using var reader = FifoReader.Start(fifo);
+        string[] args = [$"--Kms:Audit:StreamPath={fifo}"];
+        var database = Path.Combine(dataDir, "kms.db");
+        var server = await KmsTestServer.StartAsync(null, dataDir, "dev", args);
+        var token = server.Token;
+        try
+        {
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "before-the-fork");
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+
+        SqliteStore.ReleasePooledConnections();
+        var fork = Head(database);
+        var saved = Scratch.NewPath("kms-db-copy-");
+        CopyDatabase(dataDir, saved);
+
+        server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
+        try
+        {
+            using var developer = server.CreateClient();
+            for (var i = 0; i < 4; i++)
+            {
+                await developer.CreateKeyAsync("tenants/dev", $"replaced-{i}");
+            }
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+
+        SqliteStore.ReleasePooledConnections();
+        var replaced = Head(database);
+        var replacedHash = RawSqlite.Scalar(database, $"SELECT hash FROM audit_events WHERE seq = {replaced}");
+        await reader.WaitForEventAsync(replaced);
+
+        // The database put back to the copy; another writer goes on from F; the events through F + 1 cut.
+        CopyDatabase(saved, dataDir);
+        await AppendWhileStoppedAsync(database, 3);
+        var cut = new AuditHead(fork + 1, RawSqlite.Scalar(database, $"SELECT hash FROM audit_events WHERE seq = {fork + 1}"));
+        RawSqlite.Execute(database, "DELETE FROM audit_events WHERE seq <= $s", ("$s", cut.Sequence));
+        server = await KmsTestServer.StartAsync(token, dataDir, "dev", [.. args, "--Kms:Audit:AcceptRollback=true"]);
+        string logs;
+        try
+        {
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "after-the-cut");
+        }
+        finally
+        {
+            await server.DisposeAsync();
+            logs = server.Logs.AllText;
+        }
+
+        var head = Head(database);
+        var headHash = RawSqlite.Scalar(database, $"SELECT hash FROM audit_events WHERE seq = {head}");
+        await reader.WaitUntilAsync(lines => lines.Any(l => l.StartsWith(EventPrefix(head), StringComparison.Ordinal) && l.Contains(headHash, StringComparison.Ordinal)), $"event {head} of the new chain");
+        var copy = reader.Lines;
+        var restartLine = Assert.Single(copy, l => l.StartsWith("{\"stream_", StringComparison.Ordinal));
+        Assert.Equal(new StreamRestart(cut, new AuditHead(replaced, replacedHash)), AuditStreamRestartOf(restartLine));
+        Assert.Contains($"restarts after event {cut.Sequence}, the last event audit retention cut: its position record", logs, StringComparison.Ordinal); // 1339, at start
+        Assert.Contains($"the SIEM stream restarts after event {cut.Sequence}: the database's audit chain no longer holds event {replaced}", logs, StringComparison.Ordinal); // 1323, at the line
+        Assert.DoesNotContain("is not taken", logs, StringComparison.Ordinal); // no 1327
+
+        // Before the line, the first chain through M; after it, every event retained, once, in order.
+        var at = copy.IndexOf(restartLine);
+        Assert.Equal(Enumerable.Range(1, (int)replaced).Select(i => (long)i), copy.Take(at).Where(l => l.Length > 0).Select(Sequence));
+        Assert.Equal(Enumerable.Range((int)cut.Sequence + 1, (int)(head - cut.Sequence)).Select(i => (long)i), copy.Skip(at + 1).Where(l => l.Length > 0).Select(Sequence));
+    }
+
     private static StreamRestart AuditStreamRestartOf(string line)
     {
         using var document = JsonDocument.Parse(line);
