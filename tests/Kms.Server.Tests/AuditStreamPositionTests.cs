@@ -130,15 +130,7 @@ public sealed class AuditStreamPositionTests
     [Fact]
     public async Task Stdout_KilledThenEventsCommittedWhileDown_TheNextRunSendsThem_AfterAResendLine_TheCopyVerifies()
     {
-        var token = SoftHsm.CreateToken();
-        var domainKey = RandomNumberGenerator.GetBytes(32);
-        using (var session = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin)))
-        {
-            session.ImportDomainKey(domainKey, "kms-domain-key", DomainKeyId);
-        }
-
-        CryptographicOperations.ZeroMemory(domainKey);
-        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-stdout-")).FullName;
+        var (token, dataDir) = ProductionNode("kms-stdout-");
         var database = Path.Combine(dataDir, "kms.db");
         string[] args = ["--Kms:Audit:StreamPath=-"];
         var server = await ServerProcess.StartAsync(dataDir, SoftHsm.ConfigPath, token.Label, token.PinFile, DomainKeyId, args);
@@ -196,15 +188,7 @@ public sealed class AuditStreamPositionTests
     [Fact]
     public async Task Stdout_APipeNobodyReads_TheHousekeepingGoesOn_RequestsAnswered_AndOnceReadEveryEventArrivesOnce()
     {
-        var token = SoftHsm.CreateToken();
-        var domainKey = RandomNumberGenerator.GetBytes(32);
-        using (var session = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin)))
-        {
-            session.ImportDomainKey(domainKey, "kms-domain-key", DomainKeyId);
-        }
-
-        CryptographicOperations.ZeroMemory(domainKey);
-        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-stdout-full-")).FullName;
+        var (token, dataDir) = ProductionNode("kms-stdout-full-");
         var database = Path.Combine(dataDir, "kms.db");
         var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
         string[] args = ["--Kms:Audit:StreamPath=-", "--Kms:Audit:CheckpointInterval=00:00:01"];
@@ -256,15 +240,7 @@ public sealed class AuditStreamPositionTests
     [Fact]
     public async Task Stdout_ASocketNobodyReads_TheHousekeepingGoesOn_TheStopEnds_AndEveryEventReachesTheStreamOnce()
     {
-        var token = SoftHsm.CreateToken();
-        var domainKey = RandomNumberGenerator.GetBytes(32);
-        using (var session = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin)))
-        {
-            session.ImportDomainKey(domainKey, "kms-domain-key", DomainKeyId);
-        }
-
-        CryptographicOperations.ZeroMemory(domainKey);
-        var dataDir = Directory.CreateDirectory(Scratch.NewPath("kms-stdout-socket-")).FullName;
+        var (token, dataDir) = ProductionNode("kms-stdout-socket-");
         var database = Path.Combine(dataDir, "kms.db");
         var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
         string[] args = ["--Kms:Audit:StreamPath=-", "--Kms:Audit:CheckpointInterval=00:00:01"];
@@ -819,6 +795,21 @@ public sealed class AuditStreamPositionTests
                 File.Delete(to);
             }
         }
+    }
+
+    // A token holding a domain key (production mode: the server does not create one) and an empty
+    // data directory, for the tests that run the real binary with its stdout taken.
+    private static (TestToken Token, string DataDir) ProductionNode(string prefix)
+    {
+        var token = SoftHsm.CreateToken();
+        var domainKey = RandomNumberGenerator.GetBytes(32);
+        using (var session = HsmCeremonySession.Open(token.Options(devMode: false), Encoding.UTF8.GetBytes(token.UserPin)))
+        {
+            session.ImportDomainKey(domainKey, "kms-domain-key", DomainKeyId);
+        }
+
+        CryptographicOperations.ZeroMemory(domainKey);
+        return (token, Directory.CreateDirectory(Scratch.NewPath(prefix)).FullName);
     }
 
     private static string EventPrefix(long sequence) => string.Create(CultureInfo.InvariantCulture, $"{{\"event\":{{\"v\":1,\"seq\":{sequence},");
