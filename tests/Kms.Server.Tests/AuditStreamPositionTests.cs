@@ -532,41 +532,7 @@ public sealed class AuditStreamPositionTests
         using var reader = FifoReader.Start(fifo);
         string[] args = [$"--Kms:Audit:StreamPath={fifo}"];
         var database = Path.Combine(dataDir, "kms.db");
-        var server = await KmsTestServer.StartAsync(null, dataDir, "dev", args);
-        var token = server.Token;
-        try
-        {
-            using var developer = server.CreateClient();
-            await developer.CreateKeyAsync("tenants/dev", "before-the-fork");
-        }
-        finally
-        {
-            await server.DisposeAsync();
-        }
-
-        SqliteStore.ReleasePooledConnections();
-        var fork = Head(database);
-        var saved = Scratch.NewPath("kms-db-copy-");
-        CopyDatabase(dataDir, saved);
-
-        server = await KmsTestServer.StartAsync(token, dataDir, "dev", args);
-        try
-        {
-            using var developer = server.CreateClient();
-            for (var i = 0; i < 4; i++)
-            {
-                await developer.CreateKeyAsync("tenants/dev", $"replaced-{i}");
-            }
-        }
-        finally
-        {
-            await server.DisposeAsync();
-        }
-
-        SqliteStore.ReleasePooledConnections();
-        var replaced = Head(database);
-        var replacedHash = RawSqlite.Scalar(database, $"SELECT hash FROM audit_events WHERE seq = {replaced}");
-        await reader.WaitForEventAsync(replaced);
+        var (token, fork, saved, replaced, replacedHash) = await StreamedPastACopyAsync(dataDir, args, reader);
         var recorded = AuditStreamPosition.Read(Path.Combine(dataDir, "audit", AuditStreamPosition.FileName)).Position;
         Assert.True(recorded?.Earlier.Count > 2, $"record: {File.ReadAllText(Path.Combine(dataDir, "audit", AuditStreamPosition.FileName))}");
 
@@ -574,7 +540,7 @@ public sealed class AuditStreamPositionTests
         CopyDatabase(saved, dataDir);
         Assert.Equal(fork, Head(database));
         await AppendWhileStoppedAsync(database, 2);
-        server = await KmsTestServer.StartAsync(token, dataDir, "dev", [.. args, "--Kms:Audit:AcceptRollback=true"]);
+        var server = await KmsTestServer.StartAsync(token, dataDir, "dev", [.. args, "--Kms:Audit:AcceptRollback=true"]);
         string logs;
         try
         {
@@ -700,6 +666,48 @@ public sealed class AuditStreamPositionTests
         using var reader = FifoReader.Start(fifo);
         string[] args = [$"--Kms:Audit:StreamPath={fifo}"];
         var database = Path.Combine(dataDir, "kms.db");
+        var (token, fork, saved, replaced, replacedHash) = await StreamedPastACopyAsync(dataDir, args, reader);
+
+        // The database put back to the copy; another writer goes on from F; the events through F + 1 cut.
+        CopyDatabase(saved, dataDir);
+        await AppendWhileStoppedAsync(database, 3);
+        var cut = new AuditHead(fork + 1, RawSqlite.Scalar(database, $"SELECT hash FROM audit_events WHERE seq = {fork + 1}"));
+        RawSqlite.Execute(database, "DELETE FROM audit_events WHERE seq <= $s", ("$s", cut.Sequence));
+        var server = await KmsTestServer.StartAsync(token, dataDir, "dev", [.. args, "--Kms:Audit:AcceptRollback=true"]);
+        string logs;
+        try
+        {
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "after-the-cut");
+        }
+        finally
+        {
+            await server.DisposeAsync();
+            logs = server.Logs.AllText;
+        }
+
+        var head = Head(database);
+        var headHash = RawSqlite.Scalar(database, $"SELECT hash FROM audit_events WHERE seq = {head}");
+        await reader.WaitUntilAsync(lines => lines.Any(l => l.StartsWith(EventPrefix(head), StringComparison.Ordinal) && l.Contains(headHash, StringComparison.Ordinal)), $"event {head} of the new chain");
+        var copy = reader.Lines;
+        var restartLine = Assert.Single(copy, l => l.StartsWith("{\"stream_", StringComparison.Ordinal));
+        Assert.Equal(new StreamRestart(cut, new AuditHead(replaced, replacedHash)), AuditStreamRestartOf(restartLine));
+        Assert.Contains($"restarts after event {cut.Sequence}, the last event audit retention cut: its position record", logs, StringComparison.Ordinal); // 1339, at start
+        Assert.Contains($"the SIEM stream restarts after event {cut.Sequence}: the database's audit chain no longer holds event {replaced}", logs, StringComparison.Ordinal); // 1323, at the line
+        Assert.DoesNotContain("is not taken", logs, StringComparison.Ordinal); // no 1327
+
+        // Before the line, the first chain through M; after it, every event retained, once, in order.
+        var at = copy.IndexOf(restartLine);
+        Assert.Equal(Enumerable.Range(1, (int)replaced).Select(i => (long)i), copy.Take(at).Where(l => l.Length > 0).Select(Sequence));
+        Assert.Equal(Enumerable.Range((int)cut.Sequence + 1, (int)(head - cut.Sequence)).Select(i => (long)i), copy.Skip(at + 1).Where(l => l.Length > 0).Select(Sequence));
+    }
+
+    // Two runs of a node streaming to a FIFO: the first writes events through F and stops, a copy of
+    // its database is taken (F), the second writes four more through M, all read by the reader. The
+    // rollback tests put the copy back and go on from there.
+    private static async Task<(TestToken Token, long Fork, string Saved, long Replaced, string ReplacedHash)> StreamedPastACopyAsync(string dataDir, string[] args, FifoReader reader)
+    {
+        var database = Path.Combine(dataDir, "kms.db");
         var server = await KmsTestServer.StartAsync(null, dataDir, "dev", args);
         var token = server.Token;
         try
@@ -735,39 +743,7 @@ public sealed class AuditStreamPositionTests
         var replaced = Head(database);
         var replacedHash = RawSqlite.Scalar(database, $"SELECT hash FROM audit_events WHERE seq = {replaced}");
         await reader.WaitForEventAsync(replaced);
-
-        // The database put back to the copy; another writer goes on from F; the events through F + 1 cut.
-        CopyDatabase(saved, dataDir);
-        await AppendWhileStoppedAsync(database, 3);
-        var cut = new AuditHead(fork + 1, RawSqlite.Scalar(database, $"SELECT hash FROM audit_events WHERE seq = {fork + 1}"));
-        RawSqlite.Execute(database, "DELETE FROM audit_events WHERE seq <= $s", ("$s", cut.Sequence));
-        server = await KmsTestServer.StartAsync(token, dataDir, "dev", [.. args, "--Kms:Audit:AcceptRollback=true"]);
-        string logs;
-        try
-        {
-            using var developer = server.CreateClient();
-            await developer.CreateKeyAsync("tenants/dev", "after-the-cut");
-        }
-        finally
-        {
-            await server.DisposeAsync();
-            logs = server.Logs.AllText;
-        }
-
-        var head = Head(database);
-        var headHash = RawSqlite.Scalar(database, $"SELECT hash FROM audit_events WHERE seq = {head}");
-        await reader.WaitUntilAsync(lines => lines.Any(l => l.StartsWith(EventPrefix(head), StringComparison.Ordinal) && l.Contains(headHash, StringComparison.Ordinal)), $"event {head} of the new chain");
-        var copy = reader.Lines;
-        var restartLine = Assert.Single(copy, l => l.StartsWith("{\"stream_", StringComparison.Ordinal));
-        Assert.Equal(new StreamRestart(cut, new AuditHead(replaced, replacedHash)), AuditStreamRestartOf(restartLine));
-        Assert.Contains($"restarts after event {cut.Sequence}, the last event audit retention cut: its position record", logs, StringComparison.Ordinal); // 1339, at start
-        Assert.Contains($"the SIEM stream restarts after event {cut.Sequence}: the database's audit chain no longer holds event {replaced}", logs, StringComparison.Ordinal); // 1323, at the line
-        Assert.DoesNotContain("is not taken", logs, StringComparison.Ordinal); // no 1327
-
-        // Before the line, the first chain through M; after it, every event retained, once, in order.
-        var at = copy.IndexOf(restartLine);
-        Assert.Equal(Enumerable.Range(1, (int)replaced).Select(i => (long)i), copy.Take(at).Where(l => l.Length > 0).Select(Sequence));
-        Assert.Equal(Enumerable.Range((int)cut.Sequence + 1, (int)(head - cut.Sequence)).Select(i => (long)i), copy.Skip(at + 1).Where(l => l.Length > 0).Select(Sequence));
+        return (token, fork, saved, replaced, replacedHash);
     }
 
     private static StreamRestart AuditStreamRestartOf(string line)
