@@ -221,12 +221,12 @@ public sealed partial class SqliteStore : SqlStore
     {
         BeforeWriteLock?.Invoke();
         var sqlite = (SqliteConnection)connection;
-        var waited = System.Diagnostics.Stopwatch.StartNew();
+        var started = System.Diagnostics.Stopwatch.GetTimestamp(); // no object per write
         var commandTimeout = sqlite.DefaultTimeout;
         while (true)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            var left = _busyTimeoutMilliseconds - waited.ElapsedMilliseconds;
+            var left = _busyTimeoutMilliseconds - (long)System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds;
             try
             {
                 // SQLite's own wait, then Microsoft.Data.Sqlite's retries, for one slice each.
@@ -234,7 +234,7 @@ public sealed partial class SqliteStore : SqlStore
                 sqlite.DefaultTimeout = 1;
                 return await connection.BeginTransactionAsync(IsolationLevel.Serializable, cancellationToken);
             }
-            catch (SqliteException e) when (e.SqliteErrorCode is 5 or 6 && waited.ElapsedMilliseconds < _busyTimeoutMilliseconds)
+            catch (SqliteException e) when (e.SqliteErrorCode is 5 or 6 && System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds < _busyTimeoutMilliseconds)
             {
                 // Held still: the next slice, unless the caller has stopped waiting meanwhile.
             }
