@@ -51,7 +51,9 @@ public sealed class DataKeyCacheDisposeTests
 
         var encrypt = encryptor.EncryptAsync(new byte[10]);
         var entry = await created.Reached;
-        var dispose = Task.Run(encryptor.Dispose);
+        // A thread of its own: the paused adder blocks a pool thread, and under a full test run the
+        // pool's next thread could come later than Reached's 10 s (CI once timed out here).
+        var dispose = Task.Factory.StartNew(encryptor.Dispose, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         await disposing.Reached;
         created.Release();
         var failure = await Record.ExceptionAsync(() => encrypt);
