@@ -128,7 +128,10 @@ public sealed class RequestBytesInFlightTests
 
             Assert.True(gate.HeldBytes <= bound, $"{gate.HeldCalls} gzip messages of one tenant held at once, inflated to {gate.HeldBytes} bytes; its bound (Kms:MaxRequestBytesInFlightPerTenant) is {bound}");
             Assert.True(gate.HeldCalls > 0, "no call was served");
-            Assert.Equal(gate.HeldBytes, inFlight.Held("t:dev"));
+            // A refused call's answer can reach its client before the server has given back what it
+            // counted for it (a full run under load saw one compressed message, 5,101 bytes, still
+            // counted): polled, not read once.
+            Assert.True(await UntilAsync(() => inFlight.Held("t:dev") == gate.HeldBytes), $"{inFlight.Held("t:dev")} bytes counted against dev; the held calls hold {gate.HeldBytes}");
             var refused = answered.ToList();
             Assert.Equal(Calls - gate.HeldCalls, refused.Count);
             Assert.All(refused, r =>
