@@ -1529,6 +1529,8 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
 
         public Task<AuditHead> GetAuditHeadAsync(CancellationToken cancellationToken) => inner.GetAuditHeadAsync(cancellationToken);
 
+        public void RequireSignedCheckpointHead(Func<AuditCheckpoint, bool> signedByTheAuditKey) => inner.RequireSignedCheckpointHead(signedByTheAuditKey);
+
         public Task<IReadOnlyList<AuditEvent>> ListAuditEventsAsync(AuditQuery query, CancellationToken cancellationToken) => inner.ListAuditEventsAsync(query, cancellationToken);
 
         public Task<AuditPage> ListAuditPageAsync(AuditQuery query, long scanWindow, CancellationToken cancellationToken) => inner.ListAuditPageAsync(query, scanWindow, cancellationToken);

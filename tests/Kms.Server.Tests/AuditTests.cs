@@ -536,18 +536,88 @@ public sealed class AuditTests : IAsyncLifetime
         {
             await server.DisposeAsync();
         }
+    }
 
-        static async Task InsertRowAsync(SqliteConnection connection, long sequence, string head, string body)
+    // A database writer without the HSM: a checkpoint row with a bogus signature.
+    private static async Task InsertRowAsync(SqliteConnection connection, long sequence, string head, string body)
+    {
+        await using var insert = connection.CreateCommand();
+        insert.CommandText = "INSERT INTO audit_checkpoints (seq, head, time, key, body, signature) VALUES (@seq, @head, @time, @key, @body, @signature)";
+        insert.Parameters.AddWithValue("@seq", sequence);
+        insert.Parameters.AddWithValue("@head", head);
+        insert.Parameters.AddWithValue("@time", DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+        insert.Parameters.AddWithValue("@key", body.Split("\"key\":\"")[1].Split('"')[0]);
+        insert.Parameters.AddWithValue("@body", body);
+        insert.Parameters.AddWithValue("@signature", System.Security.Cryptography.RandomNumberGenerator.GetBytes(64));
+        Assert.Equal(1, await insert.ExecuteNonQueryAsync());
+    }
+
+    // Retention cut the whole log (here the events deleted under the checkpoint signed at the last
+    // of them, as a cut there leaves it): the head is that checkpoint row. A database writer
+    // without the HSM inserts another row above it. Before, the next mutation's own event and the
+    // group commit's chained onto the writer's head, and only the checkpoint over them was
+    // refused (1331). Now no event is written, the requests answer UNAVAILABLE and change nothing
+    // (no audit, no answer), 1340 says why, once; with the row deleted, the log goes on from the
+    // checkpoint the audit key signed.
+    [Fact]
+    public async Task NoEventStored_HeadIsACheckpointRowTheAuditKeyDidNotSign_RequestsUnavailable_NothingChanged_Logged1340Once_OnSoftHsm()
+    {
+        var server = await KmsTestServer.StartAsync(null, null, "dev", (Action<IServiceCollection>?)null, "--Kms:Audit:CheckpointInterval=12:00:00");
+        try
         {
-            await using var insert = connection.CreateCommand();
-            insert.CommandText = "INSERT INTO audit_checkpoints (seq, head, time, key, body, signature) VALUES (@seq, @head, @time, @key, @body, @signature)";
-            insert.Parameters.AddWithValue("@seq", sequence);
-            insert.Parameters.AddWithValue("@head", head);
-            insert.Parameters.AddWithValue("@time", DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
-            insert.Parameters.AddWithValue("@key", body.Split("\"key\":\"")[1].Split('"')[0]);
-            insert.Parameters.AddWithValue("@body", body);
-            insert.Parameters.AddWithValue("@signature", System.Security.Cryptography.RandomNumberGenerator.GetBytes(64));
-            Assert.Equal(1, await insert.ExecuteNonQueryAsync());
+            var audit = server.Services.GetRequiredService<AuditLog>();
+            var store = server.Services.GetRequiredService<Kms.Core.Ports.IAuditStore>();
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "first");
+            var signed = await audit.CheckpointAsync(default);
+            Assert.NotNull(signed);
+            var planted = signed.Sequence + 5;
+            var forged = new string('f', 64);
+            await using (var connection = new SqliteConnection($"Data Source={server.DatabasePath};Pooling=False"))
+            {
+                await connection.OpenAsync();
+                await using (var delete = connection.CreateCommand())
+                {
+                    delete.CommandText = "DELETE FROM audit_events";
+                    await delete.ExecuteNonQueryAsync();
+                }
+
+                await InsertRowAsync(connection, planted, forged, AuditChain.CheckpointBody(planted, forged, DateTimeOffset.UtcNow, audit.Fingerprint));
+            }
+
+            Assert.Equal(new AuditHead(planted, forged), await store.GetAuditHeadAsync(default));
+
+            // A mutation (its event in its own transaction) and a read (the group commit's).
+            var mutation = await Assert.ThrowsAsync<RpcException>(() => developer.CreateKeyAsync("tenants/dev", "second"));
+            Assert.Equal(StatusCode.Unavailable, mutation.StatusCode);
+            var read = await Assert.ThrowsAsync<RpcException>(() => developer.GetKeyAsync("tenants/dev/keys/first"));
+            Assert.Equal(StatusCode.Unavailable, read.StatusCode);
+            Assert.DoesNotContain(forged, mutation.Status.Detail + read.Status.Detail, StringComparison.Ordinal);
+            await using (var connection = new SqliteConnection($"Data Source={server.DatabasePath};Pooling=False"))
+            {
+                await connection.OpenAsync();
+                Assert.Equal(0L, await ScalarAsync<long>(connection, "SELECT count(*) FROM audit_events"));
+                Assert.Equal(0L, await ScalarAsync<long>(connection, "SELECT count(*) FROM keys WHERE key_id = 'second'"));
+            }
+
+            Assert.Single(server.Logs.Events, e => e.Contains("Id: 1340", StringComparison.Ordinal) && e.Contains($"checkpoint row {planted}, ", StringComparison.Ordinal)
+                && e.StartsWith("Error ", StringComparison.Ordinal));
+
+            await using (var connection = new SqliteConnection($"Data Source={server.DatabasePath};Pooling=False"))
+            {
+                await connection.OpenAsync();
+                await using var delete = connection.CreateCommand();
+                delete.CommandText = $"DELETE FROM audit_checkpoints WHERE seq = {planted}";
+                Assert.Equal(1, await delete.ExecuteNonQueryAsync());
+            }
+
+            await developer.CreateKeyAsync("tenants/dev", "second");
+            var resumed = await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, default);
+            Assert.Equal((signed.Sequence + 1, signed.HeadHash), (resumed[0].Sequence, resumed[0].PreviousHash));
+        }
+        finally
+        {
+            await server.DisposeAsync();
         }
     }
 

@@ -623,6 +623,53 @@ public abstract class AuditStoreContract : AccessStoreContract
     }
 
     [Fact]
+    public async Task Head_NoEventStored_ACheckpointRowTheAuditKeyDidNotSign_NothingChainsOntoIt_Unavailable()
+    {
+        // Retention cut the whole log: the head is the checkpoint row it cut at. A database writer
+        // without the HSM inserts another above it. Before, the next events chained onto that
+        // row's head (8 followed "7"), and only the checkpoint over them was refused.
+        var checkedRows = new List<long>();
+        var store = await AuditAsync();
+        store.RequireSignedCheckpointHead(row =>
+        {
+            checkedRows.Add(row.Sequence);
+            return row.Signature.AsSpan().SequenceEqual((byte[])[1, 2, 3]); // Checkpoint()'s: "signed by the audit key"
+        });
+        var events = await store.AppendAuditAsync([Entry(1), Entry(2), Entry(3)], default);
+        await store.AddAuditCheckpointAsync(Checkpoint(events[2]), default);
+        Assert.Equal(3, await store.PruneAuditAsync(3, default));
+        var forged = new string('f', 64);
+        await store.AddAuditCheckpointAsync(new AuditCheckpoint(7, forged, T0, "sha256:00", AuditChain.CheckpointBody(7, forged, T0, "sha256:00"), [9]), default);
+
+        var refused = await Assert.ThrowsAsync<Kms.Core.Errors.KmsException>(() => store.AppendAuditAsync([Entry(8)], default));
+        Assert.Equal(Kms.Core.Errors.KmsErrorCode.Unavailable, refused.Code);
+        Assert.Empty(await store.ListAuditEventsAsync(new AuditQuery(), default));
+        Assert.Equal([7L], checkedRows);
+    }
+
+    [Fact]
+    public async Task Head_NoEventStored_TheCheckpointRowTheAuditKeySigned_ChainedOnto_CheckedOnceNotPerAppend()
+    {
+        var checkedRows = new List<long>();
+        var store = await AuditAsync();
+        store.RequireSignedCheckpointHead(row =>
+        {
+            checkedRows.Add(row.Sequence);
+            return row.Signature.AsSpan().SequenceEqual((byte[])[1, 2, 3]);
+        });
+        var events = await store.AppendAuditAsync([Entry(1), Entry(2), Entry(3)], default);
+        Assert.Empty(checkedRows); // a head that is an event's is never checked
+        await store.AddAuditCheckpointAsync(Checkpoint(events[2]), default);
+        Assert.Equal(3, await store.PruneAuditAsync(3, default));
+
+        var next = await store.AppendAuditAsync([Entry(4)], default);
+        Assert.Equal((4L, events[2].Hash), (next[0].Sequence, next[0].PreviousHash));
+        var after = await store.AppendAuditAsync([Entry(5), Entry(6)], default);
+        Assert.Equal([5L, 6L], after.Select(e => e.Sequence));
+        Assert.Equal([3L], checkedRows);
+    }
+
+    [Fact]
     public async Task Checkpoint_ARowStoredAheadAtItsSequence_IsReplacedAndReturned_TheSameRowAgainIsNot()
     {
         // A row inserted at a future sequence kept the genuine checkpoint out (ON CONFLICT DO NOTHING).

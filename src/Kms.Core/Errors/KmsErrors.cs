@@ -159,6 +159,14 @@ public static class KmsErrors
         new(KmsErrorCode.Unavailable, "the database is unavailable; retry shortly", inner: inner) { GaveUpWaiting = true };
 
     /// <summary>
+    /// An append refused because no audit event is stored and the chain's head would be a
+    /// checkpoint row the audit key did not sign as a checkpoint of it (a database writer's row):
+    /// no audit, no answer. The row's details go to the server log (event 1340), not to the caller.
+    /// </summary>
+    public static KmsException AuditHeadNotSigned() =>
+        new(KmsErrorCode.Unavailable, "the audit log cannot be written (its head is not one the audit key signed; the server log says more); the request was not answered");
+
+    /// <summary>
     /// A request string the database cannot store (PostgreSQL's SQLSTATE 22021 and 22P05: a NUL,
     /// a character the encoding lacks): the caller's input, not an outage, so not retryable. The
     /// value is not repeated; <paramref name="inner"/> stays server-side.

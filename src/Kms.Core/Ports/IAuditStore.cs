@@ -21,6 +21,18 @@ public interface IAuditStore
     /// </summary>
     Task<AuditHead> GetAuditHeadAsync(CancellationToken cancellationToken);
 
+    /// <summary>
+    /// From now on, an append — a batch of <see cref="AppendAuditAsync"/>, a mutation's own event —
+    /// chains onto a head taken from a checkpoint row (no event stored: retention cut the whole log,
+    /// or a database writer inserted a row into an empty one) only if
+    /// <paramref name="signedByTheAuditKey"/> holds of the row stored at that head's sequence;
+    /// else it fails <c>UNAVAILABLE</c> (<see cref="Errors.KmsErrors.AuditHeadNotSigned"/>) and
+    /// writes nothing, the mutation included. A head that passed is remembered, so the check runs
+    /// once for it, never for a head that is an event's. Called by <c>AuditLog</c> once it holds the
+    /// audit key; a store never told (a tool without the HSM) chains as before, unverified.
+    /// </summary>
+    void RequireSignedCheckpointHead(Func<AuditCheckpoint, bool> signedByTheAuditKey);
+
     /// <summary>Events matching the query, in sequence order (descending when newest first), at most its limit.</summary>
     /// <remarks>
     /// The store reads every event between the query's sequence bounds that its principal filter

@@ -129,6 +129,15 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     /// </summary>
     public event Action<long, string>? CheckpointRowRefused;
 
+    /// <summary>
+    /// Called when an append — the group commit's batch, a mutation's own event — was refused
+    /// <c>UNAVAILABLE</c>, nothing written: no event is stored, and the chain's head would be the
+    /// checkpoint row at this sequence, which the audit key did not sign as a checkpoint of that head
+    /// (a database writer's row; <see cref="IAuditStore.RequireSignedCheckpointHead"/>). Logged by
+    /// the server as event 1340. Called for each refused append; the server logs a row once a run.
+    /// </summary>
+    public event Action<long>? AppendRefused;
+
     /// <summary>How many checkpoint rows one retention pass passes over (<see cref="RetentionPassedOver"/>) before it gives up, cutting nothing: each costs a signature check and a log line.</summary>
     public const int MaxCheckpointRowsPassedOver = 100;
 
@@ -174,6 +183,10 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
                 throw KmsErrors.FailedPrecondition("the audit signing key's stored public key does not match its private key in the HSM; refusing to start");
             }
         }
+
+        // The key proven: from now on no append chains onto a head no event has unless the key
+        // signed it (a database writer's checkpoint row in a log with no event: AppendRefused).
+        store.RequireSignedCheckpointHead(ChainableCheckpoint);
 
         if (await settings.GetSettingAsync(ContextKeySetting, cancellationToken) is not { } context)
         {
@@ -876,6 +889,18 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         {
             return null;
         }
+    }
+
+    // The store's check of a checkpoint row before an append chains onto its head (no event stored).
+    private bool ChainableCheckpoint(AuditCheckpoint row)
+    {
+        if (SignedHead(row) is not null)
+        {
+            return true;
+        }
+
+        AppendRefused?.Invoke(row.Sequence);
+        return false;
     }
 
     // The first refusal's time is kept until a checkpoint is signed again.

@@ -87,6 +87,14 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
                 LogCheckpointRowRefused(logger, sequence, what);
             }
         };
+        var appendRefused = new OncePerRow();
+        audit.AppendRefused += sequence =>
+        {
+            if (appendRefused.First(sequence, ""))
+            {
+                LogAppendRefused(logger, sequence);
+            }
+        };
         audit.BatchWritten += (size, waited) =>
         {
             Observability.KmsMetrics.AuditBatchSize.Record(size);
@@ -893,6 +901,9 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1331, Level = LogLevel.Warning, Message = "audit checkpoint row {Sequence}: {What:l}; the database was written by someone without the HSM. Compare the database with the checkpoints kept off the host")]
     private static partial void LogCheckpointRowRefused(ILogger logger, long sequence, string what);
+
+    [LoggerMessage(EventId = 1340, Level = LogLevel.Error, Message = "audit events refused (UNAVAILABLE, nothing written, the requests not answered): no event is stored and the chain's head would be checkpoint row {Sequence}, which the audit key did not sign as a checkpoint of that head; the database was written by someone without the HSM. Compare the database with the checkpoints kept off the host, and delete the row to let the log go on from the checkpoint the audit key signed")]
+    private static partial void LogAppendRefused(ILogger logger, long sequence);
 
     [LoggerMessage(EventId = 1332, Level = LogLevel.Warning, Message = "audit retention passed over checkpoint row {Sequence} as no place to cut: {Reason:l}; the database was written by someone without the HSM (a row inserted or edited, or the event there edited). The cut is made at the newest checkpoint of the chain instead (after {Max} such rows a pass, nowhere); compare the database with the checkpoints kept off the host")]
     private static partial void LogRetentionPassedOver(ILogger logger, long sequence, string reason, int max);

@@ -74,7 +74,7 @@ internal sealed class AuditWriter(SqlStore store) : IDisposable, IAsyncDisposabl
                 }
                 else
                 {
-                    head = await SqlStore.ReadHeadAsync(statements.Connection, null, cancellationToken);
+                    head = await store.ReadChainableHeadAsync(statements.Connection, null, cancellationToken);
                     HeadsFromDatabase++;
                 }
 

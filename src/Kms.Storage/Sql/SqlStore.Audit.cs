@@ -3,6 +3,7 @@ using System.Data.Common;
 using System.Globalization;
 using System.Text;
 using Kms.Core.Audit;
+using Kms.Core.Errors;
 
 namespace Kms.Storage;
 
@@ -491,9 +492,9 @@ public abstract partial class SqlStore
 
     // Inside a write transaction: SQLite has one writer at a time, so the head read here is
     // the head the new events follow, whichever path (group commit, a mutation) writes.
-    private static async Task<IReadOnlyList<AuditEvent>> AppendAuditInAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
+    private async Task<IReadOnlyList<AuditEvent>> AppendAuditInAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<AuditEntry> entries, CancellationToken cancellationToken)
     {
-        var head = await ReadHeadAsync(connection, transaction, cancellationToken);
+        var head = await ReadChainableHeadAsync(connection, transaction, cancellationToken);
         await using var insert = InsertEventCommand(connection);
         insert.Transaction = transaction;
         return await InsertEventsAsync(insert, head, entries, cancellationToken);
@@ -580,14 +581,18 @@ public abstract partial class SqlStore
 
     // The last event's sequence and hash: the head comes from the events. Only where no event is
     // stored (a new log, or one retention cut whole) from the newest checkpoint row, a candidate
-    // the store cannot verify (AuditLog does, with the audit key, before it signs over it). Before,
-    // a checkpoint row above the last event was the head: a database writer without the HSM
-    // inserted one, new events chained from it and the server signed a checkpoint over a head no
-    // event has.
-    internal static async Task<AuditHead> ReadHeadAsync(DbConnection connection, DbTransaction? transaction, CancellationToken cancellationToken)
+    // the store cannot verify on its own (ReadChainableHeadAsync has the audit key's check; AuditLog
+    // checks it before it signs over it). Before, a checkpoint row above the last event was the
+    // head: a database writer without the HSM inserted one, new events chained from it and the
+    // server signed a checkpoint over a head no event has.
+    internal static async Task<AuditHead> ReadHeadAsync(DbConnection connection, DbTransaction? transaction, CancellationToken cancellationToken) =>
+        (await ReadHeadRowAsync(connection, transaction, cancellationToken)).Head;
+
+    // The head, and whether it came from a checkpoint row (no event stored) rather than an event.
+    internal static async Task<(AuditHead Head, bool FromCheckpointRow)> ReadHeadRowAsync(DbConnection connection, DbTransaction? transaction, CancellationToken cancellationToken)
     {
         await using var command = Command(connection, """
-            SELECT seq, hash FROM (
+            SELECT seq, hash, k FROM (
                 SELECT seq, hash, 0 AS k FROM (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) e
                 UNION ALL
                 SELECT seq, head, 1 AS k FROM (SELECT seq, head FROM audit_checkpoints ORDER BY seq DESC LIMIT 1) c) h
@@ -595,7 +600,88 @@ public abstract partial class SqlStore
             """);
         command.Transaction = transaction;
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-        return await reader.ReadAsync(cancellationToken) ? new AuditHead(reader.GetInt64(0), reader.GetString(1)) : AuditChain.Empty;
+        return await reader.ReadAsync(cancellationToken)
+            ? (new AuditHead(reader.GetInt64(0), reader.GetString(1)), Convert.ToInt64(reader.GetValue(2), CultureInfo.InvariantCulture) == 1)
+            : (AuditChain.Empty, false);
+    }
+
+    /// <inheritdoc />
+    public void RequireSignedCheckpointHead(Func<AuditCheckpoint, bool> signedByTheAuditKey)
+    {
+        ArgumentNullException.ThrowIfNull(signedByTheAuditKey);
+        lock (_checkpointHeadLock)
+        {
+            (_signedCheckpointHead, _verifiedCheckpointHead) = (signedByTheAuditKey, null);
+        }
+    }
+
+    private readonly Lock _checkpointHeadLock = new();
+    private Func<AuditCheckpoint, bool>? _signedCheckpointHead;
+    private AuditHead? _verifiedCheckpointHead;
+
+    /// <summary>How many times an append had a checkpoint row checked with the audit key before chaining onto it (tests).</summary>
+    internal long CheckpointHeadChecks => Interlocked.Read(ref _checkpointHeadChecks);
+
+    private long _checkpointHeadChecks;
+
+    // The head new events chain onto, in the write transaction of the append (the group commit's,
+    // a mutation's own event): an event's, read as ReadHeadAsync reads it, at no extra cost. Where
+    // no event is stored and the head comes from the newest checkpoint row, that row must be one
+    // the audit key signed as a checkpoint of that head (RequireSignedCheckpointHead; once a head
+    // passed, it is remembered and not checked again): else UNAVAILABLE, and the transaction rolls
+    // back, the mutation with it. Before, events chained onto whatever row a database writer
+    // without the HSM had put there, and only the next checkpoint over them was refused.
+    internal async Task<AuditHead> ReadChainableHeadAsync(DbConnection connection, DbTransaction? transaction, CancellationToken cancellationToken)
+    {
+        var (head, fromCheckpointRow) = await ReadHeadRowAsync(connection, transaction, cancellationToken);
+        if (!fromCheckpointRow)
+        {
+            return head;
+        }
+
+        Func<AuditCheckpoint, bool>? signed;
+        lock (_checkpointHeadLock)
+        {
+            if (_verifiedCheckpointHead == head)
+            {
+                return head;
+            }
+
+            signed = _signedCheckpointHead;
+        }
+
+        if (signed is null)
+        {
+            // No audit key known to this store (a tool without the HSM): unverified, as before.
+            return head;
+        }
+
+        Interlocked.Increment(ref _checkpointHeadChecks);
+        AuditCheckpoint? row = null;
+        await using (var read = Command(connection, "SELECT seq, head, time, key, body, signature FROM audit_checkpoints WHERE seq = @seq", ("@seq", head.Sequence)))
+        {
+            read.Transaction = transaction;
+            await using var reader = await read.ExecuteReaderAsync(cancellationToken);
+            if (await reader.ReadAsync(cancellationToken))
+            {
+                row = ReadCheckpoint(reader);
+            }
+        }
+
+        if (row is null || row.HeadHash != head.Hash || !signed(row))
+        {
+            throw KmsErrors.AuditHeadNotSigned();
+        }
+
+        lock (_checkpointHeadLock)
+        {
+            if (_signedCheckpointHead == signed)
+            {
+                _verifiedCheckpointHead = head;
+            }
+        }
+
+        return head;
     }
 
     private static AuditEvent ReadEvent(DbDataReader reader) => AuditChain.Parse(reader.GetString(1), reader.GetString(2));

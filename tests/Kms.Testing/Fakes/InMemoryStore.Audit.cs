@@ -44,7 +44,7 @@ public sealed partial class InMemoryStore : IAuditStore
                 throw Kms.Core.Errors.KmsErrors.Unavailable("the database is unavailable; retry shortly");
             }
 
-            var head = HeadLocked();
+            var head = ChainableHeadLocked();
             var written = new List<AuditEvent>();
             foreach (var entry in entries)
             {
@@ -56,6 +56,41 @@ public sealed partial class InMemoryStore : IAuditStore
 
             return written;
         }
+    }
+
+    private Func<AuditCheckpoint, bool>? _signedCheckpointHead;
+    private AuditHead? _verifiedCheckpointHead;
+
+    /// <summary>How many times an append had a checkpoint row checked with the audit key before chaining onto it.</summary>
+    public int CheckpointHeadChecks { get; private set; }
+
+    public void RequireSignedCheckpointHead(Func<AuditCheckpoint, bool> signedByTheAuditKey)
+    {
+        ArgumentNullException.ThrowIfNull(signedByTheAuditKey);
+        lock (_lock)
+        {
+            (_signedCheckpointHead, _verifiedCheckpointHead) = (signedByTheAuditKey, null);
+        }
+    }
+
+    // As SqlStore.ReadChainableHeadAsync: a head taken from a checkpoint row (no event stored) is
+    // chained onto only if the audit key signed that row as a checkpoint of it.
+    private AuditHead ChainableHeadLocked()
+    {
+        var head = HeadLocked();
+        if (_audit.Count > 0 || _checkpoints.Count == 0 || _signedCheckpointHead is not { } signed || _verifiedCheckpointHead == head)
+        {
+            return head;
+        }
+
+        CheckpointHeadChecks++;
+        if (!signed(_checkpoints[^1]))
+        {
+            throw Kms.Core.Errors.KmsErrors.AuditHeadNotSigned();
+        }
+
+        _verifiedCheckpointHead = head;
+        return head;
     }
 
     public Task<AuditHead> GetAuditHeadAsync(CancellationToken cancellationToken)
