@@ -702,6 +702,6 @@ public abstract class AuditStoreContract : AccessStoreContract
         Outcome = "OK",
     };
 
-    private static AuditCheckpoint Checkpoint(AuditEvent e) =>
+    private protected static AuditCheckpoint Checkpoint(AuditEvent e) =>
         new(e.Sequence, e.Hash, T0, "sha256:00", AuditChain.CheckpointBody(e.Sequence, e.Hash, T0, "sha256:00"), [1, 2, 3]);
 }

@@ -18,6 +18,33 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
 
     protected override async Task<IKeyStore> CreateStoreAsync() => await OpenAsync();
 
+    // The backup manifest the audit key signs names the snapshot's audit head. Where the copy
+    // holds no event (retention cut the whole log) that head is its newest checkpoint row: only one
+    // the audit key signed as a checkpoint of it is reported; a database writer's row planted above
+    // refuses the snapshot UNAVAILABLE (before, its head went into the signed manifest).
+    [Fact]
+    public async Task Snapshot_NoEventStored_HeadFromACheckpointRowTheAuditKeyDidNotSign_Refused_ASignedOneReported()
+    {
+        var store = await OpenAsync();
+        store.RequireSignedCheckpointHead(row => row.Signature.AsSpan().SequenceEqual((byte[])[1, 2, 3]));
+        var events = await store.AppendAuditAsync([Entry(1), Entry(2), Entry(3)], default);
+        await store.AddAuditCheckpointAsync(Checkpoint(events[2]), default);
+        Assert.Equal(3, await store.PruneAuditAsync(3, default));
+
+        var signed = await store.SnapshotAsync(Path.Combine(_directory, "signed.db"), default);
+        Assert.Equal((new Kms.Core.Audit.AuditHead(3, events[2].Hash), 3L), (signed.AuditHead, signed.HeadCheckpoint?.Sequence));
+
+        var forged = new string('f', 64);
+        var time = DateTimeOffset.UnixEpoch;
+        await store.AddAuditCheckpointAsync(new Kms.Core.Audit.AuditCheckpoint(7, forged, time, "sha256:00", Kms.Core.Audit.AuditChain.CheckpointBody(7, forged, time, "sha256:00"), [9]), default);
+        var refused = await Assert.ThrowsAsync<Kms.Core.Errors.KmsException>(() => store.SnapshotAsync(Path.Combine(_directory, "planted.db"), default));
+        Assert.Equal(Kms.Core.Errors.KmsErrorCode.Unavailable, refused.Code);
+
+        // Read back without the audit key, the file says where its head came from.
+        var read = await SqliteStore.ReadSnapshotAsync(Path.Combine(_directory, "planted.db"), default);
+        Assert.Equal((7L, 7L), (read.AuditHead.Sequence, read.HeadCheckpoint?.Sequence));
+    }
+
     // A trigger, as a disk or constraint fault would: the store's own statement fails inside its transaction.
     protected override async Task<IAsyncDisposable> FailRoleBindingWritesAsync(IKeyStore store)
     {

@@ -657,17 +657,7 @@ public abstract partial class SqlStore
         }
 
         Interlocked.Increment(ref _checkpointHeadChecks);
-        AuditCheckpoint? row = null;
-        await using (var read = Command(connection, "SELECT seq, head, time, key, body, signature FROM audit_checkpoints WHERE seq = @seq", ("@seq", head.Sequence)))
-        {
-            read.Transaction = transaction;
-            await using var reader = await read.ExecuteReaderAsync(cancellationToken);
-            if (await reader.ReadAsync(cancellationToken))
-            {
-                row = ReadCheckpoint(reader);
-            }
-        }
-
+        var row = await ReadCheckpointAtAsync(connection, transaction, head.Sequence, cancellationToken);
         if (row is null || row.HeadHash != head.Hash || !signed(row))
         {
             throw KmsErrors.AuditHeadNotSigned();
@@ -682,6 +672,27 @@ public abstract partial class SqlStore
         }
 
         return head;
+    }
+
+    // Whether the audit key signed this row as a checkpoint of its head, by the check
+    // RequireSignedCheckpointHead installed; true when none was (a store without the audit key).
+    private protected bool CheckpointHeadSigned(AuditCheckpoint row)
+    {
+        Func<AuditCheckpoint, bool>? signed;
+        lock (_checkpointHeadLock)
+        {
+            signed = _signedCheckpointHead;
+        }
+
+        return signed is null || signed(row);
+    }
+
+    internal static async Task<AuditCheckpoint?> ReadCheckpointAtAsync(DbConnection connection, DbTransaction? transaction, long sequence, CancellationToken cancellationToken)
+    {
+        await using var read = Command(connection, "SELECT seq, head, time, key, body, signature FROM audit_checkpoints WHERE seq = @seq", ("@seq", sequence));
+        read.Transaction = transaction;
+        await using var reader = await read.ExecuteReaderAsync(cancellationToken);
+        return await reader.ReadAsync(cancellationToken) ? ReadCheckpoint(reader) : null;
     }
 
     private static AuditEvent ReadEvent(DbDataReader reader) => AuditChain.Parse(reader.GetString(1), reader.GetString(2));

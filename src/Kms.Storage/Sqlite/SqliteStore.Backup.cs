@@ -1,4 +1,5 @@
 using Kms.Core.Audit;
+using Kms.Core.Errors;
 using Kms.Core.Keys;
 using Kms.Core.Names;
 using Microsoft.Data.Sqlite;
@@ -7,8 +8,14 @@ namespace Kms.Storage.Sqlite;
 
 /// <summary>What a snapshot holds: its schema version and the last audit event in it.</summary>
 /// <param name="SchemaVersion">The schema migration the snapshot is at.</param>
-/// <param name="AuditHead">The audit chain head inside the snapshot.</param>
-public sealed record SqliteSnapshot(int SchemaVersion, AuditHead AuditHead);
+/// <param name="AuditHead">The audit chain's head in the file: its last event's, or, where it holds none, its newest checkpoint row's.</param>
+/// <param name="HeadCheckpoint">
+/// The checkpoint row <paramref name="AuditHead"/> was taken from, where the file holds no event
+/// (retention cut the whole log) — unverified as read: a database writer could have put it there
+/// (<see cref="SqliteStore.SnapshotAsync"/> checks it with the audit key); null when the head is an
+/// event's, or the log is empty.
+/// </param>
+public sealed record SqliteSnapshot(int SchemaVersion, AuditHead AuditHead, AuditCheckpoint? HeadCheckpoint = null);
 
 /// <summary>What a database file holds of access (<see cref="SqliteStore.ReadAccessStateAsync"/>).</summary>
 /// <param name="Principals">Every principal, with its tenant and when it was deleted (null: it was not).</param>
@@ -73,11 +80,26 @@ public sealed partial class SqliteStore
                 written.Flush(flushToDisk: true);
             }
 
-            return await ReadSnapshotAsync(full, cancellationToken);
+            var snapshot = await ReadSnapshotAsync(full, cancellationToken);
+
+            // A backup manifest names this head and the audit key signs it: a head taken from a
+            // checkpoint row (no event in the copy) only if the key signed that row as a checkpoint
+            // of it (RequireSignedCheckpointHead). Before, a database writer's row was the head the
+            // signed manifest reported.
+            if (snapshot.HeadCheckpoint is { } row && !CheckpointHeadSigned(row))
+            {
+                throw KmsErrors.AuditHeadNotSigned();
+            }
+
+            return snapshot;
         });
     }
 
-    /// <summary>Reads a snapshot file's schema version and audit head without changing it (read-only, no migration).</summary>
+    /// <summary>
+    /// Reads a snapshot file's schema version and audit head without changing it (read-only, no
+    /// migration); where the file holds no event, the checkpoint row the head comes from, for the
+    /// caller to check (<see cref="SqliteSnapshot.HeadCheckpoint"/>).
+    /// </summary>
     /// <exception cref="Kms.Core.Errors.KmsException">Unavailable when the file is not a readable database.</exception>
     public static Task<SqliteSnapshot> ReadSnapshotAsync(string path, CancellationToken cancellationToken) =>
         GuardAsync(async () =>
@@ -87,7 +109,8 @@ public sealed partial class SqliteStore
             await connection.OpenAsync(cancellationToken);
             await using var version = Command(connection, "SELECT coalesce(max(version), 0) FROM schema_migrations");
             var schema = Convert.ToInt32(await version.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture);
-            return new SqliteSnapshot(schema, await ReadHeadAsync(connection, null, cancellationToken));
+            var (head, fromCheckpointRow) = await ReadHeadRowAsync(connection, null, cancellationToken);
+            return new SqliteSnapshot(schema, head, fromCheckpointRow ? await ReadCheckpointAtAsync(connection, null, head.Sequence, cancellationToken) : null);
         });
 
     /// <summary>
