@@ -447,6 +447,78 @@ public sealed class AuditStreamPositionTests
         Assert.Contains("Id: 1338", logs, StringComparison.Ordinal);
     }
 
+    // A stream file whose append lock another writer (another server or kms command on the path, a
+    // SIEM agent's fcntl lock; here a second open file description of the test's, which the
+    // server's OFD lock excludes as another process's would) takes while the node runs. Before,
+    // every pass with events to forward waited 10 s for the lock (AppendLock.Wait), holding its
+    // checkpoint and retention that long, and reported a housekeeping failure (1304). Now the pass's
+    // append is not made and the pass goes on: a checkpoint over the events committed while the
+    // file is locked is signed meanwhile, nothing reaches the file, 1342 is logged once; released,
+    // every event reaches it once (1343), and the copy verifies.
+    [Fact]
+    public async Task File_LockedByAnotherWriterWhileTheNodeRuns_ThePassGoesOn_EveryEventReachesItOnceAfter()
+    {
+        var dataDir = Scratch.NewPath("kms-server-");
+        var stream = Scratch.NewPath("kms-siem-", ".jsonl");
+        var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
+        var server = await KmsTestServer.StartAsync(null, dataDir, "dev", $"--Kms:Audit:StreamPath={stream}", "--Kms:Audit:CheckpointInterval=00:00:01");
+        var database = Path.Combine(dataDir, "kms.db");
+        string logs;
+        try
+        {
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "before-the-lock");
+            await WaitForStreamAsync(stream, Head(database));
+
+            string whileHeld;
+            long lockedHead;
+            using (var holder = new FileStream(stream, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite))
+            {
+                DurableFile.EndWithWholeLine(holder); // the appenders' lock, held until it is closed
+                var before = File.ReadAllText(stream);
+                await developer.CreateKeyAsync("tenants/dev", "while-the-file-is-locked-1");
+                await developer.CreateKeyAsync("tenants/dev", "while-the-file-is-locked-2");
+                lockedHead = Head(database);
+
+                // The pass goes on while the file is locked: a checkpoint over these events is signed.
+                await WaitForCheckpointAsync(checkpoints, lockedHead, TimeSpan.FromSeconds(60), () => server.Logs.AllText);
+                whileHeld = File.ReadAllText(stream);
+                Assert.Equal(before, whileHeld); // nothing appended past the lock
+            }
+
+            await developer.CreateKeyAsync("tenants/dev", "after-the-lock-was-released");
+            await WaitForStreamAsync(stream, Head(database));
+        }
+        finally
+        {
+            await server.DisposeAsync();
+            logs = server.Logs.AllText;
+        }
+
+        var copy = File.ReadAllLines(stream);
+        var sequences = copy.Where(l => l.StartsWith("{\"event\":", StringComparison.Ordinal)).Select(Sequence).ToList();
+        Assert.Equal(Enumerable.Range(1, (int)Head(database)).Select(i => (long)i), sequences);
+        var result = AuditVerifier.Verify(new StringReader(string.Join('\n', copy) + "\n"), PublicKey(dataDir));
+        Assert.True(result.Valid, result.Problem);
+
+        // No pass waited for the lock, nor counted it as a failure; once said while it lasted, and when it ended.
+        Assert.DoesNotContain("stayed locked by another writer", logs, StringComparison.Ordinal);
+        Assert.DoesNotContain("Id: 1304", logs, StringComparison.Ordinal);
+        Assert.Single(server.Logs.Events, l => l.Contains("Id: 1342,", StringComparison.Ordinal));
+        Assert.Single(server.Logs.Events, l => l.Contains("Id: 1343,", StringComparison.Ordinal));
+    }
+
+    // Waits until the stream file holds event sequence; names what it holds if it does not within 60 s.
+    private static async Task WaitForStreamAsync(string stream, long sequence)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        while (!(File.Exists(stream) && File.ReadLines(stream).Any(l => l.StartsWith(EventPrefix(sequence), StringComparison.Ordinal))))
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"event {sequence} did not reach the stream file within 60 s; it holds:\n{(File.Exists(stream) ? File.ReadAllText(stream) : "(no file)")}");
+            await Task.Delay(100);
+        }
+    }
+
     [Fact]
     public void Parse_WhatToBytesWrote_AndNothingElse()
     {

@@ -119,8 +119,21 @@ public static class DurableFile
     public static long Append(string path, ReadOnlySpan<byte> content, UnixFileMode mode) =>
         Append(path, content, mode, AppendLock.Wait);
 
-    /// <summary><see cref="Append(string, ReadOnlySpan{byte}, UnixFileMode)"/>, waiting <paramref name="lockWait"/> for another writer's lock (a test's shorter wait).</summary>
-    internal static long Append(string path, ReadOnlySpan<byte> content, UnixFileMode mode, TimeSpan lockWait)
+    /// <summary>
+    /// <see cref="Append(string, ReadOnlySpan{byte}, UnixFileMode)"/>, waiting <paramref name="lockWait"/>
+    /// for another writer's lock: a test's shorter wait, or <see cref="TimeSpan.Zero"/> for a writer
+    /// that must not wait (the server's SIEM stream, appended to from its housekeeping pass: it tries
+    /// again at the next pass).
+    /// </summary>
+    /// <param name="path">The log.</param>
+    /// <param name="content">Whole lines, the last ending with a line feed.</param>
+    /// <param name="mode">The permissions a new file is created with.</param>
+    /// <param name="lockWait">How long another writer's lock is waited for; zero: tried once.</param>
+    /// <returns>The number of bytes of a torn last line that were cut off.</returns>
+    /// <exception cref="ArgumentException"><paramref name="content"/> does not end with a line feed.</exception>
+    /// <exception cref="FileLockedException">Another writer held the lock for longer than <paramref name="lockWait"/>: nothing was cut or written.</exception>
+    /// <exception cref="IOException">The file cannot be written, or its directory cannot be synced.</exception>
+    public static long Append(string path, ReadOnlySpan<byte> content, UnixFileMode mode, TimeSpan lockWait)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         if (content.IsEmpty || content[^1] != (byte)'\n')

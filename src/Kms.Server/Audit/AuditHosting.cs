@@ -319,7 +319,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             }
             else
             {
-                Append(stream, text);
+                AppendToStreamFile(stream, text);
             }
         }
         catch
@@ -858,21 +858,47 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     /// <summary>
     /// Appends lines to a file of the data directory or the SIEM stream, owner-only (0600) from
-    /// its creation and on disk when this returns (<see cref="DurableFile.Append"/>). A last line a
+    /// its creation and on disk when this returns (<see cref="DurableFile.Append(string, ReadOnlySpan{byte}, UnixFileMode)"/>). A last line a
     /// crash left torn is cut off first, so the next record does not run on from it (event 1305);
     /// an append that fails part-way is taken back, so the page forwarded again at the next pass
     /// does not follow a broken line.
     /// </summary>
-    internal void Append(string path, string lines)
+    internal void Append(string path, string lines) => Append(path, lines, lockWait: null);
+
+    // Append, waiting lockWait for another writer's lock on the file (zero: tried once; null: DurableFile's 10 s).
+    private void Append(string path, string lines, TimeSpan? lockWait)
     {
         lock (_fileLock)
         {
-            var cut = DurableFile.Append(path, Encoding.UTF8.GetBytes(lines + "\n"), DurableFile.OwnerOnly);
+            var content = Encoding.UTF8.GetBytes(lines + "\n");
+            var cut = lockWait is { } wait
+                ? DurableFile.Append(path, content, DurableFile.OwnerOnly, wait)
+                : DurableFile.Append(path, content, DurableFile.OwnerOnly);
             if (cut > 0)
             {
                 LogTornLineCut(logger, path, cut);
             }
         }
+    }
+
+    // An append to the SIEM stream file, from the housekeeping pass: another writer's lock on it is
+    // not waited for. Before, it was waited for up to 10 s (AppendLock.Wait) at every pass that had
+    // events to forward, holding the pass (its checkpoint, retention) that long each time, and
+    // logged as a housekeeping failure (1304). Now the pass's append is not made (nothing written,
+    // the stream's position unmoved: the next pass forwards the same events again) and the pass
+    // goes on; 1342 once while it lasts, 1343 at the first append that gets through.
+    private void AppendToStreamFile(string stream, string text)
+    {
+        try
+        {
+            Append(stream, text, TimeSpan.Zero);
+        }
+        catch (FileLockedException e)
+        {
+            throw new StreamFileLockedException(stream, e);
+        }
+
+        _failures?.StreamFileWritten(stream);
     }
 
     [LoggerMessage(EventId = 1300, Level = LogLevel.Information, Message = "audit signing key {Fingerprint}; public key in {Path}")]
@@ -968,4 +994,20 @@ internal sealed class OncePerRow
             return _seen.Add((sequence, reason));
         }
     }
+}
+
+/// <summary>
+/// An append to the SIEM stream file was not made: another writer holds the file's append lock
+/// (<see cref="FileLockedException"/>), and the housekeeping pass does not wait for it. Nothing was
+/// written; the stream's position did not move, so the next pass forwards the same events again.
+/// Reported once while it lasts (1342, <see cref="HousekeepingFailureLog.StreamFileLocked"/>), not as a
+/// housekeeping failure (1304).
+/// </summary>
+/// <param name="stream">The stream file.</param>
+/// <param name="inner">The lock's refusal.</param>
+internal sealed class StreamFileLockedException(string stream, FileLockedException inner)
+    : IOException($"the SIEM stream file {stream} is locked by another writer: nothing appended, the events are forwarded at a later pass", inner)
+{
+    /// <summary>The stream file.</summary>
+    public string Stream { get; } = stream;
 }

@@ -27,15 +27,56 @@ internal sealed partial class HousekeepingFailureLog(ILogger logger, TimeProvide
     private readonly Dictionary<string, Episode> _failing = new(StringComparer.Ordinal);
     private readonly HashSet<string> _seen = new(StringComparer.Ordinal);
 
-    /// <summary>Kinds of failure going on right now (the refusal included).</summary>
+    // The SIEM stream file's episode of another writer's lock (1342 when it began, 1343 when an
+    // append got through): since when, and how many appends it held off. Null: none going on.
+    private (DateTimeOffset Since, long Skipped)? _streamLocked;
+
+    /// <summary>Kinds of failure going on right now (the refusal included, and a SIEM stream file another writer holds locked).</summary>
     public int FailingKinds
     {
         get
         {
             lock (_lock)
             {
-                return _failing.Count;
+                return _failing.Count + (_streamLocked is null ? 0 : 1);
             }
+        }
+    }
+
+    /// <summary>
+    /// An append to the SIEM stream file was not made: another writer holds its lock (the append
+    /// does not wait for it). Logged once when such an episode begins (1342); it ends at the
+    /// next append that gets through (<see cref="StreamFileWritten"/>, 1343). Not a failure of the
+    /// kinds above (no 1304 and reminders): each pass tries again, and nothing is skipped.
+    /// </summary>
+    public void StreamFileLocked(string stream)
+    {
+        lock (_lock)
+        {
+            if (_streamLocked is { } locked)
+            {
+                _streamLocked = (locked.Since, locked.Skipped + 1);
+                return;
+            }
+
+            _streamLocked = (time.GetUtcNow(), 1);
+            LogStreamFileLocked(logger, stream);
+        }
+    }
+
+    /// <summary>An append to the SIEM stream file got through: a lock episode going on (1342) ends (1343).</summary>
+    public void StreamFileWritten(string stream)
+    {
+        lock (_lock)
+        {
+            if (_streamLocked is not { } locked)
+            {
+                return;
+            }
+
+            _streamLocked = null;
+            var seconds = (long)(time.GetUtcNow() - locked.Since).TotalSeconds;
+            LogStreamFileUnlocked(logger, stream, seconds, locked.Skipped);
         }
     }
 
@@ -51,6 +92,12 @@ internal sealed partial class HousekeepingFailureLog(ILogger logger, TimeProvide
     /// <summary>One failure of a housekeeping pass (several per pass possible).</summary>
     public void Failed(Exception e, bool checkpointRefused)
     {
+        if (e is StreamFileLockedException locked)
+        {
+            StreamFileLocked(locked.Stream);
+            return;
+        }
+
         var kind = KindOf(e, checkpointRefused);
         var now = time.GetUtcNow();
         lock (_lock)
@@ -115,6 +162,12 @@ internal sealed partial class HousekeepingFailureLog(ILogger logger, TimeProvide
 
     [LoggerMessage(EventId = 1312, Level = LogLevel.Error, Message = "audit housekeeping still failing ({Kind}) after {Minutes} min; {Suppressed} failed retries not logged since the last line: {Reason}")]
     private static partial void LogStillFailing(ILogger logger, string kind, long minutes, long suppressed, string reason);
+
+    [LoggerMessage(EventId = 1342, Level = LogLevel.Warning, Message = "the SIEM stream file {Stream} is locked by another writer (another server or kms command appending to it, or another process's fcntl lock): nothing is appended to it while it is, and the housekeeping pass goes on without it (checkpoints, retention); each pass tries again without waiting, the events staying in the database meanwhile, none skipped; logged once, and once when an append gets through (1343)")]
+    private static partial void LogStreamFileLocked(ILogger logger, string stream);
+
+    [LoggerMessage(EventId = 1343, Level = LogLevel.Information, Message = "the SIEM stream file {Stream} was appended to again, {Seconds} s after another writer's lock first held an append off (1342); {Skipped} appends were not made meanwhile, and the events they held follow, none skipped")]
+    private static partial void LogStreamFileUnlocked(ILogger logger, string stream, long seconds, long skipped);
 
     [LoggerMessage(EventId = 1313, Level = LogLevel.Information, Message = "audit housekeeping recovered: {Kind} ended after {Seconds} s and {Failures} failures")]
     private static partial void LogRecovered(ILogger logger, string kind, long seconds, long failures);
