@@ -214,6 +214,63 @@ public sealed class ShutdownTests
         Assert.DoesNotContain("cannot start", server.Output, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task AStopWhileTheAuditWriterWaitsForSqlitesWriteLock_TheWaitEnds_TheCallIsNotAcknowledged_Logged1301()
+    {
+        // Another process holds the SQLite write lock while the node runs (a kms command, sqlite3
+        // at a prompt), the busy timeout 10 minutes: the group commit of an Encrypt's event waits
+        // for it in its BEGIN IMMEDIATE, the call unanswered (never OK before its event is durable).
+        // Before, that wait was one busy wait in SQLite, which no cancellation ends: the stop did
+        // not end the commit loop, the call's event was neither written nor given up (no 1301)
+        // until the lock was released, and the writer's disposal waited 10 s on it.
+        var server = await KmsTestServer.StartAsync(null, null, "dev", "--Storage:Sqlite:BusyTimeout=00:10:00", "--Kms:Transport:ShutdownDrainTimeout=00:00:02", "--Lifecycle:JobInterval=01:00:00");
+        await using var holder = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={server.DatabasePath};Pooling=False");
+        using var client = server.CreateClient();
+        Task encrypt;
+        try
+        {
+            var key = await client.CreateKeyAsync("tenants/dev", "held");
+            await holder.OpenAsync();
+            await using (var begin = holder.CreateCommand())
+            {
+                begin.CommandText = "BEGIN EXCLUSIVE";
+                await begin.ExecuteNonQueryAsync();
+            }
+
+            encrypt = client.EncryptAsync(key.Name, new byte[] { 1, 2, 3 });
+
+            // A moment for the call's event to reach the group commit's wait for the lock.
+            await Task.Delay(TimeSpan.FromSeconds(2));
+            Assert.False(encrypt.IsCompleted, "the Encrypt was answered while its event could not be written");
+        }
+        catch
+        {
+            await server.DisposeAsync();
+            throw;
+        }
+
+        // The stop ends (a hang guard, not a bound), and the commit loop's wait with it: the call is
+        // not acknowledged, and its event's loss is logged (1301, naming the method).
+        await server.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(60));
+        var answered = await Record.ExceptionAsync(() => encrypt.WaitAsync(TimeSpan.FromSeconds(60)));
+        Assert.True(answered is not null and not TimeoutException, $"the Encrypt was answered OK, or not at all: {answered}");
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        while (!server.Logs.Events.Any(l => l.Contains("Id: 1301,", StringComparison.Ordinal) && l.Contains("Encrypt", StringComparison.Ordinal)))
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"the Encrypt's event was neither written nor given up (1301) within 60 s of the stop, the write lock still held:\n{server.Logs.AllText}");
+            await Task.Delay(100);
+        }
+
+        // Nothing acknowledged is missing: the Encrypt's event is not in the chain, and the call was not answered OK.
+        await using (var rollback = holder.CreateCommand())
+        {
+            rollback.CommandText = "ROLLBACK";
+            await rollback.ExecuteNonQueryAsync();
+        }
+
+        Assert.Equal("0", RawSqlite.Scalar(server.DatabasePath, "SELECT count(*) FROM audit_events WHERE operation LIKE '%Encrypt'"));
+    }
+
     // Whether the process holds the file open (a descriptor of it in /proc/PID/fd).
     private static bool HasOpen(int processId, string path)
     {

@@ -454,6 +454,38 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
     }
 
     [Fact]
+    public async Task AppendAudit_WaitingForTheWriteLockAnotherConnectionHolds_ACancellationEndsTheWait_NothingWritten()
+    {
+        // The group commit's BEGIN IMMEDIATE while another connection (another process: a kms
+        // command, sqlite3 at a prompt) holds the write lock, the busy timeout 10 minutes; the
+        // commit loop's token is cancelled (the server's stop). Before, the prepared BEGIN was one
+        // wait in SQLite's busy handler, which no cancellation ends: the append waited out the
+        // busy timeout (the hang guard's 60 s here), and the stop with it.
+        await using var store = await SqliteStore.OpenAsync(new SqliteOptions { DatabasePath = DatabasePath, BusyTimeout = TimeSpan.FromMinutes(10) }, default);
+        var before = await store.AppendAuditAsync([Entry(1)], default);
+        await using var blocker = new SqliteConnection($"Data Source={DatabasePath};Pooling=False");
+        await blocker.OpenAsync();
+        var transaction = blocker.BeginTransaction(deferred: false);
+        var atTheLock = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        store.BeforeWriteLock = () => atTheLock.TrySetResult();
+        using var stop = new CancellationTokenSource();
+        var append = Task.Run(() => store.AppendAuditAsync([Entry(2)], stop.Token));
+        await atTheLock.Task.WaitAsync(TimeSpan.FromSeconds(60)); // a hang guard, not a bound
+        store.BeforeWriteLock = null;
+
+        // Into its wait (a token cancelled before the BEGIN is run ends it whatever the wait is).
+        await Task.Delay(TimeSpan.FromSeconds(2));
+        await stop.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => append.WaitAsync(TimeSpan.FromSeconds(60)));
+
+        // Nothing of it written; the writer's next batch takes the lock once it is free, no gap.
+        await transaction.CommitAsync();
+        var after = await store.AppendAuditAsync([Entry(3)], default);
+        Assert.Equal((2L, before[0].Hash), (after[0].Sequence, after[0].PreviousHash));
+        Assert.Equal(["req-1", "req-3"], (await store.ListAuditEventsAsync(new Kms.Core.Audit.AuditQuery(), default)).Select(x => x.Entry.RequestId));
+    }
+
+    [Fact]
     public async Task AppendAudit_BatchFailsHalfway_NothingWritten_HeadInMemoryNotAdvanced()
     {
         await using var store = await OpenAsync();

@@ -64,7 +64,7 @@ internal sealed class AuditWriter(SqlStore store) : IDisposable, IAsyncDisposabl
             var statements = _statements ??= await Statements.PrepareAsync(store, await store.OpenConnectionAsync(cancellationToken, pooled: false), cancellationToken);
             try
             {
-                await statements.Begin.ExecuteNonQueryAsync(cancellationToken);
+                await store.BeginAuditAsync(statements.Begin, cancellationToken);
                 var version = statements.DataVersion is null ? (long?)null : Convert.ToInt64(await statements.DataVersion.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture);
                 AuditHead head;
                 if (_head is { } known && version is not null && version == _dataVersion)

@@ -183,6 +183,14 @@ public abstract partial class SqlStore : IKeyStore, IAccessStore, IAuditStore, I
     /// </summary>
     private protected virtual Task CommitWriteAsync(DbConnection connection, DbTransaction transaction) => transaction.CommitAsync(CancellationToken.None);
 
+    /// <summary>
+    /// Runs the audit writer's prepared begin (<see cref="AuditBeginSql"/>), which takes the write
+    /// lock: the wait for a lock another session holds ends when <paramref name="cancellationToken"/>
+    /// is cancelled (SQLite: waited for in slices, as <see cref="BeginWriteAsync"/> does), so a stop
+    /// is not held by a group commit waiting for it.
+    /// </summary>
+    internal virtual Task BeginAuditAsync(DbCommand begin, CancellationToken cancellationToken) => begin.ExecuteNonQueryAsync(cancellationToken);
+
     /// <summary>Runs the audit writer's prepared <c>COMMIT</c>, with the same rules as <see cref="CommitWriteAsync"/>.</summary>
     internal virtual Task CommitAuditAsync(DbCommand commit) => commit.ExecuteNonQueryAsync(CancellationToken.None);
 

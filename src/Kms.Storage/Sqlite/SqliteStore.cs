@@ -202,8 +202,9 @@ public sealed partial class SqliteStore : SqlStore
     }
 
     /// <summary>
-    /// Called by a write just before it takes the write lock (a test seam: a test holding the lock
-    /// from another connection learns that a write got this far, so whatever it read before is read).
+    /// Called by a write just before it takes the write lock, the audit writer's group commit
+    /// included (a test seam: a test holding the lock from another connection learns that a write
+    /// got this far, so whatever it read before is read).
     /// </summary>
     internal Action? BeforeWriteLock { get; set; }
 
@@ -211,16 +212,41 @@ public sealed partial class SqliteStore : SqlStore
     internal const int WriteLockSliceMilliseconds = 1000;
 
     // Serializable is BEGIN IMMEDIATE: the database's one write lock, taken at the start.
-    // The lock another connection holds (another process: a kms command, sqlite3 at a prompt, a
-    // backup tool) is waited for up to the busy timeout in slices of at most a second, the caller's
-    // token looked at between them. Before, it was one wait in SQLite's busy handler, which no
-    // cancellation ends (Microsoft.Data.Sqlite's async calls run synchronously, and
-    // sqlite3_interrupt does not end a busy wait): a stop asked for while the start waited for the
-    // lock (Storage:Sqlite:BusyTimeout, up to 10 min) waited it out first.
-    private protected override async Task<DbTransaction> BeginWriteAsync(DbConnection connection, CancellationToken cancellationToken)
+    private protected override Task<DbTransaction> BeginWriteAsync(DbConnection connection, CancellationToken cancellationToken) =>
+        WaitForWriteLockAsync((SqliteConnection)connection, () => connection.BeginTransactionAsync(IsolationLevel.Serializable, cancellationToken).AsTask(), cancellationToken);
+
+    // The audit writer's prepared BEGIN IMMEDIATE, through the same wait. Before, it was one
+    // ExecuteNonQuery: one wait of the whole busy timeout in SQLite's busy handler, which no
+    // cancellation ends. A stop asked for while the group commit waited for the lock another
+    // process holds (Storage:Sqlite:BusyTimeout, up to 10 min) was held by it: the commit loop did
+    // not end, the writer's gate stayed taken (the stop's refusal counts and disposal waited on it),
+    // and the queued calls were left unanswered until the process ended.
+    // The command's own timeout (Microsoft.Data.Sqlite's retries, taken from the connection's when
+    // it was created) is a slice's too, as the connection's is for BeginWriteAsync.
+    internal override async Task BeginAuditAsync(DbCommand begin, CancellationToken cancellationToken)
+    {
+        var commandTimeout = begin.CommandTimeout;
+        begin.CommandTimeout = 1;
+        try
+        {
+            await WaitForWriteLockAsync((SqliteConnection)begin.Connection!, () => begin.ExecuteNonQueryAsync(cancellationToken), cancellationToken);
+        }
+        finally
+        {
+            begin.CommandTimeout = commandTimeout;
+        }
+    }
+
+    // Takes the write lock with begin (a BEGIN IMMEDIATE). The lock another connection holds
+    // (another process: a kms command, sqlite3 at a prompt, a backup tool) is waited for up to the
+    // busy timeout in slices of at most a second, the caller's token looked at between them.
+    // Before, it was one wait in SQLite's busy handler, which no cancellation ends
+    // (Microsoft.Data.Sqlite's async calls run synchronously, and sqlite3_interrupt does not end a
+    // busy wait): a stop asked for while the start waited for the lock (Storage:Sqlite:BusyTimeout,
+    // up to 10 min) waited it out first.
+    private async Task<T> WaitForWriteLockAsync<T>(SqliteConnection sqlite, Func<Task<T>> begin, CancellationToken cancellationToken)
     {
         BeforeWriteLock?.Invoke();
-        var sqlite = (SqliteConnection)connection;
         var started = System.Diagnostics.Stopwatch.GetTimestamp(); // no object per write
         var commandTimeout = sqlite.DefaultTimeout;
         while (true)
@@ -232,7 +258,7 @@ public sealed partial class SqliteStore : SqlStore
                 // SQLite's own wait, then Microsoft.Data.Sqlite's retries, for one slice each.
                 SQLitePCL.raw.sqlite3_busy_timeout(sqlite.Handle, (int)Math.Clamp(left, 0, WriteLockSliceMilliseconds));
                 sqlite.DefaultTimeout = 1;
-                return await connection.BeginTransactionAsync(IsolationLevel.Serializable, cancellationToken);
+                return await begin();
             }
             catch (SqliteException e) when (e.SqliteErrorCode is 5 or 6 && System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds < _busyTimeoutMilliseconds)
             {
