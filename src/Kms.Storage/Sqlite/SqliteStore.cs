@@ -252,11 +252,16 @@ public sealed partial class SqliteStore : SqlStore
         while (true)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            var left = _busyTimeoutMilliseconds - (long)System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds;
             try
             {
-                // SQLite's own wait, then Microsoft.Data.Sqlite's retries, for one slice each.
-                SQLitePCL.raw.sqlite3_busy_timeout(sqlite.Handle, (int)Math.Clamp(left, 0, WriteLockSliceMilliseconds));
+                // SQLite's own wait for one whole slice, which Microsoft.Data.Sqlite's retry loop
+                // (a timeout of 1 s, its least) does not repeat. Before, the last slice was what was
+                // left of the busy timeout: SQLite gave up before Microsoft.Data.Sqlite's second
+                // was over, which ran it again, so the wait overran the busy timeout by up to a
+                // second and a half (a group commit's: 3.1 s for 2 s, past the deadline of a call
+                // queued behind it that DatabaseFaultTests gives one and a half busy timeouts). A
+                // busy timeout is now waited for in whole seconds (2 s: two slices, 2.5 s: three).
+                SQLitePCL.raw.sqlite3_busy_timeout(sqlite.Handle, WriteLockSliceMilliseconds);
                 sqlite.DefaultTimeout = 1;
                 return await begin();
             }
