@@ -12,6 +12,7 @@ namespace Kms.Hsm.Tests;
 /// ceremony's session, a wipe and the rotation's up-front check with the wrong security-officer PIN — and no message, exception
 /// chain (<c>ToString</c>, inner exceptions and stack traces included) or log line holds either.
 /// </summary>
+[Collection(ReinitializationGroup.Name)] // CloseAllSessionsForFaultInjection holds the module gate exclusively
 public sealed class PinCanaryTests
 {
     [Fact]

@@ -9,7 +9,12 @@ namespace Kms.Hsm.Tests;
 [CollectionDefinition(Name, DisableParallelization = true)]
 public sealed class ReinitializationGroup
 {
-    // Re-initialising the module affects every user of it in this process: run alone.
+    // Re-initialising the module affects every user of it in this process: run alone. So must
+    // anything else that holds or takes the module gate beyond one native call (GateHookTests):
+    // an injected hang holds a read of it until cleared, and an exclusive hold (the module's
+    // C_Finalize and C_Initialize, CloseAllSessionsForFaultInjection) waits for every read in
+    // flight while every new one queues behind it. The two from parallel tests deadlock the
+    // process whenever the test that hangs waits for a second call to reach its hang.
     public const string Name = "HSM re-initialisation";
 }
 
