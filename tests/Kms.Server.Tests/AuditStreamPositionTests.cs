@@ -714,9 +714,13 @@ public sealed class AuditStreamPositionTests
         Assert.Contains($"the SIEM stream \"{Path.GetFullPath(fifo)}\" resumes after event {record.Last.Sequence}", logs, StringComparison.Ordinal); // 1326: taken
         Assert.Contains($"the SIEM stream restarts after event {expected.Sequence}: the database's audit chain no longer holds event {restart.Replaced.Sequence}", logs, StringComparison.Ordinal); // 1323
 
-        // After the line, every event of the new chain after it, once, in order.
+        // After the line, every event of the new chain after it, once, in order. Waited for by its hash:
+        // the old chain's event of the same sequence was read before the rollback (waiting for the
+        // sequence alone returned at once, and under load the new chain's line had not come yet:
+        // "Expected [5] Actual []").
         var head = Head(database);
-        await reader.WaitForEventAsync(head);
+        var headHash = RawSqlite.Scalar(database, $"SELECT hash FROM audit_events WHERE seq = {head}");
+        await reader.WaitUntilAsync(lines => lines.Any(l => l.StartsWith(EventPrefix(head), StringComparison.Ordinal) && l.Contains(headHash, StringComparison.Ordinal)), $"event {head} of the new chain");
         copy = reader.Lines;
         var afterLine = copy.Skip(copy.FindIndex(l => l.StartsWith("{\"stream_", StringComparison.Ordinal)) + 1).Where(l => l.Length > 0).Select(Sequence).ToList();
         Assert.Equal(Enumerable.Range((int)expected.Sequence + 1, (int)(head - expected.Sequence)).Select(i => (long)i), afterLine);
