@@ -91,7 +91,12 @@ public sealed partial class MetricsTests : IAsyncLifetime
         await developer.EncryptAsync(key.Name, "once"u8.ToArray());
         await developer.EncryptAsync(key.Name, "twice"u8.ToArray());
 
-        var after = await ScrapeAsync();
+        // The audit series are recorded when the group commit reports its batch written, which is
+        // after it has woken the batch's callers (AuditLog.CommitAsync): a scrape right after the
+        // answers can come first. Scraped again until the two events are counted (30-s hang guard).
+        var after = await ScrapeUntilAsync(
+            s => s.Value("kms_audit_events_written_total") >= before.Value("kms_audit_events_written_total") + 2,
+            "the two encryptions' audit events counted in kms_audit_events_written_total");
         Assert.True(after.Value("kms_hsm_key_cache_hits_total") >= before.Value("kms_hsm_key_cache_hits_total") + 1);
         Assert.True(after.Value("kms_hsm_key_cache_misses_total") >= 1);
         Assert.True(after.Value("kms_hsm_key_cache_entries") >= 1);
@@ -278,6 +283,23 @@ public sealed partial class MetricsTests : IAsyncLifetime
     {
         var text = await Http.GetStringAsync(_server.MetricsUrl);
         return Scrape.Parse(text);
+    }
+
+    // A scrape that shows what a background step records; 30 s is a hang guard, not a bound on how fast.
+    private async Task<Scrape> ScrapeUntilAsync(Func<Scrape, bool> shows, string what)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (true)
+        {
+            var scrape = await ScrapeAsync();
+            if (shows(scrape))
+            {
+                return scrape;
+            }
+
+            Assert.True(DateTime.UtcNow < deadline, "hang guard: not within 30 s: " + what);
+            await Task.Delay(50);
+        }
     }
 
     /// <summary>One scrape in the Prometheus text format, parsed.</summary>
