@@ -284,11 +284,22 @@ public sealed class PostgresClusterTests : IAsyncLifetime
         Assert.False(await second.HoldAsync(standAside: false, default));
         Assert.True(await first.HoldAsync(standAside: false, default));
 
-        // The leader's node dies: PostgreSQL ends its session, and with it the lock.
+        // The leader's node dies: PostgreSQL ends its session, and with it the lock. Waited for
+        // (pg_terminate_backend's timeout, 60 s: a hang guard): without one it returns once the
+        // backend is signalled, and the lock goes only when the backend has ended (a loaded run
+        // found it still held at the next line).
         await PostgresTestDatabase.ExecuteAsync(_database.ConnectionString, $"""
-            SELECT pg_terminate_backend(pid) FROM pg_locks
-            WHERE locktype = 'advisory' AND granted AND objid = {PostgresLeaderLease.LockKey & 0xFFFF_FFFF}
-              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            DO $$
+            DECLARE holder int;
+            BEGIN
+              FOR holder IN SELECT pid FROM pg_locks
+                            WHERE locktype = 'advisory' AND granted AND objid = {PostgresLeaderLease.LockKey & 0xFFFF_FFFF}
+                              AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) LOOP
+                IF NOT pg_terminate_backend(holder, 60000) THEN
+                  RAISE EXCEPTION 'hang guard: the leader''s backend had not ended 60 s after it was terminated';
+                END IF;
+              END LOOP;
+            END $$
             """);
         Assert.True(await second.HoldAsync(standAside: false, default));
 
