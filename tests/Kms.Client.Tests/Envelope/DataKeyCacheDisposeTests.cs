@@ -52,7 +52,7 @@ public sealed class DataKeyCacheDisposeTests
         var encrypt = encryptor.EncryptAsync(new byte[10]);
         var entry = await created.Reached;
         // A thread of its own: the paused adder blocks a pool thread, and under a full test run the
-        // pool's next thread could come later than Reached's 10 s (CI once timed out here).
+        // pool's next thread could come late (CI once timed out here, when Reached waited 10 s).
         var dispose = Task.Factory.StartNew(encryptor.Dispose, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         await disposing.Reached;
         created.Release();
@@ -156,7 +156,24 @@ public sealed class DataKeyCacheDisposeTests
         private int _taken;
 
         /// <summary>The entry the paused thread was at (null for <see cref="DataKeyCacheStep.Disposing"/>).</summary>
-        public Task<CachedDataKey> Reached => _reached.Task.WaitAsync(TimeSpan.FromSeconds(10))!;
+        /// <remarks>
+        /// 60 s is a hang guard, not a bound on how fast: the step is reached on a thread-pool
+        /// thread, and a paused thread holds one, so under a full test run the next may come late
+        /// (CI's 10 s once ran out here).
+        /// </remarks>
+        public Task<CachedDataKey> Reached => ReachedAsync();
+
+        private async Task<CachedDataKey> ReachedAsync()
+        {
+            try
+            {
+                return (await _reached.Task.WaitAsync(TimeSpan.FromSeconds(60)))!;
+            }
+            catch (TimeoutException e)
+            {
+                throw new TimeoutException($"hang guard: no thread reached the cache's step {step} within 60 s", e);
+            }
+        }
 
         public void OnStep(DataKeyCacheStep at, CachedDataKey? entry)
         {
