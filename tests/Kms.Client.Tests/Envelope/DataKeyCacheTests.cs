@@ -426,8 +426,11 @@ public sealed class DataKeyCacheTests
 
         // Collected "eventually": a thread-pool thread that ran the dropped encryptor's last
         // continuation can hold a reference for a moment (seen once in CI, with the suite's
-        // classes running in parallel), so the collections are spread over up to two seconds.
-        for (var i = 0; i < 100 && keys.Any(key => key.AsSpan().ContainsAnyExcept((byte)0)); i++)
+        // classes running in parallel), so the collections are repeated until the keys are zeroed.
+        // 30 s is a hang guard: 100 rounds (about two seconds) could end first on a loaded machine,
+        // where that thread waits its turn for a core.
+        var collecting = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (keys.Any(key => key.AsSpan().ContainsAnyExcept((byte)0)) && DateTime.UtcNow < collecting)
         {
             GC.Collect();
             GC.WaitForPendingFinalizers();
