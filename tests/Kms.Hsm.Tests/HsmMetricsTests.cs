@@ -31,7 +31,8 @@ public sealed class HsmMetricsTests(HsmFixture fixture) : IClassFixture<HsmFixtu
         var waiter = pool.AcquireAsync(default).AsTask(); // waits: the only session is leased
         await Task.Delay(50);
         lease.Dispose();
-        (await waiter.WaitAsync(TimeSpan.FromSeconds(10))).Dispose();
+        Assert.True(await Task.WhenAny(waiter, Task.Delay(TimeSpan.FromSeconds(60))) == waiter, "hang guard: the waiter was not woken within 60 s of the release");
+        (await waiter).Dispose();
         Assert.Equal(0, pool.InUse);
 
         Assert.True(measurements.Count("hsm_session_wait_seconds") >= 2);
