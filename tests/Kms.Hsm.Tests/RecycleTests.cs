@@ -57,12 +57,16 @@ public sealed class RecycleTests
             }
         })).ToList();
         await Task.WhenAll(workers);
-        for (var wait = 0; hsm.Recycling && wait < 200; wait++)
+        // A recycle the last calls started: let it finish before counting. 60 s is a hang guard: 200
+        // rounds of 50 ms (about 10 s) could run out first on a loaded machine, where the recycle's
+        // own task (Task.Run) waits for a pool thread and SoftHSM re-reads the token.
+        var finishing = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        while (hsm.Recycling)
         {
-            await Task.Delay(50); // a recycle the last calls started: let it finish before counting
+            Assert.True(DateTime.UtcNow < finishing, $"hang guard: a recycle still under way 60 s after the calls ended ({hsm.Recycles} done)");
+            await Task.Delay(50);
         }
 
-        Assert.False(hsm.Recycling);
         Assert.True(hsm.Recycles >= 3, $"{hsm.Recycles} recycles after {string.Join("/", rounds)} rounds, module generation {moduleGeneration} -> {hsm.Module.Generation}, {hsm.Module.DestroyedObjects} destroyed since; log: {string.Join(" | ", logger.Messages)}");
         Assert.True(hsm.Module.Generation > moduleGeneration); // (one recycle may have begun during the set-up)
         Assert.Equal(checkValue, hsm.DomainKeyCheckValue);
