@@ -7,21 +7,28 @@ namespace Kms.Cli.Tests;
 
 /// <summary>
 /// <c>kms ceremony restore-domain --approval</c> as a real process: the approval bundle is verified
-/// offline against the pinned genesis before any share is read — the share files named here do
-/// not exist, so every refusal below happened before the command looked for them, and the one
-/// bundle that verifies gets as far as the missing share.
+/// offline against the pinned genesis before any share is opened — the share files named here are
+/// read (their public fields, checked with the other paths before the approval) but never opened:
+/// no passphrase is given, so every refusal below happened before any custodian was asked, and
+/// the one bundle that verifies gets as far as the token's PIN.
 /// </summary>
 public sealed class CeremonyApprovalTests : IDisposable
 {
     private const string Kcv = "a1b2c3";
+
+    // What a restore whose approval verified meets next (no PIN is given): it got past the approval.
+    private const string PastTheApproval = "the token's user PIN is needed";
     private readonly string _dir = Directory.CreateTempSubdirectory("kms-approval-").FullName;
     private readonly TestOfficers _officers = new("alice", "bob", "carol", "dave", "erin", "o  lga ");
     private readonly OfficerSet _genesis;
+
+    private readonly string[] _shares;
 
     public CeremonyApprovalTests()
     {
         _genesis = OfficerSet.CreateGenesis(_officers.Select("alice", "bob", "carol"), 2);
         GenesisFile.Write(P("genesis.json"), _genesis);
+        _shares = TestShares.Write(P("shares"), "dk-approval", Kcv, 2, "alice", "bob");
     }
 
     public void Dispose()
@@ -37,7 +44,52 @@ public sealed class CeremonyApprovalTests : IDisposable
         var result = await RestoreAsync("--approval", P("ok.json"));
         Assert.Contains("quorum approval verified", result.Error, StringComparison.Ordinal);
         Assert.Contains("2 of threshold 2", result.Error, StringComparison.Ordinal);
-        Assert.Contains("missing-share.json", result.Error, StringComparison.Ordinal);
+        Assert.Contains(PastTheApproval, result.Error, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// Every --share is checked with the other usage checks, before the approval is read: there,
+    /// readable, a share file, of one domain (--domain-id's) and split, at least M. The bundle here
+    /// is short of a signature: before, each of these was refused for that (exit 7, "1 distinct
+    /// officers … it needs 2"), and the share file's problem came up only on a second run, once
+    /// the approval was right (after the token, on a run with a PIN).
+    /// </summary>
+    [Fact]
+    public async Task RestoreDomain_ShareMissingMalformedOfAnotherDomainOrTooFew_RefusedInOneLineNamingIt_BeforeTheApproval()
+    {
+        await WriteAsync("few.json", Bundle(QuorumOperation.RestoreDomain, "alice"));
+        await File.WriteAllTextAsync(P("not-a-share.json"), "{\"format\": \"kms-share-v1\"}\n");
+        var foreign = TestShares.Write(P("foreign"), "dk-elsewhere", Kcv, 2, "alice", "bob");
+        var threeOfThree = TestShares.Write(P("three"), "dk-approval", Kcv, 3, "alice", "bob", "carol");
+
+        (int ExitCode, string Line, string[] Shares)[] cases =
+        [
+            (9, $"kms: --share {P("missing.json")} does not exist", [_shares[0], P("missing.json")]),
+            (2, $"kms: --share {P("shares")} is a directory: give a file's path", [P("shares"), _shares[1]]),
+            (5, $"kms: --share: share file {P("not-a-share.json")} is corrupted", [_shares[0], P("not-a-share.json")]),
+            (5, $"kms: --share: share 2 (custodian 'bob', file {foreign[1]}) belongs to domain 'dk-elsewhere', expected 'dk-approval'", [_shares[0], foreign[1]]),
+            (5, $"kms: --share: share 1 (custodian 'alice', file {threeOfThree[0]}) is one of a 3-of-3 split", [_shares[1], threeOfThree[0]]),
+            (2, "kms: --share: need 2 shares, got 1", [_shares[0]]),
+        ];
+        foreach (var (exitCode, line, shares) in cases)
+        {
+            var result = await CliRun.ProcessAsync(new Dictionary<string, string>(), _dir,
+            [
+                "ceremony", "restore-domain", "--token-label", "kms-prod-b", .. shares.SelectMany(s => new[] { "--share", s }), "--insecure-test-kdf",
+                "--approval", P("few.json"), "--genesis", P("genesis.json"), "--genesis-sha256", _genesis.Hash, "--allow-network",
+            ]);
+
+            Assert.True(result.ExitCode == exitCode, $"{line}: {result}");
+            var last = result.Error.TrimEnd('\n').Split('\n')[^1];
+            Assert.StartsWith(line, last, StringComparison.Ordinal);
+            Assert.DoesNotContain("distinct officers", result.Error, StringComparison.Ordinal);
+            Assert.DoesNotContain("quorum approval", result.Error, StringComparison.Ordinal);
+        }
+
+        // --domain-id names the domain every share must be of.
+        var other = await RestoreAsync("--approval", P("few.json"), "--domain-id", "dk-other");
+        Assert.True(other.ExitCode == 5, other.ToString());
+        Assert.Contains($"kms: --share: share 1 (custodian 'alice', file {_shares[0]}) belongs to domain 'dk-approval', expected 'dk-other'", other.Error, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -97,7 +149,7 @@ public sealed class CeremonyApprovalTests : IDisposable
         var result = await RestoreAsync(["--approval", P("spaced.json"), "--genesis-sha256", spaced.Hash], P("spaced-genesis.json"), Kcv, "kms-prod-b");
         Assert.True(result.Error.Contains("quorum approval verified", StringComparison.Ordinal), result.ToString());
         Assert.Contains("2 of threshold 2", result.Error, StringComparison.Ordinal);
-        Assert.Contains("missing-share.json", result.Error, StringComparison.Ordinal);
+        Assert.Contains(PastTheApproval, result.Error, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -157,7 +209,7 @@ public sealed class CeremonyApprovalTests : IDisposable
         await WriteAsync("current.json", Bundle(QuorumOperation.RestoreDomain, [_genesis, current], ["carol", "dave"]));
         var result = await RestoreAsync("--approval", P("current.json"), "--data-dir", P("data"));
         Assert.Contains("quorum approval verified", result.Error, StringComparison.Ordinal);
-        Assert.Contains("missing-share.json", result.Error, StringComparison.Ordinal);
+        Assert.Contains(PastTheApproval, result.Error, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -178,7 +230,7 @@ public sealed class CeremonyApprovalTests : IDisposable
 
         var result = await RestoreAsync("--approval", P("current.json"), "--data-dir", P("fresh"));
         Assert.True(result.Error.Contains("quorum approval verified", StringComparison.Ordinal), result.ToString());
-        Assert.Contains("missing-share.json", result.Error, StringComparison.Ordinal);
+        Assert.Contains(PastTheApproval, result.Error, StringComparison.Ordinal);
 
         // The record vouches only for the set it names: not for a fork of it, nor does an approval
         // made for an older set than it outvote the officers it names.
@@ -269,7 +321,7 @@ public sealed class CeremonyApprovalTests : IDisposable
         var result = await RestoreAsync(extra, genesis == "" ? P("genesis.json") : genesis, checkValue, token, pinned);
         Assert.True(result.ExitCode == exitCode, result.ToString());
         Assert.Contains(message, result.Error, StringComparison.Ordinal);
-        Assert.DoesNotContain("missing-share.json", result.Error, StringComparison.Ordinal);
+        Assert.DoesNotContain(PastTheApproval, result.Error, StringComparison.Ordinal);
     }
 
     private Task<CliResult> RestoreAsync(params string[] extra) => RestoreAsync(extra, P("genesis.json"), Kcv, "kms-prod-b");
@@ -279,7 +331,7 @@ public sealed class CeremonyApprovalTests : IDisposable
     private Task<CliResult> RestoreAsync(string[] extra, string? genesis, string checkValue, string token, bool pinned = true) =>
         CliRun.ProcessAsync(new Dictionary<string, string>(), _dir,
         [
-            "ceremony", "restore-domain", "--token-label", token, "--share", P("missing-share.json"), "--check-value", checkValue,
+            "ceremony", "restore-domain", "--token-label", token, "--share", _shares[0], "--share", _shares[1], "--insecure-test-kdf", "--check-value", checkValue,
             .. genesis is null ? Array.Empty<string>() : ["--genesis", genesis],
             .. genesis is null || !pinned || extra.Contains("--genesis-sha256") ? Array.Empty<string>() : ["--genesis-sha256", _genesis.Hash],
             .. extra, "--allow-network",

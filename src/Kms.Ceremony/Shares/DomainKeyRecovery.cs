@@ -10,6 +10,56 @@ public static class DomainKeyRecovery
     public const int DomainKeyLength = 32;
 
     /// <summary>
+    /// Checks, from their public fields alone (nothing is decrypted: no passphrase is needed), that
+    /// <paramref name="files"/> can be combined: one domain (<paramref name="expectedDomainId"/> when
+    /// given), one check value, one split, no index twice, at least M of them. What
+    /// <see cref="Combine"/> would refuse of the files, said before any custodian types a passphrase.
+    /// </summary>
+    /// <param name="files">The share files, as read.</param>
+    /// <param name="expectedDomainId">The domain the operator means to restore, when known.</param>
+    /// <exception cref="CeremonyException">Shares of different domains, check values or splits, an index twice, or fewer than M.</exception>
+    public static void CheckFiles(IReadOnlyList<ShareFile> files, string? expectedDomainId = null)
+    {
+        ArgumentNullException.ThrowIfNull(files);
+        if (files.Count == 0)
+        {
+            throw new CeremonyException(CeremonyError.NotEnoughShares, "no shares given");
+        }
+
+        var first = files[0];
+        var domainId = expectedDomainId ?? first.DomainId;
+        var byIndex = new Dictionary<int, ShareFile>();
+        foreach (var file in files)
+        {
+            ArgumentNullException.ThrowIfNull(file, nameof(files));
+            var who = file.Describe();
+            if (file.DomainId != domainId)
+            {
+                throw new CeremonyException(CeremonyError.Mismatch, $"{who} belongs to domain '{file.DomainId}', expected '{domainId}'");
+            }
+            if (file.DomainKcv != first.DomainKcv)
+            {
+                throw new CeremonyException(CeremonyError.Mismatch, $"{who} records the domain check value {file.DomainKcv}, but {first.Describe()} records {first.DomainKcv}");
+            }
+            if (file.Threshold != first.Threshold || file.Count != first.Count)
+            {
+                throw new CeremonyException(
+                    CeremonyError.Mismatch,
+                    $"{who} is one of a {file.Threshold}-of-{file.Count} split, but {first.Describe()} is one of a {first.Threshold}-of-{first.Count} split");
+            }
+            if (byIndex.TryGetValue(file.Index, out var other))
+            {
+                throw new CeremonyException(CeremonyError.Mismatch, $"duplicate share index {file.Index}: {other.Describe()} and {who}");
+            }
+            byIndex.Add(file.Index, file);
+        }
+        if (files.Count < first.Threshold)
+        {
+            throw new CeremonyException(CeremonyError.NotEnoughShares, $"need {first.Threshold} shares, got {files.Count}");
+        }
+    }
+
+    /// <summary>
     /// Checks that <paramref name="shares"/> belong together, interpolates the key and checks its
     /// check value against the one the share files record.
     /// </summary>

@@ -95,6 +95,18 @@ internal static partial class CeremonyCommands
                     "no domain-key rotation is in progress on this database: --new-share resumes one (it rebuilds the key the rotation record names); start a rotation with --new-custodian, --new-threshold and --new-shares-dir");
             }
 
+            // The share files, old and new, read and checked as sets (and the old ones against the
+            // key the database is pinned to) before the lock, the approval or the HSM: a malformed or
+            // mismatched file is said now, not once passphrases have been typed.
+            var oldFiles = ReadShareFiles(ctx, parse.GetValue(oldShares)!, "--share", host.Kdf.Policy, domainId: null);
+            if (!string.Equals(oldFiles[0].DomainKcv, KeyCheckValue.Normalize(pinned), StringComparison.OrdinalIgnoreCase))
+            {
+                throw new CliFailureException(ExitCodes.Conflict,
+                    $"--share: the share files are of the domain key with check value {oldFiles[0].DomainKcv}, but the deployment database ({target.Describe()}) is pinned to {pinned}; nothing was moved");
+            }
+
+            var resumeFiles = resumePaths.Length > 0 ? ReadShareFiles(ctx, resumePaths, "--new-share", host.Kdf.Policy, domainId: null) : [];
+
             // A server holds the serving lock while it serves: refused before any share is written.
             if (!await store.TryHoldMaintenanceLockAsync(ct))
             {
@@ -115,7 +127,6 @@ internal static partial class CeremonyCommands
                     && request.Parameter("new-threshold") == m.ToString(CultureInfo.InvariantCulture))
                     ? null
                     : $"it approves new shares {request.Parameter("new-threshold")} of {request.Parameter("new-custodians")}, not {m} of {names.Count}", ct);
-            var resumeFiles = resumePaths.Select(p => ShareFile.Read(LocalPath.File(ctx.Environment, p, "--new-share"), host.Kdf.Policy)).ToList();
             if (resumeFiles.Count > 0 && approved.Approval?.Request is { } signed
                 && (signed.Parameter("new-custodians") != resumeFiles[0].Count.ToString(CultureInfo.InvariantCulture)
                     || signed.Parameter("new-threshold") != resumeFiles[0].Threshold.ToString(CultureInfo.InvariantCulture)))
@@ -124,7 +135,6 @@ internal static partial class CeremonyCommands
                     $"the approval of {signed.Name} approves new shares {signed.Parameter("new-threshold")} of {signed.Parameter("new-custodians")}, but the new share files are {resumeFiles[0].Threshold} of {resumeFiles[0].Count}");
             }
 
-            var oldFiles = parse.GetValue(oldShares)!.Select(p => ShareFile.Read(LocalPath.File(ctx.Environment, p, "--share"), host.Kdf.Policy)).ToList();
             restoreOptions.TokenLabel = parse.GetRequiredValue(restoreToken);
             if (restoreOptions.TokenLabel == rotationOptions.TokenLabel)
             {

@@ -338,8 +338,8 @@ internal static partial class CeremonyCommands
             var host = options.Prepare(ctx);
 
             // The paths, before the database, the approval or the HSM: a wrong one stops the
-            // ceremony before it begins, not half way. (The share files are looked at once the
-            // approval verified, as before: nothing of a share is touched before then.)
+            // ceremony before it begins, not half way. (The share files follow the database's pin,
+            // below: a database that cannot be reached is said first.)
             if (parse.GetValue(dataDir) is { } givenDataDir)
             {
                 LocalPath.Directory(ctx.Environment, givenDataDir, "--data-dir");
@@ -363,6 +363,14 @@ internal static partial class CeremonyCommands
             }
 
             var databaseKcv = await PinnedCheckValueAsync(target, ct);
+
+            // Every share file, before the approval is verified, the token opened or anyone asked for
+            // anything: there, readable, a share file (its public fields: nothing is decrypted, no
+            // passphrase is read), of one domain (--domain-id's when given) and split, at least M of
+            // them, and of the key the database pins. Before, a missing or malformed file was found
+            // only once the approval had been checked.
+            var files = ReadShareFiles(ctx, parse.GetValue(shareFiles)!, "--share", host.Kdf.Policy, parse.GetValue(domainId));
+            RefuseOtherDomain(target, databaseKcv, files[0].DomainKcv);
             var pinnedKcv = givenKcv ?? databaseKcv;
             var approved = await approval.CheckAsync(ctx, QuorumOperation.RestoreDomain, parse.GetValue(dataDir), target, pinnedKcv,
                 request => request.Parameter("token-label") == tokenLabel ? null : $"it restores into token '{request.Parameter("token-label")}', not '{tokenLabel}'", ct);
@@ -373,9 +381,7 @@ internal static partial class CeremonyCommands
             }
 
             var requiredKcv = pinnedKcv ?? approved.Approval?.Request.DomainKcv;
-            var files = parse.GetValue(shareFiles)!.Select(path => ShareFile.Read(LocalPath.File(ctx.Environment, path, "--share"), host.Kdf.Policy)).ToList();
             var id = parse.GetValue(domainId) ?? files[0].DomainId;
-            RefuseOtherDomain(target, databaseKcv, files[0].DomainKcv);
 
             // The rebuilt key must be the key the deployment's data is sealed under, and the share
             // files cannot say which that is: they name the key they rebuild, whichever deployment
@@ -574,6 +580,35 @@ internal static partial class CeremonyCommands
             written.Add((names[i], shares[i].Index, path, file.Fingerprint));
             ctx.Output.Note($"{what} {shares[i].Index} of {names.Count} for {names[i]}: {path}");
         }
+    }
+
+    /// <summary>
+    /// The share files <paramref name="given"/> by <paramref name="flag"/>, read and checked as a set
+    /// before any work is done for them: each there and readable (as the other paths: exit
+    /// <see cref="ExitCodes.LocalIo"/>, a directory exit <see cref="ExitCodes.Usage"/>), a share
+    /// file (its public fields: nothing is decrypted), and together of one domain
+    /// (<paramref name="domainId"/> when given), one check value and one split, at least M
+    /// (<see cref="DomainKeyRecovery.CheckFiles"/>). A refusal is one line naming the flag, with the
+    /// exit code of its kind (<see cref="ErrorReport.FromCeremony"/>).
+    /// </summary>
+    private static List<ShareFile> ReadShareFiles(CliContext ctx, IEnumerable<string> given, string flag, KdfPolicy policy, string? domainId)
+    {
+        var files = new List<ShareFile>();
+        try
+        {
+            foreach (var share in given)
+            {
+                files.Add(ShareFile.Read(LocalPath.CheckReadable(ctx.Environment, share, flag), policy));
+            }
+
+            DomainKeyRecovery.CheckFiles(files, domainId);
+        }
+        catch (CeremonyException e)
+        {
+            throw new CliFailureException(ErrorReport.FromCeremony(e).ExitCode, $"{flag}: {e.Message}", e);
+        }
+
+        return files;
     }
 
     // A token that lacks what the profile and the ceremony need is refused before anything is generated.

@@ -219,4 +219,43 @@ public sealed class DomainKeyRecoveryTests
 
         Assert.Equal(CeremonyError.NotEnoughShares, e.Error);
     }
+
+    [Fact]
+    public void CheckFiles_ThresholdFilesOfOneSplit_Pass_WithoutAnyPassphrase()
+    {
+        DomainKeyRecovery.CheckFiles(_files.Take(3).ToList(), Ceremony.DomainId);
+        DomainKeyRecovery.CheckFiles(_files);
+    }
+
+    /// <summary>What Combine refuses of the files, refused from the public fields alone, before a custodian types a passphrase.</summary>
+    [Fact]
+    public void CheckFiles_TooFew_AnotherDomain_AnotherSplit_ATwice_Refused_AsCombineRefusesThem()
+    {
+        var foreign = Ceremony.Split(domainId: "dk-us-1");
+        var otherKey = Ceremony.Split(kcv: "ABCDEF");
+        var twoOfThree = Ceremony.Split(threshold: 2, count: 3);
+
+        var few = Assert.Throws<CeremonyException>(() => DomainKeyRecovery.CheckFiles([_files[0], _files[3]]));
+        Assert.Equal(CeremonyError.NotEnoughShares, few.Error);
+        Assert.Equal("need 3 shares, got 2", few.Message);
+
+        var domain = Assert.Throws<CeremonyException>(() => DomainKeyRecovery.CheckFiles([_files[0], foreign[1], _files[2]]));
+        Assert.Equal(CeremonyError.Mismatch, domain.Error);
+        Assert.Equal("share 2 (custodian 'bob') belongs to domain 'dk-us-1', expected 'dk-eu-1'", domain.Message);
+
+        var expected = Assert.Throws<CeremonyException>(() => DomainKeyRecovery.CheckFiles(_files.Take(3).ToList(), "dk-ap-1"));
+        Assert.Equal("share 1 (custodian 'alice') belongs to domain 'dk-eu-1', expected 'dk-ap-1'", expected.Message);
+
+        var kcv = Assert.Throws<CeremonyException>(() => DomainKeyRecovery.CheckFiles([_files[0], otherKey[1], _files[2]]));
+        Assert.Equal(CeremonyError.Mismatch, kcv.Error);
+        Assert.Equal("share 2 (custodian 'bob') records the domain check value ABCDEF, but share 1 (custodian 'alice') records F29000", kcv.Message);
+
+        var split = Assert.Throws<CeremonyException>(() => DomainKeyRecovery.CheckFiles([_files[0], _files[1], twoOfThree[2]]));
+        Assert.Equal("share 3 (custodian 'carol') is one of a 2-of-3 split, but share 1 (custodian 'alice') is one of a 3-of-5 split", split.Message);
+
+        var twice = Assert.Throws<CeremonyException>(() => DomainKeyRecovery.CheckFiles([_files[1], _files[0], _files[1]]));
+        Assert.StartsWith("duplicate share index 2", twice.Message, StringComparison.Ordinal);
+
+        Assert.Equal(CeremonyError.NotEnoughShares, Assert.Throws<CeremonyException>(() => DomainKeyRecovery.CheckFiles([])).Error);
+    }
 }
