@@ -427,6 +427,14 @@ public sealed partial class FileErrorTests(CliServerFixture fixture) : IClassFix
     [InlineData("cannot write --out {rofs}/b: {rofs} is on a read-only filesystem", "backup", "fetch", "r", "--out", "{rofs}/b", "--public-key", "{pem}")]
     [InlineData("cannot create the directory --shares-dir {rofs}/s: it is on a read-only filesystem", "ceremony", "create-domain", "--token-label", "none", "--custodian", "a", "--custodian", "b", "--threshold", "2",
         "--officer", "o={pem}", "--officer-threshold", "1", "--shares-dir", "{rofs}/s", "--data-dir", "data", "--allow-network")]
+    // The share directories exist, on the read-only filesystem: before, nothing was created there to
+    // find it, and the run went on to the PIN (create-domain), or to the database (rotate-domain).
+    [InlineData("cannot write --shares-dir {rofs}: {rofs} is on a read-only filesystem", "ceremony", "create-domain", "--token-label", "none", "--custodian", "a", "--custodian", "b", "--threshold", "2",
+        "--officer", "o={pem}", "--officer-threshold", "1", "--shares-dir", "{rofs}", "--data-dir", "data", "--allow-network")]
+    [InlineData("cannot write --new-shares-dir {rofs}: {rofs} is on a read-only filesystem", "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--share", "{pem}",
+        "--new-custodian", "a", "--new-custodian", "b", "--new-threshold", "2", "--new-shares-dir", "{rofs}", "--data-dir", "{dir}", "--allow-network")]
+    [InlineData("cannot write --data-dir {rofs}: {rofs} is on a read-only filesystem", "ceremony", "restore-domain", "--token-label", "none", "--share", "{pem}",
+        "--data-dir", "{rofs}", "--without-approval", "--allow-network")]
     public async Task OutputOnAReadOnlyFilesystem_Exits9_SaysSo(string message, params string[] args)
     {
         await PathsAsync();
@@ -476,6 +484,40 @@ public sealed partial class FileErrorTests(CliServerFixture fixture) : IClassFix
         Assert.True(result.ExitCode == ExitCodes.LocalIo, result.ToString());
         // --allow-network's warning may come first.
         Assert.EndsWith($"\nkms: cannot create the directory {readOnly}/quorum: permission denied\n", "\n" + result.Error, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// A share directory that exists but takes no file (as a process without root's override:
+    /// capsh), refused before any PIN is asked or the HSM touched: exit 9, one line naming the flag
+    /// and the directory, nothing written. Before, create-domain went on to ask the token's PIN
+    /// (here: "the token's user PIN is needed", exit 2) and with one found the directory only at
+    /// the first share file, after the import; rotate-domain after the old key was rebuilt and the
+    /// rotation recorded (here: "no database at …").
+    /// </summary>
+    [Fact]
+    public async Task CreateAndRotateDomain_SharesDirNotWritable_AsAProcessWithoutRootsOverride_Exits9_BeforeThePinOrTheDatabase()
+    {
+        await PathsAsync();
+        var readOnly = Directory.CreateDirectory(Path.Combine(_directory, "ro")).FullName;
+        File.SetUnixFileMode(readOnly, UnixFileMode.UserRead | UnixFileMode.UserExecute);
+
+        var create = await WithoutFileOverrideAsync(Fill([
+            "ceremony", "create-domain", "--token-label", "none", "--custodian", "a", "--custodian", "b", "--threshold", "2",
+            "--officer", "o={pem}", "--officer-threshold", "1", "--allow-network", "--shares-dir", "ro", "--data-dir", "data"]));
+        var rotate = await WithoutFileOverrideAsync(Fill([
+            "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--share", "{pem}", "--allow-network",
+            "--new-custodian", "a", "--new-custodian", "b", "--new-threshold", "2", "--new-shares-dir", "ro", "--data-dir", "{dir}"]));
+
+        foreach (var result in new[] { create, rotate })
+        {
+            Assert.True(result.ExitCode == ExitCodes.LocalIo, result.ToString());
+            var flag = result == create ? "--shares-dir" : "--new-shares-dir";
+            // --allow-network's warning may come first.
+            Assert.EndsWith($"\nkms: cannot write {flag} {readOnly}: permission denied in {readOnly}\n", "\n" + result.Error, StringComparison.Ordinal);
+            Assert.Equal("", result.Out);
+        }
+
+        Assert.Empty(Directory.GetFileSystemEntries(readOnly));
     }
 
     // {dir} a directory, {file} a file, {pem} an audit public key's PEM; {secret}, {closed} and {ro} (made by the table's test), {missing} and {nodir} never made.

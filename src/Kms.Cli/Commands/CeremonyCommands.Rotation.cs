@@ -70,6 +70,18 @@ internal static partial class CeremonyCommands
             CheckPassphraseFiles(ctx, parse.GetValue(passphrases)!, "--passphrase-file");
             CheckPassphraseFiles(ctx, parse.GetValue(newPassphrases)!, "--new-passphrase-file");
 
+            // Where this run writes, checked with a file written and deleted again, before the
+            // database, the approval, the HSM or any passphrase: the new share files (written before
+            // the first blob moves; before, a directory that took no file was found after the old
+            // key was rebuilt and the rotation recorded) and the data directory (its transcript is
+            // written after the point of no return).
+            if (parse.GetValue(newSharesDir) is { } writeSharesTo)
+            {
+                LocalPath.WritableDirectory(ctx.Environment, writeSharesTo, "--new-shares-dir");
+            }
+
+            LocalPath.WritableDirectory(ctx.Environment, parse.GetRequiredValue(dataDir), "--data-dir");
+
             // The HSM's files (module, configuration, profile) are checked before anything is read or locked.
             var rotationOptions = rotationToken.Options(ctx, "kms-rotation");
             var restoreOptions = rotationToken.Options(ctx, "pending");

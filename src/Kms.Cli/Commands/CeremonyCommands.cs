@@ -169,10 +169,15 @@ internal static partial class CeremonyCommands
             var id = parse.GetValue(domainId) ?? $"dk-{DateTime.UtcNow:yyyyMMdd}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4))}";
             var hsmOptions = hsm.Options(ctx, id);
 
-            // Where the genesis goes must take it before a key exists that would need undoing.
+            // Where the genesis, the records and the share files go must take them before a key
+            // exists that would need undoing, or anyone has typed a PIN or a passphrase: each
+            // directory is created and a file written there and deleted again (before, a shares
+            // directory that existed but took no file was found at the first share file, after the
+            // import, and the key was destroyed again).
             var filesBefore = FilesIn(deploymentDir);
             LocalPath.CreateDirectory(ctx.Environment, Path.GetDirectoryName(genesisPath)!);
-            var outDir = LocalPath.CreateDirectory(ctx.Environment, parse.GetRequiredValue(sharesDir), "--shares-dir");
+            LocalPath.WritableDirectory(ctx.Environment, deploymentDir, "--data-dir");
+            var outDir = LocalPath.WritableDirectory(ctx.Environment, parse.GetRequiredValue(sharesDir), "--shares-dir");
             if (Directory.EnumerateFiles(outDir, "share-*.json").Any())
             {
                 throw new CliFailureException(ExitCodes.Conflict, $"{outDir} holds share files already; share files are never overwritten");
@@ -347,6 +352,14 @@ internal static partial class CeremonyCommands
 
             approval.CheckPaths(ctx);
             CheckPassphraseFiles(ctx, parse.GetValue(passphrases)!, "--passphrase-file");
+
+            // The restore is recorded there after the import: a data directory that takes no file
+            // is said now, not by taking the imported key back out of the token.
+            if (parse.GetValue(dataDir) is { } recordIn)
+            {
+                LocalPath.WritableDirectory(ctx.Environment, recordIn, "--data-dir");
+            }
+
             var target = database.Resolve(ctx, parse.GetValue(dataDir));
             if (target.IsPostgres && parse.GetValue(dataDir) is null)
             {

@@ -162,6 +162,58 @@ internal static partial class LocalPath
     }
 
     /// <summary>
+    /// Creates the directory <paramref name="given"/> (by <paramref name="flag"/>) as
+    /// <see cref="CreateDirectory"/> does, and checks that this process can write a file there: a
+    /// probe file is written through <see cref="Kms.Core.Files.DurableFile"/> (a temporary file,
+    /// flushed, renamed, the directory synced — what a share file or a transcript goes through) and
+    /// deleted again. For a command that writes there only after work a failed write would waste or
+    /// leave to be undone (an HSM import, the custodians' passphrases).
+    /// </summary>
+    /// <exception cref="CliUsageException">A file is there.</exception>
+    /// <exception cref="CliFailureException">It cannot be created, or no file can be written in it: permission denied, a read-only or a full filesystem (exit <see cref="ExitCodes.LocalIo"/>).</exception>
+    public static string WritableDirectory(CliEnvironment environment, string given, string? flag = null)
+    {
+        var path = CreateDirectory(environment, given, flag);
+        var probe = Path.Combine(path, $".kms-write-check-{Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8))}");
+        try
+        {
+            Kms.Core.Files.DurableFile.Write(probe, [0], Kms.Core.Files.DurableFile.OwnerOnly, overwrite: false);
+        }
+        catch (Exception exception) when (WriteFailure(Named(path, flag), path, exception) is { } failure)
+        {
+            throw failure;
+        }
+        finally
+        {
+            try
+            {
+                System.IO.File.Delete(probe);
+            }
+            catch (Exception exception) when (exception is IOException or UnauthorizedAccessException)
+            {
+                // Not written, or the failure above says why.
+            }
+        }
+
+        return path;
+    }
+
+    /// <summary>
+    /// A write of <paramref name="named"/> (what was being written, with its flag or path) into
+    /// <paramref name="directory"/> that the file system refused, said as what it is — permission
+    /// denied (EACCES, EPERM), a read-only filesystem (EROFS), no space left (ENOSPC) — in place of
+    /// .NET's message, which names a temporary file the user never gave; null for any other failure.
+    /// </summary>
+    public static CliFailureException? WriteFailure(string named, string directory, Exception exception) => exception switch
+    {
+        UnauthorizedAccessException => new(ExitCodes.LocalIo, $"cannot write {named}: permission denied in {directory}", exception),
+        IOException io when IsReadOnlyFileSystem(io) => ReadOnlyFileSystem(named, directory, exception),
+        IOException io when !OperatingSystem.IsWindows() && io.HResult == NoSpaceErrno => new(ExitCodes.LocalIo, $"cannot write {named}: no space left on the filesystem holding {directory}", exception),
+        IOException io when !OperatingSystem.IsWindows() && io.HResult is PermissionDenied or NotPermitted => new(ExitCodes.LocalIo, $"cannot write {named}: permission denied in {directory}", exception),
+        _ => null,
+    };
+
+    /// <summary>
     /// Runs <paramref name="read"/> on <paramref name="path"/> (a full path, given by
     /// <paramref name="flag"/>), saying a refusal to read it, or its absence, as such.
     /// </summary>
@@ -225,8 +277,9 @@ internal static partial class LocalPath
     public static CliFailureException ReadOnlyFileSystem(string named, string directory, Exception inner) =>
         new(ExitCodes.LocalIo, $"cannot write {named}: {directory} is on a read-only filesystem", inner);
 
-    // EROFS: 30 on Linux, macOS and the BSDs; EACCES 13 and EPERM 1 likewise; R_OK 4.
+    // EROFS: 30 on Linux, macOS and the BSDs; ENOSPC 28, EACCES 13 and EPERM 1 likewise; R_OK 4.
     private const int ReadOnlyFileSystemErrno = 30;
+    private const int NoSpaceErrno = 28;
     private const int PermissionDenied = 13;
     private const int NotPermitted = 1;
     private const int ReadOk = 4;
