@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using Grpc.Core;
 using Kms.Cli.Backup;
+using Kms.Cli.Infrastructure;
 using Kms.Client.Quorum;
 using Kms.Contracts.V1;
 using Kms.Core.Backup;
@@ -394,6 +395,38 @@ public sealed class BackupRestoreTests : IAsyncLifetime, IDisposable
             {
                 Directory.Delete(target, recursive: true);
             }
+        }
+    }
+
+    /// <summary>
+    /// A data directory on a read-only filesystem (a read-only bind mount: the tests run as root,
+    /// which may mount; unmounted in the finally): exit 9, one line naming --data-dir and why,
+    /// nothing written. Before, .NET's own message, naming a file of the restore's.
+    /// </summary>
+    [Fact]
+    public async Task Restore_IntoADataDirectoryOnAReadOnlyFilesystem_Exit9_OneLineNamingIt_NothingWritten()
+    {
+        var (backup, _, _) = await ExportBackupAndStopAsync();
+        var target = Directory.CreateDirectory(TempPath("kms-readonly-")).FullName;
+        var pem = TempPath("kms-audit-key-", ".pem");
+        await File.WriteAllTextAsync(pem, File.ReadAllText(Path.Combine(_server.DataDir, "audit", "signing-key.pem")));
+        Tmpfs.Run("mount", "--bind", "-o", "ro", target, target);
+        try
+        {
+            var cli = await CliRun.InProcessAsync(new Dictionary<string, string>(), Path.GetTempPath(), null,
+                "backup", "restore", backup, "--public-key", pem, "--data-dir", target, "--without-audit-logs");
+
+            Assert.True(cli.ExitCode == ExitCodes.LocalIo, cli.ToString());
+            Assert.Equal($"kms: cannot write --data-dir {target}: {target} is on a read-only filesystem\n", cli.Error);
+            Assert.Equal("", cli.Out);
+            Assert.Empty(Directory.GetFileSystemEntries(target));
+        }
+        finally
+        {
+            Tmpfs.Run("umount", target);
+            Directory.Delete(target);
+            File.Delete(pem);
+            _server = await _server.RestartAsync();
         }
     }
 

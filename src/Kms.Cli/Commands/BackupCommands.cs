@@ -143,9 +143,31 @@ internal static class BackupCommands
             DeploymentDatabase.RefusePostgres(ctx, provider, "kms backup restore");
             var key = CeremonyCommands.PublicKeyFromPem(LocalPath.ReadAllText(ctx.Environment, parse.GetRequiredValue(publicKey), "--public-key"));
             var logs = (parse.GetValue(auditLogs) ?? []).Select(log => LocalPath.File(ctx.Environment, log, "--audit-log")).ToList();
-            var report = await CheckedAsync(() => BackupRestore.RunAsync(
-                LocalPath.Directory(ctx.Environment, parse.GetRequiredValue(directory), existing: true), key, LocalPath.Directory(ctx.Environment, parse.GetRequiredValue(dataDir), "--data-dir"), logs, parse.GetValue(replace), ct, parse.GetValue(allowGaps), parse.GetValue(waiting),
-                parse.GetValue(withoutAuditLogs)));
+            var restoreInto = LocalPath.Directory(ctx.Environment, parse.GetRequiredValue(dataDir), "--data-dir");
+
+            // A data directory that takes no file (permissions, a read-only mount, a full disk) is
+            // said before the backup is read, in one line naming it (before: .NET's message naming
+            // kms.db.serving or a temporary file, after the verification).
+            if (Directory.Exists(restoreInto))
+            {
+                LocalPath.ProbeWritable(restoreInto, "--data-dir");
+            }
+
+            RestoreReport report;
+            try
+            {
+                report = await CheckedAsync(() => BackupRestore.RunAsync(
+                    LocalPath.Directory(ctx.Environment, parse.GetRequiredValue(directory), existing: true), key, restoreInto, logs, parse.GetValue(replace), ct, parse.GetValue(allowGaps), parse.GetValue(waiting),
+                    parse.GetValue(withoutAuditLogs)));
+            }
+            catch (IOException e) when (LocalPath.WriteFailure($"the restored database into --data-dir {restoreInto}", restoreInto, e) is { } failure)
+            {
+                // The filesystem filled up (or was remounted read-only) part way: the restore works
+                // on a private copy and installs it last, so nothing was installed.
+                throw new CliFailureException(failure.ExitCode,
+                    $"{failure.Message}; nothing was installed: {Path.Combine(restoreInto, "kms.db")} is the database that was there, if any (a kms.db.restoring-* file left beside is not read: delete it)", e);
+            }
+
             var json = ManifestJson(report.Manifest);
             json["reapplied"] = new JsonArray([.. report.Reapplied.Select(r => (JsonNode)new JsonObject { ["version"] = r.Version, ["source"] = r.Source })]);
             json["rescheduled"] = RescheduledJson(report.Rescheduled);

@@ -214,7 +214,7 @@ internal static partial class CeremonyCommands
                     ctx.Step("write the share files");
                     WriteShareFiles(ctx, shares, id, kcv, m, names, secrets, host.Kdf, outDir, written, "share");
                 }
-                catch
+                catch (Exception e)
                 {
                     // All or nothing: a domain key whose shares were not all written is no domain key.
                     // (Only the one this run imported: a refused import leaves the token as it was.)
@@ -226,6 +226,11 @@ internal static partial class CeremonyCommands
                     foreach (var (_, _, path, _) in written)
                     {
                         File.Delete(path);
+                    }
+
+                    if (e is CliFailureException { ExitCode: ExitCodes.LocalIo } io)
+                    {
+                        throw new CliFailureException(io.ExitCode, $"{io.Message}; {(imported ? "the domain key this run imported was destroyed again and " : "")}the share files written were deleted: nothing was kept, run the command again", e);
                     }
 
                     throw;
@@ -587,7 +592,9 @@ internal static partial class CeremonyCommands
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                throw new IOException($"cannot write share file {path}: {e.Message}", e);
+                // A refusal of the filesystem said as such (not .NET's message, naming a temporary
+                // file); the caller takes back what the run did and says so.
+                throw (Exception?)LocalPath.WriteFailure($"share file {path}", outDir, e) ?? new IOException($"cannot write share file {path}: {e.Message}", e);
             }
 
             written.Add((names[i], shares[i].Index, path, file.Fingerprint));

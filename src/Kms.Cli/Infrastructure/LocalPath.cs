@@ -174,6 +174,14 @@ internal static partial class LocalPath
     public static string WritableDirectory(CliEnvironment environment, string given, string? flag = null)
     {
         var path = CreateDirectory(environment, given, flag);
+        ProbeWritable(path, flag);
+        return path;
+    }
+
+    /// <summary>The probe of <see cref="WritableDirectory"/>, for <paramref name="path"/>, a directory that exists (given by <paramref name="flag"/>).</summary>
+    /// <exception cref="CliFailureException">No file can be written in it (exit <see cref="ExitCodes.LocalIo"/>).</exception>
+    public static void ProbeWritable(string path, string? flag = null)
+    {
         var probe = Path.Combine(path, $".kms-write-check-{Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8))}");
         try
         {
@@ -194,8 +202,6 @@ internal static partial class LocalPath
                 // Not written, or the failure above says why.
             }
         }
-
-        return path;
     }
 
     /// <summary>
