@@ -77,7 +77,8 @@ internal static partial class CeremonyCommands
             // written after the point of no return).
             if (parse.GetValue(newSharesDir) is { } writeSharesTo)
             {
-                LocalPath.WritableDirectory(ctx.Environment, writeSharesTo, "--new-shares-dir");
+                // Not created yet: an approval refused leaves nothing behind.
+                LocalPath.CheckWritableDirectory(ctx.Environment, writeSharesTo, "--new-shares-dir");
             }
 
             LocalPath.WritableDirectory(ctx.Environment, parse.GetRequiredValue(dataDir), "--data-dir");
@@ -111,12 +112,6 @@ internal static partial class CeremonyCommands
             // key the database is pinned to) before the lock, the approval or the HSM: a malformed or
             // mismatched file is said now, not once passphrases have been typed.
             var oldFiles = ReadShareFiles(ctx, parse.GetValue(oldShares)!, "--share", host.Kdf.Policy, domainId: null);
-            if (!string.Equals(oldFiles[0].DomainKcv, KeyCheckValue.Normalize(pinned), StringComparison.OrdinalIgnoreCase))
-            {
-                throw new CliFailureException(ExitCodes.Conflict,
-                    $"--share: the share files are of the domain key with check value {oldFiles[0].DomainKcv}, but the deployment database ({target.Describe()}) is pinned to {pinned}; nothing was moved");
-            }
-
             var resumeFiles = resumePaths.Length > 0 ? ReadShareFiles(ctx, resumePaths, "--new-share", host.Kdf.Policy, domainId: null) : [];
 
             // A server holds the serving lock while it serves: refused before any share is written.
@@ -145,6 +140,14 @@ internal static partial class CeremonyCommands
             {
                 throw new CliFailureException(ExitCodes.Conflict,
                     $"the approval of {signed.Name} approves new shares {signed.Parameter("new-threshold")} of {signed.Parameter("new-custodians")}, but the new share files are {resumeFiles[0].Threshold} of {resumeFiles[0].Count}");
+            }
+
+            // The old shares must be of the key the database is pinned to: said before any PIN or
+            // passphrase (after the approval, whose own refusal of another key comes first).
+            if (!string.Equals(oldFiles[0].DomainKcv, KeyCheckValue.Normalize(pinned), StringComparison.OrdinalIgnoreCase))
+            {
+                throw new CliFailureException(ExitCodes.Conflict,
+                    $"--share: the share files are of the domain key with check value {oldFiles[0].DomainKcv}, but the deployment database ({target.Describe()}) is pinned to {pinned}; nothing was moved");
             }
 
             restoreOptions.TokenLabel = parse.GetRequiredValue(restoreToken);

@@ -178,16 +178,38 @@ internal static partial class LocalPath
         return path;
     }
 
-    /// <summary>The probe of <see cref="WritableDirectory"/>, for <paramref name="path"/>, a directory that exists (given by <paramref name="flag"/>).</summary>
+    /// <summary>
+    /// As <see cref="WritableDirectory"/>, without creating anything: for a directory created later
+    /// (after a check that must leave nothing behind when it refuses), the probe is written in it if
+    /// it exists, else in its nearest existing parent, where it would be created.
+    /// </summary>
+    /// <exception cref="CliUsageException">A file is there.</exception>
+    /// <exception cref="CliFailureException">No file can be written there (exit <see cref="ExitCodes.LocalIo"/>).</exception>
+    public static string CheckWritableDirectory(CliEnvironment environment, string given, string? flag = null)
+    {
+        var path = Directory(environment, given, flag);
+        var existing = path;
+        while (!System.IO.Directory.Exists(existing) && Path.GetDirectoryName(existing) is { } parent)
+        {
+            existing = parent;
+        }
+
+        ProbeWritableNamed(existing, Named(path, flag));
+        return path;
+    }
+
+    /// <summary>The probe of <see cref="WritableDirectory"/> in <paramref name="path"/>, a directory that exists (given by <paramref name="flag"/>).</summary>
     /// <exception cref="CliFailureException">No file can be written in it (exit <see cref="ExitCodes.LocalIo"/>).</exception>
-    public static void ProbeWritable(string path, string? flag = null)
+    public static void ProbeWritable(string path, string? flag = null) => ProbeWritableNamed(path, Named(path, flag));
+
+    private static void ProbeWritableNamed(string path, string named)
     {
         var probe = Path.Combine(path, $".kms-write-check-{Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8))}");
         try
         {
             Kms.Core.Files.DurableFile.Write(probe, [0], Kms.Core.Files.DurableFile.OwnerOnly, overwrite: false);
         }
-        catch (Exception exception) when (WriteFailure(Named(path, flag), path, exception) is { } failure)
+        catch (Exception exception) when (WriteFailure(named, path, exception) is { } failure)
         {
             throw failure;
         }
