@@ -36,6 +36,9 @@ internal static partial class Log
     [LoggerMessage(EventId = 2011, Level = LogLevel.Information, Message = "The calls on handle generation {Generation}, left open by a recovery, returned; its sessions and key copies are closed")]
     public static partial void LateClosed(ILogger logger, long generation);
 
+    [LoggerMessage(EventId = 2012, Level = LogLevel.Warning, Message = "The last user of the PKCS#11 module {ModulePath} stopped with {Inside} calls still inside it ({Abandoned} abandoned calls, {Recoveries} recoveries of this adapter still running): the module is left initialised, neither finalized under them nor waited for, and the next open in this process uses it")]
+    public static partial void ModuleLeftLoaded(ILogger logger, string modulePath, int inside, int abandoned, int recoveries);
+
     [LoggerMessage(EventId = 2010, Level = LogLevel.Information, Message = "HSM module re-initialised after {Destroyed} destroyed session objects, which profile {Profile} keeps until C_Finalize; new generation {Generation} (module generation {ModuleGeneration}), every cached key handle dropped")]
     public static partial void Recycled(ILogger logger, long destroyed, string profile, long generation, long moduleGeneration);
 

@@ -28,6 +28,9 @@ public sealed partial class Pkcs11Hsm
     /// <summary>Calls abandoned past <see cref="HsmOptions.CallTimeout"/> that have not returned yet.</summary>
     internal int AbandonedCalls => Volatile.Read(ref _abandonedCalls);
 
+    /// <summary>Test hook: a recovery (or recycle) holds the recovery lock right now.</summary>
+    internal bool Recovering => _recovery.CurrentCount == 0;
+
     /// <summary>Results of abandoned calls that came back as bytes (plaintexts, random data) and were zeroed.</summary>
     internal int ZeroedLateResults => Volatile.Read(ref _zeroedLateResults);
 

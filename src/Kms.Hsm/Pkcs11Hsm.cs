@@ -468,26 +468,55 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
             return;
         }
 
-        foreach (var regional in _regions.Values)
-        {
-            await regional.DisposeAsync().ConfigureAwait(false);
-        }
-
-        await _recovery.WaitAsync().ConfigureAwait(false);
+        // The regions' adapters stop beside this one, each within its own DrainTimeout, so the
+        // whole stop waits at most that for a hung HSM, however many regions there are.
+        var regions = _regions.Values.Select(regional => regional.DisposeAsync().AsTask()).ToList();
         try
         {
-            if (_state is { } state)
+            await CloseOwnAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            await Task.WhenAll(regions).ConfigureAwait(false);
+        }
+    }
+
+    // A stop waits for a recovery under way and for the calls in flight, together no longer than
+    // DrainTimeout: a hung HSM returns neither (before, a recovery stuck in C_OpenSession held the
+    // stop for as long as the device hung). What it could not wait for is left to the module: its
+    // sessions are not closed under a running call, nor is the library finalized (Release).
+    private async Task CloseOwnAsync()
+    {
+        var start = _time.GetTimestamp();
+        var recoveryEnded = await TimedWait.WaitAsync(_recovery, DrainTimeout, _time, CancellationToken.None).ConfigureAwait(false);
+        try
+        {
+            if (recoveryEnded && _state is { } state)
             {
                 state.Faulted = true;
-                await CloseAsync(state).ConfigureAwait(false);
+                await CloseAsync(state, Left(DrainTimeout, start)).ConfigureAwait(false);
                 _state = null;
             }
         }
         finally
         {
-            _recovery.Release();
-            CryptographicOperations.ZeroMemory(_pin);
-            _module.Release();
+            if (recoveryEnded)
+            {
+                _recovery.Release();
+            }
+
+            // Under the login lock: a recovery left running checks the adapter is open there before
+            // it presents the PIN, and never presents it zeroed.
+            lock (_login)
+            {
+                CryptographicOperations.ZeroMemory(_pin);
+            }
+
+            var inside = _module.Release();
+            if (inside > 0)
+            {
+                Log.ModuleLeftLoaded(_logger, _options.ModulePath, inside, AbandonedCalls, recoveryEnded ? 0 : 1);
+            }
         }
     }
 
@@ -797,6 +826,17 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
             }
 
             var fresh = SameDomainKey(OpenSlotReinitializingIfNeeded(observed?.ModuleGeneration ?? _module.Generation), "recovery");
+            if (Volatile.Read(ref _disposed) == 1)
+            {
+                // Stopped while this recovery was stuck in the library: nobody closes what it opened but itself.
+                _module.Call(_ =>
+                {
+                    fresh.Dispose();
+                    return 0;
+                });
+                ThrowIfDisposed();
+            }
+
             _state = fresh;
             Log.Recovered(_logger, fresh.Cache.Generation, fresh.ModuleGeneration);
             return fresh;
@@ -843,12 +883,14 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     }
 
     // True when the sessions were drained and closed.
-    private async Task<bool> CloseAsync(SlotState state)
+    private Task<bool> CloseAsync(SlotState state) => CloseAsync(state, DrainTimeout);
+
+    private async Task<bool> CloseAsync(SlotState state, TimeSpan drainTimeout)
     {
-        if (!await state.Pool.DrainAsync(DrainTimeout).ConfigureAwait(false))
+        if (!await state.Pool.DrainAsync(drainTimeout).ConfigureAwait(false))
         {
             // Closing a session under a running call is how PKCS#11 libraries crash.
-            Log.DrainTimedOut(_logger, DrainTimeout);
+            Log.DrainTimedOut(_logger, drainTimeout);
             return false;
         }
 
@@ -1016,6 +1058,9 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     {
         lock (_login)
         {
+            // A recovery that outlived the adapter's stop (stuck in the library while it stopped):
+            // the PIN is zeroed, and presenting that would count as a wrong PIN on the token.
+            ThrowIfDisposed();
             if (_pinRefused.Value)
             {
                 throw new HsmConfigurationException("the HSM refused the PIN earlier; not presenting it again (restart with the right PIN)");

@@ -78,22 +78,44 @@ internal sealed class Pkcs11Module
     /// <summary>Counts one destroyed session object; returns the count since the library was initialised.</summary>
     internal long CountDestroyed() => Interlocked.Increment(ref _destroyedObjects);
 
-    /// <summary>Drops one reference; the last one finalizes and unloads the module.</summary>
-    public void Release()
+    /// <summary>
+    /// Drops one reference; the last one finalizes and unloads the module — unless a call is still
+    /// inside the gate (a native call abandoned past <c>Hsm:CallTimeout</c>, a recovery stuck in the
+    /// library), which it neither finalizes under nor waits for.
+    /// </summary>
+    /// <returns>
+    /// 0, or, when the last reference went with calls still inside the gate, how many: the library
+    /// is then left initialised and registered, and the next <see cref="Acquire"/> of the path uses it.
+    /// </returns>
+    /// <remarks>
+    /// A hung device never returns the call, and a stop (the server's, the last region adapter's)
+    /// must not wait for it: before, this waited for the exclusive gate under the registry lock,
+    /// so the stop hung for as long as the device did, and so did every <see cref="Acquire"/> in
+    /// the process. Finalizing under the running call is no way out either (it crashes SoftHSM).
+    /// Such a library stays loaded for the life of the process unless it is acquired again, and
+    /// a later last release finds the gate free.
+    /// </remarks>
+    public int Release()
     {
-        // Finalised under the registry lock: a concurrent Acquire must not load a second
-        // instance while this one is still initialised (C_Initialize would fail).
+        // Under the registry lock, which nothing here waits in: a concurrent Acquire must not load
+        // a second instance while this one is still initialised (C_Initialize would fail).
         lock (LoadedLock)
         {
             if (--_references > 0)
             {
-                return;
+                return 0;
             }
 
-            Loaded.Remove(_path);
-            _gate.EnterWriteLock();
+            if (!_gate.TryEnterWriteLock(0))
+            {
+                // A read in flight (or a re-initialisation holding the gate): left as it is, still in
+                // the registry, to be reused rather than loaded a second time.
+                return Math.Max(1, _gate.CurrentReadCount);
+            }
+
             try
             {
+                Loaded.Remove(_path);
                 _library?.Dispose();
                 _library = null;
             }
@@ -101,8 +123,25 @@ internal sealed class Pkcs11Module
             {
                 _gate.ExitWriteLock();
             }
+
+            return 0;
         }
     }
+
+    /// <summary>Test hook: the references held (0: released by all, and loaded only if left so by <see cref="Release"/>).</summary>
+    internal int References
+    {
+        get
+        {
+            lock (LoadedLock)
+            {
+                return _references;
+            }
+        }
+    }
+
+    /// <summary>Test hook: whether the library is initialised.</summary>
+    internal bool IsLoaded => Volatile.Read(ref _library) is not null;
 
     /// <summary>Test hook: threads waiting for the exclusive gate (while one waits, new shared callers queue behind it).</summary>
     internal int WaitingExclusive => _gate.WaitingWriteCount;
